@@ -1,0 +1,54 @@
+# make setup   : .venv with the pinned stack (idempotent; a second run does nothing)
+# make test    : the test suite (what CI runs)
+# make demo    : the main job end to end on the default dataset (Complete Journey)
+# make bench   : the benchmarks (JSON on stdout; figures go to BENCHMARKS.md)
+# ACCEL=cuda   : install the CUDA fbgemm-gpu instead of fbgemm-gpu-cpu
+
+PYTHON ?= python3
+ACCEL  ?= cpu
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP  := $(VENV)/.setup-$(ACCEL)
+
+ifeq ($(ACCEL),cuda)
+FBGEMM       := fbgemm-gpu==1.8.0
+FBGEMM_OTHER := fbgemm-gpu-cpu
+else ifeq ($(ACCEL),cpu)
+FBGEMM       := fbgemm-gpu-cpu==1.8.0
+FBGEMM_OTHER := fbgemm-gpu
+else
+$(error ACCEL must be cpu or cuda, not $(ACCEL))
+endif
+
+.PHONY: setup test test-fast demo bench clean
+
+setup: $(STAMP)
+
+# TorchRec's install order matters: `pip install torchrec` alone pulls the CUDA fbgemm-gpu,
+# which cannot load without CUDA, and both fbgemm packages write the same fbgemm_gpu/ folder.
+$(STAMP): pyproject.toml requirements/lock.txt Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	@if $(PIP) show -q $(FBGEMM_OTHER) 2>/dev/null; then $(PIP) uninstall -q -y $(FBGEMM_OTHER); fi
+	$(PIP) install -q $(FBGEMM)
+	$(PIP) install -q --no-deps torchrec==1.8.0
+	$(PIP) install -q -r requirements/lock.txt
+	@rm -f $(VENV)/.setup-*
+	@touch $@
+	@echo "setup done ($(ACCEL)): $(VENV)"
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m unit tests
+
+demo: setup
+	$(PY) -m jobs.demo
+
+bench: setup
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache
