@@ -1,0 +1,118 @@
+"""The model's input: column names of the preprocessed data and the batch the model reads.
+
+One row of the preprocessed data is one (user, product, moment) example. The same columns
+are produced by preprocessing (training data), by the scoring core (online and nightly
+ranking) and by :func:`ncf.model.example_batch` (tests and benchmarks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Dict, Mapping
+
+import numpy as np
+import torch
+
+# Columns of one example, as written by preprocessing.
+USER = "user"
+PRODUCT = "product"
+DEPARTMENT = "department"
+CATEGORY = "category"
+HOUR = "hour"
+DAY_OF_WEEK = "day_of_week"
+DAY_OF_YEAR = "day_of_year"
+MONTH = "month"
+HISTORY = "history"  # previous purchases, most recent first, 0 = padding
+HISTORY_AGE_DAYS = "history_age_days"  # days between each history purchase and the event
+REPEAT_COUNT = "repeat_count"  # how often the user bought this product before the event
+DAYS_SINCE = "days_since"  # days since the user last bought it; NEVER_BOUGHT_DAYS if never
+LABEL = "label"
+
+TIME_PARTS = (HOUR, DAY_OF_WEEK, DAY_OF_YEAR, MONTH)
+NEVER_BOUGHT_DAYS = 366.0
+SECONDS_PER_DAY = 86_400.0
+
+@dataclass
+class Batch:
+    """One batch of examples for :class:`ncf.model.AdvancedNCF`.
+
+    Args:
+        user (torch.Tensor): B user indices (0 = unknown user).
+        product (torch.Tensor): B candidate product indices (0 = unknown product).
+        department (torch.Tensor): B department indices of the candidates.
+        category (torch.Tensor): B category indices of the candidates.
+        time_parts (torch.Tensor): B x 4 (hour, day of week, day of year, month) of the event.
+        history (torch.Tensor): B x L previously purchased product indices, 0 = padding.
+        history_age_days (torch.Tensor): B x L age of each history purchase in days.
+        repeat (torch.Tensor): B x 2 (log1p(times bought before), days since last purchase).
+        label (torch.Tensor): B targets in {0, 1} (ignored at inference).
+    """
+
+    user: torch.Tensor
+    product: torch.Tensor
+    department: torch.Tensor
+    category: torch.Tensor
+    time_parts: torch.Tensor
+    history: torch.Tensor
+    history_age_days: torch.Tensor
+    repeat: torch.Tensor
+    label: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.user.shape[0]
+
+    @property
+    def history_length(self) -> int:
+        return self.history.shape[1]
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+
+    @staticmethod
+    def from_columns(columns: Mapping[str, np.ndarray | torch.Tensor]) -> "Batch":
+        """Builds a batch from preprocessed columns (numpy arrays or tensors)."""
+
+        def t(name: str, dtype: torch.dtype) -> torch.Tensor:
+            return torch.as_tensor(_stack(columns[name]), dtype=dtype)
+
+        n = len(columns[USER])
+        label = t(LABEL, torch.float32) if LABEL in columns else torch.zeros(n)
+        return Batch(
+            user=t(USER, torch.long),
+            product=t(PRODUCT, torch.long),
+            department=t(DEPARTMENT, torch.long),
+            category=t(CATEGORY, torch.long),
+            time_parts=torch.stack([t(name, torch.long) for name in TIME_PARTS], dim=1),
+            history=t(HISTORY, torch.long),
+            history_age_days=t(HISTORY_AGE_DAYS, torch.float32),
+            repeat=repeat_features(t(REPEAT_COUNT, torch.float32), t(DAYS_SINCE, torch.float32)),
+            label=label,
+        )
+
+
+def repeat_features(repeat_count: torch.Tensor, days_since: torch.Tensor) -> torch.Tensor:
+    """B x 2: log-scaled purchase count and a recency in [0, 1] (1 = bought today, 0 = never)."""
+    recency = 1.0 - days_since.clamp(0, NEVER_BOUGHT_DAYS) / NEVER_BOUGHT_DAYS
+    return torch.stack([torch.log1p(repeat_count), recency], dim=1)
+
+
+def time_parts_of(epoch_seconds: np.ndarray) -> Dict[str, np.ndarray]:
+    """Hour (0-23), day of week (0 = Monday), day of year (0-365) and month (1-12), in UTC."""
+    ts = np.asarray(epoch_seconds, dtype="int64").astype("datetime64[s]")
+    days = ts.astype("datetime64[D]")
+    years = ts.astype("datetime64[Y]")
+    months = ts.astype("datetime64[M]")
+    return {
+        HOUR: ((ts - days).astype("int64") // 3600).astype("int64"),
+        DAY_OF_WEEK: ((days.astype("int64") + 3) % 7).astype("int64"),  # 1970-01-01 was a Thursday
+        DAY_OF_YEAR: (days - years.astype("datetime64[D]")).astype("int64"),
+        MONTH: (months - years.astype("datetime64[M]")).astype("int64") + 1,
+    }
+
+
+def _stack(col: np.ndarray | torch.Tensor | list) -> np.ndarray | torch.Tensor:
+    # Ray Data hands list columns over as object arrays of arrays.
+    if isinstance(col, np.ndarray) and col.dtype == object:
+        return np.stack(col) if len(col) else np.zeros((0, 0))
+    return col
