@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Dict, Mapping
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 # Columns of one example, as written by preprocessing.
@@ -27,8 +28,10 @@ HISTORY_AGE_DAYS = "history_age_days"  # days between each history purchase and 
 REPEAT_COUNT = "repeat_count"  # how often the user bought this product before the event
 DAYS_SINCE = "days_since"  # days since the user last bought it; NEVER_BOUGHT_DAYS if never
 LABEL = "label"
+SAMPLING_LOG_Q = "sampling_log_q"  # log-probability of the product under the negative sampler
 
 TIME_PARTS = (HOUR, DAY_OF_WEEK, DAY_OF_YEAR, MONTH)
+MODEL_COLUMNS = (USER, PRODUCT, DEPARTMENT, CATEGORY, *TIME_PARTS, HISTORY, HISTORY_AGE_DAYS, REPEAT_COUNT, DAYS_SINCE, LABEL, SAMPLING_LOG_Q)
 NEVER_BOUGHT_DAYS = 366.0
 SECONDS_PER_DAY = 86_400.0
 
@@ -46,6 +49,8 @@ class Batch:
         history_age_days (torch.Tensor): B x L age of each history purchase in days.
         repeat (torch.Tensor): B x 2 (log1p(times bought before), days since last purchase).
         label (torch.Tensor): B targets in {0, 1} (ignored at inference).
+        sampling_log_q (torch.Tensor): B log-probabilities of each product under the negative
+            sampler, subtracted from the logits in training (0 when not sampled).
     """
 
     user: torch.Tensor
@@ -57,6 +62,7 @@ class Batch:
     history_age_days: torch.Tensor
     repeat: torch.Tensor
     label: torch.Tensor
+    sampling_log_q: torch.Tensor
 
     @property
     def batch_size(self) -> int:
@@ -70,14 +76,30 @@ class Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
 
     @staticmethod
+    def from_arrow(table: pa.Table) -> "Batch":
+        """Builds a batch from a preprocessed Arrow table (fast path for training)."""
+        columns = {}
+        for name in table.column_names:
+            col = table.column(name).combine_chunks()
+            if pa.types.is_fixed_size_list(col.type):
+                columns[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+            elif name in MODEL_COLUMNS:
+                columns[name] = col.to_numpy(zero_copy_only=False)
+        return Batch.from_columns(columns)
+
+    @staticmethod
     def from_columns(columns: Mapping[str, np.ndarray | torch.Tensor]) -> "Batch":
         """Builds a batch from preprocessed columns (numpy arrays or tensors)."""
 
         def t(name: str, dtype: torch.dtype) -> torch.Tensor:
-            return torch.as_tensor(_stack(columns[name]), dtype=dtype)
+            values = _stack(columns[name])
+            if isinstance(values, np.ndarray) and not values.flags.writeable:
+                values = values.copy()  # torch refuses read-only arrays (Arrow buffers)
+            return torch.as_tensor(values, dtype=dtype)
 
         n = len(columns[USER])
         label = t(LABEL, torch.float32) if LABEL in columns else torch.zeros(n)
+        log_q = t(SAMPLING_LOG_Q, torch.float32) if SAMPLING_LOG_Q in columns else torch.zeros(n)
         return Batch(
             user=t(USER, torch.long),
             product=t(PRODUCT, torch.long),
@@ -88,6 +110,7 @@ class Batch:
             history_age_days=t(HISTORY_AGE_DAYS, torch.float32),
             repeat=repeat_features(t(REPEAT_COUNT, torch.float32), t(DAYS_SINCE, torch.float32)),
             label=label,
+            sampling_log_q=log_q,
         )
 
 

@@ -510,4 +510,5 @@ def example_batch(config: ModelConfig, batch_size: int, seed: int = 0) -> Batch:
         history_age_days=torch.sort(torch.rand(b, length, generator=g) * 200, dim=1).values,
         repeat=repeat_features(ints(5, b, low=0).float(), torch.rand(b, generator=g) * 366),
         label=ints(2, b, low=0).float(),
+        sampling_log_q=torch.zeros(b),
     )

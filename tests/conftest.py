@@ -30,3 +30,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         uses_ray = RAY_FIXTURES & set(getattr(item, "fixturenames", ()))
         item.add_marker(pytest.mark.ray if uses_ray else pytest.mark.unit)
+
+
+SMALL_SPEC = dict(num_users=150, num_products=400, num_departments=5, categories_per_department=4, baskets_per_user=40.0, basket_size=6.0, seed=7)
+
+
+@pytest.fixture(scope="session")
+def small_data(ray_session, tmp_path_factory):
+    """A small synthetic dataset, preprocessed once per session: (data dir, stats)."""
+    from ncf import datasets, schema
+    from ncf.examples import ExampleConfig
+    from ncf.preprocess import PreprocessConfig, preprocess
+
+    root = tmp_path_factory.mktemp("small")
+    logs, catalog = datasets.write_synthetic(str(root / "raw"), datasets.SyntheticSpec(**SMALL_SPEC))
+    config = PreprocessConfig(examples=ExampleConfig(history_length=8, negatives_per_positive=3), val_weeks=3, test_weeks=4, train_weeks=0)
+    data = str(root / "data")
+    stats = preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), data, config)
+    return data, stats

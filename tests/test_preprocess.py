@@ -1,0 +1,197 @@
+"""Ray Data preprocessing: validation and quarantine, vocabularies, leakage, temporal split."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from ncf import layout, schema
+from ncf.examples import ExampleConfig
+from ncf.preprocess import PreprocessConfig, preprocess
+from ncf.vocab import Vocabularies, Vocabulary
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def examples(data: str, split: str) -> pd.DataFrame:
+    return pads.dataset(layout.examples_dir(data, split), format="parquet").to_table().to_pandas()
+
+
+# -- validation of raw rows ----------------------------------------------------------------
+
+
+def test_each_bad_row_kind_gets_its_reason():
+    batch = pa.table(
+        {
+            "user_id": ["u1", None, "u3", "u4", "u5", "u6", "u7", "", "u9"],
+            "product_id": ["p1", "p2", None, "p4", "p5", "p6", "p7", "p8", "p9"],
+            "timestamp": ["2024-01-02T10:00:00", "2024-01-02", "2024-01-02", "not a date", "1970-01-01T00:00:01", "2024-01-02", "2024-01-02", "2024-01-02", "1704189600"],
+            "quantity": ["2", "1", "1", "1", "1", "0", "-3", "1", "abc"],
+        }
+    )
+    table = schema.validate_log_batch(batch)
+    out = table.to_pandas()
+    assert len(out) == batch.num_rows
+    assert table.column("reason").to_pylist() == [
+        None,
+        schema.NULL_USER_ID,
+        schema.NULL_PRODUCT_ID,
+        schema.BAD_TIMESTAMP,
+        schema.TIMESTAMP_OUT_OF_RANGE,
+        schema.NON_POSITIVE_QUANTITY,
+        schema.NON_POSITIVE_QUANTITY,
+        schema.NULL_USER_ID,
+        schema.BAD_QUANTITY,
+    ]
+    assert out.loc[0, "ts"] == int(pd.Timestamp("2024-01-02T10:00:00", tz="UTC").timestamp())
+    assert out.loc[0, "quantity"] == 2
+
+
+def test_timestamps_in_every_accepted_form_agree():
+    expected = int(pd.Timestamp("2024-03-05T06:07:08", tz="UTC").timestamp())
+    forms = [
+        pa.array([pd.Timestamp("2024-03-05T06:07:08")], pa.timestamp("us")),
+        pa.array(["2024-03-05T06:07:08Z"]),
+        pa.array([expected], pa.int64()),
+        pa.array([float(expected)], pa.float64()),
+    ]
+    for column in forms:
+        batch = pa.table({"user_id": [1], "product_id": [2], "timestamp": column})
+        out = schema.validate_log_batch(batch).to_pandas()
+        assert out["reason"].isna().all() and out["ts"].tolist() == [expected], column.type
+        assert out["quantity"].tolist() == [1]  # default when the column is absent
+
+
+def test_missing_column_fails_with_its_name(tmp_path):
+    path = tmp_path / "logs.csv"
+    path.write_text("user_id,product_id,when\n1,2,2024-01-01\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.preprocess", "--input", str(path), "--output", str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert str(path) in lines[0] and "'timestamp'" in lines[0]
+
+
+def test_unreadable_file_fails_with_its_name(tmp_path):
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(schema.InputError, match="broken.parquet: unreadable parquet"):
+        schema.check_columns(schema.resolve_files(str(path)), schema.LOG_REQUIRED, "purchase log")
+
+
+def test_resolve_files_accepts_file_directory_and_glob(tmp_path):
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / name).write_text("user_id,product_id,timestamp\n")
+    (tmp_path / "_SUCCESS").write_text("")
+    assert len(schema.resolve_files(str(tmp_path)).paths) == 2
+    assert len(schema.resolve_files(str(tmp_path / "*.csv")).paths) == 2
+    assert schema.resolve_files(str(tmp_path / "a.csv")).format == "csv"
+    with pytest.raises(schema.InputError, match="no such file"):
+        schema.resolve_files(str(tmp_path / "missing.parquet"))
+
+
+# -- vocabularies --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind, ids", [("int", [30, 10, 20]), ("str", ["b", "a", "c"])])
+def test_vocab_round_trips(tmp_path, kind, ids):
+    vocab = Vocabulary.from_ids([str(i) for i in ids], kind=kind, extra={"count": [5, 3, 1]})
+    indices = vocab.index_of(ids)
+    assert indices.tolist() == [1, 2, 3]
+    assert vocab.raw_of(indices) == ids
+    assert vocab.index_of([ids[0], "never-seen", None]).tolist() == [1, 0, 0]
+    vocab.save(str(tmp_path / "v.parquet"))
+    loaded = Vocabulary.load(str(tmp_path / "v.parquet"))
+    assert loaded.raw_of([3, 2, 1]) == ids[::-1]
+    assert loaded.column("count").tolist() == [0, 5, 3, 1]
+    assert len(loaded) == 4
+
+
+# -- the pipeline on a small synthetic dataset ----------------------------------------------
+
+
+def test_stats_account_for_every_row(small_data):
+    data, stats = small_data
+    assert stats["rows_in"] == stats["rows_kept"] + stats["rows_quarantined"]
+    with open(layout.stats_path(data)) as f:
+        assert json.load(f)["rows_in"] == stats["rows_in"]
+    vocabs = Vocabularies.load(layout.vocab_dir(data))
+    assert vocabs.sizes() == stats["vocab_sizes"]
+    assert stats["splits"]["train"]["rows"] > stats["splits"]["train"]["positives"] > 0
+
+
+def test_split_is_strictly_temporal(small_data):
+    data, stats = small_data
+    b = stats["boundaries"]
+    train, val, test = (examples(data, s) for s in ("train", "val", "test"))
+    assert train["ts"].max() < b["val_start"] <= val["ts"].min()
+    assert val["ts"].max() < b["test_start"] <= test["ts"].min()
+
+
+def test_history_never_contains_the_event_or_later_purchases(small_data):
+    data, _ = small_data
+    frame = examples(data, "train").sample(n=300, random_state=0)
+    states = pads.dataset(layout.user_state_dir(data), format="parquet").to_table().to_pandas().set_index("user")
+    for row in frame.itertuples():
+        history = np.asarray(row.history)
+        ages = np.asarray(row.history_age_days)
+        present = history > 0
+        assert np.all(ages[present] > 0)
+        products = np.asarray(states.loc[row.user, "products"])
+        times = np.asarray(states.loc[row.user, "timestamps"])
+        earlier = products[times < row.ts]
+        assert present.sum() == min(len(earlier), len(history))
+        # The most recent earlier purchases, in order, are exactly the history.
+        latest = earlier[::-1][: present.sum()]
+        assert sorted(history[present].tolist()) == sorted(latest.tolist())
+
+
+def test_repeat_counts_match_the_raw_purchases(small_data):
+    data, _ = small_data
+    frame = examples(data, "train").sample(n=300, random_state=1)
+    states = pads.dataset(layout.user_state_dir(data), format="parquet").to_table().to_pandas().set_index("user")
+    for row in frame.itertuples():
+        products = np.asarray(states.loc[row.user, "products"])
+        times = np.asarray(states.loc[row.user, "timestamps"])
+        assert row.repeat_count == np.sum((products == row.product) & (times < row.ts))
+
+
+def test_bad_rows_land_in_quarantine_with_reasons(ray_session, tmp_path):
+    rows = [
+        ("u1", "p1", "2024-01-01T10:00:00", "1"),
+        ("u1", "p2", "2024-02-01T10:00:00", "2"),
+        ("u2", "p1", "2024-03-01T10:00:00", "1"),
+        ("u2", "p2", "2024-04-01T10:00:00", "1"),
+        ("u1", "p1", "2024-05-01T10:00:00", "1"),
+        ("", "p1", "2024-01-01T10:00:00", "1"),
+        ("u1", "", "2024-01-01T10:00:00", "1"),
+        ("u1", "p1", "yesterday", "1"),
+        ("u1", "p1", "1850-01-01T00:00:00", "1"),
+        ("u1", "p1", "2024-01-01T10:00:00", "0"),
+        ("u2", "p1", "2024-01-01T10:00:00", "many"),
+    ]
+    path = tmp_path / "logs.csv"
+    path.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    config = PreprocessConfig(examples=ExampleConfig(history_length=2, negatives_per_positive=1), val_weeks=4, test_weeks=4, train_weeks=0)
+    out = str(tmp_path / "out")
+    stats = preprocess(schema.resolve_files(str(path)), None, out, config)
+    assert stats["rows_in"] == 11 and stats["rows_kept"] == 5 and stats["rows_quarantined"] == 6
+    quarantine = pq.read_table(layout.quarantine_dir(out)).to_pandas()
+    assert sorted(quarantine["reason"]) == sorted(
+        [schema.NULL_USER_ID, schema.NULL_PRODUCT_ID, schema.BAD_TIMESTAMP, schema.TIMESTAMP_OUT_OF_RANGE, schema.NON_POSITIVE_QUANTITY, schema.BAD_QUANTITY]
+    )
+    assert stats["quarantine_by_reason"] == {r: 1 for r in quarantine["reason"]}
+    assert stats["products_missing_from_catalog"] == 2  # no catalog: every product is unknown
