@@ -1,0 +1,36 @@
+"""python -m jobs.evaluate --model MODEL --data DATA: one JSON line per model (trained, then baselines)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ncf.cli import one_line_errors
+from ncf.evaluation import evaluate_all
+from ncf.examples import TEST, VAL
+from ncf.scoring import Recommender
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Held-out evaluation of a model directory against the baselines.")
+    p.add_argument("--model", required=True, help="model directory (jobs.train or SWEEP/best)")
+    p.add_argument("--data", required=True, help="output of jobs.preprocess")
+    p.add_argument("--split", choices=(VAL, TEST), default=TEST)
+    p.add_argument("--max-users", type=int, default=None, help="evaluate a seeded sample of users")
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--no-als", action="store_true", help="skip the ALS baseline (the slowest)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> list:
+    args = parse_args(argv)
+    with one_line_errors():
+        recommender = Recommender.load(args.model)
+        rows = evaluate_all(recommender, args.data, args.split, args.max_users, not args.no_baselines, not args.no_als)
+        for row in rows:
+            print(json.dumps({**row, "model_version": recommender.version}), flush=True)
+        return rows
+
+
+if __name__ == "__main__":
+    main()

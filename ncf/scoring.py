@@ -1,0 +1,245 @@
+"""The scoring core shared by evaluation, Ray Serve and the nightly batch job.
+
+Ranking is two-stage so that its cost grows slowly with the catalog:
+
+1. candidates: the user's own past purchases (most bought first), the best products by the
+   MF path's score (one matrix product over the catalog) and the most popular products;
+2. the full AdvancedNCF re-ranks the candidates, with the user side computed once and the
+   product side cached for the whole catalog.
+
+Products outside the candidates follow in first-stage order, so every call ranks the whole
+catalog. ``RankingSettings.candidates`` sets the trade-off; :meth:`Recommender.rank_indices`
+with ``brute_force=True`` scores every product with the full model (to measure agreement).
+
+Unknown users get a cold-start ranking: the most bought products at that hour of the day.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ncf.features import time_parts_of
+from ncf.model import AdvancedNCF
+from ncf.user_state import UserStates
+from ncf.vocab import UNKNOWN_INDEX, Vocabularies
+
+
+@dataclass
+class RankingSettings:
+    """Two-stage ranking sizes."""
+
+    candidates: int = 400  # re-ranked by the full model
+    mf_candidates: int = 150  # from the MF path's dot products
+    popular_candidates: int = 50
+
+
+@dataclass
+class Ranking:
+    """Top products (indices) for one user, best first, with their scores."""
+
+    products: np.ndarray
+    scores: np.ndarray
+    cold_start: bool
+    # For each ranked product: (history product indices, attention weights), when explained.
+    explanations: Optional[List[List[tuple]]] = None
+
+
+def to_epoch_seconds(at) -> int:
+    """ISO-8601 string, datetime, pandas Timestamp or epoch seconds -> int epoch seconds (UTC)."""
+    if isinstance(at, (int, np.integer)):
+        return int(at)
+    if isinstance(at, (float, np.floating)):
+        return int(at)
+    stamp = pd.Timestamp(at)
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize("UTC")
+    return int(stamp.timestamp())
+
+
+class Recommender:
+    """Ranks products for users with an AdvancedNCF model.
+
+    Args:
+        model: the trained model (switched to eval mode).
+        vocabs: the dataset's vocabularies.
+        states: users' purchase sequences.
+        data_end: epoch seconds where the known purchases end; the default ``at``.
+        version: the model version reported with every answer.
+
+    Example::
+
+        rec = Recommender.load("artifacts/model")
+        rec.recommend([1364], k=5)  # [[raw product ids]]
+        rec.score(1364, [1082185, 6534178])  # [probabilities]
+    """
+
+    def __init__(
+        self,
+        model: AdvancedNCF,
+        vocabs: Vocabularies,
+        states: UserStates,
+        data_end: int,
+        version: str = "dev",
+        settings: RankingSettings = RankingSettings(),
+    ) -> None:
+        self.model = model.eval()
+        self.vocabs = vocabs
+        self.states = states
+        self.data_end = int(data_end)
+        self.version = version
+        self.settings = settings
+        self.device = next(model.parameters()).device
+        self.num_products = len(vocabs.products)
+        self.popularity = vocabs.products.column("train_count").astype(np.float64)
+        self._all_products = torch.arange(self.num_products, device=self.device)
+        with torch.no_grad():
+            dept = torch.as_tensor(vocabs.products.column("department_index"), device=self.device)
+            cat = torch.as_tensor(vocabs.products.column("category_index"), device=self.device)
+            self._catalog = model.encode_products(self._all_products, dept, cat)
+            self._mf_items = self._catalog.product_mf.cpu().numpy() if model.config.use_mf else None
+        self._popular_by_hour = self._hourly_popularity(states)
+
+    @staticmethod
+    def load(model_dir: str, settings: Optional[RankingSettings] = None, device: Optional[torch.device] = None) -> "Recommender":
+        from ncf.model_dir import load_model_dir
+
+        return load_model_dir(model_dir, settings=settings, device=device)
+
+    # -- first stage and cold start ----------------------------------------------------------
+
+    def _hourly_popularity(self, states: UserStates, top: int = 200) -> Dict[int, np.ndarray]:
+        _, products, times = states.all_purchases()
+        fallback = np.argsort(-self.popularity[1:], kind="stable")[:top] + 1
+        by_hour = {}
+        hours = time_parts_of(times)["hour"] if len(times) else np.zeros(0, np.int64)
+        for hour in range(24):
+            counts = np.bincount(products[hours == hour], minlength=self.num_products).astype(np.float64)
+            counts[UNKNOWN_INDEX] = -1
+            # Ties (and hours without purchases) fall back to overall popularity.
+            order = np.lexsort((-self.popularity, -counts))
+            by_hour[hour] = order[counts[order] > 0][:top] if counts.max() > 0 else fallback
+            if len(by_hour[hour]) < top:
+                by_hour[hour] = np.concatenate([by_hour[hour], fallback[~np.isin(fallback, by_hour[hour])]])[:top]
+        return by_hour
+
+    def _first_stage(self, user: int, user_side) -> np.ndarray:
+        """Catalog-wide first-stage scores: the MF path's logit, or popularity without it."""
+        if self._mf_items is None:
+            return np.log1p(self.popularity)
+        weights = self.model.mf_output.weight.detach().cpu().numpy()[0]
+        user_vec = user_side.user_mf[0].cpu().numpy() * weights
+        return self._mf_items @ user_vec
+
+    def _candidates(self, timeline, at: int, first_stage: np.ndarray) -> np.ndarray:
+        s = self.settings
+        bought = timeline.products[: timeline.count_before(np.array([at]))[0]]
+        own, counts = np.unique(bought, return_counts=True)
+        own = own[np.argsort(-counts, kind="stable")]
+        scores = first_stage.copy()
+        scores[UNKNOWN_INDEX] = -np.inf
+        mf = np.argpartition(-scores, min(s.mf_candidates, len(scores) - 1))[: s.mf_candidates]
+        popular = np.argsort(-self.popularity[1:], kind="stable")[: s.popular_candidates] + 1
+        merged = pd.unique(np.concatenate([own, mf[np.argsort(-scores[mf])], popular]))
+        merged = merged[merged != UNKNOWN_INDEX]
+        return merged[: s.candidates]
+
+    # -- index-level API -------------------------------------------------------------------------
+
+    def _user_side(self, user: int, at: int):
+        timeline = self.states.timeline(user)
+        history, ages = timeline.history(np.array([at]), self.model.config.history_length)
+        parts = time_parts_of(np.array([at]))
+        time_parts = np.stack([parts[k] for k in ("hour", "day_of_week", "day_of_year", "month")], axis=1)
+        t = lambda a, dtype: torch.as_tensor(a, dtype=dtype, device=self.device)  # noqa: E731
+        with torch.no_grad():
+            side = self.model.encode_user(
+                t([user], torch.long), t(time_parts, torch.long), t(history, torch.long), t(ages, torch.float32)
+            )
+        return timeline, side, history[0]
+
+    def score_indices(self, user: int, products: np.ndarray, at: int, need_weights: bool = False):
+        """Full-model probabilities of ``products`` for a known user at ``at`` (and attention weights)."""
+        timeline, side, history = self._user_side(user, at)
+        return self._score(timeline, side, products, at, need_weights) + (history,)
+
+    def _score(self, timeline, side, products: np.ndarray, at: int, need_weights: bool):
+        count, days = timeline.repeat_stats(products, np.full(len(products), at))
+        index = torch.as_tensor(products, dtype=torch.long, device=self.device)
+        probs, weights = self.model.score_candidates(
+            side,
+            self._catalog.select(index),
+            torch.as_tensor(count, dtype=torch.float32, device=self.device),
+            torch.as_tensor(days, dtype=torch.float32, device=self.device),
+            need_weights=need_weights,
+        )
+        return probs.cpu().numpy(), None if weights is None else weights.cpu().numpy()
+
+    def rank_indices(
+        self,
+        user: int,
+        at: Optional[int] = None,
+        k: int = 10,
+        exclude_purchased: bool = False,
+        explain: bool = False,
+        brute_force: bool = False,
+        explain_top: int = 3,
+    ) -> Ranking:
+        """Top-``k`` product indices for a user index (0 or unknown: cold start)."""
+        at = self.data_end if at is None else int(at)
+        if user == UNKNOWN_INDEX or user not in self.states:
+            hour = int(time_parts_of(np.array([at]))["hour"][0])
+            top = self._popular_by_hour[hour][:k]
+            return Ranking(top, self.popularity[top] / max(self.popularity.max(), 1.0), cold_start=True)
+        timeline, side, history = self._user_side(user, at)
+        if brute_force:
+            candidates = self._all_products.cpu().numpy()[1:]
+        else:
+            candidates = self._candidates(timeline, at, self._first_stage(user, side))
+        if exclude_purchased:
+            bought = timeline.products[: timeline.count_before(np.array([at]))[0]]
+            candidates = candidates[~np.isin(candidates, bought)]
+        probs, weights = self._score(timeline, side, candidates, at, explain)
+        order = np.argsort(-probs, kind="stable")[:k]
+        ranking = Ranking(candidates[order], probs[order], cold_start=False)
+        if explain and weights is not None:
+            ranking.explanations = [_top_history(history, weights[i], explain_top) for i in order]
+        return ranking
+
+    # -- raw-id API (Serve and the nightly job) --------------------------------------------------
+
+    def recommend(
+        self, user_ids: Sequence, k: int = 10, at=None, exclude_purchased: bool = False
+    ) -> List[List]:
+        """Top-``k`` raw product ids for each raw user id; unknown users get the cold-start list."""
+        at_s = None if at is None else to_epoch_seconds(at)
+        users = self.vocabs.users.index_of(list(user_ids))
+        return [
+            self.vocabs.products.raw_of(self.rank_indices(int(u), at_s, k, exclude_purchased).products)
+            for u in users
+        ]
+
+    def score(self, user_id, product_ids: Sequence, at=None) -> List[float]:
+        """Probabilities that the user buys each product at ``at``.
+
+        Raises:
+            KeyError: naming the product ids that are not in the catalog.
+        """
+        products = self.vocabs.products.index_of(list(product_ids))
+        unknown = [p for p, i in zip(product_ids, products) if i == UNKNOWN_INDEX]
+        if unknown:
+            raise KeyError(f"unknown product ids: {unknown}")
+        user = int(self.vocabs.users.index_of([user_id])[0])
+        at_s = self.data_end if at is None else to_epoch_seconds(at)
+        probs, _, _ = self.score_indices(user, products, at_s)
+        return probs.astype(float).tolist()
+
+
+def _top_history(history: np.ndarray, weights: np.ndarray, top: int) -> List[tuple]:
+    present = np.flatnonzero(history > 0)
+    best = present[np.argsort(-weights[present], kind="stable")][:top]
+    return [(int(history[i]), float(weights[i])) for i in best]

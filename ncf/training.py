@@ -1,0 +1,302 @@
+"""Ray Train: the ``train_loop_per_worker`` that fits AdvancedNCF, and the trainer around it.
+
+* data: each worker reads its shard of the preprocessed examples
+  (``ray.train.get_dataset_shard("train")``), shuffled by a local buffer;
+* one worker: the plain model; several: TorchRec ``DistributedModelParallel`` shards the
+  embedding tables (gloo on CPU, NCCL on GPU) and data-parallel dense layers;
+* GPU when there is one (``ScalingConfig(use_gpu=...)``), with bfloat16 autocast;
+* a checkpoint every epoch (``ray.train.report``), resumed from after a worker failure
+  (``FailureConfig``); early stopping on validation NDCG@10.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ncf import layout
+from ncf.evaluation import full_ranking, load_period, recommender_fns, sample_users
+from ncf.examples import VAL
+from ncf.features import Batch
+from ncf.model import AdvancedNCF, ModelConfig
+from ncf.scoring import Recommender
+from ncf.user_state import UserStates
+from ncf.vocab import Vocabularies
+
+VAL_METRIC = "val_ndcg@10"
+WEIGHTS = "model.pt"
+OPTIMIZER = "optimizer.pt"
+TRAIN_STATE = "train_state.json"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (a Tune trial overrides some of them)."""
+
+    data: str = ""
+    model: Dict = field(default_factory=dict)  # ModelConfig fields other than the vocab sizes
+    epochs: int = 4
+    batch_size: int = 4096
+    learning_rate: float = 2e-3
+    patience: int = 2  # epochs without a better val NDCG@10 before stopping
+    val_users: int = 600  # users sampled for per-epoch validation (0 = all)
+    shuffle_buffer: int = 200_000
+    max_steps_per_epoch: int = 0  # 0 = the whole shard; tests use a few steps
+    torch_threads: int = 0  # 0 = this machine's cores shared among the workers
+    # Fault drill: rank 0's process dies mid-epoch once (the marker file remembers it).
+    crash_once_at_epoch: int = 0
+    crash_marker: str = ""
+    seed: int = 0
+
+    def model_config(self, sizes: Dict[str, int]) -> ModelConfig:
+        return ModelConfig(**{**self.model, **sizes})
+
+
+def _log(message: str) -> None:
+    print(f"[train] {message}", flush=True)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def build_model(config: ModelConfig, device: torch.device, world_size: int, learning_rate: float) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The model and its optimizer.
+
+    One worker: the plain model and Adam. Several: TorchRec's ``DistributedModelParallel``
+    shards the embedding tables across workers (the planner picks the layout), their
+    row-wise Adagrad runs fused in the backward pass, and Adam updates the data-parallel
+    dense layers.
+    """
+    if world_size == 1:
+        model = AdvancedNCF(config, device=device).to(device)
+        return model, torch.optim.Adam(model.parameters(), lr=learning_rate)
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    model = AdvancedNCF(config, device=torch.device("meta"))
+    tables = [p for name, p in model.named_parameters() if "embedding_collection" in name]
+    apply_optimizer_in_backward(RowWiseAdagrad, tables, {"lr": learning_rate * 10})
+    sharded = DistributedModelParallel(model, device=device)
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(sharded.named_parameters())),
+        lambda params: torch.optim.Adam(params, lr=learning_rate),
+    )
+    return sharded, CombinedOptimizer([sharded.fused_optimizer, dense])
+
+
+def sharded_table_count(model: torch.nn.Module) -> int:
+    plan = getattr(model, "plan", None)
+    return sum(len(module_plan) for module_plan in plan.plan.values()) if plan is not None else 0
+
+
+def unwrap(model: torch.nn.Module) -> AdvancedNCF:
+    return model.module if hasattr(model, "module") else model
+
+
+def full_state_dict(model: torch.nn.Module) -> Optional[Dict[str, torch.Tensor]]:
+    """The unsharded weights on rank 0 (None on other ranks)."""
+    rank, world = _world()
+    if world == 1:
+        return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    state = {}
+    for key, value in model.state_dict().items():
+        name = key[len("module."):] if key.startswith("module.") else key
+        if isinstance(value, ShardedTensor):
+            out = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
+            value.gather(dst=0, out=out)
+            state[name] = out
+        else:
+            state[name] = value.detach().cpu().clone()
+    return state if rank == 0 else None
+
+
+def validation_ndcg(model: AdvancedNCF, data: str, vocabs: Vocabularies, states: UserStates, boundaries: Dict, users: int) -> Dict[str, float]:
+    """Full-ranking metrics on the validation period (users sampled for speed)."""
+    model.eval()
+    recommender = Recommender(model, vocabs, states, data_end=boundaries["val_start"])
+    period = load_period(data, VAL, boundaries)
+    rank, _ = recommender_fns(recommender)
+    metrics = full_ranking(rank, period, sample_users(period.users, users or None))
+    model.train()
+    return {f"val_{k}": float(v) for k, v in metrics.items()}
+
+
+def _load_checkpoint(model: torch.nn.Module, optimizer, checkpoint) -> Dict:
+    with checkpoint.as_directory() as d:
+        weights = torch.load(os.path.join(d, WEIGHTS), weights_only=True, map_location="cpu")
+        if _world()[1] == 1:
+            unwrap(model).load_state_dict(weights)
+        else:
+            _load_sharded(model, weights)
+        if os.path.exists(os.path.join(d, OPTIMIZER)) and _world()[1] == 1:
+            optimizer.load_state_dict(torch.load(os.path.join(d, OPTIMIZER), weights_only=True, map_location="cpu"))
+        with open(os.path.join(d, TRAIN_STATE)) as f:
+            return json.load(f)
+
+
+def _load_sharded(model: torch.nn.Module, weights: Dict[str, torch.Tensor]) -> None:
+    """Copies full tables into this rank's shards (the rest of the weights are replicated)."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    for key, value in model.state_dict().items():
+        name = key[len("module."):] if key.startswith("module.") else key
+        source = weights[name]
+        if isinstance(value, ShardedTensor):
+            for shard in value.local_shards():
+                offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                index = tuple(slice(o, o + s) for o, s in zip(offsets, sizes))
+                shard.tensor.detach().copy_(source[index])
+        else:
+            value.detach().copy_(source)
+
+
+def _crash_once(cfg: TrainConfig) -> None:
+    if cfg.crash_marker and not os.path.exists(cfg.crash_marker):
+        open(cfg.crash_marker, "w").close()
+        _log("fault drill: this worker process exits now")
+        os._exit(1)
+
+
+def train_loop_per_worker(config: Dict) -> None:
+    """Ray Train entry point: ``config`` is a :class:`TrainConfig` as a dict."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig(**config)
+    torch.manual_seed(cfg.seed)
+    rank, world = _world()
+    # Ray sets one thread per requested CPU; the model's matmuls want the cores data loading leaves.
+    torch.set_num_threads(cfg.torch_threads or max(1, (os.cpu_count() or 1) // world))
+    device = ray.train.torch.get_device()
+    with open(layout.stats_path(cfg.data)) as f:
+        boundaries = json.load(f)["boundaries"]
+    vocabs = Vocabularies.load(layout.vocab_dir(cfg.data))
+    model_config = cfg.model_config(vocabs.sizes())
+    model, optimizer = build_model(model_config, device, world, cfg.learning_rate)
+    if rank == 0 and world > 1:
+        _log(f"embedding tables sharded across {world} workers: {sharded_table_count(model)} tables planned")
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    autocast = device.type == "cuda"
+
+    state = {"epoch": 0, "best": -1.0, "stale": 0}
+    checkpoint = ray.train.get_checkpoint()
+    resumed_from = 0
+    if checkpoint:
+        state = _load_checkpoint(model, optimizer, checkpoint)
+        resumed_from = state["epoch"]
+        _log(f"rank {rank}: resumed after epoch {state['epoch']} (best {VAL_METRIC} {state['best']:.4f})")
+    states = UserStates.load(layout.user_state_dir(cfg.data)) if rank == 0 else None
+
+    shard = ray.train.get_dataset_shard("train")
+    while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
+        epoch = state["epoch"] + 1
+        model.train()
+        started, seen, loss_sum, steps = time.time(), 0, 0.0, 0
+        for table in shard.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow", local_shuffle_buffer_size=cfg.shuffle_buffer or None, local_shuffle_seed=cfg.seed + epoch):
+            batch = Batch.from_arrow(table).to(device)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
+                logits = model(batch, return_logits=True)
+            # logQ correction: the model learns log p(product | context), not p / q.
+            loss = loss_fn(logits.float() - batch.sampling_log_q, batch.label)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += batch.batch_size
+            loss_sum += float(loss.detach())
+            steps += 1
+            if steps % 200 == 0:
+                _log(f"rank {rank} epoch {epoch} step {steps}: loss {loss_sum / steps:.4f}, {seen / (time.time() - started):,.0f} examples/s")
+            if cfg.max_steps_per_epoch and steps >= cfg.max_steps_per_epoch:
+                break
+            if cfg.crash_once_at_epoch == epoch and steps == 2 and rank == 0:
+                _crash_once(cfg)
+        elapsed = time.time() - started
+        weights = full_state_dict(model)
+        metrics = {"epoch": epoch, "world_size": world, "sharded_tables": sharded_table_count(model), "resumed_from_epoch": resumed_from, "train_loss": loss_sum / max(steps, 1), "examples_per_s": seen * world / max(elapsed, 1e-9), "epoch_seconds": elapsed}
+        improved = torch.zeros(1)
+        if rank == 0:
+            evaluation_model = AdvancedNCF(model_config).to(device)
+            evaluation_model.load_state_dict(weights)
+            metrics.update(validation_ndcg(evaluation_model, cfg.data, vocabs, states, boundaries, cfg.val_users))
+            improved[0] = float(metrics[VAL_METRIC] > state["best"])
+        if world > 1:
+            dist.broadcast(improved, src=0)
+        if improved.item():
+            state.update(best=metrics.get(VAL_METRIC, state["best"]), stale=0, best_epoch=epoch)
+        else:
+            state["stale"] += 1
+        state["epoch"] = epoch
+        metrics["best_" + VAL_METRIC] = state["best"]
+        _log(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                torch.save(weights, os.path.join(tmp, WEIGHTS))
+                if world == 1:
+                    torch.save(optimizer.state_dict(), os.path.join(tmp, OPTIMIZER))
+                with open(os.path.join(tmp, TRAIN_STATE), "w") as f:
+                    json.dump({**state, "model_config": asdict(model_config)}, f)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def fit(
+    config: TrainConfig,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    storage_path: Optional[str] = None,
+    name: Optional[str] = None,
+    max_failures: int = 2,
+):
+    """Runs the ``TorchTrainer``; returns its ``ray.train.Result``."""
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ncf.examples import TRAIN
+
+    # No randomize_block_order(): it is a barrier that reads the whole split before the first
+    # batch; the workers' local shuffle buffers mix the rows instead.
+    train = ray.data.read_parquet(layout.examples_dir(config.data, TRAIN))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=asdict(config),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}),
+        datasets={"train": train},
+        run_config=RunConfig(
+            name=name,
+            storage_path=os.path.abspath(storage_path) if storage_path else None,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=3, checkpoint_score_attribute=VAL_METRIC, checkpoint_score_order="max"),
+        ),
+    )
+    return trainer.fit()
+
+
+def best_checkpoint_weights(result) -> tuple[Dict[str, torch.Tensor], Dict, Dict]:
+    """(weights, train state, metrics) of the checkpoint with the best validation NDCG@10."""
+    candidates = [(c, m) for c, m in (result.best_checkpoints or []) if VAL_METRIC in m]
+    if not candidates:
+        raise RuntimeError(f"training produced no checkpoint with {VAL_METRIC}: {result.error or 'no epochs ran'}")
+    checkpoint, metrics = max(candidates, key=lambda cm: cm[1][VAL_METRIC])
+    with checkpoint.as_directory() as d:
+        weights = torch.load(os.path.join(d, WEIGHTS), weights_only=True, map_location="cpu")
+        with open(os.path.join(d, TRAIN_STATE)) as f:
+            state = json.load(f)
+    return weights, state, metrics
