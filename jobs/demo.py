@@ -31,7 +31,7 @@ def print_table(rows: list) -> None:
 def main(argv=None) -> list:
     p = argparse.ArgumentParser(description="The whole path on Complete Journey.")
     p.add_argument("--workdir", default="artifacts/demo")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--reuse-data", action="store_true", help="keep DATA if a previous run preprocessed it")
     args = p.parse_args(argv)
     started = time.time()

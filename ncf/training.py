@@ -43,10 +43,10 @@ class TrainConfig:
 
     data: str = ""
     model: Dict = field(default_factory=dict)  # ModelConfig fields other than the vocab sizes
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 4096
     learning_rate: float = 2e-3
-    patience: int = 2  # epochs without a better val NDCG@10 before stopping
+    patience: int = 1  # epochs without a better val NDCG@10 before stopping
     val_users: int = 600  # users sampled for per-epoch validation (0 = all)
     shuffle_buffer: int = 200_000
     max_steps_per_epoch: int = 0  # 0 = the whole shard; tests use a few steps
@@ -256,6 +256,19 @@ def train_loop_per_worker(config: Dict) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
+def worker_resources(num_workers: int, use_gpu: bool) -> Dict[str, float]:
+    """CPUs per training worker, leaving at least one CPU of the cluster to Ray Data's readers
+    (workers that take every CPU starve the reads that feed them, and training hangs)."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    per_worker = min(1.0, max(cpus - 1.0, 0.25) / num_workers)
+    resources = {"CPU": per_worker}
+    if use_gpu:
+        resources["GPU"] = 1.0
+    return resources
+
+
 def fit(
     config: TrainConfig,
     num_workers: int = 1,
@@ -277,7 +290,7 @@ def fit(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=asdict(config),
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=worker_resources(num_workers, use_gpu)),
         datasets={"train": train},
         run_config=RunConfig(
             name=name,

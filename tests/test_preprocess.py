@@ -195,3 +195,18 @@ def test_bad_rows_land_in_quarantine_with_reasons(ray_session, tmp_path):
     )
     assert stats["quarantine_by_reason"] == {r: 1 for r in quarantine["reason"]}
     assert stats["products_missing_from_catalog"] == 2  # no catalog: every product is unknown
+
+
+@pytest.mark.slow
+def test_a_million_synthetic_purchase_lines_go_through(ray_session, tmp_path):
+    from ncf import datasets
+
+    spec = datasets.SyntheticSpec(num_users=4_400, num_products=20_000, baskets_per_user=30.0, basket_size=8.0, seed=1)
+    logs, catalog = datasets.write_synthetic(str(tmp_path / "raw"), spec)
+    config = PreprocessConfig(examples=ExampleConfig(history_length=5, negatives_per_positive=1), train_weeks=4)
+    stats = preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), str(tmp_path / "data"), config)
+    assert stats["rows_in"] >= 1_000_000
+    assert stats["rows_in"] == stats["rows_kept"] + stats["rows_quarantined"]
+    positives = sum(s["positives"] for s in stats["splits"].values())
+    assert 0 < positives <= stats["rows_kept"]
+    assert stats["vocab_sizes"]["num_users"] == spec.num_users + 1
