@@ -40,7 +40,7 @@ def save_model_dir(
     data: str,
     metrics: Optional[Dict] = None,
     version: Optional[str] = None,
-    settings: RankingSettings = RankingSettings(),
+    settings: Optional[RankingSettings] = None,
 ) -> str:
     """Writes a complete model directory next to ``output`` and renames it into place."""
     with open(layout.stats_path(data)) as f:
@@ -58,7 +58,7 @@ def save_model_dir(
             "version": version or time.strftime("%Y%m%d-%H%M%S"),
             "model": dataclasses.asdict(model_config),
             "data": {"path": os.path.abspath(data), "boundaries": boundaries},
-            "ranking": dataclasses.asdict(settings),
+            "ranking": dataclasses.asdict(settings or RankingSettings()),
         },
     )
     write_json(os.path.join(tmp, METRICS), metrics or {})

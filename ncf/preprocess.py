@@ -174,9 +174,10 @@ def preprocess(
     logs: schema.InputFiles,
     catalog: Optional[schema.InputFiles],
     output: str,
-    config: PreprocessConfig = PreprocessConfig(),
+    config: Optional[PreprocessConfig] = None,
 ) -> Dict:
     """Runs the whole pipeline; writes under ``output`` (see :mod:`ncf.layout`); returns the stats."""
+    config = config or PreprocessConfig()
     started = time.time()
     schema.check_columns(logs, schema.LOG_REQUIRED, "purchase log")
     if os.path.exists(output):

@@ -85,14 +85,14 @@ class Recommender:
         states: UserStates,
         data_end: int,
         version: str = "dev",
-        settings: RankingSettings = RankingSettings(),
+        settings: Optional[RankingSettings] = None,
     ) -> None:
         self.model = model.eval()
         self.vocabs = vocabs
         self.states = states
         self.data_end = int(data_end)
         self.version = version
-        self.settings = settings
+        self.settings = settings or RankingSettings()
         self.device = next(model.parameters()).device
         self.num_products = len(vocabs.products)
         self.popularity = vocabs.products.column("train_count").astype(np.float64)

@@ -18,7 +18,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 

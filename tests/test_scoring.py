@@ -1,0 +1,110 @@
+"""Metrics, baselines, the scoring core and the evaluation on a small preprocessed dataset."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ncf import layout
+from ncf.baselines import OwnFrequencyRanker, PopularityRanker, top_k
+from ncf.evaluation import evaluate_all, load_period
+from ncf.metrics import ranking_metrics
+from ncf.model import AdvancedNCF, ModelConfig
+from ncf.model_dir import save_model_dir
+from ncf.scoring import Recommender
+from ncf.vocab import Vocabularies
+
+SMALL_MODEL = {"mf_embedding_dim": 16, "mlp_embedding_dim": 16, "temporal_dim": 8, "mlp_hidden_dims": [32, 16], "history_length": 8}
+
+
+def test_ranking_metrics_by_hand():
+    m = ranking_metrics(np.array([3, 1, 2, 9]), np.array([1, 2]), k=2)
+    assert m["recall"] == 0.5 and m["hr"] == 1.0 and m["mrr"] == 0.5
+    assert m["ndcg"] == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)))
+    assert ranking_metrics(np.array([5, 6]), np.array([1]), k=2) == {"recall": 0.0, "ndcg": 0.0, "hr": 0.0, "mrr": 0.0}
+    # Recall divides by min(k, |relevant|): a perfect top-2 is 1 even with 3 relevant items.
+    assert ranking_metrics(np.array([1, 2]), np.array([1, 2, 3]), k=2)["recall"] == 1.0
+
+
+def test_top_k_never_returns_the_unknown_product():
+    assert top_k(np.array([100.0, 1.0, 3.0, 2.0]), 2).tolist() == [2, 3]
+
+
+@pytest.fixture(scope="module")
+def recommender(small_data, tmp_path_factory):
+    data, _ = small_data
+    vocabs = Vocabularies.load(layout.vocab_dir(data))
+    torch.manual_seed(0)
+    config = ModelConfig(**vocabs.sizes(), **SMALL_MODEL)
+    model_dir = save_model_dir(str(tmp_path_factory.mktemp("m") / "model"), AdvancedNCF(config).state_dict(), config, data)
+    return Recommender.load(model_dir)
+
+
+def test_own_frequency_ranks_the_users_staples_first(recommender):
+    user = int(recommender.states.users()[0])
+    timeline = recommender.states.timeline(user)
+    ranker = OwnFrequencyRanker(recommender.states, recommender.popularity)
+    top = top_k(ranker.scores(user, recommender.data_end), 3)
+    counts = np.bincount(timeline.products, minlength=recommender.num_products)
+    assert counts[top[0]] == counts.max()
+    assert np.all(np.diff(counts[top]) <= 0)
+    assert top_k(PopularityRanker(recommender.popularity).scores(user, 0), 1)[0] == int(np.argmax(recommender.popularity))
+
+
+def test_recommend_returns_raw_ids_and_cold_start_for_unknown_users(recommender):
+    raw_user = recommender.vocabs.users.raw_of([1])[0]
+    lists = recommender.recommend([raw_user, "no-such-user"], k=5)
+    assert [len(x) for x in lists] == [5, 5]
+    assert all(isinstance(p, int) for p in lists[0])  # synthetic ids are integers
+    known = set(recommender.vocabs.products.raw_of(np.arange(1, recommender.num_products)))
+    assert set(lists[0]) <= known and set(lists[1]) <= known
+    cold = recommender.rank_indices(0, k=5)
+    assert cold.cold_start and recommender.rank_indices(1, k=5).cold_start is False
+
+
+def test_score_names_unknown_products(recommender):
+    raw_user = recommender.vocabs.users.raw_of([1])[0]
+    products = recommender.vocabs.products.raw_of([1, 2])
+    scores = recommender.score(raw_user, products)
+    assert len(scores) == 2 and all(0 < s < 1 for s in scores)
+    with pytest.raises(KeyError, match="no-such-product"):
+        recommender.score(raw_user, [products[0], "no-such-product"])
+
+
+def test_two_stage_ranking_agrees_with_brute_force_on_its_candidates(recommender):
+    user = int(recommender.states.users()[3])
+    two_stage = recommender.rank_indices(user, k=10)
+    brute = recommender.rank_indices(user, k=recommender.num_products, brute_force=True)
+    scores = dict(zip(brute.products.tolist(), brute.scores.tolist()))
+    # The re-ranked candidates carry exactly the full model's scores, in its order.
+    assert np.allclose([scores[p] for p in two_stage.products.tolist()], two_stage.scores, atol=1e-6)
+    assert np.all(np.diff(two_stage.scores) <= 0)
+
+
+def test_exclude_purchased_and_explanations(recommender):
+    user = int(recommender.states.users()[5])
+    at = recommender.data_end
+    timeline = recommender.states.timeline(user)
+    bought = set(timeline.products[timeline.timestamps < at].tolist())
+    ranking = recommender.rank_indices(user, k=10, exclude_purchased=True, explain=True)
+    assert not set(ranking.products.tolist()) & bought
+    history, _ = timeline.history(np.array([at]), recommender.model.config.history_length)
+    for items in ranking.explanations:
+        assert items and all(product in set(history[0].tolist()) for product, _ in items)
+        weights = [w for _, w in items]
+        assert weights == sorted(weights, reverse=True) and all(0 < w <= 1 for w in weights)
+
+
+def test_evaluate_all_reports_model_and_baselines(recommender, small_data):
+    data, stats = small_data
+    rows = evaluate_all(recommender, data, "test", max_users=40)
+    assert [r["model"] for r in rows] == ["advanced_ncf", "popularity", "own_frequency", "als"]
+    for row in rows:
+        assert row["users"] == 40
+        for key in ("recall@10", "ndcg@10", "hr@10", "mrr", "sampled_hr@10", "sampled_ndcg@10"):
+            assert 0.0 <= row[key] <= 1.0
+    period = load_period(data, "test", stats["boundaries"])
+    assert all(period.first_visit[u] >= stats["boundaries"]["test_start"] for u in period.users)
+    with open(layout.stats_path(data)) as f:
+        assert json.load(f)["boundaries"] == stats["boundaries"]
