@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml requirements/lock.txt Makefile
 	@echo "setup done ($(ACCEL)): $(VENV)"
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m unit tests

@@ -10,11 +10,11 @@ Each ranks the whole catalog for a user from purchases strictly before ``at``.
 
 from __future__ import annotations
 
-import os
 from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from ncf.user_state import UserStates
 from ncf.vocab import UNKNOWN_INDEX
@@ -74,11 +74,12 @@ class ALSRanker:
         ).tocsr()
         counts.sum_duplicates()
         weighted = bm25_weight(counts, K1=100, B=0.8).tocsr().astype(np.float32)
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit warns and slows down otherwise
         self.model = AlternatingLeastSquares(
             factors=factors, regularization=0.05, iterations=iterations, random_state=seed, num_threads=2
         )
-        self.model.fit(weighted, show_progress=False)
+        # implicit parallelises itself; a second BLAS thread pool underneath only contends.
+        with threadpool_limits(1, "blas"):
+            self.model.fit(weighted, show_progress=False)
         self._users = np.asarray(self.model.user_factors)
         self._items = np.asarray(self.model.item_factors)
 
