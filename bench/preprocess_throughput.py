@@ -18,7 +18,7 @@ from ncf.preprocess import PreprocessConfig, preprocess
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser()
-    p.add_argument("--users", type=int, nargs="+", default=[2_000, 10_000])
+    p.add_argument("--users", type=int, nargs="+", default=[2_000, 8_000])
     p.add_argument("--products", type=int, default=20_000)
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")

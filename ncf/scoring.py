@@ -102,6 +102,9 @@ class Recommender:
             cat = torch.as_tensor(vocabs.products.column("category_index"), device=self.device)
             self._catalog = model.encode_products(self._all_products, dept, cat)
             self._mf_items = self._catalog.product_mf.cpu().numpy() if model.config.use_mf else None
+            # The MF logit is mf_output(u * p): folding its weights into u makes stage one a matmul.
+            self._mf_weights = model.mf_output.weight.detach().cpu().numpy()[0] if model.config.use_mf else None
+        self._popular = np.argsort(-self.popularity[1:], kind="stable")[: self.settings.popular_candidates] + 1
         self._popular_by_hour = self._hourly_popularity(states)
 
     @staticmethod
@@ -131,9 +134,7 @@ class Recommender:
         """Catalog-wide first-stage scores: the MF path's logit, or popularity without it."""
         if self._mf_items is None:
             return np.log1p(self.popularity)
-        weights = self.model.mf_output.weight.detach().cpu().numpy()[0]
-        user_vec = user_side.user_mf[0].cpu().numpy() * weights
-        return self._mf_items @ user_vec
+        return self._mf_items @ (user_side.user_mf[0].cpu().numpy() * self._mf_weights)
 
     def _candidates(self, timeline, at: int, first_stage: np.ndarray) -> np.ndarray:
         s = self.settings
@@ -143,8 +144,7 @@ class Recommender:
         scores = first_stage.copy()
         scores[UNKNOWN_INDEX] = -np.inf
         mf = np.argpartition(-scores, min(s.mf_candidates, len(scores) - 1))[: s.mf_candidates]
-        popular = np.argsort(-self.popularity[1:], kind="stable")[: s.popular_candidates] + 1
-        merged = pd.unique(np.concatenate([own, mf[np.argsort(-scores[mf])], popular]))
+        merged = pd.unique(np.concatenate([own, mf[np.argsort(-scores[mf])], self._popular]))
         merged = merged[merged != UNKNOWN_INDEX]
         return merged[: s.candidates]
 

@@ -106,6 +106,11 @@ def unwrap(model: torch.nn.Module) -> AdvancedNCF:
     return model.module if hasattr(model, "module") else model
 
 
+def _unwrapped_name(key: str) -> str:
+    """A DistributedModelParallel state-dict key as the plain model names it."""
+    return key[len("module."):] if key.startswith("module.") else key
+
+
 def full_state_dict(model: torch.nn.Module) -> Optional[Dict[str, torch.Tensor]]:
     """The unsharded weights on rank 0 (None on other ranks)."""
     rank, world = _world()
@@ -115,7 +120,7 @@ def full_state_dict(model: torch.nn.Module) -> Optional[Dict[str, torch.Tensor]]
 
     state = {}
     for key, value in model.state_dict().items():
-        name = key[len("module."):] if key.startswith("module.") else key
+        name = _unwrapped_name(key)
         if isinstance(value, ShardedTensor):
             out = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
             value.gather(dst=0, out=out)
@@ -154,8 +159,7 @@ def _load_sharded(model: torch.nn.Module, weights: Dict[str, torch.Tensor]) -> N
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
     for key, value in model.state_dict().items():
-        name = key[len("module."):] if key.startswith("module.") else key
-        source = weights[name]
+        source = weights[_unwrapped_name(key)]
         if isinstance(value, ShardedTensor):
             for shard in value.local_shards():
                 offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
