@@ -14,6 +14,7 @@ Two protocols:
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
@@ -137,8 +138,6 @@ def baselines(states: UserStates, popularity: np.ndarray, num_users: int, at: in
 
 def evaluate_all(recommender, data: str, split: str = TEST, max_users: Optional[int] = None, with_baselines: bool = True, with_als: bool = True) -> List[Dict]:
     """The model, then each baseline, on the same users of the same period."""
-    import json
-
     with open(layout.stats_path(data)) as f:
         boundaries = json.load(f)["boundaries"]
     period = load_period(data, split, boundaries)
