@@ -55,8 +55,7 @@ class OwnFrequencyRanker:
         self._prior = popularity / (popularity.max() + 1.0)
 
     def scores(self, user: int, at: int) -> np.ndarray:
-        timeline = self.states.timeline(user)
-        bought = timeline.products[: timeline.count_before(np.array([at]))[0]]
+        bought = self.states.timeline(user).products_before(at)
         return self._prior + np.bincount(bought, minlength=len(self._prior))[: len(self._prior)]
 
 

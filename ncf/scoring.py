@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ncf.features import time_parts_of
+from ncf.features import TIME_PARTS, time_parts_of
 from ncf.model import AdvancedNCF
 from ncf.user_state import UserStates
 from ncf.vocab import UNKNOWN_INDEX, Vocabularies
@@ -136,9 +136,8 @@ class Recommender:
             return np.log1p(self.popularity)
         return self._mf_items @ (user_side.user_mf[0].cpu().numpy() * self._mf_weights)
 
-    def _candidates(self, timeline, at: int, first_stage: np.ndarray) -> np.ndarray:
+    def _candidates(self, bought: np.ndarray, first_stage: np.ndarray) -> np.ndarray:
         s = self.settings
-        bought = timeline.products[: timeline.count_before(np.array([at]))[0]]
         own, counts = np.unique(bought, return_counts=True)
         own = own[np.argsort(-counts, kind="stable")]
         scores = first_stage.copy()
@@ -154,7 +153,7 @@ class Recommender:
         timeline = self.states.timeline(user)
         history, ages = timeline.history(np.array([at]), self.model.config.history_length)
         parts = time_parts_of(np.array([at]))
-        time_parts = np.stack([parts[k] for k in ("hour", "day_of_week", "day_of_year", "month")], axis=1)
+        time_parts = np.stack([parts[k] for k in TIME_PARTS], axis=1)
         t = lambda a, dtype: torch.as_tensor(a, dtype=dtype, device=self.device)  # noqa: E731
         with torch.no_grad():
             side = self.model.encode_user(
@@ -196,12 +195,12 @@ class Recommender:
             top = self._popular_by_hour[hour][:k]
             return Ranking(top, self.popularity[top] / max(self.popularity.max(), 1.0), cold_start=True)
         timeline, side, history = self._user_side(user, at)
+        bought = timeline.products_before(at)
         if brute_force:
             candidates = self._all_products.cpu().numpy()[1:]
         else:
-            candidates = self._candidates(timeline, at, self._first_stage(user, side))
+            candidates = self._candidates(bought, self._first_stage(user, side))
         if exclude_purchased:
-            bought = timeline.products[: timeline.count_before(np.array([at]))[0]]
             candidates = candidates[~np.isin(candidates, bought)]
         probs, weights = self._score(timeline, side, candidates, at, explain)
         order = np.argsort(-probs, kind="stable")[:k]

@@ -45,6 +45,10 @@ class UserTimeline:
         """Number of purchases strictly before each moment."""
         return np.searchsorted(self.timestamps, at, side="left")
 
+    def products_before(self, at: int) -> np.ndarray:
+        """Every purchase strictly before one moment, in time order (repeats included)."""
+        return self.products[: int(self.count_before(np.array([at]))[0])]
+
     def distinct_before(self, at: np.ndarray) -> np.ndarray:
         """Number of distinct products bought strictly before each moment; the first
         ``distinct_before`` entries of ``first_products`` are those products."""

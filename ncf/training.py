@@ -18,11 +18,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from ncf import layout
-from ncf.evaluation import full_ranking, load_period, recommender_fns, sample_users
+from ncf.evaluation import Period, full_ranking, load_period, recommender_fns, sample_users
 from ncf.examples import VAL
 from ncf.features import Batch
 from ncf.model import AdvancedNCF, ModelConfig
@@ -130,13 +131,12 @@ def full_state_dict(model: torch.nn.Module) -> Optional[Dict[str, torch.Tensor]]
     return state if rank == 0 else None
 
 
-def validation_ndcg(model: AdvancedNCF, data: str, vocabs: Vocabularies, states: UserStates, boundaries: Dict, users: int) -> Dict[str, float]:
-    """Full-ranking metrics on the validation period (users sampled for speed)."""
+def validation_ndcg(model: AdvancedNCF, vocabs: Vocabularies, states: UserStates, period: Period, users: np.ndarray) -> Dict[str, float]:
+    """Full-ranking metrics of the current weights on the validation period's sampled users."""
     model.eval()
-    recommender = Recommender(model, vocabs, states, data_end=boundaries["val_start"])
-    period = load_period(data, VAL, boundaries)
+    recommender = Recommender(model, vocabs, states, data_end=period.start)
     rank, _ = recommender_fns(recommender)
-    metrics = full_ranking(rank, period, sample_users(period.users, users or None))
+    metrics = full_ranking(rank, period, users)
     model.train()
     return {f"val_{k}": float(v) for k, v in metrics.items()}
 
@@ -204,7 +204,10 @@ def train_loop_per_worker(config: Dict) -> None:
         state = _load_checkpoint(model, optimizer, checkpoint)
         resumed_from = state["epoch"]
         _log(f"rank {rank}: resumed after epoch {state['epoch']} (best {VAL_METRIC} {state['best']:.4f})")
-    states = UserStates.load(layout.user_state_dir(cfg.data)) if rank == 0 else None
+    if rank == 0:  # only rank 0 validates; the period and its user sample are fixed for the run
+        states = UserStates.load(layout.user_state_dir(cfg.data))
+        val_period = load_period(cfg.data, VAL, boundaries)
+        val_users = sample_users(val_period.users, cfg.val_users or None)
 
     shard = ray.train.get_dataset_shard("train")
     while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
@@ -236,7 +239,7 @@ def train_loop_per_worker(config: Dict) -> None:
         if rank == 0:
             evaluation_model = AdvancedNCF(model_config).to(device)
             evaluation_model.load_state_dict(weights)
-            metrics.update(validation_ndcg(evaluation_model, cfg.data, vocabs, states, boundaries, cfg.val_users))
+            metrics.update(validation_ndcg(evaluation_model, vocabs, states, val_period, val_users))
             improved[0] = float(metrics[VAL_METRIC] > state["best"])
         if world > 1:
             dist.broadcast(improved, src=0)
