@@ -212,15 +212,38 @@ class Recommender:
     # -- raw-id API (Serve and the nightly job) --------------------------------------------------
 
     def recommend(
-        self, user_ids: Sequence, k: int = 10, at=None, exclude_purchased: bool = False
+        self, user_ids: Sequence, k: int = 10, at=None, exclude_purchased: bool = False, explain: bool = False
     ) -> List[List]:
-        """Top-``k`` raw product ids for each raw user id; unknown users get the cold-start list."""
+        """Top-``k`` raw product ids for each raw user id; unknown users get the cold-start list.
+
+        With ``explain=True`` each item is a dict instead: ``product_id``, ``score`` and
+        ``because`` (the user's past purchases the attention weighted most, with the weights).
+        """
+        if explain:
+            return [self.recommend_items(u, k, at, exclude_purchased, explain=True)["items"] for u in user_ids]
         at_s = None if at is None else to_epoch_seconds(at)
         users = self.vocabs.users.index_of(list(user_ids))
         return [
             self.vocabs.products.raw_of(self.rank_indices(int(u), at_s, k, exclude_purchased).products)
             for u in users
         ]
+
+    def recommend_items(self, user_id, k: int = 10, at=None, exclude_purchased: bool = False, explain: bool = False) -> Dict:
+        """One user's ranking as plain data (what Serve and the nightly job emit)::
+
+            {"user_id": .., "cold_start": bool, "items": [{"product_id": .., "score": ..,
+             "because": [{"product_id": .., "weight": ..}]}]}   # "because" only with explain
+        """
+        at_s = None if at is None else to_epoch_seconds(at)
+        user = int(self.vocabs.users.index_of([user_id])[0])
+        ranking = self.rank_indices(user, at_s, k, exclude_purchased, explain=explain)
+        raw = self.vocabs.products.raw_of(ranking.products)
+        items = [{"product_id": p, "score": float(s)} for p, s in zip(raw, ranking.scores)]
+        if explain:
+            for item, because in zip(items, ranking.explanations or [[] for _ in items]):
+                products = self.vocabs.products.raw_of([p for p, _ in because])
+                item["because"] = [{"product_id": p, "weight": w} for p, (_, w) in zip(products, because)]
+        return {"user_id": user_id, "cold_start": ranking.cold_start, "items": items}
 
     def score(self, user_id, product_ids: Sequence, at=None) -> List[float]:
         """Probabilities that the user buys each product at ``at``.

@@ -48,3 +48,23 @@ def small_data(ray_session, tmp_path_factory):
     data = str(root / "data")
     stats = preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), data, config)
     return data, stats
+
+
+SMALL_MODEL = {"mf_embedding_dim": 16, "mlp_embedding_dim": 16, "temporal_dim": 8, "mlp_hidden_dims": [32, 16], "history_length": 8}
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(small_data, tmp_path_factory):
+    """A model directory on ``small_data`` with seeded, untrained weights (enough for serving
+    and scoring mechanics; training itself is tested in test_training.py)."""
+    import torch
+
+    from ncf import layout
+    from ncf.model import AdvancedNCF, ModelConfig
+    from ncf.model_dir import save_model_dir
+    from ncf.vocab import Vocabularies
+
+    data, _ = small_data
+    torch.manual_seed(0)
+    config = ModelConfig(**Vocabularies.load(layout.vocab_dir(data)).sizes(), **SMALL_MODEL)
+    return save_model_dir(str(tmp_path_factory.mktemp("model") / "v1"), AdvancedNCF(config).state_dict(), config, data, version="v1")
