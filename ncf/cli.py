@@ -19,7 +19,9 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        # address="local": never attach to whatever cluster a previous `ray start` left a
+        # pointer to in /tmp/ray; without RAY_ADDRESS a job runs on its own local cluster.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
 
 
 @contextmanager

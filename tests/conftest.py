@@ -18,7 +18,7 @@ def ray_session():
     """A local Ray cluster shared by every integration test of the session (num_cpus=2)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
         yield ray
     finally:
