@@ -21,7 +21,7 @@ else
 $(error ACCEL must be cpu or cuda, not $(ACCEL))
 endif
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup browser test test-fast demo bench clean
 
 setup: $(STAMP)
 
@@ -38,7 +38,13 @@ $(STAMP): pyproject.toml requirements/lock.txt Makefile
 	@touch $@
 	@echo "setup done ($(ACCEL)): $(VENV)"
 
-test: setup
+# The report test renders the HTML report in headless Chromium (Debian's package).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the report test"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: setup browser
 	$(PY) -m pytest -q --durations=15 tests
 
 test-fast: setup

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from ncf.cli import one_line_errors
 from ncf.evaluation import evaluate_all
 from ncf.examples import TEST, VAL
+from ncf.model_dir import read_metrics
+from ncf.report import write_report
+from ncf.schema import InputError
 from ncf.scoring import Recommender
 
 
@@ -19,6 +23,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-users", type=int, default=None, help="evaluate a seeded sample of users")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--no-als", action="store_true", help="skip the ALS baseline (the slowest)")
+    p.add_argument("--report", default=None, help="write an HTML report (charts embedded) to this directory")
+    p.add_argument("--ablations", default=None, help="JSON lines of bench.ablations to show in the report")
     return p.parse_args(argv)
 
 
@@ -29,7 +35,19 @@ def main(argv=None) -> list:
         rows = evaluate_all(recommender, args.data, args.split, args.max_users, not args.no_baselines, not args.no_als)
         for row in rows:
             print(json.dumps({**row, "model_version": recommender.version}), flush=True)
+        if args.report:
+            ablations = read_jsonl(args.ablations) if args.ablations else None
+            history = read_metrics(args.model).get("history")
+            path = write_report(args.report, recommender, args.data, rows, history=history, ablations=ablations, split=args.split)
+            print(f"[evaluate] report: {path}", flush=True)
         return rows
+
+
+def read_jsonl(path: str) -> list:
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file (--ablations)")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from ncf.cli import init_ray, one_line_errors
 from ncf.device import use_gpu
 from ncf.model import ModelConfig
 from ncf.model_dir import save_model_dir
-from ncf.training import TrainConfig, best_checkpoint_weights, fit
+from ncf.training import TrainConfig, best_checkpoint_weights, fit, run_history
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,7 +52,7 @@ def main(argv=None) -> str:
         )
         result = fit(config, num_workers=args.workers, use_gpu=use_gpu(args.gpu), storage_path=args.storage, name=args.name)
         weights, state, metrics = best_checkpoint_weights(result)
-        path = save_model_dir(args.output, weights, ModelConfig.from_dict(state["model_config"]), args.data, metrics={"training": metrics})
+        path = save_model_dir(args.output, weights, ModelConfig.from_dict(state["model_config"]), args.data, metrics={"training": metrics, "history": run_history(result)})
         print(f"[train] best epoch {state.get('best_epoch')} with val_ndcg@10 {metrics['val_ndcg@10']:.4f}; model directory: {path}", flush=True)
         return path
 

@@ -7,7 +7,7 @@ ranking) and by :func:`ncf.model.example_batch` (tests and benchmarks).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Dict, Mapping
 
 import numpy as np
@@ -71,6 +71,19 @@ class Batch:
     @property
     def history_length(self) -> int:
         return self.history.shape[1]
+
+    def select(self, rows: torch.Tensor) -> "Batch":
+        """The rows picked by a boolean mask or an index tensor."""
+        return Batch(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    def with_history_length(self, length: int) -> "Batch":
+        """Keeps the ``length`` most recent history purchases (a model may read fewer than
+        preprocessing stored; it cannot read more)."""
+        if length > self.history_length:
+            raise ValueError(f"the model reads {length} history purchases but the examples hold {self.history_length}")
+        if length == self.history_length:
+            return self
+        return replace(self, history=self.history[:, :length], history_age_days=self.history_age_days[:, :length])
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})

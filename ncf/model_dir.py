@@ -78,6 +78,16 @@ def read_config(model_dir: str) -> Dict:
     return config
 
 
+def read_metrics(model_dir: str) -> Dict:
+    """``metrics.json``: training metrics and, for models trained since it was added, the
+    per-epoch ``history``."""
+    path = os.path.join(model_dir, METRICS)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def load_model(model_dir: str, device: Optional[torch.device] = None) -> AdvancedNCF:
     """The model with its weights; refuses files that need unpickling (weights_only=True)."""
     config = read_config(model_dir)

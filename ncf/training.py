@@ -48,6 +48,8 @@ class TrainConfig:
     learning_rate: float = 2e-3
     patience: int = 1  # epochs without a better val NDCG@10 before stopping
     val_users: int = 600  # users sampled for per-epoch validation (0 = all)
+    # Negatives per positive to train on, subsampled from what preprocessing drew (0 = all).
+    negatives_per_positive: float = 0.0
     shuffle_buffer: int = 200_000
     max_steps_per_epoch: int = 0  # 0 = the whole shard; tests use a few steps
     torch_threads: int = 0  # 0 = this machine's cores shared among the workers
@@ -143,15 +145,14 @@ def validation_ndcg(model: AdvancedNCF, vocabs: Vocabularies, states: UserStates
 
 def _load_checkpoint(model: torch.nn.Module, optimizer, checkpoint) -> Dict:
     with checkpoint.as_directory() as d:
-        weights = torch.load(os.path.join(d, WEIGHTS), weights_only=True, map_location="cpu")
+        weights, state = read_checkpoint(d)
         if _world()[1] == 1:
             unwrap(model).load_state_dict(weights)
         else:
             _load_sharded(model, weights)
         if os.path.exists(os.path.join(d, OPTIMIZER)) and _world()[1] == 1:
             optimizer.load_state_dict(torch.load(os.path.join(d, OPTIMIZER), weights_only=True, map_location="cpu"))
-        with open(os.path.join(d, TRAIN_STATE)) as f:
-            return json.load(f)
+        return state
 
 
 def _load_sharded(model: torch.nn.Module, weights: Dict[str, torch.Tensor]) -> None:
@@ -167,6 +168,24 @@ def _load_sharded(model: torch.nn.Module, weights: Dict[str, torch.Tensor]) -> N
                 shard.tensor.detach().copy_(source[index])
         else:
             value.detach().copy_(source)
+
+
+def negative_keep_rate(wanted: float, drawn: float) -> float:
+    """Share of the stored negatives to keep so that ``wanted`` remain per positive."""
+    if wanted <= 0 or drawn <= 0:
+        return 1.0
+    if wanted > drawn:
+        raise ValueError(f"negatives_per_positive={wanted} but preprocessing drew only {drawn} per positive")
+    return wanted / drawn
+
+
+def subsample_negatives(batch: Batch, keep_rate: float, generator: torch.Generator) -> Batch:
+    """Keeps every positive and each negative with probability ``keep_rate``. The sampler's
+    distribution is unchanged, so the logQ correction stays valid."""
+    if keep_rate >= 1.0:
+        return batch
+    keep = (batch.label > 0) | (torch.rand(batch.batch_size, generator=generator) < keep_rate)
+    return batch.select(keep)
 
 
 def _crash_once(cfg: TrainConfig) -> None:
@@ -188,7 +207,10 @@ def train_loop_per_worker(config: Dict) -> None:
     torch.set_num_threads(cfg.torch_threads or max(1, (os.cpu_count() or 1) // world))
     device = ray.train.torch.get_device()
     with open(layout.stats_path(cfg.data)) as f:
-        boundaries = json.load(f)["boundaries"]
+        stats = json.load(f)
+    boundaries = stats["boundaries"]
+    keep_rate = negative_keep_rate(cfg.negatives_per_positive, stats["config"]["examples"]["negatives_per_positive"])
+    sampler = torch.Generator().manual_seed(cfg.seed + rank)
     vocabs = Vocabularies.load(layout.vocab_dir(cfg.data))
     model_config = cfg.model_config(vocabs.sizes())
     model, optimizer = build_model(model_config, device, world, cfg.learning_rate)
@@ -215,7 +237,8 @@ def train_loop_per_worker(config: Dict) -> None:
         model.train()
         started, seen, loss_sum, steps = time.time(), 0, 0.0, 0
         for table in shard.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow", local_shuffle_buffer_size=cfg.shuffle_buffer or None, local_shuffle_seed=cfg.seed + epoch):
-            batch = Batch.from_arrow(table).to(device)
+            batch = Batch.from_arrow(table).with_history_length(model_config.history_length)
+            batch = subsample_negatives(batch, keep_rate, sampler).to(device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
                 logits = model(batch, return_logits=True)
             # logQ correction: the model learns log p(product | context), not p / q.
@@ -249,6 +272,7 @@ def train_loop_per_worker(config: Dict) -> None:
             state["stale"] += 1
         state["epoch"] = epoch
         metrics["best_" + VAL_METRIC] = state["best"]
+        state["history"] = state.get("history", []) + [metrics]  # the curves the report draws
         _log(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -262,13 +286,15 @@ def train_loop_per_worker(config: Dict) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def worker_resources(num_workers: int, use_gpu: bool) -> Dict[str, float]:
-    """CPUs per training worker, leaving at least one CPU of the cluster to Ray Data's readers
-    (workers that take every CPU starve the reads that feed them, and training hangs)."""
+def worker_resources(num_workers: int, use_gpu: bool, cpu_budget: Optional[float] = None) -> Dict[str, float]:
+    """CPUs per training worker: ``cpu_budget`` shared among the workers, by default all of the
+    cluster's CPUs but one. That one is left to Ray Data's readers: workers that take every CPU
+    starve the reads that feed them, and training hangs."""
     import ray
 
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    per_worker = min(1.0, max(cpus - 1.0, 0.25) / num_workers)
+    if cpu_budget is None:
+        cpu_budget = ray.cluster_resources().get("CPU", 1.0) - 1.0
+    per_worker = min(1.0, max(cpu_budget, 0.25) / num_workers)
     resources = {"CPU": per_worker}
     if use_gpu:
         resources["GPU"] = 1.0
@@ -282,8 +308,15 @@ def fit(
     storage_path: Optional[str] = None,
     name: Optional[str] = None,
     max_failures: int = 2,
+    callbacks: Optional[list] = None,
+    cpu_budget: Optional[float] = None,
 ):
-    """Runs the ``TorchTrainer``; returns its ``ray.train.Result``."""
+    """Runs the ``TorchTrainer``; returns its ``ray.train.Result``.
+
+    ``callbacks`` go to the trainer's ``RunConfig`` (a Tune trial passes Ray Tune's
+    ``TuneReportCallback`` so that each epoch's metrics reach the scheduler). ``cpu_budget``:
+    see :func:`worker_resources` (concurrent Tune trials split the cluster between them).
+    """
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -296,12 +329,13 @@ def fit(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=asdict(config),
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=worker_resources(num_workers, use_gpu)),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=worker_resources(num_workers, use_gpu, cpu_budget)),
         datasets={"train": train},
         run_config=RunConfig(
             name=name,
             storage_path=os.path.abspath(storage_path) if storage_path else None,
             failure_config=FailureConfig(max_failures=max_failures),
+            callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=3, checkpoint_score_attribute=VAL_METRIC, checkpoint_score_order="max"),
         ),
     )
@@ -315,7 +349,20 @@ def best_checkpoint_weights(result) -> tuple[Dict[str, torch.Tensor], Dict, Dict
         raise RuntimeError(f"training produced no checkpoint with {VAL_METRIC}: {result.error or 'no epochs ran'}")
     checkpoint, metrics = max(candidates, key=lambda cm: cm[1][VAL_METRIC])
     with checkpoint.as_directory() as d:
-        weights = torch.load(os.path.join(d, WEIGHTS), weights_only=True, map_location="cpu")
-        with open(os.path.join(d, TRAIN_STATE)) as f:
-            state = json.load(f)
+        weights, state = read_checkpoint(d)
     return weights, state, metrics
+
+
+def run_history(result) -> list:
+    """Every epoch's metrics of a run, from its latest checkpoint (older ones may be deleted)."""
+    if result.checkpoint is None:
+        return []
+    with result.checkpoint.as_directory() as d:
+        return read_checkpoint(d)[1].get("history", [])
+
+
+def read_checkpoint(directory: str) -> tuple[Dict[str, torch.Tensor], Dict]:
+    """(weights, train state) of a checkpoint directory written by ``train_loop_per_worker``."""
+    weights = torch.load(os.path.join(directory, WEIGHTS), weights_only=True, map_location="cpu")
+    with open(os.path.join(directory, TRAIN_STATE)) as f:
+        return weights, json.load(f)
