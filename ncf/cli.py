@@ -21,7 +21,9 @@ def init_ray(num_cpus: int | None = None) -> None:
     else:
         # address="local": never attach to whatever cluster a previous `ray start` left a
         # pointer to in /tmp/ray; without RAY_ADDRESS a job runs on its own local cluster.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+        # The dashboard (on 127.0.0.1) serves the State API, which Ray Train's placement-group
+        # cleaner needs when Tune stops a trial: without it the trial's CPUs are never freed.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
 
 
 @contextmanager

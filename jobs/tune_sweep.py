@@ -1,0 +1,50 @@
+"""python -m jobs.tune_sweep --data DATA --output SWEEP --trials N [--epochs E] [--resume]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ncf.cli import init_ray, one_line_errors
+from ncf.device import use_gpu
+from tune.settings import SweepSettings
+from tune.sweep import run_sweep, summary
+
+SHOWN = ["trial_id", "best_val_ndcg@10", "best_epoch", "epochs", "mf_embedding_dim", "mlp_embedding_dim", "mlp_hidden_dims", "temporal_dim", "num_heads", "history_length", "learning_rate", "dropout", "negatives_per_positive", "is_default"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Ray Tune + Optuna sweep over AdvancedNCF's dimensions; SWEEP/best is the winner.")
+    p.add_argument("--data", required=True, help="output of jobs.preprocess (visible to every node)")
+    p.add_argument("--output", required=True, help="sweep directory")
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=2, help="epochs per trial at most (ASHA stops weak trials sooner)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
+    p.add_argument("--gpu", default="auto", help="auto (CUDA when present), yes or no")
+    p.add_argument("--concurrent", type=int, default=0, help="trials at once (0 = what the cluster fits)")
+    p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap each epoch (0 = the whole split)")
+    p.add_argument("--val-users", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --output")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with one_line_errors():
+        settings = SweepSettings(
+            data=args.data, output=args.output, trials=args.trials, epochs=args.epochs, workers=args.workers,
+            use_gpu=use_gpu(args.gpu), concurrent=args.concurrent, max_steps_per_epoch=args.max_steps_per_epoch,
+            val_users=args.val_users, batch_size=args.batch_size, seed=args.seed,
+        )
+        init_ray()
+        table = run_sweep(settings, resume=args.resume)
+        print("\n" + table[[c for c in SHOWN if c in table]].to_string(index=False), flush=True)
+        print(f"[sweep] {json.dumps(summary(table))}")
+        print(f"[sweep] results: {settings.output}/results.parquet (and .csv), plot: {settings.output}/sweep.png, best model: {settings.best_dir}", flush=True)
+        return table
+
+
+if __name__ == "__main__":
+    main()

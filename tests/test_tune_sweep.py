@@ -1,0 +1,116 @@
+"""A sweep submitted with `ray job submit` to a cluster started with `ray start --head`."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pandas as pd
+import pytest
+import requests
+
+from ncf.model_dir import read_config
+from ncf.scoring import Recommender
+from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower, search_space
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def head_node():
+    """`ray start --head --block` on 127.0.0.1 with its own ports and temp dir; SIGTERM to the
+    blocking process stops exactly this cluster (`ray stop` would stop every Ray on the machine)."""
+    gcs, dashboard, client = free_port(), free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
+        "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", "2",
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+        "--ray-client-server-port", str(client), "--temp-dir", temp_dir, "--disable-usage-stats",
+    ]
+    log = open(os.path.join(temp_dir, "ray_start.log"), "w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:  # the job API answers once the dashboard is up
+            assert process.poll() is None, open(log.name).read()[-3000:]
+            try:
+                if requests.get(f"{address}/api/version", timeout=2).status_code < 500:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("the head node's dashboard did not come up in 90 s")
+        yield address, env
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_search_space_points_are_valid_models():
+    from ncf.model import ModelConfig
+    from ray.tune.search.sample import Categorical
+
+    limits = {"history_length": 8, "negatives_per_positive": 3}
+    space = search_space(limits)
+    assert set(space) == set(SEARCHED)
+    assert max(space["history_length"].categories) == 8  # never more than the examples hold
+    assert max(space["negatives_per_positive"].categories) == 3
+    dims = [c for name in ("mf_embedding_dim", "mlp_embedding_dim") for c in space[name].categories]
+    for heads in space["num_heads"].categories:
+        for dim in dims:  # every combination builds
+            ModelConfig(num_users=2, num_products=2, num_departments=2, num_categories=2, mlp_embedding_dim=dim, num_heads=heads)
+    default = default_point(limits)
+    for name, domain in space.items():
+        if isinstance(domain, Categorical):
+            assert default[name] in domain.categories, name
+    assert mlp_tower(3, 64) == [64, 32, 16]
+
+
+def test_sweep_submitted_with_ray_job_submit(head_node, small_data, tmp_path):
+    address, env = head_node
+    data, _ = small_data
+    sweep = tmp_path / "sweep"
+    submit = [
+        os.path.join(os.path.dirname(sys.executable), "ray"), "job", "submit", "--address", address, "--working-dir", REPO, "--",
+        "python", "-m", "jobs.tune_sweep", "--data", data, "--output", str(sweep), "--trials", "2", "--epochs", "1",
+        "--max-steps-per-epoch", "3", "--val-users", "20", "--batch-size", "256",
+    ]
+    done = subprocess.run(submit, env={**env, "RAY_AUTH_MODE": "token"}, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "succeeded" in done.stdout
+
+    table = pd.read_parquet(sweep / "results.parquet")
+    assert len(table) == 2 and (sweep / "results.csv").exists() and (sweep / "sweep.png").stat().st_size > 10_000
+    assert table["is_default"].sum() == 1  # the defaults are evaluated first, as the baseline
+    assert table.loc[0, "best_val_ndcg@10"] >= table.loc[1, "best_val_ndcg@10"]
+    assert any(table.loc[0, k] != table.loc[1, k] for k in SEARCHED)
+
+    config = read_config(sweep / "best")
+    best = table.iloc[0]
+    assert config["version"] == f"sweep-{best['trial_id']}"
+    assert config["model"]["mf_embedding_dim"] == best["mf_embedding_dim"]
+    assert config["model"]["mlp_hidden_dims"] == mlp_tower(best["mlp_depth"], best["mlp_width"])
+    recommender = Recommender.load(str(sweep / "best"))
+    assert len(recommender.rank_indices(int(recommender.states.users()[0]), k=5).products) == 5
+    assert data_limits(data)["history_length"] >= config["model"]["history_length"]

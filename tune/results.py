@@ -1,0 +1,120 @@
+"""What a sweep leaves behind: the trial table, its plot and the winner as a model directory.
+
+::
+
+    SWEEP/
+      results.parquet, results.csv   one row per trial: the point, its best validation
+                                     NDCG@10 and epoch, epochs run, status, checkpoint
+      sweep.png                      the metric against each searched dimension
+      best/                          the winning checkpoint as a model directory
+      tune/sweep/                    Ray Tune's experiment (resume state, TensorBoard logs)
+      train/<trial id>/              each trial's Ray Train run and checkpoints
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List
+
+import numpy as np
+import pandas as pd
+
+from ncf.model import ModelConfig
+from ncf.model_dir import save_model_dir
+from ncf.training import VAL_METRIC, read_checkpoint
+from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower
+from tune.settings import SweepSettings
+
+BEST = "best_" + VAL_METRIC
+CHECKPOINT_PATH = "checkpoint_path"  # what Tune's TuneReportCallback adds to the metrics
+
+
+def _trial_row(result, default: Dict) -> Dict:
+    point = {k: result.config.get(k) for k in SEARCHED}
+    row = {"trial_id": (result.metrics or {}).get("trial_id", os.path.basename(result.path)), **point}
+    row["mlp_hidden_dims"] = str(mlp_tower(int(point["mlp_depth"]), int(point["mlp_width"])))
+    row["is_default"] = all(np.isclose(point[k], default[k]) for k in SEARCHED)
+    row["status"] = "error" if result.error else "done"
+    history = result.metrics_dataframe
+    if history is None or VAL_METRIC not in history or history[VAL_METRIC].isna().all():
+        row.update({BEST: np.nan, "best_epoch": np.nan, "epochs": 0, CHECKPOINT_PATH: None})
+        return row
+    best = history.loc[history[VAL_METRIC].idxmax()]
+    row.update({
+        BEST: float(best[VAL_METRIC]),
+        "best_epoch": int(best["epoch"]),
+        "val_recall@10": float(best.get("val_recall@10", np.nan)),
+        "epochs": int(history["epoch"].max()),
+        "train_loss": float(history["train_loss"].iloc[-1]),
+        "examples_per_s": float(history["examples_per_s"].mean()),
+        "seconds": float(history["time_total_s"].max()) if "time_total_s" in history else np.nan,
+        CHECKPOINT_PATH: best.get(CHECKPOINT_PATH),
+    })
+    return row
+
+
+def results_table(grid, data: str) -> pd.DataFrame:
+    """One row per trial, best first."""
+    default = default_point(data_limits(data))
+    rows = [_trial_row(result, default) for result in grid]
+    table = pd.DataFrame(rows)
+    return table.sort_values(BEST, ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def write_results(table: pd.DataFrame, output: str) -> List[str]:
+    os.makedirs(output, exist_ok=True)
+    paths = [os.path.join(output, "results.parquet"), os.path.join(output, "results.csv")]
+    table.to_parquet(paths[0], index=False)
+    table.to_csv(paths[1], index=False)
+    return paths
+
+
+def export_best(table: pd.DataFrame, settings: SweepSettings) -> str:
+    """Writes the best trial's best checkpoint as ``SWEEP/best`` (a model directory)."""
+    from ray.train import Checkpoint
+
+    done = table.dropna(subset=[BEST])
+    done = done[done[CHECKPOINT_PATH].notna()]
+    if done.empty:
+        raise RuntimeError(f"no trial of the sweep in {settings.output} reported a checkpoint with {VAL_METRIC}")
+    best = done.iloc[0]
+    with Checkpoint(best[CHECKPOINT_PATH]).as_directory() as d:
+        weights, state = read_checkpoint(d)
+    metrics = {"sweep": {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()}}
+    return save_model_dir(
+        settings.best_dir,
+        weights,
+        ModelConfig.from_dict(state["model_config"]),
+        settings.data,
+        metrics=metrics,
+        version=f"sweep-{best['trial_id']}",
+    )
+
+
+def plot_sweep(table: pd.DataFrame, path: str) -> str:
+    """Validation NDCG@10 against each searched dimension; the default point and the winner marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = table.dropna(subset=[BEST])
+    fig, axes = plt.subplots(2, (len(SEARCHED) + 1) // 2, figsize=(18, 6.5), sharey=True)
+    for ax, name in zip(axes.flat, SEARCHED):
+        ax.scatter(done[name], done[BEST], color="tab:blue", alpha=0.7, label="trial")
+        default = done[done["is_default"]]
+        ax.scatter(default[name], default[BEST], color="tab:orange", s=80, label="default")
+        if not done.empty:
+            ax.scatter(done[name].iloc[:1], done[BEST].iloc[:1], color="tab:red", marker="*", s=200, label="best")
+        if name == "learning_rate":
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(VAL_METRIC)
+    axes.flat[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"Sweep: {len(done)} trials, best {VAL_METRIC} per trial")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

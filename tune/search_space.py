@@ -1,0 +1,114 @@
+"""What a sweep searches: AdvancedNCF's dimensions and the training settings around them.
+
+A sampled point is a flat dict (Optuna needs flat, independent parameters); :func:`to_train_config`
+turns it into the ``TrainConfig`` one trial trains with. The MLP tower is searched as a depth
+and a first width that halves layer by layer, so every sampled tower is a valid funnel, and
+the head counts are divisors of every searched embedding width, so every point is a valid
+model.
+
+Example::
+
+    point = default_point(data_limits("DATA"))
+    config = to_train_config(point, TrainConfig(data="DATA"))
+    config.model["mlp_hidden_dims"]  # [128, 64]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Dict, List
+
+from ncf import layout
+from ncf.model import ModelConfig
+from ncf.training import TrainConfig
+
+EMBEDDING_DIMS = [16, 32, 64, 128]
+HEADS = [1, 2, 4]  # divide every EMBEDDING_DIMS entry
+TEMPORAL_DIMS = [8, 16, 32]
+MLP_WIDTHS = [64, 128, 256]
+MLP_DEPTHS = [1, 2, 3]
+HISTORY_LENGTHS = [5, 10, 20]  # capped by what preprocessing stored (see data_limits)
+NEGATIVES = [1, 2, 4]  # capped by what preprocessing drew
+LEARNING_RATE = (3e-4, 1e-2)
+DROPOUT = (0.0, 0.3)
+
+SEARCHED = [
+    "mf_embedding_dim", "mlp_embedding_dim", "mlp_depth", "mlp_width", "temporal_dim",
+    "num_heads", "history_length", "learning_rate", "dropout", "negatives_per_positive",
+]
+
+
+def data_limits(data: str) -> Dict[str, int]:
+    """History length and negatives per positive that the preprocessed examples hold: a trial
+    can train on fewer, never on more."""
+    with open(layout.stats_path(data)) as f:
+        examples = json.load(f)["config"]["examples"]
+    return {"history_length": int(examples["history_length"]), "negatives_per_positive": int(examples["negatives_per_positive"])}
+
+
+def _capped(choices: List[int], limit: int) -> List[int]:
+    return sorted({c for c in choices if c <= limit} | {limit})
+
+
+def search_space(limits: Dict[str, int]) -> Dict:
+    """The Ray Tune search space (sampled by Optuna's TPE through ``OptunaSearch``)."""
+    from ray import tune
+
+    return {
+        "mf_embedding_dim": tune.choice(EMBEDDING_DIMS),
+        "mlp_embedding_dim": tune.choice(EMBEDDING_DIMS),
+        "mlp_depth": tune.choice(MLP_DEPTHS),
+        "mlp_width": tune.choice(MLP_WIDTHS),
+        "temporal_dim": tune.choice(TEMPORAL_DIMS),
+        "num_heads": tune.choice(HEADS),
+        "history_length": tune.choice(_capped(HISTORY_LENGTHS, limits["history_length"])),
+        "learning_rate": tune.loguniform(*LEARNING_RATE),
+        "dropout": tune.uniform(*DROPOUT),
+        "negatives_per_positive": tune.choice(_capped(NEGATIVES, limits["negatives_per_positive"])),
+    }
+
+
+def mlp_tower(depth: int, width: int) -> List[int]:
+    """``depth`` layers starting at ``width``, halving each time (at least 8 units)."""
+    return [max(width >> i, 8) for i in range(depth)]
+
+
+def default_point(limits: Dict[str, int]) -> Dict:
+    """The defaults of ``ModelConfig`` and ``TrainConfig`` as a point of the space, evaluated
+    first so that every sweep measures its gain over them under the same budget."""
+    model = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
+    hidden = ModelConfig.__dataclass_fields__["mlp_hidden_dims"].default_factory()
+    train = TrainConfig()
+    return {
+        "mf_embedding_dim": model["mf_embedding_dim"],
+        "mlp_embedding_dim": model["mlp_embedding_dim"],
+        "mlp_depth": len(hidden),
+        "mlp_width": hidden[0],
+        "temporal_dim": model["temporal_dim"],
+        "num_heads": model["num_heads"],
+        "history_length": min(model["history_length"], limits["history_length"]),
+        "learning_rate": train.learning_rate,
+        "dropout": model["dropout"],
+        "negatives_per_positive": limits["negatives_per_positive"],  # all of them, as jobs.train does
+    }
+
+
+def to_train_config(point: Dict, base: TrainConfig) -> TrainConfig:
+    """The ``TrainConfig`` of one sampled point: the model part and the training part."""
+    model = {
+        **base.model,
+        "mf_embedding_dim": int(point["mf_embedding_dim"]),
+        "mlp_embedding_dim": int(point["mlp_embedding_dim"]),
+        "mlp_hidden_dims": mlp_tower(int(point["mlp_depth"]), int(point["mlp_width"])),
+        "temporal_dim": int(point["temporal_dim"]),
+        "num_heads": int(point["num_heads"]),
+        "history_length": int(point["history_length"]),
+        "dropout": float(point["dropout"]),
+    }
+    return dataclasses.replace(
+        base,
+        model=model,
+        learning_rate=float(point["learning_rate"]),
+        negatives_per_positive=float(point["negatives_per_positive"]),
+    )

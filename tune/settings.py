@@ -1,0 +1,57 @@
+"""The settings of one sweep, shared by its driver and every trial."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ncf.schema import InputError
+
+
+@dataclass
+class SweepSettings:
+    """What a sweep trains on and how much each trial may spend.
+
+    Args:
+        data: preprocessed data directory (``jobs.preprocess``), visible to every node.
+        output: the sweep directory (``results.parquet``, ``best/``, Tune's and Train's runs).
+        trials: points of the search space to try, the defaults first.
+        epochs: epochs per trial at most; ASHA stops weak trials after fewer.
+        workers: Ray Train workers per trial (>1 shards the embedding tables).
+        use_gpu: one GPU per worker.
+        concurrent: trials at once (0 = what the cluster fits, leaving CPUs to Ray Data).
+        max_steps_per_epoch: caps an epoch (0 = the whole training split).
+        val_users: users in each epoch's validation ranking (0 = all).
+        batch_size: training batch size.
+        seed: the Optuna sampler's seed.
+    """
+
+    data: str
+    output: str
+    trials: int = 8
+    epochs: int = 2
+    workers: int = 1
+    use_gpu: bool = False
+    concurrent: int = 0
+    max_steps_per_epoch: int = 0
+    val_users: int = 600
+    batch_size: int = 4096
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.data = os.path.abspath(self.data)
+        self.output = os.path.abspath(self.output)
+        if self.trials < 1 or self.epochs < 1 or self.workers < 1:
+            raise InputError("--trials, --epochs and --workers must be >= 1")
+
+    @property
+    def tune_dir(self) -> str:
+        return os.path.join(self.output, "tune")
+
+    @property
+    def train_dir(self) -> str:
+        return os.path.join(self.output, "train")
+
+    @property
+    def best_dir(self) -> str:
+        return os.path.join(self.output, "best")

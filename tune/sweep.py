@@ -1,0 +1,113 @@
+"""The sweep driver: Ray Tune with Optuna's TPE sampler and ASHA early stopping.
+
+Each trial is :func:`tune.trial.train_trial` (a ``TorchTrainer``), the objective is the
+validation NDCG@10 of each epoch, and the defaults are the first point evaluated, so every
+sweep reports its gain over them. An interrupted sweep resumes from Tune's experiment state:
+finished trials are kept, the searcher continues where it was, and only the missing trials
+run.
+
+Example::
+
+    settings = SweepSettings(data="artifacts/data/cj", output="artifacts/sweeps/cj", trials=8)
+    table = run_sweep(settings)  # one row per trial; settings.best_dir is a model directory
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import pandas as pd
+
+from ncf.schema import InputError
+from ncf.training import VAL_METRIC
+from tune.results import export_best, plot_sweep, results_table, write_results
+from tune.search_space import data_limits, default_point, search_space
+from tune.settings import SweepSettings
+from tune.trial import train_trial
+
+TRIAL_CPU = 0.01  # the trial function only waits on its trainer; its workers hold the CPUs
+
+
+def concurrency(settings: SweepSettings, cluster: dict) -> int:
+    """Trials at once: one per ``workers`` GPUs; on CPUs, half of the cluster for training and
+    the rest for Ray Data (the readers that feed the workers)."""
+    if settings.concurrent:
+        return settings.concurrent
+    if settings.use_gpu:
+        return max(1, int(cluster.get("GPU", 0)) // settings.workers)
+    return max(1, int(cluster.get("CPU", 1) // (2 * settings.workers)))
+
+
+def _trainable(settings: SweepSettings, concurrent: int, cluster_cpus: float):
+    from ray import tune
+
+    # Each trial's share of the CPUs, one whole CPU left to Ray Data: its read tasks ask for
+    # 1 CPU, and a remainder of 0.9999 (2 - 0.99 - 0.01) never schedules them.
+    cpu_budget = max(round((cluster_cpus - 1.0) / concurrent - 2 * TRIAL_CPU, 2), 0.25)
+    fn = tune.with_parameters(train_trial, settings=settings, cpu_budget=cpu_budget)
+    return tune.with_resources(fn, {"cpu": TRIAL_CPU})
+
+
+def _tuner(settings: SweepSettings, resume: bool):
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    cluster = ray.cluster_resources()
+    concurrent = concurrency(settings, cluster)
+    trainable = _trainable(settings, concurrent, cluster.get("CPU", 1.0))
+    experiment = settings.tune_dir + "/sweep"
+    if resume:
+        if not tune.Tuner.can_restore(experiment):
+            raise InputError(f"--resume: no sweep to resume at {experiment}")
+        print(f"[sweep] resuming {experiment}", flush=True)
+        return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    limits = data_limits(settings.data)
+    searcher = OptunaSearch(
+        metric=VAL_METRIC, mode="max", points_to_evaluate=[default_point(limits)], seed=settings.seed
+    )
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration", max_t=settings.epochs, grace_period=1, reduction_factor=2
+    )
+    print(f"[sweep] {settings.trials} trials, {concurrent} at a time, up to {settings.epochs} epochs each", flush=True)
+    return tune.Tuner(
+        trainable,
+        param_space=search_space(limits),
+        tune_config=tune.TuneConfig(
+            metric=VAL_METRIC,
+            mode="max",
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=settings.trials,
+            max_concurrent_trials=concurrent,
+        ),
+        run_config=tune.RunConfig(name="sweep", storage_path=settings.tune_dir, verbose=1),
+    )
+
+
+def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
+    """Runs (or resumes) the sweep; writes the results, the plot and ``best/``; returns the table."""
+    if not resume and os.path.exists(os.path.join(settings.tune_dir, "sweep")):
+        raise InputError(f"{settings.output} already holds a sweep: pass --resume to continue it, or pick a new --output")
+    grid = _tuner(settings, resume).fit()
+    table = results_table(grid, settings.data)
+    write_results(table, settings.output)
+    plot_sweep(table, os.path.join(settings.output, "sweep.png"))
+    export_best(table, settings)
+    return table
+
+
+def summary(table: pd.DataFrame) -> Optional[dict]:
+    """The winner against the default point: both scores and the relative gain."""
+    done = table.dropna(subset=["best_" + VAL_METRIC])
+    if done.empty:
+        return None
+    best = done.loc[done["best_" + VAL_METRIC].idxmax()]
+    default = done[done["is_default"]]
+    out = {"best_trial": best["trial_id"], "best": float(best["best_" + VAL_METRIC])}
+    if not default.empty:
+        base = float(default["best_" + VAL_METRIC].iloc[0])
+        out.update(default=base, gain=(out["best"] - base) / base if base > 0 else None)
+    return out

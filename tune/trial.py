@@ -1,0 +1,43 @@
+"""One Tune trial: a ``TorchTrainer`` run on one point of the search space.
+
+Ray 2.60 runs Train V2, where a trainer is not a Tune trainable: the trial is a function that
+builds and fits the trainer, and Tune's ``TuneReportCallback`` forwards every epoch's metrics
+(validation NDCG@10 for the scheduler, the checkpoint path for the winner's export).
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from ncf.training import TrainConfig, fit
+from tune.search_space import to_train_config
+from tune.settings import SweepSettings
+
+
+def train_trial(point: Dict, settings: SweepSettings, cpu_budget: float) -> None:
+    """Trains ``point`` for up to ``settings.epochs`` epochs, reporting each to Tune.
+
+    The Train run is named after the trial, so a trial restarted by ``--resume`` continues from
+    its last epoch's checkpoint instead of starting over.
+    """
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    base = TrainConfig(
+        data=settings.data,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        val_users=settings.val_users,
+        max_steps_per_epoch=settings.max_steps_per_epoch,
+        patience=settings.epochs,  # ASHA decides which trials stop early
+    )
+    config = to_train_config(point, base)
+    fit(
+        config,
+        num_workers=settings.workers,
+        use_gpu=settings.use_gpu,
+        storage_path=settings.train_dir,
+        name=tune.get_context().get_trial_id(),
+        callbacks=[TuneReportCallback()],
+        cpu_budget=cpu_budget,
+    )
