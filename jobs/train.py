@@ -10,6 +10,7 @@ from ncf.cli import init_ray, one_line_errors
 from ncf.device import use_gpu
 from ncf.model import ModelConfig
 from ncf.model_dir import save_model_dir
+from ncf.tensorboard import write_history
 from ncf.training import TrainConfig, best_checkpoint_weights, fit, run_history
 
 
@@ -52,8 +53,10 @@ def main(argv=None) -> str:
         )
         result = fit(config, num_workers=args.workers, use_gpu=use_gpu(args.gpu), storage_path=args.storage, name=args.name)
         weights, state, metrics = best_checkpoint_weights(result)
-        path = save_model_dir(args.output, weights, ModelConfig.from_dict(state["model_config"]), args.data, metrics={"training": metrics, "history": run_history(result)})
-        print(f"[train] best epoch {state.get('best_epoch')} with val_ndcg@10 {metrics['val_ndcg@10']:.4f}; model directory: {path}", flush=True)
+        history = run_history(result)
+        path = save_model_dir(args.output, weights, ModelConfig.from_dict(state["model_config"]), args.data, metrics={"training": metrics, "history": history})
+        logdir = write_history(history, os.path.join(result.path, "tensorboard"))
+        print(f"[train] best epoch {state.get('best_epoch')} with val_ndcg@10 {metrics['val_ndcg@10']:.4f}; model directory: {path}; TensorBoard: {logdir}", flush=True)
         return path
 
 

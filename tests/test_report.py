@@ -1,5 +1,6 @@
 """The evaluation report renders in headless Chromium; explanations are the model's attention."""
 
+import inspect
 import os
 import shutil
 import subprocess
@@ -62,8 +63,10 @@ def test_explanations_are_past_purchases_weighted_by_the_models_attention(recomm
     captured = []
 
     def keep_weights(module, args, kwargs, output):
-        if not kwargs.get("need_weights"):
-            captured.append(module(*args, **{**kwargs, "need_weights": True})[1])
+        call = inspect.signature(module.forward).bind(*args, **kwargs)
+        if not call.arguments.get("need_weights"):  # the scoring path, not the explaining one
+            call.arguments["need_weights"] = True
+            captured.append(module.forward(*call.args, **call.kwargs)[1])
 
     products = recommender.vocabs.products
     catalog = Catalog.build(products.column("department_index"), products.column("category_index"), np.ones(len(products)), "uniform")
@@ -86,3 +89,14 @@ def test_explanations_are_past_purchases_weighted_by_the_models_attention(recomm
             assert np.isclose(weights[row, positions], reason["weight"], atol=1e-5).any()
         top = np.sort(weights[row][history[row] > 0])[::-1][: len(item["because"])]
         assert [r["weight"] for r in item["because"]] == pytest.approx(top.tolist(), abs=1e-5)
+
+
+def test_training_history_becomes_tensorboard_scalars(tmp_path):
+    from ncf.tensorboard import write_history
+
+    logdir = write_history([{"epoch": 1, "train_loss": 0.9, "val_ndcg@10": 0.3, "note": "x"}, {"epoch": 2, "train_loss": 0.7, "val_ndcg@10": 0.35}], str(tmp_path / "tb"))
+    (events,) = os.listdir(logdir)
+    payload = open(os.path.join(logdir, events), "rb").read()
+    assert events.startswith("events.out.tfevents")
+    assert payload.count(b"train/train_loss") == 2 and payload.count(b"train/val_ndcg_10") == 2  # TensorBoard tags cannot hold "@"
+    assert b"train/note" not in payload  # only numbers are scalars
