@@ -1,0 +1,220 @@
+"""Load on the Serve endpoint beside a Serve no-op, in the same run: requests/s, p50, p99 and
+replica counts over time (serve.status()), as JSON on stdout.
+
+python -m bench.serve_load [--model artifacts/demo/model] [--clients 8] [--seconds 30] [--rounds 3]
+
+The no-op is the same FastAPI ingress (same request model, body limit and error handlers, same
+autoscaling) answering without a model, so the difference between the two is what the model
+costs. Load alternates between the two in ``--rounds`` rounds (so that whatever else runs on
+the machine weighs on both alike), ``--seconds`` per endpoint in all; then the load stops and
+the run waits (bounded) for the recommender's replicas to fall back. Clients are threads with
+keep-alive sessions on this machine, so on a 2-core box they compete with the server for the
+same cores (as in DESIGN.md's floor).
+"""
+
+# No `from __future__ import annotations`: Serve must resolve the no-op route's request model.
+
+import argparse
+import json
+import os
+import threading
+import time
+from typing import Callable, Dict, List
+
+import numpy as np
+import requests
+
+# The replicas scale on short delays here so that a ~3 minute run shows the rise and the fall.
+AUTOSCALING = {
+    "min_replicas": 1,
+    "max_replicas": 3,
+    "target_ongoing_requests": 2,
+    "upscale_delay_s": 2,
+    "downscale_delay_s": 8,
+    "look_back_period_s": 12,  # must exceed the replicas' 10 s metrics interval
+}
+NUM_CPUS = 0.25  # per replica: both deployments at max replicas fit in 2 CPUs
+
+
+def noop_app(autoscaling: Dict, num_cpus: float):
+    """A FastAPI ingress with the same contract plumbing as the recommender, and no model."""
+    from ray import serve
+
+    from serve.api import RecommendRequest, create_app
+
+    api = create_app()
+
+    @serve.deployment(name="NoOp", max_ongoing_requests=32, autoscaling_config=autoscaling, ray_actor_options={"num_cpus": num_cpus})
+    @serve.ingress(api)
+    class NoOp:
+        @api.post("/recommend")
+        async def recommend(self, request: RecommendRequest) -> Dict:
+            return {"user_id": request.user_id, "cold_start": False, "items": [], "model_version": "noop"}
+
+    return NoOp.bind()
+
+
+def running_replicas(app_name: str) -> int:
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return 0
+    return sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values())
+
+
+class ReplicaLog(threading.Thread):
+    """Samples each application's RUNNING replicas every ``period_s`` until stopped."""
+
+    def __init__(self, apps: List[str], started: float, period_s: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.apps, self.started, self.period_s = apps, started, period_s
+        self.samples: Dict[str, List] = {a: [] for a in apps}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.period_s):
+            t = round(time.monotonic() - self.started, 1)
+            for a in self.apps:
+                self.samples[a].append([t, running_replicas(a)])
+
+
+class Load:
+    """Latencies and errors of one endpoint, gathered over several rounds."""
+
+    def __init__(self) -> None:
+        self.latencies: List[float] = []
+        self.errors = 0
+        self.seconds = 0.0
+
+    def summary(self) -> Dict:
+        ms = np.asarray(self.latencies) * 1000
+        return {
+            "requests": int(ms.size),
+            "errors": self.errors,
+            "requests_per_s": round(ms.size / self.seconds, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 1),
+            "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        }
+
+
+def drive(url: str, payloads: Callable[[int], Dict], clients: int, seconds: float, load: Load) -> None:
+    """``clients`` threads send requests back to back for ``seconds``, adding to ``load``."""
+    latencies: List[List[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    deadline = time.monotonic() + seconds
+
+    def client(i: int) -> None:
+        with requests.Session() as s:
+            n = 0
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                try:
+                    ok = s.post(url, json=payloads(i * 1_000_003 + n), timeout=30).status_code == 200
+                except requests.RequestException:
+                    ok = False
+                latencies[i].append(time.perf_counter() - started)
+                errors[i] += not ok
+                n += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    load.seconds += time.monotonic() - started
+    load.latencies += [x for per_client in latencies for x in per_client]
+    load.errors += sum(errors)
+
+
+def wait_for_scale_down(app_name: str, floor: int, timeout_s: float) -> float:
+    """Seconds until the app is back to ``floor`` replicas (or ``timeout_s``)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if running_replicas(app_name) <= floor:
+            break
+        time.sleep(1)
+    return round(time.monotonic() - started, 1)
+
+
+def main(argv=None) -> Dict:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="artifacts/demo/model")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=30, help="load per endpoint, over all rounds")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--candidates", type=int, default=None)
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--idle-timeout", type=float, default=45)
+    args = p.parse_args(argv)
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    from ncf.model_dir import read_config
+    from ncf.vocab import Vocabulary
+    from serve.app import build_app
+    from serve.launch import start, wait_until_healthy
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    started = time.monotonic()
+    app_args = {"model": args.model, "candidates": args.candidates, "default_at": "data_end", "num_cpus": NUM_CPUS, **AUTOSCALING}
+    url = start(build_app(app_args), port=args.port, app_name="ncf")
+    serve.run(noop_app(AUTOSCALING, NUM_CPUS), name="noop", route_prefix="/noop")
+    wait_until_healthy(url, timeout_s=120)
+
+    users = Vocabulary.load(os.path.join(args.model, "vocab", "users.parquet")).raw_of(np.arange(1, 2001))
+    request = lambda n: {"user_id": users[n % len(users)], "k": 10}  # noqa: E731
+    log = ReplicaLog(["ncf", "noop"], started)
+    log.start()
+    noop, recommend, recommend_windows = Load(), Load(), []
+    try:
+        for path in ("/noop/recommend", "/recommend"):  # warm-up: connections, first calls
+            drive(f"{url}{path}", request, args.clients, 2, Load())
+        for _ in range(args.rounds):
+            drive(f"{url}/noop/recommend", request, args.clients, args.seconds / args.rounds, noop)
+            window_start = time.monotonic() - started
+            drive(f"{url}/recommend", request, args.clients, args.seconds / args.rounds, recommend)
+            recommend_windows.append((window_start, time.monotonic() - started))
+        scale_down_s = wait_for_scale_down("ncf", AUTOSCALING["min_replicas"], args.idle_timeout)
+    finally:
+        log.stop.set()
+        log.join()
+        serve.shutdown()
+        ray.shutdown()
+
+    ncf_samples = log.samples["ncf"]
+    under_load = [n for t, n in ncf_samples if any(a <= t <= b for a, b in recommend_windows)]
+    noop, recommend = noop.summary(), recommend.summary()
+    result = {
+        "benchmark": "serve_load",
+        "model_version": read_config(args.model)["version"],
+        "candidates": args.candidates or read_config(args.model)["ranking"]["candidates"],
+        "clients": args.clients,
+        "seconds_per_endpoint": args.seconds,
+        "rounds": args.rounds,
+        "autoscaling": AUTOSCALING,
+        "replica_num_cpus": NUM_CPUS,
+        "noop": noop,
+        "recommend": recommend,
+        "rps_ratio": round(recommend["requests_per_s"] / max(noop["requests_per_s"], 1e-9), 3),
+        "p99_ratio": round(recommend["p99_ms"] / max(noop["p99_ms"], 1e-9), 3),
+        "recommend_replicas_max_under_load": max(under_load, default=0),
+        "recommend_replicas_after_idle": ncf_samples[-1][1] if ncf_samples else None,
+        "scale_down_s": scale_down_s,
+        "replicas_over_time": log.samples,
+    }
+    result["targets"] = {
+        "rps_at_least_80pct_of_noop": result["rps_ratio"] >= 0.8,
+        "p99_within_1.5x_of_noop": result["p99_ratio"] <= 1.5,
+        "replicas_rise_under_load": result["recommend_replicas_max_under_load"] > AUTOSCALING["min_replicas"],
+        "replicas_fall_when_idle": result["recommend_replicas_after_idle"] == AUTOSCALING["min_replicas"],
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

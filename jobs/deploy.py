@@ -1,0 +1,56 @@
+"""python -m jobs.deploy --model MODEL [--host 127.0.0.1] [--port 8000]: the Serve app on a model.
+
+Runs until interrupted (Ctrl-C or SIGTERM), or with --detach returns once the app answers;
+--detach only makes sense on a running cluster (RAY_ADDRESS), which keeps serving after the job
+ends. Run it again with another --model to roll that model out in place, without downtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ncf.cli import init_ray
+from serve.app import build_app
+from serve.launch import serve_until_stopped, start, wait_until_healthy
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Serve a model directory over HTTP with Ray Serve (autoscaling).")
+    p.add_argument("--model", required=True, help="model directory (jobs.train output or SWEEP/best)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--candidates", type=int, default=None, help="first-stage candidates re-ranked (default: the model's)")
+    p.add_argument("--default-at", choices=("now", "data_end"), default="now", help="moment of requests without 'at'")
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--max-replicas", type=int, default=2)
+    p.add_argument("--detach", action="store_true", help="return once deployed (on a running cluster)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    app_args = {
+        "model": args.model,
+        "candidates": args.candidates,
+        "default_at": args.default_at,
+        "min_replicas": args.min_replicas,
+        "max_replicas": args.max_replicas,
+    }
+    try:
+        app = build_app(app_args)  # checks the model directory and settings before Ray starts
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    init_ray()
+    url = start(app, host=args.host, port=args.port)
+    health = wait_until_healthy(url)
+    print(json.dumps({"url": url, "docs": f"{url}/docs", **health}), flush=True)
+    if not args.detach:
+        serve_until_stopped()
+    return health
+
+
+if __name__ == "__main__":
+    main()

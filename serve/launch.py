@@ -1,0 +1,54 @@
+"""Starting the application on a Ray cluster and waiting until it answers (deploy job, tests,
+benchmarks): one way to do it, so they all see the same server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Dict
+
+APP_NAME = "ncf"
+
+
+def start(app, host: str = "127.0.0.1", port: int = 8000, app_name: str = APP_NAME) -> str:
+    """Deploys ``app`` (:func:`serve.app.build_app`'s result) behind HTTP on ``host:port`` and
+    returns the base URL. Binds to 127.0.0.1 unless told otherwise. Called again with the same
+    ``app_name`` it rolls the new app out (in place when only the model or options changed)."""
+    from ray import serve
+
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(app, name=app_name, route_prefix="/")
+    return f"http://{host}:{port}"
+
+
+def wait_until_healthy(base_url: str, timeout_s: float = 60.0) -> Dict:
+    """Polls ``/healthz`` until it answers 200 (returns its JSON) or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    last_error = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/healthz", timeout=5) as response:
+                return json.load(response)
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            last_error = str(e)
+        time.sleep(0.25)
+    raise TimeoutError(f"{base_url}/healthz not healthy after {timeout_s:.0f} s: {last_error}")
+
+
+def serve_until_stopped() -> None:
+    """Blocks until Ctrl-C or SIGTERM (what `ray job stop` and process managers send), then
+    shuts Serve down so that the replicas drain rather than die mid-request."""
+    from ray import serve
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()

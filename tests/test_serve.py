@@ -1,0 +1,301 @@
+"""The Serve application over HTTP on 127.0.0.1: every route, every class of bad input, cold
+start, batch/single agreement, and a rollout of a second model version under traffic."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from serve.api import MAX_BATCH_USERS, MAX_BODY_BYTES, MAX_K, MAX_PRODUCT_IDS
+from serve.app import build_app
+from serve.launch import start, wait_until_healthy
+from serve.service import ModelService, ServeSettings
+
+TIMEOUT = 30  # seconds per HTTP call
+UNKNOWN_USER = "no-such-user"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _app_args(model_dir: str) -> dict:
+    # One small replica: fits beside the rest of the session's work, keeps the rollout ordered.
+    return {"model": model_dir, "default_at": "data_end", "min_replicas": 1, "max_replicas": 1, "num_cpus": 0.25}
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, small_model_dir):
+    """The app on a free 127.0.0.1 port, shut down (CPUs freed) when the module ends."""
+    from ray import serve
+
+    try:
+        url = start(build_app(_app_args(small_model_dir)), port=_free_port(), app_name="ncf_test")
+        wait_until_healthy(url, timeout_s=90)
+        yield url
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def recommender(small_model_dir):
+    from ncf.scoring import Recommender
+
+    return Recommender.load(small_model_dir)
+
+
+@pytest.fixture(scope="module")
+def users(recommender):
+    """Two raw user ids with purchase histories."""
+    return recommender.vocabs.users.raw_of(recommender.states.users()[:2])
+
+
+def post(url: str, payload) -> requests.Response:
+    return requests.post(url, json=payload, timeout=TIMEOUT)
+
+
+def ids(items) -> list:
+    return [item["product_id"] for item in items]
+
+
+# -- routes ------------------------------------------------------------------------------------
+
+
+def test_healthz_reports_the_loaded_version(server, small_model_dir):
+    r = requests.get(f"{server}/healthz", timeout=TIMEOUT)
+    assert r.status_code == 200
+    assert r.json()["model_version"] == "v1"
+    assert r.json()["model_dir"] == os.path.abspath(small_model_dir)
+
+
+def test_openapi_docs_list_every_route(server):
+    assert requests.get(f"{server}/docs", timeout=TIMEOUT).status_code == 200
+    paths = requests.get(f"{server}/openapi.json", timeout=TIMEOUT).json()["paths"]
+    assert {"/recommend", "/recommend/batch", "/score", "/healthz"} <= set(paths)
+
+
+def test_recommend_matches_the_scoring_core(server, recommender, users):
+    r = post(f"{server}/recommend", {"user_id": users[0], "k": 7})
+    assert r.status_code == 200
+    body = r.json()
+    expected = recommender.recommend_items(users[0], 7, recommender.data_end)
+    assert body["model_version"] == "v1" and body["cold_start"] is False and body["user_id"] == users[0]
+    assert ids(body["items"]) == ids(expected["items"])
+    assert [i["score"] for i in body["items"]] == pytest.approx([i["score"] for i in expected["items"]], abs=1e-5)
+    # default_at=data_end in this deployment: the answer says which moment it ranked for
+    assert body["at"].startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(recommender.data_end)))
+    assert "because" not in body["items"][0]
+
+
+def test_at_changes_the_temporal_features(server, recommender, users):
+    early = post(f"{server}/recommend", {"user_id": users[0], "at": recommender.data_end - 40 * 86400 + 3 * 3600}).json()
+    late = post(f"{server}/recommend", {"user_id": users[0], "at": "2030-06-01T15:00:00Z"}).json()
+    assert early["at"] != late["at"] and late["at"].startswith("2030-06-01T15:00:00")
+    assert [i["score"] for i in early["items"]] != [i["score"] for i in late["items"]]
+
+
+def test_exclude_purchased_drops_past_purchases(server, recommender, users):
+    user = users[0]
+    bought = set(recommender.vocabs.products.raw_of(recommender.states.timeline(int(recommender.vocabs.users.index_of([user])[0])).products_before(recommender.data_end)))
+    body = post(f"{server}/recommend", {"user_id": user, "k": 20, "exclude_purchased": True}).json()
+    assert len(body["items"]) == 20 and not bought & set(ids(body["items"]))
+
+
+def test_explain_names_weighted_past_purchases(server, recommender, users):
+    body = post(f"{server}/recommend", {"user_id": users[0], "k": 3, "explain": True}).json()
+    history = set(recommender.vocabs.products.raw_of(recommender.states.timeline(int(recommender.vocabs.users.index_of([users[0]])[0])).products))
+    for item in body["items"]:
+        assert item["because"], item
+        assert {b["product_id"] for b in item["because"]} <= history
+        assert all(0.0 <= b["weight"] <= 1.0 for b in item["because"])
+
+
+def test_unknown_user_gets_the_cold_start_ranking(server, recommender):
+    body = post(f"{server}/recommend", {"user_id": UNKNOWN_USER, "k": 5, "at": "2017-11-20T18:00:00"}).json()
+    expected = recommender.recommend_items(UNKNOWN_USER, 5, "2017-11-20T18:00:00")
+    assert body["cold_start"] is True and expected["cold_start"] is True
+    assert ids(body["items"]) == ids(expected["items"]) and len(body["items"]) == 5
+
+
+def test_batch_agrees_with_single_calls(server, users):
+    batch_users = [users[0], UNKNOWN_USER, users[1]]
+    r = post(f"{server}/recommend/batch", {"user_ids": batch_users, "k": 5})
+    assert r.status_code == 200
+    batch = r.json()
+    assert batch["model_version"] == "v1" and [res["user_id"] for res in batch["results"]] == batch_users
+    for result in batch["results"]:
+        single = post(f"{server}/recommend", {"user_id": result["user_id"], "k": 5}).json()
+        assert result["cold_start"] == single["cold_start"]
+        assert ids(result["items"]) == ids(single["items"])
+        assert [i["score"] for i in result["items"]] == pytest.approx([i["score"] for i in single["items"]], abs=1e-6)
+
+
+def test_score_agrees_with_the_ranking(server, users):
+    ranked = post(f"{server}/recommend", {"user_id": users[1], "k": 4}).json()["items"]
+    r = post(f"{server}/score", {"user_id": users[1], "product_ids": ids(ranked)})
+    assert r.status_code == 200 and r.json()["model_version"] == "v1"
+    assert r.json()["scores"] == pytest.approx([i["score"] for i in ranked], abs=1e-5)
+
+
+# -- bad input: always 4xx with a message, never a 500 -------------------------------------------
+
+BAD_REQUESTS = {
+    "malformed json": ("/recommend", b'{"user_id": 1,', 422),
+    "not an object": ("/recommend", [1, 2], 422),
+    "missing user_id": ("/recommend", {"k": 3}, 422),
+    "user_id wrong type": ("/recommend", {"user_id": [1]}, 422),
+    "user_id bool": ("/recommend", {"user_id": True}, 422),
+    "k zero": ("/recommend", {"user_id": 1, "k": 0}, 422),
+    "k too large": ("/recommend", {"user_id": 1, "k": MAX_K + 1}, 422),
+    "k a string": ("/recommend", {"user_id": 1, "k": "10"}, 422),
+    "unknown field": ("/recommend", {"user_id": 1, "kk": 3}, 422),
+    "at not a date": ("/recommend", {"user_id": 1, "at": "yesterday-ish"}, 422),
+    "at out of range": ("/recommend", {"user_id": 1, "at": "2999-01-01T00:00:00"}, 422),
+    "batch empty": ("/recommend/batch", {"user_ids": []}, 422),
+    "batch too large": ("/recommend/batch", {"user_ids": list(range(MAX_BATCH_USERS + 1))}, 422),
+    "score no products": ("/score", {"user_id": 1, "product_ids": []}, 422),
+    "score too many products": ("/score", {"user_id": 1, "product_ids": list(range(MAX_PRODUCT_IDS + 1))}, 422),
+    "body too large": ("/recommend/batch", {"user_ids": ["x" * 100] * 1000}, 413),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_gets_a_4xx_with_a_message(server, case):
+    path, payload, status = BAD_REQUESTS[case]
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    r = requests.post(f"{server}{path}", data=data, headers={"content-type": "application/json"}, timeout=TIMEOUT)
+    assert r.status_code == status, r.text
+    assert isinstance(r.json()["error"], str) and r.json()["error"]
+
+
+def test_validation_message_names_the_field_and_limit(server):
+    r = post(f"{server}/recommend", {"user_id": 1, "k": MAX_K + 1})
+    assert "k" in r.json()["error"] and str(MAX_K) in r.json()["error"]
+
+
+def test_chunked_body_over_the_limit_is_refused(server):
+    chunks = (b" " * 8192 for _ in range(MAX_BODY_BYTES // 8192 + 2))  # no Content-Length
+    r = requests.post(f"{server}/recommend", data=chunks, headers={"content-type": "application/json"}, timeout=TIMEOUT)
+    assert r.status_code == 413 and r.json()["error"]
+
+
+def test_unknown_products_are_named(server, recommender, users):
+    known = recommender.vocabs.products.raw_of([1])[0]
+    r = post(f"{server}/score", {"user_id": users[0], "product_ids": [known, "nope-1", 987654321]})
+    assert r.status_code == 422
+    assert r.json()["unknown_product_ids"] == ["nope-1", 987654321]
+    assert "nope-1" in r.json()["error"]
+
+
+def test_unknown_routes_and_methods_are_4xx_json(server):
+    assert requests.get(f"{server}/nope", timeout=TIMEOUT).status_code == 404
+    r = requests.get(f"{server}/recommend", timeout=TIMEOUT)
+    assert r.status_code == 405 and r.json()["error"]
+
+
+# -- settings (no HTTP) ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({}, "model_dir"),
+        ({"model_dir": "m", "candidates": 0}, "candidates"),
+        ({"model_dir": "m", "candidates": True}, "candidates"),
+        ({"model_dir": "m", "default_at": "yesterday"}, "default_at"),
+        ({"model_dir": "m", "modeldir": "m"}, "modeldir"),
+    ],
+)
+def test_bad_user_config_is_refused_with_its_key(config, message):
+    with pytest.raises(ValueError, match=message):
+        ServeSettings.from_user_config(config)
+
+
+def test_build_app_refuses_a_missing_model_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        build_app({"model": str(tmp_path)})
+
+
+@pytest.mark.parametrize("args, message", [({"model": "m", "candidates": 0}, "candidates"), ({"model": "m", "replicas": 2}, "replicas")])
+def test_build_app_refuses_bad_args_in_one_line(args, message):
+    with pytest.raises(ValueError, match=message) as error:
+        build_app(args)
+    assert "\n" not in str(error.value)
+
+
+def test_changing_candidates_reuses_the_model_without_touching_the_old_service(small_model_dir):
+    old = ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir}))
+    new = ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir, "candidates": 17}), previous=old)
+    assert new.recommender.model is old.recommender.model
+    assert new.recommender.settings.candidates == 17
+    assert old.recommender.settings.candidates != 17
+
+
+# -- rollout (last: it leaves v2 deployed) -------------------------------------------------------
+
+
+def _second_version(model_dir: str, root) -> str:
+    v2 = str(root / "v2")
+    shutil.copytree(model_dir, v2)
+    with open(os.path.join(v2, "config.json")) as f:
+        config = json.load(f)
+    config["version"] = "v2"
+    with open(os.path.join(v2, "config.json"), "w") as f:
+        json.dump(config, f)
+    return v2
+
+
+class Traffic(threading.Thread):
+    """Sends /recommend requests until stopped (at most ``limit``), recording versions and failures."""
+
+    def __init__(self, url: str, user, limit: int = 5000) -> None:
+        super().__init__(daemon=True)
+        self.url, self.user, self.limit = url, user, limit
+        self.versions, self.failures = [], []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        for _ in range(self.limit):
+            if self.stop.is_set():
+                return
+            try:
+                r = post(f"{self.url}/recommend", {"user_id": self.user, "k": 5})
+                if r.status_code == 200:
+                    self.versions.append(r.json()["model_version"])
+                else:
+                    self.failures.append(f"{r.status_code}: {r.text[:200]}")
+            except requests.RequestException as e:
+                self.failures.append(repr(e))
+
+
+def test_second_version_rolls_out_while_requests_keep_succeeding(server, small_model_dir, users, tmp_path):
+    v2 = _second_version(small_model_dir, tmp_path)
+    traffic = Traffic(server, users[0])
+    traffic.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(traffic.versions) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = int(server.rsplit(":", 1)[1])
+        start(build_app(_app_args(v2)), port=port, app_name="ncf_test")  # user_config change: reconfigure in place
+        deadline = time.monotonic() + 60
+        while "v2" not in traffic.versions[-5:] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # a few more answers after the switch
+    finally:
+        traffic.stop.set()
+        traffic.join(timeout=TIMEOUT)
+    assert traffic.failures == []
+    assert traffic.versions[0] == "v1" and traffic.versions[-1] == "v2"
+    switch = traffic.versions.index("v2")
+    assert set(traffic.versions[switch:]) == {"v2"}, "one replica: no v1 answer after the first v2"
+    assert requests.get(f"{server}/healthz", timeout=TIMEOUT).json()["model_version"] == "v2"
