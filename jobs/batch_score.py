@@ -1,0 +1,67 @@
+"""python -m jobs.batch_score --model MODEL --data DATA --output OUT [--k K] [--at DATE|now|data-end]
+
+Top-K products for every user of DATA, written to OUT/run_date=YYYY-MM-DD/ (Parquet and a
+``_SUCCESS`` marker); see :mod:`ncf.batch_scoring` for the layout and the commit protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ncf.batch_scoring import BatchScoreConfig, check_config, run_batch_scoring, verify_partition
+from ncf.cli import init_ray, one_line_errors
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    d = BatchScoreConfig(model="", data="", output="")
+    p = argparse.ArgumentParser(description="Nightly batch scoring of every user with Ray Data.")
+    p.add_argument("--model", required=True, help="model directory (jobs.train or SWEEP/best)")
+    p.add_argument("--data", required=True, help="output of jobs.preprocess: its users are scored")
+    p.add_argument("--output", required=True, help="OUT: partitions OUT/run_date=YYYY-MM-DD/")
+    p.add_argument("--k", type=int, default=d.k, help="products per user")
+    p.add_argument(
+        "--at",
+        default=d.at,
+        help="the moment scored and the partition's date: ISO date or datetime (UTC unless it says), "
+        "'now' or 'data-end' (the model's last known moment, for historical datasets)",
+    )
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="users per batch and part file (0: about 50 parts)")
+    p.add_argument("--actors", type=int, default=d.actors, help="scoring actors (0: one per GPU, else one per CPU of the cluster)")
+    p.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor)
+    p.add_argument("--gpu", default=d.gpu, help="auto (GPU actors when the cluster has GPUs), yes or no")
+    p.add_argument("--progress-every", type=float, default=d.progress_every_s, help="seconds between progress lines")
+    p.add_argument("--verify", type=int, default=0, metavar="N", help="then check the partition: every user K rows, N sampled users equal Recommender.recommend")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    with one_line_errors():
+        config = BatchScoreConfig(
+            model=args.model,
+            data=args.data,
+            output=args.output,
+            k=args.k,
+            at=args.at,
+            batch_size=args.batch_size,
+            actors=args.actors,
+            cpus_per_actor=args.cpus_per_actor,
+            gpu=args.gpu,
+            progress_every_s=args.progress_every,
+        )
+        check_config(config)  # before Ray starts
+        init_ray()
+        summary = run_batch_scoring(config)
+        print(json.dumps(summary), flush=True)
+        if args.verify:
+            report = verify_partition(args.output, summary["run_date"], args.data, sample=args.verify)
+            print(json.dumps({"verify": report}), flush=True)
+            if not report["ok"]:
+                sys.exit(1)
+        return summary
+
+
+if __name__ == "__main__":
+    main()

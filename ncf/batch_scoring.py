@@ -1,0 +1,452 @@
+"""Nightly batch scoring: the top-K products of every user, with Ray Data, committed atomically.
+
+Every user of the data's vocabulary goes through ``map_batches`` on a pool of actors, each of
+which loads :class:`ncf.scoring.Recommender` once and ranks with ``rank_indices``: the same
+two-stage ranking, settings and cold start as the Serve endpoint. Each actor writes the Parquet
+part of its batch and returns counts, so the driver reports progress as parts land.
+
+Output layout::
+
+    OUT/
+      run_date=2017-11-27/          one committed partition per date of ``at``
+        part-0000000001.parquet     user_id, rank, product_id, score, model_version, scored_at
+        _SUCCESS                    JSON: users, rows, k, model_version, at, seconds, ...
+      _tmp/                         runs in progress and replaced partitions (readers skip
+                                    names that start with "_" or ".", as pyarrow does)
+
+Commit protocol: parts go to ``OUT/_tmp/run_date=D/RUN_ID/``; the counts are checked
+(every user exactly K rows, nothing twice); ``_SUCCESS`` is written into the staged run as
+its last file; then the old partition is renamed away, the staged one renamed into place and
+the old one deleted. A committed partition therefore always carries its ``_SUCCESS``, a rerun
+of a date replaces it, and a run that dies leaves only ``_tmp`` entries, which the next run of
+that date removes. Readers should treat a partition without ``_SUCCESS`` as absent
+(:func:`read_partition` does).
+
+Example::
+
+    config = BatchScoreConfig(model="artifacts/demo/model", data="artifacts/demo/data",
+                              output="artifacts/batch/cj", k=10, at="data-end")
+    summary = run_batch_scoring(config)      # {"users": 2462, "rows": 24620, ...}
+    table = read_partition(config.output, summary["run_date"])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from ncf import layout
+from ncf.model_dir import read_config
+from ncf.schema import InputError
+from ncf.scoring import Recommender, to_epoch_seconds
+from ncf.vocab import Vocabulary, write_json
+
+SUCCESS = "_SUCCESS"
+TMP = "_tmp"
+PARTITION_KEY = "run_date"
+MAX_K = 100
+# About this many parts per run: progress is visible, files are not tiny.
+TARGET_PARTS = 50
+# Staged runs of other dates older than this are from dead runs (a nightly run is shorter).
+STALE_SECONDS = 24 * 3600
+
+
+@dataclass
+class BatchScoreConfig:
+    """One batch-scoring run.
+
+    Args:
+        model: model directory.
+        data: preprocessed data directory; its user vocabulary is the set of users scored.
+        output: OUT (see the module docstring).
+        k: products per user.
+        at: the moment scored (temporal features) and the partition's date: ISO date or
+            datetime (UTC unless it says), ``"now"`` or ``"data-end"`` (the model's last
+            known moment, for historical datasets).
+        batch_size: users per batch and part (0: about ``TARGET_PARTS`` parts).
+        actors: scoring actors (0: one per GPU when the cluster has GPUs, else one per
+            ``cpus_per_actor`` of the cluster's CPUs).
+        cpus_per_actor: CPUs reserved by each actor.
+        gpu: ``auto`` (GPU actors when the cluster has GPUs), ``yes`` or ``no``.
+        progress_every_s: seconds between progress lines (the first part always prints).
+    """
+
+    model: str
+    data: str
+    output: str
+    k: int = 10
+    at: str = "now"
+    batch_size: int = 0
+    actors: int = 0
+    cpus_per_actor: float = 1.0
+    gpu: str = "auto"
+    progress_every_s: float = 10.0
+
+
+def _log(message: str) -> None:
+    print(f"[batch_score] {message}", flush=True)
+
+
+# -- the moment scored and where it goes ---------------------------------------------------------
+
+
+def resolve_at(at, data_end: int, now: Optional[float] = None) -> int:
+    """``--at`` -> epoch seconds.
+
+    Example::
+
+        resolve_at("2017-11-27", data_end=0)  # 1511740800 (midnight UTC)
+        resolve_at("data-end", data_end=1511755281)  # 1511755281
+    """
+    if at is None or at == "now":
+        return int(time.time() if now is None else now)
+    if at == "data-end":
+        return int(data_end)
+    try:
+        return to_epoch_seconds(at)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"--at {at!r}: not an ISO date or datetime, 'now' or 'data-end' ({e})") from None
+
+
+def run_date_of(at: int) -> str:
+    """The partition date of a moment (UTC): ``run_date_of(1511755281) == "2017-11-27"``."""
+    return pd.Timestamp(at, unit="s", tz="UTC").strftime("%Y-%m-%d")
+
+
+def partition_dir(output: str, run_date: str) -> str:
+    return os.path.join(output, f"{PARTITION_KEY}={run_date}")
+
+
+def _stage_root(output: str, run_date: str) -> str:
+    return os.path.join(output, TMP, f"{PARTITION_KEY}={run_date}")
+
+
+def clean_stale(output: str, run_date: str, now: Optional[float] = None) -> List[str]:
+    """Removes what dead runs left in ``OUT/_tmp``: everything of this date, other dates' entries
+    older than ``STALE_SECONDS``. Returns the removed paths."""
+    root = os.path.join(output, TMP)
+    if not os.path.isdir(root):
+        return []
+    now = time.time() if now is None else now
+    mine = os.path.basename(_stage_root(output, run_date))
+    removed = []
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        this_date = name == mine or name.startswith(f"replaced-{mine}-")
+        if this_date or now - os.path.getmtime(path) > STALE_SECONDS:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+# -- the users -------------------------------------------------------------------------------------
+
+
+def read_users(data: str) -> pa.Table:
+    """Every user of the data's vocabulary: ``position`` (vocabulary index, names the parts) and
+    ``user_id`` (raw id, typed as in the input logs)."""
+    vocab = Vocabulary.load(_users_path(data))
+    return pa.table({"position": pa.array(np.arange(1, len(vocab), dtype=np.int64)), "user_id": typed_ids(vocab, vocab.ids)})
+
+
+def _users_path(data: str) -> str:
+    return os.path.join(layout.vocab_dir(data), "users.parquet")
+
+
+def typed_ids(vocab: Vocabulary, ids: pa.Array) -> pa.Array:
+    """Vocabulary strings back in the raw ids' type (int64 when the input ids were integers)."""
+    return ids.cast(pa.int64()) if vocab.kind == "int" else ids
+
+
+def auto_batch_size(num_users: int) -> int:
+    return int(min(10_000, max(16, -(-num_users // TARGET_PARTS))))
+
+
+# -- scoring (runs in the actors) ------------------------------------------------------------------
+
+
+def score_users(recommender: Recommender, user_ids: pa.Array, k: int, at: int, scored_at: int) -> pa.Table:
+    """Top-``k`` rows per user, ranked exactly as :meth:`Recommender.recommend` ranks them.
+
+    Raises:
+        RuntimeError: when a user's ranking is shorter than ``k`` (the job promises K rows).
+    """
+    indices = recommender.vocabs.users.index_of(user_ids)
+    products, scores = [], []
+    for raw, user in zip(user_ids.to_pylist(), indices.tolist()):
+        ranking = recommender.rank_indices(int(user), at, k)
+        if len(ranking.products) != k:
+            raise RuntimeError(f"user {raw!r}: {len(ranking.products)} products ranked, {k} expected")
+        products.append(ranking.products)
+        scores.append(ranking.scores)
+    n = len(indices)
+    product_index = np.concatenate(products) if products else np.zeros(0, np.int64)
+    vocab = recommender.vocabs.products
+    return pa.table(
+        {
+            "user_id": user_ids.take(pa.array(np.repeat(np.arange(n), k))),
+            "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int16), n)),
+            "product_id": typed_ids(vocab, vocab.ids.take(pa.array(product_index - 1))),
+            "score": pa.array(np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32)),
+            "model_version": pa.array([recommender.version] * (n * k), pa.string()),
+            # Milliseconds: Parquet has no seconds unit, so readers would see ms anyway.
+            "scored_at": pa.array(np.full(n * k, scored_at * 1000, np.int64)).cast(pa.timestamp("ms", tz="UTC")),
+        }
+    )
+
+
+def write_part(table: pa.Table, stage: str, name: str) -> str:
+    """Writes one part under a hidden name and renames it, so a part is whole or absent.
+
+    The stage directory must exist: a leftover actor of a killed run then fails instead of
+    recreating a directory the next run has cleaned.
+    """
+    final = os.path.join(stage, name)
+    hidden = os.path.join(stage, f".{name}.tmp")
+    pq.write_table(table, hidden)
+    os.replace(hidden, final)
+    return final
+
+
+class ScoreBatch:
+    """Ray Data actor: loads the recommender once, then scores and writes one part per batch.
+
+    Returns one row per batch (``part``, ``users``, ``rows``) for the driver's progress and
+    checks.
+    """
+
+    def __init__(self, model: str, stage: str, k: int, at: int, scored_at: int, use_gpu: bool = False) -> None:
+        import torch
+
+        device = torch.device("cuda") if use_gpu else torch.device("cpu")
+        self.recommender = Recommender.load(model, device=device)
+        self.stage, self.k, self.at, self.scored_at = stage, k, at, scored_at
+
+    def __call__(self, batch: pa.Table) -> Dict[str, np.ndarray]:
+        positions = batch.column("position").to_numpy()
+        table = score_users(self.recommender, batch.column("user_id").combine_chunks(), self.k, self.at, self.scored_at)
+        # Named by the batch's first user: a retried batch overwrites its part instead of adding one.
+        name = f"part-{int(positions.min()):010d}.parquet"
+        write_part(table, self.stage, name)
+        return {"part": np.array([name]), "users": np.array([len(positions)]), "rows": np.array([table.num_rows])}
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def _actor_resources(gpu: str, actors: int, cpus_per_actor: float) -> tuple[int, int]:
+    """(number of actors, GPUs per actor) from the cluster's resources."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if gpu == "yes" and gpus == 0:
+        raise InputError("--gpu yes: the Ray cluster has no GPU")
+    use = gpus > 0 and gpu != "no"
+    if actors <= 0:
+        actors = gpus if use else max(1, int(resources.get("CPU", 1) // cpus_per_actor))
+    return actors, int(use)
+
+
+def _check_k(k: int, recommender_config: Dict) -> None:
+    ranking = recommender_config.get("ranking", {})
+    catalog = recommender_config["model"]["num_products"] - 1
+    # The MF stage alone contributes this many distinct products; cold start lists 200.
+    limit = min(MAX_K, ranking.get("mf_candidates", MAX_K), catalog)
+    if not 1 <= k <= limit:
+        raise InputError(f"--k {k}: must be between 1 and {limit} for this model")
+
+
+def _verify_stage(stage: str, users: int, k: int, reported: List[Dict]) -> int:
+    """Rows in the staged parts; raises unless every user has exactly ``k`` rows, once."""
+    parts = sorted(name for name in os.listdir(stage) if name.endswith(".parquet") and not name.startswith("."))
+    rows = pads.dataset([os.path.join(stage, p) for p in parts], format="parquet").count_rows() if parts else 0
+    reported_users = sum(r["users"] for r in reported)
+    problems = []
+    if sorted(r["part"] for r in reported) != parts:
+        problems.append(f"{len(parts)} part files for {len(reported)} batches")
+    if reported_users != users:
+        problems.append(f"{reported_users} users scored of {users}")
+    if rows != users * k:
+        problems.append(f"{rows} rows written, {users * k} expected")
+    if problems:
+        raise RuntimeError(f"{stage}: not committed: " + "; ".join(problems))
+    return rows
+
+
+def _commit(output: str, stage: str, run_date: str, run_id: str, manifest: Dict) -> str:
+    """``_SUCCESS`` last into the staged run, then swap it into place (see the module docstring)."""
+    write_json(os.path.join(stage, SUCCESS), manifest)
+    final = partition_dir(output, run_date)
+    replaced = os.path.join(output, TMP, f"replaced-{PARTITION_KEY}={run_date}-{run_id}")
+    if os.path.exists(final):
+        os.replace(final, replaced)
+    os.replace(stage, final)
+    shutil.rmtree(replaced, ignore_errors=True)
+    return final
+
+
+def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple[Dict, int]:
+    """Fails fast (before Ray starts) on a bad model, data, ``k`` or ``at``; returns the model's
+    config and ``at`` in epoch seconds."""
+    try:
+        model_config = read_config(os.path.abspath(config.model))
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(str(e)) from None
+    _check_k(config.k, model_config)
+    if config.gpu not in ("auto", "yes", "no"):
+        raise InputError(f"--gpu must be auto, yes or no, not {config.gpu!r}")
+    at = resolve_at(config.at, model_config["data"]["boundaries"]["test_start"], now=now)
+    if not os.path.exists(_users_path(config.data)):
+        raise InputError(f"{_users_path(config.data)}: no user vocabulary (is --data the output of jobs.preprocess?)")
+    return model_config, at
+
+
+def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _log) -> Dict:
+    """Scores every user of ``config.data`` and commits ``OUT/run_date=D``; returns the summary
+    (the ``_SUCCESS`` content). Needs Ray initialised (``ncf.cli.init_ray``)."""
+    import ray
+
+    started = time.time()
+    model_config, at = check_config(config, now=started)
+    model, output = os.path.abspath(config.model), os.path.abspath(config.output)
+    run_date = run_date_of(at)
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
+    users = read_users(config.data)
+    unknown = int((Vocabulary.load(os.path.join(model, "vocab", "users.parquet")).index_of(users.column("user_id")) == 0).sum())
+    if unknown:
+        log(f"{unknown:,} users are unknown to the model: they get the cold-start ranking")
+    for path in clean_stale(output, run_date, now=started):
+        log(f"removed what a previous run left: {path}")
+    stage = os.path.join(_stage_root(output, run_date), run_id)
+    os.makedirs(stage)
+
+    batch_size = config.batch_size or auto_batch_size(users.num_rows)
+    actors, gpus = _actor_resources(config.gpu, config.actors, config.cpus_per_actor)
+    blocks = [users.slice(i, batch_size) for i in range(0, users.num_rows, batch_size)]
+    actors = max(1, min(actors, len(blocks)))
+    log(
+        f"{users.num_rows:,} users, k={config.k}, at {pd.Timestamp(at, unit='s', tz='UTC').isoformat()}, "
+        f"model {model_config['version']}: {len(blocks)} batches of {batch_size} on {actors} actor(s)"
+        + (" with a GPU each" if gpus else "")
+    )
+    results = ray.data.from_arrow(blocks).map_batches(
+        ScoreBatch,
+        fn_constructor_kwargs={"model": model, "stage": stage, "k": config.k, "at": at, "scored_at": int(started), "use_gpu": bool(gpus)},
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=config.cpus_per_actor,
+        num_gpus=gpus,
+    )
+    reported, steady = _collect(results, users.num_rows, config.progress_every_s, log)
+    rows = _verify_stage(stage, users.num_rows, config.k, reported)
+    seconds = time.time() - started
+    manifest = {
+        "users": users.num_rows,
+        "rows": rows,
+        "k": config.k,
+        "parts": len(reported),
+        "model_version": model_config["version"],
+        "model": model,
+        "data": os.path.abspath(config.data),
+        "at": pd.Timestamp(at, unit="s", tz="UTC").isoformat(),
+        "at_epoch_s": at,
+        "run_date": run_date,
+        "run_id": run_id,
+        "scored_at": pd.Timestamp(int(started), unit="s", tz="UTC").isoformat(),
+        "seconds": round(seconds, 1),
+        "users_per_s": round(users.num_rows / max(seconds, 1e-9), 1),
+        "steady_users_per_s": round(steady, 1),
+    }
+    final = _commit(output, stage, run_date, run_id, manifest)
+    log(f"done: {manifest['users']:,} users scored, {rows:,} rows written in {manifest['seconds']} s ({manifest['users_per_s']} users/s) -> {final}")
+    return manifest
+
+
+def _collect(results, total_users: int, every_s: float, log: Callable[[str], None]) -> tuple[List[Dict], float]:
+    """Runs the pipeline, printing progress as batches finish; returns their count rows and the
+    steady rate (users/s after the first batch, i.e. without actor start-up)."""
+    reported, done, started = [], 0, time.time()
+    first = last = None
+    for row in results.iter_rows():
+        reported.append({"part": str(row["part"]), "users": int(row["users"]), "rows": int(row["rows"])})
+        done += int(row["users"])
+        now = time.time()
+        first = first or (now, done)
+        if last is None or now - last >= every_s or done == total_users:
+            rate = done / max(now - started, 1e-9)
+            log(f"progress: {done:,}/{total_users:,} users ({100 * done / max(total_users, 1):.1f}%), {rate:.1f} users/s")
+            last = now
+    steady = (done - first[1]) / max(time.time() - first[0], 1e-9) if first and done > first[1] else 0.0
+    return reported, steady
+
+
+# -- reading and checking a committed partition ----------------------------------------------------
+
+
+def read_manifest(output: str, run_date: str) -> Optional[Dict]:
+    """The partition's ``_SUCCESS`` content, or None when the partition is not committed."""
+    path = os.path.join(partition_dir(output, run_date), SUCCESS)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_partition(output: str, run_date: str) -> Optional[pa.Table]:
+    """A committed partition's rows; None when it is absent or has no ``_SUCCESS``."""
+    if read_manifest(output, run_date) is None:
+        return None
+    return pads.dataset(partition_dir(output, run_date), format="parquet").to_table()
+
+
+def verify_partition(output: str, run_date: str, data: str, sample: int = 20, seed: int = 0) -> Dict:
+    """Checks a committed partition against its inputs; ``ok`` is True when all hold:
+
+    * every user of ``data`` appears exactly K times, with ranks 1..K, no product twice, and
+      no other user appears;
+    * scores do not increase with rank;
+    * for ``sample`` seeded users, the products equal ``Recommender.recommend`` at the run's
+      ``at`` (the same call the Serve endpoint makes).
+    """
+    manifest = read_manifest(output, run_date)
+    if manifest is None:
+        return {"ok": False, "error": f"{partition_dir(output, run_date)}: not committed (no {SUCCESS})"}
+    k = manifest["k"]
+    table = read_partition(output, run_date).sort_by([("user_id", "ascending"), ("rank", "ascending")])
+    frame = table.select(["user_id", "rank", "product_id", "score"]).to_pandas()
+    expected_users = set(read_users(data).column("user_id").to_pylist())
+    per_user = frame.groupby("user_id", sort=False)
+    counts = per_user.size()
+    ranks_ok = bool((frame["rank"].to_numpy() == np.tile(np.arange(1, k + 1), len(counts))).all()) if len(frame) == len(counts) * k else False
+    scores = frame["score"].to_numpy().reshape(-1, k) if len(frame) == len(counts) * k else np.zeros((0, k))
+    checks = {
+        "users": int(len(counts)),
+        "rows": int(len(frame)),
+        "every_user_exactly_k": set(counts.index) == expected_users and bool((counts == k).all()),
+        "ranks_1_to_k": ranks_ok,
+        "no_duplicate_products": not frame.duplicated(["user_id", "product_id"]).any(),
+        "scores_non_increasing": bool((np.diff(scores, axis=1) <= 1e-6).all()),
+        "rows_match_success": len(frame) == manifest["rows"] and len(counts) == manifest["users"],
+    }
+    recommender = Recommender.load(manifest["model"])
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(np.array(sorted(expected_users), dtype=object), size=min(sample, len(expected_users)), replace=False).tolist()
+    expected = recommender.recommend(chosen, k=k, at=manifest["at_epoch_s"])
+    job = {u: g["product_id"].tolist() for u, g in frame[frame["user_id"].isin(chosen)].groupby("user_id", sort=False)}
+    matches = sum(job.get(u) == e for u, e in zip(chosen, expected))
+    checks.update({"sampled_users": len(chosen), "sampled_equal_to_recommend": int(matches)})
+    checks["ok"] = all(v for key, v in checks.items() if isinstance(v, bool)) and matches == len(chosen)
+    return {"run_date": run_date, "k": k, "model_version": manifest["model_version"], **checks}

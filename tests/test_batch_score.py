@@ -1,0 +1,153 @@
+"""Nightly batch scoring: K rows per user equal to Recommender.recommend, reruns replace, and a
+job killed halfway leaves nothing committed and is completed by the next run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from ncf import batch_scoring as bs
+from ncf.schema import InputError
+from ncf.scoring import Recommender
+from jobs import batch_score
+
+K = 5
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- unit: dates, cleanup and the swap -------------------------------------------------------------
+
+
+def test_at_resolves_dates_datetimes_and_data_end():
+    assert bs.resolve_at("2017-11-27", data_end=0) == 1511740800
+    assert bs.resolve_at("2017-11-27T04:01:21", data_end=0) == 1511755281
+    assert bs.resolve_at("2017-11-27T05:01:21+01:00", data_end=0) == 1511755281
+    assert bs.resolve_at("data-end", data_end=1511755281) == 1511755281
+    assert bs.resolve_at("now", data_end=0, now=1511755281.7) == 1511755281
+    assert bs.run_date_of(1511755281) == "2017-11-27"
+    # 23:30 in New York is already the next day in UTC: the partition follows UTC.
+    assert bs.run_date_of(bs.resolve_at("2017-11-27T23:30:00-05:00", data_end=0)) == "2017-11-28"
+    with pytest.raises(InputError, match="yesterday"):
+        bs.resolve_at("yesterday", data_end=0)
+
+
+def test_clean_stale_removes_this_dates_leftovers_and_old_runs_only(tmp_path):
+    out = str(tmp_path)
+    tmp = os.path.join(out, bs.TMP)
+    mine = os.path.join(tmp, "run_date=2024-01-02", "dead-run")
+    replaced = os.path.join(tmp, "replaced-run_date=2024-01-02-dead-run")
+    other_fresh = os.path.join(tmp, "run_date=2024-01-03", "running")
+    other_old = os.path.join(tmp, "run_date=2023-12-01", "dead")
+    for path in (mine, replaced, other_fresh, other_old):
+        os.makedirs(path)
+    old = time.time() - bs.STALE_SECONDS - 60
+    os.utime(os.path.join(tmp, "run_date=2023-12-01"), (old, old))
+    removed = bs.clean_stale(out, "2024-01-02")
+    assert sorted(os.listdir(tmp)) == ["run_date=2024-01-03"]
+    assert len(removed) == 3
+    assert bs.clean_stale(str(tmp_path / "missing"), "2024-01-02") == []
+
+
+def test_bad_k_and_missing_data_are_one_line_errors(small_model_dir, tmp_path, capsys):
+    for argv in (
+        ["--model", small_model_dir, "--data", str(tmp_path), "--output", str(tmp_path / "o"), "--k", "0"],
+        ["--model", small_model_dir, "--data", str(tmp_path), "--output", str(tmp_path / "o"), "--k", "3"],
+        ["--model", small_model_dir, "--data", str(tmp_path), "--output", str(tmp_path / "o"), "--at", "soon"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            batch_score.main(argv)
+        assert exit_info.value.code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and "--k 0" in errors[0] and "users.parquet" in errors[1] and "'soon'" in errors[2]
+    assert not os.path.exists(tmp_path / "o" / bs.TMP) or not os.listdir(tmp_path / "o" / bs.TMP)
+
+
+# -- the job on the small synthetic dataset --------------------------------------------------------
+
+
+def _argv(model, data, output, *extra):
+    return ["--model", model, "--data", data, "--output", output, "--k", str(K), "--at", "data-end", "--batch-size", "16", *extra]
+
+
+@pytest.fixture(scope="module")
+def first_run(small_model_dir, small_data, tmp_path_factory):
+    data, _ = small_data
+    output = str(tmp_path_factory.mktemp("batch") / "out")
+    summary = batch_score.main(_argv(small_model_dir, data, output))
+    return output, summary
+
+
+def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model_dir, small_data):
+    output, summary = first_run
+    data, _ = small_data
+    recommender = Recommender.load(small_model_dir)
+    users = len(recommender.vocabs.users) - 1
+    assert summary["users"] == users and summary["rows"] == users * K and summary["run_date"] == bs.run_date_of(recommender.data_end)
+    assert sorted(os.listdir(output)) == [bs.TMP, f"run_date={summary['run_date']}"] and os.listdir(os.path.join(output, bs.TMP)) == ["run_date=" + summary["run_date"]]
+    table = bs.read_partition(output, summary["run_date"])
+    assert table.column_names == ["user_id", "rank", "product_id", "score", "model_version", "scored_at"]
+    assert set(table.column("model_version").to_pylist()) == {"v1"}
+    assert str(table.schema.field("scored_at").type) == "timestamp[ms, tz=UTC]"
+    assert {t.timestamp() for t in table.column("scored_at").to_pylist()} == {bs.resolve_at(summary["scored_at"], 0)}
+    report = bs.verify_partition(output, summary["run_date"], data, sample=12)
+    assert report["ok"], report
+    assert report["sampled_equal_to_recommend"] == 12
+    # Scores are the scoring core's too, not only the order.
+    user = table.column("user_id")[0].as_py()
+    mine = table.filter(pads.field("user_id") == user).sort_by("rank")
+    expected = recommender.recommend_items(user, k=K, at=summary["at_epoch_s"])["items"]
+    assert mine.column("product_id").to_pylist() == [i["product_id"] for i in expected]
+    np.testing.assert_allclose(mine.column("score").to_numpy(), [i["score"] for i in expected], rtol=1e-5)
+    with open(os.path.join(bs.partition_dir(output, summary["run_date"]), bs.SUCCESS)) as f:
+        assert json.load(f)["rows"] == table.num_rows
+
+
+def test_rerun_of_the_same_date_replaces_the_partition(first_run, small_model_dir, small_data):
+    output, first = first_run
+    data, _ = small_data
+    second = batch_score.main(_argv(small_model_dir, data, output, "--batch-size", "40"))
+    assert second["run_id"] != first["run_id"] and second["run_date"] == first["run_date"]
+    table = pads.dataset(output, format="parquet", partitioning="hive").to_table()  # _tmp is skipped
+    assert table.num_rows == first["rows"] == second["rows"]
+    assert table.group_by("user_id").aggregate([("rank", "count")]).column("rank_count").to_pylist() == [K] * first["users"]
+    assert bs.read_manifest(output, first["run_date"])["run_id"] == second["run_id"]
+    assert os.listdir(os.path.join(output, bs.TMP, f"run_date={first['run_date']}")) == []
+
+
+def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session, small_model_dir, small_data, tmp_path):
+    """SIGSTOP at the first progress line freezes the driver before it can commit; SIGKILL then
+    ends it (and Ray its actors), as a scheduler's timeout or a lost node would."""
+    data, _ = small_data
+    output = str(tmp_path / "out")
+    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
+    argv = _argv(small_model_dir, data, output, "--batch-size", "4", "--actors", "1", "--progress-every", "0")
+    job = subprocess.Popen([sys.executable, "-m", "jobs.batch_score", *argv], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for _ in range(2000):  # bounded: the job prints a few dozen lines before its first progress
+            line = job.stdout.readline()
+            seen.append(line)
+            if not line or "progress:" in line:
+                break
+        assert "progress:" in seen[-1], "".join(seen[-20:])
+        job.send_signal(signal.SIGSTOP)
+        run_date = [name for name in os.listdir(os.path.join(output, bs.TMP))][0].split("=")[1]
+        staged = os.listdir(os.path.join(output, bs.TMP, f"run_date={run_date}"))
+        assert len(staged) == 1 and any(p.startswith("part-") for p in os.listdir(os.path.join(output, bs.TMP, f"run_date={run_date}", staged[0])))
+        assert not os.path.exists(bs.partition_dir(output, run_date)) and bs.read_partition(output, run_date) is None
+    finally:
+        job.kill()
+        job.wait(timeout=60)
+    assert not os.path.exists(bs.partition_dir(output, run_date))
+
+    summary = batch_score.main(argv[:-6])
+    report = bs.verify_partition(output, run_date, data, sample=5)
+    assert report["ok"], report
+    assert summary["rows"] == summary["users"] * K == report["rows"]
+    assert os.listdir(os.path.join(output, bs.TMP, f"run_date={run_date}")) == []  # the dead run's parts are gone
