@@ -1,8 +1,10 @@
 """python -m jobs.demo: the main job on the default dataset (what `make demo` runs).
 
-Preprocesses Complete Journey with Ray Data, trains AdvancedNCF with Ray Train, evaluates it
-against the baselines on the held-out weeks and prints the table. Batch scoring and the Serve
-deployment join this path when they land (issues 8 and 7).
+On a local Ray cluster: preprocesses Complete Journey with Ray Data, trains AdvancedNCF with
+Ray Train, evaluates it against the baselines on the held-out weeks and writes the HTML
+report, batch-scores every household with Ray Data, deploys the Ray Serve app on 127.0.0.1
+and sends it a few online queries, then prints the results table and where everything went,
+and shuts it all down.
 """
 
 from __future__ import annotations
@@ -11,14 +13,19 @@ import argparse
 import json
 import os
 import time
+import urllib.request
 
-from jobs import evaluate, preprocess, train
+from jobs import batch_score, evaluate, preprocess, train
 from ncf import layout
+from ncf.batch_scoring import partition_dir
 from ncf.cli import init_ray
+from ncf.scoring import Recommender
+
+STAGES = 6
 
 
-def _stage(name: str) -> None:
-    print(f"\n=== {name} ===", flush=True)
+def _stage(number: int, name: str, started: float) -> None:
+    print(f"\n=== {number}/{STAGES} {name} ({time.time() - started:.0f} s so far) ===", flush=True)
 
 
 def print_table(rows: list) -> None:
@@ -28,36 +35,91 @@ def print_table(rows: list) -> None:
         print(" | ".join(f"{row.get(c, ''):>15}" for c in columns), flush=True)
 
 
+def post(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def online_queries(model: str, port: int) -> list:
+    """Deploys the Serve app on 127.0.0.1, asks it a few questions, and stops it."""
+    from ray import serve
+
+    from serve.launch import start, wait_until_healthy
+
+    # Complete Journey ends in 2017, so requests default to the data's end rather than now.
+    url = start({"model": model, "default_at": "data_end", "min_replicas": 1, "max_replicas": 2}, host="127.0.0.1", port=port)
+    try:
+        health = wait_until_healthy(url, timeout_s=120)
+        print(f"serving {url} (OpenAPI at {url}/docs): {json.dumps(health)}", flush=True)
+        users = Recommender.load(model).vocabs.users.raw_of([1, 2])
+        answers = [
+            ("/recommend (explained)", post(f"{url}/recommend", {"user_id": users[0], "k": 3, "explain": True})),
+            ("/recommend (unknown household: cold start)", post(f"{url}/recommend", {"user_id": "new-household", "k": 3})),
+            ("/recommend/batch", post(f"{url}/recommend/batch", {"user_ids": [users[0], users[1]], "k": 3})),
+        ]
+        first = answers[0][1]["items"][0]["product_id"]
+        answers.append(("/score", post(f"{url}/score", {"user_id": users[1], "product_ids": [first]})))
+        for route, answer in answers:
+            print(f"{route}: {json.dumps(answer)[:600]}", flush=True)
+        return answers
+    finally:
+        serve.shutdown()
+
+
 def main(argv=None) -> list:
     p = argparse.ArgumentParser(description="The whole path on Complete Journey.")
     p.add_argument("--workdir", default="artifacts/demo")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--port", type=int, default=8000, help="Serve's port on 127.0.0.1")
     p.add_argument("--reuse-data", action="store_true", help="keep DATA if a previous run preprocessed it")
     args = p.parse_args(argv)
     started = time.time()
     data, model = os.path.join(args.workdir, "data"), os.path.join(args.workdir, "model")
+    report, recommendations = os.path.join(args.workdir, "report"), os.path.join(args.workdir, "recommendations")
     init_ray()
+    import ray
 
-    _stage("1/3 preprocess Complete Journey (Ray Data)")
-    if args.reuse_data and os.path.exists(layout.stats_path(data)):
-        print(f"reusing {data}")
-    else:
-        preprocess.main(["--dataset", "completejourney", "--output", data])
+    try:
+        _stage(1, "preprocess Complete Journey (Ray Data)", started)
+        if args.reuse_data and os.path.exists(layout.stats_path(data)):
+            print(f"reusing {data}")
+        else:
+            preprocess.main(["--dataset", "completejourney", "--output", data])
 
-    _stage("2/3 train AdvancedNCF (Ray Train)")
-    train.main(["--data", data, "--output", model, "--epochs", str(args.epochs)])
+        _stage(2, "train AdvancedNCF (Ray Train)", started)
+        train.main(["--data", data, "--output", model, "--epochs", str(args.epochs)])
 
-    _stage("3/3 evaluate on the held-out weeks against the baselines")
-    rows = evaluate.main(["--model", model, "--data", data])
-    with open(os.path.join(args.workdir, "evaluation.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+        _stage(3, "evaluate on the held-out weeks against the baselines; HTML report", started)
+        evaluate_args = ["--model", model, "--data", data, "--report", report]
+        ablations = os.path.join("artifacts", "ablations", "results.jsonl")
+        if os.path.exists(ablations):
+            evaluate_args += ["--ablations", ablations]
+        rows = evaluate.main(evaluate_args)
+        with open(os.path.join(args.workdir, "evaluation.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
 
-    _stage("results")
-    print_table(rows)
-    print(f"\nartefacts: data {data}, model {model}, evaluation {os.path.join(args.workdir, 'evaluation.jsonl')}")
-    print("not yet in the demo: nightly batch scoring and the Serve endpoint (issues 8 and 7)")
-    print(f"demo finished in {time.time() - started:.0f} s")
-    return rows
+        _stage(4, "batch-score every household (Ray Data, actor pool)", started)
+        scored = batch_score.main(["--model", model, "--data", data, "--output", recommendations, "--k", "10", "--at", "data-end", "--verify", "20"])
+
+        _stage(5, "deploy the Serve app on 127.0.0.1 and query it", started)
+        online_queries(model, args.port)
+
+        _stage(6, "results", started)
+        print_table(rows)
+        print("\nartefacts:")
+        for name, path in [
+            ("preprocessed data", data),
+            ("model directory", model),
+            ("evaluation (JSON lines)", os.path.join(args.workdir, "evaluation.jsonl")),
+            ("report", os.path.join(report, "report.html")),
+            ("recommendations", partition_dir(recommendations, scored["run_date"])),
+        ]:
+            print(f"  {name:<24} {os.path.abspath(path)}")
+        print(f"demo finished in {time.time() - started:.0f} s", flush=True)
+        return rows
+    finally:
+        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ncf.cli import init_ray, one_line_errors
 from ncf.device import use_gpu
 from tune.settings import SweepSettings
-from tune.sweep import run_sweep, summary
+from tune.sweep import SweepInterrupted, run_sweep, summary
 
 SHOWN = ["trial_id", "best_val_ndcg@10", "best_epoch", "epochs", "mf_embedding_dim", "mlp_embedding_dim", "mlp_hidden_dims", "temporal_dim", "num_heads", "history_length", "learning_rate", "dropout", "negatives_per_positive", "is_default"]
 
@@ -39,7 +40,11 @@ def main(argv=None):
             val_users=args.val_users, batch_size=args.batch_size, seed=args.seed,
         )
         init_ray()
-        table = run_sweep(settings, resume=args.resume)
+        try:
+            table = run_sweep(settings, resume=args.resume)
+        except SweepInterrupted as e:
+            print(f"[sweep] {e}", file=sys.stderr, flush=True)
+            sys.exit(130)
         print("\n" + table[[c for c in SHOWN if c in table]].to_string(index=False), flush=True)
         print(f"[sweep] {json.dumps(summary(table))}")
         print(f"[sweep] results: {settings.output}/results.parquet (and .csv), plot: {settings.output}/sweep.png, best model: {settings.best_dir}", flush=True)

@@ -3,7 +3,6 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,13 +16,7 @@ from ncf.model_dir import read_config
 from ncf.scoring import Recommender
 from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower, search_space
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import REPO, free_port
 
 
 @pytest.fixture
@@ -96,7 +89,11 @@ def test_sweep_submitted_with_ray_job_submit(head_node, small_data, tmp_path):
         "python", "-m", "jobs.tune_sweep", "--data", data, "--output", str(sweep), "--trials", "2", "--epochs", "1",
         "--max-steps-per-epoch", "3", "--val-users", "20", "--batch-size", "256",
     ]
-    done = subprocess.run(submit, env={**env, "RAY_AUTH_MODE": "token"}, cwd=REPO, capture_output=True, text=True, timeout=600)
+    for _ in range(12):  # the dashboard answers before the node's job agent registers
+        done = subprocess.run(submit, env={**env, "RAY_AUTH_MODE": "token"}, cwd=REPO, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in done.stderr + done.stdout:
+            break
+        time.sleep(5)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "succeeded" in done.stdout
 

@@ -29,6 +29,10 @@ from tune.trial import train_trial
 TRIAL_CPU = 0.01  # the trial function only waits on its trainer; its workers hold the CPUs
 
 
+class SweepInterrupted(RuntimeError):
+    """The sweep stopped before every trial finished (Ctrl-C, SIGTERM); its state is saved."""
+
+
 def concurrency(settings: SweepSettings, cluster: dict) -> int:
     """Trials at once: one per ``workers`` GPUs; on CPUs, half of the cluster for training and
     the rest for Ray Data (the readers that feed the workers)."""
@@ -92,6 +96,9 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
     if not resume and os.path.exists(os.path.join(settings.tune_dir, "sweep")):
         raise InputError(f"{settings.output} already holds a sweep: pass --resume to continue it, or pick a new --output")
     grid = _tuner(settings, resume).fit()
+    finished = grid.num_terminated + grid.num_errors
+    if finished < settings.trials:  # Tune returns normally after Ctrl-C, with its state saved
+        raise SweepInterrupted(f"sweep interrupted with {finished} of {settings.trials} trials finished; continue it with --resume")
     table = results_table(grid, settings.data)
     write_results(table, settings.output)
     plot_sweep(table, os.path.join(settings.output, "sweep.png"))

@@ -1,0 +1,13 @@
+"""Small helpers shared by test modules (plain functions, not fixtures)."""
+
+import os
+import socket
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

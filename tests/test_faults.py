@@ -1,0 +1,145 @@
+"""Fault drills (issue 10): a Serve replica killed under load, a sweep interrupted and resumed.
+
+The other drills live beside the code they exercise: a training worker killed mid-epoch
+(test_training.py) and a batch-scoring run killed then rerun (test_batch_score.py).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pandas as pd
+import pytest
+
+from helpers import REPO, free_port
+
+RETRIES = 3  # the client's retry window: 3 tries, 0.5 s apart
+
+
+def post(url: str, payload: dict, timeout: float = 10.0) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.load(response)
+
+
+def replica_names(app: str, deployment: str) -> set:
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)}
+
+
+def test_a_killed_serve_replica_loses_no_request_after_retries(ray_session, small_model_dir, capsys):
+    from ray import serve
+
+    from serve.app import DEPLOYMENT_NAME
+    from serve.launch import start, wait_until_healthy
+
+    ray = ray_session
+    url = start({"model": small_model_dir, "default_at": "data_end", "min_replicas": 2, "max_replicas": 2}, host="127.0.0.1", port=free_port(), app_name="faults")
+    try:
+        wait_until_healthy(url, timeout_s=120)
+        deadline = time.time() + 60
+        while len(replica_names("faults", DEPLOYMENT_NAME)) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        before = replica_names("faults", DEPLOYMENT_NAME)
+        assert len(before) == 2
+
+        counts = {"sent": 0, "first_try_failures": 0, "lost": 0}
+        stop = threading.Event()
+
+        def steady_load():
+            while not stop.is_set():
+                counts["sent"] += 1
+                for attempt in range(RETRIES):
+                    try:
+                        post(f"{url}/recommend", {"user_id": 1, "k": 5})
+                        break
+                    except (urllib.error.URLError, ConnectionError, TimeoutError):
+                        counts["first_try_failures"] += attempt == 0
+                        time.sleep(0.5)
+                else:
+                    counts["lost"] += 1
+
+        clients = [threading.Thread(target=steady_load) for _ in range(2)]
+        for client in clients:
+            client.start()
+        time.sleep(3)
+        victim = sorted(before)[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        deadline = time.time() + 90  # Serve's controller replaces the dead replica
+        while time.time() < deadline:
+            now = replica_names("faults", DEPLOYMENT_NAME)
+            if victim not in now and len(now) == 2:
+                break
+            time.sleep(0.5)
+        time.sleep(3)  # steady load on the recovered pair
+        stop.set()
+        for client in clients:
+            client.join(timeout=30)
+
+        after = replica_names("faults", DEPLOYMENT_NAME)
+        assert victim not in after and len(after) == 2, "the killed replica was replaced"
+        with capsys.disabled():
+            print(f"\n[faults] replica killed under load: {json.dumps(counts)}")
+        assert counts["sent"] > 20
+        assert counts["lost"] == 0  # every request answered within the retry window
+    finally:
+        serve.delete("faults")
+
+
+def _sweep(data: str, output: str, resume: bool) -> subprocess.Popen:
+    command = [sys.executable, "-m", "jobs.tune_sweep", "--data", data, "--output", output, "--trials", "2", "--epochs", "1",
+               "--max-steps-per-epoch", "3", "--val-users", "20", "--batch-size", "256"] + (["--resume"] if resume else [])
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("RAY_ADDRESS", None)  # its own local cluster, as a user's laptop run
+    log = open(os.path.join(output + (".resume" if resume else "") + ".log"), "w")
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _trial_dirs(output: str) -> list:
+    experiment = os.path.join(output, "tune", "sweep")
+    if not os.path.isdir(experiment):
+        return []
+    return sorted(d for d in os.listdir(experiment) if d.startswith("train_trial_"))
+
+
+def _reported(output: str, trial_dir: str) -> bool:
+    path = os.path.join(output, "tune", "sweep", trial_dir, "result.json")
+    return os.path.exists(path) and os.path.getsize(path) > 0
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_without_losing_or_repeating_trials(small_data, tmp_path):
+    data, _ = small_data
+    output = str(tmp_path / "sweep")
+    first = _sweep(data, output, resume=False)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and first.poll() is None:
+            dirs = _trial_dirs(output)
+            if len(dirs) == 2 and any(_reported(output, d) for d in dirs):
+                break  # one trial has reported, the second has started: interrupt now
+            time.sleep(1)
+        assert first.poll() is None, "the sweep ended before it could be interrupted"
+        first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its experiment state and exits
+        first.wait(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert not os.path.exists(os.path.join(output, "results.parquet"))
+    finished_before = {d.split("_")[2] for d in _trial_dirs(output) if _reported(output, d)}
+
+    second = _sweep(data, output, resume=True)
+    assert second.wait(timeout=400) == 0, open(output + ".resume.log").read()[-3000:]
+    table = pd.read_parquet(os.path.join(output, "results.parquet"))
+    assert len(table) == 2 and table["trial_id"].is_unique  # none lost, none repeated
+    assert finished_before <= set(table["trial_id"])
+    assert table["best_val_ndcg@10"].notna().all()
+    assert os.path.exists(os.path.join(output, "best", "config.json"))
