@@ -103,9 +103,10 @@ def plot_sweep(table: pd.DataFrame, path: str) -> str:
     for ax, name in zip(axes.flat, SEARCHED):
         ax.scatter(done[name], done[BEST], color="tab:blue", alpha=0.7, label="trial")
         default = done[done["is_default"]]
-        ax.scatter(default[name], default[BEST], color="tab:orange", s=80, label="default")
         if not done.empty:
             ax.scatter(done[name].iloc[:1], done[BEST].iloc[:1], color="tab:red", marker="*", s=200, label="best")
+        # A ring, so that it stays visible when the defaults are also the best.
+        ax.scatter(default[name], default[BEST], facecolors="none", edgecolors="tab:orange", linewidths=2, s=260, label="defaults", zorder=3)
         if name == "learning_rate":
             ax.set_xscale("log")
         ax.set_xlabel(name)
