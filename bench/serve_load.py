@@ -79,22 +79,57 @@ class ReplicaLog(threading.Thread):
                 self.samples[a].append([t, running_replicas(a)])
 
 
+# Which Serve process a /proc cmdline belongs to (Ray sets it to the actor's name).
+ROLES = {b"ProxyActor": "proxy", b"ServeReplica:ncf:": "recommend_replicas", b"ServeReplica:noop:": "noop_replicas"}
+
+
+def serve_cpu_seconds() -> Dict[int, tuple]:
+    """pid -> (role, CPU seconds so far) of this machine's Serve proxy and replicas, read from
+    /proc: the CPU a request costs, whatever else the machine is busy with."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        role = next((r for key, r in ROLES.items() if key in cmdline), None)
+        if role:
+            found[int(pid)] = (role, (int(fields[11]) + int(fields[12])) / tick)  # utime + stime
+    return found
+
+
+def cpu_used(before: Dict[int, tuple], after: Dict[int, tuple]) -> Dict[str, float]:
+    """CPU seconds by role between two snapshots; a replica started in between counts whole
+    (its start-up, model loading included, is a cost of scaling up)."""
+    used: Dict[str, float] = {}
+    for pid, (role, seconds) in after.items():
+        used[role] = used.get(role, 0.0) + seconds - before.get(pid, (role, 0.0))[1]
+    return used
+
+
 class Load:
-    """Latencies and errors of one endpoint, gathered over several rounds."""
+    """Latencies, errors and CPU of one endpoint, gathered over several rounds."""
 
     def __init__(self) -> None:
         self.latencies: List[float] = []
         self.errors = 0
         self.seconds = 0.0
+        self.cpu: Dict[str, float] = {}
 
     def summary(self) -> Dict:
         ms = np.asarray(self.latencies) * 1000
+        per_request = {f"{role}_cpu_ms_per_request": round(1000 * s / ms.size, 2) for role, s in sorted(self.cpu.items())}
         return {
             "requests": int(ms.size),
             "errors": self.errors,
             "requests_per_s": round(ms.size / self.seconds, 1),
             "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p99_ms": round(float(np.percentile(ms, 99)), 1),
+            **per_request,
         }
 
 
@@ -118,12 +153,16 @@ def drive(url: str, payloads: Callable[[int], Dict], clients: int, seconds: floa
                 n += 1
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    started = time.monotonic()
+    started, cpu_before, client_before = time.monotonic(), serve_cpu_seconds(), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     load.seconds += time.monotonic() - started
+    used = cpu_used(cpu_before, serve_cpu_seconds())
+    used["client"] = time.process_time() - client_before
+    for role, seconds in used.items():
+        load.cpu[role] = load.cpu.get(role, 0.0) + seconds
     load.latencies += [x for per_client in latencies for x in per_client]
     load.errors += sum(errors)
 
@@ -138,6 +177,10 @@ def wait_for_scale_down(app_name: str, floor: int, timeout_s: float) -> float:
     return round(time.monotonic() - started, 1)
 
 
+def _total_cpu_ms(summary: Dict) -> float:
+    return sum(v for k, v in summary.items() if k.endswith("_cpu_ms_per_request"))
+
+
 def main(argv=None) -> Dict:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="artifacts/demo/model")
@@ -150,6 +193,9 @@ def main(argv=None) -> Dict:
     args = p.parse_args(argv)
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray starts its workers (proxy, replicas) at nice 15 below the driver; on a shared machine
+    # that measures everyone else's load more than Serve's. A serving box runs them at 0.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
     from ray import serve
 
@@ -179,6 +225,7 @@ def main(argv=None) -> Dict:
             drive(f"{url}/recommend", request, args.clients, args.seconds / args.rounds, recommend)
             recommend_windows.append((window_start, time.monotonic() - started))
         scale_down_s = wait_for_scale_down("ncf", AUTOSCALING["min_replicas"], args.idle_timeout)
+        replicas_after_idle = running_replicas("ncf")
     finally:
         log.stop.set()
         log.join()
@@ -197,12 +244,16 @@ def main(argv=None) -> Dict:
         "rounds": args.rounds,
         "autoscaling": AUTOSCALING,
         "replica_num_cpus": NUM_CPUS,
+        "ray_worker_niceness": int(os.environ["RAY_worker_niceness"]),
         "noop": noop,
         "recommend": recommend,
         "rps_ratio": round(recommend["requests_per_s"] / max(noop["requests_per_s"], 1e-9), 3),
+        # CPU per request (proxy, replicas and client threads): what bounds requests/s on a
+        # machine with nothing else to do; the ratio is the rps_ratio such a machine would see.
+        "cpu_cost_ratio": round(_total_cpu_ms(noop) / max(_total_cpu_ms(recommend), 1e-9), 3),
         "p99_ratio": round(recommend["p99_ms"] / max(noop["p99_ms"], 1e-9), 3),
         "recommend_replicas_max_under_load": max(under_load, default=0),
-        "recommend_replicas_after_idle": ncf_samples[-1][1] if ncf_samples else None,
+        "recommend_replicas_after_idle": replicas_after_idle,
         "scale_down_s": scale_down_s,
         "replicas_over_time": log.samples,
     }

@@ -34,7 +34,6 @@ MIN_AT = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MAX_AT = datetime(2200, 1, 1, tzinfo=timezone.utc)
 
 
-
 def _check_at(value: Optional[datetime]) -> Optional[datetime]:
     """Naive times are UTC; the moment must fall in [MIN_AT, MAX_AT)."""
     if value is None:
@@ -53,6 +52,7 @@ At = Annotated[
         "default: the deployment's default_at (now, or the model's data end)"
     ),
 ]
+
 # Raw ids may be integers or strings (the vocabulary compares them as strings).
 RawId = Union[StrictInt, Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS)]]
 
@@ -67,16 +67,15 @@ class RankingOptions(_Strict):
     k: Annotated[int, Field(strict=True, ge=1, le=MAX_K, description="how many products")] = 10
     at: At = None
     exclude_purchased: Annotated[bool, Field(strict=True)] = False
+    explain: Annotated[bool, Field(strict=True, description="add the past purchases the attention weighted most")] = False
 
 
 class RecommendRequest(RankingOptions):
     user_id: RawId
-    explain: Annotated[bool, Field(strict=True, description="add the past purchases the attention weighted most")] = False
 
 
 class BatchRecommendRequest(RankingOptions):
     user_ids: Annotated[List[RawId], Field(min_length=1, max_length=MAX_BATCH_USERS)]
-    explain: Annotated[bool, Field(strict=True)] = False
 
 
 class ScoreRequest(_Strict):
