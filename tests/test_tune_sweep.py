@@ -16,14 +16,16 @@ from ncf.model_dir import read_config
 from ncf.scoring import Recommender
 from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower, search_space
 
-from helpers import REPO, free_port
+from helpers import REPO, free_ports
 
 
 @pytest.fixture
 def head_node():
     """`ray start --head --block` on 127.0.0.1 with its own ports and temp dir; SIGTERM to the
     blocking process stops exactly this cluster (`ray stop` would stop every Ray on the machine)."""
-    gcs, dashboard, client = free_port(), free_port(), free_port()
+    # Every port of its own: the session's cluster (and any other Ray on the machine) already
+    # holds the defaults, and a dashboard agent that cannot bind leaves no agent to take jobs.
+    gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics = free_ports(7)
     temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
@@ -31,7 +33,9 @@ def head_node():
         os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
         "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", "2",
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-        "--ray-client-server-port", str(client), "--temp-dir", temp_dir, "--disable-usage-stats",
+        "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
+        "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env),
+        "--metrics-export-port", str(metrics), "--temp-dir", temp_dir, "--disable-usage-stats",
     ]
     log = open(os.path.join(temp_dir, "ray_start.log"), "w")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
