@@ -72,8 +72,11 @@ def _tuner(settings: SweepSettings, resume: bool):
     searcher = OptunaSearch(
         metric=VAL_METRIC, mode="max", points_to_evaluate=[default_point(limits)], seed=settings.seed
     )
+    # max_t one past the last epoch: a trial that trains all its epochs ends by itself, so its
+    # trainer releases its workers' placement group; a trial stopped by Tune relies on Ray
+    # Train's cleaner instead, which a busy cluster can leave waiting.
     scheduler = ASHAScheduler(
-        time_attr="training_iteration", max_t=settings.epochs, grace_period=1, reduction_factor=2
+        time_attr="training_iteration", max_t=settings.epochs + 1, grace_period=1, reduction_factor=2
     )
     print(f"[sweep] {settings.trials} trials, {concurrent} at a time, up to {settings.epochs} epochs each", flush=True)
     return tune.Tuner(
