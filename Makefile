@@ -21,7 +21,7 @@ else
 $(error ACCEL must be cpu or cuda, not $(ACCEL))
 endif
 
-.PHONY: setup browser test test-fast demo bench clean
+.PHONY: setup browser test test-faults test-fast demo bench clean
 
 setup: $(STAMP)
 
@@ -45,7 +45,10 @@ browser:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 test: setup browser
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q --durations=15 -m "not drill" tests
+
+test-faults: setup
+	$(PY) -m pytest -q --durations=15 -m drill tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m unit tests

@@ -116,6 +116,7 @@ def _reported(output: str, trial_dir: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.drill  # run by `make test-faults`, not by every `make test`
 def test_an_interrupted_sweep_resumes_without_losing_or_repeating_trials(small_data, tmp_path):
     data, _ = small_data
     output = str(tmp_path / "sweep")
