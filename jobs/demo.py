@@ -45,10 +45,11 @@ def online_queries(model: str, port: int) -> list:
     """Deploys the Serve app on 127.0.0.1, asks it a few questions, and stops it."""
     from ray import serve
 
+    from serve.app import build_app
     from serve.launch import start, wait_until_healthy
 
     # Complete Journey ends in 2017, so requests default to the data's end rather than now.
-    url = start({"model": model, "default_at": "data_end", "min_replicas": 1, "max_replicas": 2}, host="127.0.0.1", port=port)
+    url = start(build_app({"model": model, "default_at": "data_end", "min_replicas": 1, "max_replicas": 2}), host="127.0.0.1", port=port)
     try:
         health = wait_until_healthy(url, timeout_s=120)
         print(f"serving {url} (OpenAPI at {url}/docs): {json.dumps(health)}", flush=True)

@@ -39,10 +39,11 @@ def test_a_killed_serve_replica_loses_no_request_after_retries(ray_session, smal
     from ray import serve
 
     from serve.app import DEPLOYMENT_NAME
+    from serve.app import build_app
     from serve.launch import start, wait_until_healthy
 
     ray = ray_session
-    url = start({"model": small_model_dir, "default_at": "data_end", "min_replicas": 2, "max_replicas": 2}, host="127.0.0.1", port=free_port(), app_name="faults")
+    url = start(build_app({"model": small_model_dir, "default_at": "data_end", "min_replicas": 2, "max_replicas": 2}), host="127.0.0.1", port=free_port(), app_name="faults")
     try:
         wait_until_healthy(url, timeout_s=120)
         deadline = time.time() + 60

@@ -39,9 +39,10 @@ def app(ray_session, small_model_dir):
     from ray import serve
 
     from serve.app import DEPLOYMENT_NAME
+    from serve.app import build_app
     from serve.launch import start, wait_until_healthy
 
-    url = start({"model": small_model_dir, "default_at": "data_end", "min_replicas": 1, "max_replicas": 1}, host="127.0.0.1", port=free_port(), app_name="fuzz")
+    url = start(build_app({"model": small_model_dir, "default_at": "data_end", "min_replicas": 1, "max_replicas": 1}), host="127.0.0.1", port=free_port(), app_name="fuzz")
     try:
         wait_until_healthy(url, timeout_s=120)
         (name,) = [a["name"] for a in ray_session.util.list_named_actors(all_namespaces=True) if a["name"].startswith(f"SERVE_REPLICA::fuzz#{DEPLOYMENT_NAME}#")]
