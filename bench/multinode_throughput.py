@@ -8,7 +8,8 @@ of the two layouts are compared (stats without timings), so a faster run is also
 
 On a machine whose cores are all shared by both "nodes" the second node adds a worker process,
 not hardware: the ratio measures how much of the work Ray spreads, bounded by the cores there
-are (see BENCHMARKS.md).
+are (see BENCHMARKS.md). Each run records the machine's load average: other processes on
+the same cores make both ratios meaningless.
 
 python -m bench.multinode_throughput [--users 4000] [--products 20000] [--k 10]
 """
@@ -81,6 +82,7 @@ def run_layout(nodes: int, spec, tmp: str, k: int, model: Optional[str]) -> Dict
     writes the logs and the model that every layout then reads."""
     from ncf import datasets, schema
 
+    load_before = os.getloadavg()[0]
     cluster = start_cluster(nodes)
     try:
         logs, catalog = datasets.write_synthetic(os.path.join(tmp, "raw"), spec)
@@ -99,6 +101,8 @@ def run_layout(nodes: int, spec, tmp: str, k: int, model: Optional[str]) -> Dict
         "users_scored": scoring["users"],
         "scoring_s": scoring["seconds"],
         "scoring_users_per_s": scoring["users_per_s"],
+        # Other work on the machine skews these figures: the 1-minute load average around the run.
+        "load_avg_1m_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "_stats": {key: v for key, v in stats.items() if key not in ("seconds", "inputs")},
         "_model": model,
     }

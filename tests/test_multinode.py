@@ -37,6 +37,8 @@ SHUFFLE_PARTITIONS = 4
 USERS_PER_FILE = 25  # six input files, so reading and validating is six tasks
 K = 5
 
+pytestmark = pytest.mark.slow  # about 3 minutes: a cluster start, preprocessing, training, scoring
+
 
 def _free_port() -> int:
     """A free TCP port for the head's dashboard (the state API needs it; 8265 may be taken)."""
