@@ -122,8 +122,9 @@ def score_samples(recommender, period: Period, users: np.ndarray, negatives: int
         truth = period.truth[u]
         pool = np.setdiff1d(np.arange(1, recommender.num_products), np.union1d(recommender.states.timeline(u).products, truth))
         random = rng.choice(pool, size=min(negatives, len(pool)), replace=False)
-        bought.append(recommender.score_indices(u, truth, at)[0])
-        other.append(recommender.score_indices(u, random, at)[0])
+        scores = recommender.score_indices(u, np.concatenate([truth, random]), at)[0]  # one user encoding
+        bought.append(scores[: len(truth)])
+        other.append(scores[len(truth):])
     return {"bought": np.concatenate(bought), "never_bought": np.concatenate(other)}
 
 

@@ -358,11 +358,15 @@ def run_history(result) -> list:
     if result.checkpoint is None:
         return []
     with result.checkpoint.as_directory() as d:
-        return read_checkpoint(d)[1].get("history", [])
+        return read_train_state(d).get("history", [])
+
+
+def read_train_state(directory: str) -> Dict:
+    with open(os.path.join(directory, TRAIN_STATE)) as f:
+        return json.load(f)
 
 
 def read_checkpoint(directory: str) -> tuple[Dict[str, torch.Tensor], Dict]:
     """(weights, train state) of a checkpoint directory written by ``train_loop_per_worker``."""
     weights = torch.load(os.path.join(directory, WEIGHTS), weights_only=True, map_location="cpu")
-    with open(os.path.join(directory, TRAIN_STATE)) as f:
-        return weights, json.load(f)
+    return weights, read_train_state(directory)
