@@ -45,10 +45,10 @@ browser:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 test: setup browser
-	$(PY) -m pytest -q --durations=15 -m "not drill" tests
+	$(PY) -m pytest -q --durations=15 tests
 
 test-faults: setup
-	$(PY) -m pytest -q --durations=15 -m drill tests
+	$(PY) -m pytest -q --durations=15 -m faults tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m unit tests

@@ -123,6 +123,7 @@ def test_rerun_of_the_same_date_replaces_the_partition(first_run, small_model_di
     assert os.listdir(os.path.join(output, bs.TMP, f"run_date={first['run_date']}")) == []
 
 
+@pytest.mark.faults
 def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session, small_model_dir, small_data, tmp_path):
     """SIGSTOP at the first progress line freezes the driver before it can commit; SIGKILL then
     ends it (and Ray its actors), as a scheduler's timeout or a lost node would."""

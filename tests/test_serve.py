@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import threading
 import time
 
 import pytest
 import requests
 
+from helpers import free_port
 from serve.api import MAX_BATCH_USERS, MAX_BODY_BYTES, MAX_K, MAX_PRODUCT_IDS
 from serve.app import build_app
 from serve.launch import start, wait_until_healthy
@@ -20,12 +20,6 @@ from serve.service import ModelService, ServeSettings
 
 TIMEOUT = 30  # seconds per HTTP call
 UNKNOWN_USER = "no-such-user"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _app_args(model_dir: str) -> dict:
@@ -39,7 +33,7 @@ def server(ray_session, small_model_dir):
     from ray import serve
 
     try:
-        url = start(build_app(_app_args(small_model_dir)), port=_free_port(), app_name="ncf_test")
+        url = start(build_app(_app_args(small_model_dir)), port=free_port(), app_name="ncf_test")
         wait_until_healthy(url, timeout_s=90)
         yield url
     finally:

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from helpers import free_port
 
-# Not yet passed on the development machine: kept to `make test-faults` until it has.
-pytestmark = pytest.mark.drill
+pytestmark = pytest.mark.faults
 
 ROUTES = ["/recommend", "/recommend/batch", "/score"]
 FIELDS = ["user_id", "user_ids", "product_ids", "k", "at", "explain", "exclude_purchased"]
@@ -52,7 +51,7 @@ def app(ray_session, small_model_dir):
         pid = ray_session.get(ray_session.get_actor(name, namespace="serve").__ray_call__.remote(lambda self: os.getpid()))
         yield url, pid
     finally:
-        serve.delete("fuzz")
+        serve.shutdown()
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

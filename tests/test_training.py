@@ -37,6 +37,7 @@ def test_two_workers_with_sharded_tables_reduce_the_loss(small_data, tmp_path):
     assert len(ranking.products) == 5 and not ranking.cold_start
 
 
+@pytest.mark.faults
 def test_a_crashed_worker_resumes_from_the_last_checkpoint(small_data, tmp_path):
     data, _ = small_data
     marker = str(tmp_path / "crashed")
