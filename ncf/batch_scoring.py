@@ -1,8 +1,8 @@
 """Nightly batch scoring: the top-K products of every user, with Ray Data, committed atomically.
 
 Every user of the data's vocabulary goes through ``map_batches`` on a pool of actors, each of
-which loads :class:`ncf.scoring.Recommender` once and ranks with ``rank_indices``: the same
-two-stage ranking, settings and cold start as the Serve endpoint. Each actor writes the Parquet
+which loads :class:`ncf.scoring.Recommender` once and ranks with ``rank_many`` (equal to
+``rank_indices`` user by user, in one model call per chunk of users): the same two-stage ranking, settings and cold start as the Serve endpoint. Each actor writes the Parquet
 part of its batch and returns counts, so the driver reports progress as parts land.
 
 Output layout::
@@ -58,6 +58,9 @@ PARTITION_KEY = "run_date"
 MAX_K = 100
 # About this many parts per run: progress is visible, files are not tiny.
 TARGET_PARTS = 50
+# Users per model call: enough to amortise the per-call overheads, few enough that the
+# candidate rows (users x candidates) stay a few MB.
+SCORE_CHUNK = 32
 # Staged runs of other dates older than this are from dead runs (a nightly run is shorter).
 STALE_SECONDS = 24 * 3600
 
@@ -183,9 +186,12 @@ def score_users(recommender: Recommender, user_ids: pa.Array, k: int, at: int, s
         RuntimeError: when a user's ranking is shorter than ``k`` (the job promises K rows).
     """
     indices = recommender.vocabs.users.index_of(user_ids)
+    rankings = []
+    for start in range(0, len(indices), SCORE_CHUNK):
+        chunk = indices[start : start + SCORE_CHUNK]
+        rankings += recommender.rank_many(chunk, np.full(len(chunk), at), k)
     products, scores = [], []
-    for raw, user in zip(user_ids.to_pylist(), indices.tolist()):
-        ranking = recommender.rank_indices(int(user), at, k)
+    for raw, ranking in zip(user_ids.to_pylist(), rankings):
         if len(ranking.products) != k:
             raise RuntimeError(f"user {raw!r}: {len(ranking.products)} products ranked, {k} expected")
         products.append(ranking.products)

@@ -163,10 +163,11 @@ class TemporalEncoding(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention of one query over a set of keys, with a padding mask.
+    """Multi-head attention of one query (or Q queries) over a set of keys, with a padding mask.
 
     A learned "nothing relevant" slot is always present, so a user without history (all
-    keys masked) still gets a defined output.
+    keys masked) still gets a defined output. Several queries over one key set (a user's
+    candidates over the user's history) project the keys and values once, not once per query.
 
     Args:
         embed_dim (int): D, width of queries, keys and values.
@@ -177,6 +178,7 @@ class MultiHeadAttention(nn.Module):
         attn = MultiHeadAttention(32, num_heads=4)
         out, weights = attn(torch.randn(8, 32), torch.randn(8, 5, 32), torch.randn(8, 5, 32), need_weights=True)
         # out: 8 x 32, weights: 8 x 5
+        out, _ = attn(torch.randn(8, 100, 32), torch.randn(8, 5, 32), torch.randn(8, 5, 32))  # 8 x 100 x 32
     """
 
     def __init__(self, embed_dim: int, num_heads: int = 4) -> None:
@@ -206,21 +208,25 @@ class MultiHeadAttention(nn.Module):
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """
         Args:
-            query: B x D.
+            query: B x D, or B x Q x D (Q queries sharing row b's keys).
             keys, values: B x L x D.
             mask: B x L, True where a key takes part (None: all do).
             need_weights: also return the attention weights, averaged over heads.
 
         Returns:
-            B x D output, and B x L weights (or None).
+            B x D (or B x Q x D) output, and B x L (or B x Q x L) weights (or None).
         """
+        one_query = query.dim() == 2
+        if one_query:
+            query = query.unsqueeze(1)
         b, length, d = keys.shape
+        queries = query.shape[1]
         keys = torch.cat([self.null_key.expand(b, 1, d), keys], dim=1)
         values = torch.cat([self.null_value.expand(b, 1, d), values], dim=1)
         always = torch.ones(b, 1, dtype=torch.bool, device=keys.device)
         mask = always.expand(b, length + 1) if mask is None else torch.cat([always, mask], dim=1)
 
-        q = self._heads(self.q_proj(query).unsqueeze(1))  # B x H x 1 x d
+        q = self._heads(self.q_proj(query))  # B x H x Q x d
         k = self._heads(self.k_proj(keys))  # B x H x (L+1) x d
         v = self._heads(self.v_proj(values))
         attn_mask = mask[:, None, None, :]
@@ -229,11 +235,13 @@ class MultiHeadAttention(nn.Module):
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
             probs = scores.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1)
             out = probs @ v
-            weights = probs.mean(dim=1)[:, 0, 1:]  # drop the null slot
+            weights = probs.mean(dim=1)[:, :, 1:]  # B x Q x L: the null slot dropped
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        out = out.transpose(1, 2).reshape(b, d)
-        return self.out_proj(out), weights
+        out = self.out_proj(out.transpose(1, 2).reshape(b, queries, d))
+        if one_query:
+            return out.squeeze(1), None if weights is None else weights.squeeze(1)
+        return out, weights
 
 
 class CategoryHierarchy(nn.Module):
@@ -275,13 +283,10 @@ class UserSide:
     history_mask: Optional[torch.Tensor]  # U x L
     temporal: Optional[torch.Tensor]  # U x temporal_dim
 
-    def expand(self, n: int) -> "UserSide":
-        """Broadcasts a one-row user side to n rows (views, no copies)."""
-
-        def e(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-            return None if t is None else t.expand(n, *t.shape[1:])
-
-        return UserSide(*(e(getattr(self, f.name)) for f in dataclasses.fields(self)))
+    @property
+    def num_rows(self) -> int:
+        """U (astuple would deep-copy the tensors)."""
+        return next(t.shape[0] for t in (getattr(self, f.name) for f in dataclasses.fields(self)) if t is not None)
 
 
 @dataclass
@@ -427,23 +432,36 @@ class AdvancedNCF(nn.Module):
         return ProductSide(product_mf, product_mlp, hierarchy)
 
     def combine(self, user: UserSide, products: ProductSide, repeat: torch.Tensor, need_weights: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Joins both sides (B rows each) into B logits (and B x L history attention weights)."""
+        """Joins U user rows with B = U x C product rows into B logits (and B x L history
+        attention weights). User row u goes with product rows u*C .. u*C+C-1: C = 1 in training,
+        C candidates per user when ranking, where each user's history is projected once."""
         c = self.config
         logits, weights = [], None
         parts = []
+        groups, b = user.num_rows, repeat.shape[0]
+        if b % groups:
+            raise ValueError(f"{b} product rows do not split evenly over {groups} user rows")
+        per_user = b // groups
+
+        def rows(t: torch.Tensor) -> torch.Tensor:  # U x ... -> B x ...
+            return t if per_user == 1 else t.repeat_interleave(per_user, dim=0)
+
         if c.use_mf:
-            mf_vector = user.user_mf * products.product_mf  # B x mf_dim
+            mf_vector = rows(user.user_mf) * products.product_mf  # B x mf_dim
             logits.append(self.mf_output(mf_vector))
             parts.append(mf_vector)
         if c.use_mlp:
-            mlp_vector = user.user_mlp
+            mlp_vector = rows(user.user_mlp)
             if c.use_attention:
-                query = user.user_mlp + products.product_mlp
+                query = user.user_mlp.unsqueeze(1) + products.product_mlp.view(groups, per_user, c.mlp_embedding_dim)  # U x C x D
+                if per_user == 1:
+                    query = query.squeeze(1)
                 attended, weights = self.history_attention(query, user.history_keys, user.history_keys, user.history_mask, need_weights)
-                mlp_vector = mlp_vector + attended
+                mlp_vector = mlp_vector + attended.reshape(b, c.mlp_embedding_dim)
+                weights = None if weights is None else weights.reshape(b, c.history_length)
             parts += [mlp_vector, products.hierarchy]
             if c.has_temporal_features:
-                temporal = user.temporal if c.use_temporal else 0.0
+                temporal = rows(user.temporal) if c.use_temporal else 0.0
                 if c.use_repeat:
                     temporal = temporal + self.repeat_projection(repeat)
                 parts.append(temporal)
@@ -472,19 +490,18 @@ class AdvancedNCF(nn.Module):
         days_since: torch.Tensor,
         need_weights: bool = False,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Scores N candidates for one user, reusing a one-row user side.
+        """Scores C candidates for each of U user contexts, encoding each user side once.
 
         Args:
-            user_side: from :meth:`encode_user` on one user context.
-            products: N candidates, from :meth:`encode_products` (or a cached catalog's
-                :meth:`ProductSide.select`).
-            repeat_count, days_since: N, the user's history with each candidate.
+            user_side: from :meth:`encode_user` on U user contexts (often U = 1).
+            products: N = U x C candidates, user by user, from :meth:`encode_products` (or a
+                cached catalog's :meth:`ProductSide.select`).
+            repeat_count, days_since: N, each user's history with each of its candidates.
 
         Returns:
             N probabilities, and N x L attention weights over the history (or None).
         """
-        n = repeat_count.shape[0]
-        logits, weights = self.combine(user_side.expand(n), products, repeat_features(repeat_count, days_since), need_weights)
+        logits, weights = self.combine(user_side, products, repeat_features(repeat_count, days_since), need_weights)
         return torch.sigmoid(logits), weights
 
 

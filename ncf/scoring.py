@@ -130,11 +130,12 @@ class Recommender:
                 by_hour[hour] = np.concatenate([by_hour[hour], fallback[~np.isin(fallback, by_hour[hour])]])[:top]
         return by_hour
 
-    def _first_stage(self, user: int, user_side) -> np.ndarray:
-        """Catalog-wide first-stage scores: the MF path's logit, or popularity without it."""
+    def _first_stage(self, user_side) -> np.ndarray:
+        """Catalog-wide first-stage scores, a row per user side row: the MF path's logit, or
+        popularity without it."""
         if self._mf_items is None:
-            return np.log1p(self.popularity)
-        return self._mf_items @ (user_side.user_mf[0].cpu().numpy() * self._mf_weights)
+            return np.tile(np.log1p(self.popularity), (user_side.user_mlp.shape[0], 1))
+        return (user_side.user_mf.cpu().numpy() * self._mf_weights) @ self._mf_items.T
 
     def _candidates(self, bought: np.ndarray, first_stage: np.ndarray) -> np.ndarray:
         s = self.settings
@@ -151,15 +152,21 @@ class Recommender:
 
     def _user_side(self, user: int, at: int):
         timeline = self.states.timeline(user)
-        history, ages = timeline.history(np.array([at]), self.model.config.history_length)
-        parts = time_parts_of(np.array([at]))
+        side, history = self._encode_users(np.array([user]), np.array([at]), [timeline])
+        return timeline, side, history[0]
+
+    def _encode_users(self, users: np.ndarray, at: np.ndarray, timelines: List) -> tuple:
+        """The model's user side for U (user, moment) pairs in one call, and their U x L histories."""
+        length = self.model.config.history_length
+        pairs = [timeline.history(np.array([a]), length) for timeline, a in zip(timelines, at.tolist())]
+        history = np.concatenate([h for h, _ in pairs])
+        ages = np.concatenate([a for _, a in pairs])
+        parts = time_parts_of(at)
         time_parts = np.stack([parts[k] for k in TIME_PARTS], axis=1)
         t = lambda a, dtype: torch.as_tensor(a, dtype=dtype, device=self.device)  # noqa: E731
         with torch.no_grad():
-            side = self.model.encode_user(
-                t([user], torch.long), t(time_parts, torch.long), t(history, torch.long), t(ages, torch.float32)
-            )
-        return timeline, side, history[0]
+            side = self.model.encode_user(t(users, torch.long), t(time_parts, torch.long), t(history, torch.long), t(ages, torch.float32))
+        return side, history
 
     def score_indices(self, user: int, products: np.ndarray, at: int, need_weights: bool = False):
         """Full-model probabilities of ``products`` for a known user at ``at`` (and attention weights)."""
@@ -199,7 +206,7 @@ class Recommender:
         if brute_force:
             candidates = self._all_products.cpu().numpy()[1:]
         else:
-            candidates = self._candidates(bought, self._first_stage(user, side))
+            candidates = self._candidates(bought, self._first_stage(side)[0])
         if exclude_purchased:
             candidates = candidates[~np.isin(candidates, bought)]
         probs, weights = self._score(timeline, side, candidates, at, explain)
@@ -208,6 +215,44 @@ class Recommender:
         if explain and weights is not None:
             ranking.explanations = [_top_history(history, weights[i], explain_top) for i in order]
         return ranking
+
+    def rank_many(self, users: Sequence[int], at: Sequence[int], k: int = 10, exclude_purchased: bool = False) -> List[Ranking]:
+        """:meth:`rank_indices` for many (user index, moment) pairs: one user encoding and one
+        full-model call over all their candidates, so that the per-call overheads are paid once
+        per batch (Serve's request batches, the nightly job). Equal to ranking each pair alone."""
+        users, at = np.asarray(users, np.int64), np.asarray(at, np.int64)
+        rankings: List[Optional[Ranking]] = [None] * len(users)
+        rows = [i for i, u in enumerate(users.tolist()) if u != UNKNOWN_INDEX and u in self.states]
+        for i in sorted(set(range(len(users))) - set(rows)):
+            rankings[i] = self.rank_indices(int(users[i]), int(at[i]), k)  # cold start: a lookup
+        if not rows:
+            return rankings
+        timelines = [self.states.timeline(int(users[i])) for i in rows]
+        side, _ = self._encode_users(users[rows], at[rows], timelines)
+        first_stage = self._first_stage(side)
+        candidates = []
+        for j, (i, timeline) in enumerate(zip(rows, timelines)):
+            bought = timeline.products_before(int(at[i]))
+            c = self._candidates(bought, first_stage[j])
+            candidates.append(c[~np.isin(c, bought)] if exclude_purchased else c)
+        # The model scores the same number C of candidates per user: shorter lists are padded
+        # with the padding product, whose scores are dropped below.
+        width = max(len(c) for c in candidates)
+        padded = np.zeros((len(rows), width), np.int64)
+        counts, days = np.zeros((len(rows), width)), np.zeros((len(rows), width))
+        for j, (i, timeline, c) in enumerate(zip(rows, timelines, candidates)):
+            padded[j, : len(c)] = c
+            counts[j, : len(c)], days[j, : len(c)] = timeline.repeat_stats(c, np.full(len(c), at[i]))
+        t = lambda a, dtype: torch.as_tensor(a.reshape(-1), dtype=dtype, device=self.device)  # noqa: E731
+        probs, _ = self.model.score_candidates(
+            side, self._catalog.select(t(padded, torch.long)), t(counts, torch.float32), t(days, torch.float32)
+        )
+        probs = probs.cpu().numpy().reshape(len(rows), width)
+        for j, (i, c) in enumerate(zip(rows, candidates)):
+            p = probs[j, : len(c)]
+            order = np.argsort(-p, kind="stable")[:k]
+            rankings[i] = Ranking(c[order], p[order], cold_start=False)
+        return rankings
 
     # -- raw-id API (Serve and the nightly job) --------------------------------------------------
 
@@ -236,7 +281,16 @@ class Recommender:
         """
         at_s = None if at is None else to_epoch_seconds(at)
         user = int(self.vocabs.users.index_of([user_id])[0])
-        ranking = self.rank_indices(user, at_s, k, exclude_purchased, explain=explain)
+        return self._as_items(user_id, self.rank_indices(user, at_s, k, exclude_purchased, explain=explain), explain)
+
+    def recommend_items_many(self, user_ids: Sequence, k: int = 10, at: Optional[Sequence] = None, exclude_purchased: bool = False) -> List[Dict]:
+        """:meth:`recommend_items` for many users, each at its own moment ``at[i]`` (default:
+        the data end), in one model call (:meth:`rank_many`); no explanations."""
+        at_s = [self.data_end] * len(user_ids) if at is None else [to_epoch_seconds(a) for a in at]
+        rankings = self.rank_many(self.vocabs.users.index_of(list(user_ids)), at_s, k, exclude_purchased)
+        return [self._as_items(u, r, explain=False) for u, r in zip(user_ids, rankings)]
+
+    def _as_items(self, user_id, ranking: Ranking, explain: bool) -> Dict:
         raw = self.vocabs.products.raw_of(ranking.products)
         items = [{"product_id": p, "score": float(s)} for p, s in zip(raw, ranking.scores)]
         if explain:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -63,7 +64,9 @@ class TrainConfig:
 
 
 def _log(message: str) -> None:
-    print(f"[train] {message}", flush=True)
+    # To the process's own stdout: Ray Train's patched print tees a plain print to its logger
+    # and to the worker's wrapped stdout, so every line reached the driver twice.
+    print(f"[train] {message}", file=sys.__stdout__, flush=True)
 
 
 def _world() -> tuple[int, int]:

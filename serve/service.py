@@ -102,15 +102,31 @@ class ModelService:
         return {**ranked, "at": _iso(at), "model_version": self.version}
 
     def recommend_many(self, requests: List[RecommendRequest]) -> List[Dict]:
-        """One answer per request, all from this model (what a ``@serve.batch`` call runs)."""
-        return [self.recommend(r) for r in requests]
+        """One answer per request, all from this model (what a ``@serve.batch`` call runs):
+        requests with the same ``k`` and ``exclude_purchased`` are ranked in one model call."""
+        answers: List[Optional[Dict]] = [None] * len(requests)
+        groups: Dict[tuple, List[int]] = {}
+        for i, r in enumerate(requests):
+            if r.explain:
+                answers[i] = self.recommend(r)
+            else:
+                groups.setdefault((r.k, r.exclude_purchased), []).append(i)
+        for (k, exclude), rows in groups.items():
+            at = [self.moment(requests[i].at) for i in rows]
+            ranked = self.recommender.recommend_items_many([requests[i].user_id for i in rows], k, at, exclude)
+            for i, a, answer in zip(rows, at, ranked):
+                answers[i] = {**answer, "at": _iso(a), "model_version": self.version}
+        return answers
 
     def recommend_batch(self, request: BatchRecommendRequest) -> Dict:
         at = self.moment(request.at)
-        results = [
-            self.recommender.recommend_items(u, request.k, at, request.exclude_purchased, request.explain)
-            for u in request.user_ids
-        ]
+        if request.explain:
+            results = [
+                self.recommender.recommend_items(u, request.k, at, request.exclude_purchased, explain=True)
+                for u in request.user_ids
+            ]
+        else:
+            results = self.recommender.recommend_items_many(request.user_ids, request.k, [at] * len(request.user_ids), request.exclude_purchased)
         return {"results": results, "at": _iso(at), "model_version": self.version}
 
     def score(self, request: ScoreRequest) -> Dict:

@@ -157,6 +157,33 @@ def test_score_candidates_matches_forward():
     assert weights.shape == (n, config.history_length)
 
 
+def test_candidates_of_several_users_in_one_call_match_forward():
+    """U users x C candidates in one call: each user's history is projected once, yet every
+    (user, candidate) row gets the same probability and attention weights as in forward."""
+    config = small_config()
+    model = AdvancedNCF(config).eval()
+    users, per_user = 3, 4
+    batch = example_batch(config, batch_size=users * per_user, seed=3)
+    contexts = torch.arange(users).repeat_interleave(per_user) * per_user  # row of each user's context
+    for field in ("user", "time_parts", "history", "history_age_days"):
+        setattr(batch, field, getattr(batch, field)[contexts].clone())
+    hook_weights = []
+    handle = model.history_attention.register_forward_hook(lambda module, args, out: hook_weights.append(out[1]))
+    with torch.no_grad():
+        expected = model(batch)
+        first = contexts[::per_user]
+        user = model.encode_user(batch.user[first], batch.time_parts[first], batch.history[first], batch.history_age_days[first])
+        products = model.encode_products(batch.product, batch.department, batch.category)
+        got, weights = model.score_candidates(user, products, torch.expm1(batch.repeat[:, 0]), (1 - batch.repeat[:, 1]) * 366.0, need_weights=True)
+        _, expected_weights = model.combine(model.encode_user(batch.user, batch.time_parts, batch.history, batch.history_age_days), products, batch.repeat, need_weights=True)
+    handle.remove()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights, expected_weights, atol=1e-6, rtol=1e-5)
+    assert hook_weights[-2].shape == (users, per_user, config.history_length)  # grouped: U x C x L inside
+    with pytest.raises(ValueError, match="split evenly"):
+        model.score_candidates(user, products.select(torch.arange(5)), torch.zeros(5), torch.zeros(5))
+
+
 def test_save_load_round_trip_weights_only():
     config = small_config()
     model = AdvancedNCF(config).eval()

@@ -108,3 +108,19 @@ def test_evaluate_all_reports_model_and_baselines(recommender, small_data):
     assert all(period.first_visit[u] >= stats["boundaries"]["test_start"] for u in period.users)
     with open(layout.stats_path(data)) as f:
         assert json.load(f)["boundaries"] == stats["boundaries"]
+
+
+def test_rank_many_equals_ranking_each_user_alone(recommender):
+    users = [int(u) for u in recommender.states.users()[:6]] + [0]  # the last: cold start
+    at = [recommender.data_end - i * 86400 for i in range(len(users))]
+    for exclude in (False, True):
+        together = recommender.rank_many(users, at, k=5, exclude_purchased=exclude)
+        for user, moment, ranking in zip(users, at, together):
+            alone = recommender.rank_indices(user, moment, k=5, exclude_purchased=exclude)
+            assert ranking.products.tolist() == alone.products.tolist()
+            assert ranking.cold_start == alone.cold_start
+            np.testing.assert_allclose(ranking.scores, alone.scores, atol=1e-6)
+    raw = recommender.vocabs.users.raw_of(users[:3])
+    many = recommender.recommend_items_many(raw, k=4, at=at[:3])
+    alone = [recommender.recommend_items(u, 4, a) for u, a in zip(raw, at[:3])]
+    assert [[i["product_id"] for i in m["items"]] for m in many] == [[i["product_id"] for i in a["items"]] for a in alone]
