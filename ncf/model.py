@@ -285,7 +285,7 @@ class UserSide:
 
     @property
     def num_rows(self) -> int:
-        """U (astuple would deep-copy the tensors)."""
+        """U, the number of user contexts."""
         return next(t.shape[0] for t in (getattr(self, f.name) for f in dataclasses.fields(self)) if t is not None)
 
 
@@ -453,7 +453,7 @@ class AdvancedNCF(nn.Module):
         if c.use_mlp:
             mlp_vector = rows(user.user_mlp)
             if c.use_attention:
-                query = user.user_mlp.unsqueeze(1) + products.product_mlp.view(groups, per_user, c.mlp_embedding_dim)  # U x C x D
+                query = user.user_mlp.unsqueeze(1) + products.product_mlp.reshape(groups, per_user, c.mlp_embedding_dim)  # U x C x D
                 if per_user == 1:
                     query = query.squeeze(1)
                 attended, weights = self.history_attention(query, user.history_keys, user.history_keys, user.history_mask, need_weights)
