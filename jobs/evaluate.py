@@ -38,7 +38,7 @@ def main(argv=None) -> list:
         if args.report:
             ablations = read_jsonl(args.ablations) if args.ablations else None
             history = read_metrics(args.model).get("history")
-            path = write_report(args.report, recommender, args.data, rows, history=history, ablations=ablations, split=args.split)
+            path = write_report(args.report, recommender, args.data, rows, history=history, ablations=ablations, ablations_source=args.ablations, split=args.split)
             print(f"[evaluate] report: {path}", flush=True)
         return rows
 

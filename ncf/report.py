@@ -182,11 +182,13 @@ def write_report(
     rows: Sequence[Dict],
     history: Optional[Sequence[Dict]] = None,
     ablations: Optional[Sequence[Dict]] = None,
+    ablations_source: Optional[str] = None,
     split: str = TEST,
     score_users: int = 100,
     households: int = 4,
 ) -> str:
-    """Writes ``output/report.html`` and returns its path."""
+    """Writes ``output/report.html`` and returns its path (``ablations_source``: the file the
+    ablation rows came from, named in the report)."""
     with open(layout.stats_path(data)) as f:
         boundaries = json.load(f)["boundaries"]
     period = load_period(data, split, boundaries)
@@ -203,7 +205,11 @@ def write_report(
     else:
         sections.append("<h2>Training and validation</h2><p>This model directory has no per-epoch history.</p>")
     if ablations:
-        sections.append("<h2>Ablations</h2><p>Each part switched off in turn, trained and evaluated the same way (<code>bench.ablations</code>).</p>" + _table(ablations, ["model", f"recall@{K}", f"ndcg@{K}", f"hr@{K}", "users"]))
+        source = f" Rows from <code>{html.escape(ablations_source)}</code>, not re-run by this report." if ablations_source else ""
+        sections.append(
+            "<h2>Ablations</h2><p>Each part switched off in turn, trained and evaluated the same way (<code>bench.ablations</code>)."
+            + source + "</p>" + _table(ablations, ["model", f"recall@{K}", f"ndcg@{K}", f"hr@{K}", "users"])
+        )
     else:
         sections.append("<h2>Ablations</h2><p>No ablation results given: <code>python -m bench.ablations --data DATA</code> writes them.</p>")
     samples = score_samples(recommender, period, users)

@@ -37,9 +37,10 @@ def test_report_renders_without_broken_images(recommender, small_data, tmp_path)
     rows = evaluate_all(recommender, data, max_users=15, with_als=False)
     history = [{"epoch": 1, "train_loss": 0.9, "val_ndcg@10": 0.1, "val_recall@10": 0.08}, {"epoch": 2, "train_loss": 0.7, "val_ndcg@10": 0.12, "val_recall@10": 0.1}]
     ablations = [{**rows[0], "model": "advanced_ncf without mf"}]
-    path = write_report(str(tmp_path / "report"), recommender, data, rows, history=history, ablations=ablations, score_users=10, households=2)
+    path = write_report(str(tmp_path / "report"), recommender, data, rows, history=history, ablations=ablations, ablations_source="runs/<ablations>.jsonl", score_users=10, households=2)
     page = open(path).read()
     assert "own_frequency" in page and "without mf" in page and "because:" in page
+    assert "runs/&lt;ablations&gt;.jsonl" in page  # where the ablation rows came from, escaped
 
     common = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*common, "--virtual-time-budget=5000", "--dump-dom", f"file://{path}"], capture_output=True, text=True, timeout=120)
