@@ -193,7 +193,10 @@ def main(argv=None) -> Dict:
     p.add_argument("--candidates", type=int, default=None)
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--idle-timeout", type=float, default=45)
+    p.add_argument("--target-ongoing", type=float, default=AUTOSCALING["target_ongoing_requests"],
+                   help="autoscaling target of both deployments (a batching replica wants about its batch)")
     args = p.parse_args(argv)
+    autoscaling = {**AUTOSCALING, "target_ongoing_requests": args.target_ongoing}
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray starts its workers (proxy, replicas) at nice 15 below the driver; on a shared machine
@@ -209,9 +212,9 @@ def main(argv=None) -> Dict:
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     started = time.monotonic()
-    app_args = {"model": args.model, "candidates": args.candidates, "default_at": "data_end", "num_cpus": NUM_CPUS, **AUTOSCALING}
+    app_args = {"model": args.model, "candidates": args.candidates, "default_at": "data_end", "num_cpus": NUM_CPUS, **autoscaling}
     url = start(build_app(app_args), port=args.port, app_name="ncf")
-    serve.run(noop_app(AUTOSCALING, NUM_CPUS), name="noop", route_prefix="/noop")
+    serve.run(noop_app(autoscaling, NUM_CPUS), name="noop", route_prefix="/noop")
     wait_until_healthy(url, timeout_s=120)
 
     users = Vocabulary.load(os.path.join(args.model, "vocab", "users.parquet")).raw_of(np.arange(1, 2001))
@@ -227,7 +230,7 @@ def main(argv=None) -> Dict:
             window_start = time.monotonic() - started
             drive(f"{url}/recommend", request, args.clients, args.seconds / args.rounds, recommend)
             recommend_windows.append((window_start, time.monotonic() - started))
-        scale_down_s = wait_for_scale_down("ncf", AUTOSCALING["min_replicas"], args.idle_timeout)
+        scale_down_s = wait_for_scale_down("ncf", autoscaling["min_replicas"], args.idle_timeout)
         replicas_after_idle = running_replicas("ncf")
     finally:
         log.stop.set()
@@ -245,7 +248,7 @@ def main(argv=None) -> Dict:
         "clients": args.clients,
         "seconds_per_endpoint": args.seconds,
         "rounds": args.rounds,
-        "autoscaling": AUTOSCALING,
+        "autoscaling": autoscaling,
         "replica_num_cpus": NUM_CPUS,
         "ray_worker_niceness": int(os.environ["RAY_worker_niceness"]),
         "noop": noop,
@@ -264,8 +267,8 @@ def main(argv=None) -> Dict:
     result["targets"] = {
         "rps_at_least_80pct_of_noop": result["rps_ratio"] >= 0.8,
         "p99_within_1.5x_of_noop": result["p99_ratio"] <= 1.5,
-        "replicas_rise_under_load": result["recommend_replicas_max_under_load"] > AUTOSCALING["min_replicas"],
-        "replicas_fall_when_idle": result["recommend_replicas_after_idle"] == AUTOSCALING["min_replicas"],
+        "replicas_rise_under_load": result["recommend_replicas_max_under_load"] > autoscaling["min_replicas"],
+        "replicas_fall_when_idle": result["recommend_replicas_after_idle"] == autoscaling["min_replicas"],
     }
     print(json.dumps(result))
     return result
