@@ -1,11 +1,12 @@
 """Two-stage ranking against brute-force full scoring: top-10 overlap and speed, as JSON.
 
-python -m bench.two_stage_agreement --model MODEL [--users 100]
+python -m bench.two_stage_agreement --model MODEL [--users 100] [--candidates N]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -19,8 +20,11 @@ def main(argv=None) -> dict:
     p.add_argument("--model", required=True)
     p.add_argument("--users", type=int, default=100)
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--candidates", type=int, default=None, help="re-ranked candidates (default: the model's setting)")
     args = p.parse_args(argv)
     recommender = Recommender.load(args.model)
+    if args.candidates:
+        recommender.settings = dataclasses.replace(recommender.settings, candidates=args.candidates)
     users = np.random.default_rng(0).choice(recommender.states.users(), size=args.users, replace=False)
     overlaps, fast_s, brute_s = [], 0.0, 0.0
     for user in users.tolist():
