@@ -8,6 +8,7 @@ import os
 import shutil
 import threading
 import time
+from datetime import datetime, timezone
 
 import pytest
 import requests
@@ -232,6 +233,30 @@ def test_changing_candidates_reuses_the_model_without_touching_the_old_service(s
     assert new.recommender.model is old.recommender.model
     assert new.recommender.settings.candidates == 17
     assert old.recommender.settings.candidates != 17
+
+
+def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_dir, recommender, users):
+    """What a @serve.batch call runs: requests grouped by k and exclude_purchased are ranked in
+    one model call each, explained ones alone; every answer equals the single request's."""
+    from serve.api import RecommendRequest
+
+    service = ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir, "default_at": "data_end"}))
+    earlier = datetime.fromtimestamp(recommender.data_end - 7 * 86400, tz=timezone.utc)
+    batch = [
+        RecommendRequest(user_id=users[0], k=5),
+        RecommendRequest(user_id=users[1], k=3, exclude_purchased=True),
+        RecommendRequest(user_id=UNKNOWN_USER, k=5),
+        RecommendRequest(user_id=users[1], k=5, at=earlier),
+        RecommendRequest(user_id=users[0], k=3, explain=True),
+        RecommendRequest(user_id=users[0], k=3, exclude_purchased=True),
+    ]
+    def rounded(answer: dict) -> dict:  # a batched matrix product may differ in the last bits
+        return {**answer, "items": [{**item, "score": round(item["score"], 5)} for item in answer["items"]]}
+
+    together = service.recommend_many(batch)
+    assert [rounded(a) for a in together] == [rounded(service.recommend(r)) for r in batch]
+    assert together[2]["cold_start"] and not together[0]["cold_start"]
+    assert together[3]["at"] == earlier and "because" in together[4]["items"][0]
 
 
 # -- rollout (last: it leaves v2 deployed) -------------------------------------------------------
