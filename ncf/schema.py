@@ -174,7 +174,8 @@ def validate_log_batch(batch: pa.Table, min_ts: int = DEFAULT_MIN_TS, max_ts: in
         (NULL_PRODUCT_ID, pc.is_null(products).to_numpy(zero_copy_only=False)),
         (BAD_TIMESTAMP, ~np.isfinite(seconds)),
         (TIMESTAMP_OUT_OF_RANGE, np.isfinite(seconds) & ((seconds < min_ts) | (seconds > max_ts))),
-        (BAD_QUANTITY, ~np.isfinite(quantity) | (np.isfinite(quantity) & (quantity != np.round(quantity)))),
+        # Not a whole number, or one int64 cannot hold (the cast below would wrap it around).
+        (BAD_QUANTITY, ~np.isfinite(quantity) | (np.isfinite(quantity) & ((quantity != np.round(quantity)) | (np.abs(quantity) >= 2.0**63)))),
         (NON_POSITIVE_QUANTITY, np.isfinite(quantity) & (quantity <= 0)),
     ]
     reason = np.full(n, None, dtype=object)

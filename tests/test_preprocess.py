@@ -54,6 +54,15 @@ def test_each_bad_row_kind_gets_its_reason():
     assert out.loc[0, "quantity"] == 2
 
 
+def test_quantities_int64_cannot_hold_are_quarantined_not_wrapped():
+    """Found by test_corrupt_input's fuzzing: 9.223372036854776e+18 passed as a whole number and
+    the int64 cast turned it into -2**63, kept as a good row."""
+    batch = pa.table({"user_id": ["u"] * 3, "product_id": ["p"] * 3, "timestamp": ["2024-01-02"] * 3, "quantity": ["9.223372036854776e+18", "1e30", "4096"]})
+    table = schema.validate_log_batch(batch)
+    assert table.column("reason").to_pylist() == [schema.BAD_QUANTITY, schema.BAD_QUANTITY, None]
+    assert table.column("quantity").to_pylist()[2] == 4096
+
+
 def test_timestamps_in_every_accepted_form_agree():
     expected = int(pd.Timestamp("2024-03-05T06:07:08", tz="UTC").timestamp())
     forms = [
