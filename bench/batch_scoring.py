@@ -23,8 +23,7 @@ from ncf import datasets, layout, schema
 from ncf.batch_scoring import BatchScoreConfig, run_batch_scoring, verify_partition
 from ncf.cli import init_ray
 from ncf.examples import ExampleConfig
-from ncf.model import AdvancedNCF, ModelConfig
-from ncf.model_dir import save_model_dir
+from ncf.model_dir import save_untrained_model_dir
 from ncf.preprocess import PreprocessConfig, preprocess
 from ncf.vocab import Vocabularies
 
@@ -34,8 +33,6 @@ K = 10
 def synthetic_model(workdir: str, products: int, users: int) -> tuple[str, str, float]:
     """A preprocessed synthetic dataset and a model with seeded weights on it: (model, data,
     preprocessing seconds, 0 when reused)."""
-    import torch
-
     # Flatter popularity, fewer staples and more lines than the defaults, so that nearly the
     # whole catalog is bought before the test period and so ranked (the vocabulary holds only
     # products bought then).
@@ -52,9 +49,7 @@ def synthetic_model(workdir: str, products: int, users: int) -> tuple[str, str, 
     config = PreprocessConfig(examples=ExampleConfig(negatives_per_positive=1))
     preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), data, config)
     seconds = time.perf_counter() - started
-    torch.manual_seed(0)
-    model_config = ModelConfig(**Vocabularies.load(layout.vocab_dir(data)).sizes())
-    save_model_dir(model, AdvancedNCF(model_config).state_dict(), model_config, data, version="synthetic-untrained")
+    save_untrained_model_dir(model, data, version="synthetic-untrained")
     return model, data, seconds
 
 

@@ -56,20 +56,6 @@ def timed_preprocess(logs, catalog, output: str):
     return stats, time.perf_counter() - started
 
 
-def seeded_model_dir(data: str, output: str) -> str:
-    """A model directory with default sizes and seeded weights on ``data``'s vocabularies."""
-    import torch
-
-    from ncf import layout
-    from ncf.model import AdvancedNCF, ModelConfig
-    from ncf.model_dir import save_model_dir
-    from ncf.vocab import Vocabularies
-
-    torch.manual_seed(0)
-    config = ModelConfig(**Vocabularies.load(layout.vocab_dir(data)).sizes())
-    return save_model_dir(output, AdvancedNCF(config).state_dict(), config, data, version="bench")
-
-
 def timed_scoring(model: str, data: str, output: str, k: int) -> Dict:
     """The batch-scoring summary: one actor per CPU of the cluster."""
     from ncf.batch_scoring import BatchScoreConfig, run_batch_scoring
@@ -81,6 +67,7 @@ def run_layout(nodes: int, spec, tmp: str, k: int, model: Optional[str]) -> Dict
     """Preprocesses and scores on a fresh cluster of ``nodes`` nodes; the first layout also
     writes the logs and the model that every layout then reads."""
     from ncf import datasets, schema
+    from ncf.model_dir import save_untrained_model_dir
 
     load_before = os.getloadavg()[0]
     cluster = start_cluster(nodes)
@@ -88,7 +75,7 @@ def run_layout(nodes: int, spec, tmp: str, k: int, model: Optional[str]) -> Dict
         logs, catalog = datasets.write_synthetic(os.path.join(tmp, "raw"), spec)
         data = os.path.join(tmp, f"data_{nodes}")
         stats, preprocess_s = timed_preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), data)
-        model = model or seeded_model_dir(data, os.path.join(tmp, "model"))
+        model = model or save_untrained_model_dir(os.path.join(tmp, "model"), data, version="bench")
         scoring = timed_scoring(model, data, os.path.join(tmp, f"scores_{nodes}"), k)
     finally:
         stop_cluster(cluster)

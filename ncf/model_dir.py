@@ -67,6 +67,15 @@ def save_model_dir(
     return output
 
 
+def save_untrained_model_dir(output: str, data: str, version: str, seed: int = 0, **model_options) -> str:
+    """A model directory on ``data``'s vocabularies with seeded, untrained weights: for tests and
+    benchmarks of serving and scoring, whose cost and mechanics do not depend on the weights.
+    ``model_options`` override :class:`ModelConfig`'s defaults (sizes, switches)."""
+    torch.manual_seed(seed)
+    config = ModelConfig(**Vocabularies.load(layout.vocab_dir(data)).sizes(), **model_options)
+    return save_model_dir(output, AdvancedNCF(config).state_dict(), config, data, version=version)
+
+
 def read_config(model_dir: str) -> Dict:
     path = os.path.join(model_dir, CONFIG)
     if not os.path.exists(path):

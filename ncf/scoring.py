@@ -134,7 +134,7 @@ class Recommender:
         """Catalog-wide first-stage scores, a row per user side row: the MF path's logit, or
         popularity without it."""
         if self._mf_items is None:
-            return np.tile(np.log1p(self.popularity), (user_side.user_mlp.shape[0], 1))
+            return np.tile(np.log1p(self.popularity), (user_side.num_rows, 1))
         return (user_side.user_mf.cpu().numpy() * self._mf_weights) @ self._mf_items.T
 
     def _candidates(self, bought: np.ndarray, first_stage: np.ndarray) -> np.ndarray:

@@ -57,14 +57,7 @@ SMALL_MODEL = {"mf_embedding_dim": 16, "mlp_embedding_dim": 16, "temporal_dim": 
 def small_model_dir(small_data, tmp_path_factory):
     """A model directory on ``small_data`` with seeded, untrained weights (enough for serving
     and scoring mechanics; training itself is tested in test_training.py)."""
-    import torch
-
-    from ncf import layout
-    from ncf.model import AdvancedNCF, ModelConfig
-    from ncf.model_dir import save_model_dir
-    from ncf.vocab import Vocabularies
+    from ncf.model_dir import save_untrained_model_dir
 
     data, _ = small_data
-    torch.manual_seed(0)
-    config = ModelConfig(**Vocabularies.load(layout.vocab_dir(data)).sizes(), **SMALL_MODEL)
-    return save_model_dir(str(tmp_path_factory.mktemp("model") / "v1"), AdvancedNCF(config).state_dict(), config, data, version="v1")
+    return save_untrained_model_dir(str(tmp_path_factory.mktemp("model") / "v1"), data, version="v1", **SMALL_MODEL)

@@ -15,7 +15,6 @@ The module needs its own Ray connection, so it shuts the session's local cluster
 from __future__ import annotations
 
 import os
-import socket
 import time
 from typing import Dict, Set
 
@@ -24,6 +23,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from conftest import SMALL_MODEL, SMALL_SPEC
+from helpers import free_port
 from ncf import batch_scoring, datasets, schema
 from ncf.examples import ExampleConfig
 from ncf.model import ModelConfig
@@ -38,13 +38,6 @@ USERS_PER_FILE = 25  # six input files, so reading and validating is six tasks
 K = 5
 
 pytestmark = pytest.mark.slow  # about 3 minutes: a cluster start, preprocessing, training, scoring
-
-
-def _free_port() -> int:
-    """A free TCP port for the head's dashboard (the state API needs it; 8265 may be taken)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _restart_session_cluster(ray) -> None:
@@ -66,7 +59,8 @@ def two_nodes(small_data) -> Dict[str, str]:
     context = ray.data.DataContext.get_current()
     saved_partitions = context.default_hash_shuffle_parallelism
     context.default_hash_shuffle_parallelism = SHUFFLE_PARTITIONS
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_port": _free_port()})
+    # The state API needs a dashboard; 8265 may be taken.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_port": free_port()})
     try:
         worker = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
