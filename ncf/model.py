@@ -298,7 +298,8 @@ class ProductSide:
     hierarchy: Optional[torch.Tensor]  # N x mlp_dim
 
     def select(self, index: torch.Tensor) -> "ProductSide":
-        return ProductSide(*(None if t is None else t[index] for t in (self.product_mf, self.product_mlp, self.hierarchy)))
+        """The rows ``index`` (I) of each tensor: I x ... (index_select: much faster than t[index] on CPU)."""
+        return ProductSide(*(None if t is None else t.index_select(0, index) for t in (self.product_mf, self.product_mlp, self.hierarchy)))
 
 
 def _jagged(keys: List[str], batch_size: int, present: Dict[str, Tuple[torch.Tensor, torch.Tensor]], device) -> KeyedJaggedTensor:
@@ -314,6 +315,14 @@ def _jagged(keys: List[str], batch_size: int, present: Dict[str, Tuple[torch.Ten
             lengths.append(empty)
     value_tensor = torch.cat(values) if values else torch.zeros(0, dtype=torch.long, device=device)
     return KeyedJaggedTensor.from_lengths_sync(keys=keys, values=value_tensor, lengths=torch.cat(lengths))
+
+
+def _table(collection: nn.Module, name: str) -> torch.Tensor:
+    """The N x D weight of one table of an unsharded EmbeddingBagCollection."""
+    bags = getattr(collection, "embedding_bags", None)
+    if bags is None or name not in bags:
+        raise TypeError(f"{type(collection).__name__} has no plain table {name!r} (a sharded collection?): use table_lookup=False")
+    return bags[name].weight
 
 
 def _block(in_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
@@ -380,7 +389,14 @@ class AdvancedNCF(nn.Module):
 
     # -- the two sides -------------------------------------------------------------------
 
-    def encode_user(self, user: torch.Tensor, time_parts: torch.Tensor, history: torch.Tensor, history_age_days: torch.Tensor) -> UserSide:
+    def encode_user(
+        self,
+        user: torch.Tensor,
+        time_parts: torch.Tensor,
+        history: torch.Tensor,
+        history_age_days: torch.Tensor,
+        table_lookup: bool = False,
+    ) -> UserSide:
         """User-dependent part of the model.
 
         Args:
@@ -388,11 +404,30 @@ class AdvancedNCF(nn.Module):
             time_parts: U x 4 (hour, day of week, day of year, month) of the moment scored.
             history: U x L previous purchases (0 = padding), most recent first.
             history_age_days: U x L days between each of them and the moment.
+            table_lookup: read the embeddings straight from the tables' rows (see
+                :meth:`_user_embeddings_from_tables`) instead of through the collections.
         """
+        c = self.config
+        lookup = self._user_embeddings_from_tables if table_lookup else self._user_embeddings
+        user_mf, user_mlp, history_keys = lookup(user, history)
+        history_mask = temporal = None
+        if c.use_mlp:
+            if c.use_attention:
+                history_mask = history > 0
+                if c.use_temporal:
+                    age = self.temporal_encoding.lookup(history_age_days)
+                    history_keys = history_keys + self.history_age_projection(age)
+            if c.use_temporal:
+                temporal = self.temporal_encoding(time_parts)
+        return UserSide(user_mf, user_mlp, history_keys, history_mask, temporal)
+
+    def _user_embeddings(self, user: torch.Tensor, history: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        """U x mf_dim, U x mlp_dim and U x L x mlp_dim (the history, empty slots zero) pooled by
+        the EmbeddingBagCollections: the path training and sharded models take."""
         c = self.config
         n, device = user.shape[0], user.device
         ones = torch.ones(n, dtype=torch.int32, device=device)
-        user_mf = user_mlp = history_keys = history_mask = temporal = None
+        user_mf = user_mlp = history_embeddings = None
         if c.use_mf:
             kjt = _jagged([USER_KEY, PRODUCT_KEY], n, {USER_KEY: (user, ones)}, device)
             user_mf = self.mf_embedding_collection(kjt)[USER_KEY]
@@ -407,14 +442,27 @@ class AdvancedNCF(nn.Module):
             pooled = self.mlp_embedding_collection(_jagged([USER_KEY, PRODUCT_KEY] + names, n, present, device)).to_dict()
             user_mlp = pooled[USER_KEY]
             if c.use_attention:
-                history_keys = torch.stack([pooled[name] for name in names], dim=1)  # U x L x D
-                history_mask = history > 0
-                if c.use_temporal:
-                    age = self.temporal_encoding.lookup(history_age_days)
-                    history_keys = history_keys + self.history_age_projection(age)
-            if c.use_temporal:
-                temporal = self.temporal_encoding(time_parts)
-        return UserSide(user_mf, user_mlp, history_keys, history_mask, temporal)
+                history_embeddings = torch.stack([pooled[name] for name in names], dim=1)
+        return user_mf, user_mlp, history_embeddings
+
+    def _user_embeddings_from_tables(self, user: torch.Tensor, history: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        """What :meth:`_user_embeddings` returns, gathered from the tables' weights.
+
+        Every bag here holds one id or none, and a one-id sum-pooled bag is that id's row (an
+        empty one is zero), so the numbers are the same; skipping the KeyedJaggedTensor round
+        trip and the per-feature lookups is what makes small inference batches cheap. The
+        tables must be whole on this device (not sharded).
+        """
+        c = self.config
+        user_mf = user_mlp = history_embeddings = None
+        if c.use_mf:
+            user_mf = _table(self.mf_embedding_collection, "user_mf_embeddings").index_select(0, user)
+        if c.use_mlp:
+            user_mlp = _table(self.mlp_embedding_collection, "user_mlp_embeddings").index_select(0, user)
+            if c.use_attention:
+                rows = _table(self.mlp_embedding_collection, "product_mlp_embeddings").index_select(0, history.reshape(-1))
+                history_embeddings = rows.view(*history.shape, -1) * (history > 0).unsqueeze(-1)
+        return user_mf, user_mlp, history_embeddings
 
     def encode_products(self, product: torch.Tensor, department: torch.Tensor, category: torch.Tensor) -> ProductSide:
         """User-independent part of the model for N products (cacheable for a whole catalog)."""

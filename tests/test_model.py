@@ -184,6 +184,24 @@ def test_candidates_of_several_users_in_one_call_match_forward():
         model.score_candidates(user, products.select(torch.arange(5)), torch.zeros(5), torch.zeros(5))
 
 
+@pytest.mark.parametrize("switch", [None, "use_mf", "use_attention", "use_temporal"])
+def test_table_lookup_equals_the_collections(switch):
+    """Serving reads one-id bags straight from the tables' rows; every tensor of the user side
+    must equal what the EmbeddingBagCollections pool, padding slots (empty bags) included."""
+    config = small_config(**({switch: False} if switch else {}))
+    model = AdvancedNCF(config).eval()
+    batch = example_batch(config, batch_size=9, seed=5)
+    assert (batch.history == 0).any() and (batch.history > 0).any()
+    args = (batch.user, batch.time_parts, batch.history, batch.history_age_days)
+    with torch.no_grad():
+        pooled, rows = model.encode_user(*args), model.encode_user(*args, table_lookup=True)
+    for field in dataclasses.fields(pooled):
+        expected, got = getattr(pooled, field.name), getattr(rows, field.name)
+        assert (expected is None) == (got is None), field.name
+        if expected is not None:
+            torch.testing.assert_close(got, expected, atol=0, rtol=0, msg=field.name)
+
+
 def test_save_load_round_trip_weights_only():
     config = small_config()
     model = AdvancedNCF(config).eval()
