@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Tuple
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ncf.features import NEVER_BOUGHT_DAYS, SECONDS_PER_DAY
 
@@ -61,15 +60,15 @@ class UserTimeline:
             B x length product indices (0 = padding) and B x length ages in days (0 for padding).
         """
         at = np.asarray(at, dtype=np.int64)
-        pad = np.zeros(length, dtype=np.int64)
-        windows_p = sliding_window_view(np.concatenate([pad, self.products]), length)
-        windows_t = sliding_window_view(np.concatenate([pad, self.timestamps]), length)
-        k = self.count_before(at)  # window k holds purchases k-length .. k-1
-        hist = windows_p[k][:, ::-1]
-        hist_t = windows_t[k][:, ::-1]
-        valid = (k[:, None] - 1 - np.arange(length)[None, :]) >= 0
-        ages = np.where(valid, (at[:, None] - hist_t) / SECONDS_PER_DAY, 0.0)
-        return np.where(valid, hist, 0), ages.astype(np.float32)
+        k = self.count_before(at)
+        position = k[:, None] - 1 - np.arange(length)[None, :]  # B x length, most recent first
+        valid = position >= 0
+        position = np.where(valid, position, 0)
+        if len(self.products) == 0:
+            return np.zeros(position.shape, np.int64), np.zeros(position.shape, np.float32)
+        hist = np.where(valid, self.products[position], 0)
+        ages = np.where(valid, (at[:, None] - self.timestamps[position]) / SECONDS_PER_DAY, 0.0)
+        return hist, ages.astype(np.float32)
 
     def _bounds(self, products: np.ndarray, at: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         base = np.asarray(products, dtype=np.int64) << _SHIFT

@@ -27,6 +27,15 @@ def test_history_is_strictly_before_the_moment():
     assert sorted(hist[2, :2].tolist()) == [5, 7]
 
 
+def test_history_of_a_long_and_of_an_empty_timeline():
+    tl = UserTimeline(np.arange(1, 31), np.arange(30) * DAY)
+    hist, ages = tl.history(np.array([30 * DAY, 3 * DAY]), length=5)
+    assert hist.tolist() == [[30, 29, 28, 27, 26], [3, 2, 1, 0, 0]]
+    assert ages.tolist() == [[1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 2.0, 3.0, 0.0, 0.0]]
+    hist, ages = UserTimeline(np.zeros(0, np.int64), np.zeros(0, np.int64)).history(np.array([DAY]), length=3)
+    assert hist.tolist() == [[0, 0, 0]] and ages.tolist() == [[0.0, 0.0, 0.0]]
+
+
 def test_repeat_stats_count_only_earlier_baskets():
     tl = timeline()
     count, days = tl.repeat_stats(np.array([5, 5, 9, 9, 42]), np.array([4, 2, 4, 5, 5]) * DAY)
