@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 UNKNOWN_INDEX = 0
+FEW_IDS = 1_000  # up to this many ids per call, lookups go through Python dicts, not Arrow
 
 
 @dataclass
@@ -33,6 +34,10 @@ class Vocabulary:
     ids: pa.Array
     kind: str = "str"
     extra: Dict[str, pa.Array] = field(default_factory=dict)
+    # Built on first use: Python-side lookups for the few ids of an online request, where
+    # Arrow's per-call set-up (hashing the whole vocabulary) would cost more than the lookup.
+    _index_by_id: Optional[Dict[str, int]] = field(default=None, init=False, repr=False, compare=False)
+    _raw_ids: Optional[List] = field(default=None, init=False, repr=False, compare=False)
 
     @staticmethod
     def from_ids(ids: Sequence[str] | pa.Array, kind: str = "str", extra: Dict[str, Sequence] | None = None) -> "Vocabulary":
@@ -49,6 +54,11 @@ class Vocabulary:
 
     def index_of(self, raw: Sequence | pa.Array) -> np.ndarray:
         """Raw ids (any type; compared as strings) -> indices, 0 for unknown ids."""
+        if not isinstance(raw, (pa.Array, pa.ChunkedArray)) and len(raw) <= FEW_IDS:
+            if self._index_by_id is None:
+                self._index_by_id = {s: i for i, s in enumerate(self.ids.to_pylist(), start=1)}
+            find = self._index_by_id.get
+            return np.array([UNKNOWN_INDEX if r is None else find(str(r), UNKNOWN_INDEX) for r in raw], dtype=np.int64)
         array = raw if isinstance(raw, (pa.Array, pa.ChunkedArray)) else pa.array([None if r is None else str(r) for r in raw], pa.string())
         if array.type != pa.string():
             array = pc.cast(array, pa.string())
@@ -58,9 +68,16 @@ class Vocabulary:
     def raw_of(self, indices: Sequence[int] | np.ndarray) -> List:
         """Indices -> raw ids in their original type (None for the unknown index)."""
         idx = np.asarray(indices, dtype=np.int64)
+        if len(idx) <= FEW_IDS:
+            if self._raw_ids is None:
+                self._raw_ids = [None] + self._converted(self.ids.to_pylist())
+            return [self._raw_ids[i] for i in idx.tolist()]
         strings = self.ids.take(pa.array(np.maximum(idx - 1, 0))).to_pylist()
+        return [None if i == UNKNOWN_INDEX else s for i, s in zip(idx.tolist(), self._converted(strings))]
+
+    def _converted(self, strings: List[str]) -> List:
         convert = int if self.kind == "int" else str
-        return [None if i == UNKNOWN_INDEX else convert(s) for i, s in zip(idx.tolist(), strings)]
+        return [convert(s) for s in strings]
 
     def column(self, name: str) -> np.ndarray:
         """An extra column by index (entry 0, the unknown id, is 0 / empty)."""

@@ -15,7 +15,7 @@ import pytest
 from ncf import layout, schema
 from ncf.examples import ExampleConfig
 from ncf.preprocess import PreprocessConfig, preprocess
-from ncf.vocab import Vocabularies, Vocabulary
+from ncf.vocab import FEW_IDS, Vocabularies, Vocabulary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,6 +127,18 @@ def test_vocab_round_trips(tmp_path, kind, ids):
     assert loaded.raw_of([3, 2, 1]) == ids[::-1]
     assert loaded.column("count").tolist() == [0, 5, 3, 1]
     assert len(loaded) == 4
+
+
+def test_vocab_lookups_agree_for_few_and_many_ids():
+    """A request's few ids go through Python dicts, a job's many through Arrow: same answers."""
+    vocab = Vocabulary.from_ids([str(i) for i in range(100, 1600)], kind="int")
+    raw = [150, "999", 5, None, 1599] * 250  # 1,250 ids: over FEW_IDS
+    assert len(raw) > FEW_IDS
+    many = vocab.index_of(raw)
+    assert many[:5].tolist() == [51, 900, 0, 0, 1500]
+    assert vocab.index_of(raw[:5]).tolist() == many[:5].tolist()
+    assert vocab.index_of(pa.array([str(r) if r is not None else None for r in raw[:5]])).tolist() == many[:5].tolist()
+    assert vocab.raw_of(many)[:5] == vocab.raw_of(many[:5]) == [150, 999, None, None, 1599]
 
 
 # -- the pipeline on a small synthetic dataset ----------------------------------------------
