@@ -7,9 +7,12 @@ Ranking is two-stage so that its cost grows slowly with the catalog:
 2. the full AdvancedNCF re-ranks the candidates, with the user side computed once and the
    product side cached for the whole catalog.
 
-Products outside the candidates follow in first-stage order, so every call ranks the whole
-catalog. ``RankingSettings.candidates`` sets the trade-off; :meth:`Recommender.rank_indices`
-with ``brute_force=True`` scores every product with the full model (to measure agreement).
+The MF path's top products depend on the user alone, not on the moment, so each user's list
+is computed once and kept (:meth:`Recommender.warm_first_stage` computes them all: Serve does
+it when it loads a model); a request then pays only for its own purchases and the re-ranking.
+
+``RankingSettings.candidates`` sets the trade-off; :meth:`Recommender.rank_indices` with
+``brute_force=True`` scores every product with the full model (to measure agreement).
 
 Unknown users get a cold-start ranking: the most bought products at that hour of the day.
 """
@@ -29,11 +32,14 @@ from ncf.user_state import UserStates
 from ncf.vocab import UNKNOWN_INDEX, Vocabularies
 
 
+FIRST_STAGE_CACHE_MAX_ENTRIES = 50_000_000  # 200 MB of int32: 333k users at 150 each
+
+
 @dataclass
 class RankingSettings:
     """Two-stage ranking sizes."""
 
-    candidates: int = 400  # re-ranked by the full model
+    candidates: int = 300  # re-ranked by the full model (BENCHMARKS: as close to brute force as 400)
     mf_candidates: int = 150  # from the MF path's dot products
     popular_candidates: int = 50
 
@@ -101,11 +107,18 @@ class Recommender:
             dept = torch.as_tensor(vocabs.products.column("department_index"), device=self.device)
             cat = torch.as_tensor(vocabs.products.column("category_index"), device=self.device)
             self._catalog = model.encode_products(self._all_products, dept, cat)
-            self._mf_items = self._catalog.product_mf.cpu().numpy() if model.config.use_mf else None
             # The MF logit is mf_output(u * p): folding its weights into u makes stage one a matmul.
-            self._mf_weights = model.mf_output.weight.detach().cpu().numpy()[0] if model.config.use_mf else None
-        self._popular = np.argsort(-self.popularity[1:], kind="stable")[: self.settings.popular_candidates] + 1
+            self._mf_items = self._catalog.product_mf if model.config.use_mf else None
+            self._mf_weights = model.mf_output.weight.detach()[0] if model.config.use_mf else None
+        self._by_popularity = np.argsort(-self.popularity[1:], kind="stable") + 1
+        self._popular = self._by_popularity[: self.settings.popular_candidates]
         self._popular_by_hour = self._hourly_popularity(states)
+        # Each user's first-stage list, once computed (see _first_stage); kept while the whole
+        # table stays small (FIRST_STAGE_CACHE_MAX_ENTRIES product indices).
+        width = min(self.settings.mf_candidates, self.num_products - 1)
+        cacheable = model.config.use_mf and model.config.num_users * width <= FIRST_STAGE_CACHE_MAX_ENTRIES
+        self._mf_top = np.zeros((model.config.num_users, width), np.int32) if cacheable else None
+        self._mf_top_known = np.zeros(model.config.num_users, bool)
 
     @staticmethod
     def load(model_dir: str, settings: Optional[RankingSettings] = None, device: Optional[torch.device] = None) -> "Recommender":
@@ -130,23 +143,54 @@ class Recommender:
                 by_hour[hour] = np.concatenate([by_hour[hour], fallback[~np.isin(fallback, by_hour[hour])]])[:top]
         return by_hour
 
-    def _first_stage(self, user_side) -> np.ndarray:
-        """Catalog-wide first-stage scores, a row per user side row: the MF path's logit, or
-        popularity without it."""
+    def _first_stage(self, users: np.ndarray, user_side) -> List[np.ndarray]:
+        """The best ``mf_candidates`` products, best first, for each user (with its user side
+        row): by the MF path's logit, or by popularity without it.
+
+        The MF logit depends on the user alone, not on the moment, so each user's list is
+        computed once and kept (:meth:`warm_first_stage` fills them all ahead of traffic).
+        """
+        s = self.settings
         if self._mf_items is None:
-            return np.tile(np.log1p(self.popularity), (user_side.num_rows, 1))
-        return (user_side.user_mf.cpu().numpy() * self._mf_weights) @ self._mf_items.T
+            return [self._by_popularity[: s.mf_candidates]] * len(users)
+        if self._mf_top is None or self._mf_top.shape[1] != min(s.mf_candidates, self.num_products - 1):
+            return list(self._mf_top_of(user_side.user_mf))
+        missing = np.flatnonzero(~self._mf_top_known[users])
+        if len(missing):
+            fresh = users[missing]
+            self._mf_top[fresh] = self._mf_top_of(user_side.user_mf[torch.as_tensor(missing, device=self.device)])
+            self._mf_top_known[fresh] = True
+        return list(self._mf_top[users])
+
+    def _mf_top_of(self, user_mf: torch.Tensor) -> np.ndarray:
+        """U x mf_dim user vectors -> U x mf_candidates best products by MF logit (one matrix
+        product and one top-k for all U)."""
+        scores = (user_mf * self._mf_weights) @ self._mf_items.T  # U x N
+        scores[:, UNKNOWN_INDEX] = -torch.inf
+        top = torch.topk(scores, min(self.settings.mf_candidates, self.num_products - 1), dim=1).indices
+        return top.cpu().numpy()
+
+    def warm_first_stage(self, chunk: int = 512) -> int:
+        """Computes every known user's first-stage list now (serving does it on load, so that
+        no request pays for it); returns how many users that took."""
+        if self._mf_top is None:
+            return 0
+        users = self.states.users()
+        users = users[~self._mf_top_known[users]]
+        for start in range(0, len(users), chunk):
+            part = users[start : start + chunk]
+            side, _ = self._encode_users(part, np.full(len(part), self.data_end), [self.states.timeline(int(u)) for u in part])
+            self._first_stage(part, side)
+        return len(users)
 
     def _candidates(self, bought: np.ndarray, first_stage: np.ndarray) -> np.ndarray:
-        s = self.settings
+        """Own purchases (most bought first), then the first stage's best, then the most
+        popular: distinct, at most ``candidates``."""
         own, counts = np.unique(bought, return_counts=True)
         own = own[np.argsort(-counts, kind="stable")]
-        scores = first_stage.copy()
-        scores[UNKNOWN_INDEX] = -np.inf
-        mf = np.argpartition(-scores, min(s.mf_candidates, len(scores) - 1))[: s.mf_candidates]
-        merged = pd.unique(np.concatenate([own, mf[np.argsort(-scores[mf])], self._popular]))
+        merged = pd.unique(np.concatenate([own, first_stage, self._popular]))
         merged = merged[merged != UNKNOWN_INDEX]
-        return merged[: s.candidates]
+        return merged[: self.settings.candidates]
 
     # -- index-level API -------------------------------------------------------------------------
 
@@ -165,7 +209,9 @@ class Recommender:
         time_parts = np.stack([parts[k] for k in TIME_PARTS], axis=1)
         t = lambda a, dtype: torch.as_tensor(a, dtype=dtype, device=self.device)  # noqa: E731
         with torch.no_grad():
-            side = self.model.encode_user(t(users, torch.long), t(time_parts, torch.long), t(history, torch.long), t(ages, torch.float32))
+            side = self.model.encode_user(
+                t(users, torch.long), t(time_parts, torch.long), t(history, torch.long), t(ages, torch.float32), table_lookup=True
+            )
         return side, history
 
     def score_indices(self, user: int, products: np.ndarray, at: int, need_weights: bool = False):
@@ -206,7 +252,7 @@ class Recommender:
         if brute_force:
             candidates = self._all_products.cpu().numpy()[1:]
         else:
-            candidates = self._candidates(bought, self._first_stage(side)[0])
+            candidates = self._candidates(bought, self._first_stage(np.array([user]), side)[0])
         if exclude_purchased:
             candidates = candidates[~np.isin(candidates, bought)]
         probs, weights = self._score(timeline, side, candidates, at, explain)
@@ -229,7 +275,7 @@ class Recommender:
             return rankings
         timelines = [self.states.timeline(int(users[i])) for i in rows]
         side, _ = self._encode_users(users[rows], at[rows], timelines)
-        first_stage = self._first_stage(side)
+        first_stage = self._first_stage(users[rows], side)
         candidates = []
         for j, (i, timeline) in enumerate(zip(rows, timelines)):
             bought = timeline.products_before(int(at[i]))

@@ -77,6 +77,7 @@ class ModelService:
             recommender = copy.copy(previous.recommender)
         else:
             recommender = Recommender.load(settings.model_dir)
+            recommender.warm_first_stage()
         if settings.candidates is not None:
             recommender.settings = dataclasses.replace(recommender.settings, candidates=settings.candidates)
         return ModelService(recommender, settings)

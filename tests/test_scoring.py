@@ -124,3 +124,19 @@ def test_rank_many_equals_ranking_each_user_alone(recommender):
     many = recommender.recommend_items_many(raw, k=4, at=at[:3])
     alone = [recommender.recommend_items(u, 4, a) for u, a in zip(raw, at[:3])]
     assert [[i["product_id"] for i in m["items"]] for m in many] == [[i["product_id"] for i in a["items"]] for a in alone]
+
+
+def test_kept_first_stage_lists_equal_fresh_ones(recommender, monkeypatch):
+    """Each user's MF top list is computed once (it does not depend on the moment) and kept;
+    rankings from kept lists must equal those of a recommender that keeps none."""
+    parts = (recommender.model, recommender.vocabs, recommender.states, recommender.data_end)
+    warmed = Recommender(*parts, settings=recommender.settings)
+    assert warmed.warm_first_stage(chunk=7) == len(recommender.states)
+    assert warmed.warm_first_stage() == 0  # all kept already
+    monkeypatch.setattr("ncf.scoring.FIRST_STAGE_CACHE_MAX_ENTRIES", 0)
+    fresh = Recommender(*parts, settings=recommender.settings)
+    users = [int(u) for u in recommender.states.users()[:8]]
+    at = [recommender.data_end - i * 3 * 86400 for i in range(len(users))]
+    for a, b in zip(warmed.rank_many(users, at, k=10), fresh.rank_many(users, at, k=10)):
+        assert a.products.tolist() == b.products.tolist()
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
