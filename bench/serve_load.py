@@ -3,13 +3,15 @@ replica counts over time (serve.status()), as JSON on stdout.
 
 python -m bench.serve_load [--model artifacts/demo/model] [--clients 8] [--seconds 30] [--rounds 3]
 
-The no-op is the same FastAPI ingress (same request model, body limit and error handlers, same
-autoscaling) answering without a model, so the difference between the two is what the model
-costs. Load alternates between the two in ``--rounds`` rounds (so that whatever else runs on
-the machine weighs on both alike), ``--seconds`` per endpoint in all; then the load stops and
-the run waits (bounded) for the recommender's replicas to fall back. Clients are threads with
-keep-alive sessions on this machine, so on a 2-core box they compete with the server for the
-same cores (as in DESIGN.md's floor).
+The no-op is the same FastAPI ingress (same request and response models, body limit and error
+handlers, same autoscaling) answering every request with a fixed ranking of the same size and
+no model, so the difference between the two is what the model costs. First both endpoints
+take load at once for ``--warmup`` seconds, so that both deployments scale up to it, and the
+run waits until no replica is starting; then load alternates between the two in ``--rounds``
+rounds (so that whatever else runs on the machine weighs on both alike), ``--seconds`` per
+endpoint in all; then the load stops and the run waits (bounded) for the recommender's
+replicas to fall back. Clients are threads with keep-alive sessions on this machine, so on a
+2-core box they compete with the server for the same cores (as in DESIGN.md's floor).
 """
 
 # No `from __future__ import annotations`: Serve must resolve the no-op route's request model.
@@ -27,29 +29,36 @@ import requests
 # The replicas scale on short delays here so that a ~3 minute run shows the rise and the fall.
 AUTOSCALING = {
     "min_replicas": 1,
-    "max_replicas": 3,
+    "max_replicas": 2,  # on 2 cores a third replica adds a process to share them, not capacity
     "target_ongoing_requests": 2,
     "upscale_delay_s": 2,
-    "downscale_delay_s": 15,  # longer than a round of the other endpoint: no churn between rounds
+    "downscale_delay_s": 30,  # longer than a round of the other endpoint plus the settling: no churn
     "look_back_period_s": 12,  # must exceed the replicas' 10 s metrics interval
 }
 NUM_CPUS = 0.25  # per replica: both deployments at max replicas fit in 2 CPUs
+K = 10  # items per answer, from both deployments
 
 
-def noop_app(autoscaling: Dict, num_cpus: float):
-    """A FastAPI ingress with the same contract plumbing as the recommender, and no model."""
+def noop_app(autoscaling: Dict, num_cpus: float, k: int):
+    """A FastAPI ingress with the same contract plumbing as the recommender and no model: it
+    answers every request with a fixed ranking of ``k`` items, so that the response (its
+    validation, serialisation and transfer through the proxy) weighs the same as a real one."""
+    from datetime import datetime, timezone
+
     from ray import serve
 
-    from serve.api import RecommendRequest, create_app
+    from serve.api import RecommendRequest, RecommendResponse, create_app
 
     api = create_app()
+    items = [{"product_id": 1_000_000 + i, "score": 1.0 / (i + 1)} for i in range(k)]
+    at = datetime.now(timezone.utc)
 
     @serve.deployment(name="NoOp", max_ongoing_requests=32, autoscaling_config=autoscaling, ray_actor_options={"num_cpus": num_cpus})
     @serve.ingress(api)
     class NoOp:
-        @api.post("/recommend")
+        @api.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
         async def recommend(self, request: RecommendRequest) -> Dict:
-            return {"user_id": request.user_id, "cold_start": False, "items": [], "model_version": "noop"}
+            return {"user_id": request.user_id, "cold_start": False, "items": items, "at": at, "model_version": "noop"}
 
     return NoOp.bind()
 
@@ -79,8 +88,15 @@ class ReplicaLog(threading.Thread):
                 self.samples[a].append([t, running_replicas(a)])
 
 
-# Which Serve process a /proc cmdline belongs to (Ray sets it to the actor's name).
-ROLES = {b"ProxyActor": "proxy", b"ServeReplica:ncf:": "recommend_replicas", b"ServeReplica:noop:": "noop_replicas"}
+# Which Serve process a /proc cmdline belongs to (Ray sets it to the actor's name; a replica
+# still starting is named SERVE_REPLICA::app#deployment#id).
+ROLES = {
+    b"ProxyActor": "proxy",
+    b"ServeReplica:ncf:": "recommend_replicas",
+    b"SERVE_REPLICA::ncf#": "recommend_replicas",
+    b"ServeReplica:noop:": "noop_replicas",
+    b"SERVE_REPLICA::noop#": "noop_replicas",
+}
 
 
 def serve_cpu_seconds() -> Dict[int, tuple]:
@@ -169,6 +185,27 @@ def drive(url: str, payloads: Callable[[int], Dict], clients: int, seconds: floa
     load.errors += sum(errors)
 
 
+def wait_until_settled(apps: List[str], timeout_s: float) -> float:
+    """Seconds until no replica of ``apps`` is starting or stopping (or ``timeout_s``)."""
+    from ray import serve
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        states = serve.status().applications
+        moving = [
+            n
+            for a in apps
+            if a in states
+            for d in states[a].deployments.values()
+            for state, n in d.replica_states.items()
+            if state != "RUNNING" and n
+        ]
+        if not moving:
+            break
+        time.sleep(1)
+    return round(time.monotonic() - started, 1)
+
+
 def wait_for_scale_down(app_name: str, floor: int, timeout_s: float) -> float:
     """Seconds until the app is back to ``floor`` replicas (or ``timeout_s``)."""
     started = time.monotonic()
@@ -192,7 +229,8 @@ def main(argv=None) -> Dict:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--candidates", type=int, default=None)
     p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--idle-timeout", type=float, default=45)
+    p.add_argument("--idle-timeout", type=float, default=90)
+    p.add_argument("--warmup", type=float, default=20, help="load per endpoint before measuring, so that both have scaled")
     p.add_argument("--target-ongoing", type=float, default=AUTOSCALING["target_ongoing_requests"],
                    help="autoscaling target of both deployments (a batching replica wants about its batch)")
     args = p.parse_args(argv)
@@ -214,17 +252,30 @@ def main(argv=None) -> Dict:
     started = time.monotonic()
     app_args = {"model": args.model, "candidates": args.candidates, "default_at": "data_end", "num_cpus": NUM_CPUS, **autoscaling}
     url = start(build_app(app_args), port=args.port, app_name="ncf")
-    serve.run(noop_app(autoscaling, NUM_CPUS), name="noop", route_prefix="/noop")
+    serve.run(noop_app(autoscaling, NUM_CPUS, K), name="noop", route_prefix="/noop")
     wait_until_healthy(url, timeout_s=120)
 
     users = Vocabulary.load(os.path.join(args.model, "vocab", "users.parquet")).raw_of(np.arange(1, 2001))
-    request = lambda n: {"user_id": users[n % len(users)], "k": 10}  # noqa: E731
+    request = lambda n: {"user_id": users[n % len(users)], "k": K}  # noqa: E731
     log = ReplicaLog(["ncf", "noop"], started)
     log.start()
     noop, recommend, recommend_windows = Load(), Load(), []
     try:
-        for path in ("/noop/recommend", "/recommend"):  # warm-up: connections, first calls
-            drive(f"{url}{path}", request, args.clients, 2, Load())
+        # Warm-up: both endpoints under load at once, so that both deployments scale to it
+        # (the rise is in replicas_over_time) and their new replicas finish starting before
+        # the rounds below; those then measure answering requests, while a replica's start-up
+        # (imports, model load: seconds of CPU) is the one-off cost of scaling.
+        window_start = time.monotonic() - started
+        warmups = [
+            threading.Thread(target=drive, args=(f"{url}{path}", request, args.clients, args.warmup, Load()))
+            for path in ("/noop/recommend", "/recommend")
+        ]
+        for t in warmups:
+            t.start()
+        for t in warmups:
+            t.join()
+        recommend_windows.append((window_start, time.monotonic() - started))
+        settle_s = wait_until_settled(["ncf", "noop"], timeout_s=120)
         for _ in range(args.rounds):
             drive(f"{url}/noop/recommend", request, args.clients, args.seconds / args.rounds, noop)
             window_start = time.monotonic() - started
@@ -260,6 +311,8 @@ def main(argv=None) -> Dict:
         "cpu_cost_ratio": round(_total_cpu_ms(noop) / max(_total_cpu_ms(recommend), 1e-9), 3),
         "p99_ratio": round(recommend["p99_ms"] / max(noop["p99_ms"], 1e-9), 3),
         "recommend_replicas_max_under_load": max(under_load, default=0),
+        "warmup_s_per_endpoint": args.warmup,
+        "settle_s": settle_s,
         "recommend_replicas_after_idle": replicas_after_idle,
         "scale_down_s": scale_down_s,
         "replicas_over_time": log.samples,
