@@ -115,10 +115,9 @@ class Recommender:
         self._popular_by_hour = self._hourly_popularity(states)
         # Each user's first-stage list, once computed (see _first_stage); kept while the whole
         # table stays small (FIRST_STAGE_CACHE_MAX_ENTRIES product indices).
-        width = min(self.settings.mf_candidates, self.num_products - 1)
-        cacheable = model.config.use_mf and model.config.num_users * width <= FIRST_STAGE_CACHE_MAX_ENTRIES
-        self._mf_top = np.zeros((model.config.num_users, width), np.int32) if cacheable else None
-        self._mf_top_known = np.zeros(model.config.num_users, bool)
+        cacheable = model.config.use_mf and model.config.num_users * self._mf_width <= FIRST_STAGE_CACHE_MAX_ENTRIES
+        self._mf_top = np.zeros((model.config.num_users, self._mf_width), np.int32) if cacheable else None
+        self._mf_top_known = np.zeros(model.config.num_users, bool) if cacheable else None
 
     @staticmethod
     def load(model_dir: str, settings: Optional[RankingSettings] = None, device: Optional[torch.device] = None) -> "Recommender":
@@ -130,7 +129,7 @@ class Recommender:
 
     def _hourly_popularity(self, states: UserStates, top: int = 200) -> Dict[int, np.ndarray]:
         _, products, times = states.all_purchases()
-        fallback = np.argsort(-self.popularity[1:], kind="stable")[:top] + 1
+        fallback = self._by_popularity[:top]
         by_hour = {}
         hours = time_parts_of(times)["hour"] if len(times) else np.zeros(0, np.int64)
         for hour in range(24):
@@ -153,7 +152,7 @@ class Recommender:
         s = self.settings
         if self._mf_items is None:
             return [self._by_popularity[: s.mf_candidates]] * len(users)
-        if self._mf_top is None or self._mf_top.shape[1] != min(s.mf_candidates, self.num_products - 1):
+        if self._mf_top is None or self._mf_top.shape[1] != self._mf_width:
             return list(self._mf_top_of(user_side.user_mf))
         missing = np.flatnonzero(~self._mf_top_known[users])
         if len(missing):
@@ -162,12 +161,18 @@ class Recommender:
             self._mf_top_known[fresh] = True
         return list(self._mf_top[users])
 
+    @property
+    def _mf_width(self) -> int:
+        """How many products the MF first stage picks per user (the settings' count, at most the
+        catalog without the unknown product)."""
+        return min(self.settings.mf_candidates, self.num_products - 1)
+
     def _mf_top_of(self, user_mf: torch.Tensor) -> np.ndarray:
         """U x mf_dim user vectors -> U x mf_candidates best products by MF logit (one matrix
         product and one top-k for all U)."""
         scores = (user_mf * self._mf_weights) @ self._mf_items.T  # U x N
         scores[:, UNKNOWN_INDEX] = -torch.inf
-        top = torch.topk(scores, min(self.settings.mf_candidates, self.num_products - 1), dim=1).indices
+        top = torch.topk(scores, self._mf_width, dim=1).indices
         return top.cpu().numpy()
 
     def warm_first_stage(self, chunk: int = 512) -> int:
