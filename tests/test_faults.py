@@ -6,6 +6,7 @@ The other drills live beside the code they exercise: a training worker killed mi
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,22 +101,25 @@ def test_a_killed_serve_replica_loses_no_request_after_retries(ray_session, smal
 def _sweep(data: str, output: str, resume: bool) -> subprocess.Popen:
     command = [sys.executable, "-m", "jobs.tune_sweep", "--data", data, "--output", output, "--trials", "2", "--epochs", "1",
                "--max-steps-per-epoch", "3", "--val-users", "20", "--batch-size", "256"] + (["--resume"] if resume else [])
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}  # the log is read as it grows
     env.pop("RAY_ADDRESS", None)  # its own local cluster, as a user's laptop run
     log = open(os.path.join(output + (".resume" if resume else "") + ".log"), "w")
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _trial_dirs(output: str) -> list:
+def _started_trials(output: str) -> int:
+    """Trials Tune has started, from the sweep's console log. Not the trial directories: those
+    appear in the storage path only when a trial's first result is synced, which for a
+    one-epoch trial is moments before it ends."""
+    with open(output + ".log") as log:
+        return len(re.findall(r"^Trial train_trial_\w+ started with configuration", log.read(), flags=re.M))
+
+
+def _reported_trials(output: str) -> set:
     experiment = os.path.join(output, "tune", "sweep")
-    if not os.path.isdir(experiment):
-        return []
-    return sorted(d for d in os.listdir(experiment) if d.startswith("train_trial_"))
-
-
-def _reported(output: str, trial_dir: str) -> bool:
-    path = os.path.join(output, "tune", "sweep", trial_dir, "result.json")
-    return os.path.exists(path) and os.path.getsize(path) > 0
+    dirs = [d for d in os.listdir(experiment) if d.startswith("train_trial_")] if os.path.isdir(experiment) else []
+    results = {d.split("_")[2]: os.path.join(experiment, d, "result.json") for d in dirs}
+    return {trial for trial, path in results.items() if os.path.exists(path) and os.path.getsize(path) > 0}
 
 
 @pytest.mark.slow
@@ -125,19 +129,20 @@ def test_an_interrupted_sweep_resumes_without_losing_or_repeating_trials(small_d
     first = _sweep(data, output, resume=False)
     try:
         deadline = time.time() + 400
-        while time.time() < deadline and first.poll() is None:
-            dirs = _trial_dirs(output)
-            if len(dirs) == 2 and any(_reported(output, d) for d in dirs):
-                break  # one trial has reported, the second has started: interrupt now
+        while time.time() < deadline and first.poll() is None and _started_trials(output) < 2:
             time.sleep(1)
+        # Trials run one at a time here: the second has started, so the first has finished.
         assert first.poll() is None, "the sweep ended before it could be interrupted"
+        time.sleep(2)  # into the second trial, which trains for tens of seconds
         first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its experiment state and exits
-        first.wait(timeout=120)
+        assert first.wait(timeout=120) == 130, open(output + ".log").read()[-3000:]
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
     assert not os.path.exists(os.path.join(output, "results.parquet"))
-    finished_before = {d.split("_")[2] for d in _trial_dirs(output) if _reported(output, d)}
+    assert "sweep interrupted with 1 of 2 trials finished" in open(output + ".log").read()
+    finished_before = _reported_trials(output)
+    assert len(finished_before) == 1
 
     second = _sweep(data, output, resume=True)
     assert second.wait(timeout=400) == 0, open(output + ".resume.log").read()[-3000:]

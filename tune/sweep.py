@@ -94,12 +94,23 @@ def _tuner(settings: SweepSettings, resume: bool):
     )
 
 
+def finished_trials(grid) -> int:
+    """Trials that ended on their own: trained all epochs, stopped by ASHA, or failed.
+
+    Not ``grid.num_terminated``: after Ctrl-C, Tune saves its state and then stops the running
+    trials, marking them TERMINATED in the grid it returns (the saved state keeps them RUNNING,
+    so ``--resume`` reruns them). Only a trial that ended by itself carries ``done`` in its
+    last result.
+    """
+    return sum(1 for result in grid if result.error is not None or result.metrics.get("done", False))
+
+
 def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
     """Runs (or resumes) the sweep; writes the results, the plot and ``best/``; returns the table."""
     if not resume and os.path.exists(os.path.join(settings.tune_dir, "sweep")):
         raise InputError(f"{settings.output} already holds a sweep: pass --resume to continue it, or pick a new --output")
     grid = _tuner(settings, resume).fit()
-    finished = grid.num_terminated + grid.num_errors
+    finished = finished_trials(grid)
     if finished < settings.trials:  # Tune returns normally after Ctrl-C, with its state saved
         raise SweepInterrupted(f"sweep interrupted with {finished} of {settings.trials} trials finished; continue it with --resume")
     table = results_table(grid, settings.data)
