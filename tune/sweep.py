@@ -95,14 +95,18 @@ def _tuner(settings: SweepSettings, resume: bool):
 
 
 def finished_trials(grid) -> int:
-    """Trials that ended on their own: trained all epochs, stopped by ASHA, or failed.
+    """Trials that ended on their own (trained every epoch, stopped by ASHA, or failed), read
+    from the experiment state Tune saved on disk.
 
     Not ``grid.num_terminated``: after Ctrl-C, Tune saves its state and then stops the running
-    trials, marking them TERMINATED in the grid it returns (the saved state keeps them RUNNING,
-    so ``--resume`` reruns them). Only a trial that ended by itself carries ``done`` in its
-    last result.
+    trials, marking them TERMINATED in the grid it returns, while the saved state keeps them
+    RUNNING (so ``--resume`` reruns them). Nor ``done`` in a trial's last result: a trial
+    restored by ``--resume`` comes back without it.
     """
-    return sum(1 for result in grid if result.error is not None or result.metrics.get("done", False))
+    from ray.tune import ExperimentAnalysis
+
+    saved = ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
+    return sum(1 for trial in saved if trial.status in ("TERMINATED", "ERROR"))
 
 
 def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
