@@ -21,7 +21,7 @@ else
 $(error ACCEL must be cpu or cuda, not $(ACCEL))
 endif
 
-.PHONY: setup browser test test-faults test-fast demo bench clean
+.PHONY: setup browser lint test test-faults test-fast demo bench clean
 
 setup: $(STAMP)
 
@@ -44,7 +44,12 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the report test"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: setup browser
+# ruff: lint and format check (line length 120, pyproject.toml); `ruff format .` fixes the format.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup browser lint
 	$(PY) -m pytest -q --durations=15 tests
 
 test-faults: setup

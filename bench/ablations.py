@@ -14,8 +14,8 @@ import os
 import time
 
 from jobs import train
-from ncf.evaluation import evaluate_all
-from ncf.scoring import Recommender
+from ncf.evaluate.evaluation import evaluate_all
+from ncf.rank.recommender import Recommender
 
 SWITCHES = ("use_temporal", "use_attention", "use_hierarchy", "use_mf", "use_mlp", "use_repeat")
 
@@ -26,14 +26,27 @@ def main(argv=None) -> list:
     p.add_argument("--workdir", default="artifacts/ablations")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--only", nargs="*", default=list(SWITCHES))
-    p.add_argument("--evaluate-only", action="store_true", help="re-evaluate the model directories a previous run trained")
+    p.add_argument(
+        "--evaluate-only", action="store_true", help="re-evaluate the model directories a previous run trained"
+    )
     args = p.parse_args(argv)
     rows = []
     for switch in args.only:
         started = time.time()
         model_dir = os.path.join(args.workdir, switch)
         if not args.evaluate_only:
-            train.main(["--data", args.data, "--output", model_dir, "--epochs", str(args.epochs), "--model", json.dumps({switch: False})])
+            train.main(
+                [
+                    "--data",
+                    args.data,
+                    "--output",
+                    model_dir,
+                    "--epochs",
+                    str(args.epochs),
+                    "--model",
+                    json.dumps({switch: False}),
+                ]
+            )
         row = evaluate_all(Recommender.load(model_dir), args.data, with_baselines=False)[0]
         row.update(model=f"advanced_ncf without {switch[4:]}", wall_seconds=round(time.time() - started))
         print(json.dumps({"benchmark": "ablation", **row}), flush=True)

@@ -19,13 +19,13 @@ import os
 import time
 
 from bench import two_stage_agreement
-from ncf import datasets, layout, schema
-from ncf.batch_scoring import BatchScoreConfig, run_batch_scoring, verify_partition
-from ncf.cli import init_ray
-from ncf.examples import ExampleConfig
-from ncf.model_dir import save_untrained_model_dir
-from ncf.preprocess import PreprocessConfig, preprocess
-from ncf.vocab import Vocabularies
+from jobs.cli import init_ray
+from ncf.batch.scoring import BatchScoreConfig, run_batch_scoring, verify_partition
+from ncf.data import datasets, layout, schema
+from ncf.data.examples import ExampleConfig
+from ncf.data.preprocess import PreprocessConfig, preprocess
+from ncf.data.vocab import Vocabularies
+from ncf.model.directory import save_untrained_model_dir
 
 K = 10
 
@@ -37,7 +37,13 @@ def synthetic_model(workdir: str, products: int, users: int) -> tuple[str, str, 
     # whole catalog is bought before the test period and so ranked (the vocabulary holds only
     # products bought then).
     spec = datasets.SyntheticSpec(
-        num_users=users, num_products=products, baskets_per_user=45, basket_size=10, staple_share=0.2, zipf_exponent=0.5, seed=1
+        num_users=users,
+        num_products=products,
+        baskets_per_user=45,
+        basket_size=10,
+        staple_share=0.2,
+        zipf_exponent=0.5,
+        seed=1,
     )
     root = os.path.join(workdir, f"synthetic-{products}p-{users}u-{spec.expected_lines}l")
     data, model = os.path.join(root, "data"), os.path.join(root, "model")
@@ -56,7 +62,9 @@ def synthetic_model(workdir: str, products: int, users: int) -> tuple[str, str, 
 def score(model: str, data: str, output: str) -> tuple[dict, str]:
     """The run's figures and its run date."""
     summary = run_batch_scoring(BatchScoreConfig(model=model, data=data, output=output, k=K, at="data-end"))
-    return {key: summary[key] for key in ("users", "rows", "seconds", "users_per_s", "steady_users_per_s")}, summary["run_date"]
+    return {key: summary[key] for key in ("users", "rows", "seconds", "users_per_s", "steady_users_per_s")}, summary[
+        "run_date"
+    ]
 
 
 def agreement(model: str, users: int) -> dict:
@@ -71,7 +79,9 @@ def main(argv=None) -> dict:
     p.add_argument("--catalogs", type=int, nargs="*", default=[10_000, 100_000])
     p.add_argument("--synthetic-users", type=int, default=1_000)
     p.add_argument("--agreement-users", type=int, default=20)
-    p.add_argument("--verify-users", type=int, default=50, help="Complete Journey users compared with Recommender.recommend")
+    p.add_argument(
+        "--verify-users", type=int, default=50, help="Complete Journey users compared with Recommender.recommend"
+    )
     p.add_argument("--workdir", default="artifacts/batch/bench")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -84,7 +94,11 @@ def main(argv=None) -> dict:
         output = os.path.join(args.workdir, "cj")
         run, run_date = score(args.cj_model, args.cj_data, output)
         check = verify_partition(output, run_date, args.cj_data, sample=args.verify_users)
-        result["completejourney"] = {**run, "verify": check, "agreement": agreement(args.cj_model, args.agreement_users)}
+        result["completejourney"] = {
+            **run,
+            "verify": check,
+            "agreement": agreement(args.cj_model, args.agreement_users),
+        }
     for products, (model, data, prep_s) in synthetic.items():
         run, _ = score(model, data, os.path.join(args.workdir, f"out-{products}p"))
         ranked = len(Vocabularies.load(layout.vocab_dir(data)).products) - 1

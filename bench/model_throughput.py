@@ -12,7 +12,7 @@ import time
 import torch
 
 from ncf.device import default_device
-from ncf.model import AdvancedNCF, ModelConfig, example_batch
+from ncf.model.advanced_ncf import AdvancedNCF, ModelConfig, example_batch
 
 # Complete Journey's vocabulary sizes, so the tables are the real ones.
 SIZES = dict(num_users=2464, num_products=64964, num_departments=32, num_categories=304)
@@ -55,10 +55,17 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args(argv)
     device = default_device()
-    result = {"benchmark": "model_throughput", "device": str(device), "threads": torch.get_num_threads(), "batch_size": args.batch_size}
+    result = {
+        "benchmark": "model_throughput",
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+    }
     result["default"] = measure(ModelConfig(**SIZES), args.batch_size, args.steps, device)
     for switch in ("use_attention", "use_hierarchy", "use_temporal"):
-        result[f"without_{switch[4:]}"] = measure(ModelConfig(**SIZES, **{switch: False}), args.batch_size, args.steps, device)
+        result[f"without_{switch[4:]}"] = measure(
+            ModelConfig(**SIZES, **{switch: False}), args.batch_size, args.steps, device
+        )
     print(json.dumps(result))
     return result
 

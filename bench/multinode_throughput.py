@@ -32,7 +32,10 @@ def start_cluster(nodes: int):
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": OBJECT_STORE_PER_NODE, "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": OBJECT_STORE_PER_NODE, "include_dashboard": False},
+    )
     for _ in range(nodes - 1):
         cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_PER_NODE)
     cluster.wait_for_nodes()
@@ -49,7 +52,7 @@ def stop_cluster(cluster) -> None:
 
 def timed_preprocess(logs, catalog, output: str):
     """(stats, seconds) of the default preprocessing."""
-    from ncf.preprocess import PreprocessConfig, preprocess
+    from ncf.data.preprocess import PreprocessConfig, preprocess
 
     started = time.perf_counter()
     stats = preprocess(logs, catalog, output, PreprocessConfig())
@@ -58,16 +61,19 @@ def timed_preprocess(logs, catalog, output: str):
 
 def timed_scoring(model: str, data: str, output: str, k: int) -> Dict:
     """The batch-scoring summary: one actor per CPU of the cluster."""
-    from ncf.batch_scoring import BatchScoreConfig, run_batch_scoring
+    from ncf.batch.scoring import BatchScoreConfig, run_batch_scoring
 
-    return run_batch_scoring(BatchScoreConfig(model=model, data=data, output=output, k=k, at="data-end", cpus_per_actor=1.0), log=lambda message: None)
+    return run_batch_scoring(
+        BatchScoreConfig(model=model, data=data, output=output, k=k, at="data-end", cpus_per_actor=1.0),
+        log=lambda message: None,
+    )
 
 
 def run_layout(nodes: int, spec, tmp: str, k: int, model: Optional[str]) -> Dict:
     """Preprocesses and scores on a fresh cluster of ``nodes`` nodes; the first layout also
     writes the logs and the model that every layout then reads."""
-    from ncf import datasets, schema
-    from ncf.model_dir import save_untrained_model_dir
+    from ncf.data import datasets, schema
+    from ncf.model.directory import save_untrained_model_dir
 
     load_before = os.getloadavg()[0]
     cluster = start_cluster(nodes)
@@ -96,7 +102,7 @@ def run_layout(nodes: int, spec, tmp: str, k: int, model: Optional[str]) -> Dict
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:
-    from ncf import datasets
+    from ncf.data import datasets
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--users", type=int, default=4_000)

@@ -11,9 +11,9 @@ import os
 import tempfile
 import time
 
-from ncf import datasets, schema
-from ncf.cli import init_ray
-from ncf.preprocess import PreprocessConfig, preprocess
+from jobs.cli import init_ray
+from ncf.data import datasets, schema
+from ncf.data.preprocess import PreprocessConfig, preprocess
 
 
 def main(argv=None) -> dict:
@@ -29,9 +29,21 @@ def main(argv=None) -> dict:
             spec = datasets.SyntheticSpec(num_users=users, num_products=args.products)
             logs, catalog = datasets.write_synthetic(os.path.join(tmp, f"raw{users}"), spec)
             started = time.perf_counter()
-            stats = preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), os.path.join(tmp, f"data{users}"), PreprocessConfig())
+            stats = preprocess(
+                schema.resolve_files(logs),
+                schema.resolve_files(catalog),
+                os.path.join(tmp, f"data{users}"),
+                PreprocessConfig(),
+            )
             seconds = time.perf_counter() - started
-            runs.append({"users": users, "rows_in": stats["rows_in"], "seconds": round(seconds, 1), "rows_per_s": round(stats["rows_in"] / seconds)})
+            runs.append(
+                {
+                    "users": users,
+                    "rows_in": stats["rows_in"],
+                    "seconds": round(seconds, 1),
+                    "rows_per_s": round(stats["rows_in"] / seconds),
+                }
+            )
     result = {"benchmark": "preprocess_throughput", "cpus": os.cpu_count(), "runs": runs}
     print(json.dumps(result))
     return result

@@ -53,7 +53,9 @@ def noop_app(autoscaling: Dict, num_cpus: float, k: int):
     items = [{"product_id": 1_000_000 + i, "score": 1.0 / (i + 1)} for i in range(k)]
     at = datetime.now(timezone.utc)
 
-    @serve.deployment(name="NoOp", max_ongoing_requests=32, autoscaling_config=autoscaling, ray_actor_options={"num_cpus": num_cpus})
+    @serve.deployment(
+        name="NoOp", max_ongoing_requests=32, autoscaling_config=autoscaling, ray_actor_options={"num_cpus": num_cpus}
+    )
     @serve.ingress(api)
     class NoOp:
         @api.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
@@ -140,7 +142,9 @@ class Load:
 
     def summary(self) -> Dict:
         ms = np.asarray(self.latencies) * 1000
-        per_request = {f"{role}_cpu_ms_per_request": round(1000 * s / ms.size, 2) for role, s in sorted(self.cpu.items())}
+        per_request = {
+            f"{role}_cpu_ms_per_request": round(1000 * s / ms.size, 2) for role, s in sorted(self.cpu.items())
+        }
         return {
             "requests": int(ms.size),
             "errors": self.errors,
@@ -230,9 +234,15 @@ def main(argv=None) -> Dict:
     p.add_argument("--candidates", type=int, default=None)
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--idle-timeout", type=float, default=90)
-    p.add_argument("--warmup", type=float, default=20, help="load per endpoint before measuring, so that both have scaled")
-    p.add_argument("--target-ongoing", type=float, default=AUTOSCALING["target_ongoing_requests"],
-                   help="autoscaling target of both deployments (a batching replica wants about its batch)")
+    p.add_argument(
+        "--warmup", type=float, default=20, help="load per endpoint before measuring, so that both have scaled"
+    )
+    p.add_argument(
+        "--target-ongoing",
+        type=float,
+        default=AUTOSCALING["target_ongoing_requests"],
+        help="autoscaling target of both deployments (a batching replica wants about its batch)",
+    )
     args = p.parse_args(argv)
     autoscaling = {**AUTOSCALING, "target_ongoing_requests": args.target_ongoing}
 
@@ -243,14 +253,20 @@ def main(argv=None) -> Dict:
     import ray
     from ray import serve
 
-    from ncf.model_dir import read_config
-    from ncf.vocab import Vocabulary
+    from ncf.data.vocab import Vocabulary
+    from ncf.model.directory import read_config
     from serve.app import build_app
     from serve.launch import start, wait_until_healthy
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     started = time.monotonic()
-    app_args = {"model": args.model, "candidates": args.candidates, "default_at": "data_end", "num_cpus": NUM_CPUS, **autoscaling}
+    app_args = {
+        "model": args.model,
+        "candidates": args.candidates,
+        "default_at": "data_end",
+        "num_cpus": NUM_CPUS,
+        **autoscaling,
+    }
     url = start(build_app(app_args), port=args.port, app_name="ncf")
     serve.run(noop_app(autoscaling, NUM_CPUS, K), name="noop", route_prefix="/noop")
     wait_until_healthy(url, timeout_s=120)

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from ncf.scoring import Recommender
+from ncf.rank.recommender import Recommender
 
 
 def main(argv=None) -> dict:

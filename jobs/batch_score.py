@@ -1,7 +1,7 @@
 """python -m jobs.batch_score --model MODEL --data DATA --output OUT [--k K] [--at DATE|now|data-end]
 
 Top-K products for every user of DATA, written to OUT/run_date=YYYY-MM-DD/ (Parquet and a
-``_SUCCESS`` marker); see :mod:`ncf.batch_scoring` for the layout and the commit protocol.
+``_SUCCESS`` marker); see :mod:`ncf.batch.scoring` for the layout and the commit protocol.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import argparse
 import json
 import sys
 
-from ncf.batch_scoring import BatchScoreConfig, check_config, run_batch_scoring, verify_partition
-from ncf.cli import init_ray, one_line_errors
+from jobs.cli import init_ray, one_line_errors
+from ncf.batch.scoring import BatchScoreConfig, check_config, run_batch_scoring, verify_partition
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,12 +27,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the moment scored and the partition's date: ISO date or datetime (UTC unless it says), "
         "'now' or 'data-end' (the model's last known moment, for historical datasets)",
     )
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="users per batch and part file (0: about 50 parts)")
-    p.add_argument("--actors", type=int, default=d.actors, help="scoring actors (0: one per GPU, else one per CPU of the cluster)")
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="users per batch and part file (0: about 50 parts)"
+    )
+    p.add_argument(
+        "--actors", type=int, default=d.actors, help="scoring actors (0: one per GPU, else one per CPU of the cluster)"
+    )
     p.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor)
     p.add_argument("--gpu", default=d.gpu, help="auto (GPU actors when the cluster has GPUs), yes or no")
     p.add_argument("--progress-every", type=float, default=d.progress_every_s, help="seconds between progress lines")
-    p.add_argument("--verify", type=int, default=0, metavar="N", help="then check the partition: every user K rows, N sampled users equal Recommender.recommend")
+    p.add_argument(
+        "--verify",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then check the partition: every user K rows, N sampled users equal Recommender.recommend",
+    )
     return p.parse_args(argv)
 
 

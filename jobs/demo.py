@@ -16,10 +16,10 @@ import time
 import urllib.request
 
 from jobs import batch_score, evaluate, preprocess, train
-from ncf import layout
-from ncf.batch_scoring import partition_dir
-from ncf.cli import init_ray
-from ncf.scoring import Recommender
+from jobs.cli import init_ray
+from ncf.batch.scoring import partition_dir
+from ncf.data import layout
+from ncf.rank.recommender import Recommender
 
 STAGES = 6
 # Six trainings are too long for the demo; bench.ablations' rows on Complete Journey are kept here.
@@ -38,7 +38,9 @@ def print_table(rows: list) -> None:
 
 
 def post(url: str, payload: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
 
@@ -51,14 +53,21 @@ def online_queries(model: str, port: int) -> list:
     from serve.launch import start, wait_until_healthy
 
     # Complete Journey ends in 2017, so requests default to the data's end rather than now.
-    url = start(build_app({"model": model, "default_at": "data_end", "min_replicas": 1, "max_replicas": 2}), host="127.0.0.1", port=port)
+    url = start(
+        build_app({"model": model, "default_at": "data_end", "min_replicas": 1, "max_replicas": 2}),
+        host="127.0.0.1",
+        port=port,
+    )
     try:
         health = wait_until_healthy(url, timeout_s=120)
         print(f"serving {url} (OpenAPI at {url}/docs): {json.dumps(health)}", flush=True)
         users = Recommender.load(model).vocabs.users.raw_of([1, 2])
         answers = [
             ("/recommend (explained)", post(f"{url}/recommend", {"user_id": users[0], "k": 3, "explain": True})),
-            ("/recommend (unknown household: cold start)", post(f"{url}/recommend", {"user_id": "new-household", "k": 3})),
+            (
+                "/recommend (unknown household: cold start)",
+                post(f"{url}/recommend", {"user_id": "new-household", "k": 3}),
+            ),
             ("/recommend/batch", post(f"{url}/recommend/batch", {"user_ids": [users[0], users[1]], "k": 3})),
         ]
         first = answers[0][1]["items"][0]["product_id"]
@@ -96,7 +105,11 @@ def main(argv=None) -> list:
         _stage(3, "evaluate on the held-out weeks against the baselines; HTML report", started)
         evaluate_args = ["--model", model, "--data", data, "--report", report]
         # A local bench.ablations run if there is one, else the committed results of the last.
-        ablations = [p for p in (os.path.join("artifacts", "ablations", "results.jsonl"), RECORDED_ABLATIONS) if os.path.exists(p)]
+        ablations = [
+            p
+            for p in (os.path.join("artifacts", "ablations", "results.jsonl"), RECORDED_ABLATIONS)
+            if os.path.exists(p)
+        ]
         if ablations:
             evaluate_args += ["--ablations", ablations[0]]
         rows = evaluate.main(evaluate_args)
@@ -104,7 +117,22 @@ def main(argv=None) -> list:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 
         _stage(4, "batch-score every household (Ray Data, actor pool)", started)
-        scored = batch_score.main(["--model", model, "--data", data, "--output", recommendations, "--k", "10", "--at", "data-end", "--verify", "20"])
+        scored = batch_score.main(
+            [
+                "--model",
+                model,
+                "--data",
+                data,
+                "--output",
+                recommendations,
+                "--k",
+                "10",
+                "--at",
+                "data-end",
+                "--verify",
+                "20",
+            ]
+        )
 
         _stage(5, "deploy the Serve app on 127.0.0.1 and query it", started)
         online_queries(model, args.port)

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from ncf.cli import init_ray
+from jobs.cli import init_ray
 from serve.app import build_app
 from serve.launch import serve_until_stopped, start, wait_until_healthy
 
@@ -21,7 +21,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="model directory (jobs.train output or SWEEP/best)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--candidates", type=int, default=None, help="first-stage candidates re-ranked (default: the model's)")
+    p.add_argument(
+        "--candidates", type=int, default=None, help="first-stage candidates re-ranked (default: the model's)"
+    )
     p.add_argument("--default-at", choices=("now", "data_end"), default="now", help="moment of requests without 'at'")
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=2)

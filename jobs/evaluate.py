@@ -6,13 +6,13 @@ import argparse
 import json
 import os
 
-from ncf.cli import one_line_errors
-from ncf.evaluation import evaluate_all
-from ncf.examples import TEST, VAL
-from ncf.model_dir import read_metrics
-from ncf.report import write_report
-from ncf.schema import InputError
-from ncf.scoring import Recommender
+from jobs.cli import one_line_errors
+from ncf.errors import InputError
+from ncf.evaluate.evaluation import evaluate_all
+from ncf.evaluate.report import write_report
+from ncf.model.directory import read_metrics
+from ncf.rank.recommender import Recommender
+from ncf.splits import TEST, VAL
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,7 +38,16 @@ def main(argv=None) -> list:
         if args.report:
             ablations = read_jsonl(args.ablations) if args.ablations else None
             history = read_metrics(args.model).get("history")
-            path = write_report(args.report, recommender, args.data, rows, history=history, ablations=ablations, ablations_source=args.ablations, split=args.split)
+            path = write_report(
+                args.report,
+                recommender,
+                args.data,
+                rows,
+                history=history,
+                ablations=ablations,
+                ablations_source=args.ablations,
+                split=args.split,
+            )
             print(f"[evaluate] report: {path}", flush=True)
         return rows
 

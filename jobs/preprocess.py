@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from ncf import datasets, schema
-from ncf.cli import init_ray, one_line_errors
-from ncf.examples import SAMPLING_MODES, ExampleConfig
-from ncf.preprocess import PreprocessConfig, preprocess
+from jobs.cli import init_ray, one_line_errors
+from ncf.data import datasets, schema
+from ncf.data.examples import SAMPLING_MODES, ExampleConfig
+from ncf.data.preprocess import PreprocessConfig, preprocess
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -20,9 +20,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="output directory (replaced)")
     p.add_argument("--val-weeks", type=int, default=4)
     p.add_argument("--test-weeks", type=int, default=5)
-    p.add_argument("--train-weeks", type=int, default=PreprocessConfig.train_weeks, help="weeks of training purchases that yield examples (0 = all)")
+    p.add_argument(
+        "--train-weeks",
+        type=int,
+        default=PreprocessConfig.train_weeks,
+        help="weeks of training purchases that yield examples (0 = all)",
+    )
     p.add_argument("--history-length", type=int, default=ExampleConfig.history_length)
-    p.add_argument("--negatives", type=int, default=ExampleConfig.negatives_per_positive, help="negatives per training purchase")
+    p.add_argument(
+        "--negatives", type=int, default=ExampleConfig.negatives_per_positive, help="negatives per training purchase"
+    )
     p.add_argument("--negative-sampling", choices=SAMPLING_MODES, default=ExampleConfig.negative_sampling)
     p.add_argument("--own-negative-share", type=float, default=ExampleConfig.own_negative_share)
     p.add_argument("--seed", type=int, default=0)
@@ -46,7 +53,9 @@ def main(argv=None) -> dict:
         if args.dataset == "completejourney":
             paths = datasets.write_completejourney(os.path.join(args.cache, "completejourney"))
         elif args.dataset == "synthetic":
-            spec = datasets.SyntheticSpec(num_users=args.synthetic_users, num_products=args.synthetic_products, seed=args.seed)
+            spec = datasets.SyntheticSpec(
+                num_users=args.synthetic_users, num_products=args.synthetic_products, seed=args.seed
+            )
             name = f"synthetic-u{spec.num_users}-p{spec.num_products}-s{spec.seed}"
             paths = datasets.write_synthetic(os.path.join(args.cache, name), spec)
         if args.dataset:

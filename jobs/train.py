@@ -6,12 +6,12 @@ import argparse
 import json
 import os
 
-from ncf.cli import init_ray, one_line_errors
+from jobs.cli import init_ray, one_line_errors
 from ncf.device import use_gpu
-from ncf.model import ModelConfig
-from ncf.model_dir import save_model_dir
-from ncf.tensorboard import write_history
-from ncf.training import TrainConfig, best_checkpoint_weights, fit, run_history
+from ncf.model.advanced_ncf import ModelConfig
+from ncf.model.directory import save_model_dir
+from ncf.train.loop import TrainConfig, best_checkpoint_weights, fit, run_history
+from ncf.train.tensorboard import write_history
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,12 +51,24 @@ def main(argv=None) -> str:
             max_steps_per_epoch=args.max_steps_per_epoch,
             seed=args.seed,
         )
-        result = fit(config, num_workers=args.workers, use_gpu=use_gpu(args.gpu), storage_path=args.storage, name=args.name)
+        result = fit(
+            config, num_workers=args.workers, use_gpu=use_gpu(args.gpu), storage_path=args.storage, name=args.name
+        )
         weights, state, metrics = best_checkpoint_weights(result)
         history = run_history(result)
-        path = save_model_dir(args.output, weights, ModelConfig.from_dict(state["model_config"]), args.data, metrics={"training": metrics, "history": history})
+        path = save_model_dir(
+            args.output,
+            weights,
+            ModelConfig.from_dict(state["model_config"]),
+            args.data,
+            metrics={"training": metrics, "history": history},
+        )
         logdir = write_history(history, os.path.join(result.path, "tensorboard"))
-        print(f"[train] best epoch {state.get('best_epoch')} with val_ndcg@10 {metrics['val_ndcg@10']:.4f}; model directory: {path}; TensorBoard: {logdir}", flush=True)
+        print(
+            f"[train] best epoch {state.get('best_epoch')} with val_ndcg@10 "
+            f"{metrics['val_ndcg@10']:.4f}; model directory: {path}; TensorBoard: {logdir}",
+            flush=True,
+        )
         return path
 
 

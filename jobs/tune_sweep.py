@@ -6,16 +6,33 @@ import argparse
 import json
 import sys
 
-from ncf.cli import init_ray, one_line_errors
+from jobs.cli import init_ray, one_line_errors
 from ncf.device import use_gpu
 from tune.settings import SweepSettings
 from tune.sweep import SweepInterrupted, run_sweep, summary
 
-SHOWN = ["trial_id", "best_val_ndcg@10", "best_epoch", "epochs", "mf_embedding_dim", "mlp_embedding_dim", "mlp_hidden_dims", "temporal_dim", "num_heads", "history_length", "learning_rate", "dropout", "negatives_per_positive", "is_default"]
+SHOWN = [
+    "trial_id",
+    "best_val_ndcg@10",
+    "best_epoch",
+    "epochs",
+    "mf_embedding_dim",
+    "mlp_embedding_dim",
+    "mlp_hidden_dims",
+    "temporal_dim",
+    "num_heads",
+    "history_length",
+    "learning_rate",
+    "dropout",
+    "negatives_per_positive",
+    "is_default",
+]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Ray Tune + Optuna sweep over AdvancedNCF's dimensions; SWEEP/best is the winner.")
+    p = argparse.ArgumentParser(
+        description="Ray Tune + Optuna sweep over AdvancedNCF's dimensions; SWEEP/best is the winner."
+    )
     p.add_argument("--data", required=True, help="output of jobs.preprocess (visible to every node)")
     p.add_argument("--output", required=True, help="sweep directory")
     p.add_argument("--trials", type=int, default=8)
@@ -35,9 +52,17 @@ def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
         settings = SweepSettings(
-            data=args.data, output=args.output, trials=args.trials, epochs=args.epochs, workers=args.workers,
-            use_gpu=use_gpu(args.gpu), concurrent=args.concurrent, max_steps_per_epoch=args.max_steps_per_epoch,
-            val_users=args.val_users, batch_size=args.batch_size, seed=args.seed,
+            data=args.data,
+            output=args.output,
+            trials=args.trials,
+            epochs=args.epochs,
+            workers=args.workers,
+            use_gpu=use_gpu(args.gpu),
+            concurrent=args.concurrent,
+            max_steps_per_epoch=args.max_steps_per_epoch,
+            val_users=args.val_users,
+            batch_size=args.batch_size,
+            seed=args.seed,
         )
         init_ray()
         try:
@@ -47,7 +72,11 @@ def main(argv=None):
             sys.exit(130)
         print("\n" + table[[c for c in SHOWN if c in table]].to_string(index=False), flush=True)
         print(f"[sweep] {json.dumps(summary(table))}")
-        print(f"[sweep] results: {settings.output}/results.parquet (and .csv), plot: {settings.output}/sweep.png, best model: {settings.best_dir}", flush=True)
+        print(
+            f"[sweep] results: {settings.output}/results.parquet (and .csv), "
+            f"plot: {settings.output}/sweep.png, best model: {settings.best_dir}",
+            flush=True,
+        )
         return table
 
 

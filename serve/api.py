@@ -67,7 +67,9 @@ class RankingOptions(_Strict):
     k: Annotated[int, Field(strict=True, ge=1, le=MAX_K, description="how many products")] = 10
     at: At = None
     exclude_purchased: Annotated[bool, Field(strict=True)] = False
-    explain: Annotated[bool, Field(strict=True, description="add the past purchases the attention weighted most")] = False
+    explain: Annotated[bool, Field(strict=True, description="add the past purchases the attention weighted most")] = (
+        False
+    )
 
 
 class RecommendRequest(RankingOptions):
@@ -219,7 +221,7 @@ def create_app() -> FastAPI:
     app = FastAPI(
         title="AdvancedNCF recommendations",
         description="Top-K products for users at a moment, batch ranking and scoring, from one "
-        "model directory. Errors are JSON {\"error\": message}.",
+        'model directory. Errors are JSON {"error": message}.',
         version="1",
     )
     app.add_exception_handler(RequestValidationError, _on_validation_error)

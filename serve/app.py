@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 
-from ncf.model_dir import read_config
+from ncf.model.directory import read_config
 from serve.api import (
     BatchRecommendRequest,
     BatchRecommendResponse,
@@ -137,7 +137,9 @@ def build_app(args: Dict) -> Application:
         raise ValueError(f"bad application args: {describe_errors(e.errors())}") from None
     if a.max_replicas < max(a.min_replicas, 1):
         raise ValueError(f"max_replicas ({a.max_replicas}) is below min_replicas ({a.min_replicas})")
-    settings = ServeSettings.from_user_config({"model_dir": a.model, "candidates": a.candidates, "default_at": a.default_at})
+    settings = ServeSettings.from_user_config(
+        {"model_dir": a.model, "candidates": a.candidates, "default_at": a.default_at}
+    )
     read_config(settings.model_dir)  # not a model directory: fail here, with its path
     return RecommenderDeployment.options(
         user_config=settings.user_config(),

@@ -1,7 +1,7 @@
 """What a Serve replica does with a request, without Ray: settings, model swap, answers.
 
 Kept apart from the deployment class so that the request -> answer logic is plain Python over
-:class:`ncf.scoring.Recommender` (the scoring core the nightly job uses too, so online and
+:class:`ncf.rank.recommender.Recommender` (the scoring core the nightly job uses too, so online and
 batch rankings agree), and so that a rollout is one attribute swap: a replica builds a new
 :class:`ModelService` beside the old one and replaces it; requests already running finish on
 the old model.
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Dict, List, Mapping, Optional
 
-from ncf.scoring import Recommender
-from ncf.vocab import UNKNOWN_INDEX
+from ncf.data.vocab import UNKNOWN_INDEX
+from ncf.rank.recommender import Recommender
 from serve.api import BatchRecommendRequest, RecommendRequest, ScoreRequest, UnknownProducts
 
 DEFAULT_AT_CHOICES = ("now", "data_end")
@@ -50,7 +50,9 @@ class ServeSettings:
         if not isinstance(config.get("model_dir"), str) or not config["model_dir"]:
             raise ValueError("user_config needs model_dir, a model directory path")
         candidates = config.get("candidates")
-        if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1):
+        if candidates is not None and (
+            isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1
+        ):
             raise ValueError(f"candidates must be a positive integer, not {candidates!r}")
         default_at = config.get("default_at", "now")
         if default_at not in DEFAULT_AT_CHOICES:
@@ -99,7 +101,9 @@ class ModelService:
 
     def recommend(self, request: RecommendRequest) -> Dict:
         at = self.moment(request.at)
-        ranked = self.recommender.recommend_items(request.user_id, request.k, at, request.exclude_purchased, request.explain)
+        ranked = self.recommender.recommend_items(
+            request.user_id, request.k, at, request.exclude_purchased, request.explain
+        )
         return {**ranked, "at": _iso(at), "model_version": self.version}
 
     def recommend_many(self, requests: List[RecommendRequest]) -> List[Dict]:
@@ -127,7 +131,9 @@ class ModelService:
                 for u in request.user_ids
             ]
         else:
-            results = self.recommender.recommend_items_many(request.user_ids, request.k, [at] * len(request.user_ids), request.exclude_purchased)
+            results = self.recommender.recommend_items_many(
+                request.user_ids, request.k, [at] * len(request.user_ids), request.exclude_purchased
+            )
         return {"results": results, "at": _iso(at), "model_version": self.version}
 
     def score(self, request: ScoreRequest) -> Dict:

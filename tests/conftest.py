@@ -32,32 +32,48 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.ray if uses_ray else pytest.mark.unit)
 
 
-SMALL_SPEC = dict(num_users=150, num_products=400, num_departments=5, categories_per_department=4, baskets_per_user=40.0, basket_size=6.0, seed=7)
+SMALL_SPEC = dict(
+    num_users=150,
+    num_products=400,
+    num_departments=5,
+    categories_per_department=4,
+    baskets_per_user=40.0,
+    basket_size=6.0,
+    seed=7,
+)
 
 
 @pytest.fixture(scope="session")
 def small_data(ray_session, tmp_path_factory):
     """A small synthetic dataset, preprocessed once per session: (data dir, stats)."""
-    from ncf import datasets, schema
-    from ncf.examples import ExampleConfig
-    from ncf.preprocess import PreprocessConfig, preprocess
+    from ncf.data import datasets, schema
+    from ncf.data.examples import ExampleConfig
+    from ncf.data.preprocess import PreprocessConfig, preprocess
 
     root = tmp_path_factory.mktemp("small")
     logs, catalog = datasets.write_synthetic(str(root / "raw"), datasets.SyntheticSpec(**SMALL_SPEC))
-    config = PreprocessConfig(examples=ExampleConfig(history_length=8, negatives_per_positive=3), val_weeks=3, test_weeks=4, train_weeks=0)
+    config = PreprocessConfig(
+        examples=ExampleConfig(history_length=8, negatives_per_positive=3), val_weeks=3, test_weeks=4, train_weeks=0
+    )
     data = str(root / "data")
     stats = preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), data, config)
     return data, stats
 
 
-SMALL_MODEL = {"mf_embedding_dim": 16, "mlp_embedding_dim": 16, "temporal_dim": 8, "mlp_hidden_dims": [32, 16], "history_length": 8}
+SMALL_MODEL = {
+    "mf_embedding_dim": 16,
+    "mlp_embedding_dim": 16,
+    "temporal_dim": 8,
+    "mlp_hidden_dims": [32, 16],
+    "history_length": 8,
+}
 
 
 @pytest.fixture(scope="session")
 def small_model_dir(small_data, tmp_path_factory):
     """A model directory on ``small_data`` with seeded, untrained weights (enough for serving
     and scoring mechanics; training itself is tested in test_training.py)."""
-    from ncf.model_dir import save_untrained_model_dir
+    from ncf.model.directory import save_untrained_model_dir
 
     data, _ = small_data
     return save_untrained_model_dir(str(tmp_path_factory.mktemp("model") / "v1"), data, version="v1", **SMALL_MODEL)

@@ -12,10 +12,11 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from ncf import batch_scoring as bs
-from ncf.schema import InputError
-from ncf.scoring import Recommender
 from jobs import batch_score
+from ncf.batch import scoring as bs
+from ncf.errors import InputError
+from ncf.moments import resolve_at, run_date_of
+from ncf.rank.recommender import Recommender
 
 K = 5
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,16 +26,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_at_resolves_dates_datetimes_and_data_end():
-    assert bs.resolve_at("2017-11-27", data_end=0) == 1511740800
-    assert bs.resolve_at("2017-11-27T04:01:21", data_end=0) == 1511755281
-    assert bs.resolve_at("2017-11-27T05:01:21+01:00", data_end=0) == 1511755281
-    assert bs.resolve_at("data-end", data_end=1511755281) == 1511755281
-    assert bs.resolve_at("now", data_end=0, now=1511755281.7) == 1511755281
-    assert bs.run_date_of(1511755281) == "2017-11-27"
+    assert resolve_at("2017-11-27", data_end=0) == 1511740800
+    assert resolve_at("2017-11-27T04:01:21", data_end=0) == 1511755281
+    assert resolve_at("2017-11-27T05:01:21+01:00", data_end=0) == 1511755281
+    assert resolve_at("data-end", data_end=1511755281) == 1511755281
+    assert resolve_at("now", data_end=0, now=1511755281.7) == 1511755281
+    assert run_date_of(1511755281) == "2017-11-27"
     # 23:30 in New York is already the next day in UTC: the partition follows UTC.
-    assert bs.run_date_of(bs.resolve_at("2017-11-27T23:30:00-05:00", data_end=0)) == "2017-11-28"
+    assert run_date_of(resolve_at("2017-11-27T23:30:00-05:00", data_end=0)) == "2017-11-28"
     with pytest.raises(InputError, match="yesterday"):
-        bs.resolve_at("yesterday", data_end=0)
+        resolve_at("yesterday", data_end=0)
 
 
 def test_clean_stale_removes_this_dates_leftovers_and_old_runs_only(tmp_path):
@@ -75,7 +76,21 @@ def test_bad_k_and_missing_data_are_one_line_errors(small_model_dir, tmp_path, c
 
 
 def _argv(model, data, output, *extra):
-    return ["--model", model, "--data", data, "--output", output, "--k", str(K), "--at", "data-end", "--batch-size", "16", *extra]
+    return [
+        "--model",
+        model,
+        "--data",
+        data,
+        "--output",
+        output,
+        "--k",
+        str(K),
+        "--at",
+        "data-end",
+        "--batch-size",
+        "16",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +106,19 @@ def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model
     data, _ = small_data
     recommender = Recommender.load(small_model_dir)
     users = len(recommender.vocabs.users) - 1
-    assert summary["users"] == users and summary["rows"] == users * K and summary["run_date"] == bs.run_date_of(recommender.data_end)
-    assert sorted(os.listdir(output)) == [bs.TMP, f"run_date={summary['run_date']}"] and os.listdir(os.path.join(output, bs.TMP)) == ["run_date=" + summary["run_date"]]
+    assert (
+        summary["users"] == users
+        and summary["rows"] == users * K
+        and summary["run_date"] == run_date_of(recommender.data_end)
+    )
+    assert sorted(os.listdir(output)) == [bs.TMP, f"run_date={summary['run_date']}"] and os.listdir(
+        os.path.join(output, bs.TMP)
+    ) == ["run_date=" + summary["run_date"]]
     table = bs.read_partition(output, summary["run_date"])
     assert table.column_names == ["user_id", "rank", "product_id", "score", "model_version", "scored_at"]
     assert set(table.column("model_version").to_pylist()) == {"v1"}
     assert str(table.schema.field("scored_at").type) == "timestamp[ms, tz=UTC]"
-    assert {t.timestamp() for t in table.column("scored_at").to_pylist()} == {bs.resolve_at(summary["scored_at"], 0)}
+    assert {t.timestamp() for t in table.column("scored_at").to_pylist()} == {resolve_at(summary["scored_at"], 0)}
     report = bs.verify_partition(output, summary["run_date"], data, sample=12)
     assert report["ok"], report
     assert report["sampled_equal_to_recommend"] == 12
@@ -118,7 +139,10 @@ def test_rerun_of_the_same_date_replaces_the_partition(first_run, small_model_di
     assert second["run_id"] != first["run_id"] and second["run_date"] == first["run_date"]
     table = pads.dataset(output, format="parquet", partitioning="hive").to_table()  # _tmp is skipped
     assert table.num_rows == first["rows"] == second["rows"]
-    assert table.group_by("user_id").aggregate([("rank", "count")]).column("rank_count").to_pylist() == [K] * first["users"]
+    assert (
+        table.group_by("user_id").aggregate([("rank", "count")]).column("rank_count").to_pylist()
+        == [K] * first["users"]
+    )
     assert bs.read_manifest(output, first["run_date"])["run_id"] == second["run_id"]
     assert os.listdir(os.path.join(output, bs.TMP, f"run_date={first['run_date']}")) == []
 
@@ -131,7 +155,14 @@ def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session,
     output = str(tmp_path / "out")
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1")
     argv = _argv(small_model_dir, data, output, "--batch-size", "4", "--actors", "1", "--progress-every", "0")
-    job = subprocess.Popen([sys.executable, "-m", "jobs.batch_score", *argv], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "jobs.batch_score", *argv],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen = []
     try:
         for _ in range(2000):  # bounded: the job prints a few dozen lines before its first progress
@@ -143,7 +174,9 @@ def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session,
         job.send_signal(signal.SIGSTOP)
         run_date = [name for name in os.listdir(os.path.join(output, bs.TMP))][0].split("=")[1]
         staged = os.listdir(os.path.join(output, bs.TMP, f"run_date={run_date}"))
-        assert len(staged) == 1 and any(p.startswith("part-") for p in os.listdir(os.path.join(output, bs.TMP, f"run_date={run_date}", staged[0])))
+        assert len(staged) == 1 and any(
+            p.startswith("part-") for p in os.listdir(os.path.join(output, bs.TMP, f"run_date={run_date}", staged[0]))
+        )
         assert not os.path.exists(bs.partition_dir(output, run_date)) and bs.read_partition(output, run_date) is None
     finally:
         job.kill()

@@ -81,8 +81,8 @@ def _pip_installs(commands: List[str]) -> List[List[str]]:
     for command in commands:
         for part in re.split(r"&&|;|\n", command):
             words = shlex.split(part)
-            if "pip" in words and "install" in words[words.index("pip"):]:
-                installs.append(words[words.index("install", words.index("pip")) + 1:])
+            if "pip" in words and "install" in words[words.index("pip") :]:
+                installs.append(words[words.index("install", words.index("pip")) + 1 :])
     return installs
 
 
@@ -94,7 +94,10 @@ def _makefile_setup(accel: str, python: str) -> List[str]:
     """What ``make setup`` runs for that ACCEL, printed by ``make -n`` (nothing runs)."""
     out = subprocess.run(
         ["make", "-n", "-B", "-C", REPO, "--no-print-directory", "setup", f"ACCEL={accel}", f"PYTHON={python}"],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     return [line for line in out.splitlines() if line.strip()]
 
@@ -121,7 +124,9 @@ def test_a_cpu_head_cpu_workers_and_gpu_workers_within_bounds(prepared):
     assert cpu_types and gpu_types
     for node_type in workers.values():
         assert 0 <= node_type["min_workers"] <= node_type["max_workers"] <= prepared["max_workers"]
-    assert sum(t["max_workers"] for t in cpu_types) >= 1 and sum(t["max_workers"] for t in gpu_types) >= 2  # 2 GPUs shard
+    assert (
+        sum(t["max_workers"] for t in cpu_types) >= 1 and sum(t["max_workers"] for t in gpu_types) >= 2
+    )  # 2 GPUs shard
 
 
 def test_every_node_type_installs_the_project_with_make_setup_accel_cuda(config, prepared):
@@ -148,7 +153,12 @@ def test_make_setup_accel_cuda_installs_the_cuda_stack_in_torchrecs_order(config
 
 
 def test_no_command_installs_a_package_the_makefile_or_the_lock_pins(prepared):
-    pinned = _locked_packages() | {_package_name(arg) for args in _pip_installs(_makefile_setup("cuda", "python3")) for arg in args if not arg.startswith("-") and "/" not in arg}
+    pinned = _locked_packages() | {
+        _package_name(arg)
+        for args in _pip_installs(_makefile_setup("cuda", "python3"))
+        for arg in args
+        if not arg.startswith("-") and "/" not in arg
+    }
     every_command = [c for key, value in prepared.items() if key.endswith("_commands") for c in value]
     every_command += [c for t in prepared["available_node_types"].values() for c in t.get("worker_setup_commands", [])]
     extra = {_package_name(arg) for args in _pip_installs(every_command) for arg in args if not arg.startswith("-")}
@@ -169,6 +179,8 @@ def test_dashboard_on_localhost_serve_port_open_to_a_private_range(prepared):
 
 def test_every_node_starts_ray_with_the_synced_auth_token(config, prepared):
     assert any(remote.endswith(".ray/auth_token") for remote in config["file_mounts"])
-    starts = [c for c in prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"] if "ray start" in c]
+    starts = [
+        c for c in prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"] if "ray start" in c
+    ]
     assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
     assert "--address=$RAY_HEAD_IP:6379" in prepared["worker_start_ray_commands"][-1]

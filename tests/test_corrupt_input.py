@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ncf import schema
+from ncf.data import schema
 
 pytestmark = pytest.mark.faults
 
@@ -55,27 +55,52 @@ def test_truncated_or_flipped_parquet_gives_an_input_error(tmp_path, cut, flip):
     check_or_input_error(path)
 
 
-cell = st.one_of(st.none(), st.text(max_size=12), st.integers(min_value=-(2**62), max_value=2**62).map(str), st.floats(allow_nan=True).map(str))
+cell = st.one_of(
+    st.none(),
+    st.text(max_size=12),
+    st.integers(min_value=-(2**62), max_value=2**62).map(str),
+    st.floats(allow_nan=True).map(str),
+)
 
 
 @FUZZ
 @given(st.lists(st.tuples(cell, cell, cell, cell), min_size=1, max_size=30))
 def test_hostile_rows_are_kept_or_quarantined_never_lost(rows):
     users, products, stamps, quantities = (list(c) for c in zip(*rows))
-    batch = pa.table({"user_id": pa.array(users, pa.string()), "product_id": pa.array(products, pa.string()), "timestamp": pa.array(stamps, pa.string()), "quantity": pa.array(quantities, pa.string())})
+    batch = pa.table(
+        {
+            "user_id": pa.array(users, pa.string()),
+            "product_id": pa.array(products, pa.string()),
+            "timestamp": pa.array(stamps, pa.string()),
+            "quantity": pa.array(quantities, pa.string()),
+        }
+    )
     out = schema.validate_log_batch(batch)
     assert out.num_rows == batch.num_rows  # every row comes out once: kept or with a reason
     reasons = out.column("reason").to_pylist()
     kept = [i for i, r in enumerate(reasons) if r is None]
-    assert set(r for r in reasons if r) <= {schema.NULL_USER_ID, schema.NULL_PRODUCT_ID, schema.BAD_TIMESTAMP, schema.TIMESTAMP_OUT_OF_RANGE, schema.BAD_QUANTITY, schema.NON_POSITIVE_QUANTITY}
+    assert set(r for r in reasons if r) <= {
+        schema.NULL_USER_ID,
+        schema.NULL_PRODUCT_ID,
+        schema.BAD_TIMESTAMP,
+        schema.TIMESTAMP_OUT_OF_RANGE,
+        schema.BAD_QUANTITY,
+        schema.NON_POSITIVE_QUANTITY,
+    }
     for i in kept:
         assert users[i] and products[i] and out.column("quantity")[i].as_py() >= 1
 
 
 def test_the_job_fails_with_one_line_on_a_corrupted_csv(tmp_path):
     path = tmp_path / "logs.csv"
-    path.write_bytes(b"user_id,product_id,timestamp\n1,2\x00\xff\xfe,\"unterminated\n" + bytes(range(256)))
-    proc = subprocess.run([sys.executable, "-m", "jobs.preprocess", "--input", str(path), "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    path.write_bytes(b'user_id,product_id,timestamp\n1,2\x00\xff\xfe,"unterminated\n' + bytes(range(256)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.preprocess", "--input", str(path), "--output", str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(path) in last, proc.stderr[-3000:]

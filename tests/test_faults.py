@@ -17,7 +17,6 @@ import urllib.request
 
 import pandas as pd
 import pytest
-
 from helpers import REPO, free_port
 
 pytestmark = pytest.mark.faults
@@ -26,7 +25,9 @@ RETRIES = 3  # the client's retry window: 3 tries, 0.5 s apart
 
 
 def post(url: str, payload: dict, timeout: float = 10.0) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.load(response)
 
@@ -41,12 +42,16 @@ def replica_names(app: str, deployment: str) -> set:
 def test_a_killed_serve_replica_loses_no_request_after_retries(ray_session, small_model_dir, capsys):
     from ray import serve
 
-    from serve.app import DEPLOYMENT_NAME
-    from serve.app import build_app
+    from serve.app import DEPLOYMENT_NAME, build_app
     from serve.launch import start, wait_until_healthy
 
     ray = ray_session
-    url = start(build_app({"model": small_model_dir, "default_at": "data_end", "min_replicas": 2, "max_replicas": 2}), host="127.0.0.1", port=free_port(), app_name="faults")
+    url = start(
+        build_app({"model": small_model_dir, "default_at": "data_end", "min_replicas": 2, "max_replicas": 2}),
+        host="127.0.0.1",
+        port=free_port(),
+        app_name="faults",
+    )
     try:
         wait_until_healthy(url, timeout_s=120)
         deadline = time.time() + 60
@@ -99,8 +104,25 @@ def test_a_killed_serve_replica_loses_no_request_after_retries(ray_session, smal
 
 
 def _sweep(data: str, output: str, resume: bool) -> subprocess.Popen:
-    command = [sys.executable, "-m", "jobs.tune_sweep", "--data", data, "--output", output, "--trials", "2", "--epochs", "1",
-               "--max-steps-per-epoch", "3", "--val-users", "20", "--batch-size", "256"] + (["--resume"] if resume else [])
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.tune_sweep",
+        "--data",
+        data,
+        "--output",
+        output,
+        "--trials",
+        "2",
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "3",
+        "--val-users",
+        "20",
+        "--batch-size",
+        "256",
+    ] + (["--resume"] if resume else [])
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}  # the log is read as it grows
     env.pop("RAY_ADDRESS", None)  # its own local cluster, as a user's laptop run
     log = open(os.path.join(output + (".resume" if resume else "") + ".log"), "w")

@@ -9,7 +9,14 @@ from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from ncf.device import default_device, use_gpu
-from ncf.model import AdvancedNCF, CategoryHierarchy, ModelConfig, MultiHeadAttention, TemporalEncoding, example_batch
+from ncf.model.advanced_ncf import (
+    AdvancedNCF,
+    CategoryHierarchy,
+    ModelConfig,
+    MultiHeadAttention,
+    TemporalEncoding,
+    example_batch,
+)
 
 SWITCHES = ["use_temporal", "use_attention", "use_hierarchy", "use_mf", "use_mlp", "use_repeat"]
 
@@ -172,10 +179,19 @@ def test_candidates_of_several_users_in_one_call_match_forward():
     with torch.no_grad():
         expected = model(batch)
         first = contexts[::per_user]
-        user = model.encode_user(batch.user[first], batch.time_parts[first], batch.history[first], batch.history_age_days[first])
+        user = model.encode_user(
+            batch.user[first], batch.time_parts[first], batch.history[first], batch.history_age_days[first]
+        )
         products = model.encode_products(batch.product, batch.department, batch.category)
-        got, weights = model.score_candidates(user, products, torch.expm1(batch.repeat[:, 0]), (1 - batch.repeat[:, 1]) * 366.0, need_weights=True)
-        _, expected_weights = model.combine(model.encode_user(batch.user, batch.time_parts, batch.history, batch.history_age_days), products, batch.repeat, need_weights=True)
+        got, weights = model.score_candidates(
+            user, products, torch.expm1(batch.repeat[:, 0]), (1 - batch.repeat[:, 1]) * 366.0, need_weights=True
+        )
+        _, expected_weights = model.combine(
+            model.encode_user(batch.user, batch.time_parts, batch.history, batch.history_age_days),
+            products,
+            batch.repeat,
+            need_weights=True,
+        )
     handle.remove()
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(weights, expected_weights, atol=1e-6, rtol=1e-5)

@@ -21,15 +21,16 @@ from typing import Dict, Set
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
-
 from conftest import SMALL_MODEL, SMALL_SPEC
 from helpers import free_port
-from ncf import batch_scoring, datasets, schema
-from ncf.examples import ExampleConfig
-from ncf.model import ModelConfig
-from ncf.model_dir import save_model_dir
-from ncf.preprocess import PreprocessConfig, preprocess
-from ncf.training import TrainConfig, best_checkpoint_weights, fit
+
+from ncf.batch import scoring as batch_scoring
+from ncf.data import datasets, schema
+from ncf.data.examples import ExampleConfig
+from ncf.data.preprocess import PreprocessConfig, preprocess
+from ncf.model.advanced_ncf import ModelConfig
+from ncf.model.directory import save_model_dir
+from ncf.train.loop import TrainConfig, best_checkpoint_weights, fit
 
 # The default (200 partitions per shuffle) adds task overhead for nothing on this small a
 # dataset; four partitions still give every shuffle several tasks to place.
@@ -81,7 +82,9 @@ def two_node_run(two_nodes, small_data, tmp_path_factory) -> Dict:
     both nodes; records the window in which its tasks started (for the state API)."""
     _, reference_stats = small_data
     root = tmp_path_factory.mktemp("two_nodes")
-    logs, catalog = datasets.write_synthetic(str(root / "raw"), datasets.SyntheticSpec(**SMALL_SPEC), users_per_file=USERS_PER_FILE)
+    logs, catalog = datasets.write_synthetic(
+        str(root / "raw"), datasets.SyntheticSpec(**SMALL_SPEC), users_per_file=USERS_PER_FILE
+    )
     recorded = reference_stats["config"]
     config = PreprocessConfig(**{**recorded, "examples": ExampleConfig(**recorded["examples"])})
     started_ms = int(time.time() * 1000)
@@ -96,7 +99,9 @@ def _task_nodes(window_ms) -> Dict[str, Set[str]]:
 
     started, ended = window_ms
     nodes: Dict[str, Set[str]] = {}
-    for task in list_tasks(filters=[("state", "=", "FINISHED")], limit=10_000, detail=True, raise_on_missing_output=False):
+    for task in list_tasks(
+        filters=[("state", "=", "FINISHED")], limit=10_000, detail=True, raise_on_missing_output=False
+    ):
         if task.node_id and task.start_time_ms and started <= task.start_time_ms <= ended:
             nodes.setdefault(task.name, set()).add(task.node_id)
     return nodes
@@ -118,7 +123,9 @@ def _canonical_rows(directory: str, partitioning=None):
     table = pads.dataset(directory, format="parquet", partitioning=partitioning).to_table()
     frame = table.to_pandas()
     for name in table.column_names:
-        if pa.types.is_list(table.schema.field(name).type) or pa.types.is_fixed_size_list(table.schema.field(name).type):
+        if pa.types.is_list(table.schema.field(name).type) or pa.types.is_fixed_size_list(
+            table.schema.field(name).type
+        ):
             frame[name] = frame[name].map(tuple)
     return frame.sort_values(list(frame.columns), kind="stable").reset_index(drop=True)
 
@@ -133,8 +140,12 @@ def test_preprocessing_on_two_nodes_uses_both_and_matches_one_node(two_node_run,
     stats, data = two_node_run["stats"], two_node_run["data"]
     assert stats["rows_in"] == stats["rows_kept"] + stats["rows_quarantined"] > 0
     assert _comparable(stats) == _comparable(reference_stats)
-    assert _canonical_rows(os.path.join(data, "examples"), "hive").equals(_canonical_rows(os.path.join(reference, "examples"), "hive"))
-    assert _canonical_rows(os.path.join(data, "user_state")).equals(_canonical_rows(os.path.join(reference, "user_state")))
+    assert _canonical_rows(os.path.join(data, "examples"), "hive").equals(
+        _canonical_rows(os.path.join(reference, "examples"), "hive")
+    )
+    assert _canonical_rows(os.path.join(data, "user_state")).equals(
+        _canonical_rows(os.path.join(reference, "user_state"))
+    )
 
     by_task = _task_nodes(two_node_run["window_ms"])
     placement = {name: sorted(node[:8] for node in nodes) for name, nodes in by_task.items()}
@@ -148,9 +159,23 @@ def test_preprocessing_on_two_nodes_uses_both_and_matches_one_node(two_node_run,
 @pytest.fixture(scope="module")
 def sharded_training(two_node_run, tmp_path_factory):
     """One short epoch of 2-worker training (sharded tables) on the two-node data."""
-    config = TrainConfig(data=two_node_run["data"], model=SMALL_MODEL, epochs=1, batch_size=256, val_users=20, max_steps_per_epoch=6, patience=5)
+    config = TrainConfig(
+        data=two_node_run["data"],
+        model=SMALL_MODEL,
+        epochs=1,
+        batch_size=256,
+        val_users=20,
+        max_steps_per_epoch=6,
+        patience=5,
+    )
     started_ms = int(time.time() * 1000)
-    result = fit(config, num_workers=2, storage_path=str(tmp_path_factory.mktemp("ray_results")), name="two_nodes", max_failures=0)
+    result = fit(
+        config,
+        num_workers=2,
+        storage_path=str(tmp_path_factory.mktemp("ray_results")),
+        name="two_nodes",
+        max_failures=0,
+    )
     return result, (started_ms, int(time.time() * 1000))
 
 
@@ -174,13 +199,23 @@ def trained_model_dir(sharded_training, two_node_run, tmp_path_factory):
     """The gathered (unsharded) weights of the 2-worker run as a model directory."""
     result, _ = sharded_training
     weights, state, _ = best_checkpoint_weights(result)
-    return save_model_dir(str(tmp_path_factory.mktemp("model") / "v1"), weights, ModelConfig.from_dict(state["model_config"]), two_node_run["data"], version="v1")
+    return save_model_dir(
+        str(tmp_path_factory.mktemp("model") / "v1"),
+        weights,
+        ModelConfig.from_dict(state["model_config"]),
+        two_node_run["data"],
+        version="v1",
+    )
 
 
-def test_batch_scoring_runs_one_actor_per_node_and_commits_every_user(trained_model_dir, two_node_run, two_nodes, tmp_path):
+def test_batch_scoring_runs_one_actor_per_node_and_commits_every_user(
+    trained_model_dir, two_node_run, two_nodes, tmp_path
+):
     data = two_node_run["data"]
     output = str(tmp_path / "scores")
-    config = batch_scoring.BatchScoreConfig(model=trained_model_dir, data=data, output=output, k=K, at="data-end", batch_size=16, cpus_per_actor=1.0)
+    config = batch_scoring.BatchScoreConfig(
+        model=trained_model_dir, data=data, output=output, k=K, at="data-end", batch_size=16, cpus_per_actor=1.0
+    )
     summary = batch_scoring.run_batch_scoring(config, log=lambda message: None)
 
     assert summary["users"] == two_node_run["stats"]["vocab_sizes"]["num_users"] - 1

@@ -12,10 +12,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from ncf import layout, schema
-from ncf.examples import ExampleConfig
-from ncf.preprocess import PreprocessConfig, preprocess
-from ncf.vocab import FEW_IDS, Vocabularies, Vocabulary
+from ncf.data import layout, schema
+from ncf.data.examples import ExampleConfig
+from ncf.data.preprocess import PreprocessConfig, preprocess
+from ncf.data.vocab import FEW_IDS, Vocabularies, Vocabulary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +32,17 @@ def test_each_bad_row_kind_gets_its_reason():
         {
             "user_id": ["u1", None, "u3", "u4", "u5", "u6", "u7", "", "u9"],
             "product_id": ["p1", "p2", None, "p4", "p5", "p6", "p7", "p8", "p9"],
-            "timestamp": ["2024-01-02T10:00:00", "2024-01-02", "2024-01-02", "not a date", "1970-01-01T00:00:01", "2024-01-02", "2024-01-02", "2024-01-02", "1704189600"],
+            "timestamp": [
+                "2024-01-02T10:00:00",
+                "2024-01-02",
+                "2024-01-02",
+                "not a date",
+                "1970-01-01T00:00:01",
+                "2024-01-02",
+                "2024-01-02",
+                "2024-01-02",
+                "1704189600",
+            ],
             "quantity": ["2", "1", "1", "1", "1", "0", "-3", "1", "abc"],
         }
     )
@@ -57,7 +67,14 @@ def test_each_bad_row_kind_gets_its_reason():
 def test_quantities_int64_cannot_hold_are_quarantined_not_wrapped():
     """Found by test_corrupt_input's fuzzing: 9.223372036854776e+18 passed as a whole number and
     the int64 cast turned it into -2**63, kept as a good row."""
-    batch = pa.table({"user_id": ["u"] * 3, "product_id": ["p"] * 3, "timestamp": ["2024-01-02"] * 3, "quantity": ["9.223372036854776e+18", "1e30", "4096"]})
+    batch = pa.table(
+        {
+            "user_id": ["u"] * 3,
+            "product_id": ["p"] * 3,
+            "timestamp": ["2024-01-02"] * 3,
+            "quantity": ["9.223372036854776e+18", "1e30", "4096"],
+        }
+    )
     table = schema.validate_log_batch(batch)
     assert table.column("reason").to_pylist() == [schema.BAD_QUANTITY, schema.BAD_QUANTITY, None]
     assert table.column("quantity").to_pylist()[2] == 4096
@@ -206,13 +223,22 @@ def test_bad_rows_land_in_quarantine_with_reasons(ray_session, tmp_path):
     ]
     path = tmp_path / "logs.csv"
     path.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(",".join(r) for r in rows) + "\n")
-    config = PreprocessConfig(examples=ExampleConfig(history_length=2, negatives_per_positive=1), val_weeks=4, test_weeks=4, train_weeks=0)
+    config = PreprocessConfig(
+        examples=ExampleConfig(history_length=2, negatives_per_positive=1), val_weeks=4, test_weeks=4, train_weeks=0
+    )
     out = str(tmp_path / "out")
     stats = preprocess(schema.resolve_files(str(path)), None, out, config)
     assert stats["rows_in"] == 11 and stats["rows_kept"] == 5 and stats["rows_quarantined"] == 6
     quarantine = pq.read_table(layout.quarantine_dir(out)).to_pandas()
     assert sorted(quarantine["reason"]) == sorted(
-        [schema.NULL_USER_ID, schema.NULL_PRODUCT_ID, schema.BAD_TIMESTAMP, schema.TIMESTAMP_OUT_OF_RANGE, schema.NON_POSITIVE_QUANTITY, schema.BAD_QUANTITY]
+        [
+            schema.NULL_USER_ID,
+            schema.NULL_PRODUCT_ID,
+            schema.BAD_TIMESTAMP,
+            schema.TIMESTAMP_OUT_OF_RANGE,
+            schema.NON_POSITIVE_QUANTITY,
+            schema.BAD_QUANTITY,
+        ]
     )
     assert stats["quarantine_by_reason"] == {r: 1 for r in quarantine["reason"]}
     assert stats["products_missing_from_catalog"] == 2  # no catalog: every product is unknown
@@ -220,7 +246,7 @@ def test_bad_rows_land_in_quarantine_with_reasons(ray_session, tmp_path):
 
 @pytest.mark.slow
 def test_a_million_synthetic_purchase_lines_go_through(ray_session, tmp_path):
-    from ncf import datasets
+    from ncf.data import datasets
 
     spec = datasets.SyntheticSpec(num_users=4_400, num_products=20_000, baskets_per_user=30.0, basket_size=8.0, seed=1)
     logs, catalog = datasets.write_synthetic(str(tmp_path / "raw"), spec)

@@ -9,15 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from ncf.evaluation import evaluate_all
-from ncf.examples import Catalog, example_columns
-from ncf.features import Batch
-from ncf.report import write_report
-from ncf.scoring import Recommender
+from ncf.data.examples import Catalog, example_columns
+from ncf.data.features import Batch
+from ncf.evaluate.evaluation import evaluate_all
+from ncf.evaluate.report import write_report
+from ncf.rank.recommender import Recommender
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -35,20 +41,43 @@ def recommender(small_model_dir):
 def test_report_renders_without_broken_images(recommender, small_data, tmp_path):
     data, _ = small_data
     rows = evaluate_all(recommender, data, max_users=15, with_als=False)
-    history = [{"epoch": 1, "train_loss": 0.9, "val_ndcg@10": 0.1, "val_recall@10": 0.08}, {"epoch": 2, "train_loss": 0.7, "val_ndcg@10": 0.12, "val_recall@10": 0.1}]
+    history = [
+        {"epoch": 1, "train_loss": 0.9, "val_ndcg@10": 0.1, "val_recall@10": 0.08},
+        {"epoch": 2, "train_loss": 0.7, "val_ndcg@10": 0.12, "val_recall@10": 0.1},
+    ]
     ablations = [{**rows[0], "model": "advanced_ncf without mf"}]
-    path = write_report(str(tmp_path / "report"), recommender, data, rows, history=history, ablations=ablations, ablations_source="runs/<ablations>.jsonl", score_users=10, households=2)
+    path = write_report(
+        str(tmp_path / "report"),
+        recommender,
+        data,
+        rows,
+        history=history,
+        ablations=ablations,
+        ablations_source="runs/<ablations>.jsonl",
+        score_users=10,
+        households=2,
+    )
     page = open(path).read()
     assert "own_frequency" in page and "without mf" in page and "because:" in page
     assert "runs/&lt;ablations&gt;.jsonl" in page  # where the ablation rows came from, escaped
 
     common = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*common, "--virtual-time-budget=5000", "--dump-dom", f"file://{path}"], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [*common, "--virtual-time-budget=5000", "--dump-dom", f"file://{path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-broken-images="0"' in dom.stdout
     assert 'data-images="3"' in dom.stdout  # metrics, training curves, score distribution
     shot = tmp_path / "report.png"
-    subprocess.run([*common, "--window-size=1200,3000", f"--screenshot={shot}", f"file://{path}"], capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [*common, "--window-size=1200,3000", f"--screenshot={shot}", f"file://{path}"],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     assert shot.stat().st_size > 50_000  # a rendered page, not a blank one
 
 
@@ -70,9 +99,13 @@ def test_explanations_are_past_purchases_weighted_by_the_models_attention(recomm
             captured.append(module.forward(*call.args, **call.kwargs)[1])
 
     products = recommender.vocabs.products
-    catalog = Catalog.build(products.column("department_index"), products.column("category_index"), np.ones(len(products)), "uniform")
+    catalog = Catalog.build(
+        products.column("department_index"), products.column("category_index"), np.ones(len(products)), "uniform"
+    )
     indices = products.index_of([item["product_id"] for item in items])
-    batch = Batch.from_columns(example_columns(timeline, user, indices, np.full(len(indices), at), catalog, model.config.history_length))
+    batch = Batch.from_columns(
+        example_columns(timeline, user, indices, np.full(len(indices), at), catalog, model.config.history_length)
+    )
     handle = model.history_attention.register_forward_hook(keep_weights, with_kwargs=True)
     try:
         with torch.no_grad():
@@ -93,11 +126,19 @@ def test_explanations_are_past_purchases_weighted_by_the_models_attention(recomm
 
 
 def test_training_history_becomes_tensorboard_scalars(tmp_path):
-    from ncf.tensorboard import write_history
+    from ncf.train.tensorboard import write_history
 
-    logdir = write_history([{"epoch": 1, "train_loss": 0.9, "val_ndcg@10": 0.3, "note": "x"}, {"epoch": 2, "train_loss": 0.7, "val_ndcg@10": 0.35}], str(tmp_path / "tb"))
+    logdir = write_history(
+        [
+            {"epoch": 1, "train_loss": 0.9, "val_ndcg@10": 0.3, "note": "x"},
+            {"epoch": 2, "train_loss": 0.7, "val_ndcg@10": 0.35},
+        ],
+        str(tmp_path / "tb"),
+    )
     (events,) = os.listdir(logdir)
     payload = open(os.path.join(logdir, events), "rb").read()
     assert events.startswith("events.out.tfevents")
-    assert payload.count(b"train/train_loss") == 2 and payload.count(b"train/val_ndcg_10") == 2  # TensorBoard tags cannot hold "@"
+    assert (
+        payload.count(b"train/train_loss") == 2 and payload.count(b"train/val_ndcg_10") == 2
+    )  # TensorBoard tags cannot hold "@"
     assert b"train/note" not in payload  # only numbers are scalars

@@ -6,16 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from ncf import layout
-from ncf.baselines import OwnFrequencyRanker, PopularityRanker, top_k
-from ncf.evaluation import evaluate_all, load_period
-from ncf.metrics import ranking_metrics
-from ncf.model import AdvancedNCF, ModelConfig
-from ncf.model_dir import save_model_dir
-from ncf.scoring import Recommender
-from ncf.vocab import Vocabularies
+from ncf.data import layout
+from ncf.data.vocab import Vocabularies
+from ncf.evaluate.baselines import OwnFrequencyRanker, PopularityRanker, top_k
+from ncf.evaluate.evaluation import evaluate_all, load_period
+from ncf.evaluate.metrics import ranking_metrics
+from ncf.model.advanced_ncf import AdvancedNCF, ModelConfig
+from ncf.model.directory import save_model_dir
+from ncf.rank.recommender import Recommender
 
-SMALL_MODEL = {"mf_embedding_dim": 16, "mlp_embedding_dim": 16, "temporal_dim": 8, "mlp_hidden_dims": [32, 16], "history_length": 8}
+SMALL_MODEL = {
+    "mf_embedding_dim": 16,
+    "mlp_embedding_dim": 16,
+    "temporal_dim": 8,
+    "mlp_hidden_dims": [32, 16],
+    "history_length": 8,
+}
 
 
 def test_ranking_metrics_by_hand():
@@ -37,7 +43,9 @@ def recommender(small_data, tmp_path_factory):
     vocabs = Vocabularies.load(layout.vocab_dir(data))
     torch.manual_seed(0)
     config = ModelConfig(**vocabs.sizes(), **SMALL_MODEL)
-    model_dir = save_model_dir(str(tmp_path_factory.mktemp("m") / "model"), AdvancedNCF(config).state_dict(), config, data)
+    model_dir = save_model_dir(
+        str(tmp_path_factory.mktemp("m") / "model"), AdvancedNCF(config).state_dict(), config, data
+    )
     return Recommender.load(model_dir)
 
 
@@ -49,7 +57,9 @@ def test_own_frequency_ranks_the_users_staples_first(recommender):
     counts = np.bincount(timeline.products, minlength=recommender.num_products)
     assert counts[top[0]] == counts.max()
     assert np.all(np.diff(counts[top]) <= 0)
-    assert top_k(PopularityRanker(recommender.popularity).scores(user, 0), 1)[0] == int(np.argmax(recommender.popularity))
+    assert top_k(PopularityRanker(recommender.popularity).scores(user, 0), 1)[0] == int(
+        np.argmax(recommender.popularity)
+    )
 
 
 def test_recommend_returns_raw_ids_and_cold_start_for_unknown_users(recommender):
@@ -123,7 +133,9 @@ def test_rank_many_equals_ranking_each_user_alone(recommender):
     raw = recommender.vocabs.users.raw_of(users[:3])
     many = recommender.recommend_items_many(raw, k=4, at=at[:3])
     alone = [recommender.recommend_items(u, 4, a) for u, a in zip(raw, at[:3])]
-    assert [[i["product_id"] for i in m["items"]] for m in many] == [[i["product_id"] for i in a["items"]] for a in alone]
+    assert [[i["product_id"] for i in m["items"]] for m in many] == [
+        [i["product_id"] for i in a["items"]] for a in alone
+    ]
 
 
 def test_kept_first_stage_lists_equal_fresh_ones(recommender, monkeypatch):
@@ -133,7 +145,7 @@ def test_kept_first_stage_lists_equal_fresh_ones(recommender, monkeypatch):
     warmed = Recommender(*parts, settings=recommender.settings)
     assert warmed.warm_first_stage(chunk=7) == len(recommender.states)
     assert warmed.warm_first_stage() == 0  # all kept already
-    monkeypatch.setattr("ncf.scoring.FIRST_STAGE_CACHE_MAX_ENTRIES", 0)
+    monkeypatch.setattr("ncf.rank.recommender.FIRST_STAGE_CACHE_MAX_ENTRIES", 0)
     fresh = Recommender(*parts, settings=recommender.settings)
     users = [int(u) for u in recommender.states.users()[:8]]
     at = [recommender.data_end - i * 3 * 86400 for i in range(len(users))]

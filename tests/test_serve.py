@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 
 import pytest
 import requests
-
 from helpers import free_port
+
 from serve.api import MAX_BATCH_USERS, MAX_BODY_BYTES, MAX_K, MAX_PRODUCT_IDS
 from serve.app import build_app
 from serve.launch import start, wait_until_healthy
@@ -43,7 +43,7 @@ def server(ray_session, small_model_dir):
 
 @pytest.fixture(scope="module")
 def recommender(small_model_dir):
-    from ncf.scoring import Recommender
+    from ncf.rank.recommender import Recommender
 
     return Recommender.load(small_model_dir)
 
@@ -92,7 +92,9 @@ def test_recommend_matches_the_scoring_core(server, recommender, users):
 
 
 def test_at_changes_the_temporal_features(server, recommender, users):
-    early = post(f"{server}/recommend", {"user_id": users[0], "at": recommender.data_end - 40 * 86400 + 3 * 3600}).json()
+    early = post(
+        f"{server}/recommend", {"user_id": users[0], "at": recommender.data_end - 40 * 86400 + 3 * 3600}
+    ).json()
     late = post(f"{server}/recommend", {"user_id": users[0], "at": "2030-06-01T15:00:00Z"}).json()
     assert early["at"] != late["at"] and late["at"].startswith("2030-06-01T15:00:00")
     assert [i["score"] for i in early["items"]] != [i["score"] for i in late["items"]]
@@ -100,14 +102,24 @@ def test_at_changes_the_temporal_features(server, recommender, users):
 
 def test_exclude_purchased_drops_past_purchases(server, recommender, users):
     user = users[0]
-    bought = set(recommender.vocabs.products.raw_of(recommender.states.timeline(int(recommender.vocabs.users.index_of([user])[0])).products_before(recommender.data_end)))
+    bought = set(
+        recommender.vocabs.products.raw_of(
+            recommender.states.timeline(int(recommender.vocabs.users.index_of([user])[0])).products_before(
+                recommender.data_end
+            )
+        )
+    )
     body = post(f"{server}/recommend", {"user_id": user, "k": 20, "exclude_purchased": True}).json()
     assert len(body["items"]) == 20 and not bought & set(ids(body["items"]))
 
 
 def test_explain_names_weighted_past_purchases(server, recommender, users):
     body = post(f"{server}/recommend", {"user_id": users[0], "k": 3, "explain": True}).json()
-    history = set(recommender.vocabs.products.raw_of(recommender.states.timeline(int(recommender.vocabs.users.index_of([users[0]])[0])).products))
+    history = set(
+        recommender.vocabs.products.raw_of(
+            recommender.states.timeline(int(recommender.vocabs.users.index_of([users[0]])[0])).products
+        )
+    )
     for item in body["items"]:
         assert item["because"], item
         assert {b["product_id"] for b in item["because"]} <= history
@@ -220,7 +232,9 @@ def test_build_app_refuses_a_missing_model_dir(tmp_path):
         build_app({"model": str(tmp_path)})
 
 
-@pytest.mark.parametrize("args, message", [({"model": "m", "candidates": 0}, "candidates"), ({"model": "m", "replicas": 2}, "replicas")])
+@pytest.mark.parametrize(
+    "args, message", [({"model": "m", "candidates": 0}, "candidates"), ({"model": "m", "replicas": 2}, "replicas")]
+)
 def test_build_app_refuses_bad_args_in_one_line(args, message):
     with pytest.raises(ValueError, match=message) as error:
         build_app(args)
@@ -229,7 +243,9 @@ def test_build_app_refuses_bad_args_in_one_line(args, message):
 
 def test_changing_candidates_reuses_the_model_without_touching_the_old_service(small_model_dir):
     old = ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir}))
-    new = ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir, "candidates": 17}), previous=old)
+    new = ModelService.load(
+        ServeSettings.from_user_config({"model_dir": small_model_dir, "candidates": 17}), previous=old
+    )
     assert new.recommender.model is old.recommender.model
     assert new.recommender.settings.candidates == 17
     assert old.recommender.settings.candidates != 17
@@ -240,7 +256,9 @@ def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_d
     one model call each, explained ones alone; every answer equals the single request's."""
     from serve.api import RecommendRequest
 
-    service = ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir, "default_at": "data_end"}))
+    service = ModelService.load(
+        ServeSettings.from_user_config({"model_dir": small_model_dir, "default_at": "data_end"})
+    )
     earlier = datetime.fromtimestamp(recommender.data_end - 7 * 86400, tz=timezone.utc)
     batch = [
         RecommendRequest(user_id=users[0], k=5),
@@ -250,6 +268,7 @@ def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_d
         RecommendRequest(user_id=users[0], k=3, explain=True),
         RecommendRequest(user_id=users[0], k=3, exclude_purchased=True),
     ]
+
     def rounded(answer: dict) -> dict:  # a batched matrix product may differ in the last bits
         return {**answer, "items": [{**item, "score": round(item["score"], 5)} for item in answer["items"]]}
 

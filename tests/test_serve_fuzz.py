@@ -6,10 +6,9 @@ import os
 
 import pytest
 import requests
+from helpers import free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from helpers import free_port
 
 pytestmark = pytest.mark.faults
 
@@ -17,22 +16,32 @@ ROUTES = ["/recommend", "/recommend/batch", "/score"]
 FIELDS = ["user_id", "user_ids", "product_ids", "k", "at", "explain", "exclude_purchased"]
 
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=40)),
-    lambda children: st.one_of(st.lists(children, max_size=8), st.dictionaries(st.text(max_size=10), children, max_size=6)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=40),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=8), st.dictionaries(st.text(max_size=10), children, max_size=6)
+    ),
     max_leaves=30,
 )
 bodies = st.one_of(
     st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6).map(json.dumps),  # right names, wrong values
     json_values.map(json.dumps),  # any JSON at all
     st.binary(max_size=300).map(lambda b: b.decode("latin-1")),  # not JSON
-    st.sampled_from([
-        "[" * 5000 + "]" * 5000,  # deep nesting
-        json.dumps({"user_id": "x" * 200_000}),  # over the body limit
-        json.dumps({"user_ids": list(range(10_000)), "k": 10}),  # too many ids
-        json.dumps({"user_id": 1, "k": 10**9}),
-        json.dumps({"user_id": 1, "at": "99999-01-01"}),
-        json.dumps({"user_id": 1, "product_ids": ["nope"] * 3}),
-    ]),
+    st.sampled_from(
+        [
+            "[" * 5000 + "]" * 5000,  # deep nesting
+            json.dumps({"user_id": "x" * 200_000}),  # over the body limit
+            json.dumps({"user_ids": list(range(10_000)), "k": 10}),  # too many ids
+            json.dumps({"user_id": 1, "k": 10**9}),
+            json.dumps({"user_id": 1, "at": "99999-01-01"}),
+            json.dumps({"user_id": 1, "product_ids": ["nope"] * 3}),
+        ]
+    ),
 )
 
 
@@ -40,25 +49,43 @@ bodies = st.one_of(
 def app(ray_session, small_model_dir):
     from ray import serve
 
-    from serve.app import DEPLOYMENT_NAME
-    from serve.app import build_app
+    from serve.app import DEPLOYMENT_NAME, build_app
     from serve.launch import start, wait_until_healthy
 
-    url = start(build_app({"model": small_model_dir, "default_at": "data_end", "min_replicas": 1, "max_replicas": 1}), host="127.0.0.1", port=free_port(), app_name="fuzz")
+    url = start(
+        build_app({"model": small_model_dir, "default_at": "data_end", "min_replicas": 1, "max_replicas": 1}),
+        host="127.0.0.1",
+        port=free_port(),
+        app_name="fuzz",
+    )
     try:
         wait_until_healthy(url, timeout_s=120)
-        (name,) = [a["name"] for a in ray_session.util.list_named_actors(all_namespaces=True) if a["name"].startswith(f"SERVE_REPLICA::fuzz#{DEPLOYMENT_NAME}#")]
-        pid = ray_session.get(ray_session.get_actor(name, namespace="serve").__ray_call__.remote(lambda self: os.getpid()))
+        (name,) = [
+            a["name"]
+            for a in ray_session.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(f"SERVE_REPLICA::fuzz#{DEPLOYMENT_NAME}#")
+        ]
+        pid = ray_session.get(
+            ray_session.get_actor(name, namespace="serve").__ray_call__.remote(lambda self: os.getpid())
+        )
         yield url, pid
     finally:
         serve.shutdown()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(route=st.sampled_from(ROUTES), body=bodies, content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"]))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    route=st.sampled_from(ROUTES),
+    body=bodies,
+    content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"]),
+)
 def test_hostile_requests_never_get_a_500(app, route, body, content_type):
     url, _ = app
-    response = requests.post(url + route, data=body.encode("utf-8", "surrogatepass"), headers={"Content-Type": content_type}, timeout=30)
+    response = requests.post(
+        url + route, data=body.encode("utf-8", "surrogatepass"), headers={"Content-Type": content_type}, timeout=30
+    )
     assert response.status_code < 500, (route, body[:200], response.status_code, response.text[:300])
     if response.status_code >= 400:
         assert response.json(), "errors carry a message"
@@ -73,8 +100,18 @@ def test_the_replica_survives_the_fuzzing_with_bounded_memory(app):
     url, replica = app
     start_rss = rss_bytes(replica)
     for _ in range(30):
-        requests.post(url + "/recommend", data=json.dumps({"user_id": "x" * 60_000}), headers={"Content-Type": "application/json"}, timeout=30)
-        requests.post(url + "/recommend/batch", data=json.dumps({"user_ids": list(range(5000))}), headers={"Content-Type": "application/json"}, timeout=30)
+        requests.post(
+            url + "/recommend",
+            data=json.dumps({"user_id": "x" * 60_000}),
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
+        requests.post(
+            url + "/recommend/batch",
+            data=json.dumps({"user_ids": list(range(5000))}),
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
     assert os.path.exists(f"/proc/{replica}")  # the same replica process, still alive
     assert requests.get(url + "/healthz", timeout=30).status_code == 200
     assert rss_bytes(replica) - start_rss < 100 * 2**20  # rejected requests leave nothing behind

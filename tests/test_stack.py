@@ -11,7 +11,9 @@ def test_embedding_bag_collection_runs_on_cpu():
         tables=[EmbeddingBagConfig(name="t", embedding_dim=4, num_embeddings=10, feature_names=["f"])],
         device=torch.device("cpu"),
     )
-    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f"], values=torch.tensor([1, 2, 3]), lengths=torch.tensor([2, 0, 1]))
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["f"], values=torch.tensor([1, 2, 3]), lengths=torch.tensor([2, 0, 1])
+    )
     pooled = ebc(kjt)["f"]
     weight = ebc.embedding_bags["t"].weight
     assert pooled.shape == (3, 4)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from ncf.examples import Catalog, ExampleConfig, draw_negatives, user_examples
-from ncf.features import NEVER_BOUGHT_DAYS
-from ncf.timeline import UserTimeline
+from ncf.data.examples import Catalog, ExampleConfig, draw_negatives, user_examples
+from ncf.data.features import NEVER_BOUGHT_DAYS
+from ncf.data.timeline import UserTimeline
 
 DAY = 86_400
 
@@ -62,7 +62,9 @@ def test_negatives_never_come_from_the_same_basket():
 def test_user_examples_splits_and_labels():
     group = {"user": np.full(5, 3), "product": np.array([7, 5, 5, 9, 5]), "ts": np.array([1, 1, 2, 4, 4]) * DAY}
     catalog = Catalog.build(np.arange(12) % 3, np.arange(12), np.ones(12), "uniform")
-    table = user_examples(group, ExampleConfig(history_length=3, negatives_per_positive=2), catalog, 0, 2 * DAY, 4 * DAY)
+    table = user_examples(
+        group, ExampleConfig(history_length=3, negatives_per_positive=2), catalog, 0, 2 * DAY, 4 * DAY
+    )
     frame = table.to_pandas()
     positives = frame[frame.label == 1]
     assert positives.split.tolist().count("train") == 2 and positives.split.tolist().count("val") == 1

@@ -11,12 +11,11 @@ import time
 import pandas as pd
 import pytest
 import requests
-
-from ncf.model_dir import read_config
-from ncf.scoring import Recommender
-from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower, search_space
-
 from helpers import REPO, free_ports
+
+from ncf.model.directory import read_config
+from ncf.rank.recommender import Recommender
+from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower, search_space
 
 
 @pytest.fixture
@@ -27,15 +26,40 @@ def head_node():
     # holds the defaults, and a dashboard agent that cannot bind leaves no agent to take jobs.
     gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics = free_ports(7)
     temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ,
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     env.pop("RAY_ADDRESS", None)
     command = [
-        os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
-        "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", "2",
-        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-        "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
-        "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env),
-        "--metrics-export-port", str(metrics), "--temp-dir", temp_dir, "--disable-usage-stats",
+        os.path.join(os.path.dirname(sys.executable), "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(gcs),
+        "--num-cpus",
+        "2",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dashboard),
+        "--ray-client-server-port",
+        str(client),
+        "--dashboard-agent-listen-port",
+        str(agent),
+        "--dashboard-agent-grpc-port",
+        str(agent_grpc),
+        "--runtime-env-agent-port",
+        str(runtime_env),
+        "--metrics-export-port",
+        str(metrics),
+        "--temp-dir",
+        temp_dir,
+        "--disable-usage-stats",
     ]
     log = open(os.path.join(temp_dir, "ray_start.log"), "w")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -65,8 +89,9 @@ def head_node():
 
 
 def test_search_space_points_are_valid_models():
-    from ncf.model import ModelConfig
     from ray.tune.search.sample import Categorical
+
+    from ncf.model.advanced_ncf import ModelConfig
 
     limits = {"history_length": 8, "negatives_per_positive": 3}
     space = search_space(limits)
@@ -76,7 +101,9 @@ def test_search_space_points_are_valid_models():
     dims = [c for name in ("mf_embedding_dim", "mlp_embedding_dim") for c in space[name].categories]
     for heads in space["num_heads"].categories:
         for dim in dims:  # every combination builds
-            ModelConfig(num_users=2, num_products=2, num_departments=2, num_categories=2, mlp_embedding_dim=dim, num_heads=heads)
+            ModelConfig(
+                num_users=2, num_products=2, num_departments=2, num_categories=2, mlp_embedding_dim=dim, num_heads=heads
+            )
     default = default_point(limits)
     for name, domain in space.items():
         if isinstance(domain, Categorical):
@@ -89,12 +116,36 @@ def test_sweep_submitted_with_ray_job_submit(head_node, small_data, tmp_path):
     data, _ = small_data
     sweep = tmp_path / "sweep"
     submit = [
-        os.path.join(os.path.dirname(sys.executable), "ray"), "job", "submit", "--address", address, "--working-dir", REPO, "--",
-        "python", "-m", "jobs.tune_sweep", "--data", data, "--output", str(sweep), "--trials", "2", "--epochs", "1",
-        "--max-steps-per-epoch", "3", "--val-users", "20", "--batch-size", "256",
+        os.path.join(os.path.dirname(sys.executable), "ray"),
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        REPO,
+        "--",
+        "python",
+        "-m",
+        "jobs.tune_sweep",
+        "--data",
+        data,
+        "--output",
+        str(sweep),
+        "--trials",
+        "2",
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "3",
+        "--val-users",
+        "20",
+        "--batch-size",
+        "256",
     ]
     for _ in range(12):  # the dashboard answers before the node's job agent registers
-        done = subprocess.run(submit, env={**env, "RAY_AUTH_MODE": "token"}, cwd=REPO, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            submit, env={**env, "RAY_AUTH_MODE": "token"}, cwd=REPO, capture_output=True, text=True, timeout=600
+        )
         if "No available agent" not in done.stderr + done.stdout:
             break
         time.sleep(5)

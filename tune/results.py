@@ -19,9 +19,9 @@ from typing import Dict, List
 import numpy as np
 import pandas as pd
 
-from ncf.model import ModelConfig
-from ncf.model_dir import save_model_dir
-from ncf.training import VAL_METRIC, read_checkpoint
+from ncf.model.advanced_ncf import ModelConfig
+from ncf.model.directory import save_model_dir
+from ncf.train.loop import VAL_METRIC, read_checkpoint
 from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower
 from tune.settings import SweepSettings
 
@@ -40,16 +40,18 @@ def _trial_row(result, default: Dict) -> Dict:
         row.update({BEST: np.nan, "best_epoch": np.nan, "epochs": 0, CHECKPOINT_PATH: None})
         return row
     best = history.loc[history[VAL_METRIC].idxmax()]
-    row.update({
-        BEST: float(best[VAL_METRIC]),
-        "best_epoch": int(best["epoch"]),
-        "val_recall@10": float(best.get("val_recall@10", np.nan)),
-        "epochs": int(history["epoch"].max()),
-        "train_loss": float(history["train_loss"].iloc[-1]),
-        "examples_per_s": float(history["examples_per_s"].mean()),
-        "seconds": float(history["time_total_s"].max()) if "time_total_s" in history else np.nan,
-        CHECKPOINT_PATH: best.get(CHECKPOINT_PATH),
-    })
+    row.update(
+        {
+            BEST: float(best[VAL_METRIC]),
+            "best_epoch": int(best["epoch"]),
+            "val_recall@10": float(best.get("val_recall@10", np.nan)),
+            "epochs": int(history["epoch"].max()),
+            "train_loss": float(history["train_loss"].iloc[-1]),
+            "examples_per_s": float(history["examples_per_s"].mean()),
+            "seconds": float(history["time_total_s"].max()) if "time_total_s" in history else np.nan,
+            CHECKPOINT_PATH: best.get(CHECKPOINT_PATH),
+        }
+    )
     return row
 
 
@@ -106,7 +108,16 @@ def plot_sweep(table: pd.DataFrame, path: str) -> str:
         if not done.empty:
             ax.scatter(done[name].iloc[:1], done[BEST].iloc[:1], color="tab:red", marker="*", s=200, label="best")
         # A ring, so that it stays visible when the defaults are also the best.
-        ax.scatter(default[name], default[BEST], facecolors="none", edgecolors="tab:orange", linewidths=2, s=260, label="defaults", zorder=3)
+        ax.scatter(
+            default[name],
+            default[BEST],
+            facecolors="none",
+            edgecolors="tab:orange",
+            linewidths=2,
+            s=260,
+            label="defaults",
+            zorder=3,
+        )
         if name == "learning_rate":
             ax.set_xscale("log")
         ax.set_xlabel(name)

@@ -19,9 +19,9 @@ import dataclasses
 import json
 from typing import Dict, List
 
-from ncf import layout
-from ncf.model import ModelConfig
-from ncf.training import TrainConfig
+from ncf.data import layout
+from ncf.model.advanced_ncf import ModelConfig
+from ncf.train.loop import TrainConfig
 
 EMBEDDING_DIMS = [16, 32, 64, 128]
 HEADS = [1, 2, 4]  # divide every EMBEDDING_DIMS entry
@@ -34,8 +34,16 @@ LEARNING_RATE = (3e-4, 1e-2)
 DROPOUT = (0.0, 0.3)
 
 SEARCHED = [
-    "mf_embedding_dim", "mlp_embedding_dim", "mlp_depth", "mlp_width", "temporal_dim",
-    "num_heads", "history_length", "learning_rate", "dropout", "negatives_per_positive",
+    "mf_embedding_dim",
+    "mlp_embedding_dim",
+    "mlp_depth",
+    "mlp_width",
+    "temporal_dim",
+    "num_heads",
+    "history_length",
+    "learning_rate",
+    "dropout",
+    "negatives_per_positive",
 ]
 
 
@@ -44,7 +52,10 @@ def data_limits(data: str) -> Dict[str, int]:
     can train on fewer, never on more."""
     with open(layout.stats_path(data)) as f:
         examples = json.load(f)["config"]["examples"]
-    return {"history_length": int(examples["history_length"]), "negatives_per_positive": int(examples["negatives_per_positive"])}
+    return {
+        "history_length": int(examples["history_length"]),
+        "negatives_per_positive": int(examples["negatives_per_positive"]),
+    }
 
 
 def _capped(choices: List[int], limit: int) -> List[int]:

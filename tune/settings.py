@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ncf.schema import InputError
+from ncf.errors import InputError
 
 
 @dataclass

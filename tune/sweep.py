@@ -19,8 +19,8 @@ from typing import Optional
 
 import pandas as pd
 
-from ncf.schema import InputError
-from ncf.training import VAL_METRIC
+from ncf.errors import InputError
+from ncf.train.loop import VAL_METRIC
 from tune.results import export_best, plot_sweep, results_table, write_results
 from tune.search_space import data_limits, default_point, search_space
 from tune.settings import SweepSettings
@@ -112,11 +112,15 @@ def finished_trials(grid) -> int:
 def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
     """Runs (or resumes) the sweep; writes the results, the plot and ``best/``; returns the table."""
     if not resume and os.path.exists(os.path.join(settings.tune_dir, "sweep")):
-        raise InputError(f"{settings.output} already holds a sweep: pass --resume to continue it, or pick a new --output")
+        raise InputError(
+            f"{settings.output} already holds a sweep: pass --resume to continue it, or pick a new --output"
+        )
     grid = _tuner(settings, resume).fit()
     finished = finished_trials(grid)
     if finished < settings.trials:  # Tune returns normally after Ctrl-C, with its state saved
-        raise SweepInterrupted(f"sweep interrupted with {finished} of {settings.trials} trials finished; continue it with --resume")
+        raise SweepInterrupted(
+            f"sweep interrupted with {finished} of {settings.trials} trials finished; continue it with --resume"
+        )
     table = results_table(grid, settings.data)
     write_results(table, settings.output)
     plot_sweep(table, os.path.join(settings.output, "sweep.png"))

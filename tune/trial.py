@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from ncf.training import TrainConfig, fit
+from ncf.train.loop import TrainConfig, fit
 from tune.search_space import to_train_config
 from tune.settings import SweepSettings
 

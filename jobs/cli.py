@@ -6,7 +6,7 @@ import os
 import sys
 from contextlib import contextmanager
 
-from ncf.schema import InputError
+from ncf.errors import InputError
 
 
 def init_ray(num_cpus: int | None = None) -> None:

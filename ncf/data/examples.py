@@ -13,12 +13,11 @@ from typing import Dict
 import numpy as np
 import pyarrow as pa
 
-from ncf import features as F
-from ncf.timeline import UserTimeline
+from ncf.data import features as F
+from ncf.data.schema import TS
+from ncf.data.timeline import UserTimeline
+from ncf.splits import SPLIT, TEST, TRAIN, VAL
 
-SPLIT = "split"
-TS = "ts"
-TRAIN, VAL, TEST = "train", "val", "test"
 SAMPLING_MODES = ("uniform", "popularity")
 
 
@@ -79,7 +78,9 @@ def split_of(ts: np.ndarray, train_start: int, val_start: int, test_start: int) 
     return np.where(ts >= test_start, TEST, np.where(ts >= val_start, VAL, np.where(ts >= train_start, TRAIN, OLDER)))
 
 
-def draw_negatives(timeline: UserTimeline, at: np.ndarray, config: ExampleConfig, catalog: Catalog, rng: np.random.Generator) -> np.ndarray:
+def draw_negatives(
+    timeline: UserTimeline, at: np.ndarray, config: ExampleConfig, catalog: Catalog, rng: np.random.Generator
+) -> np.ndarray:
     """One negative product per moment in ``at``; -1 where no valid negative was found.
 
     A negative is never a product the user bought in that same basket.
@@ -87,7 +88,9 @@ def draw_negatives(timeline: UserTimeline, at: np.ndarray, config: ExampleConfig
     n = len(at)
     distinct = timeline.distinct_before(at)
     own = (rng.random(n) < config.own_negative_share) & (distinct > 0)
-    picked = timeline.first_products[np.minimum((rng.random(n) * distinct).astype(np.int64), max(len(timeline.first_products) - 1, 0))]
+    picked = timeline.first_products[
+        np.minimum((rng.random(n) * distinct).astype(np.int64), max(len(timeline.first_products) - 1, 0))
+    ]
     negatives = np.where(own, picked, catalog.sample(rng, n))
     for _ in range(3):
         clash = timeline.bought_at(negatives, at)
@@ -98,7 +101,14 @@ def draw_negatives(timeline: UserTimeline, at: np.ndarray, config: ExampleConfig
     return negatives
 
 
-def sampling_log_q(timeline: UserTimeline, product: np.ndarray, at: np.ndarray, repeat_count: np.ndarray, config: ExampleConfig, catalog: Catalog) -> np.ndarray:
+def sampling_log_q(
+    timeline: UserTimeline,
+    product: np.ndarray,
+    at: np.ndarray,
+    repeat_count: np.ndarray,
+    config: ExampleConfig,
+    catalog: Catalog,
+) -> np.ndarray:
     """log q(product | user, moment) under :func:`draw_negatives`'s sampler.
 
     Training subtracts it from the logits (the "logQ" correction of sampled training), so the
@@ -112,8 +122,10 @@ def sampling_log_q(timeline: UserTimeline, product: np.ndarray, at: np.ndarray, 
     return np.log(np.maximum(q, 1e-12)).astype(np.float32)
 
 
-def example_columns(timeline: UserTimeline, user: int, product: np.ndarray, at: np.ndarray, catalog: Catalog, history_length: int) -> Dict[str, np.ndarray]:
-    """Model input columns for (user, product, moment) rows; see :mod:`ncf.features`."""
+def example_columns(
+    timeline: UserTimeline, user: int, product: np.ndarray, at: np.ndarray, catalog: Catalog, history_length: int
+) -> Dict[str, np.ndarray]:
+    """Model input columns for (user, product, moment) rows; see :mod:`ncf.data.features`."""
     history, ages = timeline.history(at, history_length)
     count, days = timeline.repeat_stats(product, at)
     columns = {
@@ -131,7 +143,12 @@ def example_columns(timeline: UserTimeline, user: int, product: np.ndarray, at: 
 
 
 def user_examples(
-    group: Dict[str, np.ndarray], config: ExampleConfig, catalog: Catalog, train_start: int, val_start: int, test_start: int
+    group: Dict[str, np.ndarray],
+    config: ExampleConfig,
+    catalog: Catalog,
+    train_start: int,
+    val_start: int,
+    test_start: int,
 ) -> pa.Table:
     """All examples of one user: every purchase since ``train_start`` as a positive (with its
     split) and ``negatives_per_positive`` negatives per training purchase."""

@@ -23,12 +23,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
-from ncf import features as F
-from ncf import layout
-from ncf.baselines import ALSRanker, OwnFrequencyRanker, PopularityRanker, Ranker, top_k
-from ncf.examples import TEST, VAL
-from ncf.metrics import ranking_metrics
-from ncf.user_state import UserStates
+from ncf.data import features as F
+from ncf.data import layout
+from ncf.data.user_state import UserStates
+from ncf.evaluate.baselines import ALSRanker, OwnFrequencyRanker, PopularityRanker, Ranker, top_k
+from ncf.evaluate.metrics import ranking_metrics
+from ncf.splits import TEST, VAL
 
 K = 10
 MRR_DEPTH = 100
@@ -81,12 +81,16 @@ def sample_users(users: np.ndarray, max_users: Optional[int], seed: int = 0) -> 
 
 
 def full_ranking(rank: RankFn, period: Period, users: np.ndarray) -> Dict[str, float]:
-    rows = [ranking_metrics(rank(int(u), period.first_visit[int(u)], MRR_DEPTH), period.truth[int(u)], K) for u in users]
+    rows = [
+        ranking_metrics(rank(int(u), period.first_visit[int(u)], MRR_DEPTH), period.truth[int(u)], K) for u in users
+    ]
     means = pd.DataFrame(rows).mean()
     return {f"recall@{K}": means["recall"], f"ndcg@{K}": means["ndcg"], f"hr@{K}": means["hr"], "mrr": means["mrr"]}
 
 
-def sampled_ranking(score: ScoreFn, period: Period, users: np.ndarray, states: UserStates, num_products: int, seed: int = 0) -> Dict[str, float]:
+def sampled_ranking(
+    score: ScoreFn, period: Period, users: np.ndarray, states: UserStates, num_products: int, seed: int = 0
+) -> Dict[str, float]:
     hits, ndcgs = [], []
     for u in users:
         u = int(u)
@@ -129,14 +133,23 @@ def evaluate(
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
 
 
-def baselines(states: UserStates, popularity: np.ndarray, num_users: int, at: int, with_als: bool = True) -> List[Ranker]:
+def baselines(
+    states: UserStates, popularity: np.ndarray, num_users: int, at: int, with_als: bool = True
+) -> List[Ranker]:
     rankers: List[Ranker] = [PopularityRanker(popularity), OwnFrequencyRanker(states, popularity)]
     if with_als:
         rankers.append(ALSRanker(states, num_users, len(popularity), at))
     return rankers
 
 
-def evaluate_all(recommender, data: str, split: str = TEST, max_users: Optional[int] = None, with_baselines: bool = True, with_als: bool = True) -> List[Dict]:
+def evaluate_all(
+    recommender,
+    data: str,
+    split: str = TEST,
+    max_users: Optional[int] = None,
+    with_baselines: bool = True,
+    with_als: bool = True,
+) -> List[Dict]:
     """The model, then each baseline, on the same users of the same period."""
     with open(layout.stats_path(data)) as f:
         boundaries = json.load(f)["boundaries"]

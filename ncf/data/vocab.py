@@ -6,7 +6,6 @@ data: nothing is unpickled to load it.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -40,7 +39,9 @@ class Vocabulary:
     _raw_ids: Optional[List] = field(default=None, init=False, repr=False, compare=False)
 
     @staticmethod
-    def from_ids(ids: Sequence[str] | pa.Array, kind: str = "str", extra: Dict[str, Sequence] | None = None) -> "Vocabulary":
+    def from_ids(
+        ids: Sequence[str] | pa.Array, kind: str = "str", extra: Dict[str, Sequence] | None = None
+    ) -> "Vocabulary":
         array = pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids.cast(pa.string())
         if array.null_count:
             raise ValueError("vocabulary ids must not be null")
@@ -59,7 +60,11 @@ class Vocabulary:
                 self._index_by_id = {s: i for i, s in enumerate(self.ids.to_pylist(), start=1)}
             find = self._index_by_id.get
             return np.array([UNKNOWN_INDEX if r is None else find(str(r), UNKNOWN_INDEX) for r in raw], dtype=np.int64)
-        array = raw if isinstance(raw, (pa.Array, pa.ChunkedArray)) else pa.array([None if r is None else str(r) for r in raw], pa.string())
+        array = (
+            raw
+            if isinstance(raw, (pa.Array, pa.ChunkedArray))
+            else pa.array([None if r is None else str(r) for r in raw], pa.string())
+        )
         if array.type != pa.string():
             array = pc.cast(array, pa.string())
         position = pc.index_in(array, value_set=self.ids)
@@ -97,7 +102,9 @@ class Vocabulary:
         if table.column("index").to_pylist() != list(range(1, table.num_rows + 1)):
             raise ValueError(f"{path}: vocabulary indices are not 1..N")
         kind = (table.schema.metadata or {}).get(b"kind", b"str").decode()
-        extra = {name: table.column(name).combine_chunks() for name in table.column_names if name not in ("index", "id")}
+        extra = {
+            name: table.column(name).combine_chunks() for name in table.column_names if name not in ("index", "id")
+        }
         return Vocabulary(table.column("id").combine_chunks(), kind, extra)
 
 
@@ -129,12 +136,3 @@ class Vocabularies:
             "num_departments": len(self.departments),
             "num_categories": len(self.categories),
         }
-
-
-def write_json(path: str, payload: Dict) -> None:
-    """Writes JSON atomically (a reader never sees half a file)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)

@@ -23,6 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ncf.errors import InputError
+
 USER_ID = "user_id"
 PRODUCT_ID = "product_id"
 TIMESTAMP = "timestamp"
@@ -49,10 +51,6 @@ REASONS = (NULL_USER_ID, NULL_PRODUCT_ID, BAD_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE,
 # Timestamps outside this window are data errors (epoch 0, year 9999, milliseconds read as seconds).
 DEFAULT_MIN_TS = int(pd.Timestamp("1990-01-01", tz="UTC").timestamp())
 DEFAULT_MAX_TS = int(pd.Timestamp("2100-01-01", tz="UTC").timestamp())
-
-
-class InputError(Exception):
-    """Bad input that stops a job: the message is one line naming the file and what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +173,11 @@ def validate_log_batch(batch: pa.Table, min_ts: int = DEFAULT_MIN_TS, max_ts: in
         (BAD_TIMESTAMP, ~np.isfinite(seconds)),
         (TIMESTAMP_OUT_OF_RANGE, np.isfinite(seconds) & ((seconds < min_ts) | (seconds > max_ts))),
         # Not a whole number, or one int64 cannot hold (the cast below would wrap it around).
-        (BAD_QUANTITY, ~np.isfinite(quantity) | (np.isfinite(quantity) & ((quantity != np.round(quantity)) | (np.abs(quantity) >= 2.0**63)))),
+        (
+            BAD_QUANTITY,
+            ~np.isfinite(quantity)
+            | (np.isfinite(quantity) & ((quantity != np.round(quantity)) | (np.abs(quantity) >= 2.0**63))),
+        ),
         (NON_POSITIVE_QUANTITY, np.isfinite(quantity) & (quantity <= 0)),
     ]
     reason = np.full(n, None, dtype=object)

@@ -1,7 +1,7 @@
 """Nightly batch scoring: the top-K products of every user, with Ray Data, committed atomically.
 
 Every user of the data's vocabulary goes through ``map_batches`` on a pool of actors, each of
-which loads :class:`ncf.scoring.Recommender` once and ranks with ``rank_many`` (equal to
+which loads :class:`ncf.rank.recommender.Recommender` once and ranks with ``rank_many`` (equal to
 ``rank_indices`` user by user, in one model call per chunk of users): the same two-stage
 ranking, settings and cold start as the Serve endpoint. Each actor writes the Parquet part of
 its batch and returns counts, so the driver reports progress as parts land.
@@ -47,11 +47,13 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from ncf import layout
-from ncf.model_dir import read_config
-from ncf.schema import InputError
-from ncf.scoring import Recommender, to_epoch_seconds
-from ncf.vocab import Vocabulary, write_json
+from ncf.data import layout
+from ncf.data.vocab import Vocabulary
+from ncf.errors import InputError
+from ncf.jsonio import write_json
+from ncf.model.directory import read_config
+from ncf.moments import resolve_at, run_date_of
+from ncf.rank.recommender import Recommender
 
 SUCCESS = "_SUCCESS"
 TMP = "_tmp"
@@ -105,29 +107,6 @@ def _log(message: str) -> None:
 # -- the moment scored and where it goes ---------------------------------------------------------
 
 
-def resolve_at(at, data_end: int, now: Optional[float] = None) -> int:
-    """``--at`` -> epoch seconds.
-
-    Example::
-
-        resolve_at("2017-11-27", data_end=0)  # 1511740800 (midnight UTC)
-        resolve_at("data-end", data_end=1511755281)  # 1511755281
-    """
-    if at is None or at == "now":
-        return int(time.time() if now is None else now)
-    if at == "data-end":
-        return int(data_end)
-    try:
-        return to_epoch_seconds(at)
-    except (ValueError, TypeError) as e:
-        raise InputError(f"--at {at!r}: not an ISO date or datetime, 'now' or 'data-end' ({e})") from None
-
-
-def run_date_of(at: int) -> str:
-    """The partition date of a moment (UTC): ``run_date_of(1511755281) == "2017-11-27"``."""
-    return pd.Timestamp(at, unit="s", tz="UTC").strftime("%Y-%m-%d")
-
-
 def partition_dir(output: str, run_date: str) -> str:
     return os.path.join(output, f"{PARTITION_KEY}={run_date}")
 
@@ -161,7 +140,9 @@ def read_users(data: str) -> pa.Table:
     """Every user of the data's vocabulary: ``position`` (vocabulary index, names the parts) and
     ``user_id`` (raw id, typed as in the input logs)."""
     vocab = Vocabulary.load(_users_path(data))
-    return pa.table({"position": pa.array(np.arange(1, len(vocab), dtype=np.int64)), "user_id": typed_ids(vocab, vocab.ids)})
+    return pa.table(
+        {"position": pa.array(np.arange(1, len(vocab), dtype=np.int64)), "user_id": typed_ids(vocab, vocab.ids)}
+    )
 
 
 def _users_path(data: str) -> str:
@@ -322,7 +303,7 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple
 
 def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _log) -> Dict:
     """Scores every user of ``config.data`` and commits ``OUT/run_date=D``; returns the summary
-    (the ``_SUCCESS`` content). Needs Ray initialised (``ncf.cli.init_ray``)."""
+    (the ``_SUCCESS`` content). Needs Ray initialised (``jobs.cli.init_ray``)."""
     import ray
 
     started = time.time()
@@ -331,7 +312,9 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
     run_date = run_date_of(at)
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
     users = read_users(config.data)
-    unknown = int((Vocabulary.load(os.path.join(model, "vocab", "users.parquet")).index_of(users.column("user_id")) == 0).sum())
+    unknown = int(
+        (Vocabulary.load(os.path.join(model, "vocab", "users.parquet")).index_of(users.column("user_id")) == 0).sum()
+    )
     if unknown:
         log(f"{unknown:,} users are unknown to the model: they get the cold-start ranking")
     for path in clean_stale(output, run_date, now=started):
@@ -350,7 +333,14 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
     )
     results = ray.data.from_arrow(blocks).map_batches(
         ScoreBatch,
-        fn_constructor_kwargs={"model": model, "stage": stage, "k": config.k, "at": at, "scored_at": int(started), "use_gpu": bool(gpus)},
+        fn_constructor_kwargs={
+            "model": model,
+            "stage": stage,
+            "k": config.k,
+            "at": at,
+            "scored_at": int(started),
+            "use_gpu": bool(gpus),
+        },
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -378,7 +368,10 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
         "steady_users_per_s": round(steady, 1),
     }
     final = _commit(output, stage, run_date, run_id, manifest)
-    log(f"done: {manifest['users']:,} users scored, {rows:,} rows written in {manifest['seconds']} s ({manifest['users_per_s']} users/s) -> {final}")
+    log(
+        f"done: {manifest['users']:,} users scored, {rows:,} rows written in "
+        f"{manifest['seconds']} s ({manifest['users_per_s']} users/s) -> {final}"
+    )
     return manifest
 
 
@@ -394,7 +387,10 @@ def _collect(results, total_users: int, every_s: float, log: Callable[[str], Non
         first = first or (now, done)
         if last is None or now - last >= every_s or done == total_users:
             rate = done / max(now - started, 1e-9)
-            log(f"progress: {done:,}/{total_users:,} users ({100 * done / max(total_users, 1):.1f}%), {rate:.1f} users/s")
+            log(
+                f"progress: {done:,}/{total_users:,} users "
+                f"({100 * done / max(total_users, 1):.1f}%), {rate:.1f} users/s"
+            )
             last = now
     steady = (done - first[1]) / max(time.time() - first[0], 1e-9) if first and done > first[1] else 0.0
     return reported, steady
@@ -437,7 +433,11 @@ def verify_partition(output: str, run_date: str, data: str, sample: int = 20, se
     expected_users = set(read_users(data).column("user_id").to_pylist())
     per_user = frame.groupby("user_id", sort=False)
     counts = per_user.size()
-    ranks_ok = bool((frame["rank"].to_numpy() == np.tile(np.arange(1, k + 1), len(counts))).all()) if len(frame) == len(counts) * k else False
+    ranks_ok = (
+        bool((frame["rank"].to_numpy() == np.tile(np.arange(1, k + 1), len(counts))).all())
+        if len(frame) == len(counts) * k
+        else False
+    )
     scores = frame["score"].to_numpy().reshape(-1, k) if len(frame) == len(counts) * k else np.zeros((0, k))
     checks = {
         "users": int(len(counts)),
@@ -450,7 +450,9 @@ def verify_partition(output: str, run_date: str, data: str, sample: int = 20, se
     }
     recommender = Recommender.load(manifest["model"])
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(np.array(sorted(expected_users), dtype=object), size=min(sample, len(expected_users)), replace=False).tolist()
+    chosen = rng.choice(
+        np.array(sorted(expected_users), dtype=object), size=min(sample, len(expected_users)), replace=False
+    ).tolist()
     expected = recommender.recommend(chosen, k=k, at=manifest["at_epoch_s"])
     job = {u: g["product_id"].tolist() for u, g in frame[frame["user_id"].isin(chosen)].groupby("user_id", sort=False)}
     matches = sum(job.get(u) == e for u, e in zip(chosen, expected))

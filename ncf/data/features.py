@@ -8,21 +8,19 @@ ranking) and by :func:`ncf.model.example_batch` (tests and benchmarks).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Dict, Mapping
+from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
 import torch
+
+from ncf.moments import SECONDS_PER_DAY, TIME_PARTS, time_parts_of  # noqa: F401  (re-exported column names)
 
 # Columns of one example, as written by preprocessing.
 USER = "user"
 PRODUCT = "product"
 DEPARTMENT = "department"
 CATEGORY = "category"
-HOUR = "hour"
-DAY_OF_WEEK = "day_of_week"
-DAY_OF_YEAR = "day_of_year"
-MONTH = "month"
 HISTORY = "history"  # previous purchases, most recent first, 0 = padding
 HISTORY_AGE_DAYS = "history_age_days"  # days between each history purchase and the event
 REPEAT_COUNT = "repeat_count"  # how often the user bought this product before the event
@@ -30,10 +28,21 @@ DAYS_SINCE = "days_since"  # days since the user last bought it; NEVER_BOUGHT_DA
 LABEL = "label"
 SAMPLING_LOG_Q = "sampling_log_q"  # log-probability of the product under the negative sampler
 
-TIME_PARTS = (HOUR, DAY_OF_WEEK, DAY_OF_YEAR, MONTH)
-MODEL_COLUMNS = (USER, PRODUCT, DEPARTMENT, CATEGORY, *TIME_PARTS, HISTORY, HISTORY_AGE_DAYS, REPEAT_COUNT, DAYS_SINCE, LABEL, SAMPLING_LOG_Q)
+MODEL_COLUMNS = (
+    USER,
+    PRODUCT,
+    DEPARTMENT,
+    CATEGORY,
+    *TIME_PARTS,
+    HISTORY,
+    HISTORY_AGE_DAYS,
+    REPEAT_COUNT,
+    DAYS_SINCE,
+    LABEL,
+    SAMPLING_LOG_Q,
+)
 NEVER_BOUGHT_DAYS = 366.0
-SECONDS_PER_DAY = 86_400.0
+
 
 @dataclass
 class Batch:
@@ -131,20 +140,6 @@ def repeat_features(repeat_count: torch.Tensor, days_since: torch.Tensor) -> tor
     """B x 2: log-scaled purchase count and a recency in [0, 1] (1 = bought today, 0 = never)."""
     recency = 1.0 - days_since.clamp(0, NEVER_BOUGHT_DAYS) / NEVER_BOUGHT_DAYS
     return torch.stack([torch.log1p(repeat_count), recency], dim=1)
-
-
-def time_parts_of(epoch_seconds: np.ndarray) -> Dict[str, np.ndarray]:
-    """Hour (0-23), day of week (0 = Monday), day of year (0-365) and month (1-12), in UTC."""
-    ts = np.asarray(epoch_seconds, dtype="int64").astype("datetime64[s]")
-    days = ts.astype("datetime64[D]")
-    years = ts.astype("datetime64[Y]")
-    months = ts.astype("datetime64[M]")
-    return {
-        HOUR: ((ts - days).astype("int64") // 3600).astype("int64"),
-        DAY_OF_WEEK: ((days.astype("int64") + 3) % 7).astype("int64"),  # 1970-01-01 was a Thursday
-        DAY_OF_YEAR: (days - years.astype("datetime64[D]")).astype("int64"),
-        MONTH: (months - years.astype("datetime64[M]")).astype("int64") + 1,
-    }
 
 
 def _stack(col: np.ndarray | torch.Tensor | list) -> np.ndarray | torch.Tensor:

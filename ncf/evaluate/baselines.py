@@ -16,8 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from ncf.user_state import UserStates
-from ncf.vocab import UNKNOWN_INDEX
+from ncf.data.user_state import UserStates
+from ncf.data.vocab import UNKNOWN_INDEX
 
 
 class Ranker(Protocol):
@@ -62,7 +62,16 @@ class OwnFrequencyRanker:
 class ALSRanker:
     name = "als"
 
-    def __init__(self, states: UserStates, num_users: int, num_products: int, at: int, factors: int = 128, iterations: int = 15, seed: int = 0) -> None:
+    def __init__(
+        self,
+        states: UserStates,
+        num_users: int,
+        num_products: int,
+        at: int,
+        factors: int = 128,
+        iterations: int = 15,
+        seed: int = 0,
+    ) -> None:
         from implicit.als import AlternatingLeastSquares
         from implicit.nearest_neighbours import bm25_weight
 

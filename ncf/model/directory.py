@@ -21,11 +21,10 @@ from typing import Dict, Optional
 
 import torch
 
-from ncf import layout
-from ncf.model import AdvancedNCF, ModelConfig
-from ncf.scoring import RankingSettings, Recommender
-from ncf.user_state import UserStates
-from ncf.vocab import Vocabularies, write_json
+from ncf.data import layout
+from ncf.data.vocab import Vocabularies
+from ncf.jsonio import write_json
+from ncf.model.advanced_ncf import AdvancedNCF, ModelConfig
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -40,7 +39,7 @@ def save_model_dir(
     data: str,
     metrics: Optional[Dict] = None,
     version: Optional[str] = None,
-    settings: Optional[RankingSettings] = None,
+    ranking: Optional[Dict] = None,
 ) -> str:
     """Writes a complete model directory next to ``output`` and renames it into place."""
     with open(layout.stats_path(data)) as f:
@@ -58,7 +57,7 @@ def save_model_dir(
             "version": version or time.strftime("%Y%m%d-%H%M%S"),
             "model": dataclasses.asdict(model_config),
             "data": {"path": os.path.abspath(data), "boundaries": boundaries},
-            "ranking": dataclasses.asdict(settings or RankingSettings()),
+            "ranking": ranking or {},
         },
     )
     write_json(os.path.join(tmp, METRICS), metrics or {})
@@ -104,16 +103,3 @@ def load_model(model_dir: str, device: Optional[torch.device] = None) -> Advance
     state = torch.load(os.path.join(model_dir, WEIGHTS), weights_only=True, map_location="cpu")
     model.load_state_dict(state)
     return model.to(device or torch.device("cpu")).eval()
-
-
-def load_model_dir(model_dir: str, settings: Optional[RankingSettings] = None, device: Optional[torch.device] = None) -> Recommender:
-    config = read_config(model_dir)
-    model = load_model(model_dir, device)
-    return Recommender(
-        model,
-        Vocabularies.load(os.path.join(model_dir, "vocab")),
-        UserStates.load(os.path.join(model_dir, "user_state")),
-        data_end=config["data"]["boundaries"]["test_start"],
-        version=config["version"],
-        settings=settings or RankingSettings(**config.get("ranking", {})),
-    )

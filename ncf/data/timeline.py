@@ -10,7 +10,7 @@ from typing import Tuple
 
 import numpy as np
 
-from ncf.features import NEVER_BOUGHT_DAYS, SECONDS_PER_DAY
+from ncf.data.features import NEVER_BOUGHT_DAYS, SECONDS_PER_DAY
 
 _SHIFT = np.int64(32)  # product index in the high bits, seconds since the first purchase below
 

@@ -31,10 +31,13 @@ import pyarrow.dataset as pads
 import ray
 from ray.data.expressions import col
 
-from ncf import features as F
-from ncf import layout, schema
-from ncf.examples import SPLIT, TEST, TRAIN, TS, VAL, Catalog, ExampleConfig, user_examples, user_state
-from ncf.vocab import Vocabularies, Vocabulary, write_json
+from ncf.data import features as F
+from ncf.data import layout, schema
+from ncf.data.examples import Catalog, ExampleConfig, user_examples, user_state
+from ncf.data.schema import TS
+from ncf.data.vocab import Vocabularies, Vocabulary
+from ncf.jsonio import write_json
+from ncf.splits import SPLIT, TEST, TRAIN, VAL
 
 WEEK = 7 * 86_400
 COUNT = "count()"
@@ -94,10 +97,16 @@ def split_boundaries(min_ts: int, max_ts: int, val_weeks: int, test_weeks: int, 
     if val_start <= min_ts:
         weeks = (max_ts - min_ts) / WEEK
         raise schema.InputError(
-            f"the logs span {weeks:.1f} weeks: too short for {val_weeks} validation + {test_weeks} test weeks plus training"
+            f"the logs span {weeks:.1f} weeks: too short for {val_weeks} "
+            f"validation + {test_weeks} test weeks plus training"
         )
     train_start = max(min_ts, val_start - train_weeks * WEEK) if train_weeks > 0 else min_ts
-    return {"train_start": int(train_start), "val_start": int(val_start), "test_start": int(test_start), "end": int(max_ts)}
+    return {
+        "train_start": int(train_start),
+        "val_start": int(val_start),
+        "test_start": int(test_start),
+        "end": int(max_ts),
+    }
 
 
 def _distinct_counts(ds: ray.data.Dataset, column: str) -> pd.DataFrame:
@@ -106,7 +115,9 @@ def _distinct_counts(ds: ray.data.Dataset, column: str) -> pd.DataFrame:
     return frame.sort_values([COUNT, column], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
-def build_vocabularies(known: ray.data.Dataset, catalog: Optional[pd.DataFrame], id_kinds: Dict[str, str]) -> tuple[Vocabularies, Dict]:
+def build_vocabularies(
+    known: ray.data.Dataset, catalog: Optional[pd.DataFrame], id_kinds: Dict[str, str]
+) -> tuple[Vocabularies, Dict]:
     """Vocabularies from the purchases before the test period; products get their hierarchy."""
     users = _distinct_counts(known.select_columns([schema.USER_ID]), schema.USER_ID)
     products = _distinct_counts(known.select_columns([schema.PRODUCT_ID]), schema.PRODUCT_ID)
@@ -176,7 +187,7 @@ def preprocess(
     output: str,
     config: Optional[PreprocessConfig] = None,
 ) -> Dict:
-    """Runs the whole pipeline; writes under ``output`` (see :mod:`ncf.layout`); returns the stats."""
+    """Runs the whole pipeline; writes under ``output`` (see :mod:`ncf.data.layout`); returns the stats."""
     config = config or PreprocessConfig()
     started = time.time()
     schema.check_columns(logs, schema.LOG_REQUIRED, "purchase log")
@@ -205,7 +216,9 @@ def preprocess(
         raise schema.InputError(f"{logs.paths[0]}: no valid purchase rows (all {rows_in:,} quarantined)")
 
     kept = validated.map_batches(_kept, batch_format="pyarrow").materialize()
-    bounds = split_boundaries(int(kept.min(TS)), int(kept.max(TS)), config.val_weeks, config.test_weeks, config.train_weeks)
+    bounds = split_boundaries(
+        int(kept.min(TS)), int(kept.max(TS)), config.val_weeks, config.test_weeks, config.train_weeks
+    )
     _log("split: " + ", ".join(f"{k} {pd.Timestamp(v, unit='s')}" for k, v in bounds.items()))
 
     catalog_frame, catalog_stats = _read_catalog(catalog)
@@ -263,7 +276,11 @@ def preprocess(
         **vocab_stats,
         **catalog_stats,
         "config": asdict(config),
-        "inputs": {"logs": logs.paths[:20], "num_log_files": len(logs.paths), "catalog": catalog.paths[:20] if catalog else None},
+        "inputs": {
+            "logs": logs.paths[:20],
+            "num_log_files": len(logs.paths),
+            "catalog": catalog.paths[:20] if catalog else None,
+        },
         "seconds": round(time.time() - started, 1),
     }
     write_json(layout.stats_path(output), stats)

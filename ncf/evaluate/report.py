@@ -27,9 +27,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ncf import layout
-from ncf.evaluation import K, Period, load_period, sample_users
-from ncf.examples import TEST
+from ncf.data import layout
+from ncf.evaluate.evaluation import K, Period, load_period, sample_users
+from ncf.splits import TEST
 
 REPORT = "report.html"
 
@@ -112,7 +112,9 @@ def training_chart(history: Sequence[Dict]) -> str:
     return _png(fig)
 
 
-def score_samples(recommender, period: Period, users: np.ndarray, negatives: int = 20, seed: int = 0) -> Dict[str, np.ndarray]:
+def score_samples(
+    recommender, period: Period, users: np.ndarray, negatives: int = 20, seed: int = 0
+) -> Dict[str, np.ndarray]:
     """Model scores of each user's held-out purchases and of products they never bought."""
     rng = np.random.default_rng(seed)
     bought, other = [], []
@@ -120,11 +122,13 @@ def score_samples(recommender, period: Period, users: np.ndarray, negatives: int
         u = int(u)
         at = period.first_visit[u]
         truth = period.truth[u]
-        pool = np.setdiff1d(np.arange(1, recommender.num_products), np.union1d(recommender.states.timeline(u).products, truth))
+        pool = np.setdiff1d(
+            np.arange(1, recommender.num_products), np.union1d(recommender.states.timeline(u).products, truth)
+        )
         random = rng.choice(pool, size=min(negatives, len(pool)), replace=False)
         scores = recommender.score_indices(u, np.concatenate([truth, random]), at)[0]  # one user encoding
         bought.append(scores[: len(truth)])
-        other.append(scores[len(truth):])
+        other.append(scores[len(truth) :])
     return {"bought": np.concatenate(bought), "never_bought": np.concatenate(other)}
 
 
@@ -147,7 +151,10 @@ def _product_label(recommender, product_ids: Sequence[int]) -> List[str]:
     raw = products.raw_of(product_ids)
     dept = recommender.vocabs.departments.raw_of(products.column("department_index")[list(product_ids)])
     cat = recommender.vocabs.categories.raw_of(products.column("category_index")[list(product_ids)])
-    return [f"{r} <small>{html.escape(str(c or ''))} / {html.escape(str(d or ''))}</small>" for r, d, c in zip(raw, dept, cat)]
+    return [
+        f"{r} <small>{html.escape(str(c or ''))} / {html.escape(str(d or ''))}</small>"
+        for r, d, c in zip(raw, dept, cat)
+    ]
 
 
 def households_html(recommender, period: Period, users: np.ndarray, recent: int = 8) -> str:
@@ -163,14 +170,21 @@ def households_html(recommender, period: Period, users: np.ndarray, recent: int 
         hits = set(period.truth[u].tolist())
         recs = []
         for product, score, because in zip(ranking.products, ranking.scores, ranking.explanations or [[]] * K):
-            reason = ", ".join(f"{p} ({w:.2f})" for p, w in zip(recommender.vocabs.products.raw_of([b for b, _ in because]), [w for _, w in because]))
+            reason = ", ".join(
+                f"{p} ({w:.2f})"
+                for p, w in zip(recommender.vocabs.products.raw_of([b for b, _ in because]), [w for _, w in because])
+            )
             mark = " &#10003;" if int(product) in hits else ""
-            recs.append(f"<li>{_product_label(recommender, [int(product)])[0]} <b>{score:.3f}</b>{mark}<br><small>because: {reason or 'no history'}</small></li>")
+            recs.append(
+                f"<li>{_product_label(recommender, [int(product)])[0]} "
+                f"<b>{score:.3f}</b>{mark}<br><small>because: {reason or 'no history'}</small></li>"
+            )
         raw_user = recommender.vocabs.users.raw_of([u])[0]
         parts.append(
             f'<div class="hh"><div><b>household {html.escape(str(raw_user))}</b><br>recent purchases:<ol>'
             + "".join(f"<li>{label}</li>" for label in _product_label(recommender, last.tolist()))
-            + f"</ol></div><div>recommended (&#10003; = bought in the held-out period):<ol>{''.join(recs)}</ol></div></div>"
+            + "</ol></div><div>recommended (&#10003; = bought in the "
+            f"held-out period):<ol>{''.join(recs)}</ol></div></div>"
         )
     return "".join(parts)
 
@@ -193,7 +207,16 @@ def write_report(
         boundaries = json.load(f)["boundaries"]
     period = load_period(data, split, boundaries)
     users = sample_users(period.users, score_users, seed=1)
-    metric_columns = ["model", f"recall@{K}", f"ndcg@{K}", f"hr@{K}", "mrr", f"sampled_hr@{K}", f"sampled_ndcg@{K}", "users"]
+    metric_columns = [
+        "model",
+        f"recall@{K}",
+        f"ndcg@{K}",
+        f"hr@{K}",
+        "mrr",
+        f"sampled_hr@{K}",
+        f"sampled_ndcg@{K}",
+        "users",
+    ]
     sections = [
         f"<h1>AdvancedNCF evaluation report</h1><p>model version <b>{html.escape(recommender.version)}</b>; "
         f"held-out period <b>{split}</b> ({len(period.users):,} households, full ranking over "
@@ -201,26 +224,46 @@ def write_report(
         "<h2>Model against the baselines</h2>" + _table(rows, metric_columns) + metrics_chart(rows),
     ]
     if history:
-        sections.append("<h2>Training and validation</h2>" + training_chart(history) + _table(history, ["epoch", "train_loss", "val_ndcg@10", "val_recall@10", "examples_per_s", "epoch_seconds"]))
+        sections.append(
+            "<h2>Training and validation</h2>"
+            + training_chart(history)
+            + _table(
+                history, ["epoch", "train_loss", "val_ndcg@10", "val_recall@10", "examples_per_s", "epoch_seconds"]
+            )
+        )
     else:
         sections.append("<h2>Training and validation</h2><p>This model directory has no per-epoch history.</p>")
     if ablations:
-        source = f" Rows from <code>{html.escape(ablations_source)}</code>, not re-run by this report." if ablations_source else ""
+        source = (
+            f" Rows from <code>{html.escape(ablations_source)}</code>, not re-run by this report."
+            if ablations_source
+            else ""
+        )
         sections.append(
-            "<h2>Ablations</h2><p>Each part switched off in turn, trained and evaluated the same way (<code>bench.ablations</code>)."
-            + source + "</p>" + _table(ablations, ["model", f"recall@{K}", f"ndcg@{K}", f"hr@{K}", "users"])
+            "<h2>Ablations</h2><p>Each part switched off in turn, trained "
+            "and evaluated the same way (<code>bench.ablations</code>)."
+            + source
+            + "</p>"
+            + _table(ablations, ["model", f"recall@{K}", f"ndcg@{K}", f"hr@{K}", "users"])
         )
     else:
-        sections.append("<h2>Ablations</h2><p>No ablation results given: <code>python -m bench.ablations --data DATA</code> writes them.</p>")
+        sections.append(
+            "<h2>Ablations</h2><p>No ablation results given: <code>python "
+            "-m bench.ablations --data DATA</code> writes them.</p>"
+        )
     samples = score_samples(recommender, period, users)
     sections.append(
         f"<h2>Score distribution</h2><p>{len(users)} households: scores of the products they bought in the "
         f"held-out period (median {np.median(samples['bought']):.3f}) and of random products they never bought "
-        f"(median {np.median(samples['never_bought']):.3f}), at the moment of their first visit.</p>" + score_chart(samples)
+        f"(median {np.median(samples['never_bought']):.3f}), at the moment of their first visit.</p>"
+        + score_chart(samples)
     )
     sections.append("<h2>Households</h2>" + households_html(recommender, period, users[:households]))
     os.makedirs(output, exist_ok=True)
     path = os.path.join(output, REPORT)
     with open(path, "w") as f:
-        f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>AdvancedNCF report</title>{_STYLE}</head><body>{''.join(sections)}{_IMAGE_CHECK}</body></html>")
+        f.write(
+            "<!doctype html><html><head><meta charset='utf-8'><title>AdvancedNCF "
+            f"report</title>{_STYLE}</head><body>{''.join(sections)}{_IMAGE_CHECK}</body></html>"
+        )
     return path

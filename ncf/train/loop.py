@@ -23,14 +23,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ncf import layout
-from ncf.evaluation import Period, full_ranking, load_period, recommender_fns, sample_users
-from ncf.examples import VAL
-from ncf.features import Batch
-from ncf.model import AdvancedNCF, ModelConfig
-from ncf.scoring import Recommender
-from ncf.user_state import UserStates
-from ncf.vocab import Vocabularies
+from ncf.data import layout
+from ncf.data.features import Batch
+from ncf.data.user_state import UserStates
+from ncf.data.vocab import Vocabularies
+from ncf.evaluate.evaluation import Period, full_ranking, load_period, recommender_fns, sample_users
+from ncf.model.advanced_ncf import AdvancedNCF, ModelConfig
+from ncf.rank.recommender import Recommender
+from ncf.splits import VAL
 
 VAL_METRIC = "val_ndcg@10"
 WEIGHTS = "model.pt"
@@ -75,7 +75,9 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def build_model(config: ModelConfig, device: torch.device, world_size: int, learning_rate: float) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+def build_model(
+    config: ModelConfig, device: torch.device, world_size: int, learning_rate: float
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """The model and its optimizer.
 
     One worker: the plain model and Adam. Several: TorchRec's ``DistributedModelParallel``
@@ -114,7 +116,7 @@ def unwrap(model: torch.nn.Module) -> AdvancedNCF:
 
 def _unwrapped_name(key: str) -> str:
     """A DistributedModelParallel state-dict key as the plain model names it."""
-    return key[len("module."):] if key.startswith("module.") else key
+    return key[len("module.") :] if key.startswith("module.") else key
 
 
 def full_state_dict(model: torch.nn.Module) -> Optional[Dict[str, torch.Tensor]]:
@@ -136,7 +138,9 @@ def full_state_dict(model: torch.nn.Module) -> Optional[Dict[str, torch.Tensor]]
     return state if rank == 0 else None
 
 
-def validation_ndcg(model: AdvancedNCF, vocabs: Vocabularies, states: UserStates, period: Period, users: np.ndarray) -> Dict[str, float]:
+def validation_ndcg(
+    model: AdvancedNCF, vocabs: Vocabularies, states: UserStates, period: Period, users: np.ndarray
+) -> Dict[str, float]:
     """Full-ranking metrics of the current weights on the validation period's sampled users."""
     model.eval()
     recommender = Recommender(model, vocabs, states, data_end=period.start)
@@ -239,7 +243,12 @@ def train_loop_per_worker(config: Dict) -> None:
         epoch = state["epoch"] + 1
         model.train()
         started, seen, loss_sum, steps = time.time(), 0, 0.0, 0
-        for table in shard.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow", local_shuffle_buffer_size=cfg.shuffle_buffer or None, local_shuffle_seed=cfg.seed + epoch):
+        for table in shard.iter_batches(
+            batch_size=cfg.batch_size,
+            batch_format="pyarrow",
+            local_shuffle_buffer_size=cfg.shuffle_buffer or None,
+            local_shuffle_seed=cfg.seed + epoch,
+        ):
             batch = Batch.from_arrow(table).with_history_length(model_config.history_length)
             batch = subsample_negatives(batch, keep_rate, sampler).to(device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
@@ -253,14 +262,25 @@ def train_loop_per_worker(config: Dict) -> None:
             loss_sum += float(loss.detach())
             steps += 1
             if steps % 200 == 0:
-                _log(f"rank {rank} epoch {epoch} step {steps}: loss {loss_sum / steps:.4f}, {seen / (time.time() - started):,.0f} examples/s")
+                _log(
+                    f"rank {rank} epoch {epoch} step {steps}: loss {loss_sum / steps:.4f}, "
+                    f"{seen / (time.time() - started):,.0f} examples/s"
+                )
             if cfg.max_steps_per_epoch and steps >= cfg.max_steps_per_epoch:
                 break
             if cfg.crash_once_at_epoch == epoch and steps == 2 and rank == 0:
                 _crash_once(cfg)
         elapsed = time.time() - started
         weights = full_state_dict(model)
-        metrics = {"epoch": epoch, "world_size": world, "sharded_tables": sharded_table_count(model), "resumed_from_epoch": resumed_from, "train_loss": loss_sum / max(steps, 1), "examples_per_s": seen * world / max(elapsed, 1e-9), "epoch_seconds": elapsed}
+        metrics = {
+            "epoch": epoch,
+            "world_size": world,
+            "sharded_tables": sharded_table_count(model),
+            "resumed_from_epoch": resumed_from,
+            "train_loss": loss_sum / max(steps, 1),
+            "examples_per_s": seen * world / max(elapsed, 1e-9),
+            "epoch_seconds": elapsed,
+        }
         improved = torch.zeros(1)
         if rank == 0:
             evaluation_model = AdvancedNCF(model_config).to(device)
@@ -276,7 +296,10 @@ def train_loop_per_worker(config: Dict) -> None:
         state["epoch"] = epoch
         metrics["best_" + VAL_METRIC] = state["best"]
         state["history"] = state.get("history", []) + [metrics]  # the curves the report draws
-        _log(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+        _log(
+            f"epoch {epoch}: "
+            + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        )
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
@@ -324,7 +347,7 @@ def fit(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ncf.examples import TRAIN
+    from ncf.splits import TRAIN
 
     # No randomize_block_order(): it is a barrier that reads the whole split before the first
     # batch; the workers' local shuffle buffers mix the rows instead.
@@ -332,14 +355,20 @@ def fit(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=asdict(config),
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=worker_resources(num_workers, use_gpu, cpu_budget)),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=worker_resources(num_workers, use_gpu, cpu_budget),
+        ),
         datasets={"train": train},
         run_config=RunConfig(
             name=name,
             storage_path=os.path.abspath(storage_path) if storage_path else None,
             failure_config=FailureConfig(max_failures=max_failures),
             callbacks=callbacks,
-            checkpoint_config=CheckpointConfig(num_to_keep=3, checkpoint_score_attribute=VAL_METRIC, checkpoint_score_order="max"),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=3, checkpoint_score_attribute=VAL_METRIC, checkpoint_score_order="max"
+            ),
         ),
     )
     return trainer.fit()

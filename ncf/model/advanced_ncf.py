@@ -35,7 +35,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ncf.features import Batch, repeat_features
+from ncf.data.features import Batch, repeat_features
 
 USER_KEY = "user"
 PRODUCT_KEY = "product"
@@ -86,7 +86,8 @@ class ModelConfig:
             raise ValueError("ModelConfig: at least one of use_mf and use_mlp must be on")
         if self.mlp_embedding_dim % self.num_heads:
             raise ValueError(
-                f"ModelConfig: mlp_embedding_dim={self.mlp_embedding_dim} is not divisible by num_heads={self.num_heads}"
+                f"ModelConfig: mlp_embedding_dim={self.mlp_embedding_dim} "
+                f"is not divisible by num_heads={self.num_heads}"
             )
         if self.temporal_dim % 2:
             raise ValueError(f"ModelConfig: temporal_dim={self.temporal_dim} must be even (sin/cos pairs)")
@@ -141,7 +142,9 @@ class TemporalEncoding(nn.Module):
         enc(torch.tensor([[13, 2, 180, 6]]))  # 1 x 16
     """
 
-    def __init__(self, embed_dim: int, max_period: int = 365, num_parts: int = 4, out_dim: Optional[int] = None) -> None:
+    def __init__(
+        self, embed_dim: int, max_period: int = 365, num_parts: int = 4, out_dim: Optional[int] = None
+    ) -> None:
         super().__init__()
         self.max_period = max_period
         position = torch.arange(max_period).unsqueeze(1)
@@ -264,7 +267,9 @@ class CategoryHierarchy(nn.Module):
         self.category_embed = nn.Embedding(num_categories, embed_dim)
         self.hierarchy_attn = MultiHeadAttention(embed_dim, num_heads)
 
-    def forward(self, product_embedding: torch.Tensor, department: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, product_embedding: torch.Tensor, department: torch.Tensor, category: torch.Tensor
+    ) -> torch.Tensor:
         """B x D, B, B -> B x D."""
         levels = torch.stack(
             [product_embedding, self.category_embed(category), self.department_embed(department)], dim=1
@@ -299,10 +304,17 @@ class ProductSide:
 
     def select(self, index: torch.Tensor) -> "ProductSide":
         """The rows ``index`` (I) of each tensor: I x ... (index_select: much faster than t[index] on CPU)."""
-        return ProductSide(*(None if t is None else t.index_select(0, index) for t in (self.product_mf, self.product_mlp, self.hierarchy)))
+        return ProductSide(
+            *(
+                None if t is None else t.index_select(0, index)
+                for t in (self.product_mf, self.product_mlp, self.hierarchy)
+            )
+        )
 
 
-def _jagged(keys: List[str], batch_size: int, present: Dict[str, Tuple[torch.Tensor, torch.Tensor]], device) -> KeyedJaggedTensor:
+def _jagged(
+    keys: List[str], batch_size: int, present: Dict[str, Tuple[torch.Tensor, torch.Tensor]], device
+) -> KeyedJaggedTensor:
     """A KJT over all ``keys`` of a collection; keys absent from ``present`` get empty bags."""
     values, lengths = [], []
     empty = torch.zeros(batch_size, dtype=torch.int32, device=device)
@@ -321,7 +333,9 @@ def _table(collection: nn.Module, name: str) -> torch.Tensor:
     """The N x D weight of one table of an unsharded EmbeddingBagCollection."""
     bags = getattr(collection, "embedding_bags", None)
     if bags is None or name not in bags:
-        raise TypeError(f"{type(collection).__name__} has no plain table {name!r} (a sharded collection?): use table_lookup=False")
+        raise TypeError(
+            f"{type(collection).__name__} has no plain table {name!r} (a sharded collection?): use table_lookup=False"
+        )
     return bags[name].weight
 
 
@@ -350,8 +364,18 @@ class AdvancedNCF(nn.Module):
         if c.use_mf:
             self.mf_embedding_collection = EmbeddingBagCollection(
                 tables=[
-                    EmbeddingBagConfig(name="user_mf_embeddings", embedding_dim=c.mf_embedding_dim, num_embeddings=c.num_users, feature_names=[USER_KEY]),
-                    EmbeddingBagConfig(name="product_mf_embeddings", embedding_dim=c.mf_embedding_dim, num_embeddings=c.num_products, feature_names=[PRODUCT_KEY]),
+                    EmbeddingBagConfig(
+                        name="user_mf_embeddings",
+                        embedding_dim=c.mf_embedding_dim,
+                        num_embeddings=c.num_users,
+                        feature_names=[USER_KEY],
+                    ),
+                    EmbeddingBagConfig(
+                        name="product_mf_embeddings",
+                        embedding_dim=c.mf_embedding_dim,
+                        num_embeddings=c.num_products,
+                        feature_names=[PRODUCT_KEY],
+                    ),
                 ],
                 device=device,
             )
@@ -360,7 +384,12 @@ class AdvancedNCF(nn.Module):
             history_features = history_feature_names(c.history_length) if c.use_attention else []
             self.mlp_embedding_collection = EmbeddingBagCollection(
                 tables=[
-                    EmbeddingBagConfig(name="user_mlp_embeddings", embedding_dim=c.mlp_embedding_dim, num_embeddings=c.num_users, feature_names=[USER_KEY]),
+                    EmbeddingBagConfig(
+                        name="user_mlp_embeddings",
+                        embedding_dim=c.mlp_embedding_dim,
+                        num_embeddings=c.num_users,
+                        feature_names=[USER_KEY],
+                    ),
                     EmbeddingBagConfig(
                         name="product_mlp_embeddings",
                         embedding_dim=c.mlp_embedding_dim,
@@ -377,7 +406,9 @@ class AdvancedNCF(nn.Module):
                 if c.use_temporal:
                     self.history_age_projection = nn.Linear(c.temporal_dim, c.mlp_embedding_dim)
             if c.use_hierarchy:
-                self.category_hierarchy = CategoryHierarchy(c.num_departments, c.num_categories, c.mlp_embedding_dim, c.num_heads)
+                self.category_hierarchy = CategoryHierarchy(
+                    c.num_departments, c.num_categories, c.mlp_embedding_dim, c.num_heads
+                )
             if c.use_repeat:
                 self.repeat_projection = nn.Linear(2, c.temporal_dim)
             self.feature_combination = _block(c.combined_dim, c.mlp_hidden_dims[0], c.dropout)
@@ -439,13 +470,17 @@ class AdvancedNCF(nn.Module):
                 slots = by_position > 0
                 for i, name in enumerate(names):
                     present[name] = (by_position[i][slots[i]], slots[i])
-            pooled = self.mlp_embedding_collection(_jagged([USER_KEY, PRODUCT_KEY] + names, n, present, device)).to_dict()
+            pooled = self.mlp_embedding_collection(
+                _jagged([USER_KEY, PRODUCT_KEY] + names, n, present, device)
+            ).to_dict()
             user_mlp = pooled[USER_KEY]
             if c.use_attention:
                 history_embeddings = torch.stack([pooled[name] for name in names], dim=1)
         return user_mf, user_mlp, history_embeddings
 
-    def _user_embeddings_from_tables(self, user: torch.Tensor, history: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+    def _user_embeddings_from_tables(
+        self, user: torch.Tensor, history: torch.Tensor
+    ) -> Tuple[Optional[torch.Tensor], ...]:
         """What :meth:`_user_embeddings` returns, gathered from the tables' weights.
 
         Every bag here holds one id or none, and a one-id sum-pooled bag is that id's row (an
@@ -460,7 +495,9 @@ class AdvancedNCF(nn.Module):
         if c.use_mlp:
             user_mlp = _table(self.mlp_embedding_collection, "user_mlp_embeddings").index_select(0, user)
             if c.use_attention:
-                rows = _table(self.mlp_embedding_collection, "product_mlp_embeddings").index_select(0, history.reshape(-1))
+                rows = _table(self.mlp_embedding_collection, "product_mlp_embeddings").index_select(
+                    0, history.reshape(-1)
+                )
                 history_embeddings = rows.view(*history.shape, -1) * (history > 0).unsqueeze(-1)
         return user_mf, user_mlp, history_embeddings
 
@@ -475,11 +512,15 @@ class AdvancedNCF(nn.Module):
             product_mf = self.mf_embedding_collection(kjt)[PRODUCT_KEY]
         if c.use_mlp:
             names = [USER_KEY, PRODUCT_KEY] + (history_feature_names(c.history_length) if c.use_attention else [])
-            product_mlp = self.mlp_embedding_collection(_jagged(names, n, {PRODUCT_KEY: (product, ones)}, device))[PRODUCT_KEY]
+            product_mlp = self.mlp_embedding_collection(_jagged(names, n, {PRODUCT_KEY: (product, ones)}, device))[
+                PRODUCT_KEY
+            ]
             hierarchy = self.category_hierarchy(product_mlp, department, category) if c.use_hierarchy else product_mlp
         return ProductSide(product_mf, product_mlp, hierarchy)
 
-    def combine(self, user: UserSide, products: ProductSide, repeat: torch.Tensor, need_weights: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def combine(
+        self, user: UserSide, products: ProductSide, repeat: torch.Tensor, need_weights: bool = False
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Joins U user rows with B = U x C product rows into B logits (and B x L history
         attention weights). User row u goes with product rows u*C .. u*C+C-1: C = 1 in training,
         C candidates per user when ranking, where each user's history is projected once."""
@@ -501,10 +542,14 @@ class AdvancedNCF(nn.Module):
         if c.use_mlp:
             mlp_vector = rows(user.user_mlp)
             if c.use_attention:
-                query = user.user_mlp.unsqueeze(1) + products.product_mlp.reshape(groups, per_user, c.mlp_embedding_dim)  # U x C x D
+                query = user.user_mlp.unsqueeze(1) + products.product_mlp.reshape(
+                    groups, per_user, c.mlp_embedding_dim
+                )  # U x C x D
                 if per_user == 1:
                     query = query.squeeze(1)
-                attended, weights = self.history_attention(query, user.history_keys, user.history_keys, user.history_mask, need_weights)
+                attended, weights = self.history_attention(
+                    query, user.history_keys, user.history_keys, user.history_mask, need_weights
+                )
                 mlp_vector = mlp_vector + attended.reshape(b, c.mlp_embedding_dim)
                 weights = None if weights is None else weights.reshape(b, c.history_length)
             parts += [mlp_vector, products.hierarchy]

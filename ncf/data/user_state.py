@@ -7,8 +7,8 @@ from typing import Dict, Tuple
 import numpy as np
 import pyarrow.dataset as pads
 
-from ncf.features import USER
-from ncf.timeline import UserTimeline
+from ncf.data.features import USER
+from ncf.data.timeline import UserTimeline
 
 _EMPTY = UserTimeline(np.zeros(0, np.int64), np.zeros(0, np.int64))
 

@@ -1,4 +1,4 @@
-"""Ranking metrics for one user; averaged over users by :mod:`ncf.evaluation`."""
+"""Ranking metrics for one user; averaged over users by :mod:`ncf.evaluate.evaluation`."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ncf import schema
+from ncf.data import schema
 
 DATASETS = ("completejourney", "synthetic")
 _YEAR_START = int(pd.Timestamp("2024-01-01", tz="UTC").timestamp())
