@@ -1,10 +1,12 @@
 """python -m jobs.demo: the main job on the default dataset (what `make demo` runs).
 
-On a local Ray cluster: preprocesses Complete Journey with Ray Data, trains AdvancedNCF with
-Ray Train, evaluates it against the baselines on the held-out weeks and writes the HTML
-report, batch-scores every household with Ray Data, deploys the Ray Serve app on 127.0.0.1
-and sends it a few online queries, then prints the results table and where everything went,
-and shuts it all down.
+On a local Ray cluster: preprocesses Complete Journey with Ray Data; trains AdvancedNCF with
+Ray Train twice: the *validated* model (labels end where the validation weeks start) and the
+*deployment* model (refit on labels through the data's last day with the epochs the validated
+run chose); evaluates the validated model against the baselines on the held-out weeks (it never
+saw them) and writes the HTML report; batch-scores every household with the deployment model
+from the histories through the data's end; deploys it on Ray Serve on 127.0.0.1 and sends a
+few online queries; then prints the results table and where everything went, and shuts down.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from jobs import batch_score, evaluate, preprocess, train
 from jobs.cli import init_ray
 from ncf.batch.scoring import partition_dir
 from ncf.data import layout
-from ncf.rank.recommender import Recommender
+from ncf.data.vocab import Vocabularies
 
 STAGES = 6
 # Six trainings are too long for the demo; bench.ablations' rows on Complete Journey are kept here.
@@ -45,7 +47,7 @@ def post(url: str, payload: dict) -> dict:
         return json.load(response)
 
 
-def online_queries(model: str, port: int) -> list:
+def online_queries(model: str, data: str, port: int) -> list:
     """Deploys the Serve app on 127.0.0.1, asks it a few questions, and stops it."""
     from ray import serve
 
@@ -54,14 +56,14 @@ def online_queries(model: str, port: int) -> list:
 
     # Complete Journey ends in 2017, so requests default to the data's end rather than now.
     url = start(
-        build_app({"model": model, "default_at": "data_end", "min_replicas": 1, "max_replicas": 2}),
+        build_app({"model": model, "data": data, "default_at": "data_end", "min_replicas": 1, "max_replicas": 2}),
         host="127.0.0.1",
         port=port,
     )
     try:
         health = wait_until_healthy(url, timeout_s=120)
         print(f"serving {url} (OpenAPI at {url}/docs): {json.dumps(health)}", flush=True)
-        users = Recommender.load(model).vocabs.users.raw_of([1, 2])
+        users = Vocabularies.load(layout.vocab_dir(data)).users.raw_of([1, 2])
         answers = [
             ("/recommend (explained)", post(f"{url}/recommend", {"user_id": users[0], "k": 3, "explain": True})),
             (
@@ -88,6 +90,7 @@ def main(argv=None) -> list:
     args = p.parse_args(argv)
     started = time.time()
     data, model = os.path.join(args.workdir, "data"), os.path.join(args.workdir, "model")
+    validated = model + "-validated"
     report, recommendations = os.path.join(args.workdir, "report"), os.path.join(args.workdir, "recommendations")
     init_ray()
     import ray
@@ -99,11 +102,23 @@ def main(argv=None) -> list:
         else:
             preprocess.main(["--dataset", "completejourney", "--output", data])
 
-        _stage(2, "train AdvancedNCF (Ray Train)", started)
-        train.main(["--data", data, "--output", model, "--epochs", str(args.epochs)])
+        _stage(2, "train AdvancedNCF (Ray Train): the validated model, then the deployment refit", started)
+        train.main(
+            [
+                "--data",
+                data,
+                "--output",
+                model,
+                "--validated-output",
+                validated,
+                "--epochs",
+                str(args.epochs),
+                "--refit",
+            ]
+        )
 
-        _stage(3, "evaluate on the held-out weeks against the baselines; HTML report", started)
-        evaluate_args = ["--model", model, "--data", data, "--report", report]
+        _stage(3, "evaluate the validated model on the held-out weeks against the baselines; HTML report", started)
+        evaluate_args = ["--model", validated, "--data", data, "--report", report]
         # A local bench.ablations run if there is one, else the committed results of the last.
         ablations = [
             p
@@ -116,7 +131,7 @@ def main(argv=None) -> list:
         with open(os.path.join(args.workdir, "evaluation.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 
-        _stage(4, "batch-score every household (Ray Data, actor pool)", started)
+        _stage(4, "batch-score every household with the deployment model (Ray Data, actor pool)", started)
         scored = batch_score.main(
             [
                 "--model",
@@ -134,15 +149,16 @@ def main(argv=None) -> list:
             ]
         )
 
-        _stage(5, "deploy the Serve app on 127.0.0.1 and query it", started)
-        online_queries(model, args.port)
+        _stage(5, "deploy the deployment model on Serve (127.0.0.1) and query it", started)
+        online_queries(model, data, args.port)
 
         _stage(6, "results", started)
         print_table(rows)
         print("\nartefacts:")
         for name, path in [
             ("preprocessed data", data),
-            ("model directory", model),
+            ("validated model (evaluated)", validated),
+            ("deployment model (served)", model),
             ("evaluation (JSON lines)", os.path.join(args.workdir, "evaluation.jsonl")),
             ("report", os.path.join(report, "report.html")),
             ("recommendations", partition_dir(recommendations, scored["run_date"])),

@@ -12,6 +12,7 @@ import json
 import sys
 
 from jobs.cli import init_ray
+from ncf.errors import InputError
 from serve.app import build_app
 from serve.launch import serve_until_stopped, start, wait_until_healthy
 
@@ -19,6 +20,12 @@ from serve.launch import serve_until_stopped, start, wait_until_healthy
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Serve a model directory over HTTP with Ray Serve (autoscaling).")
     p.add_argument("--model", required=True, help="model directory (jobs.train output or SWEEP/best)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="DATA directory whose histories the model ranks from (jobs.preprocess, or --state-only for a "
+        "cheap refresh); default: the state the model was trained with",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
@@ -35,6 +42,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     app_args = {
         "model": args.model,
+        "data": args.data,
         "candidates": args.candidates,
         "default_at": args.default_at,
         "min_replicas": args.min_replicas,
@@ -42,7 +50,7 @@ def main(argv=None) -> dict:
     }
     try:
         app = build_app(app_args)  # checks the model directory and settings before Ray starts
-    except (FileNotFoundError, ValueError) as e:
+    except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     init_ray()

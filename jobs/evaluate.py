@@ -8,10 +8,9 @@ import os
 
 from jobs.cli import one_line_errors
 from ncf.errors import InputError
-from ncf.evaluate.evaluation import evaluate_all
+from ncf.evaluate.evaluation import evaluate_all, model_on_period
 from ncf.evaluate.report import write_report
-from ncf.model.directory import read_metrics
-from ncf.rank.recommender import Recommender
+from ncf.model.directory import ModelDir, read_metrics
 from ncf.splits import TEST, VAL
 
 
@@ -31,22 +30,25 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list:
     args = parse_args(argv)
     with one_line_errors():
-        recommender = Recommender.load(args.model)
-        rows = evaluate_all(recommender, args.data, args.split, args.max_users, not args.no_baselines, not args.no_als)
+        on_period = model_on_period(args.model, args.data, args.split)
+        rows = evaluate_all(
+            args.model,
+            args.data,
+            args.split,
+            args.max_users,
+            not args.no_baselines,
+            not args.no_als,
+            on_period=on_period,
+        )
+        version = ModelDir(args.model).version
         for row in rows:
-            print(json.dumps({**row, "model_version": recommender.version}), flush=True)
+            print(json.dumps({**row, "model_version": version}), flush=True)
         if args.report:
             ablations = read_jsonl(args.ablations) if args.ablations else None
             history = read_metrics(args.model).get("history")
+            ranker, period = on_period
             path = write_report(
-                args.report,
-                recommender,
-                args.data,
-                rows,
-                history=history,
-                ablations=ablations,
-                ablations_source=args.ablations,
-                split=args.split,
+                args.report, ranker, version, period, rows, history, ablations, ablations_source=args.ablations
             )
             print(f"[evaluate] report: {path}", flush=True)
         return rows

@@ -7,7 +7,7 @@ import os
 
 from jobs.cli import init_ray, one_line_errors
 from ncf.data import datasets, schema
-from ncf.data.examples import SAMPLING_MODES, ExampleConfig
+from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import PreprocessConfig, preprocess
 
 
@@ -18,21 +18,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument("--dataset", choices=datasets.DATASETS, help="a built-in dataset")
     p.add_argument("--products", help="product catalog (product_id, department, category)")
     p.add_argument("--output", required=True, help="output directory (replaced)")
-    p.add_argument("--val-weeks", type=int, default=4)
-    p.add_argument("--test-weeks", type=int, default=5)
+    p.add_argument("--val-weeks", type=int, default=4, help="weeks of the validation period")
+    p.add_argument("--test-weeks", type=int, default=5, help="weeks of the test period (the last weeks of the data)")
+    d = ExampleConfig()
+    p.add_argument("--history-length", type=int, default=d.history_length, help="past purchases per history")
+    p.add_argument("--horizon-days", type=int, default=d.horizon_days, help="label window: bought within H days")
+    p.add_argument("--cutoffs", type=int, default=d.cutoffs, help="cutoffs (training moments) per training run")
+    p.add_argument("--cutoff-step-days", type=int, default=d.cutoff_step_days, help="days between cutoffs")
+    p.add_argument("--own-candidates", type=int, default=d.own_candidates, help="own past products per list")
+    p.add_argument("--popular-candidates", type=int, default=d.popular_candidates, help="popular products per list")
     p.add_argument(
-        "--train-weeks",
-        type=int,
-        default=PreprocessConfig.train_weeks,
-        help="weeks of training purchases that yield examples (0 = all)",
+        "--sampled-negatives", type=int, default=d.sampled_negatives, help="products drawn by popularity per list"
     )
-    p.add_argument("--history-length", type=int, default=ExampleConfig.history_length)
     p.add_argument(
-        "--negatives", type=int, default=ExampleConfig.negatives_per_positive, help="negatives per training purchase"
+        "--own-negative-rate", type=float, default=d.own_negative_rate, help="share of own-product negatives kept"
     )
-    p.add_argument("--negative-sampling", choices=SAMPLING_MODES, default=ExampleConfig.negative_sampling)
-    p.add_argument("--own-negative-share", type=float, default=ExampleConfig.own_negative_share)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every draw (and of the synthetic dataset)")
+    p.add_argument(
+        "--state-only",
+        action="store_true",
+        help="write only the state (vocabularies, purchases, product stats): refreshes the histories a "
+        "deployed model ranks from (jobs.batch_score/jobs.deploy --data), no training lists",
+    )
     p.add_argument("--synthetic-users", type=int, default=datasets.SyntheticSpec.num_users)
     p.add_argument("--synthetic-products", type=int, default=datasets.SyntheticSpec.num_products)
     p.add_argument("--cache", default="artifacts/datasets", help="where built-in datasets are written as files")
@@ -63,16 +70,19 @@ def main(argv=None) -> dict:
         config = PreprocessConfig(
             examples=ExampleConfig(
                 history_length=args.history_length,
-                negatives_per_positive=args.negatives,
-                negative_sampling=args.negative_sampling,
-                own_negative_share=args.own_negative_share,
+                horizon_days=args.horizon_days,
+                cutoffs=args.cutoffs,
+                cutoff_step_days=args.cutoff_step_days,
+                own_candidates=args.own_candidates,
+                popular_candidates=args.popular_candidates,
+                sampled_negatives=args.sampled_negatives,
+                own_negative_rate=args.own_negative_rate,
                 seed=args.seed,
             ),
             val_weeks=args.val_weeks,
             test_weeks=args.test_weeks,
-            train_weeks=args.train_weeks,
         )
-        return preprocess(logs, catalog, args.output, config)
+        return preprocess(logs, catalog, args.output, config, state_only=args.state_only)
 
 
 if __name__ == "__main__":

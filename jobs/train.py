@@ -1,48 +1,82 @@
-"""python -m jobs.train --data DATA --output MODEL [--epochs N] [--workers N] [--gpu auto]"""
+"""python -m jobs.train --data DATA --output MODEL [--refit] [--epochs N] [--workers N] [--gpu auto]
+
+The validated run (labels end where the validation weeks start; early stopping on them) is
+evaluated on the held-out test weeks (``metrics.json``: ``test``). With ``--refit`` it is written
+to MODEL-validated, and the deployment model, refit on labels through DATA's last day with the
+epoch count the validated run chose, to MODEL.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import time
 
 from jobs.cli import init_ray, one_line_errors
 from ncf.device import use_gpu
-from ncf.model.advanced_ncf import ModelConfig
-from ncf.model.directory import save_model_dir
-from ncf.train.loop import TrainConfig, best_checkpoint_weights, fit, run_history
+from ncf.evaluate.evaluation import evaluate_all
+from ncf.model.config import ModelConfig
+from ncf.model.directory import update_metrics
+from ncf.splits import REFIT, TEST, VALIDATED
+from ncf.train.checkpoint import VAL_METRIC, best_checkpoint, export_model_dir, run_history
+from ncf.train.config import TrainConfig
 from ncf.train.tensorboard import write_history
+from ncf.train.trainer import best_epoch, fit, refit_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     d = TrainConfig()
-    p = argparse.ArgumentParser(description="Train AdvancedNCF with Ray Train (TorchTrainer).")
+    p = argparse.ArgumentParser(
+        description="Train AdvancedNCF with Ray Train (TorchTrainer).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--data", required=True, help="output of jobs.preprocess")
-    p.add_argument("--output", required=True, help="model directory to write")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--output", required=True, help="model directory to write (the refit one with --refit)")
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="after the validated run, refit on labels through DATA's last day with the epochs it chose "
+        "(the deployment model, written to --output; the validated one to --validated-output)",
+    )
+    p.add_argument(
+        "--validated-output", default=None, help="with --refit: the validated model (default: OUTPUT-validated)"
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs at most (early stopping on validation)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers; >1 shards the embedding tables")
     p.add_argument("--gpu", default="auto", help="auto (use CUDA when present), yes or no")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.learning_rate)
-    p.add_argument("--patience", type=int, default=d.patience)
-    p.add_argument("--val-users", type=int, default=d.val_users)
-    p.add_argument("--max-steps-per-epoch", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="training lists (household x cutoff) per step")
+    p.add_argument("--lr", type=float, default=d.learning_rate, help="Adam's learning rate (dense layers)")
+    p.add_argument(
+        "--patience", type=int, default=d.patience, help="epochs without a better val NDCG@10 before stopping"
+    )
+    p.add_argument("--val-users", type=int, default=d.val_users, help="households ranked for validation (0 = all)")
+    p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap each epoch (0 = the whole split)")
     p.add_argument("--model", default="{}", help='ModelConfig overrides as JSON, e.g. {"mf_embedding_dim": 64}')
     p.add_argument("--storage", default="artifacts/ray_results", help="where Ray Train keeps checkpoints")
     p.add_argument("--name", default=None, help="run name (reuse it to resume an interrupted run)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and the shuffles")
     return p.parse_args(argv)
+
+
+def _export(result, output: str, data: str, version: str, extra: dict) -> str:
+    checkpoint, metrics = best_checkpoint(result)
+    history = run_history(result)
+    path = export_model_dir(checkpoint, output, data, {"training": metrics, "history": history, **extra}, version)
+    write_history(history, os.path.join(result.path, "tensorboard"))
+    return path
 
 
 def main(argv=None) -> str:
     args = parse_args(argv)
     with one_line_errors():
-        model_overrides = json.loads(args.model)
-        ModelConfig(num_users=1, num_products=1, num_departments=1, num_categories=1, **model_overrides)  # fail fast
+        overrides = json.loads(args.model)
+        ModelConfig(num_users=1, num_products=1, num_departments=1, num_categories=1, **overrides)  # fail fast
         init_ray()
+        data = os.path.abspath(args.data)
         config = TrainConfig(
-            data=os.path.abspath(args.data),
-            model=model_overrides,
+            data=data,
+            model=overrides,
             epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=args.lr,
@@ -51,23 +85,28 @@ def main(argv=None) -> str:
             max_steps_per_epoch=args.max_steps_per_epoch,
             seed=args.seed,
         )
-        result = fit(
-            config, num_workers=args.workers, use_gpu=use_gpu(args.gpu), storage_path=args.storage, name=args.name
-        )
-        weights, state, metrics = best_checkpoint_weights(result)
-        history = run_history(result)
-        path = save_model_dir(
-            args.output,
-            weights,
-            ModelConfig.from_dict(state["model_config"]),
-            args.data,
-            metrics={"training": metrics, "history": history},
-        )
-        logdir = write_history(history, os.path.join(result.path, "tensorboard"))
+        name = args.name or time.strftime("train-%Y%m%d-%H%M%S", time.gmtime())
+        stamp = name.removeprefix("train-")
+        fit_options = dict(num_workers=args.workers, use_gpu=use_gpu(args.gpu), storage_path=args.storage)
+        validated = fit(config, name=name, **fit_options)
+        validated_dir = (args.validated_output or args.output.rstrip("/") + "-validated") if args.refit else args.output
+        _export(validated, validated_dir, data, f"{stamp}-{VALIDATED}", {})
+        test = evaluate_all(validated_dir, data, TEST, with_baselines=False)[0]
+        epochs = best_epoch(validated)
+        update_metrics(validated_dir, {"test": test, "best_epoch": epochs})
+        best = validated.metrics.get("best_" + VAL_METRIC, 0.0)
         print(
-            f"[train] best epoch {state.get('best_epoch')} with val_ndcg@10 "
-            f"{metrics['val_ndcg@10']:.4f}; model directory: {path}; TensorBoard: {logdir}",
+            f"[train] validated model: best epoch {epochs}, {VAL_METRIC} {best:.4f}, "
+            f"test recall@10 {test['recall@10']:.4f} ndcg@10 {test['ndcg@10']:.4f} -> {validated_dir}",
             flush=True,
+        )
+        if not args.refit:
+            return validated_dir
+        refit = fit(refit_config(config, epochs), name=f"{name}-{REFIT}", **fit_options)
+        summary = {"validated_model": os.path.abspath(validated_dir), "test": test, "best_epoch": epochs}
+        path = _export(refit, args.output, data, f"{stamp}-{REFIT}", {"validated": summary})
+        print(
+            f"[train] deployment model (refit on labels through the data's end, {epochs} epochs) -> {path}", flush=True
         )
         return path
 

@@ -9,7 +9,7 @@ import sys
 from jobs.cli import init_ray, one_line_errors
 from ncf.device import use_gpu
 from tune.settings import SweepSettings
-from tune.sweep import SweepInterrupted, run_sweep, summary
+from tune.sweep import SweepInterrupted, refit_best, run_sweep, summary
 
 SHOWN = [
     "trial_id",
@@ -24,7 +24,7 @@ SHOWN = [
     "history_length",
     "learning_rate",
     "dropout",
-    "negatives_per_positive",
+    "unknown_share",
     "is_default",
 ]
 
@@ -44,6 +44,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-users", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="then refit the winner on labels through DATA's last day (SWEEP/refit: the deployment model)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --output")
     return p.parse_args(argv)
 
@@ -77,6 +82,8 @@ def main(argv=None):
             f"plot: {settings.output}/sweep.png, best model: {settings.best_dir}",
             flush=True,
         )
+        if args.refit:
+            print(f"[sweep] deployment model (the winner refit through the data's end): {refit_best(table, settings)}")
         return table
 
 

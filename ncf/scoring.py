@@ -3,6 +3,7 @@
 The ranking code lives in :mod:`ncf.rank`; this module is its stable public name.
 """
 
-from ncf.rank.recommender import RankingSettings, Recommender
+from ncf.rank.candidates import RankingSettings
+from ncf.rank.recommender import Recommender
 
 __all__ = ["RankingSettings", "Recommender"]

@@ -116,6 +116,9 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="model directory to serve")
+    data: Optional[str] = Field(
+        None, description="DATA directory whose histories the model ranks from (default: the model's own state)"
+    )
     candidates: Optional[int] = Field(None, ge=1, description="first-stage candidates re-ranked (default: the model's)")
     default_at: Literal["now", "data_end"] = "now"
     min_replicas: int = Field(1, ge=0)
@@ -138,7 +141,7 @@ def build_app(args: Dict) -> Application:
     if a.max_replicas < max(a.min_replicas, 1):
         raise ValueError(f"max_replicas ({a.max_replicas}) is below min_replicas ({a.min_replicas})")
     settings = ServeSettings.from_user_config(
-        {"model_dir": a.model, "candidates": a.candidates, "default_at": a.default_at}
+        {"model_dir": a.model, "candidates": a.candidates, "default_at": a.default_at, "data": a.data}
     )
     read_config(settings.model_dir)  # not a model directory: fail here, with its path
     return RecommenderDeployment.options(

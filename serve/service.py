@@ -9,7 +9,6 @@ the old model.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import time
@@ -18,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Dict, List, Mapping, Optional
 
 from ncf.data.vocab import UNKNOWN_INDEX
-from ncf.rank.recommender import Recommender
+from ncf.rank.recommender import RankedItems, Recommender
 from serve.api import BatchRecommendRequest, RecommendRequest, ScoreRequest, UnknownProducts
 
 DEFAULT_AT_CHOICES = ("now", "data_end")
@@ -30,6 +29,9 @@ class ServeSettings:
 
     Args:
         model_dir: the model directory to serve (jobs.train output or SWEEP/best).
+        data: a DATA directory (``jobs.preprocess``, or ``--state-only``) whose histories the
+            model ranks from (every household and its latest purchases); None: the state the
+            model was trained with. A new ``data`` rolls out like a new model, without a restart.
         candidates: how many first-stage candidates the full model re-ranks; None keeps the
             model directory's own setting. More candidates: closer to brute force, slower.
         default_at: the moment used when a request has no ``at``: ``"now"`` (live traffic)
@@ -39,6 +41,7 @@ class ServeSettings:
     model_dir: str
     candidates: Optional[int] = None
     default_at: str = "now"
+    data: Optional[str] = None
 
     @staticmethod
     def from_user_config(config: Mapping) -> "ServeSettings":
@@ -57,7 +60,12 @@ class ServeSettings:
         default_at = config.get("default_at", "now")
         if default_at not in DEFAULT_AT_CHOICES:
             raise ValueError(f"default_at must be one of {DEFAULT_AT_CHOICES}, not {default_at!r}")
-        return ServeSettings(os.path.abspath(config["model_dir"]), candidates, default_at)
+        data = config.get("data")
+        if data is not None and (not isinstance(data, str) or not data):
+            raise ValueError(f"data must be a DATA directory path, not {data!r}")
+        return ServeSettings(
+            os.path.abspath(config["model_dir"]), candidates, default_at, None if data is None else os.path.abspath(data)
+        )
 
     def user_config(self) -> Dict:
         return dataclasses.asdict(self)
@@ -72,16 +80,18 @@ class ModelService:
 
     @staticmethod
     def load(settings: ServeSettings, previous: Optional["ModelService"] = None) -> "ModelService":
-        """Loads ``settings.model_dir``; reuses ``previous``'s model when only options changed."""
-        if previous is not None and previous.settings.model_dir == settings.model_dir:
-            # A shallow copy shares the loaded model and data; changing its ranking settings
-            # leaves the instance that requests in flight are using untouched.
-            recommender = copy.copy(previous.recommender)
-        else:
-            recommender = Recommender.load(settings.model_dir)
-            recommender.warm_first_stage()
+        """Loads ``settings.model_dir`` over ``settings.data``; reuses ``previous``'s model and
+        state when only options changed."""
+        same = previous is not None and (previous.settings.model_dir, previous.settings.data) == (
+            settings.model_dir,
+            settings.data,
+        )
+        recommender = previous.recommender if same else Recommender.load(settings.model_dir, data=settings.data)
         if settings.candidates is not None:
-            recommender.settings = dataclasses.replace(recommender.settings, candidates=settings.candidates)
+            # A new recommender sharing the model and state: requests in flight keep the old one.
+            recommender = recommender.with_settings(candidates=settings.candidates)
+        if not same:
+            recommender.ranker.warm()
         return ModelService(recommender, settings)
 
     @property
@@ -92,7 +102,7 @@ class ModelService:
         """Epoch seconds to rank for: the request's ``at``, else the configured default."""
         if at is not None:
             return int(at.timestamp())
-        return int(time.time()) if self.settings.default_at == "now" else self.recommender.data_end
+        return int(time.time()) if self.settings.default_at == "now" else self.recommender.default_at
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -100,41 +110,27 @@ class ModelService:
         return {"status": "ok", "model_version": self.version, "model_dir": self.settings.model_dir}
 
     def recommend(self, request: RecommendRequest) -> Dict:
-        at = self.moment(request.at)
-        ranked = self.recommender.recommend_items(
-            request.user_id, request.k, at, request.exclude_purchased, request.explain
-        )
-        return {**ranked, "at": _iso(at), "model_version": self.version}
+        return self.recommend_many([request])[0]
 
     def recommend_many(self, requests: List[RecommendRequest]) -> List[Dict]:
         """One answer per request, all from this model (what a ``@serve.batch`` call runs):
-        requests with the same ``k`` and ``exclude_purchased`` are ranked in one model call."""
+        requests with the same ``k``, ``exclude_purchased`` and ``explain`` are ranked in one
+        model call."""
         answers: List[Optional[Dict]] = [None] * len(requests)
         groups: Dict[tuple, List[int]] = {}
         for i, r in enumerate(requests):
-            if r.explain:
-                answers[i] = self.recommend(r)
-            else:
-                groups.setdefault((r.k, r.exclude_purchased), []).append(i)
-        for (k, exclude), rows in groups.items():
+            groups.setdefault((r.k, r.exclude_purchased, r.explain), []).append(i)
+        for (k, exclude, explain), rows in groups.items():
             at = [self.moment(requests[i].at) for i in rows]
-            ranked = self.recommender.recommend_items_many([requests[i].user_id for i in rows], k, at, exclude)
-            for i, a, answer in zip(rows, at, ranked):
-                answers[i] = {**answer, "at": _iso(a), "model_version": self.version}
+            ranked = self.recommender.rank([requests[i].user_id for i in rows], k, at, exclude, explain)
+            for i, items in zip(rows, ranked):
+                answers[i] = {**recommendation(items), "at": _iso(items.at), "model_version": self.version}
         return answers
 
     def recommend_batch(self, request: BatchRecommendRequest) -> Dict:
         at = self.moment(request.at)
-        if request.explain:
-            results = [
-                self.recommender.recommend_items(u, request.k, at, request.exclude_purchased, explain=True)
-                for u in request.user_ids
-            ]
-        else:
-            results = self.recommender.recommend_items_many(
-                request.user_ids, request.k, [at] * len(request.user_ids), request.exclude_purchased
-            )
-        return {"results": results, "at": _iso(at), "model_version": self.version}
+        ranked = self.recommender.rank(request.user_ids, request.k, at, request.exclude_purchased, request.explain)
+        return {"results": [recommendation(r) for r in ranked], "at": _iso(at), "model_version": self.version}
 
     def score(self, request: ScoreRequest) -> Dict:
         """Raises UnknownProducts (a 422 naming them) before any scoring."""
@@ -143,8 +139,18 @@ class ModelService:
         if unknown:
             raise UnknownProducts(unknown)
         at = self.moment(request.at)
-        scores = self.recommender.score(request.user_id, request.product_ids, at)
+        scores, _ = self.recommender.score_items(request.user_id, request.product_ids, at)
         return {"user_id": request.user_id, "scores": scores, "at": _iso(at), "model_version": self.version}
+
+
+def recommendation(ranked: RankedItems) -> Dict:
+    """A household's ranking as the HTTP contract's ``Recommendation`` (``because`` only when
+    explained)."""
+    items = [{"product_id": p, "score": s} for p, s in zip(ranked.product_ids, ranked.scores)]
+    if ranked.because is not None:
+        for item, because in zip(items, ranked.because):
+            item["because"] = [{"product_id": p, "weight": w} for p, w in because]
+    return {"user_id": ranked.user_id, "cold_start": ranked.cold_start, "items": items}
 
 
 def _iso(epoch_seconds: int) -> datetime:

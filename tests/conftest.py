@@ -53,7 +53,9 @@ def small_data(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
     logs, catalog = datasets.write_synthetic(str(root / "raw"), datasets.SyntheticSpec(**SMALL_SPEC))
     config = PreprocessConfig(
-        examples=ExampleConfig(history_length=8, negatives_per_positive=3), val_weeks=3, test_weeks=4, train_weeks=0
+        examples=ExampleConfig(history_length=8, horizon_days=21, cutoffs=2, sampled_negatives=5),
+        val_weeks=3,
+        test_weeks=4,
     )
     data = str(root / "data")
     stats = preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), data, config)

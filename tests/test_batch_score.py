@@ -104,12 +104,12 @@ def first_run(small_model_dir, small_data, tmp_path_factory):
 def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model_dir, small_data):
     output, summary = first_run
     data, _ = small_data
-    recommender = Recommender.load(small_model_dir)
+    recommender = Recommender.load(small_model_dir, data=data)
     users = len(recommender.vocabs.users) - 1
     assert (
         summary["users"] == users
         and summary["rows"] == users * K
-        and summary["run_date"] == run_date_of(recommender.data_end)
+        and summary["run_date"] == run_date_of(recommender.default_at)
     )
     assert sorted(os.listdir(output)) == [bs.TMP, f"run_date={summary['run_date']}"] and os.listdir(
         os.path.join(output, bs.TMP)
@@ -125,9 +125,9 @@ def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model
     # Scores are the scoring core's too, not only the order.
     user = table.column("user_id")[0].as_py()
     mine = table.filter(pads.field("user_id") == user).sort_by("rank")
-    expected = recommender.recommend_items(user, k=K, at=summary["at_epoch_s"])["items"]
-    assert mine.column("product_id").to_pylist() == [i["product_id"] for i in expected]
-    np.testing.assert_allclose(mine.column("score").to_numpy(), [i["score"] for i in expected], rtol=1e-5)
+    expected = recommender.rank([user], k=K, at=summary["at_epoch_s"])[0]
+    assert mine.column("product_id").to_pylist() == expected.product_ids
+    np.testing.assert_allclose(mine.column("score").to_numpy(), expected.scores, rtol=1e-5)
     with open(os.path.join(bs.partition_dir(output, summary["run_date"]), bs.SUCCESS)) as f:
         assert json.load(f)["rows"] == table.num_rows
 

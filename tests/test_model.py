@@ -8,17 +8,12 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from ncf.data.features import CATEGORY_COLUMNS, DURATION_COLUMNS, TIMING_COLUMNS
 from ncf.device import default_device, use_gpu
-from ncf.model.advanced_ncf import (
-    AdvancedNCF,
-    CategoryHierarchy,
-    ModelConfig,
-    MultiHeadAttention,
-    TemporalEncoding,
-    example_batch,
-)
-
-SWITCHES = ["use_temporal", "use_attention", "use_hierarchy", "use_mf", "use_mlp", "use_repeat"]
+from ncf.model import AdvancedNCF, ModelConfig, example_batch
+from ncf.model.advanced_ncf import PRODUCT_KEY, USER_KEY, lookup
+from ncf.model.config import SWITCHES
+from ncf.model.modules import CategoryHierarchy, MultiHeadAttention, TemporalEncoding
 
 
 def small_config(**overrides) -> ModelConfig:
@@ -26,14 +21,18 @@ def small_config(**overrides) -> ModelConfig:
     return ModelConfig(**{**base, **overrides})
 
 
-def test_output_is_b_probabilities():
+def test_output_is_n_probabilities_through_final():
     config = small_config()
     model = AdvancedNCF(config).eval()
-    probs = model(example_batch(config, batch_size=16))
-    assert probs.shape == (16,)
-    assert torch.all((probs > 0) & (probs < 1))
-    logits = model(example_batch(config, batch_size=16), return_logits=True)
+    batch = example_batch(config, contexts=4, candidates_per_context=5)
+    probs = model(batch)
+    assert probs.shape == (20,) and torch.all((probs > 0) & (probs < 1))
+    logits = model(batch, return_logits=True)
     torch.testing.assert_close(torch.sigmoid(logits), probs)
+    # forward is final (Linear(2, 1) + Sigmoid) over the two paths: changing final's weights changes it.
+    with torch.no_grad():
+        model.final[0].bias.add_(1.0)
+    assert torch.all(model(batch) > probs)
 
 
 def test_seed_names_and_types():
@@ -53,7 +52,8 @@ def test_seed_names_and_types():
     combination = model.feature_combination
     assert [type(m) for m in combination] == [nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.Dropout]
     c = model.config
-    assert combination[0].in_features == c.mf_embedding_dim + 2 * c.mlp_embedding_dim + c.temporal_dim
+    timing = TIMING_COLUMNS.stop - TIMING_COLUMNS.start
+    assert combination[0].in_features == c.mf_embedding_dim + 2 * c.mlp_embedding_dim + c.temporal_dim + timing
     assert model.mf_output.in_features == c.mf_embedding_dim
     assert model.mlp_output.in_features == c.mlp_hidden_dims[-1]
     assert isinstance(model.final[0], nn.Linear) and model.final[0].in_features == 2
@@ -72,11 +72,21 @@ def test_temporal_encoding_is_the_seed_table():
 def test_gradients_reach_every_table_and_layer():
     config = small_config()
     model = AdvancedNCF(config).train()
-    batch = example_batch(config, batch_size=64)
+    batch = example_batch(config, contexts=8, candidates_per_context=8)
     loss = nn.functional.binary_cross_entropy_with_logits(model(batch, return_logits=True), batch.label)
     loss.backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert missing == []
+
+
+def test_one_lookup_per_side_reads_the_tables_rows():
+    """Households and the distinct products of a batch are looked up once each; a one-id bag is
+    that id's row, so the lookup equals indexing the table."""
+    model = AdvancedNCF(small_config())
+    ids = torch.tensor([3, 0, 7, 3])
+    for key, table in ((USER_KEY, "user_mlp_embeddings"), (PRODUCT_KEY, "product_mlp_embeddings")):
+        weight = model.mlp_embedding_collection.embedding_bags[table].weight
+        torch.testing.assert_close(lookup(model.mlp_embedding_collection, key, ids), weight[ids])
 
 
 def test_attention_masks_padding_and_never_nans():
@@ -96,30 +106,51 @@ def test_attention_masks_padding_and_never_nans():
     torch.testing.assert_close(out, fused, atol=1e-5, rtol=1e-5)
 
 
+def test_queries_over_their_owners_keys_equal_one_row_each():
+    """N candidates attend over their household's history projected once (``owner``): the same
+    numbers as giving each candidate its own copy of the keys."""
+    attn = MultiHeadAttention(16, num_heads=4).eval()
+    keys, mask = torch.randn(2, 5, 16), torch.tensor([[True] * 5, [True, True, False, False, False]])
+    owner, query = torch.tensor([0, 1, 1, 0]), torch.randn(4, 16)
+    grouped, weights = attn(query, keys, keys, mask, need_weights=True, owner=owner)
+    one_each, expected = attn(query, keys[owner], keys[owner], mask[owner], need_weights=True)
+    torch.testing.assert_close(grouped, one_each)
+    torch.testing.assert_close(weights, expected)
+
+
+def test_explanations_differ_between_candidates_of_one_household():
+    config = small_config()
+    model = AdvancedNCF(config).eval()
+    batch = example_batch(config, contexts=1, candidates_per_context=6, seed=2)
+    batch.history[0] = torch.arange(1, config.history_length + 1)
+    _, weights = model.logits(batch, need_weights=True)
+    assert weights.shape == (6, config.history_length)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(6), atol=0.5, rtol=0)  # plus the null slot
+    assert len({tuple(w.argsort(descending=True)[:3].tolist()) for w in weights}) > 1
+
+
 @pytest.mark.parametrize("switch", SWITCHES)
 def test_each_switch_removes_its_part(switch):
     full = AdvancedNCF(small_config())
     ablated = AdvancedNCF(small_config(**{switch: False}))
-    n_full = sum(p.numel() for p in full.parameters())
-    n_ablated = sum(p.numel() for p in ablated.parameters())
-    assert n_ablated < n_full
+    assert sum(p.numel() for p in ablated.parameters()) < sum(p.numel() for p in full.parameters())
     removed = {
-        "use_temporal": ["temporal_encoding", "history_age_projection"],
+        "use_temporal": ["temporal_encoding", "history_age_projection", "duration_projection"],
         "use_attention": ["history_attention"],
-        "use_hierarchy": ["category_hierarchy"],
+        "use_hierarchy": ["category_hierarchy", "cadence_norm"],
         "use_mf": ["mf_embedding_collection", "mf_output"],
         "use_mlp": ["mlp_embedding_collection", "feature_combination", "mlp_output"],
-        "use_repeat": ["repeat_projection"],
+        "use_timing": ["timing_norm"],
     }[switch]
     for name in removed:
         assert not hasattr(ablated, name), name
-    assert ablated(example_batch(ablated.config, 8)).shape == (8,)
+    assert ablated(example_batch(ablated.config, 2, 4)).shape == (8,)
 
 
 def _output_changes(config: ModelConfig, edit) -> bool:
     torch.manual_seed(0)
     model = AdvancedNCF(config).eval()
-    batch = example_batch(config, batch_size=16)
+    batch = example_batch(config, 4, 4)
     before = model(batch)
     edit(batch)
     return not torch.allclose(before, model(batch))
@@ -128,10 +159,10 @@ def _output_changes(config: ModelConfig, edit) -> bool:
 @pytest.mark.parametrize(
     "switch, edit",
     [
-        ("use_temporal", lambda b: b.time_parts.__setitem__((slice(None), 0), (b.time_parts[:, 0] + 7) % 24)),
+        ("use_temporal", lambda b: b.features[:, DURATION_COLUMNS].add_(30.0)),
         ("use_attention", lambda b: b.history.copy_(torch.roll(b.history, 1, dims=0))),
-        ("use_hierarchy", lambda b: b.category.copy_((b.category + 1) % 30)),
-        ("use_repeat", lambda b: b.repeat.add_(1.0)),
+        ("use_hierarchy", lambda b: b.features[:, CATEGORY_COLUMNS].add_(1.0)),
+        ("use_timing", lambda b: b.features[:, TIMING_COLUMNS].mul_(2.0)),
     ],
 )
 def test_switched_off_input_is_ignored(switch, edit):
@@ -142,80 +173,8 @@ def test_switched_off_input_is_ignored(switch, edit):
 def test_eval_mode_is_deterministic():
     config = small_config()
     model = AdvancedNCF(config).eval()
-    batch = example_batch(config, batch_size=32)
+    batch = example_batch(config, 4, 8)
     torch.testing.assert_close(model(batch), model(batch), rtol=0, atol=0)
-
-
-def test_score_candidates_matches_forward():
-    config = small_config()
-    model = AdvancedNCF(config).eval()
-    batch = example_batch(config, batch_size=12)
-    n = batch.batch_size
-    for field in ("user", "time_parts", "history", "history_age_days"):
-        value = getattr(batch, field)
-        setattr(batch, field, value[:1].expand(n, *value.shape[1:]).clone())
-    expected = model(batch)
-    user = model.encode_user(batch.user[:1], batch.time_parts[:1], batch.history[:1], batch.history_age_days[:1])
-    products = model.encode_products(batch.product, batch.department, batch.category)
-    count = torch.expm1(batch.repeat[:, 0])
-    days = (1 - batch.repeat[:, 1]) * 366.0
-    got, weights = model.score_candidates(user, products, count, days, need_weights=True)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    assert weights.shape == (n, config.history_length)
-
-
-def test_candidates_of_several_users_in_one_call_match_forward():
-    """U users x C candidates in one call: each user's history is projected once, yet every
-    (user, candidate) row gets the same probability and attention weights as in forward."""
-    config = small_config()
-    model = AdvancedNCF(config).eval()
-    users, per_user = 3, 4
-    batch = example_batch(config, batch_size=users * per_user, seed=3)
-    contexts = torch.arange(users).repeat_interleave(per_user) * per_user  # row of each user's context
-    for field in ("user", "time_parts", "history", "history_age_days"):
-        setattr(batch, field, getattr(batch, field)[contexts].clone())
-    hook_weights = []
-    handle = model.history_attention.register_forward_hook(lambda module, args, out: hook_weights.append(out[1]))
-    with torch.no_grad():
-        expected = model(batch)
-        first = contexts[::per_user]
-        user = model.encode_user(
-            batch.user[first], batch.time_parts[first], batch.history[first], batch.history_age_days[first]
-        )
-        products = model.encode_products(batch.product, batch.department, batch.category)
-        got, weights = model.score_candidates(
-            user, products, torch.expm1(batch.repeat[:, 0]), (1 - batch.repeat[:, 1]) * 366.0, need_weights=True
-        )
-        _, expected_weights = model.combine(
-            model.encode_user(batch.user, batch.time_parts, batch.history, batch.history_age_days),
-            products,
-            batch.repeat,
-            need_weights=True,
-        )
-    handle.remove()
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(weights, expected_weights, atol=1e-6, rtol=1e-5)
-    assert hook_weights[-2].shape == (users, per_user, config.history_length)  # grouped: U x C x L inside
-    with pytest.raises(ValueError, match="split evenly"):
-        model.score_candidates(user, products.select(torch.arange(5)), torch.zeros(5), torch.zeros(5))
-
-
-@pytest.mark.parametrize("switch", [None, "use_mf", "use_attention", "use_temporal"])
-def test_table_lookup_equals_the_collections(switch):
-    """Serving reads one-id bags straight from the tables' rows; every tensor of the user side
-    must equal what the EmbeddingBagCollections pool, padding slots (empty bags) included."""
-    config = small_config(**({switch: False} if switch else {}))
-    model = AdvancedNCF(config).eval()
-    batch = example_batch(config, batch_size=9, seed=5)
-    assert (batch.history == 0).any() and (batch.history > 0).any()
-    args = (batch.user, batch.time_parts, batch.history, batch.history_age_days)
-    with torch.no_grad():
-        pooled, rows = model.encode_user(*args), model.encode_user(*args, table_lookup=True)
-    for field in dataclasses.fields(pooled):
-        expected, got = getattr(pooled, field.name), getattr(rows, field.name)
-        assert (expected is None) == (got is None), field.name
-        if expected is not None:
-            torch.testing.assert_close(got, expected, atol=0, rtol=0, msg=field.name)
 
 
 def test_save_load_round_trip_weights_only():
@@ -226,7 +185,7 @@ def test_save_load_round_trip_weights_only():
     buffer.seek(0)
     restored = AdvancedNCF(ModelConfig.from_dict(dataclasses.asdict(config))).eval()
     restored.load_state_dict(torch.load(buffer, weights_only=True))
-    batch = example_batch(config, batch_size=8)
+    batch = example_batch(config, 2, 4)
     torch.testing.assert_close(model(batch), restored(batch), rtol=0, atol=0)
 
 
@@ -241,8 +200,7 @@ def test_config_rejects_bad_sizes():
 
 def test_runs_on_the_default_device():
     device = default_device()
-    assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert use_gpu("auto") == torch.cuda.is_available()
     config = small_config()
-    model = AdvancedNCF(config, device=device).to(device).eval()
-    assert model(example_batch(config, 4).to(device)).device.type == device.type
+    model = AdvancedNCF(config).to(device).eval()
+    assert model(example_batch(config, 2, 4).to(device)).shape == (8,)
+    assert use_gpu("auto") == torch.cuda.is_available()

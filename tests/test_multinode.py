@@ -28,9 +28,10 @@ from ncf.batch import scoring as batch_scoring
 from ncf.data import datasets, schema
 from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import PreprocessConfig, preprocess
-from ncf.model.advanced_ncf import ModelConfig
-from ncf.model.directory import save_model_dir
-from ncf.train.loop import TrainConfig, best_checkpoint_weights, fit
+from ncf.data.user_state import UserStates
+from ncf.train.checkpoint import best_checkpoint, export_model_dir
+from ncf.train.config import TrainConfig
+from ncf.train.trainer import fit
 
 # The default (200 partitions per shuffle) adds task overhead for nothing on this small a
 # dataset; four partitions still give every shuffle several tasks to place.
@@ -143,15 +144,18 @@ def test_preprocessing_on_two_nodes_uses_both_and_matches_one_node(two_node_run,
     assert _canonical_rows(os.path.join(data, "examples"), "hive").equals(
         _canonical_rows(os.path.join(reference, "examples"), "hive")
     )
-    assert _canonical_rows(os.path.join(data, "user_state")).equals(
-        _canonical_rows(os.path.join(reference, "user_state"))
+    mine, theirs = (
+        UserStates.load(os.path.join(data, "user_state")),
+        UserStates.load(os.path.join(reference, "user_state")),
     )
+    for name in ("offsets", "products", "timestamps"):
+        assert (getattr(mine, name) == getattr(theirs, name)).all(), name
 
     by_task = _task_nodes(two_node_run["window_ms"])
     placement = {name: sorted(node[:8] for node in nodes) for name, nodes in by_task.items()}
     assert set().union(*by_task.values()) == set(two_nodes.values()), placement
-    # The per-user stages run in shuffle aggregators, which Ray Data spreads over the nodes.
-    for stage in ("user_examples", "user_state"):
+    # The per-household stage runs in shuffle aggregators, which Ray Data spreads over the nodes.
+    for stage in ("household_lists",):
         runs = [nodes for name, nodes in by_task.items() if f"MapBatches({stage})" in name]
         assert runs and set().union(*runs) == set(two_nodes.values()), (stage, placement)
 
@@ -163,7 +167,7 @@ def sharded_training(two_node_run, tmp_path_factory):
         data=two_node_run["data"],
         model=SMALL_MODEL,
         epochs=1,
-        batch_size=256,
+        batch_size=8,
         val_users=20,
         max_steps_per_epoch=6,
         patience=5,
@@ -198,13 +202,9 @@ def test_two_worker_training_shards_the_tables_with_data_from_the_other_node(sha
 def trained_model_dir(sharded_training, two_node_run, tmp_path_factory):
     """The gathered (unsharded) weights of the 2-worker run as a model directory."""
     result, _ = sharded_training
-    weights, state, _ = best_checkpoint_weights(result)
-    return save_model_dir(
-        str(tmp_path_factory.mktemp("model") / "v1"),
-        weights,
-        ModelConfig.from_dict(state["model_config"]),
-        two_node_run["data"],
-        version="v1",
+    checkpoint, metrics = best_checkpoint(result)
+    return export_model_dir(
+        checkpoint, str(tmp_path_factory.mktemp("model") / "v1"), two_node_run["data"], {"training": metrics}, "v1"
     )
 
 

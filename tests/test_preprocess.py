@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -15,13 +14,11 @@ import pytest
 from ncf.data import layout, schema
 from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import PreprocessConfig, preprocess
+from ncf.data.user_state import UserStates
 from ncf.data.vocab import FEW_IDS, Vocabularies, Vocabulary
+from ncf.splits import REFIT, VALIDATED
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def examples(data: str, split: str) -> pd.DataFrame:
-    return pads.dataset(layout.examples_dir(data, split), format="parquet").to_table().to_pandas()
 
 
 # -- validation of raw rows ----------------------------------------------------------------
@@ -168,43 +165,56 @@ def test_stats_account_for_every_row(small_data):
         assert json.load(f)["rows_in"] == stats["rows_in"]
     vocabs = Vocabularies.load(layout.vocab_dir(data))
     assert vocabs.sizes() == stats["vocab_sizes"]
-    assert stats["splits"]["train"]["rows"] > stats["splits"]["train"]["positives"] > 0
+    for run in (VALIDATED, REFIT):
+        counts = stats["examples"][run]
+        assert counts["candidates"] > counts["positives"] > 0 and counts["lists"] > 0
 
 
-def test_split_is_strictly_temporal(small_data):
+def test_the_state_holds_every_household_and_purchase_through_the_end(small_data):
+    """Vocabularies and histories cover the whole data (not only what came before the test
+    weeks): ranking from the state sees every household and its latest purchases."""
     data, stats = small_data
-    b = stats["boundaries"]
-    train, val, test = (examples(data, s) for s in ("train", "val", "test"))
-    assert train["ts"].max() < b["val_start"] <= val["ts"].min()
-    assert val["ts"].max() < b["test_start"] <= test["ts"].min()
+    states = UserStates.load(layout.user_state_dir(data))
+    vocabs = Vocabularies.load(layout.vocab_dir(data))
+    assert len(states.products) == stats["rows_kept"]
+    assert int(states.timestamps.max()) == stats["boundaries"]["end"]
+    assert len(states) == len(vocabs.users) - 1  # every household has its purchases
+    first_seen = vocabs.products.column("first_ts")[1:]
+    assert first_seen.max() >= stats["boundaries"]["test_start"] or first_seen.min() > 0
 
 
-def test_history_never_contains_the_event_or_later_purchases(small_data):
-    data, _ = small_data
-    frame = examples(data, "train").sample(n=300, random_state=0)
-    states = pads.dataset(layout.user_state_dir(data), format="parquet").to_table().to_pandas().set_index("user")
-    for row in frame.itertuples():
-        history = np.asarray(row.history)
-        ages = np.asarray(row.history_age_days)
-        present = history > 0
-        assert np.all(ages[present] > 0)
-        products = np.asarray(states.loc[row.user, "products"])
-        times = np.asarray(states.loc[row.user, "timestamps"])
-        earlier = products[times < row.ts]
-        assert present.sum() == min(len(earlier), len(history))
-        # The most recent earlier purchases, in order, are exactly the history.
-        latest = earlier[::-1][: present.sum()]
-        assert sorted(history[present].tolist()) == sorted(latest.tolist())
+def test_training_lists_end_where_their_run_must(small_data):
+    """The validated run's labels end where validation starts; the refit's run to the data's end."""
+    data, stats = small_data
+    b, horizon = stats["boundaries"], stats["config"]["examples"]["horizon_days"] * 86_400
+    assert max(stats["cutoffs"][VALIDATED]) + horizon == b["val_start"]
+    assert max(stats["cutoffs"][REFIT]) + horizon == b["end"] + 1
+    states = UserStates.load(layout.user_state_dir(data))
+    for cutoff in stats["cutoffs"][VALIDATED][:1]:
+        lists = pads.dataset(layout.examples_dir(data, cutoff), format="parquet").to_table().to_pylist()[:40]
+        for row in lists:
+            timeline = states.timeline(row["user"])
+            window = (timeline.timestamps >= cutoff) & (timeline.timestamps < cutoff + horizon)
+            assert row["moment"] == timeline.timestamps[window].min()  # the first visit in the window
+            bought = set(timeline.products[window].tolist())
+            labels = dict(zip(row["product"], row["label"]))
+            assert {p for p, y in labels.items() if y} <= bought
+            assert all(labels[p] == 1 for p in bought if p in labels)
 
 
-def test_repeat_counts_match_the_raw_purchases(small_data):
-    data, _ = small_data
-    frame = examples(data, "train").sample(n=300, random_state=1)
-    states = pads.dataset(layout.user_state_dir(data), format="parquet").to_table().to_pandas().set_index("user")
-    for row in frame.itertuples():
-        products = np.asarray(states.loc[row.user, "products"])
-        times = np.asarray(states.loc[row.user, "timestamps"])
-        assert row.repeat_count == np.sum((products == row.product) & (times < row.ts))
+def test_state_only_refreshes_the_state_without_lists(ray_session, small_data, tmp_path):
+    from ncf.data import datasets
+
+    logs, catalog = datasets.write_synthetic(
+        str(tmp_path / "raw"), datasets.SyntheticSpec(num_users=40, num_products=60)
+    )
+    out = str(tmp_path / "state")
+    stats = preprocess(
+        schema.resolve_files(logs), schema.resolve_files(catalog), out, PreprocessConfig(), state_only=True
+    )
+    assert stats["state_only"] and stats["examples"] == {}
+    assert not os.path.exists(os.path.join(out, "examples"))
+    assert len(UserStates.load(layout.user_state_dir(out)).products) == stats["rows_kept"]
 
 
 def test_bad_rows_land_in_quarantine_with_reasons(ray_session, tmp_path):
@@ -223,11 +233,9 @@ def test_bad_rows_land_in_quarantine_with_reasons(ray_session, tmp_path):
     ]
     path = tmp_path / "logs.csv"
     path.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(",".join(r) for r in rows) + "\n")
-    config = PreprocessConfig(
-        examples=ExampleConfig(history_length=2, negatives_per_positive=1), val_weeks=4, test_weeks=4, train_weeks=0
-    )
+    config = PreprocessConfig(examples=ExampleConfig(history_length=2), val_weeks=4, test_weeks=4)
     out = str(tmp_path / "out")
-    stats = preprocess(schema.resolve_files(str(path)), None, out, config)
+    stats = preprocess(schema.resolve_files(str(path)), None, out, config, state_only=True)
     assert stats["rows_in"] == 11 and stats["rows_kept"] == 5 and stats["rows_quarantined"] == 6
     quarantine = pq.read_table(layout.quarantine_dir(out)).to_pandas()
     assert sorted(quarantine["reason"]) == sorted(
@@ -250,10 +258,9 @@ def test_a_million_synthetic_purchase_lines_go_through(ray_session, tmp_path):
 
     spec = datasets.SyntheticSpec(num_users=4_400, num_products=20_000, baskets_per_user=30.0, basket_size=8.0, seed=1)
     logs, catalog = datasets.write_synthetic(str(tmp_path / "raw"), spec)
-    config = PreprocessConfig(examples=ExampleConfig(history_length=5, negatives_per_positive=1), train_weeks=4)
+    config = PreprocessConfig(examples=ExampleConfig(history_length=5, cutoffs=2))
     stats = preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), str(tmp_path / "data"), config)
     assert stats["rows_in"] >= 1_000_000
     assert stats["rows_in"] == stats["rows_kept"] + stats["rows_quarantined"]
-    positives = sum(s["positives"] for s in stats["splits"].values())
-    assert 0 < positives <= stats["rows_kept"]
+    assert all(0 < run["positives"] < run["candidates"] for run in stats["examples"].values())
     assert stats["vocab_sizes"]["num_users"] == spec.num_users + 1

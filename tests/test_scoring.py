@@ -1,27 +1,16 @@
-"""Metrics, baselines, the scoring core and the evaluation on a small preprocessed dataset."""
-
-import json
+"""Metrics, baselines, the one ranking path and the evaluation on a small preprocessed dataset."""
 
 import numpy as np
 import pytest
-import torch
 
-from ncf.data import layout
-from ncf.data.vocab import Vocabularies
+from ncf.data.features import HALF_LIVES
 from ncf.evaluate.baselines import OwnFrequencyRanker, PopularityRanker, top_k
 from ncf.evaluate.evaluation import evaluate_all, load_period
 from ncf.evaluate.metrics import ranking_metrics
-from ncf.model.advanced_ncf import AdvancedNCF, ModelConfig
-from ncf.model.directory import save_model_dir
+from ncf.rank import candidates as candidates_module
+from ncf.rank.ranker import Ranker
 from ncf.rank.recommender import Recommender
-
-SMALL_MODEL = {
-    "mf_embedding_dim": 16,
-    "mlp_embedding_dim": 16,
-    "temporal_dim": 8,
-    "mlp_hidden_dims": [32, 16],
-    "history_length": 8,
-}
+from ncf.splits import TEST
 
 
 def test_ranking_metrics_by_hand():
@@ -38,117 +27,125 @@ def test_top_k_never_returns_the_unknown_product():
 
 
 @pytest.fixture(scope="module")
-def recommender(small_data, tmp_path_factory):
-    data, _ = small_data
-    vocabs = Vocabularies.load(layout.vocab_dir(data))
-    torch.manual_seed(0)
-    config = ModelConfig(**vocabs.sizes(), **SMALL_MODEL)
-    model_dir = save_model_dir(
-        str(tmp_path_factory.mktemp("m") / "model"), AdvancedNCF(config).state_dict(), config, data
-    )
-    return Recommender.load(model_dir)
+def recommender(small_model_dir, small_data):
+    return Recommender.load(small_model_dir, data=small_data[0])
 
 
 def test_own_frequency_ranks_the_users_staples_first(recommender):
-    user = int(recommender.states.users()[0])
-    timeline = recommender.states.timeline(user)
-    ranker = OwnFrequencyRanker(recommender.states, recommender.popularity)
-    top = top_k(ranker.scores(user, recommender.data_end), 3)
-    counts = np.bincount(timeline.products, minlength=recommender.num_products)
+    states, popularity = recommender.state.states, recommender.state.stats.lines
+    user = int(states.users()[0])
+    timeline = states.timeline(user)
+    top = top_k(OwnFrequencyRanker(states, popularity).scores(user, recommender.default_at), 3)
+    counts = np.bincount(timeline.products, minlength=recommender.state.num_products)
     assert counts[top[0]] == counts.max()
     assert np.all(np.diff(counts[top]) <= 0)
-    assert top_k(PopularityRanker(recommender.popularity).scores(user, 0), 1)[0] == int(
-        np.argmax(recommender.popularity)
-    )
+    assert top_k(PopularityRanker(popularity).scores(user, 0), 1)[0] == int(np.argmax(popularity))
 
 
-def test_recommend_returns_raw_ids_and_cold_start_for_unknown_users(recommender):
+def test_recommend_returns_raw_ids_and_cold_start_is_the_same_path(recommender):
     raw_user = recommender.vocabs.users.raw_of([1])[0]
     lists = recommender.recommend([raw_user, "no-such-user"], k=5)
     assert [len(x) for x in lists] == [5, 5]
     assert all(isinstance(p, int) for p in lists[0])  # synthetic ids are integers
-    known = set(recommender.vocabs.products.raw_of(np.arange(1, recommender.num_products)))
+    known = set(recommender.vocabs.products.raw_of(np.arange(1, recommender.state.num_products)))
     assert set(lists[0]) <= known and set(lists[1]) <= known
-    cold = recommender.rank_indices(0, k=5)
-    assert cold.cold_start and recommender.rank_indices(1, k=5).cold_start is False
+    warm, cold = recommender.rank([raw_user, "no-such-user"], k=5)
+    assert cold.cold_start and not warm.cold_start
+    # The cold start is scored by the model (its unknown household row): probabilities, best first.
+    assert all(0 < s < 1 for s in cold.scores) and cold.scores == sorted(cold.scores, reverse=True)
 
 
-def test_score_names_unknown_products(recommender):
+def test_score_names_unknown_products_and_matches_the_ranking(recommender):
     raw_user = recommender.vocabs.users.raw_of([1])[0]
-    products = recommender.vocabs.products.raw_of([1, 2])
-    scores = recommender.score(raw_user, products)
-    assert len(scores) == 2 and all(0 < s < 1 for s in scores)
+    ranked = recommender.rank([raw_user], k=3)[0]
+    scores = recommender.score(raw_user, ranked.product_ids)
+    np.testing.assert_allclose(scores, ranked.scores, atol=1e-6)
     with pytest.raises(KeyError, match="no-such-product"):
-        recommender.score(raw_user, [products[0], "no-such-product"])
+        recommender.score(raw_user, [ranked.product_ids[0], "no-such-product"])
 
 
 def test_two_stage_ranking_agrees_with_brute_force_on_its_candidates(recommender):
-    user = int(recommender.states.users()[3])
-    two_stage = recommender.rank_indices(user, k=10)
-    brute = recommender.rank_indices(user, k=recommender.num_products, brute_force=True)
+    ranker = recommender.ranker
+    user, at = int(ranker.state.states.users()[3]), recommender.default_at
+    two_stage = ranker.rank([user], [at], k=10)[0]
+    brute = ranker.rank([user], [at], k=ranker.state.num_products, brute_force=True)[0]
     scores = dict(zip(brute.products.tolist(), brute.scores.tolist()))
     # The re-ranked candidates carry exactly the full model's scores, in its order.
-    assert np.allclose([scores[p] for p in two_stage.products.tolist()], two_stage.scores, atol=1e-6)
+    assert np.allclose([scores[p] for p in two_stage.products.tolist()], two_stage.scores, atol=1e-5)
     assert np.all(np.diff(two_stage.scores) <= 0)
 
 
-def test_exclude_purchased_and_explanations(recommender):
-    user = int(recommender.states.users()[5])
-    at = recommender.data_end
-    timeline = recommender.states.timeline(user)
-    bought = set(timeline.products[timeline.timestamps < at].tolist())
-    ranking = recommender.rank_indices(user, k=10, exclude_purchased=True, explain=True)
-    assert not set(ranking.products.tolist()) & bought
-    history, _ = timeline.history(np.array([at]), recommender.model.config.history_length)
+def test_exclude_purchased_keeps_k_when_a_household_bought_more_than_the_candidates(recommender, monkeypatch):
+    """Past purchases are removed before the candidate cut: a household with more distinct past
+    products than ``candidates`` still gets k products it never bought."""
+    ranker = Ranker(recommender.ranker.model, recommender.state, recommender.ranker.rows)
+    ranker.settings.candidates = 20
+    user = int(max(ranker.state.states.users(), key=lambda u: len(set(ranker.state.states.timeline(u).products))))
+    at = recommender.default_at
+    bought = set(ranker.state.states.timeline(user).products_before(at).tolist())
+    assert len(bought) > ranker.settings.candidates
+    ranking = ranker.rank([user], [at], k=10, exclude_purchased=True, explain=True)[0]
+    assert len(ranking.products) == 10 and not set(ranking.products.tolist()) & bought
+    history, _ = ranker.state.states.timeline(user).history(np.array([at]), ranker.history_length)
     for items in ranking.explanations:
         assert items and all(product in set(history[0].tolist()) for product, _ in items)
         weights = [w for _, w in items]
         assert weights == sorted(weights, reverse=True) and all(0 < w <= 1 for w in weights)
 
 
-def test_evaluate_all_reports_model_and_baselines(recommender, small_data):
+def test_many_households_in_one_call_equal_each_alone(recommender):
+    ranker = recommender.ranker
+    users = [int(u) for u in ranker.state.states.users()[:6]] + [0]  # the last: cold start
+    at = [recommender.default_at - i * 86400 for i in range(len(users))]
+    for exclude in (False, True):
+        together = ranker.rank(users, at, k=5, exclude_purchased=exclude)
+        for user, moment, ranking in zip(users, at, together):
+            alone = ranker.rank([user], [moment], k=5, exclude_purchased=exclude)[0]
+            assert ranking.products.tolist() == alone.products.tolist() and ranking.cold_start == alone.cold_start
+            np.testing.assert_allclose(ranking.scores, alone.scores, atol=1e-5)
+
+
+def test_kept_first_stage_lists_equal_fresh_ones(recommender, monkeypatch):
+    """Each household's MF top list is computed once (it does not depend on the moment) and
+    kept; rankings from kept lists equal those of a ranker that keeps none."""
+    r = recommender.ranker
+    warmed = Ranker(r.model, r.state, r.rows, r.settings)
+    assert warmed.warm() == len(r.state.states)
+    monkeypatch.setattr(candidates_module, "MF_CACHE_MAX_ENTRIES", 0)
+    fresh = Ranker(r.model, r.state, r.rows, r.settings)
+    assert not fresh.candidates.mf.cached
+    users = [int(u) for u in r.state.states.users()[:8]]
+    at = [recommender.default_at - i * 3 * 86400 for i in range(len(users))]
+    for a, b in zip(warmed.rank(users, at, k=10), fresh.rank(users, at, k=10)):
+        assert a.products.tolist() == b.products.tolist()
+
+
+def test_own_candidates_are_the_most_bought_recently(recommender):
+    ranker = recommender.ranker
+    user = int(ranker.state.states.users()[2])
+    timeline = ranker.state.states.timeline(user)
+    at = recommender.default_at
+    candidates = ranker.candidates.for_household(user, timeline, at, False, None)
+    own = timeline.aggregates(at, HALF_LIVES).most_bought(ranker.settings.own_candidates)
+    assert candidates[: len(own)].tolist() == own[ranker.candidates.known[own]].tolist()
+
+
+def test_evaluate_all_reports_model_and_baselines(small_model_dir, small_data):
     data, stats = small_data
-    rows = evaluate_all(recommender, data, "test", max_users=40)
+    rows = evaluate_all(small_model_dir, data, TEST, max_users=40)
     assert [r["model"] for r in rows] == ["advanced_ncf", "popularity", "own_frequency", "als"]
     for row in rows:
         assert row["users"] == 40
         for key in ("recall@10", "ndcg@10", "hr@10", "mrr", "sampled_hr@10", "sampled_ndcg@10"):
             assert 0.0 <= row[key] <= 1.0
-    period = load_period(data, "test", stats["boundaries"])
-    assert all(period.first_visit[u] >= stats["boundaries"]["test_start"] for u in period.users)
-    with open(layout.stats_path(data)) as f:
-        assert json.load(f)["boundaries"] == stats["boundaries"]
 
 
-def test_rank_many_equals_ranking_each_user_alone(recommender):
-    users = [int(u) for u in recommender.states.users()[:6]] + [0]  # the last: cold start
-    at = [recommender.data_end - i * 86400 for i in range(len(users))]
-    for exclude in (False, True):
-        together = recommender.rank_many(users, at, k=5, exclude_purchased=exclude)
-        for user, moment, ranking in zip(users, at, together):
-            alone = recommender.rank_indices(user, moment, k=5, exclude_purchased=exclude)
-            assert ranking.products.tolist() == alone.products.tolist()
-            assert ranking.cold_start == alone.cold_start
-            np.testing.assert_allclose(ranking.scores, alone.scores, atol=1e-6)
-    raw = recommender.vocabs.users.raw_of(users[:3])
-    many = recommender.recommend_items_many(raw, k=4, at=at[:3])
-    alone = [recommender.recommend_items(u, 4, a) for u, a in zip(raw, at[:3])]
-    assert [[i["product_id"] for i in m["items"]] for m in many] == [
-        [i["product_id"] for i in a["items"]] for a in alone
-    ]
-
-
-def test_kept_first_stage_lists_equal_fresh_ones(recommender, monkeypatch):
-    """Each user's MF top list is computed once (it does not depend on the moment) and kept;
-    rankings from kept lists must equal those of a recommender that keeps none."""
-    parts = (recommender.model, recommender.vocabs, recommender.states, recommender.data_end)
-    warmed = Recommender(*parts, settings=recommender.settings)
-    assert warmed.warm_first_stage(chunk=7) == len(recommender.states)
-    assert warmed.warm_first_stage() == 0  # all kept already
-    monkeypatch.setattr("ncf.rank.recommender.FIRST_STAGE_CACHE_MAX_ENTRIES", 0)
-    fresh = Recommender(*parts, settings=recommender.settings)
-    users = [int(u) for u in recommender.states.users()[:8]]
-    at = [recommender.data_end - i * 3 * 86400 for i in range(len(users))]
-    for a, b in zip(warmed.rank_many(users, at, k=10), fresh.rank_many(users, at, k=10)):
-        assert a.products.tolist() == b.products.tolist()
-        np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+def test_periods_hold_only_what_was_known_at_their_start(recommender, small_data):
+    _, stats = small_data
+    bounds = stats["boundaries"]
+    state = recommender.state.as_of(bounds["test_start"])
+    period = load_period(state, TEST, bounds)
+    first_seen = state.vocabs.products.column("first_ts")
+    assert all(period.first_visit[u] >= bounds["test_start"] for u in period.users)
+    assert all((first_seen[period.truth[u]] < bounds["test_start"]).all() for u in period.users)
+    assert all(state.states.timeline(u).count_before(np.array([bounds["test_start"]]))[0] > 0 for u in period.users)

@@ -14,6 +14,7 @@ import pytest
 import requests
 from helpers import free_port
 
+from ncf.errors import InputError
 from serve.api import MAX_BATCH_USERS, MAX_BODY_BYTES, MAX_K, MAX_PRODUCT_IDS
 from serve.app import build_app
 from serve.launch import start, wait_until_healthy
@@ -51,7 +52,14 @@ def recommender(small_model_dir):
 @pytest.fixture(scope="module")
 def users(recommender):
     """Two raw user ids with purchase histories."""
-    return recommender.vocabs.users.raw_of(recommender.states.users()[:2])
+    return recommender.vocabs.users.raw_of(recommender.state.states.users()[:2])
+
+
+def expected_items(recommender, user, k, at) -> dict:
+    """What the scoring core answers, in the HTTP contract's shape."""
+    from serve.service import recommendation
+
+    return recommendation(recommender.rank([user], k, at)[0])
 
 
 def post(url: str, payload) -> requests.Response:
@@ -82,18 +90,18 @@ def test_recommend_matches_the_scoring_core(server, recommender, users):
     r = post(f"{server}/recommend", {"user_id": users[0], "k": 7})
     assert r.status_code == 200
     body = r.json()
-    expected = recommender.recommend_items(users[0], 7, recommender.data_end)
+    expected = expected_items(recommender, users[0], 7, recommender.default_at)
     assert body["model_version"] == "v1" and body["cold_start"] is False and body["user_id"] == users[0]
     assert ids(body["items"]) == ids(expected["items"])
     assert [i["score"] for i in body["items"]] == pytest.approx([i["score"] for i in expected["items"]], abs=1e-5)
     # default_at=data_end in this deployment: the answer says which moment it ranked for
-    assert body["at"].startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(recommender.data_end)))
+    assert body["at"].startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(recommender.default_at)))
     assert "because" not in body["items"][0]
 
 
 def test_at_changes_the_temporal_features(server, recommender, users):
     early = post(
-        f"{server}/recommend", {"user_id": users[0], "at": recommender.data_end - 40 * 86400 + 3 * 3600}
+        f"{server}/recommend", {"user_id": users[0], "at": recommender.default_at - 40 * 86400 + 3 * 3600}
     ).json()
     late = post(f"{server}/recommend", {"user_id": users[0], "at": "2030-06-01T15:00:00Z"}).json()
     assert early["at"] != late["at"] and late["at"].startswith("2030-06-01T15:00:00")
@@ -104,8 +112,8 @@ def test_exclude_purchased_drops_past_purchases(server, recommender, users):
     user = users[0]
     bought = set(
         recommender.vocabs.products.raw_of(
-            recommender.states.timeline(int(recommender.vocabs.users.index_of([user])[0])).products_before(
-                recommender.data_end
+            recommender.state.states.timeline(int(recommender.vocabs.users.index_of([user])[0])).products_before(
+                recommender.default_at
             )
         )
     )
@@ -117,7 +125,7 @@ def test_explain_names_weighted_past_purchases(server, recommender, users):
     body = post(f"{server}/recommend", {"user_id": users[0], "k": 3, "explain": True}).json()
     history = set(
         recommender.vocabs.products.raw_of(
-            recommender.states.timeline(int(recommender.vocabs.users.index_of([users[0]])[0])).products
+            recommender.state.states.timeline(int(recommender.vocabs.users.index_of([users[0]])[0])).products
         )
     )
     for item in body["items"]:
@@ -128,7 +136,7 @@ def test_explain_names_weighted_past_purchases(server, recommender, users):
 
 def test_unknown_user_gets_the_cold_start_ranking(server, recommender):
     body = post(f"{server}/recommend", {"user_id": UNKNOWN_USER, "k": 5, "at": "2017-11-20T18:00:00"}).json()
-    expected = recommender.recommend_items(UNKNOWN_USER, 5, "2017-11-20T18:00:00")
+    expected = expected_items(recommender, UNKNOWN_USER, 5, "2017-11-20T18:00:00")
     assert body["cold_start"] is True and expected["cold_start"] is True
     assert ids(body["items"]) == ids(expected["items"]) and len(body["items"]) == 5
 
@@ -228,7 +236,7 @@ def test_bad_user_config_is_refused_with_its_key(config, message):
 
 
 def test_build_app_refuses_a_missing_model_dir(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a model directory"):
+    with pytest.raises(InputError, match="not a model directory"):
         build_app({"model": str(tmp_path)})
 
 
@@ -246,20 +254,20 @@ def test_changing_candidates_reuses_the_model_without_touching_the_old_service(s
     new = ModelService.load(
         ServeSettings.from_user_config({"model_dir": small_model_dir, "candidates": 17}), previous=old
     )
-    assert new.recommender.model is old.recommender.model
+    assert new.recommender.ranker.model is old.recommender.ranker.model
     assert new.recommender.settings.candidates == 17
     assert old.recommender.settings.candidates != 17
 
 
 def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_dir, recommender, users):
-    """What a @serve.batch call runs: requests grouped by k and exclude_purchased are ranked in
-    one model call each, explained ones alone; every answer equals the single request's."""
+    """What a @serve.batch call runs: requests grouped by k, exclude_purchased and explain are
+    ranked in one model call each; every answer equals the single request's."""
     from serve.api import RecommendRequest
 
     service = ModelService.load(
         ServeSettings.from_user_config({"model_dir": small_model_dir, "default_at": "data_end"})
     )
-    earlier = datetime.fromtimestamp(recommender.data_end - 7 * 86400, tz=timezone.utc)
+    earlier = datetime.fromtimestamp(recommender.default_at - 7 * 86400, tz=timezone.utc)
     batch = [
         RecommendRequest(user_id=users[0], k=5),
         RecommendRequest(user_id=users[1], k=3, exclude_purchased=True),

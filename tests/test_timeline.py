@@ -1,11 +1,13 @@
-"""Point-in-time features: nothing from the event's own basket or later leaks in."""
+"""Point-in-time features and training lists: nothing from the moment's own basket or later leaks in."""
 
 import numpy as np
 import pytest
 
-from ncf.data.examples import Catalog, ExampleConfig, draw_negatives, user_examples
-from ncf.data.features import NEVER_BOUGHT_DAYS
+from ncf.data.examples import Cutoff, ExampleConfig, household_lists
+from ncf.data.features import FEATURES, NEVER_DAYS, Catalog, candidate_features
+from ncf.data.product_stats import ProductStats
 from ncf.data.timeline import UserTimeline
+from ncf.data.user_state import UserStates
 
 DAY = 86_400
 
@@ -36,11 +38,15 @@ def test_history_of_a_long_and_of_an_empty_timeline():
     assert hist.tolist() == [[0, 0, 0]] and ages.tolist() == [[0.0, 0.0, 0.0]]
 
 
-def test_repeat_stats_count_only_earlier_baskets():
-    tl = timeline()
-    count, days = tl.repeat_stats(np.array([5, 5, 9, 9, 42]), np.array([4, 2, 4, 5, 5]) * DAY)
-    assert count.tolist() == [2, 1, 0, 1, 0]
-    assert days.tolist() == [2.0, 1.0, NEVER_BOUGHT_DAYS, 1.0, NEVER_BOUGHT_DAYS]
+def test_aggregates_count_only_earlier_purchases_by_hand():
+    agg = timeline().aggregates(4 * DAY, half_lives=(1.0,))
+    assert agg.keys.tolist() == [5, 7]  # 9 is bought at day 4 itself: not before the moment
+    assert agg.lines.tolist() == [2, 1] and agg.days.tolist() == [2, 1]
+    assert agg.last_age.tolist() == [2.0, 3.0] and agg.first_age.tolist() == [3.0, 3.0]
+    assert agg.decayed[:, 0].tolist() == pytest.approx([0.5**2 + 0.5**3, 0.5**3])
+    assert agg.typical_gap[0] == 1.0 and np.isnan(agg.typical_gap[1])  # 7: one day only
+    assert agg.lookup(np.array([7, 9, 5])).tolist() == [1, -1, 0]
+    assert agg.most_bought(1, half_life_column=0).tolist() == [5]
 
 
 def test_bought_at_marks_the_same_basket():
@@ -48,41 +54,47 @@ def test_bought_at_marks_the_same_basket():
     assert tl.bought_at(np.array([9, 7, 5]), np.array([4, 4, 2]) * DAY).tolist() == [True, False, True]
 
 
-def test_negatives_never_come_from_the_same_basket():
-    tl = timeline()
-    catalog = Catalog.build(np.zeros(12), np.zeros(12), np.ones(12), "popularity")
-    at = np.repeat(np.array([4 * DAY]), 500)
-    negatives = draw_negatives(tl, at, ExampleConfig(own_negative_share=0.9), catalog, np.random.default_rng(0))
-    valid = negatives[negatives >= 0]
-    assert len(valid) > 450
-    assert not tl.bought_at(valid, np.full(len(valid), 4 * DAY)).any()
-    assert 0 not in valid  # the unknown product is never a negative
+def _stats(num_products=12, cutoff=4 * DAY):
+    states = UserStates.from_purchases(np.array([1, 1, 2]), np.array([5, 5, 3]), np.array([0, 2, 1]) * DAY, 3)
+    return ProductStats.compute(states, np.arange(num_products) % 3, cutoff)
 
 
-def test_user_examples_splits_and_labels():
-    group = {"user": np.full(5, 3), "product": np.array([7, 5, 5, 9, 5]), "ts": np.array([1, 1, 2, 4, 4]) * DAY}
-    catalog = Catalog.build(np.arange(12) % 3, np.arange(12), np.ones(12), "uniform")
-    table = user_examples(
-        group, ExampleConfig(history_length=3, negatives_per_positive=2), catalog, 0, 2 * DAY, 4 * DAY
-    )
-    frame = table.to_pandas()
-    positives = frame[frame.label == 1]
-    assert positives.split.tolist().count("train") == 2 and positives.split.tolist().count("val") == 1
-    assert positives.split.tolist().count("test") == 2
-    negatives = frame[frame.label == 0]
-    assert set(negatives.split) == {"train"} and 0 < len(negatives) <= 4
-    # Every example's history is made of purchases strictly before it.
-    for row in frame.itertuples():
-        earlier = group["product"][group["ts"] < row.ts]
-        assert set(np.asarray(row.history)[np.asarray(row.history) > 0]) <= set(earlier)
-        assert np.all(np.asarray(row.history_age_days)[np.asarray(row.history) > 0] > 0)
+def test_candidate_features_by_hand():
+    stats = _stats()
+    catalog = Catalog(np.zeros(12, np.int64), np.arange(12) % 3)
+    x = candidate_features(timeline(), np.array([5, 7, 11]), 4 * DAY, catalog, stats)
+    col = {name: x[:, i] for i, name in enumerate(FEATURES)}
+    assert col["own"].tolist() == [1.0, 1.0, 0.0]
+    assert col["since"].tolist() == [2.0, 3.0, NEVER_DAYS]
+    assert col["days_bought"].tolist() == pytest.approx(np.log1p([2.0, 1.0, 0.0]))
+    assert col["gap"][0] == 1.0  # the household's own cycle for 5
+    assert col["gap"][1] == NEVER_DAYS  # bought on one day, and nobody's cycle for 7 is known
+    assert col["due"][0] == pytest.approx(np.log1p(2.0)) and col["due_known"].tolist() == [1.0, 0.0, 0.0]
+    assert col["household_since"].tolist() == [2.0, 2.0, 2.0]  # last basket at day 2
+    assert col["household_baskets"].tolist() == pytest.approx([np.log1p(2)] * 3)
+    assert col["product_lines"][0] == pytest.approx(np.log1p(2))  # two lines of 5 before the cutoff
 
 
-@pytest.mark.parametrize("mode", ["uniform", "popularity"])
-def test_catalog_sampling_follows_the_mode(mode):
-    counts = np.array([0, 1, 1, 98])
-    catalog = Catalog.build(np.zeros(4), np.zeros(4), counts, mode)
-    draws = catalog.sample(np.random.default_rng(0), 20_000)
-    share = np.mean(draws == 3)
-    assert 0 not in draws
-    assert share > 0.9 if mode == "popularity" else abs(share - 1 / 3) < 0.02
+def test_training_lists_label_the_window_and_correct_for_sampling():
+    # Household 3: days 1, 2, 4 (before the cutoff at day 10), then 12 and 20 (in the window).
+    group = {
+        "user": np.full(7, 3),
+        "product": np.array([7, 5, 5, 9, 5, 8, 5]),
+        "ts": np.array([1, 1, 2, 4, 4, 12, 20]) * DAY,
+    }
+    products = np.arange(40)
+    everyone = UserStates.from_purchases(np.repeat([1, 2], 20), np.tile(products[1:21], 2), np.repeat(DAY, 40), 4)
+    stats = ProductStats.compute(everyone, products % 4, cutoff=10 * DAY)
+    config = ExampleConfig(history_length=3, horizon_days=14, popular_candidates=2, sampled_negatives=5)
+    cutoffs = [Cutoff.build(10 * DAY, stats, config.popular_candidates), Cutoff.build(DAY, stats, 2)]
+    table = household_lists(group, config, Catalog(products % 2, products % 4), cutoffs)
+    assert table.num_rows == 1  # the day-1 cutoff has no purchase before it: no list
+    row = table.to_pylist()[0]
+    assert row["moment"] == 12 * DAY and row["cutoff"] == 10 * DAY
+    assert row["history"] == [5, 9, 5] or row["history"] == [9, 5, 5]  # the day-4 basket, then day 2
+    product, label, log_q = np.array(row["product"]), np.array(row["label"]), np.array(row["log_q"])
+    assert set(product[label == 1]) == {5, 8}  # bought in [day 10, day 24); 8 is known at the cutoff
+    assert {5, 7, 9} <= set(product)  # every own product is a candidate
+    own_or_popular = np.isin(product, [5, 7, 9]) | np.isin(product, cutoffs[0].popular)
+    assert (log_q[own_or_popular] == 0).all() and (log_q[~own_or_popular] < 0).all()
+    assert len(row["features"]) == len(product) * len(FEATURES)

@@ -93,11 +93,10 @@ def test_search_space_points_are_valid_models():
 
     from ncf.model.advanced_ncf import ModelConfig
 
-    limits = {"history_length": 8, "negatives_per_positive": 3}
+    limits = {"history_length": 8}
     space = search_space(limits)
     assert set(space) == set(SEARCHED)
     assert max(space["history_length"].categories) == 8  # never more than the examples hold
-    assert max(space["negatives_per_positive"].categories) == 3
     dims = [c for name in ("mf_embedding_dim", "mlp_embedding_dim") for c in space[name].categories]
     for heads in space["num_heads"].categories:
         for dim in dims:  # every combination builds
@@ -164,5 +163,6 @@ def test_sweep_submitted_with_ray_job_submit(head_node, small_data, tmp_path):
     assert config["model"]["mf_embedding_dim"] == best["mf_embedding_dim"]
     assert config["model"]["mlp_hidden_dims"] == mlp_tower(best["mlp_depth"], best["mlp_width"])
     recommender = Recommender.load(str(sweep / "best"))
-    assert len(recommender.rank_indices(int(recommender.states.users()[0]), k=5).products) == 5
+    user = recommender.vocabs.users.raw_of([int(recommender.state.states.users()[0])])[0]
+    assert len(recommender.recommend([user], k=5)[0]) == 5
     assert data_limits(data)["history_length"] >= config["model"]["history_length"]

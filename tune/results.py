@@ -19,9 +19,7 @@ from typing import Dict, List
 import numpy as np
 import pandas as pd
 
-from ncf.model.advanced_ncf import ModelConfig
-from ncf.model.directory import save_model_dir
-from ncf.train.loop import VAL_METRIC, read_checkpoint
+from ncf.train.checkpoint import VAL_METRIC, export_model_dir
 from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower
 from tune.settings import SweepSettings
 
@@ -80,15 +78,12 @@ def export_best(table: pd.DataFrame, settings: SweepSettings) -> str:
     if done.empty:
         raise RuntimeError(f"no trial of the sweep in {settings.output} reported a checkpoint with {VAL_METRIC}")
     best = done.iloc[0]
-    with Checkpoint(best[CHECKPOINT_PATH]).as_directory() as d:
-        weights, state = read_checkpoint(d)
     metrics = {"sweep": {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()}}
-    return save_model_dir(
+    return export_model_dir(
+        Checkpoint(best[CHECKPOINT_PATH]),
         settings.best_dir,
-        weights,
-        ModelConfig.from_dict(state["model_config"]),
         settings.data,
-        metrics=metrics,
+        metrics,
         version=f"sweep-{best['trial_id']}",
     )
 

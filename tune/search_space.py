@@ -16,12 +16,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Dict, List
 
 from ncf.data import layout
-from ncf.model.advanced_ncf import ModelConfig
-from ncf.train.loop import TrainConfig
+from ncf.jsonio import read_json
+from ncf.model.config import ModelConfig
+from ncf.train.config import TrainConfig
 
 EMBEDDING_DIMS = [16, 32, 64, 128]
 HEADS = [1, 2, 4]  # divide every EMBEDDING_DIMS entry
@@ -29,7 +29,7 @@ TEMPORAL_DIMS = [8, 16, 32]
 MLP_WIDTHS = [64, 128, 256]
 MLP_DEPTHS = [1, 2, 3]
 HISTORY_LENGTHS = [5, 10, 20]  # capped by what preprocessing stored (see data_limits)
-NEGATIVES = [1, 2, 4]  # capped by what preprocessing drew
+UNKNOWN_SHARES = [0.02, 0.05, 0.2]  # share of lists / candidates trained on the unknown rows
 LEARNING_RATE = (3e-4, 1e-2)
 DROPOUT = (0.0, 0.3)
 
@@ -43,19 +43,13 @@ SEARCHED = [
     "history_length",
     "learning_rate",
     "dropout",
-    "negatives_per_positive",
+    "unknown_share",
 ]
 
 
 def data_limits(data: str) -> Dict[str, int]:
-    """History length and negatives per positive that the preprocessed examples hold: a trial
-    can train on fewer, never on more."""
-    with open(layout.stats_path(data)) as f:
-        examples = json.load(f)["config"]["examples"]
-    return {
-        "history_length": int(examples["history_length"]),
-        "negatives_per_positive": int(examples["negatives_per_positive"]),
-    }
+    """The history length the preprocessed lists hold: a trial can read fewer, never more."""
+    return {"history_length": int(read_json(layout.stats_path(data))["config"]["examples"]["history_length"])}
 
 
 def _capped(choices: List[int], limit: int) -> List[int]:
@@ -76,7 +70,7 @@ def search_space(limits: Dict[str, int]) -> Dict:
         "history_length": tune.choice(_capped(HISTORY_LENGTHS, limits["history_length"])),
         "learning_rate": tune.loguniform(*LEARNING_RATE),
         "dropout": tune.uniform(*DROPOUT),
-        "negatives_per_positive": tune.choice(_capped(NEGATIVES, limits["negatives_per_positive"])),
+        "unknown_share": tune.choice(UNKNOWN_SHARES),
     }
 
 
@@ -101,7 +95,7 @@ def default_point(limits: Dict[str, int]) -> Dict:
         "history_length": min(model["history_length"], limits["history_length"]),
         "learning_rate": train.learning_rate,
         "dropout": model["dropout"],
-        "negatives_per_positive": limits["negatives_per_positive"],  # all of them, as jobs.train does
+        "unknown_share": train.unknown_share,
     }
 
 
@@ -121,5 +115,5 @@ def to_train_config(point: Dict, base: TrainConfig) -> TrainConfig:
         base,
         model=model,
         learning_rate=float(point["learning_rate"]),
-        negatives_per_positive=float(point["negatives_per_positive"]),
+        unknown_share=float(point["unknown_share"]),
     )

@@ -55,3 +55,8 @@ class SweepSettings:
     @property
     def best_dir(self) -> str:
         return os.path.join(self.output, "best")
+
+    @property
+    def refit_dir(self) -> str:
+        """The winner refit on labels through the data's end (``--refit``): the deployment model."""
+        return os.path.join(self.output, "refit")

@@ -20,11 +20,11 @@ from typing import Optional
 import pandas as pd
 
 from ncf.errors import InputError
-from ncf.train.loop import VAL_METRIC
+from ncf.train.checkpoint import VAL_METRIC
 from tune.results import export_best, plot_sweep, results_table, write_results
-from tune.search_space import data_limits, default_point, search_space
+from tune.search_space import data_limits, default_point, search_space, to_train_config
 from tune.settings import SweepSettings
-from tune.trial import train_trial
+from tune.trial import base_config, train_trial
 
 TRIAL_CPU = 0.01  # the trial function only waits on its trainer; its workers hold the CPUs
 
@@ -126,6 +126,28 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
     plot_sweep(table, os.path.join(settings.output, "sweep.png"))
     export_best(table, settings)
     return table
+
+
+def refit_best(table: pd.DataFrame, settings: SweepSettings) -> str:
+    """The winning point refit on labels through the data's end, for the epochs it chose
+    (``SWEEP/refit``, the deployment model; ``SWEEP/best`` stays the validated winner)."""
+    from ncf.train.checkpoint import best_checkpoint, export_model_dir, run_history
+    from ncf.train.trainer import fit, refit_config
+
+    best = table.dropna(subset=["best_" + VAL_METRIC]).iloc[0]
+    config = refit_config(to_train_config(best.to_dict(), base_config(settings)), int(best["best_epoch"]))
+    result = fit(
+        config,
+        num_workers=settings.workers,
+        use_gpu=settings.use_gpu,
+        storage_path=settings.train_dir,
+        name=f"{best['trial_id']}-refit",
+    )
+    checkpoint, metrics = best_checkpoint(result)
+    extra = {"training": metrics, "history": run_history(result), "validated": {"trial_id": best["trial_id"]}}
+    return export_model_dir(
+        checkpoint, settings.refit_dir, settings.data, extra, version=f"sweep-{best['trial_id']}-refit"
+    )
 
 
 def summary(table: pd.DataFrame) -> Optional[dict]:

@@ -9,9 +9,22 @@ from __future__ import annotations
 
 from typing import Dict
 
-from ncf.train.loop import TrainConfig, fit
+from ncf.train.config import TrainConfig
+from ncf.train.trainer import fit
 from tune.search_space import to_train_config
 from tune.settings import SweepSettings
+
+
+def base_config(settings: SweepSettings) -> TrainConfig:
+    """What every trial shares; the searched point overrides the rest."""
+    return TrainConfig(
+        data=settings.data,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        val_users=settings.val_users,
+        max_steps_per_epoch=settings.max_steps_per_epoch,
+        patience=settings.epochs,  # ASHA decides which trials stop early
+    )
 
 
 def train_trial(point: Dict, settings: SweepSettings, cpu_budget: float) -> None:
@@ -23,15 +36,7 @@ def train_trial(point: Dict, settings: SweepSettings, cpu_budget: float) -> None
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    base = TrainConfig(
-        data=settings.data,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        val_users=settings.val_users,
-        max_steps_per_epoch=settings.max_steps_per_epoch,
-        patience=settings.epochs,  # ASHA decides which trials stop early
-    )
-    config = to_train_config(point, base)
+    config = to_train_config(point, base_config(settings))
     fit(
         config,
         num_workers=settings.workers,

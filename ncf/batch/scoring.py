@@ -48,12 +48,14 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ncf.data import layout
-from ncf.data.vocab import Vocabulary
+from ncf.data.user_state import UserStates
+from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.errors import InputError
-from ncf.jsonio import write_json
-from ncf.model.directory import read_config
+from ncf.jsonio import read_json, write_json
+from ncf.model.directory import ModelDir, read_config
 from ncf.moments import resolve_at, run_date_of
 from ncf.rank.recommender import Recommender
+from ncf.rank.state import EmbeddingRows
 
 SUCCESS = "_SUCCESS"
 TMP = "_tmp"
@@ -61,9 +63,6 @@ PARTITION_KEY = "run_date"
 MAX_K = 100
 # About this many parts per run: progress is visible, files are not tiny.
 TARGET_PARTS = 50
-# Users per model call: enough to amortise the per-call overheads, few enough that the
-# candidate rows (users x candidates) stay a few MB.
-SCORE_CHUNK = 32
 # Staged runs of other dates older than this are from dead runs (a nightly run is shorter).
 STALE_SECONDS = 24 * 3600
 
@@ -78,8 +77,8 @@ class BatchScoreConfig:
         output: OUT (see the module docstring).
         k: products per user.
         at: the moment scored (temporal features) and the partition's date: ISO date or
-            datetime (UTC unless it says), ``"now"`` or ``"data-end"`` (the model's last
-            known moment, for historical datasets).
+            datetime (UTC unless it says), ``"now"`` or ``"data-end"`` (the first moment after
+            DATA's last purchase, for historical datasets).
         batch_size: users per batch and part (0: about ``TARGET_PARTS`` parts).
         actors: scoring actors (0: one per GPU when the cluster has GPUs, else one per
             ``cpus_per_actor`` of the cluster's CPUs).
@@ -145,6 +144,16 @@ def read_users(data: str) -> pa.Table:
     )
 
 
+def new_to_model(model: str, data: str) -> int:
+    """Households of ``data`` with purchases whose model embedding row is the unknown one (the
+    tables never saw them, or first saw them after the model's labels ended)."""
+    handle = ModelDir(model)
+    vocabs = Vocabularies.load(layout.vocab_dir(data))
+    rows = EmbeddingRows.between(handle.table_vocabularies(), vocabs, handle.trained_through).user
+    with_purchases = np.diff(UserStates.load(layout.user_state_dir(data)).offsets) > 0
+    return int(((rows == 0) & with_purchases)[1:].sum())
+
+
 def _users_path(data: str) -> str:
     return os.path.join(layout.vocab_dir(data), "users.parquet")
 
@@ -162,31 +171,27 @@ def auto_batch_size(num_users: int) -> int:
 
 
 def score_users(recommender: Recommender, user_ids: pa.Array, k: int, at: int, scored_at: int) -> pa.Table:
-    """Top-``k`` rows per user, ranked exactly as :meth:`Recommender.recommend` ranks them.
+    """Top-``k`` rows per user, ranked exactly as :meth:`Recommender.recommend` ranks them (the one
+    ranking path, many households per model call).
 
     Raises:
         RuntimeError: when a user's ranking is shorter than ``k`` (the job promises K rows).
     """
     indices = recommender.vocabs.users.index_of(user_ids)
-    rankings = []
-    for start in range(0, len(indices), SCORE_CHUNK):
-        chunk = indices[start : start + SCORE_CHUNK]
-        rankings += recommender.rank_many(chunk, np.full(len(chunk), at), k)
-    products, scores = [], []
+    rankings = recommender.ranker.rank(indices, np.full(len(indices), at), k)
     for raw, ranking in zip(user_ids.to_pylist(), rankings):
         if len(ranking.products) != k:
             raise RuntimeError(f"user {raw!r}: {len(ranking.products)} products ranked, {k} expected")
-        products.append(ranking.products)
-        scores.append(ranking.scores)
     n = len(indices)
-    product_index = np.concatenate(products) if products else np.zeros(0, np.int64)
+    product_index = np.concatenate([r.products for r in rankings]) if rankings else np.zeros(0, np.int64)
+    scores = np.concatenate([r.scores for r in rankings]) if rankings else np.zeros(0, np.float32)
     vocab = recommender.vocabs.products
     return pa.table(
         {
             "user_id": user_ids.take(pa.array(np.repeat(np.arange(n), k))),
             "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int16), n)),
             "product_id": typed_ids(vocab, vocab.ids.take(pa.array(product_index - 1))),
-            "score": pa.array(np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32)),
+            "score": pa.array(scores.astype(np.float32)),
             "model_version": pa.array([recommender.version] * (n * k), pa.string()),
             # Milliseconds: Parquet has no seconds unit, so readers would see ms anyway.
             "scored_at": pa.array(np.full(n * k, scored_at * 1000, np.int64)).cast(pa.timestamp("ms", tz="UTC")),
@@ -214,11 +219,13 @@ class ScoreBatch:
     checks.
     """
 
-    def __init__(self, model: str, stage: str, k: int, at: int, scored_at: int, use_gpu: bool = False) -> None:
+    def __init__(
+        self, model: str, data: str, stage: str, k: int, at: int, scored_at: int, use_gpu: bool = False
+    ) -> None:
         import torch
 
         device = torch.device("cuda") if use_gpu else torch.device("cpu")
-        self.recommender = Recommender.load(model, device=device)
+        self.recommender = Recommender.load(model, data=data, device=device)
         self.stage, self.k, self.at, self.scored_at = stage, k, at, scored_at
 
     def __call__(self, batch: pa.Table) -> Dict[str, np.ndarray]:
@@ -288,16 +295,14 @@ def _commit(output: str, stage: str, run_date: str, run_id: str, manifest: Dict)
 def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple[Dict, int]:
     """Fails fast (before Ray starts) on a bad model, data, ``k`` or ``at``; returns the model's
     config and ``at`` in epoch seconds."""
-    try:
-        model_config = read_config(os.path.abspath(config.model))
-    except (FileNotFoundError, ValueError) as e:
-        raise InputError(str(e)) from None
+    model_config = read_config(os.path.abspath(config.model))
     _check_k(config.k, model_config)
     if config.gpu not in ("auto", "yes", "no"):
         raise InputError(f"--gpu must be auto, yes or no, not {config.gpu!r}")
-    at = resolve_at(config.at, model_config["data"]["boundaries"]["test_start"], now=now)
-    if not os.path.exists(_users_path(config.data)):
-        raise InputError(f"{_users_path(config.data)}: no user vocabulary (is --data the output of jobs.preprocess?)")
+    if not os.path.exists(layout.stats_path(config.data)) or not os.path.exists(_users_path(config.data)):
+        raise InputError(f"{config.data}: not a preprocessed DATA directory (run python -m jobs.preprocess first)")
+    # data-end: the first moment after DATA's last purchase, so that every purchase is history.
+    at = resolve_at(config.at, read_json(layout.stats_path(config.data))["boundaries"]["end"] + 1, now=now)
     return model_config, at
 
 
@@ -312,11 +317,9 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
     run_date = run_date_of(at)
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
     users = read_users(config.data)
-    unknown = int(
-        (Vocabulary.load(os.path.join(model, "vocab", "users.parquet")).index_of(users.column("user_id")) == 0).sum()
-    )
-    if unknown:
-        log(f"{unknown:,} users are unknown to the model: they get the cold-start ranking")
+    new = new_to_model(model, config.data)
+    if new:
+        log(f"{new:,} households with purchases are new to the model: its unknown row, their own purchases")
     for path in clean_stale(output, run_date, now=started):
         log(f"removed what a previous run left: {path}")
     stage = os.path.join(_stage_root(output, run_date), run_id)
@@ -335,6 +338,7 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
         ScoreBatch,
         fn_constructor_kwargs={
             "model": model,
+            "data": os.path.abspath(config.data),
             "stage": stage,
             "k": config.k,
             "at": at,
@@ -448,7 +452,7 @@ def verify_partition(output: str, run_date: str, data: str, sample: int = 20, se
         "scores_non_increasing": bool((np.diff(scores, axis=1) <= 1e-6).all()),
         "rows_match_success": len(frame) == manifest["rows"] and len(counts) == manifest["users"],
     }
-    recommender = Recommender.load(manifest["model"])
+    recommender = Recommender.load(manifest["model"], data=manifest["data"])
     rng = np.random.default_rng(seed)
     chosen = rng.choice(
         np.array(sorted(expected_users), dtype=object), size=min(sample, len(expected_users)), replace=False

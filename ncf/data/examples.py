@@ -1,196 +1,197 @@
-"""Per-user example building: positives of every split, negatives for training.
+"""Training examples for "bought within the next H days", built per household by Ray Data.
 
-Run by Ray Data on each user's group of purchases (``groupby(user).map_groups``), so it only
-ever sees one user's rows. Every random draw is seeded by (seed, user), so the output does
-not depend on how the data was partitioned.
+Training asks the question ranking answers. At each cutoff ``c`` (several per run, a week
+apart), every household that shops in ``[c, c + H)`` and shopped before ``c`` gives one *list*:
+the moment of its first visit in the window (so its history is everything before ``c``), the
+candidates a ranker would consider, each labelled 1 when bought in the window:
+
+* its own past products (the ``own_candidates`` most bought, by the 90-day decayed count: what
+  the ranking core puts first), every one of them, negatives kept at ``own_negative_rate``;
+* the ``popular_candidates`` most bought products at the cutoff;
+* ``sampled_negatives`` products drawn by popularity (``lines ** 0.75``) from the rest of the
+  products known at the cutoff, and every product of the rest that it bought in the window.
+
+Each candidate carries ``log_q``, the log-probability that a candidate of its kind is in the
+list (0 for own and popular products, ``log(own_negative_rate)`` when own negatives are
+subsampled, ``log(min(1, S * p))`` for the sampled rest): training subtracts it from the logit,
+so the model learns the probability of a purchase rather than the sampler's odds (the "logQ"
+correction), and its scores mean the same for every candidate.
+
+Every random draw is seeded by (seed, household, cutoff), so the output does not depend on how
+Ray Data partitioned the households.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, List, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from ncf.data import features as F
-from ncf.data.schema import TS
+from ncf.data.features import HALF_LIVES, Catalog, candidate_features, household_inputs
+from ncf.data.product_stats import ProductStats
 from ncf.data.timeline import UserTimeline
-from ncf.splits import SPLIT, TEST, TRAIN, VAL
 
-SAMPLING_MODES = ("uniform", "popularity")
+DAY = 86_400
+SAMPLING_POWER = 0.75
+
+# Columns of a list row (one household at one cutoff).
+USER, CUTOFF, MOMENT = "user", "cutoff", "moment"
+HISTORY, HISTORY_AGE_DAYS, TIME_PARTS = "history", "history_age_days", "time_parts"
+PRODUCT, LABEL, LOG_Q, FEATURES = "product", "label", "log_q", "features"
 
 
 @dataclass(frozen=True)
 class ExampleConfig:
-    """How examples are built.
+    """How training lists are built (recorded in ``stats.json``).
 
     Args:
-        history_length: purchases kept in each example's history (L).
-        negatives_per_positive: training negatives drawn per training purchase.
-        negative_sampling: ``popularity`` (as often as products are bought) or ``uniform``.
-        own_negative_share: share of negatives drawn (uniformly) from the distinct products
-            the user bought earlier: hard negatives that teach the model which of its staples
-            a user buys when. Every example records the log-probability of its product under
-            this sampler (``sampling_log_q``) so training can undo the sampling bias.
+        history_length: purchases kept in each list's history (L).
+        horizon_days: H, the label window (default: the evaluation window, 5 weeks).
+        cutoffs: cutoffs per training run (the latest ends where the run's labels must end).
+        cutoff_step_days: days between consecutive cutoffs.
+        own_candidates: most own products per list (the ranking core keeps as many).
+        popular_candidates: most popular products per list.
+        sampled_negatives: products drawn by popularity from the rest of the catalog per list.
+        own_negative_rate: share of own-product negatives kept.
         seed: seed of all draws.
     """
 
     history_length: int = 20
-    negatives_per_positive: int = 4
-    negative_sampling: str = "popularity"
-    own_negative_share: float = 0.5
+    horizon_days: int = 35
+    cutoffs: int = 4
+    cutoff_step_days: int = 7
+    own_candidates: int = 250
+    popular_candidates: int = 50
+    sampled_negatives: int = 20
+    own_negative_rate: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.negative_sampling not in SAMPLING_MODES:
-            raise ValueError(f"negative_sampling must be one of {SAMPLING_MODES}, not {self.negative_sampling!r}")
-        if not 0.0 <= self.own_negative_share <= 1.0:
-            raise ValueError("own_negative_share must be in [0, 1]")
-        if self.history_length < 1 or self.negatives_per_positive < 0:
-            raise ValueError("history_length must be >= 1 and negatives_per_positive >= 0")
+        if self.history_length < 1 or self.horizon_days < 1 or self.cutoffs < 1 or self.cutoff_step_days < 1:
+            raise ValueError("history_length, horizon_days, cutoffs and cutoff_step_days must be >= 1")
+        if min(self.own_candidates, self.popular_candidates, self.sampled_negatives) < 0:
+            raise ValueError("own_candidates, popular_candidates and sampled_negatives must be >= 0")
+        if not 0.0 < self.own_negative_rate <= 1.0:
+            raise ValueError("own_negative_rate must be in (0, 1]")
+
+    def schedule(self, labels_end: int) -> List[int]:
+        """The cutoffs of a run whose labels must end by ``labels_end`` (exclusive), latest first."""
+        last = labels_end - self.horizon_days * DAY
+        return [int(last - i * self.cutoff_step_days * DAY) for i in range(self.cutoffs)]
 
 
 @dataclass(frozen=True)
-class Catalog:
-    """Per product index: department index, category index, and the sampling distribution."""
+class Cutoff:
+    """What every household's list at one cutoff shares."""
 
-    department: np.ndarray
-    category: np.ndarray
-    sampling_cdf: np.ndarray  # cumulative weights over product indices (index 0 has weight 0)
-    sampling_prob: np.ndarray  # probability of each product under catalog sampling
+    at: int
+    stats: ProductStats
+    popular: np.ndarray  # the popular_candidates most bought products
+    sampling_cdf: np.ndarray  # over product indices; 0 for products unknown at the cutoff
 
     @staticmethod
-    def build(department: np.ndarray, category: np.ndarray, counts: np.ndarray, mode: str) -> "Catalog":
-        weights = counts.astype(np.float64) if mode == "popularity" else np.ones(len(counts))
-        weights[0] = 0.0  # never sample the unknown product
-        cdf = np.cumsum(weights)
-        return Catalog(department.astype(np.int32), category.astype(np.int32), cdf, weights / cdf[-1])
+    def build(at: int, stats: ProductStats, popular_candidates: int) -> "Cutoff":
+        weights = np.where(stats.lines > 0, stats.lines, 0.0) ** SAMPLING_POWER
+        weights[0] = 0.0
+        return Cutoff(int(at), stats, stats.popularity_order[:popular_candidates], np.cumsum(weights))
+
+    def known(self, products: np.ndarray) -> np.ndarray:
+        """True for products bought by anyone before the cutoff (the catalog at the cutoff)."""
+        return self.stats.lines[products] > 0
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return np.searchsorted(self.sampling_cdf, rng.random(n) * self.sampling_cdf[-1], side="right")
+        total = self.sampling_cdf[-1]
+        if n == 0 or total <= 0:
+            return np.zeros(0, np.int64)
+        return np.searchsorted(self.sampling_cdf, rng.random(n) * total, side="right")
+
+    def inclusion_log_q(self, products: np.ndarray, draws: int) -> np.ndarray:
+        total = self.sampling_cdf[-1]
+        p = np.diff(self.sampling_cdf, prepend=0.0)[products] / max(total, 1e-12)
+        return np.log(np.clip(draws * p, 1e-12, 1.0))
 
 
-OLDER = "older"  # training-period purchases before train_start: history only, no examples
-
-
-def split_of(ts: np.ndarray, train_start: int, val_start: int, test_start: int) -> np.ndarray:
-    return np.where(ts >= test_start, TEST, np.where(ts >= val_start, VAL, np.where(ts >= train_start, TRAIN, OLDER)))
-
-
-def draw_negatives(
-    timeline: UserTimeline, at: np.ndarray, config: ExampleConfig, catalog: Catalog, rng: np.random.Generator
-) -> np.ndarray:
-    """One negative product per moment in ``at``; -1 where no valid negative was found.
-
-    A negative is never a product the user bought in that same basket.
-    """
-    n = len(at)
-    distinct = timeline.distinct_before(at)
-    own = (rng.random(n) < config.own_negative_share) & (distinct > 0)
-    picked = timeline.first_products[
-        np.minimum((rng.random(n) * distinct).astype(np.int64), max(len(timeline.first_products) - 1, 0))
-    ]
-    negatives = np.where(own, picked, catalog.sample(rng, n))
-    for _ in range(3):
-        clash = timeline.bought_at(negatives, at)
-        if not clash.any():
-            break
-        negatives[clash] = catalog.sample(rng, int(clash.sum()))
-    negatives[timeline.bought_at(negatives, at)] = -1
-    return negatives
-
-
-def sampling_log_q(
-    timeline: UserTimeline,
-    product: np.ndarray,
-    at: np.ndarray,
-    repeat_count: np.ndarray,
-    config: ExampleConfig,
-    catalog: Catalog,
-) -> np.ndarray:
-    """log q(product | user, moment) under :func:`draw_negatives`'s sampler.
-
-    Training subtracts it from the logits (the "logQ" correction of sampled training), so the
-    model learns log p(product | context) instead of p / q: without it, hard negatives drawn
-    from a user's own purchases would cancel exactly the repeat signal the model must rank by.
-    """
-    distinct = timeline.distinct_before(at)
-    share = np.where(distinct > 0, config.own_negative_share, 0.0)
-    own = (repeat_count > 0) / np.maximum(distinct, 1)
-    q = share * own + (1.0 - share) * catalog.sampling_prob[product]
-    return np.log(np.maximum(q, 1e-12)).astype(np.float32)
-
-
-def example_columns(
-    timeline: UserTimeline, user: int, product: np.ndarray, at: np.ndarray, catalog: Catalog, history_length: int
-) -> Dict[str, np.ndarray]:
-    """Model input columns for (user, product, moment) rows; see :mod:`ncf.data.features`."""
-    history, ages = timeline.history(at, history_length)
-    count, days = timeline.repeat_stats(product, at)
-    columns = {
-        F.USER: np.full(len(product), user, dtype=np.int64),
-        F.PRODUCT: product.astype(np.int64),
-        F.DEPARTMENT: catalog.department[product],
-        F.CATEGORY: catalog.category[product],
-        F.HISTORY: history.astype(np.int32),
-        F.HISTORY_AGE_DAYS: ages,
-        F.REPEAT_COUNT: count.astype(np.float32),
-        F.DAYS_SINCE: days,
-    }
-    columns.update({k: v.astype(np.int16) for k, v in F.time_parts_of(at).items()})
-    return columns
-
-
-def user_examples(
-    group: Dict[str, np.ndarray],
-    config: ExampleConfig,
-    catalog: Catalog,
-    train_start: int,
-    val_start: int,
-    test_start: int,
+def household_lists(
+    group: Dict[str, np.ndarray], config: ExampleConfig, catalog: Catalog, cutoffs: Sequence[Cutoff]
 ) -> pa.Table:
-    """All examples of one user: every purchase since ``train_start`` as a positive (with its
-    split) and ``negatives_per_positive`` negatives per training purchase."""
-    user = int(group[F.USER][0])
-    timeline = UserTimeline(group[F.PRODUCT], group[TS])
-    split = split_of(timeline.timestamps, train_start, val_start, test_start)
-    emitted = split != OLDER
-
-    train_at = timeline.timestamps[split == TRAIN]
-    rng = np.random.default_rng([config.seed, user])
-    neg_at = np.repeat(train_at, config.negatives_per_positive)
-    negatives = draw_negatives(timeline, neg_at, config, catalog, rng)
-    found = negatives >= 0
-
-    product = np.concatenate([timeline.products[emitted], negatives[found]])
-    at = np.concatenate([timeline.timestamps[emitted], neg_at[found]])
-    columns = example_columns(timeline, user, product, at, catalog, config.history_length)
-    columns[F.SAMPLING_LOG_Q] = sampling_log_q(timeline, product, at, columns[F.REPEAT_COUNT], config, catalog)
-    columns[F.LABEL] = np.concatenate([np.ones(int(emitted.sum()), np.float32), np.zeros(int(found.sum()), np.float32)])
-    columns[SPLIT] = np.concatenate([split[emitted], np.full(int(found.sum()), TRAIN)])
-    columns[TS] = at
-    return to_arrow(columns)
+    """The lists of one household (all its purchases in ``group``), one per cutoff where it shops."""
+    user = int(group[USER][0])
+    timeline = UserTimeline(group[PRODUCT], group["ts"])
+    rows = [_one_list(timeline, user, cutoff, config, catalog) for cutoff in cutoffs]
+    return to_arrow([row for row in rows if row is not None], config.history_length)
 
 
-def user_state(group: Dict[str, np.ndarray]) -> pa.Table:
-    """One row per user: the purchase sequence (products, timestamps) in time order."""
-    timeline = UserTimeline(group[F.PRODUCT], group[TS])
+def _one_list(timeline: UserTimeline, user: int, cutoff: Cutoff, config: ExampleConfig, catalog: Catalog):
+    c, horizon = cutoff.at, config.horizon_days * DAY
+    start, end = np.searchsorted(timeline.timestamps, [c, c + horizon], side="left")
+    if start == 0 or end == start:
+        return None  # no purchase before the cutoff, or none in the window
+    moment = int(timeline.timestamps[start])
+    window = np.unique(timeline.products[start:end])
+    bought = window[cutoff.known(window)]
+    rng = np.random.default_rng([config.seed, user, c])
+
+    own = timeline.aggregates(moment, HALF_LIVES).most_bought(config.own_candidates)
+    if config.own_negative_rate < 1.0:
+        own = own[np.isin(own, bought) | (rng.random(len(own)) < config.own_negative_rate)]
+    popular = cutoff.popular[~np.isin(cutoff.popular, own)]
+    rest = np.concatenate([cutoff.sample(rng, config.sampled_negatives), bought])
+    rest = np.unique(rest[~np.isin(rest, own) & ~np.isin(rest, popular) & (rest > 0)])
+
+    candidates = np.concatenate([own, popular, rest]).astype(np.int64)
+    log_q = np.concatenate(
+        [
+            np.full(len(own), np.log(config.own_negative_rate)),
+            np.zeros(len(popular)),
+            cutoff.inclusion_log_q(rest, config.sampled_negatives),
+        ]
+    )
+    history, ages, parts = household_inputs(timeline, moment, config.history_length)
+    return {
+        USER: user,
+        CUTOFF: c,
+        MOMENT: moment,
+        HISTORY: history,
+        HISTORY_AGE_DAYS: ages,
+        TIME_PARTS: parts,
+        PRODUCT: candidates,
+        LABEL: np.isin(candidates, bought),
+        LOG_Q: log_q,
+        FEATURES: candidate_features(timeline, candidates, moment, catalog, cutoff.stats),
+    }
+
+
+def to_arrow(rows: List[Dict], history_length: int) -> pa.Table:
+    """List rows as an Arrow table: candidate columns are list columns (features flattened C x F)."""
+
+    def fixed(name: str, dtype, width: int) -> pa.Array:
+        flat = np.concatenate([r[name] for r in rows]).astype(dtype) if rows else np.zeros(0, dtype)
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
+
+    def ragged(name: str, dtype, width: int = 1) -> pa.Array:
+        lengths = np.array([len(r[PRODUCT]) * width for r in rows], np.int32)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        flat = (
+            np.concatenate([np.asarray(r[name]).reshape(-1) for r in rows]).astype(dtype)
+            if rows
+            else np.zeros(0, dtype)
+        )
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+    num_features = rows[0][FEATURES].shape[1] if rows else 1
     return pa.table(
         {
-            F.USER: pa.array([int(group[F.USER][0])], pa.int64()),
-            "products": pa.array([timeline.products.astype(np.int32)], pa.list_(pa.int32())),
-            "timestamps": pa.array([timeline.timestamps], pa.list_(pa.int64())),
+            USER: pa.array([r[USER] for r in rows], pa.int64()),
+            CUTOFF: pa.array([r[CUTOFF] for r in rows], pa.int64()),
+            MOMENT: pa.array([r[MOMENT] for r in rows], pa.int64()),
+            HISTORY: fixed(HISTORY, np.int32, history_length),
+            HISTORY_AGE_DAYS: fixed(HISTORY_AGE_DAYS, np.float32, history_length),
+            TIME_PARTS: fixed(TIME_PARTS, np.int16, 4),
+            PRODUCT: ragged(PRODUCT, np.int32),
+            LABEL: ragged(LABEL, np.int8),
+            LOG_Q: ragged(LOG_Q, np.float32),
+            FEATURES: ragged(FEATURES, np.float16, num_features),
         }
     )
-
-
-def to_arrow(columns: Dict[str, np.ndarray]) -> pa.Table:
-    """2-D columns become fixed-size lists (plain Parquet, readable without Ray)."""
-    arrays = {}
-    for name, values in columns.items():
-        if values.ndim == 2:
-            arrays[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
-        else:
-            arrays[name] = pa.array(values)
-    return pa.table(arrays)

@@ -1,149 +1,202 @@
-"""The model's input: column names of the preprocessed data and the batch the model reads.
+"""The model's inputs, computed by one path for training examples, evaluation and serving.
 
-One row of the preprocessed data is one (user, product, moment) example. The same columns
-are produced by preprocessing (training data), by the scoring core (online and nightly
-ranking) and by :func:`ncf.model.example_batch` (tests and benchmarks).
+A ranking question is one household at one moment over C candidate products. Its inputs:
+
+* household side: the ``L`` latest purchases before the moment (history, their ages in days)
+  and the moment's time parts (hour, day of week, day of year, month);
+* candidate side, C x :data:`NUM_FEATURES` purchase-timing features, all from purchases strictly
+  before the moment, in four groups the model routes to its parts:
+
+  - :data:`TIMING` (numeric, the MLP's timing block): does the household buy it, how often
+    (lines, distinct days, distinct-day counts decayed at half-lives of 7/30/90/365 days, share
+    of its baskets), how due it is (days since the last purchase / its typical gap), the
+    household's size and rhythm, and the product's global popularity and repurchase rate;
+  - :data:`DURATIONS` (days, through ``TemporalEncoding``): days since the household last
+    bought it, its typical gap (the product's global cycle when the household bought it on one
+    day only), the product's global cycle, days since the household's last basket and its
+    typical gap between baskets;
+  - :data:`CATEGORY` (numeric) and :data:`CATEGORY_DURATIONS` (days), into ``CategoryHierarchy``:
+    the same cadence at the level of the candidate's category, for sparse products.
+
+:func:`candidate_features` is the only function that computes them: preprocessing calls it for
+training examples and the ranking core for every request, so the two cannot drift apart.
+
+Example::
+
+    tl = UserTimeline(np.array([5, 7, 5]), np.array([0, 86_400, 7 * 86_400]))
+    x = candidate_features(tl, np.array([5, 9]), 10 * 86_400, catalog, stats)  # 2 x NUM_FEATURES
+    x[0, FEATURES.index("since")]  # 3.0 days
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Tuple
 
 import numpy as np
-import pyarrow as pa
-import torch
 
-from ncf.moments import SECONDS_PER_DAY, TIME_PARTS, time_parts_of  # noqa: F401  (re-exported column names)
+from ncf.data.product_stats import ProductStats
+from ncf.data.timeline import UserTimeline
+from ncf.moments import TIME_PARTS, time_parts_of
 
-# Columns of one example, as written by preprocessing.
-USER = "user"
-PRODUCT = "product"
-DEPARTMENT = "department"
-CATEGORY = "category"
-HISTORY = "history"  # previous purchases, most recent first, 0 = padding
-HISTORY_AGE_DAYS = "history_age_days"  # days between each history purchase and the event
-REPEAT_COUNT = "repeat_count"  # how often the user bought this product before the event
-DAYS_SINCE = "days_since"  # days since the user last bought it; NEVER_BOUGHT_DAYS if never
-LABEL = "label"
-SAMPLING_LOG_Q = "sampling_log_q"  # log-probability of the product under the negative sampler
+HALF_LIVES = (7.0, 30.0, 90.0, 365.0)
+CATEGORY_HALF_LIVES = (30.0, 365.0)
+NEVER_DAYS = 366.0  # durations are clamped here: "never", or more than a year ago
 
-MODEL_COLUMNS = (
-    USER,
-    PRODUCT,
-    DEPARTMENT,
-    CATEGORY,
-    *TIME_PARTS,
-    HISTORY,
-    HISTORY_AGE_DAYS,
-    REPEAT_COUNT,
-    DAYS_SINCE,
-    LABEL,
-    SAMPLING_LOG_Q,
+TIMING = (
+    "own",
+    "lines",
+    "days_bought",
+    *(f"decayed_{int(h)}" for h in HALF_LIVES),
+    "basket_share",
+    "due",
+    "due_known",
+    "household_baskets",
+    "household_products",
+    "household_basket_size",
+    "product_lines",
+    "product_recent_lines",
+    "product_buyers",
+    "product_rebuy_rate",
 )
-NEVER_BOUGHT_DAYS = 366.0
+DURATIONS = ("since", "gap", "product_cycle", "household_since", "household_gap")
+CATEGORY = (
+    "category_own",
+    "category_days_bought",
+    *(f"category_decayed_{int(h)}" for h in CATEGORY_HALF_LIVES),
+    "category_due",
+    "category_due_known",
+)
+CATEGORY_DURATIONS = ("category_since", "category_gap")
+FEATURES = TIMING + DURATIONS + CATEGORY + CATEGORY_DURATIONS
+NUM_FEATURES = len(FEATURES)
 
 
-@dataclass
-class Batch:
-    """One batch of examples for :class:`ncf.model.AdvancedNCF`.
+def _span(group: Tuple[str, ...]) -> slice:
+    start = FEATURES.index(group[0])
+    return slice(start, start + len(group))
 
-    Args:
-        user (torch.Tensor): B user indices (0 = unknown user).
-        product (torch.Tensor): B candidate product indices (0 = unknown product).
-        department (torch.Tensor): B department indices of the candidates.
-        category (torch.Tensor): B category indices of the candidates.
-        time_parts (torch.Tensor): B x 4 (hour, day of week, day of year, month) of the event.
-        history (torch.Tensor): B x L previously purchased product indices, 0 = padding.
-        history_age_days (torch.Tensor): B x L age of each history purchase in days.
-        repeat (torch.Tensor): B x 2 (log1p(times bought before), days since last purchase).
-        label (torch.Tensor): B targets in {0, 1} (ignored at inference).
-        sampling_log_q (torch.Tensor): B log-probabilities of each product under the negative
-            sampler, subtracted from the logits in training (0 when not sampled).
+
+TIMING_COLUMNS, DURATION_COLUMNS = _span(TIMING), _span(DURATIONS)
+CATEGORY_COLUMNS, CATEGORY_DURATION_COLUMNS = _span(CATEGORY), _span(CATEGORY_DURATIONS)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Department and category index of every product index (0 = unknown)."""
+
+    department: np.ndarray
+    category: np.ndarray
+
+    @property
+    def num_products(self) -> int:
+        return len(self.category)
+
+
+def household_inputs(timeline: UserTimeline, at: int, history_length: int) -> Tuple[np.ndarray, ...]:
+    """(history L, history ages L in days, time parts 4) of one household at one moment."""
+    history, ages = timeline.history(np.array([at]), history_length)
+    parts = time_parts_of(np.array([at]))
+    return history[0], ages[0], np.array([parts[k][0] for k in TIME_PARTS], np.int64)
+
+
+def _log(x) -> np.ndarray:
+    return np.log1p(np.maximum(x, 0.0))
+
+
+def _days(x) -> np.ndarray:
+    return np.clip(np.nan_to_num(x, nan=NEVER_DAYS), 0.0, NEVER_DAYS)
+
+
+def _due(since: np.ndarray, gap: np.ndarray, known: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(known, _log(since / np.maximum(gap, 1.0)), 0.0)
+
+
+def candidate_features(
+    timeline: UserTimeline, candidates: np.ndarray, at: int, catalog: Catalog, stats: ProductStats
+) -> np.ndarray:
+    """C x NUM_FEATURES float32 features of ``candidates`` for the household at ``at``.
+
+    Reads the household's purchases strictly before ``at`` and ``stats`` (the products as known
+    at a cutoff no later than ``at``).
     """
+    candidates = np.asarray(candidates, np.int64)
+    own = timeline.aggregates(at, HALF_LIVES)
+    pos = own.lookup(candidates)
+    bought = pos >= 0
+    p = np.maximum(pos, 0)
 
-    user: torch.Tensor
-    product: torch.Tensor
-    department: torch.Tensor
-    category: torch.Tensor
-    time_parts: torch.Tensor
-    history: torch.Tensor
-    history_age_days: torch.Tensor
-    repeat: torch.Tensor
-    label: torch.Tensor
-    sampling_log_q: torch.Tensor
+    def mine(values: np.ndarray, default: float = 0.0) -> np.ndarray:
+        return np.where(bought, values[p], default) if len(own.keys) else np.full(len(candidates), default)
 
-    @property
-    def batch_size(self) -> int:
-        return self.user.shape[0]
+    baskets, sizes = timeline.baskets_before(at)
+    num_baskets = len(baskets)
+    household_since = (at - baskets[-1]) / 86_400.0 if num_baskets else NEVER_DAYS
+    household_gap = (baskets[-1] - baskets[0]) / 86_400.0 / (num_baskets - 1) if num_baskets > 1 else NEVER_DAYS
 
-    @property
-    def history_length(self) -> int:
-        return self.history.shape[1]
+    since = mine(own.last_age, NEVER_DAYS)
+    own_gap = mine(own.typical_gap, np.nan)
+    cycle = stats.cycle_days[candidates]
+    gap = np.where(np.isnan(own_gap), cycle, own_gap)
+    due_known = bought & ~np.isnan(gap)
+    days_bought = mine(own.days)
+    decayed = (
+        np.where(bought[:, None], own.decayed[p], 0.0)
+        if len(own.keys)
+        else np.zeros((len(candidates), len(HALF_LIVES)))
+    )
 
-    def select(self, rows: torch.Tensor) -> "Batch":
-        """The rows picked by a boolean mask or an index tensor."""
-        return Batch(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+    category = catalog.category[candidates]
+    by_category = timeline.aggregates(at, CATEGORY_HALF_LIVES, categories=catalog.category)
+    cpos = by_category.lookup(category)
+    in_category = cpos >= 0
+    c = np.maximum(cpos, 0)
 
-    def with_history_length(self, length: int) -> "Batch":
-        """Keeps the ``length`` most recent history purchases (a model may read fewer than
-        preprocessing stored; it cannot read more)."""
-        if length > self.history_length:
-            raise ValueError(f"the model reads {length} history purchases but the examples hold {self.history_length}")
-        if length == self.history_length:
-            return self
-        return replace(self, history=self.history[:, :length], history_age_days=self.history_age_days[:, :length])
+    def ours(values: np.ndarray, default: float = 0.0) -> np.ndarray:
+        if not len(by_category.keys):
+            return np.full(len(candidates), default)
+        return np.where(in_category, values[c], default)
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
-        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+    category_since = ours(by_category.last_age, NEVER_DAYS)
+    category_gap = ours(by_category.typical_gap, np.nan)
+    category_due_known = in_category & ~np.isnan(category_gap)
+    category_decayed = (
+        np.where(in_category[:, None], by_category.decayed[c], 0.0)
+        if len(by_category.keys)
+        else np.zeros((len(candidates), len(CATEGORY_HALF_LIVES)))
+    )
 
-    @staticmethod
-    def from_arrow(table: pa.Table) -> "Batch":
-        """Builds a batch from a preprocessed Arrow table (fast path for training)."""
-        columns = {}
-        for name in table.column_names:
-            col = table.column(name).combine_chunks()
-            if pa.types.is_fixed_size_list(col.type):
-                columns[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
-            elif name in MODEL_COLUMNS:
-                columns[name] = col.to_numpy(zero_copy_only=False)
-        return Batch.from_columns(columns)
-
-    @staticmethod
-    def from_columns(columns: Mapping[str, np.ndarray | torch.Tensor]) -> "Batch":
-        """Builds a batch from preprocessed columns (numpy arrays or tensors)."""
-
-        def t(name: str, dtype: torch.dtype) -> torch.Tensor:
-            values = _stack(columns[name])
-            if isinstance(values, np.ndarray) and not values.flags.writeable:
-                values = values.copy()  # torch refuses read-only arrays (Arrow buffers)
-            return torch.as_tensor(values, dtype=dtype)
-
-        n = len(columns[USER])
-        label = t(LABEL, torch.float32) if LABEL in columns else torch.zeros(n)
-        log_q = t(SAMPLING_LOG_Q, torch.float32) if SAMPLING_LOG_Q in columns else torch.zeros(n)
-        return Batch(
-            user=t(USER, torch.long),
-            product=t(PRODUCT, torch.long),
-            department=t(DEPARTMENT, torch.long),
-            category=t(CATEGORY, torch.long),
-            time_parts=torch.stack([t(name, torch.long) for name in TIME_PARTS], dim=1),
-            history=t(HISTORY, torch.long),
-            history_age_days=t(HISTORY_AGE_DAYS, torch.float32),
-            repeat=repeat_features(t(REPEAT_COUNT, torch.float32), t(DAYS_SINCE, torch.float32)),
-            label=label,
-            sampling_log_q=log_q,
-        )
-
-
-def repeat_features(repeat_count: torch.Tensor, days_since: torch.Tensor) -> torch.Tensor:
-    """B x 2: log-scaled purchase count and a recency in [0, 1] (1 = bought today, 0 = never)."""
-    recency = 1.0 - days_since.clamp(0, NEVER_BOUGHT_DAYS) / NEVER_BOUGHT_DAYS
-    return torch.stack([torch.log1p(repeat_count), recency], dim=1)
-
-
-def _stack(col: np.ndarray | torch.Tensor | list) -> np.ndarray | torch.Tensor:
-    # Ray Data hands list columns over as object arrays of arrays.
-    if isinstance(col, np.ndarray) and col.dtype == object:
-        return np.stack(col) if len(col) else np.zeros((0, 0))
-    return col
+    ones = np.ones(len(candidates))
+    columns = [
+        bought.astype(np.float64),
+        _log(mine(own.lines)),
+        _log(days_bought),
+        *(_log(decayed[:, i]) for i in range(len(HALF_LIVES))),
+        days_bought / max(num_baskets, 1),
+        _due(since, gap, due_known),
+        due_known.astype(np.float64),
+        ones * _log(num_baskets),
+        ones * _log(len(own.keys)),
+        ones * _log(sizes.mean() if num_baskets else 0.0),
+        _log(stats.lines[candidates]),
+        _log(stats.recent_lines[candidates]),
+        _log(stats.buyers[candidates]),
+        stats.rebuy_rate[candidates],
+        # DURATIONS
+        _days(since),
+        _days(gap),
+        _days(cycle),
+        ones * _days(household_since),
+        ones * _days(household_gap),
+        # CATEGORY
+        in_category.astype(np.float64),
+        _log(ours(by_category.days)),
+        *(_log(category_decayed[:, i]) for i in range(len(CATEGORY_HALF_LIVES))),
+        _due(category_since, category_gap, category_due_known),
+        category_due_known.astype(np.float64),
+        # CATEGORY_DURATIONS
+        _days(category_since),
+        _days(category_gap),
+    ]
+    return np.stack(columns, axis=1).astype(np.float32)

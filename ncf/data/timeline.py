@@ -1,57 +1,146 @@
-"""One user's purchases in time order, and the point-in-time features read from them.
+"""One household's purchases in time order, and what is known of them at a moment.
 
 Everything here looks strictly before a moment ``at``: purchases at ``at`` itself (the same
-basket) and later never leak into the features of an example at ``at``.
+basket) and later never reach the features of an example at ``at``.
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Sequence, Tuple
 
 import numpy as np
 
-from ncf.data.features import NEVER_BOUGHT_DAYS, SECONDS_PER_DAY
+from ncf.moments import SECONDS_PER_DAY
 
 _SHIFT = np.int64(32)  # product index in the high bits, seconds since the first purchase below
+_DAY = np.int64(86_400)
+
+
+@dataclass(frozen=True)
+class Aggregates:
+    """Per-key summaries of a household's purchases before a moment (keys: products or
+    categories, sorted). Durations in days before the moment; days are distinct calendar days."""
+
+    keys: np.ndarray  # K distinct keys, sorted
+    lines: np.ndarray  # K purchase lines
+    days: np.ndarray  # K distinct days bought
+    first_age: np.ndarray  # K days since the first purchase
+    last_age: np.ndarray  # K days since the last purchase
+    decayed: np.ndarray  # K x H distinct-day counts, each day weighted 0.5 ** (age / half-life)
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Positions of ``keys`` in :attr:`keys`; -1 where the household never bought the key."""
+        if len(self.keys) == 0:
+            return np.full(len(keys), -1, np.int64)
+        position = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return np.where(self.keys[position] == keys, position, -1)
+
+    def most_bought(self, limit: int, half_life_column: int = 2) -> np.ndarray:
+        """Up to ``limit`` keys, most bought first by one decayed count (by default the 90-day
+        half-life: recent staples before old habits), ties by lines then key."""
+        order = np.lexsort((self.keys, -self.lines, -self.decayed[:, half_life_column]))
+        return self.keys[order[:limit]]
+
+    @property
+    def typical_gap(self) -> np.ndarray:
+        """K mean days between distinct purchase days (NaN when bought on one day only)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.days > 1, (self.first_age - self.last_age) / (self.days - 1), np.nan)
+
+
+def _aggregate(keys: np.ndarray, day_first: np.ndarray, ages: np.ndarray, half_lives: Sequence[float]) -> Aggregates:
+    """``keys``, ``ages``: one entry per purchase line; ``day_first`` marks the first line of each
+    (key, day), so that day counts and decays count a day once."""
+    unique, inverse = np.unique(keys, return_inverse=True)
+    k = len(unique)
+    lines = np.bincount(inverse, minlength=k)
+    days = np.bincount(inverse, weights=day_first, minlength=k)
+    first_age = np.zeros(k)
+    last_age = np.full(k, np.inf)
+    np.maximum.at(first_age, inverse, ages)
+    np.minimum.at(last_age, inverse, ages)
+    day_ages, day_keys = ages[day_first > 0], inverse[day_first > 0]
+    decayed = np.stack(
+        [np.bincount(day_keys, weights=0.5 ** (day_ages / h), minlength=k) for h in half_lives], axis=1
+    ).reshape(k, len(half_lives))
+    return Aggregates(unique, lines, days, first_age, last_age, decayed)
 
 
 class UserTimeline:
-    """A user's purchases (product indices, epoch seconds), sorted by time.
+    """A household's purchases (product indices, epoch seconds), sorted by time.
 
     Example::
 
         tl = UserTimeline(np.array([5, 7, 5]), np.array([100, 200, 300]))
         tl.history(np.array([300]), length=4)  # ([[7, 5, 0, 0]], ages in days)
-        tl.repeat_stats(np.array([5]), np.array([300]))  # (count [1], days since)
+        tl.products_before(300)  # [5, 7]
     """
 
-    def __init__(self, products: np.ndarray, timestamps: np.ndarray) -> None:
-        order = np.lexsort((products, timestamps))
-        self.products = np.asarray(products, dtype=np.int64)[order]
-        self.timestamps = np.asarray(timestamps, dtype=np.int64)[order]
-        self.t0 = np.int64(self.timestamps[0]) if len(self.timestamps) else np.int64(0)
-        self._keys = np.sort((self.products << _SHIFT) | (self.timestamps - self.t0))
-        # Distinct products in order of their first purchase, and when that was.
-        _, first = np.unique(self.products, return_index=True)
-        first = np.sort(first)
-        self.first_products = self.products[first]
-        self.first_timestamps = self.timestamps[first]
+    def __init__(self, products: np.ndarray, timestamps: np.ndarray, presorted: bool = False) -> None:
+        products = np.asarray(products, dtype=np.int64)
+        timestamps = np.asarray(timestamps, dtype=np.int64)
+        if not presorted:
+            order = np.lexsort((products, timestamps))
+            products, timestamps = products[order], timestamps[order]
+        self.products = products
+        self.timestamps = timestamps
+        self.t0 = np.int64(timestamps[0]) if len(timestamps) else np.int64(0)
+        self._keys = None
+        self._first = None
 
     def __len__(self) -> int:
         return len(self.products)
+
+    # -- positions in time ---------------------------------------------------------------------
 
     def count_before(self, at: np.ndarray) -> np.ndarray:
         """Number of purchases strictly before each moment."""
         return np.searchsorted(self.timestamps, at, side="left")
 
+    def _before(self, at: int) -> int:
+        return int(np.searchsorted(self.timestamps, at, side="left"))
+
     def products_before(self, at: int) -> np.ndarray:
         """Every purchase strictly before one moment, in time order (repeats included)."""
-        return self.products[: int(self.count_before(np.array([at]))[0])]
+        return self.products[: self._before(at)]
+
+    def baskets_before(self, at: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(basket timestamps, lines per basket) strictly before ``at``, oldest first; a basket is
+        the purchases of one timestamp."""
+        times, sizes = np.unique(self.timestamps[: self._before(at)], return_counts=True)
+        return times, sizes
+
+    # -- first purchases (negative sampling) ---------------------------------------------------
+
+    def _first_purchases(self) -> Tuple[np.ndarray, np.ndarray]:
+        if self._first is None:
+            _, first = np.unique(self.products, return_index=True)
+            first = np.sort(first)
+            self._first = (self.products[first], self.timestamps[first])
+        return self._first
+
+    @property
+    def first_products(self) -> np.ndarray:
+        """Distinct products in order of their first purchase."""
+        return self._first_purchases()[0]
 
     def distinct_before(self, at: np.ndarray) -> np.ndarray:
         """Number of distinct products bought strictly before each moment; the first
-        ``distinct_before`` entries of ``first_products`` are those products."""
-        return np.searchsorted(self.first_timestamps, at, side="left")
+        ``distinct_before`` entries of :attr:`first_products` are those products."""
+        return np.searchsorted(self._first_purchases()[1], at, side="left")
+
+    def bought_at(self, products: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """True where the product was bought exactly at that moment (in that basket)."""
+        if self._keys is None:
+            self._keys = np.sort((self.products << _SHIFT) | (self.timestamps - self.t0))
+        base = np.asarray(products, dtype=np.int64) << _SHIFT
+        rel = np.clip(np.asarray(at, dtype=np.int64) - self.t0, 0, (1 << 32) - 1)
+        return np.searchsorted(self._keys, base + rel, side="right") > np.searchsorted(
+            self._keys, base + rel, side="left"
+        )
+
+    # -- what ranking reads ----------------------------------------------------------------------
 
     def history(self, at: np.ndarray, length: int) -> Tuple[np.ndarray, np.ndarray]:
         """The ``length`` latest purchases strictly before each moment, most recent first.
@@ -70,28 +159,15 @@ class UserTimeline:
         ages = np.where(valid, (at[:, None] - self.timestamps[position]) / SECONDS_PER_DAY, 0.0)
         return hist, ages.astype(np.float32)
 
-    def _bounds(self, products: np.ndarray, at: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        base = np.asarray(products, dtype=np.int64) << _SHIFT
-        rel = np.clip(np.asarray(at, dtype=np.int64) - self.t0, 0, (1 << 32) - 1)
-        first = np.searchsorted(self._keys, base, side="left")
-        before = np.searchsorted(self._keys, base + rel, side="left")
-        return base, first, before
-
-    def repeat_stats(self, products: np.ndarray, at: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """How often each product was bought strictly before its moment, and days since the last time.
-
-        Days since is ``NEVER_BOUGHT_DAYS`` when it was never bought before.
-        """
-        base, first, before = self._bounds(products, at)
-        count = before - first
-        if len(self._keys) == 0:
-            return count, np.full(len(count), NEVER_BOUGHT_DAYS, dtype=np.float32)
-        last = self.t0 + self._keys[np.maximum(before - 1, 0)] - base
-        days = np.where(count > 0, (np.asarray(at) - last) / SECONDS_PER_DAY, NEVER_BOUGHT_DAYS)
-        return count, np.minimum(days, NEVER_BOUGHT_DAYS).astype(np.float32)
-
-    def bought_at(self, products: np.ndarray, at: np.ndarray) -> np.ndarray:
-        """True where the product was bought exactly at that moment (in that basket)."""
-        base, _, before = self._bounds(products, at)
-        rel = np.clip(np.asarray(at, dtype=np.int64) - self.t0, 0, (1 << 32) - 1)
-        return np.searchsorted(self._keys, base + rel, side="right") > before
+    def aggregates(self, at: int, half_lives: Sequence[float], categories: np.ndarray | None = None) -> Aggregates:
+        """Per product (or, given ``categories`` indexed by product, per category) summaries of
+        the purchases strictly before ``at``."""
+        k = self._before(at)
+        products, timestamps = self.products[:k], self.timestamps[:k]
+        keys = products if categories is None else categories[products].astype(np.int64)
+        day = timestamps // _DAY
+        # Purchases are in time order, so the first line of each (key, day) comes first.
+        _, first_index = np.unique((keys << _SHIFT) | (day - (day[0] if k else 0)), return_index=True)
+        day_first = np.zeros(k)
+        day_first[first_index] = 1.0
+        return _aggregate(keys, day_first, (at - timestamps) / SECONDS_PER_DAY, half_lives)

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 UNKNOWN_INDEX = 0
+FIRST_TS = "first_ts"  # extra column: epoch seconds of the first purchase of each id
 FEW_IDS = 1_000  # up to this many ids per call, lookups go through Python dicts, not Arrow
 
 

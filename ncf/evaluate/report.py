@@ -21,15 +21,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ncf.data import layout
-from ncf.evaluate.evaluation import K, Period, load_period, sample_users
-from ncf.splits import TEST
+from ncf.evaluate.evaluation import K, Period, sample_users
 
 REPORT = "report.html"
 
@@ -113,20 +110,19 @@ def training_chart(history: Sequence[Dict]) -> str:
 
 
 def score_samples(
-    recommender, period: Period, users: np.ndarray, negatives: int = 20, seed: int = 0
+    ranker, period: Period, users: np.ndarray, negatives: int = 20, seed: int = 0
 ) -> Dict[str, np.ndarray]:
-    """Model scores of each user's held-out purchases and of products they never bought."""
+    """Model scores of each household's held-out purchases and of products it never bought."""
     rng = np.random.default_rng(seed)
     bought, other = [], []
+    catalog = np.flatnonzero(ranker.candidates.known)
     for u in users:
         u = int(u)
         at = period.first_visit[u]
         truth = period.truth[u]
-        pool = np.setdiff1d(
-            np.arange(1, recommender.num_products), np.union1d(recommender.states.timeline(u).products, truth)
-        )
+        pool = np.setdiff1d(catalog, np.union1d(ranker.state.states.timeline(u).products, truth))
         random = rng.choice(pool, size=min(negatives, len(pool)), replace=False)
-        scores = recommender.score_indices(u, np.concatenate([truth, random]), at)[0]  # one user encoding
+        scores = ranker.score(u, np.concatenate([truth, random]), at)[0]  # one household context
         bought.append(scores[: len(truth)])
         other.append(scores[len(truth) :])
     return {"bought": np.concatenate(bought), "never_bought": np.concatenate(other)}
@@ -146,43 +142,69 @@ def score_chart(samples: Dict[str, np.ndarray]) -> str:
     return _png(fig)
 
 
-def _product_label(recommender, product_ids: Sequence[int]) -> List[str]:
-    products = recommender.vocabs.products
+def _product_label(ranker, product_ids: Sequence[int]) -> List[str]:
+    vocabs = ranker.state.vocabs
+    products = vocabs.products
     raw = products.raw_of(product_ids)
-    dept = recommender.vocabs.departments.raw_of(products.column("department_index")[list(product_ids)])
-    cat = recommender.vocabs.categories.raw_of(products.column("category_index")[list(product_ids)])
+    dept = vocabs.departments.raw_of(products.column("department_index")[list(product_ids)])
+    cat = vocabs.categories.raw_of(products.column("category_index")[list(product_ids)])
     return [
         f"{r} <small>{html.escape(str(c or ''))} / {html.escape(str(d or ''))}</small>"
         for r, d, c in zip(raw, dept, cat)
     ]
 
 
-def households_html(recommender, period: Period, users: np.ndarray, recent: int = 8) -> str:
+def explanation_stats(ranker, period: Period, users: np.ndarray) -> Dict[str, float]:
+    """How much the attention behind "because you bought" says: its mean entropy over the
+    households' top 10 (against the entropy of uniform weights over the same histories), and the
+    share of households whose top 10 do not all name the same first "because" product."""
+    entropy, uniform, differ = [], [], []
+    at = np.array([period.first_visit[int(u)] for u in users], np.int64)
+    for u, ranking in zip(users, ranker.rank(users, at, k=K, explain=True)):
+        if ranking.cold_start or not ranking.explanations:
+            continue
+        present = int(
+            np.count_nonzero(ranker.state.states.timeline(int(u)).products_before(period.first_visit[int(u)]))
+        )
+        entropy.append(float(np.mean(ranking.attention_entropy)))
+        uniform.append(float(np.log(min(max(present, 1), ranker.history_length))))
+        firsts = {because[0][0] for because in ranking.explanations if because}
+        differ.append(len(firsts) > 1)
+    return {
+        "households": len(entropy),
+        "attention_entropy": float(np.mean(entropy)) if entropy else float("nan"),
+        "uniform_entropy": float(np.mean(uniform)) if uniform else float("nan"),
+        "share_with_different_reasons": float(np.mean(differ)) if differ else float("nan"),
+    }
+
+
+def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8) -> str:
     """Each household's latest purchases before the moment ranked, and its top 10 with reasons."""
     parts = []
+    vocabs = ranker.state.vocabs
     for u in users:
         u = int(u)
         at = period.first_visit[u]
-        timeline = recommender.states.timeline(u)
+        timeline = ranker.state.states.timeline(u)
         before = timeline.timestamps < at
         last = timeline.products[before][::-1][:recent]
-        ranking = recommender.rank_indices(u, at, k=K, explain=True)
+        ranking = ranker.rank([u], [at], k=K, explain=True)[0]
         hits = set(period.truth[u].tolist())
         recs = []
         for product, score, because in zip(ranking.products, ranking.scores, ranking.explanations or [[]] * K):
             reason = ", ".join(
                 f"{p} ({w:.2f})"
-                for p, w in zip(recommender.vocabs.products.raw_of([b for b, _ in because]), [w for _, w in because])
+                for p, w in zip(vocabs.products.raw_of([b for b, _ in because]), [w for _, w in because])
             )
             mark = " &#10003;" if int(product) in hits else ""
             recs.append(
-                f"<li>{_product_label(recommender, [int(product)])[0]} "
+                f"<li>{_product_label(ranker, [int(product)])[0]} "
                 f"<b>{score:.3f}</b>{mark}<br><small>because: {reason or 'no history'}</small></li>"
             )
-        raw_user = recommender.vocabs.users.raw_of([u])[0]
+        raw_user = vocabs.users.raw_of([u])[0]
         parts.append(
             f'<div class="hh"><div><b>household {html.escape(str(raw_user))}</b><br>recent purchases:<ol>'
-            + "".join(f"<li>{label}</li>" for label in _product_label(recommender, last.tolist()))
+            + "".join(f"<li>{label}</li>" for label in _product_label(ranker, last.tolist()))
             + "</ol></div><div>recommended (&#10003; = bought in the "
             f"held-out period):<ol>{''.join(recs)}</ol></div></div>"
         )
@@ -191,21 +213,18 @@ def households_html(recommender, period: Period, users: np.ndarray, recent: int 
 
 def write_report(
     output: str,
-    recommender,
-    data: str,
+    ranker,
+    version: str,
+    period: Period,
     rows: Sequence[Dict],
     history: Optional[Sequence[Dict]] = None,
     ablations: Optional[Sequence[Dict]] = None,
     ablations_source: Optional[str] = None,
-    split: str = TEST,
     score_users: int = 100,
     households: int = 4,
 ) -> str:
     """Writes ``output/report.html`` and returns its path (``ablations_source``: the file the
     ablation rows came from, named in the report)."""
-    with open(layout.stats_path(data)) as f:
-        boundaries = json.load(f)["boundaries"]
-    period = load_period(data, split, boundaries)
     users = sample_users(period.users, score_users, seed=1)
     metric_columns = [
         "model",
@@ -218,9 +237,9 @@ def write_report(
         "users",
     ]
     sections = [
-        f"<h1>AdvancedNCF evaluation report</h1><p>model version <b>{html.escape(recommender.version)}</b>; "
-        f"held-out period <b>{split}</b> ({len(period.users):,} households, full ranking over "
-        f"{recommender.num_products - 1:,} products, each household ranked at its first visit).</p>",
+        f"<h1>AdvancedNCF evaluation report</h1><p>model version <b>{html.escape(version)}</b>; "
+        f"held-out period <b>{period.name}</b> ({len(period.users):,} households, full ranking over "
+        f"{int(ranker.candidates.known.sum()):,} products, each household ranked at its first visit).</p>",
         "<h2>Model against the baselines</h2>" + _table(rows, metric_columns) + metrics_chart(rows),
     ]
     if history:
@@ -251,14 +270,22 @@ def write_report(
             "<h2>Ablations</h2><p>No ablation results given: <code>python "
             "-m bench.ablations --data DATA</code> writes them.</p>"
         )
-    samples = score_samples(recommender, period, users)
+    samples = score_samples(ranker, period, users)
     sections.append(
         f"<h2>Score distribution</h2><p>{len(users)} households: scores of the products they bought in the "
         f"held-out period (median {np.median(samples['bought']):.3f}) and of random products they never bought "
         f"(median {np.median(samples['never_bought']):.3f}), at the moment of their first visit.</p>"
         + score_chart(samples)
     )
-    sections.append("<h2>Households</h2>" + households_html(recommender, period, users[:households]))
+    explained = explanation_stats(ranker, period, users)
+    sections.append(
+        "<h2>What the attention says</h2><p>Over the top 10 of "
+        f"{explained['households']} households: mean entropy of the attention behind each recommendation "
+        f"{explained['attention_entropy']:.2f} nats (uniform weights over the same histories: "
+        f"{explained['uniform_entropy']:.2f}); households whose 10 recommendations do not all name the same "
+        f"first reason: {100 * explained['share_with_different_reasons']:.0f}%.</p>"
+    )
+    sections.append("<h2>Households</h2>" + households_html(ranker, period, users[:households]))
     os.makedirs(output, exist_ok=True)
     path = os.path.join(output, REPORT)
     with open(path, "w") as f:

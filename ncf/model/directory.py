@@ -1,19 +1,29 @@
-"""The model directory: everything serving and scoring need, as plain data.
+"""The model directory: a trained model and the state it was trained with, as plain data.
 
 ::
 
     MODEL/
-      config.json        model config, vocab sizes, version, data boundaries, ranking settings
+      config.json        format version, version, model config, training run, data boundaries,
+                         trained_through (labels end), ranking settings
       model.pt           state_dict, loaded with torch.load(weights_only=True)
-      vocab/             users, products (with hierarchy and counts), departments, categories
-      user_state/        users' purchase sequences (the histories ranking reads)
+      state/             a copy of the training DATA's state: vocab/ (the embedding tables' rows),
+                         user_state/ (every household's purchases through the data's end) and
+                         product_stats/ (products at the data's end)
       metrics.json       training and evaluation metrics
+
+The state is data, not model: ranking reads histories from ``MODEL/state`` by default, or from
+any newer DATA (``Recommender.load(MODEL, data=DATA)``), without retraining.
+
+Example::
+
+    model_dir = ModelDir("artifacts/demo/model")
+    model_dir.version, model_dir.trained_through
+    model = model_dir.load_model()
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -23,13 +33,23 @@ import torch
 
 from ncf.data import layout
 from ncf.data.vocab import Vocabularies
-from ncf.jsonio import write_json
-from ncf.model.advanced_ncf import AdvancedNCF, ModelConfig
+from ncf.errors import InputError
+from ncf.jsonio import read_json, write_json
+from ncf.model.advanced_ncf import AdvancedNCF
+from ncf.model.config import ModelConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG = "config.json"
 WEIGHTS = "model.pt"
 METRICS = "metrics.json"
+STATE = "state"
+STATE_PARTS = (layout.vocab_dir, layout.user_state_dir, layout.product_stats_dir)
+
+
+def copy_state(data: str, destination: str) -> None:
+    """Copies DATA's state (vocabularies, purchases, product stats) into ``destination``."""
+    for part in STATE_PARTS:
+        shutil.copytree(part(data), part(destination))
 
 
 def save_model_dir(
@@ -37,26 +57,34 @@ def save_model_dir(
     weights: Dict[str, torch.Tensor],
     model_config: ModelConfig,
     data: str,
+    trained_through: int,
+    run: str,
     metrics: Optional[Dict] = None,
     version: Optional[str] = None,
     ranking: Optional[Dict] = None,
 ) -> str:
-    """Writes a complete model directory next to ``output`` and renames it into place."""
-    with open(layout.stats_path(data)) as f:
-        boundaries = json.load(f)["boundaries"]
+    """Writes a complete model directory next to ``output`` and renames it into place.
+
+    Args:
+        trained_through: epoch seconds where the training labels ended; households and products
+            first seen from then on use the tables' unknown row (their rows were never trained).
+        run: ``validated`` or ``refit`` (:mod:`ncf.splits`).
+    """
+    stats = read_json(layout.stats_path(data))
     tmp = output.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     torch.save(weights, os.path.join(tmp, WEIGHTS))
-    shutil.copytree(layout.vocab_dir(data), os.path.join(tmp, "vocab"))
-    shutil.copytree(layout.user_state_dir(data), os.path.join(tmp, "user_state"))
+    copy_state(data, os.path.join(tmp, STATE))
     write_json(
         os.path.join(tmp, CONFIG),
         {
             "format_version": FORMAT_VERSION,
-            "version": version or time.strftime("%Y%m%d-%H%M%S"),
+            "version": version or time.strftime("%Y%m%d-%H%M%S", time.gmtime()),
+            "run": run,
             "model": dataclasses.asdict(model_config),
-            "data": {"path": os.path.abspath(data), "boundaries": boundaries},
+            "data": {"path": os.path.abspath(data), "boundaries": stats["boundaries"]},
+            "trained_through": int(trained_through),
             "ranking": ranking or {},
         },
     )
@@ -72,28 +100,36 @@ def save_untrained_model_dir(output: str, data: str, version: str, seed: int = 0
     ``model_options`` override :class:`ModelConfig`'s defaults (sizes, switches)."""
     torch.manual_seed(seed)
     config = ModelConfig(**Vocabularies.load(layout.vocab_dir(data)).sizes(), **model_options)
-    return save_model_dir(output, AdvancedNCF(config).state_dict(), config, data, version=version)
+    end = read_json(layout.stats_path(data))["boundaries"]["end"]
+    return save_model_dir(
+        output,
+        AdvancedNCF(config).state_dict(),
+        config,
+        data,
+        trained_through=end + 1,
+        run="untrained",
+        version=version,
+    )
 
 
 def read_config(model_dir: str) -> Dict:
+    """``config.json``, checked: a clear error for a path that is not a model directory."""
     path = os.path.join(model_dir, CONFIG)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{model_dir}: not a model directory (no {CONFIG})")
-    with open(path) as f:
-        config = json.load(f)
+        raise InputError(f"{model_dir}: not a model directory (no {CONFIG}); run python -m jobs.train first")
+    config = read_json(path)
     if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{model_dir}: unsupported model directory format {config.get('format_version')}")
+        raise InputError(
+            f"{model_dir}: model directory format {config.get('format_version')}, this code reads "
+            f"{FORMAT_VERSION}: retrain it with python -m jobs.train"
+        )
     return config
 
 
 def read_metrics(model_dir: str) -> Dict:
-    """``metrics.json``: training metrics and, for models trained since it was added, the
-    per-epoch ``history``."""
+    """``metrics.json``: training metrics, the per-epoch ``history``, held-out figures."""
     path = os.path.join(model_dir, METRICS)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path) if os.path.exists(path) else {}
 
 
 def load_model(model_dir: str, device: Optional[torch.device] = None) -> AdvancedNCF:
@@ -103,3 +139,45 @@ def load_model(model_dir: str, device: Optional[torch.device] = None) -> Advance
     state = torch.load(os.path.join(model_dir, WEIGHTS), weights_only=True, map_location="cpu")
     model.load_state_dict(state)
     return model.to(device or torch.device("cpu")).eval()
+
+
+class ModelDir:
+    """A handle on a model directory: its config read once, its parts loaded on demand."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.config = read_config(self.path)
+
+    @property
+    def version(self) -> str:
+        return self.config["version"]
+
+    @property
+    def trained_through(self) -> int:
+        return int(self.config["trained_through"])
+
+    @property
+    def state_dir(self) -> str:
+        """The copy of the training DATA's state (a directory laid out like DATA)."""
+        return os.path.join(self.path, STATE)
+
+    @property
+    def ranking(self) -> Dict:
+        return self.config.get("ranking", {})
+
+    def load_model(self, device: Optional[torch.device] = None) -> AdvancedNCF:
+        return load_model(self.path, device)
+
+    def table_vocabularies(self) -> Vocabularies:
+        """The vocabularies whose indices are the rows of the model's embedding tables."""
+        return Vocabularies.load(layout.vocab_dir(self.state_dir))
+
+    def metrics(self) -> Dict:
+        return read_metrics(self.path)
+
+
+def update_metrics(model_dir: str, extra: Dict) -> Dict:
+    """Adds ``extra`` to ``metrics.json`` (e.g. held-out figures measured after saving)."""
+    metrics = {**read_metrics(model_dir), **extra}
+    write_json(os.path.join(model_dir, METRICS), metrics)
+    return metrics

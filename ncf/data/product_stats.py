@@ -1,0 +1,134 @@
+"""What all households' purchases say about each product at a cutoff: popularity and cadence.
+
+Computed from the purchases strictly before the cutoff only, so that a training example at a
+cutoff, an evaluation at a period's start and serving at the data's end each see the products
+as they were known then. Written once with the state (``DATA/product_stats/``) for serving.
+
+Example::
+
+    stats = ProductStats.compute(states, category, cutoff=1511740800)
+    stats.lines[42], stats.rebuy_rate[42], stats.cycle_days[42]
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ncf.data.user_state import UserStates
+from ncf.moments import time_parts_of
+
+RECENT_DAYS = 28
+HOURLY_TOP = 200  # cold-start list length per hour of the day
+_DAY = 86_400
+
+
+@dataclass
+class ProductStats:
+    """Per product index (0 = unknown, all zero), from purchases before ``cutoff``.
+
+    ``cycle_days`` is the median, over the households that bought the product on two days or
+    more, of their mean days between purchases (NaN when nobody rebought it).
+    """
+
+    cutoff: int
+    lines: np.ndarray  # purchase lines
+    recent_lines: np.ndarray  # purchase lines in the RECENT_DAYS before the cutoff
+    buyers: np.ndarray  # distinct households
+    rebuy_rate: np.ndarray  # share of buyers who bought it on two days or more
+    cycle_days: np.ndarray
+    by_hour: np.ndarray  # 24 x HOURLY_TOP most bought products per hour of day (cold start)
+
+    @property
+    def num_products(self) -> int:
+        return len(self.lines)
+
+    @property
+    def popularity_order(self) -> np.ndarray:
+        """Product indices, most bought first (recent lines, then all lines), never index 0."""
+        order = np.lexsort((-self.lines, -self.recent_lines))
+        return order[order != 0]
+
+    @staticmethod
+    def compute(states: UserStates, category: np.ndarray, cutoff: int) -> "ProductStats":
+        """From every purchase of ``states`` strictly before ``cutoff``; ``category`` gives each
+        product index's category (its length is the number of products)."""
+        n = len(category)
+        users, products, ts = states.all_purchases()
+        keep = ts < cutoff
+        users, products, ts = users[keep], products[keep], ts[keep]
+        lines = np.bincount(products, minlength=n).astype(np.float64)
+        recent = np.bincount(products[ts >= cutoff - RECENT_DAYS * _DAY], minlength=n).astype(np.float64)
+        buyers, rebuy_rate, cycle = _cadence(users, products, ts // _DAY, n)
+        return ProductStats(int(cutoff), lines, recent, buyers, rebuy_rate, cycle, _by_hour(products, ts, lines))
+
+    def save(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        columns = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("cutoff", "by_hour")}
+        table = pa.table(columns).replace_schema_metadata({"cutoff": str(self.cutoff)})
+        pq.write_table(table, os.path.join(directory, "products.parquet"))
+        np.save(os.path.join(directory, "by_hour.npy"), self.by_hour)
+
+    @staticmethod
+    def load(directory: str) -> "ProductStats":
+        table = pq.read_table(os.path.join(directory, "products.parquet"))
+        columns = {name: table.column(name).to_numpy() for name in table.column_names}
+        cutoff = int(table.schema.metadata[b"cutoff"])
+        return ProductStats(cutoff=cutoff, by_hour=np.load(os.path.join(directory, "by_hour.npy")), **columns)
+
+
+def _cadence(users: np.ndarray, products: np.ndarray, days: np.ndarray, n: int):
+    """(buyers, rebuy rate, median cycle) per product from (household, product, day) entries."""
+    if len(users) == 0:
+        zeros = np.zeros(n)
+        return zeros, zeros, np.full(n, np.nan)
+    order = np.lexsort((days, products, users))
+    u, p, d = users[order], products[order], days[order]
+    distinct = np.ones(len(u), bool)
+    distinct[1:] = (u[1:] != u[:-1]) | (p[1:] != p[:-1]) | (d[1:] != d[:-1])
+    u, p, d = u[distinct], p[distinct], d[distinct]
+    starts = np.flatnonzero(np.r_[True, (u[1:] != u[:-1]) | (p[1:] != p[:-1])])
+    ends = np.r_[starts[1:], len(u)]
+    pair_product, pair_days = p[starts], ends - starts
+    buyers = np.bincount(pair_product, minlength=n).astype(np.float64)
+    rebuyers = np.bincount(pair_product, weights=pair_days > 1, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rebuy_rate = np.where(buyers > 0, rebuyers / buyers, 0.0)
+    many = pair_days > 1
+    gaps = (d[ends[many] - 1] - d[starts[many]]) / (pair_days[many] - 1)
+    return buyers, rebuy_rate, _median_by(pair_product[many], gaps, n)
+
+
+def _median_by(keys: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Median of ``values`` per key in 0..n-1 (NaN for keys without values)."""
+    out = np.full(n, np.nan)
+    if len(keys) == 0:
+        return out
+    order = np.lexsort((values, keys))
+    keys, values = keys[order], values[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    counts = np.diff(np.r_[starts, len(keys)])
+    low, high = starts + (counts - 1) // 2, starts + counts // 2
+    out[keys[starts]] = (values[low] + values[high]) / 2.0
+    return out
+
+
+def _by_hour(products: np.ndarray, ts: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    """The HOURLY_TOP most bought products at each hour of the day (UTC); hours with fewer
+    products are completed by overall popularity."""
+    overall = np.argsort(-lines, kind="stable")
+    overall = overall[overall != 0]
+    top = min(HOURLY_TOP, len(overall))
+    out = np.zeros((24, top), np.int64)
+    hours = time_parts_of(ts)["hour"] if len(ts) else np.zeros(0, np.int64)
+    for hour in range(24):
+        counts = np.bincount(products[hours == hour], minlength=len(lines)).astype(np.float64)
+        counts[0] = -1
+        order = np.lexsort((-lines, -counts))
+        ranked = order[counts[order] > 0][:top]
+        out[hour] = np.concatenate([ranked, overall[~np.isin(overall, ranked)]])[:top]
+    return out

@@ -1,0 +1,97 @@
+"""Sizes and part switches of AdvancedNCF."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+from ncf.data.features import CATEGORY, CATEGORY_DURATIONS, DURATIONS, TIMING
+
+SWITCHES = ("use_temporal", "use_attention", "use_hierarchy", "use_mf", "use_mlp", "use_timing")
+
+
+@dataclass
+class ModelConfig:
+    """Sizes and switches of :class:`ncf.model.AdvancedNCF`.
+
+    The ``use_*`` switches remove a part for ablations: ``use_temporal`` (the sinusoidal
+    encodings: the moment's time parts, the durations of the purchase-timing features, the
+    history's ages), ``use_attention`` (attention over the history), ``use_hierarchy``
+    (department/category and the category-level cadence), ``use_mf`` (the MF path and its
+    output), ``use_mlp`` (the whole MLP path and its output) and ``use_timing`` (the numeric
+    purchase-timing features).
+    """
+
+    num_users: int
+    num_products: int
+    num_departments: int
+    num_categories: int
+    mf_embedding_dim: int = 32
+    mlp_embedding_dim: int = 32
+    temporal_dim: int = 16
+    mlp_hidden_dims: List[int] = field(default_factory=lambda: [128, 64])
+    num_heads: int = 4
+    history_length: int = 20
+    dropout: float = 0.1
+    max_period: int = 366
+    use_temporal: bool = True
+    use_attention: bool = True
+    use_hierarchy: bool = True
+    use_mf: bool = True
+    use_mlp: bool = True
+    use_timing: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.use_mf or self.use_mlp):
+            raise ValueError("ModelConfig: at least one of use_mf and use_mlp must be on")
+        if self.mlp_embedding_dim % self.num_heads:
+            raise ValueError(
+                f"ModelConfig: mlp_embedding_dim={self.mlp_embedding_dim} is not divisible "
+                f"by num_heads={self.num_heads}"
+            )
+        if self.temporal_dim % 2:
+            raise ValueError(f"ModelConfig: temporal_dim={self.temporal_dim} must be even (sin/cos pairs)")
+        if not self.mlp_hidden_dims:
+            raise ValueError("ModelConfig: mlp_hidden_dims needs at least one layer")
+        for name in ("num_users", "num_products", "num_departments", "num_categories"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ModelConfig: {name} must be >= 1")
+
+    @property
+    def num_timing(self) -> int:
+        return len(TIMING)
+
+    @property
+    def num_durations(self) -> int:
+        return len(DURATIONS)
+
+    @property
+    def cadence_dim(self) -> int:
+        """Width of the category cadence input of the hierarchy: numeric, plus the durations'
+        sinusoidal encodings when the temporal part is on."""
+        return len(CATEGORY) + (len(CATEGORY_DURATIONS) * self.temporal_dim if self.use_temporal else 0)
+
+    @property
+    def combined_dim(self) -> int:
+        """The seed's mf_embedding_dim + mlp_embedding_dim (MLP path) + mlp_embedding_dim
+        (hierarchy) + temporal_dim, plus the timing features."""
+        dim = 2 * self.mlp_embedding_dim
+        if self.use_mf:
+            dim += self.mf_embedding_dim
+        if self.use_temporal:
+            dim += self.temporal_dim
+        if self.use_timing:
+            dim += self.num_timing
+        return dim
+
+    def to_dict(self) -> Dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(values: Dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown keys {sorted(unknown)}")
+        return ModelConfig(**values)

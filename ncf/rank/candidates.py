@@ -1,0 +1,133 @@
+"""The first stage: which products the full model re-ranks for a household at a moment.
+
+1. its own past products, the ``own_candidates`` most bought by the 90-day decayed count (the
+   training lists hold the same ones);
+2. the MF path's best products for the household (they do not depend on the moment, so each
+   household's list is computed once and kept while the table of them stays small);
+3. the most bought products at the state's cutoff;
+
+distinct, only products known at the cutoff, at most ``candidates``. With
+``exclude_purchased`` the household's past products are removed *before* the cut, and the list is
+completed from the popular products, so that k items come back whenever the catalog has k
+products it never bought. A household without purchases before the moment gets the cold-start
+list: the products most bought at that hour of the day.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ncf.data.features import HALF_LIVES
+from ncf.data.timeline import UserTimeline
+from ncf.model.advanced_ncf import AdvancedNCF
+from ncf.moments import HOUR, time_parts_of
+from ncf.rank.state import EmbeddingRows, RankingState
+
+MF_CACHE_MAX_ENTRIES = 50_000_000  # 200 MB of int32: 333k households at 150 each
+
+
+@dataclass
+class RankingSettings:
+    """First-stage sizes (a model directory's ``ranking`` overrides them)."""
+
+    candidates: int = 300  # re-ranked by the full model
+    own_candidates: int = 250  # the household's own products (as many as the training lists hold)
+    mf_candidates: int = 150  # from the MF path's dot products
+    popular_candidates: int = 50
+
+
+class MFFirstStage:
+    """Each household's ``width`` best products by the MF path's logit, over the state's catalog."""
+
+    def __init__(self, model: AdvancedNCF, rows: EmbeddingRows, known: np.ndarray, width: int) -> None:
+        weights = model.mf_output.weight.detach()[0]
+        products = _table(model, "product_mf_embeddings").index_select(0, torch.as_tensor(rows.product))
+        # The MF logit is mf_output(u * p): folding its weights into p makes the stage one matmul.
+        self._items = (products * weights).T.contiguous()  # D x P
+        self._unknown = torch.as_tensor(~known)
+        self._users = _table(model, "user_mf_embeddings")
+        self._user_rows = rows.user
+        self.width = min(width, int(known.sum()))
+        cacheable = len(rows.user) * self.width <= MF_CACHE_MAX_ENTRIES
+        self._top = np.zeros((len(rows.user), self.width), np.int32) if cacheable else None
+        self._known = np.zeros(len(rows.user), bool) if cacheable else None
+
+    @property
+    def cached(self) -> bool:
+        """Whether households' lists are kept (the table of them fits MF_CACHE_MAX_ENTRIES)."""
+        return self._top is not None
+
+    def top(self, users: np.ndarray) -> np.ndarray:
+        """U x width product indices, best first, for U state households."""
+        if self._top is None:
+            return self._compute(users)
+        missing = users[~self._known[users]]
+        if len(missing):
+            self._top[missing] = self._compute(missing)
+            self._known[missing] = True
+        return self._top[users]
+
+    def warm(self, users: np.ndarray, chunk: int = 1024) -> int:
+        """Computes the lists of ``users`` now (serving does it on load); returns how many."""
+        for start in range(0, len(users), chunk):
+            self.top(users[start : start + chunk])
+        return len(users)
+
+    @torch.no_grad()
+    def _compute(self, users: np.ndarray) -> np.ndarray:
+        vectors = self._users.index_select(0, torch.as_tensor(self._user_rows[users]))
+        scores = vectors @ self._items
+        scores[:, self._unknown] = -torch.inf
+        return torch.topk(scores, self.width, dim=1).indices.numpy().astype(np.int32)
+
+
+def _table(model: AdvancedNCF, name: str) -> torch.Tensor:
+    """The N x D weight of one table of an unsharded EmbeddingBagCollection."""
+    collection = model.mf_embedding_collection
+    return collection.embedding_bags[name].weight.detach()
+
+
+class CandidateGenerator:
+    """The first stage over one :class:`RankingState` (see the module docstring)."""
+
+    def __init__(self, model: AdvancedNCF, state: RankingState, rows: EmbeddingRows, settings: RankingSettings) -> None:
+        self.state = state
+        self.settings = settings
+        self.known = state.stats.lines > 0  # products bought before the state's cutoff
+        self.known[0] = False
+        self.popular = state.stats.popularity_order
+        self.mf: Optional[MFFirstStage] = (
+            MFFirstStage(model, rows, self.known, settings.mf_candidates) if model.config.use_mf else None
+        )
+
+    def cold_start(self, at: int) -> np.ndarray:
+        hour = int(time_parts_of(np.array([at]))[HOUR][0])
+        listed = self.state.stats.by_hour[hour]
+        return listed[self.known[listed]][: self.settings.candidates]
+
+    def for_household(
+        self, user: int, timeline: UserTimeline, at: int, exclude_purchased: bool, mf_top: Optional[np.ndarray]
+    ) -> np.ndarray:
+        """Candidate product indices for one household with purchases before ``at``."""
+        s = self.settings
+        own = timeline.aggregates(at, HALF_LIVES)
+        sources = [] if exclude_purchased else [own.most_bought(s.own_candidates)]
+        if mf_top is not None:
+            sources.append(mf_top)
+        sources.append(self.popular[: s.popular_candidates])
+        merged = pd.unique(np.concatenate(sources).astype(np.int64))
+        merged = merged[self.known[merged]]
+        if exclude_purchased:
+            merged = merged[~np.isin(merged, own.keys)]
+            if len(merged) < s.candidates:  # complete from the popular products never bought
+                more = self.popular[~np.isin(self.popular, own.keys) & ~np.isin(self.popular, merged)]
+                merged = np.concatenate([merged, more[: s.candidates - len(merged)]])
+        return merged[: s.candidates]
+
+    def mf_top(self, users: np.ndarray) -> Optional[np.ndarray]:
+        return None if self.mf is None else self.mf.top(users)

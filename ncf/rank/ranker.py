@@ -1,0 +1,212 @@
+"""The one ranking path: candidates -> features -> model -> top-k, explanations optional.
+
+Every entry point ranks through :meth:`Ranker.rank` (or scores given products through
+:meth:`Ranker.score`, the same path without the first stage): Serve's single, explained and batch
+requests and ``/score``, evaluation, validation during training and the nightly job. Households
+are ranked many at a time, one model call per chunk, so a batch of requests costs little more
+than one. Cold start is a case of the same path: a household without purchases before the
+moment gets the popular products of that hour as candidates and the model's unknown household
+row, so its scores are probabilities on the same scale as everyone else's.
+
+Example::
+
+    ranker = Ranker(model, state, rows)
+    rankings = ranker.rank(np.array([12, 40]), np.array([at, at]), k=10)
+    rankings[0].products, rankings[0].scores, rankings[0].cold_start
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ncf.data.features import candidate_features, household_inputs
+from ncf.model.advanced_ncf import AdvancedNCF
+from ncf.model.batch import Batch
+from ncf.rank.candidates import CandidateGenerator, RankingSettings
+from ncf.rank.state import EmbeddingRows, RankingState
+
+CHUNK_USERS = 32  # households per model call: the per-call overheads amortised, memory small
+
+
+@dataclass
+class Ranking:
+    """One household's top products (state indices), best first, with their probabilities."""
+
+    products: np.ndarray
+    scores: np.ndarray
+    cold_start: bool
+    # For each ranked product: (history product index, attention weight) pairs, when explained.
+    explanations: Optional[List[List[Tuple[int, float]]]] = None
+    # For each ranked product, when explained: the entropy (nats) of its attention over the history.
+    attention_entropy: Optional[np.ndarray] = None
+
+
+@dataclass
+class _Question:
+    """One household at one moment over its candidates."""
+
+    user: int
+    at: int
+    candidates: np.ndarray
+    cold_start: bool
+    history: Optional[np.ndarray] = None  # L latest purchases (state indices), set with the batch
+
+
+class Ranker:
+    """Ranks a :class:`RankingState`'s households with an AdvancedNCF model.
+
+    Args:
+        model: the trained model (switched to eval mode).
+        state: histories and products to rank from.
+        rows: state index -> model embedding rows (identity when the model was trained on it).
+        settings: first-stage sizes.
+    """
+
+    def __init__(
+        self,
+        model: AdvancedNCF,
+        state: RankingState,
+        rows: EmbeddingRows,
+        settings: Optional[RankingSettings] = None,
+    ) -> None:
+        self.model = model.eval()
+        self.state = state
+        self.rows = rows
+        self.settings = settings or RankingSettings()
+        self.device = next(model.parameters()).device
+        self.candidates = CandidateGenerator(model, state, rows, self.settings)
+
+    @property
+    def history_length(self) -> int:
+        return self.model.config.history_length
+
+    def warm(self) -> int:
+        """Computes every household's first-stage MF list now (serving does it when it loads a
+        model, so that no request pays for it); returns how many households that took."""
+        mf = self.candidates.mf
+        return 0 if mf is None or not mf.cached else mf.warm(self.state.states.users())
+
+    # -- entry points ----------------------------------------------------------------------------
+
+    def rank(
+        self,
+        users: Sequence[int],
+        at: Sequence[int],
+        k: int = 10,
+        exclude_purchased: bool = False,
+        explain: bool = False,
+        brute_force: bool = False,
+        explain_top: int = 3,
+    ) -> List[Ranking]:
+        """The top-``k`` products of each (household, moment) pair (state indices; households
+        unknown to the state or without purchases before the moment get the cold start)."""
+        users, at = np.asarray(users, np.int64), np.asarray(at, np.int64)
+        rankings: List[Ranking] = []
+        for start in range(0, len(users), 1 if brute_force else CHUNK_USERS):
+            chunk = slice(start, start + (1 if brute_force else CHUNK_USERS))
+            questions = self._questions(users[chunk], at[chunk], exclude_purchased, brute_force)
+            probs, weights = self._score(questions, explain)
+            rankings += self._top(questions, probs, weights, k, explain_top)
+        return rankings
+
+    def inputs(self, user: int, at: int, products: np.ndarray) -> Batch:
+        """The model's inputs for one household at ``at`` over ``products`` (what :meth:`score`
+        feeds the model; tests compare it with the training lists)."""
+        return self._batch([_Question(user, at, np.asarray(products, np.int64), self._is_cold(user, at))])
+
+    def score(self, user: int, products: np.ndarray, at: int) -> Tuple[np.ndarray, bool]:
+        """Probabilities that the household buys each of ``products`` (state indices) within the
+        horizon after ``at``, and whether it is a cold start."""
+        cold = self._is_cold(user, at)
+        probs, _ = self._score([_Question(user, at, np.asarray(products, np.int64), cold)], False)
+        return probs, cold
+
+    # -- the path --------------------------------------------------------------------------------
+
+    def _is_cold(self, user: int, at: int) -> bool:
+        return (
+            not (0 < user < self.state.states.num_users)
+            or self.state.states.timeline(user).count_before(np.array([at]))[0] == 0
+        )
+
+    def _questions(self, users: np.ndarray, at: np.ndarray, exclude: bool, brute_force: bool) -> List[_Question]:
+        cold = np.array([self._is_cold(int(u), int(a)) for u, a in zip(users, at)], bool)
+        warm = users[~cold]
+        mf_top = self.candidates.mf_top(warm) if len(warm) and not brute_force else None
+        questions, j = [], 0
+        for u, a, c in zip(users.tolist(), at.tolist(), cold.tolist()):
+            if c:
+                candidates = self.candidates.cold_start(a)
+            elif brute_force:
+                candidates = np.flatnonzero(self.candidates.known)
+                if exclude:
+                    candidates = candidates[~np.isin(candidates, self.state.states.timeline(u).products_before(a))]
+            else:
+                timeline = self.state.states.timeline(u)
+                candidates = self.candidates.for_household(
+                    u, timeline, a, exclude, None if mf_top is None else mf_top[j]
+                )
+                j += 1
+            questions.append(_Question(u, a, candidates, c))
+        return questions
+
+    def _batch(self, questions: List[_Question]) -> Batch:
+        """The model's inputs for the questions: :func:`ncf.data.features.candidate_features`, the
+        function training examples are built with."""
+        rows, catalog, states = self.rows, self.state.catalog, self.state.states
+        length = self.history_length
+        users, histories, ages, parts, features = [], [], [], [], []
+        for q in questions:
+            timeline = states.timeline(q.user)
+            history, age, time_parts = household_inputs(timeline, q.at, length)
+            q.history = history
+            users.append(q.user if 0 < q.user < len(rows.user) else 0)
+            histories.append(history)
+            ages.append(age)
+            parts.append(time_parts)
+            features.append(candidate_features(timeline, q.candidates, q.at, catalog, self.state.stats))
+        product = np.concatenate([q.candidates for q in questions]).astype(np.int64)
+        return Batch.for_ranking(
+            user=rows.user[np.array(users)],
+            time_parts=np.stack(parts),
+            history=rows.product[np.stack(histories)],
+            history_age_days=np.stack(ages),
+            owner=np.repeat(np.arange(len(questions)), [len(q.candidates) for q in questions]),
+            product=rows.product[product],
+            department=rows.department[catalog.department[product]],
+            category=rows.category[catalog.category[product]],
+            features=np.concatenate(features),
+            device=self.device,
+        )
+
+    @torch.no_grad()
+    def _score(self, questions: List[_Question], explain: bool):
+        batch = self._batch(questions)
+        logits, weights = self.model.logits(batch, need_weights=explain)
+        probs = self.model.final[1](logits).float().cpu().numpy()
+        return probs, None if weights is None else weights.float().cpu().numpy()
+
+    def _top(self, questions: List[_Question], probs, weights, k: int, explain_top: int) -> List[Ranking]:
+        out, start = [], 0
+        for q in questions:
+            end = start + len(q.candidates)
+            order = np.argsort(-probs[start:end], kind="stable")[:k]
+            ranking = Ranking(q.candidates[order], probs[start:end][order], q.cold_start)
+            if weights is not None:
+                ranked = weights[start + order]  # k x L
+                ranking.explanations = [_because(q.history, w, explain_top) for w in ranked]
+                ranking.attention_entropy = -(ranked * np.log(np.clip(ranked, 1e-12, 1.0))).sum(axis=1)
+            out.append(ranking)
+            start = end
+        return out
+
+
+def _because(history: np.ndarray, weights: np.ndarray, top: int) -> List[Tuple[int, float]]:
+    """The ``top`` past purchases (state indices) the attention weighted most."""
+    present = np.flatnonzero(history > 0)
+    best = present[np.argsort(-weights[present], kind="stable")][:top]
+    return [(int(history[i]), float(weights[i])) for i in best]

@@ -1,0 +1,94 @@
+"""What ranking reads besides the model: the state (histories, products) and how its indices map
+to the model's embedding rows.
+
+The state comes from a DATA directory or from a model directory's copy of its training DATA
+(``MODEL/state``). Its vocabularies may be newer than the model's tables: households and
+products the tables never saw (or first seen after the model's labels ended) use the unknown
+row 0, while their own purchases still drive their features and candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ncf.data import layout
+from ncf.data.features import Catalog
+from ncf.data.product_stats import ProductStats
+from ncf.data.user_state import UserStates
+from ncf.data.vocab import FIRST_TS, UNKNOWN_INDEX, Vocabularies, Vocabulary
+from ncf.jsonio import read_json
+
+
+@dataclass
+class RankingState:
+    """Vocabularies, every household's purchases and the products' stats at ``end``."""
+
+    vocabs: Vocabularies
+    states: UserStates
+    stats: ProductStats
+    end: int  # the last moment the state knows (its data's end)
+
+    @staticmethod
+    def load(directory: str) -> "RankingState":
+        """From a DATA directory or a model directory's ``state/``."""
+        stats = ProductStats.load(layout.product_stats_dir(directory))
+        return RankingState(
+            Vocabularies.load(layout.vocab_dir(directory)),
+            UserStates.load(layout.user_state_dir(directory)),
+            stats,
+            int(stats.cutoff) - 1,
+        )
+
+    @staticmethod
+    def boundaries(directory: str) -> dict:
+        return read_json(layout.stats_path(directory))["boundaries"]
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        products = self.vocabs.products
+        return Catalog(products.column("department_index"), products.column("category_index"))
+
+    @property
+    def num_products(self) -> int:
+        return len(self.vocabs.products)
+
+    def as_of(self, cutoff: int) -> "RankingState":
+        """The same households and products with the products' stats at ``cutoff`` (evaluation
+        ranks a period from what was known at its start)."""
+        stats = ProductStats.compute(self.states, self.catalog.category, cutoff)
+        return RankingState(self.vocabs, self.states, stats, cutoff - 1)
+
+
+@dataclass(frozen=True)
+class EmbeddingRows:
+    """State index -> model embedding row, for households, products, departments, categories."""
+
+    user: np.ndarray
+    product: np.ndarray
+    department: np.ndarray
+    category: np.ndarray
+
+    @staticmethod
+    def between(tables: Vocabularies, state: Vocabularies, trained_through: int) -> "EmbeddingRows":
+        """Rows of ``state``'s ids in the model's ``tables``; 0 for ids the tables lack or first
+        saw at or after ``trained_through`` (their rows were never trained)."""
+        return EmbeddingRows(
+            _rows(tables.users, state.users, trained_through),
+            _rows(tables.products, state.products, trained_through),
+            _rows(tables.departments, state.departments, None),
+            _rows(tables.categories, state.categories, None),
+        )
+
+
+def _rows(tables: Vocabulary, state: Vocabulary, trained_through) -> np.ndarray:
+    same = tables.ids.equals(state.ids)
+    rows = (
+        np.arange(len(state), dtype=np.int64) if same else np.concatenate([[UNKNOWN_INDEX], tables.index_of(state.ids)])
+    )
+    if trained_through is not None and FIRST_TS in tables.extra:
+        first_seen = tables.column(FIRST_TS)
+        rows = np.where(first_seen[rows] < trained_through, rows, UNKNOWN_INDEX)
+    return rows

@@ -1,0 +1,81 @@
+"""Checkpoints of a training run, and the export of the best one as a model directory.
+
+A checkpoint holds the full (unsharded) weights, the optimizer state of the dense layers and of
+the tables' fused optimizer (gathered like the weights), and the run's state (epochs done,
+best validation NDCG@10, per-epoch history). ``jobs.train`` and ``tune`` export through
+:func:`export_model_dir`, the one way from a checkpoint to a model directory.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from ncf.jsonio import read_json, write_json
+from ncf.model.config import ModelConfig
+from ncf.model.directory import save_model_dir
+
+VAL_METRIC = "val_ndcg@10"
+WEIGHTS = "model.pt"
+OPTIMIZER = "optimizer.pt"
+TRAIN_STATE = "train_state.json"
+
+
+def write_checkpoint(
+    directory: str, weights: Dict[str, torch.Tensor], optimizer_state: Optional[Dict], state: Dict
+) -> None:
+    torch.save(weights, os.path.join(directory, WEIGHTS))
+    if optimizer_state is not None:
+        torch.save(optimizer_state, os.path.join(directory, OPTIMIZER))
+    write_json(os.path.join(directory, TRAIN_STATE), state)
+
+
+def read_train_state(directory: str) -> Dict:
+    return read_json(os.path.join(directory, TRAIN_STATE))
+
+
+def read_checkpoint(directory: str) -> Tuple[Dict[str, torch.Tensor], Dict]:
+    """(weights, train state) of a checkpoint directory (weights_only: nothing is unpickled)."""
+    weights = torch.load(os.path.join(directory, WEIGHTS), weights_only=True, map_location="cpu")
+    return weights, read_train_state(directory)
+
+
+def read_optimizer_state(directory: str) -> Optional[Dict]:
+    path = os.path.join(directory, OPTIMIZER)
+    return torch.load(path, weights_only=True, map_location="cpu") if os.path.exists(path) else None
+
+
+def best_checkpoint(result):
+    """The checkpoint with the best validation NDCG@10 (validated runs), else the latest (refit)."""
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if VAL_METRIC in m]
+    if scored:
+        return max(scored, key=lambda cm: cm[1][VAL_METRIC])
+    if result.checkpoint is None:
+        raise RuntimeError(f"training produced no checkpoint: {result.error or 'no epochs ran'}")
+    return result.checkpoint, result.metrics or {}
+
+
+def run_history(result) -> list:
+    """Every epoch's metrics of a run, from its latest checkpoint (older ones may be deleted)."""
+    if result.checkpoint is None:
+        return []
+    with result.checkpoint.as_directory() as d:
+        return read_train_state(d).get("history", [])
+
+
+def export_model_dir(checkpoint, output: str, data: str, metrics: Dict, version: Optional[str] = None) -> str:
+    """Writes ``checkpoint`` (a ``ray.train.Checkpoint``) as a model directory at ``output``."""
+    with checkpoint.as_directory() as d:
+        weights, state = read_checkpoint(d)
+    return save_model_dir(
+        output,
+        weights,
+        ModelConfig.from_dict(state["model_config"]),
+        data,
+        trained_through=state["trained_through"],
+        run=state["run"],
+        metrics=metrics,
+        version=version,
+    )

@@ -1,0 +1,50 @@
+"""Settings of one training run (a Tune trial overrides some of them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+from ncf.model.config import ModelConfig
+from ncf.splits import VALIDATED
+
+
+@dataclass
+class TrainConfig:
+    """One training run.
+
+    Args:
+        data: the preprocessed DATA directory.
+        model: ModelConfig fields other than the vocabulary sizes.
+        run: ``validated`` (labels end where validation starts; early stopping on validation)
+            or ``refit`` (labels through the data's end, a fixed number of epochs).
+        epochs: epochs at most (the refit trains exactly this many).
+        batch_size: training lists (households at a cutoff) per step.
+        learning_rate: Adam's rate for the dense layers (the tables' fused optimizer derives its own).
+        patience: epochs without a better validation NDCG@10 before stopping.
+        val_users: households sampled for each epoch's validation ranking (0 = all).
+        unknown_share: share of households and of candidates trained on the tables' unknown row
+            (so that row learns a generic household / product for ids the tables never saw).
+        shuffle_buffer: lists in the local shuffle buffer (the lists come in household-hash order).
+        max_steps_per_epoch: 0 = the whole shard; tests use a few steps.
+        torch_threads: 0 = this machine's cores shared among the workers.
+        seed: seeds the weights, the shuffles and the unknown-row draws.
+    """
+
+    data: str = ""
+    model: Dict = field(default_factory=dict)
+    run: str = VALIDATED
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    patience: int = 1
+    val_users: int = 600
+    unknown_share: float = 0.05
+    shuffle_buffer: int = 256
+    max_steps_per_epoch: int = 0
+    torch_threads: int = 0
+    seed: int = 0
+    cutoffs: List[int] = field(default_factory=list)  # filled from DATA's stats for the run
+
+    def model_config(self, sizes: Dict[str, int]) -> ModelConfig:
+        return ModelConfig(**{**self.model, **sizes})

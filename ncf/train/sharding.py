@@ -1,0 +1,169 @@
+"""The model and its optimizer on one or several workers.
+
+Every run trains the embedding tables with TorchRec's fused kernels: the optimizer (row-wise
+Adagrad) is applied inside the backward pass to the rows a batch touched, so a step costs
+O(batch), not O(table), even on one worker. Several workers: ``DistributedModelParallel`` shards
+the tables across them (the planner picks the layout; gloo on CPU, NCCL on GPU) and the dense
+layers are data-parallel; Adam updates them.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+
+from ncf.model.advanced_ncf import AdvancedNCF
+from ncf.model.config import ModelConfig
+
+TABLE_LEARNING_RATE_SCALE = 10.0  # row-wise Adagrad wants a larger step than Adam
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def build_model(config: ModelConfig, device: torch.device, learning_rate: float) -> tuple[torch.nn.Module, object]:
+    """The (sharded) model and its combined optimizer (fused tables + Adam for the rest)."""
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    model = AdvancedNCF(config, device=torch.device("meta"))
+    tables = [p for name, p in model.named_parameters() if "embedding_collection" in name]
+    apply_optimizer_in_backward(RowWiseAdagrad, tables, {"lr": learning_rate * TABLE_LEARNING_RATE_SCALE})
+    sharded = DistributedModelParallel(model, device=device, plan=_fused_plan(model, device))
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(sharded.named_parameters())),
+        lambda params: torch.optim.Adam(params, lr=learning_rate),
+    )
+    return sharded, CombinedOptimizer([sharded.fused_optimizer, dense])
+
+
+def _fused_plan(model: AdvancedNCF, device: torch.device):
+    """A plan that keeps every table on a fused kernel (table- or row-wise), never data-parallel:
+    the planner would replicate small tables, which then get dense gradients and no fused optimizer."""
+    from torchrec.distributed.comm import get_local_size
+    from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+    from torchrec.distributed.sharding_plan import get_default_sharders
+    from torchrec.distributed.types import ShardingType
+
+    _, world_size = world()
+    names = [
+        config.name
+        for collection in (
+            getattr(model, "mf_embedding_collection", None),
+            getattr(model, "mlp_embedding_collection", None),
+        )
+        if collection is not None
+        for config in collection.embedding_bag_configs()
+    ]
+    constraints = {
+        name: ParameterConstraints(
+            sharding_types=[ShardingType.TABLE_WISE.value, ShardingType.ROW_WISE.value],
+            compute_kernels=[EmbeddingComputeKernel.FUSED.value],
+        )
+        for name in names
+    }
+    topology = Topology(world_size=world_size, local_world_size=get_local_size(world_size), compute_device=device.type)
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    group = dist.GroupMember.WORLD
+    return planner.collective_plan(model, get_default_sharders(), group)
+
+
+def sharded_table_count(model: torch.nn.Module) -> int:
+    plan = getattr(model, "plan", None)
+    return sum(len(module_plan) for module_plan in plan.plan.values()) if plan is not None else 0
+
+
+def unwrap(model: torch.nn.Module) -> AdvancedNCF:
+    return model.module if hasattr(model, "module") else model
+
+
+def _plain_name(key: str) -> str:
+    """A DistributedModelParallel state-dict key as the plain model names it."""
+    return key[len("module.") :] if key.startswith("module.") else key
+
+
+def full_state_dict(model: torch.nn.Module) -> Optional[Dict[str, torch.Tensor]]:
+    """The unsharded weights on rank 0 (None on other ranks)."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    rank, _ = world()
+    state = {}
+    for key, value in model.state_dict().items():
+        if isinstance(value, ShardedTensor):
+            out = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
+            value.gather(dst=0, out=out)
+            state[_plain_name(key)] = out
+        else:
+            state[_plain_name(key)] = value.detach().cpu().clone()
+    return state if rank == 0 else None
+
+
+def load_full_state_dict(model: torch.nn.Module, weights: Dict[str, torch.Tensor]) -> None:
+    """Copies full weights into the model: this rank's shards of the tables, the rest whole."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    for key, value in model.state_dict().items():
+        source = weights[_plain_name(key)]
+        if isinstance(value, ShardedTensor):
+            for shard in value.local_shards():
+                offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                index = tuple(slice(o, o + s) for o, s in zip(offsets, sizes))
+                shard.tensor.detach().copy_(source[index])
+        else:
+            value.detach().copy_(source)
+
+
+def _gather(value):
+    """A ShardedTensor gathered whole on rank 0 (None elsewhere); other values as they are."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    if isinstance(value, ShardedTensor):
+        rank, _ = world()
+        out = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
+        value.gather(dst=0, out=out)
+        return out
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _gather(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_gather(v) for v in value)
+    return value
+
+
+def _scatter(live, full):
+    """``full`` (whole tensors) reshaped like ``live``: each ShardedTensor gets this rank's slices."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    if isinstance(live, ShardedTensor):
+        for shard in live.local_shards():
+            index = tuple(slice(o, o + s) for o, s in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes))
+            shard.tensor.detach().copy_(full[index])
+        return live
+    if isinstance(live, dict):
+        return {k: _scatter(v, full[k]) for k, v in live.items()}
+    if isinstance(live, (list, tuple)):
+        return type(live)(_scatter(a, b) for a, b in zip(live, full))
+    return full
+
+
+def full_optimizer_state(optimizer) -> Optional[Dict]:
+    """The optimizer state (fused tables' and dense layers') with every shard gathered, on rank 0."""
+    state = _gather(optimizer.state_dict())
+    return state if world()[0] == 0 else None
+
+
+def load_optimizer_state(optimizer, full: Dict) -> None:
+    """Restores :func:`full_optimizer_state`'s output into a freshly built optimizer."""
+    optimizer.init_state()  # the dense optimizer creates its state lazily; the live dict needs it
+    optimizer.load_state_dict(_scatter(optimizer.state_dict(), full))

@@ -1,0 +1,111 @@
+"""The ``TorchTrainer`` around the training loop, and the two runs a deployment needs.
+
+* the *validated* run: labels end where the validation weeks start, early stopping on them; its
+  held-out test figures are honest (nothing of the validation or test weeks reached it);
+* the *refit*: the same settings and the epoch count the validated run chose, on labels
+  through the data's last day: the deployment model, which has seen the latest weeks.
+
+Example::
+
+    validated = fit(TrainConfig(data="artifacts/data/cj"))
+    refit = fit(refit_config(TrainConfig(data="artifacts/data/cj"), best_epoch(validated)))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict
+from typing import Optional
+
+from ncf.data import examples as E
+from ncf.data import layout
+from ncf.jsonio import read_json
+from ncf.splits import REFIT, VALIDATED
+from ncf.train.checkpoint import VAL_METRIC
+from ncf.train.config import TrainConfig
+from ncf.train.loop import StepHook, train_loop_per_worker
+
+LIST_COLUMNS = [E.USER, E.HISTORY, E.HISTORY_AGE_DAYS, E.TIME_PARTS, E.PRODUCT, E.LABEL, E.LOG_Q, E.FEATURES]
+
+
+def run_cutoffs(data: str, run: str) -> list:
+    """The cutoffs preprocessing built lists for, for ``run`` (validated or refit)."""
+    return [int(c) for c in read_json(layout.stats_path(data))["cutoffs"][run]]
+
+
+def refit_config(validated: TrainConfig, epochs: int) -> TrainConfig:
+    """The validated run's settings on the refit lists, for the epochs it chose."""
+    return dataclasses.replace(validated, run=REFIT, epochs=max(1, int(epochs)), cutoffs=[], patience=epochs + 1)
+
+
+def best_epoch(result) -> int:
+    """The epoch whose checkpoint a validated run keeps (its best validation NDCG@10)."""
+    epochs = [(m[VAL_METRIC], m["epoch"]) for _, m in (result.best_checkpoints or []) if VAL_METRIC in m]
+    return max(epochs)[1] if epochs else int((result.metrics or {}).get("epoch", 1))
+
+
+def worker_resources(num_workers: int, use_gpu: bool, cpu_budget: Optional[float] = None) -> dict:
+    """CPUs per training worker: ``cpu_budget`` shared among the workers, by default all of the
+    cluster's CPUs but one. That one is left to Ray Data's readers: workers that take every CPU
+    starve the reads that feed them, and training hangs."""
+    import ray
+
+    if cpu_budget is None:
+        cpu_budget = ray.cluster_resources().get("CPU", 1.0) - 1.0
+    per_worker = min(1.0, max(cpu_budget, 0.25) / num_workers)
+    resources = {"CPU": per_worker}
+    if use_gpu:
+        resources["GPU"] = 1.0
+    return resources
+
+
+def fit(
+    config: TrainConfig,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    storage_path: Optional[str] = None,
+    name: Optional[str] = None,
+    max_failures: int = 2,
+    callbacks: Optional[list] = None,
+    cpu_budget: Optional[float] = None,
+    step_hook: Optional[StepHook] = None,
+):
+    """Runs the ``TorchTrainer`` on ``config.run``'s lists; returns its ``ray.train.Result``.
+
+    ``callbacks`` go to the trainer's ``RunConfig`` (a Tune trial passes Tune's
+    ``TuneReportCallback``); ``cpu_budget``: see :func:`worker_resources`; ``step_hook``: called
+    after every step (fault drills).
+    """
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if config.run not in (VALIDATED, REFIT):
+        raise ValueError(f"run must be {VALIDATED} or {REFIT}, not {config.run!r}")
+    config = dataclasses.replace(config, cutoffs=config.cutoffs or run_cutoffs(config.data, config.run))
+    paths = [layout.examples_dir(config.data, c) for c in config.cutoffs]
+    train = ray.data.read_parquet(paths, columns=LIST_COLUMNS, partitioning=None)
+    keep = 1 if config.run == REFIT else 3
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**asdict(config), "step_hook": step_hook},
+        scaling_config=ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=worker_resources(num_workers, use_gpu, cpu_budget),
+        ),
+        datasets={"train": train},
+        run_config=RunConfig(
+            name=name,
+            storage_path=os.path.abspath(storage_path) if storage_path else None,
+            failure_config=FailureConfig(max_failures=max_failures),
+            callbacks=callbacks,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=keep,
+                checkpoint_score_attribute=VAL_METRIC if config.run == VALIDATED else "epoch",
+                checkpoint_score_order="max",
+            ),
+        ),
+    )
+    return trainer.fit()

@@ -1,0 +1,33 @@
+"""One feature path: the inputs ranking builds equal the training lists preprocessing wrote."""
+
+import numpy as np
+import pyarrow.dataset as pads
+
+from ncf.data import layout
+from ncf.data.examples import FEATURES, HISTORY, HISTORY_AGE_DAYS, MOMENT, PRODUCT, TIME_PARTS, USER
+from ncf.data.features import NUM_FEATURES
+from ncf.jsonio import read_json
+from ncf.model.directory import ModelDir
+from ncf.rank.ranker import Ranker
+from ncf.rank.state import EmbeddingRows, RankingState
+from ncf.splits import VALIDATED
+
+
+def test_ranking_inputs_equal_the_training_lists(small_data, small_model_dir):
+    data, _ = small_data
+    cutoff = read_json(layout.stats_path(data))["cutoffs"][VALIDATED][0]
+    lists = pads.dataset(layout.examples_dir(data, cutoff), format="parquet").to_table().to_pylist()[:5]
+    assert lists, "the small data has training lists at its latest validated cutoff"
+    handle = ModelDir(small_model_dir)
+    state = RankingState.load(data).as_of(cutoff)  # the products as known at the list's cutoff
+    rows = EmbeddingRows.between(handle.table_vocabularies(), state.vocabs, handle.trained_through)
+    ranker = Ranker(handle.load_model(), state, rows)
+    length = handle.load_model().config.history_length
+    for row in lists:
+        batch = ranker.inputs(row[USER], row[MOMENT], np.array(row[PRODUCT]))
+        stored = np.array(row[FEATURES], np.float16).reshape(-1, NUM_FEATURES)
+        # Stored as float16: the same numbers, rounded the same way.
+        np.testing.assert_array_equal(batch.features.numpy().astype(np.float16), stored)
+        np.testing.assert_array_equal(batch.history.numpy()[0], np.array(row[HISTORY])[:length])
+        np.testing.assert_allclose(batch.history_age_days.numpy()[0], np.array(row[HISTORY_AGE_DAYS])[:length])
+        np.testing.assert_array_equal(batch.time_parts.numpy()[0], np.array(row[TIME_PARTS]))
