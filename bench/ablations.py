@@ -1,9 +1,11 @@
-"""Ablations on Complete Journey: each ModelConfig part switched off in turn, trained and
-evaluated like the default model (test period, full ranking). One JSON line per variant.
+"""Ablations: each ModelConfig part switched off in turn, trained and evaluated like the default
+model (validated run, test weeks, full ranking), several seeds each; mean +- sd.
 
-python -m bench.ablations --data artifacts/data/cj [--epochs 1] [--only use_mf use_repeat] [--evaluate-only]
+python -m bench.ablations --data artifacts/data/cj [--seeds 3] [--epochs 3] [--only use_mf use_timing] [--reuse]
 
-The rows also go to ``WORKDIR/results.jsonl``, which ``jobs.evaluate --ablations`` puts in the report.
+One JSON line per variant (the default model first); the rows go to ``WORKDIR/results.jsonl``,
+which ``jobs.evaluate --ablations`` puts in the report. ``--reuse`` reads runs a previous
+invocation trained instead of training them again.
 """
 
 from __future__ import annotations
@@ -11,48 +13,38 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
-from jobs import train
-from ncf.evaluate.evaluation import evaluate_all
-from ncf.rank.recommender import Recommender
-
-SWITCHES = ("use_temporal", "use_attention", "use_hierarchy", "use_mf", "use_mlp", "use_repeat")
+from bench.runs import summarize, validated_run, write_jsonl
+from ncf.model.config import SWITCHES
 
 
 def main(argv=None) -> list:
-    p = argparse.ArgumentParser()
-    p.add_argument("--data", required=True)
-    p.add_argument("--workdir", default="artifacts/ablations")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--only", nargs="*", default=list(SWITCHES))
-    p.add_argument(
-        "--evaluate-only", action="store_true", help="re-evaluate the model directories a previous run trained"
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="output of jobs.preprocess")
+    p.add_argument("--workdir", default="artifacts/ablations", help="where the runs' model directories go")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per variant")
+    p.add_argument("--epochs", type=int, default=3, help="epochs at most (early stopping on validation)")
+    p.add_argument("--only", nargs="*", default=list(SWITCHES), help="switches to ablate")
+    p.add_argument("--reuse", action="store_true", help="read runs already trained in WORKDIR")
     args = p.parse_args(argv)
     rows = []
-    for switch in args.only:
-        started = time.time()
-        model_dir = os.path.join(args.workdir, switch)
-        if not args.evaluate_only:
-            train.main(
-                [
-                    "--data",
-                    args.data,
-                    "--output",
-                    model_dir,
-                    "--epochs",
-                    str(args.epochs),
-                    "--model",
-                    json.dumps({switch: False}),
-                ]
+    for switch in [None, *args.only]:
+        name = "advanced_ncf" if switch is None else f"advanced_ncf without {switch[4:]}"
+        runs = [
+            validated_run(
+                args.data,
+                os.path.join(args.workdir, switch or "full", f"seed{seed}"),
+                seed,
+                args.epochs,
+                {} if switch is None else {switch: False},
+                args.reuse,
             )
-        row = evaluate_all(Recommender.load(model_dir), args.data, with_baselines=False)[0]
-        row.update(model=f"advanced_ncf without {switch[4:]}", wall_seconds=round(time.time() - started))
+            for seed in range(args.seeds)
+        ]
+        row = summarize(name, runs)
         print(json.dumps({"benchmark": "ablation", **row}), flush=True)
         rows.append(row)
-    with open(os.path.join(args.workdir, "results.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    write_jsonl(os.path.join(args.workdir, "results.jsonl"), rows)
     return rows
 
 

@@ -1,8 +1,8 @@
-"""`make bench`: the quick benchmarks, one JSON line each (the ablations are separate:
-python -m bench.ablations, about 5 minutes per variant on 2 cores)."""
+"""`make bench`: the quick benchmarks, one JSON line each (the quality ones are separate:
+python -m bench.quality and python -m bench.ablations, several training runs each)."""
 
-from bench import model_throughput, preprocess_throughput
+from bench import preprocess_throughput, train_throughput
 
 if __name__ == "__main__":
-    model_throughput.main([])
+    train_throughput.main([])
     preprocess_throughput.main([])

@@ -263,7 +263,7 @@ def main(argv=None) -> Dict:
     app_args = {
         "model": args.model,
         "candidates": args.candidates,
-        "default_at": "data_end",
+        "default_at": "data-end",
         "num_cpus": NUM_CPUS,
         **autoscaling,
     }

@@ -56,7 +56,7 @@ def online_queries(model: str, data: str, port: int) -> list:
 
     # Complete Journey ends in 2017, so requests default to the data's end rather than now.
     url = start(
-        build_app({"model": model, "data": data, "default_at": "data_end", "min_replicas": 1, "max_replicas": 2}),
+        build_app({"model": model, "data": data, "default_at": "data-end", "min_replicas": 1, "max_replicas": 2}),
         host="127.0.0.1",
         port=port,
     )

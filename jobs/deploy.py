@@ -13,6 +13,7 @@ import sys
 
 from jobs.cli import init_ray
 from ncf.errors import InputError
+from ncf.moments import DATA_END, NOW
 from serve.app import build_app
 from serve.launch import serve_until_stopped, start, wait_until_healthy
 
@@ -31,7 +32,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--candidates", type=int, default=None, help="first-stage candidates re-ranked (default: the model's)"
     )
-    p.add_argument("--default-at", choices=("now", "data_end"), default="now", help="moment of requests without 'at'")
+    p.add_argument(
+        "--default-at",
+        choices=(NOW, DATA_END),
+        default=NOW,
+        help="moment of requests without 'at' (data-end: the first moment after the data)",
+    )
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=2)
     p.add_argument("--detach", action="store_true", help="return once deployed (on a running cluster)")

@@ -14,7 +14,7 @@ import os
 import time
 
 from jobs.cli import init_ray, one_line_errors
-from ncf.device import use_gpu
+from ncf.device import GPU_SETTINGS, cluster_gpus, resolve_gpu
 from ncf.evaluate.evaluation import evaluate_all
 from ncf.model.config import ModelConfig
 from ncf.model.directory import update_metrics
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs at most (early stopping on validation)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers; >1 shards the embedding tables")
-    p.add_argument("--gpu", default="auto", help="auto (use CUDA when present), yes or no")
+    p.add_argument("--gpu", default="auto", choices=GPU_SETTINGS, help="GPUs of the Ray cluster: auto, yes or no")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="training lists (household x cutoff) per step")
     p.add_argument("--lr", type=float, default=d.learning_rate, help="Adam's learning rate (dense layers)")
     p.add_argument(
@@ -87,7 +87,8 @@ def main(argv=None) -> str:
         )
         name = args.name or time.strftime("train-%Y%m%d-%H%M%S", time.gmtime())
         stamp = name.removeprefix("train-")
-        fit_options = dict(num_workers=args.workers, use_gpu=use_gpu(args.gpu), storage_path=args.storage)
+        gpu = resolve_gpu(args.gpu, cluster_gpus())
+        fit_options = dict(num_workers=args.workers, use_gpu=gpu, storage_path=args.storage)
         validated = fit(config, name=name, **fit_options)
         validated_dir = (args.validated_output or args.output.rstrip("/") + "-validated") if args.refit else args.output
         _export(validated, validated_dir, data, f"{stamp}-{VALIDATED}", {})

@@ -7,7 +7,7 @@ import json
 import sys
 
 from jobs.cli import init_ray, one_line_errors
-from ncf.device import use_gpu
+from ncf.device import GPU_SETTINGS, cluster_gpus, resolve_gpu
 from tune.settings import SweepSettings
 from tune.sweep import SweepInterrupted, refit_best, run_sweep, summary
 
@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--epochs", type=int, default=2, help="epochs per trial at most (ASHA stops weak trials sooner)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
-    p.add_argument("--gpu", default="auto", help="auto (CUDA when present), yes or no")
+    p.add_argument("--gpu", default="auto", choices=GPU_SETTINGS, help="GPUs of the Ray cluster: auto, yes or no")
     p.add_argument("--concurrent", type=int, default=0, help="trials at once (0 = what the cluster fits)")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap each epoch (0 = the whole split)")
     p.add_argument("--val-users", type=int, default=600)
@@ -56,20 +56,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
+        init_ray()
         settings = SweepSettings(
             data=args.data,
             output=args.output,
             trials=args.trials,
             epochs=args.epochs,
             workers=args.workers,
-            use_gpu=use_gpu(args.gpu),
+            use_gpu=resolve_gpu(args.gpu, cluster_gpus()),
             concurrent=args.concurrent,
             max_steps_per_epoch=args.max_steps_per_epoch,
             val_users=args.val_users,
             batch_size=args.batch_size,
             seed=args.seed,
         )
-        init_ray()
         try:
             table = run_sweep(settings, resume=args.resume)
         except SweepInterrupted as e:

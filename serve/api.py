@@ -21,10 +21,11 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ncf.rank.ranker import MAX_K
+
 # -- limits (security defaults: small bodies, bounded work per request) -----------------------
 
 MAX_BODY_BYTES = 64 * 1024
-MAX_K = 100
 MAX_BATCH_USERS = 100
 MAX_PRODUCT_IDS = 1000
 MAX_ID_CHARS = 128

@@ -120,7 +120,7 @@ class AppArgs(BaseModel):
         None, description="DATA directory whose histories the model ranks from (default: the model's own state)"
     )
     candidates: Optional[int] = Field(None, ge=1, description="first-stage candidates re-ranked (default: the model's)")
-    default_at: Literal["now", "data_end"] = "now"
+    default_at: Literal["now", "data-end"] = "now"
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(4, gt=0)

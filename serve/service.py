@@ -17,10 +17,11 @@ from datetime import datetime, timezone
 from typing import Dict, List, Mapping, Optional
 
 from ncf.data.vocab import UNKNOWN_INDEX
+from ncf.moments import DATA_END, NOW
 from ncf.rank.recommender import RankedItems, Recommender
 from serve.api import BatchRecommendRequest, RecommendRequest, ScoreRequest, UnknownProducts
 
-DEFAULT_AT_CHOICES = ("now", "data_end")
+DEFAULT_AT_CHOICES = (NOW, DATA_END)
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class ServeSettings:
         candidates: how many first-stage candidates the full model re-ranks; None keeps the
             model directory's own setting. More candidates: closer to brute force, slower.
         default_at: the moment used when a request has no ``at``: ``"now"`` (live traffic)
-            or ``"data_end"`` (the end of the model's data: demos and replays of history).
+            or ``"data-end"`` (the first moment after the data ranked from: demos and replays of history).
     """
 
     model_dir: str
@@ -64,7 +65,10 @@ class ServeSettings:
         if data is not None and (not isinstance(data, str) or not data):
             raise ValueError(f"data must be a DATA directory path, not {data!r}")
         return ServeSettings(
-            os.path.abspath(config["model_dir"]), candidates, default_at, None if data is None else os.path.abspath(data)
+            os.path.abspath(config["model_dir"]),
+            candidates,
+            default_at,
+            None if data is None else os.path.abspath(data),
         )
 
     def user_config(self) -> Dict:
@@ -102,7 +106,7 @@ class ModelService:
         """Epoch seconds to rank for: the request's ``at``, else the configured default."""
         if at is not None:
             return int(at.timestamp())
-        return int(time.time()) if self.settings.default_at == "now" else self.recommender.default_at
+        return int(time.time()) if self.settings.default_at == NOW else self.recommender.default_at
 
     # -- routes ------------------------------------------------------------------------------
 

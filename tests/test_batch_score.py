@@ -67,7 +67,12 @@ def test_bad_k_and_missing_data_are_one_line_errors(small_model_dir, tmp_path, c
             batch_score.main(argv)
         assert exit_info.value.code == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 5 and "--k 0" in errors[0] and "users.parquet" in errors[1] and "'soon'" in errors[2]
+    assert (
+        len(errors) == 5
+        and "--k 0" in errors[0]
+        and "not a preprocessed DATA directory" in errors[1]
+        and "'soon'" in errors[2]
+    )
     assert "'maybe'" in errors[3] and "not a model directory" in errors[4]
     assert not os.path.exists(tmp_path / "o" / bs.TMP) or not os.listdir(tmp_path / "o" / bs.TMP)
 

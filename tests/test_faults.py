@@ -47,7 +47,7 @@ def test_a_killed_serve_replica_loses_no_request_after_retries(ray_session, smal
 
     ray = ray_session
     url = start(
-        build_app({"model": small_model_dir, "default_at": "data_end", "min_replicas": 2, "max_replicas": 2}),
+        build_app({"model": small_model_dir, "default_at": "data-end", "min_replicas": 2, "max_replicas": 2}),
         host="127.0.0.1",
         port=free_port(),
         app_name="faults",

@@ -10,6 +10,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
+import numpy as np
 import pytest
 import requests
 from helpers import free_port
@@ -26,7 +27,7 @@ UNKNOWN_USER = "no-such-user"
 
 def _app_args(model_dir: str) -> dict:
     # One small replica: fits beside the rest of the session's work, keeps the rollout ordered.
-    return {"model": model_dir, "default_at": "data_end", "min_replicas": 1, "max_replicas": 1, "num_cpus": 0.25}
+    return {"model": model_dir, "default_at": "data-end", "min_replicas": 1, "max_replicas": 1, "num_cpus": 0.25}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_recommend_matches_the_scoring_core(server, recommender, users):
     assert body["model_version"] == "v1" and body["cold_start"] is False and body["user_id"] == users[0]
     assert ids(body["items"]) == ids(expected["items"])
     assert [i["score"] for i in body["items"]] == pytest.approx([i["score"] for i in expected["items"]], abs=1e-5)
-    # default_at=data_end in this deployment: the answer says which moment it ranked for
+    # default_at=data-end in this deployment: the answer says which moment it ranked for
     assert body["at"].startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(recommender.default_at)))
     assert "because" not in body["items"][0]
 
@@ -265,7 +266,7 @@ def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_d
     from serve.api import RecommendRequest
 
     service = ModelService.load(
-        ServeSettings.from_user_config({"model_dir": small_model_dir, "default_at": "data_end"})
+        ServeSettings.from_user_config({"model_dir": small_model_dir, "default_at": "data-end"})
     )
     earlier = datetime.fromtimestamp(recommender.default_at - 7 * 86400, tz=timezone.utc)
     batch = [
@@ -345,3 +346,29 @@ def test_second_version_rolls_out_while_requests_keep_succeeding(server, small_m
     switch = traffic.versions.index("v2")
     assert set(traffic.versions[switch:]) == {"v2"}, "one replica: no v1 answer after the first v2"
     assert requests.get(f"{server}/healthz", timeout=TIMEOUT).json()["model_version"] == "v2"
+
+
+def test_every_entry_point_ranks_the_same(server, recommender, users):
+    """One ranking path: Serve's single, explained and batch requests, /score, the evaluation's
+    ranking and the nightly job's give the same products and scores for one household and moment."""
+    import pyarrow as pa
+
+    from ncf.batch.scoring import score_users
+    from ncf.evaluate.evaluation import model_fns
+
+    household, at = users[0], recommender.default_at
+    core = recommender.rank([household], k=5, at=at)[0]
+    single = post(f"{server}/recommend", {"user_id": household, "k": 5}).json()
+    explained = post(f"{server}/recommend", {"user_id": household, "k": 5, "explain": True}).json()
+    batch = post(f"{server}/recommend/batch", {"user_ids": [household], "k": 5}).json()["results"][0]
+    scored = post(f"{server}/score", {"user_id": household, "product_ids": core.product_ids}).json()["scores"]
+    index = recommender.vocabs.users.index_of([household])
+    rank_many, _ = model_fns(recommender.ranker)
+    evaluated = recommender.vocabs.products.raw_of(rank_many(index, np.array([at]), 5)[0])
+    nightly = score_users(recommender, pa.array([household]), 5, at, at)
+    for answer in (single, explained, batch):
+        assert ids(answer["items"]) == core.product_ids
+        assert [i["score"] for i in answer["items"]] == pytest.approx(core.scores, abs=1e-5)
+    assert scored == pytest.approx(core.scores, abs=1e-5)
+    assert evaluated == core.product_ids == nightly.column("product_id").to_pylist()
+    assert nightly.column("score").to_numpy() == pytest.approx(core.scores, abs=1e-5)

@@ -2,9 +2,12 @@
 its optimizer state; checkpoints load without unpickling."""
 
 import os
+import sys
 
 import pytest
+import ray.cloudpickle
 import torch
+from conftest import SMALL_MODEL
 
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
@@ -13,7 +16,6 @@ from ncf.rank.recommender import Recommender
 from ncf.train.checkpoint import best_checkpoint, export_model_dir, read_optimizer_state
 from ncf.train.config import TrainConfig
 from ncf.train.trainer import fit
-from tests.conftest import SMALL_MODEL
 
 
 def epochs_metrics(result):
@@ -46,6 +48,10 @@ def test_two_workers_with_sharded_tables_reduce_the_loss(small_data, tmp_path):
     user = recommender.vocabs.users.raw_of([int(recommender.state.states.users()[0])])[0]
     ranked = recommender.rank([user], k=5)[0]
     assert len(ranked.product_ids) == 5 and not ranked.cold_start
+
+
+# The drill's hook travels to the training worker by value: the worker cannot import test modules.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 class CrashOnce:
@@ -95,3 +101,58 @@ def test_weights_load_only_without_unpickling(small_data, tmp_path):
     torch.save({"evil": Payload()}, os.path.join(model_dir, "model.pt"))
     with pytest.raises(Exception, match="Weights only load failed|weights_only"):
         Recommender.load(model_dir)
+
+
+def _sharded_state_round_trip(rank: int, world_size: int, port: int, path: str) -> None:
+    import torch.distributed as dist
+
+    from ncf.model import example_batch
+    from ncf.train.sharding import build_model, full_optimizer_state, load_optimizer_state
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    config = ModelConfig(num_users=40, num_products=120, num_departments=3, num_categories=6, **SMALL_MODEL)
+    model, optimizer = build_model(config, torch.device("cpu"), 1e-2)
+    for step in range(3):  # the fused row-wise Adagrad and Adam gather state
+        batch = example_batch(config, 4, 6, seed=10 * rank + step)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch, return_logits=True), batch.label)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    saved = full_optimizer_state(optimizer)
+    if rank == 0:
+        torch.save(saved, path + ".saved")
+    dist.barrier()
+    # A fresh worker group after the crash: build again, restore, gather what it now holds.
+    _, restored_optimizer = build_model(config, torch.device("cpu"), 1e-2)
+    load_optimizer_state(restored_optimizer, torch.load(path + ".saved", weights_only=True))
+    restored = full_optimizer_state(restored_optimizer)
+    if rank == 0:
+        torch.save(restored, path + ".restored")
+    dist.destroy_process_group()
+
+
+def _tensors(tree, prefix=""):
+    if isinstance(tree, torch.Tensor):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _tensors(value, f"{prefix}/{key}")
+
+
+@pytest.mark.faults
+def test_sharded_resume_restores_the_fused_and_dense_optimizer_state(tmp_path):
+    """Two workers with sharded tables: the optimizer state a checkpoint saves (row-wise
+    Adagrad of every table shard, Adam of the dense layers) is what a restarted group holds."""
+    from helpers import free_port
+
+    path = str(tmp_path / "optimizer")
+    torch.multiprocessing.spawn(_sharded_state_round_trip, args=(2, free_port(), path), nprocs=2, join=True)
+    saved = dict(_tensors(torch.load(path + ".saved", weights_only=True)))
+    restored = dict(_tensors(torch.load(path + ".restored", weights_only=True)))
+    assert saved.keys() == restored.keys()
+    assert any("embedding" in key and "momentum" in key for key in saved), sorted(saved)[:10]
+    assert any("exp_avg" in key for key in saved)
+    for key in saved:
+        torch.testing.assert_close(restored[key], saved[key], msg=key)
+    assert any(t.abs().sum() > 0 for key, t in saved.items() if "embedding" in key)

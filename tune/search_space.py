@@ -19,7 +19,6 @@ import dataclasses
 from typing import Dict, List
 
 from ncf.data import layout
-from ncf.jsonio import read_json
 from ncf.model.config import ModelConfig
 from ncf.train.config import TrainConfig
 
@@ -49,7 +48,7 @@ SEARCHED = [
 
 def data_limits(data: str) -> Dict[str, int]:
     """The history length the preprocessed lists hold: a trial can read fewer, never more."""
-    return {"history_length": int(read_json(layout.stats_path(data))["config"]["examples"]["history_length"])}
+    return {"history_length": int(layout.DataStats(data).examples["history_length"])}
 
 
 def _capped(choices: List[int], limit: int) -> List[int]:

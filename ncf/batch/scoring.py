@@ -50,17 +50,18 @@ import pyarrow.parquet as pq
 from ncf.data import layout
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies, Vocabulary
+from ncf.device import GPU_SETTINGS, resolve_gpu
 from ncf.errors import InputError
-from ncf.jsonio import read_json, write_json
+from ncf.jsonio import write_json
 from ncf.model.directory import ModelDir, read_config
 from ncf.moments import resolve_at, run_date_of
+from ncf.rank.ranker import MAX_K
 from ncf.rank.recommender import Recommender
 from ncf.rank.state import EmbeddingRows
 
 SUCCESS = "_SUCCESS"
 TMP = "_tmp"
 PARTITION_KEY = "run_date"
-MAX_K = 100
 # About this many parts per run: progress is visible, files are not tiny.
 TARGET_PARTS = 50
 # Staged runs of other dates older than this are from dead runs (a nightly run is shorter).
@@ -246,9 +247,7 @@ def _actor_resources(gpu: str, actors: int, cpus_per_actor: float) -> tuple[int,
 
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    if gpu == "yes" and gpus == 0:
-        raise InputError("--gpu yes: the Ray cluster has no GPU")
-    use = gpus > 0 and gpu != "no"
+    use = resolve_gpu(gpu, gpus)
     if actors <= 0:
         actors = gpus if use else max(1, int(resources.get("CPU", 1) // cpus_per_actor))
     return actors, int(use)
@@ -297,12 +296,11 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple
     config and ``at`` in epoch seconds."""
     model_config = read_config(os.path.abspath(config.model))
     _check_k(config.k, model_config)
-    if config.gpu not in ("auto", "yes", "no"):
-        raise InputError(f"--gpu must be auto, yes or no, not {config.gpu!r}")
-    if not os.path.exists(layout.stats_path(config.data)) or not os.path.exists(_users_path(config.data)):
-        raise InputError(f"{config.data}: not a preprocessed DATA directory (run python -m jobs.preprocess first)")
+    if config.gpu not in GPU_SETTINGS:
+        raise InputError(f"--gpu must be one of {', '.join(GPU_SETTINGS)}, not {config.gpu!r}")
+    resolve_at(config.at, 0, now=now)  # a bad --at fails before the data is looked at
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
-    at = resolve_at(config.at, read_json(layout.stats_path(config.data))["boundaries"]["end"] + 1, now=now)
+    at = resolve_at(config.at, layout.DataStats(config.data).end + 1, now=now)
     return model_config, at
 
 

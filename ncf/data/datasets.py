@@ -72,6 +72,12 @@ class SyntheticSpec:
     staples_per_user: int = 15
     staple_share: float = 0.5
     zipf_exponent: float = 1.1
+    # Tastes: each household favours ``taste_categories`` categories and draws ``taste_share`` of
+    # its purchases from them (0: none). With ``rebuys=False`` a household buys a product at most
+    # once: a log where what to recommend is what similar households bought, not what it rebuys.
+    taste_categories: int = 0
+    taste_share: float = 0.0
+    rebuys: bool = True
     seed: int = 0
 
     @property
@@ -79,12 +85,16 @@ class SyntheticSpec:
         return int(self.num_users * self.baskets_per_user * self.basket_size)
 
 
-def synthetic_catalog(spec: SyntheticSpec) -> pd.DataFrame:
-    """Products with a category (Zipf-sized categories) inside a department."""
+def synthetic_category(spec: SyntheticSpec) -> np.ndarray:
+    """The category of every product id (Zipf-sized categories)."""
     rng = np.random.default_rng([spec.seed, 1])
     num_categories = spec.num_departments * spec.categories_per_department
-    category_weights = _zipf(num_categories, 0.8)
-    category = rng.choice(num_categories, size=spec.num_products, p=category_weights)
+    return rng.choice(num_categories, size=spec.num_products, p=_zipf(num_categories, 0.8))
+
+
+def synthetic_catalog(spec: SyntheticSpec) -> pd.DataFrame:
+    """Products with a category (Zipf-sized categories) inside a department."""
+    category = synthetic_category(spec)
     return pd.DataFrame(
         {
             schema.PRODUCT_ID: np.arange(spec.num_products, dtype="int64"),
@@ -109,6 +119,7 @@ def synthetic_users(user_ids: np.ndarray, spec: SyntheticSpec) -> Dict[str, np.n
     popularity = _zipf(spec.num_products, spec.zipf_exponent)
     # A random permutation so that product ids do not encode popularity.
     permutation = np.random.default_rng([spec.seed, 2]).permutation(spec.num_products)
+    category = synthetic_category(spec)
     columns = {k: [] for k in (schema.USER_ID, schema.PRODUCT_ID, schema.TIMESTAMP, schema.QUANTITY)}
     for user in user_ids.tolist():
         rng = np.random.default_rng([spec.seed, 3, user])
@@ -128,10 +139,25 @@ def synthetic_users(user_ids: np.ndarray, spec: SyntheticSpec) -> Dict[str, np.n
             staples[rng.choice(spec.staples_per_user, size=total, p=staple_weights)],
             permutation[rng.choice(spec.num_products, size=total, p=popularity)],
         )
-        columns[schema.USER_ID].append(np.full(total, user, dtype="int64"))
-        columns[schema.PRODUCT_ID].append(products.astype("int64"))
-        columns[schema.TIMESTAMP].append(np.repeat(basket_ts, sizes))
-        columns[schema.QUANTITY].append(1 + rng.poisson(0.3, size=total))
+        if spec.taste_categories:
+            present = np.unique(category)
+            liked = rng.choice(present, size=min(spec.taste_categories, len(present)), replace=False)
+            in_taste = np.flatnonzero(np.isin(category[permutation], liked))  # popularity ranks of liked products
+            weights = popularity[in_taste] / popularity[in_taste].sum()
+            from_taste = (rng.random(total) < spec.taste_share) & ~from_staples
+            products[from_taste] = permutation[
+                in_taste[rng.choice(len(in_taste), size=int(from_taste.sum()), p=weights)]
+            ]
+        keep = np.ones(total, bool)
+        if not spec.rebuys:
+            _, first = np.unique(products, return_index=True)
+            keep[:] = False
+            keep[first] = True
+        basket_of = np.repeat(np.arange(n_baskets), sizes)[keep]
+        columns[schema.USER_ID].append(np.full(int(keep.sum()), user, dtype="int64"))
+        columns[schema.PRODUCT_ID].append(products[keep].astype("int64"))
+        columns[schema.TIMESTAMP].append(basket_ts[basket_of])
+        columns[schema.QUANTITY].append((1 + rng.poisson(0.3, size=total))[keep])
     return {k: np.concatenate(v) if v else np.zeros(0, "int64") for k, v in columns.items()}
 
 

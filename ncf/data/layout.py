@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import os
 
+from ncf.errors import InputError
+from ncf.jsonio import read_json
+
 STATS = "stats.json"
 
 
@@ -46,3 +49,43 @@ def quarantine_dir(data: str) -> str:
 
 def stats_path(data: str) -> str:
     return os.path.join(data, STATS)
+
+
+class DataStats:
+    """``stats.json`` of a DATA directory, read once, with named accessors (no raw key paths
+    elsewhere).
+
+    Raises:
+        InputError: when ``data`` is not the output of ``jobs.preprocess``.
+    """
+
+    def __init__(self, data: str) -> None:
+        path = stats_path(data)
+        if not os.path.exists(path):
+            raise InputError(
+                f"{data}: not a preprocessed DATA directory (no {STATS}); run python -m jobs.preprocess first"
+            )
+        self.path = path
+        self.raw = read_json(path)
+
+    @property
+    def boundaries(self) -> dict:
+        """``start``, ``val_start``, ``test_start``, ``end`` (epoch seconds; ``end`` is the last purchase)."""
+        return self.raw["boundaries"]
+
+    @property
+    def end(self) -> int:
+        return int(self.boundaries["end"])
+
+    def cutoffs(self, run: str) -> list:
+        """The cutoffs preprocessing built training lists for, for ``run`` (validated or refit)."""
+        return [int(c) for c in self.raw["cutoffs"][run]]
+
+    @property
+    def examples(self) -> dict:
+        """The :class:`ncf.data.examples.ExampleConfig` the lists were built with, as a dict."""
+        return self.raw["config"]["examples"]
+
+    @property
+    def horizon_seconds(self) -> int:
+        return int(self.examples["horizon_days"]) * 86_400

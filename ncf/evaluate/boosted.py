@@ -27,7 +27,6 @@ import pyarrow.dataset as pads
 from ncf.data import examples as E
 from ncf.data import layout
 from ncf.data.features import FEATURES, HALF_LIVES, NUM_FEATURES, candidate_features
-from ncf.jsonio import read_json
 from ncf.rank.state import RankingState
 
 NAME = "boosted_ranker"
@@ -72,7 +71,7 @@ class BoostedRanker:
     def fit(data: str, run: str, params: Dict) -> "BoostedRanker":
         import lightgbm as lgb
 
-        cutoffs = read_json(layout.stats_path(data))["cutoffs"][run]
+        cutoffs = layout.DataStats(data).cutoffs(run)
         x, y, log_q = training_rows(data, cutoffs)
         settings = {**DEFAULTS, **{k: v for k, v in params.items() if k != "rounds"}}
         # The sampler's log-probability as the starting score: the trees learn logit - log q.

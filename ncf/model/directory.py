@@ -70,7 +70,7 @@ def save_model_dir(
             first seen from then on use the tables' unknown row (their rows were never trained).
         run: ``validated`` or ``refit`` (:mod:`ncf.splits`).
     """
-    stats = read_json(layout.stats_path(data))
+    stats = layout.DataStats(data)
     tmp = output.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -83,7 +83,7 @@ def save_model_dir(
             "version": version or time.strftime("%Y%m%d-%H%M%S", time.gmtime()),
             "run": run,
             "model": dataclasses.asdict(model_config),
-            "data": {"path": os.path.abspath(data), "boundaries": stats["boundaries"]},
+            "data": {"path": os.path.abspath(data), "boundaries": stats.boundaries},
             "trained_through": int(trained_through),
             "ranking": ranking or {},
         },
@@ -100,7 +100,7 @@ def save_untrained_model_dir(output: str, data: str, version: str, seed: int = 0
     ``model_options`` override :class:`ModelConfig`'s defaults (sizes, switches)."""
     torch.manual_seed(seed)
     config = ModelConfig(**Vocabularies.load(layout.vocab_dir(data)).sizes(), **model_options)
-    end = read_json(layout.stats_path(data))["boundaries"]["end"]
+    end = layout.DataStats(data).end
     return save_model_dir(
         output,
         AdvancedNCF(config).state_dict(),

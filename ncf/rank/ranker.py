@@ -30,6 +30,7 @@ from ncf.rank.candidates import CandidateGenerator, RankingSettings
 from ncf.rank.state import EmbeddingRows, RankingState
 
 CHUNK_USERS = 32  # households per model call: the per-call overheads amortised, memory small
+MAX_K = 100  # the most products one ranking returns (HTTP requests and the nightly job alike)
 
 
 @dataclass

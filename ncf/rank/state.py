@@ -19,7 +19,6 @@ from ncf.data.features import Catalog
 from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import FIRST_TS, UNKNOWN_INDEX, Vocabularies, Vocabulary
-from ncf.jsonio import read_json
 
 
 @dataclass
@@ -44,7 +43,7 @@ class RankingState:
 
     @staticmethod
     def boundaries(directory: str) -> dict:
-        return read_json(layout.stats_path(directory))["boundaries"]
+        return layout.DataStats(directory).boundaries
 
     @cached_property
     def catalog(self) -> Catalog:

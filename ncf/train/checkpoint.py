@@ -15,10 +15,9 @@ import torch
 
 from ncf.jsonio import read_json, write_json
 from ncf.model.config import ModelConfig
-from ncf.model.directory import save_model_dir
+from ncf.model.directory import WEIGHTS, save_model_dir
 
 VAL_METRIC = "val_ndcg@10"
-WEIGHTS = "model.pt"
 OPTIMIZER = "optimizer.pt"
 TRAIN_STATE = "train_state.json"
 

@@ -23,7 +23,6 @@ from ncf.data import layout
 from ncf.data.features import Catalog
 from ncf.data.vocab import Vocabularies
 from ncf.evaluate.evaluation import full_ranking, load_period, model_fns, sample_users
-from ncf.jsonio import read_json
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.batch import Batch
 from ncf.model.config import ModelConfig
@@ -76,20 +75,18 @@ def setup_worker(cfg: TrainConfig) -> Worker:
     # Leave the other cores to Ray Data's readers, which feed this worker.
     torch.set_num_threads(cfg.torch_threads or max(1, ((os.cpu_count() or 2) - 1) // world_size))
     device = ray.train.torch.get_device()
-    stats = read_json(layout.stats_path(cfg.data))
+    stats = layout.DataStats(cfg.data)
     vocabs = Vocabularies.load(layout.vocab_dir(cfg.data))
     model_config = cfg.model_config(vocabs.sizes())
     model, optimizer = build_model(model_config, device, cfg.learning_rate)
     if rank == 0:
         log(f"{sharded_table_count(model)} embedding tables on fused kernels across {world_size} worker(s)")
     catalog = Catalog(vocabs.products.column("department_index"), vocabs.products.column("category_index"))
-    horizon = stats["config"]["examples"]["horizon_days"] * 86_400
-    worker = Worker(
-        cfg, rank, world_size, device, model_config, model, optimizer, catalog, vocabs, max(cfg.cutoffs) + horizon
-    )
+    trained_through = max(cfg.cutoffs) + stats.horizon_seconds  # where this run's labels end
+    worker = Worker(cfg, rank, world_size, device, model_config, model, optimizer, catalog, vocabs, trained_through)
     if rank == 0 and cfg.run == VALIDATED:
-        state = RankingState.load(cfg.data).as_of(stats["boundaries"]["val_start"])
-        period = load_period(state, VAL, stats["boundaries"])
+        state = RankingState.load(cfg.data).as_of(stats.boundaries["val_start"])
+        period = load_period(state, VAL, stats.boundaries)
         worker.validation = (state, period, sample_users(period.users, cfg.val_users or None))
     return worker
 

@@ -123,26 +123,61 @@ def load_full_state_dict(model: torch.nn.Module, weights: Dict[str, torch.Tensor
             value.detach().copy_(source)
 
 
-def _gather(value):
-    """A ShardedTensor gathered whole on rank 0 (None elsewhere); other values as they are."""
+def _local_view(value):
+    """An optimizer state with each ShardedTensor replaced by this rank's shards (offsets, values)
+    and its global size: plain tensors that can travel to rank 0."""
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
     if isinstance(value, ShardedTensor):
-        rank, _ = world()
-        out = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
-        value.gather(dst=0, out=out)
-        return out
+        shards = [(list(s.metadata.shard_offsets), s.tensor.detach().cpu().clone()) for s in value.local_shards()]
+        return {"__shards__": shards, "size": list(value.size())}
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().clone()
     if isinstance(value, dict):
-        return {k: _gather(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_gather(v) for v in value)
+        return {k: _local_view(v) for k, v in value.items()}
     return value
 
 
+def _assembled(parts: list) -> torch.Tensor:
+    """The whole tensor from every rank's shards of it."""
+    full = None
+    for part in parts:
+        for offsets, tensor in part["__shards__"]:
+            if full is None:
+                full = torch.zeros(part["size"], dtype=tensor.dtype)
+            full[tuple(slice(o, o + n) for o, n in zip(offsets, tensor.shape))] = tensor
+    return full
+
+
+def full_optimizer_state(optimizer) -> Optional[Dict]:
+    """The optimizer state of every rank merged on rank 0 (None elsewhere): each table's fused
+    row-wise Adagrad state (a table, or its rows, lives on the rank that holds it) assembled whole,
+    and the dense layers' Adam state (the same on every rank)."""
+    rank, world_size = world()
+    local = _local_view(optimizer.state_dict())
+    views = [local]
+    if world_size > 1:
+        views = [None] * world_size if rank == 0 else None
+        dist.gather_object(local, views, dst=0)
+    if rank != 0:
+        return None
+    state: Dict = {}
+    for view in views:
+        for param, entries in view["state"].items():
+            for name, value in entries.items():
+                state.setdefault(param, {}).setdefault(name, []).append(value)
+    merged = {
+        param: {
+            name: _assembled(values) if isinstance(values[0], dict) and "__shards__" in values[0] else values[0]
+            for name, values in entries.items()
+        }
+        for param, entries in state.items()
+    }
+    return {"state": merged}
+
+
 def _scatter(live, full):
-    """``full`` (whole tensors) reshaped like ``live``: each ShardedTensor gets this rank's slices."""
+    """``full`` (whole tensors) shaped like ``live``: each ShardedTensor gets this rank's slices."""
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
     if isinstance(live, ShardedTensor):
@@ -152,18 +187,12 @@ def _scatter(live, full):
         return live
     if isinstance(live, dict):
         return {k: _scatter(v, full[k]) for k, v in live.items()}
-    if isinstance(live, (list, tuple)):
-        return type(live)(_scatter(a, b) for a, b in zip(live, full))
     return full
 
 
-def full_optimizer_state(optimizer) -> Optional[Dict]:
-    """The optimizer state (fused tables' and dense layers') with every shard gathered, on rank 0."""
-    state = _gather(optimizer.state_dict())
-    return state if world()[0] == 0 else None
-
-
 def load_optimizer_state(optimizer, full: Dict) -> None:
-    """Restores :func:`full_optimizer_state`'s output into a freshly built optimizer."""
+    """Restores :func:`full_optimizer_state`'s output into a freshly built optimizer (each rank
+    takes the entries of the parameters it holds)."""
     optimizer.init_state()  # the dense optimizer creates its state lazily; the live dict needs it
-    optimizer.load_state_dict(_scatter(optimizer.state_dict(), full))
+    live = optimizer.state_dict()  # TorchRec's KeyedOptimizer: {"state": ...} (no param_groups by default)
+    optimizer.load_state_dict({**live, "state": _scatter(live["state"], full["state"])})

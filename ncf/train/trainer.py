@@ -20,7 +20,6 @@ from typing import Optional
 
 from ncf.data import examples as E
 from ncf.data import layout
-from ncf.jsonio import read_json
 from ncf.splits import REFIT, VALIDATED
 from ncf.train.checkpoint import VAL_METRIC
 from ncf.train.config import TrainConfig
@@ -31,7 +30,7 @@ LIST_COLUMNS = [E.USER, E.HISTORY, E.HISTORY_AGE_DAYS, E.TIME_PARTS, E.PRODUCT, 
 
 def run_cutoffs(data: str, run: str) -> list:
     """The cutoffs preprocessing built lists for, for ``run`` (validated or refit)."""
-    return [int(c) for c in read_json(layout.stats_path(data))["cutoffs"][run]]
+    return layout.DataStats(data).cutoffs(run)
 
 
 def refit_config(validated: TrainConfig, epochs: int) -> TrainConfig:
@@ -85,7 +84,7 @@ def fit(
         raise ValueError(f"run must be {VALIDATED} or {REFIT}, not {config.run!r}")
     config = dataclasses.replace(config, cutoffs=config.cutoffs or run_cutoffs(config.data, config.run))
     paths = [layout.examples_dir(config.data, c) for c in config.cutoffs]
-    train = ray.data.read_parquet(paths, columns=LIST_COLUMNS, partitioning=None)
+    train = ray.data.read_parquet(paths, partitioning=None).select_columns(LIST_COLUMNS)
     keep = 1 if config.run == REFIT else 3
     trainer = TorchTrainer(
         train_loop_per_worker,

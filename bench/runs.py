@@ -1,0 +1,50 @@
+"""Training runs for the quality benchmarks: the production path (``jobs.train``: Ray Train,
+early stopping on the validation weeks, test figures in ``metrics.json``), and mean +- sd over
+seeds."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from jobs import train
+from ncf.model.directory import read_metrics
+
+METRICS = ("recall@10", "ndcg@10", "hr@10", "mrr", "recall_lit@10", "repeat_recall@10", "explore_recall@10")
+
+
+def validated_run(data: str, output: str, seed: int, epochs: int, model: Dict, reuse: bool = False) -> Dict:
+    """Trains (or, with ``reuse``, reads) one validated model; returns its held-out test row."""
+    started = time.time()
+    if not (reuse and os.path.exists(os.path.join(output, "metrics.json"))):
+        args = ["--data", data, "--output", output, "--epochs", str(epochs), "--seed", str(seed)]
+        train.main(args + ["--model", json.dumps(model), "--name", f"bench-{os.path.basename(output)}"])
+    metrics = read_metrics(output)
+    return {
+        **metrics["test"],
+        "seed": seed,
+        "best_epoch": metrics.get("best_epoch"),
+        "wall_seconds": round(time.time() - started),
+    }
+
+
+def summarize(name: str, rows: Sequence[Dict], keys: Sequence[str] = METRICS) -> Dict:
+    """``name`` with each metric's mean and sample sd over the rows (seeds)."""
+    out: Dict = {"model": name, "seeds": len(rows), "users": rows[0].get("users")}
+    for key in keys:
+        values = np.array([r[key] for r in rows if key in r], dtype=float)
+        if len(values):
+            out[key] = round(float(values.mean()), 4)
+            out[f"{key}_sd"] = round(float(values.std(ddof=1)), 4) if len(values) > 1 else 0.0
+    return out
+
+
+def write_jsonl(path: str, rows: List[Dict]) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return path

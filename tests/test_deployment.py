@@ -1,0 +1,176 @@
+"""The deployment model and fresh histories (issue 17): what is served ranks from everything known.
+
+* ``jobs.preprocess`` -> ``jobs.train --refit`` through the CLI on logs cut at a date D: the
+  deployment model's histories reach D, and a household first seen in the last week before D
+  gets a personal (not cold-start) ranking from Serve and from the nightly job;
+* a model trained on older DATA ranks from a newer DATA's histories: newer purchases change the
+  rankings and households new in the newer DATA are scored.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from conftest import SMALL_SPEC
+from helpers import REPO, free_port
+
+from ncf.batch import scoring as batch_scoring
+from ncf.data import datasets, layout, schema
+from ncf.data.preprocess import PreprocessConfig, preprocess
+from ncf.data.user_state import UserStates
+from ncf.jsonio import read_json
+from ncf.model.directory import ModelDir
+from ncf.rank.recommender import Recommender
+
+DAY = 86_400
+NEW_HOUSEHOLD = 990_001
+
+
+def _logs_with_a_new_household(root, cut: pd.Timestamp) -> tuple[str, str]:
+    """The small synthetic logs cut at ``cut``, plus a household whose first purchases fall in the
+    last week before it (a copy of household 3's recent baskets)."""
+    logs, catalog = datasets.write_synthetic(str(root / "raw"), datasets.SyntheticSpec(**SMALL_SPEC))
+    frame = pd.read_parquet(logs)
+    frame = frame[frame["timestamp"] < cut]
+    donor = frame[frame["user_id"] == 3].tail(12).copy()
+    donor["user_id"] = NEW_HOUSEHOLD
+    donor["timestamp"] = cut - pd.Timedelta(days=3) + pd.to_timedelta(np.arange(len(donor)) % 2, unit="h")
+    path = str(root / "logs.parquet")
+    pd.concat([frame, donor]).to_parquet(path, index=False)
+    return path, catalog
+
+
+def _run(*args: str) -> str:
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("RAY_ADDRESS", None)  # its own local cluster, as a user's laptop run
+    done = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_refit_through_the_cli_serves_every_household_from_histories_to_the_cut(ray_session, tmp_path):
+    cut = pd.Timestamp("2024-12-01", tz="UTC")
+    logs, catalog = _logs_with_a_new_household(tmp_path, cut)
+    data, model = str(tmp_path / "data"), str(tmp_path / "model")
+    _run(
+        "jobs.preprocess",
+        "--input",
+        logs,
+        "--products",
+        catalog,
+        "--output",
+        data,
+        "--cutoffs",
+        "2",
+        "--horizon-days",
+        "21",
+        "--val-weeks",
+        "3",
+        "--test-weeks",
+        "4",
+    )
+    out = _run(
+        "jobs.train",
+        "--data",
+        data,
+        "--output",
+        model,
+        "--refit",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-steps-per-epoch",
+        "3",
+        "--val-users",
+        "20",
+        "--model",
+        '{"mf_embedding_dim": 16, "mlp_embedding_dim": 16, "temporal_dim": 8, "mlp_hidden_dims": [32, 16]}',
+        "--storage",
+        str(tmp_path / "runs"),
+    )
+    assert "deployment model" in out
+    deployed, validated = ModelDir(model), ModelDir(model + "-validated")
+    assert deployed.config["run"] == "refit" and validated.config["run"] == "validated"
+    assert "test" in validated.metrics() and deployed.metrics()["validated"]["test"]["recall@10"] >= 0
+    # The deployment model's labels and histories reach the cut; the validated one's labels do not.
+    bounds = read_json(layout.stats_path(data))["boundaries"]
+    assert deployed.trained_through == bounds["end"] + 1 > validated.trained_through == bounds["val_start"]
+    states = UserStates.load(layout.user_state_dir(deployed.state_dir))
+    assert int(states.timestamps.max()) == bounds["end"] >= int(cut.timestamp()) - DAY
+
+    recommender = Recommender.load(model)
+    ranked = recommender.rank([NEW_HOUSEHOLD], k=5)[0]
+    assert not ranked.cold_start and len(ranked.product_ids) == 5
+
+    # Serve: a personal answer for the new household, ranked at the first moment after the data.
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.launch import start, wait_until_healthy
+
+    url = start(
+        build_app({"model": model, "default_at": "data-end", "max_replicas": 1, "num_cpus": 0.25}),
+        port=free_port(),
+        app_name="deployment",
+    )
+    try:
+        wait_until_healthy(url, timeout_s=120)
+        body = requests.post(f"{url}/recommend", json={"user_id": NEW_HOUSEHOLD, "k": 5}, timeout=60).json()
+        assert body["cold_start"] is False and [i["product_id"] for i in body["items"]] == ranked.product_ids
+    finally:
+        serve.shutdown()
+
+    # The nightly job scores every household of DATA, the new one too, and says how many were new.
+    config = batch_scoring.BatchScoreConfig(model=model, data=data, output=str(tmp_path / "out"), k=5, at="data-end")
+    logged = []
+    summary = batch_scoring.run_batch_scoring(config, log=logged.append)
+    assert summary["users"] == read_json(layout.stats_path(data))["vocab_sizes"]["num_users"] - 1
+    table = batch_scoring.read_partition(config.output, summary["run_date"]).to_pandas()
+    assert table[table["user_id"] == NEW_HOUSEHOLD]["product_id"].tolist() == ranked.product_ids
+
+
+def test_a_model_ranks_from_a_newer_datas_histories(ray_session, small_model_dir, small_data, tmp_path):
+    data, stats = small_data
+    logs, catalog = datasets.write_synthetic(str(tmp_path / "raw"), datasets.SyntheticSpec(**SMALL_SPEC))
+    frame = pd.read_parquet(logs)
+    end = pd.Timestamp(stats["boundaries"]["end"], unit="s", tz="UTC")
+    household = int(frame["user_id"].iloc[0])
+    newer_purchases = pd.DataFrame(
+        {
+            "user_id": [household] * 3 + [NEW_HOUSEHOLD] * 3,
+            "product_id": frame["product_id"].iloc[[5, 6, 7, 5, 8, 9]].to_numpy(),
+            "timestamp": [end + pd.Timedelta(days=2)] * 3 + [end + pd.Timedelta(days=3)] * 3,
+            "quantity": 1,
+        }
+    )
+    newer_logs = str(tmp_path / "newer.parquet")
+    pd.concat([frame, newer_purchases]).to_parquet(newer_logs, index=False)
+    newer = str(tmp_path / "newer")
+    preprocess(
+        schema.resolve_files(newer_logs), schema.resolve_files(catalog), newer, PreprocessConfig(), state_only=True
+    )
+
+    older_model, newer_model = Recommender.load(small_model_dir), Recommender.load(small_model_dir, data=newer)
+    at = newer_model.default_at
+    before = older_model.rank([household], k=10, at=at)[0]
+    after = newer_model.rank([household], k=10, at=at)[0]
+    assert (before.product_ids, before.scores) != (after.product_ids, after.scores)  # the newer purchases count
+    new = newer_model.rank([NEW_HOUSEHOLD], k=10)[0]
+    assert not new.cold_start and older_model.rank([NEW_HOUSEHOLD], k=10)[0].cold_start
+    # Its embedding row is the model's unknown row; its own purchases drive features and candidates.
+    assert set(frame["product_id"].iloc[[5, 8, 9]]) & set(new.product_ids)
+
+    config = batch_scoring.BatchScoreConfig(
+        model=small_model_dir, data=newer, output=str(tmp_path / "out"), k=5, at="data-end"
+    )
+    logged = []
+    summary = batch_scoring.run_batch_scoring(config, log=logged.append)
+    assert any("1 households with purchases are new to the model" in line for line in logged), logged
+    table = batch_scoring.read_partition(config.output, summary["run_date"]).to_pandas()
+    assert set(table["user_id"]) >= {household, NEW_HOUSEHOLD} and summary["users"] == stats["vocab_sizes"]["num_users"]
