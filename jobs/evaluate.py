@@ -1,4 +1,9 @@
-"""python -m jobs.evaluate --model MODEL --data DATA: one JSON line per model (trained, then baselines)."""
+"""python -m jobs.evaluate --model MODEL --data DATA: one JSON line per model (trained, then baselines).
+
+``--baselines-only`` (no ``--model``) evaluates the baselines alone from DATA. Tunable
+baselines are tuned on the validation weeks once per DATA (kept in DATA/baselines/tuned.json);
+``--retune`` searches their grids again.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +22,14 @@ from ncf.splits import TEST, VAL
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Held-out evaluation of a model directory against the baselines.")
-    p.add_argument("--model", required=True, help="model directory (jobs.train or SWEEP/best)")
+    p.add_argument("--model", default=None, help="model directory (jobs.train or SWEEP/best)")
     p.add_argument("--data", required=True, help="output of jobs.preprocess")
     p.add_argument("--split", choices=(VAL, TEST), default=TEST)
     p.add_argument("--max-users", type=int, default=None, help="evaluate a seeded sample of users")
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--baselines-only", action="store_true", help="no model: the baselines alone, from DATA")
     p.add_argument("--no-als", action="store_true", help="skip the ALS baseline (the slowest)")
+    p.add_argument("--retune", action="store_true", help="tune the baselines again on the validation weeks")
     p.add_argument("--report", default=None, help="write an HTML report (charts embedded) to this directory")
     p.add_argument("--ablations", default=None, help="JSON lines of bench.ablations to show in the report")
     return p.parse_args(argv)
@@ -31,10 +38,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list:
     args = parse_args(argv)
     with one_line_errors():
-        recommender = Recommender.load(args.model)
-        rows = evaluate_all(recommender, args.data, args.split, args.max_users, not args.no_baselines, not args.no_als)
+        check_args(args)
+        recommender = None if args.baselines_only else Recommender.load(args.model)
+        rows = evaluate_all(
+            recommender, args.data, args.split, args.max_users, not args.no_baselines, not args.no_als, args.retune
+        )
+        version = {"model_version": recommender.version} if recommender is not None else {}
         for row in rows:
-            print(json.dumps({**row, "model_version": recommender.version}), flush=True)
+            print(json.dumps({**row, **version}), flush=True)
         if args.report:
             ablations = read_jsonl(args.ablations) if args.ablations else None
             history = read_metrics(args.model).get("history")
@@ -50,6 +61,14 @@ def main(argv=None) -> list:
             )
             print(f"[evaluate] report: {path}", flush=True)
         return rows
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.baselines_only:
+        if args.model or args.report or args.no_baselines:
+            raise InputError("--baselines-only takes no --model, --report or --no-baselines")
+    elif not args.model:
+        raise InputError("--model is required (or --baselines-only)")
 
 
 def read_jsonl(path: str) -> list:

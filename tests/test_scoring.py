@@ -8,7 +8,7 @@ import torch
 
 from ncf.data import layout
 from ncf.data.vocab import Vocabularies
-from ncf.evaluate.baselines import OwnFrequencyRanker, PopularityRanker, top_k
+from ncf.evaluate.baselines import OwnFrequencyRanker, PointInTime, PopularityRanker, top_k
 from ncf.evaluate.evaluation import evaluate_all, load_period
 from ncf.evaluate.metrics import ranking_metrics
 from ncf.model.advanced_ncf import AdvancedNCF, ModelConfig
@@ -28,7 +28,13 @@ def test_ranking_metrics_by_hand():
     m = ranking_metrics(np.array([3, 1, 2, 9]), np.array([1, 2]), k=2)
     assert m["recall"] == 0.5 and m["hr"] == 1.0 and m["mrr"] == 0.5
     assert m["ndcg"] == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)))
-    assert ranking_metrics(np.array([5, 6]), np.array([1]), k=2) == {"recall": 0.0, "ndcg": 0.0, "hr": 0.0, "mrr": 0.0}
+    assert ranking_metrics(np.array([5, 6]), np.array([1]), k=2) == {
+        "recall": 0.0,
+        "recall_lit": 0.0,
+        "ndcg": 0.0,
+        "hr": 0.0,
+        "mrr": 0.0,
+    }
     # Recall divides by min(k, |relevant|): a perfect top-2 is 1 even with 3 relevant items.
     assert ranking_metrics(np.array([1, 2]), np.array([1, 2, 3]), k=2)["recall"] == 1.0
 
@@ -52,14 +58,12 @@ def recommender(small_data, tmp_path_factory):
 def test_own_frequency_ranks_the_users_staples_first(recommender):
     user = int(recommender.states.users()[0])
     timeline = recommender.states.timeline(user)
-    ranker = OwnFrequencyRanker(recommender.states, recommender.popularity)
-    top = top_k(ranker.scores(user, recommender.data_end), 3)
+    context = PointInTime.build(recommender.states, recommender.vocabs, recommender.data_end)
+    top = OwnFrequencyRanker(context).rank(user, recommender.data_end, 3)
     counts = np.bincount(timeline.products, minlength=recommender.num_products)
     assert counts[top[0]] == counts.max()
     assert np.all(np.diff(counts[top]) <= 0)
-    assert top_k(PopularityRanker(recommender.popularity).scores(user, 0), 1)[0] == int(
-        np.argmax(recommender.popularity)
-    )
+    assert PopularityRanker(context).rank(user, recommender.data_end, 1)[0] == int(np.argmax(recommender.popularity))
 
 
 def test_recommend_returns_raw_ids_and_cold_start_for_unknown_users(recommender):
@@ -109,15 +113,33 @@ def test_exclude_purchased_and_explanations(recommender):
 def test_evaluate_all_reports_model_and_baselines(recommender, small_data):
     data, stats = small_data
     rows = evaluate_all(recommender, data, "test", max_users=40)
-    assert [r["model"] for r in rows] == ["advanced_ncf", "popularity", "own_frequency", "als"]
+    names = ["advanced_ncf", "popularity", "own_frequency", "decayed_frequency", "tifu_knn", "als"]
+    assert [r["model"] for r in rows] == names
     for row in rows:
         assert row["users"] == 40
-        for key in ("recall@10", "ndcg@10", "hr@10", "mrr", "sampled_hr@10", "sampled_ndcg@10"):
+        for key in ("recall@10", "ndcg@10", "hr@10", "mrr", "sampled_hr@10", "sampled_ndcg@10", "recall_lit@10"):
             assert 0.0 <= row[key] <= 1.0
+        for key in ("repeat_recall@10", "explore_recall@10", "repeat_share@10"):
+            assert 0.0 <= row[key] <= 1.0
+        assert row["repeat_hits@10"] + row["explore_hits@10"] <= 10
+        assert row["recall_lit@10"] <= row["recall@10"]
+    by_name = {r["model"]: r for r in rows}
+    # Tuned on the validation weeks: the chosen parameters and their validation figures.
+    tuned = json.loads(open(f"{data}/baselines/tuned.json").read())
+    for name in ("decayed_frequency", "tifu_knn"):
+        assert by_name[name]["params"] == tuned[name]["params"] and 0 <= by_name[name]["val_ndcg@10"] <= 1
+        assert tuned[name]["val_start"] == stats["boundaries"]["val_start"]
+    assert by_name["own_frequency"]["repeat_share@10"] > 0.9  # its top 10 is the household's own products
     period = load_period(data, "test", stats["boundaries"])
     assert all(period.first_visit[u] >= stats["boundaries"]["test_start"] for u in period.users)
     with open(layout.stats_path(data)) as f:
         assert json.load(f)["boundaries"] == stats["boundaries"]
+    baselines_only = evaluate_all(None, data, "test", max_users=40, with_als=False)
+    assert [r["model"] for r in baselines_only] == names[1:-1]
+    alone = baselines_only[1]
+    assert {k: v for k, v in alone.items() if "seconds" not in k} == {
+        k: v for k, v in by_name["own_frequency"].items() if "seconds" not in k
+    }
 
 
 def test_rank_many_equals_ranking_each_user_alone(recommender):

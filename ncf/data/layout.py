@@ -27,3 +27,8 @@ def quarantine_dir(data: str) -> str:
 
 def stats_path(data: str) -> str:
     return os.path.join(data, STATS)
+
+
+def baselines_dir(data: str) -> str:
+    """What evaluation keeps about the baselines (their tuned parameters)."""
+    return os.path.join(data, "baselines")

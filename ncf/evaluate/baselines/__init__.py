@@ -1,0 +1,101 @@
+"""Baselines ranked by the same evaluation code as the model, one module per family.
+
+* ``popularity`` (:mod:`.popularity`): the most bought products before the period;
+* ``own_frequency`` and ``decayed_frequency`` (:mod:`.frequency`): the household's own most
+  bought products, plainly counted or recency-decayed (half-life tuned);
+* ``tifu_knn`` (:mod:`.tifuknn`): TIFU-KNN (Hu et al., SIGIR 2020), time-decayed group vectors
+  blended with the nearest households' (groups, decays, alpha and k tuned);
+* ``als`` (:mod:`.als`): implicit-feedback matrix factorisation (``implicit``).
+
+Each is built for a period from a :class:`PointInTime` (what was known at its start) and
+ranks a household at a moment from purchases strictly before it. :data:`BASELINES` lists
+them with their tuning grids (searched on the validation weeks by
+:mod:`ncf.evaluate.tuning`, never on test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Tuple
+
+from ncf.evaluate.baselines.als import ALSRanker
+from ncf.evaluate.baselines.base import PointInTime, Ranker, rank_with_ties, tie_prior, top_k
+from ncf.evaluate.baselines.frequency import DecayedFrequencyRanker, OwnFrequencyRanker
+from ncf.evaluate.baselines.popularity import PopularityRanker
+from ncf.evaluate.baselines.tifuknn import TifuKnnRanker, tifu_vectors
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A baseline family: how to build it, its fixed parameters and its tuning grid.
+
+    ``stages``: the grid, searched stage by stage; each stage is the Cartesian product of its
+    values, the other parameters at the best found so far (``defaults`` before any). The
+    best setting of a stage (by validation NDCG@10; the incumbent wins ties) carries over.
+    """
+
+    name: str
+    build: Callable[..., Ranker]  # build(context, **params)
+    defaults: Dict = field(default_factory=dict)
+    stages: Tuple[Dict[str, Tuple], ...] = ()
+
+    @property
+    def tunable(self) -> bool:
+        return bool(self.stages)
+
+    def grid(self) -> Dict:
+        """The whole search, as recorded beside tuned parameters (a cache is valid for it only)."""
+        return {"defaults": self.defaults, "stages": [{k: list(v) for k, v in s.items()} for s in self.stages]}
+
+
+# Grids: small on purpose (all of them tune in a few minutes on 2 cores on Complete Journey).
+DECAYED_FREQUENCY = Baseline(
+    "decayed_frequency",
+    DecayedFrequencyRanker,
+    defaults={"half_life_days": 120.0},
+    stages=({"half_life_days": (14.0, 30.0, 60.0, 90.0, 120.0, 180.0, 365.0)},),
+)
+# TIFU-KNN: first the household's own vector alone (alpha 1: no neighbours, cheap), then the
+# blend with its neighbours on the best vector (the reference's order of importance).
+TIFU_KNN = Baseline(
+    "tifu_knn",
+    TifuKnnRanker,
+    defaults={
+        "groups": 14,
+        "within_decay": 0.9,
+        "across_decay": 0.9,
+        "alpha": 1.0,
+        "neighbours": 0,
+        "metric": "cosine",
+    },
+    stages=(
+        {"groups": (7, 14, 28), "within_decay": (0.9, 0.97, 1.0), "across_decay": (0.6, 0.8, 0.9)},
+        {"neighbours": (50, 100, 300), "alpha": (0.5, 0.7, 0.9)},
+    ),
+)
+BASELINES: Dict[str, Baseline] = {
+    b.name: b
+    for b in (
+        Baseline("popularity", PopularityRanker),
+        Baseline("own_frequency", OwnFrequencyRanker),
+        DECAYED_FREQUENCY,
+        TIFU_KNN,
+        Baseline("als", ALSRanker, defaults={"factors": 128, "iterations": 15, "regularization": 0.05}),
+    )
+}
+
+__all__ = [
+    "ALSRanker",
+    "BASELINES",
+    "Baseline",
+    "DecayedFrequencyRanker",
+    "OwnFrequencyRanker",
+    "PointInTime",
+    "PopularityRanker",
+    "Ranker",
+    "TifuKnnRanker",
+    "rank_with_ties",
+    "tie_prior",
+    "tifu_vectors",
+    "top_k",
+]
