@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -45,7 +46,8 @@ class Tuned:
 
 
 def _log(message: str) -> None:
-    print(f"[tune] {message}", flush=True)
+    # stderr: jobs.evaluate's stdout is one JSON line per model.
+    print(f"[tune] {message}", file=sys.stderr, flush=True)
 
 
 def tune(
