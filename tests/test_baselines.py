@@ -122,6 +122,45 @@ def test_tifu_vectors_by_hand():
     assert twice.toarray()[0].tolist() == [0, 0, 1.0, 0]
 
 
+def reference_vector(baskets, num_products, groups, within, across):
+    """One household's vector as the authors' code computes it, loop by loop: a transcription
+    of ``temporal_decay_sum_history`` and ``group_history_list`` of github.com/HaojiHu/TIFUKNN
+    (TIFUKNN.py, Apache-2.0), kept apart from the vectorised code it checks."""
+    n = len(baskets)
+    decayed = []
+    for idx, basket in enumerate(baskets, start=1):
+        vec = np.zeros(num_products)
+        vec[list(set(basket))] = within ** (n - idx)
+        decayed.append(vec)
+    if n < groups:
+        grouped = decayed
+    else:
+        base, extra = n // groups, n - (n // groups) * groups  # extra = round(residual * groups)
+        sizes = [base] * (groups - extra) + [base + 1] * extra
+        starts = np.cumsum([0] + sizes)
+        grouped = [sum(decayed[starts[i] : starts[i + 1]]) / sizes[i] for i in range(groups)]
+    total = sum(g * across ** (groups - 1 - i) for i, g in enumerate(grouped))
+    return total / len(grouped)
+
+
+def test_tifu_vectors_equal_the_reference_code_on_random_histories():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        groups, within, across = int(rng.integers(1, 10)), float(rng.choice([0.5, 0.9, 1.0])), rng.uniform(0.1, 1)
+        histories = [
+            [rng.choice(12, size=int(rng.integers(1, 5))).tolist() for _ in range(int(rng.integers(1, 30)))]
+            for _ in range(3)
+        ]
+        # Baskets at days 0, 10, 20...; a product drawn twice in a basket is one line twice.
+        rows = [
+            (u, p, 10 * b) for u, baskets in enumerate(histories) for b, basket in enumerate(baskets) for p in basket
+        ]
+        u, p, t = (np.array(c) for c in zip(*rows))
+        got = tifu_vectors(u, p, t, (3, 12), groups, within, across).toarray()
+        expected = [reference_vector(baskets, 12, groups, within, across) for baskets in histories]
+        assert got == pytest.approx(np.array(expected))
+
+
 def neighbourhood():
     """Households 1 and 2 share staples 1 and 2; 2 also buys 9. Household 3 buys other,
     more popular products (4, 5, 6), so 9 is never reached by popularity."""
