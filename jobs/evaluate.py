@@ -1,4 +1,9 @@
-"""python -m jobs.evaluate --model MODEL --data DATA: one JSON line per model (trained, then baselines)."""
+"""python -m jobs.evaluate --model MODEL --data DATA: one JSON line per model (trained, then baselines).
+
+``--baselines-only`` (no ``--model``) evaluates the baselines alone from DATA. Tunable
+baselines are tuned on the validation weeks once per DATA (kept in DATA/baselines/tuned.json);
+``--retune`` searches their grids again.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +15,23 @@ from jobs.cli import one_line_errors
 from ncf.errors import InputError
 from ncf.evaluate.evaluation import evaluate_all, model_on_period
 from ncf.evaluate.report import write_report
-from ncf.model.directory import ModelDir, read_metrics
+from ncf.model.directory import ModelDir
 from ncf.splits import TEST, VAL
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Held-out evaluation of a model directory against the baselines.")
-    p.add_argument("--model", required=True, help="model directory (jobs.train or SWEEP/best)")
+    p = argparse.ArgumentParser(
+        description="Held-out evaluation of a model directory against the baselines.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default=None, help="model directory (jobs.train or SWEEP/best)")
     p.add_argument("--data", required=True, help="output of jobs.preprocess")
-    p.add_argument("--split", choices=(VAL, TEST), default=TEST)
-    p.add_argument("--max-users", type=int, default=None, help="evaluate a seeded sample of users")
-    p.add_argument("--no-baselines", action="store_true")
-    p.add_argument("--no-als", action="store_true", help="skip the ALS baseline (the slowest)")
+    p.add_argument("--split", choices=(VAL, TEST), default=TEST, help="the held-out period")
+    p.add_argument("--max-users", type=int, default=None, help="evaluate a seeded sample of households")
+    p.add_argument("--no-baselines", action="store_true", help="the model alone")
+    p.add_argument("--baselines-only", action="store_true", help="no model: the baselines alone, from DATA")
+    p.add_argument("--no-als", action="store_true", help="skip the ALS baseline (among the slowest)")
+    p.add_argument("--retune", action="store_true", help="tune the baselines again on the validation weeks")
     p.add_argument("--report", default=None, help="write an HTML report (charts embedded) to this directory")
     p.add_argument("--ablations", default=None, help="JSON lines of bench.ablations to show in the report")
     return p.parse_args(argv)
@@ -30,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list:
     args = parse_args(argv)
     with one_line_errors():
-        on_period = model_on_period(args.model, args.data, args.split)
+        check_args(args)
+        on_period = None if args.baselines_only else model_on_period(args.model, args.data, args.split)
         rows = evaluate_all(
             args.model,
             args.data,
@@ -38,20 +49,36 @@ def main(argv=None) -> list:
             args.max_users,
             not args.no_baselines,
             not args.no_als,
+            args.retune,
             on_period=on_period,
         )
-        version = ModelDir(args.model).version
+        handle = None if args.baselines_only else ModelDir(args.model)
+        version = {"model_version": handle.version} if handle else {}
         for row in rows:
-            print(json.dumps({**row, "model_version": version}), flush=True)
+            print(json.dumps({**row, **version}), flush=True)
         if args.report:
             ablations = read_jsonl(args.ablations) if args.ablations else None
-            history = read_metrics(args.model).get("history")
             ranker, period = on_period
             path = write_report(
-                args.report, ranker, version, period, rows, history, ablations, ablations_source=args.ablations
+                args.report,
+                ranker,
+                handle.version,
+                period,
+                rows,
+                handle.metrics().get("history"),
+                ablations,
+                ablations_source=args.ablations,
             )
             print(f"[evaluate] report: {path}", flush=True)
         return rows
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.baselines_only:
+        if args.model or args.report or args.no_baselines:
+            raise InputError("--baselines-only takes no --model, --report or --no-baselines")
+    elif not args.model:
+        raise InputError("--model is required (or --baselines-only)")
 
 
 def read_jsonl(path: str) -> list:

@@ -1,11 +1,13 @@
 """Metrics, baselines, the one ranking path and the evaluation on a small preprocessed dataset."""
 
+import json
+
 import numpy as np
 import pytest
 
 from ncf.data.features import HALF_LIVES
-from ncf.evaluate.baselines import OwnFrequencyRanker, PopularityRanker, top_k
-from ncf.evaluate.evaluation import evaluate_all, load_period
+from ncf.evaluate.baselines import OwnFrequencyRanker, PointInTime, PopularityRanker, top_k
+from ncf.evaluate.evaluation import evaluate_all, point_in_time_period
 from ncf.evaluate.metrics import ranking_metrics
 from ncf.rank import candidates as candidates_module
 from ncf.rank.ranker import Ranker
@@ -17,7 +19,13 @@ def test_ranking_metrics_by_hand():
     m = ranking_metrics(np.array([3, 1, 2, 9]), np.array([1, 2]), k=2)
     assert m["recall"] == 0.5 and m["hr"] == 1.0 and m["mrr"] == 0.5
     assert m["ndcg"] == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)))
-    assert ranking_metrics(np.array([5, 6]), np.array([1]), k=2) == {"recall": 0.0, "ndcg": 0.0, "hr": 0.0, "mrr": 0.0}
+    assert ranking_metrics(np.array([5, 6]), np.array([1]), k=2) == {
+        "recall": 0.0,
+        "recall_lit": 0.0,
+        "ndcg": 0.0,
+        "hr": 0.0,
+        "mrr": 0.0,
+    }
     # Recall divides by min(k, |relevant|): a perfect top-2 is 1 even with 3 relevant items.
     assert ranking_metrics(np.array([1, 2]), np.array([1, 2, 3]), k=2)["recall"] == 1.0
 
@@ -32,14 +40,15 @@ def recommender(small_model_dir, small_data):
 
 
 def test_own_frequency_ranks_the_users_staples_first(recommender):
-    states, popularity = recommender.state.states, recommender.state.stats.lines
+    states, at = recommender.state.states, recommender.default_at
     user = int(states.users()[0])
     timeline = states.timeline(user)
-    top = top_k(OwnFrequencyRanker(states, popularity).scores(user, recommender.default_at), 3)
+    context = PointInTime.build(states, recommender.vocabs, at)
+    top = OwnFrequencyRanker(context).rank(user, at, 3)
     counts = np.bincount(timeline.products, minlength=recommender.state.num_products)
     assert counts[top[0]] == counts.max()
     assert np.all(np.diff(counts[top]) <= 0)
-    assert top_k(PopularityRanker(popularity).scores(user, 0), 1)[0] == int(np.argmax(popularity))
+    assert PopularityRanker(context).rank(user, at, 1)[0] == int(np.argmax(context.popularity))
 
 
 def test_recommend_returns_raw_ids_and_cold_start_is_the_same_path(recommender):
@@ -133,19 +142,44 @@ def test_own_candidates_are_the_most_bought_recently(recommender):
 def test_evaluate_all_reports_model_and_baselines(small_model_dir, small_data):
     data, stats = small_data
     rows = evaluate_all(small_model_dir, data, TEST, max_users=40)
-    assert [r["model"] for r in rows] == ["advanced_ncf", "popularity", "own_frequency", "als"]
+    names = ["advanced_ncf", "popularity", "own_frequency", "decayed_frequency", "tifu_knn", "als", "boosted_ranker"]
+    assert [r["model"] for r in rows] == names
     for row in rows:
         assert row["users"] == 40
-        for key in ("recall@10", "ndcg@10", "hr@10", "mrr", "sampled_hr@10", "sampled_ndcg@10"):
+        for key in ("recall@10", "ndcg@10", "hr@10", "mrr", "recall_lit@10"):
             assert 0.0 <= row[key] <= 1.0
+        if row["model"] != "boosted_ranker":  # it scores its candidates only: no sampled protocol
+            assert 0.0 <= row["sampled_hr@10"] <= 1.0 and 0.0 <= row["sampled_ndcg@10"] <= 1.0
+        for key in ("repeat_recall@10", "explore_recall@10", "repeat_share@10"):
+            assert 0.0 <= row[key] <= 1.0
+        assert row["repeat_hits@10"] + row["explore_hits@10"] <= 10
+        assert row["recall_lit@10"] <= row["recall@10"]
+    by_name = {r["model"]: r for r in rows}
+    # Tuned on the validation weeks: the chosen parameters and their validation figures.
+    tuned = json.loads(open(f"{data}/baselines/tuned.json").read())
+    for name in ("decayed_frequency", "tifu_knn", "boosted_ranker"):
+        assert by_name[name]["params"] == tuned[name]["params"] and 0 <= by_name[name]["val_ndcg@10"] <= 1
+        assert tuned[name]["val_start"] == stats["boundaries"]["val_start"]
+    assert by_name["own_frequency"]["repeat_share@10"] > 0.9  # its top 10 is the household's own products
+    baselines_only = evaluate_all(None, data, "test", max_users=40, with_als=False)
+    assert [r["model"] for r in baselines_only] == [n for n in names[1:] if n != "als"]
+    alone = baselines_only[1]
+    assert {k: v for k, v in alone.items() if "seconds" not in k} == {
+        k: v for k, v in by_name["own_frequency"].items() if "seconds" not in k
+    }
 
 
 def test_periods_hold_only_what_was_known_at_their_start(recommender, small_data):
     _, stats = small_data
     bounds = stats["boundaries"]
     state = recommender.state.as_of(bounds["test_start"])
-    period = load_period(state, TEST, bounds)
+    context, period = point_in_time_period(state, TEST, bounds)
     first_seen = state.vocabs.products.column("first_ts")
     assert all(period.first_visit[u] >= bounds["test_start"] for u in period.users)
     assert all((first_seen[period.truth[u]] < bounds["test_start"]).all() for u in period.users)
     assert all(state.states.timeline(u).count_before(np.array([bounds["test_start"]]))[0] > 0 for u in period.users)
+    # The model ranks the catalog as known at the start only (its candidates come from there).
+    ranker = Ranker(recommender.ranker.model, state, recommender.ranker.rows)
+    users = period.users[:10]
+    for ranking in ranker.rank(users, [period.first_visit[int(u)] for u in users], k=50):
+        assert context.catalog[ranking.products].all()

@@ -51,6 +51,11 @@ def stats_path(data: str) -> str:
     return os.path.join(data, STATS)
 
 
+def baselines_dir(data: str) -> str:
+    """What evaluation keeps about the baselines (their tuned parameters)."""
+    return os.path.join(data, "baselines")
+
+
 class DataStats:
     """``stats.json`` of a DATA directory, read once, with named accessors (no raw key paths
     elsewhere).

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from ncf.data import layout
 from ncf.data.features import Catalog
 from ncf.data.vocab import Vocabularies
-from ncf.evaluate.evaluation import full_ranking, load_period, model_fns, sample_users
+from ncf.evaluate.evaluation import full_ranking, model_fns, point_in_time_period, sample_users
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.batch import Batch
 from ncf.model.config import ModelConfig
@@ -86,7 +86,7 @@ def setup_worker(cfg: TrainConfig) -> Worker:
     worker = Worker(cfg, rank, world_size, device, model_config, model, optimizer, catalog, vocabs, trained_through)
     if rank == 0 and cfg.run == VALIDATED:
         state = RankingState.load(cfg.data).as_of(stats.boundaries["val_start"])
-        period = load_period(state, VAL, stats.boundaries)
+        _, period = point_in_time_period(state, VAL, stats.boundaries)
         worker.validation = (state, period, sample_users(period.users, cfg.val_users or None))
     return worker
 
@@ -141,7 +141,8 @@ def validate(w: Worker, weights: Dict[str, torch.Tensor]) -> Dict[str, float]:
     model.load_state_dict(weights)
     rows = EmbeddingRows.between(w.vocabs, state.vocabs, w.trained_through)
     rank_many, _ = model_fns(Ranker(model.eval(), state, rows))
-    return {f"val_{k}": float(v) for k, v in full_ranking(rank_many, period, users).items()}
+    metrics = full_ranking(None, period, users, rank_many=rank_many)
+    return {f"val_{k}": float(v) for k, v in metrics.items()}
 
 
 def report_checkpoint(w: Worker, state: Dict, metrics: Dict, weights: Optional[Dict]) -> None:

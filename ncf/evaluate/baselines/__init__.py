@@ -1,0 +1,124 @@
+"""Baselines ranked by the same evaluation code as the model, one module per family.
+
+* ``popularity`` (:mod:`.popularity`): the most bought products before the period;
+* ``own_frequency`` and ``decayed_frequency`` (:mod:`.frequency`): the household's own most
+  bought products, plainly counted or recency-decayed (half-life tuned);
+* ``tifu_knn`` (:mod:`.tifuknn`): TIFU-KNN (Hu et al., SIGIR 2020), time-decayed group vectors
+  blended with the nearest households' (groups, decays, alpha and k tuned);
+* ``als`` (:mod:`.als`): implicit-feedback matrix factorisation (``implicit``);
+* ``boosted_ranker`` (:mod:`.boosted`): LightGBM on the model's own purchase-timing features
+  and training lists (leaves and rounds tuned).
+
+Each is built for a period from a :class:`PointInTime` (what was known at its start) and
+ranks a household at a moment from purchases strictly before it. :data:`BASELINES` lists
+them with their tuning grids (searched on the validation weeks by
+:mod:`ncf.evaluate.tuning`, never on test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Tuple
+
+from ncf.evaluate.baselines.als import ALSRanker
+from ncf.evaluate.baselines.base import PointInTime, Ranker, rank_with_ties, tie_prior, top_k
+from ncf.evaluate.baselines.boosted import BoostedRanker
+from ncf.evaluate.baselines.frequency import DecayedFrequencyRanker, OwnFrequencyRanker
+from ncf.evaluate.baselines.popularity import PopularityRanker
+from ncf.evaluate.baselines.tifuknn import TifuKnnRanker, tifu_vectors
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A baseline family: how to build it, its fixed parameters and its tuning grid.
+
+    ``stages``: the grid, searched stage by stage; each stage is the Cartesian product of its
+    values, the other parameters at the best found so far (``defaults`` before any). The
+    best setting of a stage (by validation NDCG@10; the incumbent wins ties) carries over.
+    """
+
+    name: str
+    build: Callable[..., Ranker]  # build(context, **params)
+    defaults: Dict = field(default_factory=dict)
+    stages: Tuple[Dict[str, Tuple], ...] = ()
+
+    @property
+    def tunable(self) -> bool:
+        return bool(self.stages)
+
+    def grid(self) -> Dict:
+        """The whole search, as recorded beside tuned parameters (a cache is valid for it only)."""
+        return {"defaults": self.defaults, "stages": [{k: list(v) for k, v in s.items()} for s in self.stages]}
+
+
+# Grids: small on purpose (all of them tune in about two minutes on 2 cores on Complete
+# Journey). Their ranges were set on the validation weeks: on Complete Journey, TIFU-KNN's
+# within-decay 0.9, across-decay 0.6 and 28 groups were clearly worse there, and the best
+# settings sit on a plateau (val NDCG@10 within 0.002 of each other).
+DECAYED_FREQUENCY = Baseline(
+    "decayed_frequency",
+    DecayedFrequencyRanker,
+    defaults={"half_life_days": 120.0},
+    stages=({"half_life_days": (14.0, 30.0, 60.0, 90.0, 120.0, 180.0, 365.0)},),
+)
+# TIFU-KNN: first the household's own vector alone (alpha 1: no neighbours, cheap), then the
+# blend with its neighbours on the best vector (on Complete Journey the own vector carries
+# nearly all of it: val NDCG@10 0.408 alone, 0.411 blended).
+TIFU_KNN = Baseline(
+    "tifu_knn",
+    TifuKnnRanker,
+    defaults={
+        "groups": 14,
+        "within_decay": 0.9,
+        "across_decay": 0.9,
+        "alpha": 1.0,
+        "neighbours": 0,
+        "metric": "cosine",
+    },
+    stages=(
+        {"groups": (3, 7, 14), "within_decay": (0.95, 0.97, 0.99), "across_decay": (0.8, 0.9, 0.95)},
+        {"neighbours": (50, 100, 300), "alpha": (0.7, 0.8, 0.9)},
+    ),
+)
+# ALS: the width, then the regularisation at that width (BM25 weighting fixed, K1 100, B 0.8).
+ALS = Baseline(
+    "als",
+    ALSRanker,
+    defaults={"factors": 128, "iterations": 15, "regularization": 0.05},
+    stages=({"factors": (64, 128, 256)}, {"regularization": (0.01, 0.05, 0.5)}),
+)
+# The boosted ranker: its size (each setting trains on the validated run's lists: ~1 min each).
+BOOSTED = Baseline(
+    "boosted_ranker",
+    BoostedRanker,
+    defaults={"num_leaves": 63, "rounds": 300},
+    stages=({"num_leaves": (31, 63, 127)},),
+)
+BASELINES: Dict[str, Baseline] = {
+    b.name: b
+    for b in (
+        Baseline("popularity", PopularityRanker),
+        Baseline("own_frequency", OwnFrequencyRanker),
+        DECAYED_FREQUENCY,
+        TIFU_KNN,
+        ALS,
+        BOOSTED,
+    )
+}
+
+__all__ = [
+    "ALSRanker",
+    "BoostedRanker",
+    "BASELINES",
+    "Baseline",
+    "DecayedFrequencyRanker",
+    "OwnFrequencyRanker",
+    "PointInTime",
+    "PopularityRanker",
+    "Ranker",
+    "TifuKnnRanker",
+    "rank_with_ties",
+    "tie_prior",
+    "tifu_vectors",
+    "top_k",
+]

@@ -1,0 +1,142 @@
+"""What every baseline shares: the ranker interface, what it may know, and ranking with ties.
+
+A baseline is built for a period starting at ``start`` from a :class:`PointInTime` (the
+catalog, the households and the popularity before ``start``) and then ranks a household at a
+moment ``at >= start`` from purchases strictly before ``at``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Protocol
+
+import numpy as np
+
+from ncf.data.catalog import catalog_before, households_before, popularity_before
+from ncf.data.user_state import UserStates
+from ncf.data.vocab import UNKNOWN_INDEX, Vocabularies
+
+
+class Ranker(Protocol):
+    name: str
+    params: Dict
+
+    def scores(self, user: int, at: int) -> np.ndarray:
+        """Scores of every product index (higher is better; -inf outside the catalog)."""
+
+    def rank(self, user: int, at: int, depth: int) -> np.ndarray:
+        """The ``depth`` best product indices, best first, all within the catalog."""
+
+
+@dataclass
+class PointInTime:
+    """What a baseline may know when it ranks a period that starts at ``start``.
+
+    ``memo`` keeps what several parameter settings share (e.g. TIFU-KNN's vectors while its
+    neighbours and alpha are tuned); it lives as long as this object.
+    """
+
+    states: UserStates
+    start: int
+    num_users: int
+    catalog: np.ndarray  # bool per product index: rankable at ``start``
+    popularity: np.ndarray  # purchases per product index before ``start``
+    memo: Dict = field(default_factory=dict, repr=False)
+    data: Optional[str] = None  # the DATA directory (baselines that train on its lists)
+
+    @staticmethod
+    def build(states: UserStates, vocabs: Vocabularies, start: int, data: Optional[str] = None) -> "PointInTime":
+        catalog = catalog_before(vocabs, start)
+        return PointInTime(
+            states, int(start), len(vocabs.users), catalog, popularity_before(states, start, len(catalog)), data=data
+        )
+
+    @property
+    def num_products(self) -> int:
+        return len(self.catalog)
+
+    def households(self) -> np.ndarray:
+        if "households" not in self.memo:
+            self.memo["households"] = households_before(self.states, self.start)
+        return self.memo["households"]
+
+    def popularity_rank(self) -> np.ndarray:
+        """Position of every product in the popularity order (most bought first, ties by index)."""
+        if "popularity_rank" not in self.memo:
+            order = np.argsort(-self.popularity, kind="stable")
+            position = np.empty(len(order), np.int64)
+            position[order] = np.arange(len(order))
+            self.memo["popularity_rank"] = position
+        return self.memo["popularity_rank"]
+
+    def check(self, at: int) -> None:
+        """Rankers built for a period see data up to its start: ranking an earlier moment
+        would read the future of that moment (neighbours, popularity, fitted factors)."""
+        if at < self.start:
+            raise ValueError(f"a ranker built for the period starting at {self.start} cannot rank {at}")
+
+    def masked(self, scores: np.ndarray) -> np.ndarray:
+        """``scores`` as float64 with -inf outside the catalog (a copy)."""
+        out = np.asarray(scores, dtype=np.float64).copy()
+        out[~self.catalog] = -np.inf
+        return out
+
+    def by_popularity(self) -> np.ndarray:
+        """Catalog products, most bought first (ties by index)."""
+        if "by_popularity" not in self.memo:
+            order = np.argsort(self.popularity_rank(), kind="stable")
+            self.memo["by_popularity"] = order[self.catalog[order]]
+        return self.memo["by_popularity"]
+
+    def rank(self, scores: np.ndarray, depth: int) -> np.ndarray:
+        """The best ``depth`` catalog products by score, ties by popularity: exactly, whatever
+        the scale of the scores.
+
+        Scores that are never negative (counts, decayed counts, TIFU vectors) rank their
+        positive entries and fill up with the most popular of the rest, without sorting the
+        whole catalog's zeros (most of it)."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.min() < 0:
+            return rank_with_ties(self.masked(scores), self.popularity_rank(), depth)
+        support = np.flatnonzero((scores > 0) & self.catalog)
+        top = support[rank_with_ties(scores[support], self.popularity_rank()[support], depth)]
+        if len(top) < depth:  # every positive product is in: the most popular of the rest follow
+            popular = self.by_popularity()[: depth + len(top)]
+            top = np.concatenate([top, popular[~np.isin(popular, top)][: depth - len(top)]])
+        return top
+
+
+def rank_with_ties(scores: np.ndarray, tie_rank: np.ndarray, depth: int) -> np.ndarray:
+    """Indices of the ``depth`` highest finite scores, best first, equal scores by ``tie_rank``
+    (lower first).
+
+    Example::
+
+        rank_with_ties(np.array([-np.inf, 1.0, 2.0, 1.0]), np.array([0, 2, 3, 1]), 2)  # [2, 3]
+    """
+    finite = np.isfinite(scores)
+    depth = min(depth, int(finite.sum()))
+    if depth <= 0:
+        return np.zeros(0, np.int64)
+    threshold = np.partition(scores, len(scores) - depth)[len(scores) - depth]
+    above = np.flatnonzero(scores > threshold)
+    tied = np.flatnonzero(scores == threshold)
+    tied = tied[np.argsort(tie_rank[tied], kind="stable")[: depth - len(above)]]
+    chosen = np.concatenate([above, tied])
+    return chosen[np.lexsort((tie_rank[chosen], -scores[chosen]))]
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best scores, best first, never the unknown product."""
+    scores = scores.astype(np.float64, copy=True)
+    scores[UNKNOWN_INDEX] = -np.inf
+    k = min(k, len(scores) - 1)
+    part = np.argpartition(-scores, k - 1)[:k]
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
+def tie_prior(popularity: np.ndarray, scale: Optional[float] = None) -> np.ndarray:
+    """Popularity scaled into [0, scale): added to dense scores for protocols that read scores
+    rather than rankings (the sampled one), so that ties there also go the popular way."""
+    scale = 1.0 if scale is None else scale
+    return scale * popularity / (popularity.max() + 1.0)

@@ -1,0 +1,216 @@
+"""The evaluation protocol: held-out periods, full ranking and the sampled protocol.
+
+Two protocols, the same for the model and every baseline:
+
+* full ranking (the one that decides): every household with purchases in the period and
+  before it gets the catalog ranked at the moment of its first visit in the period, from its
+  purchases before it (none of the period's purchases are visible: the first visit is the
+  first); relevant = the distinct products it bought in the period. Point in time: for a
+  period starting at S, the catalog (ranked and relevant) is the products first bought
+  before S (:func:`ncf.data.catalog.catalog_before`) and the households are those with
+  purchases before S. Recall@10 (hits / min(10, |relevant|)), recall_lit@10
+  (hits / |relevant|, the literature's), NDCG@10, HR@10, MRR (first relevant item within the
+  top 100), and, given the households' purchases, the repeat/explore split
+  (:func:`ncf.evaluate.metrics.ranking_metrics`).
+* sampled (the NCF paper's, for comparison with the literature): each household's first
+  purchase in the period against 99 catalog products it never bought; HR@10 and NDCG@10. It
+  flatters every model, which is why it does not decide.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+
+from ncf.data.user_state import UserStates
+from ncf.evaluate.metrics import ranking_metrics
+from ncf.splits import TEST, VAL
+
+K = 10
+MRR_DEPTH = 100
+SAMPLED_NEGATIVES = 99
+
+RankFn = Callable[[int, int, int], np.ndarray]  # (user, at, depth) -> product indices
+RankManyFn = Callable[[np.ndarray, np.ndarray, int], List[np.ndarray]]  # (users, at, depth) -> lists
+ScoreFn = Callable[[int, int, np.ndarray], np.ndarray]  # (user, at, products) -> scores
+
+
+@dataclass
+class Period:
+    """A held-out period: its bounds and each household's purchases in it."""
+
+    name: str
+    start: int
+    truth: Dict[int, np.ndarray]  # user -> distinct catalog products bought in the period
+    first_purchase: Dict[int, int]  # user -> first catalog product bought in the period
+    first_visit: Dict[int, int]  # user -> epoch seconds of their first basket in the period
+    end: int = 0  # exclusive
+
+    @property
+    def users(self) -> np.ndarray:
+        return np.array(sorted(self.truth), dtype=np.int64)
+
+
+def period_start(split: str, boundaries: Dict[str, int]) -> int:
+    return period_bounds(split, boundaries)[0]
+
+
+def period_bounds(split: str, boundaries: Dict[str, int]) -> tuple[int, int]:
+    """[start, end) of the validation or test period (the test period ends with the data)."""
+    if split == VAL:
+        return int(boundaries["val_start"]), int(boundaries["test_start"])
+    if split == TEST:
+        return int(boundaries["test_start"]), int(boundaries["end"]) + 1
+    raise ValueError(f"split must be {VAL} or {TEST}")
+
+
+def load_period(
+    states: UserStates,
+    split: str,
+    boundaries: Dict[str, int],
+    catalog: Optional[np.ndarray] = None,
+    households: Optional[np.ndarray] = None,
+) -> Period:
+    """The period's purchases, from the households' purchases (the state).
+
+    The first visit is a household's first basket in the period, whatever it bought.
+    ``catalog`` (bool per product index) keeps only those products (relevant items and the
+    first purchase); ``households`` (user indices) keeps only those users: see
+    :func:`ncf.data.catalog.catalog_before` and ``households_before`` for the point-in-time ones.
+    """
+    start, end = period_bounds(split, boundaries)
+    users, products, ts = states.all_purchases()
+    inside = (ts >= start) & (ts < end) & (users > 0)
+    if households is not None:
+        inside &= np.isin(users, households)
+    frame = pd.DataFrame({"user": users[inside], "product": products[inside], "ts": ts[inside]})
+    first_visit = frame.groupby("user")["ts"].min()
+    if catalog is not None:
+        product = frame["product"].to_numpy()
+        frame = frame[(product < len(catalog)) & catalog[np.minimum(product, len(catalog) - 1)]]
+    frame = frame[frame["product"] > 0].sort_values(["ts", "product"], kind="stable")
+    truth = {int(u): np.unique(g["product"].to_numpy()) for u, g in frame.groupby("user")}
+    first = frame.groupby("user")["product"].first()
+    return Period(
+        split,
+        start,
+        truth,
+        {int(u): int(p) for u, p in first.items()},
+        {int(u): int(first_visit[u]) for u in truth},
+        end,
+    )
+
+
+def sample_users(users: np.ndarray, max_users: Optional[int], seed: int = 0) -> np.ndarray:
+    if max_users is None or len(users) <= max_users:
+        return users
+    return np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
+
+
+def each(rank: RankFn) -> RankManyFn:
+    """A ranking of one household at a time as a ranking of many."""
+    return lambda users, at, depth: [rank(int(u), int(a), depth) for u, a in zip(users, at)]
+
+
+def full_ranking(
+    rank: Optional[RankFn],
+    period: Period,
+    users: np.ndarray,
+    states: Optional[UserStates] = None,
+    rank_many: Optional[RankManyFn] = None,
+) -> Dict[str, float]:
+    """Mean metrics over ``users``, ranked one by one (``rank``) or many at a time (``rank_many``,
+    the model's batched ranking path); with ``states``, also the repeat/explore split (products
+    each user bought before its moment are read from its purchases)."""
+    at = np.array([period.first_visit[int(u)] for u in users], np.int64)
+    ranked = (rank_many or each(rank))(np.asarray(users, np.int64), at, MRR_DEPTH)
+    rows = []
+    for u, a, products in zip(users, at, ranked):
+        u = int(u)
+        bought = None
+        if states is not None:
+            timeline = states.timeline(u)
+            bought = np.unique(timeline.products_before(int(a)))
+        rows.append(ranking_metrics(products, period.truth[u], K, bought))
+    means = pd.DataFrame(rows).mean()  # NaN (no repeat or no explore item) is skipped
+    names = {"recall": f"recall@{K}", "ndcg": f"ndcg@{K}", "hr": f"hr@{K}", "mrr": "mrr"}
+    names["recall_lit"] = f"recall_lit@{K}"
+    for kind in ("repeat", "explore"):
+        names.update({f"{kind}_hits": f"{kind}_hits@{K}", f"{kind}_recall": f"{kind}_recall@{K}"})
+    names["repeat_share"] = f"repeat_share@{K}"
+    return {names[m]: float(means[m]) for m in names if m in means}
+
+
+def sampled_ranking(
+    score: ScoreFn,
+    period: Period,
+    users: np.ndarray,
+    states: UserStates,
+    num_products: int,
+    seed: int = 0,
+    catalog: Optional[np.ndarray] = None,
+) -> Dict[str, float]:
+    hits, ndcgs = [], []
+    products = np.arange(1, num_products) if catalog is None else np.flatnonzero(catalog)
+    for u in users:
+        u = int(u)
+        rng = np.random.default_rng([seed, u])
+        seen = np.union1d(states.timeline(u).products, period.truth[u])
+        pool = np.setdiff1d(products, seen, assume_unique=True)
+        negatives = rng.choice(pool, size=min(SAMPLED_NEGATIVES, len(pool)), replace=False)
+        positive = period.first_purchase[u]
+        s = score(u, period.first_visit[u], np.concatenate([[positive], negatives]))
+        rank = int((s[1:] >= s[0]).sum())  # ties count against the positive
+        hits.append(rank < K)
+        ndcgs.append(1.0 / np.log2(rank + 2) if rank < K else 0.0)
+    return {f"sampled_hr@{K}": float(np.mean(hits)), f"sampled_ndcg@{K}": float(np.mean(ndcgs))}
+
+
+def ranker_fns(ranker) -> tuple[RankFn, ScoreFn]:
+    """A baseline (:class:`ncf.evaluate.baselines.Ranker`) as the protocol's functions."""
+    if not hasattr(ranker, "scores"):  # rankers of their candidates only: no sampled protocol
+        return ranker.rank, None
+    return ranker.rank, (lambda u, at, p: ranker.scores(u, at)[p])
+
+
+def model_fns(ranker) -> tuple[RankManyFn, ScoreFn]:
+    """The model's ranking through the one ranking path (many households per call; its
+    candidates are the products known at the state's cutoff), and its scores."""
+
+    def rank_many(users, at, depth):
+        return [r.products for r in ranker.rank(users, at, k=depth)]
+
+    return rank_many, (lambda u, at, p: ranker.score(u, p, at)[0])
+
+
+def evaluate(
+    name: str,
+    rank: Optional[RankFn],
+    score: Optional[ScoreFn],
+    period: Period,
+    users: np.ndarray,
+    states: Optional[UserStates] = None,
+    num_products: int = 0,
+    catalog: Optional[np.ndarray] = None,
+    rank_many: Optional[RankManyFn] = None,
+) -> Dict:
+    """One result row: full ranking (with the repeat/explore split when ``states`` are given)
+    and, with ``score``, the sampled protocol."""
+    started = time.time()
+    metrics = full_ranking(rank, period, users, states, rank_many)
+    row = {"model": name, "split": period.name, "users": int(len(users)), **metrics}
+    if score is not None and states is not None:
+        row.update(sampled_ranking(score, period, users, states, num_products, catalog=catalog))
+    row["seconds"] = round(time.time() - started, 1)
+    return {k: _rounded(v) for k, v in row.items()}
+
+
+def _rounded(value):
+    """Floats to 4 decimals; NaN (e.g. no user with an explore item) to None, valid in JSON."""
+    if not isinstance(value, float):
+        return value
+    return None if np.isnan(value) else round(value, 4)

@@ -1,0 +1,133 @@
+"""Tuning the baselines on the validation weeks, never on test.
+
+For a tunable baseline (:data:`ncf.evaluate.baselines.BASELINES`), every setting of its grid is
+built for the validation period (:class:`PointInTime` at its start: catalog, households,
+popularity and fitted state from purchases before it) and scored on that period by the same
+full ranking as the model; the best by validation NDCG@10 is then built for the test period
+with those parameters. Nothing at or after the validation start except the validation
+period's own purchases (the labels) is read, so test purchases cannot steer the choice.
+
+Tuned parameters are kept in ``DATA/baselines/tuned.json`` (keyed by baseline, with the grid
+and the validation period they were found on), so ``jobs.evaluate`` tunes once per dataset;
+``--retune`` searches again. A changed grid or validation period also searches again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from ncf.data import layout
+from ncf.evaluate.baselines import Baseline, PointInTime
+from ncf.evaluate.protocol import K, Period, full_ranking
+from ncf.jsonio import read_json, write_json
+
+TUNED = "tuned.json"
+OBJECTIVE = f"ndcg@{K}"
+
+
+@dataclass
+class Tuned:
+    """The chosen parameters of one baseline and what they scored on the validation period."""
+
+    params: Dict
+    val: Dict[str, float]  # full-ranking metrics of ``params`` on the validation period
+    trials: List[Dict] = field(default_factory=list)  # every setting tried: params and val metrics
+    grid: Dict = field(default_factory=dict)
+    val_start: int = 0
+    val_users: int = 0
+    seconds: float = 0.0
+
+
+def _log(message: str) -> None:
+    # stderr: jobs.evaluate's stdout is one JSON line per model.
+    print(f"[tune] {message}", file=sys.stderr, flush=True)
+
+
+def tune(
+    baseline: Baseline, context: PointInTime, period: Period, users: np.ndarray, log: Callable[[str], None] = _log
+) -> Tuned:
+    """Searches ``baseline``'s grid on ``period`` (the validation one: ``context`` must be built
+    at its start) and returns the best parameters by NDCG@10."""
+    if context.start != period.start:
+        raise ValueError(f"tuning context at {context.start} but the period starts at {period.start}")
+    started = time.time()
+    params = dict(baseline.defaults)
+    trials: List[Dict] = []
+    best: Optional[Dict] = None
+    for stage in baseline.stages:
+        names = list(stage)
+        for values in itertools.product(*(stage[n] for n in names)):
+            candidate = {**params, **dict(zip(names, values))}
+            if best is not None and candidate == best["params"]:
+                continue  # the incumbent, already scored
+            ranker = baseline.build(context, **candidate)
+            metrics = full_ranking(ranker.rank, period, users)
+            trials.append({"params": candidate, "val": _rounded(metrics)})
+            log(f"{baseline.name} {candidate}: val {OBJECTIVE} {metrics[OBJECTIVE]:.4f}")
+            if best is None or metrics[OBJECTIVE] > best["val"][OBJECTIVE]:
+                best = {"params": candidate, "val": metrics}
+        params = dict(best["params"])
+    if best is None:  # nothing to tune: the defaults
+        best = {"params": params, "val": full_ranking(baseline.build(context, **params).rank, period, users)}
+    return Tuned(
+        params=best["params"],
+        val=_rounded(best["val"]),
+        trials=trials,
+        grid=baseline.grid(),
+        val_start=int(period.start),
+        val_users=int(len(users)),
+        seconds=round(time.time() - started, 1),
+    )
+
+
+def _rounded(metrics: Dict[str, float]) -> Dict[str, float]:
+    return {k: round(float(v), 4) for k, v in metrics.items()}
+
+
+def tuned_path(data: str) -> str:
+    return os.path.join(layout.baselines_dir(data), TUNED)
+
+
+def read_tuned(data: str) -> Dict[str, Tuned]:
+    path = tuned_path(data)
+    if not os.path.exists(path):
+        return {}
+    return {name: Tuned(**entry) for name, entry in read_json(path).items()}
+
+
+def tuned_params(
+    baselines: List[Baseline],
+    data: Optional[str],
+    context: PointInTime,
+    period: Period,
+    users: np.ndarray,
+    retune: bool = False,
+    log: Callable[[str], None] = _log,
+) -> Dict[str, Tuned]:
+    """Tuned parameters of every tunable baseline: from ``DATA/baselines/tuned.json`` when it
+    holds them for the same grid and validation period (and ``retune`` is off), else searched
+    and written there. ``data=None`` keeps nothing."""
+    cached = read_tuned(data) if data and not retune else {}
+    out: Dict[str, Tuned] = {}
+    for baseline in baselines:
+        if not baseline.tunable:
+            continue
+        hit = cached.get(baseline.name)
+        if hit and hit.grid == baseline.grid() and hit.val_start == period.start and hit.val_users == len(users):
+            log(f"{baseline.name}: tuned parameters from {tuned_path(data)}: {hit.params}")
+            out[baseline.name] = hit
+            continue
+        out[baseline.name] = tune(baseline, context, period, users, log)
+        log(f"{baseline.name}: best {out[baseline.name].params} in {out[baseline.name].seconds} s")
+    if data and out:
+        kept = {name: asdict(t) for name, t in {**read_tuned(data), **out}.items()}
+        os.makedirs(layout.baselines_dir(data), exist_ok=True)
+        write_json(tuned_path(data), kept)
+    return out

@@ -1,0 +1,290 @@
+"""Baselines, their tuning and the point-in-time catalog, on hand-built purchase states (no Ray)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ncf.data.catalog import catalog_before, households_before, popularity_before
+from ncf.data.user_state import UserStates
+from ncf.data.vocab import Vocabularies, Vocabulary
+from ncf.evaluate import tuning
+from ncf.evaluate.baselines import (
+    BASELINES,
+    DecayedFrequencyRanker,
+    OwnFrequencyRanker,
+    PointInTime,
+    PopularityRanker,
+    TifuKnnRanker,
+    rank_with_ties,
+    tifu_vectors,
+)
+from ncf.evaluate.metrics import ranking_metrics
+from ncf.evaluate.protocol import Period, full_ranking
+
+DAY = 86_400
+
+
+def vocabularies(num_users: int, num_products: int, first_ts=None) -> Vocabularies:
+    """Vocabularies of ``num_users`` users and ``num_products`` products (indices 1..n)."""
+    extra = {"first_ts": list(first_ts)} if first_ts is not None else None
+    return Vocabularies(
+        Vocabulary.from_ids([f"u{i}" for i in range(1, num_users + 1)]),
+        Vocabulary.from_ids([f"p{i}" for i in range(1, num_products + 1)], extra=extra),
+        Vocabulary.from_ids([]),
+        Vocabulary.from_ids([]),
+    )
+
+
+def states_of(purchases) -> UserStates:
+    """{user: [(product, day), ...]} -> UserStates (timestamps in seconds)."""
+    users = [u for u, rows in purchases.items() for _ in rows]
+    products = [p for rows in purchases.values() for p, _ in rows]
+    times = [int(d * DAY) for rows in purchases.values() for _, d in rows]
+    num_users = max(purchases, default=0) + 1
+    return UserStates.from_purchases(np.array(users, np.int64), np.array(products), np.array(times), num_users)
+
+
+# -- the point-in-time catalog -------------------------------------------------------------
+
+
+def test_catalog_households_and_popularity_before_a_moment():
+    states = states_of({1: [(1, 0), (2, 5), (2, 6)], 2: [(3, 9)], 3: [(1, 20)]})
+    vocabs = vocabularies(3, 4, first_ts=[0, 5 * DAY, 9 * DAY, 30 * DAY])
+    assert catalog_before(vocabs, 9 * DAY).tolist() == [False, True, True, False, False]
+    # Without first_ts (vocabularies built before the test period) every known product is in.
+    assert catalog_before(vocabularies(3, 4), 0).tolist() == [False, True, True, True, True]
+    assert popularity_before(states, 9 * DAY, 5).tolist() == [0, 1, 2, 0, 0]
+    assert households_before(states, 9 * DAY).tolist() == [1]
+    assert households_before(states, 9 * DAY + 1).tolist() == [1, 2]
+
+
+def test_rank_with_ties_breaks_ties_by_popularity_whatever_the_scale():
+    scores = np.array([-np.inf, 1e-12, 2e-12, 1e-12, 0.0])
+    assert rank_with_ties(scores, np.array([0, 3, 2, 1, 0]), 3).tolist() == [2, 3, 1]
+    states = states_of({1: [(3, 0), (3, 1), (4, 2)], 2: [(1, 3)]})
+    context = PointInTime.build(states, vocabularies(2, 4), 10 * DAY)
+    # Zeros are ranked by popularity too (4 once, 1 once: the lower index first), never index 0.
+    assert context.rank(np.array([0.0, 0.0, 5e-300, 0.0, 0.0]), 4).tolist() == [2, 3, 1, 4]
+
+
+# -- personal frequency --------------------------------------------------------------------
+
+
+def test_decayed_frequency_ranks_by_hand_computed_scores():
+    # Household 1 at day 30: product 2 bought at days 0 and 10, product 3 at day 28, product 4
+    # at days 1, 2 and 3; a purchase at day 30 itself is not before the moment. Household 2
+    # makes product 6 the most popular, then 5.
+    states = states_of({1: [(2, 0), (4, 1), (4, 2), (4, 3), (2, 10), (3, 28), (7, 30)], 2: [(6, 0), (6, 1), (5, 2)]})
+    context = PointInTime.build(states, vocabularies(2, 7), 30 * DAY)
+    ranker = DecayedFrequencyRanker(context, half_life_days=10.0)
+    expected = {2: 0.5**3 + 0.5**2, 3: 0.5**0.2, 4: 0.5**2.9 + 0.5**2.8 + 0.5**2.7}  # 0.375, 0.871, 0.432
+    scores = ranker.personal(1, 30 * DAY)
+    assert {p: scores[p] for p in expected} == pytest.approx(expected)
+    assert scores[7] == 0.0
+    assert ranker.rank(1, 30 * DAY, 6).tolist() == [3, 4, 2, 6, 5, 1]
+    # A long half-life is the plain count: 4 (3 purchases) > 2 (2) > 3 (1), as own frequency.
+    slow = DecayedFrequencyRanker(context, half_life_days=1e6).rank(1, 30 * DAY, 3).tolist()
+    assert slow == [4, 2, 3] == OwnFrequencyRanker(context).rank(1, 30 * DAY, 3).tolist()
+    assert PopularityRanker(context).rank(1, 30 * DAY, 3).tolist() == [4, 2, 6]  # 4: 3, 2: 2, 6: 2
+    with pytest.raises(ValueError, match="cannot rank"):
+        ranker.rank(1, 29 * DAY, 3)  # before the period it was built for
+
+
+# -- TIFU-KNN ----------------------------------------------------------------------------
+
+
+def test_tifu_vectors_by_hand():
+    # Five baskets (days 0..4: products 1, 2, 1, 3, 1), 2 groups: the reference code puts 2
+    # baskets in the first group and 3 in the second (the recent groups are the larger).
+    users, products, days = np.zeros(5, np.int64), np.array([1, 2, 1, 3, 1]), np.arange(5)
+    v = tifu_vectors(users, products, days, (1, 4), groups=2, within=0.5, across=0.5).toarray()[0]
+    within = 0.5 ** np.array([4, 3, 2, 1, 0])
+    group_weight = np.array([0.5 / 2, 0.5 / 2, 1 / 3, 1 / 3, 1 / 3]) / 2  # across / size / groups formed
+    w = within * group_weight
+    assert v.tolist() == pytest.approx([0.0, w[0] + w[2] + w[4], w[1], w[3]])
+    # Fewer baskets than groups: each basket a group, the newest weighing across ** (groups - n).
+    one = tifu_vectors(np.zeros(1, np.int64), np.array([2]), np.array([0]), (1, 4), 3, 0.5, 0.5).toarray()[0]
+    assert one.tolist() == pytest.approx([0, 0, 0.25, 0])
+    # A product bought twice in one basket counts once (baskets are multi-hot).
+    twice = tifu_vectors(np.zeros(2, np.int64), np.array([2, 2]), np.array([0, 0]), (1, 4), 1, 0.5, 0.5)
+    assert twice.toarray()[0].tolist() == [0, 0, 1.0, 0]
+
+
+def reference_vector(baskets, num_products, groups, within, across):
+    """One household's vector as the authors' code computes it, loop by loop: a transcription
+    of ``temporal_decay_sum_history`` and ``group_history_list`` of github.com/HaojiHu/TIFUKNN
+    (TIFUKNN.py, Apache-2.0), kept apart from the vectorised code it checks."""
+    n = len(baskets)
+    decayed = []
+    for idx, basket in enumerate(baskets, start=1):
+        vec = np.zeros(num_products)
+        vec[list(set(basket))] = within ** (n - idx)
+        decayed.append(vec)
+    if n < groups:
+        grouped = decayed
+    else:
+        base, extra = n // groups, n - (n // groups) * groups  # extra = round(residual * groups)
+        sizes = [base] * (groups - extra) + [base + 1] * extra
+        starts = np.cumsum([0] + sizes)
+        grouped = [sum(decayed[starts[i] : starts[i + 1]]) / sizes[i] for i in range(groups)]
+    total = sum(g * across ** (groups - 1 - i) for i, g in enumerate(grouped))
+    return total / len(grouped)
+
+
+def test_tifu_vectors_equal_the_reference_code_on_random_histories():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        groups, within, across = int(rng.integers(1, 10)), float(rng.choice([0.5, 0.9, 1.0])), rng.uniform(0.1, 1)
+        histories = [
+            [rng.choice(12, size=int(rng.integers(1, 5))).tolist() for _ in range(int(rng.integers(1, 30)))]
+            for _ in range(3)
+        ]
+        # Baskets at days 0, 10, 20...; a product drawn twice in a basket is one line twice.
+        rows = [
+            (u, p, 10 * b) for u, baskets in enumerate(histories) for b, basket in enumerate(baskets) for p in basket
+        ]
+        u, p, t = (np.array(c) for c in zip(*rows))
+        got = tifu_vectors(u, p, t, (3, 12), groups, within, across).toarray()
+        expected = [reference_vector(baskets, 12, groups, within, across) for baskets in histories]
+        assert got == pytest.approx(np.array(expected))
+
+
+def neighbourhood():
+    """Households 1 and 2 share staples 1 and 2; 2 also buys 9. Household 3 buys other,
+    more popular products (4, 5, 6), so 9 is never reached by popularity."""
+    return {
+        1: [(1, 0), (2, 0), (1, 7), (2, 7), (1, 14)],
+        2: [(1, 1), (2, 1), (9, 1), (1, 8), (9, 8)],
+        3: [(p, d) for d in range(0, 20, 2) for p in (4, 5, 6)],
+    }
+
+
+def test_tifu_knn_without_neighbours_is_the_personal_vector_and_neighbours_bring_their_products():
+    states = states_of(neighbourhood())
+    context = PointInTime.build(states, vocabularies(3, 9), 20 * DAY)
+    at = 21 * DAY
+    u, p, t = states.all_purchases()
+    own = tifu_vectors(u[u == 1], p[u == 1], t[u == 1], (4, 10), 3, 0.9, 0.8).toarray()[1]
+    for settings in ({"alpha": 1.0, "neighbours": 2}, {"alpha": 0.6, "neighbours": 0}):
+        ranker = TifuKnnRanker(context, groups=3, within_decay=0.9, across_decay=0.8, **settings)
+        assert ranker.predict(1, at) == pytest.approx(settings["alpha"] * own)
+        assert ranker.rank(1, at, 5).tolist() == [1, 2, 4, 5, 6]  # own products, then popularity
+    blended = TifuKnnRanker(context, groups=3, within_decay=0.9, across_decay=0.8, alpha=0.5, neighbours=1)
+    assert blended.neighbours_of(1, blended.personal(1, at)[0], True).tolist() == [2]  # not itself, not 3
+    assert blended.rank(1, at, 3).tolist() == [1, 2, 9]
+    # A purchase between the period start and ``at`` counts for the household itself.
+    rows = neighbourhood()
+    rows[1] = rows[1] + [(7, 20.5)]
+    later = TifuKnnRanker(PointInTime.build(states_of(rows), vocabularies(3, 9), 20 * DAY), alpha=0.5, neighbours=1)
+    assert 7 in later.rank(1, at, 4).tolist() and 7 not in later.rank(1, 20 * DAY, 4).tolist()
+
+
+# -- tuning on validation, never on test -----------------------------------------------------
+
+
+def synthetic_purchases(trap: bool, seed: int = 3):
+    """30 households over 100 days: validation from day 70, test from day 85. With ``trap``,
+    every household buys product 40 (new) many times in the test period; without, the test
+    period has no purchases."""
+    rng = np.random.default_rng(seed)
+    purchases = {}
+    for u in range(1, 31):
+        staples = rng.choice(np.arange(1, 30), size=6, replace=False)
+        rows = []
+        for day in range(0, 100, int(rng.integers(2, 6))):
+            basket = rng.choice(staples, size=3, replace=False).tolist() + [int(rng.integers(1, 40))]
+            rows += [(int(p), day + rng.random()) for p in basket]
+        trap_days = 85 + 14 * rng.random(20)  # drawn either way: the rest stays the same
+        if trap:
+            rows += [(40, d) for d in trap_days]
+        else:
+            rows = [(p, d) for p, d in rows if d < 85]
+        purchases[u] = rows
+    return purchases
+
+
+def period_of(states: UserStates, start: float, end: float, context: PointInTime) -> Period:
+    truth, first, visit = {}, {}, {}
+    for u in context.households().tolist():
+        tl = states.timeline(u)
+        inside = (tl.timestamps >= start * DAY) & (tl.timestamps < end * DAY) & context.catalog[tl.products]
+        if inside.any():
+            truth[u] = np.unique(tl.products[inside])
+            first[u], visit[u] = int(tl.products[inside][0]), int(tl.timestamps[inside][0])
+    return Period("val", int(start * DAY), truth, first, visit)
+
+
+def tune_all(purchases):
+    states = states_of(purchases)
+    vocabs = vocabularies(30, 40, first_ts=[0] * 39 + [85 * DAY])
+    context = PointInTime.build(states, vocabs, 70 * DAY)
+    period = period_of(states, 70, 85, context)
+    tuned = {
+        name: tuning.tune(BASELINES[name], context, period, period.users, log=lambda m: None)
+        for name in ("decayed_frequency", "tifu_knn")
+    }
+    rankings = {
+        name: [BASELINES[name].build(context, **t.params).rank(u, period.first_visit[u], 40) for u in period.users]
+        for name, t in tuned.items()
+    }
+    return tuned, rankings
+
+
+def test_tuning_never_reads_the_test_period():
+    with_trap, rankings = tune_all(synthetic_purchases(trap=True))
+    without, clean_rankings = tune_all(synthetic_purchases(trap=False))
+    for name in with_trap:
+        # Every setting scores the same on validation, so the same one wins.
+        assert with_trap[name].trials == without[name].trials and with_trap[name].params == without[name].params
+        assert len(with_trap[name].trials) > 3
+        assert all(np.array_equal(a, b) for a, b in zip(rankings[name], clean_rankings[name]))
+        assert not any(40 in r for r in rankings[name])  # the trap product is not in the catalog yet
+
+
+def test_tuned_parameters_are_kept_in_data_and_retuned_on_request(tmp_path, monkeypatch):
+    states = states_of(synthetic_purchases(trap=False))
+    context = PointInTime.build(states, vocabularies(30, 40), 70 * DAY)
+    period = period_of(states, 70, 85, context)
+    baselines = [BASELINES["decayed_frequency"], BASELINES["popularity"]]
+    searched = []
+    real_tune = tuning.tune
+    monkeypatch.setattr(tuning, "tune", lambda b, *a, **k: searched.append(b.name) or real_tune(b, *a, **k))
+    quiet = {"log": lambda m: None}
+    first = tuning.tuned_params(baselines, str(tmp_path), context, period, period.users, **quiet)
+    assert list(first) == ["decayed_frequency"] and searched == ["decayed_frequency"]
+    kept = json.loads((tmp_path / "baselines" / "tuned.json").read_text())
+    assert kept["decayed_frequency"]["params"] == first["decayed_frequency"].params
+    again = tuning.tuned_params(baselines, str(tmp_path), context, period, period.users, **quiet)
+    assert searched == ["decayed_frequency"] and again["decayed_frequency"].params == first["decayed_frequency"].params
+    tuning.tuned_params(baselines, str(tmp_path), context, period, period.users, retune=True, **quiet)
+    assert searched == ["decayed_frequency"] * 2
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+
+def test_recall_lit_and_repeat_explore_split_by_hand():
+    # Top 3 of [5, 1, 7, 2]: relevant {1, 2, 7, 8}; bought before {1, 2, 5, 9}.
+    m = ranking_metrics(np.array([5, 1, 7, 2]), np.array([1, 2, 7, 8]), k=3, bought_before=np.array([1, 2, 5, 9]))
+    assert m["recall"] == pytest.approx(2 / 3) and m["recall_lit"] == 0.5
+    assert m["repeat_hits"] == 1 and m["explore_hits"] == 1  # 1 (bought before), 7 (new)
+    assert m["repeat_recall"] == 0.5 and m["explore_recall"] == 0.5  # of {1, 2} and of {7, 8}
+    assert m["repeat_share"] == pytest.approx(2 / 3)  # 5 and 1 of the top 3 were bought before
+    only_new = ranking_metrics(np.array([3]), np.array([3]), k=1, bought_before=np.array([], np.int64))
+    assert np.isnan(only_new["repeat_recall"]) and only_new["explore_recall"] == 1.0
+    assert "repeat_hits" not in ranking_metrics(np.array([3]), np.array([3]), k=1)
+
+
+def test_full_ranking_averages_the_split_over_users_who_have_each_kind():
+    states = states_of({1: [(1, 0), (2, 0)], 2: [(3, 0)]})
+    period = Period("test", DAY, {1: np.array([1, 4]), 2: np.array([5])}, {1: 1, 2: 5}, {1: DAY, 2: DAY})
+    ranked = {1: np.array([1, 2, 4]), 2: np.array([3, 6, 7])}
+    m = full_ranking(lambda u, at, depth: ranked[u], period, period.users, states)
+    assert m["recall@10"] == 0.5 and m["recall_lit@10"] == 0.5  # (1 + 0) / 2 users
+    assert m["repeat_recall@10"] == 1.0  # household 1 only (2 has no repeat item)
+    assert m["explore_recall@10"] == 0.5  # household 1: 4 of {4}; household 2: 0 of {5}
+    assert m["repeat_hits@10"] == 0.5 and m["explore_hits@10"] == 0.5
+    assert m["repeat_share@10"] == pytest.approx((2 / 3 + 1 / 3) / 2)
