@@ -22,7 +22,6 @@ from bench import two_stage_agreement
 from jobs.cli import init_ray
 from ncf.batch.scoring import BatchScoreConfig, run_batch_scoring, verify_partition
 from ncf.data import datasets, layout, schema
-from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import PreprocessConfig, preprocess
 from ncf.data.vocab import Vocabularies
 from ncf.model.directory import save_untrained_model_dir
@@ -34,8 +33,7 @@ def synthetic_model(workdir: str, products: int, users: int) -> tuple[str, str, 
     """A preprocessed synthetic dataset and a model with seeded weights on it: (model, data,
     preprocessing seconds, 0 when reused)."""
     # Flatter popularity, fewer staples and more lines than the defaults, so that nearly the
-    # whole catalog is bought before the test period and so ranked (the vocabulary holds only
-    # products bought then).
+    # whole catalog is bought and so ranked.
     spec = datasets.SyntheticSpec(
         num_users=users,
         num_products=products,
@@ -51,9 +49,8 @@ def synthetic_model(workdir: str, products: int, users: int) -> tuple[str, str, 
         return model, data, 0.0
     logs, catalog = datasets.write_synthetic(os.path.join(root, "raw"), spec)
     started = time.perf_counter()
-    # One negative per purchase: the examples are not used here, only vocabularies and histories.
-    config = PreprocessConfig(examples=ExampleConfig(negatives_per_positive=1))
-    preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), data, config)
+    # The state only: scoring reads vocabularies, histories and product stats, not training lists.
+    preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), data, PreprocessConfig(), state_only=True)
     seconds = time.perf_counter() - started
     save_untrained_model_dir(model, data, version="synthetic-untrained")
     return model, data, seconds
@@ -67,8 +64,8 @@ def score(model: str, data: str, output: str) -> tuple[dict, str]:
     ]
 
 
-def agreement(model: str, users: int) -> dict:
-    result = two_stage_agreement.main(["--model", model, "--users", str(users), "--k", str(K)])
+def agreement(model: str, data: str, users: int) -> dict:
+    result = two_stage_agreement.main(["--model", model, "--data", data, "--users", str(users), "--k", str(K)])
     return {key: value for key, value in result.items() if key != "benchmark"}
 
 
@@ -97,7 +94,7 @@ def main(argv=None) -> dict:
         result["completejourney"] = {
             **run,
             "verify": check,
-            "agreement": agreement(args.cj_model, args.agreement_users),
+            "agreement": agreement(args.cj_model, args.cj_data, args.agreement_users),
         }
     for products, (model, data, prep_s) in synthetic.items():
         run, _ = score(model, data, os.path.join(args.workdir, f"out-{products}p"))
@@ -106,7 +103,7 @@ def main(argv=None) -> dict:
             **run,
             "products_ranked": ranked,
             "preprocess_seconds": round(prep_s, 1),
-            "agreement_untrained": agreement(model, args.agreement_users),
+            "agreement_untrained": agreement(model, data, args.agreement_users),
         }
     print(json.dumps(result))
     return result

@@ -1,12 +1,11 @@
 """Two-stage ranking against brute-force full scoring: top-10 overlap and speed, as JSON.
 
-python -m bench.two_stage_agreement --model MODEL [--users 100] [--candidates N]
+python -m bench.two_stage_agreement --model MODEL [--data DATA] [--users 100] [--candidates N]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 
@@ -16,30 +15,33 @@ from ncf.rank.recommender import Recommender
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True)
-    p.add_argument("--users", type=int, default=100)
-    p.add_argument("--k", type=int, default=10)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--data", default=None, help="DATA whose histories to rank from (default: the model's state)")
+    p.add_argument("--users", type=int, default=100, help="households sampled (seeded)")
+    p.add_argument("--k", type=int, default=10, help="top-k compared")
     p.add_argument("--candidates", type=int, default=None, help="re-ranked candidates (default: the model's setting)")
     args = p.parse_args(argv)
-    recommender = Recommender.load(args.model)
+    recommender = Recommender.load(args.model, data=args.data)
     if args.candidates:
-        recommender.settings = dataclasses.replace(recommender.settings, candidates=args.candidates)
-    users = np.random.default_rng(0).choice(recommender.states.users(), size=args.users, replace=False)
+        recommender = recommender.with_settings(candidates=args.candidates)
+    ranker, at = recommender.ranker, recommender.default_at
+    users = np.random.default_rng(0).choice(ranker.state.states.users(), size=args.users, replace=False)
     overlaps, fast_s, brute_s = [], 0.0, 0.0
     for user in users.tolist():
         started = time.perf_counter()
-        fast = recommender.rank_indices(user, k=args.k).products
+        fast = ranker.rank([user], [at], k=args.k)[0].products
         fast_s += time.perf_counter() - started
         started = time.perf_counter()
-        brute = recommender.rank_indices(user, k=args.k, brute_force=True).products
+        brute = ranker.rank([user], [at], k=args.k, brute_force=True)[0].products
         brute_s += time.perf_counter() - started
         overlaps.append(len(set(fast.tolist()) & set(brute.tolist())) / args.k)
     result = {
         "benchmark": "two_stage_agreement",
         "users": args.users,
-        "catalog": recommender.num_products - 1,
-        "candidates": recommender.settings.candidates,
+        "catalog": int(ranker.candidates.known.sum()),
+        "candidates": ranker.settings.candidates,
+        "first_stage": "exact, kept" if ranker.candidates.mf is None or ranker.candidates.mf.cached else "HNSW",
         f"mean_top{args.k}_overlap": round(float(np.mean(overlaps)), 4),
         f"min_top{args.k}_overlap": round(float(np.min(overlaps)), 4),
         "two_stage_users_per_s": round(args.users / fast_s, 1),

@@ -6,9 +6,10 @@ data: nothing is unpickled to load it.
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 
 UNKNOWN_INDEX = 0
 FIRST_TS = "first_ts"  # extra column: epoch seconds of the first purchase of each id
-FEW_IDS = 1_000  # up to this many ids per call, lookups go through Python dicts, not Arrow
+FEW_IDS = 1_000  # up to this many ids per call, lookups binary-search a sorted copy, not hash the vocabulary
 
 
 @dataclass
@@ -34,10 +35,10 @@ class Vocabulary:
     ids: pa.Array
     kind: str = "str"
     extra: Dict[str, pa.Array] = field(default_factory=dict)
-    # Built on first use: Python-side lookups for the few ids of an online request, where
-    # Arrow's per-call set-up (hashing the whole vocabulary) would cost more than the lookup.
-    _index_by_id: Optional[Dict[str, int]] = field(default=None, init=False, repr=False, compare=False)
-    _raw_ids: Optional[List] = field(default=None, init=False, repr=False, compare=False)
+    # Built on first use, for the few ids of an online request: the ids sorted (Arrow) and their
+    # positions, binary-searched. Arrow's index_in hashes the whole vocabulary on every call, and
+    # a Python dict of every id would cost gigabytes per process at 10M households.
+    _sorted: Optional[Tuple[pa.Array, np.ndarray]] = field(default=None, init=False, repr=False, compare=False)
 
     @staticmethod
     def from_ids(
@@ -57,10 +58,7 @@ class Vocabulary:
     def index_of(self, raw: Sequence | pa.Array) -> np.ndarray:
         """Raw ids (any type; compared as strings) -> indices, 0 for unknown ids."""
         if not isinstance(raw, (pa.Array, pa.ChunkedArray)) and len(raw) <= FEW_IDS:
-            if self._index_by_id is None:
-                self._index_by_id = {s: i for i, s in enumerate(self.ids.to_pylist(), start=1)}
-            find = self._index_by_id.get
-            return np.array([UNKNOWN_INDEX if r is None else find(str(r), UNKNOWN_INDEX) for r in raw], dtype=np.int64)
+            return np.array([UNKNOWN_INDEX if r is None else self._find(str(r)) for r in raw], dtype=np.int64)
         array = (
             raw
             if isinstance(raw, (pa.Array, pa.ChunkedArray))
@@ -74,12 +72,18 @@ class Vocabulary:
     def raw_of(self, indices: Sequence[int] | np.ndarray) -> List:
         """Indices -> raw ids in their original type (None for the unknown index)."""
         idx = np.asarray(indices, dtype=np.int64)
-        if len(idx) <= FEW_IDS:
-            if self._raw_ids is None:
-                self._raw_ids = [None] + self._converted(self.ids.to_pylist())
-            return [self._raw_ids[i] for i in idx.tolist()]
         strings = self.ids.take(pa.array(np.maximum(idx - 1, 0))).to_pylist()
         return [None if i == UNKNOWN_INDEX else s for i, s in zip(idx.tolist(), self._converted(strings))]
+
+    def _find(self, key: str) -> int:
+        if self._sorted is None:
+            order = pc.sort_indices(self.ids).to_numpy()
+            self._sorted = (self.ids.take(pa.array(order)), order)
+        ids, order = self._sorted
+        position = bisect.bisect_left(_Strings(ids), key)
+        if position < len(ids) and ids[position].as_py() == key:
+            return int(order[position]) + 1
+        return UNKNOWN_INDEX
 
     def _converted(self, strings: List[str]) -> List:
         convert = int if self.kind == "int" else str
@@ -107,6 +111,20 @@ class Vocabulary:
             name: table.column(name).combine_chunks() for name in table.column_names if name not in ("index", "id")
         }
         return Vocabulary(table.column("id").combine_chunks(), kind, extra)
+
+
+class _Strings:
+    """An Arrow string array as a sequence that :mod:`bisect` can search (one element read per
+    comparison: about 25 for 10M ids)."""
+
+    def __init__(self, array: pa.Array) -> None:
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i: int) -> str:
+        return self.array[i].as_py()
 
 
 VOCAB_NAMES = ("users", "products", "departments", "categories")

@@ -29,6 +29,7 @@ from ncf.moments import HOUR, time_parts_of
 from ncf.rank.state import EmbeddingRows, RankingState
 
 MF_CACHE_MAX_ENTRIES = 50_000_000  # 200 MB of int32: 333k households at 150 each
+ANN_NEIGHBOURS, ANN_BUILD_DEPTH, ANN_SEARCH_DEPTH = 32, 100, 256  # FAISS HNSW: M, efConstruction, efSearch
 
 
 @dataclass
@@ -42,7 +43,14 @@ class RankingSettings:
 
 
 class MFFirstStage:
-    """Each household's ``width`` best products by the MF path's logit, over the state's catalog."""
+    """Each household's ``width`` best products by the MF path's logit, over the state's catalog.
+
+    While every household's list fits in ``MF_CACHE_MAX_ENTRIES`` (Complete Journey: 2.5k
+    households), lists are exact (one matrix product over the catalog) and kept: they do not
+    depend on the moment. Beyond that, a request must not scan the catalog: an HNSW index
+    (FAISS, inner product) over the products' MF vectors answers each household approximately
+    (agreement with the exact lists: BENCHMARKS.md).
+    """
 
     def __init__(self, model: AdvancedNCF, rows: EmbeddingRows, known: np.ndarray, width: int) -> None:
         weights = model.mf_output.weight.detach()[0]
@@ -56,6 +64,7 @@ class MFFirstStage:
         cacheable = len(rows.user) * self.width <= MF_CACHE_MAX_ENTRIES
         self._top = np.zeros((len(rows.user), self.width), np.int32) if cacheable else None
         self._known = np.zeros(len(rows.user), bool) if cacheable else None
+        self._index = None if cacheable else _hnsw(self._items, known)
 
     @property
     def cached(self) -> bool:
@@ -81,9 +90,26 @@ class MFFirstStage:
     @torch.no_grad()
     def _compute(self, users: np.ndarray) -> np.ndarray:
         vectors = self._users.index_select(0, torch.as_tensor(self._user_rows[users]))
+        if self._index is not None:
+            index, products = self._index
+            _, found = index.search(vectors.numpy().astype(np.float32), self.width)
+            return products[np.maximum(found, 0)].astype(np.int32)
         scores = vectors @ self._items
         scores[:, self._unknown] = -torch.inf
         return torch.topk(scores, self.width, dim=1).indices.numpy().astype(np.int32)
+
+
+def _hnsw(items: torch.Tensor, known: np.ndarray):
+    """(FAISS HNSW index over the known products' vectors, its row -> product index)."""
+    import faiss
+
+    products = np.flatnonzero(known)
+    vectors = np.ascontiguousarray(items.T.numpy()[products], dtype=np.float32)
+    index = faiss.IndexHNSWFlat(vectors.shape[1], ANN_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ANN_BUILD_DEPTH
+    index.add(vectors)
+    index.hnsw.efSearch = ANN_SEARCH_DEPTH
+    return index, products
 
 
 def _table(model: AdvancedNCF, name: str) -> torch.Tensor:

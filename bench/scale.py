@@ -1,0 +1,178 @@
+"""Serving and nightly scoring at catalog scale: a synthetic 1M households x 100k products x
+20M purchases, as one JSON line.
+
+python -m bench.scale [--users 1000000] [--products 100000] [--purchases-per-user 20] [--workdir artifacts/scale]
+
+* a Serve replica: resident memory once ready, seconds from deploy to healthy, CPU per
+  ``/recommend`` (the replica's CPU time over a run of requests, read from /proc);
+* the nightly job's scoring: households/s per core in one scoring process (one actor's work)
+  and that process's resident memory;
+* the same figures for Complete Journey when ``--cj-model``/``--cj-data`` are given, for the
+  ratios.
+
+The state is built with ``jobs.preprocess --state-only`` (vocabularies, compact purchases,
+product stats); the model has seeded, untrained weights (serving costs do not depend on them).
+Inputs are kept under ``--workdir`` and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import requests
+
+from bench.serve_load import serve_cpu_seconds
+from ncf.data import datasets, schema
+from ncf.data.preprocess import PreprocessConfig, preprocess
+from ncf.model.directory import save_untrained_model_dir
+
+REQUESTS = 300
+
+
+def build(workdir: str, users: int, products: int, per_user: int) -> tuple[str, str, dict]:
+    """(model, data, seconds spent building them; empty when reused)."""
+    root = os.path.join(workdir, f"u{users}-p{products}-l{per_user}")
+    data, model = os.path.join(root, "data"), os.path.join(root, "model")
+    if os.path.exists(os.path.join(model, "config.json")):
+        return model, data, {}
+    spec = datasets.SyntheticSpec(
+        num_users=users, num_products=products, baskets_per_user=per_user / 5, basket_size=5, zipf_exponent=0.8, seed=3
+    )
+    started = time.time()
+    logs, catalog = datasets.write_synthetic(os.path.join(root, "raw"), spec, users_per_file=50_000)
+    generated = time.time()
+    stats = preprocess(
+        schema.resolve_files(logs), schema.resolve_files(catalog), data, PreprocessConfig(), state_only=True
+    )
+    preprocessed = time.time()
+    save_untrained_model_dir(model, data, version="scale-untrained")
+    return (
+        model,
+        data,
+        {
+            "purchases": stats["rows_kept"],
+            "generate_s": round(generated - started),
+            "preprocess_state_only_s": round(preprocessed - generated),
+            "save_model_s": round(time.time() - preprocessed),
+        },
+    )
+
+
+def replica_rss_mib() -> float:
+    """Resident memory of the Serve replica processes (MiB), from /proc."""
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"ServeReplica" not in f.read():
+                    continue
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
+def serve_figures(model: str, data: str, users: list) -> dict:
+    """Replica memory, start time and CPU per /recommend for one replica."""
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.launch import start, wait_until_healthy
+
+    started = time.time()
+    app = build_app({"model": model, "data": data, "default_at": "data-end", "min_replicas": 1, "max_replicas": 1})
+    url = start(app, port=8765)
+    try:
+        wait_until_healthy(url, timeout_s=900)
+        ready_s = time.time() - started
+        rss = replica_rss_mib()
+        session = requests.Session()
+        for user in users[:20]:  # warm-up
+            session.post(f"{url}/recommend", json={"user_id": user, "k": 10}, timeout=60).raise_for_status()
+        before = serve_cpu_seconds()
+        for i in range(REQUESTS):
+            session.post(f"{url}/recommend", json={"user_id": users[i % len(users)], "k": 10}, timeout=60)
+        after = serve_cpu_seconds()
+        replica_cpu = sum(a[1] - before.get(pid, (a[0], a[1]))[1] for pid, a in after.items() if a[0] == "replica")
+        return {
+            "replica_ready_s": round(ready_s, 1),
+            "replica_rss_mib": round(rss),
+            "replica_cpu_ms_per_recommend": round(1000 * replica_cpu / REQUESTS, 2),
+        }
+    finally:
+        serve.shutdown()
+
+
+def scoring_figures(model: str, data: str, users: int) -> dict:
+    """One scoring process (a nightly actor's work) on ``users`` households: households/s on one
+    core and the process's peak resident memory; in a subprocess so its memory is its own."""
+    code = (
+        "import json, resource, sys, time, numpy as np, pyarrow as pa, torch\n"
+        "torch.set_num_threads(1)\n"
+        "from ncf.batch.scoring import score_users\n"
+        "from ncf.rank.recommender import Recommender\n"
+        f"rec = Recommender.load({model!r}, data={data!r})\n"
+        "ids = pa.array(rec.vocabs.users.raw_of(rec.state.states.users()[:" + str(users) + "]))\n"
+        "loaded = time.time()\n"
+        "for start in range(0, len(ids), 512):\n"
+        "    score_users(rec, ids.slice(start, 512), 10, rec.default_at, rec.default_at)\n"
+        "print(json.dumps({'users_per_s': len(ids) / (time.time() - loaded),\n"
+        "                  'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {
+        "nightly_users_per_s_per_core": round(result["users_per_s"], 1),
+        "nightly_actor_peak_rss_mib": round(result["peak_rss_mib"]),
+    }
+
+
+def measure(model: str, data: str, sample: int) -> dict:
+    from ncf.rank.recommender import Recommender
+
+    recommender = Recommender.load(model, data=data)
+    users = recommender.vocabs.users.raw_of(np.random.default_rng(0).choice(recommender.state.states.users(), 200))
+    del recommender
+    return {**serve_figures(model, data, users), **scoring_figures(model, data, sample)}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--users", type=int, default=1_000_000)
+    p.add_argument("--products", type=int, default=100_000)
+    p.add_argument("--purchases-per-user", type=int, default=20)
+    p.add_argument("--scoring-users", type=int, default=20_000, help="households the scoring process ranks")
+    p.add_argument("--cj-model", default=None, help="a Complete Journey model directory, for the ratios")
+    p.add_argument("--cj-data", default=None, help="its DATA")
+    p.add_argument("--workdir", default="artifacts/scale")
+    args = p.parse_args(argv)
+    from jobs.cli import init_ray
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    init_ray(num_cpus=2)
+    model, data, built = build(args.workdir, args.users, args.products, args.purchases_per_user)
+    result = {"benchmark": "scale", "households": args.users, "products": args.products, **built}
+    result["scale"] = measure(model, data, args.scoring_users)
+    if args.cj_model and args.cj_data:
+        result["completejourney"] = measure(args.cj_model, args.cj_data, args.scoring_users)
+        cj, big = result["completejourney"], result["scale"]
+        result["cpu_per_recommend_vs_cj"] = round(
+            big["replica_cpu_ms_per_recommend"] / cj["replica_cpu_ms_per_recommend"], 2
+        )
+    result["driver_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
