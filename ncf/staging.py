@@ -43,6 +43,17 @@ from typing import Dict, Iterator, List, Optional, Sequence
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 
+# Fault drills (tests only): NCF_FAULT=between-renames makes the process exit at once after the
+# first rename of a swap, as a kill or power cut there would (status FAULT_EXIT, nothing cleaned).
+FAULT_ENV = "NCF_FAULT"
+BETWEEN_RENAMES = "between-renames"
+FAULT_EXIT = 86
+
+
+def _fault_point(name: str) -> None:
+    if os.environ.get(FAULT_ENV) == name:
+        os._exit(FAULT_EXIT)
+
 
 class Busy(InputError):
     """Another live run holds the target's lock (a one-line error, exit status 2 from the jobs)."""
@@ -161,6 +172,7 @@ def _finish(record: Dict, journal: str) -> None:
                 raise RuntimeError(f"{journal}: cannot finish the swap: {final}, {staged} and {parked} all exist")
             os.rename(final, parked)
             fsync_parent(final)
+            _fault_point(BETWEEN_RENAMES)
         os.rename(staged, final)
         fsync_parent(final)
         fsync_parent(staged)
