@@ -6,9 +6,10 @@ import argparse
 import os
 
 from jobs.cli import init_ray, one_line_errors
-from ncf.data import datasets, schema
+from ncf.data import datasets, layout, schema
 from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import PreprocessConfig, preprocess
+from ncf.staging import check_target
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -17,7 +18,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument("--input", help="purchase log: Parquet/CSV file, directory or glob")
     source.add_argument("--dataset", choices=datasets.DATASETS, help="a built-in dataset")
     p.add_argument("--products", help="product catalog (product_id, department, category)")
-    p.add_argument("--output", required=True, help="output directory (replaced)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="output directory: built beside it and swapped in at the end (a symlink is repointed to a new directory)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --output even when it is not an output of this job (never when it contains the inputs)",
+    )
     p.add_argument("--val-weeks", type=int, default=4, help="weeks of the validation period")
     p.add_argument("--test-weeks", type=int, default=5, help="weeks of the test period (the last weeks of the data)")
     d = ExampleConfig()
@@ -32,6 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--own-negative-rate", type=float, default=d.own_negative_rate, help="share of own-product negatives kept"
+    )
+    p.add_argument(
+        "--future-gap-days",
+        type=float,
+        default=PreprocessConfig.future_gap_days,
+        help="quarantine timestamps after a gap of more than this many days past the bulk of the data",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of every draw (and of the synthetic dataset)")
     p.add_argument(
@@ -67,6 +83,10 @@ def main(argv=None) -> dict:
             catalog = schema.resolve_files(args.products) if args.products else None
             if catalog:
                 schema.check_columns(catalog, schema.CATALOG_REQUIRED, "product catalog")
+            inputs = logs.paths + (catalog.paths if catalog else [])
+        else:
+            inputs = [args.cache]
+        check_target(args.output, layout.STATS, "preprocessing output", inputs, args.overwrite)
         init_ray()
         if args.dataset == "completejourney":
             paths = datasets.write_completejourney(os.path.join(args.cache, "completejourney"))
@@ -99,8 +119,9 @@ def main(argv=None) -> dict:
             ),
             val_weeks=args.val_weeks,
             test_weeks=args.test_weeks,
+            future_gap_days=args.future_gap_days,
         )
-        return preprocess(logs, catalog, args.output, config, state_only=args.state_only)
+        return preprocess(logs, catalog, args.output, config, state_only=args.state_only, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

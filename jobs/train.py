@@ -17,8 +17,9 @@ from jobs.cli import init_ray, one_line_errors
 from ncf.device import GPU_SETTINGS, cluster_gpus, resolve_gpu
 from ncf.evaluate.evaluation import evaluate_all
 from ncf.model.config import ModelConfig
-from ncf.model.directory import update_metrics
+from ncf.model.directory import CONFIG, update_metrics
 from ncf.splits import REFIT, TEST, VALIDATED
+from ncf.staging import check_target
 from ncf.train.checkpoint import VAL_METRIC, best_checkpoint, export_model_dir, run_history
 from ncf.train.config import TrainConfig
 from ncf.train.tensorboard import write_history
@@ -32,7 +33,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", required=True, help="output of jobs.preprocess")
-    p.add_argument("--output", required=True, help="model directory to write (the refit one with --refit)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="model directory to write (the refit one with --refit); built beside it and swapped in at the end, "
+        "a symlink (blue/green) is repointed to a new directory beside its target",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --output even when it is not a model directory")
     p.add_argument(
         "--refit",
         action="store_true",
@@ -59,10 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _export(result, output: str, data: str, version: str, extra: dict) -> str:
+def _export(result, output: str, data: str, version: str, extra: dict, overwrite: bool) -> str:
     checkpoint, metrics = best_checkpoint(result)
     history = run_history(result)
-    path = export_model_dir(checkpoint, output, data, {"training": metrics, "history": history, **extra}, version)
+    metrics = {"training": metrics, "history": history, **extra}
+    path = export_model_dir(checkpoint, output, data, metrics, version, overwrite=overwrite)
     write_history(history, os.path.join(result.path, "tensorboard"))
     return path
 
@@ -70,6 +78,10 @@ def _export(result, output: str, data: str, version: str, extra: dict) -> str:
 def main(argv=None) -> str:
     args = parse_args(argv)
     with one_line_errors():
+        validated_dir = (args.validated_output or args.output.rstrip("/") + "-validated") if args.refit else args.output
+        # Before hours of training: a MODEL that must not be replaced is refused now.
+        for output in {args.output, validated_dir}:
+            check_target(output, CONFIG, "model directory", [args.data], args.overwrite)
         overrides = json.loads(args.model)
         ModelConfig(num_users=1, num_products=1, num_departments=1, num_categories=1, **overrides)  # fail fast
         init_ray()
@@ -90,8 +102,7 @@ def main(argv=None) -> str:
         gpu = resolve_gpu(args.gpu, cluster_gpus())
         fit_options = dict(num_workers=args.workers, use_gpu=gpu, storage_path=args.storage)
         validated = fit(config, name=name, **fit_options)
-        validated_dir = (args.validated_output or args.output.rstrip("/") + "-validated") if args.refit else args.output
-        _export(validated, validated_dir, data, f"{stamp}-{VALIDATED}", {})
+        _export(validated, validated_dir, data, f"{stamp}-{VALIDATED}", {}, args.overwrite)
         test = evaluate_all(validated_dir, data, TEST, with_baselines=False)[0]
         epochs = best_epoch(validated)
         update_metrics(validated_dir, {"test": test, "best_epoch": epochs})
@@ -105,7 +116,7 @@ def main(argv=None) -> str:
             return validated_dir
         refit = fit(refit_config(config, epochs), name=f"{name}-{REFIT}", **fit_options)
         summary = {"validated_model": os.path.abspath(validated_dir), "test": test, "best_epoch": epochs}
-        path = _export(refit, args.output, data, f"{stamp}-{REFIT}", {"validated": summary})
+        path = _export(refit, args.output, data, f"{stamp}-{REFIT}", {"validated": summary}, args.overwrite)
         print(
             f"[train] deployment model (refit on labels through the data's end, {epochs} epochs) -> {path}", flush=True
         )

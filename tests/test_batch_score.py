@@ -116,7 +116,7 @@ def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model
         and summary["rows"] == users * K
         and summary["run_date"] == run_date_of(recommender.default_at)
     )
-    assert sorted(os.listdir(output)) == [bs.TMP, f"run_date={summary['run_date']}"] and os.listdir(
+    assert sorted(os.listdir(output)) == ["_commit", bs.TMP, f"run_date={summary['run_date']}"] and os.listdir(
         os.path.join(output, bs.TMP)
     ) == ["run_date=" + summary["run_date"]]
     table = bs.read_partition(output, summary["run_date"])
@@ -150,6 +150,38 @@ def test_rerun_of_the_same_date_replaces_the_partition(first_run, small_model_di
     )
     assert bs.read_manifest(output, first["run_date"])["run_id"] == second["run_id"]
     assert os.listdir(os.path.join(output, bs.TMP, f"run_date={first['run_date']}")) == []
+
+
+def test_a_second_run_of_the_same_date_is_refused_while_the_first_runs(first_run, small_model_dir, small_data, capsys):
+    """Old code: two runs of one date interleaved (each cleaned the other's staged parts)."""
+    from ncf.batch.commit import lock_path
+
+    output, summary = first_run
+    data, _ = small_data
+    before = bs.read_manifest(output, summary["run_date"])
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); sys.stdin.readline()",
+            lock_path(output, f"run_date={summary['run_date']}"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit) as exit_info:
+            batch_score.main(_argv(small_model_dir, data, output))
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and "another run is writing it" in error[0]
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert bs.read_manifest(output, summary["run_date"]) == before  # untouched
 
 
 @pytest.mark.faults

@@ -14,14 +14,17 @@ Output layout::
         _SUCCESS                    JSON: users, rows, k, model_version, at, seconds, ...
       _tmp/                         runs in progress and replaced partitions (readers skip
                                     names that start with "_" or ".", as pyarrow does)
+      _commit/                      per-date lock files and, mid-commit, the commit's journal
 
-Commit protocol: parts go to ``OUT/_tmp/run_date=D/RUN_ID/``; the counts are checked
-(every user exactly K rows, nothing twice); ``_SUCCESS`` is written into the staged run as
-its last file; then the old partition is renamed away, the staged one renamed into place and
-the old one deleted. A committed partition therefore always carries its ``_SUCCESS``, a rerun
-of a date replaces it, and a run that dies leaves only ``_tmp`` entries, which the next run of
-that date removes. Readers should treat a partition without ``_SUCCESS`` as absent
-(:func:`read_partition` does).
+Commit protocol (:mod:`ncf.batch.commit`): a run holds its date's lock from start to end (a
+second run of the same date is refused with a one-line error, exit status 2); parts go to
+``OUT/_tmp/run_date=D/RUN_ID/``; the counts are checked (every user exactly K rows, nothing
+twice); ``_SUCCESS`` is written into the staged run as its last file; then a journaled swap
+replaces the partition (fsynced; a run that dies between the two renames is rolled forward by
+the next run, so the dead run's complete partition is not lost). A committed partition always
+carries its ``_SUCCESS``, a rerun of a date replaces it, and a run that dies before its commit
+leaves only ``_tmp`` entries, which the next run of that date removes. Readers should treat a
+partition without ``_SUCCESS`` as absent (:func:`read_partition` does).
 
 Example::
 
@@ -35,7 +38,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -47,25 +49,22 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from ncf.batch import commit
+from ncf.batch.commit import STALE_SECONDS, SUCCESS, TMP, PartitionRun  # noqa: F401  (part of this module's API)
 from ncf.data import layout
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.device import GPU_SETTINGS, resolve_gpu
 from ncf.errors import InputError
-from ncf.jsonio import write_json
 from ncf.model.directory import ModelDir, read_config
 from ncf.moments import resolve_at, run_date_of
 from ncf.rank.ranker import MAX_K
 from ncf.rank.recommender import Recommender
 from ncf.rank.state import EmbeddingRows
 
-SUCCESS = "_SUCCESS"
-TMP = "_tmp"
 PARTITION_KEY = "run_date"
 # About this many parts per run: progress is visible, files are not tiny.
 TARGET_PARTS = 50
-# Staged runs of other dates older than this are from dead runs (a nightly run is shorter).
-STALE_SECONDS = 24 * 3600
 
 
 @dataclass
@@ -107,30 +106,18 @@ def _log(message: str) -> None:
 # -- the moment scored and where it goes ---------------------------------------------------------
 
 
+def partition_name(run_date: str) -> str:
+    return f"{PARTITION_KEY}={run_date}"
+
+
 def partition_dir(output: str, run_date: str) -> str:
-    return os.path.join(output, f"{PARTITION_KEY}={run_date}")
-
-
-def _stage_root(output: str, run_date: str) -> str:
-    return os.path.join(output, TMP, f"{PARTITION_KEY}={run_date}")
+    return commit.partition_path(output, partition_name(run_date))
 
 
 def clean_stale(output: str, run_date: str, now: Optional[float] = None) -> List[str]:
-    """Removes what dead runs left in ``OUT/_tmp``: everything of this date, other dates' entries
-    older than ``STALE_SECONDS``. Returns the removed paths."""
-    root = os.path.join(output, TMP)
-    if not os.path.isdir(root):
-        return []
-    now = time.time() if now is None else now
-    mine = os.path.basename(_stage_root(output, run_date))
-    removed = []
-    for name in sorted(os.listdir(root)):
-        path = os.path.join(root, name)
-        this_date = name == mine or name.startswith(f"replaced-{mine}-")
-        if this_date or now - os.path.getmtime(path) > STALE_SECONDS:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
+    """Removes what dead runs left in ``OUT/_tmp`` (:func:`ncf.batch.commit.clean_stale`): every
+    entry of this date, other dates' stale entries. Returns the removed paths."""
+    return commit.clean_stale(output, partition_name(run_date), now=now)
 
 
 # -- the users -------------------------------------------------------------------------------------
@@ -279,18 +266,6 @@ def _verify_stage(stage: str, users: int, k: int, reported: List[Dict]) -> int:
     return rows
 
 
-def _commit(output: str, stage: str, run_date: str, run_id: str, manifest: Dict) -> str:
-    """``_SUCCESS`` last into the staged run, then swap it into place (see the module docstring)."""
-    write_json(os.path.join(stage, SUCCESS), manifest)
-    final = partition_dir(output, run_date)
-    replaced = os.path.join(output, TMP, f"replaced-{PARTITION_KEY}={run_date}-{run_id}")
-    if os.path.exists(final):
-        os.replace(final, replaced)
-    os.replace(stage, final)
-    shutil.rmtree(replaced, ignore_errors=True)
-    return final
-
-
 def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple[Dict, int]:
     """Fails fast (before Ray starts) on a bad model, data, ``k`` or ``at``; returns the model's
     config and ``at`` in epoch seconds."""
@@ -306,9 +281,11 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple
 
 def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _log) -> Dict:
     """Scores every user of ``config.data`` and commits ``OUT/run_date=D``; returns the summary
-    (the ``_SUCCESS`` content). Needs Ray initialised (``jobs.cli.init_ray``)."""
-    import ray
+    (the ``_SUCCESS`` content). Needs Ray initialised (``jobs.cli.init_ray``).
 
+    Raises:
+        ncf.staging.Busy: another run of the same date is in progress (nothing is touched).
+    """
     started = time.time()
     model_config, at = check_config(config, now=started)
     model, output = os.path.abspath(config.model), os.path.abspath(config.output)
@@ -318,10 +295,31 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
     new = new_to_model(model, config.data)
     if new:
         log(f"{new:,} households with purchases are new to the model: its unknown row, their own purchases")
-    for path in clean_stale(output, run_date, now=started):
-        log(f"removed what a previous run left: {path}")
-    stage = os.path.join(_stage_root(output, run_date), run_id)
-    os.makedirs(stage)
+    # The date's lock is held from here to the commit: a second run of the date is refused.
+    with PartitionRun(output, partition_name(run_date), run_id, log=log) as run:
+        manifest = _score_into(run.stage, config, model, model_config, users, at, run_date, run_id, started, log)
+        final = run.commit(manifest)
+    log(
+        f"done: {manifest['users']:,} users scored, {manifest['rows']:,} rows written in "
+        f"{manifest['seconds']} s ({manifest['users_per_s']} users/s) -> {final}"
+    )
+    return manifest
+
+
+def _score_into(
+    stage: str,
+    config: BatchScoreConfig,
+    model: str,
+    model_config: Dict,
+    users: pa.Table,
+    at: int,
+    run_date: str,
+    run_id: str,
+    started: float,
+    log: Callable[[str], None],
+) -> Dict:
+    """Scores every user into the parts of ``stage`` and checks them; returns the manifest."""
+    import ray
 
     batch_size = config.batch_size or auto_batch_size(users.num_rows)
     actors, gpus = _actor_resources(config.gpu, config.actors, config.cpus_per_actor)
@@ -369,11 +367,6 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
         "users_per_s": round(users.num_rows / max(seconds, 1e-9), 1),
         "steady_users_per_s": round(steady, 1),
     }
-    final = _commit(output, stage, run_date, run_id, manifest)
-    log(
-        f"done: {manifest['users']:,} users scored, {rows:,} rows written in "
-        f"{manifest['seconds']} s ({manifest['users_per_s']} users/s) -> {final}"
-    )
     return manifest
 
 

@@ -2,8 +2,9 @@
 
 Steps (each a Ray Data stage, so the pipeline runs unchanged on a multi-node cluster):
 
-1. read the logs (Parquet or CSV) and validate every row; bad rows go to the quarantine
-   with a ``reason`` (rows in = kept + quarantined);
+1. read the logs (Parquet or CSV) and validate every row (:mod:`ncf.data.ingest`); bad rows,
+   and rows far after the bulk of the data, go to the quarantine with a ``reason`` and their
+   raw values (rows in, counted from the source, = kept + quarantined);
 2. split by time: the last ``test_weeks`` weeks are the test period, the ``val_weeks``
    before them validation, everything earlier training;
 3. vocabularies of every household and product in the data (index 0 = unknown), each with the
@@ -17,12 +18,14 @@ Steps (each a Ray Data stage, so the pipeline runs unchanged on a multi-node clu
 
 ``state_only=True`` stops after step 4: refreshing the histories a deployed model ranks from
 takes no example building.
+
+Everything is written to a staging directory beside the output and swapped in at the end
+(:func:`ncf.staging.replacing`): a run that fails leaves the previous output as it was.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional
@@ -35,7 +38,7 @@ import pyarrow.dataset as pads
 import ray
 from ray.data.aggregate import Count, Min
 
-from ncf.data import layout, schema
+from ncf.data import ingest, layout, schema
 from ncf.data.examples import CUTOFF, LABEL, PRODUCT, USER, Cutoff, ExampleConfig, household_lists
 from ncf.data.features import Catalog
 from ncf.data.product_stats import ProductStats
@@ -43,7 +46,8 @@ from ncf.data.schema import TS
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import FIRST_TS, Vocabularies, Vocabulary
 from ncf.jsonio import write_json
-from ncf.splits import REFIT, VALIDATED
+from ncf.splits import REFIT, TEST, TRAIN, VAL, VALIDATED
+from ncf.staging import replacing
 
 WEEK = 7 * 86_400
 COUNT = "count()"
@@ -59,6 +63,9 @@ class PreprocessConfig:
     test_weeks: int = 5
     min_timestamp: int = schema.DEFAULT_MIN_TS
     max_timestamp: int = schema.DEFAULT_MAX_TS
+    # Rows after a gap of more than this many days past the bulk of the data are quarantined
+    # as future_timestamp (ncf.data.ingest.future_bound).
+    future_gap_days: float = 14.0
 
 
 def _log(message: str) -> None:
@@ -69,20 +76,6 @@ def read_files(files: schema.InputFiles, columns) -> ray.data.Dataset:
     if files.format == "parquet":
         return ray.data.read_parquet(files.paths)
     return ray.data.read_csv(files.paths, **schema.csv_read_options(columns))
-
-
-def _reason_counts(batch: pa.Table) -> pa.Table:
-    reasons = pc.fill_null(batch.column(schema.REASON), "ok").to_numpy(zero_copy_only=False)
-    values, counts = np.unique(reasons.astype(str), return_counts=True)
-    return pa.table({schema.REASON: values, "n": counts})
-
-
-def _quarantined(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_valid(batch.column(schema.REASON)))
-
-
-def _kept(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch.column(schema.REASON))).drop_columns([schema.REASON])
 
 
 def split_boundaries(min_ts: int, max_ts: int, val_weeks: int, test_weeks: int) -> Dict[str, int]:
@@ -230,38 +223,91 @@ def preprocess(
     output: str,
     config: Optional[PreprocessConfig] = None,
     state_only: bool = False,
+    overwrite: bool = False,
 ) -> Dict:
-    """Runs the whole pipeline; writes under ``output`` (see :mod:`ncf.data.layout`); returns the stats."""
+    """Runs the whole pipeline; writes under ``output`` (see :mod:`ncf.data.layout`); returns the stats.
+
+    The output is built beside ``output`` and swapped in at the end (a failed run leaves the old
+    one). Refuses (InputError) an ``output`` that contains an input, or an existing non-empty one
+    that is not a preprocessing output (no ``stats.json``) unless ``overwrite``; another run
+    writing the same output is refused too (:class:`ncf.staging.Busy`).
+    """
     config = config or PreprocessConfig()
-    started = time.time()
     schema.check_columns(logs, schema.LOG_REQUIRED, "purchase log")
-    if os.path.exists(output):
-        shutil.rmtree(output)
-    os.makedirs(output)
+    inputs = logs.paths + (catalog.paths if catalog else [])
+    with replacing(output, layout.STATS, "preprocessing output", inputs, overwrite, log=_log) as stage:
+        stats = _preprocess_into(logs, catalog, stage, config, state_only)
+    _log(f"stats in {layout.stats_path(output)}")
+    return stats
 
+
+def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output: str) -> tuple[ingest.Ingested, Dict]:
+    """Step 1: every row read, validated and accounted for; the quarantine written."""
     _log(f"reading {len(logs.paths)} {logs.format} file(s)")
-    raw = read_files(logs, schema.LOG_REQUIRED + schema.LOG_OPTIONAL)
-    validated = raw.map_batches(
-        schema.validate_log_batch,
-        batch_format="pyarrow",
-        fn_kwargs={"min_ts": config.min_timestamp, "max_ts": config.max_timestamp},
-    ).materialize()
+    read = ingest.ingest_logs(logs, config.min_timestamp, config.max_timestamp, config.future_gap_days, log=_log)
+    by_reason = read.by_reason
+    _log(f"rows in {read.rows_in:,}: kept {read.rows_kept:,}, quarantined {read.rows_quarantined:,} {by_reason or ''}")
+    if read.rows_quarantined:
+        read.rows.map_batches(
+            ingest.quarantine_rows, batch_format="pyarrow", fn_kwargs={"paths": logs.paths}
+        ).write_parquet(layout.quarantine_dir(output))
+    if read.rows_kept == 0:
+        raise schema.InputError(f"{logs.paths[0]}: no valid purchase rows (all {read.rows_in:,} quarantined)")
+    stats = {
+        "rows_in": read.rows_in,
+        "rows_kept": read.rows_kept,
+        "rows_quarantined": read.rows_quarantined,
+        "quarantine_by_reason": by_reason,
+        "future_bound": read.future_bound,
+        "future_bound_utc": str(pd.Timestamp(read.future_bound, unit="s")) if read.future_bound else None,
+        "rows_by_file": dict(list(read.rows_by_file.items())[:20]),
+    }
+    return read, stats
 
-    reasons = validated.select_columns([schema.REASON]).map_batches(_reason_counts, batch_format="pyarrow").to_pandas()
-    by_reason = {r: int(n) for r, n in reasons.groupby(schema.REASON)["n"].sum().items()}
-    rows_kept = by_reason.pop("ok", 0)
-    rows_quarantined = sum(by_reason.values())
-    rows_in = validated.count()
-    assert rows_in == rows_kept + rows_quarantined, "every row is either kept or quarantined"
-    _log(f"rows in {rows_in:,}: kept {rows_kept:,}, quarantined {rows_quarantined:,} {by_reason or ''}")
-    if rows_quarantined:
-        validated.map_batches(_quarantined, batch_format="pyarrow").write_parquet(layout.quarantine_dir(output))
-    if rows_kept == 0:
-        raise schema.InputError(f"{logs.paths[0]}: no valid purchase rows (all {rows_in:,} quarantined)")
 
-    kept = validated.map_batches(_kept, batch_format="pyarrow").materialize()
+def _window_rows(batch: pa.Table, bounds: Dict[str, int]) -> pa.Table:
+    ts = batch.column(TS).to_numpy()
+    edges = [bounds["start"], bounds["val_start"], bounds["test_start"], bounds["end"] + 1]
+    counts = [int(((ts >= lo) & (ts < hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:])]
+    return pa.table({"split": [TRAIN, VAL, TEST], "n": counts})
+
+
+def check_windows(kept: ray.data.Dataset, bounds: Dict[str, int]) -> Dict[str, int]:
+    """Purchases per split period; InputError (one line) when one is empty: a gap in the logs, or
+    an end moved by rows the future bound let through. Checked before any state or list is built."""
+    frame = kept.map_batches(_window_rows, batch_format="pyarrow", fn_kwargs={"bounds": bounds}).to_pandas()
+    counts = {split: int(n) for split, n in frame.groupby("split")["n"].sum().items()}
+    counts = {split: counts.get(split, 0) for split in (TRAIN, VAL, TEST)}
+    periods = {
+        TRAIN: (bounds["start"], bounds["val_start"]),
+        VAL: (bounds["val_start"], bounds["test_start"]),
+        TEST: (bounds["test_start"], bounds["end"] + 1),
+    }
+    for split, (start, end) in periods.items():
+        if counts[split] == 0:
+            period = f"{pd.Timestamp(start, unit='s'):%Y-%m-%d %H:%M} to {pd.Timestamp(end, unit='s'):%Y-%m-%d %H:%M}"
+            raise schema.InputError(
+                f"the {split} period ({period} UTC) has no purchases; the kept purchases end "
+                f"{pd.Timestamp(bounds['end'], unit='s'):%Y-%m-%d %H:%M} UTC: look for gaps or far-future "
+                "timestamps in the logs (--future-gap-days), or change --val-weeks/--test-weeks"
+            )
+    return counts
+
+
+def _preprocess_into(
+    logs: schema.InputFiles,
+    catalog: Optional[schema.InputFiles],
+    output: str,
+    config: PreprocessConfig,
+    state_only: bool,
+) -> Dict:
+    """Steps 1-5 into ``output`` (the staging directory)."""
+    started = time.time()
+    read, read_stats = _read_and_validate(logs, config, output)
+    kept = read.rows.map_batches(ingest.kept_rows, batch_format="pyarrow").materialize()
     bounds = split_boundaries(int(kept.min(TS)), int(kept.max(TS)), config.val_weeks, config.test_weeks)
     _log("split: " + ", ".join(f"{k} {pd.Timestamp(v, unit='s')}" for k, v in bounds.items()))
+    purchases_per_split = check_windows(kept, bounds)
 
     catalog_frame, catalog_stats = _read_catalog(catalog)
     id_kinds = {c: schema.id_kind(logs, c) for c in (schema.USER_ID, schema.PRODUCT_ID)}
@@ -290,10 +336,8 @@ def preprocess(
                 )
 
     stats = {
-        "rows_in": rows_in,
-        "rows_kept": rows_kept,
-        "rows_quarantined": rows_quarantined,
-        "quarantine_by_reason": by_reason,
+        **read_stats,
+        "purchases_per_split": purchases_per_split,
         "state_only": state_only,
         "examples": examples,
         "cutoffs": cutoffs,
@@ -311,5 +355,5 @@ def preprocess(
         "seconds": round(time.time() - started, 1),
     }
     write_json(layout.stats_path(output), stats)
-    _log(f"done in {stats['seconds']} s: {examples or 'state only'}; stats in {layout.stats_path(output)}")
+    _log(f"done in {stats['seconds']} s: {examples or 'state only'}")
     return stats

@@ -2,19 +2,33 @@
 
 Purchase log: ``user_id``, ``product_id``, ``timestamp`` and optional ``quantity`` (default 1).
 Catalog: ``product_id``, ``department``, ``category``. Files are Parquet or CSV: one file, a
-directory or a glob. IDs may be integers or strings; timestamps Arrow timestamps, ISO-8601
-strings or epoch seconds.
+directory or a glob.
+
+* IDs: integers, strings (UTF-8; surrounding spaces are trimmed), or floats that hold a whole
+  number (``12.0`` is the id ``"12"``, as the integer 12 would be; pandas writes integer ids
+  with a missing value as floats). NaN, infinities, fractions and floats beyond 2**53 are
+  quarantined (``bad_user_id`` / ``bad_product_id``), and so are strings that are not valid
+  UTF-8. Other column types (lists, structs, booleans...) stop the job with a one-line error
+  naming the file and column, before any row is read.
+* Timestamps: Arrow timestamps of any unit (s, ms, us, ns) and any time zone, dates, ISO-8601
+  strings (with or without an offset; none means UTC) or epoch seconds (numbers or numeric
+  strings). Fractions of a second are truncated (rounded down) to whole seconds: the pipeline
+  works in epoch seconds. Words such as ``now`` or ``today`` are not timestamps.
+* Quantity: a whole positive number; null or empty means 1.
 
 Every row either passes or gets a ``reason``; preprocessing writes the rows with a reason to
-a quarantine, so rows in = rows kept + rows quarantined.
+a quarantine (with their raw values, source file and row), so rows in = rows kept + rows
+quarantined.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
 import os
+import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -33,6 +47,9 @@ DEPARTMENT = "department"
 CATEGORY = "category"
 REASON = "reason"
 TS = "ts"  # normalized timestamp: int64 epoch seconds, UTC
+# The raw values a quarantined row keeps (as text), so that it can be repaired and replayed.
+RAW_TIMESTAMP = "raw_timestamp"
+RAW_QUANTITY = "raw_quantity"
 
 LOG_REQUIRED = (USER_ID, PRODUCT_ID, TIMESTAMP)
 LOG_OPTIONAL = (QUANTITY,)
@@ -40,17 +57,46 @@ CATALOG_REQUIRED = (PRODUCT_ID, DEPARTMENT, CATEGORY)
 UNKNOWN = "unknown"
 
 # Quarantine reasons, in the order they are checked (a row gets the first that applies).
+MALFORMED_ROW = "malformed_row"  # a CSV row with the wrong number of fields (set by the reader)
 NULL_USER_ID = "null_user_id"
+BAD_USER_ID = "bad_user_id"
 NULL_PRODUCT_ID = "null_product_id"
+BAD_PRODUCT_ID = "bad_product_id"
 BAD_TIMESTAMP = "bad_timestamp"
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 BAD_QUANTITY = "bad_quantity"
 NON_POSITIVE_QUANTITY = "non_positive_quantity"
-REASONS = (NULL_USER_ID, NULL_PRODUCT_ID, BAD_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE, BAD_QUANTITY, NON_POSITIVE_QUANTITY)
+# Set by preprocessing once it has seen every row: far after the bulk of the data.
+FUTURE_TIMESTAMP = "future_timestamp"
+REASONS = (
+    MALFORMED_ROW,
+    NULL_USER_ID,
+    BAD_USER_ID,
+    NULL_PRODUCT_ID,
+    BAD_PRODUCT_ID,
+    BAD_TIMESTAMP,
+    TIMESTAMP_OUT_OF_RANGE,
+    BAD_QUANTITY,
+    NON_POSITIVE_QUANTITY,
+    FUTURE_TIMESTAMP,
+)
 
 # Timestamps outside this window are data errors (epoch 0, year 9999, milliseconds read as seconds).
 DEFAULT_MIN_TS = int(pd.Timestamp("1990-01-01", tz="UTC").timestamp())
 DEFAULT_MAX_TS = int(pd.Timestamp("2100-01-01", tz="UTC").timestamp())
+
+# Validated rows: the normalized columns, the reason, and the raw text of the checked values.
+VALIDATED = pa.schema(
+    [
+        (USER_ID, pa.string()),
+        (PRODUCT_ID, pa.string()),
+        (TS, pa.int64()),
+        (QUANTITY, pa.int64()),
+        (REASON, pa.string()),
+        (RAW_TIMESTAMP, pa.string()),
+        (RAW_QUANTITY, pa.string()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -94,92 +140,301 @@ def _format_of(path: str) -> str:
     raise InputError(f"{path}: unknown file type (expected .parquet or .csv)")
 
 
-def file_columns(path: str, fmt: str) -> List[str]:
-    """Column names of one file, read from its footer or header only."""
+def _unreadable(path: str, fmt: str, e: Exception) -> InputError:
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return InputError(f"{path}: unreadable {fmt} file ({first_line})")
+
+
+def file_schema(path: str, fmt: str) -> pa.Schema:
+    """Column names and types of one file, read from its footer or header only (CSV columns are
+    read as text, so they are all strings here)."""
     try:
         if fmt == "parquet":
-            return list(pq.read_schema(path).names)
-        with pacsv.open_csv(path) as reader:
-            return list(reader.schema.names)
+            return pq.read_schema(path)
+        # Rows with the wrong number of fields are the reader's to quarantine, not a reason to refuse the file.
+        skip = pacsv.ParseOptions(invalid_row_handler=lambda row: "skip")
+        with pacsv.open_csv(path, read_options=csv_reader_options(), parse_options=skip) as reader:
+            return pa.schema([(name, pa.string()) for name in reader.schema.names])
     except (pa.ArrowException, OSError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: unreadable {fmt} file ({first_line})") from None
+        raise _unreadable(path, fmt, e) from None
+
+
+def file_columns(path: str, fmt: str) -> List[str]:
+    """Column names of one file, read from its footer or header only."""
+    return list(file_schema(path, fmt).names)
+
+
+# -- column types -------------------------------------------------------------------------------------
+
+ID, TIME, NUMBER = "id", "time", "number"
+COLUMN_KINDS = {USER_ID: ID, PRODUCT_ID: ID, TIMESTAMP: TIME, QUANTITY: NUMBER, DEPARTMENT: ID, CATEGORY: ID}
+_KIND_WORDS = {
+    ID: "ids must be integers, strings or whole-number floats",
+    TIME: "timestamps must be Arrow timestamps or dates, ISO-8601 strings or epoch seconds",
+    NUMBER: "quantities must be numbers or numeric strings",
+}
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return any(
+        f(t)
+        for f in (
+            pa.types.is_string,
+            pa.types.is_large_string,
+            pa.types.is_string_view,
+            pa.types.is_binary,
+            pa.types.is_large_binary,
+            pa.types.is_binary_view,
+            pa.types.is_fixed_size_binary,
+        )
+    )
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def usable_type(t: pa.DataType, kind: str) -> bool:
+    """Whether a column of Arrow type ``t`` can hold values of ``kind`` (id, time or number)."""
+    if pa.types.is_dictionary(t):
+        return usable_type(t.value_type, kind)
+    if pa.types.is_null(t) or _is_text(t) or _is_number(t):
+        return True
+    return kind == TIME and (pa.types.is_timestamp(t) or pa.types.is_date(t))
 
 
 def check_columns(files: InputFiles, required: Sequence[str], what: str) -> None:
-    """Stops with the first file that lacks a required column."""
+    """Stops with the first file that lacks a required column or has a contract column of a type
+    that cannot hold it (a list or struct id, say): one line naming the file and the column."""
     for path in files.paths:
-        columns = file_columns(path, files.format)
+        file = file_schema(path, files.format)
         for column in required:
-            if column not in columns:
-                raise InputError(f"{path}: {what} is missing required column '{column}' (has: {', '.join(columns)})")
+            if column not in file.names:
+                names = ", ".join(file.names)
+                raise InputError(f"{path}: {what} is missing required column '{column}' (has: {names})")
+        for column in file.names:
+            kind = COLUMN_KINDS.get(column)
+            t = file.field(column).type
+            if kind and not usable_type(t, kind):
+                raise InputError(f"{path}: {what} column '{column}' has type {t}; {_KIND_WORDS[kind]}")
+
+
+# -- text: invalid UTF-8 is kept visible, never passed on -------------------------------------------
+
+# CSV bytes that are not UTF-8 are decoded to code points U+F0000 + byte (Supplementary Private
+# Use Area-A) by the codec below, so the parser sees valid text (pyarrow aborts the process when
+# a row it hands to invalid_row_handler is not UTF-8) and validation can still tell them apart.
+MARKED_UTF8 = "ncf_marked_utf8"
+_MARK_BASE = 0xF0000
+_MARKED = "[\\x{F0000}-\\x{F00FF}]"  # RE2, for pyarrow.compute
+_MARKED_PY = re.compile("[\U000f0000-\U000f00ff]")
+
+
+def _mark_invalid_bytes(error: UnicodeDecodeError) -> Tuple[str, int]:
+    return "".join(chr(_MARK_BASE + b) for b in error.object[error.start : error.end]), error.end
+
+
+class _MarkedDecoder(codecs.BufferedIncrementalDecoder):
+    def _buffer_decode(self, data, errors, final):
+        return codecs.utf_8_decode(data, MARKED_UTF8, final)
+
+
+def _marked_codec(name: str) -> Optional[codecs.CodecInfo]:
+    if name != MARKED_UTF8:
+        return None
+    return codecs.CodecInfo(
+        name=MARKED_UTF8,
+        encode=codecs.utf_8_encode,
+        decode=lambda data, errors="strict": codecs.utf_8_decode(data, MARKED_UTF8, True),
+        incrementalencoder=codecs.getincrementalencoder("utf-8"),
+        incrementaldecoder=_MarkedDecoder,
+    )
+
+
+codecs.register_error(MARKED_UTF8, _mark_invalid_bytes)
+codecs.register(_marked_codec)
+
+
+def csv_reader_options(**options) -> pacsv.ReadOptions:
+    """How purchase-log CSVs are read (:mod:`ncf.data.ingest`): single-threaded (so invalid rows
+    get their row number) and through the marking codec (so bytes that are not UTF-8 reach
+    validation, not the parser). The codec exists in processes that imported this module."""
+    return pacsv.ReadOptions(use_threads=False, encoding=MARKED_UTF8, **options)
 
 
 def csv_read_options(columns: Sequence[str]) -> Dict:
-    """Reads every contract column of a CSV as text so that bad values reach validation
-    (and the quarantine) instead of failing type inference for a whole block."""
+    """``ray.data.read_csv`` options for the catalog: contract columns as text so that bad
+    values reach normalization instead of failing type inference for a whole block."""
     return {"convert_options": pacsv.ConvertOptions(column_types={c: pa.string() for c in columns})}
 
 
-def _ids_as_strings(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """IDs as strings; empty strings count as null."""
-    strings = pc.cast(column, pa.string()) if not pa.types.is_string(column.type) else column
-    strings = pc.utf8_trim_whitespace(strings)
-    return pc.if_else(pc.equal(strings, ""), pa.scalar(None, pa.string()), strings)
+def _escaped(text: Optional[str]) -> Optional[str]:
+    """Marked bytes as ``\\xNN``: the raw value as it was in the file."""
+    if text is None:
+        return None
+    return _MARKED_PY.sub(lambda m: f"\\x{ord(m.group()) - _MARK_BASE:02x}", text)
 
 
-def _timestamps_to_seconds(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Arrow timestamps, ISO-8601 strings or epoch seconds -> float seconds (NaN if unparseable)."""
-    t = column.type
+def _decoded(column) -> pa.Array:
+    """One Array (chunks combined), dictionaries decoded."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    return array
+
+
+def _as_text(array: pa.Array) -> Tuple[pa.Array, np.ndarray, pa.Array]:
+    """A text or binary array -> (strings, null where not valid UTF-8; mask of those; raw text
+    with the offending bytes as ``\\xNN``)."""
+    t = array.type
+    binary = array.view(pa.binary()) if pa.types.is_string(t) else pc.cast(array, pa.binary())
+    try:
+        text = pc.cast(binary, pa.string())  # validates UTF-8
+    except pa.ArrowInvalid:
+        values = binary.to_pylist()
+        invalid = np.zeros(len(values), dtype=bool)
+        decoded, raw = [], []
+        for i, v in enumerate(values):
+            try:
+                decoded.append(None if v is None else v.decode("utf-8"))
+                raw.append(decoded[-1])
+            except UnicodeDecodeError:
+                invalid[i] = True
+                decoded.append(None)
+                raw.append(v.decode("utf-8", "backslashreplace"))
+        return pa.array(decoded, pa.string()), invalid, pa.array(raw, pa.string())
+    marked = pc.fill_null(pc.match_substring_regex(text, _MARKED), False).to_numpy(zero_copy_only=False)
+    if not marked.any():
+        return text, marked, text
+    raw = pa.array([_escaped(v) for v in text.to_pylist()], pa.string())
+    return pc.if_else(pa.array(marked), pa.scalar(None, pa.string()), text), marked, raw
+
+
+def _null_strings(n: int) -> pa.Array:
+    return pa.nulls(n, pa.string())
+
+
+# -- the three checked values -----------------------------------------------------------------------
+
+
+def _ids(column) -> Tuple[pa.Array, np.ndarray, np.ndarray]:
+    """IDs -> (values: the id as a string for good rows, the raw text for bad ones, null for
+    missing; missing mask (null or empty); bad mask)."""
+    array = _decoded(column)
+    t, n = array.type, len(array)
+    if pa.types.is_null(t):
+        return _null_strings(n), np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
+    if pa.types.is_integer(t):
+        ids = pc.cast(array, pa.string())
+        return ids, pc.is_null(ids).to_numpy(zero_copy_only=False), np.zeros(n, dtype=bool)
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        values = pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False)  # nulls -> NaN
+        missing = pc.is_null(array).to_numpy(zero_copy_only=False)
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2.0**53)
+        ints = pa.array(np.where(whole, values, 0).astype(np.int64)).cast(pa.string())
+        bad = ~missing & ~whole
+        ids = pc.if_else(pa.array(whole), ints, pc.cast(array, pa.string()))
+        return pc.if_else(pa.array(missing), _null_strings(n), ids), missing, bad
+    if not _is_text(t):
+        raise InputError(f"an id column has type {t}; {_KIND_WORDS[ID]}")
+    text, invalid, raw = _as_text(array)
+    trimmed = pc.utf8_trim_whitespace(text)
+    missing = pc.fill_null(pc.equal(trimmed, ""), True).to_numpy(zero_copy_only=False) & ~invalid
+    ids = pc.if_else(pa.array(invalid), raw, pc.if_else(pa.array(missing), _null_strings(n), trimmed))
+    return ids, missing, invalid
+
+
+_NOT_TIMESTAMPS = ("now", "today", "tomorrow", "yesterday")  # pandas reads the first two as wall-clock time
+_UNIT_SECONDS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array]:
+    """Timestamps in any accepted form -> (float seconds, rounded down, NaN if unparseable; raw text)."""
+    array = _decoded(column)
+    t, n = array.type, len(array)
+    if pa.types.is_null(t):
+        return np.full(n, np.nan), _null_strings(n)
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        arr = pc.cast(column, pa.timestamp("s", tz=t.tz if pa.types.is_timestamp(t) else None))
-        return pc.cast(arr, pa.int64()).to_numpy(zero_copy_only=False).astype("float64")
-    if pa.types.is_integer(t) or pa.types.is_floating(t):
-        return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-    text = pd.Series(pc.cast(column, pa.string()).to_pylist(), dtype="object")
-    numeric = pd.to_numeric(text, errors="coerce")
-    parsed = pd.to_datetime(text.where(numeric.isna()), errors="coerce", utc=True, format="ISO8601")
-    seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
-    return np.where(numeric.notna(), numeric, seconds).astype("float64")
+        raw = pc.cast(array, pa.string())
+        if pa.types.is_date32(t):  # days
+            ticks = pc.fill_null(pc.cast(array, pa.int32()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+            seconds = ticks * 86_400
+        else:  # date64: ms; timestamps: ticks of their unit since the epoch in UTC, whatever the time zone
+            ticks = pc.fill_null(pc.cast(array, pa.int64()), 0).to_numpy(zero_copy_only=False)
+            seconds = np.floor_divide(ticks, 1_000 if pa.types.is_date64(t) else _UNIT_SECONDS[t.unit])
+        return np.where(pc.is_null(array).to_numpy(zero_copy_only=False), np.nan, seconds.astype("float64")), raw
+    if _is_number(t):
+        values = pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False)
+        return np.floor(values), pc.cast(array, pa.string())
+    if not _is_text(t):
+        raise InputError(f"the timestamp column has type {t}; {_KIND_WORDS[TIME]}")
+    text, _, raw = _as_text(array)  # not UTF-8 -> null -> NaN
+    strings = pd.Series(text.to_pylist(), dtype="object").str.strip()
+    strings = strings.where(~strings.str.lower().isin(_NOT_TIMESTAMPS))
+    numeric = pd.to_numeric(strings, errors="coerce")
+    parsed = pd.to_datetime(strings.where(numeric.isna()), errors="coerce", utc=True, format="ISO8601")
+    # Through numpy, in the unit pandas chose: years like 9999 do not fit in nanoseconds.
+    moments = parsed.dt.tz_localize(None).to_numpy()
+    with np.errstate(invalid="ignore"):
+        seconds = np.where(np.isnat(moments), np.nan, moments.astype("datetime64[s]").astype(np.int64))
+    return np.floor(np.where(numeric.notna(), numeric, seconds).astype("float64")), raw
 
 
-def _quantities(column: Optional[pa.ChunkedArray], n: int) -> np.ndarray:
-    """Quantity as float (NaN if not a number); absent column or null -> 1."""
+def _quantities(column, n: int) -> Tuple[np.ndarray, pa.Array]:
+    """Quantity -> (float, NaN if not a number; absent column, null or empty -> 1; raw text)."""
     if column is None:
-        return np.ones(n)
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        values = pd.to_numeric(pd.Series(column.to_pylist(), dtype="object").replace("", None), errors="coerce")
-        nulls = pd.isna(pd.Series(column.to_pylist(), dtype="object").replace("", None)).to_numpy()
-        return np.where(nulls, 1.0, values.to_numpy(dtype="float64"))
-    values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-    return np.where(np.isnan(values), 1.0, values)
+        return np.ones(n), _null_strings(n)
+    array = _decoded(column)
+    t = array.type
+    if pa.types.is_null(t):
+        return np.ones(n), _null_strings(n)
+    if _is_number(t):
+        values = pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False)
+        return np.where(pc.is_null(array).to_numpy(zero_copy_only=False), 1.0, values), pc.cast(array, pa.string())
+    if not _is_text(t):
+        raise InputError(f"the quantity column has type {t}; {_KIND_WORDS[NUMBER]}")
+    text, invalid, raw = _as_text(array)
+    strings = pd.Series(text.to_pylist(), dtype="object").str.strip()
+    empty = (strings.isna() | (strings == "")).to_numpy() & ~invalid
+    values = pd.to_numeric(strings.where(~empty), errors="coerce").to_numpy(dtype="float64")
+    return np.where(empty, 1.0, values), raw
 
 
-def validate_log_batch(batch: pa.Table, min_ts: int = DEFAULT_MIN_TS, max_ts: int = DEFAULT_MAX_TS) -> pa.Table:
-    """Raw log rows -> normalized rows with a ``reason`` (null when the row is good).
+def _column(batch, name: str):
+    return batch.column(name) if name in batch.schema.names else None
 
-    Output columns: user_id (string), product_id (string), ts (int64 seconds, 0 if bad),
-    quantity (int64), reason (string). Every input row comes out exactly once.
+
+def validate_log_batch(batch, min_ts: int = DEFAULT_MIN_TS, max_ts: int = DEFAULT_MAX_TS) -> pa.Table:
+    """Raw log rows (a Table or RecordBatch) -> normalized rows with a ``reason`` (null when the row is good).
+
+    Output (:data:`VALIDATED`): user_id, product_id (strings; for a bad id its raw text),
+    ts (int64 seconds, 0 if bad), quantity (int64, 0 if bad), reason, and raw_timestamp /
+    raw_quantity (the values as text, as they were in the input). Every input row comes out
+    exactly once, in order.
     """
     n = batch.num_rows
-    users = _ids_as_strings(batch.column(USER_ID))
-    products = _ids_as_strings(batch.column(PRODUCT_ID))
-    seconds = _timestamps_to_seconds(batch.column(TIMESTAMP))
-    quantity = _quantities(batch.column(QUANTITY) if QUANTITY in batch.column_names else None, n)
+    users, null_users, bad_users = _ids(batch.column(USER_ID))
+    products, null_products, bad_products = _ids(batch.column(PRODUCT_ID))
+    seconds, raw_ts = _timestamps_to_seconds(batch.column(TIMESTAMP))
+    quantity, raw_qty = _quantities(_column(batch, QUANTITY), n)
 
-    checks = [
-        (NULL_USER_ID, pc.is_null(users).to_numpy(zero_copy_only=False)),
-        (NULL_PRODUCT_ID, pc.is_null(products).to_numpy(zero_copy_only=False)),
-        (BAD_TIMESTAMP, ~np.isfinite(seconds)),
-        (TIMESTAMP_OUT_OF_RANGE, np.isfinite(seconds) & ((seconds < min_ts) | (seconds > max_ts))),
-        # Not a whole number, or one int64 cannot hold (the cast below would wrap it around).
-        (
-            BAD_QUANTITY,
-            ~np.isfinite(quantity)
-            | (np.isfinite(quantity) & ((quantity != np.round(quantity)) | (np.abs(quantity) >= 2.0**63))),
-        ),
-        (NON_POSITIVE_QUANTITY, np.isfinite(quantity) & (quantity <= 0)),
-    ]
+    with np.errstate(invalid="ignore"):
+        checks = [
+            (NULL_USER_ID, null_users),
+            (BAD_USER_ID, bad_users),
+            (NULL_PRODUCT_ID, null_products),
+            (BAD_PRODUCT_ID, bad_products),
+            (BAD_TIMESTAMP, ~np.isfinite(seconds)),
+            (TIMESTAMP_OUT_OF_RANGE, np.isfinite(seconds) & ((seconds < min_ts) | (seconds > max_ts))),
+            # Not a whole number, or one int64 cannot hold (the cast below would wrap it around).
+            (
+                BAD_QUANTITY,
+                ~np.isfinite(quantity)
+                | (np.isfinite(quantity) & ((quantity != np.round(quantity)) | (np.abs(quantity) >= 2.0**63))),
+            ),
+            (NON_POSITIVE_QUANTITY, np.isfinite(quantity) & (quantity <= 0)),
+        ]
     reason = np.full(n, None, dtype=object)
     for name, bad in checks:
         reason[(reason == None) & bad] = name  # noqa: E711  (elementwise on an object array)
@@ -187,32 +442,40 @@ def validate_log_batch(batch: pa.Table, min_ts: int = DEFAULT_MIN_TS, max_ts: in
     ts = np.where(good, seconds, 0).astype("int64")
     qty = np.where(good, quantity, 0).astype("int64")
     return pa.table(
-        {
-            USER_ID: users,
-            PRODUCT_ID: products,
-            TS: pa.array(ts, pa.int64()),
-            QUANTITY: pa.array(qty, pa.int64()),
-            REASON: pa.array(reason, pa.string()),
-        }
+        [
+            users,
+            products,
+            pa.array(ts, pa.int64()),
+            pa.array(qty, pa.int64()),
+            pa.array(reason, pa.string()),
+            raw_ts,
+            raw_qty,
+        ],
+        schema=VALIDATED,
     )
 
 
 def normalize_catalog_batch(batch: pa.Table) -> pa.Table:
-    """Catalog rows -> string ids, department and category; missing values become 'unknown'."""
+    """Catalog rows -> string ids, department and category; missing values become 'unknown'
+    (rows whose product id is missing or bad are dropped and counted by the caller)."""
 
     def text(name: str) -> pa.Array:
-        col = _ids_as_strings(batch.column(name))
-        return pc.fill_null(col, UNKNOWN) if name != PRODUCT_ID else col
+        values, missing, bad = _ids(batch.column(name))
+        values = pc.if_else(pa.array(missing | bad), _null_strings(len(values)), values)
+        return pc.fill_null(values, UNKNOWN) if name != PRODUCT_ID else values
 
     table = pa.table({PRODUCT_ID: text(PRODUCT_ID), DEPARTMENT: text(DEPARTMENT), CATEGORY: text(CATEGORY)})
     return table.filter(pc.is_valid(table.column(PRODUCT_ID)))
 
 
 def id_kind(files: InputFiles, column: str) -> str:
-    """'int' when the id column is integer-typed in every file, else 'str' (for returning raw ids)."""
+    """'int' when the id column is integer-typed (or whole-number floats) in every file, else
+    'str' (for returning raw ids)."""
     if files.format == "csv":
         return "str"
     for path in files.paths:
-        if not pa.types.is_integer(pq.read_schema(path).field(column).type):
+        t = pq.read_schema(path).field(column).type
+        t = t.value_type if pa.types.is_dictionary(t) else t
+        if not (_is_number(t) or pa.types.is_null(t)):
             return "str"
     return "int"

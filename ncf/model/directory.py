@@ -37,6 +37,7 @@ from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
+from ncf.staging import replacing
 
 FORMAT_VERSION = 2
 CONFIG = "config.json"
@@ -62,8 +63,15 @@ def save_model_dir(
     metrics: Optional[Dict] = None,
     version: Optional[str] = None,
     ranking: Optional[Dict] = None,
+    overwrite: bool = False,
 ) -> str:
-    """Writes a complete model directory next to ``output`` and renames it into place.
+    """Writes a complete model directory beside ``output`` and swaps it in (:func:`ncf.staging.replacing`).
+
+    A save that fails leaves the old directory as it was. When ``output`` is a symlink
+    (blue/green), the new directory ``<link name>-<version>`` is written beside the link's target
+    and the link repointed; the old target is kept (roll back by pointing the link at it).
+    Refuses (InputError) an ``output`` that contains ``data``, or an existing non-empty one that
+    is not a model directory (no ``config.json``) unless ``overwrite``.
 
     Args:
         trained_through: epoch seconds where the training labels ended; households and products
@@ -71,26 +79,24 @@ def save_model_dir(
         run: ``validated`` or ``refit`` (:mod:`ncf.splits`).
     """
     stats = layout.DataStats(data)
-    tmp = output.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    torch.save(weights, os.path.join(tmp, WEIGHTS))
-    copy_state(data, os.path.join(tmp, STATE))
-    write_json(
-        os.path.join(tmp, CONFIG),
-        {
-            "format_version": FORMAT_VERSION,
-            "version": version or time.strftime("%Y%m%d-%H%M%S", time.gmtime()),
-            "run": run,
-            "model": dataclasses.asdict(model_config),
-            "data": {"path": os.path.abspath(data), "boundaries": stats.boundaries},
-            "trained_through": int(trained_through),
-            "ranking": ranking or {},
-        },
-    )
-    write_json(os.path.join(tmp, METRICS), metrics or {})
-    shutil.rmtree(output, ignore_errors=True)
-    os.replace(tmp, output)
+    version = version or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    # wait_s: two saves to one MODEL take turns (a save takes seconds) instead of one failing.
+    with replacing(output, CONFIG, "model directory", [data], overwrite, wait_s=120, version=version) as tmp:
+        torch.save(weights, os.path.join(tmp, WEIGHTS))
+        copy_state(data, os.path.join(tmp, STATE))
+        write_json(
+            os.path.join(tmp, CONFIG),
+            {
+                "format_version": FORMAT_VERSION,
+                "version": version,
+                "run": run,
+                "model": dataclasses.asdict(model_config),
+                "data": {"path": os.path.abspath(data), "boundaries": stats.boundaries},
+                "trained_through": int(trained_through),
+                "ranking": ranking or {},
+            },
+        )
+        write_json(os.path.join(tmp, METRICS), metrics or {})
     return output
 
 

@@ -64,8 +64,11 @@ def run_history(result) -> list:
         return read_train_state(d).get("history", [])
 
 
-def export_model_dir(checkpoint, output: str, data: str, metrics: Dict, version: Optional[str] = None) -> str:
-    """Writes ``checkpoint`` (a ``ray.train.Checkpoint``) as a model directory at ``output``."""
+def export_model_dir(
+    checkpoint, output: str, data: str, metrics: Dict, version: Optional[str] = None, overwrite: bool = False
+) -> str:
+    """Writes ``checkpoint`` (a ``ray.train.Checkpoint``) as a model directory at ``output``
+    (``overwrite``: see :func:`ncf.model.directory.save_model_dir`)."""
     with checkpoint.as_directory() as d:
         weights, state = read_checkpoint(d)
     return save_model_dir(
@@ -77,4 +80,5 @@ def export_model_dir(checkpoint, output: str, data: str, metrics: Dict, version:
         run=state["run"],
         metrics=metrics,
         version=version,
+        overwrite=overwrite,
     )

@@ -1,0 +1,208 @@
+"""Atomic commit of one partition of a dataset directory, for jobs that rewrite a whole
+partition per run (nightly batch scoring writes ``OUT/run_date=D/``).
+
+Layout::
+
+    OUT/
+      run_date=2017-11-27/                    committed: the parts and _SUCCESS
+      _tmp/run_date=2017-11-27/RUN/           a run in progress: its parts, then _SUCCESS last
+      _tmp/replaced-run_date=2017-11-27-RUN   the old partition, only while it is replaced
+      _commit/run_date=2017-11-27.lock        flock held by the partition's run (file kept)
+      _commit/run_date=2017-11-27.json        journal of a swap under way (absent otherwise)
+
+Readers skip names that start with ``_`` or ``.`` (pyarrow, Ray Data) and must treat a
+partition without ``_SUCCESS`` as absent.
+
+Protocol (:class:`PartitionRun`):
+
+1. open: take the partition's lock, refusing at once when another live run holds it
+   (:class:`ncf.staging.Busy`, a one-line error: two runs of one date never interleave);
+   finish any swap a dead run left (its journal: this partition's, and other partitions' whose
+   lock is free); remove what dead runs left in ``_tmp``; create this run's stage.
+2. the job writes its parts into the stage (each part whole or absent: a hidden name, then a
+   rename).
+3. :meth:`PartitionRun.commit`: ``_SUCCESS`` (the manifest) as the stage's last file, then the
+   journaled swap of :func:`ncf.staging.swap`: fsync the stage's files and directories, write
+   the journal, rename the old partition to ``replaced-...``, rename the stage into place, fsync
+   both directories, delete the replaced partition, delete the journal.
+
+A run that dies before 3 leaves only ``_tmp`` entries, which the next run removes. One that
+dies inside 3 (between the two renames, say: no partition in place) leaves its journal, and
+the next run of any partition rolls the swap forward: the partition becomes the dead run's
+complete one, then that run replaces it as usual. The lock goes when its run ends or its
+process dies (the kernel drops it), so a held lock is always a live run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from contextlib import ExitStack
+from typing import Callable, Dict, List, Optional
+
+from ncf.jsonio import read_json, write_json
+from ncf.staging import Busy, exclusive, remove, roll_forward, swap
+
+SUCCESS = "_SUCCESS"
+TMP = "_tmp"
+COMMIT = "_commit"
+REPLACED = "replaced-"
+# Other partitions' staged runs older than this are from dead runs (a nightly run is shorter),
+# and only removed when no live run holds that partition's lock.
+STALE_SECONDS = 24 * 3600
+
+
+def partition_path(output: str, partition: str) -> str:
+    return os.path.join(output, partition)
+
+
+def stage_root(output: str, partition: str) -> str:
+    return os.path.join(output, TMP, partition)
+
+
+def lock_path(output: str, partition: str) -> str:
+    return os.path.join(output, COMMIT, f"{partition}.lock")
+
+
+def journal_path(output: str, partition: str) -> str:
+    return os.path.join(output, COMMIT, f"{partition}.json")
+
+
+def parked_path(output: str, partition: str, run_id: str) -> str:
+    return os.path.join(output, TMP, f"{REPLACED}{partition}-{run_id}")
+
+
+# -- recovery ----------------------------------------------------------------------------------------
+
+
+def recover(output: str, partition: str) -> Optional[str]:
+    """Finishes the swap a dead run of ``partition`` left; the caller holds the partition's lock.
+    Returns the committed partition's path when there was one to finish."""
+    record = roll_forward(journal_path(output, partition))
+    return record["final"] if record else None
+
+
+def recover_others(output: str, partition: str) -> List[str]:
+    """Finishes the swaps dead runs of other partitions left, each under its lock (skipped while
+    a live run holds it). Returns the partitions committed this way."""
+    root = os.path.join(output, COMMIT)
+    done = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        other = name[: -len(".json")]
+        if not name.endswith(".json") or other == partition:
+            continue
+        try:
+            with exclusive(lock_path(output, other), partition_path(output, other)):
+                if recover(output, other):
+                    done.append(partition_path(output, other))
+        except Busy:
+            continue
+    return done
+
+
+def _locked(output: str, partition: str) -> bool:
+    """Whether a live run holds the partition's lock (tries it without waiting)."""
+    path = lock_path(output, partition)
+    if not os.path.exists(path):
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _pending_paths(output: str) -> set:
+    """Paths that journals of swaps still under way name (a live run's, since the dead runs'
+    were rolled forward first): never cleaned."""
+    root = os.path.join(output, COMMIT)
+    paths = set()
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        if name.endswith(".json"):
+            record = read_json(os.path.join(root, name))
+            paths.update(os.path.abspath(record[k]) for k in ("staged", "parked"))
+    return paths
+
+
+def clean_stale(output: str, partition: str, now: Optional[float] = None) -> List[str]:
+    """Removes what dead runs left in ``OUT/_tmp``: every entry of ``partition`` (the caller
+    holds its lock) and other partitions' entries older than ``STALE_SECONDS`` whose lock is
+    free; never what a swap under way names. Returns the removed paths."""
+    root = os.path.join(output, TMP)
+    if not os.path.isdir(root):
+        return []
+    now = time.time() if now is None else now
+    pending = _pending_paths(output)
+    removed = []
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if os.path.abspath(path) in pending:
+            continue
+        mine = name == partition or name.startswith(f"{REPLACED}{partition}-")
+        # A replaced partition without a pending journal is a leftover; a staged run is one
+        # only when no live run holds its partition's lock.
+        stale = now - os.path.getmtime(path) > STALE_SECONDS and (
+            name.startswith(REPLACED) or not _locked(output, name)
+        )
+        if mine or stale:
+            remove(path)
+            removed.append(path)
+    return removed
+
+
+# -- one run -------------------------------------------------------------------------------------------
+
+
+class PartitionRun:
+    """One run writing one partition (see the module docstring)::
+
+        with PartitionRun(OUT, "run_date=2017-11-27", run_id) as run:
+            ...  # write the parts into run.stage
+            final = run.commit(manifest)
+
+    Leaving the block without committing removes the stage (the partition is untouched).
+    """
+
+    def __init__(self, output: str, partition: str, run_id: str, log: Callable[[str], None] = lambda m: None):
+        self.output, self.partition, self.run_id, self.log = os.path.abspath(output), partition, run_id, log
+        self.final = partition_path(self.output, partition)
+        self.stage = os.path.join(stage_root(self.output, partition), run_id)
+        self.committed = False
+        self._stack = ExitStack()
+
+    def __enter__(self) -> "PartitionRun":
+        with ExitStack() as stack:
+            stack.enter_context(exclusive(lock_path(self.output, self.partition), self.final))
+            if recover(self.output, self.partition):
+                self.log(f"finished the commit a dead run of {self.partition} left: {self.final}")
+            for path in recover_others(self.output, self.partition):
+                self.log(f"finished the commit a dead run left: {path}")
+            for path in clean_stale(self.output, self.partition):
+                self.log(f"removed what a previous run left: {path}")
+            os.makedirs(self.stage)
+            self._stack = stack.pop_all()
+        return self
+
+    def commit(self, manifest: Dict) -> str:
+        """``_SUCCESS`` last into the stage, then the journaled swap; returns the partition path."""
+        write_json(os.path.join(self.stage, SUCCESS), manifest)
+        swap(
+            self.stage,
+            self.final,
+            parked_path(self.output, self.partition, self.run_id),
+            journal_path(self.output, self.partition),
+        )
+        self.committed = True
+        return self.final
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if not self.committed:
+                shutil.rmtree(self.stage, ignore_errors=True)
+        finally:
+            self._stack.close()

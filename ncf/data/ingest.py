@@ -1,0 +1,361 @@
+"""Reading purchase logs with Ray Data: every source row comes out once, validated, with the
+file and row it came from; rows far after the bulk of the data are quarantined.
+
+Why not ``ray.data.read_csv`` / ``read_parquet``: Ray 2.60's ``read_csv`` does carry
+``parse_options`` to its read tasks (pickled with the datasource, which even sets
+``invalid_row_handler`` again after unpickling, ARROW-17641), so a handler travels. But a
+handler can only answer "skip" or "error": the rows it sees stay in the read task's process and
+never join the blocks the task yields, so they could be counted or quarantined only through a
+side channel (files written from inside the parser's callback, duplicated when a task is
+retried). Neither reader numbers rows, and ``read_csv`` decodes text as strict UTF-8. So the read
+tasks here are ours: one Ray Data task per piece (a CSV file, or a run of a Parquet file's row
+groups), reading with pyarrow's streaming readers and yielding validated batches in which a
+CSV row with the wrong number of fields is a ``malformed_row`` row with its number and text.
+
+Besides :data:`ncf.data.schema.VALIDATED`, rows carry
+
+* ``source_file``: index into the input file list (a path per row would cost more than the row);
+* ``source_row``: Parquet, the 0-based row index in the file; CSV, the row number pyarrow's
+  parser gives (header = 1, so the line number an editor shows unless blank lines, which are
+  skipped, or quoted values spanning lines come before);
+* ``raw_row``: the text of a malformed CSV row (null otherwise).
+
+``rows_in`` is counted from the source: Parquet footers, and the CSV parser's row numbers (the
+last row's number less the header), and checked per file against the rows that came out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from ncf.data import schema
+from ncf.errors import InputError
+
+SOURCE_FILE = "source_file"
+SOURCE_ROW = "source_row"
+RAW_ROW = "raw_row"
+ROWS = pa.schema(list(schema.VALIDATED) + [(SOURCE_FILE, pa.int32()), (SOURCE_ROW, pa.int64()), (RAW_ROW, pa.string())])
+OK = "ok"  # the reason column's value for kept rows in counts
+DAY = 86_400
+
+PIECE_ROWS = 1_000_000  # a Parquet file's row groups are read in pieces of about this many rows
+BATCH_ROWS = 65_536
+CSV_BLOCK_BYTES = 4 << 20
+
+# Where the bulk of the data ends (see future_bound).
+BULK_QUANTILE = 0.99
+GAP_MEDIANS = 3
+
+
+# -- planning (driver) ----------------------------------------------------------------------------------
+
+
+def plan(files: schema.InputFiles) -> Tuple[List[Dict], Dict[int, int]]:
+    """Pieces of work (one read task each) and, for Parquet, every file's row count from its footer."""
+    if files.format == "csv":
+        return [{"file": i, "path": p, "row_groups": [], "first_row": 0} for i, p in enumerate(files.paths)], {}
+    pieces, rows = [], {}
+    for i, path in enumerate(files.paths):
+        try:
+            meta = pq.read_metadata(path)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise schema._unreadable(path, "parquet", e) from None
+        rows[i] = meta.num_rows
+        first, group, group_rows = 0, [], 0
+        for g in range(meta.num_row_groups):
+            group.append(g)
+            group_rows += meta.row_group(g).num_rows
+            if group_rows >= PIECE_ROWS or g == meta.num_row_groups - 1:
+                pieces.append({"file": i, "path": path, "row_groups": group, "first_row": first})
+                first, group, group_rows = first + group_rows, [], 0
+    return pieces, rows
+
+
+# -- reading (Ray Data tasks) ---------------------------------------------------------------------------
+
+
+def _with_source(table: pa.Table, file: int, rows: np.ndarray, raw_row: Optional[pa.Array] = None) -> pa.Table:
+    n = table.num_rows
+    return (
+        table.append_column(SOURCE_FILE, pa.array(np.full(n, file, np.int32)))
+        .append_column(SOURCE_ROW, pa.array(rows.astype(np.int64)))
+        .append_column(RAW_ROW, raw_row if raw_row is not None else pa.nulls(n, pa.string()))
+    )
+
+
+def _parquet_piece(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
+    file = pq.ParquetFile(piece["path"])
+    names = file.schema_arrow.names
+    columns = [c for c in schema.LOG_REQUIRED + schema.LOG_OPTIONAL if c in names]
+    row = piece["first_row"]
+    for batch in file.iter_batches(
+        batch_size=BATCH_ROWS, row_groups=piece["row_groups"], columns=columns, use_threads=False
+    ):
+        table = schema.validate_log_batch(batch, min_ts, max_ts)
+        yield _with_source(table, piece["file"], np.arange(row, row + batch.num_rows))
+        row += batch.num_rows
+
+
+def _free_numbers(start: int, count: int, taken: List[int]) -> np.ndarray:
+    """The first ``count`` integers from ``start`` that are not in ``taken`` (sorted, all >= start)."""
+    candidates = np.arange(start, start + count + len(taken), dtype=np.int64)
+    return candidates[~np.isin(candidates, np.asarray(taken, dtype=np.int64))][:count]
+
+
+def _malformed(rows: List[Tuple[int, str]], file: int) -> pa.Table:
+    """Malformed CSV rows as quarantined rows: their number and text, every value null."""
+    n = len(rows)
+    table = pa.table(
+        {
+            **{f.name: pa.nulls(n, f.type) for f in schema.VALIDATED},
+            schema.TS: pa.array(np.zeros(n, np.int64)),
+            schema.QUANTITY: pa.array(np.zeros(n, np.int64)),
+            schema.REASON: pa.array([schema.MALFORMED_ROW] * n, pa.string()),
+        },
+        schema=schema.VALIDATED,
+    )
+    numbers = np.array([number if number is not None else -1 for number, _ in rows], dtype=np.int64)
+    text = pa.array([schema._escaped(t) for _, t in rows], pa.string())
+    return _with_source(table, file, numbers, text)
+
+
+def _csv_file(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
+    """Streams one CSV: good rows validated, malformed ones quarantined, all with their number.
+
+    pyarrow numbers rows (header = 1) and calls the handler while it parses a block, before that
+    block's batch is returned (sometimes a block ahead), so the good rows of a batch get the
+    free numbers from where the last batch stopped, skipping those the handler reported.
+    """
+    malformed: List[Tuple[int, str]] = []
+
+    def handler(row) -> str:
+        malformed.append((row.number, row.text))
+        return "skip"
+
+    columns = [c for c in schema.LOG_REQUIRED + schema.LOG_OPTIONAL if c in schema.file_columns(piece["path"], "csv")]
+    reader = pacsv.open_csv(
+        piece["path"],
+        read_options=schema.csv_reader_options(block_size=CSV_BLOCK_BYTES),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=handler),
+        convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=columns),
+    )
+    next_number = 2
+    with reader:
+        for batch in reader:
+            taken = sorted(number for number, _ in malformed if number is not None and number >= next_number)
+            numbers = _free_numbers(next_number, batch.num_rows, taken)
+            if batch.num_rows:
+                yield _with_source(schema.validate_log_batch(batch, min_ts, max_ts), piece["file"], numbers)
+                next_number = int(numbers[-1]) + 1
+            placed = [r for r in malformed if r[0] is None or r[0] < next_number]
+            if placed:
+                malformed = [r for r in malformed if not (r[0] is None or r[0] < next_number)]
+                yield _malformed(placed, piece["file"])
+    if malformed:
+        yield _malformed(malformed, piece["file"])
+
+
+def read_and_validate(batch: pa.Table, fmt: str, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
+    """Ray Data task: the pieces in ``batch`` (one, normally) -> validated rows (:data:`ROWS`).
+
+    A file that cannot be read at all (cut short, an unterminated quote...) raises InputError
+    naming it, which :func:`ingest_logs` passes on as the job's one-line error.
+    """
+    for piece in batch.to_pylist():
+        try:
+            if fmt == "parquet":
+                yield from _parquet_piece(piece, min_ts, max_ts)
+            else:
+                yield from _csv_file(piece, min_ts, max_ts)
+        except (pa.ArrowException, OSError, ValueError, EOFError) as e:
+            raise schema._unreadable(piece["path"], fmt, e) from None
+
+
+def _input_error_in(error: Optional[BaseException]) -> Optional[str]:
+    """The message of the InputError a read task raised, from whatever Ray wrapped it in (Ray
+    re-raises it as ``RayTaskError(InputError)`` with the remote traceback as its text, and Ray
+    Data appends its retry advice to the original's message: the first line is ours)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, InputError) and not type(error).__module__.startswith("ray."):
+            return str(error).splitlines()[0] if str(error) else type(error).__name__
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return None
+
+
+# -- where the bulk of the data ends ---------------------------------------------------------------------
+
+
+def _day_counts(batch: pa.Table) -> pa.Table:
+    good = pc.is_null(batch.column(schema.REASON))
+    ts = batch.column(schema.TS).filter(good).to_numpy()
+    values, counts = np.unique(np.floor_divide(ts, DAY), return_counts=True)
+    return pa.table({"day": values, "n": counts.astype(np.int64)})
+
+
+def future_bound(days: np.ndarray, counts: np.ndarray, gap_days: float) -> Optional[int]:
+    """The first epoch second that counts as far in the future, from the good rows per day.
+
+    The bulk of the data ends at the first gap of more than ``max(gap_days, 3 x the median gap
+    between days with purchases)`` after the 99th percentile of the rows (never the last row
+    itself, so one far-future row in a small log is still found); what comes after that gap
+    is quarantined. A log that simply thins out towards its end keeps every row, a store
+    closed for a while keeps its reopening once it holds 1% of the rows, and a row in 2099 or
+    at the wall-clock time of a historical log is cut off. None when there are no rows.
+
+    Example: purchases every day of 2024-01..03 and one row on 2099-01-01 -> the bound is
+    2024-04-01T00:00:00Z (the end of the last day of March), and the 2099 row is beyond it.
+    """
+    order = np.argsort(days)
+    days, counts = np.asarray(days, np.int64)[order], np.asarray(counts, np.int64)[order]
+    if days.size == 0:
+        return None
+    cumulative = np.cumsum(counts)
+    rank = min(np.ceil(BULK_QUANTILE * cumulative[-1]), cumulative[-1] - 1) if cumulative[-1] > 1 else 1
+    start = int(np.searchsorted(cumulative, rank, side="left"))
+    gaps = np.diff(days)
+    allowed = max(gap_days, GAP_MEDIANS * float(np.median(gaps))) if gaps.size else gap_days
+    end = start
+    while end + 1 < days.size and days[end + 1] - days[end] <= allowed:
+        end += 1
+    return int(days[end] + 1) * DAY
+
+
+def _mark_future(batch: pa.Table, bound: int) -> pa.Table:
+    future = pc.and_(pc.is_null(batch.column(schema.REASON)), pc.greater_equal(batch.column(schema.TS), bound))
+    reasons = pc.if_else(future, pa.scalar(schema.FUTURE_TIMESTAMP), batch.column(schema.REASON))
+    ts = pc.if_else(future, pa.scalar(0, pa.int64()), batch.column(schema.TS))
+    qty = pc.if_else(future, pa.scalar(0, pa.int64()), batch.column(schema.QUANTITY))
+    index = batch.schema.get_field_index
+    batch = batch.set_column(index(schema.REASON), schema.REASON, reasons)
+    batch = batch.set_column(index(schema.TS), schema.TS, ts)
+    return batch.set_column(index(schema.QUANTITY), schema.QUANTITY, qty)
+
+
+# -- accounting -------------------------------------------------------------------------------------------
+
+
+def _counts(batch: pa.Table) -> pa.Table:
+    """Per (file, reason): rows and the highest source row."""
+    table = pa.table(
+        {
+            SOURCE_FILE: batch.column(SOURCE_FILE),
+            schema.REASON: pc.fill_null(batch.column(schema.REASON), OK),
+            SOURCE_ROW: batch.column(SOURCE_ROW),
+        }
+    )
+    return table.group_by([SOURCE_FILE, schema.REASON]).aggregate([(SOURCE_ROW, "count"), (SOURCE_ROW, "max")])
+
+
+@dataclass
+class Ingested:
+    """The validated rows (materialized; reasons final) and their accounting."""
+
+    rows: object  # ray.data.Dataset of ROWS
+    rows_in: int
+    rows_kept: int
+    rows_quarantined: int
+    by_reason: Dict[str, int]
+    future_bound: Optional[int]
+    rows_by_file: Dict[str, int]
+
+
+def source_rows(counts, fmt: str, footer_rows: Dict[int, int], paths: List[str]) -> Dict[str, int]:
+    """Rows each file holds according to the source (Parquet footers; the CSV parser's row
+    numbers), checked against the rows that came out of validation: raises RuntimeError when a
+    row was lost or doubled on the way."""
+    per_file = counts.groupby(SOURCE_FILE).agg(out=(f"{SOURCE_ROW}_count", "sum"), last=(f"{SOURCE_ROW}_max", "max"))
+    result = {}
+    for i, path in enumerate(paths):
+        out = int(per_file["out"].get(i, 0))
+        if fmt == "parquet":
+            source = footer_rows.get(i, 0)
+        else:  # rows are numbered from 2 (the header is 1), every row whether it parsed or not
+            source = max(int(per_file["last"].get(i, 1)) - 1, 0)
+        if out != source:
+            raise RuntimeError(f"{path}: {source:,} rows in the file but {out:,} came out of validation")
+        result[path] = source
+    return result
+
+
+def ingest_logs(
+    files: schema.InputFiles,
+    min_ts: int = schema.DEFAULT_MIN_TS,
+    max_ts: int = schema.DEFAULT_MAX_TS,
+    future_gap_days: float = 14.0,
+    log: Callable[[str], None] = lambda m: None,
+) -> Ingested:
+    """Reads and validates every row with Ray Data, quarantines the far future, and accounts for
+    every source row (rows in = kept + quarantined, or RuntimeError)."""
+    import ray
+
+    pieces, footer_rows = plan(files)
+    if not pieces:
+        raise InputError(f"{files.paths[0]}: no purchase rows in the {len(files.paths)} input file(s)")
+    rows = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
+        read_and_validate,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"fmt": files.format, "min_ts": min_ts, "max_ts": max_ts},
+    )
+    try:
+        rows = rows.materialize()
+    except Exception as e:  # noqa: BLE001  (Ray wraps what its tasks raise)
+        message = _input_error_in(e)
+        if message is None:
+            raise
+        raise InputError(message) from None
+
+    frame = rows.map_batches(_day_counts, batch_format="pyarrow").to_pandas()
+    days = frame.groupby("day")["n"].sum() if len(frame) else pd.Series([], dtype=np.int64)
+    bound = future_bound(days.index.to_numpy(), days.to_numpy(), future_gap_days)
+    if bound is not None and (int(days.index.max()) + 1) * DAY > bound:
+        rows = rows.map_batches(_mark_future, batch_format="pyarrow", fn_kwargs={"bound": bound}).materialize()
+
+    counts = rows.map_batches(_counts, batch_format="pyarrow").to_pandas()
+    by_file = source_rows(counts, files.format, footer_rows, files.paths)
+    by_reason = {str(r): int(n) for r, n in counts.groupby(schema.REASON)[f"{SOURCE_ROW}_count"].sum().items()}
+    rows_kept = by_reason.pop(OK, 0)
+    rows_quarantined = sum(by_reason.values())
+    rows_in = sum(by_file.values())
+    if rows_in != rows_kept + rows_quarantined:
+        raise RuntimeError(f"{rows_in:,} rows in but {rows_kept:,} kept + {rows_quarantined:,} quarantined")
+    return Ingested(rows, rows_in, rows_kept, rows_quarantined, by_reason, bound, by_file)
+
+
+# -- what leaves this stage ---------------------------------------------------------------------------
+
+
+def kept_rows(batch: pa.Table) -> pa.Table:
+    """The good rows, as later stages read them: user_id, product_id, ts, quantity."""
+    good = batch.filter(pc.is_null(batch.column(schema.REASON)))
+    return good.select([schema.USER_ID, schema.PRODUCT_ID, schema.TS, schema.QUANTITY])
+
+
+def quarantine_rows(batch: pa.Table, paths: List[str]) -> pa.Table:
+    """The bad rows as the quarantine keeps them: the input contract's columns with their raw
+    values (text), the reason, the source file and row, and a malformed row's text, so a row
+    can be repaired and fed to preprocessing again."""
+    bad = batch.filter(pc.is_valid(batch.column(schema.REASON)))
+    files = pa.DictionaryArray.from_arrays(bad.column(SOURCE_FILE).combine_chunks(), pa.array(paths, pa.string()))
+    return pa.table(
+        {
+            schema.USER_ID: bad.column(schema.USER_ID),
+            schema.PRODUCT_ID: bad.column(schema.PRODUCT_ID),
+            schema.TIMESTAMP: bad.column(schema.RAW_TIMESTAMP),
+            schema.QUANTITY: bad.column(schema.RAW_QUANTITY),
+            schema.REASON: bad.column(schema.REASON),
+            SOURCE_FILE: files.cast(pa.string()),
+            SOURCE_ROW: bad.column(SOURCE_ROW),
+            RAW_ROW: bad.column(RAW_ROW),
+        }
+    )

@@ -1,0 +1,309 @@
+"""Stage, then swap: a directory other jobs read is never deleted before its replacement exists.
+
+Every job that writes such a directory (DATA from preprocessing, MODEL from training, a
+batch-scoring partition) builds the new one beside it and swaps it in at the end::
+
+    with replacing("artifacts/data/cj", marker="stats.json", inputs=log_paths) as stage:
+        ...  # write everything under ``stage``
+    # now artifacts/data/cj is the new directory; had the block raised, the old one would be untouched
+
+Pieces, each usable alone (``ncf.batch.commit`` builds the partition commit from them):
+
+* :func:`exclusive`: one run at a time per target (``fcntl.flock`` on a lock file that is never
+  deleted, so two runs can never hold locks on two different files of the same name). The
+  kernel drops the lock when its process dies, so a held lock always means a live run.
+* :func:`swap`: the journaled replacement of ``final`` by a complete ``staged`` directory.
+  POSIX cannot rename a directory over a non-empty one, so the swap is two renames (``final``
+  to ``parked``, ``staged`` to ``final``); a journal written before the first says what is under
+  way, and :func:`roll_forward` (which every later run calls first) finishes a swap a dead
+  process left half done. The staged tree is fsynced before the journal is written and every
+  renamed entry's directory after the rename, so the journal never names a directory whose
+  files a power cut could still lose.
+* blue/green: when the target is a symlink, the new directory is written beside the link's
+  target under a new name and the link is repointed atomically (a new link renamed over it).
+  The directory the link pointed at is never deleted (roll back by pointing the link at it).
+
+Layout next to a target ``PARENT/NAME``: ``.NAME.lock`` (kept), ``.NAME.swap.json`` (only mid-swap),
+``.NAME.staging-RUN`` (a run in progress), ``.NAME.old-RUN`` (the replaced directory, mid-swap).
+Hidden names: readers that list PARENT (pyarrow, Ray Data, ``resolve_files``) skip them.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import socket
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence
+
+from ncf.errors import InputError
+from ncf.jsonio import read_json, write_json
+
+# Fault drills (tests only): NCF_FAULT=between-renames makes the process exit at once after the
+# first rename of a swap, as a kill or power cut there would (status FAULT_EXIT, nothing cleaned).
+FAULT_ENV = "NCF_FAULT"
+BETWEEN_RENAMES = "between-renames"
+FAULT_EXIT = 86
+
+
+def _fault_point(name: str) -> None:
+    if os.environ.get(FAULT_ENV) == name:
+        os._exit(FAULT_EXIT)
+
+
+class Busy(InputError):
+    """Another live run holds the target's lock (a one-line error, exit status 2 from the jobs)."""
+
+
+# -- durability -------------------------------------------------------------------------------------
+
+
+def fsync_path(path: str) -> None:
+    """Flushes one file or directory entry list to disk. File systems that cannot fsync a
+    directory (some network ones answer EINVAL) are left as they are."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str) -> None:
+    """Flushes every file and directory under ``root`` (children before their directory)."""
+    for directory, _, files in os.walk(root, topdown=False):
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                fsync_path(path)
+        fsync_path(directory)
+
+
+def fsync_parent(path: str) -> None:
+    fsync_path(os.path.dirname(os.path.abspath(path)) or "/")
+
+
+def remove(path: str) -> None:
+    """Removes a file, symlink or directory tree; absent is fine."""
+    if os.path.islink(path) or os.path.isfile(path):
+        os.remove(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+
+
+# -- one run at a time ------------------------------------------------------------------------------
+
+
+@contextmanager
+def exclusive(lock_path: str, what: str, wait_s: float = 0.0) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on ``lock_path`` for the block.
+
+    With ``wait_s`` 0 a held lock refuses at once; otherwise it is retried for up to ``wait_s``
+    seconds. Raises :class:`Busy` (one line: the target, the holder's pid and host).
+    """
+    os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                    raise Busy(
+                        f"{what}: another run is writing it (lock {lock_path} held by {holder}); "
+                        "not started, try again when that run has finished"
+                    ) from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (see the module docstring)
+
+
+# -- the journaled swap -----------------------------------------------------------------------------
+
+
+def swap(staged: str, final: str, parked: str, journal: str) -> None:
+    """Replaces ``final`` (absent, a directory or a file) by the complete directory ``staged``.
+
+    ``parked`` (where the old ``final`` waits until the new one is in place) and ``staged`` must
+    be on ``final``'s file system. The caller holds the target's lock.
+    """
+    fsync_tree(staged)
+    fsync_parent(staged)
+    record = {"final": final, "staged": staged, "parked": parked, "started": time.time()}
+    write_json(journal, record)
+    fsync_parent(journal)
+    _finish(record, journal)
+
+
+def roll_forward(journal: str) -> Optional[Dict]:
+    """Finishes the swap a dead run left (see :func:`swap`); returns its record, or None when
+    there was none. Idempotent: a crash during the roll-forward is finished by the next one."""
+    if not os.path.exists(journal):
+        return None
+    record = read_json(journal)
+    _finish(record, journal)
+    return record
+
+
+def _finish(record: Dict, journal: str) -> None:
+    """Every step checks what is there first, so it completes a swap stopped at any point.
+
+    The staged directory is complete by construction (the journal is written after it), so
+    the swap always rolls forward; only when the staged directory is gone and ``final`` too
+    (which this module never does) does the parked one go back.
+    """
+    final, staged, parked = record["final"], record["staged"], record["parked"]
+    if os.path.lexists(staged):
+        if os.path.lexists(final):
+            if os.path.lexists(parked):
+                raise RuntimeError(f"{journal}: cannot finish the swap: {final}, {staged} and {parked} all exist")
+            os.rename(final, parked)
+            fsync_parent(final)
+            _fault_point(BETWEEN_RENAMES)
+        os.rename(staged, final)
+        fsync_parent(final)
+        fsync_parent(staged)
+    elif not os.path.lexists(final) and os.path.lexists(parked):
+        os.rename(parked, final)
+        fsync_parent(final)
+    remove(parked)
+    os.remove(journal)
+    fsync_parent(journal)
+
+
+# -- blue/green through a symlink -------------------------------------------------------------------
+
+
+def repoint(link: str, target: str) -> None:
+    """Points the symlink ``link`` at ``target`` atomically (a new link renamed over the old);
+    relative when the old link was relative."""
+    old = os.readlink(link)
+    value = target if os.path.isabs(old) else os.path.relpath(target, os.path.dirname(os.path.abspath(link)))
+    tmp = os.path.join(os.path.dirname(os.path.abspath(link)), f".{os.path.basename(link)}.link-{uuid.uuid4().hex[:8]}")
+    os.symlink(value, tmp)
+    os.replace(tmp, link)
+    fsync_parent(link)
+
+
+def _fresh_name(directory: str, base: str) -> str:
+    """``directory/base``, or ``base-2``, ``base-3``... when taken."""
+    path, n = os.path.join(directory, base), 1
+    while os.path.lexists(path):
+        n += 1
+        path = os.path.join(directory, f"{base}-{n}")
+    return path
+
+
+# -- what may be replaced -----------------------------------------------------------------------------
+
+
+def check_target(final: str, marker: str, what: str, inputs: Sequence[str] = (), overwrite: bool = False) -> None:
+    """Refuses (InputError, one line) to replace ``final`` when
+
+    * it is or contains one of ``inputs`` (always: the run would delete what it reads), or
+    * it exists, is not empty and is not a ``what`` (no ``marker`` file in it), or is a file,
+      unless ``overwrite``.
+
+    A symlink is judged by the directory it points at (which blue/green never deletes).
+    """
+    real = os.path.realpath(final)
+    for path in inputs:
+        source = os.path.realpath(path)
+        if source == real or source.startswith(real.rstrip(os.sep) + os.sep):
+            raise InputError(f"{final}: contains the input {path}; write the output somewhere else")
+    if overwrite or not os.path.lexists(final):
+        return
+    if os.path.exists(real) and not os.path.isdir(real):
+        raise InputError(f"{final}: exists and is not a directory; pass --overwrite to replace it")
+    if os.path.isdir(real) and os.listdir(real) and not os.path.exists(os.path.join(real, marker)):
+        raise InputError(
+            f"{final}: exists, is not empty and is not a {what} (no {marker}); "
+            "refusing to replace it (pass --overwrite to replace it anyway)"
+        )
+
+
+def _siblings(parent: str, name: str) -> Dict[str, str]:
+    return {
+        "lock": os.path.join(parent, f".{name}.lock"),
+        "journal": os.path.join(parent, f".{name}.swap.json"),
+        "staging": f".{name}.staging-",
+        "parked": f".{name}.old-",
+    }
+
+
+def remove_dead_runs(directory: str, name: str) -> List[str]:
+    """Removes the staging and parked entries of ``name`` in ``directory`` (the caller holds the
+    lock and has rolled the journal forward, so they belong to dead runs)."""
+    names = _siblings(directory, name)
+    if not os.path.isdir(directory):
+        return []
+    removed = []
+    for entry in sorted(os.listdir(directory)):
+        if entry.startswith((names["staging"], names["parked"])):
+            remove(os.path.join(directory, entry))
+            removed.append(os.path.join(directory, entry))
+    return removed
+
+
+@contextmanager
+def replacing(
+    final: str,
+    marker: str,
+    what: str,
+    inputs: Sequence[str] = (),
+    overwrite: bool = False,
+    wait_s: float = 0.0,
+    version: Optional[str] = None,
+    log=None,
+) -> Iterator[str]:
+    """Yields an empty staging directory; when the block ends normally it replaces ``final``.
+
+    A plain directory (or nothing) at ``final`` is swapped with :func:`swap`; a symlink gets a new
+    directory beside its target, named ``<link name>-<version>`` (``version``: default the UTC
+    time), and is repointed to it. When the block raises, the staging directory is removed and
+    ``final`` is untouched. Raises :class:`Busy` when another run holds the target's lock and
+    InputError when :func:`check_target` refuses.
+    """
+    log = log or (lambda message: None)
+    final = os.path.abspath(final)
+    check_target(final, marker, what, inputs, overwrite)
+    parent, name = os.path.split(final)
+    os.makedirs(parent, exist_ok=True)
+    names = _siblings(parent, name)
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    with exclusive(names["lock"], final, wait_s=wait_s):
+        if roll_forward(names["journal"]):
+            log(f"finished the replacement of {final} that a dead run left half done")
+        linked = os.path.islink(final)
+        home = os.path.dirname(os.path.realpath(final)) if linked else parent
+        for path in remove_dead_runs(parent, name) + (remove_dead_runs(home, name) if home != parent else []):
+            log(f"removed what a dead run left: {path}")
+        stage = os.path.join(home, names["staging"] + run_id)
+        os.makedirs(stage)
+        try:
+            yield stage
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)  # never hide the error that stopped the run
+            raise
+        if linked:
+            target = _fresh_name(home, f"{name}-{version or time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+            fsync_tree(stage)
+            os.rename(stage, target)
+            fsync_parent(target)
+            repoint(final, target)
+            log(f"{final} -> {target} (the previous target is kept)")
+        else:
+            swap(stage, final, os.path.join(parent, names["parked"] + run_id), names["journal"])

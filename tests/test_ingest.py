@@ -1,0 +1,187 @@
+"""Ingest (issue 19): ordinary logs go through, every source row is kept or quarantined with its
+raw values and where it came from, unusable columns and empty splits are one-line errors."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import preprocess as preprocess_job
+from ncf.data import ingest, layout, schema
+from ncf.data.examples import ExampleConfig
+from ncf.data.preprocess import PreprocessConfig, preprocess
+
+DAY = 86_400
+START = int(pd.Timestamp("2024-01-01", tz="UTC").timestamp())
+
+
+def _seconds(text: str) -> int:
+    return int(pd.Timestamp(text, tz="UTC").timestamp())
+
+
+# -- validation of one batch (no Ray) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unit", ["ms", "us", "ns"])
+@pytest.mark.parametrize("tz", [None, "UTC", "Europe/Berlin"])
+def test_sub_second_timestamps_of_any_unit_and_zone_are_truncated_to_seconds(unit, tz):
+    """Exports from Spark, Kafka or pandas: old code raised ArrowInvalid ('would lose data')."""
+    moments = [pd.Timestamp("2024-03-05T06:07:08.999", tz="UTC"), pd.Timestamp("1999-12-31T23:59:59.5", tz="UTC")]
+    column = pa.array(moments, pa.timestamp(unit, tz="UTC")).cast(pa.timestamp(unit, tz=tz))
+    batch = pa.table({"user_id": [1, 2], "product_id": [3, 4], "timestamp": column})
+    out = schema.validate_log_batch(batch)
+    assert out.column("reason").to_pylist() == [None, None]
+    # Rounded down: the moment's whole second, in UTC whatever the column's zone.
+    assert out.column("ts").to_pylist() == [_seconds("2024-03-05T06:07:08"), _seconds("1999-12-31T23:59:59")]
+
+
+def test_invalid_utf8_and_nan_ids_are_quarantined_not_kept():
+    """Old code: invalid UTF-8 raised inside the Ray task; a NaN float id became the id "nan"."""
+    batch = pa.table(
+        {
+            "user_id": pa.array([b"u1", b"\xff\xfeu2", b"u3", b"u4"], pa.binary()),
+            "product_id": pa.array([10.0, 11.0, float("nan"), 12.5]),
+            "timestamp": ["2024-01-02"] * 4,
+        }
+    )
+    out = schema.validate_log_batch(batch)
+    assert out.column("reason").to_pylist() == [None, schema.BAD_USER_ID, schema.BAD_PRODUCT_ID, schema.BAD_PRODUCT_ID]
+    assert out.column("product_id").to_pylist()[0] == "10"  # a whole-number float id is the integer's id
+    assert out.column("user_id").to_pylist()[1] == "\\xff\\xfeu2"  # the raw bytes, visible in the quarantine
+
+
+def test_now_and_other_words_are_not_timestamps():
+    """Old code read "now" as the wall-clock time: a historical log got a row at today's date."""
+    batch = pa.table(
+        {"user_id": ["u"] * 3, "product_id": ["p"] * 3, "timestamp": ["now", " today ", "2024-01-02T00:00:00"]}
+    )
+    assert schema.validate_log_batch(batch).column("reason").to_pylist() == [
+        schema.BAD_TIMESTAMP,
+        schema.BAD_TIMESTAMP,
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    "column",
+    [pa.array([[1, 2], [3]], pa.list_(pa.int64())), pa.array([{"a": 1}, {"a": 2}], pa.struct([("a", pa.int64())]))],
+    ids=["list", "struct"],
+)
+def test_list_and_struct_id_columns_are_refused_with_one_line(tmp_path, capsys, column):
+    path = str(tmp_path / "logs.parquet")
+    pq.write_table(pa.table({"user_id": column, "product_id": [1, 2], "timestamp": [START, START]}), path)
+    with pytest.raises(SystemExit) as exit_info:
+        preprocess_job.main(["--input", path, "--output", str(tmp_path / "out")])  # before Ray starts
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and path in lines[0] and "'user_id'" in lines[0] and "ids must be" in lines[0]
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_the_future_bound_cuts_after_the_bulk_of_the_data():
+    days = np.arange(START // DAY, START // DAY + 90)
+    counts = np.full(days.size, 50)
+    far = _seconds("2099-01-01") // DAY
+    bound = ingest.future_bound(np.append(days, far), np.append(counts, 1), gap_days=14)
+    assert bound == (days[-1] + 1) * DAY  # the end of the last day of the bulk
+    # A closure of 10 days is no gap at this bound; one of 30 days is.
+    reopened = np.append(days, days[-1] + 10)
+    assert ingest.future_bound(reopened, np.append(counts, 1), gap_days=14) == (days[-1] + 11) * DAY
+    assert ingest.future_bound(np.append(days, days[-1] + 30), np.append(counts, 1), gap_days=14) == bound
+    assert ingest.future_bound(np.array([], np.int64), np.array([], np.int64), gap_days=14) is None
+
+
+# -- the pipeline (Ray) ----------------------------------------------------------------------------------
+
+
+def _log_rows(n_days: int = 120, per_day: int = 400, start: int = START) -> list:
+    """n_days of purchases with sub-second ISO timestamps (about 30 bytes a line)."""
+    rows = []
+    for i in range(n_days * per_day):
+        moment = pd.Timestamp(start + (i // per_day) * DAY + (i % per_day) * 60, unit="s")
+        rows.append(f"u{i % 200},p{i % 97},{moment.isoformat()}.25,1")
+    return rows
+
+
+def test_a_csv_with_bad_rows_everywhere_is_quarantined_row_by_row(ray_session, tmp_path):
+    """Malformed rows after the first MiB, bad UTF-8, "now" and a row in 2099: old code died with
+    a traceback on the first and kept the others (the 2099 row moving every split into empty time)."""
+    rows = _log_rows()
+    bad = {
+        35_000: "u1,p1,2024-02-01T00:00:00",  # a field short
+        35_001: "u1,p1,2024-02-01T00:00:00,1,extra",  # a field too many
+        40_000: "u1,p1,now,3",
+        41_000: "u1,p1,2099-01-01T00:00:00.5,7",
+    }
+    for index, text in bad.items():
+        rows[index] = text
+    path = tmp_path / "logs.csv"
+    body = ("user_id,product_id,timestamp,quantity\n" + "\n".join(rows) + "\n").encode()
+    body = body.replace(b"u5,p5,", b"u\xff5,p5,", 1)  # not UTF-8
+    path.write_bytes(body)
+    assert body.index(b"2024-02-01T00:00:00,1,extra") > 1 << 20  # after the first MiB
+    config = PreprocessConfig(val_weeks=2, test_weeks=2)
+    out = str(tmp_path / "out")
+    stats = preprocess(schema.resolve_files(str(path)), None, out, config, state_only=True)
+
+    assert stats["rows_in"] == len(rows) == stats["rows_kept"] + stats["rows_quarantined"]
+    assert stats["rows_by_file"] == {str(path): len(rows)}
+    assert stats["quarantine_by_reason"] == {
+        schema.MALFORMED_ROW: 2,
+        schema.BAD_TIMESTAMP: 1,
+        schema.FUTURE_TIMESTAMP: 1,
+        schema.BAD_USER_ID: 1,
+    }
+    assert stats["future_bound"] == START + 120 * DAY
+    assert stats["boundaries"]["end"] < START + 120 * DAY  # the 2099 row did not move the end
+
+    quarantine = pq.read_table(layout.quarantine_dir(out)).to_pandas().set_index("source_row")
+    # Line numbers as an editor shows them (header = line 1) and the raw values, as text.
+    line = {index: index + 2 for index in bad}
+    assert quarantine.loc[line[35_000], "reason"] == schema.MALFORMED_ROW
+    assert quarantine.loc[line[35_001], "raw_row"] == bad[35_001]
+    assert quarantine.loc[line[40_000], ["timestamp", "quantity"]].tolist() == ["now", "3"]
+    future = quarantine.loc[line[41_000]]
+    assert future["reason"] == schema.FUTURE_TIMESTAMP
+    assert (future["timestamp"], future["quantity"]) == ("2099-01-01T00:00:00.5", "7")
+    assert set(quarantine["source_file"]) == {str(path)}
+    assert quarantine.loc[quarantine["reason"] == schema.BAD_USER_ID, "user_id"].tolist() == ["u\\xff5"]
+
+
+def test_parquet_rows_in_come_from_the_footer_and_the_quarantine_keeps_raw_values(ray_session, tmp_path):
+    n = 2_000
+    ts = pa.array([pd.Timestamp(START + i * 3_600, unit="s", tz="UTC") for i in range(n)], pa.timestamp("ns", "UTC"))
+    products = np.arange(n, dtype=np.float64) % 50
+    products[7] = np.nan
+    table = pa.table({"user_id": np.arange(n) % 30, "product_id": products, "timestamp": ts, "quantity": [2] * n})
+    path = str(tmp_path / "logs.parquet")
+    pq.write_table(table, path, row_group_size=500)
+    read = ingest.ingest_logs(schema.resolve_files(path))
+    assert (read.rows_in, read.rows_kept, read.rows_quarantined) == (n, n - 1, 1)
+    assert read.by_reason == {schema.BAD_PRODUCT_ID: 1}
+    bad = read.rows.map_batches(ingest.quarantine_rows, batch_format="pyarrow", fn_kwargs={"paths": [path]})
+    row = bad.to_pandas().iloc[0]
+    assert (row["source_file"], row["source_row"], row["product_id"], row["quantity"]) == (path, 7, "nan", "2")
+    assert row["timestamp"].startswith("2024-01-01 07:00:00")
+
+
+def test_an_empty_split_is_a_clear_error_and_the_last_good_output_survives(ray_session, tmp_path):
+    """Purchases in January and a busy December (too many rows to be "the future"): the
+    validation weeks fall in empty time. Old code wrote the output anyway (and had deleted the
+    previous one first)."""
+    config = PreprocessConfig(examples=ExampleConfig(history_length=2), val_weeks=4, test_weeks=4)
+    good = tmp_path / "good.csv"
+    good.write_text("user_id,product_id,timestamp\n" + "\n".join(r.rsplit(",", 1)[0] for r in _log_rows(90, 5)) + "\n")
+    out = str(tmp_path / "out")
+    first = preprocess(schema.resolve_files(str(good)), None, out, config, state_only=True)
+
+    rows = _log_rows(20, 20) + _log_rows(20, 20, start=_seconds("2024-12-01"))
+    gap = tmp_path / "gap.csv"
+    gap.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(rows) + "\n")
+    with pytest.raises(schema.InputError, match=r"the val period \(2024-1.*has no purchases"):
+        preprocess(schema.resolve_files(str(gap)), None, out, config, state_only=True)
+    assert layout.DataStats(out).raw["rows_in"] == first["rows_in"]  # the previous output, untouched
+    assert sorted(os.listdir(tmp_path)) == sorted([".out.lock", "gap.csv", "good.csv", "out"])

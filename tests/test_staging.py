@@ -1,0 +1,203 @@
+"""Nothing deleted before its replacement exists (issue 19): DATA and MODEL are built beside the
+target and swapped in; outputs that are not this tool's are refused; the nightly commit survives a
+death between its two renames and refuses a second run of the same date. No Ray."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from jobs import preprocess as preprocess_job
+from ncf import staging
+from ncf.batch import commit
+from ncf.data import layout
+from ncf.errors import InputError
+from ncf.jsonio import read_json, write_json
+from ncf.model import directory
+from ncf.model.config import ModelConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARTITION = "run_date=2024-01-02"
+
+
+def _write(path, text="x"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+# -- what may be replaced ----------------------------------------------------------------------------
+
+
+def test_preprocess_refuses_an_output_that_contains_its_input(tmp_path, capsys):
+    """Old code: --output at the input's parent deleted the input (rmtree before any work)."""
+    logs = tmp_path / "raw" / "logs.csv"
+    _write(str(logs), "user_id,product_id,timestamp\n1,2,2024-01-01\n")
+    with pytest.raises(SystemExit) as exit_info:
+        preprocess_job.main(["--input", str(logs), "--output", str(tmp_path / "raw")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "contains the input" in error[0]
+    assert logs.exists()
+    # --overwrite does not change that.
+    with pytest.raises(SystemExit):
+        preprocess_job.main(["--input", str(logs), "--output", str(tmp_path), "--overwrite"])
+    assert logs.exists()
+
+
+def test_preprocess_refuses_a_directory_it_did_not_write_unless_overwrite(tmp_path, capsys):
+    logs = tmp_path / "logs.csv"
+    _write(str(logs), "user_id,product_id,timestamp\n1,2,2024-01-01\n")
+    home = tmp_path / "home"
+    _write(str(home / "thesis.tex"))
+    with pytest.raises(SystemExit) as exit_info:
+        preprocess_job.main(["--input", str(logs), "--output", str(home)])
+    assert exit_info.value.code == 2 and "no stats.json" in capsys.readouterr().err
+    assert (home / "thesis.tex").exists()
+    staging.check_target(str(home), layout.STATS, "preprocessing output", [str(logs)], overwrite=True)  # allowed
+    _write(str(home / layout.STATS), "{}")
+    staging.check_target(str(home), layout.STATS, "preprocessing output", [str(logs)])  # an output of this tool
+
+
+def test_a_failed_replacement_leaves_the_old_directory_and_no_leftovers(tmp_path):
+    final = str(tmp_path / "data")
+    _write(os.path.join(final, layout.STATS), "old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with staging.replacing(final, layout.STATS, "preprocessing output") as stage:
+            _write(os.path.join(stage, layout.STATS), "new")
+            raise RuntimeError("boom")
+    assert open(os.path.join(final, layout.STATS)).read() == "old"
+    with staging.replacing(final, layout.STATS, "preprocessing output") as stage:
+        _write(os.path.join(stage, layout.STATS), "new")
+    assert open(os.path.join(final, layout.STATS)).read() == "new"
+    assert sorted(os.listdir(tmp_path)) == [".data.lock", "data"]
+
+
+# -- model directories --------------------------------------------------------------------------------
+
+
+def _fake_data(root) -> str:
+    """A DATA directory as save_model_dir reads it: stats.json and the state's folders."""
+    data = str(root / "data")
+    os.makedirs(data)
+    write_json(layout.stats_path(data), {"boundaries": {"start": 0, "val_start": 1, "test_start": 2, "end": 3}})
+    for part in directory.STATE_PARTS:
+        _write(os.path.join(part(data), "part"))
+    return data
+
+
+def _save(output: str, data: str, version: str, **options) -> str:
+    config = ModelConfig(num_users=3, num_products=3, num_departments=2, num_categories=2)
+    weights = {"w": torch.zeros(2)}
+    return directory.save_model_dir(output, weights, config, data, 0, "validated", version=version, **options)
+
+
+def test_a_model_save_refuses_a_directory_that_is_not_a_model(tmp_path):
+    """Old code: shutil.rmtree(output) whatever it was."""
+    data = _fake_data(tmp_path)
+    foreign = tmp_path / "projects"
+    _write(str(foreign / "notes.txt"))
+    with pytest.raises(InputError, match="not a model directory"):
+        _save(str(foreign), data, "v1")
+    assert (foreign / "notes.txt").exists()
+    with pytest.raises(InputError, match="contains the input"):
+        _save(str(tmp_path), data, "v1", overwrite=True)
+    _save(str(foreign), data, "v1", overwrite=True)
+    assert directory.read_config(str(foreign))["version"] == "v1"
+
+
+def test_a_model_symlink_is_repointed_and_its_old_target_kept(tmp_path):
+    """Blue/green: MODEL -> models/blue. Old code deleted the link and left a plain directory,
+    so there was no old model to roll back to."""
+    data = _fake_data(tmp_path)
+    models = tmp_path / "models"
+    _save(str(models / "blue"), data, "v1")
+    link = tmp_path / "MODEL"
+    os.symlink("models/blue", link)
+    _save(str(link), data, "v2")
+    assert os.path.islink(link) and not os.path.isabs(os.readlink(link))
+    assert directory.read_config(str(link))["version"] == "v2"
+    assert os.path.realpath(link) == str(models / "MODEL-v2")
+    assert directory.read_config(str(models / "blue"))["version"] == "v1"  # the rollback target
+    _save(str(link), data, "v2")  # the same version again gets a fresh name
+    assert os.path.realpath(link) == str(models / "MODEL-v2-2")
+    assert sorted(n for n in os.listdir(models) if not n.startswith(".")) == ["MODEL-v2", "MODEL-v2-2", "blue"]
+    assert not [n for n in os.listdir(models) if ".staging-" in n or ".old-" in n]  # no leftovers
+
+
+# -- the nightly commit --------------------------------------------------------------------------------
+
+_RUN = textwrap.dedent(
+    """
+    import sys, time
+    from ncf.batch.commit import PartitionRun
+    output, run_id, mode = sys.argv[1:]
+    with PartitionRun(output, "{partition}", run_id) as run:
+        open(run.stage + "/part-0.parquet", "w").write(run_id)
+        if mode == "hold":
+            print("holding", flush=True)
+            sys.stdin.readline()
+        run.commit({{"run_id": run_id}})
+    """
+).format(partition=PARTITION)
+
+
+def _run(output: str, run_id: str, mode: str = "commit", **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", _RUN, output, run_id, mode], cwd=REPO, text=True, stdout=subprocess.PIPE, **kwargs
+    )
+
+
+def test_a_commit_killed_between_the_renames_is_rolled_forward_by_the_next_run(tmp_path):
+    """Old code: the next run deleted both the parked old partition and the dead run's new one."""
+    output = str(tmp_path / "out")
+    assert _run(output, "first").wait(timeout=60) == 0
+    dead = _run(output, "dead", env=dict(os.environ, **{staging.FAULT_ENV: staging.BETWEEN_RENAMES}))
+    assert dead.wait(timeout=60) == staging.FAULT_EXIT
+    final = commit.partition_path(output, PARTITION)
+    assert not os.path.exists(final)  # died with no partition in place
+    assert os.path.exists(commit.journal_path(output, PARTITION))
+
+    messages = []
+    with commit.PartitionRun(output, PARTITION, "next", log=messages.append):
+        # Rolled forward before this run does anything: the dead run's complete partition.
+        assert read_json(os.path.join(final, commit.SUCCESS)) == {"run_id": "dead"}
+        assert open(os.path.join(final, "part-0.parquet")).read() == "dead"
+    assert any("finished the commit a dead run" in m for m in messages)
+    assert os.listdir(os.path.join(output, commit.TMP, PARTITION)) == []  # this run's stage is gone
+    assert [n for n in os.listdir(os.path.join(output, commit.TMP)) if n.startswith(commit.REPLACED)] == []
+    assert not os.path.exists(commit.journal_path(output, PARTITION))
+
+
+def test_a_death_before_the_journal_leaves_the_old_partition(tmp_path):
+    output = str(tmp_path / "out")
+    assert _run(output, "first").wait(timeout=60) == 0
+    with commit.PartitionRun(output, PARTITION, "aborted") as run:
+        _write(os.path.join(run.stage, "part-0.parquet"), "aborted")
+    with commit.PartitionRun(output, PARTITION, "next"):
+        pass
+    assert read_json(os.path.join(commit.partition_path(output, PARTITION), commit.SUCCESS)) == {"run_id": "first"}
+
+
+def test_two_runs_of_one_date_at_once_the_second_is_refused(tmp_path):
+    output = str(tmp_path / "out")
+    holder = _run(output, "holder", mode="hold", stdin=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(staging.Busy, match=f"{PARTITION}: another run is writing it .*held by pid {holder.pid}"):
+            with commit.PartitionRun(output, PARTITION, "second"):
+                pass
+        # Another date is not blocked.
+        with commit.PartitionRun(output, "run_date=2024-01-03", "other") as run:
+            run.commit({"run_id": "other"})
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=60) == 0
+    finally:
+        holder.kill()
+    assert read_json(os.path.join(commit.partition_path(output, PARTITION), commit.SUCCESS)) == {"run_id": "holder"}
+    # The holder's stage was never touched by the refused run.
+    assert os.listdir(os.path.join(output, commit.TMP, PARTITION)) == []
