@@ -22,7 +22,10 @@ def validated_run(data: str, output: str, seed: int, epochs: int, model: Dict, r
     started = time.time()
     if not (reuse and os.path.exists(os.path.join(output, "metrics.json"))):
         args = ["--data", data, "--output", output, "--epochs", str(epochs), "--seed", str(seed)]
-        train.main(args + ["--model", json.dumps(model), "--name", f"bench-{os.path.basename(output)}"])
+        # The run's name is its whole output path: a name shared by two variants would resume one
+        # from the other's checkpoint.
+        name = "bench-" + os.path.normpath(output).strip(os.sep).replace(os.sep, "-")
+        train.main(args + ["--model", json.dumps(model), "--name", name])
     metrics = read_metrics(output)
     return {
         **metrics["test"],

@@ -74,6 +74,8 @@ def _table(rows: Sequence[Dict], columns: Sequence[str]) -> str:
         for i, c in enumerate(columns):
             v = row.get(c, "")
             text = f"{v:.4f}" if isinstance(v, float) else str(v)
+            if isinstance(row.get(f"{c}_sd"), float) and row.get("seeds", 1) > 1:
+                text += f" \u00b1 {row[f'{c}_sd']:.4f}"
             cells.append(f'<td class="{"l" if i == 0 else ""}">{html.escape(text)}</td>')
         body += "<tr>" + "".join(cells) + "</tr>"
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -267,7 +269,7 @@ def write_report(
             "and evaluated the same way (<code>bench.ablations</code>)."
             + source
             + "</p>"
-            + _table(ablations, ["model", f"recall@{K}", f"ndcg@{K}", f"hr@{K}", "users"])
+            + _table(ablations, ["model", f"recall@{K}", f"ndcg@{K}", f"hr@{K}", "seeds", "users"])
         )
     else:
         sections.append(
