@@ -227,7 +227,8 @@ def _total_cpu_ms(summary: Dict) -> float:
 
 def main(argv=None) -> Dict:
     p = argparse.ArgumentParser()
-    p.add_argument("--model", default="artifacts/demo/model")
+    p.add_argument("--model", default="artifacts/demo/model", help="model directory to serve")
+    p.add_argument("--data", default=None, help="DATA whose histories it ranks from (default: the model's state)")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=30, help="load per endpoint, over all rounds")
     p.add_argument("--rounds", type=int, default=3)
@@ -255,6 +256,7 @@ def main(argv=None) -> Dict:
 
     from ncf.data.vocab import Vocabulary
     from ncf.model.directory import read_config
+    from ncf.rank.candidates import RankingSettings
     from serve.app import build_app
     from serve.launch import start, wait_until_healthy
 
@@ -262,6 +264,7 @@ def main(argv=None) -> Dict:
     started = time.monotonic()
     app_args = {
         "model": args.model,
+        "data": args.data,
         "candidates": args.candidates,
         "default_at": "data-end",
         "num_cpus": NUM_CPUS,
@@ -271,7 +274,8 @@ def main(argv=None) -> Dict:
     serve.run(noop_app(autoscaling, NUM_CPUS, K), name="noop", route_prefix="/noop")
     wait_until_healthy(url, timeout_s=120)
 
-    users = Vocabulary.load(os.path.join(args.model, "vocab", "users.parquet")).raw_of(np.arange(1, 2001))
+    vocab = os.path.join(args.data or os.path.join(args.model, "state"), "vocab", "users.parquet")
+    users = Vocabulary.load(vocab).raw_of(np.arange(1, 2001))
     request = lambda n: {"user_id": users[n % len(users)], "k": K}  # noqa: E731
     log = ReplicaLog(["ncf", "noop"], started)
     log.start()
@@ -311,7 +315,7 @@ def main(argv=None) -> Dict:
     result = {
         "benchmark": "serve_load",
         "model_version": read_config(args.model)["version"],
-        "candidates": args.candidates or read_config(args.model)["ranking"]["candidates"],
+        "candidates": args.candidates or RankingSettings(**read_config(args.model)["ranking"]).candidates,
         "clients": args.clients,
         "seconds_per_endpoint": args.seconds,
         "rounds": args.rounds,

@@ -31,6 +31,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-baselines", action="store_true", help="the model alone")
     p.add_argument("--baselines-only", action="store_true", help="no model: the baselines alone, from DATA")
     p.add_argument("--no-als", action="store_true", help="skip the ALS baseline (among the slowest)")
+    p.add_argument(
+        "--exclude-purchased",
+        action="store_true",
+        help="rank only products each household never bought (every model and baseline)",
+    )
     p.add_argument("--retune", action="store_true", help="tune the baselines again on the validation weeks")
     p.add_argument("--report", default=None, help="write an HTML report (charts embedded) to this directory")
     p.add_argument("--ablations", default=None, help="JSON lines of bench.ablations to show in the report")
@@ -51,6 +56,7 @@ def main(argv=None) -> list:
             not args.no_als,
             args.retune,
             on_period=on_period,
+            exclude_purchased=args.exclude_purchased,
         )
         handle = None if args.baselines_only else ModelDir(args.model)
         version = {"model_version": handle.version} if handle else {}

@@ -42,6 +42,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--synthetic-users", type=int, default=datasets.SyntheticSpec.num_users)
     p.add_argument("--synthetic-products", type=int, default=datasets.SyntheticSpec.num_products)
+    p.add_argument(
+        "--synthetic-tastes",
+        type=int,
+        default=0,
+        help="synthetic: each household favours this many categories (80%% of its purchases; 0: none)",
+    )
+    p.add_argument(
+        "--synthetic-no-rebuys",
+        action="store_true",
+        help="synthetic: a household buys a product at most once (no staples): a log for collaborative filtering",
+    )
     p.add_argument("--cache", default="artifacts/datasets", help="where built-in datasets are written as files")
     return p.parse_args(argv)
 
@@ -61,9 +72,16 @@ def main(argv=None) -> dict:
             paths = datasets.write_completejourney(os.path.join(args.cache, "completejourney"))
         elif args.dataset == "synthetic":
             spec = datasets.SyntheticSpec(
-                num_users=args.synthetic_users, num_products=args.synthetic_products, seed=args.seed
+                num_users=args.synthetic_users,
+                num_products=args.synthetic_products,
+                seed=args.seed,
+                taste_categories=args.synthetic_tastes,
+                taste_share=0.8 if args.synthetic_tastes else 0.0,
+                rebuys=not args.synthetic_no_rebuys,
+                staple_share=0.0 if args.synthetic_no_rebuys else datasets.SyntheticSpec.staple_share,
             )
             name = f"synthetic-u{spec.num_users}-p{spec.num_products}-s{spec.seed}"
+            name += f"-t{spec.taste_categories}" * bool(spec.taste_categories) + "-norebuy" * (not spec.rebuys)
             paths = datasets.write_synthetic(os.path.join(args.cache, name), spec)
         if args.dataset:
             logs, catalog = schema.resolve_files(paths[0]), schema.resolve_files(paths[1])

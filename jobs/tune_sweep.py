@@ -8,23 +8,18 @@ import sys
 
 from jobs.cli import init_ray, one_line_errors
 from ncf.device import GPU_SETTINGS, cluster_gpus, resolve_gpu
+from tune.search_space import SEARCHED
 from tune.settings import SweepSettings
 from tune.sweep import SweepInterrupted, refit_best, run_sweep, summary
 
+# The searched dimensions (the tower as its layer widths, not depth and width), with the results.
 SHOWN = [
     "trial_id",
     "best_val_ndcg@10",
     "best_epoch",
     "epochs",
-    "mf_embedding_dim",
-    "mlp_embedding_dim",
+    *(name for name in SEARCHED if name not in ("mlp_depth", "mlp_width")),
     "mlp_hidden_dims",
-    "temporal_dim",
-    "num_heads",
-    "history_length",
-    "learning_rate",
-    "dropout",
-    "unknown_share",
     "is_default",
 ]
 

@@ -31,6 +31,7 @@ from ncf.evaluate.protocol import (  # noqa: F401 (re-exported: the names caller
     RankManyFn,
     ScoreFn,
     evaluate,
+    excluding_purchased,
     full_ranking,
     load_period,
     model_fns,
@@ -96,9 +97,11 @@ def evaluate_baselines(
     users: np.ndarray,
     names: Sequence[str] = BASELINE_ORDER,
     retune: bool = False,
+    exclude_purchased: bool = False,
 ) -> List[Dict]:
     """One row per baseline on ``period``; tunable ones with the parameters tuned on the
-    validation period (``params`` and ``val_*`` in the row)."""
+    validation period (``params`` and ``val_*`` in the row). ``exclude_purchased``: every
+    ranking leaves out what the household bought before (tuning too)."""
     stats = layout.DataStats(data)
     baselines = [BASELINES[n] for n in names if n != "boosted_ranker" or stats.raw.get("examples")]
     tuned = {}
@@ -106,7 +109,9 @@ def evaluate_baselines(
         val_state = state.as_of(period_start(VAL, stats.boundaries))
         val_context, val_period = point_in_time_period(val_state, VAL, stats.boundaries, data)
         tunable = [b for b in baselines if b.tunable]
-        tuned = tuned_params(tunable, data, val_context, val_period, val_period.users, retune)
+        tuned = tuned_params(
+            tunable, data, val_context, val_period, val_period.users, retune, exclude_purchased=exclude_purchased
+        )
     rows = []
     for baseline in baselines:
         params = tuned[baseline.name].params if baseline.name in tuned else dict(baseline.defaults)
@@ -114,6 +119,8 @@ def evaluate_baselines(
         ranker = baseline.build(context, **params)
         fit_seconds = round(time.time() - started, 1)
         rank, score = ranker_fns(ranker)
+        if exclude_purchased:
+            rank = excluding_purchased(rank, state.states)
         row = evaluate(baseline.name, rank, score, period, users, state.states, context.num_products, context.catalog)
         row.update(params=params, fit_seconds=fit_seconds)
         if baseline.name in tuned:
@@ -134,6 +141,7 @@ def evaluate_all(
     retune: bool = False,
     name: str = MODEL,
     on_period: Optional[tuple[Ranker, Period]] = None,
+    exclude_purchased: bool = False,
 ) -> List[Dict]:
     """The model (unless ``model_dir`` is None), then each baseline, on the same households of
     the same period of ``data`` (``on_period``: :func:`model_on_period`'s result, when the
@@ -148,11 +156,11 @@ def evaluate_all(
     context, period = point_in_time_period(state, split, boundaries, data)
     users = sample_users(period.users, max_users)
     if model_dir is not None:
-        rank_many, score = model_fns(ranker)
+        rank_many, score = model_fns(ranker, exclude_purchased)
         rows.append(
             evaluate(name, None, score, period, users, state.states, context.num_products, context.catalog, rank_many)
         )
     if with_baselines:
         names = [n for n in BASELINE_ORDER if with_als or n != "als"]
-        rows.extend(evaluate_baselines(data, state, context, period, users, names, retune))
+        rows.extend(evaluate_baselines(data, state, context, period, users, names, retune, exclude_purchased))
     return rows

@@ -177,12 +177,24 @@ def ranker_fns(ranker) -> tuple[RankFn, ScoreFn]:
     return ranker.rank, (lambda u, at, p: ranker.scores(u, at)[p])
 
 
-def model_fns(ranker) -> tuple[RankManyFn, ScoreFn]:
+def excluding_purchased(rank: RankFn, states: UserStates) -> RankFn:
+    """``rank`` without the products the household bought before the moment (asked for as many
+    more as it bought, so ``depth`` products still come back)."""
+
+    def ranked(user: int, at: int, depth: int) -> np.ndarray:
+        bought = np.unique(states.timeline(user).products_before(at))
+        products = np.asarray(rank(user, at, depth + len(bought)))
+        return products[~np.isin(products, bought)][:depth]
+
+    return ranked
+
+
+def model_fns(ranker, exclude_purchased: bool = False) -> tuple[RankManyFn, ScoreFn]:
     """The model's ranking through the one ranking path (many households per call; its
     candidates are the products known at the state's cutoff), and its scores."""
 
     def rank_many(users, at, depth):
-        return [r.products for r in ranker.rank(users, at, k=depth)]
+        return [r.products for r in ranker.rank(users, at, k=depth, exclude_purchased=exclude_purchased)]
 
     return rank_many, (lambda u, at, p: ranker.score(u, p, at)[0])
 

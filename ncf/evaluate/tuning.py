@@ -25,7 +25,7 @@ import numpy as np
 
 from ncf.data import layout
 from ncf.evaluate.baselines import Baseline, PointInTime
-from ncf.evaluate.protocol import K, Period, full_ranking
+from ncf.evaluate.protocol import K, Period, excluding_purchased, full_ranking
 from ncf.jsonio import read_json, write_json
 
 TUNED = "tuned.json"
@@ -51,7 +51,12 @@ def _log(message: str) -> None:
 
 
 def tune(
-    baseline: Baseline, context: PointInTime, period: Period, users: np.ndarray, log: Callable[[str], None] = _log
+    baseline: Baseline,
+    context: PointInTime,
+    period: Period,
+    users: np.ndarray,
+    log: Callable[[str], None] = _log,
+    exclude_purchased: bool = False,
 ) -> Tuned:
     """Searches ``baseline``'s grid on ``period`` (the validation one: ``context`` must be built
     at its start) and returns the best parameters by NDCG@10."""
@@ -68,23 +73,33 @@ def tune(
             if best is not None and candidate == best["params"]:
                 continue  # the incumbent, already scored
             ranker = baseline.build(context, **candidate)
-            metrics = full_ranking(ranker.rank, period, users)
+            metrics = full_ranking(_ranking(ranker, context, exclude_purchased), period, users)
             trials.append({"params": candidate, "val": _rounded(metrics)})
             log(f"{baseline.name} {candidate}: val {OBJECTIVE} {metrics[OBJECTIVE]:.4f}")
             if best is None or metrics[OBJECTIVE] > best["val"][OBJECTIVE]:
                 best = {"params": candidate, "val": metrics}
         params = dict(best["params"])
     if best is None:  # nothing to tune: the defaults
-        best = {"params": params, "val": full_ranking(baseline.build(context, **params).rank, period, users)}
+        ranking = _ranking(baseline.build(context, **params), context, exclude_purchased)
+        best = {"params": params, "val": full_ranking(ranking, period, users)}
     return Tuned(
         params=best["params"],
         val=_rounded(best["val"]),
         trials=trials,
-        grid=baseline.grid(),
+        grid=_grid(baseline, exclude_purchased),
         val_start=int(period.start),
         val_users=int(len(users)),
         seconds=round(time.time() - started, 1),
     )
+
+
+def _ranking(ranker, context: PointInTime, exclude_purchased: bool):
+    return excluding_purchased(ranker.rank, context.states) if exclude_purchased else ranker.rank
+
+
+def _grid(baseline: Baseline, exclude_purchased: bool) -> Dict:
+    """The search as recorded with its result: a cache is valid for the same grid and protocol."""
+    return {**baseline.grid(), "exclude_purchased": True} if exclude_purchased else baseline.grid()
 
 
 def _rounded(metrics: Dict[str, float]) -> Dict[str, float]:
@@ -110,24 +125,28 @@ def tuned_params(
     users: np.ndarray,
     retune: bool = False,
     log: Callable[[str], None] = _log,
+    exclude_purchased: bool = False,
 ) -> Dict[str, Tuned]:
     """Tuned parameters of every tunable baseline: from ``DATA/baselines/tuned.json`` when it
-    holds them for the same grid and validation period (and ``retune`` is off), else searched
-    and written there. ``data=None`` keeps nothing."""
+    holds them for the same grid, protocol and validation period (and ``retune`` is off), else
+    searched and written there. ``data=None`` keeps nothing."""
     cached = read_tuned(data) if data and not retune else {}
     out: Dict[str, Tuned] = {}
+    found: Dict[str, Tuned] = {}
     for baseline in baselines:
         if not baseline.tunable:
             continue
-        hit = cached.get(baseline.name)
-        if hit and hit.grid == baseline.grid() and hit.val_start == period.start and hit.val_users == len(users):
+        key = f"{baseline.name}@exclude_purchased" if exclude_purchased else baseline.name
+        hit = cached.get(key)
+        grid = _grid(baseline, exclude_purchased)
+        if hit and hit.grid == grid and hit.val_start == period.start and hit.val_users == len(users):
             log(f"{baseline.name}: tuned parameters from {tuned_path(data)}: {hit.params}")
             out[baseline.name] = hit
             continue
-        out[baseline.name] = tune(baseline, context, period, users, log)
+        out[baseline.name] = found[key] = tune(baseline, context, period, users, log, exclude_purchased)
         log(f"{baseline.name}: best {out[baseline.name].params} in {out[baseline.name].seconds} s")
-    if data and out:
-        kept = {name: asdict(t) for name, t in {**read_tuned(data), **out}.items()}
+    if data and found:
+        kept = {name: asdict(t) for name, t in {**read_tuned(data), **found}.items()}
         os.makedirs(layout.baselines_dir(data), exist_ok=True)
         write_json(tuned_path(data), kept)
     return out

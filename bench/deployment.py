@@ -1,0 +1,102 @@
+"""The deployment model as a user deploys it: Complete Journey's logs cut at the end of a week,
+``jobs.preprocess`` -> ``jobs.train --refit`` on what came before, every household ranked at
+the first moment after the cut from its histories through the cut, scored on the next 5 weeks
+(full ranking, the evaluation's metrics), beside each household's own most frequent products and
+recency-decayed frequency (half-life 120 days) at the same moment. One JSON line per cut.
+
+python -m bench.deployment [--cuts-weeks-before-end 5 9] [--workdir artifacts/deployment] [--reuse]
+
+With the default 5 weeks the cut is the test period's start (the end of week 48): the
+validated model and the deployment model are then scored on the same 5 weeks, the former
+ranking from the state at its own cut (its ``MODEL-validated``), as jobs.train leaves it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Dict, List
+
+import numpy as np
+import pandas as pd
+
+from jobs import preprocess, train
+from ncf.data import datasets
+from ncf.evaluate.metrics import ranking_metrics
+from ncf.rank.recommender import Recommender
+
+WEEK = pd.Timedelta(days=7)
+HORIZON = 5 * WEEK
+K = 10
+
+
+def frequency_top(before: pd.DataFrame, at: pd.Timestamp, half_life_days: float | None) -> Dict[int, list]:
+    """Each household's top-``K`` own products: by count, or by counts decayed to ``at``."""
+    weights = np.ones(len(before))
+    if half_life_days:
+        weights = 0.5 ** ((at - before["timestamp"]).dt.total_seconds() / 86_400 / half_life_days)
+    popularity = before.groupby("product_id").size()
+    scored = before.assign(w=weights).groupby(["user_id", "product_id"])["w"].sum().reset_index()
+    scored["tie"] = scored["product_id"].map(popularity)
+    scored = scored.sort_values(["user_id", "w", "tie"], ascending=[True, False, False])
+    return {u: g["product_id"].head(K).tolist() for u, g in scored.groupby("user_id")}
+
+
+def metrics(ranked: Dict[int, list], truth: Dict[int, np.ndarray]) -> Dict[str, float]:
+    rows = [ranking_metrics(np.array(ranked.get(u, [])), t, K) for u, t in truth.items()]
+    frame = pd.DataFrame(rows).mean()
+    return {f"recall@{K}": round(float(frame["recall"]), 4), f"ndcg@{K}": round(float(frame["ndcg"]), 4)}
+
+
+def one_cut(logs: pd.DataFrame, catalog: str, weeks_before_end: int, workdir: str, reuse: bool) -> List[Dict]:
+    end = logs["timestamp"].max()
+    cut = end + pd.Timedelta(seconds=1) - weeks_before_end * WEEK
+    root = os.path.join(workdir, f"cut-{weeks_before_end}w")
+    data, model = os.path.join(root, "data"), os.path.join(root, "model")
+    before = logs[logs["timestamp"] < cut]
+    if not (reuse and os.path.exists(os.path.join(model, "config.json"))):
+        os.makedirs(root, exist_ok=True)
+        path = os.path.join(root, "logs.parquet")
+        before.to_parquet(path, index=False)
+        preprocess.main(["--input", path, "--products", catalog, "--output", data])
+        train.main(["--data", data, "--output", model, "--refit", "--name", f"deployment-{weeks_before_end}w"])
+    window = logs[(logs["timestamp"] >= cut) & (logs["timestamp"] < cut + HORIZON)]
+    window = window[
+        window["product_id"].isin(set(before["product_id"])) & window["user_id"].isin(set(before["user_id"]))
+    ]
+    truth = {u: np.unique(g["product_id"].to_numpy()) for u, g in window.groupby("user_id")}
+    users = sorted(truth)
+    rows = []
+    for name, directory in (
+        ("advanced_ncf (deployment: refit)", model),
+        ("advanced_ncf (validated)", model + "-validated"),
+    ):
+        recommender = Recommender.load(directory, data=data)
+        ranked = recommender.rank(users, k=K, at=int(cut.timestamp()))
+        rows.append({"model": name, **metrics({r.user_id: r.product_ids for r in ranked}, truth)})
+    rows.append({"model": "own_frequency", **metrics(frequency_top(before, cut, None), truth)})
+    rows.append({"model": "decayed_frequency (120 days)", **metrics(frequency_top(before, cut, 120.0), truth)})
+    common = {"benchmark": "deployment", "cut": str(cut), "households": len(users)}
+    return [{**common, **row} for row in rows]
+
+
+def main(argv=None) -> List[Dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cuts-weeks-before-end", type=int, nargs="+", default=[5, 9], help="weeks before the data's end")
+    p.add_argument("--workdir", default="artifacts/deployment", help="where the cut logs, DATA and models go")
+    p.add_argument("--reuse", action="store_true", help="read models already trained in WORKDIR")
+    args = p.parse_args(argv)
+    logs_path, catalog = datasets.write_completejourney(os.path.join("artifacts", "datasets", "completejourney"))
+    logs = pd.read_parquet(logs_path)
+    logs["timestamp"] = pd.to_datetime(logs["timestamp"])
+    rows = []
+    for weeks in args.cuts_weeks_before_end:
+        for row in one_cut(logs, catalog, weeks, args.workdir, args.reuse):
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
