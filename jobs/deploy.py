@@ -16,6 +16,7 @@ from ncf.errors import InputError
 from ncf.moments import DATA_END, NOW
 from serve.app import build_app
 from serve.launch import serve_until_stopped, start, wait_until_healthy
+from serve.limits import REQUEST_TIMEOUT_S
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,6 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=(NOW, DATA_END),
         default=NOW,
         help="moment of requests without 'at' (data-end: the first moment after the data)",
+    )
+    p.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=REQUEST_TIMEOUT_S,
+        help="a request not answered within this gets 504 (applies when this command starts Serve)",
     )
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=2)
@@ -60,7 +67,7 @@ def main(argv=None) -> dict:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     init_ray()
-    url = start(app, host=args.host, port=args.port)
+    url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
     health = wait_until_healthy(url)
     print(json.dumps({"url": url, "docs": f"{url}/docs", **health}), flush=True)
     if not args.detach:

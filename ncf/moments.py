@@ -1,7 +1,8 @@
 """Moments: every conversion between the forms a time takes here, defined once.
 
-A moment is an int of epoch seconds (UTC). Users give ISO-8601 strings (a time zone, or UTC
-when none is given) or epoch seconds; jobs also take the words ``now`` and ``data-end``.
+A moment is an int of epoch seconds (UTC). Jobs take ISO-8601 strings (a time zone, or UTC when
+none is given), epoch seconds and the words ``now`` and ``data-end``. Clients of the HTTP API
+are held to a stricter rule (:func:`parse_at`): nothing ambiguous is guessed.
 
 Example::
 
@@ -12,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from datetime import datetime, timezone
 from typing import Dict, Optional
@@ -53,6 +56,69 @@ def resolve_at(at, data_end: int, now: Optional[float] = None) -> int:
         return to_epoch_seconds(at)
     except (ValueError, TypeError) as e:
         raise InputError(f"--at {at!r}: not an ISO date or datetime, 'now' or 'data-end' ({e})") from None
+
+
+# What parse_at accepts, said in its errors (and the API's docs).
+AT_FORMS = (
+    "an ISO-8601 time with a time zone (2017-11-27T04:01:21Z, 2017-11-27T05:01:21+01:00), "
+    "a date YYYY-MM-DD (midnight UTC) or epoch seconds as a JSON number"
+)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_ISO_TIME_WITH_ZONE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:?\d{2})")
+
+
+def parse_at(value) -> int:
+    """A moment given by a client (the HTTP API's ``at``) -> epoch seconds, refusing every form
+    whose meaning would be a guess.
+
+    Accepted: an ISO-8601 time with a time zone (``Z`` or an offset); a date ``YYYY-MM-DD``,
+    read as midnight UTC; epoch seconds as a number (int or float, not a string); a
+    timezone-aware ``datetime``. Refused with a ``ValueError`` naming the accepted forms: digit
+    strings (``"20200101"`` is a date to a person and 1970-08-22 as epoch seconds), times
+    without a time zone (whose zone would be a guess), booleans, anything else.
+
+    Example::
+
+        parse_at("2017-11-27T04:01:21Z")  # 1511755281
+        parse_at("2017-11-27")  # 1511740800
+        parse_at(1511755281)  # 1511755281
+        parse_at("2017-11-27T04:01:21")  # ValueError: ... must be an ISO-8601 time with a time zone ...
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"at must be {AT_FORMS}; got a boolean")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            raise ValueError(f"at must be {AT_FORMS}; got {value}")
+        return int(math.floor(value))
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"at must be {AT_FORMS}; got a datetime without a time zone")
+        return int(math.floor(value.timestamp()))
+    if not isinstance(value, str):
+        raise ValueError(f"at must be {AT_FORMS}; got a {type(value).__name__}")
+    text = value.strip()
+    try:
+        if _ISO_DATE.fullmatch(text):
+            return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp())
+        if _ISO_TIME_WITH_ZONE.fullmatch(text):
+            normalized = (text[:10] + "T" + text[11:]).upper()  # RFC 3339 allows ' ', 't' and 'z'
+            return int(math.floor(datetime.fromisoformat(normalized).timestamp()))
+    except ValueError as e:  # the right shape, an impossible value (month 13, hour 25)
+        raise ValueError(f"at {value[:40]!r}: {e}") from None
+    hint = " (digits in a string are ambiguous; send epoch seconds as a number)" if text.isdigit() else ""
+    hint = hint or (" (no time zone: add Z or an offset)" if _looks_naive(text) else "")
+    raise ValueError(f"at must be {AT_FORMS}; got {value[:40]!r}{hint}")
+
+
+def _looks_naive(text: str) -> bool:
+    if ":" not in text:
+        return False
+    try:
+        return datetime.fromisoformat(text).tzinfo is None
+    except ValueError:
+        return False
 
 
 def run_date_of(at: int) -> str:

@@ -13,19 +13,20 @@ message listing each problem, an oversized body 413, unknown routes 404. A real 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, List, Optional, Union
+from typing import Annotated, Any, List, Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictInt, StrictStr, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ncf.moments import AT_FORMS, as_datetime, parse_at
 from ncf.rank.ranker import MAX_K
+from serve.limits import MAX_BODY_BYTES, EdgeLimits
 
 # -- limits (security defaults: small bodies, bounded work per request) -----------------------
 
-MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_USERS = 100
 MAX_PRODUCT_IDS = 1000
 MAX_ID_CHARS = 128
@@ -35,22 +36,31 @@ MIN_AT = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MAX_AT = datetime(2200, 1, 1, tzinfo=timezone.utc)
 
 
-def _check_at(value: Optional[datetime]) -> Optional[datetime]:
-    """Naive times are UTC; the moment must fall in [MIN_AT, MAX_AT)."""
+def _check_at(value: Any) -> Optional[datetime]:
+    """The moment of ``at`` (the rule of :func:`ncf.moments.parse_at`), in [MIN_AT, MAX_AT)."""
     if value is None:
         return None
-    aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if not MIN_AT <= aware < MAX_AT:
+    seconds = parse_at(value)
+    if not MIN_AT.timestamp() <= seconds < MAX_AT.timestamp():
         raise ValueError(f"at must be between {MIN_AT.date()} and {MAX_AT.date()}")
-    return aware
+    return as_datetime(seconds)
 
 
 At = Annotated[
     Optional[datetime],
-    AfterValidator(_check_at),
-    Field(
-        description="the moment to rank for (ISO-8601 or epoch seconds; naive times are UTC); "
-        "default: the deployment's default_at (now, or the model's data end)"
+    PlainValidator(_check_at),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "date-time"},
+                {"type": "string", "format": "date"},
+                {"type": "number"},
+                {"type": "null"},
+            ],
+            "description": f"the moment to rank for: {AT_FORMS}; default: the deployment's default_at "
+            "(now, or the model's data end)",
+            "examples": ["2017-11-27T04:01:21Z", "2017-11-27", 1511755281],
+        }
     ),
 ]
 
@@ -117,6 +127,10 @@ class BatchRecommendResponse(BaseModel):
 
 class ScoreResponse(BaseModel):
     user_id: Union[int, str]
+    cold_start: bool = Field(
+        description="true when the model does not know the household (or it has no purchases before at): "
+        "the scores come from the model's row for unknown households"
+    )
     scores: List[float]
     at: datetime
     model_version: str
@@ -124,8 +138,12 @@ class ScoreResponse(BaseModel):
 
 class Health(BaseModel):
     status: str
-    model_version: str
-    model_dir: str
+    model_version: str = Field(description="the version of the model answering (config.json's version)")
+    rollout_error: Optional[str] = Field(
+        None,
+        description="why the last rollout failed, while the model of model_version keeps serving; "
+        "null when the model asked for is the one serving",
+    )
 
 
 class UnknownProducts(ValueError):
@@ -174,49 +192,6 @@ async def _on_not_ready(request: Request, exc: NotReady) -> JSONResponse:
     return _error(503, str(exc))
 
 
-class BodySizeLimit:
-    """ASGI middleware: a request body over ``max_bytes`` gets 413 before any parsing.
-
-    The declared Content-Length is checked first; a chunked body is read up to the limit and
-    then replayed to the application, so nothing larger than the limit is ever buffered.
-    """
-
-    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._too_large(scope, receive, send)
-            return
-        messages, size = [], 0
-        while True:  # ends at the last body chunk, at a disconnect, or past the limit
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-        replay = iter(messages)
-
-        async def replayed():
-            return next(replay, None) or await receive()
-
-        await self.app(scope, replayed, send)
-
-    async def _too_large(self, scope, receive, send) -> None:
-        response = _error(413, f"request body larger than {self.max_bytes} bytes")
-        await response(scope, receive, send)
-
-
 def create_app() -> FastAPI:
     """The FastAPI application, with the error handlers and the body size limit."""
     app = FastAPI(
@@ -229,5 +204,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(UnknownProducts, _on_unknown_products)
     app.add_exception_handler(NotReady, _on_not_ready)
-    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    # The same limits as Serve's proxy applies (serve.limits): they hold here too when the proxy
+    # hook is not configured, and cost nothing on a body the proxy already read.
+    app.add_middleware(EdgeLimits, max_body_bytes=MAX_BODY_BYTES)
     return app

@@ -14,22 +14,34 @@ Why it is built this way:
   new ``model`` argument does exactly that.
 - ``/recommend`` goes through ``@serve.batch``: concurrent requests to one replica are grouped
   into one call of :meth:`ModelService.recommend_many`, all answered by the same model version.
+- A rollout never takes the service down: the new model is checked and loaded beside the old
+  one (:meth:`ModelService.load`); if that fails, ``reconfigure`` keeps the old model serving,
+  says why on ``/healthz`` (``rollout_error``) and returns normally, because a ``reconfigure``
+  that raises makes Serve stop the replica, healthy model and all. ``build_app`` refuses a
+  model directory that fails :func:`ncf.model.integrity.verify_model_dir` before anything is
+  deployed.
 - ``autoscaling_config`` adds replicas when each has more than ``target_ongoing_requests``
   requests in flight and removes them when idle; replicas ask for a fraction of a CPU so
   that several fit on a small machine beside the proxy.
+- Overload is shed, not queued without end: past ``max_ongoing_requests`` per replica, at most
+  ``max_queued_requests`` wait at the proxy; more get 503 with ``Retry-After`` at once.
 """
 
 # No `from __future__ import annotations` here: Serve rebuilds the ingress routes in the replica
 # and cannot resolve string annotations (the request models become unresolved ForwardRefs and
 # /openapi.json fails).
 
+import hashlib
+import logging
+import os
 from typing import Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
-from ncf.model.directory import read_config
+from ncf.model.integrity import verify_model_dir
 from serve.api import (
     BatchRecommendRequest,
     BatchRecommendResponse,
@@ -47,14 +59,24 @@ from serve.service import ModelService, ServeSettings
 DEPLOYMENT_NAME = "Recommender"
 MAX_BATCH_SIZE = 16
 BATCH_WAIT_S = 0.002  # short: under light load a request should not wait for company
+# Above the batch size, so that a full batch can form; the autoscaler reacts well before.
+MAX_ONGOING_REQUESTS = 2 * MAX_BATCH_SIZE
+# Requests waiting at a proxy for a free replica slot, beyond which they are shed (503): about
+# two full rounds of every replica's slots, so a burst waits and a flood is refused.
+MAX_QUEUED_REQUESTS = 64
+SHED_RETRY_AFTER_S = 1
+
+logger = logging.getLogger("ray.serve")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 app = create_app()
 
 
 @serve.deployment(
     name=DEPLOYMENT_NAME,
-    # Above the batch size, so that a full batch can form; the autoscaler reacts well before.
-    max_ongoing_requests=2 * MAX_BATCH_SIZE,
+    max_ongoing_requests=MAX_ONGOING_REQUESTS,
+    max_queued_requests=MAX_QUEUED_REQUESTS,
+    backpressure_config=BackpressureConfig(status_code=503, retry_after_s=SHED_RETRY_AFTER_S),
     autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4},
     ray_actor_options={"num_cpus": 0.5},
 )
@@ -72,11 +94,26 @@ class RecommenderDeployment:
         torch.set_num_threads(threads)
         threadpool_limits(threads)
         self._service: Optional[ModelService] = None
+        self._rollout_error: Optional[str] = None
 
     def reconfigure(self, user_config: Dict) -> None:
-        """Loads the model named by ``user_config`` (see :class:`ServeSettings`), then swaps it in."""
-        settings = ServeSettings.from_user_config(user_config)
-        self._service = ModelService.load(settings, previous=self._service)
+        """Loads the model named by ``user_config`` (see :class:`ServeSettings`), then swaps it in.
+
+        When that fails and a model is serving, the replica keeps serving it and reports the
+        failure on /healthz; it does not raise, since Serve stops a replica whose reconfigure
+        raises. With no model yet (a new replica) it raises: there is nothing to keep serving.
+        """
+        try:
+            service = ModelService.load(ServeSettings.from_user_config(user_config), previous=self._service)
+        except Exception as e:
+            if self._service is None:
+                raise
+            self._rollout_error = _redacted(f"{type(e).__name__}: {e}", user_config)
+            logger.error(
+                f"rollout of {user_config.get('model_dir')} failed, still serving {self._service.version}: {e}"
+            )
+            return
+        self._service, self._rollout_error = service, None
 
     def _ready(self) -> ModelService:
         service = self._service
@@ -86,8 +123,9 @@ class RecommenderDeployment:
 
     @app.get("/healthz", response_model=Health)
     def healthz(self) -> Dict:
-        """200 with the model version once a model is loaded, 503 before."""
-        return self._ready().health()
+        """200 with the version of the model serving once one is loaded (and ``rollout_error``
+        when the last rollout failed and that model kept serving), 503 before."""
+        return self._ready().health(self._rollout_error)
 
     @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
     async def recommend(self, request: RecommendRequest) -> Dict:
@@ -129,6 +167,10 @@ class AppArgs(BaseModel):
     # Ray wants it above the replicas' metrics interval (10 s); below, the autoscaler sees no data.
     look_back_period_s: float = Field(30, gt=10, description="window the ongoing requests are averaged over")
     num_cpus: float = Field(0.5, gt=0, description="CPUs each replica requests")
+    max_ongoing_requests: int = Field(MAX_ONGOING_REQUESTS, ge=1, description="requests a replica works on at once")
+    max_queued_requests: int = Field(
+        MAX_QUEUED_REQUESTS, ge=1, description="requests waiting at a proxy for a replica; beyond: 503"
+    )
 
 
 def build_app(args: Dict) -> Application:
@@ -143,17 +185,58 @@ def build_app(args: Dict) -> Application:
     settings = ServeSettings.from_user_config(
         {"model_dir": a.model, "candidates": a.candidates, "default_at": a.default_at, "data": a.data}
     )
-    read_config(settings.model_dir)  # not a model directory: fail here, with its path
-    return RecommenderDeployment.options(
-        user_config=settings.user_config(),
-        autoscaling_config={
-            "min_replicas": a.min_replicas,
-            "initial_replicas": max(a.min_replicas, 1),
-            "max_replicas": a.max_replicas,
-            "target_ongoing_requests": a.target_ongoing_requests,
-            "upscale_delay_s": a.upscale_delay_s,
-            "downscale_delay_s": a.downscale_delay_s,
-            "look_back_period_s": a.look_back_period_s,
-        },
-        ray_actor_options={"num_cpus": a.num_cpus},
-    ).bind()
+    verify_model_dir(settings.model_dir)  # not a whole, consistent model directory: fail here, with its path
+    return (
+        RecommenderDeployment.options(
+            user_config=settings.user_config(),
+            max_ongoing_requests=a.max_ongoing_requests,
+            max_queued_requests=a.max_queued_requests,
+            autoscaling_config={
+                "min_replicas": a.min_replicas,
+                "initial_replicas": max(a.min_replicas, 1),
+                "max_replicas": a.max_replicas,
+                "target_ongoing_requests": a.target_ongoing_requests,
+                "upscale_delay_s": a.upscale_delay_s,
+                "downscale_delay_s": a.downscale_delay_s,
+                "look_back_period_s": a.look_back_period_s,
+            },
+            ray_actor_options={"num_cpus": a.num_cpus},
+        )
+        .options(version=code_version(), _internal=True)
+        .bind()
+    )
+
+
+def code_version() -> str:
+    """The deployment's version: a hash of the project's Python source (serve/ and ncf/).
+
+    Serve replaces every replica when the version changes and only calls ``reconfigure`` on the
+    running ones when it does not. Left unset, ``serve.run`` draws a random version on each call,
+    so a model rollout would stop the healthy replica before its replacement loaded the new
+    model, and a bad model would leave nothing serving. With this version a model rollout is a
+    ``user_config`` change applied in place (the old model keeps serving if the new one fails),
+    while new code still restarts the replicas. (Serve 2.60 sets versions this way for config
+    files; ``Deployment.options(version=...)`` needs its ``_internal`` flag.)
+    """
+    digest = hashlib.sha256()
+    for package in ("serve", "ncf"):
+        root = os.path.join(REPO, package)
+        for folder, dirs, files in sorted(os.walk(root)):
+            dirs.sort()
+            for name in sorted(f for f in files if f.endswith(".py")):
+                path = os.path.join(folder, name)
+                digest.update(os.path.relpath(path, REPO).encode())
+                with open(path, "rb") as f:
+                    digest.update(hashlib.sha256(f.read()).digest())
+    return digest.hexdigest()[:16]
+
+
+def _redacted(message: str, user_config: Dict, limit: int = 500) -> str:
+    """One line, with the server's paths (model and DATA directories) replaced by their names
+    in the user_config, for /healthz: clients learn what failed, not where files live."""
+    for key in ("model_dir", "data"):
+        path = user_config.get(key) if isinstance(user_config, dict) else None
+        if isinstance(path, str) and path:
+            for form in sorted({os.path.abspath(path), path}, key=len, reverse=True):
+                message = message.replace(form, f"<{key}>")
+    return " ".join(message.split())[:limit]

@@ -10,19 +10,36 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Dict
+from typing import Dict, Optional
+
+from serve.limits import REQUEST_TIMEOUT_S, proxy_env
 
 APP_NAME = "ncf"
 
 
-def start(app, host: str = "127.0.0.1", port: int = 8000, app_name: str = APP_NAME) -> str:
+def start(
+    app,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    app_name: str = APP_NAME,
+    request_timeout_s: Optional[float] = REQUEST_TIMEOUT_S,
+    route_prefix: str = "/",
+) -> str:
     """Deploys ``app`` (:func:`serve.app.build_app`'s result) behind HTTP on ``host:port`` and
     returns the base URL. Binds to 127.0.0.1 unless told otherwise. Called again with the same
-    ``app_name`` it rolls the new app out (in place when only the model or options changed)."""
+    ``app_name`` it rolls the new app out (in place when only the model or options changed).
+
+    The first call starts Serve: its HTTP proxy answers a request not done within
+    ``request_timeout_s`` with 504, and runs :class:`serve.limits.EdgeLimits` (body size, body
+    read deadline) before a request reaches a replica. Those options belong to the Serve
+    instance: later calls (rollouts, other apps) keep the ones it started with."""
     from ray import serve
 
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(app, name=app_name, route_prefix="/")
+    serve.start(
+        http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s},
+        controller_options={"runtime_env": {"env_vars": proxy_env()}},
+    )
+    serve.run(app, name=app_name, route_prefix=route_prefix)
     return f"http://{host}:{port}"
 
 

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Dict, List, Mapping, Optional
 
 from ncf.data.vocab import UNKNOWN_INDEX
+from ncf.model.integrity import verify_model_dir
 from ncf.moments import DATA_END, NOW
 from ncf.rank.recommender import RankedItems, Recommender
 from serve.api import BatchRecommendRequest, RecommendRequest, ScoreRequest, UnknownProducts
@@ -85,17 +86,26 @@ class ModelService:
     @staticmethod
     def load(settings: ServeSettings, previous: Optional["ModelService"] = None) -> "ModelService":
         """Loads ``settings.model_dir`` over ``settings.data``; reuses ``previous``'s model and
-        state when only options changed."""
+        state when only options changed.
+
+        A new model is checked as a whole before it can answer anything: the directory against
+        its manifest and itself (:func:`ncf.model.integrity.verify_model_dir`), then loaded, warmed
+        and asked for one known and one unknown household (:func:`_rehearse`). Any failure raises
+        here, while ``previous`` is still the one serving.
+        """
         same = previous is not None and (previous.settings.model_dir, previous.settings.data) == (
             settings.model_dir,
             settings.data,
         )
+        if not same:
+            verify_model_dir(settings.model_dir)
         recommender = previous.recommender if same else Recommender.load(settings.model_dir, data=settings.data)
         if settings.candidates is not None:
             # A new recommender sharing the model and state: requests in flight keep the old one.
             recommender = recommender.with_settings(candidates=settings.candidates)
         if not same:
             recommender.ranker.warm()
+            _rehearse(recommender)
         return ModelService(recommender, settings)
 
     @property
@@ -110,8 +120,9 @@ class ModelService:
 
     # -- routes ------------------------------------------------------------------------------
 
-    def health(self) -> Dict:
-        return {"status": "ok", "model_version": self.version, "model_dir": self.settings.model_dir}
+    def health(self, rollout_error: Optional[str] = None) -> Dict:
+        """The version only: the model's path on the server is nobody's business outside it."""
+        return {"status": "ok", "model_version": self.version, "rollout_error": rollout_error}
 
     def recommend(self, request: RecommendRequest) -> Dict:
         return self.recommend_many([request])[0]
@@ -143,8 +154,24 @@ class ModelService:
         if unknown:
             raise UnknownProducts(unknown)
         at = self.moment(request.at)
-        scores, _ = self.recommender.score_items(request.user_id, request.product_ids, at)
-        return {"user_id": request.user_id, "scores": scores, "at": _iso(at), "model_version": self.version}
+        scores, cold = self.recommender.score_items(request.user_id, request.product_ids, at)
+        return {
+            "user_id": request.user_id,
+            "cold_start": cold,
+            "scores": scores,
+            "at": _iso(at),
+            "model_version": self.version,
+        }
+
+
+def _rehearse(recommender: Recommender) -> None:
+    """Ranks one household with purchases and one unknown household at the state's end: the
+    whole path (state -> embedding rows -> model) runs once before the first real request."""
+    known = recommender.state.states.users()[:1]
+    households = list(recommender.vocabs.users.raw_of(known)) + [None]
+    rankings = recommender.rank(households, k=5, at=recommender.default_at)
+    if len(rankings) != len(households) or not all(len(r.product_ids) for r in rankings):
+        raise RuntimeError(f"the new model ranked nothing for {households}")
 
 
 def recommendation(ranked: RankedItems) -> Dict:

@@ -9,6 +9,7 @@ it contacts AWS. The setup commands are compared with what ``make setup ACCEL=cu
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shlex
@@ -165,16 +166,76 @@ def test_no_command_installs_a_package_the_makefile_or_the_lock_pins(prepared):
     assert extra and not extra & pinned, extra & pinned  # boto3 only: the autoscaler's AWS client
 
 
-def test_dashboard_on_localhost_serve_port_open_to_a_private_range(prepared):
+def test_dashboard_on_localhost(prepared):
     head_start = " ".join(prepared["head_start_ray_commands"])
     assert "ray start --head" in head_start
     assert "--dashboard-host=127.0.0.1" in head_start and f"--dashboard-port={DASHBOARD_PORT}" in head_start
-    rules = prepared["provider"]["security_group"]["IpPermissions"]
-    serve = [r for r in rules if r["FromPort"] <= SERVE_PORT <= r["ToPort"]]
-    assert serve, rules
-    ranges = [ip["CidrIp"] for r in serve for ip in r["IpRanges"]]
-    assert ranges and "0.0.0.0/0" not in ranges
-    assert not any(r["FromPort"] <= DASHBOARD_PORT <= r["ToPort"] for r in rules), "the dashboard is reached over SSH"
+
+
+# -- network and credentials (issue 19): deploy/aws/cluster-prerequisites.json ----------------------
+
+PREREQUISITES = os.path.join(REPO, "deploy", "aws", "cluster-prerequisites.json")
+
+
+@pytest.fixture(scope="module")
+def template() -> Dict:
+    with open(PREREQUISITES) as f:
+        return json.load(f)
+
+
+def _resources(template: Dict, kind: str) -> List[Dict]:
+    return [r["Properties"] for r in template["Resources"].values() if r["Type"] == kind]
+
+
+def test_every_node_names_the_prerequisites_security_group(config):
+    """With SecurityGroupIds on every node type, Ray's launcher creates no group of its own (its
+    own group always gets SSH from 0.0.0.0/0, whatever provider.security_group says)."""
+    assert "security_group" not in config["provider"]
+    groups = {tuple(t["node_config"].get("SecurityGroupIds") or ()) for t in config["available_node_types"].values()}
+    assert len(groups) == 1 and all(groups), groups
+
+
+def test_ssh_only_from_a_configurable_cidr_serve_only_from_a_private_one(template):
+    (group,) = _resources(template, "AWS::EC2::SecurityGroup")
+    rules = {(r["FromPort"], r["ToPort"]): r for r in group["SecurityGroupIngress"]}
+    assert set(rules) == {(22, 22), (SERVE_PORT, SERVE_PORT)}, "nothing else open, the dashboard least"
+    assert rules[(22, 22)]["CidrIp"] == {"Ref": "SshCidr"} and "Default" not in template["Parameters"]["SshCidr"]
+    assert rules[(SERVE_PORT, SERVE_PORT)]["CidrIp"] == {"Ref": "ServeCidr"}
+    assert template["Parameters"]["ServeCidr"]["Default"].startswith("10.")
+    assert "0.0.0.0/0" not in json.dumps(group)
+    refused = [a["Assert"]["Fn::Not"][0]["Fn::Equals"] for r in template["Rules"].values() for a in r["Assertions"]]
+    assert [{"Ref": "SshCidr"}, "0.0.0.0/0"] in refused and [{"Ref": "ServeCidr"}, "0.0.0.0/0"] in refused
+    (between,) = _resources(template, "AWS::EC2::SecurityGroupIngress")
+    assert between["SourceSecurityGroupId"] == between["GroupId"]  # all traffic, between nodes only
+
+
+def test_every_node_requires_imdsv2_and_encrypts_its_volumes(config):
+    for name, node_type in config["available_node_types"].items():
+        node = node_type["node_config"]
+        assert node["MetadataOptions"]["HttpTokens"] == "required", name
+        assert node["MetadataOptions"]["HttpPutResponseHopLimit"] == 1, name
+        volumes = [m["Ebs"] for m in node["BlockDeviceMappings"]]
+        assert volumes and all(v["Encrypted"] is True for v in volumes), name
+
+
+def test_the_head_runs_as_a_least_privilege_profile_workers_as_none(config, template):
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]["node_config"]
+    (profile,) = _resources(template, "AWS::IAM::InstanceProfile")
+    assert head["IamInstanceProfile"] == {"Name": profile["InstanceProfileName"]} == {"Name": "advanced-ncf-head"}
+    assert not any("IamInstanceProfile" in t["node_config"] for n, t in types.items() if n != config["head_node_type"])
+    (role,) = _resources(template, "AWS::IAM::Role")
+    assert "ManagedPolicyArns" not in role  # not Ray's default: AmazonEC2FullAccess + AmazonS3FullAccess
+    assert template["Parameters"]["ClusterName"]["Default"] == config["cluster_name"]
+    statements = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+    actions = {a for s in statements for a in s["Action"]}
+    assert all(a.startswith("ec2:") and "*" not in a for a in actions), actions
+    for s in statements:
+        mutating = [a for a in s["Action"] if not a.startswith("ec2:Describe")]
+        if s["Resource"] == "*":
+            assert not mutating, s  # only describes on every resource
+        if {"ec2:TerminateInstances", "ec2:StopInstances"} & set(mutating):
+            assert s["Condition"] == {"StringEquals": {"ec2:ResourceTag/ray-cluster-name": {"Ref": "ClusterName"}}}
 
 
 def test_every_node_starts_ray_with_the_synced_auth_token(config, prepared):

@@ -118,3 +118,33 @@ def test_training_history_becomes_tensorboard_scalars(tmp_path):
         payload.count(b"train/train_loss") == 2 and payload.count(b"train/val_ndcg_10") == 2
     )  # TensorBoard tags cannot hold "@"
     assert b"train/note" not in payload  # only numbers are scalars
+
+
+def test_raw_ids_are_html_escaped(tmp_path):
+    """Product and household ids come from the logs: in the report they are text, never markup."""
+    import html
+    from types import SimpleNamespace
+
+    from ncf.data.user_state import UserStates
+    from ncf.data.vocab import Vocabularies, Vocabulary
+    from ncf.evaluate.evaluation import Period
+    from ncf.evaluate.report import households_html
+    from ncf.rank.ranker import Ranking
+
+    script, amp, household = "<img src=x onerror=alert(1)>", "p&q<b>", "<i>hh</i>"
+    vocabs = Vocabularies(
+        Vocabulary.from_ids([household]),
+        Vocabulary.from_ids([script, amp], extra={"department_index": [1, 1], "category_index": [1, 1]}),
+        Vocabulary.from_ids(["<d>"]),
+        Vocabulary.from_ids(["<c>"]),
+    )
+    states = UserStates.from_purchases(np.array([1, 1]), np.array([1, 2]), np.array([100, 200]), num_users=2)
+    ranking = Ranking(np.array([1, 2]), np.array([0.9, 0.8]), False, explanations=[[(1, 0.7)], [(2, 0.3)]])
+    ranker = SimpleNamespace(
+        state=SimpleNamespace(vocabs=vocabs, states=states), rank=lambda users, at, k, explain: [ranking]
+    )
+    period = Period("test", 300, truth={1: np.array([2])}, first_purchase={1: 2}, first_visit={1: 300})
+    page = households_html(ranker, period, np.array([1]))
+    for raw in (script, amp, household, "<d>", "<c>"):
+        assert raw not in page and html.escape(raw) in page
+    assert page.count(html.escape(script)) == 3  # recent purchase, recommendation, its "because"

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 import requests
-from helpers import free_port
+from helpers import free_port, sealed_copy
 
 from ncf.errors import InputError
 from serve.api import MAX_BATCH_USERS, MAX_BODY_BYTES, MAX_K, MAX_PRODUCT_IDS
@@ -74,11 +74,11 @@ def ids(items) -> list:
 # -- routes ------------------------------------------------------------------------------------
 
 
-def test_healthz_reports_the_loaded_version(server, small_model_dir):
+def test_healthz_reports_the_loaded_version_and_no_path(server, small_model_dir):
     r = requests.get(f"{server}/healthz", timeout=TIMEOUT)
     assert r.status_code == 200
-    assert r.json()["model_version"] == "v1"
-    assert r.json()["model_dir"] == os.path.abspath(small_model_dir)
+    assert r.json() == {"status": "ok", "model_version": "v1", "rollout_error": None}
+    assert os.path.dirname(os.path.abspath(small_model_dir)) not in r.text  # where files live is not told
 
 
 def test_openapi_docs_list_every_route(server):
@@ -136,8 +136,8 @@ def test_explain_names_weighted_past_purchases(server, recommender, users):
 
 
 def test_unknown_user_gets_the_cold_start_ranking(server, recommender):
-    body = post(f"{server}/recommend", {"user_id": UNKNOWN_USER, "k": 5, "at": "2017-11-20T18:00:00"}).json()
-    expected = expected_items(recommender, UNKNOWN_USER, 5, "2017-11-20T18:00:00")
+    body = post(f"{server}/recommend", {"user_id": UNKNOWN_USER, "k": 5, "at": "2017-11-20T18:00:00Z"}).json()
+    expected = expected_items(recommender, UNKNOWN_USER, 5, "2017-11-20T18:00:00Z")
     assert body["cold_start"] is True and expected["cold_start"] is True
     assert ids(body["items"]) == ids(expected["items"]) and len(body["items"]) == 5
 
@@ -159,7 +159,54 @@ def test_score_agrees_with_the_ranking(server, users):
     ranked = post(f"{server}/recommend", {"user_id": users[1], "k": 4}).json()["items"]
     r = post(f"{server}/score", {"user_id": users[1], "product_ids": ids(ranked)})
     assert r.status_code == 200 and r.json()["model_version"] == "v1"
+    assert r.json()["cold_start"] is False
     assert r.json()["scores"] == pytest.approx([i["score"] for i in ranked], abs=1e-5)
+
+
+def test_score_flags_an_unknown_household_as_a_cold_start(server, recommender, users):
+    """The unknown household row scores it (never a silent untrained embedding): flagged."""
+    products = recommender.vocabs.products.raw_of([1, 2, 3])
+    r = post(f"{server}/score", {"user_id": UNKNOWN_USER, "product_ids": products})
+    assert r.status_code == 200 and r.json()["cold_start"] is True
+    assert len(r.json()["scores"]) == 3 and all(0.0 <= p <= 1.0 for p in r.json()["scores"])
+    assert r.json()["scores"] == pytest.approx(recommender.score(UNKNOWN_USER, products), abs=1e-5)
+
+
+# -- at: ISO-8601 with a time zone, a date (midnight UTC) or epoch seconds as a number ------------
+
+AT_ACCEPTED = {
+    "2017-11-27T04:01:21Z": "2017-11-27T04:01:21",
+    "2017-11-27T05:01:21+01:00": "2017-11-27T04:01:21",
+    "2017-11-27": "2017-11-27T00:00:00",
+    1511755281: "2017-11-27T04:01:21",
+    1511755281.5: "2017-11-27T04:01:21",
+}
+
+
+@pytest.mark.parametrize("at", list(AT_ACCEPTED), ids=[str(a) for a in AT_ACCEPTED])
+def test_at_forms_that_are_accepted(server, users, at):
+    r = post(f"{server}/recommend", {"user_id": users[0], "k": 3, "at": at})
+    assert r.status_code == 200, r.text
+    assert r.json()["at"].startswith(AT_ACCEPTED[at])
+
+
+@pytest.mark.parametrize(
+    "at, why",
+    [
+        ("20200101", "digits in a string"),  # was read as epoch seconds: 1970-08-22
+        ("1511755281", "digits in a string"),
+        ("2017-11-27T04:01:21", "no time zone"),  # was silently UTC
+        ("2017-11-27 04:01", "no time zone"),
+        ("27/11/2017", ""),
+        (True, "boolean"),
+    ],
+)
+def test_ambiguous_at_forms_are_refused_with_what_is_accepted(server, users, at, why):
+    r = post(f"{server}/recommend", {"user_id": users[0], "k": 3, "at": at})
+    assert r.status_code == 422, r.text
+    message = r.json()["error"]
+    assert "ISO-8601 time with a time zone" in message and "YYYY-MM-DD" in message and "JSON number" in message
+    assert why in message
 
 
 # -- bad input: always 4xx with a message, never a 500 -------------------------------------------
@@ -175,7 +222,8 @@ BAD_REQUESTS = {
     "k a string": ("/recommend", {"user_id": 1, "k": "10"}, 422),
     "unknown field": ("/recommend", {"user_id": 1, "kk": 3}, 422),
     "at not a date": ("/recommend", {"user_id": 1, "at": "yesterday-ish"}, 422),
-    "at out of range": ("/recommend", {"user_id": 1, "at": "2999-01-01T00:00:00"}, 422),
+    "at out of range": ("/recommend", {"user_id": 1, "at": "2999-01-01T00:00:00Z"}, 422),
+    "at epoch out of range": ("/recommend", {"user_id": 1, "at": 10**30}, 422),
     "batch empty": ("/recommend/batch", {"user_ids": []}, 422),
     "batch too large": ("/recommend/batch", {"user_ids": list(range(MAX_BATCH_USERS + 1))}, 422),
     "score no products": ("/score", {"user_id": 1, "product_ids": []}, 422),
@@ -241,6 +289,41 @@ def test_build_app_refuses_a_missing_model_dir(tmp_path):
         build_app({"model": str(tmp_path)})
 
 
+def test_build_app_and_deploy_refuse_a_damaged_model_dir(small_model_dir, tmp_path):
+    """The whole directory is verified before anything is deployed: one line, exit code 2."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    from ncf.model.integrity import ModelIntegrityError
+
+    damaged = str(tmp_path / "damaged")
+    shutil.copytree(small_model_dir, damaged)
+    with open(os.path.join(damaged, "model.pt"), "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(ModelIntegrityError, match="model.pt has 100 bytes"):
+        build_app({"model": damaged})
+    job = subprocess.run(
+        [sys.executable, "-m", "jobs.deploy", "--model", damaged, "--port", str(free_port())],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
+    assert job.returncode == 2, job.stderr[-2000:]
+    assert job.stderr.strip().count("\n") == 0 and job.stderr.startswith("error: ") and "model.pt" in job.stderr
+
+
+def test_the_deployment_has_a_bounded_queue_and_sheds_with_503():
+    from serve.app import MAX_QUEUED_REQUESTS, RecommenderDeployment
+
+    assert RecommenderDeployment.max_queued_requests == MAX_QUEUED_REQUESTS > 0
+    assert RecommenderDeployment.backpressure_config.status_code == 503
+    assert RecommenderDeployment.backpressure_config.retry_after_s >= 1
+
+
 @pytest.mark.parametrize(
     "args, message", [({"model": "m", "candidates": 0}, "candidates"), ({"model": "m", "replicas": 2}, "replicas")]
 )
@@ -290,17 +373,6 @@ def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_d
 # -- rollout (last: it leaves v2 deployed) -------------------------------------------------------
 
 
-def _second_version(model_dir: str, root) -> str:
-    v2 = str(root / "v2")
-    shutil.copytree(model_dir, v2)
-    with open(os.path.join(v2, "config.json")) as f:
-        config = json.load(f)
-    config["version"] = "v2"
-    with open(os.path.join(v2, "config.json"), "w") as f:
-        json.dump(config, f)
-    return v2
-
-
 class Traffic(threading.Thread):
     """Sends /recommend requests until stopped (at most ``limit``), recording versions and failures."""
 
@@ -325,7 +397,7 @@ class Traffic(threading.Thread):
 
 
 def test_second_version_rolls_out_while_requests_keep_succeeding(server, small_model_dir, users, tmp_path):
-    v2 = _second_version(small_model_dir, tmp_path)
+    v2 = sealed_copy(small_model_dir, str(tmp_path / "v2"), "v2")
     traffic = Traffic(server, users[0])
     traffic.start()
     try:
@@ -345,7 +417,11 @@ def test_second_version_rolls_out_while_requests_keep_succeeding(server, small_m
     assert traffic.versions[0] == "v1" and traffic.versions[-1] == "v2"
     switch = traffic.versions.index("v2")
     assert set(traffic.versions[switch:]) == {"v2"}, "one replica: no v1 answer after the first v2"
-    assert requests.get(f"{server}/healthz", timeout=TIMEOUT).json()["model_version"] == "v2"
+    assert requests.get(f"{server}/healthz", timeout=TIMEOUT).json() == {
+        "status": "ok",
+        "model_version": "v2",
+        "rollout_error": None,
+    }
 
 
 def test_every_entry_point_ranks_the_same(server, recommender, users):

@@ -151,7 +151,7 @@ def _product_label(ranker, product_ids: Sequence[int]) -> List[str]:
     dept = vocabs.departments.raw_of(products.column("department_index")[list(product_ids)])
     cat = vocabs.categories.raw_of(products.column("category_index")[list(product_ids)])
     return [
-        f"{r} <small>{html.escape(str(c or ''))} / {html.escape(str(d or ''))}</small>"
+        f"{html.escape(str(r))} <small>{html.escape(str(c or ''))} / {html.escape(str(d or ''))}</small>"
         for r, d, c in zip(raw, dept, cat)
     ]
 
@@ -195,7 +195,7 @@ def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8) 
         recs = []
         for product, score, because in zip(ranking.products, ranking.scores, ranking.explanations or [[]] * K):
             reason = ", ".join(
-                f"{p} ({w:.2f})"
+                f"{html.escape(str(p))} ({w:.2f})"
                 for p, w in zip(vocabs.products.raw_of([b for b, _ in because]), [w for _, w in because])
             )
             mark = " &#10003;" if int(product) in hits else ""

@@ -37,6 +37,7 @@ from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
+from ncf.model.integrity import write_manifest
 from ncf.staging import replacing
 
 FORMAT_VERSION = 2
@@ -97,6 +98,7 @@ def save_model_dir(
             },
         )
         write_json(os.path.join(tmp, METRICS), metrics or {})
+        write_manifest(tmp, unsealed=[METRICS])  # checksums of every file but the metrics (updated later)
     return output
 
 

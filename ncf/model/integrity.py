@@ -1,0 +1,233 @@
+"""Is a model directory whole and self-consistent? A checksum manifest written at save time, and a
+check of everything a replica would load, run before a model is rolled out.
+
+::
+
+    MODEL/manifest.json   {"format": 1, "algorithm": "sha256", "unsealed": ["metrics.json"],
+                           "files": {"model.pt": {"bytes": 1234, "sha256": "..."}, ...}}
+
+:func:`write_manifest` seals every file of the directory (``save_model_dir`` calls it last,
+before the directory is renamed into place). ``unsealed`` names files that are rewritten after
+saving and that ranking never reads (``metrics.json``: held-out figures added later).
+
+:func:`verify_model_dir` raises :class:`ModelIntegrityError` (one line naming the directory and
+what is wrong) unless:
+
+* every sealed file is there with its size and sha256, and no other file is (a truncated or
+  replaced ``model.pt``, a vocabulary copied from another run);
+* ``config.json`` is a model config this code builds;
+* the weights load with ``torch.load(weights_only=True)`` and have exactly the model's parameter
+  names and shapes (checked against the model built on the meta device: no memory);
+* the vocabularies have the sizes of the model's embedding tables, and the purchases and product
+  stats of ``state/`` load and agree with them.
+
+The checks catch a directory that is consistent with its manifest but wrong (a trainer that
+wrote the wrong vocabulary and sealed it) as well as one damaged after saving.
+
+Example::
+
+    verify_model_dir("artifacts/demo/model")      # None, or ModelIntegrityError
+    python -m ncf.model.integrity MODEL           # the same from a shell (exit 2 on error)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from typing import Dict, Iterable, List
+
+import numpy as np
+import torch
+
+from ncf.data import layout
+from ncf.data.product_stats import ProductStats
+from ncf.data.user_state import UserStates
+from ncf.data.vocab import Vocabularies
+from ncf.errors import InputError
+from ncf.jsonio import read_json, write_json
+from ncf.model.advanced_ncf import AdvancedNCF
+from ncf.model.config import ModelConfig
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+_CHUNK = 1 << 20
+
+
+class ModelIntegrityError(InputError):
+    """A model directory that must not be served: damaged, incomplete or inconsistent."""
+
+
+def sha256_of(path: str) -> str:
+    """The file's sha256 (hex), read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files(model_dir: str) -> List[str]:
+    """Every regular file under ``model_dir``, as sorted paths relative to it ('/'-separated)."""
+    found = []
+    for root, _, names in os.walk(model_dir):
+        for name in names:
+            found.append(os.path.relpath(os.path.join(root, name), model_dir).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def write_manifest(model_dir: str, unsealed: Iterable[str] = ()) -> Dict:
+    """Writes ``model_dir/manifest.json``: size and sha256 of every file but ``unsealed`` ones."""
+    unsealed = sorted(set(unsealed))
+    files = {
+        name: {
+            "bytes": os.path.getsize(os.path.join(model_dir, name)),
+            "sha256": sha256_of(os.path.join(model_dir, name)),
+        }
+        for name in _files(model_dir)
+        if name != MANIFEST and name not in unsealed
+    }
+    manifest = {"format": MANIFEST_FORMAT, "algorithm": "sha256", "unsealed": unsealed, "files": files}
+    write_json(os.path.join(model_dir, MANIFEST), manifest)
+    return manifest
+
+
+def check_manifest(model_dir: str) -> Dict:
+    """Every sealed file present with its size and checksum, nothing else added; returns the
+    manifest. Sizes are compared first, so a truncated file is named without hashing it."""
+    path = os.path.join(model_dir, MANIFEST)
+    if not os.path.exists(path):
+        raise ModelIntegrityError(
+            f"{model_dir}: no {MANIFEST} (save_model_dir writes it); re-save the model, or seal a directory "
+            "you trust with python -m ncf.model.integrity --write"
+        )
+    try:
+        manifest = read_json(path)
+        files, unsealed = manifest["files"], set(manifest.get("unsealed", []))
+        if manifest.get("format") != MANIFEST_FORMAT or manifest.get("algorithm") != "sha256":
+            raise ValueError(f"format {manifest.get('format')!r}, algorithm {manifest.get('algorithm')!r}")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelIntegrityError(f"{model_dir}: unreadable {MANIFEST} ({_one_line(e)})") from None
+    present = set(_files(model_dir)) - {MANIFEST}
+    missing = sorted(set(files) - present)
+    if missing:
+        raise ModelIntegrityError(f"{model_dir}: {len(missing)} file(s) of the manifest missing: {missing[:5]}")
+    extra = sorted(present - set(files) - unsealed)
+    if extra:
+        raise ModelIntegrityError(f"{model_dir}: file(s) not in the manifest: {extra[:5]}")
+    for name, expected in files.items():
+        full = os.path.join(model_dir, name)
+        size = os.path.getsize(full)
+        if size != expected["bytes"]:
+            raise ModelIntegrityError(f"{model_dir}: {name} has {size} bytes, the manifest says {expected['bytes']}")
+    for name, expected in files.items():
+        if sha256_of(os.path.join(model_dir, name)) != expected["sha256"]:
+            raise ModelIntegrityError(f"{model_dir}: {name} does not match its sha256 in the manifest")
+    return manifest
+
+
+def verify_model_dir(model_dir: str) -> None:
+    """Raises :class:`ModelIntegrityError` unless the directory is whole and self-consistent
+    (see the module docstring); reads every byte once, loads no model into memory."""
+    # Imported here: directory.py calls write_manifest when it saves, so it imports this module.
+    from ncf.model.directory import CONFIG, STATE, WEIGHTS, read_config
+
+    if not os.path.isdir(model_dir):
+        raise ModelIntegrityError(f"{model_dir}: not a directory")
+    if not os.path.exists(os.path.join(model_dir, CONFIG)):
+        read_config(model_dir)  # its "not a model directory (no config.json)" error
+    check_manifest(model_dir)
+    try:
+        config = read_config(model_dir)
+        model_config = ModelConfig.from_dict(config["model"])
+        str(config["version"]), int(config["trained_through"])
+    except InputError:
+        raise
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelIntegrityError(f"{model_dir}: bad config.json ({_one_line(e)})") from None
+    _check_weights(model_dir, os.path.join(model_dir, WEIGHTS), model_config)
+    _check_state(model_dir, os.path.join(model_dir, STATE), model_config)
+
+
+def _check_weights(model_dir: str, path: str, config: ModelConfig) -> None:
+    try:
+        # mmap: the tensors stay on disk; only names and shapes are looked at.
+        weights = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except Exception as e:  # truncated zip, pickled objects, not a checkpoint at all
+        raise ModelIntegrityError(
+            f"{model_dir}: model.pt does not load with weights_only=True ({_one_line(e)})"
+        ) from None
+    if not isinstance(weights, dict):
+        raise ModelIntegrityError(f"{model_dir}: model.pt holds a {type(weights).__name__}, not a state dict")
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in AdvancedNCF(config).state_dict().items()}
+    got = {name: tuple(t.shape) for name, t in weights.items() if isinstance(t, torch.Tensor)}
+    missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    if missing or unexpected:
+        raise ModelIntegrityError(
+            f"{model_dir}: model.pt does not fit config.json: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    wrong = [f"{name} {got[name]} != {shape}" for name, shape in expected.items() if got[name] != shape]
+    if wrong:
+        raise ModelIntegrityError(f"{model_dir}: model.pt shapes do not fit config.json: {'; '.join(wrong[:3])}")
+
+
+def _check_state(model_dir: str, state: str, config: ModelConfig) -> None:
+    try:
+        vocabs = Vocabularies.load(layout.vocab_dir(state))
+        states = UserStates.load(layout.user_state_dir(state))
+        stats = ProductStats.load(layout.product_stats_dir(state))
+    except Exception as e:  # missing or unreadable Parquet / .npy files
+        raise ModelIntegrityError(f"{model_dir}: state/ does not load ({_one_line(e)})") from None
+    tables = {
+        name: getattr(config, name) for name in ("num_users", "num_products", "num_departments", "num_categories")
+    }
+    sizes = vocabs.sizes()
+    wrong = [f"{name} {sizes[name]} != {tables[name]}" for name in tables if sizes[name] != tables[name]]
+    if wrong:
+        raise ModelIntegrityError(f"{model_dir}: vocabularies do not fit the embedding tables: {'; '.join(wrong)}")
+    if states.num_users != sizes["num_users"]:
+        raise ModelIntegrityError(
+            f"{model_dir}: user_state has {states.num_users} households, the vocabulary {sizes['num_users']}"
+        )
+    if (
+        len(states.products)
+        and not 0 <= int(np.min(states.products)) <= int(np.max(states.products)) < tables["num_products"]
+    ):
+        raise ModelIntegrityError(
+            f"{model_dir}: user_state holds product indices outside 0..{tables['num_products'] - 1}"
+        )
+    if stats.num_products != sizes["num_products"]:
+        raise ModelIntegrityError(
+            f"{model_dir}: product_stats has {stats.num_products} products, the vocabulary {sizes['num_products']}"
+        )
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:300]
+
+
+def main(argv=None) -> None:
+    """``python -m ncf.model.integrity [--write] MODEL``: verify (or seal) a model directory."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="Verify a model directory (or --write its checksum manifest).")
+    p.add_argument("model")
+    p.add_argument("--write", action="store_true", help="seal the directory as it is now (trust it first)")
+    args = p.parse_args(argv)
+    try:
+        if args.write:
+            from ncf.model.directory import METRICS
+
+            write_manifest(args.model, unsealed=[METRICS])
+        verify_model_dir(args.model)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    print(json.dumps({"model": os.path.abspath(args.model), "verified": True}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The edge of the HTTP API: limits every request meets before any application code runs.
+
+:class:`EdgeLimits` is plain ASGI (no Ray, no torch: it is imported by Serve's HTTP proxy). It
+runs twice: in the **proxy**, through Serve's hook for proxy middlewares
+(``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``, set for the proxy by :mod:`serve.launch` and
+``serve/config.yaml``), so that a bad body is refused before Serve queues it for a replica or
+holds a replica slot; and again in the **replica** (:func:`serve.api.create_app`), so the limits
+hold even where the proxy hook is not configured.
+
+What it does, per request:
+
+* **Body size.** A declared ``Content-Length`` over ``max_body_bytes`` is refused at once; a
+  chunked body is read up to the limit (never more is held in memory) and refused past it. The
+  refusal is a 413 JSON answer the client can read: the rest of the body is first read and
+  dropped (up to ``DRAIN_MAX_BYTES`` within ``DRAIN_TIMEOUT_S``), because a server that
+  answers and closes while the client is still sending makes the kernel reset the connection,
+  and the client then sees "connection reset" instead of the answer (what Python's ``urllib``
+  saw before). A client that announced ``Expect: 100-continue`` gets the 413 without sending
+  anything.
+* **Body read deadline.** The whole body must arrive within ``body_timeout_s`` of the headers;
+  a slower client gets a 408 JSON answer and the connection is closed. Since the body is read
+  here, before the request is handed on, a slow client never holds a replica.
+* **Serve's control headers** (``x-request-timeout-seconds``, ``x-request-disconnect-disabled``)
+  are dropped from client requests: they would let any client lift the request timeout.
+* **JSON errors** (``json_errors=True``, the proxy): Serve's own error answers are plain text;
+  they become ``{"error": ...}`` like the application's. Serve's request timeout, which Serve
+  answers with 408, becomes 504: 408 here means the client was too slow, 504 that the server was.
+  Load shedding (``max_queued_requests``) answers 503 with ``Retry-After``.
+
+Example::
+
+    app = EdgeLimits(app, max_body_bytes=64 * 1024, body_timeout_s=10)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Dict, List, Optional
+
+MAX_BODY_BYTES = 64 * 1024
+BODY_TIMEOUT_S = 10.0  # the whole body, after the headers
+DRAIN_MAX_BYTES = 64 * 2**20  # an oversized body is read and dropped up to this...
+DRAIN_TIMEOUT_S = 5.0  # ...for at most this long, then the connection is closed
+REQUEST_TIMEOUT_S = 30.0  # Serve's end-to-end request timeout (http_options.request_timeout_s)
+MAX_ERROR_BYTES = 2048  # the most of a plain-text error kept in its JSON form
+
+# Per-request overrides Serve's proxy honours; meant for a trusted load balancer, never a client.
+CONTROL_HEADERS = frozenset({b"x-request-timeout-seconds", b"x-request-disconnect-disabled"})
+
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "serve.limits:proxy_middlewares"
+
+
+def proxy_middlewares() -> List:
+    """What Serve's HTTP proxy calls (through ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``)
+    for the middlewares it wraps itself in."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(EdgeLimits, json_errors=True)]
+
+
+def proxy_env() -> Dict[str, str]:
+    """Environment that makes Serve's proxy run :class:`EdgeLimits`: given to the Serve
+    controller (``controller_options.runtime_env.env_vars``), whose proxies inherit it."""
+    return {PROXY_CALLBACK_ENV: PROXY_CALLBACK}
+
+
+class EdgeLimits:
+    """ASGI middleware: body size, body read deadline, no control headers, JSON errors."""
+
+    def __init__(
+        self,
+        app,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        body_timeout_s: float = BODY_TIMEOUT_S,
+        json_errors: bool = False,
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.json_errors = json_errors
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = [(k, v) for k, v in scope.get("headers") or [] if k.lower() not in CONTROL_HEADERS]
+        scope = {**scope, "headers": headers}
+        named = dict(headers)
+        declared = named.get(b"content-length")
+        if declared is not None and not declared.strip().isdigit():
+            await _answer(send, 400, "Content-Length is not a number", close=True)
+            return
+        if declared is not None and int(declared) > self.max_body_bytes:
+            if named.get(b"expect", b"").lower() == b"100-continue":
+                await _answer(send, 413, self._too_large(), close=True)  # nothing was sent: nothing to drain
+            else:
+                await self._refuse_too_large(receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
+        messages, size = [], 0
+        while True:  # ends at the last body chunk, at a disconnect, past the limit or the deadline
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except asyncio.TimeoutError:
+                await _answer(send, 408, f"request body not received within {self.body_timeout_s:g} s", close=True)
+                return
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                await self._refuse_too_large(receive, send, more=message.get("more_body", False))
+                return
+            if not message.get("more_body", False):
+                break
+        replay = iter(messages)
+
+        async def replayed():
+            return next(replay, None) or await receive()
+
+        await self.app(scope, replayed, _JsonErrors(send) if self.json_errors else send)
+
+    def _too_large(self) -> str:
+        return f"request body larger than {self.max_body_bytes} bytes"
+
+    async def _refuse_too_large(self, receive, send, more: bool = True) -> None:
+        """413 once the rest of the body is read and dropped (so the client reads the answer),
+        or at once with the connection closed when the rest is too big or too slow to drop."""
+        drained = not more or await _drain(receive, DRAIN_MAX_BYTES, DRAIN_TIMEOUT_S)
+        await _answer(send, 413, self._too_large(), close=not drained)
+
+
+async def _drain(receive, max_bytes: int, timeout_s: float) -> bool:
+    """Reads and drops the rest of a request body; True when it all came within the limits."""
+    loop = asyncio.get_running_loop()
+    deadline, size = loop.time() + timeout_s, 0
+    while size <= max_bytes:
+        try:
+            message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            return False
+        if message["type"] != "http.request":
+            return False  # the client left
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return True
+    return False
+
+
+async def _answer(send, status: int, message: str, close: bool = False, extra_headers=()) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += list(extra_headers) + ([(b"connection", b"close")] if close else [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _JsonErrors:
+    """Wraps ``send``: a plain-text error answer (Serve's own: 404, 408, 500, 503) is re-sent as
+    ``{"error": text}``, keeping its other headers (Retry-After, X-Request-ID); Serve's request
+    timeout (408) becomes 504. Everything else passes through untouched."""
+
+    def __init__(self, send) -> None:
+        self.send = send
+        self.start: Optional[dict] = None
+        self.body = b""
+
+    async def __call__(self, message) -> None:
+        if message["type"] == "http.response.start":
+            content_type = dict(message.get("headers") or []).get(b"content-type", b"")
+            if message["status"] >= 400 and not content_type.startswith(b"application/json"):
+                self.start = message  # held until its body is complete
+                return
+        elif self.start is not None and message["type"] == "http.response.body":
+            self.body = (self.body + message.get("body", b""))[:MAX_ERROR_BYTES]
+            if not message.get("more_body", False):
+                await self._send_as_json()
+            return
+        await self.send(message)
+
+    async def _send_as_json(self) -> None:
+        status = 504 if self.start["status"] == 408 else self.start["status"]
+        kept = [
+            (k, v) for k, v in self.start.get("headers") or [] if k.lower() not in (b"content-type", b"content-length")
+        ]
+        text = self.body.decode("utf-8", "replace").strip() or f"HTTP {status}"
+        await _answer(self.send, status, text, extra_headers=kept)

@@ -1,0 +1,206 @@
+"""The model directory's checksum manifest and the whole-directory check run before a rollout
+(``ncf.model.integrity``), on a tiny hand-made DATA (no Ray): every kind of damage a rollout can
+meet is named in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers import REPO
+
+from ncf.data import layout
+from ncf.data.product_stats import ProductStats
+from ncf.data.user_state import UserStates
+from ncf.data.vocab import Vocabularies, Vocabulary
+from ncf.errors import InputError
+from ncf.jsonio import write_json
+from ncf.model.directory import CONFIG, METRICS, WEIGHTS, save_untrained_model_dir, update_metrics
+from ncf.model.integrity import MANIFEST, ModelIntegrityError, verify_model_dir, write_manifest
+
+SMALL = {"mf_embedding_dim": 8, "mlp_embedding_dim": 8, "temporal_dim": 4, "mlp_hidden_dims": [8], "history_length": 4}
+DAY = 86_400
+END = 1_511_740_800
+
+
+def tiny_data(root: str, users: int = 6, products: int = 9) -> str:
+    """A DATA directory with only what a model directory copies: stats.json, the state."""
+    rng = np.random.default_rng(0)
+    vocabs = Vocabularies(
+        Vocabulary.from_ids([str(100 + u) for u in range(users)], kind="int"),
+        Vocabulary.from_ids(
+            [f"p{p}" for p in range(products)],
+            extra={
+                "department_index": [1 + p % 2 for p in range(products)],
+                "category_index": [1 + p % 3 for p in range(products)],
+            },
+        ),
+        Vocabulary.from_ids(["d1", "d2"]),
+        Vocabulary.from_ids(["c1", "c2", "c3"]),
+    )
+    data = os.path.join(root, "data")
+    vocabs.save(layout.vocab_dir(data))
+    n = 40
+    states = UserStates.from_purchases(
+        rng.integers(1, users + 1, n), rng.integers(1, products + 1, n), END - rng.integers(1, 60, n) * DAY, users + 1
+    )
+    states.save(layout.user_state_dir(data))
+    category = np.concatenate([[0], vocabs.products.column("category_index")[1:]])
+    ProductStats.compute(states, category, END + 1).save(layout.product_stats_dir(data))
+    write_json(
+        layout.stats_path(data),
+        {"boundaries": {"start": END - 60 * DAY, "val_start": END - 14 * DAY, "test_start": END - 7 * DAY, "end": END}},
+    )
+    return data
+
+
+@pytest.fixture
+def data(tmp_path):
+    return tiny_data(str(tmp_path / "a"))
+
+
+@pytest.fixture
+def model(data, tmp_path):
+    return save_untrained_model_dir(str(tmp_path / "model"), data, version="v1", **SMALL)
+
+
+def _config(model_dir: str) -> dict:
+    with open(os.path.join(model_dir, CONFIG)) as f:
+        return json.load(f)
+
+
+def test_a_saved_model_directory_is_sealed_and_verifies(model):
+    with open(os.path.join(model, MANIFEST)) as f:
+        manifest = json.load(f)
+    assert {WEIGHTS, CONFIG, "state/vocab/users.parquet", "state/user_state/offsets.npy"} <= set(manifest["files"])
+    assert manifest["unsealed"] == [METRICS] and METRICS not in manifest["files"]
+    verify_model_dir(model)
+    update_metrics(model, {"test_ndcg@10": 0.4})  # metrics are written after saving: still whole
+    verify_model_dir(model)
+
+
+def _truncate(path: str, keep: float = 0.5) -> None:
+    with open(path, "rb") as f:
+        content = f.read()
+    with open(path, "wb") as f:
+        f.write(content[: int(len(content) * keep)])
+
+
+def test_damage_after_saving_is_caught_by_the_manifest(model):
+    _truncate(os.path.join(model, WEIGHTS))
+    with pytest.raises(ModelIntegrityError, match=r"model.pt has \d+ bytes, the manifest says"):
+        verify_model_dir(model)
+
+
+def test_a_flipped_byte_is_caught_by_the_checksum(model):
+    path = os.path.join(model, "state", "user_state", "products.npy")
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    with pytest.raises(ModelIntegrityError, match="products.npy does not match its sha256"):
+        verify_model_dir(model)
+
+
+def test_missing_added_and_unsealed_files_are_named(model):
+    os.remove(os.path.join(model, MANIFEST))
+    with pytest.raises(ModelIntegrityError, match="no manifest.json"):
+        verify_model_dir(model)
+    write_manifest(model, unsealed=[METRICS])
+    with open(os.path.join(model, "state", "vocab", "extra.parquet"), "wb") as f:
+        f.write(b"x")
+    with pytest.raises(ModelIntegrityError, match=r"not in the manifest: \['state/vocab/extra.parquet'\]"):
+        verify_model_dir(model)
+    os.remove(os.path.join(model, "state", "vocab", "extra.parquet"))
+    os.remove(os.path.join(model, "state", "vocab", "products.parquet"))
+    with pytest.raises(ModelIntegrityError, match="missing.*products.parquet"):
+        verify_model_dir(model)
+
+
+# A directory that agrees with its (re-written) manifest but is wrong inside: what a buggy
+# trainer or a hand-assembled rollout produces. The cross-checks catch each.
+
+
+def test_truncated_weights_sealed_again_do_not_load(model):
+    _truncate(os.path.join(model, WEIGHTS))
+    write_manifest(model, unsealed=[METRICS])
+    with pytest.raises(ModelIntegrityError, match="model.pt does not load with weights_only=True"):
+        verify_model_dir(model)
+
+
+def test_pickled_objects_in_the_weights_are_refused(model):
+    torch.save({"payload": object()}, os.path.join(model, WEIGHTS))
+    write_manifest(model, unsealed=[METRICS])
+    with pytest.raises(ModelIntegrityError, match="weights_only"):
+        verify_model_dir(model)
+
+
+def test_weights_of_another_shape_are_refused(model, data, tmp_path):
+    other = save_untrained_model_dir(str(tmp_path / "wide"), data, version="w", **{**SMALL, "mf_embedding_dim": 16})
+    shutil.copy(os.path.join(other, WEIGHTS), os.path.join(model, WEIGHTS))
+    write_manifest(model, unsealed=[METRICS])
+    with pytest.raises(ModelIntegrityError, match=r"shapes do not fit config.json: .*mf.*\(7, 16\) != \(7, 8\)"):
+        verify_model_dir(model)
+
+
+def test_a_vocabulary_of_another_size_is_refused(model, tmp_path):
+    other = tiny_data(str(tmp_path / "b"), users=9)
+    shutil.copy(layout.vocab_dir(other) + "/users.parquet", os.path.join(model, "state", "vocab", "users.parquet"))
+    write_manifest(model, unsealed=[METRICS])
+    with pytest.raises(ModelIntegrityError, match="vocabularies do not fit the embedding tables: num_users 10 != 7"):
+        verify_model_dir(model)
+
+
+def test_user_state_of_another_run_is_refused(model, tmp_path):
+    other = tiny_data(str(tmp_path / "b"), users=9)
+    for name in ("offsets.npy", "products.npy", "timestamps.npy"):
+        shutil.copy(os.path.join(layout.user_state_dir(other), name), os.path.join(model, "state", "user_state", name))
+    write_manifest(model, unsealed=[METRICS])
+    with pytest.raises(ModelIntegrityError, match="user_state has 10 households, the vocabulary 7"):
+        verify_model_dir(model)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda c: "{not json", "unreadable manifest|bad config.json"),
+        (lambda c: json.dumps({**c, "model": {**c["model"], "num_heads": 3}}), "bad config.json .*divisible"),
+        (
+            lambda c: json.dumps({**c, "model": {**c["model"], "colour": 1}}),
+            r"bad config.json .*unknown keys \['colour'\]",
+        ),
+        (lambda c: json.dumps({k: v for k, v in c.items() if k != "version"}), "bad config.json .*version"),
+        (lambda c: json.dumps({**c, "format_version": 1}), "model directory format 1"),
+    ],
+    ids=["not json", "impossible model", "unknown key", "no version", "old format"],
+)
+def test_a_bad_config_is_refused_in_one_line(model, damage, message):
+    config = _config(model)
+    with open(os.path.join(model, CONFIG), "w") as f:
+        f.write(damage(config))
+    write_manifest(model, unsealed=[METRICS])
+    with pytest.raises(InputError, match=message) as error:
+        verify_model_dir(model)
+    assert "\n" not in str(error.value) and model in str(error.value)
+
+
+def test_the_command_line_verifies_and_seals(model):
+    run = [sys.executable, "-m", "ncf.model.integrity"]
+    ok = subprocess.run(run + [model], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["verified"] is True
+    os.remove(os.path.join(model, MANIFEST))
+    refused = subprocess.run(run + [model], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (
+        refused.returncode == 2
+        and refused.stderr.strip().startswith("error: ")
+        and "no manifest.json" in refused.stderr
+    )
+    sealed = subprocess.run(run + ["--write", model], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert sealed.returncode == 0, sealed.stderr

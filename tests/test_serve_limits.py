@@ -1,0 +1,224 @@
+"""The edge limits over real HTTP against a real Serve app on 127.0.0.1 (``serve.limits``):
+oversized bodies get a readable 413, slow bodies a 408 without holding a replica, slow answers a
+504, overload a 503; every one JSON. Raw sockets where the client's pace is the point."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import requests
+from helpers import free_port
+
+from serve.app import build_app
+from serve.launch import start, wait_until_healthy
+from serve.limits import BODY_TIMEOUT_S, MAX_BODY_BYTES
+
+pytestmark = pytest.mark.faults
+
+REQUEST_TIMEOUT_S = 3.0  # Serve's request timeout in this module (production: 30 s)
+BIG = b'{"user_id": 1, "pad": "' + b"x" * (20 * 2**20) + b'"}'  # 20 MiB
+
+
+def _sleeper():
+    """A deployment that answers after ``seconds``: a slow model, to meet the request timeout."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(name="Sleeper", ray_actor_options={"num_cpus": 0.05})
+    @serve.ingress(api)
+    class Sleeper:
+        @api.get("/sleep")
+        async def sleep(self, seconds: float) -> dict:
+            await asyncio.sleep(seconds)
+            return {"slept": seconds}
+
+    return Sleeper.bind()
+
+
+@pytest.fixture(scope="module")
+def edge(ray_session, small_model_dir):
+    """The recommender with one request at a time and one waiting (so that overload is easy to
+    make), and a sleeper under /slow, behind one proxy with a 3 s request timeout."""
+    from ray import serve
+
+    args = {
+        "model": small_model_dir,
+        "default_at": "data-end",
+        "min_replicas": 1,
+        "max_replicas": 1,
+        "num_cpus": 0.25,
+        "max_ongoing_requests": 1,
+        "max_queued_requests": 1,
+    }
+    try:
+        url = start(build_app(args), port=free_port(), app_name="edge", request_timeout_s=REQUEST_TIMEOUT_S)
+        serve.run(_sleeper(), name="sleeper", route_prefix="/slow")
+        wait_until_healthy(url, timeout_s=120)
+        yield url
+    finally:
+        serve.shutdown()
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _read_response(sock: socket.socket, timeout: float) -> tuple:
+    """(status, headers, body) of one HTTP/1.1 answer read from ``sock``."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before an answer: {data[:200]!r}")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", 0)):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def _request_head(path: str, length: int, *extra: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json", f"Content-Length: {length}"]
+    return ("\r\n".join(lines + list(extra)) + "\r\n\r\n").encode()
+
+
+def _assert_json_error(status: int, body: bytes, expected: int) -> str:
+    assert status == expected, body[:300]
+    message = json.loads(body)["error"]
+    assert isinstance(message, str) and message
+    return message
+
+
+# -- oversized bodies: 413 the client can read ------------------------------------------------
+
+
+def test_a_20_mib_body_from_urllib_gets_a_readable_413(edge):
+    """urllib sends Connection: close: a server that answers and closes while the body is still
+    coming makes the kernel reset the connection (what this client saw before: no answer)."""
+    request = urllib.request.Request(f"{edge}/recommend", data=BIG, headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=60)
+    message = _assert_json_error(answer.value.code, answer.value.read(), 413)
+    assert str(MAX_BODY_BYTES) in message
+
+
+def test_a_20_mib_body_from_requests_gets_413_and_the_connection_stays_usable(edge):
+    with requests.Session() as session:
+        r = session.post(f"{edge}/recommend", data=BIG, headers={"content-type": "application/json"}, timeout=60)
+        _assert_json_error(r.status_code, r.content, 413)
+        r = session.post(f"{edge}/recommend", json={"user_id": 1, "k": 3}, timeout=60)
+        assert r.status_code == 200, r.text
+
+
+def test_a_20_mib_body_sent_slowly_in_pieces_gets_413(edge):
+    with socket.create_connection(("127.0.0.1", _port(edge)), timeout=60) as sock:
+        sock.sendall(_request_head("/recommend", len(BIG)))
+        for start_at in range(0, len(BIG), 2**20):
+            sock.sendall(BIG[start_at : start_at + 2**20])
+        status, _, body = _read_response(sock, timeout=30)
+    _assert_json_error(status, body, 413)
+
+
+def test_a_client_expecting_100_continue_gets_413_without_sending_the_body(edge):
+    with socket.create_connection(("127.0.0.1", _port(edge)), timeout=30) as sock:
+        sock.sendall(_request_head("/recommend", len(BIG), "Expect: 100-continue"))
+        status, headers, body = _read_response(sock, timeout=30)
+    _assert_json_error(status, body, 413)
+    assert headers.get("connection") == "close"
+
+
+# -- slow bodies: 408, and no replica held while they trickle in ----------------------------------
+
+
+def test_slow_bodies_get_408_and_hold_no_replica(edge):
+    """Three clients send headers and a few bytes of a 200-byte body, then stall. The replica
+    (one request at a time, one waiting) keeps answering others; the stalled ones get 408."""
+    stalled = []
+    try:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", _port(edge)), timeout=30)
+            sock.sendall(_request_head("/recommend", 200) + b'{"user_id": 1,')
+            stalled.append(sock)
+        began = time.monotonic()
+        for _ in range(3):
+            r = requests.post(f"{edge}/recommend", json={"user_id": 1, "k": 3}, timeout=BODY_TIMEOUT_S / 2)
+            assert r.status_code == 200, r.text
+        assert time.monotonic() - began < BODY_TIMEOUT_S / 2
+        for sock in stalled:
+            status, headers, body = _read_response(sock, timeout=BODY_TIMEOUT_S + 10)
+            assert "not received within" in _assert_json_error(status, body, 408)
+            assert headers.get("connection") == "close"
+        assert time.monotonic() - began >= BODY_TIMEOUT_S - 1  # the deadline, not sooner
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+# -- slow answers: Serve's request timeout, as 504 JSON -------------------------------------------
+
+
+def test_an_answer_slower_than_the_request_timeout_gets_504_json(edge):
+    began = time.monotonic()
+    r = requests.get(f"{edge}/slow/sleep", params={"seconds": 4 * REQUEST_TIMEOUT_S}, timeout=60)
+    took = time.monotonic() - began
+    assert "timed out" in _assert_json_error(r.status_code, r.content, 504)
+    assert REQUEST_TIMEOUT_S - 0.5 < took < 3 * REQUEST_TIMEOUT_S
+
+
+def test_a_client_cannot_lift_the_request_timeout_with_serves_header(edge):
+    """Serve's proxy honours x-request-timeout-seconds (meant for a trusted load balancer); a
+    non-positive value disables the timeout. The edge drops it from client requests."""
+    r = requests.get(
+        f"{edge}/slow/sleep",
+        params={"seconds": 4 * REQUEST_TIMEOUT_S},
+        headers={"x-request-timeout-seconds": "0"},
+        timeout=60,
+    )
+    _assert_json_error(r.status_code, r.content, 504)
+
+
+def test_an_answer_within_the_timeout_passes(edge):
+    r = requests.get(f"{edge}/slow/sleep", params={"seconds": 0.1}, timeout=30)
+    assert r.status_code == 200 and r.json() == {"slept": 0.1}
+
+
+# -- overload: shed at once with 503, Retry-After, JSON --------------------------------------------
+
+
+def test_overload_is_shed_with_503_json_and_retry_after(edge):
+    """16 simultaneous 100-household batches against one slot and one queue place: the ones
+    that find no place are refused at once, the others answered."""
+    body = {"user_ids": list(range(1, 101)), "k": 20, "explain": True}
+    gate, answers = threading.Barrier(16), []
+
+    def client():
+        gate.wait()
+        answers.append(requests.post(f"{edge}/recommend/batch", json=body, timeout=60))
+
+    threads = [threading.Thread(target=client) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=90)
+    statuses = sorted(r.status_code for r in answers)
+    assert len(answers) == 16 and set(statuses) <= {200, 503}, statuses
+    shed = [r for r in answers if r.status_code == 503]
+    assert shed and statuses.count(200) >= 2, statuses
+    for r in shed:
+        assert "backpressure" in _assert_json_error(r.status_code, r.content, 503)
+        assert int(r.headers["retry-after"]) >= 1
