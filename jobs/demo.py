@@ -47,12 +47,23 @@ def post(url: str, payload: dict) -> dict:
         return json.load(response)
 
 
-def online_queries(model: str, data: str, port: int) -> list:
-    """Deploys the Serve app on 127.0.0.1, asks it a few questions, and stops it."""
+def stop_app(app_name: str) -> None:
+    """Stops the app: its replicas drain and exit. Serve's controller and proxy stop with the
+    demo's local cluster (``ray.shutdown``); ``serve.shutdown()`` here would have the controller
+    kill itself inside the call that asked it to, which Ray reports as a failed task
+    ("ServeController.graceful_shutdown failed ... killed by ray.kill") at the end of every
+    successful demo. On a cluster that outlives the demo (RAY_ADDRESS), Serve is shut down."""
     from ray import serve
 
+    serve.delete(app_name)
+    if os.environ.get("RAY_ADDRESS"):
+        serve.shutdown()
+
+
+def online_queries(model: str, data: str, port: int) -> list:
+    """Deploys the Serve app on 127.0.0.1, asks it a few questions, and stops it."""
     from serve.app import build_app
-    from serve.launch import start, wait_until_healthy
+    from serve.launch import APP_NAME, start, wait_until_healthy
 
     # Complete Journey ends in 2017, so requests default to the data's end rather than now.
     url = start(
@@ -78,7 +89,7 @@ def online_queries(model: str, data: str, port: int) -> list:
             print(f"{route}: {json.dumps(answer)[:600]}", flush=True)
         return answers
     finally:
-        serve.shutdown()
+        stop_app(APP_NAME)
 
 
 def main(argv=None) -> list:

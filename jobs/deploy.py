@@ -48,6 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=2)
     p.add_argument("--detach", action="store_true", help="return once deployed (on a running cluster)")
+    p.add_argument(
+        "--ui",
+        action="store_true",
+        help="also serve the explorer page at /ui (off by default; reachable where Serve binds, see --host)",
+    )
     return p.parse_args(argv)
 
 
@@ -60,6 +65,7 @@ def main(argv=None) -> dict:
         "default_at": args.default_at,
         "min_replicas": args.min_replicas,
         "max_replicas": args.max_replicas,
+        "ui": args.ui,
     }
     try:
         app = build_app(app_args)  # checks the model directory and settings before Ray starts
@@ -69,7 +75,8 @@ def main(argv=None) -> dict:
     init_ray()
     url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
     health = wait_until_healthy(url)
-    print(json.dumps({"url": url, "docs": f"{url}/docs", **health}), flush=True)
+    pages = {"docs": f"{url}/docs", **({"ui": f"{url}/ui"} if args.ui else {})}
+    print(json.dumps({"url": url, **pages, **health}), flush=True)
     if not args.detach:
         serve_until_stopped()
     return health

@@ -158,6 +158,63 @@ class NotReady(RuntimeError):
     """No model loaded yet (503, so load balancers and tests wait)."""
 
 
+# -- looking at a household: its baskets, product labels, id search (the explorer page's routes) --
+
+MAX_BASKETS = 50
+MAX_SEARCH_RESULTS = 50
+
+
+class HistoryRequest(_Strict):
+    user_id: RawId
+    at: At = None
+    baskets: Annotated[
+        int, Field(strict=True, ge=1, le=MAX_BASKETS, description="how many of the latest baskets before at")
+    ] = 5
+
+
+class Product(BaseModel):
+    product_id: Union[int, str]
+    department: Optional[str] = Field(description="the catalog's department (None when it has none)")
+    category: Optional[str] = Field(description="the catalog's category (None when it has none)")
+
+
+class BasketItem(Product):
+    lines: int = Field(description="purchase lines of the product in the basket")
+
+
+class Basket(BaseModel):
+    at: datetime = Field(description="when it was bought (a basket is the purchases of one moment)")
+    products: List[BasketItem] = Field(description="distinct products, in the order of the purchase lines")
+
+
+class HistoryResponse(BaseModel):
+    user_id: Union[int, str]
+    known: bool = Field(description="false for households the data does not have (their rankings are cold starts)")
+    purchases: int = Field(description="purchase lines before at")
+    baskets: List[Basket] = Field(description="the latest baskets before at, most recent first")
+    at: datetime
+    model_version: str
+
+
+class ProductsRequest(_Strict):
+    product_ids: Annotated[List[RawId], Field(min_length=1, max_length=MAX_PRODUCT_IDS)]
+
+
+class ProductsResponse(BaseModel):
+    products: List[Product] = Field(description="in request order")
+    model_version: str
+
+
+class HouseholdSearchRequest(_Strict):
+    prefix: Annotated[StrictStr, Field(max_length=MAX_ID_CHARS, description="start of the ids ('' lists the first)")]
+    limit: Annotated[int, Field(strict=True, ge=1, le=MAX_SEARCH_RESULTS)] = 10
+
+
+class HouseholdSearchResponse(BaseModel):
+    user_ids: List[Union[int, str]] = Field(description="household ids starting with prefix, in string order")
+    model_version: str
+
+
 # -- errors --------------------------------------------------------------------------------
 
 

@@ -40,13 +40,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
+from starlette.responses import Response
 
 from ncf.model.integrity import verify_model_dir
+from ncf.rank.ranker import MAX_K
+from serve import explore, ui
 from serve.api import (
+    MAX_BASKETS,
     BatchRecommendRequest,
     BatchRecommendResponse,
     Health,
+    HistoryRequest,
+    HistoryResponse,
+    HouseholdSearchRequest,
+    HouseholdSearchResponse,
     NotReady,
+    ProductsRequest,
+    ProductsResponse,
     RecommendRequest,
     RecommendResponse,
     ScoreRequest,
@@ -84,7 +94,7 @@ app = create_app()
 class RecommenderDeployment:
     """One replica: a :class:`ModelService` swapped as a whole on every reconfigure."""
 
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 1, ui: bool = False) -> None:
         import torch
         from threadpoolctl import threadpool_limits
 
@@ -95,6 +105,7 @@ class RecommenderDeployment:
         threadpool_limits(threads)
         self._service: Optional[ModelService] = None
         self._rollout_error: Optional[str] = None
+        self._ui = ui  # the explorer page (/ui): off unless the deployment asks for it
 
     def reconfigure(self, user_config: Dict) -> None:
         """Loads the model named by ``user_config`` (see :class:`ServeSettings`), then swaps it in.
@@ -146,6 +157,36 @@ class RecommenderDeployment:
         """Purchase probabilities of the given products (unknown product ids: 422 naming them)."""
         return self._ready().score(request)
 
+    # -- looking at a household (serve/explore.py) and the explorer page (serve/ui.py) ----------
+
+    @app.post("/history", response_model=HistoryResponse)
+    def history(self, request: HistoryRequest) -> Dict:
+        """The household's latest baskets before ``at``, most recent first, with product labels."""
+        return explore.history(self._ready(), request)
+
+    @app.post("/products", response_model=ProductsResponse)
+    def products(self, request: ProductsRequest) -> Dict:
+        """Department and category of each product (unknown product ids: 422 naming them)."""
+        return explore.products(self._ready(), request)
+
+    @app.post("/households", response_model=HouseholdSearchResponse)
+    def households(self, request: HouseholdSearchRequest) -> Dict:
+        """Household ids that start with ``prefix``."""
+        return explore.search_households(self._ready(), request)
+
+    @app.get("/ui", include_in_schema=False)
+    def explorer_page(self) -> Response:
+        return ui.asset(ui.PAGE, enabled=self._ui)
+
+    @app.get("/ui/config", include_in_schema=False)
+    def explorer_config(self) -> Dict:
+        service = self._ready()
+        return ui.config(self._ui, service.moment(None), service.version, MAX_K, MAX_BASKETS)
+
+    @app.get("/ui/{name}", include_in_schema=False)
+    def explorer_asset(self, name: str) -> Response:
+        return ui.asset(name, enabled=self._ui)
+
 
 class AppArgs(BaseModel):
     """Arguments of :func:`build_app` (``serve run serve.app:build_app key=value ...`` or the
@@ -171,6 +212,7 @@ class AppArgs(BaseModel):
     max_queued_requests: int = Field(
         MAX_QUEUED_REQUESTS, ge=1, description="requests waiting at a proxy for a replica; beyond: 503"
     )
+    ui: bool = Field(False, description="serve the explorer page at /ui (where Serve binds: 127.0.0.1 by default)")
 
 
 def build_app(args: Dict) -> Application:
@@ -203,7 +245,7 @@ def build_app(args: Dict) -> Application:
             ray_actor_options={"num_cpus": a.num_cpus},
         )
         .options(version=code_version(), _internal=True)
-        .bind()
+        .bind(ui=a.ui)
     )
 
 

@@ -42,3 +42,36 @@ def sealed_copy(model_dir: str, destination: str, version: str) -> str:
         json.dump(config, f)
     write_manifest(destination, unsealed=[METRICS])
     return destination
+
+
+# Headless Chromium (Debian's package, `make browser`): no network beyond the page, no first-run
+# work, a fresh profile per launch.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str:
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "Chromium is missing: `make test` installs it (make browser)"
+    return path
+
+
+def launch_chromium(playwright, profile_dir, width: int = 1200, height: int = 900):
+    """A Playwright browser context on Debian's Chromium (no browser download) with a fresh
+    profile in ``profile_dir``."""
+    return playwright.chromium.launch_persistent_context(
+        str(profile_dir),
+        executable_path=chromium_path(),
+        headless=True,
+        args=CHROMIUM_FLAGS,
+        viewport={"width": width, "height": height},
+    )

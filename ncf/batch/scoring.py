@@ -346,6 +346,12 @@ def _score_into(
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=config.cpus_per_actor,
         num_gpus=gpus,
+        # No actor restarts (Ray Data's default is endless ones). Ray Data passes each actor's
+        # constructor arguments through the object store, where a restart may not find them
+        # (ray-project/ray#53727; Ray logs a core_worker error for every actor it creates so),
+        # and an actor that dies loading the model (out of memory) would restart forever. A dead
+        # actor fails the run instead: nothing is committed, and a rerun of the date starts clean.
+        max_restarts=0,
     )
     reported, steady = _collect(results, users.num_rows, config.progress_every_s, log)
     rows = _verify_stage(stage, users.num_rows, config.k, reported)

@@ -75,15 +75,36 @@ class Vocabulary:
         strings = self.ids.take(pa.array(np.maximum(idx - 1, 0))).to_pylist()
         return [None if i == UNKNOWN_INDEX else s for i, s in zip(idx.tolist(), self._converted(strings))]
 
-    def _find(self, key: str) -> int:
+    def _sorted_ids(self) -> Tuple[pa.Array, np.ndarray]:
         if self._sorted is None:
             order = pc.sort_indices(self.ids).to_numpy()
             self._sorted = (self.ids.take(pa.array(order)), order)
-        ids, order = self._sorted
+        return self._sorted
+
+    def _find(self, key: str) -> int:
+        ids, order = self._sorted_ids()
         position = bisect.bisect_left(_Strings(ids), key)
         if position < len(ids) and ids[position].as_py() == key:
             return int(order[position]) + 1
         return UNKNOWN_INDEX
+
+    def with_prefix(self, prefix: str, limit: int) -> List:
+        """Up to ``limit`` raw ids whose string form starts with ``prefix``, in string order (a
+        binary search: no scan of the vocabulary).
+
+        Example::
+
+            Vocabulary.from_ids(["12", "2", "120"], kind="int").with_prefix("12", 5)  # [12, 120]
+        """
+        ids, _ = self._sorted_ids()
+        start = bisect.bisect_left(_Strings(ids), prefix)
+        found = []
+        for position in range(start, min(start + max(limit, 0), len(ids))):
+            value = ids[position].as_py()
+            if not value.startswith(prefix):
+                break
+            found.append(value)
+        return self._converted(found)
 
     def _converted(self, strings: List[str]) -> List:
         convert = int if self.kind == "int" else str

@@ -36,11 +36,12 @@ class ALSRanker:
         ).tocsr()
         counts.sum_duplicates()
         weighted = bm25_weight(counts, K1=100, B=0.8).tocsr().astype(np.float32)
-        self.model = AlternatingLeastSquares(
-            factors=factors, regularization=regularization, iterations=iterations, random_state=seed, num_threads=2
-        )
-        # implicit parallelises itself; a second BLAS thread pool underneath only contends.
+        # implicit parallelises itself; a second BLAS thread pool underneath only contends. The
+        # constructor is inside the limit too: it checks the BLAS threads (and warns) there.
         with threadpool_limits(1, "blas"):
+            self.model = AlternatingLeastSquares(
+                factors=factors, regularization=regularization, iterations=iterations, random_state=seed, num_threads=2
+            )
             self.model.fit(weighted, show_progress=False)
         self._users = np.asarray(self.model.user_factors)
         self._items = np.asarray(self.model.item_factors)

@@ -1,0 +1,238 @@
+// The explorer page: a household, a moment and k -> its recent baskets and its top k with the
+// "because you bought" reasons, from the Serve app's JSON routes. No framework, no build step.
+// Everything from the server is written with textContent (never innerHTML), so ids and labels
+// cannot inject markup.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  let config = null;
+
+  // -- HTTP ------------------------------------------------------------------------------------
+
+  async function call(path, body) {
+    // Relative paths: the routes sit beside /ui under the app's route prefix.
+    const init = body === undefined ? {} : {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    };
+    const response = await fetch(path, init);
+    let data = null;
+    try {
+      data = await response.json();
+    } catch (e) {
+      data = null;
+    }
+    if (!response.ok) {
+      throw new Error((data && data.error) || `${path}: HTTP ${response.status}`);
+    }
+    return data;
+  }
+
+  // -- small helpers ----------------------------------------------------------------------------
+
+  function element(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (className) node.className = className;
+    return node;
+  }
+
+  // "2017-11-27T04:01:21+00:00" -> "2017-11-27T04:01:21" (a datetime-local value, read as UTC)
+  function toInputValue(iso) {
+    return String(iso).slice(0, 19);
+  }
+
+  // A datetime-local value -> ISO-8601 UTC; browsers drop ":00" seconds.
+  function toIso(value) {
+    if (!value) return null;
+    return (value.length === 16 ? `${value}:00` : value) + "Z";
+  }
+
+  function shownMoment(iso) {
+    return `${String(iso).slice(0, 19).replace("T", " ")} UTC`;
+  }
+
+  // "category · department" of a product answer (from /history or /products)
+  function labelText(product) {
+    if (!product) return "";
+    return [product.category, product.department].filter((x) => x).join(" · ");
+  }
+
+  function labelOf(labels, productId) {
+    return labelText(labels.get(String(productId)));
+  }
+
+  function setStatus(text, isError) {
+    $("status").textContent = text;
+    $("status").className = isError ? "error" : "muted";
+  }
+
+  // -- household search (the datalist under the id field) ---------------------------------------
+
+  let searchTimer = null;
+  let searchSeq = 0;
+
+  function searchHouseholds() {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(async () => {
+      const seq = ++searchSeq;
+      try {
+        const found = await call("households", { prefix: $("household").value.trim(), limit: 20 });
+        if (seq !== searchSeq) return; // a newer search is on its way
+        $("household-ids").replaceChildren(
+          ...found.user_ids.map((id) => {
+            const option = element("option");
+            option.value = String(id);
+            return option;
+          }),
+        );
+      } catch (e) {
+        // Suggestions are a convenience: a failed search leaves the field as it is.
+      }
+    }, 200);
+  }
+
+  // -- rendering -------------------------------------------------------------------------------
+
+  function renderHistory(history) {
+    const summary = history.known
+      ? `${history.purchases} purchase lines before ${shownMoment(history.at)}; the latest ${history.baskets.length} baskets:`
+      : "The data does not know this household: no purchases.";
+    $("history-summary").textContent = history.known && history.baskets.length === 0
+      ? `No purchases before ${shownMoment(history.at)}.`
+      : summary;
+    $("baskets-list").replaceChildren(
+      ...history.baskets.map((basket) => {
+        const item = element("li", null, "basket");
+        item.append(element("h3", `${shownMoment(basket.at)} · ${basket.products.length} products`));
+        const products = element("ul");
+        for (const product of basket.products) {
+          const line = element("li");
+          line.dataset.productId = String(product.product_id);
+          line.append(element("span", product.product_id, "product-id"));
+          line.append(element("span", labelText(product), "labels"));
+          if (product.lines > 1) line.append(element("span", `×${product.lines}`, "labels"));
+          products.append(line);
+        }
+        item.append(products);
+        return item;
+      }),
+    );
+  }
+
+  function renderRecommendations(answer, labels) {
+    $("k-shown").textContent = String(answer.items.length);
+    $("at-shown").textContent = shownMoment(answer.at);
+    $("cold-start").hidden = !answer.cold_start;
+    $("recommendations").replaceChildren(
+      ...answer.items.map((item) => {
+        const line = element("li", null, "item");
+        line.dataset.productId = String(item.product_id);
+        line.append(element("span", item.product_id, "product-id"));
+        line.append(element("span", labelOf(labels, item.product_id), "labels"));
+        line.append(element("span", `score ${Number(item.score).toFixed(4)}`, "score"));
+        if (item.because && item.because.length) {
+          const reasons = item.because
+            .map((b) => {
+              const label = labelOf(labels, b.product_id);
+              return `${b.product_id}${label ? ` (${label})` : ""} ${Number(b.weight).toFixed(2)}`;
+            })
+            .join(", ");
+          line.append(element("div", `because you bought ${reasons}`, "because"));
+        }
+        return line;
+      }),
+    );
+  }
+
+  // Product labels for every id shown, in one request (empty when it fails: ids still show).
+  async function labelsFor(ids) {
+    const unique = [...new Set(ids.map(String))];
+    const labels = new Map();
+    if (!unique.length) return labels;
+    try {
+      const found = await call("products", { product_ids: unique.slice(0, 1000) });
+      for (const product of found.products) labels.set(String(product.product_id), product);
+    } catch (e) {
+      // unknown ids or an error: the list renders without labels
+    }
+    return labels;
+  }
+
+  // -- the question ----------------------------------------------------------------------------
+
+  async function show(event) {
+    if (event) event.preventDefault();
+    const household = $("household").value.trim();
+    if (!household) return;
+    const k = Number($("k").value);
+    const baskets = Number($("baskets").value);
+    const at = toIso($("at").value);
+    const moment = at === null ? {} : { at };
+    $("show").disabled = true;
+    $("results").dataset.state = "loading";
+    setStatus(`Loading household ${household}…`, false);
+    try {
+      const [history, answer] = await Promise.all([
+        call("history", { user_id: household, baskets, ...moment }),
+        call("recommend", { user_id: household, k, explain: true, ...moment }),
+      ]);
+      const ids = [
+        ...answer.items.map((i) => i.product_id),
+        ...answer.items.flatMap((i) => (i.because || []).map((b) => b.product_id)),
+      ];
+      const labels = await labelsFor(ids);
+      renderHistory(history);
+      renderRecommendations(answer, labels);
+      $("results").hidden = false;
+      $("results").dataset.userId = household;
+      $("results").dataset.at = answer.at;
+      $("results").dataset.state = "ready";
+      setStatus(`Household ${household} · model ${answer.model_version}`, false);
+      const params = new URLSearchParams({ household, k: String(k), baskets: String(baskets) });
+      if (at !== null) params.set("at", $("at").value);
+      rememberQuestion(params);
+    } catch (e) {
+      $("results").dataset.state = "error";
+      setStatus(e.message, true);
+    } finally {
+      $("show").disabled = false;
+    }
+  }
+
+  // The question in the address bar, so that a view can be shared or reloaded.
+  function rememberQuestion(params) {
+    window.history.replaceState(null, "", `${window.location.pathname}?${params}`);
+  }
+
+  function resetMoment() {
+    if (config) $("at").value = toInputValue(config.default_at);
+  }
+
+  async function start() {
+    $("query").addEventListener("submit", show);
+    $("household").addEventListener("input", searchHouseholds);
+    $("default-at").addEventListener("click", resetMoment);
+    try {
+      config = await call("ui/config");
+      $("model-version").textContent = config.model_version;
+      $("k").max = String(config.max_k);
+      $("baskets").max = String(config.max_baskets);
+      resetMoment();
+      document.body.dataset.ready = "true";
+    } catch (e) {
+      setStatus(`The page could not read its settings: ${e.message}`, true);
+      return;
+    }
+    const params = new URLSearchParams(window.location.search);
+    for (const name of ["household", "k", "baskets", "at"]) {
+      if (params.get(name)) $(name).value = params.get(name);
+    }
+    searchHouseholds();
+    if (params.get("household")) show();
+  }
+
+  start();
+})();

@@ -1,0 +1,64 @@
+"""The explorer page: static files (``serve/static/``) served at ``/ui`` when a deployment turns
+it on (``AppArgs.ui``, ``jobs.deploy --ui``); off, every ``/ui`` path is a 404.
+
+The page is plain HTML, CSS and JavaScript, no build step: it calls the JSON routes
+(``/households``, ``/history``, ``/recommend``, ``/products``) and ``/ui/config`` for the
+deployment's defaults. It has no login: it is reachable wherever Serve binds (127.0.0.1 unless
+``--host`` says otherwise), like the JSON routes it calls.
+
+Every answer carries a strict Content-Security-Policy: scripts only from this origin (no inline
+script, no eval), requests only to this origin, nothing framed. The page writes data into the
+DOM as text only (``textContent``), never as HTML.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Dict
+
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+PAGE = "explorer.html"
+# The only files served, with their media types: a request cannot name any other path.
+ASSETS = {
+    PAGE: "text/html; charset=utf-8",
+    "explorer.js": "text/javascript; charset=utf-8",
+    "explorer.css": "text/css; charset=utf-8",
+}
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+OFF_MESSAGE = "the explorer page is off for this deployment (jobs.deploy --ui, or the app argument ui: true)"
+
+
+@lru_cache(maxsize=None)
+def _read(name: str) -> bytes:
+    with open(os.path.join(STATIC_DIR, name), "rb") as f:
+        return f.read()
+
+
+def asset(name: str, enabled: bool) -> Response:
+    """The static file ``name`` (one of :data:`ASSETS`) with the security headers; 404 when the
+    page is off or the name is not one of them."""
+    if not enabled:
+        raise HTTPException(status_code=404, detail=OFF_MESSAGE)
+    if name not in ASSETS:
+        raise HTTPException(status_code=404, detail=f"no such file: /ui/{name}")
+    return Response(_read(name), media_type=ASSETS[name], headers=HEADERS)
+
+
+def config(enabled: bool, default_at: int, model_version: str, max_k: int, max_baskets: int) -> Dict:
+    """What the page needs before the first question (``GET /ui/config``): the moment requests
+    without ``at`` rank for (epoch seconds in, ISO-8601 UTC out), the model version, the limits."""
+    if not enabled:
+        raise HTTPException(status_code=404, detail=OFF_MESSAGE)
+    at = datetime.fromtimestamp(default_at, tz=timezone.utc).isoformat()
+    return {"default_at": at, "model_version": model_version, "max_k": max_k, "max_baskets": max_baskets}
