@@ -9,15 +9,14 @@ epoch count the validated run chose, to MODEL.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
-from jobs.cli import init_ray, one_line_errors
+from jobs.cli import check_data, init_ray, job_parser, model_overrides, one_line_errors
 from ncf.device import GPU_SETTINGS, cluster_gpus, resolve_gpu
 from ncf.evaluate.evaluation import evaluate_all
-from ncf.model.config import ModelConfig
 from ncf.model.directory import update_metrics
+from ncf.registry import track_model
 from ncf.splits import REFIT, TEST, VALIDATED
 from ncf.train.checkpoint import VAL_METRIC, best_checkpoint, export_model_dir, run_history
 from ncf.train.config import TrainConfig
@@ -27,10 +26,7 @@ from ncf.train.trainer import best_epoch, fit, refit_config
 
 def parse_args(argv=None) -> argparse.Namespace:
     d = TrainConfig()
-    p = argparse.ArgumentParser(
-        description="Train AdvancedNCF with Ray Train (TorchTrainer).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = job_parser("train", "Train AdvancedNCF with Ray Train (TorchTrainer); register the model (jobs.models).")
     p.add_argument("--data", required=True, help="output of jobs.preprocess")
     p.add_argument("--output", required=True, help="model directory to write (the refit one with --refit)")
     p.add_argument(
@@ -70,8 +66,8 @@ def _export(result, output: str, data: str, version: str, extra: dict) -> str:
 def main(argv=None) -> str:
     args = parse_args(argv)
     with one_line_errors():
-        overrides = json.loads(args.model)
-        ModelConfig(num_users=1, num_products=1, num_departments=1, num_categories=1, **overrides)  # fail fast
+        overrides = model_overrides(args.model)  # fail fast, before Ray starts
+        check_data(args.data, runs=(VALIDATED, REFIT) if args.refit else (VALIDATED,))
         init_ray()
         data = os.path.abspath(args.data)
         config = TrainConfig(
@@ -95,6 +91,7 @@ def main(argv=None) -> str:
         test = evaluate_all(validated_dir, data, TEST, with_baselines=False)[0]
         epochs = best_epoch(validated)
         update_metrics(validated_dir, {"test": test, "best_epoch": epochs})
+        validated_version = track_model(validated_dir, data, name, vars(args), candidate=not args.refit)
         best = validated.metrics.get("best_" + VAL_METRIC, 0.0)
         print(
             f"[train] validated model: best epoch {epochs}, {VAL_METRIC} {best:.4f}, "
@@ -106,6 +103,7 @@ def main(argv=None) -> str:
         refit = fit(refit_config(config, epochs), name=f"{name}-{REFIT}", **fit_options)
         summary = {"validated_model": os.path.abspath(validated_dir), "test": test, "best_epoch": epochs}
         path = _export(refit, args.output, data, f"{stamp}-{REFIT}", {"validated": summary})
+        track_model(path, data, f"{name}-{REFIT}", vars(args), tags={"validated_version": validated_version})
         print(
             f"[train] deployment model (refit on labels through the data's end, {epochs} epochs) -> {path}", flush=True
         )

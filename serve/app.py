@@ -30,6 +30,7 @@ from ray import serve
 from ray.serve import Application
 
 from ncf.model.directory import read_config
+from ncf.registry import resolve_model
 from serve.api import (
     BatchRecommendRequest,
     BatchRecommendResponse,
@@ -115,7 +116,10 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="model directory to serve")
+    model: str = Field(
+        description="model directory to serve, or current (the model registry's current version, resolved when "
+        "the app is built: deploying again after a rollback serves the previous model)"
+    )
     data: Optional[str] = Field(
         None, description="DATA directory whose histories the model ranks from (default: the model's own state)"
     )
@@ -141,7 +145,7 @@ def build_app(args: Dict) -> Application:
     if a.max_replicas < max(a.min_replicas, 1):
         raise ValueError(f"max_replicas ({a.max_replicas}) is below min_replicas ({a.min_replicas})")
     settings = ServeSettings.from_user_config(
-        {"model_dir": a.model, "candidates": a.candidates, "default_at": a.default_at, "data": a.data}
+        {"model_dir": resolve_model(a.model), "candidates": a.candidates, "default_at": a.default_at, "data": a.data}
     )
     read_config(settings.model_dir)  # not a model directory: fail here, with its path
     return RecommenderDeployment.options(
