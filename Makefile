@@ -2,6 +2,7 @@
 # make test    : the test suite (what CI runs)
 # make demo    : the main job end to end on the default dataset (Complete Journey)
 # make bench   : the benchmarks (JSON on stdout; figures go to BENCHMARKS.md)
+# make mlflow-ui: MLflow's UI on the local store (runs, sweeps, registered models) at 127.0.0.1:5000
 # ACCEL=cuda   : install the CUDA fbgemm-gpu instead of fbgemm-gpu-cpu
 
 PYTHON ?= python3
@@ -21,7 +22,7 @@ else
 $(error ACCEL must be cpu or cuda, not $(ACCEL))
 endif
 
-.PHONY: setup browser lint test test-faults test-fast demo bench clean
+.PHONY: setup browser lint test test-faults test-fast demo bench mlflow-ui clean
 
 setup: $(STAMP)
 
@@ -64,5 +65,21 @@ demo: setup
 bench: setup
 	$(PY) -m bench.run_all
 
+# The platform records runs and models with mlflow-skinny (in the lock). The UI needs the full
+# `mlflow` package, whose pins (pyarrow<26; python-dateutil<3 through graphene) clash with the
+# lock's pyarrow 26 and python-dateutil 4: it gets an environment of its own, at the same MLflow
+# version (the store's schema), reading the same store.
+MLFLOW_VENV  := .venv-mlflow
+MLFLOW_STORE ?= sqlite:///artifacts/mlflow.db
+MLFLOW_PORT  ?= 5000
+$(MLFLOW_VENV)/.setup: Makefile
+	@test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip --disable-pip-version-check install -q mlflow==3.17.2
+	@touch $@
+
+mlflow-ui: $(MLFLOW_VENV)/.setup
+	@mkdir -p artifacts
+	$(MLFLOW_VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(MLFLOW_PORT)
+
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache
+	rm -rf $(VENV) $(MLFLOW_VENV) artifacts .pytest_cache

@@ -10,14 +10,18 @@ import argparse
 import json
 import sys
 
-from jobs.cli import init_ray, one_line_errors
+from jobs.cli import check_model, init_ray, job_parser, one_line_errors
 from ncf.batch.scoring import BatchScoreConfig, check_config, run_batch_scoring, verify_partition
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     d = BatchScoreConfig(model="", data="", output="")
-    p = argparse.ArgumentParser(description="Nightly batch scoring of every user with Ray Data.")
-    p.add_argument("--model", required=True, help="model directory (jobs.train or SWEEP/best)")
+    p = job_parser("batch_score", "Nightly batch scoring of every user with Ray Data.")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model directory (jobs.train or SWEEP/best), or current (the registry's: jobs.models)",
+    )
     p.add_argument("--data", required=True, help="output of jobs.preprocess: its users are scored")
     p.add_argument("--output", required=True, help="OUT: partitions OUT/run_date=YYYY-MM-DD/")
     p.add_argument("--k", type=int, default=d.k, help="products per user")
@@ -33,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--actors", type=int, default=d.actors, help="scoring actors (0: one per GPU, else one per CPU of the cluster)"
     )
-    p.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor)
+    p.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor, help="CPUs each scoring actor requests")
     p.add_argument("--gpu", default=d.gpu, help="auto (GPU actors when the cluster has GPUs), yes or no")
     p.add_argument("--progress-every", type=float, default=d.progress_every_s, help="seconds between progress lines")
     p.add_argument(
@@ -50,7 +54,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     with one_line_errors():
         config = BatchScoreConfig(
-            model=args.model,
+            model=check_model(args.model),  # current: resolved through the registry
             data=args.data,
             output=args.output,
             k=args.k,

@@ -1,8 +1,11 @@
-"""Shared command-line plumbing for jobs: Ray start-up (with the log settings of
-:mod:`jobs.logs`) and one-line errors."""
+"""Shared command-line plumbing for jobs: Ray start-up (with the log settings of :mod:`jobs.logs`),
+one-line errors, parsers that explain themselves (help and default for every option, ``--version``)
+and the checks of the paths a job reads, made before Ray starts."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
 from contextlib import contextmanager
@@ -44,3 +47,105 @@ def one_line_errors():
     except InputError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+# -- parsers ----------------------------------------------------------------------------------------
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's help ends with its default, unless there is none to show (required options,
+    flags, and None: those options say in words what happens without them)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.required or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def version_line() -> str:
+    """``--version``: the package and the model directory format it writes and reads."""
+    from ncf import __version__
+    from ncf.model.directory import FORMAT_VERSION
+
+    return f"advanced-ncf-platform {__version__} (model directory format {FORMAT_VERSION})"
+
+
+def job_parser(job: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``python -m jobs.<job>``, with ``--version``."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m jobs.{job}", description=description, epilog=epilog, formatter_class=HelpFormatter
+    )
+    p.add_argument("--version", action="version", version=version_line(), help="print the versions and exit")
+    return p
+
+
+# -- the paths a job reads ----------------------------------------------------------------------------
+
+PREPROCESS_FIRST = "run python -m jobs.preprocess first"
+TRAIN_FIRST = "run python -m jobs.train first"
+DATA_DIR = "preprocessed DATA directory"
+MODEL_DIR = "model directory"
+
+
+def require_dir(path: str, what: str, option: str, run_first: str) -> str:
+    """``path`` is a directory with something in it, else a one-line error saying what to run."""
+    reason = None
+    if not os.path.exists(path):
+        reason = "no such directory"
+    elif not os.path.isdir(path):
+        reason = "not a directory"
+    elif not os.listdir(path):
+        reason = "empty"
+    if reason:
+        raise InputError(f"{path}: not a {what} ({reason}, {option}); {run_first}")
+    return path
+
+
+def check_data(path: str, runs: tuple = (), option: str = "--data") -> str:
+    """A DATA directory of jobs.preprocess (its stats.json), with the training lists of ``runs``
+    (``validated``, ``refit``) when a job trains on it."""
+    from ncf.data import layout
+
+    require_dir(path, DATA_DIR, option, PREPROCESS_FIRST)
+    stats = layout.DataStats(path)  # no stats.json: names the path and jobs.preprocess
+    for run in runs:
+        missing = [
+            c for c in stats.raw.get("cutoffs", {}).get(run, []) if not os.path.isdir(layout.examples_dir(path, c))
+        ]
+        if stats.raw.get("state_only") or missing or run not in stats.raw.get("cutoffs", {}):
+            raise InputError(
+                f"{path}: no training lists for the {run} run ({option}; preprocessed with --state-only?); "
+                "run python -m jobs.preprocess without --state-only first"
+            )
+    return path
+
+
+def check_model(ref: str, option: str = "--model") -> str:
+    """The model directory ``ref`` names (a path, or ``current`` / ``models:/...`` through the
+    registry), checked: it exists and holds a config.json this code reads."""
+    from ncf.model.directory import read_config
+    from ncf.registry import is_registry_ref, resolve_model
+
+    path = resolve_model(ref)
+    if not is_registry_ref(ref):
+        require_dir(path, MODEL_DIR, option, TRAIN_FIRST)
+    read_config(path)  # no config.json, or another format: names the path and jobs.train
+    return path
+
+
+def model_overrides(text: str) -> dict:
+    """``--model`` of the training jobs: ModelConfig overrides as JSON, checked."""
+    from ncf.model.config import ModelConfig
+
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"--model {text!r}: not JSON ({e.msg}); e.g. '{{\"mf_embedding_dim\": 64}}'") from None
+    if not isinstance(overrides, dict):
+        raise InputError(f"--model {text!r}: expected a JSON object of ModelConfig fields")
+    try:
+        ModelConfig(num_users=1, num_products=1, num_departments=1, num_categories=1, **overrides)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"--model {text!r}: {e}") from None
+    return overrides

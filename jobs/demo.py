@@ -18,7 +18,7 @@ import time
 import urllib.request
 
 from jobs import batch_score, evaluate, preprocess, train
-from jobs.cli import init_ray
+from jobs.cli import init_ray, job_parser
 from ncf.batch.scoring import partition_dir
 from ncf.data import layout
 from ncf.data.vocab import Vocabularies
@@ -92,13 +92,17 @@ def online_queries(model: str, data: str, port: int) -> list:
         stop_app(APP_NAME)
 
 
-def main(argv=None) -> list:
-    p = argparse.ArgumentParser(description="The whole path on Complete Journey.")
-    p.add_argument("--workdir", default="artifacts/demo")
-    p.add_argument("--epochs", type=int, default=3)
+def parse_args(argv=None) -> argparse.Namespace:
+    p = job_parser("demo", "The whole path on Complete Journey.")
+    p.add_argument("--workdir", default="artifacts/demo", help="where the data, models, report and scores go")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs at most")
     p.add_argument("--port", type=int, default=8000, help="Serve's port on 127.0.0.1")
     p.add_argument("--reuse-data", action="store_true", help="keep DATA if a previous run preprocessed it")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> list:
+    args = parse_args(argv)
     started = time.time()
     data, model = os.path.join(args.workdir, "data"), os.path.join(args.workdir, "model")
     validated = model + "-validated"

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from jobs.cli import init_ray
+from jobs.cli import check_data, check_model, init_ray, job_parser
 from ncf.errors import InputError
 from ncf.moments import DATA_END, NOW
 from serve.app import build_app
@@ -20,16 +20,21 @@ from serve.limits import REQUEST_TIMEOUT_S
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Serve a model directory over HTTP with Ray Serve (autoscaling).")
-    p.add_argument("--model", required=True, help="model directory (jobs.train output or SWEEP/best)")
+    p = job_parser("deploy", "Serve a model directory over HTTP with Ray Serve (autoscaling).")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model directory (jobs.train output or SWEEP/best), or current (the registry's, resolved now: "
+        "deploying current again after jobs.models rollback rolls the previous model back out)",
+    )
     p.add_argument(
         "--data",
         default=None,
         help="DATA directory whose histories the model ranks from (jobs.preprocess, or --state-only for a "
         "cheap refresh); default: the state the model was trained with",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: local only)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port")
     p.add_argument(
         "--candidates", type=int, default=None, help="first-stage candidates re-ranked (default: the model's)"
     )
@@ -45,8 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=REQUEST_TIMEOUT_S,
         help="a request not answered within this gets 504 (applies when this command starts Serve)",
     )
-    p.add_argument("--min-replicas", type=int, default=1)
-    p.add_argument("--max-replicas", type=int, default=2)
+    p.add_argument("--min-replicas", type=int, default=1, help="replicas kept when idle (autoscaling)")
+    p.add_argument("--max-replicas", type=int, default=2, help="replicas at most under load (autoscaling)")
     p.add_argument("--detach", action="store_true", help="return once deployed (on a running cluster)")
     p.add_argument(
         "--ui",
@@ -68,7 +73,10 @@ def main(argv=None) -> dict:
         "ui": args.ui,
     }
     try:
-        app = build_app(app_args)  # checks the model directory and settings before Ray starts
+        app_args["model"] = check_model(args.model)  # current: the registry's current version, now
+        if args.data:
+            check_data(args.data)
+        app = build_app(app_args)  # checks the settings before Ray starts
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 
-from jobs.cli import one_line_errors
+from jobs.cli import check_data, check_model, job_parser, one_line_errors
 from ncf.errors import InputError
 from ncf.evaluate.evaluation import evaluate_all, model_on_period
 from ncf.evaluate.report import write_report
@@ -20,11 +20,8 @@ from ncf.splits import TEST, VAL
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Held-out evaluation of a model directory against the baselines.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--model", default=None, help="model directory (jobs.train or SWEEP/best)")
+    p = job_parser("evaluate", "Held-out evaluation of a model directory against the baselines.")
+    p.add_argument("--model", default=None, help="model directory (jobs.train or SWEEP/best), or current (jobs.models)")
     p.add_argument("--data", required=True, help="output of jobs.preprocess")
     p.add_argument("--split", choices=(VAL, TEST), default=TEST, help="the held-out period")
     p.add_argument("--max-users", type=int, default=None, help="evaluate a seeded sample of households")
@@ -46,6 +43,8 @@ def main(argv=None) -> list:
     args = parse_args(argv)
     with one_line_errors():
         check_args(args)
+        check_data(args.data)
+        args.model = None if args.baselines_only else check_model(args.model)
         on_period = None if args.baselines_only else model_on_period(args.model, args.data, args.split)
         rows = evaluate_all(
             args.model,

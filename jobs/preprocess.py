@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from jobs.cli import init_ray, one_line_errors
+from jobs.cli import init_ray, job_parser, one_line_errors
 from ncf.data import datasets, layout, schema
 from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import PreprocessConfig, preprocess
@@ -13,7 +13,7 @@ from ncf.staging import check_target
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Validate purchase logs, build vocabularies and features with Ray Data.")
+    p = job_parser("preprocess", "Validate purchase logs, build vocabularies and features with Ray Data.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="purchase log: Parquet/CSV file, directory or glob")
     source.add_argument("--dataset", choices=datasets.DATASETS, help="a built-in dataset")
@@ -56,8 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="write only the state (vocabularies, purchases, product stats): refreshes the histories a "
         "deployed model ranks from (jobs.batch_score/jobs.deploy --data), no training lists",
     )
-    p.add_argument("--synthetic-users", type=int, default=datasets.SyntheticSpec.num_users)
-    p.add_argument("--synthetic-products", type=int, default=datasets.SyntheticSpec.num_products)
+    p.add_argument(
+        "--synthetic-users", type=int, default=datasets.SyntheticSpec.num_users, help="synthetic: households"
+    )
+    p.add_argument(
+        "--synthetic-products", type=int, default=datasets.SyntheticSpec.num_products, help="synthetic: products"
+    )
     p.add_argument(
         "--synthetic-tastes",
         type=int,

@@ -9,15 +9,14 @@ epoch count the validated run chose, to MODEL.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
-from jobs.cli import init_ray, one_line_errors
+from jobs.cli import check_data, init_ray, job_parser, model_overrides, one_line_errors
 from ncf.device import GPU_SETTINGS, cluster_gpus, resolve_gpu
 from ncf.evaluate.evaluation import evaluate_all
-from ncf.model.config import ModelConfig
 from ncf.model.directory import CONFIG, update_metrics
+from ncf.registry import track_model
 from ncf.splits import REFIT, TEST, VALIDATED
 from ncf.staging import check_target
 from ncf.train.checkpoint import VAL_METRIC, best_checkpoint, export_model_dir, run_history
@@ -28,10 +27,7 @@ from ncf.train.trainer import best_epoch, fit, refit_config
 
 def parse_args(argv=None) -> argparse.Namespace:
     d = TrainConfig()
-    p = argparse.ArgumentParser(
-        description="Train AdvancedNCF with Ray Train (TorchTrainer).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = job_parser("train", "Train AdvancedNCF with Ray Train (TorchTrainer); register the model (jobs.models).")
     p.add_argument("--data", required=True, help="output of jobs.preprocess")
     p.add_argument(
         "--output",
@@ -82,8 +78,8 @@ def main(argv=None) -> str:
         # Before hours of training: a MODEL that must not be replaced is refused now.
         for output in {args.output, validated_dir}:
             check_target(output, CONFIG, "model directory", [args.data], args.overwrite)
-        overrides = json.loads(args.model)
-        ModelConfig(num_users=1, num_products=1, num_departments=1, num_categories=1, **overrides)  # fail fast
+        overrides = model_overrides(args.model)  # fail fast, before Ray starts
+        check_data(args.data, runs=(VALIDATED, REFIT) if args.refit else (VALIDATED,))
         init_ray()
         data = os.path.abspath(args.data)
         config = TrainConfig(
@@ -106,6 +102,7 @@ def main(argv=None) -> str:
         test = evaluate_all(validated_dir, data, TEST, with_baselines=False)[0]
         epochs = best_epoch(validated)
         update_metrics(validated_dir, {"test": test, "best_epoch": epochs})
+        validated_version = track_model(validated_dir, data, name, vars(args), candidate=not args.refit)
         best = validated.metrics.get("best_" + VAL_METRIC, 0.0)
         print(
             f"[train] validated model: best epoch {epochs}, {VAL_METRIC} {best:.4f}, "
@@ -117,6 +114,7 @@ def main(argv=None) -> str:
         refit = fit(refit_config(config, epochs), name=f"{name}-{REFIT}", **fit_options)
         summary = {"validated_model": os.path.abspath(validated_dir), "test": test, "best_epoch": epochs}
         path = _export(refit, args.output, data, f"{stamp}-{REFIT}", {"validated": summary}, args.overwrite)
+        track_model(path, data, f"{name}-{REFIT}", vars(args), tags={"validated_version": validated_version})
         print(
             f"[train] deployment model (refit on labels through the data's end, {epochs} epochs) -> {path}", flush=True
         )

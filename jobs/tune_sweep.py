@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 
-from jobs.cli import init_ray, one_line_errors
+from jobs.cli import check_data, init_ray, job_parser, one_line_errors
 from ncf.device import GPU_SETTINGS, cluster_gpus, resolve_gpu
+from ncf.registry import track_sweep_model
+from ncf.splits import REFIT, VALIDATED
 from tune.search_space import SEARCHED
 from tune.settings import SweepSettings
 from tune.sweep import SweepInterrupted, refit_best, run_sweep, summary
@@ -25,20 +27,21 @@ SHOWN = [
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Ray Tune + Optuna sweep over AdvancedNCF's dimensions; SWEEP/best is the winner."
+    p = job_parser(
+        "tune_sweep",
+        "Ray Tune + Optuna sweep over AdvancedNCF's dimensions; SWEEP/best is the winner (registered: jobs.models).",
     )
     p.add_argument("--data", required=True, help="output of jobs.preprocess (visible to every node)")
     p.add_argument("--output", required=True, help="sweep directory")
-    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--trials", type=int, default=8, help="points of the search space tried, the defaults first")
     p.add_argument("--epochs", type=int, default=2, help="epochs per trial at most (ASHA stops weak trials sooner)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
     p.add_argument("--gpu", default="auto", choices=GPU_SETTINGS, help="GPUs of the Ray cluster: auto, yes or no")
     p.add_argument("--concurrent", type=int, default=0, help="trials at once (0 = what the cluster fits)")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap each epoch (0 = the whole split)")
-    p.add_argument("--val-users", type=int, default=600)
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-users", type=int, default=600, help="households ranked for each epoch's validation (0 = all)")
+    p.add_argument("--batch-size", type=int, default=4096, help="training lists (household x cutoff) per step")
+    p.add_argument("--seed", type=int, default=0, help="seed of Optuna's sampler")
     p.add_argument(
         "--refit",
         action="store_true",
@@ -51,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
+        check_data(args.data, runs=(VALIDATED, REFIT) if args.refit else (VALIDATED,))
         init_ray()
         settings = SweepSettings(
             data=args.data,
@@ -77,8 +81,11 @@ def main(argv=None):
             f"plot: {settings.output}/sweep.png, best model: {settings.best_dir}",
             flush=True,
         )
+        best = track_sweep_model(settings.best_dir, settings.data, settings.output, candidate=not args.refit)
         if args.refit:
-            print(f"[sweep] deployment model (the winner refit through the data's end): {refit_best(table, settings)}")
+            path = refit_best(table, settings)
+            track_sweep_model(path, settings.data, settings.output, tags={"validated_version": best})
+            print(f"[sweep] deployment model (the winner refit through the data's end): {path}")
         return table
 
 

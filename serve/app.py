@@ -44,6 +44,7 @@ from starlette.responses import Response
 
 from ncf.model.integrity import verify_model_dir
 from ncf.rank.ranker import MAX_K
+from ncf.registry import resolve_model
 from serve import explore, ui
 from serve.api import (
     MAX_BASKETS,
@@ -194,7 +195,10 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="model directory to serve")
+    model: str = Field(
+        description="model directory to serve, or current (the model registry's current version, resolved when "
+        "the app is built: deploying again after a rollback serves the previous model)"
+    )
     data: Optional[str] = Field(
         None, description="DATA directory whose histories the model ranks from (default: the model's own state)"
     )
@@ -225,7 +229,7 @@ def build_app(args: Dict) -> Application:
     if a.max_replicas < max(a.min_replicas, 1):
         raise ValueError(f"max_replicas ({a.max_replicas}) is below min_replicas ({a.min_replicas})")
     settings = ServeSettings.from_user_config(
-        {"model_dir": a.model, "candidates": a.candidates, "default_at": a.default_at, "data": a.data}
+        {"model_dir": resolve_model(a.model), "candidates": a.candidates, "default_at": a.default_at, "data": a.data}
     )
     verify_model_dir(settings.model_dir)  # not a whole, consistent model directory: fail here, with its path
     return (

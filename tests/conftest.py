@@ -13,6 +13,22 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 RAY_FIXTURES = {"ray_session"}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory):
+    """The session's own experiment tracking and model registry store (ncf.registry): jobs run by
+    tests never write to the repository's artifacts/mlflow.db, nor to a user's tracking server."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # inherited by the jobs tests start as subprocesses
+    try:
+        yield uri
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray cluster shared by every integration test of the session (num_cpus=2)."""

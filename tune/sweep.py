@@ -20,6 +20,7 @@ from typing import Optional
 import pandas as pd
 
 from ncf.errors import InputError
+from ncf.registry import trial_logger
 from ncf.train.checkpoint import VAL_METRIC
 from tune.results import export_best, plot_sweep, results_table, write_results
 from tune.search_space import data_limits, default_point, search_space, to_train_config
@@ -90,7 +91,10 @@ def _tuner(settings: SweepSettings, resume: bool):
             num_samples=settings.trials,
             max_concurrent_trials=concurrent,
         ),
-        run_config=tune.RunConfig(name="sweep", storage_path=settings.tune_dir, verbose=1),
+        # Every trial an MLflow run (its point, every epoch's metrics): ncf.registry.
+        run_config=tune.RunConfig(
+            name="sweep", storage_path=settings.tune_dir, verbose=1, callbacks=[trial_logger(settings.output)]
+        ),
     )
 
 

@@ -1,0 +1,138 @@
+"""python -m jobs.models [list | promote VERSION | rollback | register MODEL | resolve [REF]]
+
+The model registry (MLflow, :mod:`ncf.registry`): every model directory jobs.train and
+jobs.tune_sweep wrote, with its metrics and lineage, and which one is ``current`` (what
+``--model current`` of jobs.deploy, jobs.batch_score and jobs.evaluate resolves to).
+
+Examples::
+
+    python -m jobs.models                  # the versions, current marked with *
+    python -m jobs.models promote 7        # version 7 becomes current
+    python -m jobs.models rollback         # current goes back to the one before
+    python -m jobs.models register artifacts/model/cj --data artifacts/data/cj
+    python -m jobs.deploy --model current  # (re)deploy whatever is current now
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from jobs.cli import HelpFormatter, check_model, job_parser, one_line_errors
+from ncf.registry import MODEL_NAME, Registry, track_model
+
+COLUMNS = [
+    ("", "current"),
+    ("version", "version"),
+    ("kind", "kind"),
+    ("model_version", "model_version"),
+    ("registered (UTC)", "created"),
+    ("test ndcg@10", "test_ndcg_at_10"),
+    ("test recall@10", "test_recall_at_10"),
+    ("best val ndcg@10", "best_val_ndcg_at_10"),
+    ("data stats", "data_stats_sha256"),
+    ("code", "code_commit"),
+    ("sweep trial", "trial_id"),
+    ("weights", "weights_sha256"),
+    ("model directory", "model_dir"),
+]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = job_parser(
+        "models",
+        "The model registry: list the registered model directories, promote one to current, roll back.",
+        epilog="The store: $MLFLOW_TRACKING_URI when set, else sqlite:///artifacts/mlflow.db (mlflow ui shows it).",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///artifacts/mlflow.db)",
+    )
+    p.add_argument("--name", default=MODEL_NAME, help="registered model name")
+    commands = p.add_subparsers(dest="command", metavar="COMMAND")
+    listing = commands.add_parser(
+        "list", formatter_class=HelpFormatter, help="the versions, current marked (the default command)"
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON object per version (every tag)")
+    promote = commands.add_parser("promote", formatter_class=HelpFormatter, help="make VERSION current")
+    promote.add_argument("version", help="a version number (see list)")
+    commands.add_parser(
+        "rollback", formatter_class=HelpFormatter, help="make the previous current version current again"
+    )
+    register = commands.add_parser(
+        "register", formatter_class=HelpFormatter, help="record an existing model directory as a new version"
+    )
+    register.add_argument("model", help="model directory (jobs.train or SWEEP/best)")
+    register.add_argument("--data", default=None, help="its DATA (default: the path its config.json names)")
+    resolve = commands.add_parser(
+        "resolve", formatter_class=HelpFormatter, help="print the model directory a reference names"
+    )
+    resolve.add_argument(
+        "ref", nargs="?", default="current", help="current, models:/NAME/VERSION or models:/NAME@ALIAS"
+    )
+    return p.parse_args(argv)
+
+
+def _cell(row: dict, key: str) -> str:
+    value = row.get(key, "")
+    if key == "current":
+        return "*" if value else ""
+    if key == "created":
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(value) / 1000)) if value else ""
+    if key.endswith("sha256"):
+        return str(value)[:12]
+    if key == "code_commit":
+        return str(value)[:10] + ("+dirty" if row.get("code_dirty") == "true" else "")
+    if key == "model_dir":
+        return str(value) + ("" if os.path.isdir(str(value)) else " (gone)")
+    return str(value)
+
+
+def format_table(rows: list) -> str:
+    """The versions as an aligned text table, oldest first."""
+    cells = [[title for title, _ in COLUMNS]] + [[_cell(row, key) for _, key in COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with one_line_errors():
+        registry = Registry(args.tracking_uri, args.name)
+        command = args.command or "list"
+        if command == "list":
+            rows = registry.versions()
+            if args.command and args.json:
+                for row in rows:
+                    print(json.dumps(row))
+                return rows
+            if not rows:
+                print(f"no versions of {registry.name} in {registry.uri}: python -m jobs.train registers each model")
+                return rows
+            print(format_table(rows))
+            history = registry.history()
+            before = f" (before it: {', '.join(reversed(history[:-1][-5:]))})" if len(history) > 1 else ""
+            print(f"\ncurrent: {history[-1] if history else 'none'}{before}; store: {registry.uri}")
+            return rows
+        if command == "promote":
+            previous, version = registry.promote(args.version)
+            print(f"current: {version} (was {previous or 'none'}): {registry.path_of(version)}")
+            return version
+        if command == "rollback":
+            rolled_back, version = registry.rollback()
+            print(f"current: {version} (rolled back from {rolled_back}): {registry.path_of(version)}")
+            return version
+        if command == "register":
+            check_model(args.model)
+            return track_model(args.model, args.data, strict=True, registry=registry)
+        if command == "resolve":
+            path = registry.resolve(args.ref)
+            print(path)
+            return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,524 @@
+"""Experiment tracking and the model registry, on MLflow: the one place the platform talks to it.
+
+Where: the tracking server named by ``MLFLOW_TRACKING_URI`` when it is set, else a local store,
+``sqlite:///<cwd>/artifacts/mlflow.db`` (MLflow's model registry needs a database; the runs'
+artifacts go beside it, to ``artifacts/mlflow-artifacts/``). ``mlflow ui`` on that store shows
+everything below (README, "Models and runs").
+
+What is recorded:
+
+* experiment ``ncf-train``: one run per training run that produced a model directory (for
+  ``jobs.train --refit``: the validated run and the refit), with its parameters, every epoch's
+  metrics (step = epoch) and the held-out table (``test_*`` metrics and ``heldout_test.json``);
+* experiment ``ncf-sweeps``: one run per Tune trial (:func:`trial_logger`, Ray's
+  ``MLflowLoggerCallback``), with the trial's point and every epoch's metrics;
+* registered model ``advanced-ncf``: one version per model directory. The directory stays where
+  it is: the version stores its path (tag ``model_dir``), its ``kind`` (``validated`` or
+  ``refit``: config.json's ``run``), ``model_version`` (what Serve's /healthz and the nightly
+  job's ``model_version`` column report), headline metrics and its lineage:
+  ``data_stats_sha256`` (of DATA/stats.json), ``code_commit``, ``sweep`` and ``trial_id`` (when
+  it comes from a sweep) and ``weights_sha256`` (of model.pt);
+* the alias ``current``: what ``--model current`` resolves to. The first deployable version
+  registered becomes current; :meth:`Registry.promote` moves the alias, :meth:`Registry.rollback`
+  moves it back to the previous current (the registered model's ``current_history`` tag keeps
+  the order).
+
+MLflow refuses ``@`` in metric names: ``val_ndcg@10`` is recorded as ``val_ndcg_at_10``.
+
+Example::
+
+    version = track_model("artifacts/model/cj", data="artifacts/data/cj", run_name="train-20260101-120000")
+    Registry().promote(version)
+    resolve_model("current")  # -> "/abs/path/artifacts/model/cj"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import numbers
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from ncf.data import layout
+from ncf.errors import InputError
+from ncf.model.directory import WEIGHTS, read_config, read_metrics
+
+MODEL_NAME = "advanced-ncf"
+TRAIN_EXPERIMENT = "ncf-train"
+SWEEP_EXPERIMENT = "ncf-sweeps"
+CURRENT = "current"
+HISTORY_TAG = "current_history"
+HISTORY_KEPT = 100  # versions remembered for rollback (a tag value is limited in length)
+MODEL_DIR_TAG = "model_dir"
+LOCAL_STORE = os.path.join("artifacts", "mlflow.db")
+ARTIFACTS = "mlflow-artifacts"
+POINTER = "model_dir"  # the run artifact folder a version's source names (pointer.json: the path)
+HEADLINE = ("recall@10", "ndcg@10")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS_CLI = "python -m jobs.models"
+
+
+def log(message: str) -> None:
+    print(f"[registry] {message}", flush=True)
+
+
+# -- where ---------------------------------------------------------------------------------------
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the local store ``sqlite:///<cwd>/artifacts/mlflow.db``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    path = os.path.abspath(LOCAL_STORE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def local_artifact_root(uri: str) -> Optional[str]:
+    """Where a local SQLite store's runs keep their artifacts: beside the database. A tracking
+    server decides for itself (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(uri[len("sqlite:///") :])), ARTIFACTS)
+
+
+def _quiet_mlflow() -> None:
+    # INFO lines on stderr that no user can act on: the first use of a SQLite store creates its
+    # tables; registering a version through a tracking server "waits" for a version that is
+    # ready at once (its files stay where they are).
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "mlflow.store.model_registry.abstract_store"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# -- what ------------------------------------------------------------------------------------------
+
+
+def metric_key(name: str) -> str:
+    """An MLflow-safe metric name: ``val_ndcg@10`` -> ``val_ndcg_at_10``."""
+    return re.sub(r"[^/\w.\- ]", "_", str(name).replace("@", "_at_"))
+
+
+def numeric(values: Dict, prefix: str = "", skip: Iterable[str] = ()) -> Dict[str, float]:
+    """The finite numbers of ``values`` under MLflow-safe names (booleans, strings, lists dropped)."""
+    out = {}
+    for key, value in values.items():
+        if key in skip or isinstance(value, bool) or not isinstance(value, numbers.Real):
+            continue
+        if math.isfinite(value):
+            out[metric_key(prefix + key)] = float(value)
+    return out
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def code_version() -> Dict[str, str]:
+    """The commit of the code that runs (``NCF_CODE_COMMIT`` overrides it: a cluster's working
+    directory has no .git) and whether tracked files differ from it."""
+    if os.environ.get("NCF_CODE_COMMIT"):
+        return {"code_commit": os.environ["NCF_CODE_COMMIT"], "code_dirty": "unknown"}
+    try:
+        git = ["git", "-C", REPO]
+        commit = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        status = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        return {"code_commit": commit.stdout.strip(), "code_dirty": str(bool(status.stdout.strip())).lower()}
+    except (OSError, subprocess.SubprocessError):
+        return {"code_commit": "unknown", "code_dirty": "unknown"}
+
+
+def lineage(model_dir: str, data: Optional[str] = None) -> Dict[str, str]:
+    """What a model directory came from, as registry tags (strings)."""
+    config = read_config(model_dir)
+    data = os.path.abspath(data or config["data"]["path"])
+    stats = layout.stats_path(data)
+    return {
+        MODEL_DIR_TAG: os.path.abspath(model_dir),
+        "model_version": str(config["version"]),
+        "kind": str(config.get("run", "unknown")),
+        "format_version": str(config["format_version"]),
+        "trained_through": str(config["trained_through"]),
+        "data_dir": data,
+        "data_stats_sha256": sha256_file(stats) if os.path.exists(stats) else "unknown (no stats.json)",
+        "weights_sha256": sha256_file(os.path.join(model_dir, WEIGHTS)),
+        **code_version(),
+    }
+
+
+def headline(metrics: Dict) -> Dict[str, str]:
+    """A model's headline figures from its metrics.json, as tags: held-out test recall/NDCG@10
+    (a refit model's are its validated run's: the refit saw the test weeks) and the best
+    validation NDCG@10."""
+    tags = {}
+    heldout, of = metrics.get("test"), "this model"
+    if heldout is None and isinstance(metrics.get("validated"), dict) and "test" in metrics["validated"]:
+        heldout, of = metrics["validated"]["test"], "its validated run"
+    if heldout:
+        tags.update({metric_key("test_" + k): f"{heldout[k]:.4f}" for k in HEADLINE if k in heldout})
+        tags["test_of"] = of
+    val = (metrics.get("training") or {}).get("best_val_ndcg@10", (metrics.get("sweep") or {}).get("best_val_ndcg@10"))
+    if isinstance(val, (int, float)) and val >= 0:
+        tags[metric_key("best_val_ndcg@10")] = f"{val:.4f}"
+    if "best_epoch" in metrics:
+        tags["best_epoch"] = str(metrics["best_epoch"])
+    return tags
+
+
+# -- the registry -----------------------------------------------------------------------------------
+
+
+class Registry:
+    """The tracking store and the registered model ``name`` (:data:`MODEL_NAME`)."""
+
+    def __init__(self, uri: Optional[str] = None, name: str = MODEL_NAME) -> None:
+        _quiet_mlflow()
+        from mlflow import MlflowClient
+
+        self.uri = uri or tracking_uri()
+        self.name = name
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    # runs
+
+    def experiment_id(self, name: str) -> str:
+        """The experiment's id, created on first use (its artifacts beside a local store)."""
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        root = local_artifact_root(self.uri)
+        try:
+            return self.client.create_experiment(name, artifact_location=root and os.path.join(root, name))
+        except MlflowException:  # created meanwhile by another job
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def log_run(
+        self,
+        experiment: str,
+        run_name: str,
+        params: Optional[Dict] = None,
+        history: Iterable[Dict] = (),
+        heldout: Optional[Dict] = None,
+        tags: Optional[Dict] = None,
+    ) -> str:
+        """One finished run: ``params``, each epoch of ``history`` (step = its ``epoch``) and the
+        held-out row (``test_*`` metrics and the table ``heldout_test.json``); returns its id."""
+        from mlflow.entities import Metric, Param
+
+        run = self.client.create_run(
+            self.experiment_id(experiment), run_name=run_name, tags={k: str(v) for k, v in (tags or {}).items()}
+        )
+        run_id = run.info.run_id
+        try:
+            now = int(time.time() * 1000)
+            params = [Param(metric_key(k), str(v)[:6000]) for k, v in (params or {}).items()]
+            metrics = [
+                Metric(key, value, now, int(epoch.get("epoch", i + 1)))
+                for i, epoch in enumerate(history)
+                for key, value in numeric(epoch).items()
+            ]
+            if heldout:
+                metrics += [Metric(k, v, now, 0) for k, v in numeric(heldout, prefix="test_").items()]
+                self.client.log_table(run_id, _table(heldout), "heldout_test.json")
+            for start in range(0, len(params), 100):  # log_batch's limits: 100 params, 1000 metrics
+                self.client.log_batch(run_id, params=params[start : start + 100])
+            for start in range(0, len(metrics), 1000):
+                self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        except Exception:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def find_trial_run(self, sweep: str, trial_id: str) -> Optional[str]:
+        """The run :func:`trial_logger` recorded for a sweep's trial."""
+        found = self.client.search_runs(
+            [self.experiment_id(SWEEP_EXPERIMENT)],
+            filter_string=f"tags.sweep = '{os.path.abspath(sweep)}' and tags.trial_id = '{trial_id}'",
+            max_results=1,
+        )
+        return found[0].info.run_id if found else None
+
+    # versions
+
+    def register(
+        self,
+        model_dir: str,
+        data: Optional[str] = None,
+        run_id: Optional[str] = None,
+        tags: Optional[Dict] = None,
+        description: Optional[str] = None,
+    ) -> str:
+        """A new version for ``model_dir`` (its path, lineage and headline metrics); returns its number."""
+        from mlflow.exceptions import MlflowException
+
+        all_tags = {**lineage(model_dir, data), **headline(read_metrics(model_dir))}
+        all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+        try:
+            self.client.create_registered_model(self.name, description="AdvancedNCF model directories")
+        except MlflowException:  # it exists
+            pass
+        source = all_tags[MODEL_DIR_TAG]
+        if run_id:
+            # A tracking server accepts a local path as source only inside the run's artifacts:
+            # the version's source is a pointer there, the path itself is in the tag model_dir.
+            self.client.log_dict(run_id, {"path": source, **all_tags}, f"{POINTER}/pointer.json")
+            source = f"runs:/{run_id}/{POINTER}"
+        version = self.client.create_model_version(
+            self.name, source=source, run_id=run_id, tags=all_tags, description=description
+        )
+        return str(version.version)
+
+    def versions(self) -> List[Dict]:
+        """Every version, oldest first: number, created (epoch ms), tags, run id, whether current."""
+        current = self.current()
+        found = self.client.search_model_versions(f"name = '{self.name}'")
+        rows = [
+            {
+                "version": str(v.version),
+                "created": int(v.creation_timestamp or 0),
+                "current": str(v.version) == current,
+                "run_id": v.run_id,
+                **dict(v.tags or {}),
+            }
+            for v in found
+        ]
+        return sorted(rows, key=lambda r: int(r["version"]))
+
+    def current(self) -> Optional[str]:
+        """The version the alias ``current`` names, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = self.client.get_registered_model(self.name).aliases.get(CURRENT)
+        except MlflowException:  # no such registered model yet
+            return None
+        return None if version is None else str(version)
+
+    def path_of(self, version: str) -> str:
+        """The model directory of ``version``, checked (still there, still a model directory)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.get_model_version(self.name, str(version))
+        except MlflowException:
+            raise InputError(f"no version {version} of {self.name} in {self.uri}; {MODELS_CLI} lists them") from None
+        path = (found.tags or {}).get(MODEL_DIR_TAG) or found.source
+        if not os.path.isdir(path):
+            raise InputError(f"{path}: version {version}'s model directory is gone (moved or deleted)")
+        read_config(path)
+        return path
+
+    def history(self) -> List[str]:
+        """The versions that were current, oldest first, ending with the current one."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(self.name)
+        except MlflowException:
+            return []
+        history = [v for v in (model.tags or {}).get(HISTORY_TAG, "").split(",") if v]
+        current = model.aliases.get(CURRENT)
+        current = None if current is None else str(current)
+        if current and (not history or history[-1] != current):  # the alias was moved elsewhere (the UI)
+            history.append(current)
+        return history
+
+    def _set_current(self, version: str, history: List[str]) -> None:
+        self.client.set_registered_model_alias(self.name, CURRENT, version)
+        self.client.set_registered_model_tag(self.name, HISTORY_TAG, ",".join(history[-HISTORY_KEPT:]))
+
+    def promote(self, version: str) -> Tuple[Optional[str], str]:
+        """Makes ``version`` current (its directory must still load); returns (previous, new)."""
+        version = _version_number(version)
+        self.path_of(version)
+        history = self.history()
+        previous = history[-1] if history else None
+        if previous != version:
+            self._set_current(version, history + [version])
+        return previous, version
+
+    def rollback(self) -> Tuple[str, str]:
+        """Makes the previous current version current again; returns (rolled back, now current)."""
+        history = self.history()
+        if not history:
+            raise InputError(f"no version of {self.name} is current in {self.uri}: nothing to roll back")
+        if len(history) < 2:
+            raise InputError(f"version {history[-1]} is the first that was current: no previous one to roll back to")
+        self.path_of(history[-2])
+        self._set_current(history[-2], history[:-1])
+        return history[-1], history[-2]
+
+    def resolve(self, ref: str) -> str:
+        """The model directory ``ref`` names: ``current``, ``models:/NAME/VERSION`` or
+        ``models:/NAME@ALIAS``."""
+        from mlflow.exceptions import MlflowException
+
+        if ref == CURRENT:
+            version = self.current()
+            if version is None:
+                raise InputError(
+                    f"no model is current in {self.uri}: train one (python -m jobs.train) "
+                    f"or promote a version ({MODELS_CLI} promote VERSION)"
+                )
+            return self.path_of(version)
+        match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", ref)
+        if not match:
+            raise InputError(f"{ref}: not a model reference (current, models:/NAME/VERSION or models:/NAME@ALIAS)")
+        name, number, alias = match.groups()
+        registry = self if name == self.name else Registry(self.uri, name)
+        if number:
+            return registry.path_of(number)
+        try:
+            return registry.path_of(registry.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            raise InputError(f"{ref}: no version of {name} has the alias {alias} in {self.uri}") from None
+
+
+def _version_number(version) -> str:
+    if not str(version).isdigit():
+        raise InputError(f"{version!r}: a version is a number; {MODELS_CLI} lists them")
+    return str(int(version))
+
+
+def _table(row: Dict):
+    import pandas as pd
+
+    return pd.DataFrame([{k: v for k, v in row.items() if isinstance(v, (str, int, float, bool))}])
+
+
+# -- what jobs call ---------------------------------------------------------------------------------
+
+
+def is_registry_ref(ref: str) -> bool:
+    return ref == CURRENT or ref.startswith("models:/")
+
+
+def resolve_model(ref: str) -> str:
+    """``ref`` itself when it is a path; the model directory it names when it is ``current`` or a
+    ``models:/`` URI (a directory named "current" is ``./current``)."""
+    return Registry().resolve(ref) if is_registry_ref(ref) else ref
+
+
+def track_model(
+    model_dir: str,
+    data: Optional[str] = None,
+    run_name: Optional[str] = None,
+    params: Optional[Dict] = None,
+    tags: Optional[Dict] = None,
+    run_id: Optional[str] = None,
+    candidate: bool = True,
+    strict: bool = False,
+    registry: Optional[Registry] = None,
+) -> Optional[str]:
+    """Records a saved model directory: a run in ``ncf-train`` from its metrics.json (parameters,
+    per-epoch history, held-out table), unless ``run_id`` names one already (a sweep trial's), and
+    a registry version linked to it. A ``candidate`` (a deployable model) becomes current when
+    nothing is. Returns the version.
+
+    A failure to record does not fail the job that trained the model (``strict=False``): it says
+    so on stderr, with the command that records the directory later.
+    """
+    tags = {k: v for k, v in (tags or {}).items() if v is not None}
+    tags.setdefault("deployable", str(candidate).lower())  # refit/best-without-refit: true; validated: false
+    try:
+        registry = registry or Registry()
+        if run_id is None:
+            metrics = read_metrics(model_dir)
+            run_name = run_name or os.path.basename(os.path.abspath(model_dir))
+            run_id = registry.log_run(
+                TRAIN_EXPERIMENT, run_name, params, metrics.get("history") or [], metrics.get("test"), tags
+            )
+        version = registry.register(model_dir, data, run_id, tags)
+        current = registry.current()
+        if candidate and current is None:
+            registry.promote(version)
+            note = "now current (nothing was)"
+        else:
+            note = f"current is {current}; {MODELS_CLI} promote {version} makes it current" if current else ""
+        log(f"{model_dir}: version {version} of {registry.name}{', ' + note if note else ''} ({registry.uri})")
+        return version
+    except Exception as e:
+        if strict or isinstance(e, InputError):
+            raise
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        print(
+            f"[registry] {model_dir} not recorded ({type(e).__name__}: {first_line}); "
+            f"record it later with {MODELS_CLI} register {model_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+
+
+def track_sweep_model(model_dir: str, data: str, sweep: str, candidate: bool = True, tags: Optional[Dict] = None):
+    """:func:`track_model` for a sweep's model directory (``SWEEP/best``: the winning trial's
+    checkpoint, linked to the trial's run; ``SWEEP/refit``: its refit, a run of its own), tagged
+    with the sweep and the trial id its metrics.json names."""
+    metrics = read_metrics(model_dir)
+    trial_id = (metrics.get("sweep") or metrics.get("validated") or {}).get("trial_id", "unknown")
+    tags = {"sweep": os.path.abspath(sweep), "trial_id": trial_id, **(tags or {})}
+    run_id = None
+    if "sweep" in metrics:  # the trial's own checkpoint: its run has every epoch
+        try:
+            run_id = Registry().find_trial_run(sweep, trial_id)
+        except Exception:  # the store is unreachable: track_model says so
+            pass
+    kind = read_config(model_dir).get("run", "model")
+    return track_model(model_dir, data, f"sweep-{trial_id}-{kind}", tags=tags, run_id=run_id, candidate=candidate)
+
+
+def trial_logger(sweep: str):
+    """Ray Tune's ``MLflowLoggerCallback`` for a sweep's trials (experiment ``ncf-sweeps``): each
+    trial a run tagged with the sweep and its trial id, its point as parameters, every epoch's
+    metrics under MLflow-safe names with step = epoch."""
+    registry = Registry()
+    registry.experiment_id(SWEEP_EXPERIMENT)  # created here, with its artifacts beside a local store
+    return _trial_logger_class()(
+        tracking_uri=registry.uri,
+        registry_uri=registry.uri,
+        experiment_name=SWEEP_EXPERIMENT,
+        tags={"sweep": os.path.abspath(sweep), **code_version()},
+    )
+
+
+# What Tune adds to each result that is not a metric of the trial.
+_TUNE_BOOKKEEPING = {
+    "timestamp",
+    "time_this_iter_s",
+    "time_total_s",
+    "pid",
+    "time_since_restore",
+    "iterations_since_restore",
+    "training_iteration",
+    "done",
+}
+
+
+def _trial_logger_class():
+    # Built on first use: importing Ray's MLflow integration imports mlflow (about a second).
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    class TrialLogger(MLflowLoggerCallback):
+        def log_trial_start(self, trial) -> None:
+            self.tags = {**self.tags, "trial_id": trial.trial_id}
+            super().log_trial_start(trial)
+
+        def log_trial_result(self, iteration: int, trial, result: Dict) -> None:
+            step = int(result.get("epoch") or result.get("training_iteration") or iteration)
+            metrics = numeric(result, skip=_TUNE_BOOKKEEPING)
+            self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=metrics, step=step)
+
+    return TrialLogger

@@ -1,0 +1,141 @@
+"""CLIs that explain themselves (issue 22): every option of every job has help text and shows its
+default; a path that is not what a job expects is one line on stderr naming it and what to run
+first, exit status 2, before Ray starts; ``--version`` prints the package and model format versions."""
+
+import argparse
+import importlib
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+
+import ncf
+from jobs import cli
+from ncf.jsonio import write_json
+from ncf.model.directory import FORMAT_VERSION
+
+JOBS = ["preprocess", "train", "evaluate", "tune_sweep", "batch_score", "deploy", "demo", "models"]
+
+
+def _parser(job: str, monkeypatch) -> argparse.ArgumentParser:
+    """The parser ``jobs.<job>`` builds (caught as it is made), after ``--help`` ran on it."""
+    module = importlib.import_module(f"jobs.{job}")
+    made = []
+
+    def recording(*args, **kwargs):
+        made.append(cli.job_parser(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(module, "job_parser", recording)
+    with pytest.raises(SystemExit) as exit_info:
+        module.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    return made[0]
+
+
+def _actions(parser: argparse.ArgumentParser):
+    """Every option and argument, those of subcommands too."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _actions(sub)
+        elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            yield parser, action
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_every_option_has_help_and_shows_its_default(job, monkeypatch, capsys):
+    parser = _parser(job, monkeypatch)
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"usage: python -m jobs.{job}")
+    for owner, action in _actions(parser):
+        name = action.option_strings[-1] if action.option_strings else action.dest
+        assert action.help and len(action.help) > 8, f"{job} {name}: no help text"
+        text = owner.formatter_class(owner.prog)._get_help_string(action) % {**vars(action), "prog": owner.prog}
+        if not action.required and action.default not in (None, False):
+            assert f"(default: {action.default})" in text, f"{job} {name}: default not shown"
+        if owner is parser:
+            assert name in shown and action.help.split()[0] in shown
+
+
+def test_version_is_pyprojects_and_names_the_model_format(capsys):
+    with open(os.path.join(REPO, "pyproject.toml")) as f:
+        project = f.read().split("[project]", 1)[1]
+    assert ncf.__version__ == re.search(r'^version = "([^"]+)"', project, re.M).group(1)
+    train = importlib.import_module("jobs.train")
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == (
+        f"advanced-ncf-platform {ncf.__version__} (model directory format {FORMAT_VERSION})"
+    )
+
+
+# -- paths that are not what a job expects ---------------------------------------------------------------
+
+
+@pytest.fixture
+def paths(tmp_path):
+    """A missing, an empty, an unrelated, a state-only DATA and a non-model directory."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not DATA")
+    (tmp_path / "state").mkdir()
+    write_json(str(tmp_path / "state" / "stats.json"), {"state_only": True, "cutoffs": {}, "boundaries": {}})
+    return {name: str(tmp_path / name) for name in ("missing", "empty", "other", "state")}
+
+
+def _cases(p: dict, out: str) -> list:
+    """(job, argv, what the one line must say)."""
+    return [
+        ("train", ["--data", p["missing"], "--output", out], [p["missing"], "no such directory", "jobs.preprocess"]),
+        ("train", ["--data", p["empty"], "--output", out], [p["empty"], "empty", "jobs.preprocess first"]),
+        ("train", ["--data", p["other"], "--output", out], [p["other"], "no stats.json", "jobs.preprocess"]),
+        ("train", ["--data", p["state"], "--output", out], [p["state"], "no training lists", "--state-only"]),
+        ("train", ["--data", p["other"], "--output", out, "--model", "{oops"], ["--model", "not JSON"]),
+        ("tune_sweep", ["--data", p["empty"], "--output", out], [p["empty"], "jobs.preprocess first"]),
+        ("evaluate", ["--model", p["other"], "--data", p["other"]], [p["other"], "no stats.json"]),
+        ("evaluate", ["--baselines-only", "--data", p["missing"]], [p["missing"], "jobs.preprocess first"]),
+        ("batch_score", ["--model", p["empty"], "--data", p["other"], "--output", out], [p["empty"], "jobs.train"]),
+        ("batch_score", ["--model", p["other"], "--data", p["other"], "--output", out], ["no config.json"]),
+        ("deploy", ["--model", p["missing"]], [p["missing"], "not a model directory", "jobs.train first"]),
+        ("deploy", ["--model", "current"], ["no model is current", "jobs.train", "promote"]),
+        ("models", ["register", p["empty"]], [p["empty"], "jobs.train first"]),
+        ("preprocess", ["--input", p["missing"], "--output", out], [p["missing"], "no such file"]),
+    ]
+
+
+def test_bad_paths_are_one_line_errors_before_ray_starts(paths, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for job, argv, expected in _cases(paths, str(tmp_path / "out")):
+        module = importlib.import_module(f"jobs.{job}")
+        if hasattr(module, "init_ray"):
+            monkeypatch.setattr(module, "init_ray", lambda *a, _job=job, **k: pytest.fail(f"{_job} started Ray"))
+        with pytest.raises(SystemExit) as exit_info:
+            module.main(argv)
+        assert exit_info.value.code == 2, (job, argv)
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (job, argv, captured.err)
+        for part in expected:
+            assert part in lines[0], (job, argv, lines[0])
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_the_issues_example_is_one_line_and_exit_2():
+    """`jobs.train --data /nonexistent` ended in a FileNotFoundError traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.train", "--data", "/nonexistent", "--output", "/tmp/never-written"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: /nonexistent: not a preprocessed DATA directory (no such directory, --data); "
+        "run python -m jobs.preprocess first"
+    ]

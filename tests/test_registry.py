@@ -1,0 +1,187 @@
+"""Experiment tracking and the model registry (ncf.registry, jobs.models; issue 22).
+
+* a training run through jobs.train (validated + refit) is in MLflow: parameters, per-epoch
+  metrics with step = epoch, the held-out table, and a registered version per model directory
+  with its lineage (data stats digest, code commit, weights digest);
+* promote / rollback move what ``--model current`` resolves to;
+* rolling ``current`` back changes what a redeployed Serve app (/healthz) and the nightly job
+  (its model_version column) use.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+import requests
+from conftest import SMALL_MODEL
+from helpers import REPO, free_port
+
+from jobs import batch_score, deploy, models, train
+from ncf import registry as reg
+from ncf.data import layout
+from ncf.errors import InputError
+from ncf.jsonio import write_json
+from ncf.model.directory import save_untrained_model_dir
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A registry of the test's own (versions numbered from 1)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return reg.Registry()
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def fake_model_dir(root, version: str, test_ndcg: float = 0.3) -> str:
+    """A model directory as far as the registry reads one (config.json, model.pt, metrics.json)."""
+    data, path = root / "data", root / version
+    data.mkdir(exist_ok=True)
+    path.mkdir()
+    write_json(str(data / "stats.json"), {"rows_in": 1})
+    config = {"format_version": 2, "version": version, "run": "validated", "model": {}, "trained_through": 5}
+    write_json(str(path / "config.json"), {**config, "data": {"path": str(data)}})
+    (path / "model.pt").write_bytes(version.encode())
+    history = [{"epoch": 1, "train_loss": 0.5, "val_ndcg@10": 0.2}]
+    write_json(str(path / "metrics.json"), {"history": history, "test": {"ndcg@10": test_ndcg, "recall@10": 0.2}})
+    return str(path)
+
+
+# -- promote / rollback --------------------------------------------------------------------------------
+
+
+def test_promote_and_rollback_move_what_current_resolves_to(store, tmp_path, capsys):
+    first = fake_model_dir(tmp_path, "v1")
+    second = fake_model_dir(tmp_path, "v2", test_ndcg=0.4)
+    assert reg.track_model(first, strict=True) == "1"
+    assert reg.track_model(second, strict=True) == "2"
+    # The first deployable version became current; a later one waits for a promote.
+    assert store.current() == "1" and reg.resolve_model("current") == first
+    assert "version 2" in capsys.readouterr().out
+
+    models.main(["promote", "2"])
+    assert reg.resolve_model("current") == second == reg.resolve_model("models:/advanced-ncf@current")
+    assert reg.resolve_model("models:/advanced-ncf/1") == first
+    rows = models.main(["list"])
+    assert [(r["version"], r["current"]) for r in rows] == [("1", False), ("2", True)]
+    table = capsys.readouterr().out
+    assert "*  2" in table and "0.4000" in table and "current: 2 (before it: 1)" in table
+
+    models.main(["rollback"])
+    assert reg.resolve_model("current") == first
+    assert "current: 1 (rolled back from 2)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # 1 was the first current: nothing before it
+        models.main(["rollback"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no previous one" in err[0]
+
+    # A version whose directory is gone cannot become current; a path is never looked up.
+    os.rename(second, second + "-moved")
+    with pytest.raises(InputError, match="gone"):
+        store.promote("2")
+    assert store.current() == "1" and reg.resolve_model(first) == first
+
+
+def test_current_with_nothing_registered_is_a_one_line_error(store, capsys, tmp_path):
+    with pytest.raises(InputError, match="no model is current.*jobs.train"):
+        reg.resolve_model("current")
+    for argv in (["promote", "7"], ["promote", "latest"], ["resolve", "models:/nope"]):
+        with pytest.raises(SystemExit) as exit_info:
+            models.main(argv)
+        assert exit_info.value.code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and "no version 7" in errors[0] and "'latest'" in errors[1]
+
+
+# -- a training run ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_training_run_is_tracked_and_its_models_registered(small_data, store, tmp_path):
+    data, _ = small_data
+    output = str(tmp_path / "model")
+    argv = ["--data", data, "--output", output, "--refit", "--epochs", "2", "--batch-size", "8"]
+    argv += ["--max-steps-per-epoch", "3", "--val-users", "20", "--patience", "5", "--name", "train-regtest"]
+    argv += ["--model", json.dumps(SMALL_MODEL), "--storage", str(tmp_path / "runs")]
+    train.main(argv)
+    client = store.client
+
+    # Runs: one per training run, with parameters, every epoch (step = epoch), the held-out table.
+    experiment = client.get_experiment_by_name(reg.TRAIN_EXPERIMENT)
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"train-regtest", "train-regtest-refit"}
+    validated = runs["train-regtest"]
+    assert validated.data.params["epochs"] == "2" and validated.data.params["refit"] == "True"
+    history = client.get_metric_history(validated.info.run_id, "val_ndcg_at_10")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert sorted(m.step for m in client.get_metric_history(validated.info.run_id, "train_loss")) == [1, 2]
+    assert {"test_ndcg_at_10", "test_recall_at_10"} <= set(validated.data.metrics)
+    table = client.load_table(experiment.experiment_id, "heldout_test.json", run_ids=[validated.info.run_id])
+    assert table["ndcg@10"].iloc[0] == pytest.approx(validated.data.metrics["test_ndcg_at_10"])
+
+    # Versions: the validated and the refit model, told apart, with their lineage.
+    versions = {v["kind"]: v for v in store.versions()}
+    assert set(versions) == {"validated", "refit"}
+    v, refit = versions["validated"], versions["refit"]
+    assert v["model_dir"] == output + "-validated" and refit["model_dir"] == output
+    assert v["model_version"].endswith("-validated") and refit["model_version"].endswith("-refit")
+    assert v["run_id"] == validated.info.run_id and refit["run_id"] == runs["train-regtest-refit"].info.run_id
+    assert v["data_stats_sha256"] == sha256(layout.stats_path(data)) == refit["data_stats_sha256"]
+    assert v["weights_sha256"] == sha256(os.path.join(v["model_dir"], "model.pt")) != refit["weights_sha256"]
+    head = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert v["code_commit"] == (head or "unknown")
+    assert float(v["test_ndcg_at_10"]) == pytest.approx(validated.data.metrics["test_ndcg_at_10"], abs=1e-4)
+    assert refit["test_of"] == "its validated run" and refit["validated_version"] == v["version"]
+    assert (v["deployable"], refit["deployable"]) == ("false", "true")
+    # The deployment model (the refit) is current: the first deployable model registered.
+    assert store.current() == refit["version"] and reg.resolve_model("current") == output
+
+
+# -- rollback reaches Serve and the nightly job ---------------------------------------------------------
+
+
+def _batch_versions(model: str, data: str, output: str) -> set:
+    argv = ["--model", model, "--data", data, "--output", output, "--k", "3", "--at", "data-end"]
+    summary = batch_score.main(argv + ["--actors", "1", "--cpus-per-actor", "0.5", "--batch-size", "50"])
+    frame = pd.read_parquet(os.path.join(output, f"run_date={summary['run_date']}"))
+    return set(frame["model_version"])
+
+
+def _served_version(url: str, expected: str, timeout_s: float = 60) -> str:
+    """/healthz's model_version once it is ``expected`` (a rollout reconfigures the replicas)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        version = requests.get(f"{url}/healthz", timeout=30).json()["model_version"]
+        if version == expected or time.monotonic() > deadline:
+            return version
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_rolling_back_current_changes_what_serve_and_the_nightly_job_use(small_data, store, tmp_path):
+    from ray import serve
+
+    data, _ = small_data
+    for version in ("v1", "v2"):
+        path = save_untrained_model_dir(str(tmp_path / version), data, version=version, seed=1, **SMALL_MODEL)
+        reg.track_model(path, data, strict=True)
+    models.main(["promote", "2"])
+    assert _batch_versions("current", data, str(tmp_path / "scores")) == {"v2"}
+    port = free_port()
+    deploy_argv = ["--model", "current", "--port", str(port), "--max-replicas", "1", "--detach"]
+    try:
+        assert deploy.main(deploy_argv)["model_version"] == "v2"
+        models.main(["rollback"])
+        deploy.main(deploy_argv)  # deployed again: the same app, rolled out to what is current now
+        assert _served_version(f"http://127.0.0.1:{port}", "v1") == "v1"
+    finally:
+        serve.shutdown()
+    assert _batch_versions("current", data, str(tmp_path / "scores")) == {"v1"}
