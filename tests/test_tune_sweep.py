@@ -13,6 +13,7 @@ import pytest
 import requests
 from helpers import REPO, free_ports
 
+from ncf import registry
 from ncf.model.directory import read_config
 from ncf.rank.recommender import Recommender
 from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower, search_space
@@ -166,3 +167,19 @@ def test_sweep_submitted_with_ray_job_submit(head_node, small_data, tmp_path):
     user = recommender.vocabs.users.raw_of([int(recommender.state.states.users()[0])])[0]
     assert len(recommender.recommend([user], k=5)[0]) == 5
     assert data_limits(data)["history_length"] >= config["model"]["history_length"]
+
+    # MLflow (the session's store, inherited by the head node): each trial a run with its
+    # point and every epoch's metrics; SWEEP/best a registered version linked to its trial's run.
+    store = registry.Registry()
+    runs = store.client.search_runs(
+        [store.experiment_id(registry.SWEEP_EXPERIMENT)], filter_string=f"tags.sweep = '{sweep}'"
+    )
+    by_trial = {r.data.tags["trial_id"]: r for r in runs}
+    assert sorted(by_trial) == sorted(table["trial_id"])
+    for trial_id, run in by_trial.items():
+        steps = [m.step for m in store.client.get_metric_history(run.info.run_id, "val_ndcg_at_10")]
+        assert steps == [1], trial_id
+        assert "mf_embedding_dim" in run.data.params
+    (version,) = [v for v in store.versions() if v.get("sweep") == str(sweep)]
+    assert version["trial_id"] == best["trial_id"] and version["model_dir"] == str(sweep / "best")
+    assert version["run_id"] == by_trial[best["trial_id"]].info.run_id
