@@ -39,10 +39,11 @@ $(STAMP): pyproject.toml requirements/lock.txt Makefile
 	@touch $@
 	@echo "setup done ($(ACCEL)): $(VENV)"
 
-# The report test renders the HTML report in headless Chromium (Debian's package).
+# The report and explorer tests render their pages in headless Chromium (Debian's package;
+# the explorer test drives it through Playwright, which then downloads no browser of its own).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
-	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the report test"; \
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the report and explorer tests"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 # ruff: lint and format check (line length 120, pyproject.toml); `ruff format .` fixes the format.

@@ -184,7 +184,7 @@ class BasketItem(Product):
 
 class Basket(BaseModel):
     at: datetime = Field(description="when it was bought (a basket is the purchases of one moment)")
-    products: List[BasketItem] = Field(description="distinct products, in the order of the purchase lines")
+    products: List[BasketItem] = Field(description="the distinct products bought at that moment")
 
 
 class HistoryResponse(BaseModel):

@@ -1,0 +1,186 @@
+"""The explorer page (/ui): its JSON routes over the state the model ranks from, the page off by
+default, and the page itself in headless Chromium showing exactly /recommend's answer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+import requests
+from helpers import free_port, launch_chromium
+
+from serve.api import HistoryRequest, HouseholdSearchRequest, ProductsRequest, UnknownProducts
+from serve.app import build_app
+from serve.explore import history, products, search_households
+from serve.launch import start, wait_until_healthy
+from serve.service import ModelService, ServeSettings
+
+TIMEOUT = 30  # seconds per HTTP call
+UNKNOWN_USER = "no-such-household"
+# Set to a path (e.g. docs/explorer.png) to keep the page's screenshot (the README's picture).
+SCREENSHOT_ENV = "EXPLORER_SCREENSHOT"
+
+
+@pytest.fixture(scope="module")
+def service(small_model_dir):
+    return ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir, "default_at": "data-end"}))
+
+
+@pytest.fixture(scope="module")
+def household(service):
+    """(raw id, index) of a household with purchases."""
+    recommender = service.recommender
+    index = int(recommender.state.states.users()[3])
+    return recommender.vocabs.users.raw_of([index])[0], index
+
+
+# -- the JSON routes, without Ray ----------------------------------------------------------------
+
+
+def test_history_lists_the_latest_baskets_before_the_moment(service, household):
+    raw, index = household
+    timeline = service.recommender.state.states.timeline(index)
+    moments = np.unique(timeline.timestamps)
+    at = int(moments[-3])  # two baskets after it: they must not show
+    answer = history(service, HistoryRequest(user_id=raw, at=datetime.fromtimestamp(at, tz=timezone.utc), baskets=2))
+    assert answer["known"] and answer["purchases"] == int((timeline.timestamps < at).sum())
+    shown = [int(b["at"].timestamp()) for b in answer["baskets"]]
+    assert shown == [int(moments[-4]), int(moments[-5])]  # most recent first, strictly before at
+    newest = answer["baskets"][0]["products"]
+    bought = timeline.products[timeline.timestamps == moments[-4]]
+    raw_bought = service.recommender.vocabs.products.raw_of(np.unique(bought))
+    assert sorted(p["product_id"] for p in newest) == sorted(raw_bought)
+    assert sum(p["lines"] for p in newest) == len(bought)
+    assert all(p["department"] and p["category"] for p in newest)
+
+
+def test_history_of_an_unknown_household_is_empty_and_marked(service):
+    answer = history(service, HistoryRequest(user_id=UNKNOWN_USER))
+    assert answer == {**answer, "known": False, "purchases": 0, "baskets": []}
+
+
+def test_household_search_finds_ids_by_prefix(service, household):
+    raw, _ = household
+    prefix = str(raw)[:1]
+    found = search_households(service, HouseholdSearchRequest(prefix=prefix, limit=50))["user_ids"]
+    assert found and all(str(u).startswith(prefix) for u in found)
+    assert [str(u) for u in found] == sorted(str(u) for u in found)
+    assert raw in search_households(service, HouseholdSearchRequest(prefix=str(raw), limit=5))["user_ids"]
+    assert search_households(service, HouseholdSearchRequest(prefix="zz", limit=5))["user_ids"] == []
+
+
+def test_products_are_labelled_and_unknown_ones_named(service):
+    vocabs = service.recommender.vocabs
+    first = vocabs.products.raw_of([1, 2])
+    labelled = products(service, ProductsRequest(product_ids=first))["products"]
+    assert [p["product_id"] for p in labelled] == first
+    assert labelled[0]["department"] == str(
+        vocabs.departments.raw_of([vocabs.products.column("department_index")[1]])[0]
+    )
+    with pytest.raises(UnknownProducts):
+        products(service, ProductsRequest(product_ids=[first[0], "no-such-product"]))
+
+
+# -- the page over HTTP and in Chromium ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, small_model_dir):
+    """The app with the page on, on a free 127.0.0.1 port; Serve shut down when the module ends."""
+    from ray import serve
+
+    args = {"model": small_model_dir, "default_at": "data-end", "max_replicas": 1, "num_cpus": 0.25, "ui": True}
+    try:
+        url = start(build_app(args), port=free_port(), app_name="ncf_explorer_test")
+        wait_until_healthy(url, timeout_s=90)
+        yield url
+    finally:
+        serve.shutdown()
+
+
+def test_the_page_is_off_by_default(small_model_dir):
+    from serve.app import AppArgs
+
+    assert AppArgs(model=small_model_dir).ui is False
+    from serve import ui
+
+    with pytest.raises(Exception) as off:
+        ui.asset(ui.PAGE, enabled=False)
+    assert off.value.status_code == 404
+
+
+def test_the_page_and_its_files_are_served_with_a_strict_policy(server):
+    page = requests.get(f"{server}/ui", timeout=TIMEOUT)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert requests.get(f"{server}/ui/explorer.js", timeout=TIMEOUT).status_code == 200
+    assert requests.get(f"{server}/ui/..%2Fapp.py", timeout=TIMEOUT).status_code == 404
+    assert requests.get(f"{server}/ui/config", timeout=TIMEOUT).json()["model_version"] == "v1"
+
+
+def _rendered(page) -> list:
+    """(product id, score text, because text) of each rendered recommendation."""
+    return page.eval_on_selector_all(
+        "#recommendations > li",
+        """items => items.map(li => [
+            li.dataset.productId,
+            li.querySelector('.score').textContent,
+            (li.querySelector('.because') || {textContent: ''}).textContent])""",
+    )
+
+
+def _ask(page, household: str, k: int) -> None:
+    page.fill("#household", household)
+    page.fill("#k", str(k))
+    page.click("#show")
+    page.wait_for_selector(f'#results[data-state="ready"][data-user-id="{household}"]', timeout=60_000)
+
+
+def test_the_page_shows_the_households_recommendations(server, household, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    raw, _ = household
+    k = 8
+    expected = requests.post(
+        f"{server}/recommend", json={"user_id": raw, "k": k, "explain": True}, timeout=TIMEOUT
+    ).json()
+    cold = requests.post(f"{server}/recommend", json={"user_id": UNKNOWN_USER, "k": k}, timeout=TIMEOUT).json()
+    assert not expected["cold_start"] and cold["cold_start"]
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright, tmp_path / "profile")
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(f"{server}/ui")
+            page.wait_for_selector('body[data-ready="true"]', timeout=60_000)
+            # Searching by the start of the id offers the household.
+            page.fill("#household", str(raw)[:2])
+            page.wait_for_function(
+                "id => [...document.querySelectorAll('#household-ids option')].some(o => o.value === id)",
+                arg=str(raw),
+                timeout=30_000,
+            )
+            _ask(page, str(raw), k)
+            rendered = _rendered(page)
+            assert [r[0] for r in rendered] == [str(i["product_id"]) for i in expected["items"]]
+            assert [r[1] for r in rendered] == [f"score {i['score']:.4f}" for i in expected["items"]]
+            for (_, _, because), item in zip(rendered, expected["items"]):
+                assert because.startswith("because you bought ")
+                assert str(item["because"][0]["product_id"]) in because
+            assert page.is_hidden("#cold-start")
+            assert page.locator("#baskets-list > li").count() >= 1
+            if os.environ.get(SCREENSHOT_ENV):
+                page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
+                shutil.copy(tmp_path / "explorer.png", os.environ[SCREENSHOT_ENV])
+
+            _ask(page, UNKNOWN_USER, k)
+            assert [r[0] for r in _rendered(page)] == [str(i["product_id"]) for i in cold["items"]]
+            assert page.is_visible("#cold-start")
+            assert errors == []
+        finally:
+            browser.close()
