@@ -83,6 +83,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 app = create_app()
 
 
+# Defined before the deployment class: Serve pickles the class when it is decorated, with the
+# module globals it uses as they are at that moment.
+def _redacted(message: str, user_config: Dict, limit: int = 500) -> str:
+    """One line, with the server's paths (model and DATA directories) replaced by their names
+    in the user_config, for /healthz: clients learn what failed, not where files live."""
+    for key in ("model_dir", "data"):
+        path = user_config.get(key) if isinstance(user_config, dict) else None
+        if isinstance(path, str) and path:
+            for form in sorted({os.path.abspath(path), path}, key=len, reverse=True):
+                message = message.replace(form, f"<{key}>")
+    return " ".join(message.split())[:limit]
+
+
 @serve.deployment(
     name=DEPLOYMENT_NAME,
     max_ongoing_requests=MAX_ONGOING_REQUESTS,
@@ -275,14 +288,3 @@ def code_version() -> str:
                 with open(path, "rb") as f:
                     digest.update(hashlib.sha256(f.read()).digest())
     return digest.hexdigest()[:16]
-
-
-def _redacted(message: str, user_config: Dict, limit: int = 500) -> str:
-    """One line, with the server's paths (model and DATA directories) replaced by their names
-    in the user_config, for /healthz: clients learn what failed, not where files live."""
-    for key in ("model_dir", "data"):
-        path = user_config.get(key) if isinstance(user_config, dict) else None
-        if isinstance(path, str) and path:
-            for form in sorted({os.path.abspath(path), path}, key=len, reverse=True):
-                message = message.replace(form, f"<{key}>")
-    return " ".join(message.split())[:limit]

@@ -1,4 +1,5 @@
-"""Fault drills (issue 10): a Serve replica killed under load, a sweep interrupted and resumed.
+"""Fault drills (issues 10, 19): a Serve replica killed under load, corrupt model rollouts under
+load, a sweep interrupted and resumed.
 
 The other drills live beside the code they exercise: a training worker killed mid-epoch
 (test_training.py) and a batch-scoring run killed then rerun (test_batch_score.py).
@@ -17,7 +18,7 @@ import urllib.request
 
 import pandas as pd
 import pytest
-from helpers import REPO, free_port
+from helpers import REPO, free_port, sealed_copy
 
 pytestmark = pytest.mark.faults
 
@@ -101,6 +102,124 @@ def test_a_killed_serve_replica_loses_no_request_after_retries(ray_session, smal
         assert counts["lost"] == 0  # every request answered within the retry window
     finally:
         serve.shutdown()  # the HTTP proxy too: the next test's app may listen on another port
+
+
+def _truncate_weights(model_dir: str) -> None:
+    """model.pt cut in half after saving (a copy that died midway): the manifest disagrees."""
+    path = os.path.join(model_dir, "model.pt")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _vocabulary_of_another_size(model_dir: str) -> None:
+    """The product vocabulary of another run (10 products fewer), sealed again: consistent with
+    its manifest, wrong for the model's tables."""
+    from ncf.data.vocab import Vocabulary
+    from ncf.model.directory import METRICS
+    from ncf.model.integrity import write_manifest
+
+    path = os.path.join(model_dir, "state", "vocab", "products.parquet")
+    products = Vocabulary.load(path)
+    keep = len(products.ids) - 10
+    Vocabulary(products.ids[:keep], products.kind, {k: v[:keep] for k, v in products.extra.items()}).save(path)
+    write_manifest(model_dir, unsealed=[METRICS])
+
+
+def _bad_config(model_dir: str) -> None:
+    """config.json cut short and sealed again (what a crashed writer without atomic renames leaves)."""
+    from ncf.model.directory import METRICS
+    from ncf.model.integrity import write_manifest
+
+    path = os.path.join(model_dir, "config.json")
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text[: len(text) // 2])
+    write_manifest(model_dir, unsealed=[METRICS])
+
+
+CORRUPT_ROLLOUTS = {
+    "truncated model.pt": (_truncate_weights, "model.pt has"),
+    "vocabulary of another size": (_vocabulary_of_another_size, "vocabularies do not fit the embedding tables"),
+    "bad config.json": (_bad_config, "bad config.json"),
+}
+
+
+def _health(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
+        return json.load(response)
+
+
+def test_corrupt_model_rollouts_under_load_fail_no_request(ray_session, small_model_dir, tmp_path, capsys):
+    """Three corrupt model directories are rolled out while two clients send requests, each
+    damaged after build_app verified it (the race a check in the deploy command cannot close),
+    then a good one. The replica keeps serving v1 through the bad ones, reports each on
+    /healthz, is never restarted, and serves v2 after the good one: no request fails."""
+    from ray import serve
+
+    from serve.app import DEPLOYMENT_NAME, build_app
+    from serve.launch import start, wait_until_healthy
+
+    def app(model_dir: str):
+        return build_app({"model": model_dir, "default_at": "data-end", "min_replicas": 1, "max_replicas": 1})
+
+    port = free_port()
+    url = start(app(small_model_dir), port=port, app_name="rollouts")
+    answers, failures, stop = [], [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                answers.append(post(f"{url}/recommend", {"user_id": 1, "k": 5})["model_version"])
+            except Exception as e:  # every failure counts: HTTP errors, resets, timeouts
+                failures.append(repr(e)[:300])
+
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    reported, deploy_errors = {}, []
+    try:
+        wait_until_healthy(url, timeout_s=120)
+        replicas = replica_names("rollouts", DEPLOYMENT_NAME)
+        for c in clients:
+            c.start()
+        time.sleep(1)
+        for i, (name, (corrupt, expected)) in enumerate(CORRUPT_ROLLOUTS.items()):
+            bad = sealed_copy(small_model_dir, str(tmp_path / f"bad{i}"), f"bad-{i}")
+            verified = app(bad)
+            corrupt(bad)
+            try:
+                start(verified, port=port, app_name="rollouts")
+            except Exception as e:  # Serve gave up on the deployment
+                deploy_errors.append(f"{name}: {e!r}"[:300])
+            deadline = time.time() + 60
+            while time.time() < deadline and expected not in (reported.get(name) or ""):
+                try:
+                    reported[name] = _health(url).get("rollout_error")
+                except Exception as e:
+                    reported[name] = f"healthz failed: {e!r}"
+                time.sleep(0.25)
+            time.sleep(1)  # traffic on the old model after the failed rollout
+        served_before_good = len(answers)
+        start(app(sealed_copy(small_model_dir, str(tmp_path / "v2"), "v2")), port=port, app_name="rollouts")
+        deadline = time.time() + 60
+        while time.time() < deadline and _health(url)["model_version"] != "v2":
+            time.sleep(0.25)
+        time.sleep(1)
+        health = _health(url)
+    finally:
+        stop.set()
+        for c in clients:
+            c.join(timeout=30)
+        after = replica_names("rollouts", DEPLOYMENT_NAME)
+        serve.shutdown()
+    with capsys.disabled():
+        print(f"\n[faults] corrupt rollouts: {len(answers)} answers, {len(failures)} failed; /healthz said {reported}")
+    assert failures == [] and deploy_errors == []
+    for name, (_, expected) in CORRUPT_ROLLOUTS.items():
+        assert expected in (reported.get(name) or ""), (name, reported)
+        assert str(tmp_path) not in reported[name]  # no server path on /healthz
+    assert set(answers[:served_before_good]) == {"v1"}, "a corrupt model never answered"
+    assert answers[-1] == "v2" and health == {"status": "ok", "model_version": "v2", "rollout_error": None}
+    assert after == replicas, "the replica serving v1 was never stopped"
 
 
 def _sweep(data: str, output: str, resume: bool) -> subprocess.Popen:

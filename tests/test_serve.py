@@ -316,6 +316,15 @@ def test_build_app_and_deploy_refuse_a_damaged_model_dir(small_model_dir, tmp_pa
     assert job.stderr.strip().count("\n") == 0 and job.stderr.startswith("error: ") and "model.pt" in job.stderr
 
 
+def test_a_model_rollout_keeps_the_deployment_version(small_model_dir, tmp_path):
+    """Serve reconfigures running replicas only when the version is unchanged; a random one per
+    serve.run (the default) replaced the healthy replica on every rollout, bad model or not."""
+    v2 = sealed_copy(small_model_dir, str(tmp_path / "v2"), "v2")
+    first, second = (build_app({"model": m})._bound_deployment for m in (small_model_dir, v2))
+    assert first.version is not None and first.version == second.version
+    assert first.user_config != second.user_config
+
+
 def test_the_deployment_has_a_bounded_queue_and_sheds_with_503():
     from serve.app import MAX_QUEUED_REQUESTS, RecommenderDeployment
 
