@@ -40,6 +40,7 @@ import json
 import os
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
@@ -330,29 +331,33 @@ def _score_into(
         f"model {model_config['version']}: {len(blocks)} batches of {batch_size} on {actors} actor(s)"
         + (" with a GPU each" if gpus else "")
     )
-    results = ray.data.from_arrow(blocks).map_batches(
-        ScoreBatch,
-        fn_constructor_kwargs={
-            "model": model,
-            "data": os.path.abspath(config.data),
-            "stage": stage,
-            "k": config.k,
-            "at": at,
-            "scored_at": int(started),
-            "use_gpu": bool(gpus),
-        },
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=config.cpus_per_actor,
-        num_gpus=gpus,
-        # No actor restarts (Ray Data's default is endless ones). Ray Data passes each actor's
-        # constructor arguments through the object store, where a restart may not find them
-        # (ray-project/ray#53727; Ray logs a core_worker error for every actor it creates so),
-        # and an actor that dies loading the model (out of memory) would restart forever. A dead
-        # actor fails the run instead: nothing is committed, and a rerun of the date starts clean.
-        max_restarts=0,
-    )
+    # Ray 2.60's map_batches has no named parameter for max_restarts (below): ray_remote_args is
+    # its only route, which Ray reports as deprecated on every run. Silenced here only.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        results = ray.data.from_arrow(blocks).map_batches(
+            ScoreBatch,
+            fn_constructor_kwargs={
+                "model": model,
+                "data": os.path.abspath(config.data),
+                "stage": stage,
+                "k": config.k,
+                "at": at,
+                "scored_at": int(started),
+                "use_gpu": bool(gpus),
+            },
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=config.cpus_per_actor,
+            num_gpus=gpus,
+            # No actor restarts (Ray Data's default is endless ones). Ray Data passes each actor's
+            # constructor arguments through the object store, where a restart may not find them
+            # (ray-project/ray#53727; Ray logs a core_worker error for every actor it creates so),
+            # and an actor that dies loading the model (out of memory) would restart forever. A dead
+            # actor fails the run instead: nothing is committed, and a rerun of the date starts clean.
+            max_restarts=0,
+        )
     reported, steady = _collect(results, users.num_rows, config.progress_every_s, log)
     rows = _verify_stage(stage, users.num_rows, config.k, reported)
     seconds = time.time() - started
