@@ -1,32 +1,15 @@
 """The evaluation report renders in headless Chromium; explanations are the model's attention."""
 
 import os
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
+from helpers import CHROMIUM_FLAGS, chromium_path
 
 from ncf.evaluate.evaluation import evaluate_all, model_on_period
 from ncf.evaluate.report import write_report
 from ncf.splits import TEST
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert path, "Chromium is missing: `make test` installs it (make browser)"
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +42,7 @@ def test_report_renders_without_broken_images(on_period, small_model_dir, small_
     assert "own_frequency" in page and "without mf" in page and "because:" in page
     assert "runs/&lt;ablations&gt;.jsonl" in page  # where the ablation rows came from, escaped
 
-    common = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    common = [chromium_path(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run(
         [*common, "--virtual-time-budget=5000", "--dump-dom", f"file://{path}"],
         capture_output=True,
