@@ -107,6 +107,9 @@ def main(argv=None) -> list:
     data, model = os.path.join(args.workdir, "data"), os.path.join(args.workdir, "model")
     validated = model + "-validated"
     report, recommendations = os.path.join(args.workdir, "report"), os.path.join(args.workdir, "recommendations")
+    # The demo prints the answers of its few queries itself; Serve's controller, proxy and
+    # per-request access logs go to Serve's log files (printed at the end), not into its output.
+    os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     init_ray()
     import ray
 
@@ -177,8 +180,9 @@ def main(argv=None) -> list:
             ("evaluation (JSON lines)", os.path.join(args.workdir, "evaluation.jsonl")),
             ("report", os.path.join(report, "report.html")),
             ("recommendations", partition_dir(recommendations, scored["run_date"])),
+            ("Serve logs", "/tmp/ray/session_latest/logs/serve"),  # Ray's default temp dir
         ]:
-            print(f"  {name:<24} {os.path.abspath(path)}")
+            print(f"  {name:<28} {os.path.abspath(path)}")
         print(f"demo finished in {time.time() - started:.0f} s", flush=True)
         return rows
     finally:

@@ -5,9 +5,11 @@ of the job runs :func:`quiet_dependencies` when it starts (a ``worker_process_se
 
 Each setting removes one kind of noise, traced to its cause on small runs of the jobs:
 
-* **Progress bars only on a terminal.** Off a terminal, Ray Data on the driver already logs plain
-  progress lines every 10 s. Ray Data running *inside* a worker (Ray Train's input pipeline) still
-  draws tqdm bars through the driver (``use_ray_tqdm``): that is switched off, so it logs lines too.
+* **Progress bars only on a terminal.** Off a terminal, Ray Data logs a multi-line progress table
+  for every dataset it runs, dozens per job, and Ray Data running *inside* a worker (Ray Train's
+  input pipeline) draws tqdm bars through the driver (``use_ray_tqdm``, switched off). Off a
+  terminal Ray Data's console output is at WARNING (``ray_data_logging.yaml``; its full log stays
+  in the session's ``ray-data.log``) and the jobs' own ``[stage]`` lines tell the progress.
 * **No colour codes off a terminal:** the ``(Worker pid=...)`` prefixes of lines forwarded from
   workers (``RAY_COLOR_PREFIX=0``) and the dashboard address in Ray's start-up line.
 * **"N PYTHON worker processes have been started ... maximum expected startup concurrency".**
@@ -40,6 +42,7 @@ from typing import Dict, Optional
 # The hook Ray runs in each worker process of a job started by init_ray.
 WORKER_SETUP_HOOK = "jobs.logs.quiet_dependencies"
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where `jobs` imports from
+RAY_DATA_LOGGING_CONFIG = os.path.join(PROJECT_ROOT, "jobs", "ray_data_logging.yaml")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 # Harmless Python warnings raised inside dependencies: (category, start of the message, why).
@@ -178,8 +181,13 @@ def configure(local: bool, num_cpus: Optional[int] = None) -> Dict:
         os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", str(max(1, min(int(cpus), 4))))
     if not interactive():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", RAY_DATA_LOGGING_CONFIG)
         _add_filter_once(logging.getLogger("ray._private.worker"), _StripAnsi())
         from ray.data import DataContext
+        from ray.data._internal.logging import configure_logging
 
+        # Ray Data reads its configuration when first imported, which in the driver may have
+        # happened before this call; workers import it after start and read the environment.
+        configure_logging()
         DataContext.get_current().use_ray_tqdm = False
     return {"worker_process_setup_hook": WORKER_SETUP_HOOK} if local else {}

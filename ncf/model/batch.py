@@ -93,7 +93,11 @@ class Batch:
 
         product = flat(E.PRODUCT, np.int64)
         lengths = pc.list_value_length(table.column(E.PRODUCT)).to_numpy(zero_copy_only=False)
-        t = torch.as_tensor
+
+        def t(values: np.ndarray, dtype=None) -> torch.Tensor:
+            # Arrow hands out read-only buffers, which torch warns about; copy only those.
+            return torch.as_tensor(np.require(values, requirements="W"), dtype=dtype)
+
         return Batch(
             user=t(table.column(E.USER).to_numpy(), dtype=torch.long),
             time_parts=t(fixed(E.TIME_PARTS, np.int64)),

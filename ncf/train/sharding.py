@@ -51,7 +51,9 @@ def _fused_plan(model: AdvancedNCF, device: torch.device):
     the planner would replicate small tables, which then get dense gradients and no fused optimizer."""
     from torchrec.distributed.comm import get_local_size
     from torchrec.distributed.embedding_types import EmbeddingComputeKernel
-    from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
+    from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+    from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
     from torchrec.distributed.sharding_plan import get_default_sharders
     from torchrec.distributed.types import ShardingType
 
@@ -72,8 +74,15 @@ def _fused_plan(model: AdvancedNCF, device: torch.device):
         )
         for name in names
     }
-    topology = Topology(world_size=world_size, local_world_size=get_local_size(world_size), compute_device=device.type)
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    topology = TopologyFactory.create_topology(
+        TrainerConfig(world_size=world_size, local_world_size=get_local_size(world_size)),
+        kernel_config=KernelConfig(compute_device=device.type),
+    )
+    # A fixed share of memory kept free for the dense part: the heuristic default estimates the
+    # dense tensors from a dry run, which TorchRec warns is unreliable.
+    planner = EmbeddingShardingPlanner(
+        topology=topology, constraints=constraints, storage_reservation=FixedPercentageStorageReservation(0.15)
+    )
     group = dist.GroupMember.WORLD
     return planner.collective_plan(model, get_default_sharders(), group)
 
