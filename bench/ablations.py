@@ -3,8 +3,9 @@ model (validated run, test weeks, full ranking), several seeds each; mean +- sd.
 
 python -m bench.ablations --data artifacts/data/cj [--seeds 3] [--epochs 3] [--only use_mf use_timing] [--reuse]
 
-One JSON line per variant (the default model first); the rows go to ``WORKDIR/results.jsonl``,
-which ``jobs.evaluate --ablations`` puts in the report. ``--reuse`` reads runs a previous
+One JSON line per variant (the default model first); the rows go to ``WORKDIR/results.jsonl``
+(with an earlier invocation's rows for variants left out by ``--only``), which
+``jobs.evaluate --ablations`` puts in the report. ``--reuse`` reads runs a previous
 invocation trained instead of training them again.
 """
 
@@ -44,8 +45,18 @@ def main(argv=None) -> list:
         row = summarize(name, runs)
         print(json.dumps({"benchmark": "ablation", **row}), flush=True)
         rows.append(row)
-    write_jsonl(os.path.join(args.workdir, "results.jsonl"), rows)
+    results = os.path.join(args.workdir, "results.jsonl")
+    write_jsonl(results, rows + _rows_not_rerun(results, {row["model"] for row in rows}))
     return rows
+
+
+def _rows_not_rerun(results: str, rerun: set) -> list:
+    """The rows of an earlier invocation for variants this one left out (``--only``): each row
+    keeps its own seed count, so a table mixing them still says how each was measured."""
+    if not os.path.exists(results):
+        return []
+    with open(results) as f:
+        return [row for row in map(json.loads, f) if row["model"] not in rerun]
 
 
 if __name__ == "__main__":

@@ -158,7 +158,6 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     from jobs.cli import init_ray
 
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     init_ray(num_cpus=2)
     model, data, built = build(args.workdir, args.users, args.products, args.purchases_per_user)
     result = {"benchmark": "scale", "households": args.users, "products": args.products, **built}

@@ -117,6 +117,8 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
         seen += batch.num_candidates
         loss_sum += float(loss.detach())
         steps += 1
+        if steps == 1:  # the input pipeline's start and the first step's allocations end here
+            warm_at, warm_seen = time.time(), seen
         if steps % 100 == 0:
             rate = seen / (time.time() - started)
             log(f"rank {w.rank} epoch {epoch} step {steps}: loss {loss_sum / steps:.4f}, {rate:,.0f} candidates/s")
@@ -124,8 +126,9 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
             step_hook(w.rank, epoch, steps)
         if w.cfg.max_steps_per_epoch and steps >= w.cfg.max_steps_per_epoch:
             break
-    elapsed = max(time.time() - started, 1e-9)
-    return {
+    ended = time.time()
+    elapsed = max(ended - started, 1e-9)
+    metrics = {
         "epoch": epoch,
         "world_size": w.world_size,
         "sharded_tables": sharded_table_count(w.model),
@@ -133,6 +136,10 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
         "examples_per_s": seen * w.world_size / elapsed,
         "epoch_seconds": elapsed,
     }
+    if steps > 1:
+        metrics["first_step_seconds"] = warm_at - started
+        metrics["steady_examples_per_s"] = (seen - warm_seen) * w.world_size / max(ended - warm_at, 1e-9)
+    return metrics
 
 
 def validate(w: Worker, weights: Dict[str, torch.Tensor]) -> Dict[str, float]:
