@@ -45,7 +45,8 @@ def test_a_short_job_writes_a_clean_log_file(ray_session, small_model_dir, small
     assert "\x1b" not in text, [line for line in text.splitlines() if "\x1b" in line][:5]
     loud = [line for line in text.splitlines() if LOUD.search(line) and not any(c in line for c in CHOSEN)]
     assert loud == [], "\n".join(loud[:20])
-    assert "Progress will be logged" in text or "progress:" in text  # plain progress lines, not bars
+    assert "progress:" in text  # the job's own plain progress lines, not bars
+    assert "Running Dataset" not in text  # nor Ray Data's progress tables (one per dataset)
     assert len(text) < 60_000, f"{len(text)} characters for a tiny job"
 
 
@@ -71,11 +72,18 @@ def test_off_a_terminal_bars_and_colours_are_off(monkeypatch, data_context):
         "RAY_COLOR_PREFIX",
         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
         "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS",
+        "RAY_DATA_LOGGING_CONFIG",
         "PYTHONPATH",
     ):
         monkeypatch.delenv(name, raising=False)
     runtime_env = logs.configure(local=True, num_cpus=2)
     assert os.environ["RAY_COLOR_PREFIX"] == "0" and data_context.use_ray_tqdm is False
+    console = [h for h in logging.getLogger("ray.data").handlers if h.name == "console"]
+    assert [h.level for h in console] == [logging.WARNING]  # Ray Data's tables stay in its log file
+    monkeypatch.delenv("RAY_DATA_LOGGING_CONFIG")
+    from ray.data._internal.logging import configure_logging
+
+    configure_logging()  # Ray Data's own configuration again, for the rest of the session
     assert runtime_env == {"worker_process_setup_hook": logs.WORKER_SETUP_HOOK}
     assert os.environ["PYTHONPATH"].split(os.pathsep)[0] == REPO  # the hook imports in every worker
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
@@ -104,6 +105,11 @@ def synthetic_catalog(spec: SyntheticSpec) -> pd.DataFrame:
     )
 
 
+def _draw(rng: np.random.Generator, cdf: np.ndarray, size: int) -> np.ndarray:
+    """``size`` indices drawn with the probabilities whose cumulative sum is ``cdf``."""
+    return cdf.searchsorted(rng.random(size), side="right")
+
+
 def _zipf(n: int, exponent: float) -> np.ndarray:
     weights = 1.0 / np.arange(1, n + 1) ** exponent
     return weights / weights.sum()
@@ -117,13 +123,18 @@ _HOUR_WEIGHTS /= _HOUR_WEIGHTS.sum()
 def synthetic_users(user_ids: np.ndarray, spec: SyntheticSpec) -> Dict[str, np.ndarray]:
     """Purchase lines of the given users (deterministic per user, whatever the batching)."""
     popularity = _zipf(spec.num_products, spec.zipf_exponent)
+    # rng.choice(n, p=popularity) rebuilds this cumulative sum on every call: O(catalog) per
+    # household, which made 1M households x 100k products take half an hour. Drawing from it
+    # once built gives the same products for the same seed (it is what rng.choice does).
+    popularity_cdf = popularity.cumsum()
+    popularity_cdf /= popularity_cdf[-1]
     # A random permutation so that product ids do not encode popularity.
     permutation = np.random.default_rng([spec.seed, 2]).permutation(spec.num_products)
     category = synthetic_category(spec)
     columns = {k: [] for k in (schema.USER_ID, schema.PRODUCT_ID, schema.TIMESTAMP, schema.QUANTITY)}
     for user in user_ids.tolist():
         rng = np.random.default_rng([spec.seed, 3, user])
-        staples = permutation[rng.choice(spec.num_products, size=spec.staples_per_user, p=popularity)]
+        staples = permutation[_draw(rng, popularity_cdf, spec.staples_per_user)]
         staple_weights = rng.dirichlet(np.ones(spec.staples_per_user))
         n_baskets = max(1, rng.poisson(spec.baskets_per_user))
         # More shopping late in the year (a seasonal swing), and each user has a usual hour.
@@ -137,7 +148,7 @@ def synthetic_users(user_ids: np.ndarray, spec: SyntheticSpec) -> Dict[str, np.n
         products = np.where(
             from_staples,
             staples[rng.choice(spec.staples_per_user, size=total, p=staple_weights)],
-            permutation[rng.choice(spec.num_products, size=total, p=popularity)],
+            permutation[_draw(rng, popularity_cdf, total)],
         )
         if spec.taste_categories:
             present = np.unique(category)
@@ -173,6 +184,8 @@ def write_synthetic(directory: str, spec: SyntheticSpec, users_per_file: int = 5
     marker = os.path.join(directory, "_SUCCESS")
     if os.path.exists(marker):
         return logs_dir, catalog_path
+    if os.path.exists(logs_dir):  # an interrupted run's files: appending to them would duplicate rows
+        shutil.rmtree(logs_dir)
     os.makedirs(directory, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(synthetic_catalog(spec), preserve_index=False), catalog_path)
 
