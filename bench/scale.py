@@ -28,7 +28,7 @@ import time
 import numpy as np
 import requests
 
-from bench.serve_load import serve_cpu_seconds
+from bench.serve_load import cpu_used, serve_cpu_seconds
 from ncf.data import datasets, schema
 from ncf.data.preprocess import PreprocessConfig, preprocess
 from ncf.model.directory import save_untrained_model_dir
@@ -100,8 +100,7 @@ def serve_figures(model: str, data: str, users: list) -> dict:
         before = serve_cpu_seconds()
         for i in range(REQUESTS):
             session.post(f"{url}/recommend", json={"user_id": users[i % len(users)], "k": 10}, timeout=60)
-        after = serve_cpu_seconds()
-        replica_cpu = sum(a[1] - before.get(pid, (a[0], a[1]))[1] for pid, a in after.items() if a[0] == "replica")
+        replica_cpu = cpu_used(before, serve_cpu_seconds())["recommend_replicas"]
         return {
             "replica_ready_s": round(ready_s, 1),
             "replica_rss_mib": round(rss),
@@ -143,7 +142,9 @@ def measure(model: str, data: str, sample: int) -> dict:
     recommender = Recommender.load(model, data=data)
     users = recommender.vocabs.users.raw_of(np.random.default_rng(0).choice(recommender.state.states.users(), 200))
     del recommender
-    return {**serve_figures(model, data, users), **scoring_figures(model, data, sample)}
+    serving = serve_figures(model, data, users)
+    print(json.dumps({"serving": model, **serving}), flush=True)  # a line per part, as it lands
+    return {**serving, **scoring_figures(model, data, sample)}
 
 
 def main(argv=None) -> dict:

@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     workdir = os.path.abspath(args.workdir)
-    old_data = args.old_data or os.path.join(workdir, "old-data")
+    old_data = os.path.abspath(args.old_data or os.path.join(workdir, "old-data"))  # the old tree runs elsewhere
     if not os.path.exists(os.path.join(old_data, "stats.json")):
         run(args.old_tree, ["jobs.preprocess", "--dataset", "completejourney", "--output", old_data])
     tag = time.strftime("%Y%m%d-%H%M%S")

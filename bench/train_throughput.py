@@ -39,7 +39,7 @@ from ncf.jsonio import write_json
 from ncf.model.batch import Batch
 from ncf.splits import REFIT, VALIDATED
 from ncf.train.config import TrainConfig
-from ncf.train.loop import Worker, train_epoch
+from ncf.train.loop import Worker, train_epoch, worker_threads
 from ncf.train.sharding import build_model
 from ncf.train.trainer import LIST_COLUMNS, fit, run_cutoffs
 
@@ -54,9 +54,12 @@ class LocalShard:
         self.table = table
 
     def iter_batches(self, batch_size: int, batch_format: str, local_shuffle_buffer_size=None, local_shuffle_seed=0):
+        # One gather per epoch, then zero-copy slices: what reading a shuffled file costs (a
+        # gather per batch of list columns was slower than the model).
         order = np.random.default_rng(local_shuffle_seed).permutation(self.table.num_rows)
+        shuffled = self.table.take(order)
         for start in range(0, len(order), batch_size):
-            yield self.table.take(order[start : start + batch_size])
+            yield shuffled.slice(start, batch_size)
 
 
 def write_synthetic_lists(root: str, users: int, products: int, lists: int, per_list: int = 250, seed: int = 0) -> str:
@@ -143,6 +146,7 @@ def main(argv=None) -> dict:
     p.add_argument("--synthetic-lists", type=int, default=3_000)
     p.add_argument("--steps", type=int, default=200, help="training steps timed in each mode")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="lists per step")
+    p.add_argument("--torch-threads", type=int, default=0, help="threads of every mode (0: the Ray worker's default)")
     args = p.parse_args(argv)
     import ray
     import torch.distributed as dist
@@ -166,7 +170,10 @@ def main(argv=None) -> dict:
             max_steps_per_epoch=args.steps,
             cutoffs=cutoffs,
             val_users=50,
+            torch_threads=args.torch_threads,
         )
+        # The loop and the model alone get the Ray worker's threads: only Ray's machinery differs.
+        torch.set_num_threads(worker_threads(config, 1))
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29533")
         dist.init_process_group("gloo", rank=0, world_size=1)

@@ -50,10 +50,10 @@ from ncf.splits import REFIT, TEST, TRAIN, VAL, VALIDATED
 from ncf.staging import replacing
 
 WEEK = 7 * 86_400
-# Training lists per written block (one file per cutoff in each): about 40 MB of lists on Complete
-# Journey. Ray Data's reader pays tens of milliseconds per file, so the groupby's many small
-# blocks (800 files of ~20 lists) made every epoch wait ~18 s for its first batch.
-LISTS_PER_BLOCK = 2048
+# Training lists per file, at most: about 40 MB of lists on Complete Journey. Ray Data's reader
+# pays tens of milliseconds per file, so the groupby's many small blocks (800 files of ~20 lists)
+# made every epoch wait ~18 s for its first batch.
+LISTS_PER_FILE = 2048
 COUNT = "count()"
 FIRST_SEEN = f"min({TS})"
 
@@ -211,8 +211,9 @@ def write_examples(
         .map_groups(
             household_lists, batch_format="numpy", fn_kwargs={"config": config, "catalog": catalog, "cutoffs": contexts}
         )
-        .repartition(target_num_rows_per_block=LISTS_PER_BLOCK)
-        .write_parquet(layout.examples_root(output), partition_cols=[CUTOFF])
+        # One block per cutoff, so each cutoff's lists land in a few large files.
+        .repartition(num_blocks=len(every), keys=[CUTOFF])
+        .write_parquet(layout.examples_root(output), partition_cols=[CUTOFF], max_rows_per_file=LISTS_PER_FILE)
     )
     return {run: _count_lists_of(output, run_cutoffs) for run, run_cutoffs in cutoffs.items()}
 

@@ -68,13 +68,18 @@ class Worker:
     validation: Optional[tuple] = None  # (state as of the validation start, period, households)
 
 
+def worker_threads(cfg: TrainConfig, world_size: int) -> int:
+    """Torch threads of each worker: ``cfg.torch_threads``, or this machine's cores but one shared
+    among the workers (the one is left to Ray Data's readers, which feed them)."""
+    return cfg.torch_threads or max(1, ((os.cpu_count() or 2) - 1) // world_size)
+
+
 def setup_worker(cfg: TrainConfig) -> Worker:
     import ray.train.torch
 
     torch.manual_seed(cfg.seed)
     rank, world_size = world()
-    # Leave the other cores to Ray Data's readers, which feed this worker.
-    torch.set_num_threads(cfg.torch_threads or max(1, ((os.cpu_count() or 2) - 1) // world_size))
+    torch.set_num_threads(worker_threads(cfg, world_size))
     device = ray.train.torch.get_device()
     stats = layout.DataStats(cfg.data)
     vocabs = Vocabularies.load(layout.vocab_dir(cfg.data))
