@@ -143,15 +143,15 @@ def read_metrics(model_dir: str) -> Dict:
 def load_model(model_dir: str, device: Optional[torch.device] = None) -> AdvancedNCF:
     """The model with its weights; refuses files that need unpickling (weights_only=True).
 
-    The embedding tables are built on the meta device and the file's tensors, memory-mapped, take
-    their place: a process pages in the rows it reads, replicas on one node share the page cache,
-    and nothing allocates random tables or a second copy to load into (at 10M households the
-    tables are gigabytes). Model directories are replaced by renames, never rewritten in place, so
-    a mapped file stays valid while it is in use.
+    The embedding tables are built on the meta device and the loaded tensors take their place:
+    no random tables are initialised and no second copy is allocated to load into (at 10M
+    households the tables are gigabytes, and the peak was twice that). The weights are read into
+    memory rather than memory-mapped, so a file changed on disk under a running replica cannot
+    change or crash the model it serves.
     """
     config = read_config(model_dir)
     model = AdvancedNCF(ModelConfig.from_dict(config["model"]), device=torch.device("meta"))
-    state = torch.load(os.path.join(model_dir, WEIGHTS), weights_only=True, map_location="cpu", mmap=True)
+    state = torch.load(os.path.join(model_dir, WEIGHTS), weights_only=True, map_location="cpu")
     model.load_state_dict(state, assign=True)
     return model.to(device or torch.device("cpu")).eval()
 
