@@ -41,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--sampled-negatives", type=int, default=d.sampled_negatives, help="products drawn by popularity per list"
     )
     p.add_argument(
+        "--uniform-negatives", type=int, default=d.uniform_negatives, help="products drawn uniformly per list"
+    )
+    p.add_argument(
         "--own-negative-rate", type=float, default=d.own_negative_rate, help="share of own-product negatives kept"
     )
     p.add_argument(
@@ -118,6 +121,7 @@ def main(argv=None) -> dict:
                 own_candidates=args.own_candidates,
                 popular_candidates=args.popular_candidates,
                 sampled_negatives=args.sampled_negatives,
+                uniform_negatives=args.uniform_negatives,
                 own_negative_rate=args.own_negative_rate,
                 seed=args.seed,
             ),

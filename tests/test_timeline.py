@@ -98,3 +98,28 @@ def test_training_lists_label_the_window_and_correct_for_sampling():
     own_or_popular = np.isin(product, [5, 7, 9]) | np.isin(product, cutoffs[0].popular)
     assert (log_q[own_or_popular] == 0).all() and (log_q[~own_or_popular] < 0).all()
     assert len(row["features"]) == len(product) * len(FEATURES)
+
+
+def test_uniform_negatives_reach_the_tail_and_are_corrected_for():
+    # 40 products known at the cutoff; popularity sampling never draws the 20 bought only once.
+    group = {"user": np.full(3, 3), "product": np.array([5, 5, 8]), "ts": np.array([1, 4, 12]) * DAY}
+    products = np.arange(41)
+    lines = np.concatenate([np.repeat(products[1:21], 500), products[21:41]])
+    everyone = UserStates.from_purchases(np.ones(len(lines), np.int64), lines, np.full(len(lines), DAY), 2)
+    stats = ProductStats.compute(everyone, products % 4, cutoff=10 * DAY)
+    cutoff = Cutoff.build(10 * DAY, stats, 2)
+    catalog = Catalog(products % 2, products % 4)
+
+    def lists(uniform: int) -> dict:
+        config = ExampleConfig(
+            history_length=3, horizon_days=14, popular_candidates=2, sampled_negatives=5, uniform_negatives=uniform
+        )
+        return household_lists(group, config, catalog, [cutoff]).to_pylist()[0]
+
+    plain, uniform = lists(0), lists(30)
+    assert plain["product"] == [p for p in uniform["product"] if p in plain["product"]]  # the default's draws kept
+    tail = [p for p in uniform["product"] if p > 20]
+    assert tail and not [p for p in plain["product"] if p > 20]
+    log_q = dict(zip(uniform["product"], uniform["log_q"]))
+    expected = np.log(5 * np.diff(cutoff.sampling_cdf, prepend=0.0)[tail] / cutoff.sampling_cdf[-1] + 30 / 40)
+    assert [log_q[p] for p in tail] == pytest.approx(expected.tolist(), rel=1e-5)

@@ -11,13 +11,15 @@ candidates a ranker would consider, each labelled 1 when bought in the window:
   the ranking core puts first), every one of them, negatives kept at ``own_negative_rate``;
 * the ``popular_candidates`` most bought products at the cutoff;
 * ``sampled_negatives`` products drawn by popularity (``lines ** 0.75``) from the rest of the
-  products known at the cutoff, and every product of the rest that it bought in the window.
+  products known at the cutoff (and ``uniform_negatives`` drawn uniformly from them), and every
+  product of the rest that it bought in the window.
 
 Each candidate carries ``log_q``, the log-probability that a candidate of its kind is in the
 list (0 for own and popular products, ``log(own_negative_rate)`` when own negatives are
-subsampled, ``log(min(1, S * p))`` for the sampled rest): training subtracts it from the logit,
-so the model learns the probability of a purchase rather than the sampler's odds (the "logQ"
-correction), and its scores mean the same for every candidate.
+subsampled, ``log(min(1, S * p + U / K))`` for the sampled rest, K the products known at the
+cutoff): training subtracts it from the logit, so the model learns the probability of a
+purchase rather than the sampler's odds (the "logQ" correction), and its scores mean the same
+for every candidate.
 
 Every random draw is seeded by (seed, household, cutoff), so the output does not depend on how
 Ray Data partitioned the households.
@@ -57,6 +59,8 @@ class ExampleConfig:
         own_candidates: most own products per list (the ranking core keeps as many).
         popular_candidates: most popular products per list.
         sampled_negatives: products drawn by popularity from the rest of the catalog per list.
+        uniform_negatives: products drawn uniformly from the catalog known at the cutoff per list
+            (so that the model sees the long tail it will be asked about by brute force).
         own_negative_rate: share of own-product negatives kept.
         seed: seed of all draws.
     """
@@ -68,14 +72,15 @@ class ExampleConfig:
     own_candidates: int = 250
     popular_candidates: int = 50
     sampled_negatives: int = 20
+    uniform_negatives: int = 0
     own_negative_rate: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.history_length < 1 or self.horizon_days < 1 or self.cutoffs < 1 or self.cutoff_step_days < 1:
             raise ValueError("history_length, horizon_days, cutoffs and cutoff_step_days must be >= 1")
-        if min(self.own_candidates, self.popular_candidates, self.sampled_negatives) < 0:
-            raise ValueError("own_candidates, popular_candidates and sampled_negatives must be >= 0")
+        if min(self.own_candidates, self.popular_candidates, self.sampled_negatives, self.uniform_negatives) < 0:
+            raise ValueError("own_candidates, popular_candidates, sampled_negatives and uniform_negatives must be >= 0")
         if not 0.0 < self.own_negative_rate <= 1.0:
             raise ValueError("own_negative_rate must be in (0, 1]")
 
@@ -93,12 +98,14 @@ class Cutoff:
     stats: ProductStats
     popular: np.ndarray  # the popular_candidates most bought products
     sampling_cdf: np.ndarray  # over product indices; 0 for products unknown at the cutoff
+    catalog: np.ndarray  # the product indices known at the cutoff
 
     @staticmethod
     def build(at: int, stats: ProductStats, popular_candidates: int) -> "Cutoff":
         weights = np.where(stats.lines > 0, stats.lines, 0.0) ** SAMPLING_POWER
         weights[0] = 0.0
-        return Cutoff(int(at), stats, stats.popularity_order[:popular_candidates], np.cumsum(weights))
+        catalog = np.flatnonzero(weights > 0)
+        return Cutoff(int(at), stats, stats.popularity_order[:popular_candidates], np.cumsum(weights), catalog)
 
     def known(self, products: np.ndarray) -> np.ndarray:
         """True for products bought by anyone before the cutoff (the catalog at the cutoff)."""
@@ -110,10 +117,16 @@ class Cutoff:
             return np.zeros(0, np.int64)
         return np.searchsorted(self.sampling_cdf, rng.random(n) * total, side="right")
 
-    def inclusion_log_q(self, products: np.ndarray, draws: int) -> np.ndarray:
+    def sample_uniform(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        if n == 0 or len(self.catalog) == 0:
+            return np.zeros(0, np.int64)
+        return self.catalog[rng.integers(0, len(self.catalog), n)]
+
+    def inclusion_log_q(self, products: np.ndarray, draws: int, uniform_draws: int = 0) -> np.ndarray:
         total = self.sampling_cdf[-1]
         p = np.diff(self.sampling_cdf, prepend=0.0)[products] / max(total, 1e-12)
-        return np.log(np.clip(draws * p, 1e-12, 1.0))
+        q = draws * p + uniform_draws / max(len(self.catalog), 1)
+        return np.log(np.clip(q, 1e-12, 1.0))
 
 
 def household_lists(
@@ -141,6 +154,8 @@ def _one_list(timeline: UserTimeline, user: int, cutoff: Cutoff, config: Example
         own = own[np.isin(own, bought) | (rng.random(len(own)) < config.own_negative_rate)]
     popular = cutoff.popular[~np.isin(cutoff.popular, own)]
     rest = np.concatenate([cutoff.sample(rng, config.sampled_negatives), bought])
+    if config.uniform_negatives:  # drawn after the others, so the default's draws do not change
+        rest = np.concatenate([rest, cutoff.sample_uniform(rng, config.uniform_negatives)])
     rest = np.unique(rest[~np.isin(rest, own) & ~np.isin(rest, popular) & (rest > 0)])
 
     candidates = np.concatenate([own, popular, rest]).astype(np.int64)
@@ -148,7 +163,7 @@ def _one_list(timeline: UserTimeline, user: int, cutoff: Cutoff, config: Example
         [
             np.full(len(own), np.log(config.own_negative_rate)),
             np.zeros(len(popular)),
-            cutoff.inclusion_log_q(rest, config.sampled_negatives),
+            cutoff.inclusion_log_q(rest, config.sampled_negatives, config.uniform_negatives),
         ]
     )
     history, ages, parts = household_inputs(timeline, moment, config.history_length)
