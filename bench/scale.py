@@ -100,7 +100,8 @@ def serve_figures(model: str, data: str, users: list) -> dict:
         before = serve_cpu_seconds()
         for i in range(REQUESTS):
             session.post(f"{url}/recommend", json={"user_id": users[i % len(users)], "k": 10}, timeout=60)
-        replica_cpu = cpu_used(before, serve_cpu_seconds())["recommend_replicas"]
+        used = cpu_used(before, serve_cpu_seconds())
+        replica_cpu = used.get("recommend_replicas", 0.0) + used.get("recommend_replicas_started", 0.0)
         return {
             "replica_ready_s": round(ready_s, 1),
             "replica_rss_mib": round(rss),

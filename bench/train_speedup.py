@@ -20,14 +20,18 @@ import sys
 import time
 
 
-def run(tree: str, args: list) -> None:
-    """``python -m`` in ``tree`` with this interpreter (the same environment for both commits)."""
-    subprocess.run([sys.executable, "-m", *args], cwd=tree, check=True, env={**os.environ, "PYTHONPATH": tree})
+def run(tree: str, args: list, workdir: str) -> None:
+    """``python -m`` in ``tree`` with this interpreter (the same environment for both commits),
+    recording runs in a registry of the benchmark's own, not the project's."""
+    os.makedirs(workdir, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": tree, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
+    subprocess.run([sys.executable, "-m", *args], cwd=tree, check=True, env=env)
 
 
 def epoch_rate(tree: str, data: str, output: str, name: str) -> dict:
     started = time.time()
-    run(tree, ["jobs.train", "--data", data, "--output", output, "--epochs", "1", "--name", name])
+    train = ["jobs.train", "--data", data, "--output", output, "--epochs", "1", "--name", name]
+    run(tree, train, os.path.dirname(output))
     with open(os.path.join(output, "metrics.json")) as f:
         epoch = json.load(f)["history"][0]
     return {
@@ -51,7 +55,7 @@ def main(argv=None) -> dict:
     workdir = os.path.abspath(args.workdir)
     old_data = os.path.abspath(args.old_data or os.path.join(workdir, "old-data"))  # the old tree runs elsewhere
     if not os.path.exists(os.path.join(old_data, "stats.json")):
-        run(args.old_tree, ["jobs.preprocess", "--dataset", "completejourney", "--output", old_data])
+        run(args.old_tree, ["jobs.preprocess", "--dataset", "completejourney", "--output", old_data], workdir)
     tag = time.strftime("%Y%m%d-%H%M%S")
     old = epoch_rate(args.old_tree, old_data, os.path.join(workdir, f"old-{tag}"), f"speedup-old-{tag}")
     new = epoch_rate(here, os.path.abspath(args.data), os.path.join(workdir, f"new-{tag}"), f"speedup-new-{tag}")

@@ -143,7 +143,7 @@ def main(argv=None) -> dict:
     p.add_argument("--data", help="a DATA directory (its validated lists); else synthetic lists")
     p.add_argument("--synthetic-users", type=int, default=1_000_000)
     p.add_argument("--synthetic-products", type=int, default=100_000)
-    p.add_argument("--synthetic-lists", type=int, default=3_000)
+    p.add_argument("--synthetic-lists", type=int, default=7_000, help="enough for --steps steps of 32 lists")
     p.add_argument("--steps", type=int, default=200, help="training steps timed in each mode")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="lists per step")
     p.add_argument("--torch-threads", type=int, default=0, help="threads of every mode (0: the Ray worker's default)")
@@ -189,7 +189,7 @@ def main(argv=None) -> dict:
         "benchmark": "train_throughput",
         "tables": {"households": sizes[0], "products": sizes[1]},
         "lists_per_step": args.batch_size,
-        "steps": args.steps,
+        "steps": {"plain_loop": plain["steps"], "ray_train": through_ray["steps"]},
         "torch_threads": torch.get_num_threads(),
         "model_only_candidates_per_s": round(model_rate),
         "plain_loop_candidates_per_s": round(plain["steady_examples_per_s"]),

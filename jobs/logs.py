@@ -8,8 +8,9 @@ Each setting removes one kind of noise, traced to its cause on small runs of the
 * **Progress bars only on a terminal.** Off a terminal, Ray Data logs a multi-line progress table
   for every dataset it runs, dozens per job, and Ray Data running *inside* a worker (Ray Train's
   input pipeline) draws tqdm bars through the driver (``use_ray_tqdm``, switched off). Off a
-  terminal Ray Data's console output is at WARNING (``ray_data_logging.yaml``; its full log stays
-  in the session's ``ray-data.log``) and the jobs' own ``[stage]`` lines tell the progress.
+  terminal Ray Data's console output is at WARNING (its full log stays
+  in the session's ``ray-data.log``: :func:`quiet_ray_data_console`) and the jobs' own
+  ``[stage]`` lines tell the progress.
 * **No colour codes off a terminal:** the ``(Worker pid=...)`` prefixes of lines forwarded from
   workers (``RAY_COLOR_PREFIX=0``) and the dashboard address in Ray's start-up line.
 * **"N PYTHON worker processes have been started ... maximum expected startup concurrency".**
@@ -36,13 +37,13 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import warnings
 from typing import Dict, Optional
 
 # The hook Ray runs in each worker process of a job started by init_ray.
 WORKER_SETUP_HOOK = "jobs.logs.quiet_dependencies"
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where `jobs` imports from
-RAY_DATA_LOGGING_CONFIG = os.path.join(PROJECT_ROOT, "jobs", "ray_data_logging.yaml")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 # Harmless Python warnings raised inside dependencies: (category, start of the message, why).
@@ -154,6 +155,32 @@ def quiet_dependencies() -> None:
     _add_filter_once(logging.getLogger(), _LibraryInfo(CHATTY_LIBRARIES))
 
 
+def quiet_ray_data_console() -> None:
+    """Ray Data's own logging configuration with its console handler at WARNING, for this process
+    and (through ``RAY_DATA_LOGGING_CONFIG``, which Ray Data reads when a worker imports it) the
+    local cluster's workers. Built from Ray Data's default configuration, so its file handlers
+    stay as they are; Ray's internals are used here, so a Ray without them keeps its defaults."""
+    if "RAY_DATA_LOGGING_CONFIG" in os.environ:
+        return  # the user's own configuration
+    try:
+        import copy
+
+        import yaml
+        from ray.data._internal import logging as ray_data_logging
+
+        config = copy.deepcopy(ray_data_logging.DEFAULT_CONFIG)
+        config["handlers"]["console"]["level"] = "WARNING"
+        path = os.path.join(tempfile.gettempdir(), f"ncf-ray-data-logging-{os.getuid()}.yaml")
+        with open(path + ".tmp", "w") as f:
+            yaml.safe_dump(config, f)
+        os.replace(path + ".tmp", path)
+        os.environ["RAY_DATA_LOGGING_CONFIG"] = path
+        # Ray Data configured itself when first imported, which in the driver may be earlier.
+        ray_data_logging.configure_logging()
+    except (ImportError, AttributeError, KeyError, OSError) as error:
+        logging.getLogger(__name__).info("Ray Data's console logging left as it is: %r", error)
+
+
 def configure(local: bool, num_cpus: Optional[int] = None) -> Dict:
     """Applies the settings above to this process before ``ray.init``; returns the
     ``runtime_env`` the job's workers need.
@@ -181,13 +208,9 @@ def configure(local: bool, num_cpus: Optional[int] = None) -> Dict:
         os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", str(max(1, min(int(cpus), 4))))
     if not interactive():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", RAY_DATA_LOGGING_CONFIG)
         _add_filter_once(logging.getLogger("ray._private.worker"), _StripAnsi())
+        quiet_ray_data_console()
         from ray.data import DataContext
-        from ray.data._internal.logging import configure_logging
 
-        # Ray Data reads its configuration when first imported, which in the driver may have
-        # happened before this call; workers import it after start and read the environment.
-        configure_logging()
         DataContext.get_current().use_ray_tqdm = False
     return {"worker_process_setup_hook": WORKER_SETUP_HOOK} if local else {}

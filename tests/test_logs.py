@@ -75,15 +75,20 @@ def test_off_a_terminal_bars_and_colours_are_off(monkeypatch, data_context):
         "RAY_DATA_LOGGING_CONFIG",
         "PYTHONPATH",
     ):
-        monkeypatch.delenv(name, raising=False)
-    runtime_env = logs.configure(local=True, num_cpus=2)
-    assert os.environ["RAY_COLOR_PREFIX"] == "0" and data_context.use_ray_tqdm is False
-    console = [h for h in logging.getLogger("ray.data").handlers if h.name == "console"]
-    assert [h.level for h in console] == [logging.WARNING]  # Ray Data's tables stay in its log file
-    monkeypatch.delenv("RAY_DATA_LOGGING_CONFIG")
+        monkeypatch.setenv(name, "")  # so that monkeypatch restores each as it was, set or not
+        monkeypatch.delenv(name)
     from ray.data._internal.logging import configure_logging
 
-    configure_logging()  # Ray Data's own configuration again, for the rest of the session
+    try:
+        runtime_env = logs.configure(local=True, num_cpus=2)
+        assert os.environ["RAY_COLOR_PREFIX"] == "0" and data_context.use_ray_tqdm is False
+        console = [h for h in logging.getLogger("ray.data").handlers if h.name == "console"]
+        assert [h.level for h in console] == [logging.WARNING]  # Ray Data's tables stay in its log file
+        files = [h for h in logging.getLogger("ray.data").handlers if h.name == "file"]
+        assert [h.level for h in files] == [logging.NOTSET]  # its file log keeps everything
+    finally:
+        monkeypatch.delenv("RAY_DATA_LOGGING_CONFIG", raising=False)
+        configure_logging()  # Ray Data's own configuration again, for the rest of the session
     assert runtime_env == {"worker_process_setup_hook": logs.WORKER_SETUP_HOOK}
     assert os.environ["PYTHONPATH"].split(os.pathsep)[0] == REPO  # the hook imports in every worker
 

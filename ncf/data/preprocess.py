@@ -50,7 +50,7 @@ from ncf.splits import REFIT, TEST, TRAIN, VAL, VALIDATED
 from ncf.staging import replacing
 
 WEEK = 7 * 86_400
-# Training lists per file, at most: about 40 MB of lists on Complete Journey. Ray Data's reader
+# Training lists per written file, about: 40 MB of lists on Complete Journey. Ray Data's reader
 # pays tens of milliseconds per file, so the groupby's many small blocks (800 files of ~20 lists)
 # made every epoch wait ~18 s for its first batch.
 LISTS_PER_FILE = 2048
@@ -211,9 +211,10 @@ def write_examples(
         .map_groups(
             household_lists, batch_format="numpy", fn_kwargs={"config": config, "catalog": catalog, "cutoffs": contexts}
         )
-        # One block per cutoff, so each cutoff's lists land in a few large files.
-        .repartition(num_blocks=len(every), keys=[CUTOFF])
-        .write_parquet(layout.examples_root(output), partition_cols=[CUTOFF], max_rows_per_file=LISTS_PER_FILE)
+        # Blocks of about LISTS_PER_FILE lists per cutoff (each block writes a file per cutoff),
+        # sized from the most lists there can be, so the count grows with the households.
+        .repartition(num_blocks=-(-len(vocabs.users) * len(every) // (LISTS_PER_FILE * len(every))))
+        .write_parquet(layout.examples_root(output), partition_cols=[CUTOFF])
     )
     return {run: _count_lists_of(output, run_cutoffs) for run, run_cutoffs in cutoffs.items()}
 

@@ -103,6 +103,7 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
     loss_fn = torch.nn.BCEWithLogitsLoss()
     share = w.cfg.unknown_share
     started, seen, loss_sum, steps = time.time(), 0, 0.0, 0
+    warm_at, warm_seen = None, 0
     batches = shard.iter_batches(
         batch_size=w.cfg.batch_size,
         batch_format="pyarrow",
@@ -141,9 +142,11 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
         "examples_per_s": seen * w.world_size / elapsed,
         "epoch_seconds": elapsed,
     }
-    if steps > 1:
+    if warm_at is not None:
         metrics["first_step_seconds"] = warm_at - started
+    if steps > 1:
         metrics["steady_examples_per_s"] = (seen - warm_seen) * w.world_size / max(ended - warm_at, 1e-9)
+    metrics["steps"] = steps
     return metrics
 
 
