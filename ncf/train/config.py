@@ -27,7 +27,7 @@ class TrainConfig:
             (so that row learns a generic household / product for ids the tables never saw).
         shuffle_buffer: lists in the local shuffle buffer (the lists come in household-hash order).
         max_steps_per_epoch: 0 = the whole shard; tests use a few steps.
-        torch_threads: 0 = this machine's cores but one (left to Ray Data) shared among the workers.
+        torch_threads: 0 = this machine's cores shared among the workers.
         seed: seeds the weights, the shuffles and the unknown-row draws.
     """
 
