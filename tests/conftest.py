@@ -69,7 +69,7 @@ def small_data(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
     logs, catalog = datasets.write_synthetic(str(root / "raw"), datasets.SyntheticSpec(**SMALL_SPEC))
     config = PreprocessConfig(
-        examples=ExampleConfig(history_length=8, horizon_days=21, cutoffs=2, sampled_negatives=5),
+        examples=ExampleConfig(history_length=8, horizon_days=21, cutoffs=2, sampled_negatives=5, uniform_negatives=20),
         val_weeks=3,
         test_weeks=4,
     )

@@ -85,7 +85,9 @@ def test_training_lists_label_the_window_and_correct_for_sampling():
     products = np.arange(40)
     everyone = UserStates.from_purchases(np.repeat([1, 2], 20), np.tile(products[1:21], 2), np.repeat(DAY, 40), 4)
     stats = ProductStats.compute(everyone, products % 4, cutoff=10 * DAY)
-    config = ExampleConfig(history_length=3, horizon_days=14, popular_candidates=2, sampled_negatives=5)
+    config = ExampleConfig(
+        history_length=3, horizon_days=14, popular_candidates=2, sampled_negatives=5, uniform_negatives=0
+    )
     cutoffs = [Cutoff.build(10 * DAY, stats, config.popular_candidates), Cutoff.build(DAY, stats, 2)]
     table = household_lists(group, config, Catalog(products % 2, products % 4), cutoffs)
     assert table.num_rows == 1  # the day-1 cutoff has no purchase before it: no list
