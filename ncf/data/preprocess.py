@@ -211,9 +211,10 @@ def write_examples(
         .map_groups(
             household_lists, batch_format="numpy", fn_kwargs={"config": config, "catalog": catalog, "cutoffs": contexts}
         )
-        # Blocks of about LISTS_PER_FILE lists per cutoff (each block writes a file per cutoff),
-        # sized from the most lists there can be, so the count grows with the households.
-        .repartition(num_blocks=-(-len(vocabs.users) * len(every) // (LISTS_PER_FILE * len(every))))
+        # A household has at most one list per cutoff, so blocks of LISTS_PER_FILE households'
+        # lists write files of at most that many lists (one per cutoff), and their count grows
+        # with the households.
+        .repartition(num_blocks=-(-len(vocabs.users) // LISTS_PER_FILE))
         .write_parquet(layout.examples_root(output), partition_cols=[CUTOFF])
     )
     return {run: _count_lists_of(output, run_cutoffs) for run, run_cutoffs in cutoffs.items()}
