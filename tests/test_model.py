@@ -101,9 +101,12 @@ def test_attention_masks_padding_and_never_nans():
     keys2[1, 3] += 10
     out2, _ = attn(query, keys2, keys2, mask)
     torch.testing.assert_close(out[1], out2[1])
-    # The fused kernel and the explicit softmax agree.
+    # The fused path and the explicit softmax agree, also where L + 1 (the null slot) equals the
+    # head count, so that a mixed-up layout would broadcast instead of failing.
     fused, _ = attn(query, keys, keys, mask)
     torch.testing.assert_close(out, fused, atol=1e-5, rtol=1e-5)
+    explicit, _ = attn(query, keys[:, :3], keys[:, :3], mask[:, :3], need_weights=True)
+    torch.testing.assert_close(attn(query, keys[:, :3], keys[:, :3], mask[:, :3])[0], explicit, atol=1e-5, rtol=1e-5)
 
 
 def test_queries_over_their_owners_keys_equal_one_row_each():
@@ -116,6 +119,8 @@ def test_queries_over_their_owners_keys_equal_one_row_each():
     one_each, expected = attn(query, keys[owner], keys[owner], mask[owner], need_weights=True)
     torch.testing.assert_close(grouped, one_each)
     torch.testing.assert_close(weights, expected)
+    fused, _ = attn(query, keys, keys, mask, owner=owner)
+    torch.testing.assert_close(fused, one_each, atol=1e-5, rtol=1e-5)
 
 
 def test_explanations_differ_between_candidates_of_one_household():

@@ -159,14 +159,23 @@ def auto_batch_size(num_users: int) -> int:
 # -- scoring (runs in the actors) ------------------------------------------------------------------
 
 
-def score_users(recommender: Recommender, user_ids: pa.Array, k: int, at: int, scored_at: int) -> pa.Table:
+def score_users(
+    recommender: Recommender,
+    user_ids: pa.Array,
+    k: int,
+    at: int,
+    scored_at: int,
+    positions: Optional[np.ndarray] = None,
+) -> pa.Table:
     """Top-``k`` rows per user, ranked exactly as :meth:`Recommender.recommend` ranks them (the one
-    ranking path, many households per model call).
+    ranking path, many households per model call). ``positions``: the users' indices in the
+    recommender's vocabulary when the caller has them (the nightly job reads them with the ids),
+    which spares a lookup among every id.
 
     Raises:
         RuntimeError: when a user's ranking is shorter than ``k`` (the job promises K rows).
     """
-    indices = recommender.vocabs.users.index_of(user_ids)
+    indices = recommender.vocabs.users.index_of(user_ids) if positions is None else np.asarray(positions, np.int64)
     rankings = recommender.ranker.rank(indices, np.full(len(indices), at), k)
     for raw, ranking in zip(user_ids.to_pylist(), rankings):
         if len(ranking.products) != k:
@@ -219,7 +228,8 @@ class ScoreBatch:
 
     def __call__(self, batch: pa.Table) -> Dict[str, np.ndarray]:
         positions = batch.column("position").to_numpy()
-        table = score_users(self.recommender, batch.column("user_id").combine_chunks(), self.k, self.at, self.scored_at)
+        user_ids = batch.column("user_id").combine_chunks()
+        table = score_users(self.recommender, user_ids, self.k, self.at, self.scored_at, positions)
         # Named by the batch's first user: a retried batch overwrites its part instead of adding one.
         name = f"part-{int(positions.min()):010d}.parquet"
         write_part(table, self.stage, name)

@@ -105,7 +105,8 @@ def _log(x) -> np.ndarray:
 
 
 def _days(x) -> np.ndarray:
-    return np.clip(np.nan_to_num(x, nan=NEVER_DAYS), 0.0, NEVER_DAYS)
+    # fmin ignores NaN: "unknown" and anything beyond a year become NEVER_DAYS.
+    return np.fmax(np.fmin(x, NEVER_DAYS), 0.0)
 
 
 def _due(since: np.ndarray, gap: np.ndarray, known: np.ndarray) -> np.ndarray:

@@ -88,6 +88,7 @@ class UserTimeline:
         self.t0 = np.int64(timestamps[0]) if len(timestamps) else np.int64(0)
         self._keys = None
         self._first = None
+        self._own = None  # ((at, half-lives), Aggregates): the first stage and the features both read it
 
     def __len__(self) -> int:
         return len(self.products)
@@ -162,6 +163,8 @@ class UserTimeline:
     def aggregates(self, at: int, half_lives: Sequence[float], categories: np.ndarray | None = None) -> Aggregates:
         """Per product (or, given ``categories`` indexed by product, per category) summaries of
         the purchases strictly before ``at``."""
+        if categories is None and self._own is not None and self._own[0] == (at, tuple(half_lives)):
+            return self._own[1]
         k = self._before(at)
         products, timestamps = self.products[:k], self.timestamps[:k]
         keys = products if categories is None else categories[products].astype(np.int64)
@@ -170,4 +173,7 @@ class UserTimeline:
         _, first_index = np.unique((keys << _SHIFT) | (day - (day[0] if k else 0)), return_index=True)
         day_first = np.zeros(k)
         day_first[first_index] = 1.0
-        return _aggregate(keys, day_first, (at - timestamps) / SECONDS_PER_DAY, half_lives)
+        summary = _aggregate(keys, day_first, (at - timestamps) / SECONDS_PER_DAY, half_lives)
+        if categories is None:
+            self._own = ((at, tuple(half_lives)), summary)
+        return summary

@@ -136,8 +136,11 @@ class AdvancedNCF(nn.Module):
         """N x k days -> N x (k * temporal_dim) sinusoidal encodings."""
         return self.temporal_encoding.lookup(days.clamp(0, NEVER_DAYS)).flatten(1)
 
-    def _mlp_path(self, batch: Batch, need_weights: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """N MLP-path logits (and N x L attention weights)."""
+    def _mlp_path(
+        self, batch: Batch, need_weights: bool, mf_vector: Optional[torch.Tensor]
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """N MLP-path logits (and N x L attention weights); ``mf_vector`` (N x mf_dim) joins the
+        combined features when the MF path is on."""
         c = self.config
         owner = batch.owner
         user = lookup(self.mlp_embedding_collection, USER_KEY, batch.user)  # U x D
@@ -172,8 +175,8 @@ class AdvancedNCF(nn.Module):
             parts.append(moment + self.duration_projection(self._durations(features[:, DURATION_COLUMNS])))
         if c.use_timing:
             parts.append(self.timing_norm(features[:, TIMING_COLUMNS]))
-        if c.use_mf:
-            parts.insert(0, self._mf_vector(batch))
+        if mf_vector is not None:
+            parts.insert(0, mf_vector)
         hidden = self.mlp_layers(self.feature_combination(torch.cat(parts, dim=1)))
         return self.mlp_output(hidden).squeeze(1), weights
 
@@ -190,8 +193,9 @@ class AdvancedNCF(nn.Module):
         if batch.features.shape[1] != NUM_FEATURES:
             raise ValueError(f"the batch has {batch.features.shape[1]} features, the model reads {NUM_FEATURES}")
         zero = torch.zeros(batch.num_candidates, device=batch.features.device)
-        mf = self.mf_output(self._mf_vector(batch)).squeeze(1) if self.config.use_mf else zero
-        mlp, weights = self._mlp_path(batch, need_weights) if self.config.use_mlp else (zero, None)
+        mf_vector = self._mf_vector(batch) if self.config.use_mf else None
+        mf = zero if mf_vector is None else self.mf_output(mf_vector).squeeze(1)
+        mlp, weights = self._mlp_path(batch, need_weights, mf_vector) if self.config.use_mlp else (zero, None)
         return self.final[0](torch.stack([mf, mlp], dim=1)).squeeze(1), weights
 
     def forward(self, batch: Batch, return_logits: bool = False) -> torch.Tensor:

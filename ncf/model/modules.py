@@ -113,26 +113,52 @@ class MultiHeadAttention(nn.Module):
             B x D (N x D) output, and B x L (N x L) weights (or None).
         """
         b, length, d = keys.shape
-        keys = torch.cat([self.null_key.expand(b, 1, d), keys], dim=1)
-        values = torch.cat([self.null_value.expand(b, 1, d), values], dim=1)
         always = torch.ones(b, 1, dtype=torch.bool, device=keys.device)
         mask = always.expand(b, length + 1) if mask is None else torch.cat([always, mask], dim=1)
-        k = self._heads(self.k_proj(keys))  # B x H x (L+1) x d
-        v = self._heads(self.v_proj(values))
-        if owner is not None:
-            k, v, mask = k.index_select(0, owner), v.index_select(0, owner), mask.index_select(0, owner)
+        # The null slot is the same for every row: projected once, not once per row.
+        k = torch.cat([self.k_proj(self.null_key).expand(b, 1, d), self.k_proj(keys)], dim=1)
+        v = torch.cat([self.v_proj(self.null_value).expand(b, 1, d), self.v_proj(values)], dim=1)
+        k, v = self._heads(k), self._heads(v)  # B x H x (L+1) x d
         n = query.shape[0]
-        q = self._heads(self.q_proj(query.unsqueeze(1)))  # N x H x 1 x d
+        q = self.q_proj(query).view(n, self.num_heads, self.head_dim)  # N x H x d
+        if owner is None and not need_weights:
+            # One query per row over a few keys: elementwise beats a batch of 1-row matrix products.
+            probs = (q.unsqueeze(1) * k.transpose(1, 2)).sum(-1).div(math.sqrt(self.head_dim))  # B x (L+1) x H
+            probs = probs.masked_fill(~mask.unsqueeze(-1), float("-inf")).softmax(dim=1)
+            out = (probs.unsqueeze(-1) * v.transpose(1, 2)).sum(1)  # B x H x d
+            return self.out_proj(out.reshape(n, d)), None
+        if owner is None:
+            owner = torch.arange(n, device=q.device)
+            slot = torch.zeros(n, dtype=torch.long, device=q.device)
+            grouped = q.unsqueeze(1)  # B x 1 x H x d
+        else:
+            # A row's queries side by side (B x width, padded), so that each set of keys is read
+            # once per row: one small matrix product per row, not a copy of the keys per query.
+            slot, width = _slots(owner, b)
+            grouped = q.new_zeros(b, width, self.num_heads, self.head_dim)
+            grouped[owner, slot] = q
+        grouped = grouped.transpose(1, 2)  # B x H x width x d
         attn_mask = mask[:, None, None, :]
         weights = None
         if need_weights:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            scores = (grouped @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
             probs = scores.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1)
             out = probs @ v
-            weights = probs.mean(dim=1)[:, 0, 1:]  # N x L: the null slot dropped
+            weights = probs.mean(dim=1)[owner, slot, 1:]  # N x L: the null slot dropped
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.out_proj(out.transpose(1, 2).reshape(n, d)), weights
+            out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=attn_mask)
+        out = out.transpose(1, 2)[owner, slot]  # N x H x d
+        return self.out_proj(out.reshape(n, d)), weights
+
+
+def _slots(owner: torch.Tensor, rows: int) -> Tuple[torch.Tensor, int]:
+    """Each query's position among its row's queries (N), and the most queries of one row."""
+    counts = torch.bincount(owner, minlength=rows)
+    order = torch.argsort(owner, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(owner)
+    slot[order] = torch.arange(owner.shape[0], device=owner.device) - starts[owner[order]]
+    return slot, int(counts.max()) if owner.numel() else 1
 
 
 class CategoryHierarchy(nn.Module):

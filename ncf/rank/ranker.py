@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ncf.data.features import candidate_features, household_inputs
+from ncf.data.timeline import UserTimeline
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.batch import Batch
 from ncf.rank.candidates import CandidateGenerator, RankingSettings
@@ -54,6 +55,7 @@ class _Question:
     at: int
     candidates: np.ndarray
     cold_start: bool
+    timeline: Optional[UserTimeline] = None  # read once per question: candidates and features share it
     history: Optional[np.ndarray] = None  # L latest purchases (state indices), set with the batch
 
 
@@ -140,19 +142,19 @@ class Ranker:
         mf_top = self.candidates.mf_top(warm) if len(warm) and not brute_force else None
         questions, j = [], 0
         for u, a, c in zip(users.tolist(), at.tolist(), cold.tolist()):
+            timeline = self.state.states.timeline(u)
             if c:
                 candidates = self.candidates.cold_start(a)
             elif brute_force:
                 candidates = np.flatnonzero(self.candidates.known)
                 if exclude:
-                    candidates = candidates[~np.isin(candidates, self.state.states.timeline(u).products_before(a))]
+                    candidates = candidates[~np.isin(candidates, timeline.products_before(a))]
             else:
-                timeline = self.state.states.timeline(u)
                 candidates = self.candidates.for_household(
                     u, timeline, a, exclude, None if mf_top is None else mf_top[j]
                 )
                 j += 1
-            questions.append(_Question(u, a, candidates, c))
+            questions.append(_Question(u, a, candidates, c, timeline))
         return questions
 
     def _batch(self, questions: List[_Question]) -> Batch:
@@ -162,7 +164,7 @@ class Ranker:
         length = self.history_length
         users, histories, ages, parts, features = [], [], [], [], []
         for q in questions:
-            timeline = states.timeline(q.user)
+            timeline = q.timeline if q.timeline is not None else states.timeline(q.user)
             history, age, time_parts = household_inputs(timeline, q.at, length)
             q.history = history
             users.append(q.user if 0 < q.user < len(rows.user) else 0)
