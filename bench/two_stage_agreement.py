@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from ncf.rank import candidates as first_stage
+from ncf.model import ann
 from ncf.rank.recommender import Recommender
 
 
@@ -28,9 +28,13 @@ def main(argv=None) -> dict:
     p.add_argument("--candidates", type=int, default=None, help="re-ranked candidates (default: the model's setting)")
     p.add_argument("--first-stage", choices=["auto", "hnsw"], default="auto", help="auto: exact lists when they fit")
     args = p.parse_args(argv)
+    cache_entries = ann.MF_CACHE_MAX_ENTRIES
     if args.first_stage == "hnsw":
-        first_stage.MF_CACHE_MAX_ENTRIES = 0
-    recommender = Recommender.load(args.model, data=args.data)
+        ann.MF_CACHE_MAX_ENTRIES = 0
+    try:
+        recommender = Recommender.load(args.model, data=args.data)
+    finally:  # the setting is read when the first stage is built: later callers get the default
+        ann.MF_CACHE_MAX_ENTRIES = cache_entries
     if args.candidates:
         recommender = recommender.with_settings(candidates=args.candidates)
     ranker, at = recommender.ranker, recommender.default_at

@@ -9,7 +9,7 @@ from ncf.data.features import HALF_LIVES
 from ncf.evaluate.baselines import OwnFrequencyRanker, PointInTime, PopularityRanker, top_k
 from ncf.evaluate.evaluation import evaluate_all, point_in_time_period
 from ncf.evaluate.metrics import ranking_metrics
-from ncf.rank import candidates as candidates_module
+from ncf.model import ann
 from ncf.rank.ranker import Ranker
 from ncf.rank.recommender import Recommender
 from ncf.splits import TEST
@@ -120,7 +120,7 @@ def test_kept_first_stage_lists_equal_fresh_ones(recommender, monkeypatch):
     r = recommender.ranker
     warmed = Ranker(r.model, r.state, r.rows, r.settings)
     assert warmed.warm() == len(r.state.states)
-    monkeypatch.setattr(candidates_module, "MF_CACHE_MAX_ENTRIES", 0)
+    monkeypatch.setattr(ann, "MF_CACHE_MAX_ENTRIES", 0)
     fresh = Ranker(r.model, r.state, r.rows, r.settings)
     assert not fresh.candidates.mf.cached
     users = [int(u) for u in r.state.states.users()[:8]]

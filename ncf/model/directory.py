@@ -10,6 +10,8 @@
                          user_state/ (every household's purchases through the data's end) and
                          product_stats/ (products at the data's end)
       metrics.json       training and evaluation metrics
+      mf_index.faiss     only for catalogs whose households' exact first-stage lists would not
+                         fit the cache: the MF products' HNSW index (:mod:`ncf.model.ann`)
 
 The state is data, not model: ranking reads histories from ``MODEL/state`` by default, or from
 any newer DATA (``Recommender.load(MODEL, data=DATA)``), without retraining.
@@ -36,6 +38,7 @@ from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.model.advanced_ncf import AdvancedNCF
+from ncf.model.ann import MF_CANDIDATES, ProductIndex, has_mf, index_path, needed
 from ncf.model.config import ModelConfig
 from ncf.model.integrity import write_manifest
 from ncf.staging import replacing
@@ -85,6 +88,9 @@ def save_model_dir(
     with replacing(output, CONFIG, "model directory", [data], overwrite, wait_s=120, version=version) as tmp:
         torch.save(weights, os.path.join(tmp, WEIGHTS))
         copy_state(data, os.path.join(tmp, STATE))
+        width = (ranking or {}).get("mf_candidates", MF_CANDIDATES)
+        if has_mf(weights) and needed(model_config.num_users, min(width, model_config.num_products - 1)):
+            ProductIndex.build(weights).save(index_path(tmp))
         write_json(
             os.path.join(tmp, CONFIG),
             {

@@ -19,7 +19,8 @@ what is wrong) unless:
 * the weights load with ``torch.load(weights_only=True)`` and have exactly the model's parameter
   names and shapes (checked against the model built on the meta device: no memory);
 * the vocabularies have the sizes of the model's embedding tables, and the purchases and product
-  stats of ``state/`` load and agree with them.
+  stats of ``state/`` load and agree with them;
+* the MF index, where there is one, loads and holds a vector of the MF width per product row.
 
 The checks catch a directory that is consistent with its manifest but wrong (a trainer that
 wrote the wrong vocabulary and sealed it) as well as one damaged after saving.
@@ -47,6 +48,7 @@ from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
+from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
 
@@ -148,6 +150,7 @@ def verify_model_dir(model_dir: str) -> None:
         raise ModelIntegrityError(f"{model_dir}: bad config.json ({_one_line(e)})") from None
     _check_weights(model_dir, os.path.join(model_dir, WEIGHTS), model_config)
     _check_state(model_dir, os.path.join(model_dir, STATE), model_config)
+    _check_index(model_dir, model_config)
 
 
 def _check_weights(model_dir: str, path: str, config: ModelConfig) -> None:
@@ -171,6 +174,21 @@ def _check_weights(model_dir: str, path: str, config: ModelConfig) -> None:
     wrong = [f"{name} {got[name]} != {shape}" for name, shape in expected.items() if got[name] != shape]
     if wrong:
         raise ModelIntegrityError(f"{model_dir}: model.pt shapes do not fit config.json: {'; '.join(wrong[:3])}")
+
+
+def _check_index(model_dir: str, config: ModelConfig) -> None:
+    """The MF index, where the directory has one, loads and has a vector per product row."""
+    if not os.path.exists(ann.index_path(model_dir)):
+        return
+    try:
+        index = ann.ProductIndex.load(ann.index_path(model_dir))
+    except Exception as e:  # truncated, or not a FAISS index at all
+        raise ModelIntegrityError(f"{model_dir}: {ann.INDEX_FILE} does not load ({_one_line(e)})") from None
+    if (index.rows, index.dim) != (config.num_products, config.mf_embedding_dim):
+        raise ModelIntegrityError(
+            f"{model_dir}: {ann.INDEX_FILE} holds {index.rows} vectors of {index.dim}, the model has "
+            f"{config.num_products} products of {config.mf_embedding_dim}"
+        )
 
 
 def _check_state(model_dir: str, state: str, config: ModelConfig) -> None:

@@ -15,6 +15,7 @@ list: the products most bought at that hour of the day.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,12 +25,11 @@ import torch
 
 from ncf.data.features import HALF_LIVES
 from ncf.data.timeline import UserTimeline
+from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
+from ncf.model.ann import ProductIndex
 from ncf.moments import HOUR, time_parts_of
 from ncf.rank.state import EmbeddingRows, RankingState
-
-MF_CACHE_MAX_ENTRIES = 50_000_000  # 200 MB of int32: 333k households at 150 each
-ANN_NEIGHBOURS, ANN_BUILD_DEPTH, ANN_SEARCH_DEPTH = 32, 100, 256  # FAISS HNSW: M, efConstruction, efSearch
 
 
 @dataclass
@@ -38,37 +38,54 @@ class RankingSettings:
 
     candidates: int = 300  # re-ranked by the full model
     own_candidates: int = 250  # the household's own products (as many as the training lists hold)
-    mf_candidates: int = 150  # from the MF path's dot products
+    mf_candidates: int = ann.MF_CANDIDATES  # from the MF path's dot products
     popular_candidates: int = 50
 
 
 class MFFirstStage:
     """Each household's ``width`` best products by the MF path's logit, over the state's catalog.
 
-    While every household's list fits in ``MF_CACHE_MAX_ENTRIES`` (Complete Journey: 2.5k
+    While every household's list fits in ``ann.MF_CACHE_MAX_ENTRIES`` (Complete Journey: 2.5k
     households), lists are exact (one matrix product over the catalog) and kept: they do not
-    depend on the moment. Beyond that, a request must not scan the catalog: an HNSW index
-    (FAISS, inner product) over the products' MF vectors answers each household approximately
-    (agreement with the exact lists: BENCHMARKS.md).
+    depend on the moment. Beyond that, a request must not scan the catalog: the model
+    directory's HNSW index (:mod:`ncf.model.ann`, built when the model was saved; built here
+    only for a directory without one) answers each household approximately (agreement with the
+    exact lists: BENCHMARKS.md). Products whose embedding row is the unknown one (new to the
+    model) have no MF vector of their own and are left to the other sources.
     """
 
-    def __init__(self, model: AdvancedNCF, rows: EmbeddingRows, known: np.ndarray, width: int) -> None:
-        weights = model.mf_output.weight.detach()[0]
-        products = _table(model, "product_mf_embeddings").index_select(0, torch.as_tensor(rows.product))
-        # The MF logit is mf_output(u * p): folding its weights into p makes the stage one matmul.
-        self._items = (products * weights).T.contiguous()  # D x P
-        self._unknown = torch.as_tensor(~known)
+    def __init__(
+        self,
+        model: AdvancedNCF,
+        rows: EmbeddingRows,
+        known: np.ndarray,
+        width: int,
+        index: Optional[ProductIndex] = None,
+    ) -> None:
+        known = known & (rows.product > 0)
         self._users = _table(model, "user_mf_embeddings")
         self._user_rows = rows.user
         self.width = min(width, int(known.sum()))
-        cacheable = len(rows.user) * self.width <= MF_CACHE_MAX_ENTRIES
+        cacheable = not ann.needed(len(rows.user), self.width)
         self._top = np.zeros((len(rows.user), self.width), np.int32) if cacheable else None
         self._known = np.zeros(len(rows.user), bool) if cacheable else None
-        self._index = None if cacheable else _hnsw(self._items, known)
+        if cacheable:
+            weights = model.mf_output.weight.detach()[0]
+            products = _table(model, "product_mf_embeddings").index_select(0, torch.as_tensor(rows.product))
+            # The MF logit is mf_output(u * p): folding its weights into p makes the stage one matmul.
+            self._items = (products * weights).T.contiguous()  # D x P
+            self._unknown = torch.as_tensor(~known)
+        else:
+            self._index = index or _built_here(model)
+            # Searched among the model rows of the state's known products, answered in state indices.
+            self._allowed = np.zeros(self._index.rows, bool)
+            self._allowed[rows.product[known]] = True
+            self._product_of_row = np.full(self._index.rows, -1, np.int64)
+            self._product_of_row[rows.product[known]] = np.flatnonzero(known)
 
     @property
     def cached(self) -> bool:
-        """Whether households' lists are kept (the table of them fits MF_CACHE_MAX_ENTRIES)."""
+        """Whether households' lists are kept (the table of them fits ann.MF_CACHE_MAX_ENTRIES)."""
         return self._top is not None
 
     def top(self, users: np.ndarray) -> np.ndarray:
@@ -90,26 +107,22 @@ class MFFirstStage:
     @torch.no_grad()
     def _compute(self, users: np.ndarray) -> np.ndarray:
         vectors = self._users.index_select(0, torch.as_tensor(self._user_rows[users]))
-        if self._index is not None:
-            index, products = self._index
-            _, found = index.search(vectors.numpy().astype(np.float32), self.width)
-            return products[np.maximum(found, 0)].astype(np.int32)
+        if self._top is None:
+            found = self._index.search(vectors.numpy(), self.width, self._allowed)
+            return self._product_of_row[np.maximum(found, 0)].astype(np.int32)
         scores = vectors @ self._items
         scores[:, self._unknown] = -torch.inf
         return torch.topk(scores, self.width, dim=1).indices.numpy().astype(np.int32)
 
 
-def _hnsw(items: torch.Tensor, known: np.ndarray):
-    """(FAISS HNSW index over the known products' vectors, its row -> product index)."""
-    import faiss
-
-    products = np.flatnonzero(known)
-    vectors = np.ascontiguousarray(items.T.numpy()[products], dtype=np.float32)
-    index = faiss.IndexHNSWFlat(vectors.shape[1], ANN_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = ANN_BUILD_DEPTH
-    index.add(vectors)
-    index.hnsw.efSearch = ANN_SEARCH_DEPTH
-    return index, products
+def _built_here(model: AdvancedNCF) -> ProductIndex:
+    print(
+        "[ranking] the model directory has no MF index: building it now (minutes at a million "
+        "products; save the model again to keep one with it)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return ProductIndex.build(model.state_dict())
 
 
 def _table(model: AdvancedNCF, name: str) -> torch.Tensor:
@@ -121,14 +134,21 @@ def _table(model: AdvancedNCF, name: str) -> torch.Tensor:
 class CandidateGenerator:
     """The first stage over one :class:`RankingState` (see the module docstring)."""
 
-    def __init__(self, model: AdvancedNCF, state: RankingState, rows: EmbeddingRows, settings: RankingSettings) -> None:
+    def __init__(
+        self,
+        model: AdvancedNCF,
+        state: RankingState,
+        rows: EmbeddingRows,
+        settings: RankingSettings,
+        mf_index: Optional[ProductIndex] = None,
+    ) -> None:
         self.state = state
         self.settings = settings
         self.known = state.stats.lines > 0  # products bought before the state's cutoff
         self.known[0] = False
         self.popular = state.stats.popularity_order
         self.mf: Optional[MFFirstStage] = (
-            MFFirstStage(model, rows, self.known, settings.mf_candidates) if model.config.use_mf else None
+            MFFirstStage(model, rows, self.known, settings.mf_candidates, mf_index) if model.config.use_mf else None
         )
 
     def cold_start(self, at: int) -> np.ndarray:
@@ -144,7 +164,7 @@ class CandidateGenerator:
         own = timeline.aggregates(at, HALF_LIVES)
         sources = [] if exclude_purchased else [own.most_bought(s.own_candidates)]
         if mf_top is not None:
-            sources.append(mf_top)
+            sources.append(mf_top[mf_top >= 0])  # -1: the index found fewer products than asked
         sources.append(self.popular[: s.popular_candidates])
         merged = pd.unique(np.concatenate(sources).astype(np.int64))
         merged = merged[self.known[merged]]

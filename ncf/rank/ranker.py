@@ -26,6 +26,7 @@ import torch
 from ncf.data.features import candidate_features, household_inputs
 from ncf.data.timeline import UserTimeline
 from ncf.model.advanced_ncf import AdvancedNCF
+from ncf.model.ann import ProductIndex
 from ncf.model.batch import Batch
 from ncf.rank.candidates import CandidateGenerator, RankingSettings
 from ncf.rank.state import EmbeddingRows, RankingState
@@ -67,6 +68,8 @@ class Ranker:
         state: histories and products to rank from.
         rows: state index -> model embedding rows (identity when the model was trained on it).
         settings: first-stage sizes.
+        mf_index: the model directory's MF index (:mod:`ncf.model.ann`), for states too large
+            for exact first-stage lists (built on the spot when one is needed and not given).
     """
 
     def __init__(
@@ -75,13 +78,15 @@ class Ranker:
         state: RankingState,
         rows: EmbeddingRows,
         settings: Optional[RankingSettings] = None,
+        mf_index: Optional[ProductIndex] = None,
     ) -> None:
         self.model = model.eval()
         self.state = state
         self.rows = rows
         self.settings = settings or RankingSettings()
         self.device = next(model.parameters()).device
-        self.candidates = CandidateGenerator(model, state, rows, self.settings)
+        self.candidates = CandidateGenerator(model, state, rows, self.settings, mf_index)
+        self.mf_index = mf_index
 
     @property
     def history_length(self) -> int:

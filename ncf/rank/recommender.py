@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ncf.data.vocab import UNKNOWN_INDEX
+from ncf.model import ann
 from ncf.model.directory import ModelDir
 from ncf.moments import to_epoch_seconds
 from ncf.rank.candidates import RankingSettings
@@ -65,7 +66,11 @@ class Recommender:
         state = RankingState.load(data or handle.state_dir)
         rows = EmbeddingRows.between(handle.table_vocabularies(), state.vocabs, handle.trained_through)
         settings = settings or RankingSettings(**handle.ranking)
-        return Recommender(Ranker(handle.load_model(device), state, rows, settings), handle.version)
+        # The index is read only where the first stage will search it (exact lists otherwise).
+        index = (
+            ann.load_if_present(handle.path) if ann.needed(len(state.vocabs.users), settings.mf_candidates) else None
+        )
+        return Recommender(Ranker(handle.load_model(device), state, rows, settings, index), handle.version)
 
     # -- what the state says ------------------------------------------------------------------
 
@@ -83,7 +88,8 @@ class Recommender:
 
     def with_settings(self, **changes) -> "Recommender":
         """A recommender sharing this one's model and state with other first-stage sizes."""
-        ranker = Ranker(self.ranker.model, self.state, self.ranker.rows, dataclasses.replace(self.settings, **changes))
+        settings = dataclasses.replace(self.settings, **changes)
+        ranker = Ranker(self.ranker.model, self.state, self.ranker.rows, settings, self.ranker.mf_index)
         return Recommender(ranker, self.version)
 
     @property

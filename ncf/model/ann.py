@@ -1,0 +1,109 @@
+"""The MF path's products as an approximate nearest-neighbour index (FAISS HNSW, inner product).
+
+The MF logit of (household u, product p) is ``mf_output(u * p)``: with ``mf_output``'s weights
+folded into the product vectors it is the inner product ``u . p'``, so a household's best
+products by the MF path are its nearest neighbours among the ``p'``. The index holds one vector
+per row of the product table (its ids are the rows) and is written into the model directory
+when the model is saved (``MODEL/mf_index.faiss``), so that a replica or a scoring actor loads it
+instead of building it: at a million products the build takes minutes, a load seconds.
+
+Only catalogs whose households' exact lists would not fit the first stage's cache need it
+(:func:`needed`); ranking restricts each search to the products its state knows (an ID
+selector), so one index serves every state the model ranks from.
+
+Example::
+
+    index = ProductIndex.build(model)                # or ProductIndex.load(path)
+    rows = index.search(user_vectors, 150, allowed)  # U x 150 product-table rows, best first
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+INDEX_FILE = "mf_index.faiss"
+# The first stage keeps every household's exact list while the table of them fits this many
+# entries (200 MB of int32: 333k households at 150 each); beyond it, it searches this index.
+MF_CACHE_MAX_ENTRIES = 50_000_000
+MF_CANDIDATES = 150  # the first stage's default list width (RankingSettings.mf_candidates)
+NEIGHBOURS, BUILD_DEPTH, SEARCH_DEPTH = 32, 100, 256  # HNSW's M, efConstruction, efSearch
+
+_PRODUCT_TABLE = "mf_embedding_collection.embedding_bags.product_mf_embeddings.weight"
+_MF_OUTPUT = "mf_output.weight"
+
+
+def needed(households: int, width: int) -> bool:
+    """Whether a first stage over ``households`` lists of ``width`` products searches the index."""
+    return households * width > MF_CACHE_MAX_ENTRIES
+
+
+def product_vectors(weights: Dict[str, torch.Tensor]) -> np.ndarray:
+    """P x D float32: each product-table row times ``mf_output``'s weights (from a state dict)."""
+    folded = weights[_PRODUCT_TABLE].detach().float().cpu() * weights[_MF_OUTPUT].detach().float().cpu()[0]
+    return np.ascontiguousarray(folded.numpy(), dtype=np.float32)
+
+
+def has_mf(weights: Dict[str, torch.Tensor]) -> bool:
+    return _PRODUCT_TABLE in weights and _MF_OUTPUT in weights
+
+
+class ProductIndex:
+    """An HNSW index over every product-table row's folded MF vector; ids are the rows."""
+
+    def __init__(self, index) -> None:
+        self.index = index
+        self.index.hnsw.efSearch = SEARCH_DEPTH
+
+    @property
+    def rows(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @staticmethod
+    def build(weights: Dict[str, torch.Tensor]) -> "ProductIndex":
+        import faiss
+
+        vectors = product_vectors(weights)
+        index = faiss.IndexHNSWFlat(vectors.shape[1], NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = BUILD_DEPTH
+        index.add(vectors)
+        return ProductIndex(index)
+
+    @staticmethod
+    def load(path: str) -> "ProductIndex":
+        """Reads an index file (FAISS's own binary format: arrays, nothing executed)."""
+        import faiss
+
+        return ProductIndex(faiss.read_index(path))
+
+    def save(self, path: str) -> None:
+        import faiss
+
+        faiss.write_index(self.index, path)
+
+    def search(self, vectors: np.ndarray, width: int, allowed: np.ndarray) -> np.ndarray:
+        """U x width rows, best first, among the rows where ``allowed`` (a boolean mask over the
+        table's rows) is true; -1 where fewer than ``width`` rows are allowed."""
+        import faiss
+
+        bitmap = np.packbits(allowed.astype(np.uint8), bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(SEARCH_DEPTH, width))
+        _, found = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), width, params=params)
+        return found
+
+
+def index_path(model_dir: str) -> str:
+    return os.path.join(model_dir, INDEX_FILE)
+
+
+def load_if_present(model_dir: str) -> Optional[ProductIndex]:
+    path = index_path(model_dir)
+    return ProductIndex.load(path) if os.path.exists(path) else None

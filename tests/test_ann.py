@@ -1,0 +1,78 @@
+"""The MF first stage's HNSW index (``ncf.model.ann``): written with the model directory when the
+households' exact lists would not fit the cache, loaded (not rebuilt) by ranking, checked before
+a rollout; on a tiny hand-made DATA (no Ray)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from test_integrity import SMALL, tiny_data
+
+from ncf.model import ann
+from ncf.model.directory import save_untrained_model_dir
+from ncf.model.integrity import ModelIntegrityError, verify_model_dir, write_manifest
+from ncf.rank.recommender import Recommender
+
+
+@pytest.fixture
+def data(tmp_path):
+    return tiny_data(str(tmp_path / "a"), users=30, products=60)
+
+
+@pytest.fixture
+def indexed_model(data, tmp_path, monkeypatch):
+    """A model directory saved as if its households' lists did not fit the cache."""
+    monkeypatch.setattr(ann, "MF_CACHE_MAX_ENTRIES", 0)
+    return save_untrained_model_dir(str(tmp_path / "indexed"), data, version="v1", **SMALL)
+
+
+def test_a_model_whose_lists_fit_the_cache_has_no_index(data, tmp_path):
+    model = save_untrained_model_dir(str(tmp_path / "plain"), data, version="v1", **SMALL)
+    assert not os.path.exists(ann.index_path(model))
+    assert Recommender.load(model).ranker.candidates.mf.cached
+
+
+def test_ranking_loads_the_saved_index_and_agrees_with_exact_lists(indexed_model, capsys):
+    assert os.path.exists(ann.index_path(indexed_model))
+    verify_model_dir(indexed_model)
+    searched = Recommender.load(indexed_model)  # MF_CACHE_MAX_ENTRIES is still 0 here
+    assert searched.ranker.mf_index is not None and not searched.ranker.candidates.mf.cached
+    users = searched.state.states.users()
+    mf_lists = searched.ranker.candidates.mf_top(users)
+    assert "building it now" not in capsys.readouterr().err
+    ann.MF_CACHE_MAX_ENTRIES = 50_000_000  # monkeypatch restores the default after the test
+    exact = Recommender.load(indexed_model)
+    assert exact.ranker.candidates.mf.cached
+    # 60 products: the graph search visits all of them, so the lists are the exact ones.
+    np.testing.assert_array_equal(mf_lists, exact.ranker.candidates.mf_top(users))
+    at = [searched.default_at] * len(users)
+    for a, b in zip(searched.ranker.rank(users, at, k=5), exact.ranker.rank(users, at, k=5)):
+        assert a.products.tolist() == b.products.tolist()
+
+
+def test_a_directory_without_its_index_builds_one_and_says_so(indexed_model, capsys):
+    os.remove(ann.index_path(indexed_model))
+    recommender = Recommender.load(indexed_model)
+    assert recommender.ranker.mf_index is None and not recommender.ranker.candidates.mf.cached
+    assert "building it now" in capsys.readouterr().err
+    assert recommender.recommend([recommender.vocabs.users.raw_of([1])[0]], k=3)[0]
+
+
+def test_searches_keep_to_the_products_the_state_knows(indexed_model):
+    index = ann.load_if_present(indexed_model)
+    allowed = np.zeros(index.rows, bool)
+    allowed[[3, 7, 11]] = True
+    found = index.search(np.random.default_rng(0).normal(size=(4, index.dim)), 5, allowed)
+    assert set(found[:, :3].ravel().tolist()) <= {3, 7, 11} and (found[:, 3:] == -1).all()
+
+
+def test_an_index_of_another_model_is_refused(indexed_model, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(ann, "MF_CACHE_MAX_ENTRIES", 0)
+    wide = save_untrained_model_dir(str(tmp_path / "wide"), data, version="w", **{**SMALL, "mf_embedding_dim": 16})
+    shutil.copy(ann.index_path(wide), ann.index_path(indexed_model))
+    write_manifest(indexed_model, unsealed=["metrics.json"])  # sealed again: only the shape check can tell
+    with pytest.raises(ModelIntegrityError, match="mf_index.faiss holds 61 vectors of 16"):
+        verify_model_dir(indexed_model)
