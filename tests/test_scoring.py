@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from ncf.data.features import HALF_LIVES
+from ncf.data.features import CATEGORY_HALF_LIVES, HALF_LIVES
 from ncf.evaluate.baselines import OwnFrequencyRanker, PointInTime, PopularityRanker, top_k
 from ncf.evaluate.evaluation import evaluate_all, point_in_time_period
 from ncf.evaluate.metrics import ranking_metrics
 from ncf.model import ann
+from ncf.rank.candidates import CATEGORY_SPREAD
 from ncf.rank.ranker import Ranker
 from ncf.rank.recommender import Recommender
 from ncf.splits import TEST
@@ -137,6 +138,29 @@ def test_own_candidates_are_the_most_bought_recently(recommender):
     candidates = ranker.candidates.for_household(user, timeline, at, False, None)
     own = timeline.aggregates(at, HALF_LIVES).most_bought(ranker.settings.own_candidates)
     assert candidates[: len(own)].tolist() == own[ranker.candidates.known[own]].tolist()
+
+
+def test_category_candidates_are_the_best_sellers_of_the_households_categories(recommender):
+    """The category source: the most bought products of the household's most bought categories
+    (by the 365-day decayed count), best sellers first within each; with ``exclude_purchased``
+    none the household bought."""
+    ranker, at = recommender.ranker, recommender.default_at
+    generator, catalog = ranker.candidates, ranker.state.catalog
+    user = int(ranker.state.states.users()[1])
+    timeline = ranker.state.states.timeline(user)
+    mine = timeline.aggregates(at, CATEGORY_HALF_LIVES, categories=catalog.category)
+    top = mine.keys[np.argsort(-mine.decayed[:, -1], kind="stable")[:CATEGORY_SPREAD]]
+    bought = timeline.products_before(at)
+    for skip in (None, bought):
+        picked = generator._from_categories(timeline, at, skip)
+        assert 0 < len(picked) <= ranker.settings.category_candidates
+        assert set(catalog.category[picked].tolist()) <= set(top.tolist())
+        assert generator.known[picked].all()
+        for category in set(catalog.category[picked].tolist()):
+            ours = picked[catalog.category[picked] == category]
+            assert (np.diff(ranker.state.stats.recent_lines[ours]) <= 0).all()  # popularity_order's first key
+    assert not np.isin(generator._from_categories(timeline, at, bought), bought).any()
+    assert not np.isin(generator.for_household(user, timeline, at, True, None), bought).any()
 
 
 def test_evaluate_all_reports_model_and_baselines(small_model_dir, small_data):

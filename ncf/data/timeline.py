@@ -88,7 +88,9 @@ class UserTimeline:
         self.t0 = np.int64(timestamps[0]) if len(timestamps) else np.int64(0)
         self._keys = None
         self._first = None
-        self._own = None  # ((at, half-lives), Aggregates): the first stage and the features both read it
+        # The latest summaries per kind (products, categories): the first stage and the features
+        # of one question read the same ones.
+        self._summaries = {}
 
     def __len__(self) -> int:
         return len(self.products)
@@ -163,8 +165,10 @@ class UserTimeline:
     def aggregates(self, at: int, half_lives: Sequence[float], categories: np.ndarray | None = None) -> Aggregates:
         """Per product (or, given ``categories`` indexed by product, per category) summaries of
         the purchases strictly before ``at``."""
-        if categories is None and self._own is not None and self._own[0] == (at, tuple(half_lives)):
-            return self._own[1]
+        kind = categories is not None
+        key, categories_seen, summary = self._summaries.get(kind, (None, None, None))
+        if key == (at, tuple(half_lives)) and categories_seen is categories:
+            return summary
         k = self._before(at)
         products, timestamps = self.products[:k], self.timestamps[:k]
         keys = products if categories is None else categories[products].astype(np.int64)
@@ -174,6 +178,5 @@ class UserTimeline:
         day_first = np.zeros(k)
         day_first[first_index] = 1.0
         summary = _aggregate(keys, day_first, (at - timestamps) / SECONDS_PER_DAY, half_lives)
-        if categories is None:
-            self._own = ((at, tuple(half_lives)), summary)
+        self._summaries[kind] = ((at, tuple(half_lives)), categories, summary)
         return summary
