@@ -35,7 +35,10 @@ def main(argv=None) -> list:
              "--synthetic-tastes", str(args.tastes), "--synthetic-no-rebuys", "--output", data]
         )  # fmt: skip
     if not (args.reuse and os.path.exists(os.path.join(model, "config.json"))):
-        train.main(["--data", data, "--output", model, "--seed", str(args.seed), "--name", f"beyond-{args.seed}"])
+        # The run's name is its whole output path: Ray Train resumes a run of the same name, so a
+        # name shared by two workdirs would export the other workdir's model.
+        name = "bench-" + os.path.normpath(model).strip(os.sep).replace(os.sep, "-")
+        train.main(["--data", data, "--output", model, "--seed", str(args.seed), "--name", name])
     rows = evaluate.main(["--model", model, "--data", data, "--exclude-purchased"])
     for row in rows:
         print(json.dumps({"benchmark": "beyond_repeats", **row}), flush=True)
