@@ -53,7 +53,14 @@ class LocalShard:
     def __init__(self, table: pa.Table) -> None:
         self.table = table
 
-    def iter_batches(self, batch_size: int, batch_format: str, local_shuffle_buffer_size=None, local_shuffle_seed=0):
+    def iter_batches(
+        self,
+        batch_size: int,
+        batch_format: str,
+        local_shuffle_buffer_size=None,
+        local_shuffle_seed=0,
+        prefetch_batches=1,
+    ):
         # One gather per epoch, then zero-copy slices: what reading a shuffled file costs (a
         # gather per batch of list columns was slower than the model).
         order = np.random.default_rng(local_shuffle_seed).permutation(self.table.num_rows)

@@ -25,7 +25,8 @@ class TrainConfig:
         val_users: households sampled for each epoch's validation ranking (0 = all).
         unknown_share: share of households and of candidates trained on the tables' unknown row
             (so that row learns a generic household / product for ids the tables never saw).
-        shuffle_buffer: lists in the local shuffle buffer (the lists come in household-hash order).
+        shuffle_buffer: lists in a local shuffle buffer (0: none; the files are read in a seeded
+            random order and hold households in no meaningful order).
         max_steps_per_epoch: 0 = the whole shard; tests use a few steps.
         torch_threads: 0 = this machine's cores shared among the workers.
         seed: seeds the weights, the shuffles and the unknown-row draws.
@@ -40,7 +41,7 @@ class TrainConfig:
     patience: int = 1
     val_users: int = 600
     unknown_share: float = 0.05
-    shuffle_buffer: int = 256
+    shuffle_buffer: int = 0
     max_steps_per_epoch: int = 0
     torch_threads: int = 0
     seed: int = 0

@@ -111,6 +111,7 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
         batch_format="pyarrow",
         local_shuffle_buffer_size=w.cfg.shuffle_buffer or None,
         local_shuffle_seed=w.cfg.seed + epoch,
+        prefetch_batches=4,
     )
     for table in batches:
         batch = Batch.from_arrow(table, w.catalog).with_history_length(w.model_config.history_length)

@@ -84,7 +84,14 @@ def fit(
         raise ValueError(f"run must be {VALIDATED} or {REFIT}, not {config.run!r}")
     config = dataclasses.replace(config, cutoffs=config.cutoffs or run_cutoffs(config.data, config.run))
     paths = [layout.examples_dir(config.data, c) for c in config.cutoffs]
-    train = ray.data.read_parquet(paths, partitioning=None).select_columns(LIST_COLUMNS)
+    # The files (a cutoff's lists of a few thousand households each) in a seeded random order;
+    # within a file the households come in no meaningful order, so batches need no local
+    # shuffle buffer, whose per-batch gather of list columns cost Ray Train a tenth of its rate.
+    train = (
+        ray.data.read_parquet(paths, partitioning=None)
+        .select_columns(LIST_COLUMNS)
+        .randomize_block_order(seed=config.seed)
+    )
     keep = 1 if config.run == REFIT else 3
     trainer = TorchTrainer(
         train_loop_per_worker,
