@@ -59,8 +59,9 @@ class MultiHeadAttention(nn.Module):
 
     A learned "nothing relevant" slot is always present, so a household without history (all
     keys masked) still gets a defined output. With ``owner``, N queries attend over the key
-    sets of U rows (query ``i`` over row ``owner[i]``): the keys and values are projected once
-    per row, not once per query (a household's candidates share its history).
+    sets of U rows (query ``i`` over row ``owner[i]``): the keys and values are projected and
+    read once per row, the row's queries side by side (a household's candidates share its
+    history), never copied per query.
 
     Args:
         embed_dim (int): D, width of queries, keys and values.
@@ -123,8 +124,8 @@ class MultiHeadAttention(nn.Module):
         q = self.q_proj(query).view(n, self.num_heads, self.head_dim)  # N x H x d
         if owner is None and not need_weights:
             # One query per row over a few keys: elementwise beats a batch of 1-row matrix products.
-            probs = (q.unsqueeze(1) * k.transpose(1, 2)).sum(-1).div(math.sqrt(self.head_dim))  # B x (L+1) x H
-            probs = probs.masked_fill(~mask.unsqueeze(-1), float("-inf")).softmax(dim=1)
+            scores = (q.unsqueeze(1) * k.transpose(1, 2)).sum(-1).div(math.sqrt(self.head_dim))  # B x (L+1) x H
+            probs = scores.masked_fill(~mask.unsqueeze(-1), float("-inf")).softmax(dim=1)
             out = (probs.unsqueeze(-1) * v.transpose(1, 2)).sum(1)  # B x H x d
             return self.out_proj(out.reshape(n, d)), None
         if owner is None:
