@@ -18,7 +18,7 @@ selector), so one index serves every state the model ranks from.
 
 Example::
 
-    index = ProductIndex.build(model)                # or ProductIndex.load(path)
+    index = ProductIndex.build(model.state_dict())  # or ProductIndex.load(path)
     rows = index.search(user_vectors, 150, allowed)  # U x 150 product-table rows, best first
 """
 
