@@ -28,10 +28,10 @@ def run(tree: str, args: list, workdir: str) -> None:
     subprocess.run([sys.executable, "-m", *args], cwd=tree, check=True, env=env)
 
 
-def epoch_rate(tree: str, data: str, output: str, name: str) -> dict:
+def epoch_rate(tree: str, data: str, workdir: str, output: str, name: str) -> dict:
     started = time.time()
     train = ["jobs.train", "--data", data, "--output", output, "--epochs", "1", "--name", name]
-    run(tree, train, os.path.dirname(output))
+    run(tree, train, workdir)
     with open(os.path.join(output, "metrics.json")) as f:
         epoch = json.load(f)["history"][0]
     return {
@@ -57,8 +57,10 @@ def main(argv=None) -> dict:
     if not os.path.exists(os.path.join(old_data, "stats.json")):
         run(args.old_tree, ["jobs.preprocess", "--dataset", "completejourney", "--output", old_data], workdir)
     tag = time.strftime("%Y%m%d-%H%M%S")
-    old = epoch_rate(args.old_tree, old_data, os.path.join(workdir, f"old-{tag}"), f"speedup-old-{tag}")
-    new = epoch_rate(here, os.path.abspath(args.data), os.path.join(workdir, f"new-{tag}"), f"speedup-new-{tag}")
+    old = epoch_rate(args.old_tree, old_data, workdir, os.path.join(workdir, f"old-{tag}"), f"speedup-old-{tag}")
+    new = epoch_rate(
+        here, os.path.abspath(args.data), workdir, os.path.join(workdir, f"new-{tag}"), f"speedup-new-{tag}"
+    )
     result = {
         "benchmark": "train_speedup",
         "old": old,

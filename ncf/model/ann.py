@@ -60,8 +60,7 @@ class ProductIndex:
     """An HNSW index over every product-table row's folded MF vector; ids are the rows."""
 
     def __init__(self, index) -> None:
-        self.index = index
-        self.index.hnsw.efSearch = SEARCH_DEPTH
+        self.index = index  # searched with SEARCH_DEPTH (or the width asked, if more): see search
 
     @property
     def rows(self) -> int:

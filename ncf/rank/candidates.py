@@ -78,10 +78,9 @@ class MFFirstStage:
         self._top = np.zeros((len(rows.user), self.width), np.int32) if cacheable else None
         self._known = np.zeros(len(rows.user), bool) if cacheable else None
         if cacheable:
-            weights = model.mf_output.weight.detach()[0]
-            products = _table(model, "product_mf_embeddings").index_select(0, torch.as_tensor(rows.product))
-            # The MF logit is mf_output(u * p): folding its weights into p makes the stage one matmul.
-            self._items = (products * weights).T.contiguous()  # D x P
+            # The MF logit is mf_output(u * p): with its weights folded into p, one matmul.
+            folded = torch.as_tensor(ann.product_vectors(model.state_dict()), device=self._users.device)
+            self._items = folded[torch.as_tensor(rows.product, device=folded.device)].T.contiguous()  # D x P
             self._unknown = torch.as_tensor(~known)
         else:
             self._index = index or _built_here(model)

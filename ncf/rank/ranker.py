@@ -56,7 +56,7 @@ class _Question:
     at: int
     candidates: np.ndarray
     cold_start: bool
-    timeline: Optional[UserTimeline] = None  # read once per question: candidates and features share it
+    timeline: UserTimeline  # read once per question: candidates and features share it
     history: Optional[np.ndarray] = None  # L latest purchases (state indices), set with the batch
 
 
@@ -124,16 +124,21 @@ class Ranker:
     def inputs(self, user: int, at: int, products: np.ndarray) -> Batch:
         """The model's inputs for one household at ``at`` over ``products`` (what :meth:`score`
         feeds the model; tests compare it with the training lists)."""
-        return self._batch([_Question(user, at, np.asarray(products, np.int64), self._is_cold(user, at))])
+        return self._batch([self._given(user, at, products)])
 
     def score(self, user: int, products: np.ndarray, at: int) -> Tuple[np.ndarray, bool]:
         """Probabilities that the household buys each of ``products`` (state indices) within the
         horizon after ``at``, and whether it is a cold start."""
-        cold = self._is_cold(user, at)
-        probs, _ = self._score([_Question(user, at, np.asarray(products, np.int64), cold)], False)
-        return probs, cold
+        question = self._given(user, at, products)
+        probs, _ = self._score([question], False)
+        return probs, question.cold_start
 
     # -- the path --------------------------------------------------------------------------------
+
+    def _given(self, user: int, at: int, products) -> _Question:
+        """A question over given products (no first stage)."""
+        products = np.asarray(products, np.int64)
+        return _Question(user, at, products, self._is_cold(user, at), self.state.states.timeline(user))
 
     def _is_cold(self, user: int, at: int) -> bool:
         return (
@@ -165,18 +170,17 @@ class Ranker:
     def _batch(self, questions: List[_Question]) -> Batch:
         """The model's inputs for the questions: :func:`ncf.data.features.candidate_features`, the
         function training examples are built with."""
-        rows, catalog, states = self.rows, self.state.catalog, self.state.states
+        rows, catalog = self.rows, self.state.catalog
         length = self.history_length
         users, histories, ages, parts, features = [], [], [], [], []
         for q in questions:
-            timeline = q.timeline if q.timeline is not None else states.timeline(q.user)
-            history, age, time_parts = household_inputs(timeline, q.at, length)
+            history, age, time_parts = household_inputs(q.timeline, q.at, length)
             q.history = history
             users.append(q.user if 0 < q.user < len(rows.user) else 0)
             histories.append(history)
             ages.append(age)
             parts.append(time_parts)
-            features.append(candidate_features(timeline, q.candidates, q.at, catalog, self.state.stats))
+            features.append(candidate_features(q.timeline, q.candidates, q.at, catalog, self.state.stats))
         product = np.concatenate([q.candidates for q in questions]).astype(np.int64)
         return Batch.for_ranking(
             user=rows.user[np.array(users)],
