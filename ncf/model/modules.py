@@ -93,6 +93,40 @@ class MultiHeadAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
+    def _project(self, keys: torch.Tensor, values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """B x L x D keys and values through their projections; one matrix product when the keys
+        are the values (self-attention over a set, as both callers do)."""
+        if keys is not values:
+            return self.k_proj(keys), self.v_proj(values)
+        weight = torch.cat([self.k_proj.weight, self.v_proj.weight])
+        bias = torch.cat([self.k_proj.bias, self.v_proj.bias])
+        return F.linear(keys, weight, bias).chunk(2, dim=-1)
+
+    def _one_query_per_row(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        null_k: torch.Tensor,
+        null_v: torch.Tensor,
+        mask: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """B x H x d attention output of one query per row over a few keys, elementwise (a batch
+        of 1-row matrix products is slower), the null slot scored apart so that the keys and
+        values are never copied to make room for it."""
+        b, length, _ = k.shape
+        k = k.view(b, length, self.num_heads, self.head_dim)
+        v = v.view(b, length, self.num_heads, self.head_dim)
+        null_k = null_k.view(1, self.num_heads, self.head_dim)
+        null_v = null_v.view(1, self.num_heads, self.head_dim)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        null_score = (q * null_k).sum(-1, keepdim=True).mul(scale)  # B x H x 1
+        scores = (q.unsqueeze(1) * k).sum(-1).mul(scale)  # B x L x H
+        if mask is not None:
+            scores = scores.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        probs = torch.cat([null_score.transpose(1, 2), scores], dim=1).softmax(dim=1)  # B x (L+1) x H
+        return probs[:, 0].unsqueeze(-1) * null_v + (probs[:, 1:].unsqueeze(-1) * v).sum(1)
+
     def forward(
         self,
         query: torch.Tensor,
@@ -114,20 +148,17 @@ class MultiHeadAttention(nn.Module):
             B x D (N x D) output, and B x L (N x L) weights (or None).
         """
         b, length, d = keys.shape
-        always = torch.ones(b, 1, dtype=torch.bool, device=keys.device)
-        mask = always.expand(b, length + 1) if mask is None else torch.cat([always, mask], dim=1)
-        # The null slot is the same for every row: projected once, not once per row.
-        k = torch.cat([self.k_proj(self.null_key).expand(b, 1, d), self.k_proj(keys)], dim=1)
-        v = torch.cat([self.v_proj(self.null_value).expand(b, 1, d), self.v_proj(values)], dim=1)
-        k, v = self._heads(k), self._heads(v)  # B x H x (L+1) x d
         n = query.shape[0]
         q = self.q_proj(query).view(n, self.num_heads, self.head_dim)  # N x H x d
+        k, v = self._project(keys, values)  # B x L x D each
+        # The null slot is the same for every row: projected once, not once per row.
+        null_k, null_v = self.k_proj(self.null_key), self.v_proj(self.null_value)  # 1 x 1 x D
         if owner is None and not need_weights:
-            # One query per row over a few keys: elementwise beats a batch of 1-row matrix products.
-            scores = (q.unsqueeze(1) * k.transpose(1, 2)).sum(-1).div(math.sqrt(self.head_dim))  # B x (L+1) x H
-            probs = scores.masked_fill(~mask.unsqueeze(-1), float("-inf")).softmax(dim=1)
-            out = (probs.unsqueeze(-1) * v.transpose(1, 2)).sum(1)  # B x H x d
-            return self.out_proj(out.reshape(n, d)), None
+            return self.out_proj(self._one_query_per_row(q, k, v, null_k, null_v, mask).reshape(n, d)), None
+        always = torch.ones(b, 1, dtype=torch.bool, device=keys.device)
+        mask = always.expand(b, length + 1) if mask is None else torch.cat([always, mask], dim=1)
+        k = self._heads(torch.cat([null_k.expand(b, 1, d), k], dim=1))  # B x H x (L+1) x d
+        v = self._heads(torch.cat([null_v.expand(b, 1, d), v], dim=1))
         if owner is None:
             owner = torch.arange(n, device=q.device)
             slot = torch.zeros(n, dtype=torch.long, device=q.device)
