@@ -5,8 +5,9 @@ python -m bench.scale [--users 1000000] [--products 100000] [--purchases-per-use
 
 * a Serve replica: resident memory once ready, seconds from deploy to healthy, CPU per
   ``/recommend`` (the replica's CPU time over a run of requests, read from /proc);
-* the nightly job's scoring: households/s per core in one scoring process (one actor's work)
-  and that process's resident memory;
+* the nightly job's scoring: households/s per core in one scoring process (one actor's work),
+  steady (after its first batch), and that process's resident memory; eager and through
+  ``torch.compile`` (what the nightly job's actors use when each has enough households);
 * the same figures for Complete Journey when ``--cj-model``/``--cj-data`` are given, for the
   ratios.
 
@@ -111,32 +112,43 @@ def serve_figures(model: str, data: str, users: list) -> dict:
         serve.shutdown()
 
 
-def scoring_figures(model: str, data: str, users: int) -> dict:
+def scoring_figures(model: str, data: str, users: int, compiled: bool = False) -> dict:
     """One scoring process (a nightly actor's work) on ``users`` households: households/s on one
-    core and the process's peak resident memory; in a subprocess so its memory is its own."""
+    core after the first batch of 512 (steady, as the nightly job reports it), the first batch's
+    seconds (with ``compiled``, the torch.compile compilation is paid there) and the process's
+    peak resident memory; in a subprocess so its memory is its own."""
     code = (
         "import json, sys, time, numpy as np, pyarrow as pa, torch\n"
         "torch.set_num_threads(1)\n"
         "from ncf.batch.scoring import score_users\n"
         "from ncf.rank.recommender import Recommender\n"
         f"rec = Recommender.load({model!r}, data={data!r})\n"
-        "positions = rec.state.states.users()[:" + str(users) + "]\n"
+        + ("rec.ranker.compile()\n" if compiled else "")
+        + "positions = rec.state.states.users()[:"
+        + str(users)
+        + "]\n"
         "ids = pa.array(rec.vocabs.users.raw_of(positions))\n"
         "loaded = time.time()\n"
+        "first = None\n"
         "for start in range(0, len(ids), 512):\n"
         "    batch = slice(start, start + 512)\n"
         "    score_users(rec, ids.slice(start, 512), 10, rec.default_at, rec.default_at, positions[batch])\n"
+        "    first = first or time.time()\n"
+        "end = time.time()\n"
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would report the parent's.
         "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
-        "print(json.dumps({'users_per_s': len(ids) / (time.time() - loaded), 'peak_rss_mib': hwm / 1024}))\n"
+        "print(json.dumps({'steady': (len(ids) - 512) / (end - first), 'first_batch_s': first - loaded,"
+        " 'peak_rss_mib': hwm / 1024}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    prefix = "nightly_compiled" if compiled else "nightly"
     return {
-        "nightly_users_per_s_per_core": round(result["users_per_s"], 1),
-        "nightly_actor_peak_rss_mib": round(result["peak_rss_mib"]),
+        f"{prefix}_users_per_s_per_core": round(result["steady"], 1),
+        f"{prefix}_first_batch_s": round(result["first_batch_s"], 1),
+        f"{prefix}_actor_peak_rss_mib": round(result["peak_rss_mib"]),
     }
 
 
@@ -148,7 +160,7 @@ def measure(model: str, data: str, sample: int) -> dict:
     del recommender
     serving = serve_figures(model, data, users)
     print(json.dumps({"serving": model, **serving}), flush=True)  # a line per part, as it lands
-    return {**serving, **scoring_figures(model, data, sample)}
+    return {**serving, **scoring_figures(model, data, sample), **scoring_figures(model, data, sample, compiled=True)}
 
 
 def main(argv=None) -> dict:

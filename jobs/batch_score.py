@@ -39,6 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor, help="CPUs each scoring actor requests")
     p.add_argument("--gpu", default=d.gpu, help="auto (GPU actors when the cluster has GPUs), yes or no")
+    p.add_argument(
+        "--compile",
+        default=d.compile,
+        help="score through torch.compile in each actor: auto (when each actor has enough users to repay "
+        "the compilation), yes or no",
+    )
     p.add_argument("--progress-every", type=float, default=d.progress_every_s, help="seconds between progress lines")
     p.add_argument(
         "--verify",
@@ -63,6 +69,7 @@ def main(argv=None) -> dict:
             actors=args.actors,
             cpus_per_actor=args.cpus_per_actor,
             gpu=args.gpu,
+            compile=args.compile,
             progress_every_s=args.progress_every,
         )
         check_config(config)  # before Ray starts

@@ -62,19 +62,48 @@ def test_bad_k_and_missing_data_are_one_line_errors(small_model_dir, tmp_path, c
         ["--model", small_model_dir, "--data", str(tmp_path), "--output", str(tmp_path / "o"), "--at", "soon"],
         ["--model", small_model_dir, "--data", str(tmp_path), "--output", str(tmp_path / "o"), "--gpu", "maybe"],
         ["--model", str(tmp_path), "--data", str(tmp_path), "--output", str(tmp_path / "o")],
+        ["--model", small_model_dir, "--data", str(tmp_path), "--output", str(tmp_path / "o"), "--compile", "always"],
     ):
         with pytest.raises(SystemExit) as exit_info:
             batch_score.main(argv)
         assert exit_info.value.code == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert (
-        len(errors) == 5
+        len(errors) == 6
         and "--k 0" in errors[0]
         and "not a preprocessed DATA directory" in errors[1]
         and "'soon'" in errors[2]
     )
-    assert "'maybe'" in errors[3] and "not a model directory" in errors[4]
+    assert "'maybe'" in errors[3] and "not a model directory" in errors[4] and "'always'" in errors[5]
     assert not os.path.exists(tmp_path / "o" / bs.TMP) or not os.listdir(tmp_path / "o" / bs.TMP)
+
+
+def test_compile_is_chosen_when_it_repays_itself_and_can_run(monkeypatch):
+    enough = bs.COMPILE_MIN_USERS_PER_ACTOR
+    assert bs.resolve_compile("auto", enough, use_gpu=False) == bs.can_compile()
+    assert not bs.resolve_compile("auto", enough - 1, use_gpu=False)
+    assert not bs.resolve_compile("no", enough, use_gpu=True)
+    assert bs.resolve_compile("yes", 1, use_gpu=True)
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setenv("PATH", "")
+    assert not bs.resolve_compile("auto", enough, use_gpu=False)
+    with pytest.raises(InputError, match="C\\+\\+ compiler"):
+        bs.resolve_compile("yes", enough, use_gpu=False)
+
+
+def test_compiled_scoring_ranks_as_the_model_does(small_model_dir, small_data):
+    """The nightly actors' torch.compile path: the same top 5 and scores as eager scoring."""
+    if not bs.can_compile():
+        pytest.skip("no C++ compiler for torch.compile's CPU kernels")
+    data, _ = small_data
+    eager = Recommender.load(small_model_dir, data=data)
+    compiled = Recommender.load(small_model_dir, data=data)
+    compiled.ranker.compile()
+    users = eager.state.states.users()[:24]
+    at = [eager.default_at] * len(users)
+    for a, b in zip(eager.ranker.rank(users, at, k=K), compiled.ranker.rank(users, at, k=K)):
+        assert a.products.tolist() == b.products.tolist()
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4, atol=1e-6)
 
 
 # -- the job on the small synthetic dataset --------------------------------------------------------

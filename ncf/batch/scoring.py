@@ -64,6 +64,8 @@ from ncf.rank.recommender import Recommender
 from ncf.rank.state import EmbeddingRows
 
 PARTITION_KEY = "run_date"
+COMPILE_SETTINGS = ("auto", "yes", "no")
+COMPILE_MIN_USERS_PER_ACTOR = 100_000
 # About this many parts per run: progress is visible, files are not tiny.
 TARGET_PARTS = 50
 
@@ -85,6 +87,9 @@ class BatchScoreConfig:
             ``cpus_per_actor`` of the cluster's CPUs).
         cpus_per_actor: CPUs reserved by each actor.
         gpu: ``auto`` (GPU actors when the cluster has GPUs), ``yes`` or ``no``.
+        compile: score through ``torch.compile`` in each actor: ``auto`` (when each actor has at
+            least :data:`COMPILE_MIN_USERS_PER_ACTOR` users, so that the compilation pays for
+            itself, and a C++ compiler is installed), ``yes`` or ``no``.
         progress_every_s: seconds between progress lines (the first part always prints).
     """
 
@@ -97,6 +102,7 @@ class BatchScoreConfig:
     actors: int = 0
     cpus_per_actor: float = 1.0
     gpu: str = "auto"
+    compile: str = "auto"
     progress_every_s: float = 10.0
 
 
@@ -218,12 +224,22 @@ class ScoreBatch:
     """
 
     def __init__(
-        self, model: str, data: str, stage: str, k: int, at: int, scored_at: int, use_gpu: bool = False
+        self,
+        model: str,
+        data: str,
+        stage: str,
+        k: int,
+        at: int,
+        scored_at: int,
+        use_gpu: bool = False,
+        compile_model: bool = False,
     ) -> None:
         import torch
 
         device = torch.device("cuda") if use_gpu else torch.device("cpu")
         self.recommender = Recommender.load(model, data=data, device=device)
+        if compile_model:
+            self.recommender.ranker.compile()
         self.stage, self.k, self.at, self.scored_at = stage, k, at, scored_at
 
     def __call__(self, batch: pa.Table) -> Dict[str, np.ndarray]:
@@ -249,6 +265,26 @@ def _actor_resources(gpu: str, actors: int, cpus_per_actor: float) -> tuple[int,
     if actors <= 0:
         actors = gpus if use else max(1, int(resources.get("CPU", 1) // cpus_per_actor))
     return actors, int(use)
+
+
+def can_compile() -> bool:
+    """Whether ``torch.compile`` can build kernels here: Inductor's CPU kernels need a C++
+    compiler (CUDA kernels come from Triton, which ships with torch)."""
+    import shutil
+
+    return shutil.which(os.environ.get("CXX", "g++")) is not None or shutil.which("c++") is not None
+
+
+def resolve_compile(setting: str, users_per_actor: int, use_gpu: bool) -> bool:
+    """Whether the actors score through ``torch.compile`` (``setting``: see BatchScoreConfig)."""
+    if setting == "no":
+        return False
+    available = use_gpu or can_compile()
+    if setting == "yes":
+        if not available:
+            raise InputError("--compile yes: torch.compile needs a C++ compiler (g++ or $CXX) on CPU")
+        return True
+    return available and users_per_actor >= COMPILE_MIN_USERS_PER_ACTOR
 
 
 def _check_k(k: int, recommender_config: Dict) -> None:
@@ -284,6 +320,8 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple
     _check_k(config.k, model_config)
     if config.gpu not in GPU_SETTINGS:
         raise InputError(f"--gpu must be one of {', '.join(GPU_SETTINGS)}, not {config.gpu!r}")
+    if config.compile not in COMPILE_SETTINGS:
+        raise InputError(f"--compile must be one of {', '.join(COMPILE_SETTINGS)}, not {config.compile!r}")
     resolve_at(config.at, 0, now=now)  # a bad --at fails before the data is looked at
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
     at = resolve_at(config.at, layout.DataStats(config.data).end + 1, now=now)
@@ -336,10 +374,12 @@ def _score_into(
     actors, gpus = _actor_resources(config.gpu, config.actors, config.cpus_per_actor)
     blocks = [users.slice(i, batch_size) for i in range(0, users.num_rows, batch_size)]
     actors = max(1, min(actors, len(blocks)))
+    compile_model = resolve_compile(config.compile, -(-users.num_rows // actors), bool(gpus))
     log(
         f"{users.num_rows:,} users, k={config.k}, at {pd.Timestamp(at, unit='s', tz='UTC').isoformat()}, "
         f"model {model_config['version']}: {len(blocks)} batches of {batch_size} on {actors} actor(s)"
         + (" with a GPU each" if gpus else "")
+        + (", the model compiled in each (torch.compile)" if compile_model else "")
     )
     # Ray 2.60's map_batches has no named parameter for max_restarts (below): ray_remote_args is
     # its only route, which Ray reports as deprecated on every run. Silenced here only.
@@ -355,6 +395,7 @@ def _score_into(
                 "at": at,
                 "scored_at": int(started),
                 "use_gpu": bool(gpus),
+                "compile_model": compile_model,
             },
             batch_size=batch_size,
             batch_format="pyarrow",
