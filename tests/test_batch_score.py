@@ -106,6 +106,23 @@ def test_compiled_scoring_ranks_as_the_model_does(small_model_dir, small_data):
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4, atol=1e-6)
 
 
+def test_a_compilation_that_fails_falls_back_to_eager_scoring(small_model_dir, small_data):
+    data, _ = small_data
+    recommender = Recommender.load(small_model_dir, data=data)
+    users = recommender.state.states.users()[:4]
+    at = [recommender.default_at] * len(users)
+    expected = recommender.ranker.rank(users, at, k=K)
+
+    def broken_compiler(batch, need_weights=False):
+        raise RuntimeError("C++ compile error")
+
+    recommender.ranker._logits = broken_compiler  # what a failing torch.compile raises at its first call
+    with pytest.warns(UserWarning, match="torch.compile failed .*C\\+\\+ compile error"):
+        got = recommender.ranker.rank(users, at, k=K)
+    assert [r.products.tolist() for r in got] == [r.products.tolist() for r in expected]
+    assert recommender.ranker._logits == recommender.ranker.model.logits
+
+
 # -- the job on the small synthetic dataset --------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -206,7 +207,18 @@ class Ranker:
     @torch.no_grad()
     def _score(self, questions: List[_Question], explain: bool):
         batch = self._batch(questions)
-        logits, weights = self._logits(batch, need_weights=explain)
+        try:
+            logits, weights = self._logits(batch, need_weights=explain)
+        except Exception as error:
+            if self._logits == self.model.logits:
+                raise
+            # torch.compile failed to build its kernels (a broken compiler, a full disk): the
+            # eager model gives the same scores, so the job goes on without it.
+            warnings.warn(
+                f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); scoring eagerly", stacklevel=2
+            )
+            self._logits = self.model.logits
+            logits, weights = self._logits(batch, need_weights=explain)
         probs = self.model.final[1](logits).float().cpu().numpy()
         return probs, None if weights is None else weights.float().cpu().numpy()
 
