@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
+import torch
 
 from jobs import batch_score
 from ncf.batch import scoring as bs
@@ -108,7 +109,7 @@ def test_compiled_scoring_ranks_as_the_model_does(small_model_dir, small_data):
         np.testing.assert_allclose(eager_scores_of_b, a.scores, rtol=1e-4, atol=1e-6)
 
 
-def test_a_compilation_that_fails_falls_back_to_eager_scoring(small_model_dir, small_data):
+def test_a_compilation_that_fails_falls_back_to_eager_scoring(small_model_dir, small_data, monkeypatch):
     data, _ = small_data
     recommender = Recommender.load(small_model_dir, data=data)
     users = recommender.state.states.users()[:4]
@@ -118,7 +119,9 @@ def test_a_compilation_that_fails_falls_back_to_eager_scoring(small_model_dir, s
     def broken_compiler(batch, need_weights=False):
         raise RuntimeError("C++ compile error")
 
-    recommender.ranker._logits = broken_compiler  # what a failing torch.compile raises at its first call
+    # What a failing torch.compile does: the compiled function raises at its first call.
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: broken_compiler)
+    recommender.ranker.compile()
     with pytest.warns(UserWarning, match="torch.compile failed .*C\\+\\+ compile error"):
         got = recommender.ranker.rank(users, at, k=K)
     assert [r.products.tolist() for r in got] == [r.products.tolist() for r in expected]

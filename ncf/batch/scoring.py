@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import uuid
 import warnings
@@ -270,8 +271,6 @@ def _actor_resources(gpu: str, actors: int, cpus_per_actor: float) -> tuple[int,
 def can_compile() -> bool:
     """Whether ``torch.compile`` can build kernels here: Inductor's CPU kernels need a C++
     compiler (CUDA kernels come from Triton, which ships with torch)."""
-    import shutil
-
     return shutil.which(os.environ.get("CXX", "g++")) is not None or shutil.which("c++") is not None
 
 

@@ -94,8 +94,22 @@ class Ranker:
         """Scores through ``torch.compile`` from now on: Inductor fuses the model's chain of small
         memory-bound steps over the N candidates. The first call compiles (about a minute on a
         CPU core, less with Inductor's on-disk cache warm); worth it for a long batch job, not for
-        a replica that must start fast."""
-        self._logits = torch.compile(self.model.logits, dynamic=True)
+        a replica that must start fast. A compilation that fails (a broken compiler, a full disk)
+        warns and leaves the eager model, which gives the same scores, to score from then on."""
+        compiled = torch.compile(self.model.logits, dynamic=True)
+
+        def compiled_or_eager(batch: Batch, need_weights: bool = False):
+            try:
+                return compiled(batch, need_weights=need_weights)
+            except Exception as error:
+                warnings.warn(
+                    f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); scoring eagerly",
+                    stacklevel=2,
+                )
+                self._logits = self.model.logits
+                return self._logits(batch, need_weights=need_weights)
+
+        self._logits = compiled_or_eager
 
     @property
     def history_length(self) -> int:
@@ -207,18 +221,7 @@ class Ranker:
     @torch.no_grad()
     def _score(self, questions: List[_Question], explain: bool):
         batch = self._batch(questions)
-        try:
-            logits, weights = self._logits(batch, need_weights=explain)
-        except Exception as error:
-            if self._logits == self.model.logits:
-                raise
-            # torch.compile failed to build its kernels (a broken compiler, a full disk): the
-            # eager model gives the same scores, so the job goes on without it.
-            warnings.warn(
-                f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); scoring eagerly", stacklevel=2
-            )
-            self._logits = self.model.logits
-            logits, weights = self._logits(batch, need_weights=explain)
+        logits, weights = self._logits(batch, need_weights=explain)
         probs = self.model.final[1](logits).float().cpu().numpy()
         return probs, None if weights is None else weights.float().cpu().numpy()
 
