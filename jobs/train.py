@@ -99,7 +99,7 @@ def main(argv=None) -> str:
         fit_options = dict(num_workers=args.workers, use_gpu=gpu, storage_path=args.storage)
         validated = fit(config, name=name, **fit_options)
         _export(validated, validated_dir, data, f"{stamp}-{VALIDATED}", {}, args.overwrite)
-        test = evaluate_all(validated_dir, data, TEST, with_baselines=False)[0]
+        test = evaluate_all(validated_dir, data, TEST, baselines=())[0]
         epochs = best_epoch(validated)
         update_metrics(validated_dir, {"test": test, "best_epoch": epochs})
         validated_version = track_model(validated_dir, data, name, vars(args), candidate=not args.refit)

@@ -136,16 +136,15 @@ def evaluate_all(
     data: str,
     split: str = TEST,
     max_users: Optional[int] = None,
-    with_baselines: bool = True,
-    with_als: bool = True,
+    baselines: Sequence[str] = BASELINE_ORDER,
     retune: bool = False,
     name: str = MODEL,
     on_period: Optional[tuple[Ranker, Period]] = None,
     exclude_purchased: bool = False,
 ) -> List[Dict]:
-    """The model (unless ``model_dir`` is None), then each baseline, on the same households of
-    the same period of ``data`` (``on_period``: :func:`model_on_period`'s result, when the
-    caller has it already)."""
+    """The model (unless ``model_dir`` is None), then each of ``baselines``, on the same
+    households of the same period of ``data`` (``on_period``: :func:`model_on_period`'s result,
+    when the caller has it already)."""
     boundaries = layout.DataStats(data).boundaries
     rows = []
     if model_dir is not None:
@@ -160,7 +159,6 @@ def evaluate_all(
         rows.append(
             evaluate(name, None, score, period, users, state.states, context.num_products, context.catalog, rank_many)
         )
-    if with_baselines:
-        names = [n for n in BASELINE_ORDER if with_als or n != "als"]
-        rows.extend(evaluate_baselines(data, state, context, period, users, names, retune, exclude_purchased))
+    if baselines:
+        rows.extend(evaluate_baselines(data, state, context, period, users, baselines, retune, exclude_purchased))
     return rows
