@@ -100,7 +100,7 @@ def test_compiled_scoring_ranks_as_the_model_does(small_model_dir, small_data):
     eager = Recommender.load(small_model_dir, data=data)
     compiled = Recommender.load(small_model_dir, data=data)
     compiled.ranker.compile()
-    users = eager.state.states.users()[:24]
+    users = eager.state.states.users()[:40]  # a full chunk of 32 households, then a shorter one
     at = [eager.default_at] * len(users)
     for user, a, b in zip(users, eager.ranker.rank(users, at, k=K), compiled.ranker.rank(users, at, k=K)):
         np.testing.assert_allclose(b.scores, a.scores, rtol=1e-4, atol=1e-6)

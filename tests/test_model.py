@@ -194,6 +194,20 @@ def test_eval_mode_is_deterministic():
     torch.testing.assert_close(model(batch), model(batch), rtol=0, atol=0)
 
 
+def test_filling_the_context_rows_leaves_every_score():
+    """Batch.with_contexts, which keeps a compiled model at one shape, changes no candidate's score."""
+    config = small_config()
+    model = AdvancedNCF(config).eval()
+    batch = example_batch(config, 3, 8)
+    filled = batch.with_contexts(32)
+    assert filled.num_contexts == 32 and filled.num_candidates == batch.num_candidates
+    assert batch.with_contexts(2) is batch
+    logits, weights = model.logits(batch, need_weights=True)
+    filled_logits, filled_weights = model.logits(filled, need_weights=True)
+    torch.testing.assert_close(filled_logits, logits)
+    torch.testing.assert_close(filled_weights, weights)
+
+
 def test_save_load_round_trip_weights_only():
     config = small_config()
     model = AdvancedNCF(config).eval()

@@ -72,6 +72,25 @@ class Batch:
             return self
         return replace(self, history=self.history[:, :length], history_age_days=self.history_age_days[:, :length])
 
+    def with_contexts(self, count: int) -> "Batch":
+        """At least ``count`` context rows, the first repeated to fill: no candidate's ``owner``
+        points to a copy, so every candidate scores as before. A compiled model then sees one
+        context shape, where a shorter last chunk would make it compile again."""
+        missing = count - self.num_contexts
+        if missing <= 0:
+            return self
+
+        def filled(rows: torch.Tensor) -> torch.Tensor:
+            return torch.cat([rows, rows[:1].expand(missing, *rows.shape[1:])])
+
+        return replace(
+            self,
+            user=filled(self.user),
+            time_parts=filled(self.time_parts),
+            history=filled(self.history),
+            history_age_days=filled(self.history_age_days),
+        )
+
     def with_unknown_rows(self, generator: torch.Generator, user_share: float, product_share: float) -> "Batch":
         """Replaces a share of household and candidate rows by the unknown row 0, so that row
         learns a generic household (product) for the ones the tables have never seen."""

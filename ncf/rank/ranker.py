@@ -100,7 +100,7 @@ class Ranker:
 
         def compiled_or_eager(batch: Batch, need_weights: bool = False):
             try:
-                return compiled(batch, need_weights=need_weights)
+                return compiled(batch.with_contexts(CHUNK_USERS), need_weights=need_weights)
             except Exception as error:
                 warnings.warn(
                     f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); scoring eagerly",
