@@ -40,7 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--concurrent", type=int, default=0, help="trials at once (0 = what the cluster fits)")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap each epoch (0 = the whole split)")
     p.add_argument("--val-users", type=int, default=600, help="households ranked for each epoch's validation (0 = all)")
-    p.add_argument("--batch-size", type=int, default=4096, help="training lists (household x cutoff) per step")
+    p.add_argument(
+        "--batch-size", type=int, default=SweepSettings.batch_size, help="training lists (household x cutoff) per step"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of Optuna's sampler")
     p.add_argument(
         "--refit",

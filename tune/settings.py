@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from ncf.errors import InputError
+from ncf.train.config import TrainConfig
 
 
 @dataclass
@@ -22,7 +23,7 @@ class SweepSettings:
         concurrent: trials at once (0 = what the cluster fits, leaving CPUs to Ray Data).
         max_steps_per_epoch: caps an epoch (0 = the whole training split).
         val_users: users in each epoch's validation ranking (0 = all).
-        batch_size: training batch size.
+        batch_size: training lists (household x cutoff) per step, training's default.
         seed: the Optuna sampler's seed.
     """
 
@@ -35,7 +36,7 @@ class SweepSettings:
     concurrent: int = 0
     max_steps_per_epoch: int = 0
     val_users: int = 600
-    batch_size: int = 4096
+    batch_size: int = TrainConfig.batch_size
     seed: int = 0
 
     def __post_init__(self) -> None:
