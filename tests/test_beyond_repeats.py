@@ -43,11 +43,13 @@ def test_the_model_matches_als_on_a_log_without_rebuys(ray_session, tmp_path):
     )
     config = TrainConfig(data=data, model=SMALL_MODEL, epochs=3, batch_size=16, learning_rate=5e-3, val_users=200)
     result = fit(config, storage_path=str(tmp_path / "runs"), name="no-rebuys")
-    assert result.error is None
+    assert result.error is None, result.error
     checkpoint, metrics = best_checkpoint(result)
     model = export_model_dir(checkpoint, str(tmp_path / "model"), data, {"training": metrics})
 
-    rows = {r["model"]: r for r in evaluate_all(model, data, TEST, exclude_purchased=True)}
+    rows = {
+        r["model"]: r for r in evaluate_all(model, data, TEST, baselines=("popularity", "als"), exclude_purchased=True)
+    }
     ours, als, popular = rows["advanced_ncf"], rows["als"], rows["popularity"]
     assert ours["repeat_share@10"] == 0.0  # nothing it bought comes back
     assert ours["recall@10"] >= als["recall@10"] and ours["recall@10"] > popular["recall@10"]

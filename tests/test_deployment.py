@@ -44,9 +44,11 @@ def _logs_with_a_new_household(root, cut: pd.Timestamp) -> tuple[str, str]:
     return path, catalog
 
 
-def _run(*args: str) -> str:
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    env.pop("RAY_ADDRESS", None)  # its own local cluster, as a user's laptop run
+def _run(ray_session, *args: str) -> str:
+    # Submitted to the session's cluster (RAY_ADDRESS): a job's own local cluster would start
+    # beside it, which costs tens of seconds on 2 cores (test_tune_sweep covers that path).
+    address = ray_session.get_runtime_context().gcs_address
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_ADDRESS": address}
     done = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
@@ -58,6 +60,7 @@ def test_refit_through_the_cli_serves_every_household_from_histories_to_the_cut(
     logs, catalog = _logs_with_a_new_household(tmp_path, cut)
     data, model = str(tmp_path / "data"), str(tmp_path / "model")
     _run(
+        ray_session,
         "jobs.preprocess",
         "--input",
         logs,
@@ -75,6 +78,7 @@ def test_refit_through_the_cli_serves_every_household_from_histories_to_the_cut(
         "4",
     )
     out = _run(
+        ray_session,
         "jobs.train",
         "--data",
         data,

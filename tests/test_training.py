@@ -35,11 +35,11 @@ def test_two_workers_with_sharded_tables_reduce_the_loss(small_data, tmp_path):
         patience=5,
     )
     result = fit(config, num_workers=2, storage_path=str(tmp_path), name="sharded")
-    assert result.error is None
+    assert result.error is None, result.error
     rows = epochs_metrics(result)
-    assert [m["epoch"] for m in rows] == [1, 2, 3]
-    assert all(m["world_size"] == 2 for m in rows)
-    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert [m["epoch"] for m in rows] == [1, 2, 3], rows
+    assert all(m["world_size"] == 2 for m in rows), rows
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"], rows
 
     # The gathered (unsharded) weights make a complete model directory that ranks.
     checkpoint, metrics = best_checkpoint(result)
@@ -78,7 +78,7 @@ def test_a_crashed_worker_resumes_from_the_last_checkpoint(small_data, tmp_path)
         config, num_workers=1, storage_path=str(tmp_path), name="crash", max_failures=1, step_hook=CrashOnce(marker, 2)
     )
     assert os.path.exists(marker), "the drill did crash the worker"
-    assert result.error is None
+    assert result.error is None, result.error
     rows = epochs_metrics(result)
     assert [m["epoch"] for m in rows] == [1, 2, 3]  # the same number of epochs, none repeated
     with result.checkpoint.as_directory() as d:
