@@ -46,7 +46,7 @@ def _logs_with_a_new_household(root, cut: pd.Timestamp) -> tuple[str, str]:
 
 def _run(ray_session, *args: str) -> str:
     # Submitted to the session's cluster (RAY_ADDRESS): a job's own local cluster would start
-    # beside it, which costs tens of seconds on 2 cores (test_tune_sweep covers that path).
+    # beside it, which costs tens of seconds on 2 cores (test_faults' sweep drill runs a job that way).
     address = ray_session.get_runtime_context().gcs_address
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_ADDRESS": address}
     done = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
