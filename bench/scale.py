@@ -116,7 +116,9 @@ def scoring_figures(model: str, data: str, users: int, compiled: bool = False) -
     """One scoring process (a nightly actor's work) on ``users`` households: households/s on one
     core after the first batch of 512 (steady, as the nightly job reports it), the first batch's
     seconds (with ``compiled``, the torch.compile compilation is paid there) and the process's
-    peak resident memory; in a subprocess so its memory is its own."""
+    peak resident memory; in a subprocess so its memory is its own. One core means one torch
+    thread and one OpenMP thread for FAISS's search, what Ray gives a 1-CPU actor
+    (OMP_NUM_THREADS=1); FAISS would otherwise search on every core."""
     code = (
         "import json, sys, time, numpy as np, pyarrow as pa, torch\n"
         "torch.set_num_threads(1)\n"
@@ -140,7 +142,8 @@ def scoring_figures(model: str, data: str, users: int, compiled: bool = False) -
         "print(json.dumps({'steady': (len(ids) - 512) / (end - first), 'first_batch_s': first - loaded,"
         " 'peak_rss_mib': hwm / 1024}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=3600)
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
     result = json.loads(done.stdout.strip().splitlines()[-1])
