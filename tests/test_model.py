@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ncf.data.features import CATEGORY_COLUMNS, DURATION_COLUMNS, TIMING_COLUMNS
 from ncf.device import default_device
 from ncf.model import AdvancedNCF, ModelConfig, example_batch
-from ncf.model.advanced_ncf import PRODUCT_KEY, USER_KEY, lookup
+from ncf.model.advanced_ncf import PRODUCT_KEY, USER_KEY, lookup, lookup_distinct
 from ncf.model.config import SWITCHES
 from ncf.model.modules import CategoryHierarchy, MultiHeadAttention, TemporalEncoding
 
@@ -79,14 +80,21 @@ def test_gradients_reach_every_table_and_layer():
     assert missing == []
 
 
-def test_one_lookup_per_side_reads_the_tables_rows():
-    """Households and the distinct products of a batch are looked up once each; a one-id bag is
-    that id's row, so the lookup equals indexing the table."""
+def test_a_plain_tables_direct_read_equals_torchrecs_pooled_lookup():
+    """An unsharded collection is read directly (no KJT, no pooling); a one-id bag pools to that
+    id's row, so the read must equal the collection's own forward over the same ids, repeats and
+    the unknown row 0 included."""
     model = AdvancedNCF(small_config())
+    collection = model.mlp_embedding_collection
     ids = torch.tensor([3, 0, 7, 3])
-    for key, table in ((USER_KEY, "user_mlp_embeddings"), (PRODUCT_KEY, "product_mlp_embeddings")):
-        weight = model.mlp_embedding_collection.embedding_bags[table].weight
-        torch.testing.assert_close(lookup(model.mlp_embedding_collection, key, ids), weight[ids])
+    for key in (USER_KEY, PRODUCT_KEY):
+        ones, empty = torch.ones(4, dtype=torch.int32), torch.zeros(4, dtype=torch.int32)
+        lengths = torch.cat([ones, empty] if key == USER_KEY else [empty, ones])
+        pooled = collection(
+            KeyedJaggedTensor.from_lengths_sync(keys=[USER_KEY, PRODUCT_KEY], values=ids, lengths=lengths)
+        )
+        torch.testing.assert_close(lookup(collection, key, ids), pooled[key], rtol=0, atol=0)
+        torch.testing.assert_close(lookup_distinct(collection, key, ids), pooled[key], rtol=0, atol=0)
 
 
 def test_attention_masks_padding_and_never_nans():

@@ -74,13 +74,40 @@ def _collection(prefix: str, config: ModelConfig, dim: int, device) -> Embedding
 
 def lookup(collection: nn.Module, key: str, ids: torch.Tensor) -> torch.Tensor:
     """One row per id of the ``key`` feature's table (``len(ids) x D``); the collection's other
-    feature gets empty bags, so only this side's table is read (and, in training, updated)."""
+    feature gets empty bags, so only this side's table is read (and, in training, updated).
+
+    An unsharded collection (evaluation, ranking) is read directly: a bag of one id pools to its
+    row, and building the KJT and pooling bags of one costs about 15 times the gather (3.8 against
+    0.22 ms for 10k product rows) and breaks ``torch.compile``'s graph. Training's collections are
+    sharded (fused kernels) and go through TorchRec's lookup.
+    """
+    if isinstance(collection, EmbeddingBagCollection):
+        return nn.functional.embedding(ids, _table_of(collection, key).weight)
     n = ids.shape[0]
     ones = torch.ones(n, dtype=torch.int32, device=ids.device)
     empty = torch.zeros(n, dtype=torch.int32, device=ids.device)
     lengths = torch.cat([ones, empty] if key == USER_KEY else [empty, ones])
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=[USER_KEY, PRODUCT_KEY], values=ids, lengths=lengths)
     return collection(kjt)[key]
+
+
+def lookup_distinct(collection: nn.Module, key: str, ids: torch.Tensor) -> torch.Tensor:
+    """:func:`lookup` where ``ids`` repeat (candidates and histories share products): a sharded
+    table is asked for each distinct id once, so its lookup moves, and its fused optimizer
+    updates, each row once. A plain table gathers every id: no ``torch.unique``, whose
+    data-dependent size would break a compiled graph."""
+    if isinstance(collection, EmbeddingBagCollection):
+        return lookup(collection, key, ids)
+    distinct, inverse = torch.unique(ids, return_inverse=True)
+    return lookup(collection, key, distinct).index_select(0, inverse)
+
+
+def _table_of(collection: EmbeddingBagCollection, key: str) -> nn.EmbeddingBag:
+    """The table that the ``key`` feature reads."""
+    for config in collection.embedding_bag_configs():
+        if key in config.feature_names:
+            return collection.embedding_bags[config.name]
+    raise KeyError(f"no table of {collection} reads the feature {key!r}")
 
 
 def _block(in_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
@@ -146,13 +173,12 @@ class AdvancedNCF(nn.Module):
         user = lookup(self.mlp_embedding_collection, USER_KEY, batch.user)  # U x D
         with_history = c.use_attention
         ids = torch.cat([batch.product, batch.history.reshape(-1)]) if with_history else batch.product
-        distinct, inverse = torch.unique(ids, return_inverse=True)
-        products = lookup(self.mlp_embedding_collection, PRODUCT_KEY, distinct)  # P x D
-        candidate = products.index_select(0, inverse[: batch.num_candidates])  # N x D
+        products = lookup_distinct(self.mlp_embedding_collection, PRODUCT_KEY, ids)  # (N + U * L) x D
+        candidate = products[: batch.num_candidates]  # N x D
         user_rows = user.index_select(0, owner)
         mlp_vector, weights = user_rows, None
         if c.use_attention:
-            history = products.index_select(0, inverse[batch.num_candidates :]).view(*batch.history.shape, -1)
+            history = products[batch.num_candidates :].view(*batch.history.shape, -1)
             mask = batch.history > 0
             keys = history * mask.unsqueeze(-1)
             if c.use_temporal:
