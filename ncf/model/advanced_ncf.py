@@ -4,7 +4,8 @@ A hybrid of matrix factorisation and a deep network that scores (household, prod
 
 * dual embedding paths, ``mf_embedding_collection`` and ``mlp_embedding_collection``, each a
   TorchRec ``EmbeddingBagCollection`` with a user and a product table; every batch looks each
-  side up once (households, then the distinct products of its candidates and histories);
+  side up once (households, then the products of its candidates and histories: each distinct
+  product once from training's sharded tables, every row directly from an unsharded one);
 * ``TemporalEncoding`` (sinusoidal): the moment's time parts, the durations of the purchase-timing
   features (days since the household last bought the candidate, its typical gap, ...) and the
   age of each past purchase;
