@@ -3,7 +3,11 @@
 import os
 import socket
 
+from ncf.evaluate.evaluation import BASELINE_ORDER
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every baseline but ALS, whose tuning and fitting the tests that only need the others skip.
+BASELINES_WITHOUT_ALS = tuple(b for b in BASELINE_ORDER if b != "als")
 
 
 def free_port() -> int:

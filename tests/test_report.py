@@ -5,9 +5,9 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import CHROMIUM_FLAGS, chromium_path
+from helpers import BASELINES_WITHOUT_ALS, CHROMIUM_FLAGS, chromium_path
 
-from ncf.evaluate.evaluation import BASELINE_ORDER, evaluate_all, model_on_period
+from ncf.evaluate.evaluation import evaluate_all, model_on_period
 from ncf.evaluate.report import write_report
 from ncf.splits import TEST
 
@@ -19,9 +19,7 @@ def on_period(small_model_dir, small_data):
 
 def test_report_renders_without_broken_images(on_period, small_model_dir, small_data, tmp_path):
     data, _ = small_data
-    rows = evaluate_all(
-        small_model_dir, data, max_users=15, baselines=[b for b in BASELINE_ORDER if b != "als"], on_period=on_period
-    )
+    rows = evaluate_all(small_model_dir, data, max_users=15, baselines=BASELINES_WITHOUT_ALS, on_period=on_period)
     history = [
         {"epoch": 1, "train_loss": 0.9, "val_ndcg@10": 0.1, "val_recall@10": 0.08},
         {"epoch": 2, "train_loss": 0.7, "val_ndcg@10": 0.12, "val_recall@10": 0.1},

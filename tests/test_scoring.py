@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 import pytest
+from helpers import BASELINES_WITHOUT_ALS
 
 from ncf.data.features import CATEGORY_HALF_LIVES, HALF_LIVES
 from ncf.evaluate.baselines import OwnFrequencyRanker, PointInTime, PopularityRanker, top_k
-from ncf.evaluate.evaluation import BASELINE_ORDER, evaluate_all, point_in_time_period
+from ncf.evaluate.evaluation import evaluate_all, point_in_time_period
 from ncf.evaluate.metrics import ranking_metrics
 from ncf.model import ann
 from ncf.rank.candidates import CATEGORY_SPREAD
@@ -185,7 +186,7 @@ def test_evaluate_all_reports_model_and_baselines(small_model_dir, small_data):
         assert by_name[name]["params"] == tuned[name]["params"] and 0 <= by_name[name]["val_ndcg@10"] <= 1
         assert tuned[name]["val_start"] == stats["boundaries"]["val_start"]
     assert by_name["own_frequency"]["repeat_share@10"] > 0.9  # its top 10 is the household's own products
-    baselines_only = evaluate_all(None, data, "test", max_users=40, baselines=[b for b in BASELINE_ORDER if b != "als"])
+    baselines_only = evaluate_all(None, data, "test", max_users=40, baselines=BASELINES_WITHOUT_ALS)
     assert [r["model"] for r in baselines_only] == [n for n in names[1:] if n != "als"]
     alone = baselines_only[1]
     assert {k: v for k, v in alone.items() if "seconds" not in k} == {
