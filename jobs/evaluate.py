@@ -13,7 +13,7 @@ import os
 
 from jobs.cli import check_data, check_model, job_parser, one_line_errors
 from ncf.errors import InputError
-from ncf.evaluate.evaluation import evaluate_all, model_on_period
+from ncf.evaluate.evaluation import BASELINE_ORDER, evaluate_all, model_on_period
 from ncf.evaluate.report import write_report
 from ncf.model.directory import ModelDir
 from ncf.splits import TEST, VAL
@@ -39,6 +39,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def baseline_names(args: argparse.Namespace) -> tuple:
+    """The baselines to evaluate, in the report's order."""
+    if args.no_baselines:
+        return ()
+    return tuple(name for name in BASELINE_ORDER if name != "als" or not args.no_als)
+
+
 def main(argv=None) -> list:
     args = parse_args(argv)
     with one_line_errors():
@@ -51,9 +58,8 @@ def main(argv=None) -> list:
             args.data,
             args.split,
             args.max_users,
-            not args.no_baselines,
-            not args.no_als,
-            args.retune,
+            baselines=baseline_names(args),
+            retune=args.retune,
             on_period=on_period,
             exclude_purchased=args.exclude_purchased,
         )

@@ -1,5 +1,7 @@
-"""The evaluation report renders in headless Chromium; explanations are the model's attention."""
+"""The evaluation report renders in headless Chromium; explanations are the model's attention;
+``jobs.evaluate`` prints the model's row, then the baselines it was asked for."""
 
+import json
 import os
 import subprocess
 
@@ -7,7 +9,8 @@ import numpy as np
 import pytest
 from helpers import BASELINES_WITHOUT_ALS, CHROMIUM_FLAGS, chromium_path
 
-from ncf.evaluate.evaluation import evaluate_all, model_on_period
+from jobs import evaluate
+from ncf.evaluate.evaluation import MODEL, evaluate_all, model_on_period
 from ncf.evaluate.report import write_report
 from ncf.splits import TEST
 
@@ -131,3 +134,21 @@ def test_raw_ids_are_html_escaped(tmp_path):
     for raw in (script, amp, household, "<d>", "<c>"):
         assert raw not in page and html.escape(raw) in page
     assert page.count(html.escape(script)) == 3  # recent purchase, recommendation, its "because"
+
+
+def test_the_evaluate_job_prints_the_model_then_the_baselines_it_was_asked_for(small_model_dir, small_data, capsys):
+    data, _ = small_data
+    common = ["--model", small_model_dir, "--data", data, "--max-users", "15"]
+    rows = evaluate.main([*common, "--no-als"])
+    names = [r["model"] for r in rows]
+    assert names[0] == MODEL and "als" not in names, names
+    assert names[1:] == [b for b in BASELINES_WITHOUT_ALS if b in names], names
+    assert {"popularity", "own_frequency", "decayed_frequency", "tifu_knn"} <= set(names), names
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["model"] for r in printed] == names
+    assert {r["model_version"] for r in printed} == {"v1"}
+    assert all(0.0 <= r["recall@10"] <= 1.0 for r in printed), printed
+
+    alone = evaluate.main([*common, "--no-baselines"])
+    assert [r["model"] for r in alone] == [MODEL]
+    assert alone[0]["recall@10"] == rows[0]["recall@10"]
