@@ -9,6 +9,7 @@ import ray.cloudpickle
 import torch
 from conftest import SMALL_MODEL
 
+from ncf.errors import InputError
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
 from ncf.model.directory import save_model_dir
@@ -86,6 +87,25 @@ def test_a_crashed_worker_resumes_from_the_last_checkpoint(small_data, tmp_path)
     # The fused tables' row-wise Adagrad state and Adam's moments are in every checkpoint.
     names = " ".join(str(k) for k in optimizer["state"])
     assert "embedding" in names and len(optimizer["state"]) > 4
+
+
+def test_a_run_name_reused_for_another_model_configuration_is_refused_before_training(small_data, tmp_path):
+    data, _ = small_data
+    settings = dict(data=data, epochs=1, batch_size=8, val_users=10, max_steps_per_epoch=2, patience=5)
+    first = fit(TrainConfig(model=SMALL_MODEL, **settings), storage_path=str(tmp_path), name="reused", max_failures=0)
+    assert first.error is None, first.error
+    wider = {**SMALL_MODEL, "mlp_hidden_dims": [48, 16]}
+    # Ray Train would resume the reused name's run: the first model's tables and layers loaded
+    # into another shape of model. Refused in the driver, in one line, before Ray Train starts.
+    with pytest.raises(InputError) as refused:
+        fit(TrainConfig(model=wider, **settings), storage_path=str(tmp_path), name="reused", max_failures=0)
+    message = str(refused.value)
+    assert "\n" not in message and str(tmp_path / "reused") in message, message
+    assert "mlp_hidden_dims: [32, 16] there, [48, 16] here" in message, message
+    # The same configuration resumes.
+    again = fit(TrainConfig(model=SMALL_MODEL, **{**settings, "epochs": 2}), storage_path=str(tmp_path), name="reused")
+    assert again.error is None, again.error
+    assert [m["epoch"] for m in epochs_metrics(again)][-1] == 2
 
 
 def test_weights_load_only_without_unpickling(small_data, tmp_path):

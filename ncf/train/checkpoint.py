@@ -8,11 +8,14 @@ best validation NDCG@10, per-epoch history). ``jobs.train`` and ``tune`` export 
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 from typing import Dict, Optional, Tuple
 
 import torch
 
+from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.model.config import ModelConfig
 from ncf.model.directory import WEIGHTS, save_model_dir
@@ -39,6 +42,31 @@ def read_checkpoint(directory: str) -> Tuple[Dict[str, torch.Tensor], Dict]:
     """(weights, train state) of a checkpoint directory (weights_only: nothing is unpickled)."""
     weights = torch.load(os.path.join(directory, WEIGHTS), weights_only=True, map_location="cpu")
     return weights, read_train_state(directory)
+
+
+def check_same_model(run_folder: str, saved: Optional[Dict], current: Dict) -> None:
+    """Raises InputError when a checkpoint of ``run_folder`` was written by another model
+    configuration than ``current`` (a run name reused for another model: resuming would load
+    tables of other shapes)."""
+    current = json.loads(json.dumps(current))  # tuples as lists, as the saved JSON has them
+    if saved is None or saved == current:
+        return
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    difference = ", ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} here" for k in keys[:3])
+    raise InputError(
+        f"the checkpoint in {run_folder} was written by another model configuration ({difference}); "
+        "give this training a new --name or remove that run's folder"
+    )
+
+
+def check_resumable(storage_path: str, name: str, model_config: Dict) -> None:
+    """Before a run named ``name`` starts: refuses (InputError) when its folder under
+    ``storage_path`` holds a checkpoint of another model configuration, which Ray Train would
+    resume from."""
+    run_folder = os.path.join(storage_path, name)
+    states = sorted(glob.glob(os.path.join(glob.escape(run_folder), "checkpoint_*", TRAIN_STATE)))
+    if states:
+        check_same_model(run_folder, read_json(states[-1]).get("model_config"), model_config)
 
 
 def read_optimizer_state(directory: str) -> Optional[Dict]:

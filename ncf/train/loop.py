@@ -9,7 +9,6 @@ epochs and does not validate: its labels cover the validation weeks.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -185,22 +184,11 @@ def _improved(w: Worker, metrics: Dict, best: float) -> bool:
     return bool(flag.item())
 
 
-def _config_difference(saved: Dict, current: Dict) -> str:
-    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    return ", ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} here" for k in keys[:3])
-
-
 def _restore(w: Worker, checkpoint) -> Dict:
     with checkpoint.as_directory() as d:
         weights, state = ckpt.read_checkpoint(d)
-        saved, current = state.get("model_config"), json.loads(json.dumps(w.model_config.to_dict()))
-        if saved is not None and saved != current:
-            # A run name reused for another model: resuming would load tables of other shapes.
-            raise ValueError(
-                f"the checkpoint in {os.path.dirname(d.rstrip(os.sep)) or d} was written by another model "
-                f"configuration ({_config_difference(saved, current)}); "
-                "give this training a new --name or remove that run's folder"
-            )
+        run_folder = os.path.dirname(d.rstrip(os.sep)) or d
+        ckpt.check_same_model(run_folder, state.get("model_config"), w.model_config.to_dict())
         load_full_state_dict(w.model, weights)
         optimizer_state = ckpt.read_optimizer_state(d)
     if optimizer_state is not None:

@@ -20,8 +20,9 @@ from typing import Optional
 
 from ncf.data import examples as E
 from ncf.data import layout
+from ncf.data.vocab import Vocabularies
 from ncf.splits import REFIT, VALIDATED
-from ncf.train.checkpoint import VAL_METRIC
+from ncf.train.checkpoint import VAL_METRIC, check_resumable
 from ncf.train.config import TrainConfig
 from ncf.train.loop import StepHook, train_loop_per_worker
 
@@ -75,6 +76,10 @@ def fit(
     ``callbacks`` go to the trainer's ``RunConfig`` (a Tune trial passes Tune's
     ``TuneReportCallback``); ``cpu_budget``: see :func:`worker_resources`; ``step_hook``: called
     after every step (fault drills).
+
+    Raises:
+        InputError: ``name`` is a run under ``storage_path`` with checkpoints of another model
+            configuration (Ray Train would resume from them).
     """
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -83,6 +88,10 @@ def fit(
     if config.run not in (VALIDATED, REFIT):
         raise ValueError(f"run must be {VALIDATED} or {REFIT}, not {config.run!r}")
     config = dataclasses.replace(config, cutoffs=config.cutoffs or run_cutoffs(config.data, config.run))
+    if storage_path and name:
+        # A reused name resumes that run: refused here, in one line, if it trained another model.
+        sizes = Vocabularies.load(layout.vocab_dir(config.data)).sizes()
+        check_resumable(os.path.abspath(storage_path), name, config.model_config(sizes).to_dict())
     paths = [layout.examples_dir(config.data, c) for c in config.cutoffs]
     # The files (a cutoff's lists of a few thousand households each) in a seeded random order;
     # within a file the households come in no meaningful order, so batches need no local
