@@ -12,8 +12,9 @@ It shows what evaluation measured, never numbers typed in by hand:
 
 Example::
 
-    rows = evaluate_all(recommender, data)
-    write_report("artifacts/demo/report", recommender, data, rows, history=[...])
+    ranker, period = model_on_period(model_dir, data, TEST)
+    rows = evaluate_all(model_dir, data, TEST, on_period=(ranker, period))
+    write_report("artifacts/demo/report", ranker, ModelDir(model_dir).version, period, rows, history=[...])
 """
 
 from __future__ import annotations
