@@ -2,7 +2,7 @@
 
 AdvancedNCF on 10M users x 1M products (64-dim tables) is built on the meta device, so no table
 is allocated, with row-wise Adagrad fused into the backward pass exactly as
-``ncf.train.loop.build_model`` sets it up for ``DistributedModelParallel``. TorchRec's
+``ncf.train.sharding.build_model`` sets it up for ``DistributedModelParallel``. TorchRec's
 ``EmbeddingShardingPlanner`` then plans it for N GPUs, one per node as ``cluster.yaml``'s
 ``gpu_worker`` nodes have (A10G, 24 GiB), with every table constrained to row-wise sharding.
 

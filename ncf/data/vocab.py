@@ -154,7 +154,7 @@ VOCAB_NAMES = ("users", "products", "departments", "categories")
 @dataclass
 class Vocabularies:
     """The four vocabularies of a dataset. ``products`` carries, per product,
-    ``department_index``, ``category_index`` and ``train_count``."""
+    ``department_index`` and ``category_index``."""
 
     users: Vocabulary
     products: Vocabulary
