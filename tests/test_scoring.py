@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from helpers import BASELINES_WITHOUT_ALS
 
 from ncf.data.features import CATEGORY_HALF_LIVES, HALF_LIVES
@@ -84,6 +85,22 @@ def test_two_stage_ranking_agrees_with_brute_force_on_its_candidates(recommender
     # The re-ranked candidates carry exactly the full model's scores, in its order.
     assert np.allclose([scores[p] for p in two_stage.products.tolist()], two_stage.scores, atol=1e-5)
     assert np.all(np.diff(two_stage.scores) <= 0)
+
+
+def test_saturated_probabilities_are_ranked_by_the_models_logits(small_model_dir, small_data):
+    """float32's sigmoid rounds every logit above about 17 to exactly 1.0 (a third of Complete
+    Journey's top-10 scores): the order among those is the model's logits', not the candidates'."""
+    loud = Recommender.load(small_model_dir, data=small_data[0])
+    with torch.no_grad():
+        loud.ranker.model.final[0].bias.add_(100.0)  # every logit near 100: every probability 1.0
+    ranker = loud.ranker
+    user, at = int(ranker.state.states.users()[0]), loud.default_at
+    ranked = ranker.rank([user], [at], k=10)[0]
+    assert np.all(ranked.scores == 1.0), ranked.scores  # the drill
+    with torch.no_grad():
+        logits = ranker.model.logits(ranker.inputs(user, at, ranked.products))[0].numpy()
+    assert np.all(np.diff(logits) <= 0), logits
+    assert len(np.unique(logits)) == len(logits)  # an order the model decided, not ties
 
 
 def test_exclude_purchased_keeps_k_when_a_household_bought_more_than_the_candidates(recommender, monkeypatch):

@@ -140,8 +140,8 @@ class Ranker:
         for start in range(0, len(users), 1 if brute_force else CHUNK_USERS):
             chunk = slice(start, start + (1 if brute_force else CHUNK_USERS))
             questions = self._questions(users[chunk], at[chunk], exclude_purchased, brute_force)
-            probs, weights = self._score(questions, explain)
-            rankings += self._top(questions, probs, weights, k, explain_top)
+            logits, weights = self._score(questions, explain)
+            rankings += self._top(questions, logits, weights, k, explain_top)
         return rankings
 
     def inputs(self, user: int, at: int, products: np.ndarray) -> Batch:
@@ -153,8 +153,8 @@ class Ranker:
         """Probabilities that the household buys each of ``products`` (state indices) within the
         horizon after ``at``, and whether it is a cold start."""
         question = self._given(user, at, products)
-        probs, _ = self._score([question], False)
-        return probs, question.cold_start
+        logits, _ = self._score([question], False)
+        return _probabilities(logits), question.cold_start
 
     # -- the path --------------------------------------------------------------------------------
 
@@ -222,15 +222,18 @@ class Ranker:
     def _score(self, questions: List[_Question], explain: bool):
         batch = self._batch(questions)
         logits, weights = self._logits(batch, need_weights=explain)
-        probs = self.model.final[1](logits).float().cpu().numpy()
-        return probs, None if weights is None else weights.float().cpu().numpy()
+        return logits.float().cpu().numpy(), None if weights is None else weights.float().cpu().numpy()
 
-    def _top(self, questions: List[_Question], probs, weights, k: int, explain_top: int) -> List[Ranking]:
+    def _top(self, questions: List[_Question], logits, weights, k: int, explain_top: int) -> List[Ranking]:
+        """Each question's ``k`` best candidates by logit, scored with their probabilities. Sorted
+        by logit because float32's sigmoid rounds every logit above about 17 to exactly 1.0 (a third
+        of Complete Journey's top-10 scores), which would leave the order among them to the
+        candidates' order."""
         out, start = [], 0
         for q in questions:
             end = start + len(q.candidates)
-            order = np.argsort(-probs[start:end], kind="stable")[:k]
-            ranking = Ranking(q.candidates[order], probs[start:end][order], q.cold_start)
+            order = np.argsort(-logits[start:end], kind="stable")[:k]
+            ranking = Ranking(q.candidates[order], _probabilities(logits[start:end][order]), q.cold_start)
             if weights is not None:
                 ranked = weights[start + order]  # k x L
                 ranking.explanations = [_because(q.history, w, explain_top) for w in ranked]
@@ -238,6 +241,11 @@ class Ranker:
             out.append(ranking)
             start = end
         return out
+
+
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    """The model's ``final`` sigmoid (the same float32 operation) on logits already computed."""
+    return torch.sigmoid(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))).numpy()
 
 
 def _because(history: np.ndarray, weights: np.ndarray, top: int) -> List[Tuple[int, float]]:
