@@ -101,6 +101,8 @@ def test_saturated_probabilities_are_ranked_by_the_models_logits(small_model_dir
         logits = ranker.model.logits(ranker.inputs(user, at, ranked.products))[0].numpy()
     assert np.all(np.diff(logits) <= 0), logits
     assert len(np.unique(logits)) == len(logits)  # an order the model decided, not ties
+    # The sampled protocol scores with the same logits (its ties count against the positive).
+    np.testing.assert_allclose(ranker.score(user, ranked.products, at, logits=True)[0], logits, rtol=1e-6)
 
 
 def test_exclude_purchased_keeps_k_when_a_household_bought_more_than_the_candidates(recommender, monkeypatch):

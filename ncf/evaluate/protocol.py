@@ -196,7 +196,8 @@ def model_fns(ranker, exclude_purchased: bool = False) -> tuple[RankManyFn, Scor
     def rank_many(users, at, depth):
         return [r.products for r in ranker.rank(users, at, k=depth, exclude_purchased=exclude_purchased)]
 
-    return rank_many, (lambda u, at, p: ranker.score(u, p, at)[0])
+    # Logits, like the ranking: ties count against the positive, and saturated probabilities tie.
+    return rank_many, (lambda u, at, p: ranker.score(u, p, at, logits=True)[0])
 
 
 def evaluate(

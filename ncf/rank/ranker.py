@@ -149,12 +149,13 @@ class Ranker:
         feeds the model; tests compare it with the training lists)."""
         return self._batch([self._given(user, at, products)])
 
-    def score(self, user: int, products: np.ndarray, at: int) -> Tuple[np.ndarray, bool]:
+    def score(self, user: int, products: np.ndarray, at: int, logits: bool = False) -> Tuple[np.ndarray, bool]:
         """Probabilities that the household buys each of ``products`` (state indices) within the
-        horizon after ``at``, and whether it is a cold start."""
+        horizon after ``at`` (with ``logits``, the logits they come from, which keep the order
+        float32's sigmoid loses above about 17), and whether it is a cold start."""
         question = self._given(user, at, products)
-        logits, _ = self._score([question], False)
-        return _probabilities(logits), question.cold_start
+        raw, _ = self._score([question], False)
+        return (raw if logits else _probabilities(raw)), question.cold_start
 
     # -- the path --------------------------------------------------------------------------------
 
