@@ -3,8 +3,8 @@
 Every user of the data's vocabulary goes through ``map_batches`` on a pool of actors, each of
 which loads :class:`ncf.rank.recommender.Recommender` once and ranks through its ranker's
 ``rank`` (many households per model call, each ranked as ``Recommender.recommend`` ranks it):
-the same two-stage ranking, settings and cold start as the Serve endpoint. Each actor writes the Parquet part of
-its batch and returns counts, so the driver reports progress as parts land.
+the same two-stage ranking, settings and cold start as the Serve endpoint. Each actor writes
+the Parquet part of its batch and returns counts, so the driver reports progress as parts land.
 
 Output layout::
 

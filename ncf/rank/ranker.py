@@ -155,7 +155,7 @@ class Ranker:
         float32's sigmoid loses above about 17), and whether it is a cold start."""
         question = self._given(user, at, products)
         raw, _ = self._score([question], False)
-        return (raw if logits else _probabilities(raw)), question.cold_start
+        return (raw if logits else self._probabilities(raw)), question.cold_start
 
     # -- the path --------------------------------------------------------------------------------
 
@@ -225,6 +225,10 @@ class Ranker:
         logits, weights = self._logits(batch, need_weights=explain)
         return logits.float().cpu().numpy(), None if weights is None else weights.float().cpu().numpy()
 
+    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """The model's own ``final`` sigmoid on logits already computed."""
+        return self.model.final[1](torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))).numpy()
+
     def _top(self, questions: List[_Question], logits, weights, k: int, explain_top: int) -> List[Ranking]:
         """Each question's ``k`` best candidates by logit, scored with their probabilities. Sorted
         by logit because float32's sigmoid rounds every logit above about 17 to exactly 1.0 (a third
@@ -234,7 +238,7 @@ class Ranker:
         for q in questions:
             end = start + len(q.candidates)
             order = np.argsort(-logits[start:end], kind="stable")[:k]
-            ranking = Ranking(q.candidates[order], _probabilities(logits[start:end][order]), q.cold_start)
+            ranking = Ranking(q.candidates[order], self._probabilities(logits[start:end][order]), q.cold_start)
             if weights is not None:
                 ranked = weights[start + order]  # k x L
                 ranking.explanations = [_because(q.history, w, explain_top) for w in ranked]
@@ -242,11 +246,6 @@ class Ranker:
             out.append(ranking)
             start = end
         return out
-
-
-def _probabilities(logits: np.ndarray) -> np.ndarray:
-    """The model's ``final`` sigmoid (the same float32 operation) on logits already computed."""
-    return torch.sigmoid(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))).numpy()
 
 
 def _because(history: np.ndarray, weights: np.ndarray, top: int) -> List[Tuple[int, float]]:

@@ -59,14 +59,11 @@ def check_same_model(run_folder: str, saved: Optional[Dict], current: Dict) -> N
     )
 
 
-def check_resumable(storage_path: str, name: str, model_config: Dict) -> None:
-    """Before a run named ``name`` starts: refuses (InputError) when its folder under
-    ``storage_path`` holds a checkpoint of another model configuration, which Ray Train would
-    resume from."""
-    run_folder = os.path.join(storage_path, name)
+def saved_model_config(run_folder: str) -> Optional[Dict]:
+    """The model configuration of the latest checkpoint in a run's folder (the one Ray Train
+    would resume from), or None when it has none."""
     states = sorted(glob.glob(os.path.join(glob.escape(run_folder), "checkpoint_*", TRAIN_STATE)))
-    if states:
-        check_same_model(run_folder, read_json(states[-1]).get("model_config"), model_config)
+    return read_json(states[-1]).get("model_config") if states else None
 
 
 def read_optimizer_state(directory: str) -> Optional[Dict]:

@@ -22,7 +22,7 @@ from ncf.data import examples as E
 from ncf.data import layout
 from ncf.data.vocab import Vocabularies
 from ncf.splits import REFIT, VALIDATED
-from ncf.train.checkpoint import VAL_METRIC, check_resumable
+from ncf.train.checkpoint import VAL_METRIC, check_same_model, saved_model_config
 from ncf.train.config import TrainConfig
 from ncf.train.loop import StepHook, train_loop_per_worker
 
@@ -88,10 +88,12 @@ def fit(
     if config.run not in (VALIDATED, REFIT):
         raise ValueError(f"run must be {VALIDATED} or {REFIT}, not {config.run!r}")
     config = dataclasses.replace(config, cutoffs=config.cutoffs or run_cutoffs(config.data, config.run))
-    if storage_path and name:
+    run_folder = os.path.join(os.path.abspath(storage_path), name) if storage_path and name else None
+    saved = saved_model_config(run_folder) if run_folder else None
+    if saved is not None:
         # A reused name resumes that run: refused here, in one line, if it trained another model.
         sizes = Vocabularies.load(layout.vocab_dir(config.data)).sizes()
-        check_resumable(os.path.abspath(storage_path), name, config.model_config(sizes).to_dict())
+        check_same_model(run_folder, saved, config.model_config(sizes).to_dict())
     paths = [layout.examples_dir(config.data, c) for c in config.cutoffs]
     # The files (a cutoff's lists of a few thousand households each) in a seeded random order;
     # within a file the households come in no meaningful order, so batches need no local
