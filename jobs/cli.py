@@ -58,9 +58,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" in text or action.required or action.default in (None, False, argparse.SUPPRESS):
+        if "%(default)" in text or action.required or _no_default(action.default):
             return text
         return text + " (default: %(default)s)"
+
+
+def _no_default(default) -> bool:
+    # Identity, not ==: 0 == False, and a default of 0 is one to show.
+    return default is None or default is False or default is argparse.SUPPRESS
 
 
 def version_line() -> str:
