@@ -53,6 +53,7 @@ def test_ranking_loads_the_saved_index_and_agrees_with_exact_lists(indexed_model
         assert a.products.tolist() == b.products.tolist()
 
 
+@pytest.mark.faults
 def test_a_directory_without_its_index_builds_one_and_says_so(indexed_model, capsys):
     os.remove(ann.index_path(indexed_model))
     recommender = Recommender.load(indexed_model)
@@ -69,6 +70,7 @@ def test_searches_keep_to_the_products_the_state_knows(indexed_model):
     assert set(found[:, :3].ravel().tolist()) <= {3, 7, 11} and (found[:, 3:] == -1).all()
 
 
+@pytest.mark.faults
 def test_an_index_of_another_model_is_refused(indexed_model, data, tmp_path, monkeypatch):
     monkeypatch.setattr(ann, "MF_CACHE_MAX_ENTRIES", 0)
     wide = save_untrained_model_dir(str(tmp_path / "wide"), data, version="w", **{**SMALL, "mf_embedding_dim": 16})

@@ -79,6 +79,7 @@ def test_bad_k_and_missing_data_are_one_line_errors(small_model_dir, tmp_path, c
     assert not os.path.exists(tmp_path / "o" / bs.TMP) or not os.listdir(tmp_path / "o" / bs.TMP)
 
 
+@pytest.mark.faults
 def test_compile_is_chosen_when_it_repays_itself_and_can_run(monkeypatch):
     enough = bs.COMPILE_MIN_USERS_PER_ACTOR
     assert bs.resolve_compile("auto", enough, use_gpu=False) == bs.can_compile()
@@ -109,6 +110,7 @@ def test_compiled_scoring_ranks_as_the_model_does(small_model_dir, small_data):
         np.testing.assert_allclose(eager_scores_of_b, a.scores, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.faults
 def test_a_compilation_that_fails_falls_back_to_eager_scoring(small_model_dir, small_data, monkeypatch):
     data, _ = small_data
     recommender = Recommender.load(small_model_dir, data=data)
@@ -188,6 +190,7 @@ def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model
         assert json.load(f)["rows"] == table.num_rows
 
 
+@pytest.mark.faults
 def test_rerun_of_the_same_date_replaces_the_partition(first_run, small_model_dir, small_data):
     output, first = first_run
     data, _ = small_data
@@ -203,6 +206,7 @@ def test_rerun_of_the_same_date_replaces_the_partition(first_run, small_model_di
     assert os.listdir(os.path.join(output, bs.TMP, f"run_date={first['run_date']}")) == []
 
 
+@pytest.mark.faults
 def test_a_second_run_of_the_same_date_is_refused_while_the_first_runs(first_run, small_model_dir, small_data, capsys):
     """Old code: two runs of one date interleaved (each cleaned the other's staged parts)."""
     from ncf.batch.commit import lock_path

@@ -14,6 +14,8 @@ from ncf.data import ingest, layout, schema
 from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import PreprocessConfig, preprocess
 
+pytestmark = pytest.mark.faults  # the drills of RELIABILITY.md, "Ingest and replacing outputs"
+
 DAY = 86_400
 START = int(pd.Timestamp("2024-01-01", tz="UTC").timestamp())
 

@@ -74,6 +74,7 @@ def ids(items) -> list:
 # -- routes ------------------------------------------------------------------------------------
 
 
+@pytest.mark.faults
 def test_healthz_reports_the_loaded_version_and_no_path(server, small_model_dir):
     r = requests.get(f"{server}/healthz", timeout=TIMEOUT)
     assert r.status_code == 200
@@ -163,6 +164,7 @@ def test_score_agrees_with_the_ranking(server, users):
     assert r.json()["scores"] == pytest.approx([i["score"] for i in ranked], abs=1e-5)
 
 
+@pytest.mark.faults
 def test_score_flags_an_unknown_household_as_a_cold_start(server, recommender, users):
     """The unknown household row scores it (never a silent untrained embedding): flagged."""
     products = recommender.vocabs.products.raw_of([1, 2, 3])
@@ -184,6 +186,7 @@ AT_ACCEPTED = {
 
 
 @pytest.mark.parametrize("at", list(AT_ACCEPTED), ids=[str(a) for a in AT_ACCEPTED])
+@pytest.mark.faults
 def test_at_forms_that_are_accepted(server, users, at):
     r = post(f"{server}/recommend", {"user_id": users[0], "k": 3, "at": at})
     assert r.status_code == 200, r.text
@@ -201,6 +204,7 @@ def test_at_forms_that_are_accepted(server, users, at):
         (True, "boolean"),
     ],
 )
+@pytest.mark.faults
 def test_ambiguous_at_forms_are_refused_with_what_is_accepted(server, users, at, why):
     r = post(f"{server}/recommend", {"user_id": users[0], "k": 3, "at": at})
     assert r.status_code == 422, r.text
@@ -233,6 +237,7 @@ BAD_REQUESTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
+@pytest.mark.faults
 def test_bad_input_gets_a_4xx_with_a_message(server, case):
     path, payload, status = BAD_REQUESTS[case]
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -289,6 +294,7 @@ def test_build_app_refuses_a_missing_model_dir(tmp_path):
         build_app({"model": str(tmp_path)})
 
 
+@pytest.mark.faults
 def test_build_app_and_deploy_refuse_a_damaged_model_dir(small_model_dir, tmp_path):
     """The whole directory is verified before anything is deployed: one line, exit code 2."""
     import subprocess
@@ -405,6 +411,7 @@ class Traffic(threading.Thread):
                 self.failures.append(repr(e))
 
 
+@pytest.mark.faults
 def test_second_version_rolls_out_while_requests_keep_succeeding(server, small_model_dir, users, tmp_path):
     v2 = sealed_copy(small_model_dir, str(tmp_path / "v2"), "v2")
     traffic = Traffic(server, users[0])

@@ -19,6 +19,8 @@ from ncf.jsonio import read_json, write_json
 from ncf.model import directory
 from ncf.model.config import ModelConfig
 
+pytestmark = pytest.mark.faults  # the drills of RELIABILITY.md, "Ingest and replacing outputs"
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTITION = "run_date=2024-01-02"
 

@@ -89,6 +89,7 @@ def test_a_crashed_worker_resumes_from_the_last_checkpoint(small_data, tmp_path)
     assert "embedding" in names and len(optimizer["state"]) > 4
 
 
+@pytest.mark.faults
 def test_a_run_name_reused_for_another_model_configuration_is_refused_before_training(small_data, tmp_path):
     data, _ = small_data
     settings = dict(data=data, epochs=1, batch_size=8, val_users=10, max_steps_per_epoch=2, patience=5)
@@ -108,6 +109,7 @@ def test_a_run_name_reused_for_another_model_configuration_is_refused_before_tra
     assert [m["epoch"] for m in epochs_metrics(again)][-1] == 2
 
 
+@pytest.mark.faults
 def test_weights_load_only_without_unpickling(small_data, tmp_path):
     data, _ = small_data
     config = ModelConfig(num_users=10, num_products=10, num_departments=2, num_categories=2, **SMALL_MODEL)
