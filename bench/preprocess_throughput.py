@@ -1,6 +1,6 @@
 """Preprocessing rows/s on synthetic logs of two sizes (how the cost grows), as JSON.
 
-python -m bench.preprocess_throughput [--users 2000 10000]
+python -m bench.preprocess_throughput [--users 2000 8000]
 """
 
 from __future__ import annotations

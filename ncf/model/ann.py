@@ -7,7 +7,7 @@ and over inner products of vectors of unequal norms its graph finds them poorly 
 Journey's trained vectors: 0.69 of the exact top 150); so each ``p'`` gets one more coordinate,
 ``sqrt(M^2 - |p'|^2)`` (M the largest norm), and the query a 0 there: the nearest neighbours in
 L2 are then exactly the largest inner products (Bachrach et al., RecSys 2014), and the graph
-finds 0.93 of them (BENCHMARKS.md). The index holds one vector
+finds 0.95-0.97 of them at the default search depth (BENCHMARKS.md). The index holds one vector
 per row of the product table (its ids are the rows) and is written into the model directory
 when the model is saved (``MODEL/mf_index.faiss``), so that a replica or a scoring actor loads it
 instead of building it: at a million products the build takes minutes, a load seconds.
