@@ -17,8 +17,8 @@ product stats); the model has seeded, untrained weights, except its MF tables wi
 (the default): those are fitted by ``implicit``'s ALS on the synthetic purchases. Most costs do
 not depend on the weights, but the first stage's HNSW search does: over the untrained model's
 isotropic random vectors it costs about 4x what it does over trained ones (0.257 against 0.065
-ms a search on Complete Journey's 68k products), which made the nightly rate about 10% lower
-than a trained model's (BENCHMARKS.md). ``--mf untrained`` measures the old way.
+ms a search on Complete Journey's 68k products), and scoring with them was 1.11x slower than with
+ALS-fitted ones (BENCHMARKS.md). ``--mf untrained`` measures the old way.
 Inputs are kept under ``--workdir`` and reused by later runs.
 """
 
