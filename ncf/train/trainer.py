@@ -88,7 +88,8 @@ def fit(
     if config.run not in (VALIDATED, REFIT):
         raise ValueError(f"run must be {VALIDATED} or {REFIT}, not {config.run!r}")
     config = dataclasses.replace(config, cutoffs=config.cutoffs or run_cutoffs(config.data, config.run))
-    run_folder = os.path.join(os.path.abspath(storage_path), name) if storage_path and name else None
+    storage = os.path.abspath(storage_path) if storage_path else None
+    run_folder = os.path.join(storage, name) if storage and name else None
     saved = saved_model_config(run_folder) if run_folder else None
     if saved is not None:
         # A reused name resumes that run: refused here, in one line, if it trained another model.
@@ -115,7 +116,7 @@ def fit(
         datasets={"train": train},
         run_config=RunConfig(
             name=name,
-            storage_path=os.path.abspath(storage_path) if storage_path else None,
+            storage_path=storage,
             failure_config=FailureConfig(max_failures=max_failures),
             callbacks=callbacks,
             checkpoint_config=CheckpointConfig(
