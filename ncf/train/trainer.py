@@ -29,6 +29,18 @@ from ncf.train.loop import StepHook, train_loop_per_worker
 LIST_COLUMNS = [E.USER, E.HISTORY, E.HISTORY_AGE_DAYS, E.TIME_PARTS, E.PRODUCT, E.LABEL, E.LOG_Q, E.FEATURES]
 
 
+def ordered_ingest():
+    """Ray Train's ingest options, with the blocks handed to the workers in the order the
+    pipeline lists them: without it Ray Data yields blocks as their reads finish, so two runs of
+    one seed trained on differently ordered batches (train loss 1.79 against 1.83 after 60 steps,
+    validation NDCG@10 0.358 against 0.295 on Complete Journey)."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
 def run_cutoffs(data: str, run: str) -> list:
     """The cutoffs preprocessing built lists for, for ``run`` (validated or refit)."""
     return layout.DataStats(data).cutoffs(run)
@@ -82,7 +94,7 @@ def fit(
             configuration (Ray Train would resume from them).
     """
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if config.run not in (VALIDATED, REFIT):
@@ -114,6 +126,7 @@ def fit(
             resources_per_worker=worker_resources(num_workers, use_gpu, cpu_budget),
         ),
         datasets={"train": train},
+        dataset_config=DataConfig(execution_options=ordered_ingest()),
         run_config=RunConfig(
             name=name,
             storage_path=storage,
