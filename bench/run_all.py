@@ -1,8 +1,12 @@
 """`make bench`: the quick benchmarks, one JSON line each (the quality ones are separate:
 python -m bench.quality and python -m bench.ablations, several training runs each)."""
 
+import argparse
+
 from bench import preprocess_throughput, train_throughput
 
 if __name__ == "__main__":
+    # No options: --help says what runs instead of starting the benchmarks.
+    argparse.ArgumentParser(description=__doc__).parse_args()
     train_throughput.main([])
     preprocess_throughput.main([])

@@ -1,4 +1,4 @@
-"""AdvancedNCF: the seed model (``shared/seed/advanced_ncf_design.md``) on TorchRec.
+"""AdvancedNCF: the seed model (``docs/advanced_ncf_design.md``) on TorchRec.
 
 A hybrid of matrix factorisation and a deep network that scores (household, product, moment):
 

@@ -1,4 +1,4 @@
-"""The seed's modules (``shared/seed/advanced_ncf_design.md``): TemporalEncoding,
+"""The seed's modules (``docs/advanced_ncf_design.md``): TemporalEncoding,
 MultiHeadAttention and CategoryHierarchy."""
 
 from __future__ import annotations
