@@ -126,6 +126,19 @@ def test_resolve_files_accepts_file_directory_and_glob(tmp_path):
         schema.resolve_files(str(tmp_path / "missing.parquet"))
 
 
+def test_a_directory_input_skips_hidden_and_underscore_folders(tmp_path):
+    # A notebook's checkpoint copy would count every row twice; a Spark job's _temporary parts
+    # are half written.
+    (tmp_path / "logs.csv").write_text("user_id,product_id,timestamp\n")
+    for folder, name in ((".ipynb_checkpoints", "logs-checkpoint.csv"), ("_temporary/0", "part-0.csv")):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / name).write_text("user_id,product_id,timestamp\n")
+    (tmp_path / "2024").mkdir()
+    (tmp_path / "2024" / "more.csv").write_text("user_id,product_id,timestamp\n")
+    paths = schema.resolve_files(str(tmp_path)).paths
+    assert [os.path.relpath(p, tmp_path) for p in paths] == ["2024/more.csv", "logs.csv"]
+
+
 # -- vocabularies --------------------------------------------------------------------------
 
 

@@ -107,17 +107,27 @@ class InputFiles:
     format: str
 
 
+def _hidden(name: str) -> bool:
+    # Jupyter's .ipynb_checkpoints copies, Spark's _temporary and _SUCCESS, editors' dot files.
+    return name.startswith((".", "_"))
+
+
+def _visible_files(directory: str) -> List[str]:
+    """Every file under ``directory`` whose name and folders are not hidden: a notebook's
+    checkpoint copy of a log would count every row twice, a half-written job's parts once."""
+    found = []
+    for root, folders, names in os.walk(directory):
+        folders[:] = [f for f in folders if not _hidden(f)]
+        found.extend(os.path.join(root, n) for n in names if not _hidden(n))
+    return found
+
+
 def resolve_files(spec: str) -> InputFiles:
     """A file, a directory or a glob -> the data files in it, all of one format."""
     if any(ch in spec for ch in "*?["):
         paths = sorted(glob.glob(spec, recursive=True))
     elif os.path.isdir(spec):
-        paths = sorted(
-            os.path.join(root, name)
-            for root, _, names in os.walk(spec)
-            for name in names
-            if not name.startswith((".", "_"))
-        )
+        paths = sorted(_visible_files(spec))
     elif os.path.exists(spec):
         paths = [spec]
     else:
