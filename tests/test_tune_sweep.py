@@ -14,9 +14,11 @@ import requests
 from helpers import REPO, free_ports
 
 from ncf import registry
+from ncf.errors import InputError
 from ncf.model.directory import read_config
 from ncf.rank.recommender import Recommender
 from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower, search_space
+from tune.settings import SweepSettings
 
 
 @pytest.fixture
@@ -109,6 +111,21 @@ def test_search_space_points_are_valid_models():
         if isinstance(domain, Categorical):
             assert default[name] in domain.categories, name
     assert mlp_tower(3, 64) == [64, 32, 16]
+
+
+@pytest.mark.faults
+def test_a_sweep_resumed_with_other_settings_is_refused_in_one_line(tmp_path):
+    # Tune restores the trial count it was started with: resumed with another --trials, every
+    # resume ended "interrupted" and the sweep never wrote its results.
+    started = SweepSettings(data=str(tmp_path / "data"), output=str(tmp_path / "sweep"), trials=4)
+    SweepSettings(data=started.data, output=started.output, trials=8).check_resumes()  # nothing recorded yet
+    started.record()
+    started.check_resumes()
+    SweepSettings(data=started.data, output=started.output, trials=4, concurrent=3).check_resumes()
+    with pytest.raises(InputError) as refused:
+        SweepSettings(data=started.data, output=started.output, trials=8, epochs=3).check_resumes()
+    message = str(refused.value)
+    assert "\n" not in message and "--trials 4 there, 8 here" in message and "--epochs 2 there, 3 here" in message
 
 
 def test_sweep_submitted_with_ray_job_submit(head_node, small_data, tmp_path):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 from ncf.errors import InputError
+from ncf.jsonio import read_json, write_json
 from ncf.train.config import TrainConfig
+
+# What a resumed sweep may change: how many trials run at once (the cluster may have changed).
+CHANGEABLE_ON_RESUME = ("concurrent",)
 
 
 @dataclass
@@ -44,6 +49,37 @@ class SweepSettings:
         self.output = os.path.abspath(self.output)
         if self.trials < 1 or self.epochs < 1 or self.workers < 1:
             raise InputError("--trials, --epochs and --workers must be >= 1")
+
+    @property
+    def settings_path(self) -> str:
+        return os.path.join(self.output, "settings.json")
+
+    def record(self) -> None:
+        """Writes these settings into the sweep directory, for ``--resume`` to compare against."""
+        os.makedirs(self.output, exist_ok=True)
+        write_json(self.settings_path, dataclasses.asdict(self))
+
+    def check_resumes(self) -> None:
+        """Raises InputError when the sweep in :attr:`output` was started with other settings.
+
+        Tune restores its own trial count and trial settings: a sweep resumed with another
+        ``--trials`` never reached the count it was asked for (every resume ended "interrupted"),
+        and another ``--data`` or ``--epochs`` would mix two budgets in one table. Sweeps started
+        before settings were recorded have nothing to compare.
+        """
+        if not os.path.exists(self.settings_path):
+            return
+        saved, ours = read_json(self.settings_path), dataclasses.asdict(self)
+        differ = [
+            f"--{name.replace('_', '-')} {saved[name]} there, {ours[name]} here"
+            for name in ours
+            if name in saved and name not in CHANGEABLE_ON_RESUME and saved[name] != ours[name]
+        ]
+        if differ:
+            raise InputError(
+                f"--resume: {self.output} was started with other settings ({'; '.join(differ)}); "
+                "resume it with the same ones"
+            )
 
     @property
     def tune_dir(self) -> str:

@@ -115,10 +115,14 @@ def finished_trials(grid) -> int:
 
 def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
     """Runs (or resumes) the sweep; writes the results, the plot and ``best/``; returns the table."""
-    if not resume and os.path.exists(os.path.join(settings.tune_dir, "sweep")):
+    if resume:
+        settings.check_resumes()
+    elif os.path.exists(os.path.join(settings.tune_dir, "sweep")):
         raise InputError(
             f"{settings.output} already holds a sweep: pass --resume to continue it, or pick a new --output"
         )
+    else:
+        settings.record()
     grid = _tuner(settings, resume).fit()
     finished = finished_trials(grid)
     if finished < settings.trials:  # Tune returns normally after Ctrl-C, with its state saved
