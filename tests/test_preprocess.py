@@ -265,6 +265,29 @@ def test_bad_rows_land_in_quarantine_with_reasons(ray_session, tmp_path):
     assert stats["products_missing_from_catalog"] == 2  # no catalog: every product is unknown
 
 
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "row, complaint",
+    [("2,\xc9picerie,Bread\n".encode("latin-1"), "UTF8"), (b"2,Grocery,Bread,Rolls\n", "columns")],
+    ids=["latin-1", "unquoted-comma"],
+)
+def test_an_unreadable_catalog_is_one_line_naming_it(ray_session, tmp_path, row, complaint):
+    # Both are common in real catalog exports; they escaped as Ray task tracebacks.
+    logs = tmp_path / "logs.csv"
+    logs.write_text(
+        "user_id,product_id,timestamp\n" + "".join(f"u{d % 3},{d % 2 + 1},2024-01-{d:02d}\n" for d in range(1, 29))
+    )
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_bytes(b"product_id,department,category\n1,Grocery,Milk\n" + row)
+    config = PreprocessConfig(examples=ExampleConfig(history_length=2), val_weeks=1, test_weeks=1)
+    with pytest.raises(schema.InputError) as refused:
+        preprocess(schema.resolve_files(str(logs)), schema.resolve_files(str(catalog)), str(tmp_path / "out"), config)
+    message = str(refused.value)
+    assert "\n" not in message and str(catalog) in message and "unreadable product catalog" in message, message
+    assert complaint in message, message
+    assert not os.path.exists(tmp_path / "out")
+
+
 @pytest.mark.slow
 def test_a_million_synthetic_purchase_lines_go_through(ray_session, tmp_path):
     from ncf.data import datasets

@@ -25,6 +25,7 @@ Everything is written to a staging directory beside the output and swapped in at
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import ray
 from ray.data.aggregate import Count, Min
@@ -155,13 +157,45 @@ def _index_rows(batch: pa.Table, users: Vocabulary, products: Vocabulary) -> pa.
     )
 
 
+@contextlib.contextmanager
+def _in_file_order():
+    """Ray Data keeps the files' row order in what it reads inside this block (by default it
+    hands blocks over as their reads finish)."""
+    context = ray.data.DataContext.get_current()
+    previous = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True
+    try:
+        yield
+    finally:
+        context.execution_options.preserve_order = previous
+
+
+def _unreadable_catalog(files: schema.InputFiles, error: Exception) -> schema.InputError:
+    """Which catalog file the reader refused, and why. Ray Data's error names a file but drops
+    pyarrow's reason ("invalid UTF8 data", "Expected 3 columns, got 4"): CSV files are read again
+    here, one by one, with the same options (a catalog is small), to find both."""
+    if files.format == "csv":
+        for path in files.paths:
+            try:
+                pacsv.read_csv(path, **schema.csv_read_options(schema.CATALOG_REQUIRED))
+            except pa.ArrowException as e:
+                return schema.InputError(f"{path}: unreadable product catalog: {str(e).strip().splitlines()[0][:300]}")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return schema.InputError(f"{files.paths[0]}: unreadable product catalog: {(lines or [repr(error)])[0][:300]}")
+
+
 def _read_catalog(files: Optional[schema.InputFiles]) -> tuple[Optional[pd.DataFrame], Dict]:
     if files is None:
         return None, {"catalog_rows": 0}
     schema.check_columns(files, schema.CATALOG_REQUIRED, "product catalog")
-    raw = read_files(files, schema.CATALOG_REQUIRED)
-    rows = raw.count()
-    catalog = raw.map_batches(schema.normalize_catalog_batch, batch_format="pyarrow").to_pandas()
+    # In file order, so that of two rows of one product the first in the files wins every run.
+    with _in_file_order():
+        raw = read_files(files, schema.CATALOG_REQUIRED)
+        try:
+            rows = raw.count()
+            catalog = raw.map_batches(schema.normalize_catalog_batch, batch_format="pyarrow").to_pandas()
+        except Exception as e:  # Ray wraps the reader's error in its task's traceback
+            raise _unreadable_catalog(files, e) from e
     deduped = catalog.drop_duplicates(schema.PRODUCT_ID, keep="first")
     return deduped, {
         "catalog_rows": rows,
