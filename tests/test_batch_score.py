@@ -130,6 +130,30 @@ def test_a_compilation_that_fails_falls_back_to_eager_scoring(small_model_dir, s
     assert recommender.ranker._logits == recommender.ranker.model.logits
 
 
+@pytest.mark.faults
+def test_a_batch_whose_ids_are_not_at_its_positions_is_refused(small_model_dir, small_data):
+    """DATA preprocessed again mid-run reorders the vocabulary: the driver's (position, user_id)
+    pairs no longer match the actor's. Old code ranked the positions' households under the ids."""
+    data, _ = small_data
+    recommender = Recommender.load(small_model_dir, data=data)
+    users = bs.read_users(data).slice(0, 3)
+    ids, positions = users.column("user_id").combine_chunks(), users.column("position").to_numpy()
+    at = recommender.default_at
+    assert bs.score_users(recommender, ids, K, at, at, positions).num_rows == 3 * K
+    for wrong in (positions + 3, np.array([positions[0], positions[2], positions[1]]), np.array([1, 2, 10**9])):
+        with pytest.raises(bs.InputsChanged, match="DATA was replaced during the run"):
+            bs.score_users(recommender, ids, K, at, at, wrong)
+
+
+@pytest.mark.faults
+def test_an_actor_that_loads_another_model_version_is_refused(small_model_dir, small_data, tmp_path):
+    data, _ = small_data
+    args = dict(model=small_model_dir, data=data, stage=str(tmp_path), k=K, at=0, scored_at=0)
+    assert bs.ScoreBatch(**args, model_version="v1").recommender.version == "v1"
+    with pytest.raises(bs.InputsChanged, match="MODEL was replaced during the run"):
+        bs.ScoreBatch(**args, model_version="v0")
+
+
 # -- the job on the small synthetic dataset --------------------------------------------------------
 
 

@@ -5,6 +5,10 @@ which loads :class:`ncf.rank.recommender.Recommender` once and ranks through its
 ``rank`` (many households per model call, each ranked as ``Recommender.recommend`` ranks it):
 the same two-stage ranking, settings and cold start as the Serve endpoint. Each actor writes
 the Parquet part of its batch and returns counts, so the driver reports progress as parts land.
+The driver resolves MODEL and DATA (symlinks included) once and reads the users and the model
+version; each actor loads both again by those paths and checks that it has the same model
+version and that each batch's positions still name its user ids in the vocabulary, so a MODEL
+or DATA replaced mid-run fails the run (nothing committed) instead of writing wrong rows.
 
 Output layout::
 
@@ -36,6 +40,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -48,6 +53,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -166,6 +172,42 @@ def auto_batch_size(num_users: int) -> int:
 # -- scoring (runs in the actors) ------------------------------------------------------------------
 
 
+class InputsChanged(RuntimeError):
+    """MODEL or DATA is not what the driver read at the start of the run (replaced mid-run):
+    the run fails and nothing is committed."""
+
+
+def check_model_version(recommender: Recommender, expected: str) -> None:
+    """Raises unless the actor loaded the model version the driver recorded: the manifest and
+    every row name that version."""
+    if recommender.version != expected:
+        raise InputsChanged(
+            f"the model is version {recommender.version!r}, the run started with {expected!r}: "
+            "MODEL was replaced during the run; nothing committed, rerun the date"
+        )
+
+
+def check_positions(vocab: Vocabulary, user_ids: pa.Array, positions: np.ndarray) -> None:
+    """Raises unless ``positions`` index ``user_ids`` in ``vocab``. The driver reads the pairs once,
+    an actor loads the vocabulary again, and every preprocess may order it anew: ranking one
+    household under another's id would pass every count."""
+    in_range = len(positions) == 0 or (positions.min() >= 1 and positions.max() < len(vocab))
+    if len(positions) != len(user_ids) or not in_range:
+        raise InputsChanged(
+            f"{len(positions)} positions for {len(user_ids)} users, vocabulary of {len(vocab) - 1}: "
+            "DATA was replaced during the run; nothing committed, rerun the date"
+        )
+    found = vocab.ids.take(pa.array(positions - 1))
+    same = pc.equal(found, user_ids.cast(pa.string()))
+    if not pc.all(same).as_py():
+        first = int(np.flatnonzero(~same.to_numpy(zero_copy_only=False))[0])
+        raise InputsChanged(
+            f"user {user_ids[first].as_py()!r} is at position {int(positions[first])} of the run's user table, "
+            f"where the vocabulary now has {found[first].as_py()!r}: DATA was replaced during the run; "
+            "nothing committed, rerun the date"
+        )
+
+
 def score_users(
     recommender: Recommender,
     user_ids: pa.Array,
@@ -177,12 +219,17 @@ def score_users(
     """Top-``k`` rows per user, ranked exactly as :meth:`Recommender.recommend` ranks them (the one
     ranking path, many households per model call). ``positions``: the users' indices in the
     recommender's vocabulary when the caller has them (the nightly job reads them with the ids),
-    which spares a lookup among every id.
+    which spares a lookup among every id; they are checked against the ids (cheaper than the lookup).
 
     Raises:
+        InputsChanged: ``positions`` do not index ``user_ids`` in the recommender's vocabulary.
         RuntimeError: when a user's ranking is shorter than ``k`` (the job promises K rows).
     """
-    indices = recommender.vocabs.users.index_of(user_ids) if positions is None else np.asarray(positions, np.int64)
+    if positions is None:
+        indices = recommender.vocabs.users.index_of(user_ids)
+    else:
+        indices = np.asarray(positions, np.int64)
+        check_positions(recommender.vocabs.users, user_ids, indices)
     rankings = recommender.ranker.rank(indices, np.full(len(indices), at), k)
     for raw, ranking in zip(user_ids.to_pylist(), rankings):
         if len(ranking.products) != k:
@@ -221,7 +268,9 @@ class ScoreBatch:
     """Ray Data actor: loads the recommender once, then scores and writes one part per batch.
 
     Returns one row per batch (``part``, ``users``, ``rows``) for the driver's progress and
-    checks.
+    checks. ``model_version``: the version the driver recorded; the actor loads MODEL and DATA
+    again, so it checks that they are still what the driver read (version here, each batch's
+    users in :func:`score_users`) and fails the run otherwise.
     """
 
     def __init__(
@@ -232,6 +281,7 @@ class ScoreBatch:
         k: int,
         at: int,
         scored_at: int,
+        model_version: str,
         use_gpu: bool = False,
         compile_model: bool = False,
     ) -> None:
@@ -239,6 +289,7 @@ class ScoreBatch:
 
         device = torch.device("cuda") if use_gpu else torch.device("cpu")
         self.recommender = Recommender.load(model, data=data, device=device)
+        check_model_version(self.recommender, model_version)
         if compile_model:
             self.recommender.ranker.compile()
         self.stage, self.k, self.at, self.scored_at = stage, k, at, scored_at
@@ -327,6 +378,12 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple
     return model_config, at
 
 
+def resolved(config: BatchScoreConfig) -> BatchScoreConfig:
+    """MODEL and DATA with symlinks resolved, once for the run: a blue/green link repointed
+    mid-run does not reach the actors, which load both again by path."""
+    return dataclasses.replace(config, model=os.path.realpath(config.model), data=os.path.realpath(config.data))
+
+
 def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _log) -> Dict:
     """Scores every user of ``config.data`` and commits ``OUT/run_date=D``; returns the summary
     (the ``_SUCCESS`` content). Needs Ray initialised (``jobs.cli.init_ray``).
@@ -335,8 +392,9 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
         ncf.staging.Busy: another run of the same date is in progress (nothing is touched).
     """
     started = time.time()
+    config = resolved(config)
     model_config, at = check_config(config, now=started)
-    model, output = os.path.abspath(config.model), os.path.abspath(config.output)
+    model, output = config.model, os.path.abspath(config.output)
     run_date = run_date_of(at)
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
     users = read_users(config.data)
@@ -388,11 +446,12 @@ def _score_into(
             ScoreBatch,
             fn_constructor_kwargs={
                 "model": model,
-                "data": os.path.abspath(config.data),
+                "data": config.data,
                 "stage": stage,
                 "k": config.k,
                 "at": at,
                 "scored_at": int(started),
+                "model_version": model_config["version"],
                 "use_gpu": bool(gpus),
                 "compile_model": compile_model,
             },
@@ -418,7 +477,7 @@ def _score_into(
         "parts": len(reported),
         "model_version": model_config["version"],
         "model": model,
-        "data": os.path.abspath(config.data),
+        "data": config.data,
         "at": pd.Timestamp(at, unit="s", tz="UTC").isoformat(),
         "at_epoch_s": at,
         "run_date": run_date,
