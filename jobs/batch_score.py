@@ -11,7 +11,7 @@ import json
 import sys
 
 from jobs.cli import check_model, init_ray, job_parser, one_line_errors
-from ncf.batch.scoring import BatchScoreConfig, check_config, run_batch_scoring, verify_partition
+from ncf.batch.scoring import BatchScoreConfig, VerificationFailed, check_config, run_batch_scoring
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         default=0,
         metavar="N",
-        help="then check the partition: every user K rows, N sampled users equal Recommender.recommend",
+        help="check the staged output before the commit: every user K rows, N sampled users equal "
+        "Recommender.recommend; on failure nothing is committed (the previous partition stays), exit status 1",
     )
     return p.parse_args(argv)
 
@@ -71,16 +72,17 @@ def main(argv=None) -> dict:
             gpu=args.gpu,
             compile=args.compile,
             progress_every_s=args.progress_every,
+            verify=args.verify,
         )
         check_config(config)  # before Ray starts
         init_ray()
-        summary = run_batch_scoring(config)
+        try:
+            summary = run_batch_scoring(config)
+        except VerificationFailed as failed:
+            print(json.dumps({"verify": failed.report}), flush=True)
+            print(f"error: {failed}", file=sys.stderr, flush=True)
+            sys.exit(1)
         print(json.dumps(summary), flush=True)
-        if args.verify:
-            report = verify_partition(args.output, summary["run_date"], args.data, sample=args.verify)
-            print(json.dumps({"verify": report}), flush=True)
-            if not report["ok"]:
-                sys.exit(1)
         return summary
 
 

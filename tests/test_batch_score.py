@@ -218,8 +218,9 @@ def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model
 def test_rerun_of_the_same_date_replaces_the_partition(first_run, small_model_dir, small_data):
     output, first = first_run
     data, _ = small_data
-    second = batch_score.main(_argv(small_model_dir, data, output, "--batch-size", "40"))
+    second = batch_score.main(_argv(small_model_dir, data, output, "--batch-size", "40", "--verify", "3"))
     assert second["run_id"] != first["run_id"] and second["run_date"] == first["run_date"]
+    assert second["verify"]["ok"] and bs.read_manifest(output, first["run_date"])["verify"]["ok"]
     table = pads.dataset(output, format="parquet", partitioning="hive").to_table()  # _tmp is skipped
     assert table.num_rows == first["rows"] == second["rows"]
     assert (
@@ -228,6 +229,28 @@ def test_rerun_of_the_same_date_replaces_the_partition(first_run, small_model_di
     )
     assert bs.read_manifest(output, first["run_date"])["run_id"] == second["run_id"]
     assert os.listdir(os.path.join(output, bs.TMP, f"run_date={first['run_date']}")) == []
+
+
+@pytest.mark.faults
+def test_a_run_that_fails_verification_commits_nothing(first_run, small_model_dir, small_data, monkeypatch, capsys):
+    """Old code verified after the commit, when the previous partition was already deleted."""
+    output, summary = first_run
+    data, _ = small_data
+    before = bs.read_manifest(output, summary["run_date"])
+
+    def wrong(self, user_ids, k=10, at=None, **options):
+        return [["no such product"] * k for _ in user_ids]
+
+    # The driver's reference answers, not the actors' scoring, disagree: every sampled user fails.
+    monkeypatch.setattr(Recommender, "recommend", wrong)
+    with pytest.raises(SystemExit) as exit_info:
+        batch_score.main(_argv(small_model_dir, data, output, "--verify", "3"))
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["verify"]["sampled_equal_to_recommend"] == 0
+    assert captured.err.strip().splitlines()[-1] == "error: verification failed (sampled users): not committed"
+    assert bs.read_manifest(output, summary["run_date"]) == before  # the previous partition stays
+    assert os.listdir(os.path.join(output, bs.TMP, f"run_date={summary['run_date']}")) == []
 
 
 @pytest.mark.faults

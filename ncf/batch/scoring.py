@@ -98,6 +98,9 @@ class BatchScoreConfig:
             least :data:`COMPILE_MIN_USERS_PER_ACTOR` users, so that the compilation pays for
             itself, and a C++ compiler is installed), ``yes`` or ``no``.
         progress_every_s: seconds between progress lines (the first part always prints).
+        verify: when above 0, the staged output is checked before the commit
+            (:func:`verify_parts`, with this many sampled users) and not committed unless it
+            passes: the previous partition stays.
     """
 
     model: str
@@ -111,6 +114,7 @@ class BatchScoreConfig:
     gpu: str = "auto"
     compile: str = "auto"
     progress_every_s: float = 10.0
+    verify: int = 0
 
 
 def _log(message: str) -> None:
@@ -386,10 +390,12 @@ def resolved(config: BatchScoreConfig) -> BatchScoreConfig:
 
 def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _log) -> Dict:
     """Scores every user of ``config.data`` and commits ``OUT/run_date=D``; returns the summary
-    (the ``_SUCCESS`` content). Needs Ray initialised (``jobs.cli.init_ray``).
+    (the ``_SUCCESS`` content, with the verification report under ``verify`` when
+    ``config.verify``). Needs Ray initialised (``jobs.cli.init_ray``).
 
     Raises:
         ncf.staging.Busy: another run of the same date is in progress (nothing is touched).
+        VerificationFailed: ``config.verify`` and the staged output failed it (nothing committed).
     """
     started = time.time()
     config = resolved(config)
@@ -404,12 +410,32 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
     # The date's lock is held from here to the commit: a second run of the date is refused.
     with PartitionRun(output, partition_name(run_date), run_id, log=log) as run:
         manifest = _score_into(run.stage, config, model, model_config, users, at, run_date, run_id, started, log)
+        if config.verify:
+            # Before the commit: a failing run must not replace (and so delete) the previous partition.
+            manifest["verify"] = _verified(run.stage, manifest, config.verify, log)
         final = run.commit(manifest)
     log(
         f"done: {manifest['users']:,} users scored, {manifest['rows']:,} rows written in "
         f"{manifest['seconds']} s ({manifest['users_per_s']} users/s) -> {final}"
     )
     return manifest
+
+
+class VerificationFailed(RuntimeError):
+    """The staged output failed ``--verify``; ``report`` says which checks (nothing committed)."""
+
+    def __init__(self, report: Dict) -> None:
+        failed = [key for key, value in report.items() if value is False and key != "ok"]
+        super().__init__("verification failed (" + ", ".join(failed or ["sampled users"]) + "): not committed")
+        self.report = report
+
+
+def _verified(stage: str, manifest: Dict, sample: int, log: Callable[[str], None]) -> Dict:
+    report = verify_parts(stage, manifest, manifest["data"], sample=sample)
+    if not report["ok"]:
+        raise VerificationFailed(report)
+    log(f"verified before the commit: {report['sampled_equal_to_recommend']} sampled users equal recommend")
+    return report
 
 
 def _score_into(
@@ -531,7 +557,17 @@ def read_partition(output: str, run_date: str) -> Optional[pa.Table]:
 
 
 def verify_partition(output: str, run_date: str, data: str, sample: int = 20, seed: int = 0) -> Dict:
-    """Checks a committed partition against its inputs; ``ok`` is True when all hold:
+    """Checks a committed partition against its inputs (:func:`verify_parts`); the job itself
+    verifies its staged output before the commit (``BatchScoreConfig.verify``)."""
+    manifest = read_manifest(output, run_date)
+    if manifest is None:
+        return {"ok": False, "error": f"{partition_dir(output, run_date)}: not committed (no {SUCCESS})"}
+    return verify_parts(partition_dir(output, run_date), manifest, data, sample=sample, seed=seed)
+
+
+def verify_parts(directory: str, manifest: Dict, data: str, sample: int = 20, seed: int = 0) -> Dict:
+    """Checks the parts of ``directory`` (a committed partition or a run's stage) against their
+    inputs and ``manifest`` (the ``_SUCCESS`` content); ``ok`` is True when all hold:
 
     * every user of ``data`` appears exactly K times, with ranks 1..K, no product twice, and
       no other user appears;
@@ -539,11 +575,9 @@ def verify_partition(output: str, run_date: str, data: str, sample: int = 20, se
     * for ``sample`` seeded users, the products equal ``Recommender.recommend`` at the run's
       ``at`` (the same call the Serve endpoint makes).
     """
-    manifest = read_manifest(output, run_date)
-    if manifest is None:
-        return {"ok": False, "error": f"{partition_dir(output, run_date)}: not committed (no {SUCCESS})"}
     k = manifest["k"]
-    table = read_partition(output, run_date).sort_by([("user_id", "ascending"), ("rank", "ascending")])
+    table = pads.dataset(directory, format="parquet").to_table()
+    table = table.sort_by([("user_id", "ascending"), ("rank", "ascending")])
     frame = table.select(["user_id", "rank", "product_id", "score"]).to_pandas()
     expected_users = set(read_users(data).column("user_id").to_pylist())
     per_user = frame.groupby("user_id", sort=False)
@@ -573,4 +607,4 @@ def verify_partition(output: str, run_date: str, data: str, sample: int = 20, se
     matches = sum(job.get(u) == e for u, e in zip(chosen, expected))
     checks.update({"sampled_users": len(chosen), "sampled_equal_to_recommend": int(matches)})
     checks["ok"] = all(v for key, v in checks.items() if isinstance(v, bool)) and matches == len(chosen)
-    return {"run_date": run_date, "k": k, "model_version": manifest["model_version"], **checks}
+    return {"run_date": manifest["run_date"], "k": k, "model_version": manifest["model_version"], **checks}
