@@ -11,7 +11,14 @@ import json
 import sys
 
 from jobs.cli import check_model, init_ray, job_parser, one_line_errors
-from ncf.batch.scoring import BatchScoreConfig, VerificationFailed, check_config, run_batch_scoring
+from ncf.batch.scoring import (
+    MAX_AUTO_BATCH,
+    TARGET_PARTS,
+    BatchScoreConfig,
+    VerificationFailed,
+    check_config,
+    run_batch_scoring,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,10 +36,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--at",
         default=d.at,
         help="the moment scored and the partition's date: ISO date or datetime (UTC unless it says), "
-        "'now' or 'data-end' (the model's last known moment, for historical datasets)",
+        "'now' or 'data-end' (the first moment after DATA's last purchase, for historical datasets)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help="users per batch and part file (0: about 50 parts)"
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help=f"users per batch and part file (0: about {TARGET_PARTS} parts of at most {MAX_AUTO_BATCH:,} users, "
+        "so more parts for large datasets)",
     )
     p.add_argument(
         "--actors", type=int, default=d.actors, help="scoring actors (0: one per GPU, else one per CPU of the cluster)"

@@ -75,6 +75,8 @@ COMPILE_SETTINGS = ("auto", "yes", "no")
 COMPILE_MIN_USERS_PER_ACTOR = 100_000
 # About this many parts per run: progress is visible, files are not tiny.
 TARGET_PARTS = 50
+# ... of at most this many users each, so large datasets get more parts.
+MAX_AUTO_BATCH = 10_000
 
 
 @dataclass
@@ -89,7 +91,8 @@ class BatchScoreConfig:
         at: the moment scored (temporal features) and the partition's date: ISO date or
             datetime (UTC unless it says), ``"now"`` or ``"data-end"`` (the first moment after
             DATA's last purchase, for historical datasets).
-        batch_size: users per batch and part (0: about ``TARGET_PARTS`` parts).
+        batch_size: users per batch and part (0: about ``TARGET_PARTS`` parts of at most
+            ``MAX_AUTO_BATCH`` users, so more parts for large datasets).
         actors: scoring actors (0: one per GPU when the cluster has GPUs, else one per
             ``cpus_per_actor`` of the cluster's CPUs).
         cpus_per_actor: CPUs reserved by each actor.
@@ -170,7 +173,7 @@ def typed_ids(vocab: Vocabulary, ids: pa.Array) -> pa.Array:
 
 
 def auto_batch_size(num_users: int) -> int:
-    return int(min(10_000, max(16, -(-num_users // TARGET_PARTS))))
+    return int(min(MAX_AUTO_BATCH, max(16, -(-num_users // TARGET_PARTS))))
 
 
 # -- scoring (runs in the actors) ------------------------------------------------------------------
