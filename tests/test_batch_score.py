@@ -79,6 +79,26 @@ def test_bad_k_and_missing_data_are_one_line_errors(small_model_dir, tmp_path, c
     assert not os.path.exists(tmp_path / "o" / bs.TMP) or not os.listdir(tmp_path / "o" / bs.TMP)
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("batch_size", -5, "--batch-size -5: must be 0"),
+        ("actors", -1, "--actors -1: must be 0"),
+        ("cpus_per_actor", 0.0, "--cpus-per-actor 0.0: must be above 0"),
+        ("cpus_per_actor", float("nan"), "--cpus-per-actor nan: must be above 0"),
+        ("progress_every_s", -1.0, "--progress-every -1.0: must be 0 or more"),
+        ("verify", -1, "--verify -1: must be 0"),
+    ],
+)
+def test_bad_numbers_are_one_line_errors_before_anything_is_read(tmp_path, field, value, message):
+    """Old code: --cpus-per-actor 0 divided by zero once Ray ran; the others crashed later still."""
+    missing = str(tmp_path / "missing")
+    config = bs.BatchScoreConfig(model=missing, data=missing, output=str(tmp_path / "o"), **{field: value})
+    with pytest.raises(InputError) as error:
+        bs.check_config(config)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
 @pytest.mark.faults
 def test_compile_is_chosen_when_it_repays_itself_and_can_run(monkeypatch):
     enough = bs.COMPILE_MIN_USERS_PER_ACTOR

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -370,15 +371,37 @@ def _verify_stage(stage: str, users: int, k: int, reported: List[Dict]) -> int:
     return rows
 
 
-def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple[Dict, int]:
-    """Fails fast (before Ray starts) on a bad model, data, ``k`` or ``at``; returns the model's
-    config and ``at`` in epoch seconds."""
-    model_config = read_config(os.path.abspath(config.model))
-    _check_k(config.k, model_config)
+def _require(ok: bool, flag: str, value, what: str) -> None:
+    if not ok:
+        raise InputError(f"{flag} {value}: must be {what}")
+
+
+def _check_numbers(config: BatchScoreConfig) -> None:
+    # Otherwise they fail late: 0 CPUs per actor divides by zero in Ray, a negative batch size or
+    # sample crashes after the scoring.
+    _require(config.batch_size >= 0, "--batch-size", config.batch_size, "0 (automatic) or more users")
+    _require(config.actors >= 0, "--actors", config.actors, "0 (automatic) or more")
+    cpus = config.cpus_per_actor
+    _require(math.isfinite(cpus) and cpus > 0, "--cpus-per-actor", cpus, "above 0")
+    every = config.progress_every_s
+    _require(math.isfinite(every) and every >= 0, "--progress-every", every, "0 or more seconds")
+    _require(config.verify >= 0, "--verify", config.verify, "0 (no check) or more sampled users")
+
+
+def _check_settings(config: BatchScoreConfig) -> None:
     if config.gpu not in GPU_SETTINGS:
         raise InputError(f"--gpu must be one of {', '.join(GPU_SETTINGS)}, not {config.gpu!r}")
     if config.compile not in COMPILE_SETTINGS:
         raise InputError(f"--compile must be one of {', '.join(COMPILE_SETTINGS)}, not {config.compile!r}")
+
+
+def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple[Dict, int]:
+    """Fails fast (before Ray starts) on bad settings or numbers, a bad model, data, ``k`` or
+    ``at``; returns the model's config and ``at`` in epoch seconds."""
+    _check_settings(config)
+    _check_numbers(config)
+    model_config = read_config(os.path.abspath(config.model))
+    _check_k(config.k, model_config)
     resolve_at(config.at, 0, now=now)  # a bad --at fails before the data is looked at
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
     at = resolve_at(config.at, layout.DataStats(config.data).end + 1, now=now)
