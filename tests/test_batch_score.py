@@ -1,6 +1,7 @@
 """Nightly batch scoring: K rows per user equal to Recommender.recommend, reruns replace, and a
 job killed halfway leaves nothing committed and is completed by the next run."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -97,6 +98,20 @@ def test_bad_numbers_are_one_line_errors_before_anything_is_read(tmp_path, field
     with pytest.raises(InputError) as error:
         bs.check_config(config)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+@pytest.mark.faults
+def test_compile_yes_without_a_compiler_is_refused_before_ray_starts(tmp_path, monkeypatch):
+    """Old code: refused only once Ray ran and the actors' devices were known."""
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setenv("PATH", "")
+    missing = str(tmp_path / "missing")
+    config = bs.BatchScoreConfig(model=missing, data=missing, output=str(tmp_path / "o"), compile="yes", gpu="no")
+    with pytest.raises(InputError, match="--compile yes: .*C\\+\\+ compiler"):
+        bs.check_config(config)
+    # With --gpu auto the actors may get GPUs (no C++ compiler needed): decided once Ray runs.
+    with pytest.raises(InputError, match="missing"):
+        bs.check_config(dataclasses.replace(config, gpu="auto"))
 
 
 @pytest.mark.faults

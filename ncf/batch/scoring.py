@@ -393,6 +393,9 @@ def _check_settings(config: BatchScoreConfig) -> None:
         raise InputError(f"--gpu must be one of {', '.join(GPU_SETTINGS)}, not {config.gpu!r}")
     if config.compile not in COMPILE_SETTINGS:
         raise InputError(f"--compile must be one of {', '.join(COMPILE_SETTINGS)}, not {config.compile!r}")
+    if config.compile == "yes" and config.gpu == "no":
+        # Decidable here: CPU actors need a C++ compiler (with --gpu auto it depends on the cluster).
+        resolve_compile("yes", 0, use_gpu=False)
 
 
 def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple[Dict, int]:
