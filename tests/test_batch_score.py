@@ -57,6 +57,26 @@ def test_clean_stale_removes_this_dates_leftovers_and_old_runs_only(tmp_path):
     assert bs.clean_stale(str(tmp_path / "missing"), "2024-01-02") == []
 
 
+def test_a_journal_that_disappears_while_cleaning_is_skipped(tmp_path, monkeypatch):
+    """Another date's swap can finish (and delete its journal) between the listing and the read."""
+    from ncf.batch import commit
+
+    out = str(tmp_path)
+    os.makedirs(os.path.join(out, commit.COMMIT))
+    gone = os.path.join(out, commit.COMMIT, "run_date=2024-01-03.json")
+    open(gone, "w").close()
+    listdir = os.listdir
+
+    def listing_then_removal(path):
+        names = listdir(path)
+        if os.path.exists(gone):
+            os.remove(gone)
+        return names
+
+    monkeypatch.setattr(commit.os, "listdir", listing_then_removal)
+    assert commit._pending_paths(out) == set()
+
+
 def test_bad_k_and_missing_data_are_one_line_errors(small_model_dir, tmp_path, capsys):
     for argv in (
         ["--model", small_model_dir, "--data", str(tmp_path), "--output", str(tmp_path / "o"), "--k", "0"],

@@ -124,7 +124,10 @@ def _pending_paths(output: str) -> set:
     paths = set()
     for name in os.listdir(root) if os.path.isdir(root) else []:
         if name.endswith(".json"):
-            record = read_json(os.path.join(root, name))
+            try:
+                record = read_json(os.path.join(root, name))
+            except FileNotFoundError:
+                continue  # that swap finished between the listing and the read: nothing of it pending
             paths.update(os.path.abspath(record[k]) for k in ("staged", "parked"))
     return paths
 
