@@ -1,4 +1,4 @@
-"""Atomic commit of one partition of a dataset directory, for jobs that rewrite a whole
+"""All-or-nothing commit of one partition of a dataset directory, for jobs that rewrite a whole
 partition per run (nightly batch scoring writes ``OUT/run_date=D/``).
 
 Layout::
@@ -24,7 +24,9 @@ Protocol (:class:`PartitionRun`):
 3. :meth:`PartitionRun.commit`: ``_SUCCESS`` (the manifest) as the stage's last file, then the
    journaled swap of :func:`ncf.staging.swap`: fsync the stage's files and directories, write
    the journal, rename the old partition to ``replaced-...``, rename the stage into place, fsync
-   both directories, delete the replaced partition, delete the journal.
+   both directories, delete the replaced partition, delete the journal. Between the two
+   renames (one directory fsync apart) the partition is absent: a reader looking then finds
+   no partition, never a partial one.
 
 A run that dies before 3 leaves only ``_tmp`` entries, which the next run removes. One that
 dies inside 3 (between the two renames, say: no partition in place) leaves its journal, and

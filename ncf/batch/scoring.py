@@ -1,4 +1,4 @@
-"""Nightly batch scoring: the top-K products of every user, with Ray Data, committed atomically.
+"""Nightly batch scoring: the top-K products of every user, with Ray Data, committed all or nothing.
 
 Every user of the data's vocabulary goes through ``map_batches`` on a pool of actors, each of
 which loads :class:`ncf.rank.recommender.Recommender` once and ranks through its ranker's
@@ -25,7 +25,9 @@ second run of the same date is refused with a one-line error, exit status 2); pa
 ``OUT/_tmp/run_date=D/RUN_ID/``; the counts are checked (every user exactly K rows, nothing
 twice); ``_SUCCESS`` is written into the staged run as its last file; then a journaled swap
 replaces the partition (fsynced; a run that dies between the two renames is rolled forward by
-the next run, so the dead run's complete partition is not lost). A committed partition always
+the next run, so the dead run's complete partition is not lost). The swap is not atomic for
+readers: between its two renames (old partition out, new one in; one directory fsync apart)
+the date has no partition, and a reader looking then finds it absent. A committed partition always
 carries its ``_SUCCESS``, a rerun of a date replaces it, and a run that dies before its commit
 leaves only ``_tmp`` entries, which the next run of that date removes. Readers should treat a
 partition without ``_SUCCESS`` as absent (:func:`read_partition` does).
