@@ -55,6 +55,23 @@ def test_invalid_utf8_and_nan_ids_are_quarantined_not_kept():
     assert out.column("user_id").to_pylist()[1] == "\\xff\\xfeu2"  # the raw bytes, visible in the quarantine
 
 
+def test_whole_number_ids_written_as_float_text_are_the_integer_ids():
+    """pandas writes an integer id column with a missing value as floats, and to CSV as "12.0":
+    old code kept "12.0", which matched no id of a model trained on the integers (every such
+    household ranked cold)."""
+    batch = pa.table(
+        {
+            "user_id": [" 12.0 ", "7", "-3.00", "0012"],
+            "product_id": ["12.50", "1e3", "A7.0", "5"],
+            "timestamp": ["2024-01-02"] * 4,
+        }
+    )
+    out = schema.validate_log_batch(batch)
+    assert out.column("reason").to_pylist() == [None] * 4
+    assert out.column("user_id").to_pylist() == ["12", "7", "-3", "0012"]  # text ids otherwise as written
+    assert out.column("product_id").to_pylist() == ["12.50", "1e3", "A7.0", "5"]
+
+
 def test_now_and_other_words_are_not_timestamps():
     """Old code read "now" as the wall-clock time: a historical log got a row at today's date."""
     batch = pa.table(

@@ -5,11 +5,12 @@ Catalog: ``product_id``, ``department``, ``category``. Files are Parquet or CSV:
 directory or a glob.
 
 * IDs: integers, strings (UTF-8; surrounding spaces are trimmed), or floats that hold a whole
-  number (``12.0`` is the id ``"12"``, as the integer 12 would be; pandas writes integer ids
-  with a missing value as floats). NaN, infinities, fractions and floats beyond 2**53 are
-  quarantined (``bad_user_id`` / ``bad_product_id``), and so are strings that are not valid
-  UTF-8. Other column types (lists, structs, booleans...) stop the job with a one-line error
-  naming the file and column, before any row is read.
+  number (``12.0`` is the id ``"12"``, as the integer 12 would be, in a float column and as
+  CSV text alike; pandas writes integer ids with a missing value as floats). In float columns
+  NaN, infinities, fractions and floats beyond 2**53 are quarantined (``bad_user_id`` /
+  ``bad_product_id``), and so are strings that are not valid UTF-8. Other column types (lists,
+  structs, booleans...) stop the job with a one-line error naming the file and column, before
+  any row is read.
 * Timestamps: Arrow timestamps of any unit (s, ms, us, ns) and any time zone, dates, ISO-8601
   strings (with or without an offset; none means UTC) or epoch seconds (numbers or numeric
   strings). Fractions of a second are truncated (rounded down) to whole seconds: the pipeline
@@ -349,7 +350,9 @@ def _ids(column) -> Tuple[pa.Array, np.ndarray, np.ndarray]:
     if not _is_text(t):
         raise InputError(f"an id column has type {t}; {_KIND_WORDS[ID]}")
     text, invalid, raw = _as_text(array)
-    trimmed = pc.utf8_trim_whitespace(text)
+    # "12.0" is the integer id 12 written through a float column (pandas does so when an id
+    # column has a missing value), in CSV text as in Parquet floats.
+    trimmed = pc.replace_substring_regex(pc.utf8_trim_whitespace(text), r"^(-?[0-9]+)\.0+$", r"\1")
     missing = pc.fill_null(pc.equal(trimmed, ""), True).to_numpy(zero_copy_only=False) & ~invalid
     ids = pc.if_else(pa.array(invalid), raw, pc.if_else(pa.array(missing), _null_strings(n), trimmed))
     return ids, missing, invalid
