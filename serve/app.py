@@ -9,9 +9,13 @@ Run it::
 Why it is built this way:
 
 - The model is loaded in ``reconfigure(user_config)``, not ``__init__``: a new model directory
-  (or candidate count) is then a ``user_config`` change, which Serve applies to the running
-  replicas in place, with no restart and no downtime. ``serve.run``/``serve deploy`` with a
-  new ``model`` argument does exactly that.
+  (or candidate count, or ``ui``) is then a ``user_config`` change, which Serve applies to the
+  running replicas in place, with no restart and no downtime. ``serve.run``/``serve deploy``
+  with a new ``model`` argument does exactly that. The user_config holds fingerprints of the
+  model's and DATA's content too (:class:`ServeSettings`), so a new model or DATA written to the
+  same path is a change as well: Serve calls ``reconfigure`` only when the user_config differs.
+  (The fingerprints are taken when the app is built: on every ``jobs.deploy``/``serve.run``,
+  but ``serve deploy`` of a config file whose args did not change does not build it again.)
 - ``/recommend`` goes through ``@serve.batch``: concurrent requests to one replica are grouped
   into one call of :meth:`ModelService.recommend_many`, all answered by the same model version.
 - A rollout never takes the service down: the new model is checked and loaded beside the old
@@ -108,7 +112,7 @@ def _redacted(message: str, user_config: Dict, limit: int = 500) -> str:
 class RecommenderDeployment:
     """One replica: a :class:`ModelService` swapped as a whole on every reconfigure."""
 
-    def __init__(self, threads: int = 1, ui: bool = False) -> None:
+    def __init__(self, threads: int = 1) -> None:
         import torch
         from threadpoolctl import threadpool_limits
 
@@ -119,7 +123,6 @@ class RecommenderDeployment:
         threadpool_limits(threads)
         self._service: Optional[ModelService] = None
         self._rollout_error: Optional[str] = None
-        self._ui = ui  # the explorer page (/ui): off unless the deployment asks for it
 
     def reconfigure(self, user_config: Dict) -> None:
         """Loads the model named by ``user_config`` (see :class:`ServeSettings`), then swaps it in.
@@ -139,6 +142,12 @@ class RecommenderDeployment:
             )
             return
         self._service, self._rollout_error = service, None
+
+    @property
+    def _ui(self) -> bool:
+        """The explorer page (/ui): off unless the settings serving ask for it."""
+        service = self._service
+        return service is not None and service.settings.ui
 
     def _ready(self) -> ModelService:
         service = self._service
@@ -235,16 +244,27 @@ class AppArgs(BaseModel):
 def build_app(args: Dict) -> Application:
     """The application for ``args`` (a dict or :class:`AppArgs`); checks the settings here, so a
     typo fails the deploy command rather than the replicas."""
+    a = _validated(args)
+    model_dir = resolve_model(a.model)
+    verify_model_dir(model_dir)  # not a whole, consistent model directory: fail here, with its path
+    # Takes the fingerprints of the model and DATA now, into the user_config (ServeSettings).
+    settings = ServeSettings.from_user_config(
+        {"model_dir": model_dir, "candidates": a.candidates, "default_at": a.default_at, "data": a.data, "ui": a.ui}
+    )
+    return _application(a, settings)
+
+
+def _validated(args: Dict) -> AppArgs:
     try:
         a = AppArgs.model_validate(dict(args))
     except ValidationError as e:
         raise ValueError(f"bad application args: {describe_errors(e.errors())}") from None
     if a.max_replicas < max(a.min_replicas, 1):
         raise ValueError(f"max_replicas ({a.max_replicas}) is below min_replicas ({a.min_replicas})")
-    settings = ServeSettings.from_user_config(
-        {"model_dir": resolve_model(a.model), "candidates": a.candidates, "default_at": a.default_at, "data": a.data}
-    )
-    verify_model_dir(settings.model_dir)  # not a whole, consistent model directory: fail here, with its path
+    return a
+
+
+def _application(a: AppArgs, settings: ServeSettings) -> Application:
     return (
         RecommenderDeployment.options(
             user_config=settings.user_config(),
@@ -262,7 +282,7 @@ def build_app(args: Dict) -> Application:
             ray_actor_options={"num_cpus": a.num_cpus},
         )
         .options(version=code_version(), _internal=True)
-        .bind(ui=a.ui)
+        .bind()
     )
 
 

@@ -10,14 +10,17 @@ the old model.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Dict, List, Mapping, Optional
 
+from ncf.data import layout
 from ncf.data.vocab import UNKNOWN_INDEX
-from ncf.model.integrity import verify_model_dir
+from ncf.model.directory import read_config
+from ncf.model.integrity import MANIFEST, verify_model_dir
 from ncf.moments import DATA_END, NOW
 from ncf.rank.recommender import RankedItems, Recommender
 from serve.api import BatchRecommendRequest, RecommendRequest, ScoreRequest, UnknownProducts
@@ -38,12 +41,24 @@ class ServeSettings:
             model directory's own setting. More candidates: closer to brute force, slower.
         default_at: the moment used when a request has no ``at``: ``"now"`` (live traffic)
             or ``"data-end"`` (the first moment after the data ranked from: demos and replays of history).
+        ui: serve the explorer page at /ui. Here, not a constructor argument: Serve compares only
+            the ``user_config`` of a deployment whose version is set, so turning it on or off is a
+            reconfigure like any other option.
+        model_fingerprint, data_fingerprint: what is in ``model_dir`` and ``data`` when the
+            deployment was built (:func:`model_fingerprint`, :func:`data_fingerprint`); computed
+            from the files when absent. The workflows reuse paths (a model trained again into the
+            same ``--output``, a blue/green link repointed, new DATA swapped in at the same path):
+            with paths alone the ``user_config`` would not change, Serve would not call
+            ``reconfigure``, and the old model would keep serving.
     """
 
     model_dir: str
     candidates: Optional[int] = None
     default_at: str = "now"
     data: Optional[str] = None
+    ui: bool = False
+    model_fingerprint: Optional[str] = None
+    data_fingerprint: Optional[str] = None
 
     @staticmethod
     def from_user_config(config: Mapping) -> "ServeSettings":
@@ -65,15 +80,54 @@ class ServeSettings:
         data = config.get("data")
         if data is not None and (not isinstance(data, str) or not data):
             raise ValueError(f"data must be a DATA directory path, not {data!r}")
+        ui = config.get("ui", False)
+        if not isinstance(ui, bool):
+            raise ValueError(f"ui must be true or false, not {ui!r}")
+        for key in ("model_fingerprint", "data_fingerprint"):
+            if config.get(key) is not None and not isinstance(config[key], str):
+                raise ValueError(f"{key} must be a string, not {config[key]!r}")
+        model_dir = os.path.abspath(config["model_dir"])
+        data = None if data is None else os.path.abspath(data)
         return ServeSettings(
-            os.path.abspath(config["model_dir"]),
-            candidates,
-            default_at,
-            None if data is None else os.path.abspath(data),
+            model_dir=model_dir,
+            candidates=candidates,
+            default_at=default_at,
+            data=data,
+            ui=ui,
+            model_fingerprint=config.get("model_fingerprint") or model_fingerprint(model_dir),
+            data_fingerprint=None if data is None else config.get("data_fingerprint") or data_fingerprint(data),
         )
 
     def user_config(self) -> Dict:
         return dataclasses.asdict(self)
+
+    def content(self) -> tuple:
+        """What the loaded model and state depend on: equal, a reconfigure reuses them."""
+        return self.model_dir, self.model_fingerprint, self.data, self.data_fingerprint
+
+
+def model_fingerprint(model_dir: str) -> str:
+    """config.json's version and a digest of the checksum manifest, which changes whenever a
+    file ranking reads does. A directory without a manifest gets a digest of nothing: its
+    verification names what is missing."""
+    return f"{read_config(model_dir).get('version')}:{_digest(os.path.join(model_dir, MANIFEST))}"
+
+
+def data_fingerprint(data: str) -> str:
+    """The DATA directory's real path, its stats.json and that file's modification time: every
+    jobs.preprocess run writes a new stats.json (counts, run time) into a directory swapped in
+    whole, so a DATA rebuilt at the same path gets a new fingerprint. Cheap: reads one small file."""
+    stats = layout.stats_path(data)
+    modified = os.stat(stats).st_mtime_ns if os.path.exists(stats) else 0
+    return _digest(stats, extra=f"{os.path.realpath(data)}\0{modified}".encode())
+
+
+def _digest(path: str, extra: bytes = b"") -> str:
+    digest = hashlib.sha256(extra)
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
 
 
 class ModelService:
@@ -86,17 +140,15 @@ class ModelService:
     @staticmethod
     def load(settings: ServeSettings, previous: Optional["ModelService"] = None) -> "ModelService":
         """Loads ``settings.model_dir`` over ``settings.data``; reuses ``previous``'s model and
-        state when only options changed.
+        state when only options changed (same paths and fingerprints).
 
         A new model is checked as a whole before it can answer anything: the directory against
         its manifest and itself (:func:`ncf.model.integrity.verify_model_dir`), then loaded, warmed
         and asked for one known and one unknown household (:func:`_rehearse`). Any failure raises
         here, while ``previous`` is still the one serving.
         """
-        same = previous is not None and (previous.settings.model_dir, previous.settings.data) == (
-            settings.model_dir,
-            settings.data,
-        )
+        # Fingerprints, not paths: a new model or DATA at the same path is a new model or DATA.
+        same = previous is not None and previous.settings.content() == settings.content()
         if not same:
             verify_model_dir(settings.model_dir)
         recommender = previous.recommender if same else Recommender.load(settings.model_dir, data=settings.data)

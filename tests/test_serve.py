@@ -282,6 +282,7 @@ def test_unknown_routes_and_methods_are_4xx_json(server):
         ({"model_dir": "m", "candidates": True}, "candidates"),
         ({"model_dir": "m", "default_at": "yesterday"}, "default_at"),
         ({"model_dir": "m", "modeldir": "m"}, "modeldir"),
+        ({"model_dir": "m", "ui": "yes"}, "ui"),
     ],
 )
 def test_bad_user_config_is_refused_with_its_key(config, message):
@@ -356,6 +357,26 @@ def test_changing_candidates_reuses_the_model_without_touching_the_old_service(s
     assert new.recommender.ranker.model is old.recommender.ranker.model
     assert new.recommender.settings.candidates == 17
     assert old.recommender.settings.candidates != 17
+
+
+def test_new_data_at_the_same_path_is_loaded_again(small_model_dir, small_data, tmp_path):
+    """jobs.preprocess swaps new DATA in at the same --output: its fingerprint, not its path, says
+    whether the replica may keep the state it loaded."""
+    from ncf.data import layout
+    from ncf.model.directory import copy_state
+
+    data = str(tmp_path / "data")
+    copy_state(small_data[0], data)
+    shutil.copy(layout.stats_path(small_data[0]), layout.stats_path(data))
+    config = {"model_dir": small_model_dir, "data": data}
+    old = ModelService.load(ServeSettings.from_user_config(config))
+    again = ModelService.load(ServeSettings.from_user_config(config), previous=old)
+    with open(layout.stats_path(data), "a") as f:
+        f.write("\n")  # what a new run at the same path does: a new stats.json
+    new = ModelService.load(ServeSettings.from_user_config(config), previous=old)
+    assert again.recommender is old.recommender
+    assert new.settings.data_fingerprint != old.settings.data_fingerprint
+    assert new.recommender.state is not old.recommender.state
 
 
 def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_dir, recommender, users):
@@ -438,6 +459,26 @@ def test_second_version_rolls_out_while_requests_keep_succeeding(server, small_m
         "model_version": "v2",
         "rollout_error": None,
     }
+
+
+def _health(url: str) -> dict:
+    return requests.get(f"{url}/healthz", timeout=TIMEOUT).json()
+
+
+def test_a_new_model_at_the_same_path_rolls_out_and_ui_follows_the_args(server, small_model_dir, tmp_path):
+    """jobs.train writes a new model where the old one was: deploying the same args again rolls it
+    out (the user_config carries its fingerprint). Turning ui on is a reconfigure as well."""
+    port = int(server.rsplit(":", 1)[1])
+    model = sealed_copy(small_model_dir, str(tmp_path / "model"), "same-path-1")
+    start(build_app(_app_args(model)), port=port, app_name="ncf_test")
+    assert _health(server)["model_version"] == "same-path-1"
+    shutil.rmtree(model)
+    sealed_copy(small_model_dir, model, "same-path-2")
+    start(build_app(_app_args(model)), port=port, app_name="ncf_test")
+    assert _health(server) == {"status": "ok", "model_version": "same-path-2", "rollout_error": None}
+    assert requests.get(f"{server}/ui/config", timeout=TIMEOUT).status_code == 404
+    start(build_app({**_app_args(model), "ui": True}), port=port, app_name="ncf_test")
+    assert requests.get(f"{server}/ui/config", timeout=TIMEOUT).json()["model_version"] == "same-path-2"
 
 
 def test_every_entry_point_ranks_the_same(server, recommender, users):
