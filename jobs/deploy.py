@@ -2,7 +2,12 @@
 
 Runs until interrupted (Ctrl-C or SIGTERM), or with --detach returns once the app answers;
 --detach only makes sense on a running cluster (RAY_ADDRESS), which keeps serving after the job
-ends. Run it again with another --model to roll that model out in place, without downtime.
+ends. Run it again with another --model to roll that model out in place, without downtime (or
+with the same paths once a new model or DATA is written there: their fingerprints changed).
+
+A rollout the replicas refuse (they keep serving the previous model, /healthz names the error)
+exits 2 with one line, after deploying the previous model's settings again, so that Serve's
+target is a model that loads (serve.app.restore_app): a replica Serve starts later serves it too.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ import sys
 from jobs.cli import check_data, check_model, init_ray, job_parser
 from ncf.errors import InputError
 from ncf.moments import DATA_END, NOW
-from serve.app import build_app
-from serve.launch import serve_until_stopped, start, wait_until_healthy
+from serve.app import build_app, restore_app
+from serve.launch import serve_until_stopped, serving_user_config, start, wait_until_healthy
 from serve.limits import REQUEST_TIMEOUT_S
 
 
@@ -83,11 +88,28 @@ def main(argv=None) -> dict:
     init_ray()
     url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
     health = wait_until_healthy(url)
+    if health.get("rollout_error"):
+        restore_previous(app_args, args)
+        print(
+            f"error: the rollout failed, still serving model {health['model_version']} (deployed again as "
+            f"Serve's target): {health['rollout_error']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(2)
     pages = {"docs": f"{url}/docs", **({"ui": f"{url}/ui"} if args.ui else {})}
     print(json.dumps({"url": url, **pages, **health}), flush=True)
     if not args.detach:
         serve_until_stopped()
     return health
+
+
+def restore_previous(app_args: dict, args: argparse.Namespace) -> None:
+    """Deploys the settings the replicas still serve (model, DATA, their fingerprints, candidates,
+    default moment, ui) with this run's scaling options: Serve's target is then a model that loads."""
+    previous = serving_user_config()
+    if previous is not None:
+        start(restore_app(app_args, previous), host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ Why it is built this way:
   says why on ``/healthz`` (``rollout_error``) and returns normally, because a ``reconfigure``
   that raises makes Serve stop the replica, healthy model and all. ``build_app`` refuses a
   model directory that fails :func:`ncf.model.integrity.verify_model_dir` before anything is
-  deployed.
+  deployed. Serve still holds the failed user_config as its target (a replica it starts later
+  would load it and fail), so ``jobs.deploy`` deploys the serving one again
+  (:func:`restore_app`) and exits 2.
 - ``autoscaling_config`` adds replicas when each has more than ``target_ongoing_requests``
   requests in flight and removes them when idle; replicas ask for a fraction of a CPU so
   that several fit on a small machine beside the proxy.
@@ -143,6 +145,12 @@ class RecommenderDeployment:
             return
         self._service, self._rollout_error = service, None
 
+    def serving_user_config(self) -> Optional[Dict]:
+        """The user_config of the model this replica serves, None before one: after a failed
+        rollout, the previous good one, which jobs.deploy deploys again (:func:`restore_app`)."""
+        service = self._service
+        return None if service is None else service.settings.user_config()
+
     @property
     def _ui(self) -> bool:
         """The explorer page (/ui): off unless the settings serving ask for it."""
@@ -252,6 +260,17 @@ def build_app(args: Dict) -> Application:
         {"model_dir": model_dir, "candidates": a.candidates, "default_at": a.default_at, "data": a.data, "ui": a.ui}
     )
     return _application(a, settings)
+
+
+def restore_app(args: Dict, user_config: Dict) -> Application:
+    """The application of ``args`` serving ``user_config`` (a replica's
+    :meth:`RecommenderDeployment.serving_user_config`) instead of ``args``' model and options.
+
+    After a failed rollout the replicas keep the old model, but Serve's target is the new
+    user_config, which every replica started later (autoscaling, a replacement) would fail to
+    load. Deploying this makes the settings that serve the target again; the running replicas'
+    reconfigure then reuses their model."""
+    return _application(_validated(args), ServeSettings.from_user_config(user_config))
 
 
 def _validated(args: Dict) -> AppArgs:

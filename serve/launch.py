@@ -43,6 +43,17 @@ def start(
     return f"http://{host}:{port}"
 
 
+def serving_user_config(app_name: str = APP_NAME) -> Optional[Dict]:
+    """The user_config of the model a replica of ``app_name`` serves (None: none loaded yet),
+    asked through a deployment handle: /healthz does not tell a client the server's paths."""
+    from ray import serve
+
+    from serve.app import DEPLOYMENT_NAME
+
+    handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name)
+    return handle.serving_user_config.remote().result(timeout_s=60)
+
+
 def wait_until_healthy(base_url: str, timeout_s: float = 60.0) -> Dict:
     """Polls ``/healthz`` until it answers 200 (returns its JSON) or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s

@@ -481,6 +481,41 @@ def test_a_new_model_at_the_same_path_rolls_out_and_ui_follows_the_args(server, 
     assert requests.get(f"{server}/ui/config", timeout=TIMEOUT).json()["model_version"] == "same-path-2"
 
 
+@pytest.mark.faults
+def test_deploy_exits_2_on_a_refused_rollout_and_makes_the_serving_model_the_target_again(
+    server, small_model_dir, small_data, tmp_path, capsys
+):
+    """A rollout the replica refuses (DATA with a stats.json but no state: only the replica's load
+    finds out) keeps the old model serving; jobs.deploy says so in one line, exits 2, and deploys
+    the serving settings again, so that a replica Serve starts later does not load the bad ones."""
+    from ray import serve
+
+    from jobs import deploy
+    from ncf.data import layout
+    from serve.launch import serving_user_config
+
+    port = int(server.rsplit(":", 1)[1])
+    broken = str(tmp_path / "broken")
+    os.makedirs(broken)
+    shutil.copy(layout.stats_path(small_data[0]), layout.stats_path(broken))
+    args = ["--model", small_model_dir, "--port", str(port), "--detach", "--max-replicas", "1"]
+    serve.delete("ncf_test")  # jobs.deploy's app is at the route prefix / too
+    try:
+        assert deploy.main(args)["model_version"] == "v1"
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            deploy.main(args + ["--data", broken])
+        error = capsys.readouterr().err.strip()
+        assert exited.value.code == 2
+        assert error.startswith("error: the rollout failed") and "\n" not in error and str(tmp_path) not in error
+        # The serving settings reconfigured the replica again: the error is gone, the target is v1.
+        assert _health(server) == {"status": "ok", "model_version": "v1", "rollout_error": None}
+        assert serving_user_config()["data"] is None
+    finally:
+        serve.delete("ncf")
+        start(build_app(_app_args(small_model_dir)), port=port, app_name="ncf_test")
+
+
 def test_every_entry_point_ranks_the_same(server, recommender, users):
     """One ranking path: Serve's single, explained and batch requests, /score, the evaluation's
     ranking and the nightly job's give the same products and scores for one household and moment."""
