@@ -23,9 +23,10 @@ Why it is built this way:
   says why on ``/healthz`` (``rollout_error``) and returns normally, because a ``reconfigure``
   that raises makes Serve stop the replica, healthy model and all. ``build_app`` refuses a
   model directory that fails :func:`ncf.model.integrity.verify_model_dir` before anything is
-  deployed. Serve still holds the failed user_config as its target (a replica it starts later
-  would load it and fail), so ``jobs.deploy`` deploys the serving one again
-  (:func:`restore_app`) and exits 2.
+  deployed, and a ``data`` whose state does not load or agree with itself
+  (:func:`ncf.model.integrity.verify_data_state`). Serve still holds the failed user_config as
+  its target (a replica it starts later would load it and fail), so ``jobs.deploy`` deploys the
+  serving one again (:func:`restore_app`) and exits 2.
 - ``autoscaling_config`` adds replicas when each has more than ``target_ongoing_requests``
   requests in flight and removes them when idle; replicas ask for a fraction of a CPU so
   that several fit on a small machine beside the proxy.
@@ -48,7 +49,7 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from starlette.responses import Response
 
-from ncf.model.integrity import verify_model_dir
+from ncf.model.integrity import verify_data_state, verify_model_dir
 from ncf.rank.ranker import MAX_K
 from ncf.registry import resolve_model
 from serve import explore, ui
@@ -255,6 +256,8 @@ def build_app(args: Dict) -> Application:
     a = _validated(args)
     model_dir = resolve_model(a.model)
     verify_model_dir(model_dir)  # not a whole, consistent model directory: fail here, with its path
+    if a.data:
+        verify_data_state(a.data)  # the same for the DATA's state
     # Takes the fingerprints of the model and DATA now, into the user_config (ServeSettings).
     settings = ServeSettings.from_user_config(
         {"model_dir": model_dir, "candidates": a.candidates, "default_at": a.default_at, "data": a.data, "ui": a.ui}

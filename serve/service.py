@@ -20,7 +20,7 @@ from typing import Dict, List, Mapping, Optional
 from ncf.data import layout
 from ncf.data.vocab import UNKNOWN_INDEX
 from ncf.model.directory import read_config
-from ncf.model.integrity import MANIFEST, verify_model_dir
+from ncf.model.integrity import MANIFEST, verify_data_state, verify_model_dir
 from ncf.moments import DATA_END, NOW
 from ncf.rank.recommender import RankedItems, Recommender
 from serve.api import BatchRecommendRequest, RecommendRequest, ScoreRequest, UnknownProducts
@@ -143,7 +143,8 @@ class ModelService:
         state when only options changed (same paths and fingerprints).
 
         A new model is checked as a whole before it can answer anything: the directory against
-        its manifest and itself (:func:`ncf.model.integrity.verify_model_dir`), then loaded, warmed
+        its manifest and itself (:func:`ncf.model.integrity.verify_model_dir`), the DATA's state
+        against itself (:func:`ncf.model.integrity.verify_data_state`), then loaded, warmed
         and asked for one known and one unknown household (:func:`_rehearse`). Any failure raises
         here, while ``previous`` is still the one serving.
         """
@@ -151,6 +152,8 @@ class ModelService:
         same = previous is not None and previous.settings.content() == settings.content()
         if not same:
             verify_model_dir(settings.model_dir)
+            if settings.data is not None:
+                verify_data_state(settings.data)
         recommender = previous.recommender if same else Recommender.load(settings.model_dir, data=settings.data)
         if settings.candidates is not None:
             # A new recommender sharing the model and state: requests in flight keep the old one.

@@ -296,6 +296,19 @@ def test_build_app_refuses_a_missing_model_dir(tmp_path):
 
 
 @pytest.mark.faults
+def test_build_app_refuses_data_whose_state_does_not_load(small_model_dir, small_data, tmp_path):
+    """A DATA directory has no manifest: its state is loaded and checked against itself."""
+    from ncf.data import layout
+    from ncf.model.integrity import DataIntegrityError
+
+    broken = str(tmp_path / "broken")
+    os.makedirs(broken)
+    shutil.copy(layout.stats_path(small_data[0]), layout.stats_path(broken))  # what check_data looks at
+    with pytest.raises(DataIntegrityError, match="the DATA's state does not load"):
+        build_app({"model": small_model_dir, "data": broken})
+
+
+@pytest.mark.faults
 def test_build_app_and_deploy_refuse_a_damaged_model_dir(small_model_dir, tmp_path):
     """The whole directory is verified before anything is deployed: one line, exit code 2."""
     import subprocess
@@ -359,6 +372,7 @@ def test_changing_candidates_reuses_the_model_without_touching_the_old_service(s
     assert old.recommender.settings.candidates != 17
 
 
+@pytest.mark.faults
 def test_new_data_at_the_same_path_is_loaded_again(small_model_dir, small_data, tmp_path):
     """jobs.preprocess swaps new DATA in at the same --output: its fingerprint, not its path, says
     whether the replica may keep the state it loaded."""
@@ -465,6 +479,7 @@ def _health(url: str) -> dict:
     return requests.get(f"{url}/healthz", timeout=TIMEOUT).json()
 
 
+@pytest.mark.faults
 def test_a_new_model_at_the_same_path_rolls_out_and_ui_follows_the_args(server, small_model_dir, tmp_path):
     """jobs.train writes a new model where the old one was: deploying the same args again rolls it
     out (the user_config carries its fingerprint). Turning ui on is a reconfigure as well."""
@@ -483,34 +498,40 @@ def test_a_new_model_at_the_same_path_rolls_out_and_ui_follows_the_args(server, 
 
 @pytest.mark.faults
 def test_deploy_exits_2_on_a_refused_rollout_and_makes_the_serving_model_the_target_again(
-    server, small_model_dir, small_data, tmp_path, capsys
+    server, small_model_dir, tmp_path, capsys
 ):
-    """A rollout the replica refuses (DATA with a stats.json but no state: only the replica's load
-    finds out) keeps the old model serving; jobs.deploy says so in one line, exits 2, and deploys
-    the serving settings again, so that a replica Serve starts later does not load the bad ones."""
+    """A rollout the replica refuses (a sealed model whose ranking settings this code does not
+    know: only loading it finds out) keeps the old model serving; jobs.deploy says so in one line,
+    exits 2, and deploys the serving settings again, so that a replica Serve starts later does not
+    load the refused ones."""
     from ray import serve
 
     from jobs import deploy
-    from ncf.data import layout
+    from ncf.model.directory import CONFIG, METRICS
+    from ncf.model.integrity import write_manifest
     from serve.launch import serving_user_config
 
     port = int(server.rsplit(":", 1)[1])
-    broken = str(tmp_path / "broken")
-    os.makedirs(broken)
-    shutil.copy(layout.stats_path(small_data[0]), layout.stats_path(broken))
-    args = ["--model", small_model_dir, "--port", str(port), "--detach", "--max-replicas", "1"]
+    refused = sealed_copy(small_model_dir, str(tmp_path / "refused"), "refused")
+    with open(os.path.join(refused, CONFIG)) as f:
+        config = json.load(f)
+    with open(os.path.join(refused, CONFIG), "w") as f:
+        json.dump({**config, "ranking": {"no_such_setting": 1}}, f)
+    write_manifest(refused, unsealed=[METRICS])
+    args = ["--port", str(port), "--detach", "--max-replicas", "1"]
     serve.delete("ncf_test")  # jobs.deploy's app is at the route prefix / too
     try:
-        assert deploy.main(args)["model_version"] == "v1"
+        assert deploy.main(["--model", small_model_dir, *args])["model_version"] == "v1"
         capsys.readouterr()
         with pytest.raises(SystemExit) as exited:
-            deploy.main(args + ["--data", broken])
+            deploy.main(["--model", refused, *args])
         error = capsys.readouterr().err.strip()
         assert exited.value.code == 2
-        assert error.startswith("error: the rollout failed") and "\n" not in error and str(tmp_path) not in error
+        assert error.startswith("error: the rollout failed, still serving model v1") and "no_such_setting" in error
+        assert "\n" not in error and str(tmp_path) not in error
         # The serving settings reconfigured the replica again: the error is gone, the target is v1.
         assert _health(server) == {"status": "ok", "model_version": "v1", "rollout_error": None}
-        assert serving_user_config()["data"] is None
+        assert serving_user_config()["model_dir"] == small_model_dir
     finally:
         serve.delete("ncf")
         start(build_app(_app_args(small_model_dir)), port=port, app_name="ncf_test")

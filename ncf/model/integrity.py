@@ -22,6 +22,9 @@ what is wrong) unless:
   stats of ``state/`` load and agree with them;
 * the MF index, where there is one, loads and holds a vector of the MF width per product row.
 
+:func:`verify_data_state` checks a DATA directory's state the same way (it loads, its parts
+agree), short of the comparison with a model: a DATA directory may be newer than the model.
+
 The checks catch a directory that is consistent with its manifest but wrong (a trainer that
 wrote the wrong vocabulary and sealed it) as well as one damaged after saving.
 
@@ -59,6 +62,10 @@ _CHUNK = 1 << 20
 
 class ModelIntegrityError(InputError):
     """A model directory that must not be served: damaged, incomplete or inconsistent."""
+
+
+class DataIntegrityError(ModelIntegrityError):
+    """A DATA directory whose state must not be served: unreadable or inconsistent."""
 
 
 def sha256_of(path: str) -> str:
@@ -191,13 +198,17 @@ def _check_index(model_dir: str, config: ModelConfig) -> None:
         )
 
 
+def verify_data_state(data: str) -> None:
+    """Raises :class:`DataIntegrityError` unless the state of a DATA directory (``jobs.deploy
+    --data``: ``vocab/``, ``user_state/``, ``product_stats/``) loads and agrees with itself. A DATA
+    directory has no manifest and may hold households and products the model never saw, so this is
+    the part of :func:`verify_model_dir`'s state check that does not compare with the model."""
+    vocabs, states, stats = _load_state(f"{data}: the DATA's state", data, DataIntegrityError)
+    _check_state_agrees(data, vocabs, states, stats, DataIntegrityError)
+
+
 def _check_state(model_dir: str, state: str, config: ModelConfig) -> None:
-    try:
-        vocabs = Vocabularies.load(layout.vocab_dir(state))
-        states = UserStates.load(layout.user_state_dir(state))
-        stats = ProductStats.load(layout.product_stats_dir(state))
-    except Exception as e:  # missing or unreadable Parquet / .npy files
-        raise ModelIntegrityError(f"{model_dir}: state/ does not load ({_one_line(e)})") from None
+    vocabs, states, stats = _load_state(f"{model_dir}: state/", state, ModelIntegrityError)
     tables = {
         name: getattr(config, name) for name in ("num_users", "num_products", "num_departments", "num_categories")
     }
@@ -205,21 +216,32 @@ def _check_state(model_dir: str, state: str, config: ModelConfig) -> None:
     wrong = [f"{name} {sizes[name]} != {tables[name]}" for name in tables if sizes[name] != tables[name]]
     if wrong:
         raise ModelIntegrityError(f"{model_dir}: vocabularies do not fit the embedding tables: {'; '.join(wrong)}")
-    if states.num_users != sizes["num_users"]:
-        raise ModelIntegrityError(
-            f"{model_dir}: user_state has {states.num_users} households, the vocabulary {sizes['num_users']}"
+    _check_state_agrees(model_dir, vocabs, states, stats, ModelIntegrityError)
+
+
+def _load_state(what: str, state: str, error: type):
+    try:
+        return (
+            Vocabularies.load(layout.vocab_dir(state)),
+            UserStates.load(layout.user_state_dir(state)),
+            ProductStats.load(layout.product_stats_dir(state)),
         )
+    except Exception as e:  # missing or unreadable Parquet / .npy files
+        raise error(f"{what} does not load ({_one_line(e)})") from None
+
+
+def _check_state_agrees(where: str, vocabs: Vocabularies, states: UserStates, stats: ProductStats, error: type) -> None:
+    """Purchases and product stats sized like the vocabularies, product indices inside them."""
+    sizes = vocabs.sizes()
+    if states.num_users != sizes["num_users"]:
+        raise error(f"{where}: user_state has {states.num_users} households, the vocabulary {sizes['num_users']}")
     if (
         len(states.products)
-        and not 0 <= int(np.min(states.products)) <= int(np.max(states.products)) < tables["num_products"]
+        and not 0 <= int(np.min(states.products)) <= int(np.max(states.products)) < sizes["num_products"]
     ):
-        raise ModelIntegrityError(
-            f"{model_dir}: user_state holds product indices outside 0..{tables['num_products'] - 1}"
-        )
+        raise error(f"{where}: user_state holds product indices outside 0..{sizes['num_products'] - 1}")
     if stats.num_products != sizes["num_products"]:
-        raise ModelIntegrityError(
-            f"{model_dir}: product_stats has {stats.num_products} products, the vocabulary {sizes['num_products']}"
-        )
+        raise error(f"{where}: product_stats has {stats.num_products} products, the vocabulary {sizes['num_products']}")
 
 
 def _one_line(error: BaseException) -> str:
