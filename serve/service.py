@@ -148,7 +148,7 @@ class ModelService:
         and asked for one known and one unknown household (:func:`_rehearse`). Any failure raises
         here, while ``previous`` is still the one serving.
         """
-        # Fingerprints, not paths: a new model or DATA at the same path is a new model or DATA.
+        # Paths and fingerprints: a new model or DATA written at the same path is a new one.
         same = previous is not None and previous.settings.content() == settings.content()
         if not same:
             verify_model_dir(settings.model_dir)
