@@ -187,6 +187,22 @@ def test_parquet_rows_in_come_from_the_footer_and_the_quarantine_keeps_raw_value
     assert row["timestamp"].startswith("2024-01-01 07:00:00")
 
 
+def test_a_run_stopped_by_bad_rows_keeps_its_quarantine_beside_the_output(ray_session, tmp_path):
+    """Old code removed the quarantine with the failed run's staging directory: the error said
+    "all N quarantined" and there was nothing to look at."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,product_id,timestamp\n" + "".join(f"u{i},p{i},yesterday\n" for i in range(5)))
+    out = str(tmp_path / "out")
+    config = PreprocessConfig(examples=ExampleConfig(history_length=2), val_weeks=4, test_weeks=4)
+    with pytest.raises(schema.InputError) as refused:
+        preprocess(schema.resolve_files(str(bad)), None, out, config, state_only=True)
+    kept = out + ".quarantine"
+    assert "all 5 quarantined" in str(refused.value) and kept in str(refused.value), refused.value
+    assert not os.path.exists(out)
+    rows = pq.read_table(kept).to_pandas()
+    assert len(rows) == 5 and set(rows["reason"]) == {schema.BAD_TIMESTAMP}
+
+
 def test_an_empty_split_is_a_clear_error_and_the_last_good_output_survives(ray_session, tmp_path):
     """Purchases in January and a busy December (too many rows to be "the future"): the
     validation weeks fall in empty time. Old code wrote the output anyway (and had deleted the

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional
@@ -278,9 +279,36 @@ def preprocess(
     schema.check_columns(logs, schema.LOG_REQUIRED, "purchase log")
     inputs = logs.paths + (catalog.paths if catalog else [])
     with replacing(output, layout.STATS, "preprocessing output", inputs, overwrite, log=_log) as stage:
-        stats = _preprocess_into(logs, catalog, stage, config, state_only)
+        try:
+            stats = _preprocess_into(logs, catalog, stage, config, state_only)
+        except schema.InputError as e:
+            kept = keep_failed_quarantine(stage, output)
+            if kept is None:
+                raise
+            raise schema.InputError(f"{e}; the quarantined rows are in {kept}") from e
     _log(f"stats in {layout.stats_path(output)}")
     return stats
+
+
+def failed_quarantine_dir(output: str) -> str:
+    """Where a run that stopped on bad input leaves its quarantine: beside ``output``."""
+    return os.path.abspath(output).rstrip(os.sep) + ".quarantine"
+
+
+def keep_failed_quarantine(stage: str, output: str) -> Optional[str]:
+    """Moves the quarantine out of a failed run's staging directory (which is then removed), so
+    that "all N quarantined" or an empty period can be looked into; replaces the last failed
+    run's. None when the run quarantined nothing."""
+    quarantine = layout.quarantine_dir(stage)
+    if not os.path.isdir(quarantine):
+        return None
+    kept = failed_quarantine_dir(output)
+    incoming = kept + ".incoming"
+    shutil.rmtree(incoming, ignore_errors=True)
+    os.rename(quarantine, incoming)
+    shutil.rmtree(kept, ignore_errors=True)
+    os.rename(incoming, kept)
+    return kept
 
 
 def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output: str) -> tuple[ingest.Ingested, Dict]:
