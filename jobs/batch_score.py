@@ -15,6 +15,7 @@ from ncf.batch.scoring import (
     MAX_AUTO_BATCH,
     TARGET_PARTS,
     BatchScoreConfig,
+    InputsChanged,
     VerificationFailed,
     check_config,
     run_batch_scoring,
@@ -92,6 +93,9 @@ def main(argv=None) -> dict:
         except VerificationFailed as failed:
             print(json.dumps({"verify": failed.report}), flush=True)
             print(f"error: {failed}", file=sys.stderr, flush=True)
+            sys.exit(1)
+        except InputsChanged as changed:
+            print(f"error: {changed}", file=sys.stderr, flush=True)
             sys.exit(1)
         print(json.dumps(summary), flush=True)
         return summary

@@ -209,6 +209,26 @@ def test_an_actor_that_loads_another_model_version_is_refused(small_model_dir, s
         bs.ScoreBatch(**args, model_version="v0")
 
 
+@pytest.mark.faults
+def test_an_actors_inputs_changed_reaches_the_driver_as_its_own_line(ray_session):
+    """Ray Data wraps what an actor raises in errors whose messages carry the actor's traceback;
+    the job prints the actor's one line instead (the job's actors raise it from ScoreBatch)."""
+    import ray
+
+    message = "MODEL was replaced during the run; nothing committed, rerun the date"
+
+    class Refuses:  # defined here: pickled by value to the actor
+        def __call__(self, batch):
+            raise bs.InputsChanged(message)
+
+    with pytest.raises(Exception) as raised:
+        ray.data.range(4).map_batches(Refuses, compute=ray.data.ActorPoolStrategy(size=1)).take_all()
+    assert "\n" in str(raised.value)  # what the driver gets: a traceback
+    changed = bs.inputs_changed_in(raised.value)
+    assert isinstance(changed, bs.InputsChanged) and str(changed) == message
+    assert bs.inputs_changed_in(ValueError("something else")) is None
+
+
 # -- the job on the small synthetic dataset --------------------------------------------------------
 
 

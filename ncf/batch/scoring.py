@@ -187,6 +187,22 @@ class InputsChanged(RuntimeError):
     the run fails and nothing is committed."""
 
 
+def inputs_changed_in(error: BaseException) -> Optional[InputsChanged]:
+    """The :class:`InputsChanged` an actor raised, found under what Ray Data makes of it (a
+    ``UserCodeException`` whose message is the actor's traceback, the exception itself not
+    attached); None when there is none."""
+    seen = error
+    for _ in range(20):  # bounded: a cause chain is a few errors deep
+        if seen is None:
+            break
+        if isinstance(seen, InputsChanged) and "\n" not in str(seen).strip():
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
+    marker = f"{InputsChanged.__name__}: "
+    lines = [line.strip() for line in str(error).splitlines() if marker in line]
+    return InputsChanged(lines[-1].split(marker, 1)[1]) if lines else None
+
+
 def check_model_version(recommender: Recommender, expected: str) -> None:
     """Raises unless the actor loaded the model version the driver recorded: the manifest and
     every row name that version."""
@@ -524,7 +540,13 @@ def _score_into(
             # actor fails the run instead: nothing is committed, and a rerun of the date starts clean.
             max_restarts=0,
         )
-    reported, steady = _collect(results, users.num_rows, config.progress_every_s, log)
+    try:
+        reported, steady = _collect(results, users.num_rows, config.progress_every_s, log)
+    except Exception as e:
+        changed = inputs_changed_in(e)
+        if changed is None:
+            raise
+        raise changed from None  # its one line, not the actor's traceback Ray wraps it in
     rows = _verify_stage(stage, users.num_rows, config.k, reported)
     seconds = time.time() - started
     manifest = {
