@@ -22,6 +22,7 @@ from ncf.moments import DATA_END, NOW
 from serve.app import build_app, restore_app
 from serve.launch import serve_until_stopped, serving_user_config, start, wait_until_healthy
 from serve.limits import REQUEST_TIMEOUT_S
+from serve.service import ServeSettings, same_content_on_disk
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -89,10 +90,10 @@ def main(argv=None) -> dict:
     url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
     health = wait_until_healthy(url)
     if health.get("rollout_error"):
-        restore_previous(app_args, args)
+        restored = restore_previous(app_args, args)
         print(
-            f"error: the rollout failed, still serving model {health['model_version']} (deployed again as "
-            f"Serve's target): {health['rollout_error']}",
+            f"error: the rollout failed, still serving model {health['model_version']} ({restored}): "
+            f"{health['rollout_error']}",
             file=sys.stderr,
             flush=True,
         )
@@ -104,12 +105,25 @@ def main(argv=None) -> dict:
     return health
 
 
-def restore_previous(app_args: dict, args: argparse.Namespace) -> None:
+def restore_previous(app_args: dict, args: argparse.Namespace) -> str:
     """Deploys the settings the replicas still serve (model, DATA, their fingerprints, candidates,
-    default moment, ui) with this run's scaling options: Serve's target is then a model that loads."""
-    previous = serving_user_config()
-    if previous is not None:
-        start(restore_app(app_args, previous), host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
+    default moment, ui) with this run's scaling options, so that Serve's target is a model that
+    loads; returns what became of the target, for the job's error line."""
+    try:
+        previous = serving_user_config()
+    except Exception as e:  # the job still ends with its one line
+        return f"Serve's target is still the refused settings: the serving ones could not be read ({type(e).__name__})"
+    if previous is None:
+        return "Serve's target is still the refused settings"
+    start(restore_app(app_args, previous), host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
+    if not same_content_on_disk(ServeSettings.from_user_config(previous)):
+        # A model retrained into the same path, or DATA rebuilt in place: the path holds the
+        # refused files now, and a replica started later would load them.
+        return (
+            "deployed again as Serve's target, but its paths now hold the refused files, which replicas "
+            "started later would load: deploy a model that loads"
+        )
+    return "deployed again as Serve's target"
 
 
 if __name__ == "__main__":

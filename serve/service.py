@@ -122,6 +122,13 @@ def data_fingerprint(data: str) -> str:
     return _digest(stats, extra=f"{os.path.realpath(data)}\0{modified}".encode())
 
 
+def same_content_on_disk(settings: ServeSettings) -> bool:
+    """True when ``settings``' fingerprints are those of what its paths hold now."""
+    if settings.model_fingerprint != model_fingerprint(settings.model_dir):
+        return False
+    return settings.data is None or settings.data_fingerprint == data_fingerprint(settings.data)
+
+
 def _digest(path: str, extra: bytes = b"") -> str:
     digest = hashlib.sha256(extra)
     if os.path.exists(path):

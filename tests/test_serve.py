@@ -393,6 +393,29 @@ def test_new_data_at_the_same_path_is_loaded_again(small_model_dir, small_data, 
     assert new.recommender.state is not old.recommender.state
 
 
+def test_settings_tell_when_their_paths_hold_other_files(small_model_dir, small_data, tmp_path):
+    """What jobs.deploy checks after restoring the serving settings: a model retrained into the
+    same path leaves the restored target pointing at the refused files."""
+    from ncf.data import layout
+    from ncf.model.directory import copy_state
+    from serve.service import same_content_on_disk
+
+    data = str(tmp_path / "data")
+    copy_state(small_data[0], data)
+    shutil.copy(layout.stats_path(small_data[0]), layout.stats_path(data))
+    model = str(tmp_path / "model")
+    shutil.copytree(small_model_dir, model)
+    settings = ServeSettings.from_user_config({"model_dir": model, "data": data})
+    assert same_content_on_disk(settings)
+    with open(layout.stats_path(data), "a") as f:
+        f.write("\n")
+    assert not same_content_on_disk(settings)
+    settings = ServeSettings.from_user_config({"model_dir": model, "data": data})
+    with open(os.path.join(model, "manifest.json"), "a") as f:
+        f.write("\n")
+    assert not same_content_on_disk(settings)
+
+
 def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_dir, recommender, users):
     """What a @serve.batch call runs: requests grouped by k, exclude_purchased and explain are
     ranked in one model call each; every answer equals the single request's."""

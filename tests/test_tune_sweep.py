@@ -125,7 +125,13 @@ def test_a_sweep_resumed_with_other_settings_is_refused_in_one_line(tmp_path):
     with pytest.raises(InputError) as refused:
         SweepSettings(data=started.data, output=started.output, trials=8, epochs=3).check_resumes()
     message = str(refused.value)
-    assert "\n" not in message and "--trials 4 there, 8 here" in message and "--epochs 2 there, 3 here" in message
+    assert (
+        "\n" not in message
+        and "--trials 4 there, --trials 8 here" in message
+        and "--epochs 2 there, --epochs 3 here" in message
+    )
+    with pytest.raises(InputError, match="--gpu no there, --gpu yes here"):
+        SweepSettings(data=started.data, output=started.output, trials=4, use_gpu=True).check_resumes()
 
 
 def test_sweep_submitted_with_ray_job_submit(head_node, small_data, tmp_path):

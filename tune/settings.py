@@ -10,8 +10,9 @@ from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.train.config import TrainConfig
 
-# What a resumed sweep may change: how many trials run at once (the cluster may have changed).
-CHANGEABLE_ON_RESUME = ("concurrent",)
+# What a resumed sweep may change: how many trials run at once (the cluster may have changed),
+# and where the sweep directory is reached from (it holds the record).
+CHANGEABLE_ON_RESUME = ("concurrent", "output")
 
 
 @dataclass
@@ -71,7 +72,7 @@ class SweepSettings:
             return
         saved, ours = read_json(self.settings_path), dataclasses.asdict(self)
         differ = [
-            f"--{name.replace('_', '-')} {saved[name]} there, {ours[name]} here"
+            f"{_flag(name, saved[name])} there, {_flag(name, ours[name])} here"
             for name in ours
             if name in saved and name not in CHANGEABLE_ON_RESUME and saved[name] != ours[name]
         ]
@@ -97,3 +98,10 @@ class SweepSettings:
     def refit_dir(self) -> str:
         """The winner refit on labels through the data's end (``--refit``): the deployment model."""
         return os.path.join(self.output, "refit")
+
+
+def _flag(name: str, value) -> str:
+    """A setting as the command line gives it (``use_gpu`` comes from ``--gpu``)."""
+    if name == "use_gpu":
+        return f"--gpu {'yes' if value else 'no'}"
+    return f"--{name.replace('_', '-')} {value}"

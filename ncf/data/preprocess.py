@@ -171,18 +171,19 @@ def _in_file_order():
         context.execution_options.preserve_order = previous
 
 
-def _unreadable_catalog(files: schema.InputFiles, error: Exception) -> schema.InputError:
-    """Which catalog file the reader refused, and why. Ray Data's error names a file but drops
-    pyarrow's reason ("invalid UTF8 data", "Expected 3 columns, got 4"): CSV files are read again
-    here, one by one, with the same options (a catalog is small), to find both."""
-    if files.format == "csv":
-        for path in files.paths:
-            try:
-                pacsv.read_csv(path, **schema.csv_read_options(schema.CATALOG_REQUIRED))
-            except pa.ArrowException as e:
-                return schema.InputError(f"{path}: unreadable product catalog: {str(e).strip().splitlines()[0][:300]}")
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return schema.InputError(f"{files.paths[0]}: unreadable product catalog: {(lines or [repr(error)])[0][:300]}")
+def _unreadable_catalog(files: schema.InputFiles) -> Optional[schema.InputError]:
+    """Which catalog file the reader refused, and why, when a file is to blame. Ray Data's error
+    names a file but drops pyarrow's reason ("invalid UTF8 data", "Expected 3 columns, got 4"):
+    CSV files are read again here, one by one, with the same options (a catalog is small). None
+    when every file reads (the failure was not the input's: a worker lost, memory)."""
+    if files.format != "csv":
+        return None
+    for path in files.paths:
+        try:
+            pacsv.read_csv(path, **schema.csv_read_options(schema.CATALOG_REQUIRED))
+        except pa.ArrowException as e:
+            return schema.InputError(f"{path}: unreadable product catalog: {str(e).strip().splitlines()[0][:300]}")
+    return None
 
 
 def _read_catalog(files: Optional[schema.InputFiles]) -> tuple[Optional[pd.DataFrame], Dict]:
@@ -196,7 +197,10 @@ def _read_catalog(files: Optional[schema.InputFiles]) -> tuple[Optional[pd.DataF
             rows = raw.count()
             catalog = raw.map_batches(schema.normalize_catalog_batch, batch_format="pyarrow").to_pandas()
         except Exception as e:  # Ray wraps the reader's error in its task's traceback
-            raise _unreadable_catalog(files, e) from e
+            unreadable = _unreadable_catalog(files)
+            if unreadable is None:
+                raise
+            raise unreadable from e
     deduped = catalog.drop_duplicates(schema.PRODUCT_ID, keep="first")
     return deduped, {
         "catalog_rows": rows,

@@ -6,7 +6,7 @@ directory or a glob.
 
 * IDs: integers, strings (UTF-8; surrounding spaces are trimmed), or floats that hold a whole
   number (``12.0`` is the id ``"12"``, as the integer 12 would be, in a float column and as
-  CSV text alike; pandas writes integer ids with a missing value as floats). In float columns
+  text alike; pandas writes integer ids with a missing value as floats). In float columns
   NaN, infinities, fractions and floats beyond 2**53 are quarantined (``bad_user_id`` /
   ``bad_product_id``), and so are strings that are not valid UTF-8. Other column types (lists,
   structs, booleans...) stop the job with a one-line error naming the file and column, before
@@ -328,9 +328,10 @@ def _null_strings(n: int) -> pa.Array:
 # -- the three checked values -----------------------------------------------------------------------
 
 
-def _ids(column) -> Tuple[pa.Array, np.ndarray, np.ndarray]:
+def _ids(column, whole_number_text: bool = True) -> Tuple[pa.Array, np.ndarray, np.ndarray]:
     """IDs -> (values: the id as a string for good rows, the raw text for bad ones, null for
-    missing; missing mask (null or empty); bad mask)."""
+    missing; missing mask (null or empty); bad mask). ``whole_number_text``: text such as
+    ``12.0`` is the id ``12`` (ids; not the catalog's department and category labels)."""
     array = _decoded(column)
     t, n = array.type, len(array)
     if pa.types.is_null(t):
@@ -352,7 +353,9 @@ def _ids(column) -> Tuple[pa.Array, np.ndarray, np.ndarray]:
     text, invalid, raw = _as_text(array)
     # "12.0" is the integer id 12 written through a float column (pandas does so when an id
     # column has a missing value), in CSV text as in Parquet floats.
-    trimmed = pc.replace_substring_regex(pc.utf8_trim_whitespace(text), r"^(-?[0-9]+)\.0+$", r"\1")
+    trimmed = pc.utf8_trim_whitespace(text)
+    if whole_number_text:
+        trimmed = pc.replace_substring_regex(trimmed, r"^(-?[0-9]+)\.0+$", r"\1")
     missing = pc.fill_null(pc.equal(trimmed, ""), True).to_numpy(zero_copy_only=False) & ~invalid
     ids = pc.if_else(pa.array(invalid), raw, pc.if_else(pa.array(missing), _null_strings(n), trimmed))
     return ids, missing, invalid
@@ -473,7 +476,7 @@ def normalize_catalog_batch(batch: pa.Table) -> pa.Table:
     (rows whose product id is missing or bad are dropped and counted by the caller)."""
 
     def text(name: str) -> pa.Array:
-        values, missing, bad = _ids(batch.column(name))
+        values, missing, bad = _ids(batch.column(name), whole_number_text=name == PRODUCT_ID)
         values = pc.if_else(pa.array(missing | bad), _null_strings(len(values)), values)
         return pc.fill_null(values, UNKNOWN) if name != PRODUCT_ID else values
 
