@@ -1,5 +1,25 @@
-"""Errors that jobs turn into a one-line message and exit status 2."""
+"""Errors that jobs turn into a one-line message and exit status 2, and finding our own errors
+under what Ray wraps them in."""
+
+from __future__ import annotations
+
+from typing import Optional, Type, TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 
 class InputError(Exception):
     """Bad input that stops a job: the message is one line naming the path and what is wrong."""
+
+
+def raised_within(error: Optional[BaseException], kind: Type[E]) -> Optional[E]:
+    """The ``kind`` exception a Ray task or actor raised, from under what Ray wrapped it in
+    (``RayTaskError(kind)``, whose text is the remote traceback, with the original as its
+    cause); None when no such exception is attached."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, kind) and not type(error).__module__.startswith("ray."):
+            return error
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return None

@@ -66,7 +66,7 @@ from ncf.data import layout
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.device import GPU_SETTINGS, resolve_gpu
-from ncf.errors import InputError
+from ncf.errors import InputError, raised_within
 from ncf.model.directory import ModelDir, read_config
 from ncf.moments import resolve_at, run_date_of
 from ncf.rank.ranker import MAX_K
@@ -188,19 +188,20 @@ class InputsChanged(RuntimeError):
 
 
 def inputs_changed_in(error: BaseException) -> Optional[InputsChanged]:
-    """The :class:`InputsChanged` an actor raised, found under what Ray Data makes of it (a
-    ``UserCodeException`` whose message is the actor's traceback, the exception itself not
-    attached); None when there is none."""
-    seen = error
-    for _ in range(20):  # bounded: a cause chain is a few errors deep
-        if seen is None:
-            break
-        if isinstance(seen, InputsChanged) and "\n" not in str(seen).strip():
-            return seen
-        seen = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
+    """The :class:`InputsChanged` an actor raised, found under what Ray and Ray Data make of it.
+    Ray Data's actors hand the driver a ``UserCodeException`` whose message is the actor's
+    traceback, the exception itself not attached: its last line then names it. None when there
+    is none."""
+    found = raised_within(error, InputsChanged)
+    if found is not None:
+        return InputsChanged(str(found).strip().splitlines()[0])
     marker = f"{InputsChanged.__name__}: "
     lines = [line.strip() for line in str(error).splitlines() if marker in line]
     return InputsChanged(lines[-1].split(marker, 1)[1]) if lines else None
+
+
+def _replaced(what: str) -> str:
+    return f"{what} was replaced during the run; nothing committed, rerun the date"
 
 
 def check_model_version(recommender: Recommender, expected: str) -> None:
@@ -208,8 +209,7 @@ def check_model_version(recommender: Recommender, expected: str) -> None:
     every row name that version."""
     if recommender.version != expected:
         raise InputsChanged(
-            f"the model is version {recommender.version!r}, the run started with {expected!r}: "
-            "MODEL was replaced during the run; nothing committed, rerun the date"
+            f"the model is version {recommender.version!r}, the run started with {expected!r}: {_replaced('MODEL')}"
         )
 
 
@@ -221,7 +221,7 @@ def check_positions(vocab: Vocabulary, user_ids: pa.Array, positions: np.ndarray
     if len(positions) != len(user_ids) or not in_range:
         raise InputsChanged(
             f"{len(positions)} positions for {len(user_ids)} users, vocabulary of {len(vocab) - 1}: "
-            "DATA was replaced during the run; nothing committed, rerun the date"
+            + _replaced("DATA")
         )
     found = vocab.ids.take(pa.array(positions - 1))
     same = pc.equal(found, user_ids.cast(pa.string()))
@@ -229,8 +229,7 @@ def check_positions(vocab: Vocabulary, user_ids: pa.Array, positions: np.ndarray
         first = int(np.flatnonzero(~same.to_numpy(zero_copy_only=False))[0])
         raise InputsChanged(
             f"user {user_ids[first].as_py()!r} is at position {int(positions[first])} of the run's user table, "
-            f"where the vocabulary now has {found[first].as_py()!r}: DATA was replaced during the run; "
-            "nothing committed, rerun the date"
+            f"where the vocabulary now has {found[first].as_py()!r}: {_replaced('DATA')}"
         )
 
 

@@ -37,7 +37,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ncf.data import schema
-from ncf.errors import InputError
+from ncf.errors import InputError, raised_within
 
 SOURCE_FILE = "source_file"
 SOURCE_ROW = "source_row"
@@ -181,15 +181,11 @@ def read_and_validate(batch: pa.Table, fmt: str, min_ts: int, max_ts: int) -> It
 
 def _input_error_in(error: Optional[BaseException]) -> Optional[str]:
     """The message of the InputError a read task raised, from whatever Ray wrapped it in (Ray
-    re-raises it as ``RayTaskError(InputError)`` with the remote traceback as its text, and Ray
     Data appends its retry advice to the original's message: the first line is ours)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, InputError) and not type(error).__module__.startswith("ray."):
-            return str(error).splitlines()[0] if str(error) else type(error).__name__
-        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
-    return None
+    found = raised_within(error, InputError)
+    if found is None:
+        return None
+    return str(found).splitlines()[0] if str(found) else type(found).__name__
 
 
 # -- where the bulk of the data ends ---------------------------------------------------------------------
