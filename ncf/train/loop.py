@@ -33,6 +33,7 @@ from ncf.train import checkpoint as ckpt
 from ncf.train.config import TrainConfig
 from ncf.train.sharding import (
     build_model,
+    collective_device,
     full_optimizer_state,
     full_state_dict,
     load_full_state_dict,
@@ -178,7 +179,8 @@ def report_checkpoint(w: Worker, state: Dict, metrics: Dict, weights: Optional[D
 
 def _improved(w: Worker, metrics: Dict, best: float) -> bool:
     """Rank 0 decides (it alone validates); every rank learns the answer."""
-    flag = torch.tensor([float(w.rank == 0 and metrics.get(ckpt.VAL_METRIC, -1.0) > best)])
+    improved = w.rank == 0 and metrics.get(ckpt.VAL_METRIC, -1.0) > best
+    flag = torch.tensor([float(improved)], device=collective_device())
     if w.world_size > 1:
         dist.broadcast(flag, src=0)
     return bool(flag.item())

@@ -27,6 +27,15 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def collective_device() -> torch.device:
+    """Where the tensors of this process group's collectives must live: NCCL (Ray Train's backend
+    whenever the workers have GPUs) moves only CUDA tensors, gloo CPU ones. Ray Train has already
+    made the worker's GPU the current one."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == dist.Backend.NCCL:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def build_model(config: ModelConfig, device: torch.device, learning_rate: float) -> tuple[torch.nn.Module, object]:
     """The (sharded) model and its combined optimizer (fused tables + Adam for the rest)."""
     from torchrec.distributed.model_parallel import DistributedModelParallel
@@ -109,9 +118,10 @@ def full_state_dict(model: torch.nn.Module) -> Optional[Dict[str, torch.Tensor]]
     state = {}
     for key, value in model.state_dict().items():
         if isinstance(value, ShardedTensor):
-            out = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
+            # gather() receives into buffers on out's device, so out must be where NCCL can write.
+            out = torch.empty(value.size(), dtype=value.dtype, device=collective_device()) if rank == 0 else None
             value.gather(dst=0, out=out)
-            state[_plain_name(key)] = out
+            state[_plain_name(key)] = out.cpu() if rank == 0 else None
         else:
             state[_plain_name(key)] = value.detach().cpu().clone()
     return state if rank == 0 else None
