@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from test_integrity import SMALL, tiny_data
 
 from ncf.model import ann
@@ -78,3 +79,21 @@ def test_an_index_of_another_model_is_refused(indexed_model, data, tmp_path, mon
     write_manifest(indexed_model, unsealed=["metrics.json"])  # sealed again: only the shape check can tell
     with pytest.raises(ModelIntegrityError, match="mf_index.faiss holds 61 vectors of 16"):
         verify_model_dir(indexed_model)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_mf_first_stage_works_on_the_models_device(indexed_model, device):
+    """Validation and batch_score --gpu rank with the model on a GPU: the first stage's table is
+    there too, so its lookups and the lists it hands back must cross to and from it."""
+    searched = Recommender.load(indexed_model, device=torch.device(device))
+    users = searched.state.states.users()
+    ann.MF_CACHE_MAX_ENTRIES = 50_000_000  # monkeypatch restores the default after the test
+    exact = Recommender.load(indexed_model, device=torch.device(device))
+    on_cpu = Recommender.load(indexed_model)
+    assert not searched.ranker.candidates.mf.cached and exact.ranker.candidates.mf.cached
+    expected = on_cpu.ranker.candidates.mf_top(users)
+    np.testing.assert_array_equal(searched.ranker.candidates.mf_top(users), expected)
+    np.testing.assert_array_equal(exact.ranker.candidates.mf_top(users), expected)

@@ -81,7 +81,7 @@ class MFFirstStage:
             # The MF logit is mf_output(u * p): with its weights folded into p, one matmul.
             folded = torch.as_tensor(ann.product_vectors(model.state_dict()), device=self._users.device)
             self._items = folded[torch.as_tensor(rows.product, device=folded.device)].T.contiguous()  # D x P
-            self._unknown = torch.as_tensor(~known)
+            self._unknown = torch.as_tensor(~known, device=folded.device)
         else:
             self._index = index or _built_here(model)
             # Searched among the model rows of the state's known products, answered in state indices.
@@ -113,13 +113,15 @@ class MFFirstStage:
 
     @torch.no_grad()
     def _compute(self, users: np.ndarray) -> np.ndarray:
-        vectors = self._users.index_select(0, torch.as_tensor(self._user_rows[users]))
+        # The table is on the model's device (a GPU for validation and batch_score --gpu).
+        rows = torch.as_tensor(self._user_rows[users], device=self._users.device)
+        vectors = self._users.index_select(0, rows)
         if self._top is None:
-            found = self._index.search(vectors.numpy(), self.width, self._allowed)
+            found = self._index.search(vectors.cpu().numpy(), self.width, self._allowed)
             return self._product_of_row[np.maximum(found, 0)].astype(np.int32)
         scores = vectors @ self._items
         scores[:, self._unknown] = -torch.inf
-        return torch.topk(scores, self.width, dim=1).indices.numpy().astype(np.int32)
+        return torch.topk(scores, self.width, dim=1).indices.cpu().numpy().astype(np.int32)
 
 
 def _built_here(model: AdvancedNCF) -> ProductIndex:
