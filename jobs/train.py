@@ -95,7 +95,7 @@ def main(argv=None) -> str:
         )
         name = args.name or time.strftime("train-%Y%m%d-%H%M%S", time.gmtime())
         stamp = name.removeprefix("train-")
-        gpu = resolve_gpu(args.gpu, cluster_gpus())
+        gpu = resolve_gpu(args.gpu, cluster_gpus(), workers=args.workers)
         fit_options = dict(num_workers=args.workers, use_gpu=gpu, storage_path=args.storage)
         validated = fit(config, name=name, **fit_options)
         _export(validated, validated_dir, data, f"{stamp}-{VALIDATED}", {}, args.overwrite)

@@ -64,7 +64,7 @@ def main(argv=None):
             trials=args.trials,
             epochs=args.epochs,
             workers=args.workers,
-            use_gpu=resolve_gpu(args.gpu, cluster_gpus()),
+            use_gpu=resolve_gpu(args.gpu, cluster_gpus(), workers=args.workers),
             concurrent=args.concurrent,
             max_steps_per_epoch=args.max_steps_per_epoch,
             val_users=args.val_users,

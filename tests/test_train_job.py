@@ -1,0 +1,72 @@
+"""jobs.train's settings checked before hours of training: GPUs for every worker, a history the
+training lists hold, and numbers that mean something; each refused in one line, exit status 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+
+from ncf.device import resolve_gpu
+from ncf.errors import InputError
+from ncf.jsonio import write_json
+
+
+def fake_data(root: str, history_length: int = 8) -> str:
+    """What jobs.train checks before Ray starts: stats.json and the validated run's list folders."""
+    os.makedirs(os.path.join(root, "examples", "cutoff=1"))
+    write_json(
+        os.path.join(root, "stats.json"),
+        {"cutoffs": {"validated": [1]}, "boundaries": {}, "config": {"examples": {"history_length": history_length}}},
+    )
+    return root
+
+
+@pytest.mark.faults
+def test_gpu_yes_with_more_workers_than_gpus_is_refused():
+    # Ray Train asks for a GPU per worker: short of them it waited and retried forever.
+    with pytest.raises(InputError) as refused:
+        resolve_gpu("yes", 1, workers=2)
+    assert str(refused.value) == (
+        "--gpu yes: 2 workers need a GPU each and the Ray cluster has 1; use --workers 1 or fewer, or --gpu no"
+    )
+    with pytest.raises(InputError, match="has no GPU"):
+        resolve_gpu("yes", 0, workers=1)
+    assert resolve_gpu("yes", 2, workers=2)
+
+
+def test_gpu_auto_trains_on_cpu_when_the_gpus_are_too_few_and_says_why(capsys):
+    assert not resolve_gpu("auto", 1, workers=2)
+    assert capsys.readouterr().err.strip() == (
+        "[gpu] --gpu auto: 2 workers need a GPU each and the Ray cluster has 1; running on CPU"
+    )
+    assert resolve_gpu("auto", 2, workers=2) and not resolve_gpu("auto", 0, workers=2)
+    assert capsys.readouterr().err == ""  # no GPU at all is the ordinary CPU run
+    assert not resolve_gpu("no", 4, workers=1)
+
+
+# A local Ray cluster that declares one (logical) GPU: Ray counts it without CUDA.
+ONE_GPU_CLUSTER = """
+import sys
+import ray
+ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False, configure_logging=False)
+from jobs import train
+train.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.faults
+def test_train_with_more_workers_than_the_clusters_gpus_ends_in_one_line(tmp_path):
+    data = fake_data(str(tmp_path / "data"))
+    argv = ["--data", data, "--output", str(tmp_path / "model"), "--workers", "2", "--gpu", "yes"]
+    done = subprocess.run(
+        [sys.executable, "-c", ONE_GPU_CLUSTER, *argv], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --gpu yes: 2 workers need a GPU each and the Ray cluster has 1; use --workers 1 or fewer, or --gpu no"
+    )
