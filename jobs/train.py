@@ -13,8 +13,11 @@ import os
 import time
 
 from jobs.cli import check_data, init_ray, job_parser, model_overrides, one_line_errors
+from ncf.data import layout
 from ncf.device import GPU_SETTINGS, cluster_gpus, resolve_gpu
+from ncf.errors import InputError
 from ncf.evaluate.evaluation import evaluate_all
+from ncf.model.config import ModelConfig
 from ncf.model.directory import CONFIG, update_metrics
 from ncf.registry import track_model
 from ncf.splits import REFIT, TEST, VALIDATED
@@ -71,6 +74,20 @@ def _export(result, output: str, data: str, version: str, extra: dict, overwrite
     return path
 
 
+def check_history_length(data: str, overrides: dict) -> None:
+    """The model reads no more history purchases than DATA's training lists hold: otherwise every
+    worker fails on its first batch, and Ray Train retries it."""
+    stored = int(layout.DataStats(data).examples["history_length"])
+    wanted = overrides.get("history_length", ModelConfig.history_length)
+    if wanted > stored:
+        source = "--model" if "history_length" in overrides else "the model's default"
+        raise InputError(
+            f"{data}: history_length {wanted} ({source}) is more than the {stored} history purchases its "
+            f"training lists hold; pass --model '{{\"history_length\": {stored}}}' or preprocess with "
+            f"--history-length {wanted}"
+        )
+
+
 def main(argv=None) -> str:
     args = parse_args(argv)
     with one_line_errors():
@@ -80,6 +97,7 @@ def main(argv=None) -> str:
             check_target(output, CONFIG, "model directory", [args.data], args.overwrite)
         overrides = model_overrides(args.model)  # fail fast, before Ray starts
         check_data(args.data, runs=(VALIDATED, REFIT) if args.refit else (VALIDATED,))
+        check_history_length(args.data, overrides)
         init_ray()
         data = os.path.abspath(args.data)
         config = TrainConfig(

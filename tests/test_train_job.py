@@ -70,3 +70,29 @@ def test_train_with_more_workers_than_the_clusters_gpus_ends_in_one_line(tmp_pat
     assert done.stderr.strip().splitlines()[-1] == (
         "error: --gpu yes: 2 workers need a GPU each and the Ray cluster has 1; use --workers 1 or fewer, or --gpu no"
     )
+
+
+def _one_line_exit(argv, monkeypatch, capsys) -> str:
+    """jobs.train's error line for ``argv``, after checking it exits 2 before Ray starts."""
+    from jobs import train
+
+    monkeypatch.setattr(train, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.mark.faults
+def test_a_longer_history_than_the_lists_hold_is_refused_before_ray_starts(tmp_path, monkeypatch, capsys):
+    # Every worker's first batch raised, and Ray Train retried them, a traceback at the end.
+    data = fake_data(str(tmp_path / "data"), history_length=8)
+    argv = ["--data", data, "--output", str(tmp_path / "model")]
+    line = _one_line_exit([*argv, "--model", '{"history_length": 12}'], monkeypatch, capsys)
+    assert line == (
+        f"error: {data}: history_length 12 (--model) is more than the 8 history purchases its training lists "
+        "hold; pass --model '{\"history_length\": 8}' or preprocess with --history-length 12"
+    )
+    assert "history_length 20 (the model's default)" in _one_line_exit(argv, monkeypatch, capsys)
