@@ -68,6 +68,26 @@ def _no_default(default) -> bool:
     return default is None or default is False or default is argparse.SUPPRESS
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number, 1 or more (a count of workers, epochs, lists per step)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number, 0 or more (for options where 0 means "all" or "no cap")."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be {least} or more, not {value}")
+    return value
+
+
 def version_line() -> str:
     """``--version``: the package and the model directory format it writes and reads."""
     from ncf import __version__

@@ -12,7 +12,15 @@ import argparse
 import os
 import time
 
-from jobs.cli import check_data, init_ray, job_parser, model_overrides, one_line_errors
+from jobs.cli import (
+    check_data,
+    init_ray,
+    job_parser,
+    model_overrides,
+    non_negative_int,
+    one_line_errors,
+    positive_int,
+)
 from ncf.data import layout
 from ncf.device import GPU_SETTINGS, cluster_gpus, resolve_gpu
 from ncf.errors import InputError
@@ -48,20 +56,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--validated-output", default=None, help="with --refit: the validated model (default: OUTPUT-validated)"
     )
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs at most (early stopping on validation)")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers; >1 shards the embedding tables")
+    p.add_argument(
+        "--epochs", type=positive_int, default=d.epochs, help="epochs at most (early stopping on validation)"
+    )
+    p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers; >1 shards the embedding tables")
     p.add_argument("--gpu", default="auto", choices=GPU_SETTINGS, help="GPUs of the Ray cluster: auto, yes or no")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="training lists (household x cutoff) per step")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=d.batch_size, help="training lists (household x cutoff) per step"
+    )
     p.add_argument("--lr", type=float, default=d.learning_rate, help="Adam's learning rate (dense layers)")
     p.add_argument(
-        "--patience", type=int, default=d.patience, help="epochs without a better val NDCG@10 before stopping"
+        "--patience", type=positive_int, default=d.patience, help="epochs without a better val NDCG@10 before stopping"
     )
-    p.add_argument("--val-users", type=int, default=d.val_users, help="households ranked for validation (0 = all)")
-    p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap each epoch (0 = the whole split)")
+    p.add_argument(
+        "--val-users", type=non_negative_int, default=d.val_users, help="households ranked for validation (0 = all)"
+    )
+    p.add_argument(
+        "--max-steps-per-epoch", type=non_negative_int, default=0, help="cap each epoch (0 = the whole split)"
+    )
     p.add_argument("--model", default="{}", help='ModelConfig overrides as JSON, e.g. {"mf_embedding_dim": 64}')
     p.add_argument("--storage", default="artifacts/ray_results", help="where Ray Train keeps checkpoints")
     p.add_argument("--name", default=None, help="run name (reuse it to resume an interrupted run)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and the shuffles")
+    p.add_argument("--seed", type=non_negative_int, default=d.seed, help="seed of the weights and the shuffles")
     return p.parse_args(argv)
 
 

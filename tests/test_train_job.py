@@ -96,3 +96,36 @@ def test_a_longer_history_than_the_lists_hold_is_refused_before_ray_starts(tmp_p
         "hold; pass --model '{\"history_length\": 8}' or preprocess with --history-length 12"
     )
     assert "history_length 20 (the model's default)" in _one_line_exit(argv, monkeypatch, capsys)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--workers", "0", "must be 1 or more, not 0"),  # divided by zero sharing the CPUs
+        ("--workers", "-2", "must be 1 or more, not -2"),
+        ("--epochs", "0", "must be 1 or more, not 0"),  # no epoch, so no checkpoint to export
+        ("--patience", "0", "must be 1 or more, not 0"),
+        ("--batch-size", "0", "must be 1 or more, not 0"),
+        ("--val-users", "-5", "must be 0 or more, not -5"),
+        ("--max-steps-per-epoch", "-1", "must be 0 or more, not -1"),
+        ("--seed", "-1", "must be 0 or more, not -1"),  # Ray Data's block order takes no negative seed
+        ("--workers", "two", "'two' is not a whole number"),
+    ],
+)
+def test_counts_that_mean_nothing_are_refused_by_the_parser(option, value, message, capsys):
+    from jobs import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(["--data", "d", "--output", "o", option, value])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"python -m jobs.train: error: argument {option}: {message}"
+    )
+
+
+def test_zero_keeps_its_meaning_where_it_has_one():
+    from jobs import train
+
+    args = train.parse_args(["--data", "d", "--output", "o", "--val-users", "0", "--max-steps-per-epoch", "0"])
+    assert args.val_users == 0 and args.max_steps_per_epoch == 0  # every household; the whole split
