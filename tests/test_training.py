@@ -108,6 +108,32 @@ def test_a_crashed_worker_resumes_from_the_last_checkpoint(small_data, tmp_path)
 
 
 @pytest.mark.faults
+def test_a_resumed_run_trains_the_weights_of_an_uninterrupted_one(small_data, tmp_path):
+    # The restarted worker seeded its dropout and unknown-row draws again from the run's seed:
+    # the epoch it resumed repeated epoch 1's draws.
+    data, _ = small_data
+    config = TrainConfig(
+        data=data, model=SMALL_MODEL, epochs=2, batch_size=8, val_users=10, max_steps_per_epoch=4, patience=5
+    )
+    marker = str(tmp_path / "crashed")
+    runs = {
+        "whole": fit(config, storage_path=str(tmp_path), name="whole", max_failures=0),
+        "resumed": fit(
+            config, storage_path=str(tmp_path), name="resumed", max_failures=1, step_hook=CrashOnce(marker, 2)
+        ),
+    }
+    assert os.path.exists(marker), "the drill did crash the worker"
+    weights = {}
+    for name, result in runs.items():
+        assert result.error is None, result.error
+        assert result.metrics["epoch"] == 2
+        with result.checkpoint.as_directory() as d:
+            weights[name] = read_checkpoint(d)[0]
+    different = [k for k in weights["whole"] if not torch.equal(weights["whole"][k], weights["resumed"][k])]
+    assert not different, different
+
+
+@pytest.mark.faults
 def test_a_run_name_reused_for_another_model_configuration_is_refused_before_training(small_data, tmp_path):
     data, _ = small_data
     settings = dict(data=data, epochs=1, batch_size=8, val_users=10, max_steps_per_epoch=2, patience=5)

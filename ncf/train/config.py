@@ -29,7 +29,7 @@ class TrainConfig:
             random order and hold households in no meaningful order).
         max_steps_per_epoch: 0 = the whole shard; tests use a few steps.
         torch_threads: 0 = this machine's cores shared among the workers.
-        seed: seeds the weights, the shuffles and the unknown-row draws.
+        seed: seeds the weights, the shuffles and each epoch's dropout and unknown-row draws.
     """
 
     data: str = ""

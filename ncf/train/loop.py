@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -97,6 +98,15 @@ def setup_worker(cfg: TrainConfig) -> Worker:
         _, period = point_in_time_period(state, VAL, stats.boundaries)
         worker.validation = (state, period, sample_users(period.users, cfg.val_users or None))
     return worker
+
+
+def epoch_seeds(seed: int, rank: int, epoch: int) -> tuple[int, int]:
+    """Seeds of one rank's epoch: (the global torch RNG's, for dropout; the unknown-row draws').
+    Derived from the epoch rather than continued from streams seeded at setup: a run resumed
+    from a checkpoint starts those streams again, and its later epochs repeated the first one's
+    draws, so it trained other weights than an uninterrupted run of the same seed."""
+    dropout_seed, unknown_rows_seed = np.random.SeedSequence([seed, rank, epoch]).generate_state(2)
+    return int(dropout_seed), int(unknown_rows_seed)
 
 
 def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_hook: Optional[StepHook]) -> Dict:
@@ -210,10 +220,12 @@ def train_loop_per_worker(config: Dict) -> None:
     state = {"epoch": 0, "best": -1.0, "stale": 0, "history": []}
     if ray.train.get_checkpoint():
         state = _restore(w, ray.train.get_checkpoint())
-    generator = torch.Generator().manual_seed(w.cfg.seed * 1000 + w.rank)
     shard = ray.train.get_dataset_shard("train")
     while state["epoch"] < w.cfg.epochs and state["stale"] < w.cfg.patience:
         epoch = state["epoch"] + 1
+        dropout_seed, unknown_rows_seed = epoch_seeds(w.cfg.seed, w.rank, epoch)
+        torch.manual_seed(dropout_seed)
+        generator = torch.Generator().manual_seed(unknown_rows_seed)
         metrics = train_epoch(w, shard, epoch, generator, step_hook)
         weights = full_state_dict(w.model)
         if w.validation is not None:
