@@ -32,6 +32,7 @@ from ncf.splits import REFIT, TEST, VALIDATED
 from ncf.staging import check_target
 from ncf.train.checkpoint import VAL_METRIC, best_checkpoint, export_model_dir, run_history
 from ncf.train.config import TrainConfig
+from ncf.train.sharding import TABLE_LEARNING_RATE_SCALE
 from ncf.train.tensorboard import write_history
 from ncf.train.trainer import best_epoch, fit, refit_config
 
@@ -64,7 +65,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--batch-size", type=positive_int, default=d.batch_size, help="training lists (household x cutoff) per step"
     )
-    p.add_argument("--lr", type=float, default=d.learning_rate, help="Adam's learning rate (dense layers)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=d.learning_rate,
+        help=f"learning rate: Adam's for the dense layers; the embedding tables' row-wise Adagrad uses "
+        f"{TABLE_LEARNING_RATE_SCALE:g}x it",
+    )
     p.add_argument(
         "--patience", type=positive_int, default=d.patience, help="epochs without a better val NDCG@10 before stopping"
     )

@@ -20,7 +20,8 @@ class TrainConfig:
             or ``refit`` (labels through the data's end, a fixed number of epochs).
         epochs: epochs at most (the refit trains exactly this many).
         batch_size: training lists (households at a cutoff) per step.
-        learning_rate: Adam's rate for the dense layers (the tables' fused optimizer derives its own).
+        learning_rate: Adam's rate for the dense layers; the tables' fused row-wise Adagrad uses
+            ``TABLE_LEARNING_RATE_SCALE`` times it (:mod:`ncf.train.sharding`).
         patience: epochs without a better validation NDCG@10 before stopping.
         val_users: households sampled for each epoch's validation ranking (0 = all).
         unknown_share: share of households and of candidates trained on the tables' unknown row
