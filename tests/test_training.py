@@ -222,3 +222,29 @@ def test_sharded_resume_restores_the_fused_and_dense_optimizer_state(tmp_path):
     for key in saved:
         torch.testing.assert_close(restored[key], saved[key], msg=key)
     assert any(t.abs().sum() > 0 for key, t in saved.items() if "embedding" in key)
+
+
+def _sum_of_two_ranks(rank: int, world_size: int, port: int, path: str) -> None:
+    import torch.distributed as dist
+
+    from ncf.train.sharding import summed_across_ranks
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # Rank 1 trained more candidates at another loss: the epoch's figures are both ranks'.
+    totals = summed_across_ranks([0.5 + rank, 3, 100 * (rank + 1)])
+    torch.save(torch.tensor(totals), f"{path}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_epoch_figures_add_every_ranks_share(tmp_path):
+    """train_loss was rank 0's and examples_per_s rank 0's rate times the world size."""
+    from helpers import free_port
+
+    from ncf.train.sharding import summed_across_ranks
+
+    assert summed_across_ranks([1.5, 2]) == [1.5, 2.0]  # without a process group: as they are
+    path = str(tmp_path / "totals")
+    torch.multiprocessing.spawn(_sum_of_two_ranks, args=(2, free_port(), path), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert torch.load(f"{path}.{rank}").tolist() == [2.0, 6.0, 300.0]

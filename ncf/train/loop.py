@@ -40,6 +40,7 @@ from ncf.train.sharding import (
     load_full_state_dict,
     load_optimizer_state,
     sharded_table_count,
+    summed_across_ranks,
     world,
 )
 
@@ -147,18 +148,21 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
             break
     ended = time.time()
     elapsed = max(ended - started, 1e-9)
+    # Every rank trained its own shard: the loss is the mean over all ranks' steps and the rates
+    # count all ranks' candidates (rank 0's alone, scaled by the world size, were not the run's).
+    all_loss_sum, all_steps, all_seen, all_warm_seen = summed_across_ranks([loss_sum, steps, seen, warm_seen])
     metrics = {
         "epoch": epoch,
         "world_size": w.world_size,
         "sharded_tables": sharded_table_count(w.model),
-        "train_loss": loss_sum / max(steps, 1),
-        "examples_per_s": seen * w.world_size / elapsed,
+        "train_loss": all_loss_sum / max(all_steps, 1),
+        "examples_per_s": all_seen / elapsed,
         "epoch_seconds": elapsed,
     }
     if warm_at is not None:
         metrics["first_step_seconds"] = warm_at - started
     if steps > 1:
-        metrics["steady_examples_per_s"] = (seen - warm_seen) * w.world_size / max(ended - warm_at, 1e-9)
+        metrics["steady_examples_per_s"] = (all_seen - all_warm_seen) / max(ended - warm_at, 1e-9)
     metrics["steps"] = steps
     return metrics
 

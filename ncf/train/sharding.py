@@ -9,7 +9,7 @@ layers are data-parallel; Adam updates them.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -34,6 +34,17 @@ def collective_device() -> torch.device:
     if dist.is_available() and dist.is_initialized() and dist.get_backend() == dist.Backend.NCCL:
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def summed_across_ranks(values: List[float]) -> List[float]:
+    """Each of ``values`` summed over every rank of the process group (as they are without one).
+    A collective: every rank must call it."""
+    _, world_size = world()
+    if world_size == 1:
+        return [float(v) for v in values]
+    total = torch.tensor(values, dtype=torch.float64, device=collective_device())
+    dist.all_reduce(total)
+    return total.cpu().tolist()
 
 
 def build_model(config: ModelConfig, device: torch.device, learning_rate: float) -> tuple[torch.nn.Module, object]:
