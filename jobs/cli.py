@@ -68,6 +68,39 @@ def _no_default(default) -> bool:
     return default is None or default is False or default is argparse.SUPPRESS
 
 
+def add_training_gpu_options(p: argparse.ArgumentParser) -> None:
+    """``--gpu`` and ``--gpu-wait`` of the jobs that train (one GPU per Ray Train worker)."""
+    from ncf.device import GPU_SETTINGS
+
+    p.add_argument("--gpu", default="auto", choices=GPU_SETTINGS, help="GPUs of the Ray cluster: auto, yes or no")
+    p.add_argument(
+        "--gpu-wait",
+        type=non_negative_float,
+        default=0.0,
+        help="seconds to wait for a GPU per worker, asked of the autoscaler (a cluster.yaml cluster "
+        "starts without GPU nodes); 0 counts the GPUs already up",
+    )
+
+
+def training_on_gpu(args: argparse.Namespace, workers: int) -> bool:
+    """Whether the workers train on GPUs, from ``--gpu`` and ``--gpu-wait`` (Ray initialised)."""
+    from ncf.device import gpus_within, resolve_gpu
+
+    available = gpus_within(workers, args.gpu_wait) if args.gpu != "no" else 0
+    return resolve_gpu(args.gpu, available, workers=workers)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a number, 0 or more (seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number, 1 or more (a count of workers, epochs, lists per step)."""
     return _int_at_least(text, 1)

@@ -13,6 +13,7 @@ import os
 import time
 
 from jobs.cli import (
+    add_training_gpu_options,
     check_data,
     init_ray,
     job_parser,
@@ -20,9 +21,9 @@ from jobs.cli import (
     non_negative_int,
     one_line_errors,
     positive_int,
+    training_on_gpu,
 )
 from ncf.data import layout
-from ncf.device import GPU_SETTINGS, cluster_gpus, resolve_gpu
 from ncf.errors import InputError
 from ncf.evaluate.evaluation import evaluate_all
 from ncf.model.config import ModelConfig
@@ -61,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--epochs", type=positive_int, default=d.epochs, help="epochs at most (early stopping on validation)"
     )
     p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers; >1 shards the embedding tables")
-    p.add_argument("--gpu", default="auto", choices=GPU_SETTINGS, help="GPUs of the Ray cluster: auto, yes or no")
+    add_training_gpu_options(p)
     p.add_argument(
         "--batch-size", type=positive_int, default=d.batch_size, help="training lists (household x cutoff) per step"
     )
@@ -136,7 +137,7 @@ def main(argv=None) -> str:
         )
         name = args.name or time.strftime("train-%Y%m%d-%H%M%S", time.gmtime())
         stamp = name.removeprefix("train-")
-        gpu = resolve_gpu(args.gpu, cluster_gpus(), workers=args.workers)
+        gpu = training_on_gpu(args, workers=args.workers)
         fit_options = dict(num_workers=args.workers, use_gpu=gpu, storage_path=args.storage)
         validated = fit(config, name=name, **fit_options)
         _export(validated, validated_dir, data, f"{stamp}-{VALIDATED}", {}, args.overwrite)

@@ -6,8 +6,16 @@ import argparse
 import json
 import sys
 
-from jobs.cli import check_data, init_ray, job_parser, one_line_errors
-from ncf.device import GPU_SETTINGS, cluster_gpus, resolve_gpu
+from jobs.cli import (
+    add_training_gpu_options,
+    check_data,
+    init_ray,
+    job_parser,
+    non_negative_int,
+    one_line_errors,
+    positive_int,
+    training_on_gpu,
+)
 from ncf.registry import track_sweep_model
 from ncf.splits import REFIT, VALIDATED
 from tune.search_space import SEARCHED
@@ -33,17 +41,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--data", required=True, help="output of jobs.preprocess (visible to every node)")
     p.add_argument("--output", required=True, help="sweep directory")
-    p.add_argument("--trials", type=int, default=8, help="points of the search space tried, the defaults first")
-    p.add_argument("--epochs", type=int, default=2, help="epochs per trial at most (ASHA stops weak trials sooner)")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
-    p.add_argument("--gpu", default="auto", choices=GPU_SETTINGS, help="GPUs of the Ray cluster: auto, yes or no")
-    p.add_argument("--concurrent", type=int, default=0, help="trials at once (0 = what the cluster fits)")
-    p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap each epoch (0 = the whole split)")
-    p.add_argument("--val-users", type=int, default=600, help="households ranked for each epoch's validation (0 = all)")
     p.add_argument(
-        "--batch-size", type=int, default=SweepSettings.batch_size, help="training lists (household x cutoff) per step"
+        "--trials", type=positive_int, default=8, help="points of the search space tried, the defaults first"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of Optuna's sampler")
+    p.add_argument(
+        "--epochs", type=positive_int, default=2, help="epochs per trial at most (ASHA stops weak trials sooner)"
+    )
+    p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers per trial")
+    add_training_gpu_options(p)
+    p.add_argument("--concurrent", type=non_negative_int, default=0, help="trials at once (0 = what the cluster fits)")
+    p.add_argument(
+        "--max-steps-per-epoch", type=non_negative_int, default=0, help="cap each epoch (0 = the whole split)"
+    )
+    p.add_argument(
+        "--val-users",
+        type=non_negative_int,
+        default=600,
+        help="households ranked for each epoch's validation (0 = all)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=SweepSettings.batch_size,
+        help="training lists (household x cutoff) per step",
+    )
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of Optuna's sampler")
     p.add_argument(
         "--refit",
         action="store_true",
@@ -64,7 +86,7 @@ def main(argv=None):
             trials=args.trials,
             epochs=args.epochs,
             workers=args.workers,
-            use_gpu=resolve_gpu(args.gpu, cluster_gpus(), workers=args.workers),
+            use_gpu=training_on_gpu(args, workers=args.workers),
             concurrent=args.concurrent,
             max_steps_per_epoch=args.max_steps_per_epoch,
             val_users=args.val_users,

@@ -7,12 +7,15 @@
 from __future__ import annotations
 
 import sys
+import time
+from typing import Callable
 
 import torch
 
 from ncf.errors import InputError
 
 GPU_SETTINGS = ("auto", "yes", "no")
+_ON_AUTOSCALING = " (on a cluster that adds GPU nodes on demand, --gpu-wait SECONDS waits for them)"
 
 
 def default_device() -> torch.device:
@@ -24,6 +27,32 @@ def cluster_gpus() -> int:
     import ray
 
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+def gpus_within(workers: int, wait_s: float, log: Callable[[str], None] = print, poll_s: float = 5.0) -> int:
+    """The cluster's GPUs, after waiting up to ``wait_s`` seconds for ``workers`` of them.
+
+    An autoscaling cluster (``cluster.yaml``) starts with no GPU node, so counting at once would
+    refuse ``--gpu yes`` and run ``auto`` on CPU. The autoscaler is asked for one GPU per worker
+    and the count polled until they are up; the request is withdrawn before returning, so GPU
+    nodes left idle after the job scale down as usual. Ray must be initialised.
+    """
+    available = cluster_gpus()
+    if available >= workers or wait_s <= 0:
+        return available
+    from ray.autoscaler.sdk import request_resources
+
+    log(f"[gpu] waiting up to {wait_s:g} s for {workers} GPUs (the cluster has {available}): asked the autoscaler")
+    deadline = time.monotonic() + wait_s
+    request_resources(bundles=[{"GPU": 1}] * workers)
+    try:
+        while available < workers and time.monotonic() < deadline:
+            time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
+            available = cluster_gpus()
+    finally:
+        request_resources(bundles=[])
+    log(f"[gpu] the cluster has {available} GPUs")
+    return available
 
 
 def resolve_gpu(setting: str, available: int, workers: int = 1) -> bool:
@@ -43,10 +72,10 @@ def resolve_gpu(setting: str, available: int, workers: int = 1) -> bool:
         return True
     if setting == "yes":
         if available == 0:
-            raise InputError("--gpu yes: the Ray cluster has no GPU")
+            raise InputError(f"--gpu yes: the Ray cluster has no GPU{_ON_AUTOSCALING}")
         raise InputError(
             f"--gpu yes: {workers} workers need a GPU each and the Ray cluster has {available}; "
-            f"use --workers {available} or fewer, or --gpu no"
+            f"use --workers {available} or fewer, or --gpu no{_ON_AUTOSCALING}"
         )
     if available > 0:
         print(

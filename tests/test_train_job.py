@@ -3,16 +3,20 @@ training lists hold, and numbers that mean something; each refused in one line, 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from helpers import REPO
 
-from ncf.device import resolve_gpu
+from ncf.device import gpus_within, resolve_gpu
 from ncf.errors import InputError
 from ncf.jsonio import write_json
+
+ON_AUTOSCALING = " (on a cluster that adds GPU nodes on demand, --gpu-wait SECONDS waits for them)"
 
 
 def fake_data(root: str, history_length: int = 8) -> str:
@@ -32,6 +36,7 @@ def test_gpu_yes_with_more_workers_than_gpus_is_refused():
         resolve_gpu("yes", 1, workers=2)
     assert str(refused.value) == (
         "--gpu yes: 2 workers need a GPU each and the Ray cluster has 1; use --workers 1 or fewer, or --gpu no"
+        + ON_AUTOSCALING
     )
     with pytest.raises(InputError, match="has no GPU"):
         resolve_gpu("yes", 0, workers=1)
@@ -60,7 +65,7 @@ train.main(sys.argv[1:])
 
 @pytest.mark.faults
 def test_train_with_more_workers_than_the_clusters_gpus_ends_in_one_line(tmp_path):
-    data = fake_data(str(tmp_path / "data"))
+    data = fake_data(str(tmp_path / "data"), history_length=20)
     argv = ["--data", data, "--output", str(tmp_path / "model"), "--workers", "2", "--gpu", "yes"]
     done = subprocess.run(
         [sys.executable, "-c", ONE_GPU_CLUSTER, *argv], cwd=REPO, capture_output=True, text=True, timeout=120
@@ -69,7 +74,28 @@ def test_train_with_more_workers_than_the_clusters_gpus_ends_in_one_line(tmp_pat
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == (
         "error: --gpu yes: 2 workers need a GPU each and the Ray cluster has 1; use --workers 1 or fewer, or --gpu no"
+        + ON_AUTOSCALING
     )
+    assert "[gpu] waiting" not in done.stderr  # --gpu-wait 0, the default: the GPUs already up
+
+
+@pytest.mark.faults
+def test_gpu_wait_asks_the_autoscaler_and_withdraws_the_request(ray_session):
+    # A cluster.yaml cluster starts with no GPU node: counting at once refused --gpu yes there.
+    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    lines = []
+    started = time.monotonic()
+    assert gpus_within(2, wait_s=0.5, log=lines.append, poll_s=0.1) == 0  # this cluster never gets one
+    assert 0.5 <= time.monotonic() - started < 10
+    assert lines == [
+        "[gpu] waiting up to 0.5 s for 2 GPUs (the cluster has 0): asked the autoscaler",
+        "[gpu] the cluster has 0 GPUs",
+    ]
+    # Withdrawn: a standing request would keep idle GPU nodes up after the job.
+    assert json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)) == []
+    assert gpus_within(2, wait_s=0, log=lines.append) == 0 and len(lines) == 2
 
 
 def _one_line_exit(argv, monkeypatch, capsys) -> str:
