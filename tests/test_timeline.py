@@ -125,3 +125,31 @@ def test_uniform_negatives_reach_the_tail_and_are_corrected_for():
     log_q = dict(zip(uniform["product"], uniform["log_q"]))
     expected = np.log(5 * np.diff(cutoff.sampling_cdf, prepend=0.0)[tail] / cutoff.sampling_cdf[-1] + 30 / 40)
     assert [log_q[p] for p in tail] == pytest.approx(expected.tolist(), rel=1e-5)
+
+
+def test_a_product_nobody_bought_before_the_cutoff_is_never_a_popular_candidate():
+    # Three products known; product 3 is first bought in the window. With 50 popular candidates
+    # asked for, it used to join the list as "popular" with log_q 0, labelled 0 though bought.
+    everyone = UserStates.from_purchases(
+        np.array([1, 1, 2, 2, 1]), np.array([1, 2, 1, 2, 3]), np.array([1, 2, 3, 4, 20]) * DAY, 3
+    )
+    catalog = Catalog(np.zeros(4, np.int64), np.zeros(4, np.int64))
+    cutoff = Cutoff.build(10 * DAY, ProductStats.compute(everyone, catalog.category, 10 * DAY), 50)
+    assert sorted(cutoff.popular) == [1, 2]
+    group = {"user": np.ones(3, np.int64), "product": np.array([1, 2, 3]), "ts": np.array([1, 2, 20]) * DAY}
+    row = household_lists(group, ExampleConfig(horizon_days=35), catalog, [cutoff]).to_pylist()[0]
+    assert 3 not in row["product"]  # unknown at the cutoff: neither candidate nor label
+
+
+def test_inclusion_log_q_reads_each_products_own_weight():
+    stats = ProductStats.compute(
+        UserStates.from_purchases(np.ones(6, np.int64), np.array([1, 1, 1, 3, 4, 4]), np.full(6, DAY), 5),
+        np.zeros(6, np.int64),
+        cutoff=10 * DAY,
+    )
+    cutoff = Cutoff.build(10 * DAY, stats, 1)
+    weights = np.where(stats.lines > 0, stats.lines, 0.0) ** 0.75
+    weights[0] = 0.0
+    products = np.array([0, 1, 2, 3, 4, 5, 1])
+    expected = np.log(np.clip(4 * weights[products] / weights.sum() + 2 / 3, 1e-12, 1.0))
+    assert cutoff.inclusion_log_q(products, 4, uniform_draws=2) == pytest.approx(expected)

@@ -107,7 +107,12 @@ class Cutoff:
         weights = np.where(stats.lines > 0, stats.lines, 0.0) ** SAMPLING_POWER
         weights[0] = 0.0
         catalog = np.flatnonzero(weights > 0)
-        return Cutoff(int(at), stats, stats.popularity_order[:popular_candidates], np.cumsum(weights), catalog)
+        order = stats.popularity_order
+        # A product nobody bought before the cutoff is not in its catalog (a small catalog has
+        # fewer than popular_candidates known ones): as a "popular" candidate it would be a label
+        # the list's rules drop, so a household that bought it in the window would read 0.
+        popular = order[stats.lines[order] > 0][:popular_candidates]
+        return Cutoff(int(at), stats, popular, np.cumsum(weights), catalog)
 
     def known(self, products: np.ndarray) -> np.ndarray:
         """True for products bought by anyone before the cutoff (the catalog at the cutoff)."""
@@ -126,7 +131,11 @@ class Cutoff:
 
     def inclusion_log_q(self, products: np.ndarray, draws: int, uniform_draws: int = 0) -> np.ndarray:
         total = self.sampling_cdf[-1]
-        p = np.diff(self.sampling_cdf, prepend=0.0)[products] / max(total, 1e-12)
+        # Each product's weight from the cumulative sums at it and before it: O(list), where a diff
+        # of the whole cumulative array cost O(catalog) per list (3 ms at 1M products).
+        products = np.asarray(products, np.int64)
+        before = np.where(products > 0, self.sampling_cdf[np.maximum(products - 1, 0)], 0.0)
+        p = (self.sampling_cdf[products] - before) / max(total, 1e-12)
         q = draws * p + uniform_draws / max(len(self.catalog), 1)
         return np.log(np.clip(q, 1e-12, 1.0))
 
