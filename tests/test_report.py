@@ -10,9 +10,12 @@ import pytest
 from helpers import BASELINES_WITHOUT_ALS, CHROMIUM_FLAGS, chromium_path
 
 from jobs import evaluate
+from ncf.errors import InputError
 from ncf.evaluate.evaluation import MODEL, evaluate_all, model_on_period
 from ncf.evaluate.report import write_report
-from ncf.splits import TEST
+from ncf.model.config import ModelConfig
+from ncf.model.directory import WEIGHTS, ModelDir, save_model_dir
+from ncf.splits import REFIT, TEST, VAL, VALIDATED
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +155,32 @@ def test_the_evaluate_job_prints_the_model_then_the_baselines_it_was_asked_for(s
     alone = evaluate.main([*common, "--no-baselines"])
     assert [r["model"] for r in alone] == [MODEL]
     assert alone[0]["recall@10"] == rows[0]["recall@10"]
+
+
+def _trained_through(small_model_dir: str, data: str, output: str, trained_through: int, run: str) -> str:
+    """``small_model_dir``'s weights as a model directory whose labels end at ``trained_through``."""
+    import torch
+
+    weights = torch.load(os.path.join(small_model_dir, WEIGHTS), weights_only=True)
+    config = ModelConfig.from_dict(ModelDir(small_model_dir).config["model"])
+    return save_model_dir(output, weights, config, data, trained_through, run)
+
+
+@pytest.mark.faults
+def test_a_model_trained_on_the_periods_labels_is_refused(small_model_dir, small_data, tmp_path, capsys):
+    """A refit's labels run through the data's end: its figures on the test weeks are not held out."""
+    data, stats = small_data
+    bounds = stats["boundaries"]
+    refit = _trained_through(small_model_dir, data, str(tmp_path / "refit"), bounds["end"] + 1, REFIT)
+    with pytest.raises(SystemExit) as exited:
+        evaluate.main(["--model", refit, "--data", data, "--no-baselines"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    assert "trained_through" in error and "test period's start" in error and "validated model" in error, error
+    with pytest.raises(InputError, match="val period's start"):
+        model_on_period(refit, data, VAL)
+    # Labels that end where the period starts are held out (the validated model on validation).
+    validated = _trained_through(small_model_dir, data, str(tmp_path / "validated"), bounds["val_start"], VALIDATED)
+    _, period = model_on_period(validated, data, VAL)
+    assert period.start == bounds["val_start"]

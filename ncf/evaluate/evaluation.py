@@ -15,12 +15,14 @@ Example::
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ncf.data import layout
 from ncf.data.vocab import Vocabularies
+from ncf.errors import InputError
 from ncf.evaluate.baselines import BASELINES, PointInTime
 from ncf.evaluate.protocol import (  # noqa: F401 (re-exported: the names callers know)
     MRR_DEPTH,
@@ -77,16 +79,37 @@ def period_ranker(
 
 
 def model_on_period(model_dir: str, data: str, split: str) -> tuple[Ranker, Period]:
-    """A model directory's model ranking ``data``'s ``split`` as known at its start, and the period."""
+    """A model directory's model ranking ``data``'s ``split`` as known at its start, and the period.
+
+    Refuses (InputError) a model whose training labels reach into the period (a refit, the
+    deployment model): its figures there would not be held out."""
     handle = ModelDir(model_dir)
     boundaries = layout.DataStats(data).boundaries
-    settings = RankingSettings(**handle.ranking)
     start = period_start(split, boundaries)
+    check_held_out(handle, split, start)
+    settings = RankingSettings(**handle.ranking)
     ranker = period_ranker(
         handle.load_model(), handle.table_vocabularies(), handle.trained_through, data, start, settings
     )
     _, period = point_in_time_period(ranker.state, split, boundaries)
     return ranker, period
+
+
+def check_held_out(handle: ModelDir, split: str, start: int) -> None:
+    """The period must start at or after the end of the model's training labels."""
+    # An untrained directory (tests, benchmarks of the mechanics) saw no labels, whatever its
+    # trained_through says (the data's end, so that every row counts as trained).
+    if handle.config.get("run") == "untrained" or handle.trained_through <= start:
+        return
+    raise InputError(
+        f"{handle.path}: its training labels end at {_utc(handle.trained_through)} (trained_through), "
+        f"after the {split} period's start {_utc(start)}, so its {split} figures would not be held out; "
+        "evaluate the validated model instead (MODEL-validated of jobs.train --refit)"
+    )
+
+
+def _utc(ts: int) -> str:
+    return datetime.fromtimestamp(int(ts), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def evaluate_baselines(
