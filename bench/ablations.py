@@ -5,8 +5,8 @@ python -m bench.ablations --data artifacts/data/cj [--seeds 3] [--epochs 3] [--o
 
 One JSON line per variant (the default model first); the rows go to ``WORKDIR/results.jsonl``
 (with an earlier invocation's rows for variants left out by ``--only``), which
-``jobs.evaluate --ablations`` puts in the report. ``--reuse`` reads runs a previous
-invocation trained instead of training them again.
+``jobs.evaluate --ablations`` puts in the report. ``--reuse`` evaluates the models a previous
+invocation trained (with today's evaluation code) instead of training them again.
 """
 
 from __future__ import annotations
