@@ -31,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--exclude-purchased",
         action="store_true",
-        help="rank only products each household never bought (every model and baseline)",
+        help="rank, and count as relevant, only products each household never bought (every model and baseline)",
     )
     p.add_argument("--retune", action="store_true", help="tune the baselines again on the validation weeks")
     p.add_argument("--report", default=None, help="write an HTML report (charts embedded) to this directory")
@@ -52,7 +52,9 @@ def main(argv=None) -> list:
         check_args(args)
         check_data(args.data)
         args.model = None if args.baselines_only else check_model(args.model)
-        on_period = None if args.baselines_only else model_on_period(args.model, args.data, args.split)
+        on_period = (
+            None if args.baselines_only else model_on_period(args.model, args.data, args.split, args.exclude_purchased)
+        )
         rows = evaluate_all(
             args.model,
             args.data,

@@ -22,7 +22,7 @@ from ncf.evaluate.baselines import (
     tifu_vectors,
 )
 from ncf.evaluate.metrics import ranking_metrics
-from ncf.evaluate.protocol import Period, full_ranking
+from ncf.evaluate.protocol import Period, evaluate, full_ranking, load_period
 
 DAY = 86_400
 
@@ -276,6 +276,25 @@ def test_recall_lit_and_repeat_explore_split_by_hand():
     only_new = ranking_metrics(np.array([3]), np.array([3]), k=1, bought_before=np.array([], np.int64))
     assert np.isnan(only_new["repeat_recall"]) and only_new["explore_recall"] == 1.0
     assert "repeat_hits" not in ranking_metrics(np.array([3]), np.array([3]), k=1)
+
+
+def test_excluding_purchased_products_leaves_them_out_of_the_relevant_sets_too():
+    # Household 1 bought 1 and 2 before the period, then 1, 3 (day 11) and 2, 3 (day 12): only 3
+    # is new. Household 2 only rebuys 4: nothing is left to find. Household 3's 1 is new to it.
+    states = states_of(
+        {1: [(1, 0), (2, 1), (1, 11), (3, 11), (2, 12), (3, 12)], 2: [(4, 0), (4, 11)], 3: [(5, 2), (1, 12)]}
+    )
+    bounds = {"val_start": 5 * DAY, "test_start": 10 * DAY, "end": 20 * DAY}
+    everything = load_period(states, "test", bounds)
+    assert {u: t.tolist() for u, t in everything.truth.items()} == {1: [1, 2, 3], 2: [4], 3: [1]}
+    assert everything.only_rebought is None
+    period = load_period(states, "test", bounds, exclude_purchased=True)
+    assert {u: t.tolist() for u, t in period.truth.items()} == {1: [3], 3: [1]}
+    assert period.first_purchase == {1: 3, 3: 1} and period.first_visit == {1: 11 * DAY, 3: 12 * DAY}
+    assert period.only_rebought == 1
+    row = evaluate("never bought", lambda u, at, depth: np.array([3, 1]), None, period, period.users)
+    assert row["recall@10"] == 1.0 and row["users"] == 2 and row["users_only_rebought"] == 1
+    assert "users_only_rebought" not in evaluate("all", lambda u, at, d: np.array([3]), None, everything, np.array([1]))
 
 
 def test_full_ranking_averages_the_split_over_users_who_have_each_kind():

@@ -213,6 +213,23 @@ def test_evaluate_all_reports_model_and_baselines(small_model_dir, small_data):
     }
 
 
+def test_excluding_purchased_leaves_them_out_of_what_counts_as_relevant(small_model_dir, small_data):
+    data, stats = small_data
+    bounds = stats["boundaries"]
+    state = Recommender.load(small_model_dir, data=data).state.as_of(bounds["test_start"])
+    _, everything = point_in_time_period(state, TEST, bounds)
+    _, period = point_in_time_period(state, TEST, bounds, exclude_purchased=True)
+    for u in period.users:
+        bought = state.states.timeline(int(u)).products_before(period.first_visit[int(u)])
+        assert not np.isin(period.truth[int(u)], bought).any()
+    assert period.only_rebought > 0  # the synthetic households rebuy: some bought nothing new
+    assert len(period.users) + period.only_rebought == len(everything.users)
+    rows = evaluate_all(small_model_dir, data, TEST, baselines=("popularity",), exclude_purchased=True)
+    assert [r["users"] for r in rows] == [len(period.users)] * 2
+    assert [r["users_only_rebought"] for r in rows] == [period.only_rebought] * 2
+    assert all(r["repeat_share@10"] == 0.0 for r in rows)
+
+
 def test_periods_hold_only_what_was_known_at_their_start(recommender, small_data):
     _, stats = small_data
     bounds = stats["boundaries"]

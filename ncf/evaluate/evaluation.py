@@ -56,12 +56,18 @@ BASELINE_ORDER = ("popularity", "own_frequency", "decayed_frequency", "tifu_knn"
 
 
 def point_in_time_period(
-    state: RankingState, split: str, boundaries: Dict[str, int], data: Optional[str] = None
+    state: RankingState,
+    split: str,
+    boundaries: Dict[str, int],
+    data: Optional[str] = None,
+    exclude_purchased: bool = False,
 ) -> tuple[PointInTime, Period]:
     """What was known at the start of ``split``'s period, and the period restricted to it
-    (catalog products first bought before the start, households with purchases before it)."""
+    (catalog products first bought before the start, households with purchases before it;
+    ``exclude_purchased``: see :func:`load_period`)."""
     context = PointInTime.build(state.states, state.vocabs, period_start(split, boundaries), data)
-    return context, load_period(state.states, split, boundaries, context.catalog, context.households())
+    households = context.households()
+    return context, load_period(state.states, split, boundaries, context.catalog, households, exclude_purchased)
 
 
 def period_ranker(
@@ -78,7 +84,7 @@ def period_ranker(
     return Ranker(model, state, rows, settings)
 
 
-def model_on_period(model_dir: str, data: str, split: str) -> tuple[Ranker, Period]:
+def model_on_period(model_dir: str, data: str, split: str, exclude_purchased: bool = False) -> tuple[Ranker, Period]:
     """A model directory's model ranking ``data``'s ``split`` as known at its start, and the period.
 
     Refuses (InputError) a model whose training labels reach into the period (a refit, the
@@ -91,7 +97,7 @@ def model_on_period(model_dir: str, data: str, split: str) -> tuple[Ranker, Peri
     ranker = period_ranker(
         handle.load_model(), handle.table_vocabularies(), handle.trained_through, data, start, settings
     )
-    _, period = point_in_time_period(ranker.state, split, boundaries)
+    _, period = point_in_time_period(ranker.state, split, boundaries, exclude_purchased=exclude_purchased)
     return ranker, period
 
 
@@ -130,7 +136,7 @@ def evaluate_baselines(
     tuned = {}
     if any(b.tunable for b in baselines):
         val_state = state.as_of(period_start(VAL, stats.boundaries))
-        val_context, val_period = point_in_time_period(val_state, VAL, stats.boundaries, data)
+        val_context, val_period = point_in_time_period(val_state, VAL, stats.boundaries, data, exclude_purchased)
         tunable = [b for b in baselines if b.tunable]
         tuned = tuned_params(
             tunable, data, val_context, val_period, val_period.users, retune, exclude_purchased=exclude_purchased
@@ -167,7 +173,8 @@ def evaluate_all(
 ) -> List[Dict]:
     """The model (unless ``model_dir`` is None), then each of ``baselines``, on the same
     households of the same period of ``data`` (``on_period``: :func:`model_on_period`'s result,
-    when the caller has it already)."""
+    when the caller has it already). ``exclude_purchased``: every ranking leaves out what the
+    household bought before, and so do the relevant sets (see :func:`load_period`)."""
     boundaries = layout.DataStats(data).boundaries
     rows = []
     if model_dir is not None:
@@ -175,7 +182,7 @@ def evaluate_all(
         state = ranker.state
     else:
         state = RankingState.load(data).as_of(period_start(split, boundaries))
-    context, period = point_in_time_period(state, split, boundaries, data)
+    context, period = point_in_time_period(state, split, boundaries, data, exclude_purchased)
     users = sample_users(period.users, max_users)
     if model_dir is not None:
         rank_many, score = model_fns(ranker, exclude_purchased)

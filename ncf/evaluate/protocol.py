@@ -49,6 +49,9 @@ class Period:
     first_purchase: Dict[int, int]  # user -> first catalog product bought in the period
     first_visit: Dict[int, int]  # user -> epoch seconds of their first basket in the period
     end: int = 0  # exclusive
+    # With exclude_purchased: households left out because they bought in the period only
+    # products they had bought before (nothing a ranking without those products could find).
+    only_rebought: Optional[int] = None
 
     @property
     def users(self) -> np.ndarray:
@@ -74,6 +77,7 @@ def load_period(
     boundaries: Dict[str, int],
     catalog: Optional[np.ndarray] = None,
     households: Optional[np.ndarray] = None,
+    exclude_purchased: bool = False,
 ) -> Period:
     """The period's purchases, from the households' purchases (the state).
 
@@ -81,6 +85,9 @@ def load_period(
     ``catalog`` (bool per product index) keeps only those products (relevant items and the
     first purchase); ``households`` (user indices) keeps only those users: see
     :func:`ncf.data.catalog.catalog_before` and ``households_before`` for the point-in-time ones.
+    ``exclude_purchased``: the rankings leave out what each household bought before its first
+    visit, so those products are not relevant either (nor the first purchase); households with
+    nothing else are left out and counted (``only_rebought``).
     """
     start, end = period_bounds(split, boundaries)
     users, products, ts = states.all_purchases()
@@ -93,6 +100,11 @@ def load_period(
         product = frame["product"].to_numpy()
         frame = frame[(product < len(catalog)) & catalog[np.minimum(product, len(catalog) - 1)]]
     frame = frame[frame["product"] > 0].sort_values(["ts", "product"], kind="stable")
+    only_rebought = None
+    if exclude_purchased:
+        buyers = frame["user"].nunique()
+        frame = frame[~_bought_before(frame, first_visit, users, products, ts)]
+        only_rebought = int(buyers - frame["user"].nunique())
     truth = {int(u): np.unique(g["product"].to_numpy()) for u, g in frame.groupby("user")}
     first = frame.groupby("user")["product"].first()
     return Period(
@@ -102,7 +114,20 @@ def load_period(
         {int(u): int(p) for u, p in first.items()},
         {int(u): int(first_visit[u]) for u in truth},
         end,
+        only_rebought,
     )
+
+
+def _bought_before(
+    frame: pd.DataFrame, first_visit: pd.Series, users: np.ndarray, products: np.ndarray, ts: np.ndarray
+) -> np.ndarray:
+    """True for the rows of ``frame`` whose household bought that product before its first visit."""
+    moment = np.full(int(users.max(initial=0)) + 1, np.iinfo(np.int64).min)
+    moment[first_visit.index.to_numpy()] = first_visit.to_numpy()
+    earlier = ts < moment[users]
+    width = np.int64(products.max(initial=0) + 1)
+    pairs = frame["user"].to_numpy(np.int64) * width + frame["product"].to_numpy(np.int64)
+    return np.isin(pairs, users[earlier] * width + products[earlier])
 
 
 def sample_users(users: np.ndarray, max_users: Optional[int], seed: int = 0) -> np.ndarray:
@@ -216,6 +241,8 @@ def evaluate(
     started = time.time()
     metrics = full_ranking(rank, period, users, states, rank_many)
     row = {"model": name, "split": period.name, "users": int(len(users)), **metrics}
+    if period.only_rebought is not None:
+        row["users_only_rebought"] = period.only_rebought
     if score is not None and states is not None:
         row.update(sampled_ranking(score, period, users, states, num_products, catalog=catalog))
     row["seconds"] = round(time.time() - started, 1)

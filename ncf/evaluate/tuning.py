@@ -99,7 +99,10 @@ def _ranking(ranker, context: PointInTime, exclude_purchased: bool):
 
 def _grid(baseline: Baseline, exclude_purchased: bool) -> Dict:
     """The search as recorded with its result: a cache is valid for the same grid and protocol."""
-    return {**baseline.grid(), "exclude_purchased": True} if exclude_purchased else baseline.grid()
+    # The relevant sets changed (products bought before left out): results tuned on the old
+    # ones, recorded as "exclude_purchased": True, are searched again.
+    protocol = {"exclude_purchased": "relevant: never bought before"}
+    return {**baseline.grid(), **protocol} if exclude_purchased else baseline.grid()
 
 
 def _rounded(metrics: Dict[str, float]) -> Dict[str, float]:
