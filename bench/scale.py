@@ -108,7 +108,16 @@ def mf_fitted_by_als(model: str, data: str) -> tuple[str, dict]:
         weights[tables.format(side)].copy_(torch.as_tensor(np.asarray(factors)[:, : c.mf_embedding_dim]))
     weights["mf_output.weight"].fill_(1.0)  # the MF logit is then the ALS score u . p
     fitted = time.time()
-    save_model_dir(output, weights, c, data, handle.trained_through, run="als-mf", version="scale-als-mf")
+    save_model_dir(
+        output,
+        weights,
+        c,
+        data,
+        handle.trained_through,
+        run="als-mf",
+        version="scale-als-mf",
+        rows_trained_before=handle.rows_trained_before,
+    )
     return output, {"mf_als_fit_s": round(fitted - started), "mf_save_s": round(time.time() - fitted)}
 
 

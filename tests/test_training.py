@@ -12,7 +12,7 @@ from conftest import SMALL_MODEL
 from ncf.errors import InputError
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
-from ncf.model.directory import save_model_dir
+from ncf.model.directory import ModelDir, save_model_dir
 from ncf.rank.recommender import Recommender
 from ncf.train.checkpoint import best_checkpoint, export_model_dir, read_checkpoint, read_optimizer_state
 from ncf.train.config import TrainConfig
@@ -24,7 +24,7 @@ def epochs_metrics(result):
 
 
 def test_two_workers_with_sharded_tables_reduce_the_loss(small_data, tmp_path):
-    data, _ = small_data
+    data, stats = small_data
     config = TrainConfig(
         data=data,
         model=SMALL_MODEL,
@@ -49,6 +49,12 @@ def test_two_workers_with_sharded_tables_reduce_the_loss(small_data, tmp_path):
     user = recommender.vocabs.users.raw_of([int(recommender.state.states.users()[0])])[0]
     ranked = recommender.rank([user], k=5)[0]
     assert len(ranked.product_ids) == 5 and not ranked.cold_start
+    # No list holds an id unknown at its cutoff: ids first seen after the last one were never trained.
+    handle = ModelDir(model_dir)
+    assert handle.rows_trained_before == max(stats["cutoffs"]["validated"]) < handle.trained_through
+    first_seen = recommender.vocabs.products.column("first_ts")
+    assert (recommender.ranker.rows.product[first_seen >= handle.rows_trained_before] == 0).all()
+    assert (recommender.ranker.rows.product[1:][first_seen[1:] < handle.rows_trained_before] > 0).all()
 
 
 def test_two_runs_of_one_seed_train_the_same_weights(small_data, tmp_path):

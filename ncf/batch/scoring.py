@@ -161,7 +161,7 @@ def new_to_model(model: str, data: str) -> int:
     tables never saw them, or first saw them after the model's labels ended)."""
     handle = ModelDir(model)
     vocabs = Vocabularies.load(layout.vocab_dir(data))
-    rows = EmbeddingRows.between(handle.table_vocabularies(), vocabs, handle.trained_through).user
+    rows = EmbeddingRows.between(handle.table_vocabularies(), vocabs, handle.rows_trained_before).user
     with_purchases = np.diff(UserStates.load(layout.user_state_dir(data)).offsets) > 0
     return int(((rows == 0) & with_purchases)[1:].sum())
 

@@ -73,14 +73,14 @@ def point_in_time_period(
 def period_ranker(
     model: AdvancedNCF,
     tables: Vocabularies,
-    trained_through: int,
+    rows_trained_before: int,
     data: str,
     start: int,
     settings: Optional[RankingSettings] = None,
 ) -> Ranker:
     """The model ranking ``data``'s households as known at ``start``."""
     state = RankingState.load(data).as_of(start)
-    rows = EmbeddingRows.between(tables, state.vocabs, trained_through)
+    rows = EmbeddingRows.between(tables, state.vocabs, rows_trained_before)
     return Ranker(model, state, rows, settings)
 
 
@@ -95,7 +95,7 @@ def model_on_period(model_dir: str, data: str, split: str, exclude_purchased: bo
     check_held_out(handle, split, start)
     settings = RankingSettings(**handle.ranking)
     ranker = period_ranker(
-        handle.load_model(), handle.table_vocabularies(), handle.trained_through, data, start, settings
+        handle.load_model(), handle.table_vocabularies(), handle.rows_trained_before, data, start, settings
     )
     _, period = point_in_time_period(ranker.state, split, boundaries, exclude_purchased=exclude_purchased)
     return ranker, period

@@ -68,6 +68,7 @@ def save_model_dir(
     version: Optional[str] = None,
     ranking: Optional[Dict] = None,
     overwrite: bool = False,
+    rows_trained_before: Optional[int] = None,
 ) -> str:
     """Writes a complete model directory beside ``output`` and swaps it in (:func:`ncf.staging.replacing`).
 
@@ -78,9 +79,12 @@ def save_model_dir(
     is not a model directory (no ``config.json``) unless ``overwrite``.
 
     Args:
-        trained_through: epoch seconds where the training labels ended; households and products
-            first seen from then on use the tables' unknown row (their rows were never trained).
+        trained_through: epoch seconds where the training labels ended (evaluation refuses a
+            period that starts before it).
         run: ``validated`` or ``refit`` (:mod:`ncf.splits`).
+        rows_trained_before: households and products first seen from then on use the tables'
+            unknown row, their own rows never trained: the last cutoff, since no list holds a
+            product or a household unknown at its cutoff (default: ``trained_through``).
     """
     stats = layout.DataStats(data)
     version = version or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -100,6 +104,7 @@ def save_model_dir(
                 "model": dataclasses.asdict(model_config),
                 "data": {"path": os.path.abspath(data), "boundaries": stats.boundaries},
                 "trained_through": int(trained_through),
+                "rows_trained_before": int(trained_through if rows_trained_before is None else rows_trained_before),
                 "ranking": ranking or {},
             },
         )
@@ -176,6 +181,12 @@ class ModelDir:
     @property
     def trained_through(self) -> int:
         return int(self.config["trained_through"])
+
+    @property
+    def rows_trained_before(self) -> int:
+        """Ids first seen from then on rank with the unknown row (directories written before the
+        field existed: ``trained_through``, what they used)."""
+        return int(self.config.get("rows_trained_before", self.config["trained_through"]))
 
     @property
     def state_dir(self) -> str:

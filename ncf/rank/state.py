@@ -71,23 +71,23 @@ class EmbeddingRows:
     category: np.ndarray
 
     @staticmethod
-    def between(tables: Vocabularies, state: Vocabularies, trained_through: int) -> "EmbeddingRows":
+    def between(tables: Vocabularies, state: Vocabularies, rows_trained_before: int) -> "EmbeddingRows":
         """Rows of ``state``'s ids in the model's ``tables``; 0 for ids the tables lack or first
-        saw at or after ``trained_through`` (their rows were never trained)."""
+        saw at or after ``rows_trained_before`` (their rows were never trained)."""
         return EmbeddingRows(
-            _rows(tables.users, state.users, trained_through),
-            _rows(tables.products, state.products, trained_through),
+            _rows(tables.users, state.users, rows_trained_before),
+            _rows(tables.products, state.products, rows_trained_before),
             _rows(tables.departments, state.departments, None),
             _rows(tables.categories, state.categories, None),
         )
 
 
-def _rows(tables: Vocabulary, state: Vocabulary, trained_through) -> np.ndarray:
+def _rows(tables: Vocabulary, state: Vocabulary, trained_before) -> np.ndarray:
     same = tables.ids.equals(state.ids)
     rows = (
         np.arange(len(state), dtype=np.int64) if same else np.concatenate([[UNKNOWN_INDEX], tables.index_of(state.ids)])
     )
-    if trained_through is not None and FIRST_TS in tables.extra:
+    if trained_before is not None and FIRST_TS in tables.extra:
         first_seen = tables.column(FIRST_TS)
-        rows = np.where(first_seen[rows] < trained_through, rows, UNKNOWN_INDEX)
+        rows = np.where(first_seen[rows] < trained_before, rows, UNKNOWN_INDEX)
     return rows

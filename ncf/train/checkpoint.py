@@ -102,6 +102,7 @@ def export_model_dir(
         ModelConfig.from_dict(state["model_config"]),
         data,
         trained_through=state["trained_through"],
+        rows_trained_before=state.get("rows_trained_before"),
         run=state["run"],
         metrics=metrics,
         version=version,

@@ -67,6 +67,7 @@ class Worker:
     catalog: Catalog
     vocabs: Vocabularies
     trained_through: int
+    rows_trained_before: int
     validation: Optional[tuple] = None  # (state as of the validation start, period, households)
 
 
@@ -93,7 +94,22 @@ def setup_worker(cfg: TrainConfig) -> Worker:
         log(f"{sharded_table_count(model)} embedding tables on fused kernels across {world_size} worker(s)")
     catalog = Catalog(vocabs.products.column("department_index"), vocabs.products.column("category_index"))
     trained_through = max(cfg.cutoffs) + stats.horizon_seconds  # where this run's labels end
-    worker = Worker(cfg, rank, world_size, device, model_config, model, optimizer, catalog, vocabs, trained_through)
+    # No list holds a product or a household unknown at its cutoff: those first seen in the last
+    # label window were in no list, and rank with the trained unknown row, not their untouched own.
+    rows_trained_before = max(cfg.cutoffs)
+    worker = Worker(
+        cfg,
+        rank,
+        world_size,
+        device,
+        model_config,
+        model,
+        optimizer,
+        catalog,
+        vocabs,
+        trained_through,
+        rows_trained_before,
+    )
     if rank == 0 and cfg.run == VALIDATED:
         state = RankingState.load(cfg.data).as_of(stats.boundaries["val_start"])
         _, period = point_in_time_period(state, VAL, stats.boundaries)
@@ -172,7 +188,7 @@ def validate(w: Worker, weights: Dict[str, torch.Tensor]) -> Dict[str, float]:
     state, period, users = w.validation
     model = AdvancedNCF(w.model_config).to(w.device)
     model.load_state_dict(weights)
-    rows = EmbeddingRows.between(w.vocabs, state.vocabs, w.trained_through)
+    rows = EmbeddingRows.between(w.vocabs, state.vocabs, w.rows_trained_before)
     rank_many, _ = model_fns(Ranker(model.eval(), state, rows))
     metrics = full_ranking(None, period, users, rank_many=rank_many)
     return {f"val_{k}": float(v) for k, v in metrics.items()}
@@ -241,7 +257,12 @@ def train_loop_per_worker(config: Dict) -> None:
         state["epoch"] = epoch
         metrics["best_" + ckpt.VAL_METRIC] = state["best"]
         state["history"] = state["history"] + [metrics]  # the curves the report draws
-        state.update(model_config=w.model_config.to_dict(), run=w.cfg.run, trained_through=w.trained_through)
+        state.update(
+            model_config=w.model_config.to_dict(),
+            run=w.cfg.run,
+            trained_through=w.trained_through,
+            rows_trained_before=w.rows_trained_before,
+        )
         log(
             f"epoch {epoch}: "
             + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
