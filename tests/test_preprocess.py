@@ -13,7 +13,7 @@ import pytest
 
 from ncf.data import layout, schema
 from ncf.data.examples import ExampleConfig
-from ncf.data.preprocess import PreprocessConfig, preprocess
+from ncf.data.preprocess import PreprocessConfig, build_vocabularies, preprocess
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import FEW_IDS, Vocabularies, Vocabulary
 from ncf.splits import REFIT, VALIDATED
@@ -170,6 +170,22 @@ def test_vocab_lookups_agree_for_few_and_many_ids():
 
 
 # -- the pipeline on a small synthetic dataset ----------------------------------------------
+
+
+def test_product_indices_do_not_follow_purchases_after_validation_starts(ray_session):
+    """Evaluation breaks ties between equally popular products by index: products bought equally
+    often before the validation weeks must not be ordered by what sold after."""
+    import ray
+
+    def order(later: str) -> list:
+        # a and b once each before validation starts (at 1000), c twice; then 5 more of ``later``.
+        rows = [("u1", "a", 100), ("u2", "b", 200), ("u1", "c", 300), ("u2", "c", 400)]
+        rows += [(f"u{i}", later, 1000 + i) for i in range(5)]
+        known = ray.data.from_pandas(pd.DataFrame(rows, columns=[schema.USER_ID, schema.PRODUCT_ID, schema.TS]))
+        kinds = {schema.USER_ID: "str", schema.PRODUCT_ID: "str"}
+        return build_vocabularies(known, None, kinds, val_start=1000)[0].products.ids.to_pylist()
+
+    assert order("a") == order("b") == ["c", "a", "b"]
 
 
 def test_stats_account_for_every_row(small_data):

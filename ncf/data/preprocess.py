@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import ray
-from ray.data.aggregate import Count, Min
+from ray.data.aggregate import Count, Min, Sum
 
 from ncf.data import ingest, layout, schema
 from ncf.data.examples import CUTOFF, LABEL, PRODUCT, USER, Cutoff, ExampleConfig, household_lists
@@ -59,6 +59,8 @@ WEEK = 7 * 86_400
 LISTS_PER_FILE = 2048
 COUNT = "count()"
 FIRST_SEEN = f"min({TS})"
+EARLY = "early"  # 1 for a row before the moment product indices are counted to
+EARLY_COUNT = f"sum({EARLY})"
 
 
 @dataclass
@@ -103,20 +105,33 @@ def split_boundaries(min_ts: int, max_ts: int, val_weeks: int, test_weeks: int) 
     return {"start": int(min_ts), "val_start": int(val_start), "test_start": int(test_start), "end": int(max_ts)}
 
 
-def _distinct_counts(ds: ray.data.Dataset, column: str) -> pd.DataFrame:
+def _distinct_counts(ds: ray.data.Dataset, column: str, counted_before: Optional[int] = None) -> pd.DataFrame:
     """Distinct values of a column with their counts and first moment, most frequent first (ties
-    by id)."""
-    frame = ds.groupby(column).aggregate(Count(), Min(TS)).to_pandas()
-    return frame.sort_values([COUNT, column], ascending=[False, True], kind="stable").reset_index(drop=True)
+    by id); with ``counted_before``, most frequent before that moment first."""
+    if counted_before is None:
+        frame = ds.groupby(column).aggregate(Count(), Min(TS)).to_pandas()
+        return frame.sort_values([COUNT, column], ascending=[False, True], kind="stable").reset_index(drop=True)
+    flagged = ds.map_batches(_flag_early, batch_format="pyarrow", fn_kwargs={"before": counted_before})
+    frame = flagged.groupby(column).aggregate(Sum(EARLY), Min(TS)).to_pandas()
+    return frame.sort_values([EARLY_COUNT, column], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def _flag_early(batch: pa.Table, before: int) -> pa.Table:
+    return batch.append_column(EARLY, pc.cast(pc.less(batch.column(TS), before), pa.int64()))
 
 
 def build_vocabularies(
-    known: ray.data.Dataset, catalog: Optional[pd.DataFrame], id_kinds: Dict[str, str]
+    known: ray.data.Dataset,
+    catalog: Optional[pd.DataFrame],
+    id_kinds: Dict[str, str],
+    val_start: Optional[int] = None,
 ) -> tuple[Vocabularies, Dict]:
     """Vocabularies of every household and product of ``known``; products get their hierarchy,
-    both the moment they were first seen (``first_ts``)."""
+    both the moment they were first seen (``first_ts``). Product indices follow the purchase
+    counts before ``val_start`` (when given), since evaluation breaks ties between equally
+    popular products by index: counts from the held-out weeks would let their purchases decide."""
     users = _distinct_counts(known.select_columns([schema.USER_ID, TS]), schema.USER_ID)
-    products = _distinct_counts(known.select_columns([schema.PRODUCT_ID, TS]), schema.PRODUCT_ID)
+    products = _distinct_counts(known.select_columns([schema.PRODUCT_ID, TS]), schema.PRODUCT_ID, val_start)
     if catalog is None:
         catalog = pd.DataFrame({c: pd.Series([], dtype=object) for c in schema.CATALOG_REQUIRED})
     joined = products.merge(catalog, on=schema.PRODUCT_ID, how="left")
@@ -385,7 +400,7 @@ def _preprocess_into(
 
     catalog_frame, catalog_stats = _read_catalog(catalog)
     id_kinds = {c: schema.id_kind(logs, c) for c in (schema.USER_ID, schema.PRODUCT_ID)}
-    vocabs, vocab_stats = build_vocabularies(kept, catalog_frame, id_kinds)
+    vocabs, vocab_stats = build_vocabularies(kept, catalog_frame, id_kinds, bounds["val_start"])
     vocabs.save(layout.vocab_dir(output))
     _log(f"vocabularies: {vocabs.sizes()}")
 
