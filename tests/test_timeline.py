@@ -138,7 +138,8 @@ def test_a_product_nobody_bought_before_the_cutoff_is_never_a_popular_candidate(
     assert sorted(cutoff.popular) == [1, 2]
     group = {"user": np.ones(3, np.int64), "product": np.array([1, 2, 3]), "ts": np.array([1, 2, 20]) * DAY}
     row = household_lists(group, ExampleConfig(horizon_days=35), catalog, [cutoff]).to_pylist()[0]
-    assert 3 not in row["product"]  # unknown at the cutoff: neither candidate nor label
+    assert 3 not in row["product"]  # unknown at the cutoff: neither candidate nor label,
+    assert row["bought_unknown"] == 1  # but counted
 
 
 def test_inclusion_log_q_reads_each_products_own_weight():

@@ -44,6 +44,9 @@ SAMPLING_POWER = 0.75
 USER, CUTOFF, MOMENT = "user", "cutoff", "moment"
 HISTORY, HISTORY_AGE_DAYS, TIME_PARTS = "history", "history_age_days", "time_parts"
 PRODUCT, LABEL, LOG_Q, FEATURES = "product", "label", "log_q", "features"
+# Products bought in the window that nobody had bought before the cutoff: no candidate can be
+# one (the evaluation's catalog is the same point in time), so they are counted, not labelled.
+BOUGHT_UNKNOWN = "bought_unknown"
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,7 @@ def _one_list(timeline: UserTimeline, user: int, cutoff: Cutoff, config: Example
         LABEL: np.isin(candidates, bought),
         LOG_Q: log_q,
         FEATURES: candidate_features(timeline, candidates, moment, catalog, cutoff.stats),
+        BOUGHT_UNKNOWN: len(window) - len(bought),
     }
 
 
@@ -222,5 +226,6 @@ def to_arrow(rows: List[Dict], history_length: int) -> pa.Table:
             LABEL: ragged(LABEL, np.int8),
             LOG_Q: ragged(LOG_Q, np.float32),
             FEATURES: ragged(FEATURES, np.float16, num_features),
+            BOUGHT_UNKNOWN: pa.array([r[BOUGHT_UNKNOWN] for r in rows], pa.int32()),
         }
     )

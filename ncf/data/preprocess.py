@@ -42,7 +42,16 @@ import ray
 from ray.data.aggregate import Count, Min, Sum
 
 from ncf.data import ingest, layout, schema
-from ncf.data.examples import CUTOFF, LABEL, PRODUCT, USER, Cutoff, ExampleConfig, household_lists
+from ncf.data.examples import (
+    BOUGHT_UNKNOWN,
+    CUTOFF,
+    LABEL,
+    PRODUCT,
+    USER,
+    Cutoff,
+    ExampleConfig,
+    household_lists,
+)
 from ncf.data.features import Catalog
 from ncf.data.product_stats import ProductStats
 from ncf.data.schema import TS
@@ -57,6 +66,7 @@ WEEK = 7 * 86_400
 # pays tens of milliseconds per file, so the groupby's many small blocks (800 files of ~20 lists)
 # made every epoch wait ~18 s for its first batch.
 LISTS_PER_FILE = 2048
+LIST_COUNTS = ("lists", "candidates", "positives", "bought_unknown_at_cutoff")
 COUNT = "count()"
 FIRST_SEEN = f"min({TS})"
 EARLY = "early"  # 1 for a row before the moment product indices are counted to
@@ -225,12 +235,18 @@ def _read_catalog(files: Optional[schema.InputFiles]) -> tuple[Optional[pd.DataF
 
 
 def _count_lists(directory: str) -> Dict[str, int]:
-    """Lists and candidates of the written examples, from Parquet metadata and one column."""
+    """Lists, candidates and positives of the written examples (and the purchases in their windows
+    of products unknown at the cutoff, which no list labels), from two columns."""
     if not os.path.isdir(directory):
-        return {"lists": 0, "candidates": 0, "positives": 0}
-    table = pads.dataset(directory, format="parquet", partitioning="hive").to_table(columns=[LABEL])
+        return dict.fromkeys(LIST_COUNTS, 0)
+    table = pads.dataset(directory, format="parquet", partitioning="hive").to_table(columns=[LABEL, BOUGHT_UNKNOWN])
     labels = pc.list_flatten(table.column(LABEL))
-    return {"lists": table.num_rows, "candidates": len(labels), "positives": int(pc.sum(labels).as_py() or 0)}
+    return {
+        "lists": table.num_rows,
+        "candidates": len(labels),
+        "positives": int(pc.sum(labels).as_py() or 0),
+        "bought_unknown_at_cutoff": int(pc.sum(table.column(BOUGHT_UNKNOWN)).as_py() or 0),
+    }
 
 
 def write_state(indexed: ray.data.Dataset, vocabs: Vocabularies, output: str, end: int) -> UserStates:
@@ -276,7 +292,7 @@ def write_examples(
 
 def _count_lists_of(output: str, run_cutoffs: list) -> Dict[str, int]:
     counts = [_count_lists(layout.examples_dir(output, c)) for c in run_cutoffs]
-    return {key: sum(c[key] for c in counts) for key in ("lists", "candidates", "positives")}
+    return {key: sum(c[key] for c in counts) for key in LIST_COUNTS}
 
 
 def preprocess(
