@@ -67,6 +67,19 @@ def test_recommend_returns_raw_ids_and_cold_start_is_the_same_path(recommender):
     assert all(0 < s < 1 for s in cold.scores) and cold.scores == sorted(cold.scores, reverse=True)
 
 
+def test_a_household_before_its_first_purchase_is_scored_like_an_unknown_one(recommender):
+    """Old code: flagged a cold start, yet scored with its own row, trained on later purchases."""
+    ranker = recommender.ranker
+    user = next(int(u) for u in ranker.state.states.users() if ranker.rows.user[u] > 0)
+    before_first = int(ranker.state.states.timeline(user).timestamps[0])
+    own, unknown = ranker.rank([user, 0], [before_first, before_first], k=10)
+    assert own.cold_start and unknown.cold_start
+    assert own.products.tolist() == unknown.products.tolist()
+    np.testing.assert_allclose(own.scores, unknown.scores, rtol=1e-6)
+    scores, cold = ranker.score(user, own.products, before_first)
+    assert cold and np.allclose(scores, ranker.score(0, own.products, before_first)[0], rtol=1e-6)
+
+
 def test_score_names_unknown_products_and_matches_the_ranking(recommender):
     raw_user = recommender.vocabs.users.raw_of([1])[0]
     ranked = recommender.rank([raw_user], k=3)[0]

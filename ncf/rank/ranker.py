@@ -200,7 +200,9 @@ class Ranker:
         for q in questions:
             history, age, time_parts = household_inputs(q.timeline, q.at, length)
             q.history = history
-            users.append(q.user if 0 < q.user < len(rows.user) else 0)
+            # Its own row was trained only at cutoffs after its first purchase (no training list
+            # holds a household without purchases): before that, it would carry what came later.
+            users.append(0 if q.cold_start or not 0 < q.user < len(rows.user) else q.user)
             histories.append(history)
             ages.append(age)
             parts.append(time_parts)
