@@ -233,7 +233,9 @@ class AppArgs(BaseModel):
     data: Optional[str] = Field(
         None, description="DATA directory whose histories the model ranks from (default: the model's own state)"
     )
-    candidates: Optional[int] = Field(None, ge=1, description="first-stage candidates re-ranked (default: the model's)")
+    candidates: Optional[int] = Field(
+        None, ge=MAX_K, description="first-stage candidates re-ranked, at least the largest k (default: the model's)"
+    )
     default_at: Literal["now", "data-end"] = "now"
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)

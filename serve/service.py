@@ -22,6 +22,7 @@ from ncf.data.vocab import UNKNOWN_INDEX
 from ncf.model.directory import read_config
 from ncf.model.integrity import MANIFEST, verify_data_state, verify_model_dir
 from ncf.moments import DATA_END, NOW
+from ncf.rank.ranker import MAX_K
 from ncf.rank.recommender import RankedItems, Recommender
 from serve.api import BatchRecommendRequest, RecommendRequest, ScoreRequest, UnknownProducts
 
@@ -37,8 +38,8 @@ class ServeSettings:
         data: a DATA directory (``jobs.preprocess``, or ``--state-only``) whose histories the
             model ranks from (every household and its latest purchases); None: the state the
             model was trained with. A new ``data`` rolls out like a new model, without a restart.
-        candidates: how many first-stage candidates the full model re-ranks; None keeps the
-            model directory's own setting. More candidates: closer to brute force, slower.
+        candidates: how many first-stage candidates the full model re-ranks (at least ``MAX_K``);
+            None keeps the model directory's own setting. More candidates: closer to brute force, slower.
         default_at: the moment used when a request has no ``at``: ``"now"`` (live traffic)
             or ``"data-end"`` (the first moment after the data ranked from: demos and replays of history).
         ui: serve the explorer page at /ui. Here, not a constructor argument: Serve compares only
@@ -70,10 +71,15 @@ class ServeSettings:
         if not isinstance(config.get("model_dir"), str) or not config["model_dir"]:
             raise ValueError("user_config needs model_dir, a model directory path")
         candidates = config.get("candidates")
+        # Ranking returns at most `candidates` products: fewer than a request's k would answer it
+        # with a shorter list and no error.
         if candidates is not None and (
-            isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1
+            isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < MAX_K
         ):
-            raise ValueError(f"candidates must be a positive integer, not {candidates!r}")
+            raise ValueError(
+                f"candidates must be an integer of at least {MAX_K} (the largest k a request may ask for), "
+                f"not {candidates!r}"
+            )
         default_at = config.get("default_at", "now")
         if default_at not in DEFAULT_AT_CHOICES:
             raise ValueError(f"default_at must be one of {DEFAULT_AT_CHOICES}, not {default_at!r}")

@@ -280,6 +280,8 @@ def test_unknown_routes_and_methods_are_4xx_json(server):
         ({}, "model_dir"),
         ({"model_dir": "m", "candidates": 0}, "candidates"),
         ({"model_dir": "m", "candidates": True}, "candidates"),
+        # Old code: accepted, and a request for k=MAX_K got MAX_K - 1 products and no error.
+        ({"model_dir": "m", "candidates": MAX_K - 1}, f"candidates must be an integer of at least {MAX_K}"),
         ({"model_dir": "m", "default_at": "yesterday"}, "default_at"),
         ({"model_dir": "m", "modeldir": "m"}, "modeldir"),
         ({"model_dir": "m", "ui": "yes"}, "ui"),
@@ -354,7 +356,12 @@ def test_the_deployment_has_a_bounded_queue_and_sheds_with_503():
 
 
 @pytest.mark.parametrize(
-    "args, message", [({"model": "m", "candidates": 0}, "candidates"), ({"model": "m", "replicas": 2}, "replicas")]
+    "args, message",
+    [
+        ({"model": "m", "candidates": 0}, "candidates"),
+        ({"model": "m", "candidates": MAX_K - 1}, "candidates"),
+        ({"model": "m", "replicas": 2}, "replicas"),
+    ],
 )
 def test_build_app_refuses_bad_args_in_one_line(args, message):
     with pytest.raises(ValueError, match=message) as error:
@@ -365,11 +372,11 @@ def test_build_app_refuses_bad_args_in_one_line(args, message):
 def test_changing_candidates_reuses_the_model_without_touching_the_old_service(small_model_dir):
     old = ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir}))
     new = ModelService.load(
-        ServeSettings.from_user_config({"model_dir": small_model_dir, "candidates": 17}), previous=old
+        ServeSettings.from_user_config({"model_dir": small_model_dir, "candidates": MAX_K + 17}), previous=old
     )
     assert new.recommender.ranker.model is old.recommender.ranker.model
-    assert new.recommender.settings.candidates == 17
-    assert old.recommender.settings.candidates != 17
+    assert new.recommender.settings.candidates == MAX_K + 17
+    assert old.recommender.settings.candidates != MAX_K + 17
 
 
 @pytest.mark.faults
