@@ -120,6 +120,25 @@ def test_bad_numbers_are_one_line_errors_before_anything_is_read(tmp_path, field
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
+def test_k_above_the_models_candidates_is_a_one_line_error_before_ray_starts(tmp_path):
+    """Old code: passed the check, then every actor raised mid-run (a ranking holds at most
+    ``candidates`` products)."""
+    from ncf.jsonio import write_json
+    from ncf.model.directory import CONFIG, FORMAT_VERSION
+
+    model = tmp_path / "model"
+    model.mkdir()
+    config = {"format_version": FORMAT_VERSION, "model": {"num_products": 1000}, "ranking": {"candidates": 5}}
+    write_json(str(model / CONFIG), config)
+    missing = str(tmp_path / "missing")
+    with pytest.raises(InputError) as error:
+        bs.check_config(bs.BatchScoreConfig(model=str(model), data=missing, output=str(tmp_path / "o"), k=6))
+    assert str(error.value) == "--k 6: must be between 1 and 5 for this model"
+    # Up to the candidates, the check goes on to the data.
+    with pytest.raises(InputError, match="missing"):
+        bs.check_config(bs.BatchScoreConfig(model=str(model), data=missing, output=str(tmp_path / "o"), k=5))
+
+
 @pytest.mark.faults
 def test_compile_yes_without_a_compiler_is_refused_before_ray_starts(tmp_path, monkeypatch):
     """Old code: refused only once Ray ran and the actors' devices were known."""

@@ -365,8 +365,9 @@ def resolve_compile(setting: str, users_per_actor: int, use_gpu: bool) -> bool:
 def _check_k(k: int, recommender_config: Dict) -> None:
     ranking = recommender_config.get("ranking", {})
     catalog = recommender_config["model"]["num_products"] - 1
-    # The MF stage alone contributes this many distinct products; cold start lists 200.
-    limit = min(MAX_K, ranking.get("mf_candidates", MAX_K), catalog)
+    # The MF stage alone contributes this many distinct products; cold start lists 200. A ranking
+    # never holds more than `candidates` products: beyond it every actor would fail mid-run.
+    limit = min(MAX_K, ranking.get("mf_candidates", MAX_K), ranking.get("candidates", MAX_K), catalog)
     if not 1 <= k <= limit:
         raise InputError(f"--k {k}: must be between 1 and {limit} for this model")
 
