@@ -12,7 +12,7 @@ from ncf.evaluate.baselines import OwnFrequencyRanker, PointInTime, PopularityRa
 from ncf.evaluate.evaluation import evaluate_all, point_in_time_period
 from ncf.evaluate.metrics import ranking_metrics
 from ncf.model import ann
-from ncf.rank.candidates import CATEGORY_SPREAD
+from ncf.rank.candidates import CATEGORY_SPREAD, CandidateGenerator, RankingSettings
 from ncf.rank.ranker import Ranker
 from ncf.rank.recommender import Recommender
 from ncf.splits import TEST
@@ -194,6 +194,24 @@ def test_category_candidates_are_the_best_sellers_of_the_households_categories(r
             assert (np.diff(ranker.state.stats.recent_lines[ours]) <= 0).all()  # popularity_order's first key
     assert not np.isin(generator._from_categories(timeline, at, bought), bought).any()
     assert not np.isin(generator.for_household(user, timeline, at, True, None), bought).any()
+
+
+def test_the_exclude_purchased_fill_up_takes_only_products_known_at_the_cutoff(recommender):
+    """Old code: completed a short list from the whole popularity order, whose tail holds the
+    products nobody bought before the cutoff."""
+    _, _, timestamps = recommender.state.states.all_purchases()
+    cutoff = int(np.quantile(timestamps, 0.2))
+    state = recommender.state.as_of(cutoff)
+    generator = CandidateGenerator(
+        recommender.ranker.model, state, recommender.ranker.rows, RankingSettings(candidates=state.num_products)
+    )
+    assert (~generator.known[1:]).any()  # the drill: products unknown at the cutoff
+    user = next(int(u) for u in state.states.users() if state.states.timeline(int(u)).count_before([cutoff])[0])
+    timeline = state.states.timeline(user)
+    candidates = generator.for_household(user, timeline, cutoff, True, None)
+    assert generator.known[candidates].all()
+    never_bought = generator.known & ~np.isin(np.arange(state.num_products), timeline.products_before(cutoff))
+    assert sorted(candidates.tolist()) == np.flatnonzero(never_bought).tolist()
 
 
 def test_evaluate_all_reports_model_and_baselines(small_model_dir, small_data):

@@ -191,7 +191,9 @@ class CandidateGenerator:
         if exclude_purchased:
             merged = merged[~np.isin(merged, own.keys)]
             if len(merged) < s.candidates:  # complete from the popular products never bought
-                more = self.popular[~np.isin(self.popular, own.keys) & ~np.isin(self.popular, merged)]
+                # popularity_order lists products nobody bought before the cutoff too (last).
+                unbought = self.known[self.popular] & ~np.isin(self.popular, own.keys)
+                more = self.popular[unbought & ~np.isin(self.popular, merged)]
                 merged = np.concatenate([merged, more[: s.candidates - len(merged)]])
         return merged[: s.candidates]
 
