@@ -1,5 +1,6 @@
 """Metrics, baselines, the one ranking path and the evaluation on a small preprocessed dataset."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -134,6 +135,30 @@ def test_exclude_purchased_keeps_k_when_a_household_bought_more_than_the_candida
         assert items and all(product in set(history[0].tolist()) for product, _ in items)
         weights = [w for _, w in items]
         assert weights == sorted(weights, reverse=True) and all(0 < w <= 1 for w in weights)
+
+
+def test_explanations_name_distinct_products_the_model_attends_to(recommender):
+    """Old code: named products on the model's unknown row (masked: weight exactly 0), and a
+    product bought twice in the history twice."""
+    ranker, at = recommender.ranker, recommender.default_at
+    length = ranker.history_length
+
+    for user in ranker.state.states.users().tolist():
+        history = ranker.state.states.timeline(user).history(np.array([at]), length)[0][0]
+        other_products = history[(history > 0) & (history != history[0])]
+        if len(other_products) > len(set(other_products.tolist())):
+            break
+    else:
+        pytest.fail("no household bought a product twice among its latest purchases")
+    product_rows = ranker.rows.product.copy()
+    product_rows[history[0]] = 0  # its latest purchase: unknown to the model's tables
+    rows = dataclasses.replace(ranker.rows, product=product_rows)
+    explained = Ranker(ranker.model, ranker.state, rows, ranker.settings)
+    ranking = explained.rank([user], [at], k=5, explain=True, explain_top=length)[0]
+    for because in ranking.explanations:
+        named = [p for p, _ in because]
+        assert len(named) == len(set(named)) and history[0] not in named
+        assert all(product_rows[named] > 0) and all(w > 0 for _, w in because)
 
 
 def test_many_households_in_one_call_equal_each_alone(recommender):

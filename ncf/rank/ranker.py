@@ -243,15 +243,19 @@ class Ranker:
             ranking = Ranking(q.candidates[order], self._probabilities(logits[start:end][order]), q.cold_start)
             if weights is not None:
                 ranked = weights[start + order]  # k x L
-                ranking.explanations = [_because(q.history, w, explain_top) for w in ranked]
+                attended = self.rows.product[q.history] > 0
+                ranking.explanations = [_because(q.history, attended, w, explain_top) for w in ranked]
                 ranking.attention_entropy = -(ranked * np.log(np.clip(ranked, 1e-12, 1.0))).sum(axis=1)
             out.append(ranking)
             start = end
         return out
 
 
-def _because(history: np.ndarray, weights: np.ndarray, top: int) -> List[Tuple[int, float]]:
-    """The ``top`` past purchases (state indices) the attention weighted most."""
-    present = np.flatnonzero(history > 0)
-    best = present[np.argsort(-weights[present], kind="stable")][:top]
-    return [(int(history[i]), float(weights[i])) for i in best]
+def _because(history: np.ndarray, attended: np.ndarray, weights: np.ndarray, top: int) -> List[Tuple[int, float]]:
+    """The ``top`` distinct past purchases (state indices) the attention weighted most, each with
+    the weights of all its places in the history; ``attended``: the places the model attends to
+    (the model masks products on its unknown row: their weight is 0, they explain nothing)."""
+    products, first, place_of = np.unique(history[attended], return_index=True, return_inverse=True)
+    summed = np.bincount(place_of, weights=weights[attended], minlength=len(products))
+    best = np.lexsort((first, -summed))[:top]  # ties: the most recent purchase first
+    return [(int(products[i]), float(summed[i])) for i in best]
