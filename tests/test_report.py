@@ -46,6 +46,7 @@ def test_report_renders_without_broken_images(on_period, small_model_dir, small_
     )
     page = open(path).read()
     assert "own_frequency" in page and "without mf" in page and "because:" in page
+    assert "(the null slot) 0." in page  # a weight between 0 and 1, not nan
     assert "runs/&lt;ablations&gt;.jsonl" in page  # where the ablation rows came from, escaped
 
     common = [chromium_path(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]

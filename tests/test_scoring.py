@@ -14,7 +14,7 @@ from ncf.evaluate.evaluation import evaluate_all, point_in_time_period
 from ncf.evaluate.metrics import ranking_metrics
 from ncf.model import ann
 from ncf.rank.candidates import CATEGORY_SPREAD, CandidateGenerator, RankingSettings
-from ncf.rank.ranker import Ranker
+from ncf.rank.ranker import Ranker, attention_spread
 from ncf.rank.recommender import Recommender
 from ncf.splits import TEST
 
@@ -159,6 +159,31 @@ def test_explanations_name_distinct_products_the_model_attends_to(recommender):
         named = [p for p, _ in because]
         assert len(named) == len(set(named)) and history[0] not in named
         assert all(product_rows[named] > 0) and all(w > 0 for _, w in because)
+
+
+def test_attention_entropy_is_over_the_history_and_the_null_slot_is_apart():
+    """Old code: the entropy of weights without the null slot's share, which do not sum to 1,
+    set against log(n) of uniform weights that do."""
+    # 0.6 on the null slot; the history's 0.3 and 0.1 renormalised: 0.75 and 0.25.
+    entropy, null = attention_spread(np.array([[0.3, 0.1, 0.0], [0.0, 0.0, 0.0]]))
+    assert entropy[0] == pytest.approx(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))
+    assert null[0] == pytest.approx(0.6)
+    assert entropy[1] == 0.0 and null[1] == 1.0  # nothing attended: all on the null slot
+
+
+def test_attention_on_one_past_purchase_has_no_entropy(recommender):
+    """Old code: -w log w > 0 for the one attended place's weight w < 1 (the rest: null slot)."""
+    ranker, at = recommender.ranker, recommender.default_at
+    user = int(ranker.state.states.users()[0])
+    history = ranker.state.states.timeline(user).history(np.array([at]), ranker.history_length)[0][0]
+    product_rows = ranker.rows.product.copy()
+    product_rows[history[1:]] = 0  # all but its latest purchase: unknown to the model's tables
+    product_rows[history[0]] = ranker.rows.product[history[0]]
+    rows = dataclasses.replace(ranker.rows, product=product_rows)
+    ranking = Ranker(ranker.model, ranker.state, rows, ranker.settings).rank([user], [at], k=5, explain=True)[0]
+    np.testing.assert_allclose(ranking.attention_entropy, 0.0, atol=1e-5)
+    for because, null in zip(ranking.explanations, ranking.attention_null):
+        assert 0 < null < 1 and because == [(int(history[0]), pytest.approx(1.0 - null, abs=1e-5))]
 
 
 def test_many_households_in_one_call_equal_each_alone(recommender):

@@ -159,24 +159,26 @@ def _product_label(ranker, product_ids: Sequence[int]) -> List[str]:
 
 def explanation_stats(ranker, period: Period, users: np.ndarray) -> Dict[str, float]:
     """How much the attention behind "because you bought" says: its mean entropy over the
-    households' top 10 (against the entropy of uniform weights over the same histories), and the
-    share of households whose top 10 do not all name the same first "because" product."""
-    entropy, uniform, differ = [], [], []
+    households' top 10 (against the entropy of uniform weights over the same histories), the
+    weight left on the attention's null slot (nothing in the history), and the share of
+    households whose top 10 do not all name the same first "because" product."""
+    entropy, uniform, null, differ = [], [], [], []
     at = np.array([period.first_visit[int(u)] for u in users], np.int64)
-    for u, ranking in zip(users, ranker.rank(users, at, k=K, explain=True)):
-        if ranking.cold_start or not ranking.explanations:
-            continue
-        present = int(
-            np.count_nonzero(ranker.state.states.timeline(int(u)).products_before(period.first_visit[int(u)]))
-        )
+    for u, moment, ranking in zip(users, at, ranker.rank(users, at, k=K, explain=True)):
+        if ranking.cold_start or not any(ranking.explanations or []):
+            continue  # nothing the model attends to (no history, or all of it on the unknown row)
+        history, _ = ranker.state.states.timeline(int(u)).history(np.array([moment]), ranker.history_length)
         entropy.append(float(np.mean(ranking.attention_entropy)))
-        uniform.append(float(np.log(min(max(present, 1), ranker.history_length))))
+        # The model attends to the places whose product has a row of its own (the others: masked).
+        uniform.append(float(np.log(np.count_nonzero(ranker.rows.product[history[0]]))))
+        null.append(float(np.mean(ranking.attention_null)))
         firsts = {because[0][0] for because in ranking.explanations if because}
         differ.append(len(firsts) > 1)
     return {
         "households": len(entropy),
         "attention_entropy": float(np.mean(entropy)) if entropy else float("nan"),
         "uniform_entropy": float(np.mean(uniform)) if uniform else float("nan"),
+        "null_weight": float(np.mean(null)) if null else float("nan"),
         "share_with_different_reasons": float(np.mean(differ)) if differ else float("nan"),
     }
 
@@ -289,7 +291,8 @@ def write_report(
         "<h2>What the attention says</h2><p>Over the top 10 of "
         f"{explained['households']} households: mean entropy of the attention behind each recommendation "
         f"{explained['attention_entropy']:.2f} nats (uniform weights over the same histories: "
-        f"{explained['uniform_entropy']:.2f}); households whose 10 recommendations do not all name the same "
+        f"{explained['uniform_entropy']:.2f}), mean weight left on no past purchase (the null slot) "
+        f"{explained['null_weight']:.2f}; households whose 10 recommendations do not all name the same "
         f"first reason: {100 * explained['share_with_different_reasons']:.0f}%.</p>"
     )
     sections.append("<h2>Households</h2>" + households_html(ranker, period, users[:households]))

@@ -45,8 +45,10 @@ class Ranking:
     cold_start: bool
     # For each ranked product: (history product index, attention weight) pairs, when explained.
     explanations: Optional[List[List[Tuple[int, float]]]] = None
-    # For each ranked product, when explained: the entropy (nats) of its attention over the history.
+    # For each ranked product, when explained: the entropy (nats) of its attention over the history
+    # (the weights renormalised over the history), and the weight on the attention's null slot.
     attention_entropy: Optional[np.ndarray] = None
+    attention_null: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -245,7 +247,7 @@ class Ranker:
                 ranked = weights[start + order]  # k x L
                 attended = self.rows.product[q.history] > 0
                 ranking.explanations = [_because(q.history, attended, w, explain_top) for w in ranked]
-                ranking.attention_entropy = -(ranked * np.log(np.clip(ranked, 1e-12, 1.0))).sum(axis=1)
+                ranking.attention_entropy, ranking.attention_null = attention_spread(ranked)
             out.append(ranking)
             start = end
         return out
@@ -259,3 +261,14 @@ def _because(history: np.ndarray, attended: np.ndarray, weights: np.ndarray, top
     summed = np.bincount(place_of, weights=weights[attended], minlength=len(products))
     best = np.lexsort((first, -summed))[:top]  # ties: the most recent purchase first
     return [(int(products[i]), float(summed[i])) for i in best]
+
+
+def attention_spread(weights: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(entropy in nats, null-slot weight) of each row of ``weights`` (N x L, the attention over
+    the history without its null slot). The rows sum to 1 less the null slot's weight: the
+    entropy is that of the weights renormalised over the history, comparable with log(L) of
+    uniform weights. A row with nothing attended has entropy 0."""
+    on_history = weights.sum(axis=1)
+    shares = weights / np.maximum(on_history, 1e-12)[:, None]
+    entropy = -(shares * np.log(np.clip(shares, 1e-12, 1.0))).sum(axis=1)
+    return entropy, np.clip(1.0 - on_history, 0.0, 1.0)
