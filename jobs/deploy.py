@@ -42,7 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: local only)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port")
     p.add_argument(
-        "--candidates", type=int, default=None, help="first-stage candidates re-ranked (default: the model's)"
+        "--candidates",
+        type=int,
+        default=None,
+        help="first-stage candidates re-ranked, at least the largest k a request may ask for (default: the model's)",
     )
     p.add_argument(
         "--default-at",
