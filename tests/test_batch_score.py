@@ -120,6 +120,7 @@ def test_bad_numbers_are_one_line_errors_before_anything_is_read(tmp_path, field
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
+@pytest.mark.faults
 def test_k_above_the_models_candidates_is_a_one_line_error_before_ray_starts(tmp_path):
     """Old code: passed the check, then every actor raised mid-run (a ranking holds at most
     ``candidates`` products)."""
