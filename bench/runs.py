@@ -31,7 +31,9 @@ def validated_run(data: str, output: str, seed: int, epochs: int, model: Dict, r
         train.main(args + ["--model", json.dumps(model), "--name", name])
     metrics = read_metrics(output)
     # metrics.json holds the figures of the evaluation code the run was trained with; the
-    # baselines beside them are computed with today's, so a reused model is evaluated again.
+    # baselines beside them are computed with today's, so a reused model is evaluated again
+    # (with its own directory's settings: one written before rows_trained_before existed keeps
+    # ranking ids first seen in its last label window with their own rows).
     test = evaluate_all(output, data, TEST, baselines=())[0] if reused else metrics["test"]
     return {
         **test,

@@ -78,7 +78,8 @@ def add_training_gpu_options(p: argparse.ArgumentParser) -> None:
         type=non_negative_float,
         default=0.0,
         help="seconds to wait for a GPU per worker, asked of the autoscaler (a cluster.yaml cluster "
-        "starts without GPU nodes); 0 counts the GPUs already up",
+        "starts without GPU nodes; the request replaces any other job's standing one); 0 counts the GPUs "
+        "already up",
     )
 
 
@@ -87,7 +88,7 @@ def training_on_gpu(args: argparse.Namespace, workers: int) -> bool:
     from ncf.device import gpus_within, resolve_gpu
 
     available = gpus_within(workers, args.gpu_wait) if args.gpu != "no" else 0
-    return resolve_gpu(args.gpu, available, workers=workers)
+    return resolve_gpu(args.gpu, available, workers=workers, waited_s=args.gpu_wait if args.gpu != "no" else 0)
 
 
 def non_negative_float(text: str) -> float:

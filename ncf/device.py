@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from typing import Callable
 
@@ -35,7 +37,10 @@ def gpus_within(workers: int, wait_s: float, log: Callable[[str], None] = print,
     An autoscaling cluster (``cluster.yaml``) starts with no GPU node, so counting at once would
     refuse ``--gpu yes`` and run ``auto`` on CPU. The autoscaler is asked for one GPU per worker
     and the count polled until they are up; the request is withdrawn before returning, so GPU
-    nodes left idle after the job scale down as usual. Ray must be initialised.
+    nodes left idle after the job scale down as usual, and also when the job is stopped while it
+    waits (``ray job stop`` sends SIGTERM, whose default handling skips ``finally``). The request
+    is the cluster's one standing request: it replaces another job's, and withdrawing it clears
+    that one too. Ray must be initialised.
     """
     available = cluster_gpus()
     if available >= workers or wait_s <= 0:
@@ -44,6 +49,7 @@ def gpus_within(workers: int, wait_s: float, log: Callable[[str], None] = print,
 
     log(f"[gpu] waiting up to {wait_s:g} s for {workers} GPUs (the cluster has {available}): asked the autoscaler")
     deadline = time.monotonic() + wait_s
+    previous = _exit_on_sigterm()
     request_resources(bundles=[{"GPU": 1}] * workers)
     try:
         while available < workers and time.monotonic() < deadline:
@@ -51,19 +57,30 @@ def gpus_within(workers: int, wait_s: float, log: Callable[[str], None] = print,
             available = cluster_gpus()
     finally:
         request_resources(bundles=[])
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     log(f"[gpu] the cluster has {available} GPUs")
     return available
 
 
-def resolve_gpu(setting: str, available: int, workers: int = 1) -> bool:
+def _exit_on_sigterm():
+    """SIGTERM raises SystemExit (so ``finally`` runs) until the returned handler is restored;
+    None where handlers cannot be set (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
+def resolve_gpu(setting: str, available: int, workers: int = 1, waited_s: float = 0.0) -> bool:
     """Whether ``workers`` (each holding one GPU at once: training's workers, a sweep trial's)
     run on GPUs: ``auto`` when the cluster's ``available`` GPUs are enough, else CPU (saying why
     when there are some); ``yes`` refused when they are not; ``no``.
 
     Raises:
         InputError: an unknown setting, or ``yes`` with fewer GPUs than workers (Ray Train would
-            wait for the missing ones forever).
+            wait for the missing ones forever); ``waited_s``: how long ``--gpu-wait`` waited.
     """
+    hint = f" (after waiting {waited_s:g} s for them)" if waited_s > 0 else _ON_AUTOSCALING
     if setting not in GPU_SETTINGS:
         raise InputError(f"--gpu must be one of {', '.join(GPU_SETTINGS)}, not {setting!r}")
     if setting == "no":
@@ -72,10 +89,10 @@ def resolve_gpu(setting: str, available: int, workers: int = 1) -> bool:
         return True
     if setting == "yes":
         if available == 0:
-            raise InputError(f"--gpu yes: the Ray cluster has no GPU{_ON_AUTOSCALING}")
+            raise InputError(f"--gpu yes: the Ray cluster has no GPU{hint}")
         raise InputError(
             f"--gpu yes: {workers} workers need a GPU each and the Ray cluster has {available}; "
-            f"use --workers {available} or fewer, or --gpu no{_ON_AUTOSCALING}"
+            f"use --workers {available} or fewer, or --gpu no{hint}"
         )
     if available > 0:
         print(

@@ -20,7 +20,7 @@ def test_ranking_inputs_equal_the_training_lists(small_data, small_model_dir):
     assert lists, "the small data has training lists at its latest validated cutoff"
     handle = ModelDir(small_model_dir)
     state = RankingState.load(data).as_of(cutoff)  # the products as known at the list's cutoff
-    rows = EmbeddingRows.between(handle.table_vocabularies(), state.vocabs, handle.trained_through)
+    rows = EmbeddingRows.between(handle.table_vocabularies(), state.vocabs, handle.rows_trained_before)
     ranker = Ranker(handle.load_model(), state, rows)
     length = handle.load_model().config.history_length
     for row in lists:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -83,6 +84,7 @@ def test_train_with_more_workers_than_the_clusters_gpus_ends_in_one_line(tmp_pat
 def test_gpu_wait_asks_the_autoscaler_and_withdraws_the_request(ray_session):
     # A cluster.yaml cluster starts with no GPU node: counting at once refused --gpu yes there.
     from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
     from ray.experimental.internal_kv import _internal_kv_get
 
     lines = []
@@ -93,9 +95,41 @@ def test_gpu_wait_asks_the_autoscaler_and_withdraws_the_request(ray_session):
         "[gpu] waiting up to 0.5 s for 2 GPUs (the cluster has 0): asked the autoscaler",
         "[gpu] the cluster has 0 GPUs",
     ]
-    # Withdrawn: a standing request would keep idle GPU nodes up after the job.
-    assert json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)) == []
+    # Withdrawn: a standing request would keep idle GPU nodes up after the job. (Autoscaler v2
+    # takes requests over GCS RPC, not this channel.)
+    if not is_autoscaler_v2():
+        assert json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)) == []
     assert gpus_within(2, wait_s=0, log=lines.append) == 0 and len(lines) == 2
+
+
+# gpus_within in a process of its own, with the cluster's GPU count and the autoscaler's request
+# recorded instead of reached: what is tested is the process's signal handling.
+WAITING_FOR_GPUS = """
+import sys
+import ray.autoscaler.sdk
+from ncf import device
+device.cluster_gpus = lambda: 0
+ray.autoscaler.sdk.request_resources = lambda bundles: print("request", len(bundles), flush=True)
+device.gpus_within(2, wait_s=60, poll_s=0.2)
+"""
+
+
+@pytest.mark.faults
+def test_a_job_stopped_while_waiting_for_gpus_withdraws_its_request():
+    # `ray job stop` sends SIGTERM, whose default handling skipped the finally that withdraws it:
+    # the autoscaler kept the GPU nodes up.
+    waiting = subprocess.Popen(
+        [sys.executable, "-c", WAITING_FOR_GPUS], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert waiting.stdout.readline().startswith("[gpu] waiting up to 60 s for 2 GPUs")
+        assert waiting.stdout.readline().strip() == "request 2"
+        waiting.send_signal(signal.SIGTERM)
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    assert out.strip().splitlines() == ["request 0"], (out, err)
+    assert waiting.returncode == 128 + signal.SIGTERM, err
 
 
 def _one_line_exit(argv, monkeypatch, capsys) -> str:
@@ -147,6 +181,28 @@ def test_counts_that_mean_nothing_are_refused_by_the_parser(option, value, messa
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"python -m jobs.train: error: argument {option}: {message}"
+    )
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--trials", "0", "must be 1 or more, not 0"),
+        ("--workers", "0", "must be 1 or more, not 0"),
+        ("--concurrent", "-1", "must be 0 or more, not -1"),
+        ("--gpu-wait", "-1", "must be 0 or more, not -1"),
+        ("--gpu-wait", "nan", "must be 0 or more, not nan"),
+    ],
+)
+def test_a_sweeps_counts_that_mean_nothing_are_refused_by_the_parser(option, value, message, capsys):
+    from jobs import tune_sweep
+
+    with pytest.raises(SystemExit) as exit_info:
+        tune_sweep.parse_args(["--data", "d", "--output", "o", option, value])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"python -m jobs.tune_sweep: error: argument {option}: {message}"
     )
 
 
