@@ -1,6 +1,10 @@
 """Ray Data preprocessing: purchase logs -> validated state, vocabularies and training lists.
 
-Steps (each a Ray Data stage, so the pipeline runs unchanged on a multi-node cluster):
+Steps (Ray Data stages, so reading, validation and list building spread over a multi-node
+cluster; the state (step 4) and the product statistics of each cutoff are built on the driver
+from every kept purchase, which bounds a run by the driver's memory: about 24 bytes per purchase
+for the arrays, more while pandas holds them, so a 1B-purchase log needs a driver of well over
+24 GB):
 
 1. read the logs (Parquet or CSV) and validate every row (:mod:`ncf.data.ingest`); bad rows,
    and rows far after the bulk of the data, go to the quarantine with a ``reason`` and their
