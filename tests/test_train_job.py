@@ -3,6 +3,7 @@ training lists hold, and numbers that mean something; each refused in one line, 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -160,49 +161,31 @@ def test_a_longer_history_than_the_lists_hold_is_refused_before_ray_starts(tmp_p
 
 @pytest.mark.faults
 @pytest.mark.parametrize(
-    "option, value, message",
+    "job, option, value, message",
     [
-        ("--workers", "0", "must be 1 or more, not 0"),  # divided by zero sharing the CPUs
-        ("--workers", "-2", "must be 1 or more, not -2"),
-        ("--epochs", "0", "must be 1 or more, not 0"),  # no epoch, so no checkpoint to export
-        ("--patience", "0", "must be 1 or more, not 0"),
-        ("--batch-size", "0", "must be 1 or more, not 0"),
-        ("--val-users", "-5", "must be 0 or more, not -5"),
-        ("--max-steps-per-epoch", "-1", "must be 0 or more, not -1"),
-        ("--seed", "-1", "must be 0 or more, not -1"),  # Ray Data's block order takes no negative seed
-        ("--workers", "two", "'two' is not a whole number"),
+        ("train", "--workers", "0", "must be 1 or more, not 0"),  # divided by zero sharing the CPUs
+        ("train", "--workers", "-2", "must be 1 or more, not -2"),
+        ("train", "--epochs", "0", "must be 1 or more, not 0"),  # no epoch, so no checkpoint to export
+        ("train", "--patience", "0", "must be 1 or more, not 0"),
+        ("train", "--batch-size", "0", "must be 1 or more, not 0"),
+        ("train", "--val-users", "-5", "must be 0 or more, not -5"),
+        ("train", "--max-steps-per-epoch", "-1", "must be 0 or more, not -1"),
+        ("train", "--seed", "-1", "must be 0 or more, not -1"),  # Ray Data's block order takes no negative seed
+        ("train", "--workers", "two", "'two' is not a whole number"),
+        ("tune_sweep", "--trials", "0", "must be 1 or more, not 0"),
+        ("tune_sweep", "--workers", "0", "must be 1 or more, not 0"),
+        ("tune_sweep", "--concurrent", "-1", "must be 0 or more, not -1"),
+        ("tune_sweep", "--gpu-wait", "-1", "must be 0 or more, not -1"),
+        ("tune_sweep", "--gpu-wait", "nan", "must be 0 or more, not nan"),
     ],
 )
-def test_counts_that_mean_nothing_are_refused_by_the_parser(option, value, message, capsys):
-    from jobs import train
-
+def test_counts_that_mean_nothing_are_refused_by_the_parser(job, option, value, message, capsys):
+    module = importlib.import_module(f"jobs.{job}")
     with pytest.raises(SystemExit) as exit_info:
-        train.parse_args(["--data", "d", "--output", "o", option, value])
+        module.parse_args(["--data", "d", "--output", "o", option, value])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"python -m jobs.train: error: argument {option}: {message}"
-    )
-
-
-@pytest.mark.faults
-@pytest.mark.parametrize(
-    "option, value, message",
-    [
-        ("--trials", "0", "must be 1 or more, not 0"),
-        ("--workers", "0", "must be 1 or more, not 0"),
-        ("--concurrent", "-1", "must be 0 or more, not -1"),
-        ("--gpu-wait", "-1", "must be 0 or more, not -1"),
-        ("--gpu-wait", "nan", "must be 0 or more, not nan"),
-    ],
-)
-def test_a_sweeps_counts_that_mean_nothing_are_refused_by_the_parser(option, value, message, capsys):
-    from jobs import tune_sweep
-
-    with pytest.raises(SystemExit) as exit_info:
-        tune_sweep.parse_args(["--data", "d", "--output", "o", option, value])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"python -m jobs.tune_sweep: error: argument {option}: {message}"
+        f"python -m jobs.{job}: error: argument {option}: {message}"
     )
 
 
