@@ -307,7 +307,8 @@ def test_excluding_purchased_leaves_them_out_of_what_counts_as_relevant(small_mo
     assert len(period.users) + period.only_rebought == len(everything.users)
     rows = evaluate_all(small_model_dir, data, TEST, baselines=("popularity",), exclude_purchased=True)
     assert [r["users"] for r in rows] == [len(period.users)] * 2
-    assert [r["users_only_rebought"] for r in rows] == [period.only_rebought] * 2
+    assert [r["period_users_only_rebought"] for r in rows] == [period.only_rebought] * 2
+    assert [r["period_users"] for r in rows] == [len(period.users)] * 2
     assert all(r["repeat_share@10"] == 0.0 for r in rows)
 
 

@@ -242,7 +242,9 @@ def evaluate(
     metrics = full_ranking(rank, period, users, states, rank_many)
     row = {"model": name, "split": period.name, "users": int(len(users)), **metrics}
     if period.only_rebought is not None:
-        row["users_only_rebought"] = period.only_rebought
+        # The whole period's count, beside "users" (the households ranked, a sample with max_users).
+        row["period_users"] = int(len(period.users))
+        row["period_users_only_rebought"] = period.only_rebought
     if score is not None and states is not None:
         row.update(sampled_ranking(score, period, users, states, num_products, catalog=catalog))
     row["seconds"] = round(time.time() - started, 1)
