@@ -87,8 +87,9 @@ def training_on_gpu(args: argparse.Namespace, workers: int) -> bool:
     """Whether the workers train on GPUs, from ``--gpu`` and ``--gpu-wait`` (Ray initialised)."""
     from ncf.device import gpus_within, resolve_gpu
 
-    available = gpus_within(workers, args.gpu_wait) if args.gpu != "no" else 0
-    return resolve_gpu(args.gpu, available, workers=workers, waited_s=args.gpu_wait if args.gpu != "no" else 0)
+    if args.gpu == "no":
+        return False
+    return resolve_gpu(args.gpu, gpus_within(workers, args.gpu_wait), workers=workers, waited_s=args.gpu_wait)
 
 
 def non_negative_float(text: str) -> float:
