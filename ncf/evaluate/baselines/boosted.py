@@ -40,10 +40,10 @@ LIGHTGBM = {
 }
 
 
-def training_rows(data: str, cutoffs: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(features N x F, labels N) of the unsampled candidates (own and popular products:
-    ``log_q`` 0) of the lists at ``cutoffs``."""
-    columns = [E.FEATURES, E.LABEL, E.LOG_Q]
+def training_lists(data: str, cutoffs: Sequence[int]) -> Dict[str, np.ndarray]:
+    """Every candidate of the lists at ``cutoffs``, one row each: ``features`` (N x F),
+    ``label``, ``log_q`` (0 for the own and popular products), ``user`` and ``product``."""
+    columns = [E.USER, E.PRODUCT, E.FEATURES, E.LABEL, E.LOG_Q]
     table = pa.concat_tables(
         pads.dataset(layout.examples_dir(data, c), format="parquet").to_table(columns=columns) for c in cutoffs
     )
@@ -51,11 +51,54 @@ def training_rows(data: str, cutoffs: Sequence[int]) -> tuple[np.ndarray, np.nda
     def flat(name: str, dtype) -> np.ndarray:
         return pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False).astype(dtype)
 
-    unsampled = flat(E.LOG_Q, np.float64) == 0.0
-    return flat(E.FEATURES, np.float32).reshape(-1, NUM_FEATURES)[unsampled], flat(E.LABEL, np.float32)[unsampled]
+    lengths = pc.list_value_length(table.column(E.PRODUCT)).to_numpy(zero_copy_only=False)
+    return {
+        "features": flat(E.FEATURES, np.float32).reshape(-1, NUM_FEATURES),
+        "label": flat(E.LABEL, np.float32),
+        "log_q": flat(E.LOG_Q, np.float32),
+        "user": np.repeat(table.column(E.USER).to_numpy(), lengths).astype(np.int64),
+        "product": flat(E.PRODUCT, np.int64),
+    }
 
 
-class BoostedRanker:
+def training_rows(data: str, cutoffs: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(features N x F, labels N) of the unsampled candidates (own and popular products:
+    ``log_q`` 0) of the lists at ``cutoffs``."""
+    lists = training_lists(data, cutoffs)
+    unsampled = lists["log_q"] == 0.0
+    return lists["features"][unsampled], lists["label"][unsampled]
+
+
+class OwnAndPopular:
+    """Ranks a household's own products and the popular ones (the first stage of the boosted
+    ranker) by :meth:`score` of their :func:`ncf.data.features.candidate_features`, the model's
+    feature function. Subclasses say how to score."""
+
+    def __init__(self, context: PointInTime) -> None:
+        self.context = context
+        self.state = RankingState.load(context.data).as_of(context.start)
+        settings = RankingSettings()
+        self._own, self._popular = (
+            settings.own_candidates,
+            self.state.stats.popularity_order[: settings.popular_candidates],
+        )
+
+    def score(self, user: int, candidates: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """C scores (higher is better) of ``candidates`` (C) with their C x F features."""
+        raise NotImplementedError
+
+    def rank(self, user: int, at: int, depth: int) -> np.ndarray:
+        """The ``depth`` best of the household's own products and the popular ones."""
+        self.context.check(at)
+        timeline = self.state.states.timeline(user)
+        own = timeline.aggregates(at, HALF_LIVES).most_bought(self._own)
+        candidates = np.unique(np.concatenate([own, self._popular]).astype(np.int64))
+        candidates = candidates[self.context.catalog[candidates]]
+        features = candidate_features(timeline, candidates, at, self.state.catalog, self.state.stats)
+        return candidates[np.argsort(-self.score(user, candidates, features), kind="stable")][:depth]
+
+
+class BoostedRanker(OwnAndPopular):
     """LightGBM over the training lists of ``context.data``'s validated run, ranking the
     households of the period ``context`` starts."""
 
@@ -67,23 +110,10 @@ class BoostedRanker:
         if context.data is None:
             raise ValueError("the boosted ranker trains on DATA's lists: build its PointInTime with data=DATA")
         self.params: Dict = {"num_leaves": num_leaves, "rounds": rounds, "seed": seed}
-        self.context = context
         x, y = training_rows(context.data, layout.DataStats(context.data).cutoffs(VALIDATED))
         train = lgb.Dataset(x, y, feature_name=list(FEATURES), free_raw_data=True)
         self.booster = lgb.train({**LIGHTGBM, "num_leaves": num_leaves, "seed": seed}, train, num_boost_round=rounds)
-        self.state = RankingState.load(context.data).as_of(context.start)
-        settings = RankingSettings()
-        self._own, self._popular = (
-            settings.own_candidates,
-            self.state.stats.popularity_order[: settings.popular_candidates],
-        )
+        super().__init__(context)
 
-    def rank(self, user: int, at: int, depth: int) -> np.ndarray:
-        """The ``depth`` best of the household's own products and the popular ones."""
-        self.context.check(at)
-        timeline = self.state.states.timeline(user)
-        own = timeline.aggregates(at, HALF_LIVES).most_bought(self._own)
-        candidates = np.unique(np.concatenate([own, self._popular]).astype(np.int64))
-        candidates = candidates[self.context.catalog[candidates]]
-        features = candidate_features(timeline, candidates, at, self.state.catalog, self.state.stats)
-        return candidates[np.argsort(-self.booster.predict(features), kind="stable")][:depth]
+    def score(self, user: int, candidates: np.ndarray, features: np.ndarray) -> np.ndarray:
+        return self.booster.predict(features)

@@ -1,0 +1,151 @@
+"""A plain MLP on the boosted ranker's rows and features: is the model's gap to LightGBM the
+neural network's, or the model's?
+
+python -m bench.feature_mlp --data DATA [--seeds 3] [--epochs 3] [--rows unsampled|all]
+    [--ids none|user|product|both] [--hidden 128,64]
+
+Trains, per seed, an MLP of the same shape as AdvancedNCF's (Linear, ReLU, BatchNorm1d, Dropout
+0.1; hidden 128-64) on the candidate features of DATA's validated training lists (all
+:data:`ncf.data.features.FEATURES`, standardised), with or without 32-wide household and product
+id embeddings. ``--rows unsampled``: only the own and popular candidates, plain BCE (the boosted
+ranker's rows); ``--rows all``: every candidate, with the logQ correction (the model's rows).
+After each epoch it ranks the validation and the test weeks exactly as the boosted ranker does
+(:class:`ncf.evaluate.baselines.boosted.OwnAndPopular`), through the evaluation's own
+:func:`ncf.evaluate.protocol.evaluate`, and prints one JSON line. The test figures are read,
+never used to choose anything: the epoch to report is the one with the best validation NDCG@10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Dict, List
+
+import numpy as np
+import torch
+from torch import nn
+
+from ncf.data import layout
+from ncf.evaluate.baselines.boosted import OwnAndPopular, training_lists
+from ncf.evaluate.evaluation import point_in_time_period
+from ncf.evaluate.protocol import evaluate, period_start
+from ncf.rank.state import RankingState
+from ncf.splits import TEST, VAL, VALIDATED
+
+ID_DIM = 32
+STEP_ROWS = 2048
+LEARNING_RATE = 1e-3
+
+
+class FeatureMLP(nn.Module):
+    """N x F standardised features (and N household, N product ids) -> N logits."""
+
+    def __init__(
+        self, num_features: int, hidden: List[int], ids: str, num_users: int, num_products: int, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.ids = ids
+        self.users = nn.Embedding(num_users, ID_DIM) if ids in ("user", "both") else None
+        self.products = nn.Embedding(num_products, ID_DIM) if ids in ("product", "both") else None
+        for table in (self.users, self.products):
+            if table is not None:
+                nn.init.normal_(table.weight, std=0.01)
+        width = num_features + ID_DIM * ((self.users is not None) + (self.products is not None))
+        layers: List[nn.Module] = []
+        for out in hidden:
+            layers += [nn.Linear(width, out), nn.ReLU(), nn.BatchNorm1d(out), nn.Dropout(dropout)]
+            width = out
+        self.layers = nn.Sequential(*layers, nn.Linear(width, 1))
+
+    def forward(self, features: torch.Tensor, user: torch.Tensor, product: torch.Tensor) -> torch.Tensor:
+        parts = [features]
+        if self.users is not None:
+            parts.append(self.users(user))
+        if self.products is not None:
+            parts.append(self.products(product))
+        return self.layers(torch.cat(parts, 1)).squeeze(1)
+
+
+class FeatureMLPRanker(OwnAndPopular):
+    """The boosted ranker's candidates, scored by a trained :class:`FeatureMLP`."""
+
+    name = "feature_mlp"
+
+    def __init__(self, context, net: FeatureMLP, mean: np.ndarray, std: np.ndarray) -> None:
+        super().__init__(context)
+        self.net, self.mean, self.std, self.params = net, mean, std, {}
+
+    def score(self, user: int, candidates: np.ndarray, features: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(((features - self.mean) / self.std).astype(np.float32))
+        with torch.no_grad():
+            return self.net(x, torch.full((len(candidates),), user), torch.from_numpy(candidates)).numpy()
+
+
+def train_epoch(net: FeatureMLP, optimizer, rows: Dict[str, torch.Tensor], generator: torch.Generator) -> float:
+    """One shuffled pass in steps of STEP_ROWS rows; returns the mean loss."""
+    net.train()
+    order = torch.randperm(len(rows["label"]), generator=generator)
+    total = 0.0
+    for start in range(0, len(order), STEP_ROWS):
+        b = order[start : start + STEP_ROWS]
+        logits = net(rows["features"][b], rows["user"][b], rows["product"][b])
+        loss = nn.functional.binary_cross_entropy_with_logits(logits - rows["log_q"][b], rows["label"][b])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(b)
+    return total / len(order)
+
+
+def main(argv=None) -> List[Dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="output of jobs.preprocess")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--rows", choices=("unsampled", "all"), default="unsampled")
+    p.add_argument("--ids", choices=("none", "user", "product", "both"), default="none")
+    p.add_argument("--hidden", default="128,64", help="hidden widths, comma-separated")
+    args = p.parse_args(argv)
+    hidden = [int(h) for h in args.hidden.split(",")]
+    torch.set_num_threads(2)
+
+    stats = layout.DataStats(args.data)
+    lists = training_lists(args.data, stats.cutoffs(VALIDATED))
+    if args.rows == "unsampled":
+        keep = lists["log_q"] == 0.0
+        lists = {k: v[keep] for k, v in lists.items()}
+    mean, std = lists["features"].mean(0), lists["features"].std(0) + 1e-6
+    rows = {k: torch.from_numpy(v) for k, v in lists.items()}
+    rows["features"] = torch.from_numpy((lists["features"] - mean) / std)
+    print(f"[feature_mlp] {len(lists['label']):,} rows ({args.rows}), ids {args.ids}, hidden {hidden}", flush=True)
+
+    periods = {}
+    for split in (VAL, TEST):
+        state = RankingState.load(args.data).as_of(period_start(split, stats.boundaries))
+        periods[split] = point_in_time_period(state, split, stats.boundaries, args.data)
+    sizes = stats.raw["vocab_sizes"]
+    results = []
+    for seed in range(args.seeds):
+        torch.manual_seed(seed)
+        net = FeatureMLP(mean.shape[0], hidden, args.ids, sizes["num_users"], sizes["num_products"])
+        optimizer = torch.optim.Adam(net.parameters(), LEARNING_RATE)
+        generator = torch.Generator().manual_seed(seed)
+        for epoch in range(1, args.epochs + 1):
+            started = time.time()
+            loss = train_epoch(net, optimizer, rows, generator)
+            net.eval()
+            row = {"seed": seed, "epoch": epoch, "rows": args.rows, "ids": args.ids, "hidden": hidden}
+            row.update(loss=round(loss, 4), train_seconds=round(time.time() - started, 1))
+            for split, (context, period) in periods.items():
+                metrics = evaluate(
+                    "feature_mlp", FeatureMLPRanker(context, net, mean, std).rank, None, period, period.users
+                )
+                row.update({f"{split}_recall@10": metrics["recall@10"], f"{split}_ndcg@10": metrics["ndcg@10"]})
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    return results
+
+
+if __name__ == "__main__":
+    main()
