@@ -295,7 +295,9 @@ def test_excluding_purchased_products_leaves_them_out_of_the_relevant_sets_too()
     row = evaluate("never bought", lambda u, at, depth: np.array([3, 1]), None, period, period.users)
     assert row["recall@10"] == 1.0 and row["users"] == 2 and row["period_users_only_rebought"] == 1
     assert row["period_users"] == 2
-    assert "period_users_only_rebought" not in evaluate("all", lambda u, at, d: np.array([3]), None, everything, np.array([1]))
+    assert "period_users_only_rebought" not in evaluate(
+        "all", lambda u, at, d: np.array([3]), None, everything, np.array([1])
+    )
 
 
 def test_full_ranking_averages_the_split_over_users_who_have_each_kind():
