@@ -2,13 +2,15 @@
 neural network's, or the model's?
 
 python -m bench.feature_mlp --data DATA [--seeds 3] [--epochs 3] [--rows unsampled|all]
-    [--ids none|user|product|both] [--hidden 128,64]
+    [--ids none|user|product|both] [--table-optimizer adam|rowwise_adagrad] [--hidden 128,64]
 
 Trains, per seed, an MLP of the same shape as AdvancedNCF's (Linear, ReLU, BatchNorm1d, Dropout
 0.1; hidden 128-64) on the candidate features of DATA's validated training lists (all
 :data:`ncf.data.features.FEATURES`, standardised), with or without 32-wide household and product
 id embeddings. ``--rows unsampled``: only the own and popular candidates, plain BCE (the boosted
 ranker's rows); ``--rows all``: every candidate, with the logQ correction (the model's rows).
+The id tables train with Adam like the rest, or (``--table-optimizer rowwise_adagrad``) as the
+model's do: TorchRec's row-wise Adagrad at ``TABLE_LEARNING_RATE_SCALE`` times the dense rate.
 After each epoch it ranks the validation and the test weeks exactly as the boosted ranker does
 (:class:`ncf.evaluate.baselines.boosted.OwnAndPopular`), through the evaluation's own
 :func:`ncf.evaluate.protocol.evaluate`, and prints one JSON line. The test figures are read,
@@ -32,6 +34,7 @@ from ncf.evaluate.evaluation import point_in_time_period
 from ncf.evaluate.protocol import evaluate, period_start
 from ncf.rank.state import RankingState
 from ncf.splits import TEST, VAL, VALIDATED
+from ncf.train.sharding import TABLE_LEARNING_RATE_SCALE
 
 ID_DIM = 32
 STEP_ROWS = 2048
@@ -42,10 +45,20 @@ class FeatureMLP(nn.Module):
     """N x F standardised features (and N household, N product ids) -> N logits."""
 
     def __init__(
-        self, num_features: int, hidden: List[int], ids: str, num_users: int, num_products: int, dropout: float = 0.1
+        self,
+        num_features: int,
+        hidden: List[int],
+        ids: str,
+        num_users: int,
+        product_rows: np.ndarray,
+        dropout: float = 0.1,
     ) -> None:
+        """``product_rows``: the table row of each product index (0, the unknown row, for those
+        left out)."""
         super().__init__()
         self.ids = ids
+        num_products = len(product_rows)
+        self.register_buffer("product_rows", torch.as_tensor(product_rows, dtype=torch.int64), persistent=False)
         self.users = nn.Embedding(num_users, ID_DIM) if ids in ("user", "both") else None
         self.products = nn.Embedding(num_products, ID_DIM) if ids in ("product", "both") else None
         for table in (self.users, self.products):
@@ -63,7 +76,7 @@ class FeatureMLP(nn.Module):
         if self.users is not None:
             parts.append(self.users(user))
         if self.products is not None:
-            parts.append(self.products(product))
+            parts.append(self.products(self.product_rows[product]))
         return self.layers(torch.cat(parts, 1)).squeeze(1)
 
 
@@ -82,7 +95,23 @@ class FeatureMLPRanker(OwnAndPopular):
             return self.net(x, torch.full((len(candidates),), user), torch.from_numpy(candidates)).numpy()
 
 
-def train_epoch(net: FeatureMLP, optimizer, rows: Dict[str, torch.Tensor], generator: torch.Generator) -> float:
+def optimizers(net: FeatureMLP, table_optimizer: str) -> List[torch.optim.Optimizer]:
+    """Adam for everything, or Adam for the layers and row-wise Adagrad for the id tables."""
+    tables = [p for n, p in net.named_parameters() if n.startswith(("users.", "products."))]
+    if table_optimizer == "adam" or not tables:
+        return [torch.optim.Adam(net.parameters(), LEARNING_RATE)]
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    dense = [p for n, p in net.named_parameters() if not n.startswith(("users.", "products."))]
+    return [
+        torch.optim.Adam(dense, LEARNING_RATE),
+        RowWiseAdagrad(tables, lr=LEARNING_RATE * TABLE_LEARNING_RATE_SCALE),
+    ]
+
+
+def train_epoch(
+    net: FeatureMLP, steppers: List[torch.optim.Optimizer], rows: Dict[str, torch.Tensor], generator: torch.Generator
+) -> float:
     """One shuffled pass in steps of STEP_ROWS rows; returns the mean loss."""
     net.train()
     order = torch.randperm(len(rows["label"]), generator=generator)
@@ -91,9 +120,11 @@ def train_epoch(net: FeatureMLP, optimizer, rows: Dict[str, torch.Tensor], gener
         b = order[start : start + STEP_ROWS]
         logits = net(rows["features"][b], rows["user"][b], rows["product"][b])
         loss = nn.functional.binary_cross_entropy_with_logits(logits - rows["log_q"][b], rows["label"][b])
-        optimizer.zero_grad()
+        for optimizer in steppers:
+            optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
+        for optimizer in steppers:
+            optimizer.step()
         total += float(loss.detach()) * len(b)
     return total / len(order)
 
@@ -105,6 +136,10 @@ def main(argv=None) -> List[Dict]:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--rows", choices=("unsampled", "all"), default="unsampled")
     p.add_argument("--ids", choices=("none", "user", "product", "both"), default="none")
+    p.add_argument("--table-optimizer", choices=("adam", "rowwise_adagrad"), default="adam")
+    p.add_argument(
+        "--min-product-rows", type=int, default=0, help="products in fewer training rows share the unknown row"
+    )
     p.add_argument("--hidden", default="128,64", help="hidden widths, comma-separated")
     args = p.parse_args(argv)
     hidden = [int(h) for h in args.hidden.split(",")]
@@ -125,17 +160,20 @@ def main(argv=None) -> List[Dict]:
         state = RankingState.load(args.data).as_of(period_start(split, stats.boundaries))
         periods[split] = point_in_time_period(state, split, stats.boundaries, args.data)
     sizes = stats.raw["vocab_sizes"]
+    counts = np.bincount(lists["product"], minlength=sizes["num_products"])
+    product_rows = np.where(counts >= args.min_product_rows, np.arange(sizes["num_products"]), 0)
     results = []
     for seed in range(args.seeds):
         torch.manual_seed(seed)
-        net = FeatureMLP(mean.shape[0], hidden, args.ids, sizes["num_users"], sizes["num_products"])
-        optimizer = torch.optim.Adam(net.parameters(), LEARNING_RATE)
+        net = FeatureMLP(mean.shape[0], hidden, args.ids, sizes["num_users"], product_rows)
+        steppers = optimizers(net, args.table_optimizer)
         generator = torch.Generator().manual_seed(seed)
         for epoch in range(1, args.epochs + 1):
             started = time.time()
-            loss = train_epoch(net, optimizer, rows, generator)
+            loss = train_epoch(net, steppers, rows, generator)
             net.eval()
             row = {"seed": seed, "epoch": epoch, "rows": args.rows, "ids": args.ids, "hidden": hidden}
+            row.update(table_optimizer=args.table_optimizer, min_product_rows=args.min_product_rows)
             row.update(loss=round(loss, 4), train_seconds=round(time.time() - started, 1))
             for split, (context, period) in periods.items():
                 metrics = evaluate(
