@@ -4,19 +4,23 @@ import dataclasses
 import json
 
 import numpy as np
+import pyarrow.dataset as pads
 import pytest
 import torch
 from helpers import BASELINES_WITHOUT_ALS
 
+from bench import feature_mlp
+from ncf.data import layout
 from ncf.data.features import CATEGORY_HALF_LIVES, HALF_LIVES
 from ncf.evaluate.baselines import OwnFrequencyRanker, PointInTime, PopularityRanker, top_k
+from ncf.evaluate.baselines.boosted import training_lists, training_rows
 from ncf.evaluate.evaluation import evaluate_all, point_in_time_period
 from ncf.evaluate.metrics import ranking_metrics
 from ncf.model import ann
 from ncf.rank.candidates import CATEGORY_SPREAD, CandidateGenerator, RankingSettings
 from ncf.rank.ranker import Ranker, attention_spread
 from ncf.rank.recommender import Recommender
-from ncf.splits import TEST
+from ncf.splits import TEST, VALIDATED
 
 
 def test_ranking_metrics_by_hand():
@@ -326,3 +330,28 @@ def test_periods_hold_only_what_was_known_at_their_start(recommender, small_data
     users = period.users[:10]
     for ranking in ranker.rank(users, [period.first_visit[int(u)] for u in users], k=50):
         assert context.catalog[ranking.products].all()
+
+
+def test_the_feature_mlp_bench_trains_on_the_boosted_rankers_rows_and_ranks_its_candidates(small_data):
+    data, _ = small_data
+    cutoffs = layout.DataStats(data).cutoffs(VALIDATED)
+    lists = training_lists(data, cutoffs)
+    features, labels = training_rows(data, cutoffs)
+    unsampled = lists["log_q"] == 0.0
+    assert 0 < len(labels) == unsampled.sum() < len(lists["label"])
+    assert np.array_equal(features, lists["features"][unsampled]) and np.array_equal(labels, lists["label"][unsampled])
+    # Each row carries its own list's household: the first list, read on its own, comes first.
+    first = pads.dataset(layout.examples_dir(data, cutoffs[0]), format="parquet").head(1).to_pylist()[0]
+    n = len(first["product"])
+    assert lists["product"][:n].tolist() == first["product"] and set(lists["user"][:n]) == {first["user"]}
+
+    rows = feature_mlp.main(
+        ["--data", data, "--seeds", "1", "--epochs", "1", "--ids", "both", "--min-product-rows", "3"]
+    )
+    assert len(rows) == 1 and rows[0]["ids"] == "both" and rows[0]["min_product_rows"] == 3
+    for key in ("val_recall@10", "val_ndcg@10", "test_recall@10", "test_ndcg@10"):
+        assert 0.0 < rows[0][key] <= 1.0
+
+    counts = np.array([5, 0, 2, 3])
+    net = feature_mlp.FeatureMLP(4, [8], "product", 3, np.where(counts >= 3, np.arange(4), 0))
+    assert net.product_rows.tolist() == [0, 0, 0, 3]  # products in fewer than 3 rows share row 0
