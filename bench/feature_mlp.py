@@ -2,7 +2,8 @@
 neural network's, or the model's?
 
 python -m bench.feature_mlp --data DATA [--seeds 3] [--epochs 3] [--rows unsampled|all]
-    [--ids none|user|product|both] [--table-optimizer adam|rowwise_adagrad] [--hidden 128,64]
+    [--ids none|user|product|both] [--table-optimizer adam|rowwise_adagrad]
+    [--min-product-rows N] [--hidden 128,64]
 
 Trains, per seed, an MLP of the same shape as AdvancedNCF's (Linear, ReLU, BatchNorm1d, Dropout
 0.1; hidden 128-64) on the candidate features of DATA's validated training lists (all
@@ -13,8 +14,10 @@ The id tables train with Adam like the rest, or (``--table-optimizer rowwise_ada
 model's do: TorchRec's row-wise Adagrad at ``TABLE_LEARNING_RATE_SCALE`` times the dense rate.
 After each epoch it ranks the validation and the test weeks exactly as the boosted ranker does
 (:class:`ncf.evaluate.baselines.boosted.OwnAndPopular`), through the evaluation's own
-:func:`ncf.evaluate.protocol.evaluate`, and prints one JSON line. The test figures are read,
-never used to choose anything: the epoch to report is the one with the best validation NDCG@10.
+:func:`ncf.evaluate.protocol.full_ranking`, and prints one JSON line per epoch. The test figures
+are read, never used to choose anything: each seed's reported epoch (``"chosen": true``) is the
+one with the best validation NDCG@10 (unrounded; the earliest on a tie), and a last line
+(``"summary": true``) gives the chosen epochs' test figures, mean and sd over the seeds.
 """
 
 from __future__ import annotations
@@ -31,13 +34,14 @@ from torch import nn
 from ncf.data import layout
 from ncf.evaluate.baselines.boosted import OwnAndPopular, training_lists
 from ncf.evaluate.evaluation import point_in_time_period
-from ncf.evaluate.protocol import evaluate, period_start
+from ncf.evaluate.protocol import full_ranking, period_start
 from ncf.rank.state import RankingState
 from ncf.splits import TEST, VAL, VALIDATED
 from ncf.train.sharding import TABLE_LEARNING_RATE_SCALE
 
 ID_DIM = 32
 STEP_ROWS = 2048
+SETTINGS = ("rows", "ids", "table_optimizer", "min_product_rows", "hidden")
 LEARNING_RATE = 1e-3
 
 
@@ -109,6 +113,25 @@ def optimizers(net: FeatureMLP, table_optimizer: str) -> List[torch.optim.Optimi
     ]
 
 
+def product_rows(products: np.ndarray, num_products: int, min_rows: int) -> np.ndarray:
+    """The table row of each product index: its own, or 0 (the unknown row) when it is in fewer
+    than ``min_rows`` of the training rows ``products``."""
+    counts = np.bincount(products, minlength=num_products)
+    return np.where(counts >= min_rows, np.arange(num_products), 0)
+
+
+def summary(rows: List[Dict]) -> Dict:
+    """Mean and sd over the seeds of the chosen epochs' test figures."""
+    chosen = [r for r in rows if r["chosen"]]
+    out: Dict = {"summary": True, **{k: chosen[0][k] for k in SETTINGS}, "seeds": len(chosen)}
+    for key in ("test_recall@10", "test_ndcg@10"):
+        values = np.array([r[key] for r in chosen])
+        out[key] = round(float(values.mean()), 4)
+        out[f"{key}_sd"] = round(float(values.std(ddof=1)), 4) if len(values) > 1 else None
+        out[f"{key}_per_seed"] = values.tolist()
+    return out
+
+
 def train_epoch(
     net: FeatureMLP, steppers: List[torch.optim.Optimizer], rows: Dict[str, torch.Tensor], generator: torch.Generator
 ) -> float:
@@ -160,28 +183,37 @@ def main(argv=None) -> List[Dict]:
         state = RankingState.load(args.data).as_of(period_start(split, stats.boundaries))
         periods[split] = point_in_time_period(state, split, stats.boundaries, args.data)
     sizes = stats.raw["vocab_sizes"]
-    counts = np.bincount(lists["product"], minlength=sizes["num_products"])
-    product_rows = np.where(counts >= args.min_product_rows, np.arange(sizes["num_products"]), 0)
+    rows_of = product_rows(lists["product"], sizes["num_products"], args.min_product_rows)
+    settings = {"rows": args.rows, "ids": args.ids, "table_optimizer": args.table_optimizer}
+    settings.update(min_product_rows=args.min_product_rows, hidden=hidden)
     results = []
     for seed in range(args.seeds):
         torch.manual_seed(seed)
-        net = FeatureMLP(mean.shape[0], hidden, args.ids, sizes["num_users"], product_rows)
+        net = FeatureMLP(mean.shape[0], hidden, args.ids, sizes["num_users"], rows_of)
         steppers = optimizers(net, args.table_optimizer)
         generator = torch.Generator().manual_seed(seed)
+        seed_rows, val_ndcg = [], []
         for epoch in range(1, args.epochs + 1):
             started = time.time()
             loss = train_epoch(net, steppers, rows, generator)
             net.eval()
-            row = {"seed": seed, "epoch": epoch, "rows": args.rows, "ids": args.ids, "hidden": hidden}
-            row.update(table_optimizer=args.table_optimizer, min_product_rows=args.min_product_rows)
-            row.update(loss=round(loss, 4), train_seconds=round(time.time() - started, 1))
+            row = {"seed": seed, "epoch": epoch, **settings, "loss": round(loss, 4)}
+            row["train_seconds"] = round(time.time() - started, 1)
             for split, (context, period) in periods.items():
-                metrics = evaluate(
-                    "feature_mlp", FeatureMLPRanker(context, net, mean, std).rank, None, period, period.users
-                )
-                row.update({f"{split}_recall@10": metrics["recall@10"], f"{split}_ndcg@10": metrics["ndcg@10"]})
+                metrics = full_ranking(FeatureMLPRanker(context, net, mean, std).rank, period, period.users)
+                if split == VAL:
+                    val_ndcg.append(metrics["ndcg@10"])
+                row.update({f"{split}_{k}": round(metrics[k], 4) for k in ("recall@10", "ndcg@10")})
+            seed_rows.append(row)
+            print(
+                f"[feature_mlp] seed {seed} epoch {epoch}: loss {loss:.4f}, val NDCG@10 {val_ndcg[-1]:.4f}", flush=True
+            )
+        chosen = int(np.argmax(val_ndcg))  # the first of equal maxima
+        for epoch, row in enumerate(seed_rows):
+            row["chosen"] = epoch == chosen
             print(json.dumps(row), flush=True)
-            results.append(row)
+        results.extend(seed_rows)
+    print(json.dumps(summary(results)), flush=True)
     return results
 
 

@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 import torch
@@ -16,10 +17,12 @@ from ncf.evaluate.baselines import OwnFrequencyRanker, PointInTime, PopularityRa
 from ncf.evaluate.baselines.boosted import training_lists, training_rows
 from ncf.evaluate.evaluation import evaluate_all, point_in_time_period
 from ncf.evaluate.metrics import ranking_metrics
+from ncf.evaluate.protocol import period_start
 from ncf.model import ann
 from ncf.rank.candidates import CATEGORY_SPREAD, CandidateGenerator, RankingSettings
 from ncf.rank.ranker import Ranker, attention_spread
 from ncf.rank.recommender import Recommender
+from ncf.rank.state import RankingState
 from ncf.splits import TEST, VALIDATED
 
 
@@ -333,25 +336,53 @@ def test_periods_hold_only_what_was_known_at_their_start(recommender, small_data
 
 
 def test_the_feature_mlp_bench_trains_on_the_boosted_rankers_rows_and_ranks_its_candidates(small_data):
-    data, _ = small_data
+    data, stats = small_data
     cutoffs = layout.DataStats(data).cutoffs(VALIDATED)
     lists = training_lists(data, cutoffs)
     features, labels = training_rows(data, cutoffs)
-    unsampled = lists["log_q"] == 0.0
-    assert 0 < len(labels) == unsampled.sum() < len(lists["label"])
-    assert np.array_equal(features, lists["features"][unsampled]) and np.array_equal(labels, lists["label"][unsampled])
+    # The unsampled rows, read list by list on their own: the same labels, in the same order.
+    by_list = pa.concat_tables(
+        pads.dataset(layout.examples_dir(data, c), format="parquet").to_table(columns=["label", "log_q"])
+        for c in cutoffs
+    ).to_pylist()
+    expected = [y for row in by_list for y, q in zip(row["label"], row["log_q"]) if q == 0.0]
+    assert 0 < len(expected) < len(lists["label"]) and labels.tolist() == expected
+    assert features.shape == (len(expected), lists["features"].shape[1])
     # Each row carries its own list's household: the first list, read on its own, comes first.
     first = pads.dataset(layout.examples_dir(data, cutoffs[0]), format="parquet").head(1).to_pylist()[0]
     n = len(first["product"])
     assert lists["product"][:n].tolist() == first["product"] and set(lists["user"][:n]) == {first["user"]}
 
     rows = feature_mlp.main(
-        ["--data", data, "--seeds", "1", "--epochs", "1", "--ids", "both", "--min-product-rows", "3"]
+        ["--data", data, "--seeds", "1", "--epochs", "2", "--ids", "both", "--min-product-rows", "3"]
     )
-    assert len(rows) == 1 and rows[0]["ids"] == "both" and rows[0]["min_product_rows"] == 3
+    assert [r["epoch"] for r in rows] == [1, 2] and all(r["min_product_rows"] == 3 for r in rows)
+    chosen = [r for r in rows if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["val_ndcg@10"] == max(r["val_ndcg@10"] for r in rows)
     for key in ("val_recall@10", "val_ndcg@10", "test_recall@10", "test_ndcg@10"):
-        assert 0.0 < rows[0][key] <= 1.0
+        assert all(0.0 < r[key] <= 1.0 for r in rows)
 
-    counts = np.array([5, 0, 2, 3])
-    net = feature_mlp.FeatureMLP(4, [8], "product", 3, np.where(counts >= 3, np.arange(4), 0))
-    assert net.product_rows.tolist() == [0, 0, 0, 3]  # products in fewer than 3 rows share row 0
+    # It ranks the boosted ranker's candidates only: the household's own products and the popular ones.
+    state = RankingState.load(data)
+    context, period = point_in_time_period(
+        state.as_of(period_start(TEST, stats["boundaries"])), TEST, stats["boundaries"], data
+    )
+    net = feature_mlp.FeatureMLP(
+        len(features[0]),
+        [8],
+        "both",
+        layout.DataStats(data).raw["vocab_sizes"]["num_users"],
+        np.arange(state.num_products),
+    )
+    ranker = feature_mlp.FeatureMLPRanker(context, net.eval(), np.zeros(len(features[0])), np.ones(len(features[0])))
+    popular = set(ranker.state.stats.popularity_order[: RankingSettings().popular_candidates].tolist())
+    for user in period.users[:5].tolist():
+        at = period.first_visit[user]
+        own = set(state.states.timeline(user).products_before(at).tolist())
+        ranked = ranker.rank(user, at, 10)
+        assert 0 < len(ranked) <= 10 and set(ranked.tolist()) <= own | popular
+
+    # Products in fewer than 3 training rows share the unknown row 0.
+    products = np.array([0, 0, 0, 0, 0, 2, 2, 3, 3, 3])
+    assert feature_mlp.product_rows(products, 5, 3).tolist() == [0, 0, 0, 3, 0]
+    assert feature_mlp.product_rows(products, 5, 0).tolist() == [0, 1, 2, 3, 4]
