@@ -46,7 +46,13 @@ LEARNING_RATE = 1e-3
 
 
 class FeatureMLP(nn.Module):
-    """N x F standardised features (and N household, N product ids) -> N logits."""
+    """N x F standardised features (and N household, N product ids) -> N logits.
+
+    Example::
+
+        net = FeatureMLP(30, [128, 64], "both", num_users=100, product_rows=np.arange(500))
+        net(torch.randn(8, 30), torch.randint(100, (8,)), torch.randint(500, (8,)))  # 8
+    """
 
     def __init__(
         self,
