@@ -58,9 +58,13 @@ def test_ranking_loads_the_saved_index_and_agrees_with_exact_lists(indexed_model
 def test_a_directory_without_its_index_builds_one_and_says_so(indexed_model, capsys):
     os.remove(ann.index_path(indexed_model))
     recommender = Recommender.load(indexed_model)
-    assert recommender.ranker.mf_index is None and not recommender.ranker.candidates.mf.cached
+    assert recommender.ranker.mf_index is not None and not recommender.ranker.candidates.mf.cached
     assert "building it now" in capsys.readouterr().err
     assert recommender.recommend([recommender.vocabs.users.raw_of([1])[0]], k=3)[0]
+    # A recommender derived with other settings (Serve's --candidates) keeps the built index.
+    derived = recommender.with_settings(candidates=recommender.ranker.settings.candidates + 1)
+    assert derived.ranker.mf_index is recommender.ranker.mf_index
+    assert "building it now" not in capsys.readouterr().err
 
 
 def test_searches_keep_to_the_products_the_state_knows(indexed_model):

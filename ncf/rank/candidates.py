@@ -91,6 +91,11 @@ class MFFirstStage:
             self._product_of_row[rows.product[known]] = np.flatnonzero(known)
 
     @property
+    def index(self) -> Optional[ProductIndex]:
+        """The HNSW index searched (the directory's, or the one built here), None with exact lists."""
+        return None if self._top is not None else self._index
+
+    @property
     def cached(self) -> bool:
         """Whether households' lists are kept (the table of them fits ann.MF_CACHE_MAX_ENTRIES)."""
         return self._top is not None

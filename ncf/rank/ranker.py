@@ -89,7 +89,10 @@ class Ranker:
         self.settings = settings or RankingSettings()
         self.device = next(model.parameters()).device
         self.candidates = CandidateGenerator(model, state, rows, self.settings, mf_index)
-        self.mf_index = mf_index
+        # The index the first stage searches, also one it had to build: a ranker derived from this
+        # one (``Recommender.with_settings``) reuses it instead of building it again.
+        built = self.candidates.mf.index if self.candidates.mf is not None else None
+        self.mf_index = mf_index or built
         self._logits = model.logits
 
     def compile(self) -> None:
