@@ -21,7 +21,7 @@ from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.errors import InputError
 from ncf.jsonio import write_json
-from ncf.model.directory import CONFIG, METRICS, WEIGHTS, save_untrained_model_dir, update_metrics
+from ncf.model.directory import CONFIG, METRICS, TRAINED_USERS, WEIGHTS, save_untrained_model_dir, update_metrics
 from ncf.model.integrity import MANIFEST, ModelIntegrityError, verify_model_dir, write_manifest
 
 SMALL = {"mf_embedding_dim": 8, "mlp_embedding_dim": 8, "temporal_dim": 4, "mlp_hidden_dims": [8], "history_length": 4}
@@ -147,6 +147,19 @@ def test_weights_of_another_shape_are_refused(model, data, tmp_path):
     shutil.copy(os.path.join(other, WEIGHTS), os.path.join(model, WEIGHTS))
     write_manifest(model, unsealed=[METRICS])
     with pytest.raises(ModelIntegrityError, match=r"shapes do not fit config.json: .*mf.*\(7, 16\) != \(7, 8\)"):
+        verify_model_dir(model)
+
+
+def test_masks_of_trained_rows_that_do_not_fit_the_tables_are_refused(model):
+    # A trained directory has them; an untrained one does not, which is fine.
+    verify_model_dir(model)
+    np.save(os.path.join(model, TRAINED_USERS), np.ones(5, bool))  # the tables have 7 household rows
+    write_manifest(model, unsealed=[METRICS])
+    with pytest.raises(ModelIntegrityError, match=r"trained_users.npy holds bool \(5,\), the tables have 7 rows"):
+        verify_model_dir(model)
+    np.save(os.path.join(model, TRAINED_USERS), np.ones(7, np.int64))
+    write_manifest(model, unsealed=[METRICS])
+    with pytest.raises(ModelIntegrityError, match=r"trained_users.npy holds int64 \(7,\)"):
         verify_model_dir(model)
 
 

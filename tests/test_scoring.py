@@ -12,7 +12,9 @@ from helpers import BASELINES_WITHOUT_ALS
 
 from bench import feature_mlp
 from ncf.data import layout
+from ncf.data.examples import listed_rows
 from ncf.data.features import CATEGORY_HALF_LIVES, HALF_LIVES
+from ncf.data.vocab import Vocabularies
 from ncf.evaluate.baselines import OwnFrequencyRanker, PointInTime, PopularityRanker, top_k
 from ncf.evaluate.baselines.boosted import training_lists, training_rows
 from ncf.evaluate.evaluation import evaluate_all, point_in_time_period
@@ -22,7 +24,7 @@ from ncf.model import ann
 from ncf.rank.candidates import CATEGORY_SPREAD, CandidateGenerator, RankingSettings
 from ncf.rank.ranker import Ranker, attention_spread
 from ncf.rank.recommender import Recommender
-from ncf.rank.state import RankingState
+from ncf.rank.state import EmbeddingRows, RankingState
 from ncf.splits import TEST, VALIDATED
 
 
@@ -386,3 +388,28 @@ def test_the_feature_mlp_bench_trains_on_the_boosted_rankers_rows_and_ranks_its_
     products = np.array([0, 0, 0, 0, 0, 2, 2, 3, 3, 3])
     assert feature_mlp.product_rows(products, 5, 3).tolist() == [0, 0, 0, 3, 0]
     assert feature_mlp.product_rows(products, 5, 0).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_rows_no_training_list_holds_rank_with_the_unknown_row(small_data):
+    data, stats = small_data
+    cutoffs = stats["cutoffs"]["validated"]
+    vocabs = Vocabularies.load(layout.vocab_dir(data))
+    sizes = vocabs.sizes()
+    users, products = listed_rows(data, cutoffs, sizes["num_users"], sizes["num_products"])
+    lists = pa.concat_tables(
+        pads.dataset(layout.examples_dir(data, c), format="parquet").to_table(columns=["user", "product", "history"])
+        for c in cutoffs
+    ).to_pylist()
+    assert set(np.flatnonzero(users).tolist()) == {0} | {row["user"] for row in lists}
+    held = {0} | {p for row in lists for p in row["product"] + row["history"]}
+    assert set(np.flatnonzero(products).tolist()) == held and len(held) < sizes["num_products"]
+
+    listed = users.copy()
+    someone = int(np.flatnonzero(users[1:])[0]) + 1
+    listed[someone] = False  # as if no list held this household
+    rows = EmbeddingRows.between(vocabs, vocabs, max(cutoffs), (listed, products))
+    assert rows.user[someone] == 0 and (rows.user[~users] == 0).all()
+    assert (rows.product[~products] == 0).all()
+    first_seen = vocabs.users.column("first_ts")
+    kept = listed & (first_seen < max(cutoffs))
+    assert (rows.user[kept] == np.flatnonzero(kept)).all()

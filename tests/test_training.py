@@ -4,11 +4,15 @@ its optimizer state; checkpoints load without unpickling."""
 import os
 import sys
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
 import pytest
 import ray.cloudpickle
 import torch
 from conftest import SMALL_MODEL
 
+from ncf.data import layout
 from ncf.errors import InputError
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
@@ -53,8 +57,18 @@ def test_two_workers_with_sharded_tables_reduce_the_loss(small_data, tmp_path):
     handle = ModelDir(model_dir)
     assert handle.rows_trained_before == max(stats["cutoffs"]["validated"]) < handle.trained_through
     first_seen = recommender.vocabs.products.column("first_ts")
-    assert (recommender.ranker.rows.product[first_seen >= handle.rows_trained_before] == 0).all()
-    assert (recommender.ranker.rows.product[1:][first_seen[1:] < handle.rows_trained_before] > 0).all()
+    rows = recommender.ranker.rows
+    assert (rows.product[first_seen >= handle.rows_trained_before] == 0).all()
+    # Nor were the rows that no list held (a household with no purchase in any label window).
+    users, products = handle.trained_rows
+    listed = pa.concat_tables(
+        pads.dataset(layout.examples_dir(data, c), format="parquet").to_table(columns=["user"])
+        for c in stats["cutoffs"]["validated"]
+    )
+    assert np.flatnonzero(users[1:]).tolist() == sorted({u - 1 for u in listed.column("user").to_pylist()})
+    assert (rows.user[~users] == 0).all() and (rows.user[1:][users[1:]] > 0).all()
+    known = products[1:] & (first_seen[1:] < handle.rows_trained_before)
+    assert (rows.product[~products] == 0).all() and (rows.product[1:][known] > 0).all()
 
 
 def test_two_runs_of_one_seed_train_the_same_weights(small_data, tmp_path):

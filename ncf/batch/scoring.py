@@ -158,10 +158,13 @@ def read_users(data: str) -> pa.Table:
 
 def new_to_model(model: str, data: str) -> int:
     """Households of ``data`` with purchases whose model embedding row is the unknown one (the
-    tables never saw them, or first saw them after the model's labels ended)."""
+    tables never saw them, first saw them after the model's labels ended, or no training list
+    held them)."""
     handle = ModelDir(model)
     vocabs = Vocabularies.load(layout.vocab_dir(data))
-    rows = EmbeddingRows.between(handle.table_vocabularies(), vocabs, handle.rows_trained_before).user
+    rows = EmbeddingRows.between(
+        handle.table_vocabularies(), vocabs, handle.rows_trained_before, handle.trained_rows
+    ).user
     with_purchases = np.diff(UserStates.load(layout.user_state_dir(data)).offsets) > 0
     return int(((rows == 0) & with_purchases)[1:].sum())
 

@@ -32,7 +32,10 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 
+from ncf.data import layout
 from ncf.data.features import HALF_LIVES, Catalog, candidate_features, household_inputs
 from ncf.data.product_stats import ProductStats
 from ncf.data.timeline import UserTimeline
@@ -229,3 +232,19 @@ def to_arrow(rows: List[Dict], history_length: int) -> pa.Table:
             BOUGHT_UNKNOWN: pa.array([r[BOUGHT_UNKNOWN] for r in rows], pa.int32()),
         }
     )
+
+
+def listed_rows(data: str, cutoffs: Sequence[int], num_users: int, num_products: int) -> tuple[np.ndarray, np.ndarray]:
+    """(num_users, num_products) boolean masks of the vocabulary indices the training lists at
+    ``cutoffs`` hold: a list's household; a candidate or a history product. Only those embedding
+    rows get gradients; any other row keeps its initial values (a household with purchases but
+    none inside any label window is in no list), so ranking must not use it. Index 0, the unknown
+    row, is trained by the unknown-row draws and always listed."""
+    users, products = np.zeros(num_users, bool), np.zeros(num_products, bool)
+    users[0] = products[0] = True
+    for cutoff in cutoffs:
+        table = pads.dataset(layout.examples_dir(data, cutoff), format="parquet").to_table([USER, PRODUCT, HISTORY])
+        users[table.column(USER).to_numpy()] = True
+        for column in (PRODUCT, HISTORY):
+            products[pc.list_flatten(table.column(column)).to_numpy(zero_copy_only=False)] = True
+    return users, products

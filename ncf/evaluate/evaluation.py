@@ -77,10 +77,12 @@ def period_ranker(
     data: str,
     start: int,
     settings: Optional[RankingSettings] = None,
+    trained: Optional[tuple] = None,
 ) -> Ranker:
-    """The model ranking ``data``'s households as known at ``start``."""
+    """The model ranking ``data``'s households as known at ``start`` (``trained``: see
+    :meth:`EmbeddingRows.between`)."""
     state = RankingState.load(data).as_of(start)
-    rows = EmbeddingRows.between(tables, state.vocabs, rows_trained_before)
+    rows = EmbeddingRows.between(tables, state.vocabs, rows_trained_before, trained)
     return Ranker(model, state, rows, settings)
 
 
@@ -95,7 +97,13 @@ def model_on_period(model_dir: str, data: str, split: str, exclude_purchased: bo
     check_held_out(handle, split, start)
     settings = RankingSettings(**handle.ranking)
     ranker = period_ranker(
-        handle.load_model(), handle.table_vocabularies(), handle.rows_trained_before, data, start, settings
+        handle.load_model(),
+        handle.table_vocabularies(),
+        handle.rows_trained_before,
+        data,
+        start,
+        settings,
+        handle.trained_rows,
     )
     _, period = point_in_time_period(ranker.state, split, boundaries, exclude_purchased=exclude_purchased)
     return ranker, period

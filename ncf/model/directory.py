@@ -31,9 +31,11 @@ import shutil
 import time
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 
 from ncf.data import layout
+from ncf.data.examples import listed_rows
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
@@ -41,6 +43,7 @@ from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.ann import MF_CANDIDATES, ProductIndex, has_mf, index_path, needed
 from ncf.model.config import ModelConfig
 from ncf.model.integrity import write_manifest
+from ncf.splits import REFIT, VALIDATED
 from ncf.staging import replacing
 
 FORMAT_VERSION = 2
@@ -48,6 +51,8 @@ CONFIG = "config.json"
 WEIGHTS = "model.pt"
 METRICS = "metrics.json"
 STATE = "state"
+# Boolean masks over the tables' rows: which households and products the run's lists held.
+TRAINED_USERS, TRAINED_PRODUCTS = "trained_users.npy", "trained_products.npy"
 STATE_PARTS = (layout.vocab_dir, layout.user_state_dir, layout.product_stats_dir)
 
 
@@ -85,6 +90,10 @@ def save_model_dir(
         rows_trained_before: households and products first seen from then on use the tables'
             unknown row, their own rows never trained: the last cutoff, since no list holds a
             product or a household unknown at its cutoff (default: ``trained_through``).
+
+    A ``validated`` or ``refit`` run also records which rows its lists held
+    (:func:`ncf.data.examples.listed_rows`): the others were never trained either and rank
+    with the unknown row (:attr:`ModelDir.trained_rows`).
     """
     stats = layout.DataStats(data)
     version = version or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -95,6 +104,11 @@ def save_model_dir(
         width = (ranking or {}).get("mf_candidates", MF_CANDIDATES)
         if has_mf(weights) and needed(model_config.num_users, min(width, model_config.num_products - 1)):
             ProductIndex.build(weights).save(index_path(tmp))
+        if run in (VALIDATED, REFIT):
+            sizes = (model_config.num_users, model_config.num_products)
+            users, products = listed_rows(data, stats.cutoffs(run), *sizes)
+            np.save(os.path.join(tmp, TRAINED_USERS), users)
+            np.save(os.path.join(tmp, TRAINED_PRODUCTS), products)
         write_json(
             os.path.join(tmp, CONFIG),
             {
@@ -187,6 +201,15 @@ class ModelDir:
         """Ids first seen from then on rank with the unknown row (directories written before the
         field existed: ``trained_through``, what they used)."""
         return int(self.config.get("rows_trained_before", self.config["trained_through"]))
+
+    @property
+    def trained_rows(self) -> Optional[tuple]:
+        """(users, products) boolean masks of the rows the run's lists held, or None (an
+        untrained directory, or one written before the masks existed: rows_trained_before alone)."""
+        paths = [os.path.join(self.path, name) for name in (TRAINED_USERS, TRAINED_PRODUCTS)]
+        if not all(os.path.exists(p) for p in paths):
+            return None
+        return tuple(np.load(p, allow_pickle=False) for p in paths)
 
     @property
     def state_dir(self) -> str:

@@ -158,6 +158,7 @@ def verify_model_dir(model_dir: str) -> None:
     _check_weights(model_dir, os.path.join(model_dir, WEIGHTS), model_config)
     _check_state(model_dir, os.path.join(model_dir, STATE), model_config)
     _check_index(model_dir, model_config)
+    _check_trained_rows(model_dir, model_config)
 
 
 def _check_weights(model_dir: str, path: str, config: ModelConfig) -> None:
@@ -181,6 +182,24 @@ def _check_weights(model_dir: str, path: str, config: ModelConfig) -> None:
     wrong = [f"{name} {got[name]} != {shape}" for name, shape in expected.items() if got[name] != shape]
     if wrong:
         raise ModelIntegrityError(f"{model_dir}: model.pt shapes do not fit config.json: {'; '.join(wrong[:3])}")
+
+
+def _check_trained_rows(model_dir: str, config: ModelConfig) -> None:
+    """The masks of the rows the run's lists held, where the directory has them: boolean, one
+    entry per table row."""
+    from ncf.model.directory import TRAINED_PRODUCTS, TRAINED_USERS
+
+    for name, rows in ((TRAINED_USERS, config.num_users), (TRAINED_PRODUCTS, config.num_products)):
+        path = os.path.join(model_dir, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            mask = np.load(path, allow_pickle=False)
+        except Exception as e:  # truncated, or not a .npy file
+            raise ModelIntegrityError(f"{model_dir}: {name} does not load ({_one_line(e)})") from None
+        if mask.dtype != np.bool_ or mask.shape != (rows,):
+            shape = f"{mask.dtype} {mask.shape}"
+            raise ModelIntegrityError(f"{model_dir}: {name} holds {shape}, the tables have {rows} rows")
 
 
 def _check_index(model_dir: str, config: ModelConfig) -> None:

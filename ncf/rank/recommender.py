@@ -64,7 +64,9 @@ class Recommender:
         """The model of ``model_dir`` ranking from ``data``'s state (default: the model's own)."""
         handle = ModelDir(model_dir)
         state = RankingState.load(data or handle.state_dir)
-        rows = EmbeddingRows.between(handle.table_vocabularies(), state.vocabs, handle.rows_trained_before)
+        rows = EmbeddingRows.between(
+            handle.table_vocabularies(), state.vocabs, handle.rows_trained_before, handle.trained_rows
+        )
         settings = settings or RankingSettings(**handle.ranking)
         # The index is read only where the first stage will search it (exact lists otherwise).
         index = (

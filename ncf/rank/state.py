@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -71,18 +72,28 @@ class EmbeddingRows:
     category: np.ndarray
 
     @staticmethod
-    def between(tables: Vocabularies, state: Vocabularies, rows_trained_before: int) -> "EmbeddingRows":
-        """Rows of ``state``'s ids in the model's ``tables``; 0 for ids the tables lack or first
-        saw at or after ``rows_trained_before`` (their rows were never trained)."""
+    def between(
+        tables: Vocabularies,
+        state: Vocabularies,
+        rows_trained_before: int,
+        trained: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+    ) -> "EmbeddingRows":
+        """Rows of ``state``'s ids in the model's ``tables``; 0 for ids the tables lack, first
+        saw at or after ``rows_trained_before``, or (``trained``: the (users, products) masks of
+        :attr:`ncf.model.directory.ModelDir.trained_rows`) that no training list held: their
+        rows were never trained."""
+        users, products = trained if trained is not None else (None, None)
         return EmbeddingRows(
-            _rows(tables.users, state.users, rows_trained_before),
-            _rows(tables.products, state.products, rows_trained_before),
+            _rows(tables.users, state.users, rows_trained_before, users),
+            _rows(tables.products, state.products, rows_trained_before, products),
             _rows(tables.departments, state.departments, None),
             _rows(tables.categories, state.categories, None),
         )
 
 
-def _rows(tables: Vocabulary, state: Vocabulary, trained_before) -> np.ndarray:
+def _rows(
+    tables: Vocabulary, state: Vocabulary, trained_before: Optional[int], listed: Optional[np.ndarray] = None
+) -> np.ndarray:
     same = tables.ids.equals(state.ids)
     rows = (
         np.arange(len(state), dtype=np.int64) if same else np.concatenate([[UNKNOWN_INDEX], tables.index_of(state.ids)])
@@ -90,4 +101,6 @@ def _rows(tables: Vocabulary, state: Vocabulary, trained_before) -> np.ndarray:
     if trained_before is not None and FIRST_TS in tables.extra:
         first_seen = tables.column(FIRST_TS)
         rows = np.where(first_seen[rows] < trained_before, rows, UNKNOWN_INDEX)
+    if listed is not None:
+        rows = np.where(listed[rows], rows, UNKNOWN_INDEX)
     return rows

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ncf.data import layout
+from ncf.data.examples import listed_rows
 from ncf.data.features import Catalog
 from ncf.data.vocab import Vocabularies
 from ncf.evaluate.evaluation import full_ranking, model_fns, point_in_time_period, sample_users
@@ -68,6 +69,7 @@ class Worker:
     vocabs: Vocabularies
     trained_through: int
     rows_trained_before: int
+    listed_rows: Optional[tuple] = None  # (users, products) masks of what the run's lists hold
     validation: Optional[tuple] = None  # (state as of the validation start, period, households)
 
 
@@ -114,6 +116,8 @@ def setup_worker(cfg: TrainConfig) -> Worker:
         state = RankingState.load(cfg.data).as_of(stats.boundaries["val_start"])
         _, period = point_in_time_period(state, VAL, stats.boundaries)
         worker.validation = (state, period, sample_users(period.users, cfg.val_users or None))
+        # Validation ranks as the saved model will: rows no list holds are never trained.
+        worker.listed_rows = listed_rows(cfg.data, cfg.cutoffs, model_config.num_users, model_config.num_products)
     return worker
 
 
@@ -188,7 +192,7 @@ def validate(w: Worker, weights: Dict[str, torch.Tensor]) -> Dict[str, float]:
     state, period, users = w.validation
     model = AdvancedNCF(w.model_config).to(w.device)
     model.load_state_dict(weights)
-    rows = EmbeddingRows.between(w.vocabs, state.vocabs, w.rows_trained_before)
+    rows = EmbeddingRows.between(w.vocabs, state.vocabs, w.rows_trained_before, w.listed_rows)
     rank_many, _ = model_fns(Ranker(model.eval(), state, rows))
     metrics = full_ranking(None, period, users, rank_many=rank_many)
     return {f"val_{k}": float(v) for k, v in metrics.items()}
