@@ -23,6 +23,7 @@ from ncf.errors import InputError
 from ncf.jsonio import write_json
 from ncf.model.directory import CONFIG, METRICS, TRAINED_USERS, WEIGHTS, save_untrained_model_dir, update_metrics
 from ncf.model.integrity import MANIFEST, ModelIntegrityError, verify_model_dir, write_manifest
+from ncf.rank.recommender import Recommender
 
 SMALL = {"mf_embedding_dim": 8, "mlp_embedding_dim": 8, "temporal_dim": 4, "mlp_hidden_dims": [8], "history_length": 4}
 DAY = 86_400
@@ -150,6 +151,7 @@ def test_weights_of_another_shape_are_refused(model, data, tmp_path):
         verify_model_dir(model)
 
 
+@pytest.mark.faults
 def test_masks_of_trained_rows_that_do_not_fit_the_tables_are_refused(model):
     # A trained directory has them; an untrained one does not, which is fine.
     verify_model_dir(model)
@@ -217,3 +219,16 @@ def test_the_command_line_verifies_and_seals(model):
     )
     sealed = subprocess.run(run + ["--write", model], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert sealed.returncode == 0, sealed.stderr
+
+
+@pytest.mark.faults
+def test_data_without_a_catalog_is_refused_for_a_model_trained_with_one(model, tmp_path):
+    other = tiny_data(str(tmp_path / "nocatalog"))
+    vocabs = Vocabularies.load(layout.vocab_dir(other))
+    ids = vocabs.products.ids.to_pylist()
+    products = Vocabulary.from_ids(ids, extra={"department_index": [0] * len(ids), "category_index": [0] * len(ids)})
+    empty = Vocabulary.from_ids([], kind="str")
+    Vocabularies(vocabs.users, products, empty, empty).save(layout.vocab_dir(other))
+    with pytest.raises(InputError, match="no product has a department or category .* --products CATALOG"):
+        Recommender.load(model, data=other)
+    assert Recommender.load(model, data=tiny_data(str(tmp_path / "withcatalog"))).recommend(["101"], k=2)

@@ -26,7 +26,7 @@ from ncf.model.directory import ModelDir
 from ncf.moments import to_epoch_seconds
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import Ranker, Ranking
-from ncf.rank.state import EmbeddingRows, RankingState
+from ncf.rank.state import EmbeddingRows, RankingState, check_catalog
 
 
 @dataclass
@@ -64,6 +64,8 @@ class Recommender:
         """The model of ``model_dir`` ranking from ``data``'s state (default: the model's own)."""
         handle = ModelDir(model_dir)
         state = RankingState.load(data or handle.state_dir)
+        if data is not None:
+            check_catalog(handle.table_vocabularies(), state.vocabs, data)
         rows = EmbeddingRows.between(
             handle.table_vocabularies(), state.vocabs, handle.rows_trained_before, handle.trained_rows
         )

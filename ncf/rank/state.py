@@ -20,6 +20,7 @@ from ncf.data.features import Catalog
 from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import FIRST_TS, UNKNOWN_INDEX, Vocabularies, Vocabulary
+from ncf.errors import InputError
 
 
 @dataclass
@@ -60,6 +61,18 @@ class RankingState:
         ranks a period from what was known at its start)."""
         stats = ProductStats.compute(self.states, self.catalog.category, cutoff)
         return RankingState(self.vocabs, self.states, stats, cutoff - 1)
+
+
+def check_catalog(tables: Vocabularies, state: Vocabularies, data: str) -> None:
+    """Refuses (InputError) a DATA preprocessed without a product catalog (every product's
+    department and category unknown) for a model whose tables were trained with one: its
+    category features and category candidates would all read one unknown category."""
+    if len(tables.departments) > 1 and len(state.departments) <= 1 and len(state.products) > 1:
+        raise InputError(
+            f"{data}: no product has a department or category (preprocessed without --products), "
+            f"but the model was trained with a catalog of {len(tables.departments) - 1} departments: "
+            "preprocess it again with --products CATALOG"
+        )
 
 
 @dataclass(frozen=True)
