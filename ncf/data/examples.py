@@ -243,8 +243,10 @@ def listed_rows(data: str, cutoffs: Sequence[int], num_users: int, num_products:
     users, products = np.zeros(num_users, bool), np.zeros(num_products, bool)
     users[0] = products[0] = True
     for cutoff in cutoffs:
-        table = pads.dataset(layout.examples_dir(data, cutoff), format="parquet").to_table([USER, PRODUCT, HISTORY])
-        users[table.column(USER).to_numpy()] = True
-        for column in (PRODUCT, HISTORY):
-            products[pc.list_flatten(table.column(column)).to_numpy(zero_copy_only=False)] = True
+        # Batch by batch: at scale one cutoff's candidate column alone is billions of entries.
+        dataset = pads.dataset(layout.examples_dir(data, cutoff), format="parquet")
+        for batch in dataset.to_batches(columns=[USER, PRODUCT, HISTORY]):
+            users[batch.column(USER).to_numpy()] = True
+            for column in (PRODUCT, HISTORY):
+                products[pc.list_flatten(batch.column(column)).to_numpy(zero_copy_only=False)] = True
     return users, products
