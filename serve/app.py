@@ -49,8 +49,11 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from starlette.responses import Response
 
+from ncf.data import layout
+from ncf.model.directory import read_config
 from ncf.model.integrity import verify_data_state, verify_model_dir
 from ncf.rank.ranker import MAX_K
+from ncf.rank.state import check_catalog
 from ncf.registry import resolve_model
 from serve import explore, ui
 from serve.api import (
@@ -260,6 +263,9 @@ def build_app(args: Dict) -> Application:
     verify_model_dir(model_dir)  # not a whole, consistent model directory: fail here, with its path
     if a.data:
         verify_data_state(a.data)  # the same for the DATA's state
+        data_sizes = layout.DataStats(a.data).raw.get("vocab_sizes")
+        if data_sizes:
+            check_catalog(read_config(model_dir)["model"], data_sizes, a.data)
     # Takes the fingerprints of the model and DATA now, into the user_config (ServeSettings).
     settings = ServeSettings.from_user_config(
         {"model_dir": model_dir, "candidates": a.candidates, "default_at": a.default_at, "data": a.data, "ui": a.ui}

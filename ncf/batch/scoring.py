@@ -71,7 +71,7 @@ from ncf.model.directory import ModelDir, read_config
 from ncf.moments import resolve_at, run_date_of
 from ncf.rank.ranker import MAX_K
 from ncf.rank.recommender import Recommender
-from ncf.rank.state import EmbeddingRows
+from ncf.rank.state import EmbeddingRows, check_catalog
 
 PARTITION_KEY = "run_date"
 COMPILE_SETTINGS = ("auto", "yes", "no")
@@ -426,6 +426,9 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple
     _check_numbers(config)
     model_config = read_config(os.path.abspath(config.model))
     _check_k(config.k, model_config)
+    data_sizes = layout.DataStats(config.data).raw.get("vocab_sizes")
+    if data_sizes:
+        check_catalog(model_config["model"], data_sizes, config.data)
     resolve_at(config.at, 0, now=now)  # a bad --at fails before the data is looked at
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
     at = resolve_at(config.at, layout.DataStats(config.data).end + 1, now=now)

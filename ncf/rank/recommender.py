@@ -65,7 +65,7 @@ class Recommender:
         handle = ModelDir(model_dir)
         state = RankingState.load(data or handle.state_dir)
         if data is not None:
-            check_catalog(handle.table_vocabularies(), state.vocabs, data)
+            check_catalog(handle.config["model"], state.vocabs.sizes(), data)
         rows = EmbeddingRows.between(
             handle.table_vocabularies(), state.vocabs, handle.rows_trained_before, handle.trained_rows
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -63,14 +63,15 @@ class RankingState:
         return RankingState(self.vocabs, self.states, stats, cutoff - 1)
 
 
-def check_catalog(tables: Vocabularies, state: Vocabularies, data: str) -> None:
+def check_catalog(model_sizes: Dict[str, int], data_sizes: Dict[str, int], data: str) -> None:
     """Refuses (InputError) a DATA preprocessed without a product catalog (every product's
     department and category unknown) for a model whose tables were trained with one: its
-    category features and category candidates would all read one unknown category."""
-    if len(tables.departments) > 1 and len(state.departments) <= 1 and len(state.products) > 1:
+    category features and category candidates would all read one unknown category. Sizes as
+    :meth:`Vocabularies.sizes` (a model's ``config.json``, a DATA's ``stats.json``) give them."""
+    if model_sizes["num_departments"] > 1 and data_sizes["num_departments"] <= 1 and data_sizes["num_products"] > 1:
         raise InputError(
             f"{data}: no product has a department or category (preprocessed without --products), "
-            f"but the model was trained with a catalog of {len(tables.departments) - 1} departments: "
+            f"but the model was trained with a catalog of {model_sizes['num_departments'] - 1} departments: "
             "preprocess it again with --products CATALOG"
         )
 
