@@ -426,12 +426,12 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple
     _check_numbers(config)
     model_config = read_config(os.path.abspath(config.model))
     _check_k(config.k, model_config)
-    data_sizes = layout.DataStats(config.data).raw.get("vocab_sizes")
-    if data_sizes:
-        check_catalog(model_config["model"], data_sizes, config.data)
     resolve_at(config.at, 0, now=now)  # a bad --at fails before the data is looked at
+    stats = layout.DataStats(config.data)
+    if "vocab_sizes" in stats.raw:
+        check_catalog(model_config["model"], stats.raw["vocab_sizes"], config.data)
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
-    at = resolve_at(config.at, layout.DataStats(config.data).end + 1, now=now)
+    at = resolve_at(config.at, stats.end + 1, now=now)
     return model_config, at
 
 

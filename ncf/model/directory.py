@@ -104,11 +104,10 @@ def save_model_dir(
         width = (ranking or {}).get("mf_candidates", MF_CANDIDATES)
         if has_mf(weights) and needed(model_config.num_users, min(width, model_config.num_products - 1)):
             ProductIndex.build(weights).save(index_path(tmp))
-        if run in (VALIDATED, REFIT):
-            sizes = (model_config.num_users, model_config.num_products)
-            users, products = listed_rows(data, stats.cutoffs(run), *sizes)
-            np.save(os.path.join(tmp, TRAINED_USERS), users)
-            np.save(os.path.join(tmp, TRAINED_PRODUCTS), products)
+        listed = _listed_rows(data, stats, run, model_config)
+        if listed is not None:
+            np.save(os.path.join(tmp, TRAINED_USERS), listed[0])
+            np.save(os.path.join(tmp, TRAINED_PRODUCTS), listed[1])
         write_json(
             os.path.join(tmp, CONFIG),
             {
@@ -125,6 +124,16 @@ def save_model_dir(
         write_json(os.path.join(tmp, METRICS), metrics or {})
         write_manifest(tmp, unsealed=[METRICS])  # checksums of every file but the metrics (updated later)
     return output
+
+
+def _listed_rows(data: str, stats: layout.DataStats, run: str, config: ModelConfig) -> Optional[tuple]:
+    """The rows the run's lists held, when ``data`` has lists for ``run`` and the tables are its
+    vocabularies (weights saved by hand for another shape, in tests, get none)."""
+    cutoffs = stats.raw.get("cutoffs", {}).get(run) if run in (VALIDATED, REFIT) else None
+    sizes = stats.raw.get("vocab_sizes", {})
+    if not cutoffs or (sizes.get("num_users"), sizes.get("num_products")) != (config.num_users, config.num_products):
+        return None
+    return listed_rows(data, [int(c) for c in cutoffs], config.num_users, config.num_products)
 
 
 def save_untrained_model_dir(output: str, data: str, version: str, seed: int = 0, **model_options) -> str:
