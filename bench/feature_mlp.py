@@ -188,7 +188,7 @@ def main(argv=None) -> List[Dict]:
     for split in (VAL, TEST):
         state = RankingState.load(args.data).as_of(period_start(split, stats.boundaries))
         periods[split] = point_in_time_period(state, split, stats.boundaries, args.data)
-    sizes = stats.raw["vocab_sizes"]
+    sizes = stats.vocab_sizes
     rows_of = product_rows(lists["product"], sizes["num_products"], args.min_product_rows)
     settings = {"rows": args.rows, "ids": args.ids, "table_optimizer": args.table_optimizer}
     settings.update(min_product_rows=args.min_product_rows, hidden=hidden)

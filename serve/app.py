@@ -263,9 +263,7 @@ def build_app(args: Dict) -> Application:
     verify_model_dir(model_dir)  # not a whole, consistent model directory: fail here, with its path
     if a.data:
         verify_data_state(a.data)  # the same for the DATA's state
-        data_sizes = layout.DataStats(a.data).raw.get("vocab_sizes")
-        if data_sizes:
-            check_catalog(read_config(model_dir)["model"], data_sizes, a.data)
+        check_catalog(read_config(model_dir)["model"], layout.DataStats(a.data).vocab_sizes, a.data)
     # Takes the fingerprints of the model and DATA now, into the user_config (ServeSettings).
     settings = ServeSettings.from_user_config(
         {"model_dir": model_dir, "candidates": a.candidates, "default_at": a.default_at, "data": a.data, "ui": a.ui}

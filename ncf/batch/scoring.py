@@ -428,8 +428,7 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple
     _check_k(config.k, model_config)
     resolve_at(config.at, 0, now=now)  # a bad --at fails before the data is looked at
     stats = layout.DataStats(config.data)
-    if "vocab_sizes" in stats.raw:
-        check_catalog(model_config["model"], stats.raw["vocab_sizes"], config.data)
+    check_catalog(model_config["model"], stats.vocab_sizes, config.data)
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
     at = resolve_at(config.at, stats.end + 1, now=now)
     return model_config, at

@@ -15,6 +15,7 @@ directory keeps a copy of the state it was trained with (``MODEL/state/``).
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from ncf.errors import InputError
 from ncf.jsonio import read_json
@@ -85,6 +86,16 @@ class DataStats:
     def cutoffs(self, run: str) -> list:
         """The cutoffs preprocessing built training lists for, for ``run`` (validated or refit)."""
         return [int(c) for c in self.raw["cutoffs"][run]]
+
+    def has_lists(self, run: str) -> bool:
+        """Whether preprocessing built training lists for ``run`` (a state-only DATA has none)."""
+        return bool(self.raw.get("cutoffs", {}).get(run))
+
+    @property
+    def vocab_sizes(self) -> Optional[dict]:
+        """``num_users``, ``num_products``, ``num_departments``, ``num_categories``, as
+        :meth:`ncf.data.vocab.Vocabularies.sizes` gives them (None where stats.json lacks them)."""
+        return self.raw.get("vocab_sizes")
 
     @property
     def examples(self) -> dict:

@@ -129,11 +129,12 @@ def save_model_dir(
 def _listed_rows(data: str, stats: layout.DataStats, run: str, config: ModelConfig) -> Optional[tuple]:
     """The rows the run's lists held, when ``data`` has lists for ``run`` and the tables are its
     vocabularies (weights saved by hand for another shape, in tests, get none)."""
-    cutoffs = stats.raw.get("cutoffs", {}).get(run) if run in (VALIDATED, REFIT) else None
-    sizes = stats.raw.get("vocab_sizes", {})
-    if not cutoffs or (sizes.get("num_users"), sizes.get("num_products")) != (config.num_users, config.num_products):
+    sizes = stats.vocab_sizes or {}
+    if run not in (VALIDATED, REFIT) or not stats.has_lists(run):
         return None
-    return listed_rows(data, [int(c) for c in cutoffs], config.num_users, config.num_products)
+    if (sizes.get("num_users"), sizes.get("num_products")) != (config.num_users, config.num_products):
+        return None
+    return listed_rows(data, stats.cutoffs(run), config.num_users, config.num_products)
 
 
 def save_untrained_model_dir(output: str, data: str, version: str, seed: int = 0, **model_options) -> str:

@@ -63,11 +63,14 @@ class RankingState:
         return RankingState(self.vocabs, self.states, stats, cutoff - 1)
 
 
-def check_catalog(model_sizes: Dict[str, int], data_sizes: Dict[str, int], data: str) -> None:
+def check_catalog(model_sizes: Dict[str, int], data_sizes: Optional[Dict[str, int]], data: str) -> None:
     """Refuses (InputError) a DATA preprocessed without a product catalog (every product's
     department and category unknown) for a model whose tables were trained with one: its
     category features and category candidates would all read one unknown category. Sizes as
-    :meth:`Vocabularies.sizes` (a model's ``config.json``, a DATA's ``stats.json``) give them."""
+    :meth:`Vocabularies.sizes` (a model's ``config.json``, a DATA's ``stats.json``) give them;
+    ``data_sizes`` None (a stats.json without them) checks nothing."""
+    if data_sizes is None:
+        return
     if model_sizes["num_departments"] > 1 and data_sizes["num_departments"] <= 1 and data_sizes["num_products"] > 1:
         raise InputError(
             f"{data}: no product has a department or category (preprocessed without --products), "
