@@ -3,7 +3,7 @@ neural network's, or the model's?
 
 python -m bench.feature_mlp --data DATA [--seeds 3] [--epochs 3] [--rows unsampled|all]
     [--ids none|user|product|both] [--table-optimizer adam|rowwise_adagrad]
-    [--min-product-rows N] [--hidden 128,64]
+    [--min-product-rows N] [--hidden 128,64] [--encoding standard|ple:BINS]
 
 Trains, per seed, an MLP of the same shape as AdvancedNCF's (Linear, ReLU, BatchNorm1d, Dropout
 0.1; hidden 128-64) on the candidate features of DATA's validated training lists (all
@@ -12,7 +12,9 @@ id embeddings. ``--rows unsampled``: only the own and popular candidates, plain 
 ranker's rows); ``--rows all``: every candidate, with the logQ correction (the model's rows).
 The id tables train with Adam like the rest, or (``--table-optimizer rowwise_adagrad``) as the
 model's do: TorchRec's row-wise Adagrad at ``TABLE_LEARNING_RATE_SCALE`` times the dense rate.
-After each epoch it ranks the validation and the test weeks exactly as the boosted ranker does
+``--encoding ple:16`` feeds each feature through a piecewise-linear encoding over 16 quantile
+bins of the training rows (:class:`PiecewiseLinear`) instead of standardising it. After each
+epoch it ranks the validation and the test weeks exactly as the boosted ranker does
 (:class:`ncf.evaluate.baselines.boosted.OwnAndPopular`), through the evaluation's own
 :func:`ncf.evaluate.protocol.full_ranking`, and prints one JSON line per epoch. The test figures
 are read, never used to choose anything: each seed's reported epoch (``"chosen": true``) is the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from typing import Dict, List
 
@@ -41,8 +44,51 @@ from ncf.train.sharding import TABLE_LEARNING_RATE_SCALE
 
 ID_DIM = 32
 STEP_ROWS = 2048
-SETTINGS = ("rows", "ids", "table_optimizer", "min_product_rows", "hidden")
+SETTINGS = ("rows", "ids", "table_optimizer", "min_product_rows", "hidden", "encoding")
 LEARNING_RATE = 1e-3
+
+
+class PiecewiseLinear(nn.Module):
+    """N x F features -> N x (F * T) piecewise-linear encodings over each feature's bins
+    (Gorishniy et al., "On Embeddings for Numerical Features in Tabular Deep Learning", NeurIPS
+    2022): per bin, how far the value has come through it, 0 to 1; below the first bin and above
+    the last the encoding extrapolates. T is the most bins of any feature; the others' spare
+    columns stay 0.
+
+    Example::
+
+        encode = PiecewiseLinear([np.array([0.0, 1.0, 3.0]), np.array([0.0, 10.0])])
+        encode(torch.tensor([[2.0, 5.0]]))  # [[1.0, 0.5, 0.5, 0.0]]
+    """
+
+    def __init__(self, edges: List[np.ndarray]) -> None:
+        super().__init__()
+        width = max(len(e) for e in edges) - 1
+        lo = np.zeros((len(edges), width), np.float32)
+        span = np.full((len(edges), width), np.inf, np.float32)
+        low = np.zeros((len(edges), width), np.float32)
+        high = np.ones((len(edges), width), np.float32)
+        for j, e in enumerate(edges):
+            bins = len(e) - 1
+            lo[j, :bins], span[j, :bins] = e[:-1], np.maximum(np.diff(e), 1e-6)
+            low[j, 0], high[j, bins - 1] = -np.inf, np.inf
+        for name, value in (("lo", lo), ("span", span), ("low", low), ("high", high)):
+            self.register_buffer(name, torch.from_numpy(value), persistent=False)
+        self.out_dim = len(edges) * width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        through = (x.unsqueeze(2) - self.lo) / self.span  # N x F x T
+        return torch.clamp(through, self.low, self.high).nan_to_num(0.0).flatten(1)
+
+
+def quantile_edges(features: np.ndarray, bins: int) -> List[np.ndarray]:
+    """Per feature, the distinct quantiles at ``bins`` + 1 evenly spaced levels."""
+    qs = np.quantile(features[:: max(1, len(features) // 200_000)], np.linspace(0, 1, bins + 1), axis=0)
+    out = []
+    for j in range(features.shape[1]):
+        e = np.unique(qs[:, j])
+        out.append(e if len(e) > 1 else np.array([e[0], e[0] + 1.0]))
+    return out
 
 
 class FeatureMLP(nn.Module):
@@ -62,6 +108,7 @@ class FeatureMLP(nn.Module):
         num_users: int,
         product_rows: np.ndarray,
         dropout: float = 0.1,
+        encoder: nn.Module = None,
     ) -> None:
         """``product_rows``: the table row of each product index (0, the unknown row, for those
         left out)."""
@@ -74,7 +121,9 @@ class FeatureMLP(nn.Module):
         for table in (self.users, self.products):
             if table is not None:
                 nn.init.normal_(table.weight, std=0.01)
-        width = num_features + ID_DIM * ((self.users is not None) + (self.products is not None))
+        self.encoder = encoder
+        tables = (self.users is not None) + (self.products is not None)
+        width = (encoder.out_dim if encoder is not None else num_features) + ID_DIM * tables
         layers: List[nn.Module] = []
         for out in hidden:
             layers += [nn.Linear(width, out), nn.ReLU(), nn.BatchNorm1d(out), nn.Dropout(dropout)]
@@ -82,7 +131,7 @@ class FeatureMLP(nn.Module):
         self.layers = nn.Sequential(*layers, nn.Linear(width, 1))
 
     def forward(self, features: torch.Tensor, user: torch.Tensor, product: torch.Tensor) -> torch.Tensor:
-        parts = [features]
+        parts = [features if self.encoder is None else self.encoder(features)]
         if self.users is not None:
             parts.append(self.users(user))
         if self.products is not None:
@@ -170,8 +219,11 @@ def main(argv=None) -> List[Dict]:
         "--min-product-rows", type=int, default=0, help="products in fewer training rows share the unknown row"
     )
     p.add_argument("--hidden", default="128,64", help="hidden widths, comma-separated")
+    p.add_argument("--encoding", default="standard", help="standard, or ple:BINS (piecewise linear)")
     args = p.parse_args(argv)
     hidden = [int(h) for h in args.hidden.split(",")]
+    if args.encoding != "standard" and not re.fullmatch(r"ple:[1-9][0-9]*", args.encoding):
+        p.error(f"--encoding: 'standard' or 'ple:BINS', not {args.encoding!r}")
     torch.set_num_threads(2)
 
     stats = layout.DataStats(args.data)
@@ -191,11 +243,15 @@ def main(argv=None) -> List[Dict]:
     sizes = stats.vocab_sizes
     rows_of = product_rows(lists["product"], sizes["num_products"], args.min_product_rows)
     settings = {"rows": args.rows, "ids": args.ids, "table_optimizer": args.table_optimizer}
-    settings.update(min_product_rows=args.min_product_rows, hidden=hidden)
+    settings.update(min_product_rows=args.min_product_rows, hidden=hidden, encoding=args.encoding)
+    edges = None
+    if args.encoding.startswith("ple:"):
+        edges = quantile_edges(rows["features"].numpy(), int(args.encoding.split(":")[1]))
     results = []
     for seed in range(args.seeds):
         torch.manual_seed(seed)
-        net = FeatureMLP(mean.shape[0], hidden, args.ids, sizes["num_users"], rows_of)
+        encoder = PiecewiseLinear(edges) if edges is not None else None
+        net = FeatureMLP(mean.shape[0], hidden, args.ids, sizes["num_users"], rows_of, encoder=encoder)
         steppers = optimizers(net, args.table_optimizer)
         generator = torch.Generator().manual_seed(seed)
         seed_rows, val_ndcg = [], []

@@ -413,3 +413,19 @@ def test_rows_no_training_list_holds_rank_with_the_unknown_row(small_data):
     first_seen = vocabs.users.column("first_ts")
     kept = listed & (first_seen < max(cutoffs))
     assert (rows.user[kept] == np.flatnonzero(kept)).all()
+
+
+def test_the_feature_mlp_bench_encodes_features_piecewise_linearly_over_quantile_bins(small_data):
+    encode = feature_mlp.PiecewiseLinear([np.array([0.0, 1.0, 3.0]), np.array([0.0, 10.0])])
+    x = torch.tensor([[2.0, 5.0], [-1.0, 20.0], [5.0, 0.0]])
+    # Per bin, how far through it the value is; the first bin extrapolates below, the last above;
+    # the second feature's spare column stays 0.
+    expected = [[1.0, 0.5, 0.5, 0.0], [-1.0, 0.0, 2.0, 0.0], [1.0, 2.0, 0.0, 0.0]]
+    assert encode(x).tolist() == expected and encode.out_dim == 4
+    # A constant feature still gets one bin; edges are distinct quantiles.
+    edges = feature_mlp.quantile_edges(np.array([[0.0, 7.0], [1.0, 7.0], [2.0, 7.0], [3.0, 7.0]]), 2)
+    assert edges[0].tolist() == [0.0, 1.5, 3.0] and edges[1].tolist() == [7.0, 8.0]
+
+    data, _ = small_data
+    rows = feature_mlp.main(["--data", data, "--seeds", "1", "--epochs", "1", "--encoding", "ple:4"])
+    assert len(rows) == 1 and rows[0]["encoding"] == "ple:4" and 0.0 < rows[0]["test_ndcg@10"] <= 1.0
