@@ -16,31 +16,40 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 import pandas as pd
 
 from jobs import preprocess, train
 from ncf.data import datasets
+from ncf.evaluate.baselines import PointInTime
+from ncf.evaluate.evaluation import tuned_baselines
 from ncf.evaluate.metrics import ranking_metrics
 from ncf.rank.recommender import Recommender
+from ncf.rank.state import RankingState
 
 WEEK = pd.Timedelta(days=7)
 HORIZON = 5 * WEEK
 K = 10
+BASELINES_HERE = ("own_frequency", "decayed_frequency", "tifu_knn", "boosted_ranker")
 
 
-def frequency_top(before: pd.DataFrame, at: pd.Timestamp, half_life_days: float | None) -> Dict[int, list]:
-    """Each household's top-``K`` own products: by count, or by counts decayed to ``at``."""
-    weights = np.ones(len(before))
-    if half_life_days:
-        weights = 0.5 ** ((at - before["timestamp"]).dt.total_seconds() / 86_400 / half_life_days)
-    popularity = before.groupby("product_id").size()
-    scored = before.assign(w=weights).groupby(["user_id", "product_id"])["w"].sum().reset_index()
-    scored["tie"] = scored["product_id"].map(popularity)
-    scored = scored.sort_values(["user_id", "w", "tie"], ascending=[True, False, False])
-    return {u: g["product_id"].head(K).tolist() for u, g in scored.groupby("user_id")}
+def baseline_rankings(data: str, at: int, users: List, names: Sequence[str]) -> Dict[str, Dict]:
+    """Per baseline of ``names``: the top-``K`` raw product ids of each raw household id of
+    ``users`` at ``at``, from ``data``'s state (everything through its end), with the baseline's
+    parameters (tuned on ``data``'s validation weeks, or its defaults)."""
+    state = RankingState.load(data)
+    baselines, tuned = tuned_baselines(data, state, names)
+    context = PointInTime.build(state.states, state.vocabs, at, data)
+    indices = state.vocabs.users.index_of(users)
+    out = {}
+    for baseline in baselines:
+        params = tuned[baseline.name].params if baseline.name in tuned else dict(baseline.defaults)
+        ranker = baseline.build(context, **params)
+        ranked = {u: state.vocabs.products.raw_of(ranker.rank(int(i), at, K)) for u, i in zip(users, indices)}
+        out[baseline.name] = {"params": params, "ranked": ranked}
+    return out
 
 
 def metrics(ranked: Dict[int, list], truth: Dict[int, np.ndarray]) -> Dict[str, float]:
@@ -75,8 +84,8 @@ def one_cut(logs: pd.DataFrame, catalog: str, weeks_before_end: int, workdir: st
         recommender = Recommender.load(directory, data=data)
         ranked = recommender.rank(users, k=K, at=int(cut.timestamp()))
         rows.append({"model": name, **metrics({r.user_id: r.product_ids for r in ranked}, truth)})
-    rows.append({"model": "own_frequency", **metrics(frequency_top(before, cut, None), truth)})
-    rows.append({"model": "decayed_frequency (120 days)", **metrics(frequency_top(before, cut, 120.0), truth)})
+    for name, baseline in baseline_rankings(data, int(cut.timestamp()), users, BASELINES_HERE).items():
+        rows.append({"model": name, "params": baseline["params"], **metrics(baseline["ranked"], truth)})
     common = {"benchmark": "deployment", "cut": str(cut), "households": len(users)}
     return [{**common, **row} for row in rows]
 

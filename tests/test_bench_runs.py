@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import shutil
 
-from bench import quality
+import numpy as np
+
+from bench import deployment, quality
 from bench.runs import validated_run
 from ncf.evaluate.evaluation import evaluate_all
+from ncf.data import layout
+from ncf.evaluate.tuning import read_tuned
 from ncf.model.directory import update_metrics
+from ncf.rank.state import RankingState
 from ncf.splits import TEST
 
 
@@ -36,3 +41,22 @@ def test_quality_computes_the_baselines_without_a_model_row(monkeypatch, tmp_pat
     rows = quality.main(["--data", "DATA", "--workdir", str(tmp_path), "--seeds", "2", "--reuse"])
     assert calls == [None]
     assert [r["model"] for r in rows] == ["advanced_ncf", "popularity"]
+
+
+def test_the_deployment_bench_ranks_the_evaluation_codes_baselines_by_raw_ids_at_the_data_end(small_data):
+    data, _ = small_data
+    state = RankingState.load(data)
+    at = layout.DataStats(data).end + 1
+    users = state.vocabs.users.raw_of(np.arange(1, 7))
+    rankings = deployment.baseline_rankings(data, at, users, ("own_frequency", "decayed_frequency", "boosted_ranker"))
+    assert list(rankings) == ["own_frequency", "decayed_frequency", "boosted_ranker"]
+    # The tuned ones carry what the validation weeks chose, as jobs.evaluate would use.
+    tuned = read_tuned(data)
+    for name in ("decayed_frequency", "boosted_ranker"):
+        assert rankings[name]["params"] == tuned[name].params
+    # Own frequency, counted here from the same state: raw ids, each household's most bought first.
+    for index, user in enumerate(users, start=1):
+        ranked = rankings["own_frequency"]["ranked"][user]
+        counts = np.bincount(state.states.timeline(index).products_before(at))
+        assert len(ranked) == deployment.K
+        assert counts[state.vocabs.products.index_of([ranked[0]])[0]] == counts.max() > 0

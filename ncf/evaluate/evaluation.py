@@ -23,7 +23,7 @@ import numpy as np
 from ncf.data import layout
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
-from ncf.evaluate.baselines import BASELINES, PointInTime
+from ncf.evaluate.baselines import BASELINES, Baseline, PointInTime
 from ncf.evaluate.protocol import (  # noqa: F401 (re-exported: the names callers know)
     MRR_DEPTH,
     SAMPLED_NEGATIVES,
@@ -43,7 +43,7 @@ from ncf.evaluate.protocol import (  # noqa: F401 (re-exported: the names caller
     sample_users,
     sampled_ranking,
 )
-from ncf.evaluate.tuning import tuned_params
+from ncf.evaluate.tuning import Tuned, tuned_params
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.directory import ModelDir
 from ncf.rank.candidates import RankingSettings
@@ -126,6 +126,28 @@ def _utc(ts: int) -> str:
     return datetime.fromtimestamp(int(ts), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def tuned_baselines(
+    data: str,
+    state: RankingState,
+    names: Sequence[str] = BASELINE_ORDER,
+    retune: bool = False,
+    exclude_purchased: bool = False,
+) -> tuple[List[Baseline], Dict[str, Tuned]]:
+    """The baselines of ``names`` that ``data`` can build (the boosted ranker needs its training
+    lists), and the tunable ones' parameters tuned on ``data``'s validation period (from
+    ``state``, the state of ``data``, as known at the period's start)."""
+    stats = layout.DataStats(data)
+    baselines = [BASELINES[n] for n in names if n != "boosted_ranker" or stats.raw.get("examples")]
+    tunable = [b for b in baselines if b.tunable]
+    if not tunable:
+        return baselines, {}
+    val_state = state.as_of(period_start(VAL, stats.boundaries))
+    val_context, val_period = point_in_time_period(val_state, VAL, stats.boundaries, data, exclude_purchased)
+    return baselines, tuned_params(
+        tunable, data, val_context, val_period, val_period.users, retune, exclude_purchased=exclude_purchased
+    )
+
+
 def evaluate_baselines(
     data: str,
     state: RankingState,
@@ -139,16 +161,7 @@ def evaluate_baselines(
     """One row per baseline on ``period``; tunable ones with the parameters tuned on the
     validation period (``params`` and ``val_*`` in the row). ``exclude_purchased``: every
     ranking leaves out what the household bought before (tuning too)."""
-    stats = layout.DataStats(data)
-    baselines = [BASELINES[n] for n in names if n != "boosted_ranker" or stats.raw.get("examples")]
-    tuned = {}
-    if any(b.tunable for b in baselines):
-        val_state = state.as_of(period_start(VAL, stats.boundaries))
-        val_context, val_period = point_in_time_period(val_state, VAL, stats.boundaries, data, exclude_purchased)
-        tunable = [b for b in baselines if b.tunable]
-        tuned = tuned_params(
-            tunable, data, val_context, val_period, val_period.users, retune, exclude_purchased=exclude_purchased
-        )
+    baselines, tuned = tuned_baselines(data, state, names, retune, exclude_purchased)
     rows = []
     for baseline in baselines:
         params = tuned[baseline.name].params if baseline.name in tuned else dict(baseline.defaults)
