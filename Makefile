@@ -3,11 +3,13 @@
 # make demo    : the main job end to end on the default dataset (Complete Journey)
 # make bench   : the benchmarks (JSON on stdout; figures go to BENCHMARKS.md)
 # make mlflow-ui: MLflow's UI on the local store (runs, sweeps, registered models) at 127.0.0.1:5000
-# ACCEL=cuda   : install the CUDA fbgemm-gpu instead of fbgemm-gpu-cpu
+# ACCEL=cuda   : install the CUDA fbgemm-gpu instead of fbgemm-gpu-cpu (later targets keep it)
 
 PYTHON ?= python3
-ACCEL  ?= cpu
 VENV   := .venv
+# The last setup's ACCEL until another is asked for: a plain `make demo` after `make setup
+# ACCEL=cuda` must not swap the CUDA fbgemm-gpu for the CPU one.
+ACCEL  ?= $(or $(patsubst $(VENV)/.setup-%,%,$(firstword $(wildcard $(VENV)/.setup-*))),cpu)
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.setup-$(ACCEL)

@@ -21,10 +21,17 @@ def init_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    local = not os.environ.get("RAY_ADDRESS")
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address.startswith(("http://", "https://")):
+        # `ray job submit` reads the dashboard's address and gives its jobs the cluster's own.
+        raise InputError(
+            f"RAY_ADDRESS={address} is a dashboard address, which `ray job submit` reads; to run a job "
+            "directly on a running cluster, set RAY_ADDRESS to its head's address (HOST:6379), or submit it"
+        )
+    local = not address
     runtime_env = logs.configure(local=local, num_cpus=num_cpus)  # before Ray starts: its processes inherit it
     if not local:
-        ray.init(address=os.environ["RAY_ADDRESS"])
+        ray.init(address=address)
     else:
         # address="local": never attach to whatever cluster a previous `ray start` left a
         # pointer to in /tmp/ray; without RAY_ADDRESS a job runs on its own local cluster.

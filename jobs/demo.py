@@ -18,7 +18,7 @@ import time
 import urllib.request
 
 from jobs import batch_score, evaluate, preprocess, train
-from jobs.cli import init_ray, job_parser
+from jobs.cli import init_ray, job_parser, one_line_errors
 from ncf.batch.scoring import partition_dir
 from ncf.data import layout
 from ncf.data.vocab import Vocabularies
@@ -110,7 +110,8 @@ def main(argv=None) -> list:
     # The demo prints the answers of its few queries itself; Serve's controller, proxy and
     # per-request access logs go to Serve's log files (printed at the end), not into its output.
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
-    init_ray()
+    with one_line_errors():
+        init_ray()
     import ray
 
     try:

@@ -1,8 +1,8 @@
 """python -m jobs.deploy --model MODEL [--host 127.0.0.1] [--port 8000]: the Serve app on a model.
 
 Runs until interrupted (Ctrl-C or SIGTERM), or with --detach returns once the app answers;
---detach only makes sense on a running cluster (RAY_ADDRESS), which keeps serving after the job
-ends. Run it again with another --model to roll that model out in place, without downtime (or
+--detach needs a running cluster (RAY_ADDRESS=HOST:6379, or `ray job submit`), which keeps serving
+after the job ends, and is refused without one. Run it again on that cluster with another --model to roll that model out in place, without downtime (or
 with the same paths once a new model or DATA is written there: their fingerprints changed).
 
 A rollout the replicas refuse (they keep serving the previous model, /healthz names the error)
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from jobs.cli import check_data, check_model, init_ray, job_parser
@@ -70,6 +71,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _ray_started_here() -> bool:
+    """Whether this process is already on a cluster (a caller that ran ray.init and outlives the job)."""
+    import ray
+
+    return ray.is_initialized()
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     app_args = {
@@ -82,14 +90,20 @@ def main(argv=None) -> dict:
         "ui": args.ui,
     }
     try:
+        if args.detach and not os.environ.get("RAY_ADDRESS") and not _ray_started_here():
+            raise InputError(
+                "--detach needs a running cluster to leave the app on: set RAY_ADDRESS to its head "
+                "(HOST:6379, from `ray start --head`) or submit the job with `ray job submit`; without "
+                "RAY_ADDRESS the job's own cluster stops when it exits"
+            )
         app_args["model"] = check_model(args.model)  # current: the registry's current version, now
         if args.data:
             check_data(args.data)
         app = build_app(app_args)  # checks the settings before Ray starts
+        init_ray()
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    init_ray()
     url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
     health = wait_until_healthy(url)
     if health.get("rollout_error"):

@@ -9,8 +9,8 @@ import numpy as np
 
 from bench import deployment, quality
 from bench.runs import validated_run
-from ncf.evaluate.evaluation import evaluate_all
 from ncf.data import layout
+from ncf.evaluate.evaluation import evaluate_all
 from ncf.evaluate.tuning import read_tuned
 from ncf.model.directory import update_metrics
 from ncf.rank.state import RankingState

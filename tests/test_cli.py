@@ -103,6 +103,7 @@ def _cases(p: dict, out: str) -> list:
         ("batch_score", ["--model", p["other"], "--data", p["other"], "--output", out], ["no config.json"]),
         ("deploy", ["--model", p["missing"]], [p["missing"], "not a model directory", "jobs.train first"]),
         ("deploy", ["--model", "current"], ["no model is current", "jobs.train", "promote"]),
+        ("deploy", ["--model", p["missing"], "--detach"], ["--detach", "RAY_ADDRESS", "HOST:6379"]),
         ("models", ["register", p["empty"]], [p["empty"], "jobs.train first"]),
         ("preprocess", ["--input", p["missing"], "--output", out], [p["missing"], "no such file"]),
     ]
@@ -110,6 +111,7 @@ def _cases(p: dict, out: str) -> list:
 
 def test_bad_paths_are_one_line_errors_before_ray_starts(paths, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     for job, argv, expected in _cases(paths, str(tmp_path / "out")):
         module = importlib.import_module(f"jobs.{job}")
         if hasattr(module, "init_ray"):
@@ -139,3 +141,25 @@ def test_the_issues_example_is_one_line_and_exit_2():
         "error: /nonexistent: not a preprocessed DATA directory (no such directory, --data); "
         "run python -m jobs.preprocess first"
     ]
+
+
+def test_a_dashboard_address_in_ray_address_is_a_one_line_error_before_ray_starts(tmp_path):
+    """The README's `export RAY_ADDRESS=http://127.0.0.1:8265` is for `ray job submit`; a job run
+    directly with it ended in Ray's ValueError traceback."""
+    logs = tmp_path / "logs.csv"
+    logs.write_text("user_id,product_id,timestamp,quantity\nu1,p1,2024-01-01T10:00:00,1\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.preprocess", "--input", str(logs), "--output", str(tmp_path / "out")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAY_ADDRESS": "http://127.0.0.1:8265"},
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert (
+        lines[0].startswith("error: RAY_ADDRESS=http://127.0.0.1:8265 is a dashboard address")
+        and "HOST:6379" in lines[0]
+    )
+    assert not (tmp_path / "out").exists()
