@@ -109,6 +109,7 @@ def _cases(p: dict, out: str) -> list:
     ]
 
 
+@pytest.mark.faults
 def test_bad_paths_are_one_line_errors_before_ray_starts(paths, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -143,6 +144,7 @@ def test_the_issues_example_is_one_line_and_exit_2():
     ]
 
 
+@pytest.mark.faults
 def test_a_dashboard_address_in_ray_address_is_a_one_line_error_before_ray_starts(tmp_path):
     """The README's `export RAY_ADDRESS=http://127.0.0.1:8265` is for `ray job submit`; a job run
     directly with it ended in Ray's ValueError traceback."""
