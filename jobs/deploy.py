@@ -1,9 +1,10 @@
 """python -m jobs.deploy --model MODEL [--host 127.0.0.1] [--port 8000]: the Serve app on a model.
 
 Runs until interrupted (Ctrl-C or SIGTERM), or with --detach returns once the app answers;
---detach needs a running cluster (RAY_ADDRESS=HOST:6379, or `ray job submit`), which keeps serving
-after the job ends, and is refused without one. Run it again on that cluster with another --model to roll that model out in place, without downtime (or
-with the same paths once a new model or DATA is written there: their fingerprints changed).
+--detach needs a running cluster (RAY_ADDRESS=HOST:6379, or `ray job submit`), which keeps
+serving after the job ends, and is refused without one. Run it again on that cluster with
+another --model to roll that model out in place, without downtime (or with the same paths once
+a new model or DATA is written there: their fingerprints changed).
 
 A rollout the replicas refuse (they keep serving the previous model, /healthz names the error)
 exits 2 with one line, after deploying the previous model's settings again, so that Serve's
