@@ -117,6 +117,8 @@ def test_bad_paths_are_one_line_errors_before_ray_starts(paths, tmp_path, monkey
         module = importlib.import_module(f"jobs.{job}")
         if hasattr(module, "init_ray"):
             monkeypatch.setattr(module, "init_ray", lambda *a, _job=job, **k: pytest.fail(f"{_job} started Ray"))
+        if hasattr(module, "_ray_started_here"):  # a fresh process, as a user's, not this session's
+            monkeypatch.setattr(module, "_ray_started_here", lambda: False)
         with pytest.raises(SystemExit) as exit_info:
             module.main(argv)
         assert exit_info.value.code == 2, (job, argv)
