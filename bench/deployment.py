@@ -1,8 +1,10 @@
 """The deployment model as a user deploys it: Complete Journey's logs cut at the end of a week,
 ``jobs.preprocess`` -> ``jobs.train --refit`` on what came before, every household ranked at
 the first moment after the cut from its histories through the cut, scored on the next 5 weeks
-(full ranking, the evaluation's metrics), beside each household's own most frequent products and
-recency-decayed frequency (half-life 120 days) at the same moment. One JSON line per cut.
+(full ranking, the evaluation's metrics), beside the evaluation code's baselines at the same
+moment: own frequency, and recency-decayed frequency, TIFU-KNN and the boosted ranker (LightGBM
+on the validated run's lists), each tuned on the cut DATA's own validation weeks as
+``jobs.evaluate`` tunes them. One JSON line per model and cut.
 
 python -m bench.deployment [--cuts-weeks-before-end 5 9] [--workdir artifacts/deployment] [--reuse]
 
