@@ -169,9 +169,22 @@ def test_a_commit_killed_between_the_renames_is_rolled_forward_by_the_next_run(t
         assert read_json(os.path.join(final, commit.SUCCESS)) == {"run_id": "dead"}
         assert open(os.path.join(final, "part-0.parquet")).read() == "dead"
     assert any("finished the commit a dead run" in m for m in messages)
-    assert os.listdir(os.path.join(output, commit.TMP, PARTITION)) == []  # this run's stage is gone
+    assert not os.path.exists(os.path.join(output, commit.TMP, PARTITION))  # this run's stage is gone
     assert [n for n in os.listdir(os.path.join(output, commit.TMP)) if n.startswith(commit.REPLACED)] == []
     assert not os.path.exists(commit.journal_path(output, PARTITION))
+
+
+def test_a_committed_run_leaves_nothing_in_tmp_for_the_next_run_to_report(tmp_path):
+    """A committed run left its empty stage root, which the next run logged as 'removed what a
+    previous run left' after every successful night."""
+    output = str(tmp_path / "out")
+    for run_id in ("first", "second"):
+        messages = []
+        with commit.PartitionRun(output, PARTITION, run_id, log=messages.append) as run:
+            _write(os.path.join(run.stage, "part-0.parquet"), run_id)
+            run.commit({"run_id": run_id})
+        assert messages == [] and os.listdir(os.path.join(output, commit.TMP)) == []
+    assert read_json(os.path.join(commit.partition_path(output, PARTITION), commit.SUCCESS)) == {"run_id": "second"}
 
 
 def test_a_death_before_the_journal_leaves_the_old_partition(tmp_path):
@@ -201,5 +214,5 @@ def test_two_runs_of_one_date_at_once_the_second_is_refused(tmp_path):
     finally:
         holder.kill()
     assert read_json(os.path.join(commit.partition_path(output, PARTITION), commit.SUCCESS)) == {"run_id": "holder"}
-    # The holder's stage was never touched by the refused run.
-    assert os.listdir(os.path.join(output, commit.TMP, PARTITION)) == []
+    # The refused run touched nothing: the holder committed, and its stage root went with it.
+    assert not os.path.exists(os.path.join(output, commit.TMP, PARTITION))

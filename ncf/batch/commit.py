@@ -209,5 +209,12 @@ class PartitionRun:
         try:
             if not self.committed:
                 shutil.rmtree(self.stage, ignore_errors=True)
+            # The partition's stage root, empty once the stage is renamed or removed: left, the
+            # next run would report it as what a dead run left. Under the lock, no other run's
+            # stage can be in it.
+            try:
+                os.rmdir(stage_root(self.output, self.partition))
+            except OSError:
+                pass
         finally:
             self._stack.close()
