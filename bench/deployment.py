@@ -42,12 +42,10 @@ def baseline_rankings(data: str, at: int, users: List, names: Sequence[str]) -> 
     ``users`` at ``at``, from ``data``'s state (everything through its end), with the baseline's
     parameters (tuned on ``data``'s validation weeks, or its defaults)."""
     state = RankingState.load(data)
-    baselines, tuned = tuned_baselines(data, state, names)
     context = PointInTime.build(state.states, state.vocabs, at, data)
     indices = state.vocabs.users.index_of(users)
     out = {}
-    for baseline in baselines:
-        params = tuned[baseline.name].params if baseline.name in tuned else dict(baseline.defaults)
+    for baseline, params, _ in tuned_baselines(data, state, names):
         ranker = baseline.build(context, **params)
         ranked = {u: state.vocabs.products.raw_of(ranker.rank(int(i), at, K)) for u, i in zip(users, indices)}
         out[baseline.name] = {"params": params, "ranked": ranked}

@@ -132,20 +132,22 @@ def tuned_baselines(
     names: Sequence[str] = BASELINE_ORDER,
     retune: bool = False,
     exclude_purchased: bool = False,
-) -> tuple[List[Baseline], Dict[str, Tuned]]:
-    """The baselines of ``names`` that ``data`` can build (the boosted ranker needs its training
-    lists), and the tunable ones' parameters tuned on ``data``'s validation period (from
-    ``state``, the state of ``data``, as known at the period's start)."""
+) -> List[tuple[Baseline, Dict, Optional[Tuned]]]:
+    """Each baseline of ``names`` that ``data`` can build (the boosted ranker needs its training
+    lists) with the parameters to build it with: for a tunable one, those tuned on ``data``'s
+    validation period (from ``state``, the state of ``data``, as known at the period's start) and
+    the tuning's record; for the others, their defaults and None."""
     stats = layout.DataStats(data)
     baselines = [BASELINES[n] for n in names if n != "boosted_ranker" or stats.raw.get("examples")]
     tunable = [b for b in baselines if b.tunable]
-    if not tunable:
-        return baselines, {}
-    val_state = state.as_of(period_start(VAL, stats.boundaries))
-    val_context, val_period = point_in_time_period(val_state, VAL, stats.boundaries, data, exclude_purchased)
-    return baselines, tuned_params(
-        tunable, data, val_context, val_period, val_period.users, retune, exclude_purchased=exclude_purchased
-    )
+    tuned: Dict[str, Tuned] = {}
+    if tunable:
+        val_state = state.as_of(period_start(VAL, stats.boundaries))
+        val_context, val_period = point_in_time_period(val_state, VAL, stats.boundaries, data, exclude_purchased)
+        tuned = tuned_params(
+            tunable, data, val_context, val_period, val_period.users, retune, exclude_purchased=exclude_purchased
+        )
+    return [(b, tuned[b.name].params if b.name in tuned else dict(b.defaults), tuned.get(b.name)) for b in baselines]
 
 
 def evaluate_baselines(
@@ -161,10 +163,8 @@ def evaluate_baselines(
     """One row per baseline on ``period``; tunable ones with the parameters tuned on the
     validation period (``params`` and ``val_*`` in the row). ``exclude_purchased``: every
     ranking leaves out what the household bought before (tuning too)."""
-    baselines, tuned = tuned_baselines(data, state, names, retune, exclude_purchased)
     rows = []
-    for baseline in baselines:
-        params = tuned[baseline.name].params if baseline.name in tuned else dict(baseline.defaults)
+    for baseline, params, tuned in tuned_baselines(data, state, names, retune, exclude_purchased):
         started = time.time()
         ranker = baseline.build(context, **params)
         fit_seconds = round(time.time() - started, 1)
@@ -173,10 +173,8 @@ def evaluate_baselines(
             rank = excluding_purchased(rank, state.states)
         row = evaluate(baseline.name, rank, score, period, users, state.states, context.num_products, context.catalog)
         row.update(params=params, fit_seconds=fit_seconds)
-        if baseline.name in tuned:
-            row.update(
-                {f"val_{k}": v for k, v in tuned[baseline.name].val.items() if k in (f"recall@{K}", f"ndcg@{K}")}
-            )
+        if tuned is not None:
+            row.update({f"val_{k}": v for k, v in tuned.val.items() if k in (f"recall@{K}", f"ndcg@{K}")})
         rows.append(row)
     return rows
 
