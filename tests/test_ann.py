@@ -50,7 +50,9 @@ def test_ranking_loads_the_saved_index_and_agrees_with_exact_lists(indexed_model
     # 60 products: the graph search visits all of them, so the lists are the exact ones.
     np.testing.assert_array_equal(mf_lists, exact.ranker.candidates.mf_top(users))
     at = [searched.default_at] * len(users)
-    for a, b in zip(searched.ranker.rank(users, at, k=5), exact.ranker.rank(users, at, k=5)):
+    from_index, from_cache = searched.ranker.rank(users, at, k=5), exact.ranker.rank(users, at, k=5)
+    assert len(from_index) == len(from_cache) == len(users)
+    for a, b in zip(from_index, from_cache):
         assert a.products.tolist() == b.products.tolist()
 
 

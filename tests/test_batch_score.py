@@ -178,7 +178,9 @@ def test_compiled_scoring_ranks_as_the_model_does(small_model_dir, small_data):
     compiled.ranker.compile()
     users = eager.state.states.users()[:40]  # a full chunk of 32 households, then a shorter one
     at = [eager.default_at] * len(users)
-    for user, a, b in zip(users, eager.ranker.rank(users, at, k=K), compiled.ranker.rank(users, at, k=K)):
+    eager_rankings, compiled_rankings = eager.ranker.rank(users, at, k=K), compiled.ranker.rank(users, at, k=K)
+    assert len(eager_rankings) == len(compiled_rankings) == len(users)
+    for user, a, b in zip(users, eager_rankings, compiled_rankings):
         np.testing.assert_allclose(b.scores, a.scores, rtol=1e-4, atol=1e-6)
         # Products may only trade places where the eager model scores them equal to float rounding.
         eager_scores_of_b, _ = eager.ranker.score(int(user), b.products, at[0])

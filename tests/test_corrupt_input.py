@@ -25,13 +25,16 @@ def valid_parquet_bytes() -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def check_or_input_error(path: str) -> None:
-    """Either the file passes the column check, or InputError names it; nothing else escapes."""
+def check_or_input_error(path: str, must_fail: bool = False) -> None:
+    """Either the file passes the column check, or InputError names it; nothing else escapes.
+    ``must_fail``: a file that cannot hold the columns (no header in it, no Parquet footer)."""
     try:
         schema.check_columns(schema.resolve_files(path), schema.LOG_REQUIRED, "purchase log")
     except schema.InputError as e:
         message = str(e)
         assert path in message and "\n" not in message
+    else:
+        assert not must_fail, f"{path} passed the column check"
 
 
 @FUZZ
@@ -40,7 +43,7 @@ def test_random_bytes_give_an_input_error_naming_the_file(tmp_path, content, fmt
     path = str(tmp_path / f"logs.{fmt}")
     with open(path, "wb") as f:
         f.write(content)
-    check_or_input_error(path)
+    check_or_input_error(path, must_fail=b"user_id" not in content)
 
 
 @FUZZ
@@ -52,7 +55,7 @@ def test_truncated_or_flipped_parquet_gives_an_input_error(tmp_path, cut, flip):
     path = str(tmp_path / "logs.parquet")
     with open(path, "wb") as f:
         f.write(bytes(data[: max(cut, 1)] if flip == 0 else data))  # ...or a file cut short
-    check_or_input_error(path)
+    check_or_input_error(path, must_fail=flip == 0)
 
 
 cell = st.one_of(

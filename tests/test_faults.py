@@ -71,7 +71,7 @@ def test_a_killed_serve_replica_loses_no_request_after_retries(ray_session, smal
                     try:
                         post(f"{url}/recommend", {"user_id": 1, "k": 5})
                         break
-                    except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    except Exception:  # a cut-off answer too (IncompleteRead, a partial JSON body)
                         counts["first_try_failures"] += attempt == 0
                         time.sleep(0.5)
                 else:

@@ -164,9 +164,10 @@ def test_explanations_name_distinct_products_the_model_attends_to(recommender):
     rows = dataclasses.replace(ranker.rows, product=product_rows)
     explained = Ranker(ranker.model, ranker.state, rows, ranker.settings)
     ranking = explained.rank([user], [at], k=5, explain=True, explain_top=length)[0]
+    assert len(ranking.explanations) == 5
     for because in ranking.explanations:
         named = [p for p, _ in because]
-        assert len(named) == len(set(named)) and history[0] not in named
+        assert because and len(named) == len(set(named)) and history[0] not in named
         assert all(product_rows[named] > 0) and all(w > 0 for _, w in because)
 
 
@@ -201,6 +202,7 @@ def test_many_households_in_one_call_equal_each_alone(recommender):
     at = [recommender.default_at - i * 86400 for i in range(len(users))]
     for exclude in (False, True):
         together = ranker.rank(users, at, k=5, exclude_purchased=exclude)
+        assert len(together) == len(users)
         for user, moment, ranking in zip(users, at, together):
             alone = ranker.rank([user], [moment], k=5, exclude_purchased=exclude)[0]
             assert ranking.products.tolist() == alone.products.tolist() and ranking.cold_start == alone.cold_start
@@ -218,7 +220,9 @@ def test_kept_first_stage_lists_equal_fresh_ones(recommender, monkeypatch):
     assert not fresh.candidates.mf.cached
     users = [int(u) for u in r.state.states.users()[:8]]
     at = [recommender.default_at - i * 3 * 86400 for i in range(len(users))]
-    for a, b in zip(warmed.rank(users, at, k=10), fresh.rank(users, at, k=10)):
+    kept, recomputed = warmed.rank(users, at, k=10), fresh.rank(users, at, k=10)
+    assert len(kept) == len(recomputed) == len(users)
+    for a, b in zip(kept, recomputed):
         assert a.products.tolist() == b.products.tolist()
 
 

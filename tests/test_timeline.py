@@ -49,6 +49,17 @@ def test_aggregates_count_only_earlier_purchases_by_hand():
     assert agg.most_bought(1, half_life_column=0).tolist() == [5]
 
 
+def test_most_bought_orders_by_the_chosen_decay_then_lines_then_id():
+    # 3: three days about 300 days ago; 8: once yesterday; 4 and 2: one day 200 days ago, 4 on two
+    # lines of it. Each ordering below puts a different product first.
+    products = np.array([3, 3, 3, 4, 4, 2, 8])
+    days = np.array([0, 1, 2, 100, 100, 100, 299])
+    agg = UserTimeline(products, days * DAY).aggregates(300 * DAY, half_lives=(7.0, 365.0))
+    assert agg.most_bought(4, half_life_column=0).tolist() == [8, 4, 2, 3]  # recent first
+    assert agg.most_bought(4, half_life_column=1).tolist() == [3, 8, 4, 2]  # habits first
+    assert agg.most_bought(2, half_life_column=1).tolist() == [3, 8]
+
+
 def test_bought_at_marks_the_same_basket():
     tl = timeline()
     assert tl.bought_at(np.array([9, 7, 5]), np.array([4, 4, 2]) * DAY).tolist() == [True, False, True]
