@@ -144,7 +144,8 @@ def lineage(model_dir: str, data: Optional[str] = None) -> Dict[str, str]:
     data = os.path.abspath(data or config["data"]["path"])
     stats = layout.stats_path(data)
     return {
-        MODEL_DIR_TAG: os.path.abspath(model_dir),
+        # The real path: a blue/green link is repointed by the next training, its old target kept.
+        MODEL_DIR_TAG: os.path.realpath(model_dir),
         "model_version": str(config["version"]),
         "kind": str(config.get("run", "unknown")),
         "format_version": str(config["format_version"]),
@@ -308,7 +309,8 @@ class Registry:
         return None if version is None else str(version)
 
     def path_of(self, version: str) -> str:
-        """The model directory of ``version``, checked (still there, still a model directory)."""
+        """The model directory of ``version``, checked: still there, still a model directory, and
+        still holding that version's model (not one trained into the same directory since)."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -318,7 +320,13 @@ class Registry:
         path = (found.tags or {}).get(MODEL_DIR_TAG) or found.source
         if not os.path.isdir(path):
             raise InputError(f"{path}: version {version}'s model directory is gone (moved or deleted)")
-        read_config(path)
+        holds, recorded = str(read_config(path)["version"]), (found.tags or {}).get("model_version")
+        if recorded is not None and holds != recorded:
+            raise InputError(
+                f"{path}: version {version}'s model ({recorded}) was replaced there by {holds} (trained "
+                f"again into the same --output); {MODELS_CLI} list shows which version holds it. To keep "
+                "each version's directory, train into a symlink (blue/green, README)"
+            )
         return path
 
     def history(self) -> List[str]:

@@ -11,6 +11,7 @@
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 
@@ -88,6 +89,38 @@ def test_promote_and_rollback_move_what_current_resolves_to(store, tmp_path, cap
     with pytest.raises(InputError, match="gone"):
         store.promote("2")
     assert store.current() == "1" and reg.resolve_model(first) == first
+
+
+@pytest.mark.faults
+def test_a_version_whose_directory_was_trained_over_is_refused_not_resolved_to_the_newer_model(store, tmp_path):
+    """Old code: the registry kept only the path, so after a second training into the same
+    --output, rollback (and models:/NAME/1) resolved to the newer model and said it was 1."""
+    model = fake_model_dir(tmp_path, "week1")
+    assert reg.track_model(model, strict=True) == "1"
+    shutil.rmtree(model)
+    os.rename(fake_model_dir(tmp_path, "week2"), model)  # jobs.train swaps a new directory in
+    assert reg.track_model(model, strict=True) == "2"
+    store.promote("2")
+    with pytest.raises(InputError, match=r"version 1's model \(week1\) was replaced there by week2"):
+        store.rollback()
+    assert store.current() == "2" and reg.resolve_model("current") == model
+    with pytest.raises(InputError, match="was replaced"):
+        reg.resolve_model("models:/advanced-ncf/1")
+
+
+def test_a_blue_green_link_registers_each_target_so_rollback_reaches_the_old_model(store, tmp_path):
+    link = str(tmp_path / "serving")
+    blue = fake_model_dir(tmp_path, "blue")
+    os.symlink(blue, link)
+    assert reg.track_model(link, strict=True) == "1"
+    green = fake_model_dir(tmp_path, "green")
+    os.remove(link)
+    os.symlink(green, link)  # what a training into the link does
+    assert reg.track_model(link, strict=True) == "2"
+    store.promote("2")
+    assert reg.resolve_model("current") == green
+    store.rollback()
+    assert reg.resolve_model("current") == blue
 
 
 def test_current_with_nothing_registered_is_a_one_line_error(store, capsys, tmp_path):
