@@ -259,14 +259,17 @@ def build_app(args: Dict) -> Application:
     """The application for ``args`` (a dict or :class:`AppArgs`); checks the settings here, so a
     typo fails the deploy command rather than the replicas."""
     a = _validated(args)
-    model_dir = resolve_model(a.model)
+    # Real paths: a replica started later (autoscaling, a replacement) must load what this one
+    # verified, not what a blue/green link points at by then.
+    model_dir = os.path.realpath(resolve_model(a.model))
+    data = os.path.realpath(a.data) if a.data else None
     verify_model_dir(model_dir)  # not a whole, consistent model directory: fail here, with its path
-    if a.data:
-        verify_data_state(a.data)  # the same for the DATA's state
-        check_catalog(read_config(model_dir)["model"], layout.DataStats(a.data).vocab_sizes, a.data)
+    if data:
+        verify_data_state(data)  # the same for the DATA's state
+        check_catalog(read_config(model_dir)["model"], layout.DataStats(data).vocab_sizes, data)
     # Takes the fingerprints of the model and DATA now, into the user_config (ServeSettings).
     settings = ServeSettings.from_user_config(
-        {"model_dir": model_dir, "candidates": a.candidates, "default_at": a.default_at, "data": a.data, "ui": a.ui}
+        {"model_dir": model_dir, "candidates": a.candidates, "default_at": a.default_at, "data": data, "ui": a.ui}
     )
     return _application(a, settings)
 

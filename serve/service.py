@@ -19,6 +19,7 @@ from typing import Dict, List, Mapping, Optional
 
 from ncf.data import layout
 from ncf.data.vocab import UNKNOWN_INDEX
+from ncf.errors import InputError
 from ncf.model.directory import read_config
 from ncf.model.integrity import MANIFEST, verify_data_state, verify_model_dir
 from ncf.moments import DATA_END, NOW
@@ -128,6 +129,16 @@ def data_fingerprint(data: str) -> str:
     return _digest(stats, extra=f"{os.path.realpath(data)}\0{modified}".encode())
 
 
+def _check_unchanged(settings: ServeSettings) -> None:
+    """Raises unless the paths still hold what the deployment was built with: a replica started
+    later (autoscaling, a replacement) would otherwise serve another model beside the others."""
+    if not same_content_on_disk(settings):
+        raise InputError(
+            f"{settings.model_dir} (or its DATA) changed after this deployment was built; "
+            "roll the new one out with python -m jobs.deploy"
+        )
+
+
 def same_content_on_disk(settings: ServeSettings) -> bool:
     """True when ``settings``' fingerprints are those of what its paths hold now."""
     if settings.model_fingerprint != model_fingerprint(settings.model_dir):
@@ -164,10 +175,13 @@ class ModelService:
         # Paths and fingerprints: a new model or DATA written at the same path is a new one.
         same = previous is not None and previous.settings.content() == settings.content()
         if not same:
+            _check_unchanged(settings)
             verify_model_dir(settings.model_dir)
             if settings.data is not None:
                 verify_data_state(settings.data)
         recommender = previous.recommender if same else Recommender.load(settings.model_dir, data=settings.data)
+        if not same:
+            _check_unchanged(settings)  # replaced while it was verified and loaded
         if settings.candidates is not None:
             # A new recommender sharing the model and state: requests in flight keep the old one.
             recommender = recommender.with_settings(candidates=settings.candidates)

@@ -423,6 +423,25 @@ def test_settings_tell_when_their_paths_hold_other_files(small_model_dir, small_
     assert not same_content_on_disk(settings)
 
 
+@pytest.mark.faults
+def test_a_replica_started_after_its_model_was_replaced_refuses_to_serve_it(small_model_dir, tmp_path):
+    """Old code: a replica started by autoscaling or as a replacement loaded whatever the path held
+    by then, and served it beside replicas of the deployed model; a blue/green link repointed
+    since did the same."""
+    model = str(tmp_path / "model")
+    shutil.copytree(small_model_dir, model)
+    link = str(tmp_path / "serving")
+    os.symlink(model, link)
+    # build_app records the link's target: repointing the link later does not reach the replicas.
+    assert build_app({"model": link})._bound_deployment.user_config["model_dir"] == model
+    settings = ServeSettings.from_user_config({"model_dir": model})
+    assert ModelService.load(settings).version
+    with open(os.path.join(model, "manifest.json"), "a") as f:
+        f.write("\n")  # what another model saved at the path does: a new manifest
+    with pytest.raises(InputError, match="changed after this deployment was built"):
+        ModelService.load(settings)
+
+
 def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_dir, recommender, users):
     """What a @serve.batch call runs: requests grouped by k, exclude_purchased and explain are
     ranked in one model call each; every answer equals the single request's."""
