@@ -37,6 +37,7 @@ from ncf.data.features import DURATION_COLUMNS, NUM_FEATURES, Catalog
 from ncf.data.vocab import FIRST_TS, Vocabularies, Vocabulary
 from ncf.jsonio import write_json
 from ncf.model.batch import Batch
+from ncf.model.integrity import vocab_digest
 from ncf.splits import REFIT, VALIDATED
 from ncf.train.config import TrainConfig
 from ncf.train.loop import Worker, train_epoch, worker_threads
@@ -106,6 +107,7 @@ def write_synthetic_lists(root: str, users: int, products: int, lists: int, per_
                 E.LABEL: rng.random(n) < 0.15,
                 E.LOG_Q: np.zeros(n, np.float32),
                 E.FEATURES: features,
+                E.BOUGHT_UNKNOWN: 0,
             }
         )
     os.makedirs(layout.examples_dir(root, CUTOFF))
@@ -126,7 +128,20 @@ def _worker(data: str, config: TrainConfig) -> Worker:
     model_config = config.model_config(vocabs.sizes())
     model, optimizer = build_model(model_config, torch.device("cpu"), config.learning_rate)
     catalog = Catalog(vocabs.products.column("department_index"), vocabs.products.column("category_index"))
-    return Worker(config, 0, 1, torch.device("cpu"), model_config, model, optimizer, catalog, vocabs, 0)
+    return Worker(
+        cfg=config,
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        model_config=model_config,
+        model=model,
+        optimizer=optimizer,
+        catalog=catalog,
+        vocabs=vocabs,
+        trained_through=0,
+        rows_trained_before=0,
+        vocab_sha256=vocab_digest(data),
+    )
 
 
 def model_only(w: Worker, table: pa.Table, steps: int) -> float:

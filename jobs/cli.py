@@ -188,16 +188,21 @@ def check_data(path: str, runs: tuple = (), option: str = "--data") -> str:
     return path
 
 
-def check_model(ref: str, option: str = "--model") -> str:
+def check_model(ref: str, option: str = "--model", verify: bool = True) -> str:
     """The model directory ``ref`` names (a path, or ``current`` / ``models:/...`` through the
-    registry), checked: it exists and holds a config.json this code reads."""
+    registry), checked: it exists, holds a config.json this code reads and, with ``verify``,
+    matches its checksum manifest and agrees with itself (:func:`ncf.model.integrity.verify_model_dir`;
+    ``verify=False`` for the jobs whose library call verifies it anyway)."""
     from ncf.model.directory import read_config
+    from ncf.model.integrity import verify_model_dir
     from ncf.registry import is_registry_ref, resolve_model
 
     path = resolve_model(ref)
     if not is_registry_ref(ref):
         require_dir(path, MODEL_DIR, option, TRAIN_FIRST)
     read_config(path)  # no config.json, or another format: names the path and jobs.train
+    if verify:
+        verify_model_dir(path)  # a damaged or half-copied directory would rank wrongly, silently
     return path
 
 

@@ -97,7 +97,8 @@ def main(argv=None) -> dict:
                 "(HOST:6379, from `ray start --head`) or submit the job with `ray job submit`; without "
                 "RAY_ADDRESS the job's own cluster stops when it exits"
             )
-        app_args["model"] = check_model(args.model)  # current: the registry's current version, now
+        # current: the registry's current version, now; build_app verifies the directory.
+        app_args["model"] = check_model(args.model, verify=False)
         if args.data:
             check_data(args.data)
         app = build_app(app_args)  # checks the settings before Ray starts

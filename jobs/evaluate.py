@@ -16,6 +16,7 @@ from ncf.errors import InputError
 from ncf.evaluate.evaluation import BASELINE_ORDER, evaluate_all, model_on_period
 from ncf.evaluate.report import write_report
 from ncf.model.directory import ModelDir
+from ncf.model.integrity import verify_data_state
 from ncf.splits import TEST, VAL
 
 
@@ -51,6 +52,7 @@ def main(argv=None) -> list:
     with one_line_errors():
         check_args(args)
         check_data(args.data)
+        verify_data_state(args.data)
         args.model = None if args.baselines_only else check_model(args.model)
         on_period = (
             None if args.baselines_only else model_on_period(args.model, args.data, args.split, args.exclude_purchased)

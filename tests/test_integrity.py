@@ -173,6 +173,58 @@ def test_a_vocabulary_of_another_size_is_refused(model, tmp_path):
         verify_model_dir(model)
 
 
+def _reordered_vocab_copy(data: str, destination: str) -> None:
+    """``data``'s vocabularies with the households in another order, as another preprocess of
+    the same logs may number them: the same sizes, other meanings of the rows."""
+    vocabs = Vocabularies.load(layout.vocab_dir(data))
+    ids = vocabs.users.ids.to_pylist()
+    users = Vocabulary.from_ids(ids[::-1], kind="int")
+    Vocabularies(users, vocabs.products, vocabs.departments, vocabs.categories).save(layout.vocab_dir(destination))
+
+
+@pytest.mark.faults
+def test_a_vocabulary_of_the_same_size_from_another_run_is_refused(model, tmp_path):
+    """Old code compared the sizes only: another preprocess's numbering passed, and the replicas
+    scored each household with another one's row."""
+    other = str(tmp_path / "reordered")
+    _reordered_vocab_copy(os.path.join(model, "state"), other)
+    shutil.copy(layout.vocab_dir(other) + "/users.parquet", os.path.join(model, "state", "vocab", "users.parquet"))
+    write_manifest(model, unsealed=[METRICS])  # sealed again: the manifest alone cannot tell
+    with pytest.raises(ModelIntegrityError, match="state/vocab is not the vocabulary the weights were trained on"):
+        verify_model_dir(model)
+
+
+@pytest.mark.faults
+def test_a_save_after_data_was_preprocessed_again_is_refused_and_the_old_model_kept(model, data, tmp_path):
+    """jobs.preprocess into the DATA a training reads swaps new vocabularies in: the export would
+    have copied them beside weights whose rows index the old ones."""
+    from ncf.model.advanced_ncf import AdvancedNCF
+    from ncf.model.config import ModelConfig
+    from ncf.model.directory import ModelDir, save_model_dir
+    from ncf.model.integrity import vocab_digest
+
+    config = ModelConfig.from_dict(_config(model)["model"])
+    weights = AdvancedNCF(config).state_dict()
+    trained_on = vocab_digest(data)
+    assert _config(model)["data"]["vocab_sha256"] == trained_on
+    _reordered_vocab_copy(data, data)  # preprocessed again while the model trained
+    with pytest.raises(InputError, match="its vocabularies changed while the model trained"):
+        save_model_dir(model, weights, config, data, END, "validated", version="v2", vocab_sha256=trained_on)
+    assert ModelDir(model).version == "v1"
+    verify_model_dir(model)
+    save_model_dir(model, weights, config, data, END, "validated", version="v3", vocab_sha256=vocab_digest(data))
+    assert ModelDir(model).version == "v3"
+
+
+def test_a_checkpoint_of_other_vocabularies_is_not_resumed():
+    from ncf.train.checkpoint import check_same_vocabularies
+
+    check_same_vocabularies("runs/a", None, "abc")  # written before the digest was recorded
+    check_same_vocabularies("runs/a", "abc", "abc")
+    with pytest.raises(InputError, match="trained on other vocabularies than --data holds now"):
+        check_same_vocabularies("runs/a", "abc", "abd")
+
+
 def test_user_state_of_another_run_is_refused(model, tmp_path):
     other = tiny_data(str(tmp_path / "b"), users=9)
     for name in ("offsets.npy", "products.npy", "timestamps.npy"):
@@ -185,7 +237,7 @@ def test_user_state_of_another_run_is_refused(model, tmp_path):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda c: "{not json", "unreadable manifest|bad config.json"),
+        (lambda c: "{not json", "unreadable config.json"),
         (lambda c: json.dumps({**c, "model": {**c["model"], "num_heads": 3}}), "bad config.json .*divisible"),
         (
             lambda c: json.dumps({**c, "model": {**c["model"], "colour": 1}}),
@@ -232,3 +284,50 @@ def test_data_without_a_catalog_is_refused_for_a_model_trained_with_one(model, t
     with pytest.raises(InputError, match="no product has a department or category .* --products CATALOG"):
         Recommender.load(model, data=other)
     assert Recommender.load(model, data=tiny_data(str(tmp_path / "withcatalog"))).recommend(["101"], k=2)
+
+
+def _flip_last_byte(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+
+
+@pytest.mark.faults
+def test_the_jobs_that_load_a_model_without_serve_verify_it_first(model, data, tmp_path):
+    """Old code: only Serve checked the manifest; the nightly job, its --verify and jobs.evaluate
+    loaded a damaged directory and ranked with it (a changed tensor kept 34% of the top 10)."""
+    from jobs.cli import check_model
+    from ncf.batch.scoring import BatchScoreConfig, check_config
+
+    scoring = BatchScoreConfig(model=model, data=data, output=str(tmp_path / "out"), k=2, at="data-end")
+    check_config(scoring)
+    assert check_model(model) == model
+    _flip_last_byte(os.path.join(model, WEIGHTS))
+    assert Recommender.load(model, data=data)  # loading alone does not notice
+    for check in (lambda: check_config(scoring), lambda: check_model(model)):
+        with pytest.raises(ModelIntegrityError, match="model.pt does not match its sha256"):
+            check()
+
+
+@pytest.mark.faults
+def test_the_nightly_job_verifies_the_data_state_it_ranks_from(model, data, tmp_path):
+    from ncf.batch.scoring import BatchScoreConfig, check_config
+
+    _truncate(os.path.join(layout.user_state_dir(data), "offsets.npy"))
+    scoring = BatchScoreConfig(model=model, data=data, output=str(tmp_path / "out"), k=2, at="data-end")
+    with pytest.raises(InputError, match="the DATA's state does not load"):
+        check_config(scoring)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("content", ["", "{trunc", "[1, 2]"], ids=["empty", "truncated", "not an object"])
+def test_an_unreadable_config_is_one_line_naming_the_directory(model, content):
+    from ncf.model.directory import read_config
+
+    with open(os.path.join(model, CONFIG), "w") as f:
+        f.write(content)
+    with pytest.raises(InputError, match=f"{model}: (unreadable config.json|config.json holds list)") as error:
+        read_config(model)
+    assert "\n" not in str(error.value)

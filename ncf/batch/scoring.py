@@ -68,6 +68,7 @@ from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.device import GPU_SETTINGS, resolve_gpu
 from ncf.errors import InputError, raised_within
 from ncf.model.directory import ModelDir, read_config
+from ncf.model.integrity import verify_data_state, verify_model_dir
 from ncf.moments import resolve_at, run_date_of
 from ncf.rank.ranker import MAX_K
 from ncf.rank.recommender import Recommender
@@ -426,8 +427,11 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple
     _check_numbers(config)
     model_config = read_config(os.path.abspath(config.model))
     _check_k(config.k, model_config)
+    # The actors load both without checksums: a damaged directory would rank wrongly, silently.
+    verify_model_dir(os.path.abspath(config.model))
     resolve_at(config.at, 0, now=now)  # a bad --at fails before the data is looked at
     stats = layout.DataStats(config.data)
+    verify_data_state(config.data)
     check_catalog(model_config["model"], stats.vocab_sizes, config.data)
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
     at = resolve_at(config.at, stats.end + 1, now=now)

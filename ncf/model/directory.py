@@ -42,7 +42,7 @@ from ncf.jsonio import read_json, write_json
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.ann import MF_CANDIDATES, ProductIndex, has_mf, index_path, needed
 from ncf.model.config import ModelConfig
-from ncf.model.integrity import write_manifest
+from ncf.model.integrity import vocab_digest, write_manifest
 from ncf.splits import REFIT, VALIDATED
 from ncf.staging import replacing
 
@@ -74,6 +74,7 @@ def save_model_dir(
     ranking: Optional[Dict] = None,
     overwrite: bool = False,
     rows_trained_before: Optional[int] = None,
+    vocab_sha256: Optional[str] = None,
 ) -> str:
     """Writes a complete model directory beside ``output`` and swaps it in (:func:`ncf.staging.replacing`).
 
@@ -90,6 +91,9 @@ def save_model_dir(
         rows_trained_before: households and products first seen from then on use the tables'
             unknown row, their own rows never trained: the last cutoff, since no list holds a
             product or a household unknown at its cutoff (default: ``trained_through``).
+        vocab_sha256: :func:`ncf.model.integrity.vocab_digest` of the vocabularies the weights
+            were trained on; the save is refused when DATA's differ by now (preprocessed again
+            into the same directory while training ran). Recorded in ``config.json`` either way.
 
     A ``validated`` or ``refit`` run also records which rows its lists held
     (:func:`ncf.data.examples.listed_rows`): the others were never trained either and rank
@@ -101,6 +105,12 @@ def save_model_dir(
     with replacing(output, CONFIG, "model directory", [data], overwrite, wait_s=120, version=version) as tmp:
         torch.save(weights, os.path.join(tmp, WEIGHTS))
         copy_state(data, os.path.join(tmp, STATE))
+        copied_vocab = vocab_digest(os.path.join(tmp, STATE))  # what was copied, not what DATA holds now
+        if vocab_sha256 is not None and copied_vocab != vocab_sha256:
+            raise InputError(
+                f"{data}: its vocabularies changed while the model trained (jobs.preprocess into the "
+                "same --output?); the weights' rows index the old ones: train again on the new DATA"
+            )
         width = (ranking or {}).get("mf_candidates", MF_CANDIDATES)
         if has_mf(weights) and needed(model_config.num_users, min(width, model_config.num_products - 1)):
             ProductIndex.build(weights).save(index_path(tmp))
@@ -115,7 +125,7 @@ def save_model_dir(
                 "version": version,
                 "run": run,
                 "model": dataclasses.asdict(model_config),
-                "data": {"path": os.path.abspath(data), "boundaries": stats.boundaries},
+                "data": {"path": os.path.abspath(data), "boundaries": stats.boundaries, "vocab_sha256": copied_vocab},
                 "trained_through": int(trained_through),
                 "rows_trained_before": int(trained_through if rows_trained_before is None else rows_trained_before),
                 "ranking": ranking or {},
@@ -160,7 +170,12 @@ def read_config(model_dir: str) -> Dict:
     path = os.path.join(model_dir, CONFIG)
     if not os.path.exists(path):
         raise InputError(f"{model_dir}: not a model directory (no {CONFIG}); run python -m jobs.train first")
-    config = read_json(path)
+    try:
+        config = read_json(path)
+    except (OSError, ValueError) as e:  # empty, truncated, not JSON, unreadable
+        raise InputError(f"{model_dir}: unreadable {CONFIG} ({type(e).__name__}: {e})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{model_dir}: {CONFIG} holds {type(config).__name__}, not an object")
     if config.get("format_version") != FORMAT_VERSION:
         raise InputError(
             f"{model_dir}: model directory format {config.get('format_version')}, this code reads "

@@ -18,8 +18,10 @@ what is wrong) unless:
 * ``config.json`` is a model config this code builds;
 * the weights load with ``torch.load(weights_only=True)`` and have exactly the model's parameter
   names and shapes (checked against the model built on the meta device: no memory);
-* the vocabularies have the sizes of the model's embedding tables, and the purchases and product
-  stats of ``state/`` load and agree with them;
+* the vocabularies have the sizes of the model's embedding tables and are the ones it was trained
+  on (``config.json``'s ``data.vocab_sha256``, :func:`vocab_digest`: every preprocess may order
+  them anew, so equal sizes are not enough), and the purchases and product stats of ``state/``
+  load and agree with them;
 * the MF index, where there is one, loads and holds a vector of the MF width per product row.
 
 :func:`verify_data_state` checks a DATA directory's state the same way (it loads, its parts
@@ -40,7 +42,7 @@ import hashlib
 import json
 import os
 import sys
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -74,6 +76,16 @@ def sha256_of(path: str) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def vocab_digest(directory: str) -> str:
+    """sha256 over the vocabulary files of a DATA directory (or a model's ``state/``): what the
+    rows of the embedding tables mean."""
+    root = layout.vocab_dir(directory)
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(root)):
+        digest.update(name.encode() + b"\0" + bytes.fromhex(sha256_of(os.path.join(root, name))))
     return digest.hexdigest()
 
 
@@ -156,7 +168,8 @@ def verify_model_dir(model_dir: str) -> None:
     except (ValueError, KeyError, TypeError) as e:
         raise ModelIntegrityError(f"{model_dir}: bad config.json ({_one_line(e)})") from None
     _check_weights(model_dir, os.path.join(model_dir, WEIGHTS), model_config)
-    _check_state(model_dir, os.path.join(model_dir, STATE), model_config)
+    trained_vocab = (config.get("data") or {}).get("vocab_sha256")
+    _check_state(model_dir, os.path.join(model_dir, STATE), model_config, trained_vocab)
     _check_index(model_dir, model_config)
     _check_trained_rows(model_dir, model_config)
 
@@ -226,7 +239,7 @@ def verify_data_state(data: str) -> None:
     _check_state_agrees(data, vocabs, states, stats, DataIntegrityError)
 
 
-def _check_state(model_dir: str, state: str, config: ModelConfig) -> None:
+def _check_state(model_dir: str, state: str, config: ModelConfig, trained_vocab: Optional[str]) -> None:
     vocabs, states, stats = _load_state(f"{model_dir}: state/", state, ModelIntegrityError)
     tables = {
         name: getattr(config, name) for name in ("num_users", "num_products", "num_departments", "num_categories")
@@ -235,6 +248,11 @@ def _check_state(model_dir: str, state: str, config: ModelConfig) -> None:
     wrong = [f"{name} {sizes[name]} != {tables[name]}" for name in tables if sizes[name] != tables[name]]
     if wrong:
         raise ModelIntegrityError(f"{model_dir}: vocabularies do not fit the embedding tables: {'; '.join(wrong)}")
+    if trained_vocab is not None and vocab_digest(state) != trained_vocab:
+        raise ModelIntegrityError(
+            f"{model_dir}: state/vocab is not the vocabulary the weights were trained on (config.json's "
+            "data.vocab_sha256 differs): its rows would name other households and products"
+        )
     _check_state_agrees(model_dir, vocabs, states, stats, ModelIntegrityError)
 
 

@@ -59,6 +59,17 @@ def check_same_model(run_folder: str, saved: Optional[Dict], current: Dict) -> N
     )
 
 
+def check_same_vocabularies(run_folder: str, saved: Optional[str], current: str) -> None:
+    """Raises InputError when a checkpoint of ``run_folder`` was trained on other vocabularies
+    (:func:`ncf.model.integrity.vocab_digest`) than DATA holds now: preprocessed again since, its
+    tables' rows would name other households and products."""
+    if saved is not None and saved != current:
+        raise InputError(
+            f"the checkpoint in {run_folder} was trained on other vocabularies than --data holds now "
+            "(preprocessed again since?); give this training a new --name or remove that run's folder"
+        )
+
+
 def saved_model_config(run_folder: str) -> Optional[Dict]:
     """The model configuration of the latest checkpoint in a run's folder (the one Ray Train
     would resume from), or None when it has none."""
@@ -103,6 +114,7 @@ def export_model_dir(
         data,
         trained_through=state["trained_through"],
         rows_trained_before=state.get("rows_trained_before"),
+        vocab_sha256=state.get("vocab_sha256"),
         run=state["run"],
         metrics=metrics,
         version=version,

@@ -28,6 +28,7 @@ from ncf.evaluate.evaluation import full_ranking, model_fns, point_in_time_perio
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.batch import Batch
 from ncf.model.config import ModelConfig
+from ncf.model.integrity import vocab_digest
 from ncf.rank.ranker import Ranker
 from ncf.rank.state import EmbeddingRows, RankingState
 from ncf.splits import VAL, VALIDATED
@@ -69,6 +70,7 @@ class Worker:
     vocabs: Vocabularies
     trained_through: int
     rows_trained_before: int
+    vocab_sha256: str  # the vocabularies the tables' rows index (ncf.model.integrity.vocab_digest)
     listed_rows: Optional[tuple] = None  # (users, products) masks of what the run's lists hold
     validation: Optional[tuple] = None  # (state as of the validation start, period, households)
 
@@ -89,6 +91,7 @@ def setup_worker(cfg: TrainConfig) -> Worker:
     torch.set_num_threads(worker_threads(cfg, world_size))
     device = ray.train.torch.get_device()
     stats = layout.DataStats(cfg.data)
+    vocab_sha256 = vocab_digest(cfg.data)
     vocabs = Vocabularies.load(layout.vocab_dir(cfg.data))
     model_config = cfg.model_config(vocabs.sizes())
     model, optimizer = build_model(model_config, device, cfg.learning_rate)
@@ -111,6 +114,7 @@ def setup_worker(cfg: TrainConfig) -> Worker:
         vocabs,
         trained_through,
         rows_trained_before,
+        vocab_sha256,
     )
     if rank == 0 and cfg.run == VALIDATED:
         state = RankingState.load(cfg.data).as_of(stats.boundaries["val_start"])
@@ -225,6 +229,7 @@ def _restore(w: Worker, checkpoint) -> Dict:
         weights, state = ckpt.read_checkpoint(d)
         run_folder = os.path.dirname(d.rstrip(os.sep)) or d
         ckpt.check_same_model(run_folder, state.get("model_config"), w.model_config.to_dict())
+        ckpt.check_same_vocabularies(run_folder, state.get("vocab_sha256"), w.vocab_sha256)
         load_full_state_dict(w.model, weights)
         optimizer_state = ckpt.read_optimizer_state(d)
     if optimizer_state is not None:
@@ -266,6 +271,7 @@ def train_loop_per_worker(config: Dict) -> None:
             run=w.cfg.run,
             trained_through=w.trained_through,
             rows_trained_before=w.rows_trained_before,
+            vocab_sha256=w.vocab_sha256,
         )
         log(
             f"epoch {epoch}: "
