@@ -1,6 +1,7 @@
 """Ingest (issue 19): ordinary logs go through, every source row is kept or quarantined with its
 raw values and where it came from, unusable columns and empty splits are one-line errors."""
 
+import decimal
 import os
 
 import numpy as np
@@ -70,6 +71,23 @@ def test_whole_number_ids_written_as_float_text_are_the_integer_ids():
     assert out.column("reason").to_pylist() == [None] * 4
     assert out.column("user_id").to_pylist() == ["12", "7", "-3", "0012"]  # text ids otherwise as written
     assert out.column("product_id").to_pylist() == ["12.50", "1e3", "A7.0", "5"]
+
+
+def test_decimal_ids_are_exact_beyond_float_precision():
+    """Warehouses export NUMBER(38,0) ids as Parquet decimals: old code went through float64 and
+    quarantined every id above 2**53 (16-19 digit loyalty-card numbers) as bad_user_id."""
+    big = [decimal.Decimal(v) for v in ("9007199254740993", "1234567890123456789", "42")]
+    batch = pa.table(
+        {
+            "user_id": pa.array(big, pa.decimal128(38, 0)),
+            "product_id": pa.array([decimal.Decimal(v) for v in ("12.00", "12.50", "7")], pa.decimal128(10, 2)),
+            "timestamp": ["2024-01-02"] * 3,
+        }
+    )
+    out = schema.validate_log_batch(batch)
+    assert out.column("user_id").to_pylist() == ["9007199254740993", "1234567890123456789", "42"]
+    assert out.column("reason").to_pylist() == [None, schema.BAD_PRODUCT_ID, None]  # 12.50: not a whole id
+    assert out.column("product_id").to_pylist()[::2] == ["12", "7"]
 
 
 def test_now_and_other_words_are_not_timestamps():

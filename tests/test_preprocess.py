@@ -77,6 +77,20 @@ def test_quantities_int64_cannot_hold_are_quarantined_not_wrapped():
     assert table.column("quantity").to_pylist()[2] == 4096
 
 
+@pytest.mark.faults
+def test_weighed_goods_with_fractional_quantities_are_kept():
+    """Old code quarantined every fractional quantity (bad_quantity): produce, deli and meat sold by
+    weight left training, state and evaluation, though the quantity is never used."""
+    text = pa.table({"user_id": ["u"] * 3, "product_id": ["p"] * 3, "timestamp": ["2024-01-02"] * 3})
+    for quantity, kept in (
+        (pa.array(["0.5", " 1.25", "-0.2"]), [0.5, 1.25]),
+        (pa.array([0.37, 2.5, -0.2]), [0.37, 2.5]),
+    ):
+        table = schema.validate_log_batch(text.append_column("quantity", quantity))
+        assert table.column("reason").to_pylist() == [None, None, schema.NON_POSITIVE_QUANTITY]
+        assert table.column("quantity").to_pylist()[:2] == kept
+
+
 def test_timestamps_in_every_accepted_form_agree():
     expected = int(pd.Timestamp("2024-03-05T06:07:08", tz="UTC").timestamp())
     forms = [
@@ -312,6 +326,54 @@ def test_an_unreadable_catalog_is_one_line_naming_it(ray_session, tmp_path, row,
     assert "\n" not in message and str(catalog) in message and "unreadable product catalog" in message, message
     assert complaint in message, message
     assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.faults
+def test_logs_too_short_for_the_label_window_are_refused_before_the_work_in_dates(ray_session, tmp_path):
+    """Old code built the vocabularies, the state and every cutoff's lists, then failed with the log
+    file's name and raw epoch seconds ("no training lists for the validated run (cutoffs [1703...])")."""
+    logs = tmp_path / "logs.csv"
+    logs.write_text(
+        "user_id,product_id,timestamp\n" + "".join(f"u{d % 3},{d % 2 + 1},2024-01-{d:02d}\n" for d in range(1, 29))
+    )
+    config = PreprocessConfig(examples=ExampleConfig(history_length=2), val_weeks=1, test_weeks=1)
+    with pytest.raises(schema.InputError) as refused:
+        preprocess(schema.resolve_files(str(logs)), None, str(tmp_path / "out"), config)
+    message = str(refused.value)
+    assert "2024-01-01 to 2024-01-28" in message and "need 8 weeks at least" in message, message
+    assert "--horizon-days 35" in message and "\n" not in message
+    assert not os.path.exists(tmp_path / "out")
+    # The same logs with a label window that fits them go through, with lists for both runs.
+    fits = PreprocessConfig(
+        examples=ExampleConfig(history_length=2, horizon_days=7, cutoffs=1), val_weeks=1, test_weeks=1
+    )
+    stats = preprocess(schema.resolve_files(str(logs)), None, str(tmp_path / "out"), fits)
+    assert all(counts["lists"] > 0 for counts in stats["examples"].values())
+
+
+@pytest.mark.faults
+def test_a_catalog_keyed_by_other_ids_is_reported_on_the_console(ray_session, tmp_path, capsys):
+    """Zero-padded codes in the catalog, integers in the logs: every product's department and
+    category became unknown, and only stats.json said so."""
+    logs = tmp_path / "logs.csv"
+    logs.write_text(
+        "user_id,product_id,timestamp\n"
+        + "".join(f"u{d % 3},{d % 4 + 1},2024-{m:02d}-{d:02d}\n" for m in range(1, 4) for d in range(1, 29))
+    )
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text(
+        "product_id,department,category\n0001,Dairy,Milk\n0002,Bakery,Bread\n0003,Dairy,Cheese\n4,Deli,Ham\n"
+    )
+    config = PreprocessConfig(
+        examples=ExampleConfig(history_length=2, horizon_days=7, cutoffs=1), val_weeks=1, test_weeks=1
+    )
+    stats = preprocess(
+        schema.resolve_files(str(logs)), schema.resolve_files(str(catalog)), str(tmp_path / "out"), config
+    )
+    assert stats["products_missing_from_catalog"] == 3
+    out = capsys.readouterr().out
+    assert "WARNING: 3 of 4 products (75%) are not in the catalog" in out
+    assert "match the logs'?" in out
 
 
 @pytest.mark.slow

@@ -108,6 +108,7 @@ def test_a_version_whose_directory_was_trained_over_is_refused_not_resolved_to_t
         reg.resolve_model("models:/advanced-ncf/1")
 
 
+@pytest.mark.faults
 def test_a_blue_green_link_registers_each_target_so_rollback_reaches_the_old_model(store, tmp_path):
     link = str(tmp_path / "serving")
     blue = fake_model_dir(tmp_path, "blue")

@@ -117,7 +117,7 @@ def _malformed(rows: List[Tuple[int, str]], file: int) -> pa.Table:
         {
             **{f.name: pa.nulls(n, f.type) for f in schema.VALIDATED},
             schema.TS: pa.array(np.zeros(n, np.int64)),
-            schema.QUANTITY: pa.array(np.zeros(n, np.int64)),
+            schema.QUANTITY: pa.array(np.zeros(n, np.float64)),
             schema.REASON: pa.array([schema.MALFORMED_ROW] * n, pa.string()),
         },
         schema=schema.VALIDATED,
@@ -230,7 +230,7 @@ def _mark_future(batch: pa.Table, bound: int) -> pa.Table:
     future = pc.and_(pc.is_null(batch.column(schema.REASON)), pc.greater_equal(batch.column(schema.TS), bound))
     reasons = pc.if_else(future, pa.scalar(schema.FUTURE_TIMESTAMP), batch.column(schema.REASON))
     ts = pc.if_else(future, pa.scalar(0, pa.int64()), batch.column(schema.TS))
-    qty = pc.if_else(future, pa.scalar(0, pa.int64()), batch.column(schema.QUANTITY))
+    qty = pc.if_else(future, pa.scalar(0.0, pa.float64()), batch.column(schema.QUANTITY))
     index = batch.schema.get_field_index
     batch = batch.set_column(index(schema.REASON), schema.REASON, reasons)
     batch = batch.set_column(index(schema.TS), schema.TS, ts)

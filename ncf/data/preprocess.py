@@ -119,6 +119,38 @@ def split_boundaries(min_ts: int, max_ts: int, val_weeks: int, test_weeks: int) 
     return {"start": int(min_ts), "val_start": int(val_start), "test_start": int(test_start), "end": int(max_ts)}
 
 
+def _day(ts: int) -> str:
+    return f"{pd.Timestamp(ts, unit='s'):%Y-%m-%d}"
+
+
+def training_cutoffs(bounds: Dict[str, int], config: PreprocessConfig, state_only: bool = False) -> Dict[str, list]:
+    """The cutoffs of each training run; refuses, before any work, logs too short for the
+    validated run's latest cutoff (the validation start less the label window) to have any
+    purchase before it, in words a user can act on."""
+    cutoffs = {
+        VALIDATED: config.examples.schedule(bounds["val_start"]),
+        REFIT: config.examples.schedule(bounds["end"] + 1),
+    }
+    latest = cutoffs[VALIDATED][0]
+    history_days = (latest - bounds["start"]) / 86_400
+    if not state_only and history_days <= 0:
+        horizon = config.examples.horizon_days
+        needed = config.val_weeks + config.test_weeks + int(np.ceil(horizon / 7)) + 1
+        raise schema.InputError(
+            f"the logs span {(bounds['end'] - bounds['start']) / WEEK:.1f} weeks ({_day(bounds['start'])} to "
+            f"{_day(bounds['end'])}): the validated run's latest training moment, {_day(latest)} (the validation "
+            f"start less the {horizon}-day label window), comes before the first purchase; with --val-weeks "
+            f"{config.val_weeks} --test-weeks {config.test_weeks} --horizon-days {horizon} the logs need "
+            f"{needed} weeks at least: lower those, or give more logs"
+        )
+    if not state_only and history_days < 28:
+        _log(
+            f"warning: only {history_days:.0f} days of purchases before the validated run's latest training "
+            f"moment ({_day(latest)}): its lists will know little of each household"
+        )
+    return cutoffs
+
+
 def _distinct_counts(ds: ray.data.Dataset, column: str, counted_before: Optional[int] = None) -> pd.DataFrame:
     """Distinct values of a column with their counts and first moment, most frequent first (ties
     by id); with ``counted_before``, most frequent before that moment first."""
@@ -149,7 +181,8 @@ def build_vocabularies(
     if catalog is None:
         catalog = pd.DataFrame({c: pd.Series([], dtype=object) for c in schema.CATALOG_REQUIRED})
     joined = products.merge(catalog, on=schema.PRODUCT_ID, how="left")
-    missing = int(joined[schema.DEPARTMENT].isna().sum())
+    unmatched = joined[schema.DEPARTMENT].isna()
+    missing, examples = int(unmatched.sum()), joined.loc[unmatched, schema.PRODUCT_ID].head(3).tolist()
     joined = joined.fillna({schema.DEPARTMENT: schema.UNKNOWN, schema.CATEGORY: schema.UNKNOWN})
 
     def level(column: str) -> Vocabulary:
@@ -174,7 +207,21 @@ def build_vocabularies(
         extra={FIRST_TS: users[FIRST_SEEN].to_numpy(dtype=np.int64)},
     )
     vocabs = Vocabularies(user_vocab, product_vocab, departments, categories)
-    return vocabs, {"products_missing_from_catalog": missing}
+    return vocabs, {"products_missing_from_catalog": missing, "products_missing_examples": examples}
+
+
+def _report_catalog_coverage(vocab_stats: Dict, products: int) -> None:
+    """The products the catalog does not name rank with an unknown department and category: say
+    how many on the console (a catalog keyed by other ids, "0012" against 12, matches none)."""
+    missing = vocab_stats["products_missing_from_catalog"]
+    if not missing:
+        return
+    share = missing / max(products, 1)
+    _log(
+        f"{'WARNING: ' if share > 0.5 else ''}{missing:,} of {products:,} products ({share:.0%}) are not in the "
+        f"catalog (department and category unknown), e.g. {vocab_stats['products_missing_examples']}"
+        + ("; do the catalog's product_id values match the logs'?" if share > 0.5 else "")
+    )
 
 
 def _index_rows(batch: pa.Table, users: Vocabulary, products: Vocabulary) -> pa.Table:
@@ -419,10 +466,13 @@ def _preprocess_into(
     purchases_per_split = check_windows(kept, bounds)
 
     catalog_frame, catalog_stats = _read_catalog(catalog)
+    cutoffs = training_cutoffs(bounds, config, state_only)
     id_kinds = {c: schema.id_kind(logs, c) for c in (schema.USER_ID, schema.PRODUCT_ID)}
     vocabs, vocab_stats = build_vocabularies(kept, catalog_frame, id_kinds, bounds["val_start"])
     vocabs.save(layout.vocab_dir(output))
     _log(f"vocabularies: {vocabs.sizes()}")
+    if catalog is not None:
+        _report_catalog_coverage(vocab_stats, vocabs.sizes()["num_products"] - 1)
 
     indexed = kept.map_batches(
         _index_rows, batch_format="pyarrow", fn_kwargs={"users": vocabs.users, "products": vocabs.products}
@@ -430,10 +480,6 @@ def _preprocess_into(
     _log("writing the state: every household's purchases, the products' stats at the end")
     states = write_state(indexed, vocabs, output, bounds["end"])
 
-    cutoffs = {
-        VALIDATED: config.examples.schedule(bounds["val_start"]),
-        REFIT: config.examples.schedule(bounds["end"] + 1),
-    }
     examples = {}
     if not state_only:
         _log(f"building training lists at {sum(len(c) for c in cutoffs.values())} cutoffs")
@@ -441,7 +487,9 @@ def _preprocess_into(
         for run, counts in examples.items():
             if counts["lists"] == 0:
                 raise schema.InputError(
-                    f"{logs.paths[0]}: no training lists for the {run} run (cutoffs {cutoffs[run]})"
+                    f"no training lists for the {run} run: no household bought anything both before and "
+                    f"within {config.examples.horizon_days} days after its cutoffs "
+                    f"({', '.join(_day(c) for c in cutoffs[run])}); lower --horizon-days or give more logs"
                 )
 
     stats = {

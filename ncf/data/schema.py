@@ -8,14 +8,16 @@ directory or a glob.
   number (``12.0`` is the id ``"12"``, as the integer 12 would be, in a float column and as
   text alike; pandas writes integer ids with a missing value as floats). In float columns
   NaN, infinities, fractions and floats beyond 2**53 are quarantined (``bad_user_id`` /
-  ``bad_product_id``), and so are strings that are not valid UTF-8. Other column types (lists,
+  ``bad_product_id``), and so are strings that are not valid UTF-8. Decimal columns are read
+  exactly (a warehouse's NUMBER(38,0) ids of any length; fractions quarantined). Other column types (lists,
   structs, booleans...) stop the job with a one-line error naming the file and column, before
   any row is read.
 * Timestamps: Arrow timestamps of any unit (s, ms, us, ns) and any time zone, dates, ISO-8601
   strings (with or without an offset; none means UTC) or epoch seconds (numbers or numeric
   strings). Fractions of a second are truncated (rounded down) to whole seconds: the pipeline
   works in epoch seconds. Words such as ``now`` or ``today`` are not timestamps.
-* Quantity: a whole positive number; null or empty means 1.
+* Quantity: a positive number (fractions too: goods sold by weight); null or empty means 1.
+  It is kept, not used: each row is one purchase line.
 
 Every row either passes or gets a ``reason``; preprocessing writes the rows with a reason to
 a quarantine (with their raw values, source file and row), so rows in = rows kept + rows
@@ -92,7 +94,7 @@ VALIDATED = pa.schema(
         (USER_ID, pa.string()),
         (PRODUCT_ID, pa.string()),
         (TS, pa.int64()),
-        (QUANTITY, pa.int64()),
+        (QUANTITY, pa.float64()),
         (REASON, pa.string()),
         (RAW_TIMESTAMP, pa.string()),
         (RAW_QUANTITY, pa.string()),
@@ -339,7 +341,15 @@ def _ids(column, whole_number_text: bool = True) -> Tuple[pa.Array, np.ndarray, 
     if pa.types.is_integer(t):
         ids = pc.cast(array, pa.string())
         return ids, pc.is_null(ids).to_numpy(zero_copy_only=False), np.zeros(n, dtype=bool)
-    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+    if pa.types.is_decimal(t):
+        # Exact: warehouse NUMBER(38,0) ids (loyalty cards, 16-19 digits) are beyond float64's 2**53.
+        text = pc.cast(array, pa.string())
+        missing = pc.is_null(array).to_numpy(zero_copy_only=False)
+        whole = pc.fill_null(pc.match_substring_regex(text, r"^-?[0-9]+(\.0*)?$"), False)
+        ids = pc.if_else(whole, pc.replace_substring_regex(text, r"^(-?[0-9]+)(\.0*)?$", r"\1"), text)
+        bad = ~missing & ~whole.to_numpy(zero_copy_only=False)
+        return pc.if_else(pa.array(missing), _null_strings(n), ids), missing, bad
+    if pa.types.is_floating(t):
         values = pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False)  # nulls -> NaN
         missing = pc.is_null(array).to_numpy(zero_copy_only=False)
         with np.errstate(invalid="ignore"):
@@ -425,7 +435,7 @@ def validate_log_batch(batch, min_ts: int = DEFAULT_MIN_TS, max_ts: int = DEFAUL
     """Raw log rows (a Table or RecordBatch) -> normalized rows with a ``reason`` (null when the row is good).
 
     Output (:data:`VALIDATED`): user_id, product_id (strings; for a bad id its raw text),
-    ts (int64 seconds, 0 if bad), quantity (int64, 0 if bad), reason, and raw_timestamp /
+    ts (int64 seconds, 0 if bad), quantity (float64, 0 if bad), reason, and raw_timestamp /
     raw_quantity (the values as text, as they were in the input). Every input row comes out
     exactly once, in order.
     """
@@ -443,12 +453,8 @@ def validate_log_batch(batch, min_ts: int = DEFAULT_MIN_TS, max_ts: int = DEFAUL
             (BAD_PRODUCT_ID, bad_products),
             (BAD_TIMESTAMP, ~np.isfinite(seconds)),
             (TIMESTAMP_OUT_OF_RANGE, np.isfinite(seconds) & ((seconds < min_ts) | (seconds > max_ts))),
-            # Not a whole number, or one int64 cannot hold (the cast below would wrap it around).
-            (
-                BAD_QUANTITY,
-                ~np.isfinite(quantity)
-                | (np.isfinite(quantity) & ((quantity != np.round(quantity)) | (np.abs(quantity) >= 2.0**63))),
-            ),
+            # Not a number, or beyond any till's count (a corrupt value, not a purchase).
+            (BAD_QUANTITY, ~np.isfinite(quantity) | (np.isfinite(quantity) & (np.abs(quantity) >= 2.0**63))),
             (NON_POSITIVE_QUANTITY, np.isfinite(quantity) & (quantity <= 0)),
         ]
     reason = np.full(n, None, dtype=object)
@@ -456,13 +462,13 @@ def validate_log_batch(batch, min_ts: int = DEFAULT_MIN_TS, max_ts: int = DEFAUL
         reason[(reason == None) & bad] = name  # noqa: E711  (elementwise on an object array)
     good = reason == None  # noqa: E711
     ts = np.where(good, seconds, 0).astype("int64")
-    qty = np.where(good, quantity, 0).astype("int64")
+    qty = np.where(good, quantity, 0.0).astype("float64")
     return pa.table(
         [
             users,
             products,
             pa.array(ts, pa.int64()),
-            pa.array(qty, pa.int64()),
+            pa.array(qty, pa.float64()),
             pa.array(reason, pa.string()),
             raw_ts,
             raw_qty,
