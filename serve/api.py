@@ -13,7 +13,7 @@ message listing each problem, an oversized body 413, unknown routes 404. A real 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, Any, List, Optional, Union
+from typing import Annotated, Any, Dict, List, Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -110,7 +110,10 @@ class Item(BaseModel):
 
 class Recommendation(BaseModel):
     user_id: Union[int, str]
-    cold_start: bool = Field(description="true for users the model does not know: popular products at that hour")
+    cold_start: bool = Field(
+        description="true when the household has no purchases before at (or is not in the data): popular "
+        "products at that hour, scored with the model's row for unknown households"
+    )
     items: List[Item]
 
 
@@ -144,6 +147,28 @@ class Health(BaseModel):
         description="why the last rollout failed, while the model of model_version keeps serving; "
         "null when the model asked for is the one serving",
     )
+
+
+class ErrorBody(BaseModel):
+    """Every error answer (4xx and 5xx) is this JSON object."""
+
+    error: str = Field(description="what is wrong, in one line")
+    detail: Optional[List[Dict[str, Any]]] = Field(None, description="422 on a request's shape: each field's problem")
+    unknown_product_ids: Optional[List[Union[int, str]]] = Field(
+        None, description="422 from /score and /products: the product ids the model does not know"
+    )
+
+
+ERROR_RESPONSES = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (408, "the request body did not arrive within the body deadline"),
+        (413, f"the request body is larger than {MAX_BODY_BYTES} bytes (a long list of long ids can be)"),
+        (422, "the request does not fit the schema, or names unknown product ids"),
+        (503, "no model loaded yet, or the replicas' queues are full (Retry-After)"),
+        (504, "the answer took longer than the request timeout"),
+    )
+}
 
 
 class UnknownProducts(ValueError):
@@ -254,8 +279,10 @@ def create_app() -> FastAPI:
     app = FastAPI(
         title="AdvancedNCF recommendations",
         description="Top-K products for users at a moment, batch ranking and scoring, from one "
-        'model directory. Errors are JSON {"error": message}.',
+        f'model directory. Errors are JSON {{"error": message}} (ErrorBody). Request bodies are limited '
+        f"to {MAX_BODY_BYTES} bytes (413).",
         version="1",
+        responses=ERROR_RESPONSES,
     )
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)

@@ -82,10 +82,24 @@ def test_healthz_reports_the_loaded_version_and_no_path(server, small_model_dir)
     assert os.path.dirname(os.path.abspath(small_model_dir)) not in r.text  # where files live is not told
 
 
-def test_openapi_docs_list_every_route(server):
+def test_openapi_docs_list_every_route_and_the_error_bodies_sent(server, users):
+    """Old docs: each route's 422 was FastAPI's {"detail": [...]} schema (the service sends
+    {"error": ..., "detail" | "unknown_product_ids": ...}), and 413, 503 and 504 were missing."""
+    from serve.api import ErrorBody
+
     assert requests.get(f"{server}/docs", timeout=TIMEOUT).status_code == 200
     paths = requests.get(f"{server}/openapi.json", timeout=TIMEOUT).json()["paths"]
     assert {"/recommend", "/recommend/batch", "/score", "/healthz"} <= set(paths)
+    for path in ("/recommend", "/recommend/batch", "/score"):
+        responses = paths[path]["post"]["responses"]
+        assert {"413", "422", "503", "504"} <= set(responses), path
+        assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    # What is sent fits what is documented.
+    for body in (
+        post(f"{server}/recommend", {"user_id": users[0], "k": 0}).json(),
+        post(f"{server}/score", {"user_id": users[0], "product_ids": ["no-such-product"]}).json(),
+    ):
+        assert ErrorBody.model_validate(body).error and set(body) <= set(ErrorBody.model_fields)
 
 
 def test_recommend_matches_the_scoring_core(server, recommender, users):
