@@ -47,11 +47,17 @@ def resolve_at(at, data_end: int, now: Optional[float] = None) -> int:
 
         resolve_at("2017-11-27", data_end=0)  # 1511740800 (midnight UTC)
         resolve_at("data-end", data_end=1511755281)  # 1511755281
+        resolve_at("1511755281", data_end=0)  # 1511755281 (epoch seconds)
     """
     if at is None or at == NOW:
         return int(time.time() if now is None else now)
     if at == DATA_END:
         return int(data_end)
+    if isinstance(at, str) and re.fullmatch(r"\s*[0-9]{9,}\s*", at):
+        return int(at)  # epoch seconds (8 digits would be a YYYYMMDD date)
+    if isinstance(at, str) and re.fullmatch(r"\s*[A-Za-z]+\s*", at):
+        # pandas reads "today" as the local wall clock taken for UTC: hours off, maybe another date.
+        raise InputError(f"--at {at!r}: not a moment; use an ISO date or datetime, epoch seconds, 'now' or 'data-end'")
     try:
         return to_epoch_seconds(at)
     except (ValueError, TypeError) as e:

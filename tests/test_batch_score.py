@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pyarrow.dataset as pads
 import pytest
 import torch
@@ -36,8 +37,12 @@ def test_at_resolves_dates_datetimes_and_data_end():
     assert run_date_of(1511755281) == "2017-11-27"
     # 23:30 in New York is already the next day in UTC: the partition follows UTC.
     assert run_date_of(resolve_at("2017-11-27T23:30:00-05:00", data_end=0)) == "2017-11-28"
-    with pytest.raises(InputError, match="yesterday"):
-        resolve_at("yesterday", data_end=0)
+    assert resolve_at("1511755281", data_end=0) == resolve_at(" 1511755281 ", data_end=0) == 1511755281
+    assert resolve_at("20171127", data_end=0) == 1511740800  # eight digits: a date
+    # Old code read "today" as the local wall clock taken for UTC (hours off under TZ=Asia/Tokyo).
+    for word in ("yesterday", "today", "tomorrow"):
+        with pytest.raises(InputError, match=f"'{word}': not a moment"):
+            resolve_at(word, data_end=0)
 
 
 def test_clean_stale_removes_this_dates_leftovers_and_old_runs_only(tmp_path):
@@ -138,6 +143,10 @@ def test_k_above_the_models_candidates_is_a_one_line_error_before_ray_starts(tmp
     # Up to the candidates, the check goes on to the data.
     with pytest.raises(InputError, match="missing"):
         bs.check_config(bs.BatchScoreConfig(model=str(model), data=missing, output=str(tmp_path / "o"), k=5))
+    # Without the MF stage a household with few products of its own may have the popular ones only.
+    write_json(str(model / CONFIG), {**config, "model": {"num_products": 1000, "use_mf": False}, "ranking": {}})
+    with pytest.raises(InputError, match="--k 51: must be between 1 and 50"):
+        bs.check_config(bs.BatchScoreConfig(model=str(model), data=missing, output=str(tmp_path / "o"), k=51))
 
 
 @pytest.mark.faults
@@ -294,7 +303,17 @@ def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model
     assert sorted(os.listdir(output)) == ["_commit", bs.TMP, f"run_date={summary['run_date']}"]
     assert os.listdir(os.path.join(output, bs.TMP)) == []
     table = bs.read_partition(output, summary["run_date"])
-    assert table.column_names == ["user_id", "rank", "product_id", "score", "model_version", "scored_at"]
+    assert table.column_names == [
+        "user_id",
+        "rank",
+        "product_id",
+        "score",
+        "cold_start",
+        "model_version",
+        "scored_at",
+    ]
+    assert summary["cold_start_users"] == 0 and not any(table.column("cold_start").to_pylist())  # all have bought
+    assert summary["replay"] is False
     assert set(table.column("model_version").to_pylist()) == {"v1"}
     assert str(table.schema.field("scored_at").type) == "timestamp[ms, tz=UTC]"
     assert {t.timestamp() for t in table.column("scored_at").to_pylist()} == {resolve_at(summary["scored_at"], 0)}
@@ -424,3 +443,29 @@ def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session,
     assert report["ok"], report
     assert summary["rows"] == summary["users"] * K == report["rows"]
     assert not os.path.exists(os.path.join(output, bs.TMP, f"run_date={run_date}"))  # the dead run's parts are gone
+
+
+def test_a_moment_inside_the_data_is_a_replay_with_its_cold_households_flagged(small_model_dir, small_data, tmp_path):
+    """Old code ranked a past --at with the products' stats of the data's end (later purchases in
+    popularity and cycles) and wrote cold households without a flag."""
+    data, _ = small_data
+    recommender = Recommender.load(small_model_dir, data=data)
+    states = recommender.state.states
+    first = {u: int(states.timeline(u).timestamps.min()) for u in range(1, states.num_users) if u in states}
+    at = int(np.quantile(list(first.values()), 0.2))  # a fifth of the households have not bought yet
+    argv = _argv(small_model_dir, data, str(tmp_path / "out"))
+    argv[argv.index("data-end")] = str(pd.Timestamp(at, unit="s", tz="UTC").isoformat())
+    summary = batch_score.main(argv)
+    raw = dict(zip(*(bs.read_users(data).column(c).to_pylist() for c in ("position", "user_id"))))
+    cold = {raw[u] for u, t in first.items() if t >= at}
+    assert summary["replay"] is True and summary["cold_start_users"] == len(cold) > 0
+    table = bs.read_partition(str(tmp_path / "out"), summary["run_date"]).to_pandas()
+    flagged = table.groupby("user_id")["cold_start"].agg(["all", "any"])
+    assert (flagged["all"] == flagged["any"]).all() and set(flagged.index[flagged["all"]]) == cold
+    # Every household as Recommender ranks it from what was known at that moment.
+    replay = recommender.as_of(at)
+    assert replay.state.end == at - 1 and recommender.state.end > at
+    users = sorted(table["user_id"].unique().tolist())
+    expected = dict(zip(users, replay.recommend(users, k=K, at=at)))
+    job = {u: g.sort_values("rank")["product_id"].tolist() for u, g in table.groupby("user_id")}
+    assert job == expected

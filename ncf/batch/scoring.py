@@ -14,8 +14,10 @@ Output layout::
 
     OUT/
       run_date=2017-11-27/          one committed partition per date of ``at``
-        part-0000000001.parquet     user_id, rank, product_id, score, model_version, scored_at
-        _SUCCESS                    JSON: users, rows, k, model_version, at, seconds, ...
+        part-0000000001.parquet     user_id, rank, product_id, score, cold_start, model_version,
+                                    scored_at
+        _SUCCESS                    JSON: users, rows, k, cold_start_users, replay, model_version,
+                                    at, seconds, ...
       _tmp/                         runs in progress and replaced partitions (readers skip
                                     names that start with "_" or ".", as pyarrow does)
       _commit/                      per-date lock files and, mid-commit, the commit's journal
@@ -70,6 +72,7 @@ from ncf.errors import InputError, raised_within
 from ncf.model.directory import ModelDir, read_config
 from ncf.model.integrity import verify_data_state, verify_model_dir
 from ncf.moments import resolve_at, run_date_of
+from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import MAX_K
 from ncf.rank.recommender import Recommender
 from ncf.rank.state import EmbeddingRows, check_catalog
@@ -264,6 +267,7 @@ def score_users(
         if len(ranking.products) != k:
             raise RuntimeError(f"user {raw!r}: {len(ranking.products)} products ranked, {k} expected")
     n = len(indices)
+    cold = np.array([r.cold_start for r in rankings], bool)
     product_index = np.concatenate([r.products for r in rankings]) if rankings else np.zeros(0, np.int64)
     scores = np.concatenate([r.scores for r in rankings]) if rankings else np.zeros(0, np.float32)
     vocab = recommender.vocabs.products
@@ -273,6 +277,8 @@ def score_users(
             "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int16), n)),
             "product_id": typed_ids(vocab, vocab.ids.take(pa.array(product_index - 1))),
             "score": pa.array(scores.astype(np.float32)),
+            # A household without purchases before the moment: the popular products at that hour.
+            "cold_start": pa.array(np.repeat(cold, k)),
             "model_version": pa.array([recommender.version] * (n * k), pa.string()),
             # Milliseconds: Parquet has no seconds unit, so readers would see ms anyway.
             "scored_at": pa.array(np.full(n * k, scored_at * 1000, np.int64)).cast(pa.timestamp("ms", tz="UTC")),
@@ -317,8 +323,9 @@ class ScoreBatch:
         import torch
 
         device = torch.device("cuda") if use_gpu else torch.device("cpu")
-        self.recommender = Recommender.load(model, data=data, device=device)
-        check_model_version(self.recommender, model_version)
+        loaded = Recommender.load(model, data=data, device=device)
+        check_model_version(loaded, model_version)
+        self.recommender = loaded.as_of(at)  # a moment inside the data: a replay of what was known then
         if compile_model:
             self.recommender.ranker.compile()
         self.stage, self.k, self.at, self.scored_at = stage, k, at, scored_at
@@ -330,7 +337,12 @@ class ScoreBatch:
         # Named by the batch's first user: a retried batch overwrites its part instead of adding one.
         name = f"part-{int(positions.min()):010d}.parquet"
         write_part(table, self.stage, name)
-        return {"part": np.array([name]), "users": np.array([len(positions)]), "rows": np.array([table.num_rows])}
+        return {
+            "part": np.array([name]),
+            "users": np.array([len(positions)]),
+            "rows": np.array([table.num_rows]),
+            "cold_start_users": np.array([int(pc.sum(table.column("cold_start")).as_py() or 0) // self.k]),
+        }
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -372,6 +384,9 @@ def _check_k(k: int, recommender_config: Dict) -> None:
     # The MF stage alone contributes this many distinct products; cold start lists 200. A ranking
     # never holds more than `candidates` products: beyond it every actor would fail mid-run.
     limit = min(MAX_K, ranking.get("mf_candidates", MAX_K), ranking.get("candidates", MAX_K), catalog)
+    if not recommender_config["model"].get("use_mf", True):
+        # No MF stage: a household with few products of its own may have only the popular ones.
+        limit = min(limit, ranking.get("popular_candidates", RankingSettings.popular_candidates))
     if not 1 <= k <= limit:
         raise InputError(f"--k {k}: must be between 1 and {limit} for this model")
 
@@ -427,12 +442,13 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple
     _check_numbers(config)
     model_config = read_config(os.path.abspath(config.model))
     _check_k(config.k, model_config)
-    # The actors load both without checksums: a damaged directory would rank wrongly, silently.
-    verify_model_dir(os.path.abspath(config.model))
     resolve_at(config.at, 0, now=now)  # a bad --at fails before the data is looked at
     stats = layout.DataStats(config.data)
-    verify_data_state(config.data)
     check_catalog(model_config["model"], stats.vocab_sizes, config.data)
+    # Last, as they read every byte. The actors load both without checksums: a damaged directory
+    # would rank wrongly, silently.
+    verify_model_dir(os.path.abspath(config.model))
+    verify_data_state(config.data)
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
     at = resolve_at(config.at, stats.end + 1, now=now)
     return model_config, at
@@ -463,9 +479,16 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
     new = new_to_model(model, config.data)
     if new:
         log(f"{new:,} households with purchases are new to the model: its unknown row, their own purchases")
+    replay = at <= layout.DataStats(config.data).end
+    if replay:
+        log(
+            "at is inside the data: a replay of that moment (each household's purchases before it, the "
+            "products' popularity and cycles recomputed from the purchases before it)"
+        )
     # The date's lock is held from here to the commit: a second run of the date is refused.
     with PartitionRun(output, partition_name(run_date), run_id, log=log) as run:
         manifest = _score_into(run.stage, config, model, model_config, users, at, run_date, run_id, started, log)
+        manifest["replay"] = replay
         if config.verify:
             # Before the commit: a failing run must not replace (and so delete) the previous partition.
             manifest["verify"] = _verified(run.stage, manifest, config.verify, log)
@@ -563,6 +586,7 @@ def _score_into(
         "rows": rows,
         "k": config.k,
         "parts": len(reported),
+        "cold_start_users": sum(r["cold_start_users"] for r in reported),
         "model_version": model_config["version"],
         "model": model,
         "data": config.data,
@@ -584,7 +608,14 @@ def _collect(results, total_users: int, every_s: float, log: Callable[[str], Non
     reported, done, started = [], 0, time.time()
     first = last = None
     for row in results.iter_rows():
-        reported.append({"part": str(row["part"]), "users": int(row["users"]), "rows": int(row["rows"])})
+        reported.append(
+            {
+                "part": str(row["part"]),
+                "users": int(row["users"]),
+                "rows": int(row["rows"]),
+                "cold_start_users": int(row["cold_start_users"]),
+            }
+        )
         done += int(row["users"])
         now = time.time()
         first = first or (now, done)
@@ -615,7 +646,10 @@ def read_partition(output: str, run_date: str) -> Optional[pa.Table]:
     """A committed partition's rows; None when it is absent or has no ``_SUCCESS``."""
     if read_manifest(output, run_date) is None:
         return None
-    return pads.dataset(partition_dir(output, run_date), format="parquet").to_table()
+    try:
+        return pads.dataset(partition_dir(output, run_date), format="parquet").to_table()
+    except FileNotFoundError:  # a rerun's swap took it out between the two reads: absent for now
+        return None
 
 
 def verify_partition(output: str, run_date: str, data: str, sample: int = 20, seed: int = 0) -> Dict:
@@ -659,7 +693,7 @@ def verify_parts(directory: str, manifest: Dict, data: str, sample: int = 20, se
         "scores_non_increasing": bool((np.diff(scores, axis=1) <= 1e-6).all()),
         "rows_match_success": len(frame) == manifest["rows"] and len(counts) == manifest["users"],
     }
-    recommender = Recommender.load(manifest["model"], data=manifest["data"])
+    recommender = Recommender.load(manifest["model"], data=manifest["data"]).as_of(manifest["at_epoch_s"])
     rng = np.random.default_rng(seed)
     chosen = rng.choice(
         np.array(sorted(expected_users), dtype=object), size=min(sample, len(expected_users)), replace=False

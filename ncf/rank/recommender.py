@@ -90,6 +90,16 @@ class Recommender:
     def settings(self) -> RankingSettings:
         return self.ranker.settings
 
+    def as_of(self, at: int) -> "Recommender":
+        """The same model ranking ``at`` from what was known then: for a moment inside the state's
+        data, the products' stats (popularity, repurchase cycles, the catalog of products seen)
+        recomputed from the purchases before it, as evaluation ranks a period. A moment after the
+        data (``default_at`` or later) needs nothing recomputed: this recommender itself."""
+        if at > self.state.end:
+            return self
+        ranker = Ranker(self.ranker.model, self.state.as_of(at), self.ranker.rows, self.settings, self.ranker.mf_index)
+        return Recommender(ranker, self.version)
+
     def with_settings(self, **changes) -> "Recommender":
         """A recommender sharing this one's model and state with other first-stage sizes."""
         settings = dataclasses.replace(self.settings, **changes)
