@@ -442,6 +442,7 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple
     _check_numbers(config)
     model_config = read_config(os.path.abspath(config.model))
     _check_k(config.k, model_config)
+    _check_output_apart(config)
     resolve_at(config.at, 0, now=now)  # a bad --at fails before the data is looked at
     stats = layout.DataStats(config.data)
     check_catalog(model_config["model"], stats.vocab_sizes, config.data)
@@ -452,6 +453,16 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
     at = resolve_at(config.at, stats.end + 1, now=now)
     return model_config, at
+
+
+def _check_output_apart(config: BatchScoreConfig) -> None:
+    """OUT inside MODEL or DATA (or holding them) would be swapped away with them, or sealed into
+    them: refused in one line."""
+    out = os.path.realpath(config.output)
+    for flag, path in (("--data", config.data), ("--model", config.model)):
+        inside = os.path.realpath(path)
+        if out == inside or out.startswith(inside + os.sep) or inside.startswith(out + os.sep):
+            raise InputError(f"--output {config.output}: overlaps {flag} {path}; write the scores somewhere else")
 
 
 def resolved(config: BatchScoreConfig) -> BatchScoreConfig:
@@ -670,36 +681,48 @@ def verify_parts(directory: str, manifest: Dict, data: str, sample: int = 20, se
     * scores do not increase with rank;
     * for ``sample`` seeded users, the products equal ``Recommender.recommend`` at the run's
       ``at`` (the same call the Serve endpoint makes).
+
+    Reads one part at a time (a part holds whole users): the driver never holds the output.
     """
     k = manifest["k"]
-    table = pads.dataset(directory, format="parquet").to_table()
-    table = table.sort_by([("user_id", "ascending"), ("rank", "ascending")])
-    frame = table.select(["user_id", "rank", "product_id", "score"]).to_pandas()
-    expected_users = set(read_users(data).column("user_id").to_pylist())
-    per_user = frame.groupby("user_id", sort=False)
-    counts = per_user.size()
-    ranks_ok = (
-        bool((frame["rank"].to_numpy() == np.tile(np.arange(1, k + 1), len(counts))).all())
-        if len(frame) == len(counts) * k
-        else False
+    expected_users = read_users(data).column("user_id")
+    rng = np.random.default_rng(seed)
+    picked = rng.permutation(len(expected_users))[: min(sample, len(expected_users))]
+    chosen = pc.take(expected_users, pa.array(picked, pa.int64())).to_pylist()
+    seen, rows, job = [], 0, {}
+    exactly_k = ranks_ok = no_duplicates = non_increasing = True
+    parts = sorted(n for n in os.listdir(directory) if n.endswith(".parquet") and not n.startswith((".", "_")))
+    for name in parts:
+        table = pq.read_table(os.path.join(directory, name), columns=["user_id", "rank", "product_id", "score"])
+        frame = table.sort_by([("user_id", "ascending"), ("rank", "ascending")]).to_pandas()
+        counts = frame.groupby("user_id", sort=False).size()
+        rows += len(frame)
+        seen.append(pa.array(counts.index.to_numpy(), type=expected_users.type))
+        whole = len(frame) == len(counts) * k and bool((counts == k).all())
+        exactly_k &= whole
+        ranks_ok &= whole and bool((frame["rank"].to_numpy() == np.tile(np.arange(1, k + 1), len(counts))).all())
+        no_duplicates &= not frame.duplicated(["user_id", "product_id"]).any()
+        if whole:
+            non_increasing &= bool((np.diff(frame["score"].to_numpy().reshape(-1, k), axis=1) <= 1e-6).all())
+        mine = frame[frame["user_id"].isin(chosen)]
+        job.update({u: g["product_id"].tolist() for u, g in mine.groupby("user_id", sort=False)})
+    written = pa.chunked_array(seen, type=expected_users.type) if seen else pa.chunked_array([], expected_users.type)
+    same_users = (
+        len(written) == len(expected_users)
+        and len(pc.unique(written)) == len(written)
+        and bool(pc.all(pc.is_in(expected_users, value_set=written.combine_chunks())).as_py() or not len(written))
     )
-    scores = frame["score"].to_numpy().reshape(-1, k) if len(frame) == len(counts) * k else np.zeros((0, k))
     checks = {
-        "users": int(len(counts)),
-        "rows": int(len(frame)),
-        "every_user_exactly_k": set(counts.index) == expected_users and bool((counts == k).all()),
+        "users": len(written),
+        "rows": rows,
+        "every_user_exactly_k": same_users and exactly_k,
         "ranks_1_to_k": ranks_ok,
-        "no_duplicate_products": not frame.duplicated(["user_id", "product_id"]).any(),
-        "scores_non_increasing": bool((np.diff(scores, axis=1) <= 1e-6).all()),
-        "rows_match_success": len(frame) == manifest["rows"] and len(counts) == manifest["users"],
+        "no_duplicate_products": no_duplicates,
+        "scores_non_increasing": non_increasing,
+        "rows_match_success": rows == manifest["rows"] and len(written) == manifest["users"],
     }
     recommender = Recommender.load(manifest["model"], data=manifest["data"]).as_of(manifest["at_epoch_s"])
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(
-        np.array(sorted(expected_users), dtype=object), size=min(sample, len(expected_users)), replace=False
-    ).tolist()
     expected = recommender.recommend(chosen, k=k, at=manifest["at_epoch_s"])
-    job = {u: g["product_id"].tolist() for u, g in frame[frame["user_id"].isin(chosen)].groupby("user_id", sort=False)}
     matches = sum(job.get(u) == e for u, e in zip(chosen, expected))
     checks.update({"sampled_users": len(chosen), "sampled_equal_to_recommend": int(matches)})
     checks["ok"] = all(v for key, v in checks.items() if isinstance(v, bool)) and matches == len(chosen)
