@@ -12,6 +12,7 @@ import sys
 
 from jobs.cli import check_model, init_ray, job_parser, one_line_errors
 from ncf.batch.scoring import (
+    COMPILE_SETTINGS,
     MAX_AUTO_BATCH,
     TARGET_PARTS,
     BatchScoreConfig,
@@ -20,6 +21,7 @@ from ncf.batch.scoring import (
     check_config,
     run_batch_scoring,
 )
+from ncf.device import GPU_SETTINGS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,8 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--at",
         default=d.at,
-        help="the moment scored and the partition's date: ISO date or datetime (UTC unless it says), "
-        "'now' or 'data-end' (the first moment after DATA's last purchase, for historical datasets)",
+        help="the moment scored; its UTC date names the partition: ISO date or datetime (UTC unless it "
+        "says), epoch seconds, 'now' or 'data-end' (the first moment after DATA's last purchase, for "
+        "historical datasets); a moment inside the data is a replay of what was known then",
     )
     p.add_argument(
         "--batch-size",
@@ -50,10 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--actors", type=int, default=d.actors, help="scoring actors (0: one per GPU, else one per CPU of the cluster)"
     )
     p.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor, help="CPUs each scoring actor requests")
-    p.add_argument("--gpu", default=d.gpu, help="auto (GPU actors when the cluster has GPUs), yes or no")
+    p.add_argument(
+        "--gpu", default=d.gpu, choices=GPU_SETTINGS, help="auto (GPU actors when the cluster has GPUs), yes or no"
+    )
     p.add_argument(
         "--compile",
         default=d.compile,
+        choices=COMPILE_SETTINGS,
         help="score through torch.compile in each actor: auto (when each actor has enough users to repay "
         "the compilation), yes or no",
     )

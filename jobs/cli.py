@@ -110,6 +110,25 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a number above 0 (a learning rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def tcp_port(text: str) -> int:
+    """argparse type: a TCP port, 1..65535."""
+    value = _int_at_least(text, 1)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, not {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number, 1 or more (a count of workers, epochs, lists per step)."""
     return _int_at_least(text, 1)
@@ -213,7 +232,13 @@ def model_overrides(text: str) -> dict:
     try:
         overrides = json.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError(f"--model {text!r}: not JSON ({e.msg}); e.g. '{{\"mf_embedding_dim\": 64}}'") from None
+        mixup = (
+            " (a model directory is --model of jobs.evaluate, batch_score and deploy; here --model sets the "
+            "architecture)"
+            if os.path.isdir(text)
+            else ""
+        )
+        raise InputError(f"--model {text!r}: not JSON ({e.msg}); e.g. '{{\"mf_embedding_dim\": 64}}'{mixup}") from None
     if not isinstance(overrides, dict):
         raise InputError(f"--model {text!r}: expected a JSON object of ModelConfig fields")
     try:

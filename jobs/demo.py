@@ -18,7 +18,7 @@ import time
 import urllib.request
 
 from jobs import batch_score, evaluate, preprocess, train
-from jobs.cli import init_ray, job_parser, one_line_errors
+from jobs.cli import init_ray, job_parser, one_line_errors, positive_int, tcp_port
 from ncf.batch.scoring import partition_dir
 from ncf.data import layout
 from ncf.data.vocab import Vocabularies
@@ -95,8 +95,8 @@ def online_queries(model: str, data: str, port: int) -> list:
 def parse_args(argv=None) -> argparse.Namespace:
     p = job_parser("demo", "The whole path on Complete Journey.")
     p.add_argument("--workdir", default="artifacts/demo", help="where the data, models, report and scores go")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs at most")
-    p.add_argument("--port", type=int, default=8000, help="Serve's port on 127.0.0.1")
+    p.add_argument("--epochs", type=positive_int, default=3, help="training epochs at most")
+    p.add_argument("--port", type=tcp_port, default=8000, help="Serve's port on 127.0.0.1")
     p.add_argument("--reuse-data", action="store_true", help="keep DATA if a previous run preprocessed it")
     return p.parse_args(argv)
 

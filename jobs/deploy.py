@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from jobs.cli import check_data, check_model, init_ray, job_parser
+from jobs.cli import check_data, check_model, init_ray, job_parser, tcp_port
 from ncf.errors import InputError
 from ncf.moments import DATA_END, NOW
 from serve.app import build_app, restore_app
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "cheap refresh); default: the state the model was trained with",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: local only)")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port")
+    p.add_argument("--port", type=tcp_port, default=8000, help="HTTP port")
     p.add_argument(
         "--candidates",
         type=int,
@@ -106,8 +106,12 @@ def main(argv=None) -> dict:
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
-    health = wait_until_healthy(url)
+    try:
+        url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
+        health = wait_until_healthy(url)
+    except TimeoutError as e:  # the replicas did not come up: their logs say why
+        print(f"error: {e}; the replicas' logs: /tmp/ray/session_latest/logs/serve/", file=sys.stderr, flush=True)
+        sys.exit(1)
     if health.get("rollout_error"):
         restored = restore_previous(app_args, args)
         print(

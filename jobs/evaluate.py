@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 
-from jobs.cli import check_data, check_model, job_parser, one_line_errors
+from jobs.cli import check_data, check_model, job_parser, one_line_errors, positive_int
 from ncf.errors import InputError
 from ncf.evaluate.evaluation import BASELINE_ORDER, evaluate_all, model_on_period
 from ncf.evaluate.report import write_report
@@ -25,7 +25,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="model directory (jobs.train or SWEEP/best), or current (jobs.models)")
     p.add_argument("--data", required=True, help="output of jobs.preprocess")
     p.add_argument("--split", choices=(VAL, TEST), default=TEST, help="the held-out period")
-    p.add_argument("--max-users", type=int, default=None, help="evaluate a seeded sample of households")
+    p.add_argument(
+        "--max-users",
+        type=positive_int,
+        default=None,
+        help="evaluate a seeded sample of this many households (default: every household of the period)",
+    )
     p.add_argument("--no-baselines", action="store_true", help="the model alone")
     p.add_argument("--baselines-only", action="store_true", help="no model: the baselines alone, from DATA")
     p.add_argument("--no-als", action="store_true", help="skip the ALS baseline (among the slowest)")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from jobs.cli import init_ray, job_parser, one_line_errors
+from jobs.cli import init_ray, job_parser, non_negative_int, one_line_errors, positive_int
 from ncf.data import datasets, layout, schema
 from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import PreprocessConfig, preprocess
+from ncf.errors import InputError
 from ncf.staging import check_target
 
 
@@ -28,20 +29,36 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="replace --output even when it is not an output of this job (never when it contains the inputs)",
     )
-    p.add_argument("--val-weeks", type=int, default=4, help="weeks of the validation period")
-    p.add_argument("--test-weeks", type=int, default=5, help="weeks of the test period (the last weeks of the data)")
-    d = ExampleConfig()
-    p.add_argument("--history-length", type=int, default=d.history_length, help="past purchases per history")
-    p.add_argument("--horizon-days", type=int, default=d.horizon_days, help="label window: bought within H days")
-    p.add_argument("--cutoffs", type=int, default=d.cutoffs, help="cutoffs (training moments) per training run")
-    p.add_argument("--cutoff-step-days", type=int, default=d.cutoff_step_days, help="days between cutoffs")
-    p.add_argument("--own-candidates", type=int, default=d.own_candidates, help="own past products per list")
-    p.add_argument("--popular-candidates", type=int, default=d.popular_candidates, help="popular products per list")
+    p.add_argument("--val-weeks", type=positive_int, default=4, help="weeks of the validation period")
     p.add_argument(
-        "--sampled-negatives", type=int, default=d.sampled_negatives, help="products drawn by popularity per list"
+        "--test-weeks", type=positive_int, default=5, help="weeks of the test period (the last weeks of the data)"
+    )
+    d = ExampleConfig()
+    p.add_argument("--history-length", type=positive_int, default=d.history_length, help="past purchases per history")
+    p.add_argument(
+        "--horizon-days", type=positive_int, default=d.horizon_days, help="label window: bought within H days"
     )
     p.add_argument(
-        "--uniform-negatives", type=int, default=d.uniform_negatives, help="products drawn uniformly per list"
+        "--cutoffs", type=positive_int, default=d.cutoffs, help="cutoffs (training moments) per training run"
+    )
+    p.add_argument("--cutoff-step-days", type=positive_int, default=d.cutoff_step_days, help="days between cutoffs")
+    p.add_argument(
+        "--own-candidates", type=non_negative_int, default=d.own_candidates, help="own past products per list"
+    )
+    p.add_argument(
+        "--popular-candidates", type=non_negative_int, default=d.popular_candidates, help="popular products per list"
+    )
+    p.add_argument(
+        "--sampled-negatives",
+        type=non_negative_int,
+        default=d.sampled_negatives,
+        help="products drawn by popularity per list",
+    )
+    p.add_argument(
+        "--uniform-negatives",
+        type=non_negative_int,
+        default=d.uniform_negatives,
+        help="products drawn uniformly per list",
     )
     p.add_argument(
         "--own-negative-rate", type=float, default=d.own_negative_rate, help="share of own-product negatives kept"
@@ -80,6 +97,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def preprocess_config(args: argparse.Namespace) -> PreprocessConfig:
+    """The run's settings, checked before Ray starts (a bad value is one line, exit 2)."""
+    try:
+        return PreprocessConfig(
+            examples=ExampleConfig(
+                history_length=args.history_length,
+                horizon_days=args.horizon_days,
+                cutoffs=args.cutoffs,
+                cutoff_step_days=args.cutoff_step_days,
+                own_candidates=args.own_candidates,
+                popular_candidates=args.popular_candidates,
+                sampled_negatives=args.sampled_negatives,
+                uniform_negatives=args.uniform_negatives,
+                own_negative_rate=args.own_negative_rate,
+                seed=args.seed,
+            ),
+            val_weeks=args.val_weeks,
+            test_weeks=args.test_weeks,
+            future_gap_days=args.future_gap_days,
+        )
+    except ValueError as e:
+        raise InputError(f"training-list settings: {e}") from None
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     with one_line_errors():
@@ -94,6 +135,7 @@ def main(argv=None) -> dict:
         else:
             inputs = [args.cache]
         check_target(args.output, layout.STATS, "preprocessing output", inputs, args.overwrite)
+        config = preprocess_config(args)
         init_ray()
         if args.dataset == "completejourney":
             paths = datasets.write_completejourney(os.path.join(args.cache, "completejourney"))
@@ -112,23 +154,6 @@ def main(argv=None) -> dict:
             paths = datasets.write_synthetic(os.path.join(args.cache, name), spec)
         if args.dataset:
             logs, catalog = schema.resolve_files(paths[0]), schema.resolve_files(paths[1])
-        config = PreprocessConfig(
-            examples=ExampleConfig(
-                history_length=args.history_length,
-                horizon_days=args.horizon_days,
-                cutoffs=args.cutoffs,
-                cutoff_step_days=args.cutoff_step_days,
-                own_candidates=args.own_candidates,
-                popular_candidates=args.popular_candidates,
-                sampled_negatives=args.sampled_negatives,
-                uniform_negatives=args.uniform_negatives,
-                own_negative_rate=args.own_negative_rate,
-                seed=args.seed,
-            ),
-            val_weeks=args.val_weeks,
-            test_weeks=args.test_weeks,
-            future_gap_days=args.future_gap_days,
-        )
         return preprocess(logs, catalog, args.output, config, state_only=args.state_only, overwrite=args.overwrite)
 
 

@@ -20,6 +20,7 @@ from jobs.cli import (
     model_overrides,
     non_negative_int,
     one_line_errors,
+    positive_float,
     positive_int,
     training_on_gpu,
 )
@@ -68,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--lr",
-        type=float,
+        type=positive_float,
         default=d.learning_rate,
         help=f"learning rate: Adam's for the dense layers; the embedding tables' row-wise Adagrad uses "
         f"{TABLE_LEARNING_RATE_SCALE:g}x it",

@@ -20,7 +20,7 @@ from ncf.registry import track_sweep_model
 from ncf.splits import REFIT, VALIDATED
 from tune.search_space import SEARCHED
 from tune.settings import SweepSettings
-from tune.sweep import SweepInterrupted, refit_best, run_sweep, summary
+from tune.sweep import SweepInterrupted, check_sweep_directory, refit_best, run_sweep, summary
 
 # The searched dimensions (the tower as its layer widths, not depth and width), with the results.
 SHOWN = [
@@ -79,6 +79,7 @@ def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
         check_data(args.data, runs=(VALIDATED, REFIT) if args.refit else (VALIDATED,))
+        check_sweep_directory(args.output, args.data, args.resume)
         init_ray()
         settings = SweepSettings(
             data=args.data,

@@ -85,7 +85,17 @@ def paths(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("not DATA")
     (tmp_path / "state").mkdir()
     write_json(str(tmp_path / "state" / "stats.json"), {"state_only": True, "cutoffs": {}, "boundaries": {}})
-    return {name: str(tmp_path / name) for name in ("missing", "empty", "other", "state")}
+    (tmp_path / "state" / "vocab").mkdir()
+    # DATA with (empty) training lists, a model directory as far as the checks before Ray read it,
+    # and a purchase log.
+    (tmp_path / "lists" / "examples" / "cutoff=1").mkdir(parents=True)
+    write_json(str(tmp_path / "lists" / "stats.json"), {"cutoffs": {"validated": [1]}, "boundaries": {}})
+    (tmp_path / "model").mkdir()
+    config = {"format_version": FORMAT_VERSION, "version": "v1", "model": {"num_products": 1000}, "ranking": {}}
+    write_json(str(tmp_path / "model" / "config.json"), config)
+    (tmp_path / "logs.csv").write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
+    names = ("missing", "empty", "other", "state", "lists", "model", "logs.csv")
+    return {name: str(tmp_path / name) for name in names}
 
 
 def _cases(p: dict, out: str) -> list:
@@ -106,6 +116,21 @@ def _cases(p: dict, out: str) -> list:
         ("deploy", ["--model", p["missing"], "--detach"], ["--detach", "RAY_ADDRESS", "HOST:6379"]),
         ("models", ["register", p["empty"]], [p["empty"], "jobs.train first"]),
         ("preprocess", ["--input", p["missing"], "--output", out], [p["missing"], "no such file"]),
+        # Found by the CLI review of 2026-11-30: each used to reach Ray (some a traceback, exit 1).
+        ("preprocess", ["--input", p["state"], "--output", out], [p["state"], "jobs.preprocess output (DATA)"]),
+        (
+            "preprocess",
+            ["--input", p["logs.csv"], "--output", out, "--own-negative-rate", "2"],
+            ["training-list settings", "own_negative_rate"],
+        ),
+        ("train", ["--data", p["other"], "--output", out, "--model", p["model"]], ["a model directory is --model of"]),
+        ("tune_sweep", ["--data", p["lists"], "--output", p["lists"]], ["contains the input"]),
+        ("tune_sweep", ["--data", p["lists"], "--output", out, "--resume"], ["--resume: no sweep to resume"]),
+        (
+            "batch_score",
+            ["--model", p["model"], "--data", p["other"], "--output", p["other"] + "/scores", "--k", "5"],
+            ["overlaps --data"],
+        ),
     ]
 
 
@@ -128,6 +153,14 @@ def test_bad_paths_are_one_line_errors_before_ray_starts(paths, tmp_path, monkey
         for part in expected:
             assert part in lines[0], (job, argv, lines[0])
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_numbers_that_mean_nothing_are_refused_by_the_parsers():
+    for parse, bad in ((cli.positive_float, ("0", "-1", "nan", "inf", "x")), (cli.tcp_port, ("0", "65536", "x"))):
+        for text in bad:
+            with pytest.raises(argparse.ArgumentTypeError):
+                parse(text)
+    assert cli.positive_float("1e-3") == 0.001 and cli.tcp_port("8000") == 8000
 
 
 def test_the_issues_example_is_one_line_and_exit_2():

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ncf.errors import InputError
 from ncf.registry import trial_logger
+from ncf.staging import check_target
 from ncf.train.checkpoint import VAL_METRIC
 from tune.results import export_best, plot_sweep, results_table, write_results
 from tune.search_space import data_limits, default_point, search_space, to_train_config
@@ -113,14 +114,23 @@ def finished_trials(grid) -> int:
     return sum(1 for trial in saved if trial.status in ("TERMINATED", "ERROR"))
 
 
+def check_sweep_directory(output: str, data: str, resume: bool) -> None:
+    """Refuses (one line) an ``output`` that holds ``data`` or is a directory of something else,
+    a started sweep without ``--resume``, and a ``--resume`` with nothing to resume: checks a job
+    makes before Ray starts."""
+    check_target(output, "tune", "sweep directory", [data])
+    experiment = os.path.join(output, "tune", "sweep")
+    if resume and not os.path.exists(experiment):
+        raise InputError(f"--resume: no sweep to resume at {experiment}")
+    if not resume and os.path.exists(experiment):
+        raise InputError(f"{output} already holds a sweep: pass --resume to continue it, or pick a new --output")
+
+
 def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
     """Runs (or resumes) the sweep; writes the results, the plot and ``best/``; returns the table."""
+    check_sweep_directory(settings.output, settings.data, resume)
     if resume:
         settings.check_resumes()
-    elif os.path.exists(os.path.join(settings.tune_dir, "sweep")):
-        raise InputError(
-            f"{settings.output} already holds a sweep: pass --resume to continue it, or pick a new --output"
-        )
     else:
         settings.record()
     grid = _tuner(settings, resume).fit()

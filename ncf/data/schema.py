@@ -130,6 +130,12 @@ def resolve_files(spec: str) -> InputFiles:
     if any(ch in spec for ch in "*?["):
         paths = sorted(glob.glob(spec, recursive=True))
     elif os.path.isdir(spec):
+        for made_by, markers in (
+            ("jobs.preprocess output (DATA)", ("stats.json", "vocab")),
+            ("model directory", ("config.json", "model.pt")),
+        ):
+            if all(os.path.exists(os.path.join(spec, m)) for m in markers):
+                raise InputError(f"{spec}: a {made_by}, not purchase logs or a catalog (Parquet or CSV files)")
         paths = sorted(_visible_files(spec))
     elif os.path.exists(spec):
         paths = [spec]
