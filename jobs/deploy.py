@@ -18,9 +18,10 @@ import json
 import os
 import sys
 
-from jobs.cli import check_data, check_model, init_ray, job_parser, tcp_port
+from jobs.cli import check_data, check_model, init_ray, job_parser, positive_int, tcp_port
 from ncf.errors import InputError
 from ncf.moments import DATA_END, NOW
+from ncf.rank.ranker import MAX_K
 from serve.app import build_app, restore_app
 from serve.launch import serve_until_stopped, serving_user_config, start, wait_until_healthy
 from serve.limits import REQUEST_TIMEOUT_S
@@ -45,9 +46,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=tcp_port, default=8000, help="HTTP port")
     p.add_argument(
         "--candidates",
-        type=int,
+        type=positive_int,
         default=None,
-        help="first-stage candidates re-ranked, at least the largest k a request may ask for (default: the model's)",
+        help=f"first-stage candidates re-ranked, at least {MAX_K} (the largest k a request may ask for; "
+        "default: the model's)",
     )
     p.add_argument(
         "--default-at",

@@ -59,6 +59,8 @@ def main(argv=None) -> list:
         check_data(args.data)
         verify_data_state(args.data)
         args.model = None if args.baselines_only else check_model(args.model)
+        handle = None if args.baselines_only else ModelDir(args.model)
+        version = {"model_version": handle.version} if handle else {}
         on_period = (
             None if args.baselines_only else model_on_period(args.model, args.data, args.split, args.exclude_purchased)
         )
@@ -71,11 +73,8 @@ def main(argv=None) -> list:
             retune=args.retune,
             on_period=on_period,
             exclude_purchased=args.exclude_purchased,
+            on_row=lambda row: print(json.dumps({**row, **version}), flush=True),  # as each is computed
         )
-        handle = None if args.baselines_only else ModelDir(args.model)
-        version = {"model_version": handle.version} if handle else {}
-        for row in rows:
-            print(json.dumps({**row, **version}), flush=True)
         if args.report:
             ablations = read_jsonl(args.ablations) if args.ablations else None
             ranker, period = on_period

@@ -291,7 +291,9 @@ def _validated(args: Dict) -> AppArgs:
     except ValidationError as e:
         raise ValueError(f"bad application args: {describe_errors(e.errors())}") from None
     if a.max_replicas < max(a.min_replicas, 1):
-        raise ValueError(f"max_replicas ({a.max_replicas}) is below min_replicas ({a.min_replicas})")
+        raise ValueError(
+            f"max_replicas (--max-replicas) {a.max_replicas} is below min_replicas (--min-replicas) {a.min_replicas}"
+        )
     return a
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -159,10 +159,12 @@ def evaluate_baselines(
     names: Sequence[str] = BASELINE_ORDER,
     retune: bool = False,
     exclude_purchased: bool = False,
+    on_row: Optional[Callable[[Dict], None]] = None,
 ) -> List[Dict]:
     """One row per baseline on ``period``; tunable ones with the parameters tuned on the
     validation period (``params`` and ``val_*`` in the row). ``exclude_purchased``: every
-    ranking leaves out what the household bought before (tuning too)."""
+    ranking leaves out what the household bought before (tuning too). ``on_row``: called with
+    each row as soon as it is computed (a job prints it then)."""
     rows = []
     for baseline, params, tuned in tuned_baselines(data, state, names, retune, exclude_purchased):
         started = time.time()
@@ -176,6 +178,8 @@ def evaluate_baselines(
         if tuned is not None:
             row.update({f"val_{k}": v for k, v in tuned.val.items() if k in (f"recall@{K}", f"ndcg@{K}")})
         rows.append(row)
+        if on_row is not None:
+            on_row(row)
     return rows
 
 
@@ -189,11 +193,13 @@ def evaluate_all(
     name: str = MODEL,
     on_period: Optional[tuple[Ranker, Period]] = None,
     exclude_purchased: bool = False,
+    on_row: Optional[Callable[[Dict], None]] = None,
 ) -> List[Dict]:
     """The model (unless ``model_dir`` is None), then each of ``baselines``, on the same
     households of the same period of ``data`` (``on_period``: :func:`model_on_period`'s result,
     when the caller has it already). ``exclude_purchased``: every ranking leaves out what the
-    household bought before, and so do the relevant sets (see :func:`load_period`)."""
+    household bought before, and so do the relevant sets (see :func:`load_period`). ``on_row``:
+    called with each row as soon as it is computed."""
     boundaries = layout.DataStats(data).boundaries
     rows = []
     if model_dir is not None:
@@ -208,6 +214,10 @@ def evaluate_all(
         rows.append(
             evaluate(name, None, score, period, users, state.states, context.num_products, context.catalog, rank_many)
         )
+        if on_row is not None:
+            on_row(rows[-1])
     if baselines:
-        rows.extend(evaluate_baselines(data, state, context, period, users, baselines, retune, exclude_purchased))
+        rows.extend(
+            evaluate_baselines(data, state, context, period, users, baselines, retune, exclude_purchased, on_row)
+        )
     return rows
