@@ -175,10 +175,10 @@ class ModelService:
         # Paths and fingerprints: a new model or DATA written at the same path is a new one.
         same = previous is not None and previous.settings.content() == settings.content()
         if not same:
-            _check_unchanged(settings)
-            verify_model_dir(settings.model_dir)
+            verify_model_dir(settings.model_dir)  # damage first: its reason is the one to report
             if settings.data is not None:
                 verify_data_state(settings.data)
+            _check_unchanged(settings)
         recommender = previous.recommender if same else Recommender.load(settings.model_dir, data=settings.data)
         if not same:
             _check_unchanged(settings)  # replaced while it was verified and loaded
