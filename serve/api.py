@@ -142,6 +142,11 @@ class ScoreResponse(BaseModel):
 class Health(BaseModel):
     status: str
     model_version: str = Field(description="the version of the model answering (config.json's version)")
+    data_end: Optional[datetime] = Field(
+        None,
+        description="the last purchase the histories hold: requests at now rank from purchases up to it, "
+        "so an old one means stale histories (deploy newer DATA with --data)",
+    )
     rollout_error: Optional[str] = Field(
         None,
         description="why the last rollout failed, while the model of model_version keeps serving; "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from ncf.rank.recommender import RankedItems, Recommender
 from serve.api import BatchRecommendRequest, RecommendRequest, ScoreRequest, UnknownProducts
 
 DEFAULT_AT_CHOICES = (NOW, DATA_END)
+# Histories ending this long before now are stale for requests at now (the default label window).
+STALE_AFTER_DAYS = 35
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,19 @@ def data_fingerprint(data: str) -> str:
     return _digest(stats, extra=f"{os.path.realpath(data)}\0{modified}".encode())
 
 
+def _warn_if_stale(recommender: Recommender, settings: ServeSettings) -> None:
+    """Requests at now rank from histories that end at the state's last purchase: far behind now,
+    every household looks lapsed and the timing features leave what training saw."""
+    behind_days = (time.time() - recommender.state.end) / 86_400
+    if settings.default_at == NOW and behind_days > STALE_AFTER_DAYS:
+        logging.getLogger("ray.serve").warning(
+            "the histories end %.0f days before now (%s): requests without `at` rank as if nobody had "
+            "shopped since; deploy newer DATA (--data) or use default_at data-end for a historical dataset",
+            behind_days,
+            datetime.fromtimestamp(recommender.state.end, timezone.utc).date(),
+        )
+
+
 def _check_unchanged(settings: ServeSettings) -> None:
     """Raises unless the paths still hold what the deployment was built with: a replica started
     later (autoscaling, a replacement) would otherwise serve another model beside the others."""
@@ -188,6 +204,7 @@ class ModelService:
         if not same:
             recommender.ranker.warm()
             _rehearse(recommender)
+            _warn_if_stale(recommender, settings)
         return ModelService(recommender, settings)
 
     @property
@@ -203,8 +220,14 @@ class ModelService:
     # -- routes ------------------------------------------------------------------------------
 
     def health(self, rollout_error: Optional[str] = None) -> Dict:
-        """The version only: the model's path on the server is nobody's business outside it."""
-        return {"status": "ok", "model_version": self.version, "rollout_error": rollout_error}
+        """The version and how fresh the histories are; never the model's path (nobody's business
+        outside the server)."""
+        return {
+            "status": "ok",
+            "model_version": self.version,
+            "data_end": datetime.fromtimestamp(self.recommender.state.end, timezone.utc).isoformat(),
+            "rollout_error": rollout_error,
+        }
 
     def recommend(self, request: RecommendRequest) -> Dict:
         return self.recommend_many([request])[0]

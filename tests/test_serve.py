@@ -75,10 +75,14 @@ def ids(items) -> list:
 
 
 @pytest.mark.faults
-def test_healthz_reports_the_loaded_version_and_no_path(server, small_model_dir):
+def test_healthz_reports_the_loaded_version_and_no_path(server, small_model_dir, recommender):
     r = requests.get(f"{server}/healthz", timeout=TIMEOUT)
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "model_version": "v1", "rollout_error": None}
+    body = r.json()
+    # How fresh the histories are: the last purchase of the state the replica ranks from.
+    data_end = datetime.fromisoformat(body.pop("data_end").replace("Z", "+00:00"))
+    assert data_end.timestamp() == recommender.state.end
+    assert body == {"status": "ok", "model_version": "v1", "rollout_error": None}
     assert os.path.dirname(os.path.abspath(small_model_dir)) not in r.text  # where files live is not told
 
 
