@@ -204,9 +204,11 @@ def main(argv=None) -> dict:
         model_rate = model_only(w, table, args.steps)
         plain = train_epoch(w, LocalShard(table), 1, torch.Generator().manual_seed(0), None)
         dist.destroy_process_group()
+        ours = not ray.is_initialized()  # a caller's cluster (a test session's) is left running
         init_ray()
         through_ray = fit(config, storage_path=os.path.join(tmp, "runs"), name="throughput").metrics
-        ray.shutdown()
+        if ours:
+            ray.shutdown()
     result = {
         "benchmark": "train_throughput",
         "tables": {"households": sizes[0], "products": sizes[1]},

@@ -62,25 +62,12 @@ def test_the_deployment_bench_ranks_the_evaluation_codes_baselines_by_raw_ids_at
         assert counts[state.vocabs.products.index_of([ranked[0]])[0]] == counts.max() > 0
 
 
-def test_the_train_throughput_bench_runs_its_three_modes_on_synthetic_tables():
+def test_the_train_throughput_bench_runs_its_three_modes_on_synthetic_tables(ray_session):
     """Old code: the bench built its worker and its synthetic lists by position, and broke (a
     TypeError, then a KeyError) when the training loop's Worker and the lists gained fields."""
-    import json
-    import subprocess
-    import sys
+    from bench import train_throughput
 
-    from helpers import REPO
-
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.train_throughput", "--synthetic-users", "300", "--synthetic-products", "200"]
-        + ["--steps", "4"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = train_throughput.main(["--synthetic-users", "300", "--synthetic-products", "200", "--steps", "4"])
     assert result["tables"] == {"households": 300, "products": 200}
     assert result["steps"] == {"plain_loop": 4, "ray_train": 4}
     rates = ("model_only", "plain_loop", "ray_train_1_worker")
