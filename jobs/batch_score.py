@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
         check_config(config)  # before Ray starts
         init_ray()
         try:
-            summary = run_batch_scoring(config)
+            summary = run_batch_scoring(config, verify_inputs=False)  # check_config verified them
         except VerificationFailed as failed:
             print(json.dumps({"verify": failed.report}), flush=True)
             print(f"error: {failed}", file=sys.stderr, flush=True)

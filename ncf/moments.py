@@ -54,7 +54,10 @@ def resolve_at(at, data_end: int, now: Optional[float] = None) -> int:
     if at == DATA_END:
         return int(data_end)
     if isinstance(at, str) and re.fullmatch(r"\s*[0-9]{9,}\s*", at):
-        return int(at)  # epoch seconds (8 digits would be a YYYYMMDD date)
+        seconds = int(at)  # epoch seconds (8 digits would be a YYYYMMDD date)
+        if seconds >= 2**33:  # past the year 2242
+            raise InputError(f"--at {at!r}: epoch seconds out of range (milliseconds? divide by 1000)")
+        return seconds
     if isinstance(at, str) and re.fullmatch(r"\s*[A-Za-z]+\s*", at):
         # pandas reads "today" as the local wall clock taken for UTC: hours off, maybe another date.
         raise InputError(f"--at {at!r}: not a moment; use an ISO date or datetime, epoch seconds, 'now' or 'data-end'")

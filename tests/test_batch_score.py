@@ -39,6 +39,8 @@ def test_at_resolves_dates_datetimes_and_data_end():
     assert run_date_of(resolve_at("2017-11-27T23:30:00-05:00", data_end=0)) == "2017-11-28"
     assert resolve_at("1511755281", data_end=0) == resolve_at(" 1511755281 ", data_end=0) == 1511755281
     assert resolve_at("20171127", data_end=0) == 1511740800  # eight digits: a date
+    with pytest.raises(InputError, match="milliseconds"):
+        resolve_at("1511755281000", data_end=0)
     # Old code read "today" as the local wall clock taken for UTC (hours off under TZ=Asia/Tokyo).
     for word in ("yesterday", "today", "tomorrow"):
         with pytest.raises(InputError, match=f"'{word}': not a moment"):

@@ -200,3 +200,22 @@ def test_a_dashboard_address_in_ray_address_is_a_one_line_error_before_ray_start
         and "HOST:6379" in lines[0]
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_directory_is_recognised_before_tune_started_in_it(tmp_path):
+    """A sweep stopped between writing its settings and Tune's first file left a directory that
+    every later run refused (as not a sweep's, without an --overwrite to pass)."""
+    from tune.sweep import check_sweep_directory
+
+    data, sweep = tmp_path / "data", tmp_path / "sweep"
+    data.mkdir()
+    sweep.mkdir()
+    write_json(str(sweep / "settings.json"), {"trials": 2})
+    check_sweep_directory(str(sweep), str(data), resume=False)
+    with pytest.raises(cli.InputError, match="no sweep to resume"):
+        check_sweep_directory(str(sweep), str(data), resume=True)
+    (sweep / "notes.txt").write_text("x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(cli.InputError, match="is not a sweep directory"):
+        check_sweep_directory(str(tmp_path / "other"), str(data), resume=False)

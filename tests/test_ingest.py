@@ -90,6 +90,16 @@ def test_decimal_ids_are_exact_beyond_float_precision():
     assert out.column("product_id").to_pylist()[::2] == ["12", "7"]
 
 
+def test_decimal_ids_beyond_int64_are_returned_as_text(tmp_path):
+    """A vocabulary of kind "int" casts the ids back to int64 for the nightly output: 19-digit
+    decimals above 2**63 broke that cast after Ray had started."""
+    for precision, kind in ((18, "int"), (38, "str")):
+        path = str(tmp_path / f"d{precision}.parquet")
+        ids = pa.array([decimal.Decimal("12"), decimal.Decimal("99999999999999999")], pa.decimal128(precision, 0))
+        pq.write_table(pa.table({"user_id": ids, "product_id": [1, 2], "timestamp": ["2024-01-02"] * 2}), path)
+        assert schema.id_kind(schema.resolve_files(path), "user_id") == kind
+
+
 def test_now_and_other_words_are_not_timestamps():
     """Old code read "now" as the wall-clock time: a historical log got a row at today's date."""
     batch = pa.table(

@@ -1,6 +1,7 @@
 """Ray Train: sharded 2-worker training learns; a crashed worker resumes from its checkpoint with
 its optimizer state; checkpoints load without unpickling."""
 
+import glob
 import os
 import sys
 
@@ -171,6 +172,15 @@ def test_a_run_name_reused_for_another_model_configuration_is_refused_before_tra
     again = fit(TrainConfig(model=SMALL_MODEL, **{**settings, "epochs": 2}), storage_path=str(tmp_path), name="reused")
     assert again.error is None, again.error
     assert [m["epoch"] for m in epochs_metrics(again)][-1] == 2
+    # DATA preprocessed again since (its vocabularies renumbered): refused the same way, not three
+    # workers failing one after the other.
+    from ncf.jsonio import read_json, write_json
+    from ncf.train.checkpoint import TRAIN_STATE
+
+    latest = sorted(glob.glob(str(tmp_path / "reused" / "checkpoint_*" / TRAIN_STATE)))[-1]
+    write_json(latest, {**read_json(latest), "vocab_sha256": "0" * 64})
+    with pytest.raises(InputError, match="trained on other vocabularies than --data holds now"):
+        fit(TrainConfig(model=SMALL_MODEL, **{**settings, "epochs": 3}), storage_path=str(tmp_path), name="reused")
 
 
 @pytest.mark.faults

@@ -118,7 +118,9 @@ def check_sweep_directory(output: str, data: str, resume: bool) -> None:
     """Refuses (one line) an ``output`` that holds ``data`` or is a directory of something else,
     a started sweep without ``--resume``, and a ``--resume`` with nothing to resume: checks a job
     makes before Ray starts."""
-    check_target(output, "tune", "sweep directory", [data])
+    # A sweep that stopped before Tune started holds only its settings.json: still a sweep's.
+    started = os.path.exists(os.path.join(output, "settings.json"))
+    check_target(output, "settings.json" if started else "tune", "sweep directory", [data])
     experiment = os.path.join(output, "tune", "sweep")
     if resume and not os.path.exists(experiment):
         raise InputError(f"--resume: no sweep to resume at {experiment}")

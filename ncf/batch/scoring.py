@@ -435,9 +435,11 @@ def _check_settings(config: BatchScoreConfig) -> None:
         resolve_compile("yes", 0, use_gpu=False)
 
 
-def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple[Dict, int]:
+def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_inputs: bool = True) -> tuple[Dict, int]:
     """Fails fast (before Ray starts) on bad settings or numbers, a bad model, data, ``k`` or
-    ``at``; returns the model's config and ``at`` in epoch seconds."""
+    ``at``; returns the model's config and ``at`` in epoch seconds. ``verify_inputs``: also
+    check MODEL against its checksums and DATA's state against itself (every byte read: a caller
+    that did so already passes False)."""
     _check_settings(config)
     _check_numbers(config)
     model_config = read_config(os.path.abspath(config.model))
@@ -446,10 +448,11 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None) -> tuple
     resolve_at(config.at, 0, now=now)  # a bad --at fails before the data is looked at
     stats = layout.DataStats(config.data)
     check_catalog(model_config["model"], stats.vocab_sizes, config.data)
-    # Last, as they read every byte. The actors load both without checksums: a damaged directory
-    # would rank wrongly, silently.
-    verify_model_dir(os.path.abspath(config.model))
-    verify_data_state(config.data)
+    if verify_inputs:
+        # Last, as they read every byte. The actors load both without checksums: a damaged
+        # directory would rank wrongly, silently.
+        verify_model_dir(os.path.abspath(config.model))
+        verify_data_state(config.data)
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
     at = resolve_at(config.at, stats.end + 1, now=now)
     return model_config, at
@@ -471,10 +474,11 @@ def resolved(config: BatchScoreConfig) -> BatchScoreConfig:
     return dataclasses.replace(config, model=os.path.realpath(config.model), data=os.path.realpath(config.data))
 
 
-def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _log) -> Dict:
+def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _log, verify_inputs: bool = True) -> Dict:
     """Scores every user of ``config.data`` and commits ``OUT/run_date=D``; returns the summary
     (the ``_SUCCESS`` content, with the verification report under ``verify`` when
-    ``config.verify``). Needs Ray initialised (``jobs.cli.init_ray``).
+    ``config.verify``). Needs Ray initialised (``jobs.cli.init_ray``). ``verify_inputs``: see
+    :func:`check_config` (the job verified them before starting Ray).
 
     Raises:
         ncf.staging.Busy: another run of the same date is in progress (nothing is touched).
@@ -482,7 +486,7 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
     """
     started = time.time()
     config = resolved(config)
-    model_config, at = check_config(config, now=started)
+    model_config, at = check_config(config, now=started, verify_inputs=verify_inputs)
     model, output = config.model, os.path.abspath(config.output)
     run_date = run_date_of(at)
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
@@ -495,6 +499,11 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
         log(
             "at is inside the data: a replay of that moment (each household's purchases before it, the "
             "products' popularity and cycles recomputed from the purchases before it)"
+            + (
+                "; the model's training labels reach past it, so its weights know later purchases"
+                if at < int(model_config["trained_through"])
+                else ""
+            )
         )
     # The date's lock is held from here to the commit: a second run of the date is refused.
     with PartitionRun(output, partition_name(run_date), run_id, log=log) as run:

@@ -506,4 +506,6 @@ def id_kind(files: InputFiles, column: str) -> str:
         t = t.value_type if pa.types.is_dictionary(t) else t
         if not (_is_number(t) or pa.types.is_null(t)):
             return "str"
+        if pa.types.is_decimal(t) and t.precision - t.scale > 18:
+            return "str"  # ids int64 may not hold: returned as their decimal text
     return "int"

@@ -70,11 +70,11 @@ def check_same_vocabularies(run_folder: str, saved: Optional[str], current: str)
         )
 
 
-def saved_model_config(run_folder: str) -> Optional[Dict]:
-    """The model configuration of the latest checkpoint in a run's folder (the one Ray Train
-    would resume from), or None when it has none."""
+def latest_train_state(run_folder: str) -> Optional[Dict]:
+    """The train state of the latest checkpoint in a run's folder (the one Ray Train would
+    resume from: its model configuration, the digest of its vocabularies), or None when it has none."""
     states = sorted(glob.glob(os.path.join(glob.escape(run_folder), "checkpoint_*", TRAIN_STATE)))
-    return read_json(states[-1]).get("model_config") if states else None
+    return read_json(states[-1]) if states else None
 
 
 def read_optimizer_state(directory: str) -> Optional[Dict]:

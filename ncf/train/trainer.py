@@ -21,8 +21,9 @@ from typing import Optional
 from ncf.data import examples as E
 from ncf.data import layout
 from ncf.data.vocab import Vocabularies
+from ncf.model.integrity import vocab_digest
 from ncf.splits import REFIT, VALIDATED
-from ncf.train.checkpoint import VAL_METRIC, check_same_model, saved_model_config
+from ncf.train.checkpoint import VAL_METRIC, check_same_model, check_same_vocabularies, latest_train_state
 from ncf.train.config import TrainConfig
 from ncf.train.loop import StepHook, train_loop_per_worker
 
@@ -102,11 +103,13 @@ def fit(
     config = dataclasses.replace(config, cutoffs=config.cutoffs or run_cutoffs(config.data, config.run))
     storage = os.path.abspath(storage_path) if storage_path else None
     run_folder = os.path.join(storage, name) if storage and name else None
-    saved = saved_model_config(run_folder) if run_folder else None
+    saved = latest_train_state(run_folder) if run_folder else None
     if saved is not None:
-        # A reused name resumes that run: refused here, in one line, if it trained another model.
+        # A reused name resumes that run: refused here, in one line, if it trained another model
+        # or on other vocabularies (the workers check again, for callers that bypass this).
         sizes = Vocabularies.load(layout.vocab_dir(config.data)).sizes()
-        check_same_model(run_folder, saved, config.model_config(sizes).to_dict())
+        check_same_model(run_folder, saved.get("model_config"), config.model_config(sizes).to_dict())
+        check_same_vocabularies(run_folder, saved.get("vocab_sha256"), vocab_digest(config.data))
     paths = [layout.examples_dir(config.data, c) for c in config.cutoffs]
     # The files (a cutoff's lists of a few thousand households each) in a seeded random order;
     # within a file the households come in no meaningful order, so batches need no local
