@@ -141,7 +141,7 @@ def _bad_config(model_dir: str) -> None:
 CORRUPT_ROLLOUTS = {
     "truncated model.pt": (_truncate_weights, "model.pt has"),
     "vocabulary of another size": (_vocabulary_of_another_size, "vocabularies do not fit the embedding tables"),
-    "bad config.json": (_bad_config, "bad config.json"),
+    "bad config.json": (_bad_config, "unreadable config.json"),
 }
 
 
