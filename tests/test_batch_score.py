@@ -85,25 +85,25 @@ def test_a_journal_that_disappears_while_cleaning_is_skipped(tmp_path, monkeypat
 
 
 def test_bad_k_and_missing_data_are_one_line_errors(small_model_dir, tmp_path, capsys):
+    data, out = str(tmp_path / "data"), str(tmp_path / "o")
+    os.makedirs(data)
+    errors = []
     for argv in (
-        ["--model", small_model_dir, "--data", str(tmp_path), "--output", str(tmp_path / "o"), "--k", "0"],
-        ["--model", small_model_dir, "--data", str(tmp_path), "--output", str(tmp_path / "o"), "--k", "3"],
-        ["--model", small_model_dir, "--data", str(tmp_path), "--output", str(tmp_path / "o"), "--at", "soon"],
-        ["--model", small_model_dir, "--data", str(tmp_path), "--output", str(tmp_path / "o"), "--gpu", "maybe"],
-        ["--model", str(tmp_path), "--data", str(tmp_path), "--output", str(tmp_path / "o")],
-        ["--model", small_model_dir, "--data", str(tmp_path), "--output", str(tmp_path / "o"), "--compile", "always"],
+        ["--model", small_model_dir, "--data", data, "--output", out, "--k", "0"],
+        ["--model", small_model_dir, "--data", data, "--output", out, "--k", "3"],
+        ["--model", small_model_dir, "--data", data, "--output", out, "--at", "soon"],
+        ["--model", small_model_dir, "--data", data, "--output", out, "--gpu", "maybe"],
+        ["--model", str(tmp_path / "empty"), "--data", data, "--output", out],
+        ["--model", small_model_dir, "--data", data, "--output", out, "--compile", "always"],
+        ["--model", small_model_dir, "--data", data, "--output", os.path.join(data, "scores")],
     ):
         with pytest.raises(SystemExit) as exit_info:
             batch_score.main(argv)
         assert exit_info.value.code == 2
-    errors = capsys.readouterr().err.strip().splitlines()
-    assert (
-        len(errors) == 6
-        and "--k 0" in errors[0]
-        and "not a preprocessed DATA directory" in errors[1]
-        and "'soon'" in errors[2]
-    )
-    assert "'maybe'" in errors[3] and "not a model directory" in errors[4] and "'always'" in errors[5]
+        errors.append(capsys.readouterr().err.strip().splitlines()[-1])  # argparse's usage comes first
+    assert "--k 0" in errors[0] and "not a preprocessed DATA directory" in errors[1] and "'soon'" in errors[2]
+    assert "'maybe'" in errors[3] and "jobs.train first" in errors[4] and "'always'" in errors[5]
+    assert "overlaps --data" in errors[6]
     assert not os.path.exists(tmp_path / "o" / bs.TMP) or not os.listdir(tmp_path / "o" / bs.TMP)
 
 
