@@ -29,6 +29,11 @@ def free_ports(count: int) -> list:
             s.close()
 
 
+def without_data_end(health: dict) -> dict:
+    """A /healthz answer without ``data_end`` (the histories' last purchase, checked apart)."""
+    return {k: v for k, v in health.items() if k != "data_end"}
+
+
 def sealed_copy(model_dir: str, destination: str, version: str) -> str:
     """A copy of a model directory with another version in config.json, sealed again (the
     checksum manifest rewritten, as saving would have): a second model to roll out."""
