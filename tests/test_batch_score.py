@@ -28,6 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # -- unit: dates, cleanup and the swap -------------------------------------------------------------
 
 
+@pytest.mark.faults
 def test_at_resolves_dates_datetimes_and_data_end():
     assert resolve_at("2017-11-27", data_end=0) == 1511740800
     assert resolve_at("2017-11-27T04:01:21", data_end=0) == 1511755281
@@ -84,6 +85,7 @@ def test_a_journal_that_disappears_while_cleaning_is_skipped(tmp_path, monkeypat
     assert commit._pending_paths(out) == set()
 
 
+@pytest.mark.faults
 def test_bad_k_and_missing_data_are_one_line_errors(small_model_dir, tmp_path, capsys):
     data, out = str(tmp_path / "data"), str(tmp_path / "o")
     os.makedirs(data)

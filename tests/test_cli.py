@@ -155,6 +155,7 @@ def test_bad_paths_are_one_line_errors_before_ray_starts(paths, tmp_path, monkey
     assert not os.path.exists(tmp_path / "out")
 
 
+@pytest.mark.faults
 def test_numbers_that_mean_nothing_are_refused_by_the_parsers():
     for parse, bad in ((cli.positive_float, ("0", "-1", "nan", "inf", "x")), (cli.tcp_port, ("0", "65536", "x"))):
         for text in bad:
