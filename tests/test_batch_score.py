@@ -449,6 +449,10 @@ def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session,
     assert not os.path.exists(os.path.join(output, bs.TMP, f"run_date={run_date}"))  # the dead run's parts are gone
 
 
+def users_of(table) -> list:
+    return sorted(table["user_id"].unique().tolist())
+
+
 def test_a_moment_inside_the_data_is_a_replay_with_its_cold_households_flagged(small_model_dir, small_data, tmp_path):
     """Old code ranked a past --at with the products' stats of the data's end (later purchases in
     popularity and cycles) and wrote cold households without a flag."""
@@ -468,8 +472,9 @@ def test_a_moment_inside_the_data_is_a_replay_with_its_cold_households_flagged(s
     assert (flagged["all"] == flagged["any"]).all() and set(flagged.index[flagged["all"]]) == cold
     # Every household as Recommender ranks it from what was known at that moment.
     replay = recommender.as_of(at)
-    assert replay.state.end == at - 1 and recommender.state.end > at
-    users = sorted(table["user_id"].unique().tolist())
+    assert replay.state.end == at - at % 86_400 - 1 and recommender.state.end > at  # the day's start
+    assert recommender.recommend(users_of(table), k=K, at=at) == replay.recommend(users_of(table), k=K, at=at)
+    users = users_of(table)
     expected = dict(zip(users, replay.recommend(users, k=K, at=at)))
     job = {u: g.sort_values("rank")["product_id"].tolist() for u, g in table.groupby("user_id")}
     assert job == expected

@@ -433,3 +433,25 @@ def test_the_feature_mlp_bench_encodes_features_piecewise_linearly_over_quantile
     data, _ = small_data
     rows = feature_mlp.main(["--data", data, "--seeds", "1", "--epochs", "1", "--encoding", "ple:4"])
     assert len(rows) == 1 and rows[0]["encoding"] == "ple:4" and 0.0 < rows[0]["test_ndcg@10"] <= 1.0
+
+
+def test_a_past_moment_ranks_from_the_products_known_at_its_day_in_every_path(recommender):
+    """Old code: Serve ranked a past `at` with the products' stats of the data's end (popularity and
+    the catalog included purchases after the moment) while the nightly job recomputed them: the
+    two answered differently, and the online one saw the future."""
+    states = recommender.state.states
+    first_bought = np.full(states.products.max() + 1, np.iinfo(np.int64).max)
+    np.minimum.at(first_bought, states.products, states.timestamps)
+    day = int(np.quantile(first_bought[first_bought < np.iinfo(np.int64).max], 0.5)) // 86_400 * 86_400
+    at = day + 13 * 3600
+    assert (first_bought >= day).sum() > 0 and at < recommender.state.end
+    users = [int(u) for u in recommender.vocabs.users.ids.to_pylist()[:20]] + ["never-seen"]
+    ranked = recommender.rank(users, k=10, at=at)
+    replay = recommender.as_of(at)
+    assert replay is recommender.as_of(day) and replay.state.end == day - 1  # one state per day, kept
+    assert [r.product_ids for r in ranked] == replay.recommend(users, k=10, at=at)
+    index = recommender.vocabs.products.index_of
+    for r in ranked:  # nothing first bought on that day or later (cold-start lists included)
+        assert (first_bought[index(r.product_ids)] < day).all(), r.user_id
+    scores, _ = recommender.score_items(users[0], ranked[0].product_ids, at)
+    np.testing.assert_allclose(scores, ranked[0].scores, rtol=1e-5)

@@ -14,8 +14,10 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,6 +29,8 @@ from ncf.moments import to_epoch_seconds
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import Ranker, Ranking
 from ncf.rank.state import EmbeddingRows, RankingState, check_catalog
+
+AS_OF_DAYS = 4  # past days whose product stats a recommender keeps (each a pass over the purchases)
 
 
 @dataclass
@@ -53,6 +57,8 @@ class Recommender:
     def __init__(self, ranker: Ranker, version: str = "dev") -> None:
         self.ranker = ranker
         self.version = version
+        self._days: "OrderedDict[int, Recommender]" = OrderedDict()  # as_of's, latest used last
+        self._days_lock = threading.Lock()
 
     @staticmethod
     def load(
@@ -91,14 +97,26 @@ class Recommender:
         return self.ranker.settings
 
     def as_of(self, at: int) -> "Recommender":
-        """The same model ranking ``at`` from what was known then: for a moment inside the state's
+        """The same model ranking ``at`` from what was known then. For a moment inside the state's
         data, the products' stats (popularity, repurchase cycles, the catalog of products seen)
-        recomputed from the purchases before it, as evaluation ranks a period. A moment after the
-        data (``default_at`` or later) needs nothing recomputed: this recommender itself."""
+        are those of the start of its UTC day, recomputed from the purchases before it (one
+        computation per day, the last :data:`AS_OF_DAYS` kept): every path that ranks a past
+        moment (Serve's ``at``, the nightly job's ``--at``, its verification) ranks it the same
+        way, and none sees a later purchase. A moment after the data (``default_at`` or later)
+        needs nothing recomputed: this recommender itself."""
         if at > self.state.end:
             return self
-        ranker = Ranker(self.ranker.model, self.state.as_of(at), self.ranker.rows, self.settings, self.ranker.mf_index)
-        return Recommender(ranker, self.version)
+        day = int(at) - int(at) % 86_400
+        with self._days_lock:
+            known = self._days.pop(day, None)
+            if known is None:
+                r = self.ranker
+                ranker = Ranker(r.model, self.state.as_of(day), r.rows, r.settings, r.mf_index)
+                known = Recommender(ranker, self.version)
+            self._days[day] = known
+            while len(self._days) > AS_OF_DAYS:
+                self._days.popitem(last=False)
+        return known
 
     def with_settings(self, **changes) -> "Recommender":
         """A recommender sharing this one's model and state with other first-stage sizes."""
@@ -132,7 +150,18 @@ class Recommender:
         moments = [self.moment(a) for a in at] if isinstance(at, (list, tuple, np.ndarray)) else None
         moments = moments or [self.moment(at)] * len(user_ids)
         users = self.vocabs.users.index_of(list(user_ids))
-        rankings = self.ranker.rank(users, moments, k, exclude_purchased, explain=explain)
+        # Households at a moment inside the data rank from the stats of that moment's day.
+        by_state: Dict[int, tuple] = {}
+        for i, moment in enumerate(moments):
+            recommender = self.as_of(moment)
+            by_state.setdefault(id(recommender), (recommender, []))[1].append(i)
+        rankings: List[Optional[Ranking]] = [None] * len(moments)
+        for recommender, positions in by_state.values():
+            ranked = recommender.ranker.rank(
+                users[positions], [moments[i] for i in positions], k, exclude_purchased, explain=explain
+            )
+            for i, ranking in zip(positions, ranked):
+                rankings[i] = ranking
         return [self._raw(u, a, r) for u, a, r in zip(user_ids, moments, rankings)]
 
     def score(self, user_id, product_ids: Sequence, at=None) -> List[float]:
@@ -151,7 +180,8 @@ class Recommender:
         if unknown:
             raise KeyError(f"unknown product ids: {unknown}")
         user = int(self.vocabs.users.index_of([user_id])[0])
-        probs, cold = self.ranker.score(user, products, self.moment(at))
+        moment = self.moment(at)
+        probs, cold = self.as_of(moment).ranker.score(user, products, moment)
         return probs.astype(float).tolist(), cold
 
     def _raw(self, user_id, at: int, ranking: Ranking) -> RankedItems:
