@@ -155,10 +155,16 @@ def test_explain_names_weighted_past_purchases(server, recommender, users):
 
 
 def test_unknown_user_gets_the_cold_start_ranking(server, recommender):
-    body = post(f"{server}/recommend", {"user_id": UNKNOWN_USER, "k": 5, "at": "2017-11-20T18:00:00Z"}).json()
-    expected = expected_items(recommender, UNKNOWN_USER, 5, "2017-11-20T18:00:00Z")
+    # 18:00 three weeks before the data's end: the products bought most at that hour until that day.
+    day = (recommender.default_at - 21 * 86_400) // 86_400 * 86_400
+    at = datetime.fromtimestamp(day + 18 * 3600, timezone.utc).isoformat()
+    body = post(f"{server}/recommend", {"user_id": UNKNOWN_USER, "k": 5, "at": at}).json()
+    expected = expected_items(recommender, UNKNOWN_USER, 5, at)
     assert body["cold_start"] is True and expected["cold_start"] is True
     assert ids(body["items"]) == ids(expected["items"]) and len(body["items"]) == 5
+    # Before the first purchase nothing was known: nothing to recommend, rather than later bestsellers.
+    early = post(f"{server}/recommend", {"user_id": UNKNOWN_USER, "k": 5, "at": "2017-11-20T18:00:00Z"}).json()
+    assert early["cold_start"] is True and early["items"] == []
 
 
 def test_batch_agrees_with_single_calls(server, users):
