@@ -460,10 +460,15 @@ def test_a_moment_inside_the_data_is_a_replay_with_its_cold_households_flagged(s
     recommender = Recommender.load(small_model_dir, data=data)
     states = recommender.state.states
     first = {u: int(states.timeline(u).timestamps.min()) for u in range(1, states.num_users) if u in states}
-    at = int(np.quantile(list(first.values()), 0.2))  # a fifth of the households have not bought yet
+    # A fifth of the households have not bought yet (and the data's first day is over).
+    at = max(int(np.quantile(list(first.values()), 0.2)), min(first.values()) // 86_400 * 86_400 + 2 * 86_400)
     argv = _argv(small_model_dir, data, str(tmp_path / "out"))
     argv[argv.index("data-end")] = str(pd.Timestamp(at, unit="s", tz="UTC").isoformat())
     summary = batch_score.main(argv)
+    with pytest.raises(InputError, match="the data's first purchase is on"):  # nothing was known then
+        bs.check_config(
+            dataclasses.replace(bs.BatchScoreConfig(model=small_model_dir, data=data, output="o"), at="2001-01-01")
+        )
     raw = dict(zip(*(bs.read_users(data).column(c).to_pylist() for c in ("position", "user_id"))))
     cold = {raw[u] for u, t in first.items() if t >= at}
     assert summary["replay"] is True and summary["cold_start_users"] == len(cold) > 0

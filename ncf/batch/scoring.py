@@ -455,6 +455,12 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_i
         verify_data_state(config.data)
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
     at = resolve_at(config.at, stats.end + 1, now=now)
+    first_day = stats.boundaries["start"] - stats.boundaries["start"] % 86_400
+    if at < first_day + 86_400:
+        # The products' stats of a past moment are those of its day's start: nothing known yet.
+        raise InputError(
+            f"--at {config.at}: the data's first purchase is on {run_date_of(first_day)}; rank a later day"
+        )
     return model_config, at
 
 
