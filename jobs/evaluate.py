@@ -87,6 +87,7 @@ def main(argv=None) -> list:
                 handle.metrics().get("history"),
                 ablations,
                 ablations_source=args.ablations,
+                exclude_purchased=args.exclude_purchased,
             )
             print(f"[evaluate] report: {path}", flush=True)
         return rows

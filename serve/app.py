@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from ncf.data import layout
@@ -220,6 +221,8 @@ class RecommenderDeployment:
 
     @app.get("/ui/{name}", include_in_schema=False)
     def explorer_asset(self, name: str) -> Response:
+        if name == ui.PAGE:  # only at /ui: its relative links would not resolve from /ui/explorer.html
+            raise HTTPException(status_code=404, detail="the explorer page is at /ui")
         return ui.asset(name, enabled=self._ui)
 
 

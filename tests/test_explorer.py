@@ -117,6 +117,8 @@ def test_the_page_and_its_files_are_served_with_a_strict_policy(server):
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert requests.get(f"{server}/ui/explorer.js", timeout=TIMEOUT).status_code == 200
+    # Only at /ui: from /ui/explorer.html its relative links would miss (a page that did nothing).
+    assert requests.get(f"{server}/ui/explorer.html", timeout=TIMEOUT).status_code == 404
     assert requests.get(f"{server}/ui/..%2Fapp.py", timeout=TIMEOUT).status_code == 404
     assert requests.get(f"{server}/ui/config", timeout=TIMEOUT).json()["model_version"] == "v1"
 

@@ -11,8 +11,8 @@ from helpers import BASELINES_WITHOUT_ALS, CHROMIUM_FLAGS, chromium_path
 
 from jobs import evaluate
 from ncf.errors import InputError
-from ncf.evaluate.evaluation import MODEL, evaluate_all, model_on_period
-from ncf.evaluate.report import write_report
+from ncf.evaluate.evaluation import MODEL, evaluate_all, model_on_period, sample_users
+from ncf.evaluate.report import _product_label, write_report
 from ncf.model.config import ModelConfig
 from ncf.model.directory import WEIGHTS, ModelDir, save_model_dir
 from ncf.splits import REFIT, TEST, VAL, VALIDATED
@@ -145,7 +145,8 @@ def test_raw_ids_are_html_escaped(tmp_path):
     states = UserStates.from_purchases(np.array([1, 1]), np.array([1, 2]), np.array([100, 200]), num_users=2)
     ranking = Ranking(np.array([1, 2]), np.array([0.9, 0.8]), False, explanations=[[(1, 0.7)], [(2, 0.3)]])
     ranker = SimpleNamespace(
-        state=SimpleNamespace(vocabs=vocabs, states=states), rank=lambda users, at, k, explain: [ranking]
+        state=SimpleNamespace(vocabs=vocabs, states=states),
+        rank=lambda users, at, k, explain, exclude_purchased=False: [ranking],
     )
     period = Period("test", 300, truth={1: np.array([2])}, first_purchase={1: 2}, first_visit={1: 300})
     page = households_html(ranker, period, np.array([1]))
@@ -199,3 +200,22 @@ def test_a_model_trained_on_the_periods_labels_is_refused(small_model_dir, small
     validated = _trained_through(small_model_dir, data, str(tmp_path / "validated"), bounds["val_start"], VALIDATED)
     _, period = model_on_period(validated, data, VAL)
     assert period.start == bounds["val_start"]
+
+
+def test_a_report_of_exclude_purchased_ranks_its_households_that_way_and_says_so(on_period, tmp_path):
+    """Old code: the table came from the excluding ranking, the households shown beside it from the
+    plain one (every recommendation bought before, none ticked), and nothing said which."""
+    ranker, period = on_period
+    path = write_report(
+        str(tmp_path / "r"), ranker, "v1", period, [], score_users=4, households=1, exclude_purchased=True
+    )
+    page = open(path).read()
+    assert "<b>exclude_purchased</b>" in page and "<html lang='en'>" in page
+    shown = int(sample_users(period.users, 4, seed=1)[0])
+    at = period.first_visit[shown]
+    bought = set(ranker.state.states.timeline(shown).products_before(at).tolist())
+    ranked = ranker.rank([shown], [at], k=10, exclude_purchased=True)[0].products.tolist()
+    assert ranked and not set(ranked) & bought
+    labels = [_product_label(ranker, [p])[0] for p in ranked]
+    households = page.split("<h2>Households</h2>")[1]
+    assert all(label in households for label in labels)

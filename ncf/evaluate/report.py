@@ -49,13 +49,13 @@ small{color:#666}
 </style>"""
 
 
-def _png(fig) -> str:
+def _png(fig, alt: str) -> str:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
-    return f'<img alt="chart" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
 def _pyplot():
@@ -74,7 +74,7 @@ def _table(rows: Sequence[Dict], columns: Sequence[str]) -> str:
         cells = []
         for i, c in enumerate(columns):
             v = row.get(c, "")
-            text = f"{v:.4f}" if isinstance(v, float) else str(v)
+            text = f"{v:.4f}" if isinstance(v, float) else ("n/a" if v is None else str(v))
             if isinstance(row.get(f"{c}_sd"), float) and row.get("seeds", 1) > 1:
                 text += f" \u00b1 {row[f'{c}_sd']:.4f}"
             cells.append(f'<td class="{"l" if i == 0 else ""}">{html.escape(text)}</td>')
@@ -94,7 +94,7 @@ def metrics_chart(rows: Sequence[Dict]) -> str:
     ax.set_ylabel("held-out score")
     ax.legend()
     ax.set_title("Full ranking on the held-out period")
-    return _png(fig)
+    return _png(fig, "Recall@10 and NDCG@10 of the model and of each baseline")
 
 
 def training_chart(history: Sequence[Dict]) -> str:
@@ -109,7 +109,7 @@ def training_chart(history: Sequence[Dict]) -> str:
     right.set_xlabel("epoch")
     right.legend()
     right.set_title("validation (full ranking, sampled users)")
-    return _png(fig)
+    return _png(fig, "training loss and validation NDCG@10 by epoch")
 
 
 def score_samples(
@@ -142,7 +142,7 @@ def score_chart(samples: Dict[str, np.ndarray]) -> str:
     ax.set_xlabel("log10 model score")
     ax.set_ylabel("density")
     ax.legend()
-    return _png(fig)
+    return _png(fig, "histograms of the scores of bought and never-bought products")
 
 
 def _product_label(ranker, product_ids: Sequence[int]) -> List[str]:
@@ -157,14 +157,15 @@ def _product_label(ranker, product_ids: Sequence[int]) -> List[str]:
     ]
 
 
-def explanation_stats(ranker, period: Period, users: np.ndarray) -> Dict[str, float]:
+def explanation_stats(ranker, period: Period, users: np.ndarray, exclude_purchased: bool = False) -> Dict[str, float]:
     """How much the attention behind "because you bought" says: its mean entropy over the
     households' top 10 (against the entropy of uniform weights over the same histories), the
     weight left on the attention's null slot (nothing in the history), and the share of
     households whose top 10 do not all name the same first "because" product."""
     entropy, uniform, null, differ = [], [], [], []
     at = np.array([period.first_visit[int(u)] for u in users], np.int64)
-    for u, moment, ranking in zip(users, at, ranker.rank(users, at, k=K, explain=True)):
+    rankings = ranker.rank(users, at, k=K, exclude_purchased=exclude_purchased, explain=True)
+    for u, moment, ranking in zip(users, at, rankings):
         if ranking.cold_start or not any(ranking.explanations or []):
             continue  # nothing the model attends to (no history, or all of it on the unknown row)
         history, _ = ranker.state.states.timeline(int(u)).history(np.array([moment]), ranker.history_length)
@@ -183,7 +184,7 @@ def explanation_stats(ranker, period: Period, users: np.ndarray) -> Dict[str, fl
     }
 
 
-def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8) -> str:
+def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8, exclude_purchased: bool = False) -> str:
     """Each household's latest purchases before the moment ranked, and its top 10 with reasons."""
     parts = []
     vocabs = ranker.state.vocabs
@@ -193,7 +194,7 @@ def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8) 
         timeline = ranker.state.states.timeline(u)
         before = timeline.timestamps < at
         last = timeline.products[before][::-1][:recent]
-        ranking = ranker.rank([u], [at], k=K, explain=True)[0]
+        ranking = ranker.rank([u], [at], k=K, exclude_purchased=exclude_purchased, explain=True)[0]
         hits = set(period.truth[u].tolist())
         recs = []
         for product, score, because in zip(ranking.products, ranking.scores, ranking.explanations or [[]] * K):
@@ -227,9 +228,11 @@ def write_report(
     ablations_source: Optional[str] = None,
     score_users: int = 100,
     households: int = 4,
+    exclude_purchased: bool = False,
 ) -> str:
     """Writes ``output/report.html`` and returns its path (``ablations_source``: the file the
-    ablation rows came from, named in the report)."""
+    ablation rows came from, named in the report; ``exclude_purchased``: the rows' mode, which
+    the households and the attention figures then rank in too)."""
     users = sample_users(period.users, score_users, seed=1)
     metric_columns = [
         "model",
@@ -248,7 +251,14 @@ def write_report(
     sections = [
         f"<h1>AdvancedNCF evaluation report</h1><p>model version <b>{html.escape(version)}</b>; "
         f"held-out period <b>{period.name}</b> ({len(period.users):,} households, full ranking over "
-        f"{int(ranker.candidates.known.sum()):,} products, each household ranked at its first visit).</p>",
+        f"{int(ranker.candidates.known.sum()):,} products, each household ranked at its first visit)"
+        + (
+            "; <b>exclude_purchased</b>: every ranking leaves out what the household bought before, and only "
+            "products new to it count as bought (households that bought nothing new are left out)"
+            if exclude_purchased
+            else ""
+        )
+        + ".</p>",
         "<h2>Model against the baselines</h2>" + _table(rows, metric_columns) + metrics_chart(rows),
     ]
     if history:
@@ -268,8 +278,8 @@ def write_report(
             else ""
         )
         sections.append(
-            "<h2>Ablations</h2><p>Each part switched off in turn, trained "
-            "and evaluated the same way (<code>bench.ablations</code>)."
+            "<h2>Ablations</h2><p>Each part switched off in turn (<code>bench.ablations</code>); rows "
+            "with fewer seeds may come from another run (BENCHMARKS.md says which)."
             + source
             + "</p>"
             + _table(ablations, ["model", f"recall@{K}", f"ndcg@{K}", f"hr@{K}", "seeds", "users"])
@@ -282,11 +292,11 @@ def write_report(
     samples = score_samples(ranker, period, users)
     sections.append(
         f"<h2>Score distribution</h2><p>{len(users)} households: scores of the products they bought in the "
-        f"held-out period (median {np.median(samples['bought']):.3f}) and of random products they never bought "
-        f"(median {np.median(samples['never_bought']):.3f}), at the moment of their first visit.</p>"
+        f"held-out period (median {np.median(samples['bought']):.3g}) and of random products they never bought "
+        f"(median {np.median(samples['never_bought']):.3g}), at the moment of their first visit.</p>"
         + score_chart(samples)
     )
-    explained = explanation_stats(ranker, period, users)
+    explained = explanation_stats(ranker, period, users, exclude_purchased)
     sections.append(
         "<h2>What the attention says</h2><p>Over the top 10 of "
         f"{explained['households']} households: mean entropy of the attention behind each recommendation "
@@ -295,12 +305,14 @@ def write_report(
         f"{explained['null_weight']:.2f}; households whose 10 recommendations do not all name the same "
         f"first reason: {100 * explained['share_with_different_reasons']:.0f}%.</p>"
     )
-    sections.append("<h2>Households</h2>" + households_html(ranker, period, users[:households]))
+    sections.append(
+        "<h2>Households</h2>" + households_html(ranker, period, users[:households], exclude_purchased=exclude_purchased)
+    )
     os.makedirs(output, exist_ok=True)
     path = os.path.join(output, REPORT)
     with open(path, "w") as f:
         f.write(
-            "<!doctype html><html><head><meta charset='utf-8'><title>AdvancedNCF "
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>AdvancedNCF "
             f"report</title>{_STYLE}</head><body>{''.join(sections)}{_IMAGE_CHECK}</body></html>"
         )
     return path
