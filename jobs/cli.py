@@ -99,12 +99,16 @@ def training_on_gpu(args: argparse.Namespace, workers: int) -> bool:
     return resolve_gpu(args.gpu, gpus_within(workers, args.gpu_wait), workers=workers, waited_s=args.gpu_wait)
 
 
-def non_negative_float(text: str) -> float:
-    """argparse type: a number, 0 or more (seconds)."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a number, 0 or more (seconds)."""
+    value = _number(text)
     if not value >= 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
@@ -112,10 +116,7 @@ def non_negative_float(text: str) -> float:
 
 def positive_float(text: str) -> float:
     """argparse type: a number above 0 (a learning rate)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not value > 0 or value == float("inf"):  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
     return value

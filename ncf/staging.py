@@ -210,6 +210,12 @@ def _fresh_name(directory: str, base: str) -> str:
 # -- what may be replaced -----------------------------------------------------------------------------
 
 
+def within(path: str, directory: str) -> bool:
+    """Whether ``path`` is ``directory`` or under it, symlinks resolved."""
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
 def check_target(final: str, marker: str, what: str, inputs: Sequence[str] = (), overwrite: bool = False) -> None:
     """Refuses (InputError, one line) to replace ``final`` when
 
@@ -221,8 +227,7 @@ def check_target(final: str, marker: str, what: str, inputs: Sequence[str] = (),
     """
     real = os.path.realpath(final)
     for path in inputs:
-        source = os.path.realpath(path)
-        if source == real or source.startswith(real.rstrip(os.sep) + os.sep):
+        if within(path, final):
             raise InputError(f"{final}: contains the input {path}; write the output somewhere else")
     if overwrite or not os.path.lexists(final):
         return

@@ -76,6 +76,7 @@ from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import MAX_K
 from ncf.rank.recommender import Recommender
 from ncf.rank.state import EmbeddingRows, check_catalog
+from ncf.staging import within
 
 PARTITION_KEY = "run_date"
 COMPILE_SETTINGS = ("auto", "yes", "no")
@@ -467,10 +468,8 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_i
 def _check_output_apart(config: BatchScoreConfig) -> None:
     """OUT inside MODEL or DATA (or holding them) would be swapped away with them, or sealed into
     them: refused in one line."""
-    out = os.path.realpath(config.output)
     for flag, path in (("--data", config.data), ("--model", config.model)):
-        inside = os.path.realpath(path)
-        if out == inside or out.startswith(inside + os.sep) or inside.startswith(out + os.sep):
+        if within(config.output, path) or within(path, config.output):
             raise InputError(f"--output {config.output}: overlaps {flag} {path}; write the scores somewhere else")
 
 
@@ -736,7 +735,7 @@ def verify_parts(directory: str, manifest: Dict, data: str, sample: int = 20, se
         "scores_non_increasing": non_increasing,
         "rows_match_success": rows == manifest["rows"] and len(written) == manifest["users"],
     }
-    recommender = Recommender.load(manifest["model"], data=manifest["data"]).as_of(manifest["at_epoch_s"])
+    recommender = Recommender.load(manifest["model"], data=manifest["data"])  # a past at: as of its day, as the job
     expected = recommender.recommend(chosen, k=k, at=manifest["at_epoch_s"])
     matches = sum(job.get(u) == e for u, e in zip(chosen, expected))
     checks.update({"sampled_users": len(chosen), "sampled_equal_to_recommend": int(matches)})

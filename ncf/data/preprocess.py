@@ -62,6 +62,7 @@ from ncf.data.schema import TS
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import FIRST_TS, Vocabularies, Vocabulary
 from ncf.jsonio import write_json
+from ncf.moments import run_date_of
 from ncf.splits import REFIT, TEST, TRAIN, VAL, VALIDATED
 from ncf.staging import replacing
 
@@ -119,10 +120,6 @@ def split_boundaries(min_ts: int, max_ts: int, val_weeks: int, test_weeks: int) 
     return {"start": int(min_ts), "val_start": int(val_start), "test_start": int(test_start), "end": int(max_ts)}
 
 
-def _day(ts: int) -> str:
-    return f"{pd.Timestamp(ts, unit='s'):%Y-%m-%d}"
-
-
 def training_cutoffs(bounds: Dict[str, int], config: PreprocessConfig, state_only: bool = False) -> Dict[str, list]:
     """The cutoffs of each training run; refuses, before any work, logs too short for the
     validated run's latest cutoff (the validation start less the label window) to have any
@@ -136,17 +133,18 @@ def training_cutoffs(bounds: Dict[str, int], config: PreprocessConfig, state_onl
     if not state_only and history_days <= 0:
         horizon = config.examples.horizon_days
         needed = config.val_weeks + config.test_weeks + int(np.ceil(horizon / 7)) + 1
+        first, last = run_date_of(bounds["start"]), run_date_of(bounds["end"])
         raise schema.InputError(
-            f"the logs span {(bounds['end'] - bounds['start']) / WEEK:.1f} weeks ({_day(bounds['start'])} to "
-            f"{_day(bounds['end'])}): the validated run's latest training moment, {_day(latest)} (the validation "
-            f"start less the {horizon}-day label window), comes before the first purchase; with --val-weeks "
+            f"the logs span {(bounds['end'] - bounds['start']) / WEEK:.1f} weeks ({first} to {last}): the "
+            f"validated run's latest training moment, {run_date_of(latest)} (the validation start less the "
+            f"{horizon}-day label window), comes before the first purchase; with --val-weeks "
             f"{config.val_weeks} --test-weeks {config.test_weeks} --horizon-days {horizon} the logs need "
             f"{needed} weeks at least: lower those, or give more logs"
         )
     if not state_only and history_days < 28:
         _log(
             f"warning: only {history_days:.0f} days of purchases before the validated run's latest training "
-            f"moment ({_day(latest)}): its lists will know little of each household"
+            f"moment ({run_date_of(latest)}): its lists will know little of each household"
         )
     return cutoffs
 
@@ -489,7 +487,7 @@ def _preprocess_into(
                 raise schema.InputError(
                     f"no training lists for the {run} run: no household bought anything both before and "
                     f"within {config.examples.horizon_days} days after its cutoffs "
-                    f"({', '.join(_day(c) for c in cutoffs[run])}); lower --horizon-days or give more logs"
+                    f"({', '.join(run_date_of(c) for c in cutoffs[run])}); lower --horizon-days or give more logs"
                 )
 
     stats = {
