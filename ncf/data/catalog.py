@@ -37,15 +37,16 @@ def catalog_before(vocabs: Vocabularies, start: int) -> np.ndarray:
 
 def popularity_before(states: UserStates, start: int, num_products: int) -> np.ndarray:
     """Purchase count of every product index over all households, strictly before ``start``."""
-    _, products, times = states.all_purchases()
-    counts = np.bincount(products[times < int(start)], minlength=num_products)[:num_products]
-    counts = counts.astype(np.float64)
+    counts = np.zeros(num_products)
+    for _, products, times in states.chunks():
+        counts += np.bincount(products[times < int(start)], minlength=num_products)[:num_products]
     counts[UNKNOWN_INDEX] = 0.0
     return counts
 
 
 def households_before(states: UserStates, start: int) -> np.ndarray:
     """User indices (sorted) with at least one purchase strictly before ``start``."""
-    users, _, times = states.all_purchases()
-    known = np.unique(users[times < int(start)])
+    users = states.users()
+    # A household's purchases are in time order: its first one decides.
+    known = users[np.asarray(states.timestamps)[states.offsets[users]] < int(start)]
     return known[known != UNKNOWN_INDEX]

@@ -71,6 +71,7 @@ WEEK = 7 * 86_400
 # pays tens of milliseconds per file, so the groupby's many small blocks (800 files of ~20 lists)
 # made every epoch wait ~18 s for its first batch.
 LISTS_PER_FILE = 2048
+STATE_BATCH_ROWS = 1_000_000  # purchases the driver holds at a time while writing the state
 LIST_COUNTS = ("lists", "candidates", "positives", "bought_unknown_at_cutoff")
 COUNT = "count()"
 FIRST_SEEN = f"min({TS})"
@@ -285,26 +286,32 @@ def _read_catalog(files: Optional[schema.InputFiles]) -> tuple[Optional[pd.DataF
 
 def _count_lists(directory: str) -> Dict[str, int]:
     """Lists, candidates and positives of the written examples (and the purchases in their windows
-    of products unknown at the cutoff, which no list labels), from two columns."""
+    of products unknown at the cutoff, which no list labels), from two columns, a file's batch at
+    a time: at 10M households the labels alone are billions of values."""
+    counts = dict.fromkeys(LIST_COUNTS, 0)
     if not os.path.isdir(directory):
-        return dict.fromkeys(LIST_COUNTS, 0)
-    table = pads.dataset(directory, format="parquet", partitioning="hive").to_table(columns=[LABEL, BOUGHT_UNKNOWN])
-    labels = pc.list_flatten(table.column(LABEL))
-    return {
-        "lists": table.num_rows,
-        "candidates": len(labels),
-        "positives": int(pc.sum(labels).as_py() or 0),
-        "bought_unknown_at_cutoff": int(pc.sum(table.column(BOUGHT_UNKNOWN)).as_py() or 0),
-    }
+        return counts
+    dataset = pads.dataset(directory, format="parquet", partitioning="hive")
+    for batch in dataset.to_batches(columns=[LABEL, BOUGHT_UNKNOWN]):
+        labels = pc.list_flatten(batch.column(LABEL))
+        counts["lists"] += batch.num_rows
+        counts["candidates"] += len(labels)
+        counts["positives"] += int(pc.sum(labels).as_py() or 0)
+        counts["bought_unknown_at_cutoff"] += int(pc.sum(batch.column(BOUGHT_UNKNOWN)).as_py() or 0)
+    return counts
 
 
 def write_state(indexed: ray.data.Dataset, vocabs: Vocabularies, output: str, end: int) -> UserStates:
-    """Every household's purchases (compact arrays) and the products' stats at the data's end."""
-    frame = indexed.to_pandas()
-    states = UserStates.from_purchases(
-        frame[USER].to_numpy(), frame[PRODUCT].to_numpy(), frame[TS].to_numpy(), len(vocabs.users)
-    )
-    states.save(layout.user_state_dir(output))
+    """Every household's purchases (compact arrays) and the products' stats at the data's end.
+
+    The purchases stream through the driver a batch at a time (twice: counted, then placed in
+    memory-mapped files): it never holds the log, which at 10M households is tens of GB."""
+
+    def batches():
+        for batch in indexed.iter_batches(batch_size=STATE_BATCH_ROWS, batch_format="numpy"):
+            yield batch[USER], batch[PRODUCT], batch[TS]
+
+    states = UserStates.write(layout.user_state_dir(output), batches, len(vocabs.users))
     ProductStats.compute(states, vocabs.products.column("category_index"), end + 1).save(
         layout.product_stats_dir(output)
     )

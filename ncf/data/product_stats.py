@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ncf.data.user_state import UserStates
+from ncf.data.user_state import CHUNK_ROWS, UserStates
 from ncf.moments import time_parts_of
 
 RECENT_DAYS = 28
@@ -54,17 +54,31 @@ class ProductStats:
         return order[order != 0]
 
     @staticmethod
-    def compute(states: UserStates, category: np.ndarray, cutoff: int) -> "ProductStats":
+    def compute(states: UserStates, category: np.ndarray, cutoff: int, chunk_rows: int = CHUNK_ROWS) -> "ProductStats":
         """From every purchase of ``states`` strictly before ``cutoff``; ``category`` gives each
-        product index's category (its length is the number of products)."""
+        product index's category (its length is the number of products). Read a chunk of
+        households at a time (``chunk_rows`` purchases), so memory grows with the products and
+        the households' rebuys, not with the purchases."""
         n = len(category)
-        users, products, ts = states.all_purchases()
-        keep = ts < cutoff
-        users, products, ts = users[keep], products[keep], ts[keep]
-        lines = np.bincount(products, minlength=n).astype(np.float64)
-        recent = np.bincount(products[ts >= cutoff - RECENT_DAYS * _DAY], minlength=n).astype(np.float64)
-        buyers, rebuy_rate, cycle = _cadence(users, products, ts // _DAY, n)
-        return ProductStats(int(cutoff), lines, recent, buyers, rebuy_rate, cycle, _by_hour(products, ts, lines))
+        lines, recent, buyers, rebuyers = (np.zeros(n) for _ in range(4))
+        by_hour = np.zeros((24, n))
+        cycle_products, cycle_gaps = [], []
+        for users, products, ts in states.chunks(chunk_rows):
+            keep = ts < cutoff
+            users, products, ts = users[keep], products[keep], ts[keep]
+            lines += np.bincount(products, minlength=n)
+            recent += np.bincount(products[ts >= cutoff - RECENT_DAYS * _DAY], minlength=n)
+            hours = time_parts_of(ts)["hour"] if len(ts) else np.zeros(0, np.int64)
+            by_hour += np.bincount(hours * n + products, minlength=24 * n).reshape(24, n)
+            pairs = _pairs(users, products, ts // _DAY)
+            buyers += np.bincount(pairs.product, minlength=n)
+            rebuyers += np.bincount(pairs.product, weights=pairs.days > 1, minlength=n)
+            cycle_products.append(pairs.product[pairs.days > 1])
+            cycle_gaps.append(pairs.gap[pairs.days > 1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rebuy_rate = np.where(buyers > 0, rebuyers / buyers, 0.0)
+        cycle = _median_by(_joined(cycle_products, np.int64), _joined(cycle_gaps, np.float64), n)
+        return ProductStats(int(cutoff), lines, recent, buyers, rebuy_rate, cycle, _by_hour(by_hour, lines))
 
     def save(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
@@ -81,11 +95,20 @@ class ProductStats:
         return ProductStats(cutoff=cutoff, by_hour=np.load(os.path.join(directory, "by_hour.npy")), **columns)
 
 
-def _cadence(users: np.ndarray, products: np.ndarray, days: np.ndarray, n: int):
-    """(buyers, rebuy rate, median cycle) per product from (household, product, day) entries."""
+@dataclass
+class _Pairs:
+    """One entry per (household, product) pair bought: the product, its distinct purchase days
+    and the mean days between them (NaN for one day)."""
+
+    product: np.ndarray
+    days: np.ndarray
+    gap: np.ndarray
+
+
+def _pairs(users: np.ndarray, products: np.ndarray, days: np.ndarray) -> _Pairs:
+    """The (household, product) pairs of (household, product, day) entries."""
     if len(users) == 0:
-        zeros = np.zeros(n)
-        return zeros, zeros, np.full(n, np.nan)
+        return _Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
     order = np.lexsort((days, products, users))
     u, p, d = users[order], products[order], days[order]
     distinct = np.ones(len(u), bool)
@@ -93,14 +116,14 @@ def _cadence(users: np.ndarray, products: np.ndarray, days: np.ndarray, n: int):
     u, p, d = u[distinct], p[distinct], d[distinct]
     starts = np.flatnonzero(np.r_[True, (u[1:] != u[:-1]) | (p[1:] != p[:-1])])
     ends = np.r_[starts[1:], len(u)]
-    pair_product, pair_days = p[starts], ends - starts
-    buyers = np.bincount(pair_product, minlength=n).astype(np.float64)
-    rebuyers = np.bincount(pair_product, weights=pair_days > 1, minlength=n)
+    pair_days = ends - starts
     with np.errstate(invalid="ignore", divide="ignore"):
-        rebuy_rate = np.where(buyers > 0, rebuyers / buyers, 0.0)
-    many = pair_days > 1
-    gaps = (d[ends[many] - 1] - d[starts[many]]) / (pair_days[many] - 1)
-    return buyers, rebuy_rate, _median_by(pair_product[many], gaps, n)
+        gap = (d[ends - 1] - d[starts]) / (pair_days - 1)
+    return _Pairs(p[starts], pair_days, gap)
+
+
+def _joined(parts: list, dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
 
 def _median_by(keys: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
@@ -117,16 +140,15 @@ def _median_by(keys: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _by_hour(products: np.ndarray, ts: np.ndarray, lines: np.ndarray) -> np.ndarray:
-    """The HOURLY_TOP most bought products at each hour of the day (UTC); hours with fewer
-    products are completed by overall popularity."""
+def _by_hour(counts_by_hour: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    """The HOURLY_TOP most bought products at each hour of the day (UTC), from 24 x P purchase
+    counts; hours with fewer products are completed by overall popularity."""
     overall = np.argsort(-lines, kind="stable")
     overall = overall[overall != 0]
     top = min(HOURLY_TOP, len(overall))
     out = np.zeros((24, top), np.int64)
-    hours = time_parts_of(ts)["hour"] if len(ts) else np.zeros(0, np.int64)
     for hour in range(24):
-        counts = np.bincount(products[hours == hour], minlength=len(lines)).astype(np.float64)
+        counts = counts_by_hour[hour].copy()
         counts[0] = -1
         order = np.lexsort((-lines, -counts))
         ranked = order[counts[order] > 0][:top]

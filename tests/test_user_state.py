@@ -1,0 +1,129 @@
+"""The state written from a stream, and product stats read a chunk of households at a time,
+equal what the in-memory builds give: preprocessing at 10M households cannot hold the log."""
+
+import numpy as np
+import pytest
+
+from ncf.data import catalog
+from ncf.data.product_stats import ProductStats
+from ncf.data.user_state import UserStates
+
+DAY = 86_400
+
+
+def purchases(seed: int = 0, users: int = 60, lines: int = 3_000):
+    """A log with households of very different sizes (one holding a third of the lines), repeat
+    days, same-basket lines and households without purchases."""
+    rng = np.random.default_rng(seed)
+    household = np.where(rng.random(lines) < 0.3, 7, rng.integers(1, users - 5, lines))
+    product = rng.integers(1, 40, lines)
+    ts = rng.integers(0, 60, lines) * DAY + rng.choice([0, 3_600, 50_000], lines)
+    return household, product, ts, users
+
+
+def batches_of(arrays, size: int, seed: int = 1):
+    order = np.random.default_rng(seed).permutation(len(arrays[0]))
+    shuffled = [np.asarray(a)[order] for a in arrays]
+
+    def batches():
+        for start in range(0, len(order), size):
+            yield tuple(a[start : start + size] for a in shuffled)
+
+    return batches
+
+
+@pytest.mark.parametrize("batch_rows, chunk_rows", [(97, 50), (10_000, 10_000_000), (1, 1)])
+def test_a_state_written_from_shuffled_batches_equals_the_in_memory_build(tmp_path, batch_rows, chunk_rows):
+    household, product, ts, users = purchases()
+    expected = UserStates.from_purchases(household, product, ts, users)
+    written = UserStates.write(str(tmp_path), batches_of((household, product, ts), batch_rows), users, chunk_rows)
+    for name in ("offsets", "products", "timestamps"):
+        assert np.array_equal(getattr(written, name), getattr(expected, name))
+        assert getattr(written, name).dtype == getattr(expected, name).dtype
+    assert isinstance(written.products, np.memmap)  # a file, not the driver's memory
+    assert np.array_equal(UserStates.load(str(tmp_path)).timestamps, expected.timestamps)
+
+
+def test_a_stream_that_changes_between_its_two_passes_is_refused(tmp_path):
+    household, product, ts, users = purchases()
+    calls = []
+
+    def shrinking():
+        calls.append(1)
+        cut = len(household) - (len(calls) - 1) * 10  # the second pass yields 10 rows fewer
+        yield household[:cut], product[:cut], ts[:cut]
+
+    with pytest.raises(ValueError, match="fewer rows"):
+        UserStates.write(str(tmp_path / "a"), shrinking, users)
+
+    def growing():
+        calls.append(1)
+        extra = 0 if len(calls) % 2 else 5  # the second pass yields 5 rows more
+        yield (
+            np.r_[household, np.full(extra, 7)],
+            np.r_[product, np.ones(extra, np.int64)],
+            np.r_[ts, np.zeros(extra, np.int64)],
+        )
+
+    calls.clear()
+    with pytest.raises(ValueError, match="more rows"):
+        UserStates.write(str(tmp_path / "b"), growing, users)
+    with pytest.raises(ValueError, match="outside"):
+        UserStates.write(str(tmp_path / "c"), lambda: iter([(np.array([users]), np.array([1]), np.array([0]))]), users)
+
+
+def test_chunks_cover_every_purchase_once_in_whole_households():
+    household, product, ts, users = purchases()
+    states = UserStates.from_purchases(household, product, ts, users)
+    chunks = list(states.chunks(chunk_rows=100))
+    assert len(chunks) > 5
+    # Household 7 holds about a third of the lines, more than a chunk: it is one chunk alone.
+    assert any(set(u.tolist()) == {7} for u, _, _ in chunks)
+    seen = [set(u.tolist()) for u, _, _ in chunks]
+    assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1 :])
+    joined = [np.concatenate(parts) for parts in zip(*chunks)]
+    for got, want in zip(joined, states.all_purchases(), strict=True):
+        assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("cutoff_day", [0, 17, 40, 61])
+def test_product_stats_do_not_depend_on_the_chunks_they_are_read_in(cutoff_day):
+    household, product, ts, users = purchases(seed=3)
+    states = UserStates.from_purchases(household, product, ts, users)
+    category = np.arange(45) % 4
+    whole = ProductStats.compute(states, category, cutoff_day * DAY)
+    for chunk_rows in (1, 64, 500):
+        chunked = ProductStats.compute(states, category, cutoff_day * DAY, chunk_rows=chunk_rows)
+        for name in ("lines", "recent_lines", "buyers", "rebuy_rate", "cycle_days", "by_hour"):
+            assert np.array_equal(getattr(chunked, name), getattr(whole, name), equal_nan=True), name
+    if cutoff_day >= 40:
+        assert np.isfinite(whole.cycle_days).sum() > 10  # the medians were computed, not all NaN
+
+
+def test_product_stats_by_hand():
+    # Household 1 buys product 5 on days 0, 2 and 6 (gaps 3 days on average), household 2 on
+    # days 1 and 2 (gap 1), household 3 once: median cycle (3 + 1) / 2 = 2, rebuy rate 2 / 3.
+    states = UserStates.from_purchases(
+        np.array([1, 1, 1, 2, 2, 3, 3]),
+        np.array([5, 5, 5, 5, 5, 5, 6]),
+        np.array([0, 2, 6, 1, 2, 3, 3]) * DAY + 3_600 * np.array([0, 0, 0, 0, 0, 0, 5]),
+        4,
+    )
+    for chunk_rows in (1, 100):
+        stats = ProductStats.compute(states, np.zeros(8, np.int64), 10 * DAY, chunk_rows=chunk_rows)
+        assert stats.lines[5] == 6 and stats.buyers[5] == 3
+        assert stats.rebuy_rate[5] == pytest.approx(2 / 3) and stats.cycle_days[5] == 2.0
+        assert np.isnan(stats.cycle_days[6]) and stats.rebuy_rate[6] == 0.0
+        assert stats.by_hour[5][0] == 6  # product 6's only line is at 05:00
+        assert stats.by_hour[0][0] == 5
+
+
+def test_households_and_popularity_before_a_moment():
+    household, product, ts, users = purchases(seed=5)
+    states = UserStates.from_purchases(household, product, ts, users)
+    for start in (0, 1, 20 * DAY, 100 * DAY):
+        before = ts < start
+        assert catalog.households_before(states, start).tolist() == sorted(set(household[before].tolist()))
+        counts = np.bincount(product[before], minlength=50)[:50].astype(float)
+        counts[0] = 0.0
+        assert np.array_equal(catalog.popularity_before(states, start, 50), counts)
