@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ncf.data.user_state import CHUNK_ROWS, UserStates
-from ncf.moments import time_parts_of
+from ncf.moments import hours_of
 
 RECENT_DAYS = 28
 HOURLY_TOP = 200  # cold-start list length per hour of the day
@@ -68,8 +68,7 @@ class ProductStats:
             users, products, ts = users[keep], products[keep], ts[keep]
             lines += np.bincount(products, minlength=n)
             recent += np.bincount(products[ts >= cutoff - RECENT_DAYS * _DAY], minlength=n)
-            hours = time_parts_of(ts)["hour"] if len(ts) else np.zeros(0, np.int64)
-            by_hour += np.bincount(hours * n + products, minlength=24 * n).reshape(24, n)
+            by_hour += np.bincount(hours_of(ts) * n + products, minlength=24 * n).reshape(24, n)
             pairs = _pairs(users, products, ts // _DAY)
             buyers += np.bincount(pairs.product, minlength=n)
             rebuyers += np.bincount(pairs.product, weights=pairs.days > 1, minlength=n)
@@ -109,17 +108,28 @@ def _pairs(users: np.ndarray, products: np.ndarray, days: np.ndarray) -> _Pairs:
     """The (household, product) pairs of (household, product, day) entries."""
     if len(users) == 0:
         return _Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
-    order = np.lexsort((days, products, users))
-    u, p, d = users[order], products[order], days[order]
-    distinct = np.ones(len(u), bool)
-    distinct[1:] = (u[1:] != u[:-1]) | (p[1:] != p[:-1]) | (d[1:] != d[:-1])
-    u, p, d = u[distinct], p[distinct], d[distinct]
+    u, p, d = _distinct_sorted(users, products, days)
     starts = np.flatnonzero(np.r_[True, (u[1:] != u[:-1]) | (p[1:] != p[:-1])])
     ends = np.r_[starts[1:], len(u)]
     pair_days = ends - starts
     with np.errstate(invalid="ignore", divide="ignore"):
         gap = (d[ends - 1] - d[starts]) / (pair_days - 1)
     return _Pairs(p[starts], pair_days, gap)
+
+
+def _distinct_sorted(users: np.ndarray, products: np.ndarray, days: np.ndarray) -> tuple:
+    """The distinct (household, product, day) entries, sorted by household, product, day."""
+    first_user, first_day = users.min(), days.min()
+    spans = (int(users.max() - first_user) + 1, int(products.max()) + 1, int(days.max() - first_day) + 1)
+    if spans[0] * spans[1] * spans[2] < 2**62:
+        # One int64 key per entry: one sort instead of a three-key lexsort (np.unique was slower still).
+        key = np.sort(np.ravel_multi_index((users - first_user, products, days - first_day), spans))
+        u, p, d = np.unravel_index(key[np.r_[True, key[1:] != key[:-1]]], spans)
+        return u + first_user, p, d + first_day
+    order = np.lexsort((days, products, users))
+    u, p, d = users[order], products[order], days[order]
+    distinct = np.r_[True, (u[1:] != u[:-1]) | (p[1:] != p[:-1]) | (d[1:] != d[:-1])]
+    return u[distinct], p[distinct], d[distinct]
 
 
 def _joined(parts: list, dtype) -> np.ndarray:
