@@ -127,3 +127,17 @@ def test_households_and_popularity_before_a_moment():
         counts = np.bincount(product[before], minlength=50)[:50].astype(float)
         counts[0] = 0.0
         assert np.array_equal(catalog.popularity_before(states, start, 50), counts)
+
+
+@pytest.mark.parametrize("user_spread", [1, 2**45])
+def test_distinct_entries_are_the_same_with_one_key_or_three(user_spread):
+    # 2**45 apart, (household, product, day) no longer fits one int64 key: the lexsort path.
+    from ncf.data.product_stats import _distinct_sorted
+
+    rng = np.random.default_rng(7)
+    users = rng.integers(0, 50, 5_000) * user_spread
+    products, days = rng.integers(0, 2**20, 5_000), rng.integers(17_000, 17_400, 5_000)
+    users, products, days = np.r_[users, users[:100]], np.r_[products, products[:100]], np.r_[days, days[:100]]
+    expected = np.unique(np.stack([users, products, days], axis=1), axis=0)
+    got = np.stack(_distinct_sorted(users, products, days), axis=1)
+    assert np.array_equal(got, expected)
