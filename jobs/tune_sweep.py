@@ -93,6 +93,7 @@ def main(argv=None):
             val_users=args.val_users,
             batch_size=args.batch_size,
             seed=args.seed,
+            refit=args.refit,
         )
         try:
             table = run_sweep(settings, resume=args.resume)

@@ -132,6 +132,11 @@ def test_a_sweep_resumed_with_other_settings_is_refused_in_one_line(tmp_path):
     )
     with pytest.raises(InputError, match="--gpu no there, --gpu yes here"):
         SweepSettings(data=started.data, output=started.output, trials=4, use_gpu=True).check_resumes()
+    # Without --refit a resumed sweep would register its validated winner as deployable.
+    refitting = SweepSettings(data=started.data, output=str(tmp_path / "refit-sweep"), trials=4, refit=True)
+    refitting.record()
+    with pytest.raises(InputError, match="--refit there, no --refit here"):
+        SweepSettings(data=started.data, output=refitting.output, trials=4).check_resumes()
 
 
 def test_sweep_submitted_with_ray_job_submit(head_node, small_data, tmp_path):

@@ -31,6 +31,9 @@ class SweepSettings:
         val_users: users in each epoch's validation ranking (0 = all).
         batch_size: training lists (household x cutoff) per step, training's default.
         seed: the Optuna sampler's seed.
+        refit: whether the sweep ends by refitting its winner through the data's end (the
+            deployment model, SWEEP/refit). Recorded so that a resume without ``--refit`` is
+            refused: it would register the validated winner as deployable instead.
     """
 
     data: str
@@ -44,6 +47,7 @@ class SweepSettings:
     val_users: int = 600
     batch_size: int = TrainConfig.batch_size
     seed: int = 0
+    refit: bool = False
 
     def __post_init__(self) -> None:
         self.data = os.path.abspath(self.data)
@@ -104,4 +108,6 @@ def _flag(name: str, value) -> str:
     """A setting as the command line gives it (``use_gpu`` comes from ``--gpu``)."""
     if name == "use_gpu":
         return f"--gpu {'yes' if value else 'no'}"
+    if name == "refit":
+        return "--refit" if value else "no --refit"
     return f"--{name.replace('_', '-')} {value}"
