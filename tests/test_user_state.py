@@ -141,3 +141,36 @@ def test_distinct_entries_are_the_same_with_one_key_or_three(user_spread):
     expected = np.unique(np.stack([users, products, days], axis=1), axis=0)
     got = np.stack(_distinct_sorted(users, products, days), axis=1)
     assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("exclude_purchased", [False, True])
+def test_a_held_out_period_read_a_few_households_at_a_time_is_the_same(monkeypatch, exclude_purchased):
+    from ncf.evaluate.protocol import load_period
+
+    household, product, ts, users = purchases(seed=11)
+    states = UserStates.from_purchases(household, product, ts, users)
+    boundaries = {"val_start": 40 * DAY, "test_start": 50 * DAY, "end": 60 * DAY}
+    households = np.arange(0, users, 2)
+    catalog = np.arange(45) % 5 != 0
+
+    def period():
+        return load_period(states, "test", boundaries, catalog, households, exclude_purchased)
+
+    whole = period()
+    whole_chunks = UserStates.chunks
+    monkeypatch.setattr(UserStates, "chunks", lambda self, chunk_rows=0: whole_chunks(self, 7))
+    assert len(list(states.chunks())) > 10
+    chunked = period()
+    assert whole.truth.keys() == chunked.truth.keys() and len(whole.truth) > 10
+    assert all(np.array_equal(whole.truth[u], chunked.truth[u]) for u in whole.truth)
+    assert (whole.first_visit, whole.first_purchase, whole.only_rebought) == (
+        chunked.first_visit,
+        chunked.first_purchase,
+        chunked.only_rebought,
+    )
+    assert set(whole.truth) <= set(households.tolist())
+    if exclude_purchased:
+        assert whole.only_rebought > 0
+        for u, relevant in whole.truth.items():  # nothing bought before the first visit is relevant
+            before = product[(household == u) & (ts < whole.first_visit[u])]
+            assert not np.isin(relevant, before).any()

@@ -32,6 +32,7 @@ from ncf.splits import TEST, VAL
 
 K = 10
 MRR_DEPTH = 100
+BOUGHT_BEFORE = "bought_before"
 SAMPLED_NEGATIVES = 99
 
 RankFn = Callable[[int, int, int], np.ndarray]  # (user, at, depth) -> product indices
@@ -90,11 +91,7 @@ def load_period(
     nothing else are left out and counted (``only_rebought``).
     """
     start, end = period_bounds(split, boundaries)
-    users, products, ts = states.all_purchases()
-    inside = (ts >= start) & (ts < end) & (users > 0)
-    if households is not None:
-        inside &= np.isin(users, households)
-    frame = pd.DataFrame({"user": users[inside], "product": products[inside], "ts": ts[inside]})
+    frame = _period_rows(states, start, end, households, exclude_purchased)
     first_visit = frame.groupby("user")["ts"].min()
     if catalog is not None:
         product = frame["product"].to_numpy()
@@ -103,7 +100,7 @@ def load_period(
     only_rebought = None
     if exclude_purchased:
         buyers = frame["user"].nunique()
-        frame = frame[~_bought_before(frame, first_visit, users, products, ts)]
+        frame = frame[~frame[BOUGHT_BEFORE].to_numpy(bool)]
         only_rebought = int(buyers - frame["user"].nunique())
     truth = {int(u): np.unique(g["product"].to_numpy()) for u, g in frame.groupby("user")}
     first = frame.groupby("user")["product"].first()
@@ -118,13 +115,45 @@ def load_period(
     )
 
 
+def _period_rows(
+    states: UserStates, start: int, end: int, households: Optional[np.ndarray], bought_before: bool
+) -> pd.DataFrame:
+    """(user, product, ts) of the purchases in [start, end) of ``households`` (all when None),
+    in the state's order; with ``bought_before``, also whether the household had bought that
+    product before its first visit of the period. Read a chunk of whole households at a time: the
+    period is a few weeks of a log that may hold a billion purchases."""
+    member = None
+    if households is not None:
+        member = np.zeros(states.num_users, bool)
+        member[households[(households >= 0) & (households < states.num_users)]] = True
+    frames = []
+    for users, products, ts in states.chunks():
+        inside = (ts >= start) & (ts < end) & (users > 0)
+        if member is not None:
+            inside &= member[users]
+        frame = pd.DataFrame({"user": users[inside], "product": products[inside], "ts": ts[inside]})
+        if bought_before:
+            # A chunk holds whole households: everything each bought before its first visit.
+            first_visit = frame.groupby("user")["ts"].min()
+            frame[BOUGHT_BEFORE] = _bought_before(frame, first_visit, users, products, ts)
+        frames.append(frame)
+    if not frames:
+        columns = {"user": np.zeros(0, np.int64), "product": np.zeros(0, np.int64), "ts": np.zeros(0, np.int64)}
+        return pd.DataFrame({**columns, **({BOUGHT_BEFORE: np.zeros(0, bool)} if bought_before else {})})
+    return pd.concat(frames, ignore_index=True)
+
+
 def _bought_before(
     frame: pd.DataFrame, first_visit: pd.Series, users: np.ndarray, products: np.ndarray, ts: np.ndarray
 ) -> np.ndarray:
-    """True for the rows of ``frame`` whose household bought that product before its first visit."""
-    moment = np.full(int(users.max(initial=0)) + 1, np.iinfo(np.int64).min)
-    moment[first_visit.index.to_numpy()] = first_visit.to_numpy()
-    earlier = ts < moment[users]
+    """True for the rows of ``frame`` whose household bought that product before its first visit
+    (``users``, ``products``, ``ts``: the purchases of those households, any others too)."""
+    if len(frame) == 0:
+        return np.zeros(0, bool)
+    low = int(users.min(initial=0))
+    moment = np.full(int(users.max(initial=0)) - low + 1, np.iinfo(np.int64).min)
+    moment[first_visit.index.to_numpy() - low] = first_visit.to_numpy()
+    earlier = ts < moment[users - low]
     width = np.int64(products.max(initial=0) + 1)
     pairs = frame["user"].to_numpy(np.int64) * width + frame["product"].to_numpy(np.int64)
     return np.isin(pairs, users[earlier] * width + products[earlier])
