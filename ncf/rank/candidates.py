@@ -169,7 +169,9 @@ class CandidateGenerator:
         self.known = state.stats.lines > 0  # products bought before the state's cutoff
         self.known[0] = False
         self.popular = state.stats.popularity_order
-        self.by_category = _by_category(self.popular[self.known[self.popular]], state.catalog.category)
+        # popularity_order lists products nobody bought before the cutoff too (last).
+        self.popular_known = self.popular[self.known[self.popular]]
+        self.by_category = _by_category(self.popular_known, state.catalog.category)
         self.mf: Optional[MFFirstStage] = (
             MFFirstStage(model, rows, self.known, settings.mf_candidates, mf_index) if model.config.use_mf else None
         )
@@ -195,11 +197,13 @@ class CandidateGenerator:
         merged = merged[self.known[merged]]
         if exclude_purchased:
             merged = merged[~np.isin(merged, own.keys)]
-            if len(merged) < s.candidates:  # complete from the popular products never bought
-                # popularity_order lists products nobody bought before the cutoff too (last).
-                unbought = self.known[self.popular] & ~np.isin(self.popular, own.keys)
-                more = self.popular[unbought & ~np.isin(self.popular, merged)]
-                merged = np.concatenate([merged, more[: s.candidates - len(merged)]])
+            need = s.candidates - len(merged)
+            if need > 0:  # complete from the popular products never bought
+                # Each product skipped is bought or already listed, so the first need + |bought|
+                # + |listed| known products hold every one taken: no scan of the whole catalog.
+                prefix = self.popular_known[: need + len(own.keys) + len(merged)]
+                more = prefix[~np.isin(prefix, own.keys) & ~np.isin(prefix, merged)]
+                merged = np.concatenate([merged, more[:need]])
         return merged[: s.candidates]
 
     def _from_categories(self, timeline: UserTimeline, at: int, skip: Optional[np.ndarray]) -> np.ndarray:
