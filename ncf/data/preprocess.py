@@ -304,14 +304,15 @@ def _count_lists(directory: str) -> Dict[str, int]:
 def write_state(indexed: ray.data.Dataset, vocabs: Vocabularies, output: str, end: int) -> UserStates:
     """Every household's purchases (compact arrays) and the products' stats at the data's end.
 
-    The purchases stream through the driver a batch at a time (twice: counted, then placed in
-    memory-mapped files): it never holds the log, which at 10M households is tens of GB."""
-
-    def batches():
-        for batch in indexed.iter_batches(batch_size=STATE_BATCH_ROWS, batch_format="numpy"):
-            yield batch[USER], batch[PRODUCT], batch[TS]
-
-    states = UserStates.write(layout.user_state_dir(output), batches, len(vocabs.users))
+    Ray Data sorts the purchases by household, time and product across the cluster; the driver
+    then appends them to memory-mapped files a batch at a time. It never holds the log (tens of
+    GB at 10M households) and writes each page of the state once."""
+    ordered = indexed.sort([USER, TS, PRODUCT])
+    batches = (
+        (batch[USER], batch[PRODUCT], batch[TS])
+        for batch in ordered.iter_batches(batch_size=STATE_BATCH_ROWS, batch_format="numpy")
+    )
+    states = UserStates.write(layout.user_state_dir(output), batches, len(vocabs.users), indexed.count())
     ProductStats.compute(states, vocabs.products.column("category_index"), end + 1).save(
         layout.product_stats_dir(output)
     )

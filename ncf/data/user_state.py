@@ -8,14 +8,14 @@ scoring actors on one machine share the pages and load in milliseconds whatever 
   then time, then product.
 
 No Python object per household is ever built for all households at once, and
-:meth:`UserStates.write` builds the arrays from a stream of batches without holding the log:
-what a driver preprocessing 10M households' purchases can afford.
+:meth:`UserStates.write` builds the arrays from a sorted stream of batches without holding the
+log: what a driver preprocessing 10M households' purchases can afford.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable, Iterator, Tuple
+from typing import Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -23,9 +23,9 @@ from ncf.data.timeline import UserTimeline
 
 FILES = ("offsets", "products", "timestamps")
 DTYPES = {"offsets": np.int64, "products": np.int32, "timestamps": np.int64}
-# Purchases sorted in memory at once when writing a stream, and read at once by `chunks`. Product
-# stats over a chunk take about 140 bytes a purchase with their temporaries (1.4 GB at 10M,
-# measured), so this bounds the driver's working memory at about 600 MB whatever the log.
+# Purchases read at once by `chunks`. Product stats over a chunk take about 140 bytes a purchase
+# with their temporaries (1.4 GB at 10M, measured), so this bounds the driver's working memory
+# at about 600 MB whatever the log.
 CHUNK_ROWS = 4_000_000
 
 Purchases = Tuple[np.ndarray, np.ndarray, np.ndarray]  # households, products, epoch seconds
@@ -58,36 +58,47 @@ class UserStates:
         return UserStates(offsets, np.asarray(products, np.int32)[order], np.asarray(timestamps, np.int64)[order])
 
     @staticmethod
-    def write(
-        directory: str, batches: Callable[[], Iterable[Purchases]], num_users: int, chunk_rows: int = CHUNK_ROWS
-    ) -> "UserStates":
-        """The same arrays as :meth:`from_purchases`, written to ``directory`` from a stream.
+    def write(directory: str, batches: Iterable[Purchases], num_users: int, num_purchases: int) -> "UserStates":
+        """The same arrays as :meth:`from_purchases`, written to ``directory`` from a stream of
+        (households, products, timestamps) batches already sorted by household, then time, then
+        product (Ray Data's distributed sort, in preprocessing), ``num_purchases`` rows in all.
 
-        ``batches()`` yields (households, products, timestamps) batches in any order and is
-        called twice: once to count each household's purchases, once to place them. Memory is
-        one batch, the U + 1 offsets and one chunk of ``chunk_rows`` purchases being sorted; the
-        arrays themselves are files, memory-mapped.
+        One pass, appending: memory is one batch and the U + 1 offsets, the arrays are files
+        (memory-mapped) written front to back, so each page is written once. Batches out of
+        order, household indices out of range or another number of rows raise ValueError.
         """
         counts = np.zeros(num_users, np.int64)
-        for users, _, _ in batches():
-            users = np.asarray(users, np.int64)
-            if len(users) and (users.min() < 0 or users.max() >= num_users):
-                raise ValueError(f"user state: household indices outside 0..{num_users - 1}")
-            counts += np.bincount(users, minlength=num_users)
-        offsets = np.zeros(num_users + 1, np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        total = int(offsets[-1])  # a plain int: numpy 2 would write np.int64(...) into the header
         os.makedirs(directory, exist_ok=True)
         arrays = {
             name: np.lib.format.open_memmap(
-                os.path.join(directory, f"{name}.npy"), mode="w+", dtype=DTYPES[name], shape=shape
+                # The shape as plain ints: numpy 2 would write np.int64(...) into the header.
+                os.path.join(directory, f"{name}.npy"),
+                mode="w+",
+                dtype=DTYPES[name],
+                shape=(int(size),),
             )
-            for name, shape in (("offsets", (num_users + 1,)), ("products", (total,)), ("timestamps", (total,)))
+            for name, size in (("offsets", num_users + 1), ("products", num_purchases), ("timestamps", num_purchases))
         }
-        arrays["offsets"][:] = offsets
-        _place(batches(), offsets, arrays["products"], arrays["timestamps"])
-        for start, end in _household_chunks(offsets, chunk_rows):
-            _sort_rows(offsets[start : end + 1], arrays["products"], arrays["timestamps"])
+        written, last = 0, None
+        for users, products, timestamps in batches:
+            users, products, timestamps = (np.asarray(a, np.int64) for a in (users, products, timestamps))
+            if not len(users):
+                continue
+            if users.min() < 0 or users.max() >= num_users:
+                raise ValueError(f"user state: household indices outside 0..{num_users - 1}")
+            if not _in_order(users, timestamps, products, last):
+                raise ValueError("user state: purchases not sorted by household, time and product")
+            if written + len(users) > num_purchases:
+                raise ValueError(f"user state: more than the {num_purchases:,} purchases announced")
+            arrays["products"][written : written + len(users)] = products
+            arrays["timestamps"][written : written + len(users)] = timestamps
+            counts += np.bincount(users, minlength=num_users)
+            written += len(users)
+            last = (users[-1], timestamps[-1], products[-1])
+        if written != num_purchases:
+            raise ValueError(f"user state: {written:,} purchases written, {num_purchases:,} announced")
+        arrays["offsets"][0] = 0
+        np.cumsum(counts, out=arrays["offsets"][1:])
         for array in arrays.values():
             array.flush()
         del arrays
@@ -159,31 +170,10 @@ def _household_chunks(offsets: np.ndarray, chunk_rows: int) -> Iterator[Tuple[in
         start = end
 
 
-def _place(batches: Iterable[Purchases], offsets: np.ndarray, products: np.ndarray, timestamps: np.ndarray) -> None:
-    """Writes each purchase into its household's rows (in arrival order: `_sort_rows` orders them)."""
-    filled = offsets[:-1].copy()
-    for users, batch_products, batch_timestamps in batches:
-        users = np.asarray(users, np.int64)
-        order = np.argsort(users, kind="stable")
-        users = users[order]
-        first = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-        run_length = np.diff(np.r_[first, len(users)])
-        rank = np.arange(len(users)) - np.repeat(first, run_length)
-        rows = filled[users] + rank
-        if np.any(rows >= offsets[users + 1]):
-            raise ValueError("user state: the second pass over the purchases yielded more rows than the first")
-        products[rows] = np.asarray(batch_products)[order]
-        timestamps[rows] = np.asarray(batch_timestamps)[order]
-        filled[users[first]] += run_length
-    if not np.array_equal(filled, offsets[1:]):
-        raise ValueError("user state: the second pass over the purchases yielded fewer rows than the first")
-
-
-def _sort_rows(offsets: np.ndarray, products: np.ndarray, timestamps: np.ndarray) -> None:
-    """Sorts the rows of the households ``offsets`` spans by time, then product, in place."""
-    rows = slice(int(offsets[0]), int(offsets[-1]))
-    local = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-    chunk_products, chunk_timestamps = np.asarray(products[rows]), np.asarray(timestamps[rows])
-    order = np.lexsort((chunk_products, chunk_timestamps, local))
-    products[rows] = chunk_products[order]
-    timestamps[rows] = chunk_timestamps[order]
+def _in_order(users: np.ndarray, timestamps: np.ndarray, products: np.ndarray, after: Optional[tuple]) -> bool:
+    """Whether the rows are sorted by (household, time, product), the first not before ``after``."""
+    if after is not None:
+        users, timestamps, products = (np.r_[after[i], a] for i, a in enumerate((users, timestamps, products)))
+    u, t, p = (a[1:] for a in (users, timestamps, products))
+    up, tp, pp = (a[:-1] for a in (users, timestamps, products))
+    return bool(np.all((u > up) | ((u == up) & ((t > tp) | ((t == tp) & (p >= pp))))))
