@@ -455,3 +455,9 @@ def test_a_past_moment_ranks_from_the_products_known_at_its_day_in_every_path(re
         assert (first_bought[index(r.product_ids)] < day).all(), r.user_id
     scores, _ = recommender.score_items(users[0], ranked[0].product_ids, at)
     np.testing.assert_allclose(scores, ranked[0].scores, rtol=1e-5)
+    # The nightly job's driver computes a past day's stats once for all its actors: the same answers.
+    given = Recommender(recommender.ranker, recommender.version).as_of(at, replay.state.stats)
+    assert given.state.stats is replay.state.stats
+    assert given.recommend(users, k=10, at=at) == replay.recommend(users, k=10, at=at)
+    with pytest.raises(ValueError, match="product stats at"):
+        Recommender(recommender.ranker, recommender.version).as_of(at - 86_400, replay.state.stats)

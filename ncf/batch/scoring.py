@@ -65,6 +65,7 @@ import pyarrow.parquet as pq
 from ncf.batch import commit
 from ncf.batch.commit import STALE_SECONDS, SUCCESS, TMP, PartitionRun  # noqa: F401  (part of this module's API)
 from ncf.data import layout
+from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.device import GPU_SETTINGS, resolve_gpu
@@ -74,8 +75,8 @@ from ncf.model.integrity import verify_data_state, verify_model_dir
 from ncf.moments import resolve_at, run_date_of
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import MAX_K
-from ncf.rank.recommender import Recommender
-from ncf.rank.state import EmbeddingRows, check_catalog
+from ncf.rank.recommender import Recommender, day_of
+from ncf.rank.state import EmbeddingRows, RankingState, check_catalog
 from ncf.staging import within
 
 PARTITION_KEY = "run_date"
@@ -320,13 +321,16 @@ class ScoreBatch:
         model_version: str,
         use_gpu: bool = False,
         compile_model: bool = False,
+        replay_stats: Optional[ProductStats] = None,
     ) -> None:
         import torch
 
         device = torch.device("cuda") if use_gpu else torch.device("cpu")
         loaded = Recommender.load(model, data=data, device=device)
         check_model_version(loaded, model_version)
-        self.recommender = loaded.as_of(at)  # a moment inside the data: a replay of what was known then
+        # A moment inside the data: a replay of what was known then, from the products' stats the
+        # driver computed once for every actor (each would have read every purchase for them).
+        self.recommender = loaded.as_of(at, replay_stats)
         if compile_model:
             self.recommender.ranker.compile()
         self.stage, self.k, self.at, self.scored_at = stage, k, at, scored_at
@@ -456,7 +460,7 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_i
         verify_data_state(config.data)
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
     at = resolve_at(config.at, stats.end + 1, now=now)
-    first_day = stats.boundaries["start"] - stats.boundaries["start"] % 86_400
+    first_day = day_of(stats.boundaries["start"])
     if at < first_day + 86_400:
         # The products' stats of a past moment are those of its day's start: nothing known yet.
         raise InputError(
@@ -542,6 +546,19 @@ def _verified(stage: str, manifest: Dict, sample: int, log: Callable[[str], None
     return report
 
 
+def _replay_stats(data: str, at: int, actors: int, log: Callable[[str], None]) -> Optional[ProductStats]:
+    """The products' stats at the start of ``at``'s day when ``at`` is inside the data (a replay),
+    computed once here for every actor; None otherwise (the data's own stats are ``at``'s)."""
+    if at > layout.DataStats(data).end:
+        return None
+    started = time.time()
+    state = RankingState.load(data)
+    stats = state.as_of(day_of(at)).stats
+    seconds = time.time() - started
+    log(f"products' stats as of {run_date_of(day_of(at))}: computed once for {actors} actor(s) in {seconds:.1f} s")
+    return stats
+
+
 def _score_into(
     stage: str,
     config: BatchScoreConfig,
@@ -568,6 +585,7 @@ def _score_into(
         + (" with a GPU each" if gpus else "")
         + (", the model compiled in each (torch.compile)" if compile_model else "")
     )
+    replay_stats = _replay_stats(config.data, at, actors, log)
     # Ray 2.60's map_batches has no named parameter for max_restarts (below): ray_remote_args is
     # its only route, which Ray reports as deprecated on every run. Silenced here only.
     with warnings.catch_warnings():
@@ -584,6 +602,7 @@ def _score_into(
                 "model_version": model_config["version"],
                 "use_gpu": bool(gpus),
                 "compile_model": compile_model,
+                "replay_stats": replay_stats,
             },
             batch_size=batch_size,
             batch_format="pyarrow",

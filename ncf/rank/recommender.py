@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ncf.data.product_stats import ProductStats
 from ncf.data.vocab import UNKNOWN_INDEX
 from ncf.model import ann
 from ncf.model.directory import ModelDir
@@ -44,6 +45,12 @@ class RankedItems:
     scores: List[float]
     # With explanations: for each product, the (raw product id, weight) past purchases behind it.
     because: Optional[List[List[Tuple[object, float]]]] = None
+
+
+def day_of(at: int) -> int:
+    """The start (UTC) of the day of a moment: a past moment is ranked from the products' stats
+    then (:meth:`Recommender.as_of`)."""
+    return int(at) - int(at) % 86_400
 
 
 class Recommender:
@@ -96,22 +103,24 @@ class Recommender:
     def settings(self) -> RankingSettings:
         return self.ranker.settings
 
-    def as_of(self, at: int) -> "Recommender":
+    def as_of(self, at: int, stats: Optional[ProductStats] = None) -> "Recommender":
         """The same model ranking ``at`` from what was known then. For a moment inside the state's
         data, the products' stats (popularity, repurchase cycles, the catalog of products seen)
         are those of the start of its UTC day, recomputed from the purchases before it (one
         computation per day, the last :data:`AS_OF_DAYS` kept): every path that ranks a past
         moment (Serve's ``at``, the nightly job's ``--at``, its verification) ranks it the same
         way, and none sees a later purchase. A moment after the data (``default_at`` or later)
-        needs nothing recomputed: this recommender itself."""
+        needs nothing recomputed: this recommender itself. ``stats``: the stats at
+        :func:`day_of` ``at``, when computed once for several recommenders (the nightly job's
+        actors)."""
         if at > self.state.end:
             return self
-        day = int(at) - int(at) % 86_400
+        day = day_of(at)
         with self._days_lock:
             known = self._days.pop(day, None)
             if known is None:
                 r = self.ranker
-                ranker = Ranker(r.model, self.state.as_of(day), r.rows, r.settings, r.mf_index)
+                ranker = Ranker(r.model, self.state.as_of(day, stats), r.rows, r.settings, r.mf_index)
                 known = Recommender(ranker, self.version)
             self._days[day] = known
             while len(self._days) > AS_OF_DAYS:

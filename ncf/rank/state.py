@@ -56,10 +56,15 @@ class RankingState:
     def num_products(self) -> int:
         return len(self.vocabs.products)
 
-    def as_of(self, cutoff: int) -> "RankingState":
+    def as_of(self, cutoff: int, stats: Optional[ProductStats] = None) -> "RankingState":
         """The same households and products with the products' stats at ``cutoff`` (evaluation
-        ranks a period from what was known at its start)."""
-        stats = ProductStats.compute(self.states, self.catalog.category, cutoff)
+        ranks a period from what was known at its start): ``stats`` when given (computed once
+        elsewhere, e.g. by the nightly job's driver for all its actors), else computed here, a
+        pass over every purchase."""
+        if stats is None:
+            stats = ProductStats.compute(self.states, self.catalog.category, cutoff)
+        elif stats.cutoff != cutoff or stats.num_products != self.num_products:
+            raise ValueError(f"product stats at {stats.cutoff} for {stats.num_products} products, not {cutoff}")
         return RankingState(self.vocabs, self.states, stats, cutoff - 1)
 
 
