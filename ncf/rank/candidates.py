@@ -58,8 +58,10 @@ class MFFirstStage:
     depend on the moment. Beyond that, a request must not scan the catalog: the model
     directory's HNSW index (:mod:`ncf.model.ann`, built when the model was saved; built here
     only for a directory without one) answers each household approximately (agreement with the
-    exact lists: BENCHMARKS.md). Products whose embedding row is the unknown one (new to the
-    model) have no MF vector of their own and are left to the other sources.
+    exact lists: BENCHMARKS.md). With ``exact``, lists are exact whatever the size, one matrix
+    product per question, not kept (a few households ranked, as training's validation does).
+    Products whose embedding row is the unknown one (new to the model) have no MF vector of
+    their own and are left to the other sources.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class MFFirstStage:
         known: np.ndarray,
         width: int,
         index: Optional[ProductIndex] = None,
+        exact: bool = False,
     ) -> None:
         known = known & (rows.product > 0)
         self._users = _table(model, "user_mf_embeddings")
@@ -77,7 +80,8 @@ class MFFirstStage:
         cacheable = not ann.needed(len(rows.user), self.width)
         self._top = np.zeros((len(rows.user), self.width), np.int32) if cacheable else None
         self._known = np.zeros(len(rows.user), bool) if cacheable else None
-        if cacheable:
+        self._index = None
+        if cacheable or exact:
             # The MF logit is mf_output(u * p): with its weights folded into p, one matmul.
             folded = torch.as_tensor(ann.product_vectors(model.state_dict()), device=self._users.device)
             self._items = folded[torch.as_tensor(rows.product, device=folded.device)].T.contiguous()  # D x P
@@ -93,7 +97,7 @@ class MFFirstStage:
     @property
     def index(self) -> Optional[ProductIndex]:
         """The HNSW index searched (the directory's, or the one built here), None with exact lists."""
-        return None if self._top is not None else self._index
+        return self._index
 
     @property
     def cached(self) -> bool:
@@ -121,7 +125,7 @@ class MFFirstStage:
         # The table is on the model's device (a GPU for validation and batch_score --gpu).
         rows = torch.as_tensor(self._user_rows[users], device=self._users.device)
         vectors = self._users.index_select(0, rows)
-        if self._top is None:
+        if self._index is not None:
             found = self._index.search(vectors.cpu().numpy(), self.width, self._allowed)
             return self._product_of_row[np.maximum(found, 0)].astype(np.int32)
         scores = vectors @ self._items
@@ -163,6 +167,7 @@ class CandidateGenerator:
         rows: EmbeddingRows,
         settings: RankingSettings,
         mf_index: Optional[ProductIndex] = None,
+        exact_mf: bool = False,
     ) -> None:
         self.state = state
         self.settings = settings
@@ -173,7 +178,9 @@ class CandidateGenerator:
         self.popular_known = self.popular[self.known[self.popular]]
         self.by_category = _by_category(self.popular_known, state.catalog.category)
         self.mf: Optional[MFFirstStage] = (
-            MFFirstStage(model, rows, self.known, settings.mf_candidates, mf_index) if model.config.use_mf else None
+            MFFirstStage(model, rows, self.known, settings.mf_candidates, mf_index, exact_mf)
+            if model.config.use_mf
+            else None
         )
 
     def cold_start(self, at: int) -> np.ndarray:

@@ -73,6 +73,9 @@ class Ranker:
         settings: first-stage sizes.
         mf_index: the model directory's MF index (:mod:`ncf.model.ann`), for states too large
             for exact first-stage lists (built on the spot when one is needed and not given).
+        exact_mf: exact first-stage lists whatever the state's size, computed per question and
+            not kept: for ranking a few households (training's validation sample) without an
+            index (which a model being trained does not have yet).
     """
 
     def __init__(
@@ -82,13 +85,14 @@ class Ranker:
         rows: EmbeddingRows,
         settings: Optional[RankingSettings] = None,
         mf_index: Optional[ProductIndex] = None,
+        exact_mf: bool = False,
     ) -> None:
         self.model = model.eval()
         self.state = state
         self.rows = rows
         self.settings = settings or RankingSettings()
         self.device = next(model.parameters()).device
-        self.candidates = CandidateGenerator(model, state, rows, self.settings, mf_index)
+        self.candidates = CandidateGenerator(model, state, rows, self.settings, mf_index, exact_mf)
         # The index the first stage searches, also one it had to build: a ranker derived from this
         # one (``Recommender.with_settings``) reuses it instead of building it again.
         built = self.candidates.mf.index if self.candidates.mf is not None else None
