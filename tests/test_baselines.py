@@ -310,3 +310,21 @@ def test_full_ranking_averages_the_split_over_users_who_have_each_kind():
     assert m["explore_recall@10"] == 0.5  # household 1: 4 of {4}; household 2: 0 of {5}
     assert m["repeat_hits@10"] == 0.5 and m["explore_hits@10"] == 0.5
     assert m["repeat_share@10"] == pytest.approx((2 / 3 + 1 / 3) / 2)
+
+
+def test_the_sampled_protocols_negatives_are_drawn_as_from_the_whole_pool():
+    """Each household's 99 negatives are drawn from the catalog without its products; the pool is
+    no longer built (O(catalog) a household), and the draws must not change with it."""
+    from ncf.evaluate.protocol import _NeverBought
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        products = np.sort(rng.choice(np.arange(1, 5_000), size=int(rng.integers(1, 3_000)), replace=False))
+        seen = np.unique(rng.integers(0, 5_200, int(rng.integers(0, 400))))
+        pool = np.setdiff1d(products, seen, assume_unique=True)
+        never = _NeverBought(products, seen)
+        assert len(never) == len(pool)
+        size = min(99, len(pool))
+        expected = np.random.default_rng([0, trial]).choice(pool, size=size, replace=False)
+        got = never.take(np.random.default_rng([0, trial]).choice(len(never), size=size, replace=False))
+        assert np.array_equal(got, expected)

@@ -214,14 +214,37 @@ def sampled_ranking(
         u = int(u)
         rng = np.random.default_rng([seed, u])
         seen = np.union1d(states.timeline(u).products, period.truth[u])
-        pool = np.setdiff1d(products, seen, assume_unique=True)
-        negatives = rng.choice(pool, size=min(SAMPLED_NEGATIVES, len(pool)), replace=False)
+        pool = _NeverBought(products, seen)
+        # The same draws as rng.choice(setdiff1d(products, seen), ...): choice draws positions.
+        negatives = pool.take(rng.choice(len(pool), size=min(SAMPLED_NEGATIVES, len(pool)), replace=False))
         positive = period.first_purchase[u]
         s = score(u, period.first_visit[u], np.concatenate([[positive], negatives]))
         rank = int((s[1:] >= s[0]).sum())  # ties count against the positive
         hits.append(rank < K)
         ndcgs.append(1.0 / np.log2(rank + 2) if rank < K else 0.0)
     return {f"sampled_hr@{K}": float(np.mean(hits)), f"sampled_ndcg@{K}": float(np.mean(ndcgs))}
+
+
+class _NeverBought:
+    """``np.setdiff1d(products, seen)`` (both sorted) without building it: its length and the
+    entries at given positions, in O(|seen|) instead of O(products) per household (a catalog of
+    1M products cost 10 ms a household)."""
+
+    def __init__(self, products: np.ndarray, seen: np.ndarray) -> None:
+        position = np.searchsorted(products, seen)
+        inside = position < len(products)
+        excluded = np.unique(position[inside][products[position[inside]] == seen[inside]])
+        self.products = products
+        # excluded[i] - i: how many kept products come before the i-th excluded one.
+        self._kept_before = excluded - np.arange(len(excluded))
+        self._length = len(products) - len(excluded)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices, np.int64)
+        return self.products[indices + np.searchsorted(self._kept_before, indices, side="right")]
 
 
 def ranker_fns(ranker) -> tuple[RankFn, ScoreFn]:
