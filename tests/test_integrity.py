@@ -332,3 +332,17 @@ def test_an_unreadable_config_is_one_line_naming_the_directory(model, content):
     with pytest.raises(InputError, match=f"{model}: (unreadable config.json|config.json holds list)") as error:
         read_config(model)
     assert "\n" not in str(error.value)
+
+
+def test_a_vocabulary_whose_indices_are_not_1_to_n_is_refused(tmp_path):
+    path = str(tmp_path / "users.parquet")
+    Vocabulary.from_ids([11, 12, 13], kind="int").save(path)
+    assert len(Vocabulary.load(path)) == 4  # the unknown id and three
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    for index in ([1, 3, 2], [1, 2, None]):
+        pq.write_table(table.set_column(0, "index", pa.array(index, pa.int64())), path)
+        with pytest.raises(ValueError, match="indices are not 1..N"):
+            Vocabulary.load(path)
