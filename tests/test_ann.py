@@ -56,7 +56,7 @@ def test_ranking_loads_the_saved_index_and_agrees_with_exact_lists(indexed_model
         assert a.products.tolist() == b.products.tolist()
 
 
-def test_exact_lists_on_request_build_no_index_and_keep_nothing(indexed_model, capsys):
+def test_exact_lists_on_request_build_no_index_and_keep_nothing(indexed_model, capsys, monkeypatch):
     """Training's validation ranks a few households of a model with no index yet: it asks for
     exact lists (an index built every epoch would take minutes at 1M products)."""
     from ncf.rank.ranker import Ranker
@@ -69,7 +69,7 @@ def test_exact_lists_on_request_build_no_index_and_keep_nothing(indexed_model, c
     assert "building it now" not in capsys.readouterr().err
     assert exact.candidates.mf.index is None and not exact.candidates.mf.cached
     users = r.state.states.users()
-    ann.MF_CACHE_MAX_ENTRIES = 50_000_000  # monkeypatch restores the default after the test
+    monkeypatch.setattr(ann, "MF_CACHE_MAX_ENTRIES", 50_000_000)
     kept = Ranker(r.model, r.state, r.rows, r.settings)
     assert kept.candidates.mf.cached
     np.testing.assert_array_equal(exact.candidates.mf_top(users), kept.candidates.mf_top(users))

@@ -514,13 +514,17 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
                 else ""
             )
         )
+    # A replay's product stats: one pass over every purchase, here, for the actors and the check.
+    replay_stats = _replay_stats(config.data, at, log) if replay else None
     # The date's lock is held from here to the commit: a second run of the date is refused.
     with PartitionRun(output, partition_name(run_date), run_id, log=log) as run:
-        manifest = _score_into(run.stage, config, model, model_config, users, at, run_date, run_id, started, log)
+        manifest = _score_into(
+            run.stage, config, model, model_config, users, at, run_date, run_id, started, log, replay_stats
+        )
         manifest["replay"] = replay
         if config.verify:
             # Before the commit: a failing run must not replace (and so delete) the previous partition.
-            manifest["verify"] = _verified(run.stage, manifest, config.verify, log)
+            manifest["verify"] = _verified(run.stage, manifest, config.verify, log, replay_stats)
         final = run.commit(manifest)
     log(
         f"done: {manifest['users']:,} users scored, {manifest['rows']:,} rows written in "
@@ -538,24 +542,22 @@ class VerificationFailed(RuntimeError):
         self.report = report
 
 
-def _verified(stage: str, manifest: Dict, sample: int, log: Callable[[str], None]) -> Dict:
-    report = verify_parts(stage, manifest, manifest["data"], sample=sample)
+def _verified(
+    stage: str, manifest: Dict, sample: int, log: Callable[[str], None], stats: Optional[ProductStats] = None
+) -> Dict:
+    report = verify_parts(stage, manifest, manifest["data"], sample=sample, stats=stats)
     if not report["ok"]:
         raise VerificationFailed(report)
     log(f"verified before the commit: {report['sampled_equal_to_recommend']} sampled users equal recommend")
     return report
 
 
-def _replay_stats(data: str, at: int, actors: int, log: Callable[[str], None]) -> Optional[ProductStats]:
-    """The products' stats at the start of ``at``'s day when ``at`` is inside the data (a replay),
-    computed once here for every actor; None otherwise (the data's own stats are ``at``'s)."""
-    if at > layout.DataStats(data).end:
-        return None
+def _replay_stats(data: str, at: int, log: Callable[[str], None]) -> ProductStats:
+    """The products' stats at the start of ``at``'s day (``at`` inside the data: a replay),
+    computed once by the driver for every actor and the verification."""
     started = time.time()
-    state = RankingState.load(data)
-    stats = state.as_of(day_of(at)).stats
-    seconds = time.time() - started
-    log(f"products' stats as of {run_date_of(day_of(at))}: computed once for {actors} actor(s) in {seconds:.1f} s")
+    stats = RankingState.load(data).as_of(day_of(at)).stats
+    log(f"products' stats as of {run_date_of(day_of(at))} computed once, in {time.time() - started:.1f} s")
     return stats
 
 
@@ -570,6 +572,7 @@ def _score_into(
     run_id: str,
     started: float,
     log: Callable[[str], None],
+    replay_stats: Optional[ProductStats] = None,
 ) -> Dict:
     """Scores every user into the parts of ``stage`` and checks them; returns the manifest."""
     import ray
@@ -585,7 +588,6 @@ def _score_into(
         + (" with a GPU each" if gpus else "")
         + (", the model compiled in each (torch.compile)" if compile_model else "")
     )
-    replay_stats = _replay_stats(config.data, at, actors, log)
     # Ray 2.60's map_batches has no named parameter for max_restarts (below): ray_remote_args is
     # its only route, which Ray reports as deprecated on every run. Silenced here only.
     with warnings.catch_warnings():
@@ -705,7 +707,9 @@ def verify_partition(output: str, run_date: str, data: str, sample: int = 20, se
     return verify_parts(partition_dir(output, run_date), manifest, data, sample=sample, seed=seed)
 
 
-def verify_parts(directory: str, manifest: Dict, data: str, sample: int = 20, seed: int = 0) -> Dict:
+def verify_parts(
+    directory: str, manifest: Dict, data: str, sample: int = 20, seed: int = 0, stats: Optional[ProductStats] = None
+) -> Dict:
     """Checks the parts of ``directory`` (a committed partition or a run's stage) against their
     inputs and ``manifest`` (the ``_SUCCESS`` content); ``ok`` is True when all hold:
 
@@ -716,6 +720,7 @@ def verify_parts(directory: str, manifest: Dict, data: str, sample: int = 20, se
       ``at`` (the same call the Serve endpoint makes).
 
     Reads one part at a time (a part holds whole users): the driver never holds the output.
+    ``stats``: a replay's product stats, when the caller has them (computed otherwise).
     """
     k = manifest["k"]
     expected_users = read_users(data).column("user_id")
@@ -754,7 +759,8 @@ def verify_parts(directory: str, manifest: Dict, data: str, sample: int = 20, se
         "scores_non_increasing": non_increasing,
         "rows_match_success": rows == manifest["rows"] and len(written) == manifest["users"],
     }
-    recommender = Recommender.load(manifest["model"], data=manifest["data"])  # a past at: as of its day, as the job
+    # A past at: as of its day, as the job ranked it.
+    recommender = Recommender.load(manifest["model"], data=manifest["data"]).as_of(manifest["at_epoch_s"], stats)
     expected = recommender.recommend(chosen, k=k, at=manifest["at_epoch_s"])
     matches = sum(job.get(u) == e for u, e in zip(chosen, expected))
     checks.update({"sampled_users": len(chosen), "sampled_equal_to_recommend": int(matches)})
