@@ -336,7 +336,7 @@ def test_an_unreadable_config_is_one_line_naming_the_directory(model, content):
 
 def test_a_vocabulary_whose_indices_are_not_1_to_n_is_refused(tmp_path):
     path = str(tmp_path / "users.parquet")
-    Vocabulary.from_ids([11, 12, 13], kind="int").save(path)
+    Vocabulary.from_ids(["11", "12", "13"], kind="int").save(path)
     assert len(Vocabulary.load(path)) == 4  # the unknown id and three
     import pyarrow as pa
     import pyarrow.parquet as pq
