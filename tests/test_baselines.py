@@ -328,3 +328,25 @@ def test_the_sampled_protocols_negatives_are_drawn_as_from_the_whole_pool():
         expected = np.random.default_rng([0, trial]).choice(pool, size=size, replace=False)
         got = never.take(np.random.default_rng([0, trial]).choice(len(never), size=size, replace=False))
         assert np.array_equal(got, expected)
+
+
+def test_als_counts_are_built_a_chunk_of_households_at_a_time(monkeypatch):
+    from ncf.evaluate.baselines.als import purchase_counts
+
+    rng = np.random.default_rng(3)
+    purchases = {
+        u: [(int(p), float(d)) for p, d in zip(rng.integers(1, 12, 40), rng.integers(0, 30, 40))] for u in range(1, 9)
+    }
+    states = states_of(purchases)
+    context = PointInTime.build(states, vocabularies(8, 11), 20 * DAY)
+    expected = np.zeros((context.num_users, context.num_products), np.float32)
+    for u, rows in purchases.items():
+        for p, d in rows:
+            expected[u, p] += d < 20
+    whole = purchase_counts(context)
+    chunks = UserStates.chunks
+    monkeypatch.setattr(UserStates, "chunks", lambda self, chunk_rows=0: chunks(self, 7))
+    chunked = purchase_counts(context)
+    for counts in (whole, chunked):
+        assert counts.dtype == np.float32 and counts.has_canonical_format
+        np.testing.assert_array_equal(counts.toarray(), expected)

@@ -28,14 +28,7 @@ class ALSRanker:
 
         self.context = context
         self.params: Dict = {"factors": factors, "iterations": iterations, "regularization": regularization}
-        users, products, times = context.states.all_purchases()
-        before = times < context.start
-        counts = sp.coo_matrix(
-            (np.ones(int(before.sum()), np.float32), (users[before], products[before])),
-            shape=(context.num_users, context.num_products),
-        ).tocsr()
-        counts.sum_duplicates()
-        weighted = bm25_weight(counts, K1=100, B=0.8).tocsr().astype(np.float32)
+        weighted = bm25_weight(purchase_counts(context), K1=100, B=0.8).tocsr().astype(np.float32)
         # implicit parallelises itself; a second BLAS thread pool underneath only contends. The
         # constructor is inside the limit too: it checks the BLAS threads (and warns) there.
         with threadpool_limits(1, "blas"):
@@ -53,3 +46,23 @@ class ALSRanker:
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
         self.context.check(at)
         return self.context.rank(self._items @ self._users[user], depth)
+
+
+def purchase_counts(context: PointInTime) -> sp.csr_matrix:
+    """Households x products purchase lines before ``context.start``, float32, built a chunk of
+    households at a time: memory grows with the distinct (household, product) pairs, not with
+    every purchase."""
+    shape = (context.num_users, context.num_products)
+    rows, columns, values = [], [], []
+    for users, products, times in context.states.chunks():
+        before = times < context.start
+        keys = np.sort(users[before] * shape[1] + products[before])  # np.unique's own sort is slower
+        first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
+        pairs, counts = keys[first], np.diff(np.r_[first, len(keys)])
+        rows.append(pairs // shape[1])
+        columns.append(pairs % shape[1])
+        values.append(counts.astype(np.float32))
+    joined = [np.concatenate(part) if part else np.zeros(0) for part in (rows, columns, values)]
+    counts = sp.coo_matrix((joined[2].astype(np.float32), (joined[0], joined[1])), shape=shape).tocsr()
+    counts.sum_duplicates()
+    return counts
