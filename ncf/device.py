@@ -50,8 +50,9 @@ def gpus_within(workers: int, wait_s: float, log: Callable[[str], None] = print,
     log(f"[gpu] waiting up to {wait_s:g} s for {workers} GPUs (the cluster has {available}): asked the autoscaler")
     deadline = time.monotonic() + wait_s
     previous = _exit_on_sigterm()
-    request_resources(bundles=[{"GPU": 1}] * workers)
     try:
+        # Inside the try: a SIGTERM the moment the request is made still withdraws it.
+        request_resources(bundles=[{"GPU": 1}] * workers)
         while available < workers and time.monotonic() < deadline:
             time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
             available = cluster_gpus()
