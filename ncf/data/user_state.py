@@ -63,8 +63,8 @@ class UserStates:
         (households, products, timestamps) batches already sorted by household, then time, then
         product (Ray Data's distributed sort, in preprocessing), ``num_purchases`` rows in all.
 
-        One pass, appending: memory is one batch and two arrays of U + 1 counts, the arrays are files
-        (memory-mapped) written front to back, so each page is written once. Batches out of
+        One pass, appending: memory is one batch and the households' U counts; the arrays are
+        files (memory-mapped) written front to back, so each page is written once. Batches out of
         order, household indices out of range or another number of rows raise ValueError.
         """
         counts = np.zeros(num_users, np.int64)
