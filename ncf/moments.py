@@ -139,6 +139,12 @@ def as_datetime(epoch_seconds: int) -> datetime:
     return datetime.fromtimestamp(epoch_seconds, tz=timezone.utc)
 
 
+def day_of(at: int) -> int:
+    """The start (UTC) of the day of a moment: a past moment is ranked from the products' stats
+    then (``Recommender.as_of``)."""
+    return int(at) - int(at) % 86_400
+
+
 def hours_of(epoch_seconds: np.ndarray) -> np.ndarray:
     """Hour of the day (0-23, UTC) of each moment: ``time_parts_of(...)[HOUR]`` without the
     other parts (a product-stats pass asks it of every purchase)."""

@@ -345,7 +345,7 @@ def test_als_counts_are_built_a_chunk_of_households_at_a_time(monkeypatch):
             expected[u, p] += d < 20
     whole = purchase_counts(context)
     chunks = UserStates.chunks
-    monkeypatch.setattr(UserStates, "chunks", lambda self, chunk_rows=0: chunks(self, 7))
+    monkeypatch.setattr(UserStates, "chunks", lambda self, chunk_rows=0, **kw: chunks(self, 7, **kw))
     chunked = purchase_counts(context)
     for counts in (whole, chunked):
         assert counts.dtype == np.float32 and counts.has_canonical_format

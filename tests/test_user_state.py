@@ -144,7 +144,7 @@ def test_a_held_out_period_read_a_few_households_at_a_time_is_the_same(monkeypat
 
     whole = period()
     whole_chunks = UserStates.chunks
-    monkeypatch.setattr(UserStates, "chunks", lambda self, chunk_rows=0: whole_chunks(self, 7))
+    monkeypatch.setattr(UserStates, "chunks", lambda self, chunk_rows=0, **kw: whole_chunks(self, 7, **kw))
     assert len(list(states.chunks())) > 10
     chunked = period()
     assert whole.truth.keys() == chunked.truth.keys() and len(whole.truth) > 10

@@ -72,10 +72,10 @@ from ncf.device import GPU_SETTINGS, resolve_gpu
 from ncf.errors import InputError, raised_within
 from ncf.model.directory import ModelDir, read_config
 from ncf.model.integrity import verify_data_state, verify_model_dir
-from ncf.moments import resolve_at, run_date_of
+from ncf.moments import day_of, resolve_at, run_date_of
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import MAX_K
-from ncf.rank.recommender import Recommender, day_of
+from ncf.rank.recommender import Recommender
 from ncf.rank.state import EmbeddingRows, RankingState, check_catalog
 from ncf.staging import within
 

@@ -38,8 +38,8 @@ def catalog_before(vocabs: Vocabularies, start: int) -> np.ndarray:
 def popularity_before(states: UserStates, start: int, num_products: int) -> np.ndarray:
     """Purchase count of every product index over all households, strictly before ``start``."""
     counts = np.zeros(num_products)
-    for _, products, times in states.chunks():
-        counts += np.bincount(products[times < int(start)], minlength=num_products)[:num_products]
+    for _, products, _ in states.chunks(before=int(start)):
+        counts += np.bincount(products, minlength=num_products)[:num_products]
     counts[UNKNOWN_INDEX] = 0.0
     return counts
 

@@ -63,9 +63,7 @@ class ProductStats:
         lines, recent, buyers, rebuyers = (np.zeros(n) for _ in range(4))
         by_hour = np.zeros((24, n))
         cycle_products, cycle_gaps = [], []
-        for users, products, ts in states.chunks(chunk_rows):
-            keep = ts < cutoff
-            users, products, ts = users[keep], products[keep], ts[keep]
+        for users, products, ts in states.chunks(chunk_rows, before=cutoff):
             lines += np.bincount(products, minlength=n)
             recent += np.bincount(products[ts >= cutoff - RECENT_DAYS * _DAY], minlength=n)
             by_hour += np.bincount(hours_of(ts) * n + products, minlength=24 * n).reshape(24, n)

@@ -106,14 +106,18 @@ class UserStates:
         del arrays
         return UserStates.load(directory)
 
-    def chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[Purchases]:
-        """(households, products, timestamps) of every purchase, whole households at a time, about
-        ``chunk_rows`` purchases each (one household may exceed it): :meth:`all_purchases` without
-        holding every purchase in memory."""
+    def chunks(self, chunk_rows: int = CHUNK_ROWS, before: Optional[int] = None) -> Iterator[Purchases]:
+        """(households, products, timestamps) of every purchase (strictly before ``before`` when
+        given), whole households at a time, about ``chunk_rows`` purchases each (one household
+        may exceed it): :meth:`all_purchases` without holding every purchase in memory."""
         for start, end in _household_chunks(self.offsets, chunk_rows):
             rows = slice(int(self.offsets[start]), int(self.offsets[end]))
             users = np.repeat(np.arange(start, end, dtype=np.int64), np.diff(self.offsets[start : end + 1]))
-            yield users, np.asarray(self.products[rows], np.int64), np.asarray(self.timestamps[rows], np.int64)
+            chunk = users, np.asarray(self.products[rows], np.int64), np.asarray(self.timestamps[rows], np.int64)
+            if before is not None:
+                keep = chunk[2] < before
+                chunk = tuple(a[keep] for a in chunk)
+            yield chunk
 
     @staticmethod
     def load(directory: str, mmap: bool = True) -> "UserStates":

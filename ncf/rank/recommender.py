@@ -26,7 +26,7 @@ from ncf.data.product_stats import ProductStats
 from ncf.data.vocab import UNKNOWN_INDEX
 from ncf.model import ann
 from ncf.model.directory import ModelDir
-from ncf.moments import to_epoch_seconds
+from ncf.moments import day_of, to_epoch_seconds
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import Ranker, Ranking
 from ncf.rank.state import EmbeddingRows, RankingState, check_catalog
@@ -45,12 +45,6 @@ class RankedItems:
     scores: List[float]
     # With explanations: for each product, the (raw product id, weight) past purchases behind it.
     because: Optional[List[List[Tuple[object, float]]]] = None
-
-
-def day_of(at: int) -> int:
-    """The start (UTC) of the day of a moment: a past moment is ranked from the products' stats
-    then (:meth:`Recommender.as_of`)."""
-    return int(at) - int(at) % 86_400
 
 
 class Recommender:
@@ -111,7 +105,7 @@ class Recommender:
         moment (Serve's ``at``, the nightly job's ``--at``, its verification) ranks it the same
         way, and none sees a later purchase. A moment after the data (``default_at`` or later)
         needs nothing recomputed: this recommender itself. ``stats``: the stats at
-        :func:`day_of` ``at``, when computed once for several recommenders (the nightly job's
+        :func:`ncf.moments.day_of` ``at``, when computed once for several recommenders (the nightly job's
         actors)."""
         if at > self.state.end:
             return self

@@ -54,9 +54,8 @@ def purchase_counts(context: PointInTime) -> sp.csr_matrix:
     every purchase."""
     shape = (context.num_users, context.num_products)
     rows, columns, values = [], [], []
-    for users, products, times in context.states.chunks():
-        before = times < context.start
-        keys = np.sort(users[before] * shape[1] + products[before])  # np.unique's own sort is slower
+    for users, products, _ in context.states.chunks(before=context.start):
+        keys = np.sort(users * shape[1] + products)  # np.unique's own sort is slower
         first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
         pairs, counts = keys[first], np.diff(np.r_[first, len(keys)])
         rows.append(pairs // shape[1])
