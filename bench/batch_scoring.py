@@ -1,7 +1,9 @@
 """Nightly batch scoring: users/s on Complete Journey and on synthetic catalogs of growing size
 (how the cost grows with the catalog), the Complete Journey checks, and two-stage against
-brute-force agreement, as one JSON line. Complete Journey is scored twice on the same cluster:
-the first job on a fresh cluster, then the next one (a nightly job's usual case).
+brute-force agreement, as one JSON line. Complete Journey is scored twice by actors on the same
+cluster (the first job on a fresh cluster, then the next one: a nightly job's usual case), then
+in the driver (``--score-in driver``, what ``auto`` picks for small datasets); each synthetic
+catalog by actors, then in the driver.
 
 python -m bench.batch_scoring [--catalogs 10000 100000] [--synthetic-users 1000]
     [--agreement-users 20] [--cj-model artifacts/demo/model --cj-data artifacts/demo/data]
@@ -57,12 +59,12 @@ def synthetic_model(workdir: str, products: int, users: int) -> tuple[str, str, 
     return model, data, seconds
 
 
-def score(model: str, data: str, output: str) -> tuple[dict, str]:
+def score(model: str, data: str, output: str, score_in: str = "actors") -> tuple[dict, str]:
     """The run's figures and its run date."""
-    summary = run_batch_scoring(BatchScoreConfig(model=model, data=data, output=output, k=K, at="data-end"))
-    return {key: summary[key] for key in ("users", "rows", "seconds", "users_per_s", "steady_users_per_s")}, summary[
-        "run_date"
-    ]
+    config = BatchScoreConfig(model=model, data=data, output=output, k=K, at="data-end", score_in=score_in)
+    summary = run_batch_scoring(config)
+    figures = ("users", "rows", "seconds", "users_per_s", "steady_users_per_s", "scored_in")
+    return {key: summary[key] for key in figures}, summary["run_date"]
 
 
 def agreement(model: str, data: str, users: int) -> dict:
@@ -95,18 +97,23 @@ def main(argv=None) -> dict:
         # actors (its stats, autoscaling coordinator and actor-location tracker) exist by then,
         # where the first job on a fresh cluster starts them.
         again, _ = score(args.cj_model, args.cj_data, output)
+        # What `--score-in auto` picks below DRIVER_MAX_USERS: no actors to start.
+        here, _ = score(args.cj_model, args.cj_data, output, score_in="driver")
         check = verify_partition(output, run_date, args.cj_data, sample=args.verify_users)
         result["completejourney"] = {
             **run,
             "next_job_on_the_cluster": again,
+            "in_the_driver": here,
             "verify": check,
             "agreement": agreement(args.cj_model, args.cj_data, args.agreement_users),
         }
     for products, (model, data, prep_s) in synthetic.items():
         run, _ = score(model, data, os.path.join(args.workdir, f"out-{products}p"))
+        here, _ = score(model, data, os.path.join(args.workdir, f"out-{products}p"), score_in="driver")
         ranked = len(Vocabularies.load(layout.vocab_dir(data)).products) - 1
         result[f"synthetic_{products}_products"] = {
             **run,
+            "in_the_driver": here,
             "products_ranked": ranked,
             "preprocess_seconds": round(prep_s, 1),
             "agreement_untrained": agreement(model, data, args.agreement_users),

@@ -13,7 +13,9 @@ import sys
 from jobs.cli import check_model, init_ray, job_parser, one_line_errors
 from ncf.batch.scoring import (
     COMPILE_SETTINGS,
+    DRIVER_MAX_USERS,
     MAX_AUTO_BATCH,
+    SCORE_IN_SETTINGS,
     TARGET_PARTS,
     BatchScoreConfig,
     InputsChanged,
@@ -57,6 +59,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--gpu", default=d.gpu, choices=GPU_SETTINGS, help="auto (GPU actors when the cluster has GPUs), yes or no"
     )
     p.add_argument(
+        "--score-in",
+        default=d.score_in,
+        choices=SCORE_IN_SETTINGS,
+        help=f"actors (a Ray Data pool), driver (this process: no actors to start) or auto (the driver "
+        f"for at most {DRIVER_MAX_USERS:,} users when neither GPUs nor --actors are asked for)",
+    )
+    p.add_argument(
         "--compile",
         default=d.compile,
         choices=COMPILE_SETTINGS,
@@ -88,6 +97,7 @@ def main(argv=None) -> dict:
             actors=args.actors,
             cpus_per_actor=args.cpus_per_actor,
             gpu=args.gpu,
+            score_in=args.score_in,
             compile=args.compile,
             progress_every_s=args.progress_every,
             verify=args.verify,

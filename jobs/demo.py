@@ -150,7 +150,7 @@ def main(argv=None) -> list:
         with open(os.path.join(args.workdir, "evaluation.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 
-        _stage(4, "batch-score every household with the deployment model (Ray Data, actor pool)", started)
+        _stage(4, "batch-score every household with the deployment model (--score-in auto)", started)
         scored = batch_score.main(
             [
                 "--model",

@@ -98,6 +98,7 @@ def test_bad_k_and_missing_data_are_one_line_errors(small_model_dir, tmp_path, c
         ["--model", str(tmp_path / "empty"), "--data", data, "--output", out],
         ["--model", small_model_dir, "--data", data, "--output", out, "--compile", "always"],
         ["--model", small_model_dir, "--data", data, "--output", os.path.join(data, "scores")],
+        ["--model", small_model_dir, "--data", data, "--output", out, "--score-in", "here"],
     ):
         with pytest.raises(SystemExit) as exit_info:
             batch_score.main(argv)
@@ -105,7 +106,7 @@ def test_bad_k_and_missing_data_are_one_line_errors(small_model_dir, tmp_path, c
         errors.append(capsys.readouterr().err.strip().splitlines()[-1])  # argparse's usage comes first
     assert "--k 0" in errors[0] and "not a preprocessed DATA directory" in errors[1] and "'soon'" in errors[2]
     assert "'maybe'" in errors[3] and "jobs.train first" in errors[4] and "'always'" in errors[5]
-    assert "overlaps --data" in errors[6]
+    assert "overlaps --data" in errors[6] and "'here'" in errors[7]
     assert not os.path.exists(tmp_path / "o" / bs.TMP) or not os.listdir(tmp_path / "o" / bs.TMP)
 
 
@@ -287,10 +288,47 @@ def _argv(model, data, output, *extra):
 
 @pytest.fixture(scope="module")
 def first_run(small_model_dir, small_data, tmp_path_factory):
+    """A run by a Ray Data pool of actors (``auto`` would score this small dataset in the driver)."""
     data, _ = small_data
     output = str(tmp_path_factory.mktemp("batch") / "out")
-    summary = batch_score.main(_argv(small_model_dir, data, output))
+    summary = batch_score.main(_argv(small_model_dir, data, output, "--score-in", "actors"))
     return output, summary
+
+
+def test_scoring_in_the_driver_writes_what_the_actors_write(first_run, small_model_dir, small_data, tmp_path):
+    """``--score-in auto`` scores small datasets in the driver (no actors to start): the same
+    ScoreBatch code, so the same rows as the actors' run, part for part."""
+    output, by_actors = first_run
+    data, _ = small_data
+    here = batch_score.main(_argv(small_model_dir, data, str(tmp_path / "out")))
+    assert by_actors["scored_in"] == "actors" and here["scored_in"] == "driver"  # auto chose the driver
+    assert here["at_epoch_s"] == by_actors["at_epoch_s"] and here["parts"] == by_actors["parts"]
+    columns = ["user_id", "rank", "product_id", "cold_start", "model_version"]
+    order = [("user_id", "ascending"), ("rank", "ascending")]
+    theirs = bs.read_partition(output, by_actors["run_date"]).sort_by(order)
+    mine = bs.read_partition(str(tmp_path / "out"), here["run_date"]).sort_by(order)
+    assert mine.select(columns).equals(theirs.select(columns))
+    np.testing.assert_allclose(mine.column("score").to_numpy(), theirs.column("score").to_numpy(), rtol=1e-5)
+    assert sorted(os.listdir(bs.partition_dir(str(tmp_path / "out"), here["run_date"]))) == sorted(
+        os.listdir(bs.partition_dir(output, by_actors["run_date"]))
+    )
+
+
+@pytest.mark.faults
+def test_where_auto_scores_and_a_driver_without_cuda_refusing_gpu_yes():
+    config = bs.BatchScoreConfig(model="m", data="d", output="o")
+    assert bs.resolve_score_in(config, bs.DRIVER_MAX_USERS, use_gpu=False)
+    assert not bs.resolve_score_in(config, bs.DRIVER_MAX_USERS + 1, use_gpu=False)
+    assert not bs.resolve_score_in(config, 10, use_gpu=True)  # GPU actors when the cluster has GPUs
+    assert not bs.resolve_score_in(dataclasses.replace(config, actors=2), 10, use_gpu=False)
+    assert bs.resolve_score_in(dataclasses.replace(config, score_in="driver"), 10**9, use_gpu=True)
+    assert not bs.resolve_score_in(dataclasses.replace(config, score_in="actors"), 10, use_gpu=False)
+    with pytest.raises(InputError, match="--score-in must be one of auto, driver, actors, not 'here'"):
+        bs.check_config(dataclasses.replace(config, score_in="here"))
+    if not torch.cuda.is_available():
+        assert bs._driver_gpu("auto") == 0
+        with pytest.raises(InputError, match="this process has no CUDA device"):
+            bs._driver_gpu("yes")
 
 
 def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model_dir, small_data):

@@ -218,7 +218,14 @@ def test_batch_scoring_runs_one_actor_per_node_and_commits_every_user(
     data = two_node_run["data"]
     output = str(tmp_path / "scores")
     config = batch_scoring.BatchScoreConfig(
-        model=trained_model_dir, data=data, output=output, k=K, at="data-end", batch_size=16, cpus_per_actor=1.0
+        model=trained_model_dir,
+        data=data,
+        output=output,
+        k=K,
+        at="data-end",
+        batch_size=16,
+        cpus_per_actor=1.0,
+        score_in="actors",
     )
     summary = batch_scoring.run_batch_scoring(config, log=lambda message: None)
 

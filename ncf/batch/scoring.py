@@ -53,7 +53,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -74,7 +74,7 @@ from ncf.model.directory import ModelDir, read_config
 from ncf.model.integrity import verify_data_state, verify_model_dir
 from ncf.moments import day_of, resolve_at, run_date_of
 from ncf.rank.candidates import RankingSettings
-from ncf.rank.ranker import MAX_K
+from ncf.rank.ranker import CHUNK_USERS, MAX_K
 from ncf.rank.recommender import Recommender
 from ncf.rank.state import EmbeddingRows, RankingState, check_catalog
 from ncf.staging import within
@@ -82,6 +82,11 @@ from ncf.staging import within
 PARTITION_KEY = "run_date"
 COMPILE_SETTINGS = ("auto", "yes", "no")
 COMPILE_MIN_USERS_PER_ACTOR = 100_000
+SCORE_IN_SETTINGS = ("auto", "driver", "actors")
+# Up to this many users, `auto` scores in the driver: a pool of actors takes about 7.5 s to score
+# its first household on 2 cores (Ray Data's executor, worker processes, importing torch and
+# TorchRec), in which the driver, already holding torch, ranks about 5,000 households.
+DRIVER_MAX_USERS = 5_000
 # About this many parts per run: progress is visible, files are not tiny.
 TARGET_PARTS = 50
 # ... of at most this many users each, so large datasets get more parts.
@@ -106,6 +111,9 @@ class BatchScoreConfig:
             ``cpus_per_actor`` of the cluster's CPUs).
         cpus_per_actor: CPUs reserved by each actor.
         gpu: ``auto`` (GPU actors when the cluster has GPUs), ``yes`` or ``no``.
+        score_in: ``actors`` (a Ray Data pool), ``driver`` (this process, one batch after
+            another: no actors to start) or ``auto`` (the driver for at most
+            :data:`DRIVER_MAX_USERS` users when no GPU and no number of actors is asked for).
         compile: score through ``torch.compile`` in each actor: ``auto`` (when each actor has at
             least :data:`COMPILE_MIN_USERS_PER_ACTOR` users, so that the compilation pays for
             itself, and a C++ compiler is installed), ``yes`` or ``no``.
@@ -124,6 +132,7 @@ class BatchScoreConfig:
     actors: int = 0
     cpus_per_actor: float = 1.0
     gpu: str = "auto"
+    score_in: str = "auto"
     compile: str = "auto"
     progress_every_s: float = 10.0
     verify: int = 0
@@ -185,7 +194,10 @@ def typed_ids(vocab: Vocabulary, ids: pa.Array) -> pa.Array:
 
 
 def auto_batch_size(num_users: int) -> int:
-    return int(min(MAX_AUTO_BATCH, max(16, -(-num_users // TARGET_PARTS))))
+    """About ``num_users / TARGET_PARTS``, rounded up to whole model calls of the ranker's
+    ``CHUNK_USERS`` households (a batch of 50 was a call of 32 and one of 18)."""
+    size = -(-max(1, -(-num_users // TARGET_PARTS)) // CHUNK_USERS) * CHUNK_USERS
+    return int(min(size, MAX_AUTO_BATCH // CHUNK_USERS * CHUNK_USERS))
 
 
 # -- scoring (runs in the actors) ------------------------------------------------------------------
@@ -433,6 +445,8 @@ def _check_numbers(config: BatchScoreConfig) -> None:
 def _check_settings(config: BatchScoreConfig) -> None:
     if config.gpu not in GPU_SETTINGS:
         raise InputError(f"--gpu must be one of {', '.join(GPU_SETTINGS)}, not {config.gpu!r}")
+    if config.score_in not in SCORE_IN_SETTINGS:
+        raise InputError(f"--score-in must be one of {', '.join(SCORE_IN_SETTINGS)}, not {config.score_in!r}")
     if config.compile not in COMPILE_SETTINGS:
         raise InputError(f"--compile must be one of {', '.join(COMPILE_SETTINGS)}, not {config.compile!r}")
     if config.compile == "yes" and config.gpu == "no":
@@ -575,49 +589,38 @@ def _score_into(
     replay_stats: Optional[ProductStats] = None,
 ) -> Dict:
     """Scores every user into the parts of ``stage`` and checks them; returns the manifest."""
-    import ray
-
     batch_size = config.batch_size or auto_batch_size(users.num_rows)
     actors, gpus = _actor_resources(config.gpu, config.actors, config.cpus_per_actor)
     blocks = [users.slice(i, batch_size) for i in range(0, users.num_rows, batch_size)]
-    actors = max(1, min(actors, len(blocks)))
+    in_driver = resolve_score_in(config, users.num_rows, bool(gpus))
+    if in_driver:
+        actors, gpus = 1, _driver_gpu(config.gpu)
+    else:
+        actors = max(1, min(actors, len(blocks)))
     compile_model = resolve_compile(config.compile, -(-users.num_rows // actors), bool(gpus))
     log(
         f"{users.num_rows:,} users, k={config.k}, at {pd.Timestamp(at, unit='s', tz='UTC').isoformat()}, "
-        f"model {model_config['version']}: {len(blocks)} batches of {batch_size} on {actors} actor(s)"
-        + (" with a GPU each" if gpus else "")
-        + (", the model compiled in each (torch.compile)" if compile_model else "")
+        f"model {model_config['version']}: {len(blocks)} batches of {batch_size} "
+        + ("in the driver" if in_driver else f"on {actors} actor(s)")
+        + ((" on its GPU" if in_driver else " with a GPU each") if gpus else "")
+        + (", the model compiled" + ("" if in_driver else " in each") + " (torch.compile)" if compile_model else "")
     )
-    # Ray 2.60's map_batches has no named parameter for max_restarts (below): ray_remote_args is
-    # its only route, which Ray reports as deprecated on every run. Silenced here only.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        results = ray.data.from_arrow(blocks).map_batches(
-            ScoreBatch,
-            fn_constructor_kwargs={
-                "model": model,
-                "data": config.data,
-                "stage": stage,
-                "k": config.k,
-                "at": at,
-                "scored_at": int(started),
-                "model_version": model_config["version"],
-                "use_gpu": bool(gpus),
-                "compile_model": compile_model,
-                "replay_stats": replay_stats,
-            },
-            batch_size=batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=config.cpus_per_actor,
-            num_gpus=gpus,
-            # No actor restarts (Ray Data's default is endless ones). Ray Data passes each actor's
-            # constructor arguments through the object store, where a restart may not find them
-            # (ray-project/ray#53727; Ray logs a core_worker error for every actor it creates so),
-            # and an actor that dies loading the model (out of memory) would restart forever. A dead
-            # actor fails the run instead: nothing is committed, and a rerun of the date starts clean.
-            max_restarts=0,
-        )
+    scorer_kwargs = {
+        "model": model,
+        "data": config.data,
+        "stage": stage,
+        "k": config.k,
+        "at": at,
+        "scored_at": int(started),
+        "model_version": model_config["version"],
+        "use_gpu": bool(gpus),
+        "compile_model": compile_model,
+        "replay_stats": replay_stats,
+    }
+    if in_driver:
+        results = _scored_here(blocks, scorer_kwargs)
+    else:
+        results = _scored_by_actors(blocks, scorer_kwargs, batch_size, actors, gpus, config.cpus_per_actor)
     try:
         reported, steady = _collect(results, users.num_rows, config.progress_every_s, log)
     except Exception as e:
@@ -641,6 +644,7 @@ def _score_into(
         "run_date": run_date,
         "run_id": run_id,
         "scored_at": pd.Timestamp(int(started), unit="s", tz="UTC").isoformat(),
+        "scored_in": "driver" if in_driver else "actors",
         "seconds": round(seconds, 1),
         "users_per_s": round(users.num_rows / max(seconds, 1e-9), 1),
         "steady_users_per_s": round(steady, 1),
@@ -648,12 +652,65 @@ def _score_into(
     return manifest
 
 
-def _collect(results, total_users: int, every_s: float, log: Callable[[str], None]) -> tuple[List[Dict], float]:
-    """Runs the pipeline, printing progress as batches finish; returns their count rows and the
+def resolve_score_in(config: BatchScoreConfig, num_users: int, use_gpu: bool) -> bool:
+    """Whether this run scores in the driver (``config.score_in``: see BatchScoreConfig)."""
+    if config.score_in != "auto":
+        return config.score_in == "driver"
+    return num_users <= DRIVER_MAX_USERS and not use_gpu and config.actors == 0
+
+
+def _driver_gpu(setting: str) -> int:
+    """1 when the driver scores on its own CUDA device (``--gpu auto`` with one, or ``yes``)."""
+    import torch
+
+    if setting == "yes" and not torch.cuda.is_available():
+        raise InputError("--score-in driver --gpu yes: this process has no CUDA device")
+    return int(setting != "no" and torch.cuda.is_available())
+
+
+def _scored_here(blocks: List[pa.Table], scorer_kwargs: Dict) -> Iterator[Dict]:
+    """Each block scored by one :class:`ScoreBatch` in this process: the actors' code, no actors."""
+    scorer = ScoreBatch(**scorer_kwargs)
+    for block in blocks:
+        yield {key: value[0] for key, value in scorer(block).items()}
+
+
+def _scored_by_actors(
+    blocks: List[pa.Table], scorer_kwargs: Dict, batch_size: int, actors: int, gpus: int, cpus_per_actor: float
+) -> Iterator[Dict]:
+    """The blocks scored by a Ray Data pool of ``actors`` :class:`ScoreBatch` actors, one row a block."""
+    import ray
+
+    # Ray 2.60's map_batches has no named parameter for max_restarts (below): ray_remote_args is
+    # its only route, which Ray reports as deprecated on every run. Silenced here only.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        results = ray.data.from_arrow(blocks).map_batches(
+            ScoreBatch,
+            fn_constructor_kwargs=scorer_kwargs,
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=cpus_per_actor,
+            num_gpus=gpus,
+            # No actor restarts (Ray Data's default is endless ones). Ray Data passes each actor's
+            # constructor arguments through the object store, where a restart may not find them
+            # (ray-project/ray#53727; Ray logs a core_worker error for every actor it creates so),
+            # and an actor that dies loading the model (out of memory) would restart forever. A dead
+            # actor fails the run instead: nothing is committed, and a rerun of the date starts clean.
+            max_restarts=0,
+        )
+    return results.iter_rows()
+
+
+def _collect(
+    results: Iterable[Dict], total_users: int, every_s: float, log: Callable[[str], None]
+) -> tuple[List[Dict], float]:
+    """Runs the scoring, printing progress as batches finish; returns their count rows and the
     steady rate (users/s after the first batch, i.e. without actor start-up)."""
     reported, done, started = [], 0, time.time()
     first = last = None
-    for row in results.iter_rows():
+    for row in results:
         reported.append(
             {
                 "part": str(row["part"]),
