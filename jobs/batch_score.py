@@ -21,6 +21,7 @@ from ncf.batch.scoring import (
     InputsChanged,
     VerificationFailed,
     check_config,
+    resolve_score_in,
     run_batch_scoring,
 )
 from ncf.device import GPU_SETTINGS
@@ -62,8 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--score-in",
         default=d.score_in,
         choices=SCORE_IN_SETTINGS,
-        help=f"actors (a Ray Data pool), driver (this process: no actors to start) or auto (the driver "
-        f"for at most {DRIVER_MAX_USERS:,} users when neither GPUs nor --actors are asked for)",
+        help=f"actors (a Ray Data pool), driver (this process, on its own GPU if it has one: no actors "
+        f"to start, no Ray) or auto (the driver for at most {DRIVER_MAX_USERS:,} users unless --actors "
+        "or --gpu yes ask for actors)",
     )
     p.add_argument(
         "--compile",
@@ -103,7 +105,8 @@ def main(argv=None) -> dict:
             verify=args.verify,
         )
         check_config(config)  # before Ray starts
-        init_ray()
+        if not resolve_score_in(config):
+            init_ray()  # a run in the driver needs no cluster (a local one takes seconds to start)
         try:
             summary = run_batch_scoring(config, verify_inputs=False)  # check_config verified them
         except VerificationFailed as failed:

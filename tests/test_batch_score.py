@@ -295,11 +295,18 @@ def first_run(small_model_dir, small_data, tmp_path_factory):
     return output, summary
 
 
-def test_scoring_in_the_driver_writes_what_the_actors_write(first_run, small_model_dir, small_data, tmp_path):
-    """``--score-in auto`` scores small datasets in the driver (no actors to start): the same
-    ScoreBatch code, so the same rows as the actors' run, part for part."""
+def test_scoring_in_the_driver_writes_what_the_actors_write(
+    first_run, small_model_dir, small_data, tmp_path, monkeypatch
+):
+    """``--score-in auto`` scores small datasets in the driver (no actors to start, no Ray): the
+    same ScoreBatch code, so the same rows as the actors' run, part for part."""
     output, by_actors = first_run
     data, _ = small_data
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a run in the driver joined or started a Ray cluster")
+
+    monkeypatch.setattr(batch_score, "init_ray", no_cluster)
     here = batch_score.main(_argv(small_model_dir, data, str(tmp_path / "out")))
     assert by_actors["scored_in"] == "actors" and here["scored_in"] == "driver"  # auto chose the driver
     assert here["at_epoch_s"] == by_actors["at_epoch_s"] and here["parts"] == by_actors["parts"]
@@ -317,12 +324,12 @@ def test_scoring_in_the_driver_writes_what_the_actors_write(first_run, small_mod
 @pytest.mark.faults
 def test_where_auto_scores_and_a_driver_without_cuda_refusing_gpu_yes():
     config = bs.BatchScoreConfig(model="m", data="d", output="o")
-    assert bs.resolve_score_in(config, bs.DRIVER_MAX_USERS, use_gpu=False)
-    assert not bs.resolve_score_in(config, bs.DRIVER_MAX_USERS + 1, use_gpu=False)
-    assert not bs.resolve_score_in(config, 10, use_gpu=True)  # GPU actors when the cluster has GPUs
-    assert not bs.resolve_score_in(dataclasses.replace(config, actors=2), 10, use_gpu=False)
-    assert bs.resolve_score_in(dataclasses.replace(config, score_in="driver"), 10**9, use_gpu=True)
-    assert not bs.resolve_score_in(dataclasses.replace(config, score_in="actors"), 10, use_gpu=False)
+    assert bs.resolve_score_in(config, bs.DRIVER_MAX_USERS)
+    assert not bs.resolve_score_in(config, bs.DRIVER_MAX_USERS + 1)
+    assert not bs.resolve_score_in(dataclasses.replace(config, gpu="yes"), 10)  # GPUs asked for: actors'
+    assert not bs.resolve_score_in(dataclasses.replace(config, actors=2), 10)
+    assert bs.resolve_score_in(dataclasses.replace(config, score_in="driver", gpu="yes"), 10**9)
+    assert not bs.resolve_score_in(dataclasses.replace(config, score_in="actors"), 10)
     with pytest.raises(InputError, match="--score-in must be one of auto, driver, actors, not 'here'"):
         bs.check_config(dataclasses.replace(config, score_in="here"))
     if not torch.cuda.is_available():

@@ -112,8 +112,9 @@ class BatchScoreConfig:
         cpus_per_actor: CPUs reserved by each actor.
         gpu: ``auto`` (GPU actors when the cluster has GPUs), ``yes`` or ``no``.
         score_in: ``actors`` (a Ray Data pool), ``driver`` (this process, one batch after
-            another: no actors to start) or ``auto`` (the driver for at most
-            :data:`DRIVER_MAX_USERS` users when no GPU and no number of actors is asked for).
+            another, on its own CUDA device when it has one and ``gpu`` allows: no actors to
+            start, no Ray needed) or ``auto`` (the driver for at most :data:`DRIVER_MAX_USERS`
+            users unless ``actors`` or ``gpu="yes"`` ask for actors).
         compile: score through ``torch.compile`` in each actor: ``auto`` (when each actor has at
             least :data:`COMPILE_MIN_USERS_PER_ACTOR` users, so that the compilation pays for
             itself, and a C++ compiler is installed), ``yes`` or ``no``.
@@ -500,7 +501,8 @@ def resolved(config: BatchScoreConfig) -> BatchScoreConfig:
 def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _log, verify_inputs: bool = True) -> Dict:
     """Scores every user of ``config.data`` and commits ``OUT/run_date=D``; returns the summary
     (the ``_SUCCESS`` content, with the verification report under ``verify`` when
-    ``config.verify``). Needs Ray initialised (``jobs.cli.init_ray``). ``verify_inputs``: see
+    ``config.verify``). Needs Ray initialised (``jobs.cli.init_ray``) unless it scores in the
+    driver (:func:`resolve_score_in`). ``verify_inputs``: see
     :func:`check_config` (the job verified them before starting Ray).
 
     Raises:
@@ -590,12 +592,12 @@ def _score_into(
 ) -> Dict:
     """Scores every user into the parts of ``stage`` and checks them; returns the manifest."""
     batch_size = config.batch_size or auto_batch_size(users.num_rows)
-    actors, gpus = _actor_resources(config.gpu, config.actors, config.cpus_per_actor)
     blocks = [users.slice(i, batch_size) for i in range(0, users.num_rows, batch_size)]
-    in_driver = resolve_score_in(config, users.num_rows, bool(gpus))
+    in_driver = resolve_score_in(config, users.num_rows)
     if in_driver:
         actors, gpus = 1, _driver_gpu(config.gpu)
     else:
+        actors, gpus = _actor_resources(config.gpu, config.actors, config.cpus_per_actor)
         actors = max(1, min(actors, len(blocks)))
     compile_model = resolve_compile(config.compile, -(-users.num_rows // actors), bool(gpus))
     log(
@@ -652,15 +654,21 @@ def _score_into(
     return manifest
 
 
-def resolve_score_in(config: BatchScoreConfig, num_users: int, use_gpu: bool) -> bool:
-    """Whether this run scores in the driver (``config.score_in``: see BatchScoreConfig)."""
+def resolve_score_in(config: BatchScoreConfig, num_users: Optional[int] = None) -> bool:
+    """Whether this run scores in the driver (``config.score_in``: see BatchScoreConfig), which
+    then needs no Ray; ``num_users``: DATA's (read when not given)."""
     if config.score_in != "auto":
         return config.score_in == "driver"
-    return num_users <= DRIVER_MAX_USERS and not use_gpu and config.actors == 0
+    if config.actors != 0 or config.gpu == "yes":
+        return False
+    if num_users is None:
+        num_users = len(Vocabulary.load(_users_path(config.data))) - 1
+    return num_users <= DRIVER_MAX_USERS
 
 
 def _driver_gpu(setting: str) -> int:
-    """1 when the driver scores on its own CUDA device (``--gpu auto`` with one, or ``yes``)."""
+    """1 when the driver scores on its own CUDA device (``--gpu auto`` with one, or ``yes``): the
+    cluster's GPUs are the actors'."""
     import torch
 
     if setting == "yes" and not torch.cuda.is_available():
