@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -13,7 +14,15 @@ import pytest
 
 from ncf.data import layout, schema
 from ncf.data.examples import ExampleConfig
-from ncf.data.preprocess import PreprocessConfig, build_vocabularies, preprocess
+from ncf.data.preprocess import (
+    STATS_FIXED_BYTES,
+    PreprocessConfig,
+    build_vocabularies,
+    preprocess,
+    stats_at,
+    stats_memory,
+)
+from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import FEW_IDS, Vocabularies, Vocabulary
 from ncf.splits import REFIT, VALIDATED
@@ -234,6 +243,30 @@ def test_the_state_holds_every_household_and_purchase_through_the_end(small_data
     assert len(states) == len(vocabs.users) - 1  # every household has its purchases
     first_seen = vocabs.products.column("first_ts")[1:]
     assert first_seen.max() >= stats["boundaries"]["test_start"] or first_seen.min() > 0
+
+
+def test_stats_computed_by_ray_tasks_are_the_drivers(small_data):
+    """Preprocessing computes the products' stats at every cutoff in Ray tasks, in parallel:
+    each is what ProductStats.compute gives in this process, and the saved ones are the end's."""
+    data, stats = small_data
+    states = UserStates.load(layout.user_state_dir(data))
+    category = Vocabularies.load(layout.vocab_dir(data)).products.column("category_index")
+    cutoffs = [stats["boundaries"]["end"] + 1, *stats["cutoffs"][VALIDATED]]
+    by_tasks = stats_at(data, category, cutoffs)
+    assert sorted(by_tasks) == sorted(cutoffs)
+    for cutoff in cutoffs:
+        here = ProductStats.compute(states, category, cutoff)
+        for name in ("lines", "recent_lines", "buyers", "rebuy_rate", "cycle_days", "by_hour"):
+            np.testing.assert_array_equal(getattr(by_tasks[cutoff], name), getattr(here, name), err_msg=name)
+    saved = ProductStats.load(layout.product_stats_dir(data))
+    assert saved.cutoff == cutoffs[0]
+    np.testing.assert_array_equal(saved.cycle_days, by_tasks[cutoffs[0]].cycle_days)
+
+
+def test_a_stats_task_asks_for_its_pass_and_at_most_most_of_a_node():
+    small, large = stats_memory(10**6, 10**4, 16 * 2**30), stats_memory(10**9, 10**6, 16 * 2**30)
+    assert STATS_FIXED_BYTES < small < 2**30 and large == int(0.8 * 16 * 2**30)  # over 16 GB: capped
+    assert stats_memory(10**9, 10**6, 0) > 16 * 10**9  # no node reports its memory: the estimate
 
 
 def test_training_lists_end_where_their_run_must(small_data):

@@ -1,10 +1,10 @@
 """Ray Data preprocessing: purchase logs -> validated state, vocabularies and training lists.
 
-Steps (Ray Data stages, so reading, validation and list building spread over a multi-node
-cluster; the state (step 4) and the product statistics of each cutoff are built on the driver
-from every kept purchase, which bounds a run by the driver's memory: about 24 bytes per purchase
-for the arrays, more while pandas holds them, so a 1B-purchase log needs a driver of well over
-24 GB):
+Steps (Ray Data stages, so reading, validation, the sort of the purchases and list building
+spread over a multi-node cluster; the driver appends the sorted purchases to the state's
+memory-mapped files, about 15 bytes of its memory a purchase, and the products' statistics of
+each cutoff are Ray tasks reading that state a chunk of households at a time, so DATA must be on
+storage every node reads, as for the nightly job):
 
 1. read the logs (Parquet or CSV) and validate every row (:mod:`ncf.data.ingest`); bad rows,
    and rows far after the bulk of the data, go to the quarantine with a ``reason`` and their
@@ -15,7 +15,8 @@ for the arrays, more while pandas holds them, so a 1B-purchase log needs a drive
    moment it was first seen, so that evaluation can hold back what was unknown at a cutoff;
 4. the state: every household's purchases through the data's end (``user_state/``, compact
    arrays) and the products' popularity and cadence at the end (``product_stats/``): what
-   serving and the nightly job rank from;
+   serving and the nightly job rank from; the same statistics at every training cutoff, one
+   Ray task each (:func:`stats_at`);
 5. training lists (``groupby(user).map_groups()``, :mod:`ncf.data.examples`): "bought within H
    days" at several cutoffs, for the validated run (labels end where validation starts) and
    for the deployment refit (labels end with the data).
@@ -34,7 +35,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -301,8 +302,8 @@ def _count_lists(directory: str) -> Dict[str, int]:
     return counts
 
 
-def write_state(indexed: ray.data.Dataset, vocabs: Vocabularies, output: str, end: int) -> UserStates:
-    """Every household's purchases (compact arrays) and the products' stats at the data's end.
+def write_state(indexed: ray.data.Dataset, vocabs: Vocabularies, output: str) -> UserStates:
+    """Every household's purchases (compact arrays).
 
     Ray Data sorts the purchases by household, time and product across the cluster; the driver
     then appends them to memory-mapped files a batch at a time. It never holds the log (tens of
@@ -312,27 +313,62 @@ def write_state(indexed: ray.data.Dataset, vocabs: Vocabularies, output: str, en
         (batch[USER], batch[PRODUCT], batch[TS])
         for batch in ordered.iter_batches(batch_size=STATE_BATCH_ROWS, batch_format="numpy")
     )
-    states = UserStates.write(layout.user_state_dir(output), batches, len(vocabs.users), indexed.count())
-    ProductStats.compute(states, vocabs.products.column("category_index"), end + 1).save(
-        layout.product_stats_dir(output)
-    )
-    return states
+    return UserStates.write(layout.user_state_dir(output), batches, len(vocabs.users), indexed.count())
+
+
+def stats_at(output: str, category: np.ndarray, cutoffs: List[int]) -> Dict[int, ProductStats]:
+    """The products' stats at each cutoff, one Ray task per cutoff, each reading the memory-mapped
+    state of ``output`` a chunk of households at a time: a pass takes minutes at a billion
+    purchases, and a driver would make them one after another. Each task asks Ray for the memory
+    its pass may hold (:func:`stats_memory`), so a node runs only as many as it can hold."""
+    states = UserStates.load(layout.user_state_dir(output))
+    memory = stats_memory(len(states.products), len(category), _largest_node_memory())
+    task = ray.remote(_stats_task).options(num_cpus=1, memory=memory)
+    category_ref = ray.put(category)
+    pending = {task.remote(layout.user_state_dir(output), category_ref, c): c for c in cutoffs}
+    done: Dict[int, ProductStats] = {}
+    started = time.time()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        done[pending.pop(ready[0])] = ray.get(ready[0])
+        _log(f"products' stats: {len(done)}/{len(cutoffs)} cutoffs, {time.time() - started:.1f} s")
+    return done
+
+
+def _stats_task(state_dir: str, category: np.ndarray, cutoff: int) -> ProductStats:
+    return ProductStats.compute(UserStates.load(state_dir), category, cutoff)
+
+
+# What one pass of ProductStats.compute holds besides its chunk: per product, its sums and the
+# 24 hourly counts (float64); per household-product pair bought on two days or more, its product
+# and gap (16 bytes; bounded by the purchases). A chunk's arrays: about 100 bytes a purchase.
+STATS_FIXED_BYTES = 100 * 4_000_000 + 64 * 2**20
+
+
+def stats_memory(num_purchases: int, num_products: int, largest_node: int) -> int:
+    """Bytes a stats task asks Ray for: the most :meth:`ProductStats.compute` may hold, capped
+    at most of the largest node (a pass that needs more would need it in a driver as well)."""
+    need = STATS_FIXED_BYTES + (24 + 8) * 8 * num_products + 16 * num_purchases
+    return int(min(need, 0.8 * largest_node)) if largest_node > 0 else int(need)
+
+
+def _largest_node_memory() -> int:
+    return int(max((node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"]), default=0))
 
 
 def write_examples(
     indexed: ray.data.Dataset,
-    states: UserStates,
     vocabs: Vocabularies,
     cutoffs: Dict[str, list],
+    stats: Dict[int, ProductStats],
     config: ExampleConfig,
     output: str,
 ) -> Dict[str, Dict[str, int]]:
-    """The training lists of every cutoff, partitioned by cutoff (``examples/cutoff=C/``)."""
+    """The training lists of every cutoff, partitioned by cutoff (``examples/cutoff=C/``);
+    ``stats``: the products' stats at each cutoff (:func:`stats_at`)."""
     catalog = Catalog(vocabs.products.column("department_index"), vocabs.products.column("category_index"))
     every = sorted({c for run in cutoffs.values() for c in run})
-    contexts = [
-        Cutoff.build(c, ProductStats.compute(states, catalog.category, c), config.popular_candidates) for c in every
-    ]
+    contexts = [Cutoff.build(c, stats[c], config.popular_candidates) for c in every]
     # Sorted by household and kept in order: a fresh preprocessing writes the same files and so
     # trains the same model (the groupby hands its lists over in the order its tasks finish:
     # 136-170 of 2,070 households moved between two runs).
@@ -490,13 +526,17 @@ def _preprocess_into(
     indexed = kept.map_batches(
         _index_rows, batch_format="pyarrow", fn_kwargs={"users": vocabs.users, "products": vocabs.products}
     ).materialize()
-    _log("writing the state: every household's purchases, the products' stats at the end")
-    states = write_state(indexed, vocabs, output, bounds["end"])
+    _log("writing the state: every household's purchases")
+    write_state(indexed, vocabs, output)
+    every = [] if state_only else sorted({c for run in cutoffs.values() for c in run})
+    _log(f"the products' stats at the data's end and at {len(every)} training cutoffs")
+    stats_by_cutoff = stats_at(output, vocabs.products.column("category_index"), [bounds["end"] + 1, *every])
+    stats_by_cutoff[bounds["end"] + 1].save(layout.product_stats_dir(output))
 
     examples = {}
     if not state_only:
         _log(f"building training lists at {sum(len(c) for c in cutoffs.values())} cutoffs")
-        examples = write_examples(indexed, states, vocabs, cutoffs, config.examples, output)
+        examples = write_examples(indexed, vocabs, cutoffs, stats_by_cutoff, config.examples, output)
         for run, counts in examples.items():
             if counts["lists"] == 0:
                 raise schema.InputError(
