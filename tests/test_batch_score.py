@@ -334,8 +334,8 @@ def test_where_auto_scores_and_a_driver_without_cuda_refusing_gpu_yes():
         bs.check_config(dataclasses.replace(config, score_in="here"))
     if not torch.cuda.is_available():
         assert bs._driver_gpu("auto") == 0
-        with pytest.raises(InputError, match="this process has no CUDA device"):
-            bs._driver_gpu("yes")
+        with pytest.raises(InputError, match="--score-in driver --gpu yes: this process has no CUDA device"):
+            bs.check_config(dataclasses.replace(config, score_in="driver", gpu="yes"))  # before anything is read
 
 
 def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model_dir, small_data):

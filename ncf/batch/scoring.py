@@ -448,6 +448,11 @@ def _check_settings(config: BatchScoreConfig) -> None:
         raise InputError(f"--gpu must be one of {', '.join(GPU_SETTINGS)}, not {config.gpu!r}")
     if config.score_in not in SCORE_IN_SETTINGS:
         raise InputError(f"--score-in must be one of {', '.join(SCORE_IN_SETTINGS)}, not {config.score_in!r}")
+    if config.score_in == "driver" and config.gpu == "yes":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError("--score-in driver --gpu yes: this process has no CUDA device")
     if config.compile not in COMPILE_SETTINGS:
         raise InputError(f"--compile must be one of {', '.join(COMPILE_SETTINGS)}, not {config.compile!r}")
     if config.compile == "yes" and config.gpu == "no":
@@ -667,12 +672,10 @@ def resolve_score_in(config: BatchScoreConfig, num_users: Optional[int] = None) 
 
 
 def _driver_gpu(setting: str) -> int:
-    """1 when the driver scores on its own CUDA device (``--gpu auto`` with one, or ``yes``): the
-    cluster's GPUs are the actors'."""
+    """1 when the driver scores on its own CUDA device (``--gpu auto`` with one, or ``yes``, which
+    :func:`check_config` refuses without one): the cluster's GPUs are the actors'."""
     import torch
 
-    if setting == "yes" and not torch.cuda.is_available():
-        raise InputError("--score-in driver --gpu yes: this process has no CUDA device")
     return int(setting != "no" and torch.cuda.is_available())
 
 
