@@ -7,11 +7,13 @@ Top-K products for every user of DATA, written to OUT/run_date=YYYY-MM-DD/ (Parq
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
 from jobs.cli import check_model, init_ray, job_parser, one_line_errors
 from ncf.batch.scoring import (
+    CHUNK_USERS,
     COMPILE_SETTINGS,
     DRIVER_MAX_USERS,
     MAX_AUTO_BATCH,
@@ -22,6 +24,7 @@ from ncf.batch.scoring import (
     VerificationFailed,
     check_config,
     resolve_score_in,
+    resolved,
     run_batch_scoring,
 )
 from ncf.device import GPU_SETTINGS
@@ -29,7 +32,9 @@ from ncf.device import GPU_SETTINGS
 
 def parse_args(argv=None) -> argparse.Namespace:
     d = BatchScoreConfig(model="", data="", output="")
-    p = job_parser("batch_score", "Nightly batch scoring of every user with Ray Data.")
+    p = job_parser(
+        "batch_score", "Nightly batch scoring of every user: a Ray Data actor pool, or the driver for a small DATA."
+    )
     p.add_argument(
         "--model",
         required=True,
@@ -49,15 +54,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--batch-size",
         type=int,
         default=d.batch_size,
-        help=f"users per batch and part file (0: about {TARGET_PARTS} parts of at most {MAX_AUTO_BATCH:,} users, "
-        "so more parts for large datasets)",
+        help=f"users per batch and part file (0: about {TARGET_PARTS} parts, in whole model calls of "
+        f"{CHUNK_USERS} users, at most {MAX_AUTO_BATCH:,} users each, so more parts for large datasets)",
     )
     p.add_argument(
-        "--actors", type=int, default=d.actors, help="scoring actors (0: one per GPU, else one per CPU of the cluster)"
+        "--actors",
+        type=int,
+        default=d.actors,
+        help="actors of the pool (0: one per GPU when the cluster has GPUs, else one per CPU; "
+        "above 0, a pool even under --score-in auto)",
     )
     p.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor, help="CPUs each scoring actor requests")
     p.add_argument(
-        "--gpu", default=d.gpu, choices=GPU_SETTINGS, help="auto (GPU actors when the cluster has GPUs), yes or no"
+        "--gpu",
+        default=d.gpu,
+        choices=GPU_SETTINGS,
+        help="auto (GPU actors when the cluster has GPUs; in the driver, its own GPU if it has one), yes or no",
     )
     p.add_argument(
         "--score-in",
@@ -71,8 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--compile",
         default=d.compile,
         choices=COMPILE_SETTINGS,
-        help="score through torch.compile in each actor: auto (when each actor has enough users to repay "
-        "the compilation), yes or no",
+        help="score through torch.compile (in each actor, or the driver): auto (when each has enough users "
+        "to repay the compilation), yes or no",
     )
     p.add_argument("--progress-every", type=float, default=d.progress_every_s, help="seconds between progress lines")
     p.add_argument(
@@ -104,9 +116,13 @@ def main(argv=None) -> dict:
             progress_every_s=args.progress_every,
             verify=args.verify,
         )
+        config = resolved(config)  # DATA as the run will read it (a link repointed later is not followed)
         check_config(config)  # before Ray starts
-        if not resolve_score_in(config):
-            init_ray()  # a run in the driver needs no cluster (a local one takes seconds to start)
+        # Decided once: a run in the driver needs no cluster (a local one takes seconds to start).
+        in_driver = resolve_score_in(config)
+        config = dataclasses.replace(config, score_in="driver" if in_driver else "actors")
+        if not in_driver:
+            init_ray()
         try:
             summary = run_batch_scoring(config, verify_inputs=False)  # check_config verified them
         except VerificationFailed as failed:

@@ -5,6 +5,9 @@ which loads :class:`ncf.rank.recommender.Recommender` once and ranks through its
 ``rank`` (many households per model call, each ranked as ``Recommender.recommend`` ranks it):
 the same two-stage ranking, settings and cold start as the Serve endpoint. Each actor writes
 the Parquet part of its batch and returns counts, so the driver reports progress as parts land.
+A small DATA (``score_in``, :data:`DRIVER_MAX_USERS`) is scored by the driver itself through the
+same :class:`ScoreBatch`, one batch after another, without Ray: a pool takes longer to start
+than the driver takes to rank it.
 The driver resolves MODEL and DATA (symlinks included) once and reads the users and the model
 version; each actor loads both again by those paths and checks that it has the same model
 version and that each batch's positions still name its user ids in the vocabulary, so a MODEL
@@ -89,8 +92,9 @@ SCORE_IN_SETTINGS = ("auto", "driver", "actors")
 DRIVER_MAX_USERS = 5_000
 # About this many parts per run: progress is visible, files are not tiny.
 TARGET_PARTS = 50
-# ... of at most this many users each, so large datasets get more parts.
-MAX_AUTO_BATCH = 10_000
+# ... of at most this many users each (312 model calls of the ranker's 32), so large datasets get
+# more parts.
+MAX_AUTO_BATCH = 9_984
 
 
 @dataclass
@@ -198,7 +202,7 @@ def auto_batch_size(num_users: int) -> int:
     """About ``num_users / TARGET_PARTS``, rounded up to whole model calls of the ranker's
     ``CHUNK_USERS`` households (a batch of 50 was a call of 32 and one of 18)."""
     size = -(-max(1, -(-num_users // TARGET_PARTS)) // CHUNK_USERS) * CHUNK_USERS
-    return int(min(size, MAX_AUTO_BATCH // CHUNK_USERS * CHUNK_USERS))
+    return int(min(size, MAX_AUTO_BATCH))
 
 
 # -- scoring (runs in the actors) ------------------------------------------------------------------
