@@ -2,7 +2,7 @@
 
 Steps (Ray Data stages, so reading, validation, the sort of the purchases and list building
 spread over a multi-node cluster; the driver appends the sorted purchases to the state's
-memory-mapped files, about 15 bytes of its memory a purchase, and the products' statistics of
+memory-mapped files, about 6 bytes of its memory a purchase, and the products' statistics of
 each cutoff are Ray tasks reading that state a chunk of households at a time, so DATA must be on
 storage every node reads, as for the nightly job):
 
