@@ -671,7 +671,7 @@ def resolve_score_in(config: BatchScoreConfig, num_users: Optional[int] = None) 
     if config.actors != 0 or config.gpu == "yes":
         return False
     if num_users is None:
-        num_users = len(Vocabulary.load(_users_path(config.data))) - 1
+        num_users = layout.DataStats(config.data).vocab_sizes["num_users"] - 1  # without loading the ids
     return num_users <= DRIVER_MAX_USERS
 
 

@@ -367,6 +367,11 @@ def _largest_cpu_node_memory() -> int:
     return int(max((resources.get("memory", 0) for resources in nodes), default=0))
 
 
+def every_cutoff(cutoffs: Dict[str, list]) -> List[int]:
+    """The training cutoffs of every run, each once, in time order."""
+    return sorted({c for run in cutoffs.values() for c in run})
+
+
 def write_examples(
     indexed: ray.data.Dataset,
     vocabs: Vocabularies,
@@ -378,7 +383,7 @@ def write_examples(
     """The training lists of every cutoff, partitioned by cutoff (``examples/cutoff=C/``);
     ``stats``: the products' stats at each cutoff (:func:`stats_at`)."""
     catalog = Catalog(vocabs.products.column("department_index"), vocabs.products.column("category_index"))
-    every = sorted({c for run in cutoffs.values() for c in run})
+    every = every_cutoff(cutoffs)
     contexts = [Cutoff.build(c, stats[c], config.popular_candidates) for c in every]
     # Sorted by a scrambled household key and kept in order: a fresh preprocessing writes the same
     # files and so trains the same model (the groupby hands its lists over in the order its tasks
@@ -557,7 +562,7 @@ def _preprocess_into(
     ).materialize()
     _log("writing the state: every household's purchases")
     write_state(indexed, vocabs, output)
-    every = [] if state_only else sorted({c for run in cutoffs.values() for c in run})
+    every = [] if state_only else every_cutoff(cutoffs)
     _log(f"the products' stats at the data's end and at {len(every)} training cutoffs")
     stats_by_cutoff = stats_at(output, vocabs.products.column("category_index"), [bounds["end"] + 1, *every])
     stats_by_cutoff[bounds["end"] + 1].save(layout.product_stats_dir(output))
