@@ -9,7 +9,7 @@ from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ncf.data.features import CATEGORY_COLUMNS, DURATION_COLUMNS, OWN_COLUMN, TIMING_COLUMNS
+from ncf.data.features import CATEGORY_COLUMNS, DURATION_COLUMNS, TIMING_COLUMNS
 from ncf.device import default_device
 from ncf.model import AdvancedNCF, ModelConfig, example_batch
 from ncf.model.advanced_ncf import PRODUCT_KEY, USER_KEY, lookup, lookup_distinct
@@ -134,10 +134,9 @@ def test_queries_over_their_owners_keys_equal_one_row_each():
 def test_explanations_differ_between_candidates_of_one_household():
     """Each candidate attends over the household's history with its own query: where the
     weights differ, so do the reasons. With the attention's query and key projections made
-    sharp identities, a candidate that is one of the past purchases weights that purchase most
-    (its product row in the query: ids for every candidate, as before the repeat/explore split)."""
+    sharp identities, a candidate that is one of the past purchases weights that purchase most."""
     torch.manual_seed(0)
-    config = small_config(use_temporal=False, product_ids_explore_only=False)
+    config = small_config(use_temporal=False)
     model = AdvancedNCF(config).eval()
     with torch.no_grad():
         attention = model.history_attention
@@ -180,52 +179,6 @@ def _output_changes(config: ModelConfig, edit) -> bool:
     before = model(batch)
     edit(batch)
     return not torch.allclose(before, model(batch))
-
-
-def test_own_products_are_scored_without_their_product_rows():
-    """The repeat/explore split: a household's own products (feature ``own`` = 1) are scored
-    without their product rows, in the MF path and the MLP path alike, so giving one another id
-    (same category, same timing) leaves its score; a product it never bought is scored with
-    them. With the split off, every candidate's id counts."""
-    config = small_config()
-    model = AdvancedNCF(config).eval()
-    batch = example_batch(config, 2, 6)
-    batch.features[:, OWN_COLUMN] = torch.tensor([1.0, 0.0] * 6)
-    before = model(batch)
-    batch.product.add_(1)
-    after = model(batch)
-    own = batch.features[:, OWN_COLUMN] == 1
-    torch.testing.assert_close(after[own], before[own], rtol=0, atol=0)
-    assert not torch.allclose(after[~own], before[~own])
-    old = AdvancedNCF(dataclasses.replace(config, product_ids_explore_only=False)).eval()
-    batch.product.sub_(1)
-    before = old(batch)
-    batch.product.add_(1)
-    assert not torch.allclose(old(batch)[own], before[own])
-
-
-def test_own_products_of_one_household_attend_differently():
-    """Without their rows, a household's own products still ask the attention through their
-    category and cadence (``CategoryHierarchy``'s vector): products of different categories get
-    different weights over the same history, hence different "because" purchases."""
-    torch.manual_seed(0)
-    config = small_config()
-    model = AdvancedNCF(config).eval()
-    batch = example_batch(config, contexts=1, candidates_per_context=4, seed=2)
-    batch.history[0] = torch.arange(1, config.history_length + 1)
-    batch.features[:, OWN_COLUMN] = 1.0
-    batch.category[:] = torch.tensor([1, 2, 3, 4])
-    _, weights = model.logits(batch, need_weights=True)
-    assert weights.shape == (4, config.history_length)
-    for i in range(1, 4):
-        assert not torch.allclose(weights[0], weights[i])
-
-
-def test_configs_saved_before_the_split_load_without_it():
-    saved = dataclasses.asdict(small_config())
-    del saved["product_ids_explore_only"]
-    assert ModelConfig.from_dict(saved).product_ids_explore_only is False
-    assert small_config().product_ids_explore_only is True
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,6 @@ def _span(group: Tuple[str, ...]) -> slice:
 
 
 TIMING_COLUMNS, DURATION_COLUMNS = _span(TIMING), _span(DURATIONS)
-OWN_COLUMN = FEATURES.index("own")  # 1 where the household bought the candidate before, else 0
 CATEGORY_COLUMNS, CATEGORY_DURATION_COLUMNS = _span(CATEGORY), _span(CATEGORY_DURATIONS)
 
 

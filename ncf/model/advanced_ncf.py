@@ -11,10 +11,6 @@ A hybrid of matrix factorisation and a deep network that scores (household, prod
   age of each past purchase;
 * ``MultiHeadAttention``: each candidate (with its household) queries the household's latest
   purchases, whose keys carry the product and its age; the weights are the explanation;
-* the repeat/explore split (``product_ids_explore_only``): the candidate's product rows (MF
-  vector, MLP-path row) take part only for products the household never bought; its own
-  products are scored from their timing, category and department, and ask the attention through
-  the hierarchy's vector;
 * ``CategoryHierarchy``: product, category and department weighted by attention, the category
   level carrying the household's cadence in that category;
 * ``feature_combination`` (Linear, ReLU, BatchNorm1d, Dropout) and ``mlp_layers`` down through
@@ -47,7 +43,6 @@ from ncf.data.features import (
     DURATION_COLUMNS,
     NEVER_DAYS,
     NUM_FEATURES,
-    OWN_COLUMN,
     TIMING_COLUMNS,
 )
 from ncf.model.batch import Batch
@@ -169,34 +164,11 @@ class AdvancedNCF(nn.Module):
         """N x k days -> N x (k * temporal_dim) sinusoidal encodings."""
         return self.temporal_encoding.lookup(days.clamp(0, NEVER_DAYS)).flatten(1)
 
-    def _explore(self, batch: Batch) -> Optional[torch.Tensor]:
-        """N x 1: 1 for the candidates the household never bought, 0 for its own; None when
-        product ids take part for every candidate (``product_ids_explore_only`` off)."""
-        if not self.config.product_ids_explore_only:
-            return None
-        return (batch.features[:, OWN_COLUMN] == 0).unsqueeze(1).to(batch.features.dtype)
-
-    def _product_vector(self, batch: Batch, candidate: torch.Tensor) -> torch.Tensor:
-        """N x D: the candidate through ``CategoryHierarchy`` (its row, category with the
-        household's cadence there, department), or its row alone without the hierarchy."""
-        if not self.config.use_hierarchy:
-            return candidate
-        features = batch.features
-        cadence = [self.cadence_norm(features[:, CATEGORY_COLUMNS])]
-        if self.config.use_temporal:
-            cadence.append(self._durations(features[:, CATEGORY_DURATION_COLUMNS]))
-        return self.category_hierarchy(candidate, batch.department, batch.category, torch.cat(cadence, 1))
-
     def _mlp_path(
-        self,
-        batch: Batch,
-        need_weights: bool,
-        mf_vector: Optional[torch.Tensor],
-        explore: Optional[torch.Tensor],
+        self, batch: Batch, need_weights: bool, mf_vector: Optional[torch.Tensor]
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """N MLP-path logits (and N x L attention weights); ``mf_vector`` (N x mf_dim) joins the
-        combined features when the MF path is on; ``explore`` (N x 1) keeps the candidates' rows
-        to the products the household never bought."""
+        combined features when the MF path is on."""
         c = self.config
         owner = batch.owner
         user = lookup(self.mlp_embedding_collection, USER_KEY, batch.user)  # U x D
@@ -204,10 +176,6 @@ class AdvancedNCF(nn.Module):
         ids = torch.cat([batch.product, batch.history.reshape(-1)]) if with_history else batch.product
         products = lookup_distinct(self.mlp_embedding_collection, PRODUCT_KEY, ids)  # (N + U * L) x D
         candidate = products[: batch.num_candidates]  # N x D
-        if explore is not None:
-            explore = explore.to(candidate.dtype)
-            candidate = candidate * explore
-        product_vector = self._product_vector(batch, candidate)
         user_rows = user.index_select(0, owner)
         mlp_vector, weights = user_rows, None
         if c.use_attention:
@@ -216,15 +184,19 @@ class AdvancedNCF(nn.Module):
             keys = history * mask.unsqueeze(-1)
             if c.use_temporal:
                 keys = keys + self.history_age_projection(self.temporal_encoding.lookup(batch.history_age_days))
-            # Without its row, an own product asks through its category and cadence, so that two
-            # of a household's products still attend (and explain) differently; a new product
-            # asks with its row, which is what matches it to similar past purchases.
-            asking = candidate if explore is None else candidate + product_vector * (1 - explore)
-            query = user_rows + asking
-            attended, weights = self.history_attention(query, keys, keys, mask, need_weights=need_weights, owner=owner)
+            attended, weights = self.history_attention(
+                user_rows + candidate, keys, keys, mask, need_weights=need_weights, owner=owner
+            )
             mlp_vector = mlp_vector + attended
         features = batch.features
-        parts = [mlp_vector, product_vector]
+        parts = [mlp_vector]
+        if c.use_hierarchy:
+            cadence = [self.cadence_norm(features[:, CATEGORY_COLUMNS])]
+            if c.use_temporal:
+                cadence.append(self._durations(features[:, CATEGORY_DURATION_COLUMNS]))
+            parts.append(self.category_hierarchy(candidate, batch.department, batch.category, torch.cat(cadence, 1)))
+        else:
+            parts.append(candidate)
         if c.use_temporal:
             moment = self.temporal_encoding(batch.time_parts).index_select(0, owner)
             parts.append(moment + self.duration_projection(self._durations(features[:, DURATION_COLUMNS])))
@@ -235,11 +207,10 @@ class AdvancedNCF(nn.Module):
         hidden = self.mlp_layers(self.feature_combination(torch.cat(parts, dim=1)))
         return self.mlp_output(hidden).squeeze(1), weights
 
-    def _mf_vector(self, batch: Batch, explore: Optional[torch.Tensor]) -> torch.Tensor:
-        """N x mf_dim: household vector * candidate vector (0 where ``explore`` is 0)."""
+    def _mf_vector(self, batch: Batch) -> torch.Tensor:
+        """N x mf_dim: household vector * candidate vector."""
         user = lookup(self.mf_embedding_collection, USER_KEY, batch.user).index_select(0, batch.owner)
-        vector = user * lookup(self.mf_embedding_collection, PRODUCT_KEY, batch.product)
-        return vector if explore is None else vector * explore.to(vector.dtype)
+        return user * lookup(self.mf_embedding_collection, PRODUCT_KEY, batch.product)
 
     # -- entry points ----------------------------------------------------------------------------
 
@@ -249,10 +220,9 @@ class AdvancedNCF(nn.Module):
         if batch.features.shape[1] != NUM_FEATURES:
             raise ValueError(f"the batch has {batch.features.shape[1]} features, the model reads {NUM_FEATURES}")
         zero = torch.zeros(batch.num_candidates, device=batch.features.device)
-        explore = self._explore(batch)
-        mf_vector = self._mf_vector(batch, explore) if self.config.use_mf else None
+        mf_vector = self._mf_vector(batch) if self.config.use_mf else None
         mf = zero if mf_vector is None else self.mf_output(mf_vector).squeeze(1)
-        mlp, weights = self._mlp_path(batch, need_weights, mf_vector, explore) if self.config.use_mlp else (zero, None)
+        mlp, weights = self._mlp_path(batch, need_weights, mf_vector) if self.config.use_mlp else (zero, None)
         return self.final[0](torch.stack([mf, mlp], dim=1)).squeeze(1), weights
 
     def forward(self, batch: Batch, return_logits: bool = False) -> torch.Tensor:
@@ -277,7 +247,6 @@ def example_batch(config: ModelConfig, contexts: int, candidates_per_context: in
     history[torch.arange(length)[None, :] >= history_len[:, None]] = 0
     features = torch.rand(n, NUM_FEATURES, generator=g) * 3
     features[:, DURATION_COLUMNS] = torch.rand(n, DURATION_COLUMNS.stop - DURATION_COLUMNS.start, generator=g) * 366
-    features[:, OWN_COLUMN] = (features[:, OWN_COLUMN] > 1.5).float()  # own and new products alike
     return Batch(
         user=ints(config.num_users, u),
         time_parts=torch.stack([ints(24, u, low=0), ints(7, u, low=0), ints(366, u, low=0), ints(13, u)], dim=1),

@@ -21,15 +21,6 @@ class ModelConfig:
     (department/category and the category-level cadence), ``use_mf`` (the MF path and its
     output), ``use_mlp`` (the whole MLP path and its output) and ``use_timing`` (the numeric
     purchase-timing features).
-
-    ``product_ids_explore_only`` keeps the candidate's product rows (its MF vector, its row in
-    the MLP path) to the candidates the household has never bought, as RepeatNet splits repeat
-    from explore (Ren et al., AAAI 2019): a household's own products are scored from their
-    purchase timing, category, department and the household's history. Product rows trained on
-    earlier windows' labels carry each product's rate of those windows, which its timing and
-    current statistics say better: on Complete Journey the split gained 0.003 / 0.003 over 3
-    seeds and narrowed their spread (BENCHMARKS.md, "Ablations"). Models saved before the switch
-    existed load with it off, as they were trained.
     """
 
     num_users: int
@@ -50,7 +41,6 @@ class ModelConfig:
     use_mf: bool = True
     use_mlp: bool = True
     use_timing: bool = True
-    product_ids_explore_only: bool = True
 
     def __post_init__(self) -> None:
         if not (self.use_mf or self.use_mlp):
@@ -100,8 +90,6 @@ class ModelConfig:
 
     @staticmethod
     def from_dict(values: Dict) -> "ModelConfig":
-        # Saved before the switch existed: product ids took part for every candidate.
-        values = {"product_ids_explore_only": False, **values}
         known = {f.name for f in dataclasses.fields(ModelConfig)}
         unknown = set(values) - known
         if unknown:
