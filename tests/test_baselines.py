@@ -182,6 +182,37 @@ def test_tifu_knn_without_neighbours_is_the_personal_vector_and_neighbours_bring
     assert 7 in later.rank(1, at, 4).tolist() and 7 not in later.rank(1, 20 * DAY, 4).tolist()
 
 
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_tifu_knn_neighbours_on_demand_are_the_dense_similaritys_nearest(metric):
+    """Neighbours are searched one household at a time (no households x households matrix):
+    the same k nearest as a brute-force dense similarity over every household with purchases
+    before the period, never the household itself nor one without purchases."""
+    rng = np.random.default_rng(5)
+    purchases = {
+        u: [(int(p), float(d)) for p, d in zip(rng.integers(1, 30, 12), rng.uniform(0, 19, 12))] for u in range(1, 40)
+    }
+    purchases[40] = [(3, 25.0)]  # buys only after the period start: never a neighbour
+    states = states_of(purchases)
+    context = PointInTime.build(states, vocabularies(40, 29), 20 * DAY)
+    ranker = TifuKnnRanker(
+        context, groups=3, within_decay=0.9, across_decay=0.8, alpha=0.5, neighbours=5, metric=metric
+    )
+    x = ranker.vectors.toarray()
+    norms = np.linalg.norm(x, axis=1)
+    if metric == "cosine":
+        dense = x @ x.T / np.maximum(np.outer(norms, norms), 1e-300)
+    else:
+        dense = -((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(dense, -np.inf)
+    dense[:, norms == 0] = -np.inf
+    for user in range(1, 40):
+        found = ranker.neighbours_of(user, ranker.vectors[user], True)
+        assert sorted(found.tolist()) == sorted(np.argsort(-dense[user], kind="stable")[:5].tolist()), user
+        assert user not in found and 40 not in found and 0 not in found
+        # Asked again, the period's answer is kept, not searched again.
+        assert ranker.neighbours_of(user, ranker.vectors[user], True) is found
+
+
 # -- tuning on validation, never on test -----------------------------------------------------
 
 

@@ -32,11 +32,13 @@ start (the ranker is built for a period); the household's own vector from its pu
 strictly before ``at``. In full ranking ``at`` is the household's first visit of the period,
 so the two coincide and the neighbours found for the period-start vectors are reused.
 
-Neighbour search is exact: one sparse product of the L2-normalised vectors over the ~2.5k
-households of Complete Journey (a 2.5k x 2.5k similarity matrix). At millions of households
-one would reduce the vectors (e.g. a truncated SVD to a few hundred dimensions) and use an
-approximate index (FAISS IVF/HNSW or ScaNN on the normalised vectors), computing each
-household's neighbour mean once per period in batch.
+Neighbour search is exact and on demand: a household's similarities to every other household
+are one sparse row times the households' vectors (their norms and transpose computed once per
+period), its k nearest kept for the period, the row dropped. Memory is one row of households
+per question and k neighbours per household asked, not a households x households matrix
+(10M households would make that 800 TB); the time per question grows with the households that
+share its products. At millions of households asked in batch one would reduce the vectors
+(a truncated SVD to a few hundred dimensions) and use an approximate index (FAISS IVF/HNSW).
 """
 
 from __future__ import annotations
@@ -132,7 +134,6 @@ class TifuKnnRanker:
         }
         self.vectors = self._period_vectors()
         self._prior = tie_prior(context.popularity, 1e-9)
-        self._neighbours = self._period_neighbours() if self._blends else None
 
     @property
     def _blends(self) -> bool:
@@ -151,43 +152,52 @@ class TifuKnnRanker:
             )
         return self.context.memo[key]
 
-    def _similarity(self) -> np.ndarray:
-        """Households x households similarity at the period start (higher = nearer), -inf for
-        the household itself and for households without purchases before the period."""
-        key = ("tifu_similarity", self.groups, self.within, self.across, self.metric)
+    def _index(self) -> Tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+        """The households' vectors transposed (products x households, for one row's products
+        against every household), their L2 norms, and which households may be neighbours
+        (purchases before the period): computed once per vector setting and shared."""
+        key = ("tifu_index", self.groups, self.within, self.across)
         if key not in self.context.memo:
-            sim = self._similarity_to(self.vectors)
-            np.fill_diagonal(sim, -np.inf)
-            self.context.memo[key] = sim
+            x = self.vectors
+            norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+            candidate = np.zeros(x.shape[0], bool)
+            candidate[self.context.households()] = True
+            self.context.memo[key] = (x.T.tocsr(), norms, candidate)
         return self.context.memo[key]
 
-    def _similarity_to(self, queries: sp.csr_matrix) -> np.ndarray:
-        x = self.vectors
-        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
-        q_norms = np.sqrt(np.asarray(queries.multiply(queries).sum(axis=1)).ravel())
-        dots = np.asarray((queries @ x.T).todense(), dtype=np.float64)
+    def _similarity_to(self, own: sp.csr_matrix) -> np.ndarray:
+        """Households: the similarity of one vector (1 x products) to each household's (higher =
+        nearer), -inf for households without purchases before the period."""
+        transposed, norms, candidate = self._index()
+        dots = np.asarray((own @ transposed).todense(), dtype=np.float64).ravel()
+        own_norm = np.sqrt(np.asarray(own.multiply(own).sum(axis=1)).ravel()[0])
         if self.metric == "cosine":
-            sim = dots / np.maximum(q_norms[:, None] * norms[None, :], 1e-300)
+            sim = dots / np.maximum(own_norm * norms, 1e-300)
         else:  # minus the squared Euclidean distance
-            sim = 2 * dots - q_norms[:, None] ** 2 - norms[None, :] ** 2
-        candidate = np.zeros(x.shape[0], bool)
-        candidate[self.context.households()] = True
-        sim[:, ~candidate] = -np.inf
+            sim = 2 * dots - own_norm**2 - norms**2
+        sim[~candidate] = -np.inf
         return sim
 
-    def _top_neighbours(self, sim: np.ndarray) -> np.ndarray:
-        """Each row's k most similar households, as a row of indices (k capped at the number of
-        households; entries of similarity -inf are dropped where they are used)."""
-        k = min(self.k, sim.shape[1])
+    def _nearest(self, user: int, own: sp.csr_matrix) -> np.ndarray:
+        """The k households most similar to ``own`` (never ``user`` itself, none at -inf)."""
+        sim = self._similarity_to(own)
+        sim[user] = -np.inf
+        k = min(self.k, len(sim))
         if k == 0:
-            return np.zeros((sim.shape[0], 0), np.int64)
-        return np.argpartition(-sim, k - 1, axis=1)[:, :k]
+            return np.zeros(0, np.int64)
+        neighbours = np.argpartition(-sim, k - 1)[:k]
+        return neighbours[np.isfinite(sim[neighbours])]
 
-    def _period_neighbours(self) -> np.ndarray:
+    def neighbours_of(self, user: int, own: sp.csr_matrix, at_start: bool) -> np.ndarray:
+        """The household's k nearest households (indices), from its own vector; at the period
+        start they are kept for the period (rankers that differ only in alpha share them)."""
+        if not at_start:
+            return self._nearest(user, own)
         key = ("tifu_neighbours", self.groups, self.within, self.across, self.metric, self.k)
-        if key not in self.context.memo:
-            self.context.memo[key] = self._top_neighbours(self._similarity())
-        return self.context.memo[key]
+        found = self.context.memo.setdefault(key, {})
+        if user not in found:
+            found[user] = self._nearest(user, own)
+        return found[user]
 
     def personal(self, user: int, at: int) -> Tuple[sp.csr_matrix, bool]:
         """The household's own vector at ``at`` (1 x products) and whether it is its vector at
@@ -201,16 +211,6 @@ class TifuKnnRanker:
         shape = (1, self.context.num_products)
         users = np.zeros(len(products), np.int64)
         return tifu_vectors(users, products, times, shape, self.groups, self.within, self.across), False
-
-    def neighbours_of(self, user: int, own: sp.csr_matrix, at_start: bool) -> np.ndarray:
-        """The household's k nearest households (indices), from its own vector."""
-        if at_start:
-            sim, neighbours = self._similarity()[user], self._neighbours[user]
-        else:
-            sim = self._similarity_to(own)[0]
-            sim[user] = -np.inf
-            neighbours = self._top_neighbours(sim[None, :])[0]
-        return neighbours[np.isfinite(sim[neighbours])]
 
     def predict(self, user: int, at: int) -> np.ndarray:
         """alpha * own + (1 - alpha) * the neighbours' mean, dense over product indices."""
