@@ -170,7 +170,7 @@ class TifuKnnRanker:
         nearer), -inf for households without purchases before the period."""
         transposed, norms, candidate = self._index()
         dots = np.asarray((own @ transposed).todense(), dtype=np.float64).ravel()
-        own_norm = np.sqrt(np.asarray(own.multiply(own).sum(axis=1)).ravel()[0])
+        own_norm = np.sqrt(np.asarray(own.multiply(own).sum(axis=1)).ravel())  # 1-element: squared as x * x, as before
         if self.metric == "cosine":
             sim = dots / np.maximum(own_norm * norms, 1e-300)
         else:  # minus the squared Euclidean distance
