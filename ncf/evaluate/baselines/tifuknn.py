@@ -35,10 +35,11 @@ so the two coincide and the neighbours found for the period-start vectors are re
 Neighbour search is exact and on demand: a household's similarities to every other household
 are one sparse row times the households' vectors (their norms and transpose computed once per
 period), its k nearest kept for the period, the row dropped. Memory is one row of households
-per question and k neighbours per household asked, not a households x households matrix
-(10M households would make that 800 TB); the time per question grows with the households that
-share its products. At millions of households asked in batch one would reduce the vectors
-(a truncated SVD to a few hundred dimensions) and use an approximate index (FAISS IVF/HNSW).
+per question and k neighbours per household asked and setting, not a households x households
+matrix (10M households would make that 800 TB); the time per question is the sparse product
+(the households that share its products) plus one pass over every household's similarity.
+At millions of households asked in batch one would reduce the vectors (a truncated SVD to a
+few hundred dimensions) and use an approximate index (FAISS IVF/HNSW).
 """
 
 from __future__ import annotations
@@ -104,6 +105,12 @@ def tifu_vectors(
     return vectors
 
 
+def _row_norms(x: sp.csr_matrix) -> np.ndarray:
+    """Rows: each row's L2 norm (one formula for households and questions, so that a question
+    that is a household's own vector gets that household's norm to the bit)."""
+    return np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+
+
 class TifuKnnRanker:
     name = "tifu_knn"
 
@@ -159,7 +166,7 @@ class TifuKnnRanker:
         key = ("tifu_index", self.groups, self.within, self.across)
         if key not in self.context.memo:
             x = self.vectors
-            norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+            norms = _row_norms(x)
             candidate = np.zeros(x.shape[0], bool)
             candidate[self.context.households()] = True
             self.context.memo[key] = (x.T.tocsr(), norms, candidate)
@@ -170,7 +177,7 @@ class TifuKnnRanker:
         nearer), -inf for households without purchases before the period."""
         transposed, norms, candidate = self._index()
         dots = np.asarray((own @ transposed).todense(), dtype=np.float64).ravel()
-        own_norm = np.sqrt(np.asarray(own.multiply(own).sum(axis=1)).ravel())  # 1-element: squared as x * x, as before
+        own_norm = _row_norms(own)  # 1 element, not a scalar: squared as x * x, as the households' norms
         if self.metric == "cosine":
             sim = dots / np.maximum(own_norm * norms, 1e-300)
         else:  # minus the squared Euclidean distance
