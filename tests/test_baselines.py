@@ -182,35 +182,50 @@ def test_tifu_knn_without_neighbours_is_the_personal_vector_and_neighbours_bring
     assert 7 in later.rank(1, at, 4).tolist() and 7 not in later.rank(1, 20 * DAY, 4).tolist()
 
 
+def brute_force_nearest(x: np.ndarray, own: np.ndarray, user: int, k: int, metric: str) -> list:
+    """The k rows of ``x`` most similar to ``own`` by a dense search over every row, never
+    ``user`` nor a row without purchases (sorted indices; ties broken by index)."""
+    norms = np.linalg.norm(x, axis=1)
+    if metric == "cosine":
+        sim = x @ own / np.maximum(norms * np.linalg.norm(own), 1e-300)
+    else:
+        sim = -((x - own) ** 2).sum(-1)
+    sim[user] = -np.inf
+    sim[norms == 0] = -np.inf
+    order = np.argsort(-sim, kind="stable")
+    return sorted(order[np.isfinite(sim[order])][:k].tolist())
+
+
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_tifu_knn_neighbours_on_demand_are_the_dense_similaritys_nearest(metric):
     """Neighbours are searched one household at a time (no households x households matrix):
-    the same k nearest as a brute-force dense similarity over every household with purchases
-    before the period, never the household itself nor one without purchases."""
+    the same k nearest as a brute-force dense search over every household with purchases before
+    the period, for several k on one context, never the household itself nor one without
+    purchases. A search from a vector other than the period start's is not kept."""
     rng = np.random.default_rng(5)
     purchases = {
         u: [(int(p), float(d)) for p, d in zip(rng.integers(1, 30, 12), rng.uniform(0, 19, 12))] for u in range(1, 40)
     }
     purchases[40] = [(3, 25.0)]  # buys only after the period start: never a neighbour
-    states = states_of(purchases)
-    context = PointInTime.build(states, vocabularies(40, 29), 20 * DAY)
-    ranker = TifuKnnRanker(
-        context, groups=3, within_decay=0.9, across_decay=0.8, alpha=0.5, neighbours=5, metric=metric
-    )
-    x = ranker.vectors.toarray()
-    norms = np.linalg.norm(x, axis=1)
-    if metric == "cosine":
-        dense = x @ x.T / np.maximum(np.outer(norms, norms), 1e-300)
-    else:
-        dense = -((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    np.fill_diagonal(dense, -np.inf)
-    dense[:, norms == 0] = -np.inf
-    for user in range(1, 40):
-        found = ranker.neighbours_of(user, ranker.vectors[user], True)
-        assert sorted(found.tolist()) == sorted(np.argsort(-dense[user], kind="stable")[:5].tolist()), user
-        assert user not in found and 40 not in found and 0 not in found
-        # Asked again, the period's answer is kept, not searched again.
-        assert ranker.neighbours_of(user, ranker.vectors[user], True) is found
+    context = PointInTime.build(states_of(purchases), vocabularies(40, 29), 20 * DAY)
+    for k in (1, 5, 38, 60):  # 38: every other household with purchases; 60: more than there are
+        ranker = TifuKnnRanker(
+            context, groups=3, within_decay=0.9, across_decay=0.8, alpha=0.5, neighbours=k, metric=metric
+        )
+        x = ranker.vectors.toarray()
+        for user in range(1, 40):
+            found = ranker.neighbours_of(user, ranker.vectors[user], True)
+            assert sorted(found.tolist()) == brute_force_nearest(x, x[user], user, k, metric), (k, user)
+            assert user not in found and 40 not in found and 0 not in found
+            # Asked again, the period's answer is kept (per k), not searched again.
+            assert ranker.neighbours_of(user, ranker.vectors[user], True) is found
+        # From another vector (as after purchases since the start): searched each time, and
+        # the start's answer is neither replaced nor returned.
+        start_answer = ranker.neighbours_of(1, ranker.vectors[1], True)
+        later = ranker.neighbours_of(1, ranker.vectors[2], False)
+        assert later is not ranker.neighbours_of(1, ranker.vectors[2], False)
+        assert sorted(later.tolist()) == brute_force_nearest(x, x[2], 1, k, metric), k
+        assert ranker.neighbours_of(1, ranker.vectors[1], True) is start_answer
 
 
 # -- tuning on validation, never on test -----------------------------------------------------
