@@ -76,8 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=d.score_in,
         choices=SCORE_IN_SETTINGS,
         help=f"actors (a Ray Data pool), driver (this process, on its own GPU if it has one: no actors "
-        f"to start, no Ray) or auto (the driver for at most {DRIVER_MAX_USERS:,} users unless --actors "
-        "or --gpu yes ask for actors)",
+        f"to start, no Ray) or auto (the driver for at most {DRIVER_MAX_USERS:,} users unless --actors, "
+        "--cpus-per-actor or --gpu yes ask for actors)",
     )
     p.add_argument(
         "--compile",
@@ -94,6 +94,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="N",
         help="check the staged output before the commit: every user K rows, N sampled users equal "
         "Recommender.recommend; on failure nothing is committed (the previous partition stays), exit status 1",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an OUT that is not a batch-scoring directory, and replace a run_date=D/ "
+        "without _SUCCESS (both refused otherwise: they are not this job's)",
     )
     return p.parse_args(argv)
 
@@ -115,6 +121,7 @@ def main(argv=None) -> dict:
             compile=args.compile,
             progress_every_s=args.progress_every,
             verify=args.verify,
+            overwrite=args.overwrite,
         )
         config = resolved(config)  # DATA as the run will read it (a link repointed later is not followed)
         check_config(config)  # before Ray starts

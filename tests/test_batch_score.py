@@ -4,6 +4,7 @@ job killed halfway leaves nothing committed and is completed by the next run."""
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,9 @@ import torch
 
 from jobs import batch_score
 from ncf.batch import scoring as bs
+from ncf.data import layout
 from ncf.errors import InputError
+from ncf.jsonio import read_json, write_json
 from ncf.moments import resolve_at, run_date_of
 from ncf.rank.recommender import Recommender
 
@@ -49,18 +52,27 @@ def test_at_resolves_dates_datetimes_and_data_end():
 
 
 def test_clean_stale_removes_this_dates_leftovers_and_old_runs_only(tmp_path):
+    from ncf.batch import commit
+
     out = str(tmp_path)
     tmp = os.path.join(out, bs.TMP)
     mine = os.path.join(tmp, "run_date=2024-01-02", "dead-run")
     replaced = os.path.join(tmp, "replaced-run_date=2024-01-02-dead-run")
     other_fresh = os.path.join(tmp, "run_date=2024-01-03", "running")
     other_old = os.path.join(tmp, "run_date=2023-12-01", "dead")
-    for path in (mine, replaced, other_fresh, other_old):
+    # Old code removed these too: old entries of another tool, and a date this OUT never ran.
+    foreign = os.path.join(tmp, "spark-staging-0001")
+    never_ran = os.path.join(tmp, "run_date=2023-11-30", "not-ours")
+    for path in (mine, replaced, other_fresh, other_old, foreign, never_ran):
         os.makedirs(path)
+    os.makedirs(os.path.join(out, commit.COMMIT))
+    for partition in ("run_date=2024-01-03", "run_date=2023-12-01"):  # each run takes its lock first
+        open(commit.lock_path(out, partition), "a").close()
     old = time.time() - bs.STALE_SECONDS - 60
-    os.utime(os.path.join(tmp, "run_date=2023-12-01"), (old, old))
+    for name in ("run_date=2023-12-01", "spark-staging-0001", "run_date=2023-11-30"):
+        os.utime(os.path.join(tmp, name), (old, old))
     removed = bs.clean_stale(out, "2024-01-02")
-    assert sorted(os.listdir(tmp)) == ["run_date=2024-01-03"]
+    assert sorted(os.listdir(tmp)) == ["run_date=2023-11-30", "run_date=2024-01-03", "spark-staging-0001"]
     assert len(removed) == 3
     assert bs.clean_stale(str(tmp_path / "missing"), "2024-01-02") == []
 
@@ -330,6 +342,11 @@ def test_where_auto_scores_and_a_driver_without_cuda_refusing_gpu_yes():
     assert not bs.resolve_score_in(config, bs.DRIVER_MAX_USERS + 1)
     assert not bs.resolve_score_in(dataclasses.replace(config, gpu="yes"), 10)  # GPUs asked for: actors'
     assert not bs.resolve_score_in(dataclasses.replace(config, actors=2), 10)
+    assert not bs.resolve_score_in(dataclasses.replace(config, cpus_per_actor=2), 10)  # a pool's setting
+    # Old code ran in the driver and ignored the pool's settings, silently.
+    for pool in ({"actors": 2}, {"cpus_per_actor": 0.5}):
+        with pytest.raises(InputError, match="--score-in driver scores in this process: --actors and --cpus-per"):
+            bs.check_config(dataclasses.replace(config, score_in="driver", **pool))
     assert bs.resolve_score_in(dataclasses.replace(config, score_in="driver", gpu="yes"), 10**9)
     assert not bs.resolve_score_in(dataclasses.replace(config, score_in="actors"), 10)
     with pytest.raises(InputError, match="--score-in must be one of auto, driver, actors, not 'here'"):
@@ -338,6 +355,18 @@ def test_where_auto_scores_and_a_driver_without_cuda_refusing_gpu_yes():
         assert bs._driver_gpu("auto") == 0
         with pytest.raises(InputError, match="--score-in driver --gpu yes: this process has no CUDA device"):
             bs.check_config(dataclasses.replace(config, score_in="driver", gpu="yes"))  # before anything is read
+
+
+def test_users_are_counted_without_their_ids_even_from_an_old_stats_json(small_data, tmp_path):
+    """Old code: a stats.json written before it had vocab_sizes made --score-in auto a TypeError."""
+    data, _ = small_data
+    old = str(tmp_path / "old")
+    shutil.copytree(layout.vocab_dir(data), layout.vocab_dir(old))
+    stats = read_json(layout.stats_path(data))
+    del stats["vocab_sizes"]
+    write_json(layout.stats_path(old), stats)
+    assert bs.count_users(old) == bs.count_users(data) == bs.read_users(data).num_rows > 0
+    assert bs.resolve_score_in(bs.BatchScoreConfig(model="m", data=old, output="o"))
 
 
 def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model_dir, small_data):

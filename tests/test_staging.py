@@ -216,3 +216,73 @@ def test_two_runs_of_one_date_at_once_the_second_is_refused(tmp_path):
     assert read_json(os.path.join(commit.partition_path(output, PARTITION), commit.SUCCESS)) == {"run_id": "holder"}
     # The refused run touched nothing: the holder committed, and its stage root went with it.
     assert not os.path.exists(os.path.join(output, commit.TMP, PARTITION))
+
+
+def test_an_output_that_is_not_a_batch_scoring_directory_is_refused_unless_overwrite(tmp_path):
+    """Old code wrote into any OUT: it removed another tool's ``_tmp`` entries and replaced a
+    ``run_date=D/`` it had not written (no ``_SUCCESS``) with its own partition."""
+    output = str(tmp_path / "out")
+    foreign = os.path.join(output, commit.TMP, PARTITION, "their-work")
+    theirs = os.path.join(commit.partition_path(output, PARTITION), "their.parquet")
+    _write(os.path.join(foreign, "x"))
+    _write(theirs, "theirs")
+    with pytest.raises(InputError, match="is not empty and is not a batch-scoring directory .*--overwrite"):
+        with commit.PartitionRun(output, PARTITION, "refused"):
+            pass
+    assert os.path.exists(os.path.join(foreign, "x")) and not os.path.exists(os.path.join(output, commit.COMMIT))
+
+    # A batch-scoring directory (it has _commit/) with a foreign partition of the date: refused too.
+    with commit.PartitionRun(output, "run_date=2024-01-03", "other", overwrite=True) as run:
+        run.commit({"run_id": "other"})
+    with pytest.raises(InputError, match=f"{PARTITION} exists without {commit.SUCCESS} .*--overwrite"):
+        with commit.PartitionRun(output, PARTITION, "refused"):
+            pass
+    assert open(theirs).read() == "theirs"
+
+    with commit.PartitionRun(output, PARTITION, "forced", overwrite=True) as run:
+        _write(os.path.join(run.stage, "part-0.parquet"), "forced")
+        run.commit({"run_id": "forced"})
+    assert read_json(os.path.join(commit.partition_path(output, PARTITION), commit.SUCCESS)) == {"run_id": "forced"}
+    assert not os.path.exists(theirs)
+    with pytest.raises(InputError, match="exists and is not a directory"):
+        commit.check_output(os.path.join(output, "run_date=2024-01-03", commit.SUCCESS), PARTITION, overwrite=True)
+    os.makedirs(tmp_path / "empty")
+    for fresh in ("absent", "empty"):  # a new OUT, or an empty one, is fine
+        commit.check_output(str(tmp_path / fresh), PARTITION)
+
+
+@pytest.mark.parametrize("second_try", ["succeeds", "fails"])
+def test_a_swap_that_fails_after_its_journal_keeps_the_complete_stage(tmp_path, monkeypatch, second_try):
+    """Old code: leaving the block after a failed swap removed the stage, the complete new
+    partition the journal names, so the roll-forward had nothing to roll (and the date's new
+    output was lost). Now the stage is swapped in on the way out, or by the next run."""
+    output = str(tmp_path / "out")
+    with commit.PartitionRun(output, PARTITION, "first") as run:
+        run.commit({"run_id": "first"})
+    finish = staging._finish
+    calls = []
+
+    def flaky_finish(record, journal):
+        calls.append(journal)
+        if len(calls) == 1 or second_try == "fails":
+            raise OSError("disk hiccup")
+        finish(record, journal)
+
+    monkeypatch.setattr(staging, "_finish", flaky_finish)
+    messages = []
+    with pytest.raises(OSError, match="disk hiccup"):
+        with commit.PartitionRun(output, PARTITION, "second", log=messages.append) as run:
+            _write(os.path.join(run.stage, "part-0.parquet"), "second")
+            run.commit({"run_id": "second"})
+    final = commit.partition_path(output, PARTITION)
+    if second_try == "succeeds":
+        assert any("finished from its journal" in m for m in messages)
+        assert read_json(os.path.join(final, commit.SUCCESS)) == {"run_id": "second"}
+        assert not os.path.exists(commit.journal_path(output, PARTITION))
+        return
+    assert any("the next run of" in m for m in messages)
+    assert os.path.exists(os.path.join(output, commit.TMP, PARTITION, "second", commit.SUCCESS))  # kept
+    monkeypatch.setattr(staging, "_finish", finish)
+    with commit.PartitionRun(output, PARTITION, "third"):
+        assert read_json(os.path.join(final, commit.SUCCESS)) == {"run_id": "second"}
+        assert open(os.path.join(final, "part-0.parquet")).read() == "second"

@@ -13,6 +13,12 @@ Layout::
 Readers skip names that start with ``_`` or ``.`` (pyarrow, Ray Data) and must treat a
 partition without ``_SUCCESS`` as absent.
 
+What is not this protocol's is never touched (:func:`check_output`): a non-empty OUT with
+neither ``_commit/`` nor a committed partition is refused, a partition directory without
+``_SUCCESS`` is not replaced, and ``_tmp`` entries are removed only when their names are this
+protocol's (a stage root or a parked partition of a partition that has a lock in ``_commit``).
+``overwrite`` lifts the first two refusals.
+
 Protocol (:class:`PartitionRun`):
 
 1. open: take the partition's lock, refusing at once when another live run holds it
@@ -29,9 +35,11 @@ Protocol (:class:`PartitionRun`):
    no partition, never a partial one.
 
 A run that dies before 3 leaves only ``_tmp`` entries, which the next run removes. One that
-dies inside 3 (between the two renames, say: no partition in place) leaves its journal, and
-the next run of any partition rolls the swap forward: the partition becomes the dead run's
-complete one, then that run replaces it as usual. The lock goes when its run ends or its
+raises inside 3 after the journal is written keeps its stage and rolls the swap forward on its
+way out (or, when that fails too, leaves both to the next run). One that dies inside 3
+(between the two renames, say: no partition in place) leaves its journal, and the next run of
+any partition rolls the swap forward: the partition becomes the dead run's complete one, then
+that run replaces it as usual. The lock goes when its run ends or its
 process dies (the kernel drops it), so a held lock is always a live run.
 """
 
@@ -44,6 +52,7 @@ import time
 from contextlib import ExitStack
 from typing import Callable, Dict, List, Optional
 
+from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.staging import Busy, exclusive, remove, roll_forward, swap
 
@@ -74,6 +83,45 @@ def journal_path(output: str, partition: str) -> str:
 
 def parked_path(output: str, partition: str, run_id: str) -> str:
     return os.path.join(output, TMP, f"{REPLACED}{partition}-{run_id}")
+
+
+# -- what may be written ------------------------------------------------------------------------------
+
+
+def _partitions_with_locks(output: str) -> List[str]:
+    """Partition names this protocol has run in OUT: each run takes its lock file first."""
+    root = os.path.join(output, COMMIT)
+    names = os.listdir(root) if os.path.isdir(root) else []
+    return sorted(name[: -len(".lock")] for name in names if name.endswith(".lock"))
+
+
+def _committed(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, SUCCESS))
+
+
+def check_output(output: str, partition: str, overwrite: bool = False) -> None:
+    """Refuses (InputError, one line) to write ``partition`` into ``output`` when ``output`` is
+    a file, or is a non-empty directory that has neither ``_commit/`` nor a committed partition
+    (not a batch-scoring directory: its ``_tmp`` and partitions may be another tool's), or when
+    the partition is there but is not committed (no ``_SUCCESS``: not this protocol's, so
+    replacing it would delete someone's data). ``overwrite`` lifts the last two."""
+    if os.path.lexists(output) and not os.path.isdir(output):
+        raise InputError(f"--output {output}: exists and is not a directory")
+    if overwrite or not os.path.isdir(output):
+        return
+    names = os.listdir(output)
+    ours = COMMIT in names or any(_committed(os.path.join(output, name)) for name in names)
+    if names and not ours:
+        raise InputError(
+            f"--output {output}: is not empty and is not a batch-scoring directory (no {COMMIT}/, no "
+            f"partition with {SUCCESS}); refusing to write into it (pass --overwrite to write anyway)"
+        )
+    final = partition_path(output, partition)
+    if os.path.lexists(final) and not _committed(final) and not os.path.exists(journal_path(output, partition)):
+        raise InputError(
+            f"--output {output}: {partition} exists without {SUCCESS} (not written by batch scoring); "
+            "refusing to replace it (pass --overwrite to replace it anyway)"
+        )
 
 
 # -- recovery ----------------------------------------------------------------------------------------
@@ -134,25 +182,37 @@ def _pending_paths(output: str) -> set:
     return paths
 
 
+def _owner(name: str, partitions: List[str]) -> Optional[str]:
+    """The partition a ``_tmp`` entry belongs to (its stage root, or its parked old partition);
+    None when the name is not this protocol's."""
+    for partition in partitions:
+        if name == partition or name.startswith(f"{REPLACED}{partition}-"):
+            return partition
+    return None
+
+
 def clean_stale(output: str, partition: str, now: Optional[float] = None) -> List[str]:
     """Removes what dead runs left in ``OUT/_tmp``: every entry of ``partition`` (the caller
     holds its lock) and other partitions' entries older than ``STALE_SECONDS`` whose lock is
-    free; never what a swap under way names. Returns the removed paths."""
+    free; never what a swap under way names, nor an entry whose name is not this protocol's
+    (see :func:`_owner`). Returns the removed paths."""
     root = os.path.join(output, TMP)
     if not os.path.isdir(root):
         return []
     now = time.time() if now is None else now
     pending = _pending_paths(output)
+    partitions = sorted(set(_partitions_with_locks(output)) | {partition}, key=len, reverse=True)
     removed = []
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
-        if os.path.abspath(path) in pending:
+        owner = _owner(name, partitions)
+        if owner is None or os.path.abspath(path) in pending:
             continue
-        mine = name == partition or name.startswith(f"{REPLACED}{partition}-")
+        mine = owner == partition
         # A replaced partition without a pending journal is a leftover; a staged run is one
         # only when no live run holds its partition's lock.
         stale = now - os.path.getmtime(path) > STALE_SECONDS and (
-            name.startswith(REPLACED) or not _locked(output, name)
+            name.startswith(REPLACED) or not _locked(output, owner)
         )
         if mine or stale:
             remove(path)
@@ -170,17 +230,29 @@ class PartitionRun:
             ...  # write the parts into run.stage
             final = run.commit(manifest)
 
-    Leaving the block without committing removes the stage (the partition is untouched).
+    Leaving the block without committing removes the stage (the partition is untouched), unless
+    the swap had begun (its journal written): then the stage is complete and is swapped in on
+    the way out, or left to the next run when that fails too. ``overwrite``: see
+    :func:`check_output`.
     """
 
-    def __init__(self, output: str, partition: str, run_id: str, log: Callable[[str], None] = lambda m: None):
+    def __init__(
+        self,
+        output: str,
+        partition: str,
+        run_id: str,
+        log: Callable[[str], None] = lambda m: None,
+        overwrite: bool = False,
+    ):
         self.output, self.partition, self.run_id, self.log = os.path.abspath(output), partition, run_id, log
+        self.overwrite = overwrite
         self.final = partition_path(self.output, partition)
         self.stage = os.path.join(stage_root(self.output, partition), run_id)
         self.committed = False
         self._stack = ExitStack()
 
     def __enter__(self) -> "PartitionRun":
+        check_output(self.output, self.partition, self.overwrite)
         with ExitStack() as stack:
             stack.enter_context(exclusive(lock_path(self.output, self.partition), self.final))
             if recover(self.output, self.partition):
@@ -205,10 +277,22 @@ class PartitionRun:
         self.committed = True
         return self.final
 
+    def _finish_or_leave(self) -> None:
+        """The swap failed after its journal: the stage is complete, so roll it forward now, or
+        leave stage and journal for the next run's :func:`recover` (never delete either)."""
+        try:
+            recover(self.output, self.partition)
+            self.log(f"the commit failed midway and was finished from its journal: {self.final}")
+        except Exception as e:  # noqa: BLE001  (the error that stopped the run is the one raised)
+            self.log(f"the commit failed midway ({e}); the next run of {self.partition} finishes it")
+
     def __exit__(self, *exc) -> None:
         try:
             if not self.committed:
-                shutil.rmtree(self.stage, ignore_errors=True)
+                if os.path.exists(journal_path(self.output, self.partition)):
+                    self._finish_or_leave()
+                else:
+                    shutil.rmtree(self.stage, ignore_errors=True)
             # The partition's stage root, empty once the stage is renamed or removed: left, the
             # next run would report it as what a dead run left. Under the lock, no other run's
             # stage can be in it.

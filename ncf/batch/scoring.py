@@ -117,8 +117,9 @@ class BatchScoreConfig:
         gpu: ``auto`` (GPU actors when the cluster has GPUs), ``yes`` or ``no``.
         score_in: ``actors`` (a Ray Data pool), ``driver`` (this process, one batch after
             another, on its own CUDA device when it has one and ``gpu`` allows: no actors to
-            start, no Ray needed) or ``auto`` (the driver for at most :data:`DRIVER_MAX_USERS`
-            users unless ``actors`` or ``gpu="yes"`` ask for actors).
+            start, no Ray needed; ``actors`` and ``cpus_per_actor`` are refused with it) or
+            ``auto`` (the driver for at most :data:`DRIVER_MAX_USERS` users unless ``actors``,
+            ``cpus_per_actor`` or ``gpu="yes"`` ask for actors).
         compile: score through ``torch.compile`` in each actor: ``auto`` (when each actor has at
             least :data:`COMPILE_MIN_USERS_PER_ACTOR` users, so that the compilation pays for
             itself, and a C++ compiler is installed), ``yes`` or ``no``.
@@ -126,6 +127,9 @@ class BatchScoreConfig:
         verify: when above 0, the staged output is checked before the commit
             (:func:`verify_parts`, with this many sampled users) and not committed unless it
             passes: the previous partition stays.
+        overwrite: write into an OUT that is not a batch-scoring directory, and replace a
+            partition directory without ``_SUCCESS`` (:func:`ncf.batch.commit.check_output`
+            refuses both otherwise).
     """
 
     model: str
@@ -141,6 +145,7 @@ class BatchScoreConfig:
     compile: str = "auto"
     progress_every_s: float = 10.0
     verify: int = 0
+    overwrite: bool = False
 
 
 def _log(message: str) -> None:
@@ -174,6 +179,15 @@ def read_users(data: str) -> pa.Table:
     return pa.table(
         {"position": pa.array(np.arange(1, len(vocab), dtype=np.int64)), "user_id": typed_ids(vocab, vocab.ids)}
     )
+
+
+def count_users(data: str) -> int:
+    """DATA's users without loading their ids: stats.json's count, or (a stats.json written
+    before it had one) the user vocabulary's row count from its Parquet footer."""
+    sizes = layout.DataStats(data).vocab_sizes
+    if sizes and "num_users" in sizes:
+        return int(sizes["num_users"]) - 1
+    return pq.ParquetFile(_users_path(data)).metadata.num_rows - 1  # row 0: the unknown user
 
 
 def new_to_model(model: str, data: str) -> int:
@@ -452,6 +466,9 @@ def _check_settings(config: BatchScoreConfig) -> None:
         raise InputError(f"--gpu must be one of {', '.join(GPU_SETTINGS)}, not {config.gpu!r}")
     if config.score_in not in SCORE_IN_SETTINGS:
         raise InputError(f"--score-in must be one of {', '.join(SCORE_IN_SETTINGS)}, not {config.score_in!r}")
+    if config.score_in == "driver" and (config.actors or config.cpus_per_actor != BatchScoreConfig.cpus_per_actor):
+        # The driver scores in this process: a pool's size would be ignored, silently.
+        raise InputError("--score-in driver scores in this process: --actors and --cpus-per-actor are for actors")
     if config.score_in == "driver" and config.gpu == "yes":
         import torch
 
@@ -477,11 +494,6 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_i
     resolve_at(config.at, 0, now=now)  # a bad --at fails before the data is looked at
     stats = layout.DataStats(config.data)
     check_catalog(model_config["model"], stats.vocab_sizes, config.data)
-    if verify_inputs:
-        # Last, as they read every byte. The actors load both without checksums: a damaged
-        # directory would rank wrongly, silently.
-        verify_model_dir(os.path.abspath(config.model))
-        verify_data_state(config.data)
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
     at = resolve_at(config.at, stats.end + 1, now=now)
     first_day = day_of(stats.boundaries["start"])
@@ -490,6 +502,13 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_i
         raise InputError(
             f"--at {config.at}: the data's first purchase is on {run_date_of(first_day)}; rank a later day"
         )
+    # Before Ray starts; PartitionRun checks again under the date's lock.
+    commit.check_output(os.path.abspath(config.output), partition_name(run_date_of(at)), config.overwrite)
+    if verify_inputs:
+        # Last, as they read every byte. The actors load both without checksums: a damaged
+        # directory would rank wrongly, silently.
+        verify_model_dir(os.path.abspath(config.model))
+        verify_data_state(config.data)
     return model_config, at
 
 
@@ -542,7 +561,7 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
     # A replay's product stats: one pass over every purchase, here, for the actors and the check.
     replay_stats = _replay_stats(config.data, at, log) if replay else None
     # The date's lock is held from here to the commit: a second run of the date is refused.
-    with PartitionRun(output, partition_name(run_date), run_id, log=log) as run:
+    with PartitionRun(output, partition_name(run_date), run_id, log=log, overwrite=config.overwrite) as run:
         manifest = _score_into(
             run.stage, config, model, model_config, users, at, run_date, run_id, started, log, replay_stats
         )
@@ -668,10 +687,10 @@ def resolve_score_in(config: BatchScoreConfig, num_users: Optional[int] = None) 
     then needs no Ray; ``num_users``: DATA's (read when not given)."""
     if config.score_in != "auto":
         return config.score_in == "driver"
-    if config.actors != 0 or config.gpu == "yes":
+    if config.actors != 0 or config.cpus_per_actor != BatchScoreConfig.cpus_per_actor or config.gpu == "yes":
         return False
     if num_users is None:
-        num_users = layout.DataStats(config.data).vocab_sizes["num_users"] - 1  # without loading the ids
+        num_users = count_users(config.data)
     return num_users <= DRIVER_MAX_USERS
 
 
