@@ -60,9 +60,34 @@ def test_most_bought_orders_by_the_chosen_decay_then_lines_then_id():
     assert agg.most_bought(2, half_life_column=1).tolist() == [3, 8]
 
 
-def test_bought_at_marks_the_same_basket():
-    tl = timeline()
-    assert tl.bought_at(np.array([9, 7, 5]), np.array([4, 4, 2]) * DAY).tolist() == [True, False, True]
+def test_typical_gaps_count_utc_days_as_the_products_cycle_does():
+    """Old code divided exact seconds: 23:00 then 01:00 the next day was a 0.08-day gap, while
+    ProductStats counts the same purchases as one day apart (and the feature ``gap`` falls back
+    from one to the other)."""
+    hour = DAY // 24
+    tl = UserTimeline(np.array([5, 5, 5, 6, 6]), np.array([23 * hour, DAY + hour, 3 * DAY + 12 * hour, 0, hour]))
+    agg = tl.aggregates(10 * DAY, half_lives=(7.0,))
+    assert agg.span_days.tolist() == [3.0, 0.0]
+    assert agg.typical_gap[0] == 1.5 and np.isnan(agg.typical_gap[1])  # 6: twice on one day
+    states = UserStates.from_purchases(np.ones(5, np.int64), tl.products, tl.timestamps, 2)
+    assert ProductStats.compute(states, np.zeros(7, np.int64), 10 * DAY).cycle_days[5] == agg.typical_gap[0]
+
+
+def test_the_unknown_category_is_no_category():
+    """Old code pooled every product a partial catalog lacks (category 0) into one category:
+    its cadence, due-ness and the category candidates mixed unrelated products."""
+    category = np.array([0, 0, 0, 2, 2, 0])  # products 1, 2 and 5 unknown
+    tl = UserTimeline(np.array([1, 2, 3, 5, 4]), np.array([0, 1, 2, 3, 4]) * DAY)
+    agg = tl.aggregates(5 * DAY, half_lives=(7.0,), categories=category)
+    assert agg.keys.tolist() == [2] and agg.days.tolist() == [2] and agg.typical_gap.tolist() == [2.0]
+    assert agg.lookup(np.array([0, 2])).tolist() == [-1, 0]
+    assert tl.aggregates(5 * DAY, half_lives=(7.0,)).keys.tolist() == [1, 2, 3, 4, 5]  # products: all
+    stats = ProductStats.compute(UserStates.from_purchases(np.ones(5), tl.products, tl.timestamps, 2), category, 0)
+    x = candidate_features(tl, np.array([1, 3]), 5 * DAY, Catalog(np.zeros(6, np.int64), category), stats)
+    assert x[:, FEATURES.index("category_own")].tolist() == [0.0, 1.0]
+    assert x[:, FEATURES.index("category_since")].tolist() == [NEVER_DAYS, 1.0]  # 3's category: 4 on day 4
+    with pytest.raises(IndexError, match=r"in \[0, 6\)"):
+        candidate_features(tl, np.array([-1]), 5 * DAY, Catalog(np.zeros(6, np.int64), category), stats)
 
 
 def _stats(num_products=12, cutoff=4 * DAY):

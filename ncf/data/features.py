@@ -8,15 +8,20 @@ A ranking question is one household at one moment over C candidate products. Its
   before the moment, in four groups the model routes to its parts:
 
   - :data:`TIMING` (numeric, the MLP's timing block): does the household buy it, how often
-    (lines, distinct days, distinct-day counts decayed at half-lives of 7/30/90/365 days, share
-    of its baskets), how due it is (days since the last purchase / its typical gap), the
-    household's size and rhythm, and the product's global popularity and repurchase rate;
+    (lines, distinct days, distinct-day counts decayed at half-lives of 7/30/90/365 days,
+    distinct days bought per basket of the household's), how due it is (days since the last
+    purchase / its typical gap), the household's size and rhythm, and the product's global
+    popularity and repurchase rate;
   - :data:`DURATIONS` (days, through ``TemporalEncoding``): days since the household last
     bought it, its typical gap (the product's global cycle when the household bought it on one
-    day only), the product's global cycle, days since the household's last basket and its
-    typical gap between baskets;
+    day only or never), the product's global cycle, days since the household's last basket
+    and its typical gap between baskets;
   - :data:`CATEGORY` (numeric) and :data:`CATEGORY_DURATIONS` (days), into ``CategoryHierarchy``:
-    the same cadence at the level of the candidate's category, for sparse products.
+    the same cadence at the level of the candidate's category, for sparse products (none for
+    products of the unknown category 0).
+
+Days are UTC calendar days: a typical gap is the mean number of day numbers between distinct
+purchase days, for the household (``gap``) as for all households (``product_cycle``).
 
 :func:`candidate_features` is the only function that computes them: preprocessing calls it for
 training examples and the ranking core for every request, so the two cannot drift apart.
@@ -120,9 +125,12 @@ def candidate_features(
     """C x NUM_FEATURES float32 features of ``candidates`` for the household at ``at``.
 
     Reads the household's purchases strictly before ``at`` and ``stats`` (the products as known
-    at a cutoff no later than ``at``).
+    at a cutoff no later than ``at``). Raises IndexError for an index outside the catalog
+    (a negative one would silently read another product).
     """
     candidates = np.asarray(candidates, np.int64)
+    if len(candidates) and (candidates.min() < 0 or candidates.max() >= catalog.num_products):
+        raise IndexError(f"candidate product indices must be in [0, {catalog.num_products})")
     own = timeline.aggregates(at, HALF_LIVES)
     pos = own.lookup(candidates)
     bought = pos >= 0

@@ -29,10 +29,10 @@ _DAY = 86_400
 
 @dataclass
 class ProductStats:
-    """Per product index (0 = unknown, all zero), from purchases before ``cutoff``.
+    """Per product index (0 = unknown: zero counts, NaN cycle), from purchases before ``cutoff``.
 
-    ``cycle_days`` is the median, over the households that bought the product on two days or
-    more, of their mean days between purchases (NaN when nobody rebought it).
+    ``cycle_days`` is the median, over the households that bought the product on two UTC days or
+    more, of their mean days between purchase days (NaN when nobody rebought it).
     """
 
     cutoff: int

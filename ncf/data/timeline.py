@@ -13,20 +13,21 @@ import numpy as np
 
 from ncf.moments import SECONDS_PER_DAY
 
-_SHIFT = np.int64(32)  # product index in the high bits, seconds since the first purchase below
+_SHIFT = np.int64(32)  # key (product or category) in the high bits, day number below
 _DAY = np.int64(86_400)
 
 
 @dataclass(frozen=True)
 class Aggregates:
     """Per-key summaries of a household's purchases before a moment (keys: products or
-    categories, sorted). Durations in days before the moment; days are distinct calendar days."""
+    categories, sorted). Ages in days before the moment; days are distinct UTC calendar days."""
 
     keys: np.ndarray  # K distinct keys, sorted
     lines: np.ndarray  # K purchase lines
     days: np.ndarray  # K distinct days bought
     first_age: np.ndarray  # K days since the first purchase
     last_age: np.ndarray  # K days since the last purchase
+    span_days: np.ndarray  # K UTC day numbers between the first and the last purchase day
     decayed: np.ndarray  # K x H distinct-day counts, each day weighted 0.5 ** (age / half-life)
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
@@ -44,14 +45,18 @@ class Aggregates:
 
     @property
     def typical_gap(self) -> np.ndarray:
-        """K mean days between distinct purchase days (NaN when bought on one day only)."""
+        """K mean days between distinct purchase days, in UTC day numbers as the products'
+        global cycle (:class:`ncf.data.product_stats.ProductStats`) counts them; NaN when
+        bought on one day only."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.days > 1, (self.first_age - self.last_age) / (self.days - 1), np.nan)
+            return np.where(self.days > 1, self.span_days / (self.days - 1), np.nan)
 
 
-def _aggregate(keys: np.ndarray, day_first: np.ndarray, ages: np.ndarray, half_lives: Sequence[float]) -> Aggregates:
-    """``keys``, ``ages``: one entry per purchase line; ``day_first`` marks the first line of each
-    (key, day), so that day counts and decays count a day once."""
+def _aggregate(
+    keys: np.ndarray, day: np.ndarray, day_first: np.ndarray, ages: np.ndarray, half_lives: Sequence[float]
+) -> Aggregates:
+    """``keys``, ``day`` (UTC day numbers), ``ages``: one entry per purchase line; ``day_first``
+    marks the first line of each (key, day), so that day counts and decays count a day once."""
     unique, inverse = np.unique(keys, return_inverse=True)
     k = len(unique)
     lines = np.bincount(inverse, minlength=k)
@@ -60,11 +65,15 @@ def _aggregate(keys: np.ndarray, day_first: np.ndarray, ages: np.ndarray, half_l
     last_age = np.full(k, np.inf)
     np.maximum.at(first_age, inverse, ages)
     np.minimum.at(last_age, inverse, ages)
+    first_day = np.full(k, np.iinfo(np.int64).max)
+    last_day = np.full(k, np.iinfo(np.int64).min)
+    np.minimum.at(first_day, inverse, day)
+    np.maximum.at(last_day, inverse, day)
     day_ages, day_keys = ages[day_first > 0], inverse[day_first > 0]
     decayed = np.stack(
         [np.bincount(day_keys, weights=0.5 ** (day_ages / h), minlength=k) for h in half_lives], axis=1
     ).reshape(k, len(half_lives))
-    return Aggregates(unique, lines, days, first_age, last_age, decayed)
+    return Aggregates(unique, lines, days, first_age, last_age, (last_day - first_day).astype(np.float64), decayed)
 
 
 class UserTimeline:
@@ -86,7 +95,6 @@ class UserTimeline:
         self.products = products
         self.timestamps = timestamps
         self.t0 = np.int64(timestamps[0]) if len(timestamps) else np.int64(0)
-        self._keys = None
         self._first = None
         # The latest summaries per kind (products, categories): the first stage and the features
         # of one question read the same ones.
@@ -133,16 +141,6 @@ class UserTimeline:
         ``distinct_before`` entries of :attr:`first_products` are those products."""
         return np.searchsorted(self._first_purchases()[1], at, side="left")
 
-    def bought_at(self, products: np.ndarray, at: np.ndarray) -> np.ndarray:
-        """True where the product was bought exactly at that moment (in that basket)."""
-        if self._keys is None:
-            self._keys = np.sort((self.products << _SHIFT) | (self.timestamps - self.t0))
-        base = np.asarray(products, dtype=np.int64) << _SHIFT
-        rel = np.clip(np.asarray(at, dtype=np.int64) - self.t0, 0, (1 << 32) - 1)
-        return np.searchsorted(self._keys, base + rel, side="right") > np.searchsorted(
-            self._keys, base + rel, side="left"
-        )
-
     # -- what ranking reads ----------------------------------------------------------------------
 
     def history(self, at: np.ndarray, length: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -164,7 +162,9 @@ class UserTimeline:
 
     def aggregates(self, at: int, half_lives: Sequence[float], categories: np.ndarray | None = None) -> Aggregates:
         """Per product (or, given ``categories`` indexed by product, per category) summaries of
-        the purchases strictly before ``at``."""
+        the purchases strictly before ``at``. Category 0 (unknown: products a partial catalog
+        does not list) is no category: its purchases are left out of the category summaries,
+        so unrelated products never pool into one cadence."""
         kind = categories is not None
         key, categories_seen, summary = self._summaries.get(kind, (None, None, None))
         if key == (at, tuple(half_lives)) and categories_seen is categories:
@@ -172,11 +172,15 @@ class UserTimeline:
         k = self._before(at)
         products, timestamps = self.products[:k], self.timestamps[:k]
         keys = products if categories is None else categories[products].astype(np.int64)
+        if categories is not None:
+            known = keys > 0
+            keys, timestamps = keys[known], timestamps[known]
+            k = len(keys)
         day = timestamps // _DAY
         # Purchases are in time order, so the first line of each (key, day) comes first.
         _, first_index = np.unique((keys << _SHIFT) | (day - (day[0] if k else 0)), return_index=True)
         day_first = np.zeros(k)
         day_first[first_index] = 1.0
-        summary = _aggregate(keys, day_first, (at - timestamps) / SECONDS_PER_DAY, half_lives)
+        summary = _aggregate(keys, day, day_first, (at - timestamps) / SECONDS_PER_DAY, half_lives)
         self._summaries[kind] = ((at, tuple(half_lives)), categories, summary)
         return summary
