@@ -14,6 +14,7 @@ from helpers import REPO
 
 import ncf
 from jobs import cli
+from ncf.data.features import FEATURES_VERSION
 from ncf.jsonio import write_json
 from ncf.model.directory import FORMAT_VERSION
 
@@ -89,12 +90,18 @@ def paths(tmp_path):
     # DATA with (empty) training lists, a model directory as far as the checks before Ray read it,
     # and a purchase log.
     (tmp_path / "lists" / "examples" / "cutoff=1").mkdir(parents=True)
-    write_json(str(tmp_path / "lists" / "stats.json"), {"cutoffs": {"validated": [1]}, "boundaries": {}})
+    write_json(
+        str(tmp_path / "lists" / "stats.json"),
+        {"cutoffs": {"validated": [1]}, "boundaries": {}, "features_version": FEATURES_VERSION},
+    )
+    # The same lists computed by code of an older feature definition (before the version was kept).
+    (tmp_path / "old-lists" / "examples" / "cutoff=1").mkdir(parents=True)
+    write_json(str(tmp_path / "old-lists" / "stats.json"), {"cutoffs": {"validated": [1]}, "boundaries": {}})
     (tmp_path / "model").mkdir()
     config = {"format_version": FORMAT_VERSION, "version": "v1", "model": {"num_products": 1000}, "ranking": {}}
     write_json(str(tmp_path / "model" / "config.json"), config)
     (tmp_path / "logs.csv").write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
-    names = ("missing", "empty", "other", "state", "lists", "model", "logs.csv")
+    names = ("missing", "empty", "other", "state", "lists", "old-lists", "model", "logs.csv")
     return {name: str(tmp_path / name) for name in names}
 
 
@@ -106,6 +113,11 @@ def _cases(p: dict, out: str) -> list:
         ("train", ["--data", p["other"], "--output", out], [p["other"], "no stats.json", "jobs.preprocess"]),
         ("train", ["--data", p["state"], "--output", out], [p["state"], "no training lists", "--state-only"]),
         ("train", ["--data", p["other"], "--output", out, "--model", "{oops"], ["--model", "not JSON"]),
+        (
+            "train",
+            ["--data", p["old-lists"], "--output", out],
+            [p["old-lists"], f"features version 1, this code computes version {FEATURES_VERSION}", "preprocess again"],
+        ),
         ("tune_sweep", ["--data", p["empty"], "--output", out], [p["empty"], "jobs.preprocess first"]),
         ("evaluate", ["--model", p["other"], "--data", p["other"]], [p["other"], "no stats.json"]),
         ("evaluate", ["--baselines-only", "--data", p["missing"]], [p["missing"], "jobs.preprocess first"]),

@@ -44,6 +44,12 @@ from ncf.data.product_stats import ProductStats
 from ncf.data.timeline import UserTimeline
 from ncf.moments import TIME_PARTS, time_parts_of
 
+# Changes when a feature's definition changes: weights learnt on one version's numbers would read
+# another's silently. Preprocessing records it beside the training lists (stats.json) and jobs
+# refuse lists of another version; model directories carry it through their format version.
+# 2 (2026-12-01): the unknown category 0 is no category; own typical gaps in UTC day numbers.
+FEATURES_VERSION = 2
+
 HALF_LIVES = (7.0, 30.0, 90.0, 365.0)
 CATEGORY_HALF_LIVES = (30.0, 365.0)
 NEVER_DAYS = 366.0  # durations are clamped here: "never", or more than a year ago

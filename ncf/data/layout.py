@@ -92,6 +92,12 @@ class DataStats:
         return bool(self.raw.get("cutoffs", {}).get(run))
 
     @property
+    def features_version(self) -> int:
+        """The :data:`ncf.data.features.FEATURES_VERSION` the training lists were computed with
+        (1: preprocessed before it was recorded)."""
+        return int(self.raw.get("features_version", 1))
+
+    @property
     def vocab_sizes(self) -> Optional[dict]:
         """``num_users``, ``num_products``, ``num_departments``, ``num_categories``, as
         :meth:`ncf.data.vocab.Vocabularies.sizes` gives them (None where stats.json lacks them)."""

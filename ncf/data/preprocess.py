@@ -57,7 +57,7 @@ from ncf.data.examples import (
     ExampleConfig,
     household_lists,
 )
-from ncf.data.features import Catalog
+from ncf.data.features import FEATURES_VERSION, Catalog
 from ncf.data.product_stats import ProductStats
 from ncf.data.schema import TS
 from ncf.data.user_state import CHUNK_ROWS, UserStates
@@ -588,6 +588,7 @@ def _preprocess_into(
         "boundaries": bounds,
         "boundaries_utc": {k: str(pd.Timestamp(v, unit="s")) for k, v in bounds.items()},
         "vocab_sizes": vocabs.sizes(),
+        "features_version": FEATURES_VERSION,
         **vocab_stats,
         **catalog_stats,
         "config": asdict(config),

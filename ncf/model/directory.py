@@ -46,7 +46,9 @@ from ncf.model.integrity import vocab_digest, write_manifest
 from ncf.splits import REFIT, VALIDATED
 from ncf.staging import replacing
 
-FORMAT_VERSION = 2
+# 3: weights trained on features version 2 (ncf.data.features.FEATURES_VERSION); a directory of
+# format 2 learnt on other numbers for the same feature names, so it is refused, not served.
+FORMAT_VERSION = 3
 CONFIG = "config.json"
 WEIGHTS = "model.pt"
 METRICS = "metrics.json"
