@@ -21,6 +21,7 @@ from jobs import batch_score, evaluate, preprocess, train
 from jobs.cli import init_ray, job_parser, one_line_errors, positive_int, tcp_port
 from ncf.batch.scoring import partition_dir
 from ncf.data import layout
+from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
 
 STAGES = 6
@@ -97,7 +98,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workdir", default="artifacts/demo", help="where the data, models, report and scores go")
     p.add_argument("--epochs", type=positive_int, default=3, help="training epochs at most")
     p.add_argument("--port", type=tcp_port, default=8000, help="Serve's port on 127.0.0.1")
-    p.add_argument("--reuse-data", action="store_true", help="keep DATA if a previous run preprocessed it")
+    p.add_argument(
+        "--reuse-data",
+        action="store_true",
+        help="keep DATA if a previous run preprocessed it with this code's feature definitions",
+    )
     return p.parse_args(argv)
 
 
@@ -116,7 +121,9 @@ def main(argv=None) -> list:
 
     try:
         _stage(1, "preprocess Complete Journey (Ray Data)", started)
-        if args.reuse_data and os.path.exists(layout.stats_path(data)):
+        stats = layout.stats_path(data)
+        reusable = os.path.exists(stats) and layout.DataStats(data).features_version == FEATURES_VERSION
+        if args.reuse_data and reusable:
             print(f"reusing {data}")
         else:
             preprocess.main(["--dataset", "completejourney", "--output", data])

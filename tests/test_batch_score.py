@@ -51,6 +51,7 @@ def test_at_resolves_dates_datetimes_and_data_end():
             resolve_at(word, data_end=0)
 
 
+@pytest.mark.faults
 def test_clean_stale_removes_this_dates_leftovers_and_old_runs_only(tmp_path):
     from ncf.batch import commit
 
@@ -357,6 +358,7 @@ def test_where_auto_scores_and_a_driver_without_cuda_refusing_gpu_yes():
             bs.check_config(dataclasses.replace(config, score_in="driver", gpu="yes"))  # before anything is read
 
 
+@pytest.mark.faults
 def test_users_are_counted_without_their_ids_even_from_an_old_stats_json(small_data, tmp_path):
     """Old code: a stats.json written before it had vocab_sizes made --score-in auto a TypeError."""
     data, _ = small_data

@@ -47,7 +47,13 @@ def fake_model_dir(root, version: str, test_ndcg: float = 0.3) -> str:
     data.mkdir(exist_ok=True)
     path.mkdir()
     write_json(str(data / "stats.json"), {"rows_in": 1})
-    config = {"format_version": FORMAT_VERSION, "version": version, "run": "validated", "model": {}, "trained_through": 5}
+    config = {
+        "format_version": FORMAT_VERSION,
+        "version": version,
+        "run": "validated",
+        "model": {},
+        "trained_through": 5,
+    }
     write_json(str(path / "config.json"), {**config, "data": {"path": str(data)}})
     (path / "model.pt").write_bytes(version.encode())
     history = [{"epoch": 1, "train_loss": 0.5, "val_ndcg@10": 0.2}]
