@@ -193,7 +193,7 @@ def check_data(path: str, runs: tuple = (), option: str = "--data") -> str:
     """A DATA directory of jobs.preprocess (its stats.json), with the training lists of ``runs``
     (``validated``, ``refit``) when a job trains on it."""
     from ncf.data import layout
-    from ncf.data.features import FEATURES_VERSION
+    from ncf.data.examples import check_features_version
 
     require_dir(path, DATA_DIR, option, PREPROCESS_FIRST)
     stats = layout.DataStats(path)  # no stats.json: names the path and jobs.preprocess
@@ -206,11 +206,8 @@ def check_data(path: str, runs: tuple = (), option: str = "--data") -> str:
                 f"{path}: no training lists for the {run} run ({option}; preprocessed with --state-only?); "
                 "run python -m jobs.preprocess without --state-only first"
             )
-    if runs and stats.features_version != FEATURES_VERSION:
-        raise InputError(
-            f"{path}: training lists of features version {stats.features_version}, this code computes "
-            f"version {FEATURES_VERSION}; run python -m jobs.preprocess again"
-        )
+    if runs:
+        check_features_version(path)
     return path
 
 

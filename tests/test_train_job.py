@@ -14,9 +14,10 @@ import time
 import pytest
 from helpers import REPO
 
+from ncf.data.features import FEATURES_VERSION
 from ncf.device import gpus_within, resolve_gpu
 from ncf.errors import InputError
-from ncf.jsonio import write_json
+from ncf.jsonio import read_json, write_json
 
 ON_AUTOSCALING = " (on a cluster that adds GPU nodes on demand, --gpu-wait SECONDS waits for them)"
 
@@ -26,7 +27,12 @@ def fake_data(root: str, history_length: int = 8) -> str:
     os.makedirs(os.path.join(root, "examples", "cutoff=1"))
     write_json(
         os.path.join(root, "stats.json"),
-        {"cutoffs": {"validated": [1]}, "boundaries": {}, "config": {"examples": {"history_length": history_length}}},
+        {
+            "cutoffs": {"validated": [1]},
+            "boundaries": {},
+            "config": {"examples": {"history_length": history_length}},
+            "features_version": FEATURES_VERSION,
+        },
     )
     return root
 
@@ -194,3 +200,31 @@ def test_zero_keeps_its_meaning_where_it_has_one():
 
     args = train.parse_args(["--data", "d", "--output", "o", "--val-users", "0", "--max-steps-per-epoch", "0"])
     assert args.val_users == 0 and args.max_steps_per_epoch == 0  # every household; the whole split
+
+
+@pytest.mark.faults
+def test_lists_and_checkpoints_of_another_features_version_are_refused_by_every_trainer(tmp_path):
+    """jobs.evaluate fitted the boosted ranker on lists of any version, and a reused --name
+    resumed weights learnt on the previous feature definitions: both now one line."""
+    from ncf.data.examples import check_features_version
+    from ncf.evaluate.baselines.boosted import training_lists
+    from ncf.train.checkpoint import check_same_features
+    from ncf.train.config import TrainConfig
+    from ncf.train.trainer import fit
+
+    old = fake_data(str(tmp_path / "old"))
+    stats = os.path.join(old, "stats.json")
+    write_json(stats, {k: v for k, v in read_json(stats).items() if k != "features_version"})
+    message = f"features version 1, this code computes version {FEATURES_VERSION}; run python -m jobs.preprocess"
+    for refused in (
+        lambda: check_features_version(old),
+        lambda: training_lists(old, [1]),  # the boosted ranker's and bench.feature_mlp's lists
+        lambda: fit(TrainConfig(data=old)),  # before Ray starts
+    ):
+        with pytest.raises(InputError, match=message):
+            refused()
+    check_features_version(fake_data(str(tmp_path / "new")))
+    check_same_features("RUN", FEATURES_VERSION)
+    for saved in (None, 1):  # None: a checkpoint written before they recorded it
+        with pytest.raises(InputError, match="checkpoint in RUN was trained on features version 1.*new --name"):
+            check_same_features("RUN", saved)

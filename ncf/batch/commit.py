@@ -252,9 +252,12 @@ class PartitionRun:
         self._stack = ExitStack()
 
     def __enter__(self) -> "PartitionRun":
-        check_output(self.output, self.partition, self.overwrite)
         with ExitStack() as stack:
+            # Before the lock, which creates OUT/_commit/ (and so marks OUT as batch scoring's).
+            check_output(self.output, self.partition, self.overwrite)
             stack.enter_context(exclusive(lock_path(self.output, self.partition), self.final))
+            # Again under the lock: the partition as this run will replace it.
+            check_output(self.output, self.partition, self.overwrite)
             if recover(self.output, self.partition):
                 self.log(f"finished the commit a dead run of {self.partition} left: {self.final}")
             for path in recover_others(self.output, self.partition):

@@ -187,7 +187,7 @@ def count_users(data: str) -> int:
     sizes = layout.DataStats(data).vocab_sizes
     if sizes and "num_users" in sizes:
         return int(sizes["num_users"]) - 1
-    return pq.ParquetFile(_users_path(data)).metadata.num_rows - 1  # row 0: the unknown user
+    return pq.ParquetFile(_users_path(data)).metadata.num_rows  # rows 1..N: the unknown user is not stored
 
 
 def new_to_model(model: str, data: str) -> int:

@@ -36,9 +36,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from ncf.data import layout
-from ncf.data.features import HALF_LIVES, Catalog, candidate_features, household_inputs
+from ncf.data.features import FEATURES_VERSION, HALF_LIVES, Catalog, candidate_features, household_inputs
 from ncf.data.product_stats import ProductStats
 from ncf.data.timeline import UserTimeline
+from ncf.errors import InputError
 
 DAY = 86_400
 SAMPLING_POWER = 0.75
@@ -50,6 +51,18 @@ PRODUCT, LABEL, LOG_Q, FEATURES = "product", "label", "log_q", "features"
 # Products bought in the window that nobody had bought before the cutoff: no candidate can be
 # one (the evaluation's catalog is the same point in time), so they are counted, not labelled.
 BOUGHT_UNKNOWN = "bought_unknown"
+
+
+def check_features_version(data: str) -> None:
+    """Refuses (InputError, one line) DATA whose training lists were computed by another feature
+    definition than this code's (:data:`ncf.data.features.FEATURES_VERSION`): a model or ranker
+    fitted on them would score this code's features with weights learnt on other numbers."""
+    version = layout.DataStats(data).features_version
+    if version != FEATURES_VERSION:
+        raise InputError(
+            f"{data}: training lists of features version {version}, this code computes version "
+            f"{FEATURES_VERSION}; run python -m jobs.preprocess again"
+        )
 
 
 @dataclass(frozen=True)

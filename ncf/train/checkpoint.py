@@ -15,6 +15,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from ncf.data.features import FEATURES_VERSION
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.model.config import ModelConfig
@@ -67,6 +68,17 @@ def check_same_vocabularies(run_folder: str, saved: Optional[str], current: str)
         raise InputError(
             f"the checkpoint in {run_folder} was trained on other vocabularies than --data holds now "
             "(preprocessed again since?); give this training a new --name or remove that run's folder"
+        )
+
+
+def check_same_features(run_folder: str, saved: Optional[int]) -> None:
+    """Raises InputError when a checkpoint of ``run_folder`` was trained on lists of another
+    features version (None: written before checkpoints recorded it, version 1)."""
+    version = 1 if saved is None else int(saved)
+    if version != FEATURES_VERSION:
+        raise InputError(
+            f"the checkpoint in {run_folder} was trained on features version {version}, this code computes "
+            f"version {FEATURES_VERSION}; give this training a new --name or remove that run's folder"
         )
 
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ncf.data import layout
 from ncf.data.examples import listed_rows
-from ncf.data.features import Catalog
+from ncf.data.features import FEATURES_VERSION, Catalog
 from ncf.data.vocab import Vocabularies
 from ncf.evaluate.evaluation import full_ranking, model_fns, point_in_time_period, sample_users
 from ncf.model.advanced_ncf import AdvancedNCF
@@ -232,6 +232,7 @@ def _restore(w: Worker, checkpoint) -> Dict:
         run_folder = os.path.dirname(d.rstrip(os.sep)) or d
         ckpt.check_same_model(run_folder, state.get("model_config"), w.model_config.to_dict())
         ckpt.check_same_vocabularies(run_folder, state.get("vocab_sha256"), w.vocab_sha256)
+        ckpt.check_same_features(run_folder, state.get("features_version"))
         load_full_state_dict(w.model, weights)
         optimizer_state = ckpt.read_optimizer_state(d)
     if optimizer_state is not None:
@@ -274,6 +275,7 @@ def train_loop_per_worker(config: Dict) -> None:
             trained_through=w.trained_through,
             rows_trained_before=w.rows_trained_before,
             vocab_sha256=w.vocab_sha256,
+            features_version=FEATURES_VERSION,
         )
         log(
             f"epoch {epoch}: "

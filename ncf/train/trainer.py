@@ -23,7 +23,13 @@ from ncf.data import layout
 from ncf.data.vocab import Vocabularies
 from ncf.model.integrity import vocab_digest
 from ncf.splits import REFIT, VALIDATED
-from ncf.train.checkpoint import VAL_METRIC, check_same_model, check_same_vocabularies, latest_train_state
+from ncf.train.checkpoint import (
+    VAL_METRIC,
+    check_same_features,
+    check_same_model,
+    check_same_vocabularies,
+    latest_train_state,
+)
 from ncf.train.config import TrainConfig
 from ncf.train.loop import StepHook, train_loop_per_worker
 
@@ -100,6 +106,7 @@ def fit(
 
     if config.run not in (VALIDATED, REFIT):
         raise ValueError(f"run must be {VALIDATED} or {REFIT}, not {config.run!r}")
+    E.check_features_version(config.data)
     config = dataclasses.replace(config, cutoffs=config.cutoffs or run_cutoffs(config.data, config.run))
     storage = os.path.abspath(storage_path) if storage_path else None
     run_folder = os.path.join(storage, name) if storage and name else None
@@ -110,6 +117,7 @@ def fit(
         sizes = Vocabularies.load(layout.vocab_dir(config.data)).sizes()
         check_same_model(run_folder, saved.get("model_config"), config.model_config(sizes).to_dict())
         check_same_vocabularies(run_folder, saved.get("vocab_sha256"), vocab_digest(config.data))
+        check_same_features(run_folder, saved.get("features_version"))
     paths = [layout.examples_dir(config.data, c) for c in config.cutoffs]
     # The files (a cutoff's lists of a few thousand households each) in a seeded random order;
     # within a file the households come in no meaningful order, so batches need no local

@@ -42,7 +42,9 @@ LIGHTGBM = {
 
 def training_lists(data: str, cutoffs: Sequence[int]) -> Dict[str, np.ndarray]:
     """Every candidate of the lists at ``cutoffs``, one row each: ``features`` (N x F),
-    ``label``, ``log_q`` (0 for the own and popular products), ``user`` and ``product``."""
+    ``label``, ``log_q`` (0 for the own and popular products), ``user`` and ``product``.
+    Refuses lists of another features version (:func:`ncf.data.examples.check_features_version`)."""
+    E.check_features_version(data)
     columns = [E.USER, E.PRODUCT, E.FEATURES, E.LABEL, E.LOG_Q]
     table = pa.concat_tables(
         pads.dataset(layout.examples_dir(data, c), format="parquet").to_table(columns=columns) for c in cutoffs
