@@ -33,7 +33,7 @@ import torch
 
 from ncf.data import examples as E
 from ncf.data import layout
-from ncf.data.features import DURATION_COLUMNS, NUM_FEATURES, Catalog
+from ncf.data.features import DURATION_COLUMNS, FEATURES_VERSION, NUM_FEATURES, Catalog
 from ncf.data.vocab import FIRST_TS, Vocabularies, Vocabulary
 from ncf.jsonio import write_json
 from ncf.model.batch import Batch
@@ -118,6 +118,7 @@ def write_synthetic_lists(root: str, users: int, products: int, lists: int, per_
             "boundaries": {"start": 0, "val_start": CUTOFF, "test_start": CUTOFF, "end": CUTOFF + 86_400},
             "cutoffs": {VALIDATED: [CUTOFF], REFIT: [CUTOFF]},
             "config": {"examples": {"horizon_days": 35, "history_length": HISTORY}},
+            "features_version": FEATURES_VERSION,
         },
     )
     return root
@@ -179,6 +180,7 @@ def main(argv=None) -> dict:
         data = args.data or write_synthetic_lists(
             tmp, args.synthetic_users, args.synthetic_products, args.synthetic_lists
         )
+        E.check_features_version(data)  # before minutes of timing, not at fit()
         run = VALIDATED if args.data else REFIT
         cutoffs = run_cutoffs(data, run)
         table = pa.concat_tables(

@@ -228,3 +228,19 @@ def test_lists_and_checkpoints_of_another_features_version_are_refused_by_every_
     for saved in (None, 1):  # None: a checkpoint written before they recorded it
         with pytest.raises(InputError, match="checkpoint in RUN was trained on features version 1.*new --name"):
             check_same_features("RUN", saved)
+
+    # A sweep's trials, checked before a resume; and the export of any checkpoint.
+    from ray.train import Checkpoint
+
+    from ncf.train.checkpoint import TRAIN_STATE, check_features_of_runs, export_model_dir
+
+    trials = tmp_path / "sweep" / "train"
+    for trial, version in (("trial-a", FEATURES_VERSION), ("trial-b", None)):
+        (trials / trial / "checkpoint_000001").mkdir(parents=True)
+        state = {"epoch": 1} if version is None else {"epoch": 1, "features_version": version}
+        write_json(str(trials / trial / "checkpoint_000001" / TRAIN_STATE), state)
+    with pytest.raises(InputError, match=r"checkpoint in .*trial-b was trained on features version 1.*new --output"):
+        check_features_of_runs(str(trials), "start the sweep again with a new --output")
+    with pytest.raises(InputError, match="trained on features version 1.*train again"):
+        export_model_dir(Checkpoint(str(trials / "trial-b" / "checkpoint_000001")), str(tmp_path / "m"), old, {})
+    assert not (tmp_path / "m").exists()

@@ -22,7 +22,7 @@ import pandas as pd
 from ncf.errors import InputError
 from ncf.registry import trial_logger
 from ncf.staging import check_target
-from ncf.train.checkpoint import VAL_METRIC
+from ncf.train.checkpoint import VAL_METRIC, check_features_of_runs
 from tune.results import export_best, plot_sweep, results_table, write_results
 from tune.search_space import data_limits, default_point, search_space, to_train_config
 from tune.settings import SweepSettings
@@ -133,6 +133,9 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
     check_sweep_directory(settings.output, settings.data, resume)
     if resume:
         settings.check_resumes()
+        # Trials of older code learnt other feature definitions: refused here in one line, not
+        # inside each trial (where Tune keeps the error and the sweep would still export one).
+        check_features_of_runs(settings.train_dir, "start the sweep again with a new --output")
     else:
         settings.record()
     grid = _tuner(settings, resume).fit()

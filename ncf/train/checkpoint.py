@@ -71,15 +71,25 @@ def check_same_vocabularies(run_folder: str, saved: Optional[str], current: str)
         )
 
 
-def check_same_features(run_folder: str, saved: Optional[int]) -> None:
+NEW_RUN = "give this training a new --name or remove that run's folder"
+
+
+def check_same_features(run_folder: str, saved: Optional[int], remedy: str = NEW_RUN) -> None:
     """Raises InputError when a checkpoint of ``run_folder`` was trained on lists of another
     features version (None: written before checkpoints recorded it, version 1)."""
     version = 1 if saved is None else int(saved)
     if version != FEATURES_VERSION:
         raise InputError(
             f"the checkpoint in {run_folder} was trained on features version {version}, this code computes "
-            f"version {FEATURES_VERSION}; give this training a new --name or remove that run's folder"
+            f"version {FEATURES_VERSION}; {remedy}"
         )
+
+
+def check_features_of_runs(root: str, remedy: str) -> None:
+    """:func:`check_same_features` for every checkpoint of every run folder under ``root`` (a
+    sweep's trials), before anything resumes from one."""
+    for path in sorted(glob.glob(os.path.join(glob.escape(root), "*", "checkpoint_*", TRAIN_STATE))):
+        check_same_features(os.path.dirname(os.path.dirname(path)), read_json(path).get("features_version"), remedy)
 
 
 def latest_train_state(run_folder: str) -> Optional[Dict]:
@@ -118,6 +128,9 @@ def export_model_dir(
     """Writes ``checkpoint`` (a ``ray.train.Checkpoint``) as a model directory at ``output``
     (``overwrite``: see :func:`ncf.model.directory.save_model_dir`)."""
     with checkpoint.as_directory() as d:
+        # The one way from a checkpoint to a model directory: weights learnt on another feature
+        # definition never get this code's format.
+        check_same_features(getattr(checkpoint, "path", d), read_train_state(d).get("features_version"), "train again")
         weights, state = read_checkpoint(d)
     return save_model_dir(
         output,
