@@ -15,6 +15,7 @@ from jobs.cli import check_model, init_ray, job_parser, one_line_errors
 from ncf.batch.scoring import (
     CHUNK_USERS,
     COMPILE_SETTINGS,
+    CPUS_PER_ACTOR,
     DRIVER_MAX_USERS,
     MAX_AUTO_BATCH,
     SCORE_IN_SETTINGS,
@@ -64,7 +65,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="actors of the pool (0: one per GPU when the cluster has GPUs, else one per CPU; "
         "above 0, a pool even under --score-in auto)",
     )
-    p.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor, help="CPUs each scoring actor requests")
+    p.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        default=d.cpus_per_actor,
+        help=f"CPUs each scoring actor requests (unset: {CPUS_PER_ACTOR:g}); a pool's setting, so under "
+        "--score-in auto it asks for actors",
+    )
     p.add_argument(
         "--gpu",
         default=d.gpu,

@@ -343,9 +343,11 @@ def test_where_auto_scores_and_a_driver_without_cuda_refusing_gpu_yes():
     assert not bs.resolve_score_in(config, bs.DRIVER_MAX_USERS + 1)
     assert not bs.resolve_score_in(dataclasses.replace(config, gpu="yes"), 10)  # GPUs asked for: actors'
     assert not bs.resolve_score_in(dataclasses.replace(config, actors=2), 10)
-    assert not bs.resolve_score_in(dataclasses.replace(config, cpus_per_actor=2), 10)  # a pool's setting
+    for cpus in (2.0, bs.CPUS_PER_ACTOR):  # a pool's setting, even when it equals what an actor gets unset
+        assert not bs.resolve_score_in(dataclasses.replace(config, cpus_per_actor=cpus), 10)
+    assert config.actor_cpus == bs.CPUS_PER_ACTOR and config.cpus_per_actor is None
     # Old code ran in the driver and ignored the pool's settings, silently.
-    for pool in ({"actors": 2}, {"cpus_per_actor": 0.5}):
+    for pool in ({"actors": 2}, {"cpus_per_actor": 0.5}, {"cpus_per_actor": bs.CPUS_PER_ACTOR}):
         with pytest.raises(InputError, match="--score-in driver scores in this process: --actors and --cpus-per"):
             bs.check_config(dataclasses.replace(config, score_in="driver", **pool))
     assert bs.resolve_score_in(dataclasses.replace(config, score_in="driver", gpu="yes"), 10**9)

@@ -95,6 +95,7 @@ TARGET_PARTS = 50
 # ... of at most this many users each (312 model calls of the ranker's 32), so large datasets get
 # more parts.
 MAX_AUTO_BATCH = 9_984
+CPUS_PER_ACTOR = 1.0  # what each scoring actor reserves unless told
 
 
 @dataclass
@@ -113,7 +114,8 @@ class BatchScoreConfig:
             ``MAX_AUTO_BATCH`` users, so more parts for large datasets).
         actors: scoring actors (0: one per GPU when the cluster has GPUs, else one per
             ``cpus_per_actor`` of the cluster's CPUs).
-        cpus_per_actor: CPUs reserved by each actor.
+        cpus_per_actor: CPUs reserved by each actor (None: :data:`CPUS_PER_ACTOR`; given, it
+            is a pool's setting: refused with ``score_in="driver"``, actors under ``auto``).
         gpu: ``auto`` (GPU actors when the cluster has GPUs), ``yes`` or ``no``.
         score_in: ``actors`` (a Ray Data pool), ``driver`` (this process, one batch after
             another, on its own CUDA device when it has one and ``gpu`` allows: no actors to
@@ -139,13 +141,17 @@ class BatchScoreConfig:
     at: str = "now"
     batch_size: int = 0
     actors: int = 0
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: Optional[float] = None
     gpu: str = "auto"
     score_in: str = "auto"
     compile: str = "auto"
     progress_every_s: float = 10.0
     verify: int = 0
     overwrite: bool = False
+
+    @property
+    def actor_cpus(self) -> float:
+        return CPUS_PER_ACTOR if self.cpus_per_actor is None else self.cpus_per_actor
 
 
 def _log(message: str) -> None:
@@ -455,7 +461,8 @@ def _check_numbers(config: BatchScoreConfig) -> None:
     _require(config.batch_size >= 0, "--batch-size", config.batch_size, "0 (automatic) or more users")
     _require(config.actors >= 0, "--actors", config.actors, "0 (automatic) or more")
     cpus = config.cpus_per_actor
-    _require(math.isfinite(cpus) and cpus > 0, "--cpus-per-actor", cpus, "above 0")
+    if cpus is not None:
+        _require(math.isfinite(cpus) and cpus > 0, "--cpus-per-actor", cpus, "above 0")
     every = config.progress_every_s
     _require(math.isfinite(every) and every >= 0, "--progress-every", every, "0 or more seconds")
     _require(config.verify >= 0, "--verify", config.verify, "0 (no check) or more sampled users")
@@ -466,7 +473,7 @@ def _check_settings(config: BatchScoreConfig) -> None:
         raise InputError(f"--gpu must be one of {', '.join(GPU_SETTINGS)}, not {config.gpu!r}")
     if config.score_in not in SCORE_IN_SETTINGS:
         raise InputError(f"--score-in must be one of {', '.join(SCORE_IN_SETTINGS)}, not {config.score_in!r}")
-    if config.score_in == "driver" and (config.actors or config.cpus_per_actor != BatchScoreConfig.cpus_per_actor):
+    if config.score_in == "driver" and (config.actors or config.cpus_per_actor is not None):
         # The driver scores in this process: a pool's size would be ignored, silently.
         raise InputError("--score-in driver scores in this process: --actors and --cpus-per-actor are for actors")
     if config.score_in == "driver" and config.gpu == "yes":
@@ -625,7 +632,7 @@ def _score_into(
     if in_driver:
         actors, gpus = 1, _driver_gpu(config.gpu)
     else:
-        actors, gpus = _actor_resources(config.gpu, config.actors, config.cpus_per_actor)
+        actors, gpus = _actor_resources(config.gpu, config.actors, config.actor_cpus)
         actors = max(1, min(actors, len(blocks)))
     compile_model = resolve_compile(config.compile, -(-users.num_rows // actors), bool(gpus))
     log(
@@ -650,7 +657,7 @@ def _score_into(
     if in_driver:
         results = _scored_here(blocks, scorer_kwargs)
     else:
-        results = _scored_by_actors(blocks, scorer_kwargs, batch_size, actors, gpus, config.cpus_per_actor)
+        results = _scored_by_actors(blocks, scorer_kwargs, batch_size, actors, gpus, config.actor_cpus)
     try:
         reported, steady = _collect(results, users.num_rows, config.progress_every_s, log)
     except Exception as e:
@@ -687,7 +694,7 @@ def resolve_score_in(config: BatchScoreConfig, num_users: Optional[int] = None) 
     then needs no Ray; ``num_users``: DATA's (read when not given)."""
     if config.score_in != "auto":
         return config.score_in == "driver"
-    if config.actors != 0 or config.cpus_per_actor != BatchScoreConfig.cpus_per_actor or config.gpu == "yes":
+    if config.actors != 0 or config.cpus_per_actor is not None or config.gpu == "yes":
         return False
     if num_users is None:
         num_users = count_users(config.data)
