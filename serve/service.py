@@ -171,11 +171,17 @@ def _digest(path: str, extra: bytes = b"") -> str:
 
 
 class ModelService:
-    """Answers the HTTP contract's requests with one loaded model (immutable once built)."""
+    """Answers the HTTP contract's requests with one loaded model (immutable once built).
 
-    def __init__(self, recommender: Recommender, settings: ServeSettings) -> None:
+    ``recommender`` answers; ``base`` is the model as loaded, before the settings' first-stage
+    override, so that a later reconfigure applies its own override to it (not on top of this
+    one's) and reuses the loaded model and state.
+    """
+
+    def __init__(self, recommender: Recommender, settings: ServeSettings, base: Optional[Recommender] = None) -> None:
         self.recommender = recommender
         self.settings = settings
+        self.base = recommender if base is None else base
 
     @staticmethod
     def load(settings: ServeSettings, previous: Optional["ModelService"] = None) -> "ModelService":
@@ -195,17 +201,23 @@ class ModelService:
             if settings.data is not None:
                 verify_data_state(settings.data)
             _check_unchanged(settings)
-        recommender = previous.recommender if same else Recommender.load(settings.model_dir, data=settings.data)
+        base = previous.base if same else Recommender.load(settings.model_dir, data=settings.data)
         if not same:
             _check_unchanged(settings)  # replaced while it was verified and loaded
-        if settings.candidates is not None:
+        if same and previous.settings.candidates == settings.candidates:
+            recommender = previous.recommender
+        elif settings.candidates is not None:
             # A new recommender sharing the model and state: requests in flight keep the old one.
-            recommender = recommender.with_settings(candidates=settings.candidates)
-        if not same:
+            recommender = base.with_settings(candidates=settings.candidates)
+        else:
+            recommender = base  # back to the model directory's own first stage
+        if not same or recommender is not previous.recommender:
+            # The first stage's lists, once per ranker and before any request (cheap when warm).
             recommender.ranker.warm()
+        if not same:
             _rehearse(recommender)
             _warn_if_stale(recommender, settings)
-        return ModelService(recommender, settings)
+        return ModelService(recommender, settings, base)
 
     @property
     def version(self) -> str:

@@ -401,6 +401,17 @@ def test_changing_candidates_reuses_the_model_without_touching_the_old_service(s
     assert new.recommender.ranker.model is old.recommender.ranker.model
     assert new.recommender.settings.candidates == MAX_K + 17
     assert old.recommender.settings.candidates != MAX_K + 17
+    # Old code: back to the default (None) kept the override, applied to the previous recommender,
+    # so the replica ranked with MAX_K + 17 candidates while the nightly job used the default.
+    back = ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir}), previous=new)
+    assert back.recommender.settings.candidates == old.recommender.settings.candidates
+    assert back.recommender.ranker.model is old.recommender.ranker.model
+    again = ModelService.load(
+        ServeSettings.from_user_config({"model_dir": small_model_dir, "candidates": MAX_K + 5}), previous=new
+    )
+    assert again.recommender.settings.candidates == MAX_K + 5 and again.base is old.base
+    same = ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir}), previous=back)
+    assert same.recommender is back.recommender  # nothing to change: the warm ranker kept
 
 
 @pytest.mark.faults
