@@ -153,6 +153,11 @@ class BatchScoreConfig:
     def actor_cpus(self) -> float:
         return CPUS_PER_ACTOR if self.cpus_per_actor is None else self.cpus_per_actor
 
+    @property
+    def pool_settings_given(self) -> bool:
+        """Whether ``actors`` or ``cpus_per_actor`` was set: settings only a pool of actors reads."""
+        return self.actors != 0 or self.cpus_per_actor is not None
+
 
 def _log(message: str) -> None:
     print(f"[batch_score] {message}", flush=True)
@@ -473,7 +478,7 @@ def _check_settings(config: BatchScoreConfig) -> None:
         raise InputError(f"--gpu must be one of {', '.join(GPU_SETTINGS)}, not {config.gpu!r}")
     if config.score_in not in SCORE_IN_SETTINGS:
         raise InputError(f"--score-in must be one of {', '.join(SCORE_IN_SETTINGS)}, not {config.score_in!r}")
-    if config.score_in == "driver" and (config.actors or config.cpus_per_actor is not None):
+    if config.score_in == "driver" and config.pool_settings_given:
         # The driver scores in this process: a pool's size would be ignored, silently.
         raise InputError("--score-in driver scores in this process: --actors and --cpus-per-actor are for actors")
     if config.score_in == "driver" and config.gpu == "yes":
@@ -694,7 +699,7 @@ def resolve_score_in(config: BatchScoreConfig, num_users: Optional[int] = None) 
     then needs no Ray; ``num_users``: DATA's (read when not given)."""
     if config.score_in != "auto":
         return config.score_in == "driver"
-    if config.actors != 0 or config.cpus_per_actor is not None or config.gpu == "yes":
+    if config.pool_settings_given or config.gpu == "yes":
         return False
     if num_users is None:
         num_users = count_users(config.data)
