@@ -145,6 +145,13 @@ def day_of(at: int) -> int:
     return int(at) - int(at) % 86_400
 
 
+def first_rankable(first_purchase: int) -> int:
+    """The first moment a past ranking can be asked for, given the data's first purchase: the end
+    of that purchase's UTC day. A past moment ranks from the products' stats at the start of its
+    day (``Recommender.as_of``), and until the first day ends no product was known then."""
+    return day_of(first_purchase) + 86_400
+
+
 def hours_of(epoch_seconds: np.ndarray) -> np.ndarray:
     """Hour of the day (0-23, UTC) of each moment: ``time_parts_of(...)[HOUR]`` without the
     other parts (a product-stats pass asks it of every purchase)."""

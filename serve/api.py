@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ncf.moments import AT_FORMS, as_datetime, parse_at
 from ncf.rank.ranker import MAX_K
+from ncf.rank.recommender import BeforeTheData
 from serve.limits import MAX_BODY_BYTES, EdgeLimits
 
 # -- limits (security defaults: small bodies, bounded work per request) -----------------------
@@ -169,7 +170,11 @@ ERROR_RESPONSES = {
     for status, description in (
         (408, "the request body did not arrive within the body deadline"),
         (413, f"the request body is larger than {MAX_BODY_BYTES} bytes (a long list of long ids can be)"),
-        (422, "the request does not fit the schema, or names unknown product ids"),
+        (
+            422,
+            "the request does not fit the schema, names unknown product ids, or asks for an at before "
+            "the end of the data's first day",
+        ),
         (503, "no model loaded yet, or the replicas' queues are full (Retry-After)"),
         (504, "the answer took longer than the request timeout"),
     )
@@ -275,6 +280,10 @@ async def _on_unknown_products(request: Request, exc: UnknownProducts) -> JSONRe
     return _error(422, str(exc), unknown_product_ids=exc.product_ids)
 
 
+async def _on_before_the_data(request: Request, exc: BeforeTheData) -> JSONResponse:
+    return _error(422, str(exc))
+
+
 async def _on_not_ready(request: Request, exc: NotReady) -> JSONResponse:
     return _error(503, str(exc))
 
@@ -292,6 +301,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(UnknownProducts, _on_unknown_products)
+    app.add_exception_handler(BeforeTheData, _on_before_the_data)
     app.add_exception_handler(NotReady, _on_not_ready)
     # The same limits as Serve's proxy applies (serve.limits): they hold here too when the proxy
     # hook is not configured, and cost nothing on a body the proxy already read.

@@ -38,6 +38,7 @@ Why it is built this way:
 # and cannot resolve string annotations (the request models become unresolved ForwardRefs and
 # /openapi.json fails).
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -177,11 +178,17 @@ class RecommenderDeployment:
     @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
     async def recommend(self, request: RecommendRequest) -> Dict:
         """Top-``k`` products for one user at ``at`` (unknown users: cold start, flagged)."""
-        return await self._recommend_batched(request)
+        answer = await self._recommend_batched(request)
+        if isinstance(answer, Exception):  # this request's own refusal; its batch was answered
+            raise answer
+        return answer
 
     @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
     async def _recommend_batched(self, requests: List[RecommendRequest]) -> List[Dict]:
-        return self._ready().recommend_many(requests)
+        # In a thread, as FastAPI runs the plain routes: ranking a past `at` first computes that
+        # day's product stats (a pass over every purchase), which on the event loop would stall
+        # /healthz and every other route of the replica meanwhile.
+        return await asyncio.to_thread(self._ready().recommend_many, requests)
 
     @app.post("/recommend/batch", response_model=BatchRecommendResponse, response_model_exclude_none=True)
     def recommend_batch(self, request: BatchRecommendRequest) -> Dict:

@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Union
 
 from ncf.data import layout
 from ncf.data.vocab import UNKNOWN_INDEX
@@ -25,7 +25,7 @@ from ncf.model.directory import read_config
 from ncf.model.integrity import MANIFEST, verify_data_state, verify_model_dir
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
-from ncf.rank.recommender import RankedItems, Recommender
+from ncf.rank.recommender import BeforeTheData, RankedItems, Recommender
 from serve.api import BatchRecommendRequest, RecommendRequest, ScoreRequest, UnknownProducts
 
 DEFAULT_AT_CHOICES = (NOW, DATA_END)
@@ -229,6 +229,13 @@ class ModelService:
             return int(at.timestamp())
         return int(time.time()) if self.settings.default_at == NOW else self.recommender.default_at
 
+    def ranking_moment(self, at: Optional[datetime]) -> int:
+        """:meth:`moment`, refused (:class:`BeforeTheData`, a 422) before the end of the data's
+        first UTC day, when no product was known yet."""
+        moment = self.moment(at)
+        self.recommender.check_rankable(moment)
+        return moment
+
     # -- routes ------------------------------------------------------------------------------
 
     def health(self, rollout_error: Optional[str] = None) -> Dict:
@@ -242,25 +249,35 @@ class ModelService:
         }
 
     def recommend(self, request: RecommendRequest) -> Dict:
-        return self.recommend_many([request])[0]
+        answer = self.recommend_many([request])[0]
+        if isinstance(answer, BeforeTheData):
+            raise answer
+        return answer
 
-    def recommend_many(self, requests: List[RecommendRequest]) -> List[Dict]:
+    def recommend_many(self, requests: List[RecommendRequest]) -> List[Union[Dict, BeforeTheData]]:
         """One answer per request, all from this model (what a ``@serve.batch`` call runs):
         requests with the same ``k``, ``exclude_purchased`` and ``explain`` are ranked in one
-        model call."""
-        answers: List[Optional[Dict]] = [None] * len(requests)
+        model call. A request whose ``at`` cannot be ranked gets its :class:`BeforeTheData` as
+        its answer (to raise for it alone): the others of its batch are answered."""
+        answers: List[Union[None, Dict, BeforeTheData]] = [None] * len(requests)
+        moments: Dict[int, int] = {}
         groups: Dict[tuple, List[int]] = {}
         for i, r in enumerate(requests):
+            try:
+                moments[i] = self.ranking_moment(r.at)
+            except BeforeTheData as refused:
+                answers[i] = refused
+                continue
             groups.setdefault((r.k, r.exclude_purchased, r.explain), []).append(i)
         for (k, exclude, explain), rows in groups.items():
-            at = [self.moment(requests[i].at) for i in rows]
+            at = [moments[i] for i in rows]
             ranked = self.recommender.rank([requests[i].user_id for i in rows], k, at, exclude, explain)
             for i, items in zip(rows, ranked):
                 answers[i] = {**recommendation(items), "at": _iso(items.at), "model_version": self.version}
         return answers
 
     def recommend_batch(self, request: BatchRecommendRequest) -> Dict:
-        at = self.moment(request.at)
+        at = self.ranking_moment(request.at)
         ranked = self.recommender.rank(request.user_ids, request.k, at, request.exclude_purchased, request.explain)
         return {"results": [recommendation(r) for r in ranked], "at": _iso(at), "model_version": self.version}
 
@@ -270,7 +287,7 @@ class ModelService:
         unknown = [p for p, i in zip(request.product_ids, index.tolist()) if i == UNKNOWN_INDEX]
         if unknown:
             raise UnknownProducts(unknown)
-        at = self.moment(request.at)
+        at = self.ranking_moment(request.at)
         scores, cold = self.recommender.score_items(request.user_id, request.product_ids, at)
         return {
             "user_id": request.user_id,

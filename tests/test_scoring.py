@@ -21,9 +21,10 @@ from ncf.evaluate.evaluation import evaluate_all, point_in_time_period
 from ncf.evaluate.metrics import ranking_metrics
 from ncf.evaluate.protocol import period_start
 from ncf.model import ann
+from ncf.moments import first_rankable, run_date_of
 from ncf.rank.candidates import CATEGORY_SPREAD, CandidateGenerator, RankingSettings
 from ncf.rank.ranker import Ranker, attention_spread
-from ncf.rank.recommender import Recommender
+from ncf.rank.recommender import BeforeTheData, Recommender
 from ncf.rank.state import EmbeddingRows, RankingState
 from ncf.splits import TEST, VALIDATED
 
@@ -461,3 +462,20 @@ def test_a_past_moment_ranks_from_the_products_known_at_its_day_in_every_path(re
     assert given.recommend(users, k=10, at=at) == replay.recommend(users, k=10, at=at)
     with pytest.raises(ValueError, match="product stats at"):
         Recommender(recommender.ranker, recommender.version).as_of(at - 86_400, replay.state.stats)
+
+
+def test_a_moment_before_the_first_day_ended_is_refused_not_ranked_empty(recommender):
+    """Old code answered an empty ranking for every household at a moment before the end of the
+    data's first UTC day (no product known at that day's start), where the nightly job refuses
+    the same --at: the two paths now share the rule (ncf.moments.first_rankable)."""
+    first = recommender.state.first_purchase
+    assert first == int(recommender.state.states.timestamps.min())
+    user = recommender.vocabs.users.raw_of(recommender.state.states.users()[:1])[0]
+    opens = first_rankable(first)
+    ranked = recommender.rank([user, "never-seen"], k=5, at=opens)  # the first day's purchases are known
+    assert all(len(r.product_ids) == 5 for r in ranked)
+    for at in (first - 86_400, first, opens - 1):
+        with pytest.raises(BeforeTheData, match=f"first purchase is on {run_date_of(first)}"):
+            recommender.rank([user], k=5, at=at)
+        with pytest.raises(BeforeTheData):
+            recommender.score_items(user, ranked[0].product_ids, at)

@@ -16,6 +16,8 @@ import requests
 from helpers import free_port, sealed_copy, without_data_end
 
 from ncf.errors import InputError
+from ncf.moments import first_rankable, run_date_of
+from ncf.rank.recommender import BeforeTheData
 from serve.api import MAX_BATCH_USERS, MAX_BODY_BYTES, MAX_K, MAX_PRODUCT_IDS
 from serve.app import build_app
 from serve.launch import start, wait_until_healthy
@@ -128,6 +130,24 @@ def test_at_changes_the_temporal_features(server, recommender, users):
     assert [i["score"] for i in early["items"]] != [i["score"] for i in late["items"]]
 
 
+def test_an_at_before_the_first_day_ended_is_a_422_naming_the_first_moment(server, recommender, users):
+    """Old code answered 200 with an empty list (no product was known yet), where the nightly job
+    refuses the same --at; the household's history there is still answered."""
+    first = recommender.state.first_purchase
+    at = first_rankable(first) - 1
+    expected_product_ids = recommender.recommend([users[0]], k=2)[0]
+    for route, body in (
+        ("/recommend", {"user_id": users[0], "at": at}),
+        ("/recommend/batch", {"user_ids": users[:2], "at": at}),
+        ("/score", {"user_id": users[0], "product_ids": expected_product_ids, "at": at}),
+    ):
+        r = post(f"{server}{route}", body)
+        assert r.status_code == 422, (route, r.text)
+        assert f"first purchase is on {run_date_of(first)}" in r.json()["error"]
+    assert post(f"{server}/history", {"user_id": users[0], "at": at}).status_code == 200
+    assert post(f"{server}/recommend", {"user_id": users[0], "at": first_rankable(first)}).json()["items"]
+
+
 def test_exclude_purchased_drops_past_purchases(server, recommender, users):
     user = users[0]
     bought = set(
@@ -162,9 +182,9 @@ def test_unknown_user_gets_the_cold_start_ranking(server, recommender):
     expected = expected_items(recommender, UNKNOWN_USER, 5, at)
     assert body["cold_start"] is True and expected["cold_start"] is True
     assert ids(body["items"]) == ids(expected["items"]) and len(body["items"]) == 5
-    # Before the first purchase nothing was known: nothing to recommend, rather than later bestsellers.
-    early = post(f"{server}/recommend", {"user_id": UNKNOWN_USER, "k": 5, "at": "2017-11-20T18:00:00Z"}).json()
-    assert early["cold_start"] is True and early["items"] == []
+    # Before the first purchase nothing was known: refused, rather than later bestsellers.
+    early = post(f"{server}/recommend", {"user_id": UNKNOWN_USER, "k": 5, "at": "2017-11-20T18:00:00Z"})
+    assert early.status_code == 422 and "first purchase is on" in early.json()["error"]
 
 
 def test_batch_agrees_with_single_calls(server, users):
@@ -200,12 +220,13 @@ def test_score_flags_an_unknown_household_as_a_cold_start(server, recommender, u
 
 # -- at: ISO-8601 with a time zone, a date (midnight UTC) or epoch seconds as a number ------------
 
+# After the test data (which starts in 2024): before its first day ended, `at` is a 422.
 AT_ACCEPTED = {
-    "2017-11-27T04:01:21Z": "2017-11-27T04:01:21",
-    "2017-11-27T05:01:21+01:00": "2017-11-27T04:01:21",
-    "2017-11-27": "2017-11-27T00:00:00",
-    1511755281: "2017-11-27T04:01:21",
-    1511755281.5: "2017-11-27T04:01:21",
+    "2027-11-27T04:01:21Z": "2027-11-27T04:01:21",
+    "2027-11-27T05:01:21+01:00": "2027-11-27T04:01:21",
+    "2027-11-27": "2027-11-27T00:00:00",
+    1827288081: "2027-11-27T04:01:21",
+    1827288081.5: "2027-11-27T04:01:21",
 }
 
 
@@ -502,6 +523,15 @@ def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_d
     assert [rounded(a) for a in together] == [rounded(service.recommend(r)) for r in batch]
     assert together[2]["cold_start"] and not together[0]["cold_start"]
     assert together[3]["at"] == earlier and "because" in together[4]["items"][0]
+    # A request refused for its `at` gets its own error; the rest of its batch is answered.
+    too_early = RecommendRequest(user_id=users[0], k=5, at=datetime.fromtimestamp(0, tz=timezone.utc))
+    mixed = service.recommend_many([batch[0], too_early, batch[3]])
+    assert isinstance(mixed[1], BeforeTheData) and [rounded(mixed[0]), rounded(mixed[2])] == [
+        rounded(together[0]),
+        rounded(together[3]),
+    ]
+    with pytest.raises(BeforeTheData):
+        service.recommend(too_early)
 
 
 # -- rollout (last: it leaves v2 deployed) -------------------------------------------------------

@@ -75,7 +75,7 @@ from ncf.device import GPU_SETTINGS, resolve_gpu
 from ncf.errors import InputError, raised_within
 from ncf.model.directory import ModelDir, read_config
 from ncf.model.integrity import verify_data_state, verify_model_dir
-from ncf.moments import day_of, resolve_at, run_date_of
+from ncf.moments import day_of, first_rankable, resolve_at, run_date_of
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import CHUNK_USERS, MAX_K
 from ncf.rank.recommender import Recommender
@@ -508,11 +508,11 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_i
     check_catalog(model_config["model"], stats.vocab_sizes, config.data)
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
     at = resolve_at(config.at, stats.end + 1, now=now)
-    first_day = day_of(stats.boundaries["start"])
-    if at < first_day + 86_400:
+    if at < first_rankable(stats.boundaries["start"]):
         # The products' stats of a past moment are those of its day's start: nothing known yet.
         raise InputError(
-            f"--at {config.at}: the data's first purchase is on {run_date_of(first_day)}; rank a later day"
+            f"--at {config.at}: the data's first purchase is on {run_date_of(stats.boundaries['start'])}; "
+            "rank a later day"
         )
     # Before Ray starts; PartitionRun checks again under the date's lock.
     commit.check_output(os.path.abspath(config.output), partition_name(run_date_of(at)), config.overwrite)

@@ -26,7 +26,7 @@ from ncf.data.product_stats import ProductStats
 from ncf.data.vocab import UNKNOWN_INDEX
 from ncf.model import ann
 from ncf.model.directory import ModelDir
-from ncf.moments import day_of, to_epoch_seconds
+from ncf.moments import as_datetime, day_of, first_rankable, run_date_of, to_epoch_seconds
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import Ranker, Ranking
 from ncf.rank.state import EmbeddingRows, RankingState, check_catalog
@@ -45,6 +45,11 @@ class RankedItems:
     scores: List[float]
     # With explanations: for each product, the (raw product id, weight) past purchases behind it.
     because: Optional[List[List[Tuple[object, float]]]] = None
+
+
+class BeforeTheData(ValueError):
+    """A moment before the end of the data's first UTC day: a past moment ranks from the products
+    known at its day's start, and none was known yet (a client error: Serve answers 422)."""
 
 
 class Recommender:
@@ -109,6 +114,7 @@ class Recommender:
         actors)."""
         if at > self.state.end:
             return self
+        self.check_rankable(at)
         day = day_of(at)
         with self._days_lock:
             known = self._days.pop(day, None)
@@ -120,6 +126,17 @@ class Recommender:
             while len(self._days) > AS_OF_DAYS:
                 self._days.popitem(last=False)
         return known
+
+    def check_rankable(self, at: int) -> None:
+        """Raises :class:`BeforeTheData` for a moment before the end of the data's first UTC day
+        (the nightly job refuses the same ``--at``), instead of an empty ranking."""
+        first = self.state.first_purchase
+        if first is not None and at < first_rankable(first):
+            raise BeforeTheData(
+                f"at {as_datetime(at).isoformat()}: the data's first purchase is on {run_date_of(first)} and "
+                f"no product was known before that day ended; ask for {as_datetime(first_rankable(first)).isoformat()} "
+                "or later"
+            )
 
     def with_settings(self, **changes) -> "Recommender":
         """A recommender sharing this one's model and state with other first-stage sizes."""

@@ -52,6 +52,13 @@ class RankingState:
         products = self.vocabs.products
         return Catalog(products.column("department_index"), products.column("category_index"))
 
+    @cached_property
+    def first_purchase(self) -> Optional[int]:
+        """The moment of the earliest purchase the state holds (None: no purchases); one pass over
+        the purchases' moments, the first time it is asked."""
+        moments = self.states.timestamps
+        return int(moments.min()) if len(moments) else None
+
     @property
     def num_products(self) -> int:
         return len(self.vocabs.products)
