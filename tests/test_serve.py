@@ -130,6 +130,7 @@ def test_at_changes_the_temporal_features(server, recommender, users):
     assert [i["score"] for i in early["items"]] != [i["score"] for i in late["items"]]
 
 
+@pytest.mark.faults
 def test_an_at_before_the_first_day_ended_is_a_422_naming_the_first_moment(server, recommender, users):
     """Old code answered 200 with an empty list (no product was known yet), where the nightly job
     refuses the same --at; the household's history there is still answered."""
@@ -498,6 +499,7 @@ def test_a_replica_started_after_its_model_was_replaced_refuses_to_serve_it(smal
         ModelService.load(settings)
 
 
+@pytest.mark.faults
 def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_dir, recommender, users):
     """What a @serve.batch call runs: requests grouped by k, exclude_purchased and explain are
     ranked in one model call each; every answer equals the single request's."""
