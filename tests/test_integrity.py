@@ -249,6 +249,7 @@ def test_user_state_of_another_run_is_refused(model, tmp_path):
     ],
     ids=["not json", "impossible model", "unknown key", "no version", "old format"],
 )
+@pytest.mark.faults
 def test_a_bad_config_is_refused_in_one_line(model, damage, message):
     config = _config(model)
     with open(os.path.join(model, CONFIG), "w") as f:
