@@ -17,7 +17,7 @@ import dataclasses
 import glob
 import os
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from ncf.train.config import TrainConfig
 from ncf.train.loop import StepHook, train_loop_per_worker
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import ray.data
 
 LIST_COLUMNS = [E.USER, E.HISTORY, E.HISTORY_AGE_DAYS, E.TIME_PARTS, E.PRODUCT, E.LABEL, E.LOG_Q, E.FEATURES]
@@ -56,16 +57,18 @@ def ordered_ingest():
 
 
 def training_lists(directories: Sequence[str], seed: int) -> "ray.data.Dataset":
-    """The training lists of ``directories`` (a cutoff's each), one block per Parquet file, the
-    files in a seeded random order: training reads them in that order (:func:`ordered_ingest`).
+    """The training lists of ``directories`` (a cutoff's each), the Parquet files in a seeded
+    random order, each read whole by one task: training reads them in that order
+    (:func:`ordered_ingest`).
 
     Within a file the households come in no meaningful order (a scrambled key), so batches need
     no local shuffle buffer, whose per-batch gather of list columns cost Ray Train a tenth of its
-    rate. The order depends on the files' rows and the seed only. Ray Data's own read packs
-    several files into one read task by their byte sizes and the cluster's CPUs, and the blocks
-    it shuffled (``randomize_block_order``) moved with the files' row-group layout, which
-    differs between two preprocessings of the same logs: two DATA directories holding the same
-    lists trained seed 0 to 0.4228 / 0.4606 and 0.4169 / 0.4555 on Complete Journey's test weeks.
+    rate. The order depends on the files' rows and the seed only. ``read_parquet`` does not keep
+    it: Ray 2.60's reader packs the files' row groups into read tasks of up to 128 MiB, first
+    fit, so a small row group is read ahead of the rest of its file, and the blocks that
+    ``randomize_block_order`` shuffled followed the row groups, which differ between two
+    preprocessings of the same logs: two DATA directories holding the same lists trained seed 0
+    to 0.4228 / 0.4606 and 0.4169 / 0.4555 on Complete Journey's test weeks.
     """
     import ray.data
 
@@ -73,9 +76,14 @@ def training_lists(directories: Sequence[str], seed: int) -> "ray.data.Dataset":
     if not files:
         raise InputError(f"no training lists (*.parquet) in {', '.join(directories)}")
     ordered = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
-    return ray.data.read_parquet(ordered, partitioning=None, override_num_blocks=len(ordered)).select_columns(
-        LIST_COLUMNS
-    )
+    paths = ray.data.from_items([{"path": f} for f in ordered], override_num_blocks=len(ordered))
+    return paths.map_batches(_read_lists, batch_size=1, batch_format="numpy")
+
+
+def _read_lists(batch: Dict[str, np.ndarray]) -> "pa.Table":
+    import pyarrow.parquet as pq
+
+    return pq.read_table(str(batch["path"][0]), columns=LIST_COLUMNS)
 
 
 def run_cutoffs(data: str, run: str) -> list:
