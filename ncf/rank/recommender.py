@@ -130,6 +130,8 @@ class Recommender:
     def check_rankable(self, at: int) -> None:
         """Raises :class:`BeforeTheData` for a moment before the end of the data's first UTC day
         (the nightly job refuses the same ``--at``), instead of an empty ranking."""
+        if at > self.state.end:
+            return
         first = self.state.first_purchase
         if first is not None and at < first_rankable(first):
             raise BeforeTheData(

@@ -54,8 +54,12 @@ class RankingState:
 
     @cached_property
     def first_purchase(self) -> Optional[int]:
-        """The moment of the earliest purchase the state holds (None: no purchases); one pass over
-        the purchases' moments, the first time it is asked."""
+        """The moment of the earliest purchase the state holds (None: no purchases): the earliest
+        of the households' first purchases (a vocabulary column, one value a household), else
+        a pass over every purchase's moment."""
+        users = self.vocabs.users
+        if FIRST_TS in users.extra and len(users) > 1:
+            return int(np.min(users.extra[FIRST_TS].to_numpy(zero_copy_only=False)))
         moments = self.states.timestamps
         return int(moments.min()) if len(moments) else None
 
