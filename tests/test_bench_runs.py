@@ -7,12 +7,13 @@ import shutil
 
 import numpy as np
 
-from bench import deployment, quality
+from bench import deployment, first_stage_size, quality
 from bench.runs import validated_run
 from ncf.data import layout
 from ncf.evaluate.evaluation import evaluate_all
 from ncf.evaluate.tuning import read_tuned
-from ncf.model.directory import update_metrics
+from ncf.model.directory import ModelDir, update_metrics
+from ncf.rank.candidates import RankingSettings
 from ncf.rank.state import RankingState
 from ncf.splits import TEST
 
@@ -27,6 +28,22 @@ def test_a_reused_run_is_evaluated_again(small_model_dir, small_data, tmp_path):
     fresh = evaluate_all(run, data, TEST, baselines=())[0]
     assert row["recall@10"] == fresh["recall@10"] != -1.0
     assert row["users"] == fresh["users"] and row["best_epoch"] == 2 and row["seed"] == 0
+
+
+def test_the_first_stage_bench_ranks_at_each_size_through_the_evaluation_code(small_model_dir, small_data):
+    data, _ = small_data
+    default = RankingSettings(**ModelDir(small_model_dir).ranking).candidates
+    rows = first_stage_size.main(
+        ["--model", small_model_dir, "--data", data, "--sizes", f"{default},10", "--own", "5", "--splits", TEST]
+    )
+    assert [(r["candidates"], r["own_candidates"]) for r in rows][1:] == [
+        (10, rows[0]["own_candidates"]),
+        (default, 5),
+        (10, 5),
+    ]
+    fresh = evaluate_all(small_model_dir, data, TEST, baselines=())[0]  # jobs.evaluate's figure at the default size
+    assert (rows[0]["recall@10"], rows[0]["ndcg@10"]) == (round(fresh["recall@10"], 4), round(fresh["ndcg@10"], 4))
+    assert rows[0]["households"] == fresh["users"]
 
 
 def test_quality_computes_the_baselines_without_a_model_row(monkeypatch, tmp_path):
