@@ -176,7 +176,7 @@ def test_a_longer_history_than_the_lists_hold_is_refused_before_ray_starts(tmp_p
         ("train", "--batch-size", "0", "must be 1 or more, not 0"),
         ("train", "--val-users", "-5", "must be 0 or more, not -5"),
         ("train", "--max-steps-per-epoch", "-1", "must be 0 or more, not -1"),
-        ("train", "--seed", "-1", "must be 0 or more, not -1"),  # the lists' file order (numpy's generator) takes no negative seed
+        ("train", "--seed", "-1", "must be 0 or more, not -1"),  # numpy's generators take no negative seed
         ("train", "--workers", "two", "'two' is not a whole number"),
         ("tune_sweep", "--trials", "0", "must be 1 or more, not 0"),
         ("tune_sweep", "--workers", "0", "must be 1 or more, not 0"),
