@@ -252,7 +252,8 @@ def test_a_batch_whose_ids_are_not_at_its_positions_is_refused(small_model_dir, 
 @pytest.mark.faults
 def test_an_actor_that_loads_another_model_version_is_refused(small_model_dir, small_data, tmp_path):
     data, _ = small_data
-    args = dict(model=small_model_dir, data=data, stage=str(tmp_path), k=K, at=0, scored_at=0)
+    at = layout.DataStats(data).end + 1  # after the data: nothing to replay
+    args = dict(model=small_model_dir, data=data, stage=str(tmp_path), k=K, at=at, scored_at=at)
     assert bs.ScoreBatch(**args, model_version="v1").recommender.version == "v1"
     with pytest.raises(bs.InputsChanged, match="MODEL was replaced during the run"):
         bs.ScoreBatch(**args, model_version="v0")

@@ -198,7 +198,8 @@ def test_two_worker_training_shards_the_tables_with_data_from_the_other_node(sha
     # start on the workers' node before they take its CPU, so not every read need be remote.)
     workers = _actor_nodes("RayTrainWorker")
     assert len(workers) == 1 and workers <= set(two_nodes.values()), workers
-    readers = set().union(*(nodes for name, nodes in _task_nodes(window).items() if "Read" in name))
+    # The training lists are read by Ray Data map tasks (MapBatches(_read_lists)).
+    readers = set().union(*(nodes for name, nodes in _task_nodes(window).items() if "read" in name.lower()))
     assert readers - workers, (readers, workers)
 
 
