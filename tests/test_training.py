@@ -94,28 +94,26 @@ def test_two_runs_of_one_seed_train_the_same_weights(small_data, tmp_path):
 def test_the_training_order_follows_the_lists_and_the_seed_not_how_the_files_were_written(small_data, tmp_path):
     """Old code shuffled the blocks of Ray Data's Parquet read, which packs the files' row groups
     into read tasks first fit: two preprocessings of the same logs (the same lists, other row
-    groups) trained seed 0 to 0.4228 and 0.4169 on Complete Journey. (This data's few small
-    files fit one read task, where that reader keeps their order: the test pins the order the
-    files and the seed give, whatever their row groups.)"""
+    groups) trained seed 0 to 0.4228 and 0.4169 on Complete Journey. Now: the cutoffs oldest
+    first, each cutoff's files in the seed's order, whatever their row groups."""
     from ray.data import DataContext
 
     data, stats = small_data
-    originals = [
-        sorted(glob.glob(os.path.join(layout.examples_dir(data, c), "*.parquet")))
-        for c in stats["cutoffs"]["validated"]
-    ]
+    cutoffs = sorted(stats["cutoffs"]["validated"])
+    assert len(cutoffs) >= 2
+    tables = [pads.dataset(layout.examples_dir(data, c), format="parquet").to_table() for c in cutoffs]
     copies = []
     for name, row_group_size in (("small-groups", 3), ("one-group", 100_000)):
         directories = []
-        for c, files in zip(stats["cutoffs"]["validated"], originals):
+        for c, table in zip(cutoffs, tables):
             directory = tmp_path / name / f"cutoff={c}"
             directory.mkdir(parents=True)
-            for i, f in enumerate(files):  # the same rows under other names and row groups
-                pq.write_table(pq.read_table(f), directory / f"{name}-{i:03d}.parquet", row_group_size=row_group_size)
+            third = -(-table.num_rows // 3)
+            for i in range(3):  # the same rows in three files, under other names and row groups
+                part = table.slice(i * third, third)
+                pq.write_table(part, directory / f"{name}-{i}.parquet", row_group_size=row_group_size)
             directories.append(str(directory))
         copies.append(directories)
-    files = sorted(f for group in originals for f in group)
-    assert len(files) >= 2
 
     def read_order(directories, seed):
         context = DataContext.get_current()
@@ -127,16 +125,17 @@ def test_the_training_order_follows_the_lists_and_the_seed_not_how_the_files_wer
             context.execution_options.preserve_order = kept
 
     def expected(seed):
-        tables = [pq.read_table(files[i]) for i in np.random.default_rng(seed).permutation(len(files))]
-        return [(u, tuple(p)) for t in tables for u, p in zip(t["user"].to_pylist(), t["product"].to_pylist())]
+        files = sorted(f for d in copies[0] for f in glob.glob(os.path.join(d, "*.parquet")))
+        shuffled = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
+        ordered = sorted(shuffled, key=lambda f: cutoffs.index(int(os.path.dirname(f).rsplit("=", 1)[1])))
+        parts = [pq.read_table(f) for f in ordered]
+        return [(u, tuple(p)) for t in parts for u, p in zip(t["user"].to_pylist(), t["product"].to_pylist())]
 
     assert read_order(copies[0], 0) == read_order(copies[1], 0) == expected(0)
-    other = next(
-        s
-        for s in range(1, 100)
-        if (np.random.default_rng(s).permutation(len(files)) != np.random.default_rng(0).permutation(len(files))).any()
-    )
-    assert read_order(copies[0], other) == expected(other) != expected(0)
+    assert read_order(copies[0], 1) == expected(1) != expected(0)  # the seed orders each cutoff's files
+    users_by_cutoff = [set(t["user"].to_pylist()) for t in tables]
+    first, last = read_order(copies[0], 1)[0][0], read_order(copies[0], 1)[-1][0]
+    assert first in users_by_cutoff[0] and last in users_by_cutoff[-1]
 
 
 # The drill's hook travels to the training worker by value: the worker cannot import test modules.
