@@ -229,13 +229,6 @@ class ModelService:
             return int(at.timestamp())
         return int(time.time()) if self.settings.default_at == NOW else self.recommender.default_at
 
-    def ranking_moment(self, at: Optional[datetime]) -> int:
-        """:meth:`moment`, refused (:class:`BeforeTheData`, a 422) before the end of the data's
-        first UTC day, when no product was known yet."""
-        moment = self.moment(at)
-        self.recommender.check_rankable(moment)
-        return moment
-
     # -- routes ------------------------------------------------------------------------------
 
     def health(self, rollout_error: Optional[str] = None) -> Dict:
@@ -263,8 +256,9 @@ class ModelService:
         moments: Dict[int, int] = {}
         groups: Dict[tuple, List[int]] = {}
         for i, r in enumerate(requests):
-            try:
-                moments[i] = self.ranking_moment(r.at)
+            moments[i] = self.moment(r.at)
+            try:  # here, not in rank() below, so that it refuses this request alone
+                self.recommender.check_rankable(moments[i])
             except BeforeTheData as refused:
                 answers[i] = refused
                 continue
@@ -277,17 +271,18 @@ class ModelService:
         return answers
 
     def recommend_batch(self, request: BatchRecommendRequest) -> Dict:
-        at = self.ranking_moment(request.at)
+        at = self.moment(request.at)
         ranked = self.recommender.rank(request.user_ids, request.k, at, request.exclude_purchased, request.explain)
         return {"results": [recommendation(r) for r in ranked], "at": _iso(at), "model_version": self.version}
 
     def score(self, request: ScoreRequest) -> Dict:
-        """Raises UnknownProducts (a 422 naming them) before any scoring."""
+        """Raises UnknownProducts (a 422 naming them) before any scoring; an ``at`` before the
+        data's first day ended raises BeforeTheData from the ranking core (a 422 too)."""
         index = self.recommender.vocabs.products.index_of(request.product_ids)
         unknown = [p for p, i in zip(request.product_ids, index.tolist()) if i == UNKNOWN_INDEX]
         if unknown:
             raise UnknownProducts(unknown)
-        at = self.ranking_moment(request.at)
+        at = self.moment(request.at)
         scores, cold = self.recommender.score_items(request.user_id, request.product_ids, at)
         return {
             "user_id": request.user_id,
