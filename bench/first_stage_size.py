@@ -23,6 +23,7 @@ from ncf.evaluate.evaluation import check_held_out, evaluate_all, period_ranker,
 from ncf.evaluate.protocol import period_start
 from ncf.model.directory import ModelDir
 from ncf.rank.candidates import RankingSettings
+from ncf.rank.ranker import Ranker
 from ncf.splits import TEST, VAL
 
 
@@ -52,13 +53,13 @@ def main(argv=None) -> List[Dict]:
     for split in args.splits.split(","):
         start = period_start(split, boundaries)
         check_held_out(handle, split, start)
+        # The state as of the period's start (a pass over every purchase) and the period, once a split.
+        base = period_ranker(model, tables, handle.rows_trained_before, args.data, start, default, handle.trained_rows)
+        _, period = point_in_time_period(base.state, split, boundaries)
         for changes in variants:
             settings = dataclasses.replace(default, **changes)
             started = time.perf_counter()
-            ranker = period_ranker(
-                model, tables, handle.rows_trained_before, args.data, start, settings, handle.trained_rows
-            )
-            _, period = point_in_time_period(ranker.state, split, boundaries)
+            ranker = Ranker(base.model, base.state, base.rows, settings)
             figures = evaluate_all(args.model, args.data, split, baselines=(), on_period=(ranker, period))[0]
             row = {
                 "benchmark": "first_stage_size",
