@@ -109,6 +109,15 @@ def model_on_period(model_dir: str, data: str, split: str, exclude_purchased: bo
     return ranker, period
 
 
+def _check_same_period(period: Period, split: str, exclude_purchased: bool) -> None:
+    """A period handed in (``on_period``) is used as it is, so it must be the one asked for."""
+    if period.name != split or (period.only_rebought is not None) != exclude_purchased:
+        raise ValueError(
+            f"on_period holds the {period.name} period (exclude_purchased={period.only_rebought is not None}), "
+            f"not the {split} period with exclude_purchased={exclude_purchased}"
+        )
+
+
 def check_held_out(handle: ModelDir, split: str, start: int) -> None:
     """The period must start at or after the end of the model's training labels."""
     # An untrained directory (tests, benchmarks of the mechanics) saw no labels, whatever its
@@ -202,12 +211,14 @@ def evaluate_all(
     called with each row as soon as it is computed."""
     boundaries = layout.DataStats(data).boundaries
     rows = []
-    if model_dir is not None:
-        ranker, period = on_period or model_on_period(model_dir, data, split)
-        state = ranker.state
-    else:
+    if model_dir is None:
         state = RankingState.load(data).as_of(period_start(split, boundaries))
-    context, period = point_in_time_period(state, split, boundaries, data, exclude_purchased)
+        context, period = point_in_time_period(state, split, boundaries, data, exclude_purchased)
+    else:
+        ranker, period = on_period or model_on_period(model_dir, data, split, exclude_purchased)
+        _check_same_period(period, split, exclude_purchased)
+        state = ranker.state
+        context = PointInTime.build(state.states, state.vocabs, period_start(split, boundaries), data)
     users = sample_users(period.users, max_users)
     if model_dir is not None:
         rank_many, score = model_fns(ranker, exclude_purchased)
