@@ -42,7 +42,7 @@ def test_aggregates_count_only_earlier_purchases_by_hand():
     agg = timeline().aggregates(4 * DAY, half_lives=(1.0,))
     assert agg.keys.tolist() == [5, 7]  # 9 is bought at day 4 itself: not before the moment
     assert agg.lines.tolist() == [2, 1] and agg.days.tolist() == [2, 1]
-    assert agg.last_age.tolist() == [2.0, 3.0] and agg.first_age.tolist() == [3.0, 3.0]
+    assert agg.last_age.tolist() == [2.0, 3.0] and agg.span_days.tolist() == [1.0, 0.0]
     assert agg.decayed[:, 0].tolist() == pytest.approx([0.5**2 + 0.5**3, 0.5**3])
     assert agg.typical_gap[0] == 1.0 and np.isnan(agg.typical_gap[1])  # 7: one day only
     assert agg.lookup(np.array([7, 9, 5])).tolist() == [1, -1, 0]

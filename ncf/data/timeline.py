@@ -25,7 +25,6 @@ class Aggregates:
     keys: np.ndarray  # K distinct keys, sorted
     lines: np.ndarray  # K purchase lines
     days: np.ndarray  # K distinct days bought
-    first_age: np.ndarray  # K days since the first purchase
     last_age: np.ndarray  # K days since the last purchase
     span_days: np.ndarray  # K UTC day numbers between the first and the last purchase day
     decayed: np.ndarray  # K x H distinct-day counts, each day weighted 0.5 ** (age / half-life)
@@ -61,9 +60,7 @@ def _aggregate(
     k = len(unique)
     lines = np.bincount(inverse, minlength=k)
     days = np.bincount(inverse, weights=day_first, minlength=k)
-    first_age = np.zeros(k)
     last_age = np.full(k, np.inf)
-    np.maximum.at(first_age, inverse, ages)
     np.minimum.at(last_age, inverse, ages)
     first_day = np.full(k, np.iinfo(np.int64).max)
     last_day = np.full(k, np.iinfo(np.int64).min)
@@ -73,7 +70,7 @@ def _aggregate(
     decayed = np.stack(
         [np.bincount(day_keys, weights=0.5 ** (day_ages / h), minlength=k) for h in half_lives], axis=1
     ).reshape(k, len(half_lives))
-    return Aggregates(unique, lines, days, first_age, last_age, (last_day - first_day).astype(np.float64), decayed)
+    return Aggregates(unique, lines, days, last_age, (last_day - first_day).astype(np.float64), decayed)
 
 
 class UserTimeline:
