@@ -3,11 +3,14 @@
 signal the MF path and the attention over history must carry), against tuned ALS.
 
 python -m bench.beyond_repeats [--users 3000] [--products 5000] [--tastes 4] [--workdir artifacts/beyond]
+    [--seed 0] [--model '{"use_mf": false}']
 
 A synthetic log (``jobs.preprocess --dataset synthetic --synthetic-no-rebuys --synthetic-tastes``:
 each household draws 80% of its purchases from a few favourite categories, by popularity, and
 buys each product at most once), the default model trained on it (validated run), then
-``jobs.evaluate --exclude-purchased``: one JSON line per model.
+``jobs.evaluate --exclude-purchased``: one JSON line per model. ``--model`` (ModelConfig fields
+as JSON, as ``jobs.train`` takes them) trains a variant, for ablations on this log; its model
+directory is named after it, beside the default's.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 
 from jobs import evaluate, preprocess, train
 
@@ -26,9 +30,12 @@ def main(argv=None) -> list:
     p.add_argument("--tastes", type=int, default=4, help="favourite categories per household")
     p.add_argument("--seed", type=int, default=0, help="the model's training seed")
     p.add_argument("--workdir", default="artifacts/beyond")
+    p.add_argument("--model", default="{}", help="ModelConfig fields as JSON (a variant of the default)")
     p.add_argument("--reuse", action="store_true", help="reuse DATA and the model of a previous run")
     args = p.parse_args(argv)
-    data, model = os.path.join(args.workdir, "data"), os.path.join(args.workdir, f"model-seed{args.seed}")
+    variant = json.loads(args.model)
+    data = os.path.join(args.workdir, "data")
+    model = os.path.join(args.workdir, f"model{_variant_suffix(variant)}-seed{args.seed}")
     if not (args.reuse and os.path.exists(os.path.join(data, "stats.json"))):
         preprocess.main(
             ["--dataset", "synthetic", "--synthetic-users", str(args.users), "--synthetic-products", str(args.products),
@@ -38,11 +45,17 @@ def main(argv=None) -> list:
         # The run's name is its whole output path: Ray Train resumes a run of the same name, so a
         # name shared by two workdirs would export the other workdir's model.
         name = "bench-" + os.path.normpath(model).strip(os.sep).replace(os.sep, "-")
-        train.main(["--data", data, "--output", model, "--seed", str(args.seed), "--name", name])
+        train.main(["--data", data, "--output", model, "--seed", str(args.seed), "--name", name, "--model", args.model])
     rows = evaluate.main(["--model", model, "--data", data, "--exclude-purchased"])
     for row in rows:
-        print(json.dumps({"benchmark": "beyond_repeats", **row}), flush=True)
+        print(json.dumps({"benchmark": "beyond_repeats", "variant": variant, **row}), flush=True)
     return rows
+
+
+def _variant_suffix(variant: dict) -> str:
+    """``{"use_mf": False}`` -> ``-use_mf-false``; the default (``{}``) -> ``""``."""
+    text = "".join(f"-{key}-{json.dumps(value)}" for key, value in sorted(variant.items()))
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
 if __name__ == "__main__":
