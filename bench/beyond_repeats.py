@@ -16,11 +16,13 @@ directory is named after it, beside the default's.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
 
 from jobs import evaluate, preprocess, train
+from jobs.cli import model_overrides, one_line_errors
 
 
 def main(argv=None) -> list:
@@ -33,7 +35,8 @@ def main(argv=None) -> list:
     p.add_argument("--model", default="{}", help="ModelConfig fields as JSON (a variant of the default)")
     p.add_argument("--reuse", action="store_true", help="reuse DATA and the model of a previous run")
     args = p.parse_args(argv)
-    variant = json.loads(args.model)
+    with one_line_errors():
+        variant = model_overrides(args.model)
     data = os.path.join(args.workdir, "data")
     model = os.path.join(args.workdir, f"model{_variant_suffix(variant)}-seed{args.seed}")
     if not (args.reuse and os.path.exists(os.path.join(data, "stats.json"))):
@@ -53,9 +56,12 @@ def main(argv=None) -> list:
 
 
 def _variant_suffix(variant: dict) -> str:
-    """``{"use_mf": False}`` -> ``-use_mf-false``; the default (``{}``) -> ``""``."""
+    """``{"use_mf": False}`` -> ``-use_mf-false``; the default (``{}``) -> ``""``. A value that
+    needs other characters gets a hash beside its readable form, so that no two variants share a
+    directory (``[128, 64]`` and ``"128,64"`` read the same once cleaned)."""
     text = "".join(f"-{key}-{json.dumps(value)}" for key, value in sorted(variant.items()))
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+    return clean if clean == text else f"{clean}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 if __name__ == "__main__":
