@@ -28,7 +28,9 @@ def test_a_period_handed_in_is_used_only_for_the_period_it_is(on_period, small_m
     with pytest.raises(ValueError, match="holds the test period"):
         evaluate_all(small_model_dir, data, VAL, max_users=5, baselines=(), on_period=on_period)
     with pytest.raises(ValueError, match="exclude_purchased=False"):
-        evaluate_all(small_model_dir, data, TEST, max_users=5, baselines=(), on_period=on_period, exclude_purchased=True)
+        evaluate_all(
+            small_model_dir, data, TEST, max_users=5, baselines=(), on_period=on_period, exclude_purchased=True
+        )
     handed_in = evaluate_all(small_model_dir, data, TEST, max_users=15, baselines=(), on_period=on_period)
     computed = evaluate_all(small_model_dir, data, TEST, max_users=15, baselines=())
     drop_time = [{k: v for k, v in row.items() if k != "seconds"} for row in handed_in + computed]
