@@ -3,12 +3,14 @@
 signal the MF path and the attention over history must carry), against tuned ALS.
 
 python -m bench.beyond_repeats [--users 3000] [--products 5000] [--tastes 4] [--workdir artifacts/beyond]
-    [--seed 0] [--model '{"use_mf": false}']
+    [--seed 0] [--model '{"use_mf": false}'] [--taste-groups 200]
 
 A synthetic log (``jobs.preprocess --dataset synthetic --synthetic-no-rebuys --synthetic-tastes``:
 each household draws 80% of its purchases from a few favourite categories, by popularity, and
 buys each product at most once), the default model trained on it (validated run), then
-``jobs.evaluate --exclude-purchased``: one JSON line per model. ``--model`` (ModelConfig fields
+``jobs.evaluate --exclude-purchased``: one JSON line per model. ``--taste-groups G``: the
+favoured sets are G latent product groups drawn across the categories instead of categories,
+so that neither the category source of the first stage nor the category cadence names them. ``--model`` (ModelConfig fields
 as JSON, as ``jobs.train`` takes them) trains a variant, for ablations on this log; its model
 directory is named after it, beside the default's.
 """
@@ -29,7 +31,10 @@ def main(argv=None) -> list:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=3_000)
     p.add_argument("--products", type=int, default=5_000)
-    p.add_argument("--tastes", type=int, default=4, help="favourite categories per household")
+    p.add_argument("--tastes", type=int, default=4, help="favourite categories (or groups) per household")
+    p.add_argument(
+        "--taste-groups", type=int, default=0, help="tastes over this many latent product groups, not the categories"
+    )
     p.add_argument("--seed", type=int, default=0, help="the model's training seed")
     p.add_argument("--workdir", default="artifacts/beyond")
     p.add_argument("--model", default="{}", help="ModelConfig fields as JSON (a variant of the default)")
@@ -42,7 +47,8 @@ def main(argv=None) -> list:
     if not (args.reuse and os.path.exists(os.path.join(data, "stats.json"))):
         preprocess.main(
             ["--dataset", "synthetic", "--synthetic-users", str(args.users), "--synthetic-products", str(args.products),
-             "--synthetic-tastes", str(args.tastes), "--synthetic-no-rebuys", "--output", data]
+             "--synthetic-tastes", str(args.tastes), "--synthetic-taste-groups", str(args.taste_groups),
+             "--synthetic-no-rebuys", "--output", data]
         )  # fmt: skip
     if not (args.reuse and os.path.exists(os.path.join(model, "config.json"))):
         # The run's name is its whole output path: Ray Train resumes a run of the same name, so a

@@ -89,6 +89,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="synthetic: each household favours this many categories (80%% of its purchases; 0: none)",
     )
     p.add_argument(
+        "--synthetic-taste-groups",
+        type=int,
+        default=0,
+        help="synthetic: the favoured sets are this many latent product groups drawn across the categories, "
+        "not the categories (0: categories)",
+    )
+    p.add_argument(
         "--synthetic-no-rebuys",
         action="store_true",
         help="synthetic: a household buys a product at most once (no staples): a log for collaborative filtering",
@@ -146,11 +153,13 @@ def main(argv=None) -> dict:
                 seed=args.seed,
                 taste_categories=args.synthetic_tastes,
                 taste_share=0.8 if args.synthetic_tastes else 0.0,
+                taste_groups=args.synthetic_taste_groups,
                 rebuys=not args.synthetic_no_rebuys,
                 staple_share=0.0 if args.synthetic_no_rebuys else datasets.SyntheticSpec.staple_share,
             )
             name = f"synthetic-u{spec.num_users}-p{spec.num_products}-s{spec.seed}"
             name += f"-t{spec.taste_categories}" * bool(spec.taste_categories) + "-norebuy" * (not spec.rebuys)
+            name += f"-g{spec.taste_groups}" * bool(spec.taste_categories and spec.taste_groups)
             paths = datasets.write_synthetic(os.path.join(args.cache, name), spec)
         if args.dataset:
             logs, catalog = schema.resolve_files(paths[0]), schema.resolve_files(paths[1])

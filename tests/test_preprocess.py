@@ -1,5 +1,6 @@
 """Ray Data preprocessing: validation and quarantine, vocabularies, leakage, temporal split."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from ncf.data import layout, schema
+from ncf.data import datasets, layout, schema
 from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import (
     STATS_FIXED_BYTES,
@@ -434,3 +435,30 @@ def test_a_million_synthetic_purchase_lines_go_through(ray_session, tmp_path):
     assert stats["rows_in"] == stats["rows_kept"] + stats["rows_quarantined"]
     assert all(0 < run["positives"] < run["candidates"] for run in stats["examples"].values())
     assert stats["vocab_sizes"]["num_users"] == spec.num_users + 1
+
+
+def test_synthetic_tastes_over_latent_groups_cut_across_the_categories():
+    """``taste_groups``: the favoured sets are latent product groups, not categories, so the
+    categories no longer say what a household likes (a harder log for collaborative filtering)."""
+    by_category = datasets.SyntheticSpec(
+        num_users=60,
+        num_products=2_000,
+        num_departments=4,
+        categories_per_department=5,
+        staple_share=0.0,
+        taste_categories=2,
+        taste_share=0.8,
+        seed=5,
+    )
+    by_group = dataclasses.replace(by_category, taste_groups=20)
+    category, group = datasets.synthetic_category(by_category), datasets.synthetic_taste_sets(by_group)
+    assert (datasets.synthetic_taste_sets(by_category) == category).all()
+
+    def top_two_share(spec, sets) -> float:
+        lines = pd.DataFrame(datasets.synthetic_users(np.arange(60), spec))
+        counts = lines.assign(s=sets[lines[schema.PRODUCT_ID]]).groupby([schema.USER_ID, "s"]).size()
+        per_user = counts.groupby(level=0).apply(lambda c: c.nlargest(2).sum() / c.sum())
+        return float(per_user.mean())
+
+    assert top_two_share(by_category, category) > 0.6 and top_two_share(by_group, group) > 0.6
+    assert top_two_share(by_group, category) < 0.6  # the groups' tastes spread over the categories

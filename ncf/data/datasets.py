@@ -78,6 +78,10 @@ class SyntheticSpec:
     # once: a log where what to recommend is what similar households bought, not what it rebuys.
     taste_categories: int = 0
     taste_share: float = 0.0
+    # With ``taste_groups`` > 0 the favoured sets are that many latent product groups, drawn
+    # independently of the categories, instead of the categories: tastes that no category
+    # names, which only a collaborative model can find.
+    taste_groups: int = 0
     rebuys: bool = True
     seed: int = 0
 
@@ -91,6 +95,13 @@ def synthetic_category(spec: SyntheticSpec) -> np.ndarray:
     rng = np.random.default_rng([spec.seed, 1])
     num_categories = spec.num_departments * spec.categories_per_department
     return rng.choice(num_categories, size=spec.num_products, p=_zipf(num_categories, 0.8))
+
+
+def synthetic_taste_sets(spec: SyntheticSpec) -> np.ndarray:
+    """The set every product id belongs to for tastes: its category, or its latent group."""
+    if not spec.taste_groups:
+        return synthetic_category(spec)
+    return np.random.default_rng([spec.seed, 4]).integers(spec.taste_groups, size=spec.num_products)
 
 
 def synthetic_catalog(spec: SyntheticSpec) -> pd.DataFrame:
@@ -130,7 +141,7 @@ def synthetic_users(user_ids: np.ndarray, spec: SyntheticSpec) -> Dict[str, np.n
     popularity_cdf /= popularity_cdf[-1]
     # A random permutation so that product ids do not encode popularity.
     permutation = np.random.default_rng([spec.seed, 2]).permutation(spec.num_products)
-    category = synthetic_category(spec)
+    taste_set = synthetic_taste_sets(spec)
     columns = {k: [] for k in (schema.USER_ID, schema.PRODUCT_ID, schema.TIMESTAMP, schema.QUANTITY)}
     for user in user_ids.tolist():
         rng = np.random.default_rng([spec.seed, 3, user])
@@ -151,9 +162,9 @@ def synthetic_users(user_ids: np.ndarray, spec: SyntheticSpec) -> Dict[str, np.n
             permutation[_draw(rng, popularity_cdf, total)],
         )
         if spec.taste_categories:
-            present = np.unique(category)
+            present = np.unique(taste_set)
             liked = rng.choice(present, size=min(spec.taste_categories, len(present)), replace=False)
-            in_taste = np.flatnonzero(np.isin(category[permutation], liked))  # popularity ranks of liked products
+            in_taste = np.flatnonzero(np.isin(taste_set[permutation], liked))  # popularity ranks of liked products
             weights = popularity[in_taste] / popularity[in_taste].sum()
             from_taste = (rng.random(total) < spec.taste_share) & ~from_staples
             products[from_taste] = permutation[
