@@ -10,9 +10,9 @@ each household draws 80% of its purchases from a few favourite categories, by po
 buys each product at most once), the default model trained on it (validated run), then
 ``jobs.evaluate --exclude-purchased``: one JSON line per model. ``--taste-groups G``: the
 favoured sets are G latent product groups drawn across the categories instead of categories,
-so that neither the category source of the first stage nor the category cadence names them. ``--model`` (ModelConfig fields
-as JSON, as ``jobs.train`` takes them) trains a variant, for ablations on this log; its model
-directory is named after it, beside the default's.
+so that neither the category source of the first stage nor the category cadence names them.
+``--model`` (ModelConfig fields as JSON, as ``jobs.train`` takes them) trains a variant, for
+ablations on this log; its model directory is named after it, beside the default's.
 """
 
 from __future__ import annotations
