@@ -40,20 +40,24 @@ class PointInTime:
     start: int
     num_users: int
     catalog: np.ndarray  # bool per product index: rankable at ``start``
-    popularity: np.ndarray  # purchases per product index before ``start``
     memo: Dict = field(default_factory=dict, repr=False)
     data: Optional[str] = None  # the DATA directory (baselines that train on its lists)
 
     @staticmethod
     def build(states: UserStates, vocabs: Vocabularies, start: int, data: Optional[str] = None) -> "PointInTime":
-        catalog = catalog_before(vocabs, start)
-        return PointInTime(
-            states, int(start), len(vocabs.users), catalog, popularity_before(states, start, len(catalog)), data=data
-        )
+        return PointInTime(states, int(start), len(vocabs.users), catalog_before(vocabs, start), data=data)
 
     @property
     def num_products(self) -> int:
         return len(self.catalog)
+
+    @property
+    def popularity(self) -> np.ndarray:
+        """Purchases per product index before ``start``: a pass over every purchase, taken on
+        first use, so that ranking the model alone (validation, ``baselines=()``) never pays it."""
+        if "popularity" not in self.memo:
+            self.memo["popularity"] = popularity_before(self.states, self.start, self.num_products)
+        return self.memo["popularity"]
 
     def households(self) -> np.ndarray:
         if "households" not in self.memo:
