@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,7 @@ from ncf.evaluate.evaluation import evaluate_all, point_in_time_period
 from ncf.evaluate.metrics import ranking_metrics
 from ncf.evaluate.protocol import period_start
 from ncf.model import ann
-from ncf.moments import first_rankable, run_date_of
+from ncf.moments import day_of, first_rankable, run_date_of
 from ncf.rank.candidates import CATEGORY_SPREAD, CandidateGenerator, RankingSettings
 from ncf.rank.ranker import Ranker, attention_spread
 from ncf.rank.recommender import BeforeTheData, Recommender
@@ -462,6 +463,49 @@ def test_a_past_moment_ranks_from_the_products_known_at_its_day_in_every_path(re
     assert given.recommend(users, k=10, at=at) == replay.recommend(users, k=10, at=at)
     with pytest.raises(ValueError, match="product stats at"):
         Recommender(recommender.ranker, recommender.version).as_of(at - 86_400, replay.state.stats)
+
+
+@pytest.mark.faults
+def test_a_past_day_being_computed_does_not_hold_up_a_day_already_kept(recommender, monkeypatch):
+    """Old code computed a past day's products' stats (a pass over every purchase: minutes at a
+    billion) under the one lock that every past `at` takes, so a request for a day already kept
+    waited behind another day's pass (and Serve's timeout answered it)."""
+    rec = Recommender(recommender.ranker, recommender.version)
+    kept_day = day_of(rec.state.end) - 86_400
+    slow_day = kept_day - 86_400
+    kept = rec.as_of(kept_day + 3600)
+    entered, release = threading.Event(), threading.Event()
+    original = RankingState.as_of
+
+    def slow_as_of(state, cutoff, stats=None):
+        if cutoff == slow_day:
+            entered.set()
+            release.wait(30)
+        return original(state, cutoff, stats)
+
+    monkeypatch.setattr(RankingState, "as_of", slow_as_of)
+    answers = {}
+
+    def ask(name, at):
+        answers[name] = rec.as_of(at)
+
+    slow = threading.Thread(target=ask, args=("slow", slow_day + 3600))
+    again = threading.Thread(target=ask, args=("slow again", slow_day + 60))
+    meanwhile = threading.Thread(target=ask, args=("kept", kept_day + 7200))
+    slow.start()
+    try:
+        assert entered.wait(30)
+        again.start()
+        meanwhile.start()
+        meanwhile.join(10)
+        assert answers.get("kept") is kept  # answered while the other day's pass runs
+        assert "slow again" not in answers  # waits for the pass already running, not a second one
+    finally:
+        release.set()
+        for thread in (slow, again, meanwhile):
+            if thread.ident is not None:  # started
+                thread.join(30)
+    assert answers["slow"] is answers["slow again"] and answers["slow"].state.end == slow_day - 1
 
 
 @pytest.mark.faults

@@ -52,6 +52,14 @@ class BeforeTheData(ValueError):
     known at its day's start, and none was known yet (a client error: Serve answers 422)."""
 
 
+class _PastDay:
+    """A past day's recommender, computed once by the first caller while later ones wait."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.recommender: Optional["Recommender"] = None
+
+
 class Recommender:
     """Ranks raw household ids with a :class:`Ranker`.
 
@@ -63,8 +71,8 @@ class Recommender:
     def __init__(self, ranker: Ranker, version: str = "dev") -> None:
         self.ranker = ranker
         self.version = version
-        self._days: "OrderedDict[int, Recommender]" = OrderedDict()  # as_of's, latest used last
-        self._days_lock = threading.Lock()
+        self._days: "OrderedDict[int, _PastDay]" = OrderedDict()  # as_of's, latest used last
+        self._days_lock = threading.Lock()  # guards _days only: a day's pass runs under its own lock
 
     @staticmethod
     def load(
@@ -117,15 +125,18 @@ class Recommender:
         self.check_rankable(at)
         day = day_of(at)
         with self._days_lock:
-            known = self._days.pop(day, None)
-            if known is None:
+            past = self._days.pop(day, None) or _PastDay()
+            self._days[day] = past
+            while len(self._days) > AS_OF_DAYS:
+                self._days.popitem(last=False)  # one being computed still answers its callers
+        # A day's stats are a pass over every purchase (minutes at a billion): under the shared
+        # lock, a request for a day already kept waited behind another day's pass.
+        with past.lock:
+            if past.recommender is None:
                 r = self.ranker
                 ranker = Ranker(r.model, self.state.as_of(day, stats), r.rows, r.settings, r.mf_index)
-                known = Recommender(ranker, self.version)
-            self._days[day] = known
-            while len(self._days) > AS_OF_DAYS:
-                self._days.popitem(last=False)
-        return known
+                past.recommender = Recommender(ranker, self.version)
+            return past.recommender
 
     def check_rankable(self, at: int) -> None:
         """Raises :class:`BeforeTheData` for a moment before the end of the data's first UTC day
