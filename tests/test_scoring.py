@@ -25,7 +25,7 @@ from ncf.model import ann
 from ncf.moments import day_of, first_rankable, run_date_of
 from ncf.rank.candidates import CATEGORY_SPREAD, CandidateGenerator, RankingSettings
 from ncf.rank.ranker import Ranker, attention_spread
-from ncf.rank.recommender import BeforeTheData, Recommender
+from ncf.rank.recommender import AS_OF_DAYS, BeforeTheData, Recommender
 from ncf.rank.state import EmbeddingRows, RankingState
 from ncf.splits import TEST, VALIDATED
 
@@ -506,6 +506,19 @@ def test_a_past_day_being_computed_does_not_hold_up_a_day_already_kept(recommend
             if thread.ident is not None:  # started
                 thread.join(30)
     assert answers["slow"] is answers["slow again"] and answers["slow"].state.end == slow_day - 1
+
+
+@pytest.mark.faults
+def test_a_past_day_that_fails_leaves_the_kept_days_kept(recommender):
+    """The first change of the per-day locks made room for a day before computing it, so a day
+    whose computation failed (here: stats of another day handed in) pushed a kept day out."""
+    rec = Recommender(recommender.ranker, recommender.version)
+    days = [day_of(rec.state.end) - i * 86_400 for i in range(1, AS_OF_DAYS + 1)]
+    kept = [rec.as_of(day + 3600) for day in days]
+    with pytest.raises(ValueError, match="product stats at"):
+        rec.as_of(days[-1] - 86_400 + 3600, kept[0].state.stats)
+    assert all(rec.as_of(day + 60) is known for day, known in zip(days, kept))  # none computed again
+    assert rec.as_of(days[-1] - 86_400 + 3600).state.end == days[-1] - 86_400 - 1  # tried again, computed
 
 
 @pytest.mark.faults

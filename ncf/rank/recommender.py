@@ -53,7 +53,7 @@ class BeforeTheData(ValueError):
 
 
 class _PastDay:
-    """A past day's recommender, computed once by the first caller while later ones wait."""
+    """A past day's recommender, computed by the first caller while later ones for that day wait."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -73,6 +73,7 @@ class Recommender:
         self.version = version
         self._days: "OrderedDict[int, _PastDay]" = OrderedDict()  # as_of's, latest used last
         self._days_lock = threading.Lock()  # guards _days only: a day's pass runs under its own lock
+        self._pass_lock = threading.Lock()  # one pass over the purchases at a time
 
     @staticmethod
     def load(
@@ -127,16 +128,32 @@ class Recommender:
         with self._days_lock:
             past = self._days.pop(day, None) or _PastDay()
             self._days[day] = past
-            while len(self._days) > AS_OF_DAYS:
-                self._days.popitem(last=False)  # one being computed still answers its callers
         # A day's stats are a pass over every purchase (minutes at a billion): under the shared
-        # lock, a request for a day already kept waited behind another day's pass.
+        # lock, a request for a day already kept waited behind another day's pass. Passes still
+        # run one at a time (each holds memory in proportion to the purchases).
         with past.lock:
             if past.recommender is None:
-                r = self.ranker
-                ranker = Ranker(r.model, self.state.as_of(day, stats), r.rows, r.settings, r.mf_index)
-                past.recommender = Recommender(ranker, self.version)
+                try:
+                    with self._pass_lock:
+                        r = self.ranker
+                        ranker = Ranker(r.model, self.state.as_of(day, stats), r.rows, r.settings, r.mf_index)
+                        past.recommender = Recommender(ranker, self.version)
+                finally:
+                    with self._days_lock:
+                        if past.recommender is None:
+                            if self._days.get(day) is past:
+                                del self._days[day]  # failed: a later call tries again
+                        elif day not in self._days:  # a retry by a caller that waited on a failed pass
+                            self._days[day] = past
+                        self._forget_oldest_days()
             return past.recommender
+
+    def _forget_oldest_days(self) -> None:
+        """Keeps the :data:`AS_OF_DAYS` days used last among those computed (under ``_days_lock``);
+        a day being computed is never dropped, so its pass is never run twice."""
+        computed = [day for day, past in self._days.items() if past.recommender is not None]
+        for day in computed[: max(0, len(computed) - AS_OF_DAYS)]:
+            del self._days[day]
 
     def check_rankable(self, at: int) -> None:
         """Raises :class:`BeforeTheData` for a moment before the end of the data's first UTC day
