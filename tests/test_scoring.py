@@ -476,8 +476,10 @@ def test_a_past_day_being_computed_does_not_hold_up_a_day_already_kept(recommend
     kept = rec.as_of(kept_day + 3600)
     entered, release = threading.Event(), threading.Event()
     original = RankingState.as_of
+    passes = []
 
     def slow_as_of(state, cutoff, stats=None):
+        passes.append(cutoff)
         if cutoff == slow_day:
             entered.set()
             release.wait(30)
@@ -499,13 +501,14 @@ def test_a_past_day_being_computed_does_not_hold_up_a_day_already_kept(recommend
         meanwhile.start()
         meanwhile.join(10)
         assert answers.get("kept") is kept  # answered while the other day's pass runs
-        assert "slow again" not in answers  # waits for the pass already running, not a second one
+        assert "slow again" not in answers  # waits for the pass already running
     finally:
         release.set()
         for thread in (slow, again, meanwhile):
             if thread.ident is not None:  # started
                 thread.join(30)
     assert answers["slow"] is answers["slow again"] and answers["slow"].state.end == slow_day - 1
+    assert passes.count(slow_day) == 1  # one pass for the day, not one per request
 
 
 @pytest.mark.faults
