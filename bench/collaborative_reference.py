@@ -35,7 +35,7 @@ import torch
 from jobs.cli import positive_int
 from ncf.data import layout
 from ncf.evaluate.baselines.als import purchase_counts
-from ncf.evaluate.baselines.base import PointInTime
+from ncf.evaluate.baselines.base import PointInTime, rank_with_ties
 from ncf.evaluate.evaluation import point_in_time_period
 from ncf.evaluate.protocol import Period, full_ranking
 from ncf.rank.state import RankingState
@@ -110,7 +110,8 @@ def fit_fism(bought: sp.csr_matrix, dims: int, epochs: int, seed: int, each_epoc
 
 def evaluate(score: ScoreFn, period: Period, context: PointInTime) -> Dict[str, float]:
     """Full ranking of the period with ``exclude_purchased``: the household's own products and
-    those outside the period's catalog never ranked."""
+    those outside the period's catalog never ranked (fewer than ``depth`` come back where fewer
+    are left)."""
     states = context.states
 
     def rank_many(users: np.ndarray, at: np.ndarray, depth: int) -> List[np.ndarray]:
@@ -120,8 +121,7 @@ def evaluate(score: ScoreFn, period: Period, context: PointInTime) -> Dict[str, 
             scores = context.masked(score(int(user), before))
             scores[0] = -np.inf
             scores[before] = -np.inf
-            top = np.argpartition(-scores, depth)[:depth]
-            ranked.append(top[np.argsort(-scores[top], kind="stable")])
+            ranked.append(rank_with_ties(scores, context.popularity_rank(), depth))  # ties as the baselines'
         return ranked
 
     metrics = full_ranking(None, period, period.users, rank_many=rank_many)
