@@ -72,7 +72,7 @@ def fit_ease(bought: sp.csr_matrix, l2: float) -> ScoreFn:
 
 
 def fit_fism(bought: sp.csr_matrix, dims: int, epochs: int, seed: int, each_epoch=None) -> ScoreFn:
-    """FISM on every (household, product) pair of ``bought``; ``each_epoch(score)`` after each."""
+    """FISM on every (household, product) pair of ``bought``; ``each_epoch(epoch, score)`` after each."""
     torch.manual_seed(seed)
     num_products = bought.shape[1]
     table = torch.nn.Embedding(num_products, dims)
