@@ -35,9 +35,9 @@ import torch
 from jobs.cli import positive_int
 from ncf.data import layout
 from ncf.evaluate.baselines.als import purchase_counts
-from ncf.evaluate.baselines.base import PointInTime, rank_with_ties
+from ncf.evaluate.baselines.base import PointInTime
 from ncf.evaluate.evaluation import point_in_time_period
-from ncf.evaluate.protocol import Period, full_ranking
+from ncf.evaluate.protocol import Period, excluding_purchased, full_ranking
 from ncf.rank.state import RankingState
 from ncf.splits import TEST, VAL
 
@@ -109,22 +109,14 @@ def fit_fism(bought: sp.csr_matrix, dims: int, epochs: int, seed: int, each_epoc
 
 
 def evaluate(score: ScoreFn, period: Period, context: PointInTime) -> Dict[str, float]:
-    """Full ranking of the period with ``exclude_purchased``: the household's own products and
-    those outside the period's catalog never ranked (fewer than ``depth`` come back where fewer
-    are left)."""
+    """Full ranking of the period with ``exclude_purchased``, ranked as the tuned baselines are
+    (:meth:`PointInTime.rank` wrapped in :func:`excluding_purchased`)."""
     states = context.states
 
-    def rank_many(users: np.ndarray, at: np.ndarray, depth: int) -> List[np.ndarray]:
-        ranked = []
-        for user, moment in zip(users, at):
-            before = states.timeline(int(user)).products_before(int(moment))
-            scores = context.masked(score(int(user), before))
-            scores[0] = -np.inf
-            scores[before] = -np.inf
-            ranked.append(rank_with_ties(scores, context.popularity_rank(), depth))  # ties as the baselines'
-        return ranked
+    def rank(user: int, at: int, depth: int) -> np.ndarray:
+        return context.rank(score(user, states.timeline(user).products_before(at)), depth)
 
-    metrics = full_ranking(None, period, period.users, rank_many=rank_many)
+    metrics = full_ranking(excluding_purchased(rank, states), period, period.users)
     return {k: round(float(metrics[k]), 4) for k in REPORTED}
 
 
