@@ -46,6 +46,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--own-candidates", type=non_negative_int, default=d.own_candidates, help="own past products per list"
     )
     p.add_argument(
+        "--neighbour-candidates",
+        type=non_negative_int,
+        default=d.neighbour_candidates,
+        help="products nearest to the household's by co-purchase per list",
+    )
+    p.add_argument(
         "--popular-candidates", type=non_negative_int, default=d.popular_candidates, help="popular products per list"
     )
     p.add_argument(
@@ -114,6 +120,7 @@ def preprocess_config(args: argparse.Namespace) -> PreprocessConfig:
                 cutoffs=args.cutoffs,
                 cutoff_step_days=args.cutoff_step_days,
                 own_candidates=args.own_candidates,
+                neighbour_candidates=args.neighbour_candidates,
                 popular_candidates=args.popular_candidates,
                 sampled_negatives=args.sampled_negatives,
                 uniform_negatives=args.uniform_negatives,

@@ -1,7 +1,8 @@
 """Beyond repeats: on a log where households never buy a product twice, ranked with
 ``exclude_purchased``, the trained model must at least match ALS (the `implicit` baseline) in the
-same evaluation code; what it can use there is what similar households and the household's own
-categories say, not what it rebought (issue 18; the full-size figures are in BENCHMARKS.md)."""
+same evaluation code. The households' tastes are latent product groups that no category names,
+so what it can use there is what similar households bought (the co-purchase neighbours), not
+what it rebought nor its categories (issue 18; the full-size figures are in BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ NO_REBUYS = datasets.SyntheticSpec(
     staple_share=0.0,
     taste_categories=4,
     taste_share=0.8,
+    taste_groups=40,
     rebuys=False,
     seed=3,
 )

@@ -173,6 +173,23 @@ def test_a_vocabulary_of_another_size_is_refused(model, tmp_path):
         verify_model_dir(model)
 
 
+@pytest.mark.faults
+def test_neighbours_of_another_catalog_or_pickled_are_refused(model):
+    """The co-purchase neighbours are read by every ranking request: a file for another catalog
+    would name products that do not exist here, and an object array would need unpickling."""
+    path = os.path.join(model, "state", "product_stats", "neighbours.npz")
+    with np.load(path) as f:
+        kept = dict(f)
+    np.savez(path, **{**kept, "indptr": np.zeros(4, np.int64)})
+    write_manifest(model, unsealed=[METRICS])
+    with pytest.raises(ModelIntegrityError, match=r"does not load \(.*neighbours of 3 products, not"):
+        verify_model_dir(model)
+    np.savez(path, **{**kept, "weights": np.array([object()] * len(kept["weights"]))})
+    write_manifest(model, unsealed=[METRICS])
+    with pytest.raises(ModelIntegrityError, match="does not load.*allow_pickle=False"):
+        verify_model_dir(model)
+
+
 def _reordered_vocab_copy(data: str, destination: str) -> None:
     """``data``'s vocabularies with the households in another order, as another preprocess of
     the same logs may number them: the same sizes, other meanings of the rows."""

@@ -9,7 +9,7 @@ from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ncf.data.features import CATEGORY_COLUMNS, DURATION_COLUMNS, TIMING_COLUMNS
+from ncf.data.features import CATEGORY_COLUMNS, DURATION_COLUMNS, NEIGHBOUR_COLUMNS, TIMING_COLUMNS
 from ncf.device import default_device
 from ncf.model import AdvancedNCF, ModelConfig, example_batch
 from ncf.model.advanced_ncf import PRODUCT_KEY, USER_KEY, lookup, lookup_distinct
@@ -54,7 +54,10 @@ def test_seed_names_and_types():
     assert [type(m) for m in combination] == [nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.Dropout]
     c = model.config
     timing = TIMING_COLUMNS.stop - TIMING_COLUMNS.start
-    assert combination[0].in_features == c.mf_embedding_dim + 2 * c.mlp_embedding_dim + c.temporal_dim + timing
+    neighbours = NEIGHBOUR_COLUMNS.stop - NEIGHBOUR_COLUMNS.start
+    assert combination[0].in_features == (
+        c.mf_embedding_dim + 2 * c.mlp_embedding_dim + c.temporal_dim + timing + neighbours
+    )
     assert model.mf_output.in_features == c.mf_embedding_dim
     assert model.mlp_output.in_features == c.mlp_hidden_dims[-1]
     assert isinstance(model.final[0], nn.Linear) and model.final[0].in_features == 2
@@ -166,6 +169,7 @@ def test_each_switch_removes_its_part(switch):
         "use_mf": ["mf_embedding_collection", "mf_output"],
         "use_mlp": ["mlp_embedding_collection", "feature_combination", "mlp_output"],
         "use_timing": ["timing_norm"],
+        "use_neighbours": ["neighbour_norm"],
     }[switch]
     for name in removed:
         assert not hasattr(ablated, name), name
@@ -188,6 +192,7 @@ def _output_changes(config: ModelConfig, edit) -> bool:
         ("use_attention", lambda b: b.history.copy_(torch.roll(b.history, 1, dims=0))),
         ("use_hierarchy", lambda b: b.features[:, CATEGORY_COLUMNS].add_(1.0)),
         ("use_timing", lambda b: b.features[:, TIMING_COLUMNS].mul_(2.0)),
+        ("use_neighbours", lambda b: b.features[:, NEIGHBOUR_COLUMNS].mul_(3.0)),
     ],
 )
 def test_switched_off_input_is_ignored(switch, edit):

@@ -259,6 +259,8 @@ def test_stats_computed_by_ray_tasks_are_the_drivers(small_data):
         here = ProductStats.compute(states, category, cutoff)
         for name in ("lines", "recent_lines", "buyers", "rebuy_rate", "cycle_days", "by_hour"):
             np.testing.assert_array_equal(getattr(by_tasks[cutoff], name), getattr(here, name), err_msg=name)
+        for name in ("indptr", "indices", "weights"):
+            np.testing.assert_array_equal(getattr(by_tasks[cutoff].neighbours, name), getattr(here.neighbours, name))
     saved = ProductStats.load(layout.product_stats_dir(data))
     assert saved.cutoff == cutoffs[0]
     np.testing.assert_array_equal(saved.cycle_days, by_tasks[cutoffs[0]].cycle_days)

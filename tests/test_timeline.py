@@ -133,8 +133,10 @@ def test_training_lists_label_the_window_and_correct_for_sampling():
     product, label, log_q = np.array(row["product"]), np.array(row["label"]), np.array(row["log_q"])
     assert set(product[label == 1]) == {5, 8}  # bought in [day 10, day 24); 8 is known at the cutoff
     assert {5, 7, 9} <= set(product)  # every own product is a candidate
-    own_or_popular = np.isin(product, [5, 7, 9]) | np.isin(product, cutoffs[0].popular)
-    assert (log_q[own_or_popular] == 0).all() and (log_q[~own_or_popular] < 0).all()
+    near = stats.neighbours.best(np.array([5, 7, 9]), config.neighbour_candidates)
+    assert len(near) and set(near) <= set(product)  # the products nearest to its own by co-purchase
+    listed = np.isin(product, [5, 7, 9]) | np.isin(product, cutoffs[0].popular) | np.isin(product, near)
+    assert (log_q[listed] == 0).all() and (log_q[~listed] < 0).all()
     assert len(row["features"]) == len(product) * len(FEATURES)
 
 
@@ -150,7 +152,12 @@ def test_uniform_negatives_reach_the_tail_and_are_corrected_for():
 
     def lists(uniform: int) -> dict:
         config = ExampleConfig(
-            history_length=3, horizon_days=14, popular_candidates=2, sampled_negatives=5, uniform_negatives=uniform
+            history_length=3,
+            horizon_days=14,
+            neighbour_candidates=0,  # one household bought everything: every product is a neighbour
+            popular_candidates=2,
+            sampled_negatives=5,
+            uniform_negatives=uniform,
         )
         return household_lists(group, config, catalog, [cutoff]).to_pylist()[0]
 

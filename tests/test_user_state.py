@@ -82,6 +82,8 @@ def test_product_stats_do_not_depend_on_the_chunks_they_are_read_in(cutoff_day):
         chunked = ProductStats.compute(states, category, cutoff_day * DAY, chunk_rows=chunk_rows)
         for name in ("lines", "recent_lines", "buyers", "rebuy_rate", "cycle_days", "by_hour"):
             assert np.array_equal(getattr(chunked, name), getattr(whole, name), equal_nan=True), name
+        for name in ("indptr", "indices", "weights"):
+            assert np.array_equal(getattr(chunked.neighbours, name), getattr(whole.neighbours, name)), name
     if cutoff_day >= 40:
         assert np.isfinite(whole.cycle_days).sum() > 10  # the medians were computed, not all NaN
 

@@ -9,13 +9,16 @@ candidates a ranker would consider, each labelled 1 when bought in the window:
 
 * its own past products (the ``own_candidates`` most bought, by the 90-day decayed count: what
   the ranking core puts first), every one of them, negatives kept at ``own_negative_rate``;
+* the ``neighbour_candidates`` products nearest to its past products by co-purchase
+  (:meth:`ncf.data.neighbours.ProductNeighbours.best`, none it bought: the ranking core's
+  source of new products);
 * the ``popular_candidates`` most bought products at the cutoff;
 * ``sampled_negatives`` products drawn by popularity (``lines ** 0.75``) from the rest of the
   products known at the cutoff (and ``uniform_negatives`` drawn uniformly from them), and every
   product of the rest that it bought in the window.
 
 Each candidate carries ``log_q``, the log-probability that a candidate of its kind is in the
-list (0 for own and popular products, ``log(own_negative_rate)`` when own negatives are
+list (0 for own, neighbour and popular products, ``log(own_negative_rate)`` when own negatives are
 subsampled, ``log(min(1, S * p + U / K))`` for the sampled rest, K the products known at the
 cutoff): training subtracts it from the logit, so the model learns the probability of a
 purchase rather than the sampler's odds (the "logQ" correction), and its scores mean the same
@@ -76,6 +79,7 @@ class ExampleConfig:
         cutoff_step_days: days between consecutive cutoffs (35, the default horizon: keep it at
             least the horizon, so that the windows do not overlap).
         own_candidates: most own products per list (the ranking core keeps as many).
+        neighbour_candidates: products nearest to the household's by co-purchase per list.
         popular_candidates: most popular products per list.
         sampled_negatives: products drawn by popularity from the rest of the catalog per list.
         uniform_negatives: products drawn uniformly from the catalog known at the cutoff per list.
@@ -91,6 +95,7 @@ class ExampleConfig:
     cutoffs: int = 4
     cutoff_step_days: int = 35
     own_candidates: int = 250
+    neighbour_candidates: int = 100
     popular_candidates: int = 50
     sampled_negatives: int = 20
     uniform_negatives: int = 100
@@ -100,8 +105,12 @@ class ExampleConfig:
     def __post_init__(self) -> None:
         if self.history_length < 1 or self.horizon_days < 1 or self.cutoffs < 1 or self.cutoff_step_days < 1:
             raise ValueError("history_length, horizon_days, cutoffs and cutoff_step_days must be >= 1")
-        if min(self.own_candidates, self.popular_candidates, self.sampled_negatives, self.uniform_negatives) < 0:
-            raise ValueError("own_candidates, popular_candidates, sampled_negatives and uniform_negatives must be >= 0")
+        sizes = (self.own_candidates, self.neighbour_candidates, self.popular_candidates)
+        if min(*sizes, self.sampled_negatives, self.uniform_negatives) < 0:
+            raise ValueError(
+                "own_candidates, neighbour_candidates, popular_candidates, sampled_negatives "
+                "and uniform_negatives must be >= 0"
+            )
         if not 0.0 < self.own_negative_rate <= 1.0:
             raise ValueError("own_negative_rate must be in (0, 1]")
 
@@ -179,20 +188,23 @@ def _one_list(timeline: UserTimeline, user: int, cutoff: Cutoff, config: Example
     bought = window[cutoff.known(window)]
     rng = np.random.default_rng([config.seed, user, c])
 
-    own = timeline.aggregates(moment, HALF_LIVES).most_bought(config.own_candidates)
+    aggregates = timeline.aggregates(moment, HALF_LIVES)
+    own = aggregates.most_bought(config.own_candidates)
     if config.own_negative_rate < 1.0:
         own = own[np.isin(own, bought) | (rng.random(len(own)) < config.own_negative_rate)]
-    popular = cutoff.popular[~np.isin(cutoff.popular, own)]
+    near = cutoff.stats.neighbours.best(aggregates.keys, config.neighbour_candidates)
+    popular = cutoff.popular[~np.isin(cutoff.popular, own) & ~np.isin(cutoff.popular, near)]
+    listed = np.concatenate([own, near, popular])
     rest = np.concatenate([cutoff.sample(rng, config.sampled_negatives), bought])
     if config.uniform_negatives:  # drawn after the others, so the default's draws do not change
         rest = np.concatenate([rest, cutoff.sample_uniform(rng, config.uniform_negatives)])
-    rest = np.unique(rest[~np.isin(rest, own) & ~np.isin(rest, popular) & (rest > 0)])
+    rest = np.unique(rest[~np.isin(rest, listed) & (rest > 0)])
 
-    candidates = np.concatenate([own, popular, rest]).astype(np.int64)
+    candidates = np.concatenate([listed, rest]).astype(np.int64)
     log_q = np.concatenate(
         [
             np.full(len(own), np.log(config.own_negative_rate)),
-            np.zeros(len(popular)),
+            np.zeros(len(near) + len(popular)),
             cutoff.inclusion_log_q(rest, config.sampled_negatives, config.uniform_negatives),
         ]
     )

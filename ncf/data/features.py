@@ -18,7 +18,10 @@ A ranking question is one household at one moment over C candidate products. Its
     and its typical gap between baskets;
   - :data:`CATEGORY` (numeric) and :data:`CATEGORY_DURATIONS` (days), into ``CategoryHierarchy``:
     the same cadence at the level of the candidate's category, for sparse products (none for
-    products of the unknown category 0).
+    products of the unknown category 0);
+  - :data:`NEIGHBOURS` (numeric, the model's neighbour block): the sum of the candidate's
+    co-purchase cosines to the household's past products (:mod:`ncf.data.neighbours`), what
+    other households who bought the same products bought: the signal for products new to it.
 
 Days are UTC calendar days: a typical gap is the mean number of day numbers between distinct
 purchase days, for the household (``gap``) as for all households (``product_cycle``).
@@ -48,7 +51,8 @@ from ncf.moments import TIME_PARTS, time_parts_of
 # another's silently. Preprocessing records it beside the training lists (stats.json) and jobs
 # refuse lists of another version; model directories carry it through their format version.
 # 2 (2026-12-01): the unknown category 0 is no category; own typical gaps in UTC day numbers.
-FEATURES_VERSION = 2
+# 3 (2026-12-01): the co-purchase neighbour score.
+FEATURES_VERSION = 3
 
 HALF_LIVES = (7.0, 30.0, 90.0, 365.0)
 CATEGORY_HALF_LIVES = (30.0, 365.0)
@@ -79,7 +83,8 @@ CATEGORY = (
     "category_due_known",
 )
 CATEGORY_DURATIONS = ("category_since", "category_gap")
-FEATURES = TIMING + DURATIONS + CATEGORY + CATEGORY_DURATIONS
+NEIGHBOURS = ("neighbour_score",)
+FEATURES = TIMING + DURATIONS + CATEGORY + CATEGORY_DURATIONS + NEIGHBOURS
 NUM_FEATURES = len(FEATURES)
 
 
@@ -90,6 +95,7 @@ def _span(group: Tuple[str, ...]) -> slice:
 
 TIMING_COLUMNS, DURATION_COLUMNS = _span(TIMING), _span(DURATIONS)
 CATEGORY_COLUMNS, CATEGORY_DURATION_COLUMNS = _span(CATEGORY), _span(CATEGORY_DURATIONS)
+NEIGHBOUR_COLUMNS = _span(NEIGHBOURS)
 
 
 @dataclass(frozen=True)
@@ -213,5 +219,7 @@ def candidate_features(
         # CATEGORY_DURATIONS
         _days(category_since),
         _days(category_gap),
+        # NEIGHBOURS
+        _log(stats.neighbours.scores(own.keys, candidates)),
     ]
     return np.stack(columns, axis=1).astype(np.float32)

@@ -4,7 +4,8 @@
       stats.json        counts, split boundaries, cutoffs, the settings of the run
       vocab/            users, products (with department/category), departments, categories
       user_state/       every household's purchases through the data's end (compact arrays)
-      product_stats/    popularity and cadence of every product at the data's end
+      product_stats/    popularity, cadence and co-purchase neighbours of every product at the
+                        data's end
       examples/         training lists, one folder per cutoff (``cutoff=<epoch seconds>``)
       quarantine/       rows that failed validation, with a reason
 

@@ -348,7 +348,9 @@ def _stats_task(state_dir: str, category: np.ndarray, cutoff: int) -> ProductSta
 STATS_WAIT_LOG_S = 60.0
 # What one pass of ProductStats.compute holds besides its chunk: per product, its sums and the
 # 24 hourly counts (float64); per household-product pair bought on two days or more, its product
-# and gap (16 bytes; bounded by the purchases). A chunk's arrays: about 100 bytes a purchase.
+# and gap (16 bytes); per household-product pair, its household and product (16 bytes) and the
+# neighbours' binary matrix (about 24 more while it is built); all bounded by the purchases.
+# A chunk's arrays: about 100 bytes a purchase.
 STATS_FIXED_BYTES = 100 * CHUNK_ROWS + 64 * 2**20
 
 
@@ -356,7 +358,7 @@ def stats_memory(num_purchases: int, num_products: int, largest_node: int) -> in
     """Bytes a stats task asks Ray for: the most :meth:`ProductStats.compute` may hold, capped
     at most of the largest node with a CPU (a pass that needs more would need it in a driver as
     well); 0, no request, when no such node reports its memory (a request could fit nowhere)."""
-    need = STATS_FIXED_BYTES + (24 + 8) * 8 * num_products + 16 * num_purchases
+    need = STATS_FIXED_BYTES + (24 + 8) * 8 * num_products + 56 * num_purchases
     return int(min(need, 0.8 * largest_node))
 
 

@@ -1,4 +1,5 @@
-"""What all households' purchases say about each product at a cutoff: popularity and cadence.
+"""What all households' purchases say about each product at a cutoff: popularity, cadence and
+its co-purchased neighbours.
 
 Computed from the purchases strictly before the cutoff only, so that a training example at a
 cutoff, an evaluation at a period's start and serving at the data's end each see the products
@@ -19,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ncf.data.neighbours import NEIGHBOURS_K, ProductNeighbours
 from ncf.data.user_state import CHUNK_ROWS, UserStates
 from ncf.moments import hours_of
 
@@ -42,6 +44,7 @@ class ProductStats:
     rebuy_rate: np.ndarray  # share of buyers who bought it on two days or more
     cycle_days: np.ndarray
     by_hour: np.ndarray  # 24 x HOURLY_TOP most bought products per hour of day (cold start)
+    neighbours: ProductNeighbours  # each product's nearest co-purchased products
 
     @property
     def num_products(self) -> int:
@@ -54,15 +57,21 @@ class ProductStats:
         return order[order != 0]
 
     @staticmethod
-    def compute(states: UserStates, category: np.ndarray, cutoff: int, chunk_rows: int = CHUNK_ROWS) -> "ProductStats":
+    def compute(
+        states: UserStates,
+        category: np.ndarray,
+        cutoff: int,
+        chunk_rows: int = CHUNK_ROWS,
+        neighbours_k: int = NEIGHBOURS_K,
+    ) -> "ProductStats":
         """From every purchase of ``states`` strictly before ``cutoff``; ``category`` gives each
         product index's category (its length is the number of products). Read a chunk of
         households at a time (``chunk_rows`` purchases), so memory grows with the products and
-        the households' rebuys, not with the purchases."""
+        the distinct (household, product) pairs, not with the purchases."""
         n = len(category)
         lines, recent, buyers, rebuyers = (np.zeros(n) for _ in range(4))
         by_hour = np.zeros((24, n))
-        cycle_products, cycle_gaps = [], []
+        cycle_products, cycle_gaps, pair_users, pair_products = [], [], [], []
         for users, products, ts in states.chunks(chunk_rows, before=cutoff):
             lines += np.bincount(products, minlength=n)
             recent += np.bincount(products[ts >= cutoff - RECENT_DAYS * _DAY], minlength=n)
@@ -72,31 +81,46 @@ class ProductStats:
             rebuyers += np.bincount(pairs.product, weights=pairs.days > 1, minlength=n)
             cycle_products.append(pairs.product[pairs.days > 1])
             cycle_gaps.append(pairs.gap[pairs.days > 1])
+            pair_users.append(pairs.user)
+            pair_products.append(pairs.product)
         with np.errstate(invalid="ignore", divide="ignore"):
             rebuy_rate = np.where(buyers > 0, rebuyers / buyers, 0.0)
         cycle = _median_by(_joined(cycle_products, np.int64), _joined(cycle_gaps, np.float64), n)
-        return ProductStats(int(cutoff), lines, recent, buyers, rebuy_rate, cycle, _by_hour(by_hour, lines))
+        neighbours = ProductNeighbours.fit(
+            _joined(pair_users, np.int64), _joined(pair_products, np.int64), n, neighbours_k
+        )
+        return ProductStats(int(cutoff), lines, recent, buyers, rebuy_rate, cycle, _by_hour(by_hour, lines), neighbours)
 
     def save(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
-        columns = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("cutoff", "by_hour")}
+        columns = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_COLUMNS}
         table = pa.table(columns).replace_schema_metadata({"cutoff": str(self.cutoff)})
         pq.write_table(table, os.path.join(directory, "products.parquet"))
         np.save(os.path.join(directory, "by_hour.npy"), self.by_hour)
+        self.neighbours.save(directory)
 
     @staticmethod
     def load(directory: str) -> "ProductStats":
         table = pq.read_table(os.path.join(directory, "products.parquet"))
         columns = {name: table.column(name).to_numpy() for name in table.column_names}
         cutoff = int(table.schema.metadata[b"cutoff"])
-        return ProductStats(cutoff=cutoff, by_hour=np.load(os.path.join(directory, "by_hour.npy")), **columns)
+        return ProductStats(
+            cutoff=cutoff,
+            by_hour=np.load(os.path.join(directory, "by_hour.npy"), allow_pickle=False),
+            neighbours=ProductNeighbours.load(directory, table.num_rows),
+            **columns,
+        )
+
+
+NOT_COLUMNS = ("cutoff", "by_hour", "neighbours")  # saved beside products.parquet
 
 
 @dataclass
 class _Pairs:
-    """One entry per (household, product) pair bought: the product, its distinct purchase days
-    and the mean days between them (NaN for one day)."""
+    """One entry per (household, product) pair bought: the household, the product, its distinct
+    purchase days and the mean days between them (NaN for one day)."""
 
+    user: np.ndarray
     product: np.ndarray
     days: np.ndarray
     gap: np.ndarray
@@ -105,14 +129,14 @@ class _Pairs:
 def _pairs(users: np.ndarray, products: np.ndarray, days: np.ndarray) -> _Pairs:
     """The (household, product) pairs of (household, product, day) entries."""
     if len(users) == 0:
-        return _Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+        return _Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
     u, p, d = _distinct_sorted(users, products, days)
     starts = np.flatnonzero(np.r_[True, (u[1:] != u[:-1]) | (p[1:] != p[:-1])])
     ends = np.r_[starts[1:], len(u)]
     pair_days = ends - starts
     with np.errstate(invalid="ignore", divide="ignore"):
         gap = (d[ends - 1] - d[starts]) / (pair_days - 1)
-    return _Pairs(p[starts], pair_days, gap)
+    return _Pairs(u[starts], p[starts], pair_days, gap)
 
 
 def _distinct_sorted(users: np.ndarray, products: np.ndarray, days: np.ndarray) -> tuple:

@@ -14,11 +14,15 @@ A hybrid of matrix factorisation and a deep network that scores (household, prod
 * ``CategoryHierarchy``: product, category and department weighted by attention, the category
   level carrying the household's cadence in that category;
 * ``feature_combination`` (Linear, ReLU, BatchNorm1d, Dropout) and ``mlp_layers`` down through
-  ``mlp_hidden_dims``, over [MF vector, MLP vector, hierarchy, temporal, timing features];
+  ``mlp_hidden_dims``, over [MF vector, MLP vector, hierarchy, temporal, timing features,
+  neighbour score];
 * dual outputs ``mf_output`` and ``mlp_output`` joined by ``final`` = Linear(2, 1) + Sigmoid.
 
-The addition to the seed is the purchase-timing block (:mod:`ncf.data.features`): on grocery
-data what a household buys next is mostly what it buys every few weeks and is due again.
+The additions to the seed are the purchase-timing block (:mod:`ncf.data.features`): on grocery
+data what a household buys next is mostly what it buys every few weeks and is due again; and
+the co-purchase neighbour score (:mod:`ncf.data.neighbours`), normalised like the timing block:
+where households rarely buy a product twice, what they buy next is what households with the
+same products bought.
 
 Example::
 
@@ -41,6 +45,7 @@ from ncf.data.features import (
     CATEGORY_COLUMNS,
     CATEGORY_DURATION_COLUMNS,
     DURATION_COLUMNS,
+    NEIGHBOUR_COLUMNS,
     NEVER_DAYS,
     NUM_FEATURES,
     TIMING_COLUMNS,
@@ -151,6 +156,8 @@ class AdvancedNCF(nn.Module):
                 )
             if c.use_timing:
                 self.timing_norm = nn.BatchNorm1d(c.num_timing)
+            if c.use_neighbours:
+                self.neighbour_norm = nn.BatchNorm1d(NEIGHBOUR_COLUMNS.stop - NEIGHBOUR_COLUMNS.start)
             self.feature_combination = _block(c.combined_dim, c.mlp_hidden_dims[0], c.dropout)
             self.mlp_layers = nn.Sequential(
                 *[_block(a, b, c.dropout) for a, b in zip(c.mlp_hidden_dims[:-1], c.mlp_hidden_dims[1:])]
@@ -202,6 +209,8 @@ class AdvancedNCF(nn.Module):
             parts.append(moment + self.duration_projection(self._durations(features[:, DURATION_COLUMNS])))
         if c.use_timing:
             parts.append(self.timing_norm(features[:, TIMING_COLUMNS]))
+        if c.use_neighbours:
+            parts.append(self.neighbour_norm(features[:, NEIGHBOUR_COLUMNS]))
         if mf_vector is not None:
             parts.insert(0, mf_vector)
         hidden = self.mlp_layers(self.feature_combination(torch.cat(parts, dim=1)))

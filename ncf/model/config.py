@@ -6,9 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from ncf.data.features import CATEGORY, CATEGORY_DURATIONS, DURATIONS, TIMING
+from ncf.data.features import CATEGORY, CATEGORY_DURATIONS, DURATIONS, NEIGHBOURS, TIMING
 
-SWITCHES = ("use_temporal", "use_attention", "use_hierarchy", "use_mf", "use_mlp", "use_timing")
+SWITCHES = ("use_temporal", "use_attention", "use_hierarchy", "use_mf", "use_mlp", "use_timing", "use_neighbours")
 
 
 @dataclass
@@ -19,8 +19,8 @@ class ModelConfig:
     encodings: the moment's time parts, the durations of the purchase-timing features, the
     history's ages), ``use_attention`` (attention over the history), ``use_hierarchy``
     (department/category and the category-level cadence), ``use_mf`` (the MF path and its
-    output), ``use_mlp`` (the whole MLP path and its output) and ``use_timing`` (the numeric
-    purchase-timing features).
+    output), ``use_mlp`` (the whole MLP path and its output), ``use_timing`` (the numeric
+    purchase-timing features) and ``use_neighbours`` (the co-purchase neighbour score).
     """
 
     num_users: int
@@ -41,6 +41,7 @@ class ModelConfig:
     use_mf: bool = True
     use_mlp: bool = True
     use_timing: bool = True
+    use_neighbours: bool = True
 
     def __post_init__(self) -> None:
         if not (self.use_mf or self.use_mlp):
@@ -75,7 +76,7 @@ class ModelConfig:
     @property
     def combined_dim(self) -> int:
         """The seed's mf_embedding_dim + mlp_embedding_dim (MLP path) + mlp_embedding_dim
-        (hierarchy) + temporal_dim, plus the timing features."""
+        (hierarchy) + temporal_dim, plus the timing features and the neighbour score."""
         dim = 2 * self.mlp_embedding_dim
         if self.use_mf:
             dim += self.mf_embedding_dim
@@ -83,6 +84,8 @@ class ModelConfig:
             dim += self.temporal_dim
         if self.use_timing:
             dim += self.num_timing
+        if self.use_neighbours:
+            dim += len(NEIGHBOURS)
         return dim
 
     def to_dict(self) -> Dict:

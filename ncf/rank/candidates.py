@@ -2,14 +2,17 @@
 
 1. its own past products, the ``own_candidates`` most bought by the 90-day decayed count (the
    training lists hold the same ones);
-2. the MF path's best products for the household (they do not depend on the moment, so each
+2. the products nearest to its past products by co-purchase, none it bought
+   (:meth:`ncf.data.neighbours.ProductNeighbours.best`; the training lists hold the same ones):
+   where households rarely buy a product twice, what households with the same products bought;
+3. the MF path's best products for the household (they do not depend on the moment, so each
    household's list is computed once and kept while the table of them stays small);
-3. the best sellers of the household's own categories (the ``CATEGORY_SPREAD`` it bought most,
+4. the best sellers of the household's own categories (the ``CATEGORY_SPREAD`` it bought most,
    by the 365-day decayed count): where households rarely buy a product twice, what they buy
    next is mostly new products of the categories they shop, which neither their own products
    nor the MF path's short list reach (on the no-rebuy log of BENCHMARKS.md this source took
    the share of the next products among the candidates from 0.29 to 0.59);
-4. the most bought products at the state's cutoff;
+5. the most bought products at the state's cutoff;
 
 distinct, only products known at the cutoff, at most ``candidates``. With
 ``exclude_purchased`` the household's past products are removed *before* the cut, and the list is
@@ -45,6 +48,7 @@ class RankingSettings:
 
     candidates: int = 300  # re-ranked by the full model
     own_candidates: int = 250  # the household's own products (as many as the training lists hold)
+    neighbour_candidates: int = 100  # nearest to its products by co-purchase (as the training lists)
     mf_candidates: int = ann.MF_CANDIDATES  # from the MF path's dot products
     category_candidates: int = 100  # the most bought products of the household's own categories
     popular_candidates: int = 50
@@ -195,6 +199,7 @@ class CandidateGenerator:
         s = self.settings
         own = timeline.aggregates(at, HALF_LIVES)
         sources = [] if exclude_purchased else [own.most_bought(s.own_candidates)]
+        sources.append(self.state.stats.neighbours.best(own.keys, s.neighbour_candidates))
         if mf_top is not None:
             sources.append(mf_top[mf_top >= 0])  # -1: the index found fewer products than asked
         if s.category_candidates:
