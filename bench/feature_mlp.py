@@ -8,14 +8,14 @@ python -m bench.feature_mlp --data DATA [--seeds 3] [--epochs 3] [--rows unsampl
 Trains, per seed, an MLP of the same shape as AdvancedNCF's (Linear, ReLU, BatchNorm1d, Dropout
 0.1; hidden 128-64) on the candidate features of DATA's validated training lists (all
 :data:`ncf.data.features.FEATURES`, standardised), with or without 32-wide household and product
-id embeddings. ``--rows unsampled``: only the own and popular candidates, plain BCE (the boosted
-ranker's rows); ``--rows all``: every candidate, with the logQ correction (the model's rows).
+id embeddings. ``--rows unsampled``: only the own, neighbour and popular candidates, plain BCE
+(the boosted ranker's rows); ``--rows all``: every candidate, with the logQ correction (the model's rows).
 The id tables train with Adam like the rest, or (``--table-optimizer rowwise_adagrad``) as the
 model's do: TorchRec's row-wise Adagrad at ``TABLE_LEARNING_RATE_SCALE`` times the dense rate.
 ``--encoding ple:16`` feeds each feature through a piecewise-linear encoding over 16 quantile
 bins of the training rows (:class:`PiecewiseLinear`) instead of standardising it. After each
 epoch it ranks the validation and the test weeks exactly as the boosted ranker does
-(:class:`ncf.evaluate.baselines.boosted.OwnAndPopular`), through the evaluation's own
+(:class:`ncf.evaluate.baselines.boosted.OwnNeighboursAndPopular`), through the evaluation's own
 :func:`ncf.evaluate.protocol.full_ranking`, and prints one JSON line per epoch. The test figures
 are read, never used to choose anything: each seed's reported epoch (``"chosen": true``) is the
 one with the best validation NDCG@10 (unrounded; the earliest on a tie), and a last line
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ncf.data import layout
-from ncf.evaluate.baselines.boosted import OwnAndPopular, training_lists
+from ncf.evaluate.baselines.boosted import OwnNeighboursAndPopular, training_lists
 from ncf.evaluate.evaluation import point_in_time_period
 from ncf.evaluate.protocol import full_ranking, period_start
 from ncf.rank.state import RankingState
@@ -139,7 +139,7 @@ class FeatureMLP(nn.Module):
         return self.layers(torch.cat(parts, 1)).squeeze(1)
 
 
-class FeatureMLPRanker(OwnAndPopular):
+class FeatureMLPRanker(OwnNeighboursAndPopular):
     """The boosted ranker's candidates, scored by a trained :class:`FeatureMLP`."""
 
     name = "feature_mlp"

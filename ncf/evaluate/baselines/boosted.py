@@ -4,9 +4,10 @@ What a practitioner tries first on next-basket data (the Instacart recipe): a gr
 classifier of "bought within the next H days" over (household, candidate) rows with the
 household's timing features. It trains on the model's own training lists of the validated run
 (the same cutoffs, labels and features), on the candidates it ranks: the household's own
-products and the popular ones (the lists' sampled rest of the catalog carries logQ offsets of
-up to ~10 nats, which a booster spends its rounds undoing: trained on them it ranked at 0.355
-Recall@10 on Complete Journey, against 0.42 without). It ranks with
+products, the products nearest to them by co-purchase and the popular ones (the lists' sampled
+rest of the catalog carries logQ offsets of up to ~10 nats, which a booster spends its rounds
+undoing: trained on them it ranked at 0.355 Recall@10 on Complete Journey, against 0.42
+without). It ranks with
 :func:`ncf.data.features.candidate_features`, the model's feature function. Its size (leaves)
 is tuned on the validation weeks like every baseline.
 """
@@ -42,7 +43,7 @@ LIGHTGBM = {
 
 def training_lists(data: str, cutoffs: Sequence[int]) -> Dict[str, np.ndarray]:
     """Every candidate of the lists at ``cutoffs``, one row each: ``features`` (N x F),
-    ``label``, ``log_q`` (0 for the own and popular products), ``user`` and ``product``.
+    ``label``, ``log_q`` (0 for the own, neighbour and popular products), ``user`` and ``product``.
     Refuses lists of another features version (:func:`ncf.data.examples.check_features_version`)."""
     E.check_features_version(data)
     columns = [E.USER, E.PRODUCT, E.FEATURES, E.LABEL, E.LOG_Q]
@@ -64,24 +65,26 @@ def training_lists(data: str, cutoffs: Sequence[int]) -> Dict[str, np.ndarray]:
 
 
 def training_rows(data: str, cutoffs: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(features N x F, labels N) of the unsampled candidates (own and popular products:
-    ``log_q`` 0) of the lists at ``cutoffs``."""
+    """(features N x F, labels N) of the unsampled candidates (own, neighbour and popular
+    products: ``log_q`` 0) of the lists at ``cutoffs``."""
     lists = training_lists(data, cutoffs)
     unsampled = lists["log_q"] == 0.0
     return lists["features"][unsampled], lists["label"][unsampled]
 
 
-class OwnAndPopular:
-    """Ranks a household's own products and the popular ones (the first stage of the boosted
-    ranker) by :meth:`score` of their :func:`ncf.data.features.candidate_features`, the model's
-    feature function. Subclasses say how to score."""
+class OwnNeighboursAndPopular:
+    """Ranks a household's own products, the products nearest to them by co-purchase (none it
+    bought) and the popular ones (the first stage of the boosted ranker, the training lists'
+    unsampled candidates) by :meth:`score` of their :func:`ncf.data.features.candidate_features`,
+    the model's feature function. Subclasses say how to score."""
 
     def __init__(self, context: PointInTime) -> None:
         self.context = context
         self.state = RankingState.load(context.data).as_of(context.start)
         settings = RankingSettings()
-        self._own, self._popular = (
+        self._own, self._near, self._popular = (
             settings.own_candidates,
+            settings.neighbour_candidates,
             self.state.stats.popularity_order[: settings.popular_candidates],
         )
 
@@ -90,17 +93,18 @@ class OwnAndPopular:
         raise NotImplementedError
 
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
-        """The ``depth`` best of the household's own products and the popular ones."""
+        """The ``depth`` best of the household's own products, their neighbours and the popular ones."""
         self.context.check(at)
         timeline = self.state.states.timeline(user)
-        own = timeline.aggregates(at, HALF_LIVES).most_bought(self._own)
-        candidates = np.unique(np.concatenate([own, self._popular]).astype(np.int64))
+        aggregates = timeline.aggregates(at, HALF_LIVES)
+        own, near = aggregates.most_bought(self._own), self.state.stats.neighbours.best(aggregates.keys, self._near)
+        candidates = np.unique(np.concatenate([own, near, self._popular]).astype(np.int64))
         candidates = candidates[self.context.catalog[candidates]]
         features = candidate_features(timeline, candidates, at, self.state.catalog, self.state.stats)
         return candidates[np.argsort(-self.score(user, candidates, features), kind="stable")][:depth]
 
 
-class BoostedRanker(OwnAndPopular):
+class BoostedRanker(OwnNeighboursAndPopular):
     """LightGBM over the training lists of ``context.data``'s validated run, ranking the
     households of the period ``context`` starts."""
 
