@@ -182,7 +182,7 @@ def test_neighbours_of_another_catalog_or_pickled_are_refused(model):
         kept = dict(f)
     np.savez(path, **{**kept, "indptr": np.zeros(4, np.int64)})
     write_manifest(model, unsealed=[METRICS])
-    with pytest.raises(ModelIntegrityError, match=r"does not load \(.*neighbours of 3 products, not"):
+    with pytest.raises(ModelIntegrityError, match=r"does not load \(.*neighbours of 3 products, not 10\)"):
         verify_model_dir(model)
     np.savez(path, **{**kept, "weights": np.array([object()] * len(kept["weights"]))})
     write_manifest(model, unsealed=[METRICS])
