@@ -6,9 +6,9 @@ the binary household x product matrix of the purchases strictly before the cutof
 collaborative filtering, Sarwar et al., WWW 2001), each product keeping its ``k`` nearest (the
 ``implicit`` library's all-pairs k-NN, one row at a time: memory grows with ``products x k``,
 never with the product pairs). A household's score for a product is the sum of its
-similarities to the distinct products the household bought before the moment: the
-closed-form neighbourhood models of the next-basket literature, kept sparse so that it fits a
-million products where a dense item-item matrix (EASE) would need terabytes.
+similarities to the distinct products the household bought before the moment. Kept sparse
+(``k`` a product), it fits a million products, where a dense item-item matrix such as EASE's
+would need terabytes.
 
 On the no-rebuy log of BENCHMARKS.md this score alone, ``k`` chosen on the validation weeks,
 ranks new products about as well as EASE and ahead of tuned ALS; with ``k`` fixed it is a

@@ -48,7 +48,8 @@ from ncf.staging import replacing
 
 # 3: weights trained on features version 2 (ncf.data.features.FEATURES_VERSION); a directory of
 # format 2 learnt on other numbers for the same feature names, so it is refused, not served.
-FORMAT_VERSION = 3
+# 4: features version 3 (the co-purchase neighbour score; state/product_stats/neighbours.npz).
+FORMAT_VERSION = 4
 CONFIG = "config.json"
 WEIGHTS = "model.pt"
 METRICS = "metrics.json"
