@@ -3,8 +3,9 @@
 python -m bench.neighbours_fit [--households 1000000] [--products 100000] [--per-household 20]
 
 Draws ``per-household`` products for each household by Zipf popularity (exponent 1.1, as the
-synthetic log), fits :class:`ncf.data.neighbours.ProductNeighbours` (what each products' stats
-pass does at a cutoff) and times a household's :meth:`best` (100) plus :meth:`scores` of 300
+synthetic log; draws repeat, so ``pairs`` counts the distinct (household, product) pairs), fits
+:class:`ncf.data.neighbours.ProductNeighbours` (what each products' stats pass does at a
+cutoff, on one thread) and times a household's :meth:`best` (100) plus :meth:`scores` of 300
 candidates, as the first stage and the feature path call them. Peak resident memory is the
 process's, drawing included.
 """
@@ -49,7 +50,8 @@ def main(argv=None) -> dict:
         "benchmark": "neighbours_fit",
         "households": args.households,
         "products": args.products,
-        "pairs": len(households),
+        "draws": len(households),
+        "pairs": len(np.unique(households * args.products + products)),
         "k": NEIGHBOURS_K,
         "fit_s": round(fit_s, 2),
         "lookup_ms": round((time.perf_counter() - started) / LOOKUPS * 1000, 3),

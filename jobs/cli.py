@@ -194,6 +194,7 @@ def check_data(path: str, runs: tuple = (), option: str = "--data") -> str:
     (``validated``, ``refit``) when a job trains on it."""
     from ncf.data import layout
     from ncf.data.examples import check_features_version
+    from ncf.data.neighbours import FILE as NEIGHBOURS_FILE
 
     require_dir(path, DATA_DIR, option, PREPROCESS_FIRST)
     stats = layout.DataStats(path)  # no stats.json: names the path and jobs.preprocess
@@ -208,6 +209,11 @@ def check_data(path: str, runs: tuple = (), option: str = "--data") -> str:
             )
     if runs:
         check_features_version(path)
+    elif not os.path.exists(os.path.join(layout.product_stats_dir(path), NEIGHBOURS_FILE)):
+        raise InputError(
+            f"{path}: preprocessed by an older version (no product_stats/{NEIGHBOURS_FILE}, the products' "
+            "co-purchase neighbours every ranking reads); run python -m jobs.preprocess again"
+        )
     return path
 
 

@@ -121,6 +121,8 @@ def _cases(p: dict, out: str) -> list:
         ("tune_sweep", ["--data", p["empty"], "--output", out], [p["empty"], "jobs.preprocess first"]),
         ("evaluate", ["--model", p["other"], "--data", p["other"]], [p["other"], "no stats.json"]),
         ("evaluate", ["--baselines-only", "--data", p["missing"]], [p["missing"], "jobs.preprocess first"]),
+        # A DATA of features version 2 or older: its state lacks the neighbours every ranking reads.
+        ("evaluate", ["--baselines-only", "--data", p["old-lists"]], [p["old-lists"], "co-purchase neighbours"]),
         ("batch_score", ["--model", p["empty"], "--data", p["other"], "--output", out], [p["empty"], "jobs.train"]),
         ("batch_score", ["--model", p["other"], "--data", p["other"], "--output", out], ["no config.json"]),
         ("deploy", ["--model", p["missing"]], [p["missing"], "not a model directory", "jobs.train first"]),

@@ -55,6 +55,15 @@ def test_each_product_keeps_its_k_nearest_by_cosine(purchases):
     assert not kept[0].any() and not kept[:, 0].any()
 
 
+def test_ties_keep_k_neighbours():
+    """Products 1-6 bought by one household only: every cosine is 1, and each row keeps exactly k
+    others (the library's k + 1 among the ties need not include the product itself)."""
+    neighbours = ProductNeighbours.fit(np.zeros(6, np.int64), np.arange(1, 7), 7, k=2)
+    rows = [neighbours.indices[neighbours.indptr[p] : neighbours.indptr[p + 1]].tolist() for p in range(7)]
+    assert rows[0] == [] and all(len(row) == 2 and p not in row for p, row in enumerate(rows) if p)
+    assert neighbours.weights.tolist() == pytest.approx([1.0] * 12)
+
+
 def test_scores_and_best_sum_the_households_products_rows(purchases):
     households, products = purchases
     neighbours = ProductNeighbours.fit(households, products, 40, k=5)
@@ -80,6 +89,18 @@ def test_neighbours_save_load_and_refuse_another_catalog(purchases, tmp_path):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(neighbours, name))
     with pytest.raises(ValueError, match="neighbours of 40 products, not 41"):
         ProductNeighbours.load(str(tmp_path), 41)
+    path = str(tmp_path / "neighbours.npz")
+    for broken in (
+        {"indices": -neighbours.indices},  # a negative index would read another product
+        {"indptr": neighbours.indptr[::-1].copy()},  # rows that end before they start
+        {"weights": neighbours.weights[:-1]},
+    ):
+        np.savez(
+            path,
+            **{"indptr": neighbours.indptr, "indices": neighbours.indices, "weights": neighbours.weights, **broken},
+        )
+        with pytest.raises(ValueError, match="malformed rows"):
+            ProductNeighbours.load(str(tmp_path), 40)
 
 
 def test_the_neighbour_score_reads_only_purchases_before_the_cutoff():

@@ -68,17 +68,15 @@ class ProductNeighbours:
         bought.data[:] = 1.0
         from implicit.nearest_neighbours import CosineRecommender  # its import starts thread pools
 
-        model = CosineRecommender(K=k + 1)  # each product is its own nearest: dropped below
+        # One thread: a stats pass is a Ray task that asks for one CPU.
+        model = CosineRecommender(K=k + 1, num_threads=1)  # each product is its own nearest
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "expects CSR": it transposes internally
             model.fit(bought, show_progress=False)
         similarity = sp.csr_matrix(model.similarity, dtype=np.float32)
         similarity.setdiag(0.0)
         similarity.eliminate_zeros()
-        similarity.sort_indices()
-        return ProductNeighbours(
-            similarity.indptr.astype(np.int64), similarity.indices.astype(np.int32), similarity.data.astype(np.float32)
-        )
+        return _top_per_row(similarity, k)
 
     def _gathered(self, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(neighbour, cosine) of every distinct product in ``own``, concatenated."""
@@ -115,9 +113,42 @@ class ProductNeighbours:
 
     @staticmethod
     def load(directory: str, num_products: int) -> "ProductNeighbours":
-        """From ``directory`` (arrays only, no pickle); checked against the catalog's size."""
-        with np.load(os.path.join(directory, FILE), allow_pickle=False) as f:
+        """From ``directory`` (arrays only, no pickle); checked against the catalog's size and
+        for well-formed rows, since every ranking request indexes with them."""
+        path = os.path.join(directory, FILE)
+        with np.load(path, allow_pickle=False) as f:
             loaded = ProductNeighbours(f["indptr"], f["indices"], f["weights"])
-        if loaded.num_products != num_products or (len(loaded.indices) and loaded.indices.max() >= num_products):
-            raise ValueError(f"{directory}/{FILE}: neighbours of {loaded.num_products} products, not {num_products}")
+        if loaded.num_products != num_products:
+            raise ValueError(f"{path}: neighbours of {loaded.num_products} products, not {num_products}")
+        indptr, indices, weights = loaded.indptr, loaded.indices, loaded.weights
+        well_formed = (
+            indptr.dtype.kind == "i"
+            and indices.dtype.kind == "i"
+            and weights.dtype.kind == "f"
+            and indptr[0] == 0
+            and indptr[-1] == len(indices) == len(weights)
+            and bool(np.all(np.diff(indptr) >= 0))
+            and (not len(indices) or (indices.min() >= 0 and indices.max() < num_products))
+        )
+        if not well_formed:
+            raise ValueError(f"{path}: malformed rows (row pointers, product indices or weights)")
         return loaded
+
+
+def _top_per_row(similarity: sp.csr_matrix, k: int) -> ProductNeighbours:
+    """Each row's ``k`` largest entries (ties to the lower index). The library keeps ``k + 1`` a
+    row, meant as the product itself and ``k`` others; when more than ``k + 1`` products tie
+    (long-tail products bought by one household all share a cosine of 1), it may keep ``k + 1``
+    others instead."""
+    similarity.sort_indices()
+    lengths = np.diff(similarity.indptr)
+    row = np.repeat(np.arange(similarity.shape[0]), lengths)
+    order = np.lexsort((similarity.indices, -similarity.data, row))
+    rank = np.arange(len(order)) - similarity.indptr[row[order]]
+    keep = np.sort(order[rank < k])  # still by row, then by index
+    counts = np.bincount(row[keep], minlength=similarity.shape[0])
+    return ProductNeighbours(
+        np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        similarity.indices[keep].astype(np.int32),
+        similarity.data[keep].astype(np.float32),
+    )

@@ -2,9 +2,11 @@
 
 1. its own past products, the ``own_candidates`` most bought by the 90-day decayed count (the
    training lists hold the same ones);
-2. the products nearest to its past products by co-purchase, none it bought
-   (:meth:`ncf.data.neighbours.ProductNeighbours.best`; the training lists hold the same ones):
-   where households rarely buy a product twice, what households with the same products bought;
+2. the products nearest to its past products by co-purchase, none it bought, best first
+   (:meth:`ncf.data.neighbours.ProductNeighbours.best`, as the training lists' 100; here they
+   follow its own products within the ``candidates``, so a household with more than 200 of its
+   own gets fewer): where households rarely buy a product twice, what households with the same
+   products bought;
 3. the MF path's best products for the household (they do not depend on the moment, so each
    household's list is computed once and kept while the table of them stays small);
 4. the best sellers of the household's own categories (the ``CATEGORY_SPREAD`` it bought most,
