@@ -156,23 +156,19 @@ def main(argv=None) -> List[Dict]:
     def on(split: str, score: ScoreFn) -> Dict[str, float]:
         return evaluate(score, periods[split][1], periods[split][0])
 
-    started = time.time()
-    val = {float(l2): on(VAL, fit_ease(bought[VAL], float(l2)))["ndcg@10"] for l2 in args.l2.split(",")}
-    best_l2 = max(val, key=lambda l2: (val[l2], -l2))
-    rows.append(
-        {"method": "ease", "l2": best_l2, "val_ndcg@10": val, **on(TEST, fit_ease(bought[TEST], best_l2))}
-        | {"seconds": round(time.time() - started, 1)}
-    )
-    print(json.dumps({"benchmark": "collaborative_reference", **rows[-1]}), flush=True)
+    def report(row: Dict, started: float) -> None:
+        rows.append(row | {"seconds": round(time.time() - started, 1)})
+        print(json.dumps({"benchmark": "collaborative_reference", **rows[-1]}), flush=True)
 
-    started = time.time()
-    val = {int(k): on(VAL, fit_neighbours(bought[VAL], int(k)))["ndcg@10"] for k in args.k.split(",")}
-    best_k = max(val, key=lambda k: (val[k], -k))
-    rows.append(
-        {"method": "neighbours", "k": best_k, "val_ndcg@10": val, **on(TEST, fit_neighbours(bought[TEST], best_k))}
-        | {"seconds": round(time.time() - started, 1)}
-    )
-    print(json.dumps({"benchmark": "collaborative_reference", **rows[-1]}), flush=True)
+    def tuned(method: str, setting: str, values: List[float], fit: Callable) -> None:
+        """``fit(bought, value)`` for each value on validation, then the best one on test."""
+        started = time.time()
+        val = {value: on(VAL, fit(bought[VAL], value))["ndcg@10"] for value in values}
+        best = max(val, key=lambda value: (val[value], -value))
+        report({"method": method, setting: best, "val_ndcg@10": val, **on(TEST, fit(bought[TEST], best))}, started)
+
+    tuned("ease", "l2", [float(l2) for l2 in args.l2.split(",")], fit_ease)
+    tuned("neighbours", "k", [int(k) for k in args.k.split(",")], fit_neighbours)
 
     started, val = time.time(), {}
 
@@ -182,11 +178,9 @@ def main(argv=None) -> List[Dict]:
     fit_fism(bought[VAL], args.dims, args.max_epochs, args.seed, validated)
     best_epochs = max(val, key=lambda epoch: (val[epoch], -epoch))
     test = on(TEST, fit_fism(bought[TEST], args.dims, best_epochs, args.seed))
-    rows.append(
-        {"method": "fism_every_purchase", "dims": args.dims, "epochs": best_epochs, "val_ndcg@10": val, **test}
-        | {"seconds": round(time.time() - started, 1)}
+    report(
+        {"method": "fism_every_purchase", "dims": args.dims, "epochs": best_epochs, "val_ndcg@10": val, **test}, started
     )
-    print(json.dumps({"benchmark": "collaborative_reference", **rows[-1]}), flush=True)
     return rows
 
 
