@@ -168,8 +168,13 @@ def test_a_model_ranks_from_a_newer_datas_histories(ray_session, small_model_dir
     assert (before.product_ids, before.scores) != (after.product_ids, after.scores)  # the newer purchases count
     new = newer_model.rank([NEW_HOUSEHOLD], k=10)[0]
     assert not new.cold_start and older_model.rank([NEW_HOUSEHOLD], k=10)[0].cold_start
-    # Its embedding row is the model's unknown row; its own purchases drive features and candidates.
-    assert set(frame["product_id"].iloc[[5, 8, 9]]) & set(new.product_ids)
+    # Its embedding row is the model's unknown row; its own purchases drive features and candidates
+    # (its own products and their co-purchase neighbours).
+    own = frame["product_id"].iloc[[5, 8, 9]].tolist()
+    products = newer_model.vocabs.products
+    near = newer_model.state.stats.neighbours.best(products.index_of(own), 100)
+    assert (set(own) | set(products.raw_of(near))) & set(new.product_ids)
+    assert new.product_ids != older_model.rank([NEW_HOUSEHOLD], k=10, at=at)[0].product_ids  # not cold start's
 
     config = batch_scoring.BatchScoreConfig(
         model=small_model_dir, data=newer, output=str(tmp_path / "out"), k=5, at="data-end"

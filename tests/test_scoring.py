@@ -370,7 +370,8 @@ def test_the_feature_mlp_bench_trains_on_the_boosted_rankers_rows_and_ranks_its_
     for key in ("val_recall@10", "val_ndcg@10", "test_recall@10", "test_ndcg@10"):
         assert all(0.0 < r[key] <= 1.0 for r in rows)
 
-    # It ranks the boosted ranker's candidates only: the household's own products and the popular ones.
+    # It ranks the boosted ranker's candidates only: the household's own products, their
+    # co-purchase neighbours and the popular ones.
     state = RankingState.load(data)
     context, period = point_in_time_period(
         state.as_of(period_start(TEST, stats["boundaries"])), TEST, stats["boundaries"], data
@@ -386,9 +387,10 @@ def test_the_feature_mlp_bench_trains_on_the_boosted_rankers_rows_and_ranks_its_
     popular = set(ranker.state.stats.popularity_order[: RankingSettings().popular_candidates].tolist())
     for user in period.users[:5].tolist():
         at = period.first_visit[user]
-        own = set(state.states.timeline(user).products_before(at).tolist())
+        bought = state.states.timeline(user).products_before(at)
+        near = ranker.state.stats.neighbours.best(bought, RankingSettings().neighbour_candidates)
         ranked = ranker.rank(user, at, 10)
-        assert 0 < len(ranked) <= 10 and set(ranked.tolist()) <= own | popular
+        assert 0 < len(ranked) <= 10 and set(ranked.tolist()) <= set(bought.tolist()) | set(near.tolist()) | popular
 
     # Products in fewer than 3 training rows share the unknown row 0.
     products = np.array([0, 0, 0, 0, 0, 2, 2, 3, 3, 3])
