@@ -80,7 +80,9 @@ class ProductNeighbours:
 
     def _gathered(self, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(neighbour, cosine) of every distinct product in ``own``, concatenated."""
-        own = np.unique(np.asarray(own, np.int64))
+        own = np.asarray(own, np.int64)
+        if len(own) > 1 and not bool(np.all(own[1:] > own[:-1])):  # a household's keys come sorted
+            own = np.unique(own)
         starts, ends = self.indptr[own], self.indptr[own + 1]
         lengths = ends - starts
         if not lengths.sum():
@@ -102,10 +104,20 @@ class ProductNeighbours:
         """The ``n`` products (at most) with the highest :meth:`scores`, none of ``own``, best first
         (ties by index)."""
         neighbour, cosine = self._gathered(own)
-        distinct, at = np.unique(neighbour, return_inverse=True)
-        summed = np.bincount(at, weights=cosine, minlength=len(distinct))
-        fresh = ~np.isin(distinct, own)
+        if not len(neighbour):
+            return neighbour
+        order = np.argsort(neighbour)
+        neighbour, cosine = neighbour[order], cosine[order]
+        starts = np.flatnonzero(np.r_[True, neighbour[1:] != neighbour[:-1]])
+        distinct, summed = neighbour[starts], np.add.reduceat(cosine.astype(np.float64), starts)
+        own = np.unique(np.asarray(own, np.int64))
+        at = np.minimum(np.searchsorted(own, distinct), max(len(own) - 1, 0))
+        fresh = (own[at] != distinct) if len(own) else np.ones(len(distinct), bool)
         distinct, summed = distinct[fresh], summed[fresh]
+        if len(distinct) > n:  # only the n best need sorting; ties at the cut keep the lower index
+            cut = np.partition(-summed, n - 1)[n - 1] if n > 0 else np.inf
+            keep = -summed <= cut
+            distinct, summed = distinct[keep], summed[keep]
         return distinct[np.lexsort((distinct, -summed))[:n]]
 
     def save(self, directory: str) -> None:
