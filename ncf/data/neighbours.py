@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from ncf.data.timeline import positions_in
+
 NEIGHBOURS_K = 10  # neighbours kept per product
 FILE = "neighbours.npz"
 
@@ -79,10 +81,7 @@ class ProductNeighbours:
         return _top_per_row(similarity, k)
 
     def _gathered(self, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(neighbour, cosine) of every distinct product in ``own``, concatenated."""
-        own = np.asarray(own, np.int64)
-        if len(own) > 1 and not bool(np.all(own[1:] > own[:-1])):  # a household's keys come sorted
-            own = np.unique(own)
+        """(neighbour, cosine) of every product in ``own`` (sorted, distinct), concatenated."""
         starts, ends = self.indptr[own], self.indptr[own + 1]
         lengths = ends - starts
         if not lengths.sum():
@@ -92,17 +91,17 @@ class ProductNeighbours:
 
     def scores(self, own: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """C float32 sums of each candidate's cosines to the distinct products of ``own``."""
-        neighbour, cosine = self._gathered(own)
+        neighbour, cosine = self._gathered(_distinct(own))
         distinct, back = np.unique(np.asarray(candidates, np.int64), return_inverse=True)
-        at = np.minimum(np.searchsorted(distinct, neighbour), max(len(distinct) - 1, 0))
-        hit = len(distinct) > 0
-        hit = (distinct[at] == neighbour) if hit else np.zeros(len(neighbour), bool)
+        at = positions_in(distinct, neighbour)
+        hit = at >= 0
         summed = np.bincount(at[hit], weights=cosine[hit], minlength=len(distinct))
         return summed[back].astype(np.float32)
 
     def best(self, own: np.ndarray, n: int) -> np.ndarray:
         """The ``n`` products (at most) with the highest :meth:`scores`, none of ``own``, best first
         (ties by index)."""
+        own = _distinct(own)
         neighbour, cosine = self._gathered(own)
         if not len(neighbour):
             return neighbour
@@ -110,9 +109,7 @@ class ProductNeighbours:
         neighbour, cosine = neighbour[order], cosine[order]
         starts = np.flatnonzero(np.r_[True, neighbour[1:] != neighbour[:-1]])
         distinct, summed = neighbour[starts], np.add.reduceat(cosine.astype(np.float64), starts)
-        own = np.unique(np.asarray(own, np.int64))
-        at = np.minimum(np.searchsorted(own, distinct), max(len(own) - 1, 0))
-        fresh = (own[at] != distinct) if len(own) else np.ones(len(distinct), bool)
+        fresh = positions_in(own, distinct) < 0
         distinct, summed = distinct[fresh], summed[fresh]
         if len(distinct) > n:  # only the n best need sorting; ties at the cut keep the lower index
             cut = np.partition(-summed, n - 1)[n - 1] if n > 0 else np.inf
@@ -145,6 +142,14 @@ class ProductNeighbours:
         if not well_formed:
             raise ValueError(f"{path}: malformed rows (row pointers, product indices or weights)")
         return loaded
+
+
+def _distinct(products: np.ndarray) -> np.ndarray:
+    """``products`` sorted and distinct (a household's aggregate keys already are: kept as given)."""
+    products = np.asarray(products, np.int64)
+    if len(products) > 1 and not bool(np.all(products[1:] > products[:-1])):
+        return np.unique(products)
+    return products
 
 
 def _top_per_row(similarity: sp.csr_matrix, k: int) -> ProductNeighbours:

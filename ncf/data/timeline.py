@@ -17,6 +17,14 @@ _SHIFT = np.int64(32)  # key (product or category) in the high bits, day number 
 _DAY = np.int64(86_400)
 
 
+def positions_in(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Positions of ``keys`` in the sorted, distinct ``sorted_keys``; -1 where absent."""
+    if len(sorted_keys) == 0:
+        return np.full(len(keys), -1, np.int64)
+    position = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return np.where(sorted_keys[position] == keys, position, -1)
+
+
 @dataclass(frozen=True)
 class Aggregates:
     """Per-key summaries of a household's purchases before a moment (keys: products or
@@ -31,10 +39,7 @@ class Aggregates:
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Positions of ``keys`` in :attr:`keys`; -1 where the household never bought the key."""
-        if len(self.keys) == 0:
-            return np.full(len(keys), -1, np.int64)
-        position = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        return np.where(self.keys[position] == keys, position, -1)
+        return positions_in(self.keys, keys)
 
     def most_bought(self, limit: int, half_life_column: int = 2) -> np.ndarray:
         """Up to ``limit`` keys, most bought first by one decayed count (by default the 90-day
