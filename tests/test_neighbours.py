@@ -4,7 +4,7 @@ products from them, computed from the purchases before the cutoff only."""
 import numpy as np
 import pytest
 
-from ncf.data.features import FEATURES, Catalog, candidate_features
+from ncf.data.features import FEATURES, HALF_LIVES, Catalog, candidate_features
 from ncf.data.neighbours import ProductNeighbours
 from ncf.data.product_stats import ProductStats
 from ncf.data.timeline import UserTimeline
@@ -79,6 +79,21 @@ def test_scores_and_best_sum_the_households_products_rows(purchases):
     assert np.all(np.diff(expected[best]) <= 1e-6)  # best first
     assert neighbours.scores(np.zeros(0, np.int64), candidates).tolist() == [0.0] * 5
     assert neighbours.best(np.zeros(0, np.int64), 3).tolist() == []
+
+
+def test_a_households_sums_are_kept_on_its_aggregates_for_these_neighbours_only(purchases):
+    """Given a household's Aggregates, best and scores share sums kept on them (the first stage
+    and the features ask in turn); other neighbours (another cutoff's) compute their own."""
+    households, products = purchases
+    neighbours = ProductNeighbours.fit(households, products, 40, k=5)
+    other = ProductNeighbours.fit(households[: len(households) // 2], products[: len(households) // 2], 40, k=5)
+    candidates = np.arange(40)
+    timeline = UserTimeline(np.array([3, 7, 7, 25]), np.array([0, DAY, 2 * DAY, 3 * DAY]))
+    own = timeline.aggregates(4 * DAY, HALF_LIVES)
+    for near in (neighbours, other, neighbours):
+        np.testing.assert_array_equal(near.scores(own, candidates), near.scores(np.array([3, 7, 25]), candidates))
+        assert near.best(own, 4).tolist() == near.best(np.array([25, 3, 7]), 4).tolist()
+    assert own.derived and timeline.aggregates(4 * DAY, HALF_LIVES) is own
 
 
 def test_neighbours_save_load_and_refuse_another_catalog(purchases, tmp_path):

@@ -192,7 +192,7 @@ def _one_list(timeline: UserTimeline, user: int, cutoff: Cutoff, config: Example
     own = aggregates.most_bought(config.own_candidates)
     if config.own_negative_rate < 1.0:
         own = own[np.isin(own, bought) | (rng.random(len(own)) < config.own_negative_rate)]
-    near = cutoff.stats.neighbours.best(aggregates.keys, config.neighbour_candidates)
+    near = cutoff.stats.neighbours.best(aggregates, config.neighbour_candidates)
     popular = cutoff.popular[~np.isin(cutoff.popular, own) & ~np.isin(cutoff.popular, near)]
     listed = np.concatenate([own, near, popular])
     rest = np.concatenate([cutoff.sample(rng, config.sampled_negatives), bought])

@@ -220,6 +220,6 @@ def candidate_features(
         _days(category_since),
         _days(category_gap),
         # NEIGHBOURS
-        _log(stats.neighbours.scores(own.keys, candidates)),
+        _log(stats.neighbours.scores(own, candidates)),
     ]
     return np.stack(columns, axis=1).astype(np.float32)

@@ -27,14 +27,16 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
 import scipy.sparse as sp
 
-from ncf.data.timeline import positions_in
+from ncf.data.timeline import Aggregates, positions_in
 
 NEIGHBOURS_K = 10  # neighbours kept per product
 FILE = "neighbours.npz"
+_DERIVED = "neighbour_sums"  # the key of a household's sums in Aggregates.derived
 
 
 @dataclass(frozen=True)
@@ -89,33 +91,47 @@ class ProductNeighbours:
         positions = np.repeat(ends - np.cumsum(lengths), lengths) + np.arange(int(lengths.sum()))
         return self.indices[positions].astype(np.int64), self.weights[positions]
 
-    def scores(self, own: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """C float32 sums of each candidate's cosines to the distinct products of ``own``."""
-        neighbour, cosine = self._gathered(_distinct(own))
-        distinct, back = np.unique(np.asarray(candidates, np.int64), return_inverse=True)
-        at = positions_in(distinct, neighbour)
-        hit = at >= 0
-        summed = np.bincount(at[hit], weights=cosine[hit], minlength=len(distinct))
-        return summed[back].astype(np.float32)
+    def _sums(self, own: Union[np.ndarray, Aggregates]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(the distinct products of ``own``, the distinct products near them (sorted), each one's
+        summed cosine). Given a household's :class:`Aggregates`, kept on them: the first stage's
+        :meth:`best` and the features' :meth:`scores` of one household ask in turn."""
+        if not isinstance(own, Aggregates):
+            return self._summed(_distinct(own))
+        kept = own.derived.get(_DERIVED)
+        if kept is None or kept[0] is not self:
+            kept = (self, self._summed(own.keys))
+            own.derived[_DERIVED] = kept
+        return kept[1]
 
-    def best(self, own: np.ndarray, n: int) -> np.ndarray:
-        """The ``n`` products (at most) with the highest :meth:`scores`, none of ``own``, best first
-        (ties by index)."""
-        own = _distinct(own)
+    def _summed(self, own: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         neighbour, cosine = self._gathered(own)
         if not len(neighbour):
-            return neighbour
-        order = np.argsort(neighbour)
+            return own, neighbour, np.zeros(0)
+        order = np.argsort(neighbour, kind="stable")
         neighbour, cosine = neighbour[order], cosine[order]
         starts = np.flatnonzero(np.r_[True, neighbour[1:] != neighbour[:-1]])
-        distinct, summed = neighbour[starts], np.add.reduceat(cosine.astype(np.float64), starts)
-        fresh = positions_in(own, distinct) < 0
-        distinct, summed = distinct[fresh], summed[fresh]
-        if len(distinct) > n:  # only the n best need sorting; ties at the cut keep the lower index
+        return own, neighbour[starts], np.add.reduceat(cosine.astype(np.float64), starts)
+
+    def scores(self, own: Union[np.ndarray, Aggregates], candidates: np.ndarray) -> np.ndarray:
+        """C float32 sums of each candidate's cosines to the distinct products of ``own`` (product
+        indices, or a household's :class:`Aggregates`: its keys)."""
+        _, near, summed = self._sums(own)
+        if not len(near):
+            return np.zeros(len(candidates), np.float32)
+        at = positions_in(near, np.asarray(candidates, np.int64))
+        return np.where(at >= 0, summed[at], 0.0).astype(np.float32)
+
+    def best(self, own: Union[np.ndarray, Aggregates], n: int) -> np.ndarray:
+        """The ``n`` products (at most) with the highest :meth:`scores`, none of ``own``, best first
+        (ties by index)."""
+        distinct_own, near, summed = self._sums(own)
+        fresh = positions_in(distinct_own, near) < 0
+        near, summed = near[fresh], summed[fresh]
+        if len(near) > n:  # only the n best need sorting; ties at the cut keep the lower index
             cut = np.partition(-summed, n - 1)[n - 1] if n > 0 else np.inf
             keep = -summed <= cut
-            distinct, summed = distinct[keep], summed[keep]
-        return distinct[np.lexsort((distinct, -summed))[:n]]
+            near, summed = near[keep], summed[keep]
+        return near[np.lexsort((near, -summed))[:n]]
 
     def save(self, directory: str) -> None:
         np.savez(os.path.join(directory, FILE), indptr=self.indptr, indices=self.indices, weights=self.weights)

@@ -6,7 +6,7 @@ basket) and later never reach the features of an example at ``at``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence, Tuple
 
 import numpy as np
@@ -36,6 +36,9 @@ class Aggregates:
     last_age: np.ndarray  # K days since the last purchase
     span_days: np.ndarray  # K UTC day numbers between the first and the last purchase day
     decayed: np.ndarray  # K x H distinct-day counts, each day weighted 0.5 ** (age / half-life)
+    # What other modules derive from these summaries (the co-purchase neighbours' sums), kept as
+    # long as the timeline keeps the summaries: the first stage and the features ask in turn.
+    derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Positions of ``keys`` in :attr:`keys`; -1 where the household never bought the key."""

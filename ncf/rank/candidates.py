@@ -201,7 +201,7 @@ class CandidateGenerator:
         s = self.settings
         own = timeline.aggregates(at, HALF_LIVES)
         sources = [] if exclude_purchased else [own.most_bought(s.own_candidates)]
-        sources.append(self.state.stats.neighbours.best(own.keys, s.neighbour_candidates))
+        sources.append(self.state.stats.neighbours.best(own, s.neighbour_candidates))
         if mf_top is not None:
             sources.append(mf_top[mf_top >= 0])  # -1: the index found fewer products than asked
         if s.category_candidates:

@@ -97,7 +97,7 @@ class OwnNeighboursAndPopular:
         self.context.check(at)
         timeline = self.state.states.timeline(user)
         aggregates = timeline.aggregates(at, HALF_LIVES)
-        own, near = aggregates.most_bought(self._own), self.state.stats.neighbours.best(aggregates.keys, self._near)
+        own, near = aggregates.most_bought(self._own), self.state.stats.neighbours.best(aggregates, self._near)
         candidates = np.unique(np.concatenate([own, near, self._popular]).astype(np.int64))
         candidates = candidates[self.context.catalog[candidates]]
         features = candidate_features(timeline, candidates, at, self.state.catalog, self.state.stats)
