@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import ray
-from ray.data.aggregate import Count, Min, Sum
+from ray.data.aggregate import Count, Max, Min, Sum
 
 from ncf.data import ingest, layout, schema
 from ncf.data.examples import (
@@ -151,14 +151,29 @@ def training_cutoffs(bounds: Dict[str, int], config: PreprocessConfig, state_onl
     return cutoffs
 
 
-def _distinct_counts(ds: ray.data.Dataset, column: str, counted_before: Optional[int] = None) -> pd.DataFrame:
+# Ray Data's hash shuffles default to 200 partitions, a task and a block each whatever the size:
+# on 2 CPUs a 33k-line log spent 35 of its 50 s preprocessing in them. A partition per this many
+# rows (at least one per CPU, at most Ray's default) keeps a large log's partitions as they were.
+ROWS_PER_SHUFFLE_PARTITION = 500_000
+
+
+def shuffle_partitions(rows: int) -> int:
+    """Partitions of the hash shuffles (the groupbys) of a ``rows``-line log."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    most = ray.data.DataContext.get_current().default_hash_shuffle_parallelism
+    return int(min(most, max(cpus, -(-rows // ROWS_PER_SHUFFLE_PARTITION))))
+
+
+def _distinct_counts(
+    ds: ray.data.Dataset, column: str, counted_before: Optional[int] = None, partitions: Optional[int] = None
+) -> pd.DataFrame:
     """Distinct values of a column with their counts and first moment, most frequent first (ties
     by id); with ``counted_before``, most frequent before that moment first."""
     if counted_before is None:
-        frame = ds.groupby(column).aggregate(Count(), Min(TS)).to_pandas()
+        frame = ds.groupby(column, num_partitions=partitions).aggregate(Count(), Min(TS)).to_pandas()
         return frame.sort_values([COUNT, column], ascending=[False, True], kind="stable").reset_index(drop=True)
     flagged = ds.map_batches(_flag_early, batch_format="pyarrow", fn_kwargs={"before": counted_before})
-    frame = flagged.groupby(column).aggregate(Sum(EARLY), Min(TS)).to_pandas()
+    frame = flagged.groupby(column, num_partitions=partitions).aggregate(Sum(EARLY), Min(TS)).to_pandas()
     return frame.sort_values([EARLY_COUNT, column], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
@@ -171,13 +186,16 @@ def build_vocabularies(
     catalog: Optional[pd.DataFrame],
     id_kinds: Dict[str, str],
     val_start: Optional[int] = None,
+    partitions: Optional[int] = None,
 ) -> tuple[Vocabularies, Dict]:
     """Vocabularies of every household and product of ``known``; products get their hierarchy,
     both the moment they were first seen (``first_ts``). Product indices follow the purchase
     counts before ``val_start`` (when given), since evaluation breaks ties between equally
     popular products by index: counts from the held-out weeks would let their purchases decide."""
-    users = _distinct_counts(known.select_columns([schema.USER_ID, TS]), schema.USER_ID)
-    products = _distinct_counts(known.select_columns([schema.PRODUCT_ID, TS]), schema.PRODUCT_ID, val_start)
+    users = _distinct_counts(known.select_columns([schema.USER_ID, TS]), schema.USER_ID, partitions=partitions)
+    products = _distinct_counts(
+        known.select_columns([schema.PRODUCT_ID, TS]), schema.PRODUCT_ID, val_start, partitions=partitions
+    )
     if catalog is None:
         catalog = pd.DataFrame({c: pd.Series([], dtype=object) for c in schema.CATALOG_REQUIRED})
     joined = products.merge(catalog, on=schema.PRODUCT_ID, how="left")
@@ -381,9 +399,11 @@ def write_examples(
     stats: Dict[int, ProductStats],
     config: ExampleConfig,
     output: str,
+    partitions: Optional[int] = None,
 ) -> Dict[str, Dict[str, int]]:
     """The training lists of every cutoff, partitioned by cutoff (``examples/cutoff=C/``);
-    ``stats``: the products' stats at each cutoff (:func:`stats_at`)."""
+    ``stats``: the products' stats at each cutoff (:func:`stats_at`); ``partitions``: the
+    households' shuffle's (:func:`shuffle_partitions`)."""
     catalog = Catalog(vocabs.products.column("department_index"), vocabs.products.column("category_index"))
     every = every_cutoff(cutoffs)
     contexts = [Cutoff.build(c, stats[c], config.popular_candidates) for c in every]
@@ -393,7 +413,7 @@ def write_examples(
     # come in no meaningful order, which training relies on instead of a shuffle buffer.
     with _blocks_in_order():
         (
-            indexed.groupby(USER)
+            indexed.groupby(USER, num_partitions=partitions)
             .map_groups(
                 household_lists,
                 batch_format="numpy",
@@ -546,14 +566,16 @@ def _preprocess_into(
     started = time.time()
     read, read_stats = _read_and_validate(logs, config, output)
     kept = read.rows.map_batches(ingest.kept_rows, batch_format="pyarrow").materialize()
-    bounds = split_boundaries(int(kept.min(TS)), int(kept.max(TS)), config.val_weeks, config.test_weeks)
+    extent = kept.aggregate(Min(TS), Max(TS))  # one pass, where .min() and .max() make two
+    bounds = split_boundaries(int(extent[f"min({TS})"]), int(extent[f"max({TS})"]), config.val_weeks, config.test_weeks)
+    partitions = shuffle_partitions(read.rows_kept)
     _log("split: " + ", ".join(f"{k} {pd.Timestamp(v, unit='s')}" for k, v in bounds.items()))
     purchases_per_split = check_windows(kept, bounds)
 
     catalog_frame, catalog_stats = _read_catalog(catalog)
     cutoffs = training_cutoffs(bounds, config, state_only)
     id_kinds = {c: schema.id_kind(logs, c) for c in (schema.USER_ID, schema.PRODUCT_ID)}
-    vocabs, vocab_stats = build_vocabularies(kept, catalog_frame, id_kinds, bounds["val_start"])
+    vocabs, vocab_stats = build_vocabularies(kept, catalog_frame, id_kinds, bounds["val_start"], partitions)
     vocabs.save(layout.vocab_dir(output))
     _log(f"vocabularies: {vocabs.sizes()}")
     if catalog is not None:
@@ -572,7 +594,7 @@ def _preprocess_into(
     examples = {}
     if not state_only:
         _log(f"building training lists at {sum(len(c) for c in cutoffs.values())} cutoffs")
-        examples = write_examples(indexed, vocabs, cutoffs, stats_by_cutoff, config.examples, output)
+        examples = write_examples(indexed, vocabs, cutoffs, stats_by_cutoff, config.examples, output, partitions)
         for run, counts in examples.items():
             if counts["lists"] == 0:
                 raise schema.InputError(
