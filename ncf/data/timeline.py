@@ -40,6 +40,10 @@ class Aggregates:
     # long as the timeline keeps the summaries: the first stage and the features ask in turn.
     derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    def __getstate__(self) -> dict:
+        # What was derived holds its deriver (the neighbours' table): not sent along with the summaries.
+        return {**self.__dict__, "derived": {}}
+
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Positions of ``keys`` in :attr:`keys`; -1 where the household never bought the key."""
         return positions_in(self.keys, keys)
