@@ -20,6 +20,7 @@ from ncf.data.preprocess import (
     PreprocessConfig,
     build_vocabularies,
     preprocess,
+    shuffle_partitions,
     stats_at,
     stats_memory,
 )
@@ -270,6 +271,13 @@ def test_a_stats_task_asks_for_its_pass_and_at_most_most_of_a_node():
     small, large = stats_memory(10**6, 10**4, 16 * 2**30), stats_memory(10**9, 10**6, 16 * 2**30)
     assert STATS_FIXED_BYTES < small < 2**30 and large == int(0.8 * 16 * 2**30)  # over 16 GB: capped
     assert stats_memory(10**9, 10**6, 0) == 0  # no node with a CPU reports its memory: no request
+
+
+def test_shuffles_get_a_partition_per_cpu_for_a_small_log_and_ray_s_default_for_a_huge_one(ray_session):
+    cpus = int(ray_session.cluster_resources()["CPU"])
+    assert shuffle_partitions(33_000) == cpus  # not 200 tasks and blocks for 33k lines
+    assert shuffle_partitions(1_500_000) == max(cpus, 3)
+    assert shuffle_partitions(10**9) == ray_session.data.DataContext.get_current().default_hash_shuffle_parallelism
 
 
 def test_training_lists_come_in_no_household_order(small_data):
