@@ -152,7 +152,7 @@ def training_cutoffs(bounds: Dict[str, int], config: PreprocessConfig, state_onl
 
 
 # Ray Data's hash shuffles default to 200 partitions, a task and a block each whatever the size:
-# on 2 CPUs a 33k-line log spent 35 of its 50 s preprocessing in them. A partition per this many
+# on 2 CPUs a 33k-line log spent about 30 of its 50 s preprocessing in them. A partition per this many
 # rows (at least one per CPU, at most Ray's default) keeps a large log's partitions as they were.
 ROWS_PER_SHUFFLE_PARTITION = 500_000
 
