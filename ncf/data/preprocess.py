@@ -157,6 +157,20 @@ def training_cutoffs(bounds: Dict[str, int], config: PreprocessConfig, state_onl
 ROWS_PER_SHUFFLE_PARTITION = 500_000
 
 
+# Ray Data 2.60's default shuffle (SHUFFLE_V2) starts aggregator actors for each groupby and
+# aggregate: seconds apiece whatever the log's size (an 84-line log took 46 s to preprocess on 2
+# CPUs). Logs up to this many lines shuffle with tasks; larger ones keep the default, which Ray
+# builds for them.
+TASK_SHUFFLE_ROWS = 5_000_000
+
+
+def use_task_shuffles(ds: ray.data.Dataset, rows: int) -> None:
+    """Task-based shuffles for ``ds`` and every Dataset derived from it (they share its
+    settings) when its log has at most :data:`TASK_SHUFFLE_ROWS` lines."""
+    if rows <= TASK_SHUFFLE_ROWS:
+        ds.context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+
+
 def shuffle_partitions(rows: int) -> int:
     """Partitions of the hash shuffles (the groupbys) of a ``rows``-line log."""
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -253,10 +267,13 @@ def _index_rows(batch: pa.Table, users: Vocabulary, products: Vocabulary) -> pa.
 
 
 @contextlib.contextmanager
-def _blocks_in_order():
+def _blocks_in_order(ds: Optional[ray.data.Dataset] = None):
     """Ray Data keeps its blocks' order inside this block (by default it hands blocks over as
-    their tasks finish): the files' row order in what it reads, the groupby's key order."""
-    context = ray.data.DataContext.get_current()
+    their tasks finish): the files' row order in what it reads, the groupby's key order. A
+    Dataset plans with the settings its source was created with (the current ones then, shared
+    by every Dataset derived from it): for ``ds``, its own; without, the current ones, for what
+    the block creates."""
+    context = ray.data.DataContext.get_current() if ds is None else ds.context
     previous = context.execution_options.preserve_order
     context.execution_options.preserve_order = True
     try:
@@ -411,7 +428,7 @@ def write_examples(
     # files and so trains the same model (the groupby hands its lists over in the order its tasks
     # finish: 136-170 of 2,070 households moved between two runs), and the households of a file
     # come in no meaningful order, which training relies on instead of a shuffle buffer.
-    with _blocks_in_order():
+    with _blocks_in_order(indexed):
         (
             indexed.groupby(USER, num_partitions=partitions)
             .map_groups(
@@ -566,6 +583,7 @@ def _preprocess_into(
     started = time.time()
     read, read_stats = _read_and_validate(logs, config, output)
     kept = read.rows.map_batches(ingest.kept_rows, batch_format="pyarrow").materialize()
+    use_task_shuffles(kept, read.rows_kept)
     extent = kept.aggregate(Min(TS), Max(TS))  # one pass, where .min() and .max() make two
     bounds = split_boundaries(int(extent[f"min({TS})"]), int(extent[f"max({TS})"]), config.val_weeks, config.test_weeks)
     partitions = shuffle_partitions(read.rows_kept)
