@@ -171,8 +171,23 @@ def use_task_shuffles(ds: ray.data.Dataset, rows: int) -> None:
         ds.context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
 
 
+@contextlib.contextmanager
+def _default_shuffles(ds: ray.data.Dataset):
+    """Ray's default shuffle for ``ds`` (and what derives from it) inside this block, whatever
+    :func:`use_task_shuffles` chose: for the training lists, whose order is the training order.
+    Under the task-based shuffle, Ray 2.60 wrote Complete Journey's lists in the key order in one
+    preprocessing and with a lists file of two sorted runs at every cutoff in the next, with
+    ``preserve_order`` set on their Dataset."""
+    previous = ds.context.shuffle_strategy
+    ds.context.shuffle_strategy = ray.data.DataContext.get_current().shuffle_strategy
+    try:
+        yield
+    finally:
+        ds.context.shuffle_strategy = previous
+
+
 def shuffle_partitions(rows: int) -> int:
-    """Partitions of the hash shuffles (the groupbys) of a ``rows``-line log."""
+    """Partitions of the groupbys' shuffles of a ``rows``-line log (hash or task-based)."""
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     most = ray.data.DataContext.get_current().default_hash_shuffle_parallelism
     return int(min(most, max(cpus, -(-rows // ROWS_PER_SHUFFLE_PARTITION))))
@@ -428,7 +443,7 @@ def write_examples(
     # files and so trains the same model (the groupby hands its lists over in the order its tasks
     # finish: 136-170 of 2,070 households moved between two runs), and the households of a file
     # come in no meaningful order, which training relies on instead of a shuffle buffer.
-    with _blocks_in_order(indexed):
+    with _blocks_in_order(indexed), _default_shuffles(indexed):
         (
             indexed.groupby(USER, num_partitions=partitions)
             .map_groups(
