@@ -159,8 +159,8 @@ ROWS_PER_SHUFFLE_PARTITION = 500_000
 
 # Ray Data 2.60's default shuffle (SHUFFLE_V2) starts aggregator actors for each groupby and
 # aggregate: seconds apiece whatever the log's size (an 84-line log took 46 s to preprocess on 2
-# CPUs). Logs up to this many lines shuffle with tasks; larger ones keep the default, which Ray
-# builds for them.
+# CPUs). Logs up to this many lines count and aggregate with tasks; larger ones, and the sorts
+# whose order is kept (:func:`_default_shuffles`), keep the default, which Ray builds for them.
 TASK_SHUFFLE_ROWS = 5_000_000
 
 
@@ -174,7 +174,8 @@ def use_task_shuffles(ds: ray.data.Dataset, rows: int) -> None:
 @contextlib.contextmanager
 def _default_shuffles(ds: ray.data.Dataset):
     """Ray's default shuffle for ``ds`` (and what derives from it) inside this block, whatever
-    :func:`use_task_shuffles` chose: for the training lists, whose order is the training order.
+    :func:`use_task_shuffles` chose: for the sorts whose order is kept (the training lists', the
+    training order, and the state's).
     Under the task-based shuffle, Ray 2.60 wrote Complete Journey's lists in the key order in one
     preprocessing and with a lists file of two sorted runs at every cutoff in the next, with
     ``preserve_order`` set on their Dataset."""
@@ -357,13 +358,15 @@ def write_state(indexed: ray.data.Dataset, vocabs: Vocabularies, output: str) ->
 
     Ray Data sorts the purchases by household, time and product across the cluster; the driver
     then appends them to memory-mapped files a batch at a time. It never holds the log (tens of
-    GB at 10M households) and writes each page of the state once."""
-    ordered = indexed.sort([USER, TS, PRODUCT])
-    batches = (
-        (batch[USER], batch[PRODUCT], batch[TS])
-        for batch in ordered.iter_batches(batch_size=STATE_BATCH_ROWS, batch_format="numpy")
-    )
-    return UserStates.write(layout.user_state_dir(output), batches, len(vocabs.users), indexed.count())
+    GB at 10M households) and writes each page of the state once. Like the lists, with its blocks
+    kept in order and Ray's default shuffle: ``UserStates.write`` refuses purchases out of order."""
+    with _blocks_in_order(indexed), _default_shuffles(indexed):
+        ordered = indexed.sort([USER, TS, PRODUCT])
+        batches = (
+            (batch[USER], batch[PRODUCT], batch[TS])
+            for batch in ordered.iter_batches(batch_size=STATE_BATCH_ROWS, batch_format="numpy")
+        )
+        return UserStates.write(layout.user_state_dir(output), batches, len(vocabs.users), indexed.count())
 
 
 def stats_at(output: str, category: np.ndarray, cutoffs: List[int]) -> Dict[int, ProductStats]:
