@@ -160,7 +160,7 @@ ROWS_PER_SHUFFLE_PARTITION = 500_000
 # Ray Data 2.60's default shuffle (SHUFFLE_V2) starts aggregator actors for each groupby and
 # aggregate: seconds apiece whatever the log's size (an 84-line log took 46 s to preprocess on 2
 # CPUs). Logs up to this many lines count and aggregate with tasks; larger ones, and the sorts
-# whose order is kept (:func:`_default_shuffles`), keep the default, which Ray builds for them.
+# whose order is kept (:func:`_blocks_in_order`), keep the default, which Ray builds for them.
 TASK_SHUFFLE_ROWS = 5_000_000
 
 
@@ -169,22 +169,6 @@ def use_task_shuffles(ds: ray.data.Dataset, rows: int) -> None:
     settings) when its log has at most :data:`TASK_SHUFFLE_ROWS` lines."""
     if rows <= TASK_SHUFFLE_ROWS:
         ds.context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-
-
-@contextlib.contextmanager
-def _default_shuffles(ds: ray.data.Dataset):
-    """Ray's default shuffle for ``ds`` (and what derives from it) inside this block, whatever
-    :func:`use_task_shuffles` chose: for the sorts whose order is kept (the training lists', the
-    training order, and the state's).
-    Under the task-based shuffle, Ray 2.60 wrote Complete Journey's lists in the key order in one
-    preprocessing and with a lists file of two sorted runs at every cutoff in the next, with
-    ``preserve_order`` set on their Dataset."""
-    previous = ds.context.shuffle_strategy
-    ds.context.shuffle_strategy = ray.data.DataContext.get_current().shuffle_strategy
-    try:
-        yield
-    finally:
-        ds.context.shuffle_strategy = previous
 
 
 def shuffle_partitions(rows: int) -> int:
@@ -285,17 +269,21 @@ def _index_rows(batch: pa.Table, users: Vocabulary, products: Vocabulary) -> pa.
 @contextlib.contextmanager
 def _blocks_in_order(ds: Optional[ray.data.Dataset] = None):
     """Ray Data keeps its blocks' order inside this block (by default it hands blocks over as
-    their tasks finish): the files' row order in what it reads, the groupby's key order. A
-    Dataset plans with the settings its source was created with (the current ones then, shared
-    by every Dataset derived from it): for ``ds``, its own; without, the current ones, for what
-    the block creates."""
+    their tasks finish): the files' row order in what it reads, the groupby's key order, a sort's
+    order. A Dataset plans with the settings its source was created with (the current ones then,
+    shared by every Dataset derived from it): for ``ds``, its own; without, the current ones, for
+    what the block creates. ``ds`` also gets Ray's default shuffle back, whatever
+    :func:`use_task_shuffles` chose: under the task-based one, Ray 2.60 wrote Complete Journey's
+    lists in the key order in one preprocessing and with a lists file of two sorted runs at every
+    cutoff in the next, ``preserve_order`` set on their Dataset."""
     context = ray.data.DataContext.get_current() if ds is None else ds.context
-    previous = context.execution_options.preserve_order
+    previous = context.execution_options.preserve_order, context.shuffle_strategy
     context.execution_options.preserve_order = True
+    context.shuffle_strategy = ray.data.DataContext.get_current().shuffle_strategy
     try:
         yield
     finally:
-        context.execution_options.preserve_order = previous
+        context.execution_options.preserve_order, context.shuffle_strategy = previous
 
 
 def _unreadable_catalog(files: schema.InputFiles) -> Optional[schema.InputError]:
@@ -359,8 +347,8 @@ def write_state(indexed: ray.data.Dataset, vocabs: Vocabularies, output: str) ->
     Ray Data sorts the purchases by household, time and product across the cluster; the driver
     then appends them to memory-mapped files a batch at a time. It never holds the log (tens of
     GB at 10M households) and writes each page of the state once. Like the lists, with its blocks
-    kept in order and Ray's default shuffle: ``UserStates.write`` refuses purchases out of order."""
-    with _blocks_in_order(indexed), _default_shuffles(indexed):
+    kept in order: ``UserStates.write`` refuses purchases out of order."""
+    with _blocks_in_order(indexed):
         ordered = indexed.sort([USER, TS, PRODUCT])
         batches = (
             (batch[USER], batch[PRODUCT], batch[TS])
@@ -446,7 +434,7 @@ def write_examples(
     # files and so trains the same model (the groupby hands its lists over in the order its tasks
     # finish: 136-170 of 2,070 households moved between two runs), and the households of a file
     # come in no meaningful order, which training relies on instead of a shuffle buffer.
-    with _blocks_in_order(indexed), _default_shuffles(indexed):
+    with _blocks_in_order(indexed):
         (
             indexed.groupby(USER, num_partitions=partitions)
             .map_groups(
