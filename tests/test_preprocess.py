@@ -1,6 +1,7 @@
 """Ray Data preprocessing: validation and quarantine, vocabularies, leakage, temporal split."""
 
 import dataclasses
+import glob
 import json
 import os
 import subprocess
@@ -14,15 +15,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from ncf.data import datasets, layout, schema
-from ncf.data.examples import ExampleConfig
+from ncf.data.examples import CUTOFF, ExampleConfig
 from ncf.data.preprocess import (
-    SHUFFLE_KEY,
+    LIST_FILE,
+    LISTS_PER_FILE,
     STATS_FIXED_BYTES,
     TASK_SHUFFLE_ROWS,
     PreprocessConfig,
-    _with_shuffle_key,
+    _write_list_file,
     build_vocabularies,
+    list_file_starts,
     preprocess,
+    scrambled,
     shuffle_partitions,
     stats_at,
     stats_memory,
@@ -308,10 +312,37 @@ def test_training_lists_come_in_no_household_order(small_data):
         assert len(users) > 50 and len(np.unique(users)) == len(users)
         rank_correlation = np.corrcoef(np.argsort(np.argsort(users)), np.arange(len(users)))[0, 1]
         assert abs(rank_correlation) < 0.3, rank_correlation
-        # In the scrambled key's order, file after file: the order is the training order, the same
-        # in every preprocessing (Ray Data's sort keeps it only with its blocks kept in order).
-        keys = _with_shuffle_key(pa.table({"user": users})).column(SHUFFLE_KEY).to_numpy()
+        # In the scrambled key's order, file after file: the order is the training order.
+        keys = scrambled(users)
         assert (np.diff(keys) > 0).all()
+
+
+def test_lists_files_are_the_same_whatever_order_their_lists_arrive_in(small_data, tmp_path):
+    """Each lists file's task sorts its lists and names the file after its households' key range,
+    so a preprocessing writes the same files whatever order Ray's tasks finish and hand their
+    blocks over in (Ray 2.60's task-based sort once handed a sort's blocks over out of order)."""
+    data, stats = small_data
+    cutoffs = stats["cutoffs"][VALIDATED][:2]
+    written = {c: glob.glob(os.path.join(layout.examples_dir(data, c), "*.parquet")) for c in cutoffs}
+    assert all(len(files) == 1 for files in written.values())  # fewer households than a file holds
+    lists = pa.concat_tables(
+        [
+            pq.read_table(files[0], partitioning=None)
+            .append_column(CUTOFF, pa.array(np.full(pq.read_metadata(files[0]).num_rows, c)))
+            .append_column(LIST_FILE, pa.array(np.zeros(pq.read_metadata(files[0]).num_rows, np.int64)))
+            for c, files in written.items()
+        ]
+    )
+    shuffled = lists.take(np.random.default_rng(0).permutation(lists.num_rows))
+    _write_list_file(shuffled, str(tmp_path))
+    for c, files in written.items():
+        rewritten = os.path.join(tmp_path, f"{CUTOFF}={c}", os.path.basename(files[0]))
+        assert open(rewritten, "rb").read() == open(files[0], "rb").read()
+
+    starts = list_file_starts(5000)
+    households = np.bincount(np.searchsorted(starts, scrambled(np.arange(5000)), side="right"))
+    assert len(households) == 3 and households.max() <= LISTS_PER_FILE and households.min() >= 5000 // 3
+    assert len(list_file_starts(LISTS_PER_FILE)) == 0  # one file
 
 
 def test_training_lists_end_where_their_run_must(small_data):

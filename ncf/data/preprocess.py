@@ -35,7 +35,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import ray
 from ray.data.aggregate import Count, Max, Min, Sum
 
@@ -72,7 +73,6 @@ WEEK = 7 * 86_400
 # pays tens of milliseconds per file, so the groupby's many small blocks (800 files of ~20 lists)
 # made every epoch wait ~18 s for its first batch.
 LISTS_PER_FILE = 2048
-STATE_BATCH_ROWS = 1_000_000  # purchases the driver holds at a time while writing the state
 LIST_COUNTS = ("lists", "candidates", "positives", "bought_unknown_at_cutoff")
 COUNT = "count()"
 FIRST_SEEN = f"min({TS})"
@@ -157,10 +157,11 @@ def training_cutoffs(bounds: Dict[str, int], config: PreprocessConfig, state_onl
 ROWS_PER_SHUFFLE_PARTITION = 500_000
 
 
-# Ray Data 2.60's default shuffle (SHUFFLE_V2) starts aggregator actors for each groupby and
-# aggregate: seconds apiece whatever the log's size (an 84-line log took 46 s to preprocess on 2
-# CPUs). Logs up to this many lines count and aggregate with tasks; larger ones, and the sorts
-# whose order is kept (:func:`_blocks_in_order`), keep the default, which Ray builds for them.
+# Ray Data 2.60's default shuffle (SHUFFLE_V2) starts aggregator actors for each groupby, sort
+# and aggregate: seconds apiece whatever the log's size (an 84-line log took 46 s to preprocess
+# on 2 CPUs). Logs up to this many lines shuffle with tasks; larger ones keep the default. Nothing
+# written depends on the order Ray hands blocks over in (:func:`_in_key_order`, the lists'
+# files), so either gives the same DATA.
 TASK_SHUFFLE_ROWS = 5_000_000
 
 
@@ -267,23 +268,17 @@ def _index_rows(batch: pa.Table, users: Vocabulary, products: Vocabulary) -> pa.
 
 
 @contextlib.contextmanager
-def _blocks_in_order(ds: Optional[ray.data.Dataset] = None):
-    """Ray Data keeps its blocks' order inside this block (by default it hands blocks over as
-    their tasks finish): the files' row order in what it reads, the groupby's key order, a sort's
-    order. A Dataset plans with the settings its source was created with (the current ones then,
-    shared by every Dataset derived from it): for ``ds``, its own; without, the current ones, for
-    what the block creates. ``ds`` also gets Ray's default shuffle back, whatever
-    :func:`use_task_shuffles` chose: under the task-based one, Ray 2.60 wrote Complete Journey's
-    lists in the key order in one preprocessing and with a lists file of two sorted runs at every
-    cutoff in the next, ``preserve_order`` set on their Dataset."""
-    context = ray.data.DataContext.get_current() if ds is None else ds.context
-    previous = context.execution_options.preserve_order, context.shuffle_strategy
+def _blocks_in_order():
+    """Ray Data keeps its blocks' order for what is created inside this block (by default it hands
+    blocks over as their tasks finish): the files' row order in what it reads. A Dataset plans
+    with the settings current when its source was created."""
+    context = ray.data.DataContext.get_current()
+    previous = context.execution_options.preserve_order
     context.execution_options.preserve_order = True
-    context.shuffle_strategy = ray.data.DataContext.get_current().shuffle_strategy
     try:
         yield
     finally:
-        context.execution_options.preserve_order, context.shuffle_strategy = previous
+        context.execution_options.preserve_order = previous
 
 
 def _unreadable_catalog(files: schema.InputFiles) -> Optional[schema.InputError]:
@@ -345,16 +340,33 @@ def write_state(indexed: ray.data.Dataset, vocabs: Vocabularies, output: str) ->
     """Every household's purchases (compact arrays).
 
     Ray Data sorts the purchases by household, time and product across the cluster; the driver
-    then appends them to memory-mapped files a batch at a time. It never holds the log (tens of
-    GB at 10M households) and writes each page of the state once. Like the lists, with its blocks
-    kept in order: ``UserStates.write`` refuses purchases out of order."""
-    with _blocks_in_order(indexed):
-        ordered = indexed.sort([USER, TS, PRODUCT])
-        batches = (
-            (batch[USER], batch[PRODUCT], batch[TS])
-            for batch in ordered.iter_batches(batch_size=STATE_BATCH_ROWS, batch_format="numpy")
-        )
-        return UserStates.write(layout.user_state_dir(output), batches, len(vocabs.users), indexed.count())
+    then appends them to memory-mapped files a block at a time, the blocks taken in the order of
+    their first rows (:func:`_in_key_order`). It never holds the log (tens of GB at 10M
+    households) and writes each page of the state once."""
+    key = [USER, TS, PRODUCT]
+    batches = (
+        (block.column(USER).to_numpy(), block.column(PRODUCT).to_numpy(), block.column(TS).to_numpy())
+        for block in _in_key_order(indexed.sort(key), key)
+    )
+    return UserStates.write(layout.user_state_dir(output), batches, len(vocabs.users), indexed.count())
+
+
+def _in_key_order(ordered: ray.data.Dataset, key: List[str]) -> Iterator[pa.Table]:
+    """The blocks of a Dataset sorted on ``key``, one at a time, in the order of their first rows.
+
+    Not the order Ray hands them over in: with the task-based shuffle and ``preserve_order`` set
+    on the Dataset, Ray 2.60 once handed a sort's output blocks over out of order (a lists file
+    of two sorted runs, one Complete Journey preprocessing in two). ``UserStates.write`` refuses
+    rows out of order, should two blocks ever overlap."""
+    blocks = ordered.to_arrow_refs()
+    firsts = ray.get([_first_row.remote(block, key) for block in blocks])
+    for _, block in sorted((first, i) for i, first in enumerate(firsts) if first is not None):
+        yield ray.get(blocks[block])
+
+
+@ray.remote(num_cpus=0.25)
+def _first_row(block: pa.Table, key: List[str]) -> Optional[tuple]:
+    return tuple(block.column(c)[0].as_py() for c in key) if block.num_rows else None
 
 
 def stats_at(output: str, category: np.ndarray, cutoffs: List[int]) -> Dict[int, ProductStats]:
@@ -430,43 +442,66 @@ def write_examples(
     catalog = Catalog(vocabs.products.column("department_index"), vocabs.products.column("category_index"))
     every = every_cutoff(cutoffs)
     contexts = [Cutoff.build(c, stats[c], config.popular_candidates) for c in every]
-    # Sorted by a scrambled household key and kept in order: a fresh preprocessing writes the same
-    # files and so trains the same model (the groupby hands its lists over in the order its tasks
-    # finish: 136-170 of 2,070 households moved between two runs), and the households of a file
-    # come in no meaningful order, which training relies on instead of a shuffle buffer.
-    with _blocks_in_order(indexed):
-        (
-            indexed.groupby(USER, num_partitions=partitions)
-            .map_groups(
-                household_lists,
-                batch_format="numpy",
-                fn_kwargs={"config": config, "catalog": catalog, "cutoffs": contexts},
-            )
-            .map_batches(_with_shuffle_key, batch_format="pyarrow")
-            .sort([SHUFFLE_KEY, CUTOFF])
-            .drop_columns([SHUFFLE_KEY])
-            # A household has at most one list per cutoff, so blocks of LISTS_PER_FILE households'
-            # lists write files of at most that many lists (one per cutoff), and their count grows
-            # with the households.
-            .repartition(num_blocks=-(-len(vocabs.users) // LISTS_PER_FILE))
-            .write_parquet(layout.examples_root(output), partition_cols=[CUTOFF])
+    # Each file holds the lists of up to LISTS_PER_FILE households, by ranges of a scrambled
+    # household key, sorted on it, and is named after its range: a fresh preprocessing writes
+    # the same files whatever order Ray's tasks finish in (the groupby hands its lists over in
+    # the order its tasks finish: 136-170 of 2,070 households moved between two runs), and the
+    # households of a file come in no meaningful order, which training relies on instead of a
+    # shuffle buffer.
+    (
+        indexed.groupby(USER, num_partitions=partitions)
+        .map_groups(
+            household_lists,
+            batch_format="numpy",
+            fn_kwargs={"config": config, "catalog": catalog, "cutoffs": contexts},
         )
+        .map_batches(_with_list_file, batch_format="pyarrow", fn_kwargs={"starts": list_file_starts(len(vocabs.users))})
+        .groupby(LIST_FILE, num_partitions=partitions)
+        .map_groups(_write_list_file, batch_format="pyarrow", fn_kwargs={"root": layout.examples_root(output)})
+        .materialize()
+    )
     return {run: _count_lists_of(output, run_cutoffs) for run, run_cutoffs in cutoffs.items()}
 
 
-SHUFFLE_KEY = "shuffle_key"
+LIST_FILE = "list_file"
 _FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd: x -> x * it mod 2^64 is a bijection
 
 
-def _with_shuffle_key(lists: pa.Table) -> pa.Table:
-    """The lists with :data:`SHUFFLE_KEY`: each household's index scrambled (Fibonacci hashing),
-    the same in every run. Household indices follow purchase counts, so lists sorted by household
-    filled each training batch with households of one activity level: the demo's model fell from
-    0.4197 / 0.4582 to 0.4058 / 0.4443 on the test weeks."""
-    users = lists.column(USER).to_numpy().astype(np.uint64)
+def scrambled(users: np.ndarray) -> np.ndarray:
+    """Each household index scrambled (Fibonacci hashing), the same in every run: the lists'
+    order. Household indices follow purchase counts, so lists sorted by household filled each
+    training batch with households of one activity level: the demo's model fell from 0.4197 /
+    0.4582 to 0.4058 / 0.4443 on the test weeks."""
     with np.errstate(over="ignore"):
-        key = (users * _FIBONACCI) >> np.uint64(1)  # wraps mod 2^64; the shift keeps it an int64
-    return lists.append_column(SHUFFLE_KEY, pa.array(key.astype(np.int64)))
+        key = (np.asarray(users).astype(np.uint64) * _FIBONACCI) >> np.uint64(1)  # wraps; the shift keeps it an int64
+    return key.astype(np.int64)
+
+
+def list_file_starts(num_users: int) -> np.ndarray:
+    """The scrambled key each lists file after the first starts at: the households' keys, sorted,
+    cut into files of at most :data:`LISTS_PER_FILE` households."""
+    files = max(1, -(-num_users // LISTS_PER_FILE))
+    return np.sort(scrambled(np.arange(num_users)))[-(-num_users // files) :: -(-num_users // files)]
+
+
+def _with_list_file(lists: pa.Table, starts: np.ndarray) -> pa.Table:
+    file = np.searchsorted(starts, scrambled(lists.column(USER).to_numpy()), side="right")
+    return lists.append_column(LIST_FILE, pa.array(file.astype(np.int64)))
+
+
+def _write_list_file(lists: pa.Table, root: str) -> pa.Table:
+    """One file's lists (one group of :data:`LIST_FILE`), in the scrambled key's order, to
+    ``root/cutoff=C/lists-F.parquet`` for each of its cutoffs C."""
+    file = lists.column(LIST_FILE)[0].as_py()
+    order = np.lexsort((lists.column(CUTOFF).to_numpy(), scrambled(lists.column(USER).to_numpy())))
+    lists = lists.drop_columns([LIST_FILE]).take(order)
+    cutoff = lists.column(CUTOFF).to_numpy()
+    for c in np.unique(cutoff):
+        directory = os.path.join(root, f"{CUTOFF}={int(c)}")
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"lists-{file:06d}.parquet")
+        pq.write_table(lists.filter(pa.array(cutoff == c)).drop_columns([CUTOFF]), path)
+    return pa.table({LIST_FILE: [file], "lists": [lists.num_rows]})
 
 
 def _count_lists_of(output: str, run_cutoffs: list) -> Dict[str, int]:
