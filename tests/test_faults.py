@@ -1,24 +1,20 @@
 """Fault drills (issues 10, 19): a Serve replica killed under load, corrupt model rollouts under
-load, a sweep interrupted and resumed.
+load.
 
 The other drills live beside the code they exercise: a training worker killed mid-epoch
-(test_training.py) and a batch-scoring run killed then rerun (test_batch_score.py).
+(test_training.py), a batch-scoring run killed then rerun (test_batch_score.py), a sweep
+interrupted and resumed (test_tune_sweep.py).
 """
 
 import json
 import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 
-import pandas as pd
 import pytest
-from helpers import REPO, free_port, sealed_copy, without_data_end
+from helpers import free_port, sealed_copy, without_data_end
 
 pytestmark = pytest.mark.faults
 
@@ -224,75 +220,3 @@ def test_corrupt_model_rollouts_under_load_fail_no_request(ray_session, small_mo
         "rollout_error": None,
     }
     assert after == replicas, "the replica serving v1 was never stopped"
-
-
-def _sweep(data: str, output: str, resume: bool) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "jobs.tune_sweep",
-        "--data",
-        data,
-        "--output",
-        output,
-        "--trials",
-        "2",
-        "--epochs",
-        "1",
-        "--max-steps-per-epoch",
-        "3",
-        "--val-users",
-        "20",
-        "--batch-size",
-        "256",
-    ] + (["--resume"] if resume else [])
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}  # the log is read as it grows
-    env.pop("RAY_ADDRESS", None)  # its own local cluster, as a user's laptop run
-    log = open(os.path.join(output + (".resume" if resume else "") + ".log"), "w")
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _started_trials(output: str) -> int:
-    """Trials Tune has started, from the sweep's console log. Not the trial directories: those
-    appear in the storage path only when a trial's first result is synced, which for a
-    one-epoch trial is moments before it ends."""
-    with open(output + ".log") as log:
-        return len(re.findall(r"^Trial train_trial_\w+ started with configuration", log.read(), flags=re.M))
-
-
-def _reported_trials(output: str) -> set:
-    experiment = os.path.join(output, "tune", "sweep")
-    dirs = [d for d in os.listdir(experiment) if d.startswith("train_trial_")] if os.path.isdir(experiment) else []
-    results = {d.split("_")[2]: os.path.join(experiment, d, "result.json") for d in dirs}
-    return {trial for trial, path in results.items() if os.path.exists(path) and os.path.getsize(path) > 0}
-
-
-@pytest.mark.slow
-def test_an_interrupted_sweep_resumes_without_losing_or_repeating_trials(small_data, tmp_path):
-    data, _ = small_data
-    output = str(tmp_path / "sweep")
-    first = _sweep(data, output, resume=False)
-    try:
-        deadline = time.time() + 400
-        while time.time() < deadline and first.poll() is None and _started_trials(output) < 2:
-            time.sleep(1)
-        # Trials run one at a time here: the second has started, so the first has finished.
-        assert first.poll() is None, "the sweep ended before it could be interrupted"
-        time.sleep(2)  # into the second trial, which trains for tens of seconds
-        first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its experiment state and exits
-        assert first.wait(timeout=120) == 130, open(output + ".log").read()[-3000:]
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-    assert not os.path.exists(os.path.join(output, "results.parquet"))
-    assert "sweep interrupted with 1 of 2 trials finished" in open(output + ".log").read()
-    finished_before = _reported_trials(output)
-    assert len(finished_before) == 1
-
-    second = _sweep(data, output, resume=True)
-    assert second.wait(timeout=400) == 0, open(output + ".resume.log").read()[-3000:]
-    table = pd.read_parquet(os.path.join(output, "results.parquet"))
-    assert len(table) == 2 and table["trial_id"].is_unique  # none lost, none repeated
-    assert finished_before <= set(table["trial_id"])
-    assert table["best_val_ndcg@10"].notna().all()
-    assert os.path.exists(os.path.join(output, "best", "config.json"))

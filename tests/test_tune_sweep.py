@@ -1,6 +1,9 @@
-"""A sweep submitted with `ray job submit` to a cluster started with `ray start --head`."""
+"""Sweeps: the search space, resume settings, and a sweep interrupted on a laptop and resumed with
+`ray job submit` on a cluster started with `ray start --head`."""
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,10 +24,11 @@ from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower, s
 from tune.settings import SweepSettings
 
 
-@pytest.fixture
+@contextlib.contextmanager
 def head_node():
     """`ray start --head --block` on 127.0.0.1 with its own ports and temp dir; SIGTERM to the
-    blocking process stops exactly this cluster (`ray stop` would stop every Ray on the machine)."""
+    blocking process stops exactly this cluster (`ray stop` would stop every Ray on the machine).
+    Yields the job API's address and the environment to submit with."""
     # Every port of its own: the session's cluster (and any other Ray on the machine) already
     # holds the defaults, and a dashboard agent that cannot bind leaves no agent to take jobs.
     gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics = free_ports(7)
@@ -139,49 +143,89 @@ def test_a_sweep_resumed_with_other_settings_is_refused_in_one_line(tmp_path):
         SweepSettings(data=started.data, output=refitting.output, trials=4).check_resumes()
 
 
-def test_sweep_submitted_with_ray_job_submit(head_node, small_data, tmp_path):
-    address, env = head_node
-    data, _ = small_data
-    sweep = tmp_path / "sweep"
-    submit = [
-        os.path.join(os.path.dirname(sys.executable), "ray"),
-        "job",
-        "submit",
-        "--address",
-        address,
-        "--working-dir",
-        REPO,
-        "--",
-        "python",
-        "-m",
-        "jobs.tune_sweep",
-        "--data",
-        data,
-        "--output",
-        str(sweep),
-        "--trials",
-        "2",
-        "--epochs",
-        "1",
-        "--max-steps-per-epoch",
-        "3",
-        "--val-users",
-        "20",
-        "--batch-size",
-        "256",
-    ]
+SWEEP = ["--trials", "2", "--epochs", "1", "--max-steps-per-epoch", "3", "--val-users", "20", "--batch-size", "256"]
+
+
+def _sweep_on_a_laptop(data: str, output: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "jobs.tune_sweep", "--data", data, "--output", output, *SWEEP]
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}  # the log is read as it grows
+    env.pop("RAY_ADDRESS", None)  # its own local cluster, as a user's laptop run
+    log = open(output + ".log", "w")
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _started_trials(output: str) -> int:
+    """Trials Tune has started, from the sweep's console log. Not the trial directories: those
+    appear in the storage path only when a trial's first result is synced, which for a
+    one-epoch trial is moments before it ends."""
+    with open(output + ".log") as log:
+        return len(re.findall(r"^Trial train_trial_\w+ started with configuration", log.read(), flags=re.M))
+
+
+def _reported_trials(output: str) -> set:
+    experiment = os.path.join(output, "tune", "sweep")
+    dirs = [d for d in os.listdir(experiment) if d.startswith("train_trial_")] if os.path.isdir(experiment) else []
+    results = {d.split("_")[2]: os.path.join(experiment, d, "result.json") for d in dirs}
+    return {trial for trial, path in results.items() if os.path.exists(path) and os.path.getsize(path) > 0}
+
+
+def _interrupt_after_one_trial(data: str, output: str) -> set:
+    """A laptop run of a 2-trial sweep, Ctrl-C in its second trial: the trials it finished."""
+    first = _sweep_on_a_laptop(data, output)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and first.poll() is None and _started_trials(output) < 2:
+            time.sleep(1)
+        # Trials run one at a time here: the second has started, so the first has finished.
+        assert first.poll() is None, "the sweep ended before it could be interrupted"
+        time.sleep(2)  # into the second trial, which trains for tens of seconds
+        first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its experiment state and exits
+        assert first.wait(timeout=120) == 130, open(output + ".log").read()[-3000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert not os.path.exists(os.path.join(output, "results.parquet"))
+    assert "sweep interrupted with 1 of 2 trials finished" in open(output + ".log").read()
+    return _reported_trials(output)
+
+
+def _submit(address: str, env: dict, job: list) -> subprocess.CompletedProcess:
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    submit = [ray, "job", "submit", "--address", address, "--working-dir", REPO, "--", *job]
     for _ in range(12):  # the dashboard answers before the node's job agent registers
         done = subprocess.run(
             submit, env={**env, "RAY_AUTH_MODE": "token"}, cwd=REPO, capture_output=True, text=True, timeout=600
         )
         if "No available agent" not in done.stderr + done.stdout:
-            break
+            return done
         time.sleep(5)
+    return done
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_a_sweep_interrupted_on_a_laptop_resumes_with_ray_job_submit_losing_and_repeating_no_trial(
+    small_data, tmp_path
+):
+    """Ctrl-C after one trial reported and the next started, then ``--resume`` submitted with
+    `ray job submit` to a cluster started with `ray start --head` (one sweep drill for both: each
+    sweep costs minutes here)."""
+    data, _ = small_data
+    sweep = tmp_path / "sweep"
+    finished_before = _interrupt_after_one_trial(data, str(sweep))
+    assert len(finished_before) == 1
+
+    with head_node() as (address, env):
+        resume = ["python", "-m", "jobs.tune_sweep", "--data", data, "--output", str(sweep), *SWEEP, "--resume"]
+        done = _submit(address, env, resume)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "succeeded" in done.stdout
 
     table = pd.read_parquet(sweep / "results.parquet")
-    assert len(table) == 2 and (sweep / "results.csv").exists() and (sweep / "sweep.png").stat().st_size > 10_000
+    assert len(table) == 2 and table["trial_id"].is_unique  # none lost, none repeated
+    assert finished_before <= set(table["trial_id"])
+    assert table["best_val_ndcg@10"].notna().all()
+    assert (sweep / "results.csv").exists() and (sweep / "sweep.png").stat().st_size > 10_000
     assert table["is_default"].sum() == 1  # the defaults are evaluated first, as the baseline
     assert table.loc[0, "best_val_ndcg@10"] >= table.loc[1, "best_val_ndcg@10"]
     assert any(table.loc[0, k] != table.loc[1, k] for k in SEARCHED)
@@ -196,18 +240,20 @@ def test_sweep_submitted_with_ray_job_submit(head_node, small_data, tmp_path):
     assert len(recommender.recommend([user], k=5)[0]) == 5
     assert data_limits(data)["history_length"] >= config["model"]["history_length"]
 
-    # MLflow (the session's store, inherited by the head node): each trial a run with its
-    # point and every epoch's metrics; SWEEP/best a registered version linked to its trial's run.
+    # MLflow (the session's store, inherited by both clusters): each trial one run with its point
+    # and its epoch's metrics (the interrupted attempt's run has none); SWEEP/best a registered
+    # version linked to its trial's run.
     store = registry.Registry()
     runs = store.client.search_runs(
         [store.experiment_id(registry.SWEEP_EXPERIMENT)], filter_string=f"tags.sweep = '{sweep}'"
     )
-    by_trial = {r.data.tags["trial_id"]: r for r in runs}
-    assert sorted(by_trial) == sorted(table["trial_id"])
-    for trial_id, run in by_trial.items():
+    trained = {}
+    for run in runs:
         steps = [m.step for m in store.client.get_metric_history(run.info.run_id, "val_ndcg_at_10")]
-        assert steps == [1], trial_id
-        assert "mf_embedding_dim" in run.data.params
+        if steps:
+            assert steps == [1] and "mf_embedding_dim" in run.data.params, run.data.tags["trial_id"]
+            trained.setdefault(run.data.tags["trial_id"], []).append(run)
+    assert sorted(trained) == sorted(table["trial_id"]) and all(len(r) == 1 for r in trained.values())
     (version,) = [v for v in store.versions() if v.get("sweep") == str(sweep)]
     assert version["trial_id"] == best["trial_id"] and version["model_dir"] == str(sweep / "best")
-    assert version["run_id"] == by_trial[best["trial_id"]].info.run_id
+    assert version["run_id"] == trained[best["trial_id"]][0].info.run_id
