@@ -359,9 +359,11 @@ def _in_key_order(ordered: ray.data.Dataset, key: List[str]) -> Iterator[pa.Tabl
     of two sorted runs, one Complete Journey preprocessing in two). ``UserStates.write`` refuses
     rows out of order, should two blocks ever overlap."""
     blocks = ordered.to_arrow_refs()
+    del ordered  # it holds every block; without it, the object store frees each one once read
     firsts = ray.get([_first_row.remote(block, key) for block in blocks])
-    for _, block in sorted((first, i) for i, first in enumerate(firsts) if first is not None):
-        yield ray.get(blocks[block])
+    for _, i in sorted((first, i) for i, first in enumerate(firsts) if first is not None):
+        block, blocks[i] = blocks[i], None
+        yield ray.get(block)
 
 
 @ray.remote(num_cpus=0.25)
