@@ -450,7 +450,7 @@ def write_examples(
     # the order its tasks finish: 136-170 of 2,070 households moved between two runs), and the
     # households of a file come in no meaningful order, which training relies on instead of a
     # shuffle buffer.
-    (
+    written = (
         indexed.groupby(USER, num_partitions=partitions)
         .map_groups(
             household_lists,
@@ -460,8 +460,12 @@ def write_examples(
         .map_batches(_with_list_file, batch_format="pyarrow", fn_kwargs={"starts": list_file_starts(len(vocabs.users))})
         .groupby(LIST_FILE, num_partitions=partitions)
         .map_groups(_write_list_file, batch_format="pyarrow", fn_kwargs={"root": layout.examples_root(output)})
-        .materialize()
+        .to_pandas()
     )
+    # One call per file: a file's households split over two calls would overwrite its lists.
+    twice = written[LIST_FILE][written[LIST_FILE].duplicated()]
+    if len(twice):
+        raise RuntimeError(f"lists files written by two tasks, their lists lost: {sorted(set(twice))}")
     return {run: _count_lists_of(output, run_cutoffs) for run, run_cutoffs in cutoffs.items()}
 
 
