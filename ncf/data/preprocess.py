@@ -487,12 +487,17 @@ def list_file_starts(num_users: int) -> np.ndarray:
     """The scrambled key each lists file after the first starts at: the households' keys, sorted,
     cut into files of at most :data:`LISTS_PER_FILE` households."""
     files = max(1, -(-num_users // LISTS_PER_FILE))
-    return np.sort(scrambled(np.arange(num_users)))[-(-num_users // files) :: -(-num_users // files)]
+    per_file = -(-num_users // files)
+    return np.sort(scrambled(np.arange(num_users)))[per_file::per_file]
+
+
+def list_file_of(users: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The lists file of each household, given :func:`list_file_starts`."""
+    return np.searchsorted(starts, scrambled(users), side="right").astype(np.int64)
 
 
 def _with_list_file(lists: pa.Table, starts: np.ndarray) -> pa.Table:
-    file = np.searchsorted(starts, scrambled(lists.column(USER).to_numpy()), side="right")
-    return lists.append_column(LIST_FILE, pa.array(file.astype(np.int64)))
+    return lists.append_column(LIST_FILE, pa.array(list_file_of(lists.column(USER).to_numpy(), starts)))
 
 
 def _write_list_file(lists: pa.Table, root: str) -> pa.Table:
@@ -507,7 +512,7 @@ def _write_list_file(lists: pa.Table, root: str) -> pa.Table:
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, f"lists-{file:06d}.parquet")
         pq.write_table(lists.filter(pa.array(cutoff == c)).drop_columns([CUTOFF]), path)
-    return pa.table({LIST_FILE: [file], "lists": [lists.num_rows]})
+    return pa.table({LIST_FILE: [file]})
 
 
 def _count_lists_of(output: str, run_cutoffs: list) -> Dict[str, int]:
