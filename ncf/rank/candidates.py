@@ -91,7 +91,11 @@ class MFFirstStage:
             # The MF logit is mf_output(u * p): with its weights folded into p, one matmul.
             folded = torch.as_tensor(ann.product_vectors(model.state_dict()), device=self._users.device)
             self._items = folded[torch.as_tensor(rows.product, device=folded.device)].T.contiguous()  # D x P
-            self._unknown = torch.as_tensor(~known, device=folded.device)
+            # Added to every household's scores: -inf drops the products without a vector of their
+            # own (a broadcast add; a boolean column mask costs several times as much).
+            self._unknown_penalty = torch.where(torch.as_tensor(known, device=folded.device), 0.0, -torch.inf).to(
+                folded.dtype
+            )
         else:
             self._index = index or _built_here(model)
             # Searched among the model rows of the state's known products, answered in state indices.
@@ -134,8 +138,7 @@ class MFFirstStage:
         if self._index is not None:
             found = self._index.search(vectors.cpu().numpy(), self.width, self._allowed)
             return self._product_of_row[np.maximum(found, 0)].astype(np.int32)
-        scores = vectors @ self._items
-        scores[:, self._unknown] = -torch.inf
+        scores = (vectors @ self._items).add_(self._unknown_penalty)
         return torch.topk(scores, self.width, dim=1).indices.cpu().numpy().astype(np.int32)
 
 
