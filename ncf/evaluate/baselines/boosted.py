@@ -24,6 +24,7 @@ import pyarrow.dataset as pads
 from ncf.data import examples as E
 from ncf.data import layout
 from ncf.data.features import FEATURES, HALF_LIVES, NUM_FEATURES, candidate_features
+from ncf.data.timeline import UserTimeline
 from ncf.evaluate.baselines.base import PointInTime
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.state import RankingState
@@ -92,6 +93,10 @@ class OwnNeighboursAndPopular:
         """C scores (higher is better) of ``candidates`` (C) with their C x F features."""
         raise NotImplementedError
 
+    def features(self, user: int, timeline: UserTimeline, candidates: np.ndarray, at: int) -> np.ndarray:
+        """The C x F features :meth:`score` reads: the model's (benchmarks add their own)."""
+        return candidate_features(timeline, candidates, at, self.state.catalog, self.state.stats)
+
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
         """The ``depth`` best of the household's own products, their neighbours and the popular ones."""
         self.context.check(at)
@@ -100,7 +105,7 @@ class OwnNeighboursAndPopular:
         own, near = aggregates.most_bought(self._own), self.state.stats.neighbours.best(aggregates, self._near)
         candidates = np.unique(np.concatenate([own, near, self._popular]).astype(np.int64))
         candidates = candidates[self.context.catalog[candidates]]
-        features = candidate_features(timeline, candidates, at, self.state.catalog, self.state.stats)
+        features = self.features(user, timeline, candidates, at)
         return candidates[np.argsort(-self.score(user, candidates, features), kind="stable")][:depth]
 
 
