@@ -203,6 +203,43 @@ def test_vocab_lookups_agree_for_few_and_many_ids():
     assert vocab.raw_of(many)[:5] == vocab.raw_of(many[:5]) == [150, 999, None, None, 1599]
 
 
+def test_integer_ids_found_by_binary_search_as_by_the_hash():
+    """Preprocessing indexes every purchase with vocabularies prepared for integer ids (a sorted
+    int64 copy, binary-searched): the same indices as Arrow's hash lookup, absent ids and
+    negative ones included; other arrays (strings, nulls) and string vocabularies keep the hash."""
+    rng = np.random.default_rng(0)
+    ids = rng.choice(np.arange(-500, 2**31 - 1, 7919), 3_000, replace=False)
+    hashed = Vocabulary.from_ids([str(i) for i in ids], kind="int")
+    searched = Vocabulary.from_ids([str(i) for i in ids], kind="int").prepare_int_lookup()
+    assert searched._int_sorted is not None and hashed._int_sorted is None
+    asked = np.concatenate([rng.choice(ids, 5_000), rng.integers(-(10**6), 2**31 - 1, 5_000), [ids.min(), ids.max()]])
+    big = np.concatenate([asked, [10**15, -(10**15)]])
+    for array in (pa.array(big), pa.chunked_array([big[:100], big[100:]]), pa.array(asked.astype(np.int32))):
+        expected = hashed.index_of(array)
+        assert (expected > 0).sum() > 5_000 and (expected == 0).sum() > 1_000
+        assert searched.index_of(array).tolist() == expected.tolist()
+    as_text = pa.array([str(i) for i in big] + ["0" + str(ids[0]), "+" + str(ids[1]), " " + str(ids[2]), "-0"])
+    expected = hashed.index_of(as_text)
+    assert (expected > 0).sum() > 5_000 and expected[-4:].tolist() == [0, 0, 0, 0]
+    assert searched.index_of(as_text).tolist() == expected.tolist()
+    assert searched.index_of(pa.chunked_array([as_text[:7], as_text[7:]])).tolist() == expected.tolist()
+    positive = ids[ids > 0][:50]
+    zero_led = pa.array(["0" + str(i) for i in positive] + [str(i) for i in positive])  # every text an integer
+    assert hashed.index_of(zero_led).tolist()[:50] == [0] * 50
+    assert searched.index_of(zero_led).tolist() == hashed.index_of(zero_led).tolist()
+    not_numbers = pa.array([str(ids[0]), "abc"])
+    assert searched.index_of(not_numbers).tolist() == hashed.index_of(not_numbers).tolist()
+    with_null = pa.array([int(ids[0]), None, 3])
+    assert (
+        searched.index_of(with_null).tolist()
+        == hashed.index_of(with_null).tolist()
+        == [hashed.index_of([int(ids[0])])[0], 0, 0]
+    )
+    words = Vocabulary.from_ids(["b", "a"], kind="str").prepare_int_lookup()
+    assert words._int_sorted is None and words.index_of(pa.array(["a", "z"])).tolist() == [2, 0]
+    assert Vocabulary.from_ids([], kind="int").prepare_int_lookup().index_of(pa.array([1, 2])).tolist() == [0, 0]
+
+
 # -- the pipeline on a small synthetic dataset ----------------------------------------------
 
 

@@ -652,7 +652,9 @@ def _preprocess_into(
         _report_catalog_coverage(vocab_stats, vocabs.sizes()["num_products"] - 1)
 
     indexed = kept.map_batches(
-        _index_rows, batch_format="pyarrow", fn_kwargs={"users": vocabs.users, "products": vocabs.products}
+        _index_rows,
+        batch_format="pyarrow",
+        fn_kwargs={"users": vocabs.users.prepare_int_lookup(), "products": vocabs.products.prepare_int_lookup()},
     ).materialize()
     _log("writing the state: every household's purchases")
     write_state(indexed, vocabs, output)

@@ -39,6 +39,10 @@ class Vocabulary:
     # positions, binary-searched. Arrow's index_in hashes the whole vocabulary on every call, and
     # a Python dict of every id would cost gigabytes per process at 10M households.
     _sorted: Optional[Tuple[pa.Array, np.ndarray]] = field(default=None, init=False, repr=False, compare=False)
+    # Integer ids as int64, sorted, and their positions (:meth:`prepare_int_lookup`): arrays of
+    # integer ids, or of their text, are then found by binary search. Arrow's index_in hashes the
+    # whole vocabulary on every call, 2.5-3.7 s against 10M ids whatever the size of the batch.
+    _int_sorted: Optional[Tuple[np.ndarray, np.ndarray]] = field(default=None, init=False, repr=False, compare=False)
 
     @staticmethod
     def from_ids(
@@ -59,6 +63,13 @@ class Vocabulary:
         """Raw ids (any type; compared as strings) -> indices, 0 for unknown ids."""
         if not isinstance(raw, (pa.Array, pa.ChunkedArray)) and len(raw) <= FEW_IDS:
             return np.array([UNKNOWN_INDEX if r is None else self._find(str(r)) for r in raw], dtype=np.int64)
+        if self._int_sorted is not None and isinstance(raw, (pa.Array, pa.ChunkedArray)) and not raw.null_count:
+            if pa.types.is_signed_integer(raw.type):
+                return self._int_positions(raw.to_numpy().astype(np.int64, copy=False))
+            if pa.types.is_string(raw.type):  # validated logs carry ids as text
+                found = self._int_text_positions(raw)
+                if found is not None:
+                    return found
         array = (
             raw
             if isinstance(raw, (pa.Array, pa.ChunkedArray))
@@ -68,6 +79,39 @@ class Vocabulary:
             array = pc.cast(array, pa.string())
         position = pc.index_in(array, value_set=self.ids)
         return pc.fill_null(pc.add(position, 1), UNKNOWN_INDEX).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def prepare_int_lookup(self) -> "Vocabulary":
+        """Sorts a vocabulary of integer ids (``kind`` int) as int64 once, so that :meth:`index_of`
+        finds arrays of integer ids (or of their text) by binary search; the sorted copy travels with the vocabulary
+        when it is pickled (to Ray tasks: prepare it before sending it). A vocabulary of other ids
+        is left as it is. Returns ``self``."""
+        if self.kind == "int" and self._int_sorted is None:
+            try:
+                values = pc.cast(self.ids, pa.int64()).to_numpy()
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                return self  # ids an int64 cannot hold: the hash lookup for them
+            order = np.argsort(values, kind="stable")
+            self._int_sorted = (values[order], order)
+        return self
+
+    def _int_text_positions(self, raw) -> Optional[np.ndarray]:
+        """Indices of integer ids written as text; None when some text is no integer (the hash
+        lookup then answers). Text that is an integer but not as the vocabulary writes it
+        ("012", "+5") is no id of it."""
+        try:
+            values = pc.cast(raw, pa.int64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+        found = self._int_positions(values.to_numpy().astype(np.int64, copy=False))
+        written_so = pc.equal(pc.cast(values, pa.string()), raw).to_numpy(zero_copy_only=False)
+        return np.where(written_so, found, UNKNOWN_INDEX).astype(np.int64)
+
+    def _int_positions(self, values: np.ndarray) -> np.ndarray:
+        ids, order = self._int_sorted
+        if not len(ids):
+            return np.full(len(values), UNKNOWN_INDEX, np.int64)
+        at = np.minimum(np.searchsorted(ids, values), len(ids) - 1)
+        return np.where(ids[at] == values, order[at] + 1, UNKNOWN_INDEX).astype(np.int64)
 
     def raw_of(self, indices: Sequence[int] | np.ndarray) -> List:
         """Indices -> raw ids in their original type (None for the unknown index)."""
