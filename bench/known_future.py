@@ -41,6 +41,7 @@ import pyarrow.dataset as pads
 from ncf.data import examples as E
 from ncf.data import layout
 from ncf.data.features import FEATURES, NUM_FEATURES
+from ncf.data.timeline import positions_in
 from ncf.data.vocab import Vocabularies
 from ncf.evaluate.baselines.boosted import LIGHTGBM, OwnNeighboursAndPopular
 from ncf.evaluate.evaluation import evaluate, point_in_time_period
@@ -53,11 +54,6 @@ WINDOW_WEEKS = 5
 LEAVES, ROUNDS = 31, 300
 PROMOTIONS = ("display_weeks", "mailer_weeks", "display_now", "mailer_now", "display_stores", "mailer_stores")
 UNITS = ("last_units", "mean_units", "units_ratio", "due_by_units", "days_since_first")
-
-
-def _positions(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return np.where(sorted_keys[at] == keys, at, -1)
 
 
 class RawLog:
@@ -86,8 +82,9 @@ class RawLog:
         mailer = promotions["mailer_location"].astype(str).to_numpy() != "0"
         known = product > 0
         product, store, week, display, mailer = product[known], store[known], week[known], display[known], mailer[known]
-        order = np.argsort(self._store_key(store, product, week))
-        self._store_keys = self._store_key(store, product, week)[order]
+        keys = self._store_key(store, product, week)
+        order = np.argsort(keys)
+        self._store_keys = keys[order]
         self._display, self._mailer = display[order], mailer[order]
         self._product_keys, inverse = np.unique(product * 64 + week, return_inverse=True)
         self._displaying = np.bincount(inverse, weights=display)
@@ -115,7 +112,7 @@ class RawLog:
         out = np.zeros((len(products), len(PROMOTIONS)), np.float32)
         for offset in range(WINDOW_WEEKS):
             week = first_week + offset
-            at = _positions(self._store_keys, self._store_key(stores, products, week))
+            at = positions_in(self._store_keys, self._store_key(stores, products, week))
             here = (at >= 0) & (stores >= 0)
             display = np.where(here, self._display[np.maximum(at, 0)], 0)
             mailer = np.where(here, self._mailer[np.maximum(at, 0)], 0)
@@ -123,7 +120,7 @@ class RawLog:
             out[:, 1] += mailer
             if offset == 0:
                 out[:, 2], out[:, 3] = display, mailer
-            at = _positions(self._product_keys, products * 64 + week)
+            at = positions_in(self._product_keys, products * 64 + week)
             out[:, 4] += np.where(at >= 0, self._displaying[np.maximum(at, 0)], 0)
             out[:, 5] += np.where(at >= 0, self._mailing[np.maximum(at, 0)], 0)
         out[:, 4:] = np.log1p(out[:, 4:] / WINDOW_WEEKS)
@@ -151,7 +148,7 @@ class RawLog:
     def units(before: tuple, users: np.ndarray, products: np.ndarray, moments: np.ndarray) -> np.ndarray:
         """N x len(UNITS) from :meth:`units_before`."""
         keys, table = before
-        at = _positions(keys, users.astype(np.int64) * 1_000_000 + products)
+        at = positions_in(keys, users.astype(np.int64) * 1_000_000 + products)
         bought, i = at >= 0, np.maximum(at, 0)
         last, mean, days = table["last"].to_numpy()[i], table["mean"].to_numpy()[i], table["days"].to_numpy()[i]
         first, latest = table["first"].to_numpy()[i], table["latest"].to_numpy()[i]
@@ -211,9 +208,10 @@ def training_rows(data: str, log: RawLog, variants: List[str]) -> tuple:
 class WithExtraFeatures(OwnNeighboursAndPopular):
     """The boosted ranker's candidates and features, plus a variant's."""
 
-    def __init__(self, context, booster, log: RawLog, variant: str) -> None:
-        self.booster, self.log, self.variant = booster, log, variant
-        self.stores, self.units = log.main_stores(context.start), log.units_before(context.start)
+    def __init__(self, context, booster, log: RawLog, variant: str, stores: np.ndarray, units: tuple) -> None:
+        """``stores``, ``units``: ``log``'s :meth:`RawLog.main_stores` and :meth:`RawLog.units_before`
+        at ``context.start``."""
+        self.booster, self.log, self.variant, self.stores, self.units = booster, log, variant, stores, units
         super().__init__(context)
 
     def features(self, user: int, timeline, candidates: np.ndarray, at: int) -> np.ndarray:
@@ -241,6 +239,12 @@ def main() -> None:
     features, labels = training_rows(args.data, log, variants)
     stats = layout.DataStats(args.data)
     state = RankingState.load(args.data)
+    periods = {}  # what each held-out period's ranking reads, the same for every booster
+    for split in (VAL, TEST):
+        start = period_start(split, stats.boundaries)
+        period_state = state.as_of(start)
+        context, period = point_in_time_period(period_state, split, stats.boundaries, args.data)
+        periods[split] = (period_state, context, period, log.main_stores(start), log.units_before(start))
     for seed in [int(s) for s in args.seeds.split(",")]:
         for variant in variants:
             names = list(FEATURES) + extra_names(variant)
@@ -252,10 +256,8 @@ def main() -> None:
                 "variant": variant,
                 "extra_gain_share": round(float(gain[NUM_FEATURES:].sum() / gain.sum()), 4),
             }
-            for split in (VAL, TEST):
-                period_state = state.as_of(period_start(split, stats.boundaries))
-                context, period = point_in_time_period(period_state, split, stats.boundaries, args.data)
-                ranker = WithExtraFeatures(context, booster, log, variant)
+            for split, (period_state, context, period, stores, units) in periods.items():
+                ranker = WithExtraFeatures(context, booster, log, variant, stores, units)
                 metrics = evaluate(
                     variant,
                     ranker.rank,

@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ncf.data.timeline import positions_in
+
 UNKNOWN_INDEX = 0
 FIRST_TS = "first_ts"  # extra column: epoch seconds of the first purchase of each id
 FEW_IDS = 1_000  # up to this many ids per call, lookups binary-search a sorted copy, not hash the vocabulary
@@ -108,10 +110,9 @@ class Vocabulary:
 
     def _int_positions(self, values: np.ndarray) -> np.ndarray:
         ids, order = self._int_sorted
-        if not len(ids):
-            return np.full(len(values), UNKNOWN_INDEX, np.int64)
-        at = np.minimum(np.searchsorted(ids, values), len(ids) - 1)
-        return np.where(ids[at] == values, order[at] + 1, UNKNOWN_INDEX).astype(np.int64)
+        at = positions_in(ids, values)
+        index = np.concatenate([order + 1, [UNKNOWN_INDEX]])  # at -1, absent: the unknown index
+        return index[at].astype(np.int64)
 
     def raw_of(self, indices: Sequence[int] | np.ndarray) -> List:
         """Indices -> raw ids in their original type (None for the unknown index)."""
