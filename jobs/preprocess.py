@@ -70,6 +70,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--own-negative-rate", type=float, default=d.own_negative_rate, help="share of own-product negatives kept"
     )
     p.add_argument(
+        "--list-households",
+        type=positive_int,
+        default=d.list_households,
+        help="most households with training lists (the same sample at every cutoff; the others rank from the "
+        "trained unknown household row)",
+    )
+    p.add_argument(
         "--future-gap-days",
         type=float,
         default=PreprocessConfig.future_gap_days,
@@ -125,6 +132,7 @@ def preprocess_config(args: argparse.Namespace) -> PreprocessConfig:
                 sampled_negatives=args.sampled_negatives,
                 uniform_negatives=args.uniform_negatives,
                 own_negative_rate=args.own_negative_rate,
+                list_households=args.list_households,
                 seed=args.seed,
             ),
             val_weeks=args.val_weeks,

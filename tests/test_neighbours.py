@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from ncf.data.features import FEATURES, HALF_LIVES, Catalog, candidate_features
-from ncf.data.neighbours import ProductNeighbours
+from ncf.data.neighbours import ProductNeighbours, SampledPairs
 from ncf.data.product_stats import ProductStats
 from ncf.data.timeline import UserTimeline
-from ncf.data.user_state import UserStates
+from ncf.data.user_state import UserStates, scrambled
 
 DAY = 86_400
 
@@ -133,3 +133,97 @@ def test_the_neighbour_score_reads_only_purchases_before_the_cutoff():
     assert score[0] == pytest.approx(np.log1p(1.0)) and score[1] == 0.0
     later = ProductStats.compute(states, category, cutoff=30 * DAY)
     assert later.neighbours.scores(np.array([5]), np.array([7]))[0] > 0.0
+
+
+def test_a_fit_from_a_stats_pass_rows_equals_the_fit_from_purchases(purchases):
+    """The stats pass hands the fit each household's distinct products as rows (no pairs sorted
+    again); the same purchases as (household, product) pairs in any order give the same rows."""
+    households, products = purchases
+    pairs = np.unique(households * 40 + products)
+    pairs = pairs[pairs % 40 > 0]
+    indptr = np.r_[0, np.cumsum(np.unique(pairs // 40, return_counts=True)[1])]
+    from_rows = ProductNeighbours.fit_rows(indptr, pairs % 40, 40, k=5)
+    from_purchases = ProductNeighbours.fit(households[::-1], products[::-1], 40, k=5)
+    for name in ("indptr", "indices", "weights"):
+        np.testing.assert_array_equal(getattr(from_rows, name), getattr(from_purchases, name))
+
+
+def _pairs_of(households, products, last_days):
+    """Distinct (household, product) pairs sorted as a stats pass hands them over, each with its
+    last day."""
+    order = np.lexsort((-last_days, products, households))
+    households, products, last_days = households[order], products[order], last_days[order]
+    first = np.r_[True, (households[1:] != households[:-1]) | (products[1:] != products[:-1])]
+    return households[first], products[first], last_days[first]
+
+
+def test_the_sample_keeps_the_households_of_the_lowest_keys_within_the_work_whatever_the_chunks():
+    rng = np.random.default_rng(2)
+    drawn = rng.integers(0, 300, 6000), rng.integers(1, 50, 6000), rng.integers(0, 99, 6000)
+    households, products, last_days = _pairs_of(*drawn)
+    counts = np.bincount(households)
+    everything = SampledPairs(max_products=50, max_work=int(np.dot(counts, counts)))
+    everything.add(households, products, last_days)
+    indptr, kept = everything.rows()
+    assert everything.households_kept == everything.households_seen == 300
+    np.testing.assert_array_equal(kept, products)
+
+    max_work = np.dot(counts, counts) // 4
+    by_key = np.argsort(scrambled(np.arange(300)))
+    expected = np.sort(by_key[np.cumsum(counts[by_key] ** 2) <= max_work])
+    for chunk_starts in ([0], [0, 37, 80, 81, 200, 299]):  # whole households per chunk
+        sample = SampledPairs(max_products=50, max_work=max_work)
+        for start, end in zip(chunk_starts, chunk_starts[1:] + [300]):
+            rows = (households >= start) & (households < end)
+            sample.add(households[rows], products[rows], last_days[rows])
+        indptr, kept = sample.rows()
+        assert sample.households_kept == len(expected) and 60 < len(expected) < 90
+        np.testing.assert_array_equal(kept, products[np.isin(households, expected)])
+        np.testing.assert_array_equal(np.diff(indptr), counts[expected])
+
+
+def test_the_sample_reads_each_household_with_its_latest_products():
+    households, products, last_days = _pairs_of(
+        np.repeat([3, 5], 3), np.array([4, 9, 6, 4, 9, 6]), np.array([5, 2, 5, 1, 8, 8])
+    )
+    for max_products, expected in ((3, [4, 6, 9, 4, 6, 9]), (2, [4, 6, 6, 9]), (1, [6, 9])):
+        sample = SampledPairs(max_products=max_products)
+        sample.add(households, products, last_days)  # ties on the last day to the higher index
+        assert sample.rows()[1].tolist() == expected
+
+
+def test_a_stats_pass_fits_its_neighbours_on_the_sample_only(capsys):
+    """Household 1 buys 5 and 6, then 7 and 8 later: read with its latest two products only, 5
+    and 6 are nobody's neighbours, 7 and 8 each other's; with everything, all four are near."""
+    users = np.array([1, 1, 1, 1, 2, 2])
+    products = np.array([5, 6, 7, 8, 7, 8])
+    ts = np.array([0, 0, 3, 3, 4, 4]) * DAY
+    states = UserStates.from_purchases(users, products, ts, 3)
+    category = np.zeros(9, np.int64)
+    latest_two = ProductStats.compute(states, category, 10 * DAY, neighbours_max_products=2)
+    assert latest_two.neighbours.scores(np.array([5]), np.array([6, 7, 8])).tolist() == [0.0, 0.0, 0.0]
+    assert latest_two.neighbours.scores(np.array([7]), np.array([8]))[0] == pytest.approx(1.0)
+    everything = ProductStats.compute(states, category, 10 * DAY)
+    assert (everything.neighbours.scores(np.array([5]), np.array([6, 7, 8])) > 0).all()
+    np.testing.assert_array_equal(latest_two.lines, everything.lines)  # the other stats read every purchase
+    assert "fitted on" not in capsys.readouterr().out
+    ProductStats.compute(states, category, 10 * DAY, neighbours_max_work=16)  # works 16 and 4: one fits
+    assert "neighbours at cutoff 864000: fitted on 1 of 2 households" in capsys.readouterr().out
+
+
+def test_neighbours_fitted_on_a_share_of_the_households_find_the_same_tastes():
+    """Four tastes of ten products, each household buying six of its taste's: fitted on about a
+    quarter of the households (the sample's), every product's neighbours are still of its
+    taste, as they are when fitted on all of them."""
+    rng = np.random.default_rng(1)
+    households = np.repeat(np.arange(400), 6)
+    taste = households % 4
+    products = 1 + taste * 10 + np.concatenate([np.sort(rng.choice(10, 6, replace=False)) for _ in range(400)])
+    for max_work in (400 * 36, 100 * 36):
+        sample = SampledPairs(max_products=6, max_work=max_work)
+        sample.add(households, products, np.zeros(len(products), np.int64))
+        neighbours = ProductNeighbours.fit_rows(*sample.rows(), 41, k=5)
+        near = _dense(neighbours)[1:, 1:] > 0
+        same_taste = np.arange(40)[:, None] // 10 == np.arange(40)[None, :] // 10
+        assert sample.households_kept == max_work // 36
+        assert near.sum() == 5 * 40 and (near & same_taste).sum() == near.sum()

@@ -26,6 +26,7 @@ from ncf.data.preprocess import (
     build_vocabularies,
     list_file_of,
     list_file_starts,
+    list_key_limit,
     preprocess,
     scrambled,
     shuffle_partitions,
@@ -353,6 +354,41 @@ def test_training_lists_come_in_no_household_order(small_data):
         # In the scrambled key's order, file after file: the order is the training order.
         keys = scrambled(users)
         assert (np.diff(keys) > 0).all()
+
+
+def test_list_households_keeps_the_lists_of_the_lowest_keys_unchanged(small_data, tmp_path):
+    """With more households than --list-households, the lists are those of the households with the
+    lowest scrambled keys, the same at every cutoff and list for list what the full run wrote
+    for them (their draws are seeded per household); the state and the stats read everyone."""
+    data, stats = small_data
+    num_users = stats["vocab_sizes"]["num_users"]
+    recorded = stats["config"]
+    config = PreprocessConfig(
+        **{**recorded, "examples": ExampleConfig(**{**recorded["examples"], "list_households": 50})}
+    )
+    inputs = stats["inputs"]
+    sampled = str(tmp_path / "sampled")
+    sampled_stats = preprocess(
+        schema.resolve_files(os.path.dirname(inputs["logs"][0])),
+        schema.resolve_files(inputs["catalog"][0]),
+        sampled,
+        config,
+    )
+    chosen = np.sort(np.argsort(scrambled(np.arange(num_users)))[:50])
+    assert list_key_limit(num_users, 50) == scrambled(chosen).max() and list_key_limit(50, 50) is None
+    for run, cutoffs in stats["cutoffs"].items():
+        for cutoff in cutoffs:
+            full = pads.dataset(layout.examples_dir(data, cutoff), format="parquet").to_table()
+            kept = pads.dataset(layout.examples_dir(sampled, cutoff), format="parquet").to_table()
+            expected = full.filter(pa.array(np.isin(full.column("user").to_numpy(), chosen)))
+            assert 0 < kept.num_rows < full.num_rows
+            assert kept.equals(expected), (run, cutoff)
+    assert sampled_stats["vocab_sizes"] == stats["vocab_sizes"]
+    for name in ("offsets", "products", "timestamps"):
+        np.testing.assert_array_equal(
+            np.load(os.path.join(layout.user_state_dir(sampled), f"{name}.npy")),
+            np.load(os.path.join(layout.user_state_dir(data), f"{name}.npy")),
+        )
 
 
 def test_lists_files_are_the_same_whatever_order_their_lists_arrive_in(small_data, tmp_path):

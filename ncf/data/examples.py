@@ -87,6 +87,11 @@ class ExampleConfig:
             100-900 to 20-100 such products per household (the two-stage ranking agreed with
             brute force on 0.864 of the top 10; with 100: 0.999, quality unchanged).
         own_negative_rate: share of own-product negatives kept.
+        list_households: most households with training lists: when the log has more, the ones
+            with the lowest scrambled index (:func:`ncf.data.user_state.scrambled`), the same at
+            every cutoff; the others rank from the trained unknown household row, as households
+            without a list always have. At 10M households every household's list at every
+            cutoff would be about a terabyte, 3e10 candidates an epoch.
         seed: seed of all draws.
     """
 
@@ -100,6 +105,7 @@ class ExampleConfig:
     sampled_negatives: int = 20
     uniform_negatives: int = 100
     own_negative_rate: float = 1.0
+    list_households: int = 1_000_000
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -113,6 +119,8 @@ class ExampleConfig:
             )
         if not 0.0 < self.own_negative_rate <= 1.0:
             raise ValueError("own_negative_rate must be in (0, 1]")
+        if self.list_households < 1:
+            raise ValueError("list_households must be >= 1")
 
     def schedule(self, labels_end: int) -> List[int]:
         """The cutoffs of a run whose labels must end by ``labels_end`` (exclusive), latest first."""

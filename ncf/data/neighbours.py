@@ -5,8 +5,10 @@ Two products are near when the same households buy them: the cosine between thei
 the binary household x product matrix of the purchases strictly before the cutoff (item-based
 collaborative filtering, Sarwar et al., WWW 2001), each product keeping its ``k`` nearest (the
 ``implicit`` library's all-pairs k-NN, one row at a time: memory grows with ``products x k``,
-never with the product pairs). A household's score for a product is the sum of its
-similarities to the distinct products the household bought before the moment. Kept sparse
+never with the product pairs), on the pairs :class:`SampledPairs` keeps: every household's
+while the fit's work stays bounded, a sample of households beyond. A household's score for a
+product is the sum of its similarities to the distinct products the household bought before the
+moment. Kept sparse
 (``k`` a product), it fits a million products, where a dense item-item matrix such as EASE's
 would need terabytes.
 
@@ -32,9 +34,19 @@ from typing import Union
 import numpy as np
 import scipy.sparse as sp
 
-from ncf.data.timeline import Aggregates, positions_in
+from ncf.data.timeline import Aggregates, positions_in, run_lengths, run_starts
+from ncf.data.user_state import scrambled
 
 NEIGHBOURS_K = 10  # neighbours kept per product
+# The fit's work is the sum over households of their distinct products squared (each pair of a
+# household's products meets once): 5e8 for Complete Journey, 1e11 and hours on one thread for
+# 10M households of 100 products. So it reads each household's latest MAX_PRODUCTS products, and
+# households in the order of their scrambled index until that work reaches MAX_WORK (about 4
+# minutes on one thread here): the co-purchase cosines of products that a million households buy
+# need not read ten million.
+NEIGHBOURS_MAX_PRODUCTS = 2_500
+NEIGHBOURS_MAX_WORK = 2 * 10**10
+_SHRINK_AT = 1.5  # the households kept are cut back to MAX_WORK when they pass it by half
 FILE = "neighbours.npz"
 _DERIVED = "neighbour_sums"  # the key of a household's sums in Aggregates.derived
 
@@ -59,17 +71,30 @@ class ProductNeighbours:
     def fit(
         households: np.ndarray, products: np.ndarray, num_products: int, k: int = NEIGHBOURS_K
     ) -> "ProductNeighbours":
-        """From (household, product) purchases (repeats count once); index 0 (unknown) has none."""
-        keep = products > 0
-        if not keep.any() or k < 1:
+        """From (household, product) purchases in any order (repeats count once); index 0
+        (unknown) has none."""
+        households, products = np.asarray(households, np.int64), np.asarray(products, np.int64)
+        order = np.lexsort((products, households))
+        households, products = households[order], products[order]
+        distinct = np.r_[True, (households[1:] != households[:-1]) | (products[1:] != products[:-1])]
+        households, products = households[distinct], products[distinct]
+        known = products > 0
+        households, products = households[known], products[known]
+        return ProductNeighbours.fit_rows(np.r_[0, np.cumsum(run_lengths(households))], products, num_products, k)
+
+    @staticmethod
+    def fit_rows(
+        indptr: np.ndarray, products: np.ndarray, num_products: int, k: int = NEIGHBOURS_K
+    ) -> "ProductNeighbours":
+        """From each household's distinct known products: ``products[indptr[h]:indptr[h + 1]]``,
+        increasing within a household, none 0 (what a products' stats pass collects, so that the
+        pairs, a billion at 10M households, are neither sorted again nor held as pairs of int64)."""
+        if not len(products) or k < 1:
             return ProductNeighbours.empty(num_products)
-        households, products = households[keep], products[keep]
-        _, rows = np.unique(households, return_inverse=True)
         bought = sp.csr_matrix(
-            (np.ones(len(rows), np.float32), (rows, products)), shape=(int(rows.max()) + 1, num_products)
+            (np.ones(len(products), np.float32), np.asarray(products, np.int32), np.asarray(indptr, np.int64)),
+            shape=(len(indptr) - 1, num_products),
         )
-        bought.sum_duplicates()
-        bought.data[:] = 1.0
         from implicit.nearest_neighbours import CosineRecommender  # its import starts thread pools
 
         # One thread: a stats pass is a Ray task that asks for one CPU.
@@ -109,7 +134,7 @@ class ProductNeighbours:
             return own, neighbour, np.zeros(0)
         order = np.argsort(neighbour, kind="stable")
         neighbour, cosine = neighbour[order], cosine[order]
-        starts = np.flatnonzero(np.r_[True, neighbour[1:] != neighbour[:-1]])
+        starts = run_starts(neighbour)
         return own, neighbour[starts], np.add.reduceat(cosine.astype(np.float64), starts)
 
     def scores(self, own: Union[np.ndarray, Aggregates], candidates: np.ndarray) -> np.ndarray:
@@ -158,6 +183,79 @@ class ProductNeighbours:
         if not well_formed:
             raise ValueError(f"{path}: malformed rows (row pointers, product indices or weights)")
         return loaded
+
+
+class SampledPairs:
+    """The (household, product) pairs the neighbours' fit reads, collected a chunk of households
+    at a time: each household's ``max_products`` latest products, and the households with the
+    lowest scrambled indices (:func:`ncf.data.user_state.scrambled`) whose summed work (their
+    products squared) stays within ``max_work``: every household while the total does. What is
+    kept is the same whatever the chunks, and memory holds about ``max_work`` worth of pairs.
+
+    Example::
+
+        sample = SampledPairs()
+        sample.add(households, products, last_days)  # pairs sorted by household, chunk by chunk
+        indptr, products = sample.rows()  # ProductNeighbours.fit_rows(indptr, products, P)
+    """
+
+    def __init__(self, max_products: int = NEIGHBOURS_MAX_PRODUCTS, max_work: float = NEIGHBOURS_MAX_WORK) -> None:
+        self.max_products, self.max_work = max_products, max_work
+        self.households_seen = 0
+        self._keys, self._counts, self._products = [], [], []  # per chunk: per household, per pair
+        self._work = 0
+        self._key_limit = None  # households above it can no longer be kept
+
+    def add(self, households: np.ndarray, products: np.ndarray, last_days: np.ndarray) -> None:
+        """Pairs of whole households, sorted by household (its products distinct, increasing)."""
+        latest = self._latest(households, products, last_days)
+        households, products = households[latest], products[latest]
+        counts = run_lengths(households)
+        keys = scrambled(households[run_starts(households)])
+        self.households_seen += len(counts)
+        if self._key_limit is not None:
+            below = keys <= self._key_limit
+            products, keys, counts = products[np.repeat(below, counts)], keys[below], counts[below]
+        self._keys.append(keys)
+        self._counts.append(counts)
+        self._products.append(products.astype(np.int32))
+        self._work += int(np.dot(counts, counts))
+        if self._work > _SHRINK_AT * self.max_work:
+            self._shrink()
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indptr H + 1, products) of the households kept, for :meth:`ProductNeighbours.fit_rows`."""
+        if self._work > self.max_work:
+            self._shrink()
+        counts = np.concatenate(self._counts) if self._counts else np.zeros(0, np.int64)
+        products = np.concatenate(self._products) if self._products else np.zeros(0, np.int32)
+        return np.r_[0, np.cumsum(counts)].astype(np.int64), products
+
+    @property
+    def households_kept(self) -> int:
+        return int(sum(len(counts) for counts in self._counts))
+
+    def _shrink(self) -> None:
+        """Keeps the households of the lowest keys whose work adds up to ``max_work`` at most."""
+        keys, counts, products = (np.concatenate(parts) for parts in (self._keys, self._counts, self._products))
+        order = np.argsort(keys)
+        within = order[np.cumsum(counts[order] ** 2) <= self.max_work]
+        keep = np.zeros(len(keys), bool)
+        keep[within] = True
+        self._key_limit = int(keys[within].max()) if len(within) else -1
+        self._keys, self._counts, self._products = [keys[keep]], [counts[keep]], [products[np.repeat(keep, counts)]]
+        self._work = int(np.dot(counts[keep], counts[keep]))
+
+    def _latest(self, households: np.ndarray, products: np.ndarray, last_days: np.ndarray) -> np.ndarray:
+        """A mask: each household's ``max_products`` products bought last (ties to the higher index)."""
+        keep = np.ones(len(households), bool)
+        lengths = run_lengths(households)
+        if len(lengths) and lengths.max() > self.max_products:
+            order = np.lexsort((-products, -last_days, households))
+            first = np.repeat(run_starts(households), lengths)
+            keep[:] = False
+            keep[order[np.arange(len(order)) - first < self.max_products]] = True
+        return keep
 
 
 def _distinct(products: np.ndarray) -> np.ndarray:

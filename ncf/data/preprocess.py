@@ -61,7 +61,7 @@ from ncf.data.examples import (
 from ncf.data.features import FEATURES_VERSION, Catalog
 from ncf.data.product_stats import ProductStats
 from ncf.data.schema import TS
-from ncf.data.user_state import CHUNK_ROWS, UserStates
+from ncf.data.user_state import CHUNK_ROWS, UserStates, scrambled
 from ncf.data.vocab import FIRST_TS, Vocabularies, Vocabulary
 from ncf.jsonio import write_json
 from ncf.moments import run_date_of
@@ -403,8 +403,9 @@ def _stats_task(state_dir: str, category: np.ndarray, cutoff: int) -> ProductSta
 STATS_WAIT_LOG_S = 60.0
 # What one pass of ProductStats.compute holds besides its chunk: per product, its sums and the
 # 24 hourly counts (float64); per household-product pair bought on two days or more, its product
-# and gap (16 bytes); per household-product pair, its household and product (16 bytes) and the
-# neighbours' binary matrix (about 24 more while it is built); all bounded by the purchases.
+# and gap (16 bytes); per household-product pair the neighbours' fit reads (all of them up to
+# NEIGHBOURS_MAX_WORK), its product (4 bytes) and about 50 bytes while the fit runs (measured at
+# 68.7M pairs); all bounded by the purchases.
 # A chunk's arrays: about 100 bytes a purchase.
 STATS_FIXED_BYTES = 100 * CHUNK_ROWS + 64 * 2**20
 
@@ -443,6 +444,10 @@ def write_examples(
     households' shuffle's (:func:`shuffle_partitions`)."""
     catalog = Catalog(vocabs.products.column("department_index"), vocabs.products.column("category_index"))
     every = every_cutoff(cutoffs)
+    key_limit = list_key_limit(len(vocabs.users), config.list_households)
+    if key_limit is not None:
+        _log(f"training lists for {config.list_households:,} of {len(vocabs.users):,} households (--list-households)")
+        indexed = indexed.map_batches(_of_listed_households, batch_format="pyarrow", fn_kwargs={"key_limit": key_limit})
     contexts = [Cutoff.build(c, stats[c], config.popular_candidates) for c in every]
     # Each file holds the lists of up to LISTS_PER_FILE households, by ranges of a scrambled
     # household key, sorted on it, and is named after its range: a fresh preprocessing writes
@@ -470,17 +475,18 @@ def write_examples(
 
 
 LIST_FILE = "list_file"
-_FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd: x -> x * it mod 2^64 is a bijection
 
 
-def scrambled(users: np.ndarray) -> np.ndarray:
-    """Each household index scrambled (Fibonacci hashing), the same in every run: the lists'
-    order. Household indices follow purchase counts, so lists sorted by household filled each
-    training batch with households of one activity level: the demo's model fell from 0.4197 /
-    0.4582 to 0.4058 / 0.4443 on the test weeks."""
-    with np.errstate(over="ignore"):
-        key = (np.asarray(users).astype(np.uint64) * _FIBONACCI) >> np.uint64(1)  # wraps; the shift keeps it an int64
-    return key.astype(np.int64)
+def list_key_limit(num_users: int, list_households: int) -> Optional[int]:
+    """The largest scrambled key of a household with training lists: the ``list_households``
+    lowest keys of the vocabulary's households; None when every household has its lists."""
+    if list_households >= num_users:
+        return None
+    return int(np.partition(scrambled(np.arange(num_users)), list_households - 1)[list_households - 1])
+
+
+def _of_listed_households(batch: pa.Table, key_limit: int) -> pa.Table:
+    return batch.filter(pa.array(scrambled(batch.column(USER).to_numpy()) <= key_limit))
 
 
 def list_file_starts(num_users: int) -> np.ndarray:

@@ -20,7 +20,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ncf.data.neighbours import NEIGHBOURS_K, ProductNeighbours
+from ncf.data.neighbours import (
+    NEIGHBOURS_K,
+    NEIGHBOURS_MAX_PRODUCTS,
+    NEIGHBOURS_MAX_WORK,
+    ProductNeighbours,
+    SampledPairs,
+)
+from ncf.data.timeline import run_starts
 from ncf.data.user_state import CHUNK_ROWS, UserStates
 from ncf.moments import hours_of
 
@@ -63,15 +70,19 @@ class ProductStats:
         cutoff: int,
         chunk_rows: int = CHUNK_ROWS,
         neighbours_k: int = NEIGHBOURS_K,
+        neighbours_max_products: int = NEIGHBOURS_MAX_PRODUCTS,
+        neighbours_max_work: float = NEIGHBOURS_MAX_WORK,
     ) -> "ProductStats":
         """From every purchase of ``states`` strictly before ``cutoff``; ``category`` gives each
         product index's category (its length is the number of products). Read a chunk of
         households at a time (``chunk_rows`` purchases), so memory grows with the products and
-        the distinct (household, product) pairs, not with the purchases."""
+        the distinct (household, product) pairs, not with the purchases. The neighbours are fitted
+        on the pairs :class:`SampledPairs` keeps within those two bounds."""
         n = len(category)
+        sample = SampledPairs(neighbours_max_products, neighbours_max_work)
         lines, recent, buyers, rebuyers = (np.zeros(n) for _ in range(4))
         by_hour = np.zeros((24, n))
-        cycle_products, cycle_gaps, pair_users, pair_products = [], [], [], []
+        cycle_products, cycle_gaps = [], []
         for users, products, ts in states.chunks(chunk_rows, before=cutoff):
             lines += np.bincount(products, minlength=n)
             recent += np.bincount(products[ts >= cutoff - RECENT_DAYS * _DAY], minlength=n)
@@ -81,14 +92,18 @@ class ProductStats:
             rebuyers += np.bincount(pairs.product, weights=pairs.days > 1, minlength=n)
             cycle_products.append(pairs.product[pairs.days > 1])
             cycle_gaps.append(pairs.gap[pairs.days > 1])
-            pair_users.append(pairs.user)
-            pair_products.append(pairs.product)
+            known = pairs.product > 0
+            sample.add(pairs.user[known], pairs.product[known], pairs.last_day[known])
         with np.errstate(invalid="ignore", divide="ignore"):
             rebuy_rate = np.where(buyers > 0, rebuyers / buyers, 0.0)
         cycle = _median_by(_joined(cycle_products, np.int64), _joined(cycle_gaps, np.float64), n)
-        neighbours = ProductNeighbours.fit(
-            _joined(pair_users, np.int64), _joined(pair_products, np.int64), n, neighbours_k
-        )
+        neighbours = ProductNeighbours.fit_rows(*sample.rows(), n, neighbours_k)
+        if sample.households_kept < sample.households_seen:  # said, since it changes the neighbours
+            print(
+                f"[preprocess] neighbours at cutoff {cutoff}: fitted on {sample.households_kept:,} of "
+                f"{sample.households_seen:,} households (their work within {neighbours_max_work:.0e})",
+                flush=True,
+            )
         return ProductStats(int(cutoff), lines, recent, buyers, rebuy_rate, cycle, _by_hour(by_hour, lines), neighbours)
 
     def save(self, directory: str) -> None:
@@ -117,26 +132,29 @@ NOT_COLUMNS = ("cutoff", "by_hour", "neighbours")  # saved beside products.parqu
 
 @dataclass
 class _Pairs:
-    """One entry per (household, product) pair bought: the household, the product, its distinct
-    purchase days and the mean days between them (NaN for one day)."""
+    """One entry per (household, product) pair bought, sorted by household and product: the
+    household, the product, its distinct purchase days, the mean days between them (NaN for one
+    day) and the last one."""
 
     user: np.ndarray
     product: np.ndarray
     days: np.ndarray
     gap: np.ndarray
+    last_day: np.ndarray
 
 
 def _pairs(users: np.ndarray, products: np.ndarray, days: np.ndarray) -> _Pairs:
     """The (household, product) pairs of (household, product, day) entries."""
     if len(users) == 0:
-        return _Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+        empty = np.zeros(0, np.int64)
+        return _Pairs(empty, empty, empty, np.zeros(0), empty)
     u, p, d = _distinct_sorted(users, products, days)
     starts = np.flatnonzero(np.r_[True, (u[1:] != u[:-1]) | (p[1:] != p[:-1])])
     ends = np.r_[starts[1:], len(u)]
     pair_days = ends - starts
     with np.errstate(invalid="ignore", divide="ignore"):
         gap = (d[ends - 1] - d[starts]) / (pair_days - 1)
-    return _Pairs(u[starts], p[starts], pair_days, gap)
+    return _Pairs(u[starts], p[starts], pair_days, gap, d[ends - 1])
 
 
 def _distinct_sorted(users: np.ndarray, products: np.ndarray, days: np.ndarray) -> tuple:
@@ -165,7 +183,7 @@ def _median_by(keys: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
         return out
     order = np.lexsort((values, keys))
     keys, values = keys[order], values[order]
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    starts = run_starts(keys)
     counts = np.diff(np.r_[starts, len(keys)])
     low, high = starts + (counts - 1) // 2, starts + counts // 2
     out[keys[starts]] = (values[low] + values[high]) / 2.0

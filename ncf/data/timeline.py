@@ -25,6 +25,18 @@ def positions_in(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return np.where(sorted_keys[position] == keys, position, -1)
 
 
+def run_starts(grouped: np.ndarray) -> np.ndarray:
+    """Where each run of equal values of ``grouped`` starts (its runs: groups, e.g. sorted keys)."""
+    if len(grouped) == 0:
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+
+
+def run_lengths(grouped: np.ndarray) -> np.ndarray:
+    """The length of each run of equal values of ``grouped``, in order."""
+    return np.diff(np.r_[run_starts(grouped), len(grouped)]).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class Aggregates:
     """Per-key summaries of a household's purchases before a moment (keys: products or

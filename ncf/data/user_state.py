@@ -183,3 +183,17 @@ def _in_order(users: np.ndarray, timestamps: np.ndarray, products: np.ndarray, a
     u, t, p = (a[1:] for a in (users, timestamps, products))
     up, tp, pp = (a[:-1] for a in (users, timestamps, products))
     return bool(np.all((u > up) | ((u == up) & ((t > tp) | ((t == tp) & (p >= pp))))))
+
+
+_FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd: x -> x * it mod 2^64 is a bijection
+
+
+def scrambled(users: np.ndarray) -> np.ndarray:
+    """Each household index scrambled (Fibonacci hashing) into [0, 2^63), the same in every run:
+    the training lists' order, and which households the co-purchase neighbours are fitted on
+    when there are too many to read them all. Household indices follow purchase counts, so
+    lists sorted by household filled each training batch with households of one activity level:
+    the demo's model fell from 0.4197 / 0.4582 to 0.4058 / 0.4443 on the test weeks."""
+    with np.errstate(over="ignore"):
+        key = (np.asarray(users).astype(np.uint64) * _FIBONACCI) >> np.uint64(1)  # wraps; the shift keeps it an int64
+    return key.astype(np.int64)
