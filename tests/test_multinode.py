@@ -157,10 +157,9 @@ def test_preprocessing_on_two_nodes_uses_both_and_matches_one_node(two_node_run,
     by_task = _task_nodes(two_node_run["window_ms"])
     placement = {name: sorted(node[:8] for node in nodes) for name, nodes in by_task.items()}
     assert set().union(*by_task.values()) == set(two_nodes.values()), placement
-    # The per-household stage runs in shuffle aggregators, which Ray Data spreads over the nodes.
-    for stage in ("household_lists",):
-        runs = [nodes for name, nodes in by_task.items() if f"MapBatches({stage})" in name]
-        assert runs and set().union(*runs) == set(two_nodes.values()), (stage, placement)
+    # Each lists file is built and written by one task (this log's 150 households make one file).
+    runs = [nodes for name, nodes in by_task.items() if "MapBatches(_build_list_file)" in name]
+    assert runs and set().union(*runs) <= set(two_nodes.values()), placement
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ import pyarrow.dataset as pads
 from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION, HALF_LIVES, Catalog, candidate_features, household_inputs
 from ncf.data.product_stats import ProductStats
-from ncf.data.timeline import UserTimeline
+from ncf.data.timeline import UserTimeline, run_starts
 from ncf.errors import InputError
 
 DAY = 86_400
@@ -180,10 +180,31 @@ def household_lists(
     group: Dict[str, np.ndarray], config: ExampleConfig, catalog: Catalog, cutoffs: Sequence[Cutoff]
 ) -> pa.Table:
     """The lists of one household (all its purchases in ``group``), one per cutoff where it shops."""
-    user = int(group[USER][0])
-    timeline = UserTimeline(group[PRODUCT], group["ts"])
-    rows = [_one_list(timeline, user, cutoff, config, catalog) for cutoff in cutoffs]
+    return households_lists(group[USER], group[PRODUCT], group["ts"], config, catalog, cutoffs)
+
+
+def households_lists(
+    users: np.ndarray,
+    products: np.ndarray,
+    timestamps: np.ndarray,
+    config: ExampleConfig,
+    catalog: Catalog,
+    cutoffs: Sequence[Cutoff],
+) -> pa.Table:
+    """The lists of the households of ``users`` (all their purchases, in any order), household
+    after household in index order, each one's in the order of ``cutoffs``."""
+    order = np.argsort(users, kind="stable")
+    users, products, timestamps = users[order], products[order], timestamps[order]
+    rows = []
+    for start, end in zip(*_runs(users)):
+        timeline = UserTimeline(products[start:end], timestamps[start:end])
+        rows.extend(_one_list(timeline, int(users[start]), cutoff, config, catalog) for cutoff in cutoffs)
     return to_arrow([row for row in rows if row is not None], config.history_length)
+
+
+def _runs(sorted_values: np.ndarray) -> tuple:
+    starts = run_starts(sorted_values)
+    return starts, np.r_[starts[1:], len(sorted_values)].astype(np.int64)
 
 
 def _one_list(timeline: UserTimeline, user: int, cutoff: Cutoff, config: ExampleConfig, catalog: Catalog):
