@@ -56,6 +56,17 @@ def test_ranking_loads_the_saved_index_and_agrees_with_exact_lists(indexed_model
         assert a.products.tolist() == b.products.tolist()
 
 
+def test_the_evaluation_ranks_with_the_saved_index(indexed_model, data, capsys):
+    """jobs.train's test figure and jobs.evaluate rank the period with the index saved in the
+    directory, as Serve does: at 10M households x 1M products building it again took minutes."""
+    from ncf.evaluate.evaluation import model_on_period
+    from ncf.splits import TEST
+
+    ranker, period = model_on_period(indexed_model, data, TEST)
+    assert ranker.mf_index is not None and not ranker.candidates.mf.cached and len(period.users)
+    assert "building it now" not in capsys.readouterr().err
+
+
 def test_exact_lists_on_request_build_no_index_and_keep_nothing(indexed_model, capsys, monkeypatch):
     """Training's validation ranks a few households of a model with no index yet: it asks for
     exact lists (an index built every epoch would take minutes at 1M products)."""

@@ -150,6 +150,7 @@ def test_a_training_run_is_tracked_and_its_models_registered(small_data, store, 
     output = str(tmp_path / "model")
     argv = ["--data", data, "--output", output, "--refit", "--epochs", "2", "--batch-size", "8"]
     argv += ["--max-steps-per-epoch", "3", "--val-users", "20", "--patience", "5", "--name", "train-regtest"]
+    argv += ["--test-users", "15"]  # a seeded sample of the test weeks' households
     argv += ["--model", json.dumps(SMALL_MODEL), "--storage", str(tmp_path / "runs")]
     train.main(argv)
     client = store.client
@@ -164,6 +165,8 @@ def test_a_training_run_is_tracked_and_its_models_registered(small_data, store, 
     assert sorted(m.step for m in history) == [1, 2]
     assert sorted(m.step for m in client.get_metric_history(validated.info.run_id, "train_loss")) == [1, 2]
     assert {"test_ndcg_at_10", "test_recall_at_10"} <= set(validated.data.metrics)
+    with open(os.path.join(output + "-validated", "metrics.json")) as f:
+        assert json.load(f)["test"]["users"] == 15
     table = client.load_table(experiment.experiment_id, "heldout_test.json", run_ids=[validated.info.run_id])
     assert table["ndcg@10"].iloc[0] == pytest.approx(validated.data.metrics["test_ndcg_at_10"])
 

@@ -78,12 +78,16 @@ def period_ranker(
     start: int,
     settings: Optional[RankingSettings] = None,
     trained: Optional[tuple] = None,
+    handle: Optional[ModelDir] = None,
 ) -> Ranker:
     """The model ranking ``data``'s households as known at ``start`` (``trained``: see
-    :meth:`EmbeddingRows.between`)."""
+    :meth:`EmbeddingRows.between`; ``handle``: the model's directory, whose saved MF index the
+    first stage then searches instead of building one, minutes at a million products)."""
     state = RankingState.load(data).as_of(start)
     rows = EmbeddingRows.between(tables, state.vocabs, rows_trained_before, trained)
-    return Ranker(model, state, rows, settings)
+    width = (settings or RankingSettings()).mf_candidates
+    index = handle.mf_index_for(len(state.vocabs.users), width) if handle is not None else None
+    return Ranker(model, state, rows, settings, index)
 
 
 def model_on_period(model_dir: str, data: str, split: str, exclude_purchased: bool = False) -> tuple[Ranker, Period]:
@@ -104,6 +108,7 @@ def model_on_period(model_dir: str, data: str, split: str, exclude_purchased: bo
         start,
         settings,
         handle.trained_rows,
+        handle,
     )
     _, period = point_in_time_period(ranker.state, split, boundaries, exclude_purchased=exclude_purchased)
     return ranker, period

@@ -40,7 +40,7 @@ from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.model.advanced_ncf import AdvancedNCF
-from ncf.model.ann import MF_CANDIDATES, ProductIndex, has_mf, index_path, needed
+from ncf.model.ann import MF_CANDIDATES, ProductIndex, has_mf, index_path, load_if_present, needed
 from ncf.model.config import ModelConfig
 from ncf.model.integrity import vocab_digest, write_manifest
 from ncf.splits import REFIT, VALIDATED
@@ -250,6 +250,11 @@ class ModelDir:
 
     def load_model(self, device: Optional[torch.device] = None) -> AdvancedNCF:
         return load_model(self.path, device)
+
+    def mf_index_for(self, households: int, width: int) -> Optional[ProductIndex]:
+        """The saved MF index where a first stage of ``width`` products over ``households`` searches
+        one (None otherwise: exact lists; or no index saved, and the first stage builds one)."""
+        return load_if_present(self.path) if needed(households, width) else None
 
     def table_vocabularies(self) -> Vocabularies:
         """The vocabularies whose indices are the rows of the model's embedding tables."""

@@ -24,7 +24,6 @@ import torch
 
 from ncf.data.product_stats import ProductStats
 from ncf.data.vocab import UNKNOWN_INDEX
-from ncf.model import ann
 from ncf.model.directory import ModelDir
 from ncf.moments import as_datetime, day_of, first_rankable, run_date_of, to_epoch_seconds
 from ncf.rank.candidates import RankingSettings
@@ -91,10 +90,7 @@ class Recommender:
             handle.table_vocabularies(), state.vocabs, handle.rows_trained_before, handle.trained_rows
         )
         settings = settings or RankingSettings(**handle.ranking)
-        # The index is read only where the first stage will search it (exact lists otherwise).
-        index = (
-            ann.load_if_present(handle.path) if ann.needed(len(state.vocabs.users), settings.mf_candidates) else None
-        )
+        index = handle.mf_index_for(len(state.vocabs.users), settings.mf_candidates)
         return Recommender(Ranker(handle.load_model(device), state, rows, settings, index), handle.version)
 
     # -- what the state says ------------------------------------------------------------------
