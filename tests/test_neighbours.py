@@ -182,6 +182,28 @@ def test_the_sample_keeps_the_households_of_the_lowest_keys_within_the_work_what
         np.testing.assert_array_equal(np.diff(indptr), counts[expected])
 
 
+def test_the_households_kept_do_not_depend_on_the_chunks():
+    """Households of many sizes in random chunkings keep what one whole-log pass keeps (a cut once
+    set its limit at the last household kept, so a small household after it was lost)."""
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        sizes = rng.integers(1, 12, 60)
+        households = np.repeat(np.arange(60), sizes)
+        products = np.concatenate([np.arange(1, n + 1) for n in sizes])
+        last_days = np.zeros(len(households), np.int64)
+        max_work = int(rng.integers(50, 1500))
+        whole = SampledPairs(max_products=20, max_work=max_work)
+        whole.add(households, products, last_days)
+        expected = whole.rows()
+        cuts = np.sort(rng.choice(np.arange(1, 60), size=int(rng.integers(1, 10)), replace=False))
+        chunked = SampledPairs(max_products=20, max_work=max_work)
+        for start, end in zip(np.r_[0, cuts], np.r_[cuts, 60]):
+            rows = (households >= start) & (households < end)
+            chunked.add(households[rows], products[rows], last_days[rows])
+        for a, b in zip(chunked.rows(), expected):
+            np.testing.assert_array_equal(a, b, err_msg=f"trial {trial}")
+
+
 def test_the_sample_reads_each_household_with_its_latest_products():
     households, products, last_days = _pairs_of(
         np.repeat([3, 5], 3), np.array([4, 9, 6, 4, 9, 6]), np.array([5, 2, 5, 1, 8, 8])

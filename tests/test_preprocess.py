@@ -374,8 +374,8 @@ def test_list_households_keeps_the_lists_of_the_lowest_keys_unchanged(small_data
         sampled,
         config,
     )
-    chosen = np.sort(np.argsort(scrambled(np.arange(num_users)))[:50])
-    assert list_key_limit(num_users, 50) == scrambled(chosen).max() and list_key_limit(50, 50) is None
+    chosen = 1 + np.sort(np.argsort(scrambled(np.arange(1, num_users)))[:50])  # 0: the unknown household
+    assert list_key_limit(num_users, 50) == scrambled(chosen).max() and list_key_limit(51, 50) is None
     for run, cutoffs in stats["cutoffs"].items():
         for cutoff in cutoffs:
             full = pads.dataset(layout.examples_dir(data, cutoff), format="parquet").to_table()

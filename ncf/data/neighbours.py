@@ -204,7 +204,7 @@ class SampledPairs:
         self.households_seen = 0
         self._keys, self._counts, self._products = [], [], []  # per chunk: per household, per pair
         self._work = 0
-        self._key_limit = None  # households above it can no longer be kept
+        self._key_limit = None  # households at or above it can no longer be kept
 
     def add(self, households: np.ndarray, products: np.ndarray, last_days: np.ndarray) -> None:
         """Pairs of whole households, sorted by household (its products distinct, increasing)."""
@@ -214,7 +214,7 @@ class SampledPairs:
         keys = scrambled(households[run_starts(households)])
         self.households_seen += len(counts)
         if self._key_limit is not None:
-            below = keys <= self._key_limit
+            below = keys < self._key_limit
             products, keys, counts = products[np.repeat(below, counts)], keys[below], counts[below]
         self._keys.append(keys)
         self._counts.append(counts)
@@ -242,7 +242,8 @@ class SampledPairs:
         within = order[np.cumsum(counts[order] ** 2) <= self.max_work]
         keep = np.zeros(len(keys), bool)
         keep[within] = True
-        self._key_limit = int(keys[within].max()) if len(within) else -1
+        if len(within) < len(order):  # the first household cut: more households below it only add work
+            self._key_limit = int(keys[order[len(within)]])
         self._keys, self._counts, self._products = [keys[keep]], [counts[keep]], [products[np.repeat(keep, counts)]]
         self._work = int(np.dot(counts[keep], counts[keep]))
 

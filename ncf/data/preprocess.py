@@ -17,9 +17,10 @@ storage every node reads, as for the nightly job):
    arrays) and the products' popularity and cadence at the end (``product_stats/``): what
    serving and the nightly job rank from; the same statistics at every training cutoff, one
    Ray task each (:func:`stats_at`);
-5. training lists (``groupby(user).map_groups()``, :mod:`ncf.data.examples`): "bought within H
-   days" at several cutoffs, for the validated run (labels end where validation starts) and
-   for the deployment refit (labels end with the data).
+5. training lists (the purchases grouped by lists file, each file's lists built and written by
+   one task, :mod:`ncf.data.examples`): "bought within H days" at several cutoffs, for the
+   validated run (labels end where validation starts) and for the deployment refit (labels end
+   with the data).
 
 ``state_only=True`` stops after step 4: refreshing the histories a deployed model ranks from
 takes no example building.
@@ -446,7 +447,8 @@ def write_examples(
     every = every_cutoff(cutoffs)
     key_limit = list_key_limit(len(vocabs.users), config.list_households)
     if key_limit is not None:
-        _log(f"training lists for {config.list_households:,} of {len(vocabs.users):,} households (--list-households)")
+        households = len(vocabs.users) - 1  # index 0 is the unknown household
+        _log(f"training lists for {config.list_households:,} of {households:,} households (--list-households)")
         indexed = indexed.map_batches(_of_listed_households, batch_format="pyarrow", fn_kwargs={"key_limit": key_limit})
     contexts = [Cutoff.build(c, stats[c], config.popular_candidates) for c in every]
     # Each file holds the lists of up to LISTS_PER_FILE households, by ranges of a scrambled
@@ -471,7 +473,7 @@ def write_examples(
         .to_pandas()
     )
     # One call per file: a file's households split over two calls would overwrite its lists.
-    twice = written[LIST_FILE][written[LIST_FILE].duplicated()]
+    twice = written[LIST_FILE][written[LIST_FILE].duplicated()] if len(written) else []
     if len(twice):
         raise RuntimeError(f"lists files written by two tasks, their lists lost: {sorted(set(twice))}")
     return {run: _count_lists_of(output, run_cutoffs) for run, run_cutoffs in cutoffs.items()}
@@ -482,10 +484,11 @@ LIST_FILE = "list_file"
 
 def list_key_limit(num_users: int, list_households: int) -> Optional[int]:
     """The largest scrambled key of a household with training lists: the ``list_households``
-    lowest keys of the vocabulary's households; None when every household has its lists."""
-    if list_households >= num_users:
+    lowest keys of the vocabulary's households (indices 1 and up: 0 is the unknown household);
+    None when every household has its lists."""
+    if list_households >= num_users - 1:
         return None
-    return int(np.partition(scrambled(np.arange(num_users)), list_households - 1)[list_households - 1])
+    return int(np.partition(scrambled(np.arange(1, num_users)), list_households - 1)[list_households - 1])
 
 
 def _of_listed_households(batch: pa.Table, key_limit: int) -> pa.Table:

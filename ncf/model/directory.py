@@ -254,6 +254,7 @@ class ModelDir:
     def mf_index_for(self, households: int, width: int) -> Optional[ProductIndex]:
         """The saved MF index where a first stage of ``width`` products over ``households`` searches
         one (None otherwise: exact lists; or no index saved, and the first stage builds one)."""
+        width = min(width, int(self.config["model"]["num_products"]) - 1)  # as the save decided
         return load_if_present(self.path) if needed(households, width) else None
 
     def table_vocabularies(self) -> Vocabularies:
