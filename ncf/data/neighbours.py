@@ -41,9 +41,9 @@ NEIGHBOURS_K = 10  # neighbours kept per product
 # The fit's work is the sum over households of their distinct products squared (each pair of a
 # household's products meets once): 5e8 for Complete Journey, 1e11 and hours on one thread for
 # 10M households of 100 products. So it reads each household's latest MAX_PRODUCTS products, and
-# households in the order of their scrambled index until that work reaches MAX_WORK (about 4
-# minutes on one thread here): the co-purchase cosines of products that a million households buy
-# need not read ten million.
+# households in the order of their scrambled index until that work reaches MAX_WORK (about 2
+# minutes on one thread here, bench.neighbours_fit): the co-purchase cosines of products that a
+# million households buy need not read ten million.
 NEIGHBOURS_MAX_PRODUCTS = 2_500
 NEIGHBOURS_MAX_WORK = 2 * 10**10
 _SHRINK_AT = 1.5  # the households kept are cut back to MAX_WORK when they pass it by half
