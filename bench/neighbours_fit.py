@@ -29,7 +29,7 @@ import numpy as np
 
 from jobs.cli import positive_int
 from ncf.data.neighbours import NEIGHBOURS_K, NEIGHBOURS_MAX_WORK, ProductNeighbours, SampledPairs
-from ncf.data.timeline import run_lengths
+from ncf.data.timeline import run_offsets
 
 LOOKUPS = 1000
 CHUNK_PAIRS = 4_000_000
@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
     }
     if args.compare_full:
         started = time.perf_counter()
-        full = ProductNeighbours.fit_rows(np.r_[0, np.cumsum(run_lengths(households))], products, args.products)
+        full = ProductNeighbours.fit_rows(run_offsets(households), products, args.products)
         row["full_fit_s"] = round(time.perf_counter() - started, 2)
         buyers = np.bincount(products, minlength=args.products)
         row["neighbours_in_full_fit"] = _agreement(neighbours, full, buyers)
@@ -87,7 +87,7 @@ def main(argv=None) -> dict:
             row["same_taste_full"] = _same_taste(full, buyers, size)
 
     started = time.perf_counter()
-    starts = np.r_[0, np.cumsum(run_lengths(households))]
+    starts = run_offsets(households)
     for i in range(LOOKUPS):
         own = products[starts[i] : starts[i + 1]]
         neighbours.best(own, 100)

@@ -41,7 +41,7 @@ import pyarrow.dataset as pads
 from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION, HALF_LIVES, Catalog, candidate_features, household_inputs
 from ncf.data.product_stats import ProductStats
-from ncf.data.timeline import UserTimeline, run_starts
+from ncf.data.timeline import UserTimeline, run_offsets
 from ncf.errors import InputError
 
 DAY = 86_400
@@ -196,15 +196,11 @@ def households_lists(
     order = np.argsort(users, kind="stable")
     users, products, timestamps = users[order], products[order], timestamps[order]
     rows = []
-    for start, end in zip(*_runs(users)):
+    offsets = run_offsets(users)
+    for start, end in zip(offsets[:-1], offsets[1:]):
         timeline = UserTimeline(products[start:end], timestamps[start:end])
         rows.extend(_one_list(timeline, int(users[start]), cutoff, config, catalog) for cutoff in cutoffs)
     return to_arrow([row for row in rows if row is not None], config.history_length)
-
-
-def _runs(sorted_values: np.ndarray) -> tuple:
-    starts = run_starts(sorted_values)
-    return starts, np.r_[starts[1:], len(sorted_values)].astype(np.int64)
 
 
 def _one_list(timeline: UserTimeline, user: int, cutoff: Cutoff, config: ExampleConfig, catalog: Catalog):

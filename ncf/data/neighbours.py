@@ -34,7 +34,7 @@ from typing import Union
 import numpy as np
 import scipy.sparse as sp
 
-from ncf.data.timeline import Aggregates, positions_in, run_lengths, run_starts
+from ncf.data.timeline import Aggregates, positions_in, run_offsets, run_starts
 from ncf.data.user_state import scrambled
 
 NEIGHBOURS_K = 10  # neighbours kept per product
@@ -80,7 +80,7 @@ class ProductNeighbours:
         households, products = households[distinct], products[distinct]
         known = products > 0
         households, products = households[known], products[known]
-        return ProductNeighbours.fit_rows(np.r_[0, np.cumsum(run_lengths(households))], products, num_products, k)
+        return ProductNeighbours.fit_rows(run_offsets(households), products, num_products, k)
 
     @staticmethod
     def fit_rows(
@@ -200,6 +200,8 @@ class SampledPairs:
     """
 
     def __init__(self, max_products: int = NEIGHBOURS_MAX_PRODUCTS, max_work: float = NEIGHBOURS_MAX_WORK) -> None:
+        if max_products < 1:
+            raise ValueError("max_products must be >= 1")
         self.max_products, self.max_work = max_products, max_work
         self.households_seen = 0
         self._keys, self._counts, self._products = [], [], []  # per chunk: per household, per pair
@@ -208,10 +210,12 @@ class SampledPairs:
 
     def add(self, households: np.ndarray, products: np.ndarray, last_days: np.ndarray) -> None:
         """Pairs of whole households, sorted by household (its products distinct, increasing)."""
-        latest = self._latest(households, products, last_days)
-        households, products = households[latest], products[latest]
-        counts = run_lengths(households)
-        keys = scrambled(households[run_starts(households)])
+        offsets = run_offsets(households)
+        counts = np.diff(offsets)
+        keys = scrambled(households[offsets[:-1]])
+        if len(counts) and counts.max() > self.max_products:  # every household keeps some products
+            products = products[self._latest(households, products, last_days, offsets)]
+            counts = np.minimum(counts, self.max_products)
         self.households_seen += len(counts)
         if self._key_limit is not None:
             below = keys < self._key_limit
@@ -247,15 +251,15 @@ class SampledPairs:
         self._keys, self._counts, self._products = [keys[keep]], [counts[keep]], [products[np.repeat(keep, counts)]]
         self._work = int(np.dot(counts[keep], counts[keep]))
 
-    def _latest(self, households: np.ndarray, products: np.ndarray, last_days: np.ndarray) -> np.ndarray:
-        """A mask: each household's ``max_products`` products bought last (ties to the higher index)."""
-        keep = np.ones(len(households), bool)
-        lengths = run_lengths(households)
-        if len(lengths) and lengths.max() > self.max_products:
-            order = np.lexsort((-products, -last_days, households))
-            first = np.repeat(run_starts(households), lengths)
-            keep[:] = False
-            keep[order[np.arange(len(order)) - first < self.max_products]] = True
+    def _latest(
+        self, households: np.ndarray, products: np.ndarray, last_days: np.ndarray, offsets: np.ndarray
+    ) -> np.ndarray:
+        """A mask: each household's ``max_products`` products bought last (ties to the higher
+        index); ``offsets``: the households' :func:`run_offsets`."""
+        order = np.lexsort((-products, -last_days, households))
+        first = np.repeat(offsets[:-1], np.diff(offsets))
+        keep = np.zeros(len(households), bool)
+        keep[order[np.arange(len(order)) - first < self.max_products]] = True
         return keep
 
 

@@ -27,7 +27,7 @@ from ncf.data.neighbours import (
     ProductNeighbours,
     SampledPairs,
 )
-from ncf.data.timeline import run_starts
+from ncf.data.timeline import run_offsets
 from ncf.data.user_state import CHUNK_ROWS, UserStates
 from ncf.moments import hours_of
 
@@ -183,8 +183,8 @@ def _median_by(keys: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
         return out
     order = np.lexsort((values, keys))
     keys, values = keys[order], values[order]
-    starts = run_starts(keys)
-    counts = np.diff(np.r_[starts, len(keys)])
+    offsets = run_offsets(keys)
+    starts, counts = offsets[:-1], np.diff(offsets)
     low, high = starts + (counts - 1) // 2, starts + counts // 2
     out[keys[starts]] = (values[low] + values[high]) / 2.0
     return out

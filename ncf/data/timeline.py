@@ -32,9 +32,9 @@ def run_starts(grouped: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
 
 
-def run_lengths(grouped: np.ndarray) -> np.ndarray:
-    """The length of each run of equal values of ``grouped``, in order."""
-    return np.diff(np.r_[run_starts(grouped), len(grouped)]).astype(np.int64)
+def run_offsets(grouped: np.ndarray) -> np.ndarray:
+    """Each run's start, then ``len(grouped)``: R + 1 offsets, the CSR row pointers of the runs."""
+    return np.r_[run_starts(grouped), len(grouped)].astype(np.int64)
 
 
 @dataclass(frozen=True)
