@@ -18,7 +18,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="purchase log: Parquet/CSV file, directory or glob")
     source.add_argument("--dataset", choices=datasets.DATASETS, help="a built-in dataset")
-    p.add_argument("--products", help="product catalog (product_id, department, category)")
+    p.add_argument(
+        "--products",
+        help="product catalog (product_id, department, category); without one every product ranks with "
+        "the unknown department and category",
+    )
     p.add_argument(
         "--output",
         required=True,

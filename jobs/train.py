@@ -94,7 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--model", default="{}", help='ModelConfig overrides as JSON, e.g. {"mf_embedding_dim": 64}')
     p.add_argument("--storage", default="artifacts/ray_results", help="where Ray Train keeps checkpoints")
-    p.add_argument("--name", default=None, help="run name (reuse it to resume an interrupted run)")
+    p.add_argument(
+        "--name", default=None, help="run name (default: train-<UTC date-time>; reuse one to resume an interrupted run)"
+    )
     p.add_argument("--seed", type=non_negative_int, default=d.seed, help="seed of the weights and the shuffles")
     return p.parse_args(argv)
 

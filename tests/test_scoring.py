@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import BASELINES_WITHOUT_ALS
 
-from bench import feature_mlp
+from bench import feature_mlp, ranker_objectives
 from ncf.data import layout
 from ncf.data.examples import listed_rows
 from ncf.data.features import CATEGORY_HALF_LIVES, HALF_LIVES
@@ -360,6 +360,9 @@ def test_the_feature_mlp_bench_trains_on_the_boosted_rankers_rows_and_ranks_its_
     first = pads.dataset(layout.examples_dir(data, cutoffs[0]), format="parquet").head(1).to_pylist()[0]
     n = len(first["product"])
     assert lists["product"][:n].tolist() == first["product"] and set(lists["user"][:n]) == {first["user"]}
+    # ... and its list's number: a ranking objective's query groups, one per list, in order.
+    sizes = [len(row["label"]) for row in by_list]
+    assert np.bincount(lists["list"]).tolist() == sizes and (np.diff(lists["list"]) >= 0).all()
 
     rows = feature_mlp.main(
         ["--data", data, "--seeds", "1", "--epochs", "2", "--ids", "both", "--min-product-rows", "3"]
@@ -421,6 +424,18 @@ def test_rows_no_training_list_holds_rank_with_the_unknown_row(small_data):
     first_seen = vocabs.users.column("first_ts")
     kept = listed & (first_seen < max(cutoffs))
     assert (rows.user[kept] == np.flatnonzero(kept)).all()
+
+
+def test_the_ranker_objectives_bench_groups_the_rows_by_list_and_ranks_each_objective(small_data):
+    data, _ = small_data
+    # Lists whose rows were all left out are no query; the others keep their order and sizes.
+    assert ranker_objectives.query_sizes(np.array([0, 0, 2, 3, 3, 3])).tolist() == [2, 1, 3]
+    rows = ranker_objectives.main(["--data", data, "--seeds", "0", "--objectives", "binary,lambdarank"])
+    assert [r["objective"] for r in rows] == ["binary", "lambdarank"]
+    for key in ranker_objectives.METRICS:
+        assert all(0.0 < r[key] <= 1.0 for r in rows)
+    with pytest.raises(SystemExit):
+        ranker_objectives.main(["--data", data, "--objectives", "binary,listnet"])
 
 
 def test_the_feature_mlp_bench_encodes_features_piecewise_linearly_over_quantile_bins(small_data):

@@ -8,6 +8,7 @@
                         data's end
       examples/         training lists, one folder per cutoff (``cutoff=<epoch seconds>``)
       quarantine/       rows that failed validation, with a reason
+      baselines/        the baselines' parameters tuned on the validation weeks (written by evaluation)
 
 ``vocab/``, ``user_state/`` and ``product_stats/`` are the *state*: what ranking reads. A model
 directory keeps a copy of the state it was trained with (``MODEL/state/``).

@@ -12,6 +12,10 @@
       metrics.json       training and evaluation metrics
       mf_index.faiss     only for catalogs whose households' exact first-stage lists would not
                          fit the cache: the MF products' HNSW index (:mod:`ncf.model.ann`)
+      trained_users.npy, trained_products.npy
+                         which table rows the run's training lists held (the others rank with
+                         the unknown row; validated and refit runs only)
+      manifest.json      size and sha256 of every file but metrics.json (:mod:`ncf.model.integrity`)
 
 The state is data, not model: ranking reads histories from ``MODEL/state`` by default, or from
 any newer DATA (``Recommender.load(MODEL, data=DATA)``), without retraining.

@@ -44,7 +44,8 @@ LIGHTGBM = {
 
 def training_lists(data: str, cutoffs: Sequence[int]) -> Dict[str, np.ndarray]:
     """Every candidate of the lists at ``cutoffs``, one row each: ``features`` (N x F),
-    ``label``, ``log_q`` (0 for the own, neighbour and popular products), ``user`` and ``product``.
+    ``label``, ``log_q`` (0 for the own, neighbour and popular products), ``user``, ``product``
+    and ``list`` (the row's list, numbered in the order read: a ranking objective's query groups).
     Refuses lists of another features version (:func:`ncf.data.examples.check_features_version`)."""
     E.check_features_version(data)
     columns = [E.USER, E.PRODUCT, E.FEATURES, E.LABEL, E.LOG_Q]
@@ -62,6 +63,7 @@ def training_lists(data: str, cutoffs: Sequence[int]) -> Dict[str, np.ndarray]:
         "log_q": flat(E.LOG_Q, np.float32),
         "user": np.repeat(table.column(E.USER).to_numpy(), lengths).astype(np.int64),
         "product": flat(E.PRODUCT, np.int64),
+        "list": np.repeat(np.arange(len(lengths)), lengths),
     }
 
 
