@@ -194,8 +194,11 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
 def validate(w: Worker, weights: Dict[str, torch.Tensor]) -> Dict[str, float]:
     """Full-ranking metrics of ``weights`` on the sampled validation households (rank 0)."""
     state, period, users = w.validation
-    model = AdvancedNCF(w.model_config).to(w.device)
-    model.load_state_dict(weights)
+    # The epoch's weights become the model's tensors (as load_model does): no random tables
+    # initialised and no second copy, which at 10M households is gigabytes and seconds an epoch.
+    model = AdvancedNCF(w.model_config, device=torch.device("meta"))
+    model.load_state_dict(weights, assign=True)
+    model = model.to(w.device)
     rows = EmbeddingRows.between(w.vocabs, state.vocabs, w.rows_trained_before, w.listed_rows)
     # Exact MF lists for the few sampled households: a large catalog's HNSW index is built when
     # the model is saved, and building one every epoch would take minutes at 1M products.
