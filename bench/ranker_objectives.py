@@ -28,8 +28,8 @@ import numpy as np
 from ncf.data import layout
 from ncf.data.features import FEATURES
 from ncf.evaluate.baselines.boosted import LIGHTGBM, OwnNeighboursAndPopular, training_lists
-from ncf.evaluate.evaluation import evaluate, point_in_time_period
-from ncf.evaluate.protocol import period_start
+from ncf.evaluate.evaluation import point_in_time_period
+from ncf.evaluate.protocol import full_ranking, period_start
 from ncf.rank.state import RankingState
 from ncf.splits import TEST, VAL, VALIDATED
 
@@ -82,7 +82,7 @@ def main(argv=None) -> List[Dict]:
     periods = {}
     for split in (VAL, TEST):
         period_state = state.as_of(period_start(split, stats.boundaries))
-        periods[split] = (period_state, *point_in_time_period(period_state, split, stats.boundaries, args.data))
+        periods[split] = point_in_time_period(period_state, split, stats.boundaries, args.data)
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for objective in objectives:
@@ -92,18 +92,8 @@ def main(argv=None) -> List[Dict]:
             params = {**LIGHTGBM, "num_leaves": LEAVES, "seed": seed, **OBJECTIVES[objective]}
             booster = lgb.train(params, train, num_boost_round=ROUNDS)
             row = {"objective": objective, "seed": seed, "train_seconds": round(time.time() - started, 1)}
-            for split, (period_state, context, period) in periods.items():
-                ranker = ScoredBy(context, booster)
-                metrics = evaluate(
-                    objective,
-                    ranker.rank,
-                    None,
-                    period,
-                    period.users,
-                    period_state.states,
-                    context.num_products,
-                    context.catalog,
-                )
+            for split, (context, period) in periods.items():
+                metrics = full_ranking(ScoredBy(context, booster).rank, period, period.users)
                 row.update({f"{split}_{k}": round(metrics[k], 4) for k in ("recall@10", "ndcg@10")})
             rows.append(row)
             print(json.dumps(row), flush=True)
