@@ -246,6 +246,55 @@ def _sharded_state_round_trip(rank: int, world_size: int, port: int, path: str) 
     dist.destroy_process_group()
 
 
+def _full_weights_of_a_trained_group(rank: int, world_size: int, port: int, path: str) -> None:
+    import torch.distributed as dist
+
+    from ncf.model import example_batch
+    from ncf.train.sharding import build_model, full_state_dict
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.manual_seed(rank)
+    config = ModelConfig(num_users=40, num_products=120, num_departments=3, num_categories=6, **SMALL_MODEL)
+    model, optimizer = build_model(config, torch.device("cpu"), 1e-2)
+    for step in range(2):
+        batch = example_batch(config, 4, 6, seed=10 * rank + step)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch, return_logits=True), batch.label)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    batch = example_batch(config, 4, 6, seed=99)
+    with torch.no_grad():
+        logits = model(batch, return_logits=True)
+    weights = full_state_dict(model)
+    if rank == 0:
+        torch.save({"weights": weights, "logits": logits, "batch": batch.__dict__}, path)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_the_full_weights_rank_as_the_sharded_model_did(tmp_path, world_size):
+    """What a checkpoint and the epoch's validation read (one CPU worker's tables taken as they
+    are, several workers' gathered), saved and loaded into a plain model, gives the sharded
+    model's logits."""
+    from helpers import free_port
+
+    from ncf.model.batch import Batch
+
+    path = str(tmp_path / "full")
+    args = (world_size, free_port(), path)
+    torch.multiprocessing.spawn(_full_weights_of_a_trained_group, args=args, nprocs=world_size, join=True)
+    saved = torch.load(path, weights_only=True)
+    config = ModelConfig(num_users=40, num_products=120, num_departments=3, num_categories=6, **SMALL_MODEL)
+    plain = AdvancedNCF(config)
+    assert set(saved["weights"]) == set(plain.state_dict())
+    plain.load_state_dict(saved["weights"])
+    with torch.no_grad():
+        logits = plain.eval()(Batch(**saved["batch"]), return_logits=True)
+    torch.testing.assert_close(logits, saved["logits"])
+
+
 def _tensors(tree, prefix=""):
     if isinstance(tree, torch.Tensor):
         yield prefix, tree

@@ -122,13 +122,20 @@ def _plain_name(key: str) -> str:
 
 
 def full_state_dict(model: torch.nn.Module) -> Optional[Dict[str, torch.Tensor]]:
-    """The unsharded weights on rank 0 (None on other ranks)."""
+    """The unsharded weights on rank 0 (None on other ranks).
+
+    A table that one CPU worker holds whole is returned as the training tensor itself, not a
+    copy (at 10M households the tables are gigabytes): read the weights before the next step
+    changes them, as the epoch's validation and checkpoint do."""
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-    rank, _ = world()
+    rank, world_size = world()
     state = {}
     for key, value in model.state_dict().items():
-        if isinstance(value, ShardedTensor):
+        whole = _whole_cpu_table(value) if isinstance(value, ShardedTensor) and world_size == 1 else None
+        if whole is not None:
+            state[_plain_name(key)] = whole
+        elif isinstance(value, ShardedTensor):
             # gather() receives into buffers on out's device, so out must be where NCCL can write.
             out = torch.empty(value.size(), dtype=value.dtype, device=collective_device()) if rank == 0 else None
             value.gather(dst=0, out=out)
@@ -136,6 +143,15 @@ def full_state_dict(model: torch.nn.Module) -> Optional[Dict[str, torch.Tensor]]
         else:
             state[_plain_name(key)] = value.detach().cpu().clone()
     return state if rank == 0 else None
+
+
+def _whole_cpu_table(value) -> Optional[torch.Tensor]:
+    """The table of a ShardedTensor whose one local shard is all of it, on the CPU; else None."""
+    shards = value.local_shards()
+    if len(shards) != 1 or list(shards[0].metadata.shard_sizes) != list(value.size()):
+        return None
+    tensor = shards[0].tensor
+    return tensor.detach() if tensor.device.type == "cpu" else None
 
 
 def load_full_state_dict(model: torch.nn.Module, weights: Dict[str, torch.Tensor]) -> None:
