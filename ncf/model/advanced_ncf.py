@@ -33,7 +33,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -239,6 +239,20 @@ class AdvancedNCF(nn.Module):
         with ``return_logits``, its pre-sigmoid output, for the logQ-corrected loss)."""
         logits, _ = self.logits(batch)
         return logits if return_logits else self.final[1](logits)
+
+
+def model_from_weights(
+    config: ModelConfig, weights: Dict[str, torch.Tensor], device: Optional[torch.device] = None
+) -> AdvancedNCF:
+    """An AdvancedNCF in eval mode whose tensors are ``weights`` themselves.
+
+    The embedding tables are built on the meta device and the given tensors take their place: no
+    random tables are initialised and no second copy is allocated to load into (at 10M
+    households the tables are gigabytes, and the peak was twice that).
+    """
+    model = AdvancedNCF(config, device=torch.device("meta"))
+    model.load_state_dict(weights, assign=True)
+    return model.to(device or torch.device("cpu")).eval()
 
 
 def example_batch(config: ModelConfig, contexts: int, candidates_per_context: int, seed: int = 0) -> Batch:

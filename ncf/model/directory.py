@@ -43,7 +43,7 @@ from ncf.data.examples import listed_rows
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
-from ncf.model.advanced_ncf import AdvancedNCF
+from ncf.model.advanced_ncf import AdvancedNCF, model_from_weights
 from ncf.model.ann import MF_CANDIDATES, ProductIndex, has_mf, index_path, load_if_present, needed
 from ncf.model.config import ModelConfig
 from ncf.model.integrity import vocab_digest, write_manifest
@@ -200,17 +200,13 @@ def read_metrics(model_dir: str) -> Dict:
 def load_model(model_dir: str, device: Optional[torch.device] = None) -> AdvancedNCF:
     """The model with its weights; refuses files that need unpickling (weights_only=True).
 
-    The embedding tables are built on the meta device and the loaded tensors take their place:
-    no random tables are initialised and no second copy is allocated to load into (at 10M
-    households the tables are gigabytes, and the peak was twice that). The weights are read into
-    memory rather than memory-mapped, so a file changed on disk under a running replica cannot
-    change or crash the model it serves.
+    The loaded tensors become the model's (:func:`model_from_weights`: no second copy). They are
+    read into memory rather than memory-mapped, so a file changed on disk under a running replica
+    cannot change or crash the model it serves.
     """
     config = read_config(model_dir)
-    model = AdvancedNCF(ModelConfig.from_dict(config["model"]), device=torch.device("meta"))
     state = torch.load(os.path.join(model_dir, WEIGHTS), weights_only=True, map_location="cpu")
-    model.load_state_dict(state, assign=True)
-    return model.to(device or torch.device("cpu")).eval()
+    return model_from_weights(ModelConfig.from_dict(config["model"]), state, device)
 
 
 class ModelDir:

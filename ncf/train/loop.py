@@ -25,7 +25,7 @@ from ncf.data.examples import listed_rows
 from ncf.data.features import FEATURES_VERSION, Catalog
 from ncf.data.vocab import Vocabularies
 from ncf.evaluate.evaluation import full_ranking, model_fns, point_in_time_period, sample_users
-from ncf.model.advanced_ncf import AdvancedNCF
+from ncf.model.advanced_ncf import model_from_weights
 from ncf.model.batch import Batch
 from ncf.model.config import ModelConfig
 from ncf.model.integrity import vocab_digest
@@ -194,15 +194,11 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
 def validate(w: Worker, weights: Dict[str, torch.Tensor]) -> Dict[str, float]:
     """Full-ranking metrics of ``weights`` on the sampled validation households (rank 0)."""
     state, period, users = w.validation
-    # The epoch's weights become the model's tensors (as load_model does): no random tables
-    # initialised and no second copy, which at 10M households is gigabytes and seconds an epoch.
-    model = AdvancedNCF(w.model_config, device=torch.device("meta"))
-    model.load_state_dict(weights, assign=True)
-    model = model.to(w.device)
+    model = model_from_weights(w.model_config, weights, w.device)  # the epoch's tensors, no copy
     rows = EmbeddingRows.between(w.vocabs, state.vocabs, w.rows_trained_before, w.listed_rows)
     # Exact MF lists for the few sampled households: a large catalog's HNSW index is built when
     # the model is saved, and building one every epoch would take minutes at 1M products.
-    rank_many, _ = model_fns(Ranker(model.eval(), state, rows, exact_mf=True))
+    rank_many, _ = model_fns(Ranker(model, state, rows, exact_mf=True))
     metrics = full_ranking(None, period, users, rank_many=rank_many)
     return {f"val_{k}": float(v) for k, v in metrics.items()}
 
