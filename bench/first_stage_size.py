@@ -19,11 +19,12 @@ import time
 from typing import Dict, List
 
 from ncf.data import layout
-from ncf.evaluate.evaluation import check_held_out, evaluate_all, period_ranker, point_in_time_period
+from ncf.evaluate.evaluation import check_held_out, evaluate_all, point_in_time_period
 from ncf.evaluate.protocol import period_start
 from ncf.model.directory import ModelDir
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import Ranker
+from ncf.rank.state import RankingState
 from ncf.splits import TEST, VAL
 
 
@@ -43,7 +44,7 @@ def main(argv=None) -> List[Dict]:
     p.add_argument("--splits", default=f"{VAL},{TEST}", help="held-out periods, comma-separated")
     args = p.parse_args(argv)
     handle = ModelDir(args.model)
-    model, tables = handle.load_model(), handle.table_vocabularies()
+    model = handle.load_model()
     boundaries = layout.DataStats(args.data).boundaries
     default = RankingSettings(**handle.ranking)
     variants = [{"candidates": n} for n in args.sizes]
@@ -54,12 +55,12 @@ def main(argv=None) -> List[Dict]:
         start = period_start(split, boundaries)
         check_held_out(handle, split, start)
         # The state as of the period's start (a pass over every purchase) and the period, once a split.
-        base = period_ranker(model, tables, handle.rows_trained_before, args.data, start, default, handle.trained_rows)
+        base = Ranker.of_model_dir(handle, RankingState.load(args.data).as_of(start), default, model=model)
         _, period = point_in_time_period(base.state, split, boundaries)
         for changes in variants:
             settings = dataclasses.replace(default, **changes)
             started = time.perf_counter()
-            ranker = Ranker(base.model, base.state, base.rows, settings)
+            ranker = Ranker(base.model, base.state, base.rows, settings, base.mf_index)
             figures = evaluate_all(args.model, args.data, split, baselines=(), on_period=(ranker, period))[0]
             row = {
                 "benchmark": "first_stage_size",

@@ -207,9 +207,7 @@ def new_to_model(model: str, data: str) -> int:
     held them)."""
     handle = ModelDir(model)
     vocabs = Vocabularies.load(layout.vocab_dir(data))
-    rows = EmbeddingRows.between(
-        handle.table_vocabularies(), vocabs, handle.rows_trained_before, handle.trained_rows
-    ).user
+    rows = EmbeddingRows.of_model(handle, vocabs).user
     with_purchases = np.diff(UserStates.load(layout.user_state_dir(data)).offsets) > 0
     return int(((rows == 0) & with_purchases)[1:].sum())
 

@@ -21,7 +21,6 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ncf.data import layout
-from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
 from ncf.evaluate.baselines import BASELINES, Baseline, PointInTime
 from ncf.evaluate.protocol import (  # noqa: F401 (re-exported: the names callers know)
@@ -44,11 +43,9 @@ from ncf.evaluate.protocol import (  # noqa: F401 (re-exported: the names caller
     sampled_ranking,
 )
 from ncf.evaluate.tuning import Tuned, tuned_params
-from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.directory import ModelDir
-from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import Ranker
-from ncf.rank.state import EmbeddingRows, RankingState
+from ncf.rank.state import RankingState
 from ncf.splits import TEST, VAL
 
 MODEL = "advanced_ncf"
@@ -70,26 +67,6 @@ def point_in_time_period(
     return context, load_period(state.states, split, boundaries, context.catalog, households, exclude_purchased)
 
 
-def period_ranker(
-    model: AdvancedNCF,
-    tables: Vocabularies,
-    rows_trained_before: int,
-    data: str,
-    start: int,
-    settings: Optional[RankingSettings] = None,
-    trained: Optional[tuple] = None,
-    handle: Optional[ModelDir] = None,
-) -> Ranker:
-    """The model ranking ``data``'s households as known at ``start`` (``trained``: see
-    :meth:`EmbeddingRows.between`; ``handle``: the model's directory, whose saved MF index the
-    first stage then searches instead of building one, minutes at a million products)."""
-    state = RankingState.load(data).as_of(start)
-    rows = EmbeddingRows.between(tables, state.vocabs, rows_trained_before, trained)
-    width = (settings or RankingSettings()).mf_candidates
-    index = handle.mf_index_for(len(state.vocabs.users), width) if handle is not None else None
-    return Ranker(model, state, rows, settings, index)
-
-
 def model_on_period(model_dir: str, data: str, split: str, exclude_purchased: bool = False) -> tuple[Ranker, Period]:
     """A model directory's model ranking ``data``'s ``split`` as known at its start, and the period.
 
@@ -99,17 +76,7 @@ def model_on_period(model_dir: str, data: str, split: str, exclude_purchased: bo
     boundaries = layout.DataStats(data).boundaries
     start = period_start(split, boundaries)
     check_held_out(handle, split, start)
-    settings = RankingSettings(**handle.ranking)
-    ranker = period_ranker(
-        handle.load_model(),
-        handle.table_vocabularies(),
-        handle.rows_trained_before,
-        data,
-        start,
-        settings,
-        handle.trained_rows,
-        handle,
-    )
+    ranker = Ranker.of_model_dir(handle, RankingState.load(data).as_of(start))
     _, period = point_in_time_period(ranker.state, split, boundaries, exclude_purchased=exclude_purchased)
     return ranker, period
 

@@ -10,7 +10,7 @@ row, so its scores are probabilities on the same scale as everyone else's.
 
 Example::
 
-    ranker = Ranker(model, state, rows)
+    ranker = Ranker.of_model_dir(ModelDir(MODEL), RankingState.load(DATA))
     rankings = ranker.rank(np.array([12, 40]), np.array([at, at]), k=10)
     rankings[0].products, rankings[0].scores, rankings[0].cold_start
 """
@@ -29,6 +29,7 @@ from ncf.data.timeline import UserTimeline
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.ann import ProductIndex
 from ncf.model.batch import Batch
+from ncf.model.directory import ModelDir
 from ncf.rank.candidates import CandidateGenerator, RankingSettings
 from ncf.rank.state import EmbeddingRows, RankingState
 
@@ -98,6 +99,22 @@ class Ranker:
         built = self.candidates.mf.index if self.candidates.mf is not None else None
         self.mf_index = mf_index or built
         self._logits = model.logits
+
+    @staticmethod
+    def of_model_dir(
+        handle: ModelDir,
+        state: RankingState,
+        settings: Optional[RankingSettings] = None,
+        model: Optional[AdvancedNCF] = None,
+        device: Optional[torch.device] = None,
+    ) -> "Ranker":
+        """A model directory's model ranking ``state``: its embedding rows for the state's ids, its
+        ranking settings (unless ``settings``), its saved MF index where the first stage searches
+        one, and its model (unless ``model``, one already loaded from it)."""
+        settings = settings or RankingSettings(**handle.ranking)
+        rows = EmbeddingRows.of_model(handle, state.vocabs)
+        index = handle.mf_index_for(len(state.vocabs.users), settings.mf_candidates)
+        return Ranker(model if model is not None else handle.load_model(device), state, rows, settings, index)
 
     def compile(self) -> None:
         """Scores through ``torch.compile`` from now on: Inductor fuses the model's chain of small

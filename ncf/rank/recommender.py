@@ -28,7 +28,7 @@ from ncf.model.directory import ModelDir
 from ncf.moments import as_datetime, day_of, first_rankable, run_date_of, to_epoch_seconds
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import Ranker, Ranking
-from ncf.rank.state import EmbeddingRows, RankingState, check_catalog
+from ncf.rank.state import RankingState, check_catalog
 
 AS_OF_DAYS = 4  # past days whose product stats a recommender keeps (each a pass over the purchases)
 
@@ -86,12 +86,7 @@ class Recommender:
         state = RankingState.load(data or handle.state_dir)
         if data is not None:
             check_catalog(handle.config["model"], state.vocabs.sizes(), data)
-        rows = EmbeddingRows.between(
-            handle.table_vocabularies(), state.vocabs, handle.rows_trained_before, handle.trained_rows
-        )
-        settings = settings or RankingSettings(**handle.ranking)
-        index = handle.mf_index_for(len(state.vocabs.users), settings.mf_candidates)
-        return Recommender(Ranker(handle.load_model(device), state, rows, settings, index), handle.version)
+        return Recommender(Ranker.of_model_dir(handle, state, settings, device=device), handle.version)
 
     # -- what the state says ------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import FIRST_TS, UNKNOWN_INDEX, Vocabularies, Vocabulary
 from ncf.errors import InputError
+
+if TYPE_CHECKING:
+    from ncf.model.directory import ModelDir
 
 
 @dataclass
@@ -121,6 +124,13 @@ class EmbeddingRows:
             _rows(tables.products, state.products, rows_trained_before, products),
             _rows(tables.departments, state.departments, None),
             _rows(tables.categories, state.categories, None),
+        )
+
+    @staticmethod
+    def of_model(handle: "ModelDir", state: Vocabularies) -> "EmbeddingRows":
+        """Rows of ``state``'s ids in a model directory's tables (what :meth:`between` needs of it)."""
+        return EmbeddingRows.between(
+            handle.table_vocabularies(), state, handle.rows_trained_before, handle.trained_rows
         )
 
 
