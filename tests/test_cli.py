@@ -100,6 +100,7 @@ def paths(tmp_path):
     (tmp_path / "model").mkdir()
     config = {"format_version": FORMAT_VERSION, "version": "v1", "model": {"num_products": 1000}, "ranking": {}}
     write_json(str(tmp_path / "model" / "config.json"), config)
+    (tmp_path / "model" / "model.pt").write_bytes(b"")
     (tmp_path / "logs.csv").write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
     names = ("missing", "empty", "other", "state", "lists", "old-lists", "model", "logs.csv")
     return {name: str(tmp_path / name) for name in names}
@@ -132,6 +133,7 @@ def _cases(p: dict, out: str) -> list:
         ("preprocess", ["--input", p["missing"], "--output", out], [p["missing"], "no such file"]),
         # Found by the CLI review of 2026-11-30: each used to reach Ray (some a traceback, exit 1).
         ("preprocess", ["--input", p["state"], "--output", out], [p["state"], "jobs.preprocess output (DATA)"]),
+        ("preprocess", ["--input", p["model"], "--output", out], [p["model"], "a model directory, not purchase logs"]),
         (
             "preprocess",
             ["--input", p["logs.csv"], "--output", out, "--own-negative-rate", "2"],
@@ -167,6 +169,18 @@ def test_bad_paths_are_one_line_errors_before_ray_starts(paths, tmp_path, monkey
         for part in expected:
             assert part in lines[0], (job, argv, lines[0])
     assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.faults
+def test_a_label_window_of_no_days_is_refused_by_the_parser(capsys):
+    from jobs import preprocess
+
+    with pytest.raises(SystemExit) as exit_info:
+        preprocess.parse_args(["--dataset", "completejourney", "--output", "o", "--horizon-days", "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "python -m jobs.preprocess: error: argument --horizon-days: must be 1 or more, not 0"
+    )
 
 
 @pytest.mark.faults
