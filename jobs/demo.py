@@ -23,6 +23,7 @@ from ncf.batch.scoring import partition_dir
 from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
+from ncf.evaluate.protocol import PAIRED
 
 STAGES = 6
 # Six trainings are too long for the demo; bench.ablations' rows on Complete Journey are kept here.
@@ -34,10 +35,19 @@ def _stage(number: int, name: str, started: float) -> None:
 
 
 def print_table(rows: list) -> None:
+    """The rows' figures; a baseline's difference to the model, household by household, with its
+    paired standard error (``recall@10 - model``)."""
     columns = ["model", "recall@10", "ndcg@10", "hr@10", "mrr", "sampled_hr@10", "sampled_ndcg@10", "users"]
-    print(" | ".join(f"{c:>15}" for c in columns))
+    paired = [f"{m} - model" for m in PAIRED]
+    print(" | ".join(f"{c:>15}" for c in columns + paired))
     for row in rows:
-        print(" | ".join(f"{row.get(c, ''):>15}" for c in columns), flush=True)
+        cells = [row.get(c, "") for c in columns] + [_minus_model(row, m) for m in PAIRED]
+        print(" | ".join(f"{cell:>15}" for cell in cells), flush=True)
+
+
+def _minus_model(row: dict, metric: str) -> str:
+    difference, se = row.get(f"{metric}_minus_model"), row.get(f"{metric}_minus_model_se")
+    return "" if difference is None or se is None else f"{difference:+.4f} \u00b1{se:.4f}"
 
 
 def post(url: str, payload: dict) -> dict:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 
-from bench import deployment, first_stage_size, quality
+from bench import deployment, first_stage_size, paired_differences, quality
 from bench.runs import validated_run
 from ncf.data import layout
 from ncf.evaluate.evaluation import evaluate_all
@@ -89,3 +90,37 @@ def test_the_train_throughput_bench_runs_its_three_modes_on_synthetic_tables(ray
     assert result["steps"] == {"plain_loop": 4, "ray_train": 4}
     rates = ("model_only", "plain_loop", "ray_train_1_worker")
     assert all(result[f"{mode}_candidates_per_s"] > 0 for mode in rates)
+
+
+def test_the_paired_bench_pairs_each_baseline_with_the_model_household_by_household(small_model_dir, small_data):
+    data, _ = small_data
+    rows = paired_differences.main(
+        ["--data", data, "--model", small_model_dir, "--baselines", "popularity,own_frequency", "--resamples", "200"]
+    )
+    assert [r["scorer"] for r in rows] == ["advanced_ncf", "popularity", "own_frequency", "target"]
+    # The same code and households as jobs.evaluate's rows.
+    evaluated = evaluate_all(small_model_dir, data, TEST, baselines=("popularity", "own_frequency"))
+    fresh = {r["model"]: r for r in evaluated}
+    model = rows[0]
+    for row in rows[:3]:
+        assert row["households"] == fresh[row["scorer"]]["users"]
+        for m in paired_differences.METRICS:
+            assert row[m] == round(fresh[row["scorer"]][m], 4) and row[f"{m}_se"] > 0
+    for row in rows[1:3]:
+        for m in paired_differences.METRICS:
+            # The figures evaluate_all's rows carry, computed from the same households.
+            for key in (f"{m}_minus_model", f"{m}_minus_model_se"):
+                assert row[key] == fresh[row["scorer"]][key]
+            low, high = row[f"{m}_minus_model_ci95"]
+            assert row[f"{m}_minus_model"] == pytest.approx(row[m] - model[m], abs=2e-4)
+            assert low <= row[f"{m}_minus_model"] <= high and row[f"{m}_minus_model_se"] > 0
+
+
+def test_a_paired_difference_is_exact_on_constant_differences_and_wider_on_noisy_ones():
+    constant = paired_differences.paired(np.full(50, 0.1), 100)
+    assert constant["mean"] == pytest.approx(0.1) and constant["se"] == pytest.approx(0.0)
+    assert constant["ci95"] == pytest.approx([0.1, 0.1])
+    noisy = paired_differences.paired(np.random.default_rng(1).normal(0.1, 1.0, 400), 500)
+    assert noisy["se"] == pytest.approx(1.0 / np.sqrt(400), rel=0.2)
+    assert noisy["ci95"][0] < noisy["mean"] < noisy["ci95"][1]
+    assert noisy["ci95"][1] - noisy["ci95"][0] == pytest.approx(2 * 1.96 * noisy["se"], rel=0.2)

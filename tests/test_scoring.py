@@ -19,7 +19,7 @@ from ncf.data.vocab import Vocabularies
 from ncf.evaluate.baselines import OwnFrequencyRanker, PointInTime, PopularityRanker, top_k
 from ncf.evaluate.baselines.boosted import training_lists, training_rows
 from ncf.evaluate.evaluation import evaluate_all, point_in_time_period
-from ncf.evaluate.metrics import ranking_metrics
+from ncf.evaluate.metrics import paired_difference, ranking_metrics
 from ncf.evaluate.protocol import period_start
 from ncf.model import ann
 from ncf.moments import day_of, first_rankable, run_date_of
@@ -28,6 +28,14 @@ from ncf.rank.ranker import Ranker, attention_spread
 from ncf.rank.recommender import AS_OF_DAYS, BeforeTheData, Recommender
 from ncf.rank.state import EmbeddingRows, RankingState
 from ncf.splits import TEST, VALIDATED
+
+
+def test_a_paired_difference_is_the_mean_difference_with_its_standard_error():
+    mean, se = paired_difference(np.array([0.5, 0.2, 0.9, 0.4]), np.array([0.4, 0.2, 0.6, 0.5]))
+    differences = np.array([0.1, 0.0, 0.3, -0.1])
+    assert mean == pytest.approx(0.075) and se == pytest.approx(differences.std(ddof=1) / 2)
+    # Two scorers that differ by the same amount for every household differ without any doubt.
+    assert paired_difference(np.array([0.3, 0.5, 0.7]), np.array([0.2, 0.4, 0.6])) == pytest.approx((0.1, 0.0))
 
 
 def test_ranking_metrics_by_hand():
@@ -305,8 +313,17 @@ def test_evaluate_all_reports_model_and_baselines(small_model_dir, small_data):
     assert [r["model"] for r in baselines_only] == [n for n in names[1:] if n != "als"]
     alone = baselines_only[1]
     assert {k: v for k, v in alone.items() if "seconds" not in k} == {
-        k: v for k, v in by_name["own_frequency"].items() if "seconds" not in k
+        k: v for k, v in by_name["own_frequency"].items() if "seconds" not in k and "minus_model" not in k
     }
+    # Beside a model, each baseline's difference to it over the same households, with its paired
+    # standard error; without one, none.
+    assert not any("minus_model" in k for r in [rows[0], *baselines_only] for k in r)
+    for row in rows[1:]:
+        for metric in ("recall@10", "ndcg@10"):
+            assert row[f"{metric}_minus_model"] == pytest.approx(row[metric] - rows[0][metric], abs=2e-4)
+            assert row[f"{metric}_minus_model_se"] >= 0
+    popularity = by_name["popularity"]
+    assert popularity["recall@10_minus_model_se"] > 0  # rankings that differ, differ per household
 
 
 def test_excluding_purchased_leaves_them_out_of_what_counts_as_relevant(small_model_dir, small_data):

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 
 from ncf.data import layout
 from ncf.errors import InputError
@@ -32,6 +33,7 @@ from ncf.evaluate.protocol import (  # noqa: F401 (re-exported: the names caller
     RankManyFn,
     ScoreFn,
     evaluate,
+    evaluate_households,
     excluding_purchased,
     full_ranking,
     load_period,
@@ -141,11 +143,13 @@ def evaluate_baselines(
     retune: bool = False,
     exclude_purchased: bool = False,
     on_row: Optional[Callable[[Dict], None]] = None,
+    against: Optional[pd.DataFrame] = None,
 ) -> List[Dict]:
     """One row per baseline on ``period``; tunable ones with the parameters tuned on the
     validation period (``params`` and ``val_*`` in the row). ``exclude_purchased``: every
     ranking leaves out what the household bought before (tuning too). ``on_row``: called with
-    each row as soon as it is computed (a job prints it then)."""
+    each row as soon as it is computed (a job prints it then). ``against``: the model's
+    per-household metrics on ``users`` (see :func:`ncf.evaluate.protocol.evaluate`)."""
     rows = []
     for baseline, params, tuned in tuned_baselines(data, state, names, retune, exclude_purchased):
         started = time.time()
@@ -154,7 +158,17 @@ def evaluate_baselines(
         rank, score = ranker_fns(ranker)
         if exclude_purchased:
             rank = excluding_purchased(rank, state.states)
-        row = evaluate(baseline.name, rank, score, period, users, state.states, context.num_products, context.catalog)
+        row = evaluate(
+            baseline.name,
+            rank,
+            score,
+            period,
+            users,
+            state.states,
+            context.num_products,
+            context.catalog,
+            against=against,
+        )
         row.update(params=params, fit_seconds=fit_seconds)
         if tuned is not None:
             row.update({f"val_{k}": v for k, v in tuned.val.items() if k in (f"recall@{K}", f"ndcg@{K}")})
@@ -180,7 +194,9 @@ def evaluate_all(
     households of the same period of ``data`` (``on_period``: :func:`model_on_period`'s result,
     when the caller has it already). ``exclude_purchased``: every ranking leaves out what the
     household bought before, and so do the relevant sets (see :func:`load_period`). ``on_row``:
-    called with each row as soon as it is computed."""
+    called with each row as soon as it is computed. With a model, each baseline's row carries its
+    difference to the model, household by household, with the paired standard error
+    (``recall@10_minus_model``, ``recall@10_minus_model_se``, the same for NDCG@10)."""
     boundaries = layout.DataStats(data).boundaries
     rows = []
     if model_dir is None:
@@ -192,15 +208,19 @@ def evaluate_all(
         state = ranker.state
         context = PointInTime.build(state.states, state.vocabs, period_start(split, boundaries), data)
     users = sample_users(period.users, max_users)
+    households = None
     if model_dir is not None:
         rank_many, score = model_fns(ranker, exclude_purchased)
-        rows.append(
-            evaluate(name, None, score, period, users, state.states, context.num_products, context.catalog, rank_many)
+        row, households = evaluate_households(
+            name, None, score, period, users, state.states, context.num_products, context.catalog, rank_many
         )
+        rows.append(row)
         if on_row is not None:
             on_row(rows[-1])
     if baselines:
         rows.extend(
-            evaluate_baselines(data, state, context, period, users, baselines, retune, exclude_purchased, on_row)
+            evaluate_baselines(
+                data, state, context, period, users, baselines, retune, exclude_purchased, on_row, households
+            )
         )
     return rows

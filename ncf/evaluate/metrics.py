@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -65,3 +65,13 @@ def repeat_explore(top: np.ndarray, relevant: np.ndarray, bought_before: np.ndar
         "explore_recall": explore_hits / len(explore_relevant) if len(explore_relevant) else float("nan"),
         "repeat_share": float(np.isin(top, bought_before).mean()) if len(top) else float("nan"),
     }
+
+
+def paired_difference(values: np.ndarray, reference: np.ndarray) -> Tuple[float, float]:
+    """The mean of ``values - reference`` (one metric of two scorers on the same households, in
+    the same order) and its standard error, the differences' sd / sqrt(households): whether a
+    lead is measurable on this many households, which the seeds' spread does not say."""
+    difference = np.asarray(values, np.float64) - np.asarray(reference, np.float64)
+    if len(difference) < 2:
+        return float(difference.mean()) if len(difference) else float("nan"), float("nan")
+    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))

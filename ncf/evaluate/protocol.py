@@ -27,13 +27,14 @@ import numpy as np
 import pandas as pd
 
 from ncf.data.user_state import UserStates
-from ncf.evaluate.metrics import ranking_metrics
+from ncf.evaluate.metrics import paired_difference, ranking_metrics
 from ncf.splits import TEST, VAL
 
 K = 10
 MRR_DEPTH = 100
 BOUGHT_BEFORE = "bought_before"
 SAMPLED_NEGATIVES = 99
+PAIRED = (f"recall@{K}", f"ndcg@{K}")  # the metrics a baseline's row compares with the model's, household by household
 
 RankFn = Callable[[int, int, int], np.ndarray]  # (user, at, depth) -> product indices
 RankManyFn = Callable[[np.ndarray, np.ndarray, int], List[np.ndarray]]  # (users, at, depth) -> lists
@@ -180,6 +181,19 @@ def full_ranking(
     """Mean metrics over ``users``, ranked one by one (``rank``) or many at a time (``rank_many``,
     the model's batched ranking path); with ``states``, also the repeat/explore split (products
     each user bought before its moment are read from its purchases)."""
+    means = per_user_ranking(rank, period, users, states, rank_many).mean()  # NaN (no repeat/explore item) skipped
+    return {name: float(means[name]) for name in means.index}
+
+
+def per_user_ranking(
+    rank: Optional[RankFn],
+    period: Period,
+    users: np.ndarray,
+    states: Optional[UserStates] = None,
+    rank_many: Optional[RankManyFn] = None,
+) -> pd.DataFrame:
+    """:func:`full_ranking`'s metrics for each of ``users`` (a row each, in ``users``' order;
+    columns named as :func:`full_ranking` names them), for comparisons paired by household."""
     at = np.array([period.first_visit[int(u)] for u in users], np.int64)
     ranked = (rank_many or each(rank))(np.asarray(users, np.int64), at, MRR_DEPTH)
     rows = []
@@ -190,13 +204,19 @@ def full_ranking(
             timeline = states.timeline(u)
             bought = np.unique(timeline.products_before(int(a)))
         rows.append(ranking_metrics(products, period.truth[u], K, bought))
-    means = pd.DataFrame(rows).mean()  # NaN (no repeat or no explore item) is skipped
-    names = {"recall": f"recall@{K}", "ndcg": f"ndcg@{K}", "hr": f"hr@{K}", "mrr": "mrr"}
-    names["recall_lit"] = f"recall_lit@{K}"
-    for kind in ("repeat", "explore"):
-        names.update({f"{kind}_hits": f"{kind}_hits@{K}", f"{kind}_recall": f"{kind}_recall@{K}"})
-    names["repeat_share"] = f"repeat_share@{K}"
-    return {names[m]: float(means[m]) for m in names if m in means}
+    frame = pd.DataFrame(rows, index=pd.Index(np.asarray(users, np.int64), name="user"))
+    return frame[[m for m in _METRIC_NAMES if m in frame.columns]].rename(columns=_METRIC_NAMES)
+
+
+_METRIC_NAMES = {
+    "recall": f"recall@{K}",
+    "ndcg": f"ndcg@{K}",
+    "hr": f"hr@{K}",
+    "mrr": "mrr",
+    "recall_lit": f"recall_lit@{K}",
+    **{f"{kind}_{m}": f"{kind}_{m}@{K}" for kind in ("repeat", "explore") for m in ("hits", "recall")},
+    "repeat_share": f"repeat_share@{K}",
+}
 
 
 def sampled_ranking(
@@ -287,12 +307,36 @@ def evaluate(
     num_products: int = 0,
     catalog: Optional[np.ndarray] = None,
     rank_many: Optional[RankManyFn] = None,
+    against: Optional[pd.DataFrame] = None,
 ) -> Dict:
     """One result row: full ranking (with the repeat/explore split when ``states`` are given)
-    and, with ``score``, the sampled protocol."""
+    and, with ``score``, the sampled protocol. ``against``: another scorer's
+    :func:`per_user_ranking` of the same households (the model's), to which the row adds
+    ``recall@10_minus_model`` / ``ndcg@10_minus_model`` and their paired standard errors."""
+    return evaluate_households(name, rank, score, period, users, states, num_products, catalog, rank_many, against)[0]
+
+
+def evaluate_households(
+    name: str,
+    rank: Optional[RankFn],
+    score: Optional[ScoreFn],
+    period: Period,
+    users: np.ndarray,
+    states: Optional[UserStates] = None,
+    num_products: int = 0,
+    catalog: Optional[np.ndarray] = None,
+    rank_many: Optional[RankManyFn] = None,
+    against: Optional[pd.DataFrame] = None,
+) -> tuple[Dict, pd.DataFrame]:
+    """:func:`evaluate`'s row and the per-household metrics it averages."""
     started = time.time()
-    metrics = full_ranking(rank, period, users, states, rank_many)
-    row = {"model": name, "split": period.name, "users": int(len(users)), **metrics}
+    households = per_user_ranking(rank, period, users, states, rank_many)
+    means = households.mean()  # NaN (no repeat/explore item) skipped
+    row = {"model": name, "split": period.name, "users": int(len(users)), **{m: float(means[m]) for m in means.index}}
+    if against is not None:
+        for metric in PAIRED:
+            difference, se = paired_difference(households[metric].to_numpy(), against[metric].to_numpy())
+            row.update({f"{metric}_minus_model": difference, f"{metric}_minus_model_se": se})
     if period.only_rebought is not None:
         # The whole period's count, beside "users" (the households ranked, a sample with max_users).
         row["period_users"] = int(len(period.users))
@@ -300,7 +344,7 @@ def evaluate(
     if score is not None and states is not None:
         row.update(sampled_ranking(score, period, users, states, num_products, catalog=catalog))
     row["seconds"] = round(time.time() - started, 1)
-    return {k: _rounded(v) for k, v in row.items()}
+    return {k: _rounded(v) for k, v in row.items()}, households
 
 
 def _rounded(value):

@@ -77,6 +77,8 @@ def _table(rows: Sequence[Dict], columns: Sequence[str]) -> str:
             text = f"{v:.4f}" if isinstance(v, float) else ("n/a" if v is None else str(v))
             if isinstance(row.get(f"{c}_sd"), float) and row.get("seeds", 1) > 1:
                 text += f" \u00b1 {row[f'{c}_sd']:.4f}"
+            if isinstance(row.get(f"{c}_se"), float):
+                text += f" \u00b1 {row[f'{c}_se']:.4f}"
             cells.append(f'<td class="{"l" if i == 0 else ""}">{html.escape(text)}</td>')
         body += "<tr>" + "".join(cells) + "</tr>"
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -246,6 +248,8 @@ def write_report(
         f"repeat_share@{K}",
         f"sampled_hr@{K}",
         f"sampled_ndcg@{K}",
+        f"recall@{K}_minus_model",
+        f"ndcg@{K}_minus_model",
         "users",
     ]
     sections = [
@@ -259,7 +263,11 @@ def write_report(
             else ""
         )
         + ".</p>",
-        "<h2>Model against the baselines</h2>" + _table(rows, metric_columns) + metrics_chart(rows),
+        "<h2>Model against the baselines</h2>"
+        + _table(rows, metric_columns)
+        + "<p><small>*_minus_model: the baseline's figure less the model's, household by household over "
+        "the same households, \u00b1 the paired standard error: a difference of two standard errors or more "
+        "is measurable on these households, which the seeds' spread does not say.</small></p>" + metrics_chart(rows),
     ]
     if history:
         sections.append(

@@ -1,0 +1,119 @@
+"""How far apart are the model and each baseline, household by household?
+
+python -m bench.paired_differences --data DATA --model M [--model M2 ...] [--split test]
+    [--baselines popularity,own_frequency,...] [--resamples 2000]
+
+The seeds' spread says how much a figure moves with training; it says nothing of how much it
+would move on other households. Every scorer here ranks the same households of the same held-out
+period, so their difference can be paired: for each household, the baseline's Recall@10 (NDCG@10)
+less the model's, averaged. Its standard error (the differences' sd / sqrt(households)) and a
+bootstrap interval over households (percentiles of ``--resamples`` resamples, seed 0) say
+whether a lead is measurable on this many households. With several ``--model`` directories
+(seeds of one configuration) the model's figure for a household is the mean of theirs. The
+baselines are built with the parameters tuned on the validation weeks (``DATA/baselines/tuned.json``,
+tuned when missing), as ``jobs.evaluate`` builds them; everything is ranked through
+:func:`ncf.evaluate.protocol.per_user_ranking`, the code :func:`full_ranking` averages.
+
+One JSON line per scorer (its mean and standard error per metric, and its paired difference to
+the model with the standard error and the interval), then one line for issue 18's target (what
+the model would have to gain, in paired standard errors of the closest baseline's difference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from ncf.data import layout
+from ncf.evaluate.baselines import PointInTime
+from ncf.evaluate.evaluation import BASELINE_ORDER, MODEL, model_on_period, tuned_baselines
+from ncf.evaluate.metrics import paired_difference
+from ncf.evaluate.protocol import PAIRED, Period, model_fns, per_user_ranking, period_start, ranker_fns
+from ncf.rank.state import RankingState
+from ncf.splits import TEST
+
+METRICS = PAIRED
+TARGET = {"recall@10": 0.43, "ndcg@10": 0.47}  # issue 18's, on Complete Journey's test weeks
+
+
+def paired(difference: np.ndarray, resamples: int, seed: int = 0) -> Dict[str, float]:
+    """Mean of per-household differences, its standard error and a 95% bootstrap interval."""
+    n = len(difference)
+    picks = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    low, high = np.percentile(difference[picks].mean(axis=1), [2.5, 97.5])
+    mean, se = paired_difference(difference, np.zeros(n))  # the evaluation rows' figures
+    return {"mean": mean, "se": se, "ci95": [float(low), float(high)]}
+
+
+def model_frame(models: Sequence[str], data: str, split: str) -> Tuple[pd.DataFrame, RankingState, Period]:
+    """Per-household metrics of the model, the mean over ``models`` (the same households), with
+    the state as known at the period's start and the period."""
+    frames = []
+    for model in models:
+        ranker, period = model_on_period(model, data, split)
+        rank_many, _ = model_fns(ranker)
+        frames.append(per_user_ranking(None, period, period.users, ranker.state.states, rank_many)[list(METRICS)])
+    return sum(frames) / len(frames), ranker.state, period
+
+
+def run(
+    data: str, models: Sequence[str], split: str = TEST, names: Sequence[str] = BASELINE_ORDER, resamples: int = 2000
+) -> List[Dict]:
+    model, state, period = model_frame(models, data, split)
+    context = PointInTime.build(
+        state.states, state.vocabs, period_start(split, layout.DataStats(data).boundaries), data
+    )
+    frames = {MODEL: model}
+    for baseline, params, _ in tuned_baselines(data, state, names):
+        rank, _ = ranker_fns(baseline.build(context, **params))
+        frames[baseline.name] = per_user_ranking(rank, period, period.users)[list(METRICS)]
+    n = len(period.users)
+    rows = []
+    for name, frame in frames.items():
+        row = {"benchmark": "paired_differences", "split": split, "scorer": name, "households": n}
+        if name == MODEL:
+            row["models"] = len(models)
+        for m in METRICS:
+            values = frame[m].to_numpy()
+            row[m] = round(float(values.mean()), 4)
+            row[f"{m}_se"] = round(float(values.std(ddof=1) / np.sqrt(n)), 4)
+            if name != MODEL:
+                diff = paired(values - model[m].to_numpy(), resamples)
+                row[f"{m}_minus_model"] = round(diff["mean"], 4)
+                row[f"{m}_minus_model_se"] = round(diff["se"], 4)
+                row[f"{m}_minus_model_ci95"] = [round(x, 4) for x in diff["ci95"]]
+        rows.append(row)
+    best = {m: max((r for r in rows if r["scorer"] != MODEL), key=lambda r: r[m]) for m in METRICS}
+    model_row = rows[0]
+    target = {"benchmark": "paired_differences", "split": split, "scorer": "target"}
+    for m in METRICS:
+        target[m] = TARGET[m]
+        target[f"{m}_model_short_by"] = round(TARGET[m] - model_row[m], 4)
+        target[f"{m}_best_baseline"] = best[m]["scorer"]
+        # the lift the target asks of the model, in the closest baseline's paired standard errors
+        se = best[m][f"{m}_minus_model_se"]
+        target[f"{m}_short_by_in_paired_se"] = round((TARGET[m] - model_row[m]) / se, 1) if se > 0 else None
+    rows.append(target)
+    return rows
+
+
+def main(argv=None) -> List[Dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="a preprocessed DATA directory")
+    p.add_argument("--model", action="append", required=True, help="a validated model directory (repeat for seeds)")
+    p.add_argument("--split", default=TEST, help="the held-out period (default: test)")
+    p.add_argument("--baselines", default=",".join(BASELINE_ORDER), help="comma-separated (default: all)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the households")
+    args = p.parse_args(argv)
+    rows = run(args.data, args.model, args.split, args.baselines.split(","), args.resamples)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
