@@ -110,6 +110,13 @@ def _export(result, output: str, data: str, version: str, extra: dict, overwrite
     return path
 
 
+def _progress(message: str) -> float:
+    """Prints a step of the driver's work after training (minutes at 10M households) and returns
+    the moment it started."""
+    print(f"[train] {message}", flush=True)
+    return time.time()
+
+
 def check_history_length(data: str, overrides: dict) -> None:
     """The model reads no more history purchases than DATA's training lists hold: otherwise every
     worker fails on its first batch, and Ray Train retries it."""
@@ -152,8 +159,15 @@ def main(argv=None) -> str:
         gpu = training_on_gpu(args, workers=args.workers)
         fit_options = dict(num_workers=args.workers, use_gpu=gpu, storage_path=args.storage)
         validated = fit(config, name=name, **fit_options)
+        started = _progress(f"exporting the best epoch's model to {validated_dir} (weights, state, MF index)")
         _export(validated, validated_dir, data, f"{stamp}-{VALIDATED}", {}, args.overwrite)
+        households = f"at most {args.test_users:,} households" if args.test_users else "every household"
+        started = _progress(
+            f"exported in {time.time() - started:.0f} s; ranking the test weeks ({households}; the products' "
+            "stats at their start first, a pass over every purchase)"
+        )
         test = evaluate_all(validated_dir, data, TEST, max_users=args.test_users or None, baselines=())[0]
+        _progress(f"ranked {test['users']:,} households of the test weeks in {time.time() - started:.0f} s")
         epochs = best_epoch(validated)
         update_metrics(validated_dir, {"test": test, "best_epoch": epochs})
         validated_version = track_model(validated_dir, data, name, vars(args), candidate=not args.refit)
@@ -167,6 +181,7 @@ def main(argv=None) -> str:
             return validated_dir
         refit = fit(refit_config(config, epochs), name=f"{name}-{REFIT}", **fit_options)
         summary = {"validated_model": os.path.abspath(validated_dir), "test": test, "best_epoch": epochs}
+        _progress(f"exporting the deployment model to {args.output}")
         path = _export(refit, args.output, data, f"{stamp}-{REFIT}", {"validated": summary}, args.overwrite)
         track_model(path, data, f"{name}-{REFIT}", vars(args), tags={"validated_version": validated_version})
         print(
