@@ -15,13 +15,14 @@ from bench import feature_mlp, ranker_objectives
 from ncf.data import layout
 from ncf.data.examples import listed_rows
 from ncf.data.features import CATEGORY_HALF_LIVES, HALF_LIVES
-from ncf.data.vocab import Vocabularies
+from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.evaluate.baselines import OwnFrequencyRanker, PointInTime, PopularityRanker, top_k
 from ncf.evaluate.baselines.boosted import training_lists, training_rows
 from ncf.evaluate.evaluation import evaluate_all, point_in_time_period
 from ncf.evaluate.metrics import paired_difference, ranking_metrics
 from ncf.evaluate.protocol import period_start
 from ncf.model import ann
+from ncf.model.directory import ModelDir
 from ncf.moments import day_of, first_rankable, run_date_of
 from ncf.rank.candidates import CATEGORY_SPREAD, CandidateGenerator, RankingSettings
 from ncf.rank.ranker import Ranker, attention_spread
@@ -441,6 +442,34 @@ def test_rows_no_training_list_holds_rank_with_the_unknown_row(small_data):
     first_seen = vocabs.users.column("first_ts")
     kept = listed & (first_seen < max(cutoffs))
     assert (rows.user[kept] == np.flatnonzero(kept)).all()
+
+
+def test_a_models_tables_are_not_loaded_again_when_the_state_holds_the_same_vocabularies(
+    small_model_dir, small_data, tmp_path, monkeypatch
+):
+    data, _ = small_data
+    handle = ModelDir(small_model_dir)
+    tables = handle.table_vocabularies()
+    calls = []
+
+    def table_vocabularies(self):
+        calls.append(self.path)
+        return Vocabularies.load(layout.vocab_dir(self.state_dir))
+
+    monkeypatch.setattr(ModelDir, "table_vocabularies", table_vocabularies)
+    # Another numbering of the same households (as another preprocess may give) goes through the tables.
+    vocabs = Vocabularies.load(layout.vocab_dir(data))
+    reordered = Vocabulary.from_ids(vocabs.users.ids.to_pylist()[::-1], kind="int")
+    Vocabularies(reordered, vocabs.products, vocabs.departments, vocabs.categories).save(str(tmp_path))
+    for directory, loads in ((layout.vocab_dir(data), 0), (layout.vocab_dir(handle.state_dir), 0), (str(tmp_path), 1)):
+        state = Vocabularies.load(directory)
+        rows = EmbeddingRows.of_model(handle, state)
+        expected = EmbeddingRows.between(tables, state, handle.rows_trained_before, handle.trained_rows)
+        for name in ("user", "product", "department", "category"):
+            assert np.array_equal(getattr(rows, name), getattr(expected, name)), (directory, name)
+        assert len(calls) == loads, directory
+        calls.clear()
+    assert not np.array_equal(rows.user, EmbeddingRows.of_model(handle, vocabs).user)  # the reordering mattered
 
 
 def test_the_ranker_objectives_bench_groups_the_rows_by_list_and_ranks_each_objective(small_data):

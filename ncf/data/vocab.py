@@ -206,6 +206,9 @@ class Vocabularies:
     products: Vocabulary
     departments: Vocabulary
     categories: Vocabulary
+    # The directory they were loaded from (None when built in memory): a model directory's tables
+    # read from the same files need not be loaded a second time (EmbeddingRows.of_model).
+    source: Optional[str] = field(default=None, compare=False)
 
     def save(self, directory: str) -> None:
         for name in VOCAB_NAMES:
@@ -213,7 +216,9 @@ class Vocabularies:
 
     @staticmethod
     def load(directory: str) -> "Vocabularies":
-        return Vocabularies(*(Vocabulary.load(os.path.join(directory, f"{name}.parquet")) for name in VOCAB_NAMES))
+        return Vocabularies(
+            *(Vocabulary.load(os.path.join(directory, f"{name}.parquet")) for name in VOCAB_NAMES), source=directory
+        )
 
     def sizes(self) -> Dict[str, int]:
         return {

@@ -82,7 +82,11 @@ def sha256_of(path: str) -> str:
 def vocab_digest(directory: str) -> str:
     """sha256 over the vocabulary files of a DATA directory (or a model's ``state/``): what the
     rows of the embedding tables mean."""
-    root = layout.vocab_dir(directory)
+    return files_digest(layout.vocab_dir(directory))
+
+
+def files_digest(root: str) -> str:
+    """sha256 over the names and contents of the files in ``root``."""
     digest = hashlib.sha256()
     for name in sorted(os.listdir(root)):
         digest.update(name.encode() + b"\0" + bytes.fromhex(sha256_of(os.path.join(root, name))))
