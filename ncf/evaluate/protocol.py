@@ -297,23 +297,9 @@ def model_fns(ranker, exclude_purchased: bool = False) -> tuple[RankManyFn, Scor
     return rank_many, (lambda u, at, p: ranker.score(u, p, at, logits=True)[0])
 
 
-def evaluate(
-    name: str,
-    rank: Optional[RankFn],
-    score: Optional[ScoreFn],
-    period: Period,
-    users: np.ndarray,
-    states: Optional[UserStates] = None,
-    num_products: int = 0,
-    catalog: Optional[np.ndarray] = None,
-    rank_many: Optional[RankManyFn] = None,
-    against: Optional[pd.DataFrame] = None,
-) -> Dict:
-    """One result row: full ranking (with the repeat/explore split when ``states`` are given)
-    and, with ``score``, the sampled protocol. ``against``: another scorer's
-    :func:`per_user_ranking` of the same households (the model's), to which the row adds
-    ``recall@10_minus_model`` / ``ndcg@10_minus_model`` and their paired standard errors."""
-    return evaluate_households(name, rank, score, period, users, states, num_products, catalog, rank_many, against)[0]
+def evaluate(*args, **kwargs) -> Dict:
+    """:func:`evaluate_households`' row alone (the same arguments)."""
+    return evaluate_households(*args, **kwargs)[0]
 
 
 def evaluate_households(
@@ -328,7 +314,11 @@ def evaluate_households(
     rank_many: Optional[RankManyFn] = None,
     against: Optional[pd.DataFrame] = None,
 ) -> tuple[Dict, pd.DataFrame]:
-    """:func:`evaluate`'s row and the per-household metrics it averages."""
+    """One result row: full ranking (with the repeat/explore split when ``states`` are given)
+    and, with ``score``, the sampled protocol; and the per-household metrics it averages.
+    ``against``: another scorer's :func:`per_user_ranking` of the same households (the model's),
+    to which the row adds ``recall@10_minus_model`` / ``ndcg@10_minus_model`` and their paired
+    standard errors."""
     started = time.time()
     households = per_user_ranking(rank, period, users, states, rank_many)
     means = households.mean()  # NaN (no repeat/explore item) skipped
