@@ -42,24 +42,25 @@ from ncf.data import layout
 from ncf.data.examples import listed_rows
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
-from ncf.jsonio import read_json, write_json
+from ncf.jsonio import write_json
 from ncf.model.advanced_ncf import AdvancedNCF, model_from_weights
 from ncf.model.ann import MF_CANDIDATES, ProductIndex, has_mf, index_path, load_if_present, needed
 from ncf.model.config import ModelConfig
+from ncf.model.files import (  # noqa: F401 (re-exported: the names callers know)
+    CONFIG,
+    FORMAT_VERSION,
+    METRICS,
+    STATE,
+    TRAINED_PRODUCTS,
+    TRAINED_USERS,
+    WEIGHTS,
+    read_config,
+    read_metrics,
+)
 from ncf.model.integrity import vocab_digest, write_manifest
 from ncf.splits import REFIT, VALIDATED
 from ncf.staging import replacing
 
-# 3: weights trained on features version 2 (ncf.data.features.FEATURES_VERSION); a directory of
-# format 2 learnt on other numbers for the same feature names, so it is refused, not served.
-# 4: features version 3 (the co-purchase neighbour score; state/product_stats/neighbours.npz).
-FORMAT_VERSION = 4
-CONFIG = "config.json"
-WEIGHTS = "model.pt"
-METRICS = "metrics.json"
-STATE = "state"
-# Boolean masks over the tables' rows: which households and products the run's lists held.
-TRAINED_USERS, TRAINED_PRODUCTS = "trained_users.npy", "trained_products.npy"
 STATE_PARTS = (layout.vocab_dir, layout.user_state_dir, layout.product_stats_dir)
 
 
@@ -170,31 +171,6 @@ def save_untrained_model_dir(output: str, data: str, version: str, seed: int = 0
         run="untrained",
         version=version,
     )
-
-
-def read_config(model_dir: str) -> Dict:
-    """``config.json``, checked: a clear error for a path that is not a model directory."""
-    path = os.path.join(model_dir, CONFIG)
-    if not os.path.exists(path):
-        raise InputError(f"{model_dir}: not a model directory (no {CONFIG}); run python -m jobs.train first")
-    try:
-        config = read_json(path)
-    except (OSError, ValueError) as e:  # empty, truncated, not JSON, unreadable
-        raise InputError(f"{model_dir}: unreadable {CONFIG} ({type(e).__name__}: {e})") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{model_dir}: {CONFIG} holds {type(config).__name__}, not an object")
-    if config.get("format_version") != FORMAT_VERSION:
-        raise InputError(
-            f"{model_dir}: model directory format {config.get('format_version')}, this code reads "
-            f"{FORMAT_VERSION}: retrain it with python -m jobs.train"
-        )
-    return config
-
-
-def read_metrics(model_dir: str) -> Dict:
-    """``metrics.json``: training metrics, the per-epoch ``history``, held-out figures."""
-    path = os.path.join(model_dir, METRICS)
-    return read_json(path) if os.path.exists(path) else {}
 
 
 def load_model(model_dir: str, device: Optional[torch.device] = None) -> AdvancedNCF:

@@ -56,6 +56,7 @@ from ncf.jsonio import read_json, write_json
 from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
+from ncf.model.files import CONFIG, METRICS, STATE, TRAINED_PRODUCTS, TRAINED_USERS, WEIGHTS, read_config
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -155,9 +156,6 @@ def check_manifest(model_dir: str) -> Dict:
 def verify_model_dir(model_dir: str) -> None:
     """Raises :class:`ModelIntegrityError` unless the directory is whole and self-consistent
     (see the module docstring); reads every byte once, loads no model into memory."""
-    # Imported here: directory.py calls write_manifest when it saves, so it imports this module.
-    from ncf.model.directory import CONFIG, STATE, WEIGHTS, read_config
-
     if not os.path.isdir(model_dir):
         raise ModelIntegrityError(f"{model_dir}: not a directory")
     if not os.path.exists(os.path.join(model_dir, CONFIG)):
@@ -204,8 +202,6 @@ def _check_weights(model_dir: str, path: str, config: ModelConfig) -> None:
 def _check_trained_rows(model_dir: str, config: ModelConfig) -> None:
     """The masks of the rows the run's lists held, where the directory has them: boolean, one
     entry per table row."""
-    from ncf.model.directory import TRAINED_PRODUCTS, TRAINED_USERS
-
     for name, rows in ((TRAINED_USERS, config.num_users), (TRAINED_PRODUCTS, config.num_products)):
         path = os.path.join(model_dir, name)
         if not os.path.exists(path):
@@ -300,8 +296,6 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     try:
         if args.write:
-            from ncf.model.directory import METRICS
-
             write_manifest(args.model, unsealed=[METRICS])
         verify_model_dir(args.model)
     except InputError as e:

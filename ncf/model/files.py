@@ -1,0 +1,49 @@
+"""What a model directory's files are called, and its two JSON files read with clear errors.
+
+The layout itself is described in :mod:`ncf.model.directory`; these names live apart so that
+:mod:`ncf.model.integrity`, which the directory's save calls, reads them without importing it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict
+
+from ncf.errors import InputError
+from ncf.jsonio import read_json
+
+# 3: weights trained on features version 2 (ncf.data.features.FEATURES_VERSION); a directory of
+# format 2 learnt on other numbers for the same feature names, so it is refused, not served.
+# 4: features version 3 (the co-purchase neighbour score; state/product_stats/neighbours.npz).
+FORMAT_VERSION = 4
+CONFIG = "config.json"
+WEIGHTS = "model.pt"
+METRICS = "metrics.json"
+STATE = "state"
+# Boolean masks over the tables' rows: which households and products the run's lists held.
+TRAINED_USERS, TRAINED_PRODUCTS = "trained_users.npy", "trained_products.npy"
+
+
+def read_config(model_dir: str) -> Dict:
+    """``config.json``, checked: a clear error for a path that is not a model directory."""
+    path = os.path.join(model_dir, CONFIG)
+    if not os.path.exists(path):
+        raise InputError(f"{model_dir}: not a model directory (no {CONFIG}); run python -m jobs.train first")
+    try:
+        config = read_json(path)
+    except (OSError, ValueError) as e:  # empty, truncated, not JSON, unreadable
+        raise InputError(f"{model_dir}: unreadable {CONFIG} ({type(e).__name__}: {e})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{model_dir}: {CONFIG} holds {type(config).__name__}, not an object")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise InputError(
+            f"{model_dir}: model directory format {config.get('format_version')}, this code reads "
+            f"{FORMAT_VERSION}: retrain it with python -m jobs.train"
+        )
+    return config
+
+
+def read_metrics(model_dir: str) -> Dict:
+    """``metrics.json``: training metrics, the per-epoch ``history``, held-out figures."""
+    path = os.path.join(model_dir, METRICS)
+    return read_json(path) if os.path.exists(path) else {}
