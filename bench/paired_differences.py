@@ -64,6 +64,8 @@ def run(
     data: str, models: Sequence[str], split: str = TEST, names: Sequence[str] = BASELINE_ORDER, resamples: int = 2000
 ) -> List[Dict]:
     model, state, period = model_frame(models, data, split)
+    if len(period.users) < 2:
+        raise SystemExit(f"{data}: {len(period.users)} household(s) in the {split} period: nothing to pair")
     context = PointInTime.build(
         state.states, state.vocabs, period_start(split, layout.DataStats(data).boundaries), data
     )

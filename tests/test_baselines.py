@@ -22,7 +22,7 @@ from ncf.evaluate.baselines import (
     tifu_vectors,
 )
 from ncf.evaluate.metrics import ranking_metrics
-from ncf.evaluate.protocol import Period, evaluate, full_ranking, load_period
+from ncf.evaluate.protocol import Period, evaluate, evaluate_households, full_ranking, load_period
 
 DAY = 86_400
 
@@ -344,6 +344,25 @@ def test_excluding_purchased_products_leaves_them_out_of_the_relevant_sets_too()
     assert "period_users_only_rebought" not in evaluate(
         "all", lambda u, at, d: np.array([3]), None, everything, np.array([1])
     )
+
+
+def test_a_baseline_is_paired_with_the_model_household_by_household():
+    # Household 1 bought 1 then 3 and 2 in the test period; household 2 bought 4 then 4 and 5.
+    states = states_of({1: [(1, 0), (3, 11), (2, 11)], 2: [(4, 0), (4, 11), (5, 11)]})
+    bounds = {"val_start": 5 * DAY, "test_start": 10 * DAY, "end": 20 * DAY}
+    period = load_period(states, "test", bounds)
+    users = period.users
+    model_row, model = evaluate_households("model", lambda u, at, d: np.array([3, 2, 4]), None, period, users)
+    row = evaluate("baseline", lambda u, at, d: np.array([2, 9, 9]), None, period, users, against=model)
+    # Recall@10: the model 1.0 and 0.5 (4 of 4, 5), the baseline 0.5 and 0.0: differences -0.5 and -0.5.
+    assert model["recall@10"].tolist() == [1.0, 0.5] and row["recall@10"] == 0.25
+    assert row["recall@10_minus_model"] == -0.5 and row["recall@10_minus_model_se"] == 0.0
+    assert "recall@10_minus_model" not in model_row
+    with pytest.raises(ValueError, match="other households"):
+        evaluate("baseline", lambda u, at, d: np.array([2]), None, period, users[::-1], against=model)
+    # No household to rank: no figure, and nothing to pair.
+    empty = evaluate("baseline", lambda u, at, d: np.array([2]), None, period, users[:0], against=model)
+    assert empty["users"] == 0 and not any(k.startswith("recall") for k in empty)
 
 
 def test_full_ranking_averages_the_split_over_users_who_have_each_kind():

@@ -26,6 +26,7 @@ from ncf.errors import InputError
 from ncf.evaluate.baselines import BASELINES, Baseline, PointInTime
 from ncf.evaluate.protocol import (  # noqa: F401 (re-exported: the names callers know)
     MRR_DEPTH,
+    PAIRED,
     SAMPLED_NEGATIVES,
     K,
     Period,
@@ -214,6 +215,7 @@ def evaluate_all(
         row, households = evaluate_households(
             name, None, score, period, users, state.states, context.num_products, context.catalog, rank_many
         )
+        households = households[[m for m in PAIRED if m in households.columns]]  # all the baselines need of it
         rows.append(row)
         if on_row is not None:
             on_row(rows[-1])

@@ -323,7 +323,9 @@ def evaluate_households(
     households = per_user_ranking(rank, period, users, states, rank_many)
     means = households.mean()  # NaN (no repeat/explore item) skipped
     row = {"model": name, "split": period.name, "users": int(len(users)), **{m: float(means[m]) for m in means.index}}
-    if against is not None:
+    if against is not None and len(users) > 0:
+        if not against.index.equals(households.index):
+            raise ValueError("against holds other households than the ones ranked: a paired difference needs the same")
         for metric in PAIRED:
             difference, se = paired_difference(households[metric].to_numpy(), against[metric].to_numpy())
             row.update({f"{metric}_minus_model": difference, f"{metric}_minus_model_se": se})

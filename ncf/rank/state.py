@@ -9,6 +9,7 @@ row 0, while their own purchases still drive their features and candidates.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Dict, Optional, Tuple
@@ -131,10 +132,22 @@ class EmbeddingRows:
         When ``state`` was loaded from files equal to the model's own vocabularies (the model's
         state, or the DATA it was trained on), they are the tables: not loaded again (at 10M
         households a second copy is 0.65 GB and 2 s)."""
-        tables_dir = layout.vocab_dir(handle.state_dir)
-        same = state.source is not None and files_digest(state.source) == files_digest(tables_dir)
-        tables = state if same else handle.table_vocabularies()
+        tables = state if _same_vocabularies(state, handle) else handle.table_vocabularies()
         return EmbeddingRows.between(tables, state, handle.rows_trained_before, handle.trained_rows)
+
+
+def _same_vocabularies(state: Vocabularies, handle: ModelDir) -> bool:
+    """Whether ``state`` was loaded from the model's own vocabulary files, or from files whose digest
+    is the one the model recorded of them (``config.json``'s ``data.vocab_sha256``)."""
+    if state.source is None:
+        return False
+    if os.path.realpath(state.source) == os.path.realpath(layout.vocab_dir(handle.state_dir)):
+        return True
+    recorded = (handle.config.get("data") or {}).get("vocab_sha256")
+    try:
+        return recorded is not None and files_digest(state.source) == recorded
+    except OSError:  # moved or replaced since it was read: the tables are loaded instead
+        return False
 
 
 def _rows(
