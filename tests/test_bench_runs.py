@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from bench import deployment, first_stage_size, paired_differences, quality
+from bench import ann_build, deployment, first_stage_size, paired_differences, quality
 from bench.runs import validated_run
 from ncf.data import layout
 from ncf.evaluate.evaluation import evaluate_all
@@ -124,3 +124,19 @@ def test_a_paired_difference_is_exact_on_constant_differences_and_wider_on_noisy
     assert noisy["se"] == pytest.approx(1.0 / np.sqrt(400), rel=0.2)
     assert noisy["ci95"][0] < noisy["mean"] < noisy["ci95"][1]
     assert noisy["ci95"][1] - noisy["ci95"][0] == pytest.approx(2 * 1.96 * noisy["se"], rel=0.2)
+
+
+def test_the_index_bench_compares_each_build_depth_with_the_exact_lists(small_model_dir):
+    from ncf.model import ann
+
+    products = np.random.default_rng(3).normal(size=(40, 4)).astype(np.float32)
+    queries = np.random.default_rng(4).normal(size=(6, 4)).astype(np.float32)
+    exact = ann_build.exact_top(queries, products, 5, chunk=4)
+    scores = queries @ products.T
+    scores[:, 0] = -np.inf
+    assert all(set(e) == set(np.argsort(-s)[:5]) for e, s in zip(exact, scores))
+    assert ann_build.recall(exact, exact) == 1.0 and ann_build.recall(exact[:, :1], exact) == pytest.approx(0.2)
+    default = ann.BUILD_DEPTH
+    rows = ann_build.main(["--model", small_model_dir, "--build-depths", "16,8", "--queries", "20", "--width", "10"])
+    assert [r["efConstruction"] for r in rows] == [16, 8] and ann.BUILD_DEPTH == default
+    assert all(0.0 < r["recall@10"] <= 1.0 and r["queries"] == 20 for r in rows)

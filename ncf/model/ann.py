@@ -36,9 +36,11 @@ INDEX_FILE = "mf_index.faiss"
 MF_CACHE_MAX_ENTRIES = 50_000_000
 MF_CANDIDATES = 150  # the first stage's default list width (RankingSettings.mf_candidates)
 # HNSW's M, efConstruction and efSearch. A search as deep as the list it returns (150) finds
-# 0.95 of the exact MF top 150 on Complete Journey's trained vectors (256 found 0.98) and costs
-# 0.29 ms a household at 100k products instead of 0.51; the top 10 re-ranked were the same for
-# 500 of 500 Complete Journey households (BENCHMARKS.md, "Serving and nightly scoring").
+# 0.83-0.99 of the exact MF top 150 on three Complete Journey seeds' trained vectors (0.42 on the
+# barely trained 1M-product tables of bench.scale; `python -m bench.ann_build`, BENCHMARKS.md "The
+# MF index's build depth") and costs 0.29 ms a household at 100k products instead of 0.51 at 256;
+# the top 10 re-ranked were the same for 500 of 500 Complete Journey households (BENCHMARKS.md,
+# "Serving and nightly scoring").
 NEIGHBOURS, BUILD_DEPTH, SEARCH_DEPTH = 32, 100, 150
 
 _PRODUCT_TABLE = "mf_embedding_collection.embedding_bags.product_mf_embeddings.weight"

@@ -1,0 +1,93 @@
+"""How deep should the MF index's graph be built? Build time against recall, on a model's vectors.
+
+python -m bench.ann_build --model M [--build-depths 100,50,32] [--queries 500] [--width 150]
+
+The first stage asks the MF products' HNSW index (:mod:`ncf.model.ann`) for each household's
+``width`` best products by the MF path. This builds the index of model directory M's product
+vectors once per ``efConstruction`` (``--build-depths``; M and efSearch as the code has them),
+then searches it for ``--queries`` households drawn at random (seed 0) and compares what it finds
+with the exact top ``width`` by inner product (the products row 0 excluded, as the first stage
+excludes the unknown row). One JSON line per depth: build seconds and recall@width against exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from ncf.model import ann
+from ncf.model.files import WEIGHTS
+
+_USER_TABLE = "mf_embedding_collection.embedding_bags.user_mf_embeddings.weight"
+
+
+def exact_top(queries: np.ndarray, products: np.ndarray, width: int, chunk: int = 50) -> np.ndarray:
+    """Q x width product rows of largest inner product with each query (row 0 never), unordered."""
+    found = []
+    for start in range(0, len(queries), chunk):
+        scores = queries[start : start + chunk] @ products.T
+        scores[:, 0] = -np.inf
+        found.append(np.argpartition(-scores, width, axis=1)[:, :width])
+    return np.vstack(found)
+
+
+def recall(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each row of ``exact`` that the same row of ``found`` holds."""
+    return float(np.mean([len(np.intersect1d(f, e)) / e.shape[0] for f, e in zip(found, exact)]))
+
+
+def run(model: str, depths: List[int], queries: int = 500, width: int = ann.MF_CANDIDATES) -> List[Dict]:
+    weights = torch.load(os.path.join(model, WEIGHTS), weights_only=True, map_location="cpu")
+    products = ann.product_vectors(weights)
+    users = weights[_USER_TABLE].float().numpy()
+    width = min(width, len(products) - 2)
+    picked = np.random.default_rng(0).choice(np.arange(1, len(users)), size=min(queries, len(users) - 1), replace=False)
+    asked = np.ascontiguousarray(users[np.sort(picked)])
+    exact = exact_top(asked, products, width)
+    allowed = np.ones(len(products), bool)
+    allowed[0] = False
+    rows = []
+    default = ann.BUILD_DEPTH
+    try:
+        for depth in depths:
+            ann.BUILD_DEPTH = depth
+            started = time.perf_counter()
+            index = ann.ProductIndex.build(weights)
+            seconds = time.perf_counter() - started
+            row = {
+                "benchmark": "ann_build",
+                "model": os.path.abspath(model),
+                "products": len(products) - 1,
+                "M": ann.NEIGHBOURS,
+                "efConstruction": depth,
+                "efSearch": max(ann.SEARCH_DEPTH, width),
+                "width": width,
+                "queries": len(asked),
+                "build_seconds": round(seconds, 1),
+                f"recall@{width}": round(recall(index.search(asked, width, allowed), exact), 4),
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    finally:
+        ann.BUILD_DEPTH = default
+    return rows
+
+
+def main(argv=None) -> List[Dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a model directory with an MF path")
+    p.add_argument("--build-depths", default=f"{ann.BUILD_DEPTH},50,32", help="efConstruction values, comma-separated")
+    p.add_argument("--queries", type=int, default=500, help="households searched")
+    p.add_argument("--width", type=int, default=ann.MF_CANDIDATES, help="products asked for each")
+    args = p.parse_args(argv)
+    return run(args.model, [int(d) for d in args.build_depths.split(",")], args.queries, args.width)
+
+
+if __name__ == "__main__":
+    main()
