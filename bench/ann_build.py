@@ -1,13 +1,16 @@
 """How deep should the MF index's graph be built? Build time against recall, on a model's vectors.
 
-python -m bench.ann_build --model M [--build-depths 100,50,32] [--queries 500] [--width 150]
+python -m bench.ann_build --model M [--build-depths 100,50,32] [--search-depths 150]
+    [--queries 500] [--width 150]
 
 The first stage asks the MF products' HNSW index (:mod:`ncf.model.ann`) for each household's
 ``width`` best products by the MF path. This builds the index of model directory M's product
 vectors once per ``efConstruction`` (``--build-depths``; M and efSearch as the code has them),
-then searches it for ``--queries`` households drawn at random (seed 0) and compares what it finds
-with the exact top ``width`` by inner product (the products row 0 excluded, as the first stage
-excludes the unknown row). One JSON line per depth: build seconds and recall@width against exact.
+then searches it at each ``efSearch`` of ``--search-depths`` (at least ``width``, as the code
+searches) for ``--queries`` households drawn at random (seed 0) and compares what it finds with
+the exact top ``width`` by inner product (the products row 0 excluded, as the first stage
+excludes the unknown row). One JSON line per (build depth, search depth): build seconds and
+recall@width against exact.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import argparse
 import json
 import os
 import time
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +45,13 @@ def recall(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(f, e)) / e.shape[0] for f, e in zip(found, exact)]))
 
 
-def run(model: str, depths: List[int], queries: int = 500, width: int = ann.MF_CANDIDATES) -> List[Dict]:
+def run(
+    model: str,
+    depths: List[int],
+    queries: int = 500,
+    width: int = ann.MF_CANDIDATES,
+    search_depths: Sequence[int] = (ann.SEARCH_DEPTH,),
+) -> List[Dict]:
     weights = torch.load(os.path.join(model, WEIGHTS), weights_only=True, map_location="cpu")
     products = ann.product_vectors(weights)
     users = weights[_USER_TABLE].float().numpy()
@@ -53,29 +62,31 @@ def run(model: str, depths: List[int], queries: int = 500, width: int = ann.MF_C
     allowed = np.ones(len(products), bool)
     allowed[0] = False
     rows = []
-    default = ann.BUILD_DEPTH
+    defaults = ann.BUILD_DEPTH, ann.SEARCH_DEPTH
     try:
         for depth in depths:
             ann.BUILD_DEPTH = depth
             started = time.perf_counter()
             index = ann.ProductIndex.build(weights)
             seconds = time.perf_counter() - started
-            row = {
-                "benchmark": "ann_build",
-                "model": os.path.abspath(model),
-                "products": len(products) - 1,
-                "M": ann.NEIGHBOURS,
-                "efConstruction": depth,
-                "efSearch": max(ann.SEARCH_DEPTH, width),
-                "width": width,
-                "queries": len(asked),
-                "build_seconds": round(seconds, 1),
-                f"recall@{width}": round(recall(index.search(asked, width, allowed), exact), 4),
-            }
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            for search in search_depths:
+                ann.SEARCH_DEPTH = search
+                row = {
+                    "benchmark": "ann_build",
+                    "model": os.path.abspath(model),
+                    "products": len(products) - 1,
+                    "M": ann.NEIGHBOURS,
+                    "efConstruction": depth,
+                    "efSearch": max(search, width),
+                    "width": width,
+                    "queries": len(asked),
+                    "build_seconds": round(seconds, 1),
+                    f"recall@{width}": round(recall(index.search(asked, width, allowed), exact), 4),
+                }
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     finally:
-        ann.BUILD_DEPTH = default
+        ann.BUILD_DEPTH, ann.SEARCH_DEPTH = defaults
     return rows
 
 
@@ -83,10 +94,13 @@ def main(argv=None) -> List[Dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a model directory with an MF path")
     p.add_argument("--build-depths", default=f"{ann.BUILD_DEPTH},50,32", help="efConstruction values, comma-separated")
+    p.add_argument("--search-depths", default=str(ann.SEARCH_DEPTH), help="efSearch values, comma-separated")
     p.add_argument("--queries", type=int, default=500, help="households searched")
     p.add_argument("--width", type=int, default=ann.MF_CANDIDATES, help="products asked for each")
     args = p.parse_args(argv)
-    return run(args.model, [int(d) for d in args.build_depths.split(",")], args.queries, args.width)
+    depths = [int(d) for d in args.build_depths.split(",")]
+    searches = [int(d) for d in args.search_depths.split(",")]
+    return run(args.model, depths, args.queries, args.width, searches)
 
 
 if __name__ == "__main__":

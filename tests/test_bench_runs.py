@@ -136,7 +136,9 @@ def test_the_index_bench_compares_each_build_depth_with_the_exact_lists(small_mo
     scores[:, 0] = -np.inf
     assert all(set(e) == set(np.argsort(-s)[:5]) for e, s in zip(exact, scores))
     assert ann_build.recall(exact, exact) == 1.0 and ann_build.recall(exact[:, :1], exact) == pytest.approx(0.2)
-    default = ann.BUILD_DEPTH
-    rows = ann_build.main(["--model", small_model_dir, "--build-depths", "16,8", "--queries", "20", "--width", "10"])
-    assert [r["efConstruction"] for r in rows] == [16, 8] and ann.BUILD_DEPTH == default
+    defaults = ann.BUILD_DEPTH, ann.SEARCH_DEPTH
+    argv = ["--model", small_model_dir, "--build-depths", "16,8", "--search-depths", "4,40", "--width", "10"]
+    rows = ann_build.main([*argv, "--queries", "20"])
+    assert [(r["efConstruction"], r["efSearch"]) for r in rows] == [(16, 10), (16, 40), (8, 10), (8, 40)]
+    assert (ann.BUILD_DEPTH, ann.SEARCH_DEPTH) == defaults
     assert all(0.0 < r["recall@10"] <= 1.0 and r["queries"] == 20 for r in rows)
