@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from bench import ann_build, deployment, first_stage_size, paired_differences, quality
+from bench import ann_build, attention_effect, deployment, first_stage_size, paired_differences, quality
 from bench.runs import validated_run
 from ncf.data import layout
 from ncf.evaluate.evaluation import evaluate_all
@@ -142,3 +142,31 @@ def test_the_index_bench_compares_each_build_depth_with_the_exact_lists(small_mo
     assert [(r["efConstruction"], r["efSearch"]) for r in rows] == [(16, 10), (16, 40), (8, 10), (8, 40)]
     assert (ann.BUILD_DEPTH, ann.SEARCH_DEPTH) == defaults
     assert all(0.0 < r["recall@10"] <= 1.0 and r["queries"] == 20 for r in rows)
+
+
+def test_the_attention_bench_ranks_the_same_households_with_the_history_hidden(small_model_dir, small_data):
+    import dataclasses
+
+    import torch
+
+    from ncf.model.advanced_ncf import example_batch
+    from ncf.model.directory import load_model
+
+    data, _ = small_data
+    model = load_model(small_model_dir)
+    hidden = attention_effect.history_hidden(model)
+    batch = example_batch(model.config, 3, 4)
+    assert batch.history.count_nonzero() > 0
+    no_history = dataclasses.replace(batch, history=torch.zeros_like(batch.history))
+    with torch.no_grad():
+        assert torch.allclose(hidden.logits(batch)[0], model.logits(no_history)[0])
+        assert not torch.allclose(hidden.logits(batch)[0], model.logits(batch)[0])
+    *per_model, summary = attention_effect.main(["--data", data, "--model", small_model_dir, "--explained", "5"])
+    (row,) = per_model
+    fresh = evaluate_all(small_model_dir, data, TEST, baselines=())[0]
+    assert row["households"] == fresh["users"] and row["explained_households"] <= 5
+    for m in paired_differences.METRICS:
+        assert row[m] == round(fresh[m], 4)
+        assert row[f"{m}_hidden_minus_trained"] == pytest.approx(row[f"{m}_history_hidden"] - row[m], abs=2e-4)
+    assert 0.0 <= row["top10_changed_share"] <= 1.0
+    assert summary["models"] == 1 and summary["recall@10"] == row["recall@10"]

@@ -122,6 +122,37 @@ def test_explanations_are_past_purchases_weighted_by_the_models_attention(on_per
     assert all(0 <= w <= 1 for because in ranking.explanations for _, w in because)
 
 
+def test_the_first_reasons_lead_over_uniform_weights_is_one_when_the_attention_cannot_choose(
+    on_period, small_model_dir
+):
+    """With the query projection zeroed every place (and the null slot) scores alike: the
+    statistic must read 1 and the entropy the uniform one, products bought twice included; with
+    sharp weights, more."""
+    import torch
+
+    from ncf.evaluate.report import explanation_stats
+    from ncf.rank.ranker import Ranker
+
+    _, period = on_period
+    ranker = Ranker.of_model_dir(ModelDir(small_model_dir), on_period[0].state)
+    users = period.users[:8]
+    attention = ranker.model.history_attention
+    with torch.no_grad():
+        attention.q_proj.weight.zero_()
+        attention.q_proj.bias.zero_()
+    uniform = explanation_stats(ranker, period, users)
+    assert uniform["households"] > 0
+    assert uniform["first_reason_over_uniform"] == pytest.approx(1.0, abs=1e-4)
+    assert uniform["attention_entropy"] == pytest.approx(uniform["uniform_entropy"], abs=1e-4)
+    with torch.no_grad():  # a query that reads the keys (their ages differ) through a sharp projection
+        g = torch.Generator().manual_seed(0)
+        attention.q_proj.bias.normal_(0, 1, generator=g)
+        attention.k_proj.weight.normal_(0, 1, generator=g).mul_(30.0)
+    sharp = explanation_stats(ranker, period, users)
+    assert sharp["first_reason_over_uniform"] > 1.5
+    assert sharp["attention_entropy"] < uniform["uniform_entropy"] - 0.1
+
+
 def test_training_history_becomes_tensorboard_scalars(tmp_path):
     from ncf.train.tensorboard import write_history
 

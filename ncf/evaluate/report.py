@@ -162,9 +162,11 @@ def _product_label(ranker, product_ids: Sequence[int]) -> List[str]:
 def explanation_stats(ranker, period: Period, users: np.ndarray, exclude_purchased: bool = False) -> Dict[str, float]:
     """How much the attention behind "because you bought" says: its mean entropy over the
     households' top 10 (against the entropy of uniform weights over the same histories), the
-    weight left on the attention's null slot (nothing in the history), and the share of
-    households whose top 10 do not all name the same first "because" product."""
-    entropy, uniform, null, differ = [], [], [], []
+    weight left on the attention's null slot (nothing in the history), the first "because"
+    product's weight against its share under uniform weights (1: uniform), and the
+    share of households whose top 10 do not all name the same first "because" product (near
+    uniform weights, a rounding can decide which)."""
+    entropy, uniform, null, lead, differ = [], [], [], [], []
     at = np.array([period.first_visit[int(u)] for u in users], np.int64)
     rankings = ranker.rank(users, at, k=K, exclude_purchased=exclude_purchased, explain=True)
     for u, moment, ranking in zip(users, at, rankings):
@@ -173,8 +175,21 @@ def explanation_stats(ranker, period: Period, users: np.ndarray, exclude_purchas
         history, _ = ranker.state.states.timeline(int(u)).history(np.array([moment]), ranker.history_length)
         entropy.append(float(np.mean(ranking.attention_entropy)))
         # The model attends to the places whose product has a row of its own (the others: masked).
-        uniform.append(float(np.log(np.count_nonzero(ranker.rows.product[history[0]]))))
+        attended = history[0][ranker.rows.product[history[0]] > 0]
+        uniform.append(float(np.log(len(attended))))
         null.append(float(np.mean(ranking.attention_null)))
+        # A product bought twice among the latest purchases holds two places: its uniform share is two.
+        lead.append(
+            float(
+                np.mean(
+                    [
+                        because[0][1] * len(attended) / (np.count_nonzero(attended == because[0][0]) * (1.0 - z))
+                        for because, z in zip(ranking.explanations, ranking.attention_null)
+                        if because
+                    ]
+                )
+            )
+        )
         firsts = {because[0][0] for because in ranking.explanations if because}
         differ.append(len(firsts) > 1)
     return {
@@ -182,6 +197,7 @@ def explanation_stats(ranker, period: Period, users: np.ndarray, exclude_purchas
         "attention_entropy": float(np.mean(entropy)) if entropy else float("nan"),
         "uniform_entropy": float(np.mean(uniform)) if uniform else float("nan"),
         "null_weight": float(np.mean(null)) if null else float("nan"),
+        "first_reason_over_uniform": float(np.mean(lead)) if lead else float("nan"),
         "share_with_different_reasons": float(np.mean(differ)) if differ else float("nan"),
     }
 
@@ -310,8 +326,12 @@ def write_report(
         f"{explained['households']} households: mean entropy of the attention behind each recommendation "
         f"{explained['attention_entropy']:.2f} nats (uniform weights over the same histories: "
         f"{explained['uniform_entropy']:.2f}), mean weight left on no past purchase (the null slot) "
-        f"{explained['null_weight']:.2f}; households whose 10 recommendations do not all name the same "
-        f"first reason: {100 * explained['share_with_different_reasons']:.0f}%.</p>"
+        f"{explained['null_weight']:.2f}, the first reason's weight {explained['first_reason_over_uniform']:.3f} "
+        "times what uniform weights would give it; households whose 10 "
+        "recommendations do not all name the same first reason: "
+        f"{100 * explained['share_with_different_reasons']:.0f}% (where the weights are near uniform, "
+        "a rounding can decide which). <code>python -m bench.attention_effect</code> measures what the "
+        "ranking loses when the attention is shown no history.</p>"
     )
     sections.append(
         "<h2>Households</h2>" + households_html(ranker, period, users[:households], exclude_purchased=exclude_purchased)
