@@ -36,12 +36,12 @@ INDEX_FILE = "mf_index.faiss"
 MF_CACHE_MAX_ENTRIES = 50_000_000
 MF_CANDIDATES = 150  # the first stage's default list width (RankingSettings.mf_candidates)
 # HNSW's M, efConstruction and efSearch. A search as deep as the list it returns (150) finds
-# 0.83-0.99 of the exact MF top 150 on three Complete Journey seeds' trained vectors (0.42 on the
-# barely trained 1M-product tables of bench.scale; `python -m bench.ann_build`, BENCHMARKS.md "The
-# MF index's build depth") and costs 0.29 ms a household at 100k products instead of 0.51 at 256;
-# the top 10 re-ranked were the same for 500 of 500 Complete Journey households (BENCHMARKS.md,
-# "Serving and nightly scoring").
-NEIGHBOURS, BUILD_DEPTH, SEARCH_DEPTH = 32, 100, 150
+# 0.93-1.00 of the exact MF top 150 on three Complete Journey seeds' trained vectors, 0.78 on
+# bench.scale's ALS-fitted 100k products and 0.75 on the barely trained 1M-product tables of the
+# 10M run; a graph built twice as deep (efConstruction 100, the default until 2026-12-03) found
+# less in all five (0.83-0.99, 0.74, 0.42) and took 1.3-1.9x as long to build, for a search
+# 1.2-1.8x faster (`python -m bench.ann_build`; BENCHMARKS.md "The MF index's build depth").
+NEIGHBOURS, BUILD_DEPTH, SEARCH_DEPTH = 32, 50, 150
 
 _PRODUCT_TABLE = "mf_embedding_collection.embedding_bags.product_mf_embeddings.weight"
 _MF_OUTPUT = "mf_output.weight"
