@@ -101,7 +101,7 @@ def run(
                     "queries": len(asked),
                     "build_seconds": round(seconds, 1),
                     f"recall@{width}": round(recall(found, exact), 4),
-                    "search_ms_per_query": round(ms, 3),
+                    "search_ms_per_query": round(ms, 5),
                 }
                 print(json.dumps(row), flush=True)
                 rows.append(row)

@@ -45,9 +45,10 @@ class HistoryHidden(AdvancedNCF):
 
 
 def history_hidden(model: AdvancedNCF) -> HistoryHidden:
-    hidden = HistoryHidden(model.config)
-    hidden.load_state_dict(model.state_dict())
-    return hidden.eval()
+    """The same weights (shared, not copied: at catalog scale the tables are gigabytes)."""
+    hidden = HistoryHidden(model.config, device=torch.device("meta"))
+    hidden.load_state_dict(model.state_dict(), assign=True)
+    return hidden.to(next(model.parameters()).device).eval()
 
 
 def ranked(ranker: Ranker, period, users: np.ndarray):
@@ -65,8 +66,9 @@ def ranked(ranker: Ranker, period, users: np.ndarray):
 
 def measure(model_dir: str, data: str, split: str, explained: int) -> Dict:
     ranker, period = model_on_period(model_dir, data, split)
-    if not ranker.model.config.use_attention:
-        raise SystemExit(f"{model_dir}: trained without the attention (use_attention off): nothing to measure")
+    config = ranker.model.config
+    if not (config.use_attention and config.use_mlp):
+        raise SystemExit(f"{model_dir}: trained without the attention (use_attention or use_mlp off)")
     users = period.users
     as_trained, tops = ranked(ranker, period, users)
     hidden = Ranker.of_model_dir(ModelDir(model_dir), ranker.state, model=history_hidden(ranker.model))
@@ -96,7 +98,7 @@ def run(data: str, models: Sequence[str], split: str = TEST, explained: int = 50
     for key in numeric:
         values = np.array([r[key] for r in rows], float)
         summary[key] = round(float(values.mean()), 4)
-        if len(rows) > 1:
+        if len(rows) > 1 and not key.endswith("_se"):  # a standard error's spread says nothing
             summary[f"{key}_sd"] = round(float(values.std(ddof=1)), 4)
     print(json.dumps(summary), flush=True)
     return rows + [summary]

@@ -2,6 +2,7 @@
 20M purchases, as one JSON line.
 
 python -m bench.scale [--users 1000000] [--products 100000] [--purchases-per-user 20] [--workdir artifacts/scale]
+    [--index-depth 50]
 
 * a Serve replica: resident memory once ready, seconds from deploy to healthy, CPU per
   ``/recommend`` (the replica's CPU time over a run of requests, read from /proc);
@@ -38,7 +39,10 @@ import requests
 from bench.serve_load import cpu_used, serve_cpu_seconds
 from ncf.data import datasets, schema
 from ncf.data.preprocess import PreprocessConfig, preprocess
-from ncf.model.directory import save_untrained_model_dir
+from ncf.model import ann
+from ncf.model.config import ModelConfig
+from ncf.model.directory import ModelDir, save_model_dir, save_untrained_model_dir
+from ncf.model.files import WEIGHTS
 
 REQUESTS = 300
 
@@ -83,7 +87,6 @@ def mf_fitted_by_als(model: str, data: str) -> tuple[str, dict]:
 
     from ncf.data import layout
     from ncf.data.user_state import UserStates
-    from ncf.model.directory import ModelDir, save_model_dir
 
     output = model + "-als-mf"
     if os.path.exists(os.path.join(output, "config.json")):
@@ -119,6 +122,35 @@ def mf_fitted_by_als(model: str, data: str) -> tuple[str, dict]:
         rows_trained_before=handle.rows_trained_before,
     )
     return output, {"mf_als_fit_s": round(fitted - started), "mf_save_s": round(time.time() - fitted)}
+
+
+def with_index_depth(model: str, data: str, depth: int) -> str:
+    """A copy of ``model`` whose MF index is built at efConstruction ``depth`` (``model`` itself
+    at the code's depth), to compare serving and scoring over two graphs of the same vectors."""
+    import torch
+
+    if depth == ann.BUILD_DEPTH:
+        return model
+    output = f"{model}-ef{depth}"
+    if os.path.exists(os.path.join(output, "config.json")):
+        return output
+    handle = ModelDir(model)
+    weights = torch.load(os.path.join(model, WEIGHTS), weights_only=True, map_location="cpu")
+    default, ann.BUILD_DEPTH = ann.BUILD_DEPTH, depth
+    try:
+        save_model_dir(
+            output,
+            weights,
+            ModelConfig.from_dict(handle.config["model"]),
+            data,
+            handle.trained_through,
+            run=handle.config["run"],
+            version=f"{handle.version}-ef{depth}",
+            rows_trained_before=handle.rows_trained_before,
+        )
+    finally:
+        ann.BUILD_DEPTH = default
+    return output
 
 
 def replica_rss_mib() -> float:
@@ -243,6 +275,13 @@ def main(argv=None) -> dict:
         help="the synthetic model's MF tables: fitted by ALS on the log (what HNSW searches over a trained "
         "model looks like) or left untrained (isotropic vectors: HNSW's worst case)",
     )
+    p.add_argument(
+        "--index-depth",
+        type=int,
+        default=ann.BUILD_DEPTH,
+        help="efConstruction of the MF index the scale model is measured with (another than the code's "
+        "saves a copy of the model directory with that index, MODEL-efN)",
+    )
     args = p.parse_args(argv)
     import ray
 
@@ -253,7 +292,15 @@ def main(argv=None) -> dict:
     if args.mf == "als":
         model, fitted = mf_fitted_by_als(model, data)
         built.update(fitted)
-    result = {"benchmark": "scale", "households": args.users, "products": args.products, "mf": args.mf, **built}
+    model = with_index_depth(model, data, args.index_depth)
+    result = {
+        "benchmark": "scale",
+        "households": args.users,
+        "products": args.products,
+        "mf": args.mf,
+        "index_build_depth": args.index_depth,
+        **built,
+    }
     runs = {"scale": (model, data)}
     if args.cj_model and args.cj_data:
         runs["completejourney"] = (args.cj_model, args.cj_data)

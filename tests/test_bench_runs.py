@@ -170,3 +170,22 @@ def test_the_attention_bench_ranks_the_same_households_with_the_history_hidden(s
         assert row[f"{m}_hidden_minus_trained"] == pytest.approx(row[f"{m}_history_hidden"] - row[m], abs=2e-4)
     assert 0.0 <= row["top10_changed_share"] <= 1.0
     assert summary["models"] == 1 and summary["recall@10"] == row["recall@10"]
+
+
+def test_the_scale_bench_measures_a_copy_whose_index_is_built_at_the_depth_asked(
+    small_model_dir, small_data, tmp_path, monkeypatch
+):
+    from bench import scale
+    from ncf.model import ann
+
+    data, _ = small_data
+    model = str(tmp_path / "model")
+    shutil.copytree(small_model_dir, model)
+    assert scale.with_index_depth(model, data, ann.BUILD_DEPTH) == model
+    monkeypatch.setattr(ann, "MF_CACHE_MAX_ENTRIES", 0)  # so that the small model's save builds an index
+    default = ann.BUILD_DEPTH
+    deeper = scale.with_index_depth(model, data, 2 * default)
+    assert deeper == f"{model}-ef{2 * default}" and ann.BUILD_DEPTH == default
+    index = ann.load_if_present(deeper)
+    assert index is not None and index.index.hnsw.efConstruction == 2 * default
+    assert ModelDir(deeper).load_model().state_dict().keys() == ModelDir(model).load_model().state_dict().keys()

@@ -163,7 +163,7 @@ def explanation_stats(ranker, period: Period, users: np.ndarray, exclude_purchas
     """How much the attention behind "because you bought" says: its mean entropy over the
     households' top 10 (against the entropy of uniform weights over the same histories), the
     weight left on the attention's null slot (nothing in the history), the first "because"
-    product's weight against its share under uniform weights (1: uniform), and the
+    product's weight against its share under uniform weights (1 when the weights are uniform), and the
     share of households whose top 10 do not all name the same first "because" product (near
     uniform weights, a rounding can decide which)."""
     entropy, uniform, null, lead, differ = [], [], [], [], []
@@ -185,7 +185,7 @@ def explanation_stats(ranker, period: Period, users: np.ndarray, exclude_purchas
                     [
                         because[0][1] * len(attended) / (np.count_nonzero(attended == because[0][0]) * (1.0 - z))
                         for because, z in zip(ranking.explanations, ranking.attention_null)
-                        if because
+                        if because and 1.0 - z > 1e-6  # all on the null slot: no share to compare
                     ]
                 )
             )
@@ -197,7 +197,7 @@ def explanation_stats(ranker, period: Period, users: np.ndarray, exclude_purchas
         "attention_entropy": float(np.mean(entropy)) if entropy else float("nan"),
         "uniform_entropy": float(np.mean(uniform)) if uniform else float("nan"),
         "null_weight": float(np.mean(null)) if null else float("nan"),
-        "first_reason_over_uniform": float(np.mean(lead)) if lead else float("nan"),
+        "first_reason_over_uniform": float(np.nanmean(lead)) if lead else float("nan"),
         "share_with_different_reasons": float(np.mean(differ)) if differ else float("nan"),
     }
 

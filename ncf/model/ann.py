@@ -39,8 +39,8 @@ MF_CANDIDATES = 150  # the first stage's default list width (RankingSettings.mf_
 # 0.93-1.00 of the exact MF top 150 on three Complete Journey seeds' trained vectors, 0.78 on
 # bench.scale's ALS-fitted 100k products and 0.75 on the barely trained 1M-product tables of the
 # 10M run; a graph built twice as deep (efConstruction 100, the default until 2026-12-03) found
-# less in all five (0.83-0.99, 0.74, 0.42) and took 1.3-1.9x as long to build, for a search
-# 1.2-1.8x faster (`python -m bench.ann_build`; BENCHMARKS.md "The MF index's build depth").
+# less in all five (0.83-0.99, 0.74, 0.42) and took up to 2.2x as long to build (1.85x at 1M), for
+# a search up to 1.8x faster (`python -m bench.ann_build`; BENCHMARKS.md "The MF index's build depth").
 NEIGHBOURS, BUILD_DEPTH, SEARCH_DEPTH = 32, 50, 150
 
 _PRODUCT_TABLE = "mf_embedding_collection.embedding_bags.product_mf_embeddings.weight"
