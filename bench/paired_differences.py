@@ -1,7 +1,7 @@
 """How far apart are the model and each baseline, household by household?
 
 python -m bench.paired_differences --data DATA --model M [--model M2 ...] [--split test]
-    [--baselines popularity,own_frequency,...] [--resamples 2000]
+    [--baselines popularity,own_frequency,...] [--resamples 2000] [--average-logits]
 
 The seeds' spread says how much a figure moves with training; it says nothing of how much it
 would move on other households. Every scorer here ranks the same households of the same held-out
@@ -9,7 +9,9 @@ period, so their difference can be paired: for each household, the baseline's Re
 less the model's, averaged. Its standard error (the differences' sd / sqrt(households)) and a
 bootstrap interval over households (percentiles of ``--resamples`` resamples, seed 0) say
 whether a lead is measurable on this many households. With several ``--model`` directories
-(seeds of one configuration) the model's figure for a household is the mean of theirs. The
+(seeds of one configuration) the model's figure for a household is the mean of theirs; with
+``--average-logits`` it is instead the figure of one ranking by their averaged logits (an
+ensemble of the seeds, on the first model's candidates: their embedding rows must be the same). The
 baselines are built with the parameters tuned on the validation weeks (``DATA/baselines/tuned.json``,
 tuned when missing), as ``jobs.evaluate`` builds them; everything is ranked through
 :func:`ncf.evaluate.protocol.per_user_ranking`, the code :func:`full_ranking` averages.
@@ -27,12 +29,17 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
 from ncf.data import layout
 from ncf.evaluate.baselines import PointInTime
 from ncf.evaluate.evaluation import BASELINE_ORDER, MODEL, model_on_period, tuned_baselines
 from ncf.evaluate.metrics import paired_difference
 from ncf.evaluate.protocol import PAIRED, Period, model_fns, per_user_ranking, period_start, ranker_fns
+from ncf.model.advanced_ncf import AdvancedNCF
+from ncf.model.directory import ModelDir
+from ncf.rank.ranker import Ranker
 from ncf.rank.state import RankingState
 from ncf.splits import TEST
 
@@ -49,9 +56,48 @@ def paired(difference: np.ndarray, resamples: int, seed: int = 0) -> Dict[str, f
     return {"mean": mean, "se": se, "ci95": [float(low), float(high)]}
 
 
-def model_frame(models: Sequence[str], data: str, split: str) -> Tuple[pd.DataFrame, RankingState, Period]:
-    """Per-household metrics of the model, the mean over ``models`` (the same households), with
-    the state as known at the period's start and the period."""
+class LogitsAveraged(AdvancedNCF):
+    """Several models of one shape as one: their logits averaged. The first stage, ``final`` and
+    the attention weights are the first model's."""
+
+    def __init__(self, models: Sequence[AdvancedNCF]) -> None:
+        super().__init__(models[0].config, device=torch.device("meta"))
+        self.load_state_dict(models[0].state_dict(), assign=True)
+        self.others = nn.ModuleList(models[1:])
+        self.eval()
+
+    def logits(self, batch, need_weights: bool = False):
+        first, weights = super().logits(batch, need_weights)
+        return torch.stack([first] + [m.logits(batch)[0] for m in self.others]).mean(0), weights
+
+
+def averaged_ranker(models: Sequence[str], data: str, split: str) -> Tuple[Ranker, Period]:
+    """One ranker whose model averages ``models``' logits, on the first one's rows and index."""
+    handles = [ModelDir(m) for m in models]
+    rows = [h.trained_rows for h in handles]
+    for handle, held in zip(handles[1:], rows[1:]):
+        same = handle.rows_trained_before == handles[0].rows_trained_before and (
+            (held is None and rows[0] is None)
+            or (held is not None and rows[0] is not None and all(np.array_equal(a, b) for a, b in zip(held, rows[0])))
+        )
+        if not same:
+            raise SystemExit(f"{handle.path}: its embedding rows are not {handles[0].path}'s: no logits to average")
+    ranker, period = model_on_period(models[0], data, split)
+    averaged = LogitsAveraged([ranker.model] + [h.load_model() for h in handles[1:]])
+    return Ranker.of_model_dir(handles[0], ranker.state, model=averaged), period
+
+
+def model_frame(
+    models: Sequence[str], data: str, split: str, average_logits: bool = False
+) -> Tuple[pd.DataFrame, RankingState, Period]:
+    """Per-household metrics of the model, the mean over ``models`` (the same households), or
+    with ``average_logits`` those of their averaged logits; with the state as known at the
+    period's start and the period."""
+    if average_logits:
+        ranker, period = averaged_ranker(models, data, split)
+        rank_many, _ = model_fns(ranker)
+        frame = per_user_ranking(None, period, period.users, ranker.state.states, rank_many)[list(METRICS)]
+        return frame, ranker.state, period
     frames = []
     for model in models:
         ranker, period = model_on_period(model, data, split)
@@ -61,9 +107,14 @@ def model_frame(models: Sequence[str], data: str, split: str) -> Tuple[pd.DataFr
 
 
 def run(
-    data: str, models: Sequence[str], split: str = TEST, names: Sequence[str] = BASELINE_ORDER, resamples: int = 2000
+    data: str,
+    models: Sequence[str],
+    split: str = TEST,
+    names: Sequence[str] = BASELINE_ORDER,
+    resamples: int = 2000,
+    average_logits: bool = False,
 ) -> List[Dict]:
-    model, state, period = model_frame(models, data, split)
+    model, state, period = model_frame(models, data, split, average_logits)
     if len(period.users) < 2:
         raise SystemExit(f"{data}: {len(period.users)} household(s) in the {split} period: nothing to pair")
     context = PointInTime.build(
@@ -79,6 +130,7 @@ def run(
         row = {"benchmark": "paired_differences", "split": split, "scorer": name, "households": n}
         if name == MODEL:
             row["models"] = len(models)
+            row["combined"] = "logits averaged" if average_logits else "metrics averaged"
         for m in METRICS:
             values = frame[m].to_numpy()
             row[m] = round(float(values.mean()), 4)
@@ -110,8 +162,9 @@ def main(argv=None) -> List[Dict]:
     p.add_argument("--split", default=TEST, help="the held-out period (default: test)")
     p.add_argument("--baselines", default=",".join(BASELINE_ORDER), help="comma-separated (default: all)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the households")
+    p.add_argument("--average-logits", action="store_true", help="rank by the models' averaged logits (an ensemble)")
     args = p.parse_args(argv)
-    rows = run(args.data, args.model, args.split, args.baselines.split(","), args.resamples)
+    rows = run(args.data, args.model, args.split, args.baselines.split(","), args.resamples, args.average_logits)
     for row in rows:
         print(json.dumps(row), flush=True)
     return rows

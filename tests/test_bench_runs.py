@@ -189,3 +189,30 @@ def test_the_scale_bench_measures_a_copy_whose_index_is_built_at_the_depth_asked
     index = ann.load_if_present(deeper)
     assert index is not None and index.index.hnsw.efConstruction == 2 * default
     assert ModelDir(deeper).load_model().state_dict().keys() == ModelDir(model).load_model().state_dict().keys()
+
+
+def test_the_paired_bench_can_rank_by_the_seeds_averaged_logits(small_model_dir, small_data):
+    import torch
+
+    from ncf.model.advanced_ncf import AdvancedNCF, example_batch
+    from ncf.model.directory import load_model
+
+    config = load_model(small_model_dir).config
+    torch.manual_seed(1)
+    first, second = AdvancedNCF(config).eval(), AdvancedNCF(config).eval()
+    batch = example_batch(config, 3, 4)
+    with torch.no_grad():
+        one, two = first.logits(batch)[0], second.logits(batch)[0]
+        assert not torch.allclose(one, two)
+        assert torch.allclose(paired_differences.LogitsAveraged([first, second]).logits(batch)[0], (one + two) / 2)
+    data, _ = small_data
+    argv = ["--data", data, "--baselines", "popularity", "--resamples", "50"]
+    alone = paired_differences.main([*argv, "--model", small_model_dir])[0]
+    twice = paired_differences.main([*argv, "--average-logits", "--model", small_model_dir, "--model", small_model_dir])
+    twice = twice[0]
+    assert twice["combined"] == "logits averaged" and alone["combined"] == "metrics averaged"
+    assert (twice["recall@10"], twice["ndcg@10"], twice["households"]) == (
+        alone["recall@10"],
+        alone["ndcg@10"],
+        alone["households"],
+    )
