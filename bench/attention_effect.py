@@ -30,7 +30,7 @@ from ncf.evaluate.evaluation import model_on_period
 from ncf.evaluate.metrics import paired_difference
 from ncf.evaluate.protocol import PAIRED, K, model_fns, per_user_ranking
 from ncf.evaluate.report import explanation_stats
-from ncf.model.advanced_ncf import AdvancedNCF
+from ncf.model.advanced_ncf import AdvancedNCF, model_from_weights
 from ncf.model.batch import Batch
 from ncf.model.directory import ModelDir
 from ncf.rank.ranker import Ranker
@@ -46,9 +46,7 @@ class HistoryHidden(AdvancedNCF):
 
 def history_hidden(model: AdvancedNCF) -> HistoryHidden:
     """The same weights (shared, not copied: at catalog scale the tables are gigabytes)."""
-    hidden = HistoryHidden(model.config, device=torch.device("meta"))
-    hidden.load_state_dict(model.state_dict(), assign=True)
-    return hidden.to(next(model.parameters()).device).eval()
+    return model_from_weights(model.config, model.state_dict(), next(model.parameters()).device, HistoryHidden)
 
 
 def ranked(ranker: Ranker, period, users: np.ndarray):

@@ -37,7 +37,7 @@ from ncf.evaluate.baselines import PointInTime
 from ncf.evaluate.evaluation import BASELINE_ORDER, MODEL, model_on_period, tuned_baselines
 from ncf.evaluate.metrics import paired_difference
 from ncf.evaluate.protocol import PAIRED, Period, model_fns, per_user_ranking, period_start, ranker_fns
-from ncf.model.advanced_ncf import AdvancedNCF
+from ncf.model.advanced_ncf import AdvancedNCF, model_from_weights
 from ncf.model.directory import ModelDir
 from ncf.rank.ranker import Ranker
 from ncf.rank.state import RankingState
@@ -58,33 +58,43 @@ def paired(difference: np.ndarray, resamples: int, seed: int = 0) -> Dict[str, f
 
 class LogitsAveraged(AdvancedNCF):
     """Several models of one shape as one: their logits averaged. The first stage, ``final`` and
-    the attention weights are the first model's."""
+    the attention weights are the first model's (its own tensors; ``others`` the rest)."""
 
-    def __init__(self, models: Sequence[AdvancedNCF]) -> None:
-        super().__init__(models[0].config, device=torch.device("meta"))
-        self.load_state_dict(models[0].state_dict(), assign=True)
-        self.others = nn.ModuleList(models[1:])
-        self.eval()
+    def __init__(self, config, device=None) -> None:
+        super().__init__(config, device)
+        self.others = nn.ModuleList()
+
+    @staticmethod
+    def of(models: Sequence[AdvancedNCF]) -> "LogitsAveraged":
+        first = models[0]
+        averaged = model_from_weights(first.config, first.state_dict(), next(first.parameters()).device, LogitsAveraged)
+        averaged.others.extend(models[1:])
+        return averaged.eval()
 
     def logits(self, batch, need_weights: bool = False):
         first, weights = super().logits(batch, need_weights)
         return torch.stack([first] + [m.logits(batch)[0] for m in self.others]).mean(0), weights
 
 
+def same_rows(a: ModelDir, b: ModelDir) -> bool:
+    """Whether two model directories' embedding rows stand for the same households and products."""
+    if a.rows_trained_before != b.rows_trained_before:
+        return False
+    rows_a, rows_b = a.trained_rows, b.trained_rows
+    if rows_a is None or rows_b is None:
+        return rows_a is rows_b
+    return all(np.array_equal(x, y) for x, y in zip(rows_a, rows_b))
+
+
 def averaged_ranker(models: Sequence[str], data: str, split: str) -> Tuple[Ranker, Period]:
     """One ranker whose model averages ``models``' logits, on the first one's rows and index."""
-    handles = [ModelDir(m) for m in models]
-    rows = [h.trained_rows for h in handles]
-    for handle, held in zip(handles[1:], rows[1:]):
-        same = handle.rows_trained_before == handles[0].rows_trained_before and (
-            (held is None and rows[0] is None)
-            or (held is not None and rows[0] is not None and all(np.array_equal(a, b) for a, b in zip(held, rows[0])))
-        )
-        if not same:
-            raise SystemExit(f"{handle.path}: its embedding rows are not {handles[0].path}'s: no logits to average")
+    first, *others = [ModelDir(m) for m in models]
+    for handle in others:
+        if not same_rows(first, handle):
+            raise SystemExit(f"{handle.path}: its embedding rows are not {first.path}'s: no logits to average")
     ranker, period = model_on_period(models[0], data, split)
-    averaged = LogitsAveraged([ranker.model] + [h.load_model() for h in handles[1:]])
-    return Ranker.of_model_dir(handles[0], ranker.state, model=averaged), period
+    averaged = LogitsAveraged.of([ranker.model] + [h.load_model() for h in others])
+    return Ranker.of_model_dir(first, ranker.state, model=averaged), period
 
 
 def model_frame(

@@ -204,7 +204,7 @@ def test_the_paired_bench_can_rank_by_the_seeds_averaged_logits(small_model_dir,
     with torch.no_grad():
         one, two = first.logits(batch)[0], second.logits(batch)[0]
         assert not torch.allclose(one, two)
-        assert torch.allclose(paired_differences.LogitsAveraged([first, second]).logits(batch)[0], (one + two) / 2)
+        assert torch.allclose(paired_differences.LogitsAveraged.of([first, second]).logits(batch)[0], (one + two) / 2)
     data, _ = small_data
     argv = ["--data", data, "--baselines", "popularity", "--resamples", "50"]
     alone = paired_differences.main([*argv, "--model", small_model_dir])[0]

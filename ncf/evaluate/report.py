@@ -159,6 +159,19 @@ def _product_label(ranker, product_ids: Sequence[int]) -> List[str]:
     ]
 
 
+def _first_reason_over_uniform(ranking, attended: np.ndarray) -> float:
+    """Mean over a ranking's recommendations of the first "because" product's weight against its
+    share under uniform weights over the ``attended`` places (a product bought twice among the
+    latest purchases holds two places: its uniform share is two)."""
+    leads = []
+    for because, null in zip(ranking.explanations, ranking.attention_null):
+        if because and 1.0 - null > 1e-6:  # all on the null slot: no share to compare
+            product, weight = because[0]
+            uniform_share = np.count_nonzero(attended == product) * (1.0 - null) / len(attended)
+            leads.append(weight / uniform_share)
+    return float(np.mean(leads))
+
+
 def explanation_stats(ranker, period: Period, users: np.ndarray, exclude_purchased: bool = False) -> Dict[str, float]:
     """How much the attention behind "because you bought" says: its mean entropy over the
     households' top 10 (against the entropy of uniform weights over the same histories), the
@@ -178,18 +191,7 @@ def explanation_stats(ranker, period: Period, users: np.ndarray, exclude_purchas
         attended = history[0][ranker.rows.product[history[0]] > 0]
         uniform.append(float(np.log(len(attended))))
         null.append(float(np.mean(ranking.attention_null)))
-        # A product bought twice among the latest purchases holds two places: its uniform share is two.
-        lead.append(
-            float(
-                np.mean(
-                    [
-                        because[0][1] * len(attended) / (np.count_nonzero(attended == because[0][0]) * (1.0 - z))
-                        for because, z in zip(ranking.explanations, ranking.attention_null)
-                        if because and 1.0 - z > 1e-6  # all on the null slot: no share to compare
-                    ]
-                )
-            )
-        )
+        lead.append(_first_reason_over_uniform(ranking, attended))
         firsts = {because[0][0] for because in ranking.explanations if because}
         differ.append(len(firsts) > 1)
     return {

@@ -242,15 +242,19 @@ class AdvancedNCF(nn.Module):
 
 
 def model_from_weights(
-    config: ModelConfig, weights: Dict[str, torch.Tensor], device: Optional[torch.device] = None
+    config: ModelConfig,
+    weights: Dict[str, torch.Tensor],
+    device: Optional[torch.device] = None,
+    model_class: type = AdvancedNCF,
 ) -> AdvancedNCF:
-    """An AdvancedNCF in eval mode whose tensors are ``weights`` themselves.
+    """An AdvancedNCF (or ``model_class``, a subclass) in eval mode whose tensors are ``weights``
+    themselves.
 
     The embedding tables are built on the meta device and the given tensors take their place: no
     random tables are initialised and no second copy is allocated to load into (at 10M
     households the tables are gigabytes, and the peak was twice that).
     """
-    model = AdvancedNCF(config, device=torch.device("meta"))
+    model = model_class(config, device=torch.device("meta"))
     model.load_state_dict(weights, assign=True)
     return model.to(device or torch.device("cpu")).eval()
 
