@@ -9,7 +9,9 @@ through the one ranking path: as it is, and with the attention shown no history 
 every household's history masked, so that each candidate attends to the null slot alone, as for
 a household without purchases). If the ranking barely moves, the "because you bought" weights
 explain an input the scores do not depend on. Beside it, the report's statistics of the weights
-(:func:`ncf.evaluate.report.explanation_stats`) over the first ``--explained`` households.
+(:func:`ncf.evaluate.report.explanation_stats`) over the first ``--explained`` households, and of
+the explanations the ranking does use (:mod:`ncf.rank.reasons`): the top 10's own products scored
+again without the household's purchases of them, then of their category.
 
 One JSON line per model: the two rankings' Recall@10 / NDCG@10, the paired difference (hidden
 minus as trained) with its standard error, the share of top-10 products that change, and the

@@ -79,9 +79,14 @@ class RankingOptions(_Strict):
     k: Annotated[int, Field(strict=True, ge=1, le=MAX_K, description="how many products")] = 10
     at: At = None
     exclude_purchased: Annotated[bool, Field(strict=True)] = False
-    explain: Annotated[bool, Field(strict=True, description="add the past purchases the attention weighted most")] = (
-        False
-    )
+    explain: Annotated[
+        bool,
+        Field(
+            strict=True,
+            description="add each product's reason (its purchase timing and its scores had the household never "
+            "bought it or its category) and the past purchases the attention weighted most",
+        ),
+    ] = False
 
 
 class RecommendRequest(RankingOptions):
@@ -103,9 +108,25 @@ class Because(BaseModel):
     weight: float
 
 
+class Reason(BaseModel):
+    """Why a product ranks where it does (ncf.rank.reasons): what the score owes to the household's
+    own purchases, measured by scoring it again without them."""
+
+    days_bought: int = Field(description="distinct days the household bought the product before at")
+    days_since_last: Optional[float] = Field(description="days since its last purchase; absent when never bought")
+    typical_gap_days: Optional[float] = Field(
+        description="mean days between its purchase days; absent when bought on fewer than 2 days"
+    )
+    score_if_never_bought: float = Field(description="the model's score had the household never bought it")
+    score_if_category_never_bought: float = Field(
+        description="the model's score had the household never bought anything in its category"
+    )
+
+
 class Item(BaseModel):
     product_id: Union[int, str]
     score: float
+    reason: Optional[Reason] = Field(None, description="with explain, for a household that is no cold start")
     because: Optional[List[Because]] = None
 
 

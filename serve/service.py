@@ -304,9 +304,12 @@ def _rehearse(recommender: Recommender) -> None:
 
 
 def recommendation(ranked: RankedItems) -> Dict:
-    """A household's ranking as the HTTP contract's ``Recommendation`` (``because`` only when
-    explained)."""
+    """A household's ranking as the HTTP contract's ``Recommendation`` (``reason`` and ``because``
+    only when explained; no ``reason`` for a cold start)."""
     items = [{"product_id": p, "score": s} for p, s in zip(ranked.product_ids, ranked.scores)]
+    if ranked.reasons is not None:
+        for item, reason in zip(items, ranked.reasons):
+            item["reason"] = reason.as_dict()
     if ranked.because is not None:
         for item, because in zip(items, ranked.because):
             item["because"] = [{"product_id": p, "weight": w} for p, w in because]

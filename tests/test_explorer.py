@@ -124,13 +124,14 @@ def test_the_page_and_its_files_are_served_with_a_strict_policy(server):
 
 
 def _rendered(page) -> list:
-    """(product id, score text, because text) of each rendered recommendation."""
+    """(product id, score text, because text, reason text) of each rendered recommendation."""
     return page.eval_on_selector_all(
         "#recommendations > li",
         """items => items.map(li => [
             li.dataset.productId,
             li.querySelector('.score').textContent,
-            (li.querySelector('.because') || {textContent: ''}).textContent])""",
+            (li.querySelector('.because') || {textContent: ''}).textContent,
+            (li.querySelector('.reason') || {textContent: ''}).textContent])""",
     )
 
 
@@ -171,9 +172,17 @@ def test_the_page_shows_the_households_recommendations(server, household, tmp_pa
             rendered = _rendered(page)
             assert [r[0] for r in rendered] == [str(i["product_id"]) for i in expected["items"]]
             assert [r[1] for r in rendered] == [f"score {i['score']:.4f}" for i in expected["items"]]
-            for (_, _, because), item in zip(rendered, expected["items"]):
+            for (_, _, because, reason), item in zip(rendered, expected["items"]):
                 assert because.startswith("because you bought ")
                 assert str(item["because"][0]["product_id"]) in because
+                why = item["reason"]
+                category_score = f"{why['score_if_category_never_bought']:.3f} had nothing in its category"
+                assert category_score in reason
+                if why["days_bought"]:
+                    assert reason.startswith(f"bought on {why['days_bought']} day")
+                    assert f"score {why['score_if_never_bought']:.3f} had it never been bought" in reason
+                else:
+                    assert reason.startswith("never bought")
             assert page.is_hidden("#cold-start")
             assert page.locator("#baskets-list > li").count() >= 1
             if os.environ.get(SCREENSHOT_ENV):

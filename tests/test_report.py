@@ -98,7 +98,7 @@ def test_explanations_are_past_purchases_weighted_by_the_models_attention(on_per
         ranking = ranker.rank([user], [at], k=5, explain=True)[0]
     finally:
         handle.remove()
-    weights = captured[-1]  # N candidates x L
+    weights = captured[0]  # N candidates x L (the ranking pass; the reasons' occluded passes follow)
     history, _ = ranker.state.states.timeline(user).history(np.array([at]), ranker.history_length)
     bought = set(history[0][history[0] > 0].tolist())
     places = history[0] > 0

@@ -15,6 +15,7 @@ from bench import feature_mlp, ranker_objectives
 from ncf.data import layout
 from ncf.data.examples import listed_rows
 from ncf.data.features import CATEGORY_HALF_LIVES, HALF_LIVES
+from ncf.data.timeline import UserTimeline
 from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.evaluate.baselines import OwnFrequencyRanker, PointInTime, PopularityRanker, top_k
 from ncf.evaluate.baselines.boosted import training_lists, training_rows
@@ -180,6 +181,62 @@ def test_explanations_name_distinct_products_the_model_attends_to(recommender):
         named = [p for p, _ in because]
         assert because and len(named) == len(set(named)) and history[0] not in named
         assert all(product_rows[named] > 0) and all(w > 0 for _, w in because)
+
+
+def test_reasons_are_the_purchase_timing_and_the_scores_without_those_purchases(recommender):
+    """Each explained product's reason: its distinct purchase days, days since the last one and
+    typical gap, counted here from the raw timeline, and the model's score for it on the
+    household's timeline without its purchases (then without its category's), scored one
+    product at a time: a reason assigned to the wrong product or computed on the wrong timeline
+    fails."""
+    at, model = recommender.default_at, recommender.ranker.model
+    # Own and popular candidates only, all of them returned.
+    settings = RankingSettings(12, 6, 0, 0, 0, 6)
+    ranker = Ranker(model, recommender.state, recommender.ranker.rows, settings)
+    catalog = ranker.state.catalog
+    users = ranker.state.states.users()[:8]
+    moments = np.full(len(users), at)
+    # With exclude_purchased, only products new to the households.
+    rankings = ranker.rank(users, moments, k=12, explain=True) + ranker.rank(users, moments, 12, True, explain=True)
+    repeats = explores = 0
+    for user, ranking in zip(np.tile(users, 2).tolist(), rankings):
+        assert not ranking.cold_start and len(ranking.reasons) == len(ranking.products)
+        timeline = ranker.state.states.timeline(user)
+        before = timeline.timestamps < at
+        for product, score, reason in zip(ranking.products.tolist(), ranking.scores, ranking.reasons):
+            bought = timeline.timestamps[before & (timeline.products == product)]
+            days = np.unique(bought // 86_400)
+            assert reason.days_bought == len(days)
+            if len(days):
+                repeats += 1
+                assert reason.days_since_last == pytest.approx((at - bought.max()) / 86_400)
+                expected_gap = (days[-1] - days[0]) / (len(days) - 1) if len(days) > 1 else None
+                assert reason.typical_gap_days == pytest.approx(expected_gap)
+            else:
+                explores += 1
+                assert reason.days_since_last is None and reason.typical_gap_days is None
+                # Nothing to remove: the occluded score is the score.
+                assert reason.score_if_never_bought == pytest.approx(float(score), abs=1e-6)
+            kept = timeline.products != product
+            # The unknown category 0 is no category: only the product itself is removed.
+            category = catalog.category[product]
+            in_category = (catalog.category[timeline.products] == category) & (category > 0)
+            for removed, expected in (
+                (kept, reason.score_if_never_bought),
+                (kept & ~in_category, reason.score_if_category_never_bought),
+            ):
+                alone = UserTimeline(timeline.products[removed], timeline.timestamps[removed])
+                occluded, _ = ranker.score(user, np.array([product]), at, timeline=alone)
+                assert expected == pytest.approx(float(occluded[0]), abs=1e-6)
+    assert repeats >= 8 and explores, (repeats, explores)
+
+
+def test_a_cold_start_has_no_reasons(recommender):
+    """No purchases before the moment: nothing to remove, no reason (the API leaves it out)."""
+    ranker, at = recommender.ranker, recommender.default_at
+    unknown = ranker.state.states.num_users  # outside the state
+    cold = ranker.rank([unknown], [at], k=5, explain=True)[0]
+    assert cold.cold_start and cold.reasons is None and cold.explanations is not None
 
 
 def test_attention_entropy_is_over_the_history_and_the_null_slot_is_apart():

@@ -118,7 +118,7 @@ def test_recommend_matches_the_scoring_core(server, recommender, users):
     assert [i["score"] for i in body["items"]] == pytest.approx([i["score"] for i in expected["items"]], abs=1e-5)
     # default_at=data-end in this deployment: the answer says which moment it ranked for
     assert body["at"].startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(recommender.default_at)))
-    assert "because" not in body["items"][0]
+    assert "because" not in body["items"][0] and "reason" not in body["items"][0]
 
 
 def test_at_changes_the_temporal_features(server, recommender, users):
@@ -169,10 +169,13 @@ def test_explain_names_weighted_past_purchases(server, recommender, users):
             recommender.state.states.timeline(int(recommender.vocabs.users.index_of([users[0]])[0])).products
         )
     )
-    for item in body["items"]:
+    ranked = recommender.rank([users[0]], 3, explain=True)[0]
+    for item, reason in zip(body["items"], ranked.reasons):
         assert item["because"], item
         assert {b["product_id"] for b in item["because"]} <= history
         assert all(0.0 <= b["weight"] <= 1.0 for b in item["because"])
+        # The reason as the recommender gives it; what is unknown (never bought) is left out.
+        assert item["reason"] == pytest.approx({k: v for k, v in reason.as_dict().items() if v is not None})
 
 
 def test_unknown_user_gets_the_cold_start_ranking(server, recommender):

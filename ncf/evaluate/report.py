@@ -182,6 +182,7 @@ def explanation_stats(ranker, period: Period, users: np.ndarray, exclude_purchas
     entropy, uniform, null, lead, differ = [], [], [], [], []
     at = np.array([period.first_visit[int(u)] for u in users], np.int64)
     rankings = ranker.rank(users, at, k=K, exclude_purchased=exclude_purchased, explain=True)
+    occlusion = _occlusion_stats(rankings)
     for u, moment, ranking in zip(users, at, rankings):
         if ranking.cold_start or not any(ranking.explanations or []):
             continue  # nothing the model attends to (no history, or all of it on the unknown row)
@@ -201,7 +202,42 @@ def explanation_stats(ranker, period: Period, users: np.ndarray, exclude_purchas
         "null_weight": float(np.mean(null)) if null else float("nan"),
         "first_reason_over_uniform": float(np.nanmean(lead)) if lead else float("nan"),
         "share_with_different_reasons": float(np.mean(differ)) if differ else float("nan"),
+        **occlusion,
     }
+
+
+def _occlusion_stats(rankings) -> Dict[str, float]:
+    """What the top 10's scores owe to the households' own purchases (:mod:`ncf.rank.reasons`):
+    the share of recommended products the household bought before, their mean score, that score
+    had the household never bought them, or nothing in their category, and the share of them
+    whose score more than halves without their purchases."""
+    reasons = [(score, reason) for r in rankings if r.reasons for score, reason in zip(r.scores, r.reasons)]
+    repeats = [(score, reason) for score, reason in reasons if reason.days_bought]
+
+    def mean(values) -> float:
+        return float(np.mean(values)) if len(values) else float("nan")
+
+    return {
+        "reasons": len(reasons),
+        "repeat_share": mean([bool(reason.days_bought) for _, reason in reasons]),
+        "repeat_score": mean([float(score) for score, _ in repeats]),
+        "repeat_score_if_never_bought": mean([reason.score_if_never_bought for _, reason in repeats]),
+        "repeat_score_if_category_never_bought": mean([reason.score_if_category_never_bought for _, reason in repeats]),
+        "repeat_score_halved_share": mean([reason.score_if_never_bought < score / 2 for score, reason in repeats]),
+    }
+
+
+def _timing_text(reason) -> str:
+    """A recommendation's purchase timing and occluded score, for the households' lists."""
+    if reason is None:
+        return ""
+    if not reason.days_bought:
+        return f"never bought (score {reason.score_if_category_never_bought:.3f} without its category); "
+    gap = f", every {reason.typical_gap_days:.0f} days" if reason.typical_gap_days is not None else ""
+    return (
+        f"bought on {reason.days_bought} days, last {reason.days_since_last:.0f} days ago{gap}; "
+        f"score {reason.score_if_never_bought:.3f} had it never been bought; "
+    )
 
 
 def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8, exclude_purchased: bool = False) -> str:
@@ -217,7 +253,10 @@ def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8, 
         ranking = ranker.rank([u], [at], k=K, exclude_purchased=exclude_purchased, explain=True)[0]
         hits = set(period.truth[u].tolist())
         recs = []
-        for product, score, because in zip(ranking.products, ranking.scores, ranking.explanations or [[]] * K):
+        timings = ranking.reasons or [None] * len(ranking.products)
+        for product, score, because, timing in zip(
+            ranking.products, ranking.scores, ranking.explanations or [[]] * K, timings
+        ):
             reason = ", ".join(
                 f"{html.escape(str(p))} ({w:.2f})"
                 for p, w in zip(vocabs.products.raw_of([b for b, _ in because]), [w for _, w in because])
@@ -225,7 +264,8 @@ def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8, 
             mark = " &#10003;" if int(product) in hits else ""
             recs.append(
                 f"<li>{_product_label(ranker, [int(product)])[0]} "
-                f"<b>{score:.3f}</b>{mark}<br><small>because: {reason or 'no history'}</small></li>"
+                f"<b>{score:.3f}</b>{mark}<br><small>{_timing_text(timing)}because: {reason or 'no history'}"
+                "</small></li>"
             )
         raw_user = vocabs.users.raw_of([u])[0]
         parts.append(
@@ -334,6 +374,15 @@ def write_report(
         f"{100 * explained['share_with_different_reasons']:.0f}% (where the weights are near uniform, "
         "a rounding can decide which). <code>python -m bench.attention_effect</code> measures what the "
         "ranking loses when the attention is shown no history.</p>"
+        "<h2>What the scores owe to the households' purchases</h2><p>Each recommendation scored again "
+        "with the household's purchases of it removed, then with its purchases in the product's "
+        f"category removed (the API's <code>reason</code>): of the {explained['reasons']} recommendations, "
+        f"{100 * explained['repeat_share']:.0f}% are products the household bought before; they score "
+        f"{explained['repeat_score']:.3f} on average, {explained['repeat_score_if_never_bought']:.3f} had "
+        "the household never bought them, and "
+        f"{explained['repeat_score_if_category_never_bought']:.3f} had it bought nothing in their category; "
+        f"{100 * explained['repeat_score_halved_share']:.0f}% of them lose more than half their score without "
+        "their own purchases.</p>"
     )
     sections.append(
         "<h2>Households</h2>" + households_html(ranker, period, users[:households], exclude_purchased=exclude_purchased)

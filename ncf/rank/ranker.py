@@ -31,6 +31,7 @@ from ncf.model.ann import ProductIndex
 from ncf.model.batch import Batch
 from ncf.model.directory import ModelDir
 from ncf.rank.candidates import CandidateGenerator, RankingSettings
+from ncf.rank.reasons import Reason, purchase_facts, without_category, without_product
 from ncf.rank.state import EmbeddingRows, RankingState
 
 CHUNK_USERS = 32  # households per model call: the per-call overheads amortised, memory small
@@ -50,6 +51,9 @@ class Ranking:
     # (the weights renormalised over the history), and the weight on the attention's null slot.
     attention_entropy: Optional[np.ndarray] = None
     attention_null: Optional[np.ndarray] = None
+    # For each ranked product, when explained and the household is not a cold start: its purchase
+    # timing and its scores had the household never bought it or its category (ncf.rank.reasons).
+    reasons: Optional[List[Reason]] = None
 
 
 @dataclass
@@ -167,7 +171,10 @@ class Ranker:
             chunk = slice(start, start + (1 if brute_force else CHUNK_USERS))
             questions = self._questions(users[chunk], at[chunk], exclude_purchased, brute_force)
             logits, weights = self._score(questions, explain)
-            rankings += self._top(questions, logits, weights, k, explain_top)
+            ranked = self._top(questions, logits, weights, k, explain_top)
+            if explain:
+                self._add_reasons(questions, ranked)
+            rankings += ranked
         return rankings
 
     def inputs(self, user: int, at: int, products: np.ndarray) -> Batch:
@@ -175,26 +182,55 @@ class Ranker:
         feeds the model; tests compare it with the training lists)."""
         return self._batch([self._given(user, at, products)])
 
-    def score(self, user: int, products: np.ndarray, at: int, logits: bool = False) -> Tuple[np.ndarray, bool]:
+    def score(
+        self, user: int, products: np.ndarray, at: int, logits: bool = False, timeline: Optional[UserTimeline] = None
+    ) -> Tuple[np.ndarray, bool]:
         """Probabilities that the household buys each of ``products`` (state indices) within the
         horizon after ``at`` (with ``logits``, the logits they come from, which keep the order
-        float32's sigmoid loses above about 17), and whether it is a cold start."""
-        question = self._given(user, at, products)
+        float32's sigmoid loses above about 17), and whether it is a cold start. With
+        ``timeline``, as if the household's purchases were those instead of the state's (what
+        the explanations' occlusion asks, :mod:`ncf.rank.reasons`)."""
+        question = self._given(user, at, products, timeline)
         raw, _ = self._score([question], False)
         return (raw if logits else self._probabilities(raw)), question.cold_start
 
     # -- the path --------------------------------------------------------------------------------
 
-    def _given(self, user: int, at: int, products) -> _Question:
-        """A question over given products (no first stage)."""
+    def _given(self, user: int, at: int, products, timeline: Optional[UserTimeline] = None) -> _Question:
+        """A question over given products (no first stage), on the state's timeline of the
+        household unless ``timeline``."""
         products = np.asarray(products, np.int64)
-        return _Question(user, at, products, self._is_cold(user, at), self.state.states.timeline(user))
+        timeline = self.state.states.timeline(user) if timeline is None else timeline
+        return _Question(user, at, products, self._is_cold(user, at, timeline), timeline)
 
-    def _is_cold(self, user: int, at: int) -> bool:
-        return (
-            not (0 < user < self.state.states.num_users)
-            or self.state.states.timeline(user).count_before(np.array([at]))[0] == 0
-        )
+    def _add_reasons(self, questions: List[_Question], rankings: List[Ranking]) -> None:
+        """Each warm ranking's :class:`Reason` per product: two occluded questions a product (the
+        household's timeline without its purchases of the product, then of its category), each
+        over that product alone, scored through :meth:`_score` like any other question."""
+        catalog = self.state.catalog
+        occluded = []
+        for q, ranking in zip(questions, rankings):
+            if q.cold_start:
+                continue
+            for product in ranking.products.tolist():
+                for timeline in (without_product(q.timeline, product), without_category(q.timeline, product, catalog)):
+                    occluded.append(self._given(q.user, q.at, [product], timeline))
+        if not occluded:
+            return
+        step = CHUNK_USERS * 8  # one candidate each: more questions a model call
+        logits = np.concatenate([self._score(occluded[i : i + step], False)[0] for i in range(0, len(occluded), step)])
+        scores = iter(self._probabilities(logits).astype(float).tolist())
+        for q, ranking in zip(questions, rankings):
+            if q.cold_start:
+                continue
+            ranking.reasons = [
+                Reason(*purchase_facts(q.timeline, product, q.at), next(scores), next(scores))
+                for product in ranking.products.tolist()
+            ]
+
+    def _is_cold(self, user: int, at: int, timeline: Optional[UserTimeline] = None) -> bool:
+        timeline = self.state.states.timeline(user) if timeline is None else timeline
+        return not (0 < user < self.state.states.num_users) or timeline.count_before(np.array([at]))[0] == 0
 
     def _questions(self, users: np.ndarray, at: np.ndarray, exclude: bool, brute_force: bool) -> List[_Question]:
         cold = np.array([self._is_cold(int(u), int(a)) for u, a in zip(users, at)], bool)

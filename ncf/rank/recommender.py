@@ -28,6 +28,7 @@ from ncf.model.directory import ModelDir
 from ncf.moments import as_datetime, day_of, first_rankable, run_date_of, to_epoch_seconds
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import Ranker, Ranking
+from ncf.rank.reasons import Reason
 from ncf.rank.state import RankingState, check_catalog
 
 AS_OF_DAYS = 4  # past days whose product stats a recommender keeps (each a pass over the purchases)
@@ -44,6 +45,9 @@ class RankedItems:
     scores: List[float]
     # With explanations: for each product, the (raw product id, weight) past purchases behind it.
     because: Optional[List[List[Tuple[object, float]]]] = None
+    # With explanations, for a household that is no cold start: each product's purchase timing and
+    # its scores had the household never bought it or its category (ncf.rank.reasons.Reason).
+    reasons: Optional[List[Reason]] = None
 
 
 class BeforeTheData(ValueError):
@@ -233,4 +237,5 @@ class Recommender:
                 list(zip(self.vocabs.products.raw_of([p for p, _ in pairs]), [w for _, w in pairs]))
                 for pairs in ranking.explanations
             ]
-        return RankedItems(user_id, at, ranking.cold_start, raw, ranking.scores.astype(float).tolist(), because)
+        scores = ranking.scores.astype(float).tolist()
+        return RankedItems(user_id, at, ranking.cold_start, raw, scores, because, ranking.reasons)

@@ -133,6 +133,7 @@
         line.append(element("span", item.product_id, "product-id"));
         line.append(element("span", labelOf(labels, item.product_id), "labels"));
         line.append(element("span", `score ${Number(item.score).toFixed(4)}`, "score"));
+        if (item.reason) line.append(element("div", reasonText(item.reason), "reason"));
         if (item.because && item.because.length) {
           const reasons = item.because
             .map((b) => {
@@ -145,6 +146,17 @@
         return line;
       }),
     );
+  }
+
+  // What the score owes to the household's own purchases (the API's `reason`).
+  function reasonText(reason) {
+    const days = (d) => `${Number(d).toFixed(d < 10 ? 1 : 0)} days`;
+    const habit = reason.days_bought
+      ? `bought on ${reason.days_bought} day${reason.days_bought > 1 ? "s" : ""}, last ${days(reason.days_since_last)} ago` +
+        (reason.typical_gap_days != null ? `, every ${days(reason.typical_gap_days)} on average` : "") +
+        `; score ${Number(reason.score_if_never_bought).toFixed(3)} had it never been bought`
+      : "never bought";
+    return `${habit}; ${Number(reason.score_if_category_never_bought).toFixed(3)} had nothing in its category been bought`;
   }
 
   // Product labels for every id shown, in one request (empty when it fails: ids still show).
