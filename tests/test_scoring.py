@@ -239,6 +239,20 @@ def test_a_cold_start_has_no_reasons(recommender):
     assert cold.cold_start and cold.reasons is None and cold.explanations is not None
 
 
+def test_a_model_without_attention_explains_with_reasons_alone(small_data, tmp_path):
+    """No attention, no weights to show (no ``because``), but the reasons come from the scores."""
+    from conftest import SMALL_MODEL
+
+    from ncf.model.directory import save_untrained_model_dir
+
+    data = small_data[0]
+    model = save_untrained_model_dir(str(tmp_path / "m"), data, version="v1", **SMALL_MODEL, use_attention=False)
+    recommender = Recommender.load(model, data=data)
+    user = recommender.vocabs.users.raw_of(recommender.state.states.users()[:1])[0]
+    ranked = recommender.rank([user], k=4, explain=True)[0]
+    assert ranked.because is None and len(ranked.reasons) == len(ranked.product_ids) == 4
+
+
 def test_attention_entropy_is_over_the_history_and_the_null_slot_is_apart():
     """Old code: the entropy of weights without the null slot's share, which do not sum to 1,
     set against log(n) of uniform weights that do."""
