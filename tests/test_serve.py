@@ -18,7 +18,7 @@ from helpers import free_port, sealed_copy, without_data_end
 from ncf.errors import InputError
 from ncf.moments import first_rankable, run_date_of
 from ncf.rank.recommender import BeforeTheData
-from serve.api import MAX_BATCH_USERS, MAX_BODY_BYTES, MAX_K, MAX_PRODUCT_IDS
+from serve.api import MAX_BATCH_USERS, MAX_BODY_BYTES, MAX_EXPLAINED_ITEMS, MAX_K, MAX_PRODUCT_IDS
 from serve.app import build_app
 from serve.launch import start, wait_until_healthy
 from serve.service import ModelService, ServeSettings
@@ -279,6 +279,11 @@ BAD_REQUESTS = {
     "at epoch out of range": ("/recommend", {"user_id": 1, "at": 10**30}, 422),
     "batch empty": ("/recommend/batch", {"user_ids": []}, 422),
     "batch too large": ("/recommend/batch", {"user_ids": list(range(MAX_BATCH_USERS + 1))}, 422),
+    "batch explaining too many items": (
+        "/recommend/batch",
+        {"user_ids": list(range(MAX_EXPLAINED_ITEMS // 50 + 1)), "k": 50, "explain": True},
+        422,
+    ),
     "score no products": ("/score", {"user_id": 1, "product_ids": []}, 422),
     "score too many products": ("/score", {"user_id": 1, "product_ids": list(range(MAX_PRODUCT_IDS + 1))}, 422),
     "body too large": ("/recommend/batch", {"user_ids": ["x" * 100] * 1000}, 413),
