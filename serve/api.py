@@ -135,9 +135,9 @@ class Reason(BaseModel):
     own purchases, measured by scoring it again without them."""
 
     days_bought: int = Field(description="distinct days the household bought the product before at")
-    days_since_last: Optional[float] = Field(description="days since its last purchase; absent when never bought")
+    days_since_last: Optional[float] = Field(None, description="days since its last purchase; absent when never bought")
     typical_gap_days: Optional[float] = Field(
-        description="mean days between its purchase days; absent when bought on fewer than 2 days"
+        None, description="mean days between its purchase days; absent when bought on fewer than 2 days"
     )
     score_if_never_bought: float = Field(description="the model's score had the household never bought it")
     score_if_category_never_bought: float = Field(

@@ -199,6 +199,7 @@ def test_reasons_are_the_purchase_timing_and_the_scores_without_those_purchases(
     # With exclude_purchased, only products new to the households.
     rankings = ranker.rank(users, moments, k=12, explain=True) + ranker.rank(users, moments, 12, True, explain=True)
     repeats = explores = 0
+    moved = []  # how far a repeat's score moves without its purchases
     for user, ranking in zip(np.tile(users, 2).tolist(), rankings):
         assert not ranking.cold_start and len(ranking.reasons) == len(ranking.products)
         timeline = ranker.state.states.timeline(user)
@@ -209,6 +210,7 @@ def test_reasons_are_the_purchase_timing_and_the_scores_without_those_purchases(
             assert reason.days_bought == len(days)
             if len(days):
                 repeats += 1
+                moved.append(abs(float(score) - reason.score_if_never_bought))
                 assert reason.days_since_last == pytest.approx((at - bought.max()) / 86_400)
                 expected_gap = (days[-1] - days[0]) / (len(days) - 1) if len(days) > 1 else None
                 assert reason.typical_gap_days == pytest.approx(expected_gap)
@@ -229,6 +231,25 @@ def test_reasons_are_the_purchase_timing_and_the_scores_without_those_purchases(
                 occluded, _ = ranker.score(user, np.array([product]), at, timeline=alone)
                 assert expected == pytest.approx(float(occluded[0]), abs=1e-6)
     assert repeats >= 8 and explores, (repeats, explores)
+    # Even untrained weights read the timing features: a timeline that were not occluded would
+    # leave every score where it is (and the comparison above would still hold).
+    assert max(moved) > 1e-4, max(moved)
+
+
+def test_a_household_occluded_down_to_nothing_is_scored_as_a_cold_start(recommender):
+    """Occlusion can leave a household no purchase before the moment (all it bought was the
+    product, or its category): it is then scored as any household without purchases, from the
+    model's unknown row, not from its own row beside empty features."""
+    ranker, at = recommender.ranker, recommender.default_at
+    user = int(ranker.state.states.users()[0])
+    products = ranker.state.states.timeline(user).products[:3]
+    nothing = UserTimeline(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    occluded, cold = ranker.score(user, products, at, timeline=nothing, logits=True)
+    unknown, unknown_cold = ranker.score(ranker.state.states.num_users, products, at, logits=True)
+    assert cold and unknown_cold
+    np.testing.assert_allclose(occluded, unknown, rtol=0, atol=1e-6)
+    own, _ = ranker.score(user, products, at, logits=True)
+    assert not np.allclose(own, occluded, rtol=0, atol=1e-6)
 
 
 def test_a_cold_start_has_no_reasons(recommender):

@@ -178,6 +178,25 @@ def test_explain_names_weighted_past_purchases(server, recommender, users):
         assert item["reason"] == pytest.approx({k: v for k, v in reason.as_dict().items() if v is not None})
 
 
+def test_an_explained_never_bought_product_leaves_its_timing_out(server, users):
+    from serve.api import RecommendResponse
+
+    body = post(f"{server}/recommend", {"user_id": users[0], "k": 3, "exclude_purchased": True, "explain": True}).json()
+    RecommendResponse.model_validate(body)  # the answer is what the OpenAPI schema says
+    for item in body["items"]:
+        assert item["reason"]["days_bought"] == 0
+        assert set(item["reason"]) == {"days_bought", "score_if_never_bought", "score_if_category_never_bought"}
+        assert item["reason"]["score_if_never_bought"] == pytest.approx(item["score"], abs=1e-6)
+
+
+def test_an_explained_batch_is_bounded_by_its_items(server, users):
+    per_user = MAX_EXPLAINED_ITEMS // 50
+    at_limit = post(f"{server}/recommend/batch", {"user_ids": [users[0]] * per_user, "k": 50, "explain": True})
+    assert at_limit.status_code == 200 and len(at_limit.json()["results"]) == per_user
+    over = post(f"{server}/recommend/batch", {"user_ids": [users[0]] * (per_user + 1), "k": 50, "explain": True})
+    assert over.status_code == 422 and str(MAX_EXPLAINED_ITEMS) in over.json()["error"]
+
+
 def test_unknown_user_gets_the_cold_start_ranking(server, recommender):
     # 18:00 three weeks before the data's end: the products bought most at that hour until that day.
     day = (recommender.default_at - 21 * 86_400) // 86_400 * 86_400

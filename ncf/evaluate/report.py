@@ -227,8 +227,8 @@ def _occlusion_stats(rankings) -> Dict[str, float]:
     }
 
 
-def _timing_text(reason) -> str:
-    """A recommendation's purchase timing and occluded score, for the households' lists."""
+def _reason_text(reason) -> str:
+    """A recommendation's purchase timing and occluded scores, for the households' lists."""
     if reason is None:
         return ""
     if not reason.days_bought:
@@ -253,18 +253,18 @@ def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8, 
         ranking = ranker.rank([u], [at], k=K, exclude_purchased=exclude_purchased, explain=True)[0]
         hits = set(period.truth[u].tolist())
         recs = []
-        timings = ranking.reasons or [None] * len(ranking.products)
-        for product, score, because, timing in zip(
-            ranking.products, ranking.scores, ranking.explanations or [[]] * K, timings
+        reasons = ranking.reasons or [None] * len(ranking.products)
+        for product, score, because, reason in zip(
+            ranking.products, ranking.scores, ranking.explanations or [[]] * K, reasons
         ):
-            reason = ", ".join(
+            because_text = ", ".join(
                 f"{html.escape(str(p))} ({w:.2f})"
                 for p, w in zip(vocabs.products.raw_of([b for b, _ in because]), [w for _, w in because])
             )
             mark = " &#10003;" if int(product) in hits else ""
             recs.append(
                 f"<li>{_product_label(ranker, [int(product)])[0]} "
-                f"<b>{score:.3f}</b>{mark}<br><small>{_timing_text(timing)}because: {reason or 'no history'}"
+                f"<b>{score:.3f}</b>{mark}<br><small>{_reason_text(reason)}because: {because_text or 'no history'}"
                 "</small></li>"
             )
         raw_user = vocabs.users.raw_of([u])[0]

@@ -17,9 +17,10 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -208,23 +209,26 @@ class Ranker:
         household's timeline without its purchases of the product, then of its category), each
         over that product alone, scored through :meth:`_score` like any other question."""
         catalog = self.state.catalog
-        occluded = []
-        for q, ranking in zip(questions, rankings):
-            if q.cold_start:
-                continue
-            for product in ranking.products.tolist():
-                for timeline in (without_product(q.timeline, product), without_category(q.timeline, product, catalog)):
-                    occluded.append(self._given(q.user, q.at, [product], timeline))
-        if not occluded:
-            return
-        step = CHUNK_USERS * 8  # one candidate each: more questions a model call
-        logits = np.concatenate([self._score(occluded[i : i + step], False)[0] for i in range(0, len(occluded), step)])
-        scores = iter(self._probabilities(logits).astype(float).tolist())
-        for q, ranking in zip(questions, rankings):
-            if q.cold_start:
-                continue
+        warm = [(q, ranking) for q, ranking in zip(questions, rankings) if not q.cold_start]
+
+        def occluded() -> Iterator[_Question]:
+            for q, ranking in warm:
+                for product in ranking.products.tolist():
+                    yield self._given(q.user, q.at, [product], without_product(q.timeline, product))
+                    yield self._given(q.user, q.at, [product], without_category(q.timeline, product, catalog))
+
+        # Built a model call at a time: each holds its own copy of a household's purchases.
+        step, pending, scores = CHUNK_USERS * 8, occluded(), []
+        while chunk := list(itertools.islice(pending, step)):
+            scores += self._probabilities(self._score(chunk, False)[0]).astype(float).tolist()
+        in_order = iter(scores)
+        for q, ranking in warm:
             ranking.reasons = [
-                Reason(*purchase_facts(q.timeline, product, q.at), next(scores), next(scores))
+                Reason(
+                    *purchase_facts(q.timeline, product, q.at),
+                    score_if_never_bought=next(in_order),
+                    score_if_category_never_bought=next(in_order),
+                )
                 for product in ranking.products.tolist()
             ]
 

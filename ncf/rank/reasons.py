@@ -9,6 +9,12 @@ model's probability for the product had the household never bought it, and had i
 anything in the product's category, each scored through the one ranking path (the same feature
 function, the same model) on the household's timeline without those purchases.
 
+The household keeps its own trained row, which training fitted to its purchases then: the
+occlusion takes the purchases out of what the model reads at ranking time (the timing features,
+the history, the candidates' neighbour scores), not out of the weights. A household left with no
+purchase before the moment is a cold start, as any such household, and is scored with the
+model's unknown household row.
+
 Example::
 
     ranking = ranker.rank([user], [at], k=10, explain=True)[0]
