@@ -9,7 +9,7 @@ through the one ranking path: as it is, and with the attention shown no history 
 every household's history masked, so that each candidate attends to the null slot alone, as for
 a household without purchases). If the ranking barely moves, the "because you bought" weights
 explain an input the scores do not depend on. Beside it, the report's statistics of the weights
-(:func:`ncf.evaluate.report.explanation_stats`) over the first ``--explained`` households, and of
+(:func:`ncf.evaluate.report.explanation_stats`) over a seeded sample of ``--explained`` households, and of
 the explanations the ranking does use (:mod:`ncf.rank.reasons`): the top 10's own products scored
 again without the household's purchases of them, then of their category.
 
@@ -30,7 +30,7 @@ import torch
 
 from ncf.evaluate.evaluation import model_on_period
 from ncf.evaluate.metrics import paired_difference
-from ncf.evaluate.protocol import PAIRED, K, model_fns, per_user_ranking
+from ncf.evaluate.protocol import PAIRED, K, model_fns, per_user_ranking, sample_users
 from ncf.evaluate.report import explanation_stats
 from ncf.model.advanced_ncf import AdvancedNCF, model_from_weights
 from ncf.model.batch import Batch
@@ -82,7 +82,8 @@ def measure(model_dir: str, data: str, split: str, explained: int) -> Dict:
         row[f"{m}_hidden_minus_trained"] = round(difference, 4)
         row[f"{m}_hidden_minus_trained_se"] = round(se, 4)
     row["top10_changed_share"] = round(float(np.mean(changed)), 4)
-    stats = explanation_stats(ranker, period, users[:explained])
+    # A seeded sample: households are indexed by their purchases, so the first ones are the most active.
+    stats = explanation_stats(ranker, period, sample_users(users, explained, seed=0))
     stats["explained_households"] = stats.pop("households")
     row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()})
     return row
@@ -109,7 +110,9 @@ def main(argv=None) -> List[Dict]:
     p.add_argument("--data", required=True, help="a preprocessed DATA directory")
     p.add_argument("--model", action="append", required=True, help="a validated model directory (repeat for seeds)")
     p.add_argument("--split", default=TEST, help="the held-out period (default: test)")
-    p.add_argument("--explained", type=int, default=500, help="households whose attention weights are summarised")
+    p.add_argument(
+        "--explained", type=int, default=500, help="households (a seeded sample) whose explanations are summarised"
+    )
     args = p.parse_args(argv)
     return run(args.data, args.model, args.split, args.explained)
 
