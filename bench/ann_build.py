@@ -46,8 +46,8 @@ def recall(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(f, e)) / e.shape[0] for f, e in zip(found, exact)]))
 
 
-def search_ms(index: ann.ProductIndex, asked: np.ndarray, width: int, allowed: np.ndarray, passes: int = 3):
-    """(rows found, milliseconds per query on one thread: the fastest of ``passes``)."""
+def search_ms(index: ann.ProductIndex, asked: np.ndarray, width: int, allowed: np.ndarray, depth: int, passes: int = 3):
+    """(rows found at efSearch ``depth``, milliseconds per query on one thread: the fastest of ``passes``)."""
     import faiss
 
     threads = faiss.omp_get_max_threads()
@@ -56,7 +56,7 @@ def search_ms(index: ann.ProductIndex, asked: np.ndarray, width: int, allowed: n
         best = np.inf
         for _ in range(passes):
             started = time.perf_counter()
-            found = index.search(asked, width, allowed)
+            found = index.search(asked, width, allowed, depth)
             best = min(best, time.perf_counter() - started)
     finally:
         faiss.omp_set_num_threads(threads)
@@ -80,33 +80,27 @@ def run(
     allowed = np.ones(len(products), bool)
     allowed[0] = False
     rows = []
-    defaults = ann.BUILD_DEPTH, ann.SEARCH_DEPTH
-    try:
-        for depth in depths:
-            ann.BUILD_DEPTH = depth
-            started = time.perf_counter()
-            index = ann.ProductIndex.build(weights)
-            seconds = time.perf_counter() - started
-            for search in search_depths:
-                ann.SEARCH_DEPTH = search
-                found, ms = search_ms(index, asked, width, allowed)
-                row = {
-                    "benchmark": "ann_build",
-                    "model": os.path.abspath(model),
-                    "products": len(products) - 1,
-                    "M": ann.NEIGHBOURS,
-                    "efConstruction": depth,
-                    "efSearch": max(search, width),
-                    "width": width,
-                    "queries": len(asked),
-                    "build_seconds": round(seconds, 1),
-                    f"recall@{width}": round(recall(found, exact), 4),
-                    "search_ms_per_query": round(ms, 5),
-                }
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-    finally:
-        ann.BUILD_DEPTH, ann.SEARCH_DEPTH = defaults
+    for depth in depths:
+        started = time.perf_counter()
+        index = ann.ProductIndex.build(weights, depth)
+        seconds = time.perf_counter() - started
+        for search in search_depths:
+            found, ms = search_ms(index, asked, width, allowed, search)
+            row = {
+                "benchmark": "ann_build",
+                "model": os.path.abspath(model),
+                "products": len(products) - 1,
+                "M": ann.NEIGHBOURS,
+                "efConstruction": depth,
+                "efSearch": max(search, width),
+                "width": width,
+                "queries": len(asked),
+                "build_seconds": round(seconds, 1),
+                f"recall@{width}": round(recall(found, exact), 4),
+                "search_ms_per_query": round(ms, 5),
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     return rows
 
 

@@ -136,20 +136,17 @@ def with_index_depth(model: str, data: str, depth: int) -> str:
         return output
     handle = ModelDir(model)
     weights = torch.load(os.path.join(model, WEIGHTS), weights_only=True, map_location="cpu")
-    default, ann.BUILD_DEPTH = ann.BUILD_DEPTH, depth
-    try:
-        save_model_dir(
-            output,
-            weights,
-            ModelConfig.from_dict(handle.config["model"]),
-            data,
-            handle.trained_through,
-            run=handle.config["run"],
-            version=f"{handle.version}-ef{depth}",
-            rows_trained_before=handle.rows_trained_before,
-        )
-    finally:
-        ann.BUILD_DEPTH = default
+    save_model_dir(
+        output,
+        weights,
+        ModelConfig.from_dict(handle.config["model"]),
+        data,
+        handle.trained_through,
+        run=handle.config["run"],
+        version=f"{handle.version}-ef{depth}",
+        rows_trained_before=handle.rows_trained_before,
+        index_depth=depth,
+    )
     return output
 
 

@@ -66,7 +66,7 @@ class ProductIndex:
     """An HNSW index over every product-table row's folded MF vector; ids are the rows."""
 
     def __init__(self, index) -> None:
-        self.index = index  # searched with SEARCH_DEPTH (or the width asked, if more): see search
+        self.index = index
 
     @property
     def rows(self) -> int:
@@ -78,14 +78,15 @@ class ProductIndex:
         return int(self.index.d) - 1
 
     @staticmethod
-    def build(weights: Dict[str, torch.Tensor]) -> "ProductIndex":
+    def build(weights: Dict[str, torch.Tensor], depth: int = BUILD_DEPTH) -> "ProductIndex":
+        """The index of ``weights``' MF products, built at efConstruction ``depth``."""
         import faiss
 
         vectors = product_vectors(weights)
         norms = np.linalg.norm(vectors, axis=1)
         lift = np.sqrt(np.maximum(norms.max() ** 2 - norms**2, 0.0))[:, None]
         index = faiss.IndexHNSWFlat(vectors.shape[1] + 1, NEIGHBOURS, faiss.METRIC_L2)
-        index.hnsw.efConstruction = BUILD_DEPTH
+        index.hnsw.efConstruction = depth
         index.add(np.hstack([vectors, lift]).astype(np.float32))
         return ProductIndex(index)
 
@@ -101,14 +102,15 @@ class ProductIndex:
 
         faiss.write_index(self.index, path)
 
-    def search(self, vectors: np.ndarray, width: int, allowed: np.ndarray) -> np.ndarray:
+    def search(self, vectors: np.ndarray, width: int, allowed: np.ndarray, depth: int = SEARCH_DEPTH) -> np.ndarray:
         """U x width rows, best first, among the rows where ``allowed`` (a boolean mask over the
-        table's rows) is true; -1 where fewer than ``width`` rows are allowed."""
+        table's rows) is true; -1 where fewer than ``width`` rows are allowed. Searched at efSearch
+        ``depth``, or ``width`` if more."""
         import faiss
 
         bitmap = np.packbits(allowed.astype(np.uint8), bitorder="little")
         selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
-        params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(SEARCH_DEPTH, width))
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(depth, width))
         queries = np.hstack([vectors, np.zeros((len(vectors), 1))]).astype(np.float32)
         _, found = self.index.search(queries, width, params=params)
         return found

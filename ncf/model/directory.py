@@ -44,7 +44,7 @@ from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
 from ncf.jsonio import write_json
 from ncf.model.advanced_ncf import AdvancedNCF, model_from_weights
-from ncf.model.ann import MF_CANDIDATES, ProductIndex, has_mf, index_path, load_if_present, needed
+from ncf.model.ann import BUILD_DEPTH, MF_CANDIDATES, ProductIndex, has_mf, index_path, load_if_present, needed
 from ncf.model.config import ModelConfig
 from ncf.model.files import (  # noqa: F401 (re-exported: the names callers know)
     CONFIG,
@@ -83,6 +83,7 @@ def save_model_dir(
     overwrite: bool = False,
     rows_trained_before: Optional[int] = None,
     vocab_sha256: Optional[str] = None,
+    index_depth: int = BUILD_DEPTH,
 ) -> str:
     """Writes a complete model directory beside ``output`` and swaps it in (:func:`ncf.staging.replacing`).
 
@@ -102,6 +103,7 @@ def save_model_dir(
         vocab_sha256: :func:`ncf.model.integrity.vocab_digest` of the vocabularies the weights
             were trained on; the save is refused when DATA's differ by now (preprocessed again
             into the same directory while training ran). Recorded in ``config.json`` either way.
+        index_depth: efConstruction of the MF index, when one is saved (benchmarks compare depths).
 
     A ``validated`` or ``refit`` run also records which rows its lists held
     (:func:`ncf.data.examples.listed_rows`): the others were never trained either and rank
@@ -121,7 +123,7 @@ def save_model_dir(
             )
         width = (ranking or {}).get("mf_candidates", MF_CANDIDATES)
         if has_mf(weights) and needed(model_config.num_users, min(width, model_config.num_products - 1)):
-            _save_index(weights, model_config.num_products, tmp)
+            _save_index(weights, model_config.num_products, tmp, index_depth)
         listed = _listed_rows(data, stats, run, model_config)
         if listed is not None:
             np.save(os.path.join(tmp, TRAINED_USERS), listed[0])
@@ -144,12 +146,12 @@ def save_model_dir(
     return output
 
 
-def _save_index(weights: Dict[str, torch.Tensor], products: int, directory: str) -> None:
+def _save_index(weights: Dict[str, torch.Tensor], products: int, directory: str, depth: int) -> None:
     """The MF products' HNSW index, said on the console: at a million products it takes minutes
     (143 s on 2 cores), most of a model directory's save."""
     print(f"[model] building the MF products' HNSW index ({products - 1:,} products)", flush=True)
     started = time.time()
-    ProductIndex.build(weights).save(index_path(directory))
+    ProductIndex.build(weights, depth).save(index_path(directory))
     print(f"[model] HNSW index built in {time.time() - started:.0f} s", flush=True)
 
 
