@@ -1,4 +1,4 @@
-"""python -m jobs.batch_score --model MODEL --data DATA --output OUT [--k K] [--at DATE|now|data-end]
+"""python -m jobs.batch_score --model MODEL --data DATA --output OUT [--k K] [--at DATE|now|data-end] [--explain]
 
 Top-K products for every user of DATA, written to OUT/run_date=YYYY-MM-DD/ (Parquet and a
 ``_SUCCESS`` marker); see :mod:`ncf.batch.scoring` for the layout and the commit protocol.
@@ -103,6 +103,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "Recommender.recommend; on failure nothing is committed (the previous partition stays), exit status 1",
     )
     p.add_argument(
+        "--explain",
+        action="store_true",
+        help="each row also carries reason (a struct; null for a cold start): the product's purchase timing "
+        "for the household and the model's scores had it never bought the product or its category, as "
+        "Serve's explain gives them (two more model questions a row: several times slower)",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="write into an OUT that is not a batch-scoring directory, and replace a run_date=D/ "
@@ -129,6 +136,7 @@ def main(argv=None) -> dict:
             progress_every_s=args.progress_every,
             verify=args.verify,
             overwrite=args.overwrite,
+            explain=args.explain,
         )
         config = resolved(config)  # DATA as the run will read it (a link repointed later is not followed)
         check_config(config)  # before Ray starts

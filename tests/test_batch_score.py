@@ -22,7 +22,7 @@ from ncf.data import layout
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.moments import resolve_at, run_date_of
-from ncf.rank.recommender import Recommender
+from ncf.rank.recommender import RankedItems, Recommender
 
 K = 5
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -440,10 +440,11 @@ def test_a_run_that_fails_verification_commits_nothing(first_run, small_model_di
     before = bs.read_manifest(output, summary["run_date"])
 
     def wrong(self, user_ids, k=10, at=None, **options):
-        return [["no such product"] * k for _ in user_ids]
+        return [RankedItems(u, 0, False, ["no such product"] * k, [0.0] * k) for u in user_ids]
 
-    # The driver's reference answers, not the actors' scoring, disagree: every sampled user fails.
-    monkeypatch.setattr(Recommender, "recommend", wrong)
+    # The driver's reference answers (what Recommender.recommend lists), not the actors' scoring,
+    # disagree: every sampled user fails.
+    monkeypatch.setattr(Recommender, "rank", wrong)
     with pytest.raises(SystemExit) as exit_info:
         batch_score.main(_argv(small_model_dir, data, output, "--verify", "3"))
     assert exit_info.value.code == 1
@@ -566,3 +567,52 @@ def test_a_moment_inside_the_data_is_a_replay_with_its_cold_households_flagged(s
     expected = dict(zip(users, replay.recommend(users, k=K, at=at)))
     job = {u: g.sort_values("rank")["product_id"].tolist() for u, g in table.groupby("user_id")}
     assert job == expected
+
+
+def test_an_explained_run_writes_each_rows_reason_as_rank_gives_it(small_model_dir, small_data, tmp_path):
+    """``--explain``: a ``reason`` per row, Serve's explanation of that product (null for a cold
+    start), checked by ``--verify`` on every household before the commit."""
+    data, _ = small_data
+    recommender = Recommender.load(small_model_dir, data=data)
+    states = recommender.state.states
+    first = {u: int(states.timeline(u).timestamps.min()) for u in range(1, states.num_users) if u in states}
+    # A replay in which some households have not bought yet (and the data's first day is over).
+    at = max(int(np.quantile(list(first.values()), 0.2)), min(first.values()) // 86_400 * 86_400 + 2 * 86_400)
+    argv = _argv(small_model_dir, data, str(tmp_path / "out"), "--explain", "--verify", "1000")
+    argv[argv.index("data-end")] = str(at)
+    summary = batch_score.main(argv)
+    users = states.num_users - 1
+    assert summary["explain"] is True and summary["scored_in"] == "driver"
+    assert summary["verify"]["sampled_reasons_equal_to_rank"] == summary["verify"]["sampled_users"] == users
+    table = bs.read_partition(str(tmp_path / "out"), summary["run_date"])
+    assert table.column_names[-1] == "reason" and table.schema.field("reason").type == bs.REASON_TYPE
+    frame = table.to_pandas().sort_values(["user_id", "rank"])
+    expected = {r.user_id: r for r in recommender.rank(users_of(frame), k=K, at=at, explain=True)}
+    cold = 0
+    for user, rows in frame.groupby("user_id"):
+        ranked = expected[user]
+        assert rows["product_id"].tolist() == ranked.product_ids
+        if ranked.cold_start:
+            cold += 1
+            assert rows["reason"].isna().all()
+            continue
+        for row, reason in zip(rows["reason"], ranked.reasons):
+            assert row["days_bought"] == reason.days_bought >= 0
+            for name in ("days_since_last", "typical_gap_days", "score_if_never_bought"):
+                want = getattr(reason, name)
+                assert (row[name] is None) == (want is None)
+                if want is not None:
+                    assert row[name] == pytest.approx(want, rel=1e-5, abs=1e-6)
+            assert row["score_if_category_never_bought"] == pytest.approx(
+                reason.score_if_category_never_bought, rel=1e-5, abs=1e-6
+            )
+    assert 0 < cold == summary["cold_start_users"] < users
+    # The verification compares what it reads: a reason off by a day, or a cold start's missing
+    # rows, fail it.
+    warm = next(r for r in expected.values() if not r.cold_start)
+    rows = [reason.as_dict() for reason in warm.reasons]
+    assert bs.same_reasons(rows, warm.reasons)
+    for name, off in (("days_bought", 1), ("score_if_never_bought", 0.01)):
+        assert not bs.same_reasons([{**rows[0], name: rows[0][name] + off}] + rows[1:], warm.reasons)
+    assert not bs.same_reasons(None, None) and bs.same_reasons([None] * K, None)
+    assert not bs.same_reasons(rows, None)

@@ -18,7 +18,7 @@ Output layout::
     OUT/
       run_date=2017-11-27/          one committed partition per date of ``at``
         part-0000000001.parquet     user_id, rank, product_id, score, cold_start, model_version,
-                                    scored_at
+                                    scored_at (and reason, with ``explain``: REASON_TYPE)
         _SUCCESS                    JSON: users, rows, k, cold_start_users, replay, model_version,
                                     at, seconds, ...
       _tmp/                         runs in progress and replaced partitions (readers skip
@@ -56,7 +56,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -78,6 +78,7 @@ from ncf.model.integrity import verify_data_state, verify_model_dir
 from ncf.moments import day_of, first_rankable, resolve_at, run_date_of
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import CHUNK_USERS, MAX_K
+from ncf.rank.reasons import Reason
 from ncf.rank.recommender import Recommender
 from ncf.rank.state import EmbeddingRows, RankingState, check_catalog
 from ncf.staging import within
@@ -96,6 +97,16 @@ TARGET_PARTS = 50
 # more parts.
 MAX_AUTO_BATCH = 9_984
 CPUS_PER_ACTOR = 1.0  # what each scoring actor reserves unless told
+# The ``reason`` column of an explained run: ncf.rank.reasons.Reason, field for field.
+REASON_TYPE = pa.struct(
+    [
+        ("days_bought", pa.int32()),
+        ("days_since_last", pa.float32()),
+        ("typical_gap_days", pa.float32()),
+        ("score_if_never_bought", pa.float32()),
+        ("score_if_category_never_bought", pa.float32()),
+    ]
+)
 
 
 @dataclass
@@ -132,6 +143,10 @@ class BatchScoreConfig:
         overwrite: write into an OUT that is not a batch-scoring directory, and replace a
             partition directory without ``_SUCCESS`` (:func:`ncf.batch.commit.check_output`
             refuses both otherwise).
+        explain: each row also carries ``reason`` (:data:`REASON_TYPE`, null for a cold start):
+            the product's purchase timing for the household and the model's scores had the
+            household never bought it or its category (:mod:`ncf.rank.reasons`), as Serve's
+            ``explain`` gives them. Two more model questions per row: several times slower.
     """
 
     model: str
@@ -148,6 +163,7 @@ class BatchScoreConfig:
     progress_every_s: float = 10.0
     verify: int = 0
     overwrite: bool = False
+    explain: bool = False
 
     @property
     def actor_cpus(self) -> float:
@@ -289,11 +305,13 @@ def score_users(
     at: int,
     scored_at: int,
     positions: Optional[np.ndarray] = None,
+    explain: bool = False,
 ) -> pa.Table:
     """Top-``k`` rows per user, ranked exactly as :meth:`Recommender.recommend` ranks them (the one
     ranking path, many households per model call). ``positions``: the users' indices in the
     recommender's vocabulary when the caller has them (the nightly job reads them with the ids),
     which spares a lookup among every id; they are checked against the ids (cheaper than the lookup).
+    ``explain``: with a ``reason`` column (:func:`reason_column`).
 
     Raises:
         InputsChanged: ``positions`` do not index ``user_ids`` in the recommender's vocabulary.
@@ -304,7 +322,7 @@ def score_users(
     else:
         indices = np.asarray(positions, np.int64)
         check_positions(recommender.vocabs.users, user_ids, indices)
-    rankings = recommender.ranker.rank(indices, np.full(len(indices), at), k)
+    rankings = recommender.ranker.rank(indices, np.full(len(indices), at), k, explain=explain)
     for raw, ranking in zip(user_ids.to_pylist(), rankings):
         if len(ranking.products) != k:
             raise RuntimeError(f"user {raw!r}: {len(ranking.products)} products ranked, {k} expected")
@@ -313,7 +331,7 @@ def score_users(
     product_index = np.concatenate([r.products for r in rankings]) if rankings else np.zeros(0, np.int64)
     scores = np.concatenate([r.scores for r in rankings]) if rankings else np.zeros(0, np.float32)
     vocab = recommender.vocabs.products
-    return pa.table(
+    table = pa.table(
         {
             "user_id": user_ids.take(pa.array(np.repeat(np.arange(n), k))),
             "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int16), n)),
@@ -326,6 +344,16 @@ def score_users(
             "scored_at": pa.array(np.full(n * k, scored_at * 1000, np.int64)).cast(pa.timestamp("ms", tz="UTC")),
         }
     )
+    return table.append_column("reason", reason_column([r.reasons for r in rankings], k)) if explain else table
+
+
+def reason_column(reasons: Sequence[Optional[Sequence[Reason]]], k: int) -> pa.Array:
+    """Each ranking's :class:`ncf.rank.reasons.Reason` per row, as :data:`REASON_TYPE` (``k`` nulls
+    for a ranking without reasons: a cold start's popular products owe nothing to its purchases)."""
+    rows: List[Optional[Dict]] = []
+    for ranked in reasons:
+        rows += [None] * k if ranked is None else [reason.as_dict() for reason in ranked]
+    return pa.array(rows, REASON_TYPE)
 
 
 def write_part(table: pa.Table, stage: str, name: str) -> str:
@@ -362,6 +390,7 @@ class ScoreBatch:
         use_gpu: bool = False,
         compile_model: bool = False,
         replay_stats: Optional[ProductStats] = None,
+        explain: bool = False,
     ) -> None:
         import torch
 
@@ -373,12 +402,12 @@ class ScoreBatch:
         self.recommender = loaded.as_of(at, replay_stats)
         if compile_model:
             self.recommender.ranker.compile()
-        self.stage, self.k, self.at, self.scored_at = stage, k, at, scored_at
+        self.stage, self.k, self.at, self.scored_at, self.explain = stage, k, at, scored_at, explain
 
     def __call__(self, batch: pa.Table) -> Dict[str, np.ndarray]:
         positions = batch.column("position").to_numpy()
         user_ids = batch.column("user_id").combine_chunks()
-        table = score_users(self.recommender, user_ids, self.k, self.at, self.scored_at, positions)
+        table = score_users(self.recommender, user_ids, self.k, self.at, self.scored_at, positions, self.explain)
         # Named by the batch's first user: a retried batch overwrites its part instead of adding one.
         name = f"part-{int(positions.min()):010d}.parquet"
         write_part(table, self.stage, name)
@@ -602,7 +631,10 @@ def _verified(
     report = verify_parts(stage, manifest, manifest["data"], sample=sample, stats=stats)
     if not report["ok"]:
         raise VerificationFailed(report)
-    log(f"verified before the commit: {report['sampled_equal_to_recommend']} sampled users equal recommend")
+    log(
+        f"verified before the commit: {report['sampled_equal_to_recommend']} sampled users equal recommend"
+        + (", their reasons too" if "sampled_reasons_equal_to_rank" in report else "")
+    )
     return report
 
 
@@ -644,6 +676,7 @@ def _score_into(
         + ("in the driver" if in_driver else f"on {actors} actor(s)")
         + ((" on its GPU" if in_driver else " with a GPU each") if gpus else "")
         + (", the model compiled" + ("" if in_driver else " in each") + " (torch.compile)" if compile_model else "")
+        + (", each row with its reason" if config.explain else "")
     )
     scorer_kwargs = {
         "model": model,
@@ -656,6 +689,7 @@ def _score_into(
         "use_gpu": bool(gpus),
         "compile_model": compile_model,
         "replay_stats": replay_stats,
+        "explain": config.explain,
     }
     if in_driver:
         results = _scored_here(blocks, scorer_kwargs)
@@ -674,6 +708,7 @@ def _score_into(
         "users": users.num_rows,
         "rows": rows,
         "k": config.k,
+        "explain": config.explain,
         "parts": len(reported),
         "cold_start_users": sum(r["cold_start_users"] for r in reported),
         "model_version": model_config["version"],
@@ -818,7 +853,8 @@ def verify_parts(
       no other user appears;
     * scores do not increase with rank;
     * for ``sample`` seeded users, the products equal ``Recommender.recommend`` at the run's
-      ``at`` (the same call the Serve endpoint makes).
+      ``at`` (the same call the Serve endpoint makes), and in an explained run (``explain`` in
+      the manifest) so do their reasons (``Recommender.rank(..., explain=True)``).
 
     Reads one part at a time (a part holds whole users): the driver never holds the output.
     ``stats``: a replay's product stats, when the caller has them (computed otherwise).
@@ -828,11 +864,13 @@ def verify_parts(
     rng = np.random.default_rng(seed)
     picked = rng.permutation(len(expected_users))[: min(sample, len(expected_users))]
     chosen = pc.take(expected_users, pa.array(picked, pa.int64())).to_pylist()
-    seen, rows, job = [], 0, {}
+    explained = bool(manifest.get("explain"))
+    columns = ["user_id", "rank", "product_id", "score"] + (["reason"] if explained else [])
+    seen, rows, job, job_reasons = [], 0, {}, {}
     exactly_k = ranks_ok = no_duplicates = non_increasing = True
     parts = sorted(n for n in os.listdir(directory) if n.endswith(".parquet") and not n.startswith((".", "_")))
     for name in parts:
-        table = pq.read_table(os.path.join(directory, name), columns=["user_id", "rank", "product_id", "score"])
+        table = pq.read_table(os.path.join(directory, name), columns=columns)
         frame = table.sort_by([("user_id", "ascending"), ("rank", "ascending")]).to_pandas()
         counts = frame.groupby("user_id", sort=False).size()
         rows += len(frame)
@@ -845,6 +883,8 @@ def verify_parts(
             non_increasing &= bool((np.diff(frame["score"].to_numpy().reshape(-1, k), axis=1) <= 1e-6).all())
         mine = frame[frame["user_id"].isin(chosen)]
         job.update({u: g["product_id"].tolist() for u, g in mine.groupby("user_id", sort=False)})
+        if explained:
+            job_reasons.update({u: g["reason"].tolist() for u, g in mine.groupby("user_id", sort=False)})
     written = pa.chunked_array(seen, type=expected_users.type) if seen else pa.chunked_array([], expected_users.type)
     same_users = (
         len(written) == len(expected_users)
@@ -862,8 +902,31 @@ def verify_parts(
     }
     # A past at: as of its day, as the job ranked it.
     recommender = Recommender.load(manifest["model"], data=manifest["data"]).as_of(manifest["at_epoch_s"], stats)
-    expected = recommender.recommend(chosen, k=k, at=manifest["at_epoch_s"])
-    matches = sum(job.get(u) == e for u, e in zip(chosen, expected))
+    ranked = recommender.rank(chosen, k=k, at=manifest["at_epoch_s"], explain=explained)
+    matches = sum(job.get(u) == r.product_ids for u, r in zip(chosen, ranked))
     checks.update({"sampled_users": len(chosen), "sampled_equal_to_recommend": int(matches)})
     checks["ok"] = all(v for key, v in checks.items() if isinstance(v, bool)) and matches == len(chosen)
+    if explained:
+        same = sum(same_reasons(job_reasons.get(u), r.reasons) for u, r in zip(chosen, ranked))
+        checks["sampled_reasons_equal_to_rank"] = int(same)
+        checks["ok"] = checks["ok"] and same == len(chosen)
     return {"run_date": manifest["run_date"], "k": k, "model_version": manifest["model_version"], **checks}
+
+
+def same_reasons(written: Optional[Sequence[Optional[Dict]]], expected: Optional[Sequence[Reason]]) -> bool:
+    """Whether one user's ``reason`` rows (:data:`REASON_TYPE`) are ``expected`` (None: a cold
+    start, every row null), counts exactly and the rest to float32's precision."""
+    if written is None:
+        return False
+    if expected is None:
+        return all(row is None for row in written)
+    if len(written) != len(expected) or any(row is None for row in written):
+        return False
+    for row, reason in zip(written, expected):
+        for name, value in reason.as_dict().items():
+            if value is None or row[name] is None or isinstance(value, int):
+                if row[name] != value:
+                    return False
+            elif not math.isclose(row[name], value, rel_tol=1e-5, abs_tol=1e-6):
+                return False
+    return True
