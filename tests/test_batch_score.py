@@ -12,7 +12,9 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -571,33 +573,49 @@ def test_a_moment_inside_the_data_is_a_replay_with_its_cold_households_flagged(s
 
 def test_an_explained_run_writes_each_rows_reason_as_rank_gives_it(small_model_dir, small_data, tmp_path):
     """``--explain``: a ``reason`` per row, Serve's explanation of that product (null for a cold
-    start), checked by ``--verify`` on every household before the commit."""
+    start), checked by ``--verify`` on every household before the commit; the lists and scores are
+    a plain run's."""
     data, _ = small_data
     recommender = Recommender.load(small_model_dir, data=data)
     states = recommender.state.states
     first = {u: int(states.timeline(u).timestamps.min()) for u in range(1, states.num_users) if u in states}
     # A replay in which some households have not bought yet (and the data's first day is over).
     at = max(int(np.quantile(list(first.values()), 0.2)), min(first.values()) // 86_400 * 86_400 + 2 * 86_400)
-    argv = _argv(small_model_dir, data, str(tmp_path / "out"), "--explain", "--verify", "1000")
-    argv[argv.index("data-end")] = str(at)
-    summary = batch_score.main(argv)
+
+    def run(output, *extra):
+        argv = _argv(small_model_dir, data, str(tmp_path / output), *extra)
+        argv[argv.index("data-end")] = str(at)
+        return batch_score.main(argv)
+
+    summary = run("explained", "--explain", "--verify", "1000", "--score-in", "actors")
+    plain = run("plain")
     users = states.num_users - 1
-    assert summary["explain"] is True and summary["scored_in"] == "driver"
+    assert summary["explain"] is True and summary["scored_in"] == "actors" and plain["explain"] is False
     assert summary["verify"]["sampled_reasons_equal_to_rank"] == summary["verify"]["sampled_users"] == users
-    table = bs.read_partition(str(tmp_path / "out"), summary["run_date"])
+    table = bs.read_partition(str(tmp_path / "explained"), summary["run_date"])
     assert table.column_names[-1] == "reason" and table.schema.field("reason").type == bs.REASON_TYPE
     frame = table.to_pandas().sort_values(["user_id", "rank"])
-    expected = {r.user_id: r for r in recommender.rank(users_of(frame), k=K, at=at, explain=True)}
+    unexplained = bs.read_partition(str(tmp_path / "plain"), plain["run_date"]).to_pandas()
+    unexplained = unexplained.sort_values(["user_id", "rank"])
+    assert frame["product_id"].tolist() == unexplained["product_id"].tolist()
+    np.testing.assert_allclose(frame["score"].to_numpy(), unexplained["score"].to_numpy(), rtol=1e-5)
+    expected = {r.user_id: r for r in recommender.rank(users_of(frame), k=K, at=at, reasons=True)}
+    positions = dict(zip(*(bs.read_users(data).column(c).to_pylist() for c in ("user_id", "position"))))
     cold = 0
     for user, rows in frame.groupby("user_id"):
         ranked = expected[user]
-        assert rows["product_id"].tolist() == ranked.product_ids
+        assert rows["product_id"].tolist() == ranked.product_ids and ranked.because is None
         if ranked.cold_start:
             cold += 1
             assert rows["reason"].isna().all()
             continue
-        for row, reason in zip(rows["reason"], ranked.reasons):
-            assert row["days_bought"] == reason.days_bought >= 0
+        timeline = states.timeline(positions[user])
+        before = timeline.timestamps < at
+        for product, row, reason in zip(
+            recommender.vocabs.products.index_of(ranked.product_ids), rows["reason"], ranked.reasons
+        ):
+            days = np.unique(timeline.timestamps[before & (timeline.products == product)] // 86_400)
+            assert row["days_bought"] == reason.days_bought == len(days)
             for name in ("days_since_last", "typical_gap_days", "score_if_never_bought"):
                 want = getattr(reason, name)
                 assert (row[name] is None) == (want is None)
@@ -607,12 +625,33 @@ def test_an_explained_run_writes_each_rows_reason_as_rank_gives_it(small_model_d
                 reason.score_if_category_never_bought, rel=1e-5, abs=1e-6
             )
     assert 0 < cold == summary["cold_start_users"] < users
-    # The verification compares what it reads: a reason off by a day, or a cold start's missing
-    # rows, fail it.
-    warm = next(r for r in expected.values() if not r.cold_start)
-    rows = [reason.as_dict() for reason in warm.reasons]
-    assert bs.same_reasons(rows, warm.reasons)
-    for name, off in (("days_bought", 1), ("score_if_never_bought", 0.01)):
-        assert not bs.same_reasons([{**rows[0], name: rows[0][name] + off}] + rows[1:], warm.reasons)
+
+    # The verification reads what was written: one reason off by a day fails it.
+    part = os.path.join(
+        bs.partition_dir(str(tmp_path / "explained"), summary["run_date"]),
+        sorted(
+            n
+            for n in os.listdir(bs.partition_dir(str(tmp_path / "explained"), summary["run_date"]))
+            if n.endswith(".parquet")
+        )[0],
+    )
+    written = pq.read_table(part)
+    reasons = written.column("reason").to_pylist()
+    warm = next(i for i, r in enumerate(reasons) if r is not None)
+    reasons[warm] = {**reasons[warm], "days_bought": reasons[warm]["days_bought"] + 1}
+    pq.write_table(
+        written.set_column(written.schema.get_field_index("reason"), "reason", pa.array(reasons, bs.REASON_TYPE)), part
+    )
+    report = bs.verify_partition(str(tmp_path / "explained"), summary["run_date"], data, sample=1000)
+    assert not report["ok"] and report["sampled_equal_to_recommend"] == users
+    assert report["sampled_reasons_equal_to_rank"] == users - 1
+    assert "sampled reasons" in str(bs.VerificationFailed(report))
+    # ... and a score's last digits do not (float32 storage), where a real difference does.
+    warm_reasons = expected[next(u for u, r in expected.items() if not r.cold_start)].reasons
+    rows = [reason.as_dict() for reason in warm_reasons]
+    assert bs.same_reasons(rows, warm_reasons)
+    nudged = rows[0]["score_if_never_bought"]
+    assert bs.same_reasons([{**rows[0], "score_if_never_bought": nudged * (1 + 1e-6)}] + rows[1:], warm_reasons)
+    assert not bs.same_reasons([{**rows[0], "score_if_never_bought": nudged * 1.01}] + rows[1:], warm_reasons)
     assert not bs.same_reasons(None, None) and bs.same_reasons([None] * K, None)
-    assert not bs.same_reasons(rows, None)
+    assert not bs.same_reasons(rows, None) and not bs.same_reasons([None] * K, warm_reasons)

@@ -163,9 +163,14 @@ class Ranker:
         explain: bool = False,
         brute_force: bool = False,
         explain_top: int = 3,
+        reasons: Optional[bool] = None,
     ) -> List[Ranking]:
         """The top-``k`` products of each (household, moment) pair (state indices; households
-        unknown to the state or without purchases before the moment get the cold start)."""
+        unknown to the state or without purchases before the moment get the cold start).
+        ``explain``: with the attention's "because" products and the reasons; ``reasons``: the
+        reasons or not whatever ``explain`` says (``reasons=True`` alone scores exactly as a plain
+        ranking: the attention's weights take another kernel, whose last bits differ)."""
+        with_reasons = explain if reasons is None else reasons
         users, at = np.asarray(users, np.int64), np.asarray(at, np.int64)
         rankings: List[Ranking] = []
         for start in range(0, len(users), 1 if brute_force else CHUNK_USERS):
@@ -173,7 +178,7 @@ class Ranker:
             questions = self._questions(users[chunk], at[chunk], exclude_purchased, brute_force)
             logits, weights = self._score(questions, explain)
             ranked = self._top(questions, logits, weights, k, explain_top)
-            if explain:
+            if with_reasons:
                 self._add_reasons(questions, ranked)
             rankings += ranked
         return rankings

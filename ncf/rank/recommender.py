@@ -190,8 +190,10 @@ class Recommender:
         at=None,
         exclude_purchased: bool = False,
         explain: bool = False,
+        reasons: Optional[bool] = None,
     ) -> List[RankedItems]:
-        """Each household's ranking at ``at`` (one moment, or one per household)."""
+        """Each household's ranking at ``at`` (one moment, or one per household); ``explain`` and
+        ``reasons`` as :meth:`Ranker.rank` takes them."""
         moments = [self.moment(a) for a in at] if isinstance(at, (list, tuple, np.ndarray)) else None
         moments = moments or [self.moment(at)] * len(user_ids)
         users = self.vocabs.users.index_of(list(user_ids))
@@ -202,8 +204,9 @@ class Recommender:
             by_state.setdefault(id(recommender), (recommender, []))[1].append(i)
         rankings: List[Optional[Ranking]] = [None] * len(moments)
         for recommender, positions in by_state.values():
+            moments_here = [moments[i] for i in positions]
             ranked = recommender.ranker.rank(
-                users[positions], [moments[i] for i in positions], k, exclude_purchased, explain=explain
+                users[positions], moments_here, k, exclude_purchased, explain=explain, reasons=reasons
             )
             for i, ranking in zip(positions, ranked):
                 rankings[i] = ranking
