@@ -48,6 +48,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from ncf.data import layout
 from ncf.errors import InputError
 from ncf.model.directory import WEIGHTS, read_config, read_metrics
+from ncf.model.integrity import verify_model_dir
 
 MODEL_NAME = "advanced-ncf"
 TRAIN_EXPERIMENT = "ncf-train"
@@ -349,9 +350,15 @@ class Registry:
         self.client.set_registered_model_tag(self.name, HISTORY_TAG, ",".join(history[-HISTORY_KEPT:]))
 
     def promote(self, version: str) -> Tuple[Optional[str], str]:
-        """Makes ``version`` current (its directory must still load); returns (previous, new)."""
+        """Makes ``version`` current; returns (previous, new).
+
+        Raises:
+            InputError: the version is unknown, or its directory is gone, holds another model or
+                fails :func:`ncf.model.integrity.verify_model_dir` (a ``ModelIntegrityError``):
+                ``current`` is left as it was.
+        """
         version = _version_number(version)
-        self.path_of(version)
+        self._deployable(version)
         history = self.history()
         previous = history[-1] if history else None
         if previous != version:
@@ -365,9 +372,16 @@ class Registry:
             raise InputError(f"no version of {self.name} is current in {self.uri}: nothing to roll back")
         if len(history) < 2:
             raise InputError(f"version {history[-1]} is the first that was current: no previous one to roll back to")
-        self.path_of(history[-2])
+        self._deployable(history[-2])
         self._set_current(history[-2], history[:-1])
         return history[-1], history[-2]
+
+    def _deployable(self, version: str) -> str:
+        """``version``'s directory, verified whole before it becomes current: every job that takes
+        ``current`` would refuse a damaged one, the next night's included (reads every byte)."""
+        path = self.path_of(version)
+        verify_model_dir(path)
+        return path
 
     def resolve(self, ref: str) -> str:
         """The model directory ``ref`` names: ``current``, ``models:/NAME/VERSION`` or

@@ -20,13 +20,15 @@ import pytest
 import requests
 from conftest import SMALL_MODEL
 from helpers import REPO, free_port
+from test_integrity import SMALL, tiny_data
 
 from jobs import batch_score, deploy, models, train
 from ncf import registry as reg
 from ncf.data import layout
 from ncf.errors import InputError
-from ncf.jsonio import write_json
-from ncf.model.directory import FORMAT_VERSION, save_untrained_model_dir
+from ncf.jsonio import read_json, write_json
+from ncf.model.directory import METRICS, save_untrained_model_dir
+from ncf.model.integrity import write_manifest
 
 
 @pytest.fixture
@@ -42,23 +44,19 @@ def sha256(path) -> str:
 
 
 def fake_model_dir(root, version: str, test_ndcg: float = 0.3) -> str:
-    """A model directory as far as the registry reads one (config.json, model.pt, metrics.json)."""
-    data, path = root / "data", root / version
-    data.mkdir(exist_ok=True)
-    path.mkdir()
-    write_json(str(data / "stats.json"), {"rows_in": 1})
-    config = {
-        "format_version": FORMAT_VERSION,
-        "version": version,
-        "run": "validated",
-        "model": {},
-        "trained_through": 5,
-    }
-    write_json(str(path / "config.json"), {**config, "data": {"path": str(data)}})
-    (path / "model.pt").write_bytes(version.encode())
+    """A sealed model directory with untrained weights on a tiny DATA, recorded as a validated run
+    with test figures (what the registry reads and ``promote`` verifies)."""
+    data = os.path.join(root, "tiny", "data")
+    if not os.path.isdir(data):
+        tiny_data(os.path.join(root, "tiny"))
+    path = save_untrained_model_dir(str(root / version), data, version=version, **SMALL)
+    config = read_json(os.path.join(path, "config.json"))
+    write_json(os.path.join(path, "config.json"), {**config, "run": "validated"})
     history = [{"epoch": 1, "train_loss": 0.5, "val_ndcg@10": 0.2}]
-    write_json(str(path / "metrics.json"), {"history": history, "test": {"ndcg@10": test_ndcg, "recall@10": 0.2}})
-    return str(path)
+    metrics = {"history": history, "test": {"ndcg@10": test_ndcg, "recall@10": 0.2}}
+    write_json(os.path.join(path, METRICS), metrics)
+    write_manifest(path, unsealed=[METRICS])  # as save_model_dir seals it
+    return path
 
 
 # -- promote / rollback --------------------------------------------------------------------------------
@@ -128,6 +126,34 @@ def test_a_blue_green_link_registers_each_target_so_rollback_reaches_the_old_mod
     assert reg.resolve_model("current") == green
     store.rollback()
     assert reg.resolve_model("current") == blue
+
+
+@pytest.mark.faults
+def test_a_damaged_version_is_not_made_current(store, tmp_path, capsys):
+    """Old code checked only that the directory existed and held the version: a changed tensor
+    became current, and every job that takes ``current`` refused it from then on."""
+    first = fake_model_dir(tmp_path, "v1")
+    second = fake_model_dir(tmp_path, "v2")
+    assert reg.track_model(first, strict=True) == "1" and reg.track_model(second, strict=True) == "2"
+    weights = os.path.join(second, "model.pt")
+    intact = open(weights, "rb").read()
+    with open(weights, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([intact[-1] ^ 0xFF]))
+    with pytest.raises(SystemExit) as exit_info:
+        models.main(["promote", "2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.pt does not match its sha256" in err[0]
+    assert store.current() == "1" and store.history() == ["1"]
+    # Repaired, it is promoted; then the first is damaged: no rollback to it.
+    with open(weights, "wb") as f:
+        f.write(intact)
+    store.promote("2")
+    os.remove(os.path.join(first, "model.pt"))
+    with pytest.raises(InputError, match="model.pt"):
+        store.rollback()
+    assert store.current() == "2" and reg.resolve_model("current") == second
 
 
 def test_current_with_nothing_registered_is_a_one_line_error(store, capsys, tmp_path):
