@@ -112,9 +112,16 @@ def test_an_index_of_another_model_is_refused(indexed_model, data, tmp_path, mon
     monkeypatch.setattr(ann, "MF_CACHE_MAX_ENTRIES", 0)
     wide = save_untrained_model_dir(str(tmp_path / "wide"), data, version="w", **{**SMALL, "mf_embedding_dim": 16})
     shutil.copy(ann.index_path(wide), ann.index_path(indexed_model))
-    write_manifest(indexed_model, unsealed=["metrics.json"])  # sealed again: only the shape check can tell
+    write_manifest(indexed_model, unsealed=["metrics.json"])  # sealed again: the manifest cannot tell
     with pytest.raises(ModelIntegrityError, match="mf_index.faiss holds 61 vectors of 16"):
         verify_model_dir(indexed_model)
+    # Another model of the same shape: its vectors, not its shape, give it away.
+    twin = save_untrained_model_dir(str(tmp_path / "twin"), data, version="t", seed=1, **SMALL)
+    shutil.copy(ann.index_path(twin), ann.index_path(indexed_model))
+    write_manifest(indexed_model, unsealed=["metrics.json"])
+    with pytest.raises(ModelIntegrityError, match="mf_index.faiss does not hold this model's MF vectors"):
+        verify_model_dir(indexed_model)
+    verify_model_dir(twin)  # its own index
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]

@@ -52,9 +52,13 @@ def needed(households: int, width: int) -> bool:
     return households * width > MF_CACHE_MAX_ENTRIES
 
 
-def product_vectors(weights: Dict[str, torch.Tensor]) -> np.ndarray:
-    """P x D float32: each product-table row times ``mf_output``'s weights (from a state dict)."""
-    folded = weights[_PRODUCT_TABLE].detach().float().cpu() * weights[_MF_OUTPUT].detach().float().cpu()[0]
+def product_vectors(weights: Dict[str, torch.Tensor], rows: Optional[np.ndarray] = None) -> np.ndarray:
+    """P x D float32: each product-table row (or only ``rows``) times ``mf_output``'s weights
+    (from a state dict)."""
+    table = weights[_PRODUCT_TABLE].detach()
+    if rows is not None:
+        table = table[torch.as_tensor(rows, dtype=torch.int64)]
+    folded = table.float().cpu() * weights[_MF_OUTPUT].detach().float().cpu()[0]
     return np.ascontiguousarray(folded.numpy(), dtype=np.float32)
 
 
@@ -96,6 +100,14 @@ class ProductIndex:
         import faiss
 
         return ProductIndex(faiss.read_index(path))
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """len(rows) x D: the MF vectors stored for ``rows`` (without the coordinate added for L2)."""
+        return (
+            np.stack([self.index.reconstruct(int(row))[: self.dim] for row in rows])
+            if len(rows)
+            else np.zeros((0, self.dim), np.float32)
+        )
 
     def save(self, path: str) -> None:
         import faiss

@@ -60,6 +60,8 @@ from ncf.model.files import CONFIG, METRICS, STATE, TRAINED_PRODUCTS, TRAINED_US
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
+# Index rows compared with the model's MF vectors (every row of a smaller catalog).
+INDEX_SAMPLE = 256
 _CHUNK = 1 << 20
 
 
@@ -216,7 +218,9 @@ def _check_trained_rows(model_dir: str, config: ModelConfig) -> None:
 
 
 def _check_index(model_dir: str, config: ModelConfig) -> None:
-    """The MF index, where the directory has one, loads and has a vector per product row."""
+    """The MF index, where the directory has one, loads, has a vector per product row, and holds
+    this model's vectors for a seeded sample of :data:`INDEX_SAMPLE` rows (an index of another model of
+    the same shape, sealed again, would give every household another model's candidates)."""
     if not os.path.exists(ann.index_path(model_dir)):
         return
     try:
@@ -227,6 +231,17 @@ def _check_index(model_dir: str, config: ModelConfig) -> None:
         raise ModelIntegrityError(
             f"{model_dir}: {ann.INDEX_FILE} holds {index.rows} vectors of {index.dim}, the model has "
             f"{config.num_products} products of {config.mf_embedding_dim}"
+        )
+    weights = torch.load(os.path.join(model_dir, WEIGHTS), weights_only=True, map_location="cpu", mmap=True)
+    if not ann.has_mf(weights):
+        raise ModelIntegrityError(f"{model_dir}: {ann.INDEX_FILE} indexes the MF path, which this model does not have")
+    rows = np.sort(np.random.default_rng(0).permutation(index.rows)[:INDEX_SAMPLE])
+    stored, expected = index.vectors(rows), ann.product_vectors(weights, rows)
+    if not np.allclose(stored, expected, rtol=1e-5, atol=1e-6):
+        off = int(rows[np.flatnonzero(~np.isclose(stored, expected, rtol=1e-5, atol=1e-6).all(axis=1))[0]])
+        raise ModelIntegrityError(
+            f"{model_dir}: {ann.INDEX_FILE} does not hold this model's MF vectors (product row {off} differs): "
+            "an index of another model; save the model again to rebuild it"
         )
 
 
