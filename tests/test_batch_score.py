@@ -214,6 +214,18 @@ def test_compiled_scoring_ranks_as_the_model_does(small_model_dir, small_data):
         # Products may only trade places where the eager model scores them equal to float rounding.
         eager_scores_of_b, _ = eager.ranker.score(int(user), b.products, at[0])
         np.testing.assert_allclose(eager_scores_of_b, a.scores, rtol=1e-4, atol=1e-6)
+    # An explained run's occluded questions (one product each, many households a call) go through
+    # the compiled model too.
+    few = users[:6]
+    explained = compiled.ranker.rank(few, at[:6], k=K, reasons=True)
+    for a, b in zip(eager.ranker.rank(few, at[:6], k=K, reasons=True), explained):
+        assert a.products.tolist() == b.products.tolist() and len(b.reasons) == K
+        for mine, theirs in zip(b.reasons, a.reasons):
+            assert mine.days_bought == theirs.days_bought
+            assert mine.score_if_never_bought == pytest.approx(theirs.score_if_never_bought, rel=1e-4, abs=1e-6)
+            assert mine.score_if_category_never_bought == pytest.approx(
+                theirs.score_if_category_never_bought, rel=1e-4, abs=1e-6
+            )
 
 
 @pytest.mark.faults
