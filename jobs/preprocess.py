@@ -8,7 +8,7 @@ import os
 from jobs.cli import init_ray, job_parser, non_negative_int, one_line_errors, positive_int
 from ncf.data import datasets, layout, schema
 from ncf.data.examples import ExampleConfig
-from ncf.data.preprocess import PreprocessConfig, preprocess
+from ncf.data.preprocess import PreprocessConfig, check_inputs, preprocess
 from ncf.errors import InputError
 from ncf.staging import check_target
 
@@ -153,10 +153,8 @@ def main(argv=None) -> dict:
         # Check user input before starting Ray: a bad file fails in a second, not after start-up.
         if args.input:
             logs = schema.resolve_files(args.input)
-            schema.check_columns(logs, schema.LOG_REQUIRED, "purchase log")
             catalog = schema.resolve_files(args.products) if args.products else None
-            if catalog:
-                schema.check_columns(catalog, schema.CATALOG_REQUIRED, "product catalog")
+            check_inputs(logs, catalog)
             inputs = logs.paths + (catalog.paths if catalog else [])
         else:
             inputs = [args.cache]

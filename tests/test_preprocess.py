@@ -24,6 +24,7 @@ from ncf.data.preprocess import (
     PreprocessConfig,
     _write_list_file,
     build_vocabularies,
+    check_inputs,
     list_file_of,
     list_file_starts,
     list_key_limit,
@@ -148,6 +149,25 @@ def test_unreadable_file_fails_with_its_name(tmp_path):
     path.write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(schema.InputError, match="broken.parquet: unreadable parquet"):
         schema.check_columns(schema.resolve_files(str(path)), schema.LOG_REQUIRED, "purchase log")
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "header",
+    ["user_id,product_id,timestamp,Quantity", "USER_ID,product_id,timestamp", "user_id, product_id, timestamp"],
+)
+def test_a_contract_column_spelled_otherwise_is_refused_naming_it(tmp_path, header):
+    """Old code ignored ``Quantity`` (returns then counted as purchases, nothing said) and called
+    `` product_id`` missing while listing it among the columns it found."""
+    path = tmp_path / "logs.csv"
+    row = "u1,p1,2024-01-01" + (",-1" if "Quantity" in header else "")
+    path.write_text(f"{header}\n{row}\n")
+    spelled = next(n for n in header.split(",") if n != n.strip().lower())
+    with pytest.raises(schema.InputError) as refused:
+        check_inputs(schema.resolve_files(str(path)))
+    assert f"column {spelled!r} is spelled otherwise than {spelled.strip().lower()!r}" in str(refused.value)
+    path.write_text(f"{header.lower().replace(' ', '')}\n{row}\n")
+    check_inputs(schema.resolve_files(str(path)))  # the contract's spelling passes
 
 
 def test_resolve_files_accepts_file_directory_and_glob(tmp_path):
@@ -509,6 +529,9 @@ def test_an_unreadable_catalog_is_one_line_naming_it(ray_session, tmp_path, row,
     assert "\n" not in message and str(catalog) in message and "unreadable product catalog" in message, message
     assert complaint in message, message
     assert not os.path.exists(tmp_path / "out")
+    # Before any Ray work (it used to fail after the whole log had been read and split).
+    with pytest.raises(schema.InputError, match="unreadable product catalog"):
+        check_inputs(schema.resolve_files(str(logs)), schema.resolve_files(str(catalog)))
 
 
 @pytest.mark.faults

@@ -297,10 +297,21 @@ def _unreadable_catalog(files: schema.InputFiles) -> Optional[schema.InputError]
     return None
 
 
+def check_inputs(logs: schema.InputFiles, catalog: Optional[schema.InputFiles] = None) -> None:
+    """The checks that need no Ray, so that bad input fails in a second, not after start-up (or,
+    for a catalog, after the whole log has been read): the files' columns and, for a CSV catalog,
+    that every file parses (:func:`_unreadable_catalog`; a catalog is small)."""
+    schema.check_columns(logs, schema.LOG_REQUIRED, "purchase log", schema.LOG_OPTIONAL)
+    if catalog is not None:
+        schema.check_columns(catalog, schema.CATALOG_REQUIRED, "product catalog")
+        unreadable = _unreadable_catalog(catalog)
+        if unreadable is not None:
+            raise unreadable
+
+
 def _read_catalog(files: Optional[schema.InputFiles]) -> tuple[Optional[pd.DataFrame], Dict]:
     if files is None:
         return None, {"catalog_rows": 0}
-    schema.check_columns(files, schema.CATALOG_REQUIRED, "product catalog")
     # In file order, so that of two rows of one product the first in the files wins every run.
     with _blocks_in_order():
         raw = read_files(files, schema.CATALOG_REQUIRED)
@@ -559,7 +570,7 @@ def preprocess(
     writing the same output is refused too (:class:`ncf.staging.Busy`).
     """
     config = config or PreprocessConfig()
-    schema.check_columns(logs, schema.LOG_REQUIRED, "purchase log")
+    check_inputs(logs, catalog)
     inputs = logs.paths + (catalog.paths if catalog else [])
     with replacing(output, layout.STATS, "preprocessing output", inputs, overwrite, log=_log) as stage:
         try:

@@ -222,14 +222,23 @@ def usable_type(t: pa.DataType, kind: str) -> bool:
     return kind == TIME and (pa.types.is_timestamp(t) or pa.types.is_date(t))
 
 
-def check_columns(files: InputFiles, required: Sequence[str], what: str) -> None:
-    """Stops with the first file that lacks a required column or has a contract column of a type
-    that cannot hold it (a list or struct id, say): one line naming the file and the column."""
+def check_columns(files: InputFiles, required: Sequence[str], what: str, optional: Sequence[str] = ()) -> None:
+    """Stops with the first file that lacks a required column, spells a required or optional one
+    otherwise (``Quantity``, `` user_id``: names are matched exactly, and an optional column in
+    another spelling would be ignored, silently), or has a contract column of a type that cannot
+    hold it (a list or struct id, say): one line naming the file and the column."""
     for path in files.paths:
         file = file_schema(path, files.format)
+        for name in file.names:
+            meant = name.strip().lower()
+            if name != meant and meant in (*required, *optional) and meant not in file.names:
+                raise InputError(
+                    f"{path}: {what} column {name!r} is spelled otherwise than {meant!r}: column names are "
+                    "matched exactly (lower case, no spaces); rename it"
+                )
         for column in required:
             if column not in file.names:
-                names = ", ".join(file.names)
+                names = ", ".join(repr(n) for n in file.names)
                 raise InputError(f"{path}: {what} is missing required column '{column}' (has: {names})")
         for column in file.names:
             kind = COLUMN_KINDS.get(column)
