@@ -23,7 +23,8 @@ import time
 
 from bench import two_stage_agreement
 from jobs.cli import init_ray
-from ncf.batch.scoring import BatchScoreConfig, run_batch_scoring, verify_partition
+from ncf.batch.scoring import BatchScoreConfig, run_batch_scoring
+from ncf.batch.verify import verify_partition
 from ncf.data import datasets, layout, schema
 from ncf.data.preprocess import PreprocessConfig, preprocess
 from ncf.data.vocab import Vocabularies

@@ -22,12 +22,12 @@ from ncf.batch.scoring import (
     TARGET_PARTS,
     BatchScoreConfig,
     InputsChanged,
-    VerificationFailed,
     check_config,
     resolve_score_in,
     resolved,
     run_batch_scoring,
 )
+from ncf.batch.verify import VerificationFailed
 from ncf.device import GPU_SETTINGS
 
 

@@ -19,7 +19,7 @@ import urllib.request
 
 from jobs import batch_score, evaluate, preprocess, train
 from jobs.cli import init_ray, job_parser, one_line_errors, positive_int, tcp_port
-from ncf.batch.scoring import partition_dir
+from ncf.batch.partitions import partition_dir
 from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from jobs import batch_score
+from ncf.batch import partitions, verify
 from ncf.batch import scoring as bs
 from ncf.data import layout
 from ncf.errors import InputError
@@ -254,7 +255,7 @@ def test_a_batch_whose_ids_are_not_at_its_positions_is_refused(small_model_dir, 
     pairs no longer match the actor's. Old code ranked the positions' households under the ids."""
     data, _ = small_data
     recommender = Recommender.load(small_model_dir, data=data)
-    users = bs.read_users(data).slice(0, 3)
+    users = partitions.read_users(data).slice(0, 3)
     ids, positions = users.column("user_id").combine_chunks(), users.column("position").to_numpy()
     at = recommender.default_at
     assert bs.score_users(recommender, ids, K, at, at, positions).num_rows == 3 * K
@@ -342,12 +343,12 @@ def test_scoring_in_the_driver_writes_what_the_actors_write(
     assert here["at_epoch_s"] == by_actors["at_epoch_s"] and here["parts"] == by_actors["parts"]
     columns = ["user_id", "rank", "product_id", "cold_start", "model_version"]
     order = [("user_id", "ascending"), ("rank", "ascending")]
-    theirs = bs.read_partition(output, by_actors["run_date"]).sort_by(order)
-    mine = bs.read_partition(str(tmp_path / "out"), here["run_date"]).sort_by(order)
+    theirs = partitions.read_partition(output, by_actors["run_date"]).sort_by(order)
+    mine = partitions.read_partition(str(tmp_path / "out"), here["run_date"]).sort_by(order)
     assert mine.select(columns).equals(theirs.select(columns))
     np.testing.assert_allclose(mine.column("score").to_numpy(), theirs.column("score").to_numpy(), rtol=1e-5)
-    assert sorted(os.listdir(bs.partition_dir(str(tmp_path / "out"), here["run_date"]))) == sorted(
-        os.listdir(bs.partition_dir(output, by_actors["run_date"]))
+    assert sorted(os.listdir(partitions.partition_dir(str(tmp_path / "out"), here["run_date"]))) == sorted(
+        os.listdir(partitions.partition_dir(output, by_actors["run_date"]))
     )
 
 
@@ -384,7 +385,7 @@ def test_users_are_counted_without_their_ids_even_from_an_old_stats_json(small_d
     stats = read_json(layout.stats_path(data))
     del stats["vocab_sizes"]
     write_json(layout.stats_path(old), stats)
-    assert bs.count_users(old) == bs.count_users(data) == bs.read_users(data).num_rows > 0
+    assert partitions.count_users(old) == partitions.count_users(data) == partitions.read_users(data).num_rows > 0
     assert bs.resolve_score_in(bs.BatchScoreConfig(model="m", data=old, output="o"))
 
 
@@ -401,7 +402,7 @@ def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model
     # Nothing staged is left behind: the stage was renamed into place, its root removed.
     assert sorted(os.listdir(output)) == ["_commit", bs.TMP, f"run_date={summary['run_date']}"]
     assert os.listdir(os.path.join(output, bs.TMP)) == []
-    table = bs.read_partition(output, summary["run_date"])
+    table = partitions.read_partition(output, summary["run_date"])
     assert table.column_names == [
         "user_id",
         "rank",
@@ -416,7 +417,7 @@ def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model
     assert set(table.column("model_version").to_pylist()) == {"v1"}
     assert str(table.schema.field("scored_at").type) == "timestamp[ms, tz=UTC]"
     assert {t.timestamp() for t in table.column("scored_at").to_pylist()} == {resolve_at(summary["scored_at"], 0)}
-    report = bs.verify_partition(output, summary["run_date"], data, sample=12)
+    report = verify.verify_partition(output, summary["run_date"], data, sample=12)
     assert report["ok"], report
     assert report["sampled_equal_to_recommend"] == 12
     # Scores are the scoring core's too, not only the order.
@@ -425,7 +426,7 @@ def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model
     expected = recommender.rank([user], k=K, at=summary["at_epoch_s"])[0]
     assert mine.column("product_id").to_pylist() == expected.product_ids
     np.testing.assert_allclose(mine.column("score").to_numpy(), expected.scores, rtol=1e-5)
-    with open(os.path.join(bs.partition_dir(output, summary["run_date"]), bs.SUCCESS)) as f:
+    with open(os.path.join(partitions.partition_dir(output, summary["run_date"]), bs.SUCCESS)) as f:
         assert json.load(f)["rows"] == table.num_rows
 
 
@@ -435,14 +436,14 @@ def test_rerun_of_the_same_date_replaces_the_partition(first_run, small_model_di
     data, _ = small_data
     second = batch_score.main(_argv(small_model_dir, data, output, "--batch-size", "40", "--verify", "3"))
     assert second["run_id"] != first["run_id"] and second["run_date"] == first["run_date"]
-    assert second["verify"]["ok"] and bs.read_manifest(output, first["run_date"])["verify"]["ok"]
+    assert second["verify"]["ok"] and partitions.read_manifest(output, first["run_date"])["verify"]["ok"]
     table = pads.dataset(output, format="parquet", partitioning="hive").to_table()  # _tmp is skipped
     assert table.num_rows == first["rows"] == second["rows"]
     assert (
         table.group_by("user_id").aggregate([("rank", "count")]).column("rank_count").to_pylist()
         == [K] * first["users"]
     )
-    assert bs.read_manifest(output, first["run_date"])["run_id"] == second["run_id"]
+    assert partitions.read_manifest(output, first["run_date"])["run_id"] == second["run_id"]
     assert not os.path.exists(os.path.join(output, bs.TMP, f"run_date={first['run_date']}"))
 
 
@@ -451,7 +452,7 @@ def test_a_run_that_fails_verification_commits_nothing(first_run, small_model_di
     """Old code verified after the commit, when the previous partition was already deleted."""
     output, summary = first_run
     data, _ = small_data
-    before = bs.read_manifest(output, summary["run_date"])
+    before = partitions.read_manifest(output, summary["run_date"])
 
     def wrong(self, user_ids, k=10, at=None, **options):
         return [RankedItems(u, 0, False, ["no such product"] * k, [0.0] * k) for u in user_ids]
@@ -465,7 +466,7 @@ def test_a_run_that_fails_verification_commits_nothing(first_run, small_model_di
     captured = capsys.readouterr()
     assert json.loads(captured.out.strip().splitlines()[-1])["verify"]["sampled_equal_to_recommend"] == 0
     assert captured.err.strip().splitlines()[-1] == "error: verification failed (sampled users): not committed"
-    assert bs.read_manifest(output, summary["run_date"]) == before  # the previous partition stays
+    assert partitions.read_manifest(output, summary["run_date"]) == before  # the previous partition stays
     assert not os.path.exists(os.path.join(output, bs.TMP, f"run_date={summary['run_date']}"))
 
 
@@ -476,7 +477,7 @@ def test_a_second_run_of_the_same_date_is_refused_while_the_first_runs(first_run
 
     output, summary = first_run
     data, _ = small_data
-    before = bs.read_manifest(output, summary["run_date"])
+    before = partitions.read_manifest(output, summary["run_date"])
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -499,7 +500,7 @@ def test_a_second_run_of_the_same_date_is_refused_while_the_first_runs(first_run
     finally:
         holder.kill()
         holder.wait(timeout=60)
-    assert bs.read_manifest(output, summary["run_date"]) == before  # untouched
+    assert partitions.read_manifest(output, summary["run_date"]) == before  # untouched
 
 
 @pytest.mark.faults
@@ -532,14 +533,15 @@ def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session,
         assert len(staged) == 1 and any(
             p.startswith("part-") for p in os.listdir(os.path.join(output, bs.TMP, f"run_date={run_date}", staged[0]))
         )
-        assert not os.path.exists(bs.partition_dir(output, run_date)) and bs.read_partition(output, run_date) is None
+        assert not os.path.exists(partitions.partition_dir(output, run_date))
+        assert partitions.read_partition(output, run_date) is None
     finally:
         job.kill()
         job.wait(timeout=60)
-    assert not os.path.exists(bs.partition_dir(output, run_date))
+    assert not os.path.exists(partitions.partition_dir(output, run_date))
 
     summary = batch_score.main(argv[:-6])
-    report = bs.verify_partition(output, run_date, data, sample=5)
+    report = verify.verify_partition(output, run_date, data, sample=5)
     assert report["ok"], report
     assert summary["rows"] == summary["users"] * K == report["rows"]
     assert not os.path.exists(os.path.join(output, bs.TMP, f"run_date={run_date}"))  # the dead run's parts are gone
@@ -567,10 +569,10 @@ def test_a_moment_inside_the_data_is_a_replay_with_its_cold_households_flagged(s
         bs.check_config(
             dataclasses.replace(bs.BatchScoreConfig(model=small_model_dir, data=data, output="o"), at="2001-01-01")
         )
-    raw = dict(zip(*(bs.read_users(data).column(c).to_pylist() for c in ("position", "user_id"))))
+    raw = dict(zip(*(partitions.read_users(data).column(c).to_pylist() for c in ("position", "user_id"))))
     cold = {raw[u] for u, t in first.items() if t >= at}
     assert summary["replay"] is True and summary["cold_start_users"] == len(cold) > 0
-    table = bs.read_partition(str(tmp_path / "out"), summary["run_date"]).to_pandas()
+    table = partitions.read_partition(str(tmp_path / "out"), summary["run_date"]).to_pandas()
     flagged = table.groupby("user_id")["cold_start"].agg(["all", "any"])
     assert (flagged["all"] == flagged["any"]).all() and set(flagged.index[flagged["all"]]) == cold
     # Every household as Recommender ranks it from what was known at that moment.
@@ -604,15 +606,15 @@ def test_an_explained_run_writes_each_rows_reason_as_rank_gives_it(small_model_d
     users = states.num_users - 1
     assert summary["explain"] is True and summary["scored_in"] == "actors" and plain["explain"] is False
     assert summary["verify"]["sampled_reasons_equal_to_rank"] == summary["verify"]["sampled_users"] == users
-    table = bs.read_partition(str(tmp_path / "explained"), summary["run_date"])
-    assert table.column_names[-1] == "reason" and table.schema.field("reason").type == bs.REASON_TYPE
+    table = partitions.read_partition(str(tmp_path / "explained"), summary["run_date"])
+    assert table.column_names[-1] == "reason" and table.schema.field("reason").type == partitions.REASON_TYPE
     frame = table.to_pandas().sort_values(["user_id", "rank"])
-    unexplained = bs.read_partition(str(tmp_path / "plain"), plain["run_date"]).to_pandas()
+    unexplained = partitions.read_partition(str(tmp_path / "plain"), plain["run_date"]).to_pandas()
     unexplained = unexplained.sort_values(["user_id", "rank"])
     assert frame["product_id"].tolist() == unexplained["product_id"].tolist()
     np.testing.assert_allclose(frame["score"].to_numpy(), unexplained["score"].to_numpy(), rtol=1e-5)
     expected = {r.user_id: r for r in recommender.rank(users_of(frame), k=K, at=at, reasons=True)}
-    positions = dict(zip(*(bs.read_users(data).column(c).to_pylist() for c in ("user_id", "position"))))
+    positions = dict(zip(*(partitions.read_users(data).column(c).to_pylist() for c in ("user_id", "position"))))
     cold = 0
     for user, rows in frame.groupby("user_id"):
         ranked = expected[user]
@@ -640,10 +642,10 @@ def test_an_explained_run_writes_each_rows_reason_as_rank_gives_it(small_model_d
 
     # The verification reads what was written: one reason off by a day fails it.
     part = os.path.join(
-        bs.partition_dir(str(tmp_path / "explained"), summary["run_date"]),
+        partitions.partition_dir(str(tmp_path / "explained"), summary["run_date"]),
         sorted(
             n
-            for n in os.listdir(bs.partition_dir(str(tmp_path / "explained"), summary["run_date"]))
+            for n in os.listdir(partitions.partition_dir(str(tmp_path / "explained"), summary["run_date"]))
             if n.endswith(".parquet")
         )[0],
     )
@@ -651,19 +653,18 @@ def test_an_explained_run_writes_each_rows_reason_as_rank_gives_it(small_model_d
     reasons = written.column("reason").to_pylist()
     warm = next(i for i, r in enumerate(reasons) if r is not None)
     reasons[warm] = {**reasons[warm], "days_bought": reasons[warm]["days_bought"] + 1}
-    pq.write_table(
-        written.set_column(written.schema.get_field_index("reason"), "reason", pa.array(reasons, bs.REASON_TYPE)), part
-    )
-    report = bs.verify_partition(str(tmp_path / "explained"), summary["run_date"], data, sample=1000)
+    column = pa.array(reasons, partitions.REASON_TYPE)
+    pq.write_table(written.set_column(written.schema.get_field_index("reason"), "reason", column), part)
+    report = verify.verify_partition(str(tmp_path / "explained"), summary["run_date"], data, sample=1000)
     assert not report["ok"] and report["sampled_equal_to_recommend"] == users
     assert report["sampled_reasons_equal_to_rank"] == users - 1
-    assert "sampled reasons" in str(bs.VerificationFailed(report))
+    assert "sampled reasons" in str(verify.VerificationFailed(report))
     # ... and a score's last digits do not (float32 storage), where a real difference does.
     warm_reasons = expected[next(u for u, r in expected.items() if not r.cold_start)].reasons
     rows = [reason.as_dict() for reason in warm_reasons]
-    assert bs.same_reasons(rows, warm_reasons)
+    assert verify.same_reasons(rows, warm_reasons)
     nudged = rows[0]["score_if_never_bought"]
-    assert bs.same_reasons([{**rows[0], "score_if_never_bought": nudged * (1 + 1e-6)}] + rows[1:], warm_reasons)
-    assert not bs.same_reasons([{**rows[0], "score_if_never_bought": nudged * 1.01}] + rows[1:], warm_reasons)
-    assert not bs.same_reasons(None, None) and bs.same_reasons([None] * K, None)
-    assert not bs.same_reasons(rows, None) and not bs.same_reasons([None] * K, warm_reasons)
+    assert verify.same_reasons([{**rows[0], "score_if_never_bought": nudged * (1 + 1e-6)}] + rows[1:], warm_reasons)
+    assert not verify.same_reasons([{**rows[0], "score_if_never_bought": nudged * 1.01}] + rows[1:], warm_reasons)
+    assert not verify.same_reasons(None, None) and verify.same_reasons([None] * K, None)
+    assert not verify.same_reasons(rows, None) and not verify.same_reasons([None] * K, warm_reasons)

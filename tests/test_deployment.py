@@ -19,6 +19,7 @@ from conftest import SMALL_SPEC
 from helpers import REPO, free_port
 
 from ncf.batch import scoring as batch_scoring
+from ncf.batch.partitions import read_partition
 from ncf.data import datasets, layout, schema
 from ncf.data.preprocess import PreprocessConfig, preprocess
 from ncf.data.user_state import UserStates
@@ -136,7 +137,7 @@ def test_refit_through_the_cli_serves_every_household_from_histories_to_the_cut(
     logged = []
     summary = batch_scoring.run_batch_scoring(config, log=logged.append)
     assert summary["users"] == read_json(layout.stats_path(data))["vocab_sizes"]["num_users"] - 1
-    table = batch_scoring.read_partition(config.output, summary["run_date"]).to_pandas()
+    table = read_partition(config.output, summary["run_date"]).to_pandas()
     assert table[table["user_id"] == NEW_HOUSEHOLD]["product_id"].tolist() == ranked.product_ids
 
 
@@ -182,5 +183,5 @@ def test_a_model_ranks_from_a_newer_datas_histories(ray_session, small_model_dir
     logged = []
     summary = batch_scoring.run_batch_scoring(config, log=logged.append)
     assert any("1 households with purchases are new to the model" in line for line in logged), logged
-    table = batch_scoring.read_partition(config.output, summary["run_date"]).to_pandas()
+    table = read_partition(config.output, summary["run_date"]).to_pandas()
     assert set(table["user_id"]) >= {household, NEW_HOUSEHOLD} and summary["users"] == stats["vocab_sizes"]["num_users"]

@@ -25,6 +25,7 @@ from conftest import SMALL_MODEL, SMALL_SPEC
 from helpers import free_port
 
 from ncf.batch import scoring as batch_scoring
+from ncf.batch.verify import verify_partition
 from ncf.data import datasets, schema
 from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import PreprocessConfig, preprocess
@@ -232,5 +233,5 @@ def test_batch_scoring_runs_one_actor_per_node_and_commits_every_user(
     assert summary["users"] == two_node_run["stats"]["vocab_sizes"]["num_users"] - 1
     assert summary["rows"] == summary["users"] * K
     assert _actor_nodes("ScoreBatch") == set(two_nodes.values())
-    report = batch_scoring.verify_partition(output, summary["run_date"], data, sample=10)
+    report = verify_partition(output, summary["run_date"], data, sample=10)
     assert report["ok"], report

@@ -35,20 +35,20 @@ readers: between its two renames (old partition out, new one in; one directory f
 the date has no partition, and a reader looking then finds it absent. A committed partition always
 carries its ``_SUCCESS``, a rerun of a date replaces it, and a run that dies before its commit
 leaves only ``_tmp`` entries, which the next run of that date removes. Readers should treat a
-partition without ``_SUCCESS`` as absent (:func:`read_partition` does).
+partition without ``_SUCCESS`` as absent (:func:`ncf.batch.partitions.read_partition` does); the
+checks of ``--verify`` are :mod:`ncf.batch.verify`.
 
 Example::
 
     config = BatchScoreConfig(model="artifacts/demo/model", data="artifacts/demo/data",
                               output="artifacts/batch/cj", k=10, at="data-end")
     summary = run_batch_scoring(config)      # {"users": 2462, "rows": 24620, ...}
-    table = read_partition(config.output, summary["run_date"])
+    table = partitions.read_partition(config.output, summary["run_date"])
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -67,6 +67,8 @@ import pyarrow.parquet as pq
 
 from ncf.batch import commit
 from ncf.batch.commit import STALE_SECONDS, SUCCESS, TMP, PartitionRun  # noqa: F401  (part of this module's API)
+from ncf.batch.partitions import REASON_TYPE, count_users, partition_name, read_users, typed_ids
+from ncf.batch.verify import VerificationFailed, verify_parts
 from ncf.data import layout
 from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
@@ -83,7 +85,6 @@ from ncf.rank.recommender import Recommender
 from ncf.rank.state import EmbeddingRows, RankingState, check_catalog
 from ncf.staging import within
 
-PARTITION_KEY = "run_date"
 COMPILE_SETTINGS = ("auto", "yes", "no")
 COMPILE_MIN_USERS_PER_ACTOR = 100_000
 SCORE_IN_SETTINGS = ("auto", "driver", "actors")
@@ -97,16 +98,6 @@ TARGET_PARTS = 50
 # more parts.
 MAX_AUTO_BATCH = 9_984
 CPUS_PER_ACTOR = 1.0  # what each scoring actor reserves unless told
-# The ``reason`` column of an explained run: ncf.rank.reasons.Reason, field for field.
-REASON_TYPE = pa.struct(
-    [
-        ("days_bought", pa.int32()),
-        ("days_since_last", pa.float32()),
-        ("typical_gap_days", pa.float32()),
-        ("score_if_never_bought", pa.float32()),
-        ("score_if_category_never_bought", pa.float32()),
-    ]
-)
 
 
 @dataclass
@@ -182,14 +173,6 @@ def _log(message: str) -> None:
 # -- the moment scored and where it goes ---------------------------------------------------------
 
 
-def partition_name(run_date: str) -> str:
-    return f"{PARTITION_KEY}={run_date}"
-
-
-def partition_dir(output: str, run_date: str) -> str:
-    return commit.partition_path(output, partition_name(run_date))
-
-
 def clean_stale(output: str, run_date: str, now: Optional[float] = None) -> List[str]:
     """Removes what dead runs left in ``OUT/_tmp`` (:func:`ncf.batch.commit.clean_stale`): every
     entry of this date, other dates' stale entries. Returns the removed paths."""
@@ -197,24 +180,6 @@ def clean_stale(output: str, run_date: str, now: Optional[float] = None) -> List
 
 
 # -- the users -------------------------------------------------------------------------------------
-
-
-def read_users(data: str) -> pa.Table:
-    """Every user of the data's vocabulary: ``position`` (vocabulary index, names the parts) and
-    ``user_id`` (raw id, typed as in the input logs)."""
-    vocab = Vocabulary.load(_users_path(data))
-    return pa.table(
-        {"position": pa.array(np.arange(1, len(vocab), dtype=np.int64)), "user_id": typed_ids(vocab, vocab.ids)}
-    )
-
-
-def count_users(data: str) -> int:
-    """DATA's users without loading their ids: stats.json's count, or (a stats.json written
-    before it had one) the user vocabulary's row count from its Parquet footer."""
-    sizes = layout.DataStats(data).vocab_sizes
-    if sizes and "num_users" in sizes:
-        return int(sizes["num_users"]) - 1
-    return pq.ParquetFile(_users_path(data)).metadata.num_rows  # rows 1..N: the unknown user is not stored
 
 
 def new_to_model(model: str, data: str) -> int:
@@ -226,15 +191,6 @@ def new_to_model(model: str, data: str) -> int:
     rows = EmbeddingRows.of_model(handle, vocabs).user
     with_purchases = np.diff(UserStates.load(layout.user_state_dir(data)).offsets) > 0
     return int(((rows == 0) & with_purchases)[1:].sum())
-
-
-def _users_path(data: str) -> str:
-    return os.path.join(layout.vocab_dir(data), "users.parquet")
-
-
-def typed_ids(vocab: Vocabulary, ids: pa.Array) -> pa.Array:
-    """Vocabulary strings back in the raw ids' type (int64 when the input ids were integers)."""
-    return ids.cast(pa.int64()) if vocab.kind == "int" else ids
 
 
 def auto_batch_size(num_users: int) -> int:
@@ -617,20 +573,6 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
     return manifest
 
 
-class VerificationFailed(RuntimeError):
-    """The staged output failed ``--verify``; ``report`` says which checks (nothing committed)."""
-
-    def __init__(self, report: Dict) -> None:
-        failed = [key for key, value in report.items() if value is False and key != "ok"]
-        sampled = report.get("sampled_users", 0)
-        if report.get("sampled_equal_to_recommend", sampled) < sampled:
-            failed.append("sampled users")
-        if report.get("sampled_reasons_equal_to_rank", sampled) < sampled:
-            failed.append("sampled reasons")
-        super().__init__("verification failed (" + ", ".join(failed or ["sampled users"]) + "): not committed")
-        self.report = report
-
-
 def _verified(
     stage: str, manifest: Dict, sample: int, log: Callable[[str], None], stats: Optional[ProductStats] = None
 ) -> Dict:
@@ -816,124 +758,3 @@ def _collect(
             last = now
     steady = (done - first[1]) / max(time.time() - first[0], 1e-9) if first and done > first[1] else 0.0
     return reported, steady
-
-
-# -- reading and checking a committed partition ----------------------------------------------------
-
-
-def read_manifest(output: str, run_date: str) -> Optional[Dict]:
-    """The partition's ``_SUCCESS`` content, or None when the partition is not committed."""
-    path = os.path.join(partition_dir(output, run_date), SUCCESS)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def read_partition(output: str, run_date: str) -> Optional[pa.Table]:
-    """A committed partition's rows; None when it is absent or has no ``_SUCCESS``."""
-    if read_manifest(output, run_date) is None:
-        return None
-    try:
-        return pads.dataset(partition_dir(output, run_date), format="parquet").to_table()
-    except FileNotFoundError:  # a rerun's swap took it out between the two reads: absent for now
-        return None
-
-
-def verify_partition(output: str, run_date: str, data: str, sample: int = 20, seed: int = 0) -> Dict:
-    """Checks a committed partition against its inputs (:func:`verify_parts`); the job itself
-    verifies its staged output before the commit (``BatchScoreConfig.verify``)."""
-    manifest = read_manifest(output, run_date)
-    if manifest is None:
-        return {"ok": False, "error": f"{partition_dir(output, run_date)}: not committed (no {SUCCESS})"}
-    return verify_parts(partition_dir(output, run_date), manifest, data, sample=sample, seed=seed)
-
-
-def verify_parts(
-    directory: str, manifest: Dict, data: str, sample: int = 20, seed: int = 0, stats: Optional[ProductStats] = None
-) -> Dict:
-    """Checks the parts of ``directory`` (a committed partition or a run's stage) against their
-    inputs and ``manifest`` (the ``_SUCCESS`` content); ``ok`` is True when all hold:
-
-    * every user of ``data`` appears exactly K times, with ranks 1..K, no product twice, and
-      no other user appears;
-    * scores do not increase with rank;
-    * for ``sample`` seeded users, the products equal ``Recommender.recommend`` at the run's
-      ``at`` (the same call the Serve endpoint makes), and in an explained run (``explain`` in
-      the manifest) so do their reasons (``Recommender.rank(..., reasons=True)``).
-
-    Reads one part at a time (a part holds whole users): the driver never holds the output.
-    ``stats``: a replay's product stats, when the caller has them (computed otherwise).
-    """
-    k = manifest["k"]
-    expected_users = read_users(data).column("user_id")
-    rng = np.random.default_rng(seed)
-    picked = rng.permutation(len(expected_users))[: min(sample, len(expected_users))]
-    chosen = pc.take(expected_users, pa.array(picked, pa.int64())).to_pylist()
-    explained = bool(manifest.get("explain"))
-    columns = ["user_id", "rank", "product_id", "score"] + (["reason"] if explained else [])
-    seen, rows, job, job_reasons = [], 0, {}, {}
-    exactly_k = ranks_ok = no_duplicates = non_increasing = True
-    parts = sorted(n for n in os.listdir(directory) if n.endswith(".parquet") and not n.startswith((".", "_")))
-    for name in parts:
-        table = pq.read_table(os.path.join(directory, name), columns=columns)
-        frame = table.sort_by([("user_id", "ascending"), ("rank", "ascending")]).to_pandas()
-        counts = frame.groupby("user_id", sort=False).size()
-        rows += len(frame)
-        seen.append(pa.array(counts.index.to_numpy(), type=expected_users.type))
-        whole = len(frame) == len(counts) * k and bool((counts == k).all())
-        exactly_k &= whole
-        ranks_ok &= whole and bool((frame["rank"].to_numpy() == np.tile(np.arange(1, k + 1), len(counts))).all())
-        no_duplicates &= not frame.duplicated(["user_id", "product_id"]).any()
-        if whole:
-            non_increasing &= bool((np.diff(frame["score"].to_numpy().reshape(-1, k), axis=1) <= 1e-6).all())
-        mine = frame[frame["user_id"].isin(chosen)]
-        job.update({u: g["product_id"].tolist() for u, g in mine.groupby("user_id", sort=False)})
-        if explained:
-            job_reasons.update({u: g["reason"].tolist() for u, g in mine.groupby("user_id", sort=False)})
-    written = pa.chunked_array(seen, type=expected_users.type) if seen else pa.chunked_array([], expected_users.type)
-    same_users = (
-        len(written) == len(expected_users)
-        and len(pc.unique(written)) == len(written)
-        and bool(pc.all(pc.is_in(expected_users, value_set=written.combine_chunks())).as_py() or not len(written))
-    )
-    checks = {
-        "users": len(written),
-        "rows": rows,
-        "every_user_exactly_k": same_users and exactly_k,
-        "ranks_1_to_k": ranks_ok,
-        "no_duplicate_products": no_duplicates,
-        "scores_non_increasing": non_increasing,
-        "rows_match_success": rows == manifest["rows"] and len(written) == manifest["users"],
-    }
-    # A past at: as of its day, as the job ranked it.
-    recommender = Recommender.load(manifest["model"], data=manifest["data"]).as_of(manifest["at_epoch_s"], stats)
-    ranked = recommender.rank(chosen, k=k, at=manifest["at_epoch_s"], reasons=explained)
-    matches = sum(job.get(u) == r.product_ids for u, r in zip(chosen, ranked))
-    checks.update({"sampled_users": len(chosen), "sampled_equal_to_recommend": int(matches)})
-    checks["ok"] = all(v for key, v in checks.items() if isinstance(v, bool)) and matches == len(chosen)
-    if explained:
-        same = sum(same_reasons(job_reasons.get(u), r.reasons) for u, r in zip(chosen, ranked))
-        checks["sampled_reasons_equal_to_rank"] = int(same)
-        checks["ok"] = checks["ok"] and same == len(chosen)
-    return {"run_date": manifest["run_date"], "k": k, "model_version": manifest["model_version"], **checks}
-
-
-def same_reasons(written: Optional[Sequence[Optional[Dict]]], expected: Optional[Sequence[Reason]]) -> bool:
-    """Whether one user's ``reason`` rows (:data:`REASON_TYPE`) are ``expected`` (None: a cold
-    start, every row null): counts exactly, the rest relatively (float32 storage, and model calls
-    batched otherwise than the job's, move the last bits; a tiny probability's too)."""
-    if written is None:
-        return False
-    if expected is None:
-        return all(row is None for row in written)
-    if len(written) != len(expected) or any(row is None for row in written):
-        return False
-    for row, reason in zip(written, expected):
-        for name, value in reason.as_dict().items():
-            if value is None or row[name] is None or isinstance(value, int):
-                if row[name] != value:
-                    return False
-            elif not math.isclose(row[name], value, rel_tol=1e-4, abs_tol=1e-12):
-                return False
-    return True

@@ -1,0 +1,93 @@
+"""What a nightly run writes and how a reader finds it: the partition layout under OUT, the users a
+DATA scores (their positions name the parts), the ``reason`` column of an explained run, and the
+committed partitions with their ``_SUCCESS`` manifests (:mod:`ncf.batch.scoring` writes them,
+:mod:`ncf.batch.commit` swaps them in).
+
+Example::
+
+    manifest = read_manifest("artifacts/batch/cj", "2018-01-01")   # None until committed
+    table = read_partition("artifacts/batch/cj", "2018-01-01")     # user_id, rank, product_id, ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from ncf.batch import commit
+from ncf.batch.commit import SUCCESS
+from ncf.data import layout
+from ncf.data.vocab import Vocabulary
+
+PARTITION_KEY = "run_date"
+
+# The ``reason`` column of an explained run: ncf.rank.reasons.Reason, field for field.
+REASON_TYPE = pa.struct(
+    [
+        ("days_bought", pa.int32()),
+        ("days_since_last", pa.float32()),
+        ("typical_gap_days", pa.float32()),
+        ("score_if_never_bought", pa.float32()),
+        ("score_if_category_never_bought", pa.float32()),
+    ]
+)
+
+
+def partition_name(run_date: str) -> str:
+    return f"{PARTITION_KEY}={run_date}"
+
+
+def partition_dir(output: str, run_date: str) -> str:
+    return commit.partition_path(output, partition_name(run_date))
+
+
+def read_users(data: str) -> pa.Table:
+    """Every user of the data's vocabulary: ``position`` (vocabulary index, names the parts) and
+    ``user_id`` (raw id, typed as in the input logs)."""
+    vocab = Vocabulary.load(_users_path(data))
+    return pa.table(
+        {"position": pa.array(np.arange(1, len(vocab), dtype=np.int64)), "user_id": typed_ids(vocab, vocab.ids)}
+    )
+
+
+def count_users(data: str) -> int:
+    """DATA's users without loading their ids: stats.json's count, or (a stats.json written
+    before it had one) the user vocabulary's row count from its Parquet footer."""
+    sizes = layout.DataStats(data).vocab_sizes
+    if sizes and "num_users" in sizes:
+        return int(sizes["num_users"]) - 1
+    return pq.ParquetFile(_users_path(data)).metadata.num_rows  # rows 1..N: the unknown user is not stored
+
+
+def _users_path(data: str) -> str:
+    return os.path.join(layout.vocab_dir(data), "users.parquet")
+
+
+def typed_ids(vocab: Vocabulary, ids: pa.Array) -> pa.Array:
+    """Vocabulary strings back in the raw ids' type (int64 when the input ids were integers)."""
+    return ids.cast(pa.int64()) if vocab.kind == "int" else ids
+
+
+def read_manifest(output: str, run_date: str) -> Optional[Dict]:
+    """The partition's ``_SUCCESS`` content, or None when the partition is not committed."""
+    path = os.path.join(partition_dir(output, run_date), SUCCESS)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_partition(output: str, run_date: str) -> Optional[pa.Table]:
+    """A committed partition's rows; None when it is absent or has no ``_SUCCESS``."""
+    if read_manifest(output, run_date) is None:
+        return None
+    try:
+        return pads.dataset(partition_dir(output, run_date), format="parquet").to_table()
+    except FileNotFoundError:  # a rerun's swap took it out between the two reads: absent for now
+        return None

@@ -1,0 +1,140 @@
+"""Checks of a nightly run's output against its inputs: every user K rows, ranks and scores in
+order, and sampled users (with their reasons, in an explained run) equal to what
+``Recommender.rank`` gives them, the call Serve makes. The job runs them on its staged parts before
+the commit (``--verify N``); :func:`verify_partition` runs them on a committed partition.
+
+Example::
+
+    report = verify_partition("artifacts/batch/cj", "2018-01-01", "artifacts/demo/data", sample=20)
+    report["ok"], report["sampled_equal_to_recommend"]   # True, 20
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ncf.batch.commit import SUCCESS
+from ncf.batch.partitions import partition_dir, read_manifest, read_users
+from ncf.data.product_stats import ProductStats
+from ncf.rank.reasons import Reason
+from ncf.rank.recommender import Recommender
+
+
+class VerificationFailed(RuntimeError):
+    """The staged output failed ``--verify``; ``report`` says which checks (nothing committed)."""
+
+    def __init__(self, report: Dict) -> None:
+        failed = [key for key, value in report.items() if value is False and key != "ok"]
+        sampled = report.get("sampled_users", 0)
+        if report.get("sampled_equal_to_recommend", sampled) < sampled:
+            failed.append("sampled users")
+        if report.get("sampled_reasons_equal_to_rank", sampled) < sampled:
+            failed.append("sampled reasons")
+        super().__init__("verification failed (" + ", ".join(failed or ["sampled users"]) + "): not committed")
+        self.report = report
+
+
+def verify_partition(output: str, run_date: str, data: str, sample: int = 20, seed: int = 0) -> Dict:
+    """Checks a committed partition against its inputs (:func:`verify_parts`); the job itself
+    verifies its staged output before the commit (``BatchScoreConfig.verify``)."""
+    manifest = read_manifest(output, run_date)
+    if manifest is None:
+        return {"ok": False, "error": f"{partition_dir(output, run_date)}: not committed (no {SUCCESS})"}
+    return verify_parts(partition_dir(output, run_date), manifest, data, sample=sample, seed=seed)
+
+
+def verify_parts(
+    directory: str, manifest: Dict, data: str, sample: int = 20, seed: int = 0, stats: Optional[ProductStats] = None
+) -> Dict:
+    """Checks the parts of ``directory`` (a committed partition or a run's stage) against their
+    inputs and ``manifest`` (the ``_SUCCESS`` content); ``ok`` is True when all hold:
+
+    * every user of ``data`` appears exactly K times, with ranks 1..K, no product twice, and
+      no other user appears;
+    * scores do not increase with rank;
+    * for ``sample`` seeded users, the products equal ``Recommender.recommend`` at the run's
+      ``at`` (the same call the Serve endpoint makes), and in an explained run (``explain`` in
+      the manifest) so do their reasons (``Recommender.rank(..., reasons=True)``).
+
+    Reads one part at a time (a part holds whole users): the driver never holds the output.
+    ``stats``: a replay's product stats, when the caller has them (computed otherwise).
+    """
+    k = manifest["k"]
+    expected_users = read_users(data).column("user_id")
+    rng = np.random.default_rng(seed)
+    picked = rng.permutation(len(expected_users))[: min(sample, len(expected_users))]
+    chosen = pc.take(expected_users, pa.array(picked, pa.int64())).to_pylist()
+    explained = bool(manifest.get("explain"))
+    columns = ["user_id", "rank", "product_id", "score"] + (["reason"] if explained else [])
+    seen, rows, job, job_reasons = [], 0, {}, {}
+    exactly_k = ranks_ok = no_duplicates = non_increasing = True
+    parts = sorted(n for n in os.listdir(directory) if n.endswith(".parquet") and not n.startswith((".", "_")))
+    for name in parts:
+        table = pq.read_table(os.path.join(directory, name), columns=columns)
+        frame = table.sort_by([("user_id", "ascending"), ("rank", "ascending")]).to_pandas()
+        counts = frame.groupby("user_id", sort=False).size()
+        rows += len(frame)
+        seen.append(pa.array(counts.index.to_numpy(), type=expected_users.type))
+        whole = len(frame) == len(counts) * k and bool((counts == k).all())
+        exactly_k &= whole
+        ranks_ok &= whole and bool((frame["rank"].to_numpy() == np.tile(np.arange(1, k + 1), len(counts))).all())
+        no_duplicates &= not frame.duplicated(["user_id", "product_id"]).any()
+        if whole:
+            non_increasing &= bool((np.diff(frame["score"].to_numpy().reshape(-1, k), axis=1) <= 1e-6).all())
+        mine = frame[frame["user_id"].isin(chosen)]
+        job.update({u: g["product_id"].tolist() for u, g in mine.groupby("user_id", sort=False)})
+        if explained:
+            job_reasons.update({u: g["reason"].tolist() for u, g in mine.groupby("user_id", sort=False)})
+    written = pa.chunked_array(seen, type=expected_users.type) if seen else pa.chunked_array([], expected_users.type)
+    same_users = (
+        len(written) == len(expected_users)
+        and len(pc.unique(written)) == len(written)
+        and bool(pc.all(pc.is_in(expected_users, value_set=written.combine_chunks())).as_py() or not len(written))
+    )
+    checks = {
+        "users": len(written),
+        "rows": rows,
+        "every_user_exactly_k": same_users and exactly_k,
+        "ranks_1_to_k": ranks_ok,
+        "no_duplicate_products": no_duplicates,
+        "scores_non_increasing": non_increasing,
+        "rows_match_success": rows == manifest["rows"] and len(written) == manifest["users"],
+    }
+    # A past at: as of its day, as the job ranked it.
+    recommender = Recommender.load(manifest["model"], data=manifest["data"]).as_of(manifest["at_epoch_s"], stats)
+    ranked = recommender.rank(chosen, k=k, at=manifest["at_epoch_s"], reasons=explained)
+    matches = sum(job.get(u) == r.product_ids for u, r in zip(chosen, ranked))
+    checks.update({"sampled_users": len(chosen), "sampled_equal_to_recommend": int(matches)})
+    checks["ok"] = all(v for key, v in checks.items() if isinstance(v, bool)) and matches == len(chosen)
+    if explained:
+        same = sum(same_reasons(job_reasons.get(u), r.reasons) for u, r in zip(chosen, ranked))
+        checks["sampled_reasons_equal_to_rank"] = int(same)
+        checks["ok"] = checks["ok"] and same == len(chosen)
+    return {"run_date": manifest["run_date"], "k": k, "model_version": manifest["model_version"], **checks}
+
+
+def same_reasons(written: Optional[Sequence[Optional[Dict]]], expected: Optional[Sequence[Reason]]) -> bool:
+    """Whether one user's ``reason`` rows (:data:`REASON_TYPE`) are ``expected`` (None: a cold
+    start, every row null): counts exactly, the rest relatively (float32 storage, and model calls
+    batched otherwise than the job's, move the last bits; a tiny probability's too)."""
+    if written is None:
+        return False
+    if expected is None:
+        return all(row is None for row in written)
+    if len(written) != len(expected) or any(row is None for row in written):
+        return False
+    for row, reason in zip(written, expected):
+        for name, value in reason.as_dict().items():
+            if value is None or row[name] is None or isinstance(value, int):
+                if row[name] != value:
+                    return False
+            elif not math.isclose(row[name], value, rel_tol=1e-4, abs_tol=1e-12):
+                return False
+    return True
