@@ -22,6 +22,7 @@ from ncf.data.preprocess import (
     STATS_FIXED_BYTES,
     TASK_SHUFFLE_ROWS,
     PreprocessConfig,
+    _RepeatedLines,
     _write_list_file,
     build_vocabularies,
     check_inputs,
@@ -486,13 +487,19 @@ def test_bad_rows_land_in_quarantine_with_reasons(ray_session, tmp_path):
         ("u1", "p1", "1850-01-01T00:00:00", "1"),
         ("u1", "p1", "2024-01-01T10:00:00", "0"),
         ("u2", "p1", "2024-01-01T10:00:00", "many"),
+        # Kept: a line repeated exactly, one repeated with another quantity (both counted as repeats,
+        # in logs of any order), and another product in the same second (no repeat).
+        ("u1", "p1", "2024-01-01T10:00:00", "1"),
+        ("u2", "p2", "2024-04-01T10:00:00", "3"),
+        ("u2", "p1", "2024-04-01T10:00:00", "1"),
     ]
     path = tmp_path / "logs.csv"
     path.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(",".join(r) for r in rows) + "\n")
     config = PreprocessConfig(examples=ExampleConfig(history_length=2), val_weeks=4, test_weeks=4)
     out = str(tmp_path / "out")
     stats = preprocess(schema.resolve_files(str(path)), None, out, config, state_only=True)
-    assert stats["rows_in"] == 11 and stats["rows_kept"] == 5 and stats["rows_quarantined"] == 6
+    assert stats["rows_in"] == 14 and stats["rows_kept"] == 8 and stats["rows_quarantined"] == 6
+    assert stats["repeated_lines"] == 2
     quarantine = pq.read_table(layout.quarantine_dir(out)).to_pandas()
     assert sorted(quarantine["reason"]) == sorted(
         [
@@ -506,6 +513,18 @@ def test_bad_rows_land_in_quarantine_with_reasons(ray_session, tmp_path):
     )
     assert stats["quarantine_by_reason"] == {r: 1 for r in quarantine["reason"]}
     assert stats["products_missing_from_catalog"] == 2  # no catalog: every product is unknown
+
+
+def test_repeated_lines_are_counted_across_the_sorted_batches():
+    a = np.array
+    batches = [
+        (a([1, 1]), a([2, 2]), a([5, 5])),
+        (a([], int),) * 3,
+        (a([1, 2]), a([2, 2]), a([5, 5])),
+        (a([2]), a([3]), a([5])),
+    ]
+    counted = _RepeatedLines(iter(batches))
+    assert [len(b[0]) for b in counted] == [2, 0, 2, 1] and counted.count == 2  # one in a batch, one across two
 
 
 @pytest.mark.faults

@@ -36,7 +36,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -348,19 +348,39 @@ def _count_lists(directory: str) -> Dict[str, int]:
     return counts
 
 
-def write_state(indexed: ray.data.Dataset, vocabs: Vocabularies, output: str) -> UserStates:
-    """Every household's purchases (compact arrays).
+def write_state(indexed: ray.data.Dataset, vocabs: Vocabularies, output: str) -> tuple[UserStates, int]:
+    """Every household's purchases (compact arrays), and how many lines repeat another line's
+    household, product and second (kept, each a purchase: counted because a doubled export shows
+    there, and sorted rows make them neighbours).
 
     Ray Data sorts the purchases by household, time and product across the cluster; the driver
     then appends them to memory-mapped files a block at a time, the blocks taken in the order of
     their first rows (:func:`_in_key_order`). It never holds the log (tens of GB at 10M
     households) and writes each page of the state once."""
     key = [USER, TS, PRODUCT]
-    batches = (
+    batches = _RepeatedLines(
         (block.column(USER).to_numpy(), block.column(PRODUCT).to_numpy(), block.column(TS).to_numpy())
         for block in _in_key_order(indexed.sort(key), key)
     )
-    return UserStates.write(layout.user_state_dir(output), batches, len(vocabs.users), indexed.count())
+    states = UserStates.write(layout.user_state_dir(output), batches, len(vocabs.users), indexed.count())
+    return states, batches.count
+
+
+class _RepeatedLines:
+    """Passes sorted (households, products, timestamps) batches on, counting the rows equal to
+    the row before them (across batches too)."""
+
+    def __init__(self, batches: Iterable[tuple]) -> None:
+        self.batches, self.count, self._last = batches, 0, None
+
+    def __iter__(self) -> Iterator[tuple]:
+        for users, products, timestamps in self.batches:
+            if len(users):
+                rows = (users, products, timestamps)
+                self.count += int(np.logical_and.reduce([a[1:] == a[:-1] for a in rows]).sum())
+                self.count += int(self._last == tuple(a[0] for a in rows))
+                self._last = tuple(a[-1] for a in rows)
+            yield users, products, timestamps
 
 
 def _in_key_order(ordered: ray.data.Dataset, key: List[str]) -> Iterator[pa.Table]:
@@ -697,7 +717,12 @@ def _preprocess_into(
     ).materialize()
     del kept  # the indexed rows are all that is read from here on
     _log("writing the state: every household's purchases")
-    write_state(indexed, vocabs, output)
+    _, repeated_lines = write_state(indexed, vocabs, output)
+    if repeated_lines:
+        _log(
+            f"{repeated_lines:,} lines ({100 * repeated_lines / rows_kept:.3g}%) repeat another line's household, "
+            "product and second: kept, each a purchase (a doubled export would show here)"
+        )
     every = [] if state_only else every_cutoff(cutoffs)
     _log(f"the products' stats at the data's end and at {len(every)} training cutoffs")
     stats_by_cutoff = stats_at(output, vocabs.products.column("category_index"), [bounds["end"] + 1, *every])
@@ -717,6 +742,7 @@ def _preprocess_into(
 
     stats = {
         **read_stats,
+        "repeated_lines": repeated_lines,
         "purchases_per_split": purchases_per_split,
         "state_only": state_only,
         "examples": examples,
