@@ -180,7 +180,15 @@ def main(argv=None) -> dict:
             paths = datasets.write_synthetic(os.path.join(args.cache, name), spec)
         if args.dataset:
             logs, catalog = schema.resolve_files(paths[0]), schema.resolve_files(paths[1])
-        return preprocess(logs, catalog, args.output, config, state_only=args.state_only, overwrite=args.overwrite)
+        return preprocess(
+            logs,
+            catalog,
+            args.output,
+            config,
+            state_only=args.state_only,
+            overwrite=args.overwrite,
+            inputs_checked=bool(args.input),  # checked above, before Ray started
+        )
 
 
 if __name__ == "__main__":

@@ -451,7 +451,9 @@ def track_model(
     nothing is. Returns the version.
 
     A failure to record does not fail the job that trained the model (``strict=False``): it says
-    so on stderr, with the command that records the directory later.
+    so on stderr, with the command that records the directory later. An input error does (a
+    directory that is not a model, or, for the first candidate, one that fails
+    :func:`ncf.model.integrity.verify_model_dir` before it becomes current: registered, not current).
     """
     tags = {k: v for k, v in (tags or {}).items() if v is not None}
     tags.setdefault("deployable", str(candidate).lower())  # refit/best-without-refit: true; validated: false

@@ -14,6 +14,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
+from jobs import preprocess as preprocess_job
 from ncf.data import datasets, layout, schema
 from ncf.data.examples import CUTOFF, ExampleConfig
 from ncf.data.preprocess import (
@@ -169,6 +170,18 @@ def test_a_contract_column_spelled_otherwise_is_refused_naming_it(tmp_path, head
     assert f"column {spelled!r} is spelled otherwise than {spelled.strip().lower()!r}" in str(refused.value)
     path.write_text(f"{header.lower().replace(' ', '')}\n{row}\n")
     check_inputs(schema.resolve_files(str(path)))  # the contract's spelling passes
+    # Both spellings in one Parquet file: which one holds the data cannot be told.
+    both = tmp_path / "logs.parquet"
+    pq.write_table(
+        pa.table(
+            {"user_id": ["u1"], "product_id": ["p1"], "timestamp": ["2024-01-01"], "quantity": [1], "Quantity": [-1]}
+        ),
+        both,
+    )
+    with pytest.raises(
+        schema.InputError, match=r"column 'Quantity' .* drop one of the two \('quantity' is there too\)"
+    ):
+        check_inputs(schema.resolve_files(str(both)))
 
 
 def test_resolve_files_accepts_file_directory_and_glob(tmp_path):
@@ -533,7 +546,7 @@ def test_repeated_lines_are_counted_across_the_sorted_batches():
     [("2,\xc9picerie,Bread\n".encode("latin-1"), "UTF8"), (b"2,Grocery,Bread,Rolls\n", "columns")],
     ids=["latin-1", "unquoted-comma"],
 )
-def test_an_unreadable_catalog_is_one_line_naming_it(ray_session, tmp_path, row, complaint):
+def test_an_unreadable_catalog_is_one_line_naming_it(ray_session, tmp_path, row, complaint, monkeypatch, capsys):
     # Both are common in real catalog exports; they escaped as Ray task tracebacks.
     logs = tmp_path / "logs.csv"
     logs.write_text(
@@ -542,15 +555,24 @@ def test_an_unreadable_catalog_is_one_line_naming_it(ray_session, tmp_path, row,
     catalog = tmp_path / "catalog.csv"
     catalog.write_bytes(b"product_id,department,category\n1,Grocery,Milk\n" + row)
     config = PreprocessConfig(examples=ExampleConfig(history_length=2), val_weeks=1, test_weeks=1)
+    # Ray's reader of a catalog nobody checked first (the fallback behind check_inputs) ...
     with pytest.raises(schema.InputError) as refused:
-        preprocess(schema.resolve_files(str(logs)), schema.resolve_files(str(catalog)), str(tmp_path / "out"), config)
+        files = (schema.resolve_files(str(logs)), schema.resolve_files(str(catalog)))
+        preprocess(*files, str(tmp_path / "out"), config, inputs_checked=True)
     message = str(refused.value)
     assert "\n" not in message and str(catalog) in message and "unreadable product catalog" in message, message
     assert complaint in message, message
     assert not os.path.exists(tmp_path / "out")
-    # Before any Ray work (it used to fail after the whole log had been read and split).
-    with pytest.raises(schema.InputError, match="unreadable product catalog"):
-        check_inputs(schema.resolve_files(str(logs)), schema.resolve_files(str(catalog)))
+
+    # ... and the job, before Ray starts (it used to fail after the whole log had been read and split).
+    def no_ray():
+        raise AssertionError("jobs.preprocess started Ray before refusing the catalog")
+
+    monkeypatch.setattr(preprocess_job, "init_ray", no_ray)
+    with pytest.raises(SystemExit) as exit_info:
+        preprocess_job.main(["--input", str(logs), "--products", str(catalog), "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
 
 
 @pytest.mark.faults

@@ -285,13 +285,15 @@ def _blocks_in_order():
 def _unreadable_catalog(files: schema.InputFiles) -> Optional[schema.InputError]:
     """Which catalog file the reader refused, and why, when a file is to blame. Ray Data's error
     names a file but drops pyarrow's reason ("invalid UTF8 data", "Expected 3 columns, got 4"):
-    CSV files are read again here, one by one, with the same options (a catalog is small). None
+    CSV files are read through here, one by one and streamed, with the same options. None
     when every file reads (the failure was not the input's: a worker lost, memory)."""
     if files.format != "csv":
         return None
     for path in files.paths:
         try:
-            pacsv.read_csv(path, **schema.csv_read_options(schema.CATALOG_REQUIRED))
+            # Streamed: a block in memory at a time, whatever the catalog's size.
+            for _ in pacsv.open_csv(path, **schema.csv_read_options(schema.CATALOG_REQUIRED)):
+                pass
         except pa.ArrowException as e:
             return schema.InputError(f"{path}: unreadable product catalog: {str(e).strip().splitlines()[0][:300]}")
     return None
@@ -300,7 +302,8 @@ def _unreadable_catalog(files: schema.InputFiles) -> Optional[schema.InputError]
 def check_inputs(logs: schema.InputFiles, catalog: Optional[schema.InputFiles] = None) -> None:
     """The checks that need no Ray, so that bad input fails in a second, not after start-up (or,
     for a catalog, after the whole log has been read): the files' columns and, for a CSV catalog,
-    that every file parses (:func:`_unreadable_catalog`; a catalog is small)."""
+    that every file parses (:func:`_unreadable_catalog`, streamed; a Parquet catalog's footer is
+    read with its columns, its rows by Ray)."""
     schema.check_columns(logs, schema.LOG_REQUIRED, "purchase log", schema.LOG_OPTIONAL)
     if catalog is not None:
         schema.check_columns(catalog, schema.CATALOG_REQUIRED, "product catalog")
@@ -581,8 +584,11 @@ def preprocess(
     config: Optional[PreprocessConfig] = None,
     state_only: bool = False,
     overwrite: bool = False,
+    inputs_checked: bool = False,
 ) -> Dict:
     """Runs the whole pipeline; writes under ``output`` (see :mod:`ncf.data.layout`); returns the stats.
+    ``inputs_checked``: the caller ran :func:`check_inputs` already (``jobs.preprocess``, before
+    Ray starts), so the catalog is not read through twice.
 
     The output is built beside ``output`` and swapped in at the end (a failed run leaves the old
     one). Refuses (InputError) an ``output`` that contains an input, or an existing non-empty one
@@ -590,7 +596,8 @@ def preprocess(
     writing the same output is refused too (:class:`ncf.staging.Busy`).
     """
     config = config or PreprocessConfig()
-    check_inputs(logs, catalog)
+    if not inputs_checked:
+        check_inputs(logs, catalog)
     inputs = logs.paths + (catalog.paths if catalog else [])
     with replacing(output, layout.STATS, "preprocessing output", inputs, overwrite, log=_log) as stage:
         try:

@@ -224,17 +224,19 @@ def usable_type(t: pa.DataType, kind: str) -> bool:
 
 def check_columns(files: InputFiles, required: Sequence[str], what: str, optional: Sequence[str] = ()) -> None:
     """Stops with the first file that lacks a required column, spells a required or optional one
-    otherwise (``Quantity``, `` user_id``: names are matched exactly, and an optional column in
-    another spelling would be ignored, silently), or has a contract column of a type that cannot
+    otherwise (``Quantity``, `` user_id``, even beside ``quantity``: names are matched exactly, and
+    a column in another spelling would be ignored, silently), or has a contract column of a type that cannot
     hold it (a list or struct id, say): one line naming the file and the column."""
     for path in files.paths:
         file = file_schema(path, files.format)
         for name in file.names:
             meant = name.strip().lower()
-            if name != meant and meant in (*required, *optional) and meant not in file.names:
+            if name != meant and meant in (*required, *optional):
+                # Beside the contract's spelling too: which one holds the data is anyone's guess.
+                fix = f"drop one of the two ({meant!r} is there too)" if meant in file.names else "rename it"
                 raise InputError(
                     f"{path}: {what} column {name!r} is spelled otherwise than {meant!r}: column names are "
-                    "matched exactly (lower case, no spaces); rename it"
+                    f"matched exactly (lower case, no spaces); {fix}"
                 )
         for column in required:
             if column not in file.names:

@@ -22,7 +22,8 @@ what is wrong) unless:
   on (``config.json``'s ``data.vocab_sha256``, :func:`vocab_digest`: every preprocess may order
   them anew, so equal sizes are not enough), and the purchases and product stats of ``state/``
   load and agree with them;
-* the MF index, where there is one, loads and holds a vector of the MF width per product row.
+* the MF index, where there is one, loads, holds a vector of the MF width per product row, and
+  holds this model's MF vectors (compared on a seeded sample of rows).
 
 :func:`verify_data_state` checks a DATA directory's state the same way (it loads, its parts
 agree), short of the comparison with a model: a DATA directory may be newer than the model.
@@ -235,7 +236,7 @@ def _check_index(model_dir: str, config: ModelConfig) -> None:
     weights = torch.load(os.path.join(model_dir, WEIGHTS), weights_only=True, map_location="cpu", mmap=True)
     if not ann.has_mf(weights):
         raise ModelIntegrityError(f"{model_dir}: {ann.INDEX_FILE} indexes the MF path, which this model does not have")
-    rows = np.sort(np.random.default_rng(0).permutation(index.rows)[:INDEX_SAMPLE])
+    rows = np.sort(np.random.default_rng(0).choice(index.rows, min(INDEX_SAMPLE, index.rows), replace=False))
     stored, expected = index.vectors(rows), ann.product_vectors(weights, rows)
     if not np.allclose(stored, expected, rtol=1e-5, atol=1e-6):
         off = int(rows[np.flatnonzero(~np.isclose(stored, expected, rtol=1e-5, atol=1e-6).all(axis=1))[0]])
