@@ -172,16 +172,17 @@ def verify_model_dir(model_dir: str) -> None:
         raise
     except (ValueError, KeyError, TypeError) as e:
         raise ModelIntegrityError(f"{model_dir}: bad config.json ({_one_line(e)})") from None
-    _check_weights(model_dir, os.path.join(model_dir, WEIGHTS), model_config)
+    weights = _check_weights(model_dir, os.path.join(model_dir, WEIGHTS), model_config)
     trained_vocab = (config.get("data") or {}).get("vocab_sha256")
     _check_state(model_dir, os.path.join(model_dir, STATE), model_config, trained_vocab)
-    _check_index(model_dir, model_config)
+    _check_index(model_dir, model_config, weights)
     _check_trained_rows(model_dir, model_config)
 
 
-def _check_weights(model_dir: str, path: str, config: ModelConfig) -> None:
+def _check_weights(model_dir: str, path: str, config: ModelConfig) -> Dict[str, torch.Tensor]:
+    """The weights (memory-mapped), once their names and shapes fit ``config``."""
     try:
-        # mmap: the tensors stay on disk; only names and shapes are looked at.
+        # mmap: the tensors stay on disk; names and shapes here, a sample of MF rows in _check_index.
         weights = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
     except Exception as e:  # truncated zip, pickled objects, not a checkpoint at all
         raise ModelIntegrityError(
@@ -200,6 +201,7 @@ def _check_weights(model_dir: str, path: str, config: ModelConfig) -> None:
     wrong = [f"{name} {got[name]} != {shape}" for name, shape in expected.items() if got[name] != shape]
     if wrong:
         raise ModelIntegrityError(f"{model_dir}: model.pt shapes do not fit config.json: {'; '.join(wrong[:3])}")
+    return weights
 
 
 def _check_trained_rows(model_dir: str, config: ModelConfig) -> None:
@@ -218,7 +220,7 @@ def _check_trained_rows(model_dir: str, config: ModelConfig) -> None:
             raise ModelIntegrityError(f"{model_dir}: {name} holds {shape}, the tables have {rows} rows")
 
 
-def _check_index(model_dir: str, config: ModelConfig) -> None:
+def _check_index(model_dir: str, config: ModelConfig, weights: Dict[str, torch.Tensor]) -> None:
     """The MF index, where the directory has one, loads, has a vector per product row, and holds
     this model's vectors for a seeded sample of :data:`INDEX_SAMPLE` rows (an index of another model of
     the same shape, sealed again, would give every household another model's candidates)."""
@@ -233,13 +235,13 @@ def _check_index(model_dir: str, config: ModelConfig) -> None:
             f"{model_dir}: {ann.INDEX_FILE} holds {index.rows} vectors of {index.dim}, the model has "
             f"{config.num_products} products of {config.mf_embedding_dim}"
         )
-    weights = torch.load(os.path.join(model_dir, WEIGHTS), weights_only=True, map_location="cpu", mmap=True)
     if not ann.has_mf(weights):
         raise ModelIntegrityError(f"{model_dir}: {ann.INDEX_FILE} indexes the MF path, which this model does not have")
     rows = np.sort(np.random.default_rng(0).choice(index.rows, min(INDEX_SAMPLE, index.rows), replace=False))
     stored, expected = index.vectors(rows), ann.product_vectors(weights, rows)
-    if not np.allclose(stored, expected, rtol=1e-5, atol=1e-6):
-        off = int(rows[np.flatnonzero(~np.isclose(stored, expected, rtol=1e-5, atol=1e-6).all(axis=1))[0]])
+    same = np.isclose(stored, expected, rtol=1e-5, atol=1e-6).all(axis=1)
+    if not same.all():
+        off = int(rows[np.argmin(same)])
         raise ModelIntegrityError(
             f"{model_dir}: {ann.INDEX_FILE} does not hold this model's MF vectors (product row {off} differs): "
             "an index of another model; save the model again to rebuild it"
