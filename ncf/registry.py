@@ -376,12 +376,10 @@ class Registry:
         self._set_current(history[-2], history[:-1])
         return history[-1], history[-2]
 
-    def _deployable(self, version: str) -> str:
-        """``version``'s directory, verified whole before it becomes current: every job that takes
+    def _deployable(self, version: str) -> None:
+        """Verifies ``version``'s directory whole before it becomes current: every job that takes
         ``current`` would refuse a damaged one, the next night's included (reads every byte)."""
-        path = self.path_of(version)
-        verify_model_dir(path)
-        return path
+        verify_model_dir(self.path_of(version))
 
     def resolve(self, ref: str) -> str:
         """The model directory ``ref`` names: ``current``, ``models:/NAME/VERSION`` or

@@ -25,6 +25,7 @@ from ncf.data import layout
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.moments import resolve_at, run_date_of
+from ncf.rank.reasons import Reason
 from ncf.rank.recommender import RankedItems, Recommender
 
 K = 5
@@ -608,6 +609,8 @@ def test_an_explained_run_writes_each_rows_reason_as_rank_gives_it(small_model_d
     assert summary["verify"]["sampled_reasons_equal_to_rank"] == summary["verify"]["sampled_users"] == users
     table = partitions.read_partition(str(tmp_path / "explained"), summary["run_date"])
     assert table.column_names[-1] == "reason" and table.schema.field("reason").type == partitions.REASON_TYPE
+    # Field for field: pyarrow would drop a field Reason gained and REASON_TYPE lacks, silently.
+    assert [f.name for f in partitions.REASON_TYPE] == [f.name for f in dataclasses.fields(Reason)]
     frame = table.to_pandas().sort_values(["user_id", "rank"])
     unexplained = partitions.read_partition(str(tmp_path / "plain"), plain["run_date"]).to_pandas()
     unexplained = unexplained.sort_values(["user_id", "rank"])
