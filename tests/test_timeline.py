@@ -6,7 +6,7 @@ import pytest
 from ncf.data.examples import Cutoff, ExampleConfig, household_lists
 from ncf.data.features import FEATURES, NEVER_DAYS, Catalog, candidate_features
 from ncf.data.product_stats import ProductStats
-from ncf.data.timeline import UserTimeline
+from ncf.data.timeline import UserTimeline, stable_order
 from ncf.data.user_state import UserStates
 
 DAY = 86_400
@@ -47,6 +47,57 @@ def test_aggregates_count_only_earlier_purchases_by_hand():
     assert agg.typical_gap[0] == 1.0 and np.isnan(agg.typical_gap[1])  # 7: one day only
     assert agg.lookup(np.array([7, 9, 5])).tolist() == [1, -1, 0]
     assert agg.most_bought(1, half_life_column=0).tolist() == [5]
+
+
+def _aggregates_by_key(products, times, at, half_lives, categories=None):
+    """Each key's summaries one key at a time, as the docstrings define them."""
+    before = times < at
+    keys, times = products[before], times[before]
+    if categories is not None:
+        keys = categories[keys]
+        keys, times = keys[keys > 0], times[keys > 0]
+    rows = []
+    for key in sorted(set(keys.tolist())):
+        when = times[keys == key]  # time order
+        days = when // DAY
+        first_of_day = np.r_[True, days[1:] != days[:-1]]
+        ages = (at - when) / DAY
+        decayed = [sum(0.5 ** (age / h) for age in ages[first_of_day]) for h in half_lives]
+        rows.append((key, len(when), first_of_day.sum(), ages.min(), days[-1] - days[0], decayed))
+    return rows
+
+
+def test_aggregates_equal_a_count_one_key_at_a_time_on_random_timelines():
+    """Products and categories, lines on the same day and second, empty and one-line timelines."""
+    rng = np.random.default_rng(7)
+    categories = rng.integers(0, 6, 40)
+    half_lives = (7.0, 30.0)
+    for n in [0, 1, 2, 5, 50, 400] * 3:
+        products = rng.integers(0, 40, n)
+        times = rng.integers(0, 30, n) * DAY // 3 + rng.integers(0, 2, n)
+        at = int(rng.integers(0, 11 * DAY))
+        for cats in (None, categories):
+            got = UserTimeline(products, times).aggregates(at, half_lives, cats)
+            want = _aggregates_by_key(*_time_ordered(products, times), at, half_lives, cats)
+            assert got.keys.tolist() == [row[0] for row in want]
+            assert got.lines.tolist() == [row[1] for row in want]
+            assert got.days.tolist() == [row[2] for row in want]
+            assert got.last_age.tolist() == pytest.approx([row[3] for row in want])
+            assert got.span_days.tolist() == [row[4] for row in want]
+            assert got.decayed.reshape(-1).tolist() == pytest.approx([v for row in want for v in row[5]])
+
+
+def _time_ordered(products, times):
+    order = np.lexsort((products, times))
+    return products[order], times[order]
+
+
+def test_stable_order_is_numpys_stable_argsort():
+    rng = np.random.default_rng(3)
+    cases = [np.zeros(0, np.int64), np.array([5]), rng.integers(0, 4, 1000), rng.integers(0, 10**6, 20_000)]
+    cases += [np.array([2**61, 3, 2**61, 0]), np.array([3, -1, 3, -1])]  # no room for positions; negative
+    for keys in cases:
+        assert stable_order(keys).tolist() == np.argsort(keys, kind="stable").tolist()
 
 
 def test_most_bought_orders_by_the_chosen_decay_then_lines_then_id():

@@ -34,7 +34,7 @@ from typing import Union
 import numpy as np
 import scipy.sparse as sp
 
-from ncf.data.timeline import Aggregates, positions_in, run_offsets, run_starts
+from ncf.data.timeline import Aggregates, positions_in, run_offsets, run_starts, stable_order
 from ncf.data.user_state import scrambled
 
 NEIGHBOURS_K = 10  # neighbours kept per product
@@ -132,7 +132,7 @@ class ProductNeighbours:
         neighbour, cosine = self._gathered(own)
         if not len(neighbour):
             return own, neighbour, np.zeros(0)
-        order = np.argsort(neighbour, kind="stable")
+        order = stable_order(neighbour)
         neighbour, cosine = neighbour[order], cosine[order]
         starts = run_starts(neighbour)
         return own, neighbour[starts], np.add.reduceat(cosine.astype(np.float64), starts)
