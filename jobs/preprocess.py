@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from jobs.cli import init_ray, job_parser, non_negative_int, one_line_errors, positive_int
+from jobs.cli import init_ray, job_parser, non_negative_float, non_negative_int, one_line_errors, positive_int
 from ncf.data import datasets, layout, schema
 from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import PreprocessConfig, check_inputs, preprocess
@@ -20,8 +20,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument("--dataset", choices=datasets.DATASETS, help="a built-in dataset")
     p.add_argument(
         "--products",
-        help="product catalog (product_id, department, category); without one every product ranks with "
-        "the unknown department and category",
+        help="product catalog (product_id, department, category), with --input (a built-in dataset brings its "
+        "own); without one every product ranks with the unknown department and category",
     )
     p.add_argument(
         "--output",
@@ -82,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--future-gap-days",
-        type=float,
+        type=non_negative_float,
         default=PreprocessConfig.future_gap_days,
         help="quarantine timestamps after a gap of more than this many days past the bulk of the data",
     )
@@ -94,20 +94,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         "deployed model ranks from (jobs.batch_score/jobs.deploy --data), no training lists",
     )
     p.add_argument(
-        "--synthetic-users", type=int, default=datasets.SyntheticSpec.num_users, help="synthetic: households"
+        "--synthetic-users", type=positive_int, default=datasets.SyntheticSpec.num_users, help="synthetic: households"
     )
     p.add_argument(
-        "--synthetic-products", type=int, default=datasets.SyntheticSpec.num_products, help="synthetic: products"
+        "--synthetic-products",
+        type=positive_int,
+        default=datasets.SyntheticSpec.num_products,
+        help="synthetic: products",
     )
     p.add_argument(
         "--synthetic-tastes",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="synthetic: each household favours this many categories (80%% of its purchases; 0: none)",
     )
     p.add_argument(
         "--synthetic-taste-groups",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="synthetic: the favoured sets are this many latent product groups drawn across the categories, "
         "not the categories (0: categories)",
@@ -151,6 +154,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     with one_line_errors():
         # Check user input before starting Ray: a bad file fails in a second, not after start-up.
+        if args.products and not args.input:
+            raise InputError("--products goes with --input: a built-in dataset brings its own catalog")
         if args.input:
             logs = schema.resolve_files(args.input)
             catalog = schema.resolve_files(args.products) if args.products else None

@@ -139,6 +139,12 @@ def _cases(p: dict, out: str) -> list:
             ["--input", p["logs.csv"], "--output", out, "--own-negative-rate", "2"],
             ["training-list settings", "own_negative_rate"],
         ),
+        # Found by the docs audit of 2026-12-03: the catalog was dropped without a word.
+        (
+            "preprocess",
+            ["--dataset", "synthetic", "--products", p["logs.csv"], "--output", out],
+            ["--products goes with --input"],
+        ),
         ("train", ["--data", p["other"], "--output", out, "--model", p["model"]], ["a model directory is --model of"]),
         ("tune_sweep", ["--data", p["lists"], "--output", p["lists"]], ["contains the input"]),
         ("tune_sweep", ["--data", p["lists"], "--output", out, "--resume"], ["--resume: no sweep to resume"]),
@@ -169,6 +175,23 @@ def test_bad_paths_are_one_line_errors_before_ray_starts(paths, tmp_path, monkey
         for part in expected:
             assert part in lines[0], (job, argv, lines[0])
     assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.faults
+def test_preprocess_numbers_that_mean_nothing_are_refused_by_the_parser(capsys):
+    """A nan gap quarantined about 1% of the rows as future_timestamp, without an error."""
+    from jobs import preprocess
+
+    for option, value, says in (
+        ("--future-gap-days", "nan", "must be 0 or more, not nan"),
+        ("--synthetic-users", "0", "must be 1 or more, not 0"),
+        ("--synthetic-products", "-5", "must be 1 or more, not -5"),
+        ("--synthetic-tastes", "-1", "must be 0 or more, not -1"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            preprocess.parse_args(["--dataset", "synthetic", "--output", "o", option, value])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"argument {option}: {says}")
 
 
 @pytest.mark.faults
