@@ -82,6 +82,46 @@ def test_clean_stale_removes_this_dates_leftovers_and_old_runs_only(tmp_path):
     assert bs.clean_stale(str(tmp_path / "missing"), "2024-01-02") == []
 
 
+@pytest.mark.faults
+def test_clean_stale_leaves_another_dates_entries_to_a_live_run_and_to_a_pending_swap(tmp_path, monkeypatch):
+    """Dates run at once, each under its own lock: cleaning another date's old entries checked
+    its lock, then removed them without holding it (a run of it could start staging between the
+    two), and crashed on an entry that date's own run removed after the listing."""
+    from ncf.batch import commit
+    from ncf.jsonio import write_json
+    from ncf.staging import exclusive
+
+    out = str(tmp_path)
+    tmp = os.path.join(out, bs.TMP)
+    live = os.path.join(tmp, "replaced-run_date=2024-01-03-live-run")
+    swapping = os.path.join(tmp, "run_date=2023-12-01", "dead-run")
+    vanishing = os.path.join(tmp, "run_date=2023-12-02", "dead-run")
+    for path in (live, swapping, vanishing):
+        os.makedirs(path)
+    os.makedirs(os.path.join(out, commit.COMMIT))
+    for partition in ("run_date=2024-01-03", "run_date=2023-12-01", "run_date=2023-12-02"):
+        open(commit.lock_path(out, partition), "a").close()
+    # A dead run of 2023-12-01 was swapping something else in: its next run rolls it forward.
+    write_json(commit.journal_path(out, "run_date=2023-12-01"), {"staged": "/elsewhere", "parked": "/x"})
+    old = time.time() - bs.STALE_SECONDS - 60
+    for name in os.listdir(tmp):
+        os.utime(os.path.join(tmp, name), (old, old))
+    listdir = os.listdir
+
+    def then_its_run_removes_it(path):
+        names = listdir(path)
+        if path == tmp and os.path.exists(vanishing):
+            shutil.rmtree(os.path.dirname(vanishing))
+        return names
+
+    monkeypatch.setattr(commit.os, "listdir", then_its_run_removes_it)
+    with exclusive(commit.lock_path(out, "run_date=2024-01-03"), "a live run of 2024-01-03"):
+        assert bs.clean_stale(out, "2024-01-02") == []
+    assert sorted(listdir(tmp)) == ["replaced-run_date=2024-01-03-live-run", "run_date=2023-12-01"]
+    monkeypatch.setattr(commit.os, "listdir", listdir)
+    assert bs.clean_stale(out, "2024-01-02") == [live]  # its run is gone: a leftover now
+
+
 def test_a_journal_that_disappears_while_cleaning_is_skipped(tmp_path, monkeypatch):
     """Another date's swap can finish (and delete its journal) between the listing and the read."""
     from ncf.batch import commit

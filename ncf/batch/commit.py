@@ -45,7 +45,6 @@ process dies (the kernel drops it), so a held lock is always a live run.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import time
@@ -152,21 +151,6 @@ def recover_others(output: str, partition: str) -> List[str]:
     return done
 
 
-def _locked(output: str, partition: str) -> bool:
-    """Whether a live run holds the partition's lock (tries it without waiting)."""
-    path = lock_path(output, partition)
-    if not os.path.exists(path):
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def _pending_paths(output: str) -> set:
     """Paths that journals of swaps still under way name (a live run's, since the dead runs'
     were rolled forward first): never cleaned."""
@@ -193,9 +177,10 @@ def _owner(name: str, partitions: List[str]) -> Optional[str]:
 
 def clean_stale(output: str, partition: str, now: Optional[float] = None) -> List[str]:
     """Removes what dead runs left in ``OUT/_tmp``: every entry of ``partition`` (the caller
-    holds its lock) and other partitions' entries older than ``STALE_SECONDS`` whose lock is
-    free; never what a swap under way names, nor an entry whose name is not this protocol's
-    (see :func:`_owner`). Returns the removed paths."""
+    holds its lock) and other partitions' entries older than ``STALE_SECONDS``, each under its
+    partition's lock taken without waiting (skipped while a live run holds it, or while a dead
+    run's journal still names what it would swap in); never what a swap under way names, nor an
+    entry whose name is not this protocol's (see :func:`_owner`). Returns the removed paths."""
     root = os.path.join(output, TMP)
     if not os.path.isdir(root):
         return []
@@ -208,16 +193,28 @@ def clean_stale(output: str, partition: str, now: Optional[float] = None) -> Lis
         owner = _owner(name, partitions)
         if owner is None or os.path.abspath(path) in pending:
             continue
-        mine = owner == partition
-        # A replaced partition without a pending journal is a leftover; a staged run is one
-        # only when no live run holds its partition's lock.
-        stale = now - os.path.getmtime(path) > STALE_SECONDS and (
-            name.startswith(REPLACED) or not _locked(output, owner)
-        )
-        if mine or stale:
+        if owner == partition:
             remove(path)
             removed.append(path)
+        elif _remove_stale(output, owner, path, now):
+            removed.append(path)
     return removed
+
+
+def _remove_stale(output: str, owner: str, path: str, now: float) -> bool:
+    """Removes another partition's old entry under that partition's lock, so that no run of it
+    starts staging (or finishes its swap and deletes the entry) while the tree goes; whether it
+    was removed. Runs of other dates go on meanwhile: an entry may vanish under the listing."""
+    try:
+        if now - os.path.getmtime(path) <= STALE_SECONDS:
+            return False
+        with exclusive(lock_path(output, owner), partition_path(output, owner)):
+            if os.path.exists(journal_path(output, owner)):
+                return False  # a dead run's swap, left to that partition's next run to finish
+            remove(path)
+            return True
+    except (Busy, FileNotFoundError):
+        return False
 
 
 # -- one run -------------------------------------------------------------------------------------------
