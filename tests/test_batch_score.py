@@ -512,6 +512,36 @@ def test_a_run_that_fails_verification_commits_nothing(first_run, small_model_di
 
 
 @pytest.mark.faults
+def test_verify_reads_the_written_scores_cold_start_flags_and_model_version(first_run, small_data, tmp_path):
+    """--verify compared the sampled users' product lists only: every score halved (the order
+    kept), every household flagged a cold start, or another model's version on the rows passed."""
+    import pyarrow.compute as pc
+
+    output, summary = first_run
+    data, _ = small_data
+
+    def damaged(name, column, change):
+        copy = str(tmp_path / name)
+        shutil.copytree(output, copy)
+        directory = partitions.partition_dir(copy, summary["run_date"])
+        for part in (n for n in os.listdir(directory) if n.endswith(".parquet")):
+            table = pq.read_table(os.path.join(directory, part))
+            i = table.schema.get_field_index(column)
+            changed = change(table.column(i)).cast(table.schema.field(i).type)
+            pq.write_table(table.set_column(i, table.schema.field(i), changed), os.path.join(directory, part))
+        return verify.verify_partition(copy, summary["run_date"], data, sample=5)
+
+    assert verify.verify_partition(output, summary["run_date"], data, sample=5)["ok"]
+    halved = damaged("halved", "score", lambda c: pc.multiply(c, pa.scalar(0.5, pa.float32())))
+    assert not halved["ok"] and halved["sampled_equal_to_recommend"] == 0 and halved["scores_non_increasing"]
+    cold = damaged("cold", "cold_start", pc.invert)
+    assert not cold["ok"] and cold["sampled_equal_to_recommend"] == 0 and not cold["cold_starts_match_success"]
+    other = damaged("other", "model_version", lambda c: pa.array(["v0"] * len(c)))
+    assert not other["ok"] and not other["model_version_of_success"] and other["sampled_equal_to_recommend"] == 5
+    assert "model_version_of_success" in str(verify.VerificationFailed(other))
+
+
+@pytest.mark.faults
 def test_a_second_run_of_the_same_date_is_refused_while_the_first_runs(first_run, small_model_dir, small_data, capsys):
     """Old code: two runs of one date interleaved (each cleaned the other's staged parts)."""
     from ncf.batch.commit import lock_path

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -58,10 +59,12 @@ def verify_parts(
 
     * every user of ``data`` appears exactly K times, with ranks 1..K, no product twice, and
       no other user appears;
-    * scores do not increase with rank;
-    * for ``sample`` seeded users, the products equal ``Recommender.recommend`` at the run's
-      ``at`` (the same call the Serve endpoint makes), and in an explained run (``explain`` in
-      the manifest) so do their reasons (``Recommender.rank(..., reasons=True)``).
+    * scores do not increase with rank; every row carries the manifest's model version, and the
+      cold-start households number what the manifest says;
+    * for ``sample`` seeded users, the products, their scores (relatively, to 1e-4) and the
+      cold-start flag equal ``Recommender.rank`` at the run's ``at`` (the call the Serve
+      endpoint makes), and in an explained run (``explain`` in the manifest) so do their
+      reasons (``Recommender.rank(..., reasons=True)``).
 
     Reads one part at a time (a part holds whole users): the driver never holds the output.
     ``stats``: a replay's product stats, when the caller has them (computed otherwise).
@@ -72,15 +75,18 @@ def verify_parts(
     picked = rng.permutation(len(expected_users))[: min(sample, len(expected_users))]
     chosen = pc.take(expected_users, pa.array(picked, pa.int64())).to_pylist()
     explained = bool(manifest.get("explain"))
-    columns = ["user_id", "rank", "product_id", "score"] + (["reason"] if explained else [])
-    seen, rows, job, job_reasons = [], 0, {}, {}
-    exactly_k = ranks_ok = no_duplicates = non_increasing = True
+    columns = ["user_id", "rank", "product_id", "score", "cold_start", "model_version"]
+    columns += ["reason"] if explained else []
+    seen, rows, cold_rows, job, job_reasons = [], 0, 0, {}, {}
+    exactly_k = ranks_ok = no_duplicates = non_increasing = one_version = True
     parts = sorted(n for n in os.listdir(directory) if n.endswith(".parquet") and not n.startswith((".", "_")))
     for name in parts:
         table = pq.read_table(os.path.join(directory, name), columns=columns)
         frame = table.sort_by([("user_id", "ascending"), ("rank", "ascending")]).to_pandas()
         counts = frame.groupby("user_id", sort=False).size()
         rows += len(frame)
+        cold_rows += int(frame["cold_start"].sum())
+        one_version &= bool((frame["model_version"] == manifest["model_version"]).all())
         seen.append(pa.array(counts.index.to_numpy(), type=expected_users.type))
         whole = len(frame) == len(counts) * k and bool((counts == k).all())
         exactly_k &= whole
@@ -89,7 +95,7 @@ def verify_parts(
         if whole:
             non_increasing &= bool((np.diff(frame["score"].to_numpy().reshape(-1, k), axis=1) <= 1e-6).all())
         mine = frame[frame["user_id"].isin(chosen)]
-        job.update({u: g["product_id"].tolist() for u, g in mine.groupby("user_id", sort=False)})
+        job.update({u: _Written.of(g) for u, g in mine.groupby("user_id", sort=False)})
         if explained:
             job_reasons.update({u: g["reason"].tolist() for u, g in mine.groupby("user_id", sort=False)})
     written = pa.chunked_array(seen, type=expected_users.type) if seen else pa.chunked_array([], expected_users.type)
@@ -106,11 +112,13 @@ def verify_parts(
         "no_duplicate_products": no_duplicates,
         "scores_non_increasing": non_increasing,
         "rows_match_success": rows == manifest["rows"] and len(written) == manifest["users"],
+        "model_version_of_success": one_version,
+        "cold_starts_match_success": cold_rows == manifest.get("cold_start_users", 0) * k,
     }
     # A past at: as of its day, as the job ranked it.
     recommender = Recommender.load(manifest["model"], data=manifest["data"]).as_of(manifest["at_epoch_s"], stats)
     ranked = recommender.rank(chosen, k=k, at=manifest["at_epoch_s"], reasons=explained)
-    matches = sum(job.get(u) == r.product_ids for u, r in zip(chosen, ranked))
+    matches = sum(u in job and job[u].same_as(r) for u, r in zip(chosen, ranked))
     checks.update({"sampled_users": len(chosen), "sampled_equal_to_recommend": int(matches)})
     checks["ok"] = all(v for key, v in checks.items() if isinstance(v, bool)) and matches == len(chosen)
     if explained:
@@ -118,6 +126,28 @@ def verify_parts(
         checks["sampled_reasons_equal_to_rank"] = int(same)
         checks["ok"] = checks["ok"] and same == len(chosen)
     return {"run_date": manifest["run_date"], "k": k, "model_version": manifest["model_version"], **checks}
+
+
+@dataclass(frozen=True)
+class _Written:
+    """One sampled user's rows as the job wrote them."""
+
+    products: list
+    scores: np.ndarray
+    cold_start: bool
+
+    @staticmethod
+    def of(rows) -> "_Written":
+        return _Written(rows["product_id"].tolist(), rows["score"].to_numpy(), bool(rows["cold_start"].iloc[0]))
+
+    def same_as(self, ranked) -> bool:
+        """The same products in the same order, scores equal relatively (float32 storage, and
+        model calls batched otherwise than the job's, move the last bits), the same flag."""
+        return (
+            self.products == ranked.product_ids
+            and self.cold_start == ranked.cold_start
+            and np.allclose(self.scores, ranked.scores, rtol=1e-4, atol=1e-12)
+        )
 
 
 def same_reasons(written: Optional[Sequence[Optional[Dict]]], expected: Optional[Sequence[Reason]]) -> bool:
