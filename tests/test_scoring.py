@@ -695,3 +695,16 @@ def test_a_moment_before_the_first_day_ended_is_refused_not_ranked_empty(recomme
             recommender.rank([user], k=5, at=at)
         with pytest.raises(BeforeTheData):
             recommender.score_items(user, ranked[0].product_ids, at)
+
+
+def test_moments_are_one_per_household_or_one_for_all(recommender):
+    """Two moments for three households ranked two of them, without a word (zip)."""
+    indices = recommender.state.states.users()[:3]
+    users = recommender.vocabs.users.raw_of(indices)
+    at = recommender.default_at
+    with pytest.raises(ValueError, match="2 moments for 3 households"):
+        recommender.rank(users, k=3, at=[at, at])
+    with pytest.raises(ValueError, match="2 moments for 3 households"):
+        recommender.ranker.rank(indices, [at, at], k=3)
+    each = recommender.rank(users, k=3, at=[at] * 3)
+    assert [r.product_ids for r in each] == [r.product_ids for r in recommender.rank(users, k=3, at=at)]

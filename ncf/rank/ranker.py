@@ -172,6 +172,8 @@ class Ranker:
         ranking: the attention's weights take another kernel, whose last bits differ)."""
         with_reasons = explain if reasons is None else reasons
         users, at = np.asarray(users, np.int64), np.asarray(at, np.int64)
+        if users.shape != at.shape:
+            raise ValueError(f"{len(at)} moments for {len(users)} households: one each")
         rankings: List[Ranking] = []
         for start in range(0, len(users), 1 if brute_force else CHUNK_USERS):
             chunk = slice(start, start + (1 if brute_force else CHUNK_USERS))

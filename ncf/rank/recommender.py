@@ -194,8 +194,12 @@ class Recommender:
     ) -> List[RankedItems]:
         """Each household's ranking at ``at`` (one moment, or one per household); ``explain`` and
         ``reasons`` as :meth:`Ranker.rank` takes them."""
-        moments = [self.moment(a) for a in at] if isinstance(at, (list, tuple, np.ndarray)) else None
-        moments = moments or [self.moment(at)] * len(user_ids)
+        if isinstance(at, (list, tuple, np.ndarray)):
+            if len(at) != len(user_ids):
+                raise ValueError(f"{len(at)} moments for {len(user_ids)} households: one each, or one for all")
+            moments = [self.moment(a) for a in at]
+        else:
+            moments = [self.moment(at)] * len(user_ids)
         users = self.vocabs.users.index_of(list(user_ids))
         # Households at a moment inside the data rank from the stats of that moment's day.
         by_state: Dict[int, tuple] = {}
