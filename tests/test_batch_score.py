@@ -316,6 +316,30 @@ def test_an_actor_that_loads_another_model_version_is_refused(small_model_dir, s
 
 
 @pytest.mark.faults
+def test_a_replays_stats_for_another_catalog_and_a_k_beyond_the_days_products_are_refused(
+    small_model_dir, small_data, tmp_path
+):
+    """DATA preprocessed again during a replay: the actor's stats check raised a ValueError with
+    the same number on both sides (Ray's traceback), not the run's one line. A --k above the
+    products bought before the replayed day failed only after every household was scored."""
+    from ncf.rank.state import RankingState
+
+    data, _ = small_data
+    end = layout.DataStats(data).end
+    at = end - end % 86_400 - 86_400  # the data's last day but one: a replay
+    stats = RankingState.load(data).as_of(at).stats
+    args = dict(model=small_model_dir, data=data, stage=str(tmp_path), k=K, at=at, scored_at=at, model_version="v1")
+    assert bs.ScoreBatch(**args, replay_stats=stats).recommender.state.end == at - 1
+    shorter = dataclasses.replace(stats, lines=stats.lines[:-1])
+    with pytest.raises(bs.InputsChanged, match="DATA now .*DATA was replaced during the run"):
+        bs.ScoreBatch(**args, replay_stats=shorter)
+    few = dataclasses.replace(stats, lines=np.r_[0, 4, 1, 2, np.zeros(stats.num_products - 4)])
+    bs._check_k_known(3, few, "2024-01-02")
+    with pytest.raises(InputError, match="--k 4: only 3 products were bought before 2024-01-02"):
+        bs._check_k_known(4, few, "2024-01-02")
+
+
+@pytest.mark.faults
 def test_an_actors_inputs_changed_reaches_the_driver_as_its_own_line(ray_session):
     """Ray Data wraps what an actor raises in errors whose messages carry the actor's traceback;
     the job prints the actor's one line instead (the job's actors raise it from ScoreBatch)."""

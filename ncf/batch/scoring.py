@@ -354,6 +354,11 @@ class ScoreBatch:
         device = torch.device("cuda") if use_gpu else torch.device("cpu")
         loaded = Recommender.load(model, data=data, device=device)
         check_model_version(loaded, model_version)
+        if replay_stats is not None and replay_stats.num_products != loaded.state.num_products:
+            raise InputsChanged(
+                f"the run's product stats count {replay_stats.num_products} products, DATA now "
+                f"{loaded.state.num_products}: {_replaced('DATA')}"
+            )
         # A moment inside the data: a replay of what was known then, from the products' stats the
         # driver computed once for every actor (each would have read every purchase for them).
         self.recommender = loaded.as_of(at, replay_stats)
@@ -420,6 +425,14 @@ def _check_k(k: int, recommender_config: Dict) -> None:
         limit = min(limit, ranking.get("popular_candidates", RankingSettings.popular_candidates))
     if not 1 <= k <= limit:
         raise InputError(f"--k {k}: must be between 1 and {limit} for this model")
+
+
+def _check_k_known(k: int, stats: ProductStats, run_date: str) -> None:
+    """A replay ranks only the products bought before its day: fewer than ``k`` of them would
+    leave every household's list short, found by the actors after the scoring."""
+    known = int((stats.lines[1:] > 0).sum())
+    if k > known:
+        raise InputError(f"--k {k}: only {known} products were bought before {run_date}; rank a later day or fewer")
 
 
 def _verify_stage(stage: str, users: int, k: int, reported: List[Dict]) -> int:
@@ -556,6 +569,8 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
         )
     # A replay's product stats: one pass over every purchase, here, for the actors and the check.
     replay_stats = _replay_stats(config.data, at, log) if replay else None
+    if replay_stats is not None:
+        _check_k_known(config.k, replay_stats, run_date)
     # The date's lock is held from here to the commit: a second run of the date is refused.
     with PartitionRun(output, partition_name(run_date), run_id, log=log, overwrite=config.overwrite) as run:
         manifest = _score_into(

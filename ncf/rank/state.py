@@ -78,7 +78,10 @@ class RankingState:
         if stats is None:
             stats = ProductStats.compute(self.states, self.catalog.category, cutoff)
         elif stats.cutoff != cutoff or stats.num_products != self.num_products:
-            raise ValueError(f"product stats at {stats.cutoff} for {stats.num_products} products, not {cutoff}")
+            raise ValueError(
+                f"product stats at {stats.cutoff} for {stats.num_products} products, "
+                f"not at {cutoff} for {self.num_products}"
+            )
         return RankingState(self.vocabs, self.states, stats, cutoff - 1)
 
 
