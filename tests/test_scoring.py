@@ -25,6 +25,7 @@ from ncf.evaluate.protocol import period_start
 from ncf.model import ann
 from ncf.model.directory import ModelDir
 from ncf.moments import day_of, first_rankable, run_date_of
+from ncf.rank import candidates as candidate_sources
 from ncf.rank.candidates import CATEGORY_SPREAD, CandidateGenerator, RankingSettings
 from ncf.rank.ranker import Ranker, attention_spread
 from ncf.rank.recommender import AS_OF_DAYS, BeforeTheData, Recommender
@@ -318,6 +319,13 @@ def test_kept_first_stage_lists_equal_fresh_ones(recommender, monkeypatch):
     r = recommender.ranker
     warmed = Ranker(r.model, r.state, r.rows, r.settings)
     assert warmed.warm() == len(r.state.states)
+    # A step of 3 households' scores (a large catalog's): the same lists.
+    monkeypatch.setattr(candidate_sources, "WARM_SCORES", 3 * len(r.state.vocabs.products))
+    stepped = Ranker(r.model, r.state, r.rows, r.settings)
+    steps, compute = [], stepped.candidates.mf._compute
+    monkeypatch.setattr(stepped.candidates.mf, "_compute", lambda users: steps.append(len(users)) or compute(users))
+    assert stepped.warm() == len(r.state.states) and max(steps) == 3
+    assert np.array_equal(stepped.candidates.mf._top, warmed.candidates.mf._top)
     monkeypatch.setattr(ann, "MF_CACHE_MAX_ENTRIES", 0)
     fresh = Ranker(r.model, r.state, r.rows, r.settings)
     assert not fresh.candidates.mf.cached

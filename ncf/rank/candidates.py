@@ -42,6 +42,9 @@ from ncf.moments import HOUR, time_parts_of
 from ncf.rank.state import EmbeddingRows, RankingState
 
 CATEGORY_SPREAD = 5  # categories the category source draws from
+# Scores one warm-up step holds (households x catalog floats): 1,024 households of a 1M-product
+# catalog would be 4 GiB, when a small household table is cached beside a large catalog.
+WARM_SCORES = 1 << 26
 
 
 @dataclass
@@ -125,7 +128,10 @@ class MFFirstStage:
         return self._top[users]
 
     def warm(self, users: np.ndarray, chunk: int = 1024) -> int:
-        """Computes the lists of ``users`` now (serving does it on load); returns how many."""
+        """Computes the lists of ``users`` now (serving does it on load), at most
+        :data:`WARM_SCORES` scores a step; returns how many."""
+        if self._top is not None:
+            chunk = max(1, min(chunk, WARM_SCORES // max(1, self._items.shape[1])))
         for start in range(0, len(users), chunk):
             self.top(users[start : start + chunk])
         return len(users)
