@@ -23,7 +23,7 @@ from ncf.data.preprocess import (
     STATS_FIXED_BYTES,
     TASK_SHUFFLE_ROWS,
     PreprocessConfig,
-    _RepeatedLines,
+    _LineCounts,
     _write_list_file,
     build_vocabularies,
     check_inputs,
@@ -512,7 +512,7 @@ def test_bad_rows_land_in_quarantine_with_reasons(ray_session, tmp_path):
     out = str(tmp_path / "out")
     stats = preprocess(schema.resolve_files(str(path)), None, out, config, state_only=True)
     assert stats["rows_in"] == 14 and stats["rows_kept"] == 8 and stats["rows_quarantined"] == 6
-    assert stats["repeated_lines"] == 2
+    assert stats["repeated_lines"] == 2 and stats["lines_at_midnight_utc"] == 0
     quarantine = pq.read_table(layout.quarantine_dir(out)).to_pandas()
     assert sorted(quarantine["reason"]) == sorted(
         [
@@ -528,7 +528,7 @@ def test_bad_rows_land_in_quarantine_with_reasons(ray_session, tmp_path):
     assert stats["products_missing_from_catalog"] == 2  # no catalog: every product is unknown
 
 
-def test_repeated_lines_are_counted_across_the_sorted_batches():
+def test_repeated_and_midnight_lines_are_counted_across_the_sorted_batches():
     a = np.array
     batches = [
         (a([1, 1]), a([2, 2]), a([5, 5])),
@@ -536,8 +536,12 @@ def test_repeated_lines_are_counted_across_the_sorted_batches():
         (a([1, 2]), a([2, 2]), a([5, 5])),
         (a([2]), a([3]), a([5])),
     ]
-    counted = _RepeatedLines(iter(batches))
-    assert [len(b[0]) for b in counted] == [2, 0, 2, 1] and counted.count == 2  # one in a batch, one across two
+    counted = _LineCounts(iter(batches))
+    assert [len(b[0]) for b in counted] == [2, 0, 2, 1] and counted.repeated == 2  # one in a batch, one across two
+    assert counted.at_midnight == 0
+    day = 86_400
+    dates = _LineCounts(iter([(a([1, 1, 2]), a([2, 3, 2]), a([day, 3 * day, 5])), (a([3]), a([2]), a([0]))]))
+    assert [len(b[0]) for b in dates] == [3, 1] and dates.at_midnight == 3 and dates.repeated == 0
 
 
 @pytest.mark.faults

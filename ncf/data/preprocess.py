@@ -65,7 +65,7 @@ from ncf.data.schema import TS
 from ncf.data.user_state import CHUNK_ROWS, UserStates, scrambled
 from ncf.data.vocab import FIRST_TS, Vocabularies, Vocabulary
 from ncf.jsonio import write_json
-from ncf.moments import run_date_of
+from ncf.moments import SECONDS_PER_DAY, run_date_of
 from ncf.splits import REFIT, TEST, TRAIN, VAL, VALIDATED
 from ncf.staging import replacing
 
@@ -352,36 +352,38 @@ def _count_lists(directory: str) -> Dict[str, int]:
 
 
 def write_state(indexed: ray.data.Dataset, vocabs: Vocabularies, output: str) -> tuple[UserStates, int]:
-    """Every household's purchases (compact arrays), and how many lines repeat another line's
-    household, product and second (kept, each a purchase: counted because a doubled export shows
-    there, and sorted rows make them neighbours).
+    """Every household's purchases (compact arrays), and the lines' :class:`_LineCounts`: how
+    many repeat another line's household, product and second (kept, each a purchase: counted
+    because a doubled export shows there, and sorted rows make them neighbours), and how many
+    are at midnight UTC (all of them: a log of dates, whose days' order is unknown).
 
     Ray Data sorts the purchases by household, time and product across the cluster; the driver
     then appends them to memory-mapped files a block at a time, the blocks taken in the order of
     their first rows (:func:`_in_key_order`). It never holds the log (tens of GB at 10M
     households) and writes each page of the state once."""
     key = [USER, TS, PRODUCT]
-    batches = _RepeatedLines(
+    batches = _LineCounts(
         (block.column(USER).to_numpy(), block.column(PRODUCT).to_numpy(), block.column(TS).to_numpy())
         for block in _in_key_order(indexed.sort(key), key)
     )
     states = UserStates.write(layout.user_state_dir(output), batches, len(vocabs.users), indexed.count())
-    return states, batches.count
+    return states, batches
 
 
-class _RepeatedLines:
+class _LineCounts:
     """Passes sorted (households, products, timestamps) batches on, counting the rows equal to
-    the row before them (across batches too)."""
+    the row before them (across batches too) and the rows at midnight UTC."""
 
     def __init__(self, batches: Iterable[tuple]) -> None:
-        self.batches, self.count, self._last = batches, 0, None
+        self.batches, self.repeated, self.at_midnight, self._last = batches, 0, 0, None
 
     def __iter__(self) -> Iterator[tuple]:
         for users, products, timestamps in self.batches:
             if len(users):
                 rows = (users, products, timestamps)
-                self.count += int(np.logical_and.reduce([a[1:] == a[:-1] for a in rows]).sum())
-                self.count += int(self._last == tuple(a[0] for a in rows))
+                self.repeated += int(np.logical_and.reduce([a[1:] == a[:-1] for a in rows]).sum())
+                self.repeated += int(self._last == tuple(a[0] for a in rows))
+                self.at_midnight += int((timestamps % SECONDS_PER_DAY == 0).sum())
                 self._last = tuple(a[-1] for a in rows)
             yield users, products, timestamps
 
@@ -724,11 +726,19 @@ def _preprocess_into(
     ).materialize()
     del kept  # the indexed rows are all that is read from here on
     _log("writing the state: every household's purchases")
-    _, repeated_lines = write_state(indexed, vocabs, output)
-    if repeated_lines:
+    _, lines = write_state(indexed, vocabs, output)
+    dates_only = lines.at_midnight == rows_kept
+    if dates_only:
         _log(
-            f"{repeated_lines:,} lines ({100 * repeated_lines / rows_kept:.3g}%) repeat another line's household, "
-            "product and second: kept, each a purchase (a doubled export would show here)"
+            "every timestamp is midnight UTC, a log of dates: a household's purchases of one day are one "
+            "basket, in no known order (the history orders them by product)"
+        )
+    if lines.repeated:
+        _log(
+            f"{lines.repeated:,} of {rows_kept:,} lines ({100 * lines.repeated / rows_kept:.3g}%) "
+            f"{'repeats' if lines.repeated == 1 else 'repeat'} another line's household, "
+            "product and second: kept, each a purchase (a doubled export would show here"
+            + (", and a product bought on two trips of one day in a log of dates)" if dates_only else ")")
         )
     every = [] if state_only else every_cutoff(cutoffs)
     _log(f"the products' stats at the data's end and at {len(every)} training cutoffs")
@@ -749,7 +759,8 @@ def _preprocess_into(
 
     stats = {
         **read_stats,
-        "repeated_lines": repeated_lines,
+        "repeated_lines": lines.repeated,
+        "lines_at_midnight_utc": lines.at_midnight,
         "purchases_per_split": purchases_per_split,
         "state_only": state_only,
         "examples": examples,
