@@ -96,7 +96,9 @@ def test_clean_stale_leaves_another_dates_entries_to_a_live_run_and_to_a_pending
     live = os.path.join(tmp, "replaced-run_date=2024-01-03-live-run")
     swapping = os.path.join(tmp, "run_date=2023-12-01", "dead-run")
     vanishing = os.path.join(tmp, "run_date=2023-12-02", "dead-run")
-    for path in (live, swapping, vanishing):
+    # A cleaner that died after renaming another date's old entry away, before removing it.
+    renamed = os.path.join(tmp, ".removing-run_date=2023-11-01-1234", "part-0.parquet")
+    for path in (live, swapping, vanishing, renamed):
         os.makedirs(path)
     os.makedirs(os.path.join(out, commit.COMMIT))
     for partition in ("run_date=2024-01-03", "run_date=2023-12-01", "run_date=2023-12-02"):
@@ -116,10 +118,11 @@ def test_clean_stale_leaves_another_dates_entries_to_a_live_run_and_to_a_pending
 
     monkeypatch.setattr(commit.os, "listdir", then_its_run_removes_it)
     with exclusive(commit.lock_path(out, "run_date=2024-01-03"), "a live run of 2024-01-03"):
-        assert bs.clean_stale(out, "2024-01-02") == []
+        assert bs.clean_stale(out, "2024-01-02") == [os.path.dirname(renamed)]
     assert sorted(listdir(tmp)) == ["replaced-run_date=2024-01-03-live-run", "run_date=2023-12-01"]
     monkeypatch.setattr(commit.os, "listdir", listdir)
     assert bs.clean_stale(out, "2024-01-02") == [live]  # its run is gone: a leftover now
+    assert sorted(listdir(tmp)) == ["run_date=2023-12-01"]  # renamed away under the lock, then removed
 
 
 def test_a_journal_that_disappears_while_cleaning_is_skipped(tmp_path, monkeypatch):
@@ -545,14 +548,19 @@ def test_verify_reads_the_written_scores_cold_start_flags_and_model_version(firs
     data, _ = small_data
 
     def damaged(name, column, change):
+        """``change`` of ``column`` in every part of a copy (None: the column dropped)."""
         copy = str(tmp_path / name)
         shutil.copytree(output, copy)
         directory = partitions.partition_dir(copy, summary["run_date"])
         for part in (n for n in os.listdir(directory) if n.endswith(".parquet")):
             table = pq.read_table(os.path.join(directory, part))
             i = table.schema.get_field_index(column)
-            changed = change(table.column(i)).cast(table.schema.field(i).type)
-            pq.write_table(table.set_column(i, table.schema.field(i), changed), os.path.join(directory, part))
+            if change is None:
+                table = table.remove_column(i)
+            else:
+                changed = change(table.column(i)).cast(table.schema.field(i).type)
+                table = table.set_column(i, table.schema.field(i), changed)
+            pq.write_table(table, os.path.join(directory, part))
         return verify.verify_partition(copy, summary["run_date"], data, sample=5)
 
     assert verify.verify_partition(output, summary["run_date"], data, sample=5)["ok"]
@@ -563,6 +571,45 @@ def test_verify_reads_the_written_scores_cold_start_flags_and_model_version(firs
     other = damaged("other", "model_version", lambda c: pa.array(["v0"] * len(c)))
     assert not other["ok"] and not other["model_version_of_success"] and other["sampled_equal_to_recommend"] == 5
     assert "model_version_of_success" in str(verify.VerificationFailed(other))
+    # Parts written before the rows carried them (2026-11-30): those checks skipped, not failed.
+    older = damaged("older", "cold_start", None)
+    assert older["ok"] and older["cold_starts_match_success"] is None and older["sampled_equal_to_recommend"] == 5
+
+
+@pytest.mark.faults
+def test_verify_lets_products_swap_only_where_their_logits_tie(first_run, small_data, tmp_path):
+    """A job scored on a GPU or compiled moves the last bits, so near-tied products may swap:
+    --verify compared the lists exactly, failing such a run (nothing committed). A swap of
+    products whose logits differ still fails."""
+    output, summary = first_run
+    data, _ = small_data
+    at = summary["at_epoch_s"]
+    copy = str(tmp_path / "swapped")
+    shutil.copytree(output, copy)
+    directory = partitions.partition_dir(copy, summary["run_date"])
+    for part in (os.path.join(directory, n) for n in os.listdir(directory) if n.endswith(".parquet")):
+        table = pq.read_table(part)
+        frame = table.to_pandas()
+        first, second = frame.index[frame["rank"] == 1], frame.index[frame["rank"] == 2]
+        products = frame["product_id"].to_numpy().copy()
+        products[first], products[second] = products[second], products[first]  # the scores stay in order
+        frame["product_id"] = products
+        pq.write_table(pa.Table.from_pandas(frame, schema=table.schema, preserve_index=False), part)
+    report = verify.verify_partition(copy, summary["run_date"], data, sample=5)
+    assert not report["ok"] and report["sampled_equal_to_recommend"] == report["sampled_ties"] < 5
+
+    # Products the model cannot tell apart for a household (the same inputs: the same logit).
+    recommender = Recommender.load(summary["model"], data=data).as_of(at)
+    user = partitions.read_users(data).column("user_id")[0].as_py()
+    index = int(recommender.vocabs.users.index_of([user])[0])
+    products = np.arange(1, len(recommender.vocabs.products))
+    logits, _ = recommender.ranker.score(index, products, at, logits=True)
+    _, inverse, counts = np.unique(logits, return_inverse=True, return_counts=True)
+    first = np.flatnonzero(counts[inverse] > 1)[0]
+    a, b = recommender.vocabs.products.raw_of(products[logits == logits[first]][:2])
+    assert verify.tied_logits(recommender, user, at, [a, b], [b, a])
+    best = recommender.rank([user], k=2, at=at)[0].product_ids
+    assert not verify.tied_logits(recommender, user, at, best[::-1], best)
 
 
 @pytest.mark.faults

@@ -59,6 +59,7 @@ SUCCESS = "_SUCCESS"
 TMP = "_tmp"
 COMMIT = "_commit"
 REPLACED = "replaced-"
+REMOVING = ".removing-"  # another date's old entry, renamed under its lock, removed after it
 # Other partitions' staged runs older than this are from dead runs (a nightly run is shorter),
 # and only removed when no live run holds that partition's lock.
 STALE_SECONDS = 24 * 3600
@@ -190,6 +191,10 @@ def clean_stale(output: str, partition: str, now: Optional[float] = None) -> Lis
     removed = []
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
+        if name.startswith(REMOVING):  # renamed by a cleaner that died before removing it, or is removing it
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            continue
         owner = _owner(name, partitions)
         if owner is None or os.path.abspath(path) in pending:
             continue
@@ -202,19 +207,26 @@ def clean_stale(output: str, partition: str, now: Optional[float] = None) -> Lis
 
 
 def _remove_stale(output: str, owner: str, path: str, now: float) -> bool:
-    """Removes another partition's old entry under that partition's lock, so that no run of it
-    starts staging (or finishes its swap and deletes the entry) while the tree goes; whether it
-    was removed. Runs of other dates go on meanwhile: an entry may vanish under the listing."""
+    """Removes another partition's old entry: renamed out of the protocol's names under that
+    partition's lock (so that no run of it starts staging there, or finishes its swap and
+    deletes the entry, meanwhile), then removed with the lock released, so that a run of that
+    partition is not refused for as long as a large tree takes to delete. Whether it was removed.
+    Runs of other dates go on meanwhile: an entry may vanish under the listing."""
+    doomed = os.path.join(os.path.dirname(path), f"{REMOVING}{os.path.basename(path)}-{os.getpid()}")
     try:
         if now - os.path.getmtime(path) <= STALE_SECONDS:
             return False
         with exclusive(lock_path(output, owner), partition_path(output, owner)):
             if os.path.exists(journal_path(output, owner)):
                 return False  # a dead run's swap, left to that partition's next run to finish
-            remove(path)
-            return True
+            os.rename(path, doomed)
     except (Busy, FileNotFoundError):
         return False
+    try:
+        remove(doomed)
+    except FileNotFoundError:
+        pass  # another cleaner swept it (see clean_stale)
+    return True
 
 
 # -- one run -------------------------------------------------------------------------------------------

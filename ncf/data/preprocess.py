@@ -351,7 +351,7 @@ def _count_lists(directory: str) -> Dict[str, int]:
     return counts
 
 
-def write_state(indexed: ray.data.Dataset, vocabs: Vocabularies, output: str) -> tuple[UserStates, int]:
+def write_state(indexed: ray.data.Dataset, vocabs: Vocabularies, output: str) -> tuple[UserStates, "_LineCounts"]:
     """Every household's purchases (compact arrays), and the lines' :class:`_LineCounts`: how
     many repeat another line's household, product and second (kept, each a purchase: counted
     because a doubled export shows there, and sorted rows make them neighbours), and how many

@@ -82,7 +82,7 @@ def stable_order(keys: np.ndarray) -> np.ndarray:
     if n == 0:
         return np.zeros(0, np.int64)
     bits = max(int(n - 1).bit_length(), 1)
-    if keys.min() < 0 or int(keys.max()) >= 1 << (63 - bits):
+    if keys.dtype.kind not in "iub" or keys.min() < 0 or int(keys.max()) >= 1 << (63 - bits):
         return np.argsort(keys, kind="stable")
     packed = (keys.astype(np.int64) << np.int64(bits)) | np.arange(n, dtype=np.int64)
     packed.sort()
