@@ -173,7 +173,7 @@ class Ranker:
         with_reasons = explain if reasons is None else reasons
         users, at = np.asarray(users, np.int64), np.asarray(at, np.int64)
         if users.shape != at.shape:
-            raise ValueError(f"{len(at)} moments for {len(users)} households: one each")
+            raise ValueError(f"{at.size} moments for {users.size} households: one each")
         rankings: List[Ranking] = []
         for start in range(0, len(users), 1 if brute_force else CHUNK_USERS):
             chunk = slice(start, start + (1 if brute_force else CHUNK_USERS))
@@ -212,31 +212,41 @@ class Ranker:
         return _Question(user, at, products, self._is_cold(user, at, timeline), timeline)
 
     def _add_reasons(self, questions: List[_Question], rankings: List[Ranking]) -> None:
-        """Each warm ranking's :class:`Reason` per product: two occluded questions a product (the
-        household's timeline without its purchases of the product, then of its category), each
-        over that product alone, scored through :meth:`_score` like any other question."""
+        """Each warm ranking's :class:`Reason` per product, from occluded questions scored
+        through :meth:`_score` like any other: one a product over it alone (the household's
+        timeline without its purchases of the product), then one a category over the ranking's
+        products of that category (the timeline without the category's purchases). A product of
+        the unknown category 0 has no category: without it is without the product."""
         catalog = self.state.catalog
         warm = [(q, ranking) for q, ranking in zip(questions, rankings) if not q.cold_start]
+        groups = [_by_category(ranking.products, catalog.category) for _, ranking in warm]
 
         def occluded() -> Iterator[_Question]:
-            for q, ranking in warm:
+            for (q, ranking), by_category in zip(warm, groups):
                 for product in ranking.products.tolist():
                     yield self._given(q.user, q.at, [product], without_product(q.timeline, product))
-                    yield self._given(q.user, q.at, [product], without_category(q.timeline, product, catalog))
+                for members in by_category:
+                    timeline = without_category(q.timeline, int(members[0]), catalog)
+                    yield self._given(q.user, q.at, members, timeline)
 
         # Built a model call at a time: each holds its own copy of a household's purchases.
         step, pending, scores = CHUNK_USERS * 8, occluded(), []
         while chunk := list(itertools.islice(pending, step)):
-            scores += self._probabilities(self._score(chunk, False)[0]).astype(float).tolist()
-        in_order = iter(scores)
-        for q, ranking in warm:
+            scores.append(self._probabilities(self._score(chunk, False)[0]).astype(float))
+        flat = iter(np.concatenate(scores).tolist() if scores else [])
+        for (q, ranking), by_category in zip(warm, groups):
+            products = ranking.products.tolist()
+            never = dict(zip(products, itertools.islice(flat, len(products))))
+            without_its_category = dict(never)  # category 0: no category
+            for members in by_category:
+                without_its_category.update(zip(members.tolist(), itertools.islice(flat, len(members))))
             ranking.reasons = [
                 Reason(
                     *purchase_facts(q.timeline, product, q.at),
-                    score_if_never_bought=next(in_order),
-                    score_if_category_never_bought=next(in_order),
+                    score_if_never_bought=never[product],
+                    score_if_category_never_bought=without_its_category[product],
                 )
-                for product in ranking.products.tolist()
+                for product in products
             ]
 
     def _is_cold(self, user: int, at: int, timeline: Optional[UserTimeline] = None) -> bool:
@@ -322,6 +332,14 @@ class Ranker:
             out.append(ranking)
             start = end
         return out
+
+
+def _by_category(products: np.ndarray, category: np.ndarray) -> List[np.ndarray]:
+    """The ranked ``products`` of each known category (not 0), in the order of their first
+    product, each group in ranking order."""
+    of = category[products]
+    known, first = np.unique(of[of > 0], return_index=True)
+    return [products[of == c] for c in known[np.argsort(first)]]
 
 
 def _because(history: np.ndarray, attended: np.ndarray, weights: np.ndarray, top: int) -> List[Tuple[int, float]]:
