@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from contextlib import contextmanager
 
@@ -29,6 +30,8 @@ def init_ray(num_cpus: int | None = None) -> None:
             "directly on a running cluster, set RAY_ADDRESS to its head's address (HOST:6379), or submit it"
         )
     local = not address
+    if not local:
+        check_head_answers(address)
     runtime_env = logs.configure(local=local, num_cpus=num_cpus)  # before Ray starts: its processes inherit it
     if not local:
         ray.init(address=address)
@@ -44,6 +47,21 @@ def init_ray(num_cpus: int | None = None) -> None:
             dashboard_host="127.0.0.1",
             runtime_env=runtime_env,
         )
+
+
+def check_head_answers(address: str, timeout_s: float = 5.0) -> None:
+    """Refuses (one line) a ``HOST:PORT`` RAY_ADDRESS where nothing accepts a connection: Ray
+    would retry it for minutes, printing a line every few seconds."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", "ray://...": Ray's own forms
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise InputError(
+            f"RAY_ADDRESS={address}: no Ray head answers there ({e.strerror or e}); start one with "
+            "`ray start --head`, or unset RAY_ADDRESS to run on a local cluster"
+        ) from None
 
 
 @contextmanager

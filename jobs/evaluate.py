@@ -18,6 +18,7 @@ from ncf.evaluate.report import write_report
 from ncf.model.directory import ModelDir
 from ncf.model.integrity import verify_data_state
 from ncf.splits import TEST, VAL
+from ncf.staging import check_parent
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,6 +57,7 @@ def main(argv=None) -> list:
     args = parse_args(argv)
     with one_line_errors():
         check_args(args)
+        ablations = read_jsonl(args.ablations) if args.ablations else None  # a bad file fails before the evaluation
         check_data(args.data)
         verify_data_state(args.data)
         args.model = None if args.baselines_only else check_model(args.model)
@@ -76,7 +78,6 @@ def main(argv=None) -> list:
             on_row=lambda row: print(json.dumps({**row, **version}), flush=True),  # as each is computed
         )
         if args.report:
-            ablations = read_jsonl(args.ablations) if args.ablations else None
             ranker, period = on_period
             path = write_report(
                 args.report,
@@ -99,13 +100,27 @@ def check_args(args: argparse.Namespace) -> None:
             raise InputError("--baselines-only takes no --model, --report or --no-baselines")
     elif not args.model:
         raise InputError("--model is required (or --baselines-only)")
+    if args.ablations and not args.report:
+        raise InputError("--ablations goes with --report: they are shown in the report")
+    if args.report:
+        # Before the evaluation's minutes: a report that could not be written is refused now.
+        if os.path.lexists(args.report) and not os.path.isdir(args.report):
+            raise InputError(f"--report {args.report}: exists and is not a directory")
+        check_parent(args.report)
 
 
 def read_jsonl(path: str) -> list:
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise InputError(f"{path}: no such file (--ablations)")
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise InputError(f"--ablations {path}: line {number} is not JSON ({e.msg})") from None
+    return rows
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import json
 import os
 import time
 
-from jobs.cli import HelpFormatter, check_model, job_parser, one_line_errors
+from jobs.cli import HelpFormatter, check_data, check_model, job_parser, one_line_errors
 from ncf.registry import MODEL_NAME, Registry, track_model
 
 COLUMNS = [
@@ -127,6 +127,8 @@ def main(argv=None):
             return version
         if command == "register":
             check_model(args.model)
+            if args.data is not None:
+                check_data(args.data)
             return track_model(args.model, args.data, strict=True, registry=registry)
         if command == "resolve":
             path = registry.resolve(args.ref)

@@ -86,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=PreprocessConfig.future_gap_days,
         help="quarantine timestamps after a gap of more than this many days past the bulk of the data",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of every draw (and of the synthetic dataset)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of every draw (and of the synthetic dataset)")
     p.add_argument(
         "--state-only",
         action="store_true",

@@ -134,7 +134,13 @@ def check_history_length(data: str, overrides: dict) -> None:
 def main(argv=None) -> str:
     args = parse_args(argv)
     with one_line_errors():
+        if args.validated_output and not args.refit:
+            raise InputError("--validated-output goes with --refit: without it the validated model is --output")
         validated_dir = (args.validated_output or args.output.rstrip("/") + "-validated") if args.refit else args.output
+        if args.refit and os.path.realpath(validated_dir) == os.path.realpath(args.output):
+            raise InputError(
+                f"--validated-output {validated_dir}: the same directory as --output; the refit would replace it"
+            )
         # Before hours of training: a MODEL that must not be replaced is refused now.
         for output in {args.output, validated_dir}:
             check_target(output, CONFIG, "model directory", [args.data], args.overwrite)

@@ -187,9 +187,16 @@ class Registry:
         _quiet_mlflow()
         from mlflow import MlflowClient
 
+        if not name.strip() or set(name) & set("'\"`"):
+            raise InputError(f"--name {name!r}: a registered model's name is not blank and has no quotes")
         self.uri = uri or tracking_uri()
         self.name = name
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self.client.search_registered_models(max_results=1)  # a store that does not open fails here, in one line
+        except Exception as e:  # MLflow's and SQLAlchemy's own errors, whose types vary with the store
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise InputError(f"tracking store {self.uri}: does not open ({type(e).__name__}: {first})") from None
 
     # runs
 
@@ -408,7 +415,7 @@ class Registry:
 
 
 def _version_number(version) -> str:
-    if not str(version).isdigit():
+    if not re.fullmatch(r"[0-9]+", str(version)):  # isdigit() takes "²", which int() refuses
         raise InputError(f"{version!r}: a version is a number; {MODELS_CLI} lists them")
     return str(int(version))
 

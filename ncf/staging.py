@@ -216,10 +216,21 @@ def within(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
+def check_parent(path: str) -> None:
+    """Refuses (InputError, one line) a path whose nearest existing ancestor is a file: the run
+    would fail making its directory, after its work."""
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise InputError(f"{path}: {ancestor} is a file, not a directory")
+
+
 def check_target(final: str, marker: str, what: str, inputs: Sequence[str] = (), overwrite: bool = False) -> None:
     """Refuses (InputError, one line) to replace ``final`` when
 
-    * it is or contains one of ``inputs`` (always: the run would delete what it reads), or
+    * it is, contains or is inside one of ``inputs`` (always: the run would delete what it reads,
+      or write into it), or a file stands where one of its parent directories would, or
     * it exists, is not empty and is not a ``what`` (no ``marker`` file in it), or is a file,
       unless ``overwrite``.
 
@@ -229,6 +240,9 @@ def check_target(final: str, marker: str, what: str, inputs: Sequence[str] = (),
     for path in inputs:
         if within(path, final):
             raise InputError(f"{final}: contains the input {path}; write the output somewhere else")
+        if within(final, path):
+            raise InputError(f"{final}: inside the input {path}; write the output somewhere else")
+    check_parent(final)
     if overwrite or not os.path.lexists(final):
         return
     if os.path.exists(real) and not os.path.isdir(real):

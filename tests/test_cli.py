@@ -146,6 +146,36 @@ def _cases(p: dict, out: str) -> list:
             ["--products goes with --input"],
         ),
         ("train", ["--data", p["other"], "--output", out, "--model", p["model"]], ["a model directory is --model of"]),
+        # Found by probing the commands with odd input (2026-12-03): each ended in a traceback,
+        # was accepted silently, or failed only after the work.
+        ("models", ["promote", "\u00b2"], ["a version is a number"]),
+        ("models", ["--name", "o'brien", "list"], ["--name", "no quotes"]),
+        ("models", ["--tracking-uri", f"sqlite:///{p['logs.csv']}", "list"], ["tracking store", "does not open"]),
+        ("train", ["--data", p["other"], "--output", out, "--model", '{"num_heads": 0}'], ["num_heads must be"]),
+        ("train", ["--data", p["other"], "--output", out, "--model", '{"use_attention": "false"}'], ["true or false"]),
+        ("train", ["--data", p["other"], "--output", out, "--validated-output", out + "-v"], ["goes with --refit"]),
+        (
+            "train",
+            ["--data", p["other"], "--output", out, "--refit", "--validated-output", out + "/"],
+            ["the same directory as --output"],
+        ),
+        ("train", ["--data", p["lists"], "--output", p["lists"] + "/model"], ["inside the input"]),
+        (
+            "preprocess",
+            ["--input", p["logs.csv"], "--output", os.path.join(p["model"], "config.json", "data")],
+            ["config.json is a file, not a directory"],
+        ),
+        (
+            "evaluate",
+            ["--model", p["other"], "--data", p["other"], "--ablations", p["logs.csv"]],
+            ["goes with --report"],
+        ),
+        (
+            "evaluate",
+            ["--model", p["other"], "--data", p["other"], "--report", out, "--ablations", p["logs.csv"]],
+            ["line 1 is not JSON"],
+        ),
+        ("evaluate", ["--model", p["other"], "--data", p["other"], "--report", p["logs.csv"]], ["is not a directory"]),
         ("tune_sweep", ["--data", p["lists"], "--output", p["lists"]], ["contains the input"]),
         ("tune_sweep", ["--data", p["lists"], "--output", out, "--resume"], ["--resume: no sweep to resume"]),
         (
@@ -187,6 +217,7 @@ def test_preprocess_numbers_that_mean_nothing_are_refused_by_the_parser(capsys):
         ("--synthetic-users", "0", "must be 1 or more, not 0"),
         ("--synthetic-products", "-5", "must be 1 or more, not -5"),
         ("--synthetic-tastes", "-1", "must be 0 or more, not -1"),
+        ("--seed", "-1", "must be 0 or more, not -1"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             preprocess.parse_args(["--dataset", "synthetic", "--output", "o", option, value])
@@ -207,12 +238,30 @@ def test_a_label_window_of_no_days_is_refused_by_the_parser(capsys):
 
 
 @pytest.mark.faults
+def test_a_ray_address_where_nothing_answers_is_one_line(monkeypatch):
+    """RAY_ADDRESS=127.0.0.1:1 left a job retrying the connection for minutes."""
+    import socket
+
+    with pytest.raises(cli.InputError, match="RAY_ADDRESS=127.0.0.1:1: no Ray head answers there"):
+        cli.check_head_answers("127.0.0.1:1")
+    with socket.socket() as listening:  # something answering: passed on to Ray
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        cli.check_head_answers(f"127.0.0.1:{listening.getsockname()[1]}")
+    cli.check_head_answers("auto")
+
+
+@pytest.mark.faults
 def test_numbers_that_mean_nothing_are_refused_by_the_parsers():
     for parse, bad in ((cli.positive_float, ("0", "-1", "nan", "inf", "x")), (cli.tcp_port, ("0", "65536", "x"))):
         for text in bad:
             with pytest.raises(argparse.ArgumentTypeError):
                 parse(text)
     assert cli.positive_float("1e-3") == 0.001 and cli.tcp_port("8000") == 8000
+    from jobs import deploy
+
+    with pytest.raises(SystemExit):  # Serve took nan, 0 and negative timeouts
+        deploy.parse_args(["--model", "m", "--request-timeout-s", "nan"])
 
 
 def test_the_issues_example_is_one_line_and_exit_2():

@@ -108,3 +108,12 @@ def test_the_job_fails_with_one_line_on_a_corrupted_csv(tmp_path):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(path) in last, proc.stderr[-3000:]
+
+
+def test_a_file_named_with_brackets_is_a_file_not_a_glob(tmp_path):
+    """`logs [2017].csv` was read as a glob, which matched nothing: "no input files found"."""
+    named = tmp_path / "logs [2017].csv"
+    named.write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
+    assert schema.resolve_files(str(named)).paths == [str(named)]
+    (tmp_path / "logs 2.csv").write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
+    assert schema.resolve_files(str(tmp_path / "logs [0-9].csv")).paths == [str(tmp_path / "logs 2.csv")]

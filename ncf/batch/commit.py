@@ -53,7 +53,7 @@ from typing import Callable, Dict, List, Optional
 
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
-from ncf.staging import Busy, exclusive, remove, roll_forward, swap
+from ncf.staging import Busy, check_parent, exclusive, remove, roll_forward, swap
 
 SUCCESS = "_SUCCESS"
 TMP = "_tmp"
@@ -107,6 +107,7 @@ def check_output(output: str, partition: str, overwrite: bool = False) -> None:
     replacing it would delete someone's data). ``overwrite`` lifts the last two."""
     if os.path.lexists(output) and not os.path.isdir(output):
         raise InputError(f"--output {output}: exists and is not a directory")
+    check_parent(output)
     if overwrite or not os.path.isdir(output):
         return
     names = os.listdir(output)

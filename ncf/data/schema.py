@@ -127,7 +127,7 @@ def _visible_files(directory: str) -> List[str]:
 
 def resolve_files(spec: str) -> InputFiles:
     """A file, a directory or a glob -> the data files in it, all of one format."""
-    if any(ch in spec for ch in "*?["):
+    if any(ch in spec for ch in "*?[") and not os.path.exists(spec):  # "logs [2017].csv" is a name
         paths = sorted(glob.glob(spec, recursive=True))
     elif os.path.isdir(spec):
         for made_by, markers in (

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Dict, List
+
+import numpy as np
 
 from ncf.data.features import CATEGORY, CATEGORY_DURATIONS, DURATIONS, NEIGHBOURS, TIMING
 
@@ -44,6 +47,7 @@ class ModelConfig:
     use_neighbours: bool = True
 
     def __post_init__(self) -> None:
+        self._check_kinds()
         if not (self.use_mf or self.use_mlp):
             raise ValueError("ModelConfig: at least one of use_mf and use_mlp must be on")
         if self.mlp_embedding_dim % self.num_heads:
@@ -55,9 +59,23 @@ class ModelConfig:
             raise ValueError(f"ModelConfig: temporal_dim={self.temporal_dim} must be even (sin/cos pairs)")
         if not self.mlp_hidden_dims:
             raise ValueError("ModelConfig: mlp_hidden_dims needs at least one layer")
-        for name in ("num_users", "num_products", "num_departments", "num_categories"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ModelConfig: {name} must be >= 1")
+
+    def _check_kinds(self) -> None:
+        """Each field of its kind and in its range (``--model`` overrides are JSON a user typed:
+        ``"false"`` is a true string, ``"20"`` no length)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool":
+                ok, kind = isinstance(value, (bool, np.bool_)), "true or false"
+            elif f.type == "float":
+                ok, kind = _number(value) and 0 <= value < 1, "a number from 0 to below 1"
+            elif f.type == "List[int]":
+                ok = isinstance(value, (list, tuple)) and all(_whole(v) and v >= 1 for v in value)
+                kind = "a list of whole numbers of 1 or more"
+            else:
+                ok, kind = _whole(value) and value >= 1, "a whole number of 1 or more"
+            if not ok:
+                raise ValueError(f"ModelConfig: {f.name} must be {kind}, not {value!r}")
 
     @property
     def num_timing(self) -> int:
@@ -98,3 +116,11 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"ModelConfig: unknown keys {sorted(unknown)}")
         return ModelConfig(**values)
+
+
+def _whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and value == value  # not nan
