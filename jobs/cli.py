@@ -53,8 +53,8 @@ def check_head_answers(address: str, timeout_s: float = 5.0) -> None:
     """Refuses (one line) a ``HOST:PORT`` RAY_ADDRESS where nothing accepts a connection: Ray
     would retry it for minutes, printing a line every few seconds."""
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        return  # "auto", "ray://...": Ray's own forms
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto", "ray://HOST:PORT" (Ray Client): Ray's own forms
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as e:
@@ -137,6 +137,14 @@ def positive_float(text: str) -> float:
     value = _number(text)
     if not value > 0 or value == float("inf"):  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: seconds above 0, ``inf`` for no limit."""
+    value = _number(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be above 0 (inf: no limit), not {text}")
     return value
 
 

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from jobs.cli import check_data, check_model, init_ray, job_parser, positive_float, positive_int, tcp_port
+from jobs.cli import check_data, check_model, init_ray, job_parser, positive_int, positive_seconds, tcp_port
 from ncf.errors import InputError
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--request-timeout-s",
-        type=positive_float,
+        type=positive_seconds,
         default=REQUEST_TIMEOUT_S,
         help="a request not answered within this gets 504 (applies when this command starts Serve)",
     )

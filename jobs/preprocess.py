@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Callable, Tuple
 
 from jobs.cli import init_ray, job_parser, non_negative_float, non_negative_int, one_line_errors, positive_int
 from ncf.data import datasets, layout, schema
@@ -150,6 +151,28 @@ def preprocess_config(args: argparse.Namespace) -> PreprocessConfig:
         raise InputError(f"training-list settings: {e}") from None
 
 
+def built_in(args: argparse.Namespace) -> Tuple[str, Callable[[], tuple]]:
+    """The built-in dataset's directory under ``--cache``, and what writes it there (when absent)."""
+    if args.dataset == "completejourney":
+        directory = os.path.join(args.cache, "completejourney")
+        return directory, lambda: datasets.write_completejourney(directory)
+    spec = datasets.SyntheticSpec(
+        num_users=args.synthetic_users,
+        num_products=args.synthetic_products,
+        seed=args.seed,
+        taste_categories=args.synthetic_tastes,
+        taste_share=0.8 if args.synthetic_tastes else 0.0,
+        taste_groups=args.synthetic_taste_groups,
+        rebuys=not args.synthetic_no_rebuys,
+        staple_share=0.0 if args.synthetic_no_rebuys else datasets.SyntheticSpec.staple_share,
+    )
+    name = f"synthetic-u{spec.num_users}-p{spec.num_products}-s{spec.seed}"
+    name += f"-t{spec.taste_categories}" * bool(spec.taste_categories) + "-norebuy" * (not spec.rebuys)
+    name += f"-g{spec.taste_groups}" * bool(spec.taste_categories and spec.taste_groups)
+    directory = os.path.join(args.cache, name)
+    return directory, lambda: datasets.write_synthetic(directory, spec)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     with one_line_errors():
@@ -162,28 +185,13 @@ def main(argv=None) -> dict:
             check_inputs(logs, catalog)
             inputs = logs.paths + (catalog.paths if catalog else [])
         else:
-            inputs = [args.cache]
+            directory, write_dataset = built_in(args)
+            inputs = [directory]
         check_target(args.output, layout.STATS, "preprocessing output", inputs, args.overwrite)
         config = preprocess_config(args)
         init_ray()
-        if args.dataset == "completejourney":
-            paths = datasets.write_completejourney(os.path.join(args.cache, "completejourney"))
-        elif args.dataset == "synthetic":
-            spec = datasets.SyntheticSpec(
-                num_users=args.synthetic_users,
-                num_products=args.synthetic_products,
-                seed=args.seed,
-                taste_categories=args.synthetic_tastes,
-                taste_share=0.8 if args.synthetic_tastes else 0.0,
-                taste_groups=args.synthetic_taste_groups,
-                rebuys=not args.synthetic_no_rebuys,
-                staple_share=0.0 if args.synthetic_no_rebuys else datasets.SyntheticSpec.staple_share,
-            )
-            name = f"synthetic-u{spec.num_users}-p{spec.num_products}-s{spec.seed}"
-            name += f"-t{spec.taste_categories}" * bool(spec.taste_categories) + "-norebuy" * (not spec.rebuys)
-            name += f"-g{spec.taste_groups}" * bool(spec.taste_categories and spec.taste_groups)
-            paths = datasets.write_synthetic(os.path.join(args.cache, name), spec)
         if args.dataset:
+            paths = write_dataset()
             logs, catalog = schema.resolve_files(paths[0]), schema.resolve_files(paths[1])
         return preprocess(
             logs,

@@ -180,6 +180,11 @@ def headline(metrics: Dict) -> Dict[str, str]:
 # -- the registry -----------------------------------------------------------------------------------
 
 
+class StoreUnavailable(InputError):
+    """The tracking store does not open (a one-line error from the registry's commands; a
+    training job that cannot record its model says so and goes on)."""
+
+
 class Registry:
     """The tracking store and the registered model ``name`` (:data:`MODEL_NAME`)."""
 
@@ -196,7 +201,7 @@ class Registry:
             self.client.search_registered_models(max_results=1)  # a store that does not open fails here, in one line
         except Exception as e:  # MLflow's and SQLAlchemy's own errors, whose types vary with the store
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise InputError(f"tracking store {self.uri}: does not open ({type(e).__name__}: {first})") from None
+            raise StoreUnavailable(f"tracking store {self.uri}: does not open ({type(e).__name__}: {first})") from None
 
     # runs
 
@@ -480,7 +485,7 @@ def track_model(
         log(f"{model_dir}: version {version} of {registry.name}{', ' + note if note else ''} ({registry.uri})")
         return version
     except Exception as e:
-        if strict or isinstance(e, InputError):
+        if strict or (isinstance(e, InputError) and not isinstance(e, StoreUnavailable)):
             raise
         first_line = (str(e).strip().splitlines() or [""])[0]
         print(

@@ -249,6 +249,7 @@ def test_a_ray_address_where_nothing_answers_is_one_line(monkeypatch):
         listening.listen()
         cli.check_head_answers(f"127.0.0.1:{listening.getsockname()[1]}")
     cli.check_head_answers("auto")
+    cli.check_head_answers("ray://127.0.0.1:1")  # Ray Client's form: Ray's to judge
 
 
 @pytest.mark.faults
@@ -260,8 +261,10 @@ def test_numbers_that_mean_nothing_are_refused_by_the_parsers():
     assert cli.positive_float("1e-3") == 0.001 and cli.tcp_port("8000") == 8000
     from jobs import deploy
 
-    with pytest.raises(SystemExit):  # Serve took nan, 0 and negative timeouts
-        deploy.parse_args(["--model", "m", "--request-timeout-s", "nan"])
+    for bad in ("nan", "0", "-1"):  # Serve took them; inf is no limit
+        with pytest.raises(SystemExit):
+            deploy.parse_args(["--model", "m", "--request-timeout-s", bad])
+    assert deploy.parse_args(["--model", "m", "--request-timeout-s", "inf"]).request_timeout_s == float("inf")
 
 
 def test_the_issues_example_is_one_line_and_exit_2():

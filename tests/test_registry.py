@@ -167,6 +167,27 @@ def test_current_with_nothing_registered_is_a_one_line_error(store, capsys, tmp_
     assert len(errors) == 3 and "no version 7" in errors[0] and "'latest'" in errors[1]
 
 
+def test_a_store_that_does_not_open_is_one_line_yet_does_not_fail_a_finished_training(tmp_path, monkeypatch, capsys):
+    """A tracking store that is not a database: the registry's commands refuse it in one line
+    (a SQLAlchemy traceback before); a training job that cannot record its model says so and
+    goes on (the refit still runs), as for any failure to record."""
+    garbage = tmp_path / "mlflow.db"
+    garbage.write_text("not a database\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{garbage}")
+    with pytest.raises(SystemExit) as exit_info:
+        models.main(["list"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: tracking store sqlite:///{garbage}: does not open (DatabaseError: "
+        "(sqlite3.DatabaseError) file is not a database)"
+    ]
+    model_dir = str(tmp_path / "model")
+    assert reg.track_model(model_dir, str(tmp_path / "data")) is None
+    assert "not recorded (StoreUnavailable: tracking store" in capsys.readouterr().err
+    with pytest.raises(reg.StoreUnavailable):
+        reg.track_model(model_dir, str(tmp_path / "data"), strict=True)
+
+
 # -- a training run ------------------------------------------------------------------------------------
 
 
