@@ -167,6 +167,7 @@ def test_current_with_nothing_registered_is_a_one_line_error(store, capsys, tmp_
     assert len(errors) == 3 and "no version 7" in errors[0] and "'latest'" in errors[1]
 
 
+@pytest.mark.faults
 def test_a_store_that_does_not_open_is_one_line_yet_does_not_fail_a_finished_training(tmp_path, monkeypatch, capsys):
     """A tracking store that is not a database: the registry's commands refuse it in one line
     (a SQLAlchemy traceback before); a training job that cannot record its model says so and
