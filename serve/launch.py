@@ -40,7 +40,12 @@ def start(
         controller_options={"runtime_env": {"env_vars": proxy_env()}},
     )
     serve.run(app, name=app_name, route_prefix=route_prefix)
-    return f"http://{host}:{port}"
+    return base_url(host, port)
+
+
+def base_url(host: str, port: int) -> str:
+    """``http://HOST:PORT``, an IPv6 host in brackets (``--host ::1``)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def serving_user_config(app_name: str = APP_NAME) -> Optional[Dict]:

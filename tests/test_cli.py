@@ -323,3 +323,11 @@ def test_a_sweep_directory_is_recognised_before_tune_started_in_it(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("x")
     with pytest.raises(cli.InputError, match="is not a sweep directory"):
         check_sweep_directory(str(tmp_path / "other"), str(data), resume=False)
+
+
+def test_a_served_url_puts_an_ipv6_host_in_brackets():
+    """`jobs.deploy --host ::1` polled http://::1:8000, which no client parses."""
+    from serve.launch import base_url
+
+    assert base_url("::1", 8000) == "http://[::1]:8000"
+    assert base_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
