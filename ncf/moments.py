@@ -61,6 +61,9 @@ def resolve_at(at, data_end: int, now: Optional[float] = None) -> int:
     if isinstance(at, str) and re.fullmatch(r"\s*[A-Za-z]+\s*", at):
         # pandas reads "today" as the local wall clock taken for UTC: hours off, maybe another date.
         raise InputError(f"--at {at!r}: not a moment; use an ISO date or datetime, epoch seconds, 'now' or 'data-end'")
+    if isinstance(at, str) and not re.match(r"\s*([0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{8}\s*$)", at):
+        # pandas guesses: "11/12/2017" is November 12th, "2017" its first day.
+        raise InputError(f"--at {at!r}: not an ISO date (YYYY-MM-DD) or datetime, epoch seconds, 'now' or 'data-end'")
     try:
         return to_epoch_seconds(at)
     except (ValueError, TypeError) as e:

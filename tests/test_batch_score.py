@@ -53,6 +53,10 @@ def test_at_resolves_dates_datetimes_and_data_end():
     for word in ("yesterday", "today", "tomorrow"):
         with pytest.raises(InputError, match=f"'{word}': not a moment"):
             resolve_at(word, data_end=0)
+    # pandas guessed these: day and month in either order, a year alone as its first day.
+    for guess in ("11/12/2017", "Nov 27 2017", "2017", "27.11.2017"):
+        with pytest.raises(InputError, match="not an ISO date"):
+            resolve_at(guess, data_end=0)
 
 
 @pytest.mark.faults
