@@ -95,17 +95,24 @@ def two_node_run(two_nodes, small_data, tmp_path_factory) -> Dict:
     return {"data": data, "stats": stats, "window_ms": (started_ms, int(time.time() * 1000))}
 
 
-def _task_nodes(window_ms) -> Dict[str, Set[str]]:
-    """Node ids by task name, for the finished tasks that started inside the window."""
+def _task_nodes(window_ms, expect: str = "", attempts: int = 20) -> Dict[str, Set[str]]:
+    """Node ids by task name, for the finished tasks that started inside the window. Workers
+    report task events to the GCS about once a second, so the last tasks of a run can be missing
+    from a listing made right after it: with ``expect``, listed again (0.5 s apart, ``attempts``
+    times at most) until a task whose name contains it is there."""
     from ray.util.state import list_tasks
 
     started, ended = window_ms
-    nodes: Dict[str, Set[str]] = {}
-    for task in list_tasks(
-        filters=[("state", "=", "FINISHED")], limit=10_000, detail=True, raise_on_missing_output=False
-    ):
-        if task.node_id and task.start_time_ms and started <= task.start_time_ms <= ended:
-            nodes.setdefault(task.name, set()).add(task.node_id)
+    for _ in range(attempts):
+        nodes: Dict[str, Set[str]] = {}
+        for task in list_tasks(
+            filters=[("state", "=", "FINISHED")], limit=10_000, detail=True, raise_on_missing_output=False
+        ):
+            if task.node_id and task.start_time_ms and started <= task.start_time_ms <= ended:
+                nodes.setdefault(task.name, set()).add(task.node_id)
+        if not expect or any(expect in name for name in nodes):
+            break
+        time.sleep(0.5)
     return nodes
 
 
@@ -155,7 +162,7 @@ def test_preprocessing_on_two_nodes_uses_both_and_matches_one_node(two_node_run,
     for name in ("offsets", "products", "timestamps"):
         assert (getattr(mine, name) == getattr(theirs, name)).all(), name
 
-    by_task = _task_nodes(two_node_run["window_ms"])
+    by_task = _task_nodes(two_node_run["window_ms"], expect="MapBatches(_build_list_file)")
     placement = {name: sorted(node[:8] for node in nodes) for name, nodes in by_task.items()}
     assert set().union(*by_task.values()) == set(two_nodes.values()), placement
     # Each lists file is built and written by one task (this log's 150 households make one file).
@@ -199,7 +206,8 @@ def test_two_worker_training_shards_the_tables_with_data_from_the_other_node(sha
     workers = _actor_nodes("RayTrainWorker")
     assert len(workers) == 1 and workers <= set(two_nodes.values()), workers
     # The training lists are read by Ray Data map tasks (MapBatches(_read_lists)).
-    readers = set().union(*(nodes for name, nodes in _task_nodes(window).items() if "read" in name.lower()))
+    listed = _task_nodes(window, expect="_read_lists")
+    readers = set().union(*(nodes for name, nodes in listed.items() if "read" in name.lower()))
     assert readers - workers, (readers, workers)
 
 
