@@ -24,7 +24,6 @@ import pyarrow.parquet as pq
 from ncf.batch.commit import SUCCESS
 from ncf.batch.partitions import partition_dir, read_manifest, read_users
 from ncf.data.product_stats import ProductStats
-from ncf.data.vocab import UNKNOWN_INDEX
 from ncf.rank.reasons import Reason
 from ncf.rank.recommender import Recommender
 
@@ -177,11 +176,10 @@ def tied_logits(recommender: Recommender, user, at: int, written: List, expected
     """Whether the job's list differs from ``expected`` only where logits tie: at each rank, the
     logit of the product written equals that of the product expected, relatively, both scored
     now by ``recommender``. A product ranked wrongly has another logit than the one it displaced."""
-    products = recommender.vocabs.products.index_of(list(written) + list(expected))
-    if (products == UNKNOWN_INDEX).any():
+    try:
+        logits, _ = recommender.score_items(user, list(written) + list(expected), at, logits=True)
+    except KeyError:  # a product id the vocabulary does not hold
         return False
-    user_index = int(recommender.vocabs.users.index_of([user])[0])
-    logits, _ = recommender.ranker.score(user_index, products, at, logits=True)
     return bool(np.allclose(logits[: len(written)], logits[len(written) :], rtol=1e-4, atol=1e-5))
 
 

@@ -224,16 +224,17 @@ class Recommender:
         """
         return self.score_items(user_id, product_ids, at)[0]
 
-    def score_items(self, user_id, product_ids: Sequence, at=None) -> Tuple[List[float], bool]:
+    def score_items(self, user_id, product_ids: Sequence, at=None, logits: bool = False) -> Tuple[List[float], bool]:
         """:meth:`score` and whether the household is a cold start (unknown, or no purchases
-        before ``at``: the model's unknown household row scores it)."""
+        before ``at``: the model's unknown household row scores it); with ``logits``, the logits
+        the probabilities come from (:meth:`Ranker.score`)."""
         products = self.vocabs.products.index_of(list(product_ids))
         unknown = [p for p, i in zip(product_ids, products) if i == UNKNOWN_INDEX]
         if unknown:
             raise KeyError(f"unknown product ids: {unknown}")
         user = int(self.vocabs.users.index_of([user_id])[0])
         moment = self.moment(at)
-        probs, cold = self.as_of(moment).ranker.score(user, products, moment)
+        probs, cold = self.as_of(moment).ranker.score(user, products, moment, logits=logits)
         return probs.astype(float).tolist(), cold
 
     def _raw(self, user_id, at: int, ranking: Ranking) -> RankedItems:
