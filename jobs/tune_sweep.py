@@ -49,7 +49,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers per trial")
     add_training_gpu_options(p)
-    p.add_argument("--concurrent", type=non_negative_int, default=0, help="trials at once (0 = what the cluster fits)")
+    p.add_argument(
+        "--concurrent",
+        type=non_negative_int,
+        default=0,
+        help="trials at once (0 = what the cluster fits); recorded when the sweep starts, which --resume keeps",
+    )
     p.add_argument(
         "--max-steps-per-epoch", type=non_negative_int, default=0, help="cap each epoch (0 = the whole split)"
     )

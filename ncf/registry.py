@@ -256,13 +256,18 @@ class Registry:
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
 
-    def find_trial_run(self, sweep: str, trial_id: str) -> Optional[str]:
-        """The run :func:`trial_logger` recorded for a sweep's trial."""
+    def find_trial_run(self, sweep: str, trial_id: str, moved: bool = False) -> Optional[str]:
+        """The run :func:`trial_logger` recorded for a sweep's trial, tagged with the path the sweep
+        started at. ``moved``: a sweep directory moved since is matched by the trial id alone,
+        when one run has it (Tune's trial ids begin with a random prefix per sweep)."""
+        experiment = [self.experiment_id(SWEEP_EXPERIMENT)]
+        trial = f"tags.trial_id = '{trial_id}'"
         found = self.client.search_runs(
-            [self.experiment_id(SWEEP_EXPERIMENT)],
-            filter_string=f"tags.sweep = '{os.path.abspath(sweep)}' and tags.trial_id = '{trial_id}'",
-            max_results=1,
+            experiment, f"tags.sweep = '{os.path.abspath(sweep)}' and {trial}", max_results=1
         )
+        if not found and moved:
+            found = self.client.search_runs(experiment, trial, max_results=2)
+            found = found if len(found) == 1 else []
         return found[0].info.run_id if found else None
 
     # versions
@@ -507,7 +512,7 @@ def track_sweep_model(model_dir: str, data: str, sweep: str, candidate: bool = T
     run_id = None
     if "sweep" in metrics:  # the trial's own checkpoint: its run has every epoch
         try:
-            run_id = Registry().find_trial_run(sweep, trial_id)
+            run_id = Registry().find_trial_run(sweep, trial_id, moved=True)
         except Exception:  # the store is unreachable: track_model says so
             pass
     kind = read_config(model_dir).get("run", "model")
@@ -548,6 +553,12 @@ def _trial_logger_class():
     class TrialLogger(MLflowLoggerCallback):
         def log_trial_start(self, trial) -> None:
             self.tags = {**self.tags, "trial_id": trial.trial_id}
+            if trial not in self._trial_runs:
+                # A trial restarted by --resume keeps the run its first attempt started (this
+                # callback's runs are not part of Tune's saved state): one run per trial.
+                earlier = Registry(self.tracking_uri).find_trial_run(self.tags["sweep"], trial.trial_id)
+                if earlier is not None:
+                    self._trial_runs[trial] = earlier
             super().log_trial_start(trial)
 
         def log_trial_result(self, iteration: int, trial, result: Dict) -> None:

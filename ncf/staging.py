@@ -226,13 +226,20 @@ def check_parent(path: str) -> None:
         raise InputError(f"{path}: {ancestor} is a file, not a directory")
 
 
-def check_target(final: str, marker: str, what: str, inputs: Sequence[str] = (), overwrite: bool = False) -> None:
+def check_target(
+    final: str,
+    marker: str,
+    what: str,
+    inputs: Sequence[str] = (),
+    overwrite: bool = False,
+    remedy: str = "pass --overwrite to replace it",
+) -> None:
     """Refuses (InputError, one line) to replace ``final`` when
 
     * it is, contains or is inside one of ``inputs`` (always: the run would delete what it reads,
       or write into it), or a file stands where one of its parent directories would, or
     * it exists, is not empty and is not a ``what`` (no ``marker`` file in it), or is a file,
-      unless ``overwrite``.
+      unless ``overwrite`` (``remedy`` says how the command asks for it).
 
     A symlink is judged by the directory it points at (which blue/green never deletes).
     """
@@ -246,11 +253,10 @@ def check_target(final: str, marker: str, what: str, inputs: Sequence[str] = (),
     if overwrite or not os.path.lexists(final):
         return
     if os.path.exists(real) and not os.path.isdir(real):
-        raise InputError(f"{final}: exists and is not a directory; pass --overwrite to replace it")
+        raise InputError(f"{final}: exists and is not a directory; {remedy}")
     if os.path.isdir(real) and os.listdir(real) and not os.path.exists(os.path.join(real, marker)):
         raise InputError(
-            f"{final}: exists, is not empty and is not a {what} (no {marker}); "
-            "refusing to replace it (pass --overwrite to replace it anyway)"
+            f"{final}: exists, is not empty and is not a {what} (no {marker}); refusing to replace it ({remedy})"
         )
 
 

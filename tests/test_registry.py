@@ -156,6 +156,24 @@ def test_a_damaged_version_is_not_made_current(store, tmp_path, capsys):
     assert store.current() == "2" and reg.resolve_model("current") == second
 
 
+def test_a_sweep_trial_restarted_by_resume_keeps_its_run_and_a_moved_sweep_finds_it(store, tmp_path):
+    from ray.tune.experiment import Trial
+
+    trial = Trial("train_trial", config={"learning_rate": 0.01}, trial_id="abcde_00000", stub=True)
+    sweep = str(tmp_path / "sweep")
+    for epoch in (1, 2):  # the first attempt, then the callback Tune restores on --resume (its runs not saved)
+        logger = reg.trial_logger(sweep)
+        logger.setup()
+        logger.log_trial_start(trial)
+        logger.log_trial_result(1, trial, {"epoch": epoch, "val_ndcg@10": 0.3})
+    (run,) = store.client.search_runs([store.experiment_id(reg.SWEEP_EXPERIMENT)])
+    assert [m.step for m in store.client.get_metric_history(run.info.run_id, "val_ndcg_at_10")] == [1, 2]
+    assert store.find_trial_run(sweep, trial.trial_id) == run.info.run_id
+    moved = str(tmp_path / "moved")
+    assert store.find_trial_run(moved, trial.trial_id) is None
+    assert store.find_trial_run(moved, trial.trial_id, moved=True) == run.info.run_id
+
+
 def test_current_with_nothing_registered_is_a_one_line_error(store, capsys, tmp_path):
     with pytest.raises(InputError, match="no model is current.*jobs.train"):
         reg.resolve_model("current")

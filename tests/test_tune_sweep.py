@@ -125,7 +125,17 @@ def test_a_sweep_resumed_with_other_settings_is_refused_in_one_line(tmp_path):
     SweepSettings(data=started.data, output=started.output, trials=8).check_resumes()  # nothing recorded yet
     started.record()
     started.check_resumes()
-    SweepSettings(data=started.data, output=started.output, trials=4, concurrent=3).check_resumes()
+    # Tune keeps the trials-at-once count a sweep started with: 0 (the default) takes it, another is refused.
+    adopting = SweepSettings(data=started.data, output=started.output, trials=4)
+    adopting.check_resumes()
+    assert adopting.concurrent == started.concurrent == 0
+    counted = SweepSettings(data=started.data, output=str(tmp_path / "counted"), trials=4, concurrent=2)
+    counted.record()
+    adopting = SweepSettings(data=started.data, output=counted.output, trials=4)
+    adopting.check_resumes()
+    assert adopting.concurrent == 2
+    with pytest.raises(InputError, match="--concurrent 2 there, --concurrent 3 here"):
+        SweepSettings(data=started.data, output=counted.output, trials=4, concurrent=3).check_resumes()
     with pytest.raises(InputError) as refused:
         SweepSettings(data=started.data, output=started.output, trials=8, epochs=3).check_resumes()
     message = str(refused.value)
@@ -141,6 +151,72 @@ def test_a_sweep_resumed_with_other_settings_is_refused_in_one_line(tmp_path):
     refitting.record()
     with pytest.raises(InputError, match="--refit there, no --refit here"):
         SweepSettings(data=started.data, output=refitting.output, trials=4).check_resumes()
+
+
+def test_asha_halves_on_epochs_and_never_stops_a_trial_at_its_last_epoch():
+    from ray.tune.schedulers import TrialScheduler
+
+    from tune.scheduler import EpochASHA
+
+    class Trial:  # ASHA reads a trial's id only
+        def __init__(self, trial_id):
+            self.trial_id = trial_id
+
+    def reports(last_epoch, results):
+        scheduler = EpochASHA(last_epoch)
+        scheduler.set_search_properties("score", "max")
+        trials = {}
+        actions = []
+        for trial_id, epoch, score in results:
+            if trial_id not in trials:
+                trials[trial_id] = Trial(trial_id)
+                scheduler.on_trial_add(None, trials[trial_id])
+            # Tune's own count restarts at 1 for a trial resumed from its checkpoint: not the clock.
+            result = {"epoch": epoch, "score": score, "training_iteration": 1}
+            actions.append(scheduler.on_trial_result(None, trials[trial_id], result))
+        return actions
+
+    stop, go = TrialScheduler.STOP, TrialScheduler.CONTINUE
+    # 2 epochs (the default) is a rung: below its cutoff at the last epoch, b still ends by itself.
+    assert reports(2, [("a", 1, 0.5), ("a", 2, 0.6), ("b", 1, 0.55), ("b", 2, 0.3)]) == [go, go, go, go]
+    # Before the last epoch, a trial below the rung's cutoff stops.
+    assert reports(4, [("a", 1, 0.5), ("a", 2, 0.6), ("b", 1, 0.55), ("b", 2, 0.3)]) == [go, go, go, stop]
+    # A trial resumed at epoch 3 is compared at the rungs it reaches by its epochs.
+    assert reports(4, [("a", 1, 0.5), ("a", 2, 0.6), ("b", 3, 0.2)]) == [go, go, stop]
+
+
+def test_a_sweep_whose_trials_would_starve_ray_data_is_refused(tmp_path):
+    from tune.sweep import trial_cpus, trial_threads
+
+    assert trial_cpus(1, 2.0, resume=False) == 0.98  # the rest, one CPU, reads the lists
+    assert trial_cpus(3, 2.0, resume=False) == 0.31
+    # 4 trials of 0.25 CPU each (and 0.02 for their drivers) leave 0.96: no read task would start.
+    with pytest.raises(InputError, match="4 trials at once do not fit 2 CPUs .*pass --concurrent 3 or fewer"):
+        trial_cpus(4, 2.0, resume=False)
+    with pytest.raises(InputError, match="fixed when it started\\): resume it on 2.08 CPUs or more"):
+        trial_cpus(4, 2.0, resume=True)
+    with pytest.raises(InputError, match="a sweep needs a cluster of 1.27 CPUs at least"):
+        trial_cpus(1, 1.0, resume=False)
+    settings = SweepSettings(data=str(tmp_path / "data"), output=str(tmp_path / "sweep"), workers=2)
+    assert trial_threads(settings, 4, 16.0) == 2 and trial_threads(settings, 1, 2.0) == 1
+
+
+def test_the_winner_is_the_best_trial_with_a_checkpoint():
+    from tune.results import BEST, CHECKPOINT_PATH, winner
+    from tune.sweep import summary
+
+    table = pd.DataFrame(
+        {
+            "trial_id": ["a", "b", "c"],
+            BEST: [0.5, 0.4, float("nan")],
+            CHECKPOINT_PATH: [None, "/ckpt/b", None],
+            "is_default": [False, True, False],
+        }
+    )
+    assert winner(table)["trial_id"] == "b"
+    assert summary(table) == {"best_trial": "b", "best": 0.4, "default": 0.4, "gain": 0.0}
+    with pytest.raises(RuntimeError, match="no trial of the sweep reported a checkpoint"):
+        winner(table.iloc[[0, 2]])
 
 
 SWEEP = ["--trials", "2", "--epochs", "1", "--max-steps-per-epoch", "3", "--val-users", "20", "--batch-size", "256"]
@@ -241,8 +317,8 @@ def test_a_sweep_interrupted_on_a_laptop_resumes_with_ray_job_submit_losing_and_
     assert data_limits(data)["history_length"] >= config["model"]["history_length"]
 
     # MLflow (the session's store, inherited by both clusters): each trial one run with its point
-    # and its epoch's metrics (the interrupted attempt's run has none); SWEEP/best a registered
-    # version linked to its trial's run.
+    # and its epoch's metrics (the interrupted trial's resumed attempt logs into its first run);
+    # SWEEP/best a registered version linked to its trial's run.
     store = registry.Registry()
     runs = store.client.search_runs(
         [store.experiment_id(registry.SWEEP_EXPERIMENT)], filter_string=f"tags.sweep = '{sweep}'"
@@ -250,10 +326,10 @@ def test_a_sweep_interrupted_on_a_laptop_resumes_with_ray_job_submit_losing_and_
     trained = {}
     for run in runs:
         steps = [m.step for m in store.client.get_metric_history(run.info.run_id, "val_ndcg_at_10")]
-        if steps:
-            assert steps == [1] and "mf_embedding_dim" in run.data.params, run.data.tags["trial_id"]
-            trained.setdefault(run.data.tags["trial_id"], []).append(run)
+        assert steps == [1] and "mf_embedding_dim" in run.data.params, run.data.tags["trial_id"]
+        trained.setdefault(run.data.tags["trial_id"], []).append(run)
     assert sorted(trained) == sorted(table["trial_id"]) and all(len(r) == 1 for r in trained.values())
+    assert all(run.info.status == "FINISHED" for run in runs)
     (version,) = [v for v in store.versions() if v.get("sweep") == str(sweep)]
     assert version["trial_id"] == best["trial_id"] and version["model_dir"] == str(sweep / "best")
     assert version["run_id"] == trained[best["trial_id"]][0].info.run_id

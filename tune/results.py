@@ -46,7 +46,8 @@ def _trial_row(result, default: Dict) -> Dict:
             "epochs": int(history["epoch"].max()),
             "train_loss": float(history["train_loss"].iloc[-1]),
             "examples_per_s": float(history["examples_per_s"].mean()),
-            "seconds": float(history["time_total_s"].max()) if "time_total_s" in history else np.nan,
+            # Summed per report: Tune's time_total_s starts again for a trial restarted by --resume.
+            "seconds": float(history["time_this_iter_s"].sum()) if "time_this_iter_s" in history else np.nan,
             CHECKPOINT_PATH: best.get(CHECKPOINT_PATH),
         }
     )
@@ -69,15 +70,21 @@ def write_results(table: pd.DataFrame, output: str) -> List[str]:
     return paths
 
 
+def winner(table: pd.DataFrame) -> pd.Series:
+    """The sweep's winner (:func:`results_table`'s order): the best trial with a checkpoint, which
+    ``SWEEP/best`` holds and ``SWEEP/refit`` refits."""
+    done = table.dropna(subset=[BEST])
+    done = done[done[CHECKPOINT_PATH].notna()]
+    if done.empty:
+        raise RuntimeError(f"no trial of the sweep reported a checkpoint with {VAL_METRIC}")
+    return done.iloc[0]
+
+
 def export_best(table: pd.DataFrame, settings: SweepSettings) -> str:
     """Writes the best trial's best checkpoint as ``SWEEP/best`` (a model directory)."""
     from ray.train import Checkpoint
 
-    done = table.dropna(subset=[BEST])
-    done = done[done[CHECKPOINT_PATH].notna()]
-    if done.empty:
-        raise RuntimeError(f"no trial of the sweep in {settings.output} reported a checkpoint with {VAL_METRIC}")
-    best = done.iloc[0]
+    best = winner(table)
     metrics = {"sweep": {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()}}
     return export_model_dir(
         Checkpoint(best[CHECKPOINT_PATH]),

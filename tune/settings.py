@@ -10,9 +10,10 @@ from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.train.config import TrainConfig
 
-# What a resumed sweep may change: how many trials run at once (the cluster may have changed),
-# and where the sweep directory is reached from (it holds the record).
-CHANGEABLE_ON_RESUME = ("concurrent", "output")
+# What a resumed sweep may change: where the sweep directory is reached from (it holds the
+# record). Not how many trials run at once: Tune restores the count the sweep started with, so
+# a resume with --concurrent 0 (the default) takes the recorded one, and another is refused.
+CHANGEABLE_ON_RESUME = ("output",)
 
 
 @dataclass
@@ -26,7 +27,8 @@ class SweepSettings:
         epochs: epochs per trial at most; ASHA stops weak trials after fewer.
         workers: Ray Train workers per trial (>1 shards the embedding tables).
         use_gpu: one GPU per worker.
-        concurrent: trials at once (0 = what the cluster fits, leaving CPUs to Ray Data).
+        concurrent: trials at once (0 = what the cluster fits, leaving CPUs to Ray Data); the
+            sweep records the count it resolved.
         max_steps_per_epoch: caps an epoch (0 = the whole training split).
         val_users: users in each epoch's validation ranking (0 = all).
         batch_size: training lists (household x cutoff) per step, training's default.
@@ -70,11 +72,15 @@ class SweepSettings:
         Tune restores its own trial count and trial settings: a sweep resumed with another
         ``--trials`` never reached the count it was asked for (every resume ended "interrupted"),
         and another ``--data`` or ``--epochs`` would mix two budgets in one table. Sweeps started
-        before settings were recorded have nothing to compare.
+        before settings were recorded have nothing to compare. A ``concurrent`` of 0 here takes
+        the recorded count.
         """
         if not os.path.exists(self.settings_path):
             return
-        saved, ours = read_json(self.settings_path), dataclasses.asdict(self)
+        saved = read_json(self.settings_path)
+        if not self.concurrent:
+            self.concurrent = saved.get("concurrent", 0)
+        ours = dataclasses.asdict(self)
         differ = [
             f"{_flag(name, saved[name])} there, {_flag(name, ours[name])} here"
             for name in ours

@@ -1,10 +1,12 @@
 """The sweep driver: Ray Tune with Optuna's TPE sampler and ASHA early stopping.
 
 Each trial is :func:`tune.trial.train_trial` (a ``TorchTrainer``), the objective is the
-validation NDCG@10 of each epoch, and the defaults are the first point evaluated, so every
-sweep reports its gain over them. An interrupted sweep resumes from Tune's experiment state:
-finished trials are kept, the searcher continues where it was, and only the missing trials
-run.
+validation NDCG@10 of each epoch, ASHA (:class:`tune.scheduler.EpochASHA`) stops weak trials
+at 1, 2, 4, ... epochs, and the defaults are the first point evaluated, so every sweep reports
+its gain over them. An interrupted sweep resumes from Tune's experiment state: finished trials
+are kept, the searcher continues where it was, the interrupted and failed trials continue from
+their last checkpoints, and the missing ones run. ASHA's rungs start empty again (Tune does not
+save its scheduler), so a resumed trial is compared only with the results reported after it.
 
 Example::
 
@@ -15,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import pandas as pd
 
@@ -23,7 +24,7 @@ from ncf.errors import InputError
 from ncf.registry import trial_logger
 from ncf.staging import check_target
 from ncf.train.checkpoint import VAL_METRIC, check_features_of_runs
-from tune.results import export_best, plot_sweep, results_table, write_results
+from tune.results import export_best, plot_sweep, results_table, winner, write_results
 from tune.search_space import data_limits, default_point, search_space, to_train_config
 from tune.settings import SweepSettings
 from tune.trial import base_config, train_trial
@@ -45,42 +46,75 @@ def concurrency(settings: SweepSettings, cluster: dict) -> int:
     return max(1, int(cluster.get("CPU", 1) // (2 * settings.workers)))
 
 
-def _trainable(settings: SweepSettings, concurrent: int, cluster_cpus: float):
+MIN_TRIAL_CPUS = 0.25  # a trial's workers together; below it a trial's steps crawl
+
+
+def trial_cpus(concurrent: int, cluster_cpus: float, resume: bool) -> float:
+    """Each trial's share of the CPUs for its workers, one whole CPU left to Ray Data: its read
+    tasks ask for 1 CPU, and a remainder of 0.9999 (2 - 0.99 - 0.01) never schedules them, so a
+    sweep whose trials took more than the rest would wait forever. Refuses such a sweep instead."""
+    budget = round((cluster_cpus - 1.0) / concurrent - 2 * TRIAL_CPU, 2)
+    if budget >= MIN_TRIAL_CPUS:
+        return budget
+    fits = int((cluster_cpus - 1.0) // (MIN_TRIAL_CPUS + 2 * TRIAL_CPU))
+    needs = 1.0 + concurrent * (MIN_TRIAL_CPUS + 2 * TRIAL_CPU)
+    if resume:
+        remedy = f"the sweep runs {concurrent} at once (fixed when it started): resume it on {needs:g} CPUs or more"
+    elif fits:
+        remedy = f"pass --concurrent {fits} or fewer"
+    else:
+        remedy = f"a sweep needs a cluster of {needs:g} CPUs at least"
+    raise InputError(
+        f"{concurrent} trials at once do not fit {cluster_cpus:g} CPUs (each trial's workers take "
+        f"{MIN_TRIAL_CPUS:g} at least, and one CPU stays with Ray Data's readers): {remedy}"
+    )
+
+
+def trial_threads(settings: SweepSettings, concurrent: int, cluster_cpus: float) -> int:
+    """Torch threads of each trial's workers: the cluster's cores shared among every worker of
+    the trials that run at once (a worker alone takes its machine's cores)."""
+    return max(1, int(cluster_cpus // (concurrent * settings.workers)))
+
+
+def _trainable(settings: SweepSettings, cluster_cpus: float, resume: bool):
     from ray import tune
 
-    # Each trial's share of the CPUs, one whole CPU left to Ray Data: its read tasks ask for
-    # 1 CPU, and a remainder of 0.9999 (2 - 0.99 - 0.01) never schedules them.
-    cpu_budget = max(round((cluster_cpus - 1.0) / concurrent - 2 * TRIAL_CPU, 2), 0.25)
-    fn = tune.with_parameters(train_trial, settings=settings, cpu_budget=cpu_budget)
+    fn = tune.with_parameters(
+        train_trial,
+        settings=settings,
+        cpu_budget=trial_cpus(settings.concurrent, cluster_cpus, resume),
+        torch_threads=trial_threads(settings, settings.concurrent, cluster_cpus),
+    )
     return tune.with_resources(fn, {"cpu": TRIAL_CPU})
 
 
-def _tuner(settings: SweepSettings, resume: bool):
-    import ray
+def _tuner(settings: SweepSettings, trainable, resume: bool):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    cluster = ray.cluster_resources()
-    concurrent = concurrency(settings, cluster)
-    trainable = _trainable(settings, concurrent, cluster.get("CPU", 1.0))
+    from tune.scheduler import EpochASHA
+
     experiment = settings.tune_dir + "/sweep"
     if resume:
         if not tune.Tuner.can_restore(experiment):
             raise InputError(f"--resume: no sweep to resume at {experiment}")
         print(f"[sweep] resuming {experiment}", flush=True)
-        return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        # Failed trials run again from their last checkpoint (Ray Train had retried them
+        # max_failures times; a resume is the user's say that the cause is gone).
+        try:
+            return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        except ValueError as e:  # Tune's own words for a sweep stopped before its first trial saved its state
+            raise InputError(
+                f"--resume: {experiment} cannot be resumed ({e}); start the sweep again with a new --output"
+            ) from None
     limits = data_limits(settings.data)
     searcher = OptunaSearch(
         metric=VAL_METRIC, mode="max", points_to_evaluate=[default_point(limits)], seed=settings.seed
     )
-    # max_t one past the last epoch: a trial that trains all its epochs ends by itself, so its
-    # trainer releases its workers' placement group; a trial stopped by Tune relies on Ray
-    # Train's cleaner instead, which a busy cluster can leave waiting.
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration", max_t=settings.epochs + 1, grace_period=1, reduction_factor=2
+    print(
+        f"[sweep] {settings.trials} trials, {settings.concurrent} at a time, up to {settings.epochs} epochs each",
+        flush=True,
     )
-    print(f"[sweep] {settings.trials} trials, {concurrent} at a time, up to {settings.epochs} epochs each", flush=True)
     return tune.Tuner(
         trainable,
         param_space=search_space(limits),
@@ -88,9 +122,9 @@ def _tuner(settings: SweepSettings, resume: bool):
             metric=VAL_METRIC,
             mode="max",
             search_alg=searcher,
-            scheduler=scheduler,
+            scheduler=EpochASHA(last_epoch=settings.epochs),
             num_samples=settings.trials,
-            max_concurrent_trials=concurrent,
+            max_concurrent_trials=settings.concurrent,
         ),
         # Every trial an MLflow run (its point, every epoch's metrics): ncf.registry.
         run_config=tune.RunConfig(
@@ -120,7 +154,9 @@ def check_sweep_directory(output: str, data: str, resume: bool) -> None:
     makes before Ray starts."""
     # A sweep that stopped before Tune started holds only its settings.json: still a sweep's.
     started = os.path.exists(os.path.join(output, "settings.json"))
-    check_target(output, "settings.json" if started else "tune", "sweep directory", [data])
+    check_target(
+        output, "settings.json" if started else "tune", "sweep directory", [data], remedy="pick another --output"
+    )
     experiment = os.path.join(output, "tune", "sweep")
     if resume and not os.path.exists(experiment):
         raise InputError(f"--resume: no sweep to resume at {experiment}")
@@ -130,15 +166,21 @@ def check_sweep_directory(output: str, data: str, resume: bool) -> None:
 
 def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
     """Runs (or resumes) the sweep; writes the results, the plot and ``best/``; returns the table."""
+    import ray
+
     check_sweep_directory(settings.output, settings.data, resume)
+    cluster = ray.cluster_resources()
     if resume:
-        settings.check_resumes()
+        settings.check_resumes()  # --concurrent 0 takes the count the sweep started with
         # Trials of older code learnt other feature definitions: refused here in one line, not
         # inside each trial (where Tune keeps the error and the sweep would still export one).
         check_features_of_runs(settings.train_dir, "start the sweep again with a new --output")
-    else:
+    # Resolved once: Tune keeps the count a sweep started with through every resume.
+    settings.concurrent = concurrency(settings, cluster)
+    trainable = _trainable(settings, cluster.get("CPU", 1.0), resume)  # refuses trials the CPUs do not fit
+    if not resume:
         settings.record()
-    grid = _tuner(settings, resume).fit()
+    grid = _tuner(settings, trainable, resume).fit()
     finished = finished_trials(grid)
     if finished < settings.trials:  # Tune returns normally after Ctrl-C, with its state saved
         raise SweepInterrupted(
@@ -157,7 +199,7 @@ def refit_best(table: pd.DataFrame, settings: SweepSettings) -> str:
     from ncf.train.checkpoint import best_checkpoint, export_model_dir, run_history
     from ncf.train.trainer import fit, refit_config
 
-    best = table.dropna(subset=["best_" + VAL_METRIC]).iloc[0]
+    best = winner(table)
     config = refit_config(to_train_config(best.to_dict(), base_config(settings)), int(best["best_epoch"]))
     result = fit(
         config,
@@ -173,12 +215,10 @@ def refit_best(table: pd.DataFrame, settings: SweepSettings) -> str:
     )
 
 
-def summary(table: pd.DataFrame) -> Optional[dict]:
-    """The winner against the default point: both scores and the relative gain."""
+def summary(table: pd.DataFrame) -> dict:
+    """The winner (``SWEEP/best``) against the default point: both scores and the relative gain."""
+    best = winner(table)  # run_sweep has exported it: there is one
     done = table.dropna(subset=["best_" + VAL_METRIC])
-    if done.empty:
-        return None
-    best = done.loc[done["best_" + VAL_METRIC].idxmax()]
     default = done[done["is_default"]]
     out = {"best_trial": best["trial_id"], "best": float(best["best_" + VAL_METRIC])}
     if not default.empty:

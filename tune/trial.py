@@ -7,6 +7,7 @@ builds and fits the trainer, and Tune's ``TuneReportCallback`` forwards every ep
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict
 
 from ncf.train.config import TrainConfig
@@ -27,16 +28,17 @@ def base_config(settings: SweepSettings) -> TrainConfig:
     )
 
 
-def train_trial(point: Dict, settings: SweepSettings, cpu_budget: float) -> None:
+def train_trial(point: Dict, settings: SweepSettings, cpu_budget: float, torch_threads: int) -> None:
     """Trains ``point`` for up to ``settings.epochs`` epochs, reporting each to Tune.
 
     The Train run is named after the trial, so a trial restarted by ``--resume`` continues from
-    its last epoch's checkpoint instead of starting over.
+    its last epoch's checkpoint instead of starting over. ``cpu_budget``: its workers' CPUs
+    together (``ncf.train.trainer.worker_resources``); ``torch_threads``: each worker's.
     """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    config = to_train_config(point, base_config(settings))
+    config = dataclasses.replace(to_train_config(point, base_config(settings)), torch_threads=torch_threads)
     fit(
         config,
         num_workers=settings.workers,

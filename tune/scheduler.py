@@ -1,0 +1,39 @@
+"""ASHA over the epochs each trial reports, never stopping a trial at its last epoch.
+
+Example::
+
+    scheduler = EpochASHA(last_epoch=4)  # rungs at epochs 1, 2 and 4; epoch 4 always continues
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+EPOCH = "epoch"  # what the training loop reports with every epoch's metrics, counted from 1
+
+
+class EpochASHA(ASHAScheduler):
+    """Asynchronous successive halving (ASHA) with rungs at 1, 2, 4, ... epochs.
+
+    Its clock is the trial's ``epoch``, not Tune's ``training_iteration``: a trial restarted by
+    ``--resume`` continues from its last checkpoint's epoch while Tune counts its iterations
+    from 1 again, which compared its later epochs with the other trials' earlier ones.
+
+    A report of the last epoch always continues, even below a rung's cutoff (``last_epoch`` a
+    power of 2 is a rung): the trial then ends by itself and its trainer releases its workers'
+    placement group, where a trial stopped by Tune relies on Ray Train's cleaner, which a busy
+    cluster can leave waiting; and a trial with nothing left to train saves nothing by stopping.
+    The report still counts towards the rung's cutoff for the trials after it.
+    """
+
+    def __init__(self, last_epoch: int) -> None:
+        super().__init__(time_attr=EPOCH, max_t=last_epoch + 1, grace_period=1, reduction_factor=2)
+        self.last_epoch = last_epoch
+
+    def on_trial_result(self, tune_controller, trial, result: Dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if result.get(EPOCH, 0) >= self.last_epoch:
+            return TrialScheduler.CONTINUE
+        return action
