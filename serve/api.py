@@ -175,8 +175,8 @@ class BatchRecommendResponse(BaseModel):
 class ScoreResponse(BaseModel):
     user_id: Union[int, str]
     cold_start: bool = Field(
-        description="true when the model does not know the household (or it has no purchases before at): "
-        "the scores come from the model's row for unknown households"
+        description="true when the served data does not know the household or it has no purchases before at: "
+        "the scores come from the model's row for unknown households, without purchase features"
     )
     scores: List[float]
     at: datetime
