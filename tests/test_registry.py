@@ -33,7 +33,16 @@ from ncf.model.integrity import write_manifest
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    """A registry of the test's own (versions numbered from 1)."""
+    """A registry of the test's own (versions numbered from 1). MLflow's process-wide URIs and
+    experiment, which Ray's MLflow callback sets (and MlflowClient.load_table reads), are put
+    back after each test."""
+    import mlflow.tracking._model_registry.utils as registry_uris
+    import mlflow.tracking._tracking_service.utils as tracking_uris
+    import mlflow.tracking.fluent as fluent
+
+    for module, name in ((tracking_uris, "_tracking_uri"), (registry_uris, "_registry_uri")):
+        monkeypatch.setattr(module, name, None)
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return reg.Registry()
