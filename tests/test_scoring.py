@@ -54,6 +54,10 @@ def test_ranking_metrics_by_hand():
     }
     # Recall divides by min(k, |relevant|): a perfect top-2 is 1 even with 3 relevant items.
     assert ranking_metrics(np.array([1, 2]), np.array([1, 2, 3]), k=2)["recall"] == 1.0
+    # A product named twice in the top k would count as two hits (recall 1.5 here): refused.
+    with pytest.raises(ValueError, match="names a product twice"):
+        ranking_metrics(np.array([5, 5, 6]), np.array([5, 6]), k=3)
+    assert ranking_metrics(np.array([5, 6, 5]), np.array([5, 6]), k=2)["recall"] == 1.0  # beyond k: no count
 
 
 def test_top_k_never_returns_the_unknown_product():

@@ -35,6 +35,8 @@ def ranking_metrics(
     """
     if len(relevant) == 0:
         raise ValueError("ranking_metrics needs at least one relevant item")
+    if len(np.unique(ranked[:k])) < len(ranked[:k]):  # a product counted twice would lift recall past 1
+        raise ValueError(f"ranking_metrics: the top {k} names a product twice: {ranked[:k].tolist()}")
     hits = np.isin(ranked, relevant)
     top = hits[:k]
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
