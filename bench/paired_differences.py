@@ -1,7 +1,7 @@
 """How far apart are the model and each baseline, household by household?
 
 python -m bench.paired_differences --data DATA --model M [--model M2 ...] [--split test]
-    [--baselines popularity,own_frequency,...] [--resamples 2000] [--average-logits]
+    [--baselines popularity,own_frequency,...] [--resamples 2000] [--average-logits] [--baseline-seeds N]
 
 The seeds' spread says how much a figure moves with training; it says nothing of how much it
 would move on other households. Every scorer here ranks the same households of the same held-out
@@ -16,6 +16,13 @@ baselines are built with the parameters tuned on the validation weeks (``DATA/ba
 tuned when missing), as ``jobs.evaluate`` builds them; everything is ranked through
 :func:`ncf.evaluate.protocol.per_user_ranking`, the code :func:`full_ranking` averages.
 
+The paired standard error holds both scorers fixed. Where they vary with a seed (the model's
+training; a baseline built with a ``seed``, the boosted ranker's bagging, ``--baseline-seeds N``
+builds it with seeds 0..N-1 and averages its figures per household as the model's are), each row
+also carries the seeds' figures, their sd, and ``_minus_model_se_with_seeds``: the paired standard
+error widened by both means' seed variance (sd^2 / seeds each, taken as independent of the
+households' sampling).
+
 One JSON line per scorer (its mean and standard error per metric, and its paired difference to
 the model with the standard error and the interval), then one line for issue 18's target (what
 the model would have to gain, in paired standard errors of the closest baseline's difference).
@@ -24,6 +31,7 @@ the model would have to gain, in paired standard errors of the closest baseline'
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from typing import Dict, List, Sequence, Tuple
 
@@ -97,23 +105,37 @@ def averaged_ranker(models: Sequence[str], data: str, split: str) -> Tuple[Ranke
     return Ranker.of_model_dir(first, ranker.state, model=averaged), period
 
 
-def model_frame(
+def model_frames(
     models: Sequence[str], data: str, split: str, average_logits: bool = False
-) -> Tuple[pd.DataFrame, RankingState, Period]:
-    """Per-household metrics of the model, the mean over ``models`` (the same households), or
-    with ``average_logits`` those of their averaged logits; with the state as known at the
+) -> Tuple[List[pd.DataFrame], RankingState, Period]:
+    """Per-household metrics of each of ``models`` (the same households), or with
+    ``average_logits`` the one frame of their averaged logits; with the state as known at the
     period's start and the period."""
     if average_logits:
         ranker, period = averaged_ranker(models, data, split)
         rank_many, _ = model_fns(ranker)
         frame = per_user_ranking(None, period, period.users, ranker.state.states, rank_many)[list(METRICS)]
-        return frame, ranker.state, period
+        return [frame], ranker.state, period
     frames = []
     for model in models:
         ranker, period = model_on_period(model, data, split)
         rank_many, _ = model_fns(ranker)
         frames.append(per_user_ranking(None, period, period.users, ranker.state.states, rank_many)[list(METRICS)])
-    return sum(frames) / len(frames), ranker.state, period
+    return frames, ranker.state, period
+
+
+def seeded(builder) -> bool:
+    """Whether a baseline's builder takes a ``seed`` (its figures vary with it)."""
+    return "seed" in inspect.signature(builder).parameters
+
+
+def seed_figures(frames: Sequence[pd.DataFrame]) -> Dict[str, Tuple[List[float], float]]:
+    """Each metric's mean per seed and their sd (0 for one seed)."""
+    out = {}
+    for m in METRICS:
+        means = [float(f[m].mean()) for f in frames]
+        out[m] = (means, float(np.std(means, ddof=1)) if len(means) > 1 else 0.0)
+    return out
 
 
 def run(
@@ -123,33 +145,46 @@ def run(
     names: Sequence[str] = BASELINE_ORDER,
     resamples: int = 2000,
     average_logits: bool = False,
+    baseline_seeds: int = 1,
 ) -> List[Dict]:
-    model, state, period = model_frame(models, data, split, average_logits)
+    model_seeds, state, period = model_frames(models, data, split, average_logits)
+    model = sum(model_seeds) / len(model_seeds)
     if len(period.users) < 2:
         raise SystemExit(f"{data}: {len(period.users)} household(s) in the {split} period: nothing to pair")
     context = PointInTime.build(
         state.states, state.vocabs, period_start(split, layout.DataStats(data).boundaries), data
     )
-    frames = {MODEL: model}
+    seeds = {MODEL: model_seeds}
     for baseline, params, _ in tuned_baselines(data, state, names):
-        rank, _ = ranker_fns(baseline.build(context, **params))
-        frames[baseline.name] = per_user_ranking(rank, period, period.users)[list(METRICS)]
+        built = [baseline.build(context, **params)]
+        if seeded(baseline.build) and baseline_seeds > 1:
+            built = [baseline.build(context, **{**params, "seed": s}) for s in range(baseline_seeds)]
+        seeds[baseline.name] = [per_user_ranking(ranker_fns(b)[0], period, period.users)[list(METRICS)] for b in built]
     n = len(period.users)
+    model_spread = seed_figures(model_seeds)
     rows = []
-    for name, frame in frames.items():
+    for name, frames in seeds.items():
+        frame = sum(frames) / len(frames)
         row = {"benchmark": "paired_differences", "split": split, "scorer": name, "households": n}
         if name == MODEL:
             row["models"] = len(models)
             row["combined"] = "logits averaged" if average_logits else "metrics averaged"
+        row["seeds"] = len(frames)
+        spread = seed_figures(frames)
         for m in METRICS:
             values = frame[m].to_numpy()
             row[m] = round(float(values.mean()), 4)
             row[f"{m}_se"] = round(float(values.std(ddof=1) / np.sqrt(n)), 4)
+            if len(frames) > 1:
+                row[f"{m}_per_seed"] = [round(x, 4) for x in spread[m][0]]
+                row[f"{m}_seed_sd"] = round(spread[m][1], 4)
             if name != MODEL:
                 diff = paired(values - model[m].to_numpy(), resamples)
                 row[f"{m}_minus_model"] = round(diff["mean"], 4)
                 row[f"{m}_minus_model_se"] = round(diff["se"], 4)
                 row[f"{m}_minus_model_ci95"] = [round(x, 4) for x in diff["ci95"]]
+                seed_variance = spread[m][1] ** 2 / len(frames) + model_spread[m][1] ** 2 / len(model_seeds)
+                row[f"{m}_minus_model_se_with_seeds"] = round(float(np.sqrt(diff["se"] ** 2 + seed_variance)), 4)
         rows.append(row)
     best = {m: max((r for r in rows if r["scorer"] != MODEL), key=lambda r: r[m]) for m in METRICS}
     model_row = rows[0]
@@ -173,8 +208,22 @@ def main(argv=None) -> List[Dict]:
     p.add_argument("--baselines", default=",".join(BASELINE_ORDER), help="comma-separated (default: all)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the households")
     p.add_argument("--average-logits", action="store_true", help="rank by the models' averaged logits (an ensemble)")
+    p.add_argument(
+        "--baseline-seeds",
+        type=int,
+        default=1,
+        help="build each baseline that takes a seed (the boosted ranker) with seeds 0..N-1, averaged per household",
+    )
     args = p.parse_args(argv)
-    rows = run(args.data, args.model, args.split, args.baselines.split(","), args.resamples, args.average_logits)
+    rows = run(
+        args.data,
+        args.model,
+        args.split,
+        args.baselines.split(","),
+        args.resamples,
+        args.average_logits,
+        args.baseline_seeds,
+    )
     for row in rows:
         print(json.dumps(row), flush=True)
     return rows

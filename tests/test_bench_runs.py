@@ -116,6 +116,19 @@ def test_the_paired_bench_pairs_each_baseline_with_the_model_household_by_househ
             assert low <= row[f"{m}_minus_model"] <= high and row[f"{m}_minus_model_se"] > 0
 
 
+def test_the_paired_bench_averages_a_seeded_baseline_over_its_seeds(small_model_dir, small_data):
+    data, _ = small_data
+    argv = ["--data", data, "--model", small_model_dir, "--model", small_model_dir, "--baselines", "popularity,als"]
+    model, popularity, als, _ = paired_differences.main([*argv, "--resamples", "50", "--baseline-seeds", "2"])
+    assert (model["seeds"], popularity["seeds"], als["seeds"]) == (2, 1, 2)  # ALS takes a seed, popularity none
+    for m in paired_differences.METRICS:
+        assert model[f"{m}_seed_sd"] == 0.0 and model[f"{m}_per_seed"] == [model[m]] * 2  # one model twice
+        assert len(als[f"{m}_per_seed"]) == 2 and als[m] == pytest.approx(np.mean(als[f"{m}_per_seed"]), abs=1e-4)
+        widened = np.sqrt(als[f"{m}_minus_model_se"] ** 2 + als[f"{m}_seed_sd"] ** 2 / 2)
+        assert als[f"{m}_minus_model_se_with_seeds"] == pytest.approx(widened, abs=2e-4)
+        assert popularity[f"{m}_minus_model_se_with_seeds"] == popularity[f"{m}_minus_model_se"]
+
+
 def test_a_paired_difference_is_exact_on_constant_differences_and_wider_on_noisy_ones():
     constant = paired_differences.paired(np.full(50, 0.1), 100)
     assert constant["mean"] == pytest.approx(0.1) and constant["se"] == pytest.approx(0.0)
