@@ -259,11 +259,11 @@ class Registry:
     def find_trial_run(self, sweep: str, trial_id: str, moved: bool = False) -> Optional[str]:
         """The run :func:`trial_logger` recorded for a sweep's trial, tagged with the path the sweep
         started at. ``moved``: a sweep directory moved since is matched by the trial id alone,
-        when one run has it (Tune's trial ids begin with a random prefix per sweep)."""
+        when one run has it (Tune's trial ids are random: 8 hex digits each with Optuna)."""
         experiment = [self.experiment_id(SWEEP_EXPERIMENT)]
-        trial = f"tags.trial_id = '{trial_id}'"
+        trial = f"tags.trial_id = {_quoted(trial_id)}"
         found = self.client.search_runs(
-            experiment, f"tags.sweep = '{os.path.abspath(sweep)}' and {trial}", max_results=1
+            experiment, f"tags.sweep = {_quoted(os.path.abspath(sweep))} and {trial}", max_results=1
         )
         if not found and moved:
             found = self.client.search_runs(experiment, trial, max_results=2)
@@ -502,6 +502,16 @@ def track_model(
         return None
 
 
+def _quoted(value: str) -> str:
+    """A value in an MLflow search filter: in single quotes, or double where it holds one (a
+    path may; a value with both cannot be searched for)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise InputError(f"{value!r}: holds both quote characters, which an MLflow search cannot match")
+
+
 def track_sweep_model(model_dir: str, data: str, sweep: str, candidate: bool = True, tags: Optional[Dict] = None):
     """:func:`track_model` for a sweep's model directory (``SWEEP/best``: the winning trial's
     checkpoint, linked to the trial's run; ``SWEEP/refit``: its refit, a run of its own), tagged
@@ -556,7 +566,11 @@ def _trial_logger_class():
             if trial not in self._trial_runs:
                 # A trial restarted by --resume keeps the run its first attempt started (this
                 # callback's runs are not part of Tune's saved state): one run per trial.
-                earlier = Registry(self.tracking_uri).find_trial_run(self.tags["sweep"], trial.trial_id)
+                try:
+                    earlier = Registry(self.tracking_uri).find_trial_run(self.tags["sweep"], trial.trial_id)
+                except Exception as e:  # MLflow's own errors vary with the store: a new run, said once
+                    print(f"[registry] trial {trial.trial_id}: its earlier run not looked up ({e})", flush=True)
+                    earlier = None
                 if earlier is not None:
                     self._trial_runs[trial] = earlier
             super().log_trial_start(trial)

@@ -169,7 +169,7 @@ def test_a_sweep_trial_restarted_by_resume_keeps_its_run_and_a_moved_sweep_finds
     from ray.tune.experiment import Trial
 
     trial = Trial("train_trial", config={"learning_rate": 0.01}, trial_id="abcde_00000", stub=True)
-    sweep = str(tmp_path / "sweep")
+    sweep = str(tmp_path / "it's a sweep")  # a quote in the path: the run is still searched for
     for epoch in (1, 2):  # the first attempt, then the callback Tune restores on --resume (its runs not saved)
         logger = reg.trial_logger(sweep)
         logger.setup()

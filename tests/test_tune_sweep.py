@@ -125,17 +125,7 @@ def test_a_sweep_resumed_with_other_settings_is_refused_in_one_line(tmp_path):
     SweepSettings(data=started.data, output=started.output, trials=8).check_resumes()  # nothing recorded yet
     started.record()
     started.check_resumes()
-    # Tune keeps the trials-at-once count a sweep started with: 0 (the default) takes it, another is refused.
-    adopting = SweepSettings(data=started.data, output=started.output, trials=4)
-    adopting.check_resumes()
-    assert adopting.concurrent == started.concurrent == 0
-    counted = SweepSettings(data=started.data, output=str(tmp_path / "counted"), trials=4, concurrent=2)
-    counted.record()
-    adopting = SweepSettings(data=started.data, output=counted.output, trials=4)
-    adopting.check_resumes()
-    assert adopting.concurrent == 2
-    with pytest.raises(InputError, match="--concurrent 2 there, --concurrent 3 here"):
-        SweepSettings(data=started.data, output=counted.output, trials=4, concurrent=3).check_resumes()
+    SweepSettings(data=started.data, output=started.output, trials=4, concurrent=3).check_resumes()  # Tune's: below
     with pytest.raises(InputError) as refused:
         SweepSettings(data=started.data, output=started.output, trials=8, epochs=3).check_resumes()
     message = str(refused.value)
@@ -185,8 +175,9 @@ def test_asha_halves_on_epochs_and_never_stops_a_trial_at_its_last_epoch():
     assert reports(4, [("a", 1, 0.5), ("a", 2, 0.6), ("b", 3, 0.2)]) == [go, go, stop]
 
 
-def test_a_sweep_whose_trials_would_starve_ray_data_is_refused(tmp_path):
-    from tune.sweep import trial_cpus, trial_threads
+@pytest.mark.faults
+def test_a_sweep_whose_trials_would_starve_ray_data_is_refused(tmp_path, capsys):
+    from tune.sweep import concurrency, trial_cpus, trial_threads
 
     assert trial_cpus(1, 2.0, resume=False) == 0.98  # the rest, one CPU, reads the lists
     assert trial_cpus(3, 2.0, resume=False) == 0.31
@@ -195,10 +186,44 @@ def test_a_sweep_whose_trials_would_starve_ray_data_is_refused(tmp_path):
         trial_cpus(4, 2.0, resume=False)
     with pytest.raises(InputError, match="fixed when it started\\): resume it on 2.08 CPUs or more"):
         trial_cpus(4, 2.0, resume=True)
-    with pytest.raises(InputError, match="a sweep needs a cluster of 1.27 CPUs at least"):
-        trial_cpus(1, 1.0, resume=False)
-    settings = SweepSettings(data=str(tmp_path / "data"), output=str(tmp_path / "sweep"), workers=2)
+    # A head of no CPUs (an autoscaler adds the workers): the least share, and a line saying so.
+    assert trial_cpus(2, 0.0, resume=False) == 0.25
+    assert "waiting for the cluster to reach 1.54 CPUs" in capsys.readouterr().out
+    settings = SweepSettings(data=str(tmp_path / "data"), output=str(tmp_path / "sweep"), workers=2, trials=3)
     assert trial_threads(settings, 4, 16.0) == 2 and trial_threads(settings, 1, 2.0) == 1
+    # Sized from the whole cluster, a trial's threads are capped by each worker at its machine's share.
+    from ncf.train.config import TrainConfig
+    from ncf.train.loop import worker_threads
+
+    cores = os.cpu_count()
+    assert worker_threads(TrainConfig(torch_threads=10 * cores), 1) == cores
+    assert worker_threads(TrainConfig(torch_threads=1), 1) == 1 and worker_threads(TrainConfig(), 1) == cores
+    assert concurrency(settings, {"CPU": 64.0}) == 3  # never more at once than the trials
+    settings.concurrent = 5
+    assert concurrency(settings, {"CPU": 2.0}) == 3
+
+
+@pytest.mark.faults
+def test_a_resume_keeps_the_trials_at_once_tune_restores(tmp_path):
+    from ray import tune
+
+    from tune.sweep import resumed_concurrency
+
+    settings = SweepSettings(data=str(tmp_path / "data"), output=str(tmp_path / "sweep"), trials=4)
+    with pytest.raises(InputError, match="--resume: no sweep to resume at"):
+        resumed_concurrency(settings, {"CPU": 2.0})
+    # What Tune pickles when a sweep starts (sweeps of older code recorded 0 in settings.json).
+    tune.Tuner(
+        lambda config: None,
+        tune_config=tune.TuneConfig(max_concurrent_trials=3, num_samples=4),
+        run_config=tune.RunConfig(name="sweep", storage_path=settings.tune_dir),
+    )
+    assert resumed_concurrency(settings, {"CPU": 2.0}) == 3
+    settings.concurrent = 3
+    assert resumed_concurrency(settings, {"CPU": 2.0}) == 3
+    settings.concurrent = 2
+    with pytest.raises(InputError, match="runs 3 trials at once .* or with --concurrent 3"):
+        resumed_concurrency(settings, {"CPU": 2.0})
 
 
 def test_the_winner_is_the_best_trial_with_a_checkpoint():

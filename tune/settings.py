@@ -11,9 +11,8 @@ from ncf.jsonio import read_json, write_json
 from ncf.train.config import TrainConfig
 
 # What a resumed sweep may change: where the sweep directory is reached from (it holds the
-# record). Not how many trials run at once: Tune restores the count the sweep started with, so
-# a resume with --concurrent 0 (the default) takes the recorded one, and another is refused.
-CHANGEABLE_ON_RESUME = ("output",)
+# record). The trials at once are Tune's to restore: tune.sweep.started_concurrency checks them.
+CHANGEABLE_ON_RESUME = ("concurrent", "output")
 
 
 @dataclass
@@ -27,8 +26,8 @@ class SweepSettings:
         epochs: epochs per trial at most; ASHA stops weak trials after fewer.
         workers: Ray Train workers per trial (>1 shards the embedding tables).
         use_gpu: one GPU per worker.
-        concurrent: trials at once (0 = what the cluster fits, leaving CPUs to Ray Data); the
-            sweep records the count it resolved.
+        concurrent: trials at once (0 = what the cluster fits, leaving CPUs to Ray Data, at most
+            ``trials``); the sweep records the count it resolved, and a resume keeps it.
         max_steps_per_epoch: caps an epoch (0 = the whole training split).
         val_users: users in each epoch's validation ranking (0 = all).
         batch_size: training lists (household x cutoff) per step, training's default.
@@ -72,15 +71,11 @@ class SweepSettings:
         Tune restores its own trial count and trial settings: a sweep resumed with another
         ``--trials`` never reached the count it was asked for (every resume ended "interrupted"),
         and another ``--data`` or ``--epochs`` would mix two budgets in one table. Sweeps started
-        before settings were recorded have nothing to compare. A ``concurrent`` of 0 here takes
-        the recorded count.
+        before settings were recorded have nothing to compare.
         """
         if not os.path.exists(self.settings_path):
             return
-        saved = read_json(self.settings_path)
-        if not self.concurrent:
-            self.concurrent = saved.get("concurrent", 0)
-        ours = dataclasses.asdict(self)
+        saved, ours = read_json(self.settings_path), dataclasses.asdict(self)
         differ = [
             f"{_flag(name, saved[name])} there, {_flag(name, ours[name])} here"
             for name in ours

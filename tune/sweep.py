@@ -37,13 +37,39 @@ class SweepInterrupted(RuntimeError):
 
 
 def concurrency(settings: SweepSettings, cluster: dict) -> int:
-    """Trials at once: one per ``workers`` GPUs; on CPUs, half of the cluster for training and
-    the rest for Ray Data (the readers that feed the workers)."""
+    """Trials at once: ``--concurrent``, or one per ``workers`` GPUs; on CPUs, half of the cluster
+    for training and the rest for Ray Data (the readers that feed the workers); never more than
+    the trials."""
     if settings.concurrent:
-        return settings.concurrent
+        return min(settings.concurrent, settings.trials)
     if settings.use_gpu:
-        return max(1, int(cluster.get("GPU", 0)) // settings.workers)
-    return max(1, int(cluster.get("CPU", 1) // (2 * settings.workers)))
+        fits = int(cluster.get("GPU", 0)) // settings.workers
+    else:
+        fits = int(cluster.get("CPU", 1) // (2 * settings.workers))
+    return max(1, min(fits, settings.trials))
+
+
+def started_concurrency(settings: SweepSettings) -> int:
+    """The trials at once of the sweep being resumed: Tune restores the count it started with
+    from its ``tuner.pkl`` (the file ``Tuner.restore`` unpickles), whatever a resume asks."""
+    import ray.cloudpickle
+
+    experiment = os.path.join(settings.tune_dir, "sweep")
+    if not os.path.isfile(os.path.join(experiment, "tuner.pkl")):
+        raise InputError(f"--resume: no sweep to resume at {experiment}")
+    with open(os.path.join(experiment, "tuner.pkl"), "rb") as f:
+        return int(ray.cloudpickle.load(f)["_tune_config"].max_concurrent_trials or 0)
+
+
+def resumed_concurrency(settings: SweepSettings, cluster: dict) -> int:
+    """:func:`started_concurrency`; a ``--concurrent`` that differs is refused in one line."""
+    started = started_concurrency(settings)
+    if settings.concurrent and started and settings.concurrent != started:
+        raise InputError(
+            f"--resume: the sweep runs {started} trials at once (Tune keeps the count it started with); "
+            f"resume it without --concurrent or with --concurrent {started}"
+        )
+    return started or concurrency(settings, cluster)
 
 
 MIN_TRIAL_CPUS = 0.25  # a trial's workers together; below it a trial's steps crawl
@@ -52,27 +78,32 @@ MIN_TRIAL_CPUS = 0.25  # a trial's workers together; below it a trial's steps cr
 def trial_cpus(concurrent: int, cluster_cpus: float, resume: bool) -> float:
     """Each trial's share of the CPUs for its workers, one whole CPU left to Ray Data: its read
     tasks ask for 1 CPU, and a remainder of 0.9999 (2 - 0.99 - 0.01) never schedules them, so a
-    sweep whose trials took more than the rest would wait forever. Refuses such a sweep instead."""
+    sweep whose trials took more than the rest would wait forever. Refuses such a sweep on a
+    cluster with CPUs to spare; on one without (a head of 0 CPUs whose autoscaler has yet to add
+    workers) the trials take the least share and wait for nodes, as it says."""
     budget = round((cluster_cpus - 1.0) / concurrent - 2 * TRIAL_CPU, 2)
     if budget >= MIN_TRIAL_CPUS:
         return budget
     fits = int((cluster_cpus - 1.0) // (MIN_TRIAL_CPUS + 2 * TRIAL_CPU))
     needs = 1.0 + concurrent * (MIN_TRIAL_CPUS + 2 * TRIAL_CPU)
+    what = (
+        f"{concurrent} trials at once do not fit {cluster_cpus:g} CPUs (each trial's workers take "
+        f"{MIN_TRIAL_CPUS:g} at least, and one CPU stays with Ray Data's readers)"
+    )
+    if fits < 1:
+        print(f"[sweep] {what}: waiting for the cluster to reach {needs:g} CPUs", flush=True)
+        return MIN_TRIAL_CPUS
     if resume:
         remedy = f"the sweep runs {concurrent} at once (fixed when it started): resume it on {needs:g} CPUs or more"
-    elif fits:
-        remedy = f"pass --concurrent {fits} or fewer"
     else:
-        remedy = f"a sweep needs a cluster of {needs:g} CPUs at least"
-    raise InputError(
-        f"{concurrent} trials at once do not fit {cluster_cpus:g} CPUs (each trial's workers take "
-        f"{MIN_TRIAL_CPUS:g} at least, and one CPU stays with Ray Data's readers): {remedy}"
-    )
+        remedy = f"pass --concurrent {fits} or fewer"
+    raise InputError(f"{what}: {remedy}")
 
 
 def trial_threads(settings: SweepSettings, concurrent: int, cluster_cpus: float) -> int:
     """Torch threads of each trial's workers: the cluster's cores shared among every worker of
-    the trials that run at once (a worker alone takes its machine's cores)."""
+    the trials that run at once (each worker caps them at its machine's cores, shared among
+    the trial's workers: ``ncf.train.loop.worker_threads``)."""
     return max(1, int(cluster_cpus // (concurrent * settings.workers)))
 
 
@@ -171,12 +202,12 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
     check_sweep_directory(settings.output, settings.data, resume)
     cluster = ray.cluster_resources()
     if resume:
-        settings.check_resumes()  # --concurrent 0 takes the count the sweep started with
+        settings.check_resumes()
         # Trials of older code learnt other feature definitions: refused here in one line, not
         # inside each trial (where Tune keeps the error and the sweep would still export one).
         check_features_of_runs(settings.train_dir, "start the sweep again with a new --output")
     # Resolved once: Tune keeps the count a sweep started with through every resume.
-    settings.concurrent = concurrency(settings, cluster)
+    settings.concurrent = resumed_concurrency(settings, cluster) if resume else concurrency(settings, cluster)
     trainable = _trainable(settings, cluster.get("CPU", 1.0), resume)  # refuses trials the CPUs do not fit
     if not resume:
         settings.record()

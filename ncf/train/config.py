@@ -29,7 +29,7 @@ class TrainConfig:
         shuffle_buffer: lists in a local shuffle buffer (0: none; the files are read in a seeded
             random order and hold households in no meaningful order).
         max_steps_per_epoch: 0 = the whole shard; tests use a few steps.
-        torch_threads: 0 = this machine's cores shared among the workers.
+        torch_threads: 0 = this machine's cores shared among the workers (and at most that).
         seed: seeds the weights, the shuffles and each epoch's dropout and unknown-row draws.
     """
 

@@ -79,8 +79,10 @@ def worker_threads(cfg: TrainConfig, world_size: int) -> int:
     """Torch threads of each worker: ``cfg.torch_threads``, or this machine's cores shared among
     the workers. Ray still keeps a CPU of its accounting for Ray Data's readers (see
     ``worker_resources``); their work is a few seconds per epoch, so leaving them a core's worth of
-    threads idle cost one worker on 2 cores 13% of its steady rate (bench.train_throughput)."""
-    return cfg.torch_threads or max(1, (os.cpu_count() or 1) // world_size)
+    threads idle cost one worker on 2 cores 13% of its steady rate (bench.train_throughput).
+    Never more than that share (a sweep sizes ``torch_threads`` from the whole cluster)."""
+    share = max(1, (os.cpu_count() or 1) // world_size)
+    return min(cfg.torch_threads, share) if cfg.torch_threads else share
 
 
 def setup_worker(cfg: TrainConfig) -> Worker:
