@@ -10,7 +10,7 @@ What is recorded:
 * experiment ``ncf-train``: one run per training run that produced a model directory (for
   ``jobs.train --refit``: the validated run and the refit), with its parameters, every epoch's
   metrics (step = epoch) and the held-out table (``test_*`` metrics and ``heldout_test.json``);
-* experiment ``ncf-sweeps``: one run per Tune trial (:func:`trial_logger`, Ray's
+* experiment ``ncf-sweeps``: one run per Tune trial (``tune.tracking.TrialLogger``, Ray's
   ``MLflowLoggerCallback``), with the trial's point and every epoch's metrics;
 * registered model ``advanced-ncf``: one version per model directory. The directory stays where
   it is: the version stores its path (tag ``model_dir``), its ``kind`` (``validated`` or
@@ -257,7 +257,7 @@ class Registry:
         return run_id
 
     def find_trial_run(self, sweep: str, trial_id: str, moved: bool = False) -> Optional[str]:
-        """The run :func:`trial_logger` recorded for a sweep's trial, tagged with the path the sweep
+        """The run ``tune.tracking.TrialLogger`` recorded for a sweep's trial, tagged with the path the sweep
         started at. ``moved``: a sweep directory moved since is matched by the trial id alone,
         when one run has it (Tune's trial ids are random: 8 hex digits each with Optuna)."""
         experiment = [self.experiment_id(SWEEP_EXPERIMENT)]
@@ -527,57 +527,3 @@ def track_sweep_model(model_dir: str, data: str, sweep: str, candidate: bool = T
             pass
     kind = read_config(model_dir).get("run", "model")
     return track_model(model_dir, data, f"sweep-{trial_id}-{kind}", tags=tags, run_id=run_id, candidate=candidate)
-
-
-def trial_logger(sweep: str):
-    """Ray Tune's ``MLflowLoggerCallback`` for a sweep's trials (experiment ``ncf-sweeps``): each
-    trial a run tagged with the sweep and its trial id, its point as parameters, every epoch's
-    metrics under MLflow-safe names with step = epoch."""
-    registry = Registry()
-    registry.experiment_id(SWEEP_EXPERIMENT)  # created here, with its artifacts beside a local store
-    return _trial_logger_class()(
-        tracking_uri=registry.uri,
-        registry_uri=registry.uri,
-        experiment_name=SWEEP_EXPERIMENT,
-        tags={"sweep": os.path.abspath(sweep), **code_version()},
-    )
-
-
-# What Tune adds to each result that is not a metric of the trial.
-_TUNE_BOOKKEEPING = {
-    "timestamp",
-    "time_this_iter_s",
-    "time_total_s",
-    "pid",
-    "time_since_restore",
-    "iterations_since_restore",
-    "training_iteration",
-    "done",
-}
-
-
-def _trial_logger_class():
-    # Built on first use: importing Ray's MLflow integration imports mlflow (about a second).
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-    class TrialLogger(MLflowLoggerCallback):
-        def log_trial_start(self, trial) -> None:
-            self.tags = {**self.tags, "trial_id": trial.trial_id}
-            if trial not in self._trial_runs:
-                # A trial restarted by --resume keeps the run its first attempt started (this
-                # callback's runs are not part of Tune's saved state): one run per trial.
-                try:
-                    earlier = Registry(self.tracking_uri).find_trial_run(self.tags["sweep"], trial.trial_id)
-                except Exception as e:  # MLflow's own errors vary with the store: a new run, said once
-                    print(f"[registry] trial {trial.trial_id}: its earlier run not looked up ({e})", flush=True)
-                    earlier = None
-                if earlier is not None:
-                    self._trial_runs[trial] = earlier
-            super().log_trial_start(trial)
-
-        def log_trial_result(self, iteration: int, trial, result: Dict) -> None:
-            step = int(result.get("epoch") or result.get("training_iteration") or iteration)
-            metrics = numeric(result, skip=_TUNE_BOOKKEEPING)
-            self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=metrics, step=step)
-
-    return TrialLogger

@@ -165,13 +165,17 @@ def test_a_damaged_version_is_not_made_current(store, tmp_path, capsys):
     assert store.current() == "2" and reg.resolve_model("current") == second
 
 
-def test_a_sweep_trial_restarted_by_resume_keeps_its_run_and_a_moved_sweep_finds_it(store, tmp_path):
+def test_a_sweep_trial_restarted_by_resume_keeps_its_run_and_a_moved_sweep_finds_it(
+    store, tmp_path, monkeypatch, capsys
+):
     from ray.tune.experiment import Trial
+
+    from tune.tracking import trial_logger
 
     trial = Trial("train_trial", config={"learning_rate": 0.01}, trial_id="abcde_00000", stub=True)
     sweep = str(tmp_path / "it's a sweep")  # a quote in the path: the run is still searched for
     for epoch in (1, 2):  # the first attempt, then the callback Tune restores on --resume (its runs not saved)
-        logger = reg.trial_logger(sweep)
+        logger = trial_logger(sweep)
         logger.setup()
         logger.log_trial_start(trial)
         logger.log_trial_result(1, trial, {"epoch": epoch, "val_ndcg@10": 0.3})
@@ -181,6 +185,18 @@ def test_a_sweep_trial_restarted_by_resume_keeps_its_run_and_a_moved_sweep_finds
     moved = str(tmp_path / "moved")
     assert store.find_trial_run(moved, trial.trial_id) is None
     assert store.find_trial_run(moved, trial.trial_id, moved=True) == run.info.run_id
+
+    # A lookup that fails (the store away a moment) costs the trial its earlier run, not the sweep.
+    def unreachable(*args, **kwargs):
+        raise reg.StoreUnavailable("tracking store: does not open")
+
+    monkeypatch.setattr(reg.Registry, "find_trial_run", unreachable)
+    other = Trial("train_trial", config={"learning_rate": 0.02}, trial_id="fghij_00001", stub=True)
+    logger = trial_logger(sweep)
+    logger.setup()
+    logger.log_trial_start(other)
+    assert "trial fghij_00001: its earlier run not looked up" in capsys.readouterr().out
+    assert len(store.client.search_runs([store.experiment_id(reg.SWEEP_EXPERIMENT)])) == 2
 
 
 def test_current_with_nothing_registered_is_a_one_line_error(store, capsys, tmp_path):

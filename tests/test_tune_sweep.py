@@ -186,6 +186,8 @@ def test_a_sweep_whose_trials_would_starve_ray_data_is_refused(tmp_path, capsys)
         trial_cpus(4, 2.0, resume=False)
     with pytest.raises(InputError, match="fixed when it started\\): resume it on 2.08 CPUs or more"):
         trial_cpus(4, 2.0, resume=True)
+    with pytest.raises(InputError, match="1 trials at once do not fit 1 CPUs .*a sweep needs a cluster of 1.27 CPUs"):
+        trial_cpus(1, 1.0, resume=False)
     # A head of no CPUs (an autoscaler adds the workers): the least share, and a line saying so.
     assert trial_cpus(2, 0.0, resume=False) == 0.25
     assert "waiting for the cluster to reach 1.54 CPUs" in capsys.readouterr().out
@@ -223,6 +225,12 @@ def test_a_resume_keeps_the_trials_at_once_tune_restores(tmp_path):
     assert resumed_concurrency(settings, {"CPU": 2.0}) == 3
     settings.concurrent = 2
     with pytest.raises(InputError, match="runs 3 trials at once .* or with --concurrent 3"):
+        resumed_concurrency(settings, {"CPU": 2.0})
+    settings.concurrent, settings.trials = 0, 2  # never more at once than the trials
+    assert resumed_concurrency(settings, {"CPU": 2.0}) == 2
+    with open(os.path.join(settings.tune_dir, "sweep", "tuner.pkl"), "wb") as f:
+        f.write(b"\x80")  # truncated
+    with pytest.raises(InputError, match="tuner.pkl does not load .*start the sweep again with a new --output"):
         resumed_concurrency(settings, {"CPU": 2.0})
 
 

@@ -21,7 +21,6 @@ import os
 import pandas as pd
 
 from ncf.errors import InputError
-from ncf.registry import trial_logger
 from ncf.staging import check_target
 from ncf.train.checkpoint import VAL_METRIC, check_features_of_runs
 from tune.results import export_best, plot_sweep, results_table, winner, write_results
@@ -57,14 +56,22 @@ def started_concurrency(settings: SweepSettings) -> int:
     experiment = os.path.join(settings.tune_dir, "sweep")
     if not os.path.isfile(os.path.join(experiment, "tuner.pkl")):
         raise InputError(f"--resume: no sweep to resume at {experiment}")
-    with open(os.path.join(experiment, "tuner.pkl"), "rb") as f:
-        return int(ray.cloudpickle.load(f)["_tune_config"].max_concurrent_trials or 0)
+    try:
+        with open(os.path.join(experiment, "tuner.pkl"), "rb") as f:
+            return int(ray.cloudpickle.load(f)["_tune_config"].max_concurrent_trials or 0)
+    except Exception as e:  # a truncated file, or one of another Ray: Tune.restore would fail alike
+        raise InputError(
+            f"--resume: {experiment}/tuner.pkl does not load ({type(e).__name__}: {e}); "
+            "start the sweep again with a new --output"
+        ) from None
 
 
 def resumed_concurrency(settings: SweepSettings, cluster: dict) -> int:
-    """:func:`started_concurrency`; a ``--concurrent`` that differs is refused in one line."""
-    started = started_concurrency(settings)
-    if settings.concurrent and started and settings.concurrent != started:
+    """:func:`started_concurrency` (at most the trials); a ``--concurrent`` that differs is
+    refused in one line."""
+    started = min(started_concurrency(settings), settings.trials)
+    asked = min(settings.concurrent, settings.trials)
+    if asked and started and asked != started:
         raise InputError(
             f"--resume: the sweep runs {started} trials at once (Tune keeps the count it started with); "
             f"resume it without --concurrent or with --concurrent {started}"
@@ -78,9 +85,9 @@ MIN_TRIAL_CPUS = 0.25  # a trial's workers together; below it a trial's steps cr
 def trial_cpus(concurrent: int, cluster_cpus: float, resume: bool) -> float:
     """Each trial's share of the CPUs for its workers, one whole CPU left to Ray Data: its read
     tasks ask for 1 CPU, and a remainder of 0.9999 (2 - 0.99 - 0.01) never schedules them, so a
-    sweep whose trials took more than the rest would wait forever. Refuses such a sweep on a
-    cluster with CPUs to spare; on one without (a head of 0 CPUs whose autoscaler has yet to add
-    workers) the trials take the least share and wait for nodes, as it says."""
+    sweep whose trials took more than the rest would wait forever. Refuses such a sweep; on a
+    cluster of no CPUs yet (a head of 0 CPUs whose autoscaler has yet to add workers) the trials
+    take the least share and wait for nodes, as it says."""
     budget = round((cluster_cpus - 1.0) / concurrent - 2 * TRIAL_CPU, 2)
     if budget >= MIN_TRIAL_CPUS:
         return budget
@@ -90,13 +97,15 @@ def trial_cpus(concurrent: int, cluster_cpus: float, resume: bool) -> float:
         f"{concurrent} trials at once do not fit {cluster_cpus:g} CPUs (each trial's workers take "
         f"{MIN_TRIAL_CPUS:g} at least, and one CPU stays with Ray Data's readers)"
     )
-    if fits < 1:
+    if cluster_cpus <= 0:
         print(f"[sweep] {what}: waiting for the cluster to reach {needs:g} CPUs", flush=True)
         return MIN_TRIAL_CPUS
     if resume:
         remedy = f"the sweep runs {concurrent} at once (fixed when it started): resume it on {needs:g} CPUs or more"
-    else:
+    elif fits >= 1:
         remedy = f"pass --concurrent {fits} or fewer"
+    else:
+        remedy = f"a sweep needs a cluster of {needs:g} CPUs at least"
     raise InputError(f"{what}: {remedy}")
 
 
@@ -124,6 +133,7 @@ def _tuner(settings: SweepSettings, trainable, resume: bool):
     from ray.tune.search.optuna import OptunaSearch
 
     from tune.scheduler import EpochASHA
+    from tune.tracking import trial_logger
 
     experiment = settings.tune_dir + "/sweep"
     if resume:
@@ -208,7 +218,7 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
         check_features_of_runs(settings.train_dir, "start the sweep again with a new --output")
     # Resolved once: Tune keeps the count a sweep started with through every resume.
     settings.concurrent = resumed_concurrency(settings, cluster) if resume else concurrency(settings, cluster)
-    trainable = _trainable(settings, cluster.get("CPU", 1.0), resume)  # refuses trials the CPUs do not fit
+    trainable = _trainable(settings, cluster.get("CPU", 0.0), resume)  # refuses trials the CPUs do not fit
     if not resume:
         settings.record()
     grid = _tuner(settings, trainable, resume).fit()

@@ -1,0 +1,68 @@
+"""Each trial of a sweep an MLflow run: Ray Tune's ``MLflowLoggerCallback``, made to keep one run
+per trial across ``--resume`` and to log epochs as steps.
+
+A module of its own, imported when a sweep starts: it imports mlflow (about a second), and Tune
+pickles the callback into ``tuner.pkl`` by reference to this class, so a resumed sweep runs the
+current code (a class built inside a function is pickled with the code it had then).
+
+Example::
+
+    callbacks = [trial_logger("artifacts/sweeps/cj")]  # tune.RunConfig(callbacks=callbacks)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict
+
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+from ncf.registry import SWEEP_EXPERIMENT, Registry, code_version, numeric
+
+# What Tune adds to each result that is not a metric of the trial.
+TUNE_BOOKKEEPING = {
+    "timestamp",
+    "time_this_iter_s",
+    "time_total_s",
+    "pid",
+    "time_since_restore",
+    "iterations_since_restore",
+    "training_iteration",
+    "done",
+}
+
+
+class TrialLogger(MLflowLoggerCallback):
+    """Experiment ``ncf-sweeps``: each trial a run tagged with the sweep and its trial id, its
+    point as parameters, every epoch's metrics under MLflow-safe names with step = epoch."""
+
+    def log_trial_start(self, trial) -> None:
+        self.tags = {**self.tags, "trial_id": trial.trial_id}
+        if trial not in self._trial_runs:
+            # A trial restarted by --resume keeps the run its first attempt started (this
+            # callback's runs are not part of Tune's saved state): one run per trial.
+            try:
+                earlier = Registry(self.tracking_uri).find_trial_run(self.tags["sweep"], trial.trial_id)
+            except Exception as e:  # MLflow's own errors vary with the store: a new run, said once
+                print(f"[registry] trial {trial.trial_id}: its earlier run not looked up ({e})", flush=True)
+                earlier = None
+            if earlier is not None:
+                self._trial_runs[trial] = earlier
+        super().log_trial_start(trial)
+
+    def log_trial_result(self, iteration: int, trial, result: Dict) -> None:
+        step = int(result.get("epoch") or result.get("training_iteration") or iteration)
+        metrics = numeric(result, skip=TUNE_BOOKKEEPING)
+        self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=metrics, step=step)
+
+
+def trial_logger(sweep: str) -> TrialLogger:
+    """The sweep's :class:`TrialLogger` on the registry's tracking store (``MLFLOW_TRACKING_URI`` or the local one)."""
+    registry = Registry()
+    registry.experiment_id(SWEEP_EXPERIMENT)  # created here, with its artifacts beside a local store
+    return TrialLogger(
+        tracking_uri=registry.uri,
+        registry_uri=registry.uri,
+        experiment_name=SWEEP_EXPERIMENT,
+        tags={"sweep": os.path.abspath(sweep), **code_version()},
+    )
