@@ -80,26 +80,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def sweep_settings(args: argparse.Namespace, use_gpu: bool) -> SweepSettings:
+    return SweepSettings(
+        data=args.data,
+        output=args.output,
+        trials=args.trials,
+        epochs=args.epochs,
+        workers=args.workers,
+        use_gpu=use_gpu,
+        concurrent=args.concurrent,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        val_users=args.val_users,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        refit=args.refit,
+    )
+
+
 def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
         check_data(args.data, runs=(VALIDATED, REFIT) if args.refit else (VALIDATED,))
         check_sweep_directory(args.output, args.data, args.resume)
+        if args.resume:  # before Ray starts and --gpu-wait waits; whether GPUs train needs the cluster
+            sweep_settings(args, use_gpu=False).check_resumes(skip=("use_gpu",))
         init_ray()
-        settings = SweepSettings(
-            data=args.data,
-            output=args.output,
-            trials=args.trials,
-            epochs=args.epochs,
-            workers=args.workers,
-            use_gpu=training_on_gpu(args, workers=args.workers),
-            concurrent=args.concurrent,
-            max_steps_per_epoch=args.max_steps_per_epoch,
-            val_users=args.val_users,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            refit=args.refit,
-        )
+        settings = sweep_settings(args, use_gpu=training_on_gpu(args, workers=args.workers))
         try:
             table = run_sweep(settings, resume=args.resume)
         except SweepInterrupted as e:

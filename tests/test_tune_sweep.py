@@ -206,6 +206,21 @@ def test_a_sweep_whose_trials_would_starve_ray_data_is_refused(tmp_path, capsys)
 
 
 @pytest.mark.faults
+def test_a_resume_with_other_settings_is_refused_before_ray_starts(small_data, tmp_path, monkeypatch, capsys):
+    """Before, the job started Ray and waited out --gpu-wait before comparing the settings."""
+    from jobs import tune_sweep
+
+    data, _ = small_data
+    SweepSettings(data=data, output=str(tmp_path / "sweep"), trials=4).record()
+    os.makedirs(tmp_path / "sweep" / "tune" / "sweep")
+    monkeypatch.setattr(tune_sweep, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    with pytest.raises(SystemExit) as exit_info:
+        tune_sweep.main(["--data", data, "--output", str(tmp_path / "sweep"), "--trials", "8", "--resume"])
+    assert exit_info.value.code == 2
+    assert "--trials 4 there, --trials 8 here" in capsys.readouterr().err
+
+
+@pytest.mark.faults
 def test_a_resume_keeps_the_trials_at_once_tune_restores(tmp_path):
     from ray import tune
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
@@ -65,13 +66,14 @@ class SweepSettings:
         os.makedirs(self.output, exist_ok=True)
         write_json(self.settings_path, dataclasses.asdict(self))
 
-    def check_resumes(self) -> None:
+    def check_resumes(self, skip: Sequence[str] = ()) -> None:
         """Raises InputError when the sweep in :attr:`output` was started with other settings.
 
         Tune restores its own trial count and trial settings: a sweep resumed with another
         ``--trials`` never reached the count it was asked for (every resume ended "interrupted"),
         and another ``--data`` or ``--epochs`` would mix two budgets in one table. Sweeps started
-        before settings were recorded have nothing to compare.
+        before settings were recorded have nothing to compare. ``skip``: settings not compared
+        (``use_gpu`` before Ray starts).
         """
         if not os.path.exists(self.settings_path):
             return
@@ -79,7 +81,7 @@ class SweepSettings:
         differ = [
             f"{_flag(name, saved[name])} there, {_flag(name, ours[name])} here"
             for name in ours
-            if name in saved and name not in CHANGEABLE_ON_RESUME and saved[name] != ours[name]
+            if name in saved and name not in (*CHANGEABLE_ON_RESUME, *skip) and saved[name] != ours[name]
         ]
         if differ:
             raise InputError(
