@@ -595,7 +595,7 @@ def _verified(
     if not report["ok"]:
         raise VerificationFailed(report)
     log(
-        f"verified before the commit: {report['sampled_equal_to_recommend']} sampled users equal recommend"
+        f"verified before the commit: {report['sampled_equal_to_recommend']} sampled users equal a fresh ranking"
         + (", their reasons too" if "sampled_reasons_equal_to_rank" in report else "")
     )
     return report
