@@ -156,10 +156,13 @@ def run(
     )
     seeds = {MODEL: model_seeds}
     for baseline, params, _ in tuned_baselines(data, state, names):
-        built = [baseline.build(context, **params)]
+        each = [params]
         if seeded(baseline.build) and baseline_seeds > 1:
-            built = [baseline.build(context, **{**params, "seed": s}) for s in range(baseline_seeds)]
-        seeds[baseline.name] = [per_user_ranking(ranker_fns(b)[0], period, period.users)[list(METRICS)] for b in built]
+            each = [{**params, "seed": s} for s in range(baseline_seeds)]
+        seeds[baseline.name] = [
+            per_user_ranking(ranker_fns(baseline.build(context, **p))[0], period, period.users)[list(METRICS)]
+            for p in each
+        ]
     n = len(period.users)
     model_spread = seed_figures(model_seeds)
     rows = []

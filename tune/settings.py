@@ -94,6 +94,11 @@ class SweepSettings:
         return os.path.join(self.output, "tune")
 
     @property
+    def experiment_dir(self) -> str:
+        """Ray Tune's experiment (``tuner.pkl`` and the trials' state, what ``--resume`` restores)."""
+        return os.path.join(self.tune_dir, "sweep")
+
+    @property
     def train_dir(self) -> str:
         return os.path.join(self.output, "train")
 

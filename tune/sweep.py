@@ -53,7 +53,7 @@ def started_concurrency(settings: SweepSettings) -> int:
     from its ``tuner.pkl`` (the file ``Tuner.restore`` unpickles), whatever a resume asks."""
     import ray.cloudpickle
 
-    experiment = os.path.join(settings.tune_dir, "sweep")
+    experiment = settings.experiment_dir
     if not os.path.isfile(os.path.join(experiment, "tuner.pkl")):
         raise InputError(f"--resume: no sweep to resume at {experiment}")
     try:
@@ -135,10 +135,8 @@ def _tuner(settings: SweepSettings, trainable, resume: bool):
     from tune.scheduler import EpochASHA
     from tune.tracking import trial_logger
 
-    experiment = settings.tune_dir + "/sweep"
-    if resume:
-        if not tune.Tuner.can_restore(experiment):
-            raise InputError(f"--resume: no sweep to resume at {experiment}")
+    experiment = settings.experiment_dir
+    if resume:  # resumed_concurrency has found its tuner.pkl, what Tuner.can_restore looks for
         print(f"[sweep] resuming {experiment}", flush=True)
         # Failed trials run again from their last checkpoint (Ray Train had retried them
         # max_failures times; a resume is the user's say that the cause is gone).
