@@ -42,7 +42,7 @@ from ncf.splits import REFIT, VALIDATED
 from ncf.train.config import TrainConfig
 from ncf.train.loop import Worker, train_epoch, worker_threads
 from ncf.train.sharding import build_model
-from ncf.train.trainer import LIST_COLUMNS, fit, run_cutoffs
+from ncf.train.trainer import fit, run_cutoffs
 
 HISTORY = 20
 CUTOFF = 1_700_000_000
@@ -184,7 +184,8 @@ def main(argv=None) -> dict:
         run = VALIDATED if args.data else REFIT
         cutoffs = run_cutoffs(data, run)
         table = pa.concat_tables(
-            pads.dataset(layout.examples_dir(data, c), format="parquet").to_table(columns=LIST_COLUMNS) for c in cutoffs
+            pads.dataset(layout.examples_dir(data, c), format="parquet").to_table(columns=E.TRAINING_COLUMNS)
+            for c in cutoffs
         )
         config = TrainConfig(
             data=os.path.abspath(data),

@@ -6,7 +6,8 @@ Each node has 1 CPU, so work that needs more than one CPU at a time must use bot
   stats and examples as the session's single-node run of the same logs (``small_data``);
 * a 2-worker training run shards the embedding tables (TorchRec), fed by reads on the node
   its workers leave free;
-* batch scoring runs one scoring actor per node and commits every user's top-K.
+* batch scoring runs one scoring actor per node and commits every user's top-K;
+* a sweep of two trials at once finishes, each trial's reads fitting the half CPU left beside it.
 
 The module needs its own Ray connection, so it shuts the session's local cluster down (after
 ``small_data`` has used it) and starts it again afterwards.
@@ -15,14 +16,17 @@ The module needs its own Ray connection, so it shuts the session's local cluster
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from typing import Dict, Set
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 from conftest import SMALL_MODEL, SMALL_SPEC
-from helpers import free_port
+from helpers import REPO, free_port
 
 from ncf.batch import scoring as batch_scoring
 from ncf.batch.verify import verify_partition
@@ -205,8 +209,8 @@ def test_two_worker_training_shards_the_tables_with_data_from_the_other_node(sha
     # start on the workers' node before they take its CPU, so not every read need be remote.)
     workers = _actor_nodes("RayTrainWorker")
     assert len(workers) == 1 and workers <= set(two_nodes.values()), workers
-    # The training lists are read by Ray Data map tasks (MapBatches(_read_lists)).
-    listed = _task_nodes(window, expect="_read_lists")
+    # The training lists are read by Ray Data map tasks (MapBatches(read_list_file)).
+    listed = _task_nodes(window, expect="read_list_file")
     readers = set().union(*(nodes for name, nodes in listed.items() if "read" in name.lower()))
     assert readers - workers, (readers, workers)
 
@@ -243,3 +247,29 @@ def test_batch_scoring_runs_one_actor_per_node_and_commits_every_user(
     assert _actor_nodes("ScoreBatch") == set(two_nodes.values())
     report = verify_partition(output, summary["run_date"], data, sample=10)
     assert report["ok"], report
+
+
+@pytest.mark.faults
+def test_a_sweep_of_two_trials_at_once_on_two_nodes_finishes(two_node_run, two_nodes, tmp_path):
+    """Two trials at once on two 1-CPU nodes: a trial's worker and its drivers take half a CPU,
+    so a node holding one has half a CPU free and neither has a whole one. Read tasks asked for a
+    whole CPU and the sweep waited for them forever; they ask for a quarter now."""
+    import ray
+
+    output = str(tmp_path / "sweep")
+    command = [sys.executable, "-m", "jobs.tune_sweep", "--data", two_node_run["data"], "--output", output]
+    command += ["--trials", "2", "--concurrent", "2", "--epochs", "1", "--max-steps-per-epoch", "3"]
+    command += ["--val-users", "20", "--batch-size", "8"]
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    }
+    limit_s = 300  # it takes about 80 s
+    try:
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit_s)
+    except subprocess.TimeoutExpired as e:  # its output comes as bytes
+        pytest.fail(f"the sweep did not finish in {limit_s} s: {(e.stdout or b'')[-2000:].decode(errors='replace')}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[sweep] 2 trials, 2 at a time" in done.stdout
+    assert len(pd.read_parquet(os.path.join(output, "results.parquet"))) == 2

@@ -181,13 +181,17 @@ def test_a_sweep_whose_trials_would_starve_ray_data_is_refused(tmp_path, capsys)
 
     assert trial_cpus(1, 2.0, resume=False) == 0.98  # the rest, one CPU, reads the lists
     assert trial_cpus(3, 2.0, resume=False) == 0.31
-    # 4 trials of 0.25 CPU each (and 0.02 for their drivers) leave 0.96: no read task would start.
-    with pytest.raises(InputError, match="4 trials at once do not fit 2 CPUs .*pass --concurrent 3 or fewer"):
+    # 4 trials of 0.25 CPU each (and 0.02 for their drivers) leave 0.96, under the CPU kept for Ray Data.
+    with pytest.raises(InputError, match="2 CPUs cannot hold 4 trials at once .*pass --concurrent 3 or fewer"):
         trial_cpus(4, 2.0, resume=False)
     with pytest.raises(InputError, match="fixed when it started\\): resume it on 2.08 CPUs or more"):
         trial_cpus(4, 2.0, resume=True)
-    with pytest.raises(InputError, match="1 trials at once do not fit 1 CPUs .*a sweep needs a cluster of 1.27 CPUs"):
+    with pytest.raises(InputError, match="^1 CPU cannot hold 1 trial at once .*a sweep needs a cluster of 1.27 CPUs"):
         trial_cpus(1, 1.0, resume=False)
+    # A read runs on one node: what the trials leave is kept at a read's share for every node.
+    assert trial_cpus(2, 16.0, resume=False, nodes=8) == 6.98  # 8 nodes of 2 CPUs: 2 kept, a quarter each
+    with pytest.raises(InputError, match="Ray Data's readers keep 2 CPUs"):
+        trial_cpus(8, 4.0, resume=False, nodes=8)
     # A head of no CPUs (an autoscaler adds the workers): the least share, and a line saying so.
     assert trial_cpus(2, 0.0, resume=False) == 0.25
     assert "waiting for the cluster to reach 1.54 CPUs" in capsys.readouterr().out

@@ -23,6 +23,7 @@ import pandas as pd
 from ncf.errors import InputError
 from ncf.staging import check_target
 from ncf.train.checkpoint import VAL_METRIC, check_features_of_runs
+from ncf.train.trainer import cpu_nodes, data_cpus
 from tune.results import export_best, plot_sweep, results_table, winner, write_results
 from tune.search_space import data_limits, default_point, search_space, to_train_config
 from tune.settings import SweepSettings
@@ -73,7 +74,7 @@ def resumed_concurrency(settings: SweepSettings, cluster: dict) -> int:
     asked = min(settings.concurrent, settings.trials)
     if asked and started and asked != started:
         raise InputError(
-            f"--resume: the sweep runs {started} trials at once (Tune keeps the count it started with); "
+            f"--resume: the sweep runs {_counted(started, 'trial')} at once (Tune keeps the count it started with); "
             f"resume it without --concurrent or with --concurrent {started}"
         )
     return started or concurrency(settings, cluster)
@@ -82,20 +83,20 @@ def resumed_concurrency(settings: SweepSettings, cluster: dict) -> int:
 MIN_TRIAL_CPUS = 0.25  # a trial's workers together; below it a trial's steps crawl
 
 
-def trial_cpus(concurrent: int, cluster_cpus: float, resume: bool) -> float:
-    """Each trial's share of the CPUs for its workers, one whole CPU left to Ray Data: its read
-    tasks ask for 1 CPU, and a remainder of 0.9999 (2 - 0.99 - 0.01) never schedules them, so a
-    sweep whose trials took more than the rest would wait forever. Refuses such a sweep; on a
-    cluster of no CPUs yet (a head of 0 CPUs whose autoscaler has yet to add workers) the trials
-    take the least share and wait for nodes, as it says."""
-    budget = round((cluster_cpus - 1.0) / concurrent - 2 * TRIAL_CPU, 2)
+def trial_cpus(concurrent: int, cluster_cpus: float, resume: bool, nodes: int = 1) -> float:
+    """Each trial's share of the CPUs for its workers, :func:`ncf.train.trainer.data_cpus` left
+    to Ray Data: a trial whose read tasks find no node with room waits forever. Refuses such a
+    sweep; on a cluster of no CPUs yet (a head of 0 CPUs whose autoscaler has yet to add
+    workers) the trials take the least share and wait for nodes, as it says."""
+    reserve = data_cpus(nodes)
+    budget = round((cluster_cpus - reserve) / concurrent - 2 * TRIAL_CPU, 2)
     if budget >= MIN_TRIAL_CPUS:
         return budget
-    fits = int((cluster_cpus - 1.0) // (MIN_TRIAL_CPUS + 2 * TRIAL_CPU))
-    needs = 1.0 + concurrent * (MIN_TRIAL_CPUS + 2 * TRIAL_CPU)
+    fits = int((cluster_cpus - reserve) // (MIN_TRIAL_CPUS + 2 * TRIAL_CPU))
+    needs = reserve + concurrent * (MIN_TRIAL_CPUS + 2 * TRIAL_CPU)
     what = (
-        f"{concurrent} trials at once do not fit {cluster_cpus:g} CPUs (each trial's workers take "
-        f"{MIN_TRIAL_CPUS:g} at least, and one CPU stays with Ray Data's readers)"
+        f"{_counted(cluster_cpus, 'CPU')} cannot hold {_counted(concurrent, 'trial')} at once (each trial's workers "
+        f"take {MIN_TRIAL_CPUS:g} at least, and Ray Data's readers keep {_counted(reserve, 'CPU')})"
     )
     if cluster_cpus <= 0:
         print(f"[sweep] {what}: waiting for the cluster to reach {needs:g} CPUs", flush=True)
@@ -107,6 +108,11 @@ def trial_cpus(concurrent: int, cluster_cpus: float, resume: bool) -> float:
     else:
         remedy = f"a sweep needs a cluster of {needs:g} CPUs at least"
     raise InputError(f"{what}: {remedy}")
+
+
+def _counted(count: float, noun: str) -> str:
+    """``1 trial``, ``2 trials``, ``1.5 CPUs``."""
+    return f"{count:g} {noun}" if count == 1 else f"{count:g} {noun}s"
 
 
 def trial_threads(settings: SweepSettings, concurrent: int, cluster_cpus: float) -> int:
@@ -122,7 +128,7 @@ def _trainable(settings: SweepSettings, cluster_cpus: float, resume: bool):
     fn = tune.with_parameters(
         train_trial,
         settings=settings,
-        cpu_budget=trial_cpus(settings.concurrent, cluster_cpus, resume),
+        cpu_budget=trial_cpus(settings.concurrent, cluster_cpus, resume, cpu_nodes()),
         torch_threads=trial_threads(settings, settings.concurrent, cluster_cpus),
     )
     return tune.with_resources(fn, {"cpu": TRIAL_CPU})
@@ -151,7 +157,8 @@ def _tuner(settings: SweepSettings, trainable, resume: bool):
         metric=VAL_METRIC, mode="max", points_to_evaluate=[default_point(limits)], seed=settings.seed
     )
     print(
-        f"[sweep] {settings.trials} trials, {settings.concurrent} at a time, up to {settings.epochs} epochs each",
+        f"[sweep] {_counted(settings.trials, 'trial')}, {settings.concurrent} at a time, "
+        f"up to {_counted(settings.epochs, 'epoch')} each",
         flush=True,
     )
     return tune.Tuner(

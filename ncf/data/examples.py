@@ -54,6 +54,8 @@ PRODUCT, LABEL, LOG_Q, FEATURES = "product", "label", "log_q", "features"
 # Products bought in the window that nobody had bought before the cutoff: no candidate can be
 # one (the evaluation's catalog is the same point in time), so they are counted, not labelled.
 BOUGHT_UNKNOWN = "bought_unknown"
+# What training reads of a list.
+TRAINING_COLUMNS = [USER, HISTORY, HISTORY_AGE_DAYS, TIME_PARTS, PRODUCT, LABEL, LOG_Q, FEATURES]
 
 
 def check_features_version(data: str) -> None:
@@ -282,6 +284,15 @@ def to_arrow(rows: List[Dict], history_length: int) -> pa.Table:
             BOUGHT_UNKNOWN: pa.array([r[BOUGHT_UNKNOWN] for r in rows], pa.int32()),
         }
     )
+
+
+def read_list_file(batch: Dict[str, np.ndarray]) -> pa.Table:
+    """A Ray Data map over paths, one a batch: that file's lists, :data:`TRAINING_COLUMNS`.
+    Defined here rather than beside the trainer so that a read task's process imports pyarrow
+    and not torch (0.6 s and 130 MB against 4.1 s and 430 MB)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(str(batch["path"][0]), columns=TRAINING_COLUMNS)
 
 
 def listed_rows(data: str, cutoffs: Sequence[int], num_users: int, num_products: int) -> tuple[np.ndarray, np.ndarray]:

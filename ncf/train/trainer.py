@@ -17,7 +17,7 @@ import dataclasses
 import glob
 import os
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
@@ -38,10 +38,12 @@ from ncf.train.config import TrainConfig
 from ncf.train.loop import StepHook, train_loop_per_worker
 
 if TYPE_CHECKING:
-    import pyarrow as pa
     import ray.data
 
-LIST_COLUMNS = [E.USER, E.HISTORY, E.HISTORY_AGE_DAYS, E.TIME_PARTS, E.PRODUCT, E.LABEL, E.LOG_Q, E.FEATURES]
+# What each task reading a file of training lists asks of Ray: a fraction, so that a read fits
+# the CPU left over on a node the training workers share (a whole CPU is rarely free on any one
+# node of a multi-node cluster they fill: two trials on two 2-CPU nodes waited for one forever).
+READ_CPU = 0.25
 
 
 def ordered_ingest():
@@ -83,13 +85,7 @@ def training_lists(directories: Sequence[str], seed: int) -> "ray.data.Dataset":
     # Stable: the seeded order within each directory.
     ordered = sorted(shuffled, key=lambda f: position[os.path.normpath(os.path.dirname(f))])
     paths = ray.data.from_items([{"path": f} for f in ordered], override_num_blocks=len(ordered))
-    return paths.map_batches(_read_lists, batch_size=1, batch_format="numpy")
-
-
-def _read_lists(batch: Dict[str, np.ndarray]) -> "pa.Table":
-    import pyarrow.parquet as pq
-
-    return pq.read_table(str(batch["path"][0]), columns=LIST_COLUMNS)
+    return paths.map_batches(E.read_list_file, batch_size=1, batch_format="numpy", num_cpus=READ_CPU)
 
 
 def run_cutoffs(data: str, run: str) -> list:
@@ -108,14 +104,29 @@ def best_epoch(result) -> int:
     return max(epochs)[1] if epochs else int((result.metrics or {}).get("epoch", 1))
 
 
+def data_cpus(cpu_nodes: int) -> float:
+    """CPUs that training leaves to Ray Data's readers: one, or a read's share for each of
+    ``cpu_nodes`` nodes if that is more. Workers that take every CPU starve the reads that feed
+    them, and training hangs; and a read runs on one node, so what is left must fit a read
+    somewhere: left over N nodes, at least 1/N of it is on one of them."""
+    return max(1.0, READ_CPU * cpu_nodes)
+
+
+def cpu_nodes() -> int:
+    """Live nodes of the Ray cluster with CPUs (1 at least: a head of 0 CPUs waiting for its
+    autoscaler's workers counts as one)."""
+    import ray
+
+    return max(1, sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0))
+
+
 def worker_resources(num_workers: int, use_gpu: bool, cpu_budget: Optional[float] = None) -> dict:
-    """CPUs per training worker: ``cpu_budget`` shared among the workers, by default all of the
-    cluster's CPUs but one. That one is left to Ray Data's readers: workers that take every CPU
-    starve the reads that feed them, and training hangs."""
+    """CPUs per training worker: ``cpu_budget`` shared among the workers (a whole CPU each at
+    most), by default all of the cluster's CPUs but :func:`data_cpus`."""
     import ray
 
     if cpu_budget is None:
-        cpu_budget = ray.cluster_resources().get("CPU", 1.0) - 1.0
+        cpu_budget = ray.cluster_resources().get("CPU", 1.0) - data_cpus(cpu_nodes())
     per_worker = min(1.0, max(cpu_budget, 0.25) / num_workers)
     resources = {"CPU": per_worker}
     if use_gpu:

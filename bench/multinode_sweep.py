@@ -1,0 +1,113 @@
+"""Whether a sweep that fills several nodes finishes: a ``ray.cluster_utils.Cluster`` of
+``--nodes`` nodes of ``--cpus-per-node`` CPUs, a small synthetic log, and ``jobs.tune_sweep``
+with ``--concurrent`` trials at once against it, stopped after ``--limit-s`` seconds. One JSON
+line: whether it finished, its seconds, and, if it did not, the tasks still waiting for a node
+(a training lists' read that no node has room for is what hung such sweeps).
+
+python -m bench.multinode_sweep [--nodes 2] [--cpus-per-node 2] [--concurrent 2] [--limit-s 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The tests' small log (tests/conftest.py's SMALL_SPEC) and lists: a trial takes seconds.
+SPEC = dict(
+    num_users=150,
+    num_products=400,
+    num_departments=5,
+    categories_per_department=4,
+    baskets_per_user=40.0,
+    basket_size=6.0,
+    seed=7,
+)
+SWEEP = ["--epochs", "1", "--max-steps-per-epoch", "3", "--val-users", "20", "--batch-size", "256"]
+
+
+def small_data(root: str) -> str:
+    from ncf.data import datasets, schema
+    from ncf.data.examples import ExampleConfig
+    from ncf.data.preprocess import PreprocessConfig, preprocess
+
+    logs, catalog = datasets.write_synthetic(os.path.join(root, "raw"), datasets.SyntheticSpec(**SPEC))
+    examples = ExampleConfig(history_length=8, horizon_days=21, cutoffs=2, sampled_negatives=5, uniform_negatives=20)
+    config = PreprocessConfig(examples=examples, val_weeks=3, test_weeks=4)
+    data = os.path.join(root, "data")
+    preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), data, config)
+    return data
+
+
+def waiting_tasks() -> list:
+    from ray.util.state import list_tasks
+
+    waiting = list_tasks(filters=[("state", "=", "PENDING_NODE_ASSIGNMENT")], limit=100)
+    return sorted({task.name for task in waiting})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nodes", type=int, default=2)
+    p.add_argument("--cpus-per-node", type=int, default=2)
+    p.add_argument("--concurrent", type=int, default=2)
+    p.add_argument("--limit-s", type=float, default=300.0)
+    args = p.parse_args()
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    root = tempfile.mkdtemp(prefix="multinode-sweep-")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": args.cpus_per_node})
+    try:
+        for _ in range(args.nodes - 1):
+            cluster.add_node(num_cpus=args.cpus_per_node)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
+        data = small_data(root)
+        trials = ["--trials", str(args.concurrent), "--concurrent", str(args.concurrent)]
+        command = [sys.executable, "-m", "jobs.tune_sweep", "--data", data, "--output", os.path.join(root, "sweep")]
+        env = {**os.environ, "RAY_ADDRESS": cluster.address, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+        started = time.perf_counter()
+        with open(os.path.join(root, "sweep.log"), "w") as log:
+            try:
+                done = subprocess.run(
+                    command + trials + SWEEP,
+                    cwd=REPO,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=args.limit_s,
+                )
+                finished, waiting = done.returncode == 0, []
+            except subprocess.TimeoutExpired:
+                finished, waiting = False, waiting_tasks()
+        print(
+            json.dumps(
+                {
+                    "benchmark": "multinode_sweep",
+                    "nodes": args.nodes,
+                    "cpus_per_node": args.cpus_per_node,
+                    "concurrent": args.concurrent,
+                    "finished": finished,
+                    "seconds": round(time.perf_counter() - started, 1),
+                    "limit_s": args.limit_s,
+                    "waiting_for_a_node": waiting,
+                    "log": log.name,
+                    "loadavg_1m": round(os.getloadavg()[0], 2),
+                }
+            ),
+            flush=True,
+        )
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main()
