@@ -100,7 +100,7 @@ def add_training_gpu_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", default="auto", choices=GPU_SETTINGS, help="GPUs of the Ray cluster: auto, yes or no")
     p.add_argument(
         "--gpu-wait",
-        type=non_negative_float,
+        type=wait_seconds,
         default=0.0,
         help="seconds to wait for a GPU per worker, asked of the autoscaler (a cluster.yaml cluster "
         "starts without GPU nodes; the request replaces any other job's standing one); 0 counts the GPUs "
@@ -129,6 +129,14 @@ def non_negative_float(text: str) -> float:
     value = _number(text)
     if not value >= 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def wait_seconds(text: str) -> float:
+    """argparse type: seconds to wait, 0 or more and finite (a job waits for a bound)."""
+    value = non_negative_float(text)
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text}")
     return value
 
 

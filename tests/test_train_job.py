@@ -183,6 +183,7 @@ def test_a_longer_history_than_the_lists_hold_is_refused_before_ray_starts(tmp_p
         ("tune_sweep", "--concurrent", "-1", "must be 0 or more, not -1"),
         ("tune_sweep", "--gpu-wait", "-1", "must be 0 or more, not -1"),
         ("tune_sweep", "--gpu-wait", "nan", "must be 0 or more, not nan"),
+        ("train", "--gpu-wait", "inf", "must be a number of seconds, not inf"),  # waits for a bound
         ("tune_sweep", "--epochs", "0", "must be 1 or more, not 0"),
         ("tune_sweep", "--batch-size", "0", "must be 1 or more, not 0"),
         ("tune_sweep", "--val-users", "-5", "must be 0 or more, not -5"),
