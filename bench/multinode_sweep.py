@@ -1,8 +1,9 @@
 """Whether a sweep that fills several nodes finishes: a ``ray.cluster_utils.Cluster`` of
 ``--nodes`` nodes of ``--cpus-per-node`` CPUs, a small synthetic log, and ``jobs.tune_sweep``
 with ``--concurrent`` trials at once against it, stopped after ``--limit-s`` seconds. One JSON
-line: whether it finished, its seconds, and, if it did not, the tasks still waiting for a node
-(a training lists' read that no node has room for is what hung such sweeps).
+line: the sweep's exit code (null when it was stopped), its seconds, and, if it was stopped, the
+tasks still waiting for a node then (a training lists' read that no node has room for is what
+hung such sweeps). The log, the data and the sweep stay in the temporary directory it names.
 
 python -m bench.multinode_sweep [--nodes 2] [--cpus-per-node 2] [--concurrent 2] [--limit-s 300]
 """
@@ -12,10 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tests' small log (tests/conftest.py's SMALL_SPEC) and lists: a trial takes seconds.
@@ -63,7 +72,10 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     root = tempfile.mkdtemp(prefix="multinode-sweep-")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": args.cpus_per_node})
+    # The state API lists the waiting tasks through the dashboard; 8265 may be taken.
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": args.cpus_per_node, "dashboard_port": free_port()}
+    )
     try:
         for _ in range(args.nodes - 1):
             cluster.add_node(num_cpus=args.cpus_per_node)
@@ -75,18 +87,13 @@ def main() -> None:
         env = {**os.environ, "RAY_ADDRESS": cluster.address, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
         started = time.perf_counter()
         with open(os.path.join(root, "sweep.log"), "w") as log:
+            sweep = subprocess.Popen(command + trials + SWEEP, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
-                done = subprocess.run(
-                    command + trials + SWEEP,
-                    cwd=REPO,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=args.limit_s,
-                )
-                finished, waiting = done.returncode == 0, []
+                returncode, waiting = sweep.wait(timeout=args.limit_s), []
             except subprocess.TimeoutExpired:
-                finished, waiting = False, waiting_tasks()
+                returncode, waiting = None, waiting_tasks()  # listed before the sweep is stopped
+                sweep.kill()
+                sweep.wait()
         print(
             json.dumps(
                 {
@@ -94,7 +101,8 @@ def main() -> None:
                     "nodes": args.nodes,
                     "cpus_per_node": args.cpus_per_node,
                     "concurrent": args.concurrent,
-                    "finished": finished,
+                    "returncode": returncode,
+                    "finished": returncode == 0,
                     "seconds": round(time.perf_counter() - started, 1),
                     "limit_s": args.limit_s,
                     "waiting_for_a_node": waiting,

@@ -251,7 +251,7 @@ def test_batch_scoring_runs_one_actor_per_node_and_commits_every_user(
 
 @pytest.mark.faults
 def test_a_sweep_of_two_trials_at_once_on_two_nodes_finishes(two_node_run, two_nodes, tmp_path):
-    """Two trials at once on two 1-CPU nodes: a trial's worker and its drivers take half a CPU,
+    """Two trials at once on two 1-CPU nodes: a trial's worker and its Tune actor take half a CPU,
     so a node holding one has half a CPU free and neither has a whole one. Read tasks asked for a
     whole CPU and the sweep waited for them forever; they ask for a quarter now."""
     import ray

@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 
 import pandas as pd
@@ -89,7 +90,8 @@ def trial_cpus(concurrent: int, cluster_cpus: float, resume: bool, nodes: int = 
     sweep; on a cluster of no CPUs yet (a head of 0 CPUs whose autoscaler has yet to add
     workers) the trials take the least share and wait for nodes, as it says."""
     reserve = data_cpus(nodes)
-    budget = round((cluster_cpus - reserve) / concurrent - 2 * TRIAL_CPU, 2)
+    # Floored: a share rounded up would take from what the reads need.
+    budget = math.floor(round(((cluster_cpus - reserve) / concurrent - 2 * TRIAL_CPU) * 100, 6)) / 100
     if budget >= MIN_TRIAL_CPUS:
         return budget
     fits = int((cluster_cpus - reserve) // (MIN_TRIAL_CPUS + 2 * TRIAL_CPU))
