@@ -1,5 +1,5 @@
 """Whether a sweep that fills several nodes finishes: a ``ray.cluster_utils.Cluster`` of
-``--nodes`` nodes of ``--cpus-per-node`` CPUs, a small synthetic log, and ``jobs.tune_sweep``
+``--nodes`` nodes of ``--cpus-per-node`` CPUs, the tests' log (``datasets.SMALL``), and ``jobs.tune_sweep``
 with ``--concurrent`` trials at once against it, stopped after ``--limit-s`` seconds. One JSON
 line: the sweep's exit code (null when it was stopped), its seconds, and, if it was stopped, the
 tasks still waiting for a node then (a training lists' read that no node has room for is what
@@ -27,16 +27,6 @@ def free_port() -> int:
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The tests' small log (tests/conftest.py's SMALL_SPEC) and lists: a trial takes seconds.
-SPEC = dict(
-    num_users=150,
-    num_products=400,
-    num_departments=5,
-    categories_per_department=4,
-    baskets_per_user=40.0,
-    basket_size=6.0,
-    seed=7,
-)
 SWEEP = ["--epochs", "1", "--max-steps-per-epoch", "3", "--val-users", "20", "--batch-size", "256"]
 
 
@@ -45,7 +35,7 @@ def small_data(root: str) -> str:
     from ncf.data.examples import ExampleConfig
     from ncf.data.preprocess import PreprocessConfig, preprocess
 
-    logs, catalog = datasets.write_synthetic(os.path.join(root, "raw"), datasets.SyntheticSpec(**SPEC))
+    logs, catalog = datasets.write_synthetic(os.path.join(root, "raw"), datasets.SMALL)
     examples = ExampleConfig(history_length=8, horizon_days=21, cutoffs=2, sampled_negatives=5, uniform_negatives=20)
     config = PreprocessConfig(examples=examples, val_weeks=3, test_weeks=4)
     data = os.path.join(root, "data")

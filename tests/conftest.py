@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
+
+from ncf.data import datasets
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray Data progress bars are noise in test logs.
@@ -48,15 +51,7 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.ray if uses_ray else pytest.mark.unit)
 
 
-SMALL_SPEC = dict(
-    num_users=150,
-    num_products=400,
-    num_departments=5,
-    categories_per_department=4,
-    baskets_per_user=40.0,
-    basket_size=6.0,
-    seed=7,
-)
+SMALL_SPEC = dataclasses.asdict(datasets.SMALL)
 
 
 @pytest.fixture(scope="session")
