@@ -125,7 +125,7 @@ def _number(text: str) -> float:
 
 
 def non_negative_float(text: str) -> float:
-    """argparse type: a number, 0 or more (seconds)."""
+    """argparse type: a number, 0 or more."""
     value = _number(text)
     if not value >= 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")

@@ -57,7 +57,7 @@ SMALL_SPEC = dataclasses.asdict(datasets.SMALL)
 @pytest.fixture(scope="session")
 def small_data(ray_session, tmp_path_factory):
     """A small synthetic dataset, preprocessed once per session: (data dir, stats)."""
-    from ncf.data import datasets, schema
+    from ncf.data import schema
     from ncf.data.examples import ExampleConfig
     from ncf.data.preprocess import PreprocessConfig, preprocess
 

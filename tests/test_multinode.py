@@ -44,7 +44,7 @@ SHUFFLE_PARTITIONS = 4
 USERS_PER_FILE = 25  # six input files, so reading and validating is six tasks
 K = 5
 
-pytestmark = pytest.mark.slow  # about 3 minutes: a cluster start, preprocessing, training, scoring
+pytestmark = pytest.mark.slow  # about 4 minutes: a cluster start, preprocessing, training, scoring, a sweep
 
 
 def _restart_session_cluster(ray) -> None:

@@ -181,7 +181,8 @@ def test_a_sweep_whose_trials_would_starve_ray_data_is_refused(tmp_path, capsys)
 
     assert trial_cpus(1, 2.0, resume=False) == 0.98  # the rest, one CPU, reads the lists
     assert trial_cpus(3, 2.0, resume=False) == 0.31
-    # 4 trials of 0.25 CPU each (and 0.02 for their drivers) leave 0.96, under the CPU kept for Ray Data.
+    # 4 trials of 0.25 CPU each (and 0.02 beside: the Tune actor's and a margin) leave 0.96, under the
+    # CPU kept for Ray Data.
     with pytest.raises(InputError, match="2 CPUs cannot hold 4 trials at once .*pass --concurrent 3 or fewer"):
         trial_cpus(4, 2.0, resume=False)
     with pytest.raises(InputError, match="fixed when it started\\): resume it on 2.08 CPUs or more"):
@@ -192,6 +193,10 @@ def test_a_sweep_whose_trials_would_starve_ray_data_is_refused(tmp_path, capsys)
     assert trial_cpus(2, 16.0, resume=False, nodes=8) == 6.98  # 8 nodes of 2 CPUs: 2 kept, a quarter each
     with pytest.raises(InputError, match="Ray Data's readers keep 2 CPUs"):
         trial_cpus(8, 4.0, resume=False, nodes=8)
+    # 13 trials of 0.27 fit 3.51 CPUs exactly; float division had offered 12.
+    assert trial_cpus(13, 4.51, resume=False) == 0.25
+    with pytest.raises(InputError, match="pass --concurrent 13 or fewer"):
+        trial_cpus(14, 4.51, resume=False)
     # A head of no CPUs (an autoscaler adds the workers): the least share, and a line saying so.
     assert trial_cpus(2, 0.0, resume=False) == 0.25
     assert "waiting for the cluster to reach 1.54 CPUs" in capsys.readouterr().out

@@ -90,12 +90,15 @@ def trial_cpus(concurrent: int, cluster_cpus: float, resume: bool, nodes: int = 
     sweep; on a cluster of no CPUs yet (a head of 0 CPUs whose autoscaler has yet to add
     workers) the trials take the least share and wait for nodes, as it says."""
     reserve = data_cpus(nodes)
+    # Besides its workers a trial holds its Tune actor's TRIAL_CPU; the second one is a margin
+    # (Ray Train's controller asks for none).
+    beside = 2 * TRIAL_CPU
     # Floored: a share rounded up would take from what the reads need.
-    budget = math.floor(round(((cluster_cpus - reserve) / concurrent - 2 * TRIAL_CPU) * 100, 6)) / 100
+    budget = _floored((cluster_cpus - reserve) / concurrent - beside, 2)
     if budget >= MIN_TRIAL_CPUS:
         return budget
-    fits = int((cluster_cpus - reserve) // (MIN_TRIAL_CPUS + 2 * TRIAL_CPU))
-    needs = reserve + concurrent * (MIN_TRIAL_CPUS + 2 * TRIAL_CPU)
+    fits = int(_floored((cluster_cpus - reserve) / (MIN_TRIAL_CPUS + beside), 0))
+    needs = reserve + concurrent * (MIN_TRIAL_CPUS + beside)
     what = (
         f"{_counted(cluster_cpus, 'CPU')} cannot hold {_counted(concurrent, 'trial')} at once (each trial's workers "
         f"take {MIN_TRIAL_CPUS:g} at least, and Ray Data's readers keep {_counted(reserve, 'CPU')})"
@@ -110,6 +113,12 @@ def trial_cpus(concurrent: int, cluster_cpus: float, resume: bool, nodes: int = 
     else:
         remedy = f"a sweep needs a cluster of {needs:g} CPUs at least"
     raise InputError(f"{what}: {remedy}")
+
+
+def _floored(value: float, decimals: int) -> float:
+    """``value`` floored at ``decimals``, after float noise (0.27 * 3 / 0.27 is 2.9999999999999996)."""
+    scale = 10**decimals
+    return math.floor(round(value * scale, 6)) / scale
 
 
 def _counted(count: float, noun: str) -> str:
