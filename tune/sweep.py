@@ -116,7 +116,7 @@ def trial_cpus(concurrent: int, cluster_cpus: float, resume: bool, nodes: int = 
 
 
 def _floored(value: float, decimals: int) -> float:
-    """``value`` floored at ``decimals``, after float noise (0.27 * 3 / 0.27 is 2.9999999999999996)."""
+    """``value`` floored at ``decimals``, after float noise (3.51 / 0.27 is 12.999999999999998)."""
     scale = 10**decimals
     return math.floor(round(value * scale, 6)) / scale
 
