@@ -33,14 +33,11 @@ SWEEP = ["--epochs", "1", "--max-steps-per-epoch", "3", "--val-users", "20", "--
 
 def small_data(root: str) -> str:
     from ncf.data import datasets, schema
-    from ncf.data.examples import ExampleConfig
-    from ncf.data.preprocess import PreprocessConfig, preprocess
+    from ncf.data.preprocess import preprocess, small_config
 
     logs, catalog = datasets.write_synthetic(os.path.join(root, "raw"), datasets.SMALL)
-    examples = ExampleConfig(history_length=8, horizon_days=21, cutoffs=2, sampled_negatives=5, uniform_negatives=20)
-    config = PreprocessConfig(examples=examples, val_weeks=3, test_weeks=4)
     data = os.path.join(root, "data")
-    preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), data, config)
+    preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), data, small_config())
     return data
 
 

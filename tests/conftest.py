@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest
-
-from ncf.data import datasets
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray Data progress bars are noise in test logs.
@@ -51,25 +48,16 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.ray if uses_ray else pytest.mark.unit)
 
 
-SMALL_SPEC = dataclasses.asdict(datasets.SMALL)
-
-
 @pytest.fixture(scope="session")
 def small_data(ray_session, tmp_path_factory):
     """A small synthetic dataset, preprocessed once per session: (data dir, stats)."""
-    from ncf.data import schema
-    from ncf.data.examples import ExampleConfig
-    from ncf.data.preprocess import PreprocessConfig, preprocess
+    from ncf.data import datasets, schema
+    from ncf.data.preprocess import preprocess, small_config
 
     root = tmp_path_factory.mktemp("small")
-    logs, catalog = datasets.write_synthetic(str(root / "raw"), datasets.SyntheticSpec(**SMALL_SPEC))
-    config = PreprocessConfig(
-        examples=ExampleConfig(history_length=8, horizon_days=21, cutoffs=2, sampled_negatives=5, uniform_negatives=20),
-        val_weeks=3,
-        test_weeks=4,
-    )
+    logs, catalog = datasets.write_synthetic(str(root / "raw"), datasets.SMALL)
     data = str(root / "data")
-    stats = preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), data, config)
+    stats = preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), data, small_config())
     return data, stats
 
 

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from conftest import SMALL_SPEC
 from helpers import REPO, free_port
 
 from ncf.batch import scoring as batch_scoring
@@ -34,7 +33,7 @@ NEW_HOUSEHOLD = 990_001
 def _logs_with_a_new_household(root, cut: pd.Timestamp) -> tuple[str, str]:
     """The small synthetic logs cut at ``cut``, plus a household whose first purchases fall in the
     last week before it (a copy of household 3's recent baskets)."""
-    logs, catalog = datasets.write_synthetic(str(root / "raw"), datasets.SyntheticSpec(**SMALL_SPEC))
+    logs, catalog = datasets.write_synthetic(str(root / "raw"), datasets.SMALL)
     frame = pd.read_parquet(logs)
     frame = frame[frame["timestamp"] < cut]
     donor = frame[frame["user_id"] == 3].tail(12).copy()
@@ -143,7 +142,7 @@ def test_refit_through_the_cli_serves_every_household_from_histories_to_the_cut(
 
 def test_a_model_ranks_from_a_newer_datas_histories(ray_session, small_model_dir, small_data, tmp_path):
     data, stats = small_data
-    logs, catalog = datasets.write_synthetic(str(tmp_path / "raw"), datasets.SyntheticSpec(**SMALL_SPEC))
+    logs, catalog = datasets.write_synthetic(str(tmp_path / "raw"), datasets.SMALL)
     frame = pd.read_parquet(logs)
     end = pd.Timestamp(stats["boundaries"]["end"], unit="s", tz="UTC")
     household = int(frame["user_id"].iloc[0])

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
-from conftest import SMALL_MODEL, SMALL_SPEC
+from conftest import SMALL_MODEL
 from helpers import REPO, free_port
 
 from ncf.batch import scoring as batch_scoring
@@ -88,9 +88,7 @@ def two_node_run(two_nodes, small_data, tmp_path_factory) -> Dict:
     both nodes; records the window in which its tasks started (for the state API)."""
     _, reference_stats = small_data
     root = tmp_path_factory.mktemp("two_nodes")
-    logs, catalog = datasets.write_synthetic(
-        str(root / "raw"), datasets.SyntheticSpec(**SMALL_SPEC), users_per_file=USERS_PER_FILE
-    )
+    logs, catalog = datasets.write_synthetic(str(root / "raw"), datasets.SMALL, users_per_file=USERS_PER_FILE)
     recorded = reference_stats["config"]
     config = PreprocessConfig(**{**recorded, "examples": ExampleConfig(**recorded["examples"])})
     started_ms = int(time.time() * 1000)

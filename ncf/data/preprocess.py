@@ -95,6 +95,14 @@ class PreprocessConfig:
     future_gap_days: float = 14.0
 
 
+def small_config() -> PreprocessConfig:
+    """The settings for :data:`ncf.data.datasets.SMALL` (the tests' log and the quick benches'):
+    3-week label windows at 2 cutoffs, short histories and few negatives, so that its 150
+    households give training lists beside 3 validation and 4 test weeks in seconds."""
+    examples = ExampleConfig(history_length=8, horizon_days=21, cutoffs=2, sampled_negatives=5, uniform_negatives=20)
+    return PreprocessConfig(examples=examples, val_weeks=3, test_weeks=4)
+
+
 def _log(message: str) -> None:
     print(f"[preprocess] {message}", flush=True)
 
