@@ -104,12 +104,12 @@ def best_epoch(result) -> int:
     return max(epochs)[1] if epochs else int((result.metrics or {}).get("epoch", 1))
 
 
-def data_cpus(cpu_nodes: int) -> float:
+def data_cpus(nodes: int) -> float:
     """CPUs that training leaves to Ray Data's readers: one, or a read's share for each of
-    ``cpu_nodes`` nodes if that is more. Workers that take every CPU starve the reads that feed
-    them, and training hangs; and a read runs on one node, so what is left must fit a read
-    somewhere: left over N nodes, at least 1/N of it is on one of them."""
-    return max(1.0, READ_CPU * cpu_nodes)
+    ``nodes`` nodes (with CPUs: :func:`cpu_nodes`) if that is more. Workers that take every CPU
+    starve the reads that feed them, and training hangs; and a read runs on one node, so what
+    is left must fit a read somewhere: left over N nodes, at least 1/N of it is on one of them."""
+    return max(1.0, READ_CPU * nodes)
 
 
 def cpu_nodes() -> int:
