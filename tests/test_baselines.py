@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+import ncf.evaluate.baselines as baselines_module
 from ncf.data.catalog import catalog_before, households_before, popularity_before
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies, Vocabulary
@@ -307,6 +308,12 @@ def test_tuned_parameters_are_kept_in_data_and_retuned_on_request(tmp_path, monk
     assert searched == ["decayed_frequency"] and again["decayed_frequency"].params == first["decayed_frequency"].params
     tuning.tuned_params(baselines, str(tmp_path), context, period, period.users, retune=True, **quiet)
     assert searched == ["decayed_frequency"] * 2
+    # A changed baseline (another digest of its code) is searched again, and the log says why.
+    monkeypatch.setattr(baselines_module, "code_digest", lambda build: "changed")
+    said = []
+    tuning.tuned_params(baselines, str(tmp_path), context, period, period.users, log=said.append)
+    assert searched == ["decayed_frequency"] * 3
+    assert any("another version of its code: searching again" in line for line in said)
 
 
 # -- metrics -------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ period's own purchases (the labels) is read, so test purchases cannot steer the 
 
 Tuned parameters are kept in ``DATA/baselines/tuned.json`` (keyed by baseline, with the grid
 and the validation period they were found on), so ``jobs.evaluate`` tunes once per dataset;
-``--retune`` searches again. A changed grid or validation period also searches again.
+``--retune`` searches again. A changed grid, validation period or baseline code (a digest of
+its module's source, :func:`ncf.evaluate.baselines.code_digest`) also searches again.
 """
 
 from __future__ import annotations
@@ -105,6 +106,17 @@ def _grid(baseline: Baseline, exclude_purchased: bool) -> Dict:
     return {**baseline.grid(), **protocol} if exclude_purchased else baseline.grid()
 
 
+def _changed(hit: Tuned, grid: Dict, period: Period, users: np.ndarray) -> str:
+    """What differs between a kept search and this one, in words."""
+    if hit.grid.get("code") != grid.get("code"):
+        return "another version of its code"
+    if hit.grid != grid:
+        return "another grid"
+    if hit.val_start != period.start:
+        return "another validation period"
+    return f"{hit.val_users} validation households, not {len(users)}"
+
+
 def _rounded(metrics: Dict[str, float]) -> Dict[str, float]:
     return {k: round(float(v), 4) for k, v in metrics.items()}
 
@@ -146,6 +158,9 @@ def tuned_params(
             log(f"{baseline.name}: tuned parameters from {tuned_path(data)}: {hit.params}")
             out[baseline.name] = hit
             continue
+        if hit:
+            why = _changed(hit, grid, period, users)
+            log(f"{baseline.name}: {tuned_path(data)} was tuned for {why}: searching again")
         out[baseline.name] = found[key] = tune(baseline, context, period, users, log, exclude_purchased)
         log(f"{baseline.name}: best {out[baseline.name].params} in {out[baseline.name].seconds} s")
     if data and found:

@@ -17,7 +17,10 @@ them with their tuning grids (searched on the validation weeks by
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Dict, Tuple
 
 from ncf.evaluate.baselines.als import ALSRanker
@@ -47,8 +50,25 @@ class Baseline:
         return bool(self.stages)
 
     def grid(self) -> Dict:
-        """The whole search, as recorded beside tuned parameters (a cache is valid for it only)."""
-        return {"defaults": self.defaults, "stages": [{k: list(v) for k, v in s.items()} for s in self.stages]}
+        """The whole search, as recorded beside tuned parameters (a cache is valid for it only),
+        with a digest of the code that builds the baseline: a changed baseline is searched again."""
+        stages = [{k: list(v) for k, v in s.items()} for s in self.stages]
+        return {"defaults": self.defaults, "stages": stages, "code": code_digest(self.build)}
+
+
+@lru_cache(maxsize=None)
+def code_digest(build: Callable) -> str:
+    """A short digest of the source of the module that defines ``build`` and of :mod:`.base`
+    (what every baseline ranks through), as joblib's cache keys its functions by their code.
+
+    Example::
+
+        code_digest(BoostedRanker)  # 12 hex digits; another when boosted.py or base.py changes
+    """
+    from ncf.evaluate.baselines import base
+
+    sources = (inspect.getsource(inspect.getmodule(build)), inspect.getsource(base))
+    return hashlib.sha256("\0".join(sources).encode()).hexdigest()[:12]
 
 
 # Grids: small on purpose (all of them tune in about two minutes on 2 cores on Complete
@@ -117,6 +137,7 @@ __all__ = [
     "PopularityRanker",
     "Ranker",
     "TifuKnnRanker",
+    "code_digest",
     "rank_with_ties",
     "tie_prior",
     "tifu_vectors",
