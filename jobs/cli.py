@@ -5,10 +5,12 @@ and the checks of the paths a job reads, made before Ray starts."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
 import sys
+import time
 from contextlib import contextmanager
 
 from jobs import logs
@@ -49,19 +51,33 @@ def init_ray(num_cpus: int | None = None) -> None:
         )
 
 
-def check_head_answers(address: str, timeout_s: float = 5.0) -> None:
-    """Refuses (one line) a ``HOST:PORT`` RAY_ADDRESS where nothing accepts a connection: Ray
-    would retry it for minutes, printing a line every few seconds."""
+# A head started beside the job (a container, a script's `ray start --head &`) is listening
+# within seconds; an address that stays silent this long is a mistake, not a slow start.
+HEAD_WAIT_S = 15.0
+
+
+def check_head_answers(address: str, wait_s: float = HEAD_WAIT_S, timeout_s: float = 5.0) -> None:
+    """Refuses (one line) a ``HOST:PORT`` RAY_ADDRESS where nothing accepts a connection within
+    ``wait_s``: Ray would retry it for minutes, printing a line every few seconds."""
     host, _, port = address.rpartition(":")
     if "://" in address or not host or not port.isdigit():
         return  # "auto", "ray://HOST:PORT" (Ray Client): Ray's own forms
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as e:
-        raise InputError(
-            f"RAY_ADDRESS={address}: no Ray head answers there ({e.strerror or e}); start one with "
-            "`ray start --head`, or unset RAY_ADDRESS to run on a local cluster"
-        ) from None
+    deadline = time.monotonic() + wait_s
+    for attempt in itertools.count():
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+            return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise InputError(
+                    f"RAY_ADDRESS={address}: no Ray head answers there after {wait_s:g} s ({e.strerror or e}); "
+                    "start one with `ray start --head`, or unset RAY_ADDRESS to run on a local cluster"
+                ) from None
+            if attempt == 0:
+                print(
+                    f"waiting up to {wait_s:g} s for the Ray head at {address} to answer", file=sys.stderr, flush=True
+                )
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 @contextmanager

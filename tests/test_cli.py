@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 from helpers import REPO
@@ -242,14 +243,36 @@ def test_a_ray_address_where_nothing_answers_is_one_line(monkeypatch):
     """RAY_ADDRESS=127.0.0.1:1 left a job retrying the connection for minutes."""
     import socket
 
-    with pytest.raises(cli.InputError, match="RAY_ADDRESS=127.0.0.1:1: no Ray head answers there"):
-        cli.check_head_answers("127.0.0.1:1")
+    started = time.monotonic()
+    with pytest.raises(cli.InputError, match="RAY_ADDRESS=127.0.0.1:1: no Ray head answers there after 1 s"):
+        cli.check_head_answers("127.0.0.1:1", wait_s=1)
+    assert 1 <= time.monotonic() - started < 10  # waited, within its bound
     with socket.socket() as listening:  # something answering: passed on to Ray
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         cli.check_head_answers(f"127.0.0.1:{listening.getsockname()[1]}")
     cli.check_head_answers("auto")
     cli.check_head_answers("ray://127.0.0.1:1")  # Ray Client's form: Ray's to judge
+
+
+@pytest.mark.faults
+def test_a_head_that_starts_listening_while_the_job_waits_is_joined(capsys):
+    """A head started beside the job (`ray start --head &`) was refused while still starting."""
+    import socket
+    import threading
+
+    with socket.socket() as probe:  # a port free now, listened on 1.5 s later
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    head = socket.socket()
+    listen_later = threading.Timer(1.5, lambda: (head.bind(("127.0.0.1", port)), head.listen()))
+    listen_later.start()
+    try:
+        cli.check_head_answers(f"127.0.0.1:{port}", wait_s=20)
+    finally:
+        listen_later.join()
+        head.close()
+    assert f"waiting up to 20 s for the Ray head at 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 @pytest.mark.faults
