@@ -7,12 +7,14 @@ import subprocess
 import sys
 import textwrap
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from jobs import preprocess as preprocess_job
 from ncf import staging
-from ncf.batch import commit
+from ncf.batch import commit, partitions
 from ncf.data import layout
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
@@ -249,6 +251,58 @@ def test_an_output_that_is_not_a_batch_scoring_directory_is_refused_unless_overw
     os.makedirs(tmp_path / "empty")
     for fresh in ("absent", "empty"):  # a new OUT, or an empty one, is fine
         commit.check_output(str(tmp_path / fresh), PARTITION)
+
+
+def test_another_tools_success_marker_does_not_make_a_partition_ours(tmp_path):
+    """Old code took any ``_SUCCESS`` for a committed partition of its own, as Spark and Hadoop
+    write one (empty) into each: a table laid out as ``run_date=D/`` was taken for a scoring
+    output, and its partition of the date replaced and deleted without --overwrite."""
+    output = str(tmp_path / "out")
+    theirs = os.path.join(commit.partition_path(output, PARTITION), "part-00000.parquet")
+    _write(theirs, "theirs")
+    _write(os.path.join(commit.partition_path(output, PARTITION), commit.SUCCESS), "")
+    with pytest.raises(InputError, match="is not empty and is not a batch-scoring directory .*--overwrite"):
+        with commit.PartitionRun(output, PARTITION, "refused"):
+            pass
+    assert commit.read_committed(commit.partition_path(output, PARTITION)) is None
+    assert partitions.read_manifest(output, "2024-01-02") is None
+    # Beside a partition of ours, their partition of the date is still theirs.
+    with commit.PartitionRun(output, "run_date=2024-01-03", "ours", overwrite=True) as run:
+        run.commit({"run_id": "ours"})
+    with pytest.raises(InputError, match=f"{PARTITION} exists without {commit.SUCCESS} of batch scoring"):
+        with commit.PartitionRun(output, PARTITION, "refused"):
+            pass
+    assert open(theirs).read() == "theirs"
+
+
+def _commit_rows(output, run_id, rows):
+    """A run of PARTITION committed through the protocol: a part per row, the parts named alike
+    from run to run, as the scoring job names them."""
+    with commit.PartitionRun(output, PARTITION, run_id, overwrite=True) as run:
+        for i, value in enumerate(rows):
+            pq.write_table(pa.table({"run": [run_id], "value": [value]}), os.path.join(run.stage, f"part-{i}.parquet"))
+        run.commit({"run_id": run_id, "rows": len(rows)})
+
+
+def test_a_reader_never_gets_parts_of_two_runs_when_a_rerun_swaps_in_mid_read(tmp_path, monkeypatch):
+    """Old code listed the parts, then read them: a rerun's swap in between handed the reader the
+    new run's files under the old listing (2 of its 3 rows), with no error."""
+    output = str(tmp_path / "out")
+    _commit_rows(output, "first", [1, 2])
+    real_dataset = partitions.pads.dataset
+    swaps = []
+
+    def dataset_then_rerun(*args, **kwargs):
+        listed = real_dataset(*args, **kwargs)
+        if not swaps:  # the rerun commits between the listing and the read, once
+            swaps.append(_commit_rows(output, "second", [10, 20, 30]))
+        return listed
+
+    monkeypatch.setattr(partitions.pads, "dataset", dataset_then_rerun)
+    table = partitions.read_partition(output, "2024-01-02")
+    assert swaps and table is not None
+    assert table.column("run").to_pylist() == ["second"] * 3
+    assert sorted(table.column("value").to_pylist()) == [10, 20, 30]
 
 
 @pytest.mark.parametrize("second_try", ["succeeds", "fails"])

@@ -95,15 +95,26 @@ def _partitions_with_locks(output: str) -> List[str]:
     return sorted(name[: -len(".lock")] for name in names if name.endswith(".lock"))
 
 
+def read_committed(path: str) -> Optional[Dict]:
+    """The manifest of a partition this protocol committed at ``path``: its ``_SUCCESS``, a JSON
+    object naming its run. None when there is none, or when ``_SUCCESS`` is another tool's marker
+    (Spark and Hadoop write an empty one into each partition too)."""
+    try:
+        manifest = read_json(os.path.join(path, SUCCESS))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and "run_id" in manifest else None
+
+
 def _committed(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, SUCCESS))
+    return read_committed(path) is not None
 
 
 def check_output(output: str, partition: str, overwrite: bool = False) -> None:
     """Refuses (InputError, one line) to write ``partition`` into ``output`` when ``output`` is
     a file, or is a non-empty directory that has neither ``_commit/`` nor a committed partition
     (not a batch-scoring directory: its ``_tmp`` and partitions may be another tool's), or when
-    the partition is there but is not committed (no ``_SUCCESS``: not this protocol's, so
+    the partition is there but is not committed (no ``_SUCCESS`` manifest of this protocol's, so
     replacing it would delete someone's data). ``overwrite`` lifts the last two."""
     if os.path.lexists(output) and not os.path.isdir(output):
         raise InputError(f"--output {output}: exists and is not a directory")
@@ -115,12 +126,14 @@ def check_output(output: str, partition: str, overwrite: bool = False) -> None:
     if names and not ours:
         raise InputError(
             f"--output {output}: is not empty and is not a batch-scoring directory (no {COMMIT}/, no "
-            f"partition with {SUCCESS}); refusing to write into it (pass --overwrite to write anyway)"
+            f"partition with batch scoring's {SUCCESS} manifest); refusing to write into it (pass --overwrite "
+            "to write anyway)"
         )
     final = partition_path(output, partition)
     if os.path.lexists(final) and not _committed(final) and not os.path.exists(journal_path(output, partition)):
         raise InputError(
-            f"--output {output}: {partition} exists without {SUCCESS} (not written by batch scoring); "
+            f"--output {output}: {partition} exists without {SUCCESS} of batch scoring (a JSON manifest naming "
+            "its run: not written by batch scoring); "
             "refusing to replace it (pass --overwrite to replace it anyway)"
         )
 

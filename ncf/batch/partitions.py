@@ -11,7 +11,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, Optional
 
@@ -21,7 +20,6 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ncf.batch import commit
-from ncf.batch.commit import SUCCESS
 from ncf.data import layout
 from ncf.data.vocab import Vocabulary
 
@@ -75,19 +73,31 @@ def typed_ids(vocab: Vocabulary, ids: pa.Array) -> pa.Array:
 
 
 def read_manifest(output: str, run_date: str) -> Optional[Dict]:
-    """The partition's ``_SUCCESS`` content, or None when the partition is not committed."""
-    path = os.path.join(partition_dir(output, run_date), SUCCESS)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    """The partition's ``_SUCCESS`` manifest, or None when the partition is not committed (or is
+    another tool's: :func:`ncf.batch.commit.read_committed`)."""
+    return commit.read_committed(partition_dir(output, run_date))
 
 
-def read_partition(output: str, run_date: str) -> Optional[pa.Table]:
-    """A committed partition's rows; None when it is absent or has no ``_SUCCESS``."""
-    if read_manifest(output, run_date) is None:
-        return None
-    try:
-        return pads.dataset(partition_dir(output, run_date), format="parquet").to_table()
-    except FileNotFoundError:  # a rerun's swap took it out between the two reads: absent for now
-        return None
+def read_partition(output: str, run_date: str, attempts: int = 3) -> Optional[pa.Table]:
+    """A committed partition's rows; None when it is absent or has no ``_SUCCESS``.
+
+    A rerun of the date may swap its partition in while the parts are read; the rows are kept
+    only when the manifest names the same run after the read as before it and counts as many
+    rows, so a reader never gets part of a run, or parts of two. Up to ``attempts`` reads, then
+    None (absent for now)."""
+    for _ in range(attempts):
+        before = read_manifest(output, run_date)
+        if before is None:
+            return None
+        try:
+            table = pads.dataset(partition_dir(output, run_date), format="parquet").to_table()
+        except FileNotFoundError:  # a rerun's swap took it out between the two reads
+            continue
+        after = read_manifest(output, run_date)
+        if (
+            after is not None
+            and after["run_id"] == before["run_id"]
+            and table.num_rows == before.get("rows", table.num_rows)
+        ):
+            return table
+    return None
