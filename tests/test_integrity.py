@@ -341,15 +341,29 @@ def test_the_nightly_job_verifies_the_data_state_it_ranks_from(model, data, tmp_
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("content", ["", "{trunc", "[1, 2]"], ids=["empty", "truncated", "not an object"])
+@pytest.mark.parametrize(
+    "content",
+    ["", "{trunc", "[1, 2]", "fields"],
+    ids=["empty", "truncated", "not an object", "fields gone"],
+)
 def test_an_unreadable_config_is_one_line_naming_the_directory(model, content):
+    """A config.json that parses but lost its fields (cut or edited without its checksums) was a
+    KeyError from the nightly job's first check, before the checksums are read."""
     from ncf.model.directory import read_config
 
+    fields_gone = content == "fields"
+    if fields_gone:
+        config = json.load(open(os.path.join(model, CONFIG)))
+        del config["model"]["num_products"], config["version"]
+        content = json.dumps({**config, "ranking": []})
     with open(os.path.join(model, CONFIG), "w") as f:
         f.write(content)
-    with pytest.raises(InputError, match=f"{model}: (unreadable config.json|config.json holds list)") as error:
+    refused = f"{model}: (unreadable config.json|config.json holds list|bad config.json)"
+    with pytest.raises(InputError, match=refused) as error:
         read_config(model)
     assert "\n" not in str(error.value)
+    if fields_gone:
+        assert "model.num_products is not a count; ranking is not an object; no version" in str(error.value)
 
 
 def test_a_vocabulary_whose_indices_are_not_1_to_n_is_refused(tmp_path):

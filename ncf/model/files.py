@@ -40,7 +40,32 @@ def read_config(model_dir: str) -> Dict:
             f"{model_dir}: model directory format {config.get('format_version')}, this code reads "
             f"{FORMAT_VERSION}: retrain it with python -m jobs.train"
         )
+    _check_fields(model_dir, config)
     return config
+
+
+# What a reader takes from config.json before the directory's checksums are read (every byte:
+# last); a file cut or edited without them would fail there with a KeyError, not in one line.
+SIZE_FIELDS = ("num_users", "num_products", "num_departments", "num_categories")
+
+
+def _check_fields(model_dir: str, config: Dict) -> None:
+    model, ranking = config.get("model"), config.get("ranking", {})
+    problems = []
+    if not isinstance(model, dict):
+        problems.append("no model settings")
+    else:
+        problems += [f"model.{f} is not a count" for f in SIZE_FIELDS if not _is_count(model.get(f))]
+    if not isinstance(ranking, dict):
+        problems.append("ranking is not an object")
+    if not isinstance(config.get("version"), str):
+        problems.append("no version")
+    if problems:
+        raise InputError(f"{model_dir}: bad {CONFIG} ({'; '.join(problems)}): restore the directory or retrain it")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def read_metrics(model_dir: str) -> Dict:
