@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ncf.moments import AT_FORMS, as_datetime, parse_at
 from ncf.rank.ranker import MAX_K
-from ncf.rank.recommender import BeforeTheData
+from ncf.rank.recommender import BeforeTheData, PassBusy
 from serve.limits import MAX_BODY_BYTES, EdgeLimits
 
 # -- limits (security defaults: small bodies, bounded work per request) -----------------------
@@ -218,7 +218,11 @@ ERROR_RESPONSES = {
             "the request does not fit the schema, names unknown product ids, or asks for an at before "
             "the end of the data's first day",
         ),
-        (503, "no model loaded yet, or the replicas' queues are full (Retry-After)"),
+        (
+            503,
+            "no model loaded yet, the replicas' queues are full, or another past day's products' stats "
+            "are being computed (Retry-After)",
+        ),
         (504, "the answer took longer than the request timeout"),
     )
 }
@@ -331,6 +335,16 @@ async def _on_not_ready(request: Request, exc: NotReady) -> JSONResponse:
     return _error(503, str(exc))
 
 
+# A past day's pass takes seconds on Complete Journey and minutes at a billion purchases.
+PASS_RETRY_AFTER_S = 10
+
+
+async def _on_pass_busy(request: Request, exc: PassBusy) -> JSONResponse:
+    response = _error(503, str(exc))
+    response.headers["Retry-After"] = str(PASS_RETRY_AFTER_S)
+    return response
+
+
 def create_app() -> FastAPI:
     """The FastAPI application, with the error handlers and the body size limit."""
     app = FastAPI(
@@ -346,6 +360,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(UnknownProducts, _on_unknown_products)
     app.add_exception_handler(BeforeTheData, _on_before_the_data)
     app.add_exception_handler(NotReady, _on_not_ready)
+    app.add_exception_handler(PassBusy, _on_pass_busy)
     # The same limits as Serve's proxy applies (serve.limits): they hold here too when the proxy
     # hook is not configured, and cost nothing on a body the proxy already read.
     app.add_middleware(EdgeLimits, max_body_bytes=MAX_BODY_BYTES)

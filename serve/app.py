@@ -178,7 +178,13 @@ class RecommenderDeployment:
     @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
     async def recommend(self, request: RecommendRequest) -> Dict:
         """Top-``k`` products for one user at ``at`` (unknown users: cold start, flagged)."""
-        answer = await self._recommend_batched(request)
+        service = self._ready()
+        if service.needs_pass(request):
+            # A past day not kept: its pass (seconds here, minutes at a billion purchases) would
+            # hold the batch, and every request batched with it, for its whole length.
+            answer = (await asyncio.to_thread(service.recommend_many, [request]))[0]
+        else:
+            answer = await self._recommend_batched(request)
         if isinstance(answer, Exception):  # this request's own refusal; its batch was answered
             raise answer
         return answer

@@ -201,7 +201,9 @@ class ModelService:
             if settings.data is not None:
                 verify_data_state(settings.data)
             _check_unchanged(settings)
-        base = previous.base if same else Recommender.load(settings.model_dir, data=settings.data)
+        # A past day's pass holds a worker thread and memory for its length: a request for another
+        # new past day meanwhile is refused (PassBusy, 503) rather than queued behind it.
+        base = previous.base if same else Recommender.load(settings.model_dir, data=settings.data, queue_passes=False)
         if not same:
             _check_unchanged(settings)  # replaced while it was verified and loaded
         if same and previous.settings.candidates == settings.candidates:
@@ -243,16 +245,22 @@ class ModelService:
 
     def recommend(self, request: RecommendRequest) -> Dict:
         answer = self.recommend_many([request])[0]
-        if isinstance(answer, BeforeTheData):
+        if isinstance(answer, Exception):
             raise answer
         return answer
 
-    def recommend_many(self, requests: List[RecommendRequest]) -> List[Union[Dict, BeforeTheData]]:
+    def needs_pass(self, request: RecommendRequest) -> bool:
+        """Whether ranking ``request`` first computes a past day's products' stats: the app ranks
+        it on its own, so that the requests batched with it do not wait for the pass."""
+        return self.recommender.needs_pass(self.moment(request.at))
+
+    def recommend_many(self, requests: List[RecommendRequest]) -> List[Union[Dict, Exception]]:
         """One answer per request, all from this model (what a ``@serve.batch`` call runs):
         requests with the same ``k``, ``exclude_purchased`` and ``explain`` are ranked in one
         model call. A request whose ``at`` cannot be ranked gets its :class:`BeforeTheData` as
-        its answer (to raise for it alone): the others of its batch are answered."""
-        answers: List[Union[None, Dict, BeforeTheData]] = [None] * len(requests)
+        its answer (to raise for it alone), and a group whose ranking fails gets its exception:
+        the others of the batch are answered."""
+        answers: List[Union[None, Dict, Exception]] = [None] * len(requests)
         moments: Dict[int, int] = {}
         groups: Dict[tuple, List[int]] = {}
         for i, r in enumerate(requests):
@@ -265,7 +273,12 @@ class ModelService:
             groups.setdefault((r.k, r.exclude_purchased, r.explain), []).append(i)
         for (k, exclude, explain), rows in groups.items():
             at = [moments[i] for i in rows]
-            ranked = self.recommender.rank([requests[i].user_id for i in rows], k, at, exclude, explain)
+            try:
+                ranked = self.recommender.rank([requests[i].user_id for i in rows], k, at, exclude, explain)
+            except Exception as failed:  # noqa: BLE001 (raised for this group's requests by the route)
+                for i in rows:
+                    answers[i] = failed
+                continue
             for i, items in zip(rows, ranked):
                 answers[i] = {**recommendation(items), "at": _iso(items.at), "model_version": self.version}
         return answers

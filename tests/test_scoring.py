@@ -28,7 +28,7 @@ from ncf.moments import day_of, first_rankable, run_date_of
 from ncf.rank import candidates as candidate_sources
 from ncf.rank.candidates import CATEGORY_SPREAD, CandidateGenerator, RankingSettings
 from ncf.rank.ranker import Ranker, attention_spread
-from ncf.rank.recommender import AS_OF_DAYS, BeforeTheData, Recommender
+from ncf.rank.recommender import AS_OF_DAYS, BeforeTheData, PassBusy, Recommender
 from ncf.rank.state import EmbeddingRows, RankingState
 from ncf.splits import TEST, VALIDATED
 
@@ -679,6 +679,44 @@ def test_a_past_day_being_computed_does_not_hold_up_a_day_already_kept(recommend
                 thread.join(30)
     assert answers["slow"] is answers["slow again"] and answers["slow"].state.end == slow_day - 1
     assert passes.count(slow_day) == 1  # one pass for the day, not one per request
+
+
+@pytest.mark.faults
+def test_a_recommender_that_does_not_queue_passes_refuses_another_new_day_meanwhile(recommender, monkeypatch):
+    """Serve's replica queued every new past day behind the pass running, each request holding a
+    worker thread for both passes' length (minutes at a billion purchases). With
+    ``queue_passes=False`` another new day is refused at once (Serve: 503, Retry-After); a kept
+    day, and the day being computed, are answered."""
+    rec = Recommender(recommender.ranker, recommender.version, queue_passes=False)
+    kept_day = day_of(rec.state.end) - 86_400
+    slow_day, other_day = kept_day - 86_400, kept_day - 2 * 86_400
+    kept = rec.as_of(kept_day + 3600)
+    entered, release = threading.Event(), threading.Event()
+    original = RankingState.as_of
+
+    def slow_as_of(state, cutoff, stats=None):
+        if cutoff == slow_day:
+            entered.set()
+            release.wait(30)
+        return original(state, cutoff, stats)
+
+    monkeypatch.setattr(RankingState, "as_of", slow_as_of)
+    answers = {}
+    slow = threading.Thread(target=lambda: answers.setdefault("slow", rec.as_of(slow_day + 3600)))
+    slow.start()
+    try:
+        assert entered.wait(30)
+        assert rec.needs_pass(other_day + 60) and not rec.needs_pass(kept_day + 60)
+        with pytest.raises(PassBusy, match="another past day are being computed"):
+            rec.as_of(other_day + 60)
+        assert rec.as_of(kept_day + 7200) is kept
+        assert rec.needs_pass(other_day + 60)  # the refused day left nothing behind
+    finally:
+        release.set()
+        slow.join(30)
+    assert answers["slow"].state.end == slow_day - 1
+    assert rec.as_of(other_day + 60).state.end == other_day - 1  # the pass over, it is computed
+    assert not rec.needs_pass(other_day + 60) and not rec.needs_pass(rec.default_at)
 
 
 @pytest.mark.faults

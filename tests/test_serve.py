@@ -8,7 +8,7 @@ import os
 import shutil
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ from helpers import free_port, sealed_copy, without_data_end
 
 from ncf.errors import InputError
 from ncf.moments import first_rankable, run_date_of
-from ncf.rank.recommender import BeforeTheData
+from ncf.rank.recommender import BeforeTheData, PassBusy
 from serve.api import MAX_BATCH_USERS, MAX_BODY_BYTES, MAX_EXPLAINED_ITEMS, MAX_K, MAX_PRODUCT_IDS
 from serve.app import build_app
 from serve.launch import start, wait_until_healthy
@@ -561,6 +561,14 @@ def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_d
     ]
     with pytest.raises(BeforeTheData):
         service.recommend(too_early)
+    # A group whose ranking fails (a new past day while another day's pass holds the replica's
+    # pass lock: PassBusy, 503) gets its exception; the rest of its batch is answered.
+    new_day = RecommendRequest(user_id=users[1], k=4, at=earlier - timedelta(days=2))
+    assert service.needs_pass(new_day) and not service.needs_pass(batch[0]) and not service.needs_pass(batch[3])
+    with service.recommender._pass_lock:  # another day's pass, running
+        mixed = service.recommend_many([batch[0], new_day])
+    assert isinstance(mixed[1], PassBusy) and rounded(mixed[0]) == rounded(together[0])
+    assert service.recommend(new_day)["items"] and not service.needs_pass(new_day)  # the pass over
 
 
 # -- rollout (last: it leaves v2 deployed) -------------------------------------------------------

@@ -55,6 +55,12 @@ class BeforeTheData(ValueError):
     known at its day's start, and none was known yet (a client error: Serve answers 422)."""
 
 
+class PassBusy(RuntimeError):
+    """A past day not computed yet, asked of a recommender that does not queue passes while
+    another day's pass runs (Serve's: 503 with Retry-After, rather than a worker thread held for
+    the other pass's length and then this one's)."""
+
+
 class _PastDay:
     """A past day's recommender, computed by the first caller while later ones for that day wait."""
 
@@ -69,11 +75,14 @@ class Recommender:
     Args:
         ranker: the ranking path over a model and a state.
         version: the model version reported with every answer.
+        queue_passes: a past day not computed yet, asked for while another day's pass runs,
+            waits for it (True) or raises :class:`PassBusy` (False).
     """
 
-    def __init__(self, ranker: Ranker, version: str = "dev") -> None:
+    def __init__(self, ranker: Ranker, version: str = "dev", queue_passes: bool = True) -> None:
         self.ranker = ranker
         self.version = version
+        self.queue_passes = queue_passes
         self._days: "OrderedDict[int, _PastDay]" = OrderedDict()  # as_of's, latest used last
         self._days_lock = threading.Lock()  # guards _days only: a day's pass runs under its own lock
         self._pass_lock = threading.Lock()  # one pass over the purchases at a time
@@ -84,13 +93,15 @@ class Recommender:
         data: Optional[str] = None,
         settings: Optional[RankingSettings] = None,
         device: Optional[torch.device] = None,
+        queue_passes: bool = True,
     ) -> "Recommender":
         """The model of ``model_dir`` ranking from ``data``'s state (default: the model's own)."""
         handle = ModelDir(model_dir)
         state = RankingState.load(data or handle.state_dir)
         if data is not None:
             check_catalog(handle.config["model"], state.vocabs.sizes(), data)
-        return Recommender(Ranker.of_model_dir(handle, state, settings, device=device), handle.version)
+        ranker = Ranker.of_model_dir(handle, state, settings, device=device)
+        return Recommender(ranker, handle.version, queue_passes)
 
     # -- what the state says ------------------------------------------------------------------
 
@@ -129,10 +140,17 @@ class Recommender:
         with past.lock:
             if past.recommender is None:
                 try:
-                    with self._pass_lock:
+                    if not self._pass_lock.acquire(blocking=self.queue_passes):
+                        raise PassBusy(
+                            f"at {as_datetime(at).isoformat()}: the products' stats of another past day are being "
+                            "computed (a pass over every purchase); ask again shortly, or for a day already asked for"
+                        )
+                    try:
                         r = self.ranker
                         ranker = Ranker(r.model, self.state.as_of(day, stats), r.rows, r.settings, r.mf_index)
                         past.recommender = Recommender(ranker, self.version)
+                    finally:
+                        self._pass_lock.release()
                 finally:
                     with self._days_lock:
                         if past.recommender is None:
@@ -142,6 +160,15 @@ class Recommender:
                             self._days[day] = past
                         self._forget_oldest_days()
             return past.recommender
+
+    def needs_pass(self, at: int) -> bool:
+        """Whether ranking ``at`` first computes its day's products' stats (a moment inside the
+        data whose day is not kept): Serve ranks such a request on its own, not in a batch."""
+        if at > self.state.end:
+            return False
+        with self._days_lock:
+            past = self._days.get(day_of(at))
+        return past is None or past.recommender is None
 
     def _forget_oldest_days(self) -> None:
         """Keeps the :data:`AS_OF_DAYS` days used last among those computed (under ``_days_lock``);
@@ -167,7 +194,7 @@ class Recommender:
         """A recommender sharing this one's model and state with other first-stage sizes."""
         settings = dataclasses.replace(self.settings, **changes)
         ranker = Ranker(self.ranker.model, self.state, self.ranker.rows, settings, self.ranker.mf_index)
-        return Recommender(ranker, self.version)
+        return Recommender(ranker, self.version, self.queue_passes)
 
     @property
     def default_at(self) -> int:
