@@ -361,7 +361,8 @@ def create_app() -> FastAPI:
     app.add_exception_handler(BeforeTheData, _on_before_the_data)
     app.add_exception_handler(NotReady, _on_not_ready)
     app.add_exception_handler(PassBusy, _on_pass_busy)
-    # The same limits as Serve's proxy applies (serve.limits): they hold here too when the proxy
-    # hook is not configured, and cost nothing on a body the proxy already read.
+    # The same limits as Serve's proxy applies (serve.limits), cheap on a body the proxy already
+    # read. Without the proxy hook only the body size holds here: Serve's proxy has read the
+    # control headers and waited for the body before a replica sees the request.
     app.add_middleware(EdgeLimits, max_body_bytes=MAX_BODY_BYTES)
     return app

@@ -2,9 +2,14 @@
 
 Run it::
 
-    serve run serve.app:build_app model=/abs/path/to/MODEL      # or:
-    serve run serve/config.yaml                                 # or:
-    python -m jobs.deploy --model MODEL [--host 127.0.0.1] [--port 8000]
+    python -m jobs.deploy --model MODEL [--host 127.0.0.1] [--port 8000]     # or:
+    serve run serve/config.yaml
+
+Both give Serve's HTTP proxy the edge limits of :mod:`serve.limits` (through
+``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``). ``serve run serve.app:build_app model=...``
+deploys the same app without them: the proxy then honours a client's
+``x-request-timeout-seconds`` (a value of 0 lifts the request timeout) and holds a replica slot
+for a slow body, and its timeout answers are Serve's plain-text 408s.
 
 Why it is built this way:
 
