@@ -73,12 +73,13 @@ def search_households(service: ModelService, request: HouseholdSearchRequest) ->
 
 def product_labels(service: ModelService, indices: Sequence[int]) -> List[Dict]:
     """``{"product_id", "department", "category"}`` for product indices of the state."""
-    vocabs = service.recommender.vocabs
+    state = service.recommender.state
+    vocabs, catalog = state.vocabs, state.catalog  # the state's arrays, not a copy of the columns a call
     indices = np.asarray(indices, dtype=np.int64)
     if len(indices) == 0:
         return []
-    departments = vocabs.departments.raw_of(vocabs.products.column("department_index")[indices])
-    categories = vocabs.categories.raw_of(vocabs.products.column("category_index")[indices])
+    departments = vocabs.departments.raw_of(catalog.department[indices])
+    categories = vocabs.categories.raw_of(catalog.category[indices])
     return [
         {"product_id": p, "department": _label(d), "category": _label(c)}
         for p, d, c in zip(vocabs.products.raw_of(indices), departments, categories)
