@@ -396,6 +396,22 @@ def first_run(small_model_dir, small_data, tmp_path_factory):
     return output, summary
 
 
+@pytest.mark.faults
+def test_actors_no_node_can_hold_are_refused_in_one_line(ray_session, small_model_dir, small_data, tmp_path, capsys):
+    """Old code sized the pool from the cluster's total CPUs and handed Ray Data actors of 3
+    CPUs on nodes of 2: it waited 30 minutes for one, holding the date's lock, then failed."""
+    data, _ = small_data
+    output = str(tmp_path / "out")
+    started = time.time()
+    with pytest.raises(SystemExit) as exit_info:
+        batch_score.main(_argv(small_model_dir, data, output, "--score-in", "actors", "--cpus-per-actor", "3"))
+    assert exit_info.value.code == 2 and time.time() - started < 120
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    refusal = "--cpus-per-actor 3: no node of the cluster has that many CPUs (the largest has 2); ask for 2 or fewer"
+    assert error == f"error: {refusal}"
+    assert partitions.read_manifest(output, run_date_of(resolve_at("data-end", layout.DataStats(data).end + 1))) is None
+
+
 def test_scoring_in_the_driver_writes_what_the_actors_write(
     first_run, small_model_dir, small_data, tmp_path, monkeypatch
 ):

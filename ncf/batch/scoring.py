@@ -391,9 +391,23 @@ def _actor_resources(gpu: str, actors: int, cpus_per_actor: float) -> tuple[int,
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     use = resolve_gpu(gpu, gpus)
+    _check_an_actor_fits(cpus_per_actor)
     if actors <= 0:
         actors = gpus if use else max(1, int(resources.get("CPU", 1) // cpus_per_actor))
     return actors, int(use)
+
+
+def _check_an_actor_fits(cpus_per_actor: float) -> None:
+    """Refuses (one line) actors no node can hold: Ray Data would wait for one for its 30 minutes
+    without progress, the date's lock held, then fail with a traceback."""
+    import ray
+
+    cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    if cpus and max(cpus) < cpus_per_actor:
+        raise InputError(
+            f"--cpus-per-actor {cpus_per_actor:g}: no node of the cluster has that many CPUs (the largest has "
+            f"{max(cpus):g}); ask for {max(cpus):g} or fewer"
+        )
 
 
 def can_compile() -> bool:
