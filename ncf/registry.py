@@ -40,9 +40,11 @@ import math
 import numbers
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from ncf.data import layout
@@ -185,6 +187,21 @@ class StoreUnavailable(InputError):
     training job that cannot record its model says so and goes on)."""
 
 
+def _check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
+    """Refuses (one line) an HTTP tracking server where nothing accepts a connection: MLflow's
+    client retries it 7 times with backoff, about 4 minutes, before its own error."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:  # ValueError: a port out of range
+        raise StoreUnavailable(
+            f"tracking store {uri}: no server answers there ({getattr(e, 'strerror', None) or e})"
+        ) from None
+
+
 class Registry:
     """The tracking store and the registered model ``name`` (:data:`MODEL_NAME`)."""
 
@@ -196,6 +213,7 @@ class Registry:
             raise InputError(f"--name {name!r}: a registered model's name is not blank and has no quotes")
         self.uri = uri or tracking_uri()
         self.name = name
+        _check_server_answers(self.uri)
         try:
             self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             self.client.search_registered_models(max_results=1)  # a store that does not open fails here, in one line

@@ -232,6 +232,19 @@ def test_a_store_that_does_not_open_is_one_line_yet_does_not_fail_a_finished_tra
         reg.track_model(model_dir, str(tmp_path / "data"), strict=True)
 
 
+@pytest.mark.faults
+def test_a_tracking_server_that_is_down_is_one_line_at_once(monkeypatch, capsys):
+    """MLflow's client retried a refused connection 7 times with backoff (minutes) before its
+    own error; `jobs.models` now says so in one line."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exit_info:
+        models.main(["list"])
+    assert exit_info.value.code == 2 and time.monotonic() - started < 30
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: tracking store http://127.0.0.1:1: no server answers there")
+
+
 # -- a training run ------------------------------------------------------------------------------------
 
 
