@@ -10,7 +10,6 @@ the old model.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -18,11 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Dict, List, Mapping, Optional, Union
 
-from ncf.data import layout
 from ncf.data.vocab import UNKNOWN_INDEX
 from ncf.errors import InputError
-from ncf.model.directory import read_config
-from ncf.model.integrity import MANIFEST, verify_data_state, verify_model_dir
+from ncf.model.integrity import data_fingerprint, model_fingerprint, verify_data_state, verify_model_dir
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
 from ncf.rank.recommender import BeforeTheData, RankedItems, Recommender
@@ -116,22 +113,6 @@ class ServeSettings:
         return self.model_dir, self.model_fingerprint, self.data, self.data_fingerprint
 
 
-def model_fingerprint(model_dir: str) -> str:
-    """config.json's version and a digest of the checksum manifest, which changes whenever a
-    file ranking reads does. A directory without a manifest gets a digest of nothing: its
-    verification names what is missing."""
-    return f"{read_config(model_dir).get('version')}:{_digest(os.path.join(model_dir, MANIFEST))}"
-
-
-def data_fingerprint(data: str) -> str:
-    """The DATA directory's real path, its stats.json and that file's modification time: every
-    jobs.preprocess run writes a new stats.json (counts, run time) into a directory swapped in
-    whole, so a DATA rebuilt at the same path gets a new fingerprint. Cheap: reads one small file."""
-    stats = layout.stats_path(data)
-    modified = os.stat(stats).st_mtime_ns if os.path.exists(stats) else 0
-    return _digest(stats, extra=f"{os.path.realpath(data)}\0{modified}".encode())
-
-
 def _warn_if_stale(recommender: Recommender, settings: ServeSettings) -> None:
     """Requests at now rank from histories that end at the state's last purchase: far behind now,
     every household looks lapsed and the timing features leave what training saw."""
@@ -160,14 +141,6 @@ def same_content_on_disk(settings: ServeSettings) -> bool:
     if settings.model_fingerprint != model_fingerprint(settings.model_dir):
         return False
     return settings.data is None or settings.data_fingerprint == data_fingerprint(settings.data)
-
-
-def _digest(path: str, extra: bytes = b"") -> str:
-    digest = hashlib.sha256(extra)
-    if os.path.exists(path):
-        with open(path, "rb") as f:
-            digest.update(f.read())
-    return digest.hexdigest()[:16]
 
 
 class ModelService:

@@ -203,7 +203,8 @@ def test_k_above_the_models_candidates_is_a_one_line_error_before_ray_starts(tmp
 
     model = tmp_path / "model"
     model.mkdir()
-    config = {"format_version": FORMAT_VERSION, "model": {"num_products": 1000}, "ranking": {"candidates": 5}}
+    sizes = {"num_users": 10, "num_products": 1000, "num_departments": 2, "num_categories": 2}
+    config = {"format_version": FORMAT_VERSION, "version": "v1", "model": sizes, "ranking": {"candidates": 5}}
     write_json(str(model / CONFIG), config)
     missing = str(tmp_path / "missing")
     with pytest.raises(InputError) as error:
@@ -213,7 +214,7 @@ def test_k_above_the_models_candidates_is_a_one_line_error_before_ray_starts(tmp
     with pytest.raises(InputError, match="missing"):
         bs.check_config(bs.BatchScoreConfig(model=str(model), data=missing, output=str(tmp_path / "o"), k=5))
     # Without the MF stage a household with few products of its own may have the popular ones only.
-    write_json(str(model / CONFIG), {**config, "model": {"num_products": 1000, "use_mf": False}, "ranking": {}})
+    write_json(str(model / CONFIG), {**config, "model": {**sizes, "use_mf": False}, "ranking": {}})
     with pytest.raises(InputError, match="--k 51: must be between 1 and 50"):
         bs.check_config(bs.BatchScoreConfig(model=str(model), data=missing, output=str(tmp_path / "o"), k=51))
 
@@ -320,6 +321,22 @@ def test_an_actor_that_loads_another_model_version_is_refused(small_model_dir, s
     assert bs.ScoreBatch(**args, model_version="v1").recommender.version == "v1"
     with pytest.raises(bs.InputsChanged, match="MODEL was replaced during the run"):
         bs.ScoreBatch(**args, model_version="v0")
+
+
+@pytest.mark.faults
+def test_an_actor_whose_model_or_data_changed_under_the_same_version_is_refused(small_model_dir, small_data, tmp_path):
+    """The actors checked the version alone, read before the model's other files: a model saved
+    again at the path meanwhile (or mid-load, the old config with the new weights) ranked under
+    the recorded version. They now compare the driver's fingerprints once loaded."""
+    data, _ = small_data
+    at = layout.DataStats(data).end + 1
+    args = dict(model=small_model_dir, data=data, stage=str(tmp_path), k=K, at=at, scored_at=at, model_version="v1")
+    model_now, data_now = bs.input_fingerprints(small_model_dir, data)
+    assert bs.ScoreBatch(**args, inputs=(model_now, data_now)).recommender.version == "v1"
+    with pytest.raises(bs.InputsChanged, match="MODEL's manifest is not the one the run started with"):
+        bs.ScoreBatch(**args, inputs=("v1:another manifest", data_now))
+    with pytest.raises(bs.InputsChanged, match="DATA's stats.json is not the one the run started with"):
+        bs.ScoreBatch(**args, inputs=(model_now, "another stats.json"))
 
 
 @pytest.mark.faults

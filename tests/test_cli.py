@@ -99,7 +99,8 @@ def paths(tmp_path):
     (tmp_path / "old-lists" / "examples" / "cutoff=1").mkdir(parents=True)
     write_json(str(tmp_path / "old-lists" / "stats.json"), {"cutoffs": {"validated": [1]}, "boundaries": {}})
     (tmp_path / "model").mkdir()
-    config = {"format_version": FORMAT_VERSION, "version": "v1", "model": {"num_products": 1000}, "ranking": {}}
+    sizes = {"num_users": 10, "num_products": 1000, "num_departments": 2, "num_categories": 2}
+    config = {"format_version": FORMAT_VERSION, "version": "v1", "model": sizes, "ranking": {}}
     write_json(str(tmp_path / "model" / "config.json"), config)
     (tmp_path / "model" / "model.pt").write_bytes(b"")
     (tmp_path / "logs.csv").write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")

@@ -56,7 +56,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -76,7 +76,7 @@ from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.device import GPU_SETTINGS, resolve_gpu
 from ncf.errors import InputError, raised_within
 from ncf.model.directory import ModelDir, read_config
-from ncf.model.integrity import verify_data_state, verify_model_dir
+from ncf.model.integrity import data_fingerprint, model_fingerprint, verify_data_state, verify_model_dir
 from ncf.moments import day_of, first_rankable, resolve_at, run_date_of
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import CHUNK_USERS, MAX_K
@@ -234,6 +234,23 @@ def check_model_version(recommender: Recommender, expected: str) -> None:
         )
 
 
+def input_fingerprints(model: str, data: str) -> Tuple[str, str]:
+    """What identifies MODEL's and DATA's content (:func:`ncf.model.integrity.model_fingerprint`,
+    :func:`~ncf.model.integrity.data_fingerprint`), recorded by the driver when the run starts."""
+    return model_fingerprint(model), data_fingerprint(data)
+
+
+def check_inputs_unchanged(model: str, data: str, recorded: Tuple[str, str]) -> None:
+    """Raises unless MODEL and DATA are still what the driver recorded, read after an actor
+    loaded them: one written at the same path meanwhile (or while the actor read its files one
+    by one, mixing the old and the new) would rank under the recorded version."""
+    model_now, data_now = input_fingerprints(model, data)
+    if model_now != recorded[0]:
+        raise InputsChanged(f"MODEL's manifest is not the one the run started with: {_replaced('MODEL')}")
+    if data_now != recorded[1]:
+        raise InputsChanged(f"DATA's stats.json is not the one the run started with: {_replaced('DATA')}")
+
+
 def check_positions(vocab: Vocabulary, user_ids: pa.Array, positions: np.ndarray) -> None:
     """Raises unless ``positions`` index ``user_ids`` in ``vocab``. The driver reads the pairs once,
     an actor loads the vocabulary again, and every preprocess may order it anew: ranking one
@@ -330,9 +347,10 @@ class ScoreBatch:
     """Ray Data actor: loads the recommender once, then scores and writes one part per batch.
 
     Returns one row per batch (``part``, ``users``, ``rows``) for the driver's progress and
-    checks. ``model_version``: the version the driver recorded; the actor loads MODEL and DATA
-    again, so it checks that they are still what the driver read (version here, each batch's
-    users in :func:`score_users`) and fails the run otherwise.
+    checks. ``model_version`` and ``inputs``: the version and fingerprints the driver recorded;
+    the actor loads MODEL and DATA again, so it checks that they are still what the driver read
+    (version and fingerprints once loaded, each batch's users in :func:`score_users`) and fails
+    the run otherwise.
     """
 
     def __init__(
@@ -348,12 +366,15 @@ class ScoreBatch:
         compile_model: bool = False,
         replay_stats: Optional[ProductStats] = None,
         explain: bool = False,
+        inputs: Optional[Tuple[str, str]] = None,
     ) -> None:
         import torch
 
         device = torch.device("cuda") if use_gpu else torch.device("cpu")
         loaded = Recommender.load(model, data=data, device=device)
         check_model_version(loaded, model_version)
+        if inputs is not None:
+            check_inputs_unchanged(model, data, inputs)
         if replay_stats is not None and replay_stats.num_products != loaded.state.num_products:
             raise InputsChanged(
                 f"the run's product stats count {replay_stats.num_products} products, DATA now "
@@ -563,6 +584,9 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
     started = time.time()
     config = resolved(config)
     model_config, at = check_config(config, now=started, verify_inputs=verify_inputs)
+    inputs = input_fingerprints(config.model, config.data)
+    if not inputs[0].startswith(f"{model_config['version']}:"):
+        raise InputsChanged(f"MODEL is no longer version {model_config['version']!r}: {_replaced('MODEL')}")
     model, output = config.model, os.path.abspath(config.output)
     run_date = run_date_of(at)
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
@@ -588,7 +612,7 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
     # The date's lock is held from here to the commit: a second run of the date is refused.
     with PartitionRun(output, partition_name(run_date), run_id, log=log, overwrite=config.overwrite) as run:
         manifest = _score_into(
-            run.stage, config, model, model_config, users, at, run_date, run_id, started, log, replay_stats
+            run.stage, config, model, model_config, users, at, run_date, run_id, started, log, replay_stats, inputs
         )
         manifest["replay"] = replay
         if config.verify:
@@ -636,8 +660,10 @@ def _score_into(
     started: float,
     log: Callable[[str], None],
     replay_stats: Optional[ProductStats] = None,
+    inputs: Optional[Tuple[str, str]] = None,
 ) -> Dict:
-    """Scores every user into the parts of ``stage`` and checks them; returns the manifest."""
+    """Scores every user into the parts of ``stage`` and checks them; returns the manifest.
+    ``inputs``: MODEL's and DATA's fingerprints at the start (:func:`input_fingerprints`)."""
     batch_size = config.batch_size or auto_batch_size(users.num_rows)
     blocks = [users.slice(i, batch_size) for i in range(0, users.num_rows, batch_size)]
     in_driver = resolve_score_in(config, users.num_rows)
@@ -667,6 +693,7 @@ def _score_into(
         "compile_model": compile_model,
         "replay_stats": replay_stats,
         "explain": config.explain,
+        "inputs": inputs,
     }
     if in_driver:
         results = _scored_here(blocks, scorer_kwargs)

@@ -97,6 +97,31 @@ def files_digest(root: str) -> str:
     return digest.hexdigest()
 
 
+def model_fingerprint(model_dir: str) -> str:
+    """config.json's version and a digest of the checksum manifest, which changes whenever a
+    file ranking reads does: a model saved again at the same path is noticed (Serve's rollouts,
+    the nightly job's actors). A directory without a manifest gets a digest of nothing: its
+    verification names what is missing. Cheap: reads two small files."""
+    return f"{read_config(model_dir).get('version')}:{_small_file_digest(os.path.join(model_dir, MANIFEST))}"
+
+
+def data_fingerprint(data: str) -> str:
+    """The DATA directory's real path, its stats.json and that file's modification time: every
+    jobs.preprocess run writes a new stats.json (counts, run time) into a directory swapped in
+    whole, so a DATA rebuilt at the same path gets a new fingerprint. Cheap: reads one small file."""
+    stats = layout.stats_path(data)
+    modified = os.stat(stats).st_mtime_ns if os.path.exists(stats) else 0
+    return _small_file_digest(stats, extra=f"{os.path.realpath(data)}\0{modified}".encode())
+
+
+def _small_file_digest(path: str, extra: bytes = b"") -> str:
+    digest = hashlib.sha256(extra)
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
 def _files(model_dir: str) -> List[str]:
     """Every regular file under ``model_dir``, as sorted paths relative to it ('/'-separated)."""
     found = []
