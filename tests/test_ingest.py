@@ -13,7 +13,7 @@ import pytest
 from jobs import preprocess as preprocess_job
 from ncf.data import ingest, layout, schema
 from ncf.data.examples import ExampleConfig
-from ncf.data.preprocess import PreprocessConfig, preprocess
+from ncf.data.preprocess import PreprocessConfig, check_inputs, preprocess
 
 pytestmark = pytest.mark.faults  # the drills of RELIABILITY.md, "Ingest and replacing outputs"
 
@@ -71,6 +71,51 @@ def test_whole_number_ids_written_as_float_text_are_the_integer_ids():
     assert out.column("reason").to_pylist() == [None] * 4
     assert out.column("user_id").to_pylist() == ["12", "7", "-3", "0012"]  # text ids otherwise as written
     assert out.column("product_id").to_pylist() == ["12.50", "1e3", "A7.0", "5"]
+
+
+def test_the_text_exports_write_for_missing_values_is_missing_not_an_id():
+    """SQL Server writes NULL, Hive and MySQL \\N, R NA, spreadsheets #N/A: old code kept each as an
+    id, so every card-less till purchase was one household named "NULL", and an R export's
+    missing quantities (NA) were quarantined instead of meaning 1."""
+    batch = pa.table(
+        {
+            "user_id": ["NULL", "\\N", " na ", "7", "7", "Nancy", "7"],
+            "product_id": ["5", "5", "5", "N/A", "#n/a", "5", "5"],
+            "timestamp": ["2024-01-02"] * 7,
+            "quantity": ["1", "", "1", "1", "1", "NA", "null"],
+        }
+    )
+    out = schema.validate_log_batch(batch)
+    null_user, null_product = schema.NULL_USER_ID, schema.NULL_PRODUCT_ID
+    assert out.column("reason").to_pylist() == [null_user] * 3 + [null_product] * 2 + [None, None]
+    assert out.column("user_id").to_pylist()[5] == "Nancy"  # a name that starts like one is an id
+    assert out.column("quantity").to_pylist()[5:] == [1.0, 1.0]
+
+
+def test_integers_beyond_float_precision_are_out_of_range_rows_not_an_unreadable_file():
+    """A Parquet int64 timestamp of epoch nanoseconds, or a sentinel quantity: old code's checked
+    cast to float raised ArrowInvalid for the batch, reported as an unreadable file."""
+    batch = pa.table(
+        {
+            "user_id": [1, 2, 3],
+            "product_id": [4, 5, 6],
+            "timestamp": pa.array([1_704_067_200_000_000_000, _seconds("2024-01-02"), _seconds("2024-01-02")]),
+            "quantity": pa.array([1, 2**63 - 1, 2], pa.int64()),
+        }
+    )
+    out = schema.validate_log_batch(batch)
+    assert out.column("reason").to_pylist() == [schema.TIMESTAMP_OUT_OF_RANGE, schema.BAD_QUANTITY, None]
+
+
+def test_a_catalog_column_nobody_reads_does_not_refuse_the_catalog(tmp_path):
+    """pyarrow infers an extra CSV column's type from its first block: old code refused a
+    catalog whose pack_size read as integers for a megabyte and then held 0.5."""
+    log = tmp_path / "logs.csv"
+    log.write_text("user_id,product_id,timestamp\n1,1,2024-01-01\n")
+    catalog = tmp_path / "products.csv"
+    rows = "".join(f"{i},DAIRY,MILK,{1 + i % 6}\n" for i in range(1, 120_000))
+    catalog.write_text("product_id,department,category,pack_size\n" + rows + "120000,DAIRY,MILK,0.5\n")
+    check_inputs(schema.resolve_files(str(log)), schema.resolve_files(str(catalog)))
 
 
 def test_decimal_ids_are_exact_beyond_float_precision():

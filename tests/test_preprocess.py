@@ -207,6 +207,11 @@ def test_a_directory_input_skips_hidden_and_underscore_folders(tmp_path):
     (tmp_path / "2024" / "more.csv").write_text("user_id,product_id,timestamp\n")
     paths = schema.resolve_files(str(tmp_path)).paths
     assert [os.path.relpath(p, tmp_path) for p in paths] == ["2024/more.csv", "logs.csv"]
+    # A glob skips them the same way (it took them before), below its fixed part only.
+    globbed = schema.resolve_files(str(tmp_path / "**" / "*.csv")).paths
+    assert [os.path.relpath(p, tmp_path) for p in globbed] == ["2024/more.csv", "logs.csv"]
+    chosen = schema.resolve_files(str(tmp_path / "_temporary" / "*" / "*.csv")).paths  # named: the user's choice
+    assert [os.path.relpath(p, tmp_path) for p in chosen] == ["_temporary/0/part-0.csv"]
 
 
 # -- vocabularies --------------------------------------------------------------------------

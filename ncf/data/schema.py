@@ -115,6 +115,16 @@ def _hidden(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
+def _hidden_below_pattern(spec: str, path: str) -> bool:
+    """Whether a file a glob matched lies in, or is, a hidden entry below the pattern's fixed
+    part (``logs/**/*.csv`` matches Spark's ``logs/_temporary/0/part.csv``); the fixed part
+    itself may be hidden (``/data/_exports/*.csv`` is the user's own choice)."""
+    parts = spec.replace(os.sep, "/").split("/")
+    fixed = next((i for i, part in enumerate(parts) if any(ch in part for ch in "*?[")), len(parts))
+    below = path.replace(os.sep, "/").split("/")[fixed:]
+    return any(_hidden(name) for name in below)
+
+
 def _visible_files(directory: str) -> List[str]:
     """Every file under ``directory`` whose name and folders are not hidden: a notebook's
     checkpoint copy of a log would count every row twice, a half-written job's parts once."""
@@ -128,7 +138,7 @@ def _visible_files(directory: str) -> List[str]:
 def resolve_files(spec: str) -> InputFiles:
     """A file, a directory or a glob -> the data files in it, all of one format."""
     if any(ch in spec for ch in "*?[") and not os.path.exists(spec):  # "logs [2017].csv" is a name
-        paths = sorted(glob.glob(spec, recursive=True))
+        paths = sorted(p for p in glob.glob(spec, recursive=True) if not _hidden_below_pattern(spec, p))
     elif os.path.isdir(spec):
         for made_by, markers in (
             ("jobs.preprocess output (DATA)", ("stats.json", "vocab")),
@@ -294,8 +304,26 @@ def csv_reader_options(**options) -> pacsv.ReadOptions:
 
 def csv_read_options(columns: Sequence[str]) -> Dict:
     """``ray.data.read_csv`` options for the catalog: contract columns as text so that bad
-    values reach normalization instead of failing type inference for a whole block."""
-    return {"convert_options": pacsv.ConvertOptions(column_types={c: pa.string() for c in columns})}
+    values reach normalization instead of failing type inference for a whole block, and only
+    those (another column's inferred type would refuse a file over a value nobody reads)."""
+    return {
+        "convert_options": pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in columns}, include_columns=list(columns)
+        )
+    }
+
+
+# What exports write for a missing value in a text column: SQL Server `NULL`, Hive, MySQL and
+# Spark `\N`, R `NA`, spreadsheets `#N/A` and `N/A`, pandas `nan` / `None`. Compared trimmed and
+# case-blind: read as ids, every card-less till purchase became one household named "NULL".
+MISSING_TEXT = frozenset({"null", "\\n", "na", "n/a", "#n/a", "nan", "none"})
+
+
+def _missing_text(trimmed: pa.Array) -> np.ndarray:
+    """Rows whose trimmed text is empty, null or one of :data:`MISSING_TEXT`."""
+    lowered = pc.utf8_lower(trimmed)
+    marked = pc.is_in(lowered, value_set=pa.array(sorted(MISSING_TEXT), pa.string()))
+    return pc.fill_null(pc.or_(pc.equal(trimmed, ""), marked), True).to_numpy(zero_copy_only=False)
 
 
 def _escaped(text: Optional[str]) -> Optional[str]:
@@ -383,7 +411,7 @@ def _ids(column, whole_number_text: bool = True) -> Tuple[pa.Array, np.ndarray, 
     trimmed = pc.utf8_trim_whitespace(text)
     if whole_number_text:
         trimmed = pc.replace_substring_regex(trimmed, r"^(-?[0-9]+)\.0+$", r"\1")
-    missing = pc.fill_null(pc.equal(trimmed, ""), True).to_numpy(zero_copy_only=False) & ~invalid
+    missing = _missing_text(trimmed) & ~invalid
     ids = pc.if_else(pa.array(invalid), raw, pc.if_else(pa.array(missing), _null_strings(n), trimmed))
     return ids, missing, invalid
 
@@ -408,7 +436,9 @@ def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array]:
             seconds = np.floor_divide(ticks, 1_000 if pa.types.is_date64(t) else _UNIT_SECONDS[t.unit])
         return np.where(pc.is_null(array).to_numpy(zero_copy_only=False), np.nan, seconds.astype("float64")), raw
     if _is_number(t):
-        values = pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False)
+        # Unchecked: an integer beyond 2**53 (epoch nanoseconds, a sentinel) is then out of range
+        # for its row, where the checked cast refused the whole file.
+        values = pc.cast(array, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
         return np.floor(values), pc.cast(array, pa.string())
     if not _is_text(t):
         raise InputError(f"the timestamp column has type {t}; {_KIND_WORDS[TIME]}")
@@ -433,13 +463,13 @@ def _quantities(column, n: int) -> Tuple[np.ndarray, pa.Array]:
     if pa.types.is_null(t):
         return np.ones(n), _null_strings(n)
     if _is_number(t):
-        values = pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False)
+        values = pc.cast(array, pa.float64(), safe=False).to_numpy(zero_copy_only=False)  # as timestamps'
         return np.where(pc.is_null(array).to_numpy(zero_copy_only=False), 1.0, values), pc.cast(array, pa.string())
     if not _is_text(t):
         raise InputError(f"the quantity column has type {t}; {_KIND_WORDS[NUMBER]}")
     text, invalid, raw = _as_text(array)
     strings = pd.Series(text.to_pylist(), dtype="object").str.strip()
-    empty = (strings.isna() | (strings == "")).to_numpy() & ~invalid
+    empty = _missing_text(pc.utf8_trim_whitespace(text)) & ~invalid
     values = pd.to_numeric(strings.where(~empty), errors="coerce").to_numpy(dtype="float64")
     return np.where(empty, 1.0, values), raw
 
