@@ -198,6 +198,22 @@ def test_a_sweep_trial_restarted_by_resume_keeps_its_run_and_a_moved_sweep_finds
     assert "trial fghij_00001: its earlier run not looked up" in capsys.readouterr().out
     assert len(store.client.search_runs([store.experiment_id(reg.SWEEP_EXPERIMENT)])) == 2
 
+    # The store lost mid-sweep: Tune calls its callbacks unguarded, so a raising one ended every
+    # trial; now the trials' records are what is lost, said once a kind, and the sweep goes on.
+    def lost(*args, **kwargs):
+        raise reg.StoreUnavailable("tracking store: does not open")
+
+    monkeypatch.setattr(logger.mlflow_util, "log_metrics", lost)
+    monkeypatch.setattr(logger.mlflow_util, "end_run", lost)
+    for epoch in (1, 2):
+        logger.log_trial_result(1, other, {"epoch": epoch, "val_ndcg@10": 0.3})
+    logger.log_trial_end(other)
+    said = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[1] for line in said] == [
+        "an epoch's metrics not recorded, the sweep goes on (tracking store",
+        "a trial's end not recorded, the sweep goes on (tracking store",
+    ], said
+
 
 def test_current_with_nothing_registered_is_a_one_line_error(store, capsys, tmp_path):
     with pytest.raises(InputError, match="no model is current.*jobs.train"):

@@ -95,6 +95,18 @@ def head_node():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.faults
+def test_a_moved_sweep_exports_its_winner_from_where_it_is_now(tmp_path):
+    """Tune records each epoch's checkpoint by its absolute path then: a sweep moved and resumed
+    exported SWEEP/best from where it had been (gone: every --resume failed; or an old copy)."""
+    from tune.results import checkpoint_in
+
+    recorded = "/old/place/sweep/train/trial_00001/checkpoint_000002"
+    here = str(tmp_path / "moved" / "train")
+    assert checkpoint_in(here, recorded) == os.path.join(here, "trial_00001", "checkpoint_000002")
+    assert checkpoint_in(here, recorded + "/") == os.path.join(here, "trial_00001", "checkpoint_000002")
+
+
 def test_search_space_points_are_valid_models():
     from ray.tune.search.sample import Categorical
 

@@ -87,12 +87,20 @@ def export_best(table: pd.DataFrame, settings: SweepSettings) -> str:
     best = winner(table)
     metrics = {"sweep": {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()}}
     return export_model_dir(
-        Checkpoint(best[CHECKPOINT_PATH]),
+        Checkpoint(checkpoint_in(settings.train_dir, best[CHECKPOINT_PATH])),
         settings.best_dir,
         settings.data,
         metrics,
         version=f"sweep-{best['trial_id']}",
     )
+
+
+def checkpoint_in(train_dir: str, recorded: str) -> str:
+    """A trial's checkpoint (``TRIAL/checkpoint_N``, as Tune recorded it) under this sweep's
+    ``train_dir``: Tune keeps the absolute path of when it was reported, so a sweep moved and
+    resumed would export from where it was before (gone, or an old copy)."""
+    trial_folder, checkpoint = os.path.split(os.path.normpath(recorded))
+    return os.path.join(train_dir, os.path.basename(trial_folder), checkpoint)
 
 
 def plot_sweep(table: pd.DataFrame, path: str) -> str:

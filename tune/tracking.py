@@ -48,12 +48,34 @@ class TrialLogger(MLflowLoggerCallback):
                 earlier = None
             if earlier is not None:
                 self._trial_runs[trial] = earlier
-        super().log_trial_start(trial)
+        self._logged("a trial's run", super().log_trial_start, trial)
 
     def log_trial_result(self, iteration: int, trial, result: Dict) -> None:
         step = int(result.get("epoch") or result.get("training_iteration") or iteration)
         metrics = numeric(result, skip=TUNE_BOOKKEEPING)
-        self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=metrics, step=step)
+        if trial in self._trial_runs:  # not when its run could not be started
+            run = self._trial_runs[trial]
+            self._logged(
+                "an epoch's metrics", self.mlflow_util.log_metrics, run_id=run, metrics_to_log=metrics, step=step
+            )
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        if trial in self._trial_runs:
+            self._logged("a trial's end", super().log_trial_end, trial, failed)
+
+    def _logged(self, what: str, call, *args, **kwargs) -> None:
+        """``call`` to the tracking store, recording ``what``; a store lost during the sweep costs
+        the trials' MLflow records, said on the first failure of each kind, not the sweep (Tune
+        calls its callbacks without a guard: one raising here ended every trial)."""
+        try:
+            call(*args, **kwargs)
+        except Exception as e:  # MLflow's own errors vary with the store
+            said = self.__dict__.setdefault("_store_errors", set())
+            if what not in said:
+                said.add(what)
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                where = f"[registry] tracking store {self.tracking_uri}"
+                print(f"{where}: {what} not recorded, the sweep goes on ({first})", flush=True)
 
 
 def trial_logger(sweep: str) -> TrialLogger:
