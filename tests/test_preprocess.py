@@ -24,6 +24,7 @@ from ncf.data.preprocess import (
     TASK_SHUFFLE_ROWS,
     PreprocessConfig,
     _LineCounts,
+    _report_catalog_rows,
     _write_list_file,
     build_vocabularies,
     check_inputs,
@@ -212,6 +213,26 @@ def test_a_directory_input_skips_hidden_and_underscore_folders(tmp_path):
     assert [os.path.relpath(p, tmp_path) for p in globbed] == ["2024/more.csv", "logs.csv"]
     chosen = schema.resolve_files(str(tmp_path / "_temporary" / "*" / "*.csv")).paths  # named: the user's choice
     assert [os.path.relpath(p, tmp_path) for p in chosen] == ["_temporary/0/part-0.csv"]
+
+
+@pytest.mark.faults
+def test_catalog_rows_left_out_or_named_twice_are_said(capsys):
+    """A catalog with every past version of a product (a history table): the first row won and
+    only stats.json counted the rest; the console now says so, with products whose rows disagree."""
+    catalog = pd.DataFrame(
+        {
+            "product_id": ["1", "1", "2", "2", "3"],
+            "department": ["DAIRY", "FROZEN", "D", "D", "X"],
+            "category": ["MILK", "ICE", "C", "C", "Y"],
+        }
+    )
+    _report_catalog_rows(catalog, rows=6, products=3)
+    said = capsys.readouterr().out.splitlines()
+    assert said == [
+        "[preprocess] catalog: 1 of 6 rows have no usable product id (left out)",
+        "[preprocess] catalog: 2 rows name a product already named (the first row in the files wins); some "
+        "disagree on department or category, e.g. products ['1']",
+    ]
 
 
 # -- vocabularies --------------------------------------------------------------------------

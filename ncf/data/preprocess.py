@@ -335,11 +335,26 @@ def _read_catalog(files: Optional[schema.InputFiles]) -> tuple[Optional[pd.DataF
                 raise
             raise unreadable from e
     deduped = catalog.drop_duplicates(schema.PRODUCT_ID, keep="first")
+    _report_catalog_rows(catalog, rows, len(deduped))
     return deduped, {
         "catalog_rows": rows,
         "catalog_rows_without_product_id": rows - len(catalog),
         "catalog_duplicate_products": len(catalog) - len(deduped),
     }
+
+
+def _report_catalog_rows(catalog: pd.DataFrame, rows: int, products: int) -> None:
+    """Says what the catalog's reading left out: rows without a product id, and products named
+    twice (the first row in the files wins), with examples of those whose rows disagree."""
+    if rows > len(catalog):
+        _log(f"catalog: {rows - len(catalog):,} of {rows:,} rows have no usable product id (left out)")
+    if len(catalog) > products:
+        labels = catalog.groupby(schema.PRODUCT_ID)[[schema.DEPARTMENT, schema.CATEGORY]].nunique()
+        disagree = labels[(labels > 1).any(axis=1)].index[:3].tolist()
+        _log(
+            f"catalog: {len(catalog) - products:,} rows name a product already named (the first row in the "
+            "files wins)" + (f"; some disagree on department or category, e.g. products {disagree}" if disagree else "")
+        )
 
 
 def _count_lists(directory: str) -> Dict[str, int]:
