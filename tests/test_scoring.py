@@ -635,18 +635,11 @@ def test_a_past_moment_ranks_from_the_products_known_at_its_day_in_every_path(re
         Recommender(recommender.ranker, recommender.version).as_of(at - 86_400, replay.state.stats)
 
 
-@pytest.mark.faults
-def test_a_past_day_being_computed_does_not_hold_up_a_day_already_kept(recommender, monkeypatch):
-    """Old code computed a past day's products' stats (a pass over every purchase: minutes at a
-    billion) under the one lock that every past `at` takes, so a request for a day already kept
-    waited behind another day's pass (and Serve's timeout answered it)."""
-    rec = Recommender(recommender.ranker, recommender.version)
-    kept_day = day_of(rec.state.end) - 86_400
-    slow_day = kept_day - 86_400
-    kept = rec.as_of(kept_day + 3600)
-    entered, release = threading.Event(), threading.Event()
+def _slow_pass_of(slow_day: int, monkeypatch):
+    """Past days' passes, recorded; ``slow_day``'s sets ``entered`` and then waits for ``release``
+    (30 s at most): a pass that is still running when the test asks for other days."""
+    entered, release, passes = threading.Event(), threading.Event(), []
     original = RankingState.as_of
-    passes = []
 
     def slow_as_of(state, cutoff, stats=None):
         passes.append(cutoff)
@@ -656,6 +649,19 @@ def test_a_past_day_being_computed_does_not_hold_up_a_day_already_kept(recommend
         return original(state, cutoff, stats)
 
     monkeypatch.setattr(RankingState, "as_of", slow_as_of)
+    return entered, release, passes
+
+
+@pytest.mark.faults
+def test_a_past_day_being_computed_does_not_hold_up_a_day_already_kept(recommender, monkeypatch):
+    """Old code computed a past day's products' stats (a pass over every purchase: minutes at a
+    billion) under the one lock that every past `at` takes, so a request for a day already kept
+    waited behind another day's pass (and Serve's timeout answered it)."""
+    rec = Recommender(recommender.ranker, recommender.version)
+    kept_day = day_of(rec.state.end) - 86_400
+    slow_day = kept_day - 86_400
+    kept = rec.as_of(kept_day + 3600)
+    entered, release, passes = _slow_pass_of(slow_day, monkeypatch)
     answers = {}
 
     def ask(name, at):
@@ -691,16 +697,7 @@ def test_a_recommender_that_does_not_queue_passes_refuses_another_new_day_meanwh
     kept_day = day_of(rec.state.end) - 86_400
     slow_day, other_day = kept_day - 86_400, kept_day - 2 * 86_400
     kept = rec.as_of(kept_day + 3600)
-    entered, release = threading.Event(), threading.Event()
-    original = RankingState.as_of
-
-    def slow_as_of(state, cutoff, stats=None):
-        if cutoff == slow_day:
-            entered.set()
-            release.wait(30)
-        return original(state, cutoff, stats)
-
-    monkeypatch.setattr(RankingState, "as_of", slow_as_of)
+    entered, release, _ = _slow_pass_of(slow_day, monkeypatch)
     answers = {}
     slow = threading.Thread(target=lambda: answers.setdefault("slow", rec.as_of(slow_day + 3600)))
     slow.start()
