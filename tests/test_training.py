@@ -29,6 +29,22 @@ def epochs_metrics(result):
     return sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
 
 
+def test_the_refit_trains_for_the_epoch_whose_weights_were_exported():
+    """On a tie of validation NDCG@10 the exported checkpoint was the earliest epoch (the first
+    maximum of Ray's list, which keeps ties oldest first) but best_epoch the latest: the refit
+    and metrics.json named another epoch than the weights."""
+    from types import SimpleNamespace
+
+    from ncf.train.trainer import best_epoch
+
+    kept = [("epoch 1", {"val_ndcg@10": 0.40, "epoch": 1})]
+    kept += [("epoch 2", {"val_ndcg@10": 0.42, "epoch": 2}), ("epoch 3", {"val_ndcg@10": 0.42, "epoch": 3})]
+    result = SimpleNamespace(best_checkpoints=kept, metrics=kept[-1][1], checkpoint="epoch 3")
+    assert best_checkpoint(result)[0] == "epoch 2" and best_epoch(result) == 2
+    refit = SimpleNamespace(best_checkpoints=[("last", {"epoch": 2})], metrics={"epoch": 2}, checkpoint="last")
+    assert best_epoch(refit) == 2
+
+
 def test_two_workers_with_sharded_tables_reduce_the_loss(small_data, tmp_path):
     data, stats = small_data
     config = TrainConfig(
@@ -173,7 +189,7 @@ def test_a_crashed_worker_resumes_to_the_weights_of_an_uninterrupted_run(small_d
 
 
 @pytest.mark.faults
-def test_a_run_name_reused_for_another_model_configuration_is_refused_before_training(small_data, tmp_path):
+def test_a_run_name_reused_for_another_model_configuration_is_refused_before_training(small_data, tmp_path, capsys):
     data, _ = small_data
     settings = dict(data=data, epochs=1, batch_size=8, val_users=10, max_steps_per_epoch=2, patience=5)
     first = fit(TrainConfig(model=SMALL_MODEL, **settings), storage_path=str(tmp_path), name="reused", max_failures=0)
@@ -190,6 +206,11 @@ def test_a_run_name_reused_for_another_model_configuration_is_refused_before_tra
     again = fit(TrainConfig(model=SMALL_MODEL, **{**settings, "epochs": 2}), storage_path=str(tmp_path), name="reused")
     assert again.error is None, again.error
     assert [m["epoch"] for m in epochs_metrics(again)][-1] == 2
+    assert f"[train] resuming run reused after epoch 1 ({tmp_path / 'reused'})" in capsys.readouterr().out
+    # Other training settings (here the learning rate) would make one model of two trainings.
+    slower = TrainConfig(model=SMALL_MODEL, **{**settings, "epochs": 3, "learning_rate": 1e-3})
+    with pytest.raises(InputError, match=r"trained with other settings \(learning_rate: 0.002 there, 0.001 here\)"):
+        fit(slower, storage_path=str(tmp_path), name="reused")
     # DATA preprocessed again since (its vocabularies renumbered): refused the same way, not three
     # workers failing one after the other.
     from ncf.jsonio import read_json, write_json

@@ -60,6 +60,48 @@ def check_same_model(run_folder: str, saved: Optional[Dict], current: Dict) -> N
     )
 
 
+# What a run's checkpoints were trained under besides the model: resuming with other values would
+# make one model of two trainings under one version. Not here: ``epochs`` (a run may be given more),
+# ``patience`` (when to stop), ``torch_threads`` (speed) and ``data`` (a path; its vocabularies and
+# features version are checked by their digests).
+RESUMED_SETTINGS = (
+    "run",
+    "batch_size",
+    "learning_rate",
+    "val_users",
+    "unknown_share",
+    "shuffle_buffer",
+    "max_steps_per_epoch",
+    "seed",
+    "cutoffs",
+)
+
+
+def training_settings(config: Dict) -> Dict:
+    """The :data:`RESUMED_SETTINGS` of a :class:`ncf.train.config.TrainConfig` as a dict, as a
+    checkpoint's JSON holds them."""
+    return json.loads(json.dumps({k: config[k] for k in RESUMED_SETTINGS}))
+
+
+def check_same_training(run_folder: str, saved: Optional[Dict], current: Dict) -> None:
+    """Raises InputError when a checkpoint of ``run_folder`` was trained with other
+    :data:`RESUMED_SETTINGS` than ``current`` (:func:`training_settings`); None: a checkpoint
+    written before they were recorded."""
+    if saved is None or saved == current:
+        return
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    difference = ", ".join(f"{k}: {_shown(saved.get(k))} there, {_shown(current.get(k))} here" for k in keys[:3])
+    raise InputError(
+        f"the checkpoint in {run_folder} was trained with other settings ({difference}); resume it with "
+        "the same ones, or give this training a new --name"
+    )
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def check_same_vocabularies(run_folder: str, saved: Optional[str], current: str) -> None:
     """Raises InputError when a checkpoint of ``run_folder`` was trained on other vocabularies
     (:func:`ncf.model.integrity.vocab_digest`) than DATA holds now: preprocessed again since, its

@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Optional
 
 import numpy as np
@@ -234,6 +234,7 @@ def _restore(w: Worker, checkpoint) -> Dict:
         ckpt.check_same_model(run_folder, state.get("model_config"), w.model_config.to_dict())
         ckpt.check_same_vocabularies(run_folder, state.get("vocab_sha256"), w.vocab_sha256)
         ckpt.check_same_features(run_folder, state.get("features_version"))
+        ckpt.check_same_training(run_folder, state.get("training"), ckpt.training_settings(asdict(w.cfg)))
         load_full_state_dict(w.model, weights)
         optimizer_state = ckpt.read_optimizer_state(d)
     if optimizer_state is not None:
@@ -277,6 +278,7 @@ def train_loop_per_worker(config: Dict) -> None:
             rows_trained_before=w.rows_trained_before,
             vocab_sha256=w.vocab_sha256,
             features_version=FEATURES_VERSION,
+            training=ckpt.training_settings(asdict(w.cfg)),
         )
         log(
             f"epoch {epoch}: "

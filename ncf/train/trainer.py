@@ -29,10 +29,13 @@ from ncf.model.integrity import vocab_digest
 from ncf.splits import REFIT, VALIDATED
 from ncf.train.checkpoint import (
     VAL_METRIC,
+    best_checkpoint,
     check_same_features,
     check_same_model,
+    check_same_training,
     check_same_vocabularies,
     latest_train_state,
+    training_settings,
 )
 from ncf.train.config import TrainConfig
 from ncf.train.loop import StepHook, train_loop_per_worker
@@ -99,9 +102,22 @@ def refit_config(validated: TrainConfig, epochs: int) -> TrainConfig:
 
 
 def best_epoch(result) -> int:
-    """The epoch whose checkpoint a validated run keeps (its best validation NDCG@10)."""
-    epochs = [(m[VAL_METRIC], m["epoch"]) for _, m in (result.best_checkpoints or []) if VAL_METRIC in m]
-    return max(epochs)[1] if epochs else int((result.metrics or {}).get("epoch", 1))
+    """The epoch of the checkpoint a validated run keeps (:func:`best_checkpoint`: its best
+    validation NDCG@10, the earliest of equal ones), which the refit trains for."""
+    if any(VAL_METRIC in m for _, m in (result.best_checkpoints or [])):
+        return int(best_checkpoint(result)[1]["epoch"])
+    return int((result.metrics or {}).get("epoch", 1))
+
+
+# Rank 0 validates alone while the other ranks wait in a broadcast for its verdict: a sample is
+# seconds, every household (val_users 0) hours at 10M, beyond torch's default 30 minutes.
+COLLECTIVE_TIMEOUT_S = 1800
+WHOLE_VALIDATION_TIMEOUT_S = 12 * 3600
+
+
+def collective_timeout_s(config: TrainConfig) -> int:
+    """How long a worker waits in a collective (Ray Train's ``TorchConfig.timeout_s``)."""
+    return WHOLE_VALIDATION_TIMEOUT_S if config.val_users == 0 else COLLECTIVE_TIMEOUT_S
 
 
 def data_cpus(nodes: int) -> float:
@@ -156,7 +172,7 @@ def fit(
             configuration (Ray Train would resume from them).
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     if config.run not in (VALIDATED, REFIT):
         raise ValueError(f"run must be {VALIDATED} or {REFIT}, not {config.run!r}")
@@ -172,11 +188,16 @@ def fit(
         check_same_model(run_folder, saved.get("model_config"), config.model_config(sizes).to_dict())
         check_same_vocabularies(run_folder, saved.get("vocab_sha256"), vocab_digest(config.data))
         check_same_features(run_folder, saved.get("features_version"))
+        check_same_training(run_folder, saved.get("training"), training_settings(asdict(config)))
+        print(f"[train] resuming run {name} after epoch {saved.get('epoch')} ({run_folder})", flush=True)
+    elif run_folder:
+        print(f"[train] starting run {name} (checkpoints in {run_folder})", flush=True)
     train = training_lists([layout.examples_dir(config.data, c) for c in sorted(config.cutoffs)], config.seed)
     keep = 1 if config.run == REFIT else 3
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**asdict(config), "step_hook": step_hook},
+        torch_config=TorchConfig(timeout_s=collective_timeout_s(config)),
         scaling_config=ScalingConfig(
             num_workers=num_workers,
             use_gpu=use_gpu,
