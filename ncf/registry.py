@@ -45,6 +45,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from ncf.data import layout
@@ -193,6 +194,8 @@ def _check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
     parts = urllib.parse.urlsplit(uri)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return
+    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname):
+        return  # reached through a proxy, as MLflow's requests reach it: not this machine's to probe
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         socket.create_connection((parts.hostname, port), timeout=timeout_s).close()

@@ -82,7 +82,7 @@ from serve.api import (
     create_app,
     describe_errors,
 )
-from serve.service import ModelService, ServeSettings
+from serve.service import ModelService, PassNeeded, ServeSettings
 
 DEPLOYMENT_NAME = "Recommender"
 MAX_BATCH_SIZE = 16
@@ -184,12 +184,11 @@ class RecommenderDeployment:
     async def recommend(self, request: RecommendRequest) -> Dict:
         """Top-``k`` products for one user at ``at`` (unknown users: cold start, flagged)."""
         service = self._ready()
-        if service.needs_pass(request):
-            # A past day not kept: its pass (seconds here, minutes at a billion purchases) would
-            # hold the batch, and every request batched with it, for its whole length.
-            answer = (await asyncio.to_thread(service.recommend_many, [request]))[0]
-        else:
-            answer = await self._recommend_batched(request)
+        # A past day not kept is ranked on its own: its pass (seconds here, minutes at a billion
+        # purchases) would hold the batch, and every request batched with it, for its length.
+        answer = None if service.needs_pass(request) else await self._recommend_batched(request)
+        if answer is None or isinstance(answer, PassNeeded):  # not kept, or no longer by the batch's turn
+            answer = (await asyncio.to_thread(self._ready().recommend_many, [request]))[0]
         if isinstance(answer, Exception):  # this request's own refusal; its batch was answered
             raise answer
         return answer
@@ -199,7 +198,7 @@ class RecommenderDeployment:
         # In a thread, as FastAPI runs the plain routes: ranking a past `at` first computes that
         # day's product stats (a pass over every purchase), which on the event loop would stall
         # /healthz and every other route of the replica meanwhile.
-        return await asyncio.to_thread(self._ready().recommend_many, requests)
+        return await asyncio.to_thread(self._ready().recommend_many, requests, False)
 
     @app.post("/recommend/batch", response_model=BatchRecommendResponse, response_model_exclude_none=True)
     def recommend_batch(self, request: BatchRecommendRequest) -> Dict:

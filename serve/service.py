@@ -22,7 +22,7 @@ from ncf.errors import InputError
 from ncf.model.integrity import data_fingerprint, model_fingerprint, verify_data_state, verify_model_dir
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
-from ncf.rank.recommender import BeforeTheData, RankedItems, Recommender
+from ncf.rank.recommender import RankedItems, Recommender
 from serve.api import BatchRecommendRequest, RecommendRequest, ScoreRequest, UnknownProducts
 
 DEFAULT_AT_CHOICES = (NOW, DATA_END)
@@ -143,6 +143,15 @@ def same_content_on_disk(settings: ServeSettings) -> bool:
     return settings.data is None or settings.data_fingerprint == data_fingerprint(settings.data)
 
 
+class PassNeeded(Exception):
+    """A batched request whose day's products' stats are not kept (any more): not ranked in the
+    batch, whose every request would wait for the pass; the route ranks it on its own."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(f"at {at}: its day's products' stats are not kept")
+        self.at = at
+
+
 class ModelService:
     """Answers the HTTP contract's requests with one loaded model (immutable once built).
 
@@ -227,20 +236,28 @@ class ModelService:
         it on its own, so that the requests batched with it do not wait for the pass."""
         return self.recommender.needs_pass(self.moment(request.at))
 
-    def recommend_many(self, requests: List[RecommendRequest]) -> List[Union[Dict, Exception]]:
+    def recommend_many(
+        self, requests: List[RecommendRequest], start_passes: bool = True
+    ) -> List[Union[Dict, Exception]]:
         """One answer per request, all from this model (what a ``@serve.batch`` call runs):
         requests with the same ``k``, ``exclude_purchased`` and ``explain`` are ranked in one
         model call. A request whose ``at`` cannot be ranked gets its :class:`BeforeTheData` as
-        its answer (to raise for it alone), and a group whose ranking fails gets its exception:
-        the others of the batch are answered."""
+        its answer (to raise for it alone), one whose day's products' stats do not come gets
+        that error (:class:`PassBusy`...), and a group whose ranking fails gets its exception:
+        the others of the batch are answered. ``start_passes`` False (the batch): a request
+        whose day is not kept gets :class:`PassNeeded`, for the route to rank it on its own."""
         answers: List[Union[None, Dict, Exception]] = [None] * len(requests)
         moments: Dict[int, int] = {}
         groups: Dict[tuple, List[int]] = {}
         for i, r in enumerate(requests):
             moments[i] = self.moment(r.at)
+            if not start_passes and self.recommender.needs_pass(moments[i]):
+                answers[i] = PassNeeded(moments[i])  # kept when routed, forgotten or reloaded since
+                continue
             try:  # here, not in rank() below, so that it refuses this request alone
                 self.recommender.check_rankable(moments[i])
-            except BeforeTheData as refused:
+                self.recommender.as_of(moments[i])  # its day's stats, each day's failure its own
+            except Exception as refused:  # noqa: BLE001 (BeforeTheData, PassBusy: raised by the route)
                 answers[i] = refused
                 continue
             groups.setdefault((r.k, r.exclude_purchased, r.explain), []).append(i)

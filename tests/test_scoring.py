@@ -690,9 +690,9 @@ def test_a_past_day_being_computed_does_not_hold_up_a_day_already_kept(recommend
 @pytest.mark.faults
 def test_a_recommender_that_does_not_queue_passes_refuses_another_new_day_meanwhile(recommender, monkeypatch):
     """Serve's replica queued every new past day behind the pass running, each request holding a
-    worker thread for both passes' length (minutes at a billion purchases). With
-    ``queue_passes=False`` another new day is refused at once (Serve: 503, Retry-After); a kept
-    day, and the day being computed, are answered."""
+    worker thread for the pass's length (minutes at a billion purchases; the replica has 5). With
+    ``queue_passes=False`` a request that would wait for a pass, for another day or for the day
+    being computed, is refused at once (Serve: 503, Retry-After); a kept day is answered."""
     rec = Recommender(recommender.ranker, recommender.version, queue_passes=False)
     kept_day = day_of(rec.state.end) - 86_400
     slow_day, other_day = kept_day - 86_400, kept_day - 2 * 86_400
@@ -704,8 +704,10 @@ def test_a_recommender_that_does_not_queue_passes_refuses_another_new_day_meanwh
     try:
         assert entered.wait(30)
         assert rec.needs_pass(other_day + 60) and not rec.needs_pass(kept_day + 60)
-        with pytest.raises(PassBusy, match="another past day are being computed"):
+        with pytest.raises(PassBusy, match="another past day's products' stats are being computed"):
             rec.as_of(other_day + 60)
+        with pytest.raises(PassBusy, match="that day's products' stats are being computed"):
+            rec.as_of(slow_day + 7200)
         assert rec.as_of(kept_day + 7200) is kept
         assert rec.needs_pass(other_day + 60)  # the refused day left nothing behind
     finally:

@@ -21,7 +21,7 @@ from ncf.rank.recommender import BeforeTheData, PassBusy
 from serve.api import MAX_BATCH_USERS, MAX_BODY_BYTES, MAX_EXPLAINED_ITEMS, MAX_K, MAX_PRODUCT_IDS
 from serve.app import build_app
 from serve.launch import start, wait_until_healthy
-from serve.service import ModelService, ServeSettings
+from serve.service import ModelService, PassNeeded, ServeSettings
 
 TIMEOUT = 30  # seconds per HTTP call
 UNKNOWN_USER = "no-such-user"
@@ -561,13 +561,17 @@ def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_d
     ]
     with pytest.raises(BeforeTheData):
         service.recommend(too_early)
-    # A group whose ranking fails (a new past day while another day's pass holds the replica's
-    # pass lock: PassBusy, 503) gets its exception; the rest of its batch is answered.
-    new_day = RecommendRequest(user_id=users[1], k=4, at=earlier - timedelta(days=2))
+    # A new past day in the same group as a present one (same k): while another day's pass holds
+    # the replica's pass lock it gets PassBusy (503) alone, its group-mate its answer; the batch
+    # (start_passes False) leaves it to the route (PassNeeded) rather than run a pass for it.
+    new_day = RecommendRequest(user_id=users[1], k=5, at=earlier - timedelta(days=2))
     assert service.needs_pass(new_day) and not service.needs_pass(batch[0]) and not service.needs_pass(batch[3])
     with service.recommender._pass_lock:  # another day's pass, running
         mixed = service.recommend_many([batch[0], new_day])
     assert isinstance(mixed[1], PassBusy) and rounded(mixed[0]) == rounded(together[0])
+    batched = service.recommend_many([batch[0], new_day], start_passes=False)
+    assert isinstance(batched[1], PassNeeded) and rounded(batched[0]) == rounded(together[0])
+    assert service.needs_pass(new_day)  # the batch ran no pass
     assert service.recommend(new_day)["items"] and not service.needs_pass(new_day)  # the pass over
 
 

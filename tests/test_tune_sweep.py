@@ -402,3 +402,13 @@ def test_a_sweep_interrupted_on_a_laptop_resumes_with_ray_job_submit_losing_and_
     (version,) = [v for v in store.versions() if v.get("sweep") == str(sweep)]
     assert version["trial_id"] == best["trial_id"] and version["model_dir"] == str(sweep / "best")
     assert version["run_id"] == trained[best["trial_id"]][0].info.run_id
+
+    # Moved, the sweep exports its winner from its own checkpoints: the table holds the paths Tune
+    # recorded before the move, which exist no more.
+    from tune.results import CHECKPOINT_PATH, export_best
+
+    moved = tmp_path / "moved"
+    os.rename(sweep, moved)
+    assert not os.path.exists(table.loc[0, CHECKPOINT_PATH])
+    exported = export_best(table, SweepSettings(data=data, output=str(moved)))
+    assert read_config(exported)["version"] == f"sweep-{best['trial_id']}" and exported.startswith(str(moved))

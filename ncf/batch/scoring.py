@@ -419,16 +419,22 @@ def _actor_resources(gpu: str, actors: int, cpus_per_actor: float) -> tuple[int,
 
 
 def _check_an_actor_fits(cpus_per_actor: float) -> None:
-    """Refuses (one line) actors no node can hold: Ray Data would wait for one for its 30 minutes
-    without progress, the date's lock held, then fail with a traceback."""
+    """Refuses (one line) actors no node of a local cluster can hold: Ray Data would wait for one
+    for its 30 minutes without progress, the date's lock held, then fail with a traceback. A
+    cluster the job joined (``RAY_ADDRESS``) may have an autoscaler that adds such a node
+    (``cluster.yaml``'s workers start at none): there it is said, not refused."""
     import ray
 
     cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
-    if cpus and max(cpus) < cpus_per_actor:
-        raise InputError(
-            f"--cpus-per-actor {cpus_per_actor:g}: no node of the cluster has that many CPUs (the largest has "
-            f"{max(cpus):g}); ask for {max(cpus):g} or fewer"
-        )
+    if not cpus or max(cpus) >= cpus_per_actor:
+        return
+    largest = max(cpus)
+    short = (
+        f"--cpus-per-actor {cpus_per_actor:g}: no node of the cluster has that many CPUs (the largest has {largest:g})"
+    )
+    if not os.environ.get("RAY_ADDRESS"):
+        raise InputError(f"{short}; ask for {largest:g} or fewer")
+    _log(f"{short} now: the actors wait for the autoscaler to add one (Ray Data gives up after 30 minutes)")
 
 
 def can_compile() -> bool:

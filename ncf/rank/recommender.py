@@ -56,9 +56,9 @@ class BeforeTheData(ValueError):
 
 
 class PassBusy(RuntimeError):
-    """A past day not computed yet, asked of a recommender that does not queue passes while
-    another day's pass runs (Serve's: 503 with Retry-After, rather than a worker thread held for
-    the other pass's length and then this one's)."""
+    """A past day not computed yet, asked of a recommender that does not queue passes while a
+    pass runs, for that day or another (Serve's: 503 with Retry-After, rather than a worker
+    thread held for the pass's length)."""
 
 
 class _PastDay:
@@ -75,8 +75,8 @@ class Recommender:
     Args:
         ranker: the ranking path over a model and a state.
         version: the model version reported with every answer.
-        queue_passes: a past day not computed yet, asked for while another day's pass runs,
-            waits for it (True) or raises :class:`PassBusy` (False).
+        queue_passes: a past day not computed yet, asked for while a pass runs (for that day
+            or another), waits for it (True) or raises :class:`PassBusy` (False).
     """
 
     def __init__(self, ranker: Ranker, version: str = "dev", queue_passes: bool = True) -> None:
@@ -137,14 +137,17 @@ class Recommender:
         # A day's stats are a pass over every purchase (minutes at a billion): under the shared
         # lock, a request for a day already kept waited behind another day's pass. Passes still
         # run one at a time (each holds memory in proportion to the purchases).
-        with past.lock:
+        if past.recommender is not None:  # kept (set once, never unset): no lock to wait on
+            return past.recommender
+        if not past.lock.acquire(blocking=self.queue_passes):
+            if past.recommender is not None:  # computed meanwhile
+                return past.recommender
+            raise self._busy(at, "that day's")
+        try:
             if past.recommender is None:
                 try:
                     if not self._pass_lock.acquire(blocking=self.queue_passes):
-                        raise PassBusy(
-                            f"at {as_datetime(at).isoformat()}: the products' stats of another past day are being "
-                            "computed (a pass over every purchase); ask again shortly, or for a day already asked for"
-                        )
+                        raise self._busy(at, "another past day's")
                     try:
                         r = self.ranker
                         ranker = Ranker(r.model, self.state.as_of(day, stats), r.rows, r.settings, r.mf_index)
@@ -160,6 +163,17 @@ class Recommender:
                             self._days[day] = past
                         self._forget_oldest_days()
             return past.recommender
+        finally:
+            past.lock.release()
+
+    @staticmethod
+    def _busy(at: int, whose: str) -> PassBusy:
+        """What a recommender that does not queue passes answers while one runs: each waiting
+        request would hold a worker thread for the pass's length."""
+        return PassBusy(
+            f"at {as_datetime(at).isoformat()}: {whose} products' stats are being computed (a pass over every "
+            "purchase); ask again shortly, or for a day already asked for"
+        )
 
     def needs_pass(self, at: int) -> bool:
         """Whether ranking ``at`` first computes its day's products' stats (a moment inside the
