@@ -23,6 +23,7 @@ from ncf.batch.scoring import (
     BatchScoreConfig,
     InputsChanged,
     check_config,
+    input_fingerprints,
     resolve_score_in,
     resolved,
     run_batch_scoring,
@@ -141,6 +142,7 @@ def main(argv=None) -> dict:
             explain=args.explain,
         )
         config = resolved(config)  # DATA as the run will read it (a link repointed later is not followed)
+        verified = input_fingerprints(config.model, config.data)  # of what check_config verifies
         check_config(config)  # before Ray starts
         # Decided once: a run in the driver needs no cluster (a local one takes seconds to start).
         in_driver = resolve_score_in(config)
@@ -148,7 +150,7 @@ def main(argv=None) -> dict:
         if not in_driver:
             init_ray()
         try:
-            summary = run_batch_scoring(config, verify_inputs=False)  # check_config verified them
+            summary = run_batch_scoring(config, verified_inputs=verified)
         except VerificationFailed as failed:
             print(json.dumps({"verify": failed.report}), flush=True)
             print(f"error: {failed}", file=sys.stderr, flush=True)

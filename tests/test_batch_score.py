@@ -17,6 +17,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import SMALL_MODEL
 
 from jobs import batch_score
 from ncf.batch import partitions, verify
@@ -337,6 +338,24 @@ def test_an_actor_whose_model_or_data_changed_under_the_same_version_is_refused(
         bs.ScoreBatch(**args, inputs=("v1:another manifest", data_now))
     with pytest.raises(bs.InputsChanged, match="DATA's stats.json is not the one the run started with"):
         bs.ScoreBatch(**args, inputs=(model_now, "another stats.json"))
+
+
+@pytest.mark.faults
+def test_a_model_saved_again_after_the_jobs_verification_is_refused(small_data, tmp_path):
+    """The job verifies MODEL before Ray starts, and the run took its fingerprints afterwards: a
+    model saved again at the path in between was the one the actors compared against, never
+    verified. The fingerprints are now taken before the verification and compared after it."""
+    from ncf.model.directory import save_untrained_model_dir
+
+    data, _ = small_data
+    model = save_untrained_model_dir(str(tmp_path / "model"), data, version="v1", **SMALL_MODEL)
+    config = bs.resolved(bs.BatchScoreConfig(model=model, data=data, output=str(tmp_path / "out"), k=K))
+    verified = bs.input_fingerprints(config.model, config.data)
+    bs.check_config(config)
+    save_untrained_model_dir(model, data, version="v1", seed=1, **SMALL_MODEL)  # the same version, new weights
+    with pytest.raises(bs.InputsChanged, match="MODEL's manifest changed after it was verified"):
+        bs.run_batch_scoring(config, log=lambda message: None, verified_inputs=verified)
+    assert not os.path.exists(tmp_path / "out")  # nothing staged, nothing committed
 
 
 @pytest.mark.faults

@@ -576,12 +576,17 @@ def resolved(config: BatchScoreConfig) -> BatchScoreConfig:
     return dataclasses.replace(config, model=os.path.realpath(config.model), data=os.path.realpath(config.data))
 
 
-def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _log, verify_inputs: bool = True) -> Dict:
+def run_batch_scoring(
+    config: BatchScoreConfig,
+    log: Callable[[str], None] = _log,
+    verified_inputs: Optional[Tuple[str, str]] = None,
+) -> Dict:
     """Scores every user of ``config.data`` and commits ``OUT/run_date=D``; returns the summary
     (the ``_SUCCESS`` content, with the verification report under ``verify`` when
     ``config.verify``). Needs Ray initialised (``jobs.cli.init_ray``) unless it scores in the
-    driver (:func:`resolve_score_in`). ``verify_inputs``: see
-    :func:`check_config` (the job verified them before starting Ray).
+    driver (:func:`resolve_score_in`). ``verified_inputs``: MODEL's and DATA's
+    :func:`input_fingerprints` taken before the caller's :func:`check_config` verified them (the
+    job does so before starting Ray); None verifies them here.
 
     Raises:
         ncf.staging.Busy: another run of the same date is in progress (nothing is touched).
@@ -589,8 +594,14 @@ def run_batch_scoring(config: BatchScoreConfig, log: Callable[[str], None] = _lo
     """
     started = time.time()
     config = resolved(config)
-    model_config, at = check_config(config, now=started, verify_inputs=verify_inputs)
+    # Taken before the verification, so that the run's fingerprints are of what was verified.
+    verified = verified_inputs or input_fingerprints(config.model, config.data)
+    model_config, at = check_config(config, now=started, verify_inputs=verified_inputs is None)
     inputs = input_fingerprints(config.model, config.data)
+    if inputs[0] != verified[0]:
+        raise InputsChanged(f"MODEL's manifest changed after it was verified: {_replaced('MODEL')}")
+    if inputs[1] != verified[1]:
+        raise InputsChanged(f"DATA's stats.json changed after it was verified: {_replaced('DATA')}")
     if not inputs[0].startswith(f"{model_config['version']}:"):
         raise InputsChanged(f"MODEL is no longer version {model_config['version']!r}: {_replaced('MODEL')}")
     model, output = config.model, os.path.abspath(config.output)
