@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from jobs.cli import check_data, check_model, job_parser, one_line_errors, positive_int
 from ncf.errors import InputError
-from ncf.evaluate.evaluation import BASELINE_ORDER, evaluate_all, model_on_period
+from ncf.evaluate.evaluation import BASELINE_ORDER, MODEL, evaluate_all, model_on_period
 from ncf.evaluate.report import write_report
 from ncf.model.directory import ModelDir
 from ncf.model.integrity import verify_data_state
@@ -25,12 +26,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = job_parser("evaluate", "Held-out evaluation of a model directory against the baselines.")
     p.add_argument("--model", default=None, help="model directory (jobs.train or SWEEP/best), or current (jobs.models)")
     p.add_argument("--data", required=True, help="output of jobs.preprocess")
-    p.add_argument("--split", choices=(VAL, TEST), default=TEST, help="the held-out period")
+    p.add_argument(
+        "--split",
+        choices=(VAL, TEST),
+        default=TEST,
+        help="the period evaluated: test is held out; val is where the baselines are tuned and the "
+        "validated model's epoch chosen, so its figures are not held out",
+    )
     p.add_argument(
         "--max-users",
         type=positive_int,
         default=None,
-        help="evaluate a seeded sample of this many households (default: every household of the period)",
+        help="evaluate a seeded sample of this many households, and tune the baselines on a sample as large "
+        "(default: every household of the period)",
     )
     p.add_argument("--no-baselines", action="store_true", help="the model alone")
     p.add_argument("--baselines-only", action="store_true", help="no model: the baselines alone, from DATA")
@@ -62,7 +70,13 @@ def main(argv=None) -> list:
         verify_data_state(args.data)
         args.model = None if args.baselines_only else check_model(args.model)
         handle = None if args.baselines_only else ModelDir(args.model)
-        version = {"model_version": handle.version} if handle else {}
+        if args.split == VAL:
+            print(
+                "[evaluate] --split val: the baselines are tuned and the validated model's epoch chosen on "
+                "these weeks, so none of these figures is held out",
+                file=sys.stderr,
+                flush=True,
+            )
         on_period = (
             None if args.baselines_only else model_on_period(args.model, args.data, args.split, args.exclude_purchased)
         )
@@ -75,7 +89,7 @@ def main(argv=None) -> list:
             retune=args.retune,
             on_period=on_period,
             exclude_purchased=args.exclude_purchased,
-            on_row=lambda row: print(json.dumps({**row, **version}), flush=True),  # as each is computed
+            on_row=lambda row: print(json.dumps(labelled(row, handle)), flush=True),  # as each is computed
         )
         if args.report:
             ranker, period = on_period
@@ -94,7 +108,17 @@ def main(argv=None) -> list:
         return rows
 
 
+def labelled(row: dict, handle: ModelDir | None) -> dict:
+    """A printed row with the model's version: the model's own row names it as ``model_version``,
+    a baseline's (its paired differences are to that model) as ``compared_with_version``."""
+    if handle is None:
+        return row
+    return {**row, ("model_version" if row["model"] == MODEL else "compared_with_version"): handle.version}
+
+
 def check_args(args: argparse.Namespace) -> None:
+    if args.no_baselines and (args.retune or args.no_als):
+        raise InputError("--retune and --no-als are about the baselines: not with --no-baselines")
     if args.baselines_only:
         if args.model or args.report or args.no_baselines:
             raise InputError("--baselines-only takes no --model, --report or --no-baselines")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import ncf.evaluate.baselines as baselines_module
 from ncf.data.catalog import catalog_before, households_before, popularity_before
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies, Vocabulary
+from ncf.errors import InputError
 from ncf.evaluate import tuning
 from ncf.evaluate.baselines import (
     BASELINES,
@@ -22,6 +24,7 @@ from ncf.evaluate.baselines import (
     rank_with_ties,
     tifu_vectors,
 )
+from ncf.evaluate.evaluation import point_in_time_period
 from ncf.evaluate.metrics import ranking_metrics
 from ncf.evaluate.protocol import Period, evaluate, evaluate_households, full_ranking, load_period
 
@@ -351,6 +354,20 @@ def test_excluding_purchased_products_leaves_them_out_of_the_relevant_sets_too()
     assert "period_users_only_rebought" not in evaluate(
         "all", lambda u, at, d: np.array([3]), None, everything, np.array([1])
     )
+
+
+@pytest.mark.faults
+def test_a_period_with_no_household_to_evaluate_is_one_clear_error():
+    """Every household of the test period only bought again what it had bought before: with
+    --exclude-purchased nothing is left to rank, and the metrics came back empty (the tuning's
+    KeyError, a report without figures)."""
+    states = states_of({1: [(1, 0), (1, 11)], 2: [(2, 1), (2, 12)]})
+    state = SimpleNamespace(states=states, vocabs=vocabularies(2, 2, first_ts=[0, DAY]))
+    bounds = {"val_start": 5 * DAY, "test_start": 10 * DAY, "end": 20 * DAY}
+    _, period = point_in_time_period(state, "test", bounds)
+    assert sorted(period.users.tolist()) == [1, 2]
+    with pytest.raises(InputError, match=r"no household of the test period .*\(2 only bought again"):
+        point_in_time_period(state, "test", bounds, exclude_purchased=True)
 
 
 def test_a_baseline_is_paired_with_the_model_household_by_household():

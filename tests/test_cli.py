@@ -172,6 +172,8 @@ def _cases(p: dict, out: str) -> list:
             ["--model", p["other"], "--data", p["other"], "--ablations", p["logs.csv"]],
             ["goes with --report"],
         ),
+        # Found by the evaluation review of 2026-12-04: accepted, and did nothing.
+        ("evaluate", ["--model", p["other"], "--data", p["other"], "--no-baselines", "--retune"], ["not with"]),
         (
             "evaluate",
             ["--model", p["other"], "--data", p["other"], "--report", out, "--ablations", p["logs.csv"]],

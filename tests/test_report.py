@@ -223,7 +223,9 @@ def test_the_evaluate_job_prints_the_model_then_the_baselines_it_was_asked_for(s
     assert {"popularity", "own_frequency", "decayed_frequency", "tifu_knn"} <= set(names), names
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r["model"] for r in printed] == names
-    assert {r["model_version"] for r in printed} == {"v1"}
+    # The baselines' rows name the model their paired differences are to, not a version of their own.
+    assert printed[0]["model_version"] == "v1" and all("model_version" not in r for r in printed[1:])
+    assert {r["compared_with_version"] for r in printed[1:]} == {"v1"}
     assert all(0.0 <= r["recall@10"] <= 1.0 for r in printed), printed
 
     alone = evaluate.main([*common, "--no-baselines"])

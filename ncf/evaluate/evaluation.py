@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional, Sequence
@@ -55,6 +56,11 @@ MODEL = "advanced_ncf"
 BASELINE_ORDER = ("popularity", "own_frequency", "decayed_frequency", "tifu_knn", "als", "boosted_ranker")
 
 
+def _log(message: str) -> None:
+    # stderr: jobs.evaluate's stdout is one JSON line per model.
+    print(f"[evaluate] {message}", file=sys.stderr, flush=True)
+
+
 def point_in_time_period(
     state: RankingState,
     split: str,
@@ -67,7 +73,18 @@ def point_in_time_period(
     ``exclude_purchased``: see :func:`load_period`)."""
     context = PointInTime.build(state.states, state.vocabs, period_start(split, boundaries), data)
     households = context.households()
-    return context, load_period(state.states, split, boundaries, context.catalog, households, exclude_purchased)
+    period = load_period(state.states, split, boundaries, context.catalog, households, exclude_purchased)
+    if not len(period.users):
+        raise InputError(
+            f"no household of the {split} period can be evaluated: none bought there a product of the "
+            "catalog known at its start, having bought anything before it"
+            + (
+                f" ({period.only_rebought} only bought again what they had bought before: --exclude-purchased)"
+                if period.only_rebought
+                else ""
+            )
+        )
+    return context, period
 
 
 def model_on_period(model_dir: str, data: str, split: str, exclude_purchased: bool = False) -> tuple[Ranker, Period]:
@@ -116,20 +133,25 @@ def tuned_baselines(
     names: Sequence[str] = BASELINE_ORDER,
     retune: bool = False,
     exclude_purchased: bool = False,
+    max_users: Optional[int] = None,
 ) -> List[tuple[Baseline, Dict, Optional[Tuned]]]:
     """Each baseline of ``names`` that ``data`` can build (the boosted ranker needs its training
     lists) with the parameters to build it with: for a tunable one, those tuned on ``data``'s
-    validation period (from ``state``, the state of ``data``, as known at the period's start) and
-    the tuning's record; for the others, their defaults and None."""
+    validation period (from ``state``, the state of ``data``, as known at the period's start;
+    ``max_users``: on a seeded sample of its households) and the tuning's record; for the
+    others, their defaults and None."""
     stats = layout.DataStats(data)
+    if "boosted_ranker" in names and not stats.raw.get("examples"):
+        _log("boosted_ranker left out: DATA has no training lists (jobs.preprocess --state-only)")
     baselines = [BASELINES[n] for n in names if n != "boosted_ranker" or stats.raw.get("examples")]
     tunable = [b for b in baselines if b.tunable]
     tuned: Dict[str, Tuned] = {}
     if tunable:
         val_state = state.as_of(period_start(VAL, stats.boundaries))
         val_context, val_period = point_in_time_period(val_state, VAL, stats.boundaries, data, exclude_purchased)
+        val_users = sample_users(val_period.users, max_users)
         tuned = tuned_params(
-            tunable, data, val_context, val_period, val_period.users, retune, exclude_purchased=exclude_purchased
+            tunable, data, val_context, val_period, val_users, retune, exclude_purchased=exclude_purchased
         )
     return [(b, tuned[b.name].params if b.name in tuned else dict(b.defaults), tuned.get(b.name)) for b in baselines]
 
@@ -145,14 +167,16 @@ def evaluate_baselines(
     exclude_purchased: bool = False,
     on_row: Optional[Callable[[Dict], None]] = None,
     against: Optional[pd.DataFrame] = None,
+    max_users: Optional[int] = None,
 ) -> List[Dict]:
     """One row per baseline on ``period``; tunable ones with the parameters tuned on the
-    validation period (``params`` and ``val_*`` in the row). ``exclude_purchased``: every
+    validation period (``params`` and ``val_*`` in the row; ``max_users``: tuned on a seeded
+    sample of its households, as ``users`` is of ``period``'s). ``exclude_purchased``: every
     ranking leaves out what the household bought before (tuning too). ``on_row``: called with
     each row as soon as it is computed (a job prints it then). ``against``: the model's
     per-household metrics on ``users`` (see :func:`ncf.evaluate.protocol.evaluate`)."""
     rows = []
-    for baseline, params, tuned in tuned_baselines(data, state, names, retune, exclude_purchased):
+    for baseline, params, tuned in tuned_baselines(data, state, names, retune, exclude_purchased, max_users):
         started = time.time()
         ranker = baseline.build(context, **params)
         fit_seconds = round(time.time() - started, 1)
@@ -222,7 +246,7 @@ def evaluate_all(
     if baselines:
         rows.extend(
             evaluate_baselines(
-                data, state, context, period, users, baselines, retune, exclude_purchased, on_row, households
+                data, state, context, period, users, baselines, retune, exclude_purchased, on_row, households, max_users
             )
         )
     return rows

@@ -151,7 +151,7 @@ def _bought_before(
     (``users``, ``products``, ``ts``: the purchases of those households, any others too)."""
     if len(frame) == 0:
         return np.zeros(0, bool)
-    low = int(users.min(initial=0))
+    low = int(users.min())  # the chunk's households only: not an array from household 0 per chunk
     moment = np.full(int(users.max(initial=0)) - low + 1, np.iinfo(np.int64).min)
     moment[first_visit.index.to_numpy() - low] = first_visit.to_numpy()
     earlier = ts < moment[users - low]

@@ -323,7 +323,10 @@ def write_report(
         + ".</p>",
         "<h2>Model against the baselines</h2>"
         + _table(rows, metric_columns)
-        + "<p><small>*_minus_model: the baseline's figure less the model's, household by household over "
+        + f"<p><small>recall@{K}: hits in the top {K} over min({K}, the products the household bought in the "
+        f"period); recall_lit@{K}: hits over all of them, as the next-basket literature counts (so far "
+        "lower where households buy many products). "
+        "*_minus_model: the baseline's figure less the model's, household by household over "
         "the same households, \u00b1 the paired standard error: a difference of two standard errors or more "
         "is measurable on these households, which the seeds' spread does not say.</small></p>" + metrics_chart(rows),
     ]

@@ -58,16 +58,19 @@ class Baseline:
 
 @lru_cache(maxsize=None)
 def code_digest(build: Callable) -> str:
-    """A short digest of the source of the module that defines ``build`` and of :mod:`.base`
-    (what every baseline ranks through), as joblib's cache keys its functions by their code.
+    """A short digest of the source of the module that defines ``build``, of :mod:`.base` (what
+    every baseline ranks through) and of the evaluation protocol and metrics that score its
+    validation trials, as joblib's cache keys its functions by their code.
 
     Example::
 
-        code_digest(BoostedRanker)  # 12 hex digits; another when boosted.py or base.py changes
+        code_digest(BoostedRanker)  # 12 hex digits; another when boosted.py, base.py, protocol.py or metrics.py changes
     """
+    from ncf.evaluate import metrics, protocol
     from ncf.evaluate.baselines import base
 
-    sources = (inspect.getsource(inspect.getmodule(build)), inspect.getsource(base))
+    modules = (inspect.getmodule(build), base, protocol, metrics)
+    sources = tuple(inspect.getsource(module) for module in modules)
     return hashlib.sha256("\0".join(sources).encode()).hexdigest()[:12]
 
 
