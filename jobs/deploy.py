@@ -4,7 +4,9 @@ Runs until interrupted (Ctrl-C or SIGTERM), or with --detach returns once the ap
 --detach needs a running cluster (RAY_ADDRESS=HOST:6379, or `ray job submit`), which keeps
 serving after the job ends, and is refused without one. Run it again on that cluster with
 another --model to roll that model out in place, without downtime (or with the same paths once
-a new model or DATA is written there: their fingerprints changed).
+a new model or DATA is written there: their fingerprints changed). Where Serve already runs on
+the cluster a deploy needs --detach and Serve's own --host/--port (refused in one line otherwise:
+a foreground deploy shuts Serve down when it stops, and Serve keeps the address it started with).
 
 A rollout the replicas refuse (they keep serving the previous model, /healthz names the error)
 exits 2 with one line, after deploying the previous model's settings again, so that Serve's
@@ -23,9 +25,18 @@ from ncf.errors import InputError
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
 from serve.app import build_app, restore_app
-from serve.launch import serve_until_stopped, serving_user_config, start, wait_until_healthy
+from serve.launch import (
+    base_url,
+    running_address,
+    serve_until_stopped,
+    serving_user_config,
+    start,
+    wait_until_healthy,
+)
 from serve.limits import REQUEST_TIMEOUT_S
 from serve.service import ServeSettings, same_content_on_disk
+
+REPLICA_LOGS = "/tmp/ray/session_latest/logs/serve/"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -105,6 +116,7 @@ def main(argv=None) -> dict:
             check_data(args.data)
         app = build_app(app_args)  # checks the settings before Ray starts
         init_ray()
+        check_running_serve(args)
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -112,7 +124,15 @@ def main(argv=None) -> dict:
         url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
         health = wait_until_healthy(url)
     except TimeoutError as e:  # the replicas did not come up: their logs say why
-        print(f"error: {e}; the replicas' logs: /tmp/ray/session_latest/logs/serve/", file=sys.stderr, flush=True)
+        print(f"error: {e}; the replicas' logs: {REPLICA_LOGS}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except RuntimeError as e:  # serve.run: the app's replicas failed to start (DEPLOY_FAILED)
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(
+            f"error: Serve could not start the app's replicas ({first_line}); the replicas' logs: {REPLICA_LOGS}",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(1)
     if health.get("rollout_error"):
         restored = restore_previous(app_args, args)
@@ -128,6 +148,26 @@ def main(argv=None) -> dict:
     if not args.detach:
         serve_until_stopped()
     return health
+
+
+def check_running_serve(args: argparse.Namespace) -> None:
+    """Refuses a deploy that Serve already running on the cluster would not do as asked: one in
+    the foreground (it shuts Serve down, every app of it, when it stops), or one on another
+    --host/--port (Serve keeps the address it started with, and the job would wait on the
+    wrong one while the rollout went ahead)."""
+    running = running_address()
+    if running is None:
+        return
+    if not args.detach:
+        raise InputError(
+            f"Serve already runs on this cluster ({base_url(*running)}): roll out into it with --detach; "
+            "a deploy in the foreground shuts Serve down, every app of it, when it stops"
+        )
+    if running != (args.host, args.port):
+        raise InputError(
+            f"Serve already runs on this cluster at {base_url(*running)} and keeps that address: deploy with "
+            f"--host {running[0]} --port {running[1]}, or stop it first (serve shutdown)"
+        )
 
 
 def restore_previous(app_args: dict, args: argparse.Namespace) -> str:

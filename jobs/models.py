@@ -23,6 +23,9 @@ import time
 from jobs.cli import HelpFormatter, check_data, check_model, job_parser, one_line_errors
 from ncf.registry import MODEL_NAME, Registry, track_model
 
+# A promote or rollback moves the alias only: what already runs keeps its model until redeployed.
+SERVE_UNCHANGED = "Serve keeps its model until python -m jobs.deploy --model current --detach rolls this one out"
+
 COLUMNS = [
     ("", "current"),
     ("version", "version"),
@@ -67,6 +70,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     register.add_argument("model", help="model directory (jobs.train or SWEEP/best)")
     register.add_argument("--data", default=None, help="its DATA (default: the path its config.json names)")
+    register.add_argument(
+        "--not-deployable",
+        action="store_true",
+        help="a validated model (MODEL-validated of jobs.train --refit, trained without the test weeks): "
+        "recorded, never made current by itself",
+    )
     resolve = commands.add_parser(
         "resolve", formatter_class=HelpFormatter, help="print the model directory a reference names"
     )
@@ -101,8 +110,8 @@ def format_table(rows: list) -> str:
 def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
-        registry = Registry(args.tracking_uri, args.name)
         command = args.command or "list"
+        registry = Registry(args.tracking_uri, args.name, create=command == "register")
         if command == "list":
             rows = registry.versions()
             if args.command and args.json:
@@ -119,17 +128,18 @@ def main(argv=None):
             return rows
         if command == "promote":
             previous, version = registry.promote(args.version)
-            print(f"current: {version} (was {previous or 'none'}): {registry.path_of(version)}")
+            print(f"current: {version} (was {previous or 'none'}): {registry.path_of(version)}; {SERVE_UNCHANGED}")
             return version
         if command == "rollback":
             rolled_back, version = registry.rollback()
-            print(f"current: {version} (rolled back from {rolled_back}): {registry.path_of(version)}")
+            path = registry.path_of(version)
+            print(f"current: {version} (rolled back from {rolled_back}): {path}; {SERVE_UNCHANGED}")
             return version
         if command == "register":
             check_model(args.model)
             if args.data is not None:
                 check_data(args.data)
-            return track_model(args.model, args.data, strict=True, registry=registry)
+            return track_model(args.model, args.data, strict=True, registry=registry, candidate=not args.not_deployable)
         if command == "resolve":
             path = registry.resolve(args.ref)
             print(path)

@@ -75,12 +75,20 @@ def log(message: str) -> None:
 # -- where ---------------------------------------------------------------------------------------
 
 
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the local store ``sqlite:///<cwd>/artifacts/mlflow.db``."""
+def tracking_uri(create: bool = True) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the local store ``sqlite:///<cwd>/artifacts/mlflow.db``.
+    ``create=False`` (a command that only reads the registry) refuses a local store that does not
+    exist: run from another directory, it would create an empty one and report nothing registered."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
     path = os.path.abspath(LOCAL_STORE)
+    if not create and not os.path.exists(path):
+        raise InputError(
+            f"no model registry here: {path} does not exist (the default store is artifacts/mlflow.db of the "
+            "directory a command runs in): run from the directory the models were trained from, set "
+            "MLFLOW_TRACKING_URI to their store, or train one (python -m jobs.train registers each model)"
+        )
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return f"sqlite:///{path}"
 
@@ -206,15 +214,16 @@ def _check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
 
 
 class Registry:
-    """The tracking store and the registered model ``name`` (:data:`MODEL_NAME`)."""
+    """The tracking store and the registered model ``name`` (:data:`MODEL_NAME`); ``create``:
+    see :func:`tracking_uri`."""
 
-    def __init__(self, uri: Optional[str] = None, name: str = MODEL_NAME) -> None:
+    def __init__(self, uri: Optional[str] = None, name: str = MODEL_NAME, create: bool = True) -> None:
         _quiet_mlflow()
         from mlflow import MlflowClient
 
         if not name.strip() or set(name) & set("'\"`"):
             raise InputError(f"--name {name!r}: a registered model's name is not blank and has no quotes")
-        self.uri = uri or tracking_uri()
+        self.uri = uri or tracking_uri(create)
         self.name = name
         _check_server_answers(self.uri)
         try:
@@ -343,8 +352,10 @@ class Registry:
 
         try:
             version = self.client.get_registered_model(self.name).aliases.get(CURRENT)
-        except MlflowException:  # no such registered model yet
-            return None
+        except MlflowException as e:
+            if _not_found(e):  # no such registered model yet
+                return None
+            raise self._failed(e) from None
         return None if version is None else str(version)
 
     def path_of(self, version: str) -> str:
@@ -354,7 +365,9 @@ class Registry:
 
         try:
             found = self.client.get_model_version(self.name, str(version))
-        except MlflowException:
+        except MlflowException as e:
+            if not _not_found(e):
+                raise self._failed(e) from None
             raise InputError(f"no version {version} of {self.name} in {self.uri}; {MODELS_CLI} lists them") from None
         path = (found.tags or {}).get(MODEL_DIR_TAG) or found.source
         if not os.path.isdir(path):
@@ -374,8 +387,10 @@ class Registry:
 
         try:
             model = self.client.get_registered_model(self.name)
-        except MlflowException:
-            return []
+        except MlflowException as e:
+            if _not_found(e):
+                return []
+            raise self._failed(e) from None
         history = [v for v in (model.tags or {}).get(HISTORY_TAG, "").split(",") if v]
         current = model.aliases.get(CURRENT)
         current = None if current is None else str(current)
@@ -414,6 +429,12 @@ class Registry:
         self._set_current(history[-2], history[:-1])
         return history[-1], history[-2]
 
+    def _failed(self, error) -> StoreUnavailable:
+        """An MLflow error other than "not found", in one line: the store failed, not the question."""
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        code = getattr(error, "error_code", None) or type(error).__name__
+        return StoreUnavailable(f"tracking store {self.uri}: {code} ({first[:200]})")
+
     def _deployable(self, version: str) -> None:
         """Verifies ``version``'s directory whole before it becomes current: every job that takes
         ``current`` would refuse a damaged one, the next night's included (reads every byte)."""
@@ -445,6 +466,13 @@ class Registry:
             raise InputError(f"{ref}: no version of {name} has the alias {alias} in {self.uri}") from None
 
 
+def _not_found(error) -> bool:
+    """Whether an MlflowException says the thing asked for does not exist. Any other (a server
+    error after MLflow's retries, a refused token) is not "nothing registered": read as that, a
+    first candidate would be promoted over the real current version and the history rewritten."""
+    return getattr(error, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
 def _version_number(version) -> str:
     if not re.fullmatch(r"[0-9]+", str(version)):  # isdigit() takes "²", which int() refuses
         raise InputError(f"{version!r}: a version is a number; {MODELS_CLI} lists them")
@@ -467,7 +495,7 @@ def is_registry_ref(ref: str) -> bool:
 def resolve_model(ref: str) -> str:
     """``ref`` itself when it is a path; the model directory it names when it is ``current`` or a
     ``models:/`` URI (a directory named "current" is ``./current``)."""
-    return Registry().resolve(ref) if is_registry_ref(ref) else ref
+    return Registry(create=False).resolve(ref) if is_registry_ref(ref) else ref
 
 
 def track_model(
@@ -516,7 +544,7 @@ def track_model(
         first_line = (str(e).strip().splitlines() or [""])[0]
         print(
             f"[registry] {model_dir} not recorded ({type(e).__name__}: {first_line}); "
-            f"record it later with {MODELS_CLI} register {model_dir}",
+            f"record it later with {MODELS_CLI} register {model_dir}{'' if candidate else ' --not-deployable'}",
             file=sys.stderr,
             flush=True,
         )

@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from serve.limits import REQUEST_TIMEOUT_S, proxy_env
 
@@ -46,6 +46,16 @@ def start(
 def base_url(host: str, port: int) -> str:
     """``http://HOST:PORT``, an IPv6 host in brackets (``--host ::1``)."""
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def running_address() -> Optional[Tuple[str, int]]:
+    """(host, port) where the Serve instance already running on the cluster Ray is connected to
+    listens; None when none runs. A later :func:`start` keeps them whatever it asks for (Serve
+    only logs that the new HTTP options are ignored)."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    return None if client is None else (client.http_config.host, int(client.http_config.port))
 
 
 def serving_user_config(app_name: str = APP_NAME) -> Optional[Dict]:

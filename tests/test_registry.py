@@ -90,7 +90,8 @@ def test_promote_and_rollback_move_what_current_resolves_to(store, tmp_path, cap
 
     models.main(["rollback"])
     assert reg.resolve_model("current") == first
-    assert "current: 1 (rolled back from 2)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "current: 1 (rolled back from 2)" in out and "Serve keeps its model until" in out
     with pytest.raises(SystemExit) as exit_info:  # 1 was the first current: nothing before it
         models.main(["rollback"])
     assert exit_info.value.code == 2
@@ -224,6 +225,57 @@ def test_current_with_nothing_registered_is_a_one_line_error(store, capsys, tmp_
         assert exit_info.value.code == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and "no version 7" in errors[0] and "'latest'" in errors[1]
+
+
+@pytest.mark.faults
+def test_a_validated_model_registered_by_hand_is_not_made_current(store, tmp_path, capsys):
+    """What a training job prints when the store was down: `register MODEL-validated
+    --not-deployable`, then `register MODEL`. Without the flag the validated model (trained without
+    the test weeks) became current in an empty registry, before the refit."""
+    validated = fake_model_dir(tmp_path, "v1")
+    assert models.main(["register", validated, "--not-deployable"]) == "1"
+    assert store.current() is None and store.versions()[0]["deployable"] == "false"
+    assert models.main(["register", fake_model_dir(tmp_path, "v2")]) == "2"
+    assert store.current() == "2"
+
+
+@pytest.mark.faults
+def test_the_registrys_readers_do_not_create_an_empty_store_where_they_run(tmp_path, monkeypatch, capsys):
+    """Run from another directory without MLFLOW_TRACKING_URI, the read-only commands created an
+    empty artifacts/mlflow.db there and reported nothing registered, nothing current."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for argv in (["list"], ["resolve"], ["promote", "1"], ["rollback"]):
+        with pytest.raises(SystemExit) as exit_info:
+            models.main(argv)
+        assert exit_info.value.code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 4 and all("no model registry here" in line for line in errors), errors
+    with pytest.raises(InputError, match="MLFLOW_TRACKING_URI"):
+        reg.resolve_model("current")
+    assert not (tmp_path / "artifacts").exists()
+
+
+@pytest.mark.faults
+def test_a_store_that_fails_is_not_read_as_nothing_registered(store, tmp_path, capsys):
+    """Every MLflow error read as "no such model": a failing store had nothing current, so a
+    first candidate was promoted over the real current version and the rollback history reset.
+    Only "not found" means that now; any other failure is one line, and a training job that
+    records its model then says it was not recorded."""
+    import sqlite3
+
+    assert reg.track_model(fake_model_dir(tmp_path, "v1"), strict=True) == "1"
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        db.execute("DROP TABLE registered_model_aliases")
+    for read in (store.current, store.history):
+        with pytest.raises(reg.StoreUnavailable, match="tracking store .*registered_model_aliases"):
+            read()
+    with pytest.raises(SystemExit) as exit_info:
+        models.main(["list"])
+    assert exit_info.value.code == 2
+    capsys.readouterr()
+    assert reg.track_model(fake_model_dir(tmp_path, "v2")) is None  # not promoted over version 1
+    assert "not recorded (StoreUnavailable" in capsys.readouterr().err
 
 
 @pytest.mark.faults

@@ -692,6 +692,27 @@ def test_deploy_exits_2_on_a_refused_rollout_and_makes_the_serving_model_the_tar
         start(build_app(_app_args(small_model_dir)), port=port, app_name="ncf_test")
 
 
+@pytest.mark.faults
+def test_a_deploy_running_serve_would_not_do_as_asked_is_refused_before_any_rollout(server, small_model_dir, capsys):
+    """Serve already runs on the cluster (the session's app): a foreground deploy would shut it
+    down, every app of it, when it stops; one on another port would roll out while the job waited
+    on a port Serve never opens (Serve keeps its address and only logs that). Both are one line,
+    exit 2, before anything is deployed."""
+    from jobs import deploy
+
+    port = int(server.rsplit(":", 1)[1])
+    cases = (
+        (["--port", str(port)], "roll out into it with --detach"),
+        (["--port", str(port + 1), "--detach"], f"--host 127.0.0.1 --port {port}"),
+    )
+    for argv, expected in cases:
+        with pytest.raises(SystemExit) as exited:
+            deploy.main(["--model", small_model_dir, "--max-replicas", "1", *argv])
+        error = capsys.readouterr().err.strip()
+        assert exited.value.code == 2 and "\n" not in error and expected in error, error
+    assert without_data_end(_health(server))["model_version"] == "v1"
+
+
 def test_every_entry_point_ranks_the_same(server, recommender, users):
     """One ranking path: Serve's single, explained and batch requests, /score, the evaluation's
     ranking and the nightly job's give the same products and scores for one household and moment."""
