@@ -117,6 +117,7 @@ def main(argv=None) -> dict:
         app = build_app(app_args)  # checks the settings before Ray starts
         init_ray()
         check_running_serve(args)
+        note_dropped_data(args)
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -167,6 +168,25 @@ def check_running_serve(args: argparse.Namespace) -> None:
         raise InputError(
             f"Serve already runs on this cluster at {base_url(*running)} and keeps that address: deploy with "
             f"--host {running[0]} --port {running[1]}, or stop it first (serve shutdown)"
+        )
+
+
+def note_dropped_data(args: argparse.Namespace) -> None:
+    """Says when this rollout, without --data, drops the DATA Serve ranks from now: the model's
+    own state (its training DATA's histories) replaces the fresher ones (a redeploy after
+    ``jobs.models promote`` or ``rollback`` most of all)."""
+    if args.data is not None or running_address() is None:
+        return
+    try:
+        serving = serving_user_config()
+    except Exception:  # no app of ours on the cluster's Serve: nothing to drop
+        return
+    if serving and serving.get("data"):
+        print(
+            f"[deploy] note: Serve ranks from DATA {serving['data']}; without --data this rollout ranks from the "
+            f"model's own state (the histories it was trained with): pass --data {serving['data']} to keep it",
+            file=sys.stderr,
+            flush=True,
         )
 
 

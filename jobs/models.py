@@ -24,7 +24,9 @@ from jobs.cli import HelpFormatter, check_data, check_model, job_parser, one_lin
 from ncf.registry import MODEL_NAME, Registry, track_model
 
 # A promote or rollback moves the alias only: what already runs keeps its model until redeployed.
-SERVE_UNCHANGED = "Serve keeps its model until python -m jobs.deploy --model current --detach rolls this one out"
+SERVE_UNCHANGED = (
+    "Serve keeps its model until python -m jobs.deploy --model current --detach [--data DATA] rolls this one out"
+)
 
 COLUMNS = [
     ("", "current"),

@@ -57,10 +57,10 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from ncf.data import layout
-from ncf.model.directory import read_config
+from ncf.model.directory import ModelDir, read_config
 from ncf.model.integrity import verify_data_state, verify_model_dir
 from ncf.rank.ranker import MAX_K
-from ncf.rank.state import check_catalog
+from ncf.rank.state import check_catalog, check_data_products
 from ncf.registry import resolve_model
 from serve import explore, ui
 from serve.api import (
@@ -287,6 +287,7 @@ def build_app(args: Dict) -> Application:
     if data:
         verify_data_state(data)  # the same for the DATA's state
         check_catalog(read_config(model_dir)["model"], layout.DataStats(data).vocab_sizes, data)
+        check_data_products(ModelDir(model_dir), data)
     # Takes the fingerprints of the model and DATA now, into the user_config (ServeSettings).
     settings = ServeSettings.from_user_config(
         {"model_dir": model_dir, "candidates": a.candidates, "default_at": a.default_at, "data": data, "ui": a.ui}

@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Dict, List, Mapping, Optional, Union
 
+from ncf.data import layout
 from ncf.data.vocab import UNKNOWN_INDEX
 from ncf.errors import InputError
+from ncf.model.directory import read_config
 from ncf.model.integrity import data_fingerprint, model_fingerprint, verify_data_state, verify_model_dir
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
 from ncf.rank.recommender import RankedItems, Recommender
+from ncf.rank.state import histories_against_model
 from serve.api import BatchRecommendRequest, RecommendRequest, ScoreRequest, UnknownProducts
 
 DEFAULT_AT_CHOICES = (NOW, DATA_END)
@@ -115,10 +118,16 @@ class ServeSettings:
 
 def _warn_if_stale(recommender: Recommender, settings: ServeSettings) -> None:
     """Requests at now rank from histories that end at the state's last purchase: far behind now,
-    every household looks lapsed and the timing features leave what training saw."""
+    every household looks lapsed and the timing features leave what training saw. A ``data``
+    older than the model's own, or built from part of the log, is said too."""
+    logger = logging.getLogger("ray.serve")
+    if settings.data:
+        boundaries = layout.DataStats(settings.data).boundaries
+        for note in histories_against_model(read_config(settings.model_dir), boundaries):
+            logger.warning(note)
     behind_days = (time.time() - recommender.state.end) / 86_400
     if settings.default_at == NOW and behind_days > STALE_AFTER_DAYS:
-        logging.getLogger("ray.serve").warning(
+        logger.warning(
             "the histories end %.0f days before now (%s): requests without `at` rank as if nobody had "
             "shopped since; deploy newer DATA (--data) or use default_at data-end for a historical dataset",
             behind_days,

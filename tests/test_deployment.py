@@ -7,6 +7,7 @@
   rankings and households new in the newer DATA are scored.
 """
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from ncf.data.user_state import UserStates
 from ncf.jsonio import read_json
 from ncf.model.directory import ModelDir
 from ncf.rank.recommender import Recommender
+from ncf.rank.state import histories_against_model
 
 DAY = 86_400
 NEW_HOUSEHOLD = 990_001
@@ -140,6 +142,7 @@ def test_refit_through_the_cli_serves_every_household_from_histories_to_the_cut(
     assert table[table["user_id"] == NEW_HOUSEHOLD]["product_id"].tolist() == ranked.product_ids
 
 
+@pytest.mark.faults
 def test_a_model_ranks_from_a_newer_datas_histories(ray_session, small_model_dir, small_data, tmp_path):
     data, stats = small_data
     logs, catalog = datasets.write_synthetic(str(tmp_path / "raw"), datasets.SMALL)
@@ -184,3 +187,25 @@ def test_a_model_ranks_from_a_newer_datas_histories(ray_session, small_model_dir
     assert any("1 households with purchases are new to the model" in line for line in logged), logged
     table = read_partition(config.output, summary["run_date"]).to_pandas()
     assert set(table["user_id"]) >= {household, NEW_HOUSEHOLD} and summary["users"] == stats["vocab_sizes"]["num_users"]
+    newer_end = read_json(layout.stats_path(newer))["boundaries"]["end"]
+    assert summary["data_end"] == pd.Timestamp(newer_end, unit="s", tz="UTC").isoformat()
+    assert not any("days before the moment scored" in line or "DATA's purchases" in line for line in logged), logged
+    # A night whose refresh stopped: the run goes ahead and says how old the histories are.
+    later = dataclasses.replace(config, at=str(newer_end + 10 * DAY), output=str(tmp_path / "out-later"))
+    logged = []
+    batch_scoring.run_batch_scoring(later, log=logged.append)
+    assert any("last purchase is 10 days before the moment scored" in line for line in logged), logged
+
+
+@pytest.mark.faults
+def test_a_data_older_than_the_models_or_cut_short_is_said():
+    """A DATA that ends before the one the model was trained on, or starts after it (a refresh
+    given only the recent logs): the ranking goes ahead, and the jobs and replicas say why its
+    histories are older or shorter than the model's own."""
+    config = {"data": {"boundaries": {"start": 100 * DAY, "end": 200 * DAY}}}
+    assert histories_against_model(config, {"start": 100 * DAY, "end": 210 * DAY}) == []
+    (older,) = histories_against_model(config, {"start": 100 * DAY, "end": 150 * DAY})
+    assert "older than the model's own state" in older
+    (cut_short,) = histories_against_model(config, {"start": 130 * DAY, "end": 230 * DAY})
+    assert "earlier purchases are missing" in cut_short and "--state-only refresh reads the whole log" in cut_short
+    assert histories_against_model({"data": {}}, {"start": 130 * DAY, "end": 150 * DAY}) == []  # nothing recorded

@@ -276,6 +276,20 @@ def test_a_run_stopped_by_bad_rows_keeps_its_quarantine_beside_the_output(ray_se
     assert len(rows) == 5 and set(rows["reason"]) == {schema.BAD_TIMESTAMP}
 
 
+@pytest.mark.faults
+def test_a_state_only_refresh_of_recent_logs_alone_is_told_to_read_the_whole_log(ray_session, tmp_path):
+    """The refresh rebuilds the state from the logs it is given: handed only the last weeks, its
+    refusal spoke of validation and test weeks, which a refresh has none of."""
+    config = PreprocessConfig(examples=ExampleConfig(history_length=2), val_weeks=4, test_weeks=4)
+    recent = tmp_path / "recent.csv"
+    recent.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(_log_rows(20, 5)) + "\n")
+    with pytest.raises(schema.InputError, match=r"too short for 4 validation .*--state-only refresh .*whole log"):
+        preprocess(schema.resolve_files(str(recent)), None, str(tmp_path / "out"), config, state_only=True)
+    with pytest.raises(schema.InputError, match=r"too short for 4 validation") as trained:
+        preprocess(schema.resolve_files(str(recent)), None, str(tmp_path / "out"), config)
+    assert "--state-only" not in str(trained.value)
+
+
 def test_an_empty_split_is_a_clear_error_and_the_last_good_output_survives(ray_session, tmp_path):
     """Purchases in January and a busy December (too many rows to be "the future"): the
     validation weeks fall in empty time. Old code wrote the output anyway (and had deleted the

@@ -25,6 +25,7 @@ from ncf.model.directory import CONFIG, METRICS, TRAINED_USERS, WEIGHTS, save_un
 from ncf.model.integrity import MANIFEST, ModelIntegrityError, verify_model_dir, write_manifest
 from ncf.rank.recommender import Recommender
 
+CATALOG_COLUMNS = ("department_index", "category_index")
 SMALL = {"mf_embedding_dim": 8, "mlp_embedding_dim": 8, "temporal_dim": 4, "mlp_hidden_dims": [8], "history_length": 4}
 DAY = 86_400
 END = 1_511_740_800
@@ -303,6 +304,31 @@ def test_data_without_a_catalog_is_refused_for_a_model_trained_with_one(model, t
     with pytest.raises(InputError, match="no product has a department or category .* --products CATALOG"):
         Recommender.load(model, data=other)
     assert Recommender.load(model, data=tiny_data(str(tmp_path / "withcatalog"))).recommend(["101"], k=2)
+
+
+@pytest.mark.faults
+def test_data_whose_product_ids_the_model_does_not_know_is_refused(model, tmp_path):
+    """A refresh exported with the product ids written otherwise (zero-padded here): matched by
+    value, every product fell to the unknown row and the model ranked without its product tables
+    (the MF first stage empty), silently. Refused by the jobs before Ray starts and by the load."""
+    from ncf.batch.scoring import BatchScoreConfig, check_config
+    from serve.app import build_app
+
+    other = tiny_data(str(tmp_path / "padded"))
+    vocabs = Vocabularies.load(layout.vocab_dir(other))
+    padded = [f"000{i}" for i in vocabs.products.ids.to_pylist()]
+    products = Vocabulary.from_ids(padded, extra={k: vocabs.products.column(k)[1:].tolist() for k in CATALOG_COLUMNS})
+    Vocabularies(vocabs.users, products, vocabs.departments, vocabs.categories).save(layout.vocab_dir(other))
+    scoring = BatchScoreConfig(model=model, data=other, output=str(tmp_path / "out"), k=2, at="data-end")
+    loads = (
+        lambda: Recommender.load(model, data=other),
+        lambda: check_config(scoring, verify_inputs=False),
+        lambda: build_app({"model": model, "data": other}),
+    )
+    for load in loads:
+        with pytest.raises(InputError, match="none of its 9 products has a trained row in the model.*000123"):
+            load()
+    assert Recommender.load(model, data=tiny_data(str(tmp_path / "same"))).recommend(["101"], k=2)
 
 
 def _flip_last_byte(path: str) -> None:

@@ -713,6 +713,30 @@ def test_a_deploy_running_serve_would_not_do_as_asked_is_refused_before_any_roll
     assert without_data_end(_health(server))["model_version"] == "v1"
 
 
+@pytest.mark.faults
+def test_a_redeploy_without_data_says_it_drops_the_data_serve_ranks_from(server, small_model_dir, small_data, capsys):
+    """After jobs.models promote, the printed jobs.deploy --model current without --data rolled the
+    model's own (older) histories out in place of the DATA Serve ranked from, without a word."""
+    from ray import serve
+
+    from jobs import deploy
+
+    data, _ = small_data
+    args = ["--model", small_model_dir, "--port", server.rsplit(":", 1)[1], "--detach", "--max-replicas", "1"]
+    serve.delete("ncf_test")  # jobs.deploy's app is at the route prefix / too
+    try:
+        deploy.main([*args, "--data", data])
+        assert "note:" not in capsys.readouterr().err
+        deploy.main(args)
+        note = capsys.readouterr().err
+        assert f"Serve ranks from DATA {os.path.realpath(data)}; without --data" in note, note
+        deploy.main(args)  # nothing to drop any more
+        assert "note:" not in capsys.readouterr().err
+    finally:
+        serve.delete("ncf")
+        start(build_app(_app_args(small_model_dir)), port=int(server.rsplit(":", 1)[1]), app_name="ncf_test")
+
+
 def test_every_entry_point_ranks_the_same(server, recommender, users):
     """One ranking path: Serve's single, explained and batch requests, /score, the evaluation's
     ranking and the nightly job's give the same products and scores for one household and moment."""

@@ -77,12 +77,12 @@ from ncf.device import GPU_SETTINGS, resolve_gpu
 from ncf.errors import InputError, raised_within
 from ncf.model.directory import ModelDir, read_config
 from ncf.model.integrity import data_fingerprint, model_fingerprint, verify_data_state, verify_model_dir
-from ncf.moments import day_of, first_rankable, resolve_at, run_date_of
+from ncf.moments import SECONDS_PER_DAY, day_of, first_rankable, resolve_at, run_date_of
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import CHUNK_USERS, MAX_K
 from ncf.rank.reasons import Reason
 from ncf.rank.recommender import Recommender
-from ncf.rank.state import EmbeddingRows, RankingState, check_catalog
+from ncf.rank.state import EmbeddingRows, RankingState, check_catalog, check_data_products, histories_against_model
 from ncf.staging import within
 
 COMPILE_SETTINGS = ("auto", "yes", "no")
@@ -98,6 +98,8 @@ TARGET_PARTS = 50
 # more parts.
 MAX_AUTO_BATCH = 9_984
 CPUS_PER_ACTOR = 1.0  # what each scoring actor reserves unless told
+# A nightly run whose DATA ends this long before the moment scored says so: its refresh stopped.
+STALE_DATA_DAYS = 2
 
 
 @dataclass
@@ -559,6 +561,7 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_i
         # directory would rank wrongly, silently.
         verify_model_dir(os.path.abspath(config.model))
         verify_data_state(config.data)
+    check_data_products(ModelDir(os.path.abspath(config.model)), config.data)  # reads the verified vocabularies
     return model_config, at
 
 
@@ -611,7 +614,16 @@ def run_batch_scoring(
     new = new_to_model(model, config.data)
     if new:
         log(f"{new:,} households with purchases are new to the model: its unknown row, their own purchases")
-    replay = at <= layout.DataStats(config.data).end
+    data_boundaries = layout.DataStats(config.data).boundaries
+    data_end = data_boundaries["end"]
+    replay = at <= data_end
+    for note in histories_against_model(model_config, data_boundaries):
+        log(note)
+    if not replay and at - data_end > STALE_DATA_DAYS * SECONDS_PER_DAY:
+        log(
+            f"DATA's last purchase is {(at - data_end) / SECONDS_PER_DAY:.0f} days before the moment scored: every "
+            "household's history stops there (is the refresh, jobs.preprocess --state-only, running?)"
+        )
     if replay:
         log(
             "at is inside the data: a replay of that moment (each household's purchases before it, the "
@@ -632,6 +644,7 @@ def run_batch_scoring(
             run.stage, config, model, model_config, users, at, run_date, run_id, started, log, replay_stats, inputs
         )
         manifest["replay"] = replay
+        manifest["data_end"] = pd.Timestamp(data_end, unit="s", tz="UTC").isoformat()
         if config.verify:
             # Before the commit: a failing run must not replace (and so delete) the previous partition.
             manifest["verify"] = _verified(run.stage, manifest, config.verify, log, replay_stats)

@@ -728,7 +728,17 @@ def _preprocess_into(
     del read
     use_task_shuffles(kept, rows_kept)
     extent = kept.aggregate(Min(TS), Max(TS))  # one pass, where .min() and .max() make two
-    bounds = split_boundaries(int(extent[f"min({TS})"]), int(extent[f"max({TS})"]), config.val_weeks, config.test_weeks)
+    try:
+        bounds = split_boundaries(
+            int(extent[f"min({TS})"]), int(extent[f"max({TS})"]), config.val_weeks, config.test_weeks
+        )
+    except schema.InputError as e:
+        if not state_only:
+            raise
+        raise schema.InputError(
+            f"{e}: a --state-only refresh reads every purchase of the households' histories, so give it the "
+            "whole log, not only its new part"
+        ) from None
     partitions = shuffle_partitions(rows_kept)
     _log("split: " + ", ".join(f"{k} {pd.Timestamp(v, unit='s')}" for k, v in bounds.items()))
     purchases_per_split = check_windows(kept, bounds)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from ncf.data.vocab import FIRST_TS, UNKNOWN_INDEX, Vocabularies, Vocabulary
 from ncf.errors import InputError
 from ncf.model.directory import ModelDir
 from ncf.model.integrity import files_digest
+from ncf.moments import SECONDS_PER_DAY, run_date_of
 
 
 @dataclass
@@ -99,6 +100,52 @@ def check_catalog(model_sizes: Dict[str, int], data_sizes: Optional[Dict[str, in
             f"but the model was trained with a catalog of {model_sizes['num_departments'] - 1} departments: "
             "preprocess it again with --products CATALOG"
         )
+
+
+def check_products_known(product_rows: np.ndarray, data: str) -> None:
+    """Refuses (InputError) a DATA none of whose products has a trained row in the model
+    (``product_rows``: :attr:`EmbeddingRows.product`): ids are matched by value, so ids written
+    otherwise than the model's vocabulary (``000123`` against ``123``) or another catalog's map
+    every product to the unknown row, and the model would rank without its product tables, the
+    MF first stage empty, without a word."""
+    if len(product_rows) > 1 and not (product_rows[1:] != UNKNOWN_INDEX).any():
+        raise InputError(
+            f"{data}: none of its {len(product_rows) - 1:,} products has a trained row in the model: its product "
+            "ids are not those the model was trained on (written otherwise, such as 000123 for 123, or another "
+            "catalog's); preprocess it from logs with the model's ids"
+        )
+
+
+def check_data_products(handle: ModelDir, data: str) -> None:
+    """:func:`check_products_known` of ``data`` for a model directory, from the two product
+    vocabularies alone: for the jobs, before Ray starts (the replicas and actors check again
+    once they load)."""
+    products = Vocabulary.load(os.path.join(layout.vocab_dir(data), "products.parquet"))
+    tables = Vocabulary.load(os.path.join(layout.vocab_dir(handle.state_dir), "products.parquet"))
+    trained = handle.trained_rows
+    check_products_known(_rows(tables, products, handle.rows_trained_before, trained and trained[1]), data)
+
+
+def histories_against_model(model_config: Dict, boundaries: Dict[str, int]) -> List[str]:
+    """What a user should hear about a DATA a model ranks from, against the DATA the model was
+    trained on (``config.json``'s ``data.boundaries``): one that ends earlier holds histories
+    older than the model's own; one that starts later was built from part of the log (a refresh
+    given only recent logs), so the households' earlier purchases are missing from their
+    histories. ``boundaries``: the DATA's (``stats.json``). Empty when neither applies."""
+    trained_on = (model_config.get("data") or {}).get("boundaries") or {}
+    notes = []
+    if "end" in trained_on and boundaries["end"] < trained_on["end"]:
+        notes.append(
+            f"DATA's purchases end {run_date_of(boundaries['end'])}, before those the model was trained on "
+            f"({run_date_of(trained_on['end'])}): its histories are older than the model's own state"
+        )
+    if "start" in trained_on and boundaries["start"] > trained_on["start"] + SECONDS_PER_DAY:
+        notes.append(
+            f"DATA's purchases start {run_date_of(boundaries['start'])}, after those the model was trained on "
+            f"({run_date_of(trained_on['start'])}): households' earlier purchases are missing from their "
+            "histories (a --state-only refresh reads the whole log, not only the new part)"
+        )
+    return notes
 
 
 @dataclass(frozen=True)
