@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import time
 import urllib.request
 
@@ -23,6 +24,7 @@ from ncf.batch.partitions import partition_dir
 from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
+from ncf.errors import InputError
 from ncf.evaluate.protocol import PAIRED
 
 STAGES = 6
@@ -107,13 +109,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = job_parser("demo", "The whole path on Complete Journey.")
     p.add_argument("--workdir", default="artifacts/demo", help="where the data, models, report and scores go")
     p.add_argument("--epochs", type=positive_int, default=3, help="training epochs at most")
-    p.add_argument("--port", type=tcp_port, default=8000, help="Serve's port on 127.0.0.1")
+    p.add_argument("--port", type=tcp_port, default=8000, help="Serve's port on 127.0.0.1 (checked free at the start)")
+    p.add_argument(
+        "--ablations",
+        default=RECORDED_ABLATIONS,
+        help="bench.ablations rows shown in the report (default: the committed Complete Journey rows; a local "
+        "run's results.jsonl may hold another dataset's or code's rows)",
+    )
     p.add_argument(
         "--reuse-data",
         action="store_true",
         help="keep DATA if a previous run preprocessed it with this code's feature definitions",
     )
     return p.parse_args(argv)
+
+
+def check_port_free(port: int) -> None:
+    """Refuses a port something on 127.0.0.1 already listens on (a Serve of jobs.deploy, whose
+    default port is the same): the demo's queries would reach it and report its answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise InputError(
+                f"--port {port}: something already listens on 127.0.0.1:{port} (a Serve from jobs.deploy?); "
+                "stop it or give the demo another --port"
+            )
 
 
 def main(argv=None) -> list:
@@ -126,6 +146,9 @@ def main(argv=None) -> list:
     # per-request access logs go to Serve's log files (printed at the end), not into its output.
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     with one_line_errors():
+        check_port_free(args.port)  # now, not after ten minutes of preprocessing and training
+        if not os.path.isfile(args.ablations):
+            raise InputError(f"--ablations {args.ablations}: no such file")
         init_ray()
     import ray
 
@@ -154,16 +177,7 @@ def main(argv=None) -> list:
         )
 
         _stage(3, "evaluate the validated model on the held-out weeks against the baselines; HTML report", started)
-        evaluate_args = ["--model", validated, "--data", data, "--report", report]
-        # A local bench.ablations run if there is one, else the committed results of the last.
-        ablations = [
-            p
-            for p in (os.path.join("artifacts", "ablations", "results.jsonl"), RECORDED_ABLATIONS)
-            if os.path.exists(p)
-        ]
-        if ablations:
-            evaluate_args += ["--ablations", ablations[0]]
-        rows = evaluate.main(evaluate_args)
+        rows = evaluate.main(["--model", validated, "--data", data, "--report", report, "--ablations", args.ablations])
         with open(os.path.join(args.workdir, "evaluation.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 

@@ -357,3 +357,23 @@ def test_a_served_url_puts_an_ipv6_host_in_brackets():
 
     assert base_url("::1", 8000) == "http://[::1]:8000"
     assert base_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
+
+
+@pytest.mark.faults
+def test_the_demo_refuses_a_taken_port_before_any_work(tmp_path, capsys):
+    """A Serve left running by jobs.deploy on the demo's port: the demo found out at its fifth
+    stage, about ten minutes in, or its queries were answered by the other server."""
+    import socket
+
+    from jobs import demo
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            demo.main(["--port", str(port), "--workdir", str(tmp_path / "demo")])
+    assert exit_info.value.code == 2
+    assert f"something already listens on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "demo")
+    demo.check_port_free(port)  # free again once the listener closed

@@ -53,7 +53,9 @@ from ncf.rank.state import RankingState
 from ncf.splits import TEST, VAL
 
 MODEL = "advanced_ncf"
-BASELINE_ORDER = ("popularity", "own_frequency", "decayed_frequency", "tifu_knn", "als", "boosted_ranker")
+# The order of the rows everywhere (jobs.evaluate, make demo, the report, BENCHMARKS.md's tables):
+# the strongest on Complete Journey first, so the model's row is read against it.
+BASELINE_ORDER = ("boosted_ranker", "tifu_knn", "decayed_frequency", "own_frequency", "als", "popularity")
 
 
 def _log(message: str) -> None:
