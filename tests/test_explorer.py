@@ -57,6 +57,35 @@ def test_history_lists_the_latest_baskets_before_the_moment(service, household):
     assert all(p["department"] and p["category"] for p in newest)
 
 
+@pytest.mark.faults
+def test_a_state_without_a_catalog_is_explored_with_unknown_labels(tmp_path):
+    """Logs preprocessed without --products have no departments or categories: every label read
+    an index of an empty vocabulary, and /history and /products answered 500 for every household
+    (the report's households failed the same way, after the whole evaluation)."""
+    from test_integrity import SMALL, tiny_data
+
+    from ncf.data import layout
+    from ncf.data.vocab import Vocabularies, Vocabulary
+    from ncf.model.directory import save_untrained_model_dir
+
+    data = tiny_data(str(tmp_path / "nocatalog"))
+    vocabs = Vocabularies.load(layout.vocab_dir(data))
+    ids = vocabs.products.ids.to_pylist()
+    products_only = Vocabulary.from_ids(
+        ids, extra={"department_index": [0] * len(ids), "category_index": [0] * len(ids)}
+    )
+    empty = Vocabulary.from_ids([], kind="str")
+    Vocabularies(vocabs.users, products_only, empty, empty).save(layout.vocab_dir(data))
+    model = save_untrained_model_dir(str(tmp_path / "model"), data, version="v1", **SMALL)
+    service = ModelService.load(ServeSettings.from_user_config({"model_dir": model, "default_at": "data-end"}))
+    raw = service.recommender.vocabs.users.raw_of([int(service.recommender.state.states.users()[0])])[0]
+    answer = history(service, HistoryRequest(user_id=raw))
+    shown = [p for basket in answer["baskets"] for p in basket["products"]]
+    assert answer["known"] and shown and all(p["department"] is None and p["category"] is None for p in shown)
+    labelled = products(service, ProductsRequest(product_ids=ids[:2]))["products"]
+    assert [(p["product_id"], p["department"], p["category"]) for p in labelled] == [(i, None, None) for i in ids[:2]]
+
+
 def test_history_of_an_unknown_household_is_empty_and_marked(service):
     answer = history(service, HistoryRequest(user_id=UNKNOWN_USER))
     assert answer == {**answer, "known": False, "purchases": 0, "baskets": []}
@@ -193,5 +222,14 @@ def test_the_page_shows_the_households_recommendations(server, household, tmp_pa
             assert [r[0] for r in _rendered(page)] == [str(i["product_id"]) for i in cold["items"]]
             assert page.is_visible("#cold-start")
             assert errors == []
+
+            # A question the server refuses (a moment before the data's first day: 422) leaves no
+            # earlier household's results under its error (they stayed; `hidden` lost to the grid).
+            page.fill("#household", str(raw))
+            page.fill("#at", "2000-01-01T00:00:00")
+            page.click("#show")
+            page.wait_for_selector('#results[data-state="error"]', state="attached", timeout=30_000)
+            assert page.is_hidden("#results") and page.is_hidden("#recommendations")
+            assert "error" in page.get_attribute("#status", "class")
         finally:
             browser.close()

@@ -62,6 +62,8 @@ def test_report_renders_without_broken_images(on_period, small_model_dir, small_
     assert "own_frequency" in page and "without mf" in page and "because:" in page
     assert "(the null slot) 0." in page  # a weight between 0 and 1, not nan
     assert "runs/&lt;ablations&gt;.jsonl" in page  # where the ablation rows came from, escaped
+    # The headline counts the households the rows ranked (a --max-users sample), not the period's.
+    assert f"held-out period <b>test</b> (a sample of 15 of its {len(period.users):,} households" in page
     # Each baseline's paired difference to the model, with its standard error.
     own = next(r for r in rows if r["model"] == "own_frequency")
     assert f"{own['recall@10_minus_model']:.4f} \u00b1 {own['recall@10_minus_model_se']:.4f}" in page

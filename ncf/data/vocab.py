@@ -117,6 +117,8 @@ class Vocabulary:
     def raw_of(self, indices: Sequence[int] | np.ndarray) -> List:
         """Indices -> raw ids in their original type (None for the unknown index)."""
         idx = np.asarray(indices, dtype=np.int64)
+        if len(self.ids) == 0:  # a log without a catalog has no departments or categories: all unknown
+            return [None] * len(idx)
         strings = self.ids.take(pa.array(np.maximum(idx - 1, 0))).to_pylist()
         return [None if i == UNKNOWN_INDEX else s for i, s in zip(idx.tolist(), self._converted(strings))]
 

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ncf.evaluate.evaluation import K, Period, sample_users
+from ncf.splits import TEST
 
 REPORT = "report.html"
 
@@ -93,9 +94,9 @@ def metrics_chart(rows: Sequence[Dict]) -> str:
         bars = ax.bar(x + offset, [r[metric] for r in rows], width=0.4, label=metric)
         ax.bar_label(bars, fmt="%.3f", fontsize=8)
     ax.set_xticks(x, names)
-    ax.set_ylabel("held-out score")
+    ax.set_ylabel("score")
     ax.legend()
-    ax.set_title("Full ranking on the held-out period")
+    ax.set_title("Full ranking on the evaluated period")
     return _png(fig, "Recall@10 and NDCG@10 of the model and of each baseline")
 
 
@@ -277,6 +278,19 @@ def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8, 
     return "".join(parts)
 
 
+def _period_words(period: Period, rows: Sequence[Dict]) -> str:
+    """The period and its households as the rows have them: "held-out" only for the test weeks
+    (the baselines are tuned and the epoch chosen on the validation weeks), and the households
+    ranked (a --max-users sample) beside the period's own count."""
+    not_held_out = "period (not held out: the baselines were tuned and the epoch chosen on it)"
+    kind = "held-out period" if period.name == TEST else not_held_out
+    ranked = rows[0].get("users") if rows else None
+    households = f"{len(period.users):,} households"
+    if ranked is not None and ranked != len(period.users):
+        households = f"a sample of {ranked:,} of its {len(period.users):,} households"
+    return f"{kind} <b>{period.name}</b> ({households}"
+
+
 def write_report(
     output: str,
     ranker,
@@ -312,8 +326,9 @@ def write_report(
     ]
     sections = [
         f"<h1>AdvancedNCF evaluation report</h1><p>model version <b>{html.escape(version)}</b>; "
-        f"held-out period <b>{period.name}</b> ({len(period.users):,} households, full ranking over "
-        f"{int(ranker.candidates.known.sum()):,} products, each household ranked at its first visit)"
+        + _period_words(period, rows)
+        + f", full ranking over {int(ranker.candidates.known.sum()):,} products, "
+        "each household ranked at its first visit)"
         + (
             "; <b>exclude_purchased</b>: every ranking leaves out what the household bought before, and only "
             "products new to it count as bought (households that bought nothing new are left out)"

@@ -10,6 +10,9 @@
 
   // -- HTTP ------------------------------------------------------------------------------------
 
+  // A 503 with Retry-After (a replica computing a past day's stats): asked again this many times.
+  const BUSY_RETRIES = 2;
+
   async function call(path, body) {
     // Relative paths: the routes sit beside /ui under the app's route prefix.
     const init = body === undefined ? {} : {
@@ -17,7 +20,14 @@
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
     };
-    const response = await fetch(path, init);
+    let response = await fetch(path, init);
+    for (let retry = 0; retry < BUSY_RETRIES && response.status === 503; retry++) {
+      const wait = Number(response.headers.get("Retry-After"));
+      if (!(wait > 0 && wait <= 60)) break;
+      setStatus(`The server is computing that day's figures; asking again in ${wait} s…`, false);
+      await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+      response = await fetch(path, init);
+    }
     let data = null;
     try {
       data = await response.json();
@@ -40,10 +50,6 @@
   }
 
   // "2017-11-27T04:01:21+00:00" -> "2017-11-27T04:01:21" (a datetime-local value, read as UTC)
-  function toInputValue(iso) {
-    return String(iso).slice(0, 19);
-  }
-
   // A datetime-local value -> ISO-8601 UTC; browsers drop ":00" seconds.
   function toIso(value) {
     if (!value) return null;
@@ -207,6 +213,8 @@
       if (at !== null) params.set("at", $("at").value);
       rememberQuestion(params);
     } catch (e) {
+      // Another household's (or moment's) results must not stay under this question's error.
+      $("results").hidden = true;
       $("results").dataset.state = "error";
       setStatus(e.message, true);
     } finally {
@@ -219,8 +227,10 @@
     window.history.replaceState(null, "", `${window.location.pathname}?${params}`);
   }
 
+  // Empty: each question is ranked for the deployment's default moment when it is asked (now moves
+  // on; a moment pinned at page load would go stale, and fall inside DATA after a refresh).
   function resetMoment() {
-    if (config) $("at").value = toInputValue(config.default_at);
+    $("at").value = "";
   }
 
   async function start() {
@@ -232,6 +242,7 @@
       $("model-version").textContent = config.model_version;
       $("k").max = String(config.max_k);
       $("baskets").max = String(config.max_baskets);
+      $("at").title = `empty: the deployment's default moment (${shownMoment(config.default_at)} when the page loaded)`;
       resetMoment();
       document.body.dataset.ready = "true";
     } catch (e) {
