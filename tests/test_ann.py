@@ -140,3 +140,38 @@ def test_the_mf_first_stage_works_on_the_models_device(indexed_model, device):
     expected = on_cpu.ranker.candidates.mf_top(users)
     np.testing.assert_array_equal(searched.ranker.candidates.mf_top(users), expected)
     np.testing.assert_array_equal(exact.ranker.candidates.mf_top(users), expected)
+
+
+@pytest.mark.faults
+def test_a_search_among_few_allowed_rows_returns_them_all_in_exact_order(monkeypatch):
+    """The filtered graph search visits about efSearch nodes and keeps the allowed ones: with 200
+    of 20,000 rows allowed it came back 81% -1. A small allowed share is now ranked exactly; a
+    larger one is searched deeper."""
+    import faiss
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((20_000, 8)).astype(np.float32)
+    norms = np.linalg.norm(vectors, axis=1)
+    lift = np.sqrt(norms.max() ** 2 - norms**2)[:, None]
+    graph = faiss.IndexHNSWFlat(9, ann.NEIGHBOURS, faiss.METRIC_L2)
+    graph.add(np.hstack([vectors, lift]).astype(np.float32))
+    index = ann.ProductIndex(graph)
+    queries = rng.standard_normal((5, 8)).astype(np.float32)
+    for allowed_rows, width, exact_below in (
+        (200, 150, ann.EXACT_SEARCH_ROWS),
+        (100, 150, 20_000),
+        (2_000, 150, 1_000),
+    ):
+        monkeypatch.setattr(ann, "EXACT_SEARCH_ROWS", exact_below)
+        allowed = np.zeros(20_000, bool)
+        allowed[rng.choice(20_000, allowed_rows, replace=False)] = True
+        found = index.search(queries, width, allowed)
+        permitted = np.flatnonzero(allowed)
+        exact = permitted[np.argsort(-(queries @ vectors[permitted].T), axis=1, kind="stable")[:, :width]]
+        padded = np.full((5, width), -1)
+        padded[:, : exact.shape[1]] = exact
+        if allowed_rows <= exact_below:
+            np.testing.assert_array_equal(found, padded)
+        else:  # the deeper graph search: nothing missing, nearly the exact lists
+            assert (found >= 0).all() and allowed[found].all()
+            assert np.mean([len(set(f) & set(e)) / width for f, e in zip(found, exact)]) > 0.9

@@ -225,7 +225,9 @@ class AdvancedNCF(nn.Module):
 
     def logits(self, batch: Batch, need_weights: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """N pre-sigmoid scores (``final``'s Linear over the two paths' logits) and, with
-        ``need_weights``, the N x L attention weights over each candidate's household history."""
+        ``need_weights``, the N x L attention weights over each candidate's household history
+        (the null slot's share left out, so a row sums to at most 1: less when the candidate
+        attends to nothing in particular)."""
         if batch.features.shape[1] != NUM_FEATURES:
             raise ValueError(f"the batch has {batch.features.shape[1]} features, the model reads {NUM_FEATURES}")
         zero = torch.zeros(batch.num_candidates, device=batch.features.device)

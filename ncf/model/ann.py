@@ -42,6 +42,9 @@ MF_CANDIDATES = 150  # the first stage's default list width (RankingSettings.mf_
 # less in all five (0.83-0.99, 0.74, 0.42) and took up to 2.2x as long to build (1.85x at 1M), for
 # a search up to 1.8x faster (`python -m bench.ann_build`; BENCHMARKS.md "The MF index's build depth").
 NEIGHBOURS, BUILD_DEPTH, SEARCH_DEPTH = 32, 50, 150
+# A state that allows few of the index's rows (a DATA knowing few of its products) is ranked
+# exactly below this many rows (U x rows inner products: cheap), and searched deeper above it.
+EXACT_SEARCH_ROWS, MAX_SEARCH_DEPTH = 20_000, 4_096
 
 _PRODUCT_TABLE = "mf_embedding_collection.embedding_bags.product_mf_embeddings.weight"
 _MF_OUTPUT = "mf_output.weight"
@@ -116,15 +119,39 @@ class ProductIndex:
 
     def search(self, vectors: np.ndarray, width: int, allowed: np.ndarray, depth: int = SEARCH_DEPTH) -> np.ndarray:
         """U x width rows, best first, among the rows where ``allowed`` (a boolean mask over the
-        table's rows) is true; -1 where fewer than ``width`` rows are allowed. Searched at efSearch
-        ``depth``, or ``width`` if more."""
+        table's rows) is true; -1 where fewer than ``width`` rows are allowed.
+
+        A filtered graph search visits about efSearch nodes and keeps the allowed ones, so a
+        small allowed share came back mostly -1 (200 of 20,000 rows at width 150: 81% of the
+        slots). At most :data:`EXACT_SEARCH_ROWS` allowed rows are ranked exactly from their
+        stored vectors; above that, efSearch (``depth``, or ``width`` if more) grows with the
+        rows' share left out, up to :data:`MAX_SEARCH_DEPTH`."""
         import faiss
 
+        permitted = np.flatnonzero(allowed)
+        if len(permitted) <= EXACT_SEARCH_ROWS:
+            return self._exact(vectors, width, permitted)
+        share = len(permitted) / max(self.rows, 1)
         bitmap = np.packbits(allowed.astype(np.uint8), bitorder="little")
         selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
-        params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(depth, width))
+        effort = min(max(depth, width) / share, MAX_SEARCH_DEPTH)
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=int(max(depth, width, effort)))
         queries = np.hstack([vectors, np.zeros((len(vectors), 1))]).astype(np.float32)
         _, found = self.index.search(queries, width, params=params)
+        return found
+
+    def _exact(self, vectors: np.ndarray, width: int, permitted: np.ndarray) -> np.ndarray:
+        """U x width: the best of ``permitted`` rows by inner product (what the index's lifted L2
+        distance orders by), -1 past their count."""
+        found = np.full((len(vectors), width), -1, dtype=np.int64)
+        if len(permitted) == 0 or len(vectors) == 0:
+            return found
+        stored = self.index.reconstruct_batch(permitted.astype(np.int64))[:, : self.dim]
+        scores = np.asarray(vectors, dtype=np.float32) @ stored.T  # U x A
+        take = min(width, len(permitted))
+        best = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")
+        found[:, :take] = permitted[np.take_along_axis(best, order, axis=1)]
         return found
 
 

@@ -93,9 +93,12 @@ class Batch:
 
     def with_unknown_rows(self, generator: torch.Generator, user_share: float, product_share: float) -> "Batch":
         """Replaces a share of household and candidate rows by the unknown row 0, so that row
-        learns a generic household (product) for the ones the tables have never seen."""
-        user = torch.where(torch.rand(self.num_contexts, generator=generator) < user_share, 0, self.user)
-        product = torch.where(torch.rand(self.num_candidates, generator=generator) < product_share, 0, self.product)
+        learns a generic household (product) for the ones the tables have never seen. The draws
+        come from ``generator`` (a CPU one: the same draws on any device), then move to the batch's."""
+        drawn_users = torch.rand(self.num_contexts, generator=generator).to(self.user.device)
+        drawn_products = torch.rand(self.num_candidates, generator=generator).to(self.product.device)
+        user = torch.where(drawn_users < user_share, 0, self.user)
+        product = torch.where(drawn_products < product_share, 0, self.product)
         return replace(self, user=user, product=product)
 
     @staticmethod
