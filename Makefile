@@ -30,13 +30,11 @@ setup: $(STAMP)
 
 # TorchRec's install order matters: `pip install torchrec` alone pulls the CUDA fbgemm-gpu,
 # which cannot load without CUDA, and both fbgemm packages write the same fbgemm_gpu/ folder.
+# A venv whose creation failed halfway (Debian without python3-venv leaves bin/python, no pip) is
+# made again rather than reused forever; a Python other than 3.11 is warned of.
 $(STAMP): pyproject.toml requirements/lock.txt Makefile
-	@# A venv whose creation failed halfway (Debian without python3-venv leaves bin/python, no pip)
-	@# is made again rather than reused forever.
-	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || \
-	  { echo "error: $(PYTHON) -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
-	@$(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
-	  echo "warning: $$($(PY) --version) is not Python 3.11, the version the pinned stack was tested on"
+	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || { echo "error: $(PYTHON) -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
+	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] != (3, 11))" || echo "warning: $$($(PY) --version) is not Python 3.11, the version the pinned stack was tested on"
 	$(PIP) install -q torch==2.13.0
 	@if $(PIP) show -q $(FBGEMM_OTHER) 2>/dev/null; then $(PIP) uninstall -q -y $(FBGEMM_OTHER); fi
 	$(PIP) install -q $(FBGEMM)
