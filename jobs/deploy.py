@@ -37,6 +37,8 @@ from serve.limits import REQUEST_TIMEOUT_S
 from serve.service import ServeSettings, same_content_on_disk
 
 REPLICA_LOGS = "/tmp/ray/session_latest/logs/serve/"
+# A Serve bound to every address answers on whichever --host a redeploy names (127.0.0.1 included).
+WILDCARD_HOSTS = ("0.0.0.0", "::")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -154,8 +156,8 @@ def main(argv=None) -> dict:
 def check_running_serve(args: argparse.Namespace) -> None:
     """Refuses a deploy that Serve already running on the cluster would not do as asked: one in
     the foreground (it shuts Serve down, every app of it, when it stops), or one on another
-    --host/--port (Serve keeps the address it started with, and the job would wait on the
-    wrong one while the rollout went ahead)."""
+    --port, or another --host than a Serve bound to one address (Serve keeps the address it
+    started with, and the job would wait on the wrong one while the rollout went ahead)."""
     running = running_address()
     if running is None:
         return
@@ -164,11 +166,17 @@ def check_running_serve(args: argparse.Namespace) -> None:
             f"Serve already runs on this cluster ({base_url(*running)}): roll out into it with --detach; "
             "a deploy in the foreground shuts Serve down, every app of it, when it stops"
         )
-    if running != (args.host, args.port):
+    if not serves_address(running, args.host, args.port):
         raise InputError(
             f"Serve already runs on this cluster at {base_url(*running)} and keeps that address: deploy with "
             f"--host {running[0]} --port {running[1]}, or stop it first (serve shutdown)"
         )
+
+
+def serves_address(running: tuple, host: str, port: int) -> bool:
+    """Whether a Serve listening at ``running`` (host, port) answers on ``host:port``."""
+    running_host, running_port = running
+    return running_port == port and (running_host in WILDCARD_HOSTS or running_host == host)
 
 
 def note_dropped_data(args: argparse.Namespace) -> None:

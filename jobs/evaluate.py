@@ -37,8 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--max-users",
         type=positive_int,
         default=None,
-        help="evaluate a seeded sample of this many households, and tune the baselines on a sample as large "
-        "(default: every household of the period)",
+        help="evaluate a seeded sample of this many households (default: every household of the period); the "
+        "baselines are tuned on every validation household, once per DATA (kept in DATA/baselines/tuned.json)",
     )
     p.add_argument("--no-baselines", action="store_true", help="the model alone")
     p.add_argument("--baselines-only", action="store_true", help="no model: the baselines alone, from DATA")

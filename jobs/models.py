@@ -10,7 +10,7 @@ Examples::
     python -m jobs.models promote 7        # version 7 becomes current
     python -m jobs.models rollback         # current goes back to the one before
     python -m jobs.models register artifacts/model/cj --data artifacts/data/cj
-    python -m jobs.deploy --model current  # (re)deploy whatever is current now
+    python -m jobs.deploy --model current --detach  # roll whatever is current now out on the running cluster
 """
 
 from __future__ import annotations

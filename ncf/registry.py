@@ -522,6 +522,7 @@ def track_model(
     tags = {k: v for k, v in (tags or {}).items() if v is not None}
     tags.setdefault("deployable", str(candidate).lower())  # refit/best-without-refit: true; validated: false
     try:
+        version = None
         registry = registry or Registry()
         if run_id is None:
             metrics = read_metrics(model_dir)
@@ -542,13 +543,15 @@ def track_model(
         if strict or (isinstance(e, InputError) and not isinstance(e, StoreUnavailable)):
             raise
         first_line = (str(e).strip().splitlines() or [""])[0]
-        print(
-            f"[registry] {model_dir} not recorded ({type(e).__name__}: {first_line}); "
-            f"record it later with {MODELS_CLI} register {model_dir}{'' if candidate else ' --not-deployable'}",
-            file=sys.stderr,
-            flush=True,
-        )
-        return None
+        if version is not None:  # registered; the store failed before current could be settled
+            later = f"{MODELS_CLI} promote {version} makes it current" if candidate else "it is not deployable"
+            failed = f"{type(e).__name__}: {first_line}"
+            message = f"registered as version {version}, current not settled ({failed}); {later}"
+        else:
+            later = f"{MODELS_CLI} register {model_dir}{'' if candidate else ' --not-deployable'}"
+            message = f"not recorded ({type(e).__name__}: {first_line}); record it later with {later}"
+        print(f"[registry] {model_dir} {message}", file=sys.stderr, flush=True)
+        return version
 
 
 def _quoted(value: str) -> str:

@@ -163,6 +163,7 @@ def test_a_search_among_few_allowed_rows_returns_them_all_in_exact_order(monkeyp
         (2_000, 150, 1_000),
     ):
         monkeypatch.setattr(ann, "EXACT_SEARCH_ROWS", exact_below)
+        monkeypatch.setattr(ann, "EXACT_COST_RATIO", 0 if exact_below < allowed_rows else ann.EXACT_COST_RATIO)
         allowed = np.zeros(20_000, bool)
         allowed[rng.choice(20_000, allowed_rows, replace=False)] = True
         found = index.search(queries, width, allowed)

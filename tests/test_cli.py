@@ -377,3 +377,14 @@ def test_the_demo_refuses_a_taken_port_before_any_work(tmp_path, capsys):
     assert f"something already listens on 127.0.0.1:{port}" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "demo")
     demo.check_port_free(port)  # free again once the listener closed
+
+
+def test_a_redeploy_names_the_running_serves_port_and_any_host_it_listens_on():
+    """Serve started with --host 0.0.0.0 (a cluster's) answers on 127.0.0.1 too: README's redeploys
+    without --host were refused by a literal comparison of the addresses."""
+    from jobs.deploy import serves_address
+
+    assert serves_address(("0.0.0.0", 8000), "127.0.0.1", 8000) and serves_address(("::", 8000), "::1", 8000)
+    assert serves_address(("127.0.0.1", 8000), "127.0.0.1", 8000)
+    assert not serves_address(("127.0.0.1", 8000), "0.0.0.0", 8000)  # a Serve on loopback is not reachable elsewhere
+    assert not serves_address(("0.0.0.0", 8000), "127.0.0.1", 9000)

@@ -135,13 +135,12 @@ def tuned_baselines(
     names: Sequence[str] = BASELINE_ORDER,
     retune: bool = False,
     exclude_purchased: bool = False,
-    max_users: Optional[int] = None,
 ) -> List[tuple[Baseline, Dict, Optional[Tuned]]]:
     """Each baseline of ``names`` that ``data`` can build (the boosted ranker needs its training
     lists) with the parameters to build it with: for a tunable one, those tuned on ``data``'s
     validation period (from ``state``, the state of ``data``, as known at the period's start;
-    ``max_users``: on a seeded sample of its households) and the tuning's record; for the
-    others, their defaults and None."""
+    every household of it, once per DATA: ``tuned.json`` keeps the search) and the tuning's
+    record; for the others, their defaults and None."""
     stats = layout.DataStats(data)
     if "boosted_ranker" in names and not stats.raw.get("examples"):
         _log("boosted_ranker left out: DATA has no training lists (jobs.preprocess --state-only)")
@@ -151,9 +150,8 @@ def tuned_baselines(
     if tunable:
         val_state = state.as_of(period_start(VAL, stats.boundaries))
         val_context, val_period = point_in_time_period(val_state, VAL, stats.boundaries, data, exclude_purchased)
-        val_users = sample_users(val_period.users, max_users)
         tuned = tuned_params(
-            tunable, data, val_context, val_period, val_users, retune, exclude_purchased=exclude_purchased
+            tunable, data, val_context, val_period, val_period.users, retune, exclude_purchased=exclude_purchased
         )
     return [(b, tuned[b.name].params if b.name in tuned else dict(b.defaults), tuned.get(b.name)) for b in baselines]
 
@@ -169,16 +167,14 @@ def evaluate_baselines(
     exclude_purchased: bool = False,
     on_row: Optional[Callable[[Dict], None]] = None,
     against: Optional[pd.DataFrame] = None,
-    max_users: Optional[int] = None,
 ) -> List[Dict]:
     """One row per baseline on ``period``; tunable ones with the parameters tuned on the
-    validation period (``params`` and ``val_*`` in the row; ``max_users``: tuned on a seeded
-    sample of its households, as ``users`` is of ``period``'s). ``exclude_purchased``: every
+    validation period (``params`` and ``val_*`` in the row). ``exclude_purchased``: every
     ranking leaves out what the household bought before (tuning too). ``on_row``: called with
     each row as soon as it is computed (a job prints it then). ``against``: the model's
     per-household metrics on ``users`` (see :func:`ncf.evaluate.protocol.evaluate`)."""
     rows = []
-    for baseline, params, tuned in tuned_baselines(data, state, names, retune, exclude_purchased, max_users):
+    for baseline, params, tuned in tuned_baselines(data, state, names, retune, exclude_purchased):
         started = time.time()
         ranker = baseline.build(context, **params)
         fit_seconds = round(time.time() - started, 1)
@@ -248,7 +244,7 @@ def evaluate_all(
     if baselines:
         rows.extend(
             evaluate_baselines(
-                data, state, context, period, users, baselines, retune, exclude_purchased, on_row, households, max_users
+                data, state, context, period, users, baselines, retune, exclude_purchased, on_row, households
             )
         )
     return rows

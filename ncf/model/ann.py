@@ -42,9 +42,14 @@ MF_CANDIDATES = 150  # the first stage's default list width (RankingSettings.mf_
 # less in all five (0.83-0.99, 0.74, 0.42) and took up to 2.2x as long to build (1.85x at 1M), for
 # a search up to 1.8x faster (`python -m bench.ann_build`; BENCHMARKS.md "The MF index's build depth").
 NEIGHBOURS, BUILD_DEPTH, SEARCH_DEPTH = 32, 50, 150
-# A state that allows few of the index's rows (a DATA knowing few of its products) is ranked
-# exactly below this many rows (U x rows inner products: cheap), and searched deeper above it.
-EXACT_SEARCH_ROWS, MAX_SEARCH_DEPTH = 20_000, 4_096
+# A state that allows few of the index's rows (a DATA knowing few of its products, a model whose
+# lists held few) is ranked exactly: up to EXACT_SEARCH_ROWS allowed rows, or while allowed^2 <=
+# EXACT_COST_RATIO x rows. A filtered graph search's cost grows as efSearch, which must grow as the
+# allowed share shrinks; an exact one's as the allowed rows. A helper's timing on this machine
+# (32 households, 200k rows): the graph 5.9 ms with every row allowed, 11 ms at 100k, 44 ms at
+# 25k (efSearch 1,200); exact 9.9 ms at 20k, 22 ms at 40k of 1M. Their crossing: allowed^2 about
+# 10,000 x rows.
+EXACT_SEARCH_ROWS, EXACT_COST_RATIO, MAX_SEARCH_DEPTH = 20_000, 10_000, 2_048
 
 _PRODUCT_TABLE = "mf_embedding_collection.embedding_bags.product_mf_embeddings.weight"
 _MF_OUTPUT = "mf_output.weight"
@@ -123,13 +128,13 @@ class ProductIndex:
 
         A filtered graph search visits about efSearch nodes and keeps the allowed ones, so a
         small allowed share came back mostly -1 (200 of 20,000 rows at width 150: 81% of the
-        slots). At most :data:`EXACT_SEARCH_ROWS` allowed rows are ranked exactly from their
-        stored vectors; above that, efSearch (``depth``, or ``width`` if more) grows with the
-        rows' share left out, up to :data:`MAX_SEARCH_DEPTH`."""
+        slots). Few allowed rows (:data:`EXACT_SEARCH_ROWS`, :data:`EXACT_COST_RATIO`) are ranked
+        exactly from their stored vectors; more are searched with efSearch (``depth``, or
+        ``width`` if more) grown with the rows' share left out, up to :data:`MAX_SEARCH_DEPTH`."""
         import faiss
 
         permitted = np.flatnonzero(allowed)
-        if len(permitted) <= EXACT_SEARCH_ROWS:
+        if len(permitted) <= EXACT_SEARCH_ROWS or len(permitted) ** 2 <= EXACT_COST_RATIO * self.rows:
             return self._exact(vectors, width, permitted)
         share = len(permitted) / max(self.rows, 1)
         bitmap = np.packbits(allowed.astype(np.uint8), bitorder="little")

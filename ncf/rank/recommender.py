@@ -29,7 +29,7 @@ from ncf.moments import as_datetime, day_of, first_rankable, run_date_of, to_epo
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import Ranker, Ranking
 from ncf.rank.reasons import Reason
-from ncf.rank.state import RankingState, check_catalog, check_products_known
+from ncf.rank.state import RankingState, check_catalog, check_data_products
 
 AS_OF_DAYS = 4  # past days whose product stats a recommender keeps (each a pass over the purchases)
 
@@ -100,9 +100,9 @@ class Recommender:
         state = RankingState.load(data or handle.state_dir)
         if data is not None:
             check_catalog(handle.config["model"], state.vocabs.sizes(), data)
+            # Before the ranker: without a saved index it builds one (minutes at 1M products).
+            check_data_products(handle, data)
         ranker = Ranker.of_model_dir(handle, state, settings, device=device)
-        if data is not None:
-            check_products_known(ranker.rows.product, data)
         return Recommender(ranker, handle.version, queue_passes)
 
     # -- what the state says ------------------------------------------------------------------

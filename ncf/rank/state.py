@@ -142,8 +142,9 @@ def histories_against_model(model_config: Dict, boundaries: Dict[str, int]) -> L
     if "start" in trained_on and boundaries["start"] > trained_on["start"] + SECONDS_PER_DAY:
         notes.append(
             f"DATA's purchases start {run_date_of(boundaries['start'])}, after those the model was trained on "
-            f"({run_date_of(trained_on['start'])}): households' earlier purchases are missing from their "
-            "histories (a --state-only refresh reads the whole log, not only the new part)"
+            f"({run_date_of(trained_on['start'])}): households' earlier purchases are not in their histories "
+            "(expected where the logs keep a rolling window; otherwise a --state-only refresh given only the "
+            "recent logs: it reads the whole log)"
         )
     return notes
 

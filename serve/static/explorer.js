@@ -10,10 +10,11 @@
 
   // -- HTTP ------------------------------------------------------------------------------------
 
-  // A 503 with Retry-After (a replica computing a past day's stats): asked again this many times.
+  // The question's calls (history, recommend) ask again after a 503's Retry-After (a replica
+  // computing a past day's stats, or shedding load) this many times; the id search does not.
   const BUSY_RETRIES = 2;
 
-  async function call(path, body) {
+  async function call(path, body, retries = 0) {
     // Relative paths: the routes sit beside /ui under the app's route prefix.
     const init = body === undefined ? {} : {
       method: "POST",
@@ -21,10 +22,10 @@
       body: JSON.stringify(body),
     };
     let response = await fetch(path, init);
-    for (let retry = 0; retry < BUSY_RETRIES && response.status === 503; retry++) {
+    for (let retry = 0; retry < retries && response.status === 503; retry++) {
       const wait = Number(response.headers.get("Retry-After"));
       if (!(wait > 0 && wait <= 60)) break;
-      setStatus(`The server is computing that day's figures; asking again in ${wait} s…`, false);
+      setStatus(`The server is busy (HTTP 503); asking again in ${wait} s…`, false);
       await new Promise((resolve) => setTimeout(resolve, wait * 1000));
       response = await fetch(path, init);
     }
@@ -49,7 +50,6 @@
     return node;
   }
 
-  // "2017-11-27T04:01:21+00:00" -> "2017-11-27T04:01:21" (a datetime-local value, read as UTC)
   // A datetime-local value -> ISO-8601 UTC; browsers drop ":00" seconds.
   function toIso(value) {
     if (!value) return null;
@@ -194,8 +194,8 @@
     setStatus(`Loading household ${household}…`, false);
     try {
       const [history, answer] = await Promise.all([
-        call("history", { user_id: household, baskets, ...moment }),
-        call("recommend", { user_id: household, k, explain: true, ...moment }),
+        call("history", { user_id: household, baskets, ...moment }, BUSY_RETRIES),
+        call("recommend", { user_id: household, k, explain: true, ...moment }, BUSY_RETRIES),
       ]);
       const ids = [
         ...answer.items.map((i) => i.product_id),
