@@ -5,8 +5,9 @@ Runs until interrupted (Ctrl-C or SIGTERM), or with --detach returns once the ap
 serving after the job ends, and is refused without one. Run it again on that cluster with
 another --model to roll that model out in place, without downtime (or with the same paths once
 a new model or DATA is written there: their fingerprints changed). Where Serve already runs on
-the cluster a deploy needs --detach and Serve's own --host/--port (refused in one line otherwise:
-a foreground deploy shuts Serve down when it stops, and Serve keeps the address it started with).
+the cluster a deploy needs --detach and Serve's own port (and host, unless Serve listens on every
+address; refused in one line otherwise: a foreground deploy shuts Serve down when it stops, and
+Serve keeps the address it started with).
 
 A rollout the replicas refuse (they keep serving the previous model, /healthz names the error)
 exits 2 with one line, after deploying the previous model's settings again, so that Serve's
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Optional
 
 from jobs.cli import check_data, check_model, init_ray, job_parser, positive_int, positive_seconds, tcp_port
 from ncf.errors import InputError
@@ -118,8 +120,9 @@ def main(argv=None) -> dict:
             check_data(args.data)
         app = build_app(app_args)  # checks the settings before Ray starts
         init_ray()
-        check_running_serve(args)
-        note_dropped_data(args)
+        running = running_address()
+        check_running_serve(args, running)
+        note_dropped_data(args, running)
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -153,12 +156,12 @@ def main(argv=None) -> dict:
     return health
 
 
-def check_running_serve(args: argparse.Namespace) -> None:
+def check_running_serve(args: argparse.Namespace, running: Optional[tuple]) -> None:
     """Refuses a deploy that Serve already running on the cluster would not do as asked: one in
     the foreground (it shuts Serve down, every app of it, when it stops), or one on another
     --port, or another --host than a Serve bound to one address (Serve keeps the address it
-    started with, and the job would wait on the wrong one while the rollout went ahead)."""
-    running = running_address()
+    started with, and the job would wait on the wrong one while the rollout went ahead).
+    ``running``: :func:`serve.launch.running_address`."""
     if running is None:
         return
     if not args.detach:
@@ -179,11 +182,11 @@ def serves_address(running: tuple, host: str, port: int) -> bool:
     return running_port == port and (running_host in WILDCARD_HOSTS or running_host == host)
 
 
-def note_dropped_data(args: argparse.Namespace) -> None:
+def note_dropped_data(args: argparse.Namespace, running: Optional[tuple]) -> None:
     """Says when this rollout, without --data, drops the DATA Serve ranks from now: the model's
     own state (its training DATA's histories) replaces the fresher ones (a redeploy after
     ``jobs.models promote`` or ``rollback`` most of all)."""
-    if args.data is not None or running_address() is None:
+    if args.data is not None or running is None:
         return
     try:
         serving = serving_user_config()

@@ -264,8 +264,7 @@ class ModelService:
                 answers[i] = PassNeeded(moments[i])  # kept when routed, forgotten or reloaded since
                 continue
             try:  # here, not in rank() below, so that it refuses this request alone
-                self.recommender.check_rankable(moments[i])
-                self.recommender.as_of(moments[i])  # its day's stats, each day's failure its own
+                self.recommender.as_of(moments[i])  # checks the moment, then its day's stats: its failure its own
             except Exception as refused:  # noqa: BLE001 (BeforeTheData, PassBusy: raised by the route)
                 answers[i] = refused
                 continue

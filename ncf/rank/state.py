@@ -102,28 +102,23 @@ def check_catalog(model_sizes: Dict[str, int], data_sizes: Optional[Dict[str, in
         )
 
 
-def check_products_known(product_rows: np.ndarray, data: str) -> None:
-    """Refuses (InputError) a DATA none of whose products has a trained row in the model
-    (``product_rows``: :attr:`EmbeddingRows.product`): ids are matched by value, so ids written
-    otherwise than the model's vocabulary (``000123`` against ``123``) or another catalog's map
-    every product to the unknown row, and the model would rank without its product tables, the
-    MF first stage empty, without a word."""
-    if len(product_rows) > 1 and not (product_rows[1:] != UNKNOWN_INDEX).any():
-        raise InputError(
-            f"{data}: none of its {len(product_rows) - 1:,} products has a trained row in the model: its product "
-            "ids are not those the model was trained on (written otherwise, such as 000123 for 123, or another "
-            "catalog's); preprocess it from logs with the model's ids"
-        )
-
-
 def check_data_products(handle: ModelDir, data: str) -> None:
-    """:func:`check_products_known` of ``data`` for a model directory, from the two product
-    vocabularies alone: for the jobs, before Ray starts (the replicas and actors check again
-    once they load)."""
+    """Refuses (InputError) a DATA none of whose products has a trained row in the model
+    directory, from the two product vocabularies alone (the jobs before Ray starts, the load
+    before the ranker is built): ids are matched by value, so ids written otherwise than the
+    model's vocabulary (``000123`` against ``123``) or another catalog's map every product to the
+    unknown row, and the model would rank without its product tables, the MF first stage empty,
+    without a word."""
     products = Vocabulary.load(os.path.join(layout.vocab_dir(data), "products.parquet"))
     tables = Vocabulary.load(os.path.join(layout.vocab_dir(handle.state_dir), "products.parquet"))
     trained = handle.trained_rows
-    check_products_known(_rows(tables, products, handle.rows_trained_before, trained and trained[1]), data)
+    rows = _rows(tables, products, handle.rows_trained_before, trained and trained[1])
+    if len(rows) > 1 and not (rows[1:] != UNKNOWN_INDEX).any():
+        raise InputError(
+            f"{data}: none of its {len(rows) - 1:,} products has a trained row in the model: its product "
+            "ids are not those the model was trained on (written otherwise, such as 000123 for 123, or another "
+            "catalog's); preprocess it from logs with the model's ids"
+        )
 
 
 def histories_against_model(model_config: Dict, boundaries: Dict[str, int]) -> List[str]:
