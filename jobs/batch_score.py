@@ -35,7 +35,9 @@ from ncf.device import GPU_SETTINGS
 def parse_args(argv=None) -> argparse.Namespace:
     d = BatchScoreConfig(model="", data="", output="")
     p = job_parser(
-        "batch_score", "Nightly batch scoring of every user: a Ray Data actor pool, or the driver for a small DATA."
+        "batch_score",
+        "Nightly batch scoring of every user: a Ray Data actor pool, or the driver for a small DATA.",
+        uses_ray=True,
     )
     p.add_argument(
         "--model",

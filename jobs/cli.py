@@ -75,9 +75,26 @@ def check_head_answers(address: str, wait_s: float = HEAD_WAIT_S, timeout_s: flo
                 ) from None
             if attempt == 0:
                 print(
-                    f"waiting up to {wait_s:g} s for the Ray head at {address} to answer", file=sys.stderr, flush=True
+                    f"[ray] waiting up to {wait_s:g} s for the Ray head at {address} to answer",
+                    file=sys.stderr,
+                    flush=True,
                 )
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def check_port_free(host: str, port: int, owner: str) -> None:
+    """Refuses (one line) a ``port`` something already listens on at ``host`` (127.0.0.1 for a
+    wildcard host): a Serve left running by jobs.deploy, say, which would answer the health check
+    and the queries meant for the one ``owner`` starts (``owner``: what to do instead, in words)."""
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host.strip("[]")
+    try:
+        with socket.create_connection((probe_host, port), timeout=1):
+            pass
+    except OSError:
+        return
+    raise InputError(
+        f"--port {port}: something already listens on {probe_host}:{port} (a Serve from jobs.deploy?); {owner}"
+    )
 
 
 @contextmanager
@@ -208,8 +225,19 @@ def version_line() -> str:
     return f"advanced-ncf-platform {__version__} (model directory format {FORMAT_VERSION})"
 
 
-def job_parser(job: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    """The parser of ``python -m jobs.<job>``, with ``--version``."""
+RAY_CLUSTER_EPILOG = (  # lines of the help's width: the formatter keeps an epilog as written
+    "Ray cluster: the one RAY_ADDRESS names (HOST:6379, from `ray start --head`) when\n"
+    "set, else a local one started for the job and stopped with it; or submit the job\n"
+    "with `ray job submit`."
+)
+
+
+def job_parser(
+    job: str, description: str, epilog: str | None = None, uses_ray: bool = False
+) -> argparse.ArgumentParser:
+    """The parser of ``python -m jobs.<job>``, with ``--version``; ``uses_ray``: the help says
+    how the job finds its cluster."""
+    epilog = "\n\n".join(part for part in (epilog, RAY_CLUSTER_EPILOG if uses_ray else None) if part) or None
     p = argparse.ArgumentParser(
         prog=f"python -m jobs.{job}", description=description, epilog=epilog, formatter_class=HelpFormatter
     )

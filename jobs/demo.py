@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import time
 import urllib.request
 
 from jobs import batch_score, evaluate, preprocess, train
-from jobs.cli import init_ray, job_parser, one_line_errors, positive_int, tcp_port
+from jobs.cli import check_port_free, init_ray, job_parser, one_line_errors, positive_int, tcp_port
 from ncf.batch.partitions import partition_dir
 from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION
@@ -106,14 +105,14 @@ def online_queries(model: str, data: str, port: int) -> list:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = job_parser("demo", "The whole path on Complete Journey.")
+    p = job_parser("demo", "The whole path on Complete Journey.", uses_ray=True)
     p.add_argument("--workdir", default="artifacts/demo", help="where the data, models, report and scores go")
     p.add_argument("--epochs", type=positive_int, default=3, help="training epochs at most")
     p.add_argument("--port", type=tcp_port, default=8000, help="Serve's port on 127.0.0.1 (checked free at the start)")
     p.add_argument(
         "--ablations",
         default=RECORDED_ABLATIONS,
-        help="bench.ablations rows shown in the report (default: the committed Complete Journey rows; a local "
+        help="bench.ablations rows shown in the report, the committed Complete Journey rows by default (a local "
         "run's results.jsonl may hold another dataset's or code's rows)",
     )
     p.add_argument(
@@ -122,18 +121,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="keep DATA if a previous run preprocessed it with this code's feature definitions",
     )
     return p.parse_args(argv)
-
-
-def check_port_free(port: int) -> None:
-    """Refuses a port something on 127.0.0.1 already listens on (a Serve of jobs.deploy, whose
-    default port is the same): the demo's queries would reach it and report its answers."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1)
-        if probe.connect_ex(("127.0.0.1", port)) == 0:
-            raise InputError(
-                f"--port {port}: something already listens on 127.0.0.1:{port} (a Serve from jobs.deploy?); "
-                "stop it or give the demo another --port"
-            )
 
 
 def main(argv=None) -> list:
@@ -146,7 +133,8 @@ def main(argv=None) -> list:
     # per-request access logs go to Serve's log files (printed at the end), not into its output.
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     with one_line_errors():
-        check_port_free(args.port)  # now, not after ten minutes of preprocessing and training
+        # Now, not after ten minutes of preprocessing and training.
+        check_port_free("127.0.0.1", args.port, "stop it or give the demo another --port")
         if not os.path.isfile(args.ablations):
             raise InputError(f"--ablations {args.ablations}: no such file")
         init_ray()
@@ -157,7 +145,7 @@ def main(argv=None) -> list:
         stats = layout.stats_path(data)
         reusable = os.path.exists(stats) and layout.DataStats(data).features_version == FEATURES_VERSION
         if args.reuse_data and reusable:
-            print(f"reusing {data}")
+            print(f"reusing {data}", flush=True)
         else:
             preprocess.main(["--dataset", "completejourney", "--output", data])
 

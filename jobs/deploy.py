@@ -22,7 +22,17 @@ import os
 import sys
 from typing import Optional
 
-from jobs.cli import check_data, check_model, init_ray, job_parser, positive_int, positive_seconds, tcp_port
+from jobs.cli import (
+    check_data,
+    check_model,
+    check_port_free,
+    init_ray,
+    job_parser,
+    non_negative_int,
+    positive_int,
+    positive_seconds,
+    tcp_port,
+)
 from ncf.errors import InputError
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
@@ -44,7 +54,7 @@ WILDCARD_HOSTS = ("0.0.0.0", "::")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = job_parser("deploy", "Serve a model directory over HTTP with Ray Serve (autoscaling).")
+    p = job_parser("deploy", "Serve a model directory over HTTP with Ray Serve (autoscaling).", uses_ray=True)
     p.add_argument(
         "--model",
         required=True,
@@ -78,8 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=REQUEST_TIMEOUT_S,
         help="a request not answered within this gets 504 (applies when this command starts Serve)",
     )
-    p.add_argument("--min-replicas", type=int, default=1, help="replicas kept when idle (autoscaling)")
-    p.add_argument("--max-replicas", type=int, default=2, help="replicas at most under load (autoscaling)")
+    p.add_argument("--min-replicas", type=non_negative_int, default=1, help="replicas kept when idle (autoscaling)")
+    p.add_argument("--max-replicas", type=positive_int, default=2, help="replicas at most under load (autoscaling)")
     p.add_argument("--detach", action="store_true", help="return once deployed (on a running cluster)")
     p.add_argument(
         "--ui",
@@ -160,9 +170,13 @@ def check_running_serve(args: argparse.Namespace, running: Optional[tuple]) -> N
     """Refuses a deploy that Serve already running on the cluster would not do as asked: one in
     the foreground (it shuts Serve down, every app of it, when it stops), or one on another
     --port, or another --host than a Serve bound to one address (Serve keeps the address it
-    started with, and the job would wait on the wrong one while the rollout went ahead).
-    ``running``: :func:`serve.launch.running_address`."""
+    started with, and the job would wait on the wrong one while the rollout went ahead). Without
+    Serve on the cluster, refuses a port something else listens on. ``running``:
+    :func:`serve.launch.running_address`."""
     if running is None:
+        # No Serve of this cluster's holds the port: whatever answers there (a foreground deploy
+        # on another cluster, say) would pass the health check below and this job report it.
+        check_port_free(args.host, args.port, "stop it or deploy on another --port")
         return
     if not args.detach:
         raise InputError(

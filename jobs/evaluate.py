@@ -104,7 +104,7 @@ def main(argv=None) -> list:
                 ablations_source=args.ablations,
                 exclude_purchased=args.exclude_purchased,
             )
-            print(f"[evaluate] report: {path}", flush=True)
+            print(f"[evaluate] report: {path}", file=sys.stderr, flush=True)  # stdout: the rows alone
         return rows
 
 

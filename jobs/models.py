@@ -51,24 +51,34 @@ def parse_args(argv=None) -> argparse.Namespace:
         "The model registry: list the registered model directories, promote one to current, roll back.",
         epilog="The store: $MLFLOW_TRACKING_URI when set, else sqlite:///artifacts/mlflow.db (mlflow ui shows it).",
     )
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///artifacts/mlflow.db)",
-    )
-    p.add_argument("--name", default=MODEL_NAME, help="registered model name")
+    _add_store_options(p, after_command=False)
+    # The same options after the command too (jobs.models list --tracking-uri URI); SUPPRESS keeps
+    # a value given before the command when none is given after it.
+    store = argparse.ArgumentParser(add_help=False)
+    _add_store_options(store, after_command=True)
     commands = p.add_subparsers(dest="command", metavar="COMMAND")
     listing = commands.add_parser(
-        "list", formatter_class=HelpFormatter, help="the versions, current marked (the default command)"
+        "list",
+        formatter_class=HelpFormatter,
+        parents=[store],
+        help="the versions, current marked (the default command)",
     )
     listing.add_argument("--json", action="store_true", help="one JSON object per version (every tag)")
-    promote = commands.add_parser("promote", formatter_class=HelpFormatter, help="make VERSION current")
+    promote = commands.add_parser(
+        "promote", formatter_class=HelpFormatter, parents=[store], help="make VERSION current"
+    )
     promote.add_argument("version", help="a version number (see list)")
     commands.add_parser(
-        "rollback", formatter_class=HelpFormatter, help="make the previous current version current again"
+        "rollback",
+        formatter_class=HelpFormatter,
+        parents=[store],
+        help="make the previous current version current again",
     )
     register = commands.add_parser(
-        "register", formatter_class=HelpFormatter, help="record an existing model directory as a new version"
+        "register",
+        formatter_class=HelpFormatter,
+        parents=[store],
+        help="record an existing model directory as a new version",
     )
     register.add_argument("model", help="model directory (jobs.train or SWEEP/best)")
     register.add_argument("--data", default=None, help="its DATA (default: the path its config.json names)")
@@ -79,12 +89,26 @@ def parse_args(argv=None) -> argparse.Namespace:
         "recorded, never made current by itself",
     )
     resolve = commands.add_parser(
-        "resolve", formatter_class=HelpFormatter, help="print the model directory a reference names"
+        "resolve", formatter_class=HelpFormatter, parents=[store], help="print the model directory a reference names"
     )
     resolve.add_argument(
         "ref", nargs="?", default="current", help="current, models:/NAME/VERSION or models:/NAME@ALIAS"
     )
     return p.parse_args(argv)
+
+
+def _add_store_options(p: argparse.ArgumentParser, after_command: bool) -> None:
+    """The store's options; after the command their defaults are SUPPRESS (a value given before
+    the command stays), so the help spells the default out."""
+    p.add_argument(
+        "--tracking-uri",
+        default=argparse.SUPPRESS if after_command else None,
+        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///artifacts/mlflow.db)",
+    )
+    if after_command:
+        p.add_argument("--name", default=argparse.SUPPRESS, help=f"registered model name (default: {MODEL_NAME})")
+    else:
+        p.add_argument("--name", default=MODEL_NAME, help="registered model name")
 
 
 def _cell(row: dict, key: str) -> str:

@@ -15,7 +15,9 @@ from ncf.staging import check_target
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = job_parser("preprocess", "Validate purchase logs, build vocabularies and features with Ray Data.")
+    p = job_parser(
+        "preprocess", "Validate purchase logs, build vocabularies and features with Ray Data.", uses_ray=True
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="purchase log: Parquet/CSV file, directory or glob")
     source.add_argument("--dataset", choices=datasets.DATASETS, help="a built-in dataset")

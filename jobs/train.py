@@ -43,7 +43,9 @@ TEST_USERS = 100_000  # Complete Journey's test weeks hold 2,078 households: all
 
 def parse_args(argv=None) -> argparse.Namespace:
     d = TrainConfig()
-    p = job_parser("train", "Train AdvancedNCF with Ray Train (TorchTrainer); register the model (jobs.models).")
+    p = job_parser(
+        "train", "Train AdvancedNCF with Ray Train (TorchTrainer); register the model (jobs.models).", uses_ray=True
+    )
     p.add_argument("--data", required=True, help="output of jobs.preprocess")
     p.add_argument(
         "--output",

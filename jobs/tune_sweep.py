@@ -38,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = job_parser(
         "tune_sweep",
         "Ray Tune + Optuna sweep over AdvancedNCF's dimensions; SWEEP/best is the winner (registered: jobs.models).",
+        uses_ray=True,
     )
     p.add_argument("--data", required=True, help="output of jobs.preprocess (visible to every node)")
     p.add_argument("--output", required=True, help="sweep directory")

@@ -57,7 +57,7 @@ def test_every_option_has_help_and_shows_its_default(job, monkeypatch, capsys):
         name = action.option_strings[-1] if action.option_strings else action.dest
         assert action.help and len(action.help) > 8, f"{job} {name}: no help text"
         text = owner.formatter_class(owner.prog)._get_help_string(action) % {**vars(action), "prog": owner.prog}
-        if not action.required and action.default is not None and action.default is not False:
+        if not action.required and action.default not in (None, False, argparse.SUPPRESS):
             assert f"(default: {action.default})" in text, f"{job} {name}: default not shown"
         if owner is parser:
             assert name in shown and action.help.split()[0] in shown
@@ -376,7 +376,26 @@ def test_the_demo_refuses_a_taken_port_before_any_work(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert f"something already listens on 127.0.0.1:{port}" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "demo")
-    demo.check_port_free(port)  # free again once the listener closed
+    cli.check_port_free("127.0.0.1", port, "")  # free again once the listener closed
+
+
+@pytest.mark.faults
+def test_a_deploy_refuses_a_port_another_server_holds():
+    """A foreground deploy of another cluster still on the port: the new job's health check got
+    the old server's answer and printed success with the old model's version."""
+    import socket
+
+    from jobs.deploy import check_running_serve
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        for host in ("127.0.0.1", "0.0.0.0"):
+            args = argparse.Namespace(host=host, port=port, detach=False)
+            with pytest.raises(cli.InputError, match=f"something already listens on 127.0.0.1:{port}"):
+                check_running_serve(args, None)
+    check_running_serve(argparse.Namespace(host="127.0.0.1", port=port, detach=False), None)
 
 
 def test_a_redeploy_names_the_running_serves_port_and_any_host_it_listens_on():
@@ -388,3 +407,15 @@ def test_a_redeploy_names_the_running_serves_port_and_any_host_it_listens_on():
     assert serves_address(("127.0.0.1", 8000), "127.0.0.1", 8000)
     assert not serves_address(("127.0.0.1", 8000), "0.0.0.0", 8000)  # a Serve on loopback is not reachable elsewhere
     assert not serves_address(("0.0.0.0", 8000), "127.0.0.1", 9000)
+
+
+@pytest.mark.faults
+def test_the_registry_jobs_store_options_go_before_or_after_the_command():
+    """`jobs.models list --tracking-uri URI` was refused: subcommands did not know the options."""
+    from jobs.models import MODEL_NAME, parse_args
+
+    after = parse_args(["promote", "3", "--tracking-uri", "sqlite:///x.db", "--name", "n"])
+    assert (after.command, after.version, after.tracking_uri, after.name) == ("promote", "3", "sqlite:///x.db", "n")
+    before = parse_args(["--tracking-uri", "sqlite:///y.db", "list"])
+    assert (before.tracking_uri, before.name) == ("sqlite:///y.db", MODEL_NAME)
+    assert parse_args(["list"]).tracking_uri is None

@@ -52,6 +52,7 @@ import dataclasses
 import math
 import os
 import shutil
+import sys
 import time
 import uuid
 import warnings
@@ -169,7 +170,8 @@ class BatchScoreConfig:
 
 
 def _log(message: str) -> None:
-    print(f"[batch_score] {message}", flush=True)
+    # stderr: the job's stdout is its summary, one JSON line.
+    print(f"[batch_score] {message}", file=sys.stderr, flush=True)
 
 
 # -- the moment scored and where it goes ---------------------------------------------------------

@@ -151,7 +151,14 @@ def tuned_baselines(
         val_state = state.as_of(period_start(VAL, stats.boundaries))
         val_context, val_period = point_in_time_period(val_state, VAL, stats.boundaries, data, exclude_purchased)
         tuned = tuned_params(
-            tunable, data, val_context, val_period, val_period.users, retune, exclude_purchased=exclude_purchased
+            tunable,
+            data,
+            val_context,
+            val_period,
+            val_period.users,
+            retune,
+            log=_log,
+            exclude_purchased=exclude_purchased,
         )
     return [(b, tuned[b.name].params if b.name in tuned else dict(b.defaults), tuned.get(b.name)) for b in baselines]
 
