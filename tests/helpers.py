@@ -10,6 +10,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINES_WITHOUT_ALS = tuple(b for b in BASELINE_ORDER if b != "als")
 
 
+def replica_names(app: str, deployment: str) -> set:
+    """The named actors of a Serve deployment's replicas now (a replaced replica has a new name)."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)}
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:

@@ -359,6 +359,35 @@ def test_a_model_saved_again_after_the_jobs_verification_is_refused(small_data, 
 
 
 @pytest.mark.faults
+def test_the_job_ends_with_the_runs_one_line_and_exit_1_when_its_model_changed(
+    small_data, tmp_path, monkeypatch, capsys
+):
+    """The job's side of the row above: a model saved again right after the job verified it
+    (the moment forced by saving it from the verification's own call) ends the job with the
+    run's one line and exit status 1, nothing committed."""
+    from ncf.model.directory import save_untrained_model_dir
+
+    data, _ = small_data
+    model = save_untrained_model_dir(str(tmp_path / "model"), data, version="v1", **SMALL_MODEL)
+    verify_then_save_again = batch_score.check_config
+
+    def check_config(config):
+        verify_then_save_again(config)
+        save_untrained_model_dir(model, data, version="v1", seed=1, **SMALL_MODEL)
+
+    monkeypatch.setattr(batch_score, "check_config", check_config)
+    output = str(tmp_path / "out")
+    with pytest.raises(SystemExit) as exit_info:
+        batch_score.main(_argv(model, data, output, "--score-in", "driver"))
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "MODEL's manifest changed after it was verified" in last, last
+    committed = [n for n in os.listdir(output) if n.startswith("run_date=")] if os.path.isdir(output) else []
+    assert captured.out == "" and committed == []
+
+
+@pytest.mark.faults
 def test_a_replays_stats_for_another_catalog_and_a_k_beyond_the_days_products_are_refused(
     small_model_dir, small_data, tmp_path
 ):

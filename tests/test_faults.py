@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from helpers import free_port, sealed_copy, without_data_end
+from helpers import free_port, replica_names, sealed_copy, without_data_end
 
 pytestmark = pytest.mark.faults
 
@@ -27,13 +27,6 @@ def post(url: str, payload: dict, timeout: float = 10.0) -> dict:
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.load(response)
-
-
-def replica_names(app: str, deployment: str) -> set:
-    import ray
-
-    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
-    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)}
 
 
 def test_a_killed_serve_replica_loses_no_request_after_retries(ray_session, small_model_dir, capsys):

@@ -404,3 +404,43 @@ def test_a_vocabulary_whose_indices_are_not_1_to_n_is_refused(tmp_path):
         pq.write_table(table.set_column(0, "index", pa.array(index, pa.int64())), path)
         with pytest.raises(ValueError, match="indices are not 1..N"):
             Vocabulary.load(path)
+
+
+def _products_out_of_range(data: str, tmp_path) -> None:
+    path = os.path.join(layout.user_state_dir(data), "products.npy")
+    products = np.load(path)
+    products[0] = 10_000
+    np.save(path, products)
+
+
+def _user_state_of_another_run(data: str, tmp_path) -> None:
+    other = tiny_data(str(tmp_path / "b"), users=9)
+    for name in ("offsets.npy", "products.npy", "timestamps.npy"):
+        shutil.copy(os.path.join(layout.user_state_dir(other), name), os.path.join(layout.user_state_dir(data), name))
+
+
+def _product_stats_of_another_catalog(data: str, tmp_path) -> None:
+    other = tiny_data(str(tmp_path / "b"), products=12)
+    shutil.rmtree(layout.product_stats_dir(data))
+    shutil.copytree(layout.product_stats_dir(other), layout.product_stats_dir(data))
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_user_state_of_another_run, "user_state has 10 households, the vocabulary 7"),
+        (_products_out_of_range, r"user_state holds product indices outside 0\.\.9"),
+        (_product_stats_of_another_catalog, "product_stats has 13 products, the vocabulary 10"),
+    ],
+    ids=["households", "product indices", "product stats"],
+)
+def test_a_data_state_that_does_not_agree_with_itself_is_refused(data, tmp_path, damage, message):
+    """jobs.deploy --data, the nightly job and Serve's replicas rank from a DATA directory's state,
+    which has no manifest: its parts are checked against its vocabularies."""
+    from ncf.model.integrity import DataIntegrityError, verify_data_state
+
+    verify_data_state(data)
+    damage(data, tmp_path)
+    with pytest.raises(DataIntegrityError, match=message):
+        verify_data_state(data)

@@ -166,6 +166,7 @@ def test_a_damaged_version_is_not_made_current(store, tmp_path, capsys):
     assert store.current() == "2" and reg.resolve_model("current") == second
 
 
+@pytest.mark.faults
 def test_a_sweep_trial_restarted_by_resume_keeps_its_run_and_a_moved_sweep_finds_it(
     store, tmp_path, monkeypatch, capsys
 ):

@@ -13,13 +13,13 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 import requests
-from helpers import free_port, sealed_copy, without_data_end
+from helpers import free_port, replica_names, sealed_copy, without_data_end
 
 from ncf.errors import InputError
 from ncf.moments import first_rankable, run_date_of
 from ncf.rank.recommender import BeforeTheData, PassBusy
 from serve.api import MAX_BATCH_USERS, MAX_BODY_BYTES, MAX_EXPLAINED_ITEMS, MAX_K, MAX_PRODUCT_IDS
-from serve.app import build_app
+from serve.app import DEPLOYMENT_NAME, build_app
 from serve.launch import start, wait_until_healthy
 from serve.service import ModelService, PassNeeded, ServeSettings
 
@@ -527,6 +527,21 @@ def test_a_replica_started_after_its_model_was_replaced_refuses_to_serve_it(smal
 
 
 @pytest.mark.faults
+def test_a_busy_past_day_is_a_503_json_with_retry_after():
+    """The HTTP side of PassBusy (the ranking core's refusal is tested in test_scoring): clients
+    are told when to come back, not given a 500."""
+    import asyncio
+
+    from serve.api import PASS_RETRY_AFTER_S, _on_pass_busy, create_app
+
+    assert create_app().exception_handlers[PassBusy] is _on_pass_busy
+    response = asyncio.run(_on_pass_busy(None, PassBusy("the day 2017-06-01 is being computed")))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == str(PASS_RETRY_AFTER_S) == "10"
+    assert json.loads(response.body) == {"error": "the day 2017-06-01 is being computed"}
+
+
+@pytest.mark.faults
 def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_dir, recommender, users):
     """What a @serve.batch call runs: requests grouped by k, exclude_purchased and explain are
     ranked in one model call each; every answer equals the single request's."""
@@ -611,6 +626,7 @@ def test_second_version_rolls_out_while_requests_keep_succeeding(server, small_m
         while len(traffic.versions) < 10 and time.monotonic() < deadline:
             time.sleep(0.05)
         port = int(server.rsplit(":", 1)[1])
+        replicas = replica_names("ncf_test", DEPLOYMENT_NAME)
         start(build_app(_app_args(v2)), port=port, app_name="ncf_test")  # user_config change: reconfigure in place
         deadline = time.monotonic() + 60
         while "v2" not in traffic.versions[-5:] and time.monotonic() < deadline:
@@ -623,6 +639,7 @@ def test_second_version_rolls_out_while_requests_keep_succeeding(server, small_m
     assert traffic.versions[0] == "v1" and traffic.versions[-1] == "v2"
     switch = traffic.versions.index("v2")
     assert set(traffic.versions[switch:]) == {"v2"}, "one replica: no v1 answer after the first v2"
+    assert len(replicas) == 1 and replica_names("ncf_test", DEPLOYMENT_NAME) == replicas, "reconfigured in place"
     assert without_data_end(requests.get(f"{server}/healthz", timeout=TIMEOUT).json()) == {
         "status": "ok",
         "model_version": "v2",

@@ -100,18 +100,20 @@ def test_the_replica_survives_the_fuzzing_with_bounded_memory(app):
     url, replica = app
     start_rss = rss_bytes(replica)
     for _ in range(30):
-        requests.post(
+        long_id = requests.post(
             url + "/recommend",
             data=json.dumps({"user_id": "x" * 60_000}),
             headers={"Content-Type": "application/json"},
             timeout=30,
         )
-        requests.post(
+        many_ids = requests.post(
             url + "/recommend/batch",
             data=json.dumps({"user_ids": list(range(5000))}),
             headers={"Content-Type": "application/json"},
             timeout=30,
         )
+        # Refused by the schema, under the body limit (413 would not reach the replica at all).
+        assert (long_id.status_code, many_ids.status_code) == (422, 422), (long_id.text[:200], many_ids.text[:200])
     assert os.path.exists(f"/proc/{replica}")  # the same replica process, still alive
     assert requests.get(url + "/healthz", timeout=30).status_code == 200
     assert rss_bytes(replica) - start_rss < 100 * 2**20  # rejected requests leave nothing behind

@@ -194,6 +194,7 @@ def test_a_run_name_reused_for_another_model_configuration_is_refused_before_tra
     settings = dict(data=data, epochs=1, batch_size=8, val_users=10, max_steps_per_epoch=2, patience=5)
     first = fit(TrainConfig(model=SMALL_MODEL, **settings), storage_path=str(tmp_path), name="reused", max_failures=0)
     assert first.error is None, first.error
+    assert f"[train] starting run reused (checkpoints in {tmp_path / 'reused'})" in capsys.readouterr().out
     wider = {**SMALL_MODEL, "mlp_hidden_dims": [48, 16]}
     # Ray Train would resume the reused name's run: the first model's tables and layers loaded
     # into another shape of model. Refused in the driver, in one line, before Ray Train starts.
