@@ -253,7 +253,7 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
 def refit_best(table: pd.DataFrame, settings: SweepSettings) -> str:
     """The winning point refit on labels through the data's end, for the epochs it chose
     (``SWEEP/refit``, the deployment model; ``SWEEP/best`` stays the validated winner)."""
-    from ncf.train.checkpoint import best_checkpoint, export_model_dir, run_history
+    from ncf.train.pipeline import export_run
     from ncf.train.trainer import fit, refit_config
 
     best = winner(table)
@@ -265,11 +265,8 @@ def refit_best(table: pd.DataFrame, settings: SweepSettings) -> str:
         storage_path=settings.train_dir,
         name=f"{best['trial_id']}-refit",
     )
-    checkpoint, metrics = best_checkpoint(result)
-    extra = {"training": metrics, "history": run_history(result), "validated": {"trial_id": best["trial_id"]}}
-    return export_model_dir(
-        checkpoint, settings.refit_dir, settings.data, extra, version=f"sweep-{best['trial_id']}-refit"
-    )
+    validated = {"validated": {"trial_id": best["trial_id"]}}
+    return export_run(result, settings.refit_dir, settings.data, f"sweep-{best['trial_id']}-refit", validated)
 
 
 def summary(table: pd.DataFrame) -> dict:
