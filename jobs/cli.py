@@ -82,21 +82,6 @@ def check_head_answers(address: str, wait_s: float = HEAD_WAIT_S, timeout_s: flo
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
-def check_port_free(host: str, port: int, owner: str) -> None:
-    """Refuses (one line) a ``port`` something already listens on at ``host`` (127.0.0.1 for a
-    wildcard host): a Serve left running by jobs.deploy, say, which would answer the health check
-    and the queries meant for the one ``owner`` starts (``owner``: what to do instead, in words)."""
-    probe_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host.strip("[]")
-    try:
-        with socket.create_connection((probe_host, port), timeout=1):
-            pass
-    except OSError:
-        return
-    raise InputError(
-        f"--port {port}: something already listens on {probe_host}:{port} (a Serve from jobs.deploy?); {owner}"
-    )
-
-
 @contextmanager
 def one_line_errors():
     """Bad input ends the job with a one-line message and exit code 2, not a traceback."""

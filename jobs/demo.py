@@ -18,13 +18,14 @@ import time
 import urllib.request
 
 from jobs import batch_score, evaluate, preprocess, train
-from jobs.cli import check_port_free, init_ray, job_parser, one_line_errors, positive_int, tcp_port
+from jobs.cli import init_ray, job_parser, one_line_errors, positive_int, tcp_port
 from ncf.batch.partitions import partition_dir
 from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
 from ncf.evaluate.protocol import PAIRED
+from serve.launch import check_port_free
 
 STAGES = 6
 # Six trainings are too long for the demo; bench.ablations' rows on Complete Journey are kept here.

@@ -11,7 +11,7 @@ Serve keeps the address it started with).
 
 A rollout the replicas refuse (they keep serving the previous model, /healthz names the error)
 exits 2 with one line, after deploying the previous model's settings again, so that Serve's
-target is a model that loads (serve.app.restore_app): a replica Serve starts later serves it too.
+target is a model that loads (serve.rollout): a replica Serve starts later serves it too.
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional
 
 from jobs.cli import (
     check_data,
     check_model,
-    check_port_free,
     init_ray,
     job_parser,
     non_negative_int,
@@ -36,21 +34,12 @@ from jobs.cli import (
 from ncf.errors import InputError
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
-from serve.app import build_app, restore_app
-from serve.launch import (
-    base_url,
-    running_address,
-    serve_until_stopped,
-    serving_user_config,
-    start,
-    wait_until_healthy,
-)
+from serve.app import build_app
+from serve.launch import running_address, serve_until_stopped, start, wait_until_healthy
 from serve.limits import REQUEST_TIMEOUT_S
-from serve.service import ServeSettings, same_content_on_disk
+from serve.rollout import check_can_deploy, dropped_data_note, restore_previous
 
 REPLICA_LOGS = "/tmp/ray/session_latest/logs/serve/"
-# A Serve bound to every address answers on whichever --host a redeploy names (127.0.0.1 included).
-WILDCARD_HOSTS = ("0.0.0.0", "::")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -131,8 +120,10 @@ def main(argv=None) -> dict:
         app = build_app(app_args)  # checks the settings before Ray starts
         init_ray()
         running = running_address()
-        check_running_serve(args, running)
-        note_dropped_data(args, running)
+        check_can_deploy(running, args.host, args.port, args.detach)
+        note = dropped_data_note(args.data, running)
+        if note:
+            print(f"[deploy] note: {note}", file=sys.stderr, flush=True)
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -151,7 +142,7 @@ def main(argv=None) -> dict:
         )
         sys.exit(1)
     if health.get("rollout_error"):
-        restored = restore_previous(app_args, args)
+        restored = restore_previous(app_args, args.host, args.port, args.request_timeout_s)
         print(
             f"error: the rollout failed, still serving model {health['model_version']} ({restored}): "
             f"{health['rollout_error']}",
@@ -164,76 +155,6 @@ def main(argv=None) -> dict:
     if not args.detach:
         serve_until_stopped()
     return health
-
-
-def check_running_serve(args: argparse.Namespace, running: Optional[tuple]) -> None:
-    """Refuses a deploy that Serve already running on the cluster would not do as asked: one in
-    the foreground (it shuts Serve down, every app of it, when it stops), or one on another
-    --port, or another --host than a Serve bound to one address (Serve keeps the address it
-    started with, and the job would wait on the wrong one while the rollout went ahead). Without
-    Serve on the cluster, refuses a port something else listens on. ``running``:
-    :func:`serve.launch.running_address`."""
-    if running is None:
-        # No Serve of this cluster's holds the port: whatever answers there (a foreground deploy
-        # on another cluster, say) would pass the health check below and this job report it.
-        check_port_free(args.host, args.port, "stop it or deploy on another --port")
-        return
-    if not args.detach:
-        raise InputError(
-            f"Serve already runs on this cluster ({base_url(*running)}): roll out into it with --detach; "
-            "a deploy in the foreground shuts Serve down, every app of it, when it stops"
-        )
-    if not serves_address(running, args.host, args.port):
-        raise InputError(
-            f"Serve already runs on this cluster at {base_url(*running)} and keeps that address: deploy with "
-            f"--host {running[0]} --port {running[1]}, or stop it first (serve shutdown)"
-        )
-
-
-def serves_address(running: tuple, host: str, port: int) -> bool:
-    """Whether a Serve listening at ``running`` (host, port) answers on ``host:port``."""
-    running_host, running_port = running
-    return running_port == port and (running_host in WILDCARD_HOSTS or running_host == host)
-
-
-def note_dropped_data(args: argparse.Namespace, running: Optional[tuple]) -> None:
-    """Says when this rollout, without --data, drops the DATA Serve ranks from now: the model's
-    own state (its training DATA's histories) replaces the fresher ones (a redeploy after
-    ``jobs.models promote`` or ``rollback`` most of all)."""
-    if args.data is not None or running is None:
-        return
-    try:
-        serving = serving_user_config()
-    except Exception:  # no app of ours on the cluster's Serve: nothing to drop
-        return
-    if serving and serving.get("data"):
-        print(
-            f"[deploy] note: Serve ranks from DATA {serving['data']}; without --data this rollout ranks from the "
-            f"model's own state (the histories it was trained with): pass --data {serving['data']} to keep it",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
-def restore_previous(app_args: dict, args: argparse.Namespace) -> str:
-    """Deploys the settings the replicas still serve (model, DATA, their fingerprints, candidates,
-    default moment, ui) with this run's scaling options, so that Serve's target is a model that
-    loads; returns what became of the target, for the job's error line."""
-    try:
-        previous = serving_user_config()
-    except Exception as e:  # the job still ends with its one line
-        return f"Serve's target is still the refused settings: the serving ones could not be read ({type(e).__name__})"
-    if previous is None:
-        return "Serve's target is still the refused settings"
-    start(restore_app(app_args, previous), host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
-    if not same_content_on_disk(ServeSettings.from_user_config(previous)):
-        # A model retrained into the same path, or DATA rebuilt in place: the path holds the
-        # refused files now, and a replica started later would load them.
-        return (
-            "deployed again as Serve's target, but its paths now hold the refused files, which replicas "
-            "started later would load: deploy a model that loads"
-        )
-    return "deployed again as Serve's target"
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -12,6 +13,7 @@ import urllib.error
 import urllib.request
 from typing import Dict, Optional, Tuple
 
+from ncf.errors import InputError
 from serve.limits import REQUEST_TIMEOUT_S, proxy_env
 
 APP_NAME = "ncf"
@@ -46,6 +48,22 @@ def start(
 def base_url(host: str, port: int) -> str:
     """``http://HOST:PORT``, an IPv6 host in brackets (``--host ::1``)."""
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def check_port_free(host: str, port: int, instead: str) -> None:
+    """Refuses (InputError, one line) a ``port`` something already listens on at ``host``
+    (127.0.0.1 for a wildcard host): a Serve left running by jobs.deploy, say, which would answer
+    the health check and the queries meant for the one about to start. ``instead``: what to do,
+    in words."""
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host.strip("[]")
+    try:
+        with socket.create_connection((probe_host, port), timeout=1):
+            pass
+    except OSError:
+        return
+    raise InputError(
+        f"--port {port}: something already listens on {probe_host}:{port} (a Serve from jobs.deploy?); {instead}"
+    )
 
 
 def running_address() -> Optional[Tuple[str, int]]:

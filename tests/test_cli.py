@@ -376,7 +376,7 @@ def test_the_demo_refuses_a_taken_port_before_any_work(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert f"something already listens on 127.0.0.1:{port}" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "demo")
-    cli.check_port_free("127.0.0.1", port, "")  # free again once the listener closed
+    demo.check_port_free("127.0.0.1", port, "")  # free again once the listener closed
 
 
 @pytest.mark.faults
@@ -385,23 +385,22 @@ def test_a_deploy_refuses_a_port_another_server_holds():
     the old server's answer and printed success with the old model's version."""
     import socket
 
-    from jobs.deploy import check_running_serve
+    from serve.rollout import check_can_deploy
 
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
         for host in ("127.0.0.1", "0.0.0.0"):
-            args = argparse.Namespace(host=host, port=port, detach=False)
             with pytest.raises(cli.InputError, match=f"something already listens on 127.0.0.1:{port}"):
-                check_running_serve(args, None)
-    check_running_serve(argparse.Namespace(host="127.0.0.1", port=port, detach=False), None)
+                check_can_deploy(None, host, port, detach=False)
+    check_can_deploy(None, "127.0.0.1", port, detach=False)
 
 
 def test_a_redeploy_names_the_running_serves_port_and_any_host_it_listens_on():
     """Serve started with --host 0.0.0.0 (a cluster's) answers on 127.0.0.1 too: README's redeploys
     without --host were refused by a literal comparison of the addresses."""
-    from jobs.deploy import serves_address
+    from serve.rollout import serves_address
 
     assert serves_address(("0.0.0.0", 8000), "127.0.0.1", 8000) and serves_address(("::", 8000), "::1", 8000)
     assert serves_address(("127.0.0.1", 8000), "127.0.0.1", 8000)

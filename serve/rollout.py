@@ -1,0 +1,94 @@
+"""What a deploy onto a cluster checks before it rolls a model out, and undoes after a rollout
+the replicas refused (``jobs.deploy``): whether the Serve already running there would do as
+asked, what the rollout would drop, and Serve's target put back on the settings that load.
+
+Serve keeps the address it started with, and a foreground deploy shuts Serve down, every app of
+it, when it stops: a redeploy onto a running Serve goes with ``--detach`` to the same port (and
+host, unless Serve listens on every address).
+
+Example::
+
+    running = running_address()          # after ray.init
+    check_can_deploy(running, "127.0.0.1", 8000, detach=True)
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from ncf.errors import InputError
+from serve.launch import base_url, check_port_free, serving_user_config, start
+from serve.service import ServeSettings, same_content_on_disk
+
+# A Serve bound to every address answers on whichever host a redeploy names (127.0.0.1 included).
+WILDCARD_HOSTS = ("0.0.0.0", "::")
+
+
+def check_can_deploy(running: Optional[Tuple[str, int]], host: str, port: int, detach: bool) -> None:
+    """Refuses (InputError, one line) a deploy that Serve already running on the cluster would
+    not do as asked: one in the foreground (it shuts Serve down, every app of it, when it stops),
+    or one on another port, or another host than a Serve bound to one address (the job would
+    wait on the wrong one while the rollout went ahead). Without Serve on the cluster, refuses a
+    port something else listens on: whatever answers there (a foreground deploy on another
+    cluster, say) would pass the deploy's health check. ``running``:
+    :func:`serve.launch.running_address`."""
+    if running is None:
+        check_port_free(host, port, "stop it or deploy on another --port")
+        return
+    if not detach:
+        raise InputError(
+            f"Serve already runs on this cluster ({base_url(*running)}): roll out into it with --detach; "
+            "a deploy in the foreground shuts Serve down, every app of it, when it stops"
+        )
+    if not serves_address(running, host, port):
+        raise InputError(
+            f"Serve already runs on this cluster at {base_url(*running)} and keeps that address: deploy with "
+            f"--host {running[0]} --port {running[1]}, or stop it first (serve shutdown)"
+        )
+
+
+def serves_address(running: Tuple[str, int], host: str, port: int) -> bool:
+    """Whether a Serve listening at ``running`` (host, port) answers on ``host:port``."""
+    running_host, running_port = running
+    return running_port == port and (running_host in WILDCARD_HOSTS or running_host == host)
+
+
+def dropped_data_note(data: Optional[str], running: Optional[Tuple[str, int]]) -> Optional[str]:
+    """What a rollout without DATA drops, in words, when Serve ranks from a DATA now: the model's
+    own state (its training DATA's histories) replaces the fresher ones (a redeploy after
+    ``jobs.models promote`` or ``rollback`` most of all). None when nothing is dropped."""
+    if data is not None or running is None:
+        return None
+    try:
+        serving = serving_user_config()
+    except Exception:  # no app of ours on the cluster's Serve: nothing to drop
+        return None
+    if not (serving and serving.get("data")):
+        return None
+    return (
+        f"Serve ranks from DATA {serving['data']}; without --data this rollout ranks from the model's own "
+        f"state (the histories it was trained with): pass --data {serving['data']} to keep it"
+    )
+
+
+def restore_previous(app_args: dict, host: str, port: int, request_timeout_s: Optional[float]) -> str:
+    """Deploys the settings the replicas still serve (model, DATA, their fingerprints, candidates,
+    default moment, ui) with ``app_args``' scaling options, so that Serve's target is a model
+    that loads; returns what became of the target, for the job's error line."""
+    from serve.app import restore_app
+
+    try:
+        previous = serving_user_config()
+    except Exception as e:  # the job still ends with its one line
+        return f"Serve's target is still the refused settings: the serving ones could not be read ({type(e).__name__})"
+    if previous is None:
+        return "Serve's target is still the refused settings"
+    start(restore_app(app_args, previous), host=host, port=port, request_timeout_s=request_timeout_s)
+    if not same_content_on_disk(ServeSettings.from_user_config(previous)):
+        # A model retrained into the same path, or DATA rebuilt in place: the path holds the
+        # refused files now, and a replica started later would load them.
+        return (
+            "deployed again as Serve's target, but its paths now hold the refused files, which replicas "
+            "started later would load: deploy a model that loads"
+        )
+    return "deployed again as Serve's target"
