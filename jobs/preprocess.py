@@ -168,10 +168,7 @@ def built_in(args: argparse.Namespace) -> Tuple[str, Callable[[], tuple]]:
         rebuys=not args.synthetic_no_rebuys,
         staple_share=0.0 if args.synthetic_no_rebuys else datasets.SyntheticSpec.staple_share,
     )
-    name = f"synthetic-u{spec.num_users}-p{spec.num_products}-s{spec.seed}"
-    name += f"-t{spec.taste_categories}" * bool(spec.taste_categories) + "-norebuy" * (not spec.rebuys)
-    name += f"-g{spec.taste_groups}" * bool(spec.taste_categories and spec.taste_groups)
-    directory = os.path.join(args.cache, name)
+    directory = os.path.join(args.cache, spec.cache_name)
     return directory, lambda: datasets.write_synthetic(directory, spec)
 
 

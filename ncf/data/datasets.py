@@ -89,6 +89,14 @@ class SyntheticSpec:
     def expected_lines(self) -> int:
         return int(self.num_users * self.baskets_per_user * self.basket_size)
 
+    @property
+    def cache_name(self) -> str:
+        """The log's directory name under ``jobs.preprocess --cache``: one per setting the command
+        line can choose (the other fields keep their defaults there)."""
+        name = f"synthetic-u{self.num_users}-p{self.num_products}-s{self.seed}"
+        name += f"-t{self.taste_categories}" * bool(self.taste_categories) + "-norebuy" * (not self.rebuys)
+        return name + f"-g{self.taste_groups}" * bool(self.taste_categories and self.taste_groups)
+
 
 # 150 households, written and preprocessed in seconds: the tests' log, and the quick benches'.
 SMALL = SyntheticSpec(
