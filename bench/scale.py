@@ -206,7 +206,7 @@ def scoring_figures(model: str, data: str, users: int, compiled: bool = False) -
     code = (
         "import json, sys, time, numpy as np, pyarrow as pa, torch\n"
         "torch.set_num_threads(1)\n"
-        "from ncf.batch.scoring import score_users\n"
+        "from ncf.batch.scorer import score_users\n"
         "from ncf.rank.recommender import Recommender\n"
         f"rec = Recommender.load({model!r}, data={data!r})\n"
         + ("rec.ranker.compile()\n" if compiled else "")

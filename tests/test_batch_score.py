@@ -20,7 +20,7 @@ import torch
 from conftest import SMALL_MODEL
 
 from jobs import batch_score
-from ncf.batch import partitions, verify
+from ncf.batch import partitions, scorer, verify
 from ncf.batch import scoring as bs
 from ncf.data import layout
 from ncf.errors import InputError
@@ -308,10 +308,10 @@ def test_a_batch_whose_ids_are_not_at_its_positions_is_refused(small_model_dir, 
     users = partitions.read_users(data).slice(0, 3)
     ids, positions = users.column("user_id").combine_chunks(), users.column("position").to_numpy()
     at = recommender.default_at
-    assert bs.score_users(recommender, ids, K, at, at, positions).num_rows == 3 * K
+    assert scorer.score_users(recommender, ids, K, at, at, positions).num_rows == 3 * K
     for wrong in (positions + 3, np.array([positions[0], positions[2], positions[1]]), np.array([1, 2, 10**9])):
         with pytest.raises(bs.InputsChanged, match="DATA was replaced during the run"):
-            bs.score_users(recommender, ids, K, at, at, wrong)
+            scorer.score_users(recommender, ids, K, at, at, wrong)
 
 
 @pytest.mark.faults

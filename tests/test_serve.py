@@ -759,7 +759,7 @@ def test_every_entry_point_ranks_the_same(server, recommender, users):
     ranking and the nightly job's give the same products and scores for one household and moment."""
     import pyarrow as pa
 
-    from ncf.batch.scoring import score_users
+    from ncf.batch.scorer import score_users
     from ncf.evaluate.evaluation import model_fns
 
     household, at = users[0], recommender.default_at

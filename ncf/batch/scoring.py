@@ -6,7 +6,7 @@ which loads :class:`ncf.rank.recommender.Recommender` once and ranks through its
 the same two-stage ranking, settings and cold start as the Serve endpoint. Each actor writes
 the Parquet part of its batch and returns counts, so the driver reports progress as parts land.
 A small DATA (``score_in``, :data:`DRIVER_MAX_USERS`) is scored by the driver itself through the
-same :class:`ScoreBatch`, one batch after another, without Ray: a pool takes longer to start
+same :class:`ncf.batch.scorer.ScoreBatch`, one batch after another, without Ray: a pool takes longer to start
 than the driver takes to rank it.
 The driver resolves MODEL and DATA (symlinks included) once and reads the users and the model
 version; each actor loads both again by those paths and checks that it has the same model
@@ -57,32 +57,35 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from ncf.batch import commit
 from ncf.batch.commit import STALE_SECONDS, SUCCESS, TMP, PartitionRun  # noqa: F401  (part of this module's API)
-from ncf.batch.partitions import REASON_TYPE, count_users, partition_name, read_users, typed_ids
+from ncf.batch.partitions import count_users, partition_name, read_users
+from ncf.batch.scorer import (
+    InputsChanged,
+    ScoreBatch,
+    input_fingerprints,
+    inputs_changed_in,
+    replaced_note,
+)
 from ncf.batch.verify import VerificationFailed, verify_parts
 from ncf.data import layout
 from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
-from ncf.data.vocab import Vocabularies, Vocabulary
+from ncf.data.vocab import Vocabularies
 from ncf.device import GPU_SETTINGS, resolve_gpu
-from ncf.errors import InputError, raised_within
+from ncf.errors import InputError
 from ncf.model.directory import ModelDir, read_config
-from ncf.model.integrity import data_fingerprint, model_fingerprint, verify_data_state, verify_model_dir
+from ncf.model.integrity import verify_data_state, verify_model_dir
 from ncf.moments import SECONDS_PER_DAY, day_of, first_rankable, resolve_at, run_date_of
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import CHUNK_USERS, MAX_K
-from ncf.rank.reasons import Reason
-from ncf.rank.recommender import Recommender
 from ncf.rank.state import EmbeddingRows, RankingState, check_catalog, check_data_products, histories_against_model
 from ncf.staging import within
 
@@ -202,208 +205,6 @@ def auto_batch_size(num_users: int) -> int:
     ``CHUNK_USERS`` households (a batch of 50 was a call of 32 and one of 18)."""
     size = -(-max(1, -(-num_users // TARGET_PARTS)) // CHUNK_USERS) * CHUNK_USERS
     return int(min(size, MAX_AUTO_BATCH))
-
-
-# -- scoring (runs in the actors) ------------------------------------------------------------------
-
-
-class InputsChanged(RuntimeError):
-    """MODEL or DATA is not what the driver read at the start of the run (replaced mid-run):
-    the run fails and nothing is committed."""
-
-
-def inputs_changed_in(error: BaseException) -> Optional[InputsChanged]:
-    """The :class:`InputsChanged` an actor raised, found under what Ray and Ray Data make of it.
-    Ray Data's actors hand the driver a ``UserCodeException`` whose message is the actor's
-    traceback, the exception itself not attached: its last line then names it. None when there
-    is none."""
-    found = raised_within(error, InputsChanged)
-    if found is not None:
-        return InputsChanged(str(found).strip().splitlines()[0])
-    marker = f"{InputsChanged.__name__}: "
-    lines = [line.strip() for line in str(error).splitlines() if marker in line]
-    return InputsChanged(lines[-1].split(marker, 1)[1]) if lines else None
-
-
-def _replaced(what: str) -> str:
-    return f"{what} was replaced during the run; nothing committed, rerun the date"
-
-
-def check_model_version(recommender: Recommender, expected: str) -> None:
-    """Raises unless the actor loaded the model version the driver recorded: the manifest and
-    every row name that version."""
-    if recommender.version != expected:
-        raise InputsChanged(
-            f"the model is version {recommender.version!r}, the run started with {expected!r}: {_replaced('MODEL')}"
-        )
-
-
-def input_fingerprints(model: str, data: str) -> Tuple[str, str]:
-    """What identifies MODEL's and DATA's content (:func:`ncf.model.integrity.model_fingerprint`,
-    :func:`~ncf.model.integrity.data_fingerprint`), recorded by the driver when the run starts."""
-    return model_fingerprint(model), data_fingerprint(data)
-
-
-def check_inputs_unchanged(model: str, data: str, recorded: Tuple[str, str]) -> None:
-    """Raises unless MODEL and DATA are still what the driver recorded, read after an actor
-    loaded them: one written at the same path meanwhile (or while the actor read its files one
-    by one, mixing the old and the new) would rank under the recorded version."""
-    model_now, data_now = input_fingerprints(model, data)
-    if model_now != recorded[0]:
-        raise InputsChanged(f"MODEL's manifest is not the one the run started with: {_replaced('MODEL')}")
-    if data_now != recorded[1]:
-        raise InputsChanged(f"DATA's stats.json is not the one the run started with: {_replaced('DATA')}")
-
-
-def check_positions(vocab: Vocabulary, user_ids: pa.Array, positions: np.ndarray) -> None:
-    """Raises unless ``positions`` index ``user_ids`` in ``vocab``. The driver reads the pairs once,
-    an actor loads the vocabulary again, and every preprocess may order it anew: ranking one
-    household under another's id would pass every count."""
-    in_range = len(positions) == 0 or (positions.min() >= 1 and positions.max() < len(vocab))
-    if len(positions) != len(user_ids) or not in_range:
-        raise InputsChanged(
-            f"{len(positions)} positions for {len(user_ids)} users, vocabulary of {len(vocab) - 1}: "
-            + _replaced("DATA")
-        )
-    found = vocab.ids.take(pa.array(positions - 1))
-    same = pc.equal(found, user_ids.cast(pa.string()))
-    if not pc.all(same).as_py():
-        first = int(np.flatnonzero(~same.to_numpy(zero_copy_only=False))[0])
-        raise InputsChanged(
-            f"user {user_ids[first].as_py()!r} is at position {int(positions[first])} of the run's user table, "
-            f"where the vocabulary now has {found[first].as_py()!r}: {_replaced('DATA')}"
-        )
-
-
-def score_users(
-    recommender: Recommender,
-    user_ids: pa.Array,
-    k: int,
-    at: int,
-    scored_at: int,
-    positions: Optional[np.ndarray] = None,
-    explain: bool = False,
-) -> pa.Table:
-    """Top-``k`` rows per user, ranked exactly as :meth:`Recommender.recommend` ranks them (the one
-    ranking path, many households per model call). ``positions``: the users' indices in the
-    recommender's vocabulary when the caller has them (the nightly job reads them with the ids),
-    which spares a lookup among every id; they are checked against the ids (cheaper than the lookup).
-    ``explain``: with a ``reason`` column (:func:`reason_column`).
-
-    Raises:
-        InputsChanged: ``positions`` do not index ``user_ids`` in the recommender's vocabulary.
-        RuntimeError: when a user's ranking is shorter than ``k`` (the job promises K rows).
-    """
-    if positions is None:
-        indices = recommender.vocabs.users.index_of(user_ids)
-    else:
-        indices = np.asarray(positions, np.int64)
-        check_positions(recommender.vocabs.users, user_ids, indices)
-    # The reasons without the attention's weights: the same scores, so the same lists, as a plain run.
-    rankings = recommender.ranker.rank(indices, np.full(len(indices), at), k, reasons=explain)
-    for raw, ranking in zip(user_ids.to_pylist(), rankings):
-        if len(ranking.products) != k:
-            raise RuntimeError(f"user {raw!r}: {len(ranking.products)} products ranked, {k} expected")
-    n = len(indices)
-    cold = np.array([r.cold_start for r in rankings], bool)
-    product_index = np.concatenate([r.products for r in rankings]) if rankings else np.zeros(0, np.int64)
-    scores = np.concatenate([r.scores for r in rankings]) if rankings else np.zeros(0, np.float32)
-    vocab = recommender.vocabs.products
-    table = pa.table(
-        {
-            "user_id": user_ids.take(pa.array(np.repeat(np.arange(n), k))),
-            "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int16), n)),
-            "product_id": typed_ids(vocab, vocab.ids.take(pa.array(product_index - 1))),
-            "score": pa.array(scores.astype(np.float32)),
-            # A household without purchases before the moment: the popular products at that hour.
-            "cold_start": pa.array(np.repeat(cold, k)),
-            "model_version": pa.array([recommender.version] * (n * k), pa.string()),
-            # Milliseconds: Parquet has no seconds unit, so readers would see ms anyway.
-            "scored_at": pa.array(np.full(n * k, scored_at * 1000, np.int64)).cast(pa.timestamp("ms", tz="UTC")),
-        }
-    )
-    return table.append_column("reason", reason_column([r.reasons for r in rankings], k)) if explain else table
-
-
-def reason_column(reasons: Sequence[Optional[Sequence[Reason]]], k: int) -> pa.Array:
-    """Each ranking's :class:`ncf.rank.reasons.Reason` per row, as :data:`REASON_TYPE` (``k`` nulls
-    for a ranking without reasons: a cold start's popular products owe nothing to its purchases)."""
-    rows: List[Optional[Dict]] = []
-    for ranked in reasons:
-        rows += [None] * k if ranked is None else [reason.as_dict() for reason in ranked]
-    return pa.array(rows, REASON_TYPE)
-
-
-def write_part(table: pa.Table, stage: str, name: str) -> str:
-    """Writes one part under a hidden name and renames it, so a part is whole or absent.
-
-    The stage directory must exist: a leftover actor of a killed run then fails instead of
-    recreating a directory the next run has cleaned.
-    """
-    final = os.path.join(stage, name)
-    hidden = os.path.join(stage, f".{name}.tmp")
-    pq.write_table(table, hidden)
-    os.replace(hidden, final)
-    return final
-
-
-class ScoreBatch:
-    """Ray Data actor: loads the recommender once, then scores and writes one part per batch.
-
-    Returns one row per batch (``part``, ``users``, ``rows``) for the driver's progress and
-    checks. ``model_version`` and ``inputs``: the version and fingerprints the driver recorded;
-    the actor loads MODEL and DATA again, so it checks that they are still what the driver read
-    (version and fingerprints once loaded, each batch's users in :func:`score_users`) and fails
-    the run otherwise.
-    """
-
-    def __init__(
-        self,
-        model: str,
-        data: str,
-        stage: str,
-        k: int,
-        at: int,
-        scored_at: int,
-        model_version: str,
-        use_gpu: bool = False,
-        compile_model: bool = False,
-        replay_stats: Optional[ProductStats] = None,
-        explain: bool = False,
-        inputs: Optional[Tuple[str, str]] = None,
-    ) -> None:
-        import torch
-
-        device = torch.device("cuda") if use_gpu else torch.device("cpu")
-        loaded = Recommender.load(model, data=data, device=device)
-        check_model_version(loaded, model_version)
-        if inputs is not None:
-            check_inputs_unchanged(model, data, inputs)
-        if replay_stats is not None and replay_stats.num_products != loaded.state.num_products:
-            raise InputsChanged(
-                f"the run's product stats count {replay_stats.num_products} products, DATA now "
-                f"{loaded.state.num_products}: {_replaced('DATA')}"
-            )
-        # A moment inside the data: a replay of what was known then, from the products' stats the
-        # driver computed once for every actor (each would have read every purchase for them).
-        self.recommender = loaded.as_of(at, replay_stats)
-        if compile_model:
-            self.recommender.ranker.compile()
-        self.stage, self.k, self.at, self.scored_at, self.explain = stage, k, at, scored_at, explain
-
-    def __call__(self, batch: pa.Table) -> Dict[str, np.ndarray]:
-        positions = batch.column("position").to_numpy()
-        user_ids = batch.column("user_id").combine_chunks()
-        table = score_users(self.recommender, user_ids, self.k, self.at, self.scored_at, positions, self.explain)
-        # Named by the batch's first user: a retried batch overwrites its part instead of adding one.
-        name = f"part-{int(positions.min()):010d}.parquet"
-        write_part(table, self.stage, name)
-        return {
-            "part": np.array([name]),
-            "users": np.array([len(positions)]),
-            "rows": np.array([table.num_rows]),
-            "cold_start_users": np.array([int(pc.sum(table.column("cold_start")).as_py() or 0) // self.k]),
-        }
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -604,11 +405,11 @@ def run_batch_scoring(
     model_config, at = check_config(config, now=started, verify_inputs=verified_inputs is None)
     inputs = input_fingerprints(config.model, config.data)
     if inputs[0] != verified[0]:
-        raise InputsChanged(f"MODEL's manifest changed after it was verified: {_replaced('MODEL')}")
+        raise InputsChanged(f"MODEL's manifest changed after it was verified: {replaced_note('MODEL')}")
     if inputs[1] != verified[1]:
-        raise InputsChanged(f"DATA's stats.json changed after it was verified: {_replaced('DATA')}")
+        raise InputsChanged(f"DATA's stats.json changed after it was verified: {replaced_note('DATA')}")
     if not inputs[0].startswith(f"{model_config['version']}:"):
-        raise InputsChanged(f"MODEL is no longer version {model_config['version']!r}: {_replaced('MODEL')}")
+        raise InputsChanged(f"MODEL is no longer version {model_config['version']!r}: {replaced_note('MODEL')}")
     model, output = config.model, os.path.abspath(config.output)
     run_date = run_date_of(at)
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + uuid.uuid4().hex[:8]
