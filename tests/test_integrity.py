@@ -322,7 +322,7 @@ def test_data_whose_product_ids_the_model_does_not_know_is_refused(model, tmp_pa
     scoring = BatchScoreConfig(model=model, data=other, output=str(tmp_path / "out"), k=2, at="data-end")
     loads = (
         lambda: Recommender.load(model, data=other),
-        lambda: check_config(scoring, verify_inputs=False),
+        lambda: check_config(scoring),
         lambda: build_app({"model": model, "data": other}),
     )
     for load in loads:

@@ -339,8 +339,8 @@ def _check_settings(config: BatchScoreConfig) -> None:
 def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_inputs: bool = True) -> tuple[Dict, int]:
     """Fails fast (before Ray starts) on bad settings or numbers, a bad model, data, ``k`` or
     ``at``; returns the model's config and ``at`` in epoch seconds. ``verify_inputs``: also
-    check MODEL against its checksums and DATA's state against itself (every byte read: a caller
-    that did so already passes False)."""
+    check MODEL against its checksums, DATA's state against itself and DATA's product ids against
+    the model's (every byte read: a caller that did so already passes False)."""
     _check_settings(config)
     _check_numbers(config)
     model_config = read_config(os.path.abspath(config.model))
@@ -364,7 +364,7 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_i
         # directory would rank wrongly, silently.
         verify_model_dir(os.path.abspath(config.model))
         verify_data_state(config.data)
-    check_data_products(ModelDir(os.path.abspath(config.model)), config.data)  # reads the verified vocabularies
+        check_data_products(ModelDir(os.path.abspath(config.model)), config.data)  # reads the verified vocabularies
     return model_config, at
 
 
