@@ -20,7 +20,7 @@ Each setting removes one kind of noise, traced to its cause on small runs of the
   cluster caps the pool at its CPUs.
 * **core_worker "constructor arguments in the object store" errors:** Ray Train's
   ``PreemptionWatcher`` (it watches nodes for spot preemption: nothing to watch on a local
-  cluster, so it is off there) and the batch-scoring actors (see :mod:`ncf.batch.scoring`).
+  cluster, so it is off there) and the batch-scoring actors (see :mod:`ncf.batch.scorer`).
 * **"Token authentication is enabled for this Ray cluster"**: a WARNING on every local start
   announcing the secure default the project wants. Setting ``RAY_AUTH_MODE=token`` ourselves would
   avoid it, but only before ``import ray`` (Ray caches the mode at import), so the notice is

@@ -29,10 +29,8 @@ from ncf.model.directory import CONFIG
 from ncf.splits import REFIT, VALIDATED
 from ncf.staging import check_target
 from ncf.train.config import TrainConfig
-from ncf.train.pipeline import TrainingPlan, check_history_length, train_evaluate_register
+from ncf.train.pipeline import TEST_USERS, TrainingPlan, check_history_length, train_evaluate_register
 from ncf.train.sharding import TABLE_LEARNING_RATE_SCALE
-
-TEST_USERS = 100_000  # Complete Journey's test weeks hold 2,078 households: all of them
 
 
 def parse_args(argv=None) -> argparse.Namespace:

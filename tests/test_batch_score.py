@@ -452,6 +452,16 @@ def _argv(model, data, output, *extra):
     ]
 
 
+def test_the_jobs_stdout_is_its_summary_alone(small_model_dir, small_data, tmp_path, capsys):
+    """`jobs.batch_score ... | jq` and schedulers parse stdout: progress goes to stderr."""
+    data, _ = small_data
+    summary = batch_score.main(_argv(small_model_dir, data, str(tmp_path / "out"), "--score-in", "driver"))
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["run_id"] == summary["run_id"], captured.out[-2000:]
+    assert "[batch_score] " in captured.err
+
+
 @pytest.fixture(scope="module")
 def first_run(small_model_dir, small_data, tmp_path_factory):
     """A run by a Ray Data pool of actors (``auto`` would score this small dataset in the driver)."""

@@ -4,6 +4,7 @@ first, exit status 2, before Ray starts; ``--version`` prints the package and mo
 
 import argparse
 import importlib
+import inspect
 import os
 import re
 import subprocess
@@ -57,10 +58,13 @@ def test_every_option_has_help_and_shows_its_default(job, monkeypatch, capsys):
         name = action.option_strings[-1] if action.option_strings else action.dest
         assert action.help and len(action.help) > 8, f"{job} {name}: no help text"
         text = owner.formatter_class(owner.prog)._get_help_string(action) % {**vars(action), "prog": owner.prog}
-        if not action.required and action.default not in (None, False, argparse.SUPPRESS):
+        if not action.required and not cli._no_default(action.default):
             assert f"(default: {action.default})" in text, f"{job} {name}: default not shown"
         if owner is parser:
             assert name in shown and action.help.split()[0] in shown
+    # Jobs that start Ray say how they find the cluster (RAY_ADDRESS): no option does.
+    starts_ray = "init_ray()" in inspect.getsource(importlib.import_module(f"jobs.{job}"))
+    assert (cli.RAY_CLUSTER_EPILOG in shown) == starts_ray, f"{job}: starts Ray {starts_ray}"
 
 
 def test_version_is_pyprojects_and_names_the_model_format(capsys):
@@ -291,6 +295,10 @@ def test_numbers_that_mean_nothing_are_refused_by_the_parsers():
         with pytest.raises(SystemExit):
             deploy.parse_args(["--model", "m", "--request-timeout-s", bad])
     assert deploy.parse_args(["--model", "m", "--request-timeout-s", "inf"]).request_timeout_s == float("inf")
+    for option, bad in (("--min-replicas", "-1"), ("--max-replicas", "0")):  # pydantic's words, not the option's
+        with pytest.raises(SystemExit):
+            deploy.parse_args(["--model", "m", option, bad])
+    assert deploy.parse_args(["--model", "m", "--min-replicas", "0"]).min_replicas == 0
 
 
 def test_the_issues_example_is_one_line_and_exit_2():
@@ -418,3 +426,4 @@ def test_the_registry_jobs_store_options_go_before_or_after_the_command():
     before = parse_args(["--tracking-uri", "sqlite:///y.db", "list"])
     assert (before.tracking_uri, before.name) == ("sqlite:///y.db", MODEL_NAME)
     assert parse_args(["list"]).tracking_uri is None
+    assert parse_args(["--name", "n", "list"]).name == "n"  # not overridden by the command's own default

@@ -288,6 +288,35 @@ def test_the_winner_is_the_best_trial_with_a_checkpoint():
         winner(table.iloc[[0, 2]])
 
 
+def test_the_winner_is_refit_through_the_datas_end_with_its_point_and_epochs(ray_session, small_data, tmp_path):
+    """SWEEP/refit: the winner's point trained on the refit lists for its chosen epochs, exported
+    with its trial named (and its curves written beside the run)."""
+    from ncf.model.directory import ModelDir
+    from tune.results import BEST, CHECKPOINT_PATH
+    from tune.sweep import refit_best
+
+    data, _ = small_data
+    settings = SweepSettings(data=data, output=str(tmp_path / "sweep"), trials=1, max_steps_per_epoch=2, val_users=10)
+    point = {
+        **default_point(data_limits(data)),
+        "mf_embedding_dim": 8,
+        "mlp_embedding_dim": 8,
+        "mlp_depth": 1,
+        "mlp_width": 16,
+        "temporal_dim": 4,
+        "num_heads": 2,
+        "history_length": 4,
+    }
+    table = pd.DataFrame([{**point, "trial_id": "t1", BEST: 0.2, CHECKPOINT_PATH: "/ckpt/t1", "best_epoch": 1}])
+    path = refit_best(table, settings)
+    assert os.path.realpath(path) == os.path.realpath(settings.refit_dir)
+    model = ModelDir(path)
+    assert model.version == "sweep-t1-refit"
+    assert model.config["model"]["mlp_hidden_dims"] == [16] and model.config["model"]["history_length"] == 4
+    assert model.metrics()["validated"] == {"trial_id": "t1"} and len(model.metrics()["history"]) == 1
+    assert os.listdir(os.path.join(settings.train_dir, "t1-refit", "tensorboard"))
+
+
 SWEEP = ["--trials", "2", "--epochs", "1", "--max-steps-per-epoch", "3", "--val-users", "20", "--batch-size", "256"]
 
 

@@ -18,7 +18,7 @@ Output layout::
     OUT/
       run_date=2017-11-27/          one committed partition per date of ``at``
         part-0000000001.parquet     user_id, rank, product_id, score, cold_start, model_version,
-                                    scored_at (and reason, with ``explain``: REASON_TYPE)
+                                    scored_at (and reason, with ``explain``: partitions.REASON_TYPE)
         _SUCCESS                    JSON: users, rows, k, cold_start_users, replay, model_version,
                                     at, seconds, ...
       _tmp/                         runs in progress and replaced partitions (readers skip
@@ -140,7 +140,7 @@ class BatchScoreConfig:
         overwrite: write into an OUT that is not a batch-scoring directory, and replace a
             partition directory without ``_SUCCESS`` (:func:`ncf.batch.commit.check_output`
             refuses both otherwise).
-        explain: each row also carries ``reason`` (:data:`REASON_TYPE`, null for a cold start):
+        explain: each row also carries ``reason`` (:data:`ncf.batch.partitions.REASON_TYPE`, null for a cold start):
             the product's purchase timing for the household and the model's scores had the
             household never bought it or its category (:mod:`ncf.rank.reasons`), as Serve's
             ``explain`` gives them. Two more model questions per row: several times slower.

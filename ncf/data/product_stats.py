@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -102,6 +103,7 @@ class ProductStats:
             print(
                 f"[preprocess] neighbours at cutoff {cutoff}: fitted on {sample.households_kept:,} of "
                 f"{sample.households_seen:,} households (their work within {neighbours_max_work:.0e})",
+                file=sys.stderr,  # also inside jobs whose stdout is JSON (a replay, the evaluation)
                 flush=True,
             )
         return ProductStats(int(cutoff), lines, recent, buyers, rebuy_rate, cycle, _by_hour(by_hour, lines), neighbours)

@@ -31,6 +31,8 @@ from ncf.train.config import TrainConfig
 from ncf.train.tensorboard import write_history
 from ncf.train.trainer import best_epoch, fit, refit_config
 
+TEST_USERS = 100_000  # Complete Journey's test weeks hold 2,078 households: all of them
+
 
 def log(message: str) -> float:
     """Prints a step of the driver's work after training (minutes at 10M households) and returns
@@ -45,7 +47,7 @@ class TrainingPlan:
 
     ``output``: the model directory written (the refit one with ``refit``); ``validated_output``:
     the validated model's with ``refit`` (default ``OUTPUT-validated``). ``test_users``: households
-    ranked for the test figure, a seeded sample when the test weeks have more (None: all).
+    ranked for the test figure, a seeded sample when the test weeks have more (None or 0: all).
     ``fit_options``: :func:`ncf.train.trainer.fit`'s workers, GPU and storage. ``params``: what the
     run records in MLflow (the job's options)."""
 
@@ -54,7 +56,7 @@ class TrainingPlan:
     name: str
     refit: bool = False
     validated_output: Optional[str] = None
-    test_users: Optional[int] = None
+    test_users: Optional[int] = TEST_USERS
     overwrite: bool = False
     fit_options: Dict = field(default_factory=dict)
     params: Dict = field(default_factory=dict)
@@ -109,7 +111,7 @@ def train_evaluate_register(plan: TrainingPlan, progress: Callable[[str], float]
         f"exported in {time.time() - started:.0f} s; ranking the test weeks ({households}; the products' "
         "stats at their start first, a pass over every purchase)"
     )
-    test = evaluate_all(validated_dir, data, TEST, max_users=plan.test_users, baselines=())[0]
+    test = evaluate_all(validated_dir, data, TEST, max_users=plan.test_users or None, baselines=())[0]
     progress(f"ranked {test['users']:,} households of the test weeks in {time.time() - started:.0f} s")
     epochs = best_epoch(validated)
     update_metrics(validated_dir, {"test": test, "best_epoch": epochs})
