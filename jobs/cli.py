@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 
 from jobs import logs
-from ncf.errors import InputError
+from ncf.errors import EXIT_TRY_LATER, InputError, TryLater
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -84,12 +84,13 @@ def check_head_answers(address: str, wait_s: float = HEAD_WAIT_S, timeout_s: flo
 
 @contextmanager
 def one_line_errors():
-    """Bad input ends the job with a one-line message and exit code 2, not a traceback."""
+    """Bad input ends the job with a one-line message and exit code 2, not a traceback; a target
+    another run holds (:class:`ncf.errors.TryLater`) with exit code 75, which a retry may clear."""
     try:
         yield
     except InputError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(EXIT_TRY_LATER if isinstance(e, TryLater) else 2)
 
 
 # -- parsers ----------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Errors that jobs turn into a one-line message and exit status 2, and finding our own errors
-under what Ray wraps them in."""
+"""Errors that jobs turn into a one-line message and exit status 2 (75 for :class:`TryLater`),
+and finding our own errors under what Ray wraps them in."""
 
 from __future__ import annotations
 
@@ -10,6 +10,15 @@ E = TypeVar("E", bound=BaseException)
 
 class InputError(Exception):
     """Bad input that stops a job: the message is one line naming the path and what is wrong."""
+
+
+class TryLater(InputError):
+    """Nothing wrong with the command, but what it writes is busy now (another run holds it): the
+    same command later may succeed. Jobs exit with :data:`EXIT_TRY_LATER`, so that a scheduler
+    can retry these and not the others."""
+
+
+EXIT_TRY_LATER = 75  # sysexits.h's EX_TEMPFAIL: what cron wrappers and Airflow's retries know
 
 
 def raised_within(error: Optional[BaseException], kind: Type[E]) -> Optional[E]:

@@ -40,7 +40,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence
 
-from ncf.errors import InputError
+from ncf.errors import InputError, TryLater
 from ncf.jsonio import read_json, write_json
 
 # Fault drills (tests only): NCF_FAULT=between-renames makes the process exit at once after the
@@ -55,8 +55,8 @@ def _fault_point(name: str) -> None:
         os._exit(FAULT_EXIT)
 
 
-class Busy(InputError):
-    """Another live run holds the target's lock (a one-line error, exit status 2 from the jobs)."""
+class Busy(TryLater):
+    """Another live run holds the target's lock (a one-line error, exit status 75 from the jobs)."""
 
 
 # -- durability -------------------------------------------------------------------------------------

@@ -427,3 +427,17 @@ def test_the_registry_jobs_store_options_go_before_or_after_the_command():
     assert (before.tracking_uri, before.name) == ("sqlite:///y.db", MODEL_NAME)
     assert parse_args(["list"]).tracking_uri is None
     assert parse_args(["--name", "n", "list"]).name == "n"  # not overridden by the command's own default
+
+
+def test_a_busy_target_exits_75_and_bad_input_2(capsys):
+    """A scheduler retries what another run held (EX_TEMPFAIL), not a command that cannot work."""
+    from ncf.errors import EXIT_TRY_LATER
+    from ncf.staging import Busy
+
+    for error, code in ((Busy("OUT/run_date=2017-11-27: another run is writing it"), 75), (cli.InputError("x"), 2)):
+        with pytest.raises(SystemExit) as exit_info:
+            with cli.one_line_errors():
+                raise error
+        assert exit_info.value.code == code
+        assert capsys.readouterr().err == f"error: {error}\n"
+    assert EXIT_TRY_LATER == 75

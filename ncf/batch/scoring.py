@@ -26,7 +26,7 @@ Output layout::
       _commit/                      per-date lock files and, mid-commit, the commit's journal
 
 Commit protocol (:mod:`ncf.batch.commit`): a run holds its date's lock from start to end (a
-second run of the same date is refused with a one-line error, exit status 2); parts go to
+second run of the same date is refused with a one-line error, exit status 75); parts go to
 ``OUT/_tmp/run_date=D/RUN_ID/``; the counts are checked (every user exactly K rows, nothing
 twice); ``_SUCCESS`` is written into the staged run as its last file; then a journaled swap
 replaces the partition (fsynced; a run that dies between the two renames is rolled forward by
