@@ -228,9 +228,9 @@ def test_a_stats_pass_fits_its_neighbours_on_the_sample_only(capsys):
     everything = ProductStats.compute(states, category, 10 * DAY)
     assert (everything.neighbours.scores(np.array([5]), np.array([6, 7, 8])) > 0).all()
     np.testing.assert_array_equal(latest_two.lines, everything.lines)  # the other stats read every purchase
-    assert "fitted on" not in capsys.readouterr().out
+    assert "fitted on" not in capsys.readouterr().err
     ProductStats.compute(states, category, 10 * DAY, neighbours_max_work=16)  # works 16 and 4: one fits
-    assert "neighbours at cutoff 864000: fitted on 1 of 2 households" in capsys.readouterr().out
+    assert "neighbours at cutoff 864000: fitted on 1 of 2 households" in capsys.readouterr().err
 
 
 def test_neighbours_fitted_on_a_share_of_the_households_find_the_same_tastes():
