@@ -31,6 +31,7 @@ from ncf.staging import check_target
 from ncf.train.config import TrainConfig
 from ncf.train.pipeline import TEST_USERS, TrainingPlan, check_history_length, train_evaluate_register
 from ncf.train.sharding import TABLE_LEARNING_RATE_SCALE
+from ncf.train.slot import training_slot
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -133,7 +134,8 @@ def main(argv=None) -> str:
         init_ray()
         gpu = training_on_gpu(args, workers=args.workers)
         plan.fit_options = dict(num_workers=args.workers, use_gpu=gpu, storage_path=args.storage)
-        return train_evaluate_register(plan)
+        with training_slot(f"jobs.train {name}"):
+            return train_evaluate_register(plan)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from jobs.cli import (
 )
 from ncf.registry import track_sweep_model
 from ncf.splits import REFIT, VALIDATED
+from ncf.train.slot import training_slot
 from tune.search_space import SEARCHED
 from tune.settings import SweepSettings
 from tune.sweep import SweepInterrupted, check_sweep_directory, refit_best, run_sweep, summary
@@ -108,7 +109,8 @@ def main(argv=None):
         init_ray()
         settings = sweep_settings(args, use_gpu=training_on_gpu(args, workers=args.workers))
         try:
-            table = run_sweep(settings, resume=args.resume)
+            with training_slot(f"jobs.tune_sweep {settings.output}"):
+                table = run_sweep(settings, resume=args.resume)
         except SweepInterrupted as e:
             print(f"[sweep] {e}", file=sys.stderr, flush=True)
             sys.exit(130)

@@ -367,3 +367,60 @@ def test_epoch_figures_add_every_ranks_share(tmp_path):
     torch.multiprocessing.spawn(_sum_of_two_ranks, args=(2, free_port(), path), nprocs=2, join=True)
     for rank in (0, 1):
         assert torch.load(f"{path}.{rank}").tolist() == [2.0, 6.0, 300.0]
+
+
+HOLD_THE_SLOT = """
+import sys, ray
+ray.init()
+from ncf.train.slot import training_slot
+with training_slot("jobs.train held-elsewhere"):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+@pytest.mark.faults
+def test_a_second_training_job_on_the_cluster_is_refused_and_a_dead_ones_slot_is_freed(ray_session):
+    """Two training jobs at once took each other's CPUs kept for Ray Data's reads and both
+    waited. Now the second is refused in one line naming the first (exit 75: try later), and a
+    job killed while it trains leaves the slot free (Ray removes an actor whose owner died)."""
+    import signal
+    import subprocess
+    import time
+
+    from helpers import REPO
+
+    from ncf.staging import Busy
+    from ncf.train.slot import training_slot
+
+    with training_slot("jobs.train first"):
+        with pytest.raises(Busy, match=r"another training job runs on this cluster \(jobs.train first\)"):
+            with training_slot("jobs.train second"):
+                pass
+    with training_slot("jobs.train right after"):  # released when the first ended, not some time later
+        pass
+    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_SLOT],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Busy, match=r"\(jobs.train held-elsewhere\)"):
+            with training_slot("jobs.train here"):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while True:  # bounded: Ray notices the dead driver within seconds
+        try:
+            with training_slot("jobs.train after the kill"):
+                break
+        except Busy:
+            assert time.monotonic() < deadline, "a killed job's slot was never freed"
+            time.sleep(0.5)

@@ -1,0 +1,77 @@
+"""One training job or sweep at a time on a Ray cluster.
+
+Each training job sizes its workers from the cluster's CPUs less the ones it keeps for Ray
+Data's reads of its training lists; a second job at once takes those CPUs, and both wait on
+their reads. So ``jobs.train`` and ``jobs.tune_sweep`` hold the cluster's training slot while
+they run: a named actor of no resources, which Ray removes when the job's driver exits, however
+it exits (its owner gone), so a dead job never holds the slot. A second job is refused in one
+line naming the first (:class:`ncf.staging.Busy`: exit status 75, try later).
+
+Example::
+
+    with training_slot("jobs.train train-20261204-101500"):
+        fit(config)
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from ncf.staging import Busy
+
+SLOT_NAME = "ncf-training-slot"
+SLOT_NAMESPACE = "ncf"  # drivers get anonymous namespaces; the slot must be seen by every job
+
+
+@contextmanager
+def training_slot(holder: str) -> Iterator[None]:
+    """Holds the cluster's training slot for the block (Ray must be up); ``holder`` names this
+    job in the refusal another job gets."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class TrainingSlot:
+        def __init__(self, holder: str) -> None:
+            self.holder = holder
+
+        def held_by(self) -> str:
+            return self.holder
+
+    try:
+        slot = TrainingSlot.options(name=SLOT_NAME, namespace=SLOT_NAMESPACE).remote(holder)
+    except ValueError:  # the name is taken: another job's slot
+        raise Busy(
+            f"another training job runs on this cluster ({_holder()}): run one training job or sweep at a "
+            "time on a cluster (two take each other's CPUs kept for Ray Data's reads); try again when it ends"
+        ) from None
+    try:  # the name is the cluster's once .remote() returns; the actor's process may start later
+        yield
+    finally:
+        ray.kill(slot)
+        _wait_released()
+
+
+def _wait_released(timeout_s: float = 30.0) -> None:
+    """Returns once the slot's name is free again (ray.kill returns before the cluster has let
+    it go), so that a job run right after this one (the demo's second training) is not refused;
+    after ``timeout_s`` returns anyway, the next job's refusal then saying so."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(SLOT_NAME, namespace=SLOT_NAMESPACE)
+        except ValueError:
+            return
+        time.sleep(0.05)
+
+
+def _holder() -> str:
+    import ray
+
+    try:
+        return ray.get(ray.get_actor(SLOT_NAME, namespace=SLOT_NAMESPACE).held_by.remote(), timeout=30)
+    except Exception:  # ended meanwhile, or not answering: the refusal still stands
+        return "its name could not be read"
