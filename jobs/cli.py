@@ -90,7 +90,12 @@ def one_line_errors():
         yield
     except InputError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_TRY_LATER if isinstance(e, TryLater) else 2)
+        sys.exit(exit_status(e))
+
+
+def exit_status(error: Exception) -> int:
+    """75 (EX_TEMPFAIL) for a target another run holds, 2 for other bad input."""
+    return EXIT_TRY_LATER if isinstance(error, TryLater) else 2
 
 
 # -- parsers ----------------------------------------------------------------------------------------

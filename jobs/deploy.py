@@ -24,6 +24,7 @@ import sys
 from jobs.cli import (
     check_data,
     check_model,
+    exit_status,
     init_ray,
     job_parser,
     non_negative_int,
@@ -126,7 +127,7 @@ def main(argv=None) -> dict:
             print(f"[deploy] note: {note}", file=sys.stderr, flush=True)
     except (InputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(exit_status(e))
     try:
         url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
         health = wait_until_healthy(url)

@@ -132,9 +132,10 @@ def main(argv=None) -> str:
         check_data(args.data, runs=(VALIDATED, REFIT) if args.refit else (VALIDATED,))
         check_history_length(args.data, plan.config.model)
         init_ray()
-        gpu = training_on_gpu(args, workers=args.workers)
-        plan.fit_options = dict(num_workers=args.workers, use_gpu=gpu, storage_path=args.storage)
+        # Before --gpu-wait asks the autoscaler for GPUs: a job that is refused asks for nothing.
         with training_slot(f"jobs.train {name}"):
+            gpu = training_on_gpu(args, workers=args.workers)
+            plan.fit_options = dict(num_workers=args.workers, use_gpu=gpu, storage_path=args.storage)
             return train_evaluate_register(plan)
 
 

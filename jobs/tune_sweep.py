@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from jobs.cli import (
@@ -107,26 +108,27 @@ def main(argv=None):
         if args.resume:  # before Ray starts and --gpu-wait waits; whether GPUs train needs the cluster
             sweep_settings(args, use_gpu=False).check_resumes(skip=("use_gpu",))
         init_ray()
-        settings = sweep_settings(args, use_gpu=training_on_gpu(args, workers=args.workers))
-        try:
-            with training_slot(f"jobs.tune_sweep {settings.output}"):
+        # Before --gpu-wait asks the autoscaler for GPUs: a job that is refused asks for nothing.
+        with training_slot(f"jobs.tune_sweep {os.path.abspath(args.output)}"):
+            settings = sweep_settings(args, use_gpu=training_on_gpu(args, workers=args.workers))
+            try:
                 table = run_sweep(settings, resume=args.resume)
-        except SweepInterrupted as e:
-            print(f"[sweep] {e}", file=sys.stderr, flush=True)
-            sys.exit(130)
-        print("\n" + table[[c for c in SHOWN if c in table]].to_string(index=False), flush=True)
-        print(f"[sweep] {json.dumps(summary(table))}")
-        print(
-            f"[sweep] results: {settings.output}/results.parquet (and .csv), "
-            f"plot: {settings.output}/sweep.png, best model: {settings.best_dir}",
-            flush=True,
-        )
-        best = track_sweep_model(settings.best_dir, settings.data, settings.output, candidate=not args.refit)
-        if args.refit:
-            path = refit_best(table, settings)
-            track_sweep_model(path, settings.data, settings.output, tags={"validated_version": best})
-            print(f"[sweep] deployment model (the winner refit through the data's end): {path}")
-        return table
+            except SweepInterrupted as e:
+                print(f"[sweep] {e}", file=sys.stderr, flush=True)
+                sys.exit(130)
+            print("\n" + table[[c for c in SHOWN if c in table]].to_string(index=False), flush=True)
+            print(f"[sweep] {json.dumps(summary(table))}")
+            print(
+                f"[sweep] results: {settings.output}/results.parquet (and .csv), "
+                f"plot: {settings.output}/sweep.png, best model: {settings.best_dir}",
+                flush=True,
+            )
+            best = track_sweep_model(settings.best_dir, settings.data, settings.output, candidate=not args.refit)
+            if args.refit:  # a training too: inside the slot
+                path = refit_best(table, settings)
+                track_sweep_model(path, settings.data, settings.output, tags={"validated_version": best})
+                print(f"[sweep] deployment model (the winner refit through the data's end): {path}")
+            return table
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from ncf.staging import Busy
 
 SLOT_NAME = "ncf-training-slot"
 SLOT_NAMESPACE = "ncf"  # drivers get anonymous namespaces; the slot must be seen by every job
+SLOT_START_S = 120.0  # the slot's actor process started (seconds on a loaded node)
 
 
 @contextmanager
@@ -41,21 +42,36 @@ def training_slot(holder: str) -> Iterator[None]:
 
     try:
         slot = TrainingSlot.options(name=SLOT_NAME, namespace=SLOT_NAMESPACE).remote(holder)
+        # Through Ray Client (ray://) a taken name surfaces only when the actor is used: asked
+        # once here, so that it does before any work (a second or two for the actor's process).
+        ray.get(slot.held_by.remote(), timeout=SLOT_START_S)
     except ValueError:  # the name is taken: another job's slot
         raise Busy(
             f"another training job runs on this cluster ({_holder()}): run one training job or sweep at a "
             "time on a cluster (two take each other's CPUs kept for Ray Data's reads); try again when it ends"
         ) from None
-    try:  # the name is the cluster's once .remote() returns; the actor's process may start later
+    try:
         yield
     finally:
+        _release(slot)
+
+
+def _release(slot) -> None:
+    """Kills the slot's actor and waits until its name is free; a failure here is said, never
+    raised over the block's own result or error (the slot goes with the driver anyway)."""
+    import ray
+
+    try:
         ray.kill(slot)
         _wait_released()
+    except Exception as e:  # noqa: BLE001
+        print(f"[train] the training slot was not released ({type(e).__name__}: {e}); it goes when this job ends")
 
 
 def _wait_released(timeout_s: float = 30.0) -> None:
     """Returns once the slot's name is free again (ray.kill returns before the cluster has let
-    it go), so that a job run right after this one (the demo's second training) is not refused;
+    it go), so that a job run right after this one (bench.runs' trainings, one after another)
+    is not refused;
     after ``timeout_s`` returns anyway, the next job's refusal then saying so."""
     import ray
 
