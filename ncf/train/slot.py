@@ -15,10 +15,12 @@ Example::
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from ncf.errors import InputError
 from ncf.staging import Busy
 
 SLOT_NAME = "ncf-training-slot"
@@ -50,6 +52,12 @@ def training_slot(holder: str) -> Iterator[None]:
             f"another training job runs on this cluster ({_holder()}): run one training job or sweep at a "
             "time on a cluster (two take each other's CPUs kept for Ray Data's reads); try again when it ends"
         ) from None
+    except ray.exceptions.GetTimeoutError:
+        _release(slot)
+        raise InputError(
+            f"the cluster did not start the training slot's actor (it asks for no resources) within "
+            f"{SLOT_START_S:.0f} s; see `ray status` and the raylet's logs"
+        ) from None
     try:
         yield
     finally:
@@ -65,14 +73,17 @@ def _release(slot) -> None:
         ray.kill(slot)
         _wait_released()
     except Exception as e:  # noqa: BLE001
-        print(f"[train] the training slot was not released ({type(e).__name__}: {e}); it goes when this job ends")
+        print(
+            f"[train] the training slot was not released ({type(e).__name__}: {e}); it goes when this job ends",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _wait_released(timeout_s: float = 30.0) -> None:
     """Returns once the slot's name is free again (ray.kill returns before the cluster has let
     it go), so that a job run right after this one (bench.runs' trainings, one after another)
-    is not refused;
-    after ``timeout_s`` returns anyway, the next job's refusal then saying so."""
+    is not refused; after ``timeout_s`` returns anyway, the next job's refusal then saying so."""
     import ray
 
     deadline = time.monotonic() + timeout_s
