@@ -118,7 +118,7 @@ def main(argv=None) -> str:
             name=name,
             refit=args.refit,
             validated_output=args.validated_output,
-            test_users=args.test_users or None,
+            test_users=args.test_users,  # 0: every household
             overwrite=args.overwrite,
             params=vars(args),
         )

@@ -17,6 +17,9 @@ from ncf.errors import InputError
 from serve.limits import REQUEST_TIMEOUT_S, proxy_env
 
 APP_NAME = "ncf"
+# Hosts that bind every address: a server there answers on 127.0.0.1 too (and on whichever host
+# a redeploy names).
+WILDCARD_HOSTS = ("0.0.0.0", "::")
 
 
 def start(
@@ -55,7 +58,7 @@ def check_port_free(host: str, port: int, instead: str) -> None:
     (127.0.0.1 for a wildcard host): a Serve left running by jobs.deploy, say, which would answer
     the health check and the queries meant for the one about to start. ``instead``: what to do,
     in words."""
-    probe_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host.strip("[]")
+    probe_host = "127.0.0.1" if not host or host in WILDCARD_HOSTS else host.strip("[]")
     try:
         with socket.create_connection((probe_host, port), timeout=1):
             pass

@@ -17,11 +17,8 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from ncf.errors import InputError
-from serve.launch import base_url, check_port_free, serving_user_config, start
+from serve.launch import WILDCARD_HOSTS, base_url, check_port_free, serving_user_config, start
 from serve.service import ServeSettings, same_content_on_disk
-
-# A Serve bound to every address answers on whichever host a redeploy names (127.0.0.1 included).
-WILDCARD_HOSTS = ("0.0.0.0", "::")
 
 
 def check_can_deploy(running: Optional[Tuple[str, int]], host: str, port: int, detach: bool) -> None:
