@@ -20,7 +20,7 @@ from ncf.data.features import FEATURES_VERSION
 from ncf.jsonio import write_json
 from ncf.model.directory import FORMAT_VERSION
 
-JOBS = ["preprocess", "train", "evaluate", "tune_sweep", "batch_score", "deploy", "demo", "models"]
+JOBS = ["preprocess", "train", "evaluate", "tune_sweep", "batch_score", "deploy", "demo", "models", "verify"]
 
 
 def _parser(job: str, monkeypatch) -> argparse.ArgumentParser:
@@ -136,6 +136,9 @@ def _cases(p: dict, out: str) -> list:
         ("deploy", ["--model", "current"], ["no model is current", "jobs.train", "promote"]),
         ("deploy", ["--model", p["missing"], "--detach"], ["--detach", "RAY_ADDRESS", "HOST:6379"]),
         ("models", ["register", p["empty"]], [p["empty"], "jobs.train first"]),
+        ("verify", [p["missing"]], [p["missing"], "not a model directory", "jobs.train first"]),
+        ("verify", [p["model"]], [p["model"], "manifest"]),
+        ("verify", [p["other"], "--seal"], [p["other"], "no config.json"]),
         ("preprocess", ["--input", p["missing"], "--output", out], [p["missing"], "no such file"]),
         # Found by the CLI review of 2026-11-30: each used to reach Ray (some a traceback, exit 1).
         ("preprocess", ["--input", p["state"], "--output", out], [p["state"], "jobs.preprocess output (DATA)"]),

@@ -278,19 +278,24 @@ def test_a_bad_config_is_refused_in_one_line(model, damage, message):
     assert "\n" not in str(error.value) and model in str(error.value)
 
 
-def test_the_command_line_verifies_and_seals(model):
-    run = [sys.executable, "-m", "ncf.model.integrity"]
-    ok = subprocess.run(run + [model], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0 and json.loads(ok.stdout)["verified"] is True
+def test_the_command_line_verifies_and_seals(model, tmp_path):
+    """``python -m jobs.verify``: one JSON object, or exit 2 and one line; --seal trusts the directory."""
+    run = [sys.executable, "-m", "jobs.verify"]
+    data = tiny_data(str(tmp_path / "data"))
+    ok = subprocess.run(run + [model, "--data", data], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == {"model": os.path.abspath(model), "verified": True, "data": data}
     os.remove(os.path.join(model, MANIFEST))
     refused = subprocess.run(run + [model], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert (
         refused.returncode == 2
         and refused.stderr.strip().startswith("error: ")
+        and "\n" not in refused.stderr.strip()
         and "no manifest.json" in refused.stderr
     )
-    sealed = subprocess.run(run + ["--write", model], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert sealed.returncode == 0, sealed.stderr
+    sealed = subprocess.run(run + ["--seal", model], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert sealed.returncode == 0 and json.loads(sealed.stdout)["verified"] is True, sealed.stderr
+    assert os.path.exists(os.path.join(model, MANIFEST))
 
 
 @pytest.mark.faults

@@ -34,15 +34,13 @@ wrote the wrong vocabulary and sealed it) as well as one damaged after saving.
 Example::
 
     verify_model_dir("artifacts/demo/model")      # None, or ModelIntegrityError
-    python -m ncf.model.integrity MODEL           # the same from a shell (exit 2 on error)
+    python -m jobs.verify MODEL                   # the same from a shell (exit 2 on error)
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import sys
 from typing import Dict, Iterable, List, Optional
 
 import numpy as np
@@ -57,7 +55,7 @@ from ncf.jsonio import read_json, write_json
 from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
-from ncf.model.files import CONFIG, METRICS, STATE, TRAINED_PRODUCTS, TRAINED_USERS, WEIGHTS, read_config
+from ncf.model.files import CONFIG, STATE, TRAINED_PRODUCTS, TRAINED_USERS, WEIGHTS, read_config
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -154,7 +152,7 @@ def check_manifest(model_dir: str) -> Dict:
     if not os.path.exists(path):
         raise ModelIntegrityError(
             f"{model_dir}: no {MANIFEST} (save_model_dir writes it); re-save the model, or seal a directory "
-            "you trust with python -m ncf.model.integrity --write"
+            "you trust with python -m jobs.verify --seal MODEL"
         )
     try:
         manifest = read_json(path)
@@ -327,25 +325,3 @@ def _check_state_agrees(where: str, vocabs: Vocabularies, states: UserStates, st
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text[:300]
-
-
-def main(argv=None) -> None:
-    """``python -m ncf.model.integrity [--write] MODEL``: verify (or seal) a model directory."""
-    import argparse
-
-    p = argparse.ArgumentParser(description="Verify a model directory (or --write its checksum manifest).")
-    p.add_argument("model")
-    p.add_argument("--write", action="store_true", help="seal the directory as it is now (trust it first)")
-    args = p.parse_args(argv)
-    try:
-        if args.write:
-            write_manifest(args.model, unsealed=[METRICS])
-        verify_model_dir(args.model)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    print(json.dumps({"model": os.path.abspath(args.model), "verified": True}))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,54 @@
+"""python -m jobs.verify MODEL [--data DATA] [--seal]: check a model directory before it is used.
+
+The check jobs.deploy, jobs.batch_score and every Serve replica make before a model ranks
+(:func:`ncf.model.integrity.verify_model_dir`: the checksum manifest, the config, the weights
+against the config's shapes, the vocabularies and state it carries), and with ``--data`` the one
+they make of a DATA directory's state. Prints one JSON object; exit code 2 with a one-line error
+for a directory that fails.
+
+Examples::
+
+    python -m jobs.verify artifacts/model/cj
+    python -m jobs.verify current --data artifacts/data/cj   # the registry's current model
+    python -m jobs.verify artifacts/model/cj --seal          # re-seal a directory edited by hand
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from jobs.cli import check_data, check_model, job_parser, one_line_errors
+from ncf.model.files import METRICS
+from ncf.model.integrity import verify_data_state, verify_model_dir, write_manifest
+
+
+def parse_args(argv=None):
+    p = job_parser("verify", "Check a model directory (and a DATA directory's state) as a rollout would.")
+    p.add_argument("model", help="model directory, or current / models:/NAME/VERSION (the registry's)")
+    p.add_argument("--data", default=None, help="also check this DATA directory's state (jobs.deploy --data)")
+    p.add_argument(
+        "--seal",
+        action="store_true",
+        help="first write the checksum manifest of the directory as it is now: only for a directory you trust",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    with one_line_errors():
+        model = check_model(args.model, option="MODEL", verify=not args.seal)
+        if args.seal:
+            write_manifest(model, unsealed=[METRICS])
+            verify_model_dir(model)
+        if args.data is not None:
+            verify_data_state(check_data(args.data))
+    report = {"model": os.path.abspath(model), "verified": True}
+    if args.data is not None:
+        report["data"] = os.path.abspath(args.data)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
