@@ -117,17 +117,24 @@ def main(argv=None):
                 print(f"[sweep] {e}", file=sys.stderr, flush=True)
                 sys.exit(130)
             print("\n" + table[[c for c in SHOWN if c in table]].to_string(index=False), flush=True)
-            print(f"[sweep] {json.dumps(summary(table))}")
             print(
                 f"[sweep] results: {settings.output}/results.parquet (and .csv), "
                 f"plot: {settings.output}/sweep.png, best model: {settings.best_dir}",
                 flush=True,
             )
-            best = track_sweep_model(settings.best_dir, settings.data, settings.output, candidate=not args.refit)
+            outcome = {**summary(table), "best_model": settings.best_dir}
+            outcome["registered_version"] = track_sweep_model(
+                settings.best_dir, settings.data, settings.output, candidate=not args.refit
+            )
             if args.refit:  # a training too: inside the slot
                 path = refit_best(table, settings)
-                track_sweep_model(path, settings.data, settings.output, tags={"validated_version": best})
-                print(f"[sweep] deployment model (the winner refit through the data's end): {path}")
+                outcome["deployment_model"] = path
+                outcome["deployment_version"] = track_sweep_model(
+                    path, settings.data, settings.output, tags={"validated_version": outcome["registered_version"]}
+                )
+                print(f"[sweep] deployment model (the winner refit through the data's end): {path}", flush=True)
+            # The last line on stdout, bare, as the other jobs end: a script reads it with tail -n 1.
+            print(json.dumps(outcome), flush=True)
             return table
 
 

@@ -2,6 +2,7 @@
 `ray job submit` on a cluster started with `ray start --head`."""
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -406,6 +407,10 @@ def test_a_sweep_interrupted_on_a_laptop_resumes_with_ray_job_submit_losing_and_
 
     config = read_config(sweep / "best")
     best = table.iloc[0]
+    # The job's last line is its outcome as bare JSON (ray job submit prints its own lines after it).
+    (outcome,) = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"best_trial"')]
+    assert outcome["best_trial"] == best["trial_id"] and outcome["best_model"] == str(sweep / "best")
+    assert outcome["registered_version"] is not None and "deployment_model" not in outcome
     assert config["version"] == f"sweep-{best['trial_id']}"
     assert config["model"]["mf_embedding_dim"] == best["mf_embedding_dim"]
     assert config["model"]["mlp_hidden_dims"] == mlp_tower(best["mlp_depth"], best["mlp_width"])
