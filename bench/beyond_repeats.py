@@ -41,7 +41,7 @@ def main(argv=None) -> list:
     p.add_argument("--reuse", action="store_true", help="reuse DATA and the model of a previous run")
     args = p.parse_args(argv)
     with one_line_errors():
-        variant = model_overrides(args.model)
+        variant = model_overrides(args.model, option="--model")
     data = os.path.join(args.workdir, "data")
     model = os.path.join(args.workdir, f"model{_variant_suffix(variant)}-seed{args.seed}")
     if not (args.reuse and os.path.exists(os.path.join(data, "stats.json"))):

@@ -304,24 +304,23 @@ def check_model(ref: str, option: str = "--model", verify: bool = True) -> str:
     return path
 
 
-def model_overrides(text: str) -> dict:
-    """``--model`` of the training jobs: ModelConfig overrides as JSON, checked."""
+def model_overrides(text: str, option: str = "--model-config") -> dict:
+    """``--model-config`` (alias ``--model``) of the training jobs: ModelConfig overrides as JSON, checked."""
     from ncf.model.config import ModelConfig
 
     try:
         overrides = json.loads(text)
     except json.JSONDecodeError as e:
         mixup = (
-            " (a model directory is --model of jobs.evaluate, batch_score and deploy; here --model sets the "
-            "architecture)"
+            " (a model directory is --model of jobs.evaluate, batch_score and deploy; here it sets the architecture)"
             if os.path.isdir(text)
             else ""
         )
-        raise InputError(f"--model {text!r}: not JSON ({e.msg}); e.g. '{{\"mf_embedding_dim\": 64}}'{mixup}") from None
+        raise InputError(f"{option} {text!r}: not JSON ({e.msg}); e.g. '{{\"mf_embedding_dim\": 64}}'{mixup}") from None
     if not isinstance(overrides, dict):
-        raise InputError(f"--model {text!r}: expected a JSON object of ModelConfig fields")
+        raise InputError(f"{option} {text!r}: expected a JSON object of ModelConfig fields")
     try:
         ModelConfig(num_users=1, num_products=1, num_departments=1, num_categories=1, **overrides)
     except (TypeError, ValueError) as e:
-        raise InputError(f"--model {text!r}: {e}") from None
+        raise InputError(f"{option} {text!r}: {e}") from None
     return overrides

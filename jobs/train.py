@@ -87,7 +87,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--max-steps-per-epoch", type=non_negative_int, default=0, help="cap each epoch (0 = the whole split)"
     )
-    p.add_argument("--model", default="{}", help='ModelConfig overrides as JSON, e.g. {"mf_embedding_dim": 64}')
+    p.add_argument(
+        "--model-config",
+        "--model",
+        dest="model",
+        default="{}",
+        help='ModelConfig overrides as JSON, e.g. {"mf_embedding_dim": 64} (--model: the older name of this option; '
+        "the other jobs' --model is a model directory)",
+    )
     p.add_argument("--storage", default="artifacts/ray_results", help="where Ray Train keeps checkpoints")
     p.add_argument(
         "--name", default=None, help="run name (default: train-<UTC date-time>; reuse one to resume an interrupted run)"

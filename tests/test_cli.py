@@ -161,6 +161,11 @@ def _cases(p: dict, out: str) -> list:
         ("models", ["--name", "o'brien", "list"], ["--name", "no quotes"]),
         ("models", ["--tracking-uri", f"sqlite:///{p['logs.csv']}", "list"], ["tracking store", "does not open"]),
         ("train", ["--data", p["other"], "--output", out, "--model", '{"num_heads": 0}'], ["num_heads must be"]),
+        (
+            "train",
+            ["--data", p["other"], "--output", out, "--model-config", '{"num_heads": 0}'],
+            ["--model-config", "num_heads must be"],
+        ),
         ("train", ["--data", p["other"], "--output", out, "--model", '{"use_attention": "false"}'], ["true or false"]),
         ("train", ["--data", p["other"], "--output", out, "--validated-output", out + "-v"], ["goes with --refit"]),
         (
