@@ -24,7 +24,7 @@ from jobs.cli import (
     positive_int,
     training_on_gpu,
 )
-from ncf.errors import InputError
+from ncf.errors import InputError, TryLater
 from ncf.model.directory import CONFIG
 from ncf.splits import REFIT, VALIDATED
 from ncf.staging import check_target
@@ -143,7 +143,13 @@ def main(argv=None) -> str:
         with training_slot(f"jobs.train {name}"):
             gpu = training_on_gpu(args, workers=args.workers)
             plan.fit_options = dict(num_workers=args.workers, use_gpu=gpu, storage_path=args.storage)
-            return train_evaluate_register(plan)
+            try:
+                return train_evaluate_register(plan)
+            except TryLater as e:  # another run writes MODEL: this run's checkpoints are kept
+                raise TryLater(
+                    f"{e}; this run's checkpoints are kept under {os.path.join(args.storage, name)}: run the same "
+                    f"command with --name {name} to export them without training again"
+                ) from None
 
 
 if __name__ == "__main__":

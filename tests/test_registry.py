@@ -361,6 +361,31 @@ def test_a_training_run_is_tracked_and_its_models_registered(small_data, store, 
     assert store.current() == refit["version"] and reg.resolve_model("current") == output
 
 
+@pytest.mark.slow
+@pytest.mark.faults
+def test_a_run_refused_its_model_directory_at_export_is_exported_by_its_name(small_data, store, tmp_path, capsys):
+    """Another run writing MODEL when the training ends: exit 75 naming the run, whose checkpoints
+    a rerun with --name exports without training again (before, a retry trained from scratch)."""
+    from ncf.model.files import read_config
+    from ncf.staging import exclusive
+
+    data, _ = small_data
+    output = str(tmp_path / "model")
+    argv = ["--data", data, "--output", output, "--epochs", "1", "--batch-size", "8", "--max-steps-per-epoch", "3"]
+    argv += ["--val-users", "20", "--test-users", "15", "--model-config", json.dumps(SMALL_MODEL)]
+    argv += ["--storage", str(tmp_path / "runs")]
+    with exclusive(str(tmp_path / ".model.lock"), "the test's other run"):
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(argv)
+    assert exit_info.value.code == 75 and not os.path.exists(output)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: {output}: another run is writing it") and "checkpoints are kept" in error
+    name = error.split("--name ")[1].split()[0]
+    assert train.main(argv + ["--name", name]) == output
+    assert f"[train] resuming run {name} after epoch 1" in capsys.readouterr().out
+    assert read_config(output)["version"].startswith(name.removeprefix("train-"))
+
+
 # -- rollback reaches Serve and the nightly job ---------------------------------------------------------
 
 
