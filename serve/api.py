@@ -331,8 +331,14 @@ async def _on_before_the_data(request: Request, exc: BeforeTheData) -> JSONRespo
     return _error(422, str(exc))
 
 
+# A replica loads a model in seconds (Complete Journey) to a minute or two (a 10M x 1M state).
+NOT_READY_RETRY_AFTER_S = 5
+
+
 async def _on_not_ready(request: Request, exc: NotReady) -> JSONResponse:
-    return _error(503, str(exc))
+    response = _error(503, str(exc))
+    response.headers["Retry-After"] = str(NOT_READY_RETRY_AFTER_S)
+    return response
 
 
 # A past day's pass takes seconds on Complete Journey and minutes at a billion purchases.

@@ -162,12 +162,6 @@ class RecommenderDeployment:
         service = self._service
         return None if service is None else service.settings.user_config()
 
-    @property
-    def _ui(self) -> bool:
-        """The explorer page (/ui): off unless the settings serving ask for it."""
-        service = self._service
-        return service is not None and service.settings.ui
-
     def _ready(self) -> ModelService:
         service = self._service
         if service is None:
@@ -227,20 +221,22 @@ class RecommenderDeployment:
         """Household ids that start with ``prefix``."""
         return explore.search_households(self._ready(), request)
 
+    # Whether the page is on is the serving model's setting: before a model loads, every /ui path
+    # is the 503 of the other routes (with Retry-After), not the 404 of a deployment without it.
     @app.get("/ui", include_in_schema=False)
     def explorer_page(self) -> Response:
-        return ui.asset(ui.PAGE, enabled=self._ui)
+        return ui.asset(ui.PAGE, enabled=self._ready().settings.ui)
 
     @app.get("/ui/config", include_in_schema=False)
     def explorer_config(self) -> Dict:
         service = self._ready()
-        return ui.config(self._ui, service.moment(None), service.version, MAX_K, MAX_BASKETS)
+        return ui.config(service.settings.ui, service.moment(None), service.version, MAX_K, MAX_BASKETS)
 
     @app.get("/ui/{name}", include_in_schema=False)
     def explorer_asset(self, name: str) -> Response:
         if name == ui.PAGE:  # only at /ui: its relative links would not resolve from /ui/explorer.html
             raise HTTPException(status_code=404, detail="the explorer page is at /ui")
-        return ui.asset(name, enabled=self._ui)
+        return ui.asset(name, enabled=self._ready().settings.ui)
 
 
 class AppArgs(BaseModel):
@@ -341,7 +337,8 @@ def _application(a: AppArgs, settings: ServeSettings) -> Application:
 
 
 def code_version() -> str:
-    """The deployment's version: a hash of the project's Python source (serve/ and ncf/).
+    """The deployment's version: a hash of the project's Python source (serve/ and ncf/) and of
+    the explorer page's files (``serve/static/``, which each replica reads once).
 
     Serve replaces every replica when the version changes and only calls ``reconfigure`` on the
     running ones when it does not. Left unset, ``serve.run`` draws a random version on each call,
@@ -356,7 +353,8 @@ def code_version() -> str:
         root = os.path.join(REPO, package)
         for folder, dirs, files in sorted(os.walk(root)):
             dirs.sort()
-            for name in sorted(f for f in files if f.endswith(".py")):
+            static = os.path.relpath(folder, REPO) == os.path.join("serve", "static")
+            for name in sorted(f for f in files if f.endswith(".py") or (static and f in ui.ASSETS)):
                 path = os.path.join(folder, name)
                 digest.update(os.path.relpath(path, REPO).encode())
                 with open(path, "rb") as f:

@@ -141,6 +141,46 @@ def test_the_page_is_off_by_default(small_model_dir):
     assert off.value.status_code == 404
 
 
+@pytest.mark.faults
+def test_before_a_model_loads_the_page_answers_503_with_retry_after_not_off():
+    """Before, /ui said 404 "the page is off for this deployment" while the model loaded."""
+    import asyncio
+
+    from serve.api import NOT_READY_RETRY_AFTER_S, NotReady, _on_not_ready
+    from serve.app import RecommenderDeployment
+
+    loading = object.__new__(RecommenderDeployment.func_or_class)
+    loading._service = None
+    for route in (
+        lambda: loading.explorer_page(),
+        lambda: loading.explorer_config(),
+        lambda: loading.explorer_asset("explorer.js"),
+    ):
+        with pytest.raises(NotReady, match="no model loaded yet"):
+            route()
+    response = asyncio.run(_on_not_ready(None, NotReady("no model loaded yet")))
+    assert response.status_code == 503 and response.headers["retry-after"] == str(NOT_READY_RETRY_AFTER_S)
+
+
+@pytest.mark.faults
+def test_the_pages_files_version_the_deployment(tmp_path, monkeypatch):
+    """A replica reads the page's files once: a change to them must restart the replicas, as a
+    change of code does, not reconfigure them in place (they kept serving the old page)."""
+    from serve import app
+
+    for package in ("serve", "ncf"):
+        shutil.copytree(
+            os.path.join(app.REPO, package), tmp_path / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    monkeypatch.setattr(app, "REPO", str(tmp_path))
+    before = app.code_version()
+    (tmp_path / "serve" / "static" / "notes.txt").write_text("not served")
+    assert app.code_version() == before  # only the files served count
+    with open(tmp_path / "serve" / "static" / "explorer.js", "a") as f:
+        f.write("// changed\n")
+    assert app.code_version() != before
+
+
 def test_the_page_and_its_files_are_served_with_a_strict_policy(server):
     page = requests.get(f"{server}/ui", timeout=TIMEOUT)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -231,5 +271,97 @@ def test_the_page_shows_the_households_recommendations(server, household, tmp_pa
             page.wait_for_selector('#results[data-state="error"]', state="attached", timeout=30_000)
             assert page.is_hidden("#results") and page.is_hidden("#recommendations")
             assert "error" in page.get_attribute("#status", "class")
+        finally:
+            browser.close()
+
+
+# -- the page against answers it cannot get from the small model (page.route; no Ray) -----------------
+
+BIG = 9007199254740993  # 2^53 + 1: a JavaScript number rounds it to 2^53
+
+
+def _fake_server(origin: str, answers: dict, asked: list):
+    """A route handler serving the page's files from serve/static and ``answers[path]`` (a list of
+    (status, headers, body text), the last repeated) to its JSON calls, recording each call."""
+    from serve import ui
+
+    def handle(route):
+        request = route.request
+        path = request.url.removeprefix(origin).split("?")[0]
+        if path in ("/ui", "/ui/explorer.js", "/ui/explorer.css"):
+            name = ui.PAGE if path == "/ui" else path.rsplit("/", 1)[1]
+            return route.fulfill(
+                status=200, headers={**ui.HEADERS, "Content-Type": ui.ASSETS[name]}, body=ui._read(name)
+            )
+        asked.append((path, request.post_data))
+        replies = answers[path]
+        status, headers, body = replies.pop(0) if len(replies) > 1 else replies[0]
+        route.fulfill(status=status, headers={"Content-Type": "application/json", **headers}, body=body)
+
+    return handle
+
+
+@pytest.mark.faults
+def test_the_page_keeps_ids_beyond_2_53_and_asks_again_where_the_api_says(tmp_path):
+    """Ids above 2^53 shown and sent back digit for digit; a 503 with Retry-After asked again; a
+    label call naming an unknown id asked again without it; the baskets read at the ranking's own
+    moment; an address whose `at` the page cannot hold refused rather than answered for now."""
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    at = "2017-11-27T04:01:00+00:00"
+    answer = (
+        f'{{"user_id": "{BIG}", "at": "{at}", "cold_start": false, "model_version": "v-big", "items": '
+        f'[{{"product_id": {BIG}, "score": 0.5, "because": [{{"product_id": {BIG + 2}, "weight": 0.7}}]}}]}}'
+    )
+    basket = f'{{"at": "2017-11-20T10:00:00+00:00", "products": [{{"product_id": {BIG + 4}, "lines": 1}}]}}'
+    answers = {
+        "/ui/config": [
+            (200, {}, json.dumps({"default_at": at, "model_version": "v-big", "max_k": 100, "max_baskets": 20}))
+        ],
+        "/households": [(200, {}, f'{{"user_ids": [{BIG}], "model_version": "v-big"}}')],
+        "/recommend": [(503, {"Retry-After": "1"}, '{"error": "busy"}'), (200, {}, answer)],
+        "/history": [
+            (200, {}, f'{{"user_id": "{BIG}", "known": true, "purchases": 1, "at": "{at}", "baskets": [{basket}]}}')
+        ],
+        "/products": [
+            (422, {}, f'{{"error": "unknown product ids", "unknown_product_ids": ["{BIG + 2}"]}}'),
+            (200, {}, f'{{"products": [{{"product_id": {BIG}, "department": "DAIRY", "category": "MILK"}}]}}'),
+        ],
+    }
+    asked = []
+    origin = f"http://127.0.0.1:{free_port()}"  # nothing listens: every request is answered by the route
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright, tmp_path / "profile")
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.route("**/*", _fake_server(origin, answers, asked))
+            page.goto(f"{origin}/ui")
+            page.wait_for_selector('body[data-ready="true"]', timeout=30_000)
+            page.fill("#household", "9007")
+            page.wait_for_function(
+                "id => [...document.querySelectorAll('#household-ids option')].some(o => o.value === id)",
+                arg=str(BIG),
+                timeout=10_000,
+            )
+            _ask(page, str(BIG), 5)
+            (item,) = _rendered(page)
+            assert item[0] == str(BIG) and f"{BIG + 2} 0.70" in item[2]
+            assert page.text_content("#recommendations .labels") == "MILK · DAIRY"
+            assert page.get_attribute("#baskets-list li li", "data-product-id") == str(BIG + 4)
+            calls = {path: [json.loads(body) for p, body in asked if p == path and body] for path in answers}
+            assert len(calls["/recommend"]) == 2 and calls["/recommend"][0]["user_id"] == str(BIG)
+            assert [c["product_ids"] for c in calls["/products"]] == [[str(BIG), str(BIG + 2)], [str(BIG)]]
+            assert calls["/history"] == [{"user_id": str(BIG), "baskets": 5, "at": at}]
+            assert errors == []
+
+            asked.clear()
+            page.goto(f"{origin}/ui?household={BIG}&at=2017-11-27")
+            page.wait_for_selector("#status.error", timeout=10_000)
+            assert "at=2017-11-27" in page.text_content("#status")
+            assert [path for path, _ in asked if path in ("/recommend", "/history")] == []
         finally:
             browser.close()

@@ -10,9 +10,20 @@
 
   // -- HTTP ------------------------------------------------------------------------------------
 
-  // The question's calls (history, recommend) ask again after a 503's Retry-After (a replica
-  // computing a past day's stats, or shedding load) this many times; the id search does not.
+  // The question's calls (recommend, history) ask again after a 503's Retry-After (a replica
+  // computing a past day's stats, shedding load, or loading its model) this many times; the id
+  // search does not.
   const BUSY_RETRIES = 2;
+
+  // Integer ids of 2^53 and more lose digits as JavaScript numbers: they are kept as the digits
+  // the server wrote (JSON.parse's source text access, Chromium 114+), and go back as strings,
+  // which the API takes for integer ids.
+  function keepLargeIntegers(key, value, context) {
+    if (Number.isInteger(value) && !Number.isSafeInteger(value) && context && /^-?\d+$/.test(context.source)) {
+      return context.source;
+    }
+    return value;
+  }
 
   async function call(path, body, retries = 0) {
     // Relative paths: the routes sit beside /ui under the app's route prefix.
@@ -31,12 +42,14 @@
     }
     let data = null;
     try {
-      data = await response.json();
+      data = JSON.parse(await response.text(), keepLargeIntegers);
     } catch (e) {
       data = null;
     }
     if (!response.ok) {
-      throw new Error((data && data.error) || `${path}: HTTP ${response.status}`);
+      const error = new Error((data && data.error) || `${path}: HTTP ${response.status}`);
+      error.body = data;
+      throw error;
     }
     return data;
   }
@@ -165,16 +178,21 @@
     return `${habit}; ${Number(reason.score_if_category_never_bought).toFixed(3)} had nothing in its category been bought`;
   }
 
-  // Product labels for every id shown, in one request (empty when it fails: ids still show).
+  // Product labels for every id shown, in one request (empty when it fails: ids still show). Ids
+  // the state no longer knows (a rollout between the ranking and this call) are asked without.
   async function labelsFor(ids) {
-    const unique = [...new Set(ids.map(String))];
+    let unique = [...new Set(ids.map(String))].slice(0, 1000);
     const labels = new Map();
-    if (!unique.length) return labels;
-    try {
-      const found = await call("products", { product_ids: unique.slice(0, 1000) });
-      for (const product of found.products) labels.set(String(product.product_id), product);
-    } catch (e) {
-      // unknown ids or an error: the list renders without labels
+    for (let attempt = 0; attempt < 2 && unique.length; attempt++) {
+      try {
+        const found = await call("products", { product_ids: unique });
+        for (const product of found.products) labels.set(String(product.product_id), product);
+        break;
+      } catch (e) {
+        const unknown = new Set(((e.body && e.body.unknown_product_ids) || []).map(String));
+        if (!unknown.size) break; // another error: the list renders without labels
+        unique = unique.filter((id) => !unknown.has(id));
+      }
     }
     return labels;
   }
@@ -193,15 +211,17 @@
     $("results").dataset.state = "loading";
     setStatus(`Loading household ${household}…`, false);
     try {
-      const [history, answer] = await Promise.all([
-        call("history", { user_id: household, baskets, ...moment }, BUSY_RETRIES),
-        call("recommend", { user_id: household, k, explain: true, ...moment }, BUSY_RETRIES),
-      ]);
+      const answer = await call("recommend", { user_id: household, k, explain: true, ...moment }, BUSY_RETRIES);
       const ids = [
         ...answer.items.map((i) => i.product_id),
         ...answer.items.flatMap((i) => (i.because || []).map((b) => b.product_id)),
       ];
-      const labels = await labelsFor(ids);
+      // The baskets before the moment the ranking used: without an `at` each call would take its
+      // own "now".
+      const [history, labels] = await Promise.all([
+        call("history", { user_id: household, baskets, at: answer.at }, BUSY_RETRIES),
+        labelsFor(ids),
+      ]);
       renderHistory(history);
       renderRecommendations(answer, labels);
       $("results").hidden = false;
@@ -254,6 +274,14 @@
       if (params.get(name)) $(name).value = params.get(name);
     }
     searchHouseholds();
+    // A field drops a value it cannot hold (an `at` without its time): asking would answer another
+    // question than the address names.
+    const dropped = ["k", "baskets", "at"].filter((name) => params.get(name) && $(name).value === "");
+    if (dropped.length) {
+      const values = dropped.map((name) => `${name}=${params.get(name)}`).join(", ");
+      setStatus(`The address's ${values} is not a value this page takes (at: YYYY-MM-DDTHH:MM, UTC)`, true);
+      return;
+    }
     if (params.get("household")) show();
   }
 
