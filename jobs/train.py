@@ -91,6 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--model-config",
         "--model",
         dest="model",
+        metavar="JSON",
         default="{}",
         help='ModelConfig overrides as JSON, e.g. {"mf_embedding_dim": 64} (--model: the older name of this option; '
         "the other jobs' --model is a model directory)",

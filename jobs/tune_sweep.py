@@ -133,7 +133,8 @@ def main(argv=None):
                     path, settings.data, settings.output, tags={"validated_version": outcome["registered_version"]}
                 )
                 print(f"[sweep] deployment model (the winner refit through the data's end): {path}", flush=True)
-            # The last line on stdout, bare, as the other jobs end: a script reads it with tail -n 1.
+            # The last line on stdout, bare JSON: a script reads it with tail -n 1 (of the job's own logs under
+            # ray job submit, which prints its own lines after them).
             print(json.dumps(outcome), flush=True)
             return table
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from ncf.errors import InputError
+from ncf.errors import InputError, TryLater
 
 GPU_SETTINGS = ("auto", "yes", "no")
 _ON_AUTOSCALING = " (on a cluster that adds GPU nodes on demand, --gpu-wait SECONDS waits for them)"
@@ -80,6 +80,7 @@ def resolve_gpu(setting: str, available: int, workers: int = 1, waited_s: float 
     Raises:
         InputError: an unknown setting, or ``yes`` with fewer GPUs than workers (Ray Train would
             wait for the missing ones forever); ``waited_s``: how long ``--gpu-wait`` waited.
+        TryLater: the same after ``--gpu-wait`` waited (exit 75: the GPUs may still come).
     """
     hint = f" (after waiting {waited_s:g} s for them)" if waited_s > 0 else _ON_AUTOSCALING
     if setting not in GPU_SETTINGS:
@@ -89,9 +90,11 @@ def resolve_gpu(setting: str, available: int, workers: int = 1, waited_s: float 
     if available >= workers:
         return True
     if setting == "yes":
+        # After --gpu-wait the GPUs may still come (an autoscaler's nodes starting): try later.
+        shortage = TryLater if waited_s > 0 else InputError
         if available == 0:
-            raise InputError(f"--gpu yes: the Ray cluster has no GPU{hint}")
-        raise InputError(
+            raise shortage(f"--gpu yes: the Ray cluster has no GPU{hint}")
+        raise shortage(
             f"--gpu yes: {workers} workers need a GPU each and the Ray cluster has {available}; "
             f"use --workers {available} or fewer, or --gpu no{hint}"
         )

@@ -49,7 +49,7 @@ import urllib.request
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from ncf.data import layout
-from ncf.errors import InputError
+from ncf.errors import InputError, TryLater
 from ncf.model.directory import WEIGHTS, read_config, read_metrics
 from ncf.model.integrity import verify_model_dir
 
@@ -196,6 +196,10 @@ class StoreUnavailable(InputError):
     training job that cannot record its model says so and goes on)."""
 
 
+class StoreUnreachable(StoreUnavailable, TryLater):
+    """No tracking server answers at the store's address (exit 75: it may be restarting)."""
+
+
 def _check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
     """Refuses (one line) an HTTP tracking server where nothing accepts a connection: MLflow's
     client retries it 7 times with backoff, about 4 minutes, before its own error."""
@@ -208,7 +212,7 @@ def _check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
     except (OSError, ValueError) as e:  # ValueError: a port out of range
-        raise StoreUnavailable(
+        raise StoreUnreachable(
             f"tracking store {uri}: no server answers there ({getattr(e, 'strerror', None) or e})"
         ) from None
 

@@ -14,9 +14,10 @@ import time
 import pytest
 from helpers import REPO
 
+from jobs.cli import exit_status
 from ncf.data.features import FEATURES_VERSION
 from ncf.device import gpus_within, resolve_gpu
-from ncf.errors import InputError
+from ncf.errors import InputError, TryLater
 from ncf.jsonio import read_json, write_json
 
 ON_AUTOSCALING = " (on a cluster that adds GPU nodes on demand, --gpu-wait SECONDS waits for them)"
@@ -46,8 +47,12 @@ def test_gpu_yes_with_more_workers_than_gpus_is_refused():
         "--gpu yes: 2 workers need a GPU each and the Ray cluster has 1; use --workers 1 or fewer, or --gpu no"
         + ON_AUTOSCALING
     )
-    with pytest.raises(InputError, match="has no GPU"):
+    with pytest.raises(InputError, match="has no GPU") as refused:
         resolve_gpu("yes", 0, workers=1)
+    assert exit_status(refused.value) == 2  # nothing asked the cluster for GPUs: fix the command
+    # After --gpu-wait the autoscaler's GPUs may still come: exit 75, try later.
+    with pytest.raises(TryLater, match=r"has no GPU \(after waiting 60 s for them\)"):
+        resolve_gpu("yes", 0, workers=1, waited_s=60)
     assert resolve_gpu("yes", 2, workers=2)
 
 
@@ -159,8 +164,8 @@ def test_a_longer_history_than_the_lists_hold_is_refused_before_ray_starts(tmp_p
     argv = ["--data", data, "--output", str(tmp_path / "model")]
     line = _one_line_exit([*argv, "--model", '{"history_length": 12}'], monkeypatch, capsys)
     assert line == (
-        f"error: {data}: history_length 12 (--model) is more than the 8 history purchases its training lists "
-        "hold; pass --model '{\"history_length\": 8}' or preprocess with --history-length 12"
+        f"error: {data}: history_length 12 (--model-config) is more than the 8 history purchases its training lists "
+        "hold; pass --model-config '{\"history_length\": 8}' or preprocess with --history-length 12"
     )
     assert "history_length 20 (the model's default)" in _one_line_exit(argv, monkeypatch, capsys)
 

@@ -78,10 +78,10 @@ def check_history_length(data: str, overrides: dict) -> None:
     stored = int(layout.DataStats(data).examples["history_length"])
     wanted = overrides.get("history_length", ModelConfig.history_length)
     if wanted > stored:
-        source = "--model" if "history_length" in overrides else "the model's default"
+        source = "--model-config" if "history_length" in overrides else "the model's default"
         raise InputError(
             f"{data}: history_length {wanted} ({source}) is more than the {stored} history purchases its "
-            f"training lists hold; pass --model '{{\"history_length\": {stored}}}' or preprocess with "
+            f"training lists hold; pass --model-config '{{\"history_length\": {stored}}}' or preprocess with "
             f"--history-length {wanted}"
         )
 

@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from ncf.errors import InputError
+from ncf.errors import TryLater
 from ncf.staging import Busy
 
 SLOT_NAME = "ncf-training-slot"
@@ -54,7 +54,7 @@ def training_slot(holder: str) -> Iterator[None]:
         ) from None
     except ray.exceptions.GetTimeoutError:
         _release(slot)
-        raise InputError(
+        raise TryLater(
             f"the cluster did not start the training slot's actor (it asks for no resources) within "
             f"{SLOT_START_S:.0f} s; see `ray status` and the raylet's logs"
         ) from None
