@@ -21,7 +21,8 @@ import os
 import time
 
 from jobs.cli import HelpFormatter, check_data, check_model, job_parser, one_line_errors
-from ncf.registry import MODEL_NAME, Registry, track_model
+from ncf.errors import InputError
+from ncf.registry import MODEL_NAME, Registry, is_registry_ref, track_model
 
 # A promote or rollback moves the alias only: what already runs keeps its model until redeployed.
 SERVE_UNCHANGED = (
@@ -148,9 +149,10 @@ def main(argv=None):
                 print(f"no versions of {registry.name} in {registry.uri}: python -m jobs.train registers each model")
                 return rows
             print(format_table(rows))
-            history = registry.history()
-            before = f" (before it: {', '.join(reversed(history[:-1][-5:]))})" if len(history) > 1 else ""
-            print(f"\ncurrent: {history[-1] if history else 'none'}{before}; store: {registry.uri}")
+            current, history = registry.current(), registry.history()
+            before = [v for v in history if v != current][-5:]
+            shown = f" (before it: {', '.join(reversed(before))})" if current and before else ""
+            print(f"\ncurrent: {current or 'none'}{shown}; store: {registry.uri}")
             return rows
         if command == "promote":
             previous, version = registry.promote(args.version)
@@ -162,6 +164,8 @@ def main(argv=None):
             print(f"current: {version} (rolled back from {rolled_back}): {path}; {SERVE_UNCHANGED}")
             return version
         if command == "register":
+            if is_registry_ref(args.model):
+                raise InputError(f"register {args.model}: registers a model directory, not a registry reference")
             check_model(args.model)
             if args.data is not None:
                 check_data(args.data)

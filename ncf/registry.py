@@ -58,6 +58,9 @@ TRAIN_EXPERIMENT = "ncf-train"
 SWEEP_EXPERIMENT = "ncf-sweeps"
 CURRENT = "current"
 HISTORY_TAG = "current_history"
+# A version registered into a registry with nothing current, by a job that will make it current:
+# of those, the lowest-numbered deployable one becomes current (see Registry.settle_first).
+FIRST_CLAIM_TAG = "first_current_claim"
 HISTORY_KEPT = 100  # versions remembered for rollback (a tag value is limited in length)
 MODEL_DIR_TAG = "model_dir"
 LOCAL_STORE = os.path.join("artifacts", "mlflow.db")
@@ -416,11 +419,50 @@ class Registry:
         """
         version = _version_number(version)
         self._deployable(version)
-        history = self.history()
-        previous = history[-1] if history else None
+        # The alias, not the history's last entry: deleting the current version (the UI) removes
+        # its alias and leaves the history, where promoting it again would have done nothing.
+        previous, history = self.current(), self.history()
         if previous != version:
-            self._set_current(version, history + [version])
+            self._set_current(version, history if history[-1:] == [version] else history + [version])
         return previous, version
+
+    def settle_first(self) -> Tuple[Optional[str], Optional[str]]:
+        """Makes the first claimant current when nothing is; returns (that claimant, current).
+
+        Jobs registering into a registry with nothing current tag their versions with
+        :data:`FIRST_CLAIM_TAG` (their directories verified first) and then call this. MLflow's
+        aliases have no compare-and-set, but a database store numbers versions one after another,
+        so every claimant, reading after its own version exists, sees every lower one and elects
+        the same version: the lowest-numbered claim whose directory is still there. Each writes
+        the same alias and history, so racing jobs agree; the loser's log names the winner. Claims
+        older than a version that was current once (the alias deleted since) are not counted.
+        """
+        from mlflow.exceptions import MlflowException
+
+        history = self.history()
+        claims = self.client.search_model_versions(
+            f"name = {_quoted(self.name)} and tags.{FIRST_CLAIM_TAG} = 'true'", order_by=["version_number ASC"]
+        )
+        floor = max((int(v) for v in history), default=0)
+        winner = None
+        for claim in (c for c in claims if int(c.version) > floor):
+            try:
+                self.path_of(str(claim.version))
+            except InputError:  # its directory gone since (a job that died before it was current)
+                continue
+            winner = str(claim.version)
+            break
+        current = self.current()
+        if current is None and winner is not None:
+            try:
+                self._set_current(winner, history if history[-1:] == [winner] else history + [winner])
+            except MlflowException as e:
+                # Two claimants adding the alias at once: the second insert breaks its uniqueness
+                # (a database store), the first's alias stands, and it is the same version.
+                if self.current() is None:
+                    raise self._failed(e) from None
+            current = self.current()
+        return winner, current
 
     def rollback(self) -> Tuple[str, str]:
         """Makes the previous current version current again; returns (rolled back, now current)."""
@@ -465,9 +507,13 @@ class Registry:
         if number:
             return registry.path_of(number)
         try:
-            return registry.path_of(registry.client.get_model_version_by_alias(name, alias).version)
-        except MlflowException:
+            version = registry.client.get_model_version_by_alias(name, alias).version
+        except MlflowException as e:
+            # A missing alias is INVALID_PARAMETER_VALUE; anything else is the store failing.
+            if not _not_found(e) and getattr(e, "error_code", None) != "INVALID_PARAMETER_VALUE":
+                raise self._failed(e) from None
             raise InputError(f"{ref}: no version of {name} has the alias {alias} in {self.uri}") from None
+        return registry.path_of(version)
 
 
 def _not_found(error) -> bool:
@@ -528,19 +574,31 @@ def track_model(
     try:
         version = None
         registry = registry or Registry()
+        read_config(model_dir)  # not a model directory: refused before a run is logged for it
         if run_id is None:
             metrics = read_metrics(model_dir)
             run_name = run_name or os.path.basename(os.path.abspath(model_dir))
             run_id = registry.log_run(
                 TRAIN_EXPERIMENT, run_name, params, metrics.get("history") or [], metrics.get("test"), tags
             )
-        version = registry.register(model_dir, data, run_id, tags)
-        current = registry.current()
-        if candidate and current is None:
-            registry.promote(version)
-            note = "now current (nothing was)"
+        first = candidate and registry.current() is None
+        if first:
+            try:
+                verify_model_dir(model_dir)  # a claim to become current is a deployable directory's
+            except InputError:
+                version = registry.register(model_dir, data, run_id, tags)  # registered, not current
+                raise
+        version = registry.register(model_dir, data, run_id, {**tags, FIRST_CLAIM_TAG: "true"} if first else tags)
+        promote_it = f"{MODELS_CLI} promote {version} makes it current"
+        if first:
+            _, current = registry.settle_first()
+            if current == version:
+                note = "now current (nothing was)"
+            else:  # another job's version, registered at the same time
+                note = f"version {current} became current meanwhile; {promote_it}" if current else promote_it
         else:
-            note = f"current is {current}; {MODELS_CLI} promote {version} makes it current" if current else ""
+            current = registry.current()
+            note = f"current is {current}; {promote_it}" if candidate and current else ""
         log(f"{model_dir}: version {version} of {registry.name}{', ' + note if note else ''} ({registry.uri})")
         return version
     except Exception as e:

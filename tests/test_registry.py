@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pandas as pd
@@ -103,6 +104,85 @@ def test_promote_and_rollback_move_what_current_resolves_to(store, tmp_path, cap
     with pytest.raises(InputError, match="gone"):
         store.promote("2")
     assert store.current() == "1" and reg.resolve_model(first) == first
+
+
+@pytest.mark.faults
+def test_after_the_current_alias_was_deleted_promote_and_a_new_candidate_set_it(store, tmp_path, capsys):
+    """The UI can delete the alias (or the version it named) and leave the history tag: promoting
+    the history's last version again said "current: 2 (was 2)" and set nothing."""
+    first, second = fake_model_dir(tmp_path, "v1"), fake_model_dir(tmp_path, "v2")
+    reg.track_model(first, strict=True), reg.track_model(second, strict=True)
+    store.promote("2")
+    store.client.delete_registered_model_alias(store.name, reg.CURRENT)
+    models.main(["list"])
+    assert "current: none;" in capsys.readouterr().out
+    models.main(["promote", "2"])
+    assert store.current() == "2" and store.history() == ["1", "2"]
+    assert "current: 2 (was none)" in capsys.readouterr().out
+    # With nothing current, a new candidate is made current; the claims before it do not count.
+    store.client.delete_registered_model_alias(store.name, reg.CURRENT)
+    assert reg.track_model(fake_model_dir(tmp_path, "v3"), strict=True) == "3"
+    assert store.current() == "3" and store.history() == ["1", "2", "3"]
+    # A registry reference is not a directory to register: refused before a run is logged.
+    with pytest.raises(SystemExit) as exit_info:
+        models.main(["register", "current"])
+    assert exit_info.value.code == 2 and "not a registry reference" in capsys.readouterr().err
+    runs = store.client.search_runs([store.experiment_id(reg.TRAIN_EXPERIMENT)])
+    assert len(runs) == 3
+
+
+RACER = """
+import sys, os, time
+from ncf import registry as reg
+model_dir, run_id, go = sys.argv[1:]
+store = reg.Registry()
+while not os.path.exists(go):
+    time.sleep(0.005)
+reg.track_model(model_dir, run_id=run_id, strict=True, registry=store)
+"""
+
+
+@pytest.mark.faults
+def test_first_candidates_racing_into_an_empty_registry_agree_on_the_lowest(tmp_path, monkeypatch):
+    """Three jobs register their first candidates into an empty registry at once (released
+    together once each has opened the store). Before, each saw nothing current and promoted its
+    own: the last alias won, the others' logs said "now current" of a version that was not, and
+    the history tag could name another version than the alias (a rollback to one never current)."""
+    for round_ in range(3):
+        root = tmp_path / f"round{round_}"
+        root.mkdir()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        store = reg.Registry()  # the store's tables made before the racers open it
+        dirs = [fake_model_dir(root, f"v{i}") for i in range(3)]
+        runs = [store.log_run(reg.TRAIN_EXPERIMENT, f"racer-{i}") for i in range(3)]
+        go = root / "go"
+        racers = [
+            subprocess.Popen(
+                [sys.executable, "-c", RACER, d, r, str(go)],
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": REPO},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for d, r in zip(dirs, runs)
+        ]
+        time.sleep(8)  # each has imported MLflow and opened the store (a late one still races)
+        go.write_text("go")
+        logs = []
+        for racer in racers:
+            out, err = racer.communicate(timeout=120)
+            assert racer.returncode == 0, err[-2000:]
+            logs.append(out)
+        assert store.current() == "1" and store.history() == ["1"], (round_, logs)
+        lines = [line for log in logs for line in log.splitlines() if "version" in line]
+        assert len(lines) == 3 and sum("now current (nothing was)" in line for line in lines) == 1, lines
+        (won,) = [line for line in lines if "now current" in line]
+        assert "version 1 of" in won
+        # The others: outvoted, or too late to claim (version 1 was current when they asked).
+        for line in lines:
+            if line != won:
+                assert "version 1 became current meanwhile" in line or "current is 1;" in line, lines
 
 
 @pytest.mark.faults
