@@ -163,6 +163,20 @@ def test_before_a_model_loads_the_page_answers_503_with_retry_after_not_off():
 
 
 @pytest.mark.faults
+def test_with_the_page_off_every_ui_path_is_a_404(service):
+    from serve.app import RecommenderDeployment
+    from serve.ui import OFF_MESSAGE
+
+    assert service.settings.ui is False
+    serving = object.__new__(RecommenderDeployment.func_or_class)
+    serving._service = service
+    for route in (serving.explorer_page, serving.explorer_config, lambda: serving.explorer_asset("explorer.js")):
+        with pytest.raises(Exception) as off:
+            route()
+        assert off.value.status_code == 404 and off.value.detail == OFF_MESSAGE
+
+
+@pytest.mark.faults
 def test_the_pages_files_version_the_deployment(tmp_path, monkeypatch):
     """A replica reads the page's files once: a change to them must restart the replicas, as a
     change of code does, not reconfigure them in place (they kept serving the old page)."""
