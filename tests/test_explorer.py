@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import numpy as np
@@ -206,6 +207,25 @@ def test_the_page_and_its_files_are_served_with_a_strict_policy(server):
     assert requests.get(f"{server}/ui/config", timeout=TIMEOUT).json()["model_version"] == "v1"
 
 
+@contextmanager
+def _browser_page(tmp_path, console_errors: bool):
+    """A headless Chromium page and the list its errors land in (uncaught exceptions, and the
+    console's error lines with ``console_errors``); the browser closed after the block."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright, tmp_path / "profile")
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            if console_errors:
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            yield page, errors
+        finally:
+            browser.close()
+
+
 def _rendered(page) -> list:
     """(product id, score text, because text, reason text) of each rendered recommendation."""
     return page.eval_on_selector_all(
@@ -226,8 +246,6 @@ def _ask(page, household: str, k: int) -> None:
 
 
 def test_the_page_shows_the_households_recommendations(server, household, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     raw, _ = household
     k = 8
     expected = requests.post(
@@ -235,58 +253,50 @@ def test_the_page_shows_the_households_recommendations(server, household, tmp_pa
     ).json()
     cold = requests.post(f"{server}/recommend", json={"user_id": UNKNOWN_USER, "k": k}, timeout=TIMEOUT).json()
     assert not expected["cold_start"] and cold["cold_start"]
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright, tmp_path / "profile")
-        try:
-            page = browser.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(f"{server}/ui")
-            page.wait_for_selector('body[data-ready="true"]', timeout=60_000)
-            # Searching by the start of the id offers the household.
-            page.fill("#household", str(raw)[:2])
-            page.wait_for_function(
-                "id => [...document.querySelectorAll('#household-ids option')].some(o => o.value === id)",
-                arg=str(raw),
-                timeout=30_000,
-            )
-            _ask(page, str(raw), k)
-            rendered = _rendered(page)
-            assert [r[0] for r in rendered] == [str(i["product_id"]) for i in expected["items"]]
-            assert [r[1] for r in rendered] == [f"score {i['score']:.4f}" for i in expected["items"]]
-            for (_, _, because, reason), item in zip(rendered, expected["items"]):
-                assert because.startswith("because you bought ")
-                assert str(item["because"][0]["product_id"]) in because
-                why = item["reason"]
-                category_score = f"{why['score_if_category_never_bought']:.3f} had nothing in its category"
-                assert category_score in reason
-                if why["days_bought"]:
-                    assert reason.startswith(f"bought on {why['days_bought']} day")
-                    assert f"score {why['score_if_never_bought']:.3f} had it never been bought" in reason
-                else:
-                    assert reason.startswith("never bought")
-            assert page.is_hidden("#cold-start")
-            assert page.locator("#baskets-list > li").count() >= 1
-            if os.environ.get(SCREENSHOT_ENV):
-                page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
-                shutil.copy(tmp_path / "explorer.png", os.environ[SCREENSHOT_ENV])
+    with _browser_page(tmp_path, console_errors=True) as (page, errors):
+        page.goto(f"{server}/ui")
+        page.wait_for_selector('body[data-ready="true"]', timeout=60_000)
+        # Searching by the start of the id offers the household.
+        page.fill("#household", str(raw)[:2])
+        page.wait_for_function(
+            "id => [...document.querySelectorAll('#household-ids option')].some(o => o.value === id)",
+            arg=str(raw),
+            timeout=30_000,
+        )
+        _ask(page, str(raw), k)
+        rendered = _rendered(page)
+        assert [r[0] for r in rendered] == [str(i["product_id"]) for i in expected["items"]]
+        assert [r[1] for r in rendered] == [f"score {i['score']:.4f}" for i in expected["items"]]
+        for (_, _, because, reason), item in zip(rendered, expected["items"]):
+            assert because.startswith("because you bought ")
+            assert str(item["because"][0]["product_id"]) in because
+            why = item["reason"]
+            category_score = f"{why['score_if_category_never_bought']:.3f} had nothing in its category"
+            assert category_score in reason
+            if why["days_bought"]:
+                assert reason.startswith(f"bought on {why['days_bought']} day")
+                assert f"score {why['score_if_never_bought']:.3f} had it never been bought" in reason
+            else:
+                assert reason.startswith("never bought")
+        assert page.is_hidden("#cold-start")
+        assert page.locator("#baskets-list > li").count() >= 1
+        if os.environ.get(SCREENSHOT_ENV):
+            page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
+            shutil.copy(tmp_path / "explorer.png", os.environ[SCREENSHOT_ENV])
 
-            _ask(page, UNKNOWN_USER, k)
-            assert [r[0] for r in _rendered(page)] == [str(i["product_id"]) for i in cold["items"]]
-            assert page.is_visible("#cold-start")
-            assert errors == []
+        _ask(page, UNKNOWN_USER, k)
+        assert [r[0] for r in _rendered(page)] == [str(i["product_id"]) for i in cold["items"]]
+        assert page.is_visible("#cold-start")
+        assert errors == []
 
-            # A question the server refuses (a moment before the data's first day: 422) leaves no
-            # earlier household's results under its error (they stayed; `hidden` lost to the grid).
-            page.fill("#household", str(raw))
-            page.fill("#at", "2000-01-01T00:00:00")
-            page.click("#show")
-            page.wait_for_selector('#results[data-state="error"]', state="attached", timeout=30_000)
-            assert page.is_hidden("#results") and page.is_hidden("#recommendations")
-            assert "error" in page.get_attribute("#status", "class")
-        finally:
-            browser.close()
+        # A question the server refuses (a moment before the data's first day: 422) leaves no
+        # earlier household's results under its error (they stayed; `hidden` lost to the grid).
+        page.fill("#household", str(raw))
+        page.fill("#at", "2000-01-01T00:00:00")
+        page.click("#show")
+        page.wait_for_selector('#results[data-state="error"]', state="attached", timeout=30_000)
+        assert page.is_hidden("#results") and page.is_hidden("#recommendations")
+        assert "error" in page.get_attribute("#status", "class")
 
 
 # -- the page against answers it cannot get from the small model (page.route; no Ray) -----------------
@@ -322,8 +332,6 @@ def test_the_page_keeps_ids_beyond_2_53_and_asks_again_where_the_api_says(tmp_pa
     moment; an address whose `at` the page cannot hold refused rather than answered for now."""
     import json
 
-    from playwright.sync_api import sync_playwright
-
     at = "2017-11-27T04:01:00+00:00"
     answer = (
         f'{{"user_id": "{BIG}", "at": "{at}", "cold_start": false, "model_version": "v-big", "items": '
@@ -346,36 +354,30 @@ def test_the_page_keeps_ids_beyond_2_53_and_asks_again_where_the_api_says(tmp_pa
     }
     asked = []
     origin = f"http://127.0.0.1:{free_port()}"  # nothing listens: every request is answered by the route
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright, tmp_path / "profile")
-        try:
-            page = browser.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.route("**/*", _fake_server(origin, answers, asked))
-            page.goto(f"{origin}/ui")
-            page.wait_for_selector('body[data-ready="true"]', timeout=30_000)
-            page.fill("#household", "9007")
-            page.wait_for_function(
-                "id => [...document.querySelectorAll('#household-ids option')].some(o => o.value === id)",
-                arg=str(BIG),
-                timeout=10_000,
-            )
-            _ask(page, str(BIG), 5)
-            (item,) = _rendered(page)
-            assert item[0] == str(BIG) and f"{BIG + 2} 0.70" in item[2]
-            assert page.text_content("#recommendations .labels") == "MILK · DAIRY"
-            assert page.get_attribute("#baskets-list li li", "data-product-id") == str(BIG + 4)
-            calls = {path: [json.loads(body) for p, body in asked if p == path and body] for path in answers}
-            assert len(calls["/recommend"]) == 2 and calls["/recommend"][0]["user_id"] == str(BIG)
-            assert [c["product_ids"] for c in calls["/products"]] == [[str(BIG), str(BIG + 2)], [str(BIG)]]
-            assert calls["/history"] == [{"user_id": str(BIG), "baskets": 5, "at": at}]
-            assert errors == []
+    # Chromium logs the fake 503 and 422 answers as console errors: only the page's own errors count.
+    with _browser_page(tmp_path, console_errors=False) as (page, errors):
+        page.route("**/*", _fake_server(origin, answers, asked))
+        page.goto(f"{origin}/ui")
+        page.wait_for_selector('body[data-ready="true"]', timeout=30_000)
+        page.fill("#household", "9007")
+        page.wait_for_function(
+            "id => [...document.querySelectorAll('#household-ids option')].some(o => o.value === id)",
+            arg=str(BIG),
+            timeout=10_000,
+        )
+        _ask(page, str(BIG), 5)
+        (item,) = _rendered(page)
+        assert item[0] == str(BIG) and f"{BIG + 2} 0.70" in item[2]
+        assert page.text_content("#recommendations .labels") == "MILK · DAIRY"
+        assert page.get_attribute("#baskets-list li li", "data-product-id") == str(BIG + 4)
+        calls = {path: [json.loads(body) for p, body in asked if p == path and body] for path in answers}
+        assert len(calls["/recommend"]) == 2 and calls["/recommend"][0]["user_id"] == str(BIG)
+        assert [c["product_ids"] for c in calls["/products"]] == [[str(BIG), str(BIG + 2)], [str(BIG)]]
+        assert calls["/history"] == [{"user_id": str(BIG), "baskets": 5, "at": at}]
+        assert errors == []
 
-            asked.clear()
-            page.goto(f"{origin}/ui?household={BIG}&at=2017-11-27")
-            page.wait_for_selector("#status.error", timeout=10_000)
-            assert "at=2017-11-27" in page.text_content("#status")
-            assert [path for path, _ in asked if path in ("/recommend", "/history")] == []
-        finally:
-            browser.close()
+        asked.clear()
+        page.goto(f"{origin}/ui?household={BIG}&at=2017-11-27")
+        page.wait_for_selector("#status.error", timeout=10_000)
+        assert "at=2017-11-27" in page.text_content("#status")
+        assert [path for path, _ in asked if path in ("/recommend", "/history")] == []
