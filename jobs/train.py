@@ -149,7 +149,8 @@ def main(argv=None) -> str:
             except TryLater as e:  # another run writes MODEL: this run's checkpoints are kept
                 raise TryLater(
                     f"{e}; this run's checkpoints are kept under {os.path.join(args.storage, name)}: run the same "
-                    f"command with --name {name} to export them without training again"
+                    f"command with --name {name} to export them without training again (the test weeks are "
+                    "ranked again)"
                 ) from None
 
 

@@ -1,9 +1,9 @@
 """python -m jobs.verify MODEL [--data DATA] [--seal]: check a model directory before it is used.
 
-The check jobs.deploy, jobs.batch_score and every Serve replica make before a model ranks
-(:func:`ncf.model.integrity.verify_model_dir`: the checksum manifest, the config, the weights
-against the config's shapes, the vocabularies and state it carries), and with ``--data`` the one
-they make of a DATA directory's state. Prints one JSON object; exit code 2 with a one-line error
+The checks jobs.deploy makes before a model ranks (:func:`ncf.rank.state.check_model_and_data`:
+the checksum manifest, the config, the weights against the config's shapes, the vocabularies and
+state it carries), and with ``--data`` those of a DATA directory: its state, a catalog where the
+model was trained with one, product ids the model knows. Prints one JSON object; exit code 2 with a one-line error
 for a directory that fails.
 
 Examples::
@@ -20,7 +20,8 @@ import os
 
 from jobs.cli import check_data, check_model, job_parser, one_line_errors
 from ncf.model.files import METRICS
-from ncf.model.integrity import verify_data_state, verify_model_dir, write_manifest
+from ncf.model.integrity import write_manifest
+from ncf.rank.state import check_model_and_data
 
 
 def parse_args(argv=None):
@@ -38,12 +39,10 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     with one_line_errors():
-        model = check_model(args.model, option="MODEL", verify=not args.seal)
+        model = check_model(args.model, option="MODEL", verify=False)
         if args.seal:
             write_manifest(model, unsealed=[METRICS])
-            verify_model_dir(model)
-        if args.data is not None:
-            verify_data_state(check_data(args.data))
+        check_model_and_data(model, args.data and check_data(args.data))
     report = {"model": os.path.abspath(model), "verified": True}
     if args.data is not None:
         report["data"] = os.path.abspath(args.data)

@@ -61,6 +61,9 @@ HISTORY_TAG = "current_history"
 # A version registered into a registry with nothing current, by a job that will make it current:
 # of those, the lowest-numbered deployable one becomes current (see Registry.settle_first).
 FIRST_CLAIM_TAG = "first_current_claim"
+# The highest version number when current was last set: claims at or below it are settled
+# (a race's losers, a job that died before settling, a version rolled back from).
+CLAIMS_SETTLED_TAG = "claims_settled_through"
 HISTORY_KEPT = 100  # versions remembered for rollback (a tag value is limited in length)
 MODEL_DIR_TAG = "model_dir"
 LOCAL_STORE = os.path.join("artifacts", "mlflow.db")
@@ -405,9 +408,22 @@ class Registry:
             history.append(current)
         return history
 
-    def _set_current(self, version: str, history: List[str]) -> None:
-        self.client.set_registered_model_alias(self.name, CURRENT, version)
+    def _set_current(self, version: str, history: List[str], alias_set: bool = False) -> None:
+        if not alias_set:
+            self.client.set_registered_model_alias(self.name, CURRENT, version)
         self.client.set_registered_model_tag(self.name, HISTORY_TAG, ",".join(history[-HISTORY_KEPT:]))
+        newest = self.client.search_model_versions(
+            f"name = {_quoted(self.name)}", order_by=["version_number DESC"], max_results=1
+        )
+        settled = max([int(version)] + [int(v.version) for v in newest])
+        self.client.set_registered_model_tag(self.name, CLAIMS_SETTLED_TAG, str(settled))
+
+    def _claims_settled_through(self) -> int:
+        try:
+            tags = self.client.get_registered_model(self.name).tags or {}
+        except Exception as e:  # noqa: BLE001
+            raise self._failed(e) from None
+        return int(tags.get(CLAIMS_SETTLED_TAG, 0))
 
     def promote(self, version: str) -> Tuple[Optional[str], str]:
         """Makes ``version`` current; returns (previous, new).
@@ -443,11 +459,13 @@ class Registry:
         claims = self.client.search_model_versions(
             f"name = {_quoted(self.name)} and tags.{FIRST_CLAIM_TAG} = 'true'", order_by=["version_number ASC"]
         )
-        floor = max((int(v) for v in history), default=0)
+        floor = max([self._claims_settled_through()] + [int(v) for v in history])
         winner = None
         for claim in (c for c in claims if int(c.version) > floor):
             try:
                 self.path_of(str(claim.version))
+            except StoreUnavailable:  # the store, not the claim: racers must not elect differently
+                raise
             except InputError:  # its directory gone since (a job that died before it was current)
                 continue
             winner = str(claim.version)
@@ -455,20 +473,25 @@ class Registry:
         current = self.current()
         if current is None and winner is not None:
             try:
-                self._set_current(winner, history if history[-1:] == [winner] else history + [winner])
+                self.client.set_registered_model_alias(self.name, CURRENT, winner)
             except MlflowException as e:
                 # Two claimants adding the alias at once: the second insert breaks its uniqueness
-                # (a database store), the first's alias stands, and it is the same version.
+                # (a database store); the first's alias stands, and it is the same version.
                 if self.current() is None:
                     raise self._failed(e) from None
+            else:
+                self._set_current(winner, history if history[-1:] == [winner] else history + [winner], alias_set=True)
             current = self.current()
         return winner, current
 
     def rollback(self) -> Tuple[str, str]:
         """Makes the previous current version current again; returns (rolled back, now current)."""
         history = self.history()
-        if not history:
-            raise InputError(f"no version of {self.name} is current in {self.uri}: nothing to roll back")
+        if not history or self.current() is None:
+            raise InputError(
+                f"no version of {self.name} is current in {self.uri}: nothing to roll back "
+                f"({MODELS_CLI} promote VERSION makes one current)"
+            )
         if len(history) < 2:
             raise InputError(f"version {history[-1]} is the first that was current: no previous one to roll back to")
         self._deployable(history[-2])
@@ -585,9 +608,12 @@ def track_model(
         if first:
             try:
                 verify_model_dir(model_dir)  # a claim to become current is a deployable directory's
-            except InputError:
-                version = registry.register(model_dir, data, run_id, tags)  # registered, not current
-                raise
+            except InputError as refused:
+                try:
+                    version = registry.register(model_dir, data, run_id, tags)  # registered, not current
+                except Exception:  # noqa: BLE001 - the directory's error is the one to say
+                    pass
+                raise refused from None
         version = registry.register(model_dir, data, run_id, {**tags, FIRST_CLAIM_TAG: "true"} if first else tags)
         promote_it = f"{MODELS_CLI} promote {version} makes it current"
         if first:

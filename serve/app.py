@@ -56,11 +56,8 @@ from ray.serve.config import BackpressureConfig
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from ncf.data import layout
-from ncf.model.directory import ModelDir, read_config
-from ncf.model.integrity import verify_data_state, verify_model_dir
 from ncf.rank.ranker import MAX_K
-from ncf.rank.state import check_catalog, check_data_products
+from ncf.rank.state import check_model_and_data
 from ncf.registry import resolve_model
 from serve import explore, ui
 from serve.api import (
@@ -279,11 +276,7 @@ def build_app(args: Dict) -> Application:
     # verified, not what a blue/green link points at by then.
     model_dir = os.path.realpath(resolve_model(a.model))
     data = os.path.realpath(a.data) if a.data else None
-    verify_model_dir(model_dir)  # not a whole, consistent model directory: fail here, with its path
-    if data:
-        verify_data_state(data)  # the same for the DATA's state
-        check_catalog(read_config(model_dir)["model"], layout.DataStats(data).vocab_sizes, data)
-        check_data_products(ModelDir(model_dir), data)
+    check_model_and_data(model_dir, data)  # fail here, with the path, not in every replica
     # Takes the fingerprints of the model and DATA now, into the user_config (ServeSettings).
     settings = ServeSettings.from_user_config(
         {"model_dir": model_dir, "candidates": a.candidates, "default_at": a.default_at, "data": data, "ui": a.ui}

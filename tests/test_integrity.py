@@ -24,6 +24,7 @@ from ncf.jsonio import write_json
 from ncf.model.directory import CONFIG, METRICS, TRAINED_USERS, WEIGHTS, save_untrained_model_dir, update_metrics
 from ncf.model.integrity import MANIFEST, ModelIntegrityError, verify_model_dir, write_manifest
 from ncf.rank.recommender import Recommender
+from ncf.rank.state import check_model_and_data
 
 CATALOG_COLUMNS = ("department_index", "category_index")
 SMALL = {"mf_embedding_dim": 8, "mlp_embedding_dim": 8, "temporal_dim": 4, "mlp_hidden_dims": [8], "history_length": 4}
@@ -329,6 +330,7 @@ def test_data_whose_product_ids_the_model_does_not_know_is_refused(model, tmp_pa
         lambda: Recommender.load(model, data=other),
         lambda: check_config(scoring),
         lambda: build_app({"model": model, "data": other}),
+        lambda: check_model_and_data(model, other),  # jobs.verify --data: the deploy's checks
     )
     for load in loads:
         with pytest.raises(InputError, match="none of its 9 products has a trained row in the model.*000123"):

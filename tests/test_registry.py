@@ -123,12 +123,20 @@ def test_after_the_current_alias_was_deleted_promote_and_a_new_candidate_set_it(
     store.client.delete_registered_model_alias(store.name, reg.CURRENT)
     assert reg.track_model(fake_model_dir(tmp_path, "v3"), strict=True) == "3"
     assert store.current() == "3" and store.history() == ["1", "2", "3"]
+    # Version 3 rolled back from, the alias deleted again: a rollback has nothing to go from, and
+    # the next candidate, not version 3's old claim, becomes current.
+    models.main(["rollback"])
+    store.client.delete_registered_model_alias(store.name, reg.CURRENT)
+    with pytest.raises(InputError, match="nothing to roll back"):
+        store.rollback()
+    assert reg.track_model(fake_model_dir(tmp_path, "v4"), strict=True) == "4"
+    assert store.current() == "4" and store.history() == ["1", "2", "4"]
     # A registry reference is not a directory to register: refused before a run is logged.
     with pytest.raises(SystemExit) as exit_info:
         models.main(["register", "current"])
     assert exit_info.value.code == 2 and "not a registry reference" in capsys.readouterr().err
     runs = store.client.search_runs([store.experiment_id(reg.TRAIN_EXPERIMENT)])
-    assert len(runs) == 3
+    assert len(runs) == 4
 
 
 RACER = """
@@ -136,7 +144,9 @@ import sys, os, time
 from ncf import registry as reg
 model_dir, run_id, go = sys.argv[1:]
 store = reg.Registry()
-while not os.path.exists(go):
+open(model_dir + ".ready", "w").close()
+deadline = time.monotonic() + 120
+while not os.path.exists(go) and time.monotonic() < deadline:
     time.sleep(0.005)
 reg.track_model(model_dir, run_id=run_id, strict=True, registry=store)
 """
@@ -148,6 +158,7 @@ def test_first_candidates_racing_into_an_empty_registry_agree_on_the_lowest(tmp_
     together once each has opened the store). Before, each saw nothing current and promoted its
     own: the last alias won, the others' logs said "now current" of a version that was not, and
     the history tag could name another version than the alias (a rollback to one never current)."""
+    outvoted = 0
     for round_ in range(3):
         root = tmp_path / f"round{round_}"
         root.mkdir()
@@ -167,7 +178,9 @@ def test_first_candidates_racing_into_an_empty_registry_agree_on_the_lowest(tmp_
             )
             for d, r in zip(dirs, runs)
         ]
-        time.sleep(8)  # each has imported MLflow and opened the store (a late one still races)
+        deadline = time.monotonic() + 120
+        while not all(os.path.exists(d + ".ready") for d in dirs) and time.monotonic() < deadline:
+            time.sleep(0.05)  # each has imported MLflow and opened the store
         go.write_text("go")
         logs = []
         for racer in racers:
@@ -183,6 +196,8 @@ def test_first_candidates_racing_into_an_empty_registry_agree_on_the_lowest(tmp_
         for line in lines:
             if line != won:
                 assert "version 1 became current meanwhile" in line or "current is 1;" in line, lines
+        outvoted += sum("became current meanwhile" in line for line in lines)
+    assert outvoted, "no round raced: every job found version 1 current"
 
 
 @pytest.mark.faults

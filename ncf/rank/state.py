@@ -22,8 +22,8 @@ from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import FIRST_TS, UNKNOWN_INDEX, Vocabularies, Vocabulary
 from ncf.errors import InputError
-from ncf.model.directory import ModelDir
-from ncf.model.integrity import files_digest
+from ncf.model.directory import ModelDir, read_config
+from ncf.model.integrity import files_digest, verify_data_state, verify_model_dir
 from ncf.moments import SECONDS_PER_DAY, run_date_of
 
 
@@ -119,6 +119,17 @@ def check_data_products(handle: ModelDir, data: str) -> None:
             "ids are not those the model was trained on (written otherwise, such as 000123 for 123, or another "
             "catalog's); preprocess it from logs with the model's ids"
         )
+
+
+def check_model_and_data(model_dir: str, data: Optional[str]) -> None:
+    """The checks a rollout makes before a model ranks from a DATA (``jobs.deploy``, ``jobs.verify``):
+    the model directory whole and consistent, the DATA's state too, a catalog where the model was
+    trained with one, and product ids the model knows. Raises InputError, in one line."""
+    verify_model_dir(model_dir)
+    if data:
+        verify_data_state(data)
+        check_catalog(read_config(model_dir)["model"], layout.DataStats(data).vocab_sizes, data)
+        check_data_products(ModelDir(model_dir), data)  # reads the verified vocabularies
 
 
 def histories_against_model(model_config: Dict, boundaries: Dict[str, int]) -> List[str]:
