@@ -13,7 +13,8 @@ class InputError(Exception):
 
 
 class TryLater(InputError):
-    """Nothing wrong with the command, but what it writes is busy now (another run holds it): the
+    """Nothing wrong with the command, but what it needs is not ready now (another run holds what
+    it writes, the GPUs it waited for have not come, the tracking server does not answer): the
     same command later may succeed. Jobs exit with :data:`EXIT_TRY_LATER`, so that a scheduler
     can retry these and not the others."""
 
