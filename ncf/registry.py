@@ -411,12 +411,22 @@ class Registry:
     def _set_current(self, version: str, history: List[str], alias_set: bool = False) -> None:
         if not alias_set:
             self.client.set_registered_model_alias(self.name, CURRENT, version)
-        self.client.set_registered_model_tag(self.name, HISTORY_TAG, ",".join(history[-HISTORY_KEPT:]))
+        self._set_model_tag(HISTORY_TAG, ",".join(history[-HISTORY_KEPT:]))
         newest = self.client.search_model_versions(
             f"name = {_quoted(self.name)}", order_by=["version_number DESC"], max_results=1
         )
-        settled = max([int(version)] + [int(v.version) for v in newest])
-        self.client.set_registered_model_tag(self.name, CLAIMS_SETTLED_TAG, str(settled))
+        settled = max([int(version), self._claims_settled_through()] + [int(v.version) for v in newest])
+        self._set_model_tag(CLAIMS_SETTLED_TAG, str(settled))
+
+    def _set_model_tag(self, key: str, value: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.set_registered_model_tag(self.name, key, value)
+        except MlflowException:
+            # Two claimants adding the tag at once: the second insert breaks its uniqueness (a
+            # database store); the tag exists now, and writing it again is an update.
+            self.client.set_registered_model_tag(self.name, key, value)
 
     def _claims_settled_through(self) -> int:
         try:

@@ -276,11 +276,10 @@ def test_a_head_that_starts_listening_while_the_job_waits_is_joined(capsys):
     import socket
     import threading
 
-    with socket.socket() as probe:  # a port free now, listened on 1.5 s later
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    head = socket.socket()
-    listen_later = threading.Timer(1.5, lambda: (head.bind(("127.0.0.1", port)), head.listen()))
+    head = socket.socket()  # bound now (refusing connections: nothing listens), listening 1.5 s later
+    head.bind(("127.0.0.1", 0))
+    port = head.getsockname()[1]
+    listen_later = threading.Timer(1.5, head.listen)
     listen_later.start()
     try:
         cli.check_head_answers(f"127.0.0.1:{port}", wait_s=20)

@@ -121,12 +121,12 @@ def test_refit_through_the_cli_serves_every_household_from_histories_to_the_cut(
     from serve.app import build_app
     from serve.launch import start, wait_until_healthy
 
-    url = start(
-        build_app({"model": model, "default_at": "data-end", "max_replicas": 1, "num_cpus": 0.25}),
-        port=free_port(),
-        app_name="deployment",
-    )
     try:
+        url = start(
+            build_app({"model": model, "default_at": "data-end", "max_replicas": 1, "num_cpus": 0.25}),
+            port=free_port(),
+            app_name="deployment",
+        )
         wait_until_healthy(url, timeout_s=120)
         body = requests.post(f"{url}/recommend", json={"user_id": NEW_HOUSEHOLD, "k": 5}, timeout=60).json()
         assert body["cold_start"] is False and [i["product_id"] for i in body["items"]] == ranked.product_ids

@@ -36,13 +36,13 @@ def test_a_killed_serve_replica_loses_no_request_after_retries(ray_session, smal
     from serve.launch import start, wait_until_healthy
 
     ray = ray_session
-    url = start(
-        build_app({"model": small_model_dir, "default_at": "data-end", "min_replicas": 2, "max_replicas": 2}),
-        host="127.0.0.1",
-        port=free_port(),
-        app_name="faults",
-    )
     try:
+        url = start(
+            build_app({"model": small_model_dir, "default_at": "data-end", "min_replicas": 2, "max_replicas": 2}),
+            host="127.0.0.1",
+            port=free_port(),
+            app_name="faults",
+        )
         wait_until_healthy(url, timeout_s=120)
         deadline = time.time() + 60
         while len(replica_names("faults", DEPLOYMENT_NAME)) < 2 and time.time() < deadline:
@@ -147,13 +147,13 @@ def test_corrupt_model_rollouts_under_load_fail_no_request(ray_session, small_mo
     from ray import serve
 
     from serve.app import DEPLOYMENT_NAME, build_app
-    from serve.launch import start, wait_until_healthy
+    from serve.launch import base_url, start, wait_until_healthy
 
     def app(model_dir: str):
         return build_app({"model": model_dir, "default_at": "data-end", "min_replicas": 1, "max_replicas": 1})
 
     port = free_port()
-    url = start(app(small_model_dir), port=port, app_name="rollouts")
+    url = base_url("127.0.0.1", port)
     answers, failures, stop = [], [], threading.Event()
 
     def client():
@@ -165,7 +165,8 @@ def test_corrupt_model_rollouts_under_load_fail_no_request(ray_session, small_mo
 
     clients = [threading.Thread(target=client) for _ in range(2)]
     reported, deploy_errors = {}, []
-    try:
+    try:  # Serve shut down after it even when the first deploy fails (it would keep this port)
+        assert start(app(small_model_dir), port=port, app_name="rollouts") == url
         wait_until_healthy(url, timeout_s=120)
         replicas = replica_names("rollouts", DEPLOYMENT_NAME)
         for c in clients:
@@ -198,8 +199,10 @@ def test_corrupt_model_rollouts_under_load_fail_no_request(ray_session, small_mo
         stop.set()
         for c in clients:
             c.join(timeout=30)
-        after = replica_names("rollouts", DEPLOYMENT_NAME)
-        serve.shutdown()
+        try:
+            after = replica_names("rollouts", DEPLOYMENT_NAME)
+        finally:
+            serve.shutdown()
     with capsys.disabled():
         print(f"\n[faults] corrupt rollouts: {len(answers)} answers, {len(failures)} failed; /healthz said {reported}")
     assert failures == [] and deploy_errors == []

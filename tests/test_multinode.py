@@ -66,9 +66,11 @@ def two_nodes(small_data) -> Dict[str, str]:
     context = ray.data.DataContext.get_current()
     saved_partitions = context.default_hash_shuffle_parallelism
     context.default_hash_shuffle_parallelism = SHUFFLE_PARTITIONS
-    # The state API needs a dashboard; 8265 may be taken.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_port": free_port()})
+    cluster = None
     try:
+        # The state API needs a dashboard; 8265 may be taken. Inside the try: a port taken before
+        # Ray binds it must still leave the session's cluster restored for the tests after these.
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_port": free_port()})
         worker = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
@@ -77,7 +79,8 @@ def two_nodes(small_data) -> Dict[str, str]:
         yield ids
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         context.default_hash_shuffle_parallelism = saved_partitions
         _restart_session_cluster(ray)
 
@@ -97,25 +100,27 @@ def two_node_run(two_nodes, small_data, tmp_path_factory) -> Dict:
     return {"data": data, "stats": stats, "window_ms": (started_ms, int(time.time() * 1000))}
 
 
-def _task_nodes(window_ms, expect: str = "", attempts: int = 20) -> Dict[str, Set[str]]:
-    """Node ids by task name, for the finished tasks that started inside the window. Workers
-    report task events to the GCS about once a second, so the last tasks of a run can be missing
-    from a listing made right after it: with ``expect``, listed again (0.5 s apart, ``attempts``
-    times at most) until a task whose name contains it is there."""
+def _task_nodes(window_ms, expect: str = "", on: Set[str] = frozenset(), wait_s: float = 60) -> Dict[str, Set[str]]:
+    """Node ids by task name, for the finished tasks that started inside the window. Each node
+    reports task events to the GCS about once a second, on its own schedule, so the last tasks of
+    a run can be missing from a listing made right after it: with ``expect`` (and ``on``), listed
+    again, 0.5 s apart for ``wait_s`` at most, until a task whose name contains it is there (and
+    tasks on every node of ``on``)."""
     from ray.util.state import list_tasks
 
     started, ended = window_ms
-    for _ in range(attempts):
+    deadline = time.monotonic() + wait_s
+    while True:
         nodes: Dict[str, Set[str]] = {}
         for task in list_tasks(
             filters=[("state", "=", "FINISHED")], limit=10_000, detail=True, raise_on_missing_output=False
         ):
             if task.node_id and task.start_time_ms and started <= task.start_time_ms <= ended:
                 nodes.setdefault(task.name, set()).add(task.node_id)
-        if not expect or any(expect in name for name in nodes):
-            break
+        listed = any(expect in name for name in nodes) and on <= set().union(*nodes.values())
+        if not expect or listed or time.monotonic() > deadline:
+            return nodes
         time.sleep(0.5)
-    return nodes
 
 
 def _actor_nodes(name_part: str) -> Set[str]:
@@ -164,7 +169,7 @@ def test_preprocessing_on_two_nodes_uses_both_and_matches_one_node(two_node_run,
     for name in ("offsets", "products", "timestamps"):
         assert (getattr(mine, name) == getattr(theirs, name)).all(), name
 
-    by_task = _task_nodes(two_node_run["window_ms"], expect="MapBatches(_build_list_file)")
+    by_task = _task_nodes(two_node_run["window_ms"], "MapBatches(_build_list_file)", on=set(two_nodes.values()))
     placement = {name: sorted(node[:8] for node in nodes) for name, nodes in by_task.items()}
     assert set().union(*by_task.values()) == set(two_nodes.values()), placement
     # Each lists file is built and written by one task (this log's 150 households make one file).

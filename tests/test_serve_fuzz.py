@@ -52,13 +52,13 @@ def app(ray_session, small_model_dir):
     from serve.app import DEPLOYMENT_NAME, build_app
     from serve.launch import start, wait_until_healthy
 
-    url = start(
-        build_app({"model": small_model_dir, "default_at": "data-end", "min_replicas": 1, "max_replicas": 1}),
-        host="127.0.0.1",
-        port=free_port(),
-        app_name="fuzz",
-    )
     try:
+        url = start(
+            build_app({"model": small_model_dir, "default_at": "data-end", "min_replicas": 1, "max_replicas": 1}),
+            host="127.0.0.1",
+            port=free_port(),
+            app_name="fuzz",
+        )
         wait_until_healthy(url, timeout_s=120)
         (name,) = [
             a["name"]

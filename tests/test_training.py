@@ -239,14 +239,14 @@ def test_weights_load_only_without_unpickling(small_data, tmp_path):
         Recommender.load(model_dir)
 
 
-def _sharded_state_round_trip(rank: int, world_size: int, port: int, path: str) -> None:
+def _sharded_state_round_trip(rank: int, world_size: int, store: str, path: str) -> None:
     import torch.distributed as dist
 
     from ncf.model import example_batch
     from ncf.train.sharding import build_model, full_optimizer_state, load_optimizer_state
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # A file store, not a TCP port: a free port chosen by the test could be taken before rank 0 binds it.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     config = ModelConfig(num_users=40, num_products=120, num_departments=3, num_categories=6, **SMALL_MODEL)
     model, optimizer = build_model(config, torch.device("cpu"), 1e-2)
     for step in range(3):  # the fused row-wise Adagrad and Adam gather state
@@ -268,14 +268,14 @@ def _sharded_state_round_trip(rank: int, world_size: int, port: int, path: str) 
     dist.destroy_process_group()
 
 
-def _full_weights_of_a_trained_group(rank: int, world_size: int, port: int, path: str) -> None:
+def _full_weights_of_a_trained_group(rank: int, world_size: int, store: str, path: str) -> None:
     import torch.distributed as dist
 
     from ncf.model import example_batch
     from ncf.train.sharding import build_model, full_state_dict
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # A file store, not a TCP port: a free port chosen by the test could be taken before rank 0 binds it.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     torch.manual_seed(rank)
     config = ModelConfig(num_users=40, num_products=120, num_departments=3, num_categories=6, **SMALL_MODEL)
     model, optimizer = build_model(config, torch.device("cpu"), 1e-2)
@@ -300,12 +300,10 @@ def test_the_full_weights_rank_as_the_sharded_model_did(tmp_path, world_size):
     """What a checkpoint and the epoch's validation read (one CPU worker's tables taken as they
     are, several workers' gathered), saved and loaded into a plain model, gives the sharded
     model's logits."""
-    from helpers import free_port
-
     from ncf.model.batch import Batch
 
     path = str(tmp_path / "full")
-    args = (world_size, free_port(), path)
+    args = (world_size, str(tmp_path / "store"), path)
     torch.multiprocessing.spawn(_full_weights_of_a_trained_group, args=args, nprocs=world_size, join=True)
     saved = torch.load(path, weights_only=True)
     config = ModelConfig(num_users=40, num_products=120, num_departments=3, num_categories=6, **SMALL_MODEL)
@@ -329,10 +327,8 @@ def _tensors(tree, prefix=""):
 def test_sharded_resume_restores_the_fused_and_dense_optimizer_state(tmp_path):
     """Two workers with sharded tables: the optimizer state a checkpoint saves (row-wise
     Adagrad of every table shard, Adam of the dense layers) is what a restarted group holds."""
-    from helpers import free_port
-
     path = str(tmp_path / "optimizer")
-    torch.multiprocessing.spawn(_sharded_state_round_trip, args=(2, free_port(), path), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_sharded_state_round_trip, args=(2, str(tmp_path / "store"), path), nprocs=2, join=True)
     saved = dict(_tensors(torch.load(path + ".saved", weights_only=True)))
     restored = dict(_tensors(torch.load(path + ".restored", weights_only=True)))
     assert saved.keys() == restored.keys()
@@ -343,13 +339,13 @@ def test_sharded_resume_restores_the_fused_and_dense_optimizer_state(tmp_path):
     assert any(t.abs().sum() > 0 for key, t in saved.items() if "embedding" in key)
 
 
-def _sum_of_two_ranks(rank: int, world_size: int, port: int, path: str) -> None:
+def _sum_of_two_ranks(rank: int, world_size: int, store: str, path: str) -> None:
     import torch.distributed as dist
 
     from ncf.train.sharding import summed_across_ranks
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # A file store, not a TCP port: a free port chosen by the test could be taken before rank 0 binds it.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     # Rank 1 trained more candidates at another loss: the epoch's figures are both ranks'.
     totals = summed_across_ranks([0.5 + rank, 3, 100 * (rank + 1)])
     torch.save(torch.tensor(totals), f"{path}.{rank}")
@@ -358,13 +354,11 @@ def _sum_of_two_ranks(rank: int, world_size: int, port: int, path: str) -> None:
 
 def test_epoch_figures_add_every_ranks_share(tmp_path):
     """train_loss was rank 0's and examples_per_s rank 0's rate times the world size."""
-    from helpers import free_port
-
     from ncf.train.sharding import summed_across_ranks
 
     assert summed_across_ranks([1.5, 2]) == [1.5, 2.0]  # without a process group: as they are
     path = str(tmp_path / "totals")
-    torch.multiprocessing.spawn(_sum_of_two_ranks, args=(2, free_port(), path), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_sum_of_two_ranks, args=(2, str(tmp_path / "store"), path), nprocs=2, join=True)
     for rank in (0, 1):
         assert torch.load(f"{path}.{rank}").tolist() == [2.0, 6.0, 300.0]
 
