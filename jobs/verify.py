@@ -3,8 +3,8 @@
 The checks jobs.deploy makes before a model ranks (:func:`ncf.rank.state.check_model_and_data`:
 the checksum manifest, the config, the weights against the config's shapes, the vocabularies and
 state it carries), and with ``--data`` those of a DATA directory: its state, a catalog where the
-model was trained with one, product ids the model knows. Prints one JSON object; exit code 2 with a one-line error
-for a directory that fails.
+model was trained with one, product ids the model knows. Prints one JSON object; a directory that
+fails is a one-line error, exit code 2.
 
 Examples::
 
@@ -25,9 +25,13 @@ from ncf.rank.state import check_model_and_data
 
 
 def parse_args(argv=None):
-    p = job_parser("verify", "Check a model directory (and a DATA directory's state) as a rollout would.")
+    p = job_parser("verify", "Check a model directory (and a DATA directory for it) as a rollout would.")
     p.add_argument("model", help="model directory, or current / models:/NAME/VERSION (the registry's)")
-    p.add_argument("--data", default=None, help="also check this DATA directory's state (jobs.deploy --data)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="also check this DATA for the model (jobs.deploy --data): its state, catalog and product ids",
+    )
     p.add_argument(
         "--seal",
         action="store_true",
