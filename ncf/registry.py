@@ -408,9 +408,12 @@ class Registry:
             history.append(current)
         return history
 
-    def _set_current(self, version: str, history: List[str], alias_set: bool = False) -> None:
-        if not alias_set:
-            self.client.set_registered_model_alias(self.name, CURRENT, version)
+    def _set_current(self, version: str, history: List[str]) -> None:
+        self.client.set_registered_model_alias(self.name, CURRENT, version)
+        self._record_current(version, history)
+
+    def _record_current(self, version: str, history: List[str]) -> None:
+        """The tags that go with the alias: the history, and which claims it settles."""
         self._set_model_tag(HISTORY_TAG, ",".join(history[-HISTORY_KEPT:]))
         newest = self.client.search_model_versions(
             f"name = {_quoted(self.name)}", order_by=["version_number DESC"], max_results=1
@@ -449,7 +452,7 @@ class Registry:
         # its alias and leaves the history, where promoting it again would have done nothing.
         previous, history = self.current(), self.history()
         if previous != version:
-            self._set_current(version, history if history[-1:] == [version] else history + [version])
+            self._set_current(version, _ending_with(history, version))
         return previous, version
 
     def settle_first(self) -> Tuple[Optional[str], Optional[str]]:
@@ -490,7 +493,7 @@ class Registry:
                 if self.current() is None:
                     raise self._failed(e) from None
             else:
-                self._set_current(winner, history if history[-1:] == [winner] else history + [winner], alias_set=True)
+                self._record_current(winner, _ending_with(history, winner))
             current = self.current()
         return winner, current
 
@@ -547,6 +550,11 @@ class Registry:
                 raise self._failed(e) from None
             raise InputError(f"{ref}: no version of {name} has the alias {alias} in {self.uri}") from None
         return registry.path_of(version)
+
+
+def _ending_with(history: List[str], version: str) -> List[str]:
+    """``history`` with ``version`` as its last entry (not twice: the alias deleted and set again)."""
+    return history if history[-1:] == [version] else history + [version]
 
 
 def _not_found(error) -> bool:
@@ -614,7 +622,8 @@ def track_model(
             run_id = registry.log_run(
                 TRAIN_EXPERIMENT, run_name, params, metrics.get("history") or [], metrics.get("test"), tags
             )
-        first = candidate and registry.current() is None
+        current = registry.current()
+        first = candidate and current is None
         if first:
             try:
                 verify_model_dir(model_dir)  # a claim to become current is a deployable directory's
@@ -633,7 +642,6 @@ def track_model(
             else:  # another job's version, registered at the same time
                 note = f"version {current} became current meanwhile; {promote_it}" if current else promote_it
         else:
-            current = registry.current()
             note = f"current is {current}; {promote_it}" if candidate and current else ""
         log(f"{model_dir}: version {version} of {registry.name}{', ' + note if note else ''} ({registry.uri})")
         return version
