@@ -239,14 +239,21 @@ def test_weights_load_only_without_unpickling(small_data, tmp_path):
         Recommender.load(model_dir)
 
 
+def _join_group(store: str, rank: int, world_size: int) -> None:
+    """A gloo process group over a file store, not a TCP port: a free port chosen by the test could
+    be taken before rank 0 binds it."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+
+
 def _sharded_state_round_trip(rank: int, world_size: int, store: str, path: str) -> None:
     import torch.distributed as dist
 
     from ncf.model import example_batch
     from ncf.train.sharding import build_model, full_optimizer_state, load_optimizer_state
 
-    # A file store, not a TCP port: a free port chosen by the test could be taken before rank 0 binds it.
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    _join_group(store, rank, world_size)
     config = ModelConfig(num_users=40, num_products=120, num_departments=3, num_categories=6, **SMALL_MODEL)
     model, optimizer = build_model(config, torch.device("cpu"), 1e-2)
     for step in range(3):  # the fused row-wise Adagrad and Adam gather state
@@ -274,8 +281,7 @@ def _full_weights_of_a_trained_group(rank: int, world_size: int, store: str, pat
     from ncf.model import example_batch
     from ncf.train.sharding import build_model, full_state_dict
 
-    # A file store, not a TCP port: a free port chosen by the test could be taken before rank 0 binds it.
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    _join_group(store, rank, world_size)
     torch.manual_seed(rank)
     config = ModelConfig(num_users=40, num_products=120, num_departments=3, num_categories=6, **SMALL_MODEL)
     model, optimizer = build_model(config, torch.device("cpu"), 1e-2)
@@ -344,8 +350,7 @@ def _sum_of_two_ranks(rank: int, world_size: int, store: str, path: str) -> None
 
     from ncf.train.sharding import summed_across_ranks
 
-    # A file store, not a TCP port: a free port chosen by the test could be taken before rank 0 binds it.
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    _join_group(store, rank, world_size)
     # Rank 1 trained more candidates at another loss: the epoch's figures are both ranks'.
     totals = summed_across_ranks([0.5 + rank, 3, 100 * (rank + 1)])
     torch.save(torch.tensor(totals), f"{path}.{rank}")
