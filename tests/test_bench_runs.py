@@ -3,12 +3,15 @@ baselines computed with today's code, and nothing is computed to be thrown away.
 
 from __future__ import annotations
 
+import glob
+import os
 import shutil
 
 import numpy as np
 import pytest
+import torch
 
-from bench import ann_build, attention_effect, deployment, first_stage_size, paired_differences, quality
+from bench import ann_build, attention_effect, deployment, first_stage_size, gpu_model, paired_differences, quality
 from bench.runs import validated_run
 from ncf.data import layout
 from ncf.evaluate.evaluation import evaluate_all
@@ -45,6 +48,24 @@ def test_the_first_stage_bench_ranks_at_each_size_through_the_evaluation_code(sm
     fresh = evaluate_all(small_model_dir, data, TEST, baselines=())[0]  # jobs.evaluate's figure at the default size
     assert (rows[0]["recall@10"], rows[0]["ndcg@10"]) == (round(fresh["recall@10"], 4), round(fresh["ndcg@10"], 4))
     assert rows[0]["households"] == fresh["users"]
+
+
+def test_the_gpu_bench_scores_and_trains_on_the_cpu_where_there_is_no_cuda(small_model_dir, small_data):
+    """bench.gpu_model runs once on a lent GPU machine, with no second try to spare: its CPU half
+    runs here on every change (its CUDA half is the same calls on another device)."""
+    data, _ = small_data
+    lists = sorted(glob.glob(os.path.join(layout.examples_root(data), "cutoff=*", "*.parquet")))[0]
+    sizes = ["--users", "40", "--batch", "10", "--single", "5", "--steps", "2", "--profile", "20"]
+    summary = gpu_model.main(["--model", small_model_dir, "--lists", lists, *sizes])
+    cores = os.cpu_count()
+    assert summary["households"] == 40 and summary["cpu_1_thread"]["users_per_s"] > 0
+    assert summary[f"cpu_{cores}_threads"]["users_per_s"] > 0
+    training = summary[f"train_cpu_{cores}_threads"]
+    assert training["finite"] and training["candidates_per_s"] > 0
+    profile = summary["profile_cpu_1_thread"]
+    assert 0 < profile["inputs_share"] < 1 and 0 < profile["model_share"] < 1
+    if not torch.cuda.is_available():
+        assert summary["cuda"] is False and "cuda_eager" not in summary
 
 
 def test_quality_computes_the_baselines_without_a_model_row(monkeypatch, tmp_path):

@@ -136,6 +136,20 @@ def epoch_seeds(seed: int, rank: int, epoch: int) -> tuple[int, int]:
     return int(dropout_seed), int(unknown_rows_seed)
 
 
+def training_step(model: torch.nn.Module, optimizer, batch: Batch, loss_fn: torch.nn.Module) -> torch.Tensor:
+    """One optimizer step on ``batch`` (on the model's device); returns the loss. bf16 autocast on
+    CUDA; the logQ-corrected loss, so the model learns the probability of a purchase, not the
+    sampler's odds."""
+    on_cuda = batch.label.device.type == "cuda"
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
+        logits = model(batch, return_logits=True)
+    loss = loss_fn(logits.float() - batch.log_q, batch.label)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_hook: Optional[StepHook]) -> Dict:
     """One pass over this worker's shard; returns the epoch's training metrics."""
     w.model.train()
@@ -153,13 +167,7 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
     for table in batches:
         batch = Batch.from_arrow(table, w.catalog).with_history_length(w.model_config.history_length)
         batch = batch.with_unknown_rows(generator, share, share).to(w.device)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=w.device.type == "cuda"):
-            logits = w.model(batch, return_logits=True)
-        # logQ correction: the model learns the probability of a purchase, not the sampler's odds.
-        loss = loss_fn(logits.float() - batch.log_q, batch.label)
-        w.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        w.optimizer.step()
+        loss = training_step(w.model, w.optimizer, batch, loss_fn)
         seen += batch.num_candidates
         loss_sum += float(loss.detach())
         steps += 1

@@ -1,0 +1,253 @@
+"""The model on a GPU against the CPU, in one process without Ray, as JSON lines: the scoring path
+(what a nightly job's GPU actor and a Serve replica on a GPU node do) and the training step.
+
+python -m bench.gpu_model --model MODEL [--data DATA] [--users 0] [--batch 512] [--single 200]
+    [--lists FILE --steps 60 --train-lists 32,128,256] [--profile 1024] [--no-compile]
+
+* households/s of :func:`ncf.batch.scorer.score_users` in batches of ``--batch`` (steady, after
+  the first batch): on one CPU thread (one CPU actor's work), on every core, on CUDA eager and on
+  CUDA through ``torch.compile``;
+* how CUDA's lists agree with the CPU's: households whose top-10 is the same list, the mean
+  top-10 overlap, and the largest score difference on products both ranked (float32 on both;
+  summation order differs between the devices);
+* one household per call through :meth:`Recommender.recommend` (a replica's ``/recommend``):
+  median and p95 milliseconds on one CPU thread and on CUDA;
+* with ``--lists`` (a Parquet file of training lists, ``DATA/examples/cutoff=*/lists-*.parquet``):
+  candidates/s of :func:`ncf.train.loop.training_step` (bf16 autocast on CUDA, as training runs)
+  on every CPU core and on CUDA, from the model's weights, and the first step's loss on each.
+  The tables are unsharded here, so plain Adam updates them whole: the training job's tables
+  train on fbgemm's fused kernels (row-wise Adagrad inside the backward pass), whose CUDA build
+  this bench does not need. The figure is the model's step, not the job's;
+* with ``--profile N``: where N households' scoring spends its time on each device (cProfile).
+
+Without CUDA it prints the CPU figures and ``"cuda": false``. Timings are wall-clock; on CUDA each
+batch ends with the lists on the host, so the device's work is inside the timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ncf.batch.scorer import score_users
+from ncf.data.features import Catalog
+from ncf.model.batch import Batch
+from ncf.model.directory import load_model
+from ncf.rank.recommender import Recommender
+from ncf.train.config import TrainConfig
+from ncf.train.loop import training_step
+
+BATCH = 512
+K = 10
+
+
+def emit(record: Dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def score_all(recommender: Recommender, positions: np.ndarray, batch_size: int = BATCH) -> tuple[Dict, pa.Table]:
+    """Every household of ``positions`` in batches of ``batch_size``: steady households/s (after
+    the first batch, which pays warm-up and compilation) and the first batch's seconds."""
+    ids = pa.array(recommender.vocabs.users.raw_of(positions))
+    at = recommender.default_at
+    started = time.perf_counter()
+    first: Optional[float] = None
+    tables: List[pa.Table] = []
+    for start in range(0, len(ids), batch_size):
+        batch = slice(start, start + batch_size)
+        tables.append(score_users(recommender, ids.slice(start, batch_size), K, at, at, positions[batch]))
+        first = first or time.perf_counter()
+    end = time.perf_counter()
+    steady = (len(ids) - min(batch_size, len(ids))) / (end - first) if end > first else float("nan")
+    return {"users_per_s": round(steady, 1), "first_batch_s": round(first - started, 2)}, pa.concat_tables(tables)
+
+
+def agreement(reference: pa.Table, other: pa.Table) -> Dict:
+    """How ``other``'s top-10 lists match ``reference``'s, household by household."""
+    ref = reference.to_pandas().groupby("user_id", sort=False)
+    oth = {u: g for u, g in other.to_pandas().groupby("user_id", sort=False)}
+    same, overlaps, diffs = 0, [], []
+    for user, group in ref:
+        a, b = group["product_id"].tolist(), oth[user]["product_id"].tolist()
+        same += a == b
+        overlaps.append(len(set(a) & set(b)) / K)
+        both = group.merge(oth[user], on="product_id", suffixes=("_ref", "_other"))
+        if len(both):
+            diffs.append(float(np.abs(both["score_ref"] - both["score_other"]).max()))
+    return {
+        "identical_lists": round(same / max(1, len(overlaps)), 4),
+        "mean_overlap": round(float(np.mean(overlaps)), 4),
+        "max_score_diff": float(max(diffs)) if diffs else None,
+    }
+
+
+def single_latency(recommender: Recommender, users: List, warm: int = 10) -> Dict:
+    """One household per call, as a replica answers ``/recommend``: median and p95 ms."""
+    for user in users[:warm]:
+        recommender.recommend([user], k=K)
+    times = []
+    for user in users:
+        started = time.perf_counter()
+        recommender.recommend([user], k=K)
+        times.append((time.perf_counter() - started) * 1000)
+    return {
+        "single_p50_ms": round(float(np.median(times)), 2),
+        "single_p95_ms": round(float(np.percentile(times, 95)), 2),
+    }
+
+
+def profiled(recommender: Recommender, positions: np.ndarray, batch_size: int, top: int = 12) -> Dict:
+    """Where scoring's time goes under cProfile: the shares of the whole spent assembling the
+    model's inputs (``Ranker._batch``) and in the model (its ``logits`` call, and on CUDA the wait
+    for its results, which ``Tensor.cpu`` pays), and the functions with the most time of their own
+    (seconds)."""
+    profile = cProfile.Profile()
+    profile.enable()
+    score_all(recommender, positions, batch_size)
+    profile.disable()
+    stats = pstats.Stats(profile).stats
+    total = sum(row[2] for row in stats.values())
+
+    def cumulative(file_end: str, name: str, column: int = 3) -> float:
+        return sum(row[column] for (path, _, fn), row in stats.items() if path.endswith(file_end) and fn == name)
+
+    model = cumulative("advanced_ncf.py", "logits") + cumulative(
+        "~", "<method 'cpu' of 'torch._C.TensorBase' objects>", 2
+    )
+    rows = sorted(stats.items(), key=lambda item: -item[1][2])[:top]
+    return {
+        "inputs_share": round(cumulative("ranker.py", "_batch") / total, 3),
+        "model_share": round(model / total, 3),
+        "own_seconds": {
+            f"{os.path.basename(path)}:{line}({name})": round(row[2], 3) for (path, line, name), row in rows
+        },
+    }
+
+
+def training_steps(
+    model_dir: str, lists: pa.Table, catalog: Catalog, device: torch.device, steps: int, size: int
+) -> Dict:
+    """``steps`` training steps of ``size`` lists each (after one warm-up step): candidates/s and
+    the first step's loss, from the model's saved weights."""
+    model = load_model(model_dir, device)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=TrainConfig.learning_rate)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    generator = torch.Generator().manual_seed(0)
+    share = TrainConfig.unknown_share
+    losses, seen, started = [], 0, 0.0
+    for step in range(steps + 1):
+        rows = lists.slice((step * size) % max(1, len(lists) - size), size)
+        batch = Batch.from_arrow(rows, catalog).with_history_length(model.config.history_length)
+        batch = batch.with_unknown_rows(generator, share, share).to(device)
+        losses.append(float(training_step(model, optimizer, batch, loss_fn).detach()))
+        if step == 0:
+            started = time.perf_counter()  # after the first step: allocations, kernel choice
+        else:
+            seen += batch.num_candidates
+    seconds = time.perf_counter() - started
+    return {
+        "candidates_per_s": round(seen / seconds),
+        "first_loss": round(losses[0], 5),
+        "finite": bool(np.isfinite(losses).all()),
+    }
+
+
+def run(args) -> Dict:
+    cuda = torch.cuda.is_available()
+    cores = os.cpu_count() or 1
+    emit(
+        {
+            "benchmark": "gpu_model",
+            "torch": torch.__version__,
+            "cuda": cuda,
+            "gpu": torch.cuda.get_device_name(0) if cuda else None,
+            "cpu_cores": cores,
+        }
+    )
+    summary: Dict = {"benchmark": "gpu_model", "cuda": cuda}
+    cpu = Recommender.load(args.model, data=args.data, device=torch.device("cpu"))
+    positions = cpu.state.states.users()
+    positions = positions[: args.users] if args.users else positions
+    single_users = list(cpu.vocabs.users.raw_of(positions[: args.single]))
+    summary["households"] = int(len(positions))
+
+    torch.set_num_threads(1)
+    figures, reference = score_all(cpu, positions, args.batch)
+    summary["cpu_1_thread"] = {**figures, **single_latency(cpu, single_users)}
+    emit({"step": "cpu_1_thread", **summary["cpu_1_thread"]})
+    torch.set_num_threads(cores)
+    figures, _ = score_all(cpu, positions, args.batch)
+    summary[f"cpu_{cores}_threads"] = figures
+    emit({"step": f"cpu_{cores}_threads", **figures})
+    if args.lists:
+        lists = pq.read_table(args.lists)
+        products = cpu.vocabs.products
+        catalog = Catalog(products.column("department_index"), products.column("category_index"))
+        size = TrainConfig.batch_size
+        name = f"train_cpu_{cores}_threads"
+        summary[name] = training_steps(args.model, lists, catalog, torch.device("cpu"), args.steps, size)
+        emit({"step": name, "lists_per_step": size, **summary[name]})
+        for size in args.train_lists if cuda else []:
+            name = f"train_cuda_bf16_{size}_lists"
+            summary[name] = training_steps(args.model, lists, catalog, torch.device("cuda"), args.steps, size)
+            emit({"step": name, "lists_per_step": size, **summary[name]})
+    if args.profile:
+        summary["profile_cpu_1_thread"] = profiled(cpu, positions[: args.profile], args.batch)
+        emit({"step": "profile_cpu_1_thread", **summary["profile_cpu_1_thread"]})
+    if not cuda:
+        return summary
+
+    gpu = Recommender.load(args.model, data=args.data, device=torch.device("cuda"))
+    figures, listed = score_all(gpu, positions, args.batch)
+    summary["cuda_eager"] = {**figures, **single_latency(gpu, single_users), **agreement(reference, listed)}
+    summary["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    emit({"step": "cuda_eager", **summary["cuda_eager"], "cuda_peak_mib": summary["cuda_peak_mib"]})
+    if args.compile:
+        gpu.ranker.compile()
+        figures, listed = score_all(gpu, positions, args.batch)
+        summary["cuda_compiled"] = {**figures, **agreement(reference, listed)}
+        emit({"step": "cuda_compiled", **summary["cuda_compiled"]})
+    if args.profile:
+        summary["profile_cuda_eager"] = profiled(gpu, positions[: args.profile], args.batch)
+        emit({"step": "profile_cuda_eager", **summary["profile_cuda_eager"]})
+    eager = summary["cuda_eager"]["users_per_s"]
+    summary["cuda_eager_over_cpu_1_thread"] = round(eager / summary["cpu_1_thread"]["users_per_s"], 2)
+    summary[f"cuda_eager_over_cpu_{cores}_threads"] = round(eager / summary[f"cpu_{cores}_threads"]["users_per_s"], 2)
+    return summary
+
+
+def main(argv=None) -> Dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--data", help="output of jobs.preprocess (its state is enough; default: the model's own state)")
+    p.add_argument("--users", type=int, default=0, help="households scored (0 = every household of the state)")
+    p.add_argument("--batch", type=int, default=BATCH, help="households per scoring call (the first is not timed)")
+    p.add_argument("--single", type=int, default=200, help="households asked one per call")
+    p.add_argument("--lists", help="a Parquet file of training lists (DATA/examples/cutoff=*/lists-*.parquet)")
+    p.add_argument("--steps", type=int, default=60, help="training steps timed on each device")
+    p.add_argument(
+        "--train-lists",
+        type=lambda text: [int(v) for v in text.split(",")],
+        default=[TrainConfig.batch_size],
+        help="lists per training step on CUDA, comma-separated (the CPU step uses the default, 32)",
+    )
+    p.add_argument("--profile", type=int, default=0, help="households scored under cProfile on each device (0: none)")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile run on CUDA")
+    summary = run(p.parse_args(argv))
+    emit(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
