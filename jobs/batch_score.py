@@ -79,7 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--gpu",
         default=d.gpu,
         choices=GPU_SETTINGS,
-        help="auto (GPU actors when the cluster has GPUs; in the driver, its own GPU if it has one), yes or no",
+        help="auto (GPU actors where they outrank the CPU actors the cluster could run: ranking is "
+        "host-bound; in the driver, its own GPU if it has one), yes (one actor per GPU) or no",
     )
     p.add_argument(
         "--score-in",
@@ -93,8 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--compile",
         default=d.compile,
         choices=COMPILE_SETTINGS,
-        help="score through torch.compile (in each actor, or the driver): auto (when each has enough users "
-        "to repay the compilation), yes or no",
+        help="score through torch.compile (in each actor, or the driver): auto (on CPU, when each has enough "
+        "users to repay the compilation; never on a GPU, where it gained nothing), yes or no",
     )
     p.add_argument("--progress-every", type=float, default=d.progress_every_s, help="seconds between progress lines")
     p.add_argument(

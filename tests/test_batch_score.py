@@ -241,6 +241,7 @@ def test_compile_is_chosen_when_it_repays_itself_and_can_run(monkeypatch):
     assert not bs.resolve_compile("auto", enough - 1, use_gpu=False)
     assert not bs.resolve_compile("no", enough, use_gpu=True)
     assert bs.resolve_compile("yes", 1, use_gpu=True)
+    assert not bs.resolve_compile("auto", enough, use_gpu=True)  # host-bound on a GPU: no gain measured
     monkeypatch.setenv("CXX", "no-such-compiler")
     monkeypatch.setenv("PATH", "")
     assert not bs.resolve_compile("auto", enough, use_gpu=False)
@@ -537,6 +538,28 @@ def test_where_auto_scores_and_a_driver_without_cuda_refusing_gpu_yes():
         assert bs._driver_gpu("auto") == 0
         with pytest.raises(InputError, match="--score-in driver --gpu yes: this process has no CUDA device"):
             bs.check_config(dataclasses.replace(config, score_in="driver", gpu="yes"))  # before anything is read
+
+
+@pytest.mark.faults
+def test_gpu_auto_takes_gpu_actors_only_where_they_outrank_the_cpu_actors(capsys):
+    """An H200 actor ranks about GPU_ACTOR_SPEEDUP times a 1-CPU actor (host-bound): on a node
+    of 16 CPUs and one GPU, 16 CPU actors rank more than one GPU actor. Old code took the GPU
+    wherever there was one, and gave each of ``--actors N`` a GPU on a cluster of fewer (Ray
+    Data then waited for the missing ones)."""
+    node = {"CPU": 16.0, "GPU": 1.0}
+    assert bs.actor_plan("auto", 0, 1.0, node) == (16, 0)
+    assert "[gpu] --gpu auto: 16 CPU actors, not 1 GPU actor(s): ranking is host-bound" in capsys.readouterr().err
+    assert bs.actor_plan("yes", 0, 1.0, node) == (1, 1)
+    assert bs.actor_plan("no", 0, 1.0, node) == (16, 0)
+    assert bs.actor_plan("auto", 0, 4.0, {"CPU": 16.0, "GPU": 2.0}) == (2, 1)  # 2 x 2.4 GPU actors > 4 CPU ones
+    assert bs.actor_plan("auto", 1, 1.0, node) == (1, 1)  # one actor asked for: on the GPU
+    assert bs.actor_plan("auto", 4, 1.0, node) == (4, 0)
+    assert "--gpu auto --actors 4: each would need a GPU and the cluster has 1; CPU actors" in capsys.readouterr().err
+    with pytest.raises(InputError, match="--gpu yes --actors 4: each actor needs a GPU and the Ray cluster has 1"):
+        bs.actor_plan("yes", 4, 1.0, node)
+    with pytest.raises(InputError, match="--gpu yes: the Ray cluster has no GPU"):
+        bs.actor_plan("yes", 0, 1.0, {"CPU": 16.0})
+    assert bs.actor_plan("auto", 0, 1.0, {"CPU": 2.0}) == (2, 0)
 
 
 @pytest.mark.faults

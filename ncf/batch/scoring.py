@@ -102,6 +102,11 @@ TARGET_PARTS = 50
 # more parts.
 MAX_AUTO_BATCH = 9_984
 CPUS_PER_ACTOR = 1.0  # what each scoring actor reserves unless told
+# Households/s of one GPU actor over one 1-CPU actor: ranking is host-bound (building each
+# household's candidates and features; the model is 7% of a GPU actor's time), so an H200 ranks
+# Complete Journey at 2.4 times one core of its host (`bench.gpu_model`, BENCHMARKS.md "GPU").
+# `--gpu auto` takes GPU actors only where they outrank the CPU actors the cluster could run.
+GPU_ACTOR_SPEEDUP = 2.4
 # A nightly run whose DATA ends this long before the moment scored says so: its refresh stopped.
 STALE_DATA_DAYS = 2
 
@@ -120,19 +125,21 @@ class BatchScoreConfig:
             DATA's last purchase, for historical datasets).
         batch_size: users per batch and part (0: about ``TARGET_PARTS`` parts of at most
             ``MAX_AUTO_BATCH`` users, so more parts for large datasets).
-        actors: scoring actors (0: one per GPU when the cluster has GPUs, else one per
-            ``cpus_per_actor`` of the cluster's CPUs).
+        actors: scoring actors (0: one per GPU on GPUs, else one per ``cpus_per_actor`` of the
+            cluster's CPUs: :func:`actor_plan`).
         cpus_per_actor: CPUs reserved by each actor (None: :data:`CPUS_PER_ACTOR`; given, it
             is a pool's setting: refused with ``score_in="driver"``, actors under ``auto``).
-        gpu: ``auto`` (GPU actors when the cluster has GPUs), ``yes`` or ``no``.
+        gpu: ``auto`` (GPU actors where they outrank the CPU actors the cluster could run:
+            :func:`actor_plan`), ``yes`` or ``no``.
         score_in: ``actors`` (a Ray Data pool), ``driver`` (this process, one batch after
             another, on its own CUDA device when it has one and ``gpu`` allows: no actors to
             start, no Ray needed; ``actors`` and ``cpus_per_actor`` are refused with it) or
             ``auto`` (the driver for at most :data:`DRIVER_MAX_USERS` users unless ``actors``,
             ``cpus_per_actor`` or ``gpu="yes"`` ask for actors).
-        compile: score through ``torch.compile`` in each actor: ``auto`` (when each actor has at
-            least :data:`COMPILE_MIN_USERS_PER_ACTOR` users, so that the compilation pays for
-            itself, and a C++ compiler is installed), ``yes`` or ``no``.
+        compile: score through ``torch.compile`` in each actor: ``auto`` (CPU actors with at
+            least :data:`COMPILE_MIN_USERS_PER_ACTOR` users each, so that the compilation pays
+            for itself, and a C++ compiler installed; never on GPUs: :func:`resolve_compile`),
+            ``yes`` or ``no``.
         progress_every_s: seconds between progress lines (the first part always prints).
         verify: when above 0, the staged output is checked before the commit
             (:func:`verify_parts`, with this many sampled users) and not committed unless it
@@ -211,15 +218,42 @@ def auto_batch_size(num_users: int) -> int:
 
 
 def _actor_resources(gpu: str, actors: int, cpus_per_actor: float) -> tuple[int, int]:
-    """(number of actors, GPUs per actor) from the cluster's resources."""
+    """(number of actors, GPUs per actor) from the cluster's resources (:func:`actor_plan`)."""
     import ray
 
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    use = resolve_gpu(gpu, gpus)
     _check_an_actor_fits(cpus_per_actor)
+    return actor_plan(gpu, actors, cpus_per_actor, ray.cluster_resources())
+
+
+def actor_plan(gpu: str, actors: int, cpus_per_actor: float, resources: Dict[str, float]) -> tuple[int, int]:
+    """(number of actors, GPUs per actor) for a cluster of ``resources``: ``actors`` (0: one per
+    GPU on GPUs, else one per ``cpus_per_actor`` of its CPUs), each with a GPU where ``gpu``
+    allows and there is one per actor. ``auto`` with ``actors`` unset takes GPUs only where they
+    outrank the CPU actors (:data:`GPU_ACTOR_SPEEDUP`), and says which it chose and why.
+
+    Raises:
+        InputError: ``yes`` without a GPU, or with fewer GPUs than ``actors`` (Ray Data would wait
+            for the missing ones).
+    """
+    gpus = int(resources.get("GPU", 0))
+    cpu_actors = max(1, int(resources.get("CPU", 1) // cpus_per_actor))
+    use = resolve_gpu(gpu, gpus)
+    if use and actors > gpus:
+        if gpu == "yes":
+            raise InputError(
+                f"--gpu yes --actors {actors}: each actor needs a GPU and the Ray cluster has {gpus}; "
+                f"use --actors {gpus} or fewer, or --gpu no"
+            )
+        _log(f"[gpu] --gpu auto --actors {actors}: each would need a GPU and the cluster has {gpus}; CPU actors")
+        use = False
+    if use and gpu == "auto" and actors <= 0 and gpus * GPU_ACTOR_SPEEDUP < cpu_actors:
+        _log(
+            f"[gpu] --gpu auto: {cpu_actors} CPU actors, not {gpus} GPU actor(s): ranking is host-bound, "
+            f"a GPU actor ranks about {GPU_ACTOR_SPEEDUP:g} times what a 1-CPU actor does (--gpu yes for GPU actors)"
+        )
+        use = False
     if actors <= 0:
-        actors = gpus if use else max(1, int(resources.get("CPU", 1) // cpus_per_actor))
+        actors = gpus if use else cpu_actors
     return actors, int(use)
 
 
@@ -249,15 +283,16 @@ def can_compile() -> bool:
 
 
 def resolve_compile(setting: str, users_per_actor: int, use_gpu: bool) -> bool:
-    """Whether the actors score through ``torch.compile`` (``setting``: see BatchScoreConfig)."""
+    """Whether the actors score through ``torch.compile`` (``setting``: see BatchScoreConfig).
+    ``auto`` never compiles for a GPU: there the model is 7% of an actor's time, and compiled
+    scoring ranked 640 households/s against 690 eager on an H200 (``bench.gpu_model``)."""
     if setting == "no":
         return False
-    available = use_gpu or can_compile()
     if setting == "yes":
-        if not available:
+        if not (use_gpu or can_compile()):
             raise InputError("--compile yes: torch.compile needs a C++ compiler (g++ or $CXX) on CPU")
         return True
-    return available and users_per_actor >= COMPILE_MIN_USERS_PER_ACTOR
+    return not use_gpu and can_compile() and users_per_actor >= COMPILE_MIN_USERS_PER_ACTOR
 
 
 def _check_k(k: int, recommender_config: Dict) -> None:
