@@ -45,6 +45,17 @@ def server(ray_session, small_model_dir):
         serve.shutdown()
 
 
+@pytest.fixture
+def rollout_port(server, small_model_dir):
+    """The server's port, for a test that rolls other models out: v1 serves again after it (ui
+    off), so that the module's tests pass in any order and any ``-k`` selection."""
+    port = int(server.rsplit(":", 1)[1])
+    try:
+        yield port
+    finally:
+        start(build_app(_app_args(small_model_dir)), port=port, app_name="ncf_test")
+
+
 @pytest.fixture(scope="module")
 def recommender(small_model_dir):
     from ncf.rank.recommender import Recommender
@@ -590,7 +601,7 @@ def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_d
     assert service.recommend(new_day)["items"] and not service.needs_pass(new_day)  # the pass over
 
 
-# -- rollout (last: it leaves v2 deployed) -------------------------------------------------------
+# -- rollout (each test leaves v1 serving: `rollout_port`, or its own `finally`) ------------------
 
 
 class Traffic(threading.Thread):
@@ -617,7 +628,9 @@ class Traffic(threading.Thread):
 
 
 @pytest.mark.faults
-def test_second_version_rolls_out_while_requests_keep_succeeding(server, small_model_dir, users, tmp_path):
+def test_second_version_rolls_out_while_requests_keep_succeeding(
+    server, rollout_port, small_model_dir, users, tmp_path
+):
     v2 = sealed_copy(small_model_dir, str(tmp_path / "v2"), "v2")
     traffic = Traffic(server, users[0])
     traffic.start()
@@ -625,9 +638,10 @@ def test_second_version_rolls_out_while_requests_keep_succeeding(server, small_m
         deadline = time.monotonic() + 30
         while len(traffic.versions) < 10 and time.monotonic() < deadline:
             time.sleep(0.05)
-        port = int(server.rsplit(":", 1)[1])
         replicas = replica_names("ncf_test", DEPLOYMENT_NAME)
-        start(build_app(_app_args(v2)), port=port, app_name="ncf_test")  # user_config change: reconfigure in place
+        start(
+            build_app(_app_args(v2)), port=rollout_port, app_name="ncf_test"
+        )  # user_config change: reconfigure in place
         deadline = time.monotonic() + 60
         while "v2" not in traffic.versions[-5:] and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -652,10 +666,12 @@ def _health(url: str) -> dict:
 
 
 @pytest.mark.faults
-def test_a_new_model_at_the_same_path_rolls_out_and_ui_follows_the_args(server, small_model_dir, tmp_path):
+def test_a_new_model_at_the_same_path_rolls_out_and_ui_follows_the_args(
+    server, rollout_port, small_model_dir, tmp_path
+):
     """jobs.train writes a new model where the old one was: deploying the same args again rolls it
     out (the user_config carries its fingerprint). Turning ui on is a reconfigure as well."""
-    port = int(server.rsplit(":", 1)[1])
+    port = rollout_port
     model = sealed_copy(small_model_dir, str(tmp_path / "model"), "same-path-1")
     start(build_app(_app_args(model)), port=port, app_name="ncf_test")
     assert _health(server)["model_version"] == "same-path-1"

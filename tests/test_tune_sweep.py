@@ -24,22 +24,61 @@ from ncf.rank.recommender import Recommender
 from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower, search_space
 from tune.settings import SweepSettings
 
+HEAD_START_TRIES = 3
+
 
 @contextlib.contextmanager
 def head_node():
     """`ray start --head --block` on 127.0.0.1 with its own ports and temp dir; SIGTERM to the
     blocking process stops exactly this cluster (`ray stop` would stop every Ray on the machine).
     Yields the job API's address and the environment to submit with."""
-    # Every port of its own: the session's cluster (and any other Ray on the machine) already
-    # holds the defaults, and a dashboard agent that cannot bind leaves no agent to take jobs.
-    gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics = free_ports(7)
-    temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {
         **os.environ,
         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
         "RAY_USAGE_STATS_ENABLED": "0",
     }
     env.pop("RAY_ADDRESS", None)
+    temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths have a length limit
+    log = open(os.path.join(temp_dir, "ray_start.log"), "w")
+    process = None
+    try:
+        # The ports are free when chosen, but another process may take one before Ray binds it
+        # (they are released for Ray to take): a head that exits before its dashboard answers is
+        # started again on other ports.
+        for _ in range(HEAD_START_TRIES):
+            process, address = _start_head(temp_dir, env, log)
+            if _dashboard_answers(process, address, deadline=time.time() + 90):
+                break
+            if process.poll() is None:
+                pytest.fail("the head node's dashboard did not come up in 90 s")
+            _kill_group(process)  # what a head that exited may have left of its cluster
+        else:
+            pytest.fail(f"the head node exited {HEAD_START_TRIES} times: " + open(log.name).read()[-3000:])
+        yield address, env
+    finally:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                process.wait(timeout=30)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _start_head(temp_dir: str, env: dict, log) -> tuple:
+    """The blocking `ray start --head` process on ports of its own, and its job API's address."""
+    # Every port of its own: the session's cluster (and any other Ray on the machine) already
+    # holds the defaults, and a dashboard agent that cannot bind leaves no agent to take jobs.
+    gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics = free_ports(7)
     command = [
         os.path.join(os.path.dirname(sys.executable), "ray"),
         "start",
@@ -69,31 +108,20 @@ def head_node():
         temp_dir,
         "--disable-usage-stats",
     ]
-    log = open(os.path.join(temp_dir, "ray_start.log"), "w")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:  # the job API answers once the dashboard is up
-            assert process.poll() is None, open(log.name).read()[-3000:]
-            try:
-                if requests.get(f"{address}/api/version", timeout=2).status_code < 500:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail("the head node's dashboard did not come up in 90 s")
-        yield address, env
-    finally:
-        process.send_signal(signal.SIGTERM)
+    return process, f"http://127.0.0.1:{dashboard}"
+
+
+def _dashboard_answers(process: subprocess.Popen, address: str, deadline: float) -> bool:
+    """Whether the job API answers before ``deadline``; False at once when the head exits."""
+    while time.time() < deadline and process.poll() is None:
         try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+            if requests.get(f"{address}/api/version", timeout=2).status_code < 500:
+                return True
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    return False
 
 
 @pytest.mark.faults
