@@ -5,20 +5,23 @@ python -m bench.gpu_model --model MODEL [--data DATA] [--users 0] [--batch 512] 
     [--lists FILE --steps 60 --train-lists 32,128,256] [--profile 1024] [--no-compile]
 
 * households/s of :func:`ncf.batch.scorer.score_users` in batches of ``--batch`` (steady, after
-  the first batch): on one CPU thread (one CPU actor's work), on every core, on CUDA eager and on
-  CUDA through ``torch.compile``;
+  the first batch): on one CPU thread (a 1-CPU actor's work), on every core (the driver's), on
+  CUDA eager with one host thread (a GPU actor of 1 CPU) and with every core (the driver on its
+  GPU), and on CUDA through ``torch.compile`` with one host thread; and the ratios that
+  ``ncf.batch.scoring.GPU_ACTOR_SPEEDUP`` is read from;
 * how CUDA's lists agree with the CPU's: households whose top-10 is the same list, the mean
   top-10 overlap, and the largest score difference on products both ranked (float32 on both;
   summation order differs between the devices);
 * one household per call through :meth:`Recommender.recommend` (a replica's ``/recommend``):
-  median and p95 milliseconds on one CPU thread and on CUDA;
+  median and p95 milliseconds on one thread, on the CPU and on CUDA;
 * with ``--lists`` (a Parquet file of training lists, ``DATA/examples/cutoff=*/lists-*.parquet``):
   candidates/s of :func:`ncf.train.loop.training_step` (bf16 autocast on CUDA, as training runs)
   on every CPU core and on CUDA, from the model's weights, and the first step's loss on each.
   The tables are unsharded here, so plain Adam updates them whole: the training job's tables
   train on fbgemm's fused kernels (row-wise Adagrad inside the backward pass), whose CUDA build
   this bench does not need. The figure is the model's step, not the job's;
-* with ``--profile N``: where N households' scoring spends its time on each device (cProfile).
+* with ``--profile N``: where N households' eager scoring spends its time on one thread, on each
+  device (cProfile).
 
 Without CUDA it prints the CPU figures and ``"cuda": false``. Timings are wall-clock; on CUDA each
 batch ends with the lists on the host, so the device's work is inside the timing.
@@ -164,6 +167,14 @@ def training_steps(
 
 
 def run(args) -> Dict:
+    threads = torch.get_num_threads()
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args) -> Dict:
     cuda = torch.cuda.is_available()
     cores = os.cpu_count() or 1
     emit(
@@ -182,48 +193,57 @@ def run(args) -> Dict:
     single_users = list(cpu.vocabs.users.raw_of(positions[: args.single]))
     summary["households"] = int(len(positions))
 
+    def step(name: str, figures: Dict) -> None:
+        summary[name] = figures
+        emit({"step": name, **figures})
+
+    # One thread is what Ray gives a 1-CPU actor, with or without a GPU (OMP_NUM_THREADS=1).
     torch.set_num_threads(1)
     figures, reference = score_all(cpu, positions, args.batch)
-    summary["cpu_1_thread"] = {**figures, **single_latency(cpu, single_users)}
-    emit({"step": "cpu_1_thread", **summary["cpu_1_thread"]})
+    step("cpu_1_thread", {**figures, **single_latency(cpu, single_users)})
+    if args.profile:
+        step("profile_cpu_1_thread", profiled(cpu, positions[: args.profile], args.batch))
     torch.set_num_threads(cores)
-    figures, _ = score_all(cpu, positions, args.batch)
-    summary[f"cpu_{cores}_threads"] = figures
-    emit({"step": f"cpu_{cores}_threads", **figures})
+    step(f"cpu_{cores}_threads", score_all(cpu, positions, args.batch)[0])
     if args.lists:
         lists = pq.read_table(args.lists)
         products = cpu.vocabs.products
         catalog = Catalog(products.column("department_index"), products.column("category_index"))
         size = TrainConfig.batch_size
-        name = f"train_cpu_{cores}_threads"
-        summary[name] = training_steps(args.model, lists, catalog, torch.device("cpu"), args.steps, size)
-        emit({"step": name, "lists_per_step": size, **summary[name]})
+        figures = training_steps(args.model, lists, catalog, torch.device("cpu"), args.steps, size)
+        step(f"train_cpu_{cores}_threads", {"lists_per_step": size, **figures})
         for size in args.train_lists if cuda else []:
-            name = f"train_cuda_bf16_{size}_lists"
-            summary[name] = training_steps(args.model, lists, catalog, torch.device("cuda"), args.steps, size)
-            emit({"step": name, "lists_per_step": size, **summary[name]})
-    if args.profile:
-        summary["profile_cpu_1_thread"] = profiled(cpu, positions[: args.profile], args.batch)
-        emit({"step": "profile_cpu_1_thread", **summary["profile_cpu_1_thread"]})
+            figures = training_steps(args.model, lists, catalog, torch.device("cuda"), args.steps, size)
+            step(f"train_cuda_bf16_{size}_lists", {"lists_per_step": size, **figures})
     if not cuda:
         return summary
 
     gpu = Recommender.load(args.model, data=args.data, device=torch.device("cuda"))
+    torch.cuda.reset_peak_memory_stats()  # scoring's own peak, not the training steps'
+    torch.set_num_threads(1)  # a GPU actor of 1 CPU: the host's work on one thread
     figures, listed = score_all(gpu, positions, args.batch)
-    summary["cuda_eager"] = {**figures, **single_latency(gpu, single_users), **agreement(reference, listed)}
-    summary["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
-    emit({"step": "cuda_eager", **summary["cuda_eager"], "cuda_peak_mib": summary["cuda_peak_mib"]})
+    step(
+        "cuda_eager_1_thread",
+        {
+            **figures,
+            **single_latency(gpu, single_users),
+            **agreement(reference, listed),
+            "cuda_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20),
+        },
+    )
+    if args.profile:
+        step("profile_cuda_eager_1_thread", profiled(gpu, positions[: args.profile], args.batch))
+    torch.set_num_threads(cores)  # the driver scoring on its own GPU (--score-in driver)
+    step(f"cuda_eager_{cores}_threads", score_all(gpu, positions, args.batch)[0])
     if args.compile:
+        torch.set_num_threads(1)
         gpu.ranker.compile()
         figures, listed = score_all(gpu, positions, args.batch)
-        summary["cuda_compiled"] = {**figures, **agreement(reference, listed)}
-        emit({"step": "cuda_compiled", **summary["cuda_compiled"]})
-    if args.profile:
-        summary["profile_cuda_eager"] = profiled(gpu, positions[: args.profile], args.batch)
-        emit({"step": "profile_cuda_eager", **summary["profile_cuda_eager"]})
-    eager = summary["cuda_eager"]["users_per_s"]
-    summary["cuda_eager_over_cpu_1_thread"] = round(eager / summary["cpu_1_thread"]["users_per_s"], 2)
-    summary[f"cuda_eager_over_cpu_{cores}_threads"] = round(eager / summary[f"cpu_{cores}_threads"]["users_per_s"], 2)
+        step("cuda_compiled_1_thread", {**figures, **agreement(reference, listed)})
+    one = summary["cuda_eager_1_thread"]["users_per_s"]
+    summary["gpu_actor_over_cpu_actor"] = round(one / summary["cpu_1_thread"]["users_per_s"], 2)
+    every = summary[f"cuda_eager_{cores}_threads"]["users_per_s"]
+    summary["gpu_driver_over_cpu_driver"] = round(every / summary[f"cpu_{cores}_threads"]["users_per_s"], 2)
     return summary
 
 

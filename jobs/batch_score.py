@@ -65,8 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--actors",
         type=int,
         default=d.actors,
-        help="actors of the pool (0: one per GPU when the cluster has GPUs, else one per CPU; "
-        "above 0, a pool even under --score-in auto)",
+        help="actors of the pool (0: one per CPU, or one per GPU where --gpu takes GPUs; never more than "
+        "the batches; above 0, a pool even under --score-in auto)",
     )
     p.add_argument(
         "--cpus-per-actor",

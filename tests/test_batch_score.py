@@ -546,20 +546,22 @@ def test_gpu_auto_takes_gpu_actors_only_where_they_outrank_the_cpu_actors(capsys
     of 16 CPUs and one GPU, 16 CPU actors rank more than one GPU actor. Old code took the GPU
     wherever there was one, and gave each of ``--actors N`` a GPU on a cluster of fewer (Ray
     Data then waited for the missing ones)."""
-    node = {"CPU": 16.0, "GPU": 1.0}
-    assert bs.actor_plan("auto", 0, 1.0, node) == (16, 0)
+    node, many = {"CPU": 16.0, "GPU": 1.0}, 100
+    assert bs.actor_plan("auto", 0, 1.0, node, many) == (16, 0)
     assert "[gpu] --gpu auto: 16 CPU actors, not 1 GPU actor(s): ranking is host-bound" in capsys.readouterr().err
-    assert bs.actor_plan("yes", 0, 1.0, node) == (1, 1)
-    assert bs.actor_plan("no", 0, 1.0, node) == (16, 0)
-    assert bs.actor_plan("auto", 0, 4.0, {"CPU": 16.0, "GPU": 2.0}) == (2, 1)  # 2 x 2.4 GPU actors > 4 CPU ones
-    assert bs.actor_plan("auto", 1, 1.0, node) == (1, 1)  # one actor asked for: on the GPU
-    assert bs.actor_plan("auto", 4, 1.0, node) == (4, 0)
+    assert bs.actor_plan("yes", 0, 1.0, node, many) == (1, 1)
+    assert bs.actor_plan("no", 0, 1.0, node, many) == (16, 0)
+    assert bs.actor_plan("auto", 0, 8.0, {"CPU": 16.0, "GPU": 2.0}, many) == (2, 1)  # 2 x 1.85 > 2 CPU actors
+    assert bs.actor_plan("auto", 0, 1.0, node, 1) == (1, 1)  # one block: one actor, the GPU's
+    assert bs.actor_plan("auto", 0, 1.0, {"CPU": 16.0}, 3) == (3, 0)  # never more actors than blocks
+    assert bs.actor_plan("auto", 1, 1.0, node, many) == (1, 1)  # one actor asked for: on the GPU
+    assert bs.actor_plan("auto", 4, 1.0, node, many) == (4, 0)
     assert "--gpu auto --actors 4: each would need a GPU and the cluster has 1; CPU actors" in capsys.readouterr().err
     with pytest.raises(InputError, match="--gpu yes --actors 4: each actor needs a GPU and the Ray cluster has 1"):
-        bs.actor_plan("yes", 4, 1.0, node)
+        bs.actor_plan("yes", 4, 1.0, node, many)
     with pytest.raises(InputError, match="--gpu yes: the Ray cluster has no GPU"):
-        bs.actor_plan("yes", 0, 1.0, {"CPU": 16.0})
-    assert bs.actor_plan("auto", 0, 1.0, {"CPU": 2.0}) == (2, 0)
+        bs.actor_plan("yes", 0, 1.0, {"CPU": 16.0}, many)
+    assert bs.actor_plan("auto", 0, 1.0, {"CPU": 2.0}, many) == (2, 0)
 
 
 @pytest.mark.faults

@@ -63,6 +63,8 @@ def head_node():
             except subprocess.TimeoutExpired:
                 _kill_group(process)
                 process.wait(timeout=30)
+        elif process is not None:
+            _kill_group(process)  # the head exited during the test: what it left of its cluster
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
@@ -118,7 +120,7 @@ def _dashboard_answers(process: subprocess.Popen, address: str, deadline: float)
         try:
             if requests.get(f"{address}/api/version", timeout=2).status_code < 500:
                 return True
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
             pass
         time.sleep(1)
     return False

@@ -102,11 +102,12 @@ TARGET_PARTS = 50
 # more parts.
 MAX_AUTO_BATCH = 9_984
 CPUS_PER_ACTOR = 1.0  # what each scoring actor reserves unless told
-# Households/s of one GPU actor over one 1-CPU actor: ranking is host-bound (building each
-# household's candidates and features; the model is 7% of a GPU actor's time), so an H200 ranks
-# Complete Journey at 2.4 times one core of its host (`bench.gpu_model`, BENCHMARKS.md "GPU").
-# `--gpu auto` takes GPU actors only where they outrank the CPU actors the cluster could run.
-GPU_ACTOR_SPEEDUP = 2.4
+# Households/s of one GPU actor over one 1-CPU actor, each with one host thread: ranking is
+# host-bound (building each household's candidates and features; the model is 7% of a GPU
+# actor's time), so an H200 ranked Complete Journey at 1.85 times one core of its host
+# (`bench.gpu_model`, BENCHMARKS.md "GPU"). `--gpu auto` takes GPU actors only where they
+# outrank the CPU actors the cluster could run.
+GPU_ACTOR_SPEEDUP = 1.85
 # A nightly run whose DATA ends this long before the moment scored says so: its refresh stopped.
 STALE_DATA_DAYS = 2
 
@@ -125,8 +126,8 @@ class BatchScoreConfig:
             DATA's last purchase, for historical datasets).
         batch_size: users per batch and part (0: about ``TARGET_PARTS`` parts of at most
             ``MAX_AUTO_BATCH`` users, so more parts for large datasets).
-        actors: scoring actors (0: one per GPU on GPUs, else one per ``cpus_per_actor`` of the
-            cluster's CPUs: :func:`actor_plan`).
+        actors: scoring actors (0: one per ``cpus_per_actor`` of the cluster's CPUs, or one per
+            GPU where ``gpu`` takes GPUs: :func:`actor_plan`).
         cpus_per_actor: CPUs reserved by each actor (None: :data:`CPUS_PER_ACTOR`; given, it
             is a pool's setting: refused with ``score_in="driver"``, actors under ``auto``).
         gpu: ``auto`` (GPU actors where they outrank the CPU actors the cluster could run:
@@ -217,27 +218,31 @@ def auto_batch_size(num_users: int) -> int:
 # -- the run ---------------------------------------------------------------------------------------
 
 
-def _actor_resources(gpu: str, actors: int, cpus_per_actor: float) -> tuple[int, int]:
+def _actor_resources(gpu: str, actors: int, cpus_per_actor: float, blocks: int) -> tuple[int, int]:
     """(number of actors, GPUs per actor) from the cluster's resources (:func:`actor_plan`)."""
     import ray
 
     _check_an_actor_fits(cpus_per_actor)
-    return actor_plan(gpu, actors, cpus_per_actor, ray.cluster_resources())
+    return actor_plan(gpu, actors, cpus_per_actor, ray.cluster_resources(), blocks)
 
 
-def actor_plan(gpu: str, actors: int, cpus_per_actor: float, resources: Dict[str, float]) -> tuple[int, int]:
-    """(number of actors, GPUs per actor) for a cluster of ``resources``: ``actors`` (0: one per
-    GPU on GPUs, else one per ``cpus_per_actor`` of its CPUs), each with a GPU where ``gpu``
-    allows and there is one per actor. ``auto`` with ``actors`` unset takes GPUs only where they
-    outrank the CPU actors (:data:`GPU_ACTOR_SPEEDUP`), and says which it chose and why.
+def actor_plan(
+    gpu: str, actors: int, cpus_per_actor: float, resources: Dict[str, float], blocks: int
+) -> tuple[int, int]:
+    """(number of actors, GPUs per actor) for ``blocks`` batches on a cluster of ``resources``:
+    ``actors`` (0: one per GPU on GPUs, else one per ``cpus_per_actor`` of its CPUs; never more
+    than the blocks), each with a GPU where ``gpu`` allows and there is one per actor. ``auto``
+    with ``actors`` unset takes GPUs only where they outrank the CPU actors that would score the
+    blocks (:data:`GPU_ACTOR_SPEEDUP`), and says which it chose and why.
 
     Raises:
         InputError: ``yes`` without a GPU, or with fewer GPUs than ``actors`` (Ray Data would wait
             for the missing ones).
     """
     gpus = int(resources.get("GPU", 0))
-    cpu_actors = max(1, int(resources.get("CPU", 1) // cpus_per_actor))
+    cpu_actors = max(1, min(int(resources.get("CPU", 1) // cpus_per_actor), blocks))
     use = resolve_gpu(gpu, gpus)
+    # Not resolve_gpu(workers=actors): its refusal speaks of training's workers and --workers.
     if use and actors > gpus:
         if gpu == "yes":
             raise InputError(
@@ -246,7 +251,7 @@ def actor_plan(gpu: str, actors: int, cpus_per_actor: float, resources: Dict[str
             )
         _log(f"[gpu] --gpu auto --actors {actors}: each would need a GPU and the cluster has {gpus}; CPU actors")
         use = False
-    if use and gpu == "auto" and actors <= 0 and gpus * GPU_ACTOR_SPEEDUP < cpu_actors:
+    if use and gpu == "auto" and actors <= 0 and min(gpus, blocks) * GPU_ACTOR_SPEEDUP < cpu_actors:
         _log(
             f"[gpu] --gpu auto: {cpu_actors} CPU actors, not {gpus} GPU actor(s): ranking is host-bound, "
             f"a GPU actor ranks about {GPU_ACTOR_SPEEDUP:g} times what a 1-CPU actor does (--gpu yes for GPU actors)"
@@ -254,7 +259,7 @@ def actor_plan(gpu: str, actors: int, cpus_per_actor: float, resources: Dict[str
         use = False
     if actors <= 0:
         actors = gpus if use else cpu_actors
-    return actors, int(use)
+    return max(1, min(actors, blocks)), int(use)
 
 
 def _check_an_actor_fits(cpus_per_actor: float) -> None:
@@ -284,8 +289,9 @@ def can_compile() -> bool:
 
 def resolve_compile(setting: str, users_per_actor: int, use_gpu: bool) -> bool:
     """Whether the actors score through ``torch.compile`` (``setting``: see BatchScoreConfig).
-    ``auto`` never compiles for a GPU: there the model is 7% of an actor's time, and compiled
-    scoring ranked 640 households/s against 690 eager on an H200 (``bench.gpu_model``)."""
+    ``auto`` never compiles for a GPU: there the model is 7% of an actor's time, and on an H200
+    compiled scoring ranked 1.06x eager with one host thread (0.93x with 16), after about 30 s
+    of compiling, which takes some 250,000 households an actor to repay (``bench.gpu_model``)."""
     if setting == "no":
         return False
     if setting == "yes":
@@ -538,8 +544,7 @@ def _score_into(
     if in_driver:
         actors, gpus = 1, _driver_gpu(config.gpu)
     else:
-        actors, gpus = _actor_resources(config.gpu, config.actors, config.actor_cpus)
-        actors = max(1, min(actors, len(blocks)))
+        actors, gpus = _actor_resources(config.gpu, config.actors, config.actor_cpus, len(blocks))
     compile_model = resolve_compile(config.compile, -(-users.num_rows // actors), bool(gpus))
     log(
         f"{users.num_rows:,} users, k={config.k}, at {pd.Timestamp(at, unit='s', tz='UTC').isoformat()}, "
