@@ -80,13 +80,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=d.gpu,
         choices=GPU_SETTINGS,
         help="auto (GPU actors where they outrank the CPU actors the cluster could run: ranking is "
-        "host-bound; in the driver, its own GPU if it has one), yes (one actor per GPU) or no",
+        "host-bound; the driver scores on its CPU), yes (one actor per GPU; the driver on its own GPU) or no",
     )
     p.add_argument(
         "--score-in",
         default=d.score_in,
         choices=SCORE_IN_SETTINGS,
-        help=f"actors (a Ray Data pool), driver (this process, on its own GPU if it has one: no actors "
+        help=f"actors (a Ray Data pool), driver (this process, on its own GPU with --gpu yes: no actors "
         f"to start, no Ray) or auto (the driver for at most {DRIVER_MAX_USERS:,} users unless --actors, "
         "--cpus-per-actor or --gpu yes ask for actors)",
     )

@@ -133,7 +133,7 @@ class BatchScoreConfig:
         gpu: ``auto`` (GPU actors where they outrank the CPU actors the cluster could run:
             :func:`actor_plan`), ``yes`` or ``no``.
         score_in: ``actors`` (a Ray Data pool), ``driver`` (this process, one batch after
-            another, on its own CUDA device when it has one and ``gpu`` allows: no actors to
+            another, on its own CUDA device with ``gpu="yes"``: no actors to
             start, no Ray needed; ``actors`` and ``cpus_per_actor`` are refused with it) or
             ``auto`` (the driver for at most :data:`DRIVER_MAX_USERS` users unless ``actors``,
             ``cpus_per_actor`` or ``gpu="yes"`` ask for actors).
@@ -617,11 +617,13 @@ def resolve_score_in(config: BatchScoreConfig, num_users: Optional[int] = None) 
 
 
 def _driver_gpu(setting: str) -> int:
-    """1 when the driver scores on its own CUDA device (``--gpu auto`` with one, or ``yes``, which
-    :func:`check_config` refuses without one): the cluster's GPUs are the actors'."""
+    """1 when the driver scores on its own CUDA device: with ``yes`` (:func:`check_config` refuses
+    it without one), not ``auto``: on an H200 the job in the driver took 4.2 s on the GPU against
+    3.6 s on its host's 16 cores for Complete Journey (BENCHMARKS.md "GPU"). The cluster's GPUs
+    are the actors'."""
     import torch
 
-    return int(setting != "no" and torch.cuda.is_available())
+    return int(setting == "yes" and torch.cuda.is_available())
 
 
 def _scored_here(blocks: List[pa.Table], scorer_kwargs: Dict) -> Iterator[Dict]:
