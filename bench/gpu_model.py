@@ -233,7 +233,7 @@ def _run(args) -> Dict:
     )
     if args.profile:
         step("profile_cuda_eager_1_thread", profiled(gpu, positions[: args.profile], args.batch))
-    torch.set_num_threads(cores)  # the driver scoring on its own GPU (--score-in driver)
+    torch.set_num_threads(cores)  # the driver scoring on its own GPU (--score-in driver --gpu yes)
     step(f"cuda_eager_{cores}_threads", score_all(gpu, positions, args.batch)[0])
     if args.compile:
         torch.set_num_threads(1)

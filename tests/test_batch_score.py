@@ -232,6 +232,9 @@ def test_compile_yes_without_a_compiler_is_refused_before_ray_starts(tmp_path, m
     # With --gpu auto the actors may get GPUs (no C++ compiler needed): decided once Ray runs.
     with pytest.raises(InputError, match="missing"):
         bs.check_config(dataclasses.replace(config, gpu="auto"))
+    # The driver under --gpu auto scores on its CPU: decidable here.
+    with pytest.raises(InputError, match="--compile yes: .*C\\+\\+ compiler"):
+        bs.check_config(dataclasses.replace(config, gpu="auto", score_in="driver"))
 
 
 @pytest.mark.faults
@@ -562,6 +565,10 @@ def test_gpu_auto_takes_gpu_actors_only_where_they_outrank_the_cpu_actors(capsys
     with pytest.raises(InputError, match="--gpu yes: the Ray cluster has no GPU"):
         bs.actor_plan("yes", 0, 1.0, {"CPU": 16.0}, many)
     assert bs.actor_plan("auto", 0, 1.0, {"CPU": 2.0}, many) == (2, 0)
+    # Half-CPU actors share cores: 32 of them are 16 cores' worth, below 16 GPU actors' 29.6.
+    assert bs.actor_plan("auto", 0, 0.5, {"CPU": 16.0, "GPU": 16.0}, many) == (16, 1)
+    assert bs.actor_plan("yes", 8, 1.0, {"CPU": 16.0, "GPU": 4.0}, 3) == (3, 1)  # 3 batches: 3 actors, enough GPUs
+    assert bs.actor_plan("auto", 2, 1.0, node, 1) == (1, 1)
 
 
 @pytest.mark.faults

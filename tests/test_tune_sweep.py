@@ -52,8 +52,10 @@ def head_node():
             if process.poll() is None:
                 pytest.fail("the head node's dashboard did not come up in 90 s")
             _kill_group(process)  # what a head that exited may have left of its cluster
+            # Said, so that a head that crashes for another reason and then starts is seen.
+            print(f"[head_node] the head exited before its dashboard answered:\n{_tail(log.name)}", file=sys.stderr)
         else:
-            pytest.fail(f"the head node exited {HEAD_START_TRIES} times: " + open(log.name).read()[-3000:])
+            pytest.fail(f"the head node exited {HEAD_START_TRIES} times: " + _tail(log.name))
         yield address, env
     finally:
         if process is not None and process.poll() is None:
@@ -67,6 +69,11 @@ def head_node():
             _kill_group(process)  # the head exited during the test: what it left of its cluster
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _tail(path: str, size: int = 3000) -> str:
+    with open(path, errors="replace") as f:
+        return f.read()[-size:]
 
 
 def _kill_group(process: subprocess.Popen) -> None:

@@ -241,17 +241,21 @@ def actor_plan(
     """
     gpus = int(resources.get("GPU", 0))
     cpu_actors = max(1, min(int(resources.get("CPU", 1) // cpus_per_actor), blocks))
+    asked, actors = actors, min(actors, blocks)  # the pool never starts more actors than batches
     use = resolve_gpu(gpu, gpus)
     # Not resolve_gpu(workers=actors): its refusal speaks of training's workers and --workers.
     if use and actors > gpus:
         if gpu == "yes":
             raise InputError(
-                f"--gpu yes --actors {actors}: each actor needs a GPU and the Ray cluster has {gpus}; "
+                f"--gpu yes --actors {asked}: each actor needs a GPU and the Ray cluster has {gpus}; "
                 f"use --actors {gpus} or fewer, or --gpu no"
             )
-        _log(f"[gpu] --gpu auto --actors {actors}: each would need a GPU and the cluster has {gpus}; CPU actors")
+        _log(f"[gpu] --gpu auto --actors {asked}: each would need a GPU and the cluster has {gpus}; CPU actors")
         use = False
-    if use and gpu == "auto" and actors <= 0 and min(gpus, blocks) * GPU_ACTOR_SPEEDUP < cpu_actors:
+    # In 1-CPU actors' worth: actors of a fraction of a CPU share its core, and more CPUs than one
+    # hardly speed a host-bound actor up (16 threads ranked 1.9x one, BENCHMARKS.md "GPU").
+    cpu_worth = cpu_actors * min(1.0, cpus_per_actor)
+    if use and gpu == "auto" and actors <= 0 and min(gpus, blocks) * GPU_ACTOR_SPEEDUP < cpu_worth:
         _log(
             f"[gpu] --gpu auto: {cpu_actors} CPU actors, not {gpus} GPU actor(s): ranking is host-bound, "
             f"a GPU actor ranks about {GPU_ACTOR_SPEEDUP:g} times what a 1-CPU actor does (--gpu yes for GPU actors)"
@@ -259,7 +263,7 @@ def actor_plan(
         use = False
     if actors <= 0:
         actors = gpus if use else cpu_actors
-    return max(1, min(actors, blocks)), int(use)
+    return max(1, actors), int(use)
 
 
 def _check_an_actor_fits(cpus_per_actor: float) -> None:
@@ -290,8 +294,9 @@ def can_compile() -> bool:
 def resolve_compile(setting: str, users_per_actor: int, use_gpu: bool) -> bool:
     """Whether the actors score through ``torch.compile`` (``setting``: see BatchScoreConfig).
     ``auto`` never compiles for a GPU: there the model is 7% of an actor's time, and on an H200
-    compiled scoring ranked 1.06x eager with one host thread (0.93x with 16), after about 30 s
-    of compiling, which takes some 250,000 households an actor to repay (``bench.gpu_model``)."""
+    compiled scoring ranked 1.06x eager with one host thread (with 16: 1.21x and 0.93x in two
+    runs), after about 30 s of compiling, which takes some 250,000 households an actor to repay
+    at 1.06x (``bench.gpu_model``)."""
     if setting == "no":
         return False
     if setting == "yes":
@@ -372,8 +377,8 @@ def _check_settings(config: BatchScoreConfig) -> None:
             raise InputError("--score-in driver --gpu yes: this process has no CUDA device")
     if config.compile not in COMPILE_SETTINGS:
         raise InputError(f"--compile must be one of {', '.join(COMPILE_SETTINGS)}, not {config.compile!r}")
-    if config.compile == "yes" and config.gpu == "no":
-        # Decidable here: CPU actors need a C++ compiler (with --gpu auto it depends on the cluster).
+    if config.compile == "yes" and (config.gpu == "no" or (config.score_in == "driver" and config.gpu != "yes")):
+        # Decidable here: the CPU needs a C++ compiler (actors under --gpu auto: once Ray shows the cluster).
         resolve_compile("yes", 0, use_gpu=False)
 
 
