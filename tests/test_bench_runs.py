@@ -65,7 +65,7 @@ def test_the_gpu_bench_scores_and_trains_on_the_cpu_where_there_is_no_cuda(small
     profile = summary["profile_cpu_1_thread"]
     assert 0 < profile["inputs_share"] < 1 and 0 < profile["model_share"] < 1
     if not torch.cuda.is_available():
-        assert summary["cuda"] is False and "cuda_eager" not in summary
+        assert summary["cuda"] is False and "cuda_eager_1_thread" not in summary
 
 
 def test_quality_computes_the_baselines_without_a_model_row(monkeypatch, tmp_path):
