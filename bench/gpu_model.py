@@ -207,8 +207,7 @@ def _run(args) -> Dict:
     step(f"cpu_{cores}_threads", score_all(cpu, positions, args.batch)[0])
     if args.lists:
         lists = pq.read_table(args.lists)
-        products = cpu.vocabs.products
-        catalog = Catalog(products.column("department_index"), products.column("category_index"))
+        catalog = cpu.state.catalog
         size = TrainConfig.batch_size
         figures = training_steps(args.model, lists, catalog, torch.device("cpu"), args.steps, size)
         step(f"train_cpu_{cores}_threads", {"lists_per_step": size, **figures})

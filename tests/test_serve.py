@@ -601,7 +601,7 @@ def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_d
     assert service.recommend(new_day)["items"] and not service.needs_pass(new_day)  # the pass over
 
 
-# -- rollout (each test leaves v1 serving: `rollout_port`, or its own `finally`) ------------------
+# -- rollout (each test that rolls out takes `rollout_port`, which leaves v1 serving) ------------
 
 
 class Traffic(threading.Thread):
@@ -686,7 +686,7 @@ def test_a_new_model_at_the_same_path_rolls_out_and_ui_follows_the_args(
 
 @pytest.mark.faults
 def test_deploy_exits_2_on_a_refused_rollout_and_makes_the_serving_model_the_target_again(
-    server, small_model_dir, tmp_path, capsys
+    server, rollout_port, small_model_dir, tmp_path, capsys
 ):
     """A rollout the replica refuses (a sealed model whose ranking settings this code does not
     know: only loading it finds out) keeps the old model serving; jobs.deploy says so in one line,
@@ -699,7 +699,7 @@ def test_deploy_exits_2_on_a_refused_rollout_and_makes_the_serving_model_the_tar
     from ncf.model.integrity import write_manifest
     from serve.launch import serving_user_config
 
-    port = int(server.rsplit(":", 1)[1])
+    port = rollout_port
     refused = sealed_copy(small_model_dir, str(tmp_path / "refused"), "refused")
     with open(os.path.join(refused, CONFIG)) as f:
         config = json.load(f)
@@ -721,8 +721,7 @@ def test_deploy_exits_2_on_a_refused_rollout_and_makes_the_serving_model_the_tar
         assert without_data_end(_health(server)) == {"status": "ok", "model_version": "v1", "rollout_error": None}
         assert serving_user_config()["model_dir"] == small_model_dir
     finally:
-        serve.delete("ncf")
-        start(build_app(_app_args(small_model_dir)), port=port, app_name="ncf_test")
+        serve.delete("ncf")  # rollout_port deploys the session's app again
 
 
 @pytest.mark.faults
@@ -747,7 +746,9 @@ def test_a_deploy_running_serve_would_not_do_as_asked_is_refused_before_any_roll
 
 
 @pytest.mark.faults
-def test_a_redeploy_without_data_says_it_drops_the_data_serve_ranks_from(server, small_model_dir, small_data, capsys):
+def test_a_redeploy_without_data_says_it_drops_the_data_serve_ranks_from(
+    server, rollout_port, small_model_dir, small_data, capsys
+):
     """After jobs.models promote, the printed jobs.deploy --model current without --data rolled the
     model's own (older) histories out in place of the DATA Serve ranked from, without a word."""
     from ray import serve
@@ -755,7 +756,7 @@ def test_a_redeploy_without_data_says_it_drops_the_data_serve_ranks_from(server,
     from jobs import deploy
 
     data, _ = small_data
-    args = ["--model", small_model_dir, "--port", server.rsplit(":", 1)[1], "--detach", "--max-replicas", "1"]
+    args = ["--model", small_model_dir, "--port", str(rollout_port), "--detach", "--max-replicas", "1"]
     serve.delete("ncf_test")  # jobs.deploy's app is at the route prefix / too
     try:
         deploy.main([*args, "--data", data])
@@ -766,8 +767,7 @@ def test_a_redeploy_without_data_says_it_drops_the_data_serve_ranks_from(server,
         deploy.main(args)  # nothing to drop any more
         assert "note:" not in capsys.readouterr().err
     finally:
-        serve.delete("ncf")
-        start(build_app(_app_args(small_model_dir)), port=int(server.rsplit(":", 1)[1]), app_name="ncf_test")
+        serve.delete("ncf")  # rollout_port deploys the session's app again
 
 
 def test_every_entry_point_ranks_the_same(server, recommender, users):
