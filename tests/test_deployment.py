@@ -143,6 +143,34 @@ def test_refit_through_the_cli_serves_every_household_from_histories_to_the_cut(
 
 
 @pytest.mark.faults
+def test_a_csv_refresh_of_a_parquet_trained_model_answers_the_same_ids(ray_session, small_model_dir, tmp_path):
+    """The same log exported as CSV and as Parquet with integer ids: their refreshes rank alike, and
+    both answer integer ids. A CSV's ids used to be kept as text, so Serve answered ``"12"`` where it
+    had answered ``12`` and the nightly partitions' id columns changed type between dates."""
+    logs, catalog = datasets.write_synthetic(str(tmp_path / "raw"), datasets.SMALL)
+    frame = pd.read_parquet(logs)
+    as_csv = str(tmp_path / "logs.csv")
+    frame.to_csv(as_csv, index=False)
+    refreshes = {}
+    for name, path in (("parquet", logs), ("csv", as_csv)):
+        refreshes[name] = str(tmp_path / name)
+        preprocess(
+            schema.resolve_files(path),
+            schema.resolve_files(catalog),
+            refreshes[name],
+            PreprocessConfig(),
+            state_only=True,
+        )
+    households = frame["user_id"].drop_duplicates().head(3).tolist()
+    models = {name: Recommender.load(small_model_dir, data=data) for name, data in refreshes.items()}
+    assert {(m.vocabs.users.kind, m.vocabs.products.kind) for m in models.values()} == {("int", "int")}
+    ranked = {name: model.rank(households, k=5) for name, model in models.items()}
+    for parquet, csv in zip(ranked["parquet"], ranked["csv"]):
+        assert csv.product_ids == parquet.product_ids and all(type(p) is int for p in csv.product_ids)
+    assert np.allclose([r.scores for r in ranked["csv"]], [r.scores for r in ranked["parquet"]])
+
+
+@pytest.mark.faults
 def test_a_model_ranks_from_a_newer_datas_histories(ray_session, small_model_dir, small_data, tmp_path):
     data, stats = small_data
     logs, catalog = datasets.write_synthetic(str(tmp_path / "raw"), datasets.SMALL)

@@ -145,6 +145,28 @@ def test_decimal_ids_beyond_int64_are_returned_as_text(tmp_path):
         assert schema.id_kind(schema.resolve_files(path), "user_id") == kind
 
 
+def test_csv_ids_are_integers_only_where_every_id_is_one_as_int64_writes_it(tmp_path):
+    """A CSV carries no types: its ids are answered as integers when each is one (the same log as
+    Parquet with integer ids answers the same), and as text when any is written otherwise."""
+    assert schema.id_kind(schema.resolve_files(str(_csv(tmp_path))), "user_id") is None  # the ids decide
+    for ids, kind in (
+        (["12", "7", "0", "-5", "9223372036854775807"], "int"),
+        (["12", "007"], "str"),  # 7 would answer for "007"
+        (["12", "+5"], "str"),
+        (["12", "-0"], "str"),
+        (["12", "9223372036854775808"], "str"),  # beyond int64
+        (["12", "u1"], "str"),
+        ([], "str"),
+    ):
+        assert schema.kind_of_ids(pa.array(ids, pa.string())) == kind, ids
+
+
+def _csv(tmp_path) -> str:
+    path = tmp_path / "logs.csv"
+    path.write_text("user_id,product_id,timestamp\n1,1,2024-01-01\n")
+    return str(path)
+
+
 def test_now_and_other_words_are_not_timestamps():
     """Old code read "now" as the wall-clock time: a historical log got a row at today's date."""
     batch = pa.table(

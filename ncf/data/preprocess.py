@@ -208,12 +208,13 @@ def _flag_early(batch: pa.Table, before: int) -> pa.Table:
 def build_vocabularies(
     known: ray.data.Dataset,
     catalog: Optional[pd.DataFrame],
-    id_kinds: Dict[str, str],
+    id_kinds: Dict[str, Optional[str]],
     val_start: Optional[int] = None,
     partitions: Optional[int] = None,
 ) -> tuple[Vocabularies, Dict]:
     """Vocabularies of every household and product of ``known``; products get their hierarchy,
-    both the moment they were first seen (``first_ts``). Product indices follow the purchase
+    both the moment they were first seen (``first_ts``), and each the kind of its ids
+    (``id_kinds``; None: decided by the ids, :func:`ncf.data.schema.kind_of_ids`). Product indices follow the purchase
     counts before ``val_start`` (when given), since evaluation breaks ties between equally
     popular products by index: counts from the held-out weeks would let their purchases decide."""
     users = _distinct_counts(known.select_columns([schema.USER_ID, TS]), schema.USER_ID, partitions=partitions)
@@ -232,9 +233,10 @@ def build_vocabularies(
         return Vocabulary.from_ids(values, kind="str")
 
     departments, categories = level(schema.DEPARTMENT), level(schema.CATEGORY)
+    product_ids = pa.array(products[schema.PRODUCT_ID].tolist(), pa.string())
     product_vocab = Vocabulary.from_ids(
-        products[schema.PRODUCT_ID].tolist(),
-        kind=id_kinds[schema.PRODUCT_ID],
+        product_ids,
+        kind=id_kinds[schema.PRODUCT_ID] or schema.kind_of_ids(product_ids),
         extra={
             "department": joined[schema.DEPARTMENT].tolist(),
             "category": joined[schema.CATEGORY].tolist(),
@@ -243,9 +245,10 @@ def build_vocabularies(
             FIRST_TS: products[FIRST_SEEN].to_numpy(dtype=np.int64),
         },
     )
+    user_ids = pa.array(users[schema.USER_ID].tolist(), pa.string())
     user_vocab = Vocabulary.from_ids(
-        users[schema.USER_ID].tolist(),
-        kind=id_kinds[schema.USER_ID],
+        user_ids,
+        kind=id_kinds[schema.USER_ID] or schema.kind_of_ids(user_ids),
         extra={FIRST_TS: users[FIRST_SEEN].to_numpy(dtype=np.int64)},
     )
     vocabs = Vocabularies(user_vocab, product_vocab, departments, categories)
@@ -502,7 +505,7 @@ def write_examples(
     """The training lists of every cutoff, partitioned by cutoff (``examples/cutoff=C/``);
     ``stats``: the products' stats at each cutoff (:func:`stats_at`); ``partitions``: the
     households' shuffle's (:func:`shuffle_partitions`)."""
-    catalog = Catalog(vocabs.products.column("department_index"), vocabs.products.column("category_index"))
+    catalog = Catalog.of(vocabs.products)
     every = every_cutoff(cutoffs)
     key_limit = list_key_limit(len(vocabs.users), config.list_households)
     if key_limit is not None:

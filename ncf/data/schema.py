@@ -537,11 +537,12 @@ def normalize_catalog_batch(batch: pa.Table) -> pa.Table:
     return table.filter(pc.is_valid(table.column(PRODUCT_ID)))
 
 
-def id_kind(files: InputFiles, column: str) -> str:
+def id_kind(files: InputFiles, column: str) -> Optional[str]:
     """'int' when the id column is integer-typed (or whole-number floats) in every file, else
-    'str' (for returning raw ids)."""
+    'str' (for returning raw ids); None for CSV, whose columns carry no type: the ids themselves
+    decide (:func:`kind_of_ids`)."""
     if files.format == "csv":
-        return "str"
+        return None
     for path in files.paths:
         t = pq.read_schema(path).field(column).type
         t = t.value_type if pa.types.is_dictionary(t) else t
@@ -549,4 +550,27 @@ def id_kind(files: InputFiles, column: str) -> str:
             return "str"
         if pa.types.is_decimal(t) and t.precision - t.scale > 18:
             return "str"  # ids int64 may not hold: returned as their decimal text
+    return "int"
+
+
+# An integer as int64 prints it: no "+", no leading zeros, no "-0" ("007" stays the text id "007").
+_INTEGER_TEXT = r"^(0|-?[1-9][0-9]{0,18})$"
+
+
+def kind_of_ids(ids: pa.Array) -> str:
+    """The kind of text ids read from a format without types (CSV): 'int' when every one is an
+    integer in int64's range written as int64 prints it, so that the same log exported as CSV or
+    as Parquet with integer ids answers its ids as the same JSON integers; else 'str'.
+
+    Example::
+
+        kind_of_ids(pa.array(["12", "7"]))  # 'int'
+        kind_of_ids(pa.array(["12", "007"]))  # 'str'
+    """
+    if len(ids) == 0 or not pc.all(pc.match_substring_regex(ids, _INTEGER_TEXT)).as_py():
+        return "str"
+    try:
+        pc.cast(ids, pa.int64())
+    except pa.ArrowInvalid:  # 19 digits beyond 2**63 - 1
+        return "str"
     return "int"
