@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 
-from jobs.cli import check_model, init_ray, job_parser, one_line_errors
+from jobs.cli import check_model, fail, init_ray, job_parser, one_line_errors
 from ncf.batch.scoring import (
     CHUNK_USERS,
     COMPILE_SETTINGS,
@@ -156,11 +155,9 @@ def main(argv=None) -> dict:
             summary = run_batch_scoring(config, verified_inputs=verified)
         except VerificationFailed as failed:
             print(json.dumps({"verify": failed.report}), flush=True)
-            print(f"error: {failed}", file=sys.stderr, flush=True)
-            sys.exit(1)
+            fail(str(failed))
         except InputsChanged as changed:
-            print(f"error: {changed}", file=sys.stderr, flush=True)
-            sys.exit(1)
+            fail(str(changed))
         print(json.dumps(summary), flush=True)
         return summary
 

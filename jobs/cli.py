@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 from contextlib import contextmanager
+from typing import NoReturn
 
 from jobs import logs
 from ncf.errors import EXIT_TRY_LATER, InputError, TryLater
@@ -82,6 +83,18 @@ def check_head_answers(address: str, wait_s: float = HEAD_WAIT_S, timeout_s: flo
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
+# The jobs' exit codes (README's table; 75 is :data:`ncf.errors.EXIT_TRY_LATER`).
+EXIT_FAILED = 1  # the run failed after it started: a verification, replicas that did not come up
+EXIT_BAD_INPUT = 2  # bad input or arguments (argparse's own code for a bad command line)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C: a sweep resumes with --resume
+
+
+def fail(message: str, status: int = EXIT_FAILED) -> NoReturn:
+    """Ends the job with ``error: MESSAGE``, one line on stderr, and ``status``."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
 @contextmanager
 def one_line_errors():
     """Bad input ends the job with a one-line message and exit code 2, not a traceback; a target
@@ -89,13 +102,12 @@ def one_line_errors():
     try:
         yield
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(exit_status(e))
+        fail(str(e), exit_status(e))
 
 
 def exit_status(error: Exception) -> int:
     """75 (EX_TEMPFAIL) for a target another run holds, 2 for other bad input."""
-    return EXIT_TRY_LATER if isinstance(error, TryLater) else 2
+    return EXIT_TRY_LATER if isinstance(error, TryLater) else EXIT_BAD_INPUT
 
 
 # -- parsers ----------------------------------------------------------------------------------------

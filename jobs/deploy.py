@@ -22,9 +22,11 @@ import os
 import sys
 
 from jobs.cli import (
+    EXIT_BAD_INPUT,
     check_data,
     check_model,
     exit_status,
+    fail,
     init_ray,
     job_parser,
     non_negative_int,
@@ -126,31 +128,22 @@ def main(argv=None) -> dict:
         if note:
             print(f"[deploy] note: {note}", file=sys.stderr, flush=True)
     except (InputError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(exit_status(e))
+        fail(str(e), exit_status(e))
     try:
         url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
         health = wait_until_healthy(url)
     except TimeoutError as e:  # the replicas did not come up: their logs say why
-        print(f"error: {e}; the replicas' logs: {REPLICA_LOGS}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        fail(f"{e}; the replicas' logs: {REPLICA_LOGS}")
     except RuntimeError as e:  # serve.run: the app's replicas failed to start (DEPLOY_FAILED)
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        print(
-            f"error: Serve could not start the app's replicas ({first_line}); the replicas' logs: {REPLICA_LOGS}",
-            file=sys.stderr,
-            flush=True,
-        )
-        sys.exit(1)
+        fail(f"Serve could not start the app's replicas ({first_line}); the replicas' logs: {REPLICA_LOGS}")
     if health.get("rollout_error"):
         restored = restore_previous(app_args, args.host, args.port, args.request_timeout_s)
-        print(
-            f"error: the rollout failed, still serving model {health['model_version']} ({restored}): "
+        fail(
+            f"the rollout failed, still serving model {health['model_version']} ({restored}): "
             f"{health['rollout_error']}",
-            file=sys.stderr,
-            flush=True,
+            EXIT_BAD_INPUT,  # the replicas refused the model and keep the previous one
         )
-        sys.exit(2)
     pages = {"docs": f"{url}/docs", **({"ui": f"{url}/ui"} if args.ui else {})}
     print(json.dumps({"url": url, **pages, **health}), flush=True)
     if not args.detach:

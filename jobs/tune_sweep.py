@@ -8,6 +8,7 @@ import os
 import sys
 
 from jobs.cli import (
+    EXIT_INTERRUPTED,
     add_training_gpu_options,
     check_data,
     init_ray,
@@ -115,7 +116,7 @@ def main(argv=None):
                 table = run_sweep(settings, resume=args.resume)
             except SweepInterrupted as e:
                 print(f"[sweep] {e}", file=sys.stderr, flush=True)
-                sys.exit(130)
+                sys.exit(EXIT_INTERRUPTED)
             print("\n" + table[[c for c in SHOWN if c in table]].to_string(index=False), flush=True)
             print(
                 f"[sweep] results: {settings.output}/results.parquet (and .csv), "
