@@ -82,11 +82,16 @@ from ncf.data.vocab import Vocabularies
 from ncf.device import GPU_SETTINGS, resolve_gpu
 from ncf.errors import InputError
 from ncf.model.directory import ModelDir, read_config
-from ncf.model.integrity import verify_data_state, verify_model_dir
 from ncf.moments import SECONDS_PER_DAY, day_of, first_rankable, resolve_at, run_date_of
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import CHUNK_USERS, MAX_K
-from ncf.rank.state import EmbeddingRows, RankingState, check_catalog, check_data_products, histories_against_model
+from ncf.rank.state import (
+    EmbeddingRows,
+    RankingState,
+    check_catalog,
+    check_model_and_data,
+    histories_against_model,
+)
 from ncf.staging import within
 
 COMPILE_SETTINGS = ("auto", "yes", "no")
@@ -406,11 +411,9 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_i
     # Before Ray starts; PartitionRun checks again under the date's lock.
     commit.check_output(os.path.abspath(config.output), partition_name(run_date_of(at)), config.overwrite)
     if verify_inputs:
-        # Last, as they read every byte. The actors load both without checksums: a damaged
-        # directory would rank wrongly, silently.
-        verify_model_dir(os.path.abspath(config.model))
-        verify_data_state(config.data)
-        check_data_products(ModelDir(os.path.abspath(config.model)), config.data)  # reads the verified vocabularies
+        # Last, as they read every byte (the catalog, checked first above, again: a few bytes). The
+        # actors load both without checksums: a damaged directory would rank wrongly, silently.
+        check_model_and_data(os.path.abspath(config.model), config.data)
     return model_config, at
 
 
