@@ -128,7 +128,7 @@ def _worker(data: str, config: TrainConfig) -> Worker:
     vocabs = Vocabularies.load(layout.vocab_dir(data))
     model_config = config.model_config(vocabs.sizes())
     model, optimizer = build_model(model_config, torch.device("cpu"), config.learning_rate)
-    catalog = Catalog(vocabs.products.column("department_index"), vocabs.products.column("category_index"))
+    catalog = Catalog.of(vocabs.products)
     return Worker(
         cfg=config,
         rank=0,

@@ -39,13 +39,16 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import TYPE_CHECKING, Tuple
 
 import numpy as np
 
 from ncf.data.product_stats import ProductStats
 from ncf.data.timeline import UserTimeline
 from ncf.moments import TIME_PARTS, time_parts_of
+
+if TYPE_CHECKING:
+    from ncf.data.vocab import Vocabulary
 
 # Changes when a feature's definition changes: weights learnt on one version's numbers would read
 # another's silently. Preprocessing records it beside the training lists (stats.json) and jobs
@@ -104,6 +107,11 @@ class Catalog:
 
     department: np.ndarray
     category: np.ndarray
+
+    @staticmethod
+    def of(products: Vocabulary) -> "Catalog":
+        """A product vocabulary's hierarchy (its ``department_index`` and ``category_index``)."""
+        return Catalog(products.column("department_index"), products.column("category_index"))
 
     @property
     def num_products(self) -> int:

@@ -53,8 +53,7 @@ class RankingState:
 
     @cached_property
     def catalog(self) -> Catalog:
-        products = self.vocabs.products
-        return Catalog(products.column("department_index"), products.column("category_index"))
+        return Catalog.of(self.vocabs.products)
 
     @cached_property
     def first_purchase(self) -> Optional[int]:

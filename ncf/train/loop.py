@@ -99,7 +99,7 @@ def setup_worker(cfg: TrainConfig) -> Worker:
     model, optimizer = build_model(model_config, device, cfg.learning_rate)
     if rank == 0:
         log(f"{sharded_table_count(model)} embedding tables on fused kernels across {world_size} worker(s)")
-    catalog = Catalog(vocabs.products.column("department_index"), vocabs.products.column("category_index"))
+    catalog = Catalog.of(vocabs.products)
     trained_through = max(cfg.cutoffs) + stats.horizon_seconds  # where this run's labels end
     # No list holds a product or a household unknown at its cutoff: those first seen in the last
     # label window were in no list, and rank with the trained unknown row, not their untouched own.
