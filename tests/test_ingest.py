@@ -14,6 +14,7 @@ from jobs import preprocess as preprocess_job
 from ncf.data import ingest, layout, schema
 from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import PreprocessConfig, check_inputs, preprocess
+from ncf.data.vocab import Vocabularies
 
 pytestmark = pytest.mark.faults  # the drills of RELIABILITY.md, "Ingest and replacing outputs"
 
@@ -156,9 +157,12 @@ def test_csv_ids_are_integers_only_where_every_id_is_one_as_int64_writes_it(tmp_
         (["12", "-0"], "str"),
         (["12", "9223372036854775808"], "str"),  # beyond int64
         (["12", "u1"], "str"),
+        (["-9223372036854775808", "-9223372036854775809"], "str"),  # the second beyond int64
         ([], "str"),
     ):
         assert schema.kind_of_ids(pa.array(ids, pa.string())) == kind, ids
+    mixed = pa.array(["12", "007", "-9223372036854775808", "9223372036854775808", "x"])
+    assert schema.integer_text(mixed).tolist() == [True, False, True, False, False]
 
 
 def _csv(tmp_path) -> str:
@@ -218,6 +222,27 @@ def _log_rows(n_days: int = 120, per_day: int = 400, start: int = START) -> list
         moment = pd.Timestamp(start + (i // per_day) * DAY + (i % per_day) * 60, unit="s")
         rows.append(f"u{i % 200},p{i % 97},{moment.isoformat()}.25,1")
     return rows
+
+
+def test_one_household_id_that_is_no_integer_keeps_the_csvs_household_ids_text_and_says_so(
+    ray_session, tmp_path, capsys
+):
+    """Integer ids with one ``12a`` among them: every household id is answered as text (one
+    vocabulary, one type), and the console and stats.json name the id that made it so."""
+    rows = [line.replace(",p", ",").lstrip("u") for line in _log_rows(n_days=70, per_day=40)]
+    rows[100] = "12a," + rows[100].split(",", 1)[1]
+    path = tmp_path / "logs.csv"
+    path.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(rows) + "\n")
+    out = str(tmp_path / "out")
+    stats = preprocess(
+        schema.resolve_files(str(path)), None, out, PreprocessConfig(val_weeks=2, test_weeks=2), state_only=True
+    )
+    vocabs = Vocabularies.load(layout.vocab_dir(out))
+    assert (vocabs.users.kind, vocabs.products.kind) == ("str", "int")
+    assert stats["ids_kept_as_text"] == {"user_id": {"not_integers": 1, "ids": 201, "examples": ["12a"]}}
+    assert (
+        "note: every user_id is answered as text (a JSON string): 1 of 201 are not integers" in capsys.readouterr().out
+    )
 
 
 def test_a_csv_with_bad_rows_everywhere_is_quarantined_row_by_row(ray_session, tmp_path):

@@ -214,9 +214,10 @@ def build_vocabularies(
 ) -> tuple[Vocabularies, Dict]:
     """Vocabularies of every household and product of ``known``; products get their hierarchy,
     both the moment they were first seen (``first_ts``), and each the kind of its ids
-    (``id_kinds``; None: decided by the ids, :func:`ncf.data.schema.kind_of_ids`). Product indices follow the purchase
-    counts before ``val_start`` (when given), since evaluation breaks ties between equally
-    popular products by index: counts from the held-out weeks would let their purchases decide."""
+    (``id_kinds``; None: decided by the ids, :func:`ncf.data.schema.kind_of_ids`). Product
+    indices follow the purchase counts before ``val_start`` (when given), since evaluation breaks
+    ties between equally popular products by index: counts from the held-out weeks would let
+    their purchases decide."""
     users = _distinct_counts(known.select_columns([schema.USER_ID, TS]), schema.USER_ID, partitions=partitions)
     products = _distinct_counts(
         known.select_columns([schema.PRODUCT_ID, TS]), schema.PRODUCT_ID, val_start, partitions=partitions
@@ -234,9 +235,11 @@ def build_vocabularies(
 
     departments, categories = level(schema.DEPARTMENT), level(schema.CATEGORY)
     product_ids = pa.array(products[schema.PRODUCT_ID].tolist(), pa.string())
+    user_ids = pa.array(users[schema.USER_ID].tolist(), pa.string())
+    kinds, as_text = _kinds_of_ids({schema.PRODUCT_ID: product_ids, schema.USER_ID: user_ids}, id_kinds)
     product_vocab = Vocabulary.from_ids(
         product_ids,
-        kind=id_kinds[schema.PRODUCT_ID] or schema.kind_of_ids(product_ids),
+        kind=kinds[schema.PRODUCT_ID],
         extra={
             "department": joined[schema.DEPARTMENT].tolist(),
             "category": joined[schema.CATEGORY].tolist(),
@@ -245,14 +248,31 @@ def build_vocabularies(
             FIRST_TS: products[FIRST_SEEN].to_numpy(dtype=np.int64),
         },
     )
-    user_ids = pa.array(users[schema.USER_ID].tolist(), pa.string())
     user_vocab = Vocabulary.from_ids(
         user_ids,
-        kind=id_kinds[schema.USER_ID] or schema.kind_of_ids(user_ids),
+        kind=kinds[schema.USER_ID],
         extra={FIRST_TS: users[FIRST_SEEN].to_numpy(dtype=np.int64)},
     )
     vocabs = Vocabularies(user_vocab, product_vocab, departments, categories)
-    return vocabs, {"products_missing_from_catalog": missing, "products_missing_examples": examples}
+    stats = {"products_missing_from_catalog": missing, "products_missing_examples": examples}
+    return vocabs, {**stats, **({"ids_kept_as_text": as_text} if as_text else {})}
+
+
+def _kinds_of_ids(ids: Dict[str, pa.Array], declared: Dict[str, Optional[str]]) -> tuple[Dict[str, str], Dict]:
+    """Each id column's kind: as its files declare it, else (CSV) decided by its ids. The second
+    value counts the ids of a CSV column kept as text although some of them are integers, with a
+    few examples of the others: the ids a user may want to look at (``"12a"`` among integers)."""
+    kinds, as_text = {}, {}
+    for column, values in ids.items():
+        if declared[column] is not None:
+            kinds[column] = declared[column]
+            continue
+        kinds[column] = schema.kind_of_ids(values)
+        integer = schema.integer_text(values) if kinds[column] == "str" else None
+        if integer is not None and integer.any():
+            others = values.filter(pa.array(~integer))
+            as_text[column] = {"not_integers": len(others), "ids": len(values), "examples": others[:3].to_pylist()}
+    return kinds, as_text
 
 
 def _report_catalog_coverage(vocab_stats: Dict, products: int) -> None:
@@ -754,6 +774,11 @@ def _preprocess_into(
     _log(f"vocabularies: {vocabs.sizes()}")
     if catalog is not None:
         _report_catalog_coverage(vocab_stats, vocabs.sizes()["num_products"] - 1)
+    for column, text in vocab_stats.get("ids_kept_as_text", {}).items():
+        _log(
+            f"note: every {column} is answered as text (a JSON string): {text['not_integers']:,} of "
+            f"{text['ids']:,} are not integers as int64 writes them, e.g. {text['examples']}"
+        )
 
     indexed = kept.map_batches(
         _index_rows,

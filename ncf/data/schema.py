@@ -555,22 +555,30 @@ def id_kind(files: InputFiles, column: str) -> Optional[str]:
 
 # An integer as int64 prints it: no "+", no leading zeros, no "-0" ("007" stays the text id "007").
 _INTEGER_TEXT = r"^(0|-?[1-9][0-9]{0,18})$"
+_INT64_MAX_TEXT, _INT64_MIN_TEXT = str(2**63 - 1), str(-(2**63))
+
+
+def integer_text(ids: pa.Array) -> np.ndarray:
+    """Which text ids are integers in int64's range written as int64 prints them (a bool mask)."""
+    integer = pc.fill_null(pc.match_substring_regex(ids, _INTEGER_TEXT), False)
+    # Beyond int64's range: the same number of characters as its limits and larger, as text.
+    length = pc.utf8_length(ids)
+    beyond = pc.or_(
+        pc.and_(pc.equal(length, len(_INT64_MAX_TEXT)), pc.greater(ids, _INT64_MAX_TEXT)),
+        pc.and_(pc.equal(length, len(_INT64_MIN_TEXT)), pc.greater(ids, _INT64_MIN_TEXT)),
+    )
+    return pc.and_(integer, pc.invert(pc.fill_null(beyond, False))).to_numpy(zero_copy_only=False)
 
 
 def kind_of_ids(ids: pa.Array) -> str:
     """The kind of text ids read from a format without types (CSV): 'int' when every one is an
-    integer in int64's range written as int64 prints it, so that the same log exported as CSV or
-    as Parquet with integer ids answers its ids as the same JSON integers; else 'str'.
+    integer in int64's range written as int64 prints it (:func:`integer_text`), so that the same
+    log exported as CSV or as Parquet with integer ids answers its ids as the same JSON integers;
+    else 'str'.
 
     Example::
 
         kind_of_ids(pa.array(["12", "7"]))  # 'int'
         kind_of_ids(pa.array(["12", "007"]))  # 'str'
     """
-    if len(ids) == 0 or not pc.all(pc.match_substring_regex(ids, _INTEGER_TEXT)).as_py():
-        return "str"
-    try:
-        pc.cast(ids, pa.int64())
-    except pa.ArrowInvalid:  # 19 digits beyond 2**63 - 1
-        return "str"
-    return "int"
+    return "int" if len(ids) and integer_text(ids).all() else "str"
