@@ -74,13 +74,13 @@ bench: setup
 # The platform records runs and models with mlflow-skinny (in the lock). The UI needs the full
 # `mlflow` package, whose pins (pyarrow<26; python-dateutil<3 through graphene) clash with the
 # lock's pyarrow 26 and python-dateutil 4: it gets an environment of its own, at the same MLflow
-# version (the store's schema), reading the same store.
+# version (the store's schema), pinned whole in requirements/mlflow-ui.txt, reading the same store.
 MLFLOW_VENV  := .venv-mlflow
 MLFLOW_STORE ?= sqlite:///artifacts/mlflow.db
 MLFLOW_PORT  ?= 5000
-$(MLFLOW_VENV)/.setup: Makefile
+$(MLFLOW_VENV)/.setup: Makefile requirements/mlflow-ui.txt
 	@test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
-	$(MLFLOW_VENV)/bin/python -m pip --disable-pip-version-check install -q mlflow==3.17.2
+	$(MLFLOW_VENV)/bin/python -m pip --disable-pip-version-check install -q -r requirements/mlflow-ui.txt
 	@touch $@
 
 mlflow-ui: $(MLFLOW_VENV)/.setup

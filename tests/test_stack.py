@@ -1,6 +1,9 @@
 """The pinned stack loads: TorchRec with fbgemm runs an EmbeddingBagCollection on CPU."""
 
+import os
+
 import torch
+from helpers import REPO
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -39,3 +42,18 @@ def test_ray_cluster_runs_a_task(ray_session):
 
     assert ray.get([square.remote(i) for i in range(4)]) == [0, 1, 4, 9]
     assert ray.cluster_resources()["CPU"] <= 2
+
+
+def _pins(name: str) -> dict:
+    with open(os.path.join(REPO, "requirements", name)) as f:
+        lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    return dict(line.split("==", 1) for line in lines)
+
+
+def test_the_mlflow_ui_environment_is_pinned_whole_at_the_platforms_mlflow():
+    """`make mlflow-ui` installs requirements/mlflow-ui.txt: every package pinned (it used to pin
+    MLflow alone, its dependencies whatever pip resolved that day), and MLflow at the version the
+    platform records with (the store's schema is MLflow's)."""
+    ui = _pins("mlflow-ui.txt")
+    assert all(version for version in ui.values()) and "mlflow" in ui
+    assert ui["mlflow"] == ui["mlflow-skinny"] == _pins("lock.txt")["mlflow-skinny"]
