@@ -939,3 +939,22 @@ def test_an_explained_run_writes_each_rows_reason_as_rank_gives_it(small_model_d
     assert not verify.same_reasons([{**rows[0], "score_if_never_bought": nudged * 1.01}] + rows[1:], warm_reasons)
     assert not verify.same_reasons(None, None) and verify.same_reasons([None] * K, None)
     assert not verify.same_reasons(rows, None) and not verify.same_reasons([None] * K, warm_reasons)
+
+
+def test_a_run_whose_id_types_differ_from_the_previous_partitions_says_so(tmp_path):
+    """Integer ids yesterday, text today (a CSV refresh with one id that is no integer): Spark or
+    pyarrow.dataset reading both partitions refuses the pair, so the run says so."""
+    from ncf.data.vocab import Vocabulary
+
+    data, output = str(tmp_path / "data"), str(tmp_path / "out")
+    earlier = partitions.partition_dir(output, "2024-01-01")
+    os.makedirs(earlier)
+    pq.write_table(pa.table({"user_id": [7], "rank": [1], "product_id": [3]}), os.path.join(earlier, "part-0.parquet"))
+    write_json(os.path.join(earlier, bs.SUCCESS), {"run_id": "r1"})
+    for users_kind, expected in (("int", None), ("str", "user_id string (was int64)")):
+        Vocabulary.from_ids(["7", "12a"], kind=users_kind).save(os.path.join(layout.vocab_dir(data), "users.parquet"))
+        Vocabulary.from_ids(["3"], kind="int").save(os.path.join(layout.vocab_dir(data), "products.parquet"))
+        note = partitions.id_types_changed(output, "2024-01-02", data)
+        assert note is None if expected is None else expected in note and "run_date=2024-01-01" in note, note
+    assert partitions.id_types_changed(output, "2024-01-01", data) is None  # nothing committed before that date
+    assert partitions.id_types_changed(str(tmp_path / "none"), "2024-01-02", data) is None

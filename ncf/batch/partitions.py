@@ -72,6 +72,44 @@ def typed_ids(vocab: Vocabulary, ids: pa.Array) -> pa.Array:
     return ids.cast(pa.int64()) if vocab.kind == "int" else ids
 
 
+def id_types_changed(output: str, run_date: str, data: str) -> Optional[str]:
+    """A note when the id columns a run of ``run_date`` writes from ``data`` have other types than
+    in the latest partition committed before it (a CSV refresh with one id that is no integer
+    turns a column of integers into text): readers that merge the partitions' schemas (Spark,
+    Hive, pyarrow.dataset) refuse such a pair. None when they agree or nothing came before."""
+    earlier = _latest_committed_before(output, run_date)
+    if earlier is None:
+        return None
+    written = pads.dataset(partition_dir(output, earlier), format="parquet").schema
+    now = {"user_id": _written_type(data, "users"), "product_id": _written_type(data, "products")}
+    changed = [
+        f"{column} {now[column]} (was {written.field(column).type})"
+        for column in now
+        if column in written.names and written.field(column).type != now[column]
+    ]
+    if not changed:
+        return None
+    return (
+        f"this run writes {', '.join(changed)} in {partition_name(earlier)}, as DATA's ids are now typed (string: "
+        "some id is no integer; jobs.preprocess names them): readers that merge the partitions' schemas refuse the two"
+    )
+
+
+def _written_type(data: str, vocabulary: str) -> pa.DataType:
+    """The type a run writes a vocabulary's ids as (:func:`typed_ids`), from its footer alone."""
+    kind = Vocabulary.kind_in(os.path.join(layout.vocab_dir(data), f"{vocabulary}.parquet"))
+    return pa.int64() if kind == "int" else pa.string()
+
+
+def _latest_committed_before(output: str, run_date: str) -> Optional[str]:
+    prefix = f"{PARTITION_KEY}="
+    try:
+        dates = sorted(n[len(prefix) :] for n in os.listdir(output) if n.startswith(prefix))
+    except OSError:  # no OUT yet
+        return None
+    return next((d for d in reversed(dates) if d < run_date and read_manifest(output, d) is not None), None)
+
+
 def read_manifest(output: str, run_date: str) -> Optional[Dict]:
     """The partition's ``_SUCCESS`` manifest, or None when the partition is not committed (or is
     another tool's: :func:`ncf.batch.commit.read_committed`)."""

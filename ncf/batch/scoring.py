@@ -66,7 +66,7 @@ import pyarrow.dataset as pads
 
 from ncf.batch import commit
 from ncf.batch.commit import STALE_SECONDS, SUCCESS, TMP, PartitionRun  # noqa: F401  (part of this module's API)
-from ncf.batch.partitions import count_users, partition_name, read_users
+from ncf.batch.partitions import count_users, id_types_changed, partition_name, read_users
 from ncf.batch.scorer import (
     InputsChanged,
     ScoreBatch,
@@ -469,8 +469,12 @@ def run_batch_scoring(
     data_boundaries = layout.DataStats(config.data).boundaries
     data_end = data_boundaries["end"]
     replay = at <= data_end
-    for note in histories_against_model(model_config, data_boundaries):
-        log(note)
+    for note in [
+        *histories_against_model(model_config, data_boundaries),
+        id_types_changed(output, run_date, config.data),
+    ]:
+        if note:
+            log(note)
     if not replay and at - data_end > STALE_DATA_DAYS * SECONDS_PER_DAY:
         log(
             f"DATA's last purchase is {(at - data_end) / SECONDS_PER_DAY:.0f} days before the moment scored: every "

@@ -170,6 +170,11 @@ class Vocabulary:
         pq.write_table(table, path)
 
     @staticmethod
+    def kind_in(path: str) -> str:
+        """The kind a saved vocabulary records, from its Parquet footer alone (no ids read)."""
+        return (pq.read_schema(path).metadata or {}).get(b"kind", b"str").decode()
+
+    @staticmethod
     def load(path: str) -> "Vocabulary":
         table = pq.read_table(path)
         index = table.column("index").to_numpy()  # no Python list: 10M households are 10M ints
