@@ -136,14 +136,38 @@ def test_decimal_ids_are_exact_beyond_float_precision():
     assert out.column("product_id").to_pylist()[::2] == ["12", "7"]
 
 
-def test_decimal_ids_beyond_int64_are_returned_as_text(tmp_path):
+def test_ids_int64_may_not_hold_are_integers_only_where_every_one_fits(tmp_path):
     """A vocabulary of kind "int" casts the ids back to int64 for the nightly output: 19-digit
-    decimals above 2**63 broke that cast after Ray had started."""
-    for precision, kind in ((18, "int"), (38, "str")):
-        path = str(tmp_path / f"d{precision}.parquet")
-        ids = pa.array([decimal.Decimal("12"), decimal.Decimal("99999999999999999")], pa.decimal128(precision, 0))
+    decimals above 2**63 broke that cast after Ray had started, and so did uint64 ids (a
+    ClickHouse UInt64, hashed ids) until 2026-12-04. Where the type may not fit, the ids decide,
+    as a CSV's do: a NUMBER(38,0) of small ids answers integers, as its CSV export does."""
+    columns = {
+        "decimal18": pa.array([decimal.Decimal("12"), decimal.Decimal("99999999999999999")], pa.decimal128(18, 0)),
+        "decimal38": pa.array([decimal.Decimal("12"), decimal.Decimal("99999999999999999")], pa.decimal128(38, 0)),
+        "uint64": pa.array([12, 2**64 - 5], pa.uint64()),
+        "uint32": pa.array([12, 2**32 - 1], pa.uint32()),
+    }
+    kinds = {}
+    for name, ids in columns.items():
+        path = str(tmp_path / f"{name}.parquet")
         pq.write_table(pa.table({"user_id": ids, "product_id": [1, 2], "timestamp": ["2024-01-02"] * 2}), path)
-        assert schema.id_kind(schema.resolve_files(path), "user_id") == kind
+        declared = schema.id_kind(schema.resolve_files(path), "user_id")
+        validated = schema.validate_log_batch(pq.read_table(path))
+        assert validated.column("reason").null_count == 2, name  # every id is good
+        kinds[name] = declared or schema.kind_of_ids(validated.column("user_id"))
+        assert (declared is None) == (name in ("decimal38", "uint64")), name
+    assert kinds == {"decimal18": "int", "decimal38": "int", "uint64": "str", "uint32": "int"}
+
+
+def test_ids_in_scientific_notation_are_bad_ids_not_guesses():
+    """Excel writes a 13-digit EAN as 4.00638E+12 (six digits kept) and Spark a large double id as
+    1.2345678E7: kept as text they merged every EAN sharing six digits into one product, and
+    made 12345678 two households. A product code such as 3E10 is no such number."""
+    ids = ["4.00638E+12", "1.2345678E7", "4E+12", "-1.5e-3", "3E10", "12.0", "4006381333931"]
+    batch = pa.table({"user_id": ["u"] * len(ids), "product_id": ids, "timestamp": ["2024-01-02"] * len(ids)})
+    out = schema.validate_log_batch(batch)
+    assert out.column("reason").to_pylist() == [schema.BAD_PRODUCT_ID] * 4 + [None] * 3
+    assert out.column("product_id").to_pylist() == [*ids[:5], "12", "4006381333931"]
 
 
 def test_csv_ids_are_integers_only_where_every_id_is_one_as_int64_writes_it(tmp_path):

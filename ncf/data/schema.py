@@ -411,9 +411,19 @@ def _ids(column, whole_number_text: bool = True) -> Tuple[pa.Array, np.ndarray, 
     trimmed = pc.utf8_trim_whitespace(text)
     if whole_number_text:
         trimmed = pc.replace_substring_regex(trimmed, r"^(-?[0-9]+)\.0+$", r"\1")
+        # A number Excel or Spark wrote in scientific notation may have lost digits, and as text
+        # it would be an id apart from the same number written out: a bad id, not a guess.
+        invalid = invalid | pc.fill_null(pc.match_substring_regex(trimmed, _SCIENTIFIC), False).to_numpy(
+            zero_copy_only=False
+        )
     missing = _missing_text(trimmed) & ~invalid
     ids = pc.if_else(pa.array(invalid), raw, pc.if_else(pa.array(missing), _null_strings(n), trimmed))
     return ids, missing, invalid
+
+
+# How Excel (4.00638E+12, six digits kept) and Java / Spark (1.2345678E7) write large numbers; a
+# product code such as 3E10 (no decimal point, no exponent sign) is no such number.
+_SCIENTIFIC = r"^-?[0-9](\.[0-9]+[eE][+-]?|[eE]\+)[0-9]+$"
 
 
 _NOT_TIMESTAMPS = ("now", "today", "tomorrow", "yesterday")  # pandas reads the first two as wall-clock time
@@ -538,19 +548,22 @@ def normalize_catalog_batch(batch: pa.Table) -> pa.Table:
 
 
 def id_kind(files: InputFiles, column: str) -> Optional[str]:
-    """'int' when the id column is integer-typed (or whole-number floats) in every file, else
-    'str' (for returning raw ids); None for CSV, whose columns carry no type: the ids themselves
-    decide (:func:`kind_of_ids`)."""
+    """'int' when the id column's type in every file holds only ids int64 holds (integers up to
+    int64 or uint32, whole-number floats, decimals of up to 18 digits), 'str' when some file's
+    is text (for returning raw ids); None where the ids themselves decide (:func:`kind_of_ids`):
+    CSV, whose columns carry no type, and uint64 and wider decimals, whose ids int64 may not hold
+    (a ClickHouse UInt64, a warehouse's NUMBER(38,0): answered as integers when every one fits)."""
     if files.format == "csv":
         return None
+    decided_by_ids = False
     for path in files.paths:
         t = pq.read_schema(path).field(column).type
         t = t.value_type if pa.types.is_dictionary(t) else t
         if not (_is_number(t) or pa.types.is_null(t)):
             return "str"
-        if pa.types.is_decimal(t) and t.precision - t.scale > 18:
-            return "str"  # ids int64 may not hold: returned as their decimal text
-    return "int"
+        wide = pa.types.is_decimal(t) and t.precision - t.scale > 18
+        decided_by_ids = decided_by_ids or wide or pa.types.is_uint64(t)
+    return None if decided_by_ids else "int"
 
 
 # An integer as int64 prints it: no "+", no leading zeros, no "-0" ("007" stays the text id "007").
