@@ -2,10 +2,12 @@
 never an unexplained traceback, never a row lost (property-based, hypothesis)."""
 
 import os
+import re
 import subprocess
 import sys
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -84,12 +86,19 @@ def test_hostile_rows_are_kept_or_quarantined_never_lost(rows):
     kept = [i for i, r in enumerate(reasons) if r is None]
     assert set(r for r in reasons if r) <= {
         schema.NULL_USER_ID,
+        schema.BAD_USER_ID,
         schema.NULL_PRODUCT_ID,
+        schema.BAD_PRODUCT_ID,
         schema.BAD_TIMESTAMP,
         schema.TIMESTAMP_OUT_OF_RANGE,
         schema.BAD_QUANTITY,
         schema.NON_POSITIVE_QUANTITY,
     }
+    # Text ids are bad only when they are numbers in scientific notation (digits maybe lost).
+    for ids, bad in ((users, schema.BAD_USER_ID), (products, schema.BAD_PRODUCT_ID)):
+        for i in (i for i, r in enumerate(reasons) if r == bad):
+            trimmed = pc.utf8_trim_whitespace(pa.array([ids[i]])).to_pylist()[0]  # as validation trims
+            assert re.fullmatch(schema.SCIENTIFIC_NUMBER, trimmed), ids[i]
     for i in kept:
         # Fractions are kept (goods sold by weight); only non-positive quantities are refused.
         assert users[i] and products[i] and out.column("quantity")[i].as_py() > 0

@@ -413,7 +413,7 @@ def _ids(column, whole_number_text: bool = True) -> Tuple[pa.Array, np.ndarray, 
         trimmed = pc.replace_substring_regex(trimmed, r"^(-?[0-9]+)\.0+$", r"\1")
         # A number Excel or Spark wrote in scientific notation may have lost digits, and as text
         # it would be an id apart from the same number written out: a bad id, not a guess.
-        invalid = invalid | pc.fill_null(pc.match_substring_regex(trimmed, _SCIENTIFIC), False).to_numpy(
+        invalid = invalid | pc.fill_null(pc.match_substring_regex(trimmed, SCIENTIFIC_NUMBER), False).to_numpy(
             zero_copy_only=False
         )
     missing = _missing_text(trimmed) & ~invalid
@@ -423,7 +423,7 @@ def _ids(column, whole_number_text: bool = True) -> Tuple[pa.Array, np.ndarray, 
 
 # How Excel (4.00638E+12, six digits kept) and Java / Spark (1.2345678E7) write large numbers; a
 # product code such as 3E10 (no decimal point, no exponent sign) is no such number.
-_SCIENTIFIC = r"^-?[0-9](\.[0-9]+[eE][+-]?|[eE]\+)[0-9]+$"
+SCIENTIFIC_NUMBER = r"^-?[0-9](\.[0-9]+[eE][+-]?|[eE]\+)[0-9]+$"
 
 
 _NOT_TIMESTAMPS = ("now", "today", "tomorrow", "yesterday")  # pandas reads the first two as wall-clock time
