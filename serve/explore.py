@@ -39,7 +39,7 @@ def history(service: ModelService, request: HistoryRequest) -> Dict:
     chosen = list(zip(starts.tolist(), ends.tolist()))[::-1][: request.baskets]
     baskets = [{"at": _iso(int(times[s])), "products": _basket_items(service, products[s:e])} for s, e in chosen]
     return {
-        "user_id": request.user_id,
+        "user_id": recommender.answered_ids([request.user_id], np.array([user]))[0],
         "known": user != UNKNOWN_INDEX,
         "purchases": before,
         "baskets": baskets,

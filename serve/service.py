@@ -295,8 +295,9 @@ class ModelService:
             raise UnknownProducts(unknown)
         at = self.moment(request.at)
         scores, cold = self.recommender.score_items(request.user_id, request.product_ids, at)
+        user = self.recommender.vocabs.users.index_of([request.user_id])
         return {
-            "user_id": request.user_id,
+            "user_id": self.recommender.answered_ids([request.user_id], user)[0],
             "cold_start": cold,
             "scores": scores,
             "at": _iso(at),

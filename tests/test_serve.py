@@ -132,6 +132,22 @@ def test_recommend_matches_the_scoring_core(server, recommender, users):
     assert "because" not in body["items"][0] and "reason" not in body["items"][0]
 
 
+def test_answers_type_a_known_households_id_as_its_vocabulary_does(server, recommender, users):
+    """The small data's ids are integers: asked for as text ("1364", as the explorer asks), the
+    answers carry the integer, as the nightly partitions and /households do, so that they join
+    on user_id; an unknown household's id comes back as it was asked. Old code echoed the
+    request's JSON type, so one household answered as 1364 and as "1364"."""
+    assert recommender.vocabs.users.kind == "int" and isinstance(users[0], int)
+    asked = str(users[0])
+    single = post(f"{server}/recommend", {"user_id": asked, "k": 3}).json()
+    batch = post(f"{server}/recommend/batch", {"user_ids": [asked, users[0], "no-such-household"], "k": 3}).json()
+    scored = post(f"{server}/score", {"user_id": asked, "product_ids": [single["items"][0]["product_id"]]}).json()
+    history = post(f"{server}/history", {"user_id": asked}).json()
+    assert [r["user_id"] for r in batch["results"]] == [users[0], users[0], "no-such-household"]
+    assert single["user_id"] == scored["user_id"] == history["user_id"] == users[0]
+    assert ids(single["items"]) == ids(batch["results"][0]["items"]) == ids(batch["results"][1]["items"])
+
+
 def test_at_changes_the_temporal_features(server, recommender, users):
     early = post(
         f"{server}/recommend", {"user_id": users[0], "at": recommender.default_at - 40 * 86400 + 3 * 3600}

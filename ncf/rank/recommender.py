@@ -257,7 +257,15 @@ class Recommender:
             )
             for i, ranking in zip(positions, ranked):
                 rankings[i] = ranking
-        return [self._raw(u, a, r) for u, a, r in zip(user_ids, moments, rankings)]
+        return [self._raw(u, a, r) for u, a, r in zip(self.answered_ids(user_ids, users), moments, rankings)]
+
+    def answered_ids(self, user_ids: Sequence, users: np.ndarray) -> List:
+        """Household ids as answers carry them: a known household's as its vocabulary types it
+        (``1364`` for ``"1364"`` where the logs' ids were integers), as the nightly partitions and
+        ``/households`` do, so that answers join with them; an unknown one's as it was asked.
+        ``users``: their indices (:meth:`Vocabulary.index_of`)."""
+        typed = self.vocabs.users.raw_of(users)
+        return [asked if index == UNKNOWN_INDEX else known for asked, index, known in zip(user_ids, users, typed)]
 
     def score(self, user_id, product_ids: Sequence, at=None) -> List[float]:
         """Probabilities that the household buys each product within the horizon after ``at``.
