@@ -38,9 +38,16 @@ from ncf.errors import InputError
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
 from serve.app import build_app
-from serve.launch import running_address, serve_until_stopped, start, wait_until_healthy
+from serve.launch import (
+    every_replica_health,
+    running_address,
+    running_replicas,
+    serve_until_stopped,
+    start,
+    wait_until_healthy,
+)
 from serve.limits import REQUEST_TIMEOUT_S
-from serve.rollout import check_can_deploy, dropped_data_note, restore_previous
+from serve.rollout import check_can_deploy, dropped_data_note, refused_rollout, restore_previous, serving_before
 
 REPLICA_LOGS = "/tmp/ray/session_latest/logs/serve/"
 
@@ -124,7 +131,8 @@ def main(argv=None) -> dict:
         init_ray()
         running = running_address()
         check_can_deploy(running, args.host, args.port, args.detach)
-        note = dropped_data_note(args.data, running)
+        serving = serving_before(running)
+        note = dropped_data_note(args.data, serving)
         if note:
             print(f"[deploy] note: {note}", file=sys.stderr, flush=True)
     except (InputError, ValueError) as e:
@@ -132,23 +140,23 @@ def main(argv=None) -> dict:
     try:
         url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
         health = wait_until_healthy(url)
+        answers = every_replica_health(url, running_replicas())
     except TimeoutError as e:  # the replicas did not come up: their logs say why
         fail(f"{e}; the replicas' logs: {REPLICA_LOGS}")
     except RuntimeError as e:  # serve.run: the app's replicas failed to start (DEPLOY_FAILED)
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         fail(f"Serve could not start the app's replicas ({first_line}); the replicas' logs: {REPLICA_LOGS}")
-    if health.get("rollout_error"):
-        restored = restore_previous(app_args, args.host, args.port, args.request_timeout_s)
-        fail(
-            f"the rollout failed, still serving model {health['model_version']} ({restored}): "
-            f"{health['rollout_error']}",
-            EXIT_BAD_INPUT,  # the replicas refused the model and keep the previous one
-        )
+    refused = refused_rollout(answers or {"": health})
+    if refused:
+        restored = restore_previous(app_args, args.host, args.port, args.request_timeout_s, serving)
+        # The replicas refused the model and keep the previous one: bad input, as a refused model is.
+        fail(f"{refused} ({restored})", EXIT_BAD_INPUT)
     pages = {"docs": f"{url}/docs", **({"ui": f"{url}/ui"} if args.ui else {})}
-    print(json.dumps({"url": url, **pages, **health}), flush=True)
+    outcome = {**health, "replicas_checked": len(answers)}
+    print(json.dumps({"url": url, **pages, **outcome}), flush=True)
     if not args.detach:
         serve_until_stopped()
-    return health
+    return outcome
 
 
 if __name__ == "__main__":

@@ -196,6 +196,9 @@ class Health(BaseModel):
         description="why the last rollout failed, while the model of model_version keeps serving; "
         "null when the model asked for is the one serving",
     )
+    replica: Optional[str] = Field(
+        None, description="the replica answering (Serve's replica tag): a rollout is checked on every one"
+    )
 
 
 class ErrorBody(BaseModel):

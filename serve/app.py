@@ -169,7 +169,7 @@ class RecommenderDeployment:
     def healthz(self) -> Dict:
         """200 with the version of the model serving once one is loaded (and ``rollout_error``
         when the last rollout failed and that model kept serving), 503 before."""
-        return self._ready().health(self._rollout_error)
+        return {**self._ready().health(self._rollout_error), "replica": serve.get_replica_context().replica_tag}
 
     @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
     async def recommend(self, request: RecommendRequest) -> Dict:

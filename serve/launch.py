@@ -104,6 +104,36 @@ def wait_until_healthy(base_url: str, timeout_s: float = 60.0) -> Dict:
     raise TimeoutError(f"{base_url}/healthz not healthy after {timeout_s:.0f} s: {last_error}")
 
 
+def every_replica_health(base_url: str, replicas: int, timeout_s: float = 30.0) -> Dict[str, Dict]:
+    """The latest ``/healthz`` answer of each replica (by its ``replica`` tag), asked until
+    ``replicas`` of them have answered or ``timeout_s`` passes (then those that did). Serve's
+    proxy hands each request to one replica, so one answer says nothing of the others: a rollout
+    that failed on one replica of two (out of memory there, DATA replaced between their loads)
+    would pass a single probe, and answers would alternate between two models."""
+    answers: Dict[str, Dict] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(answers) < max(replicas, 1) and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/healthz", timeout=5) as response:
+                health = json.load(response)
+            answers[str(health.get("replica"))] = health
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.25)  # a replica stopping (scaled down) between the count and the probe
+    return answers
+
+
+def running_replicas(app_name: str = APP_NAME) -> int:
+    """How many replicas of the app's deployment Serve runs now (0: no such app)."""
+    from ray import serve
+
+    from serve.app import DEPLOYMENT_NAME
+
+    app = serve.status().applications.get(app_name)
+    deployment = app.deployments.get(DEPLOYMENT_NAME) if app is not None else None
+    states = {} if deployment is None else deployment.replica_states
+    return sum(count for state, count in states.items() if state == "RUNNING")
+
+
 def serve_until_stopped() -> None:
     """Blocks until Ctrl-C or SIGTERM (what `ray job stop` and process managers send), then
     shuts Serve down so that the replicas drain rather than die mid-request."""

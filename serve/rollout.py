@@ -14,7 +14,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from ncf.errors import InputError
 from serve.launch import WILDCARD_HOSTS, base_url, check_port_free, serving_user_config, start
@@ -50,17 +50,24 @@ def serves_address(running: Tuple[str, int], host: str, port: int) -> bool:
     return running_port == port and (running_host in WILDCARD_HOSTS or running_host == host)
 
 
-def dropped_data_note(data: Optional[str], running: Optional[Tuple[str, int]]) -> Optional[str]:
-    """What a rollout without DATA drops, in words, when Serve ranks from a DATA now: the model's
-    own state (its training DATA's histories) replaces the fresher ones (a redeploy after
-    ``jobs.models promote`` or ``rollback`` most of all). None when nothing is dropped."""
-    if data is not None or running is None:
+def serving_before(running: Optional[Tuple[str, int]]) -> Optional[Dict]:
+    """The settings the app's replicas serve before a rollout (None: no app of ours, or no model
+    loaded yet): what a rollout that fails on some replica is undone to, and what a rollout
+    without DATA would drop. ``running``: :func:`serve.launch.running_address`."""
+    if running is None:
         return None
     try:
-        serving = serving_user_config()
-    except Exception:  # no app of ours on the cluster's Serve: nothing to drop
+        return serving_user_config()
+    except Exception:  # no app of ours on the cluster's Serve
         return None
-    if not (serving and serving.get("data")):
+
+
+def dropped_data_note(data: Optional[str], serving: Optional[Dict]) -> Optional[str]:
+    """What a rollout without DATA drops, in words, when Serve ranks from a DATA now
+    (``serving``: :func:`serving_before`): the model's own state (its training DATA's histories)
+    replaces the fresher ones (a redeploy after ``jobs.models promote`` or ``rollback`` most of
+    all). None when nothing is dropped."""
+    if data is not None or not (serving and serving.get("data")):
         return None
     return (
         f"Serve ranks from DATA {serving['data']}; without --data this rollout ranks from the model's own "
@@ -68,14 +75,31 @@ def dropped_data_note(data: Optional[str], running: Optional[Tuple[str, int]]) -
     )
 
 
-def restore_previous(app_args: dict, host: str, port: int, request_timeout_s: Optional[float]) -> str:
-    """Deploys the settings the replicas still serve (model, DATA, their fingerprints, candidates,
-    default moment, ui) with ``app_args``' scaling options, so that Serve's target is a model
-    that loads; returns what became of the target, for the job's error line."""
+def refused_rollout(answers: Dict[str, Dict]) -> Optional[str]:
+    """The job's error line for a rollout some replica refused (``answers``: each replica's
+    ``/healthz``, :func:`serve.launch.every_replica_health`); None when none did."""
+    refused = [health for health in answers.values() if health.get("rollout_error")]
+    if not refused:
+        return None
+    first = refused[0]
+    return (
+        f"the rollout failed on {len(refused)} of {len(answers)} replica(s), which kept serving model "
+        f"{first['model_version']}: {first['rollout_error']}"
+    )
+
+
+def restore_previous(
+    app_args: dict, host: str, port: int, request_timeout_s: Optional[float], previous: Optional[Dict] = None
+) -> str:
+    """Deploys the settings served before the rollout (``previous``, :func:`serving_before`; by
+    default those a replica serves now: after a rollout every replica refused, the same) with
+    ``app_args``' scaling options, so that Serve's target, and every replica, is a model that
+    loads (model, DATA, their fingerprints, candidates, default moment, ui); returns what became
+    of the target, for the job's error line."""
     from serve.app import restore_app
 
     try:
-        previous = serving_user_config()
+        previous = previous or serving_user_config()
     except Exception as e:  # the job still ends with its one line
         return f"Serve's target is still the refused settings: the serving ones could not be read ({type(e).__name__})"
     if previous is None:

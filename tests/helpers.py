@@ -37,9 +37,10 @@ def free_ports(count: int) -> list:
             s.close()
 
 
-def without_data_end(health: dict) -> dict:
-    """A /healthz answer without ``data_end`` (the histories' last purchase, checked apart)."""
-    return {k: v for k, v in health.items() if k != "data_end"}
+def model_health(health: dict) -> dict:
+    """A /healthz answer without ``data_end`` (the histories' last purchase) and ``replica`` (the
+    one that answered), both checked apart."""
+    return {k: v for k, v in health.items() if k not in ("data_end", "replica")}
 
 
 def sealed_copy(model_dir: str, destination: str, version: str) -> str:

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from helpers import free_port, replica_names, sealed_copy, without_data_end
+from helpers import free_port, model_health, replica_names, sealed_copy
 
 pytestmark = pytest.mark.faults
 
@@ -210,7 +210,7 @@ def test_corrupt_model_rollouts_under_load_fail_no_request(ray_session, small_mo
         assert expected in (reported.get(name) or ""), (name, reported)
         assert str(tmp_path) not in reported[name]  # no server path on /healthz
     assert set(answers[:served_before_good]) == {"v1"}, "a corrupt model never answered"
-    assert answers[-1] == "v2" and without_data_end(health) == {
+    assert answers[-1] == "v2" and model_health(health) == {
         "status": "ok",
         "model_version": "v2",
         "rollout_error": None,

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 import requests
-from helpers import free_port, replica_names, sealed_copy, without_data_end
+from helpers import free_port, model_health, replica_names, sealed_copy
 
 from ncf.errors import InputError
 from ncf.moments import first_rankable, run_date_of
@@ -95,6 +95,7 @@ def test_healthz_reports_the_loaded_version_and_no_path(server, small_model_dir,
     # How fresh the histories are: the last purchase of the state the replica ranks from.
     data_end = datetime.fromisoformat(body.pop("data_end").replace("Z", "+00:00"))
     assert data_end.timestamp() == recommender.state.end
+    assert body.pop("replica")  # Serve's tag of the replica that answered: a rollout is checked on each
     assert body == {"status": "ok", "model_version": "v1", "rollout_error": None}
     assert os.path.dirname(os.path.abspath(small_model_dir)) not in r.text  # where files live is not told
 
@@ -670,7 +671,7 @@ def test_second_version_rolls_out_while_requests_keep_succeeding(
     switch = traffic.versions.index("v2")
     assert set(traffic.versions[switch:]) == {"v2"}, "one replica: no v1 answer after the first v2"
     assert len(replicas) == 1 and replica_names("ncf_test", DEPLOYMENT_NAME) == replicas, "reconfigured in place"
-    assert without_data_end(requests.get(f"{server}/healthz", timeout=TIMEOUT).json()) == {
+    assert model_health(requests.get(f"{server}/healthz", timeout=TIMEOUT).json()) == {
         "status": "ok",
         "model_version": "v2",
         "rollout_error": None,
@@ -694,10 +695,22 @@ def test_a_new_model_at_the_same_path_rolls_out_and_ui_follows_the_args(
     shutil.rmtree(model)
     sealed_copy(small_model_dir, model, "same-path-2")
     start(build_app(_app_args(model)), port=port, app_name="ncf_test")
-    assert without_data_end(_health(server)) == {"status": "ok", "model_version": "same-path-2", "rollout_error": None}
+    assert model_health(_health(server)) == {"status": "ok", "model_version": "same-path-2", "rollout_error": None}
     assert requests.get(f"{server}/ui/config", timeout=TIMEOUT).status_code == 404
     start(build_app({**_app_args(model), "ui": True}), port=port, app_name="ncf_test")
     assert requests.get(f"{server}/ui/config", timeout=TIMEOUT).json()["model_version"] == "same-path-2"
+
+
+def test_a_rollout_one_replica_of_two_refused_is_a_refused_rollout():
+    """One replica loaded the new model, the other kept the old one (out of memory there, say):
+    the job fails and deploys the old settings again, rather than leave answers alternating."""
+    from serve.rollout import refused_rollout
+
+    took = {"status": "ok", "model_version": "v2", "rollout_error": None, "replica": "a"}
+    kept = {"status": "ok", "model_version": "v1", "rollout_error": "MemoryError: ", "replica": "b"}
+    assert refused_rollout({"a": took}) is None
+    line = refused_rollout({"a": took, "b": kept})
+    assert line.startswith("the rollout failed on 1 of 2 replica(s), which kept serving model v1: MemoryError")
 
 
 @pytest.mark.faults
@@ -722,19 +735,22 @@ def test_deploy_exits_2_on_a_refused_rollout_and_makes_the_serving_model_the_tar
     with open(os.path.join(refused, CONFIG), "w") as f:
         json.dump({**config, "ranking": {"no_such_setting": 1}}, f)
     write_manifest(refused, unsealed=[METRICS])
-    args = ["--port", str(port), "--detach", "--max-replicas", "1"]
+    # Two replicas: each answer of /healthz is one replica's, so the job asks until both answered.
+    args = ["--port", str(port), "--detach", "--min-replicas", "2", "--max-replicas", "2"]
     serve.delete("ncf_test")  # jobs.deploy's app is at the route prefix / too
     try:
-        assert deploy.main(["--model", small_model_dir, *args])["model_version"] == "v1"
+        deployed = deploy.main(["--model", small_model_dir, *args])
+        assert deployed["model_version"] == "v1" and deployed["replicas_checked"] == 2
         capsys.readouterr()
         with pytest.raises(SystemExit) as exited:
             deploy.main(["--model", refused, *args])
         error = capsys.readouterr().err.strip()
         assert exited.value.code == 2
-        assert error.startswith("error: the rollout failed, still serving model v1") and "no_such_setting" in error
+        assert error.startswith("error: the rollout failed on 2 of 2 replica(s), which kept serving model v1"), error
+        assert "no_such_setting" in error
         assert "\n" not in error and str(tmp_path) not in error
         # The serving settings reconfigured the replica again: the error is gone, the target is v1.
-        assert without_data_end(_health(server)) == {"status": "ok", "model_version": "v1", "rollout_error": None}
+        assert model_health(_health(server)) == {"status": "ok", "model_version": "v1", "rollout_error": None}
         assert serving_user_config()["model_dir"] == small_model_dir
     finally:
         serve.delete("ncf")  # rollout_port deploys the session's app again
@@ -758,7 +774,7 @@ def test_a_deploy_running_serve_would_not_do_as_asked_is_refused_before_any_roll
             deploy.main(["--model", small_model_dir, "--max-replicas", "1", *argv])
         error = capsys.readouterr().err.strip()
         assert exited.value.code == 2 and "\n" not in error and expected in error, error
-    assert without_data_end(_health(server))["model_version"] == "v1"
+    assert model_health(_health(server))["model_version"] == "v1"
 
 
 @pytest.mark.faults
