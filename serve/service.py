@@ -249,14 +249,18 @@ class ModelService:
         self, requests: List[RecommendRequest], start_passes: bool = True
     ) -> List[Union[Dict, Exception]]:
         """One answer per request, all from this model (what a ``@serve.batch`` call runs):
-        requests with the same ``k``, ``exclude_purchased`` and ``explain`` are ranked in one
-        model call. A request whose ``at`` cannot be ranked gets its :class:`BeforeTheData` as
+        requests with the same ``k``, ``exclude_purchased``, ``explain`` and day's stats (one
+        past day's, or the present's) are ranked in one model call. A request whose ``at`` cannot be ranked gets its :class:`BeforeTheData` as
         its answer (to raise for it alone), one whose day's products' stats do not come gets
         that error (:class:`PassBusy`...), and a group whose ranking fails gets its exception:
         the others of the batch are answered. ``start_passes`` False (the batch): a request
         whose day is not kept gets :class:`PassNeeded`, for the route to rank it on its own."""
         answers: List[Union[None, Dict, Exception]] = [None] * len(requests)
         moments: Dict[int, int] = {}
+        # Each request's recommender for its moment (a past day's, or this one), taken once: asked
+        # again at ranking time, a day the check found kept may have been forgotten meanwhile
+        # (other requests' days), and its pass would run inside the batch or refuse the group.
+        recommenders: Dict[int, Recommender] = {}
         groups: Dict[tuple, List[int]] = {}
         for i, r in enumerate(requests):
             moments[i] = self.moment(r.at)
@@ -264,15 +268,15 @@ class ModelService:
                 answers[i] = PassNeeded(moments[i])  # kept when routed, forgotten or reloaded since
                 continue
             try:  # here, not in rank() below, so that it refuses this request alone
-                self.recommender.as_of(moments[i])  # checks the moment, then its day's stats: its failure its own
+                recommenders[i] = self.recommender.as_of(moments[i])  # the moment checked, then its day's stats
             except Exception as refused:  # noqa: BLE001 (BeforeTheData, PassBusy: raised by the route)
                 answers[i] = refused
                 continue
-            groups.setdefault((r.k, r.exclude_purchased, r.explain), []).append(i)
-        for (k, exclude, explain), rows in groups.items():
+            groups.setdefault((r.k, r.exclude_purchased, r.explain, id(recommenders[i])), []).append(i)
+        for (k, exclude, explain, _), rows in groups.items():
             at = [moments[i] for i in rows]
             try:
-                ranked = self.recommender.rank([requests[i].user_id for i in rows], k, at, exclude, explain)
+                ranked = recommenders[rows[0]].rank([requests[i].user_id for i in rows], k, at, exclude, explain)
             except Exception as failed:  # noqa: BLE001 (raised for this group's requests by the route)
                 for i in rows:
                     answers[i] = failed
