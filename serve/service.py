@@ -250,11 +250,12 @@ class ModelService:
     ) -> List[Union[Dict, Exception]]:
         """One answer per request, all from this model (what a ``@serve.batch`` call runs):
         requests with the same ``k``, ``exclude_purchased``, ``explain`` and day's stats (one
-        past day's, or the present's) are ranked in one model call. A request whose ``at`` cannot be ranked gets its :class:`BeforeTheData` as
-        its answer (to raise for it alone), one whose day's products' stats do not come gets
-        that error (:class:`PassBusy`...), and a group whose ranking fails gets its exception:
-        the others of the batch are answered. ``start_passes`` False (the batch): a request
-        whose day is not kept gets :class:`PassNeeded`, for the route to rank it on its own."""
+        past day's, or the present's) are ranked in one model call. A request whose ``at``
+        cannot be ranked gets its :class:`BeforeTheData` as its answer (to raise for it alone),
+        one whose day's products' stats do not come gets that error (:class:`PassBusy`...), and
+        a group whose ranking fails gets its exception: the others of the batch are answered.
+        ``start_passes`` False (the batch): a request whose day is not kept gets
+        :class:`PassNeeded`, for the route to rank it on its own."""
         answers: List[Union[None, Dict, Exception]] = [None] * len(requests)
         moments: Dict[int, int] = {}
         # Each request's recommender for its moment (a past day's, or this one), taken once: asked
