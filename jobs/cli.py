@@ -146,11 +146,12 @@ def add_training_gpu_options(p: argparse.ArgumentParser) -> None:
 
 def training_on_gpu(args: argparse.Namespace, workers: int) -> bool:
     """Whether the workers train on GPUs, from ``--gpu`` and ``--gpu-wait`` (Ray initialised)."""
-    from ncf.device import gpus_within, resolve_gpu
+    from ncf.device import fbgemm_cuda_build, gpus_within, resolve_gpu, training_gpu_kernels
 
     if args.gpu == "no":
         return False
-    return resolve_gpu(args.gpu, gpus_within(workers, args.gpu_wait), workers=workers, waited_s=args.gpu_wait)
+    use = resolve_gpu(args.gpu, gpus_within(workers, args.gpu_wait), workers=workers, waited_s=args.gpu_wait)
+    return training_gpu_kernels(args.gpu, use, fbgemm_cuda_build())
 
 
 def _number(text: str) -> float:

@@ -13,8 +13,10 @@ import os
 import time
 
 from jobs.cli import (
+    EXIT_INTERRUPTED,
     add_training_gpu_options,
     check_data,
+    fail,
     init_ray,
     job_parser,
     model_overrides,
@@ -32,6 +34,7 @@ from ncf.train.config import TrainConfig
 from ncf.train.pipeline import TEST_USERS, TrainingPlan, check_history_length, train_evaluate_register
 from ncf.train.sharding import TABLE_LEARNING_RATE_SCALE
 from ncf.train.slot import training_slot
+from ncf.train.trainer import TrainingInterrupted
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -152,6 +155,11 @@ def main(argv=None) -> str:
                     f"command with --name {name} to export them without training again (the test weeks are "
                     "ranked again)"
                 ) from None
+            except (TrainingInterrupted, KeyboardInterrupt) as e:  # Ctrl-C: training, or exporting after it
+                stopped = (
+                    str(e) if isinstance(e, TrainingInterrupted) else "interrupted (Ctrl-C); the checkpoints are kept"
+                )
+                fail(f"{stopped}: run the same command with --name {name} to resume from them", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

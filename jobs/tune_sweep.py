@@ -11,6 +11,7 @@ from jobs.cli import (
     EXIT_INTERRUPTED,
     add_training_gpu_options,
     check_data,
+    fail,
     init_ray,
     job_parser,
     non_negative_int,
@@ -21,6 +22,8 @@ from jobs.cli import (
 from ncf.registry import track_sweep_model
 from ncf.splits import REFIT, VALIDATED
 from ncf.train.slot import training_slot
+from ncf.train.trainer import TrainingInterrupted
+from tune.results import NoTrialFinished
 from tune.search_space import SEARCHED
 from tune.settings import SweepSettings
 from tune.sweep import SweepInterrupted, check_sweep_directory, refit_best, run_sweep, summary
@@ -117,6 +120,8 @@ def main(argv=None):
             except SweepInterrupted as e:
                 print(f"[sweep] {e}", file=sys.stderr, flush=True)
                 sys.exit(EXIT_INTERRUPTED)
+            except NoTrialFinished as e:  # its results are written: the table says what each trial did
+                fail(str(e))
             print("\n" + table[[c for c in SHOWN if c in table]].to_string(index=False), flush=True)
             print(
                 f"[sweep] results: {settings.output}/results.parquet (and .csv), "
@@ -128,7 +133,16 @@ def main(argv=None):
                 settings.best_dir, settings.data, settings.output, candidate=not args.refit
             )
             if args.refit:  # a training too: inside the slot
-                path = refit_best(table, settings)
+                try:
+                    path = refit_best(table, settings)
+                except (TrainingInterrupted, KeyboardInterrupt):
+                    print(
+                        "[sweep] the refit was interrupted (Ctrl-C); its checkpoints are kept: run the same command "
+                        "with --resume to finish it from them",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    sys.exit(EXIT_INTERRUPTED)
                 outcome["deployment_model"] = path
                 outcome["deployment_version"] = track_sweep_model(
                     path, settings.data, settings.output, tags={"validated_version": outcome["registered_version"]}

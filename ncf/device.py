@@ -72,6 +72,38 @@ def _exit_on_sigterm():
     return signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
+def fbgemm_cuda_build() -> bool:
+    """Whether the installed fbgemm is its CUDA build (the ``fbgemm-gpu`` package, ``make setup
+    ACCEL=cuda``), whose kernels TorchRec's sharded, fused embedding tables train with on GPUs;
+    the CPU build (``fbgemm-gpu-cpu``, a plain ``make setup``) has none."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution("fbgemm-gpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def training_gpu_kernels(setting: str, use_gpu: bool, cuda_build: bool) -> bool:
+    """Whether training runs on the GPUs :func:`resolve_gpu` chose (``use_gpu``), given whether
+    fbgemm's CUDA build is installed (:func:`fbgemm_cuda_build`, in this job's environment, which a
+    cluster's nodes share): without it ``auto`` trains on CPU, saying why; ``yes`` is refused.
+    Ray counts GPUs from the driver, not from what is installed, so a CUDA machine set up with
+    a plain ``make setup`` chose GPUs whose every training step would fail.
+
+    Raises:
+        InputError: ``yes`` without the CUDA build.
+    """
+    if not use_gpu or cuda_build:
+        return use_gpu
+    why = "fbgemm is installed as its CPU build (fbgemm-gpu-cpu), without the CUDA kernels TorchRec's tables train with"
+    if setting == "yes":
+        raise InputError(f"--gpu yes: {why}; install the CUDA build (make setup ACCEL=cuda) or use --gpu no")
+    print(f"[gpu] --gpu auto: {why}: training on CPU (make setup ACCEL=cuda adds them)", file=sys.stderr, flush=True)
+    return False
+
+
 def resolve_gpu(setting: str, available: int, workers: int = 1, waited_s: float = 0.0) -> bool:
     """Whether ``workers`` (each holding one GPU at once: training's workers, a sweep trial's)
     run on GPUs: ``auto`` when the cluster's ``available`` GPUs are enough, else CPU (saying why

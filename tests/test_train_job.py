@@ -66,6 +66,22 @@ def test_gpu_auto_trains_on_cpu_when_the_gpus_are_too_few_and_says_why(capsys):
     assert not resolve_gpu("no", 4, workers=1)
 
 
+@pytest.mark.faults
+def test_gpus_without_fbgemms_cuda_build_train_on_cpu_or_are_refused(capsys):
+    """A CUDA machine set up with a plain `make setup` has fbgemm-gpu-cpu: Ray counts its GPUs, and
+    --gpu auto trained there, every worker failing on its first step (a helper's review)."""
+    from ncf.device import fbgemm_cuda_build, training_gpu_kernels
+
+    assert not fbgemm_cuda_build()  # this machine's setup: the CPU build
+    assert training_gpu_kernels("auto", True, cuda_build=True) and not training_gpu_kernels("auto", False, False)
+    assert capsys.readouterr().err == ""
+    assert not training_gpu_kernels("auto", True, cuda_build=False)
+    said = capsys.readouterr().err.strip()
+    assert said.startswith("[gpu] --gpu auto: fbgemm is installed as its CPU build") and "training on CPU" in said
+    with pytest.raises(InputError, match=r"--gpu yes: fbgemm is installed as its CPU build .*make setup ACCEL=cuda"):
+        training_gpu_kernels("yes", True, cuda_build=False)
+
+
 # A local Ray cluster that declares one (logical) GPU: Ray counts it without CUDA.
 ONE_GPU_CLUSTER = """
 import sys
@@ -254,3 +270,42 @@ def test_lists_and_checkpoints_of_another_features_version_are_refused_by_every_
     with pytest.raises(InputError, match="trained on features version 1.*train again"):
         export_model_dir(Checkpoint(str(trials / "trial-b" / "checkpoint_000001")), str(tmp_path / "m"), old, {})
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.faults
+def test_ctrl_c_while_training_is_one_line_and_exit_130(ray_session, small_data, tmp_path):
+    """Ray Train's own Ctrl-C handler aborted the run and exited 0, what a scheduler reads as
+    success, and stayed installed, so that Ctrl-C while the test weeks were ranked did nothing twice
+    (a helper's review): now one line naming the run to resume, exit 130, no model written."""
+    data, _ = small_data
+    output, log = tmp_path / "model", tmp_path / "train.log"
+    command = [sys.executable, "-m", "jobs.train", "--data", data, "--output", str(output), "--epochs", "3"]
+    command += ["--name", "interrupted", "--storage", str(tmp_path / "runs")]
+    address = ray_session.get_runtime_context().gcs_address  # the session's cluster: no second one on 2 cores
+    env = {**os.environ, "RAY_ADDRESS": address, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        job = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and job.poll() is None and "[train] starting run" not in log.read_text():
+            time.sleep(0.5)
+        assert job.poll() is None, log.read_text()[-3000:]
+        time.sleep(3)  # into Ray Train's fit: its workers start
+        job.send_signal(signal.SIGINT)
+        assert job.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        if job.poll() is None:
+            job.kill()
+    last = log.read_text().strip().splitlines()[-1]
+    assert last == (
+        "error: training interrupted (Ctrl-C); its checkpoints are kept: run the same command with "
+        "--name interrupted to resume from them"
+    ), log.read_text()[-3000:]
+    assert not output.exists()
+
+
+def test_a_storage_uri_is_left_to_ray_and_a_path_made_absolute():
+    from ncf.train.trainer import storage_location
+
+    assert storage_location("s3://bucket/ray_results") == "s3://bucket/ray_results"  # was <cwd>/s3:/bucket/...
+    assert storage_location("runs") == os.path.abspath("runs") and storage_location(None) is None

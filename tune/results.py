@@ -70,13 +70,24 @@ def write_results(table: pd.DataFrame, output: str) -> List[str]:
     return paths
 
 
+class NoTrialFinished(RuntimeError):
+    """No trial of a sweep reported a checkpoint with its validation metric: every one failed."""
+
+
 def winner(table: pd.DataFrame) -> pd.Series:
     """The sweep's winner (:func:`results_table`'s order): the best trial with a checkpoint, which
-    ``SWEEP/best`` holds and ``SWEEP/refit`` refits."""
+    ``SWEEP/best`` holds and ``SWEEP/refit`` refits.
+
+    Raises:
+        NoTrialFinished: none has one (every trial failed: out of memory, a GPU it could not use).
+    """
     done = table.dropna(subset=[BEST])
     done = done[done[CHECKPOINT_PATH].notna()]
     if done.empty:
-        raise RuntimeError(f"no trial of the sweep reported a checkpoint with {VAL_METRIC}")
+        raise NoTrialFinished(
+            f"none of the sweep's {len(table)} trials reported a checkpoint with {VAL_METRIC}: each failed; "
+            "its error is in error.txt of its folder under SWEEP/tune/sweep/"
+        )
     return done.iloc[0]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import threading
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -178,7 +179,7 @@ def fit(
         raise ValueError(f"run must be {VALIDATED} or {REFIT}, not {config.run!r}")
     E.check_features_version(config.data)
     config = dataclasses.replace(config, cutoffs=config.cutoffs or run_cutoffs(config.data, config.run))
-    storage = os.path.abspath(storage_path) if storage_path else None
+    storage = storage_location(storage_path)
     run_folder = os.path.join(storage, name) if storage and name else None
     saved = latest_train_state(run_folder) if run_folder else None
     if saved is not None:
@@ -217,4 +218,44 @@ def fit(
             ),
         ),
     )
-    return trainer.fit()
+    return _fit_interruptibly(trainer)
+
+
+def storage_location(storage_path: Optional[str]) -> Optional[str]:
+    """Where Ray Train keeps a run's checkpoints: a local path made absolute, a URI (``s3://``,
+    ``gs://``) as it is, for Ray's pyarrow filesystems (os.path.abspath made it a local ``s3:``)."""
+    if not storage_path or "://" in storage_path:
+        return storage_path or None
+    return os.path.abspath(storage_path)
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped a training run; its checkpoints are kept (the same name resumes it)."""
+
+
+def _fit_interruptibly(trainer):
+    """``trainer.fit()``, where Ctrl-C raises :class:`TrainingInterrupted`. Called from the main
+    thread, Ray Train installs a SIGINT handler of its own, which aborts the run and then exits
+    with status 0 (a scheduler reads success) and stays installed after ``fit``, so that Ctrl-C
+    later (exporting, ranking the test weeks) did nothing twice. ``fit`` runs in a thread here,
+    where Ray installs none (as under Tune), and the run stops with the driver that owns it."""
+    if threading.current_thread() is not threading.main_thread():  # a Tune trial: Tune handles Ctrl-C
+        return trainer.fit()
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 (raised again in the caller's thread)
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(timeout=0.5)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted("training interrupted (Ctrl-C); its checkpoints are kept") from None
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
