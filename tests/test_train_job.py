@@ -280,7 +280,7 @@ def test_ctrl_c_while_training_is_one_line_and_exit_130(ray_session, small_data,
     data, _ = small_data
     output, log = tmp_path / "model", tmp_path / "train.log"
     command = [sys.executable, "-m", "jobs.train", "--data", data, "--output", str(output), "--epochs", "3"]
-    command += ["--name", "interrupted", "--storage", str(tmp_path / "runs")]
+    command += ["--name", "interrupted", "--storage", str(tmp_path / "runs"), "--model-config", '{"history_length": 8}']
     address = ray_session.get_runtime_context().gcs_address  # the session's cluster: no second one on 2 cores
     env = {**os.environ, "RAY_ADDRESS": address, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:
