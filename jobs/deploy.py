@@ -140,12 +140,15 @@ def main(argv=None) -> dict:
     try:
         url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
         health = wait_until_healthy(url)
-        answers = every_replica_health(url, running_replicas())
+        replicas = running_replicas()
+        answers = every_replica_health(replicas)
     except TimeoutError as e:  # the replicas did not come up: their logs say why
         fail(f"{e}; the replicas' logs: {REPLICA_LOGS}")
     except RuntimeError as e:  # serve.run: the app's replicas failed to start (DEPLOY_FAILED)
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         fail(f"Serve could not start the app's replicas ({first_line}); the replicas' logs: {REPLICA_LOGS}")
+    if len(answers) < replicas:
+        print(f"[deploy] note: {len(answers)} of {replicas} replicas answered within 30 s", file=sys.stderr, flush=True)
     refused = refused_rollout(answers or {"": health})
     if refused:
         restored = restore_previous(app_args, args.host, args.port, args.request_timeout_s, serving)

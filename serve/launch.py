@@ -104,21 +104,27 @@ def wait_until_healthy(base_url: str, timeout_s: float = 60.0) -> Dict:
     raise TimeoutError(f"{base_url}/healthz not healthy after {timeout_s:.0f} s: {last_error}")
 
 
-def every_replica_health(base_url: str, replicas: int, timeout_s: float = 30.0) -> Dict[str, Dict]:
-    """The latest ``/healthz`` answer of each replica (by its ``replica`` tag), asked until
-    ``replicas`` of them have answered or ``timeout_s`` passes (then those that did). Serve's
-    proxy hands each request to one replica, so one answer says nothing of the others: a rollout
+def every_replica_health(replicas: int, app_name: str = APP_NAME, timeout_s: float = 30.0) -> Dict[str, Dict]:
+    """The health of each replica of the app (``/healthz``'s answer, by its ``replica`` tag),
+    asked through a deployment handle until ``replicas`` distinct ones have answered or
+    ``timeout_s`` passes (then those that did). One answer says nothing of the others: a rollout
     that failed on one replica of two (out of memory there, DATA replaced between their loads)
-    would pass a single probe, and answers would alternate between two models."""
+    passed a single probe, and answers alternated between two models. Not over HTTP: Serve's
+    proxy prefers its own node's replicas, so a probe from the head never met another node's."""
+    from ray import serve
+
+    from serve.app import DEPLOYMENT_NAME
+
+    handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name)
     answers: Dict[str, Dict] = {}
     deadline = time.monotonic() + timeout_s
     while len(answers) < max(replicas, 1) and time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{base_url}/healthz", timeout=5) as response:
-                health = json.load(response)
-            answers[str(health.get("replica"))] = health
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.25)  # a replica stopping (scaled down) between the count and the probe
+            health = handle.healthz.remote().result(timeout_s=max(1.0, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 (a replica stopping, or without a model yet: ask again)
+            time.sleep(0.25)
+            continue
+        answers[str(health.get("replica"))] = health
     return answers
 
 

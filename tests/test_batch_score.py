@@ -957,4 +957,18 @@ def test_a_run_whose_id_types_differ_from_the_previous_partitions_says_so(tmp_pa
         note = partitions.id_types_changed(output, "2024-01-02", data)
         assert note is None if expected is None else expected in note and "run_date=2024-01-01" in note, note
     assert partitions.id_types_changed(output, "2024-01-01", data) is None  # nothing committed before that date
+    with open(os.path.join(earlier, "notes.txt"), "w") as f:  # not Parquet: no note, not a failed run
+        f.write("kept by hand")
+    assert partitions.id_types_changed(output, "2024-01-02", data) is None
     assert partitions.id_types_changed(str(tmp_path / "none"), "2024-01-02", data) is None
+
+
+def test_an_int_vocabulary_of_ids_beyond_int64_is_one_line_not_a_failed_cast():
+    """DATA preprocessed before 2026-12-04 typed uint64 ids as integers; casting one beyond
+    int64 failed every nightly run with a traceback."""
+    from ncf.data.vocab import Vocabulary
+
+    ids = Vocabulary.from_ids(["12", "18446744073709551611"], kind="int")
+    with pytest.raises(InputError, match="some do not fit int64 .* preprocess it again"):
+        partitions.typed_ids(ids, ids.ids)
+    assert partitions.typed_ids(ids, ids.ids[:1]).to_pylist() == [12]

@@ -269,6 +269,36 @@ def test_one_household_id_that_is_no_integer_keeps_the_csvs_household_ids_text_a
     )
 
 
+def test_a_csv_refresh_keeps_the_id_types_of_the_data_it_replaces_where_it_can(ray_session, tmp_path, capsys):
+    """Integer household ids: a CSV refresh into a new DATA answers integers; one into a DATA of
+    text ids keeps them text (a night's refresh does not change the answers' type); one with a
+    12a into a DATA of integers must turn them to text, and says so in a WARNING."""
+    integers = [line.replace(",p", ",").lstrip("u") for line in _log_rows(n_days=70, per_day=40)]
+    odd = list(integers)
+    odd[100] = "12a," + odd[100].split(",", 1)[1]
+    words = [line.replace(",p", ",") for line in _log_rows(n_days=70, per_day=40)]  # u0, u1...
+    files = {}
+    for name, rows in (("integers", integers), ("odd", odd), ("words", words)):
+        files[name] = tmp_path / f"{name}.csv"
+        files[name].write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(rows) + "\n")
+    config = PreprocessConfig(val_weeks=2, test_weeks=2)
+
+    def refresh(name: str, out: str) -> tuple:
+        stats = preprocess(schema.resolve_files(str(files[name])), None, str(tmp_path / out), config, state_only=True)
+        return Vocabularies.load(layout.vocab_dir(str(tmp_path / out))).users.kind, stats
+
+    assert refresh("words", "text")[0] == "str"
+    kind, stats = refresh("integers", "text")  # the same DATA, refreshed from integer ids
+    assert kind == "str" and "id_kinds_changed" not in stats and "ids_kept_as_text" not in stats
+    assert refresh("integers", "numbers")[0] == "int"  # a new DATA: the ids decide
+    capsys.readouterr()
+    kind, stats = refresh("odd", "numbers")
+    assert kind == "str" and stats["id_kinds_changed"] == {"user_id": {"was": "int", "now": "str"}}
+    out = capsys.readouterr().out
+    assert "WARNING: user_id is text now where the DATA this run replaces had integers" in out
+    assert "e.g. ['12a']" in out
+
+
 def test_a_csv_with_bad_rows_everywhere_is_quarantined_row_by_row(ray_session, tmp_path):
     """Malformed rows after the first MiB, bad UTF-8, "now" and a row in 2099: old code died with
     a traceback on the first and kept the others (the 2099 row moving every split into empty time)."""

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from ncf.batch import commit
 from ncf.data import layout
 from ncf.data.vocab import Vocabulary
+from ncf.errors import InputError
 
 PARTITION_KEY = "run_date"
 
@@ -68,8 +69,21 @@ def _users_path(data: str) -> str:
 
 
 def typed_ids(vocab: Vocabulary, ids: pa.Array) -> pa.Array:
-    """Vocabulary strings back in the raw ids' type (int64 when the input ids were integers)."""
-    return ids.cast(pa.int64()) if vocab.kind == "int" else ids
+    """Vocabulary strings back in the raw ids' type (int64 when the input ids were integers).
+
+    Raises:
+        InputError: an "int" vocabulary with ids int64 cannot hold (uint64 ids of a DATA
+            preprocessed before 2026-12-04, which typed them by their column).
+    """
+    if vocab.kind != "int":
+        return ids
+    try:
+        return ids.cast(pa.int64())
+    except pa.ArrowInvalid:
+        raise InputError(
+            "DATA's vocabulary types its ids as integers, but some do not fit int64 (uint64 ids, written by "
+            "jobs.preprocess before 2026-12-04): preprocess it again, which types them as text"
+        ) from None
 
 
 def id_types_changed(output: str, run_date: str, data: str) -> Optional[str]:
@@ -80,7 +94,10 @@ def id_types_changed(output: str, run_date: str, data: str) -> Optional[str]:
     earlier = _latest_committed_before(output, run_date)
     if earlier is None:
         return None
-    written = pads.dataset(partition_dir(output, earlier), format="parquet").schema
+    try:
+        written = pads.dataset(partition_dir(output, earlier), format="parquet").schema
+    except (OSError, pa.ArrowInvalid):  # swapped by a rerun of that date, or not only Parquet: no note
+        return None
     now = {"user_id": _written_type(data, "users"), "product_id": _written_type(data, "products")}
     changed = [
         f"{column} {now[column]} (was {written.field(column).type})"

@@ -211,10 +211,12 @@ def build_vocabularies(
     id_kinds: Dict[str, Optional[str]],
     val_start: Optional[int] = None,
     partitions: Optional[int] = None,
+    replaced: Optional[Dict[str, str]] = None,
 ) -> tuple[Vocabularies, Dict]:
     """Vocabularies of every household and product of ``known``; products get their hierarchy,
     both the moment they were first seen (``first_ts``), and each the kind of its ids
-    (``id_kinds``; None: decided by the ids, :func:`ncf.data.schema.kind_of_ids`). Product
+    (``id_kinds``; None: decided by the ids, :func:`ncf.data.schema.kind_of_ids`, and by
+    ``replaced``, the kinds of the DATA a refresh replaces: see :func:`_kinds_of_ids`). Product
     indices follow the purchase counts before ``val_start`` (when given), since evaluation breaks
     ties between equally popular products by index: counts from the held-out weeks would let
     their purchases decide."""
@@ -236,7 +238,7 @@ def build_vocabularies(
     departments, categories = level(schema.DEPARTMENT), level(schema.CATEGORY)
     product_ids = pa.array(products[schema.PRODUCT_ID].tolist(), pa.string())
     user_ids = pa.array(users[schema.USER_ID].tolist(), pa.string())
-    kinds, as_text = _kinds_of_ids({schema.PRODUCT_ID: product_ids, schema.USER_ID: user_ids}, id_kinds)
+    kinds, notes = _kinds_of_ids({schema.PRODUCT_ID: product_ids, schema.USER_ID: user_ids}, id_kinds, replaced or {})
     product_vocab = Vocabulary.from_ids(
         product_ids,
         kind=kinds[schema.PRODUCT_ID],
@@ -255,24 +257,36 @@ def build_vocabularies(
     )
     vocabs = Vocabularies(user_vocab, product_vocab, departments, categories)
     stats = {"products_missing_from_catalog": missing, "products_missing_examples": examples}
-    return vocabs, {**stats, **({"ids_kept_as_text": as_text} if as_text else {})}
+    return vocabs, {**stats, **notes}
 
 
-def _kinds_of_ids(ids: Dict[str, pa.Array], declared: Dict[str, Optional[str]]) -> tuple[Dict[str, str], Dict]:
-    """Each id column's kind: as its files declare it, else (CSV) decided by its ids. The second
-    value counts the ids of a CSV column kept as text although some of them are integers, with a
-    few examples of the others: the ids a user may want to look at (``"12a"`` among integers)."""
-    kinds, as_text = {}, {}
+def _kinds_of_ids(
+    ids: Dict[str, pa.Array], declared: Dict[str, Optional[str]], replaced: Dict[str, str]
+) -> tuple[Dict[str, str], Dict]:
+    """Each id column's kind: as its files declare it, else (CSV, uint64, wide decimals) decided
+    by its ids, where a refresh keeps the text of the DATA it replaces (``replaced``), so that
+    its answers do not change type between two nights. The second value holds the notes:
+    ``ids_kept_as_text``, the ids of a column kept as text although some are integers, with a few
+    examples of the others (``"12a"`` among integers), and ``id_kinds_changed``, a column of
+    integers in the DATA replaced that is text now."""
+    kinds: Dict[str, str] = {}
+    as_text: Dict[str, Dict] = {}
+    changed: Dict[str, Dict] = {}
     for column, values in ids.items():
         if declared[column] is not None:
             kinds[column] = declared[column]
             continue
-        kinds[column] = schema.kind_of_ids(values)
+        kinds[column] = "str" if replaced.get(column) == "str" else schema.kind_of_ids(values)
         integer = schema.integer_text(values) if kinds[column] == "str" else None
-        if integer is not None and integer.any():
+        if integer is not None and integer.any() and not integer.all():
             others = values.filter(pa.array(~integer))
             as_text[column] = {"not_integers": len(others), "ids": len(values), "examples": others[:3].to_pylist()}
-    return kinds, as_text
+        if replaced.get(column) == "int" and kinds[column] == "str":
+            changed[column] = {"was": "int", "now": "str"}
+    return kinds, {
+        **({"ids_kept_as_text": as_text} if as_text else {}),
+        **({"id_kinds_changed": changed} if changed else {}),
+    }
 
 
 def _report_catalog_coverage(vocab_stats: Dict, products: int) -> None:
@@ -647,9 +661,10 @@ def preprocess(
     if not inputs_checked:
         check_inputs(logs, catalog)
     inputs = logs.paths + (catalog.paths if catalog else [])
+    replaced = replaced_id_kinds(output)
     with replacing(output, layout.STATS, "preprocessing output", inputs, overwrite, log=_log) as stage:
         try:
-            stats = _preprocess_into(logs, catalog, stage, config, state_only)
+            stats = _preprocess_into(logs, catalog, stage, config, state_only, replaced)
         except schema.InputError as e:
             kept = keep_failed_quarantine(stage, output)
             if kept is None:
@@ -657,6 +672,19 @@ def preprocess(
             raise schema.InputError(f"{e}; the quarantined rows are in {kept}") from e
     _log(f"stats in {layout.stats_path(output)}")
     return stats
+
+
+def replaced_id_kinds(output: str) -> Dict[str, str]:
+    """The id kinds of the DATA at ``output`` that a run replaces (a refresh), from its
+    vocabularies' footers; empty where there is none."""
+    kinds = {}
+    for column, name in ((schema.USER_ID, "users"), (schema.PRODUCT_ID, "products")):
+        path = os.path.join(layout.vocab_dir(output), f"{name}.parquet")
+        try:
+            kinds[column] = Vocabulary.kind_in(path)
+        except (OSError, pa.ArrowInvalid):  # none there (a first run), or not a vocabulary
+            pass
+    return kinds
 
 
 def failed_quarantine_dir(output: str) -> str:
@@ -739,8 +767,10 @@ def _preprocess_into(
     output: str,
     config: PreprocessConfig,
     state_only: bool,
+    replaced: Optional[Dict[str, str]] = None,
 ) -> Dict:
-    """Steps 1-5 into ``output`` (the staging directory)."""
+    """Steps 1-5 into ``output`` (the staging directory); ``replaced``: the id kinds of the DATA
+    it replaces (:func:`replaced_id_kinds`)."""
     started = time.time()
     read, read_stats = _read_and_validate(logs, config, output)
     rows_kept = read.rows_kept
@@ -769,7 +799,9 @@ def _preprocess_into(
     catalog_frame, catalog_stats = _read_catalog(catalog)
     cutoffs = training_cutoffs(bounds, config, state_only)
     id_kinds = {c: schema.id_kind(logs, c) for c in (schema.USER_ID, schema.PRODUCT_ID)}
-    vocabs, vocab_stats = build_vocabularies(kept, catalog_frame, id_kinds, bounds["val_start"], partitions)
+    vocabs, vocab_stats = build_vocabularies(
+        kept, catalog_frame, id_kinds, bounds["val_start"], partitions, replaced=replaced
+    )
     vocabs.save(layout.vocab_dir(output))
     _log(f"vocabularies: {vocabs.sizes()}")
     if catalog is not None:
@@ -778,6 +810,11 @@ def _preprocess_into(
         _log(
             f"note: every {column} is answered as text (a JSON string): {text['not_integers']:,} of "
             f"{text['ids']:,} are not integers as int64 writes them, e.g. {text['examples']}"
+        )
+    for column in vocab_stats.get("id_kinds_changed", {}):
+        _log(
+            f"WARNING: {column} is text now where the DATA this run replaces had integers: Serve's answers and "
+            "the nightly partitions change type with it (the note above names ids that are no integers)"
         )
 
     indexed = kept.map_batches(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import signal
 import threading
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -191,6 +192,8 @@ def fit(
         check_same_features(run_folder, saved.get("features_version"))
         check_same_training(run_folder, saved.get("training"), training_settings(asdict(config)))
         print(f"[train] resuming run {name} after epoch {saved.get('epoch')} ({run_folder})", flush=True)
+    elif run_folder and "://" in run_folder:  # the checks above read a local folder
+        print(f"[train] run {name} in {run_folder}: whether it resumes is Ray Train's to find", flush=True)
     elif run_folder:
         print(f"[train] starting run {name} (checkpoints in {run_folder})", flush=True)
     train = training_lists([layout.examples_dir(config.data, c) for c in sorted(config.cutoffs)], config.seed)
@@ -249,6 +252,9 @@ def _fit_interruptibly(trainer):
         except BaseException as e:  # noqa: BLE001 (raised again in the caller's thread)
             outcome["error"] = e
 
+    # Python's own Ctrl-C while it trains: a handler left by another library (Ray Tune's, after a
+    # sweep's Tuner.fit, for its --refit) would take the first Ctrl-C and let training go on.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
     thread.start()
     try:
@@ -256,6 +262,8 @@ def _fit_interruptibly(trainer):
             thread.join(timeout=0.5)
     except KeyboardInterrupt:
         raise TrainingInterrupted("training interrupted (Ctrl-C); its checkpoints are kept") from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
