@@ -107,8 +107,9 @@ def id_types_changed(output: str, run_date: str, data: str) -> Optional[str]:
     if not changed:
         return None
     return (
-        f"this run writes {', '.join(changed)} in {partition_name(earlier)}, as DATA's ids are now typed (string: "
-        "some id is no integer; jobs.preprocess names them): readers that merge the partitions' schemas refuse the two"
+        f"the id columns' types differ from {partition_name(earlier)}'s: {', '.join(changed)}, as DATA's ids are "
+        "typed now (string where some id is no integer; jobs.preprocess names them): readers that merge the "
+        "partitions' schemas refuse the two"
     )
 
 
