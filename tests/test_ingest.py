@@ -195,6 +195,18 @@ def _csv(tmp_path) -> str:
     return str(path)
 
 
+def test_a_float_quantity_of_nan_is_a_missing_one_as_the_text_nan_is():
+    """Spark writes NaN where pandas writes null: the purchase was quarantined as bad_quantity,
+    where the text "NaN" and a null meant 1 (a helper's review). Infinity stays bad."""
+    quantities = pa.array([float("nan"), float("inf"), 2.5, None], pa.float64())
+    batch = pa.table(
+        {"user_id": ["u"] * 4, "product_id": ["p"] * 4, "timestamp": ["2024-01-02"] * 4, "quantity": quantities}
+    )
+    out = schema.validate_log_batch(batch)
+    assert out.column("reason").to_pylist() == [None, schema.BAD_QUANTITY, None, None]
+    assert [out.column("quantity")[i].as_py() for i in (0, 2, 3)] == [1.0, 2.5, 1.0]
+
+
 def test_now_and_other_words_are_not_timestamps():
     """Old code read "now" as the wall-clock time: a historical log got a row at today's date."""
     batch = pa.table(

@@ -465,7 +465,7 @@ def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array]:
 
 
 def _quantities(column, n: int) -> Tuple[np.ndarray, pa.Array]:
-    """Quantity -> (float, NaN if not a number; absent column, null or empty -> 1; raw text)."""
+    """Quantity -> (float, NaN if not a number; absent column, null, NaN or empty -> 1; raw text)."""
     if column is None:
         return np.ones(n), _null_strings(n)
     array = _decoded(column)
@@ -474,7 +474,10 @@ def _quantities(column, n: int) -> Tuple[np.ndarray, pa.Array]:
         return np.ones(n), _null_strings(n)
     if _is_number(t):
         values = pc.cast(array, pa.float64(), safe=False).to_numpy(zero_copy_only=False)  # as timestamps'
-        return np.where(pc.is_null(array).to_numpy(zero_copy_only=False), 1.0, values), pc.cast(array, pa.string())
+        # NaN is a float column's missing value (Spark writes it where pandas writes null), as the text
+        # "NaN" is: 1, not a bad quantity that lost the purchase.
+        missing = pc.is_null(array).to_numpy(zero_copy_only=False) | np.isnan(values)
+        return np.where(missing, 1.0, values), pc.cast(array, pa.string())
     if not _is_text(t):
         raise InputError(f"the quantity column has type {t}; {_KIND_WORDS[NUMBER]}")
     text, invalid, raw = _as_text(array)
