@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ncf.batch import commit
 from ncf.data import layout
-from ncf.data.vocab import Vocabulary
+from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.errors import InputError
 
 PARTITION_KEY = "run_date"
@@ -98,7 +98,8 @@ def id_types_changed(output: str, run_date: str, data: str) -> Optional[str]:
         written = pads.dataset(partition_dir(output, earlier), format="parquet").schema
     except (OSError, pa.ArrowInvalid):  # swapped by a rerun of that date, or not only Parquet: no note
         return None
-    now = {"user_id": _written_type(data, "users"), "product_id": _written_type(data, "products")}
+    kinds = Vocabularies.kinds_in(layout.vocab_dir(data))
+    now = {"user_id": _written_type(kinds["users"]), "product_id": _written_type(kinds["products"])}
     changed = [
         f"{column} {now[column]} (was {written.field(column).type})"
         for column in now
@@ -113,9 +114,8 @@ def id_types_changed(output: str, run_date: str, data: str) -> Optional[str]:
     )
 
 
-def _written_type(data: str, vocabulary: str) -> pa.DataType:
-    """The type a run writes a vocabulary's ids as (:func:`typed_ids`), from its footer alone."""
-    kind = Vocabulary.kind_in(os.path.join(layout.vocab_dir(data), f"{vocabulary}.parquet"))
+def _written_type(kind: str) -> pa.DataType:
+    """The type a run writes the ids of a vocabulary of ``kind`` as (:func:`typed_ids`)."""
     return pa.int64() if kind == "int" else pa.string()
 
 

@@ -676,15 +676,10 @@ def preprocess(
 
 def replaced_id_kinds(output: str) -> Dict[str, str]:
     """The id kinds of the DATA at ``output`` that a run replaces (a refresh), from its
-    vocabularies' footers; empty where there is none."""
-    kinds = {}
-    for column, name in ((schema.USER_ID, "users"), (schema.PRODUCT_ID, "products")):
-        path = os.path.join(layout.vocab_dir(output), f"{name}.parquet")
-        try:
-            kinds[column] = Vocabulary.kind_in(path)
-        except (OSError, pa.ArrowInvalid):  # none there (a first run), or not a vocabulary
-            pass
-    return kinds
+    vocabularies' footers; empty where there is none (a first run)."""
+    kinds = Vocabularies.kinds_in(layout.vocab_dir(output))
+    columns = {"users": schema.USER_ID, "products": schema.PRODUCT_ID}
+    return {columns[name]: kind for name, kind in kinds.items()}
 
 
 def failed_quarantine_dir(output: str) -> str:

@@ -222,6 +222,18 @@ class Vocabularies:
             getattr(self, name).save(os.path.join(directory, f"{name}.parquet"))
 
     @staticmethod
+    def kinds_in(directory: str) -> Dict[str, str]:
+        """The id kinds of the ``users`` and ``products`` vocabularies saved in ``directory``, from
+        their footers alone; a vocabulary missing or unreadable there is left out."""
+        kinds = {}
+        for name in ("users", "products"):
+            try:
+                kinds[name] = Vocabulary.kind_in(os.path.join(directory, f"{name}.parquet"))
+            except (OSError, pa.ArrowInvalid):
+                pass
+        return kinds
+
+    @staticmethod
     def load(directory: str) -> "Vocabularies":
         return Vocabularies(
             *(Vocabulary.load(os.path.join(directory, f"{name}.parquet")) for name in VOCAB_NAMES), source=directory
