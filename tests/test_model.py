@@ -207,6 +207,19 @@ def test_eval_mode_is_deterministic():
     torch.testing.assert_close(model(batch), model(batch), rtol=0, atol=0)
 
 
+def test_an_explained_ranking_scores_exactly_as_a_plain_one():
+    """Asking for the attention's weights leaves every logit to the last bit: an explained
+    /recommend must not order near-tied products otherwise than a plain one."""
+    torch.manual_seed(3)
+    config = small_config(history_length=20)  # the sizes where the explicit product's last bits differed
+    model = AdvancedNCF(config).eval()
+    batch = example_batch(config, 8, 300, seed=5)
+    plain, none = model.logits(batch)
+    explained, weights = model.logits(batch, need_weights=True)
+    assert none is None and weights.shape == (batch.num_candidates, config.history_length)
+    assert torch.equal(plain, explained)
+
+
 def test_filling_the_context_rows_leaves_every_score():
     """Batch.with_contexts, which keeps a compiled model at one shape, changes no candidate's score."""
     config = small_config()

@@ -173,12 +173,12 @@ class MultiHeadAttention(nn.Module):
         attn_mask = mask[:, None, None, :]
         weights = None
         if need_weights:
+            # The output still comes from the fused kernel below: an explained ranking must score
+            # exactly as a plain one (the explicit product differs in the last bits).
             scores = (grouped @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
             probs = scores.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1)
-            out = probs @ v
             weights = probs.mean(dim=1)[owner, slot, 1:]  # N x L: the null slot dropped
-        else:
-            out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=attn_mask)
+        out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=attn_mask)
         out = out.transpose(1, 2)[owner, slot]  # N x H x d
         return self.out_proj(out.reshape(n, d)), weights
 

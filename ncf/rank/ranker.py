@@ -168,8 +168,8 @@ class Ranker:
         """The top-``k`` products of each (household, moment) pair (state indices; households
         unknown to the state or without purchases before the moment get the cold start).
         ``explain``: with the attention's "because" products and the reasons; ``reasons``: the
-        reasons or not whatever ``explain`` says (``reasons=True`` alone scores exactly as a plain
-        ranking: the attention's weights take another kernel, whose last bits differ)."""
+        reasons or not whatever ``explain`` says. Explained or not, the scores are a plain
+        ranking's to the last bit."""
         with_reasons = explain if reasons is None else reasons
         users, at = np.asarray(users, np.int64), np.asarray(at, np.int64)
         if users.shape != at.shape:
