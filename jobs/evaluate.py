@@ -137,7 +137,7 @@ def read_jsonl(path: str) -> list:
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file (--ablations)")
     rows = []
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if line.strip():
                 try:

@@ -171,9 +171,15 @@ def quiet_ray_data_console() -> None:
         config = copy.deepcopy(ray_data_logging.DEFAULT_CONFIG)
         config["handlers"]["console"]["level"] = "WARNING"
         path = os.path.join(tempfile.gettempdir(), f"ncf-ray-data-logging-{os.getuid()}.yaml")
-        with open(path + ".tmp", "w") as f:
-            yaml.safe_dump(config, f)
-        os.replace(path + ".tmp", path)
+        # A fresh file of its own (O_EXCL), never a fixed name another user could plant a link at.
+        descriptor, written = tempfile.mkstemp(prefix=os.path.basename(path) + ".", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(descriptor, "w") as f:
+                yaml.safe_dump(config, f)
+            os.replace(written, path)
+        except BaseException:
+            os.unlink(written)
+            raise
         os.environ["RAY_DATA_LOGGING_CONFIG"] = path
         # Ray Data configured itself when first imported, which in the driver may be earlier.
         ray_data_logging.configure_logging()

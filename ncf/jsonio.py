@@ -10,7 +10,7 @@ from typing import Any, Dict
 def write_json(path: str, payload: Dict) -> None:
     """Writes JSON atomically: to a temporary name, flushed to disk, then renamed over ``path``."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=2, sort_keys=True, default=str)
         f.write("\n")
         f.flush()
@@ -19,5 +19,5 @@ def write_json(path: str, payload: Dict) -> None:
 
 
 def read_json(path: str) -> Any:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return json.load(f)

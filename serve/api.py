@@ -323,7 +323,9 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
 
 
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _error(exc.status_code, str(exc.detail))
+    response = _error(exc.status_code, str(exc.detail))
+    response.headers.update(exc.headers or {})  # 405's Allow, for one
+    return response
 
 
 async def _on_unknown_products(request: Request, exc: UnknownProducts) -> JSONResponse:

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import warnings
 
 import pytest
@@ -66,8 +67,14 @@ def data_context():
         context.use_ray_tqdm = before
 
 
-def test_off_a_terminal_bars_and_colours_are_off(monkeypatch, data_context):
+def test_off_a_terminal_bars_and_colours_are_off(monkeypatch, data_context, tmp_path):
     monkeypatch.setattr(logs, "interactive", lambda: False)
+    # A link planted where the configuration used to be written first (a fixed name in a shared
+    # /tmp) must not lead the job to overwrite what it points at.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / f"ncf-ray-data-logging-{os.getuid()}.yaml.tmp").symlink_to(victim)
     for name in (
         "RAY_COLOR_PREFIX",
         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
@@ -86,6 +93,8 @@ def test_off_a_terminal_bars_and_colours_are_off(monkeypatch, data_context):
         assert [h.level for h in console] == [logging.WARNING]  # Ray Data's tables stay in its log file
         files = [h for h in logging.getLogger("ray.data").handlers if h.name == "file"]
         assert [h.level for h in files] == [logging.NOTSET]  # its file log keeps everything
+        assert victim.read_text() == "keep"
+        assert os.environ["RAY_DATA_LOGGING_CONFIG"] == str(tmp_path / f"ncf-ray-data-logging-{os.getuid()}.yaml")
     finally:
         monkeypatch.delenv("RAY_DATA_LOGGING_CONFIG", raising=False)
         configure_logging()  # Ray Data's own configuration again, for the rest of the session

@@ -281,3 +281,19 @@ def test_a_report_of_exclude_purchased_ranks_its_households_that_way_and_says_so
     labels = [_product_label(ranker, [p])[0] for p in ranked]
     households = page.split("<h2>Households</h2>")[1]
     assert all(label in households for label in labels)
+
+
+def test_a_report_of_a_model_without_attention_says_so_instead_of_empty_reasons(small_data, tmp_path):
+    """Old code: every recommendation read "because: no history" and the attention's paragraph
+    printed "Over the top 10 of 0 households: mean entropy nan nats"."""
+    from conftest import SMALL_MODEL
+
+    from ncf.model.directory import save_untrained_model_dir
+
+    data, _ = small_data
+    model = save_untrained_model_dir(str(tmp_path / "m"), data, "v1", **{**SMALL_MODEL, "use_attention": False})
+    ranker, period = model_on_period(model, data, TEST)
+    path = write_report(str(tmp_path / "r"), ranker, "v1", period, [], score_users=4, households=2)
+    page = open(path, encoding="utf-8").read()
+    assert "<code>use_attention</code> off" in page and "entropy nan" not in page
+    assert "because:" not in page.split("<h2>Households</h2>")[1]

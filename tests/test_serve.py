@@ -369,7 +369,7 @@ def test_unknown_products_are_named(server, recommender, users):
 def test_unknown_routes_and_methods_are_4xx_json(server):
     assert requests.get(f"{server}/nope", timeout=TIMEOUT).status_code == 404
     r = requests.get(f"{server}/recommend", timeout=TIMEOUT)
-    assert r.status_code == 405 and r.json()["error"]
+    assert r.status_code == 405 and r.json()["error"] and r.headers["allow"] == "POST"
 
 
 # -- settings (no HTTP) ----------------------------------------------------------------------------

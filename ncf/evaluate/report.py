@@ -241,6 +241,35 @@ def _reason_text(reason) -> str:
     )
 
 
+def _attention_paragraph(explained: Dict) -> str:
+    return (
+        "<p>Over the top 10 of "
+        f"{explained['households']} households: mean entropy of the attention behind each recommendation "
+        f"{explained['attention_entropy']:.2f} nats (uniform weights over the same histories: "
+        f"{explained['uniform_entropy']:.2f}), mean weight left on no past purchase (the null slot) "
+        f"{explained['null_weight']:.2f}, the first reason's weight {explained['first_reason_over_uniform']:.3f} "
+        "times what uniform weights would give it; households whose 10 "
+        "recommendations do not all name the same first reason: "
+        f"{100 * explained['share_with_different_reasons']:.0f}% (where the weights are near uniform, "
+        "a rounding can decide which). <code>python -m bench.attention_effect</code> measures what the "
+        "ranking loses when the attention is shown no history.</p>"
+    )
+
+
+def _reasons_paragraph(explained: Dict) -> str:
+    return (
+        "<h2>What the scores owe to the households' purchases</h2><p>Each recommendation scored again "
+        "with the household's purchases of it removed, then with its purchases in the product's "
+        f"category removed (the API's <code>reason</code>): of the {explained['reasons']} recommendations, "
+        f"{100 * explained['repeat_share']:.0f}% are products the household bought before; they score "
+        f"{explained['repeat_score']:.3f} on average, {explained['repeat_score_if_never_bought']:.3f} had "
+        "the household never bought them, and "
+        f"{explained['repeat_score_if_category_never_bought']:.3f} had it bought nothing in their category; "
+        f"{100 * explained['repeat_score_halved_share']:.0f}% of them lose more than half their score without "
+        "their own purchases.</p>"
+    )
+
+
 def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8, exclude_purchased: bool = False) -> str:
     """Each household's latest purchases before the moment ranked, and its top 10 with reasons."""
     parts = []
@@ -255,6 +284,7 @@ def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8, 
         hits = set(period.truth[u].tolist())
         recs = []
         reasons = ranking.reasons or [None] * len(ranking.products)
+        attends = ranking.explanations is not None  # None: a model without its attention
         for product, score, because, reason in zip(
             ranking.products, ranking.scores, ranking.explanations or [[]] * K, reasons
         ):
@@ -262,11 +292,11 @@ def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8, 
                 f"{html.escape(str(p))} ({w:.2f})"
                 for p, w in zip(vocabs.products.raw_of([b for b, _ in because]), [w for _, w in because])
             )
+            because_part = f"because: {because_text or 'no history'}" if attends else ""
             mark = " &#10003;" if int(product) in hits else ""
             recs.append(
                 f"<li>{_product_label(ranker, [int(product)])[0]} "
-                f"<b>{score:.3f}</b>{mark}<br><small>{_reason_text(reason)}because: {because_text or 'no history'}"
-                "</small></li>"
+                f"<b>{score:.3f}</b>{mark}<br><small>{_reason_text(reason)}{because_part}</small></li>"
             )
         raw_user = vocabs.users.raw_of([u])[0]
         parts.append(
@@ -382,32 +412,23 @@ def write_report(
     )
     explained = explanation_stats(ranker, period, users, exclude_purchased)
     sections.append(
-        "<h2>What the attention says</h2><p>Over the top 10 of "
-        f"{explained['households']} households: mean entropy of the attention behind each recommendation "
-        f"{explained['attention_entropy']:.2f} nats (uniform weights over the same histories: "
-        f"{explained['uniform_entropy']:.2f}), mean weight left on no past purchase (the null slot) "
-        f"{explained['null_weight']:.2f}, the first reason's weight {explained['first_reason_over_uniform']:.3f} "
-        "times what uniform weights would give it; households whose 10 "
-        "recommendations do not all name the same first reason: "
-        f"{100 * explained['share_with_different_reasons']:.0f}% (where the weights are near uniform, "
-        "a rounding can decide which). <code>python -m bench.attention_effect</code> measures what the "
-        "ranking loses when the attention is shown no history.</p>"
-        "<h2>What the scores owe to the households' purchases</h2><p>Each recommendation scored again "
-        "with the household's purchases of it removed, then with its purchases in the product's "
-        f"category removed (the API's <code>reason</code>): of the {explained['reasons']} recommendations, "
-        f"{100 * explained['repeat_share']:.0f}% are products the household bought before; they score "
-        f"{explained['repeat_score']:.3f} on average, {explained['repeat_score_if_never_bought']:.3f} had "
-        "the household never bought them, and "
-        f"{explained['repeat_score_if_category_never_bought']:.3f} had it bought nothing in their category; "
-        f"{100 * explained['repeat_score_halved_share']:.0f}% of them lose more than half their score without "
-        "their own purchases.</p>"
+        (
+            "<h2>What the attention says</h2>"
+            + (
+                _attention_paragraph(explained)
+                if ranker.model.config.use_attention
+                else "<p>Nothing: this model was trained without its attention over the household's "
+                "history (<code>use_attention</code> off).</p>"
+            )
+        )
+        + _reasons_paragraph(explained)
     )
     sections.append(
         "<h2>Households</h2>" + households_html(ranker, period, users[:households], exclude_purchased=exclude_purchased)
     )
     os.makedirs(output, exist_ok=True)
     path = os.path.join(output, REPORT)
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:  # the page declares UTF-8, whatever the locale
         f.write(
             "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>AdvancedNCF "
             f"report</title>{_STYLE}</head><body>{''.join(sections)}{_IMAGE_CHECK}</body></html>"
