@@ -219,6 +219,73 @@ def test_now_and_other_words_are_not_timestamps():
     ]
 
 
+def test_timestamps_named_utc_are_read_and_scientific_epoch_seconds_are_not():
+    """BigQuery writes `2017-11-27 04:01:00 UTC` (old code: every row a bad timestamp); Excel
+    writes epoch seconds as 1.51176E+09 (old code: kept, 79 minutes off)."""
+    texts = ["2017-11-27 04:01:00 UTC", "2017-11-27 04:01:00.5 gmt", "2017-11-27 UTC", "1.51176E+09", "1511755260"]
+    out = schema.validate_log_batch(pa.table({"user_id": ["u"] * 5, "product_id": ["p"] * 5, "timestamp": texts}))
+    assert out.column("reason").to_pylist() == [None, None, None, schema.BAD_TIMESTAMP, None]
+    four = _seconds("2017-11-27 04:01:00")
+    assert out.column("ts").to_pylist() == [four, four, _seconds("2017-11-27"), 0, four]
+
+
+def test_a_line_break_inside_a_quoted_value_is_part_of_the_value_past_the_first_block(tmp_path, monkeypatch):
+    """Old code parsed without ``newlines_in_values``: past the first block, a note's second line
+    became a purchase of its own (or the parser fell out of step and refused the file)."""
+    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 4096)  # the rows cross many blocks
+    rows = [f"u{i % 7},p{i % 11},2024-01-0{1 + i % 9},1,plain" for i in range(2_000)]
+    rows[1_500] = 'u1,p1,2024-01-02,1,"deliver to the\nside gate,2024-01-03"'
+    path = tmp_path / "logs.csv"
+    path.write_text("user_id,product_id,timestamp,quantity,note\n" + "\n".join(rows) + "\n")
+    out = pa.concat_tables(
+        ingest._csv_file({"path": str(path), "file": 0}, schema.DEFAULT_MIN_TS, schema.DEFAULT_MAX_TS)
+    )
+    assert out.num_rows == 2_000 and sorted(out.column(ingest.SOURCE_ROW).to_pylist()) == list(range(2, 2_002))
+    assert "side gate" not in out.column("user_id").to_pylist()
+    catalog = tmp_path / "products.csv"
+    lines = "".join(f'{i},DAIRY,MILK,"line one\nline two"\n' for i in range(1, 40_000))  # past the 1 MiB block
+    catalog.write_text("product_id,department,category,description\n" + lines)
+    import pyarrow.csv as pacsv
+
+    assert pacsv.read_csv(str(catalog), **schema.csv_read_options(schema.CATALOG_REQUIRED)).num_rows == 39_999
+
+
+@pytest.mark.parametrize(
+    "header, refused",
+    [
+        ("user_id,product_id,timestamp,quantity,,", None),  # Excel's trailing empty columns
+        ("user_id,product_id,timestamp,quantity,quantity", "2 columns named 'quantity'"),
+        ("user_id,product_id,timestamp,Qty", "'Qty' looks like the quantity"),
+        ("user_id,product_id,timestamp,units_sold", "'units_sold' looks like the quantity"),
+        ("user_id,product_id,timestamp,unit_price", None),
+    ],
+)
+def test_repeated_and_quantity_like_column_names(tmp_path, header, refused):
+    """Old code: a traceback (KeyError) for two columns of one name, and a `Qty` column ignored,
+    so a return of -2 counted as a purchase of one unit."""
+    path = tmp_path / "logs.csv"
+    path.write_text(header + "\n1,2,2024-01-01" + "," * (header.count(",") - 2) + "\n")
+    if refused is None:
+        check_inputs(schema.resolve_files(str(path)))
+    else:
+        with pytest.raises(schema.InputError, match=refused):
+            check_inputs(schema.resolve_files(str(path)))
+
+
+def test_empty_csv_files_are_no_rows_and_an_upper_case_gz_is_refused(tmp_path):
+    (tmp_path / "a.csv").write_text("user_id,product_id,timestamp\n1,2,2024-01-01\n")
+    (tmp_path / "b.csv").write_bytes(b"")
+    files = schema.resolve_files(str(tmp_path))
+    assert (files.paths, files.empty) == ([str(tmp_path / "a.csv")], [str(tmp_path / "b.csv")])
+    check_inputs(files)
+    (tmp_path / "a.csv").write_bytes(b"")
+    with pytest.raises(schema.InputError, match="every input file is empty"):
+        schema.resolve_files(str(tmp_path))
+    (tmp_path / "LOGS.CSV.GZ").write_bytes(b"")
+    with pytest.raises(schema.InputError, match="rename it to"):
+        schema.resolve_files(str(tmp_path / "LOGS.CSV.GZ"))
+
+
 @pytest.mark.parametrize(
     "column",
     [pa.array([[1, 2], [3]], pa.list_(pa.int64())), pa.array([{"a": 1}, {"a": 2}], pa.struct([("a", pa.int64())]))],
@@ -420,3 +487,43 @@ def test_an_empty_split_is_a_clear_error_and_the_last_good_output_survives(ray_s
         preprocess(schema.resolve_files(str(gap)), None, out, config, state_only=True)
     assert layout.DataStats(out).raw["rows_in"] == first["rows_in"]  # the previous output, untouched
     assert sorted(os.listdir(tmp_path)) == sorted([".out.lock", "gap.csv", "good.csv", "out"])
+
+
+def test_an_empty_log_file_a_pq_catalog_and_a_catalog_of_headers_alone(ray_session, tmp_path, capsys):
+    """Old code: one empty daily export refused the job; a catalog named *.pq was read as no
+    files by Ray (a traceback after the whole log); a catalog of headers alone was a KeyError."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "day1.csv").write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(_log_rows(70, 40)) + "\n")
+    (logs / "day2.csv").write_bytes(b"")
+    catalog = tmp_path / "products.pq"
+    pq.write_table(
+        pa.table({"product_id": [f"p{i}" for i in range(97)], "department": ["D"] * 97, "category": ["C"] * 97}),
+        catalog,
+    )
+    config = PreprocessConfig(val_weeks=2, test_weeks=2)
+    out = str(tmp_path / "out")
+    stats = preprocess(
+        schema.resolve_files(str(logs)), schema.resolve_files(str(catalog)), out, config, state_only=True
+    )
+    assert stats["rows_by_file"] == {str(logs / "day1.csv"): 70 * 40, str(logs / "day2.csv"): 0}
+    assert "1 empty file(s) of 0 bytes read as no rows" in capsys.readouterr().out
+    products = Vocabularies.load(layout.vocab_dir(out)).products
+    assert (products.column("category_index")[1:] > 0).all()  # every product has the .pq catalog's category
+
+    headers = tmp_path / "products.csv"
+    headers.write_text("product_id,department,category\n")
+    stats = preprocess(
+        schema.resolve_files(str(logs)),
+        schema.resolve_files(str(headers)),
+        out,
+        config,
+        state_only=True,
+        overwrite=True,
+    )
+    assert stats["catalog_rows"] == 0
+    assert "catalog: no rows" in capsys.readouterr().out
+    header_only = tmp_path / "header_only.csv"
+    header_only.write_text("user_id,product_id,timestamp\n")
+    with pytest.raises(schema.InputError, match="no purchase rows"):
+        ingest.ingest_logs(schema.resolve_files(str(header_only)))

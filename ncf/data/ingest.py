@@ -144,7 +144,7 @@ def _csv_file(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
     reader = pacsv.open_csv(
         piece["path"],
         read_options=schema.csv_reader_options(block_size=CSV_BLOCK_BYTES),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=handler),
+        parse_options=schema.csv_parse_options(handler),
         convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=columns),
     )
     next_number = 2
@@ -321,6 +321,8 @@ def ingest_logs(
         rows = rows.map_batches(_mark_future, batch_format="pyarrow", fn_kwargs={"bound": bound}).materialize()
 
     counts = rows.map_batches(_counts, batch_format="pyarrow").to_pandas()
+    if counts.empty:  # every file a header alone
+        raise InputError(f"{files.paths[0]}: no purchase rows in the {len(files.paths)} input file(s)")
     by_file = source_rows(counts, files.format, footer_rows, files.paths)
     by_reason = {str(r): int(n) for r, n in counts.groupby(schema.REASON)[f"{SOURCE_ROW}_count"].sum().items()}
     rows_kept = by_reason.pop(OK, 0)

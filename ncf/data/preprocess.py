@@ -108,8 +108,8 @@ def _log(message: str) -> None:
 
 
 def read_files(files: schema.InputFiles, columns) -> ray.data.Dataset:
-    if files.format == "parquet":
-        return ray.data.read_parquet(files.paths)
+    if files.format == "parquet":  # Ray's default suffixes would drop a catalog named *.pq, even named alone
+        return ray.data.read_parquet(files.paths, file_extensions=list(schema.PARQUET_SUFFIXES))
     return ray.data.read_csv(files.paths, **schema.csv_read_options(columns))
 
 
@@ -362,8 +362,8 @@ def _read_catalog(files: Optional[schema.InputFiles]) -> tuple[Optional[pd.DataF
         return None, {"catalog_rows": 0}
     # In file order, so that of two rows of one product the first in the files wins every run.
     with _blocks_in_order():
-        raw = read_files(files, schema.CATALOG_REQUIRED)
         try:
+            raw = read_files(files, schema.CATALOG_REQUIRED)
             rows = raw.count()
             catalog = raw.map_batches(schema.normalize_catalog_batch, batch_format="pyarrow").to_pandas()
         except Exception as e:  # Ray wraps the reader's error in its task's traceback
@@ -371,6 +371,8 @@ def _read_catalog(files: Optional[schema.InputFiles]) -> tuple[Optional[pd.DataF
             if unreadable is None:
                 raise
             raise unreadable from e
+    if catalog.empty:  # headers alone, or no row with a product id: a frame without columns
+        catalog = pd.DataFrame({c: pd.Series(dtype=object) for c in schema.CATALOG_REQUIRED})
     deduped = catalog.drop_duplicates(schema.PRODUCT_ID, keep="first")
     _report_catalog_rows(catalog, rows, len(deduped))
     return deduped, {
@@ -383,6 +385,8 @@ def _read_catalog(files: Optional[schema.InputFiles]) -> tuple[Optional[pd.DataF
 def _report_catalog_rows(catalog: pd.DataFrame, rows: int, products: int) -> None:
     """Says what the catalog's reading left out: rows without a product id, and products named
     twice (the first row in the files wins), with examples of those whose rows disagree."""
+    if rows == 0:
+        _log("catalog: no rows: every product's department and category are unknown")
     if rows > len(catalog):
         _log(f"catalog: {rows - len(catalog):,} of {rows:,} rows have no usable product id (left out)")
     if len(catalog) > products:
@@ -706,6 +710,8 @@ def keep_failed_quarantine(stage: str, output: str) -> Optional[str]:
 def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output: str) -> tuple[ingest.Ingested, Dict]:
     """Step 1: every row read, validated and accounted for; the quarantine written."""
     _log(f"reading {len(logs.paths)} {logs.format} file(s)")
+    if logs.empty:
+        _log(f"{len(logs.empty)} empty file(s) of 0 bytes read as no rows, e.g. {logs.empty[0]}")
     read = ingest.ingest_logs(logs, config.min_timestamp, config.max_timestamp, config.future_gap_days, log=_log)
     by_reason = read.by_reason
     _log(f"rows in {read.rows_in:,}: kept {read.rows_kept:,}, quarantined {read.rows_quarantined:,} {by_reason or ''}")
@@ -722,7 +728,7 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
         "quarantine_by_reason": by_reason,
         "future_bound": read.future_bound,
         "future_bound_utc": str(pd.Timestamp(read.future_bound, unit="s")) if read.future_bound else None,
-        "rows_by_file": dict(read.rows_by_file),  # every file: its rows add up to rows_in
+        "rows_by_file": {**read.rows_by_file, **dict.fromkeys(logs.empty, 0)},  # every file: they add up to rows_in
     }
     return read, stats
 

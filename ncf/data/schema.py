@@ -30,7 +30,7 @@ import codecs
 import glob
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -104,10 +104,12 @@ VALIDATED = pa.schema(
 
 @dataclass(frozen=True)
 class InputFiles:
-    """Resolved input: the files and their format (``parquet`` or ``csv``)."""
+    """Resolved input: the files and their format (``parquet`` or ``csv``), and the CSV files
+    of no bytes at all left out of ``paths`` (a day without sales exported as nothing)."""
 
     paths: List[str]
     format: str
+    empty: List[str] = field(default_factory=list)
 
 
 def _hidden(name: str) -> bool:
@@ -157,16 +159,28 @@ def resolve_files(spec: str) -> InputFiles:
     formats = {_format_of(p) for p in paths}
     if len(formats) != 1:
         raise InputError(f"{spec}: mixes file formats {sorted(formats)}; use one of parquet or csv")
-    return InputFiles(paths, formats.pop())
+    fmt = formats.pop()
+    # An empty CSV has no header to read; an empty Parquet file is a broken one, refused as such.
+    empty = [p for p in paths if fmt == "csv" and os.path.getsize(p) == 0]
+    if empty and len(empty) == len(paths):
+        raise InputError(f"{spec}: every input file is empty (0 bytes)")
+    return InputFiles([p for p in paths if p not in empty], fmt, empty)
+
+
+PARQUET_SUFFIXES = ("parquet", "pq")
 
 
 def _format_of(path: str) -> str:
     lower = path.lower()
-    if lower.endswith((".parquet", ".pq")):
+    if lower.endswith(tuple("." + suffix for suffix in PARQUET_SUFFIXES)):
         return "parquet"
-    if lower.endswith((".csv", ".csv.gz")):
+    if lower.endswith(".csv"):
         return "csv"
-    raise InputError(f"{path}: unknown file type (expected .parquet or .csv)")
+    if lower.endswith(".csv.gz"):
+        if not path.endswith(".gz"):  # pyarrow and Ray decompress by the suffix, written in lower case
+            raise InputError(f"{path}: a compressed CSV is recognised by its suffix in lower case: rename it to *.gz")
+        return "csv"
+    raise InputError(f"{path}: unknown file type (expected .parquet, .csv or .csv.gz)")
 
 
 def _unreadable(path: str, fmt: str, e: Exception) -> InputError:
@@ -181,7 +195,7 @@ def file_schema(path: str, fmt: str) -> pa.Schema:
         if fmt == "parquet":
             return pq.read_schema(path)
         # Rows with the wrong number of fields are the reader's to quarantine, not a reason to refuse the file.
-        skip = pacsv.ParseOptions(invalid_row_handler=lambda row: "skip")
+        skip = csv_parse_options(lambda row: "skip")
         with pacsv.open_csv(path, read_options=csv_reader_options(), parse_options=skip) as reader:
             return pa.schema([(name, pa.string()) for name in reader.schema.names])
     except (pa.ArrowException, OSError, ValueError) as e:
@@ -232,6 +246,10 @@ def usable_type(t: pa.DataType, kind: str) -> bool:
     return kind == TIME and (pa.types.is_timestamp(t) or pa.types.is_date(t))
 
 
+# Column names an export gives the quantity: Qty, QUANTITY_SOLD, item_qty, "units sold".
+QUANTITY_LIKE = re.compile(r"(^|[_\W])(qty|quantity|quantities|units)([_\W]|$)", re.IGNORECASE)
+
+
 def check_columns(files: InputFiles, required: Sequence[str], what: str, optional: Sequence[str] = ()) -> None:
     """Stops with the first file that lacks a required column, spells a required or optional one
     otherwise (``Quantity``, `` user_id``, even beside ``quantity``: names are matched exactly, and
@@ -248,15 +266,25 @@ def check_columns(files: InputFiles, required: Sequence[str], what: str, optiona
                     f"{path}: {what} column {name!r} is spelled otherwise than {meant!r}: column names are "
                     f"matched exactly (lower case, no spaces); {fix}"
                 )
+        quantity_like = [n for n in file.names if QUANTITY_LIKE.search(n) and n != QUANTITY]
+        if QUANTITY in optional and QUANTITY not in file.names and quantity_like:
+            # Ignored, every row would count as one unit and a return (-2) as a purchase.
+            raise InputError(
+                f"{path}: {what} column {quantity_like[0]!r} looks like the quantity, which is read from a column "
+                f"named '{QUANTITY}' only (returns, quantities of 0 or less, are quarantined through it): rename it"
+                " or drop it"
+            )
         for column in required:
             if column not in file.names:
                 names = ", ".join(repr(n) for n in file.names)
                 raise InputError(f"{path}: {what} is missing required column '{column}' (has: {names})")
-        for column in file.names:
-            kind = COLUMN_KINDS.get(column)
-            t = file.field(column).type
-            if kind and not usable_type(t, kind):
-                raise InputError(f"{path}: {what} column '{column}' has type {t}; {_KIND_WORDS[kind]}")
+        for column in (*required, *optional):
+            if file.names.count(column) > 1:  # a joined export: which one holds the data is anyone's guess
+                raise InputError(f"{path}: {what} has {file.names.count(column)} columns named '{column}'; keep one")
+        for f in file:  # by position: other columns may share a name (Excel's trailing empty ones)
+            kind = COLUMN_KINDS.get(f.name)
+            if kind and not usable_type(f.type, kind):
+                raise InputError(f"{path}: {what} column '{f.name}' has type {f.type}; {_KIND_WORDS[kind]}")
 
 
 # -- text: invalid UTF-8 is kept visible, never passed on -------------------------------------------
@@ -302,14 +330,22 @@ def csv_reader_options(**options) -> pacsv.ReadOptions:
     return pacsv.ReadOptions(use_threads=False, encoding=MARKED_UTF8, **options)
 
 
+def csv_parse_options(invalid_row_handler=None) -> pacsv.ParseOptions:
+    """How every CSV here is parsed: a quoted value may hold a line break (an order note, a
+    product description). pyarrow's default assumes none and, past its first block, cut such a
+    row in two: a made-up row was kept as a purchase, or the parser fell out of step."""
+    return pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid_row_handler)
+
+
 def csv_read_options(columns: Sequence[str]) -> Dict:
     """``ray.data.read_csv`` options for the catalog: contract columns as text so that bad
     values reach normalization instead of failing type inference for a whole block, and only
     those (another column's inferred type would refuse a file over a value nobody reads)."""
     return {
+        "parse_options": csv_parse_options(),
         "convert_options": pacsv.ConvertOptions(
             column_types={c: pa.string() for c in columns}, include_columns=list(columns)
-        )
+        ),
     }
 
 
@@ -426,6 +462,7 @@ def _ids(column, whole_number_text: bool = True) -> Tuple[pa.Array, np.ndarray, 
 SCIENTIFIC_NUMBER = r"^-?[0-9](\.[0-9]+[eE][+-]?|[eE]\+)[0-9]+$"
 
 
+_UTC_NAMED = re.compile(r"\s+(?:UTC|GMT)$", re.IGNORECASE)
 _NOT_TIMESTAMPS = ("now", "today", "tomorrow", "yesterday")  # pandas reads the first two as wall-clock time
 _UNIT_SECONDS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
@@ -455,7 +492,11 @@ def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array]:
     text, _, raw = _as_text(array)  # not UTF-8 -> null -> NaN
     strings = pd.Series(text.to_pylist(), dtype="object").str.strip()
     strings = strings.where(~strings.str.lower().isin(_NOT_TIMESTAMPS))
+    # BigQuery's and Go's " UTC" says what a time without an offset is read as anyway.
+    strings = strings.str.replace(_UTC_NAMED, "", regex=True)
     numeric = pd.to_numeric(strings, errors="coerce")
+    # Epoch seconds in scientific notation (1.51176E+09) lost their last digits: minutes, not a moment.
+    numeric = numeric.where(~strings.str.contains("[eE]", regex=True, na=False))
     parsed = pd.to_datetime(strings.where(numeric.isna()), errors="coerce", utc=True, format="ISO8601")
     # Through numpy, in the unit pandas chose: years like 9999 do not fit in nanoseconds.
     moments = parsed.dt.tz_localize(None).to_numpy()
