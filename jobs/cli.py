@@ -289,13 +289,12 @@ def check_data(path: str, runs: tuple = (), option: str = "--data") -> str:
                 f"{path}: no training lists for the {run} run ({option}; preprocessed with --state-only?); "
                 "run python -m jobs.preprocess without --state-only first"
             )
-    if runs:
-        check_features_version(path)
-    elif not os.path.exists(os.path.join(layout.product_stats_dir(path), NEIGHBOURS_FILE)):
+    if not runs and not os.path.exists(os.path.join(layout.product_stats_dir(path), NEIGHBOURS_FILE)):
         raise InputError(
             f"{path}: preprocessed by an older version (no product_stats/{NEIGHBOURS_FILE}, the products' "
             "co-purchase neighbours every ranking reads); run python -m jobs.preprocess again"
         )
+    check_features_version(path)
     return path
 
 

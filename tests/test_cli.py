@@ -17,6 +17,7 @@ from helpers import REPO
 import ncf
 from jobs import cli
 from ncf.data.features import FEATURES_VERSION
+from ncf.data.neighbours import FILE as NEIGHBOURS_FILE
 from ncf.jsonio import write_json
 from ncf.model.directory import FORMAT_VERSION
 
@@ -102,13 +103,20 @@ def paths(tmp_path):
     # The same lists computed by code of an older feature definition (before the version was kept).
     (tmp_path / "old-lists" / "examples" / "cutoff=1").mkdir(parents=True)
     write_json(str(tmp_path / "old-lists" / "stats.json"), {"cutoffs": {"validated": [1]}, "boundaries": {}})
+    # A DATA with the neighbours file but of another features version: its product stats are other numbers.
+    (tmp_path / "other-version" / "product_stats").mkdir(parents=True)
+    (tmp_path / "other-version" / "product_stats" / NEIGHBOURS_FILE).write_bytes(b"")
+    write_json(
+        str(tmp_path / "other-version" / "stats.json"),
+        {"state_only": True, "cutoffs": {}, "boundaries": {}, "features_version": FEATURES_VERSION + 1},
+    )
     (tmp_path / "model").mkdir()
     sizes = {"num_users": 10, "num_products": 1000, "num_departments": 2, "num_categories": 2}
     config = {"format_version": FORMAT_VERSION, "version": "v1", "model": sizes, "ranking": {}}
     write_json(str(tmp_path / "model" / "config.json"), config)
     (tmp_path / "model" / "model.pt").write_bytes(b"")
     (tmp_path / "logs.csv").write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
-    names = ("missing", "empty", "other", "state", "lists", "old-lists", "model", "logs.csv")
+    names = ("missing", "empty", "other", "state", "lists", "old-lists", "other-version", "model", "logs.csv")
     return {name: str(tmp_path / name) for name in names}
 
 
@@ -130,6 +138,11 @@ def _cases(p: dict, out: str) -> list:
         ("evaluate", ["--baselines-only", "--data", p["missing"]], [p["missing"], "jobs.preprocess first"]),
         # A DATA of features version 2 or older: its state lacks the neighbours every ranking reads.
         ("evaluate", ["--baselines-only", "--data", p["old-lists"]], [p["old-lists"], "co-purchase neighbours"]),
+        (
+            "evaluate",
+            ["--baselines-only", "--data", p["other-version"]],
+            [p["other-version"], f"features version {FEATURES_VERSION + 1}, this code computes"],
+        ),
         ("batch_score", ["--model", p["empty"], "--data", p["other"], "--output", out], [p["empty"], "jobs.train"]),
         ("batch_score", ["--model", p["other"], "--data", p["other"], "--output", out], ["no config.json"]),
         ("deploy", ["--model", p["missing"]], [p["missing"], "not a model directory", "jobs.train first"]),

@@ -16,11 +16,12 @@ import torch
 from helpers import REPO
 
 from ncf.data import layout
+from ncf.data.features import FEATURES_VERSION
 from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.errors import InputError
-from ncf.jsonio import write_json
+from ncf.jsonio import read_json, write_json
 from ncf.model.directory import CONFIG, METRICS, TRAINED_USERS, WEIGHTS, save_untrained_model_dir, update_metrics
 from ncf.model.integrity import MANIFEST, ModelIntegrityError, verify_model_dir, write_manifest
 from ncf.rank.recommender import Recommender
@@ -58,7 +59,15 @@ def tiny_data(root: str, users: int = 6, products: int = 9) -> str:
     ProductStats.compute(states, category, END + 1).save(layout.product_stats_dir(data))
     write_json(
         layout.stats_path(data),
-        {"boundaries": {"start": END - 60 * DAY, "val_start": END - 14 * DAY, "test_start": END - 7 * DAY, "end": END}},
+        {
+            "boundaries": {
+                "start": END - 60 * DAY,
+                "val_start": END - 14 * DAY,
+                "test_start": END - 7 * DAY,
+                "end": END,
+            },
+            "features_version": FEATURES_VERSION,
+        },
     )
     return data
 
@@ -265,8 +274,11 @@ def test_user_state_of_another_run_is_refused(model, tmp_path):
         ),
         (lambda c: json.dumps({k: v for k, v in c.items() if k != "version"}), "bad config.json .*version"),
         (lambda c: json.dumps({**c, "format_version": 1}), "model directory format 1"),
+        # Format 4 was written on features version 3 before it named it; a newer feature definition
+        # must refuse such weights even where nobody moved the format (a helper's review, 2026-12-04).
+        (lambda c: json.dumps({**c, "features_version": FEATURES_VERSION - 1}), "trained on features version"),
     ],
-    ids=["not json", "impossible model", "unknown key", "no version", "old format"],
+    ids=["not json", "impossible model", "unknown key", "no version", "old format", "other features"],
 )
 @pytest.mark.faults
 def test_a_bad_config_is_refused_in_one_line(model, damage, message):
@@ -308,6 +320,10 @@ def test_data_without_a_catalog_is_refused_for_a_model_trained_with_one(model, t
     empty = Vocabulary.from_ids([], kind="str")
     Vocabularies(vocabs.users, products, empty, empty).save(layout.vocab_dir(other))
     with pytest.raises(InputError, match="no product has a department or category .* --products CATALOG"):
+        Recommender.load(model, data=other)
+    stats = read_json(os.path.join(other, "stats.json"))
+    write_json(os.path.join(other, "stats.json"), {**stats, "features_version": FEATURES_VERSION - 1})
+    with pytest.raises(InputError, match="preprocessed for features version"):  # its stats are other numbers
         Recommender.load(model, data=other)
     assert Recommender.load(model, data=tiny_data(str(tmp_path / "withcatalog"))).recommend(["101"], k=2)
 

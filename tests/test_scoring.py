@@ -758,5 +758,8 @@ def test_moments_are_one_per_household_or_one_for_all(recommender):
         recommender.rank(users, k=3, at=[at, at])
     with pytest.raises(ValueError, match="2 moments for 3 households"):
         recommender.ranker.rank(indices, [at, at], k=3)
+    for k in (0, -1):  # old code: no products, or every candidate but the last
+        with pytest.raises(ValueError, match="at least 1 product"):
+            recommender.rank(users, k=k, at=at)
     each = recommender.rank(users, k=3, at=[at] * 3)
     assert [r.product_ids for r in each] == [r.product_ids for r in recommender.rank(users, k=3, at=at)]

@@ -59,13 +59,14 @@ TRAINING_COLUMNS = [USER, HISTORY, HISTORY_AGE_DAYS, TIME_PARTS, PRODUCT, LABEL,
 
 
 def check_features_version(data: str) -> None:
-    """Refuses (InputError, one line) DATA whose training lists were computed by another feature
-    definition than this code's (:data:`ncf.data.features.FEATURES_VERSION`): a model or ranker
-    fitted on them would score this code's features with weights learnt on other numbers."""
+    """Refuses (InputError, one line) DATA preprocessed by another feature definition than this
+    code's (:data:`ncf.data.features.FEATURES_VERSION`): a model or ranker fitted on its training
+    lists would score this code's features with weights learnt on other numbers, and a ranking
+    from its state would read product stats of another definition."""
     version = layout.DataStats(data).features_version
     if version != FEATURES_VERSION:
         raise InputError(
-            f"{data}: training lists of features version {version}, this code computes version "
+            f"{data}: preprocessed for features version {version}, this code computes version "
             f"{FEATURES_VERSION}; run python -m jobs.preprocess again"
         )
 

@@ -40,6 +40,7 @@ import torch
 
 from ncf.data import layout
 from ncf.data.examples import listed_rows
+from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
 from ncf.jsonio import write_json
@@ -132,6 +133,7 @@ def save_model_dir(
             os.path.join(tmp, CONFIG),
             {
                 "format_version": FORMAT_VERSION,
+                "features_version": FEATURES_VERSION,
                 "version": version,
                 "run": run,
                 "model": dataclasses.asdict(model_config),

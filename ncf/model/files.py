@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Dict
 
+from ncf.data.features import FEATURES_VERSION
 from ncf.errors import InputError
 from ncf.jsonio import read_json
 
@@ -16,6 +17,8 @@ from ncf.jsonio import read_json
 # format 2 learnt on other numbers for the same feature names, so it is refused, not served.
 # 4: features version 3 (the co-purchase neighbour score; state/product_stats/neighbours.npz).
 FORMAT_VERSION = 4
+# The features version of every format-4 directory written before config.json named it.
+FEATURES_OF_FORMAT_4 = 3
 CONFIG = "config.json"
 WEIGHTS = "model.pt"
 METRICS = "metrics.json"
@@ -39,6 +42,12 @@ def read_config(model_dir: str) -> Dict:
         raise InputError(
             f"{model_dir}: model directory format {config.get('format_version')}, this code reads "
             f"{FORMAT_VERSION}: retrain it with python -m jobs.train"
+        )
+    trained_on = config.get("features_version", FEATURES_OF_FORMAT_4)
+    if trained_on != FEATURES_VERSION:  # weights learnt on other numbers for the same feature names
+        raise InputError(
+            f"{model_dir}: trained on features version {trained_on}, this code computes version "
+            f"{FEATURES_VERSION}: retrain it with python -m jobs.train"
         )
     _check_fields(model_dir, config)
     return config

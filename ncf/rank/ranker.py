@@ -170,6 +170,8 @@ class Ranker:
         ``explain``: with the attention's "because" products and the reasons; ``reasons``: the
         reasons or not whatever ``explain`` says. Explained or not, the scores are a plain
         ranking's to the last bit."""
+        if k < 1:  # a slice of [:k] would answer every candidate but the last -k
+            raise ValueError(f"k={k}: at least 1 product is ranked")
         with_reasons = explain if reasons is None else reasons
         users, at = np.asarray(users, np.int64), np.asarray(at, np.int64)
         if users.shape != at.shape:

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ncf.data.examples import check_features_version
 from ncf.data.product_stats import ProductStats
 from ncf.data.vocab import UNKNOWN_INDEX
 from ncf.model.directory import ModelDir
@@ -99,6 +100,7 @@ class Recommender:
         handle = ModelDir(model_dir)
         state = RankingState.load(data or handle.state_dir)
         if data is not None:
+            check_features_version(data)  # its product stats feed the features
             check_catalog(handle.config["model"], state.vocabs.sizes(), data)
             # Before the ranker: without a saved index it builds one (minutes at 1M products).
             check_data_products(handle, data)
