@@ -22,6 +22,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     """Joins the cluster a job was submitted to (RAY_ADDRESS), else starts a local one."""
     import ray
 
+    from ncf.device import exit_on_sigterm  # here: it imports torch, which a job's --help need not
+
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -50,6 +52,9 @@ def init_ray(num_cpus: int | None = None) -> None:
             dashboard_host="127.0.0.1",
             runtime_env=runtime_env,
         )
+    # ray.init's own SIGTERM handler exits with status 15, which a scheduler reads as a failure of
+    # its own kind; 143 is what a shell reports for a process SIGTERM stopped (README's table).
+    exit_on_sigterm()
 
 
 # A head started beside the job (a container, a script's `ray start --head &`) is listening

@@ -49,7 +49,7 @@ def gpus_within(workers: int, wait_s: float, log: Callable[[str], None] = print,
 
     log(f"[gpu] waiting up to {wait_s:g} s for {workers} GPUs (the cluster has {available}): asked the autoscaler")
     deadline = time.monotonic() + wait_s
-    previous = _exit_on_sigterm()
+    previous = exit_on_sigterm()
     try:
         # Inside the try: a SIGTERM the moment the request is made still withdraws it.
         request_resources(bundles=[{"GPU": 1}] * workers)
@@ -64,7 +64,7 @@ def gpus_within(workers: int, wait_s: float, log: Callable[[str], None] = print,
     return available
 
 
-def _exit_on_sigterm():
+def exit_on_sigterm():
     """SIGTERM raises SystemExit (so ``finally`` runs) until the returned handler is restored;
     None where handlers cannot be set (not the main thread)."""
     if threading.current_thread() is not threading.main_thread():

@@ -7,6 +7,7 @@ import importlib
 import inspect
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -461,3 +462,33 @@ def test_a_busy_target_exits_75_and_bad_input_2(capsys):
         assert exit_info.value.code == code
         assert capsys.readouterr().err == f"error: {error}\n"
     assert EXIT_TRY_LATER == 75
+
+
+STOPPED_AFTER_RAY_STARTS = """
+import time
+from jobs.cli import init_ray
+init_ray(num_cpus=1)
+print("up", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.faults
+def test_a_job_stopped_by_sigterm_after_ray_starts_exits_143():
+    """`ray job stop` and schedulers send SIGTERM; ray.init's own handler made every job that had
+    started Ray exit 15, where README's table (and a shell, for any other process) says 143."""
+    job = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_AFTER_RAY_STARTS],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
+    try:
+        assert job.stdout.readline().strip() == "up"
+        job.send_signal(signal.SIGTERM)
+        _, err = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert job.returncode == 128 + signal.SIGTERM, err[-2000:]
