@@ -485,3 +485,18 @@ def test_a_sweep_interrupted_on_a_laptop_resumes_with_ray_job_submit_losing_and_
     assert not os.path.exists(table.loc[0, CHECKPOINT_PATH])
     exported = export_best(table, SweepSettings(data=data, output=str(moved)))
     assert read_config(exported)["version"] == f"sweep-{best['trial_id']}" and exported.startswith(str(moved))
+
+
+@pytest.mark.faults
+def test_a_resumed_sweep_refuses_a_tracking_store_that_does_not_open_before_tune_restores(tmp_path, monkeypatch):
+    """README: a sweep opens the store before its first trial. Only a new sweep did: a resumed one
+    restored Tune's pickled logger and ran its trials with their MLflow runs lost."""
+    from tune import sweep as sweep_module
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    restored = []
+    monkeypatch.setattr("ray.tune.Tuner.restore", lambda *args, **kwargs: restored.append(args))
+    settings = SweepSettings(data=str(tmp_path / "data"), output=str(tmp_path / "sweep"))
+    with pytest.raises(registry.StoreUnavailable, match="no server answers there"):
+        sweep_module._tuner(settings, trainable=None, resume=True)
+    assert not restored

@@ -150,11 +150,12 @@ def _tuner(settings: SweepSettings, trainable, resume: bool):
     from ray.tune.search.optuna import OptunaSearch
 
     from tune.scheduler import EpochASHA
-    from tune.tracking import trial_logger
+    from tune.tracking import sweep_store, trial_logger
 
     experiment = settings.experiment_dir
     if resume:  # resumed_concurrency has found its tuner.pkl, what Tuner.can_restore looks for
         print(f"[sweep] resuming {experiment}", flush=True)
+        sweep_store()  # the restored logger's store: its trials' runs would be lost on one that does not open
         # Failed trials run again from their last checkpoint (Ray Train had retried them
         # max_failures times; a resume is the user's say that the cause is gone).
         try:

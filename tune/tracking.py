@@ -78,10 +78,18 @@ class TrialLogger(MLflowLoggerCallback):
                 print(f"{where}: {what} not recorded, the sweep goes on ({first})", flush=True)
 
 
-def trial_logger(sweep: str) -> TrialLogger:
-    """The sweep's :class:`TrialLogger` on the registry's tracking store (``MLFLOW_TRACKING_URI`` or the local one)."""
+def sweep_store() -> Registry:
+    """The registry's tracking store (``MLFLOW_TRACKING_URI`` or the local one), opened with the
+    sweeps' experiment (created here, its artifacts beside a local store): a store that does not
+    open is refused before any trial runs (StoreUnavailable, or InputError), a new sweep or a resumed one."""
     registry = Registry()
-    registry.experiment_id(SWEEP_EXPERIMENT)  # created here, with its artifacts beside a local store
+    registry.experiment_id(SWEEP_EXPERIMENT)
+    return registry
+
+
+def trial_logger(sweep: str) -> TrialLogger:
+    """The sweep's :class:`TrialLogger` on :func:`sweep_store`."""
+    registry = sweep_store()
     return TrialLogger(
         tracking_uri=registry.uri,
         registry_uri=registry.uri,
