@@ -12,6 +12,7 @@ message listing each problem, an oversized body 413, unknown routes 404. A real 
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 from typing import Annotated, Any, Dict, List, Optional, Union
 
@@ -352,7 +353,8 @@ PASS_RETRY_AFTER_S = 10
 
 async def _on_pass_busy(request: Request, exc: PassBusy) -> JSONResponse:
     response = _error(503, str(exc))
-    response.headers["Retry-After"] = str(PASS_RETRY_AFTER_S)
+    wait = PASS_RETRY_AFTER_S if exc.retry_after_s is None else math.ceil(exc.retry_after_s)
+    response.headers["Retry-After"] = str(wait)
     return response
 
 

@@ -31,6 +31,9 @@ from serve.api import BatchRecommendRequest, RecommendRequest, ScoreRequest, Unk
 DEFAULT_AT_CHOICES = (NOW, DATA_END)
 # Histories ending this long before now are stale for requests at now (the default label window).
 STALE_AFTER_DAYS = 35
+# The most of a replica's time spent computing past days' products' stats (an `at` inside the
+# data, a pass over every purchase): a client cycling through days cannot keep its cores on them.
+PASS_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -194,7 +197,11 @@ class ModelService:
             _check_unchanged(settings)
         # A past day's pass holds a worker thread and memory for its length: a request for another
         # new past day meanwhile is refused (PassBusy, 503) rather than queued behind it.
-        base = previous.base if same else Recommender.load(settings.model_dir, data=settings.data, queue_passes=False)
+        base = (
+            previous.base
+            if same
+            else Recommender.load(settings.model_dir, data=settings.data, queue_passes=False, pass_share=PASS_SHARE)
+        )
         if not same:
             _check_unchanged(settings)  # replaced while it was verified and loaded
         if same and previous.settings.candidates == settings.candidates:

@@ -719,6 +719,38 @@ def test_a_recommender_that_does_not_queue_passes_refuses_another_new_day_meanwh
 
 
 @pytest.mark.faults
+def test_a_replicas_passes_keep_to_their_share_of_its_time(recommender, monkeypatch):
+    """A client cycling through past days made every request a new pass over every purchase, one
+    after another (a helper's review): with ``pass_share`` 0.25, a pass of 2 s is followed by 6 s
+    in which a new day is refused (Retry-After: the seconds left); kept days are answered."""
+    from ncf.rank import recommender as recommender_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(recommender_module.time, "monotonic", lambda: clock[0])
+    original = RankingState.as_of
+
+    def two_seconds(state, cutoff, stats=None):
+        clock[0] += 2.0
+        return original(state, cutoff, stats)
+
+    monkeypatch.setattr(RankingState, "as_of", two_seconds)
+    rec = Recommender(recommender.ranker, recommender.version, queue_passes=False, pass_share=0.25)
+    days = [day_of(rec.state.end) - i * 86_400 for i in range(1, 4)]
+    first = rec.as_of(days[0] + 60)
+    clock[0] += 5.0
+    with pytest.raises(PassBusy, match="at most 25% of its time") as busy:
+        rec.as_of(days[1] + 60)
+    assert busy.value.retry_after_s == pytest.approx(1.0)
+    assert rec.as_of(days[0] + 7200) is first and rec.needs_pass(days[1] + 60)
+    clock[0] += 1.0
+    assert rec.as_of(days[1] + 60).state.end == days[1] - 1
+    with pytest.raises(PassBusy):
+        rec.as_of(days[2] + 60)
+    with pytest.raises(ValueError, match="a share of time"):
+        Recommender(recommender.ranker, pass_share=0)
+
+
+@pytest.mark.faults
 def test_a_past_day_that_fails_leaves_the_kept_days_kept(recommender):
     """The first change of the per-day locks made room for a day before computing it, so a day
     whose computation failed (here: stats of another day handed in) pushed a kept day out."""

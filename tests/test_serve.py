@@ -21,7 +21,7 @@ from ncf.rank.recommender import BeforeTheData, PassBusy
 from serve.api import MAX_BATCH_USERS, MAX_BODY_BYTES, MAX_EXPLAINED_ITEMS, MAX_K, MAX_PRODUCT_IDS
 from serve.app import DEPLOYMENT_NAME, build_app
 from serve.launch import start, wait_until_healthy
-from serve.service import ModelService, PassNeeded, ServeSettings
+from serve.service import PASS_SHARE, ModelService, PassNeeded, ServeSettings
 
 TIMEOUT = 30  # seconds per HTTP call
 UNKNOWN_USER = "no-such-user"
@@ -478,6 +478,8 @@ def test_changing_candidates_reuses_the_model_without_touching_the_old_service(s
     assert new.recommender.ranker.model is old.recommender.ranker.model
     assert new.recommender.settings.candidates == MAX_K + 17
     assert old.recommender.settings.candidates != MAX_K + 17
+    # A replica's recommenders keep to their passes' share of its time, with_settings' copies too.
+    assert old.recommender.pass_share == new.recommender.pass_share == PASS_SHARE < 1
     # Old code: back to the default (None) kept the override, applied to the previous recommender,
     # so the replica ranked with MAX_K + 17 candidates while the nightly job used the default.
     back = ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir}), previous=new)
@@ -567,6 +569,8 @@ def test_a_busy_past_day_is_a_503_json_with_retry_after():
     assert response.status_code == 503
     assert response.headers["retry-after"] == str(PASS_RETRY_AFTER_S) == "10"
     assert json.loads(response.body) == {"error": "the day 2017-06-01 is being computed"}
+    spaced = asyncio.run(_on_pass_busy(None, PassBusy("at most 25% of its time", retry_after_s=4.2)))
+    assert spaced.status_code == 503 and spaced.headers["retry-after"] == "5"  # when a pass may start
 
 
 @pytest.mark.faults

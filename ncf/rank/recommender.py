@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -58,8 +59,13 @@ class BeforeTheData(ValueError):
 
 class PassBusy(RuntimeError):
     """A past day not computed yet, asked of a recommender that does not queue passes while a
-    pass runs, for that day or another (Serve's: 503 with Retry-After, rather than a worker
-    thread held for the pass's length)."""
+    pass runs, for that day or another, or before its passes' share of time allows another
+    (Serve's: 503 with Retry-After, rather than a worker thread held for the pass's length).
+    ``retry_after_s``: when a new pass may start, where known."""
+
+    def __init__(self, message: str, retry_after_s: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class _PastDay:
@@ -78,12 +84,22 @@ class Recommender:
         version: the model version reported with every answer.
         queue_passes: a past day not computed yet, asked for while a pass runs (for that day
             or another), waits for it (True) or raises :class:`PassBusy` (False).
+        pass_share: the most of its time the recommender spends on passes: after a pass of d
+            seconds, a new day's pass waits d * (1 / pass_share - 1) seconds (PassBusy meanwhile,
+            when passes are not queued). 1: no wait. Serve's replicas take 0.25, so that anyone
+            cycling through past days cannot keep a replica's cores on passes.
     """
 
-    def __init__(self, ranker: Ranker, version: str = "dev", queue_passes: bool = True) -> None:
+    def __init__(
+        self, ranker: Ranker, version: str = "dev", queue_passes: bool = True, pass_share: float = 1.0
+    ) -> None:
+        if not 0.0 < pass_share <= 1.0:
+            raise ValueError(f"pass_share={pass_share}: a share of time, in (0, 1]")
         self.ranker = ranker
         self.version = version
         self.queue_passes = queue_passes
+        self.pass_share = pass_share
+        self._next_pass_at = 0.0  # time.monotonic() from which a new day's pass may start
         self._days: "OrderedDict[int, _PastDay]" = OrderedDict()  # as_of's, latest used last
         self._days_lock = threading.Lock()  # guards _days only: a day's pass runs under its own lock
         self._pass_lock = threading.Lock()  # one pass over the purchases at a time
@@ -95,6 +111,7 @@ class Recommender:
         settings: Optional[RankingSettings] = None,
         device: Optional[torch.device] = None,
         queue_passes: bool = True,
+        pass_share: float = 1.0,
     ) -> "Recommender":
         """The model of ``model_dir`` ranking from ``data``'s state (default: the model's own)."""
         handle = ModelDir(model_dir)
@@ -105,7 +122,7 @@ class Recommender:
             # Before the ranker: without a saved index it builds one (minutes at 1M products).
             check_data_products(handle, data)
         ranker = Ranker.of_model_dir(handle, state, settings, device=device)
-        return Recommender(ranker, handle.version, queue_passes)
+        return Recommender(ranker, handle.version, queue_passes, pass_share)
 
     # -- what the state says ------------------------------------------------------------------
 
@@ -152,11 +169,17 @@ class Recommender:
                 try:
                     if not self._pass_lock.acquire(blocking=self.queue_passes):
                         raise self._busy(at, "another past day's")
+                    started = None
                     try:
+                        self._wait_for_the_pass_share(at)
+                        started = time.monotonic()
                         r = self.ranker
                         ranker = Ranker(r.model, self.state.as_of(day, stats), r.rows, r.settings, r.mf_index)
                         past.recommender = Recommender(ranker, self.version)
                     finally:
+                        if started is not None:
+                            spent = time.monotonic() - started
+                            self._next_pass_at = time.monotonic() + spent * (1.0 / self.pass_share - 1.0)
                         self._pass_lock.release()
                 finally:
                     with self._days_lock:
@@ -169,6 +192,20 @@ class Recommender:
             return past.recommender
         finally:
             past.lock.release()
+
+    def _wait_for_the_pass_share(self, at: int) -> None:
+        """Under the pass lock: waits (or, not queueing, refuses) until the last pass's share of
+        time allows another."""
+        wait = self._next_pass_at - time.monotonic()
+        if wait <= 0:
+            return
+        if not self.queue_passes:
+            raise PassBusy(
+                f"at {as_datetime(at).isoformat()}: this replica spends at most {self.pass_share:.0%} of its time "
+                f"computing past days' products' stats; ask again in {wait:.0f} s, or for a day already asked for",
+                retry_after_s=wait,
+            )
+        time.sleep(wait)
 
     @staticmethod
     def _busy(at: int, whose: str) -> PassBusy:
@@ -212,7 +249,7 @@ class Recommender:
         """A recommender sharing this one's model and state with other first-stage sizes."""
         settings = dataclasses.replace(self.settings, **changes)
         ranker = Ranker(self.ranker.model, self.state, self.ranker.rows, settings, self.ranker.mf_index)
-        return Recommender(ranker, self.version, self.queue_passes)
+        return Recommender(ranker, self.version, self.queue_passes, self.pass_share)
 
     @property
     def default_at(self) -> int:
