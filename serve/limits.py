@@ -23,6 +23,11 @@ What it does, per request:
   here, before the request is handed on, a slow client never holds a replica.
 * **Serve's control headers** (``x-request-timeout-seconds``, ``x-request-disconnect-disabled``)
   are dropped from client requests: they would let any client lift the request timeout.
+* **Loopback names** (``loopback_names_only=True``, the proxy): a request that arrived on a
+  loopback address must name a loopback host (``127.0.0.1``, ``localhost``, ``[::1]``, or a
+  name in ``NCF_SERVE_HOSTS``), else 421. A web page a local browser opens can point its own
+  domain at 127.0.0.1 (DNS rebinding) and read the answers, households' histories included;
+  it cannot make the browser send a loopback name. nginx in front sends ``Host: 127.0.0.1:8000``.
 * **JSON errors** (``json_errors=True``, the proxy): Serve's own error answers are plain text;
   they become ``{"error": ...}`` like the application's. Serve's request timeout, which Serve
   answers with 408, becomes 504: 408 here means the client was too slow, 504 that the server was.
@@ -36,7 +41,9 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import os
 from typing import Dict, List, Optional
 
 MAX_BODY_BYTES = 64 * 1024
@@ -49,6 +56,9 @@ MAX_ERROR_BYTES = 2048  # the most of a plain-text error kept in its JSON form
 # Per-request overrides Serve's proxy honours; meant for a trusted load balancer, never a client.
 CONTROL_HEADERS = frozenset({b"x-request-timeout-seconds", b"x-request-disconnect-disabled"})
 
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+EXTRA_HOSTS_ENV = "NCF_SERVE_HOSTS"  # comma-separated names a loopback request may also carry
+
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "serve.limits:proxy_middlewares"
 
@@ -58,13 +68,47 @@ def proxy_middlewares() -> List:
     for the middlewares it wraps itself in."""
     from starlette.middleware import Middleware
 
-    return [Middleware(EdgeLimits, json_errors=True)]
+    return [Middleware(EdgeLimits, json_errors=True, loopback_names_only=True)]
 
 
 def proxy_env() -> Dict[str, str]:
     """Environment that makes Serve's proxy run :class:`EdgeLimits`: given to the Serve
-    controller (``controller_options.runtime_env.env_vars``), whose proxies inherit it."""
-    return {PROXY_CALLBACK_ENV: PROXY_CALLBACK}
+    controller (``controller_options.runtime_env.env_vars``), whose proxies inherit it (with
+    ``NCF_SERVE_HOSTS`` where the deploying process has it)."""
+    extra = {EXTRA_HOSTS_ENV: os.environ[EXTRA_HOSTS_ENV]} if os.environ.get(EXTRA_HOSTS_ENV) else {}
+    return {PROXY_CALLBACK_ENV: PROXY_CALLBACK, **extra}
+
+
+def _host_name(host: bytes) -> str:
+    """``Host`` header -> its name, lower case, without port or brackets."""
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[1 : text.find("]")] if "]" in text else text
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+
+
+def _is_loopback(address: Optional[str]) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def misdirected(scope) -> Optional[str]:
+    """Why a request that arrived on a loopback address names another host (DNS rebinding), or
+    None where it may pass."""
+    server = scope.get("server") or (None, None)
+    host = dict(scope.get("headers") or []).get(b"host")
+    if host is None or not _is_loopback(server[0]):
+        return None
+    name = _host_name(host)
+    extra = {n.strip().lower() for n in os.environ.get(EXTRA_HOSTS_ENV, "").split(",") if n.strip()}
+    if name in LOOPBACK_NAMES or name in extra:
+        return None
+    return (
+        f"Host {host.decode('latin-1')[:100]!r} is not this server's: a request on {server[0]} names 127.0.0.1, "
+        f"localhost or [::1] ({EXTRA_HOSTS_ENV} adds names)"
+    )
 
 
 class EdgeLimits:
@@ -76,11 +120,13 @@ class EdgeLimits:
         max_body_bytes: int = MAX_BODY_BYTES,
         body_timeout_s: float = BODY_TIMEOUT_S,
         json_errors: bool = False,
+        loopback_names_only: bool = False,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.json_errors = json_errors
+        self.loopback_names_only = loopback_names_only
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -89,6 +135,10 @@ class EdgeLimits:
         headers = [(k, v) for k, v in scope.get("headers") or [] if k.lower() not in CONTROL_HEADERS]
         scope = {**scope, "headers": headers}
         named = dict(headers)
+        wrong_host = misdirected(scope) if self.loopback_names_only else None
+        if wrong_host is not None:
+            await _answer(send, 421, wrong_host, close=True)
+            return
         declared = named.get(b"content-length")
         if declared is not None and not declared.strip().isdigit():
             await _answer(send, 400, "Content-Length is not a number", close=True)

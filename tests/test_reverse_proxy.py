@@ -16,7 +16,7 @@ from typing import List, Tuple
 import pytest
 from helpers import REPO
 
-from serve.limits import BODY_TIMEOUT_S, CONTROL_HEADERS, MAX_BODY_BYTES, REQUEST_TIMEOUT_S
+from serve.limits import BODY_TIMEOUT_S, CONTROL_HEADERS, LOOPBACK_NAMES, MAX_BODY_BYTES, REQUEST_TIMEOUT_S
 
 CONF = os.path.join(REPO, "deploy", "nginx", "ncf.conf")
 ROUTES = {"/recommend": "POST", "/recommend/batch": "POST", "/score": "POST", "/healthz": "GET"}
@@ -95,6 +95,10 @@ def test_rate_limits_and_serves_control_headers_cleared(server):
     assert one(server, "limit_req")[0] == "zone=ncf_requests" and one(server, "limit_conn")
     cleared = {words[0].lower().encode() for words in directives(server, "proxy_set_header") if words[1] == '""'}
     assert CONTROL_HEADERS <= cleared
+    # Serve's proxy refuses a request on 127.0.0.1 naming another host (DNS rebinding): nginx
+    # names the upstream, and passes the client's name on.
+    headers = {words[0].lower(): words[1] for words in directives(server, "proxy_set_header")}
+    assert headers["host"].split(":")[0] in LOOPBACK_NAMES and headers["x-forwarded-host"] == "$host"
 
 
 def test_only_the_api_routes_are_proxied(server):

@@ -18,7 +18,7 @@ from helpers import free_port
 
 from serve.app import SHED_RETRY_AFTER_S, build_app
 from serve.launch import start, wait_until_healthy
-from serve.limits import BODY_TIMEOUT_S, MAX_BODY_BYTES
+from serve.limits import BODY_TIMEOUT_S, EXTRA_HOSTS_ENV, MAX_BODY_BYTES, misdirected
 
 pytestmark = pytest.mark.faults
 
@@ -227,3 +227,25 @@ def test_overload_is_shed_with_503_json_and_retry_after(edge):
     for r in shed:
         assert "backpressure" in _assert_json_error(r.status_code, r.content, 503)
         assert r.headers["retry-after"] == str(SHED_RETRY_AFTER_S)
+
+
+# -- DNS rebinding: a request on a loopback address names a loopback host ------------------------
+
+
+def test_a_request_on_loopback_naming_another_host_is_refused(edge, monkeypatch):
+    """A page a local browser opens can point its own domain at 127.0.0.1 and read what Serve
+    answers (every household's history); the browser then sends that domain as Host. Old code
+    answered it. Loopback names pass, and so do names in NCF_SERVE_HOSTS."""
+    port = _port(edge)
+    rebound = requests.get(f"{edge}/healthz", headers={"Host": f"rebound.example:{port}"}, timeout=30)
+    assert "is not this server's" in _assert_json_error(rebound.status_code, rebound.content, 421)
+    for name in (f"localhost:{port}", f"127.0.0.1:{port}", "[::1]"):
+        assert requests.get(f"{edge}/healthz", headers={"Host": name}, timeout=30).status_code == 200, name
+
+    def scope(server: str, host: bytes) -> dict:
+        return {"type": "http", "server": (server, 8000), "headers": [(b"host", host)]}
+
+    assert misdirected(scope("127.0.0.1", b"evil.example")) and misdirected(scope("::1", b"[fe80::1]:80"))
+    assert misdirected(scope("10.1.2.3", b"evil.example")) is None  # not loopback: exposed as asked
+    monkeypatch.setenv(EXTRA_HOSTS_ENV, "recs.internal, other")
+    assert misdirected(scope("127.0.0.1", b"Recs.Internal:8000")) is None
