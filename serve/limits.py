@@ -24,10 +24,11 @@ What it does, per request:
 * **Serve's control headers** (``x-request-timeout-seconds``, ``x-request-disconnect-disabled``)
   are dropped from client requests: they would let any client lift the request timeout.
 * **Loopback names** (``loopback_names_only=True``, the proxy): a request that arrived on a
-  loopback address must name a loopback host (``127.0.0.1``, ``localhost``, ``[::1]``, or a
-  name in ``NCF_SERVE_HOSTS``), else 421. A web page a local browser opens can point its own
-  domain at 127.0.0.1 (DNS rebinding) and read the answers, households' histories included;
-  it cannot make the browser send a loopback name. nginx in front sends ``Host: 127.0.0.1:8000``.
+  loopback address must name an address (``127.0.0.1``, ``[::1]``, ``0.0.0.0``...),
+  ``localhost``, this machine's own name, or a name in ``NCF_SERVE_HOSTS``; else 421. A web
+  page a local browser opens can point its own domain at 127.0.0.1 (DNS rebinding) and read the
+  answers, households' histories included; the browser then sends that domain, never an address
+  or this machine's name. nginx in front sends ``Host: 127.0.0.1:8000``.
 * **JSON errors** (``json_errors=True``, the proxy): Serve's own error answers are plain text;
   they become ``{"error": ...}`` like the application's. Serve's request timeout, which Serve
   answers with 408, becomes 504: 408 here means the client was too slow, 504 that the server was.
@@ -41,9 +42,11 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import os
+import socket
 from typing import Dict, List, Optional
 
 MAX_BODY_BYTES = 64 * 1024
@@ -56,7 +59,7 @@ MAX_ERROR_BYTES = 2048  # the most of a plain-text error kept in its JSON form
 # Per-request overrides Serve's proxy honours; meant for a trusted load balancer, never a client.
 CONTROL_HEADERS = frozenset({b"x-request-timeout-seconds", b"x-request-disconnect-disabled"})
 
-LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 EXTRA_HOSTS_ENV = "NCF_SERVE_HOSTS"  # comma-separated names a loopback request may also carry
 
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
@@ -87,11 +90,20 @@ def _host_name(host: bytes) -> str:
     return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
 
 
-def _is_loopback(address: Optional[str]) -> bool:
+def _address(text: Optional[str]):
+    """An IP address (an IPv4-mapped IPv6 one as its IPv4: a dual-stack socket's view of an
+    IPv4 client), or None for a name."""
     try:
-        return address is not None and ipaddress.ip_address(address.split("%")[0]).is_loopback
+        ip = ipaddress.ip_address((text or "").split("%")[0])
     except ValueError:
-        return False
+        return None
+    return getattr(ip, "ipv4_mapped", None) or ip
+
+
+@functools.lru_cache(maxsize=1)
+def _own_names() -> frozenset:
+    """This machine's names (Debian maps its hostname to 127.0.1.1): a page cannot rebind them."""
+    return frozenset(n.lower() for n in {socket.gethostname(), socket.getfqdn()} if n)
 
 
 def misdirected(scope) -> Optional[str]:
@@ -99,15 +111,16 @@ def misdirected(scope) -> Optional[str]:
     None where it may pass."""
     server = scope.get("server") or (None, None)
     host = dict(scope.get("headers") or []).get(b"host")
-    if host is None or not _is_loopback(server[0]):
+    arrived_on = _address(server[0])
+    if host is None or arrived_on is None or not arrived_on.is_loopback:
         return None
     name = _host_name(host)
     extra = {n.strip().lower() for n in os.environ.get(EXTRA_HOSTS_ENV, "").split(",") if n.strip()}
-    if name in LOOPBACK_NAMES or name in extra:
+    if _address(name) is not None or name in LOOPBACK_NAMES or name in _own_names() or name in extra:
         return None
     return (
-        f"Host {host.decode('latin-1')[:100]!r} is not this server's: a request on {server[0]} names 127.0.0.1, "
-        f"localhost or [::1] ({EXTRA_HOSTS_ENV} adds names)"
+        f"Host {host.decode('latin-1')[:100]!r} is not this server's: a request on {server[0]} names an address, "
+        f"localhost or this machine ({EXTRA_HOSTS_ENV} adds names)"
     )
 
 

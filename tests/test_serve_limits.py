@@ -235,17 +235,23 @@ def test_overload_is_shed_with_503_json_and_retry_after(edge):
 def test_a_request_on_loopback_naming_another_host_is_refused(edge, monkeypatch):
     """A page a local browser opens can point its own domain at 127.0.0.1 and read what Serve
     answers (every household's history); the browser then sends that domain as Host. Old code
-    answered it. Loopback names pass, and so do names in NCF_SERVE_HOSTS."""
+    answered it. Addresses, localhost and this machine's names pass (jobs.deploy --host 0.0.0.0
+    probes http://0.0.0.0:8000, which arrives on 127.0.0.1), and so do names in NCF_SERVE_HOSTS."""
+    import socket
+
     port = _port(edge)
     rebound = requests.get(f"{edge}/healthz", headers={"Host": f"rebound.example:{port}"}, timeout=30)
     assert "is not this server's" in _assert_json_error(rebound.status_code, rebound.content, 421)
-    for name in (f"localhost:{port}", f"127.0.0.1:{port}", "[::1]"):
+    for name in (f"localhost:{port}", f"127.0.0.1:{port}", "[::1]", f"0.0.0.0:{port}", socket.gethostname()):
         assert requests.get(f"{edge}/healthz", headers={"Host": name}, timeout=30).status_code == 200, name
 
     def scope(server: str, host: bytes) -> dict:
         return {"type": "http", "server": (server, 8000), "headers": [(b"host", host)]}
 
-    assert misdirected(scope("127.0.0.1", b"evil.example")) and misdirected(scope("::1", b"[fe80::1]:80"))
+    assert misdirected(scope("127.0.0.1", b"evil.example")) and misdirected(scope("::1", b"evil.example:80"))
+    assert misdirected(scope("127.0.1.1", b"evil.example"))  # Debian's address of the hostname
+    assert misdirected(scope("::ffff:127.0.0.1", b"evil.example"))  # an IPv4 client of a dual-stack `--host ::`
+    assert misdirected(scope("::1", b"[fe80::1]:80")) is None  # an address: no page can rebind one
     assert misdirected(scope("10.1.2.3", b"evil.example")) is None  # not loopback: exposed as asked
     monkeypatch.setenv(EXTRA_HOSTS_ENV, "recs.internal, other")
     assert misdirected(scope("127.0.0.1", b"Recs.Internal:8000")) is None
