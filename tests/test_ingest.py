@@ -234,7 +234,8 @@ def test_a_line_break_inside_a_quoted_value_is_part_of_the_value_past_the_first_
     became a purchase of its own (or the parser fell out of step and refused the file)."""
     monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 4096)  # the rows cross many blocks
     rows = [f"u{i % 7},p{i % 11},2024-01-0{1 + i % 9},1,plain" for i in range(2_000)]
-    rows[1_500] = 'u1,p1,2024-01-02,1,"deliver to the\nside gate,2024-01-03"'
+    for i in range(0, 2_000, 3):  # many, so that some cross the end of a block
+        rows[i] = f'u1,p1,2024-01-02,1,"deliver to the\nside gate,2024-01-0{1 + i % 9}"'
     path = tmp_path / "logs.csv"
     path.write_text("user_id,product_id,timestamp,quantity,note\n" + "\n".join(rows) + "\n")
     out = pa.concat_tables(
@@ -273,12 +274,20 @@ def test_repeated_and_quantity_like_column_names(tmp_path, header, refused):
 
 
 def test_empty_csv_files_are_no_rows_and_an_upper_case_gz_is_refused(tmp_path):
+    import gzip
+
     (tmp_path / "a.csv").write_text("user_id,product_id,timestamp\n1,2,2024-01-01\n")
     (tmp_path / "b.csv").write_bytes(b"")
+    (tmp_path / "c.csv").write_bytes(b"\xef\xbb\xbf\r\n\n")  # Excel's empty sheet
+    (tmp_path / "d.csv.gz").write_bytes(gzip.compress(b""))
     files = schema.resolve_files(str(tmp_path))
-    assert (files.paths, files.empty) == ([str(tmp_path / "a.csv")], [str(tmp_path / "b.csv")])
+    empty = [str(tmp_path / name) for name in ("b.csv", "c.csv", "d.csv.gz")]
+    assert (files.paths, files.empty) == ([str(tmp_path / "a.csv")], empty)
     check_inputs(files)
-    (tmp_path / "a.csv").write_bytes(b"")
+    (tmp_path / "e.csv.gz").write_bytes(b"not gzip")  # a broken gzip is no empty file: the reader refuses it
+    assert str(tmp_path / "e.csv.gz") in schema.resolve_files(str(tmp_path)).paths
+    (tmp_path / "e.csv.gz").unlink()
+    (tmp_path / "a.csv").write_bytes(b"\n")
     with pytest.raises(schema.InputError, match="every input file is empty"):
         schema.resolve_files(str(tmp_path))
     (tmp_path / "LOGS.CSV.GZ").write_bytes(b"")
@@ -507,7 +516,7 @@ def test_an_empty_log_file_a_pq_catalog_and_a_catalog_of_headers_alone(ray_sessi
         schema.resolve_files(str(logs)), schema.resolve_files(str(catalog)), out, config, state_only=True
     )
     assert stats["rows_by_file"] == {str(logs / "day1.csv"): 70 * 40, str(logs / "day2.csv"): 0}
-    assert "1 empty file(s) of 0 bytes read as no rows" in capsys.readouterr().out
+    assert "1 file(s) without content read as no rows" in capsys.readouterr().out
     products = Vocabularies.load(layout.vocab_dir(out)).products
     assert (products.column("category_index")[1:] > 0).all()  # every product has the .pq catalog's category
 

@@ -711,7 +711,7 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
     """Step 1: every row read, validated and accounted for; the quarantine written."""
     _log(f"reading {len(logs.paths)} {logs.format} file(s)")
     if logs.empty:
-        _log(f"{len(logs.empty)} empty file(s) of 0 bytes read as no rows, e.g. {logs.empty[0]}")
+        _log(f"{len(logs.empty)} file(s) without content read as no rows, e.g. {logs.empty[0]}")
     read = ingest.ingest_logs(logs, config.min_timestamp, config.max_timestamp, config.future_gap_days, log=_log)
     by_reason = read.by_reason
     _log(f"rows in {read.rows_in:,}: kept {read.rows_kept:,}, quarantined {read.rows_quarantined:,} {by_reason or ''}")

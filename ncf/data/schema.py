@@ -161,13 +161,25 @@ def resolve_files(spec: str) -> InputFiles:
         raise InputError(f"{spec}: mixes file formats {sorted(formats)}; use one of parquet or csv")
     fmt = formats.pop()
     # An empty CSV has no header to read; an empty Parquet file is a broken one, refused as such.
-    empty = [p for p in paths if fmt == "csv" and os.path.getsize(p) == 0]
+    empty = [p for p in paths if fmt == "csv" and _without_content(p)]
     if empty and len(empty) == len(paths):
-        raise InputError(f"{spec}: every input file is empty (0 bytes)")
+        raise InputError(f"{spec}: every input file is empty (no header, no rows)")
     return InputFiles([p for p in paths if p not in empty], fmt, empty)
 
 
 PARQUET_SUFFIXES = ("parquet", "pq")
+_EMPTY_PROBE_BYTES = 4096
+
+
+def _without_content(path: str) -> bool:
+    """A CSV holding nothing but blank lines (and Excel's byte-order mark), once decompressed: a
+    day without sales exported as nothing. One that does not open is the reader's to refuse."""
+    try:
+        with pa.input_stream(path, compression="detect") as stream:
+            head = stream.read(_EMPTY_PROBE_BYTES)
+    except (pa.ArrowException, OSError):
+        return False
+    return len(head) < _EMPTY_PROBE_BYTES and not head.removeprefix(b"\xef\xbb\xbf").strip()
 
 
 def _format_of(path: str) -> str:
@@ -246,8 +258,12 @@ def usable_type(t: pa.DataType, kind: str) -> bool:
     return kind == TIME and (pa.types.is_timestamp(t) or pa.types.is_date(t))
 
 
-# Column names an export gives the quantity: Qty, QUANTITY_SOLD, item_qty, "units sold".
-QUANTITY_LIKE = re.compile(r"(^|[_\W])(qty|quantity|quantities|units)([_\W]|$)", re.IGNORECASE)
+# Column names an export gives the quantity of a purchase line: Qty, QUANTITY_SOLD, item_qty,
+# "units sold". Whole names only: units_per_case, qty_on_hand or return_qty say something else.
+QUANTITY_LIKE = re.compile(
+    r"^((item|order|sales|line)[_ ])?(qty|quantity|quantities|units)([_ ](sold|purchased|ordered|bought))?$",
+    re.IGNORECASE,
+)
 
 
 def check_columns(files: InputFiles, required: Sequence[str], what: str, optional: Sequence[str] = ()) -> None:
@@ -266,7 +282,7 @@ def check_columns(files: InputFiles, required: Sequence[str], what: str, optiona
                     f"{path}: {what} column {name!r} is spelled otherwise than {meant!r}: column names are "
                     f"matched exactly (lower case, no spaces); {fix}"
                 )
-        quantity_like = [n for n in file.names if QUANTITY_LIKE.search(n) and n != QUANTITY]
+        quantity_like = [n for n in file.names if QUANTITY_LIKE.match(n.strip()) and n != QUANTITY]
         if QUANTITY in optional and QUANTITY not in file.names and quantity_like:
             # Ignored, every row would count as one unit and a return (-2) as a purchase.
             raise InputError(
