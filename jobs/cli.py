@@ -8,6 +8,7 @@ import argparse
 import itertools
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -15,14 +16,12 @@ from contextlib import contextmanager
 from typing import NoReturn
 
 from jobs import logs
-from ncf.errors import EXIT_TRY_LATER, InputError, TryLater
+from ncf.errors import EXIT_STOPPED, EXIT_TRY_LATER, InputError, TryLater, exit_on_sigterm
 
 
 def init_ray(num_cpus: int | None = None) -> None:
     """Joins the cluster a job was submitted to (RAY_ADDRESS), else starts a local one."""
     import ray
-
-    from ncf.device import exit_on_sigterm  # here: it imports torch, which a job's --help need not
 
     if ray.is_initialized():
         return
@@ -38,22 +37,29 @@ def init_ray(num_cpus: int | None = None) -> None:
     if not local:
         check_head_answers(address)
     runtime_env = logs.configure(local=local, num_cpus=num_cpus)  # before Ray starts: its processes inherit it
-    if not local:
-        ray.init(address=address)
-    else:
-        # address="local": never attach to whatever cluster a previous `ray start` left a
-        # pointer to in /tmp/ray; without RAY_ADDRESS a job runs on its own local cluster.
-        # The dashboard (on 127.0.0.1) serves the State API, which Ray Train's placement-group
-        # cleaner needs when Tune stops a trial: without it the trial's CPUs are never freed.
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            runtime_env=runtime_env,
-        )
-    # ray.init's own SIGTERM handler exits with status 15, which a scheduler reads as a failure of
-    # its own kind; 143 is what a shell reports for a process SIGTERM stopped (README's table).
+    # ray.init installs a SIGTERM handler that exits with status 15, which a scheduler reads as a
+    # failure of its own kind; 143 is what a shell reports for a process SIGTERM stopped (README's
+    # table): ours before ray.init, its 15 turned into 143 during it, ours again after.
+    exit_on_sigterm()
+    try:
+        if not local:
+            ray.init(address=address)
+        else:
+            # address="local": never attach to whatever cluster a previous `ray start` left a
+            # pointer to in /tmp/ray; without RAY_ADDRESS a job runs on its own local cluster.
+            # The dashboard (on 127.0.0.1) serves the State API, which Ray Train's placement-group
+            # cleaner needs when Tune stops a trial: without it the trial's CPUs are never freed.
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                runtime_env=runtime_env,
+            )
+    except SystemExit as stopped:
+        if stopped.code == signal.SIGTERM:
+            raise SystemExit(EXIT_STOPPED) from None
+        raise
     exit_on_sigterm()
 
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 import time
 from typing import Callable
 
 import torch
 
-from ncf.errors import InputError, TryLater
+from ncf.errors import InputError, TryLater, exit_on_sigterm
 
 GPU_SETTINGS = ("auto", "yes", "no")
 _ON_AUTOSCALING = " (on a cluster that adds GPU nodes on demand, --gpu-wait SECONDS waits for them)"
@@ -62,14 +61,6 @@ def gpus_within(workers: int, wait_s: float, log: Callable[[str], None] = print,
             signal.signal(signal.SIGTERM, previous)
     log(f"[gpu] the cluster has {available} GPUs")
     return available
-
-
-def exit_on_sigterm():
-    """SIGTERM raises SystemExit (so ``finally`` runs) until the returned handler is restored;
-    None where handlers cannot be set (not the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
 def fbgemm_cuda_build() -> bool:

@@ -1,8 +1,11 @@
 """Errors that jobs turn into a one-line message and exit status 2 (75 for :class:`TryLater`),
-and finding our own errors under what Ray wraps them in."""
+finding our own errors under what Ray wraps them in, and the exit status of a stopped job."""
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 from typing import Optional, Type, TypeVar
 
 E = TypeVar("E", bound=BaseException)
@@ -20,6 +23,15 @@ class TryLater(InputError):
 
 
 EXIT_TRY_LATER = 75  # sysexits.h's EX_TEMPFAIL: what cron wrappers and Airflow's retries know
+EXIT_STOPPED = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM stopped
+
+
+def exit_on_sigterm():
+    """SIGTERM raises SystemExit(:data:`EXIT_STOPPED`), so ``finally`` runs, until the returned
+    handler is restored; None where handlers cannot be set (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_STOPPED))
 
 
 def raised_within(error: Optional[BaseException], kind: Type[E]) -> Optional[E]:
