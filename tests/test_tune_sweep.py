@@ -500,3 +500,18 @@ def test_a_resumed_sweep_refuses_a_tracking_store_that_does_not_open_before_tune
     with pytest.raises(registry.StoreUnavailable, match="no server answers there"):
         sweep_module._tuner(settings, trainable=None, resume=True)
     assert not restored
+
+
+def test_a_restored_trial_logger_records_into_the_store_the_sweep_checked(tmp_path, monkeypatch):
+    """Tune restores the callback from tuner.pkl with its first run's store, another working
+    directory's artifacts/mlflow.db under `ray job submit --working-dir`: the resumed trials'
+    runs went there while the sweep had checked the store it runs with."""
+    from tune.tracking import TrialLogger
+
+    checked = f"sqlite:///{tmp_path / 'now.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", checked)
+    old = f"sqlite:///{tmp_path / 'first-run' / 'mlflow.db'}"
+    logger = TrialLogger(tracking_uri=old, registry_uri=old, experiment_name=registry.SWEEP_EXPERIMENT)
+    logger.setup()
+    assert logger.tracking_uri == logger.registry_uri == checked
+    assert not (tmp_path / "first-run").exists()

@@ -36,6 +36,13 @@ class TrialLogger(MLflowLoggerCallback):
     """Experiment ``ncf-sweeps``: each trial a run tagged with the sweep and its trial id, its
     point as parameters, every epoch's metrics under MLflow-safe names with step = epoch."""
 
+    def setup(self, *args, **kwargs) -> None:
+        # The store of the sweep's run as it is now, the one sweep_store() checked: a resume
+        # restores this callback from tuner.pkl with the store of its first run (another working
+        # directory's artifacts/mlflow.db, under `ray job submit --working-dir`).
+        self.tracking_uri = self.registry_uri = sweep_store().uri
+        super().setup(*args, **kwargs)
+
     def log_trial_start(self, trial) -> None:
         self.tags = {**self.tags, "trial_id": trial.trial_id}
         if trial not in self._trial_runs:
