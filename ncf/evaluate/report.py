@@ -416,9 +416,9 @@ def write_report(
             "<h2>What the attention says</h2>"
             + (
                 _attention_paragraph(explained)
-                if ranker.model.config.use_attention
+                if ranker.model.config.use_mlp and ranker.model.config.use_attention
                 else "<p>Nothing: this model was trained without its attention over the household's "
-                "history (<code>use_attention</code> off).</p>"
+                "history (<code>use_attention</code> or <code>use_mlp</code>, which carries it, off).</p>"
             )
         )
         + _reasons_paragraph(explained)

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -202,7 +203,8 @@ class Recommender:
         if not self.queue_passes:
             raise PassBusy(
                 f"at {as_datetime(at).isoformat()}: this replica spends at most {self.pass_share:.0%} of its time "
-                f"computing past days' products' stats; ask again in {wait:.0f} s, or for a day already asked for",
+                f"computing past days' products' stats; ask again in {math.ceil(wait)} s, or for a day already "
+                "asked for",
                 retry_after_s=wait,
             )
         time.sleep(wait)
