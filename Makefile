@@ -4,6 +4,9 @@
 # make bench   : the benchmarks (JSON on stdout; figures go to BENCHMARKS.md)
 # make mlflow-ui: MLflow's UI on the local store (runs, sweeps, registered models) at 127.0.0.1:5000
 # ACCEL=cuda   : install the CUDA fbgemm-gpu instead of fbgemm-gpu-cpu (later targets keep it)
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu : torch's CPU build (about 200 MB) where pip
+#                would otherwise take PyPI's torch, which brings CUDA's libraries (gigabytes)
+# DEMO_ARGS    : options for `make demo` (python -m jobs.demo --help), e.g. DEMO_ARGS=--reuse-data
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,6 +15,8 @@ VENV   := .venv
 ACCEL  ?= $(or $(patsubst $(VENV)/.setup-%,%,$(firstword $(wildcard $(VENV)/.setup-*))),cpu)
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
+TORCH_INDEX ?=
+DEMO_ARGS   ?=
 STAMP  := $(VENV)/.setup-$(ACCEL)
 
 ifeq ($(ACCEL),cuda)
@@ -31,11 +36,15 @@ setup: $(STAMP)
 # TorchRec's install order matters: `pip install torchrec` alone pulls the CUDA fbgemm-gpu,
 # which cannot load without CUDA, and both fbgemm packages write the same fbgemm_gpu/ folder.
 # A venv whose creation failed halfway (Debian without python3-venv leaves bin/python, no pip) is
-# made again rather than reused forever; a Python other than 3.11 is warned of.
+# made again rather than reused forever. The pinned stack needs Python 3.11 or later (numpy 2.4,
+# pandas 3.1): an older one is refused before any download; one other than 3.11 is warned of.
+# LightGBM (the boosted ranker) loads the system's OpenMP runtime, which minimal images lack.
 $(STAMP): pyproject.toml requirements/lock.txt Makefile
 	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || { echo "error: $(PYTHON) -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
+	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] < (3, 11))" || { echo "error: $(VENV) is $$($(PY) --version), the pinned stack needs Python 3.11: rm -rf $(VENV), then make setup PYTHON=python3.11"; exit 1; }
 	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] != (3, 11))" || echo "warning: $$($(PY) --version) is not Python 3.11, the version the pinned stack was tested on"
-	$(PIP) install -q torch==2.13.0
+	@ldconfig -p 2>/dev/null | grep -q libgomp.so.1 || echo "warning: no libgomp.so.1 (OpenMP), which LightGBM loads: apt-get install libgomp1"
+	$(PIP) install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
 	@if $(PIP) show -q $(FBGEMM_OTHER) 2>/dev/null; then $(PIP) uninstall -q -y $(FBGEMM_OTHER); fi
 	$(PIP) install -q $(FBGEMM)
 	$(PIP) install -q --no-deps torchrec==1.8.0
@@ -48,8 +57,10 @@ $(STAMP): pyproject.toml requirements/lock.txt Makefile
 # the explorer test drives it through Playwright, which then downloads no browser of its own).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
-	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the report and explorer tests"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium (about 100 MB) for the report and explorer tests"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || { \
+	  echo "error: no chromium package here (Ubuntu ships it as a snap): install a Chromium whose command is chromium or chromium-browser"; exit 1; }
 
 # ruff: lint and format check (line length 120, pyproject.toml); `ruff format .` fixes the format.
 lint: setup
@@ -65,8 +76,9 @@ test-faults: setup
 test-fast: setup
 	$(PY) -m pytest -q -m unit tests
 
+# About 13 minutes on 2 cores (BENCHMARKS.md, the demo's rows); DEMO_ARGS passes options.
 demo: setup
-	$(PY) -m jobs.demo
+	$(PY) -m jobs.demo $(DEMO_ARGS)
 
 bench: setup
 	$(PY) -m bench.run_all
@@ -79,7 +91,7 @@ MLFLOW_VENV  := .venv-mlflow
 MLFLOW_STORE ?= sqlite:///artifacts/mlflow.db
 MLFLOW_PORT  ?= 5000
 $(MLFLOW_VENV)/.setup: Makefile requirements/mlflow-ui.txt
-	@test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	@$(MLFLOW_VENV)/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf $(MLFLOW_VENV) && $(PYTHON) -m venv $(MLFLOW_VENV); } || { echo "error: $(PYTHON) -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
 	$(MLFLOW_VENV)/bin/python -m pip --disable-pip-version-check install -q -r requirements/mlflow-ui.txt
 	@touch $@
 

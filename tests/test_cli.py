@@ -492,3 +492,45 @@ def test_a_job_stopped_by_sigterm_after_ray_starts_exits_143():
     finally:
         job.kill()
     assert job.returncode == 128 + signal.SIGTERM, err[-2000:]
+
+
+def test_the_demo_hands_each_job_arguments_its_parser_accepts_and_its_dataset_is_bundled(tmp_path, monkeypatch):
+    """CI runs `make test`, never `make demo` (13 minutes): a renamed option in any job, or the
+    Complete Journey package's data moving, would break the demo unseen. Each stage's job gets
+    the demo's arguments through its own parser; the dataset is written from the package."""
+    import pyarrow.parquet as pq
+    import ray
+    from helpers import free_ports
+
+    from jobs import batch_score, demo, evaluate, preprocess, train
+    from ncf.data import schema
+    from ncf.data.datasets import write_completejourney
+    from ncf.data.preprocess import check_inputs
+
+    logs, catalog = write_completejourney(str(tmp_path / "cj"))  # the package's bundled data: offline, 1 s
+    assert pq.read_metadata(logs).num_rows == 1_469_307 and pq.read_metadata(catalog).num_rows == 92_331
+    check_inputs(schema.resolve_files(logs), schema.resolve_files(catalog))
+    asked = {}
+
+    def parsed(job, result):
+        def run(argv):
+            asked[job.__name__] = job.parse_args(argv)
+            return result
+
+        return run
+
+    row = {"model": "advanced_ncf", "recall@10": 0.4, "ndcg@10": 0.4}
+    monkeypatch.setattr(preprocess, "main", parsed(preprocess, {}))
+    monkeypatch.setattr(train, "main", parsed(train, "MODEL"))
+    monkeypatch.setattr(evaluate, "main", parsed(evaluate, [row]))
+    monkeypatch.setattr(batch_score, "main", parsed(batch_score, {"run_date": "2024-01-01"}))
+    monkeypatch.setattr(demo, "online_queries", lambda model, data, port: asked.setdefault("serve", (model, port)))
+    monkeypatch.setattr(demo, "init_ray", lambda: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    workdir = tmp_path / "demo"
+    workdir.mkdir()
+    (port,) = free_ports(1)
+    assert demo.main(["--workdir", str(workdir), "--port", str(port)]) == [row]
+    assert set(asked) == {"jobs.preprocess", "jobs.train", "jobs.evaluate", "jobs.batch_score", "serve"}
+    assert asked["jobs.train"].refit and asked["jobs.evaluate"].model.endswith("model-validated")
+    assert asked["jobs.batch_score"].model == asked["serve"][0] == str(workdir / "model")

@@ -203,7 +203,9 @@ def test_ssh_only_from_a_configurable_cidr_serve_only_from_a_private_one(templat
     assert set(rules) == {(22, 22), (SERVE_PORT, SERVE_PORT)}, "nothing else open, the dashboard least"
     assert rules[(22, 22)]["CidrIp"] == {"Ref": "SshCidr"} and "Default" not in template["Parameters"]["SshCidr"]
     assert rules[(SERVE_PORT, SERVE_PORT)]["CidrIp"] == {"Ref": "ServeCidr"}
-    assert template["Parameters"]["ServeCidr"]["Default"].startswith("10.")
+    # Asked for, like SshCidr: a default range (10.0.0.0/16, until 2026-12-04) missed the VPC that
+    # `ray up` uses in practice (a default VPC is 172.31.0.0/16), so no load balancer reached Serve.
+    assert "Default" not in template["Parameters"]["ServeCidr"]
     assert "0.0.0.0/0" not in json.dumps(group)
     refused = [a["Assert"]["Fn::Not"][0]["Fn::Equals"] for r in template["Rules"].values() for a in r["Assertions"]]
     assert [{"Ref": "SshCidr"}, "0.0.0.0/0"] in refused and [{"Ref": "ServeCidr"}, "0.0.0.0/0"] in refused
