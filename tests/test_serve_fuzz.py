@@ -86,7 +86,10 @@ def test_hostile_requests_never_get_a_500(app, route, body, content_type):
     response = requests.post(
         url + route, data=body.encode("utf-8", "surrogatepass"), headers={"Content-Type": content_type}, timeout=30
     )
-    assert response.status_code < 500, (route, body[:200], response.status_code, response.text[:300])
+    # A 503 with Retry-After is the replica saying when to come back (a new past day's pass while
+    # its passes' share of time is spent: PASS_SHARE), not a failure of the request.
+    busy = response.status_code == 503 and "retry-after" in response.headers
+    assert response.status_code < 500 or busy, (route, body[:200], response.status_code, response.text[:300])
     if response.status_code >= 400:
         assert response.json(), "errors carry a message"
 
