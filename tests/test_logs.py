@@ -67,6 +67,7 @@ def data_context():
         context.use_ray_tqdm = before
 
 
+@pytest.mark.faults
 def test_off_a_terminal_bars_and_colours_are_off(monkeypatch, data_context, tmp_path):
     monkeypatch.setattr(logs, "interactive", lambda: False)
     # A link planted where the configuration used to be written first (a fixed name in a shared

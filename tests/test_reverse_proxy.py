@@ -91,6 +91,7 @@ def test_body_and_timeouts_agree_with_serves_limits(server):
     assert one(server, "proxy_next_upstream") == ["off"]  # a POST is never replayed
 
 
+@pytest.mark.faults
 def test_rate_limits_and_serves_control_headers_cleared(server):
     assert one(server, "limit_req")[0] == "zone=ncf_requests" and one(server, "limit_conn")
     cleared = {words[0].lower().encode() for words in directives(server, "proxy_set_header") if words[1] == '""'}

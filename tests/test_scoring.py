@@ -781,6 +781,7 @@ def test_a_moment_before_the_first_day_ended_is_refused_not_ranked_empty(recomme
             recommender.score_items(user, ranked[0].product_ids, at)
 
 
+@pytest.mark.faults
 def test_moments_are_one_per_household_or_one_for_all(recommender):
     """Two moments for three households ranked two of them, without a word (zip)."""
     indices = recommender.state.states.users()[:3]

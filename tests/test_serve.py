@@ -477,6 +477,7 @@ def test_build_app_refuses_bad_args_in_one_line(args, message):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.faults
 def test_changing_candidates_reuses_the_model_without_touching_the_old_service(small_model_dir):
     old = ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir}))
     new = ModelService.load(

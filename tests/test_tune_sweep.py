@@ -502,6 +502,7 @@ def test_a_resumed_sweep_refuses_a_tracking_store_that_does_not_open_before_tune
     assert not restored
 
 
+@pytest.mark.faults
 def test_a_restored_trial_logger_records_into_the_store_the_sweep_checked(tmp_path, monkeypatch):
     """Tune restores the callback from tuner.pkl with its first run's store, another working
     directory's artifacts/mlflow.db under `ray job submit --working-dir`: the resumed trials'
