@@ -304,6 +304,7 @@ def test_ctrl_c_while_training_is_one_line_and_exit_130(ray_session, small_data,
     assert not output.exists()
 
 
+@pytest.mark.faults
 def test_a_storage_uri_is_left_to_ray_and_a_path_made_absolute():
     from ncf.train.trainer import storage_location
 

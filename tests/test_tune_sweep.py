@@ -308,6 +308,7 @@ def test_a_resume_keeps_the_trials_at_once_tune_restores(tmp_path):
         resumed_concurrency(settings, {"CPU": 2.0})
 
 
+@pytest.mark.faults
 def test_the_winner_is_the_best_trial_with_a_checkpoint():
     from tune.results import BEST, CHECKPOINT_PATH, NoTrialFinished, winner
     from tune.sweep import summary
