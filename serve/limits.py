@@ -87,7 +87,7 @@ def _host_name(host: bytes) -> str:
     text = host.decode("latin-1").strip().lower()
     if text.startswith("["):
         return text[1 : text.find("]")] if "]" in text else text
-    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    return (text.rsplit(":", 1)[0] if text.count(":") == 1 else text).rstrip(".")  # "localhost." is localhost
 
 
 def _address(text: Optional[str]):
@@ -140,6 +140,8 @@ class EdgeLimits:
         self.body_timeout_s = body_timeout_s
         self.json_errors = json_errors
         self.loopback_names_only = loopback_names_only
+        if loopback_names_only:
+            _own_names()  # a reverse lookup: at start-up, not on a request's event loop
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":

@@ -295,5 +295,5 @@ def test_a_report_of_a_model_without_attention_says_so_instead_of_empty_reasons(
     ranker, period = model_on_period(model, data, TEST)
     path = write_report(str(tmp_path / "r"), ranker, "v1", period, [], score_users=4, households=2)
     page = open(path, encoding="utf-8").read()
-    assert "<code>use_attention</code> off" in page and "entropy nan" not in page
+    assert "Nothing: this model was trained without its attention" in page and "entropy nan" not in page
     assert "because:" not in page.split("<h2>Households</h2>")[1]

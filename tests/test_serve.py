@@ -627,6 +627,7 @@ def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_d
     batched = service.recommend_many([batch[0], new_day], start_passes=False)
     assert isinstance(batched[1], PassNeeded) and rounded(batched[0]) == rounded(together[0])
     assert service.needs_pass(new_day)  # the batch ran no pass
+    service.recommender._next_pass_at = 0.0  # the replica's pass share (test_scoring's) not waited out here
     assert service.recommend(new_day)["items"] and not service.needs_pass(new_day)  # the pass over
 
 
@@ -850,11 +851,16 @@ def test_a_replica_warns_when_the_histories_it_ranks_now_from_are_stale(recommen
     from serve.service import STALE_AFTER_DAYS, _warn_if_stale
 
     assert (time.time() - recommender.state.end) / 86_400 > STALE_AFTER_DAYS  # the test data is history
-    with caplog.at_level(logging.WARNING, logger="ray.serve"):
-        _warn_if_stale(recommender, ServeSettings.from_user_config({"model_dir": small_model_dir}))
-        stale = [r.getMessage() for r in caplog.records if "days before now" in r.getMessage()]
-        caplog.clear()
-        config = {"model_dir": small_model_dir, "default_at": "data-end"}
-        _warn_if_stale(recommender, ServeSettings.from_user_config(config))
+    serve_logger = logging.getLogger("ray.serve")  # Ray's loggers do not propagate to pytest's root handler
+    serve_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ray.serve"):
+            _warn_if_stale(recommender, ServeSettings.from_user_config({"model_dir": small_model_dir}))
+            stale = [r.getMessage() for r in caplog.records if "days before now" in r.getMessage()]
+            caplog.clear()
+            config = {"model_dir": small_model_dir, "default_at": "data-end"}
+            _warn_if_stale(recommender, ServeSettings.from_user_config(config))
+    finally:
+        serve_logger.removeHandler(caplog.handler)
     assert len(stale) == 1 and "deploy newer DATA (--data)" in stale[0]
     assert not [r for r in caplog.records if "days before now" in r.getMessage()]

@@ -252,6 +252,7 @@ def test_a_request_on_loopback_naming_another_host_is_refused(edge, monkeypatch)
     assert misdirected(scope("127.0.1.1", b"evil.example"))  # Debian's address of the hostname
     assert misdirected(scope("::ffff:127.0.0.1", b"evil.example"))  # an IPv4 client of a dual-stack `--host ::`
     assert misdirected(scope("::1", b"[fe80::1]:80")) is None  # an address: no page can rebind one
+    assert misdirected(scope("127.0.0.1", b"localhost.:8000")) is None  # the root's dot
     assert misdirected(scope("10.1.2.3", b"evil.example")) is None  # not loopback: exposed as asked
     monkeypatch.setenv(EXTRA_HOSTS_ENV, "recs.internal, other")
     assert misdirected(scope("127.0.0.1", b"Recs.Internal:8000")) is None

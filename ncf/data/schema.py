@@ -507,9 +507,9 @@ def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array]:
         raise InputError(f"the timestamp column has type {t}; {_KIND_WORDS[TIME]}")
     text, _, raw = _as_text(array)  # not UTF-8 -> null -> NaN
     strings = pd.Series(text.to_pylist(), dtype="object").str.strip()
-    strings = strings.where(~strings.str.lower().isin(_NOT_TIMESTAMPS))
     # BigQuery's and Go's " UTC" says what a time without an offset is read as anyway.
     strings = strings.str.replace(_UTC_NAMED, "", regex=True)
+    strings = strings.where(~strings.str.lower().isin(_NOT_TIMESTAMPS))
     numeric = pd.to_numeric(strings, errors="coerce")
     # Epoch seconds in scientific notation (1.51176E+09) lost their last digits: minutes, not a moment.
     numeric = numeric.where(~strings.str.contains("[eE]", regex=True, na=False))
