@@ -1,4 +1,5 @@
-"""`make bench`: the quick benchmarks, one JSON line each (the quality ones are separate:
+"""`make bench`: the quick benchmarks, one JSON line each on stdout among the training's
+`[train]` progress lines (`| grep '^{'` keeps the JSON; the quality ones are separate:
 python -m bench.quality and python -m bench.ablations, several training runs each)."""
 
 import argparse
