@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml requirements/lock.txt Makefile
 	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || { echo "error: $(PYTHON) -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
 	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] < (3, 11))" || { echo "error: $(VENV) is $$($(PY) --version), the pinned stack needs Python 3.11: rm -rf $(VENV), then make setup PYTHON=python3.11"; exit 1; }
 	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] != (3, 11))" || echo "warning: $$($(PY) --version) is not Python 3.11, the version the pinned stack was tested on"
-	@$(PY) -c "import ctypes; ctypes.CDLL('libgomp.so.1')" 2>/dev/null || echo "warning: no libgomp.so.1 (OpenMP), which LightGBM loads: apt-get install libgomp1"
+	@$(PY) -c "__import__('ctypes').CDLL('libgomp.so.1')" 2>/dev/null || echo "warning: no libgomp.so.1 (OpenMP), which LightGBM loads: apt-get install libgomp1"
 	$(PIP) install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
 	@if $(PIP) show -q $(FBGEMM_OTHER) 2>/dev/null; then $(PIP) uninstall -q -y $(FBGEMM_OTHER); fi
 	$(PIP) install -q $(FBGEMM)
