@@ -106,6 +106,11 @@ def _own_names() -> frozenset:
     return frozenset(n.lower() for n in {socket.gethostname(), socket.getfqdn()} if n)
 
 
+def _extra_names() -> set:
+    """The names ``NCF_SERVE_HOSTS`` adds (read when asked: only a request naming none of the others)."""
+    return {n.strip().lower() for n in os.environ.get(EXTRA_HOSTS_ENV, "").split(",") if n.strip()}
+
+
 def misdirected(scope) -> Optional[str]:
     """Why a request that arrived on a loopback address names another host (DNS rebinding), or
     None where it may pass."""
@@ -115,8 +120,7 @@ def misdirected(scope) -> Optional[str]:
     if host is None or arrived_on is None or not arrived_on.is_loopback:
         return None
     name = _host_name(host)
-    extra = {n.strip().lower() for n in os.environ.get(EXTRA_HOSTS_ENV, "").split(",") if n.strip()}
-    if _address(name) is not None or name in LOOPBACK_NAMES or name in _own_names() or name in extra:
+    if _address(name) is not None or name in LOOPBACK_NAMES or name in _own_names() or name in _extra_names():
         return None
     return (
         f"Host {host.decode('latin-1')[:100]!r} is not this server's: a request on {server[0]} names an address, "

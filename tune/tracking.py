@@ -17,7 +17,7 @@ from typing import Dict
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from ncf.registry import SWEEP_EXPERIMENT, Registry, code_version, numeric
+from ncf.registry import SWEEP_EXPERIMENT, Registry, code_version, numeric, tracking_uri
 
 # What Tune adds to each result that is not a metric of the trial.
 TUNE_BOOKKEEPING = {
@@ -37,10 +37,10 @@ class TrialLogger(MLflowLoggerCallback):
     point as parameters, every epoch's metrics under MLflow-safe names with step = epoch."""
 
     def setup(self, *args, **kwargs) -> None:
-        # The store of the sweep's run as it is now, the one sweep_store() checked: a resume
-        # restores this callback from tuner.pkl with the store of its first run (another working
-        # directory's artifacts/mlflow.db, under `ray job submit --working-dir`).
-        self.tracking_uri = self.registry_uri = sweep_store().uri
+        # The store of the sweep's run as it is now, the one sweep_store() opened before Tune
+        # started: a resume restores this callback from tuner.pkl with the store of its first run
+        # (another working directory's artifacts/mlflow.db, under `ray job submit --working-dir`).
+        self.tracking_uri = self.registry_uri = tracking_uri()
         super().setup(*args, **kwargs)
 
     def log_trial_start(self, trial) -> None:

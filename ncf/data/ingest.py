@@ -297,9 +297,10 @@ def ingest_logs(
     every source row (rows in = kept + quarantined, or RuntimeError)."""
     import ray
 
+    no_rows = InputError(f"{files.paths[0]}: no purchase rows in the {len(files.paths)} input file(s)")
     pieces, footer_rows = plan(files)
     if not pieces:
-        raise InputError(f"{files.paths[0]}: no purchase rows in the {len(files.paths)} input file(s)")
+        raise no_rows
     rows = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
         read_and_validate,
         batch_size=1,
@@ -322,7 +323,7 @@ def ingest_logs(
 
     counts = rows.map_batches(_counts, batch_format="pyarrow").to_pandas()
     if counts.empty:  # every file a header alone
-        raise InputError(f"{files.paths[0]}: no purchase rows in the {len(files.paths)} input file(s)")
+        raise no_rows
     by_file = source_rows(counts, files.format, footer_rows, files.paths)
     by_reason = {str(r): int(n) for r, n in counts.groupby(schema.REASON)[f"{SOURCE_ROW}_count"].sum().items()}
     rows_kept = by_reason.pop(OK, 0)

@@ -105,7 +105,7 @@ VALIDATED = pa.schema(
 @dataclass(frozen=True)
 class InputFiles:
     """Resolved input: the files and their format (``parquet`` or ``csv``), and the CSV files
-    of no bytes at all left out of ``paths`` (a day without sales exported as nothing)."""
+    without content left out of ``paths`` (a day without sales exported as nothing)."""
 
     paths: List[str]
     format: str
@@ -164,7 +164,8 @@ def resolve_files(spec: str) -> InputFiles:
     empty = [p for p in paths if fmt == "csv" and _without_content(p)]
     if empty and len(empty) == len(paths):
         raise InputError(f"{spec}: every input file is empty (no header, no rows)")
-    return InputFiles([p for p in paths if p not in empty], fmt, empty)
+    skipped = set(empty)
+    return InputFiles([p for p in paths if p not in skipped], fmt, empty)
 
 
 PARQUET_SUFFIXES = ("parquet", "pq")
