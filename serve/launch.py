@@ -37,10 +37,15 @@ def start(
     The first call starts Serve: its HTTP proxy answers a request not done within
     ``request_timeout_s`` with 504, and runs :class:`serve.limits.EdgeLimits` (body size, body
     read deadline) before a request reaches a replica. Those options belong to the Serve
-    instance: later calls (rollouts, other apps) keep the ones it started with."""
+    instance: later calls (rollouts, other apps) keep the ones it started with.
+
+    One HTTP proxy, on the head node (as ``serve/config.yaml`` says): the head is the cluster's
+    ingress (``cluster.yaml``), and Ray's default, a proxy on every node with a replica bound to
+    ``host``, would open the port on workers no reverse proxy stands in front of."""
     from ray import serve
 
     serve.start(
+        proxy_location="HeadOnly",
         http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s},
         controller_options={"runtime_env": {"env_vars": proxy_env()}},
     )

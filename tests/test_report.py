@@ -206,6 +206,7 @@ def test_raw_ids_are_html_escaped(tmp_path):
     ranking = Ranking(np.array([1, 2]), np.array([0.9, 0.8]), False, explanations=[[(1, 0.7)], [(2, 0.3)]])
     ranker = SimpleNamespace(
         state=SimpleNamespace(vocabs=vocabs, states=states),
+        model=SimpleNamespace(attends=True),
         rank=lambda users, at, k, explain, exclude_purchased=False: [ranking],
     )
     period = Period("test", 300, truth={1: np.array([2])}, first_purchase={1: 2}, first_visit={1: 300})

@@ -107,6 +107,20 @@ def test_healthz_reports_the_loaded_version_and_no_path(server, small_model_dir,
     assert os.path.dirname(os.path.abspath(small_model_dir)) not in r.text  # where files live is not told
 
 
+def test_serve_runs_one_proxy_on_the_head_as_its_config_file_says(server):
+    """jobs.deploy and serve/config.yaml start the same Serve: its only HTTP ingress on the head
+    (Ray's default would open the port on every worker with a replica)."""
+    import ray
+    import yaml
+    from ray.serve.config import ProxyLocation
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    with open(os.path.join(os.path.dirname(__file__), "..", "serve", "config.yaml")) as f:
+        configured = yaml.safe_load(f)["proxy_location"]
+    assert ray.get(controller.get_proxy_location.remote()) == ProxyLocation(configured) == ProxyLocation.HeadOnly
+
+
 def test_openapi_docs_list_every_route_and_the_error_bodies_sent(server, users):
     """Old docs: each route's 422 was FastAPI's {"detail": [...]} schema (the service sends
     {"error": ..., "detail" | "unknown_product_ids": ...}), and 413, 503 and 504 were missing."""

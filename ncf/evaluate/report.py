@@ -284,7 +284,7 @@ def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8, 
         hits = set(period.truth[u].tolist())
         recs = []
         reasons = ranking.reasons or [None] * len(ranking.products)
-        attends = ranking.explanations is not None  # None: a model without its attention
+        attends = ranker.model.attends
         for product, score, because, reason in zip(
             ranking.products, ranking.scores, ranking.explanations or [[]] * K, reasons
         ):
@@ -416,7 +416,7 @@ def write_report(
             "<h2>What the attention says</h2>"
             + (
                 _attention_paragraph(explained)
-                if ranker.model.config.use_mlp and ranker.model.config.use_attention
+                if ranker.model.attends
                 else "<p>Nothing: this model was trained without its attention over the household's "
                 "history (<code>use_attention</code> or <code>use_mlp</code>, which carries it, off).</p>"
             )

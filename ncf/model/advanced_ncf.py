@@ -223,6 +223,12 @@ class AdvancedNCF(nn.Module):
 
     # -- entry points ----------------------------------------------------------------------------
 
+    @property
+    def attends(self) -> bool:
+        """Whether the model attends over the household's history, so that :meth:`logits` can
+        return attention weights (the attention lives on the MLP path)."""
+        return self.config.use_mlp and self.config.use_attention
+
     def logits(self, batch: Batch, need_weights: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """N pre-sigmoid scores (``final``'s Linear over the two paths' logits) and, with
         ``need_weights``, the N x L attention weights over each candidate's household history
