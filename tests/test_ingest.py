@@ -230,6 +230,25 @@ def test_timestamps_named_utc_are_read_and_scientific_epoch_seconds_are_not():
     assert out.column("ts").to_pylist() == [four, four, _seconds("2017-11-27"), 0, four, 0]
 
 
+def test_timestamps_naming_no_time_zone_are_flagged_as_read_as_utc():
+    """A log written in local time, without offsets, is read hours off: preprocessing counts
+    the rows it read so (old code: silently)."""
+    texts = ["2017-11-27 04:01:00", "2017-11-27", "2017-11-27T04:01:00Z", "2017-11-27T04:01:00.5+01:00"]
+    texts += ["2017-11-27 04:01 -0500", "2017-11-27 04:01:00 UTC", "1511755260", "now", "2017-11-27T04:01:00+01"]
+    out = schema.validate_log_batch(pa.table({"user_id": ["u"] * 9, "product_id": ["p"] * 9, "timestamp": texts}))
+    assert out.column("zoneless").to_pylist() == [True, True, False, False, False, False, False, False, False]
+    assert out.column("ts").to_pylist()[4] == _seconds("2017-11-27 09:01:00")
+    moment = pd.Timestamp("2017-11-27T04:01:00")
+    for column, zoneless in [
+        (pa.array([moment], pa.timestamp("us")), True),
+        (pa.array([moment], pa.timestamp("us", tz="Europe/Berlin")), False),
+        (pa.array([moment.date()], pa.date32()), True),
+        (pa.array([None], pa.timestamp("s")), False),  # a bad timestamp, quarantined: not counted
+    ]:
+        batch = pa.table({"user_id": ["u"], "product_id": ["p"], "timestamp": column})
+        assert schema.validate_log_batch(batch).column("zoneless").to_pylist() == [zoneless], column.type
+
+
 def test_a_line_break_inside_a_quoted_value_is_part_of_the_value_past_the_first_block(tmp_path, monkeypatch):
     """Old code parsed without ``newlines_in_values``: past the first block, a note's second line
     became a purchase of its own (or the parser fell out of step and refused the file)."""
@@ -411,6 +430,7 @@ def test_a_csv_with_bad_rows_everywhere_is_quarantined_row_by_row(ray_session, t
 
     assert stats["rows_in"] == len(rows) == stats["rows_kept"] + stats["rows_quarantined"]
     assert stats["rows_by_file"] == {str(path): len(rows)}
+    assert stats["timestamps_read_as_utc"] == stats["rows_kept"]  # dates, every one read as UTC midnight
     assert stats["quarantine_by_reason"] == {
         schema.MALFORMED_ROW: 2,
         schema.BAD_TIMESTAMP: 1,

@@ -241,18 +241,20 @@ def _mark_future(batch: pa.Table, bound: int) -> pa.Table:
 
 
 def _counts(batch: pa.Table) -> pa.Table:
-    """Per (file, reason): rows and the highest source row."""
+    """Per (file, reason): rows, the highest source row and the timestamps read as UTC for want
+    of a zone."""
     table = pa.table(
         {
             SOURCE_FILE: batch.column(SOURCE_FILE),
             schema.REASON: pc.fill_null(batch.column(schema.REASON), OK),
             SOURCE_ROW: batch.column(SOURCE_ROW),
+            schema.ZONELESS: pc.cast(pc.fill_null(batch.column(schema.ZONELESS), False), pa.int64()),
         }
     )
     # One thread: Acero's threaded group-by failed once in a Ray task, "thread index 10 is out of
     # range [0, 10)" (pyarrow 26, the million-line test); a block's counts need no pool.
     grouped = table.group_by([SOURCE_FILE, schema.REASON], use_threads=False)
-    return grouped.aggregate([(SOURCE_ROW, "count"), (SOURCE_ROW, "max")])
+    return grouped.aggregate([(SOURCE_ROW, "count"), (SOURCE_ROW, "max"), (schema.ZONELESS, "sum")])
 
 
 @dataclass
@@ -266,6 +268,7 @@ class Ingested:
     by_reason: Dict[str, int]
     future_bound: Optional[int]
     rows_by_file: Dict[str, int]
+    zoneless: int  # kept rows whose timestamp named no time zone (read as UTC)
 
 
 def source_rows(counts, fmt: str, footer_rows: Dict[int, int], paths: List[str]) -> Dict[str, int]:
@@ -331,7 +334,8 @@ def ingest_logs(
     rows_in = sum(by_file.values())
     if rows_in != rows_kept + rows_quarantined:
         raise RuntimeError(f"{rows_in:,} rows in but {rows_kept:,} kept + {rows_quarantined:,} quarantined")
-    return Ingested(rows, rows_in, rows_kept, rows_quarantined, by_reason, bound, by_file)
+    zoneless = int(counts.loc[counts[schema.REASON] == OK, f"{schema.ZONELESS}_sum"].sum())  # not the far future
+    return Ingested(rows, rows_in, rows_kept, rows_quarantined, by_reason, bound, by_file, zoneless)
 
 
 # -- what leaves this stage ---------------------------------------------------------------------------

@@ -721,6 +721,11 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
         ).write_parquet(layout.quarantine_dir(output))
     if read.rows_kept == 0:
         raise schema.InputError(f"{logs.paths[0]}: no valid purchase rows (all {read.rows_in:,} quarantined)")
+    if read.zoneless:
+        _log(
+            f"{read.zoneless:,} of {read.rows_kept:,} kept timestamps name no time zone and were read as UTC "
+            "(a log written in local time: give its offset, e.g. 2017-11-27T10:00:00+01:00)"
+        )
     stats = {
         "rows_in": read.rows_in,
         "rows_kept": read.rows_kept,
@@ -729,6 +734,7 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
         "future_bound": read.future_bound,
         "future_bound_utc": str(pd.Timestamp(read.future_bound, unit="s")) if read.future_bound else None,
         "rows_by_file": {**read.rows_by_file, **dict.fromkeys(logs.empty, 0)},  # every file: they add up to rows_in
+        "timestamps_read_as_utc": read.zoneless,
     }
     return read, stats
 

@@ -13,9 +13,9 @@ directory or a glob.
   structs, booleans...) stop the job with a one-line error naming the file and column, before
   any row is read.
 * Timestamps: Arrow timestamps of any unit (s, ms, us, ns) and any time zone, dates, ISO-8601
-  strings (with or without an offset; none means UTC) or epoch seconds (numbers or numeric
-  strings). Fractions of a second are truncated (rounded down) to whole seconds: the pipeline
-  works in epoch seconds. Words such as ``now`` or ``today`` are not timestamps.
+  strings (with or without an offset; none means UTC, and the rows read so are counted) or
+  epoch seconds (numbers or numeric strings). Fractions of a second are truncated (rounded
+  down) to whole seconds: the pipeline works in epoch seconds. Words such as ``now`` or ``today`` are not timestamps.
 * Quantity: a positive number (fractions too: goods sold by weight); null or empty means 1.
   It is kept, not used: each row is one purchase line.
 
@@ -53,6 +53,10 @@ TS = "ts"  # normalized timestamp: int64 epoch seconds, UTC
 # The raw values a quarantined row keeps (as text), so that it can be repaired and replayed.
 RAW_TIMESTAMP = "raw_timestamp"
 RAW_QUANTITY = "raw_quantity"
+# Whether a row's timestamp said nothing of its time zone (text without an offset, an Arrow
+# timestamp without a zone, a date), so was read as UTC: counted, since a log written in local
+# time then puts every purchase hours off.
+ZONELESS = "zoneless"
 
 LOG_REQUIRED = (USER_ID, PRODUCT_ID, TIMESTAMP)
 LOG_OPTIONAL = (QUANTITY,)
@@ -98,6 +102,7 @@ VALIDATED = pa.schema(
         (REASON, pa.string()),
         (RAW_TIMESTAMP, pa.string()),
         (RAW_QUANTITY, pa.string()),
+        (ZONELESS, pa.bool_()),
     ]
 )
 
@@ -480,17 +485,21 @@ SCIENTIFIC_NUMBER = r"^-?[0-9](\.[0-9]+[eE][+-]?|[eE]\+)[0-9]+$"
 
 
 _UTC_NAMED = re.compile(r"\s+(?:UTC|GMT)$", re.IGNORECASE)
+# A time of day followed by Z or an offset (+01, +0100, +01:00): the text says its zone.
+_WITH_OFFSET = r"[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?\s*(?:[zZ]|[+-][0-9]{2}(?::?[0-9]{2})?)$"
 _NOT_TIMESTAMPS = ("now", "today", "tomorrow", "yesterday")  # pandas reads the first two as wall-clock time
 _UNIT_SECONDS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
-def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array]:
-    """Timestamps in any accepted form -> (float seconds, rounded down, NaN if unparseable; raw text)."""
+def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array, np.ndarray]:
+    """Timestamps in any accepted form -> (float seconds, rounded down, NaN if unparseable; raw
+    text; whether each said nothing of its time zone and was read as UTC)."""
     array = _decoded(column)
     t, n = array.type, len(array)
     if pa.types.is_null(t):
-        return np.full(n, np.nan), _null_strings(n)
+        return np.full(n, np.nan), _null_strings(n), np.zeros(n, bool)
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        zoneless = np.full(n, pa.types.is_date(t) or t.tz is None)
         raw = pc.cast(array, pa.string())
         if pa.types.is_date32(t):  # days
             ticks = pc.fill_null(pc.cast(array, pa.int32()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -498,17 +507,19 @@ def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array]:
         else:  # date64: ms; timestamps: ticks of their unit since the epoch in UTC, whatever the time zone
             ticks = pc.fill_null(pc.cast(array, pa.int64()), 0).to_numpy(zero_copy_only=False)
             seconds = np.floor_divide(ticks, 1_000 if pa.types.is_date64(t) else _UNIT_SECONDS[t.unit])
-        return np.where(pc.is_null(array).to_numpy(zero_copy_only=False), np.nan, seconds.astype("float64")), raw
+        missing = pc.is_null(array).to_numpy(zero_copy_only=False)
+        return np.where(missing, np.nan, seconds.astype("float64")), raw, zoneless & ~missing
     if _is_number(t):
         # Unchecked: an integer beyond 2**53 (epoch nanoseconds, a sentinel) is then out of range
         # for its row, where the checked cast refused the whole file.
         values = pc.cast(array, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
-        return np.floor(values), pc.cast(array, pa.string())
+        return np.floor(values), pc.cast(array, pa.string()), np.zeros(n, bool)  # epoch seconds: UTC
     if not _is_text(t):
         raise InputError(f"the timestamp column has type {t}; {_KIND_WORDS[TIME]}")
     text, _, raw = _as_text(array)  # not UTF-8 -> null -> NaN
     strings = pd.Series(text.to_pylist(), dtype="object").str.strip()
     # BigQuery's and Go's " UTC" says what a time without an offset is read as anyway.
+    named_utc = strings.str.contains(_UTC_NAMED, na=False)
     strings = strings.str.replace(_UTC_NAMED, "", regex=True)
     strings = strings.where(~strings.str.lower().isin(_NOT_TIMESTAMPS))
     numeric = pd.to_numeric(strings, errors="coerce")
@@ -519,7 +530,9 @@ def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array]:
     moments = parsed.dt.tz_localize(None).to_numpy()
     with np.errstate(invalid="ignore"):
         seconds = np.where(np.isnat(moments), np.nan, moments.astype("datetime64[s]").astype(np.int64))
-    return np.floor(np.where(numeric.notna(), numeric, seconds).astype("float64")), raw
+    with_zone = named_utc | strings.str.contains(_WITH_OFFSET, regex=True, na=False)
+    zoneless = (parsed.notna() & ~with_zone).to_numpy(dtype=bool)
+    return np.floor(np.where(numeric.notna(), numeric, seconds).astype("float64")), raw, zoneless
 
 
 def _quantities(column, n: int) -> Tuple[np.ndarray, pa.Array]:
@@ -553,14 +566,15 @@ def validate_log_batch(batch, min_ts: int = DEFAULT_MIN_TS, max_ts: int = DEFAUL
     """Raw log rows (a Table or RecordBatch) -> normalized rows with a ``reason`` (null when the row is good).
 
     Output (:data:`VALIDATED`): user_id, product_id (strings; for a bad id its raw text),
-    ts (int64 seconds, 0 if bad), quantity (float64, 0 if bad), reason, and raw_timestamp /
-    raw_quantity (the values as text, as they were in the input). Every input row comes out
+    ts (int64 seconds, 0 if bad), quantity (float64, 0 if bad), reason, raw_timestamp /
+    raw_quantity (the values as text, as they were in the input), and zoneless (a kept row
+    whose timestamp named no time zone, read as UTC). Every input row comes out
     exactly once, in order.
     """
     n = batch.num_rows
     users, null_users, bad_users = _ids(batch.column(USER_ID))
     products, null_products, bad_products = _ids(batch.column(PRODUCT_ID))
-    seconds, raw_ts = _timestamps_to_seconds(batch.column(TIMESTAMP))
+    seconds, raw_ts, zoneless = _timestamps_to_seconds(batch.column(TIMESTAMP))
     quantity, raw_qty = _quantities(_column(batch, QUANTITY), n)
 
     with np.errstate(invalid="ignore"):
@@ -590,6 +604,7 @@ def validate_log_batch(batch, min_ts: int = DEFAULT_MIN_TS, max_ts: int = DEFAUL
             pa.array(reason, pa.string()),
             raw_ts,
             raw_qty,
+            pa.array(zoneless & good, pa.bool_()),
         ],
         schema=VALIDATED,
     )
