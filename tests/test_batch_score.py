@@ -569,6 +569,27 @@ def test_gpu_auto_takes_gpu_actors_only_where_they_outrank_the_cpu_actors(capsys
     assert bs.actor_plan("auto", 0, 0.5, {"CPU": 16.0, "GPU": 16.0}, many) == (16, 1)
     assert bs.actor_plan("yes", 8, 1.0, {"CPU": 16.0, "GPU": 4.0}, 3) == (3, 1)  # 3 batches: 3 actors, enough GPUs
     assert bs.actor_plan("auto", 2, 1.0, node, 1) == (1, 1)
+    # One GPU actor per batch at most (old code: 8 actors loading the model for 3 batches).
+    assert bs.actor_plan("yes", 0, 1.0, {"CPU": 64.0, "GPU": 8.0}, 3) == (3, 1)
+    assert bs.actor_plan("auto", 0, 1.0, {"CPU": 8.0, "GPU": 8.0}, 3) == (3, 1)
+
+
+@pytest.mark.faults
+def test_the_pool_is_sized_by_the_nodes_memory_as_well_as_their_cpus(small_model_dir):
+    """A scoring actor at 10M x 1M holds about 5 GiB: old code sized the pool by CPUs alone and
+    asked Ray for no memory, so 16 actors went to a 64 GiB node of 16 CPUs."""
+    gib = 2**30
+    each = bs.actor_memory(small_model_dir, 1_000)
+    weights = os.path.getsize(os.path.join(small_model_dir, "model.pt"))
+    assert each == weights + bs.ACTOR_BASE_BYTES + 1_000 * bs.ACTOR_BYTES_PER_HOUSEHOLD
+    assert bs.actor_memory(small_model_dir, 10_000_000) - each == 9_999_000 * bs.ACTOR_BYTES_PER_HOUSEHOLD
+    worker, head = {"CPU": 16.0, "memory": 44.8 * gib}, {"CPU": 8.0, "memory": 22.4 * gib}
+    assert bs.actor_slots([worker, head], 1.0, int(4.8 * gib)) == 9 + 4  # memory, not the 24 CPUs
+    assert bs.actor_slots([worker, head], 1.0, 0) == 24
+    assert bs.actor_slots([worker], 4.0, gib) == 4  # CPUs, where memory holds more
+    assert bs.actor_plan("auto", 0, 1.0, {"CPU": 24.0}, 100, slots=13) == (13, 0)
+    assert bs.actor_plan("auto", 0, 1.0, {"CPU": 24.0}, 100, slots=0) == (1, 0)  # one, which waits
+    assert bs.actor_plan("auto", 4, 1.0, {"CPU": 24.0}, 100, slots=2) == (4, 0)  # asked for: Ray waits for nodes
 
 
 @pytest.mark.faults

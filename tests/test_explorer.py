@@ -327,9 +327,10 @@ def _fake_server(origin: str, answers: dict, asked: list):
 
 @pytest.mark.faults
 def test_the_page_keeps_ids_beyond_2_53_and_asks_again_where_the_api_says(tmp_path):
-    """Ids above 2^53 shown and sent back digit for digit; a 503 with Retry-After asked again; a
-    label call naming an unknown id asked again without it; the baskets read at the ranking's own
-    moment; an address whose `at` the page cannot hold refused rather than answered for now."""
+    """Ids above 2^53 shown and sent back digit for digit; a 503 with Retry-After asked again (the
+    settings' too: old code left the page on "could not read its settings"); a label call naming
+    an unknown id asked again without it; the baskets read at the ranking's own moment; an
+    address whose `at` the page cannot hold refused rather than answered for now."""
     import json
 
     at = "2017-11-27T04:01:00+00:00"
@@ -340,7 +341,8 @@ def test_the_page_keeps_ids_beyond_2_53_and_asks_again_where_the_api_says(tmp_pa
     basket = f'{{"at": "2017-11-20T10:00:00+00:00", "products": [{{"product_id": {BIG + 4}, "lines": 1}}]}}'
     answers = {
         "/ui/config": [
-            (200, {}, json.dumps({"default_at": at, "model_version": "v-big", "max_k": 100, "max_baskets": 20}))
+            (503, {"Retry-After": "1"}, '{"error": "busy"}'),
+            (200, {}, json.dumps({"default_at": at, "model_version": "v-big", "max_k": 100, "max_baskets": 20})),
         ],
         "/households": [(200, {}, f'{{"user_ids": [{BIG}], "model_version": "v-big"}}')],
         "/recommend": [(503, {"Retry-After": "1"}, '{"error": "busy"}'), (200, {}, answer)],
@@ -359,6 +361,7 @@ def test_the_page_keeps_ids_beyond_2_53_and_asks_again_where_the_api_says(tmp_pa
         page.route("**/*", _fake_server(origin, answers, asked))
         page.goto(f"{origin}/ui")
         page.wait_for_selector('body[data-ready="true"]', timeout=30_000)
+        assert [path for path, _ in asked].count("/ui/config") == 2
         page.fill("#household", "9007")
         page.wait_for_function(
             "id => [...document.querySelectorAll('#household-ids option')].some(o => o.value === id)",

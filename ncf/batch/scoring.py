@@ -81,7 +81,8 @@ from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies
 from ncf.device import GPU_SETTINGS, resolve_gpu
 from ncf.errors import InputError
-from ncf.model.directory import ModelDir, read_config
+from ncf.model.ann import index_path
+from ncf.model.directory import WEIGHTS, ModelDir, read_config
 from ncf.moments import SECONDS_PER_DAY, day_of, first_rankable, resolve_at, run_date_of
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import CHUNK_USERS, MAX_K
@@ -115,6 +116,12 @@ CPUS_PER_ACTOR = 1.0  # what each scoring actor reserves unless told
 GPU_ACTOR_SPEEDUP = 1.85
 # A nightly run whose DATA ends this long before the moment scored says so: its refresh stopped.
 STALE_DATA_DAYS = 2
+# What a scoring actor holds besides its model's weights and MF index: the process with torch
+# and TorchRec, and per household of DATA its ids, rows and state pages. Fitted to the two
+# measured peaks (`bench.scale`, BENCHMARKS.md): Complete Journey's 641 MiB (2,469 households,
+# 24 MB of weights) and 10M x 1M's 4,876 MiB (about 3.0 GiB of weights and index).
+ACTOR_BASE_BYTES = 640 << 20
+ACTOR_BYTES_PER_HOUSEHOLD = 128
 
 
 @dataclass
@@ -223,21 +230,57 @@ def auto_batch_size(num_users: int) -> int:
 # -- the run ---------------------------------------------------------------------------------------
 
 
-def _actor_resources(gpu: str, actors: int, cpus_per_actor: float, blocks: int) -> tuple[int, int]:
+def actor_memory(model: str, households: int) -> int:
+    """Bytes a scoring actor of ``model`` ranking ``households`` holds at its peak, about: its
+    weights and MF index as read, and :data:`ACTOR_BASE_BYTES` + :data:`ACTOR_BYTES_PER_HOUSEHOLD`
+    per household. The pool asks Ray for that much memory per actor, so that Ray places actors
+    by memory as well as by CPUs."""
+    files = [os.path.join(model, WEIGHTS), index_path(model)]
+    held = sum(os.path.getsize(f) for f in files if os.path.exists(f))
+    return held + ACTOR_BASE_BYTES + ACTOR_BYTES_PER_HOUSEHOLD * households
+
+
+def actor_slots(nodes: List[Dict[str, float]], cpus_per_actor: float, memory_per_actor: int) -> int:
+    """How many actors of ``cpus_per_actor`` CPUs and ``memory_per_actor`` bytes the ``nodes``
+    (each node's Ray resources) hold at once, each node by its CPUs and by its memory."""
+    slots = 0
+    for node in nodes:
+        by_cpus = int(node.get("CPU", 0) // cpus_per_actor)
+        slots += min(by_cpus, int(node.get("memory", 0) // memory_per_actor)) if memory_per_actor > 0 else by_cpus
+    return slots
+
+
+def _actor_resources(
+    gpu: str, actors: int, cpus_per_actor: float, blocks: int, memory_per_actor: int
+) -> tuple[int, int]:
     """(number of actors, GPUs per actor) from the cluster's resources (:func:`actor_plan`)."""
     import ray
 
     _check_an_actor_fits(cpus_per_actor)
-    return actor_plan(gpu, actors, cpus_per_actor, ray.cluster_resources(), blocks)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    slots = actor_slots(nodes, cpus_per_actor, memory_per_actor)
+    by_cpus = actor_slots(nodes, cpus_per_actor, 0)
+    each = f"of about {memory_per_actor / 2**30:.1f} GiB each (the model's weights and index, and the households)"
+    if actors <= 0 and slots < min(by_cpus, blocks):
+        _log(f"{max(slots, 1)} CPU actor(s), not {min(by_cpus, blocks)}: the nodes' memory holds {slots} {each}")
+    elif 0 < slots < min(actors, blocks):
+        _log(f"--actors {actors}: the nodes up now hold {slots} {each}; the others wait for nodes an autoscaler adds")
+    return actor_plan(gpu, actors, cpus_per_actor, ray.cluster_resources(), blocks, slots)
 
 
 def actor_plan(
-    gpu: str, actors: int, cpus_per_actor: float, resources: Dict[str, float], blocks: int
+    gpu: str,
+    actors: int,
+    cpus_per_actor: float,
+    resources: Dict[str, float],
+    blocks: int,
+    slots: Optional[int] = None,
 ) -> tuple[int, int]:
     """(number of actors, GPUs per actor) for ``blocks`` batches on a cluster of ``resources``:
-    ``actors`` (0: one per GPU on GPUs, else one per ``cpus_per_actor`` of its CPUs; never more
-    than the blocks), each with a GPU where ``gpu`` allows and there is one per actor. ``auto``
-    with ``actors`` unset takes GPUs only where they outrank the CPU actors that would score the
+    ``actors`` (0: one per GPU on GPUs, else one per ``cpus_per_actor`` of its CPUs, or the
+    ``slots`` its nodes' CPUs and memory hold (:func:`actor_slots`); never more than the
+    blocks), each with a GPU where ``gpu`` allows and there is one per actor. ``auto`` with
+    ``actors`` unset takes GPUs only where they outrank the CPU actors that would score the
     blocks (:data:`GPU_ACTOR_SPEEDUP`), and says which it chose and why.
 
     Raises:
@@ -245,8 +288,11 @@ def actor_plan(
             for the missing ones).
     """
     gpus = int(resources.get("GPU", 0))
-    cpu_actors = max(1, min(int(resources.get("CPU", 1) // cpus_per_actor), blocks))
+    fit = int(resources.get("CPU", 1) // cpus_per_actor) if slots is None else slots
+    cpu_actors = max(1, min(fit, blocks))
     asked, actors = actors, min(actors, blocks)  # the pool never starts more actors than batches
+    if gpu == "yes" and gpus == 0:  # resolve_gpu's advice names training's --gpu-wait
+        raise InputError("--gpu yes: the Ray cluster has no GPU; start GPU nodes first, or use --gpu no")
     use = resolve_gpu(gpu, gpus)
     # Not resolve_gpu(workers=actors): its refusal speaks of training's workers and --workers.
     if use and actors > gpus:
@@ -267,7 +313,7 @@ def actor_plan(
         )
         use = False
     if actors <= 0:
-        actors = gpus if use else cpu_actors
+        actors = min(gpus, blocks) if use else cpu_actors
     return max(1, actors), int(use)
 
 
@@ -556,7 +602,8 @@ def _score_into(
     if in_driver:
         actors, gpus = 1, _driver_gpu(config.gpu)
     else:
-        actors, gpus = _actor_resources(config.gpu, config.actors, config.actor_cpus, len(blocks))
+        memory = actor_memory(model, users.num_rows)
+        actors, gpus = _actor_resources(config.gpu, config.actors, config.actor_cpus, len(blocks), memory)
     compile_model = resolve_compile(config.compile, -(-users.num_rows // actors), bool(gpus))
     log(
         f"{users.num_rows:,} users, k={config.k}, at {pd.Timestamp(at, unit='s', tz='UTC').isoformat()}, "
@@ -583,7 +630,7 @@ def _score_into(
     if in_driver:
         results = _scored_here(blocks, scorer_kwargs)
     else:
-        results = _scored_by_actors(blocks, scorer_kwargs, batch_size, actors, gpus, config.actor_cpus)
+        results = _scored_by_actors(blocks, scorer_kwargs, batch_size, actors, gpus, config.actor_cpus, memory)
     try:
         reported, steady = _collect(results, users.num_rows, config.progress_every_s, log)
     except Exception as e:
@@ -646,9 +693,16 @@ def _scored_here(blocks: List[pa.Table], scorer_kwargs: Dict) -> Iterator[Dict]:
 
 
 def _scored_by_actors(
-    blocks: List[pa.Table], scorer_kwargs: Dict, batch_size: int, actors: int, gpus: int, cpus_per_actor: float
+    blocks: List[pa.Table],
+    scorer_kwargs: Dict,
+    batch_size: int,
+    actors: int,
+    gpus: int,
+    cpus_per_actor: float,
+    memory_per_actor: int,
 ) -> Iterator[Dict]:
-    """The blocks scored by a Ray Data pool of ``actors`` :class:`ScoreBatch` actors, one row a block."""
+    """The blocks scored by a Ray Data pool of ``actors`` :class:`ScoreBatch` actors, one row a
+    block, each actor placed by its CPUs and its memory (:func:`actor_memory`)."""
     import ray
 
     # Ray 2.60's map_batches has no named parameter for max_restarts (below): ray_remote_args is
@@ -663,6 +717,7 @@ def _scored_by_actors(
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=cpus_per_actor,
             num_gpus=gpus,
+            memory=memory_per_actor,
             # No actor restarts (Ray Data's default is endless ones). Ray Data passes each actor's
             # constructor arguments through the object store, where a restart may not find them
             # (ray-project/ray#53727; Ray logs a core_worker error for every actor it creates so),

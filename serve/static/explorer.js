@@ -7,12 +7,14 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   let config = null;
+  // The question asked last: an earlier one's answer, arriving after it, is not shown.
+  let questionSeq = 0;
 
   // -- HTTP ------------------------------------------------------------------------------------
 
-  // The question's calls (recommend, history) ask again after a 503's Retry-After (a replica
-  // computing a past day's stats, shedding load, or loading its model) this many times; the id
-  // search does not.
+  // The question's calls (recommend, history) and the settings ask again after a 503's
+  // Retry-After (a replica computing a past day's stats, shedding load, or loading its model) of
+  // at most a minute, this many times; the id search does not.
   const BUSY_RETRIES = 2;
 
   // Integer ids of 2^53 and more lose digits as JavaScript numbers: they are kept as the digits
@@ -203,9 +205,12 @@
     if (event) event.preventDefault();
     const household = $("household").value.trim();
     if (!household) return;
+    const seq = ++questionSeq;
     const k = Number($("k").value);
     const baskets = Number($("baskets").value);
-    const at = toIso($("at").value);
+    // The field as asked: it may change while the answer comes, and the address names this one.
+    const atField = $("at").value;
+    const at = toIso(atField);
     const moment = at === null ? {} : { at };
     $("show").disabled = true;
     $("results").dataset.state = "loading";
@@ -222,6 +227,7 @@
         call("history", { user_id: household, baskets, at: answer.at }, BUSY_RETRIES),
         labelsFor(ids),
       ]);
+      if (seq !== questionSeq) return;
       renderHistory(history);
       renderRecommendations(answer, labels);
       $("results").hidden = false;
@@ -230,15 +236,16 @@
       $("results").dataset.state = "ready";
       setStatus(`Household ${household} · model ${answer.model_version}`, false);
       const params = new URLSearchParams({ household, k: String(k), baskets: String(baskets) });
-      if (at !== null) params.set("at", $("at").value);
+      if (at !== null) params.set("at", atField);
       rememberQuestion(params);
     } catch (e) {
+      if (seq !== questionSeq) return;
       // Another household's (or moment's) results must not stay under this question's error.
       $("results").hidden = true;
       $("results").dataset.state = "error";
       setStatus(e.message, true);
     } finally {
-      $("show").disabled = false;
+      if (seq === questionSeq) $("show").disabled = false;
     }
   }
 
@@ -258,15 +265,17 @@
     $("household").addEventListener("input", searchHouseholds);
     $("default-at").addEventListener("click", resetMoment);
     try {
-      config = await call("ui/config");
+      config = await call("ui/config", undefined, BUSY_RETRIES);
       $("model-version").textContent = config.model_version;
       $("k").max = String(config.max_k);
       $("baskets").max = String(config.max_baskets);
       $("at").title = `empty: the deployment's default moment (${shownMoment(config.default_at)} when the page loaded)`;
       resetMoment();
+      $("show").disabled = false;  // disabled in the page until then: the address's question comes first
       document.body.dataset.ready = "true";
     } catch (e) {
       setStatus(`The page could not read its settings: ${e.message}`, true);
+      $("show").disabled = false;  // questions can still be asked, with the fields' own limits
       return;
     }
     const params = new URLSearchParams(window.location.search);
