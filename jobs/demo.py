@@ -7,6 +7,11 @@ run chose); evaluates the validated model against the baselines on the held-out 
 saw them) and writes the HTML report; batch-scores every household with the deployment model
 from the histories through the data's end; deploys it on Ray Serve on 127.0.0.1 and sends a
 few online queries; then prints the results table and where everything went, and shuts down.
+
+Submitted to a cluster (``RAY_ADDRESS`` set), everything it writes goes under ``--workdir``,
+which must be storage every node mounts: the dataset's cache, Ray Train's checkpoints and the
+MLflow store too (unless ``MLFLOW_TRACKING_URI`` names one), whose defaults under
+``artifacts/`` would be in the job's unpacked working directory on the head alone.
 """
 
 from __future__ import annotations
@@ -105,6 +110,17 @@ def online_queries(model: str, data: str, port: int) -> list:
         stop_app(APP_NAME)
 
 
+def support_paths(workdir: str) -> dict:
+    """Where the dataset's cache and Ray Train's checkpoints go: under ``workdir`` on a cluster
+    the job joined (its workers on other nodes read them), the jobs' own defaults locally."""
+    if not os.environ.get("RAY_ADDRESS"):
+        return {}
+    return {
+        "--cache": os.path.join(workdir, "datasets"),
+        "--storage": os.path.abspath(os.path.join(workdir, "ray_results")),
+    }
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = job_parser("demo", "The whole path on Complete Journey.", uses_ray=True)
     p.add_argument("--workdir", default="artifacts/demo", help="where the data, models, report and scores go")
@@ -133,6 +149,9 @@ def main(argv=None) -> list:
     # The demo prints the answers of its few queries itself; Serve's controller, proxy and
     # per-request access logs go to Serve's log files (printed at the end), not into its output.
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+    shared = support_paths(args.workdir)
+    if shared:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{os.path.abspath(args.workdir)}/mlflow.db")
     with one_line_errors():
         # Now, not after ten minutes of preprocessing and training.
         check_port_free("127.0.0.1", args.port, "stop it or give the demo another --port")
@@ -148,7 +167,8 @@ def main(argv=None) -> list:
         if args.reuse_data and reusable:
             print(f"reusing {data}", flush=True)
         else:
-            preprocess.main(["--dataset", "completejourney", "--output", data])
+            cache = ["--cache", shared["--cache"]] if shared else []
+            preprocess.main(["--dataset", "completejourney", "--output", data, *cache])
 
         _stage(2, "train AdvancedNCF (Ray Train): the validated model, then the deployment refit", started)
         train.main(
@@ -162,6 +182,7 @@ def main(argv=None) -> list:
                 "--epochs",
                 str(args.epochs),
                 "--refit",
+                *(["--storage", shared["--storage"]] if shared else []),
             ]
         )
 

@@ -534,3 +534,14 @@ def test_the_demo_hands_each_job_arguments_its_parser_accepts_and_its_dataset_is
     assert set(asked) == {"jobs.preprocess", "jobs.train", "jobs.evaluate", "jobs.batch_score", "serve"}
     assert asked["jobs.train"].refit and asked["jobs.evaluate"].model.endswith("model-validated")
     assert asked["jobs.batch_score"].model == asked["serve"][0] == str(workdir / "model")
+    assert asked["jobs.train"].storage == "artifacts/ray_results"  # locally: the jobs' own defaults
+
+    # Submitted to a cluster: the dataset's cache, the checkpoints and the MLflow store under
+    # --workdir, storage every node mounts (old code: the head's unpacked working directory).
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # recorded, so that the demo's value is undone after
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert demo.main(["--workdir", str(workdir), "--port", str(port)]) == [row]
+    assert asked["jobs.preprocess"].cache == str(workdir / "datasets")
+    assert asked["jobs.train"].storage == str(workdir / "ray_results")
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{workdir}/mlflow.db"
