@@ -49,7 +49,8 @@ from serve.launch import (
 from serve.limits import REQUEST_TIMEOUT_S
 from serve.rollout import check_can_deploy, dropped_data_note, refused_rollout, restore_previous, serving_before
 
-REPLICA_LOGS = "/tmp/ray/session_latest/logs/serve/"
+# Ray's default temp dir, on each node that ran a replica (cluster.yaml's replicas run on workers).
+REPLICA_LOGS = "/tmp/ray/session_latest/logs/serve/ on each node running a replica (`ray logs` lists them)"
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -494,6 +494,7 @@ def test_a_job_stopped_by_sigterm_after_ray_starts_exits_143():
     assert job.returncode == 128 + signal.SIGTERM, err[-2000:]
 
 
+@pytest.mark.faults
 def test_the_demo_hands_each_job_arguments_its_parser_accepts_and_its_dataset_is_bundled(tmp_path, monkeypatch):
     """CI runs `make test`, never `make demo` (13 minutes): a renamed option in any job, or the
     Complete Journey package's data moving, would break the demo unseen. Each stage's job gets

@@ -172,9 +172,9 @@ def test_preprocessing_on_two_nodes_uses_both_and_matches_one_node(two_node_run,
     by_task = _task_nodes(two_node_run["window_ms"], "MapBatches(_build_list_file)", on=set(two_nodes.values()))
     placement = {name: sorted(node[:8] for node in nodes) for name, nodes in by_task.items()}
     assert set().union(*by_task.values()) == set(two_nodes.values()), placement
-    # Each lists file is built and written by one task (this log's 150 households make one file).
-    runs = [nodes for name, nodes in by_task.items() if "MapBatches(_build_list_file)" in name]
-    assert runs and set().union(*runs) <= set(two_nodes.values()), placement
+    # The lists were built and written by Ray tasks, not by the driver (one task per lists file:
+    # write_examples refuses a file two tasks wrote, and check_lists_found lists the driver cannot see).
+    assert any("MapBatches(_build_list_file)" in name for name in by_task), placement
 
 
 @pytest.fixture(scope="module")

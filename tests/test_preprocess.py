@@ -4,6 +4,7 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -28,6 +29,7 @@ from ncf.data.preprocess import (
     _write_list_file,
     build_vocabularies,
     check_inputs,
+    check_lists_found,
     list_file_of,
     list_file_starts,
     list_key_limit,
@@ -449,6 +451,21 @@ def test_list_households_keeps_the_lists_of_the_lowest_keys_unchanged(small_data
             np.load(os.path.join(layout.user_state_dir(sampled), f"{name}.npy")),
             np.load(os.path.join(layout.user_state_dir(data), f"{name}.npy")),
         )
+
+
+@pytest.mark.faults
+def test_lists_a_task_wrote_where_the_driver_cannot_see_them_are_refused(small_data, tmp_path):
+    """A lists task on another node writes to that node's disk when DATA is not on shared
+    storage: old code counted the lists it could see and went on without the others."""
+    data, stats = small_data
+    every = sorted({c for run in stats["cutoffs"].values() for c in run})
+    copy = str(tmp_path / "data")
+    shutil.copytree(layout.examples_root(data), layout.examples_root(copy))
+    built = sum(pq.read_metadata(f).num_rows for f in glob.glob(os.path.join(layout.examples_root(copy), "*", "*")))
+    check_lists_found(copy, every, built)
+    os.remove(sorted(glob.glob(os.path.join(layout.examples_dir(copy, every[-1]), "*.parquet")))[0])
+    with pytest.raises(schema.InputError, match="training lists and .* are there; is --output on storage every node"):
+        check_lists_found(copy, every, built)
 
 
 def test_lists_files_are_the_same_whatever_order_their_lists_arrive_in(small_data, tmp_path):

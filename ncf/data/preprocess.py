@@ -403,7 +403,7 @@ def _count_lists(directory: str) -> Dict[str, int]:
     of products unknown at the cutoff, which no list labels), from two columns, a file's batch at
     a time: at 10M households the labels alone are billions of values."""
     counts = dict.fromkeys(LIST_COUNTS, 0)
-    if not os.path.isdir(directory):
+    if not os.path.isdir(directory) or not os.listdir(directory):  # an empty one: a scan finds no columns
         return counts
     dataset = pads.dataset(directory, format="parquet", partitioning="hive")
     for batch in dataset.to_batches(columns=[LABEL, BOUGHT_UNKNOWN]):
@@ -576,10 +576,12 @@ def write_examples(
     twice = written[LIST_FILE][written[LIST_FILE].duplicated()] if len(written) else []
     if len(twice):
         raise RuntimeError(f"lists files written by two tasks, their lists lost: {sorted(set(twice))}")
+    check_lists_found(output, every, int(written[LISTS].sum()) if len(written) else 0)
     return {run: _count_lists_of(output, run_cutoffs) for run, run_cutoffs in cutoffs.items()}
 
 
 LIST_FILE = "list_file"
+LISTS = "lists"
 
 
 def list_key_limit(num_users: int, list_households: int) -> Optional[int]:
@@ -620,7 +622,7 @@ def _build_list_file(
     lists = households_lists(*(purchases.column(c).to_numpy() for c in (USER, PRODUCT, TS)), config, catalog, cutoffs)
     if lists.num_rows:
         _write_list_file(lists.append_column(LIST_FILE, pa.array(np.full(lists.num_rows, file))), root)
-    return pa.table({LIST_FILE: [file]})
+    return pa.table({LIST_FILE: [file], LISTS: [lists.num_rows]})
 
 
 def _write_list_file(lists: pa.Table, root: str) -> pa.Table:
@@ -636,6 +638,18 @@ def _write_list_file(lists: pa.Table, root: str) -> pa.Table:
         path = os.path.join(directory, f"lists-{file:06d}.parquet")
         pq.write_table(lists.filter(pa.array(cutoff == c)).drop_columns([CUTOFF]), path)
     return pa.table({LIST_FILE: [file]})
+
+
+def check_lists_found(output: str, cutoffs: List[int], built: int) -> None:
+    """Refuses (InputError) a DATA in which the ``built`` lists the tasks wrote at ``cutoffs``
+    are not all found: a task on another node writes to that node's disk where ``output`` is not
+    on storage every node mounts, and the driver would count fewer lists than were built."""
+    found = _count_lists_of(output, cutoffs)["lists"]
+    if found != built:
+        raise schema.InputError(
+            f"{output}: the tasks wrote {built:,} training lists and {found:,} are there; is --output on "
+            "storage every node of the Ray cluster mounts at the same path?"
+        )
 
 
 def _count_lists_of(output: str, run_cutoffs: list) -> Dict[str, int]:
