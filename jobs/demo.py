@@ -44,7 +44,7 @@ def _stage(number: int, name: str, started: float) -> None:
 def print_table(rows: list) -> None:
     """The rows' figures; a baseline's difference to the model, household by household, with its
     paired standard error (``recall@10 - model``)."""
-    columns = ["model", "recall@10", "ndcg@10", "hr@10", "mrr", "sampled_hr@10", "sampled_ndcg@10", "users"]
+    columns = ["model", "recall@10", "ndcg@10", "hr@10", "mrr@10", "sampled_hr@10", "sampled_ndcg@10", "users"]
     paired = [f"{m} - model" for m in PAIRED]
     print(" | ".join(f"{c:>15}" for c in columns + paired))
     for row in rows:

@@ -319,6 +319,24 @@ def test_tuned_parameters_are_kept_in_data_and_retuned_on_request(tmp_path, monk
     assert any("another version of its code: searching again" in line for line in said)
 
 
+def test_the_code_digest_covers_the_modules_a_baseline_takes_names_from_and_its_libraries(monkeypatch):
+    """Old code digested the baseline's own module alone: the boosted ranker's candidate counts
+    (ncf.rank.candidates) or features changed, or LightGBM upgraded, and tuned.json stayed."""
+    import inspect
+
+    from ncf.evaluate.baselines.boosted import BoostedRanker
+
+    names = [m.__name__ for m in baselines_module._project_modules(inspect.getmodule(BoostedRanker))]
+    assert {"ncf.rank.candidates", "ncf.data.features", "ncf.evaluate.baselines.boosted"} <= set(names)
+    before = baselines_module.code_digest(BoostedRanker)
+    baselines_module.code_digest.cache_clear()
+    monkeypatch.setattr(baselines_module, "_version", lambda name: "9.9" if name == "lightgbm" else "1")
+    try:
+        assert baselines_module.code_digest(BoostedRanker) != before
+    finally:
+        baselines_module.code_digest.cache_clear()
+
+
 # -- metrics -------------------------------------------------------------------------------
 
 
@@ -332,6 +350,32 @@ def test_recall_lit_and_repeat_explore_split_by_hand():
     only_new = ranking_metrics(np.array([3]), np.array([3]), k=1, bought_before=np.array([], np.int64))
     assert np.isnan(only_new["repeat_recall"]) and only_new["explore_recall"] == 1.0
     assert "repeat_hits" not in ranking_metrics(np.array([3]), np.array([3]), k=1)
+
+
+def test_tifu_knn_is_tuned_on_its_neighbours_where_rankings_leave_out_what_was_bought():
+    """Leaving out the household's products leaves its own vector 0 on every product ranked:
+    old code tuned groups and decays on that vector alone (every setting the same ranking, the
+    grid's first kept) and kept alpha at its first value. The neighbours now come first."""
+    from ncf.evaluate.protocol import excluding_purchased
+
+    states = states_of(synthetic_purchases(trap=False))
+    context = PointInTime.build(states, vocabularies(30, 40), 70 * DAY)
+    period = period_of(states, 70, 85, context)
+    for u in list(period.truth):  # relevant: products new to the household, as --exclude-purchased has them
+        new = np.setdiff1d(period.truth[u], states.timeline(u).products_before(period.first_visit[u]))
+        if len(new):
+            period.truth[u] = new
+        else:
+            del period.truth[u]
+    tuned = tuning.tune(BASELINES["tifu_knn"], context, period, period.users, lambda m: None, exclude_purchased=True)
+    assert tuned.params["alpha"] < 1 and tuned.params["neighbours"] > 0
+    assert list(tuned.grid["stages"][0]) == ["alpha", "neighbours"]
+    first_stage = [t for t in tuned.trials if t["params"]["groups"] == BASELINES["tifu_knn"].defaults["groups"]]
+    assert len({t["val"]["ndcg@10"] for t in first_stage}) > 1  # the neighbours' count matters
+    rank = excluding_purchased(BASELINES["tifu_knn"].build(context, **tuned.params).rank, states)
+    u = int(period.users[0])
+    ranked = rank(u, period.first_visit[u], 10)
+    assert not np.isin(ranked, states.timeline(u).products_before(period.first_visit[u])).any()
 
 
 def test_excluding_purchased_products_leaves_them_out_of_the_relevant_sets_too():

@@ -43,15 +43,19 @@ def test_a_paired_difference_is_the_mean_difference_with_its_standard_error():
 
 def test_ranking_metrics_by_hand():
     m = ranking_metrics(np.array([3, 1, 2, 9]), np.array([1, 2]), k=2)
-    assert m["recall"] == 0.5 and m["hr"] == 1.0 and m["mrr"] == 0.5
+    assert m["recall"] == 0.5 and m["hr"] == 1.0 and m["mrr"] == m["mrr_at_k"] == 0.5
     assert m["ndcg"] == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)))
     assert ranking_metrics(np.array([5, 6]), np.array([1]), k=2) == {
         "recall": 0.0,
         "recall_lit": 0.0,
         "ndcg": 0.0,
         "hr": 0.0,
+        "mrr_at_k": 0.0,
         "mrr": 0.0,
     }
+    # MRR@k counts the first hit within the top k only; MRR, anywhere in the list.
+    beyond = ranking_metrics(np.array([5, 6, 7, 1]), np.array([1]), k=2)
+    assert beyond["mrr_at_k"] == 0.0 and beyond["mrr"] == 0.25 and beyond["hr"] == 0.0
     # Recall divides by min(k, |relevant|): a perfect top-2 is 1 even with 3 relevant items.
     assert ranking_metrics(np.array([1, 2]), np.array([1, 2, 3]), k=2)["recall"] == 1.0
     # A product named twice in the top k would count as two hits (recall 1.5 here): refused.
@@ -402,8 +406,9 @@ def test_evaluate_all_reports_model_and_baselines(small_model_dir, small_data):
     assert [r["model"] for r in rows] == names
     for row in rows:
         assert row["users"] == 40
-        for key in ("recall@10", "ndcg@10", "hr@10", "mrr", "recall_lit@10"):
+        for key in ("recall@10", "ndcg@10", "hr@10", "mrr@10", "mrr", "recall_lit@10"):
             assert 0.0 <= row[key] <= 1.0
+        assert row["mrr@10"] <= row["mrr"] and row["mrr@10"] <= row["hr@10"]
         if row["model"] != "boosted_ranker":  # it scores its candidates only: no sampled protocol
             assert 0.0 <= row["sampled_hr@10"] <= 1.0 and 0.0 <= row["sampled_ndcg@10"] <= 1.0
         for key in ("repeat_recall@10", "explore_recall@10", "repeat_share@10"):

@@ -17,7 +17,8 @@ def ranking_metrics(
     * ``recall_lit``: hits / |relevant|, the recall of the next-basket literature (TIFU-KNN,
       the TOIS 2023 reality check), for comparison with published figures;
     * ``ndcg``: binary gains, ideal = min(k, |relevant|) hits at the top; ``hr``: any hit;
-      ``mrr``: reciprocal rank of the first relevant item in the whole ``ranked`` list (0 if absent).
+      ``mrr_at_k``: reciprocal rank of the first relevant item in the top k (0 if none there);
+      ``mrr``: the same over the whole ``ranked`` list (the evaluation ranks 100 deep).
 
     With ``bought_before`` (the products the user bought before the moment ranked), the
     repeat/explore split: relevant items are repeats (bought before) or explores (new to the
@@ -29,7 +30,7 @@ def ranking_metrics(
     Example::
 
         ranking_metrics(np.array([3, 1, 2]), np.array([1, 2]), k=2, bought_before=np.array([3, 1]))
-        # recall 0.5, recall_lit 0.5, ndcg 0.38..., hr 1, mrr 0.5,
+        # recall 0.5, recall_lit 0.5, ndcg 0.38..., hr 1, mrr_at_k 0.5, mrr 0.5,
         # repeat_hits 1 (product 1), explore_hits 0, repeat_recall 1.0, explore_recall 0.0,
         # repeat_share 1.0 (3 and 1 were both bought before)
     """
@@ -47,6 +48,7 @@ def ranking_metrics(
         "recall_lit": float(top.sum() / len(relevant)),
         "ndcg": float((top * discounts[: len(top)]).sum() / ideal),
         "hr": float(top.any()),
+        "mrr_at_k": float(1.0 / (first[0] + 1)) if len(first) and first[0] < k else 0.0,
         "mrr": float(1.0 / (first[0] + 1)) if len(first) else 0.0,
     }
     if bought_before is not None:

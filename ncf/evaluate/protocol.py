@@ -212,6 +212,7 @@ _METRIC_NAMES = {
     "recall": f"recall@{K}",
     "ndcg": f"ndcg@{K}",
     "hr": f"hr@{K}",
+    "mrr_at_k": f"mrr@{K}",
     "mrr": "mrr",
     "recall_lit": f"recall_lit@{K}",
     **{f"{kind}_{m}": f"{kind}_{m}@{K}" for kind in ("repeat", "explore") for m in ("hits", "recall")},

@@ -343,6 +343,7 @@ def write_report(
         f"recall@{K}",
         f"ndcg@{K}",
         f"hr@{K}",
+        f"mrr@{K}",
         "mrr",
         f"recall_lit@{K}",
         f"repeat_recall@{K}",

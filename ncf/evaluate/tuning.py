@@ -67,7 +67,7 @@ def tune(
     params = dict(baseline.defaults)
     trials: List[Dict] = []
     best: Optional[Dict] = None
-    for stage in baseline.stages:
+    for stage in baseline.stages_for(exclude_purchased):
         names = list(stage)
         for values in itertools.product(*(stage[n] for n in names)):
             candidate = {**params, **dict(zip(names, values))}
@@ -103,7 +103,7 @@ def _grid(baseline: Baseline, exclude_purchased: bool) -> Dict:
     # The relevant sets changed (products bought before left out): results tuned on the old
     # ones, recorded as "exclude_purchased": True, are searched again.
     protocol = {"exclude_purchased": "relevant: never bought before"}
-    return {**baseline.grid(), **protocol} if exclude_purchased else baseline.grid()
+    return {**baseline.grid(True), **protocol} if exclude_purchased else baseline.grid()
 
 
 def _changed(hit: Tuned, grid: Dict, period: Period, users: np.ndarray) -> str:

@@ -7,7 +7,7 @@
   blended with the nearest households' (groups, decays, alpha and k tuned);
 * ``als`` (:mod:`.als`): implicit-feedback matrix factorisation (``implicit``);
 * ``boosted_ranker`` (:mod:`.boosted`): LightGBM on the model's own purchase-timing features
-  and training lists (leaves and rounds tuned).
+  and training lists (its leaves tuned).
 
 Each is built for a period from a :class:`PointInTime` (what was known at its start) and
 ranks a household at a moment from purchases strictly before it. :data:`BASELINES` lists
@@ -18,10 +18,12 @@ them with their tuning grids (searched on the validation weeks by
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import inspect
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from ncf.evaluate.baselines.als import ALSRanker
 from ncf.evaluate.baselines.base import PointInTime, Ranker, rank_with_ties, tie_prior, top_k
@@ -38,40 +40,72 @@ class Baseline:
     ``stages``: the grid, searched stage by stage; each stage is the Cartesian product of its
     values, the other parameters at the best found so far (``defaults`` before any). The
     best setting of a stage (by validation NDCG@10; the incumbent wins ties) carries over.
+    ``stages_excluding_purchased``: the grid where rankings leave out what the household bought
+    before (None: ``stages``), for parameters that only order the household's own products.
     """
 
     name: str
     build: Callable[..., Ranker]  # build(context, **params)
     defaults: Dict = field(default_factory=dict)
     stages: Tuple[Dict[str, Tuple], ...] = ()
+    stages_excluding_purchased: Optional[Tuple[Dict[str, Tuple], ...]] = None
 
     @property
     def tunable(self) -> bool:
         return bool(self.stages)
 
-    def grid(self) -> Dict:
+    def stages_for(self, exclude_purchased: bool) -> Tuple[Dict[str, Tuple], ...]:
+        if exclude_purchased and self.stages_excluding_purchased is not None:
+            return self.stages_excluding_purchased
+        return self.stages
+
+    def grid(self, exclude_purchased: bool = False) -> Dict:
         """The whole search, as recorded beside tuned parameters (a cache is valid for it only),
         with a digest of the code that builds the baseline: a changed baseline is searched again."""
-        stages = [{k: list(v) for k, v in s.items()} for s in self.stages]
+        stages = [{k: list(v) for k, v in s.items()} for s in self.stages_for(exclude_purchased)]
         return {"defaults": self.defaults, "stages": stages, "code": code_digest(self.build)}
+
+
+# The libraries whose fits the baselines are: another version may choose other parameters.
+TUNED_WITH = ("numpy", "scipy", "implicit", "lightgbm")
+
+
+def _project_modules(module) -> list:
+    """``module`` and the project's modules it takes names from (``ncf.rank.candidates`` for the
+    boosted ranker's candidate counts, ``ncf.data.features`` for its features...)."""
+    found = {module.__name__: module}
+    for value in vars(module).values():
+        name = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+        if isinstance(name, str) and name.startswith("ncf.") and name in sys.modules:
+            found.setdefault(name, sys.modules[name])
+    return [found[name] for name in sorted(found)]
 
 
 @lru_cache(maxsize=None)
 def code_digest(build: Callable) -> str:
-    """A short digest of the source of the module that defines ``build``, of :mod:`.base` (what
-    every baseline ranks through) and of the evaluation protocol and metrics that score its
-    validation trials, as joblib's cache keys its functions by their code.
+    """A short digest of the source of the module that defines ``build`` and of the project's
+    modules it takes names from, of :mod:`.base` (what every baseline ranks through), of the
+    evaluation protocol and metrics that score its validation trials, and of the versions of
+    :data:`TUNED_WITH`, as joblib's cache keys its functions by their code.
 
     Example::
 
-        code_digest(BoostedRanker)  # 12 hex digits; another when boosted.py, base.py, protocol.py or metrics.py changes
+        code_digest(BoostedRanker)  # 12 hex digits; another when boosted.py, features.py, protocol.py... change
     """
     from ncf.evaluate import metrics, protocol
     from ncf.evaluate.baselines import base
 
-    modules = (inspect.getmodule(build), base, protocol, metrics)
-    sources = tuple(inspect.getsource(module) for module in modules)
-    return hashlib.sha256("\0".join(sources).encode()).hexdigest()[:12]
+    modules = {m.__name__: m for m in (*_project_modules(inspect.getmodule(build)), base, protocol, metrics)}
+    sources = [inspect.getsource(modules[name]) for name in sorted(modules)]
+    versions = [f"{name} {_version(name)}" for name in TUNED_WITH]
+    return hashlib.sha256("\0".join(sources + versions).encode()).hexdigest()[:12]
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
 
 
 # Grids: small on purpose (all of them tune in about two minutes on 2 cores on Complete
@@ -86,7 +120,10 @@ DECAYED_FREQUENCY = Baseline(
 )
 # TIFU-KNN: first the household's own vector alone (alpha 1: no neighbours, cheap), then the
 # blend with its neighbours on the best vector (on Complete Journey the own vector carries
-# nearly all of it: val NDCG@10 0.408 alone, 0.411 blended).
+# nearly all of it: val NDCG@10 0.408 alone, 0.411 blended). Where rankings leave out what the
+# household bought, its own vector is 0 on every product ranked: the neighbours' part alone
+# orders them (any alpha below 1 gives the same order), so the neighbours come first and the
+# vectors' groups and decays are searched with them.
 TIFU_KNN = Baseline(
     "tifu_knn",
     TifuKnnRanker,
@@ -101,6 +138,10 @@ TIFU_KNN = Baseline(
     stages=(
         {"groups": (3, 7, 14), "within_decay": (0.95, 0.97, 0.99), "across_decay": (0.8, 0.9, 0.95)},
         {"neighbours": (50, 100, 300), "alpha": (0.7, 0.8, 0.9)},
+    ),
+    stages_excluding_purchased=(
+        {"alpha": (0.5,), "neighbours": (10, 20, 50, 100, 300)},
+        {"groups": (3, 7, 14), "within_decay": (0.95, 0.97, 0.99), "across_decay": (0.8, 0.9, 0.95)},
     ),
 )
 # ALS: the width, then the regularisation at that width (BM25 weighting fixed, K1 100, B 0.8).
