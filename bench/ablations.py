@@ -16,6 +16,7 @@ import json
 import os
 
 from bench.runs import summarize, validated_run, write_jsonl
+from ncf.data import layout
 from ncf.model.config import SWITCHES
 
 
@@ -28,6 +29,12 @@ def main(argv=None) -> list:
     p.add_argument("--only", nargs="*", default=list(SWITCHES), help="switches to ablate")
     p.add_argument("--reuse", action="store_true", help="read runs already trained in WORKDIR")
     args = p.parse_args(argv)
+    # What the rows were measured on: rows of another DATA or epoch budget are not merged below.
+    measured_on = {
+        "data": os.path.abspath(args.data),
+        "features_version": layout.DataStats(args.data).features_version,
+        "epochs": args.epochs,
+    }
     rows = []
     for switch in [None, *args.only]:
         name = "advanced_ncf" if switch is None else f"advanced_ncf without {switch[4:]}"
@@ -42,21 +49,27 @@ def main(argv=None) -> list:
             )
             for seed in range(args.seeds)
         ]
-        row = summarize(name, runs)
+        row = {**summarize(name, runs), **measured_on}
         print(json.dumps({"benchmark": "ablation", **row}), flush=True)
         rows.append(row)
     results = os.path.join(args.workdir, "results.jsonl")
-    write_jsonl(results, rows + _rows_not_rerun(results, {row["model"] for row in rows}))
+    write_jsonl(results, rows + _rows_not_rerun(results, {row["model"] for row in rows}, measured_on))
     return rows
 
 
-def _rows_not_rerun(results: str, rerun: set) -> list:
-    """The rows of an earlier invocation for variants this one left out (``--only``): each row
-    keeps its own seed count, so a table mixing them still says how each was measured."""
+def _rows_not_rerun(results: str, rerun: set, measured_on: dict) -> list:
+    """The rows of an earlier invocation for variants this one left out (``--only``), measured
+    on the same DATA, features and epochs (others are dropped, and said): each row keeps its
+    own seed count, so a table mixing them still says how each was measured."""
     if not os.path.exists(results):
         return []
     with open(results) as f:
-        return [row for row in map(json.loads, f) if row["model"] not in rerun]
+        earlier = [row for row in map(json.loads, f) if row["model"] not in rerun]
+    kept = [row for row in earlier if all(row.get(key) == value for key, value in measured_on.items())]
+    for row in earlier:
+        if row not in kept:
+            print(f"[ablations] {results}: {row['model']} dropped: measured on other data or epochs", flush=True)
+    return kept
 
 
 if __name__ == "__main__":

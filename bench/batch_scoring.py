@@ -21,6 +21,8 @@ import json
 import os
 import time
 
+import ray
+
 from bench import two_stage_agreement
 from jobs.cli import init_ray
 from ncf.batch.scoring import BatchScoreConfig, run_batch_scoring
@@ -87,7 +89,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     init_ray(num_cpus=2)
-    result = {"benchmark": "batch_scoring", "cpus": os.cpu_count(), "k": K}
+    cpus = int(ray.cluster_resources().get("CPU", 0))  # Ray's, which the actors share; not the machine's
+    result = {"benchmark": "batch_scoring", "cpus": cpus, "machine_cores": os.cpu_count(), "k": K}
     # Preprocessing first: pyarrow crashed (SIGSEGV in an aggregate) preprocessing in a driver
     # that had already scored with torch; a fresh driver has not.
     synthetic = {products: synthetic_model(args.workdir, products, args.synthetic_users) for products in args.catalogs}

@@ -23,6 +23,7 @@ import json
 import os
 import re
 
+from bench.runs import fresh_run_name
 from jobs import evaluate, preprocess, train
 from jobs.cli import model_overrides, one_line_errors
 
@@ -51,9 +52,7 @@ def main(argv=None) -> list:
              "--synthetic-no-rebuys", "--output", data]
         )  # fmt: skip
     if not (args.reuse and os.path.exists(os.path.join(model, "config.json"))):
-        # The run's name is its whole output path: Ray Train resumes a run of the same name, so a
-        # name shared by two workdirs would export the other workdir's model.
-        name = "bench-" + os.path.normpath(model).strip(os.sep).replace(os.sep, "-")
+        name = fresh_run_name(model)
         train.main(["--data", data, "--output", model, "--seed", str(args.seed), "--name", name, "--model", args.model])
     rows = evaluate.main(["--model", model, "--data", data, "--exclude-purchased"])
     for row in rows:

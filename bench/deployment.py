@@ -23,6 +23,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import pandas as pd
 
+from bench.runs import fresh_run_name
 from jobs import preprocess, train
 from ncf.data import datasets
 from ncf.evaluate.baselines import PointInTime
@@ -69,7 +70,7 @@ def one_cut(logs: pd.DataFrame, catalog: str, weeks_before_end: int, workdir: st
         path = os.path.join(root, "logs.parquet")
         before.to_parquet(path, index=False)
         preprocess.main(["--input", path, "--products", catalog, "--output", data])
-        train.main(["--data", data, "--output", model, "--refit", "--name", f"deployment-{weeks_before_end}w"])
+        train.main(["--data", data, "--output", model, "--refit", "--name", fresh_run_name(model)])
     window = logs[(logs["timestamp"] >= cut) & (logs["timestamp"] < cut + HORIZON)]
     window = window[
         window["product_id"].isin(set(before["product_id"])) & window["user_id"].isin(set(before["user_id"]))

@@ -11,6 +11,8 @@ import os
 import tempfile
 import time
 
+import ray
+
 from jobs.cli import init_ray
 from ncf.data import datasets, schema
 from ncf.data.preprocess import PreprocessConfig, preprocess
@@ -44,7 +46,8 @@ def main(argv=None) -> dict:
                     "rows_per_s": round(stats["rows_in"] / seconds),
                 }
             )
-    result = {"benchmark": "preprocess_throughput", "cpus": os.cpu_count(), "runs": runs}
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    result = {"benchmark": "preprocess_throughput", "cpus": cpus, "machine_cores": os.cpu_count(), "runs": runs}
     print(json.dumps(result))
     return result
 

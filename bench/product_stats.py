@@ -24,6 +24,7 @@ import numpy as np
 
 WEEK = 7 * 86_400
 FIELDS = ("lines", "recent_lines", "buyers", "rebuy_rate", "cycle_days", "by_hour")
+NEIGHBOUR_FIELDS = ("indptr", "indices", "weights")  # the co-purchase neighbours' CSR rows
 
 
 class MemoryPeak:
@@ -99,6 +100,11 @@ def main(argv=None) -> dict:
         for got in (first, last)
         for c in cutoffs
         for f in FIELDS
+    ) and all(
+        np.array_equal(getattr(in_driver[c].neighbours, f), getattr(got[c].neighbours, f))
+        for got in (first, last)
+        for c in cutoffs
+        for f in NEIGHBOUR_FIELDS
     )
     result = {
         "benchmark": "product_stats",

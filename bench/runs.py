@@ -16,7 +16,15 @@ from ncf.evaluate.evaluation import evaluate_all
 from ncf.model.directory import read_metrics
 from ncf.splits import TEST
 
-METRICS = ("recall@10", "ndcg@10", "hr@10", "mrr", "recall_lit@10", "repeat_recall@10", "explore_recall@10")
+METRICS = ("recall@10", "ndcg@10", "hr@10", "mrr@10", "mrr", "recall_lit@10", "repeat_recall@10", "explore_recall@10")
+
+
+def fresh_run_name(output: str) -> str:
+    """A Ray Train run name no earlier run has: its output path and the time. Ray Train resumes
+    a run of the same name from its checkpoint (under the same --storage), so a benchmark run
+    again would export the earlier run's model, trained on nothing new, as a fresh result."""
+    path = os.path.normpath(os.path.abspath(output)).strip(os.sep).replace(os.sep, "-")
+    return f"bench-{path}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
 
 
 def validated_run(data: str, output: str, seed: int, epochs: int, model: Dict, reuse: bool = False) -> Dict:
@@ -25,10 +33,7 @@ def validated_run(data: str, output: str, seed: int, epochs: int, model: Dict, r
     reused = reuse and os.path.exists(os.path.join(output, "metrics.json"))
     if not reused:
         args = ["--data", data, "--output", output, "--epochs", str(epochs), "--seed", str(seed)]
-        # The run's name is its whole output path: a name shared by two variants would resume one
-        # from the other's checkpoint.
-        name = "bench-" + os.path.normpath(output).strip(os.sep).replace(os.sep, "-")
-        train.main(args + ["--model", json.dumps(model), "--name", name])
+        train.main(args + ["--model", json.dumps(model), "--name", fresh_run_name(output)])
     metrics = read_metrics(output)
     # metrics.json holds the figures of the evaluation code the run was trained with; the
     # baselines beside them are computed with today's, so a reused model is evaluated again

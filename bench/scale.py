@@ -124,12 +124,19 @@ def mf_fitted_by_als(model: str, data: str) -> tuple[str, dict]:
     return output, {"mf_als_fit_s": round(fitted - started), "mf_save_s": round(time.time() - fitted)}
 
 
+def saved_index_depth(model: str):
+    """efConstruction of ``model``'s saved MF index, as the index file says (None without one):
+    a directory reused from an earlier run may hold a graph built at another depth than today's."""
+    index = ann.load_if_present(model)
+    return None if index is None else int(index.index.hnsw.efConstruction)
+
+
 def with_index_depth(model: str, data: str, depth: int) -> str:
     """A copy of ``model`` whose MF index is built at efConstruction ``depth`` (``model`` itself
     at the code's depth), to compare serving and scoring over two graphs of the same vectors."""
     import torch
 
-    if depth == ann.BUILD_DEPTH:
+    if saved_index_depth(model) in (depth, None):  # None: no index saved, the first stage is exact
         return model
     output = f"{model}-ef{depth}"
     if os.path.exists(os.path.join(output, "config.json")):
@@ -295,7 +302,7 @@ def main(argv=None) -> dict:
         "households": args.users,
         "products": args.products,
         "mf": args.mf,
-        "index_build_depth": args.index_depth,
+        "index_build_depth": saved_index_depth(model),  # read from the index measured, not the option
         **built,
     }
     runs = {"scale": (model, data)}

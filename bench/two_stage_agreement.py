@@ -33,10 +33,10 @@ def main(argv=None) -> dict:
         ann.MF_CACHE_MAX_ENTRIES = 0
     try:
         recommender = Recommender.load(args.model, data=args.data)
+        if args.candidates:  # a new first stage: built under the same setting
+            recommender = recommender.with_settings(candidates=args.candidates)
     finally:  # the setting is read when the first stage is built: later callers get the default
         ann.MF_CACHE_MAX_ENTRIES = cache_entries
-    if args.candidates:
-        recommender = recommender.with_settings(candidates=args.candidates)
     ranker, at = recommender.ranker, recommender.default_at
     users = np.random.default_rng(0).choice(ranker.state.states.users(), size=args.users, replace=False)
     overlaps, fast_s, brute_s = [], 0.0, 0.0
