@@ -158,9 +158,11 @@ def with_index_depth(model: str, data: str, depth: int) -> str:
 
 
 def replica_rss_mib() -> float:
-    """Resident memory of the Serve replica processes (MiB), from /proc."""
+    """Resident memory of this cluster's Serve replica processes (MiB), from /proc."""
+    from bench.serve_load import cluster_actor_pids
+
     total = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in cluster_actor_pids():
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if b"ServeReplica" not in f.read():

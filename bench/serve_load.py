@@ -101,12 +101,21 @@ ROLES = {
 }
 
 
+def cluster_actor_pids() -> set:
+    """The pids of the live actors of the Ray cluster this process is connected to: another
+    session's Serve on the machine (a test suite's, a demo's) is not this benchmark's."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(limit=10_000, raise_on_missing_output=False)
+    return {str(a.pid) for a in actors if a.pid and a.state != "DEAD"}
+
+
 def serve_cpu_seconds() -> Dict[int, tuple]:
-    """pid -> (role, CPU seconds so far) of this machine's Serve proxy and replicas, read from
+    """pid -> (role, CPU seconds so far) of this cluster's Serve proxy and replicas, read from
     /proc: the CPU a request costs, whatever else the machine is busy with."""
     tick = os.sysconf("SC_CLK_TCK")
     found = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in cluster_actor_pids():
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmdline = f.read()
