@@ -34,7 +34,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import numbers
@@ -50,8 +49,10 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from ncf.data import layout
 from ncf.errors import InputError, TryLater
+from ncf.jsonio import read_json
 from ncf.model.directory import WEIGHTS, read_config, read_metrics
-from ncf.model.integrity import verify_model_dir
+from ncf.model.integrity import MANIFEST, sha256_of, verify_model_dir
+from ncf.staging import finish_interrupted
 
 MODEL_NAME = "advanced-ncf"
 TRAIN_EXPERIMENT = "ncf-train"
@@ -134,12 +135,13 @@ def numeric(values: Dict, prefix: str = "", skip: Iterable[str] = ()) -> Dict[st
     return out
 
 
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _sealed_weights(model_dir: str) -> Optional[str]:
+    """The weights' sha256 as the directory's manifest records it (None without one): the
+    manifest is checked against the bytes before any model is served from it."""
+    try:
+        return read_json(os.path.join(model_dir, MANIFEST))["files"][WEIGHTS]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def code_version() -> Dict[str, str]:
@@ -169,8 +171,8 @@ def lineage(model_dir: str, data: Optional[str] = None) -> Dict[str, str]:
         "format_version": str(config["format_version"]),
         "trained_through": str(config["trained_through"]),
         "data_dir": data,
-        "data_stats_sha256": sha256_file(stats) if os.path.exists(stats) else "unknown (no stats.json)",
-        "weights_sha256": sha256_file(os.path.join(model_dir, WEIGHTS)),
+        "data_stats_sha256": sha256_of(stats) if os.path.exists(stats) else "unknown (no stats.json)",
+        "weights_sha256": sha256_of(os.path.join(model_dir, WEIGHTS)),
         **code_version(),
     }
 
@@ -235,6 +237,13 @@ class Registry:
             raise InputError(f"--name {name!r}: a registered model's name is not blank and has no quotes")
         self.uri = uri or tracking_uri(create)
         self.name = name
+        store = self.uri[len("sqlite:///") :] if self.uri.startswith("sqlite:///") else None
+        if not create and store and not os.path.exists(store):
+            # MLflow would create an empty store there, and the command report nothing registered.
+            raise InputError(
+                f"no model registry at {self.uri}: {os.path.abspath(store)} does not exist (a relative "
+                "sqlite:/// path is read from the directory a command runs in; a typo in MLFLOW_TRACKING_URI?)"
+            )
         _check_server_answers(self.uri)
         try:
             self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
@@ -250,6 +259,12 @@ class Registry:
         from mlflow.exceptions import MlflowException
 
         found = self.client.get_experiment_by_name(name)
+        if found is not None and found.lifecycle_stage != "active":
+            # MLflow refuses runs in a deleted experiment: every run would be lost.
+            raise StoreUnavailable(
+                f"tracking store {self.uri}: experiment {name} is deleted; restore it (mlflow experiments "
+                f"restore --experiment-id {found.experiment_id}, or the UI) or purge it (mlflow gc)"
+            )
         if found is not None:
             return found.experiment_id
         root = local_artifact_root(self.uri)
@@ -380,9 +395,12 @@ class Registry:
                 raise self._failed(e) from None
             raise InputError(f"no version {version} of {self.name} in {self.uri}; {MODELS_CLI} lists them") from None
         path = (found.tags or {}).get(MODEL_DIR_TAG) or found.source
-        if not os.path.isdir(path):
+        if not os.path.isdir(path) and not (finish_interrupted(path) and os.path.isdir(path)):
             raise InputError(f"{path}: version {version}'s model directory is gone (moved or deleted)")
         holds, recorded = str(read_config(path)["version"]), (found.tags or {}).get("model_version")
+        weights = (found.tags or {}).get("weights_sha256")
+        if weights is not None and holds == recorded and _sealed_weights(path) not in (None, weights):
+            holds = f"{holds} with other weights (a resumed --name trained on)"
         if recorded is not None and holds != recorded:
             raise InputError(
                 f"{path}: version {version}'s model ({recorded}) was replaced there by {holds} (trained "

@@ -269,6 +269,26 @@ def _siblings(parent: str, name: str) -> Dict[str, str]:
     }
 
 
+def finish_interrupted(final: str) -> bool:
+    """Finishes the replacement of ``final`` that a dead run left between its two renames (the
+    journal beside it, the new directory complete), as the next run writing ``final`` would, so
+    that a reader finds it; True when there was one. A reader that may not write beside
+    ``final`` leaves it (False). Raises :class:`Busy` while a run holds the lock (it is writing
+    ``final`` now)."""
+    parent, name = os.path.split(os.path.abspath(final))
+    names = _siblings(parent, name)
+    if not os.path.exists(names["journal"]):
+        return False
+    try:
+        with exclusive(names["lock"], os.path.abspath(final)):
+            finished = roll_forward(names["journal"]) is not None
+    except PermissionError:
+        return False
+    if finished:
+        print(f"[staging] finished the replacement of {final} that a dead run left half done", flush=True)
+    return finished
+
+
 def remove_dead_runs(directory: str, name: str) -> List[str]:
     """Removes the staging and parked entries of ``name`` in ``directory`` (the caller holds the
     lock and has rolled the journal forward, so they belong to dead runs)."""

@@ -136,6 +136,29 @@ def test_missing_added_and_unsealed_files_are_named(model):
         verify_model_dir(model)
 
 
+def test_a_damaged_manifest_entry_a_symlink_inside_and_a_killed_metrics_write(model):
+    """A manifest entry without its size was a KeyError traceback; a state/ symlinked in was left
+    out of the seal (os.walk does not follow it); a metrics.json rewrite killed before its rename
+    left a .tmp that made an intact directory fail as damaged."""
+    manifest = read_json(os.path.join(model, MANIFEST))
+    with open(os.path.join(model, METRICS + ".tmp"), "w") as f:
+        f.write("{")
+    verify_model_dir(model)  # the leftover of an unsealed file's rewrite is not damage
+    os.remove(os.path.join(model, METRICS + ".tmp"))
+    broken = {**manifest, "files": {**manifest["files"], WEIGHTS: {"sha256": "0" * 64}}}
+    write_json(os.path.join(model, MANIFEST), broken)
+    with pytest.raises(ModelIntegrityError, match="unreadable manifest.json .*model.pt.* not a size and a sha256"):
+        verify_model_dir(model)
+    write_json(os.path.join(model, MANIFEST), manifest)
+    state = os.path.join(model, "state")
+    os.rename(state, state + "-real")
+    os.symlink(state + "-real", state)
+    with pytest.raises(ModelIntegrityError, match="state is a symbolic link"):
+        write_manifest(model, unsealed=[METRICS])
+    with pytest.raises(ModelIntegrityError, match="state is a symbolic link"):
+        verify_model_dir(model)
+
+
 # A directory that agrees with its (re-written) manifest but is wrong inside: what a buggy
 # trainer or a hand-assembled rollout produces. The cross-checks catch each.
 

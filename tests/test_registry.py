@@ -28,7 +28,7 @@ from ncf import registry as reg
 from ncf.data import layout
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
-from ncf.model.directory import METRICS, save_untrained_model_dir
+from ncf.model.directory import METRICS, WEIGHTS, save_untrained_model_dir
 from ncf.model.integrity import write_manifest
 
 
@@ -215,6 +215,36 @@ def test_a_version_whose_directory_was_trained_over_is_refused_not_resolved_to_t
     assert store.current() == "2" and reg.resolve_model("current") == model
     with pytest.raises(InputError, match="was replaced"):
         reg.resolve_model("models:/advanced-ncf/1")
+
+
+@pytest.mark.faults
+def test_a_version_whose_weights_were_trained_on_under_the_same_version_is_refused(store, tmp_path):
+    """A reused --name resumes its run and trains on (more --epochs) into the same --output under
+    the same version string: old code compared the strings alone and served the new weights as
+    the old version."""
+    model = fake_model_dir(tmp_path, "week1")
+    assert reg.track_model(model, strict=True) == "1"
+    weights = os.path.join(model, WEIGHTS)
+    with open(weights, "ab") as f:
+        f.write(b"\0")  # other bytes, the directory sealed again as a training's save seals it
+    write_manifest(model, unsealed=[METRICS])
+    with pytest.raises(InputError, match=r"version 1's model \(week1\) was replaced there by week1 with other weights"):
+        store.path_of("1")
+
+
+@pytest.mark.faults
+def test_a_deleted_experiment_or_a_store_that_does_not_exist_is_one_line(store, tmp_path):
+    """A deleted experiment made every run fail (the training's advice to register later failed
+    the same way, with a traceback); a read-only command given a store path with a typo created
+    an empty store there and said nothing was registered."""
+    experiment = store.experiment_id("ncf-train")
+    store.client.delete_experiment(experiment)
+    with pytest.raises(reg.StoreUnavailable, match="experiment ncf-train is deleted; restore it"):
+        store.experiment_id("ncf-train")
+    typo = tmp_path / "elsewhere" / "mlfow.db"
+    with pytest.raises(InputError, match="no model registry at sqlite:///.*mlfow.db: .* does not exist"):
+        reg.Registry(f"sqlite:///{typo}", create=False)
+    assert not typo.exists() and not typo.parent.exists()
 
 
 @pytest.mark.faults

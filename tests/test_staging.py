@@ -132,6 +132,25 @@ def test_a_model_symlink_is_repointed_and_its_old_target_kept(tmp_path):
     assert not [n for n in os.listdir(models) if ".staging-" in n or ".old-" in n]  # no leftovers
 
 
+def test_a_model_whose_replacement_died_between_its_renames_is_finished_when_read(tmp_path):
+    """A training killed between the swap's two renames left MODEL missing, its new directory
+    complete beside it: until the next training into it, --model said "not a model directory:
+    run jobs.train first". A reader now finishes the swap, as the next writer would."""
+    data = _fake_data(tmp_path)
+    model = str(tmp_path / "MODEL")
+    _save(model, data, "v1")
+    staged = str(tmp_path / ".MODEL.staging-dead")
+    _save(staged, data, "v2")
+    parked = str(tmp_path / ".MODEL.old-dead")
+    os.rename(model, parked)  # the first rename done, then the process died
+    write_json(str(tmp_path / ".MODEL.swap.json"), {"final": model, "staged": staged, "parked": parked, "started": 0})
+    assert directory.read_config(model)["version"] == "v2"
+    assert not os.path.exists(staged) and not os.path.exists(parked)
+    assert not os.path.exists(tmp_path / ".MODEL.swap.json")
+    with pytest.raises(InputError, match="not a model directory"):  # nothing interrupted: the usual error
+        directory.read_config(str(tmp_path / "nothing"))
+
+
 # -- the nightly commit --------------------------------------------------------------------------------
 
 _RUN = textwrap.dedent(

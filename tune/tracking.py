@@ -41,6 +41,8 @@ class TrialLogger(MLflowLoggerCallback):
         # started: a resume restores this callback from tuner.pkl with the store of its first run
         # (another working directory's artifacts/mlflow.db, under `ray job submit --working-dir`).
         self.tracking_uri = self.registry_uri = tracking_uri()
+        # And the code that runs now: the tags pickled with the first run name its commit.
+        self.tags = {**(self.tags or {}), **code_version()}
         super().setup(*args, **kwargs)
 
     def log_trial_start(self, trial) -> None:

@@ -51,7 +51,7 @@ from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
-from ncf.jsonio import read_json, write_json
+from ncf.jsonio import read_json, temporary_name, write_json
 from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
@@ -121,11 +121,18 @@ def _small_file_digest(path: str, extra: bytes = b"") -> str:
 
 
 def _files(model_dir: str) -> List[str]:
-    """Every regular file under ``model_dir``, as sorted paths relative to it ('/'-separated)."""
+    """Every regular file under ``model_dir``, as sorted paths relative to it ('/'-separated).
+    A symbolic link inside is refused: the walk would not follow one to a directory (its files
+    left out of the seal), and one to a file would seal whatever it points at later."""
     found = []
-    for root, _, names in os.walk(model_dir):
-        for name in names:
-            found.append(os.path.relpath(os.path.join(root, name), model_dir).replace(os.sep, "/"))
+    for root, directories, names in os.walk(model_dir):
+        for name in directories + names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, model_dir).replace(os.sep, "/")
+            if os.path.islink(path):
+                raise ModelIntegrityError(f"{model_dir}: {relative} is a symbolic link; copy what it points to in")
+            if name in names:
+                found.append(relative)
     return sorted(found)
 
 
@@ -159,13 +166,23 @@ def check_manifest(model_dir: str) -> Dict:
         files, unsealed = manifest["files"], set(manifest.get("unsealed", []))
         if manifest.get("format") != MANIFEST_FORMAT or manifest.get("algorithm") != "sha256":
             raise ValueError(f"format {manifest.get('format')!r}, algorithm {manifest.get('algorithm')!r}")
-    except (ValueError, KeyError, TypeError) as e:
+        for name, entry in files.items():
+            if not (
+                isinstance(entry, dict)
+                and type(entry.get("bytes")) is int
+                and isinstance(entry.get("sha256"), str)
+                and len(entry["sha256"]) == 64
+            ):
+                raise ValueError(f"the entry of {name!r} is not a size and a sha256: {str(entry)[:80]}")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ModelIntegrityError(f"{model_dir}: unreadable {MANIFEST} ({_one_line(e)})") from None
     present = set(_files(model_dir)) - {MANIFEST}
     missing = sorted(set(files) - present)
     if missing:
         raise ModelIntegrityError(f"{model_dir}: {len(missing)} file(s) of the manifest missing: {missing[:5]}")
-    extra = sorted(present - set(files) - unsealed)
+    # A rewrite of an unsealed file (metrics.json) killed before its rename leaves its temporary.
+    leftovers = {os.path.relpath(temporary_name(os.path.join(model_dir, u)), model_dir) for u in unsealed}
+    extra = sorted(present - set(files) - unsealed - leftovers)
     if extra:
         raise ModelIntegrityError(f"{model_dir}: file(s) not in the manifest: {extra[:5]}")
     for name, expected in files.items():

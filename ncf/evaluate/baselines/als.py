@@ -1,5 +1,11 @@
 """``als``: implicit-feedback matrix factorisation (``implicit``'s ALS on BM25 weights), fitted
-on every household's purchases before the period starts."""
+on every household's purchases before the period starts.
+
+The weighting of the purchase counts (:data:`WEIGHTINGS`): ``bm25`` as implicit's examples
+weigh their items x users matrix, each product a document and each household a term (a
+household's idf: one that buys from everywhere says less about a product); ``bm25_product_idf``
+the other way round, each household a document and each product a term (a staple many
+households buy weighs less: what grocery repeats are made of); ``counts`` unweighted."""
 
 from __future__ import annotations
 
@@ -11,6 +17,23 @@ from threadpoolctl import threadpool_limits
 
 from ncf.evaluate.baselines.base import PointInTime
 
+WEIGHTINGS = ("bm25", "bm25_product_idf", "counts")
+
+
+def weighted_counts(counts: sp.csr_matrix, weighting: str) -> sp.csr_matrix:
+    """Households x products counts weighted as ``weighting`` says (see the module docstring)."""
+    from implicit.nearest_neighbours import bm25_weight
+
+    if weighting == "bm25":
+        weighted = bm25_weight(counts.T, K1=100, B=0.8).T
+    elif weighting == "bm25_product_idf":
+        weighted = bm25_weight(counts, K1=100, B=0.8)
+    elif weighting == "counts":
+        weighted = counts
+    else:
+        raise ValueError(f"als: weighting must be one of {', '.join(WEIGHTINGS)}, not {weighting!r}")
+    return sp.csr_matrix(weighted, dtype=np.float32)
+
 
 class ALSRanker:
     name = "als"
@@ -21,14 +44,19 @@ class ALSRanker:
         factors: int = 128,
         iterations: int = 15,
         regularization: float = 0.05,
+        weighting: str = "bm25_product_idf",
         seed: int = 0,
     ) -> None:
         from implicit.als import AlternatingLeastSquares
-        from implicit.nearest_neighbours import bm25_weight
 
         self.context = context
-        self.params: Dict = {"factors": factors, "iterations": iterations, "regularization": regularization}
-        weighted = bm25_weight(purchase_counts(context), K1=100, B=0.8).tocsr().astype(np.float32)
+        self.params: Dict = {
+            "factors": factors,
+            "iterations": iterations,
+            "regularization": regularization,
+            "weighting": weighting,
+        }
+        weighted = weighted_counts(purchase_counts(context), weighting)
         # implicit parallelises itself; a second BLAS thread pool underneath only contends. The
         # constructor is inside the limit too: it checks the BLAS threads (and warns) there.
         with threadpool_limits(1, "blas"):
