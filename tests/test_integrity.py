@@ -136,6 +136,7 @@ def test_missing_added_and_unsealed_files_are_named(model):
         verify_model_dir(model)
 
 
+@pytest.mark.faults
 def test_a_damaged_manifest_entry_a_symlink_inside_and_a_killed_metrics_write(model):
     """A manifest entry without its size was a KeyError traceback; a state/ symlinked in was left
     out of the seal (os.walk does not follow it); a metrics.json rewrite killed before its rename
