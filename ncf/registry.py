@@ -513,6 +513,11 @@ class Registry:
             else:
                 self._record_current(winner, _ending_with(history, winner))
             current = self.current()
+        elif current is not None and claims and int(claims[-1].version) > self._claims_settled_through():
+            # A claim registered after the current version settled the others (a job that read
+            # "nothing current" before, then verified its directory for minutes) lost too: left
+            # unsettled, it would win, weeks later, once the alias is deleted.
+            self._set_model_tag(CLAIMS_SETTLED_TAG, str(claims[-1].version))
         return winner, current
 
     def rollback(self) -> Tuple[str, str]:

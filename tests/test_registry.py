@@ -139,6 +139,20 @@ def test_after_the_current_alias_was_deleted_promote_and_a_new_candidate_set_it(
     assert len(runs) == 4
 
 
+@pytest.mark.faults
+def test_a_claim_that_lost_late_does_not_win_once_the_alias_is_gone(store, tmp_path):
+    """Job B read "nothing current", verified its directory for minutes and claimed after job A
+    had become current: its claim stayed unsettled, and once the alias was deleted the next
+    training elected B's weeks-old model (and said "version 2 became current meanwhile")."""
+    assert reg.track_model(fake_model_dir(tmp_path, "a"), strict=True) == "1"
+    assert store.current() == "1"
+    late = store.register(fake_model_dir(tmp_path, "b"), None, None, {reg.FIRST_CLAIM_TAG: "true"})
+    assert store.settle_first()[1] == "1"  # B lost: version 1 stays current
+    store.client.delete_registered_model_alias(store.name, reg.CURRENT)
+    assert reg.track_model(fake_model_dir(tmp_path, "c"), strict=True) == "3"
+    assert store.current() == "3" != late
+
+
 RACER = """
 import sys, os, time
 from ncf import registry as reg
