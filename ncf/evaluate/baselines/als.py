@@ -43,7 +43,7 @@ class ALSRanker:
         context: PointInTime,
         factors: int = 128,
         iterations: int = 15,
-        regularization: float = 0.05,
+        regularization: float = 100.0,
         weighting: str = "bm25_product_idf",
         seed: int = 0,
     ) -> None:
