@@ -115,8 +115,14 @@ def support_paths(workdir: str) -> dict:
     the job joined (its workers on other nodes read them), the jobs' own defaults locally."""
     if not os.environ.get("RAY_ADDRESS"):
         return {}
+    if not os.path.isabs(workdir):
+        print(
+            f"[demo] WARNING: --workdir {workdir} is relative: on a cluster it is the job's unpacked working "
+            "directory on the head alone; give a path on storage every node mounts (cluster.yaml: /mnt/shared/demo)",
+            flush=True,
+        )
     return {
-        "--cache": os.path.join(workdir, "datasets"),
+        "--cache": os.path.abspath(os.path.join(workdir, "datasets")),
         "--storage": os.path.abspath(os.path.join(workdir, "ray_results")),
     }
 

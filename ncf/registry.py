@@ -495,7 +495,7 @@ class Registry:
         for claim in (c for c in claims if int(c.version) > floor):
             try:
                 self.path_of(str(claim.version))
-            except StoreUnavailable:  # the store, not the claim: racers must not elect differently
+            except (StoreUnavailable, TryLater):  # the store, or a swap being finished: not the claim
                 raise
             except InputError:  # its directory gone since (a job that died before it was current)
                 continue

@@ -282,8 +282,10 @@ def finish_interrupted(final: str) -> bool:
     try:
         with exclusive(names["lock"], os.path.abspath(final)):
             finished = roll_forward(names["journal"]) is not None
-    except PermissionError:
-        return False
+    except OSError as e:  # a reader without write access: a read-only mount, another user's files
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return False
+        raise
     if finished:
         print(f"[staging] finished the replacement of {final} that a dead run left half done", flush=True)
     return finished

@@ -370,7 +370,9 @@ def test_tifu_knn_is_tuned_on_its_neighbours_where_rankings_leave_out_what_was_b
     tuned = tuning.tune(BASELINES["tifu_knn"], context, period, period.users, lambda m: None, exclude_purchased=True)
     assert tuned.params["alpha"] < 1 and tuned.params["neighbours"] > 0
     assert list(tuned.grid["stages"][0]) == ["alpha", "neighbours"]
-    first_stage = [t for t in tuned.trials if t["params"]["groups"] == BASELINES["tifu_knn"].defaults["groups"]]
+    defaults = BASELINES["tifu_knn"].defaults
+    first_stage = [t for t in tuned.trials if t["params"]["within_decay"] == defaults["within_decay"]]
+    assert [t["params"]["neighbours"] for t in first_stage] == [10, 20, 50, 100, 300]  # the first stage alone
     assert len({t["val"]["ndcg@10"] for t in first_stage}) > 1  # the neighbours' count matters
     rank = excluding_purchased(BASELINES["tifu_knn"].build(context, **tuned.params).rank, states)
     u = int(period.users[0])

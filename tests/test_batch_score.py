@@ -593,6 +593,15 @@ def test_the_pool_is_sized_by_the_nodes_memory_as_well_as_their_cpus(small_model
 
 
 @pytest.mark.faults
+def test_an_actor_no_node_has_the_memory_for_is_refused_on_the_jobs_own_cluster(ray_session, monkeypatch):
+    """Ray Data would wait for an actor no node can place, the date's lock held."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(InputError, match="no node of the cluster has the memory for one scoring actor of about"):
+        bs._actor_resources("no", 0, 1.0, 10, memory_per_actor=2**50)
+    assert bs._actor_resources("no", 0, 1.0, 10, memory_per_actor=2**20) == (2, 0)  # the session's 2 CPUs
+
+
+@pytest.mark.faults
 def test_users_are_counted_without_their_ids_even_from_an_old_stats_json(small_data, tmp_path):
     """Old code: a stats.json written before it had vocab_sizes made --score-in auto a TypeError."""
     data, _ = small_data

@@ -322,6 +322,8 @@ def test_a_sweep_trial_restarted_by_resume_keeps_its_run_and_a_moved_sweep_finds
         logger.log_trial_result(1, trial, {"epoch": epoch, "val_ndcg@10": 0.3})
     (run,) = store.client.search_runs([store.experiment_id(reg.SWEEP_EXPERIMENT)])
     assert [m.step for m in store.client.get_metric_history(run.info.run_id, "val_ndcg_at_10")] == [1, 2]
+    # Resumed, it trains on under today's code: its run says which, beside the first commit.
+    assert run.data.tags["resumed_code_commit"] == reg.code_version()["code_commit"] == run.data.tags["code_commit"]
     assert store.find_trial_run(sweep, trial.trial_id) == run.info.run_id
     moved = str(tmp_path / "moved")
     assert store.find_trial_run(moved, trial.trial_id) is None

@@ -136,17 +136,24 @@ def test_a_model_whose_replacement_died_between_its_renames_is_finished_when_rea
     """A training killed between the swap's two renames left MODEL missing, its new directory
     complete beside it: until the next training into it, --model said "not a model directory:
     run jobs.train first". A reader now finishes the swap, as the next writer would."""
+    from jobs.cli import check_model
+
     data = _fake_data(tmp_path)
     model = str(tmp_path / "MODEL")
     _save(model, data, "v1")
-    staged = str(tmp_path / ".MODEL.staging-dead")
-    _save(staged, data, "v2")
-    parked = str(tmp_path / ".MODEL.old-dead")
-    os.rename(model, parked)  # the first rename done, then the process died
-    write_json(str(tmp_path / ".MODEL.swap.json"), {"final": model, "staged": staged, "parked": parked, "started": 0})
-    assert directory.read_config(model)["version"] == "v2"
-    assert not os.path.exists(staged) and not os.path.exists(parked)
-    assert not os.path.exists(tmp_path / ".MODEL.swap.json")
+    for version, read in (
+        ("v2", directory.read_config),
+        ("v3", lambda m: directory.read_config(check_model(m, verify=False))),
+    ):
+        staged = str(tmp_path / ".MODEL.staging-dead")
+        _save(staged, data, version)
+        parked = str(tmp_path / ".MODEL.old-dead")
+        os.rename(model, parked)  # the first rename done, then the process died
+        journal = {"final": model, "staged": staged, "parked": parked, "started": 0}
+        write_json(str(tmp_path / ".MODEL.swap.json"), journal)
+        assert read(model)["version"] == version  # jobs' --model checks it first, then read_config
+        assert not os.path.exists(staged) and not os.path.exists(parked)
+        assert not os.path.exists(tmp_path / ".MODEL.swap.json")
     with pytest.raises(InputError, match="not a model directory"):  # nothing interrupted: the usual error
         directory.read_config(str(tmp_path / "nothing"))
 

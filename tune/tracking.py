@@ -41,7 +41,8 @@ class TrialLogger(MLflowLoggerCallback):
         # started: a resume restores this callback from tuner.pkl with the store of its first run
         # (another working directory's artifacts/mlflow.db, under `ray job submit --working-dir`).
         self.tracking_uri = self.registry_uri = tracking_uri()
-        # And the code that runs now: the tags pickled with the first run name its commit.
+        # And the code that runs now, for the runs it starts: the tags pickled with the first
+        # run name its commit.
         self.tags = {**(self.tags or {}), **code_version()}
         super().setup(*args, **kwargs)
 
@@ -57,6 +58,11 @@ class TrialLogger(MLflowLoggerCallback):
                 earlier = None
             if earlier is not None:
                 self._trial_runs[trial] = earlier
+                # It trains on under the code that runs now: its run says so beside the first commit.
+                resumed = {f"resumed_{key}": value for key, value in code_version().items()}
+                client = self.mlflow_util._get_client()
+                for key, value in resumed.items():
+                    self._logged("a resumed trial's code", client.set_tag, earlier, key, value)
         self._logged("a trial's run", super().log_trial_start, trial)
 
     def log_trial_result(self, iteration: int, trial, result: Dict) -> None:

@@ -261,11 +261,18 @@ def _actor_resources(
     slots = actor_slots(nodes, cpus_per_actor, memory_per_actor)
     by_cpus = actor_slots(nodes, cpus_per_actor, 0)
     each = f"of about {memory_per_actor / 2**30:.1f} GiB each (the model's weights and index, and the households)"
-    if actors <= 0 and slots < min(by_cpus, blocks):
-        _log(f"{max(slots, 1)} CPU actor(s), not {min(by_cpus, blocks)}: the nodes' memory holds {slots} {each}")
-    elif 0 < slots < min(actors, blocks):
+    if slots == 0:
+        largest = max((n.get("memory", 0) for n in nodes), default=0) / 2**30
+        short = f"no node of the cluster has the memory for one scoring actor {each}; the largest has {largest:.1f} GiB"
+        if not os.environ.get("RAY_ADDRESS"):  # Ray Data would wait for it, the date's lock held
+            raise InputError(f"{short}: run on nodes with more memory, or --score-in driver")
+        _log(f"{short} now: the actors wait for the autoscaler to add one")
+    planned, gpus = actor_plan(gpu, actors, cpus_per_actor, ray.cluster_resources(), blocks, slots)
+    if not gpus and actors <= 0 and 0 < slots < min(by_cpus, blocks):
+        _log(f"{planned} CPU actor(s), not {min(by_cpus, blocks)}: the nodes' memory holds {slots} {each}")
+    elif not gpus and 0 < slots < min(actors, blocks):
         _log(f"--actors {actors}: the nodes up now hold {slots} {each}; the others wait for nodes an autoscaler adds")
-    return actor_plan(gpu, actors, cpus_per_actor, ray.cluster_resources(), blocks, slots)
+    return planned, gpus
 
 
 def actor_plan(

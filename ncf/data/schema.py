@@ -485,8 +485,9 @@ SCIENTIFIC_NUMBER = r"^-?[0-9](\.[0-9]+[eE][+-]?|[eE]\+)[0-9]+$"
 
 
 _UTC_NAMED = re.compile(r"\s+(?:UTC|GMT)$", re.IGNORECASE)
-# A time of day followed by Z or an offset (+01, +0100, +01:00): the text says its zone.
-_WITH_OFFSET = r"[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?\s*(?:[zZ]|[+-][0-9]{2}(?::?[0-9]{2})?)$"
+# A time of day (extended 04:01:00 or basic 040100, to the hour at least) followed by Z or an
+# offset (+01, +0100, +01:00): the text says its zone.
+_WITH_OFFSET = r"(?:[Tt]|\s)[0-9]{2}(?::?[0-9]{2}){0,2}(?:[.,][0-9]+)?\s*(?:[zZ]|[+-][0-9]{2}(?::?[0-9]{2})?)$"
 _NOT_TIMESTAMPS = ("now", "today", "tomorrow", "yesterday")  # pandas reads the first two as wall-clock time
 _UNIT_SECONDS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 

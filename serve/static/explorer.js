@@ -212,7 +212,7 @@
     const atField = $("at").value;
     const at = toIso(atField);
     const moment = at === null ? {} : { at };
-    $("show").disabled = true;
+    // Show stays enabled: a question asked meanwhile replaces this one (questionSeq).
     $("results").dataset.state = "loading";
     setStatus(`Loading household ${household}…`, false);
     try {
@@ -244,8 +244,6 @@
       $("results").hidden = true;
       $("results").dataset.state = "error";
       setStatus(e.message, true);
-    } finally {
-      if (seq === questionSeq) $("show").disabled = false;
     }
   }
 
