@@ -5,7 +5,7 @@ import pyarrow.dataset as pads
 
 from ncf.data import layout
 from ncf.data.examples import FEATURES, HISTORY, HISTORY_AGE_DAYS, MOMENT, PRODUCT, TIME_PARTS, USER
-from ncf.data.features import NUM_FEATURES
+from ncf.data.features import CATEGORY_DURATION_COLUMNS, DURATION_COLUMNS, NUM_FEATURES
 from ncf.jsonio import read_json
 from ncf.model.directory import ModelDir
 from ncf.rank.ranker import Ranker
@@ -28,6 +28,11 @@ def test_ranking_inputs_equal_the_training_lists(small_data, small_model_dir):
         stored = np.array(row[FEATURES], np.float16).reshape(-1, NUM_FEATURES)
         # Stored as float16: the same numbers, rounded the same way.
         np.testing.assert_array_equal(batch.features.numpy().astype(np.float16), stored)
+        # The durations, whole days, without that rounding: TemporalEncoding reads the same slot in
+        # training as when ranking (float16 once rounded 255.97 days up to slot 256).
+        for columns in (DURATION_COLUMNS, CATEGORY_DURATION_COLUMNS):
+            np.testing.assert_array_equal(batch.features.numpy()[:, columns], stored[:, columns].astype(np.float32))
+            assert (stored[:, columns] == np.floor(stored[:, columns])).all()
         np.testing.assert_array_equal(batch.history.numpy()[0], np.array(row[HISTORY])[:length])
         np.testing.assert_allclose(batch.history_age_days.numpy()[0], np.array(row[HISTORY_AGE_DAYS])[:length])
         np.testing.assert_array_equal(batch.time_parts.numpy()[0], np.array(row[TIME_PARTS]))

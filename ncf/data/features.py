@@ -12,7 +12,8 @@ A ranking question is one household at one moment over C candidate products. Its
     distinct days bought per basket of the household's), how due it is (days since the last
     purchase / its typical gap), the household's size and rhythm, and the product's global
     popularity and repurchase rate;
-  - :data:`DURATIONS` (days, through ``TemporalEncoding``): days since the household last
+  - :data:`DURATIONS` (whole days, rounded down: ``TemporalEncoding``'s slots, and exact in
+    the training lists' float16): days since the household last
     bought it, its typical gap (the product's global cycle when the household bought it on one
     day only or never), the product's global cycle, days since the household's last basket
     and its typical gap between baskets;
@@ -33,7 +34,7 @@ Example::
 
     tl = UserTimeline(np.array([5, 7, 5]), np.array([0, 86_400, 7 * 86_400]))
     x = candidate_features(tl, np.array([5, 9]), 10 * 86_400, catalog, stats)  # 2 x NUM_FEATURES
-    x[0, FEATURES.index("since")]  # 3.0 days
+    x[0, FEATURES.index("since")]  # 3.0 days (whole days, rounded down)
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ if TYPE_CHECKING:
 # refuse lists of another version; model directories carry it through their format version.
 # 2 (2026-12-01): the unknown category 0 is no category; own typical gaps in UTC day numbers.
 # 3 (2026-12-01): the co-purchase neighbour score.
-FEATURES_VERSION = 3
+# 4 (2026-12-04): durations in whole days (rounded down, as TemporalEncoding reads them). The
+#   training lists store features as float16, which rounds to the nearest: 255.97 days was slot
+#   256 in training and 255 when ranking, for 7% of the "since" values of Complete Journey's lists.
+FEATURES_VERSION = 4
 
 HALF_LIVES = (7.0, 30.0, 90.0, 365.0)
 CATEGORY_HALF_LIVES = (30.0, 365.0)
@@ -130,8 +134,9 @@ def _log(x) -> np.ndarray:
 
 
 def _days(x) -> np.ndarray:
-    # fmin ignores NaN: "unknown" and anything beyond a year become NEVER_DAYS.
-    return np.fmax(np.fmin(x, NEVER_DAYS), 0.0)
+    # fmin ignores NaN: "unknown" and anything beyond a year become NEVER_DAYS. Whole days: the
+    # slot TemporalEncoding reads, the same in float16 (training lists) as in float32 (ranking).
+    return np.floor(np.fmax(np.fmin(x, NEVER_DAYS), 0.0))
 
 
 def _due(since: np.ndarray, gap: np.ndarray, known: np.ndarray) -> np.ndarray:
