@@ -48,7 +48,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--cutoffs", type=positive_int, default=d.cutoffs, help="cutoffs (training moments) per training run"
     )
-    p.add_argument("--cutoff-step-days", type=positive_int, default=d.cutoff_step_days, help="days between cutoffs")
+    p.add_argument(
+        "--cutoff-step-days",
+        type=positive_int,
+        default=None,
+        help="days between cutoffs (default: the horizon, so that no purchase labels two lists)",
+    )
     p.add_argument(
         "--own-candidates", type=non_negative_int, default=d.own_candidates, help="own past products per list"
     )
@@ -135,7 +140,7 @@ def preprocess_config(args: argparse.Namespace) -> PreprocessConfig:
                 history_length=args.history_length,
                 horizon_days=args.horizon_days,
                 cutoffs=args.cutoffs,
-                cutoff_step_days=args.cutoff_step_days,
+                cutoff_step_days=args.cutoff_step_days or args.horizon_days,
                 own_candidates=args.own_candidates,
                 neighbour_candidates=args.neighbour_candidates,
                 popular_candidates=args.popular_candidates,

@@ -1,5 +1,7 @@
 """Point-in-time features and training lists: nothing from the moment's own basket or later leaks in."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -189,6 +191,33 @@ def test_training_lists_label_the_window_and_correct_for_sampling():
     listed = np.isin(product, [5, 7, 9]) | np.isin(product, cutoffs[0].popular) | np.isin(product, near)
     assert (log_q[listed] == 0).all() and (log_q[~listed] < 0).all()
     assert len(row["features"]) == len(product) * len(FEATURES)
+
+
+def test_own_products_left_out_stay_out_and_the_kept_ones_carry_their_rate():
+    """--own-negative-rate below 1 keeps each own product at rate r: one left out came back as a
+    popular candidate (log_q 0) or a sampled one, and a kept positive carried log(r), though a
+    positive is always in its list. Nor may cutoffs closer than the horizon overlap their labels."""
+    own = np.arange(1, 31)  # products 1-30 bought before the cutoff; 5 bought again in the window
+    group = {
+        "user": np.full(31, 3),
+        "product": np.append(own, 5),
+        "ts": np.append(np.arange(1, 31) * DAY // 4 + DAY, 12 * DAY),
+    }
+    products = np.arange(60)
+    everyone = UserStates.from_purchases(np.repeat([1, 2], 59), np.tile(products[1:], 2), np.repeat(DAY, 118), 4)
+    stats = ProductStats.compute(everyone, products % 4, cutoff=10 * DAY)
+    cutoff = Cutoff.build(10 * DAY, stats, 40)  # 40 popular: most of the household's own among them
+    config = ExampleConfig(history_length=3, horizon_days=14, own_negative_rate=0.5, neighbour_candidates=0)
+    for seed in range(20):
+        row = household_lists(
+            group, replace(config, seed=seed), Catalog(products % 2, products % 4), [cutoff]
+        ).to_pylist()[0]
+        log_q = dict(zip(row["product"], row["log_q"]))
+        assert log_q[5] == 0.0  # the positive: always in the list
+        kept = [p for p in own if p in log_q and p != 5]
+        assert 0 < len(kept) < 29 and all(log_q[p] == pytest.approx(np.log(0.5)) for p in kept), log_q
+    with pytest.raises(ValueError, match="cutoff_step_days 14 is below horizon_days 21"):
+        ExampleConfig(horizon_days=21, cutoff_step_days=14)
 
 
 def test_uniform_negatives_reach_the_tail_and_are_corrected_for():

@@ -122,6 +122,11 @@ class ExampleConfig:
             )
         if not 0.0 < self.own_negative_rate <= 1.0:
             raise ValueError("own_negative_rate must be in (0, 1]")
+        if self.cutoff_step_days < self.horizon_days:
+            raise ValueError(
+                f"cutoff_step_days {self.cutoff_step_days} is below horizon_days {self.horizon_days}: the label "
+                "windows of consecutive cutoffs would overlap (a purchase the label of two lists)"
+            )
         if self.list_households < 1:
             raise ValueError("list_households must be >= 1")
 
@@ -217,21 +222,24 @@ def _one_list(timeline: UserTimeline, user: int, cutoff: Cutoff, config: Example
     rng = np.random.default_rng([config.seed, user, c])
 
     aggregates = timeline.aggregates(moment, HALF_LIVES)
-    own = aggregates.most_bought(config.own_candidates)
+    every_own = own = aggregates.most_bought(config.own_candidates)
     if config.own_negative_rate < 1.0:
         own = own[np.isin(own, bought) | (rng.random(len(own)) < config.own_negative_rate)]
     near = cutoff.stats.neighbours.best(aggregates, config.neighbour_candidates)
-    popular = cutoff.popular[~np.isin(cutoff.popular, own) & ~np.isin(cutoff.popular, near)]
+    # An own product left out stays out: drawn back as popular or by the samplers, it would be in
+    # the list with another inclusion probability than the one its log_q says.
+    popular = cutoff.popular[~np.isin(cutoff.popular, every_own) & ~np.isin(cutoff.popular, near)]
     listed = np.concatenate([own, near, popular])
     rest = np.concatenate([cutoff.sample(rng, config.sampled_negatives), bought])
     if config.uniform_negatives:  # drawn after the others, so the default's draws do not change
         rest = np.concatenate([rest, cutoff.sample_uniform(rng, config.uniform_negatives)])
-    rest = np.unique(rest[~np.isin(rest, listed) & (rest > 0)])
+    rest = np.unique(rest[~np.isin(rest, listed) & ~np.isin(rest, every_own) & (rest > 0)])
 
     candidates = np.concatenate([listed, rest]).astype(np.int64)
     log_q = np.concatenate(
         [
-            np.full(len(own), np.log(config.own_negative_rate)),
+            # Kept at rate r, but a positive always: its inclusion probability is 1.
+            np.where(np.isin(own, bought), 0.0, np.log(config.own_negative_rate)),
             np.zeros(len(near) + len(popular)),
             cutoff.inclusion_log_q(rest, config.sampled_negatives, config.uniform_negatives),
         ]
