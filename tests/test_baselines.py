@@ -355,7 +355,7 @@ def test_recall_lit_and_repeat_explore_split_by_hand():
 def test_tifu_knn_is_tuned_on_its_neighbours_where_rankings_leave_out_what_was_bought():
     """Leaving out the household's products leaves its own vector 0 on every product ranked:
     old code tuned groups and decays on that vector alone (every setting the same ranking, the
-    grid's first kept) and kept alpha at its first value. The neighbours now come first."""
+    grid's first kept) and kept alpha at its first value. They are now searched with neighbours."""
     from ncf.evaluate.protocol import excluding_purchased
 
     states = states_of(synthetic_purchases(trap=False))
@@ -369,11 +369,11 @@ def test_tifu_knn_is_tuned_on_its_neighbours_where_rankings_leave_out_what_was_b
             del period.truth[u]
     tuned = tuning.tune(BASELINES["tifu_knn"], context, period, period.users, lambda m: None, exclude_purchased=True)
     assert tuned.params["alpha"] < 1 and tuned.params["neighbours"] > 0
-    assert list(tuned.grid["stages"][0]) == ["alpha", "neighbours"]
-    defaults = BASELINES["tifu_knn"].defaults
-    first_stage = [t for t in tuned.trials if t["params"]["within_decay"] == defaults["within_decay"]]
-    assert [t["params"]["neighbours"] for t in first_stage] == [10, 20, 50, 100, 300]  # the first stage alone
-    assert len({t["val"]["ndcg@10"] for t in first_stage}) > 1  # the neighbours' count matters
+    assert tuned.grid["stages"][0]["neighbours"] == [50] and tuned.grid["stages"][0]["alpha"] == [0.5]
+    first_stage, second_stage = tuned.trials[:27], tuned.trials[27:]
+    assert {t["params"]["neighbours"] for t in first_stage} == {50} and len(first_stage) == 27
+    assert len({t["val"]["ndcg@10"] for t in first_stage}) > 1  # the groups and decays now matter
+    assert {10, 20, 100, 300} <= {t["params"]["neighbours"] for t in second_stage} <= {10, 20, 50, 100, 300}
     rank = excluding_purchased(BASELINES["tifu_knn"].build(context, **tuned.params).rank, states)
     u = int(period.users[0])
     ranked = rank(u, period.first_visit[u], 10)
