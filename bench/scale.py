@@ -136,7 +136,8 @@ def with_index_depth(model: str, data: str, depth: int) -> str:
     at the code's depth), to compare serving and scoring over two graphs of the same vectors."""
     import torch
 
-    if saved_index_depth(model) in (depth, None):  # None: no index saved, the first stage is exact
+    saved = saved_index_depth(model)  # None: no index saved (the first stage exact), the code's depth if one is
+    if saved == depth or (saved is None and depth == ann.BUILD_DEPTH):
         return model
     output = f"{model}-ef{depth}"
     if os.path.exists(os.path.join(output, "config.json")):

@@ -242,7 +242,8 @@ class Registry:
             # MLflow would create an empty store there, and the command report nothing registered.
             raise InputError(
                 f"no model registry at {self.uri}: {os.path.abspath(store)} does not exist (a relative "
-                "sqlite:/// path is read from the directory a command runs in; a typo in MLFLOW_TRACKING_URI?)"
+                "sqlite:/// path is read from the directory a command runs in; a typo in MLFLOW_TRACKING_URI?); "
+                "train one (python -m jobs.train registers each model)"
             )
         _check_server_answers(self.uri)
         try:

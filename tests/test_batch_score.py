@@ -199,13 +199,15 @@ def test_bad_numbers_are_one_line_errors_before_anything_is_read(tmp_path, field
 def test_k_above_the_models_candidates_is_a_one_line_error_before_ray_starts(tmp_path):
     """Old code: passed the check, then every actor raised mid-run (a ranking holds at most
     ``candidates`` products)."""
+    from ncf.data.features import FEATURES_VERSION
     from ncf.jsonio import write_json
     from ncf.model.directory import CONFIG, FORMAT_VERSION
 
     model = tmp_path / "model"
     model.mkdir()
     sizes = {"num_users": 10, "num_products": 1000, "num_departments": 2, "num_categories": 2}
-    config = {"format_version": FORMAT_VERSION, "version": "v1", "model": sizes, "ranking": {"candidates": 5}}
+    config = {"format_version": FORMAT_VERSION, "features_version": FEATURES_VERSION, "version": "v1"}
+    config.update(model=sizes, ranking={"candidates": 5})
     write_json(str(model / CONFIG), config)
     missing = str(tmp_path / "missing")
     with pytest.raises(InputError) as error:

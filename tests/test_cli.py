@@ -113,7 +113,8 @@ def paths(tmp_path):
     )
     (tmp_path / "model").mkdir()
     sizes = {"num_users": 10, "num_products": 1000, "num_departments": 2, "num_categories": 2}
-    config = {"format_version": FORMAT_VERSION, "version": "v1", "model": sizes, "ranking": {}}
+    config = {"format_version": FORMAT_VERSION, "features_version": FEATURES_VERSION, "version": "v1"}
+    config.update(model=sizes, ranking={})
     write_json(str(tmp_path / "model" / "config.json"), config)
     (tmp_path / "model" / "model.pt").write_bytes(b"")
     (tmp_path / "logs.csv").write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
@@ -218,7 +219,10 @@ def _cases(p: dict, out: str) -> list:
 
 @pytest.mark.faults
 def test_bad_paths_are_one_line_errors_before_ray_starts(paths, tmp_path, monkeypatch, capsys):
+    from ncf import registry
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    registry.Registry()  # a store with nothing registered: "no model is current" (none at all is its own error)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     for job, argv, expected in _cases(paths, str(tmp_path / "out")):
         module = importlib.import_module(f"jobs.{job}")
