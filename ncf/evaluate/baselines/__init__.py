@@ -156,8 +156,9 @@ TIFU_KNN = Baseline(
 # ALS: the regularisation, then the width at it (BM25 weighting with a product idf, K1 100, B 0.8).
 # The BM25 weights reach about 100 times a count, so the regularisation that balances them is
 # in the tens and hundreds: on Complete Journey's validation weeks 100 gave NDCG@10 0.286 and
-# the old grid's 0.01-0.5 all 0.2265 (a one-off search of 2026-12-04, BENCHMARKS "ALS"); the
-# other weightings (implicit's orientation, raw counts) were lower at every regularisation.
+# the old grid's 0.01-0.5 all 0.2265 (a one-off search of 2026-12-04: BENCHMARKS, "The
+# baselines' grids looked at again"); the other weightings (implicit's orientation, raw
+# counts) were lower at every regularisation.
 ALS = Baseline(
     "als",
     ALSRanker,
