@@ -195,8 +195,9 @@ def test_training_lists_label_the_window_and_correct_for_sampling():
 
 def test_own_products_left_out_stay_out_and_the_kept_ones_carry_their_rate():
     """--own-negative-rate below 1 keeps each own product at rate r: one left out came back as a
-    popular candidate (log_q 0) or a sampled one, and a kept positive carried log(r), though a
-    positive is always in its list. Nor may cutoffs closer than the horizon overlap their labels."""
+    popular candidate (log_q 0) or a sampled one. Every kept own product, a positive too, carries
+    log(r): log_q may not depend on the label. Nor may cutoffs closer than the horizon overlap
+    their labels."""
     own = np.arange(1, 31)  # products 1-30 bought before the cutoff; 5 bought again in the window
     group = {
         "user": np.full(31, 3),
@@ -213,7 +214,7 @@ def test_own_products_left_out_stay_out_and_the_kept_ones_carry_their_rate():
             group, replace(config, seed=seed), Catalog(products % 2, products % 4), [cutoff]
         ).to_pylist()[0]
         log_q = dict(zip(row["product"], row["log_q"]))
-        assert log_q[5] == 0.0  # the positive: always in the list
+        assert log_q[5] == pytest.approx(np.log(0.5))  # the positive: its kind's rate, not its label's
         kept = [p for p in own if p in log_q and p != 5]
         assert 0 < len(kept) < 29 and all(log_q[p] == pytest.approx(np.log(0.5)) for p in kept), log_q
     with pytest.raises(ValueError, match="cutoff_step_days 14 is below horizon_days 21"):

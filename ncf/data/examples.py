@@ -238,8 +238,9 @@ def _one_list(timeline: UserTimeline, user: int, cutoff: Cutoff, config: Example
     candidates = np.concatenate([listed, rest]).astype(np.int64)
     log_q = np.concatenate(
         [
-            # Kept at rate r, but a positive always: its inclusion probability is 1.
-            np.where(np.isin(own, bought), 0.0, np.log(config.own_negative_rate)),
+            # Kept at rate r. A positive is always kept, but log_q may not depend on the label (a
+            # ranking has none): every own product carries the rate at which its kind is kept.
+            np.full(len(own), np.log(config.own_negative_rate)),
             np.zeros(len(near) + len(popular)),
             cutoff.inclusion_log_q(rest, config.sampled_negatives, config.uniform_negatives),
         ]
