@@ -270,11 +270,10 @@ MODEL_DIR = "model directory"
 
 def require_dir(path: str, what: str, option: str, run_first: str) -> str:
     """``path`` is a directory with something in it, else a one-line error saying what to run."""
-    from ncf.staging import finish_interrupted
+    from ncf.staging import present
 
     reason = None
-    # A replacement killed between its two renames left the complete new directory beside it.
-    if not os.path.exists(path) and not (finish_interrupted(path) and os.path.exists(path)):
+    if not present(path):  # a replacement killed between its renames is finished first
         reason = "no such directory"
     elif not os.path.isdir(path):
         reason = "not a directory"

@@ -52,7 +52,7 @@ from ncf.errors import InputError, TryLater
 from ncf.jsonio import read_json
 from ncf.model.directory import WEIGHTS, read_config, read_metrics
 from ncf.model.integrity import MANIFEST, sha256_of, verify_model_dir
-from ncf.staging import finish_interrupted
+from ncf.staging import present
 
 MODEL_NAME = "advanced-ncf"
 TRAIN_EXPERIMENT = "ncf-train"
@@ -396,7 +396,7 @@ class Registry:
                 raise self._failed(e) from None
             raise InputError(f"no version {version} of {self.name} in {self.uri}; {MODELS_CLI} lists them") from None
         path = (found.tags or {}).get(MODEL_DIR_TAG) or found.source
-        if not os.path.isdir(path) and not (finish_interrupted(path) and os.path.isdir(path)):
+        if not (present(path) and os.path.isdir(path)):
             raise InputError(f"{path}: version {version}'s model directory is gone (moved or deleted)")
         holds, recorded = str(read_config(path)["version"]), (found.tags or {}).get("model_version")
         weights = (found.tags or {}).get("weights_sha256")

@@ -291,6 +291,12 @@ def finish_interrupted(final: str) -> bool:
     return finished
 
 
+def present(path: str) -> bool:
+    """Whether ``path`` exists, once a replacement of it that a dead run left half done is
+    finished (:func:`finish_interrupted`): what every reader of a DATA or model directory asks."""
+    return os.path.exists(path) or (finish_interrupted(path) and os.path.exists(path))
+
+
 def remove_dead_runs(directory: str, name: str) -> List[str]:
     """Removes the staging and parked entries of ``name`` in ``directory`` (the caller holds the
     lock and has rolled the journal forward, so they belong to dead runs)."""

@@ -43,13 +43,14 @@ def ranking_metrics(
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     ideal = discounts[: min(k, len(relevant))].sum()
     first = np.flatnonzero(hits)
+    reciprocal_rank = float(1.0 / (first[0] + 1)) if len(first) else 0.0
     metrics = {
         "recall": float(top.sum() / min(k, len(relevant))),
         "recall_lit": float(top.sum() / len(relevant)),
         "ndcg": float((top * discounts[: len(top)]).sum() / ideal),
         "hr": float(top.any()),
-        "mrr_at_k": float(1.0 / (first[0] + 1)) if len(first) and first[0] < k else 0.0,
-        "mrr": float(1.0 / (first[0] + 1)) if len(first) else 0.0,
+        "mrr_at_k": reciprocal_rank if len(first) and first[0] < k else 0.0,
+        "mrr": reciprocal_rank,
     }
     if bought_before is not None:
         metrics.update(repeat_explore(ranked[:k], relevant, bought_before))

@@ -12,7 +12,7 @@ from typing import Dict
 from ncf.data.features import FEATURES_VERSION
 from ncf.errors import InputError
 from ncf.jsonio import read_json
-from ncf.staging import finish_interrupted
+from ncf.staging import present
 
 # 3: weights trained on features version 2 (ncf.data.features.FEATURES_VERSION); a directory of
 # format 2 learnt on other numbers for the same feature names, so it is refused, not served.
@@ -31,7 +31,7 @@ TRAINED_USERS, TRAINED_PRODUCTS = "trained_users.npy", "trained_products.npy"
 def read_config(model_dir: str) -> Dict:
     """``config.json``, checked: a clear error for a path that is not a model directory."""
     path = os.path.join(model_dir, CONFIG)
-    if not os.path.exists(path) and not (finish_interrupted(model_dir) and os.path.exists(path)):
+    if not (present(model_dir) and os.path.exists(path)):
         raise InputError(f"{model_dir}: not a model directory (no {CONFIG}); run python -m jobs.train first")
     try:
         config = read_json(path)

@@ -56,7 +56,7 @@ from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
 from ncf.model.files import CONFIG, STATE, TRAINED_PRODUCTS, TRAINED_USERS, WEIGHTS, read_config
-from ncf.staging import finish_interrupted
+from ncf.staging import present
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -200,7 +200,7 @@ def check_manifest(model_dir: str) -> Dict:
 def verify_model_dir(model_dir: str) -> None:
     """Raises :class:`ModelIntegrityError` unless the directory is whole and self-consistent
     (see the module docstring); reads every byte once, loads no model into memory."""
-    if not os.path.isdir(model_dir) and not (finish_interrupted(model_dir) and os.path.isdir(model_dir)):
+    if not (present(model_dir) and os.path.isdir(model_dir)):
         raise ModelIntegrityError(f"{model_dir}: not a directory")
     if not os.path.exists(os.path.join(model_dir, CONFIG)):
         read_config(model_dir)  # its "not a model directory (no config.json)" error
