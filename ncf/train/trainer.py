@@ -237,33 +237,37 @@ class TrainingInterrupted(Exception):
 
 
 def _fit_interruptibly(trainer):
-    """``trainer.fit()``, where Ctrl-C raises :class:`TrainingInterrupted`. Called from the main
-    thread, Ray Train installs a SIGINT handler of its own, which aborts the run and then exits
-    with status 0 (a scheduler reads success) and stays installed after ``fit``, so that Ctrl-C
-    later (exporting, ranking the test weeks) did nothing twice. ``fit`` runs in a thread here,
-    where Ray installs none (as under Tune), and the run stops with the driver that owns it."""
+    """``trainer.fit()``, where Ctrl-C aborts the run and raises :class:`TrainingInterrupted`.
+    Called from the main thread, Ray Train installs a SIGINT handler of its own, which aborts the
+    run and then exits with status 0 (a scheduler reads success) and stays installed after ``fit``,
+    so that Ctrl-C later (exporting, ranking the test weeks) did nothing twice. Here the handler's
+    hook only keeps the run's controller: Ctrl-C raises in ``fit``'s wait, and the run is aborted
+    as Ray's handler would. ``fit`` stays in the main thread: a thread left waiting in ``ray.get``
+    while the interpreter shut Ray down crashed the job (SIGSEGV instead of exit 130, in CI)."""
     if threading.current_thread() is not threading.main_thread():  # a Tune trial: Tune handles Ctrl-C
         return trainer.fit()
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as e:  # noqa: BLE001 (raised again in the caller's thread)
-            outcome["error"] = e
-
+    controllers: list = []
+    trainer._register_sigint_handler = controllers.append  # Ray Train's hook (2.60), given the controller
     # Python's own Ctrl-C while it trains: a handler left by another library (Ray Tune's, after a
     # sweep's Tuner.fit, for its --refit) would take the first Ctrl-C and let training go on.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
-    thread.start()
     try:
-        while thread.is_alive():
-            thread.join(timeout=0.5)
+        return trainer.fit()
     except KeyboardInterrupt:
+        _abort(controllers)
         raise TrainingInterrupted("training interrupted (Ctrl-C); its checkpoints are kept") from None
     finally:
         signal.signal(signal.SIGINT, previous)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+
+
+def _abort(controllers: list, timeout_s: float = 60.0) -> None:
+    """Aborts the run's controller as Ray Train's own Ctrl-C handler does, for a bounded time: a
+    controller that does not answer (or a second Ctrl-C) leaves the run to stop with the driver."""
+    import ray
+
+    for controller in controllers:
+        print(f"[train] Ctrl-C: aborting the run (up to {timeout_s:g} s)", flush=True)
+        try:
+            ray.get(controller.abort.remote(), timeout=timeout_s)
+        except (KeyboardInterrupt, ray.exceptions.RayError):
+            pass
