@@ -95,17 +95,27 @@ def training_gpu_kernels(setting: str, use_gpu: bool, cuda_build: bool) -> bool:
     return False
 
 
-def resolve_gpu(setting: str, available: int, workers: int = 1, waited_s: float = 0.0) -> bool:
-    """Whether ``workers`` (each holding one GPU at once: training's workers, a sweep trial's)
-    run on GPUs: ``auto`` when the cluster's ``available`` GPUs are enough, else CPU (saying why
-    when there are some); ``yes`` refused when they are not; ``no``.
+def resolve_gpu(
+    setting: str,
+    available: int,
+    workers: int = 1,
+    waited_s: float = 0.0,
+    *,
+    holders: str = "workers",
+    advice: str = _ON_AUTOSCALING,
+) -> bool:
+    """Whether ``workers`` (each holding one GPU at once: training's workers, a sweep trial's,
+    batch scoring's actors) run on GPUs: ``auto`` when the cluster's ``available`` GPUs are
+    enough, else CPU (saying why when there are some); ``yes`` refused when they are not; ``no``.
+    ``holders`` names them as their option does (``workers``: ``--workers``; ``actors``:
+    ``--actors``); ``advice`` ends a refusal that did not wait (training's: ``--gpu-wait``).
 
     Raises:
         InputError: an unknown setting, or ``yes`` with fewer GPUs than workers (Ray Train would
             wait for the missing ones forever); ``waited_s``: how long ``--gpu-wait`` waited.
         TryLater: the same after ``--gpu-wait`` waited (exit 75: the GPUs may still come).
     """
-    hint = f" (after waiting {waited_s:g} s for them)" if waited_s > 0 else _ON_AUTOSCALING
+    hint = f" (after waiting {waited_s:g} s for them)" if waited_s > 0 else advice
     if setting not in GPU_SETTINGS:
         raise InputError(f"--gpu must be one of {', '.join(GPU_SETTINGS)}, not {setting!r}")
     if setting == "no":
@@ -116,14 +126,15 @@ def resolve_gpu(setting: str, available: int, workers: int = 1, waited_s: float 
         # After --gpu-wait the GPUs may still come (an autoscaler's nodes starting): try later.
         shortage = TryLater if waited_s > 0 else InputError
         if available == 0:
-            raise shortage(f"--gpu yes: the Ray cluster has no GPU{hint}")
+            raise shortage(f"--gpu yes: the Ray cluster has no GPU; use --gpu no{hint}")
         raise shortage(
-            f"--gpu yes: {workers} workers need a GPU each and the Ray cluster has {available}; "
-            f"use --workers {available} or fewer, or --gpu no{hint}"
+            f"--gpu yes: {workers} {holders} need a GPU each and the Ray cluster has {available}; "
+            f"use --{holders} {available} or fewer, or --gpu no{hint}"
         )
     if available > 0:
         print(
-            f"[gpu] --gpu auto: {workers} workers need a GPU each and the Ray cluster has {available}; running on CPU",
+            f"[gpu] --gpu auto: {workers} {holders} need a GPU each and the Ray cluster has {available}; "
+            "running on CPU",
             file=sys.stderr,
             flush=True,
         )

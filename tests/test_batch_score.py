@@ -561,11 +561,16 @@ def test_gpu_auto_takes_gpu_actors_only_where_they_outrank_the_cpu_actors(capsys
     assert bs.actor_plan("auto", 0, 1.0, {"CPU": 16.0}, 3) == (3, 0)  # never more actors than blocks
     assert bs.actor_plan("auto", 1, 1.0, node, many) == (1, 1)  # one actor asked for: on the GPU
     assert bs.actor_plan("auto", 4, 1.0, node, many) == (4, 0)
-    assert "--gpu auto --actors 4: each would need a GPU and the cluster has 1; CPU actors" in capsys.readouterr().err
-    with pytest.raises(InputError, match="--gpu yes --actors 4: each actor needs a GPU and the Ray cluster has 1"):
+    assert "--gpu auto: 4 actors need a GPU each and the Ray cluster has 1; running on CPU" in capsys.readouterr().err
+    with pytest.raises(InputError) as refused:
         bs.actor_plan("yes", 4, 1.0, node, many)
-    with pytest.raises(InputError, match="--gpu yes: the Ray cluster has no GPU"):
+    assert str(refused.value) == (
+        "--gpu yes: 4 actors need a GPU each and the Ray cluster has 1; use --actors 1 or fewer, or --gpu no "
+        "(or start GPU nodes first)"
+    )
+    with pytest.raises(InputError) as refused:  # not training's --gpu-wait, which batch scoring has not
         bs.actor_plan("yes", 0, 1.0, {"CPU": 16.0}, many)
+    assert str(refused.value) == "--gpu yes: the Ray cluster has no GPU; use --gpu no (or start GPU nodes first)"
     assert bs.actor_plan("auto", 0, 1.0, {"CPU": 2.0}, many) == (2, 0)
     # Half-CPU actors share cores: 32 of them are 16 cores' worth, below 16 GPU actors' 29.6.
     assert bs.actor_plan("auto", 0, 0.5, {"CPU": 16.0, "GPU": 16.0}, many) == (16, 1)

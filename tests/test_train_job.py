@@ -51,7 +51,7 @@ def test_gpu_yes_with_more_workers_than_gpus_is_refused():
         resolve_gpu("yes", 0, workers=1)
     assert exit_status(refused.value) == 2  # nothing asked the cluster for GPUs: fix the command
     # After --gpu-wait the autoscaler's GPUs may still come: exit 75, try later.
-    with pytest.raises(TryLater, match=r"has no GPU \(after waiting 60 s for them\)"):
+    with pytest.raises(TryLater, match=r"has no GPU; use --gpu no \(after waiting 60 s for them\)"):
         resolve_gpu("yes", 0, workers=1, waited_s=60)
     assert resolve_gpu("yes", 2, workers=2)
 

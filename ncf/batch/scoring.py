@@ -120,6 +120,7 @@ STALE_DATA_DAYS = 2
 # and TorchRec, and per household of DATA its ids, rows and state pages. Fitted to the two
 # measured peaks (`bench.scale`, BENCHMARKS.md): Complete Journey's 641 MiB (2,469 households,
 # 24 MB of weights) and 10M x 1M's 4,876 MiB (about 3.0 GiB of weights and index).
+_START_GPU_NODES = " (or start GPU nodes first)"  # a refused --gpu yes; training's names --gpu-wait
 ACTOR_BASE_BYTES = 640 << 20
 ACTOR_BYTES_PER_HOUSEHOLD = 128
 
@@ -297,19 +298,9 @@ def actor_plan(
     gpus = int(resources.get("GPU", 0))
     fit = int(resources.get("CPU", 1) // cpus_per_actor) if slots is None else slots
     cpu_actors = max(1, min(fit, blocks))
-    asked, actors = actors, min(actors, blocks)  # the pool never starts more actors than batches
-    if gpu == "yes" and gpus == 0:  # resolve_gpu's advice names training's --gpu-wait
-        raise InputError("--gpu yes: the Ray cluster has no GPU; start GPU nodes first, or use --gpu no")
-    use = resolve_gpu(gpu, gpus)
-    # Not resolve_gpu(workers=actors): its refusal speaks of training's workers and --workers.
-    if use and actors > gpus:
-        if gpu == "yes":
-            raise InputError(
-                f"--gpu yes --actors {asked}: each actor needs a GPU and the Ray cluster has {gpus}; "
-                f"use --actors {gpus} or fewer, or --gpu no"
-            )
-        _log(f"[gpu] --gpu auto --actors {asked}: each would need a GPU and the cluster has {gpus}; CPU actors")
-        use = False
+    actors = min(actors, blocks)  # the pool never starts more actors than batches
+    # actors 0: as many as there are GPUs, so one GPU is enough.
+    use = resolve_gpu(gpu, gpus, workers=max(1, actors), holders="actors", advice=_START_GPU_NODES)
     # In 1-CPU actors' worth: actors of a fraction of a CPU share its core, and more CPUs than one
     # hardly speed a host-bound actor up (16 threads ranked 1.9x one, BENCHMARKS.md "GPU").
     cpu_worth = cpu_actors * min(1.0, cpus_per_actor)
