@@ -140,7 +140,7 @@ def preprocess_config(args: argparse.Namespace) -> PreprocessConfig:
                 history_length=args.history_length,
                 horizon_days=args.horizon_days,
                 cutoffs=args.cutoffs,
-                cutoff_step_days=args.cutoff_step_days or args.horizon_days,
+                cutoff_step_days=args.cutoff_step_days,
                 own_candidates=args.own_candidates,
                 neighbour_candidates=args.neighbour_candidates,
                 popular_candidates=args.popular_candidates,

@@ -219,6 +219,7 @@ def test_own_products_left_out_stay_out_and_the_kept_ones_carry_their_rate():
         assert 0 < len(kept) < 29 and all(log_q[p] == pytest.approx(np.log(0.5)) for p in kept), log_q
     with pytest.raises(ValueError, match="cutoff_step_days 14 is below horizon_days 21"):
         ExampleConfig(horizon_days=21, cutoff_step_days=14)
+    assert ExampleConfig(horizon_days=42).cutoff_step_days == 42  # was 35 whatever the horizon: refused
 
 
 def test_uniform_negatives_reach_the_tail_and_are_corrected_for():

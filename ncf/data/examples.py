@@ -31,7 +31,7 @@ Ray Data partitioned the households.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -79,8 +79,8 @@ class ExampleConfig:
         history_length: purchases kept in each list's history (L).
         horizon_days: H, the label window (default: the evaluation window, 5 weeks).
         cutoffs: cutoffs per training run (the latest ends where the run's labels must end).
-        cutoff_step_days: days between consecutive cutoffs (35, the default horizon: keep it at
-            least the horizon, so that the windows do not overlap).
+        cutoff_step_days: days between consecutive cutoffs (default: the horizon; never less,
+            so that the label windows do not overlap).
         own_candidates: most own products per list (the ranking core keeps as many).
         neighbour_candidates: products nearest to the household's by co-purchase per list.
         popular_candidates: most popular products per list.
@@ -101,7 +101,7 @@ class ExampleConfig:
     history_length: int = 20
     horizon_days: int = 35
     cutoffs: int = 4
-    cutoff_step_days: int = 35
+    cutoff_step_days: Optional[int] = None  # the horizon
     own_candidates: int = 250
     neighbour_candidates: int = 100
     popular_candidates: int = 50
@@ -112,6 +112,8 @@ class ExampleConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.cutoff_step_days is None:
+            object.__setattr__(self, "cutoff_step_days", self.horizon_days)  # frozen: set once, here
         if self.history_length < 1 or self.horizon_days < 1 or self.cutoffs < 1 or self.cutoff_step_days < 1:
             raise ValueError("history_length, horizon_days, cutoffs and cutoff_step_days must be >= 1")
         sizes = (self.own_candidates, self.neighbour_candidates, self.popular_candidates)
