@@ -41,7 +41,7 @@ from ncf.data import datasets, schema
 from ncf.data.preprocess import PreprocessConfig, preprocess
 from ncf.model import ann
 from ncf.model.config import ModelConfig
-from ncf.model.directory import ModelDir, save_model_dir, save_untrained_model_dir
+from ncf.model.directory import ModelDir, save_model_dir, save_untrained_model_dir, saves_index
 from ncf.model.files import WEIGHTS
 
 REQUESTS = 300
@@ -136,18 +136,22 @@ def with_index_depth(model: str, data: str, depth: int) -> str:
     at the code's depth), to compare serving and scoring over two graphs of the same vectors."""
     import torch
 
-    saved = saved_index_depth(model)  # None: no index saved (the first stage exact), the code's depth if one is
-    if saved == depth or (saved is None and depth == ann.BUILD_DEPTH):
+    saved = saved_index_depth(model)
+    if saved == depth:
+        return model
+    handle = ModelDir(model)
+    weights = torch.load(os.path.join(model, WEIGHTS), weights_only=True, map_location="cpu")
+    model_config = ModelConfig.from_dict(handle.config["model"])
+    if not saves_index(weights, model_config, handle.config.get("ranking")):
+        print(f"[scale] {model}: too small for an MF index (its first stage is exact); --index-depth {depth} ignored")
         return model
     output = f"{model}-ef{depth}"
     if os.path.exists(os.path.join(output, "config.json")):
         return output
-    handle = ModelDir(model)
-    weights = torch.load(os.path.join(model, WEIGHTS), weights_only=True, map_location="cpu")
     save_model_dir(
         output,
         weights,
-        ModelConfig.from_dict(handle.config["model"]),
+        model_config,
         data,
         handle.trained_through,
         run=handle.config["run"],

@@ -216,6 +216,9 @@ def test_the_scale_bench_measures_a_copy_whose_index_is_built_at_the_depth_asked
     model = str(tmp_path / "model")
     shutil.copytree(small_model_dir, model)
     assert scale.with_index_depth(model, data, ann.BUILD_DEPTH) == model
+    # Too small for an index: no copy (one was written, without an index either).
+    assert scale.with_index_depth(model, data, 2 * ann.BUILD_DEPTH) == model
+    assert not os.path.exists(f"{model}-ef{2 * ann.BUILD_DEPTH}")
     monkeypatch.setattr(ann, "MF_CACHE_MAX_ENTRIES", 0)  # so that the small model's save builds an index
     default = ann.BUILD_DEPTH
     deeper = scale.with_index_depth(model, data, 2 * default)

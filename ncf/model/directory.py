@@ -71,6 +71,13 @@ def copy_state(data: str, destination: str) -> None:
         shutil.copytree(part(data), part(destination))
 
 
+def saves_index(weights: Dict[str, torch.Tensor], model_config: ModelConfig, ranking: Optional[dict] = None) -> bool:
+    """Whether :func:`save_model_dir` saves an MF index with these weights: an MF path whose first
+    stage over every household is too large to cache (:func:`ncf.model.ann.needed`)."""
+    width = (ranking or {}).get("mf_candidates", MF_CANDIDATES)
+    return has_mf(weights) and needed(model_config.num_users, min(width, model_config.num_products - 1))
+
+
 def save_model_dir(
     output: str,
     weights: Dict[str, torch.Tensor],
@@ -122,8 +129,7 @@ def save_model_dir(
                 f"{data}: its vocabularies changed while the model trained (jobs.preprocess into the "
                 "same --output?); the weights' rows index the old ones: train again on the new DATA"
             )
-        width = (ranking or {}).get("mf_candidates", MF_CANDIDATES)
-        if has_mf(weights) and needed(model_config.num_users, min(width, model_config.num_products - 1)):
+        if saves_index(weights, model_config, ranking):
             _save_index(weights, model_config.num_products, tmp, index_depth)
         listed = _listed_rows(data, stats, run, model_config)
         if listed is not None:
