@@ -120,6 +120,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="write into an OUT that is not a batch-scoring directory, and replace a run_date=D/ "
         "without _SUCCESS (both refused otherwise: they are not this job's)",
     )
+    p.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="score every user afresh; by default a run keeps the whole parts of a dead run of its date "
+        "that had the same MODEL, DATA, settings and moment ('now' continues a dead 'now' run at its "
+        "moment) and scores the rest",
+    )
     return p.parse_args(argv)
 
 
@@ -142,6 +150,7 @@ def main(argv=None) -> dict:
             verify=args.verify,
             overwrite=args.overwrite,
             explain=args.explain,
+            resume=args.resume,
         )
         config = resolved(config)  # DATA as the run will read it (a link repointed later is not followed)
         verified = input_fingerprints(config.model, config.data)  # of what check_config verifies

@@ -853,6 +853,92 @@ def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session,
     assert not os.path.exists(os.path.join(output, bs.TMP, f"run_date={run_date}"))  # the dead run's parts are gone
 
 
+@pytest.mark.faults
+def test_a_rerun_keeps_the_whole_parts_of_a_dead_run_of_the_same_plan(small_model_dir, small_data, tmp_path, capsys):
+    """A nightly run that died near its end scored every user again (a known limit until
+    2026-12-05): its rerun keeps the dead run's whole parts and scores only the others."""
+    data, _ = small_data
+    output = str(tmp_path / "out")
+    argv = _argv(small_model_dir, data, output, "--score-in", "driver", "--batch-size", "8")
+    real, calls = scorer.ScoreBatch.__call__, []
+
+    def lost_at_the_fourth_batch(self, batch):
+        calls.append(batch.num_rows)
+        if len(calls) == 4:
+            raise RuntimeError("node lost")
+        return real(self, batch)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scorer.ScoreBatch, "__call__", lost_at_the_fourth_batch)
+        with pytest.raises(RuntimeError, match="node lost"):
+            batch_score.main(argv)
+    (partition,) = os.listdir(os.path.join(output, bs.TMP))
+    (dead,) = os.listdir(os.path.join(output, bs.TMP, partition))
+    stage = os.path.join(output, bs.TMP, partition, dead)
+    dead_parts = sorted(n for n in os.listdir(stage) if n.startswith("part-"))
+    assert len(dead_parts) == 3 and os.path.exists(os.path.join(stage, bs.PLAN))
+    dead_scored_at = {pq.read_table(os.path.join(stage, n)).column("scored_at")[0].as_py() for n in dead_parts}
+    capsys.readouterr()
+    time.sleep(1.1)  # so that the rerun's scored_at differs from the dead run's
+
+    summary = batch_score.main(argv + ["--verify", "5"])
+    err = capsys.readouterr().err
+    batches = -(-summary["users"] // 8)
+    assert f"3 of {batches} parts kept (24 users), {batches - 3} to score" in err, err[-2000:]
+    assert summary["continued"] == dead and summary["verify"]["ok"] and summary["parts"] == batches
+    run_date = partition.split("=")[1]
+    committed = partitions.partition_dir(output, run_date)
+    assert bs.PLAN not in os.listdir(committed) and not os.path.exists(os.path.join(output, bs.TMP, partition))
+    scored_at = {
+        name: pq.read_table(os.path.join(committed, name)).column("scored_at")[0].as_py()
+        for name in os.listdir(committed)
+        if name.startswith("part-")
+    }
+    assert {scored_at[n] for n in dead_parts} == dead_scored_at  # the dead run's files, kept
+    assert set(scored_at.values()) - dead_scored_at  # the rest scored by the rerun
+
+    # Another plan (a different k) or --no-resume: every user scored afresh, the dead stage removed.
+    with pytest.MonkeyPatch.context() as patch:
+        calls.clear()
+        patch.setattr(scorer.ScoreBatch, "__call__", lost_at_the_fourth_batch)
+        with pytest.raises(RuntimeError, match="node lost"):
+            batch_score.main(argv)
+    capsys.readouterr()
+    again = batch_score.main(argv + ["--no-resume"])
+    assert "continued" not in again and "removed what a previous run left" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(output, bs.TMP, partition))
+
+
+def test_only_a_dead_run_of_the_same_plan_is_continued(tmp_path):
+    now = bs.BatchScoreConfig(model="m", data="d", output="o", k=5, at="now")
+    plan = bs.run_plan(now, 1_000, ("v1:aa", "bb"), 100, replay=False)
+    stage = str(tmp_path)
+    assert not bs.continuable(plan, stage)  # no plan: nothing known about the parts
+    for dead, kept in [
+        ({"at_epoch_s": 900}, True),  # "now" continues a dead "now" run of its date, at that moment
+        ({"at_epoch_s": 900, "k": 6}, False),
+        ({"at_epoch_s": 900, "explain": True}, False),
+        ({"at_epoch_s": 900, "batch_size": 7}, False),
+        ({"at_epoch_s": 900, "users": 101}, False),
+        ({"at_epoch_s": 900, "inputs": ["v2:aa", "bb"]}, False),  # another MODEL
+        ({"at_epoch_s": 900, "inputs": ["v1:aa", "cc"]}, False),  # DATA refreshed
+        ({"at_epoch_s": 900, "at": "2017-11-27"}, False),
+    ]:
+        write_json(os.path.join(stage, bs.PLAN), {**plan, **dead})
+        assert bs.continuable(plan, stage) is kept, dead
+    replay = bs.run_plan(now, 1_000, ("v1:aa", "bb"), 100, replay=True)
+    write_json(os.path.join(stage, bs.PLAN), {**replay, "at_epoch_s": 900})
+    assert not bs.continuable(replay, stage)  # a replay's moment is its products' stats too
+    fixed = bs.run_plan(dataclasses.replace(now, at="2017-11-27"), 1_000, ("v1:aa", "bb"), 100, replay=False)
+    write_json(os.path.join(stage, bs.PLAN), fixed)
+    assert bs.continuable(fixed, stage)
+    write_json(os.path.join(stage, bs.PLAN), {**fixed, "at_epoch_s": 900})
+    assert not bs.continuable(fixed, stage)
+    with open(os.path.join(stage, bs.PLAN), "w") as f:
+        f.write("{not json")
+    assert not bs.continuable(fixed, stage)
+
+
 def users_of(table) -> list:
     return sorted(table["user_id"].unique().tolist())
 

@@ -225,6 +225,42 @@ def test_a_death_before_the_journal_leaves_the_old_partition(tmp_path):
     assert read_json(os.path.join(commit.partition_path(output, PARTITION), commit.SUCCESS)) == {"run_id": "first"}
 
 
+def test_a_run_continues_the_newest_dead_stage_its_caller_accepts_and_removes_the_others(tmp_path):
+    output = str(tmp_path / "out")
+    assert _run(output, "first").wait(timeout=60) == 0
+    accepted = lambda stage: os.path.basename(stage) != "other-plan"  # noqa: E731
+    for age, run_id in enumerate(("older", "dead", "other-plan")):  # what three dead runs left
+        stage = os.path.join(output, commit.TMP, PARTITION, run_id)
+        _write(os.path.join(stage, "part-0.parquet"), run_id)
+        _write(os.path.join(stage, ".part-1.parquet.tmp"), "half")  # never renamed: not whole
+        os.utime(stage, (1_000 + age, 1_000 + age))
+    root = os.path.join(output, commit.TMP, PARTITION)
+    messages = []
+    with commit.PartitionRun(output, PARTITION, "next", log=messages.append, continues=accepted) as run:
+        assert run.continued == "dead" and run.stage == os.path.join(root, "dead")
+        assert os.listdir(run.stage) == ["part-0.parquet"]  # the half-written part removed
+        assert sorted(os.listdir(root)) == ["dead"]
+        run.commit({"run_id": "next"})
+    assert sum("removed what a previous run left" in m for m in messages) >= 2
+    assert open(os.path.join(commit.partition_path(output, PARTITION), "part-0.parquet")).read() == "dead"
+    assert not os.path.exists(root)
+    # A failed run leaves its stage to the next, unless its caller clears leave_stage.
+    with pytest.raises(RuntimeError):
+        with commit.PartitionRun(output, PARTITION, "lost", continues=accepted) as run:
+            _write(os.path.join(run.stage, "part-0.parquet"), "lost")
+            raise RuntimeError("node lost")
+    assert os.listdir(root) == ["lost"]
+    with pytest.raises(RuntimeError):
+        with commit.PartitionRun(output, PARTITION, "wrong", continues=accepted) as run:
+            assert run.continued == "lost"
+            run.leave_stage = False
+            raise RuntimeError("verification failed")
+    assert not os.path.exists(root)
+    with commit.PartitionRun(output, PARTITION, "plain") as run:  # no continues: nothing is left
+        _write(os.path.join(run.stage, "part-0.parquet"), "plain")
+    assert not os.path.exists(root)
+
+
 def test_two_runs_of_one_date_at_once_the_second_is_refused(tmp_path):
     output = str(tmp_path / "out")
     holder = _run(output, "holder", mode="hold", stdin=subprocess.PIPE)

@@ -34,7 +34,9 @@ Protocol (:class:`PartitionRun`):
    renames (one directory fsync apart) the partition is absent: a reader looking then finds
    no partition, never a partial one.
 
-A run that dies before 3 leaves only ``_tmp`` entries, which the next run removes. One that
+A run that dies before 3 leaves only ``_tmp`` entries, which the next run removes, or continues
+where its caller accepts the dead run's stage (``continues``: nightly scoring keeps a dead run's
+whole parts when the rerun has the same inputs and settings, and scores the rest). One that
 raises inside 3 after the journal is written keeps its stage and rolls the swap forward on its
 way out (or, when that fails too, leaves both to the next run). One that dies inside 3
 (between the two renames, say: no partition in place) leaves its journal, and the next run of
@@ -190,12 +192,13 @@ def _owner(name: str, partitions: List[str]) -> Optional[str]:
     return None
 
 
-def clean_stale(output: str, partition: str, now: Optional[float] = None) -> List[str]:
+def clean_stale(output: str, partition: str, now: Optional[float] = None, keep: Optional[str] = None) -> List[str]:
     """Removes what dead runs left in ``OUT/_tmp``: every entry of ``partition`` (the caller
-    holds its lock) and other partitions' entries older than ``STALE_SECONDS``, each under its
-    partition's lock taken without waiting (skipped while a live run holds it, or while a dead
-    run's journal still names what it would swap in); never what a swap under way names, nor an
-    entry whose name is not this protocol's (see :func:`_owner`). Returns the removed paths."""
+    holds its lock) but ``keep`` (a dead run's stage the caller continues) and other partitions'
+    entries older than ``STALE_SECONDS``, each under its partition's lock taken without waiting
+    (skipped while a live run holds it, or while a dead run's journal still names what it would
+    swap in); never what a swap under way names, nor an entry whose name is not this protocol's
+    (see :func:`_owner`). Returns the removed paths."""
     root = os.path.join(output, TMP)
     if not os.path.isdir(root):
         return []
@@ -212,7 +215,12 @@ def clean_stale(output: str, partition: str, now: Optional[float] = None) -> Lis
         owner = _owner(name, partitions)
         if owner is None or os.path.abspath(path) in pending:
             continue
-        if owner == partition:
+        if owner == partition and keep is not None and os.path.dirname(os.path.abspath(keep)) == os.path.abspath(path):
+            for stage in sorted(os.listdir(path)):  # the partition's stage root: all but the one continued
+                if stage != os.path.basename(keep):
+                    remove(os.path.join(path, stage))
+                    removed.append(os.path.join(path, stage))
+        elif owner == partition:
             remove(path)
             removed.append(path)
         elif _remove_stale(output, owner, path, now):
@@ -256,7 +264,10 @@ class PartitionRun:
     Leaving the block without committing removes the stage (the partition is untouched), unless
     the swap had begun (its journal written): then the stage is complete and is swapped in on
     the way out, or left to the next run when that fails too. ``overwrite``: see
-    :func:`check_output`.
+    :func:`check_output`. ``continues``: whether a dead run's stage (a path) holds parts this run
+    may keep; the newest such stage becomes this run's (:attr:`continued` names its run) instead
+    of being removed, and a run that fails leaves its stage to the next (unless
+    :attr:`leave_stage` is cleared).
     """
 
     def __init__(
@@ -266,11 +277,16 @@ class PartitionRun:
         run_id: str,
         log: Callable[[str], None] = lambda m: None,
         overwrite: bool = False,
+        continues: Optional[Callable[[str], bool]] = None,
     ):
         self.output, self.partition, self.run_id, self.log = os.path.abspath(output), partition, run_id, log
-        self.overwrite = overwrite
+        self.overwrite, self.continues = overwrite, continues
         self.final = partition_path(self.output, partition)
         self.stage = os.path.join(stage_root(self.output, partition), run_id)
+        self.continued: Optional[str] = None
+        # A run that fails leaves its whole parts to the next one, which may continue them; its
+        # caller clears this when they must not be kept (they failed a verification).
+        self.leave_stage = continues is not None
         self.committed = False
         self._stack = ExitStack()
 
@@ -285,11 +301,30 @@ class PartitionRun:
                 self.log(f"finished the commit a dead run of {self.partition} left: {self.final}")
             for path in recover_others(self.output, self.partition):
                 self.log(f"finished the commit a dead run left: {path}")
-            for path in clean_stale(self.output, self.partition):
+            kept = self._continued_stage()
+            for path in clean_stale(self.output, self.partition, keep=kept):
                 self.log(f"removed what a previous run left: {path}")
-            os.makedirs(self.stage)
+            if kept is None:
+                os.makedirs(self.stage)
+            else:
+                self.stage, self.continued = kept, os.path.basename(kept)
+                for name in os.listdir(kept):  # a part the dead run was writing: never renamed, never whole
+                    if name.startswith("."):
+                        remove(os.path.join(kept, name))
             self._stack = stack.pop_all()
         return self
+
+    def _continued_stage(self) -> Optional[str]:
+        """The newest dead run's stage of this partition that :attr:`continues` accepts (the
+        caller holds the lock: every stage there is a dead run's), or None."""
+        root = stage_root(self.output, self.partition)
+        if self.continues is None or not os.path.isdir(root):
+            return None
+        stages = [os.path.join(root, name) for name in os.listdir(root)]
+        for stage in sorted(filter(os.path.isdir, stages), key=os.path.getmtime, reverse=True):
+            if self.continues(stage):
+                return stage
+        return None
 
     def commit(self, manifest: Dict) -> str:
         """``_SUCCESS`` last into the stage, then the journaled swap; returns the partition path."""
@@ -317,7 +352,7 @@ class PartitionRun:
             if not self.committed:
                 if os.path.exists(journal_path(self.output, self.partition)):
                     self._finish_or_leave()
-                else:
+                elif not self.leave_stage:
                     shutil.rmtree(self.stage, ignore_errors=True)
             # The partition's stage root, empty once the stage is renamed or removed: left, the
             # next run would report it as what a dead run left. Under the lock, no other run's

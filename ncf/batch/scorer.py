@@ -156,6 +156,12 @@ def reason_column(reasons: Sequence[Optional[Sequence[Reason]]], k: int) -> pa.A
     return pa.array(rows, REASON_TYPE)
 
 
+def part_name(positions: np.ndarray) -> str:
+    """A batch's part file, named by its first user: a retried batch overwrites its part instead
+    of adding one, and a run continuing a dead one's parts knows which batches are done."""
+    return f"part-{int(positions.min()):010d}.parquet"
+
+
 def write_part(table: pa.Table, stage: str, name: str) -> str:
     """Writes one part under a hidden name and renames it, so a part is whole or absent.
 
@@ -217,8 +223,7 @@ class ScoreBatch:
         positions = batch.column("position").to_numpy()
         user_ids = batch.column("user_id").combine_chunks()
         table = score_users(self.recommender, user_ids, self.k, self.at, self.scored_at, positions, self.explain)
-        # Named by the batch's first user: a retried batch overwrites its part instead of adding one.
-        name = f"part-{int(positions.min()):010d}.parquet"
+        name = part_name(positions)
         write_part(table, self.stage, name)
         return {
             "part": np.array([name]),

@@ -34,7 +34,8 @@ the next run, so the dead run's complete partition is not lost). The swap is not
 readers: between its two renames (old partition out, new one in; one directory fsync apart)
 the date has no partition, and a reader looking then finds it absent. A committed partition always
 carries its ``_SUCCESS``, a rerun of a date replaces it, and a run that dies before its commit
-leaves only ``_tmp`` entries, which the next run of that date removes. Readers should treat a
+leaves only ``_tmp`` entries: the next run of that date continues its whole parts when both have
+the same plan (:data:`PLAN`, :func:`continuable`; ``resume``) and removes them otherwise. Readers should treat a
 partition without ``_SUCCESS`` as absent (:func:`ncf.batch.partitions.read_partition` does); the
 checks of ``--verify`` are :mod:`ncf.batch.verify`.
 
@@ -62,7 +63,9 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from ncf.batch import commit
 from ncf.batch.commit import STALE_SECONDS, SUCCESS, TMP, PartitionRun  # noqa: F401  (part of this module's API)
@@ -72,6 +75,7 @@ from ncf.batch.scorer import (
     ScoreBatch,
     input_fingerprints,
     inputs_changed_in,
+    part_name,
     replaced_note,
 )
 from ncf.batch.verify import VerificationFailed, verify_parts
@@ -81,9 +85,10 @@ from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies
 from ncf.device import GPU_SETTINGS, resolve_gpu
 from ncf.errors import InputError
+from ncf.jsonio import read_json, write_json
 from ncf.model.ann import index_path
 from ncf.model.directory import WEIGHTS, ModelDir, read_config
-from ncf.moments import SECONDS_PER_DAY, day_of, first_rankable, resolve_at, run_date_of
+from ncf.moments import NOW, SECONDS_PER_DAY, day_of, first_rankable, resolve_at, run_date_of
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import CHUNK_USERS, MAX_K
 from ncf.rank.state import (
@@ -165,6 +170,9 @@ class BatchScoreConfig:
             the product's purchase timing for the household and the model's scores had the
             household never bought it or its category (:mod:`ncf.rank.reasons`), as Serve's
             ``explain`` gives them. Two more model questions per row: several times slower.
+        resume: keep the parts of a dead run of the same date whose plan is this run's
+            (:func:`continuable`: the same MODEL, DATA, settings and moment) and score only the
+            others; False removes them and scores every user.
     """
 
     model: str
@@ -182,6 +190,7 @@ class BatchScoreConfig:
     verify: int = 0
     overwrite: bool = False
     explain: bool = False
+    resume: bool = True
 
     @property
     def actor_cpus(self) -> float:
@@ -376,8 +385,66 @@ def _check_k_known(k: int, stats: ProductStats, run_date: str) -> None:
         raise InputError(f"--k {k}: only {known} products were bought before {run_date}; rank a later day or fewer")
 
 
+PLAN = "_plan.json"  # in a run's stage: what its parts depend on, for a rerun to continue them
+PLAN_KEYS = ("replay", "k", "explain", "batch_size", "users", "inputs")  # equal, for a rerun to continue
+
+
+def run_plan(config: BatchScoreConfig, at: int, inputs: Tuple[str, str], users: int, replay: bool) -> Dict:
+    """What a run's parts depend on, written into its stage before the first part."""
+    return {
+        "at_epoch_s": at,
+        "at": config.at,
+        "replay": replay,
+        "k": config.k,
+        "explain": config.explain,
+        "batch_size": config.batch_size or auto_batch_size(users),
+        "users": users,
+        "inputs": list(inputs),
+    }
+
+
+def continuable(plan: Dict, stage: str) -> bool:
+    """Whether a dead run's ``stage`` holds parts a run of ``plan`` may keep: the same MODEL and
+    DATA (their fingerprints), settings and batches, and the same moment; a run at ``now``
+    continues another at ``now`` of its date (neither a replay) at that run's moment, so that a
+    partition is always of one moment."""
+    try:
+        dead = read_json(os.path.join(stage, PLAN))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(dead, dict) or any(dead.get(key) != plan[key] for key in PLAN_KEYS):
+        return False
+    return dead.get("at_epoch_s") == plan["at_epoch_s"] or (plan["at"] == NOW == dead.get("at") and not plan["replay"])
+
+
+def _kept_parts(stage: str, blocks: List[pa.Table], k: int) -> Dict[str, Dict]:
+    """The parts a continued run's stage already holds, as :func:`_collect` reports them, by
+    name; a part that cannot be read, or has not ``k`` rows for each of its batch's users, is
+    not kept (its batch is scored again, and its part replaced)."""
+    kept = {}
+    for block in blocks:
+        name = part_name(block.column("position").to_numpy())
+        path = os.path.join(stage, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            cold = pq.read_table(path, columns=["cold_start"]).column("cold_start")
+        except (OSError, pa.ArrowException):
+            continue
+        if len(cold) != block.num_rows * k:
+            continue
+        cold_start_users = int(pc.sum(cold).as_py() or 0) // k
+        kept[name] = {"part": name, "users": block.num_rows, "rows": len(cold), "cold_start_users": cold_start_users}
+    return kept
+
+
+class StageIncomplete(RuntimeError):
+    """The staged parts do not hold every user's ``k`` rows once: nothing is committed."""
+
+
 def _verify_stage(stage: str, users: int, k: int, reported: List[Dict]) -> int:
-    """Rows in the staged parts; raises unless every user has exactly ``k`` rows, once."""
+    """Rows in the staged parts; raises :class:`StageIncomplete` unless every user has exactly
+    ``k`` rows, once."""
     parts = sorted(name for name in os.listdir(stage) if name.endswith(".parquet") and not name.startswith("."))
     rows = pads.dataset([os.path.join(stage, p) for p in parts], format="parquet").count_rows() if parts else 0
     reported_users = sum(r["users"] for r in reported)
@@ -389,7 +456,7 @@ def _verify_stage(stage: str, users: int, k: int, reported: List[Dict]) -> int:
     if rows != users * k:
         problems.append(f"{rows} rows written, {users * k} expected")
     if problems:
-        raise RuntimeError(f"{stage}: not committed: " + "; ".join(problems))
+        raise StageIncomplete(f"{stage}: not committed: " + "; ".join(problems))
     return rows
 
 
@@ -538,16 +605,35 @@ def run_batch_scoring(
     replay_stats = _replay_stats(config.data, at, log) if replay else None
     if replay_stats is not None:
         _check_k_known(config.k, replay_stats, run_date)
+    plan = run_plan(config, at, inputs, users.num_rows, replay)
     # The date's lock is held from here to the commit: a second run of the date is refused.
-    with PartitionRun(output, partition_name(run_date), run_id, log=log, overwrite=config.overwrite) as run:
-        manifest = _score_into(
-            run.stage, config, model, model_config, users, at, run_date, run_id, started, log, replay_stats, inputs
-        )
-        manifest["replay"] = replay
-        manifest["data_end"] = pd.Timestamp(data_end, unit="s", tz="UTC").isoformat()
-        if config.verify:
-            # Before the commit: a failing run must not replace (and so delete) the previous partition.
-            manifest["verify"] = _verified(run.stage, manifest, config.verify, log, replay_stats)
+    with PartitionRun(
+        output,
+        partition_name(run_date),
+        run_id,
+        log=log,
+        overwrite=config.overwrite,
+        continues=(lambda stage: continuable(plan, stage)) if config.resume else None,
+    ) as run:
+        if run.continued:
+            at = read_json(os.path.join(run.stage, PLAN))["at_epoch_s"]  # a dead "now" run's moment
+        else:
+            write_json(os.path.join(run.stage, PLAN), plan)
+        try:
+            manifest = _score_into(
+                run.stage, config, model, model_config, users, at, run_date, run_id, started, log, replay_stats, inputs
+            )
+            manifest["replay"] = replay
+            manifest["data_end"] = pd.Timestamp(data_end, unit="s", tz="UTC").isoformat()
+            if run.continued:
+                manifest["continued"] = run.continued
+            if config.verify:
+                # Before the commit: a failing run must not replace (and so delete) the previous partition.
+                manifest["verify"] = _verified(run.stage, manifest, config.verify, log, replay_stats)
+        except (StageIncomplete, VerificationFailed, InputsChanged):
+            run.leave_stage = False  # parts that are wrong, or of other inputs: never continued
+            raise
+        os.remove(os.path.join(run.stage, PLAN))
         final = run.commit(manifest)
     log(
         f"done: {manifest['users']:,} users scored, {manifest['rows']:,} rows written in "
@@ -595,14 +681,23 @@ def _score_into(
     """Scores every user into the parts of ``stage`` and checks them; returns the manifest.
     ``inputs``: MODEL's and DATA's fingerprints at the start (:func:`input_fingerprints`)."""
     batch_size = config.batch_size or auto_batch_size(users.num_rows)
-    blocks = [users.slice(i, batch_size) for i in range(0, users.num_rows, batch_size)]
-    in_driver = resolve_score_in(config, users.num_rows)
+    every_block = [users.slice(i, batch_size) for i in range(0, users.num_rows, batch_size)]
+    kept = _kept_parts(stage, every_block, config.k)
+    blocks = [b for b in every_block if part_name(b.column("position").to_numpy()) not in kept]
+    kept_users = users.num_rows - sum(b.num_rows for b in blocks)
+    if kept:
+        log(
+            f"continuing a dead run of this date (its moment {pd.Timestamp(at, unit='s', tz='UTC').isoformat()}, "
+            f"the same MODEL, DATA and settings): {len(kept)} of {len(every_block)} parts kept "
+            f"({kept_users:,} users), {len(blocks)} to score (--no-resume starts afresh)"
+        )
+    in_driver = not blocks or resolve_score_in(config, users.num_rows)  # nothing left: no actors to start
     if in_driver:
         actors, gpus = 1, _driver_gpu(config.gpu)
     else:
         memory = actor_memory(model, users.num_rows)
         actors, gpus = _actor_resources(config.gpu, config.actors, config.actor_cpus, len(blocks), memory)
-    compile_model = resolve_compile(config.compile, -(-users.num_rows // actors), bool(gpus))
+    compile_model = resolve_compile(config.compile, -(-(users.num_rows - kept_users) // actors), bool(gpus))
     log(
         f"{users.num_rows:,} users, k={config.k}, at {pd.Timestamp(at, unit='s', tz='UTC').isoformat()}, "
         f"model {model_config['version']}: {len(blocks)} batches of {batch_size} "
@@ -625,12 +720,15 @@ def _score_into(
         "explain": config.explain,
         "inputs": inputs,
     }
-    if in_driver:
+    if not blocks:
+        results = iter(())
+    elif in_driver:
         results = _scored_here(blocks, scorer_kwargs)
     else:
         results = _scored_by_actors(blocks, scorer_kwargs, batch_size, actors, gpus, config.actor_cpus, memory)
     try:
-        reported, steady = _collect(results, users.num_rows, config.progress_every_s, log)
+        reported, steady = _collect(results, users.num_rows - kept_users, config.progress_every_s, log)
+        reported += list(kept.values())
     except Exception as e:
         changed = inputs_changed_in(e)
         if changed is None:
@@ -655,7 +753,7 @@ def _score_into(
         "scored_at": pd.Timestamp(int(started), unit="s", tz="UTC").isoformat(),
         "scored_in": "driver" if in_driver else "actors",
         "seconds": round(seconds, 1),
-        "users_per_s": round(users.num_rows / max(seconds, 1e-9), 1),
+        "users_per_s": round((users.num_rows - kept_users) / max(seconds, 1e-9), 1),  # scored by this run
         "steady_users_per_s": round(steady, 1),
     }
     return manifest
