@@ -278,6 +278,33 @@ def test_a_checkpoint_of_other_vocabularies_is_not_resumed():
         check_same_vocabularies("runs/a", "abc", "abd")
 
 
+@pytest.mark.faults
+def test_a_checkpoint_of_other_training_lists_is_not_resumed(small_data, tmp_path):
+    """DATA preprocessed again with other list settings (a seed, the negatives) keeps its
+    vocabularies and cutoffs: a run of the same --name resumed on its new lists (a review, 2026-12-05)."""
+    from ncf.data.examples import lists_digest
+    from ncf.train.checkpoint import check_same_lists
+
+    data = str(tmp_path / "data")
+    shutil.copytree(small_data[0], data)
+    cutoffs = layout.DataStats(data).cutoffs("validated")
+    before = lists_digest(data, cutoffs)
+    assert lists_digest(data, cutoffs) == before and lists_digest(data, cutoffs[:1]) != before
+    stats = read_json(layout.stats_path(data))
+    stats["config"]["examples"]["seed"] = stats["config"]["examples"].get("seed", 0) + 1
+    write_json(layout.stats_path(data), stats)
+    after = lists_digest(data, cutoffs)
+    assert after != before
+    check_same_lists("runs/a", None, after)  # written before the digest was recorded
+    check_same_lists("runs/a", after, after)
+    with pytest.raises(InputError, match="trained on other training lists than --data holds now"):
+        check_same_lists("runs/a", before, after)
+    lists = layout.examples_dir(data, cutoffs[0])
+    with open(os.path.join(lists, sorted(os.listdir(lists))[0]), "ab") as f:
+        f.write(b"\0")  # a list file of another size
+    assert lists_digest(data, cutoffs) != after
+
+
 def test_user_state_of_another_run_is_refused(model, tmp_path):
     other = tiny_data(str(tmp_path / "b"), users=9)
     for name in ("offsets.npy", "products.npy", "timestamps.npy"):

@@ -312,3 +312,19 @@ def test_a_storage_uri_is_left_to_ray_and_a_path_made_absolute():
 
     assert storage_location("s3://bucket/ray_results") == "s3://bucket/ray_results"  # was <cwd>/s3:/bucket/...
     assert storage_location("runs") == os.path.abspath("runs") and storage_location(None) is None
+
+
+@pytest.mark.faults
+def test_training_lists_are_found_under_a_data_path_with_glob_characters(ray_session, small_data, tmp_path):
+    """A DATA at `d [2017]` was preprocessed, then training found no lists in it: the path was a
+    glob pattern (a review, 2026-12-05)."""
+    import shutil
+
+    from ncf.data import layout
+    from ncf.train.trainer import training_lists
+
+    data = str(tmp_path / "d [2017]")
+    shutil.copytree(small_data[0], data)
+    cutoffs = layout.DataStats(data).cutoffs("validated")
+    lists = training_lists([layout.examples_dir(data, c) for c in cutoffs], seed=0)
+    assert lists.count() > 0

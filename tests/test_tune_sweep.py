@@ -517,3 +517,27 @@ def test_a_restored_trial_logger_records_into_the_store_the_sweep_checked(tmp_pa
     logger.setup()
     assert logger.tracking_uri == logger.registry_uri == checked
     assert not (tmp_path / "first-run").exists()
+
+
+@pytest.mark.faults
+def test_the_best_of_tied_epochs_is_the_last_whose_checkpoint_ray_keeps():
+    """Ray Train keeps the later of equally scored checkpoints and deletes the earliest first: the
+    first of tied epochs (pandas' idxmax) could name a checkpoint already deleted (a review)."""
+    from types import SimpleNamespace
+
+    from tune.results import BEST, CHECKPOINT_PATH, VAL_METRIC, _trial_row
+
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3, 4],
+            VAL_METRIC: [0.30, 0.41, 0.41, 0.39],
+            "train_loss": [0.5, 0.4, 0.3, 0.3],
+            "examples_per_s": [1.0] * 4,
+            CHECKPOINT_PATH: [f"runs/t/checkpoint_{e}" for e in range(1, 5)],
+        }
+    )
+    point = {name: 1 for name in SEARCHED}
+    result = SimpleNamespace(config=point, metrics={"trial_id": "t"}, path="runs/t", error=None)
+    result.metrics_dataframe = history
+    row = _trial_row(result, point)
+    assert row[BEST] == 0.41 and row["best_epoch"] == 3 and row[CHECKPOINT_PATH] == "runs/t/checkpoint_3"

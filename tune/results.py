@@ -37,7 +37,9 @@ def _trial_row(result, default: Dict) -> Dict:
     if history is None or VAL_METRIC not in history or history[VAL_METRIC].isna().all():
         row.update({BEST: np.nan, "best_epoch": np.nan, "epochs": 0, CHECKPOINT_PATH: None})
         return row
-    best = history.loc[history[VAL_METRIC].idxmax()]
+    # The last of tied epochs: Ray Train keeps the later of equally scored checkpoints (it deletes
+    # the earliest first), so the first of them may be gone by the end of the trial.
+    best = history.loc[history.index[history[VAL_METRIC] == history[VAL_METRIC].max()][-1]]
     row.update(
         {
             BEST: float(best[VAL_METRIC]),

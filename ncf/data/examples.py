@@ -30,6 +30,9 @@ Ray Data partitioned the households.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -43,6 +46,7 @@ from ncf.data.features import FEATURES_VERSION, HALF_LIVES, Catalog, candidate_f
 from ncf.data.product_stats import ProductStats
 from ncf.data.timeline import UserTimeline, run_offsets
 from ncf.errors import InputError
+from ncf.jsonio import read_json
 
 DAY = 86_400
 SAMPLING_POWER = 0.75
@@ -305,6 +309,19 @@ def read_list_file(batch: Dict[str, np.ndarray]) -> pa.Table:
     import pyarrow.parquet as pq
 
     return pq.read_table(str(batch["path"][0]), columns=TRAINING_COLUMNS)
+
+
+def lists_digest(data: str, cutoffs: Sequence[int]) -> str:
+    """sha256 over how the training lists at ``cutoffs`` were built (``stats.json``'s example
+    settings) and each list file's name and size: DATA preprocessed again with other list settings
+    (a seed, the negatives) keeps its vocabularies and cutoffs, and changes this."""
+    settings = (read_json(layout.stats_path(data)).get("config") or {}).get("examples")
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for cutoff in sorted(cutoffs):
+        directory = layout.examples_dir(data, cutoff)
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+            digest.update(f"{cutoff}/{name}:{os.path.getsize(os.path.join(directory, name))}\0".encode())
+    return digest.hexdigest()
 
 
 def listed_rows(data: str, cutoffs: Sequence[int], num_users: int, num_products: int) -> tuple[np.ndarray, np.ndarray]:

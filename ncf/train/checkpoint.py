@@ -113,6 +113,17 @@ def check_same_vocabularies(run_folder: str, saved: Optional[str], current: str)
         )
 
 
+def check_same_lists(run_folder: str, saved: Optional[str], current: str) -> None:
+    """Raises InputError when a checkpoint of ``run_folder`` was trained on other training lists
+    (:func:`ncf.data.examples.lists_digest`) than DATA holds now (None: written before checkpoints
+    recorded them): DATA preprocessed again with other list settings keeps its vocabularies."""
+    if saved is not None and saved != current:
+        raise InputError(
+            f"the checkpoint in {run_folder} was trained on other training lists than --data holds now "
+            "(preprocessed again with other settings?); give this training a new --name or remove that run's folder"
+        )
+
+
 NEW_RUN = "give this training a new --name or remove that run's folder"
 
 

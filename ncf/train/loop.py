@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ncf.data import layout
-from ncf.data.examples import listed_rows
+from ncf.data.examples import listed_rows, lists_digest
 from ncf.data.features import FEATURES_VERSION, Catalog
 from ncf.data.vocab import Vocabularies
 from ncf.evaluate.evaluation import full_ranking, model_fns, point_in_time_period, sample_users
@@ -71,13 +71,15 @@ class Worker:
     trained_through: int
     rows_trained_before: int
     vocab_sha256: str  # the vocabularies the tables' rows index (ncf.model.integrity.vocab_digest)
+    lists_sha256: str = ""  # the lists it trains on (ncf.data.examples.lists_digest)
     listed_rows: Optional[tuple] = None  # (users, products) masks of what the run's lists hold
     validation: Optional[tuple] = None  # (state as of the validation start, period, households)
 
 
 def worker_threads(cfg: TrainConfig, world_size: int) -> int:
     """Torch threads of each worker: ``cfg.torch_threads``, or this machine's cores shared among
-    the workers. Ray still keeps a CPU of its accounting for Ray Data's readers (see
+    the ``world_size`` workers on it (the local world size: a run across nodes shares each node's
+    cores among that node's workers only). Ray still keeps a CPU of its accounting for Ray Data's readers (see
     ``worker_resources``); their work is a few seconds per epoch, so leaving them a core's worth of
     threads idle cost one worker on 2 cores 13% of its steady rate (bench.train_throughput).
     Never more than that share (a sweep sizes ``torch_threads`` from the whole cluster)."""
@@ -90,7 +92,7 @@ def setup_worker(cfg: TrainConfig) -> Worker:
 
     torch.manual_seed(cfg.seed)
     rank, world_size = world()
-    torch.set_num_threads(worker_threads(cfg, world_size))
+    torch.set_num_threads(worker_threads(cfg, ray.train.get_context().get_local_world_size()))
     device = ray.train.torch.get_device()
     stats = layout.DataStats(cfg.data)
     vocab_sha256 = vocab_digest(cfg.data)
@@ -117,6 +119,7 @@ def setup_worker(cfg: TrainConfig) -> Worker:
         trained_through,
         rows_trained_before,
         vocab_sha256,
+        lists_digest(cfg.data, cfg.cutoffs),
     )
     if rank == 0 and cfg.run == VALIDATED:
         state = RankingState.load(cfg.data).as_of(stats.boundaries["val_start"])
@@ -179,6 +182,12 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
         if step_hook is not None:
             step_hook(w.rank, epoch, steps)
         if w.cfg.max_steps_per_epoch and steps >= w.cfg.max_steps_per_epoch:
+            if w.rank == 0 and epoch == 1:
+                log(
+                    f"epochs capped at {steps} steps (--max-steps-per-epoch): the lists after them are not read, "
+                    "yet their households and products count as trained when the model ranks (for tests and "
+                    "quick sweeps, not a model to deploy)"
+                )
             break
     ended = time.time()
     elapsed = max(ended - started, 1e-9)
@@ -241,6 +250,7 @@ def _restore(w: Worker, checkpoint) -> Dict:
         run_folder = os.path.dirname(d.rstrip(os.sep)) or d
         ckpt.check_same_model(run_folder, state.get("model_config"), w.model_config.to_dict())
         ckpt.check_same_vocabularies(run_folder, state.get("vocab_sha256"), w.vocab_sha256)
+        ckpt.check_same_lists(run_folder, state.get("lists_sha256"), w.lists_sha256)
         ckpt.check_same_features(run_folder, state.get("features_version"))
         ckpt.check_same_training(run_folder, state.get("training"), ckpt.training_settings(asdict(w.cfg)))
         load_full_state_dict(w.model, weights)
@@ -285,6 +295,7 @@ def train_loop_per_worker(config: Dict) -> None:
             trained_through=w.trained_through,
             rows_trained_before=w.rows_trained_before,
             vocab_sha256=w.vocab_sha256,
+            lists_sha256=w.lists_sha256,
             features_version=FEATURES_VERSION,
             training=ckpt.training_settings(asdict(w.cfg)),
         )

@@ -94,7 +94,14 @@ def export_run(result, output: str, data: str, version: str, extra: Dict, overwr
     path = export_model_dir(
         checkpoint, output, data, {"training": metrics, "history": history, **extra}, version, overwrite=overwrite
     )
-    write_history(history, os.path.join(result.path, "tensorboard"))
+    if os.path.isabs(result.path) and os.path.isdir(result.path):
+        write_history(history, os.path.join(result.path, "tensorboard"))
+    else:  # a --storage URI: Ray's result.path is the URI without its scheme, a relative local path
+        print(
+            f"[train] TensorBoard's files not written: the run's folder is in remote storage ({result.path}); "
+            f"its epochs' metrics are in {os.path.join(output, 'metrics.json')}",
+            flush=True,
+        )
     return path
 
 

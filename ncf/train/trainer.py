@@ -33,6 +33,7 @@ from ncf.train.checkpoint import (
     VAL_METRIC,
     best_checkpoint,
     check_same_features,
+    check_same_lists,
     check_same_model,
     check_same_training,
     check_same_vocabularies,
@@ -82,7 +83,7 @@ def training_lists(directories: Sequence[str], seed: int) -> "ray.data.Dataset":
     """
     import ray.data
 
-    files = sorted(f for d in directories for f in glob.glob(os.path.join(d, "*.parquet")))
+    files = sorted(f for d in directories for f in glob.glob(os.path.join(glob.escape(d), "*.parquet")))
     if not files:
         raise InputError(f"no training lists (*.parquet) in {', '.join(directories)}")
     shuffled = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
@@ -189,6 +190,7 @@ def fit(
         sizes = Vocabularies.load(layout.vocab_dir(config.data)).sizes()
         check_same_model(run_folder, saved.get("model_config"), config.model_config(sizes).to_dict())
         check_same_vocabularies(run_folder, saved.get("vocab_sha256"), vocab_digest(config.data))
+        check_same_lists(run_folder, saved.get("lists_sha256"), E.lists_digest(config.data, config.cutoffs))
         check_same_features(run_folder, saved.get("features_version"))
         check_same_training(run_folder, saved.get("training"), training_settings(asdict(config)))
         print(f"[train] resuming run {name} after epoch {saved.get('epoch')} ({run_folder})", flush=True)
