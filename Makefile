@@ -5,7 +5,8 @@
 # make mlflow-ui: MLflow's UI on the local store (runs, sweeps, registered models) at 127.0.0.1:5000
 # ACCEL=cuda   : install the CUDA fbgemm-gpu instead of fbgemm-gpu-cpu (later targets keep it)
 # TORCH_INDEX=https://download.pytorch.org/whl/cpu : torch's CPU build (about 200 MB) where pip
-#                would otherwise take PyPI's torch, which brings CUDA's libraries (gigabytes)
+#                would otherwise take PyPI's torch, which brings CUDA's libraries (gigabytes); a
+#                .venv already set up keeps its torch (rm -rf .venv first)
 # DEMO_ARGS    : options for `make demo` (python -m jobs.demo --help), e.g. DEMO_ARGS=--reuse-data
 
 PYTHON ?= python3

@@ -30,7 +30,7 @@ from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
 from ncf.evaluate.protocol import PAIRED
-from serve.launch import check_port_free
+from serve.launch import LOCAL, check_port_free
 
 STAGES = 6
 # Six trainings are too long for the demo; bench.ablations' rows on Complete Journey are kept here.
@@ -61,7 +61,7 @@ def post(url: str, payload: dict) -> dict:
     request = urllib.request.Request(
         url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with LOCAL.open(request, timeout=30) as response:
         return json.load(response)
 
 

@@ -95,13 +95,18 @@ def serving_user_config(app_name: str = APP_NAME) -> Optional[Dict]:
     return handle.serving_user_config.remote().result(timeout_s=60)
 
 
+# The jobs' own requests to the Serve they started: never through an http_proxy of the
+# environment (urlopen's default), which would answer for 127.0.0.1 itself, or not at all.
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def wait_until_healthy(base_url: str, timeout_s: float = 60.0) -> Dict:
     """Polls ``/healthz`` until it answers 200 (returns its JSON) or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s
     last_error = "no answer yet"
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{base_url}/healthz", timeout=5) as response:
+            with LOCAL.open(f"{base_url}/healthz", timeout=5) as response:
                 return json.load(response)
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
             last_error = str(e)

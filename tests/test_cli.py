@@ -550,3 +550,34 @@ def test_the_demo_hands_each_job_arguments_its_parser_accepts_and_its_dataset_is
     assert asked["jobs.preprocess"].cache == str(workdir / "datasets")
     assert asked["jobs.train"].storage == str(workdir / "ray_results")
     assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{workdir}/mlflow.db"
+
+
+@pytest.mark.faults
+def test_the_deploy_health_check_does_not_go_through_an_http_proxy(monkeypatch):
+    """urlopen sends 127.0.0.1 through the environment's http_proxy: behind a corporate proxy,
+    jobs.deploy waited 60 s for a healthy Serve, then failed (a review, 2026-12-05)."""
+    import http.server
+    import threading
+
+    from serve.launch import wait_until_healthy
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "12")
+            self.end_headers()
+            self.wfile.write(b'{"ok": true}')
+
+        def log_message(self, *args):
+            pass
+
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # the discard port: nothing answers there
+    server = http.server.HTTPServer(("127.0.0.1", 0), Healthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert wait_until_healthy(f"http://127.0.0.1:{server.server_address[1]}", timeout_s=5) == {"ok": True}
+    finally:
+        server.shutdown()
+        server.server_close()
