@@ -110,6 +110,9 @@ def _redacted(message: str, user_config: Dict, limit: int = 500) -> str:
     return " ".join(message.split())[:limit]
 
 
+ROLLOUT_SURGE_PERCENT = 1
+
+
 @serve.deployment(
     name=DEPLOYMENT_NAME,
     max_ongoing_requests=MAX_ONGOING_REQUESTS,
@@ -117,6 +120,10 @@ def _redacted(message: str, user_config: Dict, limit: int = 500) -> str:
     backpressure_config=BackpressureConfig(status_code=503, retry_after_s=SHED_RETRY_AFTER_S),
     autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4},
     ray_actor_options={"num_cpus": 0.5},
+    # New code (or a config file's new args, which Serve hashes into the version) restarts the
+    # replicas; by default Serve stops each before its replacement is up. One extra replica
+    # (1% rounds up to one) keeps the old ones serving until their replacements are ready.
+    max_surge_percent=ROLLOUT_SURGE_PERCENT,
 )
 @serve.ingress(app)
 class RecommenderDeployment:
@@ -338,8 +345,10 @@ def code_version() -> str:
     so a model rollout would stop the healthy replica before its replacement loaded the new
     model, and a bad model would leave nothing serving. With this version a model rollout is a
     ``user_config`` change applied in place (the old model keeps serving if the new one fails),
-    while new code still restarts the replicas. (Serve 2.60 sets versions this way for config
-    files; ``Deployment.options(version=...)`` needs its ``_internal`` flag.)
+    while new code still restarts the replicas, each old one serving until its replacement is up
+    (:data:`ROLLOUT_SURGE_PERCENT`). (``Deployment.options(version=...)`` needs its ``_internal``
+    flag; for a config file, ``serve deploy``, Serve sets the version itself from the import path,
+    runtime environment and args, so new args restart the replicas too.)
     """
     digest = hashlib.sha256()
     for package in ("serve", "ncf"):

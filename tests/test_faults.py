@@ -139,6 +139,69 @@ def _health(url: str) -> dict:
         return json.load(response)
 
 
+def test_new_code_rolls_out_with_a_replica_serving_throughout(ray_session, small_model_dir, monkeypatch, capsys):
+    """New code restarts the replicas. Serve 2.60 stopped the one replica before its replacement
+    was up, so the app had none running for a model's load (a review, 2026-12-05): now one surge
+    replica, so that a replica runs at every moment of the rollout and no request fails."""
+    from ray import serve
+
+    from serve import app as serve_app
+    from serve.launch import base_url, start, wait_until_healthy
+
+    def app():
+        return serve_app.build_app(
+            {"model": small_model_dir, "default_at": "data-end", "min_replicas": 1, "max_replicas": 1}
+        )
+
+    port = free_port()
+    url = base_url("127.0.0.1", port)
+    answers, failures, running, stop = [], [], [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                answers.append(post(f"{url}/recommend", {"user_id": 1, "k": 5})["model_version"])
+            except Exception as e:  # every failure counts: HTTP errors, resets, timeouts
+                failures.append(repr(e)[:300])
+
+    def watcher():  # the replicas' states through the rollout, every 50 ms
+        while not stop.is_set():
+            states = serve.status().applications["code"].deployments[serve_app.DEPLOYMENT_NAME].replica_states
+            running.append(states.get("RUNNING", 0))
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=client) for _ in range(2)] + [threading.Thread(target=watcher)]
+    try:
+        assert start(app(), port=port, app_name="code") == url
+        wait_until_healthy(url, timeout_s=120)
+        before = replica_names("code", serve_app.DEPLOYMENT_NAME)
+        for t in threads:
+            t.start()
+        time.sleep(1)
+        monkeypatch.setattr(serve_app, "code_version", lambda: "new-code")  # as any .py change under ncf/
+        start(app(), port=port, app_name="code")
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            states = serve.status().applications["code"].deployments[serve_app.DEPLOYMENT_NAME].replica_states
+            now = replica_names("code", serve_app.DEPLOYMENT_NAME)
+            if now and not now & before and states == {"RUNNING": 1}:
+                break
+            time.sleep(0.1)
+        time.sleep(1)  # traffic on the new replica
+        after = replica_names("code", serve_app.DEPLOYMENT_NAME)
+    finally:
+        stop.set()
+        for t in threads:
+            if t.ident is not None:
+                t.join(timeout=30)
+        serve.shutdown()
+    with capsys.disabled():
+        print(f"\n[faults] code rollout: {len(answers)} answers, {len(failures)} failed, {len(running)} looks")
+    assert after and not after & before, (before, after)  # replaced, not reconfigured
+    assert failures == [] and min(running) >= 1, (failures[:3], running)
+    assert len(answers) > 0
+
+
 def test_corrupt_model_rollouts_under_load_fail_no_request(ray_session, small_model_dir, tmp_path, capsys):
     """Three corrupt model directories are rolled out while two clients send requests, each
     damaged after build_app verified it (the race a check in the deploy command cannot close),
