@@ -139,6 +139,16 @@ def _health(url: str) -> dict:
         return json.load(response)
 
 
+def recommend_until(stop: threading.Event, url: str, answers: list, failures: list) -> None:
+    """A client asking for household 1's recommendations until ``stop``: each answer's model
+    version into ``answers``, each failure into ``failures``."""
+    while not stop.is_set():
+        try:
+            answers.append(post(f"{url}/recommend", {"user_id": 1, "k": 5})["model_version"])
+        except Exception as e:  # every failure counts: HTTP errors, resets, timeouts
+            failures.append(repr(e)[:300])
+
+
 def test_new_code_rolls_out_with_a_replica_serving_throughout(ray_session, small_model_dir, monkeypatch, capsys):
     """New code restarts the replicas. Serve 2.60 stopped the one replica before its replacement
     was up, so the app had none running for a model's load (a review, 2026-12-05): now one surge
@@ -158,11 +168,7 @@ def test_new_code_rolls_out_with_a_replica_serving_throughout(ray_session, small
     answers, failures, running, stop = [], [], [], threading.Event()
 
     def client():
-        while not stop.is_set():
-            try:
-                answers.append(post(f"{url}/recommend", {"user_id": 1, "k": 5})["model_version"])
-            except Exception as e:  # every failure counts: HTTP errors, resets, timeouts
-                failures.append(repr(e)[:300])
+        recommend_until(stop, url, answers, failures)
 
     def watcher():  # the replicas' states through the rollout, every 50 ms
         while not stop.is_set():
@@ -220,11 +226,7 @@ def test_corrupt_model_rollouts_under_load_fail_no_request(ray_session, small_mo
     answers, failures, stop = [], [], threading.Event()
 
     def client():
-        while not stop.is_set():
-            try:
-                answers.append(post(f"{url}/recommend", {"user_id": 1, "k": 5})["model_version"])
-            except Exception as e:  # every failure counts: HTTP errors, resets, timeouts
-                failures.append(repr(e)[:300])
+        recommend_until(stop, url, answers, failures)
 
     clients = [threading.Thread(target=client) for _ in range(2)]
     reported, deploy_errors = {}, []
