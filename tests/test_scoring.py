@@ -26,7 +26,7 @@ from ncf.model import ann
 from ncf.model.directory import ModelDir
 from ncf.moments import day_of, first_rankable, run_date_of
 from ncf.rank import candidates as candidate_sources
-from ncf.rank.candidates import CATEGORY_SPREAD, CandidateGenerator, RankingSettings
+from ncf.rank.candidates import CATEGORY_SPREAD, MAX_K, CandidateGenerator, RankingSettings
 from ncf.rank.ranker import Ranker, attention_spread
 from ncf.rank.recommender import AS_OF_DAYS, BeforeTheData, PassBusy, Recommender
 from ncf.rank.state import EmbeddingRows, RankingState
@@ -190,6 +190,26 @@ def test_explanations_name_distinct_products_the_model_attends_to(recommender):
         named = [p for p, _ in because]
         assert because and len(named) == len(set(named)) and history[0] not in named
         assert all(product_rows[named] > 0) and all(w > 0 for _, w in because)
+
+
+def test_a_household_whose_sources_list_few_products_still_gets_k_of_them(recommender):
+    """Without exclude_purchased the candidates were not completed: a household whose sources
+    listed fewer than k (no MF path, a short history) got a shorter ranking than asked for
+    (a review, 2026-12-05: 98 products for k=100 on Complete Journey without the MF path)."""
+    at, model = recommender.default_at, recommender.ranker.model
+    few = RankingSettings(
+        candidates=MAX_K,
+        own_candidates=2,
+        neighbour_candidates=0,
+        mf_candidates=0,
+        category_candidates=0,
+        popular_candidates=5,
+    )
+    ranker = Ranker(model, recommender.state, recommender.ranker.rows, few)
+    users = ranker.state.states.users()[:5]
+    for exclude in (False, True):
+        for ranking in ranker.rank(users, np.full(len(users), at), MAX_K, exclude):
+            assert len(ranking.products) == MAX_K == len(set(ranking.products.tolist())), exclude
 
 
 def test_reasons_are_the_purchase_timing_and_the_scores_without_those_purchases(recommender):

@@ -47,6 +47,9 @@ CATEGORY_SPREAD = 5  # categories the category source draws from
 WARM_SCORES = 1 << 26
 
 
+MAX_K = 100  # the most products one ranking returns (HTTP requests and the nightly job alike)
+
+
 @dataclass
 class RankingSettings:
     """First-stage sizes (a model directory's ``ranking`` overrides them)."""
@@ -218,15 +221,18 @@ class CandidateGenerator:
         sources.append(self.popular[: s.popular_candidates])
         merged = pd.unique(np.concatenate(sources).astype(np.int64))
         merged = merged[self.known[merged]]
-        if exclude_purchased:
-            merged = merged[~np.isin(merged, own.keys)]
-            need = s.candidates - len(merged)
-            if need > 0:  # complete from the popular products never bought
-                # Each product skipped is bought or already listed, so the first need + |bought|
-                # + |listed| known products hold every one taken: no scan of the whole catalog.
-                prefix = self.popular_known[: need + len(own.keys) + len(merged)]
-                more = prefix[~np.isin(prefix, own.keys) & ~np.isin(prefix, merged)]
-                merged = np.concatenate([merged, more[:need]])
+        skip = own.keys if exclude_purchased else merged[:0]
+        merged = merged[~np.isin(merged, skip)]
+        # Completed from the popular products (never bought, with exclude_purchased): a household
+        # whose sources list few (no MF path, a short history) still gets the longest ranking a
+        # request may ask for, MAX_K, and with exclude_purchased every candidate.
+        need = (s.candidates if exclude_purchased else min(s.candidates, MAX_K)) - len(merged)
+        if need > 0:
+            # Each product skipped is bought or already listed, so the first need + |bought|
+            # + |listed| known products hold every one taken: no scan of the whole catalog.
+            prefix = self.popular_known[: need + len(skip) + len(merged)]
+            more = prefix[~np.isin(prefix, skip) & ~np.isin(prefix, merged)]
+            merged = np.concatenate([merged, more[:need]])
         return merged[: s.candidates]
 
     def _from_categories(self, timeline: UserTimeline, at: int, skip: Optional[np.ndarray]) -> np.ndarray:

@@ -31,12 +31,11 @@ from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.ann import ProductIndex
 from ncf.model.batch import Batch
 from ncf.model.directory import ModelDir
-from ncf.rank.candidates import CandidateGenerator, RankingSettings
+from ncf.rank.candidates import MAX_K, CandidateGenerator, RankingSettings  # noqa: F401  (MAX_K: part of this module's API)
 from ncf.rank.reasons import Reason, purchase_facts, without_category, without_product
 from ncf.rank.state import EmbeddingRows, RankingState
 
 CHUNK_USERS = 32  # households per model call: the per-call overheads amortised, memory small
-MAX_K = 100  # the most products one ranking returns (HTTP requests and the nightly job alike)
 
 
 @dataclass
