@@ -295,6 +295,39 @@ def test_repeated_and_quantity_like_column_names(tmp_path, header, refused):
             check_inputs(schema.resolve_files(str(path)))
 
 
+@pytest.mark.faults
+def test_folders_a_glob_names_and_linked_folders_are_read_and_table_formats_refused(tmp_path):
+    """Spark's df.write.csv("sales-02.csv") is a folder, which a glob's match dropped; a folder
+    linked into the logs was not followed; a Delta Lake table's folder was read with the files
+    its later commits replaced, every row of those twice (a review, 2026-12-05)."""
+    header = "user_id,product_id,timestamp\n1,2,2024-01-01\n"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "sales-01.csv").write_text(header)
+    spark = logs / "sales-02.csv"
+    spark.mkdir()
+    (spark / "part-0000.csv").write_text(header)
+    (spark / "_SUCCESS").write_text("")
+    assert schema.resolve_files(str(logs / "sales-*.csv")).paths == [
+        str(logs / "sales-01.csv"),
+        str(spark / "part-0000.csv"),
+    ]
+    archive = tmp_path / "archive" / "2023"
+    archive.mkdir(parents=True)
+    (archive / "sales-2023.csv").write_text(header)
+    (logs / "2023").symlink_to(archive)
+    (archive / "loop").symlink_to(logs)  # a link back up: each real folder read once
+    found = schema.resolve_files(str(logs)).paths
+    assert str(logs / "2023" / "sales-2023.csv") in found and len(found) == 3, found
+    table = tmp_path / "table"
+    (table / "_delta_log").mkdir(parents=True)
+    (table / "date=2024-01-01").mkdir()
+    (table / "date=2024-01-01" / "part-0.parquet").write_bytes(b"PAR1")
+    for spec in (table, table / "*" / "*.parquet"):
+        with pytest.raises(schema.InputError, match="a Delta Lake table, .*export a snapshot"):
+            schema.resolve_files(str(spec))
+
+
 def test_empty_csv_files_are_no_rows_and_an_upper_case_gz_is_refused(tmp_path):
     import gzip
 
@@ -433,6 +466,7 @@ def test_a_csv_with_bad_rows_everywhere_is_quarantined_row_by_row(ray_session, t
     assert stats["rows_in"] == len(rows) == stats["rows_kept"] + stats["rows_quarantined"]
     assert stats["rows_by_file"] == {str(path): len(rows)}
     assert stats["timestamps_read_as_utc"] == stats["rows_kept"]  # dates, every one read as UTC midnight
+    assert stats["lines_in_quoted_values"] == {}  # every line a row of its own
     assert stats["quarantine_by_reason"] == {
         schema.MALFORMED_ROW: 2,
         schema.BAD_TIMESTAMP: 1,
@@ -453,6 +487,24 @@ def test_a_csv_with_bad_rows_everywhere_is_quarantined_row_by_row(ray_session, t
     assert (future["timestamp"], future["quantity"]) == ("2099-01-01T00:00:00.5", "7")
     assert set(quarantine["source_file"]) == {str(path)}
     assert quarantine.loc[quarantine["reason"] == schema.BAD_USER_ID, "user_id"].tolist() == ["u\\xff5"]
+
+
+@pytest.mark.faults
+def test_a_quote_never_closed_is_counted_not_lost_silently(ray_session, tmp_path):
+    """A description cut short (`"Pizza, 12 in`) joins the lines after it into one value until
+    the next quote: their purchases were not read, and rows_in = kept + quarantined still held,
+    so nothing said so (a review, 2026-12-05). Now the lines that were no row of their own are
+    counted per file; a blank line is none of them."""
+    lines = [f"u{i},p{i % 7},2024-01-{1 + i % 28:02d},1,plain" for i in range(40)]
+    lines[10] = 'u10,p3,2024-01-11,1,"Pizza, 12 in'  # never closed here...
+    lines[14] = 'u14,p0,2024-01-15,1,closed by this one"'  # ...until this line's quote: 4 lines joined
+    lines[20] = 'u20,p6,2024-01-21,1,"an order note\nover two lines"'  # a line break inside quotes
+    lines[30] = ""  # a blank line: skipped by the parser, no row, no count
+    path = tmp_path / "logs.csv"
+    path.write_text("user_id,product_id,timestamp,quantity,description\n" + "\n".join(lines) + "\n")
+    read = ingest.ingest_logs(schema.resolve_files(str(path)))
+    assert read.rows_in == read.rows_kept + read.rows_quarantined == 40 - 4 - 1
+    assert read.lines_in_quoted_values == {str(path): 5}  # 4 joined to line 11, 1 inside the note
 
 
 def test_parquet_rows_in_come_from_the_footer_and_the_quarantine_keeps_raw_values(ray_session, tmp_path):

@@ -163,6 +163,59 @@ def _csv_file(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
         yield _malformed(malformed, piece["file"])
 
 
+def csv_lines(path: str) -> int:
+    """The non-empty lines of a CSV file (header included), quotes ignored: what its rows number
+    when no quoted value holds a line break (the parser skips empty lines, as this does)."""
+    count = 0
+
+    def skip(row) -> str:  # a line holding the delimiter below: a line all the same
+        nonlocal count
+        count += 1
+        return "skip"
+
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(use_threads=False, column_names=["line"], block_size=CSV_BLOCK_BYTES),
+        parse_options=pacsv.ParseOptions(
+            delimiter="\x1f", quote_char=False, newlines_in_values=False, invalid_row_handler=skip
+        ),
+        convert_options=pacsv.ConvertOptions(column_types={"line": pa.binary()}),  # no UTF-8 check
+    )
+    with reader:
+        for batch in reader:
+            count += batch.num_rows
+    return count
+
+
+def _line_counts(batch: pa.Table) -> pa.Table:
+    """Ray Data task: each file's :func:`csv_lines`."""
+    files = batch.to_pylist()
+    try:
+        lines = [csv_lines(f["path"]) for f in files]
+    except (pa.ArrowException, OSError, ValueError, EOFError):
+        lines = [-1] * len(files)  # the read itself says what is wrong with the file
+    return pa.table({"file": [f["file"] for f in files], "lines": pa.array(lines, pa.int64())})
+
+
+def lines_in_quoted_values(paths: List[str], rows_by_file: Dict[str, int]) -> Dict[str, int]:
+    """Lines of each CSV that were no row of their own: line breaks inside quoted values (an
+    order note), or a quote never closed, which joins the lines after it into one value until
+    the next quote (the rows on them are then not read). Only files with such lines."""
+    import ray
+
+    items = [{"file": i, "path": p} for i, p in enumerate(paths)]
+    counted = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _line_counts, batch_size=1, batch_format="pyarrow", num_cpus=0.25
+    )
+    lines = dict(counted.to_pandas()[["file", "lines"]].itertuples(index=False))
+    inside = {}
+    for i, path in enumerate(paths):
+        extra = int(lines.get(i, -1)) - 1 - rows_by_file.get(path, 0)  # the header is a line
+        if lines.get(i, -1) >= 0 and extra > 0:
+            inside[path] = extra
+    return inside
+
+
 def read_and_validate(batch: pa.Table, fmt: str, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
     """Ray Data task: the pieces in ``batch`` (one, normally) -> validated rows (:data:`ROWS`).
 
@@ -269,6 +322,7 @@ class Ingested:
     future_bound: Optional[int]
     rows_by_file: Dict[str, int]
     zoneless: int  # kept rows whose timestamp named no time zone (read as UTC)
+    lines_in_quoted_values: Dict[str, int]  # CSV lines that were no row of their own, by file
 
 
 def source_rows(counts, fmt: str, footer_rows: Dict[int, int], paths: List[str]) -> Dict[str, int]:
@@ -335,7 +389,8 @@ def ingest_logs(
     if rows_in != rows_kept + rows_quarantined:
         raise RuntimeError(f"{rows_in:,} rows in but {rows_kept:,} kept + {rows_quarantined:,} quarantined")
     zoneless = int(counts.loc[counts[schema.REASON] == OK, f"{schema.ZONELESS}_sum"].sum())  # not the far future
-    return Ingested(rows, rows_in, rows_kept, rows_quarantined, by_reason, bound, by_file, zoneless)
+    inside_quotes = lines_in_quoted_values(files.paths, by_file) if files.format == "csv" else {}
+    return Ingested(rows, rows_in, rows_kept, rows_quarantined, by_reason, bound, by_file, zoneless, inside_quotes)
 
 
 # -- what leaves this stage ---------------------------------------------------------------------------

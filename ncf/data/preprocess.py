@@ -740,6 +740,12 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
             f"{read.zoneless:,} of {read.rows_kept:,} kept timestamps name no time zone and were read as UTC "
             "(a log written in local time: give its offset, e.g. 2017-11-27T10:00:00+01:00)"
         )
+    for path, lines in read.lines_in_quoted_values.items():
+        _log(
+            f"{path}: {lines:,} line(s) inside quoted values, not rows of their own (a line break inside quotes, "
+            "or a quote never closed, which joins the lines after it into one value: their purchases are not "
+            "read; check the file)"
+        )
     stats = {
         "rows_in": read.rows_in,
         "rows_kept": read.rows_kept,
@@ -749,6 +755,7 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
         "future_bound_utc": str(pd.Timestamp(read.future_bound, unit="s")) if read.future_bound else None,
         "rows_by_file": {**read.rows_by_file, **dict.fromkeys(logs.empty, 0)},  # every file: they add up to rows_in
         "timestamps_read_as_utc": read.zoneless,
+        "lines_in_quoted_values": read.lines_in_quoted_values,
     }
     return read, stats
 

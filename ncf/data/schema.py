@@ -132,11 +132,44 @@ def _hidden_below_pattern(spec: str, path: str) -> bool:
     return any(_hidden(name) for name in below)
 
 
+def _table_format(directory: str) -> Optional[str]:
+    """``Delta Lake`` or ``Iceberg`` when ``directory`` is such a table's folder: it keeps the
+    files later commits replaced (until a VACUUM), so reading every file would count their rows
+    twice, silently."""
+    if os.path.isdir(os.path.join(directory, "_delta_log")):
+        return "Delta Lake"
+    metadata = os.path.join(directory, "metadata")
+    if os.path.isdir(metadata) and any(n.endswith(".metadata.json") for n in os.listdir(metadata)):
+        return "Iceberg"
+    return None
+
+
+def _refuse_tables(paths: List[str]) -> None:
+    """Refuses files inside a Delta Lake or Iceberg table's folder (see :func:`_table_format`)."""
+    checked = set()
+    for folder in {os.path.dirname(os.path.abspath(p)) for p in paths}:
+        while folder not in checked:
+            checked.add(folder)
+            table_format = _table_format(folder)
+            if table_format:
+                raise InputError(
+                    f"{folder}: a {table_format} table, whose folder keeps the files later commits replaced; "
+                    "export a snapshot of it (Parquet or CSV files) and give that"
+                )
+            folder = os.path.dirname(folder)
+
+
 def _visible_files(directory: str) -> List[str]:
     """Every file under ``directory`` whose name and folders are not hidden: a notebook's
-    checkpoint copy of a log would count every row twice, a half-written job's parts once."""
-    found = []
-    for root, folders, names in os.walk(directory):
+    checkpoint copy of a log would count every row twice, a half-written job's parts once.
+    Folders linked into it are followed, each real folder once."""
+    found, seen = [], set()
+    for root, folders, names in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree, or a second link to one folder
+            folders[:] = []
+            continue
+        seen.add(real)
         folders[:] = [f for f in folders if not _hidden(f)]
         found.extend(os.path.join(root, n) for n in names if not _hidden(n))
     return found
@@ -145,7 +178,9 @@ def _visible_files(directory: str) -> List[str]:
 def resolve_files(spec: str) -> InputFiles:
     """A file, a directory or a glob -> the data files in it, all of one format."""
     if any(ch in spec for ch in "*?[") and not os.path.exists(spec):  # "logs [2017].csv" is a name
-        paths = sorted(p for p in glob.glob(spec, recursive=True) if not _hidden_below_pattern(spec, p))
+        matched = [p for p in glob.glob(spec, recursive=True) if not _hidden_below_pattern(spec, p)]
+        # A folder the pattern names is read as a folder: Spark's df.write.csv("sales.csv") writes one.
+        paths = sorted(f for p in matched for f in (_visible_files(p) if os.path.isdir(p) else [p]))
     elif os.path.isdir(spec):
         for made_by, markers in (
             ("jobs.preprocess output (DATA)", ("stats.json", "vocab")),
@@ -161,6 +196,7 @@ def resolve_files(spec: str) -> InputFiles:
     paths = [p for p in paths if os.path.isfile(p)]
     if not paths:
         raise InputError(f"{spec}: no input files found")
+    _refuse_tables(paths)
     formats = {_format_of(p) for p in paths}
     if len(formats) != 1:
         raise InputError(f"{spec}: mixes file formats {sorted(formats)}; use one of parquet or csv")
