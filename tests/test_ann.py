@@ -30,6 +30,24 @@ def indexed_model(data, tmp_path, monkeypatch):
     return save_untrained_model_dir(str(tmp_path / "indexed"), data, version="v1", **SMALL)
 
 
+def test_an_index_is_saved_for_a_model_within_headroom_of_needing_one(monkeypatch):
+    """A model saved for 300k households (45M list entries, under the 50M cache) saved no index,
+    and a DATA of 340k households then needed one: every replica and nightly actor built it
+    (a review, 2026-12-05). Saved now once the households are within INDEX_HEADROOM of needing it."""
+    from ncf.model import directory
+    from ncf.model.config import ModelConfig
+
+    weights = {ann._PRODUCT_TABLE: None, ann._MF_OUTPUT: None}
+    width = ann.MF_CANDIDATES
+    sizes = dict(num_products=1_000, num_departments=2, num_categories=3)
+    near = ModelConfig(num_users=ann.MF_CACHE_MAX_ENTRIES // width * 3 // 4, **sizes)
+    assert not ann.needed(near.num_users, width) and ann.needed(directory.INDEX_HEADROOM * near.num_users, width)
+    assert directory.saves_index(weights, near)
+    far = ModelConfig(num_users=ann.MF_CACHE_MAX_ENTRIES // width // (directory.INDEX_HEADROOM + 1), **sizes)
+    assert not directory.saves_index(weights, far)
+    assert not directory.saves_index({}, near)  # no MF path: no index
+
+
 def test_a_model_whose_lists_fit_the_cache_has_no_index(data, tmp_path):
     model = save_untrained_model_dir(str(tmp_path / "plain"), data, version="v1", **SMALL)
     assert not os.path.exists(ann.index_path(model))

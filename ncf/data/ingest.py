@@ -140,7 +140,8 @@ def _csv_file(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
         malformed.append((row.number, row.text))
         return "skip"
 
-    columns = [c for c in schema.LOG_REQUIRED + schema.LOG_OPTIONAL if c in schema.file_columns(piece["path"], "csv")]
+    present = set(schema.file_columns(piece["path"], "csv"))  # once: a file of malformed rows reads it whole
+    columns = [c for c in schema.LOG_REQUIRED + schema.LOG_OPTIONAL if c in present]
     reader = pacsv.open_csv(
         piece["path"],
         read_options=schema.csv_reader_options(block_size=CSV_BLOCK_BYTES),

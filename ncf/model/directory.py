@@ -71,11 +71,19 @@ def copy_state(data: str, destination: str) -> None:
         shutil.copytree(part(data), part(destination))
 
 
+# An index is saved for a model whose households are within this factor of needing one: a DATA
+# grown since (fresh histories, new households) still finds it, where each replica and nightly
+# actor would otherwise build it (minutes at a million products).
+INDEX_HEADROOM = 2
+
+
 def saves_index(weights: Dict[str, torch.Tensor], model_config: ModelConfig, ranking: Optional[dict] = None) -> bool:
     """Whether :func:`save_model_dir` saves an MF index with these weights: an MF path whose first
-    stage over every household is too large to cache (:func:`ncf.model.ann.needed`)."""
+    stage over :data:`INDEX_HEADROOM` times its households is too large to cache
+    (:func:`ncf.model.ann.needed`)."""
     width = (ranking or {}).get("mf_candidates", MF_CANDIDATES)
-    return has_mf(weights) and needed(model_config.num_users, min(width, model_config.num_products - 1))
+    households = INDEX_HEADROOM * model_config.num_users
+    return has_mf(weights) and needed(households, min(width, model_config.num_products - 1))
 
 
 def save_model_dir(

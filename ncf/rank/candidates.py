@@ -153,8 +153,8 @@ class MFFirstStage:
 
 def _built_here(model: AdvancedNCF) -> ProductIndex:
     print(
-        "[ranking] the model directory has no MF index: building it now (minutes at a million "
-        "products; save the model again to keep one with it)",
+        "[ranking] the model directory has no MF index: building it now, in this process (minutes at a "
+        "million products; a model is saved with one once twice its households would need it)",
         file=sys.stderr,
         flush=True,
     )
