@@ -253,3 +253,12 @@ def test_the_paired_bench_can_rank_by_the_seeds_averaged_logits(small_model_dir,
         alone["ndcg@10"],
         alone["households"],
     )
+
+
+def test_the_two_stage_bench_compares_plain_and_new_product_rankings(small_model_dir):
+    from bench import two_stage_agreement
+
+    for extra in ([], ["--exclude-purchased"]):
+        row = two_stage_agreement.main(["--model", small_model_dir, "--users", "5", *extra])
+        assert row["exclude_purchased"] is bool(extra) and row["users"] == 5
+        assert 0.0 <= row["min_top10_overlap"] <= row["mean_top10_overlap"] <= 1.0
