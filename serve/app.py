@@ -44,7 +44,6 @@ Why it is built this way:
 # /openapi.json fails).
 
 import asyncio
-import hashlib
 import logging
 import os
 from typing import Dict, List, Literal, Optional
@@ -56,6 +55,7 @@ from ray.serve.config import BackpressureConfig
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from ncf.code import source_digest
 from ncf.rank.ranker import MAX_K
 from ncf.rank.state import check_model_and_data
 from ncf.registry import resolve_model
@@ -350,15 +350,5 @@ def code_version() -> str:
     flag; for a config file, ``serve deploy``, Serve sets the version itself from the import path,
     runtime environment and args, so new args restart the replicas too.)
     """
-    digest = hashlib.sha256()
-    for package in ("serve", "ncf"):
-        root = os.path.join(REPO, package)
-        for folder, dirs, files in sorted(os.walk(root)):
-            dirs.sort()
-            static = os.path.relpath(folder, REPO) == os.path.join("serve", "static")
-            for name in sorted(f for f in files if f.endswith(".py") or (static and f in ui.ASSETS)):
-                path = os.path.join(folder, name)
-                digest.update(os.path.relpath(path, REPO).encode())
-                with open(path, "rb") as f:
-                    digest.update(hashlib.sha256(f.read()).digest())
-    return digest.hexdigest()[:16]
+    static = os.path.join("serve", "static")
+    return source_digest(("serve", "ncf"), also=lambda folder, name: folder == static and name in ui.ASSETS, root=REPO)

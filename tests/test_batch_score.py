@@ -922,6 +922,7 @@ def test_only_a_dead_run_of_the_same_plan_is_continued(tmp_path):
         ({"at_epoch_s": 900, "users": 101}, False),
         ({"at_epoch_s": 900, "inputs": ["v2:aa", "bb"]}, False),  # another MODEL
         ({"at_epoch_s": 900, "inputs": ["v1:aa", "cc"]}, False),  # DATA refreshed
+        ({"at_epoch_s": 900, "code": "0123456789abcdef"}, False),  # a fix deployed since
         ({"at_epoch_s": 900, "at": "2017-11-27"}, False),
     ]:
         write_json(os.path.join(stage, bs.PLAN), {**plan, **dead})

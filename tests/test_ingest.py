@@ -317,13 +317,26 @@ def test_folders_a_glob_names_and_linked_folders_are_read_and_table_formats_refu
     (archive / "sales-2023.csv").write_text(header)
     (logs / "2023").symlink_to(archive)
     (archive / "loop").symlink_to(logs)  # a link back up: each real folder read once
+    (logs / "up").symlink_to(tmp_path)  # a link to a folder holding the logs: not followed
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "other.csv").write_text(header)
     found = schema.resolve_files(str(logs)).paths
     assert str(logs / "2023" / "sales-2023.csv") in found and len(found) == 3, found
+    # `exports/**` matches the folders and the files in them: each file read once.
+    (tmp_path / "exports" / "2024").mkdir(parents=True)
+    (tmp_path / "exports" / "a.csv").write_text(header)
+    (tmp_path / "exports" / "2024" / "b.csv").write_text(header)
+    assert schema.resolve_files(str(tmp_path / "exports" / "**")).paths == [
+        str(tmp_path / "exports" / "2024" / "b.csv"),
+        str(tmp_path / "exports" / "a.csv"),
+    ]
     table = tmp_path / "table"
     (table / "_delta_log").mkdir(parents=True)
     (table / "date=2024-01-01").mkdir()
     (table / "date=2024-01-01" / "part-0.parquet").write_bytes(b"PAR1")
-    for spec in (table, table / "*" / "*.parquet"):
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "jan").symlink_to(table / "date=2024-01-01")  # the table's files by a link
+    for spec in (table, table / "*" / "*.parquet", tmp_path / "linked"):
         with pytest.raises(schema.InputError, match="a Delta Lake table, .*export a snapshot"):
             schema.resolve_files(str(spec))
 

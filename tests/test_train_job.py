@@ -328,3 +328,14 @@ def test_training_lists_are_found_under_a_data_path_with_glob_characters(ray_ses
     cutoffs = layout.DataStats(data).cutoffs("validated")
     lists = training_lists([layout.examples_dir(data, c) for c in cutoffs], seed=0)
     assert lists.count() > 0
+
+
+@pytest.mark.faults
+def test_ray_trains_sigint_hook_is_where_ctrl_c_handling_replaces_it():
+    """jobs.train replaces Ray Train's SIGINT-handler hook (Ray's handler aborts, then exits 0):
+    a Ray release that moves it would bring that handler back; the job refuses to train then."""
+    from ray.train.torch import TorchTrainer
+
+    from ncf.train.trainer import SIGINT_HOOK
+
+    assert callable(getattr(TorchTrainer, SIGINT_HOOK, None))

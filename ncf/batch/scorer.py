@@ -163,13 +163,15 @@ def part_name(positions: np.ndarray) -> str:
 
 
 def write_part(table: pa.Table, stage: str, name: str) -> str:
-    """Writes one part under a hidden name and renames it, so a part is whole or absent.
+    """Writes one part under a hidden name of this process and renames it, so a part is whole
+    or absent, even where a leftover actor of a killed run writes the same batch into the stage
+    the next run continues (both write the same plan's part).
 
     The stage directory must exist: a leftover actor of a killed run then fails instead of
     recreating a directory the next run has cleaned.
     """
     final = os.path.join(stage, name)
-    hidden = os.path.join(stage, f".{name}.tmp")
+    hidden = os.path.join(stage, f".{name}.{os.getpid()}.tmp")
     pq.write_table(table, hidden)
     os.replace(hidden, final)
     return final

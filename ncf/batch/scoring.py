@@ -79,6 +79,7 @@ from ncf.batch.scorer import (
     replaced_note,
 )
 from ncf.batch.verify import VerificationFailed, verify_parts
+from ncf.code import source_digest
 from ncf.data import layout
 from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
@@ -386,7 +387,7 @@ def _check_k_known(k: int, stats: ProductStats, run_date: str) -> None:
 
 
 PLAN = "_plan.json"  # in a run's stage: what its parts depend on, for a rerun to continue them
-PLAN_KEYS = ("replay", "k", "explain", "batch_size", "users", "inputs")  # equal, for a rerun to continue
+PLAN_KEYS = ("replay", "k", "explain", "batch_size", "users", "inputs", "code")  # equal, for a rerun to continue
 
 
 def run_plan(config: BatchScoreConfig, at: int, inputs: Tuple[str, str], users: int, replay: bool) -> Dict:
@@ -400,12 +401,13 @@ def run_plan(config: BatchScoreConfig, at: int, inputs: Tuple[str, str], users: 
         "batch_size": config.batch_size or auto_batch_size(users),
         "users": users,
         "inputs": list(inputs),
+        "code": source_digest(),  # a rerun after a fix must not keep the parts the old code scored
     }
 
 
 def continuable(plan: Dict, stage: str) -> bool:
     """Whether a dead run's ``stage`` holds parts a run of ``plan`` may keep: the same MODEL and
-    DATA (their fingerprints), settings and batches, and the same moment; a run at ``now``
+    DATA (their fingerprints), code (``ncf/``), settings and batches, and the same moment; a run at ``now``
     continues another at ``now`` of its date (neither a replay) at that run's moment, so that a
     partition is always of one moment."""
     try:
@@ -697,7 +699,10 @@ def _score_into(
     else:
         memory = actor_memory(model, users.num_rows)
         actors, gpus = _actor_resources(config.gpu, config.actors, config.actor_cpus, len(blocks), memory)
-    compile_model = resolve_compile(config.compile, -(-(users.num_rows - kept_users) // actors), bool(gpus))
+    # Nothing left to score: no model to compile (a driver without a compiler would refuse it).
+    compile_model = bool(blocks) and resolve_compile(
+        config.compile, -(-(users.num_rows - kept_users) // actors), bool(gpus)
+    )
     log(
         f"{users.num_rows:,} users, k={config.k}, at {pd.Timestamp(at, unit='s', tz='UTC').isoformat()}, "
         f"model {model_config['version']}: {len(blocks)} batches of {batch_size} "
@@ -818,7 +823,8 @@ def _scored_by_actors(
             # constructor arguments through the object store, where a restart may not find them
             # (ray-project/ray#53727; Ray logs a core_worker error for every actor it creates so),
             # and an actor that dies loading the model (out of memory) would restart forever. A dead
-            # actor fails the run instead: nothing is committed, and a rerun of the date starts clean.
+            # actor fails the run instead: nothing is committed, and a rerun of the date keeps the
+            # whole parts written so far (continuable) and scores the others.
             max_restarts=0,
         )
     return results.iter_rows()

@@ -136,18 +136,25 @@ def _table_format(directory: str) -> Optional[str]:
     """``Delta Lake`` or ``Iceberg`` when ``directory`` is such a table's folder: it keeps the
     files later commits replaced (until a VACUUM), so reading every file would count their rows
     twice, silently."""
-    if os.path.isdir(os.path.join(directory, "_delta_log")):
-        return "Delta Lake"
-    metadata = os.path.join(directory, "metadata")
-    if os.path.isdir(metadata) and any(n.endswith(".metadata.json") for n in os.listdir(metadata)):
-        return "Iceberg"
+    try:
+        if os.path.isdir(os.path.join(directory, "_delta_log")):
+            return "Delta Lake"
+        metadata = os.path.join(directory, "metadata")
+        if os.path.isdir(os.path.join(directory, "data")) and os.path.isdir(metadata):
+            if any(n.endswith(".metadata.json") for n in os.listdir(metadata)):
+                return "Iceberg"
+    except OSError:  # a folder this user may not list: no table of theirs
+        return None
     return None
 
 
 def _refuse_tables(paths: List[str]) -> None:
-    """Refuses files inside a Delta Lake or Iceberg table's folder (see :func:`_table_format`)."""
+    """Refuses files inside a Delta Lake or Iceberg table's folder (see :func:`_table_format`),
+    by the path given and by the real one (a folder linked into the logs), up to the mount point."""
     checked = set()
-    for folder in {os.path.dirname(os.path.abspath(p)) for p in paths}:
+    folders = {os.path.dirname(os.path.abspath(p)) for p in paths}
+    folders |= {os.path.dirname(os.path.realpath(p)) for p in paths}
+    for folder in folders:
         while folder not in checked:
             checked.add(folder)
             table_format = _table_format(folder)
@@ -156,17 +163,22 @@ def _refuse_tables(paths: List[str]) -> None:
                     f"{folder}: a {table_format} table, whose folder keeps the files later commits replaced; "
                     "export a snapshot of it (Parquet or CSV files) and give that"
                 )
+            if os.path.ismount(folder):
+                break
             folder = os.path.dirname(folder)
 
 
 def _visible_files(directory: str) -> List[str]:
     """Every file under ``directory`` whose name and folders are not hidden: a notebook's
     checkpoint copy of a log would count every row twice, a half-written job's parts once.
-    Folders linked into it are followed, each real folder once."""
+    Folders linked into it are followed, each real folder once, except a link to a folder that
+    holds ``directory`` itself (``up -> ..``, a link to ``/``), which would read all around it."""
+    top = os.path.realpath(directory)
     found, seen = [], set()
     for root, folders, names in os.walk(directory, followlinks=True):
         real = os.path.realpath(root)
-        if real in seen:  # a link back up the tree, or a second link to one folder
+        above = real != top and (top + os.sep).startswith(real.rstrip(os.sep) + os.sep)
+        if real in seen or above:  # a link back up the tree, or a second link to one folder
             folders[:] = []
             continue
         seen.add(real)
@@ -175,12 +187,21 @@ def _visible_files(directory: str) -> List[str]:
     return found
 
 
+def _each_file_once(paths: List[str]) -> List[str]:
+    """``paths`` sorted, each real file once: ``logs/**`` matches a folder and the files in it,
+    and two links may name one file; read twice, its rows would count twice."""
+    by_real: Dict[str, str] = {}
+    for path in sorted(paths):
+        by_real.setdefault(os.path.realpath(path), path)
+    return sorted(by_real.values())
+
+
 def resolve_files(spec: str) -> InputFiles:
     """A file, a directory or a glob -> the data files in it, all of one format."""
     if any(ch in spec for ch in "*?[") and not os.path.exists(spec):  # "logs [2017].csv" is a name
         matched = [p for p in glob.glob(spec, recursive=True) if not _hidden_below_pattern(spec, p)]
         # A folder the pattern names is read as a folder: Spark's df.write.csv("sales.csv") writes one.
-        paths = sorted(f for p in matched for f in (_visible_files(p) if os.path.isdir(p) else [p]))
+        paths = [f for p in matched for f in (_visible_files(p) if os.path.isdir(p) else [p])]
     elif os.path.isdir(spec):
         for made_by, markers in (
             ("jobs.preprocess output (DATA)", ("stats.json", "vocab")),
@@ -188,12 +209,12 @@ def resolve_files(spec: str) -> InputFiles:
         ):
             if all(os.path.exists(os.path.join(spec, m)) for m in markers):
                 raise InputError(f"{spec}: a {made_by}, not purchase logs or a catalog (Parquet or CSV files)")
-        paths = sorted(_visible_files(spec))
+        paths = _visible_files(spec)
     elif os.path.exists(spec):
         paths = [spec]
     else:
         raise InputError(f"{spec}: no such file or directory")
-    paths = [p for p in paths if os.path.isfile(p)]
+    paths = _each_file_once([p for p in paths if os.path.isfile(p)])
     if not paths:
         raise InputError(f"{spec}: no input files found")
     _refuse_tables(paths)

@@ -238,6 +238,9 @@ class TrainingInterrupted(Exception):
     """Ctrl-C stopped a training run; its checkpoints are kept (the same name resumes it)."""
 
 
+SIGINT_HOOK = "_register_sigint_handler"  # Ray Train 2.60's DataParallelTrainer method
+
+
 def _fit_interruptibly(trainer):
     """``trainer.fit()``, where Ctrl-C aborts the run and raises :class:`TrainingInterrupted`.
     Called from the main thread, Ray Train installs a SIGINT handler of its own, which aborts the
@@ -249,7 +252,9 @@ def _fit_interruptibly(trainer):
     if threading.current_thread() is not threading.main_thread():  # a Tune trial: Tune handles Ctrl-C
         return trainer.fit()
     controllers: list = []
-    trainer._register_sigint_handler = controllers.append  # Ray Train's hook (2.60), given the controller
+    if not hasattr(trainer, SIGINT_HOOK):  # a Ray that moved it: its own handler (exit 0) would be back
+        raise RuntimeError(f"{type(trainer).__name__} has no {SIGINT_HOOK}: see ncf.train.trainer._fit_interruptibly")
+    setattr(trainer, SIGINT_HOOK, controllers.append)  # Ray Train's hook (2.60), given the controller
     # Python's own Ctrl-C while it trains: a handler left by another library (Ray Tune's, after a
     # sweep's Tuner.fit, for its --refit) would take the first Ctrl-C and let training go on.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
