@@ -333,7 +333,7 @@ def test_training_lists_are_found_under_a_data_path_with_glob_characters(ray_ses
 @pytest.mark.faults
 def test_ray_trains_sigint_hook_is_where_ctrl_c_handling_replaces_it():
     """jobs.train replaces Ray Train's SIGINT-handler hook (Ray's handler aborts, then exits 0):
-    a Ray release that moves it would bring that handler back; the job refuses to train then."""
+    a Ray release that moves it would bring that handler back (the job says so, and trains)."""
     from ray.train.torch import TorchTrainer
 
     from ncf.train.trainer import SIGINT_HOOK

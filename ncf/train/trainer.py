@@ -252,9 +252,10 @@ def _fit_interruptibly(trainer):
     if threading.current_thread() is not threading.main_thread():  # a Tune trial: Tune handles Ctrl-C
         return trainer.fit()
     controllers: list = []
-    if not hasattr(trainer, SIGINT_HOOK):  # a Ray that moved it: its own handler (exit 0) would be back
-        raise RuntimeError(f"{type(trainer).__name__} has no {SIGINT_HOOK}: see ncf.train.trainer._fit_interruptibly")
-    setattr(trainer, SIGINT_HOOK, controllers.append)  # Ray Train's hook (2.60), given the controller
+    if hasattr(trainer, SIGINT_HOOK):
+        setattr(trainer, SIGINT_HOOK, controllers.append)  # Ray Train's hook (2.60), given the controller
+    else:  # another Ray Train (v1, or a release that moved it; tests/test_train_job.py checks 2.60's)
+        print(f"[train] {type(trainer).__name__} has no {SIGINT_HOOK}: Ctrl-C is Ray Train's to handle", flush=True)
     # Python's own Ctrl-C while it trains: a handler left by another library (Ray Tune's, after a
     # sweep's Tuner.fit, for its --refit) would take the first Ctrl-C and let training go on.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
