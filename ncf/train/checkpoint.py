@@ -106,25 +106,26 @@ def check_same_vocabularies(run_folder: str, saved: Optional[str], current: str)
     """Raises InputError when a checkpoint of ``run_folder`` was trained on other vocabularies
     (:func:`ncf.model.integrity.vocab_digest`) than DATA holds now: preprocessed again since, its
     tables' rows would name other households and products."""
-    if saved is not None and saved != current:
-        raise InputError(
-            f"the checkpoint in {run_folder} was trained on other vocabularies than --data holds now "
-            "(preprocessed again since?); give this training a new --name or remove that run's folder"
-        )
+    _check_same_data(run_folder, saved, current, "vocabularies", "preprocessed again since?")
 
 
 def check_same_lists(run_folder: str, saved: Optional[str], current: str) -> None:
     """Raises InputError when a checkpoint of ``run_folder`` was trained on other training lists
-    (:func:`ncf.data.examples.lists_digest`) than DATA holds now (None: written before checkpoints
-    recorded them): DATA preprocessed again with other list settings keeps its vocabularies."""
-    if saved is not None and saved != current:
-        raise InputError(
-            f"the checkpoint in {run_folder} was trained on other training lists than --data holds now "
-            "(preprocessed again with other settings?); give this training a new --name or remove that run's folder"
-        )
+    (:func:`ncf.data.examples.lists_digest`) than DATA holds now: DATA preprocessed again with
+    other list settings keeps its vocabularies."""
+    _check_same_data(run_folder, saved, current, "training lists", "preprocessed again with other settings?")
 
 
 NEW_RUN = "give this training a new --name or remove that run's folder"
+
+
+def _check_same_data(run_folder: str, saved: Optional[str], current: str, what: str, why: str) -> None:
+    """Refuses a checkpoint whose digest of DATA's ``what`` is not ``current`` (None: written
+    before checkpoints recorded it)."""
+    if saved is not None and saved != current:
+        raise InputError(
+            f"the checkpoint in {run_folder} was trained on other {what} than --data holds now ({why}); {NEW_RUN}"
+        )
 
 
 def check_same_features(run_folder: str, saved: Optional[int], remedy: str = NEW_RUN) -> None:
