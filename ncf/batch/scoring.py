@@ -419,13 +419,12 @@ def continuable(plan: Dict, stage: str) -> bool:
     return dead.get("at_epoch_s") == plan["at_epoch_s"] or (plan["at"] == NOW == dead.get("at") and not plan["replay"])
 
 
-def _kept_parts(stage: str, blocks: List[pa.Table], k: int) -> Dict[str, Dict]:
-    """The parts a continued run's stage already holds, as :func:`_collect` reports them, by
-    name; a part that cannot be read, or has not ``k`` rows for each of its batch's users, is
-    not kept (its batch is scored again, and its part replaced)."""
+def _kept_parts(stage: str, blocks: Dict[str, pa.Table], k: int) -> Dict[str, Dict]:
+    """The parts of ``blocks`` (by part name) a continued run's stage already holds, as
+    :func:`_collect` reports them, by name; a part that cannot be read, or has not ``k`` rows for
+    each of its batch's users, is not kept (its batch is scored again, and its part replaced)."""
     kept = {}
-    for block in blocks:
-        name = part_name(block.column("position").to_numpy())
+    for name, block in blocks.items():
         path = os.path.join(stage, name)
         if not os.path.exists(path):
             continue
@@ -684,9 +683,10 @@ def _score_into(
     ``inputs``: MODEL's and DATA's fingerprints at the start (:func:`input_fingerprints`)."""
     batch_size = config.batch_size or auto_batch_size(users.num_rows)
     every_block = [users.slice(i, batch_size) for i in range(0, users.num_rows, batch_size)]
-    kept = _kept_parts(stage, every_block, config.k)
-    blocks = [b for b in every_block if part_name(b.column("position").to_numpy()) not in kept]
-    kept_users = users.num_rows - sum(b.num_rows for b in blocks)
+    named = {part_name(b.column("position").to_numpy()): b for b in every_block}
+    kept = _kept_parts(stage, named, config.k)
+    blocks = [b for name, b in named.items() if name not in kept]
+    kept_users = sum(part["users"] for part in kept.values())
     if kept:
         log(
             f"continuing a dead run of this date (its moment {pd.Timestamp(at, unit='s', tz='UTC').isoformat()}, "
