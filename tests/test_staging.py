@@ -261,6 +261,30 @@ def test_a_run_continues_the_newest_dead_stage_its_caller_accepts_and_removes_th
     assert not os.path.exists(root)
 
 
+def test_a_stage_discarded_is_renamed_before_it_is_removed_so_a_kill_midway_leaves_nothing_to_continue(
+    tmp_path, monkeypatch
+):
+    output = str(tmp_path / "out")
+    root = os.path.join(output, commit.TMP, PARTITION)
+
+    def killed_while_removing(path, ignore_errors=False):
+        raise KeyboardInterrupt  # what a SIGKILL while a large stage is deleted leaves: all of it
+
+    with pytest.raises(KeyboardInterrupt):
+        with commit.PartitionRun(output, PARTITION, "failed", continues=lambda stage: True) as run:
+            _write(os.path.join(run.stage, "part-0.parquet"), "failed its checks")
+            run.leave_stage = False
+            monkeypatch.setattr(commit.shutil, "rmtree", killed_while_removing)
+            raise RuntimeError("verification failed")
+    monkeypatch.undo()
+    assert not os.path.exists(os.path.join(root, "failed"))
+    assert [n for n in os.listdir(os.path.join(output, commit.TMP)) if n.startswith(commit.REMOVING)]
+    with commit.PartitionRun(output, PARTITION, "next", continues=lambda stage: True) as run:
+        assert run.continued is None  # the renamed stage is not a stage
+        assert not [n for n in os.listdir(os.path.join(output, commit.TMP)) if n.startswith(commit.REMOVING)]
+        run.commit({"run_id": "next"})
+
+
 def test_two_runs_of_one_date_at_once_the_second_is_refused(tmp_path):
     output = str(tmp_path / "out")
     holder = _run(output, "holder", mode="hold", stdin=subprocess.PIPE)

@@ -347,13 +347,29 @@ class PartitionRun:
         except Exception as e:  # noqa: BLE001  (the error that stopped the run is the one raised)
             self.log(f"the commit failed midway ({e}); the next run of {self.partition} finishes it")
 
+    def _discard_stage(self) -> None:
+        """Removes the stage, renamed out of the protocol's names first: a run killed while a large
+        stage is deleted must not leave part of it where the next run could continue it (its plan
+        and some of the parts that failed their checks)."""
+        doomed = os.path.join(
+            os.path.dirname(stage_root(self.output, self.partition)),
+            f"{REMOVING}{self.partition}-{self.run_id}-{os.getpid()}",
+        )
+        try:
+            os.rename(self.stage, doomed)
+        except FileNotFoundError:
+            return
+        except OSError:
+            doomed = self.stage
+        shutil.rmtree(doomed, ignore_errors=True)
+
     def __exit__(self, *exc) -> None:
         try:
             if not self.committed:
                 if os.path.exists(journal_path(self.output, self.partition)):
                     self._finish_or_leave()
                 elif not self.leave_stage:
-                    shutil.rmtree(self.stage, ignore_errors=True)
+                    self._discard_stage()
             # The partition's stage root, empty once the stage is renamed or removed: left, the
             # next run would report it as what a dead run left. Under the lock, no other run's
             # stage can be in it.
