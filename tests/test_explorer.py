@@ -384,3 +384,46 @@ def test_the_page_keeps_ids_beyond_2_53_and_asks_again_where_the_api_says(tmp_pa
         page.wait_for_selector("#status.error", timeout=10_000)
         assert "at=2017-11-27" in page.text_content("#status")
         assert [path for path, _ in asked if path in ("/recommend", "/history")] == []
+
+
+@pytest.mark.faults
+def test_a_replaced_question_stops_asking_and_labels_that_fail_are_said(tmp_path):
+    """A question waiting out a 503 when another is asked neither asks again nor writes its busy
+    line under the new answer; product labels are asked in calls under the API's body limit, and
+    a label call that fails is said in the status rather than leaving the products bare."""
+    import json
+
+    at = "2017-11-27T04:01:00+00:00"
+    long_ids = [f"{'x' * 120}-{i}" for i in range(600)]  # 600 ids of 124 characters: over 64 KiB at once
+    items = ", ".join(f'{{"product_id": "{i}", "score": 0.5, "because": []}}' for i in long_ids)
+    answer = f'{{"user_id": "b", "at": "{at}", "cold_start": false, "model_version": "v1", "items": [{items}]}}'
+    answers = {
+        "/ui/config": [
+            (200, {}, json.dumps({"default_at": at, "model_version": "v1", "max_k": 1000, "max_baskets": 20}))
+        ],
+        "/households": [(200, {}, '{"user_ids": [], "model_version": "v1"}')],
+        # The first question's call: busy for 2 s; every later one answers.
+        "/recommend": [(503, {"Retry-After": "2"}, '{"error": "busy"}'), (200, {}, answer)],
+        "/history": [(200, {}, f'{{"user_id": "b", "known": true, "purchases": 0, "at": "{at}", "baskets": []}}')],
+        "/products": [(200, {}, '{"products": []}'), (500, {}, '{"error": "the catalog is being replaced"}')],
+    }
+    asked = []
+    origin = f"http://127.0.0.1:{free_port()}"
+    with _browser_page(tmp_path, console_errors=False) as (page, errors):
+        page.route("**/*", _fake_server(origin, answers, asked))
+        page.goto(f"{origin}/ui")
+        page.wait_for_selector('body[data-ready="true"]', timeout=30_000)
+        page.fill("#household", "a")
+        page.click("#show")
+        page.wait_for_function("() => document.querySelector('#status').textContent.includes('busy')", timeout=10_000)
+        _ask(page, "b", 600)
+        page.wait_for_timeout(3_000)  # past the first question's Retry-After
+        status = page.text_content("#status")
+        assert status.startswith("Household b · model v1") and "busy" not in status
+        assert "product labels unavailable: the catalog is being replaced" in status
+        recommend = [json.loads(body)["user_id"] for path, body in asked if path == "/recommend"]
+        assert recommend == ["a", "b"]  # the replaced question did not ask again
+        label_calls = [json.loads(body)["product_ids"] for path, body in asked if path == "/products"]
+        assert len(label_calls) >= 2 and sorted(sum(label_calls, [])) == sorted(long_ids)
+        assert all(len(json.dumps({"product_ids": ids})) < 64 * 1024 for ids in label_calls)
+        assert len(_rendered(page)) == 600 and errors == []

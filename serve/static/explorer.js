@@ -27,7 +27,9 @@
     return value;
   }
 
-  async function call(path, body, retries = 0) {
+  // A question's calls stop asking again once another question replaced it (`current` false):
+  // its busy line would stand under the new answer, and its calls load a busy server.
+  async function call(path, body, retries = 0, current = () => true) {
     // Relative paths: the routes sit beside /ui under the app's route prefix.
     const init = body === undefined ? {} : {
       method: "POST",
@@ -35,11 +37,12 @@
       body: JSON.stringify(body),
     };
     let response = await fetch(path, init);
-    for (let retry = 0; retry < retries && response.status === 503; retry++) {
+    for (let retry = 0; retry < retries && response.status === 503 && current(); retry++) {
       const wait = Number(response.headers.get("Retry-After"));
       if (!(wait > 0 && wait <= 60)) break;
       setStatus(`The server is busy (HTTP 503); asking again in ${wait} s…`, false);
       await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+      if (!current()) break;
       response = await fetch(path, init);
     }
     let data = null;
@@ -180,23 +183,53 @@
     return `${habit}; ${Number(reason.score_if_category_never_bought).toFixed(3)} had nothing in its category been bought`;
   }
 
-  // Product labels for every id shown, in one request (empty when it fails: ids still show). Ids
-  // the state no longer knows (a rollout between the ranking and this call) are asked without.
-  async function labelsFor(ids) {
-    let unique = [...new Set(ids.map(String))].slice(0, 1000);
+  // The API's limits on a /products call: ids per call (MAX_PRODUCT_IDS) and, below the edge's
+  // 64 KiB body limit, the bytes of their JSON (long text ids fill it before 1,000 do).
+  const MAX_LABEL_IDS = 1000;
+  const MAX_LABEL_BODY_BYTES = 48 * 1024;
+
+  function labelChunks(ids) {
+    const chunks = [];
+    let chunk = [];
+    let bytes = 0;
+    for (const id of ids) {
+      const size = new TextEncoder().encode(JSON.stringify(id)).length + 1;
+      if (chunk.length && (chunk.length >= MAX_LABEL_IDS || bytes + size > MAX_LABEL_BODY_BYTES)) {
+        chunks.push(chunk);
+        chunk = [];
+        bytes = 0;
+      }
+      chunk.push(id);
+      bytes += size;
+    }
+    if (chunk.length) chunks.push(chunk);
+    return chunks;
+  }
+
+  // Product labels for every id shown, in calls that fit the API's limits: {labels, failed}, where
+  // failed is the error's text when a call failed (its ids then show without labels, and the
+  // status says so). Ids the state no longer knows (a rollout between the ranking and this call)
+  // are asked without.
+  async function labelsFor(ids, current) {
     const labels = new Map();
-    for (let attempt = 0; attempt < 2 && unique.length; attempt++) {
-      try {
-        const found = await call("products", { product_ids: unique });
-        for (const product of found.products) labels.set(String(product.product_id), product);
-        break;
-      } catch (e) {
-        const unknown = new Set(((e.body && e.body.unknown_product_ids) || []).map(String));
-        if (!unknown.size) break; // another error: the list renders without labels
-        unique = unique.filter((id) => !unknown.has(id));
+    let failed = null;
+    for (let unique of labelChunks([...new Set(ids.map(String))])) {
+      for (let attempt = 0; attempt < 2 && unique.length; attempt++) {
+        try {
+          const found = await call("products", { product_ids: unique }, BUSY_RETRIES, current);
+          for (const product of found.products) labels.set(String(product.product_id), product);
+          break;
+        } catch (e) {
+          const unknown = new Set(((e.body && e.body.unknown_product_ids) || []).map(String));
+          if (!unknown.size) {
+            failed = e.message;
+            break;
+          }
+          unique = unique.filter((id) => !unknown.has(id));
+        }
       }
     }
-    return labels;
+    return { labels, failed };
   }
 
   // -- the question ----------------------------------------------------------------------------
@@ -206,6 +239,7 @@
     const household = $("household").value.trim();
     if (!household) return;
     const seq = ++questionSeq;
+    const current = () => seq === questionSeq;
     const k = Number($("k").value);
     const baskets = Number($("baskets").value);
     // The field as asked: it may change while the answer comes, and the address names this one.
@@ -216,30 +250,31 @@
     $("results").dataset.state = "loading";
     setStatus(`Loading household ${household}…`, false);
     try {
-      const answer = await call("recommend", { user_id: household, k, explain: true, ...moment }, BUSY_RETRIES);
+      const answer = await call("recommend", { user_id: household, k, explain: true, ...moment }, BUSY_RETRIES, current);
       const ids = [
         ...answer.items.map((i) => i.product_id),
         ...answer.items.flatMap((i) => (i.because || []).map((b) => b.product_id)),
       ];
       // The baskets before the moment the ranking used: without an `at` each call would take its
       // own "now".
-      const [history, labels] = await Promise.all([
-        call("history", { user_id: household, baskets, at: answer.at }, BUSY_RETRIES),
-        labelsFor(ids),
+      const [history, { labels, failed }] = await Promise.all([
+        call("history", { user_id: household, baskets, at: answer.at }, BUSY_RETRIES, current),
+        labelsFor(ids, current),
       ]);
-      if (seq !== questionSeq) return;
+      if (!current()) return;
       renderHistory(history);
       renderRecommendations(answer, labels);
       $("results").hidden = false;
       $("results").dataset.userId = household;
       $("results").dataset.at = answer.at;
       $("results").dataset.state = "ready";
-      setStatus(`Household ${household} · model ${answer.model_version}`, false);
+      const unlabelled = failed === null ? "" : ` (product labels unavailable: ${failed})`;
+      setStatus(`Household ${household} · model ${answer.model_version}${unlabelled}`, false);
       const params = new URLSearchParams({ household, k: String(k), baskets: String(baskets) });
       if (at !== null) params.set("at", atField);
       rememberQuestion(params);
     } catch (e) {
-      if (seq !== questionSeq) return;
+      if (!current()) return;
       // Another household's (or moment's) results must not stay under this question's error.
       $("results").hidden = true;
       $("results").dataset.state = "error";
