@@ -30,6 +30,7 @@ from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
 from ncf.evaluate.protocol import PAIRED
+from ncf.registry import sqlite_uri
 from serve.launch import LOCAL, check_port_free
 
 STAGES = 6
@@ -157,7 +158,7 @@ def main(argv=None) -> list:
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     shared = support_paths(args.workdir)
     if shared:
-        os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{os.path.abspath(args.workdir)}/mlflow.db")
+        os.environ.setdefault("MLFLOW_TRACKING_URI", sqlite_uri(os.path.join(args.workdir, "mlflow.db")))
     with one_line_errors():
         # Now, not after ten minutes of preprocessing and training.
         check_port_free("127.0.0.1", args.port, "stop it or give the demo another --port")

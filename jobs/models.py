@@ -18,16 +18,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import time
 
 from jobs.cli import HelpFormatter, check_data, check_model, job_parser, one_line_errors
 from ncf.errors import InputError
-from ncf.registry import MODEL_NAME, Registry, is_registry_ref, track_model
+from ncf.registry import MODEL_NAME, Registry, is_registry_ref, store_errors, track_model
 
 # A promote or rollback moves the alias only: what already runs keeps its model until redeployed.
-SERVE_UNCHANGED = (
-    "Serve keeps its model until python -m jobs.deploy --model current --detach [--data DATA] rolls this one out"
-)
+
+
+def serve_unchanged(args: argparse.Namespace, registry: Registry) -> str:
+    """What rolls the new current version out: the deploy command names the same store and
+    model as this command did (``current`` alone is advanced-ncf in the default store)."""
+    ref, env = "current", ""
+    if registry.name != MODEL_NAME:
+        ref = f"models:/{registry.name}@current"
+    if args.tracking_uri:
+        env = f"MLFLOW_TRACKING_URI={shlex.quote(registry.uri)} "
+    deploy = f"{env}python -m jobs.deploy --model {ref} --detach [--data DATA]"
+    return f"Serve keeps its model until {deploy} rolls this one out"
+
 
 COLUMNS = [
     ("", "current"),
@@ -139,41 +150,47 @@ def main(argv=None):
     with one_line_errors():
         command = args.command or "list"
         registry = Registry(args.tracking_uri, args.name, create=command == "register")
-        if command == "list":
-            rows = registry.versions()
-            if args.command and args.json:
-                for row in rows:
-                    print(json.dumps(row))
-                return rows
-            if not rows:
-                print(f"no versions of {registry.name} in {registry.uri}: python -m jobs.train registers each model")
-                return rows
-            print(format_table(rows))
-            current, history = registry.current(), registry.history()
-            before = [v for v in history if v != current][-5:]
-            shown = f" (before it: {', '.join(reversed(before))})" if current and before else ""
-            print(f"\ncurrent: {current or 'none'}{shown}; store: {registry.uri}")
+        with store_errors(registry.uri):
+            return _run(command, args, registry)
+
+
+def _run(command: str, args: argparse.Namespace, registry: Registry):
+    if command == "list":
+        rows = registry.versions()
+        if args.command and args.json:
+            for row in rows:
+                print(json.dumps(row))
             return rows
-        if command == "promote":
-            previous, version = registry.promote(args.version)
-            print(f"current: {version} (was {previous or 'none'}): {registry.path_of(version)}; {SERVE_UNCHANGED}")
-            return version
-        if command == "rollback":
-            rolled_back, version = registry.rollback()
-            path = registry.path_of(version)
-            print(f"current: {version} (rolled back from {rolled_back}): {path}; {SERVE_UNCHANGED}")
-            return version
-        if command == "register":
-            if is_registry_ref(args.model):
-                raise InputError(f"register {args.model}: registers a model directory, not a registry reference")
-            check_model(args.model)
-            if args.data is not None:
-                check_data(args.data)
-            return track_model(args.model, args.data, strict=True, registry=registry, candidate=not args.not_deployable)
-        if command == "resolve":
-            path = registry.resolve(args.ref)
-            print(path)
-            return path
+        if not rows:
+            print(f"no versions of {registry.name} in {registry.uri}: python -m jobs.train registers each model")
+            return rows
+        print(format_table(rows))
+        current, history = registry.current(), registry.history()
+        before = [v for v in history if v != current][-5:]
+        shown = f" (before it: {', '.join(reversed(before))})" if current and before else ""
+        print(f"\ncurrent: {current or 'none'}{shown}; store: {registry.uri}")
+        return rows
+    if command == "promote":
+        previous, version = registry.promote(args.version)
+        path = registry.path_of(version)
+        print(f"current: {version} (was {previous or 'none'}): {path}; {serve_unchanged(args, registry)}")
+        return version
+    if command == "rollback":
+        rolled_back, version = registry.rollback()
+        path = registry.path_of(version)
+        print(f"current: {version} (rolled back from {rolled_back}): {path}; {serve_unchanged(args, registry)}")
+        return version
+    if command == "register":
+        if is_registry_ref(args.model):
+            raise InputError(f"register {args.model}: registers a model directory, not a registry reference")
+        check_model(args.model)
+        if args.data is not None:
+            check_data(args.data)
+        return track_model(args.model, args.data, strict=True, registry=registry, candidate=not args.not_deployable)
+    if command == "resolve":
+        path = registry.resolve(args.ref)
+        print(path)
+        return path
 
 
 if __name__ == "__main__":

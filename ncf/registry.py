@@ -34,10 +34,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
 import os
+import pathlib
 import re
 import socket
 import subprocess
@@ -97,15 +99,33 @@ def tracking_uri(create: bool = True) -> str:
             "MLFLOW_TRACKING_URI to their store, or train one (python -m jobs.train registers each model)"
         )
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    return f"sqlite:///{path}"
+    return sqlite_uri(path)
+
+
+def sqlite_uri(path: str) -> str:
+    """The SQLite store URI of a file path, percent-encoded as SQLAlchemy decodes it (a working
+    directory with a space, ``?``, ``%`` or ``#`` names this file, not another)."""
+    from mlflow.utils.file_utils import path_to_local_sqlite_uri
+
+    return path_to_local_sqlite_uri(os.path.abspath(path))
+
+
+def sqlite_path(uri: str) -> Optional[str]:
+    """The database file a ``sqlite:`` URI opens, as SQLAlchemy reads it (the query string, such
+    as ``?timeout=60``, apart and the path decoded); None for another store or an in-memory one."""
+    if not uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    return None if database in (None, "", ":memory:") else database
 
 
 def local_artifact_root(uri: str) -> Optional[str]:
     """Where a local SQLite store's runs keep their artifacts: beside the database. A tracking
     server decides for itself (None)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return os.path.join(os.path.dirname(os.path.abspath(uri[len("sqlite:///") :])), ARTIFACTS)
+    store = sqlite_path(uri)
+    return None if store is None else os.path.join(os.path.dirname(os.path.abspath(store)), ARTIFACTS)
 
 
 def _quiet_mlflow() -> None:
@@ -237,7 +257,7 @@ class Registry:
             raise InputError(f"--name {name!r}: a registered model's name is not blank and has no quotes")
         self.uri = uri or tracking_uri(create)
         self.name = name
-        store = self.uri[len("sqlite:///") :] if self.uri.startswith("sqlite:///") else None
+        store = sqlite_path(self.uri)
         if not create and store and not os.path.exists(store):
             # MLflow would create an empty store there, and the command report nothing registered.
             raise InputError(
@@ -270,9 +290,18 @@ class Registry:
             return found.experiment_id
         root = local_artifact_root(self.uri)
         try:
-            return self.client.create_experiment(name, artifact_location=root and os.path.join(root, name))
-        except MlflowException:  # created meanwhile by another job
-            return self.client.get_experiment_by_name(name).experiment_id
+            # A file URI: a plain path's ``%`` or ``#`` would be read as URI syntax.
+            location = root and pathlib.Path(root, name).as_uri()
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException as e:
+            # Created meanwhile by another job; any other refusal (a read-only store, a token
+            # without write access) is the store's, said in one line.
+            if not _already_exists(e):
+                raise self._failed(e) from None
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise self._failed(e) from None
+            return found.experiment_id
 
     def log_run(
         self,
@@ -343,8 +372,9 @@ class Registry:
         all_tags.update({k: str(v) for k, v in (tags or {}).items()})
         try:
             self.client.create_registered_model(self.name, description="AdvancedNCF model directories")
-        except MlflowException:  # it exists
-            pass
+        except MlflowException as e:
+            if not _already_exists(e):
+                raise self._failed(e) from None
         source = all_tags[MODEL_DIR_TAG]
         if run_id:
             # A tracking server accepts a local path as source only inside the run's artifacts:
@@ -529,17 +559,34 @@ class Registry:
                 f"no version of {self.name} is current in {self.uri}: nothing to roll back "
                 f"({MODELS_CLI} promote VERSION makes one current)"
             )
-        if len(history) < 2:
+        # Versions deleted since they were current (the UI, the API) are passed over: the
+        # history names them still, and would block every rollback.
+        kept = [v for v in history[:-1] if self._exists(v)] + history[-1:]
+        if len(kept) < 2:
             raise InputError(f"version {history[-1]} is the first that was current: no previous one to roll back to")
-        self._deployable(history[-2])
-        self._set_current(history[-2], history[:-1])
-        return history[-1], history[-2]
+        try:
+            self._deployable(kept[-2])
+        except InputError as e:
+            raise InputError(
+                f"{e}; rollback goes to version {kept[-2]} only: {MODELS_CLI} promote VERSION makes another current"
+            ) from None
+        self._set_current(kept[-2], kept[:-1])
+        return kept[-1], kept[-2]
+
+    def _exists(self, version: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_model_version(self.name, str(version))
+        except MlflowException as e:
+            if not _not_found(e):
+                raise self._failed(e) from None
+            return False
+        return True
 
     def _failed(self, error) -> StoreUnavailable:
         """An MLflow error other than "not found", in one line: the store failed, not the question."""
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        code = getattr(error, "error_code", None) or type(error).__name__
-        return StoreUnavailable(f"tracking store {self.uri}: {code} ({first[:200]})")
+        return store_failed(self.uri, error)
 
     def _deployable(self, version: str) -> None:
         """Verifies ``version``'s directory whole before it becomes current: every job that takes
@@ -579,6 +626,30 @@ class Registry:
 def _ending_with(history: List[str], version: str) -> List[str]:
     """``history`` with ``version`` as its last entry (not twice: the alias deleted and set again)."""
     return history if history[-1:] == [version] else history + [version]
+
+
+def store_failed(uri: str, error) -> StoreUnavailable:
+    """An MLflow error of the store at ``uri`` (a read-only or locked database, a refused token),
+    in one line."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    code = getattr(error, "error_code", None) or type(error).__name__
+    return StoreUnavailable(f"tracking store {uri}: {code} ({first[:200]})")
+
+
+@contextlib.contextmanager
+def store_errors(uri: str):
+    """MLflow's errors inside the block as :func:`store_failed`'s one line (a command's calls
+    that the registry does not wrap one by one)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as e:
+        raise store_failed(uri, e) from None
+
+
+def _already_exists(error) -> bool:
+    return getattr(error, "error_code", None) == "RESOURCE_ALREADY_EXISTS"
 
 
 def _not_found(error) -> bool:

@@ -262,6 +262,67 @@ def test_a_deleted_experiment_or_a_store_that_does_not_exist_is_one_line(store, 
 
 
 @pytest.mark.faults
+def test_a_store_that_refuses_a_write_is_one_line(store, tmp_path, monkeypatch, capsys):
+    """A store that can be read but not written (a read-only database, a token without write
+    access): creating an experiment was read as "created meanwhile", and the lookup after it
+    failed with an AttributeError; promote's alias call was a traceback."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+    def refused(*args, **kwargs):
+        raise MlflowException("the store refuses writes", error_code=PERMISSION_DENIED)
+
+    assert reg.track_model(fake_model_dir(tmp_path, "v1"), strict=True) == "1"
+    assert reg.track_model(fake_model_dir(tmp_path, "v2"), strict=True) == "2"
+    monkeypatch.setattr(MlflowClient, "create_experiment", refused)
+    with pytest.raises(reg.StoreUnavailable, match="PERMISSION_DENIED .the store refuses writes"):
+        store.experiment_id("ncf-new")
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", refused)
+    with pytest.raises(SystemExit) as exit_info:
+        models.main(["promote", "2"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "tracking store sqlite:///" in error[0] and "PERMISSION_DENIED" in error[0]
+    assert store.current() == "1"
+
+
+@pytest.mark.faults
+def test_sqlite_uris_are_read_as_sqlalchemy_reads_them(tmp_path, monkeypatch):
+    """The store's file was the URI with its prefix cut off: a query string (``?timeout=60``) was
+    part of the path, so every reader refused an existing store, and a working directory with a
+    space or ``%41`` in its name put the database and its runs' artifacts in different places."""
+    odd = tmp_path / "a b%41c"
+    odd.mkdir()
+    monkeypatch.chdir(odd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    default = reg.Registry()
+    assert reg.sqlite_path(default.uri) == str(odd / "artifacts" / "mlflow.db")
+    assert (odd / "artifacts" / "mlflow.db").is_file()
+    assert reg.local_artifact_root(default.uri) == str(odd / "artifacts" / reg.ARTIFACTS)
+    experiment = default.client.get_experiment(default.experiment_id("ncf-train"))
+    assert experiment.artifact_location == (odd / "artifacts" / reg.ARTIFACTS / "ncf-train").as_uri()
+    with_timeout = reg.Registry(f"{default.uri}?timeout=60", create=False)
+    assert with_timeout.client.get_experiment_by_name("ncf-train").experiment_id == experiment.experiment_id
+    assert reg.sqlite_path("sqlite://") is None and reg.local_artifact_root("http://127.0.0.1:5000") is None
+
+
+@pytest.mark.faults
+def test_rollback_passes_over_a_version_deleted_since_it_was_current(store, tmp_path, capsys):
+    """The history still named a deleted version, and every rollback failed on it."""
+    for version in ("v1", "v2", "v3"):
+        reg.track_model(fake_model_dir(tmp_path, version), strict=True)
+    store.promote("2")
+    store.promote("3")
+    store.client.delete_model_version(store.name, "2")
+    assert store.rollback() == ("3", "1")
+    assert store.current() == "1" and store.history() == ["1"]
+    models.main(["--tracking-uri", store.uri, "promote", "3"])
+    out = capsys.readouterr().out
+    assert f"until MLFLOW_TRACKING_URI={store.uri} python -m jobs.deploy --model current" in out
+
+
+@pytest.mark.faults
 def test_a_blue_green_link_registers_each_target_so_rollback_reaches_the_old_model(store, tmp_path):
     link = str(tmp_path / "serving")
     blue = fake_model_dir(tmp_path, "blue")
