@@ -53,7 +53,7 @@ from ncf.data import layout
 from ncf.errors import InputError, TryLater
 from ncf.jsonio import read_json
 from ncf.model.directory import WEIGHTS, read_config, read_metrics
-from ncf.model.integrity import MANIFEST, sha256_of, verify_model_dir
+from ncf.model.integrity import MANIFEST, sha256_of, verify_model_dir, vocab_digest
 from ncf.staging import present
 
 MODEL_NAME = "advanced-ncf"
@@ -181,6 +181,13 @@ def code_version() -> Dict[str, str]:
 def lineage(model_dir: str, data: Optional[str] = None) -> Dict[str, str]:
     """What a model directory came from, as registry tags (strings)."""
     config = read_config(model_dir)
+    trained_vocab = config["data"].get("vocab_sha256")
+    if data is not None and trained_vocab and os.path.isdir(layout.vocab_dir(data)):
+        if vocab_digest(data) != trained_vocab:
+            raise InputError(
+                f"--data {data}: not the DATA {model_dir} was trained on (its vocabularies differ: the weights' "
+                "rows would mean other households and products); give that DATA, or a refresh of it"
+            )
     data = os.path.abspath(data or config["data"]["path"])
     stats = layout.stats_path(data)
     return {
@@ -191,6 +198,7 @@ def lineage(model_dir: str, data: Optional[str] = None) -> Dict[str, str]:
         "format_version": str(config["format_version"]),
         "trained_through": str(config["trained_through"]),
         "data_dir": data,
+        "data_vocab_sha256": str(trained_vocab or "unknown"),  # the weights' DATA, whatever data_dir holds now
         "data_stats_sha256": sha256_of(stats) if os.path.exists(stats) else "unknown (no stats.json)",
         "weights_sha256": sha256_of(os.path.join(model_dir, WEIGHTS)),
         **code_version(),

@@ -323,6 +323,21 @@ def test_rollback_passes_over_a_version_deleted_since_it_was_current(store, tmp_
 
 
 @pytest.mark.faults
+def test_registering_with_a_data_the_model_was_not_trained_on_is_refused(store, tmp_path, capsys):
+    """``register --data`` recorded any DATA as the version's lineage; the weights' own is kept too."""
+    model = fake_model_dir(tmp_path, "v1")
+    other = tiny_data(str(tmp_path / "other"), users=7)
+    with pytest.raises(SystemExit) as exit_info:
+        models.main(["register", model, "--data", other])
+    assert exit_info.value.code == 2
+    assert "not the DATA" in capsys.readouterr().err and store.versions() == []
+    trained_on = os.path.join(tmp_path, "tiny", "data")
+    models.main(["register", model, "--data", trained_on])
+    (row,) = store.versions()
+    assert row["data_vocab_sha256"] == read_json(os.path.join(model, "config.json"))["data"]["vocab_sha256"]
+
+
+@pytest.mark.faults
 def test_a_blue_green_link_registers_each_target_so_rollback_reaches_the_old_model(store, tmp_path):
     link = str(tmp_path / "serving")
     blue = fake_model_dir(tmp_path, "blue")
