@@ -354,6 +354,31 @@ def test_a_blue_green_link_registers_each_target_so_rollback_reaches_the_old_mod
 
 
 @pytest.mark.faults
+def test_a_training_whose_output_another_saved_to_meanwhile_acts_on_its_own_directory_or_stops(tmp_path):
+    """The training job evaluated, annotated and registered whatever its --output held minutes
+    after its save: a second training's model under the first's test figures and parameters.
+    ``written_dir`` gives the run its own directory behind a blue/green link, and refuses a
+    plain directory another save replaced."""
+    from ncf.model.directory import written_dir
+
+    data = tiny_data(str(tmp_path / "tiny"))
+    plain = str(tmp_path / "plain")
+    save_untrained_model_dir(plain, data, version="first", **SMALL)
+    assert written_dir(plain, "first") == os.path.realpath(plain)
+    save_untrained_model_dir(plain, data, version="second", **SMALL)
+    with pytest.raises(InputError, match="another training saved model second there after this run saved first"):
+        written_dir(plain, "first")
+    link = str(tmp_path / "serving")
+    os.symlink(save_untrained_model_dir(str(tmp_path / "blue"), data, version="blue", **SMALL), link)
+    save_untrained_model_dir(link, data, version="green", **SMALL)  # writes serving-green, repoints the link
+    green = written_dir(link, "green")
+    save_untrained_model_dir(link, data, version="third", **SMALL)  # another training, meanwhile
+    assert green == str(tmp_path / "serving-green") and written_dir(green, "green") == green
+    with pytest.raises(InputError):
+        written_dir(link, "green")
+
+
+@pytest.mark.faults
 def test_a_damaged_version_is_not_made_current(store, tmp_path, capsys):
     """Old code checked only that the directory existed and held the version: a changed tensor
     became current, and every job that takes ``current`` refused it from then on."""

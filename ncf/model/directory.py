@@ -268,6 +268,22 @@ class ModelDir:
         return read_metrics(self.path)
 
 
+def written_dir(output: str, version: str) -> str:
+    """The directory a save of ``version`` to ``output`` wrote: a blue/green link's target (the
+    next training repoints the link, the target stays), checked to hold ``version`` still. Another
+    training saving to the same plain directory replaces it: what this run would evaluate,
+    annotate or register is then that one's model, so the run is refused in one line."""
+    real = os.path.realpath(output)
+    held = str(read_config(real).get("version"))
+    if held != str(version):
+        raise InputError(
+            f"{output}: another training saved model {held} there after this run saved {version}, which is "
+            "gone; train into a symlink (blue/green: each training keeps its own directory) or give each "
+            "training its own --output"
+        )
+    return real
+
+
 def update_metrics(model_dir: str, extra: Dict) -> Dict:
     """Adds ``extra`` to ``metrics.json`` (e.g. held-out figures measured after saving)."""
     metrics = {**read_metrics(model_dir), **extra}

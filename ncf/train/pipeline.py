@@ -23,7 +23,7 @@ from ncf.data import layout
 from ncf.errors import InputError
 from ncf.evaluate.evaluation import evaluate_all
 from ncf.model.config import ModelConfig
-from ncf.model.directory import update_metrics
+from ncf.model.directory import update_metrics, written_dir
 from ncf.registry import track_model
 from ncf.splits import REFIT, TEST, VALIDATED
 from ncf.train.checkpoint import VAL_METRIC, best_checkpoint, export_model_dir, run_history
@@ -110,9 +110,11 @@ def train_evaluate_register(plan: TrainingPlan, progress: Callable[[str], float]
     (the validated one without ``refit``). Ray must be up."""
     config, data = plan.config, plan.config.data
     validated = fit(config, name=plan.name, **plan.fit_options)
-    validated_dir = plan.validated_dir
-    started = progress(f"exporting the best epoch's model to {validated_dir} (weights, state, MF index)")
-    export_run(validated, validated_dir, data, f"{plan.stamp}-{VALIDATED}", {}, plan.overwrite)
+    validated_version = f"{plan.stamp}-{VALIDATED}"
+    started = progress(f"exporting the best epoch's model to {plan.validated_dir} (weights, state, MF index)")
+    export_run(validated, plan.validated_dir, data, validated_version, {}, plan.overwrite)
+    # From here on, this run's own directory: another training may save to the same output.
+    validated_dir = written_dir(plan.validated_dir, validated_version)
     households = f"at most {plan.test_users:,} households" if plan.test_users else "every household"
     started = progress(
         f"exported in {time.time() - started:.0f} s; ranking the test weeks ({households}; the products' "
@@ -121,19 +123,21 @@ def train_evaluate_register(plan: TrainingPlan, progress: Callable[[str], float]
     test = evaluate_all(validated_dir, data, TEST, max_users=plan.test_users or None, baselines=())[0]
     progress(f"ranked {test['users']:,} households of the test weeks in {time.time() - started:.0f} s")
     epochs = best_epoch(validated)
-    update_metrics(validated_dir, {"test": test, "best_epoch": epochs})
-    validated_version = track_model(validated_dir, data, plan.name, plan.params, candidate=not plan.refit)
+    update_metrics(written_dir(validated_dir, validated_version), {"test": test, "best_epoch": epochs})
+    registered = track_model(validated_dir, data, plan.name, plan.params, candidate=not plan.refit)
     best = validated.metrics.get("best_" + VAL_METRIC, 0.0)
     progress(
         f"validated model: best epoch {epochs}, {VAL_METRIC} {best:.4f}, "
         f"test recall@10 {test['recall@10']:.4f} ndcg@10 {test['ndcg@10']:.4f} -> {validated_dir}"
     )
     if not plan.refit:
-        return validated_dir
+        return plan.validated_dir
     refit = fit(refit_config(config, epochs), name=f"{plan.name}-{REFIT}", **plan.fit_options)
-    summary = {"validated_model": os.path.abspath(validated_dir), "test": test, "best_epoch": epochs}
+    summary = {"validated_model": os.path.abspath(plan.validated_dir), "test": test, "best_epoch": epochs}
     progress(f"exporting the deployment model to {plan.output}")
-    path = export_run(refit, plan.output, data, f"{plan.stamp}-{REFIT}", {"validated": summary}, plan.overwrite)
-    track_model(path, data, f"{plan.name}-{REFIT}", plan.params, tags={"validated_version": validated_version})
+    refit_version = f"{plan.stamp}-{REFIT}"
+    path = export_run(refit, plan.output, data, refit_version, {"validated": summary}, plan.overwrite)
+    tags = {"validated_version": registered}
+    track_model(written_dir(path, refit_version), data, f"{plan.name}-{REFIT}", plan.params, tags=tags)
     progress(f"deployment model (refit on labels through the data's end, {epochs} epochs) -> {path}")
     return path
