@@ -328,6 +328,13 @@ def test_the_code_digest_covers_the_modules_a_baseline_takes_names_from_and_its_
 
     names = [m.__name__ for m in baselines_module._project_modules(inspect.getmodule(BoostedRanker))]
     assert {"ncf.rank.candidates", "ncf.data.features", "ncf.evaluate.baselines.boosted"} <= set(names)
+    # The tuning rules (its objective, its tie rule) and the time filters the protocol reaches
+    # through its own imports were left out: a changed OBJECTIVE kept the old choices.
+    from ncf.evaluate import metrics, protocol, tuning
+    from ncf.evaluate.baselines import base
+
+    reached = baselines_module._modules_reached([inspect.getmodule(BoostedRanker), base, protocol, metrics, tuning])
+    assert {"ncf.evaluate.tuning", "ncf.data.catalog", "ncf.data.timeline", "ncf.data.user_state"} <= set(reached)
     before = baselines_module.code_digest(BoostedRanker)
     baselines_module.code_digest.cache_clear()
     monkeypatch.setattr(baselines_module, "_version", lambda name: "9.9" if name == "lightgbm" else "1")

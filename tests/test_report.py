@@ -298,3 +298,14 @@ def test_a_report_of_a_model_without_attention_says_so_instead_of_empty_reasons(
     page = open(path, encoding="utf-8").read()
     assert "Nothing: this model was trained without its attention" in page and "entropy nan" not in page
     assert "because:" not in page.split("<h2>Households</h2>")[1]
+
+
+def test_the_reports_words_for_the_households_purchases_name_the_validation_weeks_as_not_held_out():
+    """The page's header said "not held out" for --split val, its score chart and households
+    still "bought in the held-out period"."""
+    from ncf.evaluate.protocol import Period
+    from ncf.evaluate.report import _period_noun
+
+    val, test = Period(VAL, 0, {}, {}, {}), Period(TEST, 0, {}, {}, {})
+    assert _period_noun(test) == "held-out period"
+    assert "held-out" not in _period_noun(val) and "not held out" in _period_noun(val)

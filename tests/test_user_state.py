@@ -162,3 +162,20 @@ def test_a_held_out_period_read_a_few_households_at_a_time_is_the_same(monkeypat
         for u, relevant in whole.truth.items():  # nothing bought before the first visit is relevant
             before = product[(household == u) & (ts < whole.first_visit[u])]
             assert not np.isin(relevant, before).any()
+
+
+def test_households_whose_period_purchases_are_all_outside_the_catalog_are_counted():
+    """They were left out of the period without a count, against the README's "every household
+    with purchases in the period and before it is ranked"."""
+    from ncf.evaluate.protocol import load_period
+
+    # Households 1 and 2 buy in the period; household 2 only product 3, outside the catalog.
+    household = np.array([1, 1, 2, 2, 1, 2])
+    product = np.array([1, 2, 1, 2, 2, 3])
+    ts = np.array([1, 2, 1, 2, 55, 55]) * DAY
+    states = UserStates.from_purchases(household, product, ts, 3)
+    boundaries = {"val_start": 40 * DAY, "test_start": 50 * DAY, "end": 60 * DAY}
+    catalog = np.array([False, True, True, False])
+    period = load_period(states, "test", boundaries, catalog)
+    assert list(period.truth) == [1] and period.only_new_products == 1
+    assert load_period(states, "test", boundaries).only_new_products == 0

@@ -54,6 +54,9 @@ class Period:
     # With exclude_purchased: households left out because they bought in the period only
     # products they had bought before (nothing a ranking without those products could find).
     only_rebought: Optional[int] = None
+    # Households left out because every product they bought in the period is outside the catalog
+    # (first bought at or after its start: no ranking of the catalog could find it).
+    only_new_products: int = 0
 
     @property
     def users(self) -> np.ndarray:
@@ -89,7 +92,8 @@ def load_period(
     :func:`ncf.data.catalog.catalog_before` and ``households_before`` for the point-in-time ones.
     ``exclude_purchased``: the rankings leave out what each household bought before its first
     visit, so those products are not relevant either (nor the first purchase); households with
-    nothing else are left out and counted (``only_rebought``).
+    nothing else are left out and counted (``only_rebought``). Households whose purchases in the
+    period are all outside ``catalog`` are left out and counted too (``only_new_products``).
     """
     start, end = period_bounds(split, boundaries)
     frame = _period_rows(states, start, end, households, exclude_purchased)
@@ -98,6 +102,7 @@ def load_period(
         product = frame["product"].to_numpy()
         frame = frame[(product < len(catalog)) & catalog[np.minimum(product, len(catalog) - 1)]]
     frame = frame[frame["product"] > 0].sort_values(["ts", "product"], kind="stable")
+    only_new_products = int(len(first_visit) - frame["user"].nunique())
     only_rebought = None
     if exclude_purchased:
         buyers = frame["user"].nunique()
@@ -113,6 +118,7 @@ def load_period(
         {int(u): int(first_visit[u]) for u in truth},
         end,
         only_rebought,
+        only_new_products,
     )
 
 
@@ -334,6 +340,8 @@ def evaluate_households(
         # The whole period's count, beside "users" (the households ranked, a sample with max_users).
         row["period_users"] = int(len(period.users))
         row["period_users_only_rebought"] = period.only_rebought
+    if period.only_new_products:
+        row["period_users_only_new_products"] = period.only_new_products
     if score is not None and states is not None:
         row.update(sampled_ranking(score, period, users, states, num_products, catalog=catalog))
     row["seconds"] = round(time.time() - started, 1)

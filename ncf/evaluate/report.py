@@ -134,14 +134,14 @@ def score_samples(
     return {"bought": np.concatenate(bought), "never_bought": np.concatenate(other)}
 
 
-def score_chart(samples: Dict[str, np.ndarray]) -> str:
+def score_chart(samples: Dict[str, np.ndarray], period_noun: str = "held-out period") -> str:
     """Log-scaled: the logQ-corrected model's probabilities are small and span decades."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.2))
     logs = {k: np.log10(np.clip(v, 1e-12, 1.0)) for k, v in samples.items()}
     bins = np.linspace(min(v.min() for v in logs.values()), 0, 41)
     ax.hist(logs["never_bought"], bins=bins, alpha=0.6, density=True, label="products never bought")
-    ax.hist(logs["bought"], bins=bins, alpha=0.6, density=True, label="bought in the held-out period")
+    ax.hist(logs["bought"], bins=bins, alpha=0.6, density=True, label=f"bought in the {period_noun}")
     ax.set_xlabel("log10 model score")
     ax.set_ylabel("density")
     ax.legend()
@@ -303,9 +303,14 @@ def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8, 
             f'<div class="hh"><div><b>household {html.escape(str(raw_user))}</b><br>recent purchases:<ol>'
             + "".join(f"<li>{label}</li>" for label in _product_label(ranker, last.tolist()))
             + "</ol></div><div>recommended (&#10003; = bought in the "
-            f"held-out period):<ol>{''.join(recs)}</ol></div></div>"
+            f"{_period_noun(period)}):<ol>{''.join(recs)}</ol></div></div>"
         )
     return "".join(parts)
+
+
+def _period_noun(period: Period) -> str:
+    """What the households' purchases in ``period`` were: held out only in the test weeks."""
+    return "held-out period" if period.name == TEST else f"{period.name} period (not held out)"
 
 
 def _period_words(period: Period, rows: Sequence[Dict]) -> str:
@@ -407,9 +412,9 @@ def write_report(
     samples = score_samples(ranker, period, users)
     sections.append(
         f"<h2>Score distribution</h2><p>{len(users)} households: scores of the products they bought in the "
-        f"held-out period (median {np.median(samples['bought']):.3g}) and of random products they never bought "
-        f"(median {np.median(samples['never_bought']):.3g}), at the moment of their first visit.</p>"
-        + score_chart(samples)
+        f"{_period_noun(period)} (median {np.median(samples['bought']):.3g}) and of random products they never "
+        f"bought (median {np.median(samples['never_bought']):.3g}), at the moment of their first visit.</p>"
+        + score_chart(samples, _period_noun(period))
     )
     explained = explanation_stats(ranker, period, users, exclude_purchased)
     sections.append(

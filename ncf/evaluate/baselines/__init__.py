@@ -84,22 +84,34 @@ def _project_modules(module) -> list:
 
 @lru_cache(maxsize=None)
 def code_digest(build: Callable) -> str:
-    """A short digest of the source of the module that defines ``build`` and of the project's
-    modules it takes names from, of :mod:`.base` (what every baseline ranks through), of the
-    evaluation protocol and metrics that score its validation trials, and of the versions of
-    :data:`TUNED_WITH`, as joblib's cache keys its functions by their code.
+    """A short digest of the source of the module that defines ``build``, of :mod:`.base` (what
+    every baseline ranks through), of the evaluation protocol, metrics and tuning rules that score
+    and choose its validation trials, and of every project module those take names from, through
+    theirs (the time filters of ``ncf.data`` too), and of the versions of :data:`TUNED_WITH`, as
+    joblib's cache keys its functions by their code.
 
     Example::
 
         code_digest(BoostedRanker)  # 12 hex digits; another when boosted.py, features.py, protocol.py... change
     """
-    from ncf.evaluate import metrics, protocol
+    from ncf.evaluate import metrics, protocol, tuning
     from ncf.evaluate.baselines import base
 
-    modules = {m.__name__: m for m in (*_project_modules(inspect.getmodule(build)), base, protocol, metrics)}
+    modules = _modules_reached([inspect.getmodule(build), base, protocol, metrics, tuning])
     sources = [inspect.getsource(modules[name]) for name in sorted(modules)]
     versions = [f"{name} {_version(name)}" for name in TUNED_WITH]
     return hashlib.sha256("\0".join(sources + versions).encode()).hexdigest()[:12]
+
+
+def _modules_reached(roots: list) -> Dict:
+    """``roots`` and every project module they take names from, through those modules' own, by name."""
+    reached, todo = {}, list(roots)
+    while todo:
+        module = todo.pop()
+        if module.__name__ not in reached:
+            reached[module.__name__] = module
+            todo.extend(_project_modules(module))
+    return reached
 
 
 def _version(distribution: str) -> str:
