@@ -103,7 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0,
         metavar="N",
         help="check the staged output before the commit: every user K rows ranked 1..K with scores not "
-        "increasing, every row's model version, the cold-start count, and N sampled users ranked again "
+        "increasing, every row's model version, the cold-start count against _SUCCESS and DATA, and N "
+        "sampled users (one per stretch of the users' order) ranked again "
         "(products, scores to 1e-4, cold-start flags; products may trade places only where their logits tie); "
         "on failure nothing is committed (the previous partition stays), exit status 1",
     )

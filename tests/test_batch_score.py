@@ -732,6 +732,20 @@ def test_verify_reads_the_written_scores_cold_start_flags_and_model_version(firs
     assert not halved["ok"] and halved["sampled_equal_to_recommend"] == 0 and halved["scores_non_increasing"]
     cold = damaged("cold", "cold_start", pc.invert)
     assert not cold["ok"] and cold["sampled_equal_to_recommend"] == 0 and not cold["cold_starts_match_success"]
+    assert not cold["cold_starts_match_data"]
+    # Flags wrong and _SUCCESS's count made to agree with them (the count was summed from the
+    # same rows): DATA's own count still tells, with no sampled user in a wrong part.
+    inverted = partitions.partition_dir(str(tmp_path / "cold"), summary["run_date"])
+    success = read_json(os.path.join(inverted, "_SUCCESS"))
+    flagged = sum(
+        pq.read_table(os.path.join(inverted, n)).column("cold_start").to_numpy().sum()
+        for n in os.listdir(inverted)
+        if n.endswith(".parquet")
+    )
+    write_json(os.path.join(inverted, "_SUCCESS"), {**success, "cold_start_users": int(flagged) // success["k"]})
+    agreeing = verify.verify_partition(str(tmp_path / "cold"), summary["run_date"], data, sample=0)
+    assert agreeing["cold_starts_match_success"] and not agreeing["cold_starts_match_data"] and not agreeing["ok"]
+    assert verify.verify_partition(output, summary["run_date"], data, sample=0)["cold_starts_match_data"]
     other = damaged("other", "model_version", lambda c: pa.array(["v0"] * len(c)))
     assert not other["ok"] and not other["model_version_of_success"] and other["sampled_equal_to_recommend"] == 5
     assert "model_version_of_success" in str(verify.VerificationFailed(other))
@@ -1097,3 +1111,12 @@ def test_an_int_vocabulary_of_ids_beyond_int64_is_one_line_not_a_failed_cast():
     with pytest.raises(InputError, match="some do not fit int64 .* preprocess it again"):
         partitions.typed_ids(ids, ids.ids)
     assert partitions.typed_ids(ids, ids.ids[:1]).to_pylist() == [12]
+
+
+def test_the_verify_sample_reaches_as_many_parts_as_it_has_users_and_changes_with_the_seed():
+    """20 users drawn uniformly among 1,000 parts could land several in one part; each of the
+    sample's users now comes from its own stretch of the users' order (parts are blocks of it)."""
+    picked = verify.spread_sample(1_000, 20, seed=3)
+    assert len(picked) == 20 and all(50 * i <= p < 50 * (i + 1) for i, p in enumerate(picked))
+    assert not np.array_equal(picked, verify.spread_sample(1_000, 20, seed=4))
+    assert list(verify.spread_sample(3, 20, seed=0)) == [0, 1, 2] and len(verify.spread_sample(5, 0, 0)) == 0

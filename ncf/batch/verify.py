@@ -60,9 +60,11 @@ def verify_parts(
     * every user of ``data`` appears exactly K times, with ranks 1..K, no product twice, and
       no other user appears;
     * scores do not increase with rank; every row carries the manifest's model version, and the
-      cold-start households number what the manifest says (``None``, not checked, for parts
+      cold-start households number what the manifest says and what DATA says (households with
+      no purchase before ``at``, or unknown to its purchases) (``None``, not checked, for parts
       written before the rows carried them);
-    * for ``sample`` seeded users, the products, their scores (relatively, to 1e-4) and the
+    * for ``sample`` seeded users, spread over the users' order (the parts are blocks of it:
+      :func:`spread_sample`), the products, their scores (relatively, to 1e-4) and the
       cold-start flag equal ``Recommender.rank`` at the run's ``at`` (the call the Serve
       endpoint makes), and in an explained run (``explain`` in the manifest) so do their
       reasons (``Recommender.rank(..., reasons=True)``). Products may differ where their logits
@@ -73,9 +75,9 @@ def verify_parts(
     ``stats``: a replay's product stats, when the caller has them (computed otherwise).
     """
     k = manifest["k"]
-    expected_users = read_users(data).column("user_id")
-    rng = np.random.default_rng(seed)
-    picked = rng.permutation(len(expected_users))[: min(sample, len(expected_users))]
+    users_table = read_users(data)
+    expected_users = users_table.column("user_id")
+    picked = spread_sample(len(expected_users), sample, seed)
     chosen = pc.take(expected_users, pa.array(picked, pa.int64())).to_pylist()
     explained = bool(manifest.get("explain"))
     columns = ["user_id", "rank", "product_id", "score", "cold_start", "model_version"]
@@ -127,6 +129,10 @@ def verify_parts(
     # A past at: as of its day, as the job ranked it.
     recommender = Recommender.load(manifest["model"], data=manifest["data"]).as_of(manifest["at_epoch_s"], stats)
     at = manifest["at_epoch_s"]
+    if has_flags:
+        positions = users_table.column("position").to_numpy()
+        cold = cold_start_households(recommender.state.states, positions, at)
+        checks["cold_starts_match_data"] = cold_rows == cold * k
     ranked = recommender.rank(chosen, k=k, at=at, reasons=explained)
     matches = ties = 0
     for u, r in zip(chosen, ranked):
@@ -139,6 +145,7 @@ def verify_parts(
             ties += 1
         matches += 1
     checks.update({"sampled_users": len(chosen), "sampled_equal_to_recommend": matches, "sampled_ties": ties})
+    checks["sample_seed"] = seed
     checks["ok"] = all(v for key, v in checks.items() if isinstance(v, bool)) and matches == len(chosen)
     if explained:
         same = sum(
@@ -147,6 +154,31 @@ def verify_parts(
         checks["sampled_reasons_equal_to_rank"] = int(same)
         checks["ok"] = checks["ok"] and same == len(chosen)
     return {"run_date": manifest["run_date"], "k": k, "model_version": manifest["model_version"], **checks}
+
+
+def spread_sample(users: int, sample: int, seed: int) -> np.ndarray:
+    """``sample`` positions of ``users``, one drawn in each of ``sample`` equal stretches of the
+    users' order: a run's parts are consecutive blocks of it, so the sample reaches ``sample``
+    parts, or every part (a uniform draw can put several users in one part and miss a wrong one)."""
+    sample = min(sample, users)
+    if sample <= 0:
+        return np.zeros(0, np.int64)
+    rng = np.random.default_rng(seed)
+    edges = np.linspace(0, users, sample + 1)
+    picked = np.floor(edges[:-1] + rng.random(sample) * np.diff(edges)).astype(np.int64)
+    return np.minimum(picked, users - 1)
+
+
+def cold_start_households(states, positions: np.ndarray, at: int) -> int:
+    """How many of the households at vocabulary ``positions`` had no purchase before ``at`` in
+    ``states`` (:class:`ncf.data.user_state.UserStates`, each household's purchases in time order),
+    or none at all: what the ranking calls a cold start. One read per household."""
+    known = positions[(positions > 0) & (positions < states.num_users)]
+    starts, ends = states.offsets[known], states.offsets[known + 1]
+    bought = ends > starts
+    first = np.full(len(known), np.iinfo(np.int64).max, np.int64)
+    first[bought] = states.timestamps[starts[bought]]
+    return int(len(positions) - len(known) + (first >= at).sum())
 
 
 @dataclass(frozen=True)
