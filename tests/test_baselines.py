@@ -97,6 +97,18 @@ def test_decayed_frequency_ranks_by_hand_computed_scores():
         ranker.rank(1, 29 * DAY, 3)  # before the period it was built for
 
 
+def test_a_faint_decayed_purchase_stays_above_a_popular_product_never_bought_in_the_scores():
+    """The sampled protocol reads scores: a fixed popularity prior of 1e-9 put popular products
+    never bought above one bought 440 days ago at a 14-day half-life (3.5e-10), which the full
+    ranking puts first."""
+    states = states_of({1: [(2, 0)], 2: [(3, 1), (3, 2), (3, 3)]})
+    context = PointInTime.build(states, vocabularies(2, 4), 440 * DAY)
+    ranker = DecayedFrequencyRanker(context, half_life_days=14.0)
+    scores = ranker.scores(1, 440 * DAY)
+    assert 0 < ranker.personal(1, 440 * DAY)[2] < 1e-9
+    assert scores[2] > scores[3] > scores[4] and ranker.rank(1, 440 * DAY, 2).tolist() == [2, 3]
+
+
 # -- TIFU-KNN ----------------------------------------------------------------------------
 
 

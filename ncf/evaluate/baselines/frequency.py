@@ -16,7 +16,7 @@ from typing import Dict
 
 import numpy as np
 
-from ncf.evaluate.baselines.base import PointInTime, tie_prior
+from ncf.evaluate.baselines.base import PointInTime, tie_prior, with_tie_prior
 from ncf.moments import SECONDS_PER_DAY
 
 
@@ -62,9 +62,7 @@ class DecayedFrequencyRanker:
         return np.bincount(timeline.products[:k], weights=weights, minlength=n)[:n]
 
     def scores(self, user: int, at: int) -> np.ndarray:
-        personal = self.personal(user, at)
-        # A prior far below any single decayed purchase of the last years breaks dense ties.
-        return self.context.masked(personal + tie_prior(self.context.popularity, 1e-9))
+        return self.context.masked(with_tie_prior(self.personal(user, at), self.context.popularity))
 
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
         return self.context.rank(self.personal(user, at), depth)

@@ -49,7 +49,7 @@ from typing import Dict, Tuple
 import numpy as np
 import scipy.sparse as sp
 
-from ncf.evaluate.baselines.base import PointInTime, tie_prior
+from ncf.evaluate.baselines.base import PointInTime, with_tie_prior
 
 METRICS = ("cosine", "euclidean")
 
@@ -140,7 +140,6 @@ class TifuKnnRanker:
             "metric": metric,
         }
         self.vectors = self._period_vectors()
-        self._prior = tie_prior(context.popularity, 1e-9)
 
     @property
     def _blends(self) -> bool:
@@ -231,7 +230,7 @@ class TifuKnnRanker:
         return merged
 
     def scores(self, user: int, at: int) -> np.ndarray:
-        return self.context.masked(self.predict(user, at) + self._prior)
+        return self.context.masked(with_tie_prior(self.predict(user, at), self.context.popularity))
 
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
         return self.context.rank(self.predict(user, at), depth)
