@@ -95,14 +95,16 @@ def main(argv=None) -> dict:
     # that had already scored with torch; a fresh driver has not.
     synthetic = {products: synthetic_model(args.workdir, products, args.synthetic_users) for products in args.catalogs}
     if os.path.exists(os.path.join(args.cj_model, "config.json")):
+        # A folder per run: they share a run date, and the partition verified must be the
+        # actors' first run, whose figures are the headline, not a later run's over it.
         output = os.path.join(args.workdir, "cj")
         run, run_date = score(args.cj_model, args.cj_data, output)
         # A nightly job runs on a cluster that has run jobs before: Ray Data's own detached
         # actors (its stats, autoscaling coordinator and actor-location tracker) exist by then,
         # where the first job on a fresh cluster starts them.
-        again, _ = score(args.cj_model, args.cj_data, output)
+        again, _ = score(args.cj_model, args.cj_data, os.path.join(args.workdir, "cj-next-job"))
         # What `--score-in auto` picks below DRIVER_MAX_USERS: no actors to start.
-        here, _ = score(args.cj_model, args.cj_data, output, score_in="driver")
+        here, _ = score(args.cj_model, args.cj_data, os.path.join(args.workdir, "cj-in-driver"), score_in="driver")
         check = verify_partition(output, run_date, args.cj_data, sample=args.verify_users)
         result["completejourney"] = {
             **run,

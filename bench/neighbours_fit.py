@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import numpy as np
@@ -50,7 +49,7 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(args.seed)
     households, products = _draw(rng, args.households, args.products, args.per_household, args.tastes)
 
-    _reset_peak_rss()
+    drawing_peak_gib = _reset_peak_rss()
     started = time.perf_counter()
     sample = SampledPairs(max_work=args.max_work)
     start = 0
@@ -73,7 +72,7 @@ def main(argv=None) -> dict:
         "households_fitted": sample.households_kept,
         "pairs_fitted": int(sample.rows()[0][-1]),
         "fit_s": round(fit_s, 2),
-        "fit_peak_rss_gib": _peak_rss_gib(since_reset=True),
+        "fit_peak_rss_gib": _peak_rss_gib(),
     }
     if args.compare_full:
         started = time.perf_counter()
@@ -94,7 +93,7 @@ def main(argv=None) -> dict:
         neighbours.scores(own, products[-300 - i : len(products) - i])
     row["lookup_ms"] = round((time.perf_counter() - started) / LOOKUPS * 1000, 3)
     row["kept"] = len(neighbours.indices)
-    row["peak_rss_gib"] = _peak_rss_gib()
+    row["peak_rss_gib"] = max(drawing_peak_gib, _peak_rss_gib())
     print(json.dumps(row), flush=True)
     return row
 
@@ -137,19 +136,21 @@ def _same_taste(neighbours: ProductNeighbours, buyers: np.ndarray, size: int) ->
     return round(float(np.mean((rows - 1) // size == (near - 1) // size)), 4) if len(near) else 0.0
 
 
-def _reset_peak_rss() -> None:
-    """Linux resets a process's peak resident memory (VmHWM) on this write, so that the fit's own
-    peak (with the pairs drawn before it) shows apart from the drawing's."""
+def _reset_peak_rss() -> float:
+    """Resets the process's peak resident memory, so that the fit's own peak (with the pairs drawn
+    before it) shows apart from the drawing's; returns the peak until then (GiB), which the
+    reset erases from ru_maxrss as well as from VmHWM."""
+    before = _peak_rss_gib()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+    return before
 
 
-def _peak_rss_gib(since_reset: bool = False) -> float:
-    if since_reset:
-        with open("/proc/self/status") as f:
-            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        return round(kib / 2**20, 2)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+def _peak_rss_gib() -> float:
+    """VmHWM: the peak resident memory since the start or the last :func:`_reset_peak_rss`."""
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return round(kib / 2**20, 2)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def run(tree: str, logs: list, products: str, output: str, full: bool) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"preprocessing in {tree} failed:\n{done.stderr[-3000:]}")
     line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH "))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True)
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=tree, capture_output=True, text=True)
     return {"commit": commit.stdout.strip(), **json.loads(line[len("BENCH ") :])}
 
 

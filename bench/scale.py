@@ -36,6 +36,7 @@ import time
 import numpy as np
 import requests
 
+from bench.multinode_sweep import free_port
 from bench.serve_load import cpu_used, serve_cpu_seconds
 from ncf.data import datasets, schema
 from ncf.data.preprocess import PreprocessConfig, preprocess
@@ -188,18 +189,19 @@ def serve_figures(model: str, data: str, users: list) -> dict:
 
     started = time.time()
     app = build_app({"model": model, "data": data, "default_at": "data-end", "min_replicas": 1, "max_replicas": 1})
-    url = start(app, port=8765)
+    url = start(app, port=free_port())  # a fixed port may hold another Serve, which would answer instead
     try:
         wait_until_healthy(url, timeout_s=900)
         ready_s = time.time() - started
         rss = replica_rss_mib()
-        session = requests.Session()
-        for user in users[:20]:  # warm-up
-            session.post(f"{url}/recommend", json={"user_id": user, "k": 10}, timeout=60).raise_for_status()
-        before = serve_cpu_seconds()
-        for i in range(REQUESTS):
-            session.post(f"{url}/recommend", json={"user_id": users[i % len(users)], "k": 10}, timeout=60)
-        used = cpu_used(before, serve_cpu_seconds())
+        with requests.Session() as session:
+            session.trust_env = False  # the server is on 127.0.0.1: no proxy from the environment may relay it
+            for user in users[:20]:  # warm-up
+                recommend(session, url, user)
+            before = serve_cpu_seconds()
+            for i in range(REQUESTS):
+                recommend(session, url, users[i % len(users)])
+            used = cpu_used(before, serve_cpu_seconds())
         replica_cpu = used.get("recommend_replicas", 0.0) + used.get("recommend_replicas_started", 0.0)
         return {
             "replica_ready_s": round(ready_s, 1),
@@ -208,6 +210,13 @@ def serve_figures(model: str, data: str, users: list) -> dict:
         }
     finally:
         serve.shutdown()
+
+
+def recommend(session: requests.Session, url: str, user) -> None:
+    """One /recommend; any answer but 200 stops the run: the CPU per request would be a refusal's."""
+    response = session.post(f"{url}/recommend", json={"user_id": user, "k": 10}, timeout=60)
+    if response.status_code != 200:
+        raise RuntimeError(f"{url}/recommend answered {response.status_code}: {response.text[:500]}")
 
 
 def scoring_figures(model: str, data: str, users: int, compiled: bool = False) -> dict:

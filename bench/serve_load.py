@@ -12,6 +12,9 @@ rounds (so that whatever else runs on the machine weighs on both alike), ``--sec
 endpoint in all; then the load stops and the run waits (bounded) for the recommender's
 replicas to fall back. Clients are threads with keep-alive sessions on this machine, so on a
 2-core box they compete with the server for the same cores (as in DESIGN.md's floor).
+Requests, requests/s, latencies and CPU per request count the 200 answers only: a refusal or a
+timeout costs the server something else than an answer. The others are ``errors``, counted by
+status code (or exception) in ``errors_by_status``.
 """
 
 # No `from __future__ import annotations`: Serve must resolve the no-op route's request model.
@@ -21,6 +24,7 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 from typing import Callable, Dict, List
 
 import numpy as np
@@ -104,9 +108,12 @@ ROLES = {
 def cluster_actor_pids() -> set:
     """The pids of the live actors of the Ray cluster this process is connected to: another
     session's Serve on the machine (a test suite's, a demo's) is not this benchmark's."""
+    import ray
     from ray.util.state import list_actors
 
-    actors = list_actors(limit=10_000, raise_on_missing_output=False)
+    # Its own address: without one, list_actors refuses to guess when the machine runs two clusters.
+    address = ray.get_runtime_context().gcs_address
+    actors = list_actors(address=address, limit=10_000, raise_on_missing_output=False)
     return {str(a.pid) for a in actors if a.pid and a.state != "DEAD"}
 
 
@@ -141,22 +148,26 @@ def cpu_used(before: Dict[int, tuple], after: Dict[int, tuple]) -> Dict[str, flo
 
 
 class Load:
-    """Latencies, errors and CPU of one endpoint, gathered over several rounds."""
+    """Latencies of the 200 answers, the other answers by status, and CPU of one endpoint,
+    gathered over several rounds."""
 
     def __init__(self) -> None:
         self.latencies: List[float] = []
-        self.errors = 0
+        self.errors_by_status: Counter = Counter()
         self.seconds = 0.0
         self.cpu: Dict[str, float] = {}
 
     def summary(self) -> Dict:
+        if not self.latencies:  # no rate, latency or cost to report: say why rather than print zeros
+            raise RuntimeError(f"no request answered 200; the others: {dict(self.errors_by_status)}")
         ms = np.asarray(self.latencies) * 1000
         per_request = {
             f"{role}_cpu_ms_per_request": round(1000 * s / ms.size, 2) for role, s in sorted(self.cpu.items())
         }
         return {
             "requests": int(ms.size),
-            "errors": self.errors,
+            "errors": sum(self.errors_by_status.values()),
+            "errors_by_status": dict(sorted(self.errors_by_status.items())),
             "requests_per_s": round(ms.size / self.seconds, 1),
             "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p99_ms": round(float(np.percentile(ms, 99)), 1),
@@ -167,20 +178,23 @@ class Load:
 def drive(url: str, payloads: Callable[[int], Dict], clients: int, seconds: float, load: Load) -> None:
     """``clients`` threads send requests back to back for ``seconds``, adding to ``load``."""
     latencies: List[List[float]] = [[] for _ in range(clients)]
-    errors = [0] * clients
+    errors_by_status = [Counter() for _ in range(clients)]
     deadline = time.monotonic() + seconds
 
     def client(i: int) -> None:
         with requests.Session() as s:
+            s.trust_env = False  # the server is on 127.0.0.1: an HTTP(S)_PROXY set for the outside must not relay it
             n = 0
             while time.monotonic() < deadline:
                 started = time.perf_counter()
                 try:
-                    ok = s.post(url, json=payloads(i * 1_000_003 + n), timeout=30).status_code == 200
-                except requests.RequestException:
-                    ok = False
-                latencies[i].append(time.perf_counter() - started)
-                errors[i] += not ok
+                    status = str(s.post(url, json=payloads(i * 1_000_003 + n), timeout=30).status_code)
+                except requests.RequestException as failed:
+                    status = type(failed).__name__
+                if status == "200":
+                    latencies[i].append(time.perf_counter() - started)
+                else:
+                    errors_by_status[i][status] += 1
                 n += 1
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -195,7 +209,8 @@ def drive(url: str, payloads: Callable[[int], Dict], clients: int, seconds: floa
     for role, seconds in used.items():
         load.cpu[role] = load.cpu.get(role, 0.0) + seconds
     load.latencies += [x for per_client in latencies for x in per_client]
-    load.errors += sum(errors)
+    for counts in errors_by_status:
+        load.errors_by_status.update(counts)
 
 
 def wait_until_settled(apps: List[str], timeout_s: float) -> float:
@@ -267,9 +282,13 @@ def main(argv=None) -> Dict:
     from ncf.model.directory import read_config
     from ncf.rank.candidates import RankingSettings
     from serve.app import build_app
-    from serve.launch import start, wait_until_healthy
+    from serve.launch import check_port_free, start, wait_until_healthy
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Another Serve on the port would answer the health check and the load meant for this one.
+    check_port_free("127.0.0.1", args.port, "stop it or give the bench another --port")
+    # The dashboard serves the State API that cluster_actor_pids reads; on 127.0.0.1 only, as
+    # jobs.cli.init_ray starts it.
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     started = time.monotonic()
     app_args = {
         "model": args.model,
@@ -284,7 +303,8 @@ def main(argv=None) -> Dict:
     wait_until_healthy(url, timeout_s=120)
 
     vocab = os.path.join(args.data or os.path.join(args.model, "state"), "vocab", "users.parquet")
-    users = Vocabulary.load(vocab).raw_of(np.arange(1, 2001))
+    households = Vocabulary.load(vocab)
+    users = households.raw_of(np.arange(1, min(2001, len(households))))  # the first 2000, or a small log's all
     request = lambda n: {"user_id": users[n % len(users)], "k": K}  # noqa: E731
     log = ReplicaLog(["ncf", "noop"], started)
     log.start()

@@ -67,7 +67,8 @@ def main() -> None:
     from serve.app import build_app
     from serve.service import PASS_SHARE
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    # address="local": a cluster of its own, not one a `ray start` left running on the machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         base = launch.start(build_app({"model": args.model}), port=free_port())
         data_end = requests.get(f"{base}/healthz", timeout=60).json()["data_end"]

@@ -39,7 +39,7 @@ def epoch_rate(tree: str, data: str, workdir: str, output: str, name: str) -> di
         "epoch_seconds": round(epoch["epoch_seconds"], 1),
         "job_seconds": round(time.time() - started),
         "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True
+            ["git", "describe", "--always", "--dirty"], cwd=tree, capture_output=True, text=True
         ).stdout.strip(),
     }
 

@@ -262,3 +262,24 @@ def test_the_two_stage_bench_compares_plain_and_new_product_rankings(small_model
         row = two_stage_agreement.main(["--model", small_model_dir, "--users", "5", *extra])
         assert row["exclude_purchased"] is bool(extra) and row["users"] == 5
         assert 0.0 <= row["min_top10_overlap"] <= row["mean_top10_overlap"] <= 1.0
+
+
+def test_the_serve_load_bench_measures_both_endpoints_on_a_small_model(small_model_dir):
+    """Old code: the bench started Ray without the dashboard, whose State API its CPU figures read
+    (list_actors), and crashed before printing anything. In a process of its own: it starts and
+    stops its own Ray cluster."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers import REPO, free_port
+
+    shortest = ["--clients", "1", "--seconds", "2", "--rounds", "1", "--warmup", "1", "--idle-timeout", "5"]
+    argv = [sys.executable, "-m", "bench.serve_load", "--model", small_model_dir, "--port", str(free_port())]
+    done = subprocess.run([*argv, *shortest], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"benchmark"')))
+    for endpoint in ("noop", "recommend"):
+        load = result[endpoint]
+        assert load["requests"] > 0 and load["errors"] == sum(load["errors_by_status"].values())
+    assert result["recommend"]["recommend_replicas_cpu_ms_per_request"] > 0
