@@ -100,6 +100,7 @@ def save_model_dir(
     rows_trained_before: Optional[int] = None,
     vocab_sha256: Optional[str] = None,
     index_depth: int = BUILD_DEPTH,
+    trained_rows: Optional[tuple] = None,
 ) -> str:
     """Writes a complete model directory beside ``output`` and swaps it in (:func:`ncf.staging.replacing`).
 
@@ -123,7 +124,8 @@ def save_model_dir(
 
     A ``validated`` or ``refit`` run also records which rows its lists held
     (:func:`ncf.data.examples.listed_rows`): the others were never trained either and rank
-    with the unknown row (:attr:`ModelDir.trained_rows`).
+    with the unknown row (:attr:`ModelDir.trained_rows`). ``trained_rows``: the (users, products)
+    masks of the rows a run trained, when it did not read all its lists (capped epochs).
     """
     stats = layout.DataStats(data)
     version = version or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -139,7 +141,7 @@ def save_model_dir(
             )
         if saves_index(weights, model_config, ranking):
             _save_index(weights, model_config.num_products, tmp, index_depth)
-        listed = _listed_rows(data, stats, run, model_config)
+        listed = _listed_rows(data, stats, run, model_config) if trained_rows is None else trained_rows
         if listed is not None:
             np.save(os.path.join(tmp, TRAINED_USERS), listed[0])
             np.save(os.path.join(tmp, TRAINED_PRODUCTS), listed[1])

@@ -13,13 +13,14 @@ import json
 import os
 from typing import Dict, Optional, Tuple
 
+import numpy as np
 import torch
 
 from ncf.data.features import FEATURES_VERSION
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.model.config import ModelConfig
-from ncf.model.directory import WEIGHTS, save_model_dir
+from ncf.model.directory import TRAINED_PRODUCTS, TRAINED_USERS, WEIGHTS, save_model_dir
 
 VAL_METRIC = "val_ndcg@10"
 OPTIMIZER = "optimizer.pt"
@@ -27,12 +28,30 @@ TRAIN_STATE = "train_state.json"
 
 
 def write_checkpoint(
-    directory: str, weights: Dict[str, torch.Tensor], optimizer_state: Optional[Dict], state: Dict
+    directory: str,
+    weights: Dict[str, torch.Tensor],
+    optimizer_state: Optional[Dict],
+    state: Dict,
+    trained_rows: Optional[Tuple[np.ndarray, np.ndarray]] = None,
 ) -> None:
+    """``trained_rows``: (users, products) masks of the rows a capped run's batches held (an
+    uncapped run trains every row its lists hold, which the model directory reads from DATA)."""
     torch.save(weights, os.path.join(directory, WEIGHTS))
     if optimizer_state is not None:
         torch.save(optimizer_state, os.path.join(directory, OPTIMIZER))
+    if trained_rows is not None:
+        np.save(os.path.join(directory, TRAINED_USERS), trained_rows[0])
+        np.save(os.path.join(directory, TRAINED_PRODUCTS), trained_rows[1])
     write_json(os.path.join(directory, TRAIN_STATE), state)
+
+
+def read_trained_rows(directory: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The masks :func:`write_checkpoint` saved, or None (no pickles: ``allow_pickle=False``)."""
+    paths = [os.path.join(directory, name) for name in (TRAINED_USERS, TRAINED_PRODUCTS)]
+    if not all(os.path.exists(path) for path in paths):
+        return None
+    users, products = (np.load(path, allow_pickle=False) for path in paths)
+    return users.astype(bool), products.astype(bool)
 
 
 def read_train_state(directory: str) -> Dict:
@@ -186,6 +205,7 @@ def export_model_dir(
         # definition never get this code's format.
         check_same_features(getattr(checkpoint, "path", d), read_train_state(d).get("features_version"), "train again")
         weights, state = read_checkpoint(d)
+        trained_rows = read_trained_rows(d)
     return save_model_dir(
         output,
         weights,
@@ -194,6 +214,7 @@ def export_model_dir(
         trained_through=state["trained_through"],
         rows_trained_before=state.get("rows_trained_before"),
         vocab_sha256=state.get("vocab_sha256"),
+        trained_rows=trained_rows,
         run=state["run"],
         metrics=metrics,
         version=version,

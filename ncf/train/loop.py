@@ -35,6 +35,7 @@ from ncf.splits import VAL, VALIDATED
 from ncf.train import checkpoint as ckpt
 from ncf.train.config import TrainConfig
 from ncf.train.sharding import (
+    any_across_ranks,
     build_model,
     collective_device,
     full_optimizer_state,
@@ -73,6 +74,9 @@ class Worker:
     vocab_sha256: str  # the vocabularies the tables' rows index (ncf.model.integrity.vocab_digest)
     lists_sha256: str = ""  # the lists it trains on (ncf.data.examples.lists_digest)
     listed_rows: Optional[tuple] = None  # (users, products) masks of what the run's lists hold
+    # With capped epochs, (users, products) masks of what the batches trained so far held: the
+    # lists after the cap are not read, so their rows are not trained either.
+    read_rows: Optional[tuple] = None
     validation: Optional[tuple] = None  # (state as of the validation start, period, households)
 
 
@@ -127,6 +131,10 @@ def setup_worker(cfg: TrainConfig) -> Worker:
         worker.validation = (state, period, sample_users(period.users, cfg.val_users or None))
         # Validation ranks as the saved model will: rows no list holds are never trained.
         worker.listed_rows = listed_rows(cfg.data, cfg.cutoffs, model_config.num_users, model_config.num_products)
+    if cfg.max_steps_per_epoch:
+        users, products = np.zeros(model_config.num_users, bool), np.zeros(model_config.num_products, bool)
+        users[0] = products[0] = True  # the unknown rows, trained by the unknown-row draws
+        worker.read_rows = (users, products)
     return worker
 
 
@@ -169,6 +177,8 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
     )
     for table in batches:
         batch = Batch.from_arrow(table, w.catalog).with_history_length(w.model_config.history_length)
+        if w.read_rows is not None:
+            mark_rows(w.read_rows, batch)
         batch = batch.with_unknown_rows(generator, share, share).to(w.device)
         loss = training_step(w.model, w.optimizer, batch, loss_fn)
         seen += batch.num_candidates
@@ -185,10 +195,12 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
             if w.rank == 0 and epoch == 1:
                 log(
                     f"epochs capped at {steps} steps (--max-steps-per-epoch): the lists after them are not read, "
-                    "yet their households and products count as trained when the model ranks (for tests and "
+                    "and households and products only they hold rank with the unknown row (for tests and "
                     "quick sweeps, not a model to deploy)"
                 )
             break
+    if w.read_rows is not None:
+        w.read_rows = tuple(any_across_ranks(mask) for mask in w.read_rows)
     ended = time.time()
     elapsed = max(ended - started, 1e-9)
     # Every rank trained its own shard: the loss is the mean over all ranks' steps and the rates
@@ -208,6 +220,15 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
         metrics["steady_examples_per_s"] = (all_seen - all_warm_seen) / max(ended - warm_at, 1e-9)
     metrics["steps"] = steps
     return metrics
+
+
+def mark_rows(rows: tuple, batch: Batch) -> None:
+    """Marks in ``rows`` ((users, products) masks) the households, candidates and history
+    products of ``batch``: the embedding rows its step trains."""
+    users, products = rows
+    users[batch.user.numpy()] = True
+    products[batch.product.numpy()] = True
+    products[batch.history.numpy().ravel()] = True
 
 
 def validate(w: Worker, weights: Dict[str, torch.Tensor]) -> Dict[str, float]:
@@ -230,7 +251,7 @@ def report_checkpoint(w: Worker, state: Dict, metrics: Dict, weights: Optional[D
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if w.rank == 0:
-            ckpt.write_checkpoint(tmp, weights, optimizer_state, state)
+            ckpt.write_checkpoint(tmp, weights, optimizer_state, state, w.read_rows)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -255,6 +276,9 @@ def _restore(w: Worker, checkpoint) -> Dict:
         ckpt.check_same_training(run_folder, state.get("training"), ckpt.training_settings(asdict(w.cfg)))
         load_full_state_dict(w.model, weights)
         optimizer_state = ckpt.read_optimizer_state(d)
+        trained = ckpt.read_trained_rows(d)
+    if w.read_rows is not None and trained is not None:
+        w.read_rows = tuple(now | before for now, before in zip(w.read_rows, trained))
     if optimizer_state is not None:
         load_optimizer_state(w.optimizer, optimizer_state)
     log(f"rank {w.rank}: resumed after epoch {state['epoch']} (best {ckpt.VAL_METRIC} {state['best']:.4f})")
@@ -280,6 +304,8 @@ def train_loop_per_worker(config: Dict) -> None:
         generator = torch.Generator().manual_seed(unknown_rows_seed)
         metrics = train_epoch(w, shard, epoch, generator, step_hook)
         weights = full_state_dict(w.model)
+        if w.read_rows is not None:
+            w.listed_rows = w.read_rows  # validation ranks as the saved model will
         if w.validation is not None:
             metrics.update(validate(w, weights))
         if w.cfg.run != VALIDATED or _improved(w, metrics, state["best"]):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -45,6 +46,17 @@ def summed_across_ranks(values: List[float]) -> List[float]:
     total = torch.tensor(values, dtype=torch.float64, device=collective_device())
     dist.all_reduce(total)
     return total.cpu().tolist()
+
+
+def any_across_ranks(mask: "np.ndarray") -> "np.ndarray":
+    """``mask`` (bool) or'd over every rank of the process group (as it is without one). A
+    collective: every rank must call it, with a mask of the same length."""
+    _, world_size = world()
+    if world_size == 1:
+        return mask
+    flags = torch.from_numpy(mask.astype(np.uint8)).to(collective_device())
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags.cpu().numpy().astype(bool)
 
 
 def build_model(config: ModelConfig, device: torch.device, learning_rate: float) -> tuple[torch.nn.Module, object]:
