@@ -324,7 +324,7 @@ def test_tuned_parameters_are_kept_in_data_and_retuned_on_request(tmp_path, monk
     tuning.tuned_params(baselines, str(tmp_path), context, period, period.users, retune=True, **quiet)
     assert searched == ["decayed_frequency"] * 2
     # A changed baseline (another digest of its code) is searched again, and the log says why.
-    monkeypatch.setattr(baselines_module, "code_digest", lambda build: "changed")
+    monkeypatch.setattr(baselines_module, "code_digest", lambda build, also=(): "changed")
     said = []
     tuning.tuned_params(baselines, str(tmp_path), context, period, period.users, log=said.append)
     assert searched == ["decayed_frequency"] * 3
@@ -347,6 +347,11 @@ def test_the_code_digest_covers_the_modules_a_baseline_takes_names_from_and_its_
 
     reached = baselines_module._modules_reached([inspect.getmodule(BoostedRanker), base, protocol, metrics, tuning])
     assert {"ncf.evaluate.tuning", "ncf.data.catalog", "ncf.data.timeline", "ncf.data.user_state"} <= set(reached)
+    from ncf.evaluate.baselines import BASELINES
+    from ncf.evaluate.tuning import _grid
+
+    boosted = next(b for b in BASELINES.values() if b.build is BoostedRanker)
+    assert _grid(boosted, False)["code"] != boosted.grid()["code"]  # the search's rules digested too
     before = baselines_module.code_digest(BoostedRanker)
     baselines_module.code_digest.cache_clear()
     monkeypatch.setattr(baselines_module, "_version", lambda name: "9.9" if name == "lightgbm" else "1")

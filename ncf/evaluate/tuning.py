@@ -103,7 +103,8 @@ def _grid(baseline: Baseline, exclude_purchased: bool) -> Dict:
     # The relevant sets changed (products bought before left out): results tuned on the old
     # ones, recorded as "exclude_purchased": True, are searched again.
     protocol = {"exclude_purchased": "relevant: never bought before"}
-    return {**baseline.grid(True), **protocol} if exclude_purchased else baseline.grid()
+    rules = (sys.modules[__name__],)  # its objective and tie rule choose the parameters
+    return {**baseline.grid(True, rules), **protocol} if exclude_purchased else baseline.grid(also=rules)
 
 
 def _changed(hit: Tuned, grid: Dict, period: Period, users: np.ndarray) -> str:

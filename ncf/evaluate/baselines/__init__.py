@@ -60,11 +60,12 @@ class Baseline:
             return self.stages_excluding_purchased
         return self.stages
 
-    def grid(self, exclude_purchased: bool = False) -> Dict:
+    def grid(self, exclude_purchased: bool = False, also: tuple = ()) -> Dict:
         """The whole search, as recorded beside tuned parameters (a cache is valid for it only),
-        with a digest of the code that builds the baseline: a changed baseline is searched again."""
+        with a digest of the code that builds the baseline and of the modules ``also`` (the
+        search's own rules): a changed baseline is searched again."""
         stages = [{k: list(v) for k, v in s.items()} for s in self.stages_for(exclude_purchased)]
-        return {"defaults": self.defaults, "stages": stages, "code": code_digest(self.build)}
+        return {"defaults": self.defaults, "stages": stages, "code": code_digest(self.build, also)}
 
 
 # The libraries whose fits the baselines are: another version may choose other parameters.
@@ -83,21 +84,22 @@ def _project_modules(module) -> list:
 
 
 @lru_cache(maxsize=None)
-def code_digest(build: Callable) -> str:
+def code_digest(build: Callable, also: tuple = ()) -> str:
     """A short digest of the source of the module that defines ``build``, of :mod:`.base` (what
-    every baseline ranks through), of the evaluation protocol, metrics and tuning rules that score
-    and choose its validation trials, and of every project module those take names from, through
-    theirs (the time filters of ``ncf.data`` too), and of the versions of :data:`TUNED_WITH`, as
-    joblib's cache keys its functions by their code.
+    every baseline ranks through), of the evaluation protocol and metrics that score its
+    validation trials, of the modules ``also`` (:mod:`ncf.evaluate.tuning`'s rules, which choose
+    among them, pass it), of every project module those take names from, through theirs (the time
+    filters of ``ncf.data`` too), and of the versions of :data:`TUNED_WITH`, as joblib's cache
+    keys its functions by their code.
 
     Example::
 
         code_digest(BoostedRanker)  # 12 hex digits; another when boosted.py, features.py, protocol.py... change
     """
-    from ncf.evaluate import metrics, protocol, tuning
+    from ncf.evaluate import metrics, protocol
     from ncf.evaluate.baselines import base
 
-    modules = _modules_reached([inspect.getmodule(build), base, protocol, metrics, tuning])
+    modules = _modules_reached([inspect.getmodule(build), base, protocol, metrics, *also])
     sources = [inspect.getsource(modules[name]) for name in sorted(modules)]
     versions = [f"{name} {_version(name)}" for name in TUNED_WITH]
     return hashlib.sha256("\0".join(sources + versions).encode()).hexdigest()[:12]
