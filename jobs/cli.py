@@ -297,6 +297,12 @@ def check_data(path: str, runs: tuple = (), option: str = "--data") -> str:
         missing = [
             c for c in stats.raw.get("cutoffs", {}).get(run, []) if not os.path.isdir(layout.examples_dir(path, c))
         ]
+        if missing and not stats.raw.get("state_only") and stats.raw.get("examples", {}).get(run, {}).get("lists"):
+            raise InputError(
+                f"{path}: no training lists at {len(missing)} of the {run} run's cutoffs "
+                f"({', '.join(str(c) for c in missing[:3])}): removed since, or preprocessed by a version that "
+                "recorded cutoffs where no household had a list (a short log); run python -m jobs.preprocess again"
+            )
         if stats.raw.get("state_only") or missing or run not in stats.raw.get("cutoffs", {}):
             raise InputError(
                 f"{path}: no training lists for the {run} run ({option}; preprocessed with --state-only?); "

@@ -646,6 +646,32 @@ def test_logs_too_short_for_the_label_window_are_refused_before_the_work_in_date
 
 
 @pytest.mark.faults
+def test_cutoffs_where_no_household_has_a_list_are_left_out_and_said(ray_session, tmp_path, capsys):
+    """An early cutoff of a short log comes before its first purchase: no list, no directory, yet
+    stats.json recorded it, and the training job refused the DATA ("preprocessed with
+    --state-only?") while the model save and the boosted ranker failed on the missing folder."""
+    from jobs.cli import check_data
+    from ncf.data.examples import listed_rows
+
+    logs = tmp_path / "logs.csv"
+    logs.write_text(
+        "user_id,product_id,timestamp\n" + "".join(f"u{d % 3},{d % 2 + 1},2024-01-{d:02d}\n" for d in range(1, 29))
+    )
+    config = PreprocessConfig(
+        examples=ExampleConfig(history_length=2, horizon_days=7, cutoffs=3), val_weeks=1, test_weeks=1
+    )
+    data = str(tmp_path / "out")
+    stats = preprocess(schema.resolve_files(str(logs)), None, data, config)
+    assert "note: no household has a training list at" in capsys.readouterr().out
+    recorded = stats["cutoffs"]["validated"]
+    assert 0 < len(recorded) < 3 and all(os.path.isdir(layout.examples_dir(data, c)) for c in recorded)
+    assert check_data(data, ("validated", "refit")) == data
+    sizes = layout.DataStats(data).vocab_sizes
+    users, _ = listed_rows(data, recorded, sizes["num_users"], sizes["num_products"])
+    assert users[1:].any()
+
+
+@pytest.mark.faults
 def test_a_catalog_keyed_by_other_ids_is_reported_on_the_console(ray_session, tmp_path, capsys):
     """Zero-padded codes in the catalog, integers in the logs: every product's department and
     category became unknown, and only stats.json said so."""

@@ -334,8 +334,10 @@ def listed_rows(data: str, cutoffs: Sequence[int], num_users: int, num_products:
     users[0] = products[0] = True
     for cutoff in cutoffs:
         # Batch by batch: at scale one cutoff's candidate column alone is billions of entries.
-        dataset = pads.dataset(layout.examples_dir(data, cutoff), format="parquet")
-        for batch in dataset.to_batches(columns=[USER, PRODUCT, HISTORY]):
+        directory = layout.examples_dir(data, cutoff)
+        if not os.path.isdir(directory):  # no list at that cutoff (a DATA of before 2026-12-05 records it)
+            continue
+        for batch in pads.dataset(directory, format="parquet").to_batches(columns=[USER, PRODUCT, HISTORY]):
             users[batch.column(USER).to_numpy()] = True
             for column in (PRODUCT, HISTORY):
                 products[pc.list_flatten(batch.column(column)).to_numpy(zero_copy_only=False)] = True

@@ -652,6 +652,25 @@ def check_lists_found(output: str, cutoffs: List[int], built: int) -> None:
         )
 
 
+def cutoffs_with_lists(output: str, cutoffs: Dict[str, list]) -> Dict[str, list]:
+    """Each run's cutoffs that hold lists, as ``stats.json`` records them for training: an early
+    cutoff of a short log comes before the first purchase (or a cutoff falls in a gap of the log),
+    so no household has a list there and no directory is written. Said on the console."""
+    kept = {
+        run: [c for c in run_cutoffs if os.path.isdir(layout.examples_dir(output, c))]
+        for run, run_cutoffs in cutoffs.items()
+    }
+    for run, run_cutoffs in cutoffs.items():
+        empty = [c for c in run_cutoffs if c not in kept[run]]
+        if empty:
+            _log(
+                f"note: no household has a training list at {len(empty)} of the {run} run's {len(run_cutoffs)} "
+                f"cutoffs ({', '.join(run_date_of(c) for c in empty)}: nothing bought both before and within the "
+                f"label window after them); it trains on the other {len(kept[run])}"
+            )
+    return kept
+
+
 def _count_lists_of(output: str, run_cutoffs: list) -> Dict[str, int]:
     counts = [_count_lists(layout.examples_dir(output, c)) for c in run_cutoffs]
     return {key: sum(c[key] for c in counts) for key in LIST_COUNTS}
@@ -882,6 +901,7 @@ def _preprocess_into(
                     f"within {config.examples.horizon_days} days after its cutoffs "
                     f"({', '.join(run_date_of(c) for c in cutoffs[run])}); lower --horizon-days or give more logs"
                 )
+        cutoffs = cutoffs_with_lists(output, cutoffs)
 
     stats = {
         **read_stats,

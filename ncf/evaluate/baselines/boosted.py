@@ -14,6 +14,7 @@ is tuned on the validation weeks like every baseline.
 
 from __future__ import annotations
 
+import os
 from typing import Dict, Sequence
 
 import numpy as np
@@ -49,9 +50,9 @@ def training_lists(data: str, cutoffs: Sequence[int]) -> Dict[str, np.ndarray]:
     Refuses lists of another features version (:func:`ncf.data.examples.check_features_version`)."""
     E.check_features_version(data)
     columns = [E.USER, E.PRODUCT, E.FEATURES, E.LABEL, E.LOG_Q]
-    table = pa.concat_tables(
-        pads.dataset(layout.examples_dir(data, c), format="parquet").to_table(columns=columns) for c in cutoffs
-    )
+    # A cutoff without lists has no directory (a DATA of before 2026-12-05 records it).
+    directories = [layout.examples_dir(data, c) for c in cutoffs if os.path.isdir(layout.examples_dir(data, c))]
+    table = pa.concat_tables(pads.dataset(d, format="parquet").to_table(columns=columns) for d in directories)
 
     def flat(name: str, dtype) -> np.ndarray:
         return pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False).astype(dtype)
