@@ -23,17 +23,16 @@ import time
 
 from jobs.cli import HelpFormatter, check_data, check_model, job_parser, one_line_errors
 from ncf.errors import InputError
-from ncf.registry import MODEL_NAME, Registry, is_registry_ref, store_errors, track_model
-
-# A promote or rollback moves the alias only: what already runs keeps its model until redeployed.
+from ncf.registry import MODEL_NAME, Registry, check_trained_on, is_registry_ref, store_errors, track_model
 
 
 def serve_unchanged(args: argparse.Namespace, registry: Registry) -> str:
-    """What rolls the new current version out: the deploy command names the same store and
+    """What rolls the new current version out (a promote or rollback moves the alias only: what
+    already runs keeps its model until redeployed): the deploy command names the same store and
     model as this command did (``current`` alone is advanced-ncf in the default store)."""
     ref, env = "current", ""
     if registry.name != MODEL_NAME:
-        ref = f"models:/{registry.name}@current"
+        ref = shlex.quote(f"models:/{registry.name}@current")
     if args.tracking_uri:
         env = f"MLFLOW_TRACKING_URI={shlex.quote(registry.uri)} "
     deploy = f"{env}python -m jobs.deploy --model {ref} --detach [--data DATA]"
@@ -186,6 +185,7 @@ def _run(command: str, args: argparse.Namespace, registry: Registry):
         check_model(args.model)
         if args.data is not None:
             check_data(args.data)
+            check_trained_on(args.model, args.data)  # before a run is logged for it
         return track_model(args.model, args.data, strict=True, registry=registry, candidate=not args.not_deployable)
     if command == "resolve":
         path = registry.resolve(args.ref)

@@ -182,12 +182,6 @@ def lineage(model_dir: str, data: Optional[str] = None) -> Dict[str, str]:
     """What a model directory came from, as registry tags (strings)."""
     config = read_config(model_dir)
     trained_vocab = config["data"].get("vocab_sha256")
-    if data is not None and trained_vocab and os.path.isdir(layout.vocab_dir(data)):
-        if vocab_digest(data) != trained_vocab:
-            raise InputError(
-                f"--data {data}: not the DATA {model_dir} was trained on (its vocabularies differ: the weights' "
-                "rows would mean other households and products); give that DATA, or a refresh of it"
-            )
     data = os.path.abspath(data or config["data"]["path"])
     stats = layout.stats_path(data)
     return {
@@ -203,6 +197,19 @@ def lineage(model_dir: str, data: Optional[str] = None) -> Dict[str, str]:
         "weights_sha256": sha256_of(os.path.join(model_dir, WEIGHTS)),
         **code_version(),
     }
+
+
+def check_trained_on(model_dir: str, data: str) -> None:
+    """Refuses a ``data`` whose vocabularies are not the ones ``model_dir``'s weights were trained
+    on (``register --data``: the version's lineage would name another DATA). Every preprocessing
+    numbers products anew, so only the DATA trained on passes."""
+    config = read_config(model_dir)
+    trained_vocab = config["data"].get("vocab_sha256")
+    if trained_vocab and vocab_digest(data) != trained_vocab:
+        raise InputError(
+            f"--data {data}: not the DATA {model_dir} was trained on (its vocabularies differ: the weights' rows "
+            f"would mean other households and products); give that one ({config['data']['path']})"
+        )
 
 
 def headline(metrics: Dict) -> Dict[str, str]:
@@ -574,6 +581,8 @@ class Registry:
             raise InputError(f"version {history[-1]} is the first that was current: no previous one to roll back to")
         try:
             self._deployable(kept[-2])
+        except (StoreUnavailable, TryLater):
+            raise  # the store's failure, or a save under way: not the version's
         except InputError as e:
             raise InputError(
                 f"{e}; rollback goes to version {kept[-2]} only: {MODELS_CLI} promote VERSION makes another current"

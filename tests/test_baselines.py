@@ -107,6 +107,11 @@ def test_a_faint_decayed_purchase_stays_above_a_popular_product_never_bought_in_
     scores = ranker.scores(1, 440 * DAY)
     assert 0 < ranker.personal(1, 440 * DAY)[2] < 1e-9
     assert scores[2] > scores[3] > scores[4] and ranker.rank(1, 440 * DAY, 2).tolist() == [2, 3]
+    # Nor does the prior reorder two scores it should only break ties between.
+    from ncf.evaluate.baselines.base import with_tie_prior
+
+    blended = with_tie_prior(np.array([0.0, 1.0, 0.9, 0.6, 0.0]), np.array([0, 1, 9, 1, 5]))
+    assert np.argsort(-blended).tolist() == [1, 2, 3, 4, 0]
 
 
 # -- TIFU-KNN ----------------------------------------------------------------------------
@@ -324,7 +329,7 @@ def test_tuned_parameters_are_kept_in_data_and_retuned_on_request(tmp_path, monk
     tuning.tuned_params(baselines, str(tmp_path), context, period, period.users, retune=True, **quiet)
     assert searched == ["decayed_frequency"] * 2
     # A changed baseline (another digest of its code) is searched again, and the log says why.
-    monkeypatch.setattr(baselines_module, "code_digest", lambda build, also=(): "changed")
+    monkeypatch.setattr(baselines_module, "code_digest", lambda build, rule_modules=(): "changed")
     said = []
     tuning.tuned_params(baselines, str(tmp_path), context, period, period.users, log=said.append)
     assert searched == ["decayed_frequency"] * 3
@@ -342,11 +347,12 @@ def test_the_code_digest_covers_the_modules_a_baseline_takes_names_from_and_its_
     assert {"ncf.rank.candidates", "ncf.data.features", "ncf.evaluate.baselines.boosted"} <= set(names)
     # The tuning rules (its objective, its tie rule) and the time filters the protocol reaches
     # through its own imports were left out: a changed OBJECTIVE kept the old choices.
-    from ncf.evaluate import metrics, protocol, tuning
+    from ncf.evaluate import metrics, protocol
     from ncf.evaluate.baselines import base
 
-    reached = baselines_module._modules_reached([inspect.getmodule(BoostedRanker), base, protocol, metrics, tuning])
-    assert {"ncf.evaluate.tuning", "ncf.data.catalog", "ncf.data.timeline", "ncf.data.user_state"} <= set(reached)
+    reached = baselines_module._modules_reached([inspect.getmodule(BoostedRanker), base, protocol, metrics])
+    assert {"ncf.data.catalog", "ncf.data.timeline", "ncf.data.user_state"} <= set(reached)
+    assert "ncf.evaluate.baselines.als" not in reached  # another baseline's change keeps this one's choice
     from ncf.evaluate.baselines import BASELINES
     from ncf.evaluate.tuning import _grid
 

@@ -1120,3 +1120,7 @@ def test_the_verify_sample_reaches_as_many_parts_as_it_has_users_and_changes_wit
     assert len(picked) == 20 and all(50 * i <= p < 50 * (i + 1) for i, p in enumerate(picked))
     assert not np.array_equal(picked, verify.spread_sample(1_000, 20, seed=4))
     assert list(verify.spread_sample(3, 20, seed=0)) == [0, 1, 2] and len(verify.spread_sample(5, 0, 0)) == 0
+    for users, sample in ((1_000, 300), (3, 2), (7, 7), (10_000_000, 20)):
+        for seed in range(50):
+            picked = verify.spread_sample(users, sample, seed)
+            assert len(set(picked.tolist())) == sample and 0 <= picked.min() and picked.max() < users

@@ -331,6 +331,7 @@ def test_registering_with_a_data_the_model_was_not_trained_on_is_refused(store, 
         models.main(["register", model, "--data", other])
     assert exit_info.value.code == 2
     assert "not the DATA" in capsys.readouterr().err and store.versions() == []
+    assert store.client.search_experiments(filter_string="name = 'ncf-train'") == []  # no run logged for it
     trained_on = os.path.join(tmp_path, "tiny", "data")
     models.main(["register", model, "--data", trained_on])
     (row,) = store.versions()

@@ -164,9 +164,9 @@ def spread_sample(users: int, sample: int, seed: int) -> np.ndarray:
     if sample <= 0:
         return np.zeros(0, np.int64)
     rng = np.random.default_rng(seed)
-    edges = np.linspace(0, users, sample + 1)
-    picked = np.floor(edges[:-1] + rng.random(sample) * np.diff(edges)).astype(np.int64)
-    return np.minimum(picked, users - 1)
+    # Whole-number edges: each stretch at least one user wide, so no two draws are one user.
+    edges = np.floor(np.linspace(0, users, sample + 1)).astype(np.int64)
+    return edges[:-1] + (rng.random(sample) * np.diff(edges)).astype(np.int64)
 
 
 def cold_start_households(states, positions: np.ndarray, at: int) -> int:

@@ -104,7 +104,7 @@ def _grid(baseline: Baseline, exclude_purchased: bool) -> Dict:
     # ones, recorded as "exclude_purchased": True, are searched again.
     protocol = {"exclude_purchased": "relevant: never bought before"}
     rules = (sys.modules[__name__],)  # its objective and tie rule choose the parameters
-    return {**baseline.grid(True, rules), **protocol} if exclude_purchased else baseline.grid(also=rules)
+    return {**baseline.grid(True, rules), **protocol} if exclude_purchased else baseline.grid(rule_modules=rules)
 
 
 def _changed(hit: Tuned, grid: Dict, period: Period, users: np.ndarray) -> str:

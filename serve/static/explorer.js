@@ -214,6 +214,7 @@
     const labels = new Map();
     let failed = null;
     for (let unique of labelChunks([...new Set(ids.map(String))])) {
+      if (!current()) break; // a replaced question's labels are never shown
       for (let attempt = 0; attempt < 2 && unique.length; attempt++) {
         try {
           const found = await call("products", { product_ids: unique }, BUSY_RETRIES, current);

@@ -60,12 +60,12 @@ class Baseline:
             return self.stages_excluding_purchased
         return self.stages
 
-    def grid(self, exclude_purchased: bool = False, also: tuple = ()) -> Dict:
+    def grid(self, exclude_purchased: bool = False, rule_modules: tuple = ()) -> Dict:
         """The whole search, as recorded beside tuned parameters (a cache is valid for it only),
-        with a digest of the code that builds the baseline and of the modules ``also`` (the
-        search's own rules): a changed baseline is searched again."""
+        with a digest of the code that builds the baseline and of ``rule_modules`` (the search's
+        own rules): a changed baseline is searched again."""
         stages = [{k: list(v) for k, v in s.items()} for s in self.stages_for(exclude_purchased)]
-        return {"defaults": self.defaults, "stages": stages, "code": code_digest(self.build, also)}
+        return {"defaults": self.defaults, "stages": stages, "code": code_digest(self.build, rule_modules)}
 
 
 # The libraries whose fits the baselines are: another version may choose other parameters.
@@ -84,13 +84,14 @@ def _project_modules(module) -> list:
 
 
 @lru_cache(maxsize=None)
-def code_digest(build: Callable, also: tuple = ()) -> str:
+def code_digest(build: Callable, rule_modules: tuple = ()) -> str:
     """A short digest of the source of the module that defines ``build``, of :mod:`.base` (what
     every baseline ranks through), of the evaluation protocol and metrics that score its
-    validation trials, of the modules ``also`` (:mod:`ncf.evaluate.tuning`'s rules, which choose
-    among them, pass it), of every project module those take names from, through theirs (the time
-    filters of ``ncf.data`` too), and of the versions of :data:`TUNED_WITH`, as joblib's cache
-    keys its functions by their code.
+    validation trials, of every project module those take names from, through theirs (the time
+    filters of ``ncf.data`` too), of ``rule_modules`` themselves (:mod:`ncf.evaluate.tuning`'s
+    objective and tie rule, which choose among the trials; not what they import, which is every
+    baseline: one baseline's change would search them all again), and of the versions of
+    :data:`TUNED_WITH`, as joblib's cache keys its functions by their code.
 
     Example::
 
@@ -99,7 +100,8 @@ def code_digest(build: Callable, also: tuple = ()) -> str:
     from ncf.evaluate import metrics, protocol
     from ncf.evaluate.baselines import base
 
-    modules = _modules_reached([inspect.getmodule(build), base, protocol, metrics, *also])
+    modules = _modules_reached([inspect.getmodule(build), base, protocol, metrics])
+    modules.update({m.__name__: m for m in rule_modules})
     sources = [inspect.getsource(modules[name]) for name in sorted(modules)]
     versions = [f"{name} {_version(name)}" for name in TUNED_WITH]
     return hashlib.sha256("\0".join(sources + versions).encode()).hexdigest()[:12]

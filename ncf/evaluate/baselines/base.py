@@ -140,12 +140,13 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def with_tie_prior(personal: np.ndarray, popularity: np.ndarray) -> np.ndarray:
-    """``personal`` scores with :func:`tie_prior` added below half their smallest positive entry:
-    a product scored above zero stays above every product at zero, as :func:`rank_with_ties`
-    orders them, however small its score (one purchase 440 days ago at a 14-day half-life is
-    3.5e-10, under a fixed prior of 1e-9)."""
-    positive = personal[personal > 0]
-    return personal + tie_prior(popularity, 0.5 * float(positive.min()) if len(positive) else 1.0)
+    """``personal`` scores with :func:`tie_prior` added below half the smallest gap between two
+    of their distinct values (zero included): products keep the order :func:`rank_with_ties`
+    gives them, equal scores go the popular way, and a product scored above zero stays above
+    every product at zero however small its score (one purchase 440 days ago at a 14-day
+    half-life is 3.5e-10, under a fixed prior of 1e-9)."""
+    levels = np.unique(np.concatenate([[0.0], personal[personal > 0]]))
+    return personal + tie_prior(popularity, 0.5 * float(np.diff(levels).min()) if len(levels) > 1 else 1.0)
 
 
 def tie_prior(popularity: np.ndarray, scale: Optional[float] = None) -> np.ndarray:
