@@ -71,13 +71,13 @@ lint: setup
 test: setup browser lint
 	$(PY) -m pytest -q --durations=15 tests
 
-test-faults: setup
+test-faults: setup browser
 	$(PY) -m pytest -q --durations=15 -m faults tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m unit tests
 
-# About 13 minutes on 2 cores (BENCHMARKS.md, the demo's rows); DEMO_ARGS passes options.
+# About 15 minutes on 2 cores (BENCHMARKS.md, the demo's rows); DEMO_ARGS passes options.
 demo: setup
 	$(PY) -m jobs.demo $(DEMO_ARGS)
 

@@ -126,11 +126,12 @@ def exit_status(error: Exception) -> int:
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Each option's help ends with its default, unless there is none to show (required options,
-    flags, and None: those options say in words what happens without them)."""
+    flags, and None: those options say in words what happens without them). A flag's default is
+    the value behind it, not the flag's: ``--no-resume`` would show "(default: True)"."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" in text or action.required or _no_default(action.default):
+        if "%(default)" in text or action.required or action.nargs == 0 or _no_default(action.default):
             return text
         return text + " (default: %(default)s)"
 
