@@ -60,7 +60,9 @@ def test_every_option_has_help_and_shows_its_default(job, monkeypatch, capsys):
         name = action.option_strings[-1] if action.option_strings else action.dest
         assert action.help and len(action.help) > 8, f"{job} {name}: no help text"
         text = owner.formatter_class(owner.prog)._get_help_string(action) % {**vars(action), "prog": owner.prog}
-        if not action.required and not cli._no_default(action.default):
+        if action.nargs == 0:  # a flag: its default is the setting behind it (--no-resume's True), not the flag's
+            assert "(default:" not in text, f"{job} {name}: a flag's default shown"
+        elif not action.required and not cli._no_default(action.default):
             assert f"(default: {action.default})" in text, f"{job} {name}: default not shown"
         if owner is parser:
             assert name in shown and action.help.split()[0] in shown
