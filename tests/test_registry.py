@@ -606,11 +606,16 @@ def test_a_training_run_is_tracked_and_its_models_registered(small_data, store, 
 
 @pytest.mark.slow
 @pytest.mark.faults
-def test_a_run_refused_its_model_directory_at_export_is_exported_by_its_name(small_data, store, tmp_path, capsys):
+def test_a_run_refused_its_model_directory_at_export_is_exported_by_its_name(
+    small_data, store, tmp_path, capsys, monkeypatch
+):
     """Another run writing MODEL when the training ends: exit 75 naming the run, whose checkpoints
     a rerun with --name exports without training again (before, a retry trained from scratch)."""
+    from ncf.model import directory
     from ncf.model.files import read_config
     from ncf.staging import exclusive
+
+    monkeypatch.setattr(directory, "SAVE_WAIT_S", 2.0)  # the save's wait for the other run: 120 s
 
     data, _ = small_data
     output = str(tmp_path / "model")

@@ -63,6 +63,9 @@ from ncf.splits import REFIT, VALIDATED
 from ncf.staging import replacing
 
 STATE_PARTS = (layout.vocab_dir, layout.user_state_dir, layout.product_stats_dir)
+# Two saves to one MODEL take turns (a save takes seconds) rather than one failing; past this
+# wait the save is refused (exit 75: another run is writing it).
+SAVE_WAIT_S = 120.0
 
 
 def copy_state(data: str, destination: str) -> None:
@@ -129,8 +132,7 @@ def save_model_dir(
     """
     stats = layout.DataStats(data)
     version = version or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    # wait_s: two saves to one MODEL take turns (a save takes seconds) instead of one failing.
-    with replacing(output, CONFIG, "model directory", [data], overwrite, wait_s=120, version=version) as tmp:
+    with replacing(output, CONFIG, "model directory", [data], overwrite, wait_s=SAVE_WAIT_S, version=version) as tmp:
         torch.save(weights, os.path.join(tmp, WEIGHTS))
         copy_state(data, os.path.join(tmp, STATE))
         copied_vocab = vocab_digest(os.path.join(tmp, STATE))  # what was copied, not what DATA holds now
