@@ -330,6 +330,14 @@ def test_folders_a_glob_names_and_linked_folders_are_read_and_table_formats_refu
         str(tmp_path / "exports" / "2024" / "b.csv"),
         str(tmp_path / "exports" / "a.csv"),
     ]
+    # Two links back up the tree: Python's glob doubled its paths at each of 40 levels (2^40).
+    for name in ("up1", "up2"):
+        (tmp_path / "exports" / "2024" / name).symlink_to(tmp_path / "exports")
+    assert schema.resolve_files(str(tmp_path / "exports" / "**" / "*.csv")).paths == [
+        str(tmp_path / "exports" / "2024" / "b.csv"),
+        str(tmp_path / "exports" / "a.csv"),
+    ]
+    assert schema._glob(str(tmp_path / "exports" / "2*" / "*.csv")) == [str(tmp_path / "exports" / "2024" / "b.csv")]
     table = tmp_path / "table"
     (table / "_delta_log").mkdir(parents=True)
     (table / "date=2024-01-01").mkdir()

@@ -27,6 +27,7 @@ quarantined.
 from __future__ import annotations
 
 import codecs
+import fnmatch
 import glob
 import os
 import re
@@ -173,8 +174,14 @@ def _visible_files(directory: str) -> List[str]:
     checkpoint copy of a log would count every row twice, a half-written job's parts once.
     Folders linked into it are followed, each real folder once, except a link to a folder that
     holds ``directory`` itself (``up -> ..``, a link to ``/``), which would read all around it."""
+    return [os.path.join(root, n) for root, _, names in _walk_visible(directory) for n in names]
+
+
+def _walk_visible(directory: str):
+    """``os.walk`` of ``directory``'s visible entries, linked folders followed as
+    :func:`_visible_files` says: (folder, its visible folders, its visible files)."""
     top = os.path.realpath(directory)
-    found, seen = [], set()
+    seen = set()
     for root, folders, names in os.walk(directory, followlinks=True):
         real = os.path.realpath(root)
         above = real != top and (top + os.sep).startswith(real.rstrip(os.sep) + os.sep)
@@ -183,8 +190,42 @@ def _visible_files(directory: str) -> List[str]:
             continue
         seen.add(real)
         folders[:] = [f for f in folders if not _hidden(f)]
-        found.extend(os.path.join(root, n) for n in names if not _hidden(n))
+        yield root, list(folders), [n for n in names if not _hidden(n)]
+
+
+def _glob(spec: str) -> List[str]:
+    """``glob.glob(spec, recursive=True)``, but a ``**`` walks linked folders as
+    :func:`_visible_files` does: Python's glob follows them with no loop check, and two links
+    back up the tree (``a/up -> ..``, ``b/up -> ..``) double its paths at every level, to the
+    system's limit on links in a path (40: 2^40 paths). Hidden entries below the pattern's fixed
+    part are left out (as :func:`_hidden_below_pattern` would)."""
+    if "**" not in spec:
+        return glob.glob(spec)
+    parts = spec.split(os.sep)
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root = os.sep.join(parts[:fixed]) or (os.sep if spec.startswith(os.sep) else "")
+    pattern = parts[fixed:]
+    found = []
+    for folder, folders, names in _walk_visible(root or os.curdir):
+        relative = os.path.relpath(folder, root or os.curdir)
+        below = [] if relative == os.curdir else relative.split(os.sep)
+        if not below and root and _matches(pattern, below):
+            found.append(os.path.join(root, ""))  # `logs/**` matches the folder itself, as glob's
+        for name in folders + names:
+            if _matches(pattern, below + [name]):
+                found.append(os.path.join(root, *below, name))
     return found
+
+
+def _matches(pattern: List[str], names: List[str]) -> bool:
+    """Whether path components ``names`` match glob components ``pattern`` (``**``: any number
+    of components, each other one :func:`fnmatch.fnmatchcase`)."""
+    if not pattern:
+        return not names
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_matches(rest, names[i:]) for i in range(len(names) + 1))
+    return bool(names) and fnmatch.fnmatchcase(names[0], head) and _matches(rest, names[1:])
 
 
 def _each_file_once(paths: List[str]) -> List[str]:
@@ -199,7 +240,7 @@ def _each_file_once(paths: List[str]) -> List[str]:
 def resolve_files(spec: str) -> InputFiles:
     """A file, a directory or a glob -> the data files in it, all of one format."""
     if any(ch in spec for ch in "*?[") and not os.path.exists(spec):  # "logs [2017].csv" is a name
-        matched = [p for p in glob.glob(spec, recursive=True) if not _hidden_below_pattern(spec, p)]
+        matched = [p for p in _glob(spec) if not _hidden_below_pattern(spec, p)]
         # A folder the pattern names is read as a folder: Spark's df.write.csv("sales.csv") writes one.
         paths = [f for p in matched for f in (_visible_files(p) if os.path.isdir(p) else [p])]
     elif os.path.isdir(spec):
