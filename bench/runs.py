@@ -13,7 +13,7 @@ import numpy as np
 
 from jobs import train
 from ncf.evaluate.evaluation import evaluate_all
-from ncf.jsonio import temporary_name
+from ncf.jsonio import write_text
 from ncf.model.directory import read_metrics
 from ncf.splits import TEST
 
@@ -61,17 +61,8 @@ def summarize(name: str, rows: Sequence[Dict], keys: Sequence[str] = METRICS) ->
 
 
 def write_jsonl(path: str, rows: List[Dict]) -> str:
-    """Writes the rows as ncf.jsonio.write_json writes JSON: whole or not at all, so that a run
-    killed while writing leaves the earlier rows (which ablations merges with its own) in place."""
+    """Writes the rows whole or not at all (:func:`ncf.jsonio.write_text`), so that a run killed
+    while writing leaves the earlier rows (which ablations merges with its own) in place."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return path

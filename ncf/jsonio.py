@@ -8,22 +8,26 @@ from typing import Any, Dict
 
 
 def write_json(path: str, payload: Dict) -> None:
-    """Writes JSON atomically: to a temporary name, flushed to disk, then renamed over ``path``."""
+    """Writes JSON atomically (:func:`write_text`)."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes ``text`` atomically: to a temporary name, flushed to disk, then renamed over ``path``."""
     tmp = temporary_name(path)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):  # a failed write (a full disk, a value JSON cannot hold) leaves nothing
+        if os.path.exists(tmp):  # a failed write (a full disk) leaves nothing
             os.remove(tmp)
 
 
 def temporary_name(path: str) -> str:
-    """Where :func:`write_json` writes ``path`` before the rename (left behind only by a process
+    """Where :func:`write_text` writes ``path`` before the rename (left behind only by a process
     killed in between)."""
     return path + ".tmp"
 

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from ncf.batch.commit import SUCCESS
 from ncf.batch.partitions import partition_dir, read_manifest, read_users
+from ncf.data.catalog import households_before
 from ncf.data.product_stats import ProductStats
 from ncf.rank.reasons import Reason
 from ncf.rank.recommender import Recommender
@@ -130,9 +131,9 @@ def verify_parts(
     recommender = Recommender.load(manifest["model"], data=manifest["data"]).as_of(manifest["at_epoch_s"], stats)
     at = manifest["at_epoch_s"]
     if has_flags:
-        positions = users_table.column("position").to_numpy()
-        cold = cold_start_households(recommender.state.states, positions, at)
-        checks["cold_starts_match_data"] = cold_rows == cold * k
+        # Cold, as the ranking calls it: no purchase before ``at`` (or none at all).
+        warm = np.isin(users_table.column("position").to_numpy(), households_before(recommender.state.states, at))
+        checks["cold_starts_match_data"] = cold_rows == int((~warm).sum()) * k
     ranked = recommender.rank(chosen, k=k, at=at, reasons=explained)
     matches = ties = 0
     for u, r in zip(chosen, ranked):
@@ -167,18 +168,6 @@ def spread_sample(users: int, sample: int, seed: int) -> np.ndarray:
     # Whole-number edges: each stretch at least one user wide, so no two draws are one user.
     edges = np.floor(np.linspace(0, users, sample + 1)).astype(np.int64)
     return edges[:-1] + (rng.random(sample) * np.diff(edges)).astype(np.int64)
-
-
-def cold_start_households(states, positions: np.ndarray, at: int) -> int:
-    """How many of the households at vocabulary ``positions`` had no purchase before ``at`` in
-    ``states`` (:class:`ncf.data.user_state.UserStates`, each household's purchases in time order),
-    or none at all: what the ranking calls a cold start. One read per household."""
-    known = positions[(positions > 0) & (positions < states.num_users)]
-    starts, ends = states.offsets[known], states.offsets[known + 1]
-    bought = ends > starts
-    first = np.full(len(known), np.iinfo(np.int64).max, np.int64)
-    first[bought] = states.timestamps[starts[bought]]
-    return int(len(positions) - len(known) + (first >= at).sum())
 
 
 @dataclass(frozen=True)

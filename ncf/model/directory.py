@@ -35,7 +35,6 @@ import shutil
 import time
 from typing import Dict, Optional
 
-import numpy as np
 import torch
 
 from ncf.data import layout
@@ -57,6 +56,8 @@ from ncf.model.files import (  # noqa: F401 (re-exported: the names callers know
     WEIGHTS,
     read_config,
     read_metrics,
+    read_trained_rows,
+    save_trained_rows,
 )
 from ncf.model.integrity import vocab_digest, write_manifest
 from ncf.splits import REFIT, VALIDATED
@@ -145,8 +146,7 @@ def save_model_dir(
             _save_index(weights, model_config.num_products, tmp, index_depth)
         listed = _listed_rows(data, stats, run, model_config) if trained_rows is None else trained_rows
         if listed is not None:
-            np.save(os.path.join(tmp, TRAINED_USERS), listed[0])
-            np.save(os.path.join(tmp, TRAINED_PRODUCTS), listed[1])
+            save_trained_rows(tmp, listed)
         write_json(
             os.path.join(tmp, CONFIG),
             {
@@ -241,10 +241,7 @@ class ModelDir:
     def trained_rows(self) -> Optional[tuple]:
         """(users, products) boolean masks of the rows the run's lists held, or None (an
         untrained directory, or one written before the masks existed: rows_trained_before alone)."""
-        paths = [os.path.join(self.path, name) for name in (TRAINED_USERS, TRAINED_PRODUCTS)]
-        if not all(os.path.exists(p) for p in paths):
-            return None
-        return tuple(np.load(p, allow_pickle=False) for p in paths)
+        return read_trained_rows(self.path)
 
     @property
     def state_dir(self) -> str:

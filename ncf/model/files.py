@@ -7,7 +7,9 @@ The layout itself is described in :mod:`ncf.model.directory`; these names live a
 from __future__ import annotations
 
 import os
-from typing import Dict
+from typing import Dict, Optional, Tuple
+
+import numpy as np
 
 from ncf.data.features import FEATURES_VERSION
 from ncf.errors import InputError
@@ -26,6 +28,22 @@ METRICS = "metrics.json"
 STATE = "state"
 # Boolean masks over the tables' rows: which households and products the run's lists held.
 TRAINED_USERS, TRAINED_PRODUCTS = "trained_users.npy", "trained_products.npy"
+
+
+def save_trained_rows(directory: str, rows: Tuple[np.ndarray, np.ndarray]) -> None:
+    """The (users, products) masks into a model directory, or a checkpoint (the same files)."""
+    np.save(os.path.join(directory, TRAINED_USERS), rows[0])
+    np.save(os.path.join(directory, TRAINED_PRODUCTS), rows[1])
+
+
+def read_trained_rows(directory: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The masks :func:`save_trained_rows` wrote, or None where there are none (no pickles:
+    ``allow_pickle=False``)."""
+    paths = [os.path.join(directory, name) for name in (TRAINED_USERS, TRAINED_PRODUCTS)]
+    if not all(os.path.exists(path) for path in paths):
+        return None
+    users, products = (np.load(path, allow_pickle=False) for path in paths)
+    return users, products
 
 
 def read_config(model_dir: str) -> Dict:

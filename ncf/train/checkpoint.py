@@ -20,7 +20,8 @@ from ncf.data.features import FEATURES_VERSION
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.model.config import ModelConfig
-from ncf.model.directory import TRAINED_PRODUCTS, TRAINED_USERS, WEIGHTS, save_model_dir
+from ncf.model.directory import WEIGHTS, save_model_dir
+from ncf.model.files import read_trained_rows, save_trained_rows
 
 VAL_METRIC = "val_ndcg@10"
 OPTIMIZER = "optimizer.pt"
@@ -40,18 +41,8 @@ def write_checkpoint(
     if optimizer_state is not None:
         torch.save(optimizer_state, os.path.join(directory, OPTIMIZER))
     if trained_rows is not None:
-        np.save(os.path.join(directory, TRAINED_USERS), trained_rows[0])
-        np.save(os.path.join(directory, TRAINED_PRODUCTS), trained_rows[1])
+        save_trained_rows(directory, trained_rows)
     write_json(os.path.join(directory, TRAIN_STATE), state)
-
-
-def read_trained_rows(directory: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """The masks :func:`write_checkpoint` saved, or None (no pickles: ``allow_pickle=False``)."""
-    paths = [os.path.join(directory, name) for name in (TRAINED_USERS, TRAINED_PRODUCTS)]
-    if not all(os.path.exists(path) for path in paths):
-        return None
-    users, products = (np.load(path, allow_pickle=False) for path in paths)
-    return users.astype(bool), products.astype(bool)
 
 
 def read_train_state(directory: str) -> Dict:

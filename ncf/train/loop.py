@@ -28,6 +28,7 @@ from ncf.evaluate.evaluation import full_ranking, model_fns, point_in_time_perio
 from ncf.model.advanced_ncf import model_from_weights
 from ncf.model.batch import Batch
 from ncf.model.config import ModelConfig
+from ncf.model.files import read_trained_rows
 from ncf.model.integrity import vocab_digest
 from ncf.rank.ranker import Ranker
 from ncf.rank.state import EmbeddingRows, RankingState
@@ -276,7 +277,7 @@ def _restore(w: Worker, checkpoint) -> Dict:
         ckpt.check_same_training(run_folder, state.get("training"), ckpt.training_settings(asdict(w.cfg)))
         load_full_state_dict(w.model, weights)
         optimizer_state = ckpt.read_optimizer_state(d)
-        trained = ckpt.read_trained_rows(d)
+        trained = read_trained_rows(d)
     if w.read_rows is not None and trained is not None:
         w.read_rows = tuple(now | before for now, before in zip(w.read_rows, trained))
     if optimizer_state is not None:

@@ -189,11 +189,12 @@
   const MAX_LABEL_BODY_BYTES = 48 * 1024;
 
   function labelChunks(ids) {
+    const encoder = new TextEncoder();
     const chunks = [];
     let chunk = [];
     let bytes = 0;
     for (const id of ids) {
-      const size = new TextEncoder().encode(JSON.stringify(id)).length + 1;
+      const size = encoder.encode(JSON.stringify(id)).length + 1;
       if (chunk.length && (chunk.length >= MAX_LABEL_IDS || bytes + size > MAX_LABEL_BODY_BYTES)) {
         chunks.push(chunk);
         chunk = [];
