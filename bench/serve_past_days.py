@@ -24,9 +24,16 @@ from bench.multinode_sweep import free_port
 DELAY_S = 0.2  # between the past day's request and the present's: the pass is running by then
 
 
+def local_session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # the server is on 127.0.0.1: an HTTP(S)_PROXY set for the outside must not relay it
+    return session
+
+
 def post(url: str, body: Dict) -> Dict:
     started = time.time()
-    response = requests.post(url, json=body, timeout=300)
+    with local_session() as session:
+        response = session.post(url, json=body, timeout=300)
     return {
         "s": round(time.time() - started, 3),
         "status": response.status_code,
@@ -71,9 +78,10 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         base = launch.start(build_app({"model": args.model}), port=free_port())
-        data_end = requests.get(f"{base}/healthz", timeout=60).json()["data_end"]
+        with local_session() as session:
+            data_end = session.get(f"{base}/healthz", timeout=60).json()["data_end"]
+            user = session.post(f"{base}/households", json={"prefix": ""}, timeout=60).json()["user_ids"][0]
         end = calendar.timegm(time.strptime(data_end[:19], "%Y-%m-%dT%H:%M:%S"))
-        user = requests.post(f"{base}/households", json={"prefix": ""}, timeout=60).json()["user_ids"][0]
         url = f"{base}/recommend"
         for _ in range(5):  # warm: the first requests load what the replica loads lazily
             post(url, {"user_id": user})
