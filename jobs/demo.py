@@ -30,8 +30,10 @@ from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
 from ncf.evaluate.protocol import PAIRED
+from ncf.jsonio import write_text
+from ncf.model.directory import ModelDir
 from ncf.registry import sqlite_uri
-from serve.launch import LOCAL, check_port_free
+from serve.launch import LOCAL, base_url, check_port_free, running_address
 
 STAGES = 6
 # Six trainings are too long for the demo; bench.ablations' rows on Complete Journey are kept here.
@@ -79,19 +81,38 @@ def stop_app(app_name: str) -> None:
         serve.shutdown()
 
 
+def check_no_serve_running() -> None:
+    """Refuses (InputError, one line) a cluster whose Serve already runs: the demo's app would
+    replace one of the same name, keep that Serve's address whatever ``--port`` says, and the
+    demo shuts Serve down, every app of it, when it ends."""
+    running = running_address()
+    if running is not None:
+        raise InputError(
+            f"Serve already runs on this cluster ({base_url(*running)}): the demo deploys an app of its own and "
+            "shuts Serve down at its end; run the demo on another cluster, or locally (without RAY_ADDRESS)"
+        )
+
+
 def online_queries(model: str, data: str, port: int) -> list:
     """Deploys the Serve app on 127.0.0.1, asks it a few questions, and stops it."""
     from serve.app import build_app
     from serve.launch import APP_NAME, start, wait_until_healthy
 
+    with one_line_errors():
+        # Checked at the start too; something may have taken the port in the minutes since.
+        check_port_free("127.0.0.1", port, "stop it or give the demo another --port")
+        app = build_app({"model": model, "data": data, "default_at": "data-end", "min_replicas": 1, "max_replicas": 2})
     # Complete Journey ends in 2017, so requests default to the data's end rather than now.
-    url = start(
-        build_app({"model": model, "data": data, "default_at": "data-end", "min_replicas": 1, "max_replicas": 2}),
-        host="127.0.0.1",
-        port=port,
-    )
+    url = start(app, host="127.0.0.1", port=port)
     try:
         health = wait_until_healthy(url, timeout_s=120)
+        expected = ModelDir(model).version
+        if health.get("model_version") != expected:
+            with one_line_errors():
+                raise InputError(
+                    f"{url} answers with model {health.get('model_version')}, not the demo's {expected}: another "
+                    "server took the port? stop it or give the demo another --port"
+                )
         print(f"serving {url} (OpenAPI at {url}/docs): {json.dumps(health)}", flush=True)
         users = Vocabularies.load(layout.vocab_dir(data)).users.raw_of([1, 2])
         answers = [
@@ -144,7 +165,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="keep DATA if a previous run preprocessed it with this code's feature definitions",
     )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="the training's run name (default: train-<UTC date-time>); the name an interrupted demo printed "
+        "resumes its training from the checkpoints",
+    )
     return p.parse_args(argv)
+
+
+def model_links(*outputs: str) -> None:
+    """Makes each output a blue/green symlink (:mod:`ncf.staging`) when nothing is there yet:
+    each run's model then keeps a directory of its own beside the link, so the versions a rerun
+    registers never replace the directory of one registered before (the registry could no longer
+    resolve it, ``current`` included). The link points nowhere until the first training."""
+    for output in outputs:
+        if not os.path.lexists(output):
+            os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+            os.symlink(f".{os.path.basename(output)}-unset", output)
 
 
 def main(argv=None) -> list:
@@ -168,6 +206,9 @@ def main(argv=None) -> list:
     import ray
 
     try:
+        if os.environ.get("RAY_ADDRESS"):
+            with one_line_errors():
+                check_no_serve_running()
         _stage(1, "preprocess Complete Journey (Ray Data)", started)
         stats = layout.stats_path(data)
         reusable = os.path.exists(stats) and layout.DataStats(data).features_version == FEATURES_VERSION
@@ -178,6 +219,7 @@ def main(argv=None) -> list:
             preprocess.main(["--dataset", "completejourney", "--output", data, *cache])
 
         _stage(2, "train AdvancedNCF (Ray Train): the validated model, then the deployment refit", started)
+        model_links(model, validated)
         train.main(
             [
                 "--data",
@@ -190,13 +232,13 @@ def main(argv=None) -> list:
                 str(args.epochs),
                 "--refit",
                 *(["--storage", shared["--storage"]] if shared else []),
+                *(["--name", args.name] if args.name else []),
             ]
         )
 
         _stage(3, "evaluate the validated model on the held-out weeks against the baselines; HTML report", started)
         rows = evaluate.main(["--model", validated, "--data", data, "--report", report, "--ablations", args.ablations])
-        with open(os.path.join(args.workdir, "evaluation.jsonl"), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        write_text(os.path.join(args.workdir, "evaluation.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
 
         _stage(4, "batch-score every household with the deployment model (--score-in auto)", started)
         scored = batch_score.main(

@@ -105,7 +105,7 @@ def main(argv=None) -> list:
                 exclude_purchased=args.exclude_purchased,
             )
             print(f"[evaluate] report: {path}", file=sys.stderr, flush=True)  # stdout: the rows alone
-        return rows
+        return [labelled(row, handle) for row in rows]  # as printed: each names the model it is about
 
 
 def labelled(row: dict, handle: ModelDir | None) -> dict:

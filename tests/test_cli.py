@@ -5,6 +5,7 @@ first, exit status 2, before Ray starts; ``--version`` prints the package and mo
 import argparse
 import importlib
 import inspect
+import json
 import os
 import re
 import signal
@@ -539,6 +540,9 @@ def test_the_demo_hands_each_job_arguments_its_parser_accepts_and_its_dataset_is
     (port,) = free_ports(1)
     assert demo.main(["--workdir", str(workdir), "--port", str(port)]) == [row]
     assert set(asked) == {"jobs.preprocess", "jobs.train", "jobs.evaluate", "jobs.batch_score", "serve"}
+    assert [json.loads(line) for line in (workdir / "evaluation.jsonl").read_text().splitlines()] == [row]
+    assert os.path.islink(workdir / "model") and os.path.islink(workdir / "model-validated")  # blue/green
+    assert asked["jobs.train"].name is None
     assert asked["jobs.train"].refit and asked["jobs.evaluate"].model.endswith("model-validated")
     assert asked["jobs.batch_score"].model == asked["serve"][0] == str(workdir / "model")
     assert asked["jobs.train"].storage == "artifacts/ray_results"  # locally: the jobs' own defaults
@@ -548,7 +552,9 @@ def test_the_demo_hands_each_job_arguments_its_parser_accepts_and_its_dataset_is
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # recorded, so that the demo's value is undone after
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert demo.main(["--workdir", str(workdir), "--port", str(port)]) == [row]
+    monkeypatch.setattr(demo, "check_no_serve_running", lambda: None)  # its own test: test_serve.py
+    assert demo.main(["--workdir", str(workdir), "--port", str(port), "--name", "train-x"]) == [row]
+    assert asked["jobs.train"].name == "train-x"  # what an interrupted training's message asks for
     assert asked["jobs.preprocess"].cache == str(workdir / "datasets")
     assert asked["jobs.train"].storage == str(workdir / "ray_results")
     assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{workdir}/mlflow.db"

@@ -355,6 +355,30 @@ def test_a_blue_green_link_registers_each_target_so_rollback_reaches_the_old_mod
 
 
 @pytest.mark.faults
+def test_the_demos_model_links_keep_each_reruns_version_resolvable(store, tmp_path):
+    """A second `make demo` trained into the same plain workdir/model, replacing the directory of
+    the first run's version, which was current: `--model current` was refused from then on (a
+    review, 2026-12-05). The demo's outputs are blue/green links from the first run on."""
+    from jobs.demo import model_links
+    from ncf.model.directory import written_dir
+
+    data = tiny_data(str(tmp_path / "tiny"))
+    model = str(tmp_path / "demo" / "model")
+    versions = []
+    for run in ("run1", "run2"):
+        model_links(model)  # a rerun keeps the link as it is
+        save_untrained_model_dir(model, data, version=run, **SMALL)
+        versions.append(written_dir(model, run))
+        reg.track_model(versions[-1], strict=True)
+    assert os.path.islink(model) and versions == [str(tmp_path / "demo" / f"model-{run}") for run in ("run1", "run2")]
+    assert reg.resolve_model("current") == versions[0]  # the first demo's, still on disk
+    store.promote("2")
+    assert reg.resolve_model("current") == versions[1]
+    store.rollback()
+    assert reg.resolve_model("current") == versions[0]
+
+
+@pytest.mark.faults
 def test_a_training_whose_output_another_saved_to_meanwhile_acts_on_its_own_directory_or_stops(tmp_path):
     """The training job evaluated, annotated and registered whatever its --output held minutes
     after its save: a second training's model under the first's test figures and parameters.

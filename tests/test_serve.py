@@ -107,6 +107,33 @@ def test_healthz_reports_the_loaded_version_and_no_path(server, small_model_dir,
     assert os.path.dirname(os.path.abspath(small_model_dir)) not in r.text  # where files live is not told
 
 
+@pytest.mark.faults
+def test_the_demo_refuses_a_cluster_whose_serve_runs_before_any_work(server, tmp_path, monkeypatch, capsys):
+    """Submitted to a cluster that serves a deployed app, the demo rolled its own model into an
+    app of the same name (on Serve's address, whatever its --port) and at its end shut Serve
+    down, every app of it (a review, 2026-12-05)."""
+    import ray
+
+    from jobs import demo
+
+    for name in ("RAY_SERVE_LOG_TO_STDERR", "MLFLOW_TRACKING_URI"):  # the demo sets defaults: undone after
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a submitted job; init_ray: already connected
+    monkeypatch.setattr(ray, "shutdown", lambda: None)  # the session's cluster stays up
+    workdir = tmp_path / "demo"
+    with pytest.raises(SystemExit) as exited:
+        demo.main(["--workdir", str(workdir), "--port", str(free_port())])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith(
+        f"Serve already runs on this cluster ({server}): the demo deploys an app of its own "
+        "and shuts Serve down at its end; run the demo on another cluster, or locally "
+        "(without RAY_ADDRESS)"
+    ), error
+    assert not workdir.exists()
+    assert requests.get(f"{server}/healthz", timeout=10).status_code == 200  # still serving
+
+
 def test_serve_runs_one_proxy_on_the_head_as_its_config_file_says(server):
     """jobs.deploy and serve/config.yaml start the same Serve: its only HTTP ingress on the head
     (Ray's default would open the port on every worker with a replica)."""

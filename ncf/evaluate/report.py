@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ncf.evaluate.evaluation import K, Period, sample_users
+from ncf.jsonio import write_text
 from ncf.splits import TEST
 
 REPORT = "report.html"
@@ -434,9 +435,10 @@ def write_report(
     )
     os.makedirs(output, exist_ok=True)
     path = os.path.join(output, REPORT)
-    with open(path, "w", encoding="utf-8") as f:  # the page declares UTF-8, whatever the locale
-        f.write(
-            "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>AdvancedNCF "
-            f"report</title>{_STYLE}</head><body>{''.join(sections)}{_IMAGE_CHECK}</body></html>"
-        )
+    # Replaced whole (UTF-8, as the page declares): a rerun killed mid-write keeps the last report.
+    write_text(
+        path,
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>AdvancedNCF "
+        f"report</title>{_STYLE}</head><body>{''.join(sections)}{_IMAGE_CHECK}</body></html>",
+    )
     return path
