@@ -156,13 +156,16 @@ def add_training_gpu_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def training_on_gpu(args: argparse.Namespace, workers: int) -> bool:
-    """Whether the workers train on GPUs, from ``--gpu`` and ``--gpu-wait`` (Ray initialised)."""
+def training_on_gpu(args: argparse.Namespace, workers: int, wait_for: int | None = None) -> bool:
+    """Whether the workers train on GPUs, from ``--gpu`` and ``--gpu-wait`` (Ray initialised).
+    ``wait_for``: the GPUs ``--gpu-wait`` asks the autoscaler for, when more than ``workers``
+    could train at once (a sweep's trials)."""
     from ncf.device import fbgemm_cuda_build, gpus_within, resolve_gpu, training_gpu_kernels
 
     if args.gpu == "no":
         return False
-    use = resolve_gpu(args.gpu, gpus_within(workers, args.gpu_wait), workers=workers, waited_s=args.gpu_wait)
+    available = gpus_within(max(workers, wait_for or 0), args.gpu_wait)
+    use = resolve_gpu(args.gpu, available, workers=workers, waited_s=args.gpu_wait)
     return training_gpu_kernels(args.gpu, use, fbgemm_cuda_build())
 
 

@@ -26,7 +26,7 @@ from ncf.train.trainer import TrainingInterrupted
 from tune.results import NoTrialFinished
 from tune.search_space import SEARCHED
 from tune.settings import SweepSettings
-from tune.sweep import SweepInterrupted, check_sweep_directory, refit_best, run_sweep, summary
+from tune.sweep import SweepInterrupted, check_sweep_directory, refit_best, run_sweep, started_concurrency, summary
 
 # The searched dimensions (the tower as its layer widths, not depth and width), with the results.
 SHOWN = [
@@ -104,6 +104,14 @@ def sweep_settings(args: argparse.Namespace, use_gpu: bool) -> SweepSettings:
     )
 
 
+def gpus_at_once(args: argparse.Namespace) -> int:
+    """The GPUs the trials at once hold (``--concurrent``, or the count a resumed sweep started
+    with; without either, one trial's): what ``--gpu-wait`` asks an autoscaling cluster for, so
+    that the trials-at-once count, read from the GPUs up when the sweep starts, is not one trial's."""
+    at_once = args.concurrent or (started_concurrency(sweep_settings(args, use_gpu=False)) if args.resume else 1)
+    return args.workers * max(1, min(at_once, args.trials))
+
+
 def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
@@ -114,7 +122,8 @@ def main(argv=None):
         init_ray()
         # Before --gpu-wait asks the autoscaler for GPUs: a job that is refused asks for nothing.
         with training_slot(f"jobs.tune_sweep {os.path.abspath(args.output)}"):
-            settings = sweep_settings(args, use_gpu=training_on_gpu(args, workers=args.workers))
+            gpu = training_on_gpu(args, workers=args.workers, wait_for=gpus_at_once(args))
+            settings = sweep_settings(args, use_gpu=gpu)
             try:
                 table = run_sweep(settings, resume=args.resume)
             except SweepInterrupted as e:

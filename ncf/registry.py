@@ -401,6 +401,23 @@ class Registry:
         )
         return str(version.version)
 
+    def registered_as(self, model_dir: str, deployable: bool) -> Optional[str]:
+        """The version that already records ``model_dir`` as it is now (its real path, model
+        version and weights, and ``deployable``), or None: a sweep resumed after its refit was
+        interrupted registers its unchanged ``SWEEP/best`` again, which must not add a version."""
+        path, held = os.path.realpath(model_dir), str(read_config(model_dir)["version"])
+        same = [
+            row
+            for row in self.versions()
+            if (row.get(MODEL_DIR_TAG), row.get("model_version")) == (path, held)
+            and row.get("deployable", "true") == str(deployable).lower()
+        ]
+        if not same:
+            return None
+        # The manifest's record (checked against the bytes before serving): no second read of the weights.
+        weights = _sealed_weights(model_dir) or sha256_of(os.path.join(model_dir, WEIGHTS))
+        return next((row["version"] for row in reversed(same) if row.get("weights_sha256") == weights), None)
+
     def versions(self) -> List[Dict]:
         """Every version, oldest first: number, created (epoch ms), tags, run id, whether current."""
         current = self.current()
@@ -728,6 +745,10 @@ def track_model(
         version = None
         registry = registry or Registry()
         read_config(model_dir)  # not a model directory: refused before a run is logged for it
+        already = registry.registered_as(model_dir, tags["deployable"] == "true")
+        if already is not None:
+            log(f"{model_dir}: already version {already} of {registry.name}, the same model ({registry.uri})")
+            return already
         if run_id is None:
             metrics = read_metrics(model_dir)
             run_name = run_name or os.path.basename(os.path.abspath(model_dir))

@@ -355,6 +355,22 @@ def test_a_blue_green_link_registers_each_target_so_rollback_reaches_the_old_mod
 
 
 @pytest.mark.faults
+def test_the_same_model_registered_again_is_the_version_it_already_is(store, tmp_path, capsys):
+    """A sweep resumed after its refit was interrupted registered its unchanged SWEEP/best again:
+    each resume added a version of the same weights (a review, 2026-12-05)."""
+    model = fake_model_dir(tmp_path, "best")
+    assert reg.track_model(model, strict=True) == "1"
+    assert reg.track_model(model, strict=True) == "1"
+    assert "already version 1 of" in capsys.readouterr().out
+    assert reg.track_model(model, strict=True, candidate=False) == "2"  # recorded otherwise: not the same
+    with open(os.path.join(model, WEIGHTS), "ab") as f:  # a resumed --name trained on: other weights
+        f.write(b"more")
+    write_manifest(model, unsealed=[METRICS])  # sealed again, as a save does
+    assert reg.track_model(model, strict=True) == "3"
+    assert [v["version"] for v in store.versions()] == ["1", "2", "3"]
+
+
+@pytest.mark.faults
 def test_the_demos_model_links_keep_each_reruns_version_resolvable(store, tmp_path):
     """A second `make demo` trained into the same plain workdir/model, replacing the directory of
     the first run's version, which was current: `--model current` was refused from then on (a

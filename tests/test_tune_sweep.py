@@ -309,6 +309,60 @@ def test_a_resume_keeps_the_trials_at_once_tune_restores(tmp_path):
 
 
 @pytest.mark.faults
+def test_a_resume_does_not_run_failed_trials_again_beside_the_others(ray_session, tmp_path, capsys):
+    """Restored with ``resume_errored``, a failed trial ran again outside Tune's trials-at-once
+    limit (its limiter no longer counts it), in a CPU share sized for that limit: two trials of
+    0.98 CPU on 2 CPUs left Ray Data's readers no room (a review, 2026-12-05)."""
+    from ray import tune
+
+    from tune.sweep import _tuner, saved_trials
+
+    settings = SweepSettings(data=str(tmp_path / "data"), output=str(tmp_path / "sweep"), trials=2)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+
+    def trial(config):
+        (runs / f"{config['x']}-{time.time_ns()}").touch()
+        if config["x"] == 0:
+            raise RuntimeError("this trial fails")
+        tune.report({"best_val_ndcg@10": 0.5})
+
+    tune.Tuner(
+        tune.with_resources(trial, {"cpu": 0.01}),
+        param_space={"x": tune.grid_search([0, 1])},
+        run_config=tune.RunConfig(name="sweep", storage_path=settings.tune_dir),
+    ).fit()
+    assert saved_trials(settings.experiment_dir, "ERROR") == 1 and len(os.listdir(runs)) == 2
+    grid = _tuner(settings, tune.with_resources(trial, {"cpu": 0.01}), resume=True).fit()
+    assert len(os.listdir(runs)) == 2  # neither ran again: one had finished, the other failed
+    assert sorted(r.error is not None for r in grid) == [False, True]
+    assert "[sweep] 1 failed trial not run again" in capsys.readouterr().out
+
+
+@pytest.mark.faults
+def test_the_sweep_puts_back_the_ctrl_c_handler_tune_leaves_installed():
+    """Tune's SIGINT handler stayed after ``fit``: the first Ctrl-C of the export, registration
+    or refit after it only printed "ending Ray Tune run" (a review, 2026-12-05)."""
+    from tune.sweep import sigint_kept
+
+    before = signal.getsignal(signal.SIGINT)
+    with sigint_kept():
+        signal.signal(signal.SIGINT, lambda *args: None)  # what Tune's fit installs
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_sweep_waits_for_the_gpus_of_its_trials_at_once(tmp_path):
+    """--gpu-wait asked an autoscaling cluster for one trial's GPUs, so the trials-at-once count,
+    read from the GPUs up at the start, was one trial for the whole sweep (a review, 2026-12-05)."""
+    from jobs.tune_sweep import gpus_at_once, parse_args
+
+    common = ["--data", str(tmp_path / "data"), "--output", str(tmp_path / "sweep"), "--workers", "2"]
+    assert gpus_at_once(parse_args([*common, "--trials", "16", "--concurrent", "2"])) == 4
+    assert gpus_at_once(parse_args([*common, "--trials", "1", "--concurrent", "2"])) == 2  # never more than the trials
+    assert gpus_at_once(parse_args([*common, "--trials", "16"])) == 2  # without --concurrent: one trial's
+
+
+@pytest.mark.faults
 def test_the_winner_is_the_best_trial_with_a_checkpoint():
     from tune.results import BEST, CHECKPOINT_PATH, NoTrialFinished, winner
     from tune.sweep import summary
@@ -358,7 +412,11 @@ def test_the_winner_is_refit_through_the_datas_end_with_its_point_and_epochs(ray
     assert os.listdir(os.path.join(settings.train_dir, "t1-refit", "tensorboard"))
 
 
-SWEEP = ["--trials", "2", "--epochs", "1", "--max-steps-per-epoch", "3", "--val-users", "20", "--batch-size", "256"]
+# One at a time (on 4 cores or more the default would run both at once, and the drill needs one finished).
+SWEEP = [
+    *["--trials", "2", "--concurrent", "1", "--epochs", "1", "--max-steps-per-epoch", "3"],
+    *["--val-users", "20", "--batch-size", "256"],
+]
 
 
 def _sweep_on_a_laptop(data: str, output: str) -> subprocess.Popen:
@@ -438,6 +496,10 @@ def test_a_sweep_interrupted_on_a_laptop_resumes_with_ray_job_submit_losing_and_
 
     table = pd.read_parquet(sweep / "results.parquet")
     assert len(table) == 2 and table["trial_id"].is_unique  # none lost, none repeated
+    import ray.cloudpickle
+
+    with open(sweep / "tune" / "sweep" / "tuner.pkl", "rb") as f:  # Optuna and ASHA told what the table ranks by
+        assert ray.cloudpickle.load(f)["_tune_config"].metric == "best_val_ndcg@10"
     assert finished_before <= set(table["trial_id"])
     assert table["best_val_ndcg@10"].notna().all()
     assert (sweep / "results.csv").exists() and (sweep / "sweep.png").stat().st_size > 10_000

@@ -16,16 +16,19 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
+import threading
 
 import pandas as pd
 
 from ncf.errors import InputError
 from ncf.staging import check_target
-from ncf.train.checkpoint import VAL_METRIC, check_features_of_runs
+from ncf.train.checkpoint import check_features_of_runs
 from ncf.train.trainer import cpu_nodes, data_cpus
-from tune.results import export_best, plot_sweep, results_table, winner, write_results
+from tune.results import BEST, export_best, plot_sweep, results_table, winner, write_results
 from tune.search_space import data_limits, default_point, search_space, to_train_config
 from tune.settings import SweepSettings
 from tune.trial import base_config, train_trial
@@ -156,18 +159,22 @@ def _tuner(settings: SweepSettings, trainable, resume: bool):
     if resume:  # resumed_concurrency has found its tuner.pkl, what Tuner.can_restore looks for
         print(f"[sweep] resuming {experiment}", flush=True)
         sweep_store()  # the restored logger's store: its trials' runs would be lost on one that does not open
-        # Failed trials run again from their last checkpoint (Ray Train had retried them
-        # max_failures times; a resume is the user's say that the cause is gone).
+        # Failed trials stay failed (Ray Train retried each max_failures times): restored, they would
+        # run beside the trials-at-once Tune allows (its limiter no longer counts them), in CPU
+        # shares sized for that count, and leave Ray Data's readers no room.
+        failed = saved_trials(experiment, "ERROR")
+        if failed:
+            print(f"[sweep] {_counted(failed, 'failed trial')} not run again (the table shows its error)", flush=True)
         try:
-            return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+            return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
         except ValueError as e:  # Tune's own words for a sweep stopped before its first trial saved its state
             raise InputError(
                 f"--resume: {experiment} cannot be resumed ({e}); start the sweep again with a new --output"
             ) from None
     limits = data_limits(settings.data)
-    searcher = OptunaSearch(
-        metric=VAL_METRIC, mode="max", points_to_evaluate=[default_point(limits)], seed=settings.seed
-    )
+    # The best epoch's score, as the table ranks the trials: with patience of every epoch the
+    # last epoch is often not the best, and Optuna would model another objective than the winner's.
+    searcher = OptunaSearch(metric=BEST, mode="max", points_to_evaluate=[default_point(limits)], seed=settings.seed)
     print(
         f"[sweep] {_counted(settings.trials, 'trial')}, {settings.concurrent} at a time, "
         f"up to {_counted(settings.epochs, 'epoch')} each",
@@ -177,7 +184,7 @@ def _tuner(settings: SweepSettings, trainable, resume: bool):
         trainable,
         param_space=search_space(limits),
         tune_config=tune.TuneConfig(
-            metric=VAL_METRIC,
+            metric=BEST,
             mode="max",
             search_alg=searcher,
             scheduler=EpochASHA(last_epoch=settings.epochs),
@@ -200,10 +207,29 @@ def finished_trials(grid) -> int:
     RUNNING (so ``--resume`` reruns them). Nor ``done`` in a trial's last result: a trial
     restored by ``--resume`` comes back without it.
     """
+    return saved_trials(grid.experiment_path, "TERMINATED", "ERROR", filesystem=grid.filesystem)
+
+
+def saved_trials(experiment: str, *statuses: str, filesystem=None) -> int:
+    """The trials of ``statuses`` in the experiment state Tune saved under ``experiment``."""
     from ray.tune import ExperimentAnalysis
 
-    saved = ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
-    return sum(1 for trial in saved if trial.status in ("TERMINATED", "ERROR"))
+    saved = ExperimentAnalysis(experiment, storage_filesystem=filesystem).trials
+    return sum(1 for trial in saved if trial.status in statuses)
+
+
+@contextlib.contextmanager
+def sigint_kept():
+    """Puts back the SIGINT handler of before the block: Tune installs its own for ``fit`` and
+    keeps it after a run that ended normally, so the first Ctrl-C of the export, registration
+    and refit after it was swallowed ("ending Ray Tune run")."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def check_sweep_directory(output: str, data: str, resume: bool) -> None:
@@ -238,7 +264,8 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
     trainable = _trainable(settings, cluster.get("CPU", 0.0), resume)  # refuses trials the CPUs do not fit
     if not resume:
         settings.record()
-    grid = _tuner(settings, trainable, resume).fit()
+    with sigint_kept():
+        grid = _tuner(settings, trainable, resume).fit()
     finished = finished_trials(grid)
     if finished < settings.trials:  # Tune returns normally after Ctrl-C, with its state saved
         raise SweepInterrupted(
@@ -273,10 +300,10 @@ def refit_best(table: pd.DataFrame, settings: SweepSettings) -> str:
 def summary(table: pd.DataFrame) -> dict:
     """The winner (``SWEEP/best``) against the default point: both scores and the relative gain."""
     best = winner(table)  # run_sweep has exported it: there is one
-    done = table.dropna(subset=["best_" + VAL_METRIC])
+    done = table.dropna(subset=[BEST])
     default = done[done["is_default"]]
-    out = {"best_trial": best["trial_id"], "best": float(best["best_" + VAL_METRIC])}
+    out = {"best_trial": best["trial_id"], "best": float(best[BEST])}
     if not default.empty:
-        base = float(default["best_" + VAL_METRIC].iloc[0])
+        base = float(default[BEST].iloc[0])
         out.update(default=base, gain=(out["best"] - base) / base if base > 0 else None)
     return out
