@@ -8,13 +8,16 @@ it contacts AWS. The setup commands are compared with what ``make setup ACCEL=cu
 
 from __future__ import annotations
 
+import ast
 import copy
+import importlib.util
+import ipaddress
 import json
 import os
 import re
 import shlex
 import subprocess
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import pytest
 import yaml
@@ -22,7 +25,8 @@ import yaml
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER_YAML = os.path.join(REPO, "cluster.yaml")
 DASHBOARD_PORT = 8265
-SERVE_PORT = 8000
+SERVE_PORT = 8000  # Serve's own: on the head's 127.0.0.1 only, behind nginx; never opened to a network
+NGINX_CONF = os.path.join(REPO, "deploy", "nginx", "ncf.conf")
 
 
 @pytest.fixture(scope="module")
@@ -196,13 +200,41 @@ def test_every_node_names_the_prerequisites_security_group(config):
     assert len(groups) == 1 and all(groups), groups
 
 
+def _nginx_listen_port() -> int:
+    """The one port deploy/nginx/ncf.conf listens on (its IPv4 and IPv6 listen directives)."""
+    with open(NGINX_CONF) as f:
+        text = re.sub(r"#[^\n]*", "", f.read())
+    listens = re.findall(r"^\s*listen\s+([^;]+);", text, flags=re.MULTILINE)
+    ports = {int(re.fullmatch(r"(?:.*:)?(\d+)", listen.split()[0]).group(1)) for listen in listens}
+    assert len(ports) == 1, listens
+    return ports.pop()
+
+
+def _every_command(config: Dict) -> List[str]:
+    commands = [c for key, value in config.items() if key.endswith("_commands") for c in value]
+    return commands + [c for t in config["available_node_types"].values() for c in t.get("worker_setup_commands", [])]
+
+
 @pytest.mark.faults
-def test_ssh_only_from_a_configurable_cidr_serve_only_from_a_private_one(template):
+def test_ssh_only_from_a_configurable_cidr_serve_only_from_a_private_one(config, prepared, template):
     (group,) = _resources(template, "AWS::EC2::SecurityGroup")
     rules = {(r["FromPort"], r["ToPort"]): r for r in group["SecurityGroupIngress"]}
-    assert set(rules) == {(22, 22), (SERVE_PORT, SERVE_PORT)}, "nothing else open, the dashboard least"
+    # Clients reach the head's nginx (deploy/nginx/ncf.conf: the four API routes, with its limits);
+    # Serve's own port stays on the head's 127.0.0.1.
+    proxy = _nginx_listen_port()
+    assert proxy != SERVE_PORT
+    assert set(rules) == {(22, 22), (proxy, proxy)}, "nothing else open: not the dashboard, not Serve itself"
     assert rules[(22, 22)]["CidrIp"] == {"Ref": "SshCidr"} and "Default" not in template["Parameters"]["SshCidr"]
-    assert rules[(SERVE_PORT, SERVE_PORT)]["CidrIp"] == {"Ref": "ServeCidr"}
+    assert rules[(proxy, proxy)]["CidrIp"] == {"Ref": "ServeCidr"}
+    # Serve binds its default, 127.0.0.1: no command passes it another address, and the deploys the
+    # config's comments show do not either.
+    for command in _every_command(prepared) + _every_command(config):
+        assert "0.0.0.0" not in command, command
+        for host in re.findall(r"--host[= ]+(\S+)", command):
+            assert host in ("127.0.0.1", "localhost"), command
+    with open(CLUSTER_YAML) as f:
+        deploys = [line for line in f if "jobs.deploy" in line]
+    assert deploys and not any("--host" in line and "--host 127.0.0.1" not in line for line in deploys), deploys
     # Asked for, like SshCidr: a default range (10.0.0.0/16, until 2026-12-04) missed the VPC that
     # `ray up` uses in practice (a default VPC is 172.31.0.0/16), so no load balancer reached Serve.
     assert "Default" not in template["Parameters"]["ServeCidr"]
@@ -211,6 +243,73 @@ def test_ssh_only_from_a_configurable_cidr_serve_only_from_a_private_one(templat
     assert [{"Ref": "SshCidr"}, "0.0.0.0/0"] in refused and [{"Ref": "ServeCidr"}, "0.0.0.0/0"] in refused
     (between,) = _resources(template, "AWS::EC2::SecurityGroupIngress")
     assert between["SourceSecurityGroupId"] == between["GroupId"]  # all traffic, between nodes only
+
+
+RFC_1918 = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
+
+
+def _cfn_pattern(template: Dict, parameter: str) -> "re.Pattern[str]":
+    """A parameter's AllowedPattern as Python's re reads it (the JSON string already decoded:
+    CloudFormation's Java regex and Python's agree on the syntax it uses)."""
+    return re.compile(template["Parameters"][parameter]["AllowedPattern"])
+
+
+@pytest.mark.faults
+def test_serve_cidr_accepts_private_ranges_only(template):
+    pattern = _cfn_pattern(template, "ServeCidr")
+    for accepted in ("172.31.0.0/16", "10.0.0.0/8", "192.168.1.0/24", "172.16.0.0/12", "10.1.2.3/32"):
+        assert pattern.fullmatch(accepted), accepted
+    refused = ["0.0.0.0/0", "0.0.0.0/1", "8.0.0.0/5", "128.0.0.0/1", "172.32.0.0/16", "11.0.0.0/8"]
+    refused += ["10.0.0.0/7", "172.16.0.0/11", "192.168.0.0/15", "10.0.0.256/8", "10.0.0.0/33", " 10.0.0.0/8"]
+    for cidr in refused:
+        assert not pattern.fullmatch(cidr), cidr
+    # Whatever it accepts is inside RFC 1918 (EC2 keeps a rule's network, host bits cleared).
+    for first in range(256):
+        for second in (0, 15, 16, 31, 32, 167, 168, 169, 255):
+            for prefix in range(33):
+                cidr = f"{first}.{second}.0.0/{prefix}"
+                if pattern.fullmatch(cidr):
+                    network = ipaddress.ip_network(cidr, strict=False)
+                    assert any(network.subnet_of(private) for private in RFC_1918), cidr
+
+
+def _shell_steps(commands: List[str]) -> List[List[str]]:
+    """Each ``&&``/``;``-separated step of the commands, as words, ``sudo`` dropped, in order."""
+    steps = []
+    for command in commands:
+        for part in re.split(r"&&|;", command):
+            words = shlex.split(part)
+            steps.append(words[1:] if words[:1] == ["sudo"] else words)
+    return steps
+
+
+@pytest.mark.faults
+def test_the_head_fronts_serve_with_the_projects_nginx_config(config, prepared):
+    """nginx (Debian's package) on the head, with deploy/nginx/ncf.conf in conf.d and the package's
+    default site removed (it also claims port 80's default_server: it would take every request,
+    and nginx -t refuses two), checked, then (re)loaded, each step only once the one before passed."""
+    steps = _shell_steps(prepared["head_setup_commands"])
+    conf = os.path.join(_project_dir(config), "deploy", "nginx", "ncf.conf")
+    assert os.path.exists(NGINX_CONF)
+
+    def at(matches) -> int:
+        (index,) = [i for i, words in enumerate(steps) if matches(words)]
+        return index
+
+    install = at(lambda w: w[:1] == ["apt-get"] and "install" in w and "nginx" in w)
+    assert "DPkg::Lock::Timeout=600" in steps[install] and "-y" in steps[install]
+    copy_conf = at(lambda w: w[:1] == ["cp"] and conf in w)
+    assert re.fullmatch(r"/etc/nginx/conf\.d/[\w.-]+\.conf", steps[copy_conf][-1]), steps[copy_conf]
+    remove_default = at(lambda w: w[:1] == ["rm"] and "/etc/nginx/sites-enabled/default" in w)
+    check = at(lambda w: w == ["nginx", "-t"])
+    start = at(lambda w: w[:1] == ["systemctl"] and w[-1] == "nginx" and "reload-or-restart" in w)
+    assert install < copy_conf < remove_default < check < start
+    # One && chain from the copy to the (re)load: nothing loads a config that nginx -t refused.
+    (chain,) = [c for c in prepared["head_setup_commands"] if "nginx -t" in c]
+    assert ";" not in chain and all(part in chain for part in (conf, "sites-enabled/default", "systemctl"))
+    for name, commands in _setup_commands_per_node_type(prepared).items():
+        if name != prepared["head_node_type"]:
+            assert not any("nginx" in c for c in commands), name  # the head's only
 
 
 def test_every_node_requires_imdsv2_and_encrypts_its_volumes(config):
@@ -231,15 +330,131 @@ def test_the_head_runs_as_a_least_privilege_profile_workers_as_none(config, temp
     (role,) = _resources(template, "AWS::IAM::Role")
     assert "ManagedPolicyArns" not in role  # not Ray's default: AmazonEC2FullAccess + AmazonS3FullAccess
     assert template["Parameters"]["ClusterName"]["Default"] == config["cluster_name"]
-    statements = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+    statements = _head_statements(template)
     actions = {a for s in statements for a in s["Action"]}
-    assert all(a.startswith("ec2:") and "*" not in a for a in actions), actions
+    # EC2 actions, and reading the AMIs' SSM parameters (RunInstances resolves an ImageId of
+    # resolve:ssm:... as its caller): nothing else.
+    assert {a for a in actions if not a.startswith("ec2:")} == {"ssm:GetParameters"}, actions
+    assert all("*" not in a for a in actions), actions
     for s in statements:
+        assert s["Effect"] == "Allow", s
         mutating = [a for a in s["Action"] if not a.startswith("ec2:Describe")]
         if s["Resource"] == "*":
             assert not mutating, s  # only describes on every resource
         if {"ec2:TerminateInstances", "ec2:StopInstances"} & set(mutating):
             assert s["Condition"] == {"StringEquals": {"ec2:ResourceTag/ray-cluster-name": {"Ref": "ClusterName"}}}
+        if "ssm:GetParameters" in s["Action"]:
+            assert s["Action"] == ["ssm:GetParameters"] and isinstance(s["Resource"], list), s
+
+
+def _head_statements(template: Dict) -> List[Dict]:
+    (role,) = _resources(template, "AWS::IAM::Role")
+    return [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+
+
+def _sub(value: Any) -> str:
+    """The string of an ``{"Fn::Sub": ...}`` resource, its ${...} left as they are."""
+    assert isinstance(value, dict) and set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str), value
+    return value["Fn::Sub"]
+
+
+# The public parameters of cluster.yaml's AMIs (Canonical's Ubuntu 22.04, AWS's Deep Learning Base
+# AMI with the NVIDIA driver): the head may read these and nothing broader.
+AMI_PARAMETER_PREFIXES = (
+    "/aws/service/canonical/ubuntu/server/22.04/",
+    "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/",
+)
+PUBLIC_PARAMETER_ARN = "arn:${AWS::Partition}:ssm:${AWS::Region}::parameter"  # no account: AWS's own
+
+
+def test_the_head_may_read_the_ami_parameters_its_workers_launch_from(config, template):
+    (statement,) = [s for s in _head_statements(template) if "ssm:GetParameters" in s["Action"]]
+    assert "Condition" not in statement
+    prefixes = []
+    for resource in statement["Resource"]:
+        arn = _sub(resource)
+        assert arn.startswith(PUBLIC_PARAMETER_ARN + "/") and arn.endswith("/*"), arn
+        prefix = arn[len(PUBLIC_PARAMETER_ARN) : -1]
+        assert "*" not in prefix and any(prefix.startswith(p) for p in AMI_PARAMETER_PREFIXES), arn
+        prefixes.append(prefix)
+    used = set()
+    for name, node_type in config["available_node_types"].items():
+        image = node_type["node_config"]["ImageId"]
+        if not image.startswith("resolve:ssm:"):
+            continue
+        parameter = image[len("resolve:ssm:") :]
+        covering = [p for p in prefixes if parameter.startswith(p)]
+        assert covering, (name, parameter, prefixes)  # else RunInstances is refused: AccessDenied
+        used.update(covering)
+    assert any(
+        t["node_config"]["ImageId"].startswith("resolve:ssm:")
+        for n, t in config["available_node_types"].items()
+        if n != config["head_node_type"]
+    )
+    assert used == set(prefixes), "no parameter the head may read that no node type launches from"
+
+
+def _rays_merge_tag_specs():
+    """``AWSNodeProvider._merge_tag_specs`` from the installed Ray's source (its module imports
+    boto3, which is not installed here): how a node_config's TagSpecifications join Ray's own."""
+    spec = importlib.util.find_spec("ray.autoscaler._private.aws")
+    source = os.path.join(os.path.dirname(spec.origin), "node_provider.py")
+    with open(source) as f:
+        tree = ast.parse(f.read())
+    (function,) = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "_merge_tag_specs"]
+    function.decorator_list = []
+    namespace = {"Any": Any, "Dict": Dict, "List": List}
+    exec(compile(ast.Module(body=[function], type_ignores=[]), source, "exec"), namespace)
+    return namespace["_merge_tag_specs"]
+
+
+def _tags_at_launch(node_config: Dict, cluster_name: str) -> Dict[str, Dict[str, str]]:
+    """RunInstances' tags per resource type, as ``AWSNodeProvider._create_node`` builds them: the
+    instance gets ray-cluster-name (and the node's own tags, irrelevant here) from Ray; every other
+    resource type only what node_config's TagSpecifications give it."""
+    from ray.autoscaler.tags import TAG_RAY_CLUSTER_NAME
+
+    tag_specs = [{"ResourceType": "instance", "Tags": [{"Key": TAG_RAY_CLUSTER_NAME, "Value": cluster_name}]}]
+    _rays_merge_tag_specs()(tag_specs, copy.deepcopy(node_config.get("TagSpecifications", [])))
+    tags: Dict[str, Dict[str, str]] = {}
+    for spec in tag_specs:
+        tags.setdefault(spec["ResourceType"], {}).update({t["Key"]: t["Value"] for t in spec["Tags"]})
+    return tags
+
+
+def test_every_resource_a_launch_creates_carries_the_tags_the_policy_requires(config, prepared, template):
+    """The head may launch only where the request tags each resource type the statement names
+    (instance/*, volume/*) with the cluster's name: Ray tags the instance, node_config's
+    TagSpecifications must tag the volumes, or AWS refuses every worker launch."""
+    defaults = {name: p.get("Default") for name, p in template["Parameters"].items()}
+    conditioned = 0
+    for statement in _head_statements(template):
+        if "ec2:RunInstances" not in statement["Action"]:
+            continue
+        required = {}
+        for operator, conditions in statement.get("Condition", {}).items():
+            for key, value in conditions.items():
+                if key.startswith("aws:RequestTag/"):
+                    assert operator == "StringEquals", statement  # compared as an exact value below
+                    required[key[len("aws:RequestTag/") :]] = value
+        if not required:
+            continue
+        conditioned += 1
+        required = {
+            key: defaults[value["Ref"]] if isinstance(value, dict) else value for key, value in required.items()
+        }
+        assert required == {"ray-cluster-name": config["cluster_name"]}, required
+        kinds = {_sub(r).rsplit(":", 1)[-1].split("/")[0] for r in statement["Resource"]}
+        assert {"instance", "volume"} <= kinds, kinds  # the root volume is created by the launch too
+        workers = [n for n in prepared["available_node_types"] if n != prepared["head_node_type"]]
+        assert workers
+        # The head's own launch (ray up, your credentials) is tagged alike.
+        for name, node_type in prepared["available_node_types"].items():
+            tags = _tags_at_launch(node_type["node_config"], prepared["cluster_name"])
+            for kind in kinds:
+                for key, value in required.items():
+                    assert tags.get(kind, {}).get(key) == value, (name, kind, tags)
+    assert conditioned == 1
 
 
 def test_every_node_starts_ray_with_the_synced_auth_token(config, prepared):

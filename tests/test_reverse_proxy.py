@@ -115,6 +115,31 @@ def test_only_the_api_routes_are_proxied(server):
     assert too_large[0] == "413" and str(MAX_BODY_BYTES) in too_large[1]
 
 
+def test_the_server_is_port_80s_default_for_ipv4_and_ipv6(server):
+    """Debian's stock sites-enabled/default is ``listen 80 default_server`` (and [::]:80) with
+    ``server_name _``: a server without default_server on the port would never be chosen, so
+    every client would get Debian's page, past all the limits here."""
+    listens = directives(server, "listen")
+    assert listens and all("default_server" in words[1:] for words in listens), listens
+    addresses = [words[0] for words in listens]
+    ipv6 = [a for a in addresses if a.startswith("[")]
+    ipv4 = [a for a in addresses if not a.startswith("[")]
+    assert len(ipv6) == 1 and len(ipv4) == 1, addresses
+    assert ipv6[0].rsplit(":", 1)[-1] == ipv4[0].rsplit(":", 1)[-1] == "80", addresses
+    with open(CONF) as f:
+        header = f.read().split("\n\n", 1)[0]
+    assert "/etc/nginx/sites-enabled/default" in header  # to remove: nginx -t refuses two default servers
+
+
+@pytest.mark.faults
+def test_a_client_timeout_has_no_error_page(server):
+    """nginx answers nothing on a client timeout (it ends the request, and with
+    reset_timedout_connection resets the connection): an error_page 408 would never be used."""
+    assert not any("408" in words for words in directives(server, "error_page"))
+    assert not [words for words, _ in server if words[:2] == ["location", "@too_slow"]]
+    assert one(server, "reset_timedout_connection") == ["on"]
+
+
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
 def test_nginx_accepts_the_config(tmp_path):
     main = tmp_path / "nginx.conf"
