@@ -160,13 +160,21 @@ def training_on_gpu(args: argparse.Namespace, workers: int, wait_for: int | None
     """Whether the workers train on GPUs, from ``--gpu`` and ``--gpu-wait`` (Ray initialised).
     ``wait_for``: the GPUs ``--gpu-wait`` asks the autoscaler for, when more than ``workers``
     could train at once (a sweep's trials)."""
-    from ncf.device import fbgemm_cuda_build, gpus_within, resolve_gpu, training_gpu_kernels
+    from ncf.device import cluster_gpus, gpu_build_missing, gpus_usable, gpus_within, resolve_gpu
 
-    if args.gpu == "no":
+    # The build first: GPU nodes started, and minutes waited, for a build that cannot use them.
+    if not gpus_usable(args.gpu, gpu_build_missing(training=True), cluster_gpus()):
         return False
-    available = gpus_within(max(workers, wait_for or 0), args.gpu_wait)
-    use = resolve_gpu(args.gpu, available, workers=workers, waited_s=args.gpu_wait)
-    return training_gpu_kernels(args.gpu, use, fbgemm_cuda_build())
+    wait = args.gpu_wait
+    if wait > 0 and not os.environ.get("RAY_ADDRESS"):
+        print(
+            "[gpu] --gpu-wait: this job's own local cluster has no autoscaler to add GPUs; not waiting",
+            file=sys.stderr,
+            flush=True,
+        )
+        wait = 0.0
+    available = gpus_within(max(workers, wait_for or 0), wait)
+    return resolve_gpu(args.gpu, available, workers=workers, waited_s=wait)
 
 
 def _number(text: str) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -76,22 +76,46 @@ def fbgemm_cuda_build() -> bool:
     return True
 
 
-def training_gpu_kernels(setting: str, use_gpu: bool, cuda_build: bool) -> bool:
-    """Whether training runs on the GPUs :func:`resolve_gpu` chose (``use_gpu``), given whether
-    fbgemm's CUDA build is installed (:func:`fbgemm_cuda_build`, in this job's environment, which a
-    cluster's nodes share): without it ``auto`` trains on CPU, saying why; ``yes`` is refused.
-    Ray counts GPUs from the driver, not from what is installed, so a CUDA machine set up with
-    a plain ``make setup`` chose GPUs whose every training step would fail.
+def torch_cuda_build() -> bool:
+    """Whether this environment's torch is built with CUDA (``make setup`` may find its CPU build)."""
+    return torch.version.cuda is not None
+
+
+def gpu_build_missing(training: bool) -> Optional[str]:
+    """Why this environment (which a cluster's nodes share) cannot run on GPUs, whatever GPUs
+    the cluster has (Ray counts them from the hardware, not from what is installed): torch's CPU
+    build; for ``training``, fbgemm's CPU build too (:func:`fbgemm_cuda_build`). None when it can."""
+    if not torch_cuda_build():
+        return "torch is installed as its CPU build (torch.version.cuda is None)"
+    if training and not fbgemm_cuda_build():
+        return (
+            "fbgemm is installed as its CPU build (fbgemm-gpu-cpu), without the CUDA kernels TorchRec's tables "
+            "train with"
+        )
+    return None
+
+
+def gpus_usable(setting: str, missing: Optional[str], cluster_gpus: int) -> bool:
+    """Whether ``setting`` may use GPUs given :func:`gpu_build_missing`'s answer ``missing``: ``no``
+    never; ``auto`` not where the build lacks CUDA (said where the cluster has GPUs: on a CPU
+    cluster that is the ordinary run); ``yes`` refused there. Asked before any wait for GPUs, so
+    that no GPU node is started for a build that cannot use it.
 
     Raises:
-        InputError: ``yes`` without the CUDA build.
+        InputError: ``yes`` where the build lacks CUDA.
     """
-    if not use_gpu or cuda_build:
-        return use_gpu
-    why = "fbgemm is installed as its CPU build (fbgemm-gpu-cpu), without the CUDA kernels TorchRec's tables train with"
+    if setting == "no":
+        return False
+    if missing is None:
+        return True
     if setting == "yes":
-        raise InputError(f"--gpu yes: {why}; install the CUDA build (make setup ACCEL=cuda) or use --gpu no")
-    print(f"[gpu] --gpu auto: {why}: training on CPU (make setup ACCEL=cuda adds them)", file=sys.stderr, flush=True)
+        raise InputError(f"--gpu yes: {missing}; install the CUDA builds (make setup ACCEL=cuda) or use --gpu no")
+    if cluster_gpus > 0:
+        print(
+            f"[gpu] --gpu auto: {missing}: running on CPU (make setup ACCEL=cuda installs the CUDA builds)",
+            file=sys.stderr,
+            flush=True,
+        )
     return False
 
 

@@ -40,6 +40,13 @@ def to_epoch_seconds(at) -> int:
     return int(stamp.timestamp())
 
 
+# A job's --at as text: an ISO date, or datetime with an optional zone (Z, +HH[:MM], " UTC"), or YYYYMMDD.
+_AT_TEXT = re.compile(
+    r"\s*(?:\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?"
+    r"(?:\s*[Zz]|[+-]\d{2}(?::?\d{2})?|\s+(?:UTC|GMT))?)?|\d{8})\s*"
+)
+
+
 def resolve_at(at, data_end: int, now: Optional[float] = None) -> int:
     """A job's ``--at`` -> epoch seconds: ``now``, ``data-end`` or an ISO date or datetime.
 
@@ -61,9 +68,13 @@ def resolve_at(at, data_end: int, now: Optional[float] = None) -> int:
     if isinstance(at, str) and re.fullmatch(r"\s*[A-Za-z]+\s*", at):
         # pandas reads "today" as the local wall clock taken for UTC: hours off, maybe another date.
         raise InputError(f"--at {at!r}: not a moment; use an ISO date or datetime, epoch seconds, 'now' or 'data-end'")
-    if isinstance(at, str) and not re.match(r"\s*([0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{8}\s*$)", at):
-        # pandas guesses: "11/12/2017" is November 12th, "2017" its first day.
-        raise InputError(f"--at {at!r}: not an ISO date (YYYY-MM-DD) or datetime, epoch seconds, 'now' or 'data-end'")
+    if isinstance(at, str) and not _AT_TEXT.fullmatch(at):
+        # pandas guesses: "11/12/2017" is November 12th, "2017" its first day, "GMT-5" five hours
+        # east of Greenwich (POSIX), "4pm" an hour of its own reading.
+        raise InputError(
+            f"--at {at!r}: not an ISO date (YYYY-MM-DD) or datetime (YYYY-MM-DDTHH:MM[:SS], then Z, an offset "
+            "+HH:MM or ' UTC'; none is UTC), epoch seconds, 'now' or 'data-end'"
+        )
     try:
         return to_epoch_seconds(at)
     except (ValueError, TypeError) as e:

@@ -48,6 +48,10 @@ def test_at_resolves_dates_datetimes_and_data_end():
     assert run_date_of(resolve_at("2017-11-27T23:30:00-05:00", data_end=0)) == "2017-11-28"
     assert resolve_at("1511755281", data_end=0) == resolve_at(" 1511755281 ", data_end=0) == 1511755281
     assert resolve_at("20171127", data_end=0) == 1511740800  # eight digits: a date
+    assert resolve_at("2017-11-27 04:01:21 UTC", data_end=0) == resolve_at("2017-11-27T04:01:21Z", data_end=0)
+    for guess in ("2017-11-27 4pm", "2017-11-27 04"):
+        with pytest.raises(InputError, match="not an ISO date"):
+            resolve_at(guess, data_end=0)
     with pytest.raises(InputError, match="milliseconds"):
         resolve_at("1511755281000", data_end=0)
     # Old code read "today" as the local wall clock taken for UTC (hours off under TZ=Asia/Tokyo).
@@ -55,7 +59,9 @@ def test_at_resolves_dates_datetimes_and_data_end():
         with pytest.raises(InputError, match=f"'{word}': not a moment"):
             resolve_at(word, data_end=0)
     # pandas guessed these: day and month in either order, a year alone as its first day.
-    for guess in ("11/12/2017", "Nov 27 2017", "2017", "27.11.2017"):
+    # And these after an ISO date (a review, 2026-12-05): "GMT-5" is five hours east to pandas (POSIX).
+    guesses = ("11/12/2017", "Nov 27 2017", "2017", "27.11.2017", "2017-11-27 04:00 GMT-5", "2017-11-27 04:00 UTC+3")
+    for guess in guesses:
         with pytest.raises(InputError, match="not an ISO date"):
             resolve_at(guess, data_end=0)
 

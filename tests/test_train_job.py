@@ -67,19 +67,55 @@ def test_gpu_auto_trains_on_cpu_when_the_gpus_are_too_few_and_says_why(capsys):
 
 
 @pytest.mark.faults
-def test_gpus_without_fbgemms_cuda_build_train_on_cpu_or_are_refused(capsys):
-    """A CUDA machine set up with a plain `make setup` has fbgemm-gpu-cpu: Ray counts its GPUs, and
-    --gpu auto trained there, every worker failing on its first step (a helper's review)."""
-    from ncf.device import fbgemm_cuda_build, training_gpu_kernels
+def test_gpus_without_the_cuda_builds_run_on_cpu_or_are_refused(capsys):
+    """A CUDA machine set up with a plain `make setup` has fbgemm-gpu-cpu (and, where pip finds it,
+    torch's CPU build): Ray counts its GPUs, and --gpu auto trained there, every worker failing on
+    its first step (a helper's review); batch scoring's GPU actors failed alike."""
+    from ncf.device import fbgemm_cuda_build, gpu_build_missing, gpus_usable, torch_cuda_build
 
-    assert isinstance(fbgemm_cuda_build(), bool)  # what `make setup` installed here (ACCEL=cuda: True)
-    assert training_gpu_kernels("auto", True, cuda_build=True) and not training_gpu_kernels("auto", False, False)
-    assert capsys.readouterr().err == ""
-    assert not training_gpu_kernels("auto", True, cuda_build=False)
+    assert isinstance(fbgemm_cuda_build(), bool) and isinstance(torch_cuda_build(), bool)  # what `make setup` installed
+    assert (gpu_build_missing(training=False) is None) == torch_cuda_build()
+    assert gpus_usable("auto", None, 1) and not gpus_usable("no", None, 1)
+    fbgemm = "fbgemm is installed as its CPU build (fbgemm-gpu-cpu), without the CUDA kernels"
+    assert not gpus_usable("auto", fbgemm, 0)
+    assert capsys.readouterr().err == ""  # a CPU cluster: the ordinary run, nothing to say
+    assert not gpus_usable("auto", fbgemm, 2)
     said = capsys.readouterr().err.strip()
-    assert said.startswith("[gpu] --gpu auto: fbgemm is installed as its CPU build") and "training on CPU" in said
+    assert said.startswith("[gpu] --gpu auto: fbgemm is installed as its CPU build") and "running on CPU" in said
     with pytest.raises(InputError, match=r"--gpu yes: fbgemm is installed as its CPU build .*make setup ACCEL=cuda"):
-        training_gpu_kernels("yes", True, cuda_build=False)
+        gpus_usable("yes", fbgemm, 2)
+
+
+@pytest.mark.faults
+def test_a_build_without_cuda_is_refused_before_gpu_wait_and_a_local_cluster_is_not_waited_for(
+    ray_session, monkeypatch, capsys
+):
+    """--gpu yes --gpu-wait 900 with fbgemm's CPU build asked the autoscaler for GPU nodes, waited,
+    then exited 75 (try later) for what no retry mends; on the job's own local cluster, which has
+    no autoscaler, it waited the whole 900 s (a review, 2026-12-05)."""
+    import argparse
+
+    from jobs.cli import training_on_gpu
+    from ncf import device
+
+    def no_wait(*args, **kwargs):
+        raise AssertionError("waited for GPUs")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(device, "gpus_within", no_wait)
+    monkeypatch.setattr(device, "gpu_build_missing", lambda training: "torch is installed as its CPU build")
+    with pytest.raises(InputError, match="--gpu yes: torch is installed as its CPU build"):
+        training_on_gpu(argparse.Namespace(gpu="yes", gpu_wait=900.0), workers=1)
+    assert not training_on_gpu(argparse.Namespace(gpu="auto", gpu_wait=900.0), workers=1)
+
+    monkeypatch.undo()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(device, "gpu_build_missing", lambda training: None)  # as on a CUDA machine
+    started = time.monotonic()
+    with pytest.raises(InputError, match="--gpu yes: the Ray cluster has no GPU"):
+        training_on_gpu(argparse.Namespace(gpu="yes", gpu_wait=900.0), workers=1)
+    assert time.monotonic() - started < 30
+    assert "this job's own local cluster has no autoscaler to add GPUs; not waiting" in capsys.readouterr().err
 
 
 # A local Ray cluster that declares one (logical) GPU: Ray counts it without CUDA.
@@ -87,6 +123,8 @@ ONE_GPU_CLUSTER = """
 import sys
 import ray
 ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False, configure_logging=False)
+from ncf import device
+device.gpu_build_missing = lambda training: None  # as on a CUDA machine: the GPUs' count is what is checked
 from jobs import train
 train.main(sys.argv[1:])
 """

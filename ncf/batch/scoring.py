@@ -85,7 +85,7 @@ from ncf.data import layout
 from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies
-from ncf.device import GPU_SETTINGS, resolve_gpu
+from ncf.device import GPU_SETTINGS, gpu_build_missing, gpus_usable, resolve_gpu
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.model.ann import index_path
@@ -279,7 +279,10 @@ def _actor_resources(
         if not os.environ.get("RAY_ADDRESS"):  # Ray Data would wait for it, the date's lock held
             raise InputError(f"{short}: run on nodes with more memory, or --score-in driver")
         _log(f"{short} now: the actors wait for the autoscaler to add one")
-    planned, gpus = actor_plan(gpu, actors, cpus_per_actor, ray.cluster_resources(), blocks, slots)
+    resources = ray.cluster_resources()
+    if not gpus_usable(gpu, gpu_build_missing(training=False), int(resources.get("GPU", 0))):
+        gpu = "no"  # the actors' torch has no CUDA: each would fail on its first batch
+    planned, gpus = actor_plan(gpu, actors, cpus_per_actor, resources, blocks, slots)
     if not gpus and actors <= 0 and 0 < slots < min(by_cpus, blocks):
         _log(f"{planned} CPU actor(s), not {min(by_cpus, blocks)}: the nodes' memory holds {slots} {each}")
     elif not gpus and 0 < slots < min(actors, blocks):
