@@ -37,7 +37,7 @@ import numpy as np
 import requests
 
 from bench.multinode_sweep import free_port
-from bench.serve_load import cpu_used, serve_cpu_seconds
+from bench.serve_load import cpu_used, local_session, serve_cpu_seconds
 from ncf.data import datasets, schema
 from ncf.data.preprocess import PreprocessConfig, preprocess
 from ncf.model import ann
@@ -194,8 +194,7 @@ def serve_figures(model: str, data: str, users: list) -> dict:
         wait_until_healthy(url, timeout_s=900)
         ready_s = time.time() - started
         rss = replica_rss_mib()
-        with requests.Session() as session:
-            session.trust_env = False  # the server is on 127.0.0.1: no proxy from the environment may relay it
+        with local_session() as session:
             for user in users[:20]:  # warm-up
                 recommend(session, url, user)
             before = serve_cpu_seconds()

@@ -175,6 +175,14 @@ class Load:
         }
 
 
+def local_session() -> requests.Session:
+    """A session for the bench's own server on 127.0.0.1: an HTTP(S)_PROXY set for the outside
+    must not relay it."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
 def drive(url: str, payloads: Callable[[int], Dict], clients: int, seconds: float, load: Load) -> None:
     """``clients`` threads send requests back to back for ``seconds``, adding to ``load``."""
     latencies: List[List[float]] = [[] for _ in range(clients)]
@@ -182,8 +190,7 @@ def drive(url: str, payloads: Callable[[int], Dict], clients: int, seconds: floa
     deadline = time.monotonic() + seconds
 
     def client(i: int) -> None:
-        with requests.Session() as s:
-            s.trust_env = False  # the server is on 127.0.0.1: an HTTP(S)_PROXY set for the outside must not relay it
+        with local_session() as s:
             n = 0
             while time.monotonic() < deadline:
                 started = time.perf_counter()

@@ -17,17 +17,10 @@ import threading
 import time
 from typing import Dict, List
 
-import requests
-
 from bench.multinode_sweep import free_port
+from bench.serve_load import local_session
 
 DELAY_S = 0.2  # between the past day's request and the present's: the pass is running by then
-
-
-def local_session() -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # the server is on 127.0.0.1: an HTTP(S)_PROXY set for the outside must not relay it
-    return session
 
 
 def post(url: str, body: Dict) -> Dict:

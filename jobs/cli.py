@@ -150,9 +150,9 @@ def add_training_gpu_options(p: argparse.ArgumentParser) -> None:
         "--gpu-wait",
         type=wait_seconds,
         default=0.0,
-        help="seconds to wait for a GPU per worker, asked of the autoscaler (a cluster.yaml cluster "
-        "starts without GPU nodes; the request replaces any other job's standing one); 0 counts the GPUs "
-        "already up",
+        help="seconds to wait for a GPU per worker (a sweep: per worker of its --concurrent trials), asked of "
+        "the autoscaler of a cluster the job joined (a cluster.yaml cluster starts without GPU nodes; the request "
+        "replaces any other job's standing one; a local cluster has none, so no wait); 0 counts the GPUs already up",
     )
 
 
@@ -165,16 +165,17 @@ def training_on_gpu(args: argparse.Namespace, workers: int, wait_for: int | None
     # The build first: GPU nodes started, and minutes waited, for a build that cannot use them.
     if not gpus_usable(args.gpu, gpu_build_missing(training=True), cluster_gpus()):
         return False
-    wait = args.gpu_wait
+    wanted, wait, advice = max(workers, wait_for or 0), args.gpu_wait, {}
     if wait > 0 and not os.environ.get("RAY_ADDRESS"):
-        print(
-            "[gpu] --gpu-wait: this job's own local cluster has no autoscaler to add GPUs; not waiting",
-            file=sys.stderr,
-            flush=True,
-        )
-        wait = 0.0
-    available = gpus_within(max(workers, wait_for or 0), wait)
-    return resolve_gpu(args.gpu, available, workers=workers, waited_s=wait)
+        wait, advice = 0.0, {"advice": ""}  # the advice to wait would be the option just given
+        if cluster_gpus() < wanted:
+            print(
+                "[gpu] --gpu-wait: this job's own local cluster has no autoscaler to add GPUs; not waiting",
+                file=sys.stderr,
+                flush=True,
+            )
+    available = gpus_within(wanted, wait)
+    return resolve_gpu(args.gpu, available, workers=workers, waited_s=wait, **advice)
 
 
 def _number(text: str) -> float:

@@ -178,11 +178,18 @@ def model_links(*outputs: str) -> None:
     """Makes each output a blue/green symlink (:mod:`ncf.staging`) when nothing is there yet:
     each run's model then keeps a directory of its own beside the link, so the versions a rerun
     registers never replace the directory of one registered before (the registry could no longer
-    resolve it, ``current`` included). The link points nowhere until the first training."""
+    resolve it, ``current`` included). The link points nowhere until the first training. A plain
+    directory an older demo left is replaced in place as before, which is said."""
     for output in outputs:
         if not os.path.lexists(output):
             os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
             os.symlink(f".{os.path.basename(output)}-unset", output)
+        elif not os.path.islink(output):
+            print(
+                f"[demo] {output} is a plain directory (an older demo's): this run replaces it, and the registry can "
+                "no longer resolve the version it held; remove it for blue/green links from the next run on",
+                flush=True,
+            )
 
 
 def main(argv=None) -> list:

@@ -26,7 +26,7 @@ from ncf.train.trainer import TrainingInterrupted
 from tune.results import NoTrialFinished
 from tune.search_space import SEARCHED
 from tune.settings import SweepSettings
-from tune.sweep import SweepInterrupted, check_sweep_directory, refit_best, run_sweep, started_concurrency, summary
+from tune.sweep import SweepInterrupted, check_sweep_directory, refit_best, resumed_concurrency, run_sweep, summary
 
 # The searched dimensions (the tower as its layer widths, not depth and width), with the results.
 SHOWN = [
@@ -108,7 +108,10 @@ def gpus_at_once(args: argparse.Namespace) -> int:
     """The GPUs the trials at once hold (``--concurrent``, or the count a resumed sweep started
     with; without either, one trial's): what ``--gpu-wait`` asks an autoscaling cluster for, so
     that the trials-at-once count, read from the GPUs up when the sweep starts, is not one trial's."""
-    at_once = args.concurrent or (started_concurrency(sweep_settings(args, use_gpu=False)) if args.resume else 1)
+    if args.resume:  # Tune's count; another --concurrent is refused now, before the wait asks for nodes
+        at_once = resumed_concurrency(sweep_settings(args, use_gpu=False), {})
+    else:
+        at_once = args.concurrent or 1
     return args.workers * max(1, min(at_once, args.trials))
 
 

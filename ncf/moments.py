@@ -40,11 +40,13 @@ def to_epoch_seconds(at) -> int:
     return int(stamp.timestamp())
 
 
-# A job's --at as text: an ISO date, or datetime with an optional zone (Z, +HH[:MM], " UTC"), or YYYYMMDD.
-_AT_TEXT = re.compile(
-    r"\s*(?:\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?"
-    r"(?:\s*[Zz]|[+-]\d{2}(?::?\d{2})?|\s+(?:UTC|GMT))?)?|\d{8})\s*"
-)
+# ISO-8601 pieces, shared by a job's --at (resolve_at) and a client's at (parse_at).
+_DATE = r"\d{4}-\d{2}-\d{2}"
+_TIME = r"[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?"
+_ZONE = r"[Zz]|[+-]\d{2}:?\d{2}"
+# A job's --at as text: YYYYMMDD, an ISO date, or an ISO datetime whose zone may be missing (UTC)
+# or written " UTC" / " GMT", as BigQuery and Go print it.
+_AT_TEXT = re.compile(rf"\s*(?:{_DATE}(?:{_TIME}(?:{_ZONE}|\s+(?:UTC|GMT))?)?|\d{{8}})\s*")
 
 
 def resolve_at(at, data_end: int, now: Optional[float] = None) -> int:
@@ -73,7 +75,7 @@ def resolve_at(at, data_end: int, now: Optional[float] = None) -> int:
         # east of Greenwich (POSIX), "4pm" an hour of its own reading.
         raise InputError(
             f"--at {at!r}: not an ISO date (YYYY-MM-DD) or datetime (YYYY-MM-DDTHH:MM[:SS], then Z, an offset "
-            "+HH:MM or ' UTC'; none is UTC), epoch seconds, 'now' or 'data-end'"
+            "+HH:MM, ' UTC' or ' GMT'; none is UTC), epoch seconds, 'now' or 'data-end'"
         )
     try:
         return to_epoch_seconds(at)
@@ -86,8 +88,8 @@ AT_FORMS = (
     "an ISO-8601 time with a time zone (2017-11-27T04:01:21Z, 2017-11-27T05:01:21+01:00), "
     "a date YYYY-MM-DD (midnight UTC) or epoch seconds as a JSON number"
 )
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_ISO_TIME_WITH_ZONE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:?\d{2})")
+_ISO_DATE = re.compile(_DATE)
+_ISO_TIME_WITH_ZONE = re.compile(f"{_DATE}{_TIME}(?:{_ZONE})")
 
 
 def parse_at(value) -> int:

@@ -745,7 +745,9 @@ def track_model(
         version = None
         registry = registry or Registry()
         read_config(model_dir)  # not a model directory: refused before a run is logged for it
-        already = registry.registered_as(model_dir, tags["deployable"] == "true")
+        # Not where a deployable one would become current (nothing is): that goes through the first claim.
+        deployable = tags["deployable"] == "true"
+        already = None if candidate and registry.current() is None else registry.registered_as(model_dir, deployable)
         if already is not None:
             log(f"{model_dir}: already version {already} of {registry.name}, the same model ({registry.uri})")
             return already

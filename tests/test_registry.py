@@ -368,6 +368,8 @@ def test_the_same_model_registered_again_is_the_version_it_already_is(store, tmp
     write_manifest(model, unsealed=[METRICS])  # sealed again, as a save does
     assert reg.track_model(model, strict=True) == "3"
     assert [v["version"] for v in store.versions()] == ["1", "2", "3"]
+    store.client.delete_registered_model_alias(store.name, reg.CURRENT)  # nothing current: the first claim
+    assert reg.track_model(model, strict=True) == "4" and store.current() == "4"
 
 
 @pytest.mark.faults

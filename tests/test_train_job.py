@@ -67,14 +67,24 @@ def test_gpu_auto_trains_on_cpu_when_the_gpus_are_too_few_and_says_why(capsys):
 
 
 @pytest.mark.faults
-def test_gpus_without_the_cuda_builds_run_on_cpu_or_are_refused(capsys):
+def test_gpus_without_the_cuda_builds_run_on_cpu_or_are_refused(monkeypatch, capsys):
     """A CUDA machine set up with a plain `make setup` has fbgemm-gpu-cpu (and, where pip finds it,
     torch's CPU build): Ray counts its GPUs, and --gpu auto trained there, every worker failing on
     its first step (a helper's review); batch scoring's GPU actors failed alike."""
+    import torch
+
+    from ncf import device
     from ncf.device import fbgemm_cuda_build, gpu_build_missing, gpus_usable, torch_cuda_build
 
     assert isinstance(fbgemm_cuda_build(), bool) and isinstance(torch_cuda_build(), bool)  # what `make setup` installed
-    assert (gpu_build_missing(training=False) is None) == torch_cuda_build()
+    monkeypatch.setattr(torch.version, "cuda", None)  # torch's CPU build
+    assert gpu_build_missing(training=False).startswith("torch is installed as its CPU build")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(device, "fbgemm_cuda_build", lambda: False)
+    assert gpu_build_missing(training=False) is None  # scoring needs no fbgemm kernels
+    assert gpu_build_missing(training=True).startswith("fbgemm is installed as its CPU build")
+    monkeypatch.setattr(device, "fbgemm_cuda_build", lambda: True)
+    assert gpu_build_missing(training=True) is None
     assert gpus_usable("auto", None, 1) and not gpus_usable("no", None, 1)
     fbgemm = "fbgemm is installed as its CPU build (fbgemm-gpu-cpu), without the CUDA kernels"
     assert not gpus_usable("auto", fbgemm, 0)
@@ -111,9 +121,10 @@ def test_a_build_without_cuda_is_refused_before_gpu_wait_and_a_local_cluster_is_
     monkeypatch.undo()
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(device, "gpu_build_missing", lambda training: None)  # as on a CUDA machine
+    monkeypatch.setattr(device, "cluster_gpus", lambda: 0)  # a machine with GPUs counts them in the session's cluster
     started = time.monotonic()
-    with pytest.raises(InputError, match="--gpu yes: the Ray cluster has no GPU"):
-        training_on_gpu(argparse.Namespace(gpu="yes", gpu_wait=900.0), workers=1)
+    with pytest.raises(InputError, match="--gpu yes: the Ray cluster has no GPU; use --gpu no$"):
+        training_on_gpu(argparse.Namespace(gpu="yes", gpu_wait=900.0), workers=1)  # no advice to --gpu-wait
     assert time.monotonic() - started < 30
     assert "this job's own local cluster has no autoscaler to add GPUs; not waiting" in capsys.readouterr().err
 

@@ -360,6 +360,17 @@ def test_a_sweep_waits_for_the_gpus_of_its_trials_at_once(tmp_path):
     assert gpus_at_once(parse_args([*common, "--trials", "16", "--concurrent", "2"])) == 4
     assert gpus_at_once(parse_args([*common, "--trials", "1", "--concurrent", "2"])) == 2  # never more than the trials
     assert gpus_at_once(parse_args([*common, "--trials", "16"])) == 2  # without --concurrent: one trial's
+    # A resume takes the count Tune keeps, and refuses another before the wait asks for GPU nodes.
+    from ray import tune
+
+    tune.Tuner(
+        lambda config: None,
+        tune_config=tune.TuneConfig(max_concurrent_trials=3, num_samples=16),
+        run_config=tune.RunConfig(name="sweep", storage_path=str(tmp_path / "sweep" / "tune")),
+    )
+    assert gpus_at_once(parse_args([*common, "--trials", "16", "--resume"])) == 6
+    with pytest.raises(InputError, match="runs 3 trials at once"):
+        gpus_at_once(parse_args([*common, "--trials", "16", "--resume", "--concurrent", "2"]))
 
 
 @pytest.mark.faults

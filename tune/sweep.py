@@ -162,7 +162,10 @@ def _tuner(settings: SweepSettings, trainable, resume: bool):
         # Failed trials stay failed (Ray Train retried each max_failures times): restored, they would
         # run beside the trials-at-once Tune allows (its limiter no longer counts them), in CPU
         # shares sized for that count, and leave Ray Data's readers no room.
-        failed = saved_trials(experiment, "ERROR")
+        try:
+            failed = saved_trials(experiment, "ERROR")
+        except (ValueError, OSError):  # no experiment state yet: Tuner.restore below says so in its words
+            failed = 0
         if failed:
             print(f"[sweep] {_counted(failed, 'failed trial')} not run again (the table shows its error)", flush=True)
         try:
