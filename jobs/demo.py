@@ -33,6 +33,7 @@ from ncf.evaluate.protocol import PAIRED
 from ncf.jsonio import write_text
 from ncf.model.directory import ModelDir
 from ncf.registry import sqlite_uri
+from ncf.staging import present
 from serve.launch import LOCAL, base_url, check_port_free, running_address
 
 STAGES = 6
@@ -181,7 +182,9 @@ def model_links(*outputs: str) -> None:
     resolve it, ``current`` included). The link points nowhere until the first training. A plain
     directory an older demo left is replaced in place as before, which is said."""
     for output in outputs:
-        if not os.path.lexists(output):
+        # A dead run's half-done replacement finished first: a link put where its directory is
+        # missing would stop the swap's roll-forward (final, stage and parked all there).
+        if not present(output) and not os.path.lexists(output):
             os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
             os.symlink(f".{os.path.basename(output)}-unset", output)
         elif not os.path.islink(output):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import uuid
 from typing import Any, Dict
 
 
@@ -28,8 +30,17 @@ def write_text(path: str, text: str) -> None:
 
 def temporary_name(path: str) -> str:
     """Where :func:`write_text` writes ``path`` before the rename (left behind only by a process
-    killed in between)."""
-    return path + ".tmp"
+    killed in between): a name of its own per write, so that two writers of one path (two
+    evaluations tuning the baselines of one DATA) never write into, or remove, each other's."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def is_temporary_of(name: str, path: str) -> bool:
+    """Whether the file name ``name`` is one :func:`temporary_name` gives ``path`` (or older code's
+    ``path.tmp``)."""
+    tail = os.path.basename(path)
+    return name == f"{tail}.tmp" or re.fullmatch(rf"\.{re.escape(tail)}\.[0-9a-f]{{8}}\.tmp", name) is not None
 
 
 def read_json(path: str) -> Any:

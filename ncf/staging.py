@@ -37,7 +37,7 @@ import shutil
 import socket
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence
 
 from ncf.errors import InputError, TryLater
@@ -142,20 +142,33 @@ def swap(staged: str, final: str, parked: str, journal: str) -> None:
     """
     fsync_tree(staged)
     fsync_parent(staged)
-    record = {"final": final, "staged": staged, "parked": parked, "started": time.time()}
+    # Relative to the journal: a tree moved (or mounted elsewhere) after a crash still finds them.
+    base = os.path.dirname(os.path.abspath(journal))
+    paths = {"final": final, "staged": staged, "parked": parked}
+    record = {k: os.path.relpath(os.path.abspath(p), base) for k, p in paths.items()}
+    record["started"] = time.time()
     write_json(journal, record)
     fsync_parent(journal)
-    _finish(record, journal)
+    _finish(journal_record(journal), journal)
 
 
 def roll_forward(journal: str) -> Optional[Dict]:
-    """Finishes the swap a dead run left (see :func:`swap`); returns its record, or None when
-    there was none. Idempotent: a crash during the roll-forward is finished by the next one."""
+    """Finishes the swap a dead run left (see :func:`swap`); returns its record, its paths
+    absolute, or None when there was none. Idempotent: a crash during the roll-forward is
+    finished by the next one."""
     if not os.path.exists(journal):
         return None
-    record = read_json(journal)
+    record = journal_record(journal)
     _finish(record, journal)
     return record
+
+
+def journal_record(journal: str) -> Dict:
+    """A swap's journal, its paths absolute: written relative to the journal's directory (a
+    journal of older code holds absolute ones, taken as they are)."""
+    record = read_json(journal)
+    base = os.path.dirname(os.path.abspath(journal))
+    return {**record, **{k: os.path.normpath(os.path.join(base, record[k])) for k in ("final", "staged", "parked")}}
 
 
 def _finish(record: Dict, journal: str) -> None:
@@ -191,7 +204,10 @@ def repoint(link: str, target: str) -> None:
     """Points the symlink ``link`` at ``target`` atomically (a new link renamed over the old);
     relative when the old link was relative."""
     old = os.readlink(link)
-    value = target if os.path.isabs(old) else os.path.relpath(target, os.path.dirname(os.path.abspath(link)))
+    # Relative to the link's physical directory, where the kernel resolves it: the logical one
+    # (a workdir reached through a symlink) may sit at another depth.
+    home = os.path.realpath(os.path.dirname(os.path.abspath(link)))
+    value = target if os.path.isabs(old) else os.path.relpath(os.path.realpath(target), home)
     tmp = os.path.join(os.path.dirname(os.path.abspath(link)), f".{os.path.basename(link)}.link-{uuid.uuid4().hex[:8]}")
     os.symlink(value, tmp)
     os.replace(tmp, link)
@@ -337,12 +353,18 @@ def replacing(
     os.makedirs(parent, exist_ok=True)
     names = _siblings(parent, name)
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
-    with exclusive(names["lock"], final, wait_s=wait_s):
+    with ExitStack() as held:
+        held.enter_context(exclusive(names["lock"], final, wait_s=wait_s))
         if roll_forward(names["journal"]):
             log(f"finished the replacement of {final} that a dead run left half done")
+        # Again under the lock: another run may have written there while this one waited for it.
+        check_target(final, marker, what, inputs, overwrite)
         linked = os.path.islink(final)
         home = os.path.dirname(os.path.realpath(final)) if linked else parent
-        for path in remove_dead_runs(parent, name) + (remove_dead_runs(home, name) if home != parent else []):
+        elsewhere = home != os.path.realpath(parent)
+        if elsewhere:  # links of one name in other folders may point here too: their runs share this lock
+            held.enter_context(exclusive(_siblings(home, name)["lock"], final, wait_s=wait_s))
+        for path in remove_dead_runs(parent, name) + (remove_dead_runs(home, name) if elsewhere else []):
             log(f"removed what a dead run left: {path}")
         stage = os.path.join(home, names["staging"] + run_id)
         os.makedirs(stage)

@@ -21,7 +21,7 @@ from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.errors import InputError
-from ncf.jsonio import read_json, write_json
+from ncf.jsonio import read_json, temporary_name, write_json
 from ncf.model.directory import CONFIG, METRICS, TRAINED_USERS, WEIGHTS, save_untrained_model_dir, update_metrics
 from ncf.model.integrity import MANIFEST, ModelIntegrityError, verify_model_dir, write_manifest
 from ncf.rank.recommender import Recommender
@@ -146,6 +146,11 @@ def test_a_damaged_manifest_entry_a_symlink_inside_and_a_killed_metrics_write(mo
         f.write("{")
     verify_model_dir(model)  # the leftover of an unsealed file's rewrite is not damage
     os.remove(os.path.join(model, METRICS + ".tmp"))
+    leftover = temporary_name(os.path.join(model, METRICS))  # today's name: one of its own per write
+    with open(leftover, "w") as f:
+        f.write("{")
+    verify_model_dir(model)
+    os.remove(leftover)
     broken = {**manifest, "files": {**manifest["files"], WEIGHTS: {"sha256": "0" * 64}}}
     write_json(os.path.join(model, MANIFEST), broken)
     with pytest.raises(ModelIntegrityError, match="unreadable manifest.json .*model.pt.* not a size and a sha256"):

@@ -55,7 +55,7 @@ from typing import Callable, Dict, List, Optional
 
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
-from ncf.staging import Busy, check_parent, exclusive, remove, roll_forward, swap
+from ncf.staging import Busy, check_parent, exclusive, journal_record, remove, roll_forward, swap
 
 SUCCESS = "_SUCCESS"
 TMP = "_tmp"
@@ -176,10 +176,10 @@ def _pending_paths(output: str) -> set:
     for name in os.listdir(root) if os.path.isdir(root) else []:
         if name.endswith(".json"):
             try:
-                record = read_json(os.path.join(root, name))
+                record = journal_record(os.path.join(root, name))
             except FileNotFoundError:
                 continue  # that swap finished between the listing and the read: nothing of it pending
-            paths.update(os.path.abspath(record[k]) for k in ("staged", "parked"))
+            paths.update(record[k] for k in ("staged", "parked"))
     return paths
 
 

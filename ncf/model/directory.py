@@ -220,7 +220,9 @@ class ModelDir:
     """A handle on a model directory: its config read once, its parts loaded on demand."""
 
     def __init__(self, path: str) -> None:
-        self.path = os.path.abspath(path)
+        # The link's target, once: a training repointing a blue/green link meanwhile must not
+        # mix this config with the next model's weights, vocabularies or index.
+        self.path = os.path.realpath(path)
         self.config = read_config(self.path)
 
     @property

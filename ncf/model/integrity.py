@@ -51,7 +51,7 @@ from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
-from ncf.jsonio import read_json, temporary_name, write_json
+from ncf.jsonio import is_temporary_of, read_json, write_json
 from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
@@ -182,7 +182,12 @@ def check_manifest(model_dir: str) -> Dict:
     if missing:
         raise ModelIntegrityError(f"{model_dir}: {len(missing)} file(s) of the manifest missing: {missing[:5]}")
     # A rewrite of an unsealed file (metrics.json) killed before its rename leaves its temporary.
-    leftovers = {os.path.relpath(temporary_name(os.path.join(model_dir, u)), model_dir) for u in unsealed}
+    leftovers = {
+        p
+        for p in present
+        for u in unsealed
+        if os.path.dirname(p) == os.path.dirname(u) and is_temporary_of(os.path.basename(p), u)
+    }
     extra = sorted(present - set(files) - unsealed - leftovers)
     if extra:
         raise ModelIntegrityError(f"{model_dir}: file(s) not in the manifest: {extra[:5]}")
