@@ -134,6 +134,9 @@ def exclusive(lock_path: str, what: str, wait_s: float = 0.0) -> Iterator[None]:
 # -- the journaled swap -----------------------------------------------------------------------------
 
 
+PATHS = ("final", "staged", "parked")  # what a swap's journal names
+
+
 def swap(staged: str, final: str, parked: str, journal: str) -> None:
     """Replaces ``final`` (absent, a directory or a file) by the complete directory ``staged``.
 
@@ -144,7 +147,7 @@ def swap(staged: str, final: str, parked: str, journal: str) -> None:
     fsync_parent(staged)
     # Relative to the journal: a tree moved (or mounted elsewhere) after a crash still finds them.
     base = os.path.dirname(os.path.abspath(journal))
-    paths = {"final": final, "staged": staged, "parked": parked}
+    paths = dict(zip(PATHS, (final, staged, parked)))
     record = {k: os.path.relpath(os.path.abspath(p), base) for k, p in paths.items()}
     record["started"] = time.time()
     write_json(journal, record)
@@ -168,7 +171,7 @@ def journal_record(journal: str) -> Dict:
     journal of older code holds absolute ones, taken as they are)."""
     record = read_json(journal)
     base = os.path.dirname(os.path.abspath(journal))
-    return {**record, **{k: os.path.normpath(os.path.join(base, record[k])) for k in ("final", "staged", "parked")}}
+    return {**record, **{k: os.path.normpath(os.path.join(base, record[k])) for k in PATHS if k in record}}
 
 
 def _finish(record: Dict, journal: str) -> None:

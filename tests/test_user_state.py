@@ -117,6 +117,36 @@ def test_households_and_popularity_before_a_moment():
         assert np.array_equal(catalog.popularity_before(states, start, 50), counts)
 
 
+@pytest.mark.faults
+def test_a_malformed_state_and_the_unknown_rows_are_refused_or_zero(tmp_path):
+    """Offsets that went back gave a household an empty history yet counted it; a product index
+    past the catalog vanished from the popularity; the unknown product's row held counts its
+    docstring says it has not; a float id found a household in an Arrow array and not in a list;
+    index -1 (the MF stage's "none found") came back as the first product's id (a review,
+    2026-12-05)."""
+    import pyarrow as pa
+
+    from ncf.data.vocab import Vocabulary
+
+    with pytest.raises(ValueError, match="never decrease"):
+        UserStates(np.array([0, 5, 3, 6]), np.zeros(6, np.int32), np.zeros(6, np.int64))
+    states = UserStates.from_purchases(np.array([1, 1, 2]), np.array([0, 2, 7]), np.array([0, DAY, DAY]), 3)
+    with pytest.raises(ValueError, match="product index 7 past the 3 products"):
+        catalog.popularity_before(states, 2 * DAY, 3)
+    stats = ProductStats.compute(states, np.zeros(8, np.int64), 2 * DAY)
+    assert stats.lines[0] == stats.buyers[0] == stats.recent_lines[0] == 0 and np.isnan(stats.cycle_days[0])
+    assert stats.lines[2] == 1
+    ids = Vocabulary.from_ids(["5", "12"], "int")
+    for raw in ([12.0], np.array([12.0]), pa.array([12.0]), [12.0] * 1_001, [12]):
+        assert ids.index_of(raw)[0] == 2, raw
+    assert ids.index_of([12.5])[0] == 0
+    assert Vocabulary.from_ids(["12.0"]).index_of([12.0])[0] == 1  # text ids: compared as written
+    assert ids.raw_of([0, 2]) == [None, 12]
+    for outside in ([-1], [3]):
+        with pytest.raises(IndexError):
+            ids.raw_of(outside)
+
+
 @pytest.mark.parametrize("user_spread", [1, 2**45])
 def test_distinct_entries_are_the_same_with_one_key_or_three(user_spread):
     # 2**45 apart, (household, product, day) no longer fits one int64 key: the lexsort path.

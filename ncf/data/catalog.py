@@ -39,7 +39,10 @@ def popularity_before(states: UserStates, start: int, num_products: int) -> np.n
     """Purchase count of every product index over all households, strictly before ``start``."""
     counts = np.zeros(num_products)
     for _, products, _ in states.chunks(before=int(start)):
-        counts += np.bincount(products, minlength=num_products)[:num_products]
+        found = np.bincount(products, minlength=num_products)
+        if len(found) > num_products:  # a product index past the catalog: another DATA's state
+            raise ValueError(f"user state: product index {len(found) - 1} past the {num_products} products")
+        counts += found
     counts[UNKNOWN_INDEX] = 0.0
     return counts
 

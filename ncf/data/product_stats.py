@@ -30,6 +30,7 @@ from ncf.data.neighbours import (
 )
 from ncf.data.timeline import run_offsets
 from ncf.data.user_state import CHUNK_ROWS, UserStates
+from ncf.data.vocab import UNKNOWN_INDEX
 from ncf.moments import hours_of
 
 RECENT_DAYS = 28
@@ -95,9 +96,12 @@ class ProductStats:
             cycle_gaps.append(pairs.gap[pairs.days > 1])
             known = pairs.product > 0
             sample.add(pairs.user[known], pairs.product[known], pairs.last_day[known])
+        for counted in (lines, recent, buyers, rebuyers, by_hour.T):  # the unknown row, as documented
+            counted[UNKNOWN_INDEX] = 0
         with np.errstate(invalid="ignore", divide="ignore"):
             rebuy_rate = np.where(buyers > 0, rebuyers / buyers, 0.0)
         cycle = _median_by(_joined(cycle_products, np.int64), _joined(cycle_gaps, np.float64), n)
+        cycle[UNKNOWN_INDEX] = np.nan
         neighbours = ProductNeighbours.fit_rows(*sample.rows(), n, neighbours_k)
         if sample.households_kept < sample.households_seen:  # said, since it changes the neighbours
             print(

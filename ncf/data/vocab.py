@@ -23,6 +23,15 @@ FIRST_TS = "first_ts"  # extra column: epoch seconds of the first purchase of ea
 FEW_IDS = 1_000  # up to this many ids per call, lookups binary-search a sorted copy, not hash the vocabulary
 
 
+def _as_text(raw, integer_ids: bool) -> str:
+    """A raw id as the vocabulary compares it: for integer ids, a whole float (``12.0``, a pandas
+    int column with a gap) as the integer Arrow's cast writes (``12``), so that lists and Arrow
+    arrays find the same ids."""
+    if integer_ids and isinstance(raw, (float, np.floating)) and float(raw).is_integer():
+        return str(int(raw))
+    return str(raw)
+
+
 @dataclass
 class Vocabulary:
     """Raw ids (as strings) at indices 1..N; ``kind`` says whether raw ids were integers.
@@ -63,8 +72,10 @@ class Vocabulary:
 
     def index_of(self, raw: Sequence | pa.Array) -> np.ndarray:
         """Raw ids (any type; compared as strings) -> indices, 0 for unknown ids."""
+        integer_ids = self.kind == "int"
         if not isinstance(raw, (pa.Array, pa.ChunkedArray)) and len(raw) <= FEW_IDS:
-            return np.array([UNKNOWN_INDEX if r is None else self._find(str(r)) for r in raw], dtype=np.int64)
+            found = [UNKNOWN_INDEX if r is None else self._find(_as_text(r, integer_ids)) for r in raw]
+            return np.array(found, dtype=np.int64)
         if self._int_sorted is not None and isinstance(raw, (pa.Array, pa.ChunkedArray)) and not raw.null_count:
             if pa.types.is_signed_integer(raw.type):
                 return self._int_positions(raw.to_numpy().astype(np.int64, copy=False))
@@ -75,7 +86,7 @@ class Vocabulary:
         array = (
             raw
             if isinstance(raw, (pa.Array, pa.ChunkedArray))
-            else pa.array([None if r is None else str(r) for r in raw], pa.string())
+            else pa.array([None if r is None else _as_text(r, integer_ids) for r in raw], pa.string())
         )
         if array.type != pa.string():
             array = pc.cast(array, pa.string())
@@ -117,6 +128,8 @@ class Vocabulary:
     def raw_of(self, indices: Sequence[int] | np.ndarray) -> List:
         """Indices -> raw ids in their original type (None for the unknown index)."""
         idx = np.asarray(indices, dtype=np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):  # -1 is "none found" elsewhere: never an id
+            raise IndexError(f"indices {idx.min()}..{idx.max()} outside the vocabulary's 0..{len(self) - 1}")
         if len(self.ids) == 0:  # a log without a catalog has no departments or categories: all unknown
             return [None] * len(idx)
         strings = self.ids.take(pa.array(np.maximum(idx - 1, 0))).to_pylist()
