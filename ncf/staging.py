@@ -135,6 +135,7 @@ def exclusive(lock_path: str, what: str, wait_s: float = 0.0) -> Iterator[None]:
 
 
 PATHS = ("final", "staged", "parked")  # what a swap's journal names
+RELATIVE = "relative_to_journal"
 
 
 def swap(staged: str, final: str, parked: str, journal: str) -> None:
@@ -145,11 +146,11 @@ def swap(staged: str, final: str, parked: str, journal: str) -> None:
     """
     fsync_tree(staged)
     fsync_parent(staged)
-    # Relative to the journal: a tree moved (or mounted elsewhere) after a crash still finds them.
+    # Absolute, as older code reads them, and relative to the journal, which this code reads: a
+    # tree moved (or mounted elsewhere) after a crash still finds them.
     base = os.path.dirname(os.path.abspath(journal))
-    paths = dict(zip(PATHS, (final, staged, parked)))
-    record = {k: os.path.relpath(os.path.abspath(p), base) for k, p in paths.items()}
-    record["started"] = time.time()
+    paths = {k: os.path.abspath(p) for k, p in zip(PATHS, (final, staged, parked))}
+    record = {**paths, RELATIVE: {k: os.path.relpath(p, base) for k, p in paths.items()}, "started": time.time()}
     write_json(journal, record)
     fsync_parent(journal)
     _finish(journal_record(journal), journal)
@@ -171,7 +172,8 @@ def journal_record(journal: str) -> Dict:
     journal of older code holds absolute ones, taken as they are)."""
     record = read_json(journal)
     base = os.path.dirname(os.path.abspath(journal))
-    return {**record, **{k: os.path.normpath(os.path.join(base, record[k])) for k in PATHS if k in record}}
+    written = record.get(RELATIVE) or record  # older journals: absolute paths alone
+    return {**record, **{k: os.path.normpath(os.path.join(base, written[k])) for k in PATHS if k in written}}
 
 
 def _finish(record: Dict, journal: str) -> None:
@@ -364,9 +366,12 @@ def replacing(
         check_target(final, marker, what, inputs, overwrite)
         linked = os.path.islink(final)
         home = os.path.dirname(os.path.realpath(final)) if linked else parent
-        elsewhere = home != os.path.realpath(parent)
+        # Compared as folders, not as path strings: a parent reached through a symlink (or a bind
+        # mount) is the same folder, whose lock this run already holds.
+        elsewhere = linked and os.path.isdir(home) and not os.path.samefile(home, parent)
         if elsewhere:  # links of one name in other folders may point here too: their runs share this lock
             held.enter_context(exclusive(_siblings(home, name)["lock"], final, wait_s=wait_s))
+            roll_forward(_siblings(home, name)["journal"])  # a dead plain swap there: its entries are not leftovers
         for path in remove_dead_runs(parent, name) + (remove_dead_runs(home, name) if elsewhere else []):
             log(f"removed what a dead run left: {path}")
         stage = os.path.join(home, names["staging"] + run_id)

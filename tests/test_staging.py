@@ -170,6 +170,8 @@ def test_a_relative_link_in_a_workdir_reached_through_a_symlink_points_at_the_ne
     (tmp_path / "art").symlink_to(deep)
     link = tmp_path / "art" / "model"
     os.symlink(".model-unset", link)  # what jobs.demo's model_links makes before the first training
+    with pytest.raises(InputError, match=f"^{link}: not a model directory"):  # the path given, not .model-unset
+        directory.ModelDir(str(link))
     _save(str(link), data, "v1")
     assert os.readlink(link) == "model-v1" and directory.read_config(str(link))["version"] == "v1"
     _save(str(link), data, "v2")
@@ -193,6 +195,7 @@ def test_a_swap_journal_is_finished_after_its_tree_moved(tmp_path):
     journal = str(before / ".MODEL.swap.json")
     _die_between_renames(staged, model, parked, journal)
     assert os.path.exists(journal) and not os.path.exists(model)
+    assert read_json(journal)["final"] == model  # absolute too: what older code reads
     after = tmp_path / "after"
     os.rename(before, after)
     assert directory.read_config(str(after / "MODEL"))["version"] == "v2"  # a reader finishes it there
@@ -216,6 +219,40 @@ def _die_between_renames(staged: str, final: str, parked: str, journal: str) -> 
         patch.setattr(staging, "_fault_point", die)
         with pytest.raises(_Died):
             staging.swap(staged, final, parked, journal)
+
+
+@pytest.mark.faults
+def test_a_plain_directory_in_a_folder_reached_through_a_symlink_is_replaced(tmp_path):
+    """The link fix's first form compared the folders as path strings: a plain output under a
+    symlinked folder took its own lock a second time and waited for itself (a second read,
+    2026-12-05)."""
+    data = _fake_data(tmp_path)
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "via").symlink_to(real)
+    model = str(tmp_path / "via" / "MODEL")
+    _save(model, data, "v1")
+    _save(model, data, "v2")
+    assert not os.path.islink(model) and directory.read_config(model)["version"] == "v2"
+
+
+@pytest.mark.faults
+def test_a_links_target_folder_finishes_its_own_dead_swap_before_its_leftovers_go(tmp_path):
+    """A plain H/model died between its renames; a save through P/model -> ../H/model removed
+    H's staged and parked directories as leftovers, the new model and the old one (a second
+    read, 2026-12-05)."""
+    data = _fake_data(tmp_path)
+    home, elsewhere = tmp_path / "H", tmp_path / "P"
+    model = str(home / "model")
+    _save(model, data, "v1")
+    staged, parked = str(home / ".model.staging-dead"), str(home / ".model.old-dead")
+    _save(staged, data, "v2")
+    _die_between_renames(staged, model, parked, str(home / ".model.swap.json"))
+    elsewhere.mkdir()
+    os.symlink("../H/model", elsewhere / "model")
+    _save(str(elsewhere / "model"), data, "v3")
+    assert directory.read_config(model)["version"] == "v2"  # finished, not removed
+    assert directory.read_config(str(elsewhere / "model"))["version"] == "v3"
 
 
 @pytest.mark.faults

@@ -44,7 +44,7 @@ class UserStates:
     def __init__(self, offsets: np.ndarray, products: np.ndarray, timestamps: np.ndarray) -> None:
         if len(offsets) < 1 or offsets[-1] != len(products) or len(products) != len(timestamps):
             raise ValueError("user state: offsets, products and timestamps do not agree")
-        if offsets[0] != 0 or (np.diff(offsets) < 0).any():  # a household's slice would be empty or another's
+        if offsets[0] != 0 or (offsets[1:] < offsets[:-1]).any():  # a household's slice would be empty or another's
             raise ValueError("user state: offsets do not start at 0 and never decrease")
         self.offsets = offsets
         self.products = products

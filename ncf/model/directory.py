@@ -223,7 +223,11 @@ class ModelDir:
         # The link's target, once: a training repointing a blue/green link meanwhile must not
         # mix this config with the next model's weights, vocabularies or index.
         self.path = os.path.realpath(path)
-        self.config = read_config(self.path)
+        try:
+            self.config = read_config(self.path)
+        except InputError:  # said with the path given, not a link's target (a placeholder before any training)
+            self.config = read_config(path)
+            self.path = os.path.realpath(path)
 
     @property
     def version(self) -> str:
