@@ -307,9 +307,9 @@ def check_data(path: str, runs: tuple = (), option: str = "--data") -> str:
     require_dir(path, DATA_DIR, option, PREPROCESS_FIRST)
     stats = layout.DataStats(path)  # no stats.json: names the path and jobs.preprocess
     for run in runs:
-        missing = [
-            c for c in stats.raw.get("cutoffs", {}).get(run, []) if not os.path.isdir(layout.examples_dir(path, c))
-        ]
+        recorded = stats.raw.get("cutoffs", {}).get(run, [])
+        found = layout.existing_examples_dirs(path, recorded)
+        missing = [c for c in recorded if c not in found]
         if missing and not stats.raw.get("state_only") and stats.raw.get("examples", {}).get(run, {}).get("lists"):
             raise InputError(
                 f"{path}: no training lists at {len(missing)} of the {run} run's cutoffs "

@@ -317,9 +317,8 @@ def lists_digest(data: str, cutoffs: Sequence[int]) -> str:
     (a seed, the negatives) keeps its vocabularies and cutoffs, and changes this."""
     settings = (read_json(layout.stats_path(data)).get("config") or {}).get("examples")
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for cutoff in sorted(cutoffs):
-        directory = layout.examples_dir(data, cutoff)
-        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+    for cutoff, directory in sorted(layout.existing_examples_dirs(data, cutoffs).items()):
+        for name in sorted(os.listdir(directory)):
             digest.update(f"{cutoff}/{name}:{os.path.getsize(os.path.join(directory, name))}\0".encode())
     return digest.hexdigest()
 
@@ -332,11 +331,8 @@ def listed_rows(data: str, cutoffs: Sequence[int], num_users: int, num_products:
     row, is trained by the unknown-row draws and always listed."""
     users, products = np.zeros(num_users, bool), np.zeros(num_products, bool)
     users[0] = products[0] = True
-    for cutoff in cutoffs:
+    for directory in layout.existing_examples_dirs(data, cutoffs).values():
         # Batch by batch: at scale one cutoff's candidate column alone is billions of entries.
-        directory = layout.examples_dir(data, cutoff)
-        if not os.path.isdir(directory):  # no list at that cutoff (a DATA of before 2026-12-05 records it)
-            continue
         for batch in pads.dataset(directory, format="parquet").to_batches(columns=[USER, PRODUCT, HISTORY]):
             users[batch.column(USER).to_numpy()] = True
             for column in (PRODUCT, HISTORY):

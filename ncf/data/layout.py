@@ -17,7 +17,7 @@ directory keeps a copy of the state it was trained with (``MODEL/state/``).
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Dict, Optional, Sequence
 
 from ncf.errors import InputError
 from ncf.jsonio import read_json
@@ -32,6 +32,14 @@ def examples_root(data: str) -> str:
 def examples_dir(data: str, cutoff: int) -> str:
     """The training lists of one cutoff."""
     return os.path.join(data, "examples", f"cutoff={int(cutoff)}")
+
+
+def existing_examples_dirs(data: str, cutoffs: Sequence[int]) -> Dict[int, str]:
+    """The training-list folder of each of ``cutoffs`` that has one, in their order: no folder is
+    written where no household had a list (an early cutoff of a short log), and a DATA of before
+    2026-12-05 still records such cutoffs."""
+    found = {int(c): examples_dir(data, c) for c in cutoffs}
+    return {c: d for c, d in found.items() if os.path.isdir(d)}
 
 
 def user_state_dir(data: str) -> str:

@@ -656,10 +656,7 @@ def cutoffs_with_lists(output: str, cutoffs: Dict[str, list]) -> Dict[str, list]
     """Each run's cutoffs that hold lists, as ``stats.json`` records them for training: an early
     cutoff of a short log comes before the first purchase (or a cutoff falls in a gap of the log),
     so no household has a list there and no directory is written. Said on the console."""
-    kept = {
-        run: [c for c in run_cutoffs if os.path.isdir(layout.examples_dir(output, c))]
-        for run, run_cutoffs in cutoffs.items()
-    }
+    kept = {run: list(layout.existing_examples_dirs(output, run_cutoffs)) for run, run_cutoffs in cutoffs.items()}
     for run, run_cutoffs in cutoffs.items():
         empty = [c for c in run_cutoffs if c not in kept[run]]
         if empty:

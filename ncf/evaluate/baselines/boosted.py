@@ -14,7 +14,6 @@ is tuned on the validation weeks like every baseline.
 
 from __future__ import annotations
 
-import os
 from typing import Dict, Sequence
 
 import numpy as np
@@ -50,8 +49,7 @@ def training_lists(data: str, cutoffs: Sequence[int]) -> Dict[str, np.ndarray]:
     Refuses lists of another features version (:func:`ncf.data.examples.check_features_version`)."""
     E.check_features_version(data)
     columns = [E.USER, E.PRODUCT, E.FEATURES, E.LABEL, E.LOG_Q]
-    # A cutoff without lists has no directory (a DATA of before 2026-12-05 records it).
-    directories = [layout.examples_dir(data, c) for c in cutoffs if os.path.isdir(layout.examples_dir(data, c))]
+    directories = layout.existing_examples_dirs(data, cutoffs).values()
     table = pa.concat_tables(pads.dataset(d, format="parquet").to_table(columns=columns) for d in directories)
 
     def flat(name: str, dtype) -> np.ndarray:
