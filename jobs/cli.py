@@ -162,13 +162,14 @@ def training_on_gpu(args: argparse.Namespace, workers: int, wait_for: int | None
     could train at once (a sweep's trials)."""
     from ncf.device import cluster_gpus, gpu_build_missing, gpus_usable, gpus_within, resolve_gpu
 
+    up = cluster_gpus()
     # The build first: GPU nodes started, and minutes waited, for a build that cannot use them.
-    if not gpus_usable(args.gpu, gpu_build_missing(training=True), cluster_gpus()):
+    if not gpus_usable(args.gpu, gpu_build_missing(training=True), up):
         return False
     wanted, wait, advice = max(workers, wait_for or 0), args.gpu_wait, {}
     if wait > 0 and not os.environ.get("RAY_ADDRESS"):
         wait, advice = 0.0, {"advice": ""}  # the advice to wait would be the option just given
-        if cluster_gpus() < wanted:
+        if up < wanted:
             print(
                 "[gpu] --gpu-wait: this job's own local cluster has no autoscaler to add GPUs; not waiting",
                 file=sys.stderr,

@@ -370,8 +370,9 @@ def replacing(
         # mount) is the same folder, whose lock this run already holds.
         elsewhere = linked and os.path.isdir(home) and not os.path.samefile(home, parent)
         if elsewhere:  # links of one name in other folders may point here too: their runs share this lock
-            held.enter_context(exclusive(_siblings(home, name)["lock"], final, wait_s=wait_s))
-            roll_forward(_siblings(home, name)["journal"])  # a dead plain swap there: its entries are not leftovers
+            beside_target = _siblings(home, name)
+            held.enter_context(exclusive(beside_target["lock"], final, wait_s=wait_s))
+            roll_forward(beside_target["journal"])  # a dead plain swap there: its entries are not leftovers
         for path in remove_dead_runs(parent, name) + (remove_dead_runs(home, name) if elsewhere else []):
             log(f"removed what a dead run left: {path}")
         stage = os.path.join(home, names["staging"] + run_id)
