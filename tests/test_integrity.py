@@ -304,6 +304,21 @@ def test_a_checkpoint_of_other_training_lists_is_not_resumed(small_data, tmp_pat
     check_same_lists("runs/a", after, after)
     with pytest.raises(InputError, match="trained on other training lists than --data holds now"):
         check_same_lists("runs/a", before, after)
+    # A finished run exported after DATA changed (a sweep's trial, a resumed sweep's winner):
+    # its trained rows would be read from the new lists. Refused before the weights are read.
+    from ray.train import Checkpoint
+
+    from ncf.data.features import FEATURES_VERSION
+    from ncf.train.checkpoint import TRAIN_STATE, export_model_dir
+
+    trial = tmp_path / "trial" / "checkpoint_000001"
+    trial.mkdir(parents=True)
+    state = {"features_version": FEATURES_VERSION, "training": {"cutoffs": cutoffs}, "lists_sha256": before}
+    write_json(str(trial / TRAIN_STATE), state)
+    with pytest.raises(InputError, match="trial.*trained on other training lists.*; train again"):
+        export_model_dir(Checkpoint(str(trial)), str(tmp_path / "m"), data, {})
+    assert not (tmp_path / "m").exists()
+
     lists = layout.examples_dir(data, cutoffs[0])
     with open(os.path.join(lists, sorted(os.listdir(lists))[0]), "ab") as f:
         f.write(b"\0")  # a list file of another size

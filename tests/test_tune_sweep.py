@@ -18,7 +18,9 @@ import requests
 from helpers import REPO, free_ports
 
 from ncf import registry
+from ncf.data import layout
 from ncf.errors import InputError
+from ncf.jsonio import read_json, write_json
 from ncf.model.directory import read_config
 from ncf.rank.recommender import Recommender
 from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower, search_space
@@ -168,10 +170,12 @@ def test_search_space_points_are_valid_models():
 
 
 @pytest.mark.faults
-def test_a_sweep_resumed_with_other_settings_is_refused_in_one_line(tmp_path):
+def test_a_sweep_resumed_with_other_settings_is_refused_in_one_line(small_data, tmp_path):
     # Tune restores the trial count it was started with: resumed with another --trials, every
     # resume ended "interrupted" and the sweep never wrote its results.
-    started = SweepSettings(data=str(tmp_path / "data"), output=str(tmp_path / "sweep"), trials=4)
+    data = str(tmp_path / "data")
+    shutil.copytree(small_data[0], data)
+    started = SweepSettings(data=data, output=str(tmp_path / "sweep"), trials=4)
     SweepSettings(data=started.data, output=started.output, trials=8).check_resumes()  # nothing recorded yet
     started.record()
     started.check_resumes()
@@ -191,6 +195,13 @@ def test_a_sweep_resumed_with_other_settings_is_refused_in_one_line(tmp_path):
     refitting.record()
     with pytest.raises(InputError, match="--refit there, no --refit here"):
         SweepSettings(data=started.data, output=refitting.output, trials=4).check_resumes()
+    # DATA preprocessed again in place with other list settings keeps its path and vocabularies:
+    # the finished trials would share a table with trials of the new lists (a review, 2026-12-05).
+    stats = read_json(layout.stats_path(data))
+    stats["config"]["examples"]["seed"] = stats["config"]["examples"].get("seed", 0) + 1
+    write_json(layout.stats_path(data), stats)
+    with pytest.raises(InputError, match=r"preprocessed again since .*sweep started \(its training lists differ\)"):
+        started.check_resumes()
 
 
 def test_asha_halves_on_epochs_and_never_stops_a_trial_at_its_last_epoch():

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
+from ncf.splits import VALIDATED
 from ncf.train.config import TrainConfig
 
 # What a resumed sweep may change: where the sweep directory is reached from (it holds the
@@ -62,9 +63,10 @@ class SweepSettings:
         return os.path.join(self.output, "settings.json")
 
     def record(self) -> None:
-        """Writes these settings into the sweep directory, for ``--resume`` to compare against."""
+        """Writes these settings, and what DATA held (:func:`data_fingerprint`), into the sweep
+        directory, for ``--resume`` to compare against."""
         os.makedirs(self.output, exist_ok=True)
-        write_json(self.settings_path, dataclasses.asdict(self))
+        write_json(self.settings_path, {**dataclasses.asdict(self), FINGERPRINT: data_fingerprint(self.data)})
 
     def check_resumes(self, skip: Sequence[str] = ()) -> None:
         """Raises InputError when the sweep in :attr:`output` was started with other settings.
@@ -88,6 +90,7 @@ class SweepSettings:
                 f"--resume: {self.output} was started with other settings ({'; '.join(differ)}); "
                 "resume it with the same ones"
             )
+        check_same_data(self.output, self.data, saved.get(FINGERPRINT))
 
     @property
     def tune_dir(self) -> str:
@@ -110,6 +113,41 @@ class SweepSettings:
     def refit_dir(self) -> str:
         """The winner refit on labels through the data's end (``--refit``): the deployment model."""
         return os.path.join(self.output, "refit")
+
+
+FINGERPRINT = "data_fingerprint"
+_DATA_PARTS = {"vocab_sha256": "vocabularies", "lists_sha256": "training lists", "features_version": "features version"}
+
+
+def data_fingerprint(data: str) -> dict:
+    """What the trials train on: DATA's vocabularies, its validated training lists and their
+    features version (digests, not the path: DATA preprocessed again in place keeps its path)."""
+    from ncf.data.examples import lists_digest
+    from ncf.data.features import FEATURES_VERSION
+    from ncf.data.layout import DataStats
+    from ncf.model.integrity import vocab_digest
+
+    return {
+        "vocab_sha256": vocab_digest(data),
+        "lists_sha256": lists_digest(data, DataStats(data).cutoffs(VALIDATED)),
+        "features_version": FEATURES_VERSION,
+    }
+
+
+def check_same_data(output: str, data: str, saved) -> None:
+    """Refuses a resume whose DATA was preprocessed again since the sweep started (``saved``:
+    its :func:`data_fingerprint`; None: a sweep started before it was recorded): the finished
+    trials would be ranked beside trials of other lists in one table, and an old winner exported
+    with the new DATA's state."""
+    if saved is None:
+        return
+    current = data_fingerprint(data)
+    differ = [_DATA_PARTS[name] for name in current if saved.get(name) != current[name]]
+    if differ:
+        raise InputError(
+            f"--resume: {data} was preprocessed again since {output} started (its {' and '.join(differ)} differ): "
+            "its finished trials trained on the DATA of then; start the sweep again with a new --output"
+        )
 
 
 def _flag(name: str, value) -> str:

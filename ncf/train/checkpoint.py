@@ -16,6 +16,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from ncf.data.examples import lists_digest
 from ncf.data.features import FEATURES_VERSION
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
@@ -119,22 +120,25 @@ def check_same_vocabularies(run_folder: str, saved: Optional[str], current: str)
     _check_same_data(run_folder, saved, current, "vocabularies", "preprocessed again since?")
 
 
-def check_same_lists(run_folder: str, saved: Optional[str], current: str) -> None:
+def check_same_lists(run_folder: str, saved: Optional[str], current: str, remedy: Optional[str] = None) -> None:
     """Raises InputError when a checkpoint of ``run_folder`` was trained on other training lists
     (:func:`ncf.data.examples.lists_digest`) than DATA holds now: DATA preprocessed again with
     other list settings keeps its vocabularies."""
-    _check_same_data(run_folder, saved, current, "training lists", "preprocessed again with other settings?")
+    _check_same_data(run_folder, saved, current, "training lists", "preprocessed again with other settings?", remedy)
 
 
 NEW_RUN = "give this training a new --name or remove that run's folder"
 
 
-def _check_same_data(run_folder: str, saved: Optional[str], current: str, what: str, why: str) -> None:
+def _check_same_data(
+    run_folder: str, saved: Optional[str], current: str, what: str, why: str, remedy: Optional[str] = None
+) -> None:
     """Refuses a checkpoint whose digest of DATA's ``what`` is not ``current`` (None: written
     before checkpoints recorded it)."""
     if saved is not None and saved != current:
         raise InputError(
-            f"the checkpoint in {run_folder} was trained on other {what} than --data holds now ({why}); {NEW_RUN}"
+            f"the checkpoint in {run_folder} was trained on other {what} than --data holds now ({why}); "
+            f"{remedy or NEW_RUN}"
         )
 
 
@@ -194,7 +198,11 @@ def export_model_dir(
     with checkpoint.as_directory() as d:
         # The one way from a checkpoint to a model directory: weights learnt on another feature
         # definition never get this code's format.
-        check_same_features(getattr(checkpoint, "path", d), read_train_state(d).get("features_version"), "train again")
+        where, state = getattr(checkpoint, "path", d), read_train_state(d)
+        check_same_features(where, state.get("features_version"), "train again")
+        cutoffs = (state.get("training") or {}).get("cutoffs")
+        if cutoffs:  # an uncapped run's trained rows are read from DATA's lists of these cutoffs
+            check_same_lists(where, state.get("lists_sha256"), lists_digest(data, cutoffs), "train again")
         weights, state = read_checkpoint(d)
         trained_rows = read_trained_rows(d)
     return save_model_dir(
