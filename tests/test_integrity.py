@@ -538,3 +538,27 @@ def test_a_data_state_that_does_not_agree_with_itself_is_refused(data, tmp_path,
     damage(data, tmp_path)
     with pytest.raises(DataIntegrityError, match=message):
         verify_data_state(data)
+
+
+@pytest.mark.faults
+def test_the_checkpoint_a_run_resumes_from_is_the_one_ray_trains_index_names(tmp_path):
+    """A run killed while Ray Train copied a checkpoint in leaves a folder its index never lists,
+    and folder names are local times (a clock moved back sorts a newer one first): the driver's
+    checks read the alphabetically last folder, not the one Ray resumes from (a review,
+    2026-12-05). A damaged index is one line (Ray Train fails on it with a traceback)."""
+    from ncf.train.checkpoint import RAY_INDEX, TRAIN_STATE, latest_train_state
+
+    run = tmp_path / "run"
+    for name, epoch in (("checkpoint_2026-12-05_10-00-00", 1), ("checkpoint_2026-12-05_09-30-00", 2)):
+        (run / name).mkdir(parents=True)
+        write_json(str(run / name / TRAIN_STATE), {"epoch": epoch})
+    assert latest_train_state(str(run)) is None  # no index yet: Ray Train starts afresh
+    results = [{"checkpoint_dir_name": n, "metrics": {}} for n in sorted(os.listdir(run))]
+    write_json(str(run / RAY_INDEX), {"checkpoint_results": results, "latest_checkpoint_result": results[0]})
+    (run / "checkpoint_2026-12-05_11-00-00").mkdir()
+    (run / "checkpoint_2026-12-05_11-00-00" / TRAIN_STATE).write_text('{"epoch": 3, "mod')  # a copy cut short
+    assert latest_train_state(str(run)) == {"epoch": 2}
+    (run / RAY_INDEX).write_text('{"checkpoint_results": [')
+    with pytest.raises(InputError, match=f"{RAY_INDEX} is damaged.*cannot resume.*new --name") as refused:
+        latest_train_state(str(run))
+    assert "\n" not in str(refused.value)

@@ -307,13 +307,15 @@ def test_lists_and_checkpoints_of_another_features_version_are_refused_by_every_
     # A sweep's trials, checked before a resume; and the export of any checkpoint.
     from ray.train import Checkpoint
 
-    from ncf.train.checkpoint import TRAIN_STATE, check_features_of_runs, export_model_dir
+    from ncf.train.checkpoint import RAY_INDEX, TRAIN_STATE, check_features_of_runs, export_model_dir
 
     trials = tmp_path / "sweep" / "train"
     for trial, version in (("trial-a", FEATURES_VERSION), ("trial-b", None)):
         (trials / trial / "checkpoint_000001").mkdir(parents=True)
         state = {"epoch": 1} if version is None else {"epoch": 1, "features_version": version}
         write_json(str(trials / trial / "checkpoint_000001" / TRAIN_STATE), state)
+        listed = {"checkpoint_dir_name": "checkpoint_000001", "metrics": {}}
+        write_json(str(trials / trial / RAY_INDEX), {"checkpoint_results": [listed], "latest_checkpoint_result": listed})
     with pytest.raises(InputError, match=r"checkpoint in .*trial-b was trained on features version 1.*new --output"):
         check_features_of_runs(str(trials), "start the sweep again with a new --output")
     with pytest.raises(InputError, match="trained on features version 1.*train again"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -156,15 +156,50 @@ def check_same_features(run_folder: str, saved: Optional[int], remedy: str = NEW
 def check_features_of_runs(root: str, remedy: str) -> None:
     """:func:`check_same_features` for every checkpoint of every run folder under ``root`` (a
     sweep's trials), before anything resumes from one."""
-    for path in sorted(glob.glob(os.path.join(glob.escape(root), "*", "checkpoint_*", TRAIN_STATE))):
-        check_same_features(os.path.dirname(os.path.dirname(path)), read_json(path).get("features_version"), remedy)
+    for run_folder in sorted(glob.glob(os.path.join(glob.escape(root), "*", ""))):
+        for directory in kept_checkpoint_dirs(run_folder, remedy):
+            check_same_features(
+                run_folder.rstrip(os.sep), _train_state_of(directory, remedy).get("features_version"), remedy
+            )
+
+
+# Ray Train's index of a run's checkpoints: what it resumes from. A checkpoint folder it does not
+# list is none (a run killed while Ray copied the folder in leaves it, part-written), and folder
+# names (local times) need not sort in the order they were written.
+RAY_INDEX = "checkpoint_manager_snapshot.json"
+
+
+def kept_checkpoint_dirs(run_folder: str, remedy: str = NEW_RUN) -> List[str]:
+    """The checkpoint folders Ray Train's index lists for a run, the latest last ([] without an
+    index: Ray Train starts such a run afresh)."""
+    path = os.path.join(run_folder, RAY_INDEX)
+    if not os.path.exists(path):
+        return []
+    try:
+        index = read_json(path)
+        names = [r["checkpoint_dir_name"] for r in index["checkpoint_results"]]
+        latest = (index.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+    except (ValueError, KeyError, TypeError):
+        raise InputError(
+            f"{path} is damaged (the run killed while Ray Train wrote it?), so Ray Train cannot resume "
+            f"{run_folder}; {remedy}"
+        ) from None
+    ordered = [n for n in names if n != latest] + ([latest] if latest else [])
+    return [os.path.join(run_folder, name) for name in ordered]
+
+
+def _train_state_of(directory: str, remedy: str = NEW_RUN) -> Dict:
+    try:
+        return read_train_state(directory)
+    except (OSError, ValueError):
+        raise InputError(f"the checkpoint {directory} has no readable {TRAIN_STATE}; {remedy}") from None
 
 
 def latest_train_state(run_folder: str) -> Optional[Dict]:
-    """The train state of the latest checkpoint in a run's folder (the one Ray Train would
-    resume from: its model configuration, the digest of its vocabularies), or None when it has none."""
-    states = sorted(glob.glob(os.path.join(glob.escape(run_folder), "checkpoint_*", TRAIN_STATE)))
-    return read_json(states[-1]) if states else None
+    """The train state of the checkpoint Ray Train would resume a run from (its model
+    configuration, the digests of its data), or None when it would start afresh."""
+    kept = kept_checkpoint_dirs(run_folder)
+    return _train_state_of(kept[-1]) if kept else None
 
 
 def read_optimizer_state(directory: str) -> Optional[Dict]:
