@@ -108,6 +108,27 @@ def check_same_training(run_folder: str, saved: Optional[Dict], current: Dict) -
     )
 
 
+def hardware(workers: int, use_gpu: bool) -> Dict:
+    """What a run trains on: not refused on resume (a run may move to GPUs that came free), but
+    said, since the later epochs then shard the lists otherwise (workers) or train in bf16 (GPU)."""
+    return {"workers": int(workers), "gpu": bool(use_gpu)}
+
+
+def hardware_changed(saved: Optional[Dict], current: Dict) -> Optional[str]:
+    """A line saying how ``current`` (:func:`hardware`) differs from the run's ``saved`` one
+    (None: the same, or a checkpoint written before it was recorded)."""
+    if saved is None or saved == current:
+        return None
+
+    def shown(h: Dict) -> str:
+        return f"{h.get('workers')} worker(s) on {'GPU' if h.get('gpu') else 'CPU'}"
+
+    return (
+        f"trained on {shown(saved)} so far and resumes on {shown(current)}: its later epochs shard the lists "
+        "or round (bf16 on GPU) otherwise, so the model is not the one either would train alone"
+    )
+
+
 def _shown(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

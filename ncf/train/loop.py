@@ -325,6 +325,7 @@ def train_loop_per_worker(config: Dict) -> None:
             lists_sha256=w.lists_sha256,
             features_version=FEATURES_VERSION,
             training=ckpt.training_settings(asdict(w.cfg)),
+            hardware=ckpt.hardware(world()[1], w.device.type == "cuda"),
         )
         log(
             f"epoch {epoch}: "

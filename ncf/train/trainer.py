@@ -37,6 +37,8 @@ from ncf.train.checkpoint import (
     check_same_model,
     check_same_training,
     check_same_vocabularies,
+    hardware,
+    hardware_changed,
     latest_train_state,
     training_settings,
 )
@@ -194,6 +196,9 @@ def fit(
         check_same_features(run_folder, saved.get("features_version"))
         check_same_training(run_folder, saved.get("training"), training_settings(asdict(config)))
         print(f"[train] resuming run {name} after epoch {saved.get('epoch')} ({run_folder})", flush=True)
+        moved = hardware_changed(saved.get("hardware"), hardware(num_workers, use_gpu))
+        if moved:
+            print(f"[train] run {name} {moved}", flush=True)
     elif run_folder and "://" in run_folder:  # the checks above read a local folder
         print(f"[train] run {name} in {run_folder}: whether it resumes is Ray Train's to find", flush=True)
     elif run_folder:
