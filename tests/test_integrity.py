@@ -562,3 +562,25 @@ def test_the_checkpoint_a_run_resumes_from_is_the_one_ray_trains_index_names(tmp
     with pytest.raises(InputError, match=f"{RAY_INDEX} is damaged.*cannot resume.*new --name") as refused:
         latest_train_state(str(run))
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.faults
+def test_a_checkpoint_cut_short_is_refused_in_one_line_before_ray_train_loads_it(tmp_path):
+    """Ray Train loaded a damaged checkpoint on every worker, failed each of its three tries,
+    then ended in a ``TrainingFailedError`` traceback (a review, 2026-12-05)."""
+    import torch
+
+    from ncf.train.checkpoint import OPTIMIZER, check_readable
+
+    directory = tmp_path / "checkpoint_000002"
+    directory.mkdir()
+    torch.save({"w": torch.zeros(1000)}, directory / WEIGHTS)
+    torch.save({"state": {}}, directory / OPTIMIZER)
+    check_readable(str(directory))
+    whole = (directory / WEIGHTS).read_bytes()
+    (directory / WEIGHTS).write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(
+        InputError, match=f"checkpoint .*checkpoint_000002 cannot be read \\({WEIGHTS}: .*new --name"
+    ) as e:
+        check_readable(str(directory))
+    assert "\n" not in str(e.value)

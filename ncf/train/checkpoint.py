@@ -223,6 +223,23 @@ def latest_train_state(run_folder: str) -> Optional[Dict]:
     return _train_state_of(kept[-1]) if kept else None
 
 
+def check_readable(directory: str) -> None:
+    """Refuses (InputError, one line) a checkpoint whose weights or optimizer state cannot be
+    opened (cut short, damaged on disk): Ray Train would load it on every worker and fail each
+    of its tries with a traceback. Memory-mapped, so only the archive's index is read."""
+    for name in (WEIGHTS, OPTIMIZER):
+        path = os.path.join(directory, name)
+        if name == OPTIMIZER and not os.path.exists(path):
+            continue  # written before checkpoints held it: the optimizer starts afresh
+        try:
+            torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+        except Exception as e:
+            reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+            raise InputError(
+                f"the checkpoint {directory} cannot be read ({name}: {reason}) and Ray Train resumes from it; {NEW_RUN}"
+            ) from None
+
+
 def read_optimizer_state(directory: str) -> Optional[Dict]:
     path = os.path.join(directory, OPTIMIZER)
     return torch.load(path, weights_only=True, map_location="cpu") if os.path.exists(path) else None

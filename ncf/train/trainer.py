@@ -32,6 +32,7 @@ from ncf.splits import REFIT, VALIDATED
 from ncf.train.checkpoint import (
     VAL_METRIC,
     best_checkpoint,
+    check_readable,
     check_same_features,
     check_same_lists,
     check_same_model,
@@ -39,6 +40,7 @@ from ncf.train.checkpoint import (
     check_same_vocabularies,
     hardware,
     hardware_changed,
+    kept_checkpoint_dirs,
     latest_train_state,
     training_settings,
 )
@@ -187,6 +189,7 @@ def fit(
     run_folder = os.path.join(storage, name) if storage and name else None
     saved = latest_train_state(run_folder) if run_folder else None
     if saved is not None:
+        check_readable(kept_checkpoint_dirs(run_folder)[-1])
         # A reused name resumes that run: refused here, in one line, if it trained another model
         # or on other vocabularies (the workers check again, for callers that bypass this).
         sizes = Vocabularies.load(layout.vocab_dir(config.data)).sizes()
