@@ -625,3 +625,44 @@ def test_the_best_of_tied_epochs_is_the_last_whose_checkpoint_ray_keeps():
     result.metrics_dataframe = history
     row = _trial_row(result, point)
     assert row[BEST] == 0.41 and row["best_epoch"] == 3 and row[CHECKPOINT_PATH] == "runs/t/checkpoint_3"
+
+
+@pytest.mark.faults
+def test_a_trials_best_epoch_is_what_its_ray_train_run_kept_not_only_what_tune_logged(tmp_path):
+    """Ray Train saves an epoch's checkpoint before Tune logs its metrics, and Ctrl-C stops Tune
+    between the two: a resumed trial continues after that epoch, which Tune's log never has. Its
+    best epoch (and the refit's epoch count, and SWEEP/best) came from Tune's log alone (a review,
+    2026-12-05); Ray Train's index of the run decides now."""
+    from types import SimpleNamespace
+
+    from ncf.train.checkpoint import RAY_INDEX, TRAIN_STATE
+    from tune.results import BEST, CHECKPOINT_PATH, VAL_METRIC, _trial_row
+
+    train_dir, scores = tmp_path / "train", {1: 0.30, 2: 0.45, 3: 0.41, 4: 0.39}
+    results = []
+    for epoch in (2, 3, 4):  # Ray keeps the best three and the latest
+        name = f"checkpoint_{epoch}"
+        (train_dir / "t" / name).mkdir(parents=True)
+        history = [{"epoch": e, VAL_METRIC: scores[e], "val_recall@10": scores[e] / 2} for e in range(1, epoch + 1)]
+        write_json(str(train_dir / "t" / name / TRAIN_STATE), {"epoch": epoch, "history": history})
+        results.append({"checkpoint_dir_name": name, "metrics": {"epoch": epoch}})
+    write_json(
+        str(train_dir / "t" / RAY_INDEX), {"checkpoint_results": results, "latest_checkpoint_result": results[-1]}
+    )
+    logged = [1, 3, 4]  # epoch 2's report was lost to Ctrl-C
+    history = pd.DataFrame(
+        {
+            "epoch": logged,
+            VAL_METRIC: [scores[e] for e in logged],
+            "train_loss": [0.5, 0.3, 0.3],
+            "examples_per_s": [1.0] * 3,
+            CHECKPOINT_PATH: [str(train_dir / "t" / f"checkpoint_{e}") for e in logged],
+        }
+    )
+    point = {name: 1 for name in SEARCHED}
+    result = SimpleNamespace(config=point, metrics={"trial_id": "t"}, path="tune/t", error=None)
+    result.metrics_dataframe = history
+    assert _trial_row(result, point)["best_epoch"] == 3  # Tune's log alone
+    row = _trial_row(result, point, str(train_dir))
+    assert (row[BEST], row["best_epoch"], row["epochs"], row["val_recall@10"]) == (0.45, 2, 4, 0.225)
+    assert row[CHECKPOINT_PATH] == str(train_dir / "t" / "checkpoint_2")

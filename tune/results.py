@@ -14,12 +14,12 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import pandas as pd
 
-from ncf.train.checkpoint import VAL_METRIC, export_model_dir
+from ncf.train.checkpoint import VAL_METRIC, export_model_dir, kept_checkpoint_dirs, read_train_state
 from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower
 from tune.settings import SweepSettings
 
@@ -27,15 +27,16 @@ BEST = "best_" + VAL_METRIC
 CHECKPOINT_PATH = "checkpoint_path"  # what Tune's TuneReportCallback adds to the metrics
 
 
-def _trial_row(result, default: Dict) -> Dict:
+def _trial_row(result, default: Dict, train_dir: Optional[str] = None) -> Dict:
     point = {k: result.config.get(k) for k in SEARCHED}
     row = {"trial_id": (result.metrics or {}).get("trial_id", os.path.basename(result.path)), **point}
     row["mlp_hidden_dims"] = str(mlp_tower(int(point["mlp_depth"]), int(point["mlp_width"])))
     row["is_default"] = all(np.isclose(point[k], default[k]) for k in SEARCHED)
     row["status"] = "error" if result.error else "done"
     history = result.metrics_dataframe
+    kept = _kept_best(train_dir, row["trial_id"]) if train_dir else None
     if history is None or VAL_METRIC not in history or history[VAL_METRIC].isna().all():
-        row.update({BEST: np.nan, "best_epoch": np.nan, "epochs": 0, CHECKPOINT_PATH: None})
+        row.update({BEST: np.nan, "best_epoch": np.nan, "epochs": 0, CHECKPOINT_PATH: None, **(kept or {})})
         return row
     # The last of tied epochs: Ray Train keeps the later of equally scored checkpoints (it deletes
     # the earliest first), so the first of them may be gone by the end of the trial.
@@ -53,13 +54,38 @@ def _trial_row(result, default: Dict) -> Dict:
             CHECKPOINT_PATH: best.get(CHECKPOINT_PATH),
         }
     )
+    row.update(kept or {})
     return row
 
 
-def results_table(grid, data: str) -> pd.DataFrame:
-    """One row per trial, best first."""
+def _kept_best(train_dir: str, trial_id: str) -> Optional[Dict]:
+    """A trial's best checkpoint as its Ray Train run keeps it (None: no index, a remote store).
+
+    Ray Train saves an epoch's checkpoint before Tune logs its metrics, and Ctrl-C stops Tune
+    between the two: that epoch is in the run, which a resume continues after, and not in Tune's
+    log. Ray keeps the best checkpoints, so the best is among those its index lists."""
+    scored = []
+    for directory in kept_checkpoint_dirs(os.path.join(train_dir, trial_id)):
+        metrics = (read_train_state(directory).get("history") or [{}])[-1]
+        if VAL_METRIC in metrics:
+            scored.append((float(metrics[VAL_METRIC]), int(metrics["epoch"]), directory, metrics))
+    if not scored:
+        return None
+    value, epoch, directory, metrics = max(scored, key=lambda s: (s[0], s[1]))  # ties: the last epoch
+    return {
+        BEST: value,
+        "best_epoch": epoch,
+        "val_recall@10": float(metrics.get("val_recall@10", np.nan)),
+        "epochs": max(s[1] for s in scored),
+        CHECKPOINT_PATH: directory,
+    }
+
+
+def results_table(grid, data: str, train_dir: Optional[str] = None) -> pd.DataFrame:
+    """One row per trial, best first; ``train_dir``: the sweep's Ray Train runs, whose indexes
+    decide each trial's best checkpoint (see :func:`_kept_best`)."""
     default = default_point(data_limits(data))
-    rows = [_trial_row(result, default) for result in grid]
+    rows = [_trial_row(result, default, train_dir) for result in grid]
     table = pd.DataFrame(rows)
     return table.sort_values(BEST, ascending=False, na_position="last", kind="stable").reset_index(drop=True)
 

@@ -274,7 +274,7 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
         raise SweepInterrupted(
             f"sweep interrupted with {finished} of {settings.trials} trials finished; continue it with --resume"
         )
-    table = results_table(grid, settings.data)
+    table = results_table(grid, settings.data, settings.train_dir)
     write_results(table, settings.output)
     plot_sweep(table, os.path.join(settings.output, "sweep.png"))
     export_best(table, settings)
