@@ -148,10 +148,8 @@ def full_state_dict(model: torch.nn.Module) -> Optional[Dict[str, torch.Tensor]]
         if whole is not None:
             state[_plain_name(key)] = whole
         elif isinstance(value, ShardedTensor):
-            # gather() receives into buffers on out's device, so out must be where NCCL can write.
-            out = torch.empty(value.size(), dtype=value.dtype, device=collective_device()) if rank == 0 else None
-            value.gather(dst=0, out=out)
-            state[_plain_name(key)] = out.cpu() if rank == 0 else None
+            views = _gathered_on_cpu(_local_view(value))
+            state[_plain_name(key)] = _assembled(views) if rank == 0 else None
         else:
             state[_plain_name(key)] = value.detach().cpu().clone()
     return state if rank == 0 else None
@@ -207,16 +205,39 @@ def _assembled(parts: list) -> torch.Tensor:
     return full
 
 
+_CPU_GROUP = None
+
+
+def _cpu_group():
+    """A gloo group of the same ranks when the default one is NCCL (None otherwise: gloo already
+    gathers on the CPU). Gathered through NCCL, a whole table needs its world-size buffers on rank
+    0's GPU (``ShardedTensor.gather``: a 10M x 64 table on 4 workers, about 15 GB), the memory
+    that sharding the tables was to save; through gloo it stays in host memory, a table at a time."""
+    global _CPU_GROUP
+    if dist.get_backend() != dist.Backend.NCCL:
+        return None
+    if _CPU_GROUP is None:
+        _CPU_GROUP = dist.new_group(backend="gloo")  # every rank reaches this in the same collective
+    return _CPU_GROUP
+
+
+def _gathered_on_cpu(local) -> Optional[list]:
+    """Every rank's ``local`` (plain CPU tensors: :func:`_local_view`) on rank 0, in rank order;
+    None on the other ranks."""
+    rank, world_size = world()
+    if world_size == 1:
+        return [local]
+    views = [None] * world_size if rank == 0 else None
+    dist.gather_object(local, views, dst=0, group=_cpu_group())
+    return views
+
+
 def full_optimizer_state(optimizer) -> Optional[Dict]:
     """The optimizer state of every rank merged on rank 0 (None elsewhere): each table's fused
     row-wise Adagrad state (a table, or its rows, lives on the rank that holds it) assembled whole,
     and the dense layers' Adam state (the same on every rank)."""
-    rank, world_size = world()
-    local = _local_view(optimizer.state_dict())
-    views = [local]
-    if world_size > 1:
-        views = [None] * world_size if rank == 0 else None
-        dist.gather_object(local, views, dst=0)
+    rank, _ = world()
+    views = _gathered_on_cpu(_local_view(optimizer.state_dict()))
     if rank != 0:
         return None
     state: Dict = {}
