@@ -11,7 +11,10 @@ Serve keeps the address it started with).
 
 A rollout the replicas refuse (they keep serving the previous model, /healthz names the error)
 exits 2 with one line, after deploying the previous model's settings again, so that Serve's
-target is a model that loads (serve.rollout): a replica Serve starts later serves it too.
+target is a model that loads (serve.rollout): a replica Serve starts later serves it too. A
+rollout whose new replicas fail to start (new code, or replicas started from zero, which have no
+model to keep) exits 1 with one line, after deploying the previous settings again the same way
+where a replica served them when the job started.
 """
 
 from __future__ import annotations
@@ -138,6 +141,11 @@ def main(argv=None) -> dict:
             print(f"[deploy] note: {note}", file=sys.stderr, flush=True)
     except (InputError, ValueError) as e:
         fail(str(e), exit_status(e))
+
+    def restore() -> str:
+        """Serve's target put back on the settings served before (serve.rollout), in words."""
+        return restore_previous(app_args, args.host, args.port, args.request_timeout_s, serving)
+
     try:
         url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
         health = wait_until_healthy(url)
@@ -147,14 +155,17 @@ def main(argv=None) -> dict:
         fail(f"{e}; the replicas' logs: {REPLICA_LOGS}")
     except RuntimeError as e:  # serve.run: the app's replicas failed to start (DEPLOY_FAILED)
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        fail(f"Serve could not start the app's replicas ({first_line}); the replicas' logs: {REPLICA_LOGS}")
+        # New replicas (new code, or any replica with no model yet to keep: one started from zero)
+        # raise in reconfigure; Serve's target would stay the settings they failed on, which every
+        # replica Serve starts later would fail on too. Undone where the served ones are known.
+        restored = "" if serving is None else f"; the settings served before: {restore()}"
+        fail(f"Serve could not start the app's replicas ({first_line}){restored}; the replicas' logs: {REPLICA_LOGS}")
     if len(answers) < replicas:
         print(f"[deploy] note: {len(answers)} of {replicas} replicas answered within 30 s", file=sys.stderr, flush=True)
     refused = refused_rollout(answers or {"": health})
     if refused:
-        restored = restore_previous(app_args, args.host, args.port, args.request_timeout_s, serving)
         # The replicas refused the model and keep the previous one: bad input, as a refused model is.
-        fail(f"{refused} ({restored})", EXIT_BAD_INPUT)
+        fail(f"{refused} ({restore()})", EXIT_BAD_INPUT)
     pages = {"docs": f"{url}/docs", **({"ui": f"{url}/ui"} if args.ui else {})}
     outcome = {**health, "replicas_checked": len(answers)}
     print(json.dumps({"url": url, **pages, **outcome}), flush=True)

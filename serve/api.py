@@ -6,8 +6,12 @@ and checked without a cluster. The routes themselves live on the deployment clas
 
 Every error, whatever its cause, is JSON ``{"error": "<message>", ...}`` with a 4xx status for
 bad input: FastAPI's validation errors (malformed JSON, wrong types, limits) become 422 with a
-message listing each problem, an oversized body 413, unknown routes 404. A real bug is still a
-500, so that it is seen rather than blamed on the client.
+message listing each problem. A body FastAPI cannot decode at all (bytes that are not UTF-8,
+UTF-16 or UTF-32 text, or JSON nested deeper than Python's recursion limit) gets 400
+``{"error": "There was an error parsing the body"}``, as does a ``Content-Length`` that is not a
+number (:mod:`serve.limits`); an oversized body 413, a request that arrived on a loopback
+address naming another host 421 (:mod:`serve.limits`, in Serve's proxy), unknown routes 404. A
+real bug is still a 500, so that it is seen rather than blamed on the client.
 """
 
 from __future__ import annotations
@@ -215,8 +219,18 @@ class ErrorBody(BaseModel):
 ERROR_RESPONSES = {
     status: {"model": ErrorBody, "description": description}
     for status, description in (
+        (
+            400,
+            "the request body could not be decoded at all (not UTF-8, UTF-16 or UTF-32 text, or JSON nested "
+            'too deeply: "There was an error parsing the body"), or its Content-Length is not a number',
+        ),
         (408, "the request body did not arrive within the body deadline"),
         (413, f"the request body is larger than {MAX_BODY_BYTES} bytes (a long list of long ids can be)"),
+        (
+            421,
+            "a request that arrived on a loopback address names a Host other than an address, localhost, "
+            "this machine's name or a name in NCF_SERVE_HOSTS (DNS rebinding)",
+        ),
         (
             422,
             "the request does not fit the schema, names unknown product ids, or asks for an at before "

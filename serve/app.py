@@ -15,8 +15,10 @@ Why it is built this way:
 
 - The model is loaded in ``reconfigure(user_config)``, not ``__init__``: a new model directory
   (or candidate count, or ``ui``) is then a ``user_config`` change, which Serve applies to the
-  running replicas in place, with no restart and no downtime. ``serve.run``/``serve deploy``
-  with a new ``model`` argument does exactly that. The user_config holds fingerprints of the
+  running replicas in place, with no restart and no downtime. ``serve.run``/``jobs.deploy``
+  with a new ``model`` argument does exactly that; ``serve deploy`` of a config file with new
+  ``args`` restarts the replicas instead (Serve hashes a config file's args into the
+  deployment's version, see :func:`code_version`). The user_config holds fingerprints of the
   model's and DATA's content too (:class:`ServeSettings`), so a new model or DATA written to the
   same path is a change as well: Serve calls ``reconfigure`` only when the user_config differs.
   (The fingerprints are taken when the app is built: on every ``jobs.deploy``/``serve.run``,
@@ -31,7 +33,10 @@ Why it is built this way:
   deployed, and a ``data`` whose state does not load or agree with itself
   (:func:`ncf.model.integrity.verify_data_state`). Serve still holds the failed user_config as
   its target (a replica it starts later would load it and fail), so ``jobs.deploy`` deploys the
-  serving one again (:func:`restore_app`) and exits 2.
+  serving one again (:func:`restore_app`) and exits 2. A replica with no model yet (one of new
+  code, or one started from zero replicas) has nothing to keep and raises; after Serve's retries
+  the rollout is DEPLOY_FAILED, and ``jobs.deploy`` deploys the settings served before the
+  rollout again as well (where a replica served them when the job started) and exits 1.
 - ``autoscaling_config`` adds replicas when each has more than ``target_ongoing_requests``
   requests in flight and removes them when idle; replicas ask for a fraction of a CPU so
   that several fit on a small machine beside the proxy.
@@ -146,7 +151,9 @@ class RecommenderDeployment:
 
         When that fails and a model is serving, the replica keeps serving it and reports the
         failure on /healthz; it does not raise, since Serve stops a replica whose reconfigure
-        raises. With no model yet (a new replica) it raises: there is nothing to keep serving.
+        raises. With no model yet (a new replica) it raises: there is nothing to keep serving,
+        and Serve stops the replica (after its retries, the rollout is DEPLOY_FAILED; jobs.deploy
+        then deploys the settings served before again, :func:`serve.rollout.restore_previous`).
         """
         try:
             service = ModelService.load(ServeSettings.from_user_config(user_config), previous=self._service)

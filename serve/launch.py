@@ -84,15 +84,27 @@ def running_address() -> Optional[Tuple[str, int]]:
     return None if client is None else (client.http_config.host, int(client.http_config.port))
 
 
-def serving_user_config(app_name: str = APP_NAME) -> Optional[Dict]:
-    """The user_config of the model a replica of ``app_name`` serves (None: none loaded yet),
-    asked through a deployment handle: /healthz does not tell a client the server's paths."""
+# How long a question to the app's replicas may wait: an app scaled to zero (--min-replicas 0)
+# starts a replica for it, which loads its model first (seconds on Complete Journey, a minute or
+# two for a 10M x 1M state; serve.api.NOT_READY_RETRY_AFTER_S).
+COLD_LOAD_TIMEOUT_S = 300.0
+
+
+def serving_user_config(app_name: str = APP_NAME, timeout_s: float = COLD_LOAD_TIMEOUT_S) -> Optional[Dict]:
+    """The user_config of the model a replica of ``app_name`` serves (None: none loaded yet, or
+    an app whose deployment failed with no replica running), asked through a deployment handle:
+    /healthz does not tell a client the server's paths. Waits up to ``timeout_s`` for an
+    answer: an app scaled to zero first starts a replica, which loads its model."""
     from ray import serve
+    from ray.serve.schema import ApplicationStatus
 
     from serve.app import DEPLOYMENT_NAME
 
     handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name)
-    return handle.serving_user_config.remote().result(timeout_s=60)
+    app = serve.status().applications.get(app_name)
+    if app is not None and app.status == ApplicationStatus.DEPLOY_FAILED and running_replicas(app_name) == 0:
+        return None  # no replica would answer: the question would only wait out its timeout
+    return handle.serving_user_config.remote().result(timeout_s=timeout_s)
 
 
 # The jobs' own requests to the Serve they started: never through an http_proxy of the
@@ -112,6 +124,9 @@ def wait_until_healthy(base_url: str, timeout_s: float = 60.0) -> Dict:
             last_error = str(e)
         time.sleep(0.25)
     raise TimeoutError(f"{base_url}/healthz not healthy after {timeout_s:.0f} s: {last_error}")
+
+
+ANSWER_PAUSE_S = 0.1  # between two questions of every_replica_health once one was answered
 
 
 def every_replica_health(replicas: int, app_name: str = APP_NAME, timeout_s: float = 30.0) -> Dict[str, Dict]:
@@ -135,6 +150,7 @@ def every_replica_health(replicas: int, app_name: str = APP_NAME, timeout_s: flo
             time.sleep(0.25)
             continue
         answers[str(health.get("replica"))] = health
+        time.sleep(ANSWER_PAUSE_S)  # not a busy loop of questions while waiting for another replica
     return answers
 
 

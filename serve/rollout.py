@@ -95,7 +95,11 @@ def restore_previous(
     default those a replica serves now: after a rollout every replica refused, the same) with
     ``app_args``' scaling options, so that Serve's target, and every replica, is a model that
     loads (model, DATA, their fingerprints, candidates, default moment, ui); returns what became
-    of the target, for the job's error line."""
+    of the target, for the job's error line (a deploy of them that fails included).
+
+    Used after a rollout the running replicas refused (they kept their model) and after one
+    whose new replicas failed to start (Serve's DEPLOY_FAILED: new code, or a replica started
+    with no model to keep), where only ``previous`` knows what served: then called only with it."""
     from serve.app import restore_app
 
     try:
@@ -104,7 +108,11 @@ def restore_previous(
         return f"Serve's target is still the refused settings: the serving ones could not be read ({type(e).__name__})"
     if previous is None:
         return "Serve's target is still the refused settings"
-    start(restore_app(app_args, previous), host=host, port=port, request_timeout_s=request_timeout_s)
+    try:
+        start(restore_app(app_args, previous), host=host, port=port, request_timeout_s=request_timeout_s)
+    except Exception as e:  # new code whose replicas fail with any model, say: the job still ends with its line
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return f"deploying the serving settings again failed too ({first_line})"
     if not same_content_on_disk(ServeSettings.from_user_config(previous)):
         # A model retrained into the same path, or DATA rebuilt in place: the path holds the
         # refused files now, and a replica started later would load them.

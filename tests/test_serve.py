@@ -150,7 +150,8 @@ def test_serve_runs_one_proxy_on_the_head_as_its_config_file_says(server):
 
 def test_openapi_docs_list_every_route_and_the_error_bodies_sent(server, users):
     """Old docs: each route's 422 was FastAPI's {"detail": [...]} schema (the service sends
-    {"error": ..., "detail" | "unknown_product_ids": ...}), and 413, 503 and 504 were missing."""
+    {"error": ..., "detail" | "unknown_product_ids": ...}), and 413, 503 and 504 were missing; then
+    400 (a body FastAPI cannot decode) and 421 (a rebound Host on a loopback address) were."""
     from serve.api import ErrorBody
 
     assert requests.get(f"{server}/docs", timeout=TIMEOUT).status_code == 200
@@ -158,12 +159,24 @@ def test_openapi_docs_list_every_route_and_the_error_bodies_sent(server, users):
     assert {"/recommend", "/recommend/batch", "/score", "/healthz"} <= set(paths)
     for path in ("/recommend", "/recommend/batch", "/score"):
         responses = paths[path]["post"]["responses"]
-        assert {"413", "422", "503", "504"} <= set(responses), path
-        assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+        assert {"400", "413", "421", "422", "503", "504"} <= set(responses), path
+        for status in ("400", "421", "422"):
+            assert responses[status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+        assert "not UTF-8" in responses["400"]["description"] and "Content-Length" in responses["400"]["description"]
+        assert "loopback" in responses["421"]["description"]
+    assert {"400", "421"} <= set(paths["/healthz"]["get"]["responses"])
     # What is sent fits what is documented.
+    as_json = {"content-type": "application/json"}
+    not_utf8 = requests.post(f"{server}/recommend", data=b'{"user_id": "\xff"}', headers=as_json, timeout=TIMEOUT)
+    too_deep = requests.post(f"{server}/recommend", data=b"[" * 5000 + b"]" * 5000, headers=as_json, timeout=TIMEOUT)
+    rebound = requests.get(f"{server}/healthz", headers={"Host": "rebound.example"}, timeout=TIMEOUT)
+    assert (not_utf8.status_code, too_deep.status_code, rebound.status_code) == (400, 400, 421)
+    assert not_utf8.json() == too_deep.json() == {"error": "There was an error parsing the body"}
     for body in (
         post(f"{server}/recommend", {"user_id": users[0], "k": 0}).json(),
         post(f"{server}/score", {"user_id": users[0], "product_ids": ["no-such-product"]}).json(),
+        not_utf8.json(),
+        rebound.json(),
     ):
         assert ErrorBody.model_validate(body).error and set(body) <= set(ErrorBody.model_fields)
 
@@ -768,6 +781,30 @@ def test_a_rollout_one_replica_of_two_refused_is_a_refused_rollout():
     assert line.startswith("the rollout failed on 1 of 2 replica(s), which kept serving model v1: MemoryError")
 
 
+def _refused_model(model_dir: str, destination: str) -> str:
+    """A sealed model whose ranking settings this code does not know: it passes build_app's checks
+    and the replicas refuse it (only loading it finds out)."""
+    from ncf.model.directory import CONFIG, METRICS
+    from ncf.model.integrity import write_manifest
+
+    refused = sealed_copy(model_dir, destination, "refused")
+    with open(os.path.join(refused, CONFIG)) as f:
+        config = json.load(f)
+    with open(os.path.join(refused, CONFIG), "w") as f:
+        json.dump({**config, "ranking": {"no_such_setting": 1}}, f)
+    write_manifest(refused, unsealed=[METRICS])
+    return refused
+
+
+def _target_user_config(app_name: str) -> dict:
+    """The user_config of Serve's target for the app's deployment: what a replica Serve starts
+    next (a replacement, a scale-up) loads."""
+    from ray.serve.context import _get_global_client
+
+    info, _ = _get_global_client().get_deployment_info(DEPLOYMENT_NAME, app_name)
+    return info.deployment_config.user_config
+
+
 @pytest.mark.faults
 def test_deploy_exits_2_on_a_refused_rollout_and_makes_the_serving_model_the_target_again(
     server, rollout_port, small_model_dir, tmp_path, capsys
@@ -779,17 +816,10 @@ def test_deploy_exits_2_on_a_refused_rollout_and_makes_the_serving_model_the_tar
     from ray import serve
 
     from jobs import deploy
-    from ncf.model.directory import CONFIG, METRICS
-    from ncf.model.integrity import write_manifest
     from serve.launch import serving_user_config
 
     port = rollout_port
-    refused = sealed_copy(small_model_dir, str(tmp_path / "refused"), "refused")
-    with open(os.path.join(refused, CONFIG)) as f:
-        config = json.load(f)
-    with open(os.path.join(refused, CONFIG), "w") as f:
-        json.dump({**config, "ranking": {"no_such_setting": 1}}, f)
-    write_manifest(refused, unsealed=[METRICS])
+    refused = _refused_model(small_model_dir, str(tmp_path / "refused"))
     # Two replicas: each answer of /healthz is one replica's, so the job asks until both answered.
     args = ["--port", str(port), "--detach", "--min-replicas", "2", "--max-replicas", "2"]
     serve.delete("ncf_test")  # jobs.deploy's app is at the route prefix / too
@@ -807,6 +837,82 @@ def test_deploy_exits_2_on_a_refused_rollout_and_makes_the_serving_model_the_tar
         # The serving settings reconfigured the replica again: the error is gone, the target is v1.
         assert model_health(_health(server)) == {"status": "ok", "model_version": "v1", "rollout_error": None}
         assert serving_user_config()["model_dir"] == small_model_dir
+    finally:
+        serve.delete("ncf")  # rollout_port deploys the session's app again
+
+
+@pytest.mark.faults
+def test_a_rollout_whose_new_replicas_fail_to_start_makes_the_serving_model_the_target_again(
+    server, rollout_port, small_model_dir, tmp_path, monkeypatch, capsys
+):
+    """New code restarts the replicas, and a new replica has no model to keep: one that cannot load
+    the model rolled out raises in reconfigure, and Serve gives up on the rollout (DEPLOY_FAILED)
+    while the old replica serves on. jobs.deploy exited 1 leaving the refused settings as Serve's
+    target, which every replica Serve started later (a replacement, a scale-up, one woken from
+    --min-replicas 0) failed on (a review of serve/): now it deploys the settings served before
+    again, so that a replica started on the target serves, and still exits 1 in one line."""
+    from ray import serve
+
+    from jobs import deploy
+    from serve import app as serve_app
+    from serve.launch import serving_user_config
+
+    refused = _refused_model(small_model_dir, str(tmp_path / "refused"))
+    args = ["--port", str(rollout_port), "--detach", "--max-replicas", "1"]
+    serve.delete("ncf_test")  # jobs.deploy's app is at the route prefix / too
+    try:
+        assert deploy.main(["--model", small_model_dir, *args])["model_version"] == "v1"
+        before = replica_names("ncf", DEPLOYMENT_NAME)
+        capsys.readouterr()
+        monkeypatch.setattr(serve_app, "code_version", lambda: "new-code")  # as any .py change under ncf/
+        started = time.monotonic()
+        with pytest.raises(SystemExit) as exited:
+            deploy.main(["--model", refused, *args])
+        took = time.monotonic() - started
+        error = capsys.readouterr().err.strip()
+        assert exited.value.code == 1, error
+        # Serve's target is the model served before, and a replica started on it (of the new code,
+        # replacing the old one) serves it.
+        assert _target_user_config("ncf")["model_dir"] == small_model_dir, error
+        assert serving_user_config()["model_dir"] == small_model_dir
+        after = replica_names("ncf", DEPLOYMENT_NAME)
+        assert after and not after & before, (before, after)
+        assert model_health(_health(server)) == {"status": "ok", "model_version": "v1", "rollout_error": None}
+        assert post(f"{server}/recommend", {"user_id": UNKNOWN_USER, "k": 3}).status_code == 200
+        assert error.startswith("error: Serve could not start the app's replicas ("), error
+        assert "; the settings served before: deployed again as Serve's target; the replicas' logs:" in error, error
+        assert "\n" not in error
+    finally:
+        serve.delete("ncf")  # rollout_port deploys the session's app again
+    with capsys.disabled():
+        print(f"\n[faults] a rollout whose new replicas failed, undone: {took:.0f} s")
+
+
+@pytest.mark.faults
+def test_a_first_deploy_whose_replicas_fail_has_nothing_to_undo_and_the_next_one_does_not_wait(
+    server, rollout_port, small_model_dir, tmp_path, capsys
+):
+    """No replica served before: nothing to deploy again, and the job says only why it failed. The
+    next deploy asks the app's replicas what they serve; with none running and the app failed it
+    does not wait out the question's timeout (long enough for a model's cold load)."""
+    from ray import serve
+
+    from jobs import deploy
+    from serve.launch import COLD_LOAD_TIMEOUT_S, serving_user_config
+
+    refused = _refused_model(small_model_dir, str(tmp_path / "refused"))
+    args = ["--port", str(rollout_port), "--detach", "--max-replicas", "1"]
+    serve.delete("ncf_test")  # jobs.deploy's app is at the route prefix / too
+    try:
+        with pytest.raises(SystemExit) as exited:
+            deploy.main(["--model", refused, *args])
+        error = capsys.readouterr().err.strip()
+        assert exited.value.code == 1 and error.startswith("error: Serve could not start the app's replicas ("), error
+        assert "served before" not in error and "\n" not in error
+        started = time.monotonic()
+        assert serving_user_config() is None
+        assert deploy.main(["--model", small_model_dir, *args])["model_version"] == "v1"
+        assert time.monotonic() - started < COLD_LOAD_TIMEOUT_S / 2
     finally:
         serve.delete("ncf")  # rollout_port deploys the session's app again
 
