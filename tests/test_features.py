@@ -2,6 +2,7 @@
 
 import numpy as np
 import pyarrow.dataset as pads
+import pytest
 
 from ncf.data import layout
 from ncf.data.examples import FEATURES, HISTORY, HISTORY_AGE_DAYS, MOMENT, PRODUCT, TIME_PARTS, USER
@@ -23,6 +24,11 @@ def test_ranking_inputs_equal_the_training_lists(small_data, small_model_dir):
     rows = EmbeddingRows.between(handle.table_vocabularies(), state.vocabs, handle.rows_trained_before)
     ranker = Ranker(handle.load_model(), state, rows)
     length = handle.load_model().config.history_length
+    # A moment before the state's statistics would be ranked on purchases after it (a review).
+    with pytest.raises(ValueError, match="before the product statistics' cutoff"):
+        ranker.inputs(lists[0][USER], cutoff - 1, np.array(lists[0][PRODUCT]))
+    with pytest.raises(ValueError, match="before the product statistics' cutoff"):
+        ranker.rank([lists[0][USER]], [cutoff - 1], k=3)
     for row in lists:
         batch = ranker.inputs(row[USER], row[MOMENT], np.array(row[PRODUCT]))
         stored = np.array(row[FEATURES], np.float16).reshape(-1, NUM_FEATURES)

@@ -100,9 +100,11 @@ def test_recommend_returns_raw_ids_and_cold_start_is_the_same_path(recommender):
 
 def test_a_household_before_its_first_purchase_is_scored_like_an_unknown_one(recommender):
     """Old code: flagged a cold start, yet scored with its own row, trained on later purchases."""
-    ranker = recommender.ranker
-    user = next(int(u) for u in ranker.state.states.users() if ranker.rows.user[u] > 0)
-    before_first = int(ranker.state.states.timeline(user).timestamps[0])
+    served = recommender.ranker
+    user = next(int(u) for u in served.state.states.users() if served.rows.user[u] > 0)
+    before_first = int(served.state.states.timeline(user).timestamps[0])
+    # Products' statistics as of that moment: the data end's would hold later purchases.
+    ranker = Ranker(served.model, served.state.as_of(before_first), served.rows, served.settings)
     own, unknown = ranker.rank([user, 0], [before_first, before_first], k=10)
     assert own.cold_start and unknown.cold_start
     assert own.products.tolist() == unknown.products.tolist()
@@ -335,7 +337,7 @@ def test_attention_on_one_past_purchase_has_no_entropy(recommender):
 def test_many_households_in_one_call_equal_each_alone(recommender):
     ranker = recommender.ranker
     users = [int(u) for u in ranker.state.states.users()[:6]] + [0]  # the last: cold start
-    at = [recommender.default_at - i * 86400 for i in range(len(users))]
+    at = [recommender.default_at + i * 86400 for i in range(len(users))]
     for exclude in (False, True):
         together = ranker.rank(users, at, k=5, exclude_purchased=exclude)
         assert len(together) == len(users)
@@ -362,7 +364,7 @@ def test_kept_first_stage_lists_equal_fresh_ones(recommender, monkeypatch):
     fresh = Ranker(r.model, r.state, r.rows, r.settings)
     assert not fresh.candidates.mf.cached
     users = [int(u) for u in r.state.states.users()[:8]]
-    at = [recommender.default_at - i * 3 * 86400 for i in range(len(users))]
+    at = [recommender.default_at + i * 3 * 86400 for i in range(len(users))]
     kept, recomputed = warmed.rank(users, at, k=10), fresh.rank(users, at, k=10)
     assert len(kept) == len(recomputed) == len(users)
     for a, b in zip(kept, recomputed):

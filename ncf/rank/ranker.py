@@ -175,6 +175,7 @@ class Ranker:
         users, at = np.asarray(users, np.int64), np.asarray(at, np.int64)
         if users.shape != at.shape:
             raise ValueError(f"{at.size} moments for {users.size} households: one each")
+        self._check_after_stats(at)
         rankings: List[Ranking] = []
         for start in range(0, len(users), 1 if brute_force else CHUNK_USERS):
             chunk = slice(start, start + (1 if brute_force else CHUNK_USERS))
@@ -209,8 +210,20 @@ class Ranker:
         """A question over given products (no first stage), on the state's timeline of the
         household unless ``timeline``."""
         products = np.asarray(products, np.int64)
+        self._check_after_stats(np.asarray([at], np.int64))
         timeline = self.state.states.timeline(user) if timeline is None else timeline
         return _Question(user, at, products, self._is_cold(user, at, timeline), timeline)
+
+    def _check_after_stats(self, at: np.ndarray) -> None:
+        """Refuses moments before the products' statistics: their popularity, neighbours and cycles
+        would hold purchases after the moment (rank an earlier moment from
+        ``RankingState.as_of``, as evaluation and :meth:`ncf.rank.recommender.Recommender.as_of` do)."""
+        cutoff = int(self.state.stats.cutoff)
+        if at.size and int(at.min()) < cutoff:
+            raise ValueError(
+                f"moment {int(at.min())} is before the product statistics' cutoff {cutoff}: they would hold "
+                "later purchases; rank it from a state as of that moment"
+            )
 
     def _add_reasons(self, questions: List[_Question], rankings: List[Ranking]) -> None:
         """Each warm ranking's :class:`Reason` per product, from occluded questions scored
