@@ -24,11 +24,6 @@ def test_ranking_inputs_equal_the_training_lists(small_data, small_model_dir):
     rows = EmbeddingRows.between(handle.table_vocabularies(), state.vocabs, handle.rows_trained_before)
     ranker = Ranker(handle.load_model(), state, rows)
     length = handle.load_model().config.history_length
-    # A moment before the state's statistics would be ranked on purchases after it (a review).
-    with pytest.raises(ValueError, match="before the product statistics' cutoff"):
-        ranker.inputs(lists[0][USER], cutoff - 1, np.array(lists[0][PRODUCT]))
-    with pytest.raises(ValueError, match="before the product statistics' cutoff"):
-        ranker.rank([lists[0][USER]], [cutoff - 1], k=3)
     for row in lists:
         batch = ranker.inputs(row[USER], row[MOMENT], np.array(row[PRODUCT]))
         stored = np.array(row[FEATURES], np.float16).reshape(-1, NUM_FEATURES)
@@ -42,3 +37,21 @@ def test_ranking_inputs_equal_the_training_lists(small_data, small_model_dir):
         np.testing.assert_array_equal(batch.history.numpy()[0], np.array(row[HISTORY])[:length])
         np.testing.assert_allclose(batch.history_age_days.numpy()[0], np.array(row[HISTORY_AGE_DAYS])[:length])
         np.testing.assert_array_equal(batch.time_parts.numpy()[0], np.array(row[TIME_PARTS]))
+
+
+@pytest.mark.faults
+def test_a_moment_before_the_rankers_product_statistics_is_refused(small_data, small_model_dir):
+    """A library caller ranking an earlier moment from a later state: its popularity, neighbours
+    and cycles would hold purchases after the moment (a review, 2026-12-05)."""
+    data, _ = small_data
+    cutoff = read_json(layout.stats_path(data))["cutoffs"][VALIDATED][0]
+    handle = ModelDir(small_model_dir)
+    state = RankingState.load(data).as_of(cutoff)
+    rows = EmbeddingRows.between(handle.table_vocabularies(), state.vocabs, handle.rows_trained_before)
+    ranker = Ranker(handle.load_model(), state, rows)
+    user = int(state.states.users()[0])
+    assert len(ranker.rank([user], [cutoff], k=3)[0].products) == 3
+    with pytest.raises(ValueError, match="before the product statistics' cutoff"):
+        ranker.inputs(user, cutoff - 1, np.arange(1, 4))
+    with pytest.raises(ValueError, match="before the product statistics' cutoff"):
+        ranker.rank([user], [cutoff - 1], k=3)

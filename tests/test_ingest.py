@@ -13,7 +13,7 @@ import pytest
 from jobs import preprocess as preprocess_job
 from ncf.data import ingest, layout, schema
 from ncf.data.examples import ExampleConfig
-from ncf.data.preprocess import PreprocessConfig, check_inputs, preprocess
+from ncf.data.preprocess import PreprocessConfig, _report_hidden, check_inputs, preprocess
 from ncf.data.vocab import Vocabularies
 
 pytestmark = pytest.mark.faults  # the drills of RELIABILITY.md, "Ingest and replacing outputs"
@@ -91,6 +91,23 @@ def test_the_text_exports_write_for_missing_values_is_missing_not_an_id():
     assert out.column("reason").to_pylist() == [null_user] * 3 + [null_product] * 2 + [None, None]
     assert out.column("user_id").to_pylist()[5] == "Nancy"  # a name that starts like one is an id
     assert out.column("quantity").to_pylist()[5:] == [1.0, 1.0]
+
+
+def test_placeholder_ids_dash_undefined_and_null_in_parentheses_are_missing_ids():
+    """Reports write `-` in an empty cell, JavaScript `undefined`, C's printf `(null)`: old code
+    kept each as an id, every card-less purchase one household named "-" (a review)."""
+    batch = pa.table(
+        {
+            "user_id": ["-", " undefined ", "(NULL)", "u1", "u1", "u1", "-u1"],
+            "product_id": ["p1", "p1", "p1", "Undefined", " - ", "(null)", "p-1"],
+            "timestamp": ["2024-01-02"] * 7,
+            "quantity": ["1", "1", "1", "1", "1", "1", "-"],
+        }
+    )
+    out = schema.validate_log_batch(batch)
+    null_user, null_product = schema.NULL_USER_ID, schema.NULL_PRODUCT_ID
+    assert out.column("reason").to_pylist() == [null_user] * 3 + [null_product] * 3 + [None]
+    assert out.column("user_id").to_pylist()[6] == "-u1" and out.column("quantity").to_pylist()[6] == 1.0
 
 
 def test_integers_beyond_float_precision_are_out_of_range_rows_not_an_unreadable_file():
@@ -230,6 +247,62 @@ def test_timestamps_named_utc_are_read_and_scientific_epoch_seconds_are_not():
     assert out.column("ts").to_pylist() == [four, four, _seconds("2017-11-27"), 0, four, 0]
 
 
+def test_a_month_without_its_day_is_a_bad_timestamp_not_the_first_of_the_month():
+    """pandas reads "2017-11" as 2017-11-01: old code kept a month's purchases on its first day
+    (a review). Dates with their day, in every form read before, still pass."""
+    months = ["2017-11", "2017/11", "2017 11", " 2017-11 UTC", "2017-1"]
+    days = ["2017-11-27", "2017-11-27T04:00:00Z", "2017-11-27 04:00:00+01:00", "20171127T040100Z", "2017-1-2"]
+    days += ["2017/11/27", "2017-11-27T04", "2017-11-27 04:01:00 UTC", "1511755260"]
+    texts = months + days
+    out = schema.validate_log_batch(
+        pa.table({"user_id": ["u"] * len(texts), "product_id": ["p"] * len(texts), "timestamp": texts})
+    )
+    assert out.column("reason").to_pylist() == [schema.BAD_TIMESTAMP] * len(months) + [None] * len(days)
+    assert out.column("ts").to_pylist()[len(months) : len(months) + 3] == [
+        _seconds("2017-11-27"),
+        _seconds("2017-11-27T04:00:00"),
+        _seconds("2017-11-27T03:00:00"),
+    ]
+
+
+@pytest.mark.parametrize("separator, said", [(";", "';'"), ("\t", "a tab")], ids=["semicolon", "tab"])
+def test_a_header_read_as_one_column_names_its_separator(tmp_path, separator, said):
+    """A European Excel export separates with ';', a database's export with tabs: the error said
+    only that 'user_id' was missing, beside a header that plainly held it (a review)."""
+    path = tmp_path / "logs.csv"
+    path.write_text(separator.join(["user_id", "product_id", "timestamp"]) + "\nu1" + separator + "p1\n")
+    with pytest.raises(schema.InputError) as refused:
+        check_inputs(schema.resolve_files(str(path)))
+    message = str(refused.value)
+    assert "missing required column 'user_id'" in message and "\n" not in message, message
+    assert f"the header holds {said}: only ',' separates columns" in message, message
+    path.write_text("user_id,product_id,when\nu1,p1,2024-01-01\n")  # commas: no word of separators
+    with pytest.raises(schema.InputError) as refused:
+        check_inputs(schema.resolve_files(str(path)))
+    assert "separates" not in str(refused.value)
+
+
+def test_a_quote_never_closed_past_a_block_is_named_as_the_likely_cause(tmp_path, monkeypatch):
+    """pyarrow says "straddling object straddles two block boundaries (try to increase block
+    size?)", which pointed at a setting nobody can give; the cause is a quote never closed."""
+    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 4096)
+    rows = ["u1,p1,2024-01-01", 'u2,"p2,2024-01-02'] + [f"u{i},p{i},2024-01-03" for i in range(1_000)]
+    path = tmp_path / "logs.csv"
+    path.write_text("user_id,product_id,timestamp\n" + "\n".join(rows) + "\n")
+    piece = pa.table({"file": [0], "path": [str(path)], "first_row": [0]})
+    with pytest.raises(schema.InputError) as refused:
+        list(ingest.read_and_validate(piece, "csv", schema.DEFAULT_MIN_TS, schema.DEFAULT_MAX_TS))
+    assert str(refused.value).startswith(f"{path} (a quote never closed?): unreadable csv file (")
+    # The catalog, read through before Ray starts in blocks of 1 MiB: a quote opened early in 2.5 MB.
+    lines = [f"{i},DAIRY,MILK" for i in range(150_000)]
+    lines[30_000] = '30000,"DAIRY,MILK'
+    catalog = tmp_path / "products.csv"
+    catalog.write_text("product_id,department,category\n" + "\n".join(lines) + "\n")
+    with pytest.raises(schema.InputError) as refused:
+        check_inputs(schema.resolve_files(str(path)), schema.resolve_files(str(catalog)))
+    assert str(refused.value).startswith(f"{catalog} (a quote never closed?): unreadable"), refused.value
+
+
 def test_timestamps_naming_no_time_zone_are_flagged_as_read_as_utc():
     """A log written in local time, without offsets, is read hours off: preprocessing counts
     the rows it read so (old code: silently)."""
@@ -300,13 +373,17 @@ def test_folders_a_glob_names_and_linked_folders_are_read_and_table_formats_refu
     """Spark's df.write.csv("sales-02.csv") is a folder, which a glob's match dropped; a folder
     linked into the logs was not followed; a Delta Lake table's folder was read with the files
     its later commits replaced, every row of those twice (a review, 2026-12-05)."""
-    header = "user_id,product_id,timestamp\n1,2,2024-01-01\n"
+    written = iter(range(100))
+
+    def one_purchase() -> str:  # each file its own purchase: files of the same content are refused
+        return f"user_id,product_id,timestamp\n1,{next(written)},2024-01-01\n"
+
     logs = tmp_path / "logs"
     logs.mkdir()
-    (logs / "sales-01.csv").write_text(header)
+    (logs / "sales-01.csv").write_text(one_purchase())
     spark = logs / "sales-02.csv"
     spark.mkdir()
-    (spark / "part-0000.csv").write_text(header)
+    (spark / "part-0000.csv").write_text(one_purchase())
     (spark / "_SUCCESS").write_text("")
     assert schema.resolve_files(str(logs / "sales-*.csv")).paths == [
         str(logs / "sales-01.csv"),
@@ -314,18 +391,18 @@ def test_folders_a_glob_names_and_linked_folders_are_read_and_table_formats_refu
     ]
     archive = tmp_path / "archive" / "2023"
     archive.mkdir(parents=True)
-    (archive / "sales-2023.csv").write_text(header)
+    (archive / "sales-2023.csv").write_text(one_purchase())
     (logs / "2023").symlink_to(archive)
     (archive / "loop").symlink_to(logs)  # a link back up: each real folder read once
     (logs / "up").symlink_to(tmp_path)  # a link to a folder holding the logs: not followed
     (tmp_path / "elsewhere").mkdir()
-    (tmp_path / "elsewhere" / "other.csv").write_text(header)
+    (tmp_path / "elsewhere" / "other.csv").write_text(one_purchase())
     found = schema.resolve_files(str(logs)).paths
     assert str(logs / "2023" / "sales-2023.csv") in found and len(found) == 3, found
     # `exports/**` matches the folders and the files in them: each file read once.
     (tmp_path / "exports" / "2024").mkdir(parents=True)
-    (tmp_path / "exports" / "a.csv").write_text(header)
-    (tmp_path / "exports" / "2024" / "b.csv").write_text(header)
+    (tmp_path / "exports" / "a.csv").write_text(one_purchase())
+    (tmp_path / "exports" / "2024" / "b.csv").write_text(one_purchase())
     assert schema.resolve_files(str(tmp_path / "exports" / "**")).paths == [
         str(tmp_path / "exports" / "2024" / "b.csv"),
         str(tmp_path / "exports" / "a.csv"),
@@ -347,6 +424,59 @@ def test_folders_a_glob_names_and_linked_folders_are_read_and_table_formats_refu
     for spec in (table, table / "*" / "*.parquet", tmp_path / "linked"):
         with pytest.raises(schema.InputError, match="a Delta Lake table, .*export a snapshot"):
             schema.resolve_files(str(spec))
+
+
+def test_files_of_the_same_content_are_refused_naming_both(tmp_path):
+    """`sales.csv` downloaded again as `sales (1).csv`, or beside its `.gz`: every row was read
+    twice, each a purchase, and only the repeated lines' count said so, after the state was
+    written (a review). Files of one size but other rows, and headers alone, are read."""
+    import gzip
+
+    content = b"user_id,product_id,timestamp\nu1,p1,2024-01-01\nu2,p2,2024-01-02\n"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "sales.csv").write_bytes(content)
+    (logs / "other.csv").write_bytes(content.replace(b"u2", b"u3"))  # the same size, other rows
+    for day in ("empty-1.csv", "empty-2.csv"):  # days without sales: the same header alone
+        (logs / day).write_bytes(b"user_id,product_id,timestamp\n")
+    assert len(schema.resolve_files(str(logs)).paths) == 4
+    for copy, data in (("sales (1).csv", content), ("sales.csv.gz", gzip.compress(content))):
+        (logs / copy).write_bytes(data)
+        first, second = sorted([str(logs / "sales.csv"), str(logs / copy)])
+        with pytest.raises(schema.InputError) as refused:
+            schema.resolve_files(str(logs))
+        message = str(refused.value)
+        assert message.startswith(f"{first} and {second} hold the same content: ") and "\n" not in message
+        assert message.endswith("give one of them"), message
+        (logs / copy).unlink()
+    table = pa.table({"user_id": ["u1"], "product_id": ["p1"], "timestamp": ["2024-01-01"]})
+    for name in ("part-0.parquet", "part-1.parquet"):
+        pq.write_table(table, tmp_path / name)
+    with pytest.raises(schema.InputError, match=r"part-0\.parquet and .*part-1\.parquet hold the same content"):
+        schema.resolve_files(str(tmp_path / "*.parquet"))
+
+
+def test_hidden_files_named_like_data_are_skipped_with_a_word(tmp_path, capsys):
+    """`_sales.csv` or `.sales.parquet` were left out without a word (a review); Spark's markers
+    and the files inside hidden folders (a notebook's checkpoints) stay silent."""
+    logs = tmp_path / "logs"
+    (logs / ".ipynb_checkpoints").mkdir(parents=True)
+    (logs / ".ipynb_checkpoints" / "sales-checkpoint.csv").write_text("user_id,product_id,timestamp\n")
+    (logs / "sales.csv").write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
+    for name in ("_sales-2023.csv", ".sales.csv.gz", "_old.parquet", "_SUCCESS", "_committed_123", ".DS_Store"):
+        (logs / name).write_bytes(b"")
+    files = schema.resolve_files(str(logs))
+    assert files.paths == [str(logs / "sales.csv")]
+    assert files.hidden == [str(logs / n) for n in (".sales.csv.gz", "_old.parquet", "_sales-2023.csv")]
+    for spec in (logs / "*.csv", logs / "**" / "*.csv"):  # what the pattern matches only
+        assert schema.resolve_files(str(spec)).hidden == [str(logs / "_sales-2023.csv")], spec
+    _report_hidden(files, "logs")
+    assert capsys.readouterr().out.splitlines() == [
+        "[preprocess] logs: skipped 3 file(s) named like data whose names start with '.' or '_' (hidden, as "
+        f"Spark's _temporary and editors' files are), e.g. {files.hidden}; rename them to read them"
+    ]
+    _report_hidden(schema.resolve_files(str(logs / "sales.csv")), "logs")
+    assert capsys.readouterr().out == ""
 
 
 def test_empty_csv_files_are_no_rows_and_an_upper_case_gz_is_refused(tmp_path):
@@ -559,6 +689,26 @@ def test_a_run_stopped_by_bad_rows_keeps_its_quarantine_beside_the_output(ray_se
     assert not os.path.exists(out)
     rows = pq.read_table(kept).to_pandas()
     assert len(rows) == 5 and set(rows["reason"]) == {schema.BAD_TIMESTAMP}
+
+
+@pytest.mark.parametrize(
+    "stamps, hint",
+    [
+        ([str(START * 1000 + i * DAY * 1000) for i in range(40)], "epoch milliseconds (13 digits"),
+        ([f"202401{1 + i % 28:02d}" for i in range(40)], "dates written YYYYMMDD (8 digits"),
+    ],
+    ids=["epoch-ms", "yyyymmdd"],
+)
+def test_every_timestamp_out_of_range_says_what_the_numbers_look_like(ray_session, tmp_path, stamps, hint):
+    """Epoch milliseconds, or dates as YYYYMMDD, read as epoch seconds land in year 49,000 or in
+    1970: every row was quarantined as timestamp_out_of_range, and the error said no more."""
+    path = tmp_path / "logs.csv"
+    rows = "".join(f"u{i % 3},p{i % 5},{stamp}\n" for i, stamp in enumerate(stamps))
+    path.write_text("user_id,product_id,timestamp\n" + rows)
+    with pytest.raises(schema.InputError) as refused:
+        preprocess(schema.resolve_files(str(path)), None, str(tmp_path / "out"), PreprocessConfig(), state_only=True)
+    message = str(refused.value)
+    assert f"all 40 quarantined); the timestamps look like {hint}" in message and "\n" not in message, message
 
 
 @pytest.mark.faults

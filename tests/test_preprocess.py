@@ -530,7 +530,7 @@ def test_state_only_refreshes_the_state_without_lists(ray_session, small_data, t
     assert len(UserStates.load(layout.user_state_dir(out)).products) == stats["rows_kept"]
 
 
-def test_bad_rows_land_in_quarantine_with_reasons(ray_session, tmp_path):
+def test_bad_rows_land_in_quarantine_with_reasons(ray_session, tmp_path, capsys):
     rows = [
         ("u1", "p1", "2024-01-01T10:00:00", "1"),
         ("u1", "p2", "2024-02-01T10:00:00", "2"),
@@ -556,6 +556,8 @@ def test_bad_rows_land_in_quarantine_with_reasons(ray_session, tmp_path):
     stats = preprocess(schema.resolve_files(str(path)), None, out, config, state_only=True)
     assert stats["rows_in"] == 14 and stats["rows_kept"] == 8 and stats["rows_quarantined"] == 6
     assert stats["repeated_lines"] == 2 and stats["lines_at_midnight_utc"] == 0
+    # A quarter of the lines repeat another: a WARNING (an export read twice shows half of them).
+    assert "[preprocess] WARNING: 2 of 8 lines (25%) repeat another line's household" in capsys.readouterr().out
     quarantine = pq.read_table(layout.quarantine_dir(out)).to_pandas()
     assert sorted(quarantine["reason"]) == sorted(
         [
@@ -694,6 +696,70 @@ def test_a_catalog_keyed_by_other_ids_is_reported_on_the_console(ray_session, tm
     out = capsys.readouterr().out
     assert "WARNING: 3 of 4 products (75%) are not in the catalog" in out
     assert "match the logs'?" in out
+
+
+@pytest.mark.faults
+def test_a_catalog_that_names_none_of_the_logs_products_is_refused(ray_session, tmp_path):
+    """Every product zero-padded in the catalog, integers in the logs: every department and
+    category became unknown, with a console warning only (a review). Refused, naming one id of
+    each side, before the state is built."""
+    logs = tmp_path / "logs.csv"
+    logs.write_text(
+        "user_id,product_id,timestamp\n"
+        + "".join(f"u{d % 3},{d % 4 + 1},2024-{m:02d}-{d:02d}\n" for m in range(1, 4) for d in range(1, 29))
+    )
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("product_id,department,category\n0001,Dairy,Milk\n0002,Bakery,Bread\n0004,Deli,Ham\n")
+    config = PreprocessConfig(
+        examples=ExampleConfig(history_length=2, horizon_days=7, cutoffs=1), val_weeks=1, test_weeks=1
+    )
+    out = str(tmp_path / "out")
+    with pytest.raises(schema.InputError) as refused:
+        preprocess(schema.resolve_files(str(logs)), schema.resolve_files(str(catalog)), out, config, state_only=True)
+    message = str(refused.value)
+    assert message.startswith(f"{catalog}: none of the log's 4 products is in the product catalog (the log has e.g. ")
+    assert "the catalog '0001')" in message and "\n" not in message, message
+    assert not os.path.exists(out)
+
+
+def test_ids_differing_only_in_formatting_are_counted_not_merged():
+    """00123 beside 123, Excel's ="00123", '123, +7 beside 7: each its own household or product.
+    Counted with examples (at 10M distinct ids in a fraction of a second: only the ids formatting
+    may change are rewritten); ids such as 0abc are no numbers and keep their zero."""
+    ids = pa.array(["00123", "123", "'123", '="00123"', "+7", "7", "0", "00", "abc", "0abc", "8", '="x"'])
+    assert schema.ids_differing_only_in_format(ids) == (
+        8,
+        [["0", "00"], ["'123", "00123", "123", '="00123"'], ["+7", "7"]],
+    )
+    assert schema.ids_differing_only_in_format(pa.array(["12", "7", "007x", "+", "'", '=""'])) == (0, [])
+
+
+@pytest.mark.faults
+def test_ids_differing_only_in_formatting_are_warned_of_for_csv_and_parquet(ray_session, tmp_path, capsys):
+    """A CSV of household 0012 beside 12 and product +3 beside 3: two households, two products,
+    silently (a review). Now a WARNING per column and their counts in stats.json; a Parquet text
+    column the same (its vocabulary is text), an integer one has one spelling per id."""
+    import ray
+
+    rows = [f"{d % 3 + 11},{d % 4 + 1},2024-{m:02d}-{d:02d}" for m in range(1, 4) for d in range(1, 29)]
+    rows[0] = "0012," + rows[0].split(",", 1)[1]
+    rows[1] = rows[1].split(",")[0] + ",+3," + rows[1].split(",")[2]
+    logs = tmp_path / "logs.csv"
+    logs.write_text("user_id,product_id,timestamp\n" + "\n".join(rows) + "\n")
+    config = PreprocessConfig(
+        examples=ExampleConfig(history_length=2, horizon_days=7, cutoffs=1), val_weeks=1, test_weeks=1
+    )
+    stats = preprocess(schema.resolve_files(str(logs)), None, str(tmp_path / "out"), config, state_only=True)
+    assert stats["ids_differing_only_in_format"] == {"user_id": 2, "product_id": 2}
+    assert stats["ids_differing_only_in_format_examples"] == {"user_id": [["0012", "12"]], "product_id": [["+3", "3"]]}
+    out = capsys.readouterr().out
+    assert "WARNING: 2 user_id values equal another but for their formatting" in out
+    assert "e.g. [['+3', '3']]: each is a product of its own" in out
+    # Parquet: a text column's ids are looked at as a CSV's are; an integer column's are not.
+    frame = pd.DataFrame({"user_id": ["0012", "12", "u1"], "product_id": ["1", "2", "3"], "ts": [1, 2, 3]})
+    known = ray.data.from_pandas(frame)
+    _, notes = build_vocabularies(known, None, {"user_id": "str", "product_id": "int"})
+    assert notes["ids_differing_only_in_format"] == {"user_id": 2, "product_id": 0}
 
 
 @pytest.mark.slow

@@ -315,7 +315,9 @@ def test_lists_and_checkpoints_of_another_features_version_are_refused_by_every_
         state = {"epoch": 1} if version is None else {"epoch": 1, "features_version": version}
         write_json(str(trials / trial / "checkpoint_000001" / TRAIN_STATE), state)
         listed = {"checkpoint_dir_name": "checkpoint_000001", "metrics": {}}
-        write_json(str(trials / trial / RAY_INDEX), {"checkpoint_results": [listed], "latest_checkpoint_result": listed})
+        write_json(
+            str(trials / trial / RAY_INDEX), {"checkpoint_results": [listed], "latest_checkpoint_result": listed}
+        )
     with pytest.raises(InputError, match=r"checkpoint in .*trial-b was trained on features version 1.*new --output"):
         check_features_of_runs(str(trials), "start the sweep again with a new --output")
     with pytest.raises(InputError, match="trained on features version 1.*train again"):

@@ -239,6 +239,7 @@ def build_vocabularies(
     product_ids = pa.array(products[schema.PRODUCT_ID].tolist(), pa.string())
     user_ids = pa.array(users[schema.USER_ID].tolist(), pa.string())
     kinds, notes = _kinds_of_ids({schema.PRODUCT_ID: product_ids, schema.USER_ID: user_ids}, id_kinds, replaced or {})
+    notes.update(_format_twins({schema.USER_ID: user_ids, schema.PRODUCT_ID: product_ids}, kinds))
     product_vocab = Vocabulary.from_ids(
         product_ids,
         kind=kinds[schema.PRODUCT_ID],
@@ -289,6 +290,50 @@ def _kinds_of_ids(
     }
 
 
+def _format_twins(ids: Dict[str, pa.Array], kinds: Dict[str, str]) -> Dict:
+    """Per id column, the ids that equal another but for their formatting (``00123`` beside
+    ``123``, Excel's ``="00123"``): kept apart (which spelling is right is the user's to say),
+    counted for ``stats.json`` with a few examples for the console. Integer ids have one
+    spelling, so only text vocabularies are looked at."""
+    counts: Dict[str, int] = {}
+    examples: Dict[str, list] = {}
+    for column, values in ids.items():
+        found = schema.ids_differing_only_in_format(values) if kinds[column] == "str" else (0, [])
+        counts[column], examples[column] = found
+    return {"ids_differing_only_in_format": counts, "ids_differing_only_in_format_examples": examples}
+
+
+def _report_format_twins(vocab_stats: Dict) -> None:
+    """A WARNING per id column with ids that differ from another only in formatting."""
+    for column, twins in vocab_stats["ids_differing_only_in_format"].items():
+        if twins:
+            what = "household" if column == schema.USER_ID else "product"
+            examples = vocab_stats["ids_differing_only_in_format_examples"][column]
+            _log(
+                f"WARNING: {twins:,} {column} values equal another but for their formatting (leading zeros, a "
+                f"leading ' or +, Excel's =\"...\"), e.g. {examples}: each is a {what} of its own; if they are "
+                "one, write its id one way in every file"
+            )
+
+
+def _refuse_unmatched_catalog(
+    catalog: schema.InputFiles, frame: pd.DataFrame, vocab_stats: Dict, products: int
+) -> None:
+    """InputError (one line) when the catalog names products but none of the log's: keyed by
+    other ids (``0012`` against ``12``, SKUs against EANs), it would leave every product's
+    department and category unknown, a model trained on nothing of the hierarchy. A catalog
+    without rows is the user's way to give none (said on the console); partial coverage is said
+    by :func:`_report_catalog_coverage`."""
+    if not len(frame) or vocab_stats["products_missing_from_catalog"] < products:
+        return
+    log_example = vocab_stats["products_missing_examples"][0]
+    catalog_example = frame[schema.PRODUCT_ID].iloc[0]
+    raise schema.InputError(
+        f"{catalog.paths[0]}: none of the log's {products:,} products is in the product catalog (the log has "
+        f"e.g. {log_example!r}, the catalog {catalog_example!r}): give a catalog keyed by the log's product ids"
+    )
+
+
 def _report_catalog_coverage(vocab_stats: Dict, products: int) -> None:
     """The products the catalog does not name rank with an unknown department and category: say
     how many on the console (a catalog keyed by other ids, "0012" against 12, matches none)."""
@@ -300,6 +345,24 @@ def _report_catalog_coverage(vocab_stats: Dict, products: int) -> None:
         f"{'WARNING: ' if share > 0.5 else ''}{missing:,} of {products:,} products ({share:.0%}) are not in the "
         f"catalog (department and category unknown), e.g. {vocab_stats['products_missing_examples']}"
         + ("; do the catalog's product_id values match the logs'?" if share > 0.5 else "")
+    )
+
+
+# A share of repeated lines beyond which the console line is a WARNING: a log read twice shows 50%.
+REPEATED_WARNING_SHARE = 0.2
+
+
+def _report_repeated_lines(repeated: int, rows_kept: int, dates_only: bool) -> None:
+    """Says how many kept lines repeat another line's household, product and second (kept, each a
+    purchase); a WARNING beyond :data:`REPEATED_WARNING_SHARE` of them (an export read twice)."""
+    if not repeated:
+        return
+    share = repeated / max(rows_kept, 1)
+    _log(
+        f"{'WARNING: ' if share > REPEATED_WARNING_SHARE else ''}{repeated:,} of {rows_kept:,} lines "
+        f"({100 * share:.3g}%) {'repeats' if repeated == 1 else 'repeat'} another line's household, "
+        "product and second: kept, each a purchase (a doubled export would show here"
+        + (", and a product bought on two trips of one day in a log of dates)" if dates_only else ")")
     )
 
 
@@ -340,7 +403,9 @@ def _unreadable_catalog(files: schema.InputFiles) -> Optional[schema.InputError]
             for _ in pacsv.open_csv(path, **schema.csv_read_options(schema.CATALOG_REQUIRED)):
                 pass
         except pa.ArrowException as e:
-            return schema.InputError(f"{path}: unreadable product catalog: {str(e).strip().splitlines()[0][:300]}")
+            reason = str(e).strip().splitlines()[0][:300]
+            hint = schema.unclosed_quote_hint(reason)
+            return schema.InputError(f"{path}{hint}: unreadable product catalog: {reason}")
     return None
 
 
@@ -357,9 +422,21 @@ def check_inputs(logs: schema.InputFiles, catalog: Optional[schema.InputFiles] =
             raise unreadable
 
 
+def _report_hidden(files: schema.InputFiles, what: str) -> None:
+    """One console line for the files named like data (``_sales.csv``) that were skipped for a
+    name starting with '.' or '_' (:func:`ncf.data.schema.resolve_files`): silently, an export
+    someone named so would be left out of every count."""
+    if files.hidden:
+        _log(
+            f"{what}: skipped {len(files.hidden):,} file(s) named like data whose names start with '.' or '_' "
+            f"(hidden, as Spark's _temporary and editors' files are), e.g. {files.hidden[:3]}; rename them to read them"
+        )
+
+
 def _read_catalog(files: Optional[schema.InputFiles]) -> tuple[Optional[pd.DataFrame], Dict]:
     if files is None:
         return None, {"catalog_rows": 0}
+    _report_hidden(files, "catalog")
     # In file order, so that of two rows of one product the first in the files wins every run.
     with _blocks_in_order():
         try:
@@ -740,6 +817,7 @@ def keep_failed_quarantine(stage: str, output: str) -> Optional[str]:
 def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output: str) -> tuple[ingest.Ingested, Dict]:
     """Step 1: every row read, validated and accounted for; the quarantine written."""
     _log(f"reading {len(logs.paths)} {logs.format} file(s)")
+    _report_hidden(logs, "logs")
     if logs.empty:
         _log(f"{len(logs.empty)} file(s) without content read as no rows, e.g. {logs.empty[0]}")
     read = ingest.ingest_logs(logs, config.min_timestamp, config.max_timestamp, config.future_gap_days, log=_log)
@@ -750,7 +828,8 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
             ingest.quarantine_rows, batch_format="pyarrow", fn_kwargs={"paths": logs.paths}
         ).write_parquet(layout.quarantine_dir(output))
     if read.rows_kept == 0:
-        raise schema.InputError(f"{logs.paths[0]}: no valid purchase rows (all {read.rows_in:,} quarantined)")
+        hint = _out_of_range_hint(layout.quarantine_dir(output)) if _mostly_out_of_range(by_reason) else ""
+        raise schema.InputError(f"{logs.paths[0]}: no valid purchase rows (all {read.rows_in:,} quarantined){hint}")
     if read.zoneless:
         _log(
             f"{read.zoneless:,} of {read.rows_kept:,} kept timestamps name no time zone and were read as UTC "
@@ -774,6 +853,46 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
         "lines_in_quoted_values": read.lines_in_quoted_values,
     }
     return read, stats
+
+
+# Numbers of these many digits, read as epoch seconds and out of range, are most likely these.
+_NUMBERS_OUT_OF_RANGE = {
+    8: "dates written YYYYMMDD (8 digits, e.g. 20171127): write them as 2017-11-27",
+    13: "epoch milliseconds (13 digits, e.g. 1511755260000): give epoch seconds or ISO-8601 text",
+    16: "epoch microseconds (16 digits): give epoch seconds or ISO-8601 text",
+    19: "epoch nanoseconds (19 digits): give epoch seconds or ISO-8601 text",
+}
+_OUT_OF_RANGE_SAMPLE = 1_000
+
+
+def _mostly_out_of_range(by_reason: Dict[str, int]) -> bool:
+    """Whether most quarantined rows are timestamp_out_of_range (every row, in a log of epoch
+    milliseconds; a few malformed lines aside)."""
+    return by_reason.get(schema.TIMESTAMP_OUT_OF_RANGE, 0) * 2 > sum(by_reason.values())
+
+
+def _out_of_range_hint(quarantine: str) -> str:
+    """What out-of-range timestamps most likely are, from a sample of their raw text in the
+    quarantine: numbers of 13 digits (epoch milliseconds read as seconds), 8 (YYYYMMDD)...; ""
+    when they are no such numbers."""
+    try:
+        sample = pads.dataset(quarantine, format="parquet").head(
+            _OUT_OF_RANGE_SAMPLE,
+            columns=[schema.TIMESTAMP],
+            filter=pc.field(schema.REASON) == schema.TIMESTAMP_OUT_OF_RANGE,
+        )
+    except (pa.ArrowException, OSError):
+        return ""
+    numbers = pd.to_numeric(pd.Series(sample.column(schema.TIMESTAMP).to_pylist(), dtype=object), errors="coerce")
+    numbers = numbers[numbers.notna() & (numbers.abs() >= 1)].abs()
+    if numbers.empty:
+        return ""
+    digits = np.floor(np.log10(numbers.to_numpy(dtype=np.float64))).astype(np.int64) + 1
+    common, count = np.unique(digits, return_counts=True)
+    most = int(common[np.argmax(count)])
+    if most not in _NUMBERS_OUT_OF_RANGE or count.max() < 0.9 * len(sample):
+        return ""
+    return f"; the timestamps look like {_NUMBERS_OUT_OF_RANGE[most]}"
 
 
 def _window_rows(batch: pa.Table, bounds: Dict[str, int]) -> pa.Table:
@@ -846,10 +965,13 @@ def _preprocess_into(
     vocabs, vocab_stats = build_vocabularies(
         kept, catalog_frame, id_kinds, bounds["val_start"], partitions, replaced=replaced
     )
+    if catalog is not None:
+        _refuse_unmatched_catalog(catalog, catalog_frame, vocab_stats, vocabs.sizes()["num_products"] - 1)
     vocabs.save(layout.vocab_dir(output))
     _log(f"vocabularies: {vocabs.sizes()}")
     if catalog is not None:
         _report_catalog_coverage(vocab_stats, vocabs.sizes()["num_products"] - 1)
+    _report_format_twins(vocab_stats)
     for column, text in vocab_stats.get("ids_kept_as_text", {}).items():
         _log(
             f"note: every {column} is answered as text (a JSON string): {text['not_integers']:,} of "
@@ -875,13 +997,7 @@ def _preprocess_into(
             "every timestamp is midnight UTC, a log of dates: a household's purchases of one day are one "
             "basket, in no known order (the history orders them by product)"
         )
-    if lines.repeated:
-        _log(
-            f"{lines.repeated:,} of {rows_kept:,} lines ({100 * lines.repeated / rows_kept:.3g}%) "
-            f"{'repeats' if lines.repeated == 1 else 'repeat'} another line's household, "
-            "product and second: kept, each a purchase (a doubled export would show here"
-            + (", and a product bought on two trips of one day in a log of dates)" if dates_only else ")")
-        )
+    _report_repeated_lines(lines.repeated, rows_kept, dates_only)
     every = [] if state_only else every_cutoff(cutoffs)
     _log(f"the products' stats at the data's end and at {len(every)} training cutoffs")
     stats_by_cutoff = stats_at(output, vocabs.products.column("category_index"), [bounds["end"] + 1, *every])

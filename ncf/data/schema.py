@@ -13,8 +13,9 @@ directory or a glob.
   structs, booleans...) stop the job with a one-line error naming the file and column, before
   any row is read.
 * Timestamps: Arrow timestamps of any unit (s, ms, us, ns) and any time zone, dates, ISO-8601
-  strings (with or without an offset; none means UTC, and the rows read so are counted) or
-  epoch seconds (numbers or numeric strings). Fractions of a second are truncated (rounded
+  strings (with or without an offset; none means UTC, and the rows read so are counted; a date
+  without its day, ``2017-11``, is a ``bad_timestamp``) or epoch seconds (numbers or numeric
+  strings). Fractions of a second are truncated (rounded
   down) to whole seconds: the pipeline works in epoch seconds. Words such as ``now`` or ``today`` are not timestamps.
 * Quantity: a positive number (fractions too: goods sold by weight); null or empty means 1.
   It is kept, not used: each row is one purchase line.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import codecs
 import fnmatch
 import glob
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -110,17 +112,29 @@ VALIDATED = pa.schema(
 
 @dataclass(frozen=True)
 class InputFiles:
-    """Resolved input: the files and their format (``parquet`` or ``csv``), and the CSV files
-    without content left out of ``paths`` (a day without sales exported as nothing)."""
+    """Resolved input: the files and their format (``parquet`` or ``csv``), the CSV files
+    without content left out of ``paths`` (a day without sales exported as nothing), and the
+    entries named like data files that were skipped as hidden (``_sales.csv``, ``.old.parquet``),
+    for the console to name."""
 
     paths: List[str]
     format: str
     empty: List[str] = field(default_factory=list)
+    hidden: List[str] = field(default_factory=list)
 
 
 def _hidden(name: str) -> bool:
     # Jupyter's .ipynb_checkpoints copies, Spark's _temporary and _SUCCESS, editors' dot files.
     return name.startswith((".", "_"))
+
+
+DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
+def _named_like_data(name: str) -> bool:
+    """Whether a hidden entry's name says it holds data: skipping ``_sales.csv`` is worth a word,
+    skipping Spark's ``_SUCCESS`` and ``_committed_123`` markers is not."""
+    return name.lower().endswith(DATA_SUFFIXES)
 
 
 def _hidden_below_pattern(spec: str, path: str) -> bool:
@@ -169,17 +183,25 @@ def _refuse_tables(paths: List[str]) -> None:
             folder = os.path.dirname(folder)
 
 
-def _visible_files(directory: str) -> List[str]:
+def _visible_files(directory: str, hidden: Optional[List[str]] = None) -> List[str]:
     """Every file under ``directory`` whose name and folders are not hidden: a notebook's
     checkpoint copy of a log would count every row twice, a half-written job's parts once.
     Folders linked into it are followed, each real folder once, except a link to a folder that
-    holds ``directory`` itself (``up -> ..``, a link to ``/``), which would read all around it."""
-    return [os.path.join(root, n) for root, _, names in _walk_visible(directory) for n in names]
+    holds ``directory`` itself (``up -> ..``, a link to ``/``), which would read all around it.
+    The hidden entries named like data files are added to ``hidden`` (not those inside hidden
+    folders, which are not walked)."""
+    files = []
+    for root, _, names, skipped in _walk_visible(directory):
+        files += [os.path.join(root, n) for n in names]
+        if hidden is not None:
+            hidden += [os.path.join(root, n) for n in skipped if _named_like_data(n)]
+    return files
 
 
 def _walk_visible(directory: str):
     """``os.walk`` of ``directory``'s visible entries, linked folders followed as
-    :func:`_visible_files` says: (folder, its visible folders, its visible files)."""
+    :func:`_visible_files` says: (folder, its visible folders, its visible files, the names of
+    its hidden entries, folders and files)."""
     top = os.path.realpath(directory)
     seen = set()
     for root, folders, names in os.walk(directory, followlinks=True):
@@ -189,16 +211,18 @@ def _walk_visible(directory: str):
             folders[:] = []
             continue
         seen.add(real)
+        skipped = [n for n in folders + names if _hidden(n)]
         folders[:] = [f for f in folders if not _hidden(f)]
-        yield root, list(folders), [n for n in names if not _hidden(n)]
+        yield root, list(folders), [n for n in names if not _hidden(n)], skipped
 
 
-def _glob(spec: str) -> List[str]:
+def _glob(spec: str, hidden: Optional[List[str]] = None) -> List[str]:
     """``glob.glob(spec, recursive=True)``, but a ``**`` walks linked folders as
     :func:`_visible_files` does: Python's glob follows them with no loop check, and two links
     back up the tree (``a/up -> ..``, ``b/up -> ..``) double its paths at every level, to the
     system's limit on links in a path (40: 2^40 paths). Hidden entries below the pattern's fixed
-    part are left out (as :func:`_hidden_below_pattern` would)."""
+    part are left out (as :func:`_hidden_below_pattern` would); a ``**`` adds those the pattern
+    matches and that are named like data files to ``hidden``."""
     if "**" not in spec:
         return glob.glob(spec)
     parts = spec.split(os.sep)
@@ -206,7 +230,7 @@ def _glob(spec: str) -> List[str]:
     root = os.sep.join(parts[:fixed]) or (os.sep if spec.startswith(os.sep) else "")
     pattern = parts[fixed:]
     found = []
-    for folder, folders, names in _walk_visible(root or os.curdir):
+    for folder, folders, names, skipped in _walk_visible(root or os.curdir):
         relative = os.path.relpath(folder, root or os.curdir)
         below = [] if relative == os.curdir else relative.split(os.sep)
         if not below and root and _matches(pattern, below):
@@ -214,6 +238,10 @@ def _glob(spec: str) -> List[str]:
         for name in folders + names:
             if _matches(pattern, below + [name]):
                 found.append(os.path.join(root, *below, name))
+        if hidden is not None:
+            hidden += [
+                os.path.join(root, *below, n) for n in skipped if _named_like_data(n) and _matches(pattern, below + [n])
+            ]
     return found
 
 
@@ -238,11 +266,15 @@ def _each_file_once(paths: List[str]) -> List[str]:
 
 
 def resolve_files(spec: str) -> InputFiles:
-    """A file, a directory or a glob -> the data files in it, all of one format."""
+    """A file, a directory or a glob -> the data files in it, all of one format; refuses files
+    that hold the same content (:func:`_refuse_repeated_content`)."""
+    hidden: List[str] = []
     if any(ch in spec for ch in "*?[") and not os.path.exists(spec):  # "logs [2017].csv" is a name
-        matched = [p for p in _glob(spec) if not _hidden_below_pattern(spec, p)]
+        globbed = _glob(spec, hidden)
+        matched = [p for p in globbed if not _hidden_below_pattern(spec, p)]
+        hidden += [p for p in globbed if _hidden(os.path.basename(p)) and _named_like_data(p) and p not in matched]
         # A folder the pattern names is read as a folder: Spark's df.write.csv("sales.csv") writes one.
-        paths = [f for p in matched for f in (_visible_files(p) if os.path.isdir(p) else [p])]
+        paths = [f for p in matched for f in (_visible_files(p, hidden) if os.path.isdir(p) else [p])]
     elif os.path.isdir(spec):
         for made_by, markers in (
             ("jobs.preprocess output (DATA)", ("stats.json", "vocab")),
@@ -250,7 +282,7 @@ def resolve_files(spec: str) -> InputFiles:
         ):
             if all(os.path.exists(os.path.join(spec, m)) for m in markers):
                 raise InputError(f"{spec}: a {made_by}, not purchase logs or a catalog (Parquet or CSV files)")
-        paths = _visible_files(spec)
+        paths = _visible_files(spec, hidden)
     elif os.path.exists(spec):
         paths = [spec]
     else:
@@ -268,7 +300,103 @@ def resolve_files(spec: str) -> InputFiles:
     if empty and len(empty) == len(paths):
         raise InputError(f"{spec}: every input file is empty (no header, no rows)")
     skipped = set(empty)
-    return InputFiles([p for p in paths if p not in skipped], fmt, empty)
+    paths = [p for p in paths if p not in skipped]
+    _refuse_repeated_content(paths, fmt)
+    return InputFiles(paths, fmt, empty, sorted(set(hidden)))
+
+
+# Files of equal content size are compared by the digest of this many first bytes, and only those
+# whose first bytes agree by the digest of all of them: a coincidence of sizes costs a read of 1 MiB.
+_DIGEST_PREFIX_BYTES = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _content_size(path: str) -> Optional[int]:
+    """A file's size once decompressed, modulo 2**32: a gzip file records it in its last four
+    bytes (of its last member only, so a file of several members may go unmatched). None when
+    the file cannot be read (the reader refuses it later)."""
+    try:
+        if not path.endswith(".gz"):
+            return os.path.getsize(path) % 2**32
+        with open(path, "rb") as f:
+            if f.read(2) != _GZIP_MAGIC or os.path.getsize(path) < 18:
+                return None
+            f.seek(-4, os.SEEK_END)
+            return int.from_bytes(f.read(4), "little")
+    except OSError:
+        return None
+
+
+def _digest(path: str, limit: Optional[int] = None) -> Optional[bytes]:
+    """The digest of a file's content (decompressed, for a .gz), or of its first ``limit`` bytes;
+    None when it cannot be read."""
+    digest = hashlib.blake2b(digest_size=20)
+    left = limit
+    try:
+        with pa.input_stream(path, compression="detect") as stream:
+            while left is None or left > 0:
+                chunk = stream.read(1 << 20 if left is None else min(1 << 20, left))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                left = None if left is None else left - len(chunk)
+    except (pa.ArrowException, OSError):
+        return None
+    return digest.digest()
+
+
+def _holds_rows(path: str, fmt: str) -> bool:
+    """Whether a file may hold rows: not a header alone (Spark writes one for each empty
+    partition, and days without sales export as one: the same bytes, no row read twice)."""
+    try:
+        if fmt == "parquet":
+            return pq.read_metadata(path).num_rows > 0
+        with pa.input_stream(path, compression="detect") as stream:
+            head = stream.read(_EMPTY_PROBE_BYTES)
+    except (pa.ArrowException, OSError, ValueError):
+        return True  # the reader says what is wrong with it
+    return len(head) == _EMPTY_PROBE_BYTES or b"\n" in head.strip()
+
+
+def _refuse_repeated_content(paths: List[str], fmt: str) -> None:
+    """Refuses files with the same content (``sales.csv`` beside ``sales (1).csv`` or
+    ``sales.csv.gz``, overlapping exports of one period): every row of theirs would be read twice
+    and count as two purchases. Sizes first; only files whose content size another's equals are
+    read, their first MiB and then, where that agrees, the whole (a .gz decompressed)."""
+    by_size: Dict[int, List[str]] = {}
+    for path in paths:
+        size = _content_size(path)
+        if size is not None:
+            by_size.setdefault(size, []).append(path)
+    repeats: List[Tuple[str, str]] = []
+    for same_size in by_size.values():
+        if len(same_size) < 2:
+            continue
+        by_prefix: Dict[bytes, List[str]] = {}
+        for path in same_size:
+            prefix = _digest(path, _DIGEST_PREFIX_BYTES)
+            if prefix is not None:
+                by_prefix.setdefault(prefix, []).append(path)
+        for same_prefix in by_prefix.values():
+            if len(same_prefix) < 2:
+                continue
+            first_of: Dict[bytes, str] = {}
+            for path in same_prefix:
+                whole = _digest(path)
+                if whole is None:
+                    continue
+                if whole in first_of:
+                    repeats.append((first_of[whole], path))
+                else:
+                    first_of[whole] = path
+    repeats = sorted((a, b) for a, b in repeats if _holds_rows(a, fmt))
+    if repeats:
+        first, second = repeats[0]
+        more = f" ({len(repeats) - 1} more file(s) repeat another)" if len(repeats) > 1 else ""
+        raise InputError(
+            f"{first} and {second} hold the same content{more}: its rows would be read twice, each a purchase; "
+            "give one of them"
+        )
 
 
 PARQUET_SUFFIXES = ("parquet", "pq")
@@ -299,9 +427,19 @@ def _format_of(path: str) -> str:
     raise InputError(f"{path}: unknown file type (expected .parquet, .csv or .csv.gz)")
 
 
+# What pyarrow's CSV reader says when a quoted value runs past its block: almost always a quote
+# never closed, which turns the rest of the file into one value.
+_STRADDLING = "straddling object straddles two block boundaries"
+
+
+def unclosed_quote_hint(message: str) -> str:
+    """`` (a quote never closed?)`` where the reader's ``message`` says a value ran past its block."""
+    return " (a quote never closed?)" if _STRADDLING in message else ""
+
+
 def _unreadable(path: str, fmt: str, e: Exception) -> InputError:
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return InputError(f"{path}: unreadable {fmt} file ({first_line})")
+    return InputError(f"{path}{unclosed_quote_hint(first_line)}: unreadable {fmt} file ({first_line})")
 
 
 def file_schema(path: str, fmt: str) -> pa.Schema:
@@ -397,7 +535,9 @@ def check_columns(files: InputFiles, required: Sequence[str], what: str, optiona
         for column in required:
             if column not in file.names:
                 names = ", ".join(repr(n) for n in file.names)
-                raise InputError(f"{path}: {what} is missing required column '{column}' (has: {names})")
+                raise InputError(
+                    f"{path}: {what} is missing required column '{column}' (has: {names}){_separator_hint(file.names)}"
+                )
         for column in (*required, *optional):
             if file.names.count(column) > 1:  # a joined export: which one holds the data is anyone's guess
                 raise InputError(f"{path}: {what} has {file.names.count(column)} columns named '{column}'; keep one")
@@ -405,6 +545,17 @@ def check_columns(files: InputFiles, required: Sequence[str], what: str, optiona
             kind = COLUMN_KINDS.get(f.name)
             if kind and not usable_type(f.type, kind):
                 raise InputError(f"{path}: {what} column '{f.name}' has type {f.type}; {_KIND_WORDS[kind]}")
+
+
+def _separator_hint(names: List[str]) -> str:
+    """What a header read as one column says of its separator: a European Excel export writes
+    ``user_id;product_id;timestamp``, a database's tab-separated export its names between tabs."""
+    if len(names) != 1:
+        return ""
+    for separator, said in ((";", "';'"), ("\t", "a tab")):
+        if separator in names[0]:
+            return f"; the header holds {said}: only ',' separates columns, so export the file comma-separated"
+    return ""
 
 
 # -- text: invalid UTF-8 is kept visible, never passed on -------------------------------------------
@@ -470,9 +621,11 @@ def csv_read_options(columns: Sequence[str]) -> Dict:
 
 
 # What exports write for a missing value in a text column: SQL Server `NULL`, Hive, MySQL and
-# Spark `\N`, R `NA`, spreadsheets `#N/A` and `N/A`, pandas `nan` / `None`. Compared trimmed and
-# case-blind: read as ids, every card-less till purchase became one household named "NULL".
-MISSING_TEXT = frozenset({"null", "\\n", "na", "n/a", "#n/a", "nan", "none"})
+# Spark `\N`, R `NA`, spreadsheets `#N/A` and `N/A`, pandas `nan` / `None`, JavaScript's
+# `undefined`, C's printf of a null string `(null)`, and the `-` reports put in an empty cell.
+# Compared trimmed and case-blind: read as ids, every card-less till purchase became one
+# household named "NULL" (or "-").
+MISSING_TEXT = frozenset({"null", "\\n", "na", "n/a", "#n/a", "nan", "none", "-", "undefined", "(null)"})
 
 
 def _missing_text(trimmed: pa.Array) -> np.ndarray:
@@ -587,6 +740,9 @@ _UTC_NAMED = re.compile(r"\s+(?:UTC|GMT)$", re.IGNORECASE)
 # offset (+01, +0100, +01:00): the text says its zone.
 _WITH_OFFSET = r"(?:[Tt]|\s)[0-9]{2}(?::?[0-9]{2}){0,2}(?:[.,][0-9]+)?\s*(?:[zZ]|[+-][0-9]{2}(?::?[0-9]{2})?)$"
 _NOT_TIMESTAMPS = ("now", "today", "tomorrow", "yesterday")  # pandas reads the first two as wall-clock time
+# A date with its day: year, month and day (2017-11-27, 2017/11/27, 2017-1-2) or ISO's basic form
+# (20171127T0401Z). pandas reads "2017-11" (or "2017/11", "2017 11") as the first of the month.
+_WITH_DAY = r"^[0-9]{4}(?:(?:[-/. ][0-9]{1,2}){2}|[0-9]{4})(?:$|[^0-9])"
 _UNIT_SECONDS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
@@ -625,6 +781,10 @@ def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array, np.ndarray]:
     # Epoch seconds in scientific notation (1.51176E+09) lost their last digits: minutes, not a moment.
     numeric = numeric.where(~strings.str.contains("[eE]", regex=True, na=False))
     parsed = pd.to_datetime(strings.where(numeric.isna()), errors="coerce", utc=True, format="ISO8601")
+    # A month (or a year) is no moment of purchase: read as its first day, a month's purchases
+    # would pile up there and land in the wrong split.
+    with_day = pc.match_substring_regex(pc.utf8_trim_whitespace(text), _WITH_DAY)  # Arrow's: 5x pandas'
+    parsed = parsed.where(pc.fill_null(with_day, False).to_numpy(zero_copy_only=False))
     # Through numpy, in the unit pandas chose: years like 9999 do not fit in nanoseconds.
     moments = parsed.dt.tz_localize(None).to_numpy()
     with np.errstate(invalid="ignore"):
@@ -770,3 +930,42 @@ def kind_of_ids(ids: pa.Array) -> str:
         kind_of_ids(pa.array(["12", "007"]))  # 'str'
     """
     return "int" if len(ids) and integer_text(ids).all() else "str"
+
+
+# How one id may be written otherwise: Excel's ="00123" (kept leading zeros), a leading ' (a
+# spreadsheet's text marker) or + , and leading zeros of a number (a system that pads its codes).
+_FORMATTED = r"^(=\"|['+]|0[0-9])"
+_REWRITES = ((r"^=\"(.+)\"$", r"\1"), (r"^['+]+(.+)$", r"\1"), (r"^0+([0-9]+)$", r"\1"))
+
+
+def canonical_ids(ids: pa.Array) -> pa.Array:
+    """Text ids with their formatting taken away (:data:`_REWRITES`): ``="00123"``, ``'00123``,
+    ``+123`` and ``00123`` are all ``123``; ``0`` stays ``0``, and ``+`` or ``'`` alone stay
+    themselves (no id is empty)."""
+    for pattern, replacement in _REWRITES:
+        ids = pc.replace_substring_regex(ids, pattern, replacement)
+    return ids
+
+
+def ids_differing_only_in_format(ids: pa.Array, examples: int = 3) -> Tuple[int, List[List[str]]]:
+    """Of distinct text ids (a vocabulary's), how many equal another once their formatting is
+    taken away (:func:`canonical_ids`), and up to ``examples`` such groups (sorted): ``00123``
+    beside ``123`` are two households or products, where they are most likely one. Only the ids
+    that formatting may change are rewritten (a regex match over all, then the few), and only
+    the ids those may equal are looked up: cheap at 10M ids."""
+    formatted = pc.fill_null(pc.match_substring_regex(ids, _FORMATTED), False)
+    candidates = ids.filter(formatted)
+    keys = canonical_ids(candidates)
+    changed = pc.not_equal(keys, candidates)
+    rewritten, their_keys = candidates.filter(changed), keys.filter(changed)
+    if not len(rewritten):
+        return 0, []
+    # The ids as written that a rewritten one equals ("123" for "00123"), the rewritten ones aside:
+    # formatting does not change them, so each is its own key.
+    equal = ids.filter(pc.is_in(ids, value_set=pc.unique(their_keys)))
+    equal = equal.filter(pc.invert(pc.is_in(equal, value_set=rewritten)))
+    table = pa.table({"id": pa.concat_arrays([rewritten, equal]), "key": pa.concat_arrays([their_keys, equal])})
+    groups = table.group_by("key", use_threads=False).aggregate([("id", "list")])
+    groups = groups.filter(pc.greater(pc.list_value_length(groups.column("id_list")), 1)).sort_by("key")
+    twins = int(pc.sum(pc.list_value_length(groups.column("id_list"))).as_py() or 0)
+    return twins, [sorted(group) for group in groups.column("id_list")[:examples].to_pylist()]
