@@ -88,13 +88,15 @@ def running_address() -> Optional[Tuple[str, int]]:
 # starts a replica for it, which loads its model first (seconds on Complete Journey, a minute or
 # two for a 10M x 1M state; serve.api.NOT_READY_RETRY_AFTER_S).
 COLD_LOAD_TIMEOUT_S = 300.0
+SERVING_ANSWER_TIMEOUT_S = 60.0  # any other app: a running replica answers in milliseconds
 
 
 def serving_user_config(app_name: str = APP_NAME, timeout_s: float = COLD_LOAD_TIMEOUT_S) -> Optional[Dict]:
     """The user_config of the model a replica of ``app_name`` serves (None: none loaded yet, or
     an app whose deployment failed with no replica running), asked through a deployment handle:
     /healthz does not tell a client the server's paths. Waits up to ``timeout_s`` for an
-    answer: an app scaled to zero first starts a replica, which loads its model."""
+    answer from an app scaled to zero (it first starts a replica, which loads its model), 60 s
+    from any other."""
     from ray import serve
     from ray.serve.schema import ApplicationStatus
 
@@ -102,8 +104,12 @@ def serving_user_config(app_name: str = APP_NAME, timeout_s: float = COLD_LOAD_T
 
     handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name)
     app = serve.status().applications.get(app_name)
-    if app is not None and app.status == ApplicationStatus.DEPLOY_FAILED and running_replicas(app_name) == 0:
+    running = running_replicas(app_name)
+    if app is not None and app.status == ApplicationStatus.DEPLOY_FAILED and running == 0:
         return None  # no replica would answer: the question would only wait out its timeout
+    if running or app is None or app.status != ApplicationStatus.RUNNING:
+        # A replica that runs answers at once; one deploying or crash-looping is not a cold load.
+        timeout_s = min(timeout_s, SERVING_ANSWER_TIMEOUT_S)
     return handle.serving_user_config.remote().result(timeout_s=timeout_s)
 
 

@@ -335,9 +335,11 @@ def test_attention_on_one_past_purchase_has_no_entropy(recommender):
 
 
 def test_many_households_in_one_call_equal_each_alone(recommender):
-    ranker = recommender.ranker
-    users = [int(u) for u in ranker.state.states.users()[:6]] + [0]  # the last: cold start
-    at = [recommender.default_at + i * 86400 for i in range(len(users))]
+    served = recommender.ranker
+    users = [int(u) for u in served.state.states.users()[:6]] + [0]  # the last: cold start
+    # Moments days apart, each household's history cut at its own: products' statistics as of the earliest.
+    at = [recommender.default_at - i * 86400 for i in range(len(users))]
+    ranker = Ranker(served.model, served.state.as_of(min(at)), served.rows, served.settings)
     for exclude in (False, True):
         together = ranker.rank(users, at, k=5, exclude_purchased=exclude)
         assert len(together) == len(users)

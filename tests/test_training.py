@@ -291,13 +291,17 @@ def _sharded_state_round_trip(rank: int, world_size: int, store: str, path: str)
     dist.destroy_process_group()
 
 
-def _full_weights_of_a_trained_group(rank: int, world_size: int, store: str, path: str) -> None:
+def _full_weights_of_a_trained_group(rank: int, world_size: int, store: str, path: str, own_group: bool) -> None:
     import torch.distributed as dist
 
     from ncf.model import example_batch
+    from ncf.train import sharding
     from ncf.train.sharding import build_model, full_state_dict
 
     _join_group(store, rank, world_size)
+    if own_group:  # as under NCCL: the tables travel through a gloo group of their own
+        group = dist.new_group(backend="gloo")
+        sharding._cpu_group = lambda: group
     torch.manual_seed(rank)
     config = ModelConfig(num_users=40, num_products=120, num_departments=3, num_categories=6, **SMALL_MODEL)
     model, optimizer = build_model(config, torch.device("cpu"), 1e-2)
@@ -317,15 +321,16 @@ def _full_weights_of_a_trained_group(rank: int, world_size: int, store: str, pat
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world_size", [1, 2])
-def test_the_full_weights_rank_as_the_sharded_model_did(tmp_path, world_size):
+@pytest.mark.parametrize("world_size, own_group", [(1, False), (2, False), (2, True)])
+def test_the_full_weights_rank_as_the_sharded_model_did(tmp_path, world_size, own_group):
     """What a checkpoint and the epoch's validation read (one CPU worker's tables taken as they
-    are, several workers' gathered), saved and loaded into a plain model, gives the sharded
-    model's logits."""
+    are, several workers' gathered shard by shard, through the default group or, as under NCCL,
+    a gloo group of their own), saved and loaded into a plain model, gives the sharded model's
+    logits."""
     from ncf.model.batch import Batch
 
     path = str(tmp_path / "full")
-    args = (world_size, str(tmp_path / "store"), path)
+    args = (world_size, str(tmp_path / "store"), path, own_group)
     torch.multiprocessing.spawn(_full_weights_of_a_trained_group, args=args, nprocs=world_size, join=True)
     saved = torch.load(path, weights_only=True)
     config = ModelConfig(num_users=40, num_products=120, num_departments=3, num_categories=6, **SMALL_MODEL)

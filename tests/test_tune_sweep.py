@@ -202,6 +202,11 @@ def test_a_sweep_resumed_with_other_settings_is_refused_in_one_line(small_data, 
     write_json(layout.stats_path(data), stats)
     with pytest.raises(InputError, match=r"preprocessed again since .*sweep started \(its training lists differ\)"):
         started.check_resumes()
+    # A sweep an older version started recorded no digests: resumed as before.
+    from tune.settings import DATA_DIGESTS
+
+    write_json(started.settings_path, {k: v for k, v in read_json(started.settings_path).items() if k != DATA_DIGESTS})
+    started.check_resumes()
 
 
 def test_asha_halves_on_epochs_and_never_stops_a_trial_at_its_last_epoch():
@@ -666,3 +671,10 @@ def test_a_trials_best_epoch_is_what_its_ray_train_run_kept_not_only_what_tune_l
     row = _trial_row(result, point, str(train_dir))
     assert (row[BEST], row["best_epoch"], row["epochs"], row["val_recall@10"]) == (0.45, 2, 4, 0.225)
     assert row[CHECKPOINT_PATH] == str(train_dir / "t" / "checkpoint_2")
+    # An index a kill damaged costs that trial its Ray Train record, not the sweep its table.
+    (train_dir / "t" / RAY_INDEX).write_text('{"checkpoint_results": [')
+    assert _trial_row(result, point, str(train_dir))["best_epoch"] == 3
+    from ncf.train.checkpoint import check_features_of_runs
+
+    with pytest.raises(InputError, match=r"damaged.*remove .*train/t and resume: that trial trains again"):
+        check_features_of_runs(str(train_dir), "start the sweep again with a new --output")

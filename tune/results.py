@@ -19,6 +19,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 
+from ncf.errors import InputError
 from ncf.train.checkpoint import VAL_METRIC, export_model_dir, kept_checkpoint_dirs, read_train_state
 from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower
 from tune.settings import SweepSettings
@@ -59,16 +60,20 @@ def _trial_row(result, default: Dict, train_dir: Optional[str] = None) -> Dict:
 
 
 def _kept_best(train_dir: str, trial_id: str) -> Optional[Dict]:
-    """A trial's best checkpoint as its Ray Train run keeps it (None: no index, a remote store).
+    """A trial's best checkpoint as its Ray Train run keeps it (None: no index, a remote store, or
+    one a kill damaged: Tune's log decides then, as it did before).
 
     Ray Train saves an epoch's checkpoint before Tune logs its metrics, and Ctrl-C stops Tune
     between the two: that epoch is in the run, which a resume continues after, and not in Tune's
     log. Ray keeps the best checkpoints, so the best is among those its index lists."""
     scored = []
-    for directory in kept_checkpoint_dirs(os.path.join(train_dir, trial_id)):
-        metrics = (read_train_state(directory).get("history") or [{}])[-1]
-        if VAL_METRIC in metrics:
-            scored.append((float(metrics[VAL_METRIC]), int(metrics["epoch"]), directory, metrics))
+    try:
+        for directory in kept_checkpoint_dirs(os.path.join(train_dir, trial_id)):
+            metrics = (read_train_state(directory).get("history") or [{}])[-1]
+            if VAL_METRIC in metrics:
+                scored.append((float(metrics[VAL_METRIC]), int(metrics["epoch"]), directory, metrics))
+    except (InputError, OSError, ValueError, KeyError):
+        return None
     if not scored:
         return None
     value, epoch, directory, metrics = max(scored, key=lambda s: (s[0], s[1]))  # ties: the last epoch

@@ -63,10 +63,10 @@ class SweepSettings:
         return os.path.join(self.output, "settings.json")
 
     def record(self) -> None:
-        """Writes these settings, and what DATA held (:func:`data_fingerprint`), into the sweep
+        """Writes these settings, and what DATA held (:func:`data_digests`), into the sweep
         directory, for ``--resume`` to compare against."""
         os.makedirs(self.output, exist_ok=True)
-        write_json(self.settings_path, {**dataclasses.asdict(self), FINGERPRINT: data_fingerprint(self.data)})
+        write_json(self.settings_path, {**dataclasses.asdict(self), DATA_DIGESTS: data_digests(self.data)})
 
     def check_resumes(self, skip: Sequence[str] = ()) -> None:
         """Raises InputError when the sweep in :attr:`output` was started with other settings.
@@ -90,7 +90,7 @@ class SweepSettings:
                 f"--resume: {self.output} was started with other settings ({'; '.join(differ)}); "
                 "resume it with the same ones"
             )
-        check_same_data(self.output, self.data, saved.get(FINGERPRINT))
+        check_same_data(self.output, self.data, saved.get(DATA_DIGESTS))
 
     @property
     def tune_dir(self) -> str:
@@ -115,33 +115,35 @@ class SweepSettings:
         return os.path.join(self.output, "refit")
 
 
-FINGERPRINT = "data_fingerprint"
+DATA_DIGESTS = "data_digests"
 _DATA_PARTS = {"vocab_sha256": "vocabularies", "lists_sha256": "training lists", "features_version": "features version"}
 
 
-def data_fingerprint(data: str) -> dict:
-    """What the trials train on: DATA's vocabularies, its validated training lists and their
-    features version (digests, not the path: DATA preprocessed again in place keeps its path)."""
+def data_digests(data: str) -> dict:
+    """What the trials train on: DATA's vocabularies, its validated training lists and the
+    features version preprocessing wrote them with (digests, not the path: DATA preprocessed
+    again in place keeps its path; this code's own version is checked per trial,
+    :func:`ncf.train.checkpoint.check_features_of_runs`)."""
     from ncf.data.examples import lists_digest
-    from ncf.data.features import FEATURES_VERSION
     from ncf.data.layout import DataStats
     from ncf.model.integrity import vocab_digest
 
+    stats = DataStats(data)
     return {
         "vocab_sha256": vocab_digest(data),
-        "lists_sha256": lists_digest(data, DataStats(data).cutoffs(VALIDATED)),
-        "features_version": FEATURES_VERSION,
+        "lists_sha256": lists_digest(data, stats.cutoffs(VALIDATED)),
+        "features_version": stats.features_version,
     }
 
 
 def check_same_data(output: str, data: str, saved) -> None:
     """Refuses a resume whose DATA was preprocessed again since the sweep started (``saved``:
-    its :func:`data_fingerprint`; None: a sweep started before it was recorded): the finished
+    its :func:`data_digests`; None: a sweep started before it was recorded): the finished
     trials would be ranked beside trials of other lists in one table, and an old winner exported
     with the new DATA's state."""
     if saved is None:
         return
-    current = data_fingerprint(data)
+    current = data_digests(data)
     differ = [_DATA_PARTS[name] for name in current if saved.get(name) != current[name]]
     if differ:
         raise InputError(

@@ -178,10 +178,11 @@ def check_features_of_runs(root: str, remedy: str) -> None:
     """:func:`check_same_features` for every checkpoint of every run folder under ``root`` (a
     sweep's trials), before anything resumes from one."""
     for run_folder in sorted(glob.glob(os.path.join(glob.escape(root), "*", ""))):
-        for directory in kept_checkpoint_dirs(run_folder, remedy):
-            check_same_features(
-                run_folder.rstrip(os.sep), _train_state_of(directory, remedy).get("features_version"), remedy
-            )
+        run_folder = run_folder.rstrip(os.sep)
+        # One trial's damage costs that trial's epochs, not the sweep's.
+        damaged = f"remove {run_folder} and resume: that trial trains again from its first epoch"
+        for directory in kept_checkpoint_dirs(run_folder, damaged):
+            check_same_features(run_folder, _train_state_of(directory, damaged).get("features_version"), remedy)
 
 
 # Ray Train's index of a run's checkpoints: what it resumes from. A checkpoint folder it does not

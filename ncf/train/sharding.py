@@ -148,11 +148,33 @@ def full_state_dict(model: torch.nn.Module) -> Optional[Dict[str, torch.Tensor]]
         if whole is not None:
             state[_plain_name(key)] = whole
         elif isinstance(value, ShardedTensor):
-            views = _gathered_on_cpu(_local_view(value))
-            state[_plain_name(key)] = _assembled(views) if rank == 0 else None
+            state[_plain_name(key)] = _gathered_table(value)
         else:
             state[_plain_name(key)] = value.detach().cpu().clone()
     return state if rank == 0 else None
+
+
+def _gathered_table(value) -> Optional[torch.Tensor]:
+    """A ShardedTensor whole in rank 0's host memory (None on other ranks): each shard sent by the
+    rank that holds it, one at a time, over :func:`_cpu_group`, and received into its place. Rank
+    0 holds the table and one shard, another rank one shard at a time (``gather_object`` padded
+    every rank's part to the largest: a table one rank holds whole, world-size times over)."""
+    rank, _ = world()
+    group = _cpu_group()
+    local = {tuple(s.metadata.shard_offsets): s.tensor for s in value.local_shards()}
+    full = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
+    for shard in value.metadata().shards_metadata:  # the same order on every rank
+        owner, offsets = shard.placement.rank(), tuple(shard.shard_offsets)
+        index = tuple(slice(o, o + n) for o, n in zip(offsets, shard.shard_sizes))
+        if rank == 0 and owner == 0:
+            full[index] = local[offsets].detach().cpu()
+        elif rank == 0:
+            part = torch.empty(list(shard.shard_sizes), dtype=value.dtype)
+            dist.recv(part, src=owner, group=group)
+            full[index] = part
+        elif owner == rank:
+            dist.send(local[offsets].detach().cpu().contiguous(), dst=0, group=group)
+    return full
 
 
 def _whole_cpu_table(value) -> Optional[torch.Tensor]:
@@ -210,9 +232,9 @@ _CPU_GROUP = None
 
 def _cpu_group():
     """A gloo group of the same ranks when the default one is NCCL (None otherwise: gloo already
-    gathers on the CPU). Gathered through NCCL, a whole table needs its world-size buffers on rank
-    0's GPU (``ShardedTensor.gather``: a 10M x 64 table on 4 workers, about 15 GB), the memory
-    that sharding the tables was to save; through gloo it stays in host memory, a table at a time."""
+    moves CPU tensors). Gathered through NCCL, a whole table needed world-size buffers on rank 0's
+    GPU (``ShardedTensor.gather``: a 10M x 64 table on 4 workers, about 15 GB), the memory that
+    sharding the tables was to save; through gloo it stays in host memory."""
     global _CPU_GROUP
     if dist.get_backend() != dist.Backend.NCCL:
         return None
