@@ -444,7 +444,7 @@ def test_files_of_the_same_content_are_refused_naming_both(tmp_path):
         (logs / copy).write_bytes(data)
         first, second = sorted([str(logs / "sales.csv"), str(logs / copy)])
         with pytest.raises(schema.InputError) as refused:
-            schema.resolve_files(str(logs))
+            check_inputs(schema.resolve_files(str(logs)))
         message = str(refused.value)
         assert message.startswith(f"{first} and {second} hold the same content: ") and "\n" not in message
         assert message.endswith("give one of them"), message
@@ -453,7 +453,13 @@ def test_files_of_the_same_content_are_refused_naming_both(tmp_path):
     for name in ("part-0.parquet", "part-1.parquet"):
         pq.write_table(table, tmp_path / name)
     with pytest.raises(schema.InputError, match=r"part-0\.parquet and .*part-1\.parquet hold the same content"):
-        schema.resolve_files(str(tmp_path / "*.parquet"))
+        check_inputs(schema.resolve_files(str(tmp_path / "*.parquet")))
+    # A catalog's copy is harmless (its first row of a product wins): read.
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    for name in ("products.csv", "products (1).csv"):
+        (catalog / name).write_text("product_id,department,category\np1,Dairy,Milk\n")
+    check_inputs(schema.resolve_files(str(logs)), schema.resolve_files(str(catalog)))
 
 
 def test_hidden_files_named_like_data_are_skipped_with_a_word(tmp_path, capsys):
@@ -463,7 +469,8 @@ def test_hidden_files_named_like_data_are_skipped_with_a_word(tmp_path, capsys):
     (logs / ".ipynb_checkpoints").mkdir(parents=True)
     (logs / ".ipynb_checkpoints" / "sales-checkpoint.csv").write_text("user_id,product_id,timestamp\n")
     (logs / "sales.csv").write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
-    for name in ("_sales-2023.csv", ".sales.csv.gz", "_old.parquet", "_SUCCESS", "_committed_123", ".DS_Store"):
+    markers = ("_SUCCESS", "_committed_123", ".DS_Store", "._sales.csv")  # ._: macOS's metadata of a copy
+    for name in ("_sales-2023.csv", ".sales.csv.gz", "_old.parquet", *markers):
         (logs / name).write_bytes(b"")
     files = schema.resolve_files(str(logs))
     assert files.paths == [str(logs / "sales.csv")]

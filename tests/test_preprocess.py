@@ -720,12 +720,16 @@ def test_a_catalog_that_names_none_of_the_logs_products_is_refused(ray_session, 
     assert message.startswith(f"{catalog}: none of the log's 4 products is in the product catalog (the log has e.g. ")
     assert "the catalog '0001')" in message and "\n" not in message, message
     assert not os.path.exists(out)
+    # Every product id unusable (Excel's 4.00638E+12 for an EAN): no row left, yet not "no catalog".
+    catalog.write_text("product_id,department,category\n4.00638E+12,Dairy,Milk\n4.00639E+12,Deli,Ham\n")
+    with pytest.raises(schema.InputError, match="none of the catalog's 2 rows has a usable product id"):
+        preprocess(schema.resolve_files(str(logs)), schema.resolve_files(str(catalog)), out, config, state_only=True)
 
 
 def test_ids_differing_only_in_formatting_are_counted_not_merged():
     """00123 beside 123, Excel's ="00123", '123, +7 beside 7: each its own household or product.
-    Counted with examples (at 10M distinct ids in a fraction of a second: only the ids formatting
-    may change are rewritten); ids such as 0abc are no numbers and keep their zero."""
+    Counted with examples (only the ids formatting may change are rewritten); ids such as 0abc
+    are no numbers and keep their zero."""
     ids = pa.array(["00123", "123", "'123", '="00123"', "+7", "7", "0", "00", "abc", "0abc", "8", '="x"'])
     assert schema.ids_differing_only_in_format(ids) == (
         8,
@@ -801,3 +805,29 @@ def test_synthetic_tastes_over_latent_groups_cut_across_the_categories():
 
     assert top_two_share(by_category, category) > 0.6 and top_two_share(by_group, group) > 0.6
     assert top_two_share(by_group, category) < 0.6  # the groups' tastes spread over the categories
+
+
+@pytest.mark.faults
+def test_list_rows_past_arrows_int32_offsets_become_chunks_of_one_table(monkeypatch, small_data):
+    """One list file holds up to 2,048 households at every cutoff: with ~26 cutoffs of defaults,
+    or thousands of negatives a list, its features' offsets wrapped past 2^31 and pyarrow refused
+    the file late in preprocessing (a review, 2026-12-05). Such rows are built in chunks now."""
+    from ncf.data import examples as E
+
+    data, _ = small_data
+    cutoff = layout.DataStats(data).cutoffs("validated")[0]
+    table = pads.dataset(layout.examples_dir(data, cutoff), format="parquet").to_table()
+    rows = table.slice(0, 7).to_pylist()
+    history_length = len(rows[0][E.HISTORY])
+    for row in rows:
+        row.setdefault(E.CUTOFF, cutoff)  # the folder's name holds it
+        row[E.FEATURES] = np.asarray(row[E.FEATURES], np.float32).reshape(len(row[E.PRODUCT]), -1)
+        for name in (E.HISTORY, E.HISTORY_AGE_DAYS, E.TIME_PARTS, E.PRODUCT, E.LABEL, E.LOG_Q):
+            row[name] = np.asarray(row[name])
+    whole = E.to_arrow(rows, history_length)
+    assert whole.column(E.FEATURES).num_chunks == 1
+    monkeypatch.setattr(E, "MAX_LIST_VALUES", 2 * len(rows[0][E.PRODUCT]) * rows[0][E.FEATURES].shape[1])
+    chunked = E.to_arrow(rows, history_length)
+    assert chunked.column(E.FEATURES).num_chunks >= 3
+    assert chunked.combine_chunks().equals(whole.combine_chunks())
+    assert whole.select(E.TRAINING_COLUMNS).equals(table.slice(0, 7).select(E.TRAINING_COLUMNS))

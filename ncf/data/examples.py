@@ -267,16 +267,26 @@ def _one_list(timeline: UserTimeline, user: int, cutoff: Cutoff, config: Example
     }
 
 
+# Arrow's list offsets are int32: one table's lists hold at most this many values. A file's lists
+# (up to 2,048 households at every cutoff of a run) pass it at about 26 cutoffs of defaults, or
+# with thousands of negatives a list, so such rows are built as several chunks of one table.
+MAX_LIST_VALUES = 2**31 - 1
+
+
 def to_arrow(rows: List[Dict], history_length: int) -> pa.Table:
     """List rows as an Arrow table: candidate columns are list columns (features flattened C x F)."""
+    num_features = rows[0][FEATURES].shape[1] if rows else 1
+    if len(rows) > 1 and sum(len(r[PRODUCT]) for r in rows) * num_features > MAX_LIST_VALUES:
+        half = len(rows) // 2
+        return pa.concat_tables([to_arrow(rows[:half], history_length), to_arrow(rows[half:], history_length)])
 
     def fixed(name: str, dtype, width: int) -> pa.Array:
         flat = np.concatenate([r[name] for r in rows]).astype(dtype) if rows else np.zeros(0, dtype)
         return pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
 
     def ragged(name: str, dtype, width: int = 1) -> pa.Array:
-        lengths = np.array([len(r[PRODUCT]) * width for r in rows], np.int32)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        lengths = np.array([len(r[PRODUCT]) * width for r in rows], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)  # to_arrow kept them in range
         flat = (
             np.concatenate([np.asarray(r[name]).reshape(-1) for r in rows]).astype(dtype)
             if rows
@@ -284,7 +294,6 @@ def to_arrow(rows: List[Dict], history_length: int) -> pa.Table:
         )
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
 
-    num_features = rows[0][FEATURES].shape[1] if rows else 1
     return pa.table(
         {
             USER: pa.array([r[USER] for r in rows], pa.int64()),

@@ -317,20 +317,23 @@ def _report_format_twins(vocab_stats: Dict) -> None:
 
 
 def _refuse_unmatched_catalog(
-    catalog: schema.InputFiles, frame: pd.DataFrame, vocab_stats: Dict, products: int
+    catalog: schema.InputFiles, frame: pd.DataFrame, catalog_rows: int, vocab_stats: Dict, products: int
 ) -> None:
     """InputError (one line) when the catalog names products but none of the log's: keyed by
     other ids (``0012`` against ``12``, SKUs against EANs), it would leave every product's
     department and category unknown, a model trained on nothing of the hierarchy. A catalog
     without rows is the user's way to give none (said on the console); partial coverage is said
     by :func:`_report_catalog_coverage`."""
-    if not len(frame) or vocab_stats["products_missing_from_catalog"] < products:
+    if not catalog_rows or vocab_stats["products_missing_from_catalog"] < products:
         return
     log_example = vocab_stats["products_missing_examples"][0]
-    catalog_example = frame[schema.PRODUCT_ID].iloc[0]
+    if len(frame):
+        has = f"the catalog {frame[schema.PRODUCT_ID].iloc[0]!r}"
+    else:  # every row's product id was bad: Excel's 4.00638E+12 for an EAN, say
+        has = f"none of the catalog's {catalog_rows:,} rows has a usable product id"
     raise schema.InputError(
         f"{catalog.paths[0]}: none of the log's {products:,} products is in the product catalog (the log has "
-        f"e.g. {log_example!r}, the catalog {catalog_example!r}): give a catalog keyed by the log's product ids"
+        f"e.g. {log_example!r}, {has}): give a catalog keyed by the log's product ids"
     )
 
 
@@ -411,10 +414,11 @@ def _unreadable_catalog(files: schema.InputFiles) -> Optional[schema.InputError]
 
 def check_inputs(logs: schema.InputFiles, catalog: Optional[schema.InputFiles] = None) -> None:
     """The checks that need no Ray, so that bad input fails in a second, not after start-up (or,
-    for a catalog, after the whole log has been read): the files' columns and, for a CSV catalog,
-    that every file parses (:func:`_unreadable_catalog`, streamed; a Parquet catalog's footer is
-    read with its columns, its rows by Ray)."""
+    for a catalog, after the whole log has been read): the files' columns, logs of one content
+    given twice and, for a CSV catalog, that every file parses (:func:`_unreadable_catalog`,
+    streamed; a Parquet catalog's footer is read with its columns, its rows by Ray)."""
     schema.check_columns(logs, schema.LOG_REQUIRED, "purchase log", schema.LOG_OPTIONAL)
+    schema.refuse_repeated_content(logs)
     if catalog is not None:
         schema.check_columns(catalog, schema.CATALOG_REQUIRED, "product catalog")
         unreadable = _unreadable_catalog(catalog)
@@ -966,7 +970,9 @@ def _preprocess_into(
         kept, catalog_frame, id_kinds, bounds["val_start"], partitions, replaced=replaced
     )
     if catalog is not None:
-        _refuse_unmatched_catalog(catalog, catalog_frame, vocab_stats, vocabs.sizes()["num_products"] - 1)
+        _refuse_unmatched_catalog(
+            catalog, catalog_frame, catalog_stats["catalog_rows"], vocab_stats, vocabs.sizes()["num_products"] - 1
+        )
     vocabs.save(layout.vocab_dir(output))
     _log(f"vocabularies: {vocabs.sizes()}")
     if catalog is not None:

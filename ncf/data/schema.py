@@ -134,7 +134,8 @@ DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 def _named_like_data(name: str) -> bool:
     """Whether a hidden entry's name says it holds data: skipping ``_sales.csv`` is worth a word,
     skipping Spark's ``_SUCCESS`` and ``_committed_123`` markers is not."""
-    return name.lower().endswith(DATA_SUFFIXES)
+    # macOS's "._name" files (AppleDouble) hold a copy's metadata, not its rows: no word for them.
+    return name.lower().endswith(DATA_SUFFIXES) and not name.startswith("._")
 
 
 def _hidden_below_pattern(spec: str, path: str) -> bool:
@@ -266,8 +267,7 @@ def _each_file_once(paths: List[str]) -> List[str]:
 
 
 def resolve_files(spec: str) -> InputFiles:
-    """A file, a directory or a glob -> the data files in it, all of one format; refuses files
-    that hold the same content (:func:`_refuse_repeated_content`)."""
+    """A file, a directory or a glob -> the data files in it, all of one format."""
     hidden: List[str] = []
     if any(ch in spec for ch in "*?[") and not os.path.exists(spec):  # "logs [2017].csv" is a name
         globbed = _glob(spec, hidden)
@@ -301,7 +301,6 @@ def resolve_files(spec: str) -> InputFiles:
         raise InputError(f"{spec}: every input file is empty (no header, no rows)")
     skipped = set(empty)
     paths = [p for p in paths if p not in skipped]
-    _refuse_repeated_content(paths, fmt)
     return InputFiles(paths, fmt, empty, sorted(set(hidden)))
 
 
@@ -358,11 +357,13 @@ def _holds_rows(path: str, fmt: str) -> bool:
     return len(head) == _EMPTY_PROBE_BYTES or b"\n" in head.strip()
 
 
-def _refuse_repeated_content(paths: List[str], fmt: str) -> None:
-    """Refuses files with the same content (``sales.csv`` beside ``sales (1).csv`` or
+def refuse_repeated_content(logs: InputFiles) -> None:
+    """Refuses purchase logs with the same content (``sales.csv`` beside ``sales (1).csv`` or
     ``sales.csv.gz``, overlapping exports of one period): every row of theirs would be read twice
-    and count as two purchases. Sizes first; only files whose content size another's equals are
-    read, their first MiB and then, where that agrees, the whole (a .gz decompressed)."""
+    and count as two purchases (a catalog's copies are harmless: its first row of a product wins).
+    Sizes first; only files whose content size another's equals are read, their first MiB and
+    then, where that agrees, the whole (a .gz decompressed)."""
+    paths, fmt = logs.paths, logs.format
     by_size: Dict[int, List[str]] = {}
     for path in paths:
         size = _content_size(path)
@@ -951,8 +952,9 @@ def ids_differing_only_in_format(ids: pa.Array, examples: int = 3) -> Tuple[int,
     """Of distinct text ids (a vocabulary's), how many equal another once their formatting is
     taken away (:func:`canonical_ids`), and up to ``examples`` such groups (sorted): ``00123``
     beside ``123`` are two households or products, where they are most likely one. Only the ids
-    that formatting may change are rewritten (a regex match over all, then the few), and only
-    the ids those may equal are looked up: cheap at 10M ids."""
+    that formatting may change are rewritten (a regex match over all, then those), and only the
+    ids those may equal are looked up: next to nothing for ids without such formatting, about 2 s
+    a million zero-padded ids (loyalty cards, EANs) on 2 cores."""
     formatted = pc.fill_null(pc.match_substring_regex(ids, _FORMATTED), False)
     candidates = ids.filter(formatted)
     keys = canonical_ids(candidates)
