@@ -74,19 +74,21 @@ def test_whole_number_ids_written_as_float_text_are_the_integer_ids():
     assert out.column("product_id").to_pylist() == ["12.50", "1e3", "A7.0", "5"]
 
 
+def _validated(users: list, products: list, quantities: list) -> pa.Table:
+    """:func:`schema.validate_log_batch` of text rows on one day."""
+    columns = {"user_id": users, "product_id": products, "timestamp": ["2024-01-02"] * len(users)}
+    return schema.validate_log_batch(pa.table({**columns, "quantity": quantities}))
+
+
 def test_the_text_exports_write_for_missing_values_is_missing_not_an_id():
     """SQL Server writes NULL, Hive and MySQL \\N, R NA, spreadsheets #N/A: old code kept each as an
     id, so every card-less till purchase was one household named "NULL", and an R export's
     missing quantities (NA) were quarantined instead of meaning 1."""
-    batch = pa.table(
-        {
-            "user_id": ["NULL", "\\N", " na ", "7", "7", "Nancy", "7"],
-            "product_id": ["5", "5", "5", "N/A", "#n/a", "5", "5"],
-            "timestamp": ["2024-01-02"] * 7,
-            "quantity": ["1", "", "1", "1", "1", "NA", "null"],
-        }
+    out = _validated(
+        users=["NULL", "\\N", " na ", "7", "7", "Nancy", "7"],
+        products=["5", "5", "5", "N/A", "#n/a", "5", "5"],
+        quantities=["1", "", "1", "1", "1", "NA", "null"],
     )
-    out = schema.validate_log_batch(batch)
     null_user, null_product = schema.NULL_USER_ID, schema.NULL_PRODUCT_ID
     assert out.column("reason").to_pylist() == [null_user] * 3 + [null_product] * 2 + [None, None]
     assert out.column("user_id").to_pylist()[5] == "Nancy"  # a name that starts like one is an id
@@ -96,15 +98,11 @@ def test_the_text_exports_write_for_missing_values_is_missing_not_an_id():
 def test_placeholder_ids_dash_undefined_and_null_in_parentheses_are_missing_ids():
     """Reports write `-` in an empty cell, JavaScript `undefined`, C's printf `(null)`: old code
     kept each as an id, every card-less purchase one household named "-" (a review)."""
-    batch = pa.table(
-        {
-            "user_id": ["-", " undefined ", "(NULL)", "u1", "u1", "u1", "-u1"],
-            "product_id": ["p1", "p1", "p1", "Undefined", " - ", "(null)", "p-1"],
-            "timestamp": ["2024-01-02"] * 7,
-            "quantity": ["1", "1", "1", "1", "1", "1", "-"],
-        }
+    out = _validated(
+        users=["-", " undefined ", "(NULL)", "u1", "u1", "u1", "-u1"],
+        products=["p1", "p1", "p1", "Undefined", " - ", "(null)", "p-1"],
+        quantities=["1", "1", "1", "1", "1", "1", "-"],
     )
-    out = schema.validate_log_batch(batch)
     null_user, null_product = schema.NULL_USER_ID, schema.NULL_PRODUCT_ID
     assert out.column("reason").to_pylist() == [null_user] * 3 + [null_product] * 3 + [None]
     assert out.column("user_id").to_pylist()[6] == "-u1" and out.column("quantity").to_pylist()[6] == 1.0
