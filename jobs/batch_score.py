@@ -21,6 +21,8 @@ from ncf.batch.scoring import (
     TARGET_PARTS,
     BatchScoreConfig,
     InputsChanged,
+    ScoringFailed,
+    StageIncomplete,
     check_config,
     input_fingerprints,
     resolve_score_in,
@@ -104,7 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="N",
         help="check the staged output before the commit: every user K rows ranked 1..K with scores not "
         "increasing, every row's model version, the cold-start count against _SUCCESS and DATA, and N "
-        "sampled users (one per stretch of the users' order) ranked again "
+        "sampled users (from N different parts, or every part where there are fewer) ranked again "
         "(products, scores to 1e-4, cold-start flags; products may trade places only where their logits tie); "
         "on failure nothing is committed (the previous partition stays), exit status 1",
     )
@@ -155,7 +157,9 @@ def main(argv=None) -> dict:
         )
         config = resolved(config)  # DATA as the run will read it (a link repointed later is not followed)
         verified = input_fingerprints(config.model, config.data)  # of what check_config verifies
-        check_config(config)  # before Ray starts
+        # Before Ray starts; a date another live run holds is refused here (exit 75), before the
+        # verification of MODEL and DATA reads every byte of both.
+        check_config(config)
         # Decided once: a run in the driver needs no cluster (a local one takes seconds to start).
         in_driver = resolve_score_in(config)
         config = dataclasses.replace(config, score_in="driver" if in_driver else "actors")
@@ -166,8 +170,9 @@ def main(argv=None) -> dict:
         except VerificationFailed as failed:
             print(json.dumps({"verify": failed.report}), flush=True)
             fail(str(failed))
-        except InputsChanged as changed:
-            fail(str(changed))
+        except (InputsChanged, ScoringFailed, StageIncomplete) as failed:
+            # One line each (ScoringFailed: the cause, the parts kept and that a rerun continues).
+            fail(str(failed))
         print(json.dumps(summary), flush=True)
         return summary
 

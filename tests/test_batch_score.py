@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -424,6 +425,32 @@ def test_a_replays_stats_for_another_catalog_and_a_k_beyond_the_days_products_ar
 
 
 @pytest.mark.faults
+def test_a_k_above_the_products_data_holds_is_refused_before_scoring(small_model_dir, small_data, tmp_path, capsys):
+    """Only a replay's k was checked against the products bought: a DATA whose purchases hold
+    fewer products than k (a small one; here its stats cut to K - 1 products) failed every batch,
+    each household's list short, after Ray started."""
+    data, _ = small_data
+    few = str(tmp_path / "few")
+    shutil.copytree(data, few)
+    path = os.path.join(layout.product_stats_dir(few), "products.parquet")
+    table = pq.read_table(path)
+    i = table.schema.get_field_index("lines")
+    lines = table.column(i).to_numpy()
+    kept = np.zeros_like(lines)
+    bought = np.flatnonzero(lines[1:] > 0)[: K - 1] + 1
+    kept[bought] = lines[bought]
+    table = table.set_column(i, table.schema.field(i), pa.array(kept, table.schema.field(i).type))
+    pq.write_table(table.replace_schema_metadata(pq.read_schema(path).metadata), path)
+    output = str(tmp_path / "out")
+    with pytest.raises(SystemExit) as exit_info:
+        batch_score.main(_argv(small_model_dir, few, output, "--score-in", "driver"))
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"error: --k {K}: DATA's purchases hold only {K - 1} products; rank {K - 1} or fewer"
+    assert not os.path.exists(output)  # refused before anything was written
+
+
+@pytest.mark.faults
 def test_an_actors_inputs_changed_reaches_the_driver_as_its_own_line(ray_session):
     """Ray Data wraps what an actor raises in errors whose messages carry the actor's traceback;
     the job prints the actor's one line instead (the job's actors raise it from ScoreBatch)."""
@@ -441,6 +468,47 @@ def test_an_actors_inputs_changed_reaches_the_driver_as_its_own_line(ray_session
     changed = bs.inputs_changed_in(raised.value)
     assert isinstance(changed, bs.InputsChanged) and str(changed) == message
     assert bs.inputs_changed_in(ValueError("something else")) is None
+
+
+@pytest.mark.faults
+def test_what_an_actor_raised_is_named_in_one_line(ray_session):
+    """A failure midway ended the job in Ray's traceback: pages of it, Ray Data's retry advice as
+    its last line. The job's line names the actor's own exception, and an actor's InputError is
+    found under Ray's wrapping (its text: Ray attaches no cause), for its one line and exit 2."""
+    import ray
+
+    message = "OUT /shared/out is not visible on this node (n1: no /shared/out/_tmp/x): it must be on storage ..."
+
+    class Lost:  # defined here: pickled by value to the actor
+        def __call__(self, batch):
+            raise RuntimeError("node lost\nwhile writing")
+
+    class NotMounted:
+        def __init__(self):
+            raise InputError(message)
+
+        def __call__(self, batch):
+            return batch
+
+    raised = {}
+    for udf in (Lost, NotMounted):
+        with pytest.raises(Exception) as error, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")  # as the job does
+            # No endless restarts. Blocks made here (no read task) and a quarter-CPU actor: the CPU of
+            # an earlier test's failed actor is freed late, 15 s after its test on 2 CPUs.
+            pool = ray.data.ActorPoolStrategy(size=1)
+            rows = ray.data.from_items([{"id": 0}, {"id": 1}])
+            rows.map_batches(udf, compute=pool, max_restarts=0, num_cpus=0.25).take_all()
+        raised[udf.__name__] = error.value
+    assert "\n" in str(raised["Lost"]) and "retr" in str(raised["Lost"]).strip().splitlines()[-1]  # Ray Data's advice
+    assert bs.remote_cause(raised["Lost"]) == ("RuntimeError", "node lost")
+    assert bs.input_error_in(raised["Lost"]) is None
+    found = bs.input_error_in(raised["NotMounted"])
+    assert type(found) is InputError and str(found) == message
+    assert bs.input_error_in(RuntimeError("x")) is None and bs.input_error_in(InputError("y")).args == ("y",)
+    # An actor whose process died (out of memory, a lost node): Ray's own error, its last line.
+    kind, line = bs.remote_cause(ray.exceptions.ActorDiedError())
+    assert kind == "ActorDiedError" and line and "\n" not in line
 
 
 # -- the job on the small synthetic dataset --------------------------------------------------------
@@ -497,6 +565,33 @@ def test_actors_no_node_can_hold_are_refused_in_one_line(ray_session, small_mode
     refusal = "--cpus-per-actor 3: no node of the cluster has that many CPUs (the largest has 2); ask for 2 or fewer"
     assert error == f"error: {refusal}"
     assert partitions.read_manifest(output, run_date_of(resolve_at("data-end", layout.DataStats(data).end + 1))) is None
+
+
+@pytest.mark.faults
+def test_an_actor_on_a_node_without_out_fails_the_run_in_one_line(
+    ray_session, small_model_dir, small_data, tmp_path, monkeypatch, capsys
+):
+    """An OUT not mounted on a worker node: its actors failed at their first part ("Failed to open
+    local file", Ray's traceback, exit 1). Each actor now checks the stage before it loads the
+    model. One machine's nodes share its disk: the stage is removed before the pool starts, as
+    such a node sees it."""
+    data, _ = small_data
+    output = str(tmp_path / "out")
+    real = bs._scored_by_actors
+
+    def out_not_mounted(blocks, scorer_kwargs, *args):
+        shutil.rmtree(scorer_kwargs["stage"])
+        return real(blocks, scorer_kwargs, *args)
+
+    monkeypatch.setattr(bs, "_scored_by_actors", out_not_mounted)
+    with pytest.raises(SystemExit) as exit_info:
+        batch_score.main(_argv(small_model_dir, data, output, "--score-in", "actors", "--actors", "1"))
+    assert exit_info.value.code == 2  # to fix, not to retry
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: OUT {os.path.abspath(output)} is not visible on this node (") and last.endswith(
+        "): it must be on storage every node mounts"
+    ), last
+    assert [n for n in os.listdir(output) if n.startswith("run_date=")] == []
 
 
 def test_scoring_in_the_driver_writes_what_the_actors_write(
@@ -658,6 +753,9 @@ def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model
     report = verify.verify_partition(output, summary["run_date"], data, sample=12)
     assert report["ok"], report
     assert report["sampled_equal_to_recommend"] == 12
+    assert report["sampled_parts"] == summary["parts"] == 10  # more users sampled than parts: every part
+    assert verify.verify_partition(output, summary["run_date"], data, sample=7, seed=5)["sampled_parts"] == 7
+    assert summary["id_types_changed"] is None  # nothing committed before it
     # Scores are the scoring core's too, not only the order.
     user = table.column("user_id")[0].as_py()
     mine = table.filter(pads.field("user_id") == user).sort_by("rank")
@@ -797,13 +895,24 @@ def test_verify_lets_products_swap_only_where_their_logits_tie(first_run, small_
 
 
 @pytest.mark.faults
-def test_a_second_run_of_the_same_date_is_refused_while_the_first_runs(first_run, small_model_dir, small_data, capsys):
-    """Old code: two runs of one date interleaved (each cleaned the other's staged parts)."""
+def test_a_second_run_of_the_same_date_is_refused_while_the_first_runs(
+    first_run, small_model_dir, small_data, capsys, monkeypatch
+):
+    """Old code: two runs of one date interleaved (each cleaned the other's staged parts). Then
+    the second was refused only under PartitionRun, after minutes of work (verifying every byte of
+    MODEL and DATA, starting Ray, reading the users and a replay's stats): now before any of it,
+    with the same line and exit status."""
     from ncf.batch.commit import lock_path
 
     output, summary = first_run
     data, _ = small_data
     before = partitions.read_manifest(output, summary["run_date"])
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the refused run did the work before its refusal")
+
+    for module, name in ((bs, "check_model_and_data"), (batch_score, "init_ray"), (bs, "read_users")):
+        monkeypatch.setattr(module, name, too_late)
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -822,7 +931,10 @@ def test_a_second_run_of_the_same_date_is_refused_while_the_first_runs(first_run
             batch_score.main(_argv(small_model_dir, data, output))
         assert exit_info.value.code == 75  # EX_TEMPFAIL: a scheduler may retry it
         error = capsys.readouterr().err.strip().splitlines()
-        assert len(error) == 1 and "another run is writing it" in error[0]
+        lock = lock_path(output, f"run_date={summary['run_date']}")
+        partition = partitions.partition_dir(output, summary["run_date"])
+        # PartitionRun's own line (ncf.staging.exclusive), as a run refused there gives it.
+        assert len(error) == 1 and error[0].startswith(f"error: {partition}: another run is writing it (lock {lock}")
     finally:
         holder.kill()
         holder.wait(timeout=60)
@@ -876,7 +988,9 @@ def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session,
 @pytest.mark.faults
 def test_a_rerun_keeps_the_whole_parts_of_a_dead_run_of_the_same_plan(small_model_dir, small_data, tmp_path, capsys):
     """A nightly run that died near its end scored every user again (a known limit until
-    2026-12-05): its rerun keeps the dead run's whole parts and scores only the others."""
+    2026-12-05): its rerun keeps the dead run's whole parts and scores only the others. The run
+    that failed midway ended in the batch's traceback (an actor's: pages of Ray's) without a word
+    of the rerun: it now ends in one line naming the cause, the parts kept and the rerun."""
     data, _ = small_data
     output = str(tmp_path / "out")
     argv = _argv(small_model_dir, data, output, "--score-in", "driver", "--batch-size", "8")
@@ -890,20 +1004,26 @@ def test_a_rerun_keeps_the_whole_parts_of_a_dead_run_of_the_same_plan(small_mode
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(scorer.ScoreBatch, "__call__", lost_at_the_fourth_batch)
-        with pytest.raises(RuntimeError, match="node lost"):
+        with pytest.raises(SystemExit) as exit_info:
             batch_score.main(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    batches = -(-partitions.read_users(data).num_rows // 8)
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"error: scoring failed midway (RuntimeError: node lost); nothing committed, 3 of {batches} parts are whole "
+        "and kept: rerun the same command to continue (--no-resume starts afresh)"
+    ), err[-2000:]
     (partition,) = os.listdir(os.path.join(output, bs.TMP))
     (dead,) = os.listdir(os.path.join(output, bs.TMP, partition))
     stage = os.path.join(output, bs.TMP, partition, dead)
     dead_parts = sorted(n for n in os.listdir(stage) if n.startswith("part-"))
     assert len(dead_parts) == 3 and os.path.exists(os.path.join(stage, bs.PLAN))
     dead_scored_at = {pq.read_table(os.path.join(stage, n)).column("scored_at")[0].as_py() for n in dead_parts}
-    capsys.readouterr()
     time.sleep(1.1)  # so that the rerun's scored_at differs from the dead run's
 
     summary = batch_score.main(argv + ["--verify", "5"])
     err = capsys.readouterr().err
-    batches = -(-summary["users"] // 8)
+    assert "reading the 3 parts a dead run of this date left" in err, err[-2000:]
     assert f"3 of {batches} parts kept (24 users), {batches - 3} to score" in err, err[-2000:]
     assert summary["continued"] == dead and summary["verify"]["ok"] and summary["parts"] == batches
     run_date = partition.split("=")[1]
@@ -921,12 +1041,51 @@ def test_a_rerun_keeps_the_whole_parts_of_a_dead_run_of_the_same_plan(small_mode
     with pytest.MonkeyPatch.context() as patch:
         calls.clear()
         patch.setattr(scorer.ScoreBatch, "__call__", lost_at_the_fourth_batch)
-        with pytest.raises(RuntimeError, match="node lost"):
+        with pytest.raises(SystemExit):
             batch_score.main(argv)
     capsys.readouterr()
     again = batch_score.main(argv + ["--no-resume"])
     assert "continued" not in again and "removed what a previous run left" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(output, bs.TMP, partition))
+
+
+@pytest.mark.faults
+def test_a_run_killed_while_its_commit_fsyncs_is_continued_and_committed(
+    small_model_dir, small_data, tmp_path, monkeypatch, capsys
+):
+    """The plan was removed before the commit, whose swap first fsyncs every part: a run killed
+    then left a complete stage without its plan, which the next run removed, scoring every user
+    again. The plan now stays until the swap: the next run continues the stage and commits it."""
+    from ncf import staging
+
+    data, _ = small_data
+    output = str(tmp_path / "out")
+    argv = _argv(small_model_dir, data, output, "--score-in", "driver")
+    fsync_tree = staging.fsync_tree
+
+    def killed_in_the_stages_fsync(root):
+        if os.path.join(output, bs.TMP) in os.path.abspath(root):
+            raise SystemExit(128 + signal.SIGKILL)  # nothing of the run's own runs after a kill: no handler catches it
+        fsync_tree(root)
+
+    monkeypatch.setattr(staging, "fsync_tree", killed_in_the_stages_fsync)
+    with pytest.raises(SystemExit):
+        batch_score.main(argv)
+    monkeypatch.setattr(staging, "fsync_tree", fsync_tree)
+    (partition,) = os.listdir(os.path.join(output, bs.TMP))
+    (dead,) = os.listdir(os.path.join(output, bs.TMP, partition))
+    stage = os.path.join(output, bs.TMP, partition, dead)
+    batches = -(-partitions.read_users(data).num_rows // 16)
+    assert {bs.PLAN, bs.SUCCESS} <= set(os.listdir(stage)) and not os.path.exists(os.path.join(output, partition))
+    capsys.readouterr()
+
+    summary = batch_score.main(argv)
+    err = capsys.readouterr().err
+    assert summary["continued"] == dead and summary["parts"] == batches, err[-2000:]
+    assert f"{batches} of {batches} parts kept" in err and ", 0 to score" in err, err[-2000:]
+    committed = partitions.partition_dir(output, summary["run_date"])
+    assert bs.PLAN not in os.listdir(committed) and partitions.read_manifest(output, summary["run_date"])["continued"]
+    assert verify.verify_partition(output, summary["run_date"], data, sample=3)["ok"]
 
 
 def test_only_a_dead_run_of_the_same_plan_is_continued(tmp_path):
@@ -1107,6 +1266,27 @@ def test_a_run_whose_id_types_differ_from_the_previous_partitions_says_so(tmp_pa
     assert partitions.id_types_changed(str(tmp_path / "none"), "2024-01-02", data) is None
 
 
+def test_a_runs_id_type_change_is_in_its_summary_and_manifest(small_model_dir, small_data, tmp_path, capsys):
+    """The change of id types was a console line alone: a scheduler reading the summary, or a
+    reader the manifest, did not know the date does not merge with the ones before it."""
+    data, _ = small_data
+    output = str(tmp_path / "out")
+    written = partitions.read_users(data).schema.field("user_id").type
+    other = pa.string() if written == pa.int64() else pa.int64()
+    earlier = partitions.partition_dir(output, "2000-01-01")
+    os.makedirs(earlier)
+    pq.write_table(pa.table({"user_id": pa.array(["7"]).cast(other)}), os.path.join(earlier, "part-0.parquet"))
+    write_json(os.path.join(earlier, bs.SUCCESS), {"run_id": "r0"})
+    summary = batch_score.main(_argv(small_model_dir, data, output, "--score-in", "driver"))
+    expected = {"previous": "run_date=2000-01-01", "columns": {"user_id": {"was": str(other), "now": str(written)}}}
+    captured = capsys.readouterr()
+    assert summary["id_types_changed"] == expected and json.loads(captured.out)["id_types_changed"] == expected
+    assert partitions.read_manifest(output, summary["run_date"])["id_types_changed"] == expected
+    assert "differ from run_date=2000-01-01's" in captured.err and "run jobs.preprocess and this date again" in (
+        captured.err
+    )
+
+
 @pytest.mark.faults
 def test_an_int_vocabulary_of_ids_beyond_int64_is_one_line_not_a_failed_cast():
     """DATA preprocessed before 2026-12-04 typed uint64 ids as integers; casting one beyond
@@ -1117,6 +1297,30 @@ def test_an_int_vocabulary_of_ids_beyond_int64_is_one_line_not_a_failed_cast():
     with pytest.raises(InputError, match="some do not fit int64 .* preprocess it again"):
         partitions.typed_ids(ids, ids.ids)
     assert partitions.typed_ids(ids, ids.ids[:1]).to_pylist() == [12]
+
+
+@pytest.mark.faults
+def test_the_verify_sample_takes_its_users_from_as_many_different_parts():
+    """README promised N sampled users from N different parts; equal stretches of the users'
+    order straddle parts of another size: with 2,469 users in 39 parts of 64, 61% of seeds reached
+    fewer than 20 parts with --verify 20. The sample now picks its parts, then a user in each."""
+    users, starts = 2_469, np.arange(0, 2_469, 64)
+    for seed in range(200):
+        picked = verify.spread_sample(users, 20, seed, starts)
+        assert len(picked) == 20 and len(set(np.searchsorted(starts, picked, side="right").tolist())) == 20
+    assert np.array_equal(verify.spread_sample(users, 20, 3, starts), verify.spread_sample(users, 20, 3, starts))
+    assert not np.array_equal(verify.spread_sample(users, 20, 3, starts), verify.spread_sample(users, 20, 4, starts))
+    # More users than parts: every part, N distinct users all the same.
+    layouts = ((150, 40, np.arange(0, 150, 16)), (10, 10, np.array([0, 3, 9])), (999, 998, [0, 1, 500]))
+    for users, sample, starts in layouts:
+        for seed in range(20):
+            picked = verify.spread_sample(users, sample, seed, np.asarray(starts))
+            reached = set(np.searchsorted(starts, picked, side="right").tolist())
+            assert len(set(picked.tolist())) == len(picked) == sample and 0 <= picked.min() and picked.max() < users
+            assert len(reached) == len(starts)
+    assert verify.part_starts(["part-0000000001.parquet", "part-0000000017.parquet"], 20).tolist() == [0, 16]
+    assert verify.part_starts(["part-0.parquet"], 3) is None  # another writer's names: stretches of the users
+    assert verify.part_starts(["part-0000000002.parquet"], 3) is None
 
 
 def test_the_verify_sample_reaches_as_many_parts_as_it_has_users_and_changes_with_the_seed():

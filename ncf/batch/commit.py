@@ -140,6 +140,18 @@ def check_output(output: str, partition: str, overwrite: bool = False) -> None:
         )
 
 
+def refuse_if_running(output: str, partition: str) -> None:
+    """Raises :class:`ncf.staging.Busy` (the line and exit status 75 :class:`PartitionRun` gives)
+    when a live run holds ``partition``'s lock now, and releases the lock at once otherwise: a
+    job asks before its long preparation, and takes the lock for its run later (so a run may still
+    start in between, and be refused there). Creates nothing: without a lock file no run holds it."""
+    output = os.path.abspath(output)
+    lock = lock_path(output, partition)
+    if os.path.exists(lock):
+        with exclusive(lock, partition_path(output, partition)):
+            pass
+
+
 # -- recovery ----------------------------------------------------------------------------------------
 
 

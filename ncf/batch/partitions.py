@@ -86,11 +86,12 @@ def typed_ids(vocab: Vocabulary, ids: pa.Array) -> pa.Array:
         ) from None
 
 
-def id_types_changed(output: str, run_date: str, data: str) -> Optional[str]:
-    """A note when the id columns a run of ``run_date`` writes from ``data`` have other types than
-    in the latest partition committed before it (a CSV refresh with one id that is no integer
-    turns a column of integers into text): readers that merge the partitions' schemas (Spark,
-    Hive, pyarrow.dataset) refuse such a pair. None when they agree or nothing came before."""
+def id_type_changes(output: str, run_date: str, data: str) -> Optional[Dict]:
+    """How the id columns a run of ``run_date`` writes from ``data`` differ in type from the latest
+    partition committed before it (a CSV refresh with one id that is no integer turns a column of
+    integers into text): ``{"previous": "run_date=D", "columns": {"user_id": {"was": "int64",
+    "now": "string"}}}``. Readers that merge the partitions' schemas (Spark, Hive,
+    pyarrow.dataset) refuse such a pair. None when they agree or nothing came before."""
     earlier = _latest_committed_before(output, run_date)
     if earlier is None:
         return None
@@ -100,18 +101,33 @@ def id_types_changed(output: str, run_date: str, data: str) -> Optional[str]:
         return None
     kinds = Vocabularies.kinds_in(layout.vocab_dir(data))
     now = {"user_id": _written_type(kinds["users"]), "product_id": _written_type(kinds["products"])}
-    changed = [
-        f"{column} {now[column]} (was {written.field(column).type})"
+    changed = {
+        column: {"was": str(written.field(column).type), "now": str(now[column])}
         for column in now
         if column in written.names and written.field(column).type != now[column]
-    ]
-    if not changed:
+    }
+    return {"previous": partition_name(earlier), "columns": changed} if changed else None
+
+
+def id_types_note(changes: Optional[Dict]) -> Optional[str]:
+    """The console's line for :func:`id_type_changes` (None: nothing to say), with what to do."""
+    if not changes:
         return None
+    listed = ", ".join(f"{column} {kind['now']} (was {kind['was']})" for column, kind in changes["columns"].items())
     return (
-        f"the id columns' types differ from {partition_name(earlier)}'s: {', '.join(changed)}, as DATA's ids are "
-        "typed now (string where some id is no integer; jobs.preprocess names them): readers that merge the "
-        "partitions' schemas refuse the two"
+        f"the id columns' types differ from {changes['previous']}'s: {listed}, as DATA's ids are typed now "
+        "(string where some id is no integer; jobs.preprocess names them): readers that merge the partitions' "
+        "schemas refuse the two (the summary's id_types_changed). If an id that is no integer came in by "
+        "mistake, fix the logs and run jobs.preprocess and this date again; otherwise read the dates with one "
+        "schema that types the ids as string, or score the earlier dates again from this DATA"
     )
+
+
+def id_types_changed(output: str, run_date: str, data: str) -> Optional[str]:
+    """:func:`id_types_note` of :func:`id_type_changes`: a note when the id columns a run of
+    ``run_date`` writes from ``data`` have other types than in the latest partition committed
+    before it. None when they agree or nothing came before."""
+    return id_types_note(id_type_changes(output, run_date, data))
 
 
 def _written_type(kind: str) -> pa.DataType:

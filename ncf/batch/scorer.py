@@ -11,7 +11,10 @@ Example::
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
+import socket
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -22,7 +25,7 @@ import pyarrow.parquet as pq
 from ncf.batch.partitions import REASON_TYPE, typed_ids
 from ncf.data.product_stats import ProductStats
 from ncf.data.vocab import Vocabulary
-from ncf.errors import raised_within
+from ncf.errors import InputError, raised_within
 from ncf.model.integrity import data_fingerprint, model_fingerprint
 from ncf.rank.reasons import Reason
 from ncf.rank.recommender import Recommender
@@ -44,6 +47,72 @@ def inputs_changed_in(error: BaseException) -> Optional[InputsChanged]:
     marker = f"{InputsChanged.__name__}: "
     lines = [line.strip() for line in str(error).splitlines() if marker in line]
     return InputsChanged(lines[-1].split(marker, 1)[1]) if lines else None
+
+
+# "ncf.errors.InputError: message", "RuntimeError: message": the line a Python traceback ends an
+# exception with, as Ray puts the remote one into its own error's text (colours included).
+_EXCEPTION_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Z]\w*): (.*)$")
+_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+MAX_CAUSE_CHARS = 400  # of the cause's line in a one-line error
+
+
+def remote_cause(error: BaseException) -> Tuple[str, str]:
+    """(type name, message line) of what raised ``error``, from under Ray's and Ray Data's
+    wrappers: the original exception where Ray attaches it (its first line), else the last
+    exception line of the remote traceback Ray's text carries that is not one of Ray's own
+    (``RuntimeError: node lost``; Ray Data adds its retry advice below it), else ``error``'s own
+    type and last line (an actor that died: its process killed, out of memory or a lost node).
+    Dotted names are shortened to the class; the line to :data:`MAX_CAUSE_CHARS`."""
+    found = raised_within(error, Exception)
+    if found is not None:
+        lines = str(found).strip().splitlines()
+        return type(found).__name__, _clipped(lines[0] if lines else "")
+    text = _COLOURS.sub("", str(error))
+    raised = [m for m in map(_EXCEPTION_LINE.match, text.splitlines()) if m and not m.group(1).startswith("ray.")]
+    if raised:
+        return raised[-1].group(1).rsplit(".", 1)[-1], _clipped(raised[-1].group(2))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return type(error).__name__, _clipped(lines[-1] if lines else "")
+
+
+def _clipped(line: str) -> str:
+    line = line.strip()
+    return line if len(line) <= MAX_CAUSE_CHARS else line[: MAX_CAUSE_CHARS - 3] + "..."
+
+
+def input_error_in(error: BaseException) -> Optional[InputError]:
+    """The :class:`ncf.errors.InputError` (or a subclass) an actor raised, its first line, found
+    under what Ray wraps it in (the exception where attached, else the remote traceback's last
+    line naming one of this code base's exception classes); None when there is none."""
+    found = raised_within(error, InputError)
+    if found is not None:
+        lines = str(found).strip().splitlines()
+        return found if len(lines) == 1 else _made(type(found), lines[0] if lines else type(found).__name__)
+    for match in reversed([m for m in map(_EXCEPTION_LINE.match, _COLOURS.sub("", str(error)).splitlines()) if m]):
+        kind = _our_class(match.group(1))
+        if kind is not None and issubclass(kind, InputError):
+            return _made(kind, match.group(2).strip())
+    return None
+
+
+def _made(kind: type, message: str) -> InputError:
+    """``kind(message)``, or a plain InputError where ``kind`` takes other arguments."""
+    try:
+        return kind(message)
+    except TypeError:
+        return InputError(message)
+
+
+def _our_class(dotted: str) -> Optional[type]:
+    """The exception class a traceback's dotted name gives, where it is this code base's."""
+    module, _, name = dotted.rpartition(".")
+    if not module.startswith("ncf."):
+        return None
+    try:
+        kind = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+    return kind if isinstance(kind, type) and issubclass(kind, BaseException) else None
 
 
 def replaced_note(what: str) -> str:
@@ -177,6 +246,18 @@ def write_part(table: pa.Table, stage: str, name: str) -> str:
     return final
 
 
+def check_stage_visible(stage: str) -> None:
+    """Raises (InputError, one line) unless the run's stage is a directory here: an actor on a
+    node that does not mount OUT would fail at its first part ("Failed to open local file"), its
+    traceback the run's only word. The stage is ``OUT/_tmp/run_date=D/RUN``, made by the driver."""
+    if not os.path.isdir(stage):
+        output = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(stage))))
+        raise InputError(
+            f"OUT {output} is not visible on this node ({socket.gethostname()}: no {stage}): it must be on "
+            "storage every node mounts"
+        )
+
+
 class ScoreBatch:
     """Ray Data actor: loads the recommender once, then scores and writes one part per batch.
 
@@ -204,6 +285,7 @@ class ScoreBatch:
     ) -> None:
         import torch
 
+        check_stage_visible(stage)  # before the model loads: seconds, for a run that cannot write
         device = torch.device("cuda") if use_gpu else torch.device("cpu")
         loaded = Recommender.load(model, data=data, device=device)
         check_model_version(loaded, model_version)

@@ -70,13 +70,15 @@ import pyarrow.parquet as pq
 
 from ncf.batch import commit
 from ncf.batch.commit import STALE_SECONDS, SUCCESS, TMP, PartitionRun  # noqa: F401  (part of this module's API)
-from ncf.batch.partitions import count_users, id_types_changed, partition_name, read_users
+from ncf.batch.partitions import count_users, id_type_changes, id_types_note, partition_name, read_users
 from ncf.batch.scorer import (
     InputsChanged,
     ScoreBatch,
+    input_error_in,
     input_fingerprints,
     inputs_changed_in,
     part_name,
+    remote_cause,
     replaced_note,
 )
 from ncf.batch.verify import VerificationFailed, verify_parts
@@ -382,12 +384,29 @@ def _check_k(k: int, recommender_config: Dict) -> None:
         raise InputError(f"--k {k}: must be between 1 and {limit} for this model")
 
 
-def _check_k_known(k: int, stats: ProductStats, run_date: str) -> None:
-    """A replay ranks only the products bought before its day: fewer than ``k`` of them would
-    leave every household's list short, found by the actors after the scoring."""
-    known = int((stats.lines[1:] > 0).sum())
-    if k > known:
+def _check_k_known(k: int, stats, run_date: str, replay: bool = True) -> None:
+    """A run ranks only products bought before its moment (``stats``: a :class:`ProductStats`,
+    its ``lines``, or None: not checked): a replay those bought before its day, any other run
+    those DATA's purchases hold. Fewer than ``k`` of them would leave every household's list
+    short, each batch failing in its actor."""
+    if stats is None:
+        return  # not known here
+    lines = stats.lines if isinstance(stats, ProductStats) else np.asarray(stats)
+    known = int((lines[1:] > 0).sum())
+    if k > known and replay:
         raise InputError(f"--k {k}: only {known} products were bought before {run_date}; rank a later day or fewer")
+    if k > known:
+        raise InputError(f"--k {k}: DATA's purchases hold only {known} products; rank {known} or fewer")
+
+
+def _data_lines(data: str) -> Optional[np.ndarray]:
+    """Purchase lines per product index in DATA's product stats: one column of a small file (None
+    where it does not read: the verification of DATA's state names that, in one line)."""
+    path = os.path.join(layout.product_stats_dir(data), "products.parquet")
+    try:
+        return pq.read_table(path, columns=["lines"]).column("lines").to_numpy()
+    except (OSError, KeyError, pa.ArrowException):
+        return None
 
 
 PLAN = "_plan.json"  # in a run's stage: what its parts depend on, for a rerun to continue them
@@ -444,7 +463,34 @@ def _kept_parts(stage: str, blocks: Dict[str, pa.Table], k: int) -> Dict[str, Di
 
 
 class StageIncomplete(RuntimeError):
-    """The staged parts do not hold every user's ``k`` rows once: nothing is committed."""
+    """The staged parts do not hold every user's ``k`` rows once: nothing is committed (one line;
+    the parts are removed, so a rerun scores every user)."""
+
+
+class ScoringFailed(RuntimeError):
+    """The scoring stopped midway (an actor died or raised, a part could not be written): nothing
+    committed. Its message is one line: the cause's type and line, how many whole parts the
+    stage keeps for a rerun of the same command to continue (``resume``)."""
+
+
+def _failed_midway(error: BaseException, stage: str, named: Dict[str, pa.Table], resume: bool) -> ScoringFailed:
+    """The one line of a scoring run that raised ``error`` (what Ray wraps an actor's error in,
+    or a batch's own in the driver): ``stage``'s whole parts of the run's batches ``named``
+    stay for the next run (its parts are written whole or not at all: :func:`write_part`)."""
+    kind, line = remote_cause(error)
+    try:
+        whole = sum(1 for name in os.listdir(stage) if name in named)
+    except OSError:
+        whole = 0
+    if resume:
+        kept = (
+            f"{whole} of {len(named)} parts are whole and kept: rerun the same command to continue "
+            "(--no-resume starts afresh)"
+        )
+    else:
+        kept = "its parts are removed (--no-resume): rerun the same command to score every user again"
+    cause = f"{kind}: {line}" if line else kind
+    return ScoringFailed(f"scoring failed midway ({cause}); nothing committed, {kept}")
 
 
 def _verify_stage(stage: str, users: int, k: int, reported: List[Dict]) -> int:
@@ -461,7 +507,10 @@ def _verify_stage(stage: str, users: int, k: int, reported: List[Dict]) -> int:
     if rows != users * k:
         problems.append(f"{rows} rows written, {users * k} expected")
     if problems:
-        raise StageIncomplete(f"{stage}: not committed: " + "; ".join(problems))
+        raise StageIncomplete(
+            f"{stage}: not committed: " + "; ".join(problems) + "; its parts are removed: rerun the same command "
+            "to score every user again"
+        )
     return rows
 
 
@@ -524,11 +573,19 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_i
             f"--at {config.at}: the data's first purchase is on {run_date_of(stats.boundaries['start'])}; "
             "rank a later day"
         )
+    # Every run ranks only products DATA's purchases hold (a replay: those bought before its day,
+    # checked again once its stats are computed); fewer than k would fail every batch, after Ray started.
+    _check_k_known(config.k, _data_lines(config.data), run_date_of(at), replay=False)
     # Before Ray starts; PartitionRun checks again under the date's lock.
-    commit.check_output(os.path.abspath(config.output), partition_name(run_date_of(at)), config.overwrite)
+    output, partition = os.path.abspath(config.output), partition_name(run_date_of(at))
+    commit.check_output(output, partition, config.overwrite)
+    # A second run of a live run's date is refused now, as PartitionRun would refuse it (the same
+    # line, exit 75), not after minutes of verifying inputs, starting Ray and reading DATA.
+    commit.refuse_if_running(output, partition)
     if verify_inputs:
         # Last, as they read every byte (the catalog, checked first above, again: a few bytes). The
         # actors load both without checksums: a damaged directory would rank wrongly, silently.
+        _log("verifying MODEL against its checksums and DATA's state (every byte of both is read)")
         check_model_and_data(os.path.abspath(config.model), config.data)
     return model_config, at
 
@@ -585,10 +642,8 @@ def run_batch_scoring(
     data_boundaries = layout.DataStats(config.data).boundaries
     data_end = data_boundaries["end"]
     replay = at <= data_end
-    for note in [
-        *histories_against_model(model_config, data_boundaries),
-        id_types_changed(output, run_date, config.data),
-    ]:
+    id_changes = id_type_changes(output, run_date, config.data)
+    for note in [*histories_against_model(model_config, data_boundaries), id_types_note(id_changes)]:
         if note:
             log(note)
     if not replay and at - data_end > STALE_DATA_DAYS * SECONDS_PER_DAY:
@@ -630,6 +685,8 @@ def run_batch_scoring(
             )
             manifest["replay"] = replay
             manifest["data_end"] = pd.Timestamp(data_end, unit="s", tz="UTC").isoformat()
+            # Readers merging this date with the earlier ones refuse the pair: said where a script looks.
+            manifest["id_types_changed"] = id_changes
             if run.continued:
                 manifest["continued"] = run.continued
             if config.verify:
@@ -638,8 +695,13 @@ def run_batch_scoring(
         except (StageIncomplete, VerificationFailed, InputsChanged):
             run.leave_stage = False  # parts that are wrong, or of other inputs: never continued
             raise
-        os.remove(os.path.join(run.stage, PLAN))
+        # The plan stays through the swap: a run killed while the commit fsyncs every part leaves a
+        # complete stage that the next run continues (and commits) by its plan, not scores again.
         final = run.commit(manifest)
+        try:
+            os.remove(os.path.join(final, PLAN))  # readers skip "_" names; gone once committed all the same
+        except OSError:
+            pass
     log(
         f"done: {manifest['users']:,} users scored, {manifest['rows']:,} rows written in "
         f"{manifest['seconds']} s ({manifest['users_per_s']} users/s) -> {final}"
@@ -652,7 +714,11 @@ def _verified(
 ) -> Dict:
     # Another night, other households: a seed of the run's id, recorded in the report.
     seed = zlib.crc32(str(manifest["run_id"]).encode())
-    report = verify_parts(stage, manifest, manifest["data"], sample=sample, seed=seed, stats=stats)
+    log(
+        f"verifying the {manifest['parts']:,} staged parts before the commit (every row read, "
+        f"{sample:,} sampled users ranked again)"
+    )
+    report = verify_parts(stage, manifest, manifest["data"], sample=sample, seed=seed, stats=stats, log=log)
     if not report["ok"]:
         raise VerificationFailed(report)
     log(
@@ -666,6 +732,7 @@ def _replay_stats(data: str, at: int, log: Callable[[str], None]) -> ProductStat
     """The products' stats at the start of ``at``'s day (``at`` inside the data: a replay),
     computed once by the driver for every actor and the verification."""
     started = time.time()
+    log(f"computing the products' stats as of {run_date_of(day_of(at))} (a replay): one pass over every purchase")
     stats = RankingState.load(data).as_of(day_of(at)).stats
     log(f"products' stats as of {run_date_of(day_of(at))} computed once, in {time.time() - started:.1f} s")
     return stats
@@ -690,6 +757,9 @@ def _score_into(
     batch_size = config.batch_size or auto_batch_size(users.num_rows)
     every_block = [users.slice(i, batch_size) for i in range(0, users.num_rows, batch_size)]
     named = {part_name(b.column("position").to_numpy()): b for b in every_block}
+    left = sum(1 for name in os.listdir(stage) if name in named)
+    if left:
+        log(f"reading the {left:,} parts a dead run of this date left, to keep the whole ones")
     kept = _kept_parts(stage, named, config.k)
     blocks = [b for name, b in named.items() if name not in kept]
     kept_users = sum(part["users"] for part in kept.values())
@@ -740,11 +810,14 @@ def _score_into(
     try:
         reported, steady = _collect(results, users.num_rows - kept_users, config.progress_every_s, log)
         reported += list(kept.values())
-    except Exception as e:
+    except Exception as e:  # not KeyboardInterrupt, nor SystemExit (SIGTERM): those stop the job as they are
         changed = inputs_changed_in(e)
-        if changed is None:
-            raise
-        raise changed from None  # its one line, not the actor's traceback Ray wraps it in
+        if changed is not None:
+            raise changed from None  # its one line, not the actor's traceback Ray wraps it in
+        bad_input = input_error_in(e)  # an actor's own refusal (OUT not mounted on its node): one line, exit 2
+        if bad_input is not None:
+            raise bad_input from None
+        raise _failed_midway(e, stage, named, config.resume) from e
     rows = _verify_stage(stage, users.num_rows, config.k, reported)
     seconds = time.time() - started
     manifest = {

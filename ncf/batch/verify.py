@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -52,8 +53,17 @@ def verify_partition(output: str, run_date: str, data: str, sample: int = 20, se
     return verify_parts(partition_dir(output, run_date), manifest, data, sample=sample, seed=seed)
 
 
+PROGRESS_EVERY_PARTS = 10  # verify_parts's progress lines: at most one per this many parts
+
+
 def verify_parts(
-    directory: str, manifest: Dict, data: str, sample: int = 20, seed: int = 0, stats: Optional[ProductStats] = None
+    directory: str,
+    manifest: Dict,
+    data: str,
+    sample: int = 20,
+    seed: int = 0,
+    stats: Optional[ProductStats] = None,
+    log: Optional[Callable[[str], None]] = None,
 ) -> Dict:
     """Checks the parts of ``directory`` (a committed partition or a run's stage) against their
     inputs and ``manifest`` (the ``_SUCCESS`` content); ``ok`` is True when all hold:
@@ -64,8 +74,10 @@ def verify_parts(
       cold-start households number what the manifest says and what DATA says (households with
       no purchase before ``at``, or unknown to its purchases) (``None``, not checked, for parts
       written before the rows carried them);
-    * for ``sample`` seeded users, spread over the users' order (the parts are blocks of it:
-      :func:`spread_sample`), the products, their scores (relatively, to 1e-4) and the
+    * for ``sample`` seeded users, one in each of ``sample`` different parts spread over the
+      parts' order where there are that many parts, else every part and the rest spread over the
+      users (:func:`spread_sample`; ``sampled_parts`` counts the parts reached), the products,
+      their scores (relatively, to 1e-4) and the
       cold-start flag equal ``Recommender.rank`` at the run's ``at`` (the call the Serve
       endpoint makes), and in an explained run (``explain`` in the manifest) so do their
       reasons (``Recommender.rank(..., reasons=True)``). Products may differ where their logits
@@ -73,21 +85,26 @@ def verify_parts(
       moves the last bits, and near-tied products may swap.
 
     Reads one part at a time (a part holds whole users): the driver never holds the output.
-    ``stats``: a replay's product stats, when the caller has them (computed otherwise).
+    ``stats``: a replay's product stats, when the caller has them (computed otherwise). ``log``:
+    progress lines, one every tenth of the parts (at least every :data:`PROGRESS_EVERY_PARTS`).
     """
     k = manifest["k"]
     users_table = read_users(data)
     expected_users = users_table.column("user_id")
-    picked = spread_sample(len(expected_users), sample, seed)
+    parts = sorted(n for n in os.listdir(directory) if n.endswith(".parquet") and not n.startswith((".", "_")))
+    starts = part_starts(parts, len(expected_users))
+    picked = spread_sample(len(expected_users), sample, seed, starts)
     chosen = pc.take(expected_users, pa.array(picked, pa.int64())).to_pylist()
     explained = bool(manifest.get("explain"))
     columns = ["user_id", "rank", "product_id", "score", "cold_start", "model_version"]
     columns += ["reason"] if explained else []
     seen, rows, cold_rows, job, job_reasons = [], 0, 0, {}, {}
     exactly_k = ranks_ok = no_duplicates = non_increasing = one_version = True
-    parts = sorted(n for n in os.listdir(directory) if n.endswith(".parquet") and not n.startswith((".", "_")))
     has_flags = has_versions = True
-    for name in parts:
+    every = max(PROGRESS_EVERY_PARTS, -(-len(parts) // 10))
+    for done, name in enumerate(parts, 1):
+        if log is not None and (done % every == 0 or done == len(parts)) and len(parts) > PROGRESS_EVERY_PARTS:
+            log(f"verify: reading part {done:,}/{len(parts):,}")
         path = os.path.join(directory, name)
         present = set(pq.read_schema(path).names)
         has_flags &= "cold_start" in present
@@ -134,6 +151,8 @@ def verify_parts(
         # Cold, as the ranking calls it: no purchase before ``at`` (or none at all).
         warm = np.isin(users_table.column("position").to_numpy(), households_before(recommender.state.states, at))
         checks["cold_starts_match_data"] = cold_rows == int((~warm).sum()) * k
+    if log is not None:
+        log(f"verify: ranking {len(chosen):,} sampled users again")
     ranked = recommender.rank(chosen, k=k, at=at, reasons=explained)
     matches = ties = 0
     for u, r in zip(chosen, ranked):
@@ -146,6 +165,9 @@ def verify_parts(
             ties += 1
         matches += 1
     checks.update({"sampled_users": len(chosen), "sampled_equal_to_recommend": matches, "sampled_ties": ties})
+    # The parts the sample reached (None: part names of another layout, not known).
+    reached = np.unique(np.searchsorted(starts, picked, side="right")) if starts is not None else None
+    checks["sampled_parts"] = None if reached is None else len(reached)
     checks["sample_seed"] = seed
     checks["ok"] = all(v for key, v in checks.items() if isinstance(v, bool)) and matches == len(chosen)
     if explained:
@@ -157,17 +179,68 @@ def verify_parts(
     return {"run_date": manifest["run_date"], "k": k, "model_version": manifest["model_version"], **checks}
 
 
-def spread_sample(users: int, sample: int, seed: int) -> np.ndarray:
-    """``sample`` positions of ``users``, one drawn in each of ``sample`` equal stretches of the
-    users' order: a run's parts are consecutive blocks of it, so the sample reaches ``sample``
-    parts, or every part (a uniform draw can put several users in one part and miss a wrong one)."""
+_PART = re.compile(r"^part-(\d+)\.parquet$")
+
+
+def part_starts(parts: Sequence[str], users: int) -> Optional[np.ndarray]:
+    """The first user (0-based, in DATA's users' order) of each of ``parts`` (sorted names), from
+    their names: a part is named by its batch's first position (:func:`ncf.batch.scorer.part_name`),
+    user ``i`` being at position ``i + 1``. None where the names are not such a layout (another
+    writer's files): the sample then spreads over the users' order alone."""
+    matched = [_PART.match(name) for name in parts]
+    if not parts or not all(matched):
+        return None
+    starts = np.array([int(m.group(1)) - 1 for m in matched], np.int64)
+    if starts[0] != 0 or not (np.diff(starts) > 0).all() or starts[-1] >= users:
+        return None
+    return starts
+
+
+def spread_sample(users: int, sample: int, seed: int, starts: Optional[np.ndarray] = None) -> np.ndarray:
+    """``sample`` distinct positions of ``users`` (at most ``users``), drawn by ``seed``.
+
+    ``starts``: the first position of each part (sorted, the first 0; a part runs to the next
+    one's start): with at least ``sample`` parts, ``sample`` different parts, one in each of
+    ``sample`` equal stretches of the parts' order, and one user drawn in each; with fewer, every
+    part, and the rest shared among the parts by their sizes, spread inside each. Without
+    ``starts``: one user in each of ``sample`` equal stretches of the users' order (parts of equal
+    size are blocks of it, but a stretch can straddle two parts and two draws fall in one)."""
     sample = min(sample, users)
     if sample <= 0:
         return np.zeros(0, np.int64)
     rng = np.random.default_rng(seed)
-    # Whole-number edges: each stretch at least one user wide, so no two draws are one user.
-    edges = np.floor(np.linspace(0, users, sample + 1)).astype(np.int64)
-    return edges[:-1] + (rng.random(sample) * np.diff(edges)).astype(np.int64)
+    if starts is None:
+        return _one_in_each_stretch(users, sample, rng)
+    edges = np.append(np.asarray(starts, np.int64), users)
+    sizes = np.diff(edges)
+    parts = len(sizes)
+    if sample <= parts:
+        chosen = _one_in_each_stretch(parts, sample, rng)
+        return edges[chosen] + (rng.random(sample) * sizes[chosen]).astype(np.int64)
+    counts = 1 + _shares(sample - parts, sizes - 1)
+    return np.concatenate([edges[p] + _one_in_each_stretch(int(sizes[p]), int(counts[p]), rng) for p in range(parts)])
+
+
+def _one_in_each_stretch(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
+    """``m`` (at most ``n``) distinct values of ``range(n)``, one drawn in each of ``m`` equal stretches."""
+    # Whole-number edges: each stretch at least one wide, so no two draws are one value.
+    edges = np.floor(np.linspace(0, n, m + 1)).astype(np.int64)
+    return edges[:-1] + (rng.random(m) * np.diff(edges)).astype(np.int64)
+
+
+def _shares(total: int, room: np.ndarray) -> np.ndarray:
+    """``total`` (at most ``room.sum()``) shared in proportion to ``room``, none above its room:
+    the largest remainders take what rounding down left."""
+    share = total * room / room.sum()
+    counts = np.minimum(np.floor(share).astype(np.int64), room)
+    left = total - int(counts.sum())
+    order = np.argsort(-(share - counts), kind="stable")
+    while left > 0:  # one pass but for float rounding: total <= room.sum() ends it
+        for p in order:
+            if left > 0 and counts[p] < room[p]:
+                counts[p] += 1
+                left -= 1
+    return counts
 
 
 @dataclass(frozen=True)
