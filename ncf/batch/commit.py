@@ -4,7 +4,7 @@ partition per run (nightly batch scoring writes ``OUT/run_date=D/``).
 Layout::
 
     OUT/
-      run_date=2017-11-27/                    committed: the parts and _SUCCESS
+      run_date=2017-11-27/                    committed: the parts and _SUCCESS (_plan.json too, until removed)
       _tmp/run_date=2017-11-27/RUN/           a run in progress: its parts, then _SUCCESS last
       _tmp/replaced-run_date=2017-11-27-RUN   the old partition, only while it is replaced
       _commit/run_date=2017-11-27.lock        flock held by the partition's run (file kept)

@@ -15,6 +15,7 @@ import importlib
 import os
 import re
 import socket
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -51,7 +52,9 @@ def inputs_changed_in(error: BaseException) -> Optional[InputsChanged]:
 
 # "ncf.errors.InputError: message", "RuntimeError: message": the line a Python traceback ends an
 # exception with, as Ray puts the remote one into its own error's text (colours included).
-_EXCEPTION_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Z]\w*): (.*)$")
+# A bare name is an exception line only if it says so (``MemoryError``, a plain ``assert``'s
+# ``AssertionError``); numpy's ``_ArrayMemoryError`` starts with an underscore.
+_EXCEPTION_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*_*[A-Z]\w*)(?:: (.*)|(?<=Error)|(?<=Exception))$")
 _COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 MAX_CAUSE_CHARS = 400  # of the cause's line in a one-line error
 
@@ -70,7 +73,7 @@ def remote_cause(error: BaseException) -> Tuple[str, str]:
     text = _COLOURS.sub("", str(error))
     raised = [m for m in map(_EXCEPTION_LINE.match, text.splitlines()) if m and not m.group(1).startswith("ray.")]
     if raised:
-        return raised[-1].group(1).rsplit(".", 1)[-1], _clipped(raised[-1].group(2))
+        return raised[-1].group(1).rsplit(".", 1)[-1], _clipped(raised[-1].group(2) or "")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return type(error).__name__, _clipped(lines[-1] if lines else "")
 
@@ -91,7 +94,7 @@ def input_error_in(error: BaseException) -> Optional[InputError]:
     for match in reversed([m for m in map(_EXCEPTION_LINE.match, _COLOURS.sub("", str(error)).splitlines()) if m]):
         kind = _our_class(match.group(1))
         if kind is not None and issubclass(kind, InputError):
-            return _made(kind, match.group(2).strip())
+            return _made(kind, (match.group(2) or kind.__name__).strip())
     return None
 
 
@@ -109,8 +112,8 @@ def _our_class(dotted: str) -> Optional[type]:
     if not module.startswith("ncf."):
         return None
     try:
-        kind = getattr(importlib.import_module(module), name, None)
-    except ImportError:
+        kind = getattr(sys.modules.get(module) or importlib.import_module(module), name, None)
+    except Exception:  # whatever importing it raised, the job's own line stays the error
         return None
     return kind if isinstance(kind, type) and issubclass(kind, BaseException) else None
 

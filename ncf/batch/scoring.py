@@ -54,7 +54,9 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
+import traceback
 import uuid
 import warnings
 import zlib
@@ -393,6 +395,9 @@ def _check_k_known(k: int, stats, run_date: str, replay: bool = True) -> None:
         return  # not known here
     lines = stats.lines if isinstance(stats, ProductStats) else np.asarray(stats)
     known = int((lines[1:] > 0).sum())
+    if known == 0:
+        what = f"no product was bought before {run_date}" if replay else "DATA holds no purchase"
+        raise InputError(f"--k {k}: {what}")
     if k > known and replay:
         raise InputError(f"--k {k}: only {known} products were bought before {run_date}; rank a later day or fewer")
     if k > known:
@@ -490,7 +495,19 @@ def _failed_midway(error: BaseException, stage: str, named: Dict[str, pa.Table],
     else:
         kept = "its parts are removed (--no-resume): rerun the same command to score every user again"
     cause = f"{kind}: {line}" if line else kind
-    return ScoringFailed(f"scoring failed midway ({cause}); nothing committed, {kept}")
+    return ScoringFailed(f"scoring failed midway ({cause}); nothing committed, {kept}{_traceback_kept(error)}")
+
+
+def _traceback_kept(error: BaseException) -> str:
+    """Where the whole traceback of ``error`` was written (the error's one line names its cause,
+    not the file and line of a bug), or "" where it could not be."""
+    try:
+        handle, path = tempfile.mkstemp(prefix="ncf-batch-score-", suffix=".traceback.txt")
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write("".join(traceback.format_exception(error)))
+    except OSError:
+        return ""
+    return f" (the traceback: {path})"
 
 
 def _verify_stage(stage: str, users: int, k: int, reported: List[Dict]) -> int:
