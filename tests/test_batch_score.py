@@ -1271,13 +1271,13 @@ def test_a_run_whose_id_types_differ_from_the_previous_partitions_says_so(tmp_pa
     for users_kind, expected in (("int", None), ("str", "user_id string (was int64)")):
         Vocabulary.from_ids(["7", "12a"], kind=users_kind).save(os.path.join(layout.vocab_dir(data), "users.parquet"))
         Vocabulary.from_ids(["3"], kind="int").save(os.path.join(layout.vocab_dir(data), "products.parquet"))
-        note = partitions.id_types_changed(output, "2024-01-02", data)
+        note = partitions.id_types_note(partitions.id_type_changes(output, "2024-01-02", data))
         assert note is None if expected is None else expected in note and "run_date=2024-01-01" in note, note
-    assert partitions.id_types_changed(output, "2024-01-01", data) is None  # nothing committed before that date
+    assert partitions.id_type_changes(output, "2024-01-01", data) is None  # nothing committed before that date
     with open(os.path.join(earlier, "notes.txt"), "w") as f:  # not Parquet: no note, not a failed run
         f.write("kept by hand")
-    assert partitions.id_types_changed(output, "2024-01-02", data) is None
-    assert partitions.id_types_changed(str(tmp_path / "none"), "2024-01-02", data) is None
+    assert partitions.id_type_changes(output, "2024-01-02", data) is None
+    assert partitions.id_type_changes(str(tmp_path / "none"), "2024-01-02", data) is None
 
 
 def test_a_runs_id_type_change_is_in_its_summary_and_manifest(small_model_dir, small_data, tmp_path, capsys):

@@ -546,21 +546,21 @@ def test_the_checkpoint_a_run_resumes_from_is_the_one_ray_trains_index_names(tmp
     and folder names are local times (a clock moved back sorts a newer one first): the driver's
     checks read the alphabetically last folder, not the one Ray resumes from (a review,
     2026-12-05). A damaged index is one line (Ray Train fails on it with a traceback)."""
-    from ncf.train.checkpoint import RAY_INDEX, TRAIN_STATE, latest_train_state
+    from ncf.train.checkpoint import RAY_INDEX, TRAIN_STATE, resumed_checkpoint
 
     run = tmp_path / "run"
     for name, epoch in (("checkpoint_2026-12-05_10-00-00", 1), ("checkpoint_2026-12-05_09-30-00", 2)):
         (run / name).mkdir(parents=True)
         write_json(str(run / name / TRAIN_STATE), {"epoch": epoch})
-    assert latest_train_state(str(run)) is None  # no index yet: Ray Train starts afresh
+    assert resumed_checkpoint(str(run)) is None  # no index yet: Ray Train starts afresh
     results = [{"checkpoint_dir_name": n, "metrics": {}} for n in sorted(os.listdir(run))]
     write_json(str(run / RAY_INDEX), {"checkpoint_results": results, "latest_checkpoint_result": results[0]})
     (run / "checkpoint_2026-12-05_11-00-00").mkdir()
     (run / "checkpoint_2026-12-05_11-00-00" / TRAIN_STATE).write_text('{"epoch": 3, "mod')  # a copy cut short
-    assert latest_train_state(str(run)) == {"epoch": 2}
+    assert resumed_checkpoint(str(run))[1] == {"epoch": 2}
     (run / RAY_INDEX).write_text('{"checkpoint_results": [')
     with pytest.raises(InputError, match=f"{RAY_INDEX} is damaged.*cannot resume.*new --name") as refused:
-        latest_train_state(str(run))
+        resumed_checkpoint(str(run))
     assert "\n" not in str(refused.value)
 
 

@@ -25,9 +25,9 @@ from ncf.train.checkpoint import (
     export_model_dir,
     hardware,
     hardware_changed,
-    latest_train_state,
     read_checkpoint,
     read_optimizer_state,
+    resumed_checkpoint,
 )
 from ncf.train.config import TrainConfig
 from ncf.train.trainer import fit, training_lists
@@ -222,7 +222,7 @@ def test_a_run_name_reused_for_another_model_configuration_is_refused_before_tra
     assert f"[train] resuming run reused after epoch 1 ({tmp_path / 'reused'})" in out
     assert "resumes on" not in out  # the hardware the checkpoint recorded is this one
     # Other workers or a GPU are said, not refused (a run may move to GPUs that came free).
-    moved = hardware_changed(latest_train_state(str(tmp_path / "reused"))["hardware"], hardware(2, True))
+    moved = hardware_changed(resumed_checkpoint(str(tmp_path / "reused"))[1]["hardware"], hardware(2, True))
     assert moved.startswith("trained on 1 worker(s) on CPU so far and resumes on 2 worker(s) on GPU"), moved
     # Other training settings (here the learning rate) would make one model of two trainings.
     slower = TrainConfig(model=SMALL_MODEL, **{**settings, "epochs": 3, "learning_rate": 1e-3})
@@ -231,9 +231,9 @@ def test_a_run_name_reused_for_another_model_configuration_is_refused_before_tra
     # DATA preprocessed again since (its vocabularies renumbered): refused the same way, not three
     # workers failing one after the other.
     from ncf.jsonio import read_json, write_json
-    from ncf.train.checkpoint import TRAIN_STATE, kept_checkpoint_dirs
+    from ncf.train.checkpoint import TRAIN_STATE
 
-    latest = os.path.join(kept_checkpoint_dirs(str(tmp_path / "reused"))[-1], TRAIN_STATE)
+    latest = os.path.join(resumed_checkpoint(str(tmp_path / "reused"))[0], TRAIN_STATE)
     write_json(latest, {**read_json(latest), "vocab_sha256": "0" * 64})
     with pytest.raises(InputError, match="trained on other vocabularies than --data holds now"):
         fit(TrainConfig(model=SMALL_MODEL, **{**settings, "epochs": 3}), storage_path=str(tmp_path), name="reused")

@@ -640,17 +640,16 @@ def test_a_trials_best_epoch_is_what_its_ray_train_run_kept_not_only_what_tune_l
     2026-12-05); Ray Train's index of the run decides now."""
     from types import SimpleNamespace
 
-    from ncf.train.checkpoint import RAY_INDEX, TRAIN_STATE
+    from ncf.train.checkpoint import RAY_INDEX
     from tune.results import BEST, CHECKPOINT_PATH, VAL_METRIC, _trial_row
 
     train_dir, scores = tmp_path / "train", {1: 0.30, 2: 0.45, 3: 0.41, 4: 0.39}
     results = []
-    for epoch in (2, 3, 4):  # Ray keeps the best three and the latest
+    for epoch in (2, 3, 4):  # Ray keeps the best three and the latest, each with the metrics reported
         name = f"checkpoint_{epoch}"
         (train_dir / "t" / name).mkdir(parents=True)
-        history = [{"epoch": e, VAL_METRIC: scores[e], "val_recall@10": scores[e] / 2} for e in range(1, epoch + 1)]
-        write_json(str(train_dir / "t" / name / TRAIN_STATE), {"epoch": epoch, "history": history})
-        results.append({"checkpoint_dir_name": name, "metrics": {"epoch": epoch}})
+        reported = {"epoch": epoch, VAL_METRIC: scores[epoch], "val_recall@10": scores[epoch] / 2}
+        results.append({"checkpoint_dir_name": name, "metrics": reported})
     write_json(
         str(train_dir / "t" / RAY_INDEX), {"checkpoint_results": results, "latest_checkpoint_result": results[-1]}
     )

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ncf.errors import InputError
-from ncf.train.checkpoint import VAL_METRIC, export_model_dir, kept_checkpoint_dirs, read_train_state
+from ncf.train.checkpoint import VAL_METRIC, export_model_dir, kept_checkpoints
 from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower
 from tune.settings import SweepSettings
 
@@ -65,14 +65,12 @@ def _kept_best(train_dir: str, trial_id: str) -> Optional[Dict]:
 
     Ray Train saves an epoch's checkpoint before Tune logs its metrics, and Ctrl-C stops Tune
     between the two: that epoch is in the run, which a resume continues after, and not in Tune's
-    log. Ray keeps the best checkpoints, so the best is among those its index lists."""
-    scored = []
+    log. Ray keeps the best checkpoints, so the best is among those its index lists, each with
+    the metrics reported with it."""
     try:
-        for directory in kept_checkpoint_dirs(os.path.join(train_dir, trial_id)):
-            metrics = (read_train_state(directory).get("history") or [{}])[-1]
-            if VAL_METRIC in metrics:
-                scored.append((float(metrics[VAL_METRIC]), int(metrics["epoch"]), directory, metrics))
-    except (InputError, OSError, ValueError, KeyError):
+        kept = kept_checkpoints(os.path.join(train_dir, trial_id))
+        scored = [(float(m[VAL_METRIC]), int(m["epoch"]), d, m) for d, m in kept if VAL_METRIC in m]
+    except (InputError, ValueError, KeyError, TypeError):
         return None
     if not scored:
         return None

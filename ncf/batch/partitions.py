@@ -123,13 +123,6 @@ def id_types_note(changes: Optional[Dict]) -> Optional[str]:
     )
 
 
-def id_types_changed(output: str, run_date: str, data: str) -> Optional[str]:
-    """:func:`id_types_note` of :func:`id_type_changes`: a note when the id columns a run of
-    ``run_date`` writes from ``data`` have other types than in the latest partition committed
-    before it. None when they agree or nothing came before."""
-    return id_types_note(id_type_changes(output, run_date, data))
-
-
 def _written_type(kind: str) -> pa.DataType:
     """The type a run writes the ids of a vocabulary of ``kind`` as (:func:`typed_ids`)."""
     return pa.int64() if kind == "int" else pa.string()

@@ -234,6 +234,15 @@ def part_name(positions: np.ndarray) -> str:
     return f"part-{int(positions.min()):010d}.parquet"
 
 
+_PART_NAME = re.compile(r"^part-(\d+)\.parquet$")
+
+
+def part_position(name: str) -> Optional[int]:
+    """The first position the part file ``name`` holds (:func:`part_name`); None for another name."""
+    match = _PART_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
 def write_part(table: pa.Table, stage: str, name: str) -> str:
     """Writes one part under a hidden name of this process and renames it, so a part is whole
     or absent, even where a leftover actor of a killed run writes the same batch into the stage

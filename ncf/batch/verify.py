@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 
 from ncf.batch.commit import SUCCESS
 from ncf.batch.partitions import partition_dir, read_manifest, read_users
+from ncf.batch.scorer import part_position
 from ncf.data.catalog import households_before
 from ncf.data.product_stats import ProductStats
 from ncf.rank.reasons import Reason
@@ -179,18 +179,15 @@ def verify_parts(
     return {"run_date": manifest["run_date"], "k": k, "model_version": manifest["model_version"], **checks}
 
 
-_PART = re.compile(r"^part-(\d+)\.parquet$")
-
-
 def part_starts(parts: Sequence[str], users: int) -> Optional[np.ndarray]:
     """The first user (0-based, in DATA's users' order) of each of ``parts`` (sorted names), from
     their names: a part is named by its batch's first position (:func:`ncf.batch.scorer.part_name`),
     user ``i`` being at position ``i + 1``. None where the names are not such a layout (another
     writer's files): the sample then spreads over the users' order alone."""
-    matched = [_PART.match(name) for name in parts]
-    if not parts or not all(matched):
+    positions = [part_position(name) for name in parts]
+    if not parts or None in positions:
         return None
-    starts = np.array([int(m.group(1)) - 1 for m in matched], np.int64)
+    starts = np.array(positions, np.int64) - 1
     if starts[0] != 0 or not (np.diff(starts) > 0).all() or starts[-1] >= users:
         return None
     return starts

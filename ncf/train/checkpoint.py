@@ -181,7 +181,7 @@ def check_features_of_runs(root: str, remedy: str) -> None:
         run_folder = run_folder.rstrip(os.sep)
         # One trial's damage costs that trial's epochs, not the sweep's.
         damaged = f"remove {run_folder} and resume: that trial trains again from its first epoch"
-        for directory in kept_checkpoint_dirs(run_folder, damaged):
+        for directory, _ in kept_checkpoints(run_folder, damaged):
             check_same_features(run_folder, _train_state_of(directory, damaged).get("features_version"), remedy)
 
 
@@ -191,23 +191,24 @@ def check_features_of_runs(root: str, remedy: str) -> None:
 RAY_INDEX = "checkpoint_manager_snapshot.json"
 
 
-def kept_checkpoint_dirs(run_folder: str, remedy: str = NEW_RUN) -> List[str]:
-    """The checkpoint folders Ray Train's index lists for a run, the latest last ([] without an
-    index: Ray Train starts such a run afresh)."""
+def kept_checkpoints(run_folder: str, remedy: str = NEW_RUN) -> List[Tuple[str, Dict]]:
+    """(folder, the metrics reported with it) of each checkpoint Ray Train's index lists for a
+    run, the latest last ([] without an index: Ray Train starts such a run afresh)."""
     path = os.path.join(run_folder, RAY_INDEX)
     if not os.path.exists(path):
         return []
     try:
         index = read_json(path)
-        names = [r["checkpoint_dir_name"] for r in index["checkpoint_results"]]
-        latest = (index.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
-    except (ValueError, KeyError, TypeError):
+        kept = [(r["checkpoint_dir_name"], r.get("metrics") or {}) for r in index["checkpoint_results"]]
+        latest_result = index.get("latest_checkpoint_result") or {}
+        latest = latest_result.get("checkpoint_dir_name")
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise InputError(
             f"{path} is damaged (the run killed while Ray Train wrote it?), so Ray Train cannot resume "
             f"{run_folder}; {remedy}"
         ) from None
-    ordered = [n for n in names if n != latest] + ([latest] if latest else [])
-    return [os.path.join(run_folder, name) for name in ordered]
+    ordered = [k for k in kept if k[0] != latest] + ([(latest, latest_result.get("metrics") or {})] if latest else [])
+    return [(os.path.join(run_folder, name), metrics) for name, metrics in ordered]
 
 
 def _train_state_of(directory: str, remedy: str = NEW_RUN) -> Dict:
@@ -217,11 +218,11 @@ def _train_state_of(directory: str, remedy: str = NEW_RUN) -> Dict:
         raise InputError(f"the checkpoint {directory} has no readable {TRAIN_STATE}; {remedy}") from None
 
 
-def latest_train_state(run_folder: str) -> Optional[Dict]:
-    """The train state of the checkpoint Ray Train would resume a run from (its model
+def resumed_checkpoint(run_folder: str) -> Optional[Tuple[str, Dict]]:
+    """(folder, train state) of the checkpoint Ray Train would resume a run from (its model
     configuration, the digests of its data), or None when it would start afresh."""
-    kept = kept_checkpoint_dirs(run_folder)
-    return _train_state_of(kept[-1]) if kept else None
+    kept = kept_checkpoints(run_folder)
+    return (kept[-1][0], _train_state_of(kept[-1][0])) if kept else None
 
 
 def check_readable(directory: str) -> None:

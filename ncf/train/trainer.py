@@ -40,8 +40,7 @@ from ncf.train.checkpoint import (
     check_same_vocabularies,
     hardware,
     hardware_changed,
-    kept_checkpoint_dirs,
-    latest_train_state,
+    resumed_checkpoint,
     training_settings,
 )
 from ncf.train.config import TrainConfig
@@ -187,9 +186,10 @@ def fit(
     config = dataclasses.replace(config, cutoffs=config.cutoffs or run_cutoffs(config.data, config.run))
     storage = storage_location(storage_path)
     run_folder = os.path.join(storage, name) if storage and name else None
-    saved = latest_train_state(run_folder) if run_folder else None
-    if saved is not None:
-        check_readable(kept_checkpoint_dirs(run_folder)[-1])
+    resumed = resumed_checkpoint(run_folder) if run_folder else None
+    if resumed is not None:
+        checkpoint_dir, saved = resumed
+        check_readable(checkpoint_dir)
         # A reused name resumes that run: refused here, in one line, if it trained another model
         # or on other vocabularies (the workers check again, for callers that bypass this).
         sizes = Vocabularies.load(layout.vocab_dir(config.data)).sizes()
