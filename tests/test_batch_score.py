@@ -994,6 +994,69 @@ def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session,
 
 
 @pytest.mark.faults
+def test_a_commit_that_fails_on_a_full_disk_is_one_line_and_its_rerun_commits_the_kept_parts(
+    small_model_dir, small_data, tmp_path, capsys
+):
+    """An I/O error in the commit (a full disk while ``_SUCCESS`` or the swap is written) ended
+    the nightly job in a traceback. Before the swap's journal, the run now ends in one line and
+    keeps its scored parts, which the rerun commits without scoring again; after it, the run's
+    exit finishes the swap from the journal, and the job succeeds."""
+    from ncf import staging
+    from ncf.batch import commit
+
+    data, _ = small_data
+    output = str(tmp_path / "out")
+    argv = _argv(small_model_dir, data, output, "--score-in", "driver", "--batch-size", "8")
+    batches = -(-partitions.read_users(data).num_rows // 8)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(commit, "swap", disk_full)
+        with pytest.raises(SystemExit) as exit_info:
+            batch_score.main(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert (
+        "Traceback" not in err
+        and line.startswith("error: the commit of run_date=")
+        and line.endswith(
+            "failed (OSError: [Errno 28] No space left on device); nothing committed, every part is scored and kept: "
+            "rerun the same command to commit them (--no-resume starts afresh)"
+        )
+    ), err[-2000:]
+    (partition,) = os.listdir(os.path.join(output, bs.TMP))
+    assert not os.path.exists(os.path.join(output, partition))
+
+    summary = batch_score.main(argv)
+    err = capsys.readouterr().err
+    assert f"{batches} of {batches} parts kept" in err and "0 to score" in err, err[-2000:]
+    assert summary["continued"] and summary["parts"] == batches
+    assert verify.verify_partition(output, partition.split("=")[1], data, sample=3)["ok"]
+
+    # After the journal: the swap's first step fails, the run's exit rolls it forward.
+    real_finish, calls = staging._finish, []
+
+    def fails_once(record, journal):
+        calls.append(journal)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        return real_finish(record, journal)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(staging, "_finish", fails_once)
+        summary = batch_score.main(argv)
+    err = capsys.readouterr().err
+    assert "the commit raised ([Errno 5] Input/output error) and was finished from its journal" in err, err[-2000:]
+    assert len(calls) == 2 and commit.read_committed(os.path.join(output, partition))["run_id"] == summary["run_id"]
+    assert not os.listdir(os.path.join(output, commit.COMMIT)) or all(
+        name.endswith(".lock") for name in os.listdir(os.path.join(output, commit.COMMIT))
+    )
+
+
+@pytest.mark.faults
 def test_a_rerun_keeps_the_whole_parts_of_a_dead_run_of_the_same_plan(small_model_dir, small_data, tmp_path, capsys):
     """A nightly run that died near its end scored every user again (a known limit until
     2026-12-05): its rerun keeps the dead run's whole parts and scores only the others. The run

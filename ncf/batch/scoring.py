@@ -473,9 +473,10 @@ class StageIncomplete(RuntimeError):
 
 
 class ScoringFailed(RuntimeError):
-    """The scoring stopped midway (an actor died or raised, a part could not be written): nothing
-    committed. Its message is one line: the cause's type and line, how many whole parts the
-    stage keeps for a rerun of the same command to continue (``resume``)."""
+    """The scoring stopped midway (an actor died or raised, a part could not be written), or its
+    commit raised an I/O error and was not finished from its journal: nothing committed. Its
+    message is one line: the cause's type and line, how many whole parts the stage keeps for a
+    rerun of the same command to continue (``resume``)."""
 
 
 def _failed_midway(error: BaseException, stage: str, named: Dict[str, pa.Table], resume: bool) -> ScoringFailed:
@@ -714,16 +715,44 @@ def run_batch_scoring(
             raise
         # The plan stays through the swap: a run killed while the commit fsyncs every part leaves a
         # complete stage that the next run continues (and commits) by its plan, not scores again.
-        final = run.commit(manifest)
+        commit_error = None
         try:
-            os.remove(os.path.join(final, PLAN))  # readers skip "_" names; gone once committed all the same
-        except OSError:
-            pass
+            final = run.commit(manifest)
+        except OSError as e:  # a full disk, say: the run's parts are whole, so they are kept or swapped in
+            commit_error = e
+    # Past the run's exit, which rolled a begun swap forward, or kept (or removed) the stage.
+    if commit_error is not None:
+        final = _commit_outcome(commit_error, output, run_date, run_id, config.resume, log)
+    try:
+        os.remove(os.path.join(final, PLAN))  # readers skip "_" names; gone once committed all the same
+    except OSError:
+        pass
     log(
         f"done: {manifest['users']:,} users scored, {manifest['rows']:,} rows written in "
         f"{manifest['seconds']} s ({manifest['users_per_s']} users/s) -> {final}"
     )
     return manifest
+
+
+def _commit_outcome(
+    error: OSError, output: str, run_date: str, run_id: str, resume: bool, log: Callable[[str], None]
+) -> str:
+    """The partition's path when the commit that raised ``error`` was finished all the same (from
+    its journal, on the run's way out); otherwise :class:`ScoringFailed`, one line saying where
+    the scored parts are and what a rerun does with them."""
+    final = commit.partition_path(output, partition_name(run_date))
+    committed = commit.read_committed(final)
+    if committed is not None and committed.get("run_id") == run_id:
+        log(f"the commit raised ({error}) and was finished from its journal")
+        return final
+    cause = f"{type(error).__name__}: {error}"
+    if os.path.exists(commit.journal_path(output, partition_name(run_date))):
+        kept = "every part is scored and the swap journaled: the next run of this date finishes the commit"
+    elif resume:
+        kept = "every part is scored and kept: rerun the same command to commit them (--no-resume starts afresh)"
+    else:
+        kept = "its parts are removed (--no-resume): rerun the same command to score every user again"
+    raise ScoringFailed(f"the commit of run_date={run_date} failed ({cause}); nothing committed, {kept}")
 
 
 def _verified(
