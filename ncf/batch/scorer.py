@@ -38,16 +38,9 @@ class InputsChanged(RuntimeError):
 
 
 def inputs_changed_in(error: BaseException) -> Optional[InputsChanged]:
-    """The :class:`InputsChanged` an actor raised, found under what Ray and Ray Data make of it.
-    Ray Data's actors hand the driver a ``UserCodeException`` whose message is the actor's
-    traceback, the exception itself not attached: its last line then names it. None when there
-    is none."""
-    found = raised_within(error, InputsChanged)
-    if found is not None:
-        return InputsChanged(str(found).strip().splitlines()[0])
-    marker = f"{InputsChanged.__name__}: "
-    lines = [line.strip() for line in str(error).splitlines() if marker in line]
-    return InputsChanged(lines[-1].split(marker, 1)[1]) if lines else None
+    """The :class:`InputsChanged` an actor raised, its first line, found under what Ray and Ray
+    Data make of it (see :func:`raised_remotely`); None when there is none."""
+    return raised_remotely(error, InputsChanged)
 
 
 # "ncf.errors.InputError: message", "RuntimeError: message": the line a Python traceback ends an
@@ -85,25 +78,33 @@ def _clipped(line: str) -> str:
 
 def input_error_in(error: BaseException) -> Optional[InputError]:
     """The :class:`ncf.errors.InputError` (or a subclass) an actor raised, its first line, found
-    under what Ray wraps it in (the exception where attached, else the remote traceback's last
-    line naming one of this code base's exception classes); None when there is none."""
-    found = raised_within(error, InputError)
+    under what Ray wraps it in (see :func:`raised_remotely`); None when there is none."""
+    return raised_remotely(error, InputError)
+
+
+def raised_remotely(error: BaseException, kind: type) -> Optional[BaseException]:
+    """The ``kind`` (or a subclass of it) an actor raised, as one line: the exception where Ray
+    attaches it, else made again from the remote traceback's last line naming one of this code
+    base's subclasses of ``kind``. Ray Data's actors hand the driver a ``UserCodeException``
+    whose message is the actor's traceback, the exception itself not attached. None when there
+    is none."""
+    found = raised_within(error, kind)
     if found is not None:
         lines = str(found).strip().splitlines()
-        return found if len(lines) == 1 else _made(type(found), lines[0] if lines else type(found).__name__)
+        return found if len(lines) == 1 else _made(type(found), lines[0] if lines else type(found).__name__, kind)
     for match in reversed([m for m in map(_EXCEPTION_LINE.match, _COLOURS.sub("", str(error)).splitlines()) if m]):
-        kind = _our_class(match.group(1))
-        if kind is not None and issubclass(kind, InputError):
-            return _made(kind, (match.group(2) or kind.__name__).strip())
+        named = _our_class(match.group(1))
+        if named is not None and issubclass(named, kind):
+            return _made(named, (match.group(2) or named.__name__).strip(), kind)
     return None
 
 
-def _made(kind: type, message: str) -> InputError:
-    """``kind(message)``, or a plain InputError where ``kind`` takes other arguments."""
+def _made(named: type, message: str, fallback: type) -> BaseException:
+    """``named(message)``, or ``fallback(message)`` where ``named`` takes other arguments."""
     try:
-        return kind(message)
+        return named(message)
     except TypeError:
-        return InputError(message)
+        return fallback(message)
 
 
 def _our_class(dotted: str) -> Optional[type]:
