@@ -427,3 +427,53 @@ def test_a_replaced_question_stops_asking_and_labels_that_fail_are_said(tmp_path
         assert len(label_calls) >= 2 and sorted(sum(label_calls, [])) == sorted(long_ids)
         assert all(len(json.dumps({"product_ids": ids})) < 64 * 1024 for ids in label_calls)
         assert len(_rendered(page)) == 600 and errors == []
+
+
+@pytest.mark.faults
+def test_the_page_refuses_an_address_out_of_range_and_keeps_markup_and_its_question(tmp_path):
+    """An address's k or baskets outside the fields' limits was asked (the costly explained
+    ranking first, then a 422); a page whose settings call failed dropped the address's question;
+    the header kept the page's first model version after a rollout; a household of spaces did
+    nothing. Labels with markup are shown as text."""
+    import json
+
+    at = "2017-11-27T04:01:00+00:00"
+    settings = json.dumps({"default_at": at, "model_version": "v1", "max_k": 100, "max_baskets": 20})
+    answer = (
+        f'{{"user_id": "h", "at": "{at}", "cold_start": false, "model_version": "v2", "items": '
+        '[{"product_id": "p", "score": 0.5, "because": []}]}'
+    )
+    answers = {
+        "/ui/config": [(500, {}, '{"error": "the registry is unreadable"}'), (200, {}, settings)],
+        "/households": [(200, {}, '{"user_ids": [], "model_version": "v1"}')],
+        "/recommend": [(200, {}, answer)],
+        "/history": [(200, {}, f'{{"user_id": "h", "known": true, "purchases": 0, "at": "{at}", "baskets": []}}')],
+        "/products": [(200, {}, '{"products": [{"product_id": "p", "department": "D", "category": "<b>x</b> & y"}]}')],
+    }
+    asked = []
+    origin = f"http://127.0.0.1:{free_port()}"
+    with _browser_page(tmp_path, console_errors=False) as (page, errors):
+        page.route("**/*", _fake_server(origin, answers, asked))
+        page.goto(f"{origin}/ui?household=h&k=5")
+        page.wait_for_selector("#status.error", timeout=30_000)
+        assert "could not read its settings: the registry is unreadable" in page.text_content("#status")
+        assert page.input_value("#household") == "h" and page.input_value("#k") == "5"
+
+        for address, named in (("baskets=500", "baskets=500"), ("k=2.5", "k=2.5")):
+            asked.clear()
+            page.goto(f"{origin}/ui?household=h&{address}")
+            page.wait_for_selector("#status.error", timeout=30_000)
+            assert named in page.text_content("#status"), page.text_content("#status")
+            assert [path for path, _ in asked if path in ("/recommend", "/history")] == []
+
+        page.goto(f"{origin}/ui")
+        page.wait_for_selector('body[data-ready="true"]', timeout=30_000)
+        page.fill("#household", "   ")
+        page.click("#show")
+        page.wait_for_selector("#status.error", timeout=10_000)
+        assert page.text_content("#status") == "Type a household id"
+        _ask(page, "h", 5)
+        assert page.text_content("#recommendations .labels") == "<b>x</b> & y · D"
+        assert page.locator("#recommendations b").count() == 0
+        assert page.text_content("#model-version") == "v2"
+        assert errors == []

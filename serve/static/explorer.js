@@ -9,6 +9,9 @@
   let config = null;
   // The question asked last: an earlier one's answer, arriving after it, is not shown.
   let questionSeq = 0;
+  // Aborts the calls of the question asked last when another replaces it: the server does not
+  // rank (with reasons) for an answer nobody will see.
+  let questionCalls = null;
 
   // -- HTTP ------------------------------------------------------------------------------------
 
@@ -29,12 +32,13 @@
 
   // A question's calls stop asking again once another question replaced it (`current` false):
   // its busy line would stand under the new answer, and its calls load a busy server.
-  async function call(path, body, retries = 0, current = () => true) {
+  async function call(path, body, retries = 0, current = () => true, signal = undefined) {
     // Relative paths: the routes sit beside /ui under the app's route prefix.
-    const init = body === undefined ? {} : {
+    const init = body === undefined ? { signal } : {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
+      signal,
     };
     let response = await fetch(path, init);
     for (let retry = 0; retry < retries && response.status === 503 && current(); retry++) {
@@ -211,14 +215,14 @@
   // failed is the error's text when a call failed (its ids then show without labels, and the
   // status says so). Ids the state no longer knows (a rollout between the ranking and this call)
   // are asked without.
-  async function labelsFor(ids, current) {
+  async function labelsFor(ids, current, signal) {
     const labels = new Map();
     let failed = null;
     for (let unique of labelChunks([...new Set(ids.map(String))])) {
       if (!current()) break; // a replaced question's labels are never shown
       for (let attempt = 0; attempt < 2 && unique.length; attempt++) {
         try {
-          const found = await call("products", { product_ids: unique }, BUSY_RETRIES, current);
+          const found = await call("products", { product_ids: unique }, BUSY_RETRIES, current, signal);
           for (const product of found.products) labels.set(String(product.product_id), product);
           break;
         } catch (e) {
@@ -239,9 +243,15 @@
   async function show(event) {
     if (event) event.preventDefault();
     const household = $("household").value.trim();
-    if (!household) return;
+    if (!household) {
+      setStatus("Type a household id", true);
+      return;
+    }
     const seq = ++questionSeq;
     const current = () => seq === questionSeq;
+    if (questionCalls) questionCalls.abort();
+    questionCalls = new AbortController();
+    const signal = questionCalls.signal;
     const k = Number($("k").value);
     const baskets = Number($("baskets").value);
     // The field as asked: it may change while the answer comes, and the address names this one.
@@ -252,7 +262,10 @@
     $("results").dataset.state = "loading";
     setStatus(`Loading household ${household}…`, false);
     try {
-      const answer = await call("recommend", { user_id: household, k, explain: true, ...moment }, BUSY_RETRIES, current);
+      const answer = await call(
+        "recommend", { user_id: household, k, explain: true, ...moment }, BUSY_RETRIES, current, signal,
+      );
+      if (!current()) return;
       const ids = [
         ...answer.items.map((i) => i.product_id),
         ...answer.items.flatMap((i) => (i.because || []).map((b) => b.product_id)),
@@ -260,8 +273,8 @@
       // The baskets before the moment the ranking used: without an `at` each call would take its
       // own "now".
       const [history, { labels, failed }] = await Promise.all([
-        call("history", { user_id: household, baskets, at: answer.at }, BUSY_RETRIES, current),
-        labelsFor(ids, current),
+        call("history", { user_id: household, baskets, at: answer.at }, BUSY_RETRIES, current, signal),
+        labelsFor(ids, current, signal),
       ]);
       if (!current()) return;
       renderHistory(history);
@@ -270,6 +283,7 @@
       $("results").dataset.userId = household;
       $("results").dataset.at = answer.at;
       $("results").dataset.state = "ready";
+      $("model-version").textContent = answer.model_version; // a rollout since the page loaded
       const unlabelled = failed === null ? "" : ` (product labels unavailable: ${failed})`;
       setStatus(`Household ${household} · model ${answer.model_version}${unlabelled}`, false);
       const params = new URLSearchParams({ household, k: String(k), baskets: String(baskets) });
@@ -299,6 +313,7 @@
     $("query").addEventListener("submit", show);
     $("household").addEventListener("input", searchHouseholds);
     $("default-at").addEventListener("click", resetMoment);
+    let settingsError = null;
     try {
       config = await call("ui/config", undefined, BUSY_RETRIES);
       $("model-version").textContent = config.model_version;
@@ -306,21 +321,29 @@
       $("baskets").max = String(config.max_baskets);
       $("at").title = `empty: the deployment's default moment (${shownMoment(config.default_at)} when the page loaded)`;
       resetMoment();
-      $("show").disabled = false;  // disabled in the page until then: the address's question comes first
       document.body.dataset.ready = "true";
     } catch (e) {
-      setStatus(`The page could not read its settings: ${e.message}`, true);
-      $("show").disabled = false;  // questions can still be asked, with the fields' own limits
-      return;
+      settingsError = e.message;
     }
+    // Disabled in the page until then: the address's question comes first. Without the settings,
+    // questions can still be asked, within the fields' own limits.
+    $("show").disabled = false;
     const params = new URLSearchParams(window.location.search);
     for (const name of ["household", "k", "baskets", "at"]) {
       if (params.get(name)) $(name).value = params.get(name);
     }
+    if (settingsError !== null) {
+      // The address's question stays in the fields, to be asked once the server answers.
+      setStatus(`The page could not read its settings: ${settingsError}`, true);
+      return;
+    }
     searchHouseholds();
-    // A field drops a value it cannot hold (an `at` without its time): asking would answer another
-    // question than the address names.
-    const dropped = ["k", "baskets", "at"].filter((name) => params.get(name) && $(name).value === "");
+    // A field drops a value it cannot hold (an `at` without its time) and keeps one outside its
+    // limits (k=500, baskets=2.5) but marks it invalid: asking would answer another question than
+    // the address names, or one the API refuses.
+    const dropped = ["k", "baskets", "at"].filter(
+      (name) => params.get(name) && ($(name).value === "" || !$(name).checkValidity()),
+    );
     if (dropped.length) {
       const values = dropped.map((name) => `${name}=${params.get(name)}`).join(", ");
       setStatus(`The address's ${values} is not a value this page takes (at: YYYY-MM-DDTHH:MM, UTC)`, true);
