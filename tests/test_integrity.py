@@ -192,6 +192,43 @@ def test_weights_of_another_shape_are_refused(model, data, tmp_path):
 
 
 @pytest.mark.faults
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda w: {**w, "note": "exported by a tool"}, r"entries that are not tensors: \['note'\]"),
+        (lambda w: {k: v.half() if v.is_floating_point() else v for k, v in w.items()}, "dtypes do not fit.*float16"),
+        (lambda w: {**w, _a_float(w): torch.full_like(w[_a_float(w)], float("nan"))}, "NaN or infinite weights"),
+    ],
+    ids=["not a tensor", "half precision", "nan"],
+)
+def test_weights_that_load_but_cannot_score_are_refused(model, damage, message):
+    """Found by the model review of 2026-12-05: weights of the right names and shapes but another
+    dtype (they fail at the first scoring), an entry that is no tensor (load_state_dict refuses
+    it) or NaN (served as NaN scores) passed the directory's check."""
+    weights = torch.load(os.path.join(model, WEIGHTS), weights_only=True)
+    torch.save(damage(weights), os.path.join(model, WEIGHTS))
+    write_manifest(model, unsealed=[METRICS])
+    with pytest.raises(ModelIntegrityError, match=message) as error:
+        verify_model_dir(model)
+    assert "\n" not in str(error.value) and model in str(error.value)
+
+
+def _a_float(weights: dict) -> str:
+    return next(name for name, t in sorted(weights.items()) if t.is_floating_point())
+
+
+@pytest.mark.faults
+def test_a_manifest_that_calls_the_weights_unsealed_is_refused(model):
+    """Only metrics.json is rewritten after the seal; a manifest that named model.pt unsealed
+    (and dropped its entry) left the weights unchecked."""
+    manifest = read_json(os.path.join(model, MANIFEST))
+    files = {k: v for k, v in manifest["files"].items() if k != WEIGHTS}
+    write_json(os.path.join(model, MANIFEST), {**manifest, "unsealed": [METRICS, WEIGHTS], "files": files})
+    with pytest.raises(ModelIntegrityError, match=r"not in the manifest: \['model.pt'\]"):
+        verify_model_dir(model)
+
+
+@pytest.mark.faults
 def test_masks_of_trained_rows_that_do_not_fit_the_tables_are_refused(model):
     # A trained directory has them; an untrained one does not, which is fine.
     verify_model_dir(model)

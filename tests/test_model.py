@@ -255,6 +255,21 @@ def test_config_rejects_bad_sizes():
         ModelConfig.from_dict({**dataclasses.asdict(small_config()), "bogus": 1})
 
 
+def test_numpy_numbers_in_a_config_are_written_as_json_numbers(tmp_path):
+    """A sweep looping over a numpy array passed np.int64 sizes, which config.json held as text
+    ("16") that no later load accepted: the saved model could not be verified, served or resumed."""
+    import json
+
+    import numpy as np
+
+    config = small_config(
+        mf_embedding_dim=np.int64(16), use_mf=np.bool_(True), dropout=np.float32(0.25), mlp_hidden_dims=(np.int64(8),)
+    )
+    written = json.loads(json.dumps(config.to_dict()))
+    assert written["mf_embedding_dim"] == 16 and written["use_mf"] is True and written["mlp_hidden_dims"] == [8]
+    assert ModelConfig.from_dict(written) == config and written == config.to_dict()
+
+
 def test_runs_on_the_default_device():
     device = default_device()
     config = small_config()

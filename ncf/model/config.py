@@ -76,6 +76,9 @@ class ModelConfig:
                 ok, kind = _whole(value) and value >= 1, "a whole number of 1 or more"
             if not ok:
                 raise ValueError(f"ModelConfig: {f.name} must be {kind}, not {value!r}")
+            # numpy's numbers pass as their kind, but config.json would hold them as text, which
+            # no later load accepts; a tuple would differ from the list read back.
+            setattr(self, f.name, _plain(value, f.type))
 
     @property
     def num_timing(self) -> int:
@@ -116,6 +119,17 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"ModelConfig: unknown keys {sorted(unknown)}")
         return ModelConfig(**values)
+
+
+def _plain(value, kind: str):
+    """``value`` (checked to be of ``kind``) as the Python type JSON writes and reads back."""
+    if kind == "bool":
+        return bool(value)
+    if kind == "float":
+        return float(value)
+    if kind == "List[int]":
+        return [int(v) for v in value]
+    return int(value)
 
 
 def _whole(value) -> bool:

@@ -212,8 +212,12 @@ def load_model(model_dir: str, device: Optional[torch.device] = None) -> Advance
     cannot change or crash the model it serves.
     """
     config = read_config(model_dir)
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as e:  # said as verify_model_dir says it, with the directory
+        raise InputError(f"{model_dir}: bad config.json ({str(e).splitlines()[0] if str(e) else e!r})") from None
     state = torch.load(os.path.join(model_dir, WEIGHTS), weights_only=True, map_location="cpu")
-    return model_from_weights(ModelConfig.from_dict(config["model"]), state, device)
+    return model_from_weights(model_config, state, device)
 
 
 class ModelDir:

@@ -55,7 +55,7 @@ from ncf.jsonio import is_temporary_of, read_json, write_json
 from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
-from ncf.model.files import CONFIG, STATE, TRAINED_PRODUCTS, TRAINED_USERS, WEIGHTS, read_config
+from ncf.model.files import CONFIG, METRICS, STATE, TRAINED_PRODUCTS, TRAINED_USERS, WEIGHTS, read_config
 from ncf.staging import present
 
 MANIFEST = "manifest.json"
@@ -164,7 +164,9 @@ def check_manifest(model_dir: str) -> Dict:
         )
     try:
         manifest = read_json(path)
-        files, unsealed = manifest["files"], set(manifest.get("unsealed", []))
+        # Only the metrics are rewritten after the seal: a manifest naming other files unsealed
+        # (model.pt, say) would leave them unchecked.
+        files, unsealed = manifest["files"], set(manifest.get("unsealed", [])) & {METRICS}
         if manifest.get("format") != MANIFEST_FORMAT or manifest.get("algorithm") != "sha256":
             raise ValueError(f"format {manifest.get('format')!r}, algorithm {manifest.get('algorithm')!r}")
         for name, entry in files.items():
@@ -236,9 +238,13 @@ def _check_weights(model_dir: str, path: str, config: ModelConfig) -> Dict[str, 
         ) from None
     if not isinstance(weights, dict):
         raise ModelIntegrityError(f"{model_dir}: model.pt holds a {type(weights).__name__}, not a state dict")
+    not_tensors = sorted(name for name, t in weights.items() if not isinstance(t, torch.Tensor))
+    if not_tensors:
+        raise ModelIntegrityError(f"{model_dir}: model.pt holds entries that are not tensors: {not_tensors[:3]}")
     with torch.device("meta"):
-        expected = {name: tuple(t.shape) for name, t in AdvancedNCF(config).state_dict().items()}
-    got = {name: tuple(t.shape) for name, t in weights.items() if isinstance(t, torch.Tensor)}
+        built = AdvancedNCF(config).state_dict()
+    expected = {name: tuple(t.shape) for name, t in built.items()}
+    got = {name: tuple(t.shape) for name, t in weights.items()}
     missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     if missing or unexpected:
         raise ModelIntegrityError(
@@ -247,7 +253,25 @@ def _check_weights(model_dir: str, path: str, config: ModelConfig) -> Dict[str, 
     wrong = [f"{name} {got[name]} != {shape}" for name, shape in expected.items() if got[name] != shape]
     if wrong:
         raise ModelIntegrityError(f"{model_dir}: model.pt shapes do not fit config.json: {'; '.join(wrong[:3])}")
+    # The loaded tensors become the model's as they are (assign=True): another dtype fails at the
+    # first scoring, not here.
+    wrong = [f"{n} {weights[n].dtype} != {t.dtype}" for n, t in built.items() if weights[n].dtype != t.dtype]
+    if wrong:
+        raise ModelIntegrityError(f"{model_dir}: model.pt dtypes do not fit the model: {'; '.join(wrong[:3])}")
+    not_finite = [name for name, t in weights.items() if t.is_floating_point() and not _all_finite(t)]
+    if not_finite:
+        raise ModelIntegrityError(
+            f"{model_dir}: model.pt holds NaN or infinite weights in {not_finite[:3]} (a training that diverged?)"
+        )
     return weights
+
+
+def _all_finite(tensor: torch.Tensor, rows: int = 1 << 16) -> bool:
+    """Whether every value is finite, read a block of rows at a time (a memory-mapped table of
+    millions of rows is never held whole)."""
+    if tensor.dim() == 0:
+        return bool(torch.isfinite(tensor))
+    return all(bool(torch.isfinite(tensor[i : i + rows]).all()) for i in range(0, tensor.shape[0], rows))
 
 
 def _check_trained_rows(model_dir: str, config: ModelConfig) -> None:
