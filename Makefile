@@ -98,7 +98,7 @@ $(MLFLOW_VENV)/.setup: Makefile requirements/mlflow-ui.txt
 
 mlflow-ui: $(MLFLOW_VENV)/.setup
 	@mkdir -p artifacts
-	$(MLFLOW_VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(MLFLOW_PORT)
+	MLFLOW_DISABLE_TELEMETRY=true $(MLFLOW_VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 clean:
 	rm -rf $(VENV) $(MLFLOW_VENV) artifacts .pytest_cache

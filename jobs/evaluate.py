@@ -70,6 +70,11 @@ def main(argv=None) -> list:
         verify_data_state(args.data)
         args.model = None if args.baselines_only else check_model(args.model)
         handle = None if args.baselines_only else ModelDir(args.model)
+        # All of it from the directory the handle resolved, and its curves read now: a training
+        # repointing the link (or saving over the directory) during the minutes below must not give
+        # the report another model's curves, nor the rows another model's figures.
+        args.model = None if handle is None else handle.path
+        history = None if handle is None else handle.metrics().get("history")
         if args.split == VAL:
             print(
                 "[evaluate] --split val: the baselines are tuned and the validated model's epoch chosen on "
@@ -99,7 +104,7 @@ def main(argv=None) -> list:
                 handle.version,
                 period,
                 rows,
-                handle.metrics().get("history"),
+                history,
                 ablations,
                 ablations_source=args.ablations,
                 exclude_purchased=args.exclude_purchased,

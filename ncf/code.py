@@ -1,11 +1,13 @@
 """What code runs: a digest of the project's Python source, for what must change when it does
-(Serve's deployment version; a nightly run's plan, which a rerun on other code must not continue)."""
+(Serve's deployment version; a nightly run's plan, which a rerun on other code must not continue),
+and its commit, for a model's lineage."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from typing import Callable, Sequence
+import subprocess
+from typing import Callable, Dict, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,3 +31,19 @@ def source_digest(
                 with open(path, "rb") as f:
                     digest.update(hashlib.sha256(f.read()).digest())
     return digest.hexdigest()[:16]
+
+
+def code_version() -> Dict[str, str]:
+    """The commit of the code that runs (``NCF_CODE_COMMIT`` overrides it: a cluster's working
+    directory has no .git) and whether tracked files differ from it."""
+    if os.environ.get("NCF_CODE_COMMIT"):
+        return {"code_commit": os.environ["NCF_CODE_COMMIT"], "code_dirty": "unknown"}
+    try:
+        git = ["git", "-C", REPO]
+        commit = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        status = subprocess.run(
+            git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=30
+        )
+        return {"code_commit": commit.stdout.strip(), "code_dirty": str(bool(status.stdout.strip())).lower()}
+    except (OSError, subprocess.SubprocessError):
+        return {"code_commit": "unknown", "code_dirty": "unknown"}

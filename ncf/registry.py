@@ -42,13 +42,13 @@ import os
 import pathlib
 import re
 import socket
-import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from ncf.code import code_version
 from ncf.data import layout
 from ncf.errors import InputError, TryLater
 from ncf.jsonio import read_json
@@ -73,7 +73,6 @@ LOCAL_STORE = os.path.join("artifacts", "mlflow.db")
 ARTIFACTS = "mlflow-artifacts"
 POINTER = "model_dir"  # the run artifact folder a version's source names (pointer.json: the path)
 HEADLINE = ("recall@10", "ndcg@10")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS_CLI = "python -m jobs.models"
 
 
@@ -164,20 +163,6 @@ def _sealed_weights(model_dir: str) -> Optional[str]:
         return None
 
 
-def code_version() -> Dict[str, str]:
-    """The commit of the code that runs (``NCF_CODE_COMMIT`` overrides it: a cluster's working
-    directory has no .git) and whether tracked files differ from it."""
-    if os.environ.get("NCF_CODE_COMMIT"):
-        return {"code_commit": os.environ["NCF_CODE_COMMIT"], "code_dirty": "unknown"}
-    try:
-        git = ["git", "-C", REPO]
-        commit = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
-        status = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-        return {"code_commit": commit.stdout.strip(), "code_dirty": str(bool(status.stdout.strip())).lower()}
-    except (OSError, subprocess.SubprocessError):
-        return {"code_commit": "unknown", "code_dirty": "unknown"}
-
-
 def lineage(model_dir: str, data: Optional[str] = None) -> Dict[str, str]:
     """What a model directory came from, as registry tags (strings)."""
     config = read_config(model_dir)
@@ -193,9 +178,15 @@ def lineage(model_dir: str, data: Optional[str] = None) -> Dict[str, str]:
         "trained_through": str(config["trained_through"]),
         "data_dir": data,
         "data_vocab_sha256": str(trained_vocab or "unknown"),  # the weights' DATA, whatever data_dir holds now
-        "data_stats_sha256": sha256_of(stats) if os.path.exists(stats) else "unknown (no stats.json)",
+        "data_stats_sha256": (
+            # As the training saw it (recorded since 2026-12-05): DATA may have been refreshed since.
+            config["data"].get("stats_sha256")
+            or (sha256_of(stats) if os.path.exists(stats) else "unknown (no stats.json)")
+        ),
         "weights_sha256": sha256_of(os.path.join(model_dir, WEIGHTS)),
-        **code_version(),
+        # The code that trained it where the directory says (a register run later, from another
+        # checkout, would name its own); the registering code's for older directories.
+        **(config.get("code") or code_version()),
     }
 
 
@@ -594,6 +585,8 @@ class Registry:
         # Versions deleted since they were current (the UI, the API) are passed over: the
         # history names them still, and would block every rollback.
         kept = [v for v in history[:-1] if self._exists(v)] + history[-1:]
+        # 1, 2, 1 with 2 deleted: 1, 1, whose "previous" is the current version itself.
+        kept = [v for i, v in enumerate(kept) if i == 0 or v != kept[i - 1]]
         if len(kept) < 2:
             raise InputError(f"version {history[-1]} is the first that was current: no previous one to roll back to")
         try:
@@ -604,7 +597,11 @@ class Registry:
             raise InputError(
                 f"{e}; rollback goes to version {kept[-2]} only: {MODELS_CLI} promote VERSION makes another current"
             ) from None
-        self._set_current(kept[-2], kept[:-1])
+        # The history first: a rollback stopped before the alias moves then reads as not done (the
+        # alias first, history() would take the version rolled back from as moved to, and the next
+        # rollback would go back to it).
+        self._record_current(kept[-2], kept[:-1])
+        self.client.set_registered_model_alias(self.name, CURRENT, kept[-2])
         return kept[-1], kept[-2]
 
     def _exists(self, version: str) -> bool:

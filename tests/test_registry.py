@@ -323,6 +323,38 @@ def test_rollback_passes_over_a_version_deleted_since_it_was_current(store, tmp_
 
 
 @pytest.mark.faults
+def test_a_rollback_stopped_midway_or_over_a_deleted_version_never_goes_back_to_the_bad_one(
+    store, tmp_path, monkeypatch
+):
+    """Found by the registry review of 2026-12-05. A rollback stopped between its two writes (the
+    alias moved, the history not) read as a move to the old version, so the next rollback went
+    back to the version just rolled back from; 1, 2, 1 with 2 deleted rolled back from 1 to 1,
+    said so and erased the history."""
+    for version in ("v1", "v2", "v3"):
+        reg.track_model(fake_model_dir(tmp_path, version), strict=True)
+    store.promote("2")
+    store.promote("3")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store.client, "set_registered_model_alias", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            store.rollback()
+    assert store.current() == "3" and store.history()[-2:] == ["2", "3"]  # not done: asked again
+    assert store.rollback() == ("3", "2") and store.current() == "2"
+    assert store.rollback() == ("2", "1") and store.current() == "1"
+
+    store.promote("2")
+    store.promote("1")
+    store.client.delete_model_version(store.name, "2")
+    with pytest.raises(InputError, match="no previous one"):
+        store.rollback()
+    assert store.current() == "1"
+
+
+@pytest.mark.faults
 def test_registering_with_a_data_the_model_was_not_trained_on_is_refused(store, tmp_path, capsys):
     """``register --data`` recorded any DATA as the version's lineage; the weights' own is kept too."""
     model = fake_model_dir(tmp_path, "v1")
@@ -716,3 +748,38 @@ def test_rolling_back_current_changes_what_serve_and_the_nightly_job_use(small_d
     finally:
         serve.shutdown()
     assert _batch_versions("current", data, str(tmp_path / "scores")) == {"v1"}
+
+
+@pytest.mark.faults
+def test_the_registry_sends_no_usage_data_out_of_the_machine():
+    """MLflow 3 fetches a telemetry config at import and queues an event per registry call, from
+    every process outside CI (the registry review of 2026-12-05): importing the project turns it
+    off before mlflow is imported, where a user set nothing."""
+    ci = ("PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+    env = {k: v for k, v in os.environ.items() if k not in ci}
+    probe = (
+        "import ncf.registry, mlflow\n"
+        "from mlflow.telemetry.utils import is_telemetry_disabled\n"
+        "print(is_telemetry_disabled())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
+
+
+@pytest.mark.faults
+def test_a_version_registered_later_names_the_code_and_data_it_was_trained_on(store, tmp_path, monkeypatch):
+    """``jobs.models register`` after a store outage tagged the commit of the checkout that ran it
+    and DATA's stats.json as it was then (the registry review of 2026-12-05): the directory now
+    records both when it is saved, and the version's tags are those."""
+    monkeypatch.setenv("NCF_CODE_COMMIT", "commit-that-trained")
+    model = fake_model_dir(tmp_path, "v1")
+    data = read_json(os.path.join(model, "config.json"))["data"]["path"]
+    trained_stats = sha256(layout.stats_path(data))
+    monkeypatch.setenv("NCF_CODE_COMMIT", "commit-that-registers")
+    stats = read_json(layout.stats_path(data))
+    write_json(layout.stats_path(data), {**stats, "refreshed": True})  # DATA refreshed meanwhile
+    assert reg.track_model(model, strict=True) == "1"
+    tags = store.client.get_model_version(store.name, "1").tags
+    assert tags["code_commit"] == "commit-that-trained" and tags["data_stats_sha256"] == trained_stats

@@ -37,6 +37,7 @@ from typing import Dict, Optional
 
 import torch
 
+from ncf.code import code_version
 from ncf.data import layout
 from ncf.data.examples import listed_rows
 from ncf.data.features import FEATURES_VERSION
@@ -59,7 +60,7 @@ from ncf.model.files import (  # noqa: F401 (re-exported: the names callers know
     read_trained_rows,
     save_trained_rows,
 )
-from ncf.model.integrity import vocab_digest, write_manifest
+from ncf.model.integrity import sha256_of, vocab_digest, write_manifest
 from ncf.splits import REFIT, VALIDATED
 from ncf.staging import replacing
 
@@ -155,7 +156,14 @@ def save_model_dir(
                 "version": version,
                 "run": run,
                 "model": dataclasses.asdict(model_config),
-                "data": {"path": os.path.abspath(data), "boundaries": stats.boundaries, "vocab_sha256": copied_vocab},
+                "data": {
+                    "path": os.path.abspath(data),
+                    "boundaries": stats.boundaries,
+                    "vocab_sha256": copied_vocab,
+                    # The registry's lineage, as trained: DATA may be refreshed before it registers.
+                    "stats_sha256": sha256_of(layout.stats_path(data)),
+                },
+                "code": code_version(),
                 "trained_through": int(trained_through),
                 "rows_trained_before": int(trained_through if rows_trained_before is None else rows_trained_before),
                 "ranking": ranking or {},
