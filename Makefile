@@ -3,7 +3,8 @@
 # make demo    : the main job end to end on the default dataset (Complete Journey)
 # make bench   : the benchmarks (JSON on stdout; figures go to BENCHMARKS.md)
 # make mlflow-ui: MLflow's UI on the local store (runs, sweeps, registered models) at 127.0.0.1:5000
-# ACCEL=cuda   : install the CUDA fbgemm-gpu instead of fbgemm-gpu-cpu (later targets keep it)
+# ACCEL=cuda   : install the CUDA fbgemm-gpu instead of fbgemm-gpu-cpu (later targets keep it); the
+#                default where nvidia-smi lists a GPU and no setup was made yet, cpu elsewhere
 # TORCH_INDEX=https://download.pytorch.org/whl/cpu : torch's CPU build (about 200 MB) where pip
 #                would otherwise take PyPI's torch, which brings CUDA's libraries (gigabytes); a
 #                .venv already set up keeps its torch (rm -rf .venv first)
@@ -12,8 +13,9 @@
 PYTHON ?= python3
 VENV   := .venv
 # The last setup's ACCEL until another is asked for: a plain `make demo` after `make setup
-# ACCEL=cuda` must not swap the CUDA fbgemm-gpu for the CPU one.
-ACCEL  ?= $(or $(patsubst $(VENV)/.setup-%,%,$(firstword $(wildcard $(VENV)/.setup-*))),cpu)
+# ACCEL=cuda` must not swap the CUDA fbgemm-gpu for the CPU one. A first setup takes CUDA's
+# where a GPU answers nvidia-smi: GPU training needs fbgemm's CUDA build.
+ACCEL  ?= $(or $(patsubst $(VENV)/.setup-%,%,$(firstword $(wildcard $(VENV)/.setup-*))),$(if $(shell nvidia-smi -L 2>/dev/null | grep -m1 '^GPU'),cuda,cpu))
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 TORCH_INDEX ?=
@@ -39,14 +41,21 @@ setup: $(STAMP)
 # A venv whose creation failed halfway (Debian without python3-venv leaves bin/python, no pip) is
 # made again rather than reused forever. The pinned stack needs Python 3.11 or later (numpy 2.4,
 # pandas 3.1): an older one is refused before any download; one other than 3.11 is warned of.
-# LightGBM (the boosted ranker) loads the system's OpenMP runtime, which minimal images lack.
+# LightGBM (the boosted ranker) and implicit (ALS) load the system's OpenMP runtime, which minimal
+# images lack: Debian's libgomp1 is installed where it is missing. The CUDA fbgemm-gpu cannot load
+# beside a CPU torch (a .venv set up for the CPU first, whose torch pip keeps): refused.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml requirements/lock.txt Makefile
 	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || { echo "error: $(PYTHON) -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
 	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] < (3, 11))" || { echo "error: $(VENV) is $$($(PY) --version), the pinned stack needs Python 3.11: rm -rf $(VENV), then make setup PYTHON=python3.11"; exit 1; }
 	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] != (3, 11))" || echo "warning: $$($(PY) --version) is not Python 3.11, the version the pinned stack was tested on"
-	@$(PY) -c "__import__('ctypes').CDLL('libgomp.so.1')" 2>/dev/null || echo "warning: no libgomp.so.1 (OpenMP), which LightGBM loads: apt-get install libgomp1"
+	@$(PY) -c "__import__('ctypes').CDLL('libgomp.so.1')" 2>/dev/null || { \
+	  echo "installing Debian's libgomp1 (OpenMP), which LightGBM and implicit load"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgomp1 >/dev/null; } || { \
+	  echo "error: no libgomp.so.1 (OpenMP), which LightGBM and implicit load, and apt-get could not install libgomp1"; exit 1; }
 	$(PIP) install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
 	@if $(PIP) show -q $(FBGEMM_OTHER) 2>/dev/null; then $(PIP) uninstall -q -y $(FBGEMM_OTHER); fi
+	@[ "$(ACCEL)" != cuda ] || $(PY) -c "raise SystemExit(__import__('torch').version.cuda is None)" || { echo "error: $(VENV)'s torch is a CPU build, which the CUDA fbgemm-gpu cannot load beside: rm -rf $(VENV), then make setup ACCEL=cuda (without TORCH_INDEX)"; exit 1; }
 	$(PIP) install -q $(FBGEMM)
 	$(PIP) install -q --no-deps torchrec==1.8.0
 	$(PIP) install -q -r requirements/lock.txt
@@ -56,7 +65,6 @@ $(STAMP): pyproject.toml requirements/lock.txt Makefile
 
 # The report and explorer tests render their pages in headless Chromium (Debian's package;
 # the explorer test drives it through Playwright, which then downloads no browser of its own).
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium (about 100 MB) for the report and explorer tests"; \
