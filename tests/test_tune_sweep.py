@@ -677,3 +677,12 @@ def test_a_trials_best_epoch_is_what_its_ray_train_run_kept_not_only_what_tune_l
 
     with pytest.raises(InputError, match=r"damaged.*remove .*train/t and resume: that trial trains again"):
         check_features_of_runs(str(train_dir), "start the sweep again with a new --output")
+
+    # Stopped before its first report (Tune has no metrics, so no trial id), after its first
+    # checkpoint: Tune's folder names the run, which was not found under the folder's name.
+    (train_dir / "t" / RAY_INDEX).write_text(json.dumps({"checkpoint_results": results[:1]}))
+    (train_dir / "t-refit").mkdir()
+    silent = SimpleNamespace(config=point, metrics={}, path="tune/trial_fn_t_0_mf=8_2026-12-05_10-00-00", error=None)
+    silent.metrics_dataframe = None
+    row = _trial_row(silent, point, str(train_dir))
+    assert (row["trial_id"], row[BEST], row["best_epoch"]) == ("t", 0.45, 2), row

@@ -30,7 +30,7 @@ CHECKPOINT_PATH = "checkpoint_path"  # what Tune's TuneReportCallback adds to th
 
 def _trial_row(result, default: Dict, train_dir: Optional[str] = None) -> Dict:
     point = {k: result.config.get(k) for k in SEARCHED}
-    row = {"trial_id": (result.metrics or {}).get("trial_id", os.path.basename(result.path)), **point}
+    row = {"trial_id": _trial_id(result, train_dir), **point}
     row["mlp_hidden_dims"] = str(mlp_tower(int(point["mlp_depth"]), int(point["mlp_width"])))
     row["is_default"] = all(np.isclose(point[k], default[k]) for k in SEARCHED)
     row["status"] = "error" if result.error else "done"
@@ -57,6 +57,21 @@ def _trial_row(result, default: Dict, train_dir: Optional[str] = None) -> Dict:
     )
     row.update(kept or {})
     return row
+
+
+def _trial_id(result, train_dir: Optional[str]) -> str:
+    """The trial's id: what it reported, else (stopped before its first report, maybe after its
+    first checkpoint) the Ray Train run of ``train_dir`` its Tune folder names. Tune names that
+    folder ``{trainable}_{trial id}_{index}_{point}_{date}``; the run is named by the trial id."""
+    reported = (result.metrics or {}).get("trial_id")
+    if reported:
+        return str(reported)
+    folder = os.path.basename(os.path.normpath(result.path))
+    try:
+        runs = [name for name in os.listdir(train_dir) if f"_{name}_" in folder] if train_dir else []
+    except OSError:
+        runs = []
+    return runs[0] if len(runs) == 1 else folder
 
 
 def _kept_best(train_dir: str, trial_id: str) -> Optional[Dict]:
