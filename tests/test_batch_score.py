@@ -419,9 +419,9 @@ def test_a_replays_stats_for_another_catalog_and_a_k_beyond_the_days_products_ar
     with pytest.raises(bs.InputsChanged, match="DATA now .*DATA was replaced during the run"):
         bs.ScoreBatch(**args, replay_stats=shorter)
     few = dataclasses.replace(stats, lines=np.r_[0, 4, 1, 2, np.zeros(stats.num_products - 4)])
-    bs._check_k_known(3, few, "2024-01-02")
+    bs._check_k_known(3, few.lines, "2024-01-02")
     with pytest.raises(InputError, match="--k 4: only 3 products were bought before 2024-01-02"):
-        bs._check_k_known(4, few, "2024-01-02")
+        bs._check_k_known(4, few.lines, "2024-01-02")
 
 
 @pytest.mark.faults

@@ -386,14 +386,14 @@ def _check_k(k: int, recommender_config: Dict) -> None:
         raise InputError(f"--k {k}: must be between 1 and {limit} for this model")
 
 
-def _check_k_known(k: int, stats, run_date: str, replay: bool = True) -> None:
-    """A run ranks only products bought before its moment (``stats``: a :class:`ProductStats`,
-    its ``lines``, or None: not checked): a replay those bought before its day, any other run
-    those DATA's purchases hold. Fewer than ``k`` of them would leave every household's list
-    short, each batch failing in its actor."""
-    if stats is None:
+def _check_k_known(k: int, lines: Optional[np.ndarray], run_date: str, replay: bool = True) -> None:
+    """A run ranks only products bought before its moment (``lines``: purchase lines per product
+    index, as :class:`ProductStats` holds them; None: not checked): a replay those bought before
+    its day, any other run those DATA's purchases hold. Fewer than ``k`` of them would leave every
+    household's list short, each batch failing in its actor."""
+    if lines is None:
         return  # not known here
-    lines = stats.lines if isinstance(stats, ProductStats) else np.asarray(stats)
+    lines = np.asarray(lines)
     known = int((lines[1:] > 0).sum())
     if known == 0:
         what = f"no product was bought before {run_date}" if replay else "DATA holds no purchase"
@@ -682,7 +682,7 @@ def run_batch_scoring(
     # A replay's product stats: one pass over every purchase, here, for the actors and the check.
     replay_stats = _replay_stats(config.data, at, log) if replay else None
     if replay_stats is not None:
-        _check_k_known(config.k, replay_stats, run_date)
+        _check_k_known(config.k, replay_stats.lines, run_date)
     plan = run_plan(config, at, inputs, users.num_rows, replay)
     # The date's lock is held from here to the commit: a second run of the date is refused.
     with PartitionRun(
