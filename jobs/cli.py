@@ -286,6 +286,8 @@ def require_dir(path: str, what: str, option: str, run_first: str) -> str:
     """``path`` is a directory with something in it, else a one-line error saying what to run."""
     from ncf.staging import present
 
+    if not path:  # an unset variable in a script: "" would be the working directory to some callers
+        raise InputError(f"{option} is empty: give the {what}'s path")
     reason = None
     if not present(path):  # a replacement killed between its renames is finished first
         reason = "no such directory"

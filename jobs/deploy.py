@@ -129,7 +129,7 @@ def main(argv=None) -> dict:
             )
         # current: the registry's current version, now; build_app verifies the directory.
         app_args["model"] = check_model(args.model, verify=False)
-        if args.data:
+        if args.data is not None:  # an empty one (a script's unset variable) is refused, not dropped
             check_data(args.data)
         app = build_app(app_args)  # checks the settings before Ray starts
         init_ray()

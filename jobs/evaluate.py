@@ -19,7 +19,7 @@ from ncf.evaluate.report import write_report
 from ncf.model.directory import ModelDir
 from ncf.model.integrity import verify_data_state
 from ncf.splits import TEST, VAL
-from ncf.staging import check_parent
+from ncf.staging import check_parent, within
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,6 +69,7 @@ def main(argv=None) -> list:
         check_data(args.data)
         verify_data_state(args.data)
         args.model = None if args.baselines_only else check_model(args.model)
+        check_report_apart(args.report, args.model, args.data)  # again: the registry's directory for current
         handle = None if args.baselines_only else ModelDir(args.model)
         # All of it from the directory the handle resolved, and its curves read now: a training
         # repointing the link (or saving over the directory) during the minutes below must not give
@@ -136,19 +137,41 @@ def check_args(args: argparse.Namespace) -> None:
         if os.path.lexists(args.report) and not os.path.isdir(args.report):
             raise InputError(f"--report {args.report}: exists and is not a directory")
         check_parent(args.report)
+        check_report_apart(args.report, args.model, args.data)
+
+
+def check_report_apart(report: str | None, model: str | None, data: str) -> None:
+    """A report written into MODEL would add a file its manifest does not hold (every later
+    verification, so every rollout, refuses it), one into DATA a file no preprocessing wrote;
+    one holding either would hold them in its folder. Refused in one line."""
+    if not report:
+        return
+    for flag, path in (("--model", model), ("--data", data)):
+        if path and (within(report, path) or within(path, report)):
+            raise InputError(f"--report {report}: overlaps {flag} {path}; write the report somewhere else")
 
 
 def read_jsonl(path: str) -> list:
+    """The ablation rows of ``--ablations``: one JSON object per line, checked before the
+    evaluation's minutes (the report reads each as an object)."""
     if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file (--ablations)")
+        raise InputError(f"--ablations {path}: no such file")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise InputError(f"--ablations {path}: line {number} is not JSON ({e.msg})") from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise InputError(f"--ablations {path}: line {number} is not JSON ({e.msg})") from None
+                    if not isinstance(row, dict):
+                        raise InputError(
+                            f"--ablations {path}: line {number} is a JSON {type(row).__name__}, not an object"
+                        )
+                    rows.append(row)
+    except UnicodeDecodeError as e:
+        raise InputError(f"--ablations {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     return rows
 
 

@@ -148,9 +148,21 @@ def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
         command = args.command or "list"
+        if command == "register":  # the directory before the store: a refused one creates no store
+            check_register_args(args)
         registry = Registry(args.tracking_uri, args.name, create=command == "register")
         with store_errors(registry.uri):
             return _run(command, args, registry)
+
+
+def check_register_args(args: argparse.Namespace) -> None:
+    """``register``'s directory (and DATA) checked before the store is opened or a run logged."""
+    if is_registry_ref(args.model):
+        raise InputError(f"register {args.model}: registers a model directory, not a registry reference")
+    check_model(args.model, option="MODEL")
+    if args.data is not None:
+        check_data(args.data)
+        check_trained_on(args.model, args.data)
 
 
 def _run(command: str, args: argparse.Namespace, registry: Registry):
@@ -180,12 +192,6 @@ def _run(command: str, args: argparse.Namespace, registry: Registry):
         print(f"current: {version} (rolled back from {rolled_back}): {path}; {serve_unchanged(args, registry)}")
         return version
     if command == "register":
-        if is_registry_ref(args.model):
-            raise InputError(f"register {args.model}: registers a model directory, not a registry reference")
-        check_model(args.model)
-        if args.data is not None:
-            check_data(args.data)
-            check_trained_on(args.model, args.data)  # before a run is logged for it
         return track_model(args.model, args.data, strict=True, registry=registry, candidate=not args.not_deployable)
     if command == "resolve":
         path = registry.resolve(args.ref)

@@ -11,7 +11,7 @@ from ncf.data import datasets, layout, schema
 from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import PreprocessConfig, check_inputs, preprocess
 from ncf.errors import InputError
-from ncf.staging import check_target
+from ncf.staging import check_parent, check_target
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -190,6 +190,9 @@ def main(argv=None) -> dict:
             inputs = logs.paths + (catalog.paths if catalog else [])
         else:
             directory, write_dataset = built_in(args)
+            if os.path.lexists(args.cache) and not os.path.isdir(args.cache):
+                raise InputError(f"--cache {args.cache}: exists and is not a directory")
+            check_parent(directory)  # written after Ray starts: a file on its path fails now
             inputs = [directory]
         check_target(args.output, layout.STATS, "preprocessing output", inputs, args.overwrite)
         config = preprocess_config(args)

@@ -46,7 +46,8 @@ def main(argv=None) -> None:
         model = check_model(args.model, option="MODEL", verify=False)
         if args.seal:
             write_manifest(model, unsealed=[METRICS])
-        check_model_and_data(model, args.data and check_data(args.data))
+        # None only: an empty --data (a script's unset variable) is refused by check_data, not skipped.
+        check_model_and_data(model, None if args.data is None else check_data(args.data))
     report = {"model": os.path.abspath(model), "verified": True}
     if args.data is not None:
         report["data"] = os.path.abspath(args.data)

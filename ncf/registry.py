@@ -264,10 +264,11 @@ class Registry:
         self.uri = uri or tracking_uri(create)
         self.name = name
         store = sqlite_path(self.uri)
-        if not create and store and not os.path.exists(store):
+        if not create and store and (not os.path.exists(store) or os.path.getsize(store) == 0):
             # MLflow would create an empty store there, and the command report nothing registered.
             raise InputError(
-                f"no model registry at {self.uri}: {os.path.abspath(store)} does not exist (a relative "
+                f"no model registry at {self.uri}: {os.path.abspath(store)} "
+                f"{'is empty' if os.path.exists(store) else 'does not exist'} (a relative "
                 "sqlite:/// path is read from the directory a command runs in; a typo in MLFLOW_TRACKING_URI?); "
                 "train one (python -m jobs.train registers each model)"
             )
@@ -633,7 +634,7 @@ class Registry:
             version = self.current()
             if version is None:
                 raise InputError(
-                    f"no model is current in {self.uri}: train one (python -m jobs.train) "
+                    f"no version of {self.name} is current in {self.uri}: train one (python -m jobs.train) "
                     f"or promote a version ({MODELS_CLI} promote VERSION)"
                 )
             return self.path_of(version)

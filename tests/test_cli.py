@@ -121,7 +121,11 @@ def paths(tmp_path):
     write_json(str(tmp_path / "model" / "config.json"), config)
     (tmp_path / "model" / "model.pt").write_bytes(b"")
     (tmp_path / "logs.csv").write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
+    (tmp_path / "list.jsonl").write_text('{"variant": "full"}\n[1, 2]\n')
+    (tmp_path / "binary.jsonl").write_bytes(b"\x9c\x00\xff")
+    (tmp_path / "empty.db").write_bytes(b"")
     names = ("missing", "empty", "other", "state", "lists", "old-lists", "other-version", "model", "logs.csv")
+    names += ("list.jsonl", "binary.jsonl", "empty.db")
     return {name: str(tmp_path / name) for name in names}
 
 
@@ -151,7 +155,7 @@ def _cases(p: dict, out: str) -> list:
         ("batch_score", ["--model", p["empty"], "--data", p["other"], "--output", out], [p["empty"], "jobs.train"]),
         ("batch_score", ["--model", p["other"], "--data", p["other"], "--output", out], ["no config.json"]),
         ("deploy", ["--model", p["missing"]], [p["missing"], "not a model directory", "jobs.train first"]),
-        ("deploy", ["--model", "current"], ["no model is current", "jobs.train", "promote"]),
+        ("deploy", ["--model", "current"], ["no version of advanced-ncf is current", "jobs.train", "promote"]),
         ("deploy", ["--model", p["missing"], "--detach"], ["--detach", "RAY_ADDRESS", "HOST:6379"]),
         ("models", ["register", p["empty"]], [p["empty"], "jobs.train first"]),
         ("verify", [p["missing"]], [p["missing"], "not a model directory", "jobs.train first"]),
@@ -217,7 +221,51 @@ def _cases(p: dict, out: str) -> list:
             ["--model", p["model"], "--data", p["other"], "--output", p["other"] + "/scores", "--k", "5"],
             ["overlaps --data"],
         ),
+        # Found by the CLI review of 2026-12-05: a report inside MODEL failed every later rollout
+        # (a file its manifest lacks); an empty --data was verified as the working directory; a bad
+        # ablations file failed after the evaluation; a --cache file, and lists without negatives.
+        (
+            "evaluate",
+            ["--model", p["other"], "--data", p["other"], "--report", p["other"] + "/r"],
+            ["overlaps --model"],
+        ),
+        (
+            "evaluate",
+            ["--model", p["other"], "--data", p["other"], "--report", out, "--ablations", p["list.jsonl"]],
+            ["line 2 is a JSON list, not an object"],
+        ),
+        (
+            "evaluate",
+            ["--model", p["other"], "--data", p["other"], "--report", out, "--ablations", p["binary.jsonl"]],
+            ["not UTF-8 text"],
+        ),
+        ("verify", [p["model"], "--data", ""], ["--data is empty"]),
+        ("deploy", ["--model", p["model"], "--data", ""], ["--data is empty"]),
+        ("preprocess", ["--dataset", "synthetic", "--output", out, "--cache", p["logs.csv"]], ["--cache", "not a dir"]),
+        (
+            "preprocess",
+            ["--input", p["logs.csv"], "--output", out]
+            + [arg for n in ("own", "neighbour", "popular") for arg in (f"--{n}-candidates", "0")]
+            + ["--sampled-negatives", "0", "--uniform-negatives", "0"],
+            ["training-list settings", "all 0"],
+        ),
+        ("models", ["--tracking-uri", f"sqlite:///{p['empty.db']}", "list"], ["empty.db is empty"]),
+        ("models", ["--name", "shop-2", "resolve", "current"], ["no version of shop-2 is current"]),
     ]
+
+
+@pytest.mark.faults
+def test_a_refused_register_creates_no_store(paths, tmp_path, capsys):
+    """``register`` opened (so created) the store before it looked at the directory: a refused
+    folder left a new empty registry behind (the CLI review of 2026-12-05)."""
+    from jobs import models
+
+    store = tmp_path / "new" / "mlflow.db"
+    with pytest.raises(SystemExit) as exit_info:
+        models.main(["--tracking-uri", f"sqlite:///{store}", "register", paths["empty"]])
+    assert exit_info.value.code == 2 and not store.exists() and not store.parent.exists()
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert paths["empty"] in line and "MODEL" in line and "--model" not in line
 
 
 @pytest.mark.faults
@@ -225,7 +273,7 @@ def test_bad_paths_are_one_line_errors_before_ray_starts(paths, tmp_path, monkey
     from ncf import registry
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    registry.Registry()  # a store with nothing registered: "no model is current" (none at all is its own error)
+    registry.Registry()  # nothing registered: "no version of advanced-ncf is current" (no store is its own error)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     for job, argv, expected in _cases(paths, str(tmp_path / "out")):
         module = importlib.import_module(f"jobs.{job}")

@@ -535,7 +535,7 @@ def test_a_sweep_trial_restarted_by_resume_keeps_its_run_and_a_moved_sweep_finds
 
 
 def test_current_with_nothing_registered_is_a_one_line_error(store, capsys, tmp_path):
-    with pytest.raises(InputError, match="no model is current.*jobs.train"):
+    with pytest.raises(InputError, match="no version of advanced-ncf is current.*jobs.train"):
         reg.resolve_model("current")
     for argv in (["promote", "7"], ["promote", "latest"], ["resolve", "models:/nope"]):
         with pytest.raises(SystemExit) as exit_info:

@@ -126,6 +126,11 @@ class ExampleConfig:
                 "own_candidates, neighbour_candidates, popular_candidates, sampled_negatives "
                 "and uniform_negatives must be >= 0"
             )
+        if sum(sizes) + self.sampled_negatives + self.uniform_negatives == 0:
+            raise ValueError(
+                "own_candidates, neighbour_candidates, popular_candidates, sampled_negatives and "
+                "uniform_negatives are all 0: every list would hold its positives alone, nothing to rank them against"
+            )
         if not 0.0 < self.own_negative_rate <= 1.0:
             raise ValueError("own_negative_rate must be in (0, 1]")
         if self.cutoff_step_days < self.horizon_days:
