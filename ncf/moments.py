@@ -43,7 +43,7 @@ def to_epoch_seconds(at) -> int:
 # ISO-8601 pieces, shared by a job's --at (resolve_at) and a client's at (parse_at).
 _DATE = r"\d{4}-\d{2}-\d{2}"
 _TIME = r"[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?"
-_ZONE = r"[Zz]|[+-]\d{2}:?\d{2}"
+_ZONE = r"[Zz]|[+-]\d{2}(?::?\d{2})?"  # ISO-8601's hour-only offset (+01) too
 # A job's --at as text: YYYYMMDD, an ISO date, or an ISO datetime whose zone may be missing (UTC)
 # or written " UTC" / " GMT", as BigQuery and Go print it.
 _AT_TEXT = re.compile(rf"\s*(?:{_DATE}(?:{_TIME}(?:{_ZONE}|\s+(?:UTC|GMT))?)?|\d{{8}})\s*")

@@ -3,5 +3,14 @@
 from ncf.model.advanced_ncf import AdvancedNCF, example_batch
 from ncf.model.batch import Batch
 from ncf.model.config import ModelConfig
+from ncf.model.modules import CategoryHierarchy, MultiHeadAttention, TemporalEncoding
 
-__all__ = ["AdvancedNCF", "Batch", "ModelConfig", "example_batch"]
+__all__ = [
+    "AdvancedNCF",
+    "Batch",
+    "CategoryHierarchy",
+    "ModelConfig",
+    "MultiHeadAttention",
+    "TemporalEncoding",
+    "example_batch",
+]
