@@ -94,3 +94,19 @@ def launch_chromium(playwright, profile_dir, width: int = 1200, height: int = 90
         args=CHROMIUM_FLAGS,
         viewport={"width": width, "height": height},
     )
+
+
+def readline_within(stream, seconds: float = 300) -> str:
+    """A child process's next line, or an AssertionError after ``seconds``: a plain readline()
+    of a hung child would hang the test until pytest-timeout ends the whole run (its thread
+    method exits the process), leaving the child and its cluster running. The reader thread ends
+    when the caller kills the child (its pipe closes)."""
+    import queue
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=seconds)
+    except queue.Empty:
+        raise AssertionError(f"the child process printed no line within {seconds:g} s") from None

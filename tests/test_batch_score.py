@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import SMALL_MODEL
+from helpers import readline_within
 
 from jobs import batch_score
 from ncf.batch import partitions, scorer, verify
@@ -934,7 +935,7 @@ def test_a_second_run_of_the_same_date_is_refused_while_the_first_runs(
         text=True,
     )
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        assert readline_within(holder.stdout).strip() == "locked"
         with pytest.raises(SystemExit) as exit_info:
             batch_score.main(_argv(small_model_dir, data, output))
         assert exit_info.value.code == 75  # EX_TEMPFAIL: a scheduler may retry it
@@ -968,7 +969,7 @@ def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session,
     seen = []
     try:
         for _ in range(2000):  # bounded: the job prints a few dozen lines before its first progress
-            line = job.stdout.readline()
+            line = readline_within(job.stdout)
             seen.append(line)
             if not line or "progress:" in line:
                 break

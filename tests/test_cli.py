@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO
+from helpers import REPO, readline_within
 
 import ncf
 from jobs import cli
@@ -541,7 +541,7 @@ def test_a_job_stopped_by_sigterm_after_ray_starts_exits_143():
         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
     )
     try:
-        assert job.stdout.readline().strip() == "up"
+        assert readline_within(job.stdout).strip() == "up"
         job.send_signal(signal.SIGTERM)
         _, err = job.communicate(timeout=60)
     finally:
@@ -583,6 +583,11 @@ def test_the_demo_hands_each_job_arguments_its_parser_accepts_and_its_dataset_is
     monkeypatch.setattr(demo, "online_queries", lambda model, data, port: asked.setdefault("serve", (model, port)))
     monkeypatch.setattr(demo, "init_ray", lambda: None)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
+    # The demo sets it for its own Serve (setdefault): recorded here, so that later tests' children
+    # and a restarted session cluster do not inherit it.
+    monkeypatch.setenv("RAY_SERVE_LOG_TO_STDERR", os.environ.get("RAY_SERVE_LOG_TO_STDERR", ""))
+    if not os.environ["RAY_SERVE_LOG_TO_STDERR"]:
+        monkeypatch.delenv("RAY_SERVE_LOG_TO_STDERR")
     workdir = tmp_path / "demo"
     workdir.mkdir()
     (port,) = free_ports(1)

@@ -51,7 +51,7 @@ def _run(ray_session, *args: str) -> str:
     # beside it, which costs tens of seconds on 2 cores (test_faults' sweep drill runs a job that way).
     address = ray_session.get_runtime_context().gcs_address
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_ADDRESS": address}
-    done = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 

@@ -21,6 +21,10 @@ from jobs import logs
 LOUD = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|\b\w*(Warning|Error):|^\(raylet\)|^\[[^\]]* [EW] \d+|\bTraceback\b")
 # Lines the project prints on purpose at those levels (none for a successful job).
 CHOSEN: list = []
+# Ray's warnings about the machine's load or memory, not about the job: on a loaded 2-core CI
+# machine beside the session's cluster, an actor importing torch may take a minute (Ray Data's
+# idle-operator line), and the session's object store may leave /dev/shm short.
+MACHINE_STATE = ["is running but has no outputs for", "instead of /dev/shm because /dev/shm has only"]
 
 
 def _run_job(args: list, log_path) -> str:
@@ -44,7 +48,8 @@ def test_a_short_job_writes_a_clean_log_file(ray_session, small_model_dir, small
     args = ["jobs.batch_score", "--model", small_model_dir, "--data", data, "--output", str(tmp_path / "out")]
     text = _run_job([*args, "--k", "5", "--at", "data-end", "--actors", "1", "--progress-every", "1"], tmp_path / "log")
     assert "\x1b" not in text, [line for line in text.splitlines() if "\x1b" in line][:5]
-    loud = [line for line in text.splitlines() if LOUD.search(line) and not any(c in line for c in CHOSEN)]
+    allowed = CHOSEN + MACHINE_STATE
+    loud = [line for line in text.splitlines() if LOUD.search(line) and not any(c in line for c in allowed)]
     assert loud == [], "\n".join(loud[:20])
     assert "progress:" in text  # the job's own plain progress lines, not bars
     assert "Running Dataset" not in text  # nor Ray Data's progress tables (one per dataset)

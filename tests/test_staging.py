@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import readline_within
 
 from jobs import preprocess as preprocess_job
 from ncf import staging
@@ -456,7 +457,7 @@ def test_two_runs_of_one_date_at_once_the_second_is_refused(tmp_path):
     output = str(tmp_path / "out")
     holder = _run(output, "holder", mode="hold", stdin=subprocess.PIPE)
     try:
-        assert holder.stdout.readline().strip() == "holding"
+        assert readline_within(holder.stdout).strip() == "holding"
         with pytest.raises(staging.Busy, match=f"{PARTITION}: another run is writing it .*held by pid {holder.pid}"):
             with commit.PartitionRun(output, PARTITION, "second"):
                 pass

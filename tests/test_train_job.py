@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO
+from helpers import REPO, readline_within
 
 from jobs.cli import exit_status
 from ncf.data.features import FEATURES_VERSION
@@ -199,8 +199,8 @@ def test_a_job_stopped_while_waiting_for_gpus_withdraws_its_request():
         [sys.executable, "-c", WAITING_FOR_GPUS], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        assert waiting.stdout.readline().startswith("[gpu] waiting up to 60 s for 2 GPUs")
-        assert waiting.stdout.readline().strip() == "request 2"
+        assert readline_within(waiting.stdout).startswith("[gpu] waiting up to 60 s for 2 GPUs")
+        assert readline_within(waiting.stdout).strip() == "request 2"
         waiting.send_signal(signal.SIGTERM)
         out, err = waiting.communicate(timeout=30)
     finally:
@@ -344,7 +344,11 @@ def test_ctrl_c_while_training_is_one_line_and_exit_130(ray_session, small_data,
         while time.time() < deadline and job.poll() is None and "[train] starting run" not in log.read_text():
             time.sleep(0.5)
         assert job.poll() is None, log.read_text()[-3000:]
-        time.sleep(3)  # into Ray Train's fit: its workers start
+        # Into Ray Train's fit, its controller handed over: a worker has built its model (a fixed
+        # sleep could signal before, on a loaded machine, and the job said another line).
+        while time.time() < deadline and job.poll() is None and "embedding tables on fused" not in log.read_text():
+            time.sleep(0.5)
+        assert job.poll() is None, log.read_text()[-3000:]
         job.send_signal(signal.SIGINT)
         assert job.wait(timeout=120) == 130, log.read_text()[-3000:]
     finally:

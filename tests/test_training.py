@@ -13,6 +13,7 @@ import pytest
 import ray.cloudpickle
 import torch
 from conftest import SMALL_MODEL
+from helpers import readline_within
 
 from ncf.data import layout
 from ncf.errors import InputError
@@ -429,7 +430,7 @@ def test_a_second_training_job_on_the_cluster_is_refused_and_a_dead_ones_slot_is
         text=True,
     )
     try:
-        assert holder.stdout.readline().strip() == "held"
+        assert readline_within(holder.stdout).strip() == "held"
         with pytest.raises(Busy, match=r"\(jobs.train held-elsewhere\)"):
             with training_slot("jobs.train here"):
                 pass
