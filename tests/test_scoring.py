@@ -826,3 +826,26 @@ def test_moments_are_one_per_household_or_one_for_all(recommender):
             recommender.rank(users, k=k, at=at)
     each = recommender.rank(users, k=3, at=[at] * 3)
     assert [r.product_ids for r in each] == [r.product_ids for r in recommender.rank(users, k=3, at=at)]
+
+
+def test_the_baselines_are_tuned_on_a_bounded_sample_of_validation_households(small_data, tmp_path, monkeypatch):
+    """Every grid point ranked every validation household: at 10M households (4M of them in the
+    validation weeks) weeks of tuning (the scale review of 2026-12-05). A seeded sample of
+    TUNE_MAX_USERS is tuned on, the same each time, and tuned.json says how many."""
+    import shutil
+
+    from ncf.evaluate import evaluation, tuning
+    from ncf.rank.state import RankingState
+
+    data = str(tmp_path / "data")
+    shutil.copytree(small_data[0], data)
+    monkeypatch.setattr(evaluation, "_log", lambda message: None)
+    monkeypatch.setattr(evaluation, "TUNE_MAX_USERS", 7)
+    state = RankingState.load(data)
+    ((baseline, params, tuned),) = evaluation.tuned_baselines(data, state, names=["decayed_frequency"], retune=True)
+    assert baseline.name == "decayed_frequency" and tuned.val_users == 7 and params == tuned.params
+    kept = json.loads((tmp_path / "data" / "baselines" / "tuned.json").read_text())
+    assert kept["decayed_frequency"]["val_users"] == 7
+    monkeypatch.setattr(tuning, "tune", lambda *a, **k: pytest.fail("searched again"))
+    ((_, again, _),) = evaluation.tuned_baselines(data, state, names=["decayed_frequency"])
+    assert again == params  # the same sample: read back, not searched again
