@@ -178,9 +178,10 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
     )
     for table in batches:
         batch = Batch.from_arrow(table, w.catalog).with_history_length(w.model_config.history_length)
-        if w.read_rows is not None:
+        batch = batch.with_unknown_rows(generator, share, share)
+        if w.read_rows is not None:  # after the swap: a row swapped out in its only appearance was not trained
             mark_rows(w.read_rows, batch)
-        batch = batch.with_unknown_rows(generator, share, share).to(w.device)
+        batch = batch.to(w.device)
         loss = training_step(w.model, w.optimizer, batch, loss_fn)
         seen += batch.num_candidates
         loss_sum += float(loss.detach())
