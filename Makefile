@@ -54,8 +54,8 @@ $(STAMP): pyproject.toml requirements/lock.txt Makefile
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgomp1 >/dev/null; } || { \
 	  echo "error: no libgomp.so.1 (OpenMP), which LightGBM and implicit load, and apt-get could not install libgomp1"; exit 1; }
 	$(PIP) install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
-	@if $(PIP) show -q $(FBGEMM_OTHER) 2>/dev/null; then $(PIP) uninstall -q -y $(FBGEMM_OTHER); fi
 	@[ "$(ACCEL)" != cuda ] || $(PY) -c "raise SystemExit(__import__('torch').version.cuda is None)" || { echo "error: $(VENV)'s torch is a CPU build, which the CUDA fbgemm-gpu cannot load beside: rm -rf $(VENV), then make setup ACCEL=cuda (without TORCH_INDEX)"; exit 1; }
+	@if $(PIP) show -q $(FBGEMM_OTHER) 2>/dev/null; then $(PIP) uninstall -q -y $(FBGEMM_OTHER); fi
 	$(PIP) install -q $(FBGEMM)
 	$(PIP) install -q --no-deps torchrec==1.8.0
 	$(PIP) install -q -r requirements/lock.txt
@@ -93,8 +93,8 @@ bench: setup
 	$(PY) -m bench.run_all
 
 # The platform records runs and models with mlflow-skinny (in the lock). The UI needs the full
-# `mlflow` package, whose pins (pyarrow<26; python-dateutil<3 through graphene) clash with the
-# lock's pyarrow 26 and python-dateutil 4: it gets an environment of its own, at the same MLflow
+# `mlflow` package, whose pins (pyarrow<26) clash with the lock's pyarrow 26: it gets an
+# environment of its own, at the same MLflow
 # version (the store's schema), pinned whole in requirements/mlflow-ui.txt, reading the same store.
 MLFLOW_VENV  := .venv-mlflow
 MLFLOW_STORE ?= sqlite:///artifacts/mlflow.db

@@ -18,6 +18,7 @@ from ncf.evaluate.evaluation import BASELINE_ORDER, MODEL, evaluate_all, model_o
 from ncf.evaluate.report import write_report
 from ncf.model.directory import ModelDir
 from ncf.model.integrity import verify_data_state
+from ncf.registry import is_registry_ref
 from ncf.splits import TEST, VAL
 from ncf.staging import check_parent, within
 
@@ -38,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=positive_int,
         default=None,
         help="evaluate a seeded sample of this many households (default: every household of the period); the "
-        "baselines are tuned on every validation household, once per DATA (kept in DATA/baselines/tuned.json)",
+        "baselines are tuned on the validation households (a seeded sample of 20,000 beyond that), once per DATA "
+        "(kept in DATA/baselines/tuned.json)",
     )
     p.add_argument("--no-baselines", action="store_true", help="the model alone")
     p.add_argument("--baselines-only", action="store_true", help="no model: the baselines alone, from DATA")
@@ -137,7 +139,8 @@ def check_args(args: argparse.Namespace) -> None:
         if os.path.lexists(args.report) and not os.path.isdir(args.report):
             raise InputError(f"--report {args.report}: exists and is not a directory")
         check_parent(args.report)
-        check_report_apart(args.report, args.model, args.data)
+        # A registry reference is no path: checked once resolved (main).
+        check_report_apart(args.report, None if is_registry_ref(args.model or "") else args.model, args.data)
 
 
 def check_report_apart(report: str | None, model: str | None, data: str) -> None:

@@ -179,15 +179,22 @@ def lineage(model_dir: str, data: Optional[str] = None) -> Dict[str, str]:
         "data_dir": data,
         "data_vocab_sha256": str(trained_vocab or "unknown"),  # the weights' DATA, whatever data_dir holds now
         "data_stats_sha256": (
-            # As the training saw it (recorded since 2026-12-05): DATA may have been refreshed since.
-            config["data"].get("stats_sha256")
+            # As the model's save saw it (recorded since 2026-12-05), where data_dir is the DATA it
+            # names: DATA may have been refreshed since.
+            (config["data"].get("stats_sha256") if data == os.path.abspath(config["data"]["path"]) else None)
             or (sha256_of(stats) if os.path.exists(stats) else "unknown (no stats.json)")
         ),
         "weights_sha256": sha256_of(os.path.join(model_dir, WEIGHTS)),
-        # The code that trained it where the directory says (a register run later, from another
-        # checkout, would name its own); the registering code's for older directories.
-        **(config.get("code") or code_version()),
+        **_trained_by(config),
     }
+
+
+def _trained_by(config: Dict) -> Dict[str, str]:
+    """The code that saved the model, where its directory says (a register run later, from another
+    checkout, would name its own); the registering code's for older directories, and where the
+    save could not tell (a cluster's working directory without .git or NCF_CODE_COMMIT)."""
+    recorded = config.get("code") or {}
+    return recorded if recorded.get("code_commit", "unknown") != "unknown" else code_version()
 
 
 def check_trained_on(model_dir: str, data: str) -> None:

@@ -243,13 +243,15 @@
   async function show(event) {
     if (event) event.preventDefault();
     const household = $("household").value.trim();
-    if (!household) {
-      setStatus("Type a household id", true);
-      return;
-    }
+    // A new question, even a blank one, replaces the one loading: its answer is not shown.
     const seq = ++questionSeq;
     const current = () => seq === questionSeq;
     if (questionCalls) questionCalls.abort();
+    if (!household) {
+      questionCalls = null;
+      setStatus("Type a household id", true);
+      return;
+    }
     questionCalls = new AbortController();
     const signal = questionCalls.signal;
     const k = Number($("k").value);
