@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -277,7 +276,7 @@ def test_the_demos_link_waits_for_a_dead_runs_swap_to_be_finished(tmp_path, caps
 
 
 @pytest.mark.faults
-def test_a_save_that_waited_for_the_lock_checks_its_target_again(tmp_path):
+def test_a_save_that_waited_for_the_lock_checks_its_target_again(tmp_path, monkeypatch):
     """The target was checked before the lock, which a save waits for: a DATA committed there
     meanwhile was swapped away by a model save without --overwrite (a review, 2026-12-05)."""
     import threading
@@ -285,11 +284,18 @@ def test_a_save_that_waited_for_the_lock_checks_its_target_again(tmp_path):
     data = _fake_data(tmp_path)
     target = str(tmp_path / "X")
     parent, name = os.path.split(target)
-    errors = []
-    with staging.exclusive(os.path.join(parent, f".{name}.lock"), target):  # another run writes X
+    errors, asking = [], threading.Event()
+    real_exclusive = staging.exclusive
+
+    def exclusive(*args, **kwargs):  # the save takes the lock after its first check of X
+        asking.set()
+        return real_exclusive(*args, **kwargs)
+
+    monkeypatch.setattr(staging, "exclusive", exclusive)
+    with real_exclusive(os.path.join(parent, f".{name}.lock"), target):  # another run writes X
         waiting = threading.Thread(target=lambda: _catch(errors, _save, target, data, "v1"))
         waiting.start()
-        time.sleep(1.0)  # the save has checked X (absent) and waits for the lock
+        assert asking.wait(60)  # the save has checked X (absent) and asks for the lock
         _write(os.path.join(target, "stats.json"), "{}")  # what that run commits
     waiting.join(timeout=60)
     assert len(errors) == 1 and isinstance(errors[0], InputError) and "not a model directory" in str(errors[0])
