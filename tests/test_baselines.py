@@ -495,6 +495,26 @@ def test_the_sampled_protocols_negatives_are_drawn_as_from_the_whole_pool():
         assert np.array_equal(got, expected)
 
 
+def test_the_sampled_protocols_negatives_may_be_what_the_household_buys_after_the_period():
+    """The pool left out the household's whole log: a validation period's negatives never held
+    what it buys in the test weeks, a future no ranking at that moment knows (the point-in-time
+    review of 2026-12-05). Left out now: what it bought before the period, and in it."""
+    from ncf.evaluate.protocol import sampled_ranking
+
+    # Household 1: product 2 before the period (day 0), 3 in it (day 10), 4 after it (day 30).
+    states = states_of({1: [(2, 0), (3, 10), (4, 30)]})
+    period = Period("val", 5 * DAY, {1: np.array([3])}, {1: 3}, {1: 10 * DAY}, 20 * DAY)
+    asked = []
+
+    def score(user, at, items):
+        asked.append(items)
+        return np.zeros(len(items))
+
+    sampled_ranking(score, period, period.users, states, num_products=9)
+    (items,) = asked
+    assert items[0] == 3 and sorted(items[1:]) == [1, 4, 5, 6, 7, 8]  # 4 may be a negative; 2 and 3 not
+
+
 def test_als_counts_are_built_a_chunk_of_households_at_a_time(monkeypatch):
     from ncf.evaluate.baselines.als import purchase_counts
 

@@ -240,7 +240,10 @@ def sampled_ranking(
     for u in users:
         u = int(u)
         rng = np.random.default_rng([seed, u])
-        seen = np.union1d(states.timeline(u).products, period.truth[u])
+        # Never bought by the period's end: what it bought before the period, and in it. Not after
+        # it (the whole log's): a validation period's negatives would leave out what the
+        # household buys in the test weeks, a future it could not know.
+        seen = np.union1d(states.timeline(u).products_before(period.start), period.truth[u])
         pool = _NeverBought(products, seen)
         # The same draws as rng.choice(setdiff1d(products, seen), ...): choice draws positions.
         negatives = pool.take(rng.choice(len(pool), size=min(SAMPLED_NEGATIVES, len(pool)), replace=False))
