@@ -26,6 +26,7 @@ from ncf.model import ann
 from ncf.model.directory import ModelDir
 from ncf.moments import day_of, first_rankable, run_date_of
 from ncf.rank import candidates as candidate_sources
+from ncf.rank import recommender as recommender_module
 from ncf.rank.candidates import CATEGORY_SPREAD, MAX_K, CandidateGenerator, RankingSettings
 from ncf.rank.ranker import Ranker, attention_spread
 from ncf.rank.recommender import AS_OF_DAYS, BeforeTheData, PassBusy, Recommender
@@ -682,6 +683,10 @@ def _slow_pass_of(slow_day: int, monkeypatch):
     return entered, release, passes
 
 
+def _past_day(day, lock) -> None:
+    day.lock, day.recommender = lock, None
+
+
 @pytest.mark.faults
 def test_a_past_day_being_computed_does_not_hold_up_a_day_already_kept(recommender, monkeypatch):
     """Old code computed a past day's products' stats (a pass over every purchase: minutes at a
@@ -697,6 +702,22 @@ def test_a_past_day_being_computed_does_not_hold_up_a_day_already_kept(recommend
     def ask(name, at):
         answers[name] = rec.as_of(at)
 
+    waiting = threading.Event()  # the second request of the slow day asks for its lock
+
+    class Watched:  # the day's lock, telling when a second caller asks for it
+        def __init__(self):
+            self.inner, self.asked = threading.Lock(), 0
+
+        def acquire(self, blocking=True):
+            self.asked += 1
+            if self.asked > 1:
+                waiting.set()
+            return self.inner.acquire(blocking)
+
+        def release(self):
+            self.inner.release()
+
+    monkeypatch.setattr(recommender_module._PastDay, "__init__", lambda day: _past_day(day, Watched()))
     slow = threading.Thread(target=ask, args=("slow", slow_day + 3600))
     again = threading.Thread(target=ask, args=("slow again", slow_day + 60))
     meanwhile = threading.Thread(target=ask, args=("kept", kept_day + 7200))
@@ -704,6 +725,9 @@ def test_a_past_day_being_computed_does_not_hold_up_a_day_already_kept(recommend
     try:
         assert entered.wait(30)
         again.start()
+        # Waiting for the pass already running, not yet answered (a check made before it asked
+        # would pass whether or not requests share the pass).
+        assert waiting.wait(30)
         meanwhile.start()
         meanwhile.join(10)
         assert answers.get("kept") is kept  # answered while the other day's pass runs
