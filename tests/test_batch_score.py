@@ -995,6 +995,33 @@ def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session,
 
 
 @pytest.mark.faults
+def test_a_replay_whose_stats_pass_runs_out_of_memory_is_one_line(small_model_dir, small_data, tmp_path, capsys):
+    """A replay's products' stats are one pass over every purchase (tens of GB at a billion); the
+    pass running out of memory ended the job in a traceback (a known limit until session 49)."""
+    data, _ = small_data
+    end = layout.DataStats(data).end
+    at = run_date_of(end - 86_400)  # inside the data: a replay
+    output = str(tmp_path / "out")
+
+    def out_of_memory(state, cutoff, stats=None):
+        raise MemoryError("Unable to allocate 41.2 GiB")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bs.RankingState, "as_of", out_of_memory)
+        with pytest.raises(SystemExit) as exit_info:
+            batch_score.main(_argv(small_model_dir, data, output, "--score-in", "driver", "--at", at))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and line.startswith(
+        f"error: the products' stats as of {at} (a replay) could not be computed (MemoryError: Unable to allocate "
+        "41.2 GiB); nothing was written (the traceback: "
+    ), err[-2000:]
+    os.remove(line.rsplit("(the traceback: ", 1)[1].rstrip(")"))
+    assert not os.path.exists(os.path.join(output, bs.TMP)) or not os.listdir(os.path.join(output, bs.TMP))
+
+
+@pytest.mark.faults
 def test_a_commit_that_fails_on_a_full_disk_is_one_line_and_its_rerun_commits_the_kept_parts(
     small_model_dir, small_data, tmp_path, capsys
 ):

@@ -779,7 +779,14 @@ def _replay_stats(data: str, at: int, log: Callable[[str], None]) -> ProductStat
     computed once by the driver for every actor and the verification."""
     started = time.time()
     log(f"computing the products' stats as of {run_date_of(day_of(at))} (a replay): one pass over every purchase")
-    stats = RankingState.load(data).as_of(day_of(at)).stats
+    try:
+        stats = RankingState.load(data).as_of(day_of(at)).stats
+    except (MemoryError, OSError) as e:  # the pass holds memory in proportion to the purchases
+        kind, line = remote_cause(e)
+        raise ScoringFailed(
+            f"the products' stats as of {run_date_of(day_of(at))} (a replay) could not be computed "
+            f"({kind}: {line or 'no message'}); nothing was written{_traceback_kept(e)}"
+        ) from e
     log(f"products' stats as of {run_date_of(day_of(at))} computed once, in {time.time() - started:.1f} s")
     return stats
 
