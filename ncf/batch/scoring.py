@@ -854,13 +854,14 @@ def _score_into(
         "explain": config.explain,
         "inputs": inputs,
     }
-    if not blocks:
-        results = iter(())
-    elif in_driver:
-        results = _scored_here(blocks, scorer_kwargs)
-    else:
-        results = _scored_by_actors(blocks, scorer_kwargs, batch_size, actors, gpus, config.actor_cpus, memory)
     try:
+        # Inside: Ray Data may fail before the first batch too (the blocks put into a full object store).
+        if not blocks:
+            results = iter(())
+        elif in_driver:
+            results = _scored_here(blocks, scorer_kwargs)
+        else:
+            results = _scored_by_actors(blocks, scorer_kwargs, batch_size, actors, gpus, config.actor_cpus, memory)
         reported, steady = _collect(results, users.num_rows - kept_users, config.progress_every_s, log)
         reported += list(kept.values())
     except Exception as e:  # not KeyboardInterrupt, nor SystemExit (SIGTERM): those stop the job as they are
