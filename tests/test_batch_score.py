@@ -1022,6 +1022,29 @@ def test_a_replay_whose_stats_pass_runs_out_of_memory_is_one_line(small_model_di
 
 
 @pytest.mark.faults
+def test_ray_data_failing_before_the_first_batch_is_the_runs_one_line(
+    ray_session, small_model_dir, small_data, tmp_path, capsys, monkeypatch
+):
+    """Building the pool's dataset (the blocks put into the object store) was outside the run's
+    error handling: a full object store there was a traceback (a known limit until session 49)."""
+    data, _ = small_data
+
+    def object_store_full(*args, **kwargs):
+        raise RuntimeError("ObjectStoreFullError: Failed to put object")
+
+    monkeypatch.setattr(bs, "_scored_by_actors", object_store_full)
+    with pytest.raises(SystemExit) as exit_info:
+        batch_score.main(_argv(small_model_dir, data, str(tmp_path / "out"), "--actors", "1"))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and line.startswith(
+        "error: scoring failed midway (RuntimeError: ObjectStoreFullError: Failed to put object); nothing committed"
+    ), err[-2000:]
+    os.remove(line.rsplit("(the traceback: ", 1)[1].rstrip(")"))
+
+
+@pytest.mark.faults
 def test_a_commit_that_fails_on_a_full_disk_is_one_line_and_its_rerun_commits_the_kept_parts(
     small_model_dir, small_data, tmp_path, capsys
 ):
