@@ -43,7 +43,10 @@ def init_ray(num_cpus: int | None = None) -> None:
     exit_on_sigterm()
     try:
         if not local:
-            ray.init(address=address)
+            try:
+                ray.init(address=address)
+            except ray.exceptions.AuthenticationError:
+                raise InputError(_auth_refused(address)) from None
         else:
             # address="local": never attach to whatever cluster a previous `ray start` left a
             # pointer to in /tmp/ray; without RAY_ADDRESS a job runs on its own local cluster.
@@ -61,6 +64,17 @@ def init_ray(num_cpus: int | None = None) -> None:
             raise SystemExit(EXIT_STOPPED) from None
         raise
     exit_on_sigterm()
+
+
+def _auth_refused(address: str) -> str:
+    """The line for a cluster that refused this job's (missing) token: ``ray start`` of Ray 2.60
+    turns token authentication on, and a client must say so too."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return (
+            f"RAY_ADDRESS={address}: the cluster requires token authentication; set RAY_AUTH_MODE=token "
+            "(the cluster's token in ~/.ray/auth_token, or RAY_AUTH_TOKEN)"
+        )
+    return f"RAY_ADDRESS={address}: the cluster refused this job's token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
 
 
 # A head started beside the job (a container, a script's `ray start --head &`) is listening

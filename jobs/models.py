@@ -35,7 +35,8 @@ def serve_unchanged(args: argparse.Namespace, registry: Registry) -> str:
         ref = shlex.quote(f"models:/{registry.name}@current")
     if args.tracking_uri:
         env = f"MLFLOW_TRACKING_URI={shlex.quote(registry.uri)} "
-    deploy = f"{env}python -m jobs.deploy --model {ref} --detach [--data DATA]"
+    cluster = "RAY_ADDRESS=HOST:6379 RAY_AUTH_MODE=token "  # the running cluster's: --detach needs one
+    deploy = f"{cluster}{env}python -m jobs.deploy --model {ref} --detach [--data DATA]"
     return f"Serve keeps its model until {deploy} rolls this one out"
 
 

@@ -340,6 +340,35 @@ def test_a_ray_address_where_nothing_answers_is_one_line(monkeypatch):
 
 
 @pytest.mark.faults
+def test_a_cluster_that_wants_a_token_is_one_line_naming_ray_auth_mode(monkeypatch):
+    """`ray start --head` of Ray 2.60 turns token authentication on: a job run on it without
+    RAY_AUTH_MODE=token ended, after 15 s of Ray's retries, in a traceback and exit 1 (found by
+    running README's commands, 2026-12-05); README's examples now set the mode."""
+    import socket
+
+    import ray
+
+    def refused(*args, **kwargs):
+        raise ray.exceptions.AuthenticationError("RPC error: InvalidAuthToken")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refused)
+    monkeypatch.setattr(cli.logs, "configure", lambda **kwargs: {})
+    with socket.socket() as head:  # a head that answers on its port
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        address = f"127.0.0.1:{head.getsockname()[1]}"
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+        wanted = f"RAY_ADDRESS={address}: .*token authentication; set RAY_AUTH_MODE=token"
+        with pytest.raises(cli.InputError, match=wanted):
+            cli.init_ray()
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        with pytest.raises(cli.InputError, match="refused this job's token"):
+            cli.init_ray()
+
+
+@pytest.mark.faults
 def test_a_head_that_starts_listening_while_the_job_waits_is_joined(capsys):
     """A head started beside the job (`ray start --head &`) was refused while still starting."""
     import socket
