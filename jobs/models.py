@@ -185,6 +185,11 @@ def _run(command: str, args: argparse.Namespace, registry: Registry):
     if command == "promote":
         previous, version = registry.promote(args.version)
         path = registry.path_of(version)
+        if not registry.marked_deployable(version):
+            print(
+                f"note: version {version} was registered --not-deployable (a validated model: its training labels "
+                "stop before the test weeks); it is current as asked"
+            )
         print(f"current: {version} (was {previous or 'none'}): {path}; {serve_unchanged(args, registry)}")
         return version
     if command == "rollback":

@@ -627,6 +627,15 @@ class Registry:
         """An MLflow error other than "not found", in one line: the store failed, not the question."""
         return store_failed(self.uri, error)
 
+    def marked_deployable(self, version: str) -> bool:
+        """Whether ``version`` was registered as one to deploy (a refit, a sweep's best without
+        one); a validated model's labels stop before the test weeks: ``False``."""
+        try:
+            tags = self.client.get_model_version(self.name, str(version)).tags or {}
+        except Exception as e:  # noqa: BLE001 (MLflow's and SQLAlchemy's errors vary with the store)
+            raise self._failed(e) from None
+        return tags.get("deployable", "true") == "true"
+
     def _deployable(self, version: str) -> None:
         """Verifies ``version``'s directory whole before it becomes current: every job that takes
         ``current`` would refuse a damaged one, the next night's included (reads every byte)."""

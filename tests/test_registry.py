@@ -562,6 +562,12 @@ def test_a_validated_model_registered_by_hand_is_not_made_current(store, tmp_pat
     assert store.current() is None and store.versions()[0]["deployable"] == "false"
     assert models.main(["register", fake_model_dir(tmp_path, "v2")]) == "2"
     assert store.current() == "2"
+    # Promoted by hand all the same: as asked, and said (running README's commands, 2026-12-05).
+    capsys.readouterr()
+    assert models.main(["promote", "1"]) == "1" and store.current() == "1"
+    assert "note: version 1 was registered --not-deployable" in capsys.readouterr().out
+    models.main(["promote", "2"])
+    assert "--not-deployable" not in capsys.readouterr().out
 
 
 @pytest.mark.faults
