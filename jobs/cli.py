@@ -45,8 +45,8 @@ def init_ray(num_cpus: int | None = None) -> None:
         if not local:
             try:
                 ray.init(address=address)
-            except ray.exceptions.AuthenticationError:
-                raise InputError(_auth_refused(address)) from None
+            except ray.exceptions.AuthenticationError as e:
+                raise InputError(_auth_refused(address, getattr(e, "message", str(e)))) from None
         else:
             # address="local": never attach to whatever cluster a previous `ray start` left a
             # pointer to in /tmp/ray; without RAY_ADDRESS a job runs on its own local cluster.
@@ -66,15 +66,21 @@ def init_ray(num_cpus: int | None = None) -> None:
     exit_on_sigterm()
 
 
-def _auth_refused(address: str) -> str:
-    """The line for a cluster that refused this job's (missing) token: ``ray start`` of Ray 2.60
-    turns token authentication on, and a client must say so too."""
+def _auth_refused(address: str, message: str) -> str:
+    """The line for a cluster whose token authentication this job did not pass: Ray 2.60's ``ray
+    start`` turns it on where ``~/.ray/auth_token`` exists, and a client must then say
+    ``RAY_AUTH_MODE=token``; one that says so where the cluster runs without it, or without a
+    token of its own, is refused too (Ray's reason, first line)."""
+    reason = (message.strip().splitlines() or ["refused"])[0]
     if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
         return (
             f"RAY_ADDRESS={address}: the cluster requires token authentication; set RAY_AUTH_MODE=token "
-            "(the cluster's token in ~/.ray/auth_token, or RAY_AUTH_TOKEN)"
+            f"(the cluster's token in ~/.ray/auth_token, or RAY_AUTH_TOKEN) ({reason})"
         )
-    return f"RAY_ADDRESS={address}: the cluster refused this job's token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
+    return (
+        f"RAY_ADDRESS={address}: token authentication failed ({reason}): the cluster's token in ~/.ray/auth_token "
+        "or RAY_AUTH_TOKEN, or unset RAY_AUTH_MODE for a cluster that runs without authentication"
+    )
 
 
 # A head started beside the job (a container, a script's `ray start --head &`) is listening

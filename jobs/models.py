@@ -35,7 +35,8 @@ def serve_unchanged(args: argparse.Namespace, registry: Registry) -> str:
         ref = shlex.quote(f"models:/{registry.name}@current")
     if args.tracking_uri:
         env = f"MLFLOW_TRACKING_URI={shlex.quote(registry.uri)} "
-    cluster = "RAY_ADDRESS=HOST:6379 RAY_AUTH_MODE=token "  # the running cluster's: --detach needs one
+    # The running cluster's (--detach needs one), and its token authentication where it has it.
+    cluster = "RAY_ADDRESS=HOST:6379 [RAY_AUTH_MODE=token] "
     deploy = f"{cluster}{env}python -m jobs.deploy --model {ref} --detach [--data DATA]"
     return f"Serve keeps its model until {deploy} rolls this one out"
 
@@ -183,9 +184,10 @@ def _run(command: str, args: argparse.Namespace, registry: Registry):
         print(f"\ncurrent: {current or 'none'}{shown}; store: {registry.uri}")
         return rows
     if command == "promote":
+        deployable = registry.marked_deployable(args.version)  # read first: a store failing after the move
         previous, version = registry.promote(args.version)
         path = registry.path_of(version)
-        if not registry.marked_deployable(version):
+        if not deployable:
             print(
                 f"note: version {version} was registered --not-deployable (a validated model: its training labels "
                 "stop before the test weeks); it is current as asked"

@@ -630,9 +630,13 @@ class Registry:
     def marked_deployable(self, version: str) -> bool:
         """Whether ``version`` was registered as one to deploy (a refit, a sweep's best without
         one); a validated model's labels stop before the test weeks: ``False``."""
+        from mlflow.exceptions import MlflowException
+
         try:
-            tags = self.client.get_model_version(self.name, str(version)).tags or {}
-        except Exception as e:  # noqa: BLE001 (MLflow's and SQLAlchemy's errors vary with the store)
+            tags = self.client.get_model_version(self.name, _version_number(version)).tags or {}
+        except MlflowException as e:
+            if _not_found(e):
+                return True  # no such version: promote's own refusal says so
             raise self._failed(e) from None
         return tags.get("deployable", "true") == "true"
 

@@ -323,7 +323,7 @@ def test_rollback_passes_over_a_version_deleted_since_it_was_current(store, tmp_
     assert store.current() == "1" and store.history() == ["1"]
     models.main(["--tracking-uri", store.uri, "promote", "3"])
     out = capsys.readouterr().out
-    assert f"RAY_AUTH_MODE=token MLFLOW_TRACKING_URI={store.uri} python -m jobs.deploy --model current" in out
+    assert f"[RAY_AUTH_MODE=token] MLFLOW_TRACKING_URI={store.uri} python -m jobs.deploy --model current" in out
 
 
 @pytest.mark.faults

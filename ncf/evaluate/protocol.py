@@ -13,7 +13,8 @@ Two protocols, the same for the model and every baseline:
   top 100), and, given the households' purchases, the repeat/explore split
   (:func:`ncf.evaluate.metrics.ranking_metrics`).
 * sampled (the NCF paper's, for comparison with the literature): each household's first
-  purchase in the period against 99 catalog products it never bought; HR@10 and NDCG@10. It
+  purchase in the period against 99 catalog products it had not bought by the period's end;
+  HR@10 and NDCG@10. It
   flatters every model, which is why it does not decide.
 """
 

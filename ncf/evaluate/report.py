@@ -119,7 +119,8 @@ def training_chart(history: Sequence[Dict]) -> str:
 def score_samples(
     ranker, period: Period, users: np.ndarray, negatives: int = 20, seed: int = 0
 ) -> Dict[str, np.ndarray]:
-    """Model scores of each household's held-out purchases and of products it never bought."""
+    """Model scores of each household's held-out purchases and of products it had not bought by
+    the period's end."""
     rng = np.random.default_rng(seed)
     bought, other = [], []
     catalog = np.flatnonzero(ranker.candidates.known)
@@ -127,7 +128,9 @@ def score_samples(
         u = int(u)
         at = period.first_visit[u]
         truth = period.truth[u]
-        pool = np.setdiff1d(catalog, np.union1d(ranker.state.states.timeline(u).products, truth))
+        # Not bought by the period's end (as the sampled protocol's pool): later purchases are a future.
+        seen = np.union1d(ranker.state.states.timeline(u).products_before(period.start), truth)
+        pool = np.setdiff1d(catalog, seen)
         random = rng.choice(pool, size=min(negatives, len(pool)), replace=False)
         scores = ranker.score(u, np.concatenate([truth, random]), at)[0]  # one household context
         bought.append(scores[: len(truth)])
