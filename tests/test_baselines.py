@@ -203,6 +203,21 @@ def test_tifu_knn_without_neighbours_is_the_personal_vector_and_neighbours_bring
     assert 7 in later.rank(1, at, 4).tolist() and 7 not in later.rank(1, 20 * DAY, 4).tolist()
 
 
+def test_tifu_knn_keeps_one_vector_settings_matrices_and_ranks_the_same_after_recomputing():
+    """The tuning's 27 vector settings each left a households x products matrix, an index and the
+    households' neighbours in the shared memo (about 17 GB at the 10M run's log: the scale review
+    of 2026-12-05). One setting's are kept; a setting met again is computed again, the same."""
+    context = PointInTime.build(states_of(neighbourhood()), vocabularies(3, 9), 20 * DAY)
+    at = 21 * DAY
+    first = TifuKnnRanker(context, groups=3, within_decay=0.9, across_decay=0.8, alpha=0.5, neighbours=1)
+    expected = [first.rank(u, at, 5).tolist() for u in (1, 2, 3)]
+    TifuKnnRanker(context, groups=2, within_decay=0.95, across_decay=0.7, alpha=0.5, neighbours=1).rank(1, at, 5)
+    settings = {key[1:4] for key in context.memo if isinstance(key, tuple) and key[0].startswith("tifu_")}
+    assert settings == {(2, 0.95, 0.7)}
+    again = TifuKnnRanker(context, groups=3, within_decay=0.9, across_decay=0.8, alpha=0.5, neighbours=1)
+    assert [again.rank(u, at, 5).tolist() for u in (1, 2, 3)] == expected
+
+
 def brute_force_nearest(x: np.ndarray, own: np.ndarray, user: int, k: int, metric: str) -> list:
     """The k rows of ``x`` most similar to ``own`` by a dense search over every row, never
     ``user`` nor a row without purchases (sorted indices; ties broken by index)."""

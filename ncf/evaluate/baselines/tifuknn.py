@@ -54,6 +54,14 @@ from ncf.evaluate.baselines.base import PointInTime, with_tie_prior
 METRICS = ("cosine", "euclidean")
 
 
+# Memo entries of one vector setting (groups, within, across), kept for one setting at a time.
+_PER_SETTING = ("tifu_vectors", "tifu_index", "tifu_neighbours")
+
+
+def _of_another_setting(memo_key, vectors_key: tuple) -> bool:
+    return isinstance(memo_key, tuple) and memo_key[0] in _PER_SETTING and memo_key[1:4] != vectors_key[1:]
+
+
 def tifu_vectors(
     users: np.ndarray,
     products: np.ndarray,
@@ -150,6 +158,11 @@ class TifuKnnRanker:
         alpha, k or metric)."""
         key = ("tifu_vectors", self.groups, self.within, self.across)
         if key not in self.context.memo:
+            # One vector setting's matrices at a time: the tuning's 27 settings, each a households x
+            # products matrix (about 17 GB together on 53.5M purchases), would all stay otherwise. A
+            # setting met again (the best, for the neighbours' search) is computed again.
+            for other in [k for k in self.context.memo if _of_another_setting(k, key)]:
+                del self.context.memo[other]
             users, products, times = self.context.states.all_purchases()
             before = times < self.context.start
             shape = (self.context.num_users, self.context.num_products)
