@@ -60,7 +60,7 @@ from ncf.model.files import (  # noqa: F401 (re-exported: the names callers know
     read_trained_rows,
     save_trained_rows,
 )
-from ncf.model.integrity import sha256_of, vocab_digest, write_manifest
+from ncf.model.integrity import one_line, sha256_of, vocab_digest, write_manifest
 from ncf.splits import REFIT, VALIDATED
 from ncf.staging import replacing
 
@@ -223,7 +223,7 @@ def load_model(model_dir: str, device: Optional[torch.device] = None) -> Advance
     try:
         model_config = ModelConfig.from_dict(config["model"])
     except (KeyError, TypeError, ValueError) as e:  # said as verify_model_dir says it, with the directory
-        raise InputError(f"{model_dir}: bad config.json ({str(e).splitlines()[0] if str(e) else e!r})") from None
+        raise InputError(f"{model_dir}: bad config.json ({one_line(e)})") from None
     state = torch.load(os.path.join(model_dir, WEIGHTS), weights_only=True, map_location="cpu")
     return model_from_weights(model_config, state, device)
 

@@ -178,7 +178,7 @@ def check_manifest(model_dir: str) -> Dict:
             ):
                 raise ValueError(f"the entry of {name!r} is not a size and a sha256: {str(entry)[:80]}")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ModelIntegrityError(f"{model_dir}: unreadable {MANIFEST} ({_one_line(e)})") from None
+        raise ModelIntegrityError(f"{model_dir}: unreadable {MANIFEST} ({one_line(e)})") from None
     present = set(_files(model_dir)) - {MANIFEST}
     missing = sorted(set(files) - present)
     if missing:
@@ -219,7 +219,7 @@ def verify_model_dir(model_dir: str) -> None:
     except InputError:
         raise
     except (ValueError, KeyError, TypeError) as e:
-        raise ModelIntegrityError(f"{model_dir}: bad config.json ({_one_line(e)})") from None
+        raise ModelIntegrityError(f"{model_dir}: bad config.json ({one_line(e)})") from None
     weights = _check_weights(model_dir, os.path.join(model_dir, WEIGHTS), model_config)
     trained_vocab = (config.get("data") or {}).get("vocab_sha256")
     _check_state(model_dir, os.path.join(model_dir, STATE), model_config, trained_vocab)
@@ -234,7 +234,7 @@ def _check_weights(model_dir: str, path: str, config: ModelConfig) -> Dict[str, 
         weights = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
     except Exception as e:  # truncated zip, pickled objects, not a checkpoint at all
         raise ModelIntegrityError(
-            f"{model_dir}: model.pt does not load with weights_only=True ({_one_line(e)})"
+            f"{model_dir}: model.pt does not load with weights_only=True ({one_line(e)})"
         ) from None
     if not isinstance(weights, dict):
         raise ModelIntegrityError(f"{model_dir}: model.pt holds a {type(weights).__name__}, not a state dict")
@@ -284,7 +284,7 @@ def _check_trained_rows(model_dir: str, config: ModelConfig) -> None:
         try:
             mask = np.load(path, allow_pickle=False)
         except Exception as e:  # truncated, or not a .npy file
-            raise ModelIntegrityError(f"{model_dir}: {name} does not load ({_one_line(e)})") from None
+            raise ModelIntegrityError(f"{model_dir}: {name} does not load ({one_line(e)})") from None
         if mask.dtype != np.bool_ or mask.shape != (rows,):
             shape = f"{mask.dtype} {mask.shape}"
             raise ModelIntegrityError(f"{model_dir}: {name} holds {shape}, the tables have {rows} rows")
@@ -299,7 +299,7 @@ def _check_index(model_dir: str, config: ModelConfig, weights: Dict[str, torch.T
     try:
         index = ann.ProductIndex.load(ann.index_path(model_dir))
     except Exception as e:  # truncated, or not a FAISS index at all
-        raise ModelIntegrityError(f"{model_dir}: {ann.INDEX_FILE} does not load ({_one_line(e)})") from None
+        raise ModelIntegrityError(f"{model_dir}: {ann.INDEX_FILE} does not load ({one_line(e)})") from None
     if (index.rows, index.dim) != (config.num_products, config.mf_embedding_dim):
         raise ModelIntegrityError(
             f"{model_dir}: {ann.INDEX_FILE} holds {index.rows} vectors of {index.dim}, the model has "
@@ -352,7 +352,7 @@ def _load_state(what: str, state: str, error: type):
             ProductStats.load(layout.product_stats_dir(state)),
         )
     except Exception as e:  # missing or unreadable Parquet / .npy files
-        raise error(f"{what} does not load ({_one_line(e)})") from None
+        raise error(f"{what} does not load ({one_line(e)})") from None
 
 
 def _check_state_agrees(where: str, vocabs: Vocabularies, states: UserStates, stats: ProductStats, error: type) -> None:
@@ -369,6 +369,7 @@ def _check_state_agrees(where: str, vocabs: Vocabularies, states: UserStates, st
         raise error(f"{where}: product_stats has {stats.num_products} products, the vocabulary {sizes['num_products']}")
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """An error's text on one line (at most 300 characters), for a refusal naming the directory."""
     text = " ".join(str(error).split()) or type(error).__name__
     return text[:300]
