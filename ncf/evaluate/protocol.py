@@ -241,11 +241,7 @@ def sampled_ranking(
     for u in users:
         u = int(u)
         rng = np.random.default_rng([seed, u])
-        # Never bought by the period's end: what it bought before the period, and in it. Not after
-        # it (the whole log's): a validation period's negatives would leave out what the
-        # household buys in the test weeks, a future it could not know.
-        seen = np.union1d(states.timeline(u).products_before(period.start), period.truth[u])
-        pool = _NeverBought(products, seen)
+        pool = _NeverBought(products, bought_by_period_end(states, period, u))
         # The same draws as rng.choice(setdiff1d(products, seen), ...): choice draws positions.
         negatives = pool.take(rng.choice(len(pool), size=min(SAMPLED_NEGATIVES, len(pool)), replace=False))
         positive = period.first_purchase[u]
@@ -254,6 +250,14 @@ def sampled_ranking(
         hits.append(rank < K)
         ndcgs.append(1.0 / np.log2(rank + 2) if rank < K else 0.0)
     return {f"sampled_hr@{K}": float(np.mean(hits)), f"sampled_ndcg@{K}": float(np.mean(ndcgs))}
+
+
+def bought_by_period_end(states: UserStates, period: Period, user: int) -> np.ndarray:
+    """The distinct products ``user`` bought before ``period`` and its catalog products bought in
+    it: what a ranking's "never bought" pool leaves out. Not what it bought after the period (the
+    whole log's): a validation period's pool would leave out what the household buys in the test
+    weeks, a future it could not know."""
+    return np.union1d(states.timeline(user).products_before(period.start), period.truth[user])
 
 
 class _NeverBought:

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ncf.evaluate.evaluation import K, Period, sample_users
+from ncf.evaluate.protocol import bought_by_period_end
 from ncf.jsonio import write_text
 from ncf.splits import TEST
 
@@ -128,9 +129,7 @@ def score_samples(
         u = int(u)
         at = period.first_visit[u]
         truth = period.truth[u]
-        # Not bought by the period's end (as the sampled protocol's pool): later purchases are a future.
-        seen = np.union1d(ranker.state.states.timeline(u).products_before(period.start), truth)
-        pool = np.setdiff1d(catalog, seen)
+        pool = np.setdiff1d(catalog, bought_by_period_end(ranker.state.states, period, u))
         random = rng.choice(pool, size=min(negatives, len(pool)), replace=False)
         scores = ranker.score(u, np.concatenate([truth, random]), at)[0]  # one household context
         bought.append(scores[: len(truth)])
