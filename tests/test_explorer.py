@@ -325,6 +325,18 @@ def _fake_server(origin: str, answers: dict, asked: list):
     return handle
 
 
+@contextmanager
+def _faked_page(tmp_path, answers: dict):
+    """A headless page whose every request :func:`_fake_server` answers from ``answers`` (nothing
+    listens at the origin): (page, its errors, the JSON calls asked, the origin). Chromium logs the
+    fake error answers as console errors: only the page's own errors count."""
+    asked = []
+    origin = f"http://127.0.0.1:{free_port()}"
+    with _browser_page(tmp_path, console_errors=False) as (page, errors):
+        page.route("**/*", _fake_server(origin, answers, asked))
+        yield page, errors, asked, origin
+
+
 @pytest.mark.faults
 def test_the_page_keeps_ids_beyond_2_53_and_asks_again_where_the_api_says(tmp_path):
     """Ids above 2^53 shown and sent back digit for digit; a 503 with Retry-After asked again (the
@@ -354,11 +366,7 @@ def test_the_page_keeps_ids_beyond_2_53_and_asks_again_where_the_api_says(tmp_pa
             (200, {}, f'{{"products": [{{"product_id": {BIG}, "department": "DAIRY", "category": "MILK"}}]}}'),
         ],
     }
-    asked = []
-    origin = f"http://127.0.0.1:{free_port()}"  # nothing listens: every request is answered by the route
-    # Chromium logs the fake 503 and 422 answers as console errors: only the page's own errors count.
-    with _browser_page(tmp_path, console_errors=False) as (page, errors):
-        page.route("**/*", _fake_server(origin, answers, asked))
+    with _faked_page(tmp_path, answers) as (page, errors, asked, origin):
         page.goto(f"{origin}/ui")
         page.wait_for_selector('body[data-ready="true"]', timeout=30_000)
         assert [path for path, _ in asked].count("/ui/config") == 2
@@ -407,10 +415,7 @@ def test_a_replaced_question_stops_asking_and_labels_that_fail_are_said(tmp_path
         "/history": [(200, {}, f'{{"user_id": "b", "known": true, "purchases": 0, "at": "{at}", "baskets": []}}')],
         "/products": [(200, {}, '{"products": []}'), (500, {}, '{"error": "the catalog is being replaced"}')],
     }
-    asked = []
-    origin = f"http://127.0.0.1:{free_port()}"
-    with _browser_page(tmp_path, console_errors=False) as (page, errors):
-        page.route("**/*", _fake_server(origin, answers, asked))
+    with _faked_page(tmp_path, answers) as (page, errors, asked, origin):
         page.goto(f"{origin}/ui")
         page.wait_for_selector('body[data-ready="true"]', timeout=30_000)
         page.fill("#household", "a")
@@ -450,10 +455,7 @@ def test_the_page_refuses_an_address_out_of_range_and_keeps_markup_and_its_quest
         "/history": [(200, {}, f'{{"user_id": "h", "known": true, "purchases": 0, "at": "{at}", "baskets": []}}')],
         "/products": [(200, {}, '{"products": [{"product_id": "p", "department": "D", "category": "<b>x</b> & y"}]}')],
     }
-    asked = []
-    origin = f"http://127.0.0.1:{free_port()}"
-    with _browser_page(tmp_path, console_errors=False) as (page, errors):
-        page.route("**/*", _fake_server(origin, answers, asked))
+    with _faked_page(tmp_path, answers) as (page, errors, asked, origin):
         page.goto(f"{origin}/ui?household=h&k=5")
         page.wait_for_selector("#status.error", timeout=30_000)
         assert "could not read its settings: the registry is unreadable" in page.text_content("#status")
