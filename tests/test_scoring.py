@@ -557,6 +557,25 @@ def test_the_feature_mlp_bench_trains_on_the_boosted_rankers_rows_and_ranks_its_
     assert feature_mlp.product_rows(products, 5, 0).tolist() == [0, 1, 2, 3, 4]
 
 
+def test_the_boosted_rankers_rows_past_their_cap_are_whole_households_of_a_seeded_sample(small_data, capfd):
+    data, _ = small_data
+    cutoffs = layout.DataStats(data).cutoffs(VALIDATED)
+    lists = training_lists(data, cutoffs)
+    unsampled = lists["log_q"] == 0.0
+    cap = int(unsampled.sum()) // 3
+    features, labels = training_rows(data, cutoffs, max_rows=cap, seed=1)
+    assert 0 < len(labels) <= cap and "boosted ranker: training on" in capfd.readouterr().err
+    # Every row is one of the chosen households' unsampled rows, each of their lists whole, in order.
+    rows = {tuple(f) for f in features}
+    users = np.unique(lists["user"][unsampled][[tuple(f) in rows for f in lists["features"][unsampled]]])
+    chosen = unsampled & np.isin(lists["user"], users)
+    assert np.array_equal(features, lists["features"][chosen]) and np.array_equal(labels, lists["label"][chosen])
+    assert len(users) < len(np.unique(lists["user"]))
+    # The same seed draws the same households; another seed others.
+    assert np.array_equal(training_rows(data, cutoffs, max_rows=cap, seed=1)[1], labels)
+    assert not np.array_equal(training_rows(data, cutoffs, max_rows=cap, seed=2)[0], features)
+
+
 def test_rows_no_training_list_holds_rank_with_the_unknown_row(small_data):
     data, stats = small_data
     cutoffs = stats["cutoffs"]["validated"]

@@ -9,12 +9,14 @@ rest of the catalog carries logQ offsets of up to ~10 nats, which a booster spen
 undoing: trained on them it ranked at 0.355 Recall@10 on Complete Journey, against 0.42
 without). It ranks with
 :func:`ncf.data.features.candidate_features`, the model's feature function. Its size (leaves)
-is tuned on the validation weeks like every baseline.
+is tuned on the validation weeks like every baseline. It trains on at most
+:data:`MAX_TRAINING_ROWS` rows (whole households of a seeded sample beyond it).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+import sys
+from typing import Dict, Iterable, Iterator, List, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -51,27 +53,90 @@ def training_lists(data: str, cutoffs: Sequence[int]) -> Dict[str, np.ndarray]:
     columns = [E.USER, E.PRODUCT, E.FEATURES, E.LABEL, E.LOG_Q]
     directories = layout.existing_examples_dirs(data, cutoffs).values()
     table = pa.concat_tables(pads.dataset(d, format="parquet").to_table(columns=columns) for d in directories)
-
-    def flat(name: str, dtype) -> np.ndarray:
-        return pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False).astype(dtype)
-
     lengths = pc.list_value_length(table.column(E.PRODUCT)).to_numpy(zero_copy_only=False)
     return {
-        "features": flat(E.FEATURES, np.float32).reshape(-1, NUM_FEATURES),
-        "label": flat(E.LABEL, np.float32),
-        "log_q": flat(E.LOG_Q, np.float32),
+        "features": _flat(table, E.FEATURES, np.float32).reshape(-1, NUM_FEATURES),
+        "label": _flat(table, E.LABEL, np.float32),
+        "log_q": _flat(table, E.LOG_Q, np.float32),
         "user": np.repeat(table.column(E.USER).to_numpy(), lengths).astype(np.int64),
-        "product": flat(E.PRODUCT, np.int64),
+        "product": _flat(table, E.PRODUCT, np.int64),
         "list": np.repeat(np.arange(len(lengths)), lengths),
     }
 
 
-def training_rows(data: str, cutoffs: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+# At most this many rows train the booster (CJ's validated run has 2.4M; at 1M list households it
+# would be 125-210 GB of features): beyond it, a seeded sample of households, all lists of each.
+MAX_TRAINING_ROWS = 10_000_000
+_BATCH_ROWS = 4096  # lists read at a time: a batch's flattened rows stay in the tens of MB
+
+
+def training_rows(
+    data: str, cutoffs: Sequence[int], max_rows: int = MAX_TRAINING_ROWS, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(features N x F, labels N) of the unsampled candidates (own, neighbour and popular
-    products: ``log_q`` 0) of the lists at ``cutoffs``."""
-    lists = training_lists(data, cutoffs)
-    unsampled = lists["log_q"] == 0.0
-    return lists["features"][unsampled], lists["label"][unsampled]
+    products: ``log_q`` 0) of the lists at ``cutoffs``, in the order read.
+
+    Read a batch of lists at a time, so only the kept rows are ever held together. Where the lists
+    have more than ``max_rows`` such rows, the households are taken in a ``seed``-ed random order
+    while their rows fit (each one's every list, so no household's cadence is cut in half) and
+    N <= ``max_rows``; else every row is kept, in the order :func:`training_lists` gives."""
+    E.check_features_version(data)
+    directories = layout.existing_examples_dirs(data, cutoffs).values()
+    per_user = _unsampled_rows_per_user(directories)
+    total = int(per_user.sum())
+    keep = None
+    if total > max_rows:
+        order = np.random.default_rng(seed).permutation(len(per_user))
+        fits = np.cumsum(per_user[order]) <= max_rows
+        keep = np.sort(order[fits & (per_user[order] > 0)])
+        total = int(per_user[keep].sum())
+        _log(
+            f"boosted ranker: training on {total:,} of {int(per_user.sum()):,} rows "
+            f"({len(keep):,} of {int((per_user > 0).sum()):,} households; at most {max_rows:,})"
+        )
+    features = np.empty((total, NUM_FEATURES), np.float32)
+    labels = np.empty(total, np.float32)
+    filled = 0
+    columns = [E.USER, E.FEATURES, E.LABEL, E.LOG_Q]
+    where = None if keep is None else pc.field(E.USER).isin(pa.array(keep, pa.int64()))
+    for batch in _batches(directories, columns, where):
+        unsampled = _flat(batch, E.LOG_Q, np.float32) == 0.0
+        n = int(unsampled.sum())
+        features[filled : filled + n] = _flat(batch, E.FEATURES, np.float32).reshape(-1, NUM_FEATURES)[unsampled]
+        labels[filled : filled + n] = _flat(batch, E.LABEL, np.float32)[unsampled]
+        filled += n
+    if filled != total:
+        raise RuntimeError(f"{data}'s training lists changed while read ({filled:,} rows, counted {total:,})")
+    return features, labels
+
+
+def _batches(directories: Iterable[str], columns: List[str], where=None) -> Iterator[pa.RecordBatch]:
+    """The lists of ``directories``, a few thousand at a time, in the order :func:`training_lists` reads them."""
+    for directory in directories:
+        dataset = pads.dataset(directory, format="parquet")
+        yield from dataset.to_batches(columns=columns, filter=where, batch_size=_BATCH_ROWS)
+
+
+def _unsampled_rows_per_user(directories: Iterable[str]) -> np.ndarray:
+    """The unsampled rows (``log_q`` 0) of each household's lists (U, by household index)."""
+    per_user = np.zeros(0, np.int64)
+    for batch in _batches(directories, [E.USER, E.LOG_Q]):
+        lengths = pc.list_value_length(batch.column(E.LOG_Q)).to_numpy(zero_copy_only=False)
+        rows = np.repeat(np.arange(len(lengths)), lengths)[_flat(batch, E.LOG_Q, np.float32) == 0.0]
+        users = batch.column(E.USER).to_numpy(zero_copy_only=False).astype(np.int64)
+        counts = np.bincount(users[rows], minlength=len(per_user))
+        counts[: len(per_user)] += per_user
+        per_user = counts
+    return per_user
+
+
+def _log(message: str) -> None:
+    print(f"[evaluate] {message}", file=sys.stderr, flush=True)
+
+
+def _flat(lists, name: str, dtype) -> np.ndarray:
+    """The flattened list column ``name`` of a table or record batch."""
+    return pc.list_flatten(lists.column(name)).to_numpy(zero_copy_only=False).astype(dtype)
 
 
 class OwnNeighboursAndPopular:
@@ -122,7 +187,7 @@ class BoostedRanker(OwnNeighboursAndPopular):
         if context.data is None:
             raise ValueError("the boosted ranker trains on DATA's lists: build its PointInTime with data=DATA")
         self.params: Dict = {"num_leaves": num_leaves, "rounds": rounds, "seed": seed}
-        x, y = training_rows(context.data, layout.DataStats(context.data).cutoffs(VALIDATED))
+        x, y = training_rows(context.data, layout.DataStats(context.data).cutoffs(VALIDATED), seed=seed)
         train = lgb.Dataset(x, y, feature_name=list(FEATURES), free_raw_data=True)
         self.booster = lgb.train({**LIGHTGBM, "num_leaves": num_leaves, "seed": seed}, train, num_boost_round=rounds)
         super().__init__(context)
