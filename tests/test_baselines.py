@@ -23,6 +23,7 @@ from ncf.evaluate.baselines import (
     TifuKnnRanker,
     rank_with_ties,
     tifu_vectors,
+    tifuknn,
 )
 from ncf.evaluate.evaluation import point_in_time_period
 from ncf.evaluate.metrics import ranking_metrics
@@ -216,6 +217,20 @@ def test_tifu_knn_keeps_one_vector_settings_matrices_and_ranks_the_same_after_re
     assert settings == {(2, 0.95, 0.7)}
     again = TifuKnnRanker(context, groups=3, within_decay=0.9, across_decay=0.8, alpha=0.5, neighbours=1)
     assert [again.rank(u, at, 5).tolist() for u in (1, 2, 3)] == expected
+
+
+def test_tifu_knn_keeps_the_neighbours_of_a_bounded_number_of_households(monkeypatch):
+    """A period ranked in full with one setting kept every household's neighbours (4M x 300 at
+    10M households: about 10 GB). The first MEMO_HOUSEHOLDS are kept; the rest are found each
+    time they are asked, the same households."""
+    monkeypatch.setattr(tifuknn, "MEMO_HOUSEHOLDS", 2)
+    context = PointInTime.build(states_of(neighbourhood()), vocabularies(3, 9), 20 * DAY)
+    ranker = TifuKnnRanker(context, groups=3, within_decay=0.9, across_decay=0.8, alpha=0.5, neighbours=1)
+    found = {u: ranker.neighbours_of(u, ranker.vectors[u], True) for u in (1, 2, 3)}
+    (kept,) = [v for k, v in context.memo.items() if isinstance(k, tuple) and k[0] == "tifu_neighbours"]
+    assert sorted(kept) == [1, 2] and all(kept[u] is found[u] for u in (1, 2))
+    again = ranker.neighbours_of(3, ranker.vectors[3], True)
+    assert again is not found[3] and again.tolist() == found[3].tolist() and len(found[3]) == 1
 
 
 def brute_force_nearest(x: np.ndarray, own: np.ndarray, user: int, k: int, metric: str) -> list:

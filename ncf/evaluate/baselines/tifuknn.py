@@ -54,6 +54,12 @@ from ncf.evaluate.baselines.base import PointInTime, with_tie_prior
 METRICS = ("cosine", "euclidean")
 
 
+# The households whose neighbours a setting keeps: every one the tuning ranks (a sample of
+# ncf.evaluate.evaluation.TUNE_MAX_USERS, 20,000), where alphas of one k share them; a period
+# ranked in full past them, with one setting, finds the rest on demand (4M households x 300
+# neighbours kept would be about 10 GB).
+MEMO_HOUSEHOLDS = 50_000
+
 # Memo entries of one vector setting (groups, within, across), kept for one setting at a time.
 _PER_SETTING = ("tifu_vectors", "tifu_index", "tifu_neighbours")
 
@@ -209,14 +215,18 @@ class TifuKnnRanker:
 
     def neighbours_of(self, user: int, own: sp.csr_matrix, at_start: bool) -> np.ndarray:
         """The household's k nearest households (indices), from its own vector; at the period
-        start they are kept for the period (rankers that differ only in alpha share them)."""
+        start they are kept for the period (rankers that differ only in alpha share them), for
+        the first :data:`MEMO_HOUSEHOLDS` households asked."""
         if not at_start:
             return self._nearest(user, own)
         key = ("tifu_neighbours", self.groups, self.within, self.across, self.metric, self.k)
         found = self.context.memo.setdefault(key, {})
-        if user not in found:
-            found[user] = self._nearest(user, own)
-        return found[user]
+        if user in found:
+            return found[user]
+        nearest = self._nearest(user, own).astype(np.int32)
+        if len(found) < MEMO_HOUSEHOLDS:
+            found[user] = nearest
+        return nearest
 
     def personal(self, user: int, at: int) -> Tuple[sp.csr_matrix, bool]:
         """The household's own vector at ``at`` (1 x products) and whether it is its vector at
