@@ -565,3 +565,35 @@ def test_als_counts_are_built_a_chunk_of_households_at_a_time(monkeypatch):
     for counts in (whole, chunked):
         assert counts.dtype == np.float32 and counts.has_canonical_format
         np.testing.assert_array_equal(counts.toarray(), expected)
+
+
+def test_als_past_its_household_cap_fits_a_sample_and_solves_the_others_from_their_purchases(monkeypatch, capfd):
+    """10M households held 10M x 512 factors twice while ALS fitted (about 41 GB). Past
+    MAX_FIT_HOUSEHOLDS a seeded sample fits; any other household's factor is the least-squares
+    solution of its weighted purchases against the products' factors (ALS's own user step)."""
+    from ncf.evaluate.baselines import als
+
+    rng = np.random.default_rng(4)
+    purchases = {
+        u: [(int(p), float(d)) for p, d in zip(rng.integers(1, 12, 30), rng.integers(0, 19, 30))] for u in range(1, 9)
+    }
+    context = PointInTime.build(states_of(purchases), vocabularies(8, 11), 20 * DAY)
+    whole = als.ALSRanker(context, factors=4, iterations=5, regularization=1.0)
+    assert len(whole.model.user_factors) == context.num_users and "als: fitting" not in capfd.readouterr().err
+    monkeypatch.setattr(als, "MAX_FIT_HOUSEHOLDS", 3)
+    capped = als.ALSRanker(context, factors=4, iterations=5, regularization=1.0)
+    assert len(capped.model.user_factors) == 3 and "als: fitting 3 of 8 households" in capfd.readouterr().err
+    fitted = np.flatnonzero(capped._row >= 0)
+    assert len(fitted) == 3 and set(fitted) <= set(purchases)
+    y, reg = capped._items, 1.0
+    for user in sorted(purchases):
+        if user in fitted:
+            np.testing.assert_array_equal(capped.user_factor(user), capped._users[capped._row[user]])
+            continue
+        row = capped._weighted[user]
+        a, b = y.T @ y + reg * np.eye(y.shape[1]), np.zeros(y.shape[1])
+        for product, confidence in zip(row.indices, row.data):
+            a += (confidence - 1.0) * np.outer(y[product], y[product])
+            b += confidence * y[product]
+        np.testing.assert_allclose(capped.user_factor(user), np.linalg.solve(a, b), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(capped.scores(user, 21 * DAY)[1:], (y @ capped.user_factor(user))[1:], rtol=1e-5)

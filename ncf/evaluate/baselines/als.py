@@ -1,5 +1,7 @@
 """``als``: implicit-feedback matrix factorisation (``implicit``'s ALS on BM25 weights), fitted
-on every household's purchases before the period starts.
+on every household's purchases before the period starts (at most :data:`MAX_FIT_HOUSEHOLDS` of
+them: past that a seeded sample fits the products' factors and every other household's factor is
+solved from its own purchases when it is ranked, the half-step ALS itself would take).
 
 The weighting of the purchase counts (:data:`WEIGHTINGS`): ``bm25`` as implicit's examples
 weigh their items x users matrix, each product a document and each household a term (a
@@ -9,6 +11,7 @@ households buy weighs less: what grocery repeats are made of); ``counts`` unweig
 
 from __future__ import annotations
 
+import sys
 from typing import Dict
 
 import numpy as np
@@ -18,6 +21,10 @@ from threadpoolctl import threadpool_limits
 from ncf.evaluate.baselines.base import PointInTime
 
 WEIGHTINGS = ("bm25", "bm25_product_idf", "counts")
+
+# Households whose factors the fit holds: 1M x 512 factors is 2 GB (10M households held 10M x 512
+# floats twice while fitting, about 41 GB). Complete Journey's 2,500 are all fitted.
+MAX_FIT_HOUSEHOLDS = 1_000_000
 
 
 def weighted_counts(counts: sp.csr_matrix, weighting: str) -> sp.csr_matrix:
@@ -56,24 +63,54 @@ class ALSRanker:
             "regularization": regularization,
             "weighting": weighting,
         }
-        weighted = weighted_counts(purchase_counts(context), weighting)
+        self._weighted = weighted_counts(purchase_counts(context), weighting)
+        fitted = fitted_households(self._weighted, MAX_FIT_HOUSEHOLDS, seed)
         # implicit parallelises itself; a second BLAS thread pool underneath only contends. The
         # constructor is inside the limit too: it checks the BLAS threads (and warns) there.
         with threadpool_limits(1, "blas"):
             self.model = AlternatingLeastSquares(
                 factors=factors, regularization=regularization, iterations=iterations, random_state=seed, num_threads=2
             )
-            self.model.fit(weighted, show_progress=False)
+            self.model.fit(self._weighted if fitted is None else self._weighted[fitted], show_progress=False)
         self._users = np.asarray(self.model.user_factors)
         self._items = np.asarray(self.model.item_factors)
+        self._row = None
+        if fitted is not None:
+            self._row = np.full(self._weighted.shape[0], -1, np.int64)
+            self._row[fitted] = np.arange(len(fitted))
+
+    def user_factor(self, user: int) -> np.ndarray:
+        """The household's factor (F): the fit's, or for a household left out of it, the least-squares
+        solution of its weighted purchases against the products' factors."""
+        if self._row is None:
+            return self._users[user]
+        if self._row[user] >= 0:
+            return self._users[self._row[user]]
+        with threadpool_limits(1, "blas"):
+            return self.model.recalculate_user(user, self._weighted[user])
 
     def scores(self, user: int, at: int) -> np.ndarray:
         self.context.check(at)
-        return self.context.masked(self._items @ self._users[user])
+        return self.context.masked(self._items @ self.user_factor(user))
 
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
         self.context.check(at)
-        return self.context.rank(self._items @ self._users[user], depth)
+        return self.context.rank(self._items @ self.user_factor(user), depth)
+
+
+def fitted_households(weighted: sp.csr_matrix, most: int, seed: int):
+    """The rows of ``weighted`` to fit, sorted: None (all of them) where at most ``most``
+    households have purchases, else a ``seed``-ed sample of ``most`` of those that have."""
+    buyers = np.flatnonzero(np.diff(weighted.indptr))
+    if len(buyers) <= most:
+        return None
+    print(
+        f"[evaluate] als: fitting {most:,} of {len(buyers):,} households (MAX_FIT_HOUSEHOLDS); the rest "
+        "are solved from their purchases when ranked",
+        file=sys.stderr,
+        flush=True,
+    )
+    return np.sort(np.random.default_rng(seed).choice(buyers, size=most, replace=False))
 
 
 def purchase_counts(context: PointInTime) -> sp.csr_matrix:
