@@ -445,3 +445,35 @@ def test_a_second_training_job_on_the_cluster_is_refused_and_a_dead_ones_slot_is
         except Busy:
             assert time.monotonic() < deadline, "a killed job's slot was never freed"
             time.sleep(0.5)
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_a_capped_run_marks_the_rows_its_batch_trains_after_the_unknown_row_swap(small_data, share):
+    """A household or candidate swapped for the unknown row in its batch trains row 0, not its
+    own: marked before the swap (before 2026-12-05), a capped run called such rows trained."""
+    from types import SimpleNamespace
+
+    from ncf.data.features import Catalog
+    from ncf.data.vocab import Vocabularies
+    from ncf.train.loop import training_batch
+
+    data, stats = small_data
+    vocabs = Vocabularies.load(layout.vocab_dir(data))
+    table = pads.dataset(layout.examples_dir(data, stats["cutoffs"]["validated"][-1]), format="parquet").head(8)
+    marks = (np.zeros(len(vocabs.users), bool), np.zeros(len(vocabs.products), bool))
+    worker = SimpleNamespace(
+        cfg=SimpleNamespace(unknown_share=share),
+        catalog=Catalog.of(vocabs.products),
+        model_config=SimpleNamespace(history_length=4),
+        read_rows=marks,
+    )
+    batch = training_batch(worker, table, torch.Generator().manual_seed(0))
+    history = set(np.unique(batch.history.numpy()).tolist())
+    users, products = (set(np.flatnonzero(m).tolist()) for m in marks)
+    if share == 1.0:
+        assert (batch.user == 0).all() and (batch.product == 0).all()
+        assert users == {0} and products == {0} | history
+    else:
+        assert users == set(table.column("user").to_pylist()) and 0 not in users
+        candidates = {p for row in table.column("product").to_pylist() for p in row}
+        assert products == candidates | history and len(candidates - history) > 0

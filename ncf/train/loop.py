@@ -166,7 +166,6 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
     """One pass over this worker's shard; returns the epoch's training metrics."""
     w.model.train()
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    share = w.cfg.unknown_share
     started, seen, loss_sum, steps = time.time(), 0, 0.0, 0
     warm_at, warm_seen = None, 0
     batches = shard.iter_batches(
@@ -177,11 +176,7 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
         prefetch_batches=4,
     )
     for table in batches:
-        batch = Batch.from_arrow(table, w.catalog).with_history_length(w.model_config.history_length)
-        batch = batch.with_unknown_rows(generator, share, share)
-        if w.read_rows is not None:  # after the swap: a row swapped out in its only appearance was not trained
-            mark_rows(w.read_rows, batch)
-        batch = batch.to(w.device)
+        batch = training_batch(w, table, generator).to(w.device)
         loss = training_step(w.model, w.optimizer, batch, loss_fn)
         seen += batch.num_candidates
         loss_sum += float(loss.detach())
@@ -222,6 +217,18 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
         metrics["steady_examples_per_s"] = (all_seen - all_warm_seen) / max(ended - warm_at, 1e-9)
     metrics["steps"] = steps
     return metrics
+
+
+def training_batch(w: Worker, table, generator: torch.Generator) -> Batch:
+    """The batch a step trains on, from a table of training lists (on the CPU): its history cut to
+    the model's length and a share of its households and candidates swapped for the unknown row;
+    with capped epochs, the rows it trains are marked in ``w.read_rows``."""
+    share = w.cfg.unknown_share
+    batch = Batch.from_arrow(table, w.catalog).with_history_length(w.model_config.history_length)
+    batch = batch.with_unknown_rows(generator, share, share)
+    if w.read_rows is not None:  # after the swap: a row swapped out in its only appearance was not trained
+        mark_rows(w.read_rows, batch)
+    return batch
 
 
 def mark_rows(rows: tuple, batch: Batch) -> None:
