@@ -484,6 +484,49 @@ def test_hidden_files_named_like_data_are_skipped_with_a_word(tmp_path, capsys):
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.faults
+def test_a_link_to_a_missing_export_and_an_unlistable_folder_are_refused_naming_them(tmp_path, monkeypatch):
+    """`sales-02.csv -> /mnt/unmounted/...` was left out without a word, and so was a folder
+    os.walk could not list: rows_in still balanced, so a month of purchases vanished unnoticed."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "sales-01.csv").write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
+    missing = tmp_path / "unmounted" / "sales-02.csv"
+    (logs / "sales-02.csv").symlink_to(missing)
+    (logs / "sales-03.csv").symlink_to(tmp_path / "unmounted" / "sales-03.csv")
+    (logs / "_sales-old.csv").symlink_to(missing)  # hidden: skipped with a word, as any hidden file
+    for spec in (logs, logs / "*.csv", logs / "**" / "*.csv"):
+        with pytest.raises(schema.InputError) as refused:
+            schema.resolve_files(str(spec))
+        message = str(refused.value)
+        assert (
+            message.startswith(f"{spec}: 2 input entries are not a file that can be read, e.g. ")
+            and "\n" not in message
+        )
+        assert f"{logs / 'sales-02.csv'} (a link to {missing}, which does not exist)" in message, message
+    with pytest.raises(schema.InputError, match=r"sales-02.csv: 1 input entry is not a file .* which does not exist"):
+        schema.resolve_files(str(logs / "sales-02.csv"))  # named alone: its target named, not "no such file"
+    os.unlink(logs / "sales-02.csv")
+    os.unlink(logs / "sales-03.csv")
+    assert schema.resolve_files(str(logs)).paths == [str(logs / "sales-01.csv")]
+
+    # A folder that cannot be listed (a permission; as root, simulated where os.walk lists it).
+    (logs / "2023").mkdir()
+    (logs / "2023" / "sales-2023.csv").write_text("user_id,product_id,timestamp\nu2,p2,2023-01-01\n")
+    listable = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("2023"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listable(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    for spec in (logs, logs / "**" / "*.csv"):
+        with pytest.raises(schema.InputError) as refused:
+            schema.resolve_files(str(spec))
+        assert str(refused.value) == f"{logs / '2023'}: an input folder that cannot be listed (Permission denied)"
+
+
 def test_empty_csv_files_are_no_rows_and_an_upper_case_gz_is_refused(tmp_path):
     import gzip
 

@@ -205,7 +205,7 @@ def _walk_visible(directory: str):
     its hidden entries, folders and files)."""
     top = os.path.realpath(directory)
     seen = set()
-    for root, folders, names in os.walk(directory, followlinks=True):
+    for root, folders, names in os.walk(directory, followlinks=True, onerror=_refuse_unlistable_folder):
         real = os.path.realpath(root)
         above = real != top and (top + os.sep).startswith(real.rstrip(os.sep) + os.sep)
         if real in seen or above:  # a link back up the tree, or a second link to one folder
@@ -213,8 +213,38 @@ def _walk_visible(directory: str):
             continue
         seen.add(real)
         skipped = [n for n in folders + names if _hidden(n)]
-        folders[:] = [f for f in folders if not _hidden(f)]
+        # fsck's lost+found, at the root of a filesystem mounted for the logs: no export, and only
+        # root may list it, so every other user's run would be refused (:func:`_refuse_unlistable_folder`).
+        at_mount = os.path.ismount(root)
+        folders[:] = [f for f in folders if not _hidden(f) and not (at_mount and f == "lost+found")]
         yield root, list(folders), [n for n in names if not _hidden(n)], skipped
+
+
+def _refuse_unlistable_folder(error: OSError) -> None:
+    """``os.walk``'s ``onerror``: by default it skips a folder it cannot list, and with it every
+    file inside, which no count would then show."""
+    raise InputError(f"{error.filename}: an input folder that cannot be listed ({error.strerror or error})")
+
+
+def _refuse_entries_not_files(spec: str, paths: List[str]) -> None:
+    """Refuses input entries that are no regular file: a link whose target is gone (a month's
+    export on a share that is not mounted) or a pipe, socket or device. Left out, their purchases
+    would be missing from every count, ``rows_in`` included."""
+    not_files = [p for p in paths if not os.path.isfile(p)]
+    if not_files:
+        examples = ", ".join(f"{p} ({_why_not_a_file(p)})" for p in sorted(not_files)[:3])
+        raise InputError(
+            f"{spec}: {len(not_files):,} input entr{'y is' if len(not_files) == 1 else 'ies are'} not a file "
+            f"that can be read, e.g. {examples}; mount or restore what they name, or remove them"
+        )
+
+
+def _why_not_a_file(path: str) -> str:
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"a link to {os.readlink(path)}, which does not exist"
+    if not os.path.lexists(path):
+        return "gone since the input was listed"
+    return "not a regular file: a pipe, socket or device"
 
 
 def _glob(spec: str, hidden: Optional[List[str]] = None) -> List[str]:
@@ -283,11 +313,12 @@ def resolve_files(spec: str) -> InputFiles:
             if all(os.path.exists(os.path.join(spec, m)) for m in markers):
                 raise InputError(f"{spec}: a {made_by}, not purchase logs or a catalog (Parquet or CSV files)")
         paths = _visible_files(spec, hidden)
-    elif os.path.exists(spec):
+    elif os.path.lexists(spec):  # a link to nothing is refused below, naming its target
         paths = [spec]
     else:
         raise InputError(f"{spec}: no such file or directory")
-    paths = _each_file_once([p for p in paths if os.path.isfile(p)])
+    _refuse_entries_not_files(spec, paths)
+    paths = _each_file_once(paths)
     if not paths:
         raise InputError(f"{spec}: no input files found")
     _refuse_tables(paths)
