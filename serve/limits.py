@@ -30,8 +30,10 @@ What it does, per request:
   answers, households' histories included; the browser then sends that domain, never an address
   or this machine's name. nginx in front sends ``Host: 127.0.0.1:8000``.
 * **JSON errors** (``json_errors=True``, the proxy): Serve's own error answers are plain text;
-  they become ``{"error": ...}`` like the application's. Serve's request timeout, which Serve
-  answers with 408, becomes 504: 408 here means the client was too slow, 504 that the server was.
+  they become ``{"error": ...}`` like the application's, and a request Serve ends without an
+  answer (a replica died under it) gets a JSON 500 rather than uvicorn's plain text. Serve's
+  request timeout, which Serve answers with 408, becomes 504: 408 here means the client was too
+  slow, 504 that the server was.
   Load shedding (``max_queued_requests``) answers 503 with ``Retry-After``.
 
 Example::
@@ -55,6 +57,9 @@ DRAIN_MAX_BYTES = 64 * 2**20  # an oversized body is read and dropped up to this
 DRAIN_TIMEOUT_S = 5.0  # ...for at most this long, then the connection is closed
 REQUEST_TIMEOUT_S = 30.0  # Serve's end-to-end request timeout (http_options.request_timeout_s)
 MAX_ERROR_BYTES = 2048  # the most of a plain-text error kept in its JSON form
+# A request Serve gave up on without an answer (a replica that died under it: out of memory, a
+# lost node): uvicorn would answer a plain-text 500.
+SERVER_FAILED = "the server failed to answer this request (a replica stopped?); try again"
 
 # Per-request overrides Serve's proxy honours; meant for a trusted load balancer, never a client.
 CONTROL_HEADERS = frozenset({b"x-request-timeout-seconds", b"x-request-disconnect-disabled"})
@@ -74,12 +79,15 @@ def proxy_middlewares() -> List:
     return [Middleware(EdgeLimits, json_errors=True, loopback_names_only=True)]
 
 
-def proxy_env() -> Dict[str, str]:
+def proxy_env(host: Optional[str] = None) -> Dict[str, str]:
     """Environment that makes Serve's proxy run :class:`EdgeLimits`: given to the Serve
     controller (``controller_options.runtime_env.env_vars``), whose proxies inherit it (with
-    ``NCF_SERVE_HOSTS`` where the deploying process has it)."""
-    extra = {EXTRA_HOSTS_ENV: os.environ[EXTRA_HOSTS_ENV]} if os.environ.get(EXTRA_HOSTS_ENV) else {}
-    return {PROXY_CALLBACK_ENV: PROXY_CALLBACK, **extra}
+    ``NCF_SERVE_HOSTS`` where the deploying process has it, and ``host``, the name Serve binds,
+    where it is a name: the server's own address, which its clients will send)."""
+    names = [n for n in os.environ.get(EXTRA_HOSTS_ENV, "").split(",") if n.strip()]
+    if host and _address(host) is None and host.lower() not in LOOPBACK_NAMES:
+        names.append(host)
+    return {PROXY_CALLBACK_ENV: PROXY_CALLBACK, **({EXTRA_HOSTS_ENV: ",".join(names)} if names else {})}
 
 
 def _host_name(host: bytes) -> str:
@@ -108,7 +116,7 @@ def _own_names() -> frozenset:
 
 def _extra_names() -> set:
     """The names ``NCF_SERVE_HOSTS`` adds (read when asked: only a request naming none of the others)."""
-    return {n.strip().lower() for n in os.environ.get(EXTRA_HOSTS_ENV, "").split(",") if n.strip()}
+    return {_host_name(n.encode("latin-1")) for n in os.environ.get(EXTRA_HOSTS_ENV, "").split(",") if n.strip()}
 
 
 def misdirected(scope) -> Optional[str]:
@@ -165,6 +173,8 @@ class EdgeLimits:
         if declared is not None and int(declared) > self.max_body_bytes:
             if named.get(b"expect", b"").lower() == b"100-continue":
                 await _answer(send, 413, self._too_large(), close=True)  # nothing was sent: nothing to drain
+            elif int(declared) > DRAIN_MAX_BYTES:  # the drain would give up anyway: no point reading it
+                await _answer(send, 413, self._too_large(), close=True)
             else:
                 await self._refuse_too_large(receive, send)
             return
@@ -191,7 +201,18 @@ class EdgeLimits:
         async def replayed():
             return next(replay, None) or await receive()
 
-        await self.app(scope, replayed, _JsonErrors(send) if self.json_errors else send)
+        if not self.json_errors:
+            await self.app(scope, replayed, send)
+            return
+        answering = _JsonErrors(send)
+        try:
+            await self.app(scope, replayed, answering)
+        except Exception:
+            if not answering.started:
+                await _answer(send, 500, SERVER_FAILED)
+            raise
+        if not answering.started:  # Serve's proxy answers nothing itself for a 500
+            await _answer(send, 500, SERVER_FAILED)
 
     def _too_large(self) -> str:
         return f"request body larger than {self.max_body_bytes} bytes"
@@ -229,7 +250,7 @@ async def _answer(send, status: int, message: str, close: bool = False, extra_he
 
 
 class _JsonErrors:
-    """Wraps ``send``: a plain-text error answer (Serve's own: 404, 408, 500, 503) is re-sent as
+    """Wraps ``send``: a plain-text error answer (Serve's own: 404, 408, 503) is re-sent as
     ``{"error": text}``, keeping its other headers (Retry-After, X-Request-ID); Serve's request
     timeout (408) becomes 504. Everything else passes through untouched."""
 
@@ -237,9 +258,11 @@ class _JsonErrors:
         self.send = send
         self.start: Optional[dict] = None
         self.body = b""
+        self.started = False  # whether an answer began (held or sent)
 
     async def __call__(self, message) -> None:
         if message["type"] == "http.response.start":
+            self.started = True
             content_type = dict(message.get("headers") or []).get(b"content-type", b"")
             if message["status"] >= 400 and not content_type.startswith(b"application/json"):
                 self.start = message  # held until its body is complete

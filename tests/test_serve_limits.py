@@ -260,3 +260,76 @@ def test_a_request_on_loopback_naming_another_host_is_refused(edge, monkeypatch)
     assert misdirected(scope("10.1.2.3", b"evil.example")) is None  # not loopback: exposed as asked
     monkeypatch.setenv(EXTRA_HOSTS_ENV, "recs.internal, other")
     assert misdirected(scope("127.0.0.1", b"Recs.Internal:8000")) is None
+
+
+# -- the edge on its own (plain ASGI, no Serve) -----------------------------------------------------
+
+
+def _through_edge(app, headers: list, body_messages: list) -> tuple:
+    """What EdgeLimits (as in the proxy) sends for one request to ``app``: (messages sent, the
+    number of body messages it read)."""
+    from serve.limits import EdgeLimits
+
+    sent, read = [], []
+
+    async def receive():
+        read.append(1)
+        return body_messages.pop(0) if body_messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "server": ("127.0.0.1", 8000), "headers": [(b"host", b"127.0.0.1"), *headers]}
+    asyncio.run(EdgeLimits(app, json_errors=True, loopback_names_only=True)(scope, receive, send))
+    return sent, len(read)
+
+
+def test_a_request_serve_ends_without_an_answer_gets_a_json_500():
+    """Serve's proxy sends nothing itself for a 500 (a replica that died under the request):
+    uvicorn then answered in plain text, past the JSON errors."""
+
+    async def answers_nothing(scope, receive, send):
+        await receive()
+
+    sent, _ = _through_edge(answers_nothing, [], [{"type": "http.request", "body": b"", "more_body": False}])
+    assert sent[0]["status"] == 500 and (b"content-type", b"application/json") in sent[0]["headers"]
+    assert "failed to answer" in json.loads(sent[1]["body"])["error"]
+
+    async def answers(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    sent, _ = _through_edge(answers, [], [{"type": "http.request", "body": b"", "more_body": False}])
+    assert [m.get("status") for m in sent] == [200, None]  # an answer is left alone
+
+
+def test_a_body_declared_past_what_the_edge_would_drain_is_refused_without_reading_it():
+    """A 1 GiB Content-Length: 64 MiB were read and dropped, then the connection closed anyway."""
+    from serve.limits import DRAIN_MAX_BYTES
+
+    chunks = [{"type": "http.request", "body": b"x" * 2**20, "more_body": True} for _ in range(80)]
+    sent, read = _through_edge(None, [(b"content-length", str(2**30).encode())], chunks)
+    assert sent[0]["status"] == 413 and (b"connection", b"close") in sent[0]["headers"] and read == 0
+    chunks = [{"type": "http.request", "body": b"x" * 2**20, "more_body": i < 2} for i in range(3)]
+    sent, read = _through_edge(None, [(b"content-length", str(3 * 2**20).encode())], chunks)
+    assert sent[0]["status"] == 413 and read == 3 and 3 * 2**20 < DRAIN_MAX_BYTES  # drained: the client reads it
+    assert (b"connection", b"close") not in sent[0]["headers"]
+
+
+def test_extra_host_names_match_as_the_host_header_is_read(monkeypatch):
+    """NCF_SERVE_HOSTS="ncf.local:8000, Api.Example." never matched: the Host header loses its
+    port and trailing dot, the listed names did not. A name Serve binds (--host) is added."""
+    from serve.limits import proxy_env
+
+    def scope(host: bytes) -> dict:
+        return {"type": "http", "server": ("127.0.0.1", 8000), "headers": [(b"host", host)]}
+
+    monkeypatch.setenv(EXTRA_HOSTS_ENV, "ncf.local:8000, Api.Example.")
+    for host in (b"ncf.local:8000", b"ncf.local", b"api.example", b"api.example.:8000"):
+        assert misdirected(scope(host)) is None, host
+    assert misdirected(scope(b"other.example"))
+    assert proxy_env("recs.local")[EXTRA_HOSTS_ENV] == "ncf.local:8000, Api.Example.,recs.local"
+    for address in ("127.0.0.1", "0.0.0.0", "::1", "localhost"):
+        assert proxy_env(address)[EXTRA_HOSTS_ENV] == "ncf.local:8000, Api.Example."
+    monkeypatch.delenv(EXTRA_HOSTS_ENV)
+    assert EXTRA_HOSTS_ENV not in proxy_env("127.0.0.1") and proxy_env("recs.local")[EXTRA_HOSTS_ENV] == "recs.local"
