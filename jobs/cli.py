@@ -246,6 +246,19 @@ def tcp_port(text: str) -> int:
     return value
 
 
+def bind_host(text: str) -> str:
+    """argparse type: an address or host name to bind a server to. An empty one (a script's
+    unset variable) is refused: Serve would bind every address for it."""
+    host = text.strip()
+    if not host or any(c.isspace() for c in host):
+        raise argparse.ArgumentTypeError(
+            f"an address to bind (127.0.0.1: this machine only; 0.0.0.0: every address), not {text!r}"
+        )
+    if host.startswith("[") or host.endswith("]"):
+        raise argparse.ArgumentTypeError(f"an IPv6 address goes without brackets: {host.strip('[]')}")
+    return host
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number, 1 or more (a count of workers, epochs, lists per step)."""
     return _int_at_least(text, 1)

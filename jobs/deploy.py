@@ -26,6 +26,8 @@ import sys
 
 from jobs.cli import (
     EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    bind_host,
     check_data,
     check_model,
     exit_status,
@@ -43,6 +45,7 @@ from ncf.rank.ranker import MAX_K
 from serve.app import build_app
 from serve.launch import (
     every_replica_health,
+    failure_line,
     running_address,
     running_replicas,
     serve_until_stopped,
@@ -70,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="DATA directory whose histories the model ranks from (jobs.preprocess, or --state-only for a "
         "cheap refresh); default: the state the model was trained with",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: local only)")
+    p.add_argument("--host", type=bind_host, default="127.0.0.1", help="address to bind (127.0.0.1: local only)")
     p.add_argument("--port", type=tcp_port, default=8000, help="HTTP port")
     p.add_argument(
         "--candidates",
@@ -146,32 +149,61 @@ def main(argv=None) -> dict:
         """Serve's target put back on the settings served before (serve.rollout), in words."""
         return restore_previous(app_args, args.host, args.port, args.request_timeout_s, serving)
 
+    # A foreground deploy that starts Serve owns it: stopped before the job ends without serving
+    # (a failure, Ctrl-C or SIGTERM while the model loads), not left holding the port on a cluster.
+    owns_serve = running is None and not args.detach
     try:
-        url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
-        health = wait_until_healthy(url)
-        replicas = running_replicas()
-        answers = every_replica_health(replicas)
+        url, health, replicas, answers = _started(app, args)
+    except KeyboardInterrupt:
+        _stop_owned(owns_serve)
+        fail("interrupted before the app answered", EXIT_INTERRUPTED)
+    except InputError as e:  # the address answers, but will not take the app's questions
+        _stop_owned(owns_serve)
+        fail(str(e), exit_status(e))
     except TimeoutError as e:  # the replicas did not come up: their logs say why
+        _stop_owned(owns_serve)
         fail(f"{e}; the replicas' logs: {REPLICA_LOGS}")
-    except RuntimeError as e:  # serve.run: the app's replicas failed to start (DEPLOY_FAILED)
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    except RuntimeError as e:  # the app's replicas failed to start (DEPLOY_FAILED), or the proxy to bind
         # New replicas (new code, or any replica with no model yet to keep: one started from zero)
         # raise in reconfigure; Serve's target would stay the settings they failed on, which every
         # replica Serve starts later would fail on too. Undone where the served ones are known.
         restored = "" if serving is None else f"; the settings served before: {restore()}"
-        fail(f"Serve could not start the app's replicas ({first_line}){restored}; the replicas' logs: {REPLICA_LOGS}")
+        _stop_owned(owns_serve)
+        fail(f"Serve could not start the app ({failure_line(e)}){restored}; the replicas' logs: {REPLICA_LOGS}")
+    except BaseException:  # SIGTERM (SystemExit) while the model loads
+        _stop_owned(owns_serve)
+        raise
     if len(answers) < replicas:
         print(f"[deploy] note: {len(answers)} of {replicas} replicas answered within 30 s", file=sys.stderr, flush=True)
     refused = refused_rollout(answers or {"": health})
     if refused:
         # The replicas refused the model and keep the previous one: bad input, as a refused model is.
-        fail(f"{refused} ({restore()})", EXIT_BAD_INPUT)
+        message = f"{refused} ({restore()})"
+        _stop_owned(owns_serve)
+        fail(message, EXIT_BAD_INPUT)
     pages = {"docs": f"{url}/docs", **({"ui": f"{url}/ui"} if args.ui else {})}
     outcome = {**health, "replicas_checked": len(answers)}
     print(json.dumps({"url": url, **pages, **outcome}), flush=True)
     if not args.detach:
         serve_until_stopped()
     return outcome
+
+
+def _started(app, args: argparse.Namespace) -> tuple:
+    """Serve started (or the app rolled out) and answering: (url, /healthz's answer, the replicas
+    running, each one's health)."""
+    url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
+    health = wait_until_healthy(url)
+    replicas = running_replicas()
+    return url, health, replicas, every_replica_health(replicas)
+
+
+def _stop_owned(owns_serve: bool) -> None:
+    """Shuts down the Serve this job started in the foreground, before the job ends without serving."""
+    if owns_serve:
+        from ray import serve
+
+        serve.shutdown()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from typing import Dict, Optional, Tuple
 
-from ncf.errors import InputError
+from ncf.errors import InputError, raised_within
 from serve.limits import REQUEST_TIMEOUT_S, proxy_env
 
 APP_NAME = "ncf"
@@ -47,10 +47,22 @@ def start(
     serve.start(
         proxy_location="HeadOnly",
         http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s},
-        controller_options={"runtime_env": {"env_vars": proxy_env()}},
+        controller_options={"runtime_env": {"env_vars": proxy_env(host)}},
     )
+    running = running_address()
+    if running is not None and running[1] != port:  # Serve keeps its port: the app would not be at ours
+        raise InputError(f"Serve already runs on this cluster at {base_url(*running)} and keeps that port, not {port}")
     serve.run(app, name=app_name, route_prefix=route_prefix)
     return base_url(host, port)
+
+
+def failure_line(error: Exception) -> str:
+    """What went wrong in Serve, in one line: the error raised inside its actor (a replica's
+    constructor, the proxy's bind) rather than Ray's wrapping, whose first line names the actor
+    (in terminal colours)."""
+    inner = raised_within(error, Exception) or error
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    return lines[0] if lines else type(inner).__name__
 
 
 def base_url(host: str, port: int) -> str:
@@ -118,20 +130,40 @@ def serving_user_config(app_name: str = APP_NAME, timeout_s: float = COLD_LOAD_T
 LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+# What /healthz may answer while an app comes up: not routed yet (404), not ready (503), a
+# replica restarting (5xx). Any other refusal (421 for a host name the proxy does not take, say)
+# will not change by waiting.
+PASSING_STATUSES = (404, 408, 429)
+
+
 def wait_until_healthy(base_url: str, timeout_s: float = 60.0) -> Dict:
-    """Polls ``/healthz`` until it answers 200 (returns its JSON) or ``timeout_s`` passes."""
+    """Polls ``/healthz`` until it answers 200 (returns its JSON) or ``timeout_s`` passes
+    (TimeoutError); an answer that waiting will not change is refused at once (InputError)."""
     deadline = time.monotonic() + timeout_s
     last_error = "no answer yet"
     while time.monotonic() < deadline:
         try:
             with LOCAL.open(f"{base_url}/healthz", timeout=5) as response:
                 return json.load(response)
+        except urllib.error.HTTPError as e:
+            if e.code < 500 and e.code not in PASSING_STATUSES:
+                raise InputError(f"{base_url}/healthz answered {e.code}: {_error_text(e)}") from None
+            last_error = f"HTTP {e.code}: {_error_text(e)}"
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
             last_error = str(e)
         time.sleep(0.25)
     raise TimeoutError(f"{base_url}/healthz not healthy after {timeout_s:.0f} s: {last_error}")
 
 
+def _error_text(error: urllib.error.HTTPError) -> str:
+    """The ``error`` of a JSON error answer, else its reason."""
+    try:
+        return str(json.loads(error.read(MAX_ERROR_READ))["error"])
+    except Exception:  # noqa: BLE001 (not our JSON: Serve's plain text, a body cut short)
+        return str(error.reason)
+
+
+MAX_ERROR_READ = 4096
 ANSWER_PAUSE_S = 0.1  # between two questions of every_replica_health once one was answered
 
 

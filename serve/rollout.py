@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 from ncf.errors import InputError
-from serve.launch import WILDCARD_HOSTS, base_url, check_port_free, serving_user_config, start
+from serve.launch import WILDCARD_HOSTS, base_url, check_port_free, failure_line, serving_user_config, start
 from serve.service import ServeSettings, same_content_on_disk
 
 
@@ -47,7 +47,11 @@ def check_can_deploy(running: Optional[Tuple[str, int]], host: str, port: int, d
 def serves_address(running: Tuple[str, int], host: str, port: int) -> bool:
     """Whether a Serve listening at ``running`` (host, port) answers on ``host:port``."""
     running_host, running_port = running
-    return running_port == port and (running_host in WILDCARD_HOSTS or running_host == host)
+    if running_port != port:
+        return False
+    if running_host == "0.0.0.0":  # every IPv4 address: an IPv6 one (::1) is refused there
+        return ":" not in host
+    return running_host in WILDCARD_HOSTS or running_host == host
 
 
 def serving_before(running: Optional[Tuple[str, int]]) -> Optional[Dict]:
@@ -111,8 +115,7 @@ def restore_previous(
     try:
         start(restore_app(app_args, previous), host=host, port=port, request_timeout_s=request_timeout_s)
     except Exception as e:  # new code whose replicas fail with any model, say: the job still ends with its line
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return f"deploying the serving settings again failed too ({first_line})"
+        return f"deploying the serving settings again failed too ({failure_line(e)})"
     if not same_content_on_disk(ServeSettings.from_user_config(previous)):
         # A model retrained into the same path, or DATA rebuilt in place: the path holds the
         # refused files now, and a replica started later would load them.

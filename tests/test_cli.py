@@ -520,6 +520,40 @@ def test_a_redeploy_names_the_running_serves_port_and_any_host_it_listens_on():
     assert serves_address(("127.0.0.1", 8000), "127.0.0.1", 8000)
     assert not serves_address(("127.0.0.1", 8000), "0.0.0.0", 8000)  # a Serve on loopback is not reachable elsewhere
     assert not serves_address(("0.0.0.0", 8000), "127.0.0.1", 9000)
+    assert not serves_address(("0.0.0.0", 8000), "::1", 8000)  # IPv4's every address refuses an IPv6 client
+
+
+@pytest.mark.faults
+def test_a_deploy_refuses_an_empty_or_bracketed_host():
+    """`--host "$SERVE_HOST"` with the variable unset bound Serve on every address (Serve reads ""
+    as INADDR_ANY) and the job then failed polling http://:8000, leaving it up; `--host [::1]`
+    failed in the proxy's bind with Ray's coloured actor name as the reason."""
+    from jobs import deploy
+
+    for bad in ("", "  ", "[::1]", "a b"):
+        with pytest.raises(SystemExit) as exit_info:
+            deploy.parse_args(["--model", "m", "--host", bad])
+        assert exit_info.value.code == 2
+    assert deploy.parse_args(["--model", "m", "--host", " ::1 "]).host == "::1"
+
+
+def test_a_serve_failure_is_told_by_the_error_inside_rays_wrapping():
+    """A proxy that could not bind reached jobs.deploy as RayTaskError, whose first line is the
+    actor's name in terminal colours: the job's line said only that."""
+    import ray.exceptions
+
+    from serve.launch import failure_line
+
+    reason = "Failed to bind to address '10.9.9.9:8000': [Errno 99] Cannot assign requested address"
+    try:
+        raise RuntimeError(reason)
+    except RuntimeError as cause:
+        wrapped = ray.exceptions.RayTaskError("ProxyActor.ready", "\x1b[36mray::ProxyActor.ready()\x1b[39m", cause)
+        wrapped = wrapped.as_instanceof_cause()
+    assert str(wrapped).startswith("\x1b[36mray::") and failure_line(wrapped) == reason
+    assert failure_line(RuntimeError("Deploying application ncf failed: x\ntraceback")) == (
+        "Deploying application ncf failed: x"
+    )
 
 
 @pytest.mark.faults
@@ -641,6 +675,43 @@ def test_the_demo_hands_each_job_arguments_its_parser_accepts_and_its_dataset_is
     assert asked["jobs.preprocess"].cache == str(workdir / "datasets")
     assert asked["jobs.train"].storage == str(workdir / "ray_results")
     assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{workdir}/mlflow.db"
+
+
+@pytest.mark.faults
+def test_the_deploy_health_check_stops_at_an_answer_waiting_will_not_change():
+    """A 421 (a --host name the proxy refuses as not its own) was asked again for 60 s and then
+    blamed on the replicas; a 404 or 503 (an app still coming up) is still waited out."""
+    import http.server
+    import threading
+
+    from serve.launch import wait_until_healthy
+
+    answers = [(404, b"not routed yet"), (503, b'{"error": "loading"}'), (421, b'{"error": "Host is not ours"}')]
+
+    class Answers(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, body = answers.pop(0) if len(answers) > 1 else answers[0]
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(cli.InputError, match="healthz answered 421: Host is not ours"):
+            wait_until_healthy(url, timeout_s=20)
+        assert answers == [(421, b'{"error": "Host is not ours"}')]  # the 404 and the 503 were asked past
+        answers[:] = [(503, b"busy")]
+        with pytest.raises(TimeoutError, match="HTTP 503"):
+            wait_until_healthy(url, timeout_s=1)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.faults

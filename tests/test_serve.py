@@ -500,6 +500,28 @@ def test_build_app_and_deploy_refuse_a_damaged_model_dir(small_model_dir, tmp_pa
     assert job.stderr.strip().count("\n") == 0 and job.stderr.startswith("error: ") and "model.pt" in job.stderr
 
 
+@pytest.mark.faults
+def test_a_foreground_deploy_that_fails_to_start_stops_the_serve_it_started(ray_session, small_model_dir, capsys):
+    """A foreground deploy whose proxy could not bind (or whose replicas failed, or was
+    interrupted while the model loaded) left the Serve it started on the cluster, holding the
+    port, which the next foreground deploy was refused for; its line gave Ray's coloured actor
+    name as the reason."""
+    import socket
+
+    from jobs import deploy
+    from serve.launch import running_address
+
+    with socket.socket() as held:  # bound, not listening: the port probe passes, the proxy's bind fails
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            deploy.main(["--model", small_model_dir, "--port", str(port)])
+    assert exit_info.value.code == 1
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert "Failed to bind to address" in line and "\x1b" not in line and "ProxyActor" not in line
+    assert running_address() is None
+
+
 def test_a_model_rollout_keeps_the_deployment_version(small_model_dir, tmp_path):
     """Serve reconfigures running replicas only when the version is unchanged; a random one per
     serve.run (the default) replaced the healthy replica on every rollout, bad model or not."""
