@@ -7,6 +7,10 @@ python -m bench.two_stage_agreement --model MODEL [--data DATA] [--users 100] [-
 households' exact lists do not fit the cache does (Complete Journey's fit, so by default they are
 exact). ``--exclude-purchased`` compares rankings of products new to each household, where the
 household's own products, which dominate the plain rankings, are no candidates.
+
+Speeds are a warm ranker's, as Serve's replicas rank: every household's MF list computed first
+(``Ranker.warm``, what Serve does when it loads a model) and one untimed call of each kind; then
+the two-stage calls timed in one loop and brute force's in another, one household a call.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from ncf.model import ann
 from ncf.rank.recommender import Recommender
 
 
-def main(argv=None) -> dict:
+def measure(argv=None) -> dict:
+    """The figures, printed by :func:`main` (``bench.batch_scoring`` folds them into its own line)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--data", default=None, help="DATA whose histories to rank from (default: the model's state)")
@@ -41,16 +46,21 @@ def main(argv=None) -> dict:
     finally:  # the setting is read when the first stage is built: later callers get the default
         ann.MF_CACHE_MAX_ENTRIES = cache_entries
     ranker, at = recommender.ranker, recommender.default_at
-    users = np.random.default_rng(0).choice(ranker.state.states.users(), size=args.users, replace=False)
-    overlaps, fast_s, brute_s = [], 0.0, 0.0
-    for user in users.tolist():
-        started = time.perf_counter()
-        fast = ranker.rank([user], [at], k=args.k, exclude_purchased=args.exclude_purchased)[0].products
-        fast_s += time.perf_counter() - started
-        started = time.perf_counter()
-        brute = ranker.rank([user], [at], args.k, args.exclude_purchased, brute_force=True)[0].products
-        brute_s += time.perf_counter() - started
-        overlaps.append(len(set(fast.tolist()) & set(brute.tolist())) / args.k)
+    # As Serve has it before its first request: every household's MF list computed (Serve warms
+    # them when it loads a model; otherwise each household's first ranking pays for its own list),
+    # and one untimed call of each kind for torch's and the ranker's first-call set-up.
+    ranker.warm()
+    users = np.random.default_rng(0).choice(ranker.state.states.users(), size=args.users, replace=False).tolist()
+    ranker.rank(users[:1], [at], k=args.k, exclude_purchased=args.exclude_purchased)
+    ranker.rank(users[:1], [at], args.k, args.exclude_purchased, brute_force=True)
+    # Each kind timed in a loop of its own (one household per call, as a /recommend asks).
+    started = time.perf_counter()
+    fast = [ranker.rank([u], [at], k=args.k, exclude_purchased=args.exclude_purchased)[0].products for u in users]
+    fast_s = time.perf_counter() - started
+    started = time.perf_counter()
+    brute = [ranker.rank([u], [at], args.k, args.exclude_purchased, brute_force=True)[0].products for u in users]
+    brute_s = time.perf_counter() - started
+    overlaps = [len(set(f.tolist()) & set(b.tolist())) / args.k for f, b in zip(fast, brute)]
     result = {
         "benchmark": "two_stage_agreement",
         "users": args.users,
@@ -63,6 +73,11 @@ def main(argv=None) -> dict:
         "two_stage_users_per_s": round(args.users / fast_s, 1),
         "brute_force_users_per_s": round(args.users / brute_s, 2),
     }
+    return result
+
+
+def main(argv=None) -> dict:
+    result = measure(argv)
     print(json.dumps(result))
     return result
 
