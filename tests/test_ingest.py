@@ -739,6 +739,54 @@ def test_a_run_stopped_by_bad_rows_keeps_its_quarantine_beside_the_output(ray_se
     assert len(rows) == 5 and set(rows["reason"]) == {schema.BAD_TIMESTAMP}
 
 
+@pytest.mark.faults
+def test_a_failed_runs_quarantine_is_kept_beside_a_link_whose_target_is_elsewhere(ray_session, tmp_path, monkeypatch):
+    """A blue/green --output's stage is built beside the link's target: kept beside the link,
+    the quarantine was renamed across filesystems (EXDEV), a traceback and exit 1 instead of the
+    run's one line, and the quarantine went with the stage."""
+    import pathlib
+    import shutil
+    import tempfile
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,product_id,timestamp\n" + "".join(f"u{i},p{i},yesterday\n" for i in range(5)))
+    config = PreprocessConfig(examples=ExampleConfig(history_length=2), val_weeks=4, test_weeks=4)
+    stores = [tmp_path / "store"]
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK) and os.stat(shm).st_dev != os.stat(tmp_path).st_dev:
+        stores.append(pathlib.Path(tempfile.mkdtemp(dir=shm)))  # another filesystem
+    try:
+        for number, store in enumerate(stores):
+            (store / "data-v1").mkdir(parents=True)
+            out = tmp_path / f"out-{number}"
+            out.symlink_to(store / "data-v1")
+            with pytest.raises(schema.InputError) as refused:
+                preprocess(schema.resolve_files(str(bad)), None, str(out), config, state_only=True)
+            kept = str(out) + ".quarantine"
+            assert "all 5 quarantined" in str(refused.value) and kept in str(refused.value), refused.value
+            assert len(pq.read_table(kept)) == 5, store
+            # The stage gone (the lock file stays, as beside every output), the target untouched.
+            assert sorted(os.listdir(store)) == [f".{out.name}.lock", "data-v1"], store
+            assert os.listdir(store / "data-v1") == []
+    finally:
+        for store in stores[1:]:
+            shutil.rmtree(store, ignore_errors=True)
+    if len(stores) == 1:
+        print("no /dev/shm on another filesystem: the move across filesystems was not tried")
+
+    def cannot_move(source, destination):
+        raise OSError(28, "No space left on device", destination)
+
+    monkeypatch.setattr(shutil, "move", cannot_move)
+    out = tmp_path / "plain"
+    with pytest.raises(schema.InputError) as refused:
+        preprocess(schema.resolve_files(str(bad)), None, str(out), config, state_only=True)
+    message = str(refused.value)
+    assert "all 5 quarantined" in message and "\n" not in message, message
+    assert message.endswith(f"(quarantine not kept: [Errno 28] No space left on device: '{out}.quarantine.incoming')")
+    assert not os.path.exists(str(out) + ".quarantine.incoming") and not os.path.exists(out)
+
+
 @pytest.mark.parametrize(
     "stamps, hint",
     [

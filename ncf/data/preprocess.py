@@ -781,7 +781,10 @@ def preprocess(
         try:
             stats = _preprocess_into(logs, catalog, stage, config, state_only, replaced)
         except schema.InputError as e:
-            kept = keep_failed_quarantine(stage, output)
+            try:
+                kept = keep_failed_quarantine(stage, output)
+            except OSError as not_kept:  # the input's one line matters more than the copy
+                raise schema.InputError(f"{e} (quarantine not kept: {not_kept})") from e
             if kept is None:
                 raise
             raise schema.InputError(f"{e}; the quarantined rows are in {kept}") from e
@@ -805,14 +808,21 @@ def failed_quarantine_dir(output: str) -> str:
 def keep_failed_quarantine(stage: str, output: str) -> Optional[str]:
     """Moves the quarantine out of a failed run's staging directory (which is then removed), so
     that "all N quarantined" or an empty period can be looked into; replaces the last failed
-    run's. None when the run quarantined nothing."""
+    run's. None when the run quarantined nothing. Raises OSError when it cannot be moved (a
+    full disk, a folder this user may not write), leaving no part-copied quarantine behind."""
     quarantine = layout.quarantine_dir(stage)
     if not os.path.isdir(quarantine):
         return None
     kept = failed_quarantine_dir(output)
     incoming = kept + ".incoming"
     shutil.rmtree(incoming, ignore_errors=True)
-    os.rename(quarantine, incoming)
+    try:
+        # Copied where a rename cannot go: the stage is built beside a blue/green link's target,
+        # which may be on another filesystem than the link, and so than ``kept``.
+        shutil.move(quarantine, incoming)
+    except OSError:
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
     shutil.rmtree(kept, ignore_errors=True)
     os.rename(incoming, kept)
     return kept
