@@ -641,6 +641,38 @@ def test_a_csv_refresh_keeps_the_id_types_of_the_data_it_replaces_where_it_can(r
     assert "e.g. ['12a']" in out
 
 
+def test_a_refresh_from_int64_parquet_ids_keeps_the_text_ids_of_the_data_it_replaces(ray_session, tmp_path):
+    """The DATA was preprocessed from CSV (text household ids u0, u1... or 007); the next night's
+    export is Parquet with int64 ids: the declared type won and Serve's answers turned from text
+    to integers between two nights, where README says a refresh keeps text ids text."""
+    from ncf.data.preprocess import _kinds_of_ids
+
+    ids = pa.array(["1", "2", "12"], pa.string())
+    kinds, notes = _kinds_of_ids({"user_id": ids}, {"user_id": "int"}, {"user_id": "str"})
+    assert kinds == {"user_id": "str"} and notes == {}
+    assert _kinds_of_ids({"user_id": ids}, {"user_id": "int"}, {})[0] == {"user_id": "int"}  # a first run
+
+    config = PreprocessConfig(val_weeks=2, test_weeks=2)
+    words = tmp_path / "words.csv"
+    words.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(_log_rows(n_days=70, per_day=40)) + "\n")
+    rows = [line.split(",") for line in _log_rows(n_days=70, per_day=40)]
+    integers = tmp_path / "integers.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array([int(r[0].lstrip("u")) for r in rows], pa.int64()),
+                "product_id": [r[1] for r in rows],
+                "timestamp": [r[2] for r in rows],
+            }
+        ),
+        integers,
+    )
+    out = str(tmp_path / "data")
+    for logs in (words, integers):
+        preprocess(schema.resolve_files(str(logs)), None, out, config, state_only=True)
+        assert Vocabularies.load(layout.vocab_dir(out)).users.kind == "str", logs
+
+
 def test_a_csv_with_bad_rows_everywhere_is_quarantined_row_by_row(ray_session, tmp_path):
     """Malformed rows after the first MiB, bad UTF-8, "now" and a row in 2099: old code died with
     a traceback on the first and kept the others (the 2099 row moving every split into empty time)."""

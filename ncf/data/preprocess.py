@@ -264,9 +264,10 @@ def build_vocabularies(
 def _kinds_of_ids(
     ids: Dict[str, pa.Array], declared: Dict[str, Optional[str]], replaced: Dict[str, str]
 ) -> tuple[Dict[str, str], Dict]:
-    """Each id column's kind: as its files declare it, else (CSV, uint64, wide decimals) decided
-    by its ids, where a refresh keeps the text of the DATA it replaces (``replaced``), so that
-    its answers do not change type between two nights. The second value holds the notes:
+    """Each id column's kind: text where the DATA a refresh replaces has text ids (``replaced``),
+    whatever the files declare, so that its answers do not change type between two nights (an
+    int64 Parquet export of a log preprocessed from CSV text ids); else as its files declare it,
+    else (CSV, uint64, wide decimals) decided by its ids. The second value holds the notes:
     ``ids_kept_as_text``, the ids of a column kept as text although some are integers, with a few
     examples of the others (``"12a"`` among integers), and ``id_kinds_changed``, a column of
     integers in the DATA replaced that is text now."""
@@ -274,10 +275,11 @@ def _kinds_of_ids(
     as_text: Dict[str, Dict] = {}
     changed: Dict[str, Dict] = {}
     for column, values in ids.items():
+        kept_text = replaced.get(column) == "str"
         if declared[column] is not None:
-            kinds[column] = declared[column]
+            kinds[column] = "str" if kept_text else declared[column]
             continue
-        kinds[column] = "str" if replaced.get(column) == "str" else schema.kind_of_ids(values)
+        kinds[column] = "str" if kept_text else schema.kind_of_ids(values)
         integer = schema.integer_text(values) if kinds[column] == "str" else None
         if integer is not None and integer.any() and not integer.all():
             others = values.filter(pa.array(~integer))
