@@ -16,14 +16,19 @@ python -m bench.gpu_model --model MODEL [--data DATA] [--users 0] [--batch 512] 
   median and p95 milliseconds on one thread, on the CPU and on CUDA;
 * with ``--lists`` (a Parquet file of training lists, ``DATA/examples/cutoff=*/lists-*.parquet``):
   candidates/s of :func:`ncf.train.loop.training_step` (bf16 autocast on CUDA, as training runs)
-  on every CPU core and on CUDA, from the model's weights, and the first step's loss on each.
-  The tables are unsharded here, so plain Adam updates them whole: the training job's tables
-  train on fbgemm's fused kernels (row-wise Adagrad inside the backward pass), whose CUDA build
-  this bench does not need. The figure is the model's step, not the job's;
+  on every CPU core and on CUDA at each ``--train-lists`` size, from the model's weights, each
+  step the file's next lists (wrapping around; ``lists_per_step`` is what a step held), and the
+  first step's loss on each (seeded; the devices' dropout masks differ, so the two first losses
+  agree only roughly, not as a measure of bf16's error). The tables are unsharded here, so
+  plain Adam updates them whole: the training job's tables train on fbgemm's fused kernels
+  (row-wise Adagrad inside the backward pass), whose CUDA build this bench does not need. The
+  figure is the model's step, not the job's;
 * with ``--profile N``: where N households' eager scoring spends its time on one thread, on each
   device (cProfile).
 
-Without CUDA it prints the CPU figures and ``"cuda": false``. Timings are wall-clock; on CUDA each
+Without CUDA it prints the CPU figures and ``"cuda": false``. A steady rate needs a second
+batch: ``--users`` at most ``--batch`` is refused, and a state of at most ``--batch`` households
+reports ``null`` (and no ratio). Timings are wall-clock; on CUDA each
 batch ends with the lists on the host, so the device's work is inside the timing.
 """
 
@@ -60,7 +65,8 @@ def emit(record: Dict) -> None:
 
 def score_all(recommender: Recommender, positions: np.ndarray, batch_size: int = BATCH) -> tuple[Dict, pa.Table]:
     """Every household of ``positions`` in batches of ``batch_size``: steady households/s (after
-    the first batch, which pays warm-up and compilation) and the first batch's seconds."""
+    the first batch, which pays warm-up and compilation; None when there is no second batch) and
+    the first batch's seconds."""
     ids = pa.array(recommender.vocabs.users.raw_of(positions))
     at = recommender.default_at
     started = time.perf_counter()
@@ -71,8 +77,14 @@ def score_all(recommender: Recommender, positions: np.ndarray, batch_size: int =
         tables.append(score_users(recommender, ids.slice(start, batch_size), K, at, at, positions[batch]))
         first = first or time.perf_counter()
     end = time.perf_counter()
-    steady = (len(ids) - min(batch_size, len(ids))) / (end - first) if end > first else float("nan")
-    return {"users_per_s": round(steady, 1), "first_batch_s": round(first - started, 2)}, pa.concat_tables(tables)
+    timed = len(ids) - min(batch_size, len(ids))
+    steady = round(timed / (end - first), 1) if timed and end > first else None
+    return {"users_per_s": steady, "first_batch_s": round(first - started, 2)}, pa.concat_tables(tables)
+
+
+def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:
+    """``numerator / denominator`` to 2 places; None where either is missing or zero."""
+    return round(numerator / denominator, 2) if numerator is not None and denominator else None
 
 
 def agreement(reference: pa.Table, other: pa.Table) -> Dict:
@@ -137,20 +149,31 @@ def profiled(recommender: Recommender, positions: np.ndarray, batch_size: int, t
     }
 
 
+def step_rows(lists: pa.Table, step: int, size: int) -> pa.Table:
+    """Step ``step``'s lists: the next ``size`` of the file after the previous step's, wrapping
+    around its end (every step a new window while the file holds more than ``size``); all of
+    them, once each, where it holds fewer."""
+    size = min(size, len(lists))
+    return lists.take(pa.array((step * size + np.arange(size)) % len(lists)))
+
+
 def training_steps(
     model_dir: str, lists: pa.Table, catalog: Catalog, device: torch.device, steps: int, size: int
 ) -> Dict:
-    """``steps`` training steps of ``size`` lists each (after one warm-up step): candidates/s and
-    the first step's loss, from the model's saved weights."""
+    """``steps`` training steps of ``size`` lists each (after one warm-up step; fewer where the
+    file holds fewer, as ``lists_per_step`` says): candidates/s and the first step's loss, from
+    the model's saved weights. Seeded: the same device gives the same first loss run to run (the
+    CPU's and CUDA's dropout masks come from different generators, so theirs differ anyway)."""
     model = load_model(model_dir, device)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=TrainConfig.learning_rate)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)  # dropout's masks (CPU and CUDA generators both)
     share = TrainConfig.unknown_share
     losses, seen, started = [], 0, 0.0
     for step in range(steps + 1):
-        rows = lists.slice((step * size) % max(1, len(lists) - size), size)
+        rows = step_rows(lists, step, size)
         batch = Batch.from_arrow(rows, catalog).with_history_length(model.config.history_length)
         batch = batch.with_unknown_rows(generator, share, share).to(device)
         losses.append(float(training_step(model, optimizer, batch, loss_fn).detach()))
@@ -160,6 +183,7 @@ def training_steps(
             seen += batch.num_candidates
     seconds = time.perf_counter() - started
     return {
+        "lists_per_step": min(size, len(lists)),
         "candidates_per_s": round(seen / seconds),
         "first_loss": round(losses[0], 5),
         "finite": bool(np.isfinite(losses).all()),
@@ -208,12 +232,17 @@ def _run(args) -> Dict:
     if args.lists:
         lists = pq.read_table(args.lists)
         catalog = cpu.state.catalog
-        size = TrainConfig.batch_size
-        figures = training_steps(args.model, lists, catalog, torch.device("cpu"), args.steps, size)
-        step(f"train_cpu_{cores}_threads", {"lists_per_step": size, **figures})
-        for size in args.train_lists if cuda else []:
-            figures = training_steps(args.model, lists, catalog, torch.device("cuda"), args.steps, size)
-            step(f"train_cuda_bf16_{size}_lists", {"lists_per_step": size, **figures})
+        summary["lists_in_file"] = len(lists)
+        # Each size on both devices: a ratio at a size divides CUDA's rate by the CPU's at that size.
+        for size in args.train_lists:
+            figures = training_steps(args.model, lists, catalog, torch.device("cpu"), args.steps, size)
+            step(f"train_cpu_{cores}_threads_{size}_lists", figures)
+            if cuda:
+                figures = training_steps(args.model, lists, catalog, torch.device("cuda"), args.steps, size)
+                step(f"train_cuda_bf16_{size}_lists", figures)
+                summary[f"train_cuda_over_cpu_{size}_lists"] = ratio(
+                    figures["candidates_per_s"], summary[f"train_cpu_{cores}_threads_{size}_lists"]["candidates_per_s"]
+                )
     if not cuda:
         return summary
 
@@ -240,10 +269,17 @@ def _run(args) -> Dict:
         figures, listed = score_all(gpu, positions, args.batch)
         step("cuda_compiled_1_thread", {**figures, **agreement(reference, listed)})
     one = summary["cuda_eager_1_thread"]["users_per_s"]
-    summary["gpu_actor_over_cpu_actor"] = round(one / summary["cpu_1_thread"]["users_per_s"], 2)
+    summary["gpu_actor_over_cpu_actor"] = ratio(one, summary["cpu_1_thread"]["users_per_s"])
     every = summary[f"cuda_eager_{cores}_threads"]["users_per_s"]
-    summary["gpu_driver_over_cpu_driver"] = round(every / summary[f"cpu_{cores}_threads"]["users_per_s"], 2)
+    summary["gpu_driver_over_cpu_driver"] = ratio(every, summary[f"cpu_{cores}_threads"]["users_per_s"])
     return summary
+
+
+def sizes(text: str) -> List[int]:
+    values = [int(v) for v in text.split(",")]
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"lists per step must be at least 1: {text}")
+    return values
 
 
 def main(argv=None) -> Dict:
@@ -254,16 +290,21 @@ def main(argv=None) -> Dict:
     p.add_argument("--batch", type=int, default=BATCH, help="households per scoring call (the first is not timed)")
     p.add_argument("--single", type=int, default=200, help="households asked one per call")
     p.add_argument("--lists", help="a Parquet file of training lists (DATA/examples/cutoff=*/lists-*.parquet)")
-    p.add_argument("--steps", type=int, default=60, help="training steps timed on each device")
+    p.add_argument("--steps", type=int, default=60, help="training steps timed on each device (at least 1)")
     p.add_argument(
         "--train-lists",
-        type=lambda text: [int(v) for v in text.split(",")],
+        type=sizes,
         default=[TrainConfig.batch_size],
-        help="lists per training step on CUDA, comma-separated (the CPU step uses the default, 32)",
+        help="lists per training step, comma-separated: each size on the CPU and on CUDA",
     )
     p.add_argument("--profile", type=int, default=0, help="households scored under cProfile on each device (0: none)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile run on CUDA")
-    summary = run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    if args.batch < 1 or args.steps < 1:
+        p.error("--batch and --steps must be at least 1")
+    if 0 < args.users <= args.batch:  # the first batch is not timed: no steady rate to report
+        p.error(f"--users {args.users} leaves no timed batch: ask for more than --batch ({args.batch})")
+    summary = run(args)
     emit(summary)
     return summary
 

@@ -56,16 +56,47 @@ def test_the_gpu_bench_scores_and_trains_on_the_cpu_where_there_is_no_cuda(small
     data, _ = small_data
     lists = sorted(glob.glob(os.path.join(layout.examples_root(data), "cutoff=*", "*.parquet")))[0]
     sizes = ["--users", "40", "--batch", "10", "--single", "5", "--steps", "2", "--profile", "20"]
-    summary = gpu_model.main(["--model", small_model_dir, "--lists", lists, *sizes])
+    summary = gpu_model.main(["--model", small_model_dir, "--lists", lists, *sizes, "--train-lists", "3,100000"])
     cores = os.cpu_count()
     assert summary["households"] == 40 and summary["cpu_1_thread"]["users_per_s"] > 0
     assert summary[f"cpu_{cores}_threads"]["users_per_s"] > 0
-    training = summary[f"train_cpu_{cores}_threads"]
-    assert training["finite"] and training["candidates_per_s"] > 0
+    # Every size on the CPU too; a size past the file trains the lists it holds, and says so.
+    training = summary[f"train_cpu_{cores}_threads_3_lists"]
+    assert training["finite"] and training["candidates_per_s"] > 0 and training["lists_per_step"] == 3
+    whole = summary[f"train_cpu_{cores}_threads_100000_lists"]
+    assert whole["lists_per_step"] == summary["lists_in_file"] < 100000 and whole["finite"]
     profile = summary["profile_cpu_1_thread"]
     assert 0 < profile["inputs_share"] < 1 and 0 < profile["model_share"] < 1
     if not torch.cuda.is_available():
         assert summary["cuda"] is False and "cuda_eager_1_thread" not in summary
+
+
+def test_the_gpu_bench_steps_through_its_lists_seeded_and_refuses_a_run_without_a_timed_batch(
+    small_model_dir, small_data
+):
+    """Old code: every step of 256 lists out of 320 took the same slice, the first loss changed
+    run to run (dropout unseeded), and --users at most --batch gave a steady rate of 0.0, which
+    the GPU ratios then divided by."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"i": list(range(5))})
+    windows = [gpu_model.step_rows(table, step, 2)["i"].to_pylist() for step in range(4)]
+    assert windows == [[0, 1], [2, 3], [4, 0], [1, 2]]
+    assert gpu_model.step_rows(table, 3, 8)["i"].to_pylist() == [0, 1, 2, 3, 4]
+    assert gpu_model.ratio(3.0, 2.0) == 1.5 and gpu_model.ratio(0.0, 2.0) == 0.0
+    assert (
+        gpu_model.ratio(3.0, None) is None and gpu_model.ratio(None, 2.0) is None and gpu_model.ratio(3.0, 0.0) is None
+    )
+    with pytest.raises(SystemExit):
+        gpu_model.main(["--model", small_model_dir, "--users", "10", "--batch", "10"])
+    data, _ = small_data
+    path = sorted(glob.glob(os.path.join(layout.examples_root(data), "cutoff=*", "*.parquet")))[0]
+    lists, catalog = pq.read_table(path), RankingState.load(data).catalog
+    first, again = (
+        gpu_model.training_steps(small_model_dir, lists, catalog, torch.device("cpu"), 1, 4) for _ in range(2)
+    )
+    assert first["first_loss"] == again["first_loss"]
 
 
 def test_quality_computes_the_baselines_without_a_model_row(monkeypatch, tmp_path):
