@@ -46,6 +46,7 @@ from ncf.model.directory import ModelDir, save_model_dir, save_untrained_model_d
 from ncf.model.files import WEIGHTS
 
 REQUESTS = 300
+SCORING_BATCH = 512  # households per score_users call in the scoring process; the first is not timed
 
 
 def build(workdir: str, users: int, products: int, per_user: int) -> tuple[str, str, dict]:
@@ -220,11 +221,11 @@ def recommend(session: requests.Session, url: str, user) -> None:
 
 def scoring_figures(model: str, data: str, users: int, compiled: bool = False) -> dict:
     """One scoring process (a nightly actor's work) on ``users`` households: households/s on one
-    core after the first batch of 512 (steady, as the nightly job reports it), the first batch's
-    seconds (with ``compiled``, the torch.compile compilation is paid there) and the process's
-    peak resident memory; in a subprocess so its memory is its own. One core means one torch
-    thread and one OpenMP thread for FAISS's search, what Ray gives a 1-CPU actor
-    (OMP_NUM_THREADS=1); FAISS would otherwise search on every core."""
+    core after the first batch of 512 (steady, as the nightly job reports it; None where the state
+    holds no second batch), the first batch's seconds (with ``compiled``, the torch.compile
+    compilation is paid there) and the process's peak resident memory; in a subprocess so its
+    memory is its own. One core means one torch thread and one OpenMP thread for FAISS's search,
+    what Ray gives a 1-CPU actor (OMP_NUM_THREADS=1); FAISS would otherwise search on every core."""
     code = (
         "import json, sys, time, numpy as np, pyarrow as pa, torch\n"
         "torch.set_num_threads(1)\n"
@@ -238,15 +239,17 @@ def scoring_figures(model: str, data: str, users: int, compiled: bool = False) -
         "ids = pa.array(rec.vocabs.users.raw_of(positions))\n"
         "loaded = time.time()\n"
         "first = None\n"
-        "for start in range(0, len(ids), 512):\n"
-        "    batch = slice(start, start + 512)\n"
-        "    score_users(rec, ids.slice(start, 512), 10, rec.default_at, rec.default_at, positions[batch])\n"
+        f"for start in range(0, len(ids), {SCORING_BATCH}):\n"
+        f"    batch = slice(start, start + {SCORING_BATCH})\n"
+        f"    users = ids.slice(start, {SCORING_BATCH})\n"
+        "    score_users(rec, users, 10, rec.default_at, rec.default_at, positions[batch])\n"
         "    first = first or time.time()\n"
         "end = time.time()\n"
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would report the parent's.
         "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
-        "print(json.dumps({'steady': (len(ids) - 512) / (end - first), 'first_batch_s': first - loaded,"
-        " 'peak_rss_mib': hwm / 1024}))\n"
+        # No second batch, no steady rate (the first batch is not timed).
+        f"steady = (len(ids) - {SCORING_BATCH}) / (end - first) if len(ids) > {SCORING_BATCH} else None\n"
+        "print(json.dumps({'steady': steady, 'first_batch_s': first - loaded, 'peak_rss_mib': hwm / 1024}))\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=3600)
@@ -255,7 +258,7 @@ def scoring_figures(model: str, data: str, users: int, compiled: bool = False) -
     result = json.loads(done.stdout.strip().splitlines()[-1])
     prefix = "nightly_compiled" if compiled else "nightly"
     return {
-        f"{prefix}_users_per_s_per_core": round(result["steady"], 1),
+        f"{prefix}_users_per_s_per_core": None if result["steady"] is None else round(result["steady"], 1),
         f"{prefix}_first_batch_s": round(result["first_batch_s"], 1),
         f"{prefix}_actor_peak_rss_mib": round(result["peak_rss_mib"]),
     }
@@ -283,7 +286,12 @@ def main(argv=None) -> dict:
     p.add_argument("--users", type=int, default=1_000_000)
     p.add_argument("--products", type=int, default=100_000)
     p.add_argument("--purchases-per-user", type=int, default=20)
-    p.add_argument("--scoring-users", type=int, default=20_000, help="households the scoring process ranks")
+    p.add_argument(
+        "--scoring-users",
+        type=int,
+        default=20_000,
+        help=f"households the scoring process ranks (more than {SCORING_BATCH}: its first batch is not timed)",
+    )
     p.add_argument("--cj-model", default=None, help="a Complete Journey model directory, for the ratios")
     p.add_argument("--cj-data", default=None, help="its DATA")
     p.add_argument("--workdir", default="artifacts/scale")
@@ -302,6 +310,8 @@ def main(argv=None) -> dict:
         "saves a copy of the model directory with that index, MODEL-efN)",
     )
     args = p.parse_args(argv)
+    if args.scoring_users <= SCORING_BATCH:
+        p.error(f"--scoring-users {args.scoring_users} leaves no timed batch: ask for more than {SCORING_BATCH}")
     import ray
 
     from jobs.cli import init_ray

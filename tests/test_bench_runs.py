@@ -259,6 +259,17 @@ def test_the_scale_bench_measures_a_copy_whose_index_is_built_at_the_depth_asked
     assert ModelDir(deeper).load_model().state_dict().keys() == ModelDir(model).load_model().state_dict().keys()
 
 
+def test_the_scale_bench_reports_no_steady_rate_without_a_timed_batch(small_model_dir, small_data):
+    """Old code: (households - 512) / seconds, a negative rate below 512 households."""
+    from bench import scale
+
+    data, _ = small_data
+    with pytest.raises(SystemExit):
+        scale.main(["--scoring-users", str(scale.SCORING_BATCH)])
+    figures = scale.scoring_figures(small_model_dir, data, 5)
+    assert figures["nightly_users_per_s_per_core"] is None and figures["nightly_first_batch_s"] >= 0
+
+
 def test_the_paired_bench_can_rank_by_the_seeds_averaged_logits(small_model_dir, small_data):
     import torch
 
