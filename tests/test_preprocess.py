@@ -673,6 +673,43 @@ def test_cutoffs_where_no_household_has_a_list_are_left_out_and_said(ray_session
     assert users[1:].any()
 
 
+def test_no_products_stats_are_computed_at_cutoffs_before_the_first_purchase(
+    ray_session, tmp_path, monkeypatch, capsys
+):
+    """Each cutoff's products' stats are a Ray task reading the whole state (minutes and GBs at
+    scale); a short log's earliest cutoffs, at or before its first purchase, have no list (a list
+    needs a purchase before its cutoff), yet their stats were computed."""
+    from ncf.data import preprocess as preprocessing
+
+    logs = tmp_path / "logs.csv"
+    logs.write_text(
+        "user_id,product_id,timestamp\n" + "".join(f"u{d % 3},{d % 2 + 1},2024-01-{d:02d}\n" for d in range(1, 29))
+    )
+    config = PreprocessConfig(
+        examples=ExampleConfig(history_length=2, horizon_days=7, cutoffs=3), val_weeks=1, test_weeks=1
+    )
+    asked = []
+
+    def recorded_stats_at(output, category, cutoffs):
+        asked.extend(cutoffs)
+        return stats_at(output, category, cutoffs)
+
+    monkeypatch.setattr(preprocessing, "stats_at", recorded_stats_at)
+    stats = preprocess(schema.resolve_files(str(logs)), None, str(tmp_path / "out"), config)
+    start, end = stats["boundaries"]["start"], stats["boundaries"]["end"]
+    scheduled = {
+        REFIT: config.examples.schedule(end + 1),
+        VALIDATED: config.examples.schedule(stats["boundaries"]["val_start"]),
+    }
+    early = sorted({c for run in scheduled.values() for c in run if c <= start})
+    assert early, scheduled  # the log is short enough for the test to mean something
+    assert asked[0] == end + 1 and all(c > start for c in asked[1:]), (asked, start)
+    assert sorted(asked[1:]) == sorted({c for run in scheduled.values() for c in run} - set(early))
+    assert f"({len(early)} more come before the first purchase: no list there)" in capsys.readouterr().out
+    assert all(counts["lists"] > 0 for counts in stats["examples"].values())
+    assert not set(early) & {c for run in stats["cutoffs"].values() for c in run}
+
+
 @pytest.mark.faults
 def test_a_catalog_keyed_by_other_ids_is_reported_on_the_console(ray_session, tmp_path, capsys):
     """Zero-padded codes in the catalog, integers in the logs: every product's department and

@@ -609,9 +609,12 @@ def _largest_cpu_node_memory() -> int:
     return int(max((resources.get("memory", 0) for resources in nodes), default=0))
 
 
-def every_cutoff(cutoffs: Dict[str, list]) -> List[int]:
-    """The training cutoffs of every run, each once, in time order."""
-    return sorted({c for run in cutoffs.values() for c in run})
+def every_cutoff(cutoffs: Dict[str, list], first_purchase: int) -> List[int]:
+    """The training cutoffs of every run that come after the log's first purchase, each once, in
+    time order. A list needs a purchase strictly before its cutoff (:func:`households_lists`), so
+    an earlier one (a short log's) has none, and its products' stats, a Ray task reading the
+    whole state (minutes and GBs at scale), would be computed for nothing."""
+    return sorted({c for run in cutoffs.values() for c in run if c > first_purchase})
 
 
 def write_examples(
@@ -621,13 +624,15 @@ def write_examples(
     stats: Dict[int, ProductStats],
     config: ExampleConfig,
     output: str,
+    first_purchase: int,
     partitions: Optional[int] = None,
 ) -> Dict[str, Dict[str, int]]:
     """The training lists of every cutoff, partitioned by cutoff (``examples/cutoff=C/``);
-    ``stats``: the products' stats at each cutoff (:func:`stats_at`); ``partitions``: the
-    households' shuffle's (:func:`shuffle_partitions`)."""
+    ``stats``: the products' stats at each cutoff after ``first_purchase`` (:func:`stats_at`,
+    :func:`every_cutoff`: none has lists before it); ``partitions``: the households' shuffle's
+    (:func:`shuffle_partitions`)."""
     catalog = Catalog.of(vocabs.products)
-    every = every_cutoff(cutoffs)
+    every = every_cutoff(cutoffs, first_purchase)
     key_limit = list_key_limit(len(vocabs.users), config.list_households)
     if key_limit is not None:
         households = len(vocabs.users) - 1  # index 0 is the unknown household
@@ -1016,15 +1021,21 @@ def _preprocess_into(
             "basket, in no known order (the history orders them by product)"
         )
     _report_repeated_lines(lines.repeated, rows_kept, dates_only)
-    every = [] if state_only else every_cutoff(cutoffs)
-    _log(f"the products' stats at the data's end and at {len(every)} training cutoffs")
+    every = [] if state_only else every_cutoff(cutoffs, bounds["start"])
+    before_start = 0 if state_only else len({c for run in cutoffs.values() for c in run}) - len(every)
+    _log(
+        f"the products' stats at the data's end and at {len(every)} training cutoffs"
+        + (f" ({before_start} more come before the first purchase: no list there)" if before_start else "")
+    )
     stats_by_cutoff = stats_at(output, vocabs.products.column("category_index"), [bounds["end"] + 1, *every])
     stats_by_cutoff[bounds["end"] + 1].save(layout.product_stats_dir(output))
 
     examples = {}
     if not state_only:
         _log(f"building training lists at {sum(len(c) for c in cutoffs.values())} cutoffs")
-        examples = write_examples(indexed, vocabs, cutoffs, stats_by_cutoff, config.examples, output, partitions)
+        examples = write_examples(
+            indexed, vocabs, cutoffs, stats_by_cutoff, config.examples, output, bounds["start"], partitions
+        )
         for run, counts in examples.items():
             if counts["lists"] == 0:
                 raise schema.InputError(
