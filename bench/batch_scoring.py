@@ -1,9 +1,11 @@
 """Nightly batch scoring: users/s on Complete Journey and on synthetic catalogs of growing size
 (how the cost grows with the catalog), the Complete Journey checks, and two-stage against
-brute-force agreement, as one JSON line. Complete Journey is scored twice by actors on the same
-cluster (the first job on a fresh cluster, then the next one: a nightly job's usual case), then
-in the driver (``--score-in driver``, what ``auto`` picks for small datasets); each synthetic
-catalog by actors, then in the driver.
+brute-force agreement, as one JSON line, the last of stdout (preprocessing's log lines come
+before it when a synthetic dataset is built). Complete Journey is scored twice by actors on the
+same cluster (the first job on a fresh cluster, then the next one: a nightly job's usual case),
+then in the driver (``--score-in driver``, what ``auto`` picks for small datasets); each
+synthetic catalog by actors, then in the driver. The synthetic datasets are built first, in a
+Ray session of their own, so that Complete Journey's first job meets a cluster nothing ran on.
 
 python -m bench.batch_scoring [--catalogs 10000 100000] [--synthetic-users 1000]
     [--agreement-users 20] [--cj-model artifacts/demo/model --cj-data artifacts/demo/data]
@@ -71,7 +73,7 @@ def score(model: str, data: str, output: str, score_in: str = "actors") -> tuple
 
 
 def agreement(model: str, data: str, users: int) -> dict:
-    result = two_stage_agreement.main(["--model", model, "--data", data, "--users", str(users), "--k", str(K)])
+    result = two_stage_agreement.measure(["--model", model, "--data", data, "--users", str(users), "--k", str(K)])
     return {key: value for key, value in result.items() if key != "benchmark"}
 
 
@@ -88,12 +90,16 @@ def main(argv=None) -> dict:
     p.add_argument("--workdir", default="artifacts/batch/bench")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    # Preprocessing first: pyarrow crashed (SIGSEGV in an aggregate) preprocessing in a driver
+    # that had already scored with torch; a fresh driver has not. In a cluster of its own:
+    # preprocessing starts Ray Data's workers and detached actors, which the first scoring job
+    # below would otherwise find running (a fresh-cluster run only when the workdir had them all).
+    init_ray(num_cpus=2)
+    synthetic = {products: synthetic_model(args.workdir, products, args.synthetic_users) for products in args.catalogs}
+    ray.shutdown()
     init_ray(num_cpus=2)
     cpus = int(ray.cluster_resources().get("CPU", 0))  # Ray's, which the actors share; not the machine's
     result = {"benchmark": "batch_scoring", "cpus": cpus, "machine_cores": os.cpu_count(), "k": K}
-    # Preprocessing first: pyarrow crashed (SIGSEGV in an aggregate) preprocessing in a driver
-    # that had already scored with torch; a fresh driver has not.
-    synthetic = {products: synthetic_model(args.workdir, products, args.synthetic_users) for products in args.catalogs}
     if os.path.exists(os.path.join(args.cj_model, "config.json")):
         # A folder per run: they share a run date, and the partition verified must be the
         # actors' first run, whose figures are the headline, not a later run's over it.
