@@ -269,11 +269,11 @@ def test_vocab_lookups_agree_for_few_and_many_ids():
 def test_integer_ids_found_by_binary_search_as_by_the_hash():
     """Preprocessing indexes every purchase with vocabularies prepared for integer ids (a sorted
     int64 copy, binary-searched): the same indices as Arrow's hash lookup, absent ids and
-    negative ones included; other arrays (strings, nulls) and string vocabularies keep the hash."""
+    negative ones included; other arrays (strings, nulls) keep the hash."""
     rng = np.random.default_rng(0)
     ids = rng.choice(np.arange(-500, 2**31 - 1, 7919), 3_000, replace=False)
     hashed = Vocabulary.from_ids([str(i) for i in ids], kind="int")
-    searched = Vocabulary.from_ids([str(i) for i in ids], kind="int").prepare_int_lookup()
+    searched = Vocabulary.from_ids([str(i) for i in ids], kind="int").prepare_lookup()
     assert searched._int_sorted is not None and hashed._int_sorted is None
     asked = np.concatenate([rng.choice(ids, 5_000), rng.integers(-(10**6), 2**31 - 1, 5_000), [ids.min(), ids.max()]])
     big = np.concatenate([asked, [10**15, -(10**15)]])
@@ -298,9 +298,31 @@ def test_integer_ids_found_by_binary_search_as_by_the_hash():
         == hashed.index_of(with_null).tolist()
         == [hashed.index_of([int(ids[0])])[0], 0, 0]
     )
-    words = Vocabulary.from_ids(["b", "a"], kind="str").prepare_int_lookup()
+    words = Vocabulary.from_ids(["b", "a"], kind="str").prepare_lookup()
     assert words._int_sorted is None and words.index_of(pa.array(["a", "z"])).tolist() == [2, 0]
-    assert Vocabulary.from_ids([], kind="int").prepare_int_lookup().index_of(pa.array([1, 2])).tolist() == [0, 0]
+    assert Vocabulary.from_ids([], kind="int").prepare_lookup().index_of(pa.array([1, 2])).tolist() == [0, 0]
+
+
+def test_text_ids_found_by_binary_search_as_by_the_hash():
+    """Text ids (loyalty codes, UUIDs) were hashed whole on every block: 0.47 s a block at 2M ids
+    against 0.10 s searched. The same indices as the hash for ids of any length and script; text
+    longer than every id, cut short, or holding a NUL (which the fixed width pads with) is no id;
+    a vocabulary with a NUL in an id keeps the hash."""
+    rng = np.random.default_rng(1)
+    ids = list(dict.fromkeys("".join(rng.choice(list("abcé日0"), rng.integers(1, 12))) for _ in range(3_000)))
+    hashed = Vocabulary.from_ids(ids, kind="str")
+    searched = Vocabulary.from_ids(ids, kind="str").prepare_lookup()
+    assert searched._text_sorted is not None and hashed._text_sorted is None
+    longest = max(ids, key=lambda i: len(i.encode()))
+    asked = [ids[i] for i in rng.integers(0, len(ids), 2_000)]
+    asked += ["", "zz", longest + "a", longest[:-1] + "", ids[0] + "\x00", "\x00", " " + ids[1]]
+    for array in (pa.array(asked), pa.chunked_array([asked[:10], asked[10:]]), pa.array(asked, pa.large_string())):
+        expected = hashed.index_of(array)
+        assert (expected > 0).sum() >= 2_000 and searched.index_of(array).tolist() == expected.tolist()
+    assert searched.index_of(pa.array([ids[0] + "\x00"])).tolist() == [0]
+    assert searched.index_of(pa.chunked_array([], pa.string())).tolist() == []
+    with_nul = Vocabulary.from_ids(["a", "a\x00"], kind="str").prepare_lookup()
+    assert with_nul._text_sorted is None and with_nul.index_of(pa.array(["a\x00", "a"])).tolist() == [2, 1]
 
 
 # -- the pipeline on a small synthetic dataset ----------------------------------------------

@@ -1009,7 +1009,7 @@ def _preprocess_into(
     indexed = kept.map_batches(
         _index_rows,
         batch_format="pyarrow",
-        fn_kwargs={"users": vocabs.users.prepare_int_lookup(), "products": vocabs.products.prepare_int_lookup()},
+        fn_kwargs={"users": vocabs.users.prepare_lookup(), "products": vocabs.products.prepare_lookup()},
     ).materialize()
     del kept  # the indexed rows are all that is read from here on
     _log("writing the state: every household's purchases")
