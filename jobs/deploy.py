@@ -35,6 +35,7 @@ from jobs.cli import (
     init_ray,
     job_parser,
     non_negative_int,
+    positive_float,
     positive_int,
     positive_seconds,
     tcp_port,
@@ -42,7 +43,7 @@ from jobs.cli import (
 from ncf.errors import InputError
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
-from serve.app import build_app
+from serve.app import build_app, replica_memory_bytes
 from serve.launch import (
     every_replica_health,
     failure_line,
@@ -55,6 +56,7 @@ from serve.launch import (
 from serve.limits import REQUEST_TIMEOUT_S
 from serve.rollout import check_can_deploy, dropped_data_note, refused_rollout, restore_previous, serving_before
 
+MEMORY_NOTE_BYTES = 2 << 30  # a replica needing this much or more: the job says so where no memory is asked
 # Ray's default temp dir, on each node that ran a replica (cluster.yaml's replicas run on workers).
 REPLICA_LOGS = "/tmp/ray/session_latest/logs/serve/ on each node running a replica (`ray logs` lists them)"
 
@@ -94,6 +96,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=REQUEST_TIMEOUT_S,
         help="a request not answered within this gets 504 (applies when this command starts Serve)",
     )
+    p.add_argument(
+        "--replica-memory-gb",
+        type=positive_float,
+        default=None,
+        help="memory each replica asks Ray for, GiB, so that Ray places replicas by memory too (default: none, "
+        "by CPUs only; the job prints what the model needs, about 5 GiB at 10M x 1M and a second copy of the "
+        "weights during a rollout). Keep it the same across rollouts: a change restarts the replicas",
+    )
     p.add_argument("--min-replicas", type=non_negative_int, default=1, help="replicas kept when idle (autoscaling)")
     p.add_argument("--max-replicas", type=positive_int, default=2, help="replicas at most under load (autoscaling)")
     p.add_argument("--detach", action="store_true", help="return once deployed (on a running cluster)")
@@ -122,6 +132,7 @@ def main(argv=None) -> dict:
         "min_replicas": args.min_replicas,
         "max_replicas": args.max_replicas,
         "ui": args.ui,
+        "memory_gb": args.replica_memory_gb,
     }
     try:
         if args.detach and not os.environ.get("RAY_ADDRESS") and not _ray_started_here():
@@ -135,6 +146,15 @@ def main(argv=None) -> dict:
         if args.data is not None:  # an empty one (a script's unset variable) is refused, not dropped
             check_data(args.data)
         app = build_app(app_args)  # checks the settings before Ray starts
+        if args.replica_memory_gb is None:
+            need = replica_memory_bytes(os.path.realpath(app_args["model"]))
+            if need >= MEMORY_NOTE_BYTES:
+                print(
+                    f"[deploy] note: each replica holds about {need / 2**30:.1f} GiB (rollouts included) and asks "
+                    f"Ray for CPUs only: --replica-memory-gb {need / 2**30:.1f} places replicas by memory too",
+                    file=sys.stderr,
+                    flush=True,
+                )
         init_ray()
         running = running_address()
         check_can_deploy(running, args.host, args.port, args.detach)

@@ -524,6 +524,28 @@ def test_a_redeploy_names_the_running_serves_port_and_any_host_it_listens_on():
 
 
 @pytest.mark.faults
+def test_a_foreground_deploy_that_fails_to_start_stops_the_serve_it_started(ray_session, small_model_dir, capsys):
+    """A foreground deploy whose proxy could not bind (or whose replicas failed, or was
+    interrupted while the model loaded) left the Serve it started on the cluster, holding the
+    port, which the next foreground deploy was refused for; its line gave Ray's coloured actor
+    name as the reason. (Here, not in test_serve.py, whose module keeps a Serve running.)"""
+    import socket
+
+    from jobs import deploy
+    from serve.launch import running_address
+
+    with socket.socket() as held:  # bound, not listening: the port probe passes, the proxy's bind fails
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            deploy.main(["--model", small_model_dir, "--port", str(port)])
+    assert exit_info.value.code == 1
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert "Failed to bind to address" in line and "\x1b" not in line and "ProxyActor" not in line
+    assert running_address() is None
+
+
+@pytest.mark.faults
 def test_a_deploy_refuses_an_empty_or_bracketed_host():
     """`--host "$SERVE_HOST"` with the variable unset bound Serve on every address (Serve reads ""
     as INADDR_ANY) and the job then failed polling http://:8000, leaving it up; `--host [::1]`

@@ -29,7 +29,14 @@ UNKNOWN_USER = "no-such-user"
 
 def _app_args(model_dir: str) -> dict:
     # One small replica: fits beside the rest of the session's work, keeps the rollout ordered.
-    return {"model": model_dir, "default_at": "data-end", "min_replicas": 1, "max_replicas": 1, "num_cpus": 0.25}
+    return {
+        "model": model_dir,
+        "default_at": "data-end",
+        "min_replicas": 1,
+        "max_replicas": 1,
+        "num_cpus": 0.25,
+        "memory_gb": 0.5,  # placed by memory too, as --replica-memory-gb asks
+    }
 
 
 @pytest.fixture(scope="module")
@@ -500,28 +507,6 @@ def test_build_app_and_deploy_refuse_a_damaged_model_dir(small_model_dir, tmp_pa
     assert job.stderr.strip().count("\n") == 0 and job.stderr.startswith("error: ") and "model.pt" in job.stderr
 
 
-@pytest.mark.faults
-def test_a_foreground_deploy_that_fails_to_start_stops_the_serve_it_started(ray_session, small_model_dir, capsys):
-    """A foreground deploy whose proxy could not bind (or whose replicas failed, or was
-    interrupted while the model loaded) left the Serve it started on the cluster, holding the
-    port, which the next foreground deploy was refused for; its line gave Ray's coloured actor
-    name as the reason."""
-    import socket
-
-    from jobs import deploy
-    from serve.launch import running_address
-
-    with socket.socket() as held:  # bound, not listening: the port probe passes, the proxy's bind fails
-        held.bind(("127.0.0.1", 0))
-        port = held.getsockname()[1]
-        with pytest.raises(SystemExit) as exit_info:
-            deploy.main(["--model", small_model_dir, "--port", str(port)])
-    assert exit_info.value.code == 1
-    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert "Failed to bind to address" in line and "\x1b" not in line and "ProxyActor" not in line
-    assert running_address() is None
-
-
 def test_a_model_rollout_keeps_the_deployment_version(small_model_dir, tmp_path):
     """Serve reconfigures running replicas only when the version is unchanged; a random one per
     serve.run (the default) replaced the healthy replica on every rollout, bad model or not."""
@@ -529,6 +514,21 @@ def test_a_model_rollout_keeps_the_deployment_version(small_model_dir, tmp_path)
     first, second = (build_app({"model": m})._bound_deployment for m in (small_model_dir, v2))
     assert first.version is not None and first.version == second.version
     assert first.user_config != second.user_config
+
+
+def test_a_replica_asks_ray_for_the_memory_it_is_given_and_the_deploy_job_says_what_it_needs(small_model_dir):
+    """Replicas asked Ray for CPUs only (4,426 MiB each at 10M x 1M, about twice that in a
+    rollout), so Ray could place more of them on a node than its memory holds."""
+    from serve.app import replica_memory_bytes
+
+    asked = build_app(_app_args(small_model_dir))._bound_deployment.ray_actor_options
+    assert asked["memory"] == 2**29 and asked["num_cpus"] == 0.25
+    unasked = build_app({**_app_args(small_model_dir), "memory_gb": None})._bound_deployment.ray_actor_options
+    assert "memory" not in unasked
+    weights = os.path.getsize(os.path.join(small_model_dir, "model.pt"))
+    assert replica_memory_bytes(small_model_dir) > (640 << 20) + 2 * weights
+    with pytest.raises(ValueError, match="memory_gb"):
+        build_app({**_app_args(small_model_dir), "memory_gb": 0})
 
 
 def test_the_deployment_has_a_bounded_queue_and_sheds_with_503():
@@ -901,7 +901,7 @@ def test_a_rollout_whose_new_replicas_fail_to_start_makes_the_serving_model_the_
         assert after and not after & before, (before, after)
         assert model_health(_health(server)) == {"status": "ok", "model_version": "v1", "rollout_error": None}
         assert post(f"{server}/recommend", {"user_id": UNKNOWN_USER, "k": 3}).status_code == 200
-        assert error.startswith("error: Serve could not start the app's replicas ("), error
+        assert error.startswith("error: Serve could not start the app ("), error
         assert "; the settings served before: deployed again as Serve's target; the replicas' logs:" in error, error
         assert "\n" not in error
     finally:
@@ -929,7 +929,7 @@ def test_a_first_deploy_whose_replicas_fail_has_nothing_to_undo_and_the_next_one
         with pytest.raises(SystemExit) as exited:
             deploy.main(["--model", refused, *args])
         error = capsys.readouterr().err.strip()
-        assert exited.value.code == 1 and error.startswith("error: Serve could not start the app's replicas ("), error
+        assert exited.value.code == 1 and error.startswith("error: Serve could not start the app ("), error
         assert "served before" not in error and "\n" not in error
         started = time.monotonic()
         assert serving_user_config() is None

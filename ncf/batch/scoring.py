@@ -251,9 +251,13 @@ def actor_memory(model: str, households: int) -> int:
     weights and MF index as read, and :data:`ACTOR_BASE_BYTES` + :data:`ACTOR_BYTES_PER_HOUSEHOLD`
     per household. The pool asks Ray for that much memory per actor, so that Ray places actors
     by memory as well as by CPUs."""
+    return model_bytes(model) + ACTOR_BASE_BYTES + ACTOR_BYTES_PER_HOUSEHOLD * households
+
+
+def model_bytes(model: str) -> int:
+    """Bytes of ``model``'s weights and MF index: what loading it adds to a process, about."""
     files = [os.path.join(model, WEIGHTS), index_path(model)]
-    held = sum(os.path.getsize(f) for f in files if os.path.exists(f))
-    return held + ACTOR_BASE_BYTES + ACTOR_BYTES_PER_HOUSEHOLD * households
+    return sum(os.path.getsize(f) for f in files if os.path.exists(f))
 
 
 def actor_slots(nodes: List[Dict[str, float]], cpus_per_actor: float, memory_per_actor: int) -> int:
