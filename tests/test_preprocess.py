@@ -550,6 +550,10 @@ def test_state_only_refreshes_the_state_without_lists(ray_session, small_data, t
     assert stats["state_only"] and stats["examples"] == {}
     assert not os.path.exists(os.path.join(out, "examples"))
     assert len(UserStates.load(layout.user_state_dir(out)).products) == stats["rows_kept"]
+    # stats.json records both runs' cutoffs, where none has lists: has_lists said True, so a model
+    # saved with a run's name on this DATA recorded only the unknown rows as trained.
+    assert all(stats["cutoffs"][run] for run in (VALIDATED, REFIT))
+    assert not layout.DataStats(out).has_lists(VALIDATED) and not layout.DataStats(out).has_lists(REFIT)
 
 
 def test_bad_rows_land_in_quarantine_with_reasons(ray_session, tmp_path, capsys):

@@ -94,12 +94,14 @@ class DataStats:
         return int(self.boundaries["end"])
 
     def cutoffs(self, run: str) -> list:
-        """The cutoffs preprocessing built training lists for, for ``run`` (validated or refit)."""
+        """The cutoffs preprocessing built training lists for, for ``run`` (validated or refit);
+        for a state-only DATA, which has no lists (:meth:`has_lists`), those it would have used."""
         return [int(c) for c in self.raw["cutoffs"][run]]
 
     def has_lists(self, run: str) -> bool:
-        """Whether preprocessing built training lists for ``run`` (a state-only DATA has none)."""
-        return bool(self.raw.get("cutoffs", {}).get(run))
+        """Whether preprocessing built training lists for ``run``. A state-only DATA has none,
+        though its ``stats.json`` records both runs' cutoffs."""
+        return not self.raw.get("state_only") and bool(self.raw.get("cutoffs", {}).get(run))
 
     @property
     def features_version(self) -> int:
