@@ -123,6 +123,17 @@ def test_integers_beyond_float_precision_are_out_of_range_rows_not_an_unreadable
     assert out.column("reason").to_pylist() == [schema.TIMESTAMP_OUT_OF_RANGE, schema.BAD_QUANTITY, None]
 
 
+@pytest.mark.faults
+def test_the_range_of_timestamps_runs_from_1990_up_to_but_not_including_2100():
+    """README: "moments before 1990 or from 2100 are timestamp_out_of_range"; the first second of
+    2100 was kept."""
+    stamps = ["1989-12-31T23:59:59Z", "1990-01-01T00:00:00Z", "2099-12-31T23:59:59Z", "2100-01-01T00:00:00Z"]
+    batch = pa.table({"user_id": ["u1"] * 4, "product_id": ["p1"] * 4, "timestamp": stamps})
+    out = schema.validate_log_batch(batch)
+    out_of_range = schema.TIMESTAMP_OUT_OF_RANGE
+    assert out.column("reason").to_pylist() == [out_of_range, None, None, out_of_range]
+
+
 def test_a_catalog_column_nobody_reads_does_not_refuse_the_catalog(tmp_path):
     """pyarrow infers an extra CSV column's type from its first block: old code refused a
     catalog whose pack_size read as integers for a megabyte and then held 0.5."""

@@ -91,7 +91,8 @@ REASONS = (
     FUTURE_TIMESTAMP,
 )
 
-# Timestamps outside this window are data errors (epoch 0, year 9999, milliseconds read as seconds).
+# Timestamps outside this window are data errors (epoch 0, year 9999, milliseconds read as seconds):
+# before the first moment, or at the last one or after (README: "before 1990 or from 2100").
 DEFAULT_MIN_TS = int(pd.Timestamp("1990-01-01", tz="UTC").timestamp())
 DEFAULT_MAX_TS = int(pd.Timestamp("2100-01-01", tz="UTC").timestamp())
 
@@ -875,7 +876,7 @@ def validate_log_batch(batch, min_ts: int = DEFAULT_MIN_TS, max_ts: int = DEFAUL
             (NULL_PRODUCT_ID, null_products),
             (BAD_PRODUCT_ID, bad_products),
             (BAD_TIMESTAMP, ~np.isfinite(seconds)),
-            (TIMESTAMP_OUT_OF_RANGE, np.isfinite(seconds) & ((seconds < min_ts) | (seconds > max_ts))),
+            (TIMESTAMP_OUT_OF_RANGE, np.isfinite(seconds) & ((seconds < min_ts) | (seconds >= max_ts))),
             # Not a number, or beyond any till's count (a corrupt value, not a purchase).
             (BAD_QUANTITY, ~np.isfinite(quantity) | (np.isfinite(quantity) & (np.abs(quantity) >= 2.0**63))),
             (NON_POSITIVE_QUANTITY, np.isfinite(quantity) & (quantity <= 0)),
