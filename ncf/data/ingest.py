@@ -377,7 +377,9 @@ def ingest_logs(
     days = frame.groupby("day")["n"].sum() if len(frame) else pd.Series([], dtype=np.int64)
     bound = future_bound(days.index.to_numpy(), days.to_numpy(), future_gap_days)
     if bound is not None and (int(days.index.max()) + 1) * DAY > bound:
-        rows = rows.map_batches(_mark_future, batch_format="pyarrow", fn_kwargs={"bound": bound}).materialize()
+        # Lazily: each pass below marks the materialized rows again (a compare per block); a
+        # materialized marked copy beside them held the whole validated log twice (172 GB at 1B lines).
+        rows = rows.map_batches(_mark_future, batch_format="pyarrow", fn_kwargs={"bound": bound})
 
     counts = rows.map_batches(_counts, batch_format="pyarrow").to_pandas()
     if counts.empty:  # every file a header alone
