@@ -46,6 +46,7 @@ from ncf.rank.ranker import MAX_K
 from serve.app import build_app, replica_memory_bytes
 from serve.launch import (
     every_replica_health,
+    failed_replicas_reason,
     failure_line,
     running_address,
     running_replicas,
@@ -187,9 +188,13 @@ def main(argv=None) -> dict:
         # New replicas (new code, or any replica with no model yet to keep: one started from zero)
         # raise in reconfigure; Serve's target would stay the settings they failed on, which every
         # replica Serve starts later would fail on too. Undone where the served ones are known.
+        reason = failure_line(e)
+        replicas_reason = failed_replicas_reason()  # before a restore replaces the failed status
+        if replicas_reason and replicas_reason not in reason:
+            reason = f"{reason} {replicas_reason}"
         restored = "" if serving is None else f"; the settings served before: {restore()}"
         _stop_owned(owns_serve)
-        fail(f"Serve could not start the app ({failure_line(e)}){restored}; the replicas' logs: {REPLICA_LOGS}")
+        fail(f"Serve could not start the app ({reason}){restored}; the replicas' logs: {REPLICA_LOGS}")
     except BaseException:  # SIGTERM (SystemExit) while the model loads
         _stop_owned(owns_serve)
         raise

@@ -4,6 +4,7 @@ benchmarks): one way to do it, so they all see the same server."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import sys
@@ -63,6 +64,27 @@ def failure_line(error: Exception) -> str:
     inner = raised_within(error, Exception) or error
     lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
     return lines[0] if lines else type(inner).__name__
+
+
+_TERMINAL_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def failed_replicas_reason(app_name: str = APP_NAME) -> Optional[str]:
+    """Why the app's replicas failed to start, in one line (the last of the error Serve keeps in
+    the deployment's status: a replica constructor's exception), or None. Serve's own
+    DEPLOY_FAILED error names only the deployment."""
+    from ray import serve
+
+    from serve.app import DEPLOYMENT_NAME
+
+    try:
+        app = serve.status().applications.get(app_name)
+    except Exception:  # noqa: BLE001 (the controller gone: the job's line goes without it)
+        return None
+    deployment = app.deployments.get(DEPLOYMENT_NAME) if app is not None else None
+    message = _TERMINAL_COLOURS.sub("", deployment.message if deployment else "")
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else None
 
 
 def base_url(host: str, port: int) -> str:

@@ -92,7 +92,13 @@ def proxy_env(host: Optional[str] = None) -> Dict[str, str]:
 
 def _host_name(host: bytes) -> str:
     """``Host`` header -> its name, lower case, without port or brackets."""
-    text = host.decode("latin-1").strip().lower()
+    return _name_of(host.decode("latin-1"))
+
+
+def _name_of(text: str) -> str:
+    """A host as written (a ``Host`` header, a listed name) -> its name, lower case, without
+    port, brackets or the root's dot."""
+    text = text.strip().lower()
     if text.startswith("["):
         return text[1 : text.find("]")] if "]" in text else text
     return (text.rsplit(":", 1)[0] if text.count(":") == 1 else text).rstrip(".")  # "localhost." is localhost
@@ -116,7 +122,16 @@ def _own_names() -> frozenset:
 
 def _extra_names() -> set:
     """The names ``NCF_SERVE_HOSTS`` adds (read when asked: only a request naming none of the others)."""
-    return {_host_name(n.encode("latin-1")) for n in os.environ.get(EXTRA_HOSTS_ENV, "").split(",") if n.strip()}
+    return {_as_sent(_name_of(n)) for n in os.environ.get(EXTRA_HOSTS_ENV, "").split(",") if n.strip()}
+
+
+def _as_sent(name: str) -> str:
+    """A listed name as a browser sends it: a name in another script as its punycode
+    (``日本.example`` -> ``xn--wgv71a.example``); one IDNA refuses as it is."""
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return name
 
 
 def misdirected(scope) -> Optional[str]:

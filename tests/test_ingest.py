@@ -817,7 +817,9 @@ def test_a_failed_runs_quarantine_is_kept_beside_a_link_whose_target_is_elsewher
     if len(stores) == 1:
         print("no /dev/shm on another filesystem: the move across filesystems was not tried")
 
-    def cannot_move(source, destination):
+    def cannot_move(source, destination):  # a full disk part-way: a part-copied folder left behind
+        os.makedirs(destination)
+        pathlib.Path(destination, "part-0.parquet").write_bytes(b"PAR1")
         raise OSError(28, "No space left on device", destination)
 
     monkeypatch.setattr(shutil, "move", cannot_move)

@@ -902,6 +902,7 @@ def test_a_rollout_whose_new_replicas_fail_to_start_makes_the_serving_model_the_
         assert model_health(_health(server)) == {"status": "ok", "model_version": "v1", "rollout_error": None}
         assert post(f"{server}/recommend", {"user_id": UNKNOWN_USER, "k": 3}).status_code == 200
         assert error.startswith("error: Serve could not start the app ("), error
+        assert "no_such_setting" in error, error  # why the replicas failed, from the deployment's status
         assert "; the settings served before: deployed again as Serve's target; the replicas' logs:" in error, error
         assert "\n" not in error
     finally:
@@ -930,7 +931,7 @@ def test_a_first_deploy_whose_replicas_fail_has_nothing_to_undo_and_the_next_one
             deploy.main(["--model", refused, *args])
         error = capsys.readouterr().err.strip()
         assert exited.value.code == 1 and error.startswith("error: Serve could not start the app ("), error
-        assert "served before" not in error and "\n" not in error
+        assert "served before" not in error and "\n" not in error and "no_such_setting" in error
         started = time.monotonic()
         assert serving_user_config() is None
         assert deploy.main(["--model", small_model_dir, *args])["model_version"] == "v1"

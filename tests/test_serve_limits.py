@@ -328,6 +328,11 @@ def test_extra_host_names_match_as_the_host_header_is_read(monkeypatch):
     for host in (b"ncf.local:8000", b"ncf.local", b"api.example", b"api.example.:8000"):
         assert misdirected(scope(host)) is None, host
     assert misdirected(scope(b"other.example"))
+    # A name in another script, listed as written, is matched as browsers send it (punycode);
+    # it made every named loopback request a plain-text 500 (UnicodeEncodeError) on the way.
+    monkeypatch.setenv(EXTRA_HOSTS_ENV, "recs.internal,日本.example")
+    assert misdirected(scope(b"recs.internal:8000")) is None and misdirected(scope(b"xn--wgv71a.example")) is None
+    monkeypatch.setenv(EXTRA_HOSTS_ENV, "ncf.local:8000, Api.Example.")
     assert proxy_env("recs.local")[EXTRA_HOSTS_ENV] == "ncf.local:8000, Api.Example.,recs.local"
     for address in ("127.0.0.1", "0.0.0.0", "::1", "localhost"):
         assert proxy_env(address)[EXTRA_HOSTS_ENV] == "ncf.local:8000, Api.Example."

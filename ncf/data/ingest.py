@@ -313,7 +313,8 @@ def _counts(batch: pa.Table) -> pa.Table:
 
 @dataclass
 class Ingested:
-    """The validated rows (materialized; reasons final) and their accounting."""
+    """The validated rows (materialized, the far-future marking applied on each pass over them;
+    reasons final) and their accounting."""
 
     rows: object  # ray.data.Dataset of ROWS
     rows_in: int

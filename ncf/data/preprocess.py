@@ -815,8 +815,10 @@ def failed_quarantine_dir(output: str) -> str:
 def keep_failed_quarantine(stage: str, output: str) -> Optional[str]:
     """Moves the quarantine out of a failed run's staging directory (which is then removed), so
     that "all N quarantined" or an empty period can be looked into; replaces the last failed
-    run's. None when the run quarantined nothing. Raises OSError when it cannot be moved (a
-    full disk, a folder this user may not write), leaving no part-copied quarantine behind."""
+    run's, and returns where it is kept (beside ``output``, or under its ``.incoming`` name where
+    the last run's could not be replaced). None when the run quarantined nothing. Raises OSError
+    when it cannot be moved (a full disk, a folder this user may not write), leaving no
+    part-copied quarantine behind."""
     quarantine = layout.quarantine_dir(stage)
     if not os.path.isdir(quarantine):
         return None
@@ -831,7 +833,10 @@ def keep_failed_quarantine(stage: str, output: str) -> Optional[str]:
         shutil.rmtree(incoming, ignore_errors=True)
         raise
     shutil.rmtree(kept, ignore_errors=True)
-    os.rename(incoming, kept)
+    try:
+        os.rename(incoming, kept)
+    except OSError:  # the last run's not all removed: this one stays whole under its incoming name
+        return incoming
     return kept
 
 

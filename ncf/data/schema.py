@@ -216,7 +216,7 @@ def _walk_visible(directory: str):
         skipped = [n for n in folders + names if _hidden(n)]
         # fsck's lost+found, at the root of a filesystem mounted for the logs: no export, and only
         # root may list it, so every other user's run would be refused (:func:`_refuse_unlistable_folder`).
-        at_mount = os.path.ismount(root)
+        at_mount = os.path.ismount(real)  # a link to a mount's root is no mount point itself
         folders[:] = [f for f in folders if not _hidden(f) and not (at_mount and f == "lost+found")]
         yield root, list(folders), [n for n in names if not _hidden(n)], skipped
 

@@ -51,7 +51,7 @@ class Vocabulary:
     # positions, binary-searched. Arrow's index_in hashes the whole vocabulary on every call, and
     # a Python dict of every id would cost gigabytes per process at 10M households.
     _sorted: Optional[Tuple[pa.Array, np.ndarray]] = field(default=None, init=False, repr=False, compare=False)
-    # Integer ids as int64, sorted, and their positions (:meth:`prepare_int_lookup`): arrays of
+    # Integer ids as int64, sorted, and their positions (:meth:`prepare_lookup`): arrays of
     # integer ids, or of their text, are then found by binary search. Arrow's index_in hashes the
     # whole vocabulary on every call, 2.5-3.7 s against 10M ids whatever the size of the batch.
     _int_sorted: Optional[Tuple[np.ndarray, np.ndarray]] = field(default=None, init=False, repr=False, compare=False)
