@@ -2,6 +2,7 @@
 
 import os
 import socket
+from contextlib import contextmanager
 
 from ncf.evaluate.evaluation import BASELINE_ORDER
 
@@ -110,3 +111,34 @@ def readline_within(stream, seconds: float = 300) -> str:
         return lines.get(timeout=seconds)
     except queue.Empty:
         raise AssertionError(f"the child process printed no line within {seconds:g} s") from None
+
+
+@contextmanager
+def answering_server(answer):
+    """A plain HTTP server on 127.0.0.1 (its base URL yielded) whose every GET and POST is
+    answered ``answer(path) -> (status, body bytes)``; stopped on leaving."""
+    import http.server
+    import threading
+
+    class Answers(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, body = answer(self.path)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -330,34 +330,18 @@ def test_the_serve_load_bench_measures_both_endpoints_on_a_small_model(small_mod
 def test_the_serve_load_window_leaves_out_the_cpu_snapshots(monkeypatch):
     """The opening CPU snapshot (a State API call) ran inside each round's window before
     2e9113e: requests/s divided by its time too."""
-    import http.server
-    import threading
     import time
 
+    from helpers import answering_server
+
     from bench import serve_load
-
-    class Answers(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args):
-            pass
 
     def slow_snapshot():
         time.sleep(0.6)
         return {}
 
     monkeypatch.setattr(serve_load, "serve_cpu_seconds", slow_snapshot)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     load = serve_load.Load()
-    try:
-        serve_load.drive(f"http://127.0.0.1:{server.server_address[1]}/", lambda n: {"n": n}, 1, 1.0, load)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with answering_server(lambda path: (200, b"{}")) as url:
+        serve_load.drive(f"{url}/", lambda n: {"n": n}, 1, 1.0, load)
     assert 1.0 <= load.seconds < 1.5 and load.latencies  # 0.6 s more with the snapshot inside

@@ -703,65 +703,30 @@ def test_the_demo_hands_each_job_arguments_its_parser_accepts_and_its_dataset_is
 def test_the_deploy_health_check_stops_at_an_answer_waiting_will_not_change():
     """A 421 (a --host name the proxy refuses as not its own) was asked again for 60 s and then
     blamed on the replicas; a 404 or 503 (an app still coming up) is still waited out."""
-    import http.server
-    import threading
+    from helpers import answering_server
 
     from serve.launch import wait_until_healthy
 
     answers = [(404, b"not routed yet"), (503, b'{"error": "loading"}'), (421, b'{"error": "Host is not ours"}')]
-
-    class Answers(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            status, body = answers.pop(0) if len(answers) > 1 else answers[0]
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Answers)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with answering_server(lambda path: answers.pop(0) if len(answers) > 1 else answers[0]) as url:
         with pytest.raises(cli.InputError, match="healthz answered 421: Host is not ours"):
             wait_until_healthy(url, timeout_s=20)
         assert answers == [(421, b'{"error": "Host is not ours"}')]  # the 404 and the 503 were asked past
         answers[:] = [(503, b"busy")]
         with pytest.raises(TimeoutError, match="HTTP 503"):
             wait_until_healthy(url, timeout_s=1)
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.faults
 def test_the_deploy_health_check_does_not_go_through_an_http_proxy(monkeypatch):
     """urlopen sends 127.0.0.1 through the environment's http_proxy: behind a corporate proxy,
     jobs.deploy waited 60 s for a healthy Serve, then failed (a review, 2026-12-05)."""
-    import http.server
-    import threading
+    from helpers import answering_server
 
     from serve.launch import wait_until_healthy
-
-    class Healthy(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "12")
-            self.end_headers()
-            self.wfile.write(b'{"ok": true}')
-
-        def log_message(self, *args):
-            pass
 
     for name in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # the discard port: nothing answers there
-    server = http.server.HTTPServer(("127.0.0.1", 0), Healthy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        assert wait_until_healthy(f"http://127.0.0.1:{server.server_address[1]}", timeout_s=5) == {"ok": True}
-    finally:
-        server.shutdown()
-        server.server_close()
+    with answering_server(lambda path: (200, b'{"ok": true}')) as url:
+        assert wait_until_healthy(url, timeout_s=5) == {"ok": True}
