@@ -209,7 +209,7 @@ def test_raw_ids_are_html_escaped(tmp_path):
         model=SimpleNamespace(attends=True),
         rank=lambda users, at, k, explain, exclude_purchased=False: [ranking],
     )
-    period = Period("test", 300, truth={1: np.array([2])}, first_purchase={1: 2}, first_visit={1: 300})
+    period = Period("test", 300, truth={1: np.array([2])}, first_basket={1: np.array([2])}, first_visit={1: 300})
     page = households_html(ranker, period, np.array([1]))
     for raw in (script, amp, household, "<d>", "<c>"):
         assert raw not in page and html.escape(raw) in page

@@ -151,8 +151,9 @@ def tuned_baselines(
     tunable = [b for b in baselines if b.tunable]
     tuned: Dict[str, Tuned] = {}
     if tunable:
-        val_state = state.as_of(period_start(VAL, stats.boundaries))
-        val_context, val_period = point_in_time_period(val_state, VAL, stats.boundaries, data, exclude_purchased)
+        # The period and its point in time come from the purchases alone (no products' stats:
+        # as_of's pass over every purchase here was for nothing).
+        val_context, val_period = point_in_time_period(state, VAL, stats.boundaries, data, exclude_purchased)
         tuned = tuned_params(
             tunable,
             data,

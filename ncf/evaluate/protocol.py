@@ -49,7 +49,10 @@ class Period:
     name: str
     start: int
     truth: Dict[int, np.ndarray]  # user -> distinct catalog products bought in the period
-    first_purchase: Dict[int, int]  # user -> first catalog product bought in the period
+    # user -> the catalog products of its first basket in the period (sorted): the sampled
+    # protocol's positive is drawn from them (products share their basket's timestamp, and the
+    # lowest index of a basket is its most popular product).
+    first_basket: Dict[int, np.ndarray]
     first_visit: Dict[int, int]  # user -> epoch seconds of their first basket in the period
     end: int = 0  # exclusive
     # With exclude_purchased: households left out because they bought in the period only
@@ -110,12 +113,13 @@ def load_period(
         frame = frame[~frame[BOUGHT_BEFORE].to_numpy(bool)]
         only_rebought = int(buyers - frame["user"].nunique())
     truth = {int(u): np.unique(g["product"].to_numpy()) for u, g in frame.groupby("user")}
-    first = frame.groupby("user")["product"].first()
+    first_ts = frame.groupby("user")["ts"].transform("min").to_numpy()
+    first = frame[frame["ts"].to_numpy() == first_ts]
     return Period(
         split,
         start,
         truth,
-        {int(u): int(p) for u, p in first.items()},
+        {int(u): np.unique(g["product"].to_numpy()) for u, g in first.groupby("user")},
         {int(u): int(first_visit[u]) for u in truth},
         end,
         only_rebought,
@@ -244,7 +248,7 @@ def sampled_ranking(
         pool = _NeverBought(products, bought_by_period_end(states, period, u))
         # The same draws as rng.choice(setdiff1d(products, seen), ...): choice draws positions.
         negatives = pool.take(rng.choice(len(pool), size=min(SAMPLED_NEGATIVES, len(pool)), replace=False))
-        positive = period.first_purchase[u]
+        positive = int(rng.choice(period.first_basket[u]))  # after the negatives: theirs are the draws as before
         s = score(u, period.first_visit[u], np.concatenate([[positive], negatives]))
         rank = int((s[1:] >= s[0]).sum())  # ties count against the positive
         hits.append(rank < K)
@@ -345,7 +349,8 @@ def evaluate_households(
             difference, se = paired_difference(households[metric].to_numpy(), against[metric].to_numpy())
             row.update({f"{metric}_minus_model": difference, f"{metric}_minus_model_se": se})
     if period.only_rebought is not None:
-        # The whole period's count, beside "users" (the households ranked, a sample with max_users).
+        # The period's households left to rank (with only_rebought, the period's), beside "users"
+        # (the households ranked, a sample with max_users).
         row["period_users"] = int(len(period.users))
         row["period_users_only_rebought"] = period.only_rebought
     if period.only_new_products:

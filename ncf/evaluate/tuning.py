@@ -127,10 +127,24 @@ def tuned_path(data: str) -> str:
 
 
 def read_tuned(data: str) -> Dict[str, Tuned]:
+    """The tuned parameters kept in DATA (by baseline); an entry this code cannot read (another
+    version's fields, a damaged file) is a miss: its baseline is searched again, not an error
+    after the whole search."""
     path = tuned_path(data)
     if not os.path.exists(path):
         return {}
-    return {name: Tuned(**entry) for name, entry in read_json(path).items()}
+    try:
+        entries = read_json(path)
+    except ValueError as e:
+        _log(f"{path} does not read as JSON ({e}): searching again")
+        return {}
+    found = {}
+    for name, entry in entries.items() if isinstance(entries, dict) else ():
+        try:
+            found[name] = Tuned(**entry)
+        except TypeError:
+            _log(f"{path}: {name}'s entry is not one this code reads: searching again")
+    return found
 
 
 def tuned_params(
