@@ -12,8 +12,9 @@ Two protocols, the same for the model and every baseline:
   (hits / |relevant|, the literature's), NDCG@10, HR@10, MRR (first relevant item within the
   top 100), and, given the households' purchases, the repeat/explore split
   (:func:`ncf.evaluate.metrics.ranking_metrics`).
-* sampled (the NCF paper's, for comparison with the literature): each household's first
-  purchase in the period against 99 catalog products it had not bought by the period's end;
+* sampled (the NCF paper's, for comparison with the literature): a product drawn (seeded per
+  household) from each household's first catalog basket in the period against 99 catalog
+  products it had not bought by the period's end;
   HR@10 and NDCG@10. It
   flatters every model, which is why it does not decide.
 """
@@ -92,10 +93,10 @@ def load_period(
 
     The first visit is a household's first basket in the period, whatever it bought.
     ``catalog`` (bool per product index) keeps only those products (relevant items and the
-    first purchase); ``households`` (user indices) keeps only those users: see
+    first basket); ``households`` (user indices) keeps only those users: see
     :func:`ncf.data.catalog.catalog_before` and ``households_before`` for the point-in-time ones.
     ``exclude_purchased``: the rankings leave out what each household bought before its first
-    visit, so those products are not relevant either (nor the first purchase); households with
+    visit, so those products are not relevant either (nor in the first basket); households with
     nothing else are left out and counted (``only_rebought``). Households whose purchases in the
     period are all outside ``catalog`` are left out and counted too (``only_new_products``).
     """

@@ -138,12 +138,19 @@ def read_tuned(data: str) -> Dict[str, Tuned]:
     except ValueError as e:
         _log(f"{path} does not read as JSON ({e}): searching again")
         return {}
+    if not isinstance(entries, dict):
+        _log(f"{path} holds no entries by baseline: searching again")
+        return {}
     found = {}
-    for name, entry in entries.items() if isinstance(entries, dict) else ():
+    for name, entry in entries.items():
         try:
-            found[name] = Tuned(**entry)
+            tuned = Tuned(**entry)
         except TypeError:
+            tuned = None
+        if tuned is None or not all(isinstance(v, dict) for v in (tuned.params, tuned.val, tuned.grid)):
             _log(f"{path}: {name}'s entry is not one this code reads: searching again")
+            continue
+        found[name] = tuned
     return found
 
 
