@@ -923,3 +923,24 @@ def test_an_empty_log_file_a_pq_catalog_and_a_catalog_of_headers_alone(ray_sessi
     header_only.write_text("user_id,product_id,timestamp\n")
     with pytest.raises(schema.InputError, match="no purchase rows"):
         ingest.ingest_logs(schema.resolve_files(str(header_only)))
+
+
+def test_lost_and_found_at_a_mounts_root_is_not_read_through_a_link_either(tmp_path, monkeypatch):
+    """fsck's lost+found at the root of a filesystem mounted for the logs holds no export, and only
+    root may list it (every other user's run would be refused as an unlistable folder). A link to
+    that root is no mount point itself: it was walked there. (A mount cannot be made here:
+    ``os.path.ismount`` says which folder is one.)"""
+    import os.path
+
+    logs = tmp_path / "logs"
+    (logs / "lost+found").mkdir(parents=True)
+    (logs / "lost+found" / "#1234.csv").write_text("user_id,product_id,timestamp\nu,p,2024-01-01\n")
+    (logs / "sales.csv").write_text("user_id,product_id,timestamp\nu,p,2024-01-01\n")
+    (tmp_path / "linked").symlink_to(logs)
+    mount = os.path.realpath(logs)
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.path.realpath(p) == mount if not os.path.islink(p) else False)
+    for spec in (logs, tmp_path / "linked"):
+        assert [os.path.basename(p) for p in schema.resolve_files(str(spec)).paths] == ["sales.csv"], spec
+    monkeypatch.setattr(os.path, "ismount", real_ismount)
+    assert len(schema.resolve_files(str(logs)).paths) == 2  # not at a mount's root: an ordinary folder
