@@ -33,6 +33,17 @@ def _as_text(raw, integer_ids: bool) -> str:
     return str(raw)
 
 
+def _indices_in(sorted_ids: Tuple[np.ndarray, np.ndarray], keys: np.ndarray) -> np.ndarray:
+    """The vocabulary indices of ``keys`` (int64), the unknown index where absent, from a sorted
+    copy of the ids and their positions (:meth:`Vocabulary.prepare_lookup`): O(keys) work and
+    memory per call, none in the vocabulary's size."""
+    ids, order = sorted_ids
+    at = positions_in(ids, keys)
+    if len(order) == 0:
+        return np.full(len(keys), UNKNOWN_INDEX, np.int64)
+    return np.where(at >= 0, order[at] + 1, UNKNOWN_INDEX).astype(np.int64)
+
+
 @dataclass
 class Vocabulary:
     """Raw ids (as strings) at indices 1..N; ``kind`` says whether raw ids were integers.
@@ -84,7 +95,7 @@ class Vocabulary:
             return self._text_positions(raw if raw.type == pa.string() else pc.cast(raw, pa.string()))
         if self._int_sorted is not None and isinstance(raw, (pa.Array, pa.ChunkedArray)) and not raw.null_count:
             if pa.types.is_signed_integer(raw.type):
-                return self._int_positions(raw.to_numpy().astype(np.int64, copy=False))
+                return _indices_in(self._int_sorted, raw.to_numpy().astype(np.int64, copy=False))
             if pa.types.is_string(raw.type):  # validated logs carry ids as text
                 found = self._int_text_positions(raw)
                 if found is not None:
@@ -135,16 +146,15 @@ class Vocabulary:
     def _text_positions(self, raw) -> np.ndarray:
         """Indices of text ids (no nulls) by binary search; text longer than every id, or holding
         a NUL, is no id (the fixed width would cut or pad it into one)."""
-        ids, order = self._text_sorted
+        ids, _ = self._text_sorted
         if isinstance(raw, pa.ChunkedArray):
             raw = raw.combine_chunks() if raw.num_chunks else pa.array([], pa.string())
         utf8 = pc.cast(raw, pa.binary())
         fits = pc.and_(
             pc.less_equal(pc.binary_length(utf8), ids.dtype.itemsize), pc.invert(pc.match_substring(raw, "\x00"))
         )
-        found = positions_in(ids, utf8.to_numpy(zero_copy_only=False).astype(ids.dtype))
-        index = np.concatenate([order + 1, [UNKNOWN_INDEX]])  # at -1, absent: the unknown index
-        return np.where(fits.to_numpy(zero_copy_only=False), index[found], UNKNOWN_INDEX).astype(np.int64)
+        found = _indices_in(self._text_sorted, utf8.to_numpy(zero_copy_only=False).astype(ids.dtype))
+        return np.where(fits.to_numpy(zero_copy_only=False), found, UNKNOWN_INDEX)
 
     def _int_text_positions(self, raw) -> Optional[np.ndarray]:
         """Indices of integer ids written as text; None when some text is no integer (the hash
@@ -154,15 +164,9 @@ class Vocabulary:
             values = pc.cast(raw, pa.int64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
-        found = self._int_positions(values.to_numpy().astype(np.int64, copy=False))
+        found = _indices_in(self._int_sorted, values.to_numpy().astype(np.int64, copy=False))
         written_so = pc.equal(pc.cast(values, pa.string()), raw).to_numpy(zero_copy_only=False)
         return np.where(written_so, found, UNKNOWN_INDEX).astype(np.int64)
-
-    def _int_positions(self, values: np.ndarray) -> np.ndarray:
-        ids, order = self._int_sorted
-        at = positions_in(ids, values)
-        index = np.concatenate([order + 1, [UNKNOWN_INDEX]])  # at -1, absent: the unknown index
-        return index[at].astype(np.int64)
 
     def raw_of(self, indices: Sequence[int] | np.ndarray) -> List:
         """Indices -> raw ids in their original type (None for the unknown index)."""
