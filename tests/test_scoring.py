@@ -882,7 +882,7 @@ def test_the_baselines_are_tuned_on_a_bounded_sample_of_validation_households(sm
 
     data = str(tmp_path / "data")
     shutil.copytree(small_data[0], data)
-    monkeypatch.setattr(evaluation, "_log", lambda message: None)
+    monkeypatch.setattr(evaluation, "log", lambda message: None)
     monkeypatch.setattr(evaluation, "TUNE_MAX_USERS", 7)
     state = RankingState.load(data)
     ((baseline, params, tuned),) = evaluation.tuned_baselines(data, state, names=["decayed_frequency"], retune=True)

@@ -14,7 +14,6 @@ Example::
 
 from __future__ import annotations
 
-import sys
 import time
 from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional, Sequence
@@ -25,6 +24,7 @@ import pandas as pd
 from ncf.data import layout
 from ncf.errors import InputError
 from ncf.evaluate.baselines import BASELINES, Baseline, PointInTime
+from ncf.evaluate.baselines.base import log
 from ncf.evaluate.protocol import (  # noqa: F401 (re-exported: the names callers know)
     MRR_DEPTH,
     PAIRED,
@@ -58,11 +58,6 @@ MODEL = "advanced_ncf"
 BASELINE_ORDER = ("boosted_ranker", "tifu_knn", "decayed_frequency", "own_frequency", "als", "popularity")
 # Validation households each grid point of the baselines' tuning ranks, at most (a seeded sample).
 TUNE_MAX_USERS = 20_000
-
-
-def _log(message: str) -> None:
-    # stderr: jobs.evaluate's stdout is one JSON line per model.
-    print(f"[evaluate] {message}", file=sys.stderr, flush=True)
 
 
 def point_in_time_period(
@@ -146,7 +141,7 @@ def tuned_baselines(
     record; for the others, their defaults and None."""
     stats = layout.DataStats(data)
     if "boosted_ranker" in names and not stats.raw.get("examples"):
-        _log("boosted_ranker left out: DATA has no training lists (jobs.preprocess --state-only)")
+        log("boosted_ranker left out: DATA has no training lists (jobs.preprocess --state-only)")
     baselines = [BASELINES[n] for n in names if n != "boosted_ranker" or stats.raw.get("examples")]
     tunable = [b for b in baselines if b.tunable]
     tuned: Dict[str, Tuned] = {}
@@ -164,7 +159,7 @@ def tuned_baselines(
             # fewer. Complete Journey's 2,000 are all kept.
             sample_users(val_period.users, TUNE_MAX_USERS),
             retune,
-            log=_log,
+            log=log,
             exclude_purchased=exclude_purchased,
         )
     return [(b, tuned[b.name].params if b.name in tuned else dict(b.defaults), tuned.get(b.name)) for b in baselines]

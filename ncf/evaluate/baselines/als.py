@@ -11,14 +11,13 @@ households buy weighs less: what grocery repeats are made of); ``counts`` unweig
 
 from __future__ import annotations
 
-import sys
 from typing import Dict
 
 import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from ncf.evaluate.baselines.base import PointInTime
+from ncf.evaluate.baselines.base import PointInTime, log
 
 WEIGHTINGS = ("bm25", "bm25_product_idf", "counts")
 
@@ -104,11 +103,9 @@ def fitted_households(weighted: sp.csr_matrix, most: int, seed: int):
     buyers = np.flatnonzero(np.diff(weighted.indptr))
     if len(buyers) <= most:
         return None
-    print(
-        f"[evaluate] als: fitting {most:,} of {len(buyers):,} households (MAX_FIT_HOUSEHOLDS); the rest "
-        "are solved from their purchases when ranked",
-        file=sys.stderr,
-        flush=True,
+    log(
+        f"als: fitting {most:,} of {len(buyers):,} households (MAX_FIT_HOUSEHOLDS); the rest are solved "
+        "from their purchases when ranked"
     )
     return np.sort(np.random.default_rng(seed).choice(buyers, size=most, replace=False))
 

@@ -7,6 +7,7 @@ moment ``at >= start`` from purchases strictly before ``at``.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Protocol
 
@@ -15,6 +16,11 @@ import numpy as np
 from ncf.data.catalog import catalog_before, households_before, popularity_before
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import UNKNOWN_INDEX, Vocabularies
+
+
+def log(message: str) -> None:
+    """A line of ``jobs.evaluate``'s progress, on stderr: its stdout is one JSON line per model."""
+    print(f"[evaluate] {message}", file=sys.stderr, flush=True)
 
 
 class Ranker(Protocol):

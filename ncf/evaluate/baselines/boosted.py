@@ -15,7 +15,6 @@ is tuned on the validation weeks like every baseline. It trains on at most
 
 from __future__ import annotations
 
-import sys
 from typing import Dict, Iterable, Iterator, List, Sequence
 
 import numpy as np
@@ -27,7 +26,7 @@ from ncf.data import examples as E
 from ncf.data import layout
 from ncf.data.features import FEATURES, HALF_LIVES, NUM_FEATURES, candidate_features
 from ncf.data.timeline import UserTimeline
-from ncf.evaluate.baselines.base import PointInTime
+from ncf.evaluate.baselines.base import PointInTime, log
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.state import RankingState
 from ncf.splits import VALIDATED
@@ -90,7 +89,7 @@ def training_rows(
         fits = np.cumsum(per_user[order]) <= max_rows
         keep = np.sort(order[fits & (per_user[order] > 0)])
         total = int(per_user[keep].sum())
-        _log(
+        log(
             f"boosted ranker: training on {total:,} of {int(per_user.sum()):,} rows "
             f"({len(keep):,} of {int((per_user > 0).sum()):,} households; at most {max_rows:,})"
         )
@@ -128,10 +127,6 @@ def _unsampled_rows_per_user(directories: Iterable[str]) -> np.ndarray:
         counts[: len(per_user)] += per_user
         per_user = counts
     return per_user
-
-
-def _log(message: str) -> None:
-    print(f"[evaluate] {message}", file=sys.stderr, flush=True)
 
 
 def _flat(lists, name: str, dtype) -> np.ndarray:
