@@ -23,9 +23,11 @@ import argparse
 import json
 import os
 import sys
+from typing import NoReturn
 
 from jobs.cli import (
     EXIT_BAD_INPUT,
+    EXIT_FAILED,
     EXIT_INTERRUPTED,
     bind_host,
     check_data,
@@ -173,17 +175,19 @@ def main(argv=None) -> dict:
     # A foreground deploy that starts Serve owns it: stopped before the job ends without serving
     # (a failure, Ctrl-C or SIGTERM while the model loads), not left holding the port on a cluster.
     owns_serve = running is None and not args.detach
+
+    def give_up(message: str, status: int = EXIT_FAILED) -> NoReturn:
+        _stop_owned(owns_serve)
+        fail(message, status)
+
     try:
         url, health, replicas, answers = _started(app, args)
     except KeyboardInterrupt:
-        _stop_owned(owns_serve)
-        fail("interrupted before the app answered", EXIT_INTERRUPTED)
+        give_up("interrupted before the app answered", EXIT_INTERRUPTED)
     except InputError as e:  # the address answers, but will not take the app's questions
-        _stop_owned(owns_serve)
-        fail(str(e), exit_status(e))
+        give_up(str(e), exit_status(e))
     except TimeoutError as e:  # the replicas did not come up: their logs say why
-        _stop_owned(owns_serve)
-        fail(f"{e}; the replicas' logs: {REPLICA_LOGS}")
+        give_up(f"{e}; the replicas' logs: {REPLICA_LOGS}")
     except RuntimeError as e:  # the app's replicas failed to start (DEPLOY_FAILED), or the proxy to bind
         # New replicas (new code, or any replica with no model yet to keep: one started from zero)
         # raise in reconfigure; Serve's target would stay the settings they failed on, which every
@@ -193,8 +197,7 @@ def main(argv=None) -> dict:
         if replicas_reason and replicas_reason not in reason:
             reason = f"{reason} {replicas_reason}"
         restored = "" if serving is None else f"; the settings served before: {restore()}"
-        _stop_owned(owns_serve)
-        fail(f"Serve could not start the app ({reason}){restored}; the replicas' logs: {REPLICA_LOGS}")
+        give_up(f"Serve could not start the app ({reason}){restored}; the replicas' logs: {REPLICA_LOGS}")
     except BaseException:  # SIGTERM (SystemExit) while the model loads
         _stop_owned(owns_serve)
         raise
@@ -203,9 +206,7 @@ def main(argv=None) -> dict:
     refused = refused_rollout(answers or {"": health})
     if refused:
         # The replicas refused the model and keep the previous one: bad input, as a refused model is.
-        message = f"{refused} ({restore()})"
-        _stop_owned(owns_serve)
-        fail(message, EXIT_BAD_INPUT)
+        give_up(f"{refused} ({restore()})", EXIT_BAD_INPUT)
     pages = {"docs": f"{url}/docs", **({"ui": f"{url}/ui"} if args.ui else {})}
     outcome = {**health, "replicas_checked": len(answers)}
     print(json.dumps({"url": url, **pages, **outcome}), flush=True)
