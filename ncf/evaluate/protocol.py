@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import pandas as pd
 
+from ncf.data.timeline import run_starts
 from ncf.data.user_state import UserStates
 from ncf.evaluate.metrics import paired_difference, ranking_metrics
 from ncf.splits import TEST, VAL
@@ -113,14 +114,20 @@ def load_period(
         buyers = frame["user"].nunique()
         frame = frame[~frame[BOUGHT_BEFORE].to_numpy(bool)]
         only_rebought = int(buyers - frame["user"].nunique())
-    truth = {int(u): np.unique(g["product"].to_numpy()) for u, g in frame.groupby("user")}
-    first_ts = frame.groupby("user")["ts"].transform("min").to_numpy()
-    first = frame[frame["ts"].to_numpy() == first_ts]
+    # One pass over the rows by household (sorted by time within one: its first rows are its
+    # first basket): the distinct products, and those of the first basket.
+    by_user = frame.sort_values(["user", "ts"], kind="stable")
+    users, products, ts = (by_user[c].to_numpy() for c in ("user", "product", "ts"))
+    starts = run_starts(users)
+    truth, first_basket = {}, {}
+    for begin, end in zip(starts, np.append(starts[1:], len(users))):
+        u, bought = int(users[begin]), products[begin:end]
+        truth[u], first_basket[u] = np.unique(bought), np.unique(bought[ts[begin:end] == ts[begin]])
     return Period(
         split,
         start,
         truth,
-        {int(u): np.unique(g["product"].to_numpy()) for u, g in first.groupby("user")},
+        first_basket,
         {int(u): int(first_visit[u]) for u in truth},
         end,
         only_rebought,
