@@ -84,7 +84,7 @@ def proxy_env(host: Optional[str] = None) -> Dict[str, str]:
     controller (``controller_options.runtime_env.env_vars``), whose proxies inherit it (with
     ``NCF_SERVE_HOSTS`` where the deploying process has it, and ``host``, the name Serve binds,
     where it is a name: the server's own address, which its clients will send)."""
-    names = [n for n in os.environ.get(EXTRA_HOSTS_ENV, "").split(",") if n.strip()]
+    names = _listed_names()
     if host and _address(host) is None and host.lower() not in LOOPBACK_NAMES:
         names.append(host)
     return {PROXY_CALLBACK_ENV: PROXY_CALLBACK, **({EXTRA_HOSTS_ENV: ",".join(names)} if names else {})}
@@ -122,7 +122,12 @@ def _own_names() -> frozenset:
 
 def _extra_names() -> set:
     """The names ``NCF_SERVE_HOSTS`` adds (read when asked: only a request naming none of the others)."""
-    return {_as_sent(_name_of(n)) for n in os.environ.get(EXTRA_HOSTS_ENV, "").split(",") if n.strip()}
+    return {_as_sent(_name_of(n)) for n in _listed_names()}
+
+
+def _listed_names() -> List[str]:
+    """``NCF_SERVE_HOSTS``'s entries as written."""
+    return [n for n in os.environ.get(EXTRA_HOSTS_ENV, "").split(",") if n.strip()]
 
 
 def _as_sent(name: str) -> str:
@@ -186,9 +191,8 @@ class EdgeLimits:
             await _answer(send, 400, "Content-Length is not a number", close=True)
             return
         if declared is not None and int(declared) > self.max_body_bytes:
-            if named.get(b"expect", b"").lower() == b"100-continue":
-                await _answer(send, 413, self._too_large(), close=True)  # nothing was sent: nothing to drain
-            elif int(declared) > DRAIN_MAX_BYTES:  # the drain would give up anyway: no point reading it
+            # Nothing was sent yet (100-continue), or the drain would give up anyway: nothing to read.
+            if named.get(b"expect", b"").lower() == b"100-continue" or int(declared) > DRAIN_MAX_BYTES:
                 await _answer(send, 413, self._too_large(), close=True)
             else:
                 await self._refuse_too_large(receive, send)
