@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from jobs.cli import check_data, check_model, job_parser, one_line_errors, positive_int
+from jobs.cli import check_data, check_model, fail, job_parser, one_line_errors, positive_int
 from ncf.errors import InputError
 from ncf.evaluate.evaluation import BASELINE_ORDER, MODEL, evaluate_all, model_on_period
 from ncf.evaluate.report import write_report
@@ -113,6 +113,14 @@ def main(argv=None) -> list:
                 exclude_purchased=args.exclude_purchased,
             )
             print(f"[evaluate] report: {path}", file=sys.stderr, flush=True)  # stdout: the rows alone
+        failed = [row for row in rows if "failed" in row]
+        if failed:
+            fail(
+                f"{len(failed)} of {len(rows)} rows failed (every other row is printed above"
+                + (", and in the report" if args.report else "")
+                + "): "
+                + "; ".join(f"{row['model']} in its {row['failed']}" for row in failed)
+            )
         return [labelled(row, handle) for row in rows]  # as printed: each names the model it is about
 
 

@@ -368,6 +368,42 @@ def test_tuned_parameters_are_kept_in_data_and_retuned_on_request(tmp_path, monk
     assert any("another version of its code: searching again" in line for line in said)
 
 
+@pytest.mark.faults
+def test_a_search_that_fails_keeps_the_searches_before_it_and_with_on_error_the_rest_go_on(tmp_path):
+    """Old code wrote tuned.json after every search: one that raised (ALS out of memory at
+    scale) lost the minutes of those before it, and ended the others."""
+    from dataclasses import replace
+
+    states = states_of(synthetic_purchases(trap=False))
+    context = PointInTime.build(states, vocabularies(30, 40), 70 * DAY)
+    period = period_of(states, 70, 85, context)
+
+    def out_of_memory(context, **params):
+        raise MemoryError("no room for the factors")
+
+    failing = replace(BASELINES["tifu_knn"], build=out_of_memory)
+    quiet = {"log": lambda m: None}
+    with pytest.raises(MemoryError):
+        tuning.tuned_params(
+            [BASELINES["decayed_frequency"], failing], str(tmp_path), context, period, period.users, **quiet
+        )
+    kept = json.loads((tmp_path / "baselines" / "tuned.json").read_text())
+    assert list(kept) == ["decayed_frequency"]  # written as its search ended, before the failure
+
+    failed = []
+    out = tuning.tuned_params(
+        [failing, BASELINES["decayed_frequency"]],
+        str(tmp_path / "again"),
+        context,
+        period,
+        period.users,
+        on_error=lambda baseline, error: failed.append((baseline.name, type(error))),
+        **quiet,
+    )
+    assert failed == [("tifu_knn", MemoryError)] and list(out) == ["decayed_frequency"]
+    assert list(json.loads((tmp_path / "again" / "baselines" / "tuned.json").read_text())) == ["decayed_frequency"]
+
+
 def test_the_code_digest_covers_the_modules_a_baseline_takes_names_from_and_its_libraries(monkeypatch):
     """Old code digested the baseline's own module alone: the boosted ranker's candidate counts
     (ncf.rank.candidates) or features changed, or LightGBM upgraded, and tuned.json stayed."""

@@ -236,6 +236,46 @@ def test_the_evaluate_job_prints_the_model_then_the_baselines_it_was_asked_for(s
     assert alone[0]["recall@10"] == rows[0]["recall@10"]
 
 
+@pytest.mark.faults
+def test_a_baseline_that_fails_costs_its_own_row_and_the_job_exits_1(
+    small_model_dir, small_data, tmp_path, monkeypatch, capsys
+):
+    """Old code: one baseline that raised (ALS or the boosted ranker out of memory at scale) ended
+    jobs.evaluate with a traceback, and the rows and report of every other were lost."""
+    import shutil
+    from dataclasses import replace
+
+    from ncf.evaluate.baselines import BASELINES, Baseline
+
+    data = str(tmp_path / "data")
+    shutil.copytree(small_data[0], data)  # its tuned.json is this test's
+
+    def out_of_memory(context, **params):
+        raise MemoryError("no room for the factors")
+
+    def broken(context, **params):
+        raise RuntimeError("a bug in the baseline")
+
+    monkeypatch.setitem(BASELINES, "decayed_frequency", replace(BASELINES["decayed_frequency"], build=out_of_memory))
+    monkeypatch.setitem(BASELINES, "own_frequency", Baseline("own_frequency", broken))
+    monkeypatch.setattr(evaluate, "BASELINE_ORDER", ("decayed_frequency", "own_frequency", "popularity"))
+    report = tmp_path / "report"
+    with pytest.raises(SystemExit) as exited:
+        evaluate.main(["--model", small_model_dir, "--data", data, "--max-users", "15", "--report", str(report)])
+    assert exited.value.code == 1
+    out, err = capsys.readouterr()
+    printed = {row["model"]: row for row in map(json.loads, out.splitlines())}
+    assert list(printed) == [MODEL, "decayed_frequency", "own_frequency", "popularity"]
+    assert printed["decayed_frequency"]["failed"] == "tuning: MemoryError: no room for the factors"
+    assert printed["own_frequency"]["failed"] == "evaluation: RuntimeError: a bug in the baseline"
+    assert 0 <= printed["popularity"]["recall@10"] <= 1 and 0 <= printed[MODEL]["recall@10"] <= 1
+    assert "Traceback" in err and "a bug in the baseline" in err  # the log keeps where it failed
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: 2 of 4 rows failed") and "own_frequency in its evaluation: RuntimeError" in last
+    page = (report / "report.html").read_text()
+    assert "failed in its tuning: MemoryError: no room for the factors" in page and "popularity" in page
+
+
 def _trained_through(small_model_dir: str, data: str, output: str, trained_through: int, run: str) -> str:
     """``small_model_dir``'s weights as a model directory whose labels end at ``trained_through``."""
     import torch

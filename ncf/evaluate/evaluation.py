@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import time
+import traceback
 from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -132,13 +133,15 @@ def tuned_baselines(
     names: Sequence[str] = BASELINE_ORDER,
     retune: bool = False,
     exclude_purchased: bool = False,
+    on_error: Optional[Callable[[Baseline, Exception], None]] = None,
 ) -> List[tuple[Baseline, Dict, Optional[Tuned]]]:
     """Each baseline of ``names`` that ``data`` can build (the boosted ranker needs its training
     lists) with the parameters to build it with: for a tunable one, those tuned on ``data``'s
     validation period (from ``state``, the state of ``data``, as known at the period's start;
     its households, a seeded sample of :data:`TUNE_MAX_USERS` beyond that, once per DATA:
     ``tuned.json`` keeps the search) and the tuning's
-    record; for the others, their defaults and None."""
+    record; for the others, their defaults and None. ``on_error``: a baseline whose search
+    raises is handed to it and left out (see :func:`tuned_params`)."""
     stats = layout.DataStats(data)
     if "boosted_ranker" in names and not stats.raw.get("examples"):
         log("boosted_ranker left out: DATA has no training lists (jobs.preprocess --state-only)")
@@ -161,8 +164,20 @@ def tuned_baselines(
             retune,
             log=log,
             exclude_purchased=exclude_purchased,
+            on_error=on_error,
         )
-    return [(b, tuned[b.name].params if b.name in tuned else dict(b.defaults), tuned.get(b.name)) for b in baselines]
+    return [
+        (b, tuned[b.name].params if b.name in tuned else dict(b.defaults), tuned.get(b.name))
+        for b in baselines
+        if b.name in tuned or not b.tunable
+    ]
+
+
+def failed_row(name: str, stage: str, error: Exception) -> Dict:
+    """The row of a baseline that raised (its traceback goes to the log): the other rows are
+    still computed and printed, and ``jobs.evaluate`` then exits 1 naming it."""
+    log(f"{name} failed in its {stage}:\n" + "".join(traceback.format_exception(error)).rstrip())
+    return {"model": name, "failed": f"{stage}: {type(error).__name__}: {error}"}
 
 
 def evaluate_baselines(
@@ -181,33 +196,67 @@ def evaluate_baselines(
     validation period (``params`` and ``val_*`` in the row). ``exclude_purchased``: every
     ranking leaves out what the household bought before (tuning too). ``on_row``: called with
     each row as soon as it is computed (a job prints it then). ``against``: the model's
-    per-household metrics on ``users`` (see :func:`ncf.evaluate.protocol.evaluate`)."""
+    per-household metrics on ``users`` (see :func:`ncf.evaluate.protocol.evaluate`). A baseline
+    that raises, in its tuning or here, gets a :func:`failed_row` in its place and the others go
+    on: one baseline out of memory at scale must not cost the figures of the rest."""
+    untuned: Dict[str, Dict] = {}
+
+    def tuning_failed(baseline: Baseline, error: Exception) -> None:
+        untuned[baseline.name] = failed_row(baseline.name, "tuning", error)
+
     rows = []
-    for baseline, params, tuned in tuned_baselines(data, state, names, retune, exclude_purchased):
-        started = time.time()
-        ranker = baseline.build(context, **params)
-        fit_seconds = round(time.time() - started, 1)
-        rank, score = ranker_fns(ranker)
-        if exclude_purchased:
-            rank = excluding_purchased(rank, state.states)
-        row = evaluate(
-            baseline.name,
-            rank,
-            score,
-            period,
-            users,
-            state.states,
-            context.num_products,
-            context.catalog,
-            against=against,
-        )
-        row.update(params=params, fit_seconds=fit_seconds)
-        if tuned is not None:
-            row.update({f"val_{k}": v for k, v in tuned.val.items() if k in (f"recall@{K}", f"ndcg@{K}")})
+    ready = {
+        b.name: (b, p, t) for b, p, t in tuned_baselines(data, state, names, retune, exclude_purchased, tuning_failed)
+    }
+    for name in names:
+        if name in untuned:
+            row = untuned[name]
+        elif name not in ready:
+            continue  # one DATA cannot build (tuned_baselines says why)
+        else:
+            baseline, params, tuned = ready[name]
+            try:
+                row = _baseline_row(baseline, params, tuned, state, context, period, users, exclude_purchased, against)
+            except Exception as e:
+                row = {**failed_row(name, "evaluation", e), "params": params}
         rows.append(row)
         if on_row is not None:
             on_row(row)
     return rows
+
+
+def _baseline_row(
+    baseline: Baseline,
+    params: Dict,
+    tuned: Optional[Tuned],
+    state: RankingState,
+    context: PointInTime,
+    period: Period,
+    users: np.ndarray,
+    exclude_purchased: bool,
+    against: Optional[pd.DataFrame],
+) -> Dict:
+    started = time.time()
+    ranker = baseline.build(context, **params)
+    fit_seconds = round(time.time() - started, 1)
+    rank, score = ranker_fns(ranker)
+    if exclude_purchased:
+        rank = excluding_purchased(rank, state.states)
+    row = evaluate(
+        baseline.name,
+        rank,
+        score,
+        period,
+        users,
+        state.states,
+        context.num_products,
+        context.catalog,
+        against=against,
+    )
+    row.update(params=params, fit_seconds=fit_seconds)
+    if tuned is not None:
+        row.update({f"val_{k}": v for k, v in tuned.val.items() if k in (f"recall@{K}", f"ndcg@{K}")})
+    return row
 
 
 def evaluate_all(

@@ -74,6 +74,10 @@ def _table(rows: Sequence[Dict], columns: Sequence[str]) -> str:
     head = "".join(f'<th class="{"l" if i == 0 else ""}">{html.escape(c)}</th>' for i, c in enumerate(columns))
     body = ""
     for row in rows:
+        if "failed" in row:  # a baseline that raised: its name, and where and why, across the figures
+            name, failed = html.escape(str(row["model"])), html.escape(f"failed in its {row['failed']}")
+            body += f'<tr><td class="l">{name}</td><td colspan="{len(columns) - 1}">{failed}</td></tr>'
+            continue
         cells = []
         for i, c in enumerate(columns):
             v = row.get(c, "")
@@ -89,6 +93,7 @@ def _table(rows: Sequence[Dict], columns: Sequence[str]) -> str:
 
 def metrics_chart(rows: Sequence[Dict]) -> str:
     plt = _pyplot()
+    rows = [r for r in rows if "failed" not in r]  # the table says why they have no figures
     names = [r["model"] for r in rows]
     fig, ax = plt.subplots(figsize=(8, 3.5))
     x = np.arange(len(rows))

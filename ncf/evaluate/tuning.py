@@ -163,13 +163,15 @@ def tuned_params(
     retune: bool = False,
     log: Callable[[str], None] = _log,
     exclude_purchased: bool = False,
+    on_error: Optional[Callable[[Baseline, Exception], None]] = None,
 ) -> Dict[str, Tuned]:
     """Tuned parameters of every tunable baseline: from ``DATA/baselines/tuned.json`` when it
     holds them for the same grid, protocol and validation period (and ``retune`` is off), else
-    searched and written there. ``data=None`` keeps nothing."""
+    searched and written there as each search ends. ``data=None`` keeps nothing. ``on_error``:
+    a search that raises is handed to it and left out, and the others go on (without it, the
+    error ends the tuning; the searches done before it are kept either way)."""
     cached = read_tuned(data) if data and not retune else {}
     out: Dict[str, Tuned] = {}
-    found: Dict[str, Tuned] = {}
     for baseline in baselines:
         if not baseline.tunable:
             continue
@@ -183,10 +185,22 @@ def tuned_params(
         if hit:
             why = _changed(hit, grid, period, users)
             log(f"{baseline.name}: {tuned_path(data)} was tuned for {why}: searching again")
-        out[baseline.name] = found[key] = tune(baseline, context, period, users, log, exclude_purchased)
-        log(f"{baseline.name}: best {out[baseline.name].params} in {out[baseline.name].seconds} s")
-    if data and found:
-        kept = {name: asdict(t) for name, t in {**read_tuned(data), **found}.items()}
-        os.makedirs(layout.baselines_dir(data), exist_ok=True)
-        write_json(tuned_path(data), kept)
+        try:
+            found = tune(baseline, context, period, users, log, exclude_purchased)
+        except Exception as e:
+            if on_error is None:
+                raise
+            on_error(baseline, e)
+            continue
+        out[baseline.name] = found
+        log(f"{baseline.name}: best {found.params} in {found.seconds} s")
+        if data:
+            # Kept at once: a later search that fails, or a job killed during it, loses only its own.
+            _keep(data, key, found)
     return out
+
+
+def _keep(data: str, key: str, tuned: Tuned) -> None:
+    kept = {name: asdict(t) for name, t in {**read_tuned(data), key: tuned}.items()}
+    os.makedirs(layout.baselines_dir(data), exist_ok=True)
+    write_json(tuned_path(data), kept)
