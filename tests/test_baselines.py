@@ -361,7 +361,7 @@ def test_tuned_parameters_are_kept_in_data_and_retuned_on_request(tmp_path, monk
     tuning.tuned_params(baselines, str(tmp_path), context, period, period.users, retune=True, **quiet)
     assert searched == ["decayed_frequency"] * 2
     # A changed baseline (another digest of its code) is searched again, and the log says why.
-    monkeypatch.setattr(baselines_module, "code_digest", lambda build, rule_modules=(): "changed")
+    monkeypatch.setattr(baselines_module, "code_digest", lambda build, rules=(): "changed")
     said = []
     tuning.tuned_params(baselines, str(tmp_path), context, period, period.users, log=said.append)
     assert searched == ["decayed_frequency"] * 3
@@ -433,6 +433,52 @@ def test_the_code_digest_covers_the_modules_a_baseline_takes_names_from_and_its_
         assert baselines_module.code_digest(BoostedRanker) != before
     finally:
         baselines_module.code_digest.cache_clear()
+
+
+def test_the_code_digest_keeps_through_edits_of_words_and_of_what_the_search_does_not_run(tmp_path, monkeypatch):
+    """Old code digested whole source files, tuning.py's too: a comment, a docstring or a change
+    to how tuned.json is read searched every baseline again (five minutes on Complete Journey,
+    days at 10M households)."""
+    import importlib.util
+    import sys
+
+    from ncf.evaluate.baselines.frequency import OwnFrequencyRanker
+
+    def rules(name: str, source: str):
+        (tmp_path / f"{name}.py").write_text(source)
+        spec = importlib.util.spec_from_file_location(name, tmp_path / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        return baselines_module.code_digest(OwnFrequencyRanker, (module.tune,))
+
+    original = '''OBJECTIVE = "ndcg@10"
+
+
+def tune(trials):
+    """Picks the best."""
+    return max(trials, key=_score)
+
+
+def _score(trial):
+    return trial[OBJECTIVE]
+
+
+def read_cache(path):
+    return open(path).read()
+'''
+    before = rules("rules_original", original)
+    reworded = original.replace('"""Picks the best."""', "# the first of the best\n    ")
+    assert rules("rules_reworded", reworded) == before
+    cache_reading = original.replace("open(path).read()", "open(path, encoding='utf-8').read()")
+    assert rules("rules_cache_reading", cache_reading) == before  # not what the search runs
+    for name, changed in (
+        ("rules_objective", original.replace('"ndcg@10"', '"recall@10"')),  # a constant a helper uses
+        ("rules_helper", original.replace("return trial[OBJECTIVE]", "return -trial[OBJECTIVE]")),
+        ("rules_tie", original.replace("max(trials, key=_score)", "max(reversed(trials), key=_score)")),
+    ):
+        assert rules(name, changed) != before, name
+    assert baselines_module.code_digest(OwnFrequencyRanker) != before
 
 
 # -- metrics -------------------------------------------------------------------------------

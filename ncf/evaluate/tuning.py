@@ -10,7 +10,7 @@ period's own purchases (the labels) is read, so test purchases cannot steer the 
 Tuned parameters are kept in ``DATA/baselines/tuned.json`` (keyed by baseline, with the grid
 and the validation period they were found on), so ``jobs.evaluate`` tunes once per dataset;
 ``--retune`` searches again. A changed grid, validation period or baseline code (a digest of
-its module's source, :func:`ncf.evaluate.baselines.code_digest`) also searches again.
+its code, :func:`ncf.evaluate.baselines.code_digest`) also searches again.
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ def _grid(baseline: Baseline, exclude_purchased: bool) -> Dict:
     # The relevant sets changed (products bought before left out): results tuned on the old
     # ones, recorded as "exclude_purchased": True, are searched again.
     protocol = {"exclude_purchased": "relevant: never bought before"}
-    rules = (sys.modules[__name__],)  # its objective and tie rule choose the parameters
-    return {**baseline.grid(True, rules), **protocol} if exclude_purchased else baseline.grid(rule_modules=rules)
+    rules = (tune,)  # its objective and tie rule choose the parameters
+    return {**baseline.grid(True, rules), **protocol} if exclude_purchased else baseline.grid(rules=rules)
 
 
 def _changed(hit: Tuned, grid: Dict, period: Period, users: np.ndarray) -> str:

@@ -18,6 +18,7 @@ them with their tuning grids (searched on the validation weeks by
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.metadata
 import inspect
@@ -60,12 +61,12 @@ class Baseline:
             return self.stages_excluding_purchased
         return self.stages
 
-    def grid(self, exclude_purchased: bool = False, rule_modules: tuple = ()) -> Dict:
+    def grid(self, exclude_purchased: bool = False, rules: tuple = ()) -> Dict:
         """The whole search, as recorded beside tuned parameters (a cache is valid for it only),
-        with a digest of the code that builds the baseline and of ``rule_modules`` (the search's
-        own rules): a changed baseline is searched again."""
+        with a digest of the code that builds the baseline and of ``rules`` (the search's own
+        functions): a changed baseline is searched again."""
         stages = [{k: list(v) for k, v in s.items()} for s in self.stages_for(exclude_purchased)]
-        return {"defaults": self.defaults, "stages": stages, "code": code_digest(self.build, rule_modules)}
+        return {"defaults": self.defaults, "stages": stages, "code": code_digest(self.build, rules)}
 
 
 # The libraries whose fits the baselines are: another version may choose other parameters.
@@ -84,14 +85,17 @@ def _project_modules(module) -> list:
 
 
 @lru_cache(maxsize=None)
-def code_digest(build: Callable, rule_modules: tuple = ()) -> str:
-    """A short digest of the source of the module that defines ``build``, of :mod:`.base` (what
+def code_digest(build: Callable, rules: tuple = ()) -> str:
+    """A short digest of the code of the module that defines ``build``, of :mod:`.base` (what
     every baseline ranks through), of the evaluation protocol and metrics that score its
     validation trials, of every project module those take names from, through theirs (the time
-    filters of ``ncf.data`` too), of ``rule_modules`` themselves (:mod:`ncf.evaluate.tuning`'s
-    objective and tie rule, which choose among the trials; not what they import, which is every
-    baseline: one baseline's change would search them all again), and of the versions of
-    :data:`TUNED_WITH`, as joblib's cache keys its functions by their code.
+    filters of ``ncf.data`` too), of ``rules`` (:func:`ncf.evaluate.tuning.tune`: its objective
+    and tie rule choose among the trials) with what they use of their own module, and of the
+    versions of :data:`TUNED_WITH`, as joblib's cache keys its functions by their code.
+
+    The code is its syntax tree without docstrings, comments or line numbers: an edit of words,
+    or of the tuning module's cache reading beside ``tune``, keeps every baseline's tuning (days
+    of search at 10M households); any change to what runs searches again.
 
     Example::
 
@@ -101,10 +105,49 @@ def code_digest(build: Callable, rule_modules: tuple = ()) -> str:
     from ncf.evaluate.baselines import base
 
     modules = _modules_reached([inspect.getmodule(build), base, protocol, metrics])
-    modules.update({m.__name__: m for m in rule_modules})
-    sources = [inspect.getsource(modules[name]) for name in sorted(modules)]
+    code = [_code(_syntax(modules[name]).body) for name in sorted(modules)]
+    code += [_code(_used_by(rule)) for rule in rules]
     versions = [f"{name} {_version(name)}" for name in TUNED_WITH]
-    return hashlib.sha256("\0".join(sources + versions).encode()).hexdigest()[:12]
+    return hashlib.sha256("\0".join(code + versions).encode()).hexdigest()[:12]
+
+
+def _syntax(module) -> ast.Module:
+    """``module``'s syntax tree without its docstrings (comments are not in it)."""
+    tree = ast.parse(inspect.getsource(module))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and _docstring(node):
+            node.body = node.body[1:] or [ast.Pass()]
+    return tree
+
+
+def _docstring(node) -> bool:
+    first = node.body[0] if node.body else None
+    return isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+
+
+def _used_by(function: Callable) -> list:
+    """The top-level statements of ``function``'s module that define it and every name it uses
+    there, through theirs (its helpers and constants), in the module's order."""
+    tree = _syntax(inspect.getmodule(function))
+    defines = {name: node for node in tree.body for name in _defined(node)}
+    used, todo = {}, [function.__name__]
+    while todo:
+        node = defines.get(todo.pop())
+        if node is not None and id(node) not in used:
+            used[id(node)] = node
+            todo.extend(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
+    return [node for node in tree.body if id(node) in used]
+
+
+def _defined(node) -> list:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+    return [t.id for t in targets if isinstance(t, ast.Name)]
+
+
+def _code(statements: list) -> str:
+    return "\n".join(ast.dump(statement) for statement in statements)
 
 
 def _modules_reached(roots: list) -> Dict:
