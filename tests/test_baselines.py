@@ -87,9 +87,8 @@ def test_decayed_frequency_ranks_by_hand_computed_scores():
     context = PointInTime.build(states, vocabularies(2, 7), 30 * DAY)
     ranker = DecayedFrequencyRanker(context, half_life_days=10.0)
     expected = {2: 0.5**3 + 0.5**2, 3: 0.5**0.2, 4: 0.5**2.9 + 0.5**2.8 + 0.5**2.7}  # 0.375, 0.871, 0.432
-    scores = ranker.personal(1, 30 * DAY)
-    assert {p: scores[p] for p in expected} == pytest.approx(expected)
-    assert scores[7] == 0.0
+    products, values = ranker.personal(1, 30 * DAY)
+    assert dict(zip(products.tolist(), values)) == pytest.approx(expected)  # not 7, bought at the moment
     assert ranker.rank(1, 30 * DAY, 6).tolist() == [3, 4, 2, 6, 5, 1]
     # A long half-life is the plain count: 4 (3 purchases) > 2 (2) > 3 (1), as own frequency.
     slow = DecayedFrequencyRanker(context, half_life_days=1e6).rank(1, 30 * DAY, 3).tolist()
@@ -106,13 +105,14 @@ def test_a_faint_decayed_purchase_stays_above_a_popular_product_never_bought_in_
     states = states_of({1: [(2, 0)], 2: [(3, 1), (3, 2), (3, 3)]})
     context = PointInTime.build(states, vocabularies(2, 4), 440 * DAY)
     ranker = DecayedFrequencyRanker(context, half_life_days=14.0)
-    scores = ranker.scores(1, 440 * DAY)
-    assert 0 < ranker.personal(1, 440 * DAY)[2] < 1e-9
-    assert scores[2] > scores[3] > scores[4] and ranker.rank(1, 440 * DAY, 2).tolist() == [2, 3]
+    scores = ranker.scores(1, 440 * DAY, np.array([2, 3, 4]))
+    assert 0 < ranker.personal(1, 440 * DAY)[1][0] < 1e-9
+    assert scores[0] > scores[1] > scores[2] and ranker.rank(1, 440 * DAY, 2).tolist() == [2, 3]
     # Nor does the prior reorder two scores it should only break ties between.
-    from ncf.evaluate.baselines.base import with_tie_prior
+    from ncf.evaluate.baselines.base import tie_prior, tie_scale
 
-    blended = with_tie_prior(np.array([0.0, 1.0, 0.9, 0.6, 0.0]), np.array([0, 1, 9, 1, 5]))
+    personal = np.array([0.0, 1.0, 0.9, 0.6, 0.0])
+    blended = personal + tie_prior(np.array([0, 1, 9, 1, 5]), tie_scale(personal))
     assert np.argsort(-blended).tolist() == [1, 2, 3, 4, 0]
 
 
@@ -193,7 +193,9 @@ def test_tifu_knn_without_neighbours_is_the_personal_vector_and_neighbours_bring
     own = tifu_vectors(u[u == 1], p[u == 1], t[u == 1], (4, 10), 3, 0.9, 0.8).toarray()[1]
     for settings in ({"alpha": 1.0, "neighbours": 2}, {"alpha": 0.6, "neighbours": 0}):
         ranker = TifuKnnRanker(context, groups=3, within_decay=0.9, across_decay=0.8, **settings)
-        assert ranker.predict(1, at) == pytest.approx(settings["alpha"] * own)
+        products, values = ranker.predict(1, at)
+        assert products.tolist() == np.flatnonzero(own).tolist()
+        assert values == pytest.approx(settings["alpha"] * own[products])
         assert ranker.rank(1, at, 5).tolist() == [1, 2, 4, 5, 6]  # own products, then popularity
     blended = TifuKnnRanker(context, groups=3, within_decay=0.9, across_decay=0.8, alpha=0.5, neighbours=1)
     assert blended.neighbours_of(1, blended.personal(1, at)[0], True).tolist() == [2]  # not itself, not 3
@@ -203,6 +205,61 @@ def test_tifu_knn_without_neighbours_is_the_personal_vector_and_neighbours_bring
     rows[1] = rows[1] + [(7, 20.5)]
     later = TifuKnnRanker(PointInTime.build(states_of(rows), vocabularies(3, 9), 20 * DAY), alpha=0.5, neighbours=1)
     assert 7 in later.rank(1, at, 4).tolist() and 7 not in later.rank(1, 20 * DAY, 4).tolist()
+
+
+def test_the_sparse_scores_are_the_dense_ones_to_the_bit(monkeypatch):
+    """The frequency baselines and TIFU-KNN build a household's scores at its own products (and
+    its neighbours'), no longer over the whole catalog (3 ms a household at 1M products): the
+    rankings and the sampled protocol's scores must be the dense formulas' exactly, ties included,
+    through both of TIFU-KNN's blends."""
+    from ncf.evaluate.baselines import tifuknn
+    from ncf.evaluate.baselines.base import tie_prior, tie_scale
+
+    rng = np.random.default_rng(7)
+    # 30 households over 60 products, some bought several times a day, some never; first
+    # sold over the first 40 days, so some are outside the catalog at the start.
+    purchases = {
+        u: [(int(rng.integers(1, 61)), float(d)) for d in np.sort(rng.uniform(0, 40, int(rng.integers(1, 30))))]
+        for u in range(1, 31)
+    }
+    first = rng.uniform(0, 40, 60) * DAY
+    context = PointInTime.build(states_of(purchases), vocabularies(30, 60, first_ts=first.tolist()), 30 * DAY)
+    popularity = context.popularity
+
+    def dense_rankings(ranker, dense, prior_scale):
+        for user in range(1, 31):
+            for at in (30 * DAY, 36 * DAY):
+                scores = dense(user, at)
+                asked = rng.choice(context.num_products, 20, replace=False)
+                expected = context.masked(scores + tie_prior(popularity, prior_scale(scores)))[asked]
+                np.testing.assert_array_equal(ranker.scores(user, at, asked), expected)
+                assert ranker.rank(user, at, 12).tolist() == context.rank(scores, 12).tolist()
+
+    def counts(user, at, half_life=None):
+        timeline = context.states.timeline(user)
+        k = int(timeline.count_before(np.array([at]))[0])
+        weights = None if half_life is None else np.exp2(-(at - timeline.timestamps[:k]) / DAY / half_life)
+        return np.bincount(timeline.products[:k], weights=weights, minlength=context.num_products).astype(np.float64)
+
+    dense_rankings(OwnFrequencyRanker(context), counts, lambda scores: 1.0)
+    decayed = DecayedFrequencyRanker(context, half_life_days=3.0)
+    dense_rankings(decayed, lambda u, at: counts(u, at, 3.0), tie_scale)
+    for blend in (0, 10**9):  # always sparse, always dense
+        monkeypatch.setattr(tifuknn, "DENSE_BLEND", blend)
+        tifu = TifuKnnRanker(
+            context, groups=3, within_decay=0.9, across_decay=0.7, alpha=0.6, neighbours=3
+        )  # 1/3: inexact
+
+        def blended(user, at, tifu=tifu):
+            own, at_start = tifu.personal(user, at)
+            merged = tifu.alpha * own.toarray().ravel()
+            neighbours = tifu.neighbours_of(user, own, at_start) if own.nnz else ()
+            if len(neighbours):
+                mean = np.asarray(tifu.vectors[neighbours].sum(axis=0)).ravel() / len(neighbours)
+                merged += (1.0 - tifu.alpha) * mean
+            return merged
+
+        dense_rankings(tifu, blended, tie_scale)
 
 
 def test_tifu_knn_keeps_one_vector_settings_matrices_and_ranks_the_same_after_recomputing():
@@ -707,7 +764,8 @@ def test_als_past_its_household_cap_fits_a_sample_and_solves_the_others_from_the
             a += (confidence - 1.0) * np.outer(y[product], y[product])
             b += confidence * y[product]
         np.testing.assert_allclose(capped.user_factor(user), np.linalg.solve(a, b), rtol=1e-3, atol=1e-4)
-        np.testing.assert_allclose(capped.scores(user, 21 * DAY)[1:], (y @ capped.user_factor(user))[1:], rtol=1e-5)
+        every = np.arange(1, y.shape[0])
+        np.testing.assert_allclose(capped.scores(user, 21 * DAY, every), y[1:] @ capped.user_factor(user), rtol=1e-5)
 
 
 @pytest.mark.faults

@@ -306,6 +306,17 @@ def test_the_two_stage_bench_compares_plain_and_new_product_rankings(small_model
         assert 0.0 <= row["min_top10_overlap"] <= row["mean_top10_overlap"] <= 1.0
 
 
+def test_the_baseline_scoring_bench_times_each_baseline_at_the_data_and_a_padded_catalog(small_data):
+    from bench import baseline_scoring
+
+    data, _ = small_data
+    row = baseline_scoring.main(["--data", data, "--households", "4", "--products", "5000"])
+    assert row["households"] == 4 and len(row["catalogs"]) == 2 and "5000" in row["catalogs"]
+    for figures in row["catalogs"].values():
+        assert set(figures) == {"own_frequency", "decayed_frequency", "tifu_knn_alone", "tifu_knn_100_neighbours"}
+        assert all(f["rank_ms"] > 0 and f["score_ms"] > 0 for f in figures.values())
+
+
 def test_the_serve_load_bench_measures_both_endpoints_on_a_small_model(small_model_dir):
     """Old code: the bench started Ray without the dashboard, whose State API its CPU figures read
     (list_actors), and crashed before printing anything. In a process of its own: it starts and

@@ -298,7 +298,7 @@ def ranker_fns(ranker) -> tuple[RankFn, ScoreFn]:
     """A baseline (:class:`ncf.evaluate.baselines.Ranker`) as the protocol's functions."""
     if not hasattr(ranker, "scores"):  # rankers of their candidates only: no sampled protocol
         return ranker.rank, None
-    return ranker.rank, (lambda u, at, p: ranker.scores(u, at)[p])
+    return ranker.rank, ranker.scores
 
 
 def excluding_purchased(rank: RankFn, states: UserStates) -> RankFn:

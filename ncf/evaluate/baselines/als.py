@@ -88,9 +88,11 @@ class ALSRanker:
         with threadpool_limits(1, "blas"):
             return self.model.recalculate_user(user, self._weighted[user])
 
-    def scores(self, user: int, at: int) -> np.ndarray:
+    def scores(self, user: int, at: int, products: np.ndarray) -> np.ndarray:
         self.context.check(at)
-        return self.context.masked(self._items @ self.user_factor(user))
+        # Every product's, as ranked: a product's dot product may differ in its last bit when
+        # computed among fewer rows, and the sampled protocol counts ties.
+        return self.context.masked(self._items @ self.user_factor(user))[products]
 
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
         self.context.check(at)

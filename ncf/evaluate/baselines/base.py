@@ -27,8 +27,9 @@ class Ranker(Protocol):
     name: str
     params: Dict
 
-    def scores(self, user: int, at: int) -> np.ndarray:
-        """Scores of every product index (higher is better; -inf outside the catalog)."""
+    def scores(self, user: int, at: int, products: np.ndarray) -> np.ndarray:
+        """Scores of ``products`` (indices; higher is better, -inf outside the catalog), for the
+        sampled protocol: their order is the ranking's, ties by popularity."""
 
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
         """The ``depth`` best product indices, best first, all within the catalog."""
@@ -108,12 +109,39 @@ class PointInTime:
         scores = np.asarray(scores, dtype=np.float64)
         if scores.min() < 0:
             return rank_with_ties(self.masked(scores), self.popularity_rank(), depth)
-        support = np.flatnonzero((scores > 0) & self.catalog)
-        top = support[rank_with_ties(scores[support], self.popularity_rank()[support], depth)]
+        return self.rank_sparse(np.arange(len(scores)), scores, depth)
+
+    def rank_sparse(self, products: np.ndarray, values: np.ndarray, depth: int) -> np.ndarray:
+        """:meth:`rank` of the scores that are ``values`` at ``products`` (distinct indices, in
+        increasing order) and 0 at every other product: the same list, in the time of the
+        household's own products rather than the catalog's (3 ms a household at 1M products)."""
+        keep = (values > 0) & self.catalog[products]
+        support = products[keep]
+        top = support[rank_with_ties(values[keep], self.popularity_rank()[support], depth)]
         if len(top) < depth:  # every positive product is in: the most popular of the rest follow
             popular = self.by_popularity()[: depth + len(top)]
             top = np.concatenate([top, popular[~np.isin(popular, top)][: depth - len(top)]])
         return top
+
+    def scores_sparse(self, products: np.ndarray, values: np.ndarray, asked: np.ndarray, scale: float) -> np.ndarray:
+        """The scores at ``asked`` of ``values`` at ``products`` (as :meth:`rank_sparse`), 0
+        elsewhere, with :func:`tie_prior` of ``scale`` added and -inf outside the catalog: the
+        dense scores' entries at ``asked``, to the bit, without the catalog-long vector."""
+        asked = np.asarray(asked, np.int64)
+        found = np.searchsorted(products, asked)
+        bought = found < len(products)
+        bought[bought] = products[found[bought]] == asked[bought]
+        personal = np.zeros(len(asked))
+        personal[bought] = values[found[bought]]
+        out = personal + scale * self.popularity[asked] / (self.popularity_max + 1.0)
+        out[~self.catalog[asked]] = -np.inf
+        return out
+
+    @property
+    def popularity_max(self) -> float:
+        if "popularity_max" not in self.memo:
+            self.memo["popularity_max"] = self.popularity.max()
+        return self.memo["popularity_max"]
 
 
 def rank_with_ties(scores: np.ndarray, tie_rank: np.ndarray, depth: int) -> np.ndarray:
@@ -145,14 +173,15 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.argsort(-scores[part], kind="stable")]
 
 
-def with_tie_prior(personal: np.ndarray, popularity: np.ndarray) -> np.ndarray:
-    """``personal`` scores with :func:`tie_prior` added below half the smallest gap between two
-    of their distinct values (zero included): products keep the order :func:`rank_with_ties`
-    gives them, equal scores go the popular way, and a product scored above zero stays above
-    every product at zero however small its score (one purchase 440 days ago at a 14-day
-    half-life is 3.5e-10, under a fixed prior of 1e-9)."""
+def tie_scale(personal: np.ndarray) -> float:
+    """The scale of the :func:`tie_prior` added to ``personal`` scores (the household's
+    non-zero ones are enough): half the smallest gap between two of their distinct values, zero
+    included, so that products keep the order :func:`rank_with_ties` gives them, equal scores
+    go the popular way, and a product scored above zero stays above every product at zero
+    however small its score (one purchase 440 days ago at a 14-day half-life is 3.5e-10, under
+    a fixed prior of 1e-9)."""
     levels = np.unique(np.concatenate([[0.0], personal[personal > 0]]))
-    return personal + tie_prior(popularity, 0.5 * float(np.diff(levels).min()) if len(levels) > 1 else 1.0)
+    return 0.5 * float(np.diff(levels).min()) if len(levels) > 1 else 1.0
 
 
 def tie_prior(popularity: np.ndarray, scale: Optional[float] = None) -> np.ndarray:

@@ -12,11 +12,11 @@ Ties (every product the household never bought included) go by popularity before
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 
-from ncf.evaluate.baselines.base import PointInTime, tie_prior, with_tie_prior
+from ncf.evaluate.baselines.base import PointInTime, tie_scale
 from ncf.moments import SECONDS_PER_DAY
 
 
@@ -26,19 +26,19 @@ class OwnFrequencyRanker:
     def __init__(self, context: PointInTime) -> None:
         self.context = context
         self.params: Dict = {}
-        # Popularity only breaks ties in the dense scores: it stays below one purchase.
-        self._prior = tie_prior(context.popularity)
 
-    def personal(self, user: int, at: int) -> np.ndarray:
+    def personal(self, user: int, at: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The products the household bought before ``at`` (increasing indices) and how often."""
         self.context.check(at)
-        bought = self.context.states.timeline(user).products_before(at)
-        return np.bincount(bought, minlength=self.context.num_products)[: self.context.num_products].astype(np.float64)
+        products, counts = np.unique(self.context.states.timeline(user).products_before(at), return_counts=True)
+        return products, counts.astype(np.float64)
 
-    def scores(self, user: int, at: int) -> np.ndarray:
-        return self.context.masked(self.personal(user, at) + self._prior)
+    def scores(self, user: int, at: int, products: np.ndarray) -> np.ndarray:
+        # Popularity only breaks ties: it stays below one purchase.
+        return self.context.scores_sparse(*self.personal(user, at), products, scale=1.0)
 
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
-        return self.context.rank(self.personal(user, at), depth)
+        return self.context.rank_sparse(*self.personal(user, at), depth)
 
 
 class DecayedFrequencyRanker:
@@ -51,18 +51,20 @@ class DecayedFrequencyRanker:
         self.half_life_days = float(half_life_days)
         self.params: Dict = {"half_life_days": half_life_days}
 
-    def personal(self, user: int, at: int) -> np.ndarray:
-        """Decayed purchase counts of every product index (0 for products never bought)."""
+    def personal(self, user: int, at: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The products the household bought before ``at`` (increasing indices) and their decayed
+        purchase counts."""
         self.context.check(at)
         timeline = self.context.states.timeline(user)
         k = int(timeline.count_before(np.array([at]))[0])
         ages = (at - timeline.timestamps[:k]) / SECONDS_PER_DAY
-        weights = np.exp2(-ages / self.half_life_days)
-        n = self.context.num_products
-        return np.bincount(timeline.products[:k], weights=weights, minlength=n)[:n]
+        products, row = np.unique(timeline.products[:k], return_inverse=True)
+        # Summed in the purchases' order, as a bincount over every product index would.
+        return products, np.bincount(row, weights=np.exp2(-ages / self.half_life_days), minlength=len(products))
 
-    def scores(self, user: int, at: int) -> np.ndarray:
-        return self.context.masked(with_tie_prior(self.personal(user, at), self.context.popularity))
+    def scores(self, user: int, at: int, products: np.ndarray) -> np.ndarray:
+        bought, values = self.personal(user, at)
+        return self.context.scores_sparse(bought, values, products, tie_scale(values))
 
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
-        return self.context.rank(self.personal(user, at), depth)
+        return self.context.rank_sparse(*self.personal(user, at), depth)

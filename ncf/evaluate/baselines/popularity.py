@@ -18,9 +18,9 @@ class PopularityRanker:
         self._scores = context.masked(context.popularity)
         self._ranked: Dict[int, np.ndarray] = {}
 
-    def scores(self, user: int, at: int) -> np.ndarray:
+    def scores(self, user: int, at: int, products: np.ndarray) -> np.ndarray:
         self.context.check(at)
-        return self._scores
+        return self._scores[products]
 
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
         self.context.check(at)

@@ -49,7 +49,7 @@ from typing import Dict, Tuple
 import numpy as np
 import scipy.sparse as sp
 
-from ncf.evaluate.baselines.base import PointInTime, with_tie_prior
+from ncf.evaluate.baselines.base import PointInTime, tie_scale
 
 METRICS = ("cosine", "euclidean")
 
@@ -59,6 +59,12 @@ METRICS = ("cosine", "euclidean")
 # ranked in full past them, with one setting, finds the rest on demand (4M households x 300
 # neighbours kept would be about 10 GB).
 MEMO_HOUSEHOLDS = 50_000
+
+# The neighbours' vectors are blended in a catalog-long vector when they hold at least
+# 1/DENSE_BLEND of the catalog's products in all (their sum is then 5 times faster that way:
+# 0.19 ms against 1.1 ms on Complete Journey, 45,000 entries of 100 neighbours among 68,000
+# products), sparsely otherwise (1.8 ms against 3.2 ms a household at 1M products).
+DENSE_BLEND = 4
 
 # Memo entries of one vector setting (groups, within, across), kept for one setting at a time.
 _PER_SETTING = ("tifu_vectors", "tifu_index", "tifu_neighbours")
@@ -241,19 +247,37 @@ class TifuKnnRanker:
         users = np.zeros(len(products), np.int64)
         return tifu_vectors(users, products, times, shape, self.groups, self.within, self.across), False
 
-    def predict(self, user: int, at: int) -> np.ndarray:
-        """alpha * own + (1 - alpha) * the neighbours' mean, dense over product indices."""
+    def predict(self, user: int, at: int) -> Tuple[np.ndarray, np.ndarray]:
+        """alpha * own + (1 - alpha) * the neighbours' mean, at the products either holds
+        (increasing indices; 0 at every other product)."""
         own, at_start = self.personal(user, at)
+        neighbours = self.neighbours_of(user, own, at_start) if self._blends and own.nnz else ()
+        if not len(neighbours):
+            own = own * self.alpha
+            own.sort_indices()
+            return own.indices.astype(np.int64), own.data
+        entries = int((self.vectors.indptr[neighbours + 1] - self.vectors.indptr[neighbours]).sum())
+        if entries * DENSE_BLEND < self.context.num_products:
+            return self._blend_sparse(own, neighbours)
         merged = self.alpha * own.toarray().ravel()
-        if self._blends and own.nnz:
-            neighbours = self.neighbours_of(user, own, at_start)
-            if len(neighbours):
-                mean = np.asarray(self.vectors[neighbours].sum(axis=0)).ravel() / len(neighbours)
-                merged += (1.0 - self.alpha) * mean
-        return merged
+        merged += (1.0 - self.alpha) * (np.asarray(self.vectors[neighbours].sum(axis=0)).ravel() / len(neighbours))
+        products = np.flatnonzero(merged)
+        return products, merged[products]
 
-    def scores(self, user: int, at: int) -> np.ndarray:
-        return self.context.masked(with_tie_prior(self.predict(user, at), self.context.popularity))
+    def _blend_sparse(self, own: sp.csr_matrix, neighbours: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict`'s blend without a catalog-long vector: the dense sum's values to the
+        bit (each product's own part first, the neighbours' vectors added in their order)."""
+        theirs = sp.csr_matrix(np.ones((1, len(neighbours)))) @ self.vectors[neighbours]
+        # Divided, not multiplied by the reciprocal as scipy divides: the dense sum's bits.
+        theirs.data = (1.0 - self.alpha) * (theirs.data / len(neighbours))
+        theirs.sort_indices()
+        merged = own * self.alpha + theirs
+        merged.sort_indices()
+        return merged.indices.astype(np.int64), merged.data
+
+    def scores(self, user: int, at: int, products: np.ndarray) -> np.ndarray:
+        bought, values = self.predict(user, at)
+        return self.context.scores_sparse(bought, values, products, tie_scale(values))
 
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
-        return self.context.rank(self.predict(user, at), depth)
+        return self.context.rank_sparse(*self.predict(user, at), depth)
