@@ -288,6 +288,9 @@ def test_a_resume_with_other_settings_is_refused_before_ray_starts(small_data, t
     data, _ = small_data
     SweepSettings(data=data, output=str(tmp_path / "sweep"), trials=4).record()
     os.makedirs(tmp_path / "sweep" / "tune" / "sweep")
+    (
+        tmp_path / "sweep" / "tune" / "sweep" / "experiment_state-2026-12-05_10-00-00.json"
+    ).touch()  # Tune saved its state
     monkeypatch.setattr(tune_sweep, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
     with pytest.raises(SystemExit) as exit_info:
         tune_sweep.main(["--data", data, "--output", str(tmp_path / "sweep"), "--trials", "8", "--resume"])
@@ -686,3 +689,100 @@ def test_a_trials_best_epoch_is_what_its_ray_train_run_kept_not_only_what_tune_l
     silent.metrics_dataframe = None
     row = _trial_row(silent, point, str(train_dir))
     assert (row["trial_id"], row[BEST], row["best_epoch"]) == ("t", 0.45, 2), row
+
+
+@pytest.mark.faults
+def test_a_sweep_stopped_before_tune_saved_its_state_is_refused_on_resume_in_one_line(tmp_path, monkeypatch, capsys):
+    """Old code: Ctrl-C after Tune wrote tuner.pkl and before its first experiment state left a
+    sweep that --resume ended in a traceback (Tuner.restore raised nothing; its fit started over
+    with no search space: OptunaSearch's RuntimeError), and a run without --resume refused."""
+    from ray import tune
+
+    from jobs import tune_sweep
+    from tune.sweep import check_sweep_directory
+
+    sweep, data = tmp_path / "sweep", str(tmp_path / "data")
+    sweep.mkdir()
+    write_json(str(sweep / "settings.json"), {"trials": 2})
+    tune.Tuner(  # writes tuner.pkl, as a sweep does before Tune's first step
+        lambda config: None,
+        tune_config=tune.TuneConfig(num_samples=2),
+        run_config=tune.RunConfig(name="sweep", storage_path=str(sweep / "tune")),
+    )
+    assert (sweep / "tune" / "sweep" / "tuner.pkl").exists()
+    monkeypatch.setattr(tune_sweep, "check_data", lambda *a, **k: None)
+    monkeypatch.setattr(tune_sweep, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    with pytest.raises(SystemExit) as exit_info:
+        tune_sweep.main(["--data", data, "--output", str(sweep), "--trials", "2", "--resume"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        f"--resume: {sweep} was stopped before Tune saved its state: it cannot be resumed; "
+        f"start it again with a new --output, or remove {sweep} first"
+    ), lines
+    # Once Tune has saved its state the sweep resumes.
+    (sweep / "tune" / "sweep" / "experiment_state-2026-12-05_10-00-00.json").write_text("{}")
+    check_sweep_directory(str(sweep), data, resume=True)
+
+
+@pytest.mark.faults
+def test_a_failed_write_of_the_results_leaves_the_previous_ones_whole(tmp_path, monkeypatch):
+    """Old code: results.parquet, results.csv and sweep.png were written in place, so a write that
+    failed midway (a full disk, a kill) left a truncated file where a resumed sweep's last was."""
+    from tune.results import BEST, plot_sweep, write_results
+
+    first = pd.DataFrame({"trial_id": ["a", "b"], BEST: [0.5, 0.4]})
+    write_results(first, str(tmp_path))
+    before = (tmp_path / "results.csv").read_bytes()
+
+    def dies_midway(self, path, **kwargs):
+        with open(path, "w") as f:
+            f.write("trial_id,")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", dies_midway)
+    with pytest.raises(OSError, match="No space left"):
+        write_results(pd.DataFrame({"trial_id": ["c"], BEST: [0.6]}), str(tmp_path))
+    assert (tmp_path / "results.csv").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["results.csv", "results.parquet"]  # no temporary left
+    # The plot is written through a temporary name too, still as a PNG.
+    table = pd.DataFrame({**{name: [1.0] for name in SEARCHED}, BEST: [0.5], "is_default": [True]})
+    plot_sweep(table, str(tmp_path / "sweep.png"))
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(os.listdir(tmp_path)) == ["results.csv", "results.parquet", "sweep.png"]
+
+
+@pytest.mark.faults
+def test_trials_at_once_on_gpus_are_what_the_cpus_hold(tmp_path):
+    """Old code: with GPUs the trials at once were one per workers' GPUs whatever the CPUs: 8 GPUs
+    and 3 CPUs made 8 trials, which trial_cpus then refused, telling the user to pass a
+    --concurrent they never gave."""
+    from tune.sweep import concurrency, trial_cpus
+
+    settings = SweepSettings(data=str(tmp_path / "data"), output=str(tmp_path / "sweep"), trials=16, use_gpu=True)
+    at_once = concurrency(settings, {"GPU": 8, "CPU": 3.0})
+    assert at_once == 7  # (3 - 1 kept for Ray Data) / 0.27
+    assert trial_cpus(at_once, 3.0, resume=False) >= 0.25  # accepted
+    assert concurrency(settings, {"GPU": 8, "CPU": 3.0}, nodes=8) == 3  # 2 CPUs kept over 8 nodes
+    assert concurrency(settings, {"GPU": 4, "CPU": 64.0}) == 4  # the GPUs decide when the CPUs hold more
+    assert concurrency(settings, {"GPU": 8, "CPU": 0.0}) == 8  # no CPUs yet: trial_cpus waits for them
+    settings.workers = 2
+    assert concurrency(settings, {"GPU": 8, "CPU": 64.0}) == 4
+
+
+@pytest.mark.faults
+def test_optuna_is_told_a_resumed_trials_scores_at_their_epochs():
+    """Old code: Ray's OptunaSearch reported at Tune's training_iteration, which starts again at 1
+    for a trial restarted by --resume; Optuna ignored those steps as already reported, so the
+    resumed epochs' scores never reached it."""
+    from optuna.distributions import FloatDistribution
+
+    from tune.results import BEST
+    from tune.scheduler import EpochOptunaSearch
+
+    searcher = EpochOptunaSearch(space={"x": FloatDistribution(0, 1)}, metric=BEST, mode="max", seed=0)
+    assert searcher.suggest("t") is not None
+    for iteration, epoch, score in [(1, 1, 0.3), (2, 2, 0.4), (1, 3, 0.5)]:  # restarted after epoch 2
+        searcher.on_trial_result("t", {BEST: score, "epoch": epoch, "training_iteration": iteration})
+    (trial,) = searcher._ot_study.trials
+    assert trial.intermediate_values == {1: 0.3, 2: 0.4, 3: 0.5}

@@ -14,12 +14,13 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
 
 from ncf.errors import InputError
+from ncf.jsonio import temporary_name
 from ncf.train.checkpoint import VAL_METRIC, export_model_dir, kept_checkpoints
 from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower
 from tune.settings import SweepSettings
@@ -111,9 +112,27 @@ def results_table(grid, data: str, train_dir: Optional[str] = None) -> pd.DataFr
 def write_results(table: pd.DataFrame, output: str) -> List[str]:
     os.makedirs(output, exist_ok=True)
     paths = [os.path.join(output, "results.parquet"), os.path.join(output, "results.csv")]
-    table.to_parquet(paths[0], index=False)
-    table.to_csv(paths[1], index=False)
+    write_atomically(paths[0], lambda tmp: table.to_parquet(tmp, index=False))
+    write_atomically(paths[1], lambda tmp: table.to_csv(tmp, index=False))
     return paths
+
+
+def write_atomically(path: str, write: Callable[[str], object]) -> None:
+    """``write(tmp)`` to a temporary name, flushed to disk, then renamed over ``path``, as
+    :func:`ncf.jsonio.write_text` does: a write that fails or is killed (a resumed sweep writes
+    its results again) leaves the previous file whole, never a truncated one."""
+    tmp = temporary_name(path)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # a failed write (a full disk) leaves nothing
+            os.remove(tmp)
 
 
 class NoTrialFinished(RuntimeError):
@@ -194,6 +213,8 @@ def plot_sweep(table: pd.DataFrame, path: str) -> str:
     axes.flat[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"Sweep: {len(done)} trials, best {VAL_METRIC} per trial")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:  # the format named: the temporary name's extension is not the plot's
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=90, format=os.path.splitext(path)[1][1:] or "png"))
+    finally:
+        plt.close(fig)
     return path

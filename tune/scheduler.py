@@ -1,15 +1,19 @@
-"""ASHA over the epochs each trial reports, never stopping a trial at its last epoch.
+"""ASHA over the epochs each trial reports, never stopping a trial at its last epoch, and
+Optuna told each epoch's score at that epoch.
 
 Example::
 
     scheduler = EpochASHA(last_epoch=4)  # rungs at epochs 1, 2 and 4; epoch 4 always continues
+    searcher = EpochOptunaSearch(metric="best_val_ndcg@10", mode="max")
 """
 
 from __future__ import annotations
 
 from typing import Dict
 
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 EPOCH = "epoch"  # what the training loop reports with every epoch's metrics, counted from 1
 
@@ -37,3 +41,16 @@ class EpochASHA(ASHAScheduler):
         if result.get(EPOCH, 0) >= self.last_epoch:
             return TrialScheduler.CONTINUE
         return action
+
+
+class EpochOptunaSearch(OptunaSearch):
+    """Ray's ``OptunaSearch`` reporting each result to Optuna at the trial's ``epoch``.
+
+    Ray's reports it at Tune's ``training_iteration``, which starts again at 1 for a trial
+    restarted by ``--resume`` (as :class:`EpochASHA` says); Optuna keeps the first value of a
+    step and ignores the others with a warning, so the resumed epochs' scores were dropped.
+    Module-level: Tune pickles the searcher in ``tuner.pkl``, by reference to this class.
+    """
+
+    def on_trial_result(self, trial_id: str, result: Dict) -> None:
+        super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: int(result[EPOCH])})

@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import math
 import os
 import signal
@@ -40,16 +41,19 @@ class SweepInterrupted(RuntimeError):
     """The sweep stopped before every trial finished (Ctrl-C, SIGTERM); its state is saved."""
 
 
-def concurrency(settings: SweepSettings, cluster: dict) -> int:
+def concurrency(settings: SweepSettings, cluster: dict, nodes: int = 1) -> int:
     """Trials at once: ``--concurrent``, or one per ``workers`` GPUs; on CPUs, half of the cluster
     for training and the rest for Ray Data (the readers that feed the workers); never more than
-    the trials."""
+    the trials, nor than the CPUs of ``nodes`` nodes hold (:func:`trial_cpus`)."""
     if settings.concurrent:
         return min(settings.concurrent, settings.trials)
     if settings.use_gpu:
         fits = int(cluster.get("GPU", 0)) // settings.workers
     else:
         fits = int(cluster.get("CPU", 1) // (2 * settings.workers))
+    cpus = cluster.get("CPU", 0.0)
+    if cpus > 0:  # GPUs say nothing of the CPUs: 8 GPUs on 3 CPUs were 8 trials, which trial_cpus refused
+        fits = min(fits, trials_the_cpus_hold(cpus, nodes))
     return max(1, min(fits, settings.trials))
 
 
@@ -71,7 +75,7 @@ def started_concurrency(settings: SweepSettings) -> int:
         ) from None
 
 
-def resumed_concurrency(settings: SweepSettings, cluster: dict) -> int:
+def resumed_concurrency(settings: SweepSettings, cluster: dict, nodes: int = 1) -> int:
     """:func:`started_concurrency` (at most the trials); a ``--concurrent`` that differs is
     refused in one line."""
     started = min(started_concurrency(settings), settings.trials)
@@ -81,10 +85,18 @@ def resumed_concurrency(settings: SweepSettings, cluster: dict) -> int:
             f"--resume: the sweep runs {_counted(started, 'trial')} at once (Tune keeps the count it started with); "
             f"resume it without --concurrent or with --concurrent {started}"
         )
-    return started or concurrency(settings, cluster)
+    return started or concurrency(settings, cluster, nodes)
 
 
 MIN_TRIAL_CPUS = 0.25  # a trial's workers together; below it a trial's steps crawl
+# Besides its workers a trial holds its Tune actor's TRIAL_CPU; the second one is a margin (Ray
+# Train's controller asks for none).
+BESIDE_TRIAL_CPUS = 2 * TRIAL_CPU
+
+
+def trials_the_cpus_hold(cluster_cpus: float, nodes: int = 1) -> int:
+    """The most trials at once that :func:`trial_cpus` accepts on ``cluster_cpus`` CPUs."""
+    return int(_floored((cluster_cpus - data_cpus(nodes)) / (MIN_TRIAL_CPUS + BESIDE_TRIAL_CPUS), 0))
 
 
 def trial_cpus(concurrent: int, cluster_cpus: float, resume: bool, nodes: int = 1) -> float:
@@ -93,15 +105,12 @@ def trial_cpus(concurrent: int, cluster_cpus: float, resume: bool, nodes: int = 
     sweep; on a cluster of no CPUs yet (a head of 0 CPUs whose autoscaler has yet to add
     workers) the trials take the least share and wait for nodes, as it says."""
     reserve = data_cpus(nodes)
-    # Besides its workers a trial holds its Tune actor's TRIAL_CPU; the second one is a margin
-    # (Ray Train's controller asks for none).
-    beside = 2 * TRIAL_CPU
     # Floored: a share rounded up would take from what the reads need.
-    budget = _floored((cluster_cpus - reserve) / concurrent - beside, 2)
+    budget = _floored((cluster_cpus - reserve) / concurrent - BESIDE_TRIAL_CPUS, 2)
     if budget >= MIN_TRIAL_CPUS:
         return budget
-    fits = int(_floored((cluster_cpus - reserve) / (MIN_TRIAL_CPUS + beside), 0))
-    needs = reserve + concurrent * (MIN_TRIAL_CPUS + beside)
+    fits = trials_the_cpus_hold(cluster_cpus, nodes)
+    needs = reserve + concurrent * (MIN_TRIAL_CPUS + BESIDE_TRIAL_CPUS)
     what = (
         f"{_counted(cluster_cpus, 'CPU')} cannot hold {_counted(concurrent, 'trial')} at once (each trial's workers "
         f"take {MIN_TRIAL_CPUS:g} at least, and Ray Data's readers keep {_counted(reserve, 'CPU')})"
@@ -136,13 +145,13 @@ def trial_threads(settings: SweepSettings, concurrent: int, cluster_cpus: float)
     return max(1, int(cluster_cpus // (concurrent * settings.workers)))
 
 
-def _trainable(settings: SweepSettings, cluster_cpus: float, resume: bool):
+def _trainable(settings: SweepSettings, cluster_cpus: float, resume: bool, nodes: int):
     from ray import tune
 
     fn = tune.with_parameters(
         train_trial,
         settings=settings,
-        cpu_budget=trial_cpus(settings.concurrent, cluster_cpus, resume, cpu_nodes()),
+        cpu_budget=trial_cpus(settings.concurrent, cluster_cpus, resume, nodes),
         torch_threads=trial_threads(settings, settings.concurrent, cluster_cpus),
     )
     return tune.with_resources(fn, {"cpu": TRIAL_CPU})
@@ -150,9 +159,8 @@ def _trainable(settings: SweepSettings, cluster_cpus: float, resume: bool):
 
 def _tuner(settings: SweepSettings, trainable, resume: bool):
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
-    from tune.scheduler import EpochASHA
+    from tune.scheduler import EpochASHA, EpochOptunaSearch
     from tune.tracking import sweep_store, trial_logger
 
     experiment = settings.experiment_dir
@@ -164,20 +172,19 @@ def _tuner(settings: SweepSettings, trainable, resume: bool):
         # shares sized for that count, and leave Ray Data's readers no room.
         try:
             failed = saved_trials(experiment, "ERROR")
-        except (ValueError, OSError):  # no experiment state yet: Tuner.restore below says so in its words
+        except (ValueError, OSError):  # a state file Tune cannot read: the restore below meets it too
             failed = 0
         if failed:
             print(f"[sweep] {_counted(failed, 'failed trial')} not run again (the table shows its error)", flush=True)
-        try:
-            return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
-        except ValueError as e:  # Tune's own words for a sweep stopped before its first trial saved its state
-            raise InputError(
-                f"--resume: {experiment} cannot be resumed ({e}); start the sweep again with a new --output"
-            ) from None
+        # check_sweep_directory has found Tune's experiment state: without it Tuner.restore raises
+        # nothing, and its fit starts over with no search space (an OptunaSearch RuntimeError).
+        return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
     limits = data_limits(settings.data)
     # The best epoch's score, as the table ranks the trials: with patience of every epoch the
     # last epoch is often not the best, and Optuna would model another objective than the winner's.
-    searcher = OptunaSearch(metric=BEST, mode="max", points_to_evaluate=[default_point(limits)], seed=settings.seed)
+    searcher = EpochOptunaSearch(
+        metric=BEST, mode="max", points_to_evaluate=[default_point(limits)], seed=settings.seed
+    )
     print(
         f"[sweep] {_counted(settings.trials, 'trial')}, {settings.concurrent} at a time, "
         f"up to {_counted(settings.epochs, 'epoch')} each",
@@ -247,8 +254,22 @@ def check_sweep_directory(output: str, data: str, resume: bool) -> None:
     experiment = os.path.join(output, "tune", "sweep")
     if resume and not os.path.exists(experiment):
         raise InputError(f"--resume: no sweep to resume at {experiment}")
+    if resume and not tune_state_saved(experiment):
+        raise InputError(
+            f"--resume: {output} was stopped before Tune saved its state: it cannot be resumed; "
+            f"start it again with a new --output, or remove {output} first"
+        )
     if not resume and os.path.exists(experiment):
         raise InputError(f"{output} already holds a sweep: pass --resume to continue it, or pick a new --output")
+
+
+def tune_state_saved(experiment: str) -> bool:
+    """Whether Tune saved its experiment state (``experiment_state-*.json``) under ``experiment``,
+    what a resume restores; ``tuner.pkl`` alone is written before Tune's first step."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    pattern = TuneController.CKPT_FILE_TMPL.format("*")
+    return os.path.isdir(experiment) and any(fnmatch.fnmatch(name, pattern) for name in os.listdir(experiment))
 
 
 def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
@@ -262,9 +283,12 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
         # Trials of older code learnt other feature definitions: refused here in one line, not
         # inside each trial (where Tune keeps the error and the sweep would still export one).
         check_features_of_runs(settings.train_dir, "start the sweep again with a new --output")
+    nodes = cpu_nodes()
     # Resolved once: Tune keeps the count a sweep started with through every resume.
-    settings.concurrent = resumed_concurrency(settings, cluster) if resume else concurrency(settings, cluster)
-    trainable = _trainable(settings, cluster.get("CPU", 0.0), resume)  # refuses trials the CPUs do not fit
+    settings.concurrent = (
+        resumed_concurrency(settings, cluster, nodes) if resume else concurrency(settings, cluster, nodes)
+    )
+    trainable = _trainable(settings, cluster.get("CPU", 0.0), resume, nodes)  # refuses trials the CPUs do not fit
     if not resume:
         settings.record()
     with sigint_kept():
