@@ -125,6 +125,33 @@ def test_searches_keep_to_the_products_the_state_knows(indexed_model):
     assert set(found[:, :3].ravel().tolist()) <= {3, 7, 11} and (found[:, 3:] == -1).all()
 
 
+def test_the_first_stage_prepares_its_allowed_rows_once(indexed_model, monkeypatch):
+    """Old code: every chunk's search got the same boolean mask and redid flatnonzero, astype and
+    packbits over the whole of it (0.6 ms a chunk at 1M products). The stage prepares it once;
+    a search given the prepared rows or the plain mask answers the same."""
+    searched = Recommender.load(indexed_model)  # MF_CACHE_MAX_ENTRIES is 0 here: the index path
+    mf = searched.ranker.candidates.mf
+    monkeypatch.setattr(ann, "EXACT_SEARCH_ROWS", 0)  # 60 rows: the graph search, not the exact one
+    monkeypatch.setattr(ann, "EXACT_COST_RATIO", 0)
+    users = searched.state.states.users()
+    packed, packbits = [], np.packbits
+    monkeypatch.setattr(np, "packbits", lambda *a, **k: packed.append(1) or packbits(*a, **k))
+    lists = np.concatenate([mf.top(users[i : i + 7]) for i in range(0, len(users), 7)])
+    assert packed == [] and len(users) > 7
+    queries = np.random.default_rng(0).normal(size=(4, mf.index.dim)).astype(np.float32)
+    mask = np.zeros(mf.index.rows, bool)
+    mask[1::2] = True
+    for exact_below in (0, mf.index.rows):  # the graph search and the exact one
+        monkeypatch.setattr(ann, "EXACT_SEARCH_ROWS", exact_below)
+        np.testing.assert_array_equal(
+            mf.index.search(queries, 10, ann.AllowedRows(mask)), mf.index.search(queries, 10, mask)
+        )
+    monkeypatch.setattr(ann, "MF_CACHE_MAX_ENTRIES", 50_000_000)
+    exact = Recommender.load(indexed_model).ranker.candidates.mf
+    assert exact.cached
+    np.testing.assert_array_equal(lists, exact.top(users))  # 60 products: the graph visits them all
+
+
 @pytest.mark.faults
 def test_an_index_of_another_model_is_refused(indexed_model, data, tmp_path, monkeypatch):
     monkeypatch.setattr(ann, "MF_CACHE_MAX_ENTRIES", 0)

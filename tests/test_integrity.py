@@ -437,6 +437,30 @@ def test_data_without_a_catalog_is_refused_for_a_model_trained_with_one(model, t
 
 
 @pytest.mark.faults
+def test_data_of_an_older_features_version_is_refused_in_one_line_before_its_state_is_read(model, tmp_path):
+    """Old code: Recommender.load read the DATA's state before its version, so a DATA preprocessed
+    before version 3 (no product_stats/neighbours.npz) raised FileNotFoundError; and
+    check_model_and_data (Serve's build_app, jobs.verify, the nightly job's checks) never read the
+    version: a DATA of another one passed. Both say the one line now."""
+    from ncf.data.neighbours import FILE as NEIGHBOURS_FILE
+
+    def of_version(name: str, version: int) -> str:
+        data = tiny_data(str(tmp_path / name))
+        write_json(layout.stats_path(data), {**read_json(layout.stats_path(data)), "features_version": version})
+        return data
+
+    older = of_version("v2", 2)
+    os.remove(os.path.join(layout.product_stats_dir(older), NEIGHBOURS_FILE))  # as version 2 wrote it
+    other = of_version("other", FEATURES_VERSION - 1)  # every file there, other numbers
+    for data, version in ((older, 2), (other, FEATURES_VERSION - 1)):
+        for load in (lambda d: Recommender.load(model, data=d), lambda d: check_model_and_data(model, d)):
+            with pytest.raises(InputError, match=f"for features version {version},") as refused:
+                load(data)
+            assert str(refused.value).endswith("run python -m jobs.preprocess again") and "\n" not in str(refused.value)
+    check_model_and_data(model, tiny_data(str(tmp_path / "current")))
+
+
+@pytest.mark.faults
 def test_data_whose_product_ids_the_model_does_not_know_is_refused(model, tmp_path):
     """A refresh exported with the product ids written otherwise (zero-padded here): matched by
     value, every product fell to the unknown row and the model ranked without its product tables

@@ -164,6 +164,18 @@ def test_candidate_features_by_hand():
     assert col["product_lines"][0] == pytest.approx(np.log1p(2))  # two lines of 5 before the cutoff
 
 
+def test_features_refuse_product_stats_of_a_cutoff_after_the_moment():
+    """Old code: candidate_features took stats of any cutoff: read at day 2, stats at day 4
+    gave product 5 two purchase lines where those before the moment hold one (the other is of
+    day 2 itself). Refused now; stats at the moment itself are fine."""
+    stats, catalog = _stats(cutoff=4 * DAY), Catalog(np.zeros(12, np.int64), np.arange(12) % 3)
+    with pytest.raises(ValueError, match=f"moment {2 * DAY} is before the product statistics' cutoff {4 * DAY}"):
+        candidate_features(timeline(), np.array([5, 3]), 2 * DAY, catalog, stats)
+    with pytest.raises(ValueError, match="before the product statistics' cutoff"):  # moments as an array
+        candidate_features(timeline(), np.array([5]), np.array([5 * DAY, 3 * DAY]), catalog, stats)
+    assert candidate_features(timeline(), np.array([5, 3]), 4 * DAY, catalog, stats).shape == (2, len(FEATURES))
+
+
 def test_training_lists_label_the_window_and_correct_for_sampling():
     # Household 3: days 1, 2, 4 (before the cutoff at day 10), then 12 and 20 (in the window).
     group = {

@@ -144,6 +144,19 @@ def _due(since: np.ndarray, gap: np.ndarray, known: np.ndarray) -> np.ndarray:
         return np.where(known, _log(since / np.maximum(gap, 1.0)), 0.0)
 
 
+def _check_stats_not_after(at, stats: ProductStats) -> None:
+    """Refuses (ValueError) ``stats`` computed at a cutoff after the moment ``at`` (one moment, or
+    an array of them): their popularity, cycles and neighbours would hold purchases the household
+    could not have known of, and a label window's purchases would leak into the features. Every
+    caller passes earlier stats today; this is the one function all features go through."""
+    earliest = int(np.min(at))
+    if earliest < int(stats.cutoff):
+        raise ValueError(
+            f"moment {earliest} is before the product statistics' cutoff {int(stats.cutoff)}: they hold later "
+            "purchases; compute the features from stats at or before the moment"
+        )
+
+
 def candidate_features(
     timeline: UserTimeline, candidates: np.ndarray, at: int, catalog: Catalog, stats: ProductStats
 ) -> np.ndarray:
@@ -151,8 +164,10 @@ def candidate_features(
 
     Reads the household's purchases strictly before ``at`` and ``stats`` (the products as known
     at a cutoff no later than ``at``). Raises IndexError for an index outside the catalog
-    (a negative one would silently read another product).
+    (a negative one would silently read another product), ValueError for ``stats`` of a cutoff
+    after ``at``.
     """
+    _check_stats_not_after(at, stats)
     candidates = np.asarray(candidates, np.int64)
     if len(candidates) and (candidates.min() < 0 or candidates.max() >= catalog.num_products):
         raise IndexError(f"candidate product indices must be in [0, {catalog.num_products})")

@@ -25,7 +25,7 @@ Example::
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -72,6 +72,23 @@ def product_vectors(weights: Dict[str, torch.Tensor], rows: Optional[np.ndarray]
 
 def has_mf(weights: Dict[str, torch.Tensor]) -> bool:
     return _PRODUCT_TABLE in weights and _MF_OUTPUT in weights
+
+
+class AllowedRows:
+    """A boolean mask over an index's rows, prepared once for many searches: the rows it allows
+    and the bitmap FAISS's ID selector reads. The first stage searches with the same mask at
+    every chunk of households; at 1M rows, preparing it took 0.6 ms a search.
+
+    Args:
+        mask: R booleans, one per row of the product table (R the index's ``rows``).
+    """
+
+    def __init__(self, mask: np.ndarray) -> None:
+        mask = np.asarray(mask, bool)
+        self.size = len(mask)
+        self.rows = np.flatnonzero(mask)  # A allowed rows, ascending
+        # Kept with the object: FAISS's selector holds only a pointer to it.
+        self.bitmap = np.packbits(mask.astype(np.uint8), bitorder="little")
 
 
 class ProductIndex:
@@ -122,9 +139,12 @@ class ProductIndex:
 
         faiss.write_index(self.index, path)
 
-    def search(self, vectors: np.ndarray, width: int, allowed: np.ndarray, depth: int = SEARCH_DEPTH) -> np.ndarray:
+    def search(
+        self, vectors: np.ndarray, width: int, allowed: Union[np.ndarray, AllowedRows], depth: int = SEARCH_DEPTH
+    ) -> np.ndarray:
         """U x width rows, best first, among the rows where ``allowed`` (a boolean mask over the
-        table's rows) is true; -1 where fewer than ``width`` rows are allowed.
+        table's rows, or one prepared as :class:`AllowedRows` for many searches) is true; -1
+        where fewer than ``width`` rows are allowed.
 
         A filtered graph search visits about efSearch nodes and keeps the allowed ones, so a
         small allowed share came back mostly -1 (200 of 20,000 rows at width 150: 81% of the
@@ -133,12 +153,12 @@ class ProductIndex:
         ``width`` if more) grown with the rows' share left out, up to :data:`MAX_SEARCH_DEPTH`."""
         import faiss
 
-        permitted = np.flatnonzero(allowed)
+        prepared = allowed if isinstance(allowed, AllowedRows) else AllowedRows(allowed)
+        permitted = prepared.rows
         if len(permitted) <= EXACT_SEARCH_ROWS or len(permitted) ** 2 <= EXACT_COST_RATIO * self.rows:
             return self._exact(vectors, width, permitted)
         share = len(permitted) / max(self.rows, 1)
-        bitmap = np.packbits(allowed.astype(np.uint8), bitorder="little")
-        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        selector = faiss.IDSelectorBitmap(prepared.size, faiss.swig_ptr(prepared.bitmap))
         effort = min(max(depth, width) / share, MAX_SEARCH_DEPTH)
         params = faiss.SearchParametersHNSW(sel=selector, efSearch=int(max(depth, width, effort)))
         queries = np.hstack([vectors, np.zeros((len(vectors), 1))]).astype(np.float32)

@@ -84,8 +84,13 @@ class MFFirstStage:
         width: int,
         index: Optional[ProductIndex] = None,
         exact: bool = False,
+        items: Optional[torch.Tensor] = None,
     ) -> None:
+        """``items``: the D x P product vectors of another stage over the same ``model`` and
+        ``rows`` (:meth:`derived`), shared instead of computed again."""
         known = known & (rows.product > 0)
+        # What the stage was built from, so that a derived ranker can tell whether it may reuse it.
+        self._model, self._rows, self._asked, self._exact, self._products = model, rows, width, exact, known
         self._users = _table(model, "user_mf_embeddings")
         self._user_rows = rows.user
         self.width = min(width, int(known.sum()))
@@ -93,22 +98,50 @@ class MFFirstStage:
         self._top = np.zeros((len(rows.user), self.width), np.int32) if cacheable else None
         self._known = np.zeros(len(rows.user), bool) if cacheable else None
         self._index = None
+        self._items: Optional[torch.Tensor] = None
         if cacheable or exact:
-            # The MF logit is mf_output(u * p): with its weights folded into p, one matmul.
-            folded = torch.as_tensor(ann.product_vectors(model.state_dict()), device=self._users.device)
-            self._items = folded[torch.as_tensor(rows.product, device=folded.device)].T.contiguous()  # D x P
+            self._items = _product_items(model, rows, self._users.device) if items is None else items
             # Added to every household's scores: -inf drops the products without a vector of their
             # own (a broadcast add; a boolean column mask costs several times as much).
-            self._unknown_penalty = torch.where(torch.as_tensor(known, device=folded.device), 0.0, -torch.inf).to(
-                folded.dtype
+            self._unknown_penalty = torch.where(torch.as_tensor(known, device=self._items.device), 0.0, -torch.inf).to(
+                self._items.dtype
             )
         else:
             self._index = index or _built_here(model)
-            # Searched among the model rows of the state's known products, answered in state indices.
-            self._allowed = np.zeros(self._index.rows, bool)
-            self._allowed[rows.product[known]] = True
+            # Searched among the model rows of the state's known products, answered in state indices;
+            # the mask prepared once (its bitmap and rows), not at every search.
+            allowed = np.zeros(self._index.rows, bool)
+            allowed[rows.product[known]] = True
+            self._allowed = ann.AllowedRows(allowed)
             self._product_of_row = np.full(self._index.rows, -1, np.int64)
             self._product_of_row[rows.product[known]] = np.flatnonzero(known)
+
+    def derived(
+        self,
+        model: AdvancedNCF,
+        rows: EmbeddingRows,
+        known: np.ndarray,
+        width: int,
+        index: Optional[ProductIndex] = None,
+        exact: bool = False,
+    ) -> "MFFirstStage":
+        """The stage these arguments build, for a ranker derived from this stage's
+        (``Recommender.with_settings``, ``Recommender.as_of``): this one itself when they are the
+        ones it was built from (the same model, rows, known products, width and index: its
+        lists, computed and kept, are those a new stage would compute again), else a new stage
+        sharing its product vectors where the model and rows are the same (only the known
+        products' penalty differs between a state's past days)."""
+        same_source = model is self._model and rows is self._rows
+        if (
+            same_source
+            and width == self._asked
+            and exact == self._exact
+            and (index is None or self._index is None or index is self._index)
+            and np.array_equal(known & (rows.product > 0), self._products)
+        ):
+            return self
+        items = self._items if same_source else None
+        return MFFirstStage(model, rows, known, width, index or self._index, exact, items)
 
     @property
     def index(self) -> Optional[ProductIndex]:
@@ -151,6 +184,13 @@ class MFFirstStage:
         return torch.topk(scores, self.width, dim=1).indices.cpu().numpy().astype(np.int32)
 
 
+def _product_items(model: AdvancedNCF, rows: EmbeddingRows, device: torch.device) -> torch.Tensor:
+    """D x P: the MF vector of each state product (its model row's). The MF logit is
+    mf_output(u * p): with its weights folded into p, one matmul."""
+    folded = torch.as_tensor(ann.product_vectors(model.state_dict()), device=device)
+    return folded[torch.as_tensor(rows.product, device=folded.device)].T.contiguous()
+
+
 def _built_here(model: AdvancedNCF) -> ProductIndex:
     print(
         "[ranking] the model directory has no MF index: building it now, in this process (minutes at a "
@@ -186,7 +226,10 @@ class CandidateGenerator:
         settings: RankingSettings,
         mf_index: Optional[ProductIndex] = None,
         exact_mf: bool = False,
+        shared_mf: Optional[MFFirstStage] = None,
     ) -> None:
+        """``shared_mf``: the MF first stage of a ranker this one derives from, reused
+        (:meth:`MFFirstStage.derived`)."""
         self.state = state
         self.settings = settings
         self.known = state.stats.lines > 0  # products bought before the state's cutoff
@@ -195,11 +238,10 @@ class CandidateGenerator:
         # popularity_order lists products nobody bought before the cutoff too (last).
         self.popular_known = self.popular[self.known[self.popular]]
         self.by_category = _by_category(self.popular_known, state.catalog.category)
-        self.mf: Optional[MFFirstStage] = (
-            MFFirstStage(model, rows, self.known, settings.mf_candidates, mf_index, exact_mf)
-            if model.config.use_mf
-            else None
-        )
+        self.mf: Optional[MFFirstStage] = None
+        if model.config.use_mf:
+            stage_args = (model, rows, self.known, settings.mf_candidates, mf_index, exact_mf)
+            self.mf = MFFirstStage(*stage_args) if shared_mf is None else shared_mf.derived(*stage_args)
 
     def cold_start(self, at: int) -> np.ndarray:
         hour = int(time_parts_of(np.array([at]))[HOUR][0])

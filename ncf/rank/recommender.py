@@ -116,9 +116,11 @@ class Recommender:
     ) -> "Recommender":
         """The model of ``model_dir`` ranking from ``data``'s state (default: the model's own)."""
         handle = ModelDir(model_dir)
+        if data is not None:
+            # Before the state: a DATA of an older version lacks files it reads (neighbours.npz).
+            check_features_version(data)  # its product stats feed the features
         state = RankingState.load(data or handle.state_dir)
         if data is not None:
-            check_features_version(data)  # its product stats feed the features
             check_catalog(handle.config["model"], state.vocabs.sizes(), data)
             # Before the ranker: without a saved index it builds one (minutes at 1M products).
             check_data_products(handle, data)
@@ -174,8 +176,8 @@ class Recommender:
                     try:
                         self._wait_for_the_pass_share(at)
                         started = time.monotonic()
-                        r = self.ranker
-                        ranker = Ranker(r.model, self.state.as_of(day, stats), r.rows, r.settings, r.mf_index)
+                        # The MF product vectors shared: only the products known that day differ.
+                        ranker = self.ranker.derived(state=self.state.as_of(day, stats))
                         past.recommender = Recommender(ranker, self.version)
                     finally:
                         if started is not None:
@@ -250,7 +252,8 @@ class Recommender:
     def with_settings(self, **changes) -> "Recommender":
         """A recommender sharing this one's model and state with other first-stage sizes."""
         settings = dataclasses.replace(self.settings, **changes)
-        ranker = Ranker(self.ranker.model, self.state, self.ranker.rows, settings, self.ranker.mf_index)
+        # The same MF lists where mf_candidates is unchanged (Serve's --candidates): kept once.
+        ranker = self.ranker.derived(settings=settings)
         return Recommender(ranker, self.version, self.queue_passes, self.pass_share)
 
     @property

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ncf.data import layout
+from ncf.data.examples import check_features_version
 from ncf.data.features import Catalog
 from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
@@ -46,10 +47,6 @@ class RankingState:
             stats,
             int(stats.cutoff) - 1,
         )
-
-    @staticmethod
-    def boundaries(directory: str) -> dict:
-        return layout.DataStats(directory).boundaries
 
     @cached_property
     def catalog(self) -> Catalog:
@@ -122,8 +119,12 @@ def check_data_products(handle: ModelDir, data: str) -> None:
 
 def check_model_and_data(model_dir: str, data: Optional[str]) -> None:
     """The checks a rollout makes before a model ranks from a DATA (``jobs.deploy``, ``jobs.verify``):
-    the model directory whole and consistent, the DATA's state too, a catalog where the model was
-    trained with one, and product ids the model knows. Raises InputError, in one line."""
+    the DATA of this code's features version, the model directory whole and consistent, the DATA's
+    state too, a catalog where the model was trained with one, and product ids the model knows.
+    Raises InputError, in one line."""
+    if data:
+        # First: one file read, and a DATA of an older version lacks files the state check reads.
+        check_features_version(data)
     verify_model_dir(model_dir)
     if data:
         verify_data_state(data)
