@@ -374,6 +374,33 @@ def test_kept_first_stage_lists_equal_fresh_ones(recommender, monkeypatch):
         assert a.products.tolist() == b.products.tolist()
 
 
+def test_the_warm_up_is_bounded_and_takes_the_most_recent_shoppers_first(recommender, monkeypatch):
+    """Old code warmed every kept list at a replica's start: at 333k households of a 1M-product
+    catalog (still kept lists) about 15 minutes of dot products before the first request. Now
+    at most WARM_MAX_SCORES, the most recent shoppers first; the others compute their own list
+    at their first ranking, the same list."""
+    from ncf.rank import ranker as ranker_module
+
+    r = recommender.ranker
+    states = r.state.states
+    users = states.users()
+    last = states.timestamps[states.offsets[users + 1] - 1]
+    monkeypatch.setattr(ranker_module, "WARM_MAX_SCORES", 5 * r.candidates.mf.products)
+    bounded = Ranker(r.model, r.state, r.rows, r.settings)
+    assert bounded.warm() == 5
+    warmed = users[bounded.candidates.mf._known[users]]
+    assert len(warmed) == 5 and last[np.isin(users, warmed)].min() >= np.sort(last)[-5]
+    monkeypatch.setattr(ranker_module, "WARM_MAX_SCORES", 1 << 34)
+    everyone = Ranker(r.model, r.state, r.rows, r.settings)
+    assert everyone.warm() == len(users)
+    later = [int(u) for u in users[~np.isin(users, warmed)][:6]]
+    for a, b in zip(
+        bounded.rank(later, [recommender.default_at] * 6), everyone.rank(later, [recommender.default_at] * 6)
+    ):
+        assert a.products.tolist() == b.products.tolist()
+    assert bounded.candidates.mf._known[later].all()  # computed at their first ranking, and kept
+
+
 def test_derived_recommenders_share_the_mf_first_stage_and_rank_the_same(recommender):
     """Old code: with_settings (Serve's --candidates, each reconfigure) built a new MF first stage
     and warmed every household's identical list again (1.13 s against 0.64 s on Complete

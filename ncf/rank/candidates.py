@@ -149,6 +149,11 @@ class MFFirstStage:
         return self._index
 
     @property
+    def products(self) -> int:
+        """The catalog the exact lists score (0 where the index is searched)."""
+        return 0 if self._items is None else int(self._items.shape[1])
+
+    @property
     def cached(self) -> bool:
         """Whether households' lists are kept (the table of them fits ann.MF_CACHE_MAX_ENTRIES)."""
         return self._top is not None
