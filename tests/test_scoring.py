@@ -566,6 +566,34 @@ def test_periods_hold_only_what_was_known_at_their_start(recommender, small_data
         assert context.catalog[ranking.products].all()
 
 
+@pytest.mark.faults
+def test_the_boosted_ranker_trains_on_own_products_kept_at_a_sampled_rate(ray_session, tmp_path):
+    """Old code: the booster's rows were those of log_q 0, but own products kept at
+    --own-negative-rate r < 1 carry log r: it trained on neighbours and popular products alone,
+    yet ranks mostly the household's own products."""
+    import dataclasses
+
+    from ncf.data import datasets, schema
+    from ncf.data.preprocess import preprocess, small_config
+
+    logs, catalog = datasets.write_synthetic(str(tmp_path / "raw"), datasets.SMALL)
+    config = small_config()
+    config = dataclasses.replace(config, examples=dataclasses.replace(config.examples, own_negative_rate=0.5))
+    data = str(tmp_path / "data")
+    preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), data, config)
+    cutoffs = layout.DataStats(data).cutoffs(VALIDATED)
+    _, labels = training_rows(data, cutoffs)
+    by_list = pa.concat_tables(
+        pads.dataset(layout.examples_dir(data, c), format="parquet").to_table(columns=["label", "log_q"])
+        for c in cutoffs
+    ).to_pylist()
+    own = np.float32(np.log(0.5))
+    kinds = [np.float32(q) for row in by_list for q in row["log_q"]]
+    assert kinds.count(own) > 1000 and kinds.count(np.float32(0.0)) > 0
+    expected = [y for row in by_list for y, q in zip(row["label"], row["log_q"]) if np.float32(q) in (0.0, own)]
+    assert labels.tolist() == expected
+
+
 def test_the_feature_mlp_bench_trains_on_the_boosted_rankers_rows_and_ranks_its_candidates(small_data):
     data, stats = small_data
     cutoffs = layout.DataStats(data).cutoffs(VALIDATED)

@@ -72,8 +72,8 @@ _BATCH_ROWS = 4096  # lists read at a time: a batch's flattened rows stay in the
 def training_rows(
     data: str, cutoffs: Sequence[int], max_rows: int = MAX_TRAINING_ROWS, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(features N x F, labels N) of the unsampled candidates (own, neighbour and popular
-    products: ``log_q`` 0) of the lists at ``cutoffs``, in the order read.
+    """(features N x F, labels N) of the first stage's candidates (own, neighbour and popular
+    products: :func:`_first_stage`) of the lists at ``cutoffs``, in the order read.
 
     Read a batch of lists at a time, so only the kept rows are ever held together. Where the lists
     have more than ``max_rows`` such rows, the households are taken in a ``seed``-ed random order
@@ -81,7 +81,8 @@ def training_rows(
     N <= ``max_rows``; else every row is kept, in the order :func:`training_lists` gives."""
     E.check_features_version(data)
     directories = layout.existing_examples_dirs(data, cutoffs).values()
-    per_user = _unsampled_rows_per_user(directories)
+    own_log_q = _own_log_q(data)
+    per_user = _unsampled_rows_per_user(directories, own_log_q)
     total = int(per_user.sum())
     keep = None
     if total > max_rows:
@@ -99,7 +100,7 @@ def training_rows(
     columns = [E.USER, E.FEATURES, E.LABEL, E.LOG_Q]
     where = None if keep is None else pc.field(E.USER).isin(pa.array(keep, pa.int64()))
     for batch in _batches(directories, columns, where):
-        unsampled = _flat(batch, E.LOG_Q, np.float32) == 0.0
+        unsampled = _first_stage(_flat(batch, E.LOG_Q, np.float32), own_log_q)
         n = int(unsampled.sum())
         features[filled : filled + n] = _flat(batch, E.FEATURES, np.float32).reshape(-1, NUM_FEATURES)[unsampled]
         labels[filled : filled + n] = _flat(batch, E.LABEL, np.float32)[unsampled]
@@ -116,12 +117,26 @@ def _batches(directories: Iterable[str], columns: List[str], where=None) -> Iter
         yield from dataset.to_batches(columns=columns, filter=where, batch_size=_BATCH_ROWS)
 
 
-def _unsampled_rows_per_user(directories: Iterable[str]) -> np.ndarray:
-    """The unsampled rows (``log_q`` 0) of each household's lists (U, by household index)."""
+def _own_log_q(data: str) -> np.float32:
+    """The ``log_q`` the lists of ``data`` give the household's own products: log of the share of
+    own negatives kept (``jobs.preprocess --own-negative-rate``), 0 at the default of all."""
+    return np.float32(np.log(float(layout.DataStats(data).examples.get("own_negative_rate", 1.0))))
+
+
+def _first_stage(log_q: np.ndarray, own_log_q: np.float32) -> np.ndarray:
+    """Which rows are the first stage's candidates, those the booster ranks: the own products
+    (``own_log_q``; below 0 where own negatives were sampled, which ``log_q == 0`` alone left out
+    of its training though they are most of what it ranks), the neighbours and the popular ones
+    (0), not the sampled rest."""
+    return (log_q == 0.0) | (log_q == own_log_q)
+
+
+def _unsampled_rows_per_user(directories: Iterable[str], own_log_q: np.float32) -> np.ndarray:
+    """The first stage's rows (:func:`_first_stage`) of each household's lists (U, by household index)."""
     per_user = np.zeros(0, np.int64)
     for batch in _batches(directories, [E.USER, E.LOG_Q]):
         lengths = pc.list_value_length(batch.column(E.LOG_Q)).to_numpy(zero_copy_only=False)
-        rows = np.repeat(np.arange(len(lengths)), lengths)[_flat(batch, E.LOG_Q, np.float32) == 0.0]
+        rows = np.repeat(np.arange(len(lengths)), lengths)[_first_stage(_flat(batch, E.LOG_Q, np.float32), own_log_q)]
         users = batch.column(E.USER).to_numpy(zero_copy_only=False).astype(np.int64)
         counts = np.bincount(users[rows], minlength=len(per_user))
         counts[: len(per_user)] += per_user
