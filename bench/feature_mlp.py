@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ncf.data import layout
-from ncf.evaluate.baselines.boosted import OwnNeighboursAndPopular, training_lists
+from ncf.evaluate.baselines.boosted import OwnNeighboursAndPopular, first_stage, own_log_q, training_lists
 from ncf.evaluate.evaluation import point_in_time_period
 from ncf.evaluate.protocol import full_ranking, period_start
 from ncf.rank.state import RankingState
@@ -229,7 +229,7 @@ def main(argv=None) -> List[Dict]:
     stats = layout.DataStats(args.data)
     lists = training_lists(args.data, stats.cutoffs(VALIDATED))
     if args.rows == "unsampled":
-        keep = lists["log_q"] == 0.0
+        keep = first_stage(lists["log_q"], own_log_q(args.data))  # the boosted ranker's rows
         lists = {k: v[keep] for k, v in lists.items()}
     mean, std = lists["features"].mean(0), lists["features"].std(0) + 1e-6
     rows = {k: torch.from_numpy(v) for k, v in lists.items()}

@@ -43,7 +43,7 @@ from ncf.data import layout
 from ncf.data.features import FEATURES, NUM_FEATURES
 from ncf.data.timeline import positions_in
 from ncf.data.vocab import Vocabularies
-from ncf.evaluate.baselines.boosted import LIGHTGBM, OwnNeighboursAndPopular
+from ncf.evaluate.baselines.boosted import LIGHTGBM, OwnNeighboursAndPopular, first_stage, own_log_q
 from ncf.evaluate.evaluation import evaluate, point_in_time_period
 from ncf.evaluate.protocol import period_start
 from ncf.rank.state import RankingState
@@ -181,7 +181,8 @@ def extra_names(variant: str) -> List[str]:
 
 
 def training_rows(data: str, log: RawLog, variants: List[str]) -> tuple:
-    """(features per variant, labels) of the unsampled rows of DATA's validated lists."""
+    """(features per variant, labels) of the first stage's rows of DATA's validated lists."""
+    own = own_log_q(data)
     features: Dict[str, List[np.ndarray]] = {v: [] for v in variants}
     labels = []
     columns = [E.USER, E.MOMENT, E.PRODUCT, E.FEATURES, E.LABEL, E.LOG_Q]
@@ -192,7 +193,7 @@ def training_rows(data: str, log: RawLog, variants: List[str]) -> tuple:
         def flat(name: str, dtype, table=table) -> np.ndarray:
             return pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False).astype(dtype)
 
-        unsampled = flat(E.LOG_Q, np.float32) == 0
+        unsampled = first_stage(flat(E.LOG_Q, np.float32), own)  # the boosted ranker's rows
         users = np.repeat(table.column(E.USER).to_numpy(), lengths)[unsampled]
         moments = np.repeat(table.column(E.MOMENT).to_numpy(), lengths)[unsampled]
         products = flat(E.PRODUCT, np.int64)[unsampled]

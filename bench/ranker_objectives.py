@@ -27,7 +27,7 @@ import numpy as np
 
 from ncf.data import layout
 from ncf.data.features import FEATURES
-from ncf.evaluate.baselines.boosted import LIGHTGBM, OwnNeighboursAndPopular, training_lists
+from ncf.evaluate.baselines.boosted import LIGHTGBM, OwnNeighboursAndPopular, first_stage, own_log_q, training_lists
 from ncf.evaluate.evaluation import point_in_time_period
 from ncf.evaluate.protocol import full_ranking, period_start
 from ncf.rank.state import RankingState
@@ -74,7 +74,7 @@ def main(argv=None) -> List[Dict]:
 
     stats = layout.DataStats(args.data)
     lists = training_lists(args.data, stats.cutoffs(VALIDATED))
-    unsampled = lists["log_q"] == 0.0
+    unsampled = first_stage(lists["log_q"], own_log_q(args.data))  # the boosted ranker's rows
     features, labels = lists["features"][unsampled], lists["label"][unsampled]
     groups = query_sizes(lists["list"][unsampled])
     print(f"[ranker_objectives] {len(labels):,} rows in {len(groups):,} lists", flush=True)

@@ -533,6 +533,7 @@ def read_cache(path):
         ("rules_objective", original.replace('"ndcg@10"', '"recall@10"')),  # a constant a helper uses
         ("rules_helper", original.replace("return trial[OBJECTIVE]", "return -trial[OBJECTIVE]")),
         ("rules_tie", original.replace("max(trials, key=_score)", "max(reversed(trials), key=_score)")),
+        ("rules_rebound", original + 'OBJECTIVE, _ = "recall@10", None\n'),  # no definition, but it runs
     ):
         assert rules(name, changed) != before, name
     assert baselines_module.code_digest(OwnFrequencyRanker) != before

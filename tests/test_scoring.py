@@ -582,7 +582,7 @@ def test_the_boosted_ranker_trains_on_own_products_kept_at_a_sampled_rate(ray_se
     data = str(tmp_path / "data")
     preprocess(schema.resolve_files(logs), schema.resolve_files(catalog), data, config)
     cutoffs = layout.DataStats(data).cutoffs(VALIDATED)
-    _, labels = training_rows(data, cutoffs)
+    _, labels, log_q = training_rows(data, cutoffs)
     by_list = pa.concat_tables(
         pads.dataset(layout.examples_dir(data, c), format="parquet").to_table(columns=["label", "log_q"])
         for c in cutoffs
@@ -592,13 +592,24 @@ def test_the_boosted_ranker_trains_on_own_products_kept_at_a_sampled_rate(ray_se
     assert kinds.count(own) > 1000 and kinds.count(np.float32(0.0)) > 0
     expected = [y for row in by_list for y, q in zip(row["label"], row["log_q"]) if np.float32(q) in (0.0, own)]
     assert labels.tolist() == expected
+    # Each row's log_q comes with it: the booster's offset takes the own negatives' rate back out.
+    assert sorted(set(log_q.tolist())) == [float(own), 0.0] and (log_q == own).sum() == kinds.count(own)
+    from ncf.evaluate.baselines import BoostedRanker
+
+    start = period_start(TEST, layout.DataStats(data).boundaries)
+    state = RankingState.load(data).as_of(start)
+    context = PointInTime.build(state.states, state.vocabs, start, data)
+    booster = BoostedRanker(context, num_leaves=7, rounds=20)  # trained with the offset
+    household = int(context.households()[0])
+    assert len(set(booster.rank(household, start, 10).tolist())) == 10
 
 
 def test_the_feature_mlp_bench_trains_on_the_boosted_rankers_rows_and_ranks_its_candidates(small_data):
     data, stats = small_data
     cutoffs = layout.DataStats(data).cutoffs(VALIDATED)
     lists = training_lists(data, cutoffs)
-    features, labels = training_rows(data, cutoffs)
+    features, labels, log_q = training_rows(data, cutoffs)
+    assert not log_q.any()  # every own product kept (the default): no offset
     # The unsampled rows, read list by list on their own: the same labels, in the same order.
     by_list = pa.concat_tables(
         pads.dataset(layout.examples_dir(data, c), format="parquet").to_table(columns=["label", "log_q"])
@@ -658,7 +669,7 @@ def test_the_boosted_rankers_rows_past_their_cap_are_whole_households_of_a_seede
     lists = training_lists(data, cutoffs)
     unsampled = lists["log_q"] == 0.0
     cap = int(unsampled.sum()) // 3
-    features, labels = training_rows(data, cutoffs, max_rows=cap, seed=1)
+    features, labels, _ = training_rows(data, cutoffs, max_rows=cap, seed=1)
     assert 0 < len(labels) <= cap and "boosted ranker: training on" in capfd.readouterr().err
     # Every row is one of the chosen households' unsampled rows, each of their lists whole, in order.
     rows = {tuple(f) for f in features}

@@ -177,7 +177,8 @@ def failed_row(name: str, stage: str, error: Exception) -> Dict:
     """The row of a baseline that raised (its traceback goes to the log): the other rows are
     still computed and printed, and ``jobs.evaluate`` then exits 1 naming it."""
     log(f"{name} failed in its {stage}:\n" + "".join(traceback.format_exception(error)).rstrip())
-    return {"model": name, "failed": f"{stage}: {type(error).__name__}: {error}"}
+    # One line: jobs.evaluate's exit line names it, and errors are one line on stderr.
+    return {"model": name, "failed": " ".join(f"{stage}: {type(error).__name__}: {error}".split())}
 
 
 def evaluate_baselines(

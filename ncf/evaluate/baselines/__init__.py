@@ -94,8 +94,9 @@ def code_digest(build: Callable, rules: tuple = ()) -> str:
     versions of :data:`TUNED_WITH`, as joblib's cache keys its functions by their code.
 
     The code is its syntax tree without docstrings, comments or line numbers: an edit of words,
-    or of the tuning module's cache reading beside ``tune``, keeps every baseline's tuning (days
-    of search at 10M households); any change to what runs searches again.
+    or of a function of the tuning module that ``tune`` does not reach (the cache's reading),
+    keeps every baseline's tuning (days of search at 10M households); any change to what runs
+    searches again, and so does another Python (its trees differ).
 
     Example::
 
@@ -107,7 +108,10 @@ def code_digest(build: Callable, rules: tuple = ()) -> str:
     modules = _modules_reached([inspect.getmodule(build), base, protocol, metrics])
     code = [_code(_syntax(modules[name]).body) for name in sorted(modules)]
     code += [_code(_used_by(rule)) for rule in rules]
-    versions = [f"{name} {_version(name)}" for name in TUNED_WITH]
+    # The syntax trees' dump differs between Python versions (3.12 adds fields): an upgrade searches again, named here.
+    versions = [f"{name} {_version(name)}" for name in TUNED_WITH] + [
+        f"python {sys.version_info[0]}.{sys.version_info[1]}"
+    ]
     return hashlib.sha256("\0".join(code + versions).encode()).hexdigest()[:12]
 
 
@@ -125,25 +129,27 @@ def _docstring(node) -> bool:
     return isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
 
 
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
 def _used_by(function: Callable) -> list:
-    """The top-level statements of ``function``'s module that define it and every name it uses
-    there, through theirs (its helpers and constants), in the module's order."""
+    """The top-level statements of ``function``'s module that it may run: every one that is not
+    a function or class definition (imports, constants, their updates), and the definitions of
+    ``function`` and of every name they use there, through theirs (its helpers), in the
+    module's order."""
     tree = _syntax(inspect.getmodule(function))
-    defines = {name: node for node in tree.body for name in _defined(node)}
-    used, todo = {}, [function.__name__]
+    defines: Dict[str, list] = {}
+    for node in tree.body:
+        if isinstance(node, _DEFINITIONS):
+            defines.setdefault(node.name, []).append(node)
+    used = {id(node): node for node in tree.body if not isinstance(node, _DEFINITIONS)}
+    todo = [function.__name__] + [n.id for node in used.values() for n in ast.walk(node) if isinstance(n, ast.Name)]
     while todo:
-        node = defines.get(todo.pop())
-        if node is not None and id(node) not in used:
-            used[id(node)] = node
-            todo.extend(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
+        for node in defines.get(todo.pop(), []):
+            if id(node) not in used:
+                used[id(node)] = node
+                todo.extend(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
     return [node for node in tree.body if id(node) in used]
-
-
-def _defined(node) -> list:
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return [node.name]
-    targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-    return [t.id for t in targets if isinstance(t, ast.Name)]
 
 
 def _code(statements: list) -> str:

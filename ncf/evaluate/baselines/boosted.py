@@ -45,7 +45,8 @@ LIGHTGBM = {
 
 def training_lists(data: str, cutoffs: Sequence[int]) -> Dict[str, np.ndarray]:
     """Every candidate of the lists at ``cutoffs``, one row each: ``features`` (N x F),
-    ``label``, ``log_q`` (0 for the own, neighbour and popular products), ``user``, ``product``
+    ``label``, ``log_q`` (0 for the neighbour and popular products and, at the default own negative rate of
+    1, the own ones), ``user``, ``product``
     and ``list`` (the row's list, numbered in the order read: a ranking objective's query groups).
     Refuses lists of another features version (:func:`ncf.data.examples.check_features_version`)."""
     E.check_features_version(data)
@@ -71,9 +72,10 @@ _BATCH_ROWS = 4096  # lists read at a time: a batch's flattened rows stay in the
 
 def training_rows(
     data: str, cutoffs: Sequence[int], max_rows: int = MAX_TRAINING_ROWS, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """(features N x F, labels N) of the first stage's candidates (own, neighbour and popular
-    products: :func:`_first_stage`) of the lists at ``cutoffs``, in the order read.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features N x F, labels N, log_q N) of the first stage's candidates (own, neighbour and
+    popular products: :func:`first_stage`) of the lists at ``cutoffs``, in the order read.
+    ``log_q`` is 0 but for own products kept at a rate (``--own-negative-rate``).
 
     Read a batch of lists at a time, so only the kept rows are ever held together. Where the lists
     have more than ``max_rows`` such rows, the households are taken in a ``seed``-ed random order
@@ -81,8 +83,8 @@ def training_rows(
     N <= ``max_rows``; else every row is kept, in the order :func:`training_lists` gives."""
     E.check_features_version(data)
     directories = layout.existing_examples_dirs(data, cutoffs).values()
-    own_log_q = _own_log_q(data)
-    per_user = _unsampled_rows_per_user(directories, own_log_q)
+    own = own_log_q(data)
+    per_user = _unsampled_rows_per_user(directories, own)
     total = int(per_user.sum())
     keep = None
     if total > max_rows:
@@ -96,18 +98,21 @@ def training_rows(
         )
     features = np.empty((total, NUM_FEATURES), np.float32)
     labels = np.empty(total, np.float32)
+    log_q = np.empty(total, np.float32)
     filled = 0
     columns = [E.USER, E.FEATURES, E.LABEL, E.LOG_Q]
     where = None if keep is None else pc.field(E.USER).isin(pa.array(keep, pa.int64()))
     for batch in _batches(directories, columns, where):
-        unsampled = _first_stage(_flat(batch, E.LOG_Q, np.float32), own_log_q)
+        batch_log_q = _flat(batch, E.LOG_Q, np.float32)
+        unsampled = first_stage(batch_log_q, own)
         n = int(unsampled.sum())
         features[filled : filled + n] = _flat(batch, E.FEATURES, np.float32).reshape(-1, NUM_FEATURES)[unsampled]
         labels[filled : filled + n] = _flat(batch, E.LABEL, np.float32)[unsampled]
+        log_q[filled : filled + n] = batch_log_q[unsampled]
         filled += n
     if filled != total:
         raise RuntimeError(f"{data}'s training lists changed while read ({filled:,} rows, counted {total:,})")
-    return features, labels
+    return features, labels, log_q
 
 
 def _batches(directories: Iterable[str], columns: List[str], where=None) -> Iterator[pa.RecordBatch]:
@@ -117,13 +122,13 @@ def _batches(directories: Iterable[str], columns: List[str], where=None) -> Iter
         yield from dataset.to_batches(columns=columns, filter=where, batch_size=_BATCH_ROWS)
 
 
-def _own_log_q(data: str) -> np.float32:
+def own_log_q(data: str) -> np.float32:
     """The ``log_q`` the lists of ``data`` give the household's own products: log of the share of
     own negatives kept (``jobs.preprocess --own-negative-rate``), 0 at the default of all."""
     return np.float32(np.log(float(layout.DataStats(data).examples.get("own_negative_rate", 1.0))))
 
 
-def _first_stage(log_q: np.ndarray, own_log_q: np.float32) -> np.ndarray:
+def first_stage(log_q: np.ndarray, own_log_q: np.float32) -> np.ndarray:
     """Which rows are the first stage's candidates, those the booster ranks: the own products
     (``own_log_q``; below 0 where own negatives were sampled, which ``log_q == 0`` alone left out
     of its training though they are most of what it ranks), the neighbours and the popular ones
@@ -132,11 +137,11 @@ def _first_stage(log_q: np.ndarray, own_log_q: np.float32) -> np.ndarray:
 
 
 def _unsampled_rows_per_user(directories: Iterable[str], own_log_q: np.float32) -> np.ndarray:
-    """The first stage's rows (:func:`_first_stage`) of each household's lists (U, by household index)."""
+    """The first stage's rows (:func:`first_stage`) of each household's lists (U, by household index)."""
     per_user = np.zeros(0, np.int64)
     for batch in _batches(directories, [E.USER, E.LOG_Q]):
         lengths = pc.list_value_length(batch.column(E.LOG_Q)).to_numpy(zero_copy_only=False)
-        rows = np.repeat(np.arange(len(lengths)), lengths)[_first_stage(_flat(batch, E.LOG_Q, np.float32), own_log_q)]
+        rows = np.repeat(np.arange(len(lengths)), lengths)[first_stage(_flat(batch, E.LOG_Q, np.float32), own_log_q)]
         users = batch.column(E.USER).to_numpy(zero_copy_only=False).astype(np.int64)
         counts = np.bincount(users[rows], minlength=len(per_user))
         counts[: len(per_user)] += per_user
@@ -152,7 +157,7 @@ def _flat(lists, name: str, dtype) -> np.ndarray:
 class OwnNeighboursAndPopular:
     """Ranks a household's own products, the products nearest to them by co-purchase (none it
     bought) and the popular ones (the first stage of the boosted ranker, the training lists'
-    unsampled candidates) by :meth:`score` of their :func:`ncf.data.features.candidate_features`,
+    :func:`first_stage` candidates) by :meth:`score` of their :func:`ncf.data.features.candidate_features`,
     the model's feature function. Subclasses say how to score."""
 
     def __init__(self, context: PointInTime) -> None:
@@ -197,8 +202,12 @@ class BoostedRanker(OwnNeighboursAndPopular):
         if context.data is None:
             raise ValueError("the boosted ranker trains on DATA's lists: build its PointInTime with data=DATA")
         self.params: Dict = {"num_leaves": num_leaves, "rounds": rounds, "seed": seed}
-        x, y = training_rows(context.data, layout.DataStats(context.data).cutoffs(VALIDATED), seed=seed)
-        train = lgb.Dataset(x, y, feature_name=list(FEATURES), free_raw_data=True)
+        x, y, log_q = training_rows(context.data, layout.DataStats(context.data).cutoffs(VALIDATED), seed=seed)
+        # Own negatives kept at a rate r (their log_q is log r) inflate own products' odds by 1/r
+        # against the neighbours and popular ones ranked beside them: an offset of -log_q in
+        # training takes it back out, and ranking reads the booster's own score alone.
+        offset = -log_q if log_q.any() else None
+        train = lgb.Dataset(x, y, init_score=offset, feature_name=list(FEATURES), free_raw_data=True)
         self.booster = lgb.train({**LIGHTGBM, "num_leaves": num_leaves, "seed": seed}, train, num_boost_round=rounds)
         super().__init__(context)
 
