@@ -370,18 +370,23 @@ def check_model(ref: str, option: str = "--model", verify: bool = True) -> str:
     """The model directory ``ref`` names (a path, or ``current`` / ``models:/...`` through the
     registry), checked: it exists, holds a config.json this code reads and, with ``verify``,
     matches its checksum manifest and agrees with itself (:func:`ncf.model.integrity.verify_model_dir`;
-    ``verify=False`` for the jobs whose library call verifies it anyway)."""
-    from ncf.model.directory import read_config
+    ``verify=False`` for the jobs whose library call verifies it anyway).
+
+    Returns it resolved (a blue/green link's target, as :func:`ncf.batch.scoring.resolved`): the
+    directory checked, which a training repointing the link meanwhile does not change."""
+    from ncf.model.directory import ModelDir
     from ncf.model.integrity import verify_model_dir
     from ncf.registry import is_registry_ref, resolve_model
 
     path = resolve_model(ref)
     if not is_registry_ref(ref):
         require_dir(path, MODEL_DIR, option, TRAIN_FIRST)
-    read_config(path)  # no config.json, or another format: names the path and jobs.train
+    # No config.json, or another format: names the path and jobs.train; read from the target, once.
+    checked = ModelDir(path).path
     if verify:
-        verify_model_dir(path)  # a damaged or half-copied directory would rank wrongly, silently
-    return path
+        # A damaged or half-copied directory would rank wrongly, silently; the one verified is returned.
+        checked = verify_model_dir(path)
+    return checked
 
 
 def model_overrides(text: str, option: str = "--model-config") -> dict:

@@ -33,9 +33,10 @@ DAY = 86_400
 END = 1_511_740_800
 
 
-def tiny_data(root: str, users: int = 6, products: int = 9) -> str:
-    """A DATA directory with only what a model directory copies: stats.json, the state."""
-    rng = np.random.default_rng(0)
+def tiny_data(root: str, users: int = 6, products: int = 9, seed: int = 0) -> str:
+    """A DATA directory with only what a model directory copies: stats.json, the state.
+    ``seed``: other purchases (and a stats.json of its own, as another preprocess run writes)."""
+    rng = np.random.default_rng(seed)
     vocabs = Vocabularies(
         Vocabulary.from_ids([str(100 + u) for u in range(users)], kind="int"),
         Vocabulary.from_ids(
@@ -67,6 +68,7 @@ def tiny_data(root: str, users: int = 6, products: int = 9) -> str:
                 "end": END,
             },
             "features_version": FEATURES_VERSION,
+            **({"seed": seed} if seed else {}),
         },
     )
     return data
@@ -645,3 +647,194 @@ def test_a_checkpoint_cut_short_is_refused_in_one_line_before_ray_train_loads_it
     ) as e:
         check_readable(str(directory))
     assert "\n" not in str(e.value)
+
+
+# -- one directory per read: DATA and model directories replaced (or repointed) mid-read --------
+
+
+def _swap_after_first_copy(monkeypatch, swap) -> list:
+    """Runs ``swap`` once the save has copied the first part of the state (vocab/); returns the
+    sources copied."""
+    from ncf.model import directory
+
+    copied, copytree = [], shutil.copytree
+
+    def copy_then_swap(source, destination, *args, **kwargs):
+        result = copytree(source, destination, *args, **kwargs)
+        copied.append(source)
+        if len(copied) == 1:
+            swap()
+        return result
+
+    monkeypatch.setattr(directory.shutil, "copytree", copy_then_swap)
+    return copied
+
+
+@pytest.mark.faults
+def test_a_save_copies_the_state_of_the_data_its_link_pointed_at_when_repointed_mid_copy(tmp_path, monkeypatch):
+    """Old code: copy_state read vocab/, user_state/ and product_stats/ through the DATA link
+    one after the other; a blue/green preprocess repointing it in between gave the model the old
+    vocabularies and the new purchases, and verification passed (same sizes)."""
+    from ncf.model.integrity import files_digest, sha256_of
+    from ncf.staging import repoint
+
+    old, new = tiny_data(str(tmp_path / "old")), tiny_data(str(tmp_path / "new"), seed=1)
+    link = str(tmp_path / "DATA")
+    os.symlink(old, link)
+    copied = _swap_after_first_copy(monkeypatch, lambda: repoint(link, new))
+    model = save_untrained_model_dir(str(tmp_path / "model"), link, version="v1", **SMALL)
+    assert len(copied) == 3 and os.path.realpath(link) == new  # repointed mid-copy
+    state = os.path.join(model, "state")
+    assert files_digest(layout.user_state_dir(state)) == files_digest(layout.user_state_dir(old))
+    assert files_digest(layout.user_state_dir(old)) != files_digest(layout.user_state_dir(new))
+    assert _config(model)["data"]["stats_sha256"] == sha256_of(layout.stats_path(old))
+    verify_model_dir(model)
+
+
+@pytest.mark.faults
+def test_a_save_is_refused_when_a_plain_data_directory_is_swapped_mid_copy(tmp_path, monkeypatch):
+    """Old code: a plain DATA swapped in place (the old directory renamed away) between two parts
+    of the copy left a model of one run's vocabularies and another's purchases. Resolving cannot
+    pin a plain directory, so the save is refused (TryLater) and the previous model kept."""
+    from ncf.errors import TryLater
+
+    data = tiny_data(str(tmp_path / "a"))
+    model = save_untrained_model_dir(str(tmp_path / "model"), data, version="v1", **SMALL)
+    new = tiny_data(str(tmp_path / "b"), seed=1)
+
+    def preprocess_swaps_it_in():
+        os.rename(data, data + "-parked")
+        os.rename(new, data)
+
+    _swap_after_first_copy(monkeypatch, preprocess_swaps_it_in)
+    with pytest.raises(TryLater, match=f"^{data}: jobs.preprocess replaced it while") as error:
+        save_untrained_model_dir(model, data, version="v2", **SMALL)
+    assert "\n" not in str(error.value)
+    assert _config(model)["version"] == "v1"
+    verify_model_dir(model)
+
+
+def _nan_weights_copy(model: str, destination: str) -> str:
+    """A copy of ``model`` whose weights hold NaN, sealed again: only the weights' check refuses it."""
+    shutil.copytree(model, destination)
+    weights = torch.load(os.path.join(destination, WEIGHTS), weights_only=True)
+    torch.save(
+        {**weights, _a_float(weights): torch.full_like(weights[_a_float(weights)], float("nan"))},
+        os.path.join(destination, WEIGHTS),
+    )
+    write_manifest(destination, unsealed=[METRICS])
+    return destination
+
+
+@pytest.mark.faults
+def test_verifying_a_link_checks_the_directory_it_pointed_at_when_repointed_mid_check(model, tmp_path, monkeypatch):
+    """Old code: verify_model_dir(link) went through the link for each step, so a link repointed
+    after the manifest's check had the weights, state and index of another directory checked (or
+    none checked at all); check_model then returned the link, for the caller to load whatever it
+    pointed at by then."""
+    from jobs.cli import check_model
+    from ncf.model import integrity
+    from ncf.staging import repoint
+
+    damaged = _nan_weights_copy(model, str(tmp_path / "damaged"))
+    link = str(tmp_path / "MODEL")
+    os.symlink(model, link)
+    check_manifest = integrity.check_manifest
+
+    def check_then_repoint(*args, **kwargs):
+        manifest = check_manifest(*args, **kwargs)
+        repoint(link, damaged if os.path.realpath(link) == model else model)
+        return manifest
+
+    monkeypatch.setattr(integrity, "check_manifest", check_then_repoint)
+    assert verify_model_dir(link) == os.path.realpath(model)  # all of it from the model it pointed at
+    with pytest.raises(ModelIntegrityError, match=f"^{link}: model.pt holds NaN"):
+        check_model(link)  # the damaged one, checked whole though the link went back to the model
+    assert check_model(link) == os.path.realpath(model)  # what it verified, not the link's target now
+    assert os.path.realpath(link) == os.path.realpath(damaged)
+
+
+@pytest.mark.faults
+def test_a_damaged_metrics_file_is_refused_in_one_line_naming_it(model):
+    """Old code: metrics.json, outside the checksums, passed verification cut short; then
+    read_metrics (the registry's register, update_metrics) raised a bare JSONDecodeError."""
+    from ncf.model.directory import read_metrics
+
+    for content, message in (("{", "unreadable metrics.json .JSONDecodeError"), ("[]", "metrics.json holds list")):
+        with open(os.path.join(model, METRICS), "w") as f:
+            f.write(content)
+        for read in (lambda: verify_model_dir(model), lambda: read_metrics(model), lambda: update_metrics(model, {})):
+            with pytest.raises(InputError, match=f"^{model}: {message}") as error:
+                read()
+            assert "\n" not in str(error.value)
+    with pytest.raises(ModelIntegrityError):
+        verify_model_dir(model)
+    os.remove(os.path.join(model, METRICS))  # none at all: an empty record, as before
+    assert read_metrics(model) == {}
+    verify_model_dir(model)
+
+
+@pytest.mark.faults
+def test_a_folder_added_to_a_model_directory_is_refused_in_one_line(model):
+    """Old code: the manifest lists files only, so an empty folder added passed check_manifest;
+    one in state/vocab/ then failed the vocabulary's digest with an IsADirectoryError traceback
+    (a folder holding a file, sealed again, too)."""
+    from ncf.model.integrity import files_digest
+
+    for folder in ("extra", "state/vocab/extra"):
+        os.makedirs(os.path.join(model, folder))
+        with pytest.raises(ModelIntegrityError, match=rf"folder\(s\) holding no file of the manifest: \['{folder}'\]"):
+            verify_model_dir(model)
+        os.rmdir(os.path.join(model, folder))
+    vocab = os.path.join(model, "state", "vocab")
+    os.makedirs(os.path.join(vocab, "extra"))
+    with pytest.raises(ModelIntegrityError, match="extra is not a file"):
+        files_digest(vocab)
+    with open(os.path.join(vocab, "extra", "notes.txt"), "w") as f:
+        f.write("x")
+    write_manifest(model, unsealed=[METRICS])  # sealed with it: the manifest passes
+    with pytest.raises(ModelIntegrityError, match="extra is not a file"):
+        verify_model_dir(model)
+
+
+@pytest.mark.faults
+def test_a_killed_reseal_leaves_a_temporary_that_is_neither_damage_nor_sealed(model):
+    """Old code: the temporary of a `jobs.verify --seal` killed before its rename made an intact
+    directory fail as "file(s) not in the manifest" (read as tampering), and sealing again
+    sealed it in."""
+    leftover = temporary_name(os.path.join(model, MANIFEST))
+    with open(leftover, "w") as f:
+        f.write("{")
+    verify_model_dir(model)
+    manifest = write_manifest(model, unsealed=[METRICS])
+    assert os.path.basename(leftover) not in manifest["files"] and WEIGHTS in manifest["files"]
+    os.remove(leftover)
+    verify_model_dir(model)
+
+
+@pytest.mark.faults
+def test_a_model_dir_handle_never_mixes_two_targets_of_a_link(model, data, tmp_path, monkeypatch):
+    """Old code: when reading the link's target failed, ModelDir read config.json again through
+    the link and resolved it after: a link repointed in between gave one model's config and
+    another's path (weights, vocabularies, index)."""
+    from ncf.model import directory
+    from ncf.staging import repoint
+
+    other = save_untrained_model_dir(str(tmp_path / "other"), data, version="v2", **SMALL)
+    link = str(tmp_path / "MODEL")
+    os.symlink(str(tmp_path / ".model-unset"), link)
+    targets, read_config = iter([model, other, other]), directory.read_config
+
+    def read_then_repoint(*args, **kwargs):
+        try:
+            return read_config(*args, **kwargs)
+        finally:
+            repoint(link, next(targets))  # a training repoints the link after each read
+
+    monkeypatch.setattr(directory, "read_config", read_then_repoint)
+    try:
+        handle = directory.ModelDir(link)
+    except InputError as e:
+        assert str(e).startswith(f"{link}: not a model directory")
+    else:
+        assert handle.version == read_config(handle.path)["version"]

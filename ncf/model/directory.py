@@ -33,7 +33,8 @@ import dataclasses
 import os
 import shutil
 import time
-from typing import Dict, Optional
+from contextlib import contextmanager
+from typing import Dict, Iterator, NoReturn, Optional, Tuple
 
 import torch
 
@@ -42,7 +43,7 @@ from ncf.data import layout
 from ncf.data.examples import listed_rows
 from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
-from ncf.errors import InputError
+from ncf.errors import InputError, TryLater
 from ncf.jsonio import write_json
 from ncf.model.advanced_ncf import AdvancedNCF, model_from_weights
 from ncf.model.ann import BUILD_DEPTH, MF_CANDIDATES, ProductIndex, has_mf, index_path, load_if_present, needed
@@ -71,9 +72,43 @@ SAVE_WAIT_S = 120.0
 
 
 def copy_state(data: str, destination: str) -> None:
-    """Copies DATA's state (vocabularies, purchases, product stats) into ``destination``."""
+    """Copies DATA's state (vocabularies, purchases, product stats) into ``destination``. Give it
+    a resolved ``data`` (:func:`os.path.realpath`): each part is read through the path anew."""
     for part in STATE_PARTS:
         shutil.copytree(part(data), part(destination))
+
+
+def _data_identity(source: str) -> Optional[Tuple[str, str]]:
+    """stats.json's sha256 and the vocabularies' digest (None where they no longer read): every
+    jobs.preprocess run writes a new stats.json (its run time), so another run's DATA differs."""
+    try:
+        return sha256_of(layout.stats_path(source)), vocab_digest(source)
+    except OSError:
+        return None
+
+
+@contextmanager
+def _one_preprocess_run(data: str, source: str) -> Iterator[None]:
+    """Refuses (TryLater) what the block read from ``source`` (DATA resolved) when a preprocess
+    replaced it meanwhile. A blue/green link's old target stays in place, so resolving pins it;
+    a plain DATA directory is swapped at its path and the old one deleted, so parts of two runs
+    (the old vocabularies, the new purchases) could be copied, and every later check passes."""
+    before = _data_identity(source)
+    try:
+        yield
+    except OSError:  # the old directory deleted under the copy
+        if _data_identity(source) == before:
+            raise
+        _refuse_replaced(data)
+    if _data_identity(source) != before:
+        _refuse_replaced(data)
+
+
+def _refuse_replaced(data: str) -> NoReturn:
+    raise TryLater(
+        f"{data}: jobs.preprocess replaced it while the model directory copied its state; nothing saved: "
+        "run again when that run has finished (a DATA symlink, blue/green, is read from one run throughout)"
+    ) from None
 
 
 # An index is saved for a model whose households are within this factor of needing one: a DATA
@@ -132,20 +167,26 @@ def save_model_dir(
     with the unknown row (:attr:`ModelDir.trained_rows`). ``trained_rows``: the (users, products)
     masks of the rows a run trained, when it did not read all its lists (capped epochs).
     """
-    stats = layout.DataStats(data)
+    layout.DataStats(data)  # not preprocessed: refused before the lock, naming the path given
     version = version or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    # Every part of the state, the stats and the lists from one directory, resolved once
+    # (_one_preprocess_run): a link repointed meanwhile must not mix two preprocess runs.
+    source = os.path.realpath(data)
     with replacing(output, CONFIG, "model directory", [data], overwrite, wait_s=SAVE_WAIT_S, version=version) as tmp:
         torch.save(weights, os.path.join(tmp, WEIGHTS))
-        copy_state(data, os.path.join(tmp, STATE))
-        copied_vocab = vocab_digest(os.path.join(tmp, STATE))  # what was copied, not what DATA holds now
-        if vocab_sha256 is not None and copied_vocab != vocab_sha256:
-            raise InputError(
-                f"{data}: its vocabularies changed while the model trained (jobs.preprocess into the "
-                "same --output?); the weights' rows index the old ones: train again on the new DATA"
-            )
+        with _one_preprocess_run(data, source):
+            stats = layout.DataStats(source)
+            copy_state(source, os.path.join(tmp, STATE))
+            copied_vocab = vocab_digest(os.path.join(tmp, STATE))  # what was copied, not what DATA holds now
+            if vocab_sha256 is not None and copied_vocab != vocab_sha256:
+                raise InputError(
+                    f"{data}: its vocabularies changed while the model trained (jobs.preprocess into the "
+                    "same --output?); the weights' rows index the old ones: train again on the new DATA"
+                )
+            listed = _listed_rows(source, stats, run, model_config) if trained_rows is None else trained_rows
+            stats_sha256 = sha256_of(layout.stats_path(source))
         if saves_index(weights, model_config, ranking):
             _save_index(weights, model_config.num_products, tmp, index_depth)
-        listed = _listed_rows(data, stats, run, model_config) if trained_rows is None else trained_rows
         if listed is not None:
             save_trained_rows(tmp, listed)
         write_json(
@@ -161,7 +202,7 @@ def save_model_dir(
                     "boundaries": stats.boundaries,
                     "vocab_sha256": copied_vocab,
                     # The registry's lineage, as trained: DATA may be refreshed before it registers.
-                    "stats_sha256": sha256_of(layout.stats_path(data)),
+                    "stats_sha256": stats_sha256,
                 },
                 "code": code_version(),
                 "trained_through": int(trained_through),
@@ -234,12 +275,10 @@ class ModelDir:
     def __init__(self, path: str) -> None:
         # The link's target, once: a training repointing a blue/green link meanwhile must not
         # mix this config with the next model's weights, vocabularies or index.
+        # Errors name the path given, not a link's target (a placeholder before any training); a
+        # second read through the link could succeed on the next model and mix the two.
         self.path = os.path.realpath(path)
-        try:
-            self.config = read_config(self.path)
-        except InputError:  # said with the path given, not a link's target (a placeholder before any training)
-            self.config = read_config(path)
-            self.path = os.path.realpath(path)
+        self.config = read_config(self.path, named=path)
 
     @property
     def version(self) -> str:

@@ -46,29 +46,31 @@ def read_trained_rows(directory: str) -> Optional[Tuple[np.ndarray, np.ndarray]]
     return users, products
 
 
-def read_config(model_dir: str) -> Dict:
-    """``config.json``, checked: a clear error for a path that is not a model directory."""
-    path = os.path.join(model_dir, CONFIG)
+def read_config(model_dir: str, named: Optional[str] = None) -> Dict:
+    """``config.json``, checked: a clear error for a path that is not a model directory.
+    ``named``: the path errors name, where ``model_dir`` is what it resolved to (a blue/green
+    link's target, read once: a second read through the link could find the next model)."""
+    path, named = os.path.join(model_dir, CONFIG), named or model_dir
     if not (present(model_dir) and os.path.exists(path)):
-        raise InputError(f"{model_dir}: not a model directory (no {CONFIG}); run python -m jobs.train first")
+        raise InputError(f"{named}: not a model directory (no {CONFIG}); run python -m jobs.train first")
     try:
         config = read_json(path)
     except (OSError, ValueError) as e:  # empty, truncated, not JSON, unreadable
-        raise InputError(f"{model_dir}: unreadable {CONFIG} ({type(e).__name__}: {e})") from None
+        raise InputError(f"{named}: unreadable {CONFIG} ({type(e).__name__}: {_one_line(e)})") from None
     if not isinstance(config, dict):
-        raise InputError(f"{model_dir}: {CONFIG} holds {type(config).__name__}, not an object")
+        raise InputError(f"{named}: {CONFIG} holds {type(config).__name__}, not an object")
     if config.get("format_version") != FORMAT_VERSION:
         raise InputError(
-            f"{model_dir}: model directory format {config.get('format_version')}, this code reads "
+            f"{named}: model directory format {config.get('format_version')}, this code reads "
             f"{FORMAT_VERSION}: retrain it with python -m jobs.train"
         )
     trained_on = config.get("features_version", FEATURES_OF_FORMAT_4)
     if trained_on != FEATURES_VERSION:  # weights learnt on other numbers for the same feature names
         raise InputError(
-            f"{model_dir}: trained on features version {trained_on}, this code computes version "
+            f"{named}: trained on features version {trained_on}, this code computes version "
             f"{FEATURES_VERSION}: retrain it with python -m jobs.train"
         )
-    _check_fields(model_dir, config)
+    _check_fields(named, config)
     return config
 
 
@@ -96,7 +98,23 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def read_metrics(model_dir: str) -> Dict:
-    """``metrics.json``: training metrics, the per-epoch ``history``, held-out figures."""
-    path = os.path.join(model_dir, METRICS)
-    return read_json(path) if os.path.exists(path) else {}
+def read_metrics(model_dir: str, named: Optional[str] = None) -> Dict:
+    """``metrics.json``: training metrics, the per-epoch ``history``, held-out figures ({} where
+    there is none). Raises InputError naming the file (in ``named``, default ``model_dir``) when
+    it does not read as a JSON object: it is outside the checksums (rewritten after saving), so
+    its damage is met here, not by the manifest."""
+    path, named = os.path.join(model_dir, METRICS), named or model_dir
+    if not os.path.exists(path):
+        return {}
+    try:
+        metrics = read_json(path)
+    except (OSError, ValueError) as e:  # cut short, not JSON, not UTF-8, unreadable
+        raise InputError(f"{named}: unreadable {METRICS} ({type(e).__name__}: {_one_line(e)}); restore it") from None
+    if not isinstance(metrics, dict):
+        raise InputError(f"{named}: {METRICS} holds {type(metrics).__name__}, not an object; restore it")
+    return metrics
+
+
+def _one_line(error: BaseException) -> str:
+    """An error's text on one line (a decoder's message may quote a newline)."""
+    return " ".join(str(error).split())[:300]

@@ -13,8 +13,9 @@ saving and that ranking never reads (``metrics.json``: held-out figures added la
 :func:`verify_model_dir` raises :class:`ModelIntegrityError` (one line naming the directory and
 what is wrong) unless:
 
-* every sealed file is there with its size and sha256, and no other file is (a truncated or
-  replaced ``model.pt``, a vocabulary copied from another run);
+* every sealed file is there with its size and sha256, and no other file or folder is (a
+  truncated or replaced ``model.pt``, a vocabulary copied from another run; the temporary a
+  killed rewrite of ``manifest.json`` or ``metrics.json`` left is no damage);
 * ``config.json`` is a model config this code builds;
 * the weights load with ``torch.load(weights_only=True)`` and have exactly the model's parameter
   names and shapes (checked against the model built on the meta device: no memory);
@@ -24,6 +25,9 @@ what is wrong) unless:
   load and agree with them;
 * the MF index, where there is one, loads, holds a vector of the MF width per product row, and
   holds this model's MF vectors (compared on a seeded sample of rows).
+* ``metrics.json`` (unsealed) reads as a JSON object.
+
+A symlinked directory (blue/green) is resolved once and every check reads that target.
 
 :func:`verify_data_state` checks a DATA directory's state the same way (it loads, its parts
 agree), short of the comparison with a model: a DATA directory may be newer than the model.
@@ -41,7 +45,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Dict, Iterable, List, Optional
+import posixpath
+import stat
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
@@ -55,7 +61,16 @@ from ncf.jsonio import is_temporary_of, read_json, write_json
 from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
-from ncf.model.files import CONFIG, METRICS, STATE, TRAINED_PRODUCTS, TRAINED_USERS, WEIGHTS, read_config
+from ncf.model.files import (
+    CONFIG,
+    METRICS,
+    STATE,
+    TRAINED_PRODUCTS,
+    TRAINED_USERS,
+    WEIGHTS,
+    read_config,
+    read_metrics,
+)
 from ncf.staging import present
 
 MANIFEST = "manifest.json"
@@ -89,10 +104,15 @@ def vocab_digest(directory: str) -> str:
 
 
 def files_digest(root: str) -> str:
-    """sha256 over the names and contents of the files in ``root``."""
+    """sha256 over the names and contents of the files in ``root``. Raises
+    :class:`ModelIntegrityError` on anything else there (a folder would be an IsADirectoryError
+    traceback; a FIFO would block the read)."""
     digest = hashlib.sha256()
     for name in sorted(os.listdir(root)):
-        digest.update(name.encode() + b"\0" + bytes.fromhex(sha256_of(os.path.join(root, name))))
+        path = os.path.join(root, name)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ModelIntegrityError(f"{root}: {name} is not a file (only files belong there); remove it")
+        digest.update(name.encode() + b"\0" + bytes.fromhex(sha256_of(path)))
     return digest.hexdigest()
 
 
@@ -121,45 +141,78 @@ def _small_file_digest(path: str, extra: bytes = b"") -> str:
     return digest.hexdigest()[:16]
 
 
-def _files(model_dir: str) -> List[str]:
-    """Every regular file under ``model_dir``, as sorted paths relative to it ('/'-separated).
-    A symbolic link inside is refused: the walk would not follow one to a directory (its files
-    left out of the seal), and one to a file would seal whatever it points at later."""
-    found = []
+def _files(model_dir: str, named: Optional[str] = None) -> List[str]:
+    """Every regular file under ``model_dir``, as sorted paths relative to it ('/'-separated)."""
+    return _walk(model_dir, named)[0]
+
+
+def _walk(model_dir: str, named: Optional[str] = None) -> Tuple[List[str], List[str]]:
+    """(files, folders) under ``model_dir``, as sorted paths relative to it ('/'-separated).
+    A symbolic link inside is refused (errors name ``named``, default ``model_dir``): the walk
+    would not follow one to a directory (its files left out of the seal), and one to a file
+    would seal whatever it points at later."""
+    files, folders = [], []
     for root, directories, names in os.walk(model_dir):
         for name in directories + names:
             path = os.path.join(root, name)
             relative = os.path.relpath(path, model_dir).replace(os.sep, "/")
             if os.path.islink(path):
-                raise ModelIntegrityError(f"{model_dir}: {relative} is a symbolic link; copy what it points to in")
-            if name in names:
-                found.append(relative)
-    return sorted(found)
+                raise ModelIntegrityError(
+                    f"{named or model_dir}: {relative} is a symbolic link; copy what it points to in"
+                )
+            (files if name in names else folders).append(relative)
+    return sorted(files), sorted(folders)
+
+
+def _leftovers(paths: Iterable[str], rewritten: Iterable[str]) -> Set[str]:
+    """The temporaries that a rewrite of one of ``rewritten`` (the manifest, by a re-seal; an
+    unsealed file) killed before its rename left beside it: neither damage nor to be sealed."""
+    return {
+        p
+        for p in paths
+        for r in rewritten
+        if posixpath.dirname(p) == posixpath.dirname(r) and is_temporary_of(posixpath.basename(p), r)
+    }
+
+
+def _folders_of(paths: Iterable[str]) -> Set[str]:
+    """Every folder holding one of ``paths`` (relative, '/'-separated), at any depth."""
+    folders = set()
+    for path in paths:
+        head = posixpath.dirname(path)
+        while head:
+            folders.add(head)
+            head = posixpath.dirname(head)
+    return folders
 
 
 def write_manifest(model_dir: str, unsealed: Iterable[str] = ()) -> Dict:
-    """Writes ``model_dir/manifest.json``: size and sha256 of every file but ``unsealed`` ones."""
+    """Writes ``model_dir/manifest.json``: size and sha256 of every file but ``unsealed`` ones
+    and the temporaries a killed rewrite left (:func:`_leftovers`)."""
     unsealed = sorted(set(unsealed))
+    present = _files(model_dir)
+    skipped = {MANIFEST, *unsealed} | _leftovers(present, [MANIFEST, *unsealed])
     files = {
         name: {
             "bytes": os.path.getsize(os.path.join(model_dir, name)),
             "sha256": sha256_of(os.path.join(model_dir, name)),
         }
-        for name in _files(model_dir)
-        if name != MANIFEST and name not in unsealed
+        for name in present
+        if name not in skipped
     }
     manifest = {"format": MANIFEST_FORMAT, "algorithm": "sha256", "unsealed": unsealed, "files": files}
     write_json(os.path.join(model_dir, MANIFEST), manifest)
     return manifest
 
 
-def check_manifest(model_dir: str) -> Dict:
-    """Every sealed file present with its size and checksum, nothing else added; returns the
-    manifest. Sizes are compared first, so a truncated file is named without hashing it."""
-    path = os.path.join(model_dir, MANIFEST)
+def check_manifest(model_dir: str, named: Optional[str] = None) -> Dict:
+    """Every sealed file present with its size and checksum, nothing else added (no file, no
+    folder); returns the manifest. Sizes are compared first, so a truncated file is named without
+    hashing it. Errors name ``named`` (default ``model_dir``: see :func:`verify_model_dir`)."""
+    path, named = os.path.join(model_dir, MANIFEST), named or model_dir
     if not os.path.exists(path):
         raise ModelIntegrityError(
-            f"{model_dir}: no {MANIFEST} (save_model_dir writes it); re-save the model, or seal a directory "
+            f"{named}: no {MANIFEST} (save_model_dir writes it); re-save the model, or seal a directory "
             "you trust with python -m jobs.verify --seal MODEL"
         )
     try:
@@ -178,53 +231,70 @@ def check_manifest(model_dir: str) -> Dict:
             ):
                 raise ValueError(f"the entry of {name!r} is not a size and a sha256: {str(entry)[:80]}")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ModelIntegrityError(f"{model_dir}: unreadable {MANIFEST} ({one_line(e)})") from None
-    present = set(_files(model_dir)) - {MANIFEST}
+        raise ModelIntegrityError(f"{named}: unreadable {MANIFEST} ({one_line(e)})") from None
+    found, folders = _walk(model_dir, named)
+    present = set(found) - {MANIFEST}
     missing = sorted(set(files) - present)
     if missing:
-        raise ModelIntegrityError(f"{model_dir}: {len(missing)} file(s) of the manifest missing: {missing[:5]}")
-    # A rewrite of an unsealed file (metrics.json) killed before its rename leaves its temporary.
-    leftovers = {
-        p
-        for p in present
-        for u in unsealed
-        if os.path.dirname(p) == os.path.dirname(u) and is_temporary_of(os.path.basename(p), u)
-    }
-    extra = sorted(present - set(files) - unsealed - leftovers)
+        raise ModelIntegrityError(f"{named}: {len(missing)} file(s) of the manifest missing: {missing[:5]}")
+    # A rewrite of an unsealed file (metrics.json), or a re-seal (jobs.verify --seal), killed
+    # before its rename leaves its temporary: not tampering.
+    extra = sorted(present - set(files) - unsealed - _leftovers(present, [MANIFEST, *unsealed]))
     if extra:
-        raise ModelIntegrityError(f"{model_dir}: file(s) not in the manifest: {extra[:5]}")
+        raise ModelIntegrityError(f"{named}: file(s) not in the manifest: {extra[:5]}")
+    # The manifest lists files only: a folder added empty would pass, and one in state/vocab/
+    # fails the vocabulary's digest later.
+    empty = sorted(set(folders) - _folders_of(files))
+    if empty:
+        raise ModelIntegrityError(f"{named}: folder(s) holding no file of the manifest: {empty[:5]}; remove them")
     for name, expected in files.items():
         full = os.path.join(model_dir, name)
         size = os.path.getsize(full)
         if size != expected["bytes"]:
-            raise ModelIntegrityError(f"{model_dir}: {name} has {size} bytes, the manifest says {expected['bytes']}")
+            raise ModelIntegrityError(f"{named}: {name} has {size} bytes, the manifest says {expected['bytes']}")
     for name, expected in files.items():
         if sha256_of(os.path.join(model_dir, name)) != expected["sha256"]:
-            raise ModelIntegrityError(f"{model_dir}: {name} does not match its sha256 in the manifest")
+            raise ModelIntegrityError(f"{named}: {name} does not match its sha256 in the manifest")
     return manifest
 
 
-def verify_model_dir(model_dir: str) -> None:
+def verify_model_dir(model_dir: str) -> str:
     """Raises :class:`ModelIntegrityError` unless the directory is whole and self-consistent
-    (see the module docstring); reads every byte once, loads no model into memory."""
-    if not (present(model_dir) and os.path.isdir(model_dir)):
+    (see the module docstring); reads every byte once, loads no model into memory.
+
+    Returns the directory it verified: ``model_dir`` resolved once (a blue/green link's target),
+    which every step reads, so a link repointed meanwhile cannot pass files no step checked;
+    load that one. Errors name ``model_dir``."""
+    real = os.path.realpath(model_dir)
+    if not (present(real) and os.path.isdir(real)):
         raise ModelIntegrityError(f"{model_dir}: not a directory")
-    if not os.path.exists(os.path.join(model_dir, CONFIG)):
-        read_config(model_dir)  # its "not a model directory (no config.json)" error
-    check_manifest(model_dir)
+    if not os.path.exists(os.path.join(real, CONFIG)):
+        read_config(real, named=model_dir)  # its "not a model directory (no config.json)" error
+    check_manifest(real, named=model_dir)
     try:
-        config = read_config(model_dir)
+        config = read_config(real, named=model_dir)
         model_config = ModelConfig.from_dict(config["model"])
         str(config["version"]), int(config["trained_through"])
     except InputError:
         raise
     except (ValueError, KeyError, TypeError) as e:
         raise ModelIntegrityError(f"{model_dir}: bad config.json ({one_line(e)})") from None
-    weights = _check_weights(model_dir, os.path.join(model_dir, WEIGHTS), model_config)
+    weights = _check_weights(model_dir, os.path.join(real, WEIGHTS), model_config)
     trained_vocab = (config.get("data") or {}).get("vocab_sha256")
-    _check_state(model_dir, os.path.join(model_dir, STATE), model_config, trained_vocab)
-    _check_index(model_dir, model_config, weights)
-    _check_trained_rows(model_dir, model_config)
+    _check_state(model_dir, os.path.join(real, STATE), model_config, trained_vocab)
+    _check_index(model_dir, real, model_config, weights)
+    _check_trained_rows(model_dir, real, model_config)
+    _check_metrics(model_dir, real)
+    return real
+
+
+def _check_metrics(model_dir: str, directory: str) -> None:
+    """metrics.json reads as an object: it is outside the checksums, and the registry, jobs.evaluate
+    and the next update_metrics read it."""
+    try:
+        read_metrics(directory, named=model_dir)
+    except InputError as e:
+        raise ModelIntegrityError(str(e)) from None
 
 
 def _check_weights(model_dir: str, path: str, config: ModelConfig) -> Dict[str, torch.Tensor]:
@@ -274,11 +344,11 @@ def _all_finite(tensor: torch.Tensor, rows: int = 1 << 16) -> bool:
     return all(bool(torch.isfinite(tensor[i : i + rows]).all()) for i in range(0, tensor.shape[0], rows))
 
 
-def _check_trained_rows(model_dir: str, config: ModelConfig) -> None:
-    """The masks of the rows the run's lists held, where the directory has them: boolean, one
-    entry per table row."""
+def _check_trained_rows(model_dir: str, directory: str, config: ModelConfig) -> None:
+    """The masks of the rows the run's lists held, where ``directory`` (``model_dir`` resolved)
+    has them: boolean, one entry per table row."""
     for name, rows in ((TRAINED_USERS, config.num_users), (TRAINED_PRODUCTS, config.num_products)):
-        path = os.path.join(model_dir, name)
+        path = os.path.join(directory, name)
         if not os.path.exists(path):
             continue
         try:
@@ -290,14 +360,15 @@ def _check_trained_rows(model_dir: str, config: ModelConfig) -> None:
             raise ModelIntegrityError(f"{model_dir}: {name} holds {shape}, the tables have {rows} rows")
 
 
-def _check_index(model_dir: str, config: ModelConfig, weights: Dict[str, torch.Tensor]) -> None:
-    """The MF index, where the directory has one, loads, has a vector per product row, and holds
-    this model's vectors for a seeded sample of :data:`INDEX_SAMPLE` rows (an index of another model of
-    the same shape, sealed again, would give every household another model's candidates)."""
-    if not os.path.exists(ann.index_path(model_dir)):
+def _check_index(model_dir: str, directory: str, config: ModelConfig, weights: Dict[str, torch.Tensor]) -> None:
+    """The MF index, where ``directory`` (``model_dir`` resolved) has one, loads, has a vector per
+    product row, and holds this model's vectors for a seeded sample of :data:`INDEX_SAMPLE` rows (an
+    index of another model of the same shape, sealed again, would give every household another
+    model's candidates)."""
+    if not os.path.exists(ann.index_path(directory)):
         return
     try:
-        index = ann.ProductIndex.load(ann.index_path(model_dir))
+        index = ann.ProductIndex.load(ann.index_path(directory))
     except Exception as e:  # truncated, or not a FAISS index at all
         raise ModelIntegrityError(f"{model_dir}: {ann.INDEX_FILE} does not load ({one_line(e)})") from None
     if (index.rows, index.dim) != (config.num_products, config.mf_embedding_dim):
