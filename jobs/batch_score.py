@@ -128,8 +128,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         dest="resume",
         action="store_false",
         help="score every user afresh; by default a run keeps the whole parts of a dead run of its date "
-        "that had the same MODEL, DATA, settings and moment ('now' continues a dead 'now' run at its "
-        "moment) and scores the rest",
+        "that had the same MODEL, DATA, settings and moment ('now' continues a dead 'now' run that wrote a "
+        "whole part, at its moment and scored_at) and scores the rest",
     )
     return p.parse_args(argv)
 

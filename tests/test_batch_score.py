@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -1085,6 +1086,9 @@ def test_a_commit_that_fails_on_a_full_disk_is_one_line_and_its_rerun_commits_th
     err = capsys.readouterr().err
     assert f"{batches} of {batches} parts kept" in err and "0 to score" in err, err[-2000:]
     assert summary["continued"] and summary["parts"] == batches
+    # Old code: scored_in "driver" and 0.0 users/s, "N users scored", for a run that scored none.
+    assert summary["scored_in"] == "continued" and summary["users_per_s"] is None, summary
+    assert "nothing to score" in err and "done: nothing left to score" in err, err[-2000:]
     assert verify.verify_partition(output, partition.split("=")[1], data, sample=3)["ok"]
 
     # After the journal: the swap's first step fails, the run's exit rolls it forward.
@@ -1163,7 +1167,10 @@ def test_a_rerun_keeps_the_whole_parts_of_a_dead_run_of_the_same_plan(small_mode
         if name.startswith("part-")
     }
     assert {scored_at[n] for n in dead_parts} == dead_scored_at  # the dead run's files, kept
-    assert set(scored_at.values()) - dead_scored_at  # the rest scored by the rerun
+    # The rest scored by the rerun under the dead run's scored_at (old code: its own start, so the
+    # partition held two, and _SUCCESS named the new rows' alone): one per partition, _SUCCESS's.
+    assert set(scored_at.values()) == dead_scored_at
+    assert pd.Timestamp(summary["scored_at"]) == pd.Timestamp(dead_scored_at.pop())
 
     # Another plan (a different k) or --no-resume: every user scored afresh, the dead stage removed.
     with pytest.MonkeyPatch.context() as patch:
@@ -1245,6 +1252,213 @@ def test_only_a_dead_run_of_the_same_plan_is_continued(tmp_path):
     with open(os.path.join(stage, bs.PLAN), "w") as f:
         f.write("{not json")
     assert not bs.continuable(fixed, stage)
+
+
+def _now_argv(small_model_dir, data, output, *extra):
+    return _argv(small_model_dir, data, output, "--score-in", "driver", "--batch-size", "8", "--at", "now", *extra)
+
+
+def _dead_stage(output: str) -> str:
+    (partition,) = os.listdir(os.path.join(output, bs.TMP))
+    (dead,) = os.listdir(os.path.join(output, bs.TMP, partition))
+    return os.path.join(output, bs.TMP, partition, dead)
+
+
+def _fails_at_call(n: int):
+    """A ScoreBatch.__call__ that raises at its ``n``-th batch (counted over the patch's life)."""
+    real, calls = scorer.ScoreBatch.__call__, []
+
+    def lost(self, batch):
+        calls.append(batch.num_rows)
+        if len(calls) == n:
+            raise RuntimeError("node lost")
+        return real(self, batch)
+
+    return lost
+
+
+@pytest.mark.faults
+def test_an_at_now_rerun_takes_no_moment_from_a_dead_run_that_wrote_no_part(
+    small_model_dir, small_data, tmp_path, capsys
+):
+    """Old code: any dead ``now`` run of the date whose plan matched was continued, parts or none:
+    a run that died loading the model (MemoryError) gave its rerun its moment, silently. A stage
+    without a whole part is now removed (after the rerun's own stage exists), and the rerun scores
+    at its own moment."""
+    data, _ = small_data
+    output = str(tmp_path / "out")
+    argv = _now_argv(small_model_dir, data, output)
+
+    def out_of_memory(self, *args, **kwargs):
+        raise MemoryError("loading the model")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scorer.ScoreBatch, "__init__", out_of_memory)
+        with pytest.raises(SystemExit) as exit_info:
+            batch_score.main(argv)
+    assert exit_info.value.code == 1
+    assert "nothing committed, 0 of " in capsys.readouterr().err.strip().splitlines()[-1]
+    stage = _dead_stage(output)
+    dead_at = read_json(os.path.join(stage, bs.PLAN))["at_epoch_s"]
+    assert [n for n in os.listdir(stage) if n.startswith("part-")] == []
+    time.sleep(1.1)  # so that the rerun's own moment differs from the dead run's
+
+    summary = batch_score.main(argv)
+    err = capsys.readouterr().err
+    assert "continued" not in summary and summary["at_epoch_s"] > dead_at, summary
+    assert "continues the dead run" not in err and "removed what a previous run left" in err, err[-2000:]
+    assert not os.path.exists(stage)
+
+
+@pytest.mark.faults
+def test_an_at_now_run_continued_keeps_the_dead_runs_moment_and_scored_at_and_its_epoch_continues_it(
+    small_model_dir, small_data, tmp_path, capsys
+):
+    """Old code: an ``--at now`` rerun took the dead run's moment without a word, wrote its new
+    parts with its own scored_at (two in one partition; _SUCCESS named the new rows' alone), and
+    a failed run said "rerun the same command", which after 00:00 UTC scores the next date. Now
+    the moment taken is said, every row carries the dead run's scored_at, and the failed run names
+    its moment in epoch seconds, which continues the stage."""
+    data, _ = small_data
+    output = str(tmp_path / "out")
+    argv = _now_argv(small_model_dir, data, output)
+    batches = -(-partitions.read_users(data).num_rows // 8)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scorer.ScoreBatch, "__call__", _fails_at_call(2))  # 1 part whole
+        with pytest.raises(SystemExit):
+            batch_score.main(argv)
+    capsys.readouterr()
+    stage = _dead_stage(output)
+    dead = read_json(os.path.join(stage, bs.PLAN))
+    run_date = run_date_of(dead["at_epoch_s"])
+    time.sleep(1.1)  # so that the reruns' own moments and starts differ from the dead run's
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scorer.ScoreBatch, "__call__", _fails_at_call(2))  # keeps 1, scores 1, dies: 2 whole
+        with pytest.raises(SystemExit) as exit_info:
+            batch_score.main(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"--at now continues the dead run {os.path.basename(stage)} of run_date={run_date} at its moment" in err
+    line = err.strip().splitlines()[-1]
+    assert (
+        f"nothing committed, 2 of {batches} parts are whole and kept: rerun the same command with "
+        f"--at {dead['at_epoch_s']} (this run's moment, run_date={run_date}) to continue: --at now does so only "
+        "until 00:00 UTC, then scores the next date (--no-resume starts afresh)"
+    ) in line, line
+    os.remove(line.rsplit("(the traceback: ", 1)[1].rstrip(")"))
+
+    summary = batch_score.main([*argv, "--at", str(dead["at_epoch_s"]), "--verify", "3"])
+    err = capsys.readouterr().err
+    assert summary["continued"] == os.path.basename(stage) and summary["verify"]["ok"], err[-2000:]
+    assert f"2 of {batches} parts kept" in err and summary["at_epoch_s"] == dead["at_epoch_s"]
+    table = partitions.read_partition(output, run_date)
+    written = set(pc.unique(table.column("scored_at").cast(pa.int64())).to_pylist())  # milliseconds
+    assert written == {dead["scored_at_epoch_s"] * 1000}, written
+    assert pd.Timestamp(summary["scored_at"]) == pd.Timestamp(dead["scored_at_epoch_s"], unit="s", tz="UTC")
+
+
+@pytest.mark.faults
+def test_an_actor_whose_load_fails_on_inputs_changed_mid_run_says_they_changed(small_model_dir, small_data, tmp_path):
+    """Old code loaded the recommender before comparing the inputs: a DATA swapped in that the
+    load refused raised its InputError (exit 2, bad input), and one read half-written its own error
+    (exit 1 with "rerun to continue", though the rerun discards the parts). A load that raises is
+    now followed by the comparison: InputsChanged where they moved, the load's error otherwise."""
+    data, _ = small_data
+    at = layout.DataStats(data).end + 1
+    args = dict(model=small_model_dir, data=data, stage=str(tmp_path), k=K, at=at, scored_at=at, model_version="v1")
+    model_now, data_now = bs.input_fingerprints(small_model_dir, data)
+
+    def refused(*args, **kwargs):
+        raise InputError("DATA: product ids the model does not know")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scorer.Recommender, "load", refused)
+        with pytest.raises(bs.InputsChanged, match="DATA's stats.json is not the one the run started with"):
+            bs.ScoreBatch(**args, inputs=(model_now, "another stats.json"))
+        with pytest.raises(InputError, match="product ids the model does not know"):
+            bs.ScoreBatch(**args, inputs=(model_now, data_now))  # inputs as they were: the load's own error
+
+
+@pytest.mark.faults
+def test_a_run_whose_data_changed_as_it_failed_ends_as_inputs_changed_not_a_rerun_to_continue(
+    small_model_dir, small_data, tmp_path, capsys
+):
+    """The driver's side: an actor failing on a DATA swapped in mid-run (here: anything it raises
+    after DATA's stats.json changed) ended the run as "scoring failed midway ... rerun the same
+    command to continue", a rerun that then discards every part. The driver, which read DATA at
+    the start, now compares first: the run's one line is that DATA changed, exit 1, nothing kept."""
+    data = str(tmp_path / "data")
+    shutil.copytree(small_data[0], data)
+    output = str(tmp_path / "out")
+
+    def half_swapped(self, *args, **kwargs):
+        os.utime(layout.stats_path(data), ns=(1, 1))  # another stats.json, as a new preprocess writes
+        raise RuntimeError("unreadable user_state pages")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scorer.ScoreBatch, "__init__", half_swapped)
+        with pytest.raises(SystemExit) as exit_info:
+            batch_score.main(_argv(small_model_dir, data, output, "--score-in", "driver"))
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "DATA's stats.json is not the one the run started with" in line and "continue" not in line, line
+    assert not os.path.exists(os.path.join(output, bs.TMP)) or not os.listdir(os.path.join(output, bs.TMP))
+
+
+@pytest.mark.faults
+def test_a_commit_finished_from_its_journal_of_the_same_plan_is_not_scored_again(
+    small_model_dir, small_data, tmp_path, capsys
+):
+    """Old code: a commit a dead run left journaled was finished by the next run, which then scored
+    every user again. When the committed partition's plan is the run's, the run now returns it."""
+    from ncf import staging
+
+    data, _ = small_data
+    output = str(tmp_path / "out")
+    argv = _argv(small_model_dir, data, output, "--score-in", "driver")
+
+    def io_error(record, journal):
+        raise OSError(5, "Input/output error")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(staging, "_finish", io_error)  # the swap and its roll-forward on the way out
+        with pytest.raises(SystemExit):
+            batch_score.main(argv)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the next run of this date finishes the commit (a run of the same plan then scores nothing again)" in line
+
+    def never(self, *args, **kwargs):
+        raise AssertionError("scored again")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scorer.ScoreBatch, "__init__", never)
+        summary = batch_score.main(argv)
+    err = capsys.readouterr().err
+    assert "finished from its journal, of this run's plan: nothing is scored again" in err, err[-2000:]
+    committed = partitions.partition_dir(output, summary["run_date"])
+    assert partitions.read_manifest(output, summary["run_date"])["run_id"] == summary["run_id"]
+    assert bs.PLAN not in os.listdir(committed) and os.listdir(os.path.join(output, bs.TMP)) == []
+    assert verify.verify_partition(output, summary["run_date"], data, sample=3)["ok"]
+
+
+@pytest.mark.faults
+def test_verify_partition_ranks_from_the_data_it_is_given_and_says_when_it_is_not_the_one_scored(
+    small_model_dir, small_data, tmp_path
+):
+    """Old code took the users from the DATA given and the reference ranking from the manifest's:
+    a DATA moved since (here: renamed) raised, one refreshed in place ranked from the other."""
+    data = str(tmp_path / "data")
+    shutil.copytree(small_data[0], data)
+    output = str(tmp_path / "out")
+    summary = batch_score.main(_argv(small_model_dir, data, output, "--score-in", "driver"))
+    report = verify.verify_partition(output, summary["run_date"], data, sample=3)
+    assert report["ok"] and report["data_as_scored"] is True and "data_note" not in report
+    moved = str(tmp_path / "moved")
+    os.rename(data, moved)
+    report = verify.verify_partition(output, summary["run_date"], moved, sample=3)
+    assert report["ok"] and report["data_as_scored"] is False, report
+    assert report["data_note"].startswith(f"{moved} is not the DATA run {summary['run_id']} scored")
 
 
 def users_of(table) -> list:

@@ -206,7 +206,7 @@ def _owner(name: str, partitions: List[str]) -> Optional[str]:
 
 def clean_stale(output: str, partition: str, now: Optional[float] = None, keep: Optional[str] = None) -> List[str]:
     """Removes what dead runs left in ``OUT/_tmp``: every entry of ``partition`` (the caller
-    holds its lock) but ``keep`` (a dead run's stage the caller continues) and other partitions'
+    holds its lock) but ``keep`` (a dead run's stage the caller continues, or its own new one) and other partitions'
     entries older than ``STALE_SECONDS``, each under its partition's lock taken without waiting
     (skipped while a live run holds it, or while a dead run's journal still names what it would
     swap in); never what a swap under way names, nor an entry whose name is not this protocol's
@@ -296,6 +296,9 @@ class PartitionRun:
         self.final = partition_path(self.output, partition)
         self.stage = os.path.join(stage_root(self.output, partition), run_id)
         self.continued: Optional[str] = None
+        # The partition a dead run's journal named, committed as this run opened: its caller may
+        # find that commit already of its own plan (nightly scoring then scores nothing again).
+        self.recovered: Optional[str] = None
         # A run that fails leaves its whole parts to the next one, which may continue them; its
         # caller clears this when they must not be kept (they failed a verification).
         self.leave_stage = continues is not None
@@ -309,16 +312,19 @@ class PartitionRun:
             stack.enter_context(exclusive(lock_path(self.output, self.partition), self.final))
             # Again under the lock: the partition as this run will replace it.
             check_output(self.output, self.partition, self.overwrite)
-            if recover(self.output, self.partition):
+            self.recovered = recover(self.output, self.partition)
+            if self.recovered:
                 self.log(f"finished the commit a dead run of {self.partition} left: {self.final}")
             for path in recover_others(self.output, self.partition):
                 self.log(f"finished the commit a dead run left: {path}")
             kept = self._continued_stage()
-            for path in clean_stale(self.output, self.partition, keep=kept):
-                self.log(f"removed what a previous run left: {path}")
             if kept is None:
+                # Before the dead runs' stages go (the cleaning keeps this one): a run never removes
+                # a stage, even one without a part, before its own exists.
                 os.makedirs(self.stage)
-            else:
+            for path in clean_stale(self.output, self.partition, keep=kept or self.stage):
+                self.log(f"removed what a previous run left: {path}")
+            if kept is not None:
                 self.stage, self.continued = kept, os.path.basename(kept)
                 for name in os.listdir(kept):  # a part the dead run was writing: never renamed, never whole
                     if name.startswith("."):

@@ -150,6 +150,38 @@ def check_inputs_unchanged(model: str, data: str, recorded: Tuple[str, str]) -> 
         raise InputsChanged(f"DATA's stats.json is not the one the run started with: {replaced_note('DATA')}")
 
 
+def changed_inputs(model: str, data: str, recorded: Tuple[str, str]) -> Optional[InputsChanged]:
+    """The :class:`InputsChanged` :func:`check_inputs_unchanged` raises, or None; a MODEL whose
+    fingerprint no longer reads (its config.json gone: a swap between its two renames) changed too.
+    For a process that read both at the start (the driver): an actor's node may not mount them."""
+    try:
+        check_inputs_unchanged(model, data, recorded)
+    except InputsChanged as changed:
+        return changed
+    except (InputError, OSError, ValueError) as e:  # read_config's refusal, a file gone between two reads
+        lines = str(e).strip().splitlines()
+        cause = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+        return InputsChanged(f"MODEL no longer reads as the run started ({cause}): {replaced_note('MODEL')}")
+    return None
+
+
+def load_recommender(model: str, data: str, device, inputs: Optional[Tuple[str, str]] = None) -> Recommender:
+    """``Recommender.load`` of the run's MODEL and DATA; where it raises and ``inputs`` (the
+    driver's fingerprints) no longer match what this node sees, :class:`InputsChanged` instead:
+    a DATA swapped in mid-run that the load refuses (an InputError, exit 2: bad input) or reads
+    half-written (a failure a rerun would continue past, though it discards the parts) is the
+    run's inputs changed (exit 1). A node that sees neither directory cannot tell: the error stands."""
+    try:
+        return Recommender.load(model, data=data, device=device)
+    except Exception as error:
+        if inputs is None or not (os.path.isdir(model) and os.path.isdir(data)):
+            raise
+        changed = changed_inputs(model, data, inputs)
+        if changed is None:
+            raise
+        raise changed from error
+
+
 def check_positions(vocab: Vocabulary, user_ids: pa.Array, positions: np.ndarray) -> None:
     """Raises unless ``positions`` index ``user_ids`` in ``vocab``. The driver reads the pairs once,
     an actor loads the vocabulary again, and every preprocess may order it anew: ranking one
@@ -300,7 +332,7 @@ class ScoreBatch:
 
         check_stage_visible(stage)  # before the model loads: seconds, for a run that cannot write
         device = torch.device("cuda") if use_gpu else torch.device("cpu")
-        loaded = Recommender.load(model, data=data, device=device)
+        loaded = load_recommender(model, data, device, inputs)
         check_model_version(loaded, model_version)
         if inputs is not None:
             check_inputs_unchanged(model, data, inputs)

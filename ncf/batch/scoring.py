@@ -76,6 +76,7 @@ from ncf.batch.partitions import count_users, id_type_changes, id_types_note, pa
 from ncf.batch.scorer import (
     InputsChanged,
     ScoreBatch,
+    changed_inputs,
     input_error_in,
     input_fingerprints,
     inputs_changed_in,
@@ -418,14 +419,26 @@ def _data_lines(data: str) -> Optional[np.ndarray]:
         return None
 
 
+# scored_in of a run that continued a dead run's stage and kept every part of it: nothing scored.
+KEPT_ONLY = "continued"
 PLAN = "_plan.json"  # in a run's stage: what its parts depend on, for a rerun to continue them
 PLAN_KEYS = ("replay", "k", "explain", "batch_size", "users", "inputs", "code")  # equal, for a rerun to continue
 
 
-def run_plan(config: BatchScoreConfig, at: int, inputs: Tuple[str, str], users: int, replay: bool) -> Dict:
-    """What a run's parts depend on, written into its stage before the first part."""
+def run_plan(
+    config: BatchScoreConfig,
+    at: int,
+    inputs: Tuple[str, str],
+    users: int,
+    replay: bool,
+    scored_at: Optional[int] = None,
+) -> Dict:
+    """What a run's parts depend on, written into its stage before the first part. ``scored_at``
+    (the run's start, epoch seconds; None: ``at``) is not compared: a run continuing the stage
+    writes it into its own rows, so that every row of a partition carries one ``scored_at``."""
     return {
         "at_epoch_s": at,
+        "scored_at_epoch_s": at if scored_at is None else int(scored_at),
         "at": config.at,
         "replay": replay,
         "k": config.k,
@@ -451,24 +464,46 @@ def continuable(plan: Dict, stage: str) -> bool:
     return dead.get("at_epoch_s") == plan["at_epoch_s"] or (plan["at"] == NOW == dead.get("at") and not plan["replay"])
 
 
+def keeps_a_part(plan: Dict, stage: str, blocks: Dict[str, pa.Table], k: int) -> bool:
+    """Whether a run of ``plan`` continues the dead run's ``stage``: :func:`continuable`, and the
+    stage holds at least one whole part of ``blocks`` (by part name). A dead run that wrote no part
+    (it died loading the model) leaves nothing worth its moment: a run at ``now`` would take that
+    run's moment, and its ``scored_at``, for no part kept."""
+    return continuable(plan, stage) and any(_kept_part(stage, name, block, k) for name, block in blocks.items())
+
+
 def _kept_parts(stage: str, blocks: Dict[str, pa.Table], k: int) -> Dict[str, Dict]:
     """The parts of ``blocks`` (by part name) a continued run's stage already holds, as
-    :func:`_collect` reports them, by name; a part that cannot be read, or has not ``k`` rows for
-    each of its batch's users, is not kept (its batch is scored again, and its part replaced)."""
+    :func:`_collect` reports them, by name (:func:`_kept_part`)."""
     kept = {}
     for name, block in blocks.items():
-        path = os.path.join(stage, name)
-        if not os.path.exists(path):
-            continue
-        try:
-            cold = pq.read_table(path, columns=["cold_start"]).column("cold_start")
-        except (OSError, pa.ArrowException):
-            continue
-        if len(cold) != block.num_rows * k:
-            continue
-        cold_start_users = int(pc.sum(cold).as_py() or 0) // k
-        kept[name] = {"part": name, "users": block.num_rows, "rows": len(cold), "cold_start_users": cold_start_users}
+        part = _kept_part(stage, name, block, k)
+        if part is not None:
+            kept[name] = part
     return kept
+
+
+def _kept_part(stage: str, name: str, block: pa.Table, k: int) -> Optional[Dict]:
+    """The part ``name`` of ``block`` in ``stage`` as :func:`_collect` reports it; None where it is
+    absent, cannot be read, or has not ``k`` rows for each of its batch's users (its batch is
+    scored again, and its part replaced)."""
+    path = os.path.join(stage, name)
+    if not os.path.exists(path):
+        return None
+    try:
+        cold = pq.read_table(path, columns=["cold_start"]).column("cold_start")
+    except (OSError, pa.ArrowException):
+        return None
+    if len(cold) != block.num_rows * k:
+        return None
+    cold_start_users = int(pc.sum(cold).as_py() or 0) // k
+    return {"part": name, "users": block.num_rows, "rows": len(cold), "cold_start_users": cold_start_users}
+
+
+def named_batches(users: pa.Table, batch_size: int) -> Dict[str, pa.Table]:
+    """The run's batches of ``users``, in order, by the name of the part each writes (:func:`part_name`)."""
+    blocks = [users.slice(i, batch_size) for i in range(0, users.num_rows, batch_size)]
+    return {part_name(b.column("position").to_numpy()): b for b in blocks}
 
 
 class StageIncomplete(RuntimeError):
@@ -483,7 +518,21 @@ class ScoringFailed(RuntimeError):
     rerun of the same command to continue (``resume``)."""
 
 
-def _failed_midway(error: BaseException, stage: str, named: Dict[str, pa.Table], resume: bool) -> ScoringFailed:
+def rerun_to(what: str, at_setting: str, at: int, run_date: str) -> str:
+    """How to rerun a failed run of ``run_date`` at ``at`` (epoch seconds) to ``what`` its kept
+    parts: the same command, but ``--at now`` names another date after 00:00 UTC, so such a run
+    names its moment in epoch seconds (a run at it continues the stage: :func:`continuable`)."""
+    if at_setting != NOW:
+        return f"rerun the same command to {what} (--no-resume starts afresh)"
+    return (
+        f"rerun the same command with --at {at} (this run's moment, run_date={run_date}) to {what}: --at now "
+        "does so only until 00:00 UTC, then scores the next date (--no-resume starts afresh)"
+    )
+
+
+def _failed_midway(
+    error: BaseException, stage: str, named: Dict[str, pa.Table], config: BatchScoreConfig, at: int, run_date: str
+) -> ScoringFailed:
     """The one line of a scoring run that raised ``error`` (what Ray wraps an actor's error in,
     or a batch's own in the driver): ``stage``'s whole parts of the run's batches ``named``
     stay for the next run (its parts are written whole or not at all: :func:`write_part`)."""
@@ -492,11 +541,8 @@ def _failed_midway(error: BaseException, stage: str, named: Dict[str, pa.Table],
         whole = sum(1 for name in os.listdir(stage) if name in named)
     except OSError:
         whole = 0
-    if resume:
-        kept = (
-            f"{whole} of {len(named)} parts are whole and kept: rerun the same command to continue "
-            "(--no-resume starts afresh)"
-        )
+    if config.resume:
+        kept = f"{whole} of {len(named)} parts are whole and kept: " + rerun_to("continue", config.at, at, run_date)
     else:
         kept = "its parts are removed (--no-resume): rerun the same command to score every user again"
     cause = f"{kind}: {line}" if line else kind
@@ -687,7 +733,9 @@ def run_batch_scoring(
     replay_stats = _replay_stats(config.data, at, log) if replay else None
     if replay_stats is not None:
         _check_k_known(config.k, replay_stats.lines, run_date)
-    plan = run_plan(config, at, inputs, users.num_rows, replay)
+    plan = run_plan(config, at, inputs, users.num_rows, replay, scored_at=int(started))
+    named = named_batches(users, plan["batch_size"])
+    scored_at = plan["scored_at_epoch_s"]
     # The date's lock is held from here to the commit: a second run of the date is refused.
     with PartitionRun(
         output,
@@ -695,15 +743,32 @@ def run_batch_scoring(
         run_id,
         log=log,
         overwrite=config.overwrite,
-        continues=(lambda stage: continuable(plan, stage)) if config.resume else None,
+        continues=(lambda stage: keeps_a_part(plan, stage, named, config.k)) if config.resume else None,
     ) as run:
+        finished = _finished_from_journal(run, plan, config, log)
+        if finished is not None:
+            run.leave_stage = False  # this run's stage holds nothing
+            _drop_plan(run.final)
+            return finished
         if run.continued:
-            at = read_json(os.path.join(run.stage, PLAN))["at_epoch_s"]  # a dead "now" run's moment
+            at, scored_at = _continued_moment(run, plan, run_date, log)
         else:
             write_json(os.path.join(run.stage, PLAN), plan)
         try:
             manifest = _score_into(
-                run.stage, config, model, model_config, users, at, run_date, run_id, started, log, replay_stats, inputs
+                run.stage,
+                config,
+                model,
+                model_config,
+                users,
+                at,
+                run_date,
+                run_id,
+                started,
+                log,
+                replay_stats,
+                inputs,
+                scored_at=scored_at,
             )
             manifest["replay"] = replay
             manifest["data_end"] = pd.Timestamp(data_end, unit="s", tz="UTC").isoformat()
@@ -726,24 +791,78 @@ def run_batch_scoring(
             commit_error = e
     # Past the run's exit, which rolled a begun swap forward, or kept (or removed) the stage.
     if commit_error is not None:
-        final = _commit_outcome(commit_error, output, run_date, run_id, config.resume, log)
-    try:
-        os.remove(os.path.join(final, PLAN))  # readers skip "_" names; gone once committed all the same
-    except OSError:
-        pass
-    log(
-        f"done: {manifest['users']:,} users scored, {manifest['rows']:,} rows written in "
-        f"{manifest['seconds']} s ({manifest['users_per_s']} users/s) -> {final}"
-    )
+        final = _commit_outcome(commit_error, output, config, at, run_id, log)
+    _drop_plan(final)
+    if manifest["scored_in"] == KEPT_ONLY:
+        log(f"done: nothing left to score, {manifest['users']:,} users' parts kept -> {final}")
+    else:
+        log(
+            f"done: {manifest['users']:,} users scored, {manifest['rows']:,} rows written in "
+            f"{manifest['seconds']} s ({manifest['users_per_s']} users/s) -> {final}"
+        )
     return manifest
 
 
+def _drop_plan(final: str) -> None:
+    """Removes a committed partition's ``_plan.json`` (readers skip "_" names; gone all the same)."""
+    try:
+        os.remove(os.path.join(final, PLAN))
+    except OSError:
+        pass
+
+
+def _continued_moment(run: PartitionRun, plan: Dict, run_date: str, log: Callable[[str], None]) -> Tuple[int, int]:
+    """(at, scored_at) of the dead run ``run`` continues, both epoch seconds: its moment (a run at
+    ``now`` continues a dead ``now`` run of its date at that run's moment) and its start, so that
+    every row of the partition carries one moment and one ``scored_at``. A moment not this run's own
+    is said."""
+    dead = read_json(os.path.join(run.stage, PLAN))
+    at = int(dead["at_epoch_s"])
+    scored_at = int(dead.get("scored_at_epoch_s", plan["scored_at_epoch_s"]))
+    if at != plan["at_epoch_s"]:
+        log(
+            f"--at now continues the dead run {run.continued} of run_date={run_date} at its moment "
+            f"{pd.Timestamp(at, unit='s', tz='UTC').isoformat()}, not "
+            f"{pd.Timestamp(plan['at_epoch_s'], unit='s', tz='UTC').isoformat()}: a partition is of one moment "
+            "(--no-resume starts afresh)"
+        )
+    return at, scored_at
+
+
+def _finished_from_journal(
+    run: PartitionRun, plan: Dict, config: BatchScoreConfig, log: Callable[[str], None]
+) -> Optional[Dict]:
+    """The manifest of the partition a dead run's commit, finished from its journal as ``run``
+    opened (:attr:`PartitionRun.recovered`), committed of this run's plan (its ``_plan.json``
+    stays through the swap): nothing is left to score. None, said, where this run scores the date
+    again: no such commit, another plan, ``--no-resume``, or a ``--verify`` that partition's run did
+    not pass."""
+    if run.recovered is None:
+        return None
+    committed = commit.read_committed(run.recovered)
+    if not config.resume:
+        why = "--no-resume"
+    elif committed is None or not continuable(plan, run.recovered):
+        why = "it is of another plan"
+    elif config.verify and not (committed.get("verify") or {}).get("ok"):
+        why = "its run did not pass a --verify"
+    else:
+        log(
+            f"the commit the dead run {committed['run_id']} left was finished from its journal, of this run's plan: "
+            "nothing is scored again"
+        )
+        return committed
+    log(f"the commit the dead run left was finished from its journal; this run scores the date again ({why})")
+    return None
+
+
 def _commit_outcome(
-    error: OSError, output: str, run_date: str, run_id: str, resume: bool, log: Callable[[str], None]
+    error: OSError, output: str, config: BatchScoreConfig, at: int, run_id: str, log: Callable[[str], None]
 ) -> str:
     """The partition's path when the commit that raised ``error`` was finished all the same (from
     its journal, on the run's way out); otherwise :class:`ScoringFailed`, one line saying where
     the scored parts are and what a rerun does with them."""
+    run_date = run_date_of(at)
     final = commit.partition_path(output, partition_name(run_date))
     committed = commit.read_committed(final)
     if committed is not None and committed.get("run_id") == run_id:
@@ -751,9 +870,12 @@ def _commit_outcome(
         return final
     cause = f"{type(error).__name__}: {error}"
     if os.path.exists(commit.journal_path(output, partition_name(run_date))):
-        kept = "every part is scored and the swap journaled: the next run of this date finishes the commit"
-    elif resume:
-        kept = "every part is scored and kept: rerun the same command to commit them (--no-resume starts afresh)"
+        kept = (
+            "every part is scored and the swap journaled: the next run of this date finishes the commit (a run of "
+            "the same plan then scores nothing again)"
+        )
+    elif config.resume:
+        kept = "every part is scored and kept: " + rerun_to("commit them", config.at, at, run_date)
     else:
         kept = "its parts are removed (--no-resume): rerun the same command to score every user again"
     raise ScoringFailed(f"the commit of run_date={run_date} failed ({cause}); nothing committed, {kept}")
@@ -808,12 +930,16 @@ def _score_into(
     log: Callable[[str], None],
     replay_stats: Optional[ProductStats] = None,
     inputs: Optional[Tuple[str, str]] = None,
+    scored_at: Optional[int] = None,
 ) -> Dict:
     """Scores every user into the parts of ``stage`` and checks them; returns the manifest.
-    ``inputs``: MODEL's and DATA's fingerprints at the start (:func:`input_fingerprints`)."""
+    ``inputs``: MODEL's and DATA's fingerprints at the start (:func:`input_fingerprints`).
+    ``scored_at``: what the rows and the manifest say (epoch seconds; None: ``started``; a
+    continued run's is the dead run's, whose parts it keeps)."""
+    scored_at = int(started) if scored_at is None else scored_at
     batch_size = config.batch_size or auto_batch_size(users.num_rows)
-    every_block = [users.slice(i, batch_size) for i in range(0, users.num_rows, batch_size)]
-    named = {part_name(b.column("position").to_numpy()): b for b in every_block}
+    named = named_batches(users, batch_size)
+    every_block = list(named.values())
     left = sum(1 for name in os.listdir(stage) if name in named)
     if left:
         log(f"reading the {left:,} parts a dead run of this date left, to keep the whole ones")
@@ -838,8 +964,9 @@ def _score_into(
     )
     log(
         f"{users.num_rows:,} users, k={config.k}, at {pd.Timestamp(at, unit='s', tz='UTC').isoformat()}, "
-        f"model {model_config['version']}: {len(blocks)} batches of {batch_size} "
-        + ("in the driver" if in_driver else f"on {actors} actor(s)")
+        f"model {model_config['version']}: "
+        + (f"{len(blocks)} batches of {batch_size} " if blocks else f"nothing to score, scored_in {KEPT_ONLY!r}")
+        + (("in the driver" if in_driver else f"on {actors} actor(s)") if blocks else "")
         + ((" on its GPU" if in_driver else " with a GPU each") if gpus else "")
         + (", the model compiled" + ("" if in_driver else " in each") + " (torch.compile)" if compile_model else "")
         + (", each row with its reason" if config.explain else "")
@@ -850,7 +977,7 @@ def _score_into(
         "stage": stage,
         "k": config.k,
         "at": at,
-        "scored_at": int(started),
+        "scored_at": scored_at,
         "model_version": model_config["version"],
         "use_gpu": bool(gpus),
         "compile_model": compile_model,
@@ -870,12 +997,17 @@ def _score_into(
         reported += list(kept.values())
     except Exception as e:  # not KeyboardInterrupt, nor SystemExit (SIGTERM): those stop the job as they are
         changed = inputs_changed_in(e)
+        if changed is None and inputs is not None:
+            # An actor that failed loading a MODEL or DATA swapped in meanwhile raises what the new
+            # one makes it raise (a refusal, a missing file): the driver, which read both at the
+            # start, tells the run's inputs changed (exit 1, nothing kept) from bad input or a failure.
+            changed = changed_inputs(model, config.data, inputs)
         if changed is not None:
             raise changed from None  # its one line, not the actor's traceback Ray wraps it in
         bad_input = input_error_in(e)  # an actor's own refusal (OUT not mounted on its node): one line, exit 2
         if bad_input is not None:
             raise bad_input from None
-        raise _failed_midway(e, stage, named, config.resume) from e
+        raise _failed_midway(e, stage, named, config, at, run_date) from e
     rows = _verify_stage(stage, users.num_rows, config.k, reported)
     seconds = time.time() - started
     manifest = {
@@ -888,15 +1020,19 @@ def _score_into(
         "model_version": model_config["version"],
         "model": model,
         "data": config.data,
+        # MODEL's and DATA's fingerprints at the start: verify_partition tells a DATA changed since.
+        "inputs": list(inputs) if inputs else None,
         "at": pd.Timestamp(at, unit="s", tz="UTC").isoformat(),
         "at_epoch_s": at,
         "run_date": run_date,
         "run_id": run_id,
-        "scored_at": pd.Timestamp(int(started), unit="s", tz="UTC").isoformat(),
-        "scored_in": "driver" if in_driver else "actors",
+        "scored_at": pd.Timestamp(scored_at, unit="s", tz="UTC").isoformat(),
+        # Every part kept from the dead run: this run scored nothing, in the driver or in actors.
+        "scored_in": KEPT_ONLY if not blocks else "driver" if in_driver else "actors",
         "seconds": round(seconds, 1),
-        "users_per_s": round((users.num_rows - kept_users) / max(seconds, 1e-9), 1),  # scored by this run
-        "steady_users_per_s": round(steady, 1),
+        # Scored by this run; none (null) where it scored nothing: no rate to report.
+        "users_per_s": round((users.num_rows - kept_users) / max(seconds, 1e-9), 1) if blocks else None,
+        "steady_users_per_s": round(steady, 1) if blocks else None,
     }
     return manifest
 

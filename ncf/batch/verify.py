@@ -26,6 +26,7 @@ from ncf.batch.partitions import partition_dir, read_manifest, read_users
 from ncf.batch.scorer import part_position
 from ncf.data.catalog import households_before
 from ncf.data.product_stats import ProductStats
+from ncf.model.integrity import data_fingerprint
 from ncf.rank.reasons import Reason
 from ncf.rank.recommender import Recommender
 
@@ -144,8 +145,9 @@ def verify_parts(
         "model_version_of_success": one_version if has_versions else None,
         "cold_starts_match_success": cold_rows == manifest.get("cold_start_users", 0) * k if has_flags else None,
     }
-    # A past at: as of its day, as the job ranked it.
-    recommender = Recommender.load(manifest["model"], data=manifest["data"]).as_of(manifest["at_epoch_s"], stats)
+    # A past at: as of its day, as the job ranked it. The users above are ``data``'s, so its
+    # histories rank them too: one DATA for both (said below where it is not the one scored).
+    recommender = Recommender.load(manifest["model"], data=data).as_of(manifest["at_epoch_s"], stats)
     at = manifest["at_epoch_s"]
     if has_flags:
         # Cold, as the ranking calls it: no purchase before ``at`` (or none at all).
@@ -176,7 +178,25 @@ def verify_parts(
         )
         checks["sampled_reasons_equal_to_rank"] = int(same)
         checks["ok"] = checks["ok"] and same == len(chosen)
+    checks.update(data_as_scored(manifest, data))
     return {"run_date": manifest["run_date"], "k": k, "model_version": manifest["model_version"], **checks}
+
+
+def data_as_scored(manifest: Dict, data: str) -> Dict:
+    """``data_as_scored``: whether ``data`` is the DATA the run scored (the run's DATA fingerprint,
+    ``inputs`` in its manifest, against ``data``'s now: a DATA refreshed in place since, or another
+    directory, is not; the checks then read its users and histories); None where it is not known (a
+    manifest without ``inputs``, written before they were recorded). With ``data_note`` where not."""
+    recorded = manifest.get("inputs")
+    if not recorded or len(recorded) != 2:
+        return {"data_as_scored": None}
+    if data_fingerprint(data) == recorded[1]:
+        return {"data_as_scored": True}
+    note = (
+        f"{data} is not the DATA run {manifest.get('run_id')} scored ({manifest.get('data')}), or it changed since "
+        "(another stats.json): its users and histories are checked, so the checks may fail for that alone"
+    )
+    return {"data_as_scored": False, "data_note": note}
 
 
 def part_starts(parts: Sequence[str], users: int) -> Optional[np.ndarray]:
