@@ -11,10 +11,13 @@ Serve keeps the address it started with).
 
 A rollout the replicas refuse (they keep serving the previous model, /healthz names the error)
 exits 2 with one line, after deploying the previous model's settings again, so that Serve's
-target is a model that loads (serve.rollout): a replica Serve starts later serves it too. A
-rollout whose new replicas fail to start (new code, or replicas started from zero, which have no
+target is a model that loads (serve.rollout): a replica Serve starts later serves it too; where
+that restore leaves the replicas on different models (or one refusing it), or fails, it exits 1.
+A rollout whose new replicas fail to start (new code, or replicas started from zero, which have no
 model to keep) exits 1 with one line, after deploying the previous settings again the same way
-where a replica served them when the job started.
+where a replica served them when the job started. Every running replica must answer its health
+(REPLICA_ANSWER_TIMEOUT_S): fewer answers exit 1 too, and so does a Serve whose app's served
+settings cannot be read before the rollout (nothing is deployed then).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
 from serve.app import build_app, replica_memory_bytes
 from serve.launch import (
+    REPLICA_ANSWER_TIMEOUT_S,
     every_replica_health,
     failed_replicas_reason,
     failure_line,
@@ -57,7 +61,15 @@ from serve.launch import (
     wait_until_healthy,
 )
 from serve.limits import REQUEST_TIMEOUT_S
-from serve.rollout import check_can_deploy, dropped_data_note, refused_rollout, restore_previous, serving_before
+from serve.rollout import (
+    Restored,
+    ServingUnknown,
+    check_can_deploy,
+    dropped_data_note,
+    refused_rollout,
+    restore_previous,
+    serving_before,
+)
 
 MEMORY_NOTE_BYTES = 2 << 30  # a replica needing this much or more: the job says so where no memory is asked
 # Ray's default temp dir, on each node that ran a replica (cluster.yaml's replicas run on workers).
@@ -167,8 +179,10 @@ def main(argv=None) -> dict:
             print(f"[deploy] note: {note}", file=sys.stderr, flush=True)
     except (InputError, ValueError) as e:
         fail(str(e), exit_status(e))
+    except ServingUnknown as e:  # before anything changed: a refused rollout could not be undone
+        fail(str(e), EXIT_FAILED)
 
-    def restore() -> str:
+    def restore() -> Restored:
         """Serve's target put back on the settings served before (serve.rollout), in words."""
         return restore_previous(app_args, args.host, args.port, args.request_timeout_s, serving)
 
@@ -196,17 +210,24 @@ def main(argv=None) -> dict:
         replicas_reason = failed_replicas_reason()  # before a restore replaces the failed status
         if replicas_reason and replicas_reason not in reason:
             reason = f"{reason} {replicas_reason}"
-        restored = "" if serving is None else f"; the settings served before: {restore()}"
+        restored = "" if serving is None else f"; the settings served before: {restore().words}"
         give_up(f"Serve could not start the app ({reason}){restored}; the replicas' logs: {REPLICA_LOGS}")
     except BaseException:  # SIGTERM (SystemExit) while the model loads
         _stop_owned(owns_serve)
         raise
-    if len(answers) < replicas:
-        print(f"[deploy] note: {len(answers)} of {replicas} replicas answered within 30 s", file=sys.stderr, flush=True)
-    refused = refused_rollout(answers or {"": health})
+    refused = refused_rollout(answers)
     if refused:
-        # The replicas refused the model and keep the previous one: bad input, as a refused model is.
-        give_up(f"{refused} ({restore()})", EXIT_BAD_INPUT)
+        # The replicas refused the model and keep the previous one: bad input, as a refused model
+        # is, once every replica is heard serving the previous one again; otherwise the run failed.
+        restored = restore()
+        give_up(f"{refused} ({restored.words})", EXIT_BAD_INPUT if restored.agreed else EXIT_FAILED)
+    if len(answers) < max(replicas, 1):
+        # A replica not heard may serve anything: a success would vouch for it.
+        give_up(
+            f"only {len(answers)} of {max(replicas, 1)} replica(s) answered their health within "
+            f"{REPLICA_ANSWER_TIMEOUT_S:.0f} s: the rollout is Serve's target, unverified on the others; "
+            f"the replicas' logs: {REPLICA_LOGS}"
+        )
     pages = {"docs": f"{url}/docs", **({"ui": f"{url}/ui"} if args.ui else {})}
     outcome = {**health, "replicas_checked": len(answers)}
     print(json.dumps({"url": url, **pages, **outcome}), flush=True)
@@ -221,7 +242,9 @@ def _started(app, args: argparse.Namespace) -> tuple:
     url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
     health = wait_until_healthy(url)
     replicas = running_replicas()
-    return url, health, replicas, every_replica_health(replicas)
+    # The HTTP answer is one replica's too (by its tag): the handle's questions add the others.
+    answers = {str(health.get("replica")): health, **every_replica_health(replicas, timeout_s=REPLICA_ANSWER_TIMEOUT_S)}
+    return url, health, replicas, answers
 
 
 def _stop_owned(owns_serve: bool) -> None:

@@ -33,10 +33,12 @@ Why it is built this way:
   deployed, and a ``data`` whose state does not load or agree with itself
   (:func:`ncf.model.integrity.verify_data_state`). Serve still holds the failed user_config as
   its target (a replica it starts later would load it and fail), so ``jobs.deploy`` deploys the
-  serving one again (:func:`restore_app`) and exits 2. A replica with no model yet (one of new
-  code, or one started from zero replicas) has nothing to keep and raises; after Serve's retries
-  the rollout is DEPLOY_FAILED, and ``jobs.deploy`` deploys the settings served before the
-  rollout again as well (where a replica served them when the job started) and exits 1.
+  serving one again (:func:`restore_app`) and exits 2 (1 where the replicas still differ after it:
+  Serve counts a replica whose ``reconfigure`` kept its model as on the target all the same). A
+  replica with no model yet (one of new code, or one started from zero replicas) has nothing to
+  keep and raises; after Serve's retries the rollout is DEPLOY_FAILED, and ``jobs.deploy``
+  deploys the settings served before the rollout again as well (where a replica served them when
+  the job started) and exits 1.
 - ``autoscaling_config`` adds replicas when each has more than ``target_ongoing_requests``
   requests in flight and removes them when idle; replicas ask for a fraction of a CPU so
   that several fit on a small machine beside the proxy.
@@ -51,7 +53,7 @@ Why it is built this way:
 import asyncio
 import logging
 import os
-from typing import Dict, List, Literal, Optional
+from typing import Dict, List, Literal, NamedTuple, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
@@ -115,6 +117,15 @@ def _redacted(message: str, user_config: Dict, limit: int = 500) -> str:
     return " ".join(message.split())[:limit]
 
 
+class Serving(NamedTuple):
+    """What a replica serves: its model (None before one) and why the last rollout failed (None
+    when it did not). One immutable pair in one attribute, replaced whole by ``reconfigure`` (in a
+    worker thread), so that /healthz never reads a model with another rollout's error."""
+
+    service: Optional[ModelService]
+    rollout_error: Optional[str]
+
+
 ROLLOUT_SURGE_PERCENT = 1
 
 
@@ -143,8 +154,7 @@ class RecommenderDeployment:
         # they more than doubled the CPU a request costs (31 -> 12 ms).
         torch.set_num_threads(threads)
         threadpool_limits(threads)
-        self._service: Optional[ModelService] = None
-        self._rollout_error: Optional[str] = None
+        self._serving = Serving(None, None)
 
     def reconfigure(self, user_config: Dict) -> None:
         """Loads the model named by ``user_config`` (see :class:`ServeSettings`), then swaps it in.
@@ -155,17 +165,26 @@ class RecommenderDeployment:
         and Serve stops the replica (after its retries, the rollout is DEPLOY_FAILED; jobs.deploy
         then deploys the settings served before again, :func:`serve.rollout.restore_previous`).
         """
+        previous = self._serving.service
         try:
-            service = ModelService.load(ServeSettings.from_user_config(user_config), previous=self._service)
+            service = ModelService.load(ServeSettings.from_user_config(user_config), previous=previous)
         except Exception as e:
-            if self._service is None:
+            if previous is None:
                 raise
-            self._rollout_error = _redacted(f"{type(e).__name__}: {e}", user_config)
-            logger.error(
-                f"rollout of {user_config.get('model_dir')} failed, still serving {self._service.version}: {e}"
-            )
+            self._serving = Serving(previous, _redacted(f"{type(e).__name__}: {e}", user_config))
+            logger.error(f"rollout of {user_config.get('model_dir')} failed, still serving {previous.version}: {e}")
             return
-        self._service, self._rollout_error = service, None
+        self._serving = Serving(service, None)
+
+    @property
+    def _service(self) -> Optional[ModelService]:
+        """The model serving (None before one)."""
+        return self._serving.service
+
+    @_service.setter
+    def _service(self, service: Optional[ModelService]) -> None:
+        # Serves ``service`` with no rollout error: for replicas built without __init__ (tests).
+        self._serving = Serving(service, None)
 
     def serving_user_config(self) -> Optional[Dict]:
         """The user_config of the model this replica serves, None before one: after a failed
@@ -183,7 +202,12 @@ class RecommenderDeployment:
     def healthz(self) -> Dict:
         """200 with the version of the model serving once one is loaded (and ``rollout_error``
         when the last rollout failed and that model kept serving), 503 before."""
-        return {**self._ready().health(self._rollout_error), "replica": serve.get_replica_context().replica_tag}
+        # One read of the pair: reconfigure replaces it from a worker thread, and a model read
+        # apart from its error could report one rollout's model with another's error.
+        service, rollout_error = self._serving
+        if service is None:
+            raise NotReady("no model loaded yet")
+        return {**service.health(rollout_error), "replica": serve.get_replica_context().replica_tag}
 
     @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
     async def recommend(self, request: RecommendRequest) -> Dict:
@@ -193,7 +217,7 @@ class RecommenderDeployment:
         # purchases) would hold the batch, and every request batched with it, for its length.
         answer = None if service.needs_pass(request) else await self._recommend_batched(request)
         if answer is None or isinstance(answer, PassNeeded):  # not kept, or no longer by the batch's turn
-            answer = (await asyncio.to_thread(self._ready().recommend_many, [request]))[0]
+            return await asyncio.to_thread(self._ready().recommend, request)
         if isinstance(answer, Exception):  # this request's own refusal; its batch was answered
             raise answer
         return answer

@@ -186,31 +186,50 @@ def _error_text(error: urllib.error.HTTPError) -> str:
 
 
 MAX_ERROR_READ = 4096
-ANSWER_PAUSE_S = 0.1  # between two questions of every_replica_health once one was answered
+ANSWER_PAUSE_S = 0.1  # between two rounds of every_replica_health's questions
+# How long jobs.deploy asks the replicas for their health: a replica answers /healthz beside
+# requests in flight (a past day's pass of minutes included), so only a hung one takes this long.
+REPLICA_ANSWER_TIMEOUT_S = 30.0
 
 
-def every_replica_health(replicas: int, app_name: str = APP_NAME, timeout_s: float = 30.0) -> Dict[str, Dict]:
+def every_replica_health(
+    replicas: int, app_name: str = APP_NAME, timeout_s: float = REPLICA_ANSWER_TIMEOUT_S
+) -> Dict[str, Dict]:
     """The health of each replica of the app (``/healthz``'s answer, by its ``replica`` tag),
     asked through a deployment handle until ``replicas`` distinct ones have answered or
-    ``timeout_s`` passes (then those that did). One answer says nothing of the others: a rollout
-    that failed on one replica of two (out of memory there, DATA replaced between their loads)
-    passed a single probe, and answers alternated between two models. Not over HTTP: Serve's
-    proxy prefers its own node's replicas, so a probe from the head never met another node's."""
+    ``timeout_s`` passes (then those that did: fewer than ``replicas`` means some were not
+    heard). One answer says nothing of the others: a rollout that failed on one replica of two
+    (out of memory there, DATA replaced between their loads) passed a single probe, and answers
+    alternated between two models. Not over HTTP: Serve's proxy prefers its own node's replicas,
+    so a probe from the head never met another node's."""
     from ray import serve
 
     from serve.app import DEPLOYMENT_NAME
 
     handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name)
+    wanted = max(replicas, 1)
     answers: Dict[str, Dict] = {}
     deadline = time.monotonic() + timeout_s
-    while len(answers) < max(replicas, 1) and time.monotonic() < deadline:
+    while len(answers) < wanted and time.monotonic() < deadline:
+        answers.update(_health_round(handle, 2 * wanted, deadline))
+        time.sleep(ANSWER_PAUSE_S)  # not a busy loop of questions while waiting for another replica
+    return answers
+
+
+def _health_round(handle, questions: int, deadline: float) -> Dict[str, Dict]:
+    """The answers to ``questions`` /healthz questions sent at once, by replica. At once: the
+    handle sends each to the replica with the fewest requests in flight, so questions one at a
+    time never reached a replica busy with a long request (a past day's pass), while a round of
+    twice as many as there are replicas fills the idle ones' counts past the busy one's."""
+    responses = [handle.healthz.remote() for _ in range(questions)]
+    answers: Dict[str, Dict] = {}
+    for response in responses:
         try:
-            health = handle.healthz.remote().result(timeout_s=max(1.0, deadline - time.monotonic()))
-        except Exception:  # noqa: BLE001 (a replica stopping, or without a model yet: ask again)
-            time.sleep(0.25)
+            health = response.result(timeout_s=max(0.5, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 (a replica stopping, or without a model yet: the next round asks again)
+            response.cancel()  # not left queued at a hung replica
             continue
         answers[str(health.get("replica"))] = health
-        time.sleep(ANSWER_PAUSE_S)  # not a busy loop of questions while waiting for another replica
     return answers
 
 

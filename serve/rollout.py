@@ -14,10 +14,21 @@ Example::
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from collections import Counter
+from typing import Dict, NamedTuple, Optional, Tuple
 
 from ncf.errors import InputError
-from serve.launch import WILDCARD_HOSTS, base_url, check_port_free, failure_line, serving_user_config, start
+from serve.launch import (
+    APP_NAME,
+    WILDCARD_HOSTS,
+    base_url,
+    check_port_free,
+    every_replica_health,
+    failure_line,
+    running_replicas,
+    serving_user_config,
+    start,
+)
 from serve.service import ServeSettings, same_content_on_disk
 
 
@@ -54,16 +65,32 @@ def serves_address(running: Tuple[str, int], host: str, port: int) -> bool:
     return running_host in WILDCARD_HOSTS or running_host == host
 
 
+class ServingUnknown(RuntimeError):
+    """What the app of ours on the cluster serves could not be read (a question timed out, the
+    controller failed): a deploy then could not undo a rollout the replicas refuse, so it is
+    refused before anything changes (``jobs.deploy``: one line, exit 1)."""
+
+
 def serving_before(running: Optional[Tuple[str, int]]) -> Optional[Dict]:
     """The settings the app's replicas serve before a rollout (None: no app of ours, or no model
     loaded yet): what a rollout that fails on some replica is undone to, and what a rollout
-    without DATA would drop. ``running``: :func:`serve.launch.running_address`."""
+    without DATA would drop. ``running``: :func:`serve.launch.running_address`.
+
+    Raises :class:`ServingUnknown` where the app is there but what it serves cannot be read:
+    taken for "no app", a failed rollout was then left as Serve's target without a word."""
     if running is None:
         return None
+    from ray import serve
+
     try:
+        if APP_NAME not in serve.status().applications:
+            return None
         return serving_user_config()
-    except Exception:  # no app of ours on the cluster's Serve
-        return None
+    except Exception as e:
+        raise ServingUnknown(
+            f"cannot tell what Serve serves ({type(e).__name__}: {failure_line(e)}); nothing was deployed: "
+            "a rollout the replicas refused could not be undone"
+        ) from None
 
 
 def dropped_data_note(data: Optional[str], serving: Optional[Dict]) -> Optional[str]:
@@ -92,35 +119,59 @@ def refused_rollout(answers: Dict[str, Dict]) -> Optional[str]:
     )
 
 
+class Restored(NamedTuple):
+    """What became of Serve's target after :func:`restore_previous`, in words (for the job's
+    error line), and whether every replica was heard serving one model without a rollout error."""
+
+    words: str
+    agreed: bool
+
+
 def restore_previous(
     app_args: dict, host: str, port: int, request_timeout_s: Optional[float], previous: Optional[Dict] = None
-) -> str:
-    """Deploys the settings served before the rollout (``previous``, :func:`serving_before`; by
-    default those a replica serves now: after a rollout every replica refused, the same) with
-    ``app_args``' scaling options, so that Serve's target, and every replica, is a model that
-    loads (model, DATA, their fingerprints, candidates, default moment, ui); returns what became
-    of the target, for the job's error line (a deploy of them that fails included).
+) -> Restored:
+    """Deploys the settings served before the rollout (``previous``, :func:`serving_before`)
+    with ``app_args``' scaling options, so that Serve's target, and every replica, is a model that
+    loads (model, DATA, their fingerprints, candidates, default moment, ui), then asks every
+    replica's health: Serve counts a replica whose reconfigure kept its model (our replicas do
+    not raise) as on the target all the same, so a replica that took the refused model and cannot
+    load the previous one again (its files replaced since) would go on serving the refused one.
 
     Used after a rollout the running replicas refused (they kept their model) and after one
     whose new replicas failed to start (Serve's DEPLOY_FAILED: new code, or a replica started
-    with no model to keep), where only ``previous`` knows what served: then called only with it."""
+    with no model to keep). Without ``previous`` nothing is deployed: what a replica serves
+    after the rollout may be the refused model, where some replica took it."""
     from serve.app import restore_app
 
-    try:
-        previous = previous or serving_user_config()
-    except Exception as e:  # the job still ends with its one line
-        return f"Serve's target is still the refused settings: the serving ones could not be read ({type(e).__name__})"
     if previous is None:
-        return "Serve's target is still the refused settings"
+        return Restored("Serve's target is still the refused settings: nothing served before the rollout", False)
     try:
         start(restore_app(app_args, previous), host=host, port=port, request_timeout_s=request_timeout_s)
     except Exception as e:  # new code whose replicas fail with any model, say: the job still ends with its line
-        return f"deploying the serving settings again failed too ({failure_line(e)})"
+        return Restored(f"deploying the serving settings again failed too ({failure_line(e)})", False)
+    replicas = running_replicas()
+    differ = replicas_differ(every_replica_health(replicas), replicas)
+    words = (
+        "deployed again as Serve's target" if differ is None else f"deployed again, but replicas still differ: {differ}"
+    )
     if not same_content_on_disk(ServeSettings.from_user_config(previous)):
-        # A model retrained into the same path, or DATA rebuilt in place: the path holds the
-        # refused files now, and a replica started later would load them.
-        return (
-            "deployed again as Serve's target, but its paths now hold the refused files, which replicas "
-            "started later would load: deploy a model that loads"
+        # A model retrained into the same path, or DATA rebuilt in place: a replica started later
+        # finds other files than the target's fingerprints and refuses them (it fails to start).
+        words += (
+            "; its paths now hold other files, which replicas started later refuse (they fail to start): "
+            "deploy a model that loads"
         )
-    return "deployed again as Serve's target"
+    return Restored(words, differ is None)
+
+
+def replicas_differ(answers: Dict[str, Dict], replicas: int) -> Optional[str]:
+    """Why the replicas are not all heard serving one model without a rollout error, in words
+    (``answers``: each replica's ``/healthz``, :func:`serve.launch.every_replica_health`;
+    ``replicas``: how many run); None when they are."""
+    versions = Counter(str(health.get("model_version")) for health in answers.values())
+    errors = [health["rollout_error"] for health in answers.values() if health.get("rollout_error")]
+    if len(answers) >= max(replicas, 1) and len(versions) == 1 and not errors:
+        return None
+    served = ", ".join(f"model {version} on {count}" for version, count in sorted(versions.items()))
+    heard = f"{len(answers)} of {max(replicas, len(answers))} replica(s) answered ({served or 'none'})"
+    return f"{heard}; {len(errors)} failed to load it: {errors[0]}" if errors else heard

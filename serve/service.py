@@ -242,6 +242,8 @@ class ModelService:
         }
 
     def recommend(self, request: RecommendRequest) -> Dict:
+        """One request ranked on its own (the route's path for a request the batch leaves to it:
+        a past day whose stats are not kept); raises its refusal (:meth:`recommend_many`)."""
         answer = self.recommend_many([request])[0]
         if isinstance(answer, Exception):
             raise answer
@@ -301,12 +303,15 @@ class ModelService:
     def score(self, request: ScoreRequest) -> Dict:
         """Raises UnknownProducts (a 422 naming them) before any scoring; an ``at`` before the
         data's first day ended raises BeforeTheData from the ranking core (a 422 too)."""
-        index = self.recommender.vocabs.products.index_of(request.product_ids)
-        unknown = [p for p, i in zip(request.product_ids, index.tolist()) if i == UNKNOWN_INDEX]
-        if unknown:
-            raise UnknownProducts(unknown)
         at = self.moment(request.at)
-        scores, cold = self.recommender.score_items(request.user_id, request.product_ids, at)
+        try:
+            # The ranking core looks the products up and refuses unknown ones before scoring.
+            scores, cold = self.recommender.score_items(request.user_id, request.product_ids, at)
+        except KeyError:
+            unknown = self._unknown_products(request.product_ids)
+            if not unknown:  # another KeyError: a fault, not the request's
+                raise
+            raise UnknownProducts(unknown) from None
         user = self.recommender.vocabs.users.index_of([request.user_id])
         return {
             "user_id": self.recommender.answered_ids([request.user_id], user)[0],
@@ -315,6 +320,11 @@ class ModelService:
             "at": _iso(at),
             "model_version": self.version,
         }
+
+    def _unknown_products(self, product_ids: List) -> List:
+        """The ids of ``product_ids`` the model's catalog does not know, in request order."""
+        index = self.recommender.vocabs.products.index_of(product_ids)
+        return [p for p, i in zip(product_ids, index.tolist()) if i == UNKNOWN_INDEX]
 
 
 def _rehearse(recommender: Recommender) -> None:

@@ -115,6 +115,48 @@ def test_healthz_reports_the_loaded_version_and_no_path(server, small_model_dir,
 
 
 @pytest.mark.faults
+def test_healthz_reads_the_model_and_its_rollout_error_as_one_pair(monkeypatch):
+    """Old code read the model serving, then the last rollout's error, from two attributes that
+    reconfigure (in a worker thread) assigns one after the other: a health check between them
+    paired a model with another rollout's error, or the kept model with no error. Here a
+    reconfigure that succeeds right after /healthz's first read: the answer is the pair as read."""
+    from types import SimpleNamespace
+
+    from ray import serve
+
+    from serve.app import RecommenderDeployment, Serving
+
+    class Model:  # what /healthz asks of a ModelService
+        def __init__(self, version: str) -> None:
+            self.version = version
+
+        def health(self, rollout_error=None) -> dict:
+            return {"status": "ok", "model_version": self.version, "rollout_error": rollout_error}
+
+    reconfigured = []
+
+    class Replica(RecommenderDeployment.func_or_class):
+        def __getattribute__(self, name):
+            value = super().__getattribute__(name)
+            if name == "_serving" and not reconfigured:  # the rollout of m1 ends just after this read
+                reconfigured.append(name)
+                object.__setattr__(self, "_serving", Serving(Model("m1"), None))
+            return value
+
+    replica = object.__new__(Replica)
+    object.__setattr__(replica, "_serving", Serving(Model("m0"), "InputError: refused"))
+    # Outside a replica Serve has no replica context: the tag is all /healthz takes from it.
+    monkeypatch.setattr(serve, "get_replica_context", lambda: SimpleNamespace(replica_tag="r1"))
+    assert replica.healthz() == {
+        "status": "ok",
+        "model_version": "m0",
+        "rollout_error": "InputError: refused",
+        "replica": "r1",
+    }
+    assert reconfigured and replica.healthz()["model_version"] == "m1"  # the next check sees the rollout
+
+
+@pytest.mark.faults
 def test_the_demo_refuses_a_cluster_whose_serve_runs_before_any_work(server, tmp_path, monkeypatch, capsys):
     """Submitted to a cluster that serves a deployed app, the demo rolled its own model into an
     app of the same name (on Serve's address, whatever its --port) and at its end shut Serve
@@ -432,6 +474,31 @@ def test_unknown_products_are_named(server, recommender, users):
     assert r.status_code == 422
     assert r.json()["unknown_product_ids"] == ["nope-1", 987654321]
     assert "nope-1" in r.json()["error"]
+
+
+@pytest.mark.faults
+def test_score_names_unknown_products_from_the_ranking_cores_own_check(
+    small_model_dir, recommender, users, monkeypatch
+):
+    """Old code looked the products up, then Recommender.score_items looked them up again and
+    refused unknown ones with a KeyError Serve never reached. /score now leaves the check to the
+    ranking core and names the unknown ids from its refusal; a KeyError of anything else is the
+    fault it is (a 500), not a 422 naming no product."""
+    from serve.api import ScoreRequest, UnknownProducts
+
+    service = ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir}))
+    known = recommender.vocabs.products.raw_of([1])[0]
+    with pytest.raises(UnknownProducts) as unknown:
+        service.score(ScoreRequest(user_id=users[0], product_ids=[known, "nope-1", 987654321]))
+    assert unknown.value.product_ids == ["nope-1", 987654321]
+    assert service.score(ScoreRequest(user_id=users[0], product_ids=[known]))["scores"]
+
+    def broken(*args, **kwargs):
+        raise KeyError("a fault inside the ranking core")
+
+    monkeypatch.setattr(service.recommender, "score_items", broken)
+    with pytest.raises(KeyError, match="a fault inside"):
+        service.score(ScoreRequest(user_id=users[0], product_ids=[known]))
 
 
 def test_unknown_routes_and_methods_are_4xx_json(server):
@@ -936,6 +1003,46 @@ def test_a_first_deploy_whose_replicas_fail_has_nothing_to_undo_and_the_next_one
         assert serving_user_config() is None
         assert deploy.main(["--model", small_model_dir, *args])["model_version"] == "v1"
         assert time.monotonic() - started < COLD_LOAD_TIMEOUT_S / 2
+    finally:
+        serve.delete("ncf")  # rollout_port deploys the session's app again
+
+
+@pytest.mark.faults
+def test_a_deploy_that_cannot_tell_what_serve_serves_is_refused_before_any_rollout(
+    server, rollout_port, small_model_dir, tmp_path, monkeypatch, capsys
+):
+    """Old code took any error reading the served settings (a 60 s timeout, a controller error)
+    for "no app of ours": the rollout went ahead with nothing to undo it to, and a rollout the
+    replicas refused left its settings as Serve's target without a word (or "restored" them from
+    a replica that had taken the new model). Now the deploy is refused in one line, exit 1,
+    before anything changes; Serve without our app still deploys (nothing served before)."""
+    from ray import serve
+
+    from jobs import deploy
+    from serve import rollout
+
+    args = ["--port", str(rollout_port), "--detach", "--max-replicas", "1"]
+    v2 = sealed_copy(small_model_dir, str(tmp_path / "v2"), "v2")
+    serve.delete("ncf_test")  # jobs.deploy's app is at the route prefix / too
+    try:
+        assert rollout.serving_before(("127.0.0.1", rollout_port)) is None  # Serve runs, no app of ours
+        assert deploy.main(["--model", small_model_dir, *args])["model_version"] == "v1"
+        capsys.readouterr()
+
+        def unanswered(*args, **kwargs):
+            raise TimeoutError("no replica answered within 60 s")
+
+        monkeypatch.setattr(rollout, "serving_user_config", unanswered)
+        with pytest.raises(SystemExit) as exited:
+            deploy.main(["--model", v2, *args])
+        error = capsys.readouterr().err.strip()
+        assert exited.value.code == 1, error
+        assert error == (
+            "error: cannot tell what Serve serves (TimeoutError: no replica answered within 60 s); nothing was "
+            "deployed: a rollout the replicas refused could not be undone"
+        )
+        assert _target_user_config("ncf")["model_dir"] == small_model_dir  # nothing deployed
+        assert model_health(_health(server))["model_version"] == "v1"
     finally:
         serve.delete("ncf")  # rollout_port deploys the session's app again
 
