@@ -45,7 +45,7 @@ from jobs.cli import (
     positive_seconds,
     tcp_port,
 )
-from ncf.errors import InputError
+from ncf.errors import EXIT_TRY_LATER, InputError
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
 from serve.app import build_app, replica_memory_bytes
@@ -180,7 +180,7 @@ def main(argv=None) -> dict:
     except (InputError, ValueError) as e:
         fail(str(e), exit_status(e))
     except ServingUnknown as e:  # before anything changed: a refused rollout could not be undone
-        fail(str(e), EXIT_FAILED)
+        fail(str(e), EXIT_TRY_LATER if e.retry else EXIT_FAILED)
 
     def restore() -> Restored:
         """Serve's target put back on the settings served before (serve.rollout), in words."""

@@ -161,7 +161,9 @@ def check_register_args(args: argparse.Namespace) -> None:
     """``register``'s directory (and DATA) checked before the store is opened or a run logged."""
     if is_registry_ref(args.model):
         raise InputError(f"register {args.model}: registers a model directory, not a registry reference")
-    check_model(args.model, option="MODEL")
+    # The directory verified is the one registered: a training repointing a blue/green link
+    # meanwhile does not slip another in (the run keeps the name given).
+    args.given, args.model = args.model, check_model(args.model, option="MODEL")
     if args.data is not None:
         check_data(args.data)
         check_trained_on(args.model, args.data)
@@ -200,7 +202,10 @@ def _run(command: str, args: argparse.Namespace, registry: Registry):
         print(f"current: {version} (rolled back from {rolled_back}): {path}; {serve_unchanged(args, registry)}")
         return version
     if command == "register":
-        return track_model(args.model, args.data, strict=True, registry=registry, candidate=not args.not_deployable)
+        run_name = os.path.basename(os.path.abspath(getattr(args, "given", args.model)))
+        return track_model(
+            args.model, args.data, run_name, strict=True, registry=registry, candidate=not args.not_deployable
+        )
     if command == "resolve":
         path = registry.resolve(args.ref)
         print(path)

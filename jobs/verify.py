@@ -48,7 +48,8 @@ def main(argv=None) -> None:
             write_manifest(model, unsealed=[METRICS])
         # None only: an empty --data (a script's unset variable) is refused by check_data, not skipped.
         check_model_and_data(model, None if args.data is None else check_data(args.data))
-    report = {"model": os.path.abspath(model), "verified": True}
+    # The path given, as "data" is; the directory a link resolved to (and was checked) beside it.
+    report = {"model": os.path.abspath(args.model), "verified_dir": model, "verified": True}
     if args.data is not None:
         report["data"] = os.path.abspath(args.data)
     print(json.dumps(report))

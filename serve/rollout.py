@@ -68,7 +68,12 @@ def serves_address(running: Tuple[str, int], host: str, port: int) -> bool:
 class ServingUnknown(RuntimeError):
     """What the app of ours on the cluster serves could not be read (a question timed out, the
     controller failed): a deploy then could not undo a rollout the replicas refuse, so it is
-    refused before anything changes (``jobs.deploy``: one line, exit 1)."""
+    refused before anything changes (``jobs.deploy``: one line, exit 1; 75 where ``retry``: the
+    app is still deploying or unhealthy, which clears once Serve settles it)."""
+
+    def __init__(self, message: str, retry: bool = False) -> None:
+        super().__init__(message)
+        self.retry = retry
 
 
 def serving_before(running: Optional[Tuple[str, int]]) -> Optional[Dict]:
@@ -82,14 +87,25 @@ def serving_before(running: Optional[Tuple[str, int]]) -> Optional[Dict]:
         return None
     from ray import serve
 
+    status = None
     try:
-        if APP_NAME not in serve.status().applications:
+        applications = serve.status().applications
+        if APP_NAME not in applications:
             return None
+        status = str(applications[APP_NAME].status)
         return serving_user_config()
     except Exception as e:
+        settling = status is not None and not status.endswith("RUNNING")
         raise ServingUnknown(
             f"cannot tell what Serve serves ({type(e).__name__}: {failure_line(e)}); nothing was deployed: "
             "a rollout the replicas refused could not be undone"
+            + (
+                f"; the app is {status.rsplit('.', 1)[-1]}: retry once Serve settles it, or delete it "
+                f"(serve.delete('{APP_NAME}')) to deploy afresh"
+                if settling
+                else ""
+            ),
+            retry=settling,
         ) from None
 
 

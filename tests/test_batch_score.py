@@ -1297,7 +1297,9 @@ def test_an_at_now_rerun_takes_no_moment_from_a_dead_run_that_wrote_no_part(
         with pytest.raises(SystemExit) as exit_info:
             batch_score.main(argv)
     assert exit_info.value.code == 1
-    assert "nothing committed, 0 of " in capsys.readouterr().err.strip().splitlines()[-1]
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "nothing committed, 0 of " in line and "rerun the same command to score every user" in line, line
+    assert "--at " not in line  # no moment to continue at: none is named
     stage = _dead_stage(output)
     dead_at = read_json(os.path.join(stage, bs.PLAN))["at_epoch_s"]
     assert [n for n in os.listdir(stage) if n.startswith("part-")] == []
@@ -1413,6 +1415,7 @@ def test_a_commit_finished_from_its_journal_of_the_same_plan_is_not_scored_again
     """Old code: a commit a dead run left journaled was finished by the next run, which then scored
     every user again. When the committed partition's plan is the run's, the run now returns it."""
     from ncf import staging
+    from ncf.batch import commit
 
     data, _ = small_data
     output = str(tmp_path / "out")
@@ -1427,6 +1430,9 @@ def test_a_commit_finished_from_its_journal_of_the_same_plan_is_not_scored_again
             batch_score.main(argv)
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "the next run of this date finishes the commit (a run of the same plan then scores nothing again)" in line
+    (journal,) = [n for n in os.listdir(os.path.join(output, commit.COMMIT)) if n.endswith(".json")]
+    staged = staging.journal_record(os.path.join(output, commit.COMMIT, journal))["staged"]
+    dead_run = commit.read_committed(staged)["run_id"]  # its _SUCCESS is in, the swap not done
 
     def never(self, *args, **kwargs):
         raise AssertionError("scored again")
@@ -1437,7 +1443,7 @@ def test_a_commit_finished_from_its_journal_of_the_same_plan_is_not_scored_again
     err = capsys.readouterr().err
     assert "finished from its journal, of this run's plan: nothing is scored again" in err, err[-2000:]
     committed = partitions.partition_dir(output, summary["run_date"])
-    assert partitions.read_manifest(output, summary["run_date"])["run_id"] == summary["run_id"]
+    assert summary["run_id"] == dead_run  # the dead run's partition, returned: not a new run's
     assert bs.PLAN not in os.listdir(committed) and os.listdir(os.path.join(output, bs.TMP)) == []
     assert verify.verify_partition(output, summary["run_date"], data, sample=3)["ok"]
 

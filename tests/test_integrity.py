@@ -407,7 +407,13 @@ def test_the_command_line_verifies_and_seals(model, tmp_path):
     data = tiny_data(str(tmp_path / "data"))
     ok = subprocess.run(run + [model, "--data", data], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout) == {"model": os.path.abspath(model), "verified": True, "data": data}
+    expected = {"model": os.path.abspath(model), "verified_dir": os.path.realpath(model), "verified": True}
+    assert json.loads(ok.stdout) == {**expected, "data": data}
+    # Through a blue/green link: the path given, and the directory it resolved to and was checked.
+    link = str(tmp_path / "model-link")
+    os.symlink(model, link)
+    linked = subprocess.run(run + [link], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert json.loads(linked.stdout) == {**expected, "model": link}, linked.stderr
     os.remove(os.path.join(model, MANIFEST))
     refused = subprocess.run(run + [model], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert (

@@ -21,7 +21,10 @@ FAULTS_ENV = "NCF_TEST_REPLICA_FAULTS"  # the directory of fault switches the re
 SETUP_HOOK = "tests.test_serve_rollout.install_replica_faults"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLOW_HOUSEHOLD = "slow-household"  # a /recommend/batch for it holds its replica until released
-SLOW_FOR_S = 25.0  # at most, below the proxy's request timeout (30 s), which would end it first
+# At most: the test releases it (the "release" switch) once its checks are done; the deploys'
+# request timeout (REQUEST_TIMEOUT_S) is above it, so the proxy never ends it first on a slow CI.
+SLOW_FOR_S = 240.0
+REQUEST_TIMEOUT_S = 300
 
 
 def install_replica_faults() -> None:
@@ -46,6 +49,7 @@ def install_replica_faults() -> None:
             deadline = time.monotonic() + SLOW_FOR_S
             while not os.path.exists(os.path.join(faults, "release")) and time.monotonic() < deadline:
                 time.sleep(0.05)
+            open(os.path.join(faults, "slow-ended"), "w").close()
         return recommend_batch(self, request)
 
     ModelService.load = staticmethod(load_unless_refused)
@@ -93,7 +97,10 @@ def faulty_replicas(ray_session, tmp_path, monkeypatch):
 
 
 def _two_replicas(port: int) -> list:
-    return ["--port", str(port), "--detach", "--min-replicas", "2", "--max-replicas", "2"]
+    return [
+        *("--port", str(port), "--detach", "--min-replicas", "2", "--max-replicas", "2"),
+        *("--request-timeout-s", str(REQUEST_TIMEOUT_S)),
+    ]
 
 
 @pytest.mark.faults
@@ -158,7 +165,9 @@ def test_a_replica_busy_with_a_long_request_is_asked_too(
     v2 = sealed_copy(small_model_dir, str(tmp_path / "v2"), "v2")
     held = threading.Thread(
         target=lambda: requests.post(
-            f"http://127.0.0.1:{port}/recommend/batch", json={"user_ids": [SLOW_HOUSEHOLD], "k": 3}, timeout=60
+            f"http://127.0.0.1:{port}/recommend/batch",
+            json={"user_ids": [SLOW_HOUSEHOLD], "k": 3},
+            timeout=REQUEST_TIMEOUT_S,
         ),
         daemon=True,
     )
@@ -172,7 +181,7 @@ def test_a_replica_busy_with_a_long_request_is_asked_too(
     deployed = deploy.main(["--model", v2, *args])
     took = time.monotonic() - started
     assert deployed["model_version"] == "v2" and deployed["replicas_checked"] == 2, capsys.readouterr().err
-    assert held.is_alive(), "the long request ended before the check: the test proved nothing"
+    assert not (faulty_replicas / "slow-ended").exists(), "the long request ended before the check: it proved nothing"
     # A replica that does not answer in time is not vouched for: exit 1, the count named.
     monkeypatch.setattr(deploy, "REPLICA_ANSWER_TIMEOUT_S", 0.0)  # only the HTTP probe's replica heard
     capsys.readouterr()
@@ -182,6 +191,6 @@ def test_a_replica_busy_with_a_long_request_is_asked_too(
     assert exited.value.code == 1, error
     assert error.startswith("error: only 1 of 2 replica(s) answered their health within 0 s"), error
     (faulty_replicas / "release").touch()
-    held.join(timeout=30)
+    held.join(timeout=60)
     with capsys.disabled():
         print(f"\n[faults] a rollout checked on a replica busy with a long request: {took:.1f} s")

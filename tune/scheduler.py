@@ -53,4 +53,6 @@ class EpochOptunaSearch(OptunaSearch):
     """
 
     def on_trial_result(self, trial_id: str, result: Dict) -> None:
-        super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: int(result[EPOCH])})
+        # Every epoch's report carries its epoch; one without (a final duplicate) keeps Tune's count.
+        step = result.get(EPOCH, result.get(TRAINING_ITERATION))
+        super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: int(step)})

@@ -541,7 +541,9 @@ def _failed_midway(
         whole = sum(1 for name in os.listdir(stage) if name in named)
     except OSError:
         whole = 0
-    if config.resume:
+    if config.resume and whole == 0:  # nothing a rerun could continue (continuable): no moment to name
+        kept = f"0 of {len(named)} parts are whole: rerun the same command to score every user"
+    elif config.resume:
         kept = f"{whole} of {len(named)} parts are whole and kept: " + rerun_to("continue", config.at, at, run_date)
     else:
         kept = "its parts are removed (--no-resume): rerun the same command to score every user again"
@@ -833,16 +835,21 @@ def _finished_from_journal(
     run: PartitionRun, plan: Dict, config: BatchScoreConfig, log: Callable[[str], None]
 ) -> Optional[Dict]:
     """The manifest of the partition a dead run's commit, finished from its journal as ``run``
-    opened (:attr:`PartitionRun.recovered`), committed of this run's plan (its ``_plan.json``
+    opened (:attr:`PartitionRun.recovered`) or by another date's run before (its ``_plan.json``
+    is still there), committed of this run's plan (its ``_plan.json``
     stays through the swap): nothing is left to score. None, said, where this run scores the date
     again: no such commit, another plan, ``--no-resume``, or a ``--verify`` that partition's run did
     not pass."""
-    if run.recovered is None:
+    finished = run.recovered
+    if finished is None and os.path.exists(os.path.join(run.final, PLAN)):
+        # Finished by another date's run (commit.recover_others), which leaves the plan in place.
+        finished = run.final
+    if finished is None:
         return None
-    committed = commit.read_committed(run.recovered)
+    committed = commit.read_committed(finished)
     if not config.resume:
         why = "--no-resume"
-    elif committed is None or not continuable(plan, run.recovered):
+    elif committed is None or not continuable(plan, finished):
         why = "it is of another plan"
     elif config.verify and not (committed.get("verify") or {}).get("ok"):
         why = "its run did not pass a --verify"

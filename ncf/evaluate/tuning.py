@@ -94,6 +94,11 @@ def tune(
     )
 
 
+# What chooses the parameters (tune: its objective and tie rule), digested into the cache's key;
+# taken once, so that a stand-in for tune (a test's) does not change the key it reads.
+RULES = (tune,)
+
+
 def _ranking(ranker, context: PointInTime, exclude_purchased: bool):
     return excluding_purchased(ranker.rank, context.states) if exclude_purchased else ranker.rank
 
@@ -103,8 +108,7 @@ def _grid(baseline: Baseline, exclude_purchased: bool) -> Dict:
     # The relevant sets changed (products bought before left out): results tuned on the old
     # ones, recorded as "exclude_purchased": True, are searched again.
     protocol = {"exclude_purchased": "relevant: never bought before"}
-    rules = (tune,)  # its objective and tie rule choose the parameters
-    return {**baseline.grid(True, rules), **protocol} if exclude_purchased else baseline.grid(rules=rules)
+    return {**baseline.grid(True, RULES), **protocol} if exclude_purchased else baseline.grid(rules=RULES)
 
 
 def _changed(hit: Tuned, grid: Dict, period: Period, users: np.ndarray) -> str:

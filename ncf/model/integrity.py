@@ -37,7 +37,7 @@ wrote the wrong vocabulary and sealed it) as well as one damaged after saving.
 
 Example::
 
-    verify_model_dir("artifacts/demo/model")      # None, or ModelIntegrityError
+    verify_model_dir("artifacts/demo/model")      # the directory checked (a link's target), or ModelIntegrityError
     python -m jobs.verify MODEL                   # the same from a shell (exit 2 on error)
 """
 
@@ -407,7 +407,11 @@ def _check_state(model_dir: str, state: str, config: ModelConfig, trained_vocab:
     wrong = [f"{name} {sizes[name]} != {tables[name]}" for name in tables if sizes[name] != tables[name]]
     if wrong:
         raise ModelIntegrityError(f"{model_dir}: vocabularies do not fit the embedding tables: {'; '.join(wrong)}")
-    if trained_vocab is not None and vocab_digest(state) != trained_vocab:
+    try:
+        found_vocab = vocab_digest(state) if trained_vocab is not None else None
+    except ModelIntegrityError as e:  # a folder in state/vocab/: named through the path given
+        raise ModelIntegrityError(f"{model_dir}: state/vocab/{str(e)[len(state) + len('/vocab: ') :]}") from None
+    if trained_vocab is not None and found_vocab != trained_vocab:
         raise ModelIntegrityError(
             f"{model_dir}: state/vocab is not the vocabulary the weights were trained on (config.json's "
             "data.vocab_sha256 differs): its rows would name other households and products"

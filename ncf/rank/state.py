@@ -24,7 +24,7 @@ from ncf.data.user_state import UserStates
 from ncf.data.vocab import FIRST_TS, UNKNOWN_INDEX, Vocabularies, Vocabulary
 from ncf.errors import InputError
 from ncf.model.directory import ModelDir, read_config
-from ncf.model.integrity import files_digest, verify_data_state, verify_model_dir
+from ncf.model.integrity import ModelIntegrityError, files_digest, verify_data_state, verify_model_dir
 from ncf.moments import SECONDS_PER_DAY, run_date_of
 
 
@@ -203,7 +203,7 @@ def _same_vocabularies(state: Vocabularies, handle: ModelDir) -> bool:
     recorded = (handle.config.get("data") or {}).get("vocab_sha256")
     try:
         return recorded is not None and files_digest(state.source) == recorded
-    except OSError:  # moved or replaced since it was read: the tables are loaded instead
+    except (OSError, ModelIntegrityError):  # moved, replaced or holding a folder: the tables are loaded instead
         return False
 
 
