@@ -125,7 +125,8 @@ def check_model_and_data(model_dir: str, data: Optional[str]) -> None:
     if data:
         # First: one file read, and a DATA of an older version lacks files the state check reads.
         check_features_version(data)
-    verify_model_dir(model_dir)
+    # The directory verified (a blue/green link's target, resolved once) is the one read below.
+    model_dir = verify_model_dir(model_dir)
     if data:
         verify_data_state(data)
         check_catalog(read_config(model_dir)["model"], layout.DataStats(data).vocab_sizes, data)
