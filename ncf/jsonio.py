@@ -6,7 +6,7 @@ import json
 import os
 import re
 import uuid
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 
 def write_json(path: str, payload: Dict) -> None:
@@ -15,13 +15,27 @@ def write_json(path: str, payload: Dict) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-    """Writes ``text`` atomically: to a temporary name, flushed to disk, then renamed over ``path``."""
-    tmp = temporary_name(path)
-    try:
+    """Writes ``text`` atomically (:func:`write_atomically`)."""
+
+    def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+
+    write_atomically(path, write)
+
+
+def write_atomically(path: str, write: Callable[[str], object]) -> None:
+    """``write(tmp)`` to a temporary name, flushed to disk, then renamed over ``path``: a write
+    that fails or is killed leaves the previous file whole, never a truncated one (a Parquet
+    table, a plot: anything a writer takes a path for)."""
+    tmp = temporary_name(path)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):  # a failed write (a full disk) leaves nothing

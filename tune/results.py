@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import pandas as pd
 
 from ncf.errors import InputError
-from ncf.jsonio import temporary_name
+from ncf.jsonio import write_atomically
 from ncf.train.checkpoint import VAL_METRIC, export_model_dir, kept_checkpoints
 from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower
 from tune.settings import SweepSettings
@@ -115,24 +115,6 @@ def write_results(table: pd.DataFrame, output: str) -> List[str]:
     write_atomically(paths[0], lambda tmp: table.to_parquet(tmp, index=False))
     write_atomically(paths[1], lambda tmp: table.to_csv(tmp, index=False))
     return paths
-
-
-def write_atomically(path: str, write: Callable[[str], object]) -> None:
-    """``write(tmp)`` to a temporary name, flushed to disk, then renamed over ``path``, as
-    :func:`ncf.jsonio.write_text` does: a write that fails or is killed (a resumed sweep writes
-    its results again) leaves the previous file whole, never a truncated one."""
-    tmp = temporary_name(path)
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):  # a failed write (a full disk) leaves nothing
-            os.remove(tmp)
 
 
 class NoTrialFinished(RuntimeError):
