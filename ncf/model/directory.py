@@ -56,12 +56,13 @@ from ncf.model.files import (  # noqa: F401 (re-exported: the names callers know
     TRAINED_PRODUCTS,
     TRAINED_USERS,
     WEIGHTS,
+    one_line,
     read_config,
     read_metrics,
     read_trained_rows,
     save_trained_rows,
 )
-from ncf.model.integrity import one_line, sha256_of, vocab_digest, write_manifest
+from ncf.model.integrity import sha256_of, vocab_digest, write_manifest
 from ncf.splits import REFIT, VALIDATED
 from ncf.staging import replacing
 

@@ -56,7 +56,7 @@ def read_config(model_dir: str, named: Optional[str] = None) -> Dict:
     try:
         config = read_json(path)
     except (OSError, ValueError) as e:  # empty, truncated, not JSON, unreadable
-        raise InputError(f"{named}: unreadable {CONFIG} ({type(e).__name__}: {_one_line(e)})") from None
+        raise InputError(f"{named}: unreadable {CONFIG} ({type(e).__name__}: {one_line(e)})") from None
     if not isinstance(config, dict):
         raise InputError(f"{named}: {CONFIG} holds {type(config).__name__}, not an object")
     if config.get("format_version") != FORMAT_VERSION:
@@ -109,12 +109,14 @@ def read_metrics(model_dir: str, named: Optional[str] = None) -> Dict:
     try:
         metrics = read_json(path)
     except (OSError, ValueError) as e:  # cut short, not JSON, not UTF-8, unreadable
-        raise InputError(f"{named}: unreadable {METRICS} ({type(e).__name__}: {_one_line(e)}); restore it") from None
+        raise InputError(f"{named}: unreadable {METRICS} ({type(e).__name__}: {one_line(e)}); restore it") from None
     if not isinstance(metrics, dict):
         raise InputError(f"{named}: {METRICS} holds {type(metrics).__name__}, not an object; restore it")
     return metrics
 
 
-def _one_line(error: BaseException) -> str:
-    """An error's text on one line (a decoder's message may quote a newline)."""
-    return " ".join(str(error).split())[:300]
+def one_line(error: BaseException) -> str:
+    """An error's text on one line (at most 300 characters), for a refusal naming the directory
+    (a decoder's message may quote a newline)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:300]

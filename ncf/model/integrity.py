@@ -68,6 +68,7 @@ from ncf.model.files import (
     TRAINED_PRODUCTS,
     TRAINED_USERS,
     WEIGHTS,
+    one_line,
     read_config,
     read_metrics,
 )
@@ -442,9 +443,3 @@ def _check_state_agrees(where: str, vocabs: Vocabularies, states: UserStates, st
         raise error(f"{where}: user_state holds product indices outside 0..{sizes['num_products'] - 1}")
     if stats.num_products != sizes["num_products"]:
         raise error(f"{where}: product_stats has {stats.num_products} products, the vocabulary {sizes['num_products']}")
-
-
-def one_line(error: BaseException) -> str:
-    """An error's text on one line (at most 300 characters), for a refusal naming the directory."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text[:300]
