@@ -771,6 +771,7 @@ def run_batch_scoring(
                 replay_stats,
                 inputs,
                 scored_at=scored_at,
+                named=named,
             )
             manifest["replay"] = replay
             manifest["data_end"] = pd.Timestamp(data_end, unit="s", tz="UTC").isoformat()
@@ -938,15 +939,16 @@ def _score_into(
     replay_stats: Optional[ProductStats] = None,
     inputs: Optional[Tuple[str, str]] = None,
     scored_at: Optional[int] = None,
+    named: Optional[Dict[str, pa.Table]] = None,
 ) -> Dict:
     """Scores every user into the parts of ``stage`` and checks them; returns the manifest.
     ``inputs``: MODEL's and DATA's fingerprints at the start (:func:`input_fingerprints`).
     ``scored_at``: what the rows and the manifest say (epoch seconds; None: ``started``; a
-    continued run's is the dead run's, whose parts it keeps)."""
+    continued run's is the dead run's, whose parts it keeps). ``named``: the run's batches
+    (:func:`named_batches` of ``users``), where the caller has them already."""
     scored_at = int(started) if scored_at is None else scored_at
     batch_size = config.batch_size or auto_batch_size(users.num_rows)
-    named = named_batches(users, batch_size)
-    every_block = list(named.values())
+    named = named_batches(users, batch_size) if named is None else named
     left = sum(1 for name in os.listdir(stage) if name in named)
     if left:
         log(f"reading the {left:,} parts a dead run of this date left, to keep the whole ones")
@@ -956,7 +958,7 @@ def _score_into(
     if kept:
         log(
             f"continuing a dead run of this date (its moment {pd.Timestamp(at, unit='s', tz='UTC').isoformat()}, "
-            f"the same MODEL, DATA and settings): {len(kept)} of {len(every_block)} parts kept "
+            f"the same MODEL, DATA and settings): {len(kept)} of {len(named)} parts kept "
             f"({kept_users:,} users), {len(blocks)} to score (--no-resume starts afresh)"
         )
     in_driver = not blocks or resolve_score_in(config, users.num_rows)  # nothing left: no actors to start
