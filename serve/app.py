@@ -176,24 +176,14 @@ class RecommenderDeployment:
             return
         self._serving = Serving(service, None)
 
-    @property
-    def _service(self) -> Optional[ModelService]:
-        """The model serving (None before one)."""
-        return self._serving.service
-
-    @_service.setter
-    def _service(self, service: Optional[ModelService]) -> None:
-        # Serves ``service`` with no rollout error: for replicas built without __init__ (tests).
-        self._serving = Serving(service, None)
-
     def serving_user_config(self) -> Optional[Dict]:
         """The user_config of the model this replica serves, None before one: after a failed
         rollout, the previous good one, which jobs.deploy deploys again (:func:`restore_app`)."""
-        service = self._service
+        service = self._serving.service
         return None if service is None else service.settings.user_config()
 
     def _ready(self) -> ModelService:
-        service = self._service
+        service = self._serving.service
         if service is None:
             raise NotReady("no model loaded yet")
         return service

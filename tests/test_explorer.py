@@ -148,10 +148,10 @@ def test_before_a_model_loads_the_page_answers_503_with_retry_after_not_off():
     import asyncio
 
     from serve.api import NOT_READY_RETRY_AFTER_S, NotReady, _on_not_ready
-    from serve.app import RecommenderDeployment
+    from serve.app import RecommenderDeployment, Serving
 
     loading = object.__new__(RecommenderDeployment.func_or_class)
-    loading._service = None
+    loading._serving = Serving(None, None)
     for route in (
         lambda: loading.explorer_page(),
         lambda: loading.explorer_config(),
@@ -165,12 +165,12 @@ def test_before_a_model_loads_the_page_answers_503_with_retry_after_not_off():
 
 @pytest.mark.faults
 def test_with_the_page_off_every_ui_path_is_a_404(service):
-    from serve.app import RecommenderDeployment
+    from serve.app import RecommenderDeployment, Serving
     from serve.ui import OFF_MESSAGE
 
     assert service.settings.ui is False
     serving = object.__new__(RecommenderDeployment.func_or_class)
-    serving._service = service
+    serving._serving = Serving(service, None)
     for route in (serving.explorer_page, serving.explorer_config, lambda: serving.explorer_asset("explorer.js")):
         with pytest.raises(Exception) as off:
             route()
