@@ -1158,6 +1158,9 @@ def test_a_rerun_keeps_the_whole_parts_of_a_dead_run_of_the_same_plan(small_mode
     assert "reading the 3 parts a dead run of this date left" in err, err[-2000:]
     assert f"3 of {batches} parts kept (24 users), {batches - 3} to score" in err, err[-2000:]
     assert summary["continued"] == dead and summary["verify"]["ok"] and summary["parts"] == batches
+    # Old code: "done: N users scored", the kept users counted as scored by this run.
+    users = partitions.read_users(data).num_rows
+    assert summary["users_kept"] == 24 and f"done: {users - 24:,} users scored, 24 kept from the dead run" in err
     run_date = partition.split("=")[1]
     committed = partitions.partition_dir(output, run_date)
     assert bs.PLAN not in os.listdir(committed) and not os.path.exists(os.path.join(output, bs.TMP, partition))

@@ -799,9 +799,11 @@ def run_batch_scoring(
     if manifest["scored_in"] == KEPT_ONLY:
         log(f"done: nothing left to score, {manifest['users']:,} users' parts kept -> {final}")
     else:
+        kept = manifest["users_kept"]
+        scored = f"{manifest['users'] - kept:,} users scored" + (f", {kept:,} kept from the dead run" if kept else "")
         log(
-            f"done: {manifest['users']:,} users scored, {manifest['rows']:,} rows written in "
-            f"{manifest['seconds']} s ({manifest['users_per_s']} users/s) -> {final}"
+            f"done: {scored}, {manifest['rows']:,} rows in {manifest['seconds']} s "
+            f"({manifest['users_per_s']} users/s scored) -> {final}"
         )
     return manifest
 
@@ -1021,6 +1023,8 @@ def _score_into(
     seconds = time.time() - started
     manifest = {
         "users": users.num_rows,
+        # Of them, those whose parts a dead run of this plan left whole: kept, not scored again.
+        "users_kept": kept_users,
         "rows": rows,
         "k": config.k,
         "explain": config.explain,
