@@ -41,11 +41,29 @@ def test_an_index_is_saved_for_a_model_within_headroom_of_needing_one(monkeypatc
     width = ann.MF_CANDIDATES
     sizes = dict(num_products=1_000, num_departments=2, num_categories=3)
     near = ModelConfig(num_users=ann.MF_CACHE_MAX_ENTRIES // width * 3 // 4, **sizes)
-    assert not ann.needed(near.num_users, width) and ann.needed(directory.INDEX_HEADROOM * near.num_users, width)
+    products = sizes["num_products"]
+    assert not ann.needed(near.num_users, width, products)
+    assert ann.needed(directory.INDEX_HEADROOM * near.num_users, width, products)
     assert directory.saves_index(weights, near)
     far = ModelConfig(num_users=ann.MF_CACHE_MAX_ENTRIES // width // (directory.INDEX_HEADROOM + 1), **sizes)
     assert not directory.saves_index(weights, far)
     assert not directory.saves_index({}, near)  # no MF path: no index
+
+
+def test_a_large_catalog_searches_the_index_where_exact_lists_would_scan_it_too_long(data, tmp_path, monkeypatch):
+    """Kept exact lists were chosen by households x width alone: 333k households of a 1M-product
+    catalog each scanned the catalog once (about 3 ms; a quarter hour per replica). The catalog
+    now counts: the index is saved and searched where households x products exceed the budget."""
+    width = ann.MF_CANDIDATES
+    assert not ann.needed(20_000, width, 68_000) and ann.needed(20_000, width, 1_000_000)
+    assert ann.needed(333_000, width, 1_000_000) and not ann.needed(333_000, width, 1_000)
+    # The tiny DATA's 30 households x 60 products, over a budget lowered below them: the save and
+    # the load decide alike, the cache's entries left as they are.
+    monkeypatch.setattr(ann, "MF_EXACT_MAX_SCORES", 30 * 60 - 1)
+    model = save_untrained_model_dir(str(tmp_path / "wide"), data, version="v1", **SMALL)
+    assert os.path.exists(ann.index_path(model))
+    loaded = Recommender.load(model)
+    assert loaded.ranker.mf_index is not None and not loaded.ranker.candidates.mf.cached
 
 
 def test_a_model_whose_lists_fit_the_cache_has_no_index(data, tmp_path):

@@ -12,8 +12,8 @@ per row of the product table (its ids are the rows) and is written into the mode
 when the model is saved (``MODEL/mf_index.faiss``), so that a replica or a scoring actor loads it
 instead of building it: at a million products the build takes minutes, a load seconds.
 
-Only catalogs whose households' exact lists would not fit the first stage's cache need it
-(:func:`needed`); ranking restricts each search to the products its state knows (an ID
+Only states whose households' exact lists would not fit the first stage's cache, or would take
+too long to compute, need it (:func:`needed`); ranking restricts each search to the products its state knows (an ID
 selector), so one index serves every state the model ranks from.
 
 Example::
@@ -34,6 +34,12 @@ INDEX_FILE = "mf_index.faiss"
 # The first stage keeps every household's exact list while the table of them fits this many
 # entries (200 MB of int32: 333k households at 150 each); beyond it, it searches this index.
 MF_CACHE_MAX_ENTRIES = 50_000_000
+# ... and while computing all of them is at most this many dot products: about 45 s of a replica's
+# start here (64 households x 1M products took 0.17 s), so that every kept list is computed before
+# the first request (ncf.rank.ranker.WARM_MAX_SCORES). Beyond it, each household's exact list would
+# cost a request a scan of the catalog (about 3 ms at 1M products; a search 0.3 ms at 100k): 333k
+# households x 1M products were kept, a quarter hour of scans per replica, until 2026-12-05.
+MF_EXACT_MAX_SCORES = 1 << 34
 MF_CANDIDATES = 150  # the first stage's default list width (RankingSettings.mf_candidates)
 # HNSW's M, efConstruction and efSearch. A search as deep as the list it returns (150) finds
 # 0.93-1.00 of the exact MF top 150 on three Complete Journey seeds' trained vectors, 0.78 on
@@ -55,9 +61,11 @@ _PRODUCT_TABLE = "mf_embedding_collection.embedding_bags.product_mf_embeddings.w
 _MF_OUTPUT = "mf_output.weight"
 
 
-def needed(households: int, width: int) -> bool:
-    """Whether a first stage over ``households`` lists of ``width`` products searches the index."""
-    return households * width > MF_CACHE_MAX_ENTRIES
+def needed(households: int, width: int, products: int) -> bool:
+    """Whether a first stage over ``households`` lists of ``width`` products, from a catalog of
+    ``products``, searches the index: its exact lists would not fit the cache, or would cost too
+    many scans of the catalog."""
+    return households * width > MF_CACHE_MAX_ENTRIES or households * products > MF_EXACT_MAX_SCORES
 
 
 def product_vectors(weights: Dict[str, torch.Tensor], rows: Optional[np.ndarray] = None) -> np.ndarray:

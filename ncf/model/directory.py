@@ -123,8 +123,8 @@ def saves_index(weights: Dict[str, torch.Tensor], model_config: ModelConfig, ran
     stage over :data:`INDEX_HEADROOM` times its households is too large to cache
     (:func:`ncf.model.ann.needed`)."""
     width = (ranking or {}).get("mf_candidates", MF_CANDIDATES)
-    households = INDEX_HEADROOM * model_config.num_users
-    return has_mf(weights) and needed(households, min(width, model_config.num_products - 1))
+    households, products = INDEX_HEADROOM * model_config.num_users, model_config.num_products
+    return has_mf(weights) and needed(households, min(width, products - 1), products)
 
 
 def save_model_dir(
@@ -313,11 +313,12 @@ class ModelDir:
     def load_model(self, device: Optional[torch.device] = None) -> AdvancedNCF:
         return load_model(self.path, device)
 
-    def mf_index_for(self, households: int, width: int) -> Optional[ProductIndex]:
-        """The saved MF index where a first stage of ``width`` products over ``households`` searches
-        one (None otherwise: exact lists; or no index saved, and the first stage builds one)."""
+    def mf_index_for(self, households: int, width: int, products: int) -> Optional[ProductIndex]:
+        """The saved MF index where a first stage of ``width`` products over ``households``, from a
+        state of ``products``, searches one (None otherwise: exact lists; or no index saved, and the
+        first stage builds one)."""
         width = min(width, int(self.config["model"]["num_products"]) - 1)  # as the save decided
-        return load_if_present(self.path) if needed(households, width) else None
+        return load_if_present(self.path) if needed(households, width, products) else None
 
     def table_vocabularies(self) -> Vocabularies:
         """The vocabularies whose indices are the rows of the model's embedding tables."""

@@ -65,9 +65,10 @@ class RankingSettings:
 class MFFirstStage:
     """Each household's ``width`` best products by the MF path's logit, over the state's catalog.
 
-    While every household's list fits in ``ann.MF_CACHE_MAX_ENTRIES`` (Complete Journey: 2.5k
-    households), lists are exact (one matrix product over the catalog) and kept: they do not
-    depend on the moment. Beyond that, a request must not scan the catalog: the model
+    While every household's list fits in ``ann.MF_CACHE_MAX_ENTRIES`` and all of them cost at most
+    ``ann.MF_EXACT_MAX_SCORES`` dot products (Complete Journey: 2.5k households x 68k products),
+    lists are exact (one matrix product over the catalog) and kept: they do not depend on the
+    moment. Beyond that, a request must not scan the catalog: the model
     directory's HNSW index (:mod:`ncf.model.ann`, built when the model was saved; built here
     only for a directory without one) answers each household approximately (agreement with the
     exact lists: BENCHMARKS.md). With ``exact``, lists are exact whatever the size, one matrix
@@ -94,7 +95,7 @@ class MFFirstStage:
         self._users = _table(model, "user_mf_embeddings")
         self._user_rows = rows.user
         self.width = min(width, int(known.sum()))
-        cacheable = not ann.needed(len(rows.user), self.width)
+        cacheable = not ann.needed(len(rows.user), self.width, len(known))
         self._top = np.zeros((len(rows.user), self.width), np.int32) if cacheable else None
         self._known = np.zeros(len(rows.user), bool) if cacheable else None
         self._index = None
@@ -155,7 +156,7 @@ class MFFirstStage:
 
     @property
     def cached(self) -> bool:
-        """Whether households' lists are kept (the table of them fits ann.MF_CACHE_MAX_ENTRIES)."""
+        """Whether households' lists are kept (:func:`ncf.model.ann.needed` says they are not)."""
         return self._top is not None
 
     def top(self, users: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ import torch
 
 from ncf.data.features import candidate_features, household_inputs
 from ncf.data.timeline import UserTimeline
+from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.ann import ProductIndex
 from ncf.model.batch import Batch
@@ -70,9 +71,10 @@ class _Question:
 
 # The first stage's lists a ranker computes before its first request, at most (households x
 # catalog): 64 households x 1M products took 0.17 s here, so about 45 s; all of Complete Journey's
-# (2,500 x 68,000) are far below it. Kept lists reach 333k households (ann.MF_CACHE_MAX_ENTRIES),
-# whose 1M-product warm-up took about 15 minutes of a replica's start.
-WARM_MAX_SCORES = 1 << 34
+# (2,500 x 68,000) are far below it. Lists are kept only within the same budget
+# (ann.MF_EXACT_MAX_SCORES), so this bounds a state the rule was not told of (a test's, a constant
+# changed); until 2026-12-05 kept lists reached 333k households x 1M products, a quarter hour.
+WARM_MAX_SCORES = ann.MF_EXACT_MAX_SCORES
 
 
 class Ranker:
@@ -127,7 +129,7 @@ class Ranker:
         one, and its model (unless ``model``, one already loaded from it)."""
         settings = settings or RankingSettings(**handle.ranking)
         rows = EmbeddingRows.of_model(handle, state.vocabs)
-        index = handle.mf_index_for(len(state.vocabs.users), settings.mf_candidates)
+        index = handle.mf_index_for(len(state.vocabs.users), settings.mf_candidates, len(state.vocabs.products))
         return Ranker(model if model is not None else handle.load_model(device), state, rows, settings, index)
 
     def derived(self, state: Optional[RankingState] = None, settings: Optional[RankingSettings] = None) -> "Ranker":
