@@ -288,9 +288,9 @@ def test_a_resume_with_other_settings_is_refused_before_ray_starts(small_data, t
     data, _ = small_data
     SweepSettings(data=data, output=str(tmp_path / "sweep"), trials=4).record()
     os.makedirs(tmp_path / "sweep" / "tune" / "sweep")
-    (
-        tmp_path / "sweep" / "tune" / "sweep" / "experiment_state-2026-12-05_10-00-00.json"
-    ).touch()  # Tune saved its state
+    (tmp_path / "sweep" / "tune" / "sweep" / "experiment_state-2026-12-05_10-00-00.json").write_text(
+        WHOLE_TUNE_STATE
+    )  # Tune saved its state
     monkeypatch.setattr(tune_sweep, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
     with pytest.raises(SystemExit) as exit_info:
         tune_sweep.main(["--data", data, "--output", str(tmp_path / "sweep"), "--trials", "8", "--resume"])
@@ -721,7 +721,40 @@ def test_a_sweep_stopped_before_tune_saved_its_state_is_refused_on_resume_in_one
         f"start it again with a new --output, or remove {sweep} first"
     ), lines
     # Once Tune has saved its state the sweep resumes.
-    (sweep / "tune" / "sweep" / "experiment_state-2026-12-05_10-00-00.json").write_text("{}")
+    (sweep / "tune" / "sweep" / "experiment_state-2026-12-05_10-00-00.json").write_text(WHOLE_TUNE_STATE)
+    check_sweep_directory(str(sweep), data, resume=True)
+
+
+# An experiment state as Tune writes it, its fields empty: what a resume's check reads.
+WHOLE_TUNE_STATE = json.dumps({"trial_data": [], "runner_data": {"_iteration": 3}, "stats": {"start_time": 0.0}})
+
+
+@pytest.mark.faults
+def test_a_resume_whose_newest_tune_state_is_cut_short_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    """Tune writes its experiment state in place: a kill or a full disk mid-write leaves it cut
+    short. Old code: --resume went on, Tune's restore failed, it logged "Restarting experiment"
+    and started over without the search space (OptunaSearch's RuntimeError after Ray's start)."""
+    from jobs import tune_sweep
+    from tune.sweep import check_sweep_directory
+
+    sweep, data = tmp_path / "sweep", str(tmp_path / "data")
+    experiment = sweep / "tune" / "sweep"
+    experiment.mkdir(parents=True)
+    write_json(str(sweep / "settings.json"), {"trials": 2})
+    whole = WHOLE_TUNE_STATE
+    (experiment / "experiment_state-2026-12-05_10-00-00.json").write_text(whole)
+    newest = experiment / "experiment_state-2026-12-05_11-00-00.json"  # the one Tune restores
+    monkeypatch.setattr(tune_sweep, "check_data", lambda *a, **k: None)
+    monkeypatch.setattr(tune_sweep, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    for damaged, why in [(whole[: len(whole) // 2], "does not read (JSONDecodeError"), ("[]", "lacks trial_data and")]:
+        newest.write_text(damaged)
+        with pytest.raises(SystemExit) as exit_info:
+            tune_sweep.main(["--data", data, "--output", str(sweep), "--trials", "2", "--resume"])
+        assert exit_info.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and f"--resume: Tune's state {newest} {why}" in lines[0], lines
+        assert lines[0].endswith(f"it cannot be resumed: start it again with a new --output, or remove {sweep} first")
+    newest.write_text(whole)
     check_sweep_directory(str(sweep), data, resume=True)
 
 

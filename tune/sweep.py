@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import math
 import os
 import signal
 import threading
+from typing import Optional
 
 import pandas as pd
 
@@ -259,6 +261,12 @@ def check_sweep_directory(output: str, data: str, resume: bool) -> None:
             f"--resume: {output} was stopped before Tune saved its state: it cannot be resumed; "
             f"start it again with a new --output, or remove {output} first"
         )
+    damage = tune_state_damage(experiment) if resume else None
+    if damage is not None:
+        raise InputError(
+            f"--resume: Tune's state {damage}: Tune would start the sweep over without its search "
+            f"space; it cannot be resumed: start it again with a new --output, or remove {output} first"
+        )
     if not resume and os.path.exists(experiment):
         raise InputError(f"{output} already holds a sweep: pass --resume to continue it, or pick a new --output")
 
@@ -270,6 +278,24 @@ def tune_state_saved(experiment: str) -> bool:
 
     pattern = TuneController.CKPT_FILE_TMPL.format("*")
     return os.path.isdir(experiment) and any(fnmatch.fnmatch(name, pattern) for name in os.listdir(experiment))
+
+
+def tune_state_damage(experiment: str) -> Optional[str]:
+    """Why the experiment state a resume restores (the newest, as Tune picks it) cannot be read,
+    naming it; None where it reads. Tune writes it in place, so a kill or a full disk mid-write
+    leaves it cut short, and Tune's restore, failing, starts the sweep over. Read as plain JSON:
+    nothing in it is unpickled here."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    pattern = TuneController.CKPT_FILE_TMPL.format("*")
+    path = os.path.join(experiment, max(fnmatch.filter(os.listdir(experiment), pattern)))
+    try:
+        with open(path, "rb") as f:
+            state = json.loads(f.read())
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return f"{path} does not read ({type(e).__name__}: {e})"
+    missing = [key for key in ("trial_data", "runner_data") if not isinstance(state, dict) or key not in state]
+    return f"{path} lacks {' and '.join(missing)}" if missing else None
 
 
 def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
