@@ -43,12 +43,15 @@ setup: $(STAMP)
 # pandas 3.1): an older one is refused before any download; one other than 3.11 is warned of.
 # LightGBM (the boosted ranker) and implicit (ALS) load the system's OpenMP runtime, which minimal
 # images lack: Debian's libgomp1 is installed where it is missing. The CUDA fbgemm-gpu cannot load
-# beside a CPU torch (a .venv set up for the CPU first, whose torch pip keeps): refused.
+# beside a CPU torch (a .venv set up for the CPU first, whose torch pip keeps): refused. Every stamp
+# goes before the first change to the venv: a failed install after the other fbgemm's uninstall
+# would otherwise leave the last setup's stamp, and the next `make setup` would do nothing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml requirements/lock.txt Makefile
 	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || { echo "error: $(PYTHON) -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
 	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] < (3, 11))" || { echo "error: $(VENV) is $$($(PY) --version), the pinned stack needs Python 3.11: rm -rf $(VENV), then make setup PYTHON=python3.11"; exit 1; }
 	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] != (3, 11))" || echo "warning: $$($(PY) --version) is not Python 3.11, the version the pinned stack was tested on"
+	@rm -f $(VENV)/.setup-*
 	@$(PY) -c "__import__('ctypes').CDLL('libgomp.so.1')" 2>/dev/null || { \
 	  echo "installing Debian's libgomp1 (OpenMP), which LightGBM and implicit load"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgomp1 >/dev/null; } || { \
@@ -59,7 +62,6 @@ $(STAMP): pyproject.toml requirements/lock.txt Makefile
 	$(PIP) install -q $(FBGEMM)
 	$(PIP) install -q --no-deps torchrec==1.8.0
 	$(PIP) install -q -r requirements/lock.txt
-	@rm -f $(VENV)/.setup-*
 	@touch $@
 	@echo "setup done ($(ACCEL)): $(VENV)"
 

@@ -21,9 +21,11 @@ import json
 import os
 import time
 import urllib.request
+from dataclasses import asdict
+from typing import Optional
 
 from jobs import batch_score, evaluate, preprocess, train
-from jobs.cli import init_ray, job_parser, one_line_errors, positive_int, tcp_port
+from jobs.cli import exit_status, fail, init_ray, job_parser, one_line_errors, positive_int, tcp_port
 from ncf.batch.partitions import partition_dir
 from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION
@@ -34,11 +36,23 @@ from ncf.jsonio import write_text
 from ncf.model.directory import ModelDir
 from ncf.registry import sqlite_uri
 from ncf.staging import present
-from serve.launch import LOCAL, base_url, check_port_free, running_address
+from serve.launch import (
+    APP_NAME,
+    LOCAL,
+    base_url,
+    check_port_free,
+    failed_replicas_reason,
+    failure_line,
+    running_address,
+    start,
+    wait_until_healthy,
+)
 
 STAGES = 6
 # Six trainings are too long for the demo; bench.ablations' rows on Complete Journey are kept here.
 RECORDED_ABLATIONS = os.path.join("bench", "results", "ablations_cj.jsonl")
+# Ray's default temp dir: where Serve logs when no Ray session of this process says otherwise.
+DEFAULT_SERVE_LOGS = "/tmp/ray/session_latest/logs/serve"
 
 
 def _stage(number: int, name: str, started: float) -> None:
@@ -50,10 +64,18 @@ def print_table(rows: list) -> None:
     paired standard error (``recall@10 - model``)."""
     columns = ["model", "recall@10", "ndcg@10", "hr@10", "mrr@10", "sampled_hr@10", "sampled_ndcg@10", "users"]
     paired = [f"{m} - model" for m in PAIRED]
-    print(" | ".join(f"{c:>15}" for c in columns + paired))
+    headers = columns + paired
+    widths = [max(15, len(header)) for header in headers]  # "recall@10 - model" is longer than its cells
+    print(" | ".join(f"{header:>{width}}" for header, width in zip(headers, widths)))
     for row in rows:
-        cells = [row.get(c, "") for c in columns] + [_minus_model(row, m) for m in PAIRED]
-        print(" | ".join(f"{cell:>15}" for cell in cells), flush=True)
+        cells = [_figure(row.get(c, "")) for c in columns] + [_minus_model(row, m) for m in PAIRED]
+        print(" | ".join(f"{cell:>{width}}" for cell, width in zip(cells, widths)), flush=True)
+
+
+def _figure(value) -> str:
+    """A metric's float to 4 decimals, the precision of the paired differences: at full precision
+    it overflowed its column and shifted every cell after it."""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _minus_model(row: dict, metric: str) -> str:
@@ -77,9 +99,21 @@ def stop_app(app_name: str) -> None:
     successful demo. On a cluster that outlives the demo (RAY_ADDRESS), Serve is shut down."""
     from ray import serve
 
+    if running_address() is None:  # Serve never started (or is gone): nothing to stop, nothing to ask it
+        return
     serve.delete(app_name)
     if os.environ.get("RAY_ADDRESS"):
         serve.shutdown()
+
+
+def serve_logs_dir() -> str:
+    """Serve's log directory in this process's Ray session (its controller and proxy: on the head,
+    where the demo runs), read from the session itself: ``ray.init`` may have been given another
+    temp dir than Ray's default. Ray keeps no public accessor for it."""
+    import ray._private.worker
+
+    node = ray._private.worker._global_node
+    return DEFAULT_SERVE_LOGS if node is None else os.path.join(node.get_logs_dir_path(), "serve")
 
 
 def check_no_serve_running() -> None:
@@ -97,16 +131,18 @@ def check_no_serve_running() -> None:
 def online_queries(model: str, data: str, port: int) -> list:
     """Deploys the Serve app on 127.0.0.1, asks it a few questions, and stops it."""
     from serve.app import build_app
-    from serve.launch import APP_NAME, start, wait_until_healthy
 
     with one_line_errors():
-        # Checked at the start too; something may have taken the port in the minutes since.
+        # Checked at the start too; something may have taken the port, or started Serve (which
+        # stop_app would then shut down), in the minutes since.
         check_port_free("127.0.0.1", port, "stop it or give the demo another --port")
+        if os.environ.get("RAY_ADDRESS"):
+            check_no_serve_running()
         app = build_app({"model": model, "data": data, "default_at": "data-end", "min_replicas": 1, "max_replicas": 2})
-    # Complete Journey ends in 2017, so requests default to the data's end rather than now.
-    url = start(app, host="127.0.0.1", port=port)
+    # Inside the try: a deploy that fails or is interrupted halfway still stops the app, and on a
+    # cluster the Serve it started, which the next demo would otherwise refuse to run beside.
     try:
-        health = wait_until_healthy(url, timeout_s=120)
+        url, health = _serving(app, port)
         expected = ModelDir(model).version
         if health.get("model_version") != expected:
             with one_line_errors():
@@ -131,6 +167,25 @@ def online_queries(model: str, data: str, port: int) -> list:
         return answers
     finally:
         stop_app(APP_NAME)
+
+
+def _serving(app, port: int) -> tuple:
+    """(url, /healthz's answer) of ``app`` started on 127.0.0.1:``port``; a failure ends the demo
+    in one line, as jobs.deploy's does, naming Serve's logs."""
+    try:
+        # Complete Journey ends in 2017, so requests default to the data's end rather than now.
+        url = start(app, host="127.0.0.1", port=port)
+        return url, wait_until_healthy(url, timeout_s=120)
+    except InputError as e:  # the address answers, but not as the demo's app
+        fail(str(e), exit_status(e))
+    except TimeoutError as e:  # the replicas did not come up: their logs say why
+        fail(f"{e}; Serve's logs: {serve_logs_dir()}")
+    except RuntimeError as e:  # the replicas failed to start (DEPLOY_FAILED), or the proxy to bind
+        reason = failure_line(e)
+        replicas_reason = failed_replicas_reason()  # Serve's own error names only the deployment
+        if replicas_reason and replicas_reason not in reason:
+            reason = f"{reason} {replicas_reason}"
+        fail(f"Serve could not start the app ({reason}); Serve's logs: {serve_logs_dir()}")
 
 
 def support_paths(workdir: str) -> dict:
@@ -164,7 +219,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--reuse-data",
         action="store_true",
-        help="keep DATA if a previous run preprocessed it with this code's feature definitions",
+        help="keep DATA if a previous run preprocessed Complete Journey there with this code's feature definitions "
+        "and the settings the demo asks for",
     )
     p.add_argument(
         "--name",
@@ -195,12 +251,72 @@ def model_links(*outputs: str) -> None:
             )
 
 
+def why_not_reusable(data: str, preprocess_argv: list) -> Optional[str]:
+    """Why DATA is not what ``jobs.preprocess preprocess_argv`` would write now, in words; None
+    when it is: the same feature definitions, settings (its ``stats.json`` records them) and
+    dataset files, with training lists."""
+    stats_file = layout.stats_path(data)
+    if not os.path.exists(stats_file):
+        return f"no {stats_file}"
+    try:
+        stats = layout.DataStats(data)
+        recorded_version = stats.features_version
+    except (InputError, OSError, ValueError, TypeError) as e:  # cut short, not JSON, a field of another shape
+        return f"{stats_file} is unreadable ({e})"
+    if recorded_version != FEATURES_VERSION:
+        return f"preprocessed with feature definitions v{recorded_version}, this code's are v{FEATURES_VERSION}"
+    asked = preprocess.parse_args(preprocess_argv)
+    # Through JSON, as stats.json holds it (tuples become lists).
+    expected = json.loads(json.dumps(asdict(preprocess.preprocess_config(asked))))
+    recorded = stats.raw.get("config")
+    if not isinstance(recorded, dict):
+        return f"{stats_file} records no preprocessing settings"
+    changed = _changed_settings(recorded, expected)
+    if changed:
+        return "preprocessed with other settings (" + ", ".join(changed) + ")"
+    dataset, _ = preprocess.built_in(asked)
+    logs = (stats.raw.get("inputs") or {}).get("logs") or []
+    if {os.path.abspath(os.path.dirname(path)) for path in logs} != {os.path.abspath(dataset)}:
+        return f"preprocessed from {', '.join(logs) or 'unrecorded inputs'}, not {dataset}"
+    if stats.raw.get("state_only"):
+        return "preprocessed with --state-only: it holds no training lists"
+    return None
+
+
+def _changed_settings(recorded: dict, expected: dict, prefix: str = "") -> list:
+    """``name: recorded -> expected`` of each setting that differs, nested ones as ``examples.seed``."""
+    changed = []
+    for name in sorted(set(recorded) | set(expected)):
+        was, now = recorded.get(name), expected.get(name)
+        if isinstance(was, dict) and isinstance(now, dict):
+            changed += _changed_settings(was, now, f"{prefix}{name}.")
+        elif was != now:
+            changed.append(f"{prefix}{name}: {was} -> {now}")
+    return changed
+
+
+def evaluated(argv: list, rows_file: str) -> list:
+    """jobs.evaluate's rows, written to ``rows_file`` beside its report, also when it stops
+    halfway (a row failed, Ctrl-C): the rows computed then replace the previous run's, which are
+    about another model. Left as it was when no row was computed."""
+    computed: list = []
+    rows = None
+    try:
+        rows = evaluate.main(argv, on_row=computed.append)
+        return rows
+    finally:
+        kept = computed if rows is None else rows
+        if kept:
+            write_text(rows_file, "".join(json.dumps(row) + "\n" for row in kept))
+
+
 def main(argv=None) -> list:
     args = parse_args(argv)
     started = time.time()
     data, model = os.path.join(args.workdir, "data"), os.path.join(args.workdir, "model")
     validated = model + "-validated"
     report, recommendations = os.path.join(args.workdir, "report"), os.path.join(args.workdir, "recommendations")
+    evaluation = os.path.join(args.workdir, "evaluation.jsonl")
     # The demo prints the answers of its few queries itself; Serve's controller, proxy and
     # per-request access logs go to Serve's log files (printed at the end), not into its output.
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
@@ -219,13 +335,15 @@ def main(argv=None) -> list:
             with one_line_errors():
                 check_no_serve_running()
         _stage(1, "preprocess Complete Journey (Ray Data)", started)
-        stats = layout.stats_path(data)
-        reusable = os.path.exists(stats) and layout.DataStats(data).features_version == FEATURES_VERSION
-        if args.reuse_data and reusable:
+        preprocess_argv = ["--dataset", "completejourney", "--output", data]
+        preprocess_argv += ["--cache", shared["--cache"]] if shared else []
+        not_reusable = why_not_reusable(data, preprocess_argv) if args.reuse_data else None
+        if args.reuse_data and not_reusable is None:
             print(f"reusing {data}", flush=True)
         else:
-            cache = ["--cache", shared["--cache"]] if shared else []
-            preprocess.main(["--dataset", "completejourney", "--output", data, *cache])
+            if not_reusable:
+                print(f"[demo] not reusing DATA: {not_reusable}", flush=True)
+            preprocess.main(preprocess_argv)
 
         _stage(2, "train AdvancedNCF (Ray Train): the validated model, then the deployment refit", started)
         model_links(model, validated)
@@ -246,8 +364,9 @@ def main(argv=None) -> list:
         )
 
         _stage(3, "evaluate the validated model on the held-out weeks against the baselines; HTML report", started)
-        rows = evaluate.main(["--model", validated, "--data", data, "--report", report, "--ablations", args.ablations])
-        write_text(os.path.join(args.workdir, "evaluation.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+        rows = evaluated(
+            ["--model", validated, "--data", data, "--report", report, "--ablations", args.ablations], evaluation
+        )
 
         _stage(4, "batch-score every household with the deployment model (--score-in auto)", started)
         scored = batch_score.main(
@@ -277,10 +396,10 @@ def main(argv=None) -> list:
             ("preprocessed data", data),
             ("validated model (evaluated)", validated),
             ("deployment model (served)", model),
-            ("evaluation (JSON lines)", os.path.join(args.workdir, "evaluation.jsonl")),
+            ("evaluation (JSON lines)", evaluation),
             ("report", os.path.join(report, "report.html")),
             ("recommendations", partition_dir(recommendations, scored["run_date"])),
-            ("Serve logs", "/tmp/ray/session_latest/logs/serve"),  # Ray's default temp dir
+            ("Serve logs", serve_logs_dir()),  # before ray.shutdown, which forgets the session
         ]:
             print(f"  {name:<28} {os.path.abspath(path)}")
         print(f"demo finished in {time.time() - started:.0f} s", flush=True)

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Callable, Optional
 
 from jobs.cli import check_data, check_model, fail, job_parser, one_line_errors, positive_int
 from ncf.errors import InputError
@@ -63,7 +64,9 @@ def baseline_names(args: argparse.Namespace) -> tuple:
     return tuple(name for name in BASELINE_ORDER if name != "als" or not args.no_als)
 
 
-def main(argv=None) -> list:
+def main(argv=None, on_row: Optional[Callable[[dict], None]] = None) -> list:
+    """The rows, as printed; ``on_row`` is also given each printed row as it is computed (the rows
+    computed before a failure too: the job exits 1 after the last row when one failed)."""
     args = parse_args(argv)
     with one_line_errors():
         check_args(args)
@@ -97,7 +100,7 @@ def main(argv=None) -> list:
             retune=args.retune,
             on_period=on_period,
             exclude_purchased=args.exclude_purchased,
-            on_row=lambda row: print(json.dumps(labelled(row, handle)), flush=True),  # as each is computed
+            on_row=lambda row: _printed(labelled(row, handle), on_row),  # as each is computed
         )
         if args.report:
             ranker, period = on_period
@@ -122,6 +125,12 @@ def main(argv=None) -> list:
                 + "; ".join(f"{row['model']} in its {row['failed']}" for row in failed)
             )
         return [labelled(row, handle) for row in rows]  # as printed: each names the model it is about
+
+
+def _printed(row: dict, on_row: Optional[Callable[[dict], None]]) -> None:
+    print(json.dumps(row), flush=True)
+    if on_row is not None:
+        on_row(row)
 
 
 def labelled(row: dict, handle: ModelDir | None) -> dict:

@@ -641,10 +641,9 @@ def test_the_demo_hands_each_job_arguments_its_parser_accepts_and_its_dataset_is
     Complete Journey package's data moving, would break the demo unseen. Each stage's job gets
     the demo's arguments through its own parser; the dataset is written from the package."""
     import pyarrow.parquet as pq
-    import ray
     from helpers import free_ports
 
-    from jobs import batch_score, demo, evaluate, preprocess, train
+    from jobs import demo, evaluate
     from ncf.data import schema
     from ncf.data.datasets import write_completejourney
     from ncf.data.preprocess import check_inputs
@@ -653,27 +652,9 @@ def test_the_demo_hands_each_job_arguments_its_parser_accepts_and_its_dataset_is
     assert pq.read_metadata(logs).num_rows == 1_469_307 and pq.read_metadata(catalog).num_rows == 92_331
     check_inputs(schema.resolve_files(logs), schema.resolve_files(catalog))
     asked = {}
-
-    def parsed(job, result):
-        def run(argv):
-            asked[job.__name__] = job.parse_args(argv)
-            return result
-
-        return run
-
     row = {"model": "advanced_ncf", "recall@10": 0.4, "ndcg@10": 0.4}
-    monkeypatch.setattr(preprocess, "main", parsed(preprocess, {}))
-    monkeypatch.setattr(train, "main", parsed(train, "MODEL"))
-    monkeypatch.setattr(evaluate, "main", parsed(evaluate, [row]))
-    monkeypatch.setattr(batch_score, "main", parsed(batch_score, {"run_date": "2024-01-01"}))
+    _demo_stages(monkeypatch, asked, _parsed(asked, evaluate, [row]))
     monkeypatch.setattr(demo, "online_queries", lambda model, data, port: asked.setdefault("serve", (model, port)))
-    monkeypatch.setattr(demo, "init_ray", lambda: None)
-    monkeypatch.setattr(ray, "shutdown", lambda: None)
-    # The demo sets it for its own Serve (setdefault): recorded here, so that later tests' children
-    # and a restarted session cluster do not inherit it.
-    monkeypatch.setenv("RAY_SERVE_LOG_TO_STDERR", os.environ.get("RAY_SERVE_LOG_TO_STDERR", ""))
-    if not os.environ["RAY_SERVE_LOG_TO_STDERR"]:
-        monkeypatch.delenv("RAY_SERVE_LOG_TO_STDERR")
     workdir = tmp_path / "demo"
     workdir.mkdir()
     (port,) = free_ports(1)
@@ -697,6 +678,138 @@ def test_the_demo_hands_each_job_arguments_its_parser_accepts_and_its_dataset_is
     assert asked["jobs.preprocess"].cache == str(workdir / "datasets")
     assert asked["jobs.train"].storage == str(workdir / "ray_results")
     assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{workdir}/mlflow.db"
+
+
+def _parsed(asked: dict, job, result):
+    """A stand-in for ``job.main`` that records the arguments its parser reads (in ``asked``)."""
+
+    def run(argv, **callbacks):
+        asked[job.__name__] = job.parse_args(argv)
+        return result
+
+    return run
+
+
+def _demo_stages(monkeypatch, asked: dict, evaluate_main) -> None:
+    """The demo's jobs replaced: each records its parsed arguments (in ``asked``), ``evaluate_main``
+    stands for jobs.evaluate; no Ray, no Serve. Ray's shutdown and the environment the demo sets
+    (recorded here, so that later tests' children and a restarted session cluster do not inherit
+    it) are undone after the test."""
+    import ray
+
+    from jobs import batch_score, demo, evaluate, preprocess, train
+
+    monkeypatch.setattr(preprocess, "main", _parsed(asked, preprocess, {}))
+    monkeypatch.setattr(train, "main", _parsed(asked, train, "MODEL"))
+    monkeypatch.setattr(evaluate, "main", evaluate_main)
+    monkeypatch.setattr(batch_score, "main", _parsed(asked, batch_score, {"run_date": "2024-01-01"}))
+    monkeypatch.setattr(demo, "online_queries", lambda model, data, port: [])
+    monkeypatch.setattr(demo, "init_ray", lambda: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setenv("RAY_SERVE_LOG_TO_STDERR", os.environ.get("RAY_SERVE_LOG_TO_STDERR", ""))
+    if not os.environ["RAY_SERVE_LOG_TO_STDERR"]:
+        monkeypatch.delenv("RAY_SERVE_LOG_TO_STDERR")
+
+
+@pytest.mark.faults
+def test_a_demo_whose_evaluation_fails_a_row_still_replaces_the_previous_runs_rows(tmp_path, monkeypatch):
+    """jobs.evaluate writes the report and then exits 1 when a baseline's row failed: the demo
+    wrote evaluation.jsonl only from evaluate's return, so the new report stood beside the
+    previous run's rows, about another model (a review)."""
+    from helpers import free_port
+
+    from jobs import cli as job_cli
+    from jobs import demo
+
+    rows = [
+        {"model": "advanced_ncf", "recall@10": 0.25, "model_version": "v2"},
+        {"model": "als", "failed": "fit", "compared_with_version": "v2"},
+    ]
+
+    def evaluate_failing_a_row(argv, on_row=None):
+        for row in rows:  # as jobs.evaluate gives each as it is computed
+            on_row(row)
+        job_cli.fail("1 of 2 rows failed")
+
+    _demo_stages(monkeypatch, {}, evaluate_failing_a_row)
+    workdir = tmp_path / "demo"
+    workdir.mkdir()
+    (workdir / "evaluation.jsonl").write_text(json.dumps({"model": "advanced_ncf", "model_version": "v1"}) + "\n")
+    with pytest.raises(SystemExit) as exited:
+        demo.main(["--workdir", str(workdir), "--port", str(free_port())])
+    assert exited.value.code == 1
+    assert [json.loads(line) for line in (workdir / "evaluation.jsonl").read_text().splitlines()] == rows
+
+
+@pytest.mark.faults
+def test_the_demo_reuses_data_only_as_it_would_preprocess_it_and_says_why_not(tmp_path, monkeypatch, capsys):
+    """--reuse-data kept any DATA of this code's feature definitions, whatever settings or dataset
+    it was preprocessed with, silently; and read its stats.json without --reuse-data too."""
+    from dataclasses import asdict
+
+    from helpers import free_port
+
+    from jobs import demo, preprocess
+
+    workdir = tmp_path / "demo"
+    data = str(workdir / "data")
+    argv = ["--dataset", "completejourney", "--output", data]
+    dataset = os.path.join("artifacts", "datasets", "completejourney")
+    settings = json.loads(json.dumps(asdict(preprocess.preprocess_config(preprocess.parse_args(argv)))))
+    as_the_demo = {
+        "features_version": FEATURES_VERSION,
+        "state_only": False,
+        "config": settings,
+        "inputs": {"logs": [os.path.join(dataset, "transactions.parquet")], "num_log_files": 1},
+    }
+    os.makedirs(data)
+    write_json(os.path.join(data, "stats.json"), as_the_demo)
+    assert demo.why_not_reusable(data, argv) is None
+    other_horizon = {**settings, "examples": {**settings["examples"], "horizon_days": 21}}
+    for stats, reason in [
+        ({**as_the_demo, "config": other_horizon}, "preprocessed with other settings (examples.horizon_days: 21 -> "),
+        ({**as_the_demo, "features_version": FEATURES_VERSION - 1}, "preprocessed with feature definitions v"),
+        ({**as_the_demo, "inputs": {"logs": ["synthetic/transactions.parquet"]}}, "preprocessed from synthetic/"),
+        ({**as_the_demo, "state_only": True}, "preprocessed with --state-only"),
+    ]:
+        write_json(os.path.join(data, "stats.json"), stats)
+        assert (demo.why_not_reusable(data, argv) or "").startswith(reason), (stats, reason)
+
+    asked = {}
+    _demo_stages(monkeypatch, asked, lambda argv, on_row=None: [])
+    port = str(free_port())
+    write_json(os.path.join(data, "stats.json"), {**as_the_demo, "config": other_horizon})
+    demo.main(["--workdir", str(workdir), "--port", port, "--reuse-data"])
+    out = capsys.readouterr().out
+    assert "[demo] not reusing DATA: preprocessed with other settings (examples.horizon_days: 21 -> " in out
+    assert "jobs.preprocess" in asked
+
+    asked.clear()
+    write_json(os.path.join(data, "stats.json"), as_the_demo)
+    demo.main(["--workdir", str(workdir), "--port", port, "--reuse-data"])
+    assert f"reusing {data}" in capsys.readouterr().out and "jobs.preprocess" not in asked
+
+    with open(os.path.join(data, "stats.json"), "w") as f:
+        f.write("{cut short")  # not read without --reuse-data: preprocessing replaces it
+    demo.main(["--workdir", str(workdir), "--port", port])
+    assert "not reusing" not in capsys.readouterr().out and "jobs.preprocess" in asked
+
+
+def test_the_demo_table_shows_each_figure_to_four_decimals_in_its_column(capsys):
+    """Full-precision floats (0.123456789...) overflowed their 15 characters and shifted every
+    column after them."""
+    from jobs import demo
+
+    demo.print_table(
+        [
+            {"model": "advanced_ncf", "recall@10": 0.123456789012, "ndcg@10": 1 / 3, "users": 2500},
+            {"model": "als", "recall@10": 0.1, "recall@10_minus_model": -0.0234567, "recall@10_minus_model_se": 0.001},
+        ]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert len({len(line) for line in lines}) == 1, lines
+    assert [cell.strip() for cell in lines[1].split("|")][:4] == ["advanced_ncf", "0.1235", "0.3333", ""]
+    assert "0.1000" in lines[2] and "-0.0235 \u00b10.0010" in lines[2]
 
 
 @pytest.mark.faults

@@ -483,3 +483,28 @@ def test_the_page_refuses_an_address_out_of_range_and_keeps_markup_and_its_quest
         assert page.locator("#recommendations b").count() == 0
         assert page.text_content("#model-version") == "v2"
         assert errors == []
+
+
+@pytest.mark.faults
+def test_an_answer_the_page_cannot_read_is_said_as_such(tmp_path):
+    """A 2xx whose body is not JSON (a proxy's page, a body cut short) was read as null: the
+    status said "Cannot read properties of null (reading 'items')" rather than what went wrong."""
+    import json
+
+    at = "2017-11-27T04:01:00+00:00"
+    answers = {
+        "/ui/config": [
+            (200, {}, json.dumps({"default_at": at, "model_version": "v1", "max_k": 100, "max_baskets": 20}))
+        ],
+        "/households": [(200, {}, '{"user_ids": [], "model_version": "v1"}')],
+        "/recommend": [(200, {"Content-Type": "text/html"}, "<html><body>Welcome to the proxy</body></html>")],
+    }
+    with _faked_page(tmp_path, answers) as (page, errors, asked, origin):
+        page.goto(f"{origin}/ui")
+        page.wait_for_selector('body[data-ready="true"]', timeout=30_000)
+        page.fill("#household", "h")
+        page.click("#show")
+        page.wait_for_selector('#results[data-state="error"]', state="attached", timeout=10_000)
+        assert page.text_content("#status") == "recommend: unreadable answer (HTTP 200)"
+        assert "error" in page.get_attribute("#status", "class") and page.is_hidden("#results")
+        assert errors == []

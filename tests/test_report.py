@@ -219,13 +219,15 @@ def test_raw_ids_are_html_escaped(tmp_path):
 def test_the_evaluate_job_prints_the_model_then_the_baselines_it_was_asked_for(small_model_dir, small_data, capsys):
     data, _ = small_data
     common = ["--model", small_model_dir, "--data", data, "--max-users", "15"]
-    rows = evaluate.main([*common, "--no-als"])
+    given = []
+    rows = evaluate.main([*common, "--no-als"], on_row=given.append)
     names = [r["model"] for r in rows]
     assert names[0] == MODEL and "als" not in names, names
     assert names[1:] == [b for b in BASELINES_WITHOUT_ALS if b in names], names
     assert {"popularity", "own_frequency", "decayed_frequency", "tifu_knn"} <= set(names), names
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # stdout: the rows alone
     assert printed == rows  # what the job returns (the demo's evaluation.jsonl) is what it printed
+    assert given == rows  # and what a caller is given as each row is computed
     # The baselines' rows name the model their paired differences are to, not a version of their own.
     assert printed[0]["model_version"] == "v1" and all("model_version" not in r for r in printed[1:])
     assert {r["compared_with_version"] for r in printed[1:]} == {"v1"}
@@ -260,11 +262,16 @@ def test_a_baseline_that_fails_costs_its_own_row_and_the_job_exits_1(
     monkeypatch.setitem(BASELINES, "own_frequency", Baseline("own_frequency", broken))
     monkeypatch.setattr(evaluate, "BASELINE_ORDER", ("decayed_frequency", "own_frequency", "popularity"))
     report = tmp_path / "report"
+    given = []  # the demo's evaluation.jsonl: the rows computed, before the exit
     with pytest.raises(SystemExit) as exited:
-        evaluate.main(["--model", small_model_dir, "--data", data, "--max-users", "15", "--report", str(report)])
+        evaluate.main(
+            ["--model", small_model_dir, "--data", data, "--max-users", "15", "--report", str(report)],
+            on_row=given.append,
+        )
     assert exited.value.code == 1
     out, err = capsys.readouterr()
     printed = {row["model"]: row for row in map(json.loads, out.splitlines())}
+    assert given == list(printed.values())
     assert list(printed) == [MODEL, "decayed_frequency", "own_frequency", "popularity"]
     assert printed["decayed_frequency"]["failed"] == "tuning: MemoryError: no room for the factors"
     assert printed["own_frequency"]["failed"] == "evaluation: RuntimeError: a bug in the baseline"

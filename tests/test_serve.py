@@ -1008,6 +1008,37 @@ def test_a_first_deploy_whose_replicas_fail_has_nothing_to_undo_and_the_next_one
 
 
 @pytest.mark.faults
+def test_a_demo_whose_app_serve_cannot_start_stops_it_and_says_why_in_one_line(
+    server, rollout_port, small_model_dir, small_data, tmp_path, monkeypatch, capsys
+):
+    """The demo started its app before the try whose finally stops it: a deploy that failed left
+    the app behind (on a cluster the detached Serve too, beside which the next demo refused to
+    run) and ended in Serve's traceback. Now the app is stopped and the demo says why in one
+    line, naming the Serve logs of its own Ray session (a review)."""
+    import ray
+    from ray import serve
+
+    from jobs import demo
+
+    refused = _refused_model(small_model_dir, str(tmp_path / "refused"))
+    data, _ = small_data
+    serve.delete("ncf_test")  # the demo's app is at the route prefix / too
+    # The session's Serve already listens on the port, where the demo's own Serve would.
+    monkeypatch.setattr(demo, "check_port_free", lambda *args: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        demo.online_queries(refused, data, rollout_port)
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 1, error
+    assert error.startswith("error: Serve could not start the app (") and "no_such_setting" in error, error
+    assert "\n" not in error
+    logs = error.rsplit("; Serve's logs: ", 1)[1]
+    assert logs == os.path.join(ray._private.worker._global_node.get_logs_dir_path(), "serve")
+    assert os.path.isdir(logs) and os.listdir(logs)  # the controller's and proxy's logs are there
+    assert "ncf" not in serve.status().applications
+
+
+@pytest.mark.faults
 def test_a_deploy_that_cannot_tell_what_serve_serves_is_refused_before_any_rollout(
     server, rollout_port, small_model_dir, tmp_path, monkeypatch, capsys
 ):

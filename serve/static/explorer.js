@@ -50,16 +50,20 @@
       response = await fetch(path, init);
     }
     let data = null;
+    let readable = true;
     try {
       data = JSON.parse(await response.text(), keepLargeIntegers);
     } catch (e) {
-      data = null;
+      readable = false;
     }
     if (!response.ok) {
       const error = new Error((data && data.error) || `${path}: HTTP ${response.status}`);
       error.body = data;
       throw error;
     }
+    // A 2xx that is not JSON (a proxy's page, a body cut short): said as such, not left to fail as
+    // "Cannot read properties of null" in whichever caller reads it first.
+    if (!readable) throw new Error(`${path}: unreadable answer (HTTP ${response.status})`);
     return data;
   }
 
