@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from typing import Callable, Tuple
 
 from jobs.cli import init_ray, job_parser, non_negative_float, non_negative_int, one_line_errors, positive_int
@@ -11,6 +12,7 @@ from ncf.data import datasets, layout, schema
 from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import PreprocessConfig, check_inputs, preprocess
 from ncf.errors import InputError
+from ncf.moments import as_datetime, resolve_at
 from ncf.staging import check_parent, check_target
 
 
@@ -94,6 +96,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=PreprocessConfig.future_gap_days,
         help="quarantine timestamps after a gap of more than this many days past the bulk of the data",
     )
+    p.add_argument(
+        "--min-timestamp",
+        type=moment,
+        default=None,
+        help="quarantine purchases before this moment as timestamp_out_of_range (an ISO date or datetime, UTC "
+        "unless it names a zone, or epoch seconds; default 1990-01-01)",
+    )
+    p.add_argument(
+        "--max-timestamp",
+        type=moment,
+        default=None,
+        help="quarantine purchases at this moment or after as timestamp_out_of_range (as --min-timestamp; default "
+        "2100-01-01): a placeholder date on many rows (2099-12-31), which --future-gap-days cannot cut",
+    )
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of every draw (and of the synthetic dataset)")
     p.add_argument(
         "--state-only",
@@ -132,8 +148,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def moment(text: str) -> int:
+    """argparse type: a moment as epoch seconds, from an ISO date or datetime (UTC unless it names a
+    zone) or epoch seconds; words (``now``) are refused, so that a run's bounds do not move with
+    the clock."""
+    if re.fullmatch(r"\s*[A-Za-z-]*\s*", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a moment: give an ISO date (2099-12-31), datetime or epoch seconds"
+        )
+    try:
+        return resolve_at(text, data_end=0)
+    except InputError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a moment: give an ISO date (2099-12-31), datetime (2099-12-31T00:00:00Z) or epoch seconds"
+        ) from None
+
+
 def preprocess_config(args: argparse.Namespace) -> PreprocessConfig:
     """The run's settings, checked before Ray starts (a bad value is one line, exit 2)."""
+    # None: not given (the help says the defaults as dates, where argparse would print epoch seconds).
+    min_timestamp = PreprocessConfig.min_timestamp if args.min_timestamp is None else args.min_timestamp
+    max_timestamp = PreprocessConfig.max_timestamp if args.max_timestamp is None else args.max_timestamp
+    if min_timestamp >= max_timestamp:
+        raise InputError(
+            f"--min-timestamp {as_datetime(min_timestamp).isoformat()} is not before --max-timestamp "
+            f"{as_datetime(max_timestamp).isoformat()}: every purchase would be timestamp_out_of_range"
+        )
     try:
         return PreprocessConfig(
             examples=ExampleConfig(
@@ -152,6 +192,8 @@ def preprocess_config(args: argparse.Namespace) -> PreprocessConfig:
             ),
             val_weeks=args.val_weeks,
             test_weeks=args.test_weeks,
+            min_timestamp=min_timestamp,
+            max_timestamp=max_timestamp,
             future_gap_days=args.future_gap_days,
         )
     except ValueError as e:

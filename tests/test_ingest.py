@@ -15,6 +15,7 @@ from ncf.data import ingest, layout, schema
 from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import PreprocessConfig, _report_hidden, check_inputs, preprocess
 from ncf.data.vocab import Vocabularies
+from ncf.jsonio import write_json
 
 pytestmark = pytest.mark.faults  # the drills of RELIABILITY.md, "Ingest and replacing outputs"
 
@@ -682,6 +683,98 @@ def test_a_refresh_from_int64_parquet_ids_keeps_the_text_ids_of_the_data_it_repl
     for logs in (words, integers):
         preprocess(schema.resolve_files(str(logs)), None, out, config, state_only=True)
         assert Vocabularies.load(layout.vocab_dir(out)).users.kind == "str", logs
+
+
+def test_a_refresh_from_a_text_parquet_column_keeps_the_integer_ids_of_the_data_it_replaces(
+    ray_session, tmp_path, capsys
+):
+    """The DATA was preprocessed from int64 household ids; the next night's export types the same
+    ids as text ("12"): old code took the declared type, and Serve's answers turned from integers
+    to text without a word (no WARNING, nothing in stats.json). Integer text stays integers; a 12a
+    among them makes them text, said as a CSV refresh says it."""
+    from ncf.data.preprocess import _kinds_of_ids
+
+    assert _kinds_of_ids({"user_id": pa.array(["1", "12"])}, {"user_id": "str"}, {})[0] == {
+        "user_id": "str"
+    }  # first run
+    rows = [line.split(",") for line in _log_rows(n_days=70, per_day=40)]
+    households = [r[0].lstrip("u") for r in rows]
+    odd = list(households)
+    odd[100] = "12a"
+
+    def parquet(name: str, user_ids: pa.Array) -> schema.InputFiles:
+        path = tmp_path / f"{name}.parquet"
+        columns = {"user_id": user_ids, "product_id": [r[1] for r in rows], "timestamp": [r[2] for r in rows]}
+        pq.write_table(pa.table(columns), path)
+        return schema.resolve_files(str(path))
+
+    config = PreprocessConfig(val_weeks=2, test_weeks=2)
+    out = str(tmp_path / "data")
+    preprocess(
+        parquet("integers", pa.array([int(h) for h in households], pa.int64())), None, out, config, state_only=True
+    )
+    stats = preprocess(parquet("text", pa.array(households, pa.string())), None, out, config, state_only=True)
+    assert Vocabularies.load(layout.vocab_dir(out)).users.kind == "int" and "id_kinds_changed" not in stats
+    capsys.readouterr()
+    stats = preprocess(parquet("odd", pa.array(odd, pa.string())), None, out, config, state_only=True)
+    assert Vocabularies.load(layout.vocab_dir(out)).users.kind == "str"
+    assert stats["id_kinds_changed"] == {"user_id": {"was": "int", "now": "str"}}
+    assert stats["ids_kept_as_text"]["user_id"]["examples"] == ["12a"]
+    assert "WARNING: user_id is text now where the DATA this run replaces had integers" in capsys.readouterr().out
+
+
+def test_a_refresh_reads_the_id_kinds_of_the_data_a_dead_swap_left_half_done(ray_session, tmp_path):
+    """A run died between its swap's two renames: the DATA of text ids waits under its staging
+    name and the output is absent until the next run rolls the swap forward. Old code read the
+    id kinds before that, found no DATA, and the refresh from integer ids turned the answers to
+    integers."""
+    config = PreprocessConfig(val_weeks=2, test_weeks=2)
+    words = tmp_path / "words.csv"
+    words.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(_log_rows(n_days=70, per_day=40)) + "\n")
+    integers = tmp_path / "integers.csv"
+    rows = [line.lstrip("u") for line in _log_rows(n_days=70, per_day=40)]
+    integers.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(rows) + "\n")
+    out = str(tmp_path / "data")
+    preprocess(schema.resolve_files(str(words)), None, out, config, state_only=True)
+    staged = str(tmp_path / ".data.staging-dead")
+    os.rename(out, staged)  # the old DATA parked and removed, the new one not yet renamed in
+    journal = {"final": out, "staged": staged, "parked": str(tmp_path / ".data.old-dead"), "started": 0}
+    write_json(str(tmp_path / ".data.swap.json"), journal)
+    preprocess(schema.resolve_files(str(integers)), None, out, config, state_only=True)
+    assert Vocabularies.load(layout.vocab_dir(out)).users.kind == "str"
+
+
+def test_a_placeholder_date_on_many_rows_is_cut_by_max_timestamp(ray_session, tmp_path, capsys):
+    """2% of the rows on 2099-12-31 ("date unknown"): the far-future bound starts from the 99th
+    percentile, so they end the bulk of the data and the validation weeks fall in empty time.
+    Old code's error advised --future-gap-days, which cannot cut them, and the job had no option
+    that could (PreprocessConfig.max_timestamp had no flag)."""
+    rows = _log_rows(n_days=70, per_day=40) + [f"u{i},p{i % 97},2099-12-31,1" for i in range(60)]
+    path = tmp_path / "logs.csv"
+    path.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(rows) + "\n")
+    argv = ["--input", str(path), "--output", str(tmp_path / "out"), "--val-weeks", "2", "--test-weeks", "2"]
+    argv += ["--state-only"]
+    with pytest.raises(SystemExit) as stopped:
+        preprocess_job.main(argv)
+    error = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(error) == 1 and "has no purchases" in error[0]
+    assert "--max-timestamp" in error[0]
+    stats = preprocess_job.main(argv + ["--max-timestamp", "2099-12-31"])
+    assert stats["rows_kept"] == 2800 and stats["quarantine_by_reason"] == {schema.TIMESTAMP_OUT_OF_RANGE: 60}
+    assert stats["config"]["max_timestamp"] == _seconds("2099-12-31")
+    assert pq.read_table(layout.quarantine_dir(str(tmp_path / "out"))).num_rows == 60
+
+    def config(*flags: str) -> PreprocessConfig:
+        return preprocess_job.preprocess_config(preprocess_job.parse_args(["--input", "x", "--output", "y", *flags]))
+
+    assert (config().min_timestamp, config().max_timestamp) == (schema.DEFAULT_MIN_TS, schema.DEFAULT_MAX_TS)
+    assert config("--min-timestamp", "2017-11-27T05:01:21+01:00").min_timestamp == 1511755281
+    assert config("--max-timestamp", "1511755281").max_timestamp == 1511755281
+    with pytest.raises(schema.InputError, match="--min-timestamp 2024-02-01T00:00:00.* is not before --max-timestamp"):
+        config("--min-timestamp", "2024-02-01", "--max-timestamp", "2024-01-01")
+    with pytest.raises(SystemExit):
+        preprocess_job.parse_args(["--input", "x", "--output", "y", "--max-timestamp", "now"])
+    assert "'now' is not a moment" in capsys.readouterr().err
 
 
 def test_a_csv_with_bad_rows_everywhere_is_quarantined_row_by_row(ray_session, tmp_path):

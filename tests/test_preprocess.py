@@ -41,7 +41,7 @@ from ncf.data.preprocess import (
     use_task_shuffles,
 )
 from ncf.data.product_stats import ProductStats
-from ncf.data.user_state import UserStates
+from ncf.data.user_state import CHUNK_ROWS, UserStates
 from ncf.data.vocab import FEW_IDS, Vocabularies, Vocabulary
 from ncf.splits import REFIT, VALIDATED
 
@@ -402,6 +402,21 @@ def test_a_stats_task_asks_for_its_pass_and_at_most_most_of_a_node():
     small, large = stats_memory(10**6, 10**4, 16 * 2**30), stats_memory(10**9, 10**6, 16 * 2**30)
     assert STATS_FIXED_BYTES < small < 2**30 and large == int(0.8 * 16 * 2**30)  # over 16 GB: capped
     assert stats_memory(10**9, 10**6, 0) == 0  # no node with a CPU reports its memory: no request
+    # A chunk measured about 140 bytes a purchase (ncf.data.user_state): the ask assumed 100.
+    assert stats_memory(0, 0, 2**40) >= 140 * CHUNK_ROWS
+
+
+@pytest.mark.faults
+def test_a_stats_task_that_finds_no_state_asks_whether_output_is_shared(ray_session, tmp_path, monkeypatch):
+    """On a cluster whose nodes do not all mount --output, a stats task finds no state where the
+    driver wrote it: old code ended the job with Ray's traceback of a FileNotFoundError after the
+    long phases (exit 1), where the lists' check asks the question in one line (exit 2, the
+    quarantine kept). The driver here reads a state the tasks' processes cannot find."""
+    written = UserStates.from_purchases(np.array([1]), np.array([1]), np.array([100]), num_users=2)
+    monkeypatch.setattr(UserStates, "load", staticmethod(lambda directory, mmap=True: written))
+    stage = str(tmp_path / "stage")
+    with pytest.raises(schema.InputError, match=r"stats task found no state at .*is --output on storage every node"):
+        stats_at(stage, np.array([0, 1], np.int32), [200])
 
 
 def test_shuffles_get_a_partition_per_cpu_for_a_small_log_and_ray_s_default_for_a_huge_one(ray_session):

@@ -42,7 +42,6 @@ from ncf.errors import InputError, raised_within
 SOURCE_FILE = "source_file"
 SOURCE_ROW = "source_row"
 RAW_ROW = "raw_row"
-ROWS = pa.schema(list(schema.VALIDATED) + [(SOURCE_FILE, pa.int32()), (SOURCE_ROW, pa.int64()), (RAW_ROW, pa.string())])
 OK = "ok"  # the reason column's value for kept rows in counts
 DAY = 86_400
 
@@ -218,7 +217,8 @@ def lines_in_quoted_values(paths: List[str], rows_by_file: Dict[str, int]) -> Di
 
 
 def read_and_validate(batch: pa.Table, fmt: str, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
-    """Ray Data task: the pieces in ``batch`` (one, normally) -> validated rows (:data:`ROWS`).
+    """Ray Data task: the pieces in ``batch`` (one, normally) -> validated rows
+    (:data:`ncf.data.schema.VALIDATED` and the source columns of this module's docstring).
 
     A file that cannot be read at all (cut short, an unterminated quote...) raises InputError
     naming it, which :func:`ingest_logs` passes on as the job's one-line error.
@@ -316,7 +316,7 @@ class Ingested:
     """The validated rows (materialized, the far-future marking applied on each pass over them;
     reasons final) and their accounting."""
 
-    rows: object  # ray.data.Dataset of ROWS
+    rows: object  # ray.data.Dataset of validated rows with their source columns (read_and_validate)
     rows_in: int
     rows_kept: int
     rows_quarantined: int

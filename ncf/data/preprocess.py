@@ -64,6 +64,7 @@ from ncf.data.product_stats import ProductStats
 from ncf.data.schema import TS
 from ncf.data.user_state import CHUNK_ROWS, UserStates, scrambled
 from ncf.data.vocab import FIRST_TS, Vocabularies, Vocabulary
+from ncf.errors import raised_within
 from ncf.jsonio import write_json
 from ncf.moments import SECONDS_PER_DAY, run_date_of
 from ncf.splits import REFIT, TEST, TRAIN, VAL, VALIDATED
@@ -267,16 +268,20 @@ def _kinds_of_ids(
     """Each id column's kind: text where the DATA a refresh replaces has text ids (``replaced``),
     whatever the files declare, so that its answers do not change type between two nights (an
     int64 Parquet export of a log preprocessed from CSV text ids); else as its files declare it,
-    else (CSV, uint64, wide decimals) decided by its ids. The second value holds the notes:
-    ``ids_kept_as_text``, the ids of a column kept as text although some are integers, with a few
-    examples of the others (``"12a"`` among integers), and ``id_kinds_changed``, a column of
-    integers in the DATA replaced that is text now."""
+    else (CSV, uint64, wide decimals) decided by its ids. A text column refreshing a DATA of
+    integers is decided by its ids too (a string export of the same integer ids stays integers).
+    The second value holds the notes: ``ids_kept_as_text``, the ids of a column kept as text
+    although some are integers, with a few examples of the others (``"12a"`` among integers), and
+    ``id_kinds_changed``, a column of integers in the DATA replaced that is text now."""
     kinds: Dict[str, str] = {}
     as_text: Dict[str, Dict] = {}
     changed: Dict[str, Dict] = {}
     for column, values in ids.items():
         kept_text = replaced.get(column) == "str"
-        if declared[column] is not None:
+        # A declared text column over a DATA of integers: its type alone would turn Serve's answers
+        # and the nightly partitions to text without a word, where its ids may all be integers.
+        text_over_integers = declared[column] == "str" and replaced.get(column) == "int"
+        if declared[column] is not None and not text_over_integers:
             kinds[column] = "str" if kept_text else declared[column]
             continue
         kinds[column] = "str" if kept_text else schema.kind_of_ids(values)
@@ -555,6 +560,11 @@ def _first_row(block: pa.Table, key: List[str]) -> Optional[tuple]:
     return tuple(block.column(c)[0].as_py() for c in key) if block.num_rows else None
 
 
+# Where a task and the driver see different files under --output (the stats tasks' state, the
+# lists tasks' files): the end of the job's one line.
+_SHARED_STORAGE_QUESTION = "is --output on storage every node of the Ray cluster mounts at the same path?"
+
+
 def stats_at(output: str, category: np.ndarray, cutoffs: List[int]) -> Dict[int, ProductStats]:
     """The products' stats at each cutoff, one Ray task per cutoff, each reading the memory-mapped
     state of ``output`` a chunk of households at a time: a pass takes minutes at a billion
@@ -575,7 +585,11 @@ def stats_at(output: str, category: np.ndarray, cutoffs: List[int]) -> Dict[int,
                 f"each task asks for 1 CPU and {memory / 2**30:.1f} GiB"
             )
             continue
-        done[pending.pop(ready[0])] = ray.get(ready[0])
+        try:
+            done[pending.pop(ready[0])] = ray.get(ready[0])
+        except Exception as e:  # noqa: BLE001  (Ray wraps what its tasks raise)
+            _refuse_unshared_state(e, output)
+            raise
         _log(f"products' stats: {len(done)}/{len(cutoffs)} cutoffs, {time.time() - started:.1f} s")
     return done
 
@@ -584,14 +598,30 @@ def _stats_task(state_dir: str, category: np.ndarray, cutoff: int) -> ProductSta
     return ProductStats.compute(UserStates.load(state_dir), category, cutoff)
 
 
+def _refuse_unshared_state(error: BaseException, output: str) -> None:
+    """InputError (one line) when a stats task found no state under ``output``, which the driver
+    has just written: the task ran on a node that does not mount ``output`` (the job's one line,
+    and its quarantine kept, where Ray's traceback came after the long phases)."""
+    missing = raised_within(error, FileNotFoundError)
+    state_dir = os.path.abspath(layout.user_state_dir(output))
+    if missing is None or not os.path.abspath(str(missing.filename or "")).startswith(state_dir + os.sep):
+        return
+    raise schema.InputError(
+        f"{output}: a products' stats task found no state at {missing.filename}, which this run wrote; "
+        f"{_SHARED_STORAGE_QUESTION}"
+    ) from None
+
+
 STATS_WAIT_LOG_S = 60.0
 # What one pass of ProductStats.compute holds besides its chunk: per product, its sums and the
 # 24 hourly counts (float64); per household-product pair bought on two days or more, its product
 # and gap (16 bytes); per household-product pair the neighbours' fit reads (all of them up to
 # NEIGHBOURS_MAX_WORK), its product (4 bytes) and about 50 bytes while the fit runs (measured at
 # 68.7M pairs); all bounded by the purchases.
-# A chunk's arrays: about 100 bytes a purchase.
-STATS_FIXED_BYTES = 100 * CHUNK_ROWS + 64 * 2**20
+# A chunk's arrays with their temporaries: about 140 bytes a purchase (1.4 GB at 10M purchases,
+# measured; ncf.data.user_state.CHUNK_ROWS says the same).
+STATS_CHUNK_BYTES_PER_PURCHASE = 140
+STATS_FIXED_BYTES = STATS_CHUNK_BYTES_PER_PURCHASE * CHUNK_ROWS + 64 * 2**20
 
 
 def stats_memory(num_purchases: int, num_products: int, largest_node: int) -> int:
@@ -713,7 +743,7 @@ def _build_list_file(
     return pa.table({LIST_FILE: [file], LISTS: [lists.num_rows]})
 
 
-def _write_list_file(lists: pa.Table, root: str) -> pa.Table:
+def _write_list_file(lists: pa.Table, root: str) -> None:
     """One file's lists (one group of :data:`LIST_FILE`), in the scrambled key's order, to
     ``root/cutoff=C/lists-F.parquet`` for each of its cutoffs C."""
     file = lists.column(LIST_FILE)[0].as_py()
@@ -725,7 +755,6 @@ def _write_list_file(lists: pa.Table, root: str) -> pa.Table:
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, f"lists-{file:06d}.parquet")
         pq.write_table(lists.filter(pa.array(cutoff == c)).drop_columns([CUTOFF]), path)
-    return pa.table({LIST_FILE: [file]})
 
 
 def check_lists_found(output: str, cutoffs: List[int], built: int) -> None:
@@ -735,8 +764,7 @@ def check_lists_found(output: str, cutoffs: List[int], built: int) -> None:
     found = _count_lists_of(output, cutoffs)["lists"]
     if found != built:
         raise schema.InputError(
-            f"{output}: the tasks wrote {built:,} training lists and {found:,} are there; is --output on "
-            "storage every node of the Ray cluster mounts at the same path?"
+            f"{output}: the tasks wrote {built:,} training lists and {found:,} are there; {_SHARED_STORAGE_QUESTION}"
         )
 
 
@@ -783,8 +811,10 @@ def preprocess(
     if not inputs_checked:
         check_inputs(logs, catalog)
     inputs = logs.paths + (catalog.paths if catalog else [])
-    replaced = replaced_id_kinds(output)
     with replacing(output, layout.STATS, "preprocessing output", inputs, overwrite, log=_log) as stage:
+        # Read here, not before: entering takes the lock and finishes a swap a dead run left half
+        # done, where ``output`` is absent and the DATA this run replaces is under its staging name.
+        replaced = replaced_id_kinds(output)
         try:
             stats = _preprocess_into(logs, catalog, stage, config, state_only, replaced)
         except schema.InputError as e:
@@ -945,7 +975,8 @@ def check_windows(kept: ray.data.Dataset, bounds: Dict[str, int]) -> Dict[str, i
             raise schema.InputError(
                 f"the {split} period ({period} UTC) has no purchases; the kept purchases end "
                 f"{pd.Timestamp(bounds['end'], unit='s'):%Y-%m-%d %H:%M} UTC: look for gaps or far-future "
-                "timestamps in the logs (--future-gap-days), or change --val-weeks/--test-weeks"
+                "timestamps in the logs (--future-gap-days; --max-timestamp for a placeholder date on many rows, "
+                "e.g. 2099-12-31, which the bulk of the data takes in), or change --val-weeks/--test-weeks"
             )
     return counts
 

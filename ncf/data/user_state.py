@@ -24,8 +24,9 @@ from ncf.data.timeline import UserTimeline
 FILES = ("offsets", "products", "timestamps")
 DTYPES = {"offsets": np.int64, "products": np.int32, "timestamps": np.int64}
 # Purchases read at once by `chunks`. Product stats over a chunk take about 140 bytes a purchase
-# with their temporaries (1.4 GB at 10M, measured), so about 600 MB a chunk whatever the log;
-# beside it they keep 24 x P hourly counts and the repurchase-cycle pairs, which grow with the log.
+# with their temporaries (1.4 GB at 10M, measured), so about 600 MB a chunk whatever the log (what
+# each stats task asks Ray for, ncf.data.preprocess.STATS_FIXED_BYTES); beside it they keep 24 x P
+# hourly counts and the repurchase-cycle pairs, which grow with the log.
 CHUNK_ROWS = 4_000_000
 
 Purchases = Tuple[np.ndarray, np.ndarray, np.ndarray]  # households, products, epoch seconds
