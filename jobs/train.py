@@ -75,7 +75,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         f"{TABLE_LEARNING_RATE_SCALE:g}x it",
     )
     p.add_argument(
-        "--patience", type=positive_int, default=d.patience, help="epochs without a better val NDCG@10 before stopping"
+        "--patience",
+        type=positive_int,
+        default=d.patience,
+        help="epochs without a better val NDCG@10 before stopping (a run resumed by --name that stopped early "
+        "trains on only with a higher one)",
     )
     p.add_argument(
         "--val-users", type=non_negative_int, default=d.val_users, help="households ranked for validation (0 = all)"

@@ -477,3 +477,113 @@ def test_a_capped_run_marks_the_rows_its_batch_trains_after_the_unknown_row_swap
         assert users == set(table.column("user").to_pylist()) and 0 not in users
         candidates = {p for row in table.column("product").to_pylist() for p in row}
         assert products == candidates | history and len(candidates - history) > 0
+
+
+def test_worker_threads_count_the_cpus_the_process_may_run_on(monkeypatch):
+    """os.cpu_count() is the host's: a 4-CPU pod on a 64-core host ran 64 threads per worker."""
+    from ncf.train.loop import worker_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert worker_threads(TrainConfig(), 2) == 2 and worker_threads(TrainConfig(), 8) == 1
+    assert worker_threads(TrainConfig(), 1, node_cpus=2.0) == 2  # Ray's count of the node (a cgroup quota)
+    assert worker_threads(TrainConfig(torch_threads=3), 1) == 3
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS: the machine's count
+    assert worker_threads(TrainConfig(), 2) == 32
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_several_workers_validate_on_the_cpu_beside_their_gpu_shards(monkeypatch, world_size):
+    """Rank 0 built a whole unsharded copy of the model on its GPU, beside its shard of the
+    tables: with several workers it ranks the validation households on the CPU."""
+    from types import SimpleNamespace
+
+    from ncf.train import loop
+
+    class Built(Exception):
+        pass
+
+    def model_from_weights(config, weights, device):
+        raise Built(device)
+
+    monkeypatch.setattr(loop, "model_from_weights", model_from_weights)
+    gpu = torch.device("cuda", 0)
+    worker = SimpleNamespace(validation=(None, None, None), model_config=None, device=gpu, world_size=world_size)
+    with pytest.raises(Built) as built:
+        loop.validate(worker, {})
+    assert built.value.args[0] == (gpu if world_size == 1 else torch.device("cpu"))
+
+
+def test_a_refit_reports_no_best_validation_score(small_data, tmp_path):
+    """A refit does not validate: its best_val_ndcg@10 was the placeholder -1.0, reported to Ray
+    Train (and so MLflow, TensorBoard and metrics.json's history) as if it were a score."""
+    from ncf.train.checkpoint import run_history
+    from ncf.train.trainer import refit_config
+
+    data, _ = small_data
+    validated = TrainConfig(data=data, model=SMALL_MODEL, batch_size=8, max_steps_per_epoch=2)
+    result = fit(refit_config(validated, 1), storage_path=str(tmp_path), name="refit")
+    assert result.error is None, result.error
+    history = run_history(result)
+    assert [row["epoch"] for row in history] == [1] and result.metrics["epoch"] == 1
+    assert not [k for row in [result.metrics, *history] for k in row if k.startswith("best_")], history
+
+
+def test_a_resumed_run_that_stopped_early_says_more_epochs_train_nothing():
+    from ncf.train.trainer import stopped_early
+
+    saved = {"epoch": 4, "stale": 2}
+    assert stopped_early("r1", saved, TrainConfig(epochs=10, patience=2)) == (
+        "run r1 stopped early at epoch 4 (patience 2): nothing to train; raise --patience to continue"
+    )
+    assert stopped_early("r1", saved, TrainConfig(epochs=10, patience=3)) is None  # it trains on
+    assert stopped_early("r1", saved, TrainConfig(epochs=4, patience=2)) is None  # no more epochs asked
+    assert stopped_early("r1", saved, TrainConfig(epochs=10, patience=2, run="refit")) is None
+
+
+@pytest.mark.faults
+def test_a_checkpoint_the_os_will_not_read_is_not_called_damaged(tmp_path, monkeypatch):
+    """A checkpoint that cannot be opened (no permission, a failing disk) was reported as damaged,
+    with advice to remove the run's folder: its checkpoints, perhaps whole, lost for an access
+    problem. Now one line naming the file and the error; a damaged one is still called so."""
+    from ncf.jsonio import write_json
+    from ncf.model.directory import WEIGHTS
+    from ncf.train import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    directory = run / "checkpoint_000001"
+    directory.mkdir(parents=True)
+    torch.save({"w": torch.zeros(4)}, directory / WEIGHTS)
+    write_json(str(directory / ckpt.TRAIN_STATE), {"epoch": 1})
+    result = {"checkpoint_dir_name": directory.name, "metrics": {}}
+    write_json(str(run / ckpt.RAY_INDEX), {"checkpoint_results": [result], "latest_checkpoint_result": result})
+
+    def denied(path, *args, **kwargs):  # as chmod 000 would, for a test that may run as root
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(InputError) as refused:
+        ckpt.check_readable(str(directory))
+    assert str(refused.value) == (
+        f"cannot read {directory / WEIGHTS} (PermissionError: Permission denied): check its access and the disk"
+    )
+    monkeypatch.setattr(ckpt, "read_train_state", denied)
+    with pytest.raises(InputError, match=r"^cannot read .*train_state\.json \(PermissionError"):
+        ckpt.resumed_checkpoint(str(run))
+    monkeypatch.undo()
+    (directory / ckpt.TRAIN_STATE).write_text('{"epoch": ')  # cut short: damaged, as before
+    with pytest.raises(InputError, match="has no readable train_state.json; give this training a new --name"):
+        ckpt.resumed_checkpoint(str(run))
+
+
+def test_a_run_exported_again_keeps_one_tensorboard_event_file(tmp_path):
+    """Each export added an event file to the run's folder, and TensorBoard drew every epoch once
+    per export."""
+    from ncf.train.tensorboard import write_history
+
+    logdir = str(tmp_path / "run" / "tensorboard")
+    write_history([{"epoch": 1, "train_loss": 0.9}], logdir)
+    write_history([{"epoch": 1, "train_loss": 0.9}, {"epoch": 2, "train_loss": 0.7}], logdir)
+    (events,) = os.listdir(logdir)
+    assert open(os.path.join(logdir, events), "rb").read().count(b"train/train_loss") == 2
+    assert os.listdir(tmp_path / "run") == ["tensorboard"]  # no temporary folder left beside it

@@ -270,9 +270,9 @@ def test_a_sweep_whose_trials_would_starve_ray_data_is_refused(tmp_path, capsys)
     assert trial_threads(settings, 4, 16.0) == 2 and trial_threads(settings, 1, 2.0) == 1
     # Sized from the whole cluster, a trial's threads are capped by each worker at its machine's share.
     from ncf.train.config import TrainConfig
-    from ncf.train.loop import worker_threads
+    from ncf.train.loop import usable_cpus, worker_threads
 
-    cores = os.cpu_count()
+    cores = usable_cpus()
     assert worker_threads(TrainConfig(torch_threads=10 * cores), 1) == cores
     assert worker_threads(TrainConfig(torch_threads=1), 1) == 1 and worker_threads(TrainConfig(), 1) == cores
     assert concurrency(settings, {"CPU": 64.0}) == 3  # never more at once than the trials

@@ -214,8 +214,21 @@ def kept_checkpoints(run_folder: str, remedy: str = NEW_RUN) -> List[Tuple[str, 
 def _train_state_of(directory: str, remedy: str = NEW_RUN) -> Dict:
     try:
         return read_train_state(directory)
-    except (OSError, ValueError):
-        raise InputError(f"the checkpoint {directory} has no readable {TRAIN_STATE}; {remedy}") from None
+    except (OSError, ValueError) as e:
+        raise (
+            _access_error(os.path.join(directory, TRAIN_STATE), e)
+            or InputError(f"the checkpoint {directory} has no readable {TRAIN_STATE}; {remedy}")
+        ) from None
+
+
+def _access_error(path: str, error: Exception) -> Optional[InputError]:
+    """The one-line error for a checkpoint file the OS will not read (no permission, a failing
+    disk): the file may be whole, so no advice to remove the run; None for a missing or damaged
+    one (cut short, it fails in the unzipping or JSON parsing, not with an OSError)."""
+    if not isinstance(error, OSError) or isinstance(error, FileNotFoundError):
+        return None
+    reason = error.strerror or (str(error).splitlines() or [""])[0][:120]
+    return InputError(f"cannot read {path} ({type(error).__name__}: {reason}): check its access and the disk")
 
 
 def resumed_checkpoint(run_folder: str) -> Optional[Tuple[str, Dict]]:
@@ -237,8 +250,12 @@ def check_readable(directory: str) -> None:
             torch.load(path, weights_only=True, map_location="cpu", mmap=True)
         except Exception as e:
             reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
-            raise InputError(
-                f"the checkpoint {directory} cannot be read ({name}: {reason}) and Ray Train resumes from it; {NEW_RUN}"
+            raise (
+                _access_error(path, e)
+                or InputError(
+                    f"the checkpoint {directory} cannot be read ({name}: {reason}) and Ray Train resumes from it; "
+                    f"{NEW_RUN}"
+                )
             ) from None
 
 

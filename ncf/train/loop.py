@@ -81,15 +81,36 @@ class Worker:
     validation: Optional[tuple] = None  # (state as of the validation start, period, households)
 
 
-def worker_threads(cfg: TrainConfig, world_size: int) -> int:
-    """Torch threads of each worker: ``cfg.torch_threads``, or this machine's cores shared among
+def worker_threads(cfg: TrainConfig, world_size: int, node_cpus: float = 0) -> int:
+    """Torch threads of each worker: ``cfg.torch_threads``, or the CPUs this process may run on
+    (:func:`usable_cpus`, at most ``node_cpus``, the node's CPUs as Ray counts them) shared among
     the ``world_size`` workers on it (the local world size: a run across nodes shares each node's
     cores among that node's workers only). Ray still keeps a CPU of its accounting for Ray Data's readers (see
     ``worker_resources``); their work is a few seconds per epoch, so leaving them a core's worth of
     threads idle cost one worker on 2 cores 13% of its steady rate (bench.train_throughput).
     Never more than that share (a sweep sizes ``torch_threads`` from the whole cluster)."""
-    share = max(1, (os.cpu_count() or 1) // world_size)
+    cpus = usable_cpus()
+    if node_cpus >= 1:  # a container's CPU quota, which Ray reads from its cgroup, or the node's --num-cpus
+        cpus = min(cpus, int(node_cpus))
+    share = max(1, cpus // world_size)
     return min(cfg.torch_threads, share) if cfg.torch_threads else share
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (taskset, a container's cpuset), not
+    ``os.cpu_count()``, the host's (a 4-CPU pod on a 64-core host ran 64 threads per worker)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
+def ray_node_cpus() -> float:
+    """The CPUs Ray counts on this worker's node (0 when it cannot tell)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    return next((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == node), 0.0)
 
 
 def setup_worker(cfg: TrainConfig) -> Worker:
@@ -97,7 +118,7 @@ def setup_worker(cfg: TrainConfig) -> Worker:
 
     torch.manual_seed(cfg.seed)
     rank, world_size = world()
-    torch.set_num_threads(worker_threads(cfg, ray.train.get_context().get_local_world_size()))
+    torch.set_num_threads(worker_threads(cfg, ray.train.get_context().get_local_world_size(), ray_node_cpus()))
     device = ray.train.torch.get_device()
     stats = layout.DataStats(cfg.data)
     vocab_sha256 = vocab_digest(cfg.data)
@@ -243,13 +264,21 @@ def mark_rows(rows: tuple, batch: Batch) -> None:
 def validate(w: Worker, weights: Dict[str, torch.Tensor]) -> Dict[str, float]:
     """Full-ranking metrics of ``weights`` on the sampled validation households (rank 0)."""
     state, period, users = w.validation
-    model = model_from_weights(w.model_config, weights, w.device)  # the epoch's tensors, no copy
+    model = model_from_weights(w.model_config, weights, validation_device(w))
     rows = EmbeddingRows.between(w.vocabs, state.vocabs, w.rows_trained_before, w.listed_rows)
     # Exact MF lists for the few sampled households: a large catalog's HNSW index is built when
     # the model is saved, and building one every epoch would take minutes at 1M products.
     rank_many, _ = model_fns(Ranker(model, state, rows, exact_mf=True))
     metrics = full_ranking(None, period, users, rank_many=rank_many)
     return {f"val_{k}": float(v) for k, v in metrics.items()}
+
+
+def validation_device(w: Worker) -> torch.device:
+    """Where rank 0 ranks the validation households: its own device with one worker; the CPU with
+    several, whose tables are sharded, perhaps because one GPU cannot hold them: a whole unsharded
+    copy beside rank 0's own shard could run its GPU out of memory. On the CPU the model takes
+    the gathered tensors themselves, no copy."""
+    return w.device if w.world_size == 1 else torch.device("cpu")
 
 
 def report_checkpoint(w: Worker, state: Dict, metrics: Dict, weights: Optional[Dict]) -> None:
@@ -290,7 +319,8 @@ def _restore(w: Worker, checkpoint) -> Dict:
         w.read_rows = tuple(now | before for now, before in zip(w.read_rows, trained))
     if optimizer_state is not None:
         load_optimizer_state(w.optimizer, optimizer_state)
-    log(f"rank {w.rank}: resumed after epoch {state['epoch']} (best {ckpt.VAL_METRIC} {state['best']:.4f})")
+    best = f" (best {ckpt.VAL_METRIC} {state['best']:.4f})" if w.cfg.run == VALIDATED else ""
+    log(f"rank {w.rank}: resumed after epoch {state['epoch']}{best}")
     return state
 
 
@@ -322,7 +352,8 @@ def train_loop_per_worker(config: Dict) -> None:
         else:
             state["stale"] += 1
         state["epoch"] = epoch
-        metrics["best_" + ckpt.VAL_METRIC] = state["best"]
+        if w.cfg.run == VALIDATED:  # a refit's best is the placeholder -1: reported, it read as a score
+            metrics["best_" + ckpt.VAL_METRIC] = state["best"]
         state["history"] = state["history"] + [metrics]  # the curves the report draws
         state.update(
             model_config=w.model_config.to_dict(),

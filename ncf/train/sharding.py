@@ -124,10 +124,6 @@ def sharded_table_count(model: torch.nn.Module) -> int:
     return sum(len(module_plan) for module_plan in plan.plan.values()) if plan is not None else 0
 
 
-def unwrap(model: torch.nn.Module) -> AdvancedNCF:
-    return model.module if hasattr(model, "module") else model
-
-
 def _plain_name(key: str) -> str:
     """A DistributedModelParallel state-dict key as the plain model names it."""
     return key[len("module.") :] if key.startswith("module.") else key

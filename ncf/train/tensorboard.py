@@ -10,17 +10,39 @@ from __future__ import annotations
 
 import numbers
 import os
+import shutil
+import tempfile
 from typing import Dict, Sequence
 
 
 def write_history(history: Sequence[Dict], logdir: str) -> str:
-    """One scalar per numeric metric per epoch (step = epoch) under ``logdir``."""
+    """One scalar per numeric metric per epoch (step = epoch) under ``logdir``, in place of what
+    an earlier export wrote there: TensorBoard reads every event file of a folder as one run's,
+    so a second file (a run exported again) drew each epoch twice."""
     from tensorboardX import SummaryWriter
 
-    os.makedirs(logdir, exist_ok=True)
-    with SummaryWriter(logdir) as writer:
-        for row in history:
-            for name, value in row.items():
-                if name != "epoch" and isinstance(value, numbers.Real):
-                    writer.add_scalar(f"train/{name}", float(value), global_step=int(row["epoch"]))
+    parent = os.path.dirname(os.path.abspath(logdir))
+    os.makedirs(parent, exist_ok=True)
+    fresh = tempfile.mkdtemp(prefix=".tensorboard-", dir=parent)
+    try:
+        with SummaryWriter(fresh) as writer:
+            for row in history:
+                for name, value in row.items():
+                    if name != "epoch" and isinstance(value, numbers.Real):
+                        writer.add_scalar(f"train/{name}", float(value), global_step=int(row["epoch"]))
+        _swap_in(fresh, logdir)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
     return logdir
+
+
+def _swap_in(fresh: str, logdir: str) -> None:
+    """Renames ``fresh`` to ``logdir``, the old one moved aside first and then removed: a reader
+    finds the old curves, the new ones or, between the two renames, none; never both."""
+    old = None
+    if os.path.exists(logdir):
+        old = tempfile.mkdtemp(prefix=".tensorboard-old-", dir=os.path.dirname(fresh))
+        os.replace(logdir, os.path.join(old, "tensorboard"))
+    os.replace(fresh, logdir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -199,6 +199,9 @@ def fit(
         check_same_features(run_folder, saved.get("features_version"))
         check_same_training(run_folder, saved.get("training"), training_settings(asdict(config)))
         print(f"[train] resuming run {name} after epoch {saved.get('epoch')} ({run_folder})", flush=True)
+        stopped = stopped_early(name, saved, config)
+        if stopped:
+            print(f"[train] {stopped}", flush=True)
         moved = hardware_changed(saved.get("hardware"), hardware(num_workers, use_gpu))
         if moved:
             print(f"[train] run {name} {moved}", flush=True)
@@ -232,6 +235,19 @@ def fit(
         ),
     )
     return _fit_interruptibly(trainer)
+
+
+def stopped_early(name: str, saved: Dict, config: TrainConfig) -> Optional[str]:
+    """The line saying that a resumed run has nothing to train though ``config`` asks for more
+    epochs: it stopped early (``saved``, its checkpoint's state, counts ``patience`` epochs
+    without a better validation), and more ``--epochs`` alone trained nothing, silently."""
+    epoch, stale = int(saved.get("epoch", 0)), int(saved.get("stale", 0))
+    if config.run != VALIDATED or stale < config.patience or config.epochs <= epoch:
+        return None
+    return (
+        f"run {name} stopped early at epoch {epoch} (patience {config.patience}): nothing to train; "
+        "raise --patience to continue"
+    )
 
 
 def storage_location(storage_path: Optional[str]) -> Optional[str]:
