@@ -158,9 +158,12 @@ def moment(text: str) -> int:
         )
     try:
         return resolve_at(text, data_end=0)
-    except InputError:
+    except InputError as e:
+        # Milliseconds taken for seconds: resolve_at's hint; else its words name --at's own forms.
+        reason = str(e).split(": ", 1)[-1] if "out of range" in str(e) else "not a moment"
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a moment: give an ISO date (2099-12-31), datetime (2099-12-31T00:00:00Z) or epoch seconds"
+            f"{text!r}: {reason}; give an ISO date (2099-12-31), datetime (2099-12-31T00:00:00Z) or epoch seconds "
+            "(9 digits or more)"
         ) from None
 
 

@@ -419,6 +419,24 @@ def test_a_stats_task_that_finds_no_state_asks_whether_output_is_shared(ray_sess
         stats_at(stage, np.array([0, 1], np.int32), [200])
 
 
+def test_a_check_that_names_the_stage_is_said_of_the_output(tmp_path, monkeypatch):
+    """The stats and lists checks name the directory they read, the run's stage: the job's line
+    named a staging folder removed by the time it was read, and never --output."""
+    from ncf.data import preprocess as pipeline
+
+    logs = tmp_path / "logs.csv"
+    logs.write_text("household_key,PRODUCT_ID,day\n1,2,3\n")
+    output = str(tmp_path / "data")
+
+    def unshared(logs, catalog, stage, *args):
+        raise schema.InputError(f"{stage}: the tasks wrote 5 training lists and 0 are there; is --output shared?")
+
+    monkeypatch.setattr(pipeline, "_preprocess_into", unshared)
+    with pytest.raises(schema.InputError) as refused:
+        pipeline.preprocess(schema.resolve_files(str(logs)), None, output, inputs_checked=True)
+    assert str(refused.value) == f"{output}: the tasks wrote 5 training lists and 0 are there; is --output shared?"
+
+
 def test_shuffles_get_a_partition_per_cpu_for_a_small_log_and_ray_s_default_for_a_huge_one(ray_session):
     cpus = int(ray_session.cluster_resources()["CPU"])
     assert shuffle_partitions(33_000) == cpus  # not 200 tasks and blocks for 33k lines

@@ -585,5 +585,8 @@ def test_a_run_exported_again_keeps_one_tensorboard_event_file(tmp_path):
     write_history([{"epoch": 1, "train_loss": 0.9}], logdir)
     write_history([{"epoch": 1, "train_loss": 0.9}, {"epoch": 2, "train_loss": 0.7}], logdir)
     (events,) = os.listdir(logdir)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(logdir).st_mode & 0o777 == 0o777 & ~umask  # readable by a teammate's TensorBoard, as before
     assert open(os.path.join(logdir, events), "rb").read().count(b"train/train_loss") == 2
     assert os.listdir(tmp_path / "run") == ["tensorboard"]  # no temporary folder left beside it

@@ -588,6 +588,8 @@ def stats_at(output: str, category: np.ndarray, cutoffs: List[int]) -> Dict[int,
         try:
             done[pending.pop(ready[0])] = ray.get(ready[0])
         except Exception as e:  # noqa: BLE001  (Ray wraps what its tasks raise)
+            for other in pending:  # the run stops here: a long-lived Ray (a library caller) must not go on
+                ray.cancel(other)
             _refuse_unshared_state(e, output)
             raise
         _log(f"products' stats: {len(done)}/{len(cutoffs)} cutoffs, {time.time() - started:.1f} s")
@@ -818,13 +820,17 @@ def preprocess(
         try:
             stats = _preprocess_into(logs, catalog, stage, config, state_only, replaced)
         except schema.InputError as e:
+            # Said of --output: the stage a check names is removed by the time the line is read.
+            said = str(e).replace(os.path.abspath(stage), output).replace(stage, output)
             try:
                 kept = keep_failed_quarantine(stage, output)
             except OSError as not_kept:  # the input's one line matters more than the copy
-                raise schema.InputError(f"{e} (quarantine not kept: {not_kept})") from e
+                raise schema.InputError(f"{said} (quarantine not kept: {not_kept})") from e
             if kept is None:
-                raise
-            raise schema.InputError(f"{e}; the quarantined rows are in {kept}") from e
+                if said == str(e):
+                    raise
+                raise schema.InputError(said) from e
+            raise schema.InputError(f"{said}; the quarantined rows are in {kept}") from e
     _log(f"stats in {layout.stats_path(output)}")
     return stats
 

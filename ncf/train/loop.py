@@ -109,8 +109,11 @@ def ray_node_cpus() -> float:
     """The CPUs Ray counts on this worker's node (0 when it cannot tell)."""
     import ray
 
-    node = ray.get_runtime_context().get_node_id()
-    return next((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == node), 0.0)
+    try:  # a restart after a lost node asks the GCS while it settles: no cap then, not a failed setup
+        node = ray.get_runtime_context().get_node_id()
+        return next((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == node), 0.0)
+    except Exception:  # noqa: BLE001
+        return 0.0
 
 
 def setup_worker(cfg: TrainConfig) -> Worker:

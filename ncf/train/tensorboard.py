@@ -11,7 +11,7 @@ from __future__ import annotations
 import numbers
 import os
 import shutil
-import tempfile
+import uuid
 from typing import Dict, Sequence
 
 
@@ -23,7 +23,7 @@ def write_history(history: Sequence[Dict], logdir: str) -> str:
 
     parent = os.path.dirname(os.path.abspath(logdir))
     os.makedirs(parent, exist_ok=True)
-    fresh = tempfile.mkdtemp(prefix=".tensorboard-", dir=parent)
+    fresh = _new_folder(parent, ".tensorboard-")
     try:
         with SummaryWriter(fresh) as writer:
             for row in history:
@@ -41,8 +41,16 @@ def _swap_in(fresh: str, logdir: str) -> None:
     finds the old curves, the new ones or, between the two renames, none; never both."""
     old = None
     if os.path.exists(logdir):
-        old = tempfile.mkdtemp(prefix=".tensorboard-old-", dir=os.path.dirname(fresh))
+        old = _new_folder(os.path.dirname(fresh), ".tensorboard-old-")
         os.replace(logdir, os.path.join(old, "tensorboard"))
     os.replace(fresh, logdir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _new_folder(parent: str, prefix: str) -> str:
+    """A new folder under ``parent`` with the umask's mode, as ``os.makedirs`` made the logdir:
+    ``tempfile.mkdtemp``'s 0700, renamed in, hid the curves from a teammate's TensorBoard."""
+    path = os.path.join(parent, f"{prefix}{uuid.uuid4().hex}")
+    os.mkdir(path)
+    return path
