@@ -44,18 +44,19 @@ setup: $(STAMP)
 # LightGBM (the boosted ranker) and implicit (ALS) load the system's OpenMP runtime, which minimal
 # images lack: Debian's libgomp1 is installed where it is missing. The CUDA fbgemm-gpu cannot load
 # beside a CPU torch (a .venv set up for the CPU first, whose torch pip keeps): refused. Every stamp
-# goes before the first change to the venv: a failed install after the other fbgemm's uninstall
-# would otherwise leave the last setup's stamp, and the next `make setup` would do nothing.
+# goes just before the first change to the venv (not before, so that a failed check or apt-get keeps
+# the ACCEL the stamp remembers): a failed install after the other fbgemm's uninstall would
+# otherwise leave the last setup's stamp, and the next `make setup` would do nothing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml requirements/lock.txt Makefile
 	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || { echo "error: $(PYTHON) -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
 	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] < (3, 11))" || { echo "error: $(VENV) is $$($(PY) --version), the pinned stack needs Python 3.11: rm -rf $(VENV), then make setup PYTHON=python3.11"; exit 1; }
 	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] != (3, 11))" || echo "warning: $$($(PY) --version) is not Python 3.11, the version the pinned stack was tested on"
-	@rm -f $(VENV)/.setup-*
 	@$(PY) -c "__import__('ctypes').CDLL('libgomp.so.1')" 2>/dev/null || { \
 	  echo "installing Debian's libgomp1 (OpenMP), which LightGBM and implicit load"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgomp1 >/dev/null; } || { \
 	  echo "error: no libgomp.so.1 (OpenMP), which LightGBM and implicit load, and apt-get could not install libgomp1"; exit 1; }
+	@rm -f $(VENV)/.setup-*
 	$(PIP) install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
 	@[ "$(ACCEL)" != cuda ] || $(PY) -c "raise SystemExit(__import__('torch').version.cuda is None)" || { echo "error: $(VENV)'s torch is a CPU build, which the CUDA fbgemm-gpu cannot load beside: rm -rf $(VENV), then make setup ACCEL=cuda (without TORCH_INDEX)"; exit 1; }
 	@if $(PIP) show -q $(FBGEMM_OTHER) 2>/dev/null; then $(PIP) uninstall -q -y $(FBGEMM_OTHER); fi

@@ -261,7 +261,7 @@ def why_not_reusable(data: str, preprocess_argv: list) -> Optional[str]:
     try:
         stats = layout.DataStats(data)
         recorded_version = stats.features_version
-    except (InputError, OSError, ValueError, TypeError) as e:  # cut short, not JSON, a field of another shape
+    except (InputError, OSError, ValueError, TypeError, AttributeError) as e:  # cut short, not JSON, another shape
         return f"{stats_file} is unreadable ({e})"
     if recorded_version != FEATURES_VERSION:
         return f"preprocessed with feature definitions v{recorded_version}, this code's are v{FEATURES_VERSION}"
@@ -275,8 +275,10 @@ def why_not_reusable(data: str, preprocess_argv: list) -> Optional[str]:
     if changed:
         return "preprocessed with other settings (" + ", ".join(changed) + ")"
     dataset, _ = preprocess.built_in(asked)
-    logs = (stats.raw.get("inputs") or {}).get("logs") or []
-    if {os.path.abspath(os.path.dirname(path)) for path in logs} != {os.path.abspath(dataset)}:
+    inputs = stats.raw.get("inputs")
+    logs = [str(path) for path in (inputs.get("logs") or [])] if isinstance(inputs, dict) else []
+    # Resolved: the same folder reached through a link is the same dataset.
+    if {os.path.realpath(os.path.dirname(path)) for path in logs} != {os.path.realpath(dataset)}:
         return f"preprocessed from {', '.join(logs) or 'unrecorded inputs'}, not {dataset}"
     if stats.raw.get("state_only"):
         return "preprocessed with --state-only: it holds no training lists"

@@ -66,6 +66,21 @@ def test_a_large_catalog_searches_the_index_where_exact_lists_would_scan_it_too_
     assert loaded.ranker.mf_index is not None and not loaded.ranker.candidates.mf.cached
 
 
+def test_a_model_saved_without_an_index_before_the_catalog_counted_keeps_exact_lists(
+    data, tmp_path, monkeypatch, capsys
+):
+    """A model saved under the entries-only rule has no index where the catalog now asks for one:
+    every replica and actor would build it at load (minutes at 1M products). Its exact lists are
+    kept, as before, and a line says so."""
+    model = save_untrained_model_dir(str(tmp_path / "older"), data, version="v1", **SMALL)
+    assert not os.path.exists(ann.index_path(model))
+    monkeypatch.setattr(ann, "MF_EXACT_MAX_SCORES", 30 * 60 - 1)  # the catalog now counts
+    loaded = Recommender.load(model)
+    assert loaded.ranker.mf_index is None and loaded.ranker.candidates.mf.cached
+    err = capsys.readouterr().err
+    assert "has no MF index for" in err and "building it now" not in err
+
+
 def test_a_model_whose_lists_fit_the_cache_has_no_index(data, tmp_path):
     model = save_untrained_model_dir(str(tmp_path / "plain"), data, version="v1", **SMALL)
     assert not os.path.exists(ann.index_path(model))

@@ -756,6 +756,16 @@ def test_a_resume_whose_newest_tune_state_is_cut_short_is_refused_in_one_line(tm
         assert lines[0].endswith(f"it cannot be resumed: start it again with a new --output, or remove {sweep} first")
     newest.write_text(whole)
     check_sweep_directory(str(sweep), data, resume=True)
+    real_open = open
+
+    def denied(path, *args, **kwargs):  # as chmod 000 would, for a test that may run as root
+        if str(path) == str(newest):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", denied)
+    with pytest.raises(InputError, match=r"cannot read Tune's state .* \(PermissionError: Permission denied\): check"):
+        check_sweep_directory(str(sweep), data, resume=True)
 
 
 @pytest.mark.faults

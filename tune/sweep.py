@@ -284,7 +284,8 @@ def tune_state_damage(experiment: str) -> Optional[str]:
     """Why the experiment state a resume restores (the newest, as Tune picks it) cannot be read,
     naming it; None where it reads. Tune writes it in place, so a kill or a full disk mid-write
     leaves it cut short, and Tune's restore, failing, starts the sweep over. Read as plain JSON:
-    nothing in it is unpickled here."""
+    nothing in it is unpickled here. One the OS will not read is an InputError of its own (no
+    advice to start over: the state may be whole)."""
     from ray.tune.execution.tune_controller import TuneController
 
     pattern = TuneController.CKPT_FILE_TMPL.format("*")
@@ -292,8 +293,13 @@ def tune_state_damage(experiment: str) -> Optional[str]:
     try:
         with open(path, "rb") as f:
             state = json.loads(f.read())
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return f"{path} does not read ({type(e).__name__}: {e})"
+    except OSError as e:  # no permission, a share gone: the state may be whole
+        raise InputError(
+            f"--resume: cannot read Tune's state {path} ({type(e).__name__}: {e.strerror or e}): "
+            "check its access and the disk"
+        ) from None
     missing = [key for key in ("trial_data", "runner_data") if not isinstance(state, dict) or key not in state]
     return f"{path} lacks {' and '.join(missing)}" if missing else None
 

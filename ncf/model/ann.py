@@ -65,7 +65,13 @@ def needed(households: int, width: int, products: int) -> bool:
     """Whether a first stage over ``households`` lists of ``width`` products, from a catalog of
     ``products``, searches the index: its exact lists would not fit the cache, or would cost too
     many scans of the catalog."""
-    return households * width > MF_CACHE_MAX_ENTRIES or households * products > MF_EXACT_MAX_SCORES
+    return lists_too_large(households, width) or households * products > MF_EXACT_MAX_SCORES
+
+
+def lists_too_large(households: int, width: int) -> bool:
+    """Whether ``households`` exact lists of ``width`` products would not fit the first stage's
+    cache (the rule alone until 2026-12-05, by which older models were saved with an index)."""
+    return households * width > MF_CACHE_MAX_ENTRIES
 
 
 def product_vectors(weights: Dict[str, torch.Tensor], rows: Optional[np.ndarray] = None) -> np.ndarray:

@@ -95,7 +95,10 @@ class MFFirstStage:
         self._users = _table(model, "user_mf_embeddings")
         self._user_rows = rows.user
         self.width = min(width, int(known.sum()))
-        cacheable = not ann.needed(len(rows.user), self.width, len(known))
+        searches = ann.needed(len(rows.user), self.width, len(known))
+        if searches and index is None and not ann.lists_too_large(len(rows.user), self.width) and not exact:
+            searches = _exact_lists_instead(len(rows.user), len(known))
+        cacheable = not searches
         self._top = np.zeros((len(rows.user), self.width), np.int32) if cacheable else None
         self._known = np.zeros(len(rows.user), bool) if cacheable else None
         self._index = None
@@ -195,6 +198,20 @@ def _product_items(model: AdvancedNCF, rows: EmbeddingRows, device: torch.device
     mf_output(u * p): with its weights folded into p, one matmul."""
     folded = torch.as_tensor(ann.product_vectors(model.state_dict()), device=device)
     return folded[torch.as_tensor(rows.product, device=folded.device)].T.contiguous()
+
+
+def _exact_lists_instead(households: int, products: int) -> bool:
+    """False, said once: a model saved before the catalog counted (2026-12-05) has no index for a
+    state whose lists fit the cache but cost many scans; its exact lists are kept as before,
+    each computed at its household's first request past the warm-up, rather than minutes of
+    building an index in every replica and actor."""
+    print(
+        f"[ranking] the model directory has no MF index for {households:,} households x {products:,} products: "
+        "exact first-stage lists, each computed once (a model saved by this code carries one)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return False
 
 
 def _built_here(model: AdvancedNCF) -> ProductIndex:
