@@ -570,6 +570,9 @@ def test_a_checkpoint_the_os_will_not_read_is_not_called_damaged(tmp_path, monke
     monkeypatch.setattr(ckpt, "read_train_state", denied)
     with pytest.raises(InputError, match=r"^cannot read .*train_state\.json \(PermissionError"):
         ckpt.resumed_checkpoint(str(run))
+    monkeypatch.setattr(ckpt, "read_json", denied)  # Ray Train's index of the run
+    with pytest.raises(InputError, match=rf"^cannot read .*{ckpt.RAY_INDEX} \(PermissionError"):
+        ckpt.kept_checkpoints(str(run))
     monkeypatch.undo()
     (directory / ckpt.TRAIN_STATE).write_text('{"epoch": ')  # cut short: damaged, as before
     with pytest.raises(InputError, match="has no readable train_state.json; give this training a new --name"):

@@ -202,6 +202,8 @@ def kept_checkpoints(run_folder: str, remedy: str = NEW_RUN) -> List[Tuple[str, 
         kept = [(r["checkpoint_dir_name"], r.get("metrics") or {}) for r in index["checkpoint_results"]]
         latest_result = index.get("latest_checkpoint_result") or {}
         latest = latest_result.get("checkpoint_dir_name")
+    except OSError as e:  # no permission, a failing disk: the index may be whole
+        raise (_access_error(path, e) or InputError(f"{path} is gone since it was listed; {remedy}")) from None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise InputError(
             f"{path} is damaged (the run killed while Ray Train wrote it?), so Ray Train cannot resume "
