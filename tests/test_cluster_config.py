@@ -260,6 +260,25 @@ def _cfn_pattern(template: Dict, parameter: str) -> "re.Pattern[str]":
 
 
 @pytest.mark.faults
+def test_ssh_cidr_refuses_any_range_wider_than_a_slash_8(template):
+    """Only the literal 0.0.0.0/0 was refused: 0.0.0.0/1 with 128.0.0.0/1 (the whole internet in
+    two rules), or 203.0.113.7/0, passed the pattern (a review, 2026-12-05)."""
+    pattern = _cfn_pattern(template, "SshCidr")
+    for accepted in ("203.0.113.0/24", "198.51.100.7/32", "10.0.0.0/8", "172.31.0.0/16"):
+        assert pattern.fullmatch(accepted), accepted
+    for refused in (
+        "0.0.0.0/0",
+        "0.0.0.0/1",
+        "128.0.0.0/1",
+        "203.0.113.7/0",
+        "8.0.0.0/7",
+        "1.2.3.256/24",
+        "1.2.3.4/33",
+    ):
+        assert not pattern.fullmatch(refused), refused
+
+
+@pytest.mark.faults
 def test_serve_cidr_accepts_private_ranges_only(template):
     pattern = _cfn_pattern(template, "ServeCidr")
     for accepted in ("172.31.0.0/16", "10.0.0.0/8", "192.168.1.0/24", "172.16.0.0/12", "10.1.2.3/32"):
