@@ -43,9 +43,9 @@ setup: $(STAMP)
 # pandas 3.1): an older one is refused before any download; one other than 3.11 is warned of.
 # LightGBM (the boosted ranker) and implicit (ALS) load the system's OpenMP runtime, which minimal
 # images lack: Debian's libgomp1 is installed where it is missing. The CUDA fbgemm-gpu cannot load
-# beside a CPU torch (a .venv set up for the CPU first, whose torch pip keeps): refused. Every stamp
-# goes just before the first change to the venv (not before, so that a failed check or apt-get keeps
-# the ACCEL the stamp remembers): a failed install after the other fbgemm's uninstall would
+# beside a CPU torch (a .venv set up for the CPU first, whose torch pip keeps): refused. The stamps
+# are removed just before the first change to the venv (not earlier, so that a failed check or
+# apt-get keeps the ACCEL the stamp remembers): a failed install after the other fbgemm's uninstall would
 # otherwise leave the last setup's stamp, and the next `make setup` would do nothing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml requirements/lock.txt Makefile

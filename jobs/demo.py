@@ -41,18 +41,16 @@ from serve.launch import (
     LOCAL,
     base_url,
     check_port_free,
-    failed_replicas_reason,
-    failure_line,
     running_address,
+    serve_logs_dir,
     start,
+    start_failure_reason,
     wait_until_healthy,
 )
 
 STAGES = 6
 # Six trainings are too long for the demo; bench.ablations' rows on Complete Journey are kept here.
 RECORDED_ABLATIONS = os.path.join("bench", "results", "ablations_cj.jsonl")
-# Ray's default temp dir: where Serve logs when no Ray session of this process says otherwise.
-DEFAULT_SERVE_LOGS = "/tmp/ray/session_latest/logs/serve"
 
 
 def _stage(number: int, name: str, started: float) -> None:
@@ -104,16 +102,6 @@ def stop_app(app_name: str) -> None:
     serve.delete(app_name)
     if os.environ.get("RAY_ADDRESS"):
         serve.shutdown()
-
-
-def serve_logs_dir() -> str:
-    """Serve's log directory in this process's Ray session (its controller and proxy: on the head,
-    where the demo runs), read from the session itself: ``ray.init`` may have been given another
-    temp dir than Ray's default. Ray keeps no public accessor for it."""
-    import ray._private.worker
-
-    node = ray._private.worker._global_node
-    return DEFAULT_SERVE_LOGS if node is None else os.path.join(node.get_logs_dir_path(), "serve")
 
 
 def check_no_serve_running() -> None:
@@ -181,11 +169,7 @@ def _serving(app, port: int) -> tuple:
     except TimeoutError as e:  # the replicas did not come up: their logs say why
         fail(f"{e}; Serve's logs: {serve_logs_dir()}")
     except RuntimeError as e:  # the replicas failed to start (DEPLOY_FAILED), or the proxy to bind
-        reason = failure_line(e)
-        replicas_reason = failed_replicas_reason()  # Serve's own error names only the deployment
-        if replicas_reason and replicas_reason not in reason:
-            reason = f"{reason} {replicas_reason}"
-        fail(f"Serve could not start the app ({reason}); Serve's logs: {serve_logs_dir()}")
+        fail(f"Serve could not start the app ({start_failure_reason(e)}); Serve's logs: {serve_logs_dir()}")
 
 
 def support_paths(workdir: str) -> dict:

@@ -52,12 +52,11 @@ from serve.app import build_app, replica_memory_bytes
 from serve.launch import (
     REPLICA_ANSWER_TIMEOUT_S,
     every_replica_health,
-    failed_replicas_reason,
-    failure_line,
     running_address,
     running_replicas,
     serve_until_stopped,
     start,
+    start_failure_reason,
     wait_until_healthy,
 )
 from serve.limits import REQUEST_TIMEOUT_S
@@ -206,10 +205,7 @@ def main(argv=None) -> dict:
         # New replicas (new code, or any replica with no model yet to keep: one started from zero)
         # raise in reconfigure; Serve's target would stay the settings they failed on, which every
         # replica Serve starts later would fail on too. Undone where the served ones are known.
-        reason = failure_line(e)
-        replicas_reason = failed_replicas_reason()  # before a restore replaces the failed status
-        if replicas_reason and replicas_reason not in reason:
-            reason = f"{reason} {replicas_reason}"
+        reason = start_failure_reason(e)  # before a restore replaces the failed status
         restored = "" if serving is None else f"; the settings served before: {restore().words}"
         give_up(f"Serve could not start the app ({reason}){restored}; the replicas' logs: {REPLICA_LOGS}")
     except BaseException:  # SIGTERM (SystemExit) while the model loads

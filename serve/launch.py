@@ -4,6 +4,7 @@ benchmarks): one way to do it, so they all see the same server."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -85,6 +86,28 @@ def failed_replicas_reason(app_name: str = APP_NAME) -> Optional[str]:
     message = _TERMINAL_COLOURS.sub("", deployment.message if deployment else "")
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return lines[-1][:500] if lines else None
+
+
+def start_failure_reason(error: Exception, app_name: str = APP_NAME) -> str:
+    """Why Serve could not start the app, in one line: its error's (:func:`failure_line`) and the
+    replicas' own reason where that error does not hold it (:func:`failed_replicas_reason`)."""
+    reason = failure_line(error)
+    replicas_reason = failed_replicas_reason(app_name)
+    return f"{reason} {replicas_reason}" if replicas_reason and replicas_reason not in reason else reason
+
+
+# Ray's default temp dir: where Serve logs when no Ray session of this process says otherwise.
+DEFAULT_SERVE_LOGS = "/tmp/ray/session_latest/logs/serve"
+
+
+def serve_logs_dir() -> str:
+    """Serve's log directory in this process's Ray session (its controller's and proxy's, on the
+    node this process runs on: the head, for a job), read from the session itself: ``ray.init``
+    may have been given another temp dir than Ray's default. Ray keeps no public accessor."""
+    import ray._private.worker
+
+    node = ray._private.worker._global_node
+    return DEFAULT_SERVE_LOGS if node is None else os.path.join(node.get_logs_dir_path(), "serve")
 
 
 def base_url(host: str, port: int) -> str:

@@ -593,3 +593,18 @@ def test_a_run_exported_again_keeps_one_tensorboard_event_file(tmp_path):
     assert os.stat(logdir).st_mode & 0o777 == 0o777 & ~umask  # readable by a teammate's TensorBoard, as before
     assert open(os.path.join(logdir, events), "rb").read().count(b"train/train_loss") == 2
     assert os.listdir(tmp_path / "run") == ["tensorboard"]  # no temporary folder left beside it
+
+    real_replace, calls = os.replace, []
+
+    def second_rename_fails(source, target):
+        calls.append(target)
+        if len(calls) == 2:  # the fresh folder's rename in, after the old one was moved aside
+            raise OSError(28, "No space left on device")
+        return real_replace(source, target)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", second_rename_fails)
+        with pytest.raises(OSError):
+            write_history([{"epoch": 3, "train_loss": 0.5}], logdir)
+    # The previous curves are back where TensorBoard reads them, nothing hidden left beside them.
+    assert os.listdir(tmp_path / "run") == ["tensorboard"] and os.listdir(logdir) == [events]

@@ -142,8 +142,9 @@ def _counted(count: float, noun: str) -> str:
 
 def trial_threads(settings: SweepSettings, concurrent: int, cluster_cpus: float) -> int:
     """Torch threads of each trial's workers: the cluster's cores shared among every worker of
-    the trials that run at once (each worker caps them at its machine's cores, shared among
-    the trial's workers: ``ncf.train.loop.worker_threads``)."""
+    the trials that run at once (each worker caps them at the CPUs it may run on, by its affinity
+    and Ray's count of its node, shared among the trial's workers on that node:
+    ``ncf.train.loop.worker_threads``)."""
     return max(1, int(cluster_cpus // (concurrent * settings.workers)))
 
 

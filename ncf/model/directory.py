@@ -120,8 +120,8 @@ INDEX_HEADROOM = 2
 
 def saves_index(weights: Dict[str, torch.Tensor], model_config: ModelConfig, ranking: Optional[dict] = None) -> bool:
     """Whether :func:`save_model_dir` saves an MF index with these weights: an MF path whose first
-    stage over :data:`INDEX_HEADROOM` times its households is too large to cache
-    (:func:`ncf.model.ann.needed`)."""
+    stage over :data:`INDEX_HEADROOM` times its households would search one (its exact lists too
+    large to cache, or too many scans of the catalog: :func:`ncf.model.ann.needed`)."""
     width = (ranking or {}).get("mf_candidates", MF_CANDIDATES)
     households, products = INDEX_HEADROOM * model_config.num_users, model_config.num_products
     return has_mf(weights) and needed(households, min(width, products - 1), products)

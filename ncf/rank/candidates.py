@@ -200,17 +200,23 @@ def _product_items(model: AdvancedNCF, rows: EmbeddingRows, device: torch.device
     return folded[torch.as_tensor(rows.product, device=folded.device)].T.contiguous()
 
 
+_SAID_NO_INDEX: set = set()
+
+
 def _exact_lists_instead(households: int, products: int) -> bool:
-    """False, said once: a model saved before the catalog counted (2026-12-05) has no index for a
-    state whose lists fit the cache but cost many scans; its exact lists are kept as before,
-    each computed at its household's first request past the warm-up, rather than minutes of
-    building an index in every replica and actor."""
-    print(
-        f"[ranking] the model directory has no MF index for {households:,} households x {products:,} products: "
-        "exact first-stage lists, each computed once (a model saved by this code carries one)",
-        file=sys.stderr,
-        flush=True,
-    )
+    """False, said once a process for each size: a model with no index for a state whose lists fit
+    the cache but cost many scans of the catalog (saved before the catalog counted, 2026-12-05,
+    or ranking a DATA grown past the headroom it was saved with) keeps its exact lists, each
+    computed at its household's first request past the warm-up, rather than minutes of building
+    an index in every replica and actor."""
+    if (households, products) not in _SAID_NO_INDEX:
+        _SAID_NO_INDEX.add((households, products))
+        print(
+            f"[ranking] the model directory has no MF index for {households:,} households x {products:,} products "
+            "(saved before the catalog counted, or for a smaller DATA): exact first-stage lists, each computed once",
+            file=sys.stderr,
+            flush=True,
+        )
     return False
 
 

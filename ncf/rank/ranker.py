@@ -72,8 +72,9 @@ class _Question:
 # The first stage's lists a ranker computes before its first request, at most (households x
 # catalog): 64 households x 1M products took 0.17 s here, so about 45 s; all of Complete Journey's
 # (2,500 x 68,000) are far below it. Lists are kept only within the same budget
-# (ann.MF_EXACT_MAX_SCORES), so this bounds a state the rule was not told of (a test's, a constant
-# changed); until 2026-12-05 kept lists reached 333k households x 1M products, a quarter hour.
+# (ann.MF_EXACT_MAX_SCORES) where the model has an index; this bounds those of a model without one
+# (saved before the rule, or for a smaller DATA), which keeps exact lists past the budget; until
+# 2026-12-05 every model kept lists up to 333k households x 1M products, a quarter hour.
 WARM_MAX_SCORES = ann.MF_EXACT_MAX_SCORES
 
 

@@ -43,7 +43,13 @@ def _swap_in(fresh: str, logdir: str) -> None:
     if os.path.exists(logdir):
         old = _new_folder(os.path.dirname(fresh), ".tensorboard-old-")
         os.replace(logdir, os.path.join(old, "tensorboard"))
-    os.replace(fresh, logdir)
+    try:
+        os.replace(fresh, logdir)
+    except OSError:
+        if old is not None:  # the old curves back where they were, not left in a hidden folder
+            os.replace(os.path.join(old, "tensorboard"), logdir)
+            os.rmdir(old)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
