@@ -242,43 +242,14 @@ def why_not_reusable(data: str, preprocess_argv: list) -> Optional[str]:
     stats_file = layout.stats_path(data)
     if not os.path.exists(stats_file):
         return f"no {stats_file}"
-    try:
-        stats = layout.DataStats(data)
-        recorded_version = stats.features_version
-    except (InputError, OSError, ValueError, TypeError, AttributeError) as e:  # cut short, not JSON, another shape
-        return f"{stats_file} is unreadable ({e})"
-    if recorded_version != FEATURES_VERSION:
-        return f"preprocessed with feature definitions v{recorded_version}, this code's are v{FEATURES_VERSION}"
     asked = preprocess.parse_args(preprocess_argv)
     # Through JSON, as stats.json holds it (tuples become lists).
     expected = json.loads(json.dumps(asdict(preprocess.preprocess_config(asked))))
-    recorded = stats.raw.get("config")
-    if not isinstance(recorded, dict):
-        return f"{stats_file} records no preprocessing settings"
-    changed = _changed_settings(recorded, expected)
-    if changed:
-        return "preprocessed with other settings (" + ", ".join(changed) + ")"
     dataset, _ = preprocess.built_in(asked)
-    inputs = stats.raw.get("inputs")
-    logs = [str(path) for path in (inputs.get("logs") or [])] if isinstance(inputs, dict) else []
-    # Resolved: the same folder reached through a link is the same dataset.
-    if {os.path.realpath(os.path.dirname(path)) for path in logs} != {os.path.realpath(dataset)}:
-        return f"preprocessed from {', '.join(logs) or 'unrecorded inputs'}, not {dataset}"
-    if stats.raw.get("state_only"):
-        return "preprocessed with --state-only: it holds no training lists"
-    return None
-
-
-def _changed_settings(recorded: dict, expected: dict, prefix: str = "") -> list:
-    """``name: recorded -> expected`` of each setting that differs, nested ones as ``examples.seed``."""
-    changed = []
-    for name in sorted(set(recorded) | set(expected)):
-        was, now = recorded.get(name), expected.get(name)
-        if isinstance(was, dict) and isinstance(now, dict):
-            changed += _changed_settings(was, now, f"{prefix}{name}.")
-        elif was != now:
-            changed.append(f"{prefix}{name}: {was} -> {now}")
-    return changed
+    try:
+        return layout.DataStats(data).differences(expected, dataset, FEATURES_VERSION)
+    except (InputError, OSError, ValueError, TypeError, AttributeError) as e:  # cut short, not JSON, another shape
+        return f"{stats_file} is unreadable ({e})"
 
 
 def evaluated(argv: list, rows_file: str) -> list:

@@ -109,6 +109,28 @@ class DataStats:
         (1: preprocessed before it was recorded)."""
         return int(self.raw.get("features_version", 1))
 
+    def differences(self, config: Dict, logs_dir: str, features_version: int) -> Optional[str]:
+        """Why this DATA is not what preprocessing ``logs_dir``'s files with ``config`` (a
+        :class:`ncf.data.preprocess.PreprocessConfig` as a JSON-ready dict) under this code's
+        ``features_version`` would write, with training lists; None when it is."""
+        if self.features_version != features_version:
+            recorded_version = self.features_version
+            return f"preprocessed with feature definitions v{recorded_version}, this code's are v{features_version}"
+        recorded = self.raw.get("config")
+        if not isinstance(recorded, dict):
+            return f"{self.path} records no preprocessing settings"
+        changed = changed_settings(recorded, config)
+        if changed:
+            return "preprocessed with other settings (" + ", ".join(changed) + ")"
+        inputs = self.raw.get("inputs")
+        logs = [str(path) for path in (inputs.get("logs") or [])] if isinstance(inputs, dict) else []
+        # Resolved: the same folder reached through a link is the same dataset.
+        if {os.path.realpath(os.path.dirname(path)) for path in logs} != {os.path.realpath(logs_dir)}:
+            return f"preprocessed from {', '.join(logs) or 'unrecorded inputs'}, not {logs_dir}"
+        if self.raw.get("state_only"):
+            return "preprocessed with --state-only: it holds no training lists"
+        return None
+
     @property
     def vocab_sizes(self) -> Optional[dict]:
         """``num_users``, ``num_products``, ``num_departments``, ``num_categories``, as
@@ -123,3 +145,15 @@ class DataStats:
     @property
     def horizon_seconds(self) -> int:
         return int(self.examples["horizon_days"]) * 86_400
+
+
+def changed_settings(recorded: Dict, expected: Dict, prefix: str = "") -> list:
+    """``name: recorded -> expected`` of each setting that differs, nested ones as ``examples.seed``."""
+    changed = []
+    for name in sorted(set(recorded) | set(expected)):
+        was, now = recorded.get(name), expected.get(name)
+        if isinstance(was, dict) and isinstance(now, dict):
+            changed += changed_settings(was, now, f"{prefix}{name}.")
+        elif was != now:
+            changed.append(f"{prefix}{name}: {was} -> {now}")
+    return changed
