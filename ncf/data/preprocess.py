@@ -588,9 +588,9 @@ def stats_at(output: str, category: np.ndarray, cutoffs: List[int]) -> Dict[int,
         try:
             done[pending.pop(ready[0])] = ray.get(ready[0])
         except Exception as e:  # noqa: BLE001  (Ray wraps what its tasks raise)
-            # The other tasks are not cancelled: ray.cancel of a task finishing at that moment
-            # crashed the driver in Ray 2.60 ("Tried to complete task that was not pending", a
-            # check failure in task_manager.cc, the test suite's pytest with it); they end on their own.
+            # The other tasks are not cancelled: a cancel loop over ``pending`` also cancelled this
+            # failed task (still there: ray.get runs before the pop), and Ray 2.60's driver died on
+            # a check ("Tried to complete task that was not pending"); they end on their own.
             _refuse_unshared_state(e, output)
             raise
         _log(f"products' stats: {len(done)}/{len(cutoffs)} cutoffs, {time.time() - started:.1f} s")

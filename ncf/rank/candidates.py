@@ -97,7 +97,8 @@ class MFFirstStage:
         self.width = min(width, int(known.sum()))
         searches = ann.needed(len(rows.user), self.width, len(known))
         if searches and index is None and not ann.lists_too_large(len(rows.user), self.width) and not exact:
-            searches = _exact_lists_instead(len(rows.user), len(known))
+            _say_exact_lists_kept(len(rows.user), len(known))
+            searches = False
         cacheable = not searches
         self._top = np.zeros((len(rows.user), self.width), np.int32) if cacheable else None
         self._known = np.zeros(len(rows.user), bool) if cacheable else None
@@ -203,8 +204,8 @@ def _product_items(model: AdvancedNCF, rows: EmbeddingRows, device: torch.device
 _SAID_NO_INDEX: set = set()
 
 
-def _exact_lists_instead(households: int, products: int) -> bool:
-    """False, said once a process for each size: a model with no index for a state whose lists fit
+def _say_exact_lists_kept(households: int, products: int) -> None:
+    """Says, once a process for each size, that a model with no index for a state whose lists fit
     the cache but cost many scans of the catalog (saved before the catalog counted, 2026-12-05,
     or ranking a DATA grown past the headroom it was saved with) keeps its exact lists, each
     computed at its household's first request past the warm-up, rather than minutes of building
@@ -217,7 +218,6 @@ def _exact_lists_instead(households: int, products: int) -> bool:
             file=sys.stderr,
             flush=True,
         )
-    return False
 
 
 def _built_here(model: AdvancedNCF) -> ProductIndex:
