@@ -32,7 +32,7 @@ else
 $(error ACCEL must be cpu or cuda, not $(ACCEL))
 endif
 
-.PHONY: setup browser lint test test-faults test-fast demo bench mlflow-ui clean
+.PHONY: setup browser nginx lint test test-faults test-fast demo bench mlflow-ui clean
 
 setup: $(STAMP)
 
@@ -74,15 +74,28 @@ browser:
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || { \
 	  echo "error: no chromium package here (Ubuntu ships it as a snap): install a Chromium whose command is chromium or chromium-browser"; exit 1; }
 
+# The reverse-proxy test runs deploy/nginx/ncf.conf in Debian's nginx on a free port of 127.0.0.1.
+# Where no nginx is installed, the package's files are unpacked into the venv (apt-get download,
+# dpkg -x: about 530 kB, no root needed once apt's lists exist), not installed: installing it would
+# start a system nginx on port 80.
+NGINX_DIR := $(VENV)/tools/nginx
+nginx: setup
+	@command -v nginx >/dev/null 2>&1 || [ -x $(NGINX_DIR)/usr/sbin/nginx ] || { \
+	  echo "unpacking Debian's nginx into $(NGINX_DIR) for the reverse-proxy test"; \
+	  rm -rf $(NGINX_DIR).part && mkdir -p $(NGINX_DIR).part && cd $(NGINX_DIR).part && \
+	  { apt-get download -qq nginx 2>/dev/null || { $(SUDO) apt-get update -qq && apt-get download -qq nginx 2>/dev/null; }; } && \
+	  dpkg -x nginx_*.deb files && rm -rf ../nginx && mv files ../nginx && cd .. && rm -rf nginx.part; } || { \
+	  echo "error: could not unpack Debian's nginx (apt-get download nginx) for the reverse-proxy test"; exit 1; }
+
 # ruff: lint and format check (line length 120, pyproject.toml); `ruff format .` fixes the format.
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup browser lint
+test: setup browser nginx lint
 	$(PY) -m pytest -q --durations=15 tests
 
-test-faults: setup browser
+test-faults: setup browser nginx
 	$(PY) -m pytest -q --durations=15 -m faults tests
 
 test-fast: setup

@@ -720,6 +720,24 @@ def test_an_actor_no_node_has_the_memory_for_is_refused_on_the_jobs_own_cluster(
 
 
 @pytest.mark.faults
+def test_a_head_of_no_cpus_waiting_for_workers_is_said_as_missing_cpus_not_memory(ray_session, monkeypatch, capsys):
+    """cluster.yaml's head declares 0 CPUs: a job joined to it before the autoscaler adds a
+    worker found no CPUs and was told no node had the memory for an actor, and that no node
+    had --cpus-per-actor's CPUs (the largest 0)."""
+    head = {"CPU": 0.0, "memory": 22.4 * 2**30, "node:__internal_head__": 1.0}
+    monkeypatch.setattr(ray_session, "nodes", lambda: [{"Alive": True, "Resources": head}])
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert bs._actor_resources("no", 0, 1.0, 10, memory_per_actor=2**20) == (1, 0)  # one, which waits
+    said = capsys.readouterr()
+    said = said.out + said.err
+    assert "no node up has a CPU yet" in said and "one actor waits" in said and "--actors N" in said
+    assert "memory" not in said and "--cpus-per-actor" not in said
+    monkeypatch.delenv("RAY_ADDRESS")
+    with pytest.raises(InputError, match="no node of the cluster has that many CPUs"):  # nothing adds one to its own
+        bs._actor_resources("no", 0, 1.0, 10, memory_per_actor=2**20)
+
+
+@pytest.mark.faults
 def test_users_are_counted_without_their_ids_even_from_an_old_stats_json(small_data, tmp_path):
     """Old code: a stats.json written before it had vocab_sizes made --score-in auto a TypeError."""
     data, _ = small_data

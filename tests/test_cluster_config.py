@@ -121,7 +121,9 @@ def test_ray_up_accepts_the_config(prepared):
 def test_a_cpu_head_cpu_workers_and_gpu_workers_within_bounds(prepared):
     types = prepared["available_node_types"]
     head = types[prepared["head_node_type"]]
-    assert head["resources"].get("CPU", 0) > 0 and head["resources"].get("GPU", 0) == 0
+    # The head offers Ray nothing: a task, replica or actor there could run the GCS out of memory.
+    assert head["resources"].get("CPU", 0) == 0 and head["resources"].get("GPU", 0) == 0
+    assert "--num-cpus=0" in " ".join(c for c in prepared["head_start_ray_commands"] if "ray start" in c)
     assert head["max_workers"] == 0
     workers = {name: t for name, t in types.items() if name != prepared["head_node_type"]}
     cpu_types = [t for t in workers.values() if t["resources"].get("CPU", 0) > 0 and not t["resources"].get("GPU")]
@@ -349,7 +351,12 @@ def test_the_head_runs_as_a_least_privilege_profile_workers_as_none(config, temp
     types = config["available_node_types"]
     head = types[config["head_node_type"]]["node_config"]
     (profile,) = _resources(template, "AWS::IAM::InstanceProfile")
-    assert head["IamInstanceProfile"] == {"Name": profile["InstanceProfileName"]} == {"Name": "advanced-ncf-head"}
+    # Named after the cluster, so each cluster's stack has its own role and profile: IAM names are
+    # unique per account, and fixed names let only one stack exist in it.
+    named = {"Fn::Sub": "${ClusterName}-head"}
+    assert profile["InstanceProfileName"] == named
+    assert _resources(template, "AWS::IAM::Role")[0]["RoleName"] == named
+    assert head["IamInstanceProfile"] == {"Name": f"{config['cluster_name']}-head"}
     assert not any("IamInstanceProfile" in t["node_config"] for n, t in types.items() if n != config["head_node_type"])
     (role,) = _resources(template, "AWS::IAM::Role")
     assert "ManagedPolicyArns" not in role  # not Ray's default: AmazonEC2FullAccess + AmazonS3FullAccess

@@ -2,23 +2,32 @@
 
 Without nginx on this machine the file is parsed here (a small reader of nginx's syntax: blocks,
 statements, quoted strings) and its limits compared with Serve's own (serve/limits.py); where
-nginx is installed, ``nginx -t`` checks it as well, inside a minimal main config.
+nginx is installed, ``nginx -t`` checks it as well, inside a minimal main config, and real requests go
+through nginx running it to a small upstream standing in for Serve.
 """
 
 from __future__ import annotations
 
+import http.client
+import http.server
+import json
 import os
 import re
 import shutil
 import subprocess
-from typing import List, Tuple
+import threading
+import time
+from typing import Dict, List, Optional, Tuple
 
 import pytest
-from helpers import REPO
+from helpers import REPO, free_ports
 
 from serve.limits import BODY_TIMEOUT_S, CONTROL_HEADERS, MAX_BODY_BYTES, REQUEST_TIMEOUT_S, misdirected
 
 CONF = os.path.join(REPO, "deploy", "nginx", "ncf.conf")
+# The system's nginx, else the one `make nginx` unpacks into the venv (make test does).
+UNPACKED_NGINX = os.path.join(REPO, ".venv", "tools", "nginx", "usr", "sbin", "nginx")
+NGINX = shutil.which("nginx") or (UNPACKED_NGINX if os.access(UNPACKED_NGINX, os.X_OK) else None)
 ROUTES = {"/recommend": "POST", "/recommend/batch": "POST", "/score": "POST", "/healthz": "GET"}
 
 Statement = Tuple[List[str], list]  # (words, children: a block's statements, [] for a plain one)
@@ -140,12 +149,125 @@ def test_a_client_timeout_has_no_error_page(server):
     assert one(server, "reset_timedout_connection") == ["on"]
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
+@pytest.mark.skipif(NGINX is None, reason="no nginx (make nginx unpacks one)")
 def test_nginx_accepts_the_config(tmp_path):
     main = tmp_path / "nginx.conf"
     main.write_text(
         f"pid {tmp_path}/nginx.pid; error_log stderr; events {{}}\n"
         f"http {{ access_log off; client_body_temp_path {tmp_path}; include {CONF}; }}\n"
     )
-    done = subprocess.run(["nginx", "-t", "-c", str(main), "-p", str(tmp_path)], capture_output=True, text=True)
+    done = subprocess.run(
+        [NGINX, "-t", "-e", "stderr", "-c", str(main), "-p", str(tmp_path)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
+
+
+class _Upstream(http.server.BaseHTTPRequestHandler):
+    """Stands in for Serve behind nginx: answers 200 with what reached it (method, path, headers)."""
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"method": self.command, "path": self.path, "headers": dict(self.headers)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _site_on(tmp_path, port: int, upstream_port: int) -> str:
+    """ncf.conf as is, but for its port 80 (this test is no root daemon) and Serve's 8000."""
+    with open(CONF) as f:
+        text = f.read()
+    moved = {
+        "listen 80 default_server;": f"listen 127.0.0.1:{port} default_server;",
+        "listen [::]:80 default_server;": "",
+        "server 127.0.0.1:8000;": f"server 127.0.0.1:{upstream_port};",
+    }
+    for old, new in moved.items():
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    site = tmp_path / "ncf.conf"
+    site.write_text(text)
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"daemon off; master_process off; pid {tmp_path}/nginx.pid; error_log stderr; events {{}}\n"
+        f"http {{ access_log off; client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path}; include {site}; }}\n"
+    )
+    return str(main)
+
+
+def _ask(port: int, method: str, path: str, body: bytes = b"", headers: Optional[Dict[str, str]] = None):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, body=body or None, headers=headers or {})
+        answer = connection.getresponse()
+        return answer.status, answer.headers, answer.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.faults
+@pytest.mark.skipif(NGINX is None, reason="no nginx (make nginx unpacks one)")
+def test_nginx_passes_the_api_and_answers_its_refusals_as_serve_does(tmp_path):
+    """Real requests through nginx running ncf.conf: the four routes reach the upstream, Serve's
+    control headers do not, and a wrong method, an unknown path, a large body and a stopped
+    upstream get JSON answers. A wrong method was a 403 until 2026-12-06; Serve answers 405
+    with Allow, so clients saw two codes for one mistake depending on the hop."""
+    port, upstream_port = free_ports(2)
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", upstream_port), _Upstream)
+    thread = threading.Thread(target=upstream.serve_forever, daemon=True)
+    thread.start()
+    nginx = subprocess.Popen(
+        [NGINX, "-e", "stderr", "-c", _site_on(tmp_path, port, upstream_port), "-p", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(100):  # up to 10 s for nginx to listen
+            assert nginx.poll() is None, nginx.stderr.read().decode()
+            try:
+                _ask(port, "GET", "/healthz")
+                break
+            except OSError:
+                time.sleep(0.1)
+        status, _, body = _ask(port, "POST", "/recommend", b"{}", {"X-Request-Timeout-Seconds": "999"})
+        seen = json.loads(body)
+        assert status == 200 and seen["method"] == "POST" and seen["path"] == "/recommend"
+        assert "x-request-timeout-seconds" not in {k.lower() for k in seen["headers"]}
+        assert _ask(port, "GET", "/healthz")[0] == 200
+        for method, path, allowed in (
+            ("GET", "/recommend", "POST"),
+            ("PUT", "/score", "POST"),
+            ("POST", "/healthz", "GET"),
+        ):
+            status, headers, body = _ask(port, method, path, b"{}" if method != "GET" else b"")
+            assert (status, headers["Allow"], json.loads(body)) == (405, allowed, {"error": "Method Not Allowed"})
+        status, _, body = _ask(port, "GET", "/docs")
+        assert status == 404 and json.loads(body)["error"]
+        status, _, body = _ask(port, "POST", "/score", b"x" * (MAX_BODY_BYTES + 1))
+        assert status == 413 and str(MAX_BODY_BYTES) in json.loads(body)["error"]
+        for _ in range(200):  # 20 a second with bursts of 40: a quick run of requests meets the limit
+            status, headers, body = _ask(port, "GET", "/healthz")
+            if status != 200:
+                break
+        assert status == 429 and headers["Retry-After"] == "1" and json.loads(body)["error"]
+        time.sleep(2.5)  # the burst's allowance back
+        upstream.shutdown()
+        upstream.server_close()
+        status, headers, body = _ask(port, "POST", "/recommend", b"{}")
+        assert status == 503 and headers["Retry-After"] == "1" and json.loads(body)["error"]
+    finally:
+        nginx.terminate()
+        try:
+            nginx.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            nginx.kill()
+            nginx.wait(timeout=10)
+        upstream.shutdown()
+        upstream.server_close()

@@ -282,7 +282,15 @@ def _actor_resources(
     slots = actor_slots(nodes, cpus_per_actor, memory_per_actor)
     by_cpus = actor_slots(nodes, cpus_per_actor, 0)
     each = f"of about {memory_per_actor / 2**30:.1f} GiB each (the model's weights and index, and the households)"
-    if slots == 0:
+    if not any(n.get("CPU", 0) > 0 for n in nodes):
+        # cluster.yaml's head declares no CPUs, so a job started before its autoscaler adds a
+        # worker finds none; it is the CPUs that are missing, not memory.
+        waiting = f"the {min(actors, blocks)} actors asked for wait" if actors > 0 else "one actor waits"
+        _log(
+            f"no node up has a CPU yet (a head of 0 CPUs, as cluster.yaml's): {waiting} for the autoscaler "
+            "to add workers (--actors N asks for N at once)"
+        )
+    elif slots == 0:
         largest = max((n.get("memory", 0) for n in nodes), default=0) / 2**30
         short = f"no node of the cluster has the memory for one scoring actor {each}; the largest has {largest:.1f} GiB"
         if not os.environ.get("RAY_ADDRESS"):  # Ray Data would wait for it, the date's lock held
@@ -349,6 +357,8 @@ def _check_an_actor_fits(cpus_per_actor: float) -> None:
     if not cpus or max(cpus) >= cpus_per_actor:
         return
     largest = max(cpus)
+    if largest == 0 and os.environ.get("RAY_ADDRESS"):
+        return  # no CPUs up yet, not too few: _actor_resources says so
     short = (
         f"--cpus-per-actor {cpus_per_actor:g}: no node of the cluster has that many CPUs (the largest has {largest:g})"
     )
