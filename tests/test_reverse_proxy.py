@@ -241,6 +241,11 @@ def test_nginx_passes_the_api_and_answers_its_refusals_as_serve_does(tmp_path):
         assert status == 200 and seen["method"] == "POST" and seen["path"] == "/recommend"
         assert "x-request-timeout-seconds" not in {k.lower() for k in seen["headers"]}
         assert _ask(port, "GET", "/healthz")[0] == 200
+        for host in ("10.0.0.5", "[::1]:80", "LocalHost"):  # addresses no page can rebind, and localhost
+            assert _ask(port, "GET", "/healthz", headers={"Host": host})[0] == 200, host
+        for host in ("rebound.example", "10.0.0.5.rebound.example"):  # a page's own name pointed here
+            status, _, body = _ask(port, "POST", "/recommend", b"{}", {"Host": host})
+            assert status == 421 and "Host" in json.loads(body)["error"], host
         for method, path, allowed in (
             ("GET", "/recommend", "POST"),
             ("PUT", "/score", "POST"),
