@@ -32,7 +32,7 @@ else
 $(error ACCEL must be cpu or cuda, not $(ACCEL))
 endif
 
-.PHONY: setup browser nginx lint test test-faults test-fast demo bench mlflow-ui clean
+.PHONY: setup browser nginx cluster-files lint test test-faults test-fast demo bench mlflow-ui clean
 
 setup: $(STAMP)
 
@@ -86,6 +86,17 @@ nginx: setup
 	  { apt-get download -qq nginx 2>/dev/null || { $(SUDO) apt-get update -qq && apt-get download -qq nginx 2>/dev/null; }; } && \
 	  dpkg -x nginx_*.deb files && rm -rf ../nginx && mv files ../nginx && cd .. && rm -rf nginx.part; } || { \
 	  echo "error: could not unpack Debian's nginx (apt-get download nginx) for the reverse-proxy test"; exit 1; }
+
+# What `ray up cluster.yaml` copies to every node: the project's files as git sees them (tracked
+# and untracked, less what .gitignore ignores), staged afresh into $(CLUSTER_FILES). Ray hashes
+# every file of a file mount on each `ray up`, and a changed hash restarts Ray on the nodes:
+# pointed at ".", that was .venv and artifacts/ too (gigabytes read, and a restart after any run).
+CLUSTER_FILES := .cluster-files
+cluster-files:
+	@rm -rf $(CLUSTER_FILES).part && mkdir -p $(CLUSTER_FILES).part && \
+	  git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C $(CLUSTER_FILES).part && \
+	  rm -rf $(CLUSTER_FILES) && mv $(CLUSTER_FILES).part $(CLUSTER_FILES) && \
+	  echo "$$(find $(CLUSTER_FILES) -type f | wc -l) files staged in $(CLUSTER_FILES) for ray up"
 
 # ruff: lint and format check (line length 120, pyproject.toml); `ruff format .` fixes the format.
 lint: setup

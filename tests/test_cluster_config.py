@@ -46,10 +46,36 @@ def prepared(config) -> Dict:
 
 
 def _project_dir(config: Dict) -> str:
-    """The node path the repository (".") is synced to."""
-    synced = [remote for remote, local in config["file_mounts"].items() if local.rstrip("/") == "."]
+    """The node path the repository (as `make cluster-files` stages it) is synced to."""
+    synced = [remote for remote, local in config["file_mounts"].items() if local.rstrip("/") == ".cluster-files"]
     assert len(synced) == 1, config["file_mounts"]
     return synced[0]
+
+
+@pytest.mark.faults
+def test_ray_up_copies_the_staged_project_not_the_venv_or_artifacts(config, tmp_path):
+    """Pointed at ".", the project mount made Ray hash .venv and artifacts/ on every `ray up`
+    (gigabytes; a changed hash after any run restarts Ray on the nodes), and run from another
+    folder it would have synced that folder. `make cluster-files` stages what git sees."""
+    stage = tmp_path / "stage"
+    (stage / "stale.txt").parent.mkdir()
+    (stage / "stale.txt").write_text("a file deleted from the project since the last staging")
+    done = subprocess.run(
+        ["make", "-s", "cluster-files", f"CLUSTER_FILES={stage}"], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    present = {f for f in listed if f and os.path.exists(os.path.join(REPO, f))}
+    staged = {os.path.relpath(os.path.join(d, f), stage) for d, _, files in os.walk(stage) for f in files}
+    assert staged == present and {"Makefile", "cluster.yaml", "ncf/__init__.py"} <= staged
+    assert not any(f.split("/")[0] in (".venv", "artifacts", ".git") for f in staged)
+    assert _project_dir(config) == "/home/ubuntu/advanced-ncf"
 
 
 def _setup_commands_per_node_type(prepared: Dict) -> Dict[str, List[str]]:
