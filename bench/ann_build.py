@@ -12,6 +12,9 @@ the exact top ``width`` by inner product (the products row 0 excluded, as the fi
 excludes the unknown row). One JSON line per (build depth, search depth): build seconds,
 recall@width against exact, and the search's milliseconds per household on one thread (the
 fastest of three passes over the queries; the nightly actors and a replica search on one core).
+``search`` says what answered: ``HNSW`` (the graph), or ``exact`` where the catalog is so small
+that :meth:`ncf.model.ann.ProductIndex.search` ranks its rows exactly instead
+(:func:`ncf.model.ann.searches_exactly`); the depths then change nothing but the build.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ def run(
     exact = exact_top(asked, products, width)
     allowed = np.ones(len(products), bool)
     allowed[0] = False
+    search_kind = "exact" if ann.searches_exactly(int(allowed.sum()), len(products)) else "HNSW"
     rows = []
     for depth in depths:
         started = time.perf_counter()
@@ -93,6 +97,7 @@ def run(
                 "M": ann.NEIGHBOURS,
                 "efConstruction": depth,
                 "efSearch": max(search, width),
+                "search": search_kind,
                 "width": width,
                 "queries": len(asked),
                 "build_seconds": round(seconds, 1),

@@ -2,13 +2,14 @@
 
 python -m bench.baseline_scoring --data DATA [--households 200] [--products 1000000]
 
-Own and decayed frequency and TIFU-KNN (alone, and blended with 100 neighbours) rank each of
-``--households`` households of the test period at its start (depth 100, as the full ranking
-asks) and score 100 products of it (as the sampled protocol asks), after one untimed pass (the
-neighbours found once, as the tuning's alphas share them). ``--products`` pads the catalog
-with products no one bought to that many, so that the cost of a catalog-long vector shows: the
-baselines now work on the household's products and its neighbours', so their figures stay
-nearly flat where dense scores grew with the catalog.
+Own and decayed frequency and TIFU-KNN (alone, and blended with 100 neighbours) rank
+``--households`` households at the test period's start (depth 100, as the full ranking asks)
+and score 100 products for each (as the sampled protocol asks), after one untimed pass (the
+neighbours found once, as the tuning's alphas share them). The households are every 7th, in
+index order, of those with a purchase before that start, whether or not they shop in the test
+period. ``--products`` pads the catalog with products no one bought to that many, so that the
+cost of a catalog-long vector shows: the baselines now work on the household's products and its
+neighbours', so their figures stay nearly flat where dense scores grew with the catalog.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ TIFU = {"groups": 7, "within_decay": 0.97, "across_decay": 0.9}
 def measure(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="output of jobs.preprocess")
-    p.add_argument("--households", type=int, default=200, help="households timed (every 7th of the period's)")
+    p.add_argument(
+        "--households",
+        type=int,
+        default=200,
+        help="households timed (every 7th of those with a purchase before the test period's start)",
+    )
     p.add_argument("--products", type=int, default=1_000_000, help="the catalog padded to this many products")
     args = p.parse_args(argv)
     start = period_start(TEST, layout.DataStats(args.data).boundaries)

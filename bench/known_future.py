@@ -21,7 +21,11 @@ Each variant adds its features to :data:`ncf.data.features.FEATURES` and trains 
 boosted ranker does (31 leaves, 300 rounds, on the unsampled rows of DATA's validated lists),
 once per seed, then ranks the validation and the test weeks through the evaluation's own code,
 as :class:`ncf.evaluate.baselines.boosted.OwnNeighboursAndPopular` does. Test is read, never used
-to choose. One JSON line per (seed, variant). DATA must be Complete Journey's (``jobs.preprocess
+to choose. One JSON line per (seed, variant), with ``run_s``, the seconds of that row's own
+training and ranking, and ``elapsed_s``, the seconds since the script started (the shared
+preparation, reading the log and building every variant's training rows, counts only in the
+latter). Rows written before 2026-12-06 have only ``seconds``: the running total, what
+``elapsed_s`` is now. DATA must be Complete Journey's (``jobs.preprocess
 --dataset completejourney``): the raw ids are mapped through its vocabularies.
 """
 
@@ -248,6 +252,7 @@ def main() -> None:
         periods[split] = (period_state, context, period, log.main_stores(start), log.units_before(start))
     for seed in [int(s) for s in args.seeds.split(",")]:
         for variant in variants:
+            run_started = time.time()
             names = list(FEATURES) + extra_names(variant)
             train = lgb.Dataset(features[variant], labels, feature_name=names)
             booster = lgb.train({**LIGHTGBM, "num_leaves": LEAVES, "seed": seed}, train, num_boost_round=ROUNDS)
@@ -273,7 +278,8 @@ def main() -> None:
                     round(metrics["recall@10"], 4),
                     round(metrics["ndcg@10"], 4),
                 )
-            row["seconds"] = round(time.time() - started, 1)
+            row["run_s"] = round(time.time() - run_started, 1)
+            row["elapsed_s"] = round(time.time() - started, 1)
             print(json.dumps(row), flush=True)
 
 

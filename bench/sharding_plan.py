@@ -1,7 +1,8 @@
 """TorchRec's sharding plan for a large catalogue, and the GPU memory it implies, as JSON.
 
-AdvancedNCF on 10M users x 1M products (64-dim tables) is built on the meta device, so no table
-is allocated, with row-wise Adagrad fused into the backward pass exactly as
+AdvancedNCF on 10M users x 1M products (its MF and MLP tables as wide as ``ModelConfig``'s
+defaults, 32, unless ``--dim`` says otherwise) is built on the meta device, so no table is
+allocated, with row-wise Adagrad fused into the backward pass exactly as
 ``ncf.train.sharding.build_model`` sets it up for ``DistributedModelParallel``. TorchRec's
 ``EmbeddingShardingPlanner`` then plans it for N GPUs, one per node as ``cluster.yaml``'s
 ``gpu_worker`` nodes have (A10G, 24 GiB), with every table constrained to row-wise sharding.
@@ -10,12 +11,13 @@ Per rank the script reports the rows it holds, the bytes they imply (fp32 weight
 row-wise Adagrad state, one fp32 per row) and the planner's own HBM estimate (those plus its
 input/output buffers). Planning only reads shapes, so it runs on a CPU machine.
 
-python -m bench.sharding_plan [--gpus 2 4 8] [--users 10000000] [--products 1000000] [--markdown]
+python -m bench.sharding_plan [--gpus 2 4 8] [--users 10000000] [--products 1000000] [--dim D] [--markdown]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import warnings
@@ -29,11 +31,14 @@ GIB = 2**30
 FP32_BYTES = 4
 ROWWISE_ADAGRAD_FLOATS_PER_ROW = 1
 A10G_HBM_BYTES = 24 * GIB
+# The widths the trained model has: ModelConfig's defaults (--dim overrides both).
+_CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+MF_DIM, MLP_DIM = _CONFIG_DEFAULTS["mf_embedding_dim"], _CONFIG_DEFAULTS["mlp_embedding_dim"]
 
 
-def large_model(num_users: int, num_products: int, dim: int) -> AdvancedNCF:
+def large_model(num_users: int, num_products: int, dim: int | None = None) -> AdvancedNCF:
     """The model on the meta device with the fused optimizer attached as training does it
-    (the planner sizes optimizer state from it)."""
+    (the planner sizes optimizer state from it); ``dim`` None keeps ModelConfig's widths."""
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
@@ -42,8 +47,8 @@ def large_model(num_users: int, num_products: int, dim: int) -> AdvancedNCF:
         num_products=num_products,
         num_departments=50,
         num_categories=500,
-        mf_embedding_dim=dim,
-        mlp_embedding_dim=dim,
+        mf_embedding_dim=MF_DIM if dim is None else dim,
+        mlp_embedding_dim=MLP_DIM if dim is None else dim,
     )
     model = AdvancedNCF(config, device=torch.device("meta"))
     tables = [p for name, p in model.named_parameters() if "embedding_collection" in name]
@@ -167,7 +172,12 @@ def main(argv: List[str] | None = None) -> Dict:
     p.add_argument("--gpus", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--users", type=int, default=10_000_000)
     p.add_argument("--products", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=64)
+    p.add_argument(
+        "--dim",
+        type=int,
+        default=None,
+        help=f"width of the MF and MLP tables (default: ModelConfig's, {MF_DIM} and {MLP_DIM})",
+    )
     p.add_argument("--hbm-gib", type=float, default=A10G_HBM_BYTES / GIB)
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--markdown", action="store_true", help="also print the BENCHMARKS.md table")
@@ -182,7 +192,8 @@ def main(argv: List[str] | None = None) -> Dict:
         "benchmark": "sharding_plan",
         "num_users": args.users,
         "num_products": args.products,
-        "dim": args.dim,
+        "mf_embedding_dim": model.config.mf_embedding_dim,
+        "mlp_embedding_dim": model.config.mlp_embedding_dim,
         "hbm_gib_per_gpu": args.hbm_gib,
         "batch_size": args.batch_size,
         "unsharded_gib": round(unsharded_bytes(model) / GIB, 3),

@@ -5,7 +5,12 @@ python -m bench.two_stage_agreement --model MODEL [--data DATA] [--users 100] [-
 
 ``--first-stage hnsw`` ranks the MF first stage with the FAISS HNSW index, as a catalog whose
 households' exact lists do not fit the cache does (Complete Journey's fit, so by default they are
-exact). ``--exclude-purchased`` compares rankings of products new to each household, where the
+exact). ``first_stage`` says what ranked it: ``exact, kept`` (every household's exact list
+computed once and kept), ``HNSW`` (the index's graph searched), ``exact`` (lists computed exactly
+at each call and not kept: where the index allows so few of its rows that
+:meth:`ncf.model.ann.ProductIndex.search` ranks them exactly instead, or where the stage was
+built without an index) or ``none`` (a model without an MF path has no MF first stage).
+``--exclude-purchased`` compares rankings of products new to each household, where the
 household's own products, which dominate the plain rankings, are no candidates.
 
 Speeds are a warm ranker's, as Serve's replicas rank: every household's MF list computed first
@@ -23,6 +28,22 @@ import numpy as np
 
 from ncf.model import ann
 from ncf.rank.recommender import Recommender
+
+
+def first_stage(ranker) -> str:
+    """What ranks ``ranker``'s MF first stage (the module docstring lists the labels)."""
+    mf = ranker.candidates.mf
+    if mf is None:
+        return "none"
+    if mf.cached:
+        return "exact, kept"
+    if mf.index is None:
+        return "exact"
+    # The rows the stage's searches allow, as MFFirstStage builds them: the model rows of the
+    # state's known products that have a row of their own.
+    rows = ranker.rows.product
+    allowed = len(np.unique(rows[ranker.candidates.known & (rows > 0)]))
+    return "exact" if ann.searches_exactly(allowed, mf.index.rows) else "HNSW"
 
 
 def measure(argv=None) -> dict:
@@ -67,7 +88,7 @@ def measure(argv=None) -> dict:
         "catalog": int(ranker.candidates.known.sum()),
         "candidates": ranker.settings.candidates,
         "exclude_purchased": args.exclude_purchased,
-        "first_stage": "exact, kept" if ranker.candidates.mf is None or ranker.candidates.mf.cached else "HNSW",
+        "first_stage": first_stage(ranker),
         f"mean_top{args.k}_overlap": round(float(np.mean(overlaps)), 4),
         f"min_top{args.k}_overlap": round(float(np.min(overlaps)), 4),
         "two_stage_users_per_s": round(args.users / fast_s, 1),

@@ -207,6 +207,7 @@ def test_the_index_bench_compares_each_build_depth_with_the_exact_lists(small_mo
     assert [(r["efConstruction"], r["efSearch"]) for r in rows] == [(16, 10), (16, 40), (8, 10), (8, 40)]
     assert (ann.BUILD_DEPTH, ann.SEARCH_DEPTH) == defaults
     assert all(0.0 < r["recall@10"] <= 1.0 and r["queries"] == 20 and r["search_ms_per_query"] > 0 for r in rows)
+    assert all(r["search"] == "exact" for r in rows)  # a catalog this small: the index's exact fallback
 
 
 def test_the_attention_bench_ranks_the_same_households_with_the_history_hidden(small_model_dir, small_data):
@@ -304,6 +305,18 @@ def test_the_two_stage_bench_compares_plain_and_new_product_rankings(small_model
         row = two_stage_agreement.main(["--model", small_model_dir, "--users", "5", *extra])
         assert row["exclude_purchased"] is bool(extra) and row["users"] == 5
         assert 0.0 <= row["min_top10_overlap"] <= row["mean_top10_overlap"] <= 1.0
+        assert row["first_stage"] == "exact, kept"
+    # Through the index, a catalog this small is ranked exactly by its fallback: not labelled HNSW.
+    row = two_stage_agreement.main(["--model", small_model_dir, "--users", "5", "--first-stage", "hnsw"])
+    assert row["first_stage"] == "exact"
+
+
+def test_the_two_stage_bench_labels_a_model_without_an_mf_path():
+    from types import SimpleNamespace
+
+    from bench import two_stage_agreement
+
+    assert two_stage_agreement.first_stage(SimpleNamespace(candidates=SimpleNamespace(mf=None))) == "none"
 
 
 def test_the_baseline_scoring_bench_times_each_baseline_at_the_data_and_a_padded_catalog(small_data):

@@ -68,6 +68,13 @@ def needed(households: int, width: int, products: int) -> bool:
     return lists_too_large(households, width) or households * products > MF_EXACT_MAX_SCORES
 
 
+def searches_exactly(allowed: int, rows: int) -> bool:
+    """Whether :meth:`ProductIndex.search` ranks ``allowed`` of an index's ``rows`` exactly from
+    their stored vectors rather than searching the graph (:data:`EXACT_SEARCH_ROWS`,
+    :data:`EXACT_COST_RATIO`)."""
+    return allowed <= EXACT_SEARCH_ROWS or allowed**2 <= EXACT_COST_RATIO * rows
+
+
 def lists_too_large(households: int, width: int) -> bool:
     """Whether ``households`` exact lists of ``width`` products would not fit the first stage's
     cache (the rule alone until 2026-12-05, by which older models were saved with an index)."""
@@ -169,7 +176,7 @@ class ProductIndex:
 
         prepared = allowed if isinstance(allowed, AllowedRows) else AllowedRows(allowed)
         permitted = prepared.rows
-        if len(permitted) <= EXACT_SEARCH_ROWS or len(permitted) ** 2 <= EXACT_COST_RATIO * self.rows:
+        if searches_exactly(len(permitted), self.rows):
             return self._exact(vectors, width, permitted)
         share = len(permitted) / max(self.rows, 1)
         selector = faiss.IDSelectorBitmap(prepared.size, faiss.swig_ptr(prepared.bitmap))
