@@ -4,14 +4,16 @@ Everything here is plain FastAPI + pydantic (no Ray), so the contract can be rea
 and checked without a cluster. The routes themselves live on the deployment class
 (:mod:`serve.app`), because Serve binds FastAPI routes to the replica's methods.
 
-Every error, whatever its cause, is JSON ``{"error": "<message>", ...}`` with a 4xx status for
-bad input: FastAPI's validation errors (malformed JSON, wrong types, limits) become 422 with a
-message listing each problem. A body FastAPI cannot decode at all (bytes that are not UTF-8,
-UTF-16 or UTF-32 text, or JSON nested deeper than Python's recursion limit) gets 400
-``{"error": "There was an error parsing the body"}``, as does a ``Content-Length`` that is not a
-number (:mod:`serve.limits`); an oversized body 413, a request that arrived on a loopback
-address naming another host 421 (:mod:`serve.limits`, in Serve's proxy), unknown routes 404. A
-real bug is still a 500, so that it is seen rather than blamed on the client.
+Every error past the HTTP parser, whatever its cause, is JSON ``{"error": "<message>", ...}``
+with a 4xx status for bad input: FastAPI's validation errors (malformed JSON, wrong types,
+limits) become 422 with a message listing each problem. A body FastAPI cannot decode at all
+(bytes that are not UTF-8, UTF-16 or UTF-32 text, or JSON nested deeper than Python's recursion
+limit) gets 400 ``{"error": "There was an error parsing the body"}``; an oversized body 413, a
+request that arrived on a loopback address naming another host 421 (:mod:`serve.limits`, in
+Serve's proxy), unknown routes 404. A real bug is still a 500, so that it is seen rather than
+blamed on the client. Not JSON: malformed HTTP framing (a ``Content-Length`` that is not a
+number, such as ``abc`` or ``-1``) is refused by the HTTP server itself (uvicorn), before any of
+this code runs, with a plain-text 400 ``Invalid HTTP request received.``.
 """
 
 from __future__ import annotations
@@ -222,7 +224,9 @@ ERROR_RESPONSES = {
         (
             400,
             "the request body could not be decoded at all (not UTF-8, UTF-16 or UTF-32 text, or JSON nested "
-            'too deeply: "There was an error parsing the body"), or its Content-Length is not a number',
+            'too deeply: "There was an error parsing the body"). Malformed HTTP framing (a Content-Length '
+            'that is not a number) is refused by the HTTP server itself with a plain-text 400, "Invalid HTTP '
+            'request received.", not this body',
         ),
         (408, "the request body did not arrive within the body deadline"),
         (413, f"the request body is larger than {MAX_BODY_BYTES} bytes (a long list of long ids can be)"),

@@ -28,13 +28,20 @@ What it does, per request:
   ``localhost``, this machine's own name, or a name in ``NCF_SERVE_HOSTS``; else 421. A web
   page a local browser opens can point its own domain at 127.0.0.1 (DNS rebinding) and read the
   answers, households' histories included; the browser then sends that domain, never an address
-  or this machine's name. nginx in front sends ``Host: 127.0.0.1:8000``.
+  or this machine's name. nginx in front sends ``Host: 127.0.0.1:8000``. The body is read and
+  dropped first, within the 413's limits, so that a client still sending reads the 421.
 * **JSON errors** (``json_errors=True``, the proxy): Serve's own error answers are plain text;
   they become ``{"error": ...}`` like the application's, and a request Serve ends without an
-  answer (a replica died under it) gets a JSON 500 rather than uvicorn's plain text. Serve's
-  request timeout, which Serve answers with 408, becomes 504: 408 here means the client was too
-  slow, 504 that the server was.
+  answer (a replica died under it), or with an error's start but not its body, gets a JSON 500
+  rather than uvicorn's plain text. Serve's request timeout, which Serve answers with 408,
+  becomes 504: 408 here means the client was too slow, 504 that the server was.
   Load shedding (``max_queued_requests``) answers 503 with ``Retry-After``.
+
+Not here: the request line and headers. They are parsed by uvicorn before any ASGI code runs,
+and Serve's uvicorn bounds neither their size nor their time (a client may send headers for
+ever); malformed framing (a ``Content-Length`` that is not a number) gets uvicorn's own
+plain-text 400. Keep Serve on 127.0.0.1 or behind a reverse proxy such as
+``deploy/nginx/ncf.conf``, which bounds both.
 
 Example::
 
@@ -56,6 +63,8 @@ BODY_TIMEOUT_S = 10.0  # the whole body, after the headers
 DRAIN_MAX_BYTES = 64 * 2**20  # an oversized body is read and dropped up to this...
 DRAIN_TIMEOUT_S = 5.0  # ...for at most this long, then the connection is closed
 REQUEST_TIMEOUT_S = 30.0  # Serve's end-to-end request timeout (http_options.request_timeout_s)
+MAX_LENGTH_DIGITS = 20  # 2**64 has 20 digits: a longer Content-Length (less its leading zeros) is too large
+NOT_A_NUMBER = -1  # what _declared_length makes of a Content-Length that is no number
 MAX_ERROR_BYTES = 2048  # the most of a plain-text error kept in its JSON form
 # A request Serve gave up on without an answer (a replica that died under it: out of memory, a
 # lost node): uvicorn would answer a plain-text 500.
@@ -182,20 +191,25 @@ class EdgeLimits:
         headers = [(k, v) for k, v in scope.get("headers") or [] if k.lower() not in CONTROL_HEADERS]
         scope = {**scope, "headers": headers}
         named = dict(headers)
+        declared = _declared_length(named.get(b"content-length"))
         wrong_host = misdirected(scope) if self.loopback_names_only else None
         if wrong_host is not None:
+            # The body is read and dropped first, as for a 413: closing on a client still sending
+            # makes the kernel reset the connection, and the client never reads the 421.
+            if _worth_draining(named, declared):
+                await _drain(receive, DRAIN_MAX_BYTES, DRAIN_TIMEOUT_S)
             await _answer(send, 421, wrong_host, close=True)
             return
-        declared = named.get(b"content-length")
-        if declared is not None and not declared.strip().isdigit():
+        if declared == NOT_A_NUMBER:
+            # Defence only: uvicorn's parsers (httptools, h11) refuse such framing before any ASGI
+            # code runs, with their own plain-text 400.
             await _answer(send, 400, "Content-Length is not a number", close=True)
             return
-        if declared is not None and int(declared) > self.max_body_bytes:
-            # Nothing was sent yet (100-continue), or the drain would give up anyway: nothing to read.
-            if named.get(b"expect", b"").lower() == b"100-continue" or int(declared) > DRAIN_MAX_BYTES:
-                await _answer(send, 413, self._too_large(), close=True)
-            else:
+        if declared is not None and declared > self.max_body_bytes:
+            if _worth_draining(named, declared):
                 await self._refuse_too_large(receive, send)
+            else:
+                await _answer(send, 413, self._too_large(), close=True)
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout_s
@@ -227,10 +241,12 @@ class EdgeLimits:
         try:
             await self.app(scope, replayed, answering)
         except Exception:
-            if not answering.started:
+            if not answering.sent:
                 await _answer(send, 500, SERVER_FAILED)
             raise
-        if not answering.started:  # Serve's proxy answers nothing itself for a 500
+        # Serve's proxy answers nothing itself for a 500; an error answer held for its body that
+        # never came is no answer either (uvicorn would send its own plain-text 500).
+        if not answering.sent:
             await _answer(send, 500, SERVER_FAILED)
 
     def _too_large(self) -> str:
@@ -241,6 +257,29 @@ class EdgeLimits:
         or at once with the connection closed when the rest is too big or too slow to drop."""
         drained = not more or await _drain(receive, DRAIN_MAX_BYTES, DRAIN_TIMEOUT_S)
         await _answer(send, 413, self._too_large(), close=not drained)
+
+
+def _declared_length(value: Optional[bytes]) -> Optional[int]:
+    """A ``Content-Length`` value -> its number of bytes (None without one, ``NOT_A_NUMBER``).
+    Leading zeros go before ``int()``, which refuses more than 4,300 digits: httptools passes
+    ``000...02`` of any length on as 2, and ``int()`` raising here made uvicorn answer a
+    plain-text 500. A longer number than any 64-bit length is capped past every limit (413)."""
+    if value is None:
+        return None
+    digits = value.strip()
+    if not digits.isdigit():
+        return NOT_A_NUMBER
+    digits = digits.lstrip(b"0") or b"0"
+    return int(digits) if len(digits) <= MAX_LENGTH_DIGITS else 10**MAX_LENGTH_DIGITS
+
+
+def _worth_draining(named: Dict[bytes, bytes], declared: Optional[int]) -> bool:
+    """Whether to read and drop a request's body before refusing it. Not where the client waits
+    for ``100 Continue`` (it sent nothing, and reading would ask it to), where the length is no
+    number (nothing to count), or past what the drain reads anyway (it would give up)."""
+    if named.get(b"expect", b"").lower() == b"100-continue":
+        return False
+    return declared is None or 0 <= declared <= DRAIN_MAX_BYTES
 
 
 async def _drain(receive, max_bytes: int, timeout_s: float) -> bool:
@@ -277,11 +316,10 @@ class _JsonErrors:
         self.send = send
         self.start: Optional[dict] = None
         self.body = b""
-        self.started = False  # whether an answer began (held or sent)
+        self.sent = False  # whether an answer's start went out (one held for its body did not)
 
     async def __call__(self, message) -> None:
         if message["type"] == "http.response.start":
-            self.started = True
             content_type = dict(message.get("headers") or []).get(b"content-type", b"")
             if message["status"] >= 400 and not content_type.startswith(b"application/json"):
                 self.start = message  # held until its body is complete
@@ -291,6 +329,7 @@ class _JsonErrors:
             if not message.get("more_body", False):
                 await self._send_as_json()
             return
+        self.sent = self.sent or message["type"] == "http.response.start"
         await self.send(message)
 
     async def _send_as_json(self) -> None:
@@ -299,4 +338,5 @@ class _JsonErrors:
             (k, v) for k, v in self.start.get("headers") or [] if k.lower() not in (b"content-type", b"content-length")
         ]
         text = self.body.decode("utf-8", "replace").strip() or f"HTTP {status}"
+        self.sent = True
         await _answer(self.send, status, text, extra_headers=kept)

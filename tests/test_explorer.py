@@ -398,7 +398,8 @@ def test_the_page_keeps_ids_beyond_2_53_and_asks_again_where_the_api_says(tmp_pa
 def test_a_replaced_question_stops_asking_and_labels_that_fail_are_said(tmp_path):
     """A question waiting out a 503 when another is asked neither asks again nor writes its busy
     line under the new answer; product labels are asked in calls under the API's body limit, and
-    a label call that fails is said in the status rather than leaving the products bare."""
+    a label call that fails is said in the status rather than leaving the products bare, as is
+    one whose retry without the unknown ids meets a 422 naming others (said nothing before)."""
     import json
 
     at = "2017-11-27T04:01:00+00:00"
@@ -436,6 +437,14 @@ def test_a_replaced_question_stops_asking_and_labels_that_fail_are_said(tmp_path
         assert len(label_calls) >= 2 and sorted(sum(label_calls, [])) == sorted(long_ids)
         assert all(len(json.dumps({"product_ids": ids})) < 64 * 1024 for ids in label_calls)
         assert len(_rendered(page)) == 600 and errors == []
+
+        # Two rollouts under one label call: each attempt names another unknown id.
+        def unknown(product_id: str) -> tuple:
+            return 422, {}, json.dumps({"error": "unknown product ids", "unknown_product_ids": [product_id]})
+
+        answers["/products"][:] = [unknown(long_ids[0]), unknown(long_ids[1]), (200, {}, '{"products": []}')]
+        _ask(page, "c", 600)
+        assert "product labels unavailable: ids changed during the call" in page.text_content("#status")
 
 
 @pytest.mark.faults

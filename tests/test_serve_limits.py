@@ -92,7 +92,7 @@ def _read_response(sock: socket.socket, timeout: float) -> tuple:
     return int(lines[0].split()[1]), headers, body
 
 
-def _request_head(path: str, length: int, *extra: str) -> bytes:
+def _request_head(path: str, length: int | str, *extra: str) -> bytes:
     lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json", f"Content-Length: {length}"]
     return ("\r\n".join(lines + list(extra)) + "\r\n\r\n").encode()
 
@@ -140,6 +140,19 @@ def test_a_client_expecting_100_continue_gets_413_without_sending_the_body(edge)
         status, headers, body = _read_response(sock, timeout=30)
     _assert_json_error(status, body, 413)
     assert headers.get("connection") == "close"
+
+
+def test_a_content_length_of_5001_digits_is_read_as_its_number(edge):
+    """httptools passes ``000...022`` of any length on as 22; Python's int() refuses more than
+    4,300 digits, and the edge's raise made uvicorn answer a plain-text 500. A longer number than
+    any 64-bit length (a defence: httptools refuses it itself) is too large."""
+    body = b'{"user_id": 1, "k": 3}'
+    with socket.create_connection(("127.0.0.1", _port(edge)), timeout=30) as sock:
+        sock.sendall(_request_head("/recommend", "0" * 5000 + str(len(body))) + body)
+        status, _, answer = _read_response(sock, timeout=30)
+    assert status == 200 and len(json.loads(answer)["items"]) == 3, answer[:300]
+    sent, read = _through_edge(None, [(b"content-length", b"9" * 25)], [])
+    assert sent[0]["status"] == 413 and (b"connection", b"close") in sent[0]["headers"] and read == 0
 
 
 # -- slow bodies: 408, and no replica held while they trickle in ----------------------------------
@@ -262,15 +275,30 @@ def test_a_request_on_loopback_naming_another_host_is_refused(edge, monkeypatch)
     assert misdirected(scope("127.0.0.1", b"Recs.Internal:8000")) is None
 
 
+def test_a_rebound_host_still_sending_its_body_reads_the_421(edge):
+    """The 421 closed the connection without reading the body: the kernel reset it under a
+    client still sending (a reverse proxy passing its clients' Host on), which never read why.
+    4 MiB in 1 MiB pieces, as the 413's drill: more than the socket buffers hold."""
+    body = b"x" * (4 * 2**20)
+    with socket.create_connection(("127.0.0.1", _port(edge)), timeout=30) as sock:
+        head = _request_head("/recommend", len(body)).replace(b"Host: 127.0.0.1", b"Host: rebound.example")
+        sock.sendall(head)
+        for start_at in range(0, len(body), 2**20):
+            sock.sendall(body[start_at : start_at + 2**20])
+        status, headers, answer = _read_response(sock, timeout=30)
+    assert "is not this server's" in _assert_json_error(status, answer, 421)
+    assert headers.get("connection") == "close"
+
+
 # -- the edge on its own (plain ASGI, no Serve) -----------------------------------------------------
 
 
-def _through_edge(app, headers: list, body_messages: list) -> tuple:
+def _through_edge(app, headers: list, body_messages: list, sent: list | None = None) -> tuple:
     """What EdgeLimits (as in the proxy) sends for one request to ``app``: (messages sent, the
-    number of body messages it read)."""
+    number of body messages it read). ``sent`` collects them where ``app`` raises."""
     from serve.limits import EdgeLimits
 
-    sent, read = [], []
+    sent, read = [] if sent is None else sent, []
 
     async def receive():
         read.append(1)
@@ -301,6 +329,22 @@ def test_a_request_serve_ends_without_an_answer_gets_a_json_500():
 
     sent, _ = _through_edge(answers, [], [{"type": "http.request", "body": b"", "more_body": False}])
     assert [m.get("status") for m in sent] == [200, None]  # an answer is left alone
+
+    # A plain-text error's start is held for its body (to send it as JSON): one whose body never
+    # comes was no answer, yet it counted as one, and uvicorn answered a plain-text 500.
+    async def starts_an_error(scope, receive, send):
+        await send({"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"text/plain")]})
+
+    async def starts_an_error_and_fails(scope, receive, send):
+        await starts_an_error(scope, receive, send)
+        raise RuntimeError("the replica went away")
+
+    sent, _ = _through_edge(starts_an_error, [], [{"type": "http.request", "body": b"", "more_body": False}])
+    assert [m.get("status") for m in sent] == [500, None] and "failed to answer" in json.loads(sent[1]["body"])["error"]
+    sent = []
+    with pytest.raises(RuntimeError):
+        _through_edge(starts_an_error_and_fails, [], [{"type": "http.request", "body": b"", "more_body": False}], sent)
+    assert [m.get("status") for m in sent] == [500, None] and "failed to answer" in json.loads(sent[1]["body"])["error"]
 
 
 def test_a_body_declared_past_what_the_edge_would_drain_is_refused_without_reading_it():

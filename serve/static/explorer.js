@@ -218,16 +218,18 @@
   // Product labels for every id shown, in calls that fit the API's limits: {labels, failed}, where
   // failed is the error's text when a call failed (its ids then show without labels, and the
   // status says so). Ids the state no longer knows (a rollout between the ranking and this call)
-  // are asked without.
+  // are asked without, once: a second rollout meanwhile leaves the rest unlabelled, said too.
   async function labelsFor(ids, current, signal) {
     const labels = new Map();
     let failed = null;
     for (let unique of labelChunks([...new Set(ids.map(String))])) {
       if (!current()) break; // a replaced question's labels are never shown
+      let labelled = false;
       for (let attempt = 0; attempt < 2 && unique.length; attempt++) {
         try {
           const found = await call("products", { product_ids: unique }, BUSY_RETRIES, current, signal);
           for (const product of found.products) labels.set(String(product.product_id), product);
+          labelled = true;
           break;
         } catch (e) {
           const unknown = new Set(((e.body && e.body.unknown_product_ids) || []).map(String));
@@ -238,6 +240,8 @@
           unique = unique.filter((id) => !unknown.has(id));
         }
       }
+      // Both attempts named unknown ids: the ids left would otherwise show bare, unexplained.
+      if (!labelled && unique.length && failed === null) failed = "ids changed during the call";
     }
     return { labels, failed };
   }
