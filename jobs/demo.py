@@ -255,7 +255,10 @@ def why_not_reusable(data: str, preprocess_argv: list) -> Optional[str]:
 def evaluated(argv: list, rows_file: str) -> list:
     """jobs.evaluate's rows, written to ``rows_file`` beside its report, also when it stops
     halfway (a row failed, Ctrl-C): the rows computed then replace the previous run's, which are
-    about another model. Left as it was when no row was computed."""
+    about another model. When none was computed the file is emptied (replaced whole): no row of
+    this run, and none of the previous run's shown as this run's. The report is as jobs.evaluate
+    left it: its placeholder once the inputs were checked (the model, DATA, the model held out);
+    a refusal of them, or Ctrl-C before then, leaves the previous run's report there."""
     computed: list = []
     rows = None
     try:
@@ -263,8 +266,7 @@ def evaluated(argv: list, rows_file: str) -> list:
         return rows
     finally:
         kept = computed if rows is None else rows
-        if kept:
-            write_text(rows_file, "".join(json.dumps(row) + "\n" for row in kept))
+        write_text(rows_file, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def main(argv=None) -> list:

@@ -14,9 +14,17 @@ import sys
 from typing import Callable, Optional
 
 from jobs.cli import check_data, check_model, fail, job_parser, one_line_errors, positive_int
+from ncf.data import layout
 from ncf.errors import InputError
-from ncf.evaluate.evaluation import BASELINE_ORDER, MODEL, evaluate_all, model_on_period
-from ncf.evaluate.report import write_report
+from ncf.evaluate.evaluation import (
+    BASELINE_ORDER,
+    MODEL,
+    check_held_out,
+    evaluate_all,
+    model_on_period,
+    period_start,
+)
+from ncf.evaluate.report import write_placeholder, write_report
 from ncf.model.directory import ModelDir
 from ncf.model.integrity import verify_data_state
 from ncf.registry import is_registry_ref
@@ -80,7 +88,14 @@ def main(argv=None, on_row: Optional[Callable[[dict], None]] = None) -> list:
         # repointing the link (or saving over the directory) during the minutes below must not give
         # the report another model's curves, nor the rows another model's figures.
         args.model = None if handle is None else handle.path
-        history = None if handle is None else handle.metrics().get("history")
+        metrics = {} if handle is None else handle.metrics()
+        history, best_epoch = metrics.get("history"), kept_epoch(metrics)
+        if handle is not None:
+            # Refused before the placeholder below (model_on_period checks it again, after it): a
+            # refit or deployment model must leave --report as it was, its report or its absence.
+            check_held_out(handle, args.split, period_start(args.split, layout.DataStats(args.data).boundaries))
+        if args.report:  # from now until the report is written, no previous run's page about another model
+            write_placeholder(args.report, handle.version)
         if args.split == VAL:
             print(
                 "[evaluate] --split val: the baselines are tuned and the validated model's epoch chosen on "
@@ -114,6 +129,7 @@ def main(argv=None, on_row: Optional[Callable[[dict], None]] = None) -> list:
                 ablations,
                 ablations_source=args.ablations,
                 exclude_purchased=args.exclude_purchased,
+                best_epoch=best_epoch,
             )
             print(f"[evaluate] report: {path}", file=sys.stderr, flush=True)  # stdout: the rows alone
         failed = [row for row in rows if "failed" in row]
@@ -139,6 +155,21 @@ def labelled(row: dict, handle: ModelDir | None) -> dict:
     if handle is None:
         return row
     return {**row, ("model_version" if row["model"] == MODEL else "compared_with_version"): handle.version}
+
+
+def kept_epoch(metrics: dict) -> Optional[int]:
+    """The epoch whose weights a model directory holds, as its ``metrics.json`` says: ``best_epoch``
+    (a training that finished, ``SWEEP/best``), else the epoch of the checkpoint it was exported
+    from (a training stopped before it recorded ``best_epoch``); None when neither is there or it
+    is no whole number. ``metrics.json`` is outside the checksums: any shape of it is met here,
+    before the evaluation (main reads it then), not after it."""
+    training = metrics.get("training")
+    epoch = metrics.get("best_epoch")
+    if epoch is None and isinstance(training, dict):
+        epoch = training.get("epoch")
+    if isinstance(epoch, float) and epoch.is_integer():  # a sweep table's column, float where a trial has none
+        epoch = int(epoch)
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -172,8 +203,9 @@ def check_report_apart(report: str | None, model: str | None, data: str) -> None
 
 
 def read_jsonl(path: str) -> list:
-    """The ablation rows of ``--ablations``: one JSON object per line, checked before the
-    evaluation's minutes (the report reads each as an object)."""
+    """The ablation rows of ``--ablations``: one JSON object per line, each a row the report's
+    table can show (:func:`check_ablation_row`), at least one; checked before the evaluation's
+    minutes, which a bad row would otherwise cost."""
     if not os.path.isfile(path):
         raise InputError(f"--ablations {path}: no such file")
     rows = []
@@ -185,14 +217,31 @@ def read_jsonl(path: str) -> list:
                         row = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise InputError(f"--ablations {path}: line {number} is not JSON ({e.msg})") from None
-                    if not isinstance(row, dict):
-                        raise InputError(
-                            f"--ablations {path}: line {number} is a JSON {type(row).__name__}, not an object"
-                        )
+                    check_ablation_row(path, number, row)
                     rows.append(row)
     except UnicodeDecodeError as e:
         raise InputError(f"--ablations {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not rows:
+        raise InputError(f"--ablations {path}: holds no rows (python -m bench.ablations --data DATA writes them)")
     return rows
+
+
+def check_ablation_row(path: str, number: int, row) -> None:
+    """Refuses (one line) a row the report's table would fail on after the evaluation: not an
+    object, no ``model`` name, ``seeds`` (which decides whether a figure's spread is shown)
+    that is not an integer of at least 1, or a ``features_version`` (compared with this code's,
+    which the report warns about) that is neither absent, null nor an integer."""
+    where = f"--ablations {path}: line {number}"
+    if not isinstance(row, dict):
+        raise InputError(f"{where} is a JSON {type(row).__name__}, not an object")
+    if not isinstance(row.get("model"), str):
+        raise InputError(f'{where} has no model name ("model": {json.dumps(row.get("model"))})')
+    seeds = row.get("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise InputError(f"{where}: seeds is {json.dumps(seeds)}, not an integer of at least 1")
+    version = row.get("features_version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise InputError(f"{where}: features_version is {json.dumps(version)}, not an integer")
 
 
 if __name__ == "__main__":

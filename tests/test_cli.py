@@ -121,11 +121,18 @@ def paths(tmp_path):
     write_json(str(tmp_path / "model" / "config.json"), config)
     (tmp_path / "model" / "model.pt").write_bytes(b"")
     (tmp_path / "logs.csv").write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
-    (tmp_path / "list.jsonl").write_text('{"variant": "full"}\n[1, 2]\n')
+    (tmp_path / "list.jsonl").write_text('{"model": "advanced_ncf", "seeds": 3}\n[1, 2]\n')
     (tmp_path / "binary.jsonl").write_bytes(b"\x9c\x00\xff")
+    (tmp_path / "null-seeds.jsonl").write_text('{"model": "advanced_ncf", "seeds": null, "recall@10_sd": 0.01}\n')
+    (tmp_path / "text-seeds.jsonl").write_text('{"model": "advanced_ncf", "seeds": "3", "recall@10_sd": 0.01}\n')
+    (tmp_path / "no-rows.jsonl").write_text("\n")
+    (tmp_path / "float-seeds.jsonl").write_text('{"model": "advanced_ncf", "seeds": 3.0}\n')
+    (tmp_path / "no-model.jsonl").write_text('{"model": "advanced_ncf"}\n{"recall@10": 0.4}\n')
+    (tmp_path / "text-version.jsonl").write_text('{"model": "advanced_ncf", "features_version": "<img src=x>"}\n')
     (tmp_path / "empty.db").write_bytes(b"")
     names = ("missing", "empty", "other", "state", "lists", "old-lists", "other-version", "model", "logs.csv")
-    names += ("list.jsonl", "binary.jsonl", "empty.db")
+    names += ("list.jsonl", "binary.jsonl", "empty.db", "null-seeds.jsonl", "text-seeds.jsonl", "no-rows.jsonl")
+    names += ("float-seeds.jsonl", "no-model.jsonl", "text-version.jsonl")
     return {name: str(tmp_path / name) for name in names}
 
 
@@ -238,6 +245,24 @@ def _cases(p: dict, out: str) -> list:
             "evaluate",
             ["--model", p["other"], "--data", p["other"], "--report", out, "--ablations", p["binary.jsonl"]],
             ["not UTF-8 text"],
+        ),
+        # Found by the report review of 2026-12-06: seeds the report's table compares with 1 raised a
+        # TypeError after the whole evaluation; a file of no rows gave "No ablation results given".
+        *(
+            (
+                "evaluate",
+                ["--model", p["other"], "--data", p["other"], "--report", out, "--ablations", p[name]],
+                expected,
+            )
+            for name, expected in (
+                ("null-seeds.jsonl", ["line 1: seeds is null, not an integer of at least 1"]),
+                ("text-seeds.jsonl", ['line 1: seeds is "3", not an integer']),
+                ("float-seeds.jsonl", ["line 1: seeds is 3.0, not an integer of at least 1"]),
+                ("no-model.jsonl", ['line 2 has no model name ("model": null)']),
+                # Its warning joined it into the page unescaped (and "4" against 4 gave a nonsense one).
+                ("text-version.jsonl", ['line 1: features_version is "<img src=x>", not an integer']),
+                ("no-rows.jsonl", ["holds no rows", "bench.ablations"]),
+            )
         ),
         ("verify", [p["model"], "--data", ""], ["--data is empty"]),
         ("deploy", ["--model", p["model"], "--data", ""], ["--data is empty"]),
@@ -739,6 +764,28 @@ def test_a_demo_whose_evaluation_fails_a_row_still_replaces_the_previous_runs_ro
         demo.main(["--workdir", str(workdir), "--port", str(free_port())])
     assert exited.value.code == 1
     assert [json.loads(line) for line in (workdir / "evaluation.jsonl").read_text().splitlines()] == rows
+
+
+@pytest.mark.faults
+def test_a_demo_whose_evaluation_computes_no_row_leaves_none_of_the_previous_runs_rows(tmp_path, monkeypatch):
+    """An evaluation that stopped before its first row (Ctrl-C, a refused model) left the previous
+    run's evaluation.jsonl, about another model, as this run's (the report review of 2026-12-06):
+    it is emptied, replaced whole."""
+    from helpers import free_port
+
+    from jobs import demo
+
+    def evaluate_interrupted(argv, on_row=None):
+        raise KeyboardInterrupt
+
+    _demo_stages(monkeypatch, {}, evaluate_interrupted)
+    workdir = tmp_path / "demo"
+    workdir.mkdir()
+    (workdir / "evaluation.jsonl").write_text(json.dumps({"model": "advanced_ncf", "model_version": "v1"}) + "\n")
+    with pytest.raises(KeyboardInterrupt):
+        demo.main(["--workdir", str(workdir), "--port", str(free_port())])
+    assert (workdir / "evaluation.jsonl").read_text() == ""
+    assert sorted(os.listdir(workdir)) == ["evaluation.jsonl", "model", "model-validated"]  # no temporary left
 
 
 @pytest.mark.faults

@@ -1,8 +1,10 @@
 """The evaluation report renders in headless Chromium; explanations are the model's attention;
 ``jobs.evaluate`` prints the model's row, then the baselines it was asked for."""
 
+import html
 import json
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -10,9 +12,10 @@ import pytest
 from helpers import BASELINES_WITHOUT_ALS, CHROMIUM_FLAGS, chromium_path
 
 from jobs import evaluate
+from ncf.data.features import FEATURES_VERSION
 from ncf.errors import InputError
 from ncf.evaluate.evaluation import MODEL, evaluate_all, model_on_period, sample_users
-from ncf.evaluate.report import _product_label, write_report
+from ncf.evaluate.report import REPORT, _product_label, write_report
 from ncf.model.config import ModelConfig
 from ncf.model.directory import WEIGHTS, ModelDir, save_model_dir
 from ncf.splits import REFIT, TEST, VAL, VALIDATED
@@ -44,7 +47,10 @@ def test_report_renders_without_broken_images(on_period, small_model_dir, small_
         {"epoch": 1, "train_loss": 0.9, "val_ndcg@10": 0.1, "val_recall@10": 0.08},
         {"epoch": 2, "train_loss": 0.7, "val_ndcg@10": 0.12, "val_recall@10": 0.1},
     ]
-    ablations = [{**rows[0], "model": "advanced_ncf without mf"}]
+    ablations = [
+        {**rows[0], "model": "advanced_ncf without mf", "seeds": 3, "recall@10_sd": 0.0123, "epochs": 3},
+        {**rows[0], "model": "advanced_ncf without mlp", "features_version": FEATURES_VERSION - 1},
+    ]
     ranker, period = on_period
     path = write_report(
         str(tmp_path / "report"),
@@ -57,6 +63,7 @@ def test_report_renders_without_broken_images(on_period, small_model_dir, small_
         ablations_source="runs/<ablations>.jsonl",
         score_users=10,
         households=2,
+        best_epoch=1,
     )
     page = open(path).read()
     assert "own_frequency" in page and "without mf" in page and "because:" in page
@@ -67,6 +74,14 @@ def test_report_renders_without_broken_images(on_period, small_model_dir, small_
     # Each baseline's paired difference to the model, with its standard error.
     own = next(r for r in rows if r["model"] == "own_frequency")
     assert f"{own['recall@10_minus_model']:.4f} \u00b1 {own['recall@10_minus_model_se']:.4f}" in page
+    # The epoch whose weights were evaluated (early stopping kept the first of two), marked.
+    assert "holds the weights of epoch <b>1</b>" in page and '<td class="l">1 (evaluated)</td>' in page
+    assert page.count("(evaluated)") == 1 and '<td class="l">2</td>' in page
+    # The ablations' spread is the seeds', said as such; a row of other features is warned about.
+    ablation_section = page.split("<h2>Ablations</h2>")[1].split("<h2>")[0]
+    assert "\u00b1 0.0123" in ablation_section and "standard deviation over the row's seeds" in ablation_section
+    assert f"rows of features version {FEATURES_VERSION - 1} were measured on other feature" in ablation_section
+    assert '<th class="">features_version</th>' in ablation_section
 
     common = [chromium_path(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run(
@@ -312,6 +327,31 @@ def test_a_model_trained_on_the_periods_labels_is_refused(small_model_dir, small
     assert period.start == bounds["val_start"]
 
 
+@pytest.mark.faults
+def test_a_model_refused_as_not_held_out_leaves_the_report_directory_as_it_was(
+    small_model_dir, small_data, tmp_path, monkeypatch, capsys
+):
+    """The placeholder was written before model_on_period, whose check refuses a refit (its labels
+    reach into the period): the refused command, exit 2, replaced a finished report.html with the
+    placeholder, or created the --report folder to hold it (the second reading of 2026-12-06).
+    The check now comes first: the directory is left as it was, or not created."""
+    data, stats = small_data
+    refit = _trained_through(small_model_dir, data, str(tmp_path / "refit"), stats["boundaries"]["end"] + 1, REFIT)
+    report = tmp_path / "report"
+    report.mkdir()
+    finished = "<html>the finished report of model v0 \u00b1</html>".encode()
+    (report / REPORT).write_bytes(finished)
+    monkeypatch.setattr(evaluate, "model_on_period", lambda *a, **k: pytest.fail("refused only in model_on_period"))
+    for output in (report, tmp_path / "fresh"):
+        with pytest.raises(SystemExit) as exited:
+            evaluate.main(["--model", refit, "--data", data, "--no-baselines", "--report", str(output)])
+        assert exited.value.code == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and "trained_through" in error, error
+    assert (report / REPORT).read_bytes() == finished and os.listdir(report) == [REPORT]
+    assert not os.path.lexists(tmp_path / "fresh")
+
+
 def test_a_report_of_exclude_purchased_ranks_its_households_that_way_and_says_so(on_period, tmp_path):
     """Old code: the table came from the excluding ranking, the households shown beside it from the
     plain one (every recommendation bought before, none ticked), and nothing said which."""
@@ -321,6 +361,9 @@ def test_a_report_of_exclude_purchased_ranks_its_households_that_way_and_says_so
     )
     page = open(path).read()
     assert "<b>exclude_purchased</b>" in page and "<html lang='en'>" in page
+    # No recommendation was bought before: no repeat figure to average, said instead of "nan".
+    assert "none is a product the household bought before (<b>exclude_purchased</b> leaves them out)" in page
+    assert not re.search(r"\bnan\b", re.sub(r'src="data:[^"]*"', "", page)), "a figure of nothing printed as nan"
     shown = int(sample_users(period.users, 4, seed=1)[0])
     at = period.first_visit[shown]
     bought = set(ranker.state.states.timeline(shown).products_before(at).tolist())
@@ -356,3 +399,131 @@ def test_the_reports_words_for_the_households_purchases_name_the_validation_week
     val, test = Period(VAL, 0, {}, {}, {}), Period(TEST, 0, {}, {}, {})
     assert _period_noun(test) == "held-out period"
     assert "held-out" not in _period_noun(val) and "not held out" in _period_noun(val)
+
+
+@pytest.mark.faults
+def test_an_evaluation_that_stops_before_its_report_leaves_no_previous_runs_report(
+    small_model_dir, small_data, tmp_path, monkeypatch
+):
+    """The report was written only after every row: an evaluation that failed or was interrupted
+    (a second `make demo` in the same directory) left the previous run's report.html, about
+    another model, beside this run's rows (the report review of 2026-12-06). It is replaced,
+    whole, by a page naming this run's model before the evaluation starts."""
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / REPORT).write_text("<html>the previous run's report of model v0</html>")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C once the evaluation has started
+
+    monkeypatch.setattr(evaluate, "model_on_period", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main(["--model", small_model_dir, "--data", small_data[0], "--report", str(report)])
+    page = (report / REPORT).read_text(encoding="utf-8")
+    assert "v0" not in page and "previous run" not in page
+    assert "model version <b>v1</b>" in page and "has not finished" in page
+    assert os.listdir(report) == [REPORT]  # replaced through a temporary name, none left
+
+
+def test_a_score_chart_with_an_empty_group_draws_the_other_and_says_so():
+    """``score_chart`` took the minimum over every group: households that had bought every product
+    the model knows left the never-bought group empty, and the report failed with ValueError
+    after the whole evaluation (the report review of 2026-12-06)."""
+    from ncf.evaluate.report import _scores_section, score_chart
+
+    samples = {"bought": np.array([0.2, 0.01, 0.003]), "never_bought": np.array([])}
+    assert score_chart(samples).startswith("<img ")
+    section = _scores_section(samples, 3, "held-out period")
+    assert "(median 0.01)" in section and "(none: they had bought every product the model knows)" in section
+    assert "nan" not in section.split("<img")[0]
+    assert score_chart({"bought": np.array([]), "never_bought": np.array([])}) == ""
+
+
+def test_a_sweep_winners_model_keeps_its_trials_epochs_and_the_one_kept(small_model_dir, small_data, tmp_path):
+    """``SWEEP/best`` held only the sweep's row in ``metrics.json``: its report said "no per-epoch
+    history". It keeps the trial's every epoch (from its run's latest checkpoint: the best one's
+    state stops at its own epoch) and the epoch kept, which the report marks."""
+    import shutil
+
+    import pandas as pd
+
+    from ncf.train.checkpoint import RAY_INDEX, TRAIN_STATE
+    from tune.results import BEST, CHECKPOINT_PATH, export_best
+    from tune.settings import SweepSettings
+
+    data, _ = small_data
+    source = ModelDir(small_model_dir)
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_ndcg@10": v} for e, v in ((1, 0.1), (2, 0.3), (3, 0.2))]
+    settings = SweepSettings(data=data, output=str(tmp_path / "sweep"))
+    trial = os.path.join(settings.train_dir, "t1")
+    results = []
+    for epoch in (2, 3):  # Ray keeps the best and the latest
+        folder = os.path.join(trial, f"checkpoint_00000{epoch}")
+        os.makedirs(folder)
+        shutil.copy(os.path.join(small_model_dir, WEIGHTS), folder)
+        state = {
+            "epoch": epoch,
+            "history": history[:epoch],
+            "features_version": FEATURES_VERSION,
+            "model_config": source.config["model"],
+            "trained_through": source.trained_through,
+            "run": VALIDATED,
+        }
+        with open(os.path.join(folder, TRAIN_STATE), "w") as f:
+            json.dump(state, f)
+        results.append({"checkpoint_dir_name": os.path.basename(folder), "metrics": history[epoch - 1]})
+    with open(os.path.join(trial, RAY_INDEX), "w") as f:
+        json.dump({"checkpoint_results": results, "latest_checkpoint_result": results[-1]}, f)
+    # Tune's recorded path: where the sweep was when it reported (the export reads the sweep's own).
+    table = pd.DataFrame(
+        [{"trial_id": "t1", BEST: 0.3, "best_epoch": 2.0, CHECKPOINT_PATH: "/gone/t1/checkpoint_000002"}]
+    )
+
+    metrics = ModelDir(export_best(table, settings)).metrics()
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3] and metrics["best_epoch"] == 2
+    assert metrics["sweep"]["trial_id"] == "t1" and evaluate.kept_epoch(metrics) == 2
+
+
+def test_the_ablations_features_version_is_escaped_and_compared_as_a_number():
+    """The warning joined each row's features_version into the page unescaped: a user's
+    ``--ablations`` file put its markup in the report (the second reading of 2026-12-06)."""
+    from ncf.evaluate.report import _ablations_section
+
+    hostile = "<img src=x onerror=alert(1)>"
+    section = _ablations_section([{"model": "m", "features_version": hostile}], None)
+    assert "<img src=x" not in section and html.escape(hostile) in section
+    # The same version as a float (a table's column) is no other version.
+    assert "Warning" not in _ablations_section([{"model": "m", "features_version": float(FEATURES_VERSION)}], None)
+
+
+def test_the_evaluated_epoch_is_said_marked_only_where_the_history_has_it():
+    """The page said the epoch was "marked in the chart and the table" when no row of the history
+    was that epoch (the second reading of 2026-12-06)."""
+    from ncf.evaluate.report import _training_section
+
+    history = [{"epoch": 1, "train_loss": 0.9}, {"epoch": 2, "train_loss": 0.7}]
+    marked = _training_section(history, 2)
+    assert "marked in the chart and the table" in marked and '<td class="l">2 (evaluated)</td>' in marked
+    unmarked = _training_section(history, 5)
+    assert "holds the weights of epoch <b>5</b>" in unmarked and "no row of that epoch" in unmarked
+    assert "marked in the chart" not in unmarked and "(evaluated)" not in unmarked
+    assert "(evaluated)" not in _training_section(history, None)
+
+
+def test_the_kept_epoch_of_a_metrics_file_of_another_shape_is_none():
+    """``training`` that is no object raised AttributeError after the whole evaluation (metrics.json
+    is outside the checksums); jobs.evaluate reads the epoch before the evaluation now."""
+    for metrics, epoch in (
+        ({"best_epoch": 3, "training": {"epoch": 5}}, 3),
+        ({"training": {"epoch": 5}}, 5),
+        ({"best_epoch": None, "training": {"epoch": 5}}, 5),
+        ({"best_epoch": 2.0}, 2),
+        ({"training": "epoch 5"}, None),
+        ({"training": [5]}, None),
+        ({"training": None}, None),
+        ({"best_epoch": True}, None),
+        ({"best_epoch": "3"}, None),
+        ({"best_epoch": float("nan")}, None),
+        ({}, None),
+    ):
+        assert evaluate.kept_epoch(metrics) == epoch, metrics

@@ -139,17 +139,28 @@ def winner(table: pd.DataFrame) -> pd.Series:
 
 
 def export_best(table: pd.DataFrame, settings: SweepSettings) -> str:
-    """Writes the best trial's best checkpoint as ``SWEEP/best`` (a model directory)."""
+    """Writes the best trial's best checkpoint as ``SWEEP/best`` (a model directory), its
+    ``metrics.json`` holding the trial's row, its epochs' metrics and the epoch kept, as
+    ``jobs.train``'s export does (the report draws the curves and marks that epoch)."""
     from ray.train import Checkpoint
 
+    from ncf.train.checkpoint import read_train_state, resumed_checkpoint
+
     best = winner(table)
-    metrics = {"sweep": {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()}}
+    checkpoint = checkpoint_in(settings.train_dir, best[CHECKPOINT_PATH])
+    # Every epoch's metrics from the trial's latest checkpoint, as run_history reads a training's
+    # (the best one's state stops at its own epoch); from the best one where Ray's index is damaged.
+    try:
+        latest = resumed_checkpoint(os.path.dirname(checkpoint))
+    except InputError:
+        latest = None
+    metrics = {
+        "sweep": {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()},
+        "history": (latest[1] if latest else read_train_state(checkpoint)).get("history", []),
+        "best_epoch": int(best["best_epoch"]),
+    }
     return export_model_dir(
-        Checkpoint(checkpoint_in(settings.train_dir, best[CHECKPOINT_PATH])),
-        settings.best_dir,
-        settings.data,
-        metrics,
-        version=f"sweep-{best['trial_id']}",
+        Checkpoint(checkpoint), settings.best_dir, settings.data, metrics, version=f"sweep-{best['trial_id']}"
     )
 
 

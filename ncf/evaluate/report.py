@@ -3,7 +3,8 @@
 It shows what evaluation measured, never numbers typed in by hand:
 
 * the model against each baseline on the held-out period (table and bar chart);
-* training and validation curves (the per-epoch history the model directory keeps);
+* training and validation curves (the per-epoch history the model directory keeps), the epoch
+  whose weights were evaluated marked;
 * the ablation table, when ``bench.ablations`` results are given;
 * the model's score distribution: held-out purchases against products the household never
   bought, scored at the same moments;
@@ -23,10 +24,12 @@ import base64
 import html
 import io
 import os
+import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ncf.data.features import FEATURES_VERSION
 from ncf.evaluate.evaluation import K, Period, sample_users
 from ncf.evaluate.protocol import bought_by_period_end
 from ncf.jsonio import write_text
@@ -107,7 +110,9 @@ def metrics_chart(rows: Sequence[Dict]) -> str:
     return _png(fig, "Recall@10 and NDCG@10 of the model and of each baseline")
 
 
-def training_chart(history: Sequence[Dict]) -> str:
+def training_chart(history: Sequence[Dict], best_epoch: Optional[int] = None) -> str:
+    """``best_epoch``: the epoch whose weights the model holds, marked on both panels (the
+    curves run on past it where training went on and early stopping kept an earlier epoch)."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
@@ -116,10 +121,81 @@ def training_chart(history: Sequence[Dict]) -> str:
     left.set_ylabel("training loss (logQ-corrected BCE)")
     for metric in ("val_ndcg@10", "val_recall@10"):
         right.plot(epochs, [h.get(metric, np.nan) for h in history], marker="o", label=metric)
+    if best_epoch is not None:
+        left.axvline(best_epoch, color="tab:red", linestyle="--")
+        right.axvline(best_epoch, color="tab:red", linestyle="--", label=f"evaluated (epoch {best_epoch})")
     right.set_xlabel("epoch")
     right.legend()
     right.set_title("validation (full ranking, sampled users)")
     return _png(fig, "training loss and validation NDCG@10 by epoch")
+
+
+def _training_section(history: Optional[Sequence[Dict]], best_epoch: Optional[int]) -> str:
+    """The curves and the table of every epoch, the evaluated one marked: the history holds every
+    epoch trained, the model only the one its training kept (the best validation NDCG@10)."""
+    if not history:
+        return "<h2>Training and validation</h2><p>This model directory has no per-epoch history.</p>"
+    # Marked only where the history has that epoch (a directory's metrics.json may say another).
+    shown = best_epoch if best_epoch is not None and any(h.get("epoch") == best_epoch for h in history) else None
+    if best_epoch is None:
+        which = "<p>Which epoch's weights the model holds is not recorded in its <code>metrics.json</code>.</p>"
+    else:
+        where = (
+            ", marked in the chart and the table; the other epochs' weights are not in it"
+            if shown is not None
+            else "; its history has no row of that epoch, so nothing below is marked, and no epoch shown is the one "
+            "evaluated"
+        )
+        which = (
+            f"<p>The model evaluated holds the weights of epoch <b>{html.escape(str(best_epoch))}</b>, the one its "
+            f"training kept (the best validation NDCG@10){where}.</p>"
+        )
+    marked = [
+        {**h, "epoch": f"{h['epoch']} (evaluated)"} if shown is not None and h.get("epoch") == shown else h
+        for h in history
+    ]
+    return (
+        "<h2>Training and validation</h2>"
+        + which
+        + training_chart(history, shown)
+        + _table(marked, ["epoch", "train_loss", "val_ndcg@10", "val_recall@10", "examples_per_s", "epoch_seconds"])
+    )
+
+
+ABLATION_COLUMNS = ["model", f"recall@{K}", f"ndcg@{K}", f"hr@{K}", "seeds", "features_version", "epochs", "users"]
+
+
+def _ablations_section(ablations: Optional[Sequence[Dict]], source: Optional[str]) -> str:
+    """The ``bench.ablations`` rows, as given (not re-run): their "\u00b1" is the spread of the
+    row's seeds, not the paired standard error of the table above, and rows measured on another
+    feature definition than the evaluated DATA's (this code's: jobs.evaluate refuses others) do
+    not compare with the model's figures, which the page says in one line."""
+    if not ablations:
+        return (
+            "<h2>Ablations</h2><p>No ablation results given: <code>python "
+            "-m bench.ablations --data DATA</code> writes them.</p>"
+        )
+    where = f" Rows from <code>{html.escape(source)}</code>, not re-run by this report." if source else ""
+    # Escaped: the rows are a user's file (jobs.evaluate refuses a features_version that is no integer).
+    other = sorted(
+        {str(r["features_version"]) for r in ablations if r.get("features_version") not in (None, FEATURES_VERSION)}
+    )
+    warning = (
+        f"<p><b>Warning:</b> rows of features version {html.escape(', '.join(other))} were measured on other feature "
+        f"definitions than the evaluated DATA's (version {FEATURES_VERSION}): they do not compare with the "
+        "table above.</p>"
+        if other
+        else ""
+    )
+    return (
+        "<h2>Ablations</h2><p>Each part switched off in turn (<code>bench.ablations</code>); rows "
+        "with fewer seeds may come from another run (BENCHMARKS.md says which)."
+        + where
+        + " Here \u00b1 is the standard deviation over the row's seeds (how much a training varies), not "
+        "the paired standard error of the table above; <i>epochs</i> is each training's budget.</p>"
+        + warning
+        + _table(ablations, ABLATION_COLUMNS)
+    )
 
 
 def score_samples(
@@ -143,17 +219,42 @@ def score_samples(
 
 
 def score_chart(samples: Dict[str, np.ndarray], period_noun: str = "held-out period") -> str:
-    """Log-scaled: the logQ-corrected model's probabilities are small and span decades."""
+    """Log-scaled: the logQ-corrected model's probabilities are small and span decades. A group
+    with no score (households that had bought every product the model knows) is left out and
+    named in the title; "" when neither has one."""
+    drawn = {k: np.log10(np.clip(v, 1e-12, 1.0)) for k, v in samples.items() if len(v)}
+    if not drawn:
+        return ""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    logs = {k: np.log10(np.clip(v, 1e-12, 1.0)) for k, v in samples.items()}
-    bins = np.linspace(min(v.min() for v in logs.values()), 0, 41)
-    ax.hist(logs["never_bought"], bins=bins, alpha=0.6, density=True, label="products never bought")
-    ax.hist(logs["bought"], bins=bins, alpha=0.6, density=True, label=f"bought in the {period_noun}")
+    bins = np.linspace(min(v.min() for v in drawn.values()), 0, 41)
+    labels = {"never_bought": "products never bought", "bought": f"bought in the {period_noun}"}
+    for group, label in labels.items():
+        if group in drawn:
+            ax.hist(drawn[group], bins=bins, alpha=0.6, density=True, label=label)
+    empty = [labels[group] for group in labels if group not in drawn]
+    if empty:
+        ax.set_title(f"no score to draw for: {', '.join(empty)}")
     ax.set_xlabel("log10 model score")
     ax.set_ylabel("density")
     ax.legend()
     return _png(fig, "histograms of the scores of bought and never-bought products")
+
+
+def _median_words(scores: np.ndarray, none: str) -> str:
+    """A group's scores in words: their median, or why there are none (a median of nothing is nan)."""
+    return f"median {np.median(scores):.3g}" if len(scores) else f"none: {none}"
+
+
+def _scores_section(samples: Dict[str, np.ndarray], households: int, period_noun: str) -> str:
+    """The score distribution's medians and chart, an empty group said as such, not drawn."""
+    bought = _median_words(samples["bought"], f"they bought nothing in the {period_noun}")
+    never = _median_words(samples["never_bought"], "they had bought every product the model knows")
+    return (
+        f"<h2>Score distribution</h2><p>{households} households: scores of the products they bought in the "
+        f"{period_noun} ({bought}) and of random products they never bought ({never}), at the moment of their "
+        "first visit.</p>" + score_chart(samples, period_noun)
+    )
 
 
 def _product_label(ranker, product_ids: Sequence[int]) -> List[str]:
@@ -228,6 +329,7 @@ def _occlusion_stats(rankings) -> Dict[str, float]:
 
     return {
         "reasons": len(reasons),
+        "repeats": len(repeats),
         "repeat_share": mean([bool(reason.days_bought) for _, reason in reasons]),
         "repeat_score": mean([float(score) for score, _ in repeats]),
         "repeat_score_if_never_bought": mean([reason.score_if_never_bought for _, reason in repeats]),
@@ -264,11 +366,24 @@ def _attention_paragraph(explained: Dict) -> str:
     )
 
 
-def _reasons_paragraph(explained: Dict) -> str:
-    return (
+def _reasons_paragraph(explained: Dict, exclude_purchased: bool = False) -> str:
+    """The occlusion figures; without a recommended product bought before (every one, with
+    ``exclude_purchased``) there is no repeat to average, and it says so rather than "nan"."""
+    head = (
         "<h2>What the scores owe to the households' purchases</h2><p>Each recommendation scored again "
         "with the household's purchases of it removed, then with its purchases in the product's "
-        f"category removed (the API's <code>reason</code>): of the {explained['reasons']} recommendations, "
+        "category removed (the API's <code>reason</code>): "
+    )
+    if not explained["reasons"]:
+        return head + "no recommendation here has one (every household shown is a cold start).</p>"
+    if not explained["repeats"]:
+        why = " (<b>exclude_purchased</b> leaves them out)" if exclude_purchased else ""
+        return head + (
+            f"of the {explained['reasons']} recommendations, none is a product the household bought before{why}, "
+            "so no score here owes anything to the household's purchases of the product itself.</p>"
+        )
+    return head + (
+        f"of the {explained['reasons']} recommendations, "
         f"{100 * explained['repeat_share']:.0f}% are products the household bought before; they score "
         f"{explained['repeat_score']:.3f} on average, {explained['repeat_score_if_never_bought']:.3f} had "
         "the household never bought them, and "
@@ -346,10 +461,12 @@ def write_report(
     score_users: int = 100,
     households: int = 4,
     exclude_purchased: bool = False,
+    best_epoch: Optional[int] = None,
 ) -> str:
     """Writes ``output/report.html`` and returns its path (``ablations_source``: the file the
     ablation rows came from, named in the report; ``exclude_purchased``: the rows' mode, which
-    the households and the attention figures then rank in too)."""
+    the households and the attention figures then rank in too; ``best_epoch``: the epoch
+    whose weights the model holds, as its ``metrics.json`` says, marked among the history's)."""
     users = sample_users(period.users, score_users, seed=1)
     metric_columns = [
         "model",
@@ -389,41 +506,9 @@ def write_report(
         "the same households, \u00b1 the paired standard error: a difference of two standard errors or more "
         "is measurable on these households, which the seeds' spread does not say.</small></p>" + metrics_chart(rows),
     ]
-    if history:
-        sections.append(
-            "<h2>Training and validation</h2>"
-            + training_chart(history)
-            + _table(
-                history, ["epoch", "train_loss", "val_ndcg@10", "val_recall@10", "examples_per_s", "epoch_seconds"]
-            )
-        )
-    else:
-        sections.append("<h2>Training and validation</h2><p>This model directory has no per-epoch history.</p>")
-    if ablations:
-        source = (
-            f" Rows from <code>{html.escape(ablations_source)}</code>, not re-run by this report."
-            if ablations_source
-            else ""
-        )
-        sections.append(
-            "<h2>Ablations</h2><p>Each part switched off in turn (<code>bench.ablations</code>); rows "
-            "with fewer seeds may come from another run (BENCHMARKS.md says which)."
-            + source
-            + "</p>"
-            + _table(ablations, ["model", f"recall@{K}", f"ndcg@{K}", f"hr@{K}", "seeds", "users"])
-        )
-    else:
-        sections.append(
-            "<h2>Ablations</h2><p>No ablation results given: <code>python "
-            "-m bench.ablations --data DATA</code> writes them.</p>"
-        )
-    samples = score_samples(ranker, period, users)
-    sections.append(
-        f"<h2>Score distribution</h2><p>{len(users)} households: scores of the products they bought in the "
-        f"{_period_noun(period)} (median {np.median(samples['bought']):.3g}) and of random products they never "
-        f"bought (median {np.median(samples['never_bought']):.3g}), at the moment of their first visit.</p>"
-        + score_chart(samples, _period_noun(period))
-    )
+    sections.append(_training_section(history, best_epoch))
+    sections.append(_ablations_section(ablations, ablations_source))
+    sections.append(_scores_section(score_samples(ranker, period, users), len(users), _period_noun(period)))
     explained = explanation_stats(ranker, period, users, exclude_purchased)
     sections.append(
         (
@@ -435,17 +520,36 @@ def write_report(
                 "history (<code>use_attention</code> or <code>use_mlp</code>, which carries it, off).</p>"
             )
         )
-        + _reasons_paragraph(explained)
+        + _reasons_paragraph(explained, exclude_purchased)
     )
     sections.append(
         "<h2>Households</h2>" + households_html(ranker, period, users[:households], exclude_purchased=exclude_purchased)
     )
+    return _write_page(output, "".join(sections) + _IMAGE_CHECK)
+
+
+def write_placeholder(output: str, version: str) -> str:
+    """Replaces ``output/report.html``, before an evaluation's minutes, with a page saying the
+    evaluation of ``version`` has not finished: one that then fails or is interrupted (a rerun in
+    the same directory) leaves no previous run's report, about another model, beside its rows.
+    Replaced whole, so there is always a page there, never none and never half of one."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return _write_page(
+        output,
+        f"<h1>AdvancedNCF evaluation report</h1><p>The evaluation of model version <b>{html.escape(version)}</b> "
+        f"started at {started} and has not finished: it is running, or it failed or was interrupted (its log "
+        "says which). The report replaces this page when the evaluation ends.</p>",
+    )
+
+
+def _write_page(output: str, body: str) -> str:
+    """``output/report.html`` replaced whole (UTF-8, as the page declares): a write killed midway
+    leaves the page that was there."""
     os.makedirs(output, exist_ok=True)
     path = os.path.join(output, REPORT)
-    # Replaced whole (UTF-8, as the page declares): a rerun killed mid-write keeps the last report.
     write_text(
         path,
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>AdvancedNCF "
-        f"report</title>{_STYLE}</head><body>{''.join(sections)}{_IMAGE_CHECK}</body></html>",
+        f"report</title>{_STYLE}</head><body>{body}</body></html>",
     )
     return path
