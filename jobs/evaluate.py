@@ -89,7 +89,7 @@ def main(argv=None, on_row: Optional[Callable[[dict], None]] = None) -> list:
         # the report another model's curves, nor the rows another model's figures.
         args.model = None if handle is None else handle.path
         metrics = {} if handle is None else handle.metrics()
-        history, best_epoch = metrics.get("history"), kept_epoch(metrics)
+        history, best_epoch = drawable_history(metrics), kept_epoch(metrics)
         if handle is not None:
             # Refused before the placeholder below (model_on_period checks it again, after it): a
             # refit or deployment model must leave --report as it was, its report or its absence.
@@ -155,6 +155,31 @@ def labelled(row: dict, handle: ModelDir | None) -> dict:
     if handle is None:
         return row
     return {**row, ("model_version" if row["model"] == MODEL else "compared_with_version"): handle.version}
+
+
+def drawable_history(metrics: dict) -> Optional[list]:
+    """``metrics.json``'s per-epoch history where the report can draw it (a list of objects, each
+    with an integer ``epoch`` and a numeric ``train_loss``), else None, said in one line: the
+    file is outside the checksums, and a history of another shape failed the report after the
+    whole evaluation."""
+    history = metrics.get("history")
+    if history is None:
+        return None
+    if isinstance(history, list) and all(
+        isinstance(h, dict)
+        and type(h.get("epoch")) is int
+        and isinstance(h.get("train_loss"), (int, float))
+        and not isinstance(h.get("train_loss"), bool)
+        for h in history
+    ):
+        return history
+    print(
+        "[evaluate] the model's metrics.json has a history the report cannot draw (not a list of epochs "
+        "with their training loss): the report shows no curves",
+        file=sys.stderr,
+        flush=True,
+    )
+    return None
 
 
 def kept_epoch(metrics: dict) -> Optional[int]:

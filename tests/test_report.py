@@ -527,3 +527,17 @@ def test_the_kept_epoch_of_a_metrics_file_of_another_shape_is_none():
         ({}, None),
     ):
         assert evaluate.kept_epoch(metrics) == epoch, metrics
+
+
+def test_a_history_of_another_shape_is_left_out_of_the_report_not_failed_on(capsys):
+    """A metrics.json history that is no list of epochs failed the report after the whole
+    evaluation (the file is outside the checksums): it is left out, said in one line."""
+    good = [{"epoch": 1, "train_loss": 0.5}, {"epoch": 2, "train_loss": 0.4, "val_ndcg@10": 0.3}]
+    assert evaluate.drawable_history({"history": good}) == good
+    assert evaluate.drawable_history({}) is None and capsys.readouterr().err == ""
+    for history in ("epochs", [1, 2], [{"epoch": "1", "train_loss": 0.5}], [{"epoch": 1}], {"epoch": 1}):
+        assert evaluate.drawable_history({"history": history}) is None, history
+        assert "history the report cannot draw" in capsys.readouterr().err
+    from ncf.evaluate.report import training_chart
+
+    assert training_chart(good, 2)  # what a kept history must carry is enough to draw it
