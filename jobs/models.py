@@ -19,11 +19,20 @@ import argparse
 import json
 import os
 import shlex
+import sys
 import time
 
 from jobs.cli import HelpFormatter, check_data, check_model, job_parser, one_line_errors
 from ncf.errors import InputError
-from ncf.registry import MODEL_NAME, Registry, check_trained_on, is_registry_ref, store_errors, track_model
+from ncf.registry import (
+    MODEL_NAME,
+    Registry,
+    check_trained_on,
+    held_instead,
+    is_registry_ref,
+    store_errors,
+    track_model,
+)
 
 
 def serve_unchanged(args: argparse.Namespace, registry: Registry) -> str:
@@ -135,8 +144,20 @@ def _cell(row: dict, key: str) -> str:
     if key == "code_commit":
         return str(value)[:10] + ("+dirty" if row.get("code_dirty") == "true" else "")
     if key == "model_dir":
-        return str(value) + ("" if os.path.isdir(str(value)) else " (gone)")
+        return str(value) + _directory_note(row)
     return str(value)
+
+
+def _directory_note(row: dict) -> str:
+    """Why a version's directory no longer gives its model: gone, or holding another model (a
+    plain --output trained into again), which every command resolving the version refuses."""
+    path = str(row.get("model_dir", ""))
+    if not os.path.isdir(path):
+        return " (gone)"
+    try:
+        return " (replaced)" if held_instead(path, row) is not None else ""
+    except InputError:  # no model there now (no config.json, another format)
+        return " (not a model)"
 
 
 def format_table(rows: list) -> str:
@@ -190,9 +211,11 @@ def _run(command: str, args: argparse.Namespace, registry: Registry):
         previous, version = registry.promote(args.version)
         path = registry.path_of(version)
         if not deployable:
+            # stderr: stdout is promote's one line (README), which scripts read.
             print(
                 f"note: version {version} was registered --not-deployable (a validated model: its training labels "
-                "stop before the test weeks); it is current as asked"
+                "stop before the test weeks); it is current as asked",
+                file=sys.stderr,
             )
         print(f"current: {version} (was {previous or 'none'}): {path}; {serve_unchanged(args, registry)}")
         return version

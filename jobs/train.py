@@ -28,6 +28,7 @@ from jobs.cli import (
 )
 from ncf.errors import InputError, TryLater
 from ncf.model.directory import CONFIG
+from ncf.registry import check_store_outlives_the_job
 from ncf.splits import REFIT, VALIDATED
 from ncf.staging import check_target
 from ncf.train.config import TrainConfig
@@ -114,6 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> str:
     args = parse_args(argv)
     with one_line_errors():
+        check_store_outlives_the_job()  # the model is registered after training: a store Ray deletes, refused now
         if args.validated_output and not args.refit:
             raise InputError("--validated-output goes with --refit: without it the validated model is --output")
         name = args.name or time.strftime("train-%Y%m%d-%H%M%S", time.gmtime())

@@ -3,7 +3,8 @@
 Where: the tracking server named by ``MLFLOW_TRACKING_URI`` when it is set, else a local store,
 ``sqlite:///<cwd>/artifacts/mlflow.db`` (MLflow's model registry needs a database; the runs'
 artifacts go beside it, to ``artifacts/mlflow-artifacts/``). ``mlflow ui`` on that store shows
-everything below (README, "Models and runs").
+everything below (README, "Models and runs"). A job submitted with ``ray job submit --working-dir``
+runs in Ray's unpacked copy of that directory, deleted after it: there the local store is refused.
 
 What is recorded:
 
@@ -74,6 +75,11 @@ ARTIFACTS = "mlflow-artifacts"
 POINTER = "model_dir"  # the run artifact folder a version's source names (pointer.json: the path)
 HEADLINE = ("recall@10", "ndcg@10")
 MODELS_CLI = "python -m jobs.models"
+# Where Ray 2.60 unpacks a submitted job's --working-dir and starts its driver:
+# <session>/runtime_resources/working_dir_files/_ray_pkg_<hash>, deleted when no job uses it.
+RAY_UNPACKED = ("runtime_resources", "working_dir_files")
+# A version number past what MLflow's stores hold (an int64 column): no such version.
+VERSION_LIMIT = 2**63
 
 
 def log(message: str) -> None:
@@ -91,6 +97,7 @@ def tracking_uri(create: bool = True) -> str:
     if uri:
         return uri
     path = os.path.abspath(LOCAL_STORE)
+    check_outlives_the_job(path)
     if not create and not os.path.exists(path):
         raise InputError(
             f"no model registry here: {path} does not exist (the default store is artifacts/mlflow.db of the "
@@ -101,12 +108,35 @@ def tracking_uri(create: bool = True) -> str:
     return sqlite_uri(path)
 
 
-def sqlite_uri(path: str) -> str:
-    """The SQLite store URI of a file path, percent-encoded as SQLAlchemy decodes it (a working
-    directory with a space, ``?``, ``%`` or ``#`` names this file, not another)."""
-    from mlflow.utils.file_utils import path_to_local_sqlite_uri
+def check_outlives_the_job(path: str) -> None:
+    """Refuses a default store at ``path`` inside a Ray job's unpacked working directory (``ray
+    job submit --working-dir .``): Ray deletes that copy, and every run and version in it, after
+    the job, which would have said its model was now current."""
+    parts = pathlib.PurePath(os.path.abspath(path)).parts
+    if not any(parts[i : i + 2] == RAY_UNPACKED for i in range(len(parts) - 1)):
+        return
+    env = '{"env_vars": {"MLFLOW_TRACKING_URI": "sqlite:////shared/mlflow/mlflow.db"}}'
+    raise StoreUnavailable(
+        f"no MLFLOW_TRACKING_URI in a Ray job: the default store {path} is in the job's unpacked working "
+        f"directory, which Ray deletes after it; name a store that outlives the job: ray job submit "
+        f"--runtime-env-json '{env}' (or a tracking server's http://...)"
+    )
 
-    return path_to_local_sqlite_uri(os.path.abspath(path))
+
+def check_store_outlives_the_job() -> None:
+    """Refuses at once the default store of a Ray job's unpacked working directory
+    (:func:`check_outlives_the_job`), for a job that registers only after its long work (a
+    training): it would say "not recorded" after the hours."""
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        check_outlives_the_job(os.path.abspath(LOCAL_STORE))
+
+
+def sqlite_uri(path: str) -> str:
+    """The SQLite store URI of a file path. Only what SQLAlchemy would misread is percent-encoded:
+    ``%`` (it decodes the path) and ``?`` (its query string). MLflow creates the database's folder
+    from the URI's text as it is, undecoded: a space or ``#`` encoded needlessly left an empty
+    ``a%20b`` folder beside the real one (a ``%`` or ``?`` in the path still does)."""
+    return "sqlite:///" + os.path.abspath(path).replace("%", "%25").replace("?", "%3F")
 
 
 def sqlite_path(uri: str) -> Optional[str]:
@@ -125,6 +155,24 @@ def local_artifact_root(uri: str) -> Optional[str]:
     server decides for itself (None)."""
     store = sqlite_path(uri)
     return None if store is None else os.path.join(os.path.dirname(os.path.abspath(store)), ARTIFACTS)
+
+
+def _local_path(location: Optional[str]) -> Optional[str]:
+    """The folder an artifact location names on this machine: a ``file:`` URI's path, or a plain
+    path (this code created its experiments with those before 2026-12-05); None for another
+    scheme (``s3://``, ``mlflow-artifacts:``: not a local store's folder)."""
+    if not location:
+        return None
+    if location.startswith("/"):
+        return location
+    parts = urllib.parse.urlsplit(location)
+    return urllib.request.url2pathname(parts.path) if parts.scheme == "file" else None
+
+
+def _inside(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or under it, as real paths (a store reached through a link)."""
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _quiet_mlflow() -> None:
@@ -266,8 +314,15 @@ class Registry:
         _quiet_mlflow()
         from mlflow import MlflowClient
 
-        if not name.strip() or set(name) & set("'\"`"):
-            raise InputError(f"--name {name!r}: a registered model's name is not blank and has no quotes")
+        if not name.strip() or set(name) & set("'\"`@/:"):
+            # MLflow refuses / and : itself (blamed on the store); @ would split models:/NAME@ALIAS.
+            raise InputError(
+                f"--name {name!r}: a registered model's name is not blank and has no quotes, '@', '/' or ':' "
+                "(models:/NAME/VERSION and models:/NAME@ALIAS name it)"
+            )
+        if uri is not None and not uri.strip():
+            # Read as not given, it acted on $MLFLOW_TRACKING_URI's store or the local one.
+            raise InputError("--tracking-uri is empty: give the store's URI, or leave it out for the default store")
         self.uri = uri or tracking_uri(create)
         self.name = name
         store = sqlite_path(self.uri)
@@ -301,6 +356,7 @@ class Registry:
                 f"restore --experiment-id {found.experiment_id}, or the UI) or purge it (mlflow gc)"
             )
         if found is not None:
+            self._check_artifacts_beside(found)
             return found.experiment_id
         root = local_artifact_root(self.uri)
         try:
@@ -316,6 +372,30 @@ class Registry:
             if found is None:
                 raise self._failed(e) from None
             return found.experiment_id
+
+    def _check_artifacts_beside(self, experiment) -> None:
+        """Refuses an experiment of a local store whose artifacts are not beside it: the store was
+        moved (or copied) with the project, and the experiment keeps its absolute path of before,
+        where runs would write their artifacts (recreating a moved folder), or fail on a file there."""
+        root = local_artifact_root(self.uri)
+        kept = _local_path(experiment.artifact_location)
+        if root is None or kept is None or _inside(kept, root):
+            return
+        raise StoreUnavailable(
+            f"tracking store {self.uri}: experiment {experiment.name} keeps its runs' artifacts in {kept}, not "
+            f"beside the store ({root}): the store was moved or copied from there; rename that experiment "
+            f"(mlflow experiments rename --experiment-id {experiment.experiment_id} --new-name "
+            f"{experiment.name}-before-move, or the UI) and the next run creates {experiment.name} beside the store"
+        )
+
+    @contextlib.contextmanager
+    def _artifact_writes(self):
+        """A run's artifact that the OS will not write (a local store's folder read-only, a file
+        where its folder should be) as the store's one-line failure, not a traceback."""
+        try:
+            yield
+        except OSError as e:
+            raise self._failed(e) from None
 
     def log_run(
         self,
@@ -344,7 +424,8 @@ class Registry:
             ]
             if heldout:
                 metrics += [Metric(k, v, now, 0) for k, v in numeric(heldout, prefix="test_").items()]
-                self.client.log_table(run_id, _table(heldout), "heldout_test.json")
+                with self._artifact_writes():
+                    self.client.log_table(run_id, _table(heldout), "heldout_test.json")
             for start in range(0, len(params), 100):  # log_batch's limits: 100 params, 1000 metrics
                 self.client.log_batch(run_id, params=params[start : start + 100])
             for start in range(0, len(metrics), 1000):
@@ -393,7 +474,8 @@ class Registry:
         if run_id:
             # A tracking server accepts a local path as source only inside the run's artifacts:
             # the version's source is a pointer there, the path itself is in the tag model_dir.
-            self.client.log_dict(run_id, {"path": source, **all_tags}, f"{POINTER}/pointer.json")
+            with self._artifact_writes():
+                self.client.log_dict(run_id, {"path": source, **all_tags}, f"{POINTER}/pointer.json")
             source = f"runs:/{run_id}/{POINTER}"
         version = self.client.create_model_version(
             self.name, source=source, run_id=run_id, tags=all_tags, description=description
@@ -445,31 +527,52 @@ class Registry:
             raise self._failed(e) from None
         return None if version is None else str(version)
 
-    def path_of(self, version: str) -> str:
-        """The model directory of ``version``, checked: still there, still a model directory, and
-        still holding that version's model (not one trained into the same directory since)."""
+    def _found(self, version: str):
+        """``version``'s record, or None where there is none (a number past what a store holds,
+        which a SQLite store answered with an INTERNAL_ERROR, included)."""
         from mlflow.exceptions import MlflowException
 
+        if not re.fullmatch(r"[0-9]+", str(version)) or int(version) >= VERSION_LIMIT:
+            return None
         try:
-            found = self.client.get_model_version(self.name, str(version))
+            return self.client.get_model_version(self.name, str(version))
         except MlflowException as e:
             if not _not_found(e):
                 raise self._failed(e) from None
-            raise InputError(f"no version {version} of {self.name} in {self.uri}; {MODELS_CLI} lists them") from None
-        path = (found.tags or {}).get(MODEL_DIR_TAG) or found.source
+            return None
+
+    def path_of(self, version: str) -> str:
+        """The model directory of ``version``, checked: still there, still a model directory, and
+        still holding that version's model (not one trained into the same directory since)."""
+        found = self._found(version)
+        if found is None:
+            raise InputError(f"no version {version} of {self.name} in {self.uri}; {MODELS_CLI} lists them")
+        tags = found.tags or {}
+        path = tags.get(MODEL_DIR_TAG) or found.source
         if not (present(path) and os.path.isdir(path)):
             raise InputError(f"{path}: version {version}'s model directory is gone (moved or deleted)")
-        holds, recorded = str(read_config(path)["version"]), (found.tags or {}).get("model_version")
-        weights = (found.tags or {}).get("weights_sha256")
-        if weights is not None and holds == recorded and _sealed_weights(path) not in (None, weights):
-            holds = f"{holds} with other weights (a resumed --name trained on)"
-        if recorded is not None and holds != recorded:
+        holds = held_instead(path, tags)
+        if holds is not None:
             raise InputError(
-                f"{path}: version {version}'s model ({recorded}) was replaced there by {holds} (trained "
+                f"{path}: version {version}'s model ({tags['model_version']}) was replaced there by {holds} (trained "
                 f"again into the same --output); {MODELS_CLI} list shows which version holds it. To keep "
                 "each version's directory, train into a symlink (blue/green, README)"
             )
         return path
+
+    def replaced_directory(self, version: str) -> Optional[str]:
+        """``version``'s directory when it now holds another model (trained again into the same
+        --output), else None."""
+        found = self._found(version)
+        if found is None:
+            return None
+        tags = found.tags or {}
+        path = tags.get(MODEL_DIR_TAG) or found.source
+        try:
+            replaced = present(path) and os.path.isdir(path) and held_instead(path, tags) is not None
+        except InputError:  # no model there at all: path_of says so
+            return None
+        return path if replaced else None
 
     def history(self) -> List[str]:
         """The versions that were current, oldest first, ending with the current one."""
@@ -596,7 +699,7 @@ class Registry:
         # 1, 2, 1 with 2 deleted: 1, 1, whose "previous" is the current version itself.
         kept = [v for i, v in enumerate(kept) if i == 0 or v != kept[i - 1]]
         if len(kept) < 2:
-            raise InputError(f"version {history[-1]} is the first that was current: no previous one to roll back to")
+            raise InputError(_nothing_before(history))
         try:
             self._deployable(kept[-2])
         except (StoreUnavailable, TryLater):
@@ -613,15 +716,7 @@ class Registry:
         return kept[-1], kept[-2]
 
     def _exists(self, version: str) -> bool:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.get_model_version(self.name, str(version))
-        except MlflowException as e:
-            if not _not_found(e):
-                raise self._failed(e) from None
-            return False
-        return True
+        return self._found(version) is not None
 
     def _failed(self, error) -> StoreUnavailable:
         """An MLflow error other than "not found", in one line: the store failed, not the question."""
@@ -630,15 +725,10 @@ class Registry:
     def marked_deployable(self, version: str) -> bool:
         """Whether ``version`` was registered as one to deploy (a refit, a sweep's best without
         one); a validated model's labels stop before the test weeks: ``False``."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            tags = self.client.get_model_version(self.name, _version_number(version)).tags or {}
-        except MlflowException as e:
-            if _not_found(e):
-                return True  # no such version: promote's own refusal says so
-            raise self._failed(e) from None
-        return tags.get("deployable", "true") == "true"
+        found = self._found(_version_number(version))
+        if found is None:
+            return True  # no such version: promote's own refusal says so
+        return (found.tags or {}).get("deployable", "true") == "true"
 
     def _deployable(self, version: str) -> None:
         """Verifies ``version``'s directory whole before it becomes current: every job that takes
@@ -658,7 +748,7 @@ class Registry:
                     f"or promote a version ({MODELS_CLI} promote VERSION)"
                 )
             return self.path_of(version)
-        match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", ref)
+        match = re.fullmatch(r"models:/([^/@:]+)(?:/(\d+)|@([\w-]+))", ref)
         if not match:
             raise InputError(f"{ref}: not a model reference (current, models:/NAME/VERSION or models:/NAME@ALIAS)")
         name, number, alias = match.groups()
@@ -673,6 +763,28 @@ class Registry:
                 raise self._failed(e) from None
             raise InputError(f"{ref}: no version of {name} has the alias {alias} in {self.uri}") from None
         return registry.path_of(version)
+
+
+def _nothing_before(history: List[str]) -> str:
+    """Why a rollback from ``history``'s last version has nowhere to go: it was the first current,
+    or the versions current before it were deleted since (the history still names them)."""
+    deleted = list(dict.fromkeys(v for v in history[:-1] if v != history[-1]))
+    if not deleted:
+        return f"version {history[-1]} is the first that was current: no previous one to roll back to"
+    return (
+        f"no previous one to roll back to: the versions current before version {history[-1]} ({', '.join(deleted)}) "
+        f"were deleted since; {MODELS_CLI} promote VERSION makes another current"
+    )
+
+
+def held_instead(path: str, tags: Dict) -> Optional[str]:
+    """What ``path`` holds now in place of the model a version's ``tags`` recorded there (another
+    training into the same --output, or more epochs under the same version string), or None."""
+    recorded, weights = tags.get("model_version"), tags.get("weights_sha256")
+    holds = str(read_config(path)["version"])
+    if weights is not None and holds == recorded and _sealed_weights(path) not in (None, weights):
+        holds = f"{holds} with other weights (a resumed --name trained on)"
+    return None if recorded is None or holds == recorded else holds
 
 
 def _ending_with(history: List[str], version: str) -> List[str]:
@@ -794,6 +906,11 @@ def track_model(
                 note = "now current (nothing was)"
             else:  # another job's version, registered at the same time
                 note = f"version {current} became current meanwhile; {promote_it}" if current else promote_it
+        elif current and registry.replaced_directory(current) == os.path.realpath(model_dir):
+            # A plain --output trained into again: current still names the old model, which is gone.
+            promote = promote_it if candidate else f"{MODELS_CLI} promote VERSION makes a deployable one current"
+            replaced = f"current is {current}, whose directory this one replaced"
+            note = f"{replaced}: --model current is refused until {promote}"
         else:
             note = f"current is {current}; {promote_it}" if candidate and current else ""
         log(f"{model_dir}: version {version} of {registry.name}{', ' + note if note else ''} ({registry.uri})")

@@ -309,6 +309,17 @@ def test_sqlite_uris_are_read_as_sqlalchemy_reads_them(tmp_path, monkeypatch):
     with_timeout = reg.Registry(f"{default.uri}?timeout=60", create=False)
     assert with_timeout.client.get_experiment_by_name("ncf-train").experiment_id == experiment.experiment_id
     assert reg.sqlite_path("sqlite://") is None and reg.local_artifact_root("http://127.0.0.1:5000") is None
+    # MLflow makes the database's folder from the URI's text undecoded: a space or '#' encoded
+    # needlessly left an empty "a%20b%23c" folder beside the real one (2026-12-06).
+    plain = tmp_path / "plain" / "a b#c"
+    plain.mkdir(parents=True)
+    monkeypatch.chdir(plain)
+    beside = reg.Registry()
+    assert beside.uri == f"sqlite:///{plain}/artifacts/mlflow.db"
+    assert reg.track_model(fake_model_dir(tmp_path / "plain" / "a b#c", "v1"), strict=True, registry=beside) == "1"
+    assert os.listdir(tmp_path / "plain") == ["a b#c"]
+    (run,) = beside.client.search_runs([beside.experiment_id("ncf-train")])
+    assert run.info.artifact_uri.startswith((plain / "artifacts" / reg.ARTIFACTS).as_uri())
 
 
 @pytest.mark.faults
@@ -565,7 +576,9 @@ def test_a_validated_model_registered_by_hand_is_not_made_current(store, tmp_pat
     # Promoted by hand all the same: as asked, and said (running README's commands, 2026-12-05).
     capsys.readouterr()
     assert models.main(["promote", "1"]) == "1" and store.current() == "1"
-    assert "note: version 1 was registered --not-deployable" in capsys.readouterr().out
+    said = capsys.readouterr()  # stdout: promote's one line (README), the note beside it on stderr
+    assert "note: version 1 was registered --not-deployable" in said.err
+    assert len(said.out.splitlines()) == 1 and said.out.startswith("current: 1 (was 2)")
     models.main(["promote", "2"])
     assert "--not-deployable" not in capsys.readouterr().out
 
@@ -796,3 +809,185 @@ def test_a_version_registered_later_names_the_code_and_data_it_was_trained_on(st
     assert reg.track_model(model, strict=True) == "1"
     tags = store.client.get_model_version(store.name, "1").tags
     assert tags["code_commit"] == "commit-that-trained" and tags["data_stats_sha256"] == trained_stats
+
+
+# -- the registry review of 2026-12-06 -------------------------------------------------------------------
+
+
+@pytest.mark.faults
+def test_training_again_into_a_plain_output_says_current_names_a_replaced_directory(store, tmp_path, capsys):
+    """The second version was registered with "current is 1; promote 2 makes it current", though
+    version 1's directory now held it: every `--model current` was refused from then on, and
+    `list` showed version 1 unmarked. Current stays where it was (a promote decides), and both say so."""
+    model = fake_model_dir(tmp_path, "week1")
+    assert reg.track_model(model, strict=True) == "1"
+    shutil.rmtree(model)
+    os.rename(fake_model_dir(tmp_path, "week2"), model)  # jobs.train swaps a new directory in
+    capsys.readouterr()
+    assert reg.track_model(model, strict=True) == "2"
+    line = capsys.readouterr().out.strip()
+    assert "version 2 of advanced-ncf, current is 1, whose directory this one replaced: --model current is " in line
+    assert "refused until python -m jobs.models promote 2 makes it current" in line
+    assert store.current() == "1"
+    models.main(["list"])
+    first, second = capsys.readouterr().out.splitlines()[1:3]
+    assert first.startswith("*  1 ") and first.endswith(f"{model} (replaced)")
+    assert second.split()[0] == "2" and second.endswith(model)
+    # A version registered beside it is not said to have replaced current's directory.
+    reg.track_model(fake_model_dir(tmp_path, "other"), strict=True)
+    assert "current is 1; python -m jobs.models promote 3" in capsys.readouterr().out
+    models.main(["promote", "2"])
+    assert reg.resolve_model("current") == model
+
+
+@pytest.mark.faults
+def test_the_default_store_inside_a_ray_jobs_unpacked_working_directory_is_refused(tmp_path, monkeypatch, capsys):
+    """`ray job submit --working-dir .` starts the driver in Ray's unpacked copy of the directory
+    (Ray 2.60: <session>/runtime_resources/working_dir_files/_ray_pkg_<hash>), which Ray deletes:
+    without MLFLOW_TRACKING_URI the jobs registered into a store there and said "now current"."""
+    from tune.tracking import sweep_store
+
+    model = fake_model_dir(tmp_path, "v1")
+    package = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    package.mkdir(parents=True)
+    monkeypatch.chdir(package)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for argv in (["list"], ["register", model]):
+        with pytest.raises(SystemExit) as exit_info:
+            models.main(argv)
+        assert exit_info.value.code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all("no MLFLOW_TRACKING_URI in a Ray job" in line for line in errors), errors
+    assert 'ray job submit --runtime-env-json \'{"env_vars": {"MLFLOW_TRACKING_URI": ' in errors[0]
+    with pytest.raises(reg.StoreUnavailable, match="no MLFLOW_TRACKING_URI in a Ray job"):
+        sweep_store()  # a sweep: before its first trial
+    from jobs import train
+
+    with pytest.raises(SystemExit) as exit_info:  # a training is refused before it starts, not after its hours
+        train.main(["--data", str(tmp_path / "no-data"), "--output", str(tmp_path / "model")])
+    assert exit_info.value.code == 2 and "no MLFLOW_TRACKING_URI in a Ray job" in capsys.readouterr().err
+    # track_model itself (a training's registration once its model is written) says it and goes on.
+    assert reg.track_model(model) is None
+    assert "not recorded (StoreUnavailable: no MLFLOW_TRACKING_URI in a Ray job" in capsys.readouterr().err
+    assert os.listdir(package) == []  # nothing written there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}")
+    assert reg.track_model(model, strict=True) == "1"
+
+
+@pytest.mark.faults
+def test_an_empty_uri_a_name_references_cannot_name_and_a_version_past_int64_are_one_line(store, tmp_path, capsys):
+    """`--tracking-uri ""` acted on the default store; `--name a@b` (or a/b, a:b) was accepted
+    and its printed models:/ references refused later (MLflow refuses / and : itself, blamed on
+    the store); version 99999999999999999999 was the store's INTERNAL_ERROR (int too large)."""
+    reg.track_model(fake_model_dir(tmp_path, "v1"), strict=True)
+    cases = [
+        (["--tracking-uri", "", "list"], "--tracking-uri is empty"),
+        (["list", "--tracking-uri", " "], "--tracking-uri is empty"),
+        *((["--name", f"shop{c}2", "list"], f"--name 'shop{c}2': a registered model's name") for c in "@/:"),
+        (["resolve", "models:/shop:2/1"], "models:/shop:2/1: not a model reference"),
+        (["promote", "99999999999999999999"], "no version 99999999999999999999 of advanced-ncf"),
+        (["resolve", f"models:/advanced-ncf/{2**63}"], f"no version {2**63} of advanced-ncf"),
+    ]
+    for argv, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            models.main(argv)
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and expected in error[0], (argv, error)
+    assert store.current() == "1"
+
+
+@pytest.mark.faults
+def test_a_rollback_past_deleted_versions_says_they_were_deleted(store, tmp_path):
+    """Versions 1 and 2 current before 3, both deleted since: the rollback said "version 3 is the
+    first that was current"."""
+    for version in ("v1", "v2", "v3"):
+        reg.track_model(fake_model_dir(tmp_path, version), strict=True)
+    store.promote("2")
+    store.promote("3")
+    for version in ("1", "2"):
+        store.client.delete_model_version(store.name, version)
+    expected = r"the versions current before version 3 \(1, 2\) were deleted since; python -m jobs.models promote"
+    with pytest.raises(InputError, match=expected):
+        store.rollback()
+    assert store.current() == "3"
+
+
+@pytest.mark.faults
+def test_a_moved_local_store_is_refused_naming_the_rename_and_an_unwritable_artifact_is_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    """The project moved with its store: the experiments kept their old absolute artifact
+    location, where runs wrote their artifacts (recreating the moved folder), or, a file there, a
+    NotADirectoryError traceback escaped."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "before").mkdir()
+    monkeypatch.chdir(tmp_path / "before")
+    assert reg.track_model(fake_model_dir(tmp_path, "v1"), strict=True) == "1"
+    monkeypatch.chdir(tmp_path)
+    os.rename(tmp_path / "before", tmp_path / "after")
+    monkeypatch.chdir(tmp_path / "after")
+    moved = reg.Registry(create=False)
+    expected = "experiment ncf-train keeps its runs' artifacts in .*/before/artifacts/mlflow-artifacts/ncf-train"
+    with pytest.raises(reg.StoreUnavailable, match=f"{expected}, not beside the store .*\\(mlflow experiments rename"):
+        moved.experiment_id("ncf-train")
+    capsys.readouterr()
+    assert reg.track_model(fake_model_dir(tmp_path, "v2")) is None
+    assert "not recorded (StoreUnavailable: tracking store" in capsys.readouterr().err
+    assert not (tmp_path / "before").exists()
+    # The remedy the line names: the next run's experiment is beside the store.
+    moved.client.rename_experiment(moved.client.get_experiment_by_name("ncf-train").experiment_id, "before-move")
+    assert reg.track_model(fake_model_dir(tmp_path, "v3"), strict=True) == "2"
+    assert reg.resolve_model("models:/advanced-ncf/1") == str(tmp_path / "v1")
+    # A file where the experiment's folder should be: the store's one line, not a traceback.
+    artifacts = tmp_path / "after" / "artifacts" / reg.ARTIFACTS / "ncf-train"
+    shutil.rmtree(artifacts)
+    artifacts.write_text("in the way\n")
+    with pytest.raises(SystemExit) as exit_info:
+        models.main(["register", fake_model_dir(tmp_path, "v4")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "tracking store sqlite:///" in error[0] and "NotADirectoryError" in error[0], error
+
+
+def _submitted(address: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    """`ray job submit --working-dir REPO ARGS`, again while the node's job agent is not yet up."""
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    command = [ray, "job", "submit", "--address", address, "--working-dir", REPO, *args]
+    for _ in range(12):
+        done = subprocess.run(
+            command, env={**env, "RAY_AUTH_MODE": "token"}, cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+        if "No available agent" not in done.stdout + done.stderr:
+            return done
+        time.sleep(5)
+    return done
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_a_job_submitted_with_its_working_dir_refuses_the_default_store_and_takes_the_one_it_is_given(
+    tmp_path, monkeypatch
+):
+    """The drill on a real `ray start --head`: a job registering a model into the default store,
+    in Ray 2.60's unpacked copy of the working directory, said "now current" and the store went
+    with the copy. Where Ray starts the driver is what the refusal recognises, and the README's
+    --runtime-env-json gives the job a store that outlives it."""
+    from test_tune_sweep import head_node
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the head's jobs inherit its environment: no store named
+    model = fake_model_dir(tmp_path, "v1")
+    shared = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    register = ["--", "python", "-m", "jobs.models", "register", model]
+    with head_node() as (address, env):
+        refused = _submitted(address, env, *register)
+        env_json = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": shared}})
+        given = _submitted(address, env, "--runtime-env-json", env_json, *register)
+    assert refused.returncode == 1, refused.stdout[-3000:] + refused.stderr[-2000:]
+    # One line, which Ray's client prints twice (the log it tails, then the failed job's log again).
+    (line,) = {line for line in refused.stdout.splitlines() if line.startswith("error:")}
+    assert "error: no MLFLOW_TRACKING_URI in a Ray job: the default store /" in line
+    assert "/runtime_resources/working_dir_files/_ray_pkg_" in line and "--runtime-env-json" in line
+    assert given.returncode == 0, given.stdout[-3000:] + given.stderr[-2000:]
+    assert f"version 1 of advanced-ncf, now current (nothing was) ({shared})" in given.stdout
+    assert reg.Registry(shared, create=False).current() == "1"
