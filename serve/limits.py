@@ -242,12 +242,12 @@ class EdgeLimits:
             await self.app(scope, replayed, answering)
         except Exception:
             if not answering.sent:
-                await _answer(send, 500, SERVER_FAILED)
+                await _answer(send, 500, SERVER_FAILED, extra_headers=answering.kept_headers())
             raise
         # Serve's proxy answers nothing itself for a 500; an error answer held for its body that
         # never came is no answer either (uvicorn would send its own plain-text 500).
-        if not answering.sent:
-            await _answer(send, 500, SERVER_FAILED)
+        if not answering.sent:  # the held start's headers kept (its x-request-id, for one)
+            await _answer(send, 500, SERVER_FAILED, extra_headers=answering.kept_headers())
 
     def _too_large(self) -> str:
         return f"request body larger than {self.max_body_bytes} bytes"
@@ -332,11 +332,13 @@ class _JsonErrors:
         self.sent = self.sent or message["type"] == "http.response.start"
         await self.send(message)
 
+    def kept_headers(self) -> list:
+        """The held start's headers but those of its plain-text body (none when none is held)."""
+        headers = [] if self.start is None else self.start.get("headers") or []
+        return [(k, v) for k, v in headers if k.lower() not in (b"content-type", b"content-length")]
+
     async def _send_as_json(self) -> None:
         status = 504 if self.start["status"] == 408 else self.start["status"]
-        kept = [
-            (k, v) for k, v in self.start.get("headers") or [] if k.lower() not in (b"content-type", b"content-length")
-        ]
         text = self.body.decode("utf-8", "replace").strip() or f"HTTP {status}"
         self.sent = True
-        await _answer(self.send, status, text, extra_headers=kept)
+        await _answer(self.send, status, text, extra_headers=self.kept_headers())

@@ -333,7 +333,8 @@ def test_a_request_serve_ends_without_an_answer_gets_a_json_500():
     # A plain-text error's start is held for its body (to send it as JSON): one whose body never
     # comes was no answer, yet it counted as one, and uvicorn answered a plain-text 500.
     async def starts_an_error(scope, receive, send):
-        await send({"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"text/plain")]})
+        headers = [(b"content-type", b"text/plain"), (b"x-request-id", b"r-1")]
+        await send({"type": "http.response.start", "status": 500, "headers": headers})
 
     async def starts_an_error_and_fails(scope, receive, send):
         await starts_an_error(scope, receive, send)
@@ -341,6 +342,8 @@ def test_a_request_serve_ends_without_an_answer_gets_a_json_500():
 
     sent, _ = _through_edge(starts_an_error, [], [{"type": "http.request", "body": b"", "more_body": False}])
     assert [m.get("status") for m in sent] == [500, None] and "failed to answer" in json.loads(sent[1]["body"])["error"]
+    assert (b"x-request-id", b"r-1") in sent[0]["headers"]  # the request stays traceable in Serve's logs
+    assert (b"content-type", b"text/plain") not in sent[0]["headers"]
     sent = []
     with pytest.raises(RuntimeError):
         _through_edge(starts_an_error_and_fails, [], [{"type": "http.request", "body": b"", "more_body": False}], sent)
@@ -382,3 +385,35 @@ def test_extra_host_names_match_as_the_host_header_is_read(monkeypatch):
         assert proxy_env(address)[EXTRA_HOSTS_ENV] == "ncf.local:8000, Api.Example."
     monkeypatch.delenv(EXTRA_HOSTS_ENV)
     assert EXTRA_HOSTS_ENV not in proxy_env("127.0.0.1") and proxy_env("recs.local")[EXTRA_HOSTS_ENV] == "recs.local"
+
+
+@pytest.mark.faults
+def test_a_rebound_hosts_body_is_drained_within_the_413s_bounds_and_long_lengths_read_as_numbers():
+    """The 421's drain (the edge review of 2026-12-06) reads what a 413's would and no more: not
+    a body the client waits to be asked for (100-continue), not one past the drain's bound; a
+    Content-Length of thousands of zero-padded digits reaches the app as its number."""
+    from serve.limits import DRAIN_MAX_BYTES
+
+    async def must_not_run(scope, receive, send):
+        raise AssertionError("a refused request reached the app")
+
+    rebound = (b"host", b"rebound.example")
+    mib = [{"type": "http.request", "body": b"x" * 2**20, "more_body": True} for _ in range(2)]
+    mib.append({"type": "http.request", "body": b"x" * 2**20, "more_body": False})
+    for headers, body, reads in (
+        ([rebound, (b"content-length", str(3 * 2**20).encode())], mib, 3),  # read, then answered
+        ([rebound, (b"content-length", str(DRAIN_MAX_BYTES + 1).encode())], [], 0),  # the drain would give up
+        ([rebound, (b"content-length", b"5"), (b"expect", b"100-continue")], [], 0),  # nothing sent yet
+    ):
+        sent, read = _through_edge(must_not_run, headers, body)
+        assert sent[0]["status"] == 421 and read == reads, (headers[1:], read)
+        assert "Host" in json.loads(sent[1]["body"])["error"]
+
+    async def echoes_length(scope, receive, send):
+        message = await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(len(message["body"])).encode()})
+
+    padded = b"0" * 5000 + b"2"
+    sent, _ = _through_edge(echoes_length, [(b"content-length", padded)], [{"type": "http.request", "body": b"{}"}])
+    assert [m.get("status") for m in sent] == [200, None] and sent[1]["body"] == b"2"
