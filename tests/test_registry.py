@@ -950,20 +950,6 @@ def test_a_moved_local_store_is_refused_naming_the_rename_and_an_unwritable_arti
     assert len(error) == 1 and "tracking store sqlite:///" in error[0] and "NotADirectoryError" in error[0], error
 
 
-def _submitted(address: str, env: dict, *args: str) -> subprocess.CompletedProcess:
-    """`ray job submit --working-dir REPO ARGS`, again while the node's job agent is not yet up."""
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    command = [ray, "job", "submit", "--address", address, "--working-dir", REPO, *args]
-    for _ in range(12):
-        done = subprocess.run(
-            command, env={**env, "RAY_AUTH_MODE": "token"}, cwd=REPO, capture_output=True, text=True, timeout=300
-        )
-        if "No available agent" not in done.stdout + done.stderr:
-            return done
-        time.sleep(5)
-    return done
-
-
 @pytest.mark.faults
 @pytest.mark.slow
 def test_a_job_submitted_with_its_working_dir_refuses_the_default_store_and_takes_the_one_it_is_given(
@@ -973,16 +959,16 @@ def test_a_job_submitted_with_its_working_dir_refuses_the_default_store_and_take
     in Ray 2.60's unpacked copy of the working directory, said "now current" and the store went
     with the copy. Where Ray starts the driver is what the refusal recognises, and the README's
     --runtime-env-json gives the job a store that outlives it."""
-    from test_tune_sweep import head_node
+    from test_tune_sweep import head_node, submit_job
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the head's jobs inherit its environment: no store named
     model = fake_model_dir(tmp_path, "v1")
     shared = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    register = ["--", "python", "-m", "jobs.models", "register", model]
+    register = ["python", "-m", "jobs.models", "register", model]
     with head_node() as (address, env):
-        refused = _submitted(address, env, *register)
+        refused = submit_job(address, env, register)
         env_json = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": shared}})
-        given = _submitted(address, env, "--runtime-env-json", env_json, *register)
+        given = submit_job(address, env, register, options=("--runtime-env-json", env_json))
     assert refused.returncode == 1, refused.stdout[-3000:] + refused.stderr[-2000:]
     # One line, which Ray's client prints twice (the log it tails, then the failed job's log again).
     (line,) = {line for line in refused.stdout.splitlines() if line.startswith("error:")}

@@ -492,9 +492,10 @@ def _interrupt_after_one_trial(data: str, output: str) -> set:
     return _reported_trials(output)
 
 
-def _submit(address: str, env: dict, job: list) -> subprocess.CompletedProcess:
+def submit_job(address: str, env: dict, job: list, options: tuple = ()) -> subprocess.CompletedProcess:
+    """`ray job submit --working-dir REPO OPTIONS -- JOB` to :func:`head_node`'s cluster."""
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    submit = [ray, "job", "submit", "--address", address, "--working-dir", REPO, "--", *job]
+    submit = [ray, "job", "submit", "--address", address, "--working-dir", REPO, *options, "--", *job]
     for _ in range(12):  # the dashboard answers before the node's job agent registers
         done = subprocess.run(
             submit, env={**env, "RAY_AUTH_MODE": "token"}, cwd=REPO, capture_output=True, text=True, timeout=600
@@ -520,7 +521,7 @@ def test_a_sweep_interrupted_on_a_laptop_resumes_with_ray_job_submit_losing_and_
 
     with head_node() as (address, env):
         resume = ["python", "-m", "jobs.tune_sweep", "--data", data, "--output", str(sweep), *SWEEP, "--resume"]
-        done = _submit(address, env, resume)
+        done = submit_job(address, env, resume)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "succeeded" in done.stdout
 
