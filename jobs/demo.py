@@ -34,7 +34,7 @@ from ncf.errors import InputError
 from ncf.evaluate.protocol import PAIRED
 from ncf.jsonio import write_text
 from ncf.model.directory import ModelDir
-from ncf.registry import sqlite_uri
+from ncf.registry import check_store_outlives_the_job, in_unpacked_working_dir, sqlite_uri
 from ncf.staging import present
 from serve.launch import (
     APP_NAME,
@@ -177,10 +177,18 @@ def support_paths(workdir: str) -> dict:
     the job joined (its workers on other nodes read them), the jobs' own defaults locally."""
     if not os.environ.get("RAY_ADDRESS"):
         return {}
+    if in_unpacked_working_dir(workdir):
+        # Submitted with --working-dir: its default (relative) --workdir is in Ray's unpacked copy,
+        # deleted after the job with the models, the report and the MLflow store in it.
+        raise InputError(
+            f"--workdir {workdir} is in the job's unpacked working directory ({os.path.abspath(workdir)}), which Ray "
+            "deletes after the job, on the head alone: give a path on storage every node mounts (cluster.yaml: "
+            "--workdir /mnt/shared/demo)"
+        )
     if not os.path.isabs(workdir):
         print(
-            f"[demo] WARNING: --workdir {workdir} is relative: on a cluster it is the job's unpacked working "
-            "directory on the head alone; give a path on storage every node mounts (cluster.yaml: /mnt/shared/demo)",
+            f"[demo] WARNING: --workdir {workdir} is relative: {os.path.abspath(workdir)} is on this node alone "
+            "unless every node mounts it; give a path on storage every node mounts (cluster.yaml: /mnt/shared/demo)",
             flush=True,
         )
     return {
@@ -279,10 +287,11 @@ def main(argv=None) -> list:
     # The demo prints the answers of its few queries itself; Serve's controller, proxy and
     # per-request access logs go to Serve's log files (printed at the end), not into its output.
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
-    shared = support_paths(args.workdir)
-    if shared:
-        os.environ.setdefault("MLFLOW_TRACKING_URI", sqlite_uri(os.path.join(args.workdir, "mlflow.db")))
     with one_line_errors():
+        shared = support_paths(args.workdir)
+        if shared:
+            os.environ.setdefault("MLFLOW_TRACKING_URI", sqlite_uri(os.path.join(args.workdir, "mlflow.db")))
+        check_store_outlives_the_job()  # a store named in Ray's unpacked copy: refused now, not after preprocessing
         # Now, not after ten minutes of preprocessing and training.
         check_port_free("127.0.0.1", args.port, "stop it or give the demo another --port")
         evaluate.read_jsonl(args.ablations)  # its rows are read again by the report

@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import time
 
 from jobs.cli import HelpFormatter, check_data, check_model, job_parser, one_line_errors
-from ncf.errors import InputError
+from ncf.errors import InputError, TryLater
 from ncf.registry import (
     MODEL_NAME,
     Registry,
@@ -33,6 +34,7 @@ from ncf.registry import (
     store_errors,
     track_model,
 )
+from ncf.staging import present
 
 
 def serve_unchanged(args: argparse.Namespace, registry: Registry) -> str:
@@ -149,15 +151,38 @@ def _cell(row: dict, key: str) -> str:
 
 
 def _directory_note(row: dict) -> str:
-    """Why a version's directory no longer gives its model: gone, or holding another model (a
-    plain --output trained into again), which every command resolving the version refuses."""
+    """Why a version's directory no longer gives its model: gone, holding another model (a plain
+    --output trained into again), a model of an older format (this code refuses it: retrain it), or
+    no model at all, which every command resolving the version refuses. No mark while another run
+    finishes a swap there (TryLater): the next list tells."""
     path = str(row.get("model_dir", ""))
-    if not os.path.isdir(path):
-        return " (gone)"
     try:
+        if not (path and present(path) and os.path.isdir(path)):  # a swap a dead run left half done, finished first
+            return " (gone)"
         return " (replaced)" if held_instead(path, row) is not None else ""
-    except InputError:  # no model there now (no config.json, another format)
-        return " (not a model)"
+    except TryLater:  # another run is finishing a replacement there: nothing to say of the version yet
+        return ""
+    except InputError as e:
+        return _format_note(str(e)) or " (not a model)"
+
+
+# read_config's refusals of a model of another format or features version ("format 3, this code
+# reads 4: retrain it"): a model still, which this code does not read.
+FORMAT_REFUSALS = (
+    re.compile(r"model directory format (?P<held>\S+), this code reads (?P<reads>\d+)"),
+    re.compile(r"trained on features version (?P<held>\S+), this code computes version (?P<reads>\d+)"),
+)
+
+
+def _format_note(refusal: str) -> str:
+    """The mark of a model of another format or features version (``refusal`` says which), " (older
+    format)" or a newer checkout's " (newer format)"; "" for any other refusal."""
+    for pattern in FORMAT_REFUSALS:
+        found = pattern.search(refusal)
+        if found:
+            newer = found["held"].isdigit() and int(found["held"]) > int(found["reads"])
+            return " (newer format)" if newer else " (older format)"
+    return ""
 
 
 def format_table(rows: list) -> str:

@@ -4,7 +4,8 @@ Where: the tracking server named by ``MLFLOW_TRACKING_URI`` when it is set, else
 ``sqlite:///<cwd>/artifacts/mlflow.db`` (MLflow's model registry needs a database; the runs'
 artifacts go beside it, to ``artifacts/mlflow-artifacts/``). ``mlflow ui`` on that store shows
 everything below (README, "Models and runs"). A job submitted with ``ray job submit --working-dir``
-runs in Ray's unpacked copy of that directory, deleted after it: there the local store is refused.
+runs in Ray's unpacked copy of that directory, deleted after it: a SQLite store there (the default
+one, or a relative ``sqlite:///artifacts/mlflow.db``) is refused.
 
 What is recorded:
 
@@ -42,6 +43,7 @@ import numbers
 import os
 import pathlib
 import re
+import shlex
 import socket
 import sys
 import time
@@ -108,27 +110,43 @@ def tracking_uri(create: bool = True) -> str:
     return sqlite_uri(path)
 
 
-def check_outlives_the_job(path: str) -> None:
-    """Refuses a default store at ``path`` inside a Ray job's unpacked working directory (``ray
-    job submit --working-dir .``): Ray deletes that copy, and every run and version in it, after
-    the job, which would have said its model was now current."""
+def in_unpacked_working_dir(path: str) -> bool:
+    """Whether ``path`` is inside a Ray job's unpacked working directory (``ray job submit
+    --working-dir .``: :data:`RAY_UNPACKED`), which Ray deletes after the job."""
     parts = pathlib.PurePath(os.path.abspath(path)).parts
-    if not any(parts[i : i + 2] == RAY_UNPACKED for i in range(len(parts) - 1)):
+    return any(parts[i : i + 2] == RAY_UNPACKED for i in range(len(parts) - 1))
+
+
+def check_outlives_the_job(path: str, uri: Optional[str] = None) -> None:
+    """Refuses a SQLite store at ``path`` inside a Ray job's unpacked working directory: Ray
+    deletes that copy, and every run and version in it, after the job, which would have said its
+    model was now current. ``uri``: the store's URI where one was given (a relative
+    ``sqlite:///artifacts/mlflow.db`` is read there too); None for the default store."""
+    if not in_unpacked_working_dir(path):
         return
     env = '{"env_vars": {"MLFLOW_TRACKING_URI": "sqlite:////shared/mlflow/mlflow.db"}}'
+    where = (
+        f"no MLFLOW_TRACKING_URI in a Ray job: the default store {os.path.abspath(path)} is"
+        if uri is None
+        else f"tracking store {uri} in a Ray job: its file {os.path.abspath(path)} is"
+    )
     raise StoreUnavailable(
-        f"no MLFLOW_TRACKING_URI in a Ray job: the default store {path} is in the job's unpacked working "
-        f"directory, which Ray deletes after it; name a store that outlives the job: ray job submit "
-        f"--runtime-env-json '{env}' (or a tracking server's http://...)"
+        f"{where} in the job's unpacked working directory, which Ray deletes after it; name a store that "
+        f"outlives the job: ray job submit --runtime-env-json '{env}' (or a tracking server's http://...)"
     )
 
 
 def check_store_outlives_the_job() -> None:
-    """Refuses at once the default store of a Ray job's unpacked working directory
-    (:func:`check_outlives_the_job`), for a job that registers only after its long work (a
-    training): it would say "not recorded" after the hours."""
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    """Refuses at once a SQLite store in a Ray job's unpacked working directory, the default one
+    or the one ``MLFLOW_TRACKING_URI`` names (:func:`check_outlives_the_job`), for a job that
+    registers only after its long work (a training): it would say "not recorded" after the hours."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
         check_outlives_the_job(os.path.abspath(LOCAL_STORE))
+        return
+    store = sqlite_path(uri)
+    if store is not None:
+        check_outlives_the_job(store, uri)
 
 
 def sqlite_uri(path: str) -> str:
@@ -167,6 +185,24 @@ def _local_path(location: Optional[str]) -> Optional[str]:
         return location
     parts = urllib.parse.urlsplit(location)
     return urllib.request.url2pathname(parts.path) if parts.scheme == "file" else None
+
+
+def cli_env(uri: str) -> str:
+    """What runs the ``mlflow`` CLI on the store at ``uri``: ``MLFLOW_TRACKING_URI=...`` (without
+    it, the CLI opens its own default, ``sqlite:///mlflow.db`` of the directory it runs in). A
+    SQLite store is named by its absolute path, which reads the same from any directory."""
+    store = sqlite_path(uri)
+    return f"MLFLOW_TRACKING_URI={shlex.quote(uri if store is None else sqlite_uri(store))} "
+
+
+def _gc(uri: str) -> str:
+    """``mlflow gc`` on the store at ``uri``: it deletes from ``--backend-store-uri`` (its default
+    is ``sqlite:///mlflow.db`` where it runs) and refuses to run without a tracking URI. A
+    tracking server's backend store is the server's: there it runs on the server."""
+    if urllib.parse.urlsplit(uri).scheme in ("http", "https"):
+        return "on the server: mlflow gc --backend-store-uri <its backend store>"
+    env = cli_env(uri)
+    return f"{env}mlflow gc --backend-store-uri {env.split('=', 1)[1].strip()}"
 
 
 def _inside(path: str, root: str) -> bool:
@@ -326,6 +362,8 @@ class Registry:
         self.uri = uri or tracking_uri(create)
         self.name = name
         store = sqlite_path(self.uri)
+        if store is not None:  # a named SQLite file, a relative one read in Ray's unpacked copy included
+            check_outlives_the_job(store, self.uri)
         if not create and store and (not os.path.exists(store) or os.path.getsize(store) == 0):
             # MLflow would create an empty store there, and the command report nothing registered.
             raise InputError(
@@ -352,8 +390,9 @@ class Registry:
         if found is not None and found.lifecycle_stage != "active":
             # MLflow refuses runs in a deleted experiment: every run would be lost.
             raise StoreUnavailable(
-                f"tracking store {self.uri}: experiment {name} is deleted; restore it (mlflow experiments "
-                f"restore --experiment-id {found.experiment_id}, or the UI) or purge it (mlflow gc)"
+                f"tracking store {self.uri}: experiment {name} is deleted; restore it ({cli_env(self.uri)}mlflow "
+                f"experiments restore --experiment-id {found.experiment_id}, or the UI) or purge it ({_gc(self.uri)} "
+                f"--experiment-ids {found.experiment_id})"
             )
         if found is not None:
             self._check_artifacts_beside(found)
@@ -374,18 +413,30 @@ class Registry:
             return found.experiment_id
 
     def _check_artifacts_beside(self, experiment) -> None:
-        """Refuses an experiment of a local store whose artifacts are not beside it: the store was
-        moved (or copied) with the project, and the experiment keeps its absolute path of before,
-        where runs would write their artifacts (recreating a moved folder), or fail on a file there."""
+        """Refuses an experiment of a local store that this code created beside the store (its
+        artifacts in ``<store's folder>/mlflow-artifacts/<experiment>``), found now beside another
+        folder: the store was moved, copied or mounted at another path since, and the experiment
+        keeps its absolute path of before, where runs would write their artifacts (recreating a
+        moved folder, or on another host's disk), or fail on a file there. A location this code
+        did not choose (``mlflow server --default-artifact-root``, ``mlflow experiments create
+        --artifact-location``) is where MLflow itself writes: accepted."""
         root = local_artifact_root(self.uri)
         kept = _local_path(experiment.artifact_location)
         if root is None or kept is None or _inside(kept, root):
             return
+        kept = kept.rstrip("/") or "/"
+        if (os.path.basename(os.path.dirname(kept)), os.path.basename(kept)) != (ARTIFACTS, experiment.name):
+            return  # not the layout this code creates: another choice of where the artifacts go
+        with contextlib.suppress(OSError):
+            if os.path.samefile(kept, os.path.join(root, experiment.name)):
+                return  # the same folder, reached at another path here (a second mount of it)
         raise StoreUnavailable(
             f"tracking store {self.uri}: experiment {experiment.name} keeps its runs' artifacts in {kept}, not "
-            f"beside the store ({root}): the store was moved or copied from there; rename that experiment "
-            f"(mlflow experiments rename --experiment-id {experiment.experiment_id} --new-name "
-            f"{experiment.name}-before-move, or the UI) and the next run creates {experiment.name} beside the store"
+            f"beside the store ({root}): it was created beside a store in {os.path.dirname(os.path.dirname(kept))}, "
+            "and this store was moved, copied or mounted at another path since; mount it at the same path "
+            f"everywhere, or rename that experiment ({cli_env(self.uri)}mlflow experiments rename --experiment-id "
+            f"{experiment.experiment_id} --new-name {experiment.name}-before-move, or the UI) and the next run "
+            f"creates {experiment.name} beside the store"
         )
 
     @contextlib.contextmanager

@@ -705,6 +705,38 @@ def test_the_demo_hands_each_job_arguments_its_parser_accepts_and_its_dataset_is
     assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{workdir}/mlflow.db"
 
 
+@pytest.mark.faults
+def test_the_demo_submitted_with_its_default_workdir_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """`ray job submit --working-dir . -- python -m jobs.demo`: its default --workdir,
+    artifacts/demo, is in Ray's unpacked copy of the working directory (deleted after the job,
+    the data, models, report and MLflow store with it); the demo only warned, and pointed
+    MLFLOW_TRACKING_URI there. A relative store named in the copy is refused as early."""
+    from jobs import demo
+
+    asked = {}
+    _demo_stages(monkeypatch, asked, _parsed(asked, demo.evaluate, []))
+    package = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    package.mkdir(parents=True)
+    monkeypatch.chdir(package)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")  # what Ray sets in a job's driver
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # recorded, so that any value set is undone after
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    cases = [
+        ([], None, "--workdir artifacts/demo is in the job's unpacked working directory"),
+        (["--workdir", str(tmp_path / "shared")], "sqlite:///artifacts/mlflow.db", "in a Ray job: its file /"),
+    ]
+    for argv, uri, expected in cases:
+        if uri:
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        with pytest.raises(SystemExit) as exit_info:
+            demo.main(argv)
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and expected in error[0], error
+    assert "/runtime_resources/working_dir_files/_ray_pkg_0123abcd" in error[0] and "--runtime-env-json" in error[0]
+    assert asked == {} and os.listdir(package) == []  # nothing preprocessed, nothing written there
+
+
 def _parsed(asked: dict, job, result):
     """A stand-in for ``job.main`` that records the arguments its parser reads (in ``asked``)."""
 

@@ -26,7 +26,7 @@ from test_integrity import SMALL, tiny_data
 from jobs import batch_score, deploy, models, train
 from ncf import registry as reg
 from ncf.data import layout
-from ncf.errors import InputError
+from ncf.errors import InputError, TryLater
 from ncf.jsonio import read_json, write_json
 from ncf.model.directory import METRICS, WEIGHTS, save_untrained_model_dir
 from ncf.model.integrity import write_manifest
@@ -815,7 +815,9 @@ def test_a_version_registered_later_names_the_code_and_data_it_was_trained_on(st
 
 
 @pytest.mark.faults
-def test_training_again_into_a_plain_output_says_current_names_a_replaced_directory(store, tmp_path, capsys):
+def test_training_again_into_a_plain_output_says_current_names_a_replaced_directory(
+    store, tmp_path, capsys, monkeypatch
+):
     """The second version was registered with "current is 1; promote 2 makes it current", though
     version 1's directory now held it: every `--model current` was refused from then on, and
     `list` showed version 1 unmarked. Current stays where it was (a promote decides), and both say so."""
@@ -838,6 +840,22 @@ def test_training_again_into_a_plain_output_says_current_names_a_replaced_direct
     assert "current is 1; python -m jobs.models promote 3" in capsys.readouterr().out
     models.main(["promote", "2"])
     assert reg.resolve_model("current") == model
+    # A directory holding a model of an older format (every command says "retrain it"), one that
+    # holds none, and one whose swap another run is finishing: all were "(not a model)".
+    config = read_json(os.path.join(model, "config.json"))
+    write_json(os.path.join(model, "config.json"), {**config, "format_version": 3})
+    os.remove(tmp_path / "other" / "config.json")
+    capsys.readouterr()
+    models.main(["list"])
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert rows[1].endswith(f"{model} (older format)") and rows[2].endswith(f"{tmp_path / 'other'} (not a model)")
+
+    def finishing(path, tags):
+        raise TryLater(f"{path}: another run is finishing its replacement")
+
+    monkeypatch.setattr(models, "held_instead", finishing)
+    models.main(["list"])
+    assert capsys.readouterr().out.splitlines()[1].endswith(model)  # no mark: the next list tells
 
 
 @pytest.mark.faults
@@ -870,7 +888,21 @@ def test_the_default_store_inside_a_ray_jobs_unpacked_working_directory_is_refus
     assert reg.track_model(model) is None
     assert "not recorded (StoreUnavailable: no MLFLOW_TRACKING_URI in a Ray job" in capsys.readouterr().err
     assert os.listdir(package) == []  # nothing written there
+    # The README's spelled default, relative: read in the unpacked copy too (it was accepted there).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///artifacts/mlflow.db")
+    with pytest.raises(SystemExit) as exit_info:
+        models.main(["register", model])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"tracking store sqlite:///artifacts/mlflow.db in a Ray job: its file {package}/artifacts/mlflow.db" in line
+    assert "--runtime-env-json" in line
+    with pytest.raises(reg.StoreUnavailable, match="in a Ray job: its file"):
+        reg.check_store_outlives_the_job()  # what a training asks before it starts
+    with pytest.raises(reg.StoreUnavailable, match="in a Ray job: its file"):
+        reg.Registry(f"sqlite:///{package / 'mlflow.db'}")  # --tracking-uri, absolute
+    assert os.listdir(package) == []
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}")
+    reg.check_store_outlives_the_job()
     assert reg.track_model(model, strict=True) == "1"
 
 
@@ -928,15 +960,35 @@ def test_a_moved_local_store_is_refused_naming_the_rename_and_an_unwritable_arti
     os.rename(tmp_path / "before", tmp_path / "after")
     monkeypatch.chdir(tmp_path / "after")
     moved = reg.Registry(create=False)
-    expected = "experiment ncf-train keeps its runs' artifacts in .*/before/artifacts/mlflow-artifacts/ncf-train"
-    with pytest.raises(reg.StoreUnavailable, match=f"{expected}, not beside the store .*\\(mlflow experiments rename"):
+    with pytest.raises(reg.StoreUnavailable) as refused:
         moved.experiment_id("ncf-train")
+    refusal = str(refused.value)
+    assert (
+        f"experiment ncf-train keeps its runs' artifacts in {tmp_path}/before/artifacts/mlflow-artifacts/ncf-train, "
+        in refusal
+    )
+    assert (
+        f"it was created beside a store in {tmp_path}/before/artifacts, and this store was moved, copied or mounted"
+        in refusal
+    )
     capsys.readouterr()
     assert reg.track_model(fake_model_dir(tmp_path, "v2")) is None
     assert "not recorded (StoreUnavailable: tracking store" in capsys.readouterr().err
     assert not (tmp_path / "before").exists()
-    # The remedy the line names: the next run's experiment is beside the store.
-    moved.client.rename_experiment(moved.client.get_experiment_by_name("ncf-train").experiment_id, "before-move")
+    # The remedy the line names, run as printed from another directory: it names the store (the
+    # mlflow CLI's own default is an mlflow.db where it runs); the next run's experiment is beside it.
+    rename = refusal.split("rename that experiment (")[1].split(", or the UI)")[0]
+    assert rename.startswith(
+        f"MLFLOW_TRACKING_URI=sqlite:///{tmp_path}/after/artifacts/mlflow.db mlflow experiments rename"
+    )
+    (tmp_path / "elsewhere").mkdir()
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
+    done = subprocess.run(
+        rename, shell=True, cwd=tmp_path / "elsewhere", env={**os.environ, "PATH": path}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert os.listdir(tmp_path / "elsewhere") == []  # no stray mlflow.db
+    assert moved.client.get_experiment_by_name("ncf-train-before-move") is not None
     assert reg.track_model(fake_model_dir(tmp_path, "v3"), strict=True) == "2"
     assert reg.resolve_model("models:/advanced-ncf/1") == str(tmp_path / "v1")
     # A file where the experiment's folder should be: the store's one line, not a traceback.
@@ -948,6 +1000,22 @@ def test_a_moved_local_store_is_refused_naming_the_rename_and_an_unwritable_arti
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "tracking store sqlite:///" in error[0] and "NotADirectoryError" in error[0], error
+
+    # A store reached through a symlink: the same folder, by either path.
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    linked = reg.Registry(f"sqlite:///{tmp_path / 'link' / 'mlflow.db'}")
+    experiment = linked.experiment_id("ncf-train")
+    assert reg.Registry(f"sqlite:///{tmp_path / 'real' / 'mlflow.db'}").experiment_id("ncf-train") == experiment
+    # Artifacts where this code did not put them (`mlflow experiments create --artifact-location`,
+    # a server's --default-artifact-root/<id>): where MLflow itself writes them, not a move.
+    foreign = reg.Registry(f"sqlite:///{tmp_path / 'foreign' / 'mlflow.db'}")
+    chosen = {"ncf-train": tmp_path / "bucket" / "artifacts", "ncf-sweeps": tmp_path / "served" / "7"}
+    for name, location in chosen.items():
+        foreign.client.create_experiment(name, artifact_location=location.as_uri())
+        assert foreign.experiment_id(name) == foreign.client.get_experiment_by_name(name).experiment_id
+    foreign.log_run("ncf-train", "kept-there", heldout={"ndcg@10": 0.3, "recall@10": 0.2})
+    assert list((tmp_path / "bucket" / "artifacts").glob("*/artifacts/heldout_test.json"))
 
 
 @pytest.mark.faults
