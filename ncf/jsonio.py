@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import uuid
 from typing import Any, Callable, Dict
 
@@ -60,3 +61,41 @@ def is_temporary_of(name: str, path: str) -> bool:
 def read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+# A model's config.json, manifest.json and metrics.json, a DATA's stats.json: kilobytes to a few
+# megabytes (a manifest lists every file of the state). Past this the file is not one of them.
+SMALL_JSON_LIMIT = 64 << 20
+
+
+def read_small_json(path: str, limit: int = SMALL_JSON_LIMIT) -> Any:
+    """:func:`read_json` for a small file that must be a regular one: raises ValueError for a
+    FIFO, a device, a folder or a symbolic link (a FIFO would block the read forever, a device
+    read without end) and for a file over ``limit`` bytes, before reading it."""
+    return json.loads(read_small(path, limit).decode("utf-8"))
+
+
+def read_small(path: str, limit: int = SMALL_JSON_LIMIT) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (see :func:`read_small_json`)."""
+    _check_small(os.lstat(path), limit)
+    # O_NONBLOCK: a FIFO swapped in after the lstat fails the fstat below instead of blocking the
+    # open; O_NOFOLLOW: so does a symbolic link.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        _check_small(os.fstat(fd), limit)
+        content = f.read(limit + 1)
+    if len(content) > limit:  # grown since the fstat
+        raise ValueError(f"more than {limit} bytes, too large for this file")
+    return content
+
+
+def _check_small(status: os.stat_result, limit: int) -> None:
+    if not stat.S_ISREG(status.st_mode):
+        raise ValueError(f"not a regular file (a {_kind(status.st_mode)})")
+    if status.st_size > limit:
+        raise ValueError(f"{status.st_size} bytes, more than the {limit} this file may have")
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "folder"))
+    return next((name for test, name in kinds if test(mode)), "device or socket")

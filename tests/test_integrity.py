@@ -4,6 +4,7 @@ meet is named in one line."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -22,7 +23,15 @@ from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.errors import InputError
 from ncf.jsonio import read_json, temporary_name, write_json
-from ncf.model.directory import CONFIG, METRICS, TRAINED_USERS, WEIGHTS, save_untrained_model_dir, update_metrics
+from ncf.model.directory import (
+    CONFIG,
+    METRICS,
+    TRAINED_PRODUCTS,
+    TRAINED_USERS,
+    WEIGHTS,
+    save_untrained_model_dir,
+    update_metrics,
+)
 from ncf.model.integrity import MANIFEST, ModelIntegrityError, verify_model_dir, write_manifest
 from ncf.rank.recommender import Recommender
 from ncf.rank.state import check_model_and_data
@@ -234,6 +243,7 @@ def test_a_manifest_that_calls_the_weights_unsealed_is_refused(model):
 def test_masks_of_trained_rows_that_do_not_fit_the_tables_are_refused(model):
     # A trained directory has them; an untrained one does not, which is fine.
     verify_model_dir(model)
+    np.save(os.path.join(model, TRAINED_PRODUCTS), np.ones(10, bool))  # the two masks go together
     np.save(os.path.join(model, TRAINED_USERS), np.ones(5, bool))  # the tables have 7 household rows
     write_manifest(model, unsealed=[METRICS])
     with pytest.raises(ModelIntegrityError, match=r"trained_users.npy holds bool \(5,\), the tables have 7 rows"):
@@ -844,3 +854,173 @@ def test_a_model_dir_handle_never_mixes_two_targets_of_a_link(model, data, tmp_p
         assert str(e).startswith(f"{link}: not a model directory")
     else:
         assert handle.version == read_config(handle.path)["version"]
+
+
+# -- the review of model directories of 2026-12-06 ------------------------------------------------
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("damage", ["nan", "shape", "mask"])
+def test_a_save_of_what_every_reader_would_refuse_keeps_the_previous_model(model, data, tmp_path, damage):
+    """Old code: save_model_dir sealed and swapped in weights that had diverged (NaN), weights of
+    other shapes than config.json says, or masks of another table size; the plain --output's
+    good model was removed, and every reader refused the new one."""
+    import dataclasses
+
+    from ncf.model.advanced_ncf import AdvancedNCF
+    from ncf.model.config import ModelConfig
+    from ncf.model.directory import ModelDir, save_model_dir
+
+    config = ModelConfig.from_dict(_config(model)["model"])
+    weights, rows = AdvancedNCF(config).state_dict(), None
+    if damage == "nan":
+        weights[_a_float(weights)].fill_(float("nan"))
+    elif damage == "shape":
+        config = dataclasses.replace(config, mlp_hidden_dims=[16])
+    else:
+        rows = (np.ones(config.num_users, bool), np.ones(config.num_products + 1, bool))
+    message = {"nan": "NaN or infinite", "shape": "shapes do not fit", "mask": "trained_products.npy holds bool"}
+    with pytest.raises(ModelIntegrityError, match=f"^{model}: .*{message[damage]}.*nothing saved") as error:
+        save_model_dir(model, weights, config, data, END, "refit", version="v2", trained_rows=rows)
+    assert "\n" not in str(error.value)
+    assert ModelDir(model).version == "v1" and verify_model_dir(model)
+    assert sorted(os.listdir(tmp_path)) == [".model.lock", "a", "model"]  # no stage left
+
+
+@pytest.mark.faults
+def test_one_mask_of_trained_rows_without_the_other_or_cut_short_is_refused(model, tmp_path):
+    """Old code: a directory or checkpoint holding one of the two masks read as none (every row
+    exported as trained); check_readable skipped the masks, so one cut short failed every
+    worker's restore with a raw ValueError."""
+    from ncf.model.files import read_trained_rows
+    from ncf.train.checkpoint import check_readable
+
+    np.save(os.path.join(model, TRAINED_USERS), np.ones(7, bool))
+    write_manifest(model, unsealed=[METRICS])
+    for read in (lambda: verify_model_dir(model), lambda: read_trained_rows(model)):
+        with pytest.raises(InputError, match=f"^{model}: trained_users.npy without trained_products.npy"):
+            read()
+    checkpoint = tmp_path / "checkpoint_000001"
+    checkpoint.mkdir()
+    shutil.copy(os.path.join(model, WEIGHTS), checkpoint / WEIGHTS)
+    np.save(checkpoint / TRAINED_USERS, np.ones(7, bool))
+    with pytest.raises(InputError, match=f"checkpoint {checkpoint} cannot be read .*without trained_products.npy"):
+        check_readable(str(checkpoint))
+    np.save(checkpoint / TRAINED_PRODUCTS, np.ones(10, bool))
+    check_readable(str(checkpoint))
+    _truncate(str(checkpoint / TRAINED_PRODUCTS))
+    with pytest.raises(InputError, match="cannot be read .*trained_products.npy does not load.*new --name") as error:
+        check_readable(str(checkpoint))
+    assert "\n" not in str(error.value)
+
+
+def _returns_within(call, seconds: float = 20.0):
+    """``call()``'s exception (or None), failing the test when it has not returned by then (a
+    blocked read of a FIFO): run in a daemon thread, which the test process does not wait for."""
+    import threading
+
+    outcome = []
+
+    def run():
+        try:
+            call()
+            outcome.append(None)
+        except Exception as e:  # noqa: BLE001 - returned for the test to match
+            outcome.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still reading after {seconds} s"
+    return outcome[0]
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("name", [METRICS, MANIFEST, CONFIG])
+def test_a_fifo_or_an_oversized_json_file_is_refused_not_read(model, name):
+    """Old code: a FIFO as metrics.json, manifest.json or config.json blocked verify_model_dir,
+    and model_fingerprint (every Serve settings parse) on the two it reads, forever; a huge one
+    was read whole."""
+    from ncf.jsonio import SMALL_JSON_LIMIT
+    from ncf.model.integrity import model_fingerprint
+
+    path = os.path.join(model, name)
+    os.remove(path)
+    os.mkfifo(path)
+    calls = [verify_model_dir] + ([model_fingerprint] if name != METRICS else [])
+    for call in calls:
+        error = _returns_within(functools.partial(call, model))
+        assert isinstance(error, InputError) and str(error).startswith(f"{model}: "), error
+        assert "\n" not in str(error)
+    os.remove(path)
+    with open(path, "wb") as f:
+        f.truncate(SMALL_JSON_LIMIT + 1)  # sparse: no disk
+    for call in calls:
+        with pytest.raises(InputError, match=f"{SMALL_JSON_LIMIT + 1} bytes|bytes, the manifest says"):
+            call(model)
+    if name != CONFIG:  # config.json's size is sealed: the manifest names it first
+        with pytest.raises(InputError, match=f"unreadable {name} .*{SMALL_JSON_LIMIT + 1} bytes, more than"):
+            calls[-1](model)
+
+
+@pytest.mark.faults
+def test_an_unlistable_folder_and_a_read_error_are_said_in_one_line_not_as_missing_files(model, monkeypatch):
+    """Old code: os.walk skipped a folder it could not list, so an unreadable state/vocab was
+    "4 file(s) of the manifest missing"; an I/O error while hashing escaped as a traceback."""
+    import builtins
+    import errno
+
+    from ncf.model import integrity
+
+    scandir = os.scandir
+
+    def unlistable(path="."):
+        if str(path).endswith(os.path.join("state", "vocab")):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", unlistable)
+    with pytest.raises(ModelIntegrityError, match=f"^{model}: cannot list state/vocab .PermissionError: errno 13"):
+        verify_model_dir(model)
+    monkeypatch.setattr(os, "scandir", scandir)
+
+    def failing_disk(path, *args, **kwargs):
+        if str(path).endswith(WEIGHTS):
+            raise OSError(errno.EIO, "Input/output error", path)
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(integrity, "open", failing_disk, raising=False)
+    with pytest.raises(ModelIntegrityError, match=f"^{model}: cannot read model.pt .OSError: errno 5, Input/output"):
+        verify_model_dir(model)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("half_copied", ["missing", "dangling link"])
+def test_a_half_copied_directory_is_named_for_the_file_it_lacks(model, half_copied):
+    """Old code: a model directory whose config.json was missing (a copy cut short) or a dangling
+    link was "not a model directory ... run python -m jobs.train first"."""
+    os.remove(os.path.join(model, CONFIG))
+    if half_copied == "dangling link":
+        os.symlink(os.path.join(model, "gone", CONFIG), os.path.join(model, CONFIG))
+    message = {"missing": r"missing: \['config.json'\]", "dangling link": "config.json is a symbolic link"}
+    with pytest.raises(ModelIntegrityError, match=f"^{model}: .*{message[half_copied]}"):
+        verify_model_dir(model)
+
+
+@pytest.mark.faults
+def test_metrics_of_another_model_are_refused_where_a_model_reads_them(model, data, tmp_path):
+    """Old code: metrics.json (unsealed) carried no version, so another model's figures copied in
+    passed verification and became the registry's tags for this one."""
+    from ncf.model.directory import ModelDir, read_metrics
+
+    update_metrics(model, {"test": {"ndcg@10": 0.2}})
+    assert read_metrics(model)["model_version"] == "v1"  # written by the save, kept by updates
+    other = save_untrained_model_dir(str(tmp_path / "other"), data, version="v2", **SMALL)
+    update_metrics(other, {"test": {"ndcg@10": 0.9}})
+    shutil.copy(os.path.join(other, METRICS), os.path.join(model, METRICS))
+    for read in (lambda: verify_model_dir(model), lambda: read_metrics(model), lambda: ModelDir(model).metrics()):
+        with pytest.raises(InputError, match=f"^{model}: metrics.json holds the figures of model 'v2'.*'v1'"):
+            read()
+    write_json(os.path.join(model, METRICS), {"test": {"ndcg@10": 0.2}})  # written before the field
+    assert read_metrics(model) == {"test": {"ndcg@10": 0.2}}
+    verify_model_dir(model)

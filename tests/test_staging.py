@@ -10,7 +10,6 @@ import textwrap
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from helpers import readline_within
 
 from jobs import preprocess as preprocess_job
@@ -20,6 +19,7 @@ from ncf.data import layout
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.model import directory
+from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
 
 pytestmark = pytest.mark.faults  # the drills of RELIABILITY.md, "Ingest and replacing outputs"
@@ -96,7 +96,7 @@ def _fake_data(root) -> str:
 
 def _save(output: str, data: str, version: str, **options) -> str:
     config = ModelConfig(num_users=3, num_products=3, num_departments=2, num_categories=2)
-    weights = {"w": torch.zeros(2)}
+    weights = AdvancedNCF(config).state_dict()  # a save refuses weights that do not fit the config
     return directory.save_model_dir(output, weights, config, data, 0, "validated", version=version, **options)
 
 

@@ -9,7 +9,7 @@
       state/             a copy of the training DATA's state: vocab/ (the embedding tables' rows),
                          user_state/ (every household's purchases through the data's end) and
                          product_stats/ (products at the data's end)
-      metrics.json       training and evaluation metrics
+      metrics.json       training and evaluation metrics, and the model version they are of
       mf_index.faiss     only for catalogs whose households' exact first-stage lists would not
                          fit the cache: the MF products' HNSW index (:mod:`ncf.model.ann`)
       trained_users.npy, trained_products.npy
@@ -52,6 +52,7 @@ from ncf.model.files import (  # noqa: F401 (re-exported: the names callers know
     CONFIG,
     FORMAT_VERSION,
     METRICS,
+    METRICS_VERSION,
     STATE,
     TRAINED_PRODUCTS,
     TRAINED_USERS,
@@ -62,7 +63,14 @@ from ncf.model.files import (  # noqa: F401 (re-exported: the names callers know
     read_trained_rows,
     save_trained_rows,
 )
-from ncf.model.integrity import sha256_of, vocab_digest, write_manifest
+from ncf.model.integrity import (
+    ModelIntegrityError,
+    check_trained_rows,
+    check_weights,
+    sha256_of,
+    vocab_digest,
+    write_manifest,
+)
 from ncf.splits import REFIT, VALIDATED
 from ncf.staging import replacing
 
@@ -167,8 +175,15 @@ def save_model_dir(
     (:func:`ncf.data.examples.listed_rows`): the others were never trained either and rank
     with the unknown row (:attr:`ModelDir.trained_rows`). ``trained_rows``: the (users, products)
     masks of the rows a run trained, when it did not read all its lists (capped epochs).
+
+    Weights that every reader would refuse (NaN, other names, shapes or dtypes than
+    ``model_config``'s) and masks that do not fit its tables are refused (ModelIntegrityError)
+    before anything is written: sealed and swapped in, they replaced a good model with one no
+    replica loads.
     """
     layout.DataStats(data)  # not preprocessed: refused before the lock, naming the path given
+    _refuse_unservable(output, lambda: check_weights(output, weights, model_config))
+    _refuse_unservable(output, lambda: check_trained_rows(output, trained_rows, model_config))
     version = version or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     # Every part of the state, the stats and the lists from one directory, resolved once
     # (_one_preprocess_run): a link repointed meanwhile must not mix two preprocess runs.
@@ -189,6 +204,7 @@ def save_model_dir(
         if saves_index(weights, model_config, ranking):
             _save_index(weights, model_config.num_products, tmp, index_depth)
         if listed is not None:
+            _refuse_unservable(output, lambda: check_trained_rows(output, listed, model_config))
             save_trained_rows(tmp, listed)
         write_json(
             os.path.join(tmp, CONFIG),
@@ -211,9 +227,19 @@ def save_model_dir(
                 "ranking": ranking or {},
             },
         )
-        write_json(os.path.join(tmp, METRICS), metrics or {})
+        # The version ties the figures to this model (read_metrics compares it with config.json's).
+        write_json(os.path.join(tmp, METRICS), {**(metrics or {}), METRICS_VERSION: version})
         write_manifest(tmp, unsealed=[METRICS])  # checksums of every file but the metrics (updated later)
     return output
+
+
+def _refuse_unservable(output: str, check) -> None:
+    """Runs ``check`` (an integrity check of what the save was given), its refusal saying that
+    nothing was written: raised inside the save, it removes the stage and leaves ``output`` as it was."""
+    try:
+        check()
+    except ModelIntegrityError as e:
+        raise ModelIntegrityError(f"{e}; nothing saved, {output} left as it was") from None
 
 
 def _save_index(weights: Dict[str, torch.Tensor], products: int, directory: str, depth: int) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ncf.data.features import FEATURES_VERSION
 from ncf.errors import InputError
-from ncf.jsonio import read_json
+from ncf.jsonio import read_small_json
 from ncf.staging import present
 
 # 3: weights trained on features version 2 (ncf.data.features.FEATURES_VERSION); a directory of
@@ -36,14 +36,38 @@ def save_trained_rows(directory: str, rows: Tuple[np.ndarray, np.ndarray]) -> No
     np.save(os.path.join(directory, TRAINED_PRODUCTS), rows[1])
 
 
-def read_trained_rows(directory: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """The masks :func:`save_trained_rows` wrote, or None where there are none (no pickles:
-    ``allow_pickle=False``)."""
-    paths = [os.path.join(directory, name) for name in (TRAINED_USERS, TRAINED_PRODUCTS)]
-    if not all(os.path.exists(path) for path in paths):
-        return None
-    users, products = (np.load(path, allow_pickle=False) for path in paths)
+def read_trained_rows(directory: str, named: Optional[str] = None) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The masks :func:`save_trained_rows` wrote, or None where there are none. Raises InputError
+    (one line naming ``named``, default ``directory``) where only one of the two is there or one
+    does not load: read as None, a lost mask had every row rank as trained."""
+    try:
+        return load_trained_rows(directory)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{named or directory}: {one_line(e)}; restore the file or train again") from None
+
+
+def load_trained_rows(directory: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """:func:`read_trained_rows` raising ValueError (a mask without the other, cut short, not a
+    ``.npy`` file, pickled objects: ``allow_pickle=False``) or the OSError of the read, for callers
+    that say it in their own words (a checkpoint, the directory's verification)."""
+    names = (TRAINED_USERS, TRAINED_PRODUCTS)
+    there = [os.path.lexists(os.path.join(directory, name)) for name in names]
+    if not any(there):
+        return None  # an untrained directory, or one written before the masks existed
+    if not all(there):
+        have, lost = (names[0], names[1]) if there[0] else (names[1], names[0])
+        raise ValueError(f"{have} without {lost}: which rows were trained is unknown")
+    users, products = (_load_mask(directory, name) for name in names)
     return users, products
+
+
+def _load_mask(directory: str, name: str) -> np.ndarray:
+    try:
+        return np.load(os.path.join(directory, name), allow_pickle=False)
+    except OSError:
+        raise
+    except Exception as e:  # cut short, not a .npy file, pickled objects (numpy raises several kinds)
+        raise ValueError(f"{name} does not load ({type(e).__name__}: {one_line(e)})") from None
 
 
 def read_config(model_dir: str, named: Optional[str] = None) -> Dict:
@@ -51,11 +75,11 @@ def read_config(model_dir: str, named: Optional[str] = None) -> Dict:
     ``named``: the path errors name, where ``model_dir`` is what it resolved to (a blue/green
     link's target, read once: a second read through the link could find the next model)."""
     path, named = os.path.join(model_dir, CONFIG), named or model_dir
-    if not (present(model_dir) and os.path.exists(path)):
+    if not (present(model_dir) and os.path.lexists(path)):
         raise InputError(f"{named}: not a model directory (no {CONFIG}); run python -m jobs.train first")
     try:
-        config = read_json(path)
-    except (OSError, ValueError) as e:  # empty, truncated, not JSON, unreadable
+        config = read_small_json(path)
+    except (OSError, ValueError) as e:  # empty, truncated, not JSON, unreadable, a FIFO, oversized
         raise InputError(f"{named}: unreadable {CONFIG} ({type(e).__name__}: {one_line(e)})") from None
     if not isinstance(config, dict):
         raise InputError(f"{named}: {CONFIG} holds {type(config).__name__}, not an object")
@@ -101,18 +125,45 @@ def _is_count(value) -> bool:
 def read_metrics(model_dir: str, named: Optional[str] = None) -> Dict:
     """``metrics.json``: training metrics, the per-epoch ``history``, held-out figures ({} where
     there is none). Raises InputError naming the file (in ``named``, default ``model_dir``) when
-    it does not read as a JSON object: it is outside the checksums (rewritten after saving), so
-    its damage is met here, not by the manifest."""
+    it does not read as a JSON object, or names another model version than ``config.json``: it is
+    outside the checksums (rewritten after saving), so its damage is met here, not by the manifest.
+    Files written before ``model_version`` existed are read unchecked."""
     path, named = os.path.join(model_dir, METRICS), named or model_dir
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return {}
     try:
-        metrics = read_json(path)
-    except (OSError, ValueError) as e:  # cut short, not JSON, not UTF-8, unreadable
+        metrics = read_small_json(path)
+    except (OSError, ValueError) as e:  # cut short, not JSON, not UTF-8, unreadable, a FIFO, oversized
         raise InputError(f"{named}: unreadable {METRICS} ({type(e).__name__}: {one_line(e)}); restore it") from None
     if not isinstance(metrics, dict):
         raise InputError(f"{named}: {METRICS} holds {type(metrics).__name__}, not an object; restore it")
+    _check_metrics_version(model_dir, named, metrics)
     return metrics
+
+
+# The model version (config.json's) that save_model_dir writes into metrics.json: figures copied
+# from another model, or of the directory this one replaced, become that model's registry tags.
+METRICS_VERSION = "model_version"
+
+
+def _check_metrics_version(model_dir: str, named: str, metrics: Dict) -> None:
+    if METRICS_VERSION not in metrics:
+        return  # written before the field existed: nothing to compare
+    version = _config_version(model_dir)
+    if version is not None and metrics[METRICS_VERSION] != version:
+        raise InputError(
+            f"{named}: {METRICS} holds the figures of model {metrics[METRICS_VERSION]!r}, {CONFIG} is model "
+            f"{version!r}; restore this model's {METRICS} or evaluate it again"
+        )
+
+
+def _config_version(model_dir: str) -> Optional[str]:
+    """config.json's version, or None where it does not read (:func:`read_config` says why)."""
+    try:
+        config = read_small_json(os.path.join(model_dir, CONFIG))
+    except (OSError, ValueError):
+        return None
+    return config.get("version") if isinstance(config, dict) else None
 
 
 def one_line(error: BaseException) -> str:

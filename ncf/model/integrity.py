@@ -25,7 +25,14 @@ what is wrong) unless:
   load and agree with them;
 * the MF index, where there is one, loads, holds a vector of the MF width per product row, and
   holds this model's MF vectors (compared on a seeded sample of rows).
-* ``metrics.json`` (unsealed) reads as a JSON object.
+* ``metrics.json`` (unsealed) reads as a JSON object naming this model's version (or none, written
+  before the field existed);
+* the masks of trained rows are both there or neither.
+
+The small JSON files (``config.json``, ``manifest.json``, ``metrics.json``) are read only as
+regular files of at most 64 MiB (:func:`ncf.jsonio.read_small_json`): a FIFO would block the check
+and every Serve settings parse (:func:`model_fingerprint`). A folder that will not list or a file
+that will not read (no permission, a failing disk) is one line naming it and the OS's errno.
 
 A symlinked directory (blue/green) is resolved once and every check reads that target.
 
@@ -57,7 +64,7 @@ from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
-from ncf.jsonio import is_temporary_of, read_json, write_json
+from ncf.jsonio import is_temporary_of, read_small, read_small_json, write_json
 from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.config import ModelConfig
@@ -68,6 +75,7 @@ from ncf.model.files import (
     TRAINED_PRODUCTS,
     TRAINED_USERS,
     WEIGHTS,
+    load_trained_rows,
     one_line,
     read_config,
     read_metrics,
@@ -135,10 +143,15 @@ def data_fingerprint(data: str) -> str:
 
 
 def _small_file_digest(path: str, extra: bytes = b"") -> str:
+    """Read with a bound (:func:`ncf.jsonio.read_small`): Serve computes it parsing its settings,
+    where a FIFO in the file's place would block every deployment."""
     digest = hashlib.sha256(extra)
-    if os.path.exists(path):
-        with open(path, "rb") as f:
-            digest.update(f.read())
+    if os.path.lexists(path):
+        try:
+            digest.update(read_small(path))
+        except (OSError, ValueError) as e:
+            where, name = os.path.split(path)
+            raise ModelIntegrityError(f"{where}: unreadable {name} ({type(e).__name__}: {one_line(e)})") from None
     return digest.hexdigest()[:16]
 
 
@@ -153,16 +166,33 @@ def _walk(model_dir: str, named: Optional[str] = None) -> Tuple[List[str], List[
     would not follow one to a directory (its files left out of the seal), and one to a file
     would seal whatever it points at later."""
     files, folders = [], []
-    for root, directories, names in os.walk(model_dir):
-        for name in directories + names:
-            path = os.path.join(root, name)
-            relative = os.path.relpath(path, model_dir).replace(os.sep, "/")
-            if os.path.islink(path):
-                raise ModelIntegrityError(
-                    f"{named or model_dir}: {relative} is a symbolic link; copy what it points to in"
-                )
-            (files if name in names else folders).append(relative)
+    try:
+        for root, directories, names in os.walk(model_dir, onerror=_raise):
+            for name in directories + names:
+                path = os.path.join(root, name)
+                relative = os.path.relpath(path, model_dir).replace(os.sep, "/")
+                if os.path.islink(path):
+                    raise ModelIntegrityError(
+                        f"{named or model_dir}: {relative} is a symbolic link; copy what it points to in"
+                    )
+                (files if name in names else folders).append(relative)
+    except OSError as e:  # a folder that will not list (no permission, a failing disk): not "missing"
+        where = os.path.relpath(e.filename or model_dir, model_dir).replace(os.sep, "/")
+        raise _read_error(named or model_dir, f"list {where}", e) from None
     return sorted(files), sorted(folders)
+
+
+def _raise(error: OSError) -> None:
+    """os.walk's onerror: its default skips a folder it cannot list, whose files then read as
+    missing (a state/vocab without permission was "4 file(s) of the manifest missing")."""
+    raise error
+
+
+def _read_error(named: str, what: str, error: OSError) -> ModelIntegrityError:
+    """One line for a file or folder the OS will not read (no permission, a failing disk), as
+    :func:`ncf.train.checkpoint._access_error` says it: its bytes may be whole, so not damage."""
+    reason = f"{type(error).__name__}: errno {error.errno}, {error.strerror or one_line(error)}"
+    return ModelIntegrityError(f"{named}: cannot {what} ({reason}): check its access and the disk")
 
 
 def _leftovers(paths: Iterable[str], rewritten: Iterable[str]) -> Set[str]:
@@ -211,13 +241,13 @@ def check_manifest(model_dir: str, named: Optional[str] = None) -> Dict:
     folder); returns the manifest. Sizes are compared first, so a truncated file is named without
     hashing it. Errors name ``named`` (default ``model_dir``: see :func:`verify_model_dir`)."""
     path, named = os.path.join(model_dir, MANIFEST), named or model_dir
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise ModelIntegrityError(
             f"{named}: no {MANIFEST} (save_model_dir writes it); re-save the model, or seal a directory "
             "you trust with python -m jobs.verify --seal MODEL"
         )
     try:
-        manifest = read_json(path)
+        manifest = read_small_json(path)  # a FIFO or a device there: refused, not read forever
         # Only the metrics are rewritten after the seal: a manifest naming other files unsealed
         # (model.pt, say) would leave them unchecked.
         files, unsealed = manifest["files"], set(manifest.get("unsealed", [])) & {METRICS}
@@ -231,6 +261,8 @@ def check_manifest(model_dir: str, named: Optional[str] = None) -> Dict:
                 and len(entry["sha256"]) == 64
             ):
                 raise ValueError(f"the entry of {name!r} is not a size and a sha256: {str(entry)[:80]}")
+    except OSError as e:
+        raise _read_error(named, f"read {MANIFEST}", e) from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ModelIntegrityError(f"{named}: unreadable {MANIFEST} ({one_line(e)})") from None
     found, folders = _walk(model_dir, named)
@@ -249,14 +281,21 @@ def check_manifest(model_dir: str, named: Optional[str] = None) -> Dict:
     if empty:
         raise ModelIntegrityError(f"{named}: folder(s) holding no file of the manifest: {empty[:5]}; remove them")
     for name, expected in files.items():
-        full = os.path.join(model_dir, name)
-        size = os.path.getsize(full)
+        size = _read(named, name, os.path.getsize, os.path.join(model_dir, name))
         if size != expected["bytes"]:
             raise ModelIntegrityError(f"{named}: {name} has {size} bytes, the manifest says {expected['bytes']}")
     for name, expected in files.items():
-        if sha256_of(os.path.join(model_dir, name)) != expected["sha256"]:
+        if _read(named, name, sha256_of, os.path.join(model_dir, name)) != expected["sha256"]:
             raise ModelIntegrityError(f"{named}: {name} does not match its sha256 in the manifest")
     return manifest
+
+
+def _read(named: str, name: str, read, path: str):
+    """``read(path)``, its OSError (EIO of a failing disk, no permission) said in one line."""
+    try:
+        return read(path)
+    except OSError as e:
+        raise _read_error(named, f"read {name}", e) from None
 
 
 def verify_model_dir(model_dir: str) -> str:
@@ -269,8 +308,10 @@ def verify_model_dir(model_dir: str) -> str:
     real = os.path.realpath(model_dir)
     if not (present(real) and os.path.isdir(real)):
         raise ModelIntegrityError(f"{model_dir}: not a directory")
-    if not os.path.exists(os.path.join(real, CONFIG)):
+    if not os.path.lexists(os.path.join(real, MANIFEST)) and not os.path.lexists(os.path.join(real, CONFIG)):
         read_config(real, named=model_dir)  # its "not a model directory (no config.json)" error
+    # With a manifest, a half-copied directory (config.json missing, or a dangling link) is named
+    # for the file it lacks, not called no model directory.
     check_manifest(real, named=model_dir)
     try:
         config = read_config(real, named=model_dir)
@@ -307,6 +348,15 @@ def _check_weights(model_dir: str, path: str, config: ModelConfig) -> Dict[str, 
         raise ModelIntegrityError(
             f"{model_dir}: model.pt does not load with weights_only=True ({one_line(e)})"
         ) from None
+    check_weights(model_dir, weights, config)
+    return weights
+
+
+def check_weights(model_dir: str, weights, config: ModelConfig) -> None:
+    """Raises :class:`ModelIntegrityError` (naming ``model_dir``) unless ``weights`` is a state dict of
+    exactly ``config``'s model: its names, shapes and dtypes, every value finite. The directory's
+    check runs it on the file; :func:`ncf.model.directory.save_model_dir` on what it is given,
+    before it writes anything (a refit that diverged, a config of other sizes)."""
     if not isinstance(weights, dict):
         raise ModelIntegrityError(f"{model_dir}: model.pt holds a {type(weights).__name__}, not a state dict")
     not_tensors = sorted(name for name, t in weights.items() if not isinstance(t, torch.Tensor))
@@ -334,7 +384,6 @@ def _check_weights(model_dir: str, path: str, config: ModelConfig) -> Dict[str, 
         raise ModelIntegrityError(
             f"{model_dir}: model.pt holds NaN or infinite weights in {not_finite[:3]} (a training that diverged?)"
         )
-    return weights
 
 
 def _all_finite(tensor: torch.Tensor, rows: int = 1 << 16) -> bool:
@@ -347,18 +396,22 @@ def _all_finite(tensor: torch.Tensor, rows: int = 1 << 16) -> bool:
 
 def _check_trained_rows(model_dir: str, directory: str, config: ModelConfig) -> None:
     """The masks of the rows the run's lists held, where ``directory`` (``model_dir`` resolved)
-    has them: boolean, one entry per table row."""
-    for name, rows in ((TRAINED_USERS, config.num_users), (TRAINED_PRODUCTS, config.num_products)):
-        path = os.path.join(directory, name)
-        if not os.path.exists(path):
-            continue
-        try:
-            mask = np.load(path, allow_pickle=False)
-        except Exception as e:  # truncated, or not a .npy file
-            raise ModelIntegrityError(f"{model_dir}: {name} does not load ({one_line(e)})") from None
-        if mask.dtype != np.bool_ or mask.shape != (rows,):
-            shape = f"{mask.dtype} {mask.shape}"
-            raise ModelIntegrityError(f"{model_dir}: {name} holds {shape}, the tables have {rows} rows")
+    has them: both or neither (:func:`ncf.model.files.load_trained_rows`), boolean, one entry per
+    table row."""
+    try:
+        rows = load_trained_rows(directory)
+    except (OSError, ValueError) as e:
+        raise ModelIntegrityError(f"{model_dir}: {one_line(e)}") from None
+    check_trained_rows(model_dir, rows, config)
+
+
+def check_trained_rows(named: str, rows: Optional[tuple], config: ModelConfig) -> None:
+    """(users, products) masks (or None) fit ``config``'s tables: boolean, one entry per row."""
+    masks = zip((TRAINED_USERS, TRAINED_PRODUCTS), (config.num_users, config.num_products), rows or ())
+    for name, size, mask in masks:
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_ or mask.shape != (size,):
+            raise ModelIntegrityError(f"{named}: {name} holds {mask.dtype} {mask.shape}, the tables have {size} rows")
 
 
 def _check_index(model_dir: str, directory: str, config: ModelConfig, weights: Dict[str, torch.Tensor]) -> None:

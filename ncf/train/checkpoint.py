@@ -22,7 +22,7 @@ from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.model.config import ModelConfig
 from ncf.model.directory import WEIGHTS, save_model_dir
-from ncf.model.files import read_trained_rows, save_trained_rows
+from ncf.model.files import load_trained_rows, read_trained_rows, save_trained_rows
 
 VAL_METRIC = "val_ndcg@10"
 OPTIMIZER = "optimizer.pt"
@@ -241,9 +241,11 @@ def resumed_checkpoint(run_folder: str) -> Optional[Tuple[str, Dict]]:
 
 
 def check_readable(directory: str) -> None:
-    """Refuses (InputError, one line) a checkpoint whose weights or optimizer state cannot be
-    opened (cut short, damaged on disk): Ray Train would load it on every worker and fail each
-    of its tries with a traceback. Memory-mapped, so only the archive's index is read."""
+    """Refuses (InputError, one line) a checkpoint whose weights, optimizer state or masks of
+    trained rows cannot be opened (cut short, damaged on disk), or that holds one mask without the
+    other: Ray Train would load it on every worker and fail each of its tries with a traceback (a
+    lost mask read as none had every row exported as trained). The archives are memory-mapped, so
+    only their index is read; the masks (a byte per row) are read whole."""
     for name in (WEIGHTS, OPTIMIZER):
         path = os.path.join(directory, name)
         if name == OPTIMIZER and not os.path.exists(path):
@@ -251,14 +253,18 @@ def check_readable(directory: str) -> None:
         try:
             torch.load(path, weights_only=True, map_location="cpu", mmap=True)
         except Exception as e:
-            reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
-            raise (
-                _access_error(path, e)
-                or InputError(
-                    f"the checkpoint {directory} cannot be read ({name}: {reason}) and Ray Train resumes from it; "
-                    f"{NEW_RUN}"
-                )
-            ) from None
+            raise _unreadable(directory, path, name, e) from None
+    try:
+        load_trained_rows(directory)
+    except (OSError, ValueError) as e:
+        raise _unreadable(directory, getattr(e, "filename", None) or directory, "trained rows", e) from None
+
+
+def _unreadable(directory: str, path: str, name: str, error: Exception) -> InputError:
+    reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:120]}"
+    return _access_error(path, error) or InputError(
+        f"the checkpoint {directory} cannot be read ({name}: {reason}) and Ray Train resumes from it; {NEW_RUN}"
+    )
 
 
 def read_optimizer_state(directory: str) -> Optional[Dict]:
