@@ -82,8 +82,13 @@ def read_small(path: str, limit: int = SMALL_JSON_LIMIT) -> bytes:
     # open; O_NOFOLLOW: so does a symbolic link.
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as f:
-        _check_small(os.fstat(fd), limit)
-        content = f.read(limit + 1)
+        status = os.fstat(fd)
+        _check_small(status, limit)
+        # Its size and one byte more (a file grown since is caught below): read(limit + 1) would
+        # allocate the whole limit for a file of a kilobyte.
+        content = f.read(status.st_size + 1)
+        if len(content) > status.st_size:
+            content += f.read(limit + 1 - len(content))
     if len(content) > limit:  # grown since the fstat
         raise ValueError(f"more than {limit} bytes, too large for this file")
     return content

@@ -182,8 +182,9 @@ def save_model_dir(
     replica loads.
     """
     layout.DataStats(data)  # not preprocessed: refused before the lock, naming the path given
-    _refuse_unservable(output, lambda: check_weights(output, weights, model_config))
-    _refuse_unservable(output, lambda: check_trained_rows(output, trained_rows, model_config))
+    given = f"the model to save at {output}"
+    _refuse_unservable(output, lambda: check_weights(given, weights, model_config, what="its weights"))
+    _refuse_unservable(output, lambda: check_trained_rows(given, trained_rows, model_config))
     version = version or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     # Every part of the state, the stats and the lists from one directory, resolved once
     # (_one_preprocess_run): a link repointed meanwhile must not mix two preprocess runs.
@@ -204,7 +205,7 @@ def save_model_dir(
         if saves_index(weights, model_config, ranking):
             _save_index(weights, model_config.num_products, tmp, index_depth)
         if listed is not None:
-            _refuse_unservable(output, lambda: check_trained_rows(output, listed, model_config))
+            _refuse_unservable(output, lambda: check_trained_rows(given, listed, model_config))
             save_trained_rows(tmp, listed)
         write_json(
             os.path.join(tmp, CONFIG),

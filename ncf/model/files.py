@@ -122,13 +122,17 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def read_metrics(model_dir: str, named: Optional[str] = None) -> Dict:
+def read_metrics(model_dir: str, named: Optional[str] = None, check_version: bool = True) -> Dict:
     """``metrics.json``: training metrics, the per-epoch ``history``, held-out figures ({} where
     there is none). Raises InputError naming the file (in ``named``, default ``model_dir``) when
     it does not read as a JSON object, or names another model version than ``config.json``: it is
     outside the checksums (rewritten after saving), so its damage is met here, not by the manifest.
-    Files written before ``model_version`` existed are read unchecked."""
-    path, named = os.path.join(model_dir, METRICS), named or model_dir
+    Files written before ``model_version`` existed are read unchecked; ``check_version=False``
+    (verification: the model serves without its figures) reads any version. Resolved once: a
+    link repointed between the two files' reads must not compare two models."""
+    named = named or model_dir
+    model_dir = os.path.realpath(model_dir)
+    path = os.path.join(model_dir, METRICS)
     if not os.path.lexists(path):
         return {}
     try:
@@ -137,7 +141,8 @@ def read_metrics(model_dir: str, named: Optional[str] = None) -> Dict:
         raise InputError(f"{named}: unreadable {METRICS} ({type(e).__name__}: {one_line(e)}); restore it") from None
     if not isinstance(metrics, dict):
         raise InputError(f"{named}: {METRICS} holds {type(metrics).__name__}, not an object; restore it")
-    _check_metrics_version(model_dir, named, metrics)
+    if check_version:
+        _check_metrics_version(model_dir, named, metrics)
     return metrics
 
 
@@ -153,7 +158,8 @@ def _check_metrics_version(model_dir: str, named: str, metrics: Dict) -> None:
     if version is not None and metrics[METRICS_VERSION] != version:
         raise InputError(
             f"{named}: {METRICS} holds the figures of model {metrics[METRICS_VERSION]!r}, {CONFIG} is model "
-            f"{version!r}; restore this model's {METRICS} or evaluate it again"
+            f"{version!r}: its figures are not this model's; restore this model's {METRICS}, or remove it (it is "
+            "outside the checksums, and the model serves without it)"
         )
 
 

@@ -334,7 +334,9 @@ def _check_metrics(model_dir: str, directory: str) -> None:
     """metrics.json reads as an object: it is outside the checksums, and the registry, jobs.evaluate
     and the next update_metrics read it."""
     try:
-        read_metrics(directory, named=model_dir)
+        # The version is the readers' of the figures to compare (the registry, jobs.evaluate): the
+        # model serves without them, so a copied metrics.json must not stop it serving.
+        read_metrics(directory, named=model_dir, check_version=False)
     except InputError as e:
         raise ModelIntegrityError(str(e)) from None
 
@@ -352,16 +354,17 @@ def _check_weights(model_dir: str, path: str, config: ModelConfig) -> Dict[str, 
     return weights
 
 
-def check_weights(model_dir: str, weights, config: ModelConfig) -> None:
+def check_weights(model_dir: str, weights, config: ModelConfig, what: str = "model.pt") -> None:
     """Raises :class:`ModelIntegrityError` (naming ``model_dir``) unless ``weights`` is a state dict of
     exactly ``config``'s model: its names, shapes and dtypes, every value finite. The directory's
     check runs it on the file; :func:`ncf.model.directory.save_model_dir` on what it is given,
-    before it writes anything (a refit that diverged, a config of other sizes)."""
+    before it writes anything (a refit that diverged, a config of other sizes), ``what`` naming
+    the weights it was given rather than the directory's file."""
     if not isinstance(weights, dict):
-        raise ModelIntegrityError(f"{model_dir}: model.pt holds a {type(weights).__name__}, not a state dict")
+        raise ModelIntegrityError(f"{model_dir}: {what} holds a {type(weights).__name__}, not a state dict")
     not_tensors = sorted(name for name, t in weights.items() if not isinstance(t, torch.Tensor))
     if not_tensors:
-        raise ModelIntegrityError(f"{model_dir}: model.pt holds entries that are not tensors: {not_tensors[:3]}")
+        raise ModelIntegrityError(f"{model_dir}: {what} holds entries that are not tensors: {not_tensors[:3]}")
     with torch.device("meta"):
         built = AdvancedNCF(config).state_dict()
     expected = {name: tuple(t.shape) for name, t in built.items()}
@@ -369,20 +372,20 @@ def check_weights(model_dir: str, weights, config: ModelConfig) -> None:
     missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     if missing or unexpected:
         raise ModelIntegrityError(
-            f"{model_dir}: model.pt does not fit config.json: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"{model_dir}: {what} does not fit config.json: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     wrong = [f"{name} {got[name]} != {shape}" for name, shape in expected.items() if got[name] != shape]
     if wrong:
-        raise ModelIntegrityError(f"{model_dir}: model.pt shapes do not fit config.json: {'; '.join(wrong[:3])}")
+        raise ModelIntegrityError(f"{model_dir}: {what} shapes do not fit config.json: {'; '.join(wrong[:3])}")
     # The loaded tensors become the model's as they are (assign=True): another dtype fails at the
     # first scoring, not here.
     wrong = [f"{n} {weights[n].dtype} != {t.dtype}" for n, t in built.items() if weights[n].dtype != t.dtype]
     if wrong:
-        raise ModelIntegrityError(f"{model_dir}: model.pt dtypes do not fit the model: {'; '.join(wrong[:3])}")
+        raise ModelIntegrityError(f"{model_dir}: {what} dtypes do not fit the model: {'; '.join(wrong[:3])}")
     not_finite = [name for name, t in weights.items() if t.is_floating_point() and not _all_finite(t)]
     if not_finite:
         raise ModelIntegrityError(
-            f"{model_dir}: model.pt holds NaN or infinite weights in {not_finite[:3]} (a training that diverged?)"
+            f"{model_dir}: {what} holds NaN or infinite weights in {not_finite[:3]} (a training that diverged?)"
         )
 
 
@@ -407,6 +410,8 @@ def _check_trained_rows(model_dir: str, directory: str, config: ModelConfig) -> 
 
 def check_trained_rows(named: str, rows: Optional[tuple], config: ModelConfig) -> None:
     """(users, products) masks (or None) fit ``config``'s tables: boolean, one entry per row."""
+    if rows is not None and len(rows) != 2:
+        raise ModelIntegrityError(f"{named}: {len(rows)} mask(s) of trained rows, not the (users, products) pair")
     masks = zip((TRAINED_USERS, TRAINED_PRODUCTS), (config.num_users, config.num_products), rows or ())
     for name, size, mask in masks:
         mask = np.asarray(mask)
