@@ -1,8 +1,9 @@
 """Moments: every conversion between the forms a time takes here, defined once.
 
 A moment is an int of epoch seconds (UTC). Jobs take ISO-8601 strings (a time zone, or UTC when
-none is given), epoch seconds and the words ``now`` and ``data-end``. Clients of the HTTP API
-are held to a stricter rule (:func:`parse_at`): nothing ambiguous is guessed.
+none is given), epoch seconds and the words ``now`` and ``data-end``; the Python API the same,
+and datetimes with a time zone (:func:`moment_of`). Clients of the HTTP API are held to a
+stricter rule (:func:`parse_at`): nothing ambiguous is guessed.
 
 Example::
 
@@ -49,8 +50,9 @@ _ZONE = r"[Zz]|[+-]\d{2}(?::?\d{2})?"  # ISO-8601's hour-only offset (+01) too
 _AT_TEXT = re.compile(rf"\s*(?:{_DATE}(?:{_TIME}(?:{_ZONE}|\s+(?:UTC|GMT))?)?|\d{{8}})\s*")
 
 
-def resolve_at(at, data_end: int, now: Optional[float] = None) -> int:
+def resolve_at(at, data_end: int, now: Optional[float] = None, name: str = "--at") -> int:
     """A job's ``--at`` -> epoch seconds: ``now``, ``data-end`` or an ISO date or datetime.
+    ``name``: what the errors call it (``at`` for the Python API, :func:`moment_of`).
 
     Example::
 
@@ -65,22 +67,57 @@ def resolve_at(at, data_end: int, now: Optional[float] = None) -> int:
     if isinstance(at, str) and re.fullmatch(r"\s*[0-9]{9,}\s*", at):
         seconds = int(at)  # epoch seconds (8 digits would be a YYYYMMDD date)
         if seconds >= 2**33:  # past the year 2242
-            raise InputError(f"--at {at!r}: epoch seconds out of range (milliseconds? divide by 1000)")
+            raise InputError(f"{name} {at!r}: epoch seconds out of range (milliseconds? divide by 1000)")
         return seconds
     if isinstance(at, str) and re.fullmatch(r"\s*[A-Za-z]+\s*", at):
         # pandas reads "today" as the local wall clock taken for UTC: hours off, maybe another date.
-        raise InputError(f"--at {at!r}: not a moment; use an ISO date or datetime, epoch seconds, 'now' or 'data-end'")
+        raise InputError(
+            f"{name} {at!r}: not a moment; use an ISO date or datetime, epoch seconds, 'now' or 'data-end'"
+        )
     if isinstance(at, str) and not _AT_TEXT.fullmatch(at):
         # pandas guesses: "11/12/2017" is November 12th, "2017" its first day, "GMT-5" five hours
         # east of Greenwich (POSIX), "4pm" an hour of its own reading.
         raise InputError(
-            f"--at {at!r}: not an ISO date (YYYY-MM-DD) or datetime (YYYY-MM-DDTHH:MM[:SS], then Z, an offset "
+            f"{name} {at!r}: not an ISO date (YYYY-MM-DD) or datetime (YYYY-MM-DDTHH:MM[:SS], then Z, an offset "
             "+HH:MM, ' UTC' or ' GMT'; none is UTC), epoch seconds, 'now' or 'data-end'"
         )
     try:
         return to_epoch_seconds(at)
     except (ValueError, TypeError) as e:
-        raise InputError(f"--at {at!r}: not an ISO date or datetime, 'now' or 'data-end' ({e})") from None
+        raise InputError(f"{name} {at!r}: not an ISO date or datetime, 'now' or 'data-end' ({e})") from None
+
+
+def moment_of(at, data_end: int, now: Optional[float] = None) -> int:
+    """A moment given to the Python API (``Recommender``'s ``at``) -> epoch seconds, read as a
+    job's ``--at`` is, so that no form means one moment here and another there.
+
+    Epoch seconds (a number) as they are; a string by :func:`resolve_at`'s rules (``now``: the
+    clock, ``data-end``: ``data_end``, an ISO datetime without a zone: UTC, a word such as
+    ``today``: refused); a datetime or pandas Timestamp with a time zone. A datetime without one
+    is refused (:class:`InputError`, one line): ``datetime.now()`` is local time and
+    ``datetime.utcnow()`` UTC, and reading either as the other is the zone's hours off.
+
+    Example::
+
+        moment_of("2017-11-27T04:01:21Z", data_end=0)  # 1511755281
+        moment_of(datetime(2017, 11, 27, 4, 1, 21, tzinfo=timezone.utc), data_end=0)  # 1511755281
+        moment_of(datetime.now(), data_end=0)  # InputError: ... has no time zone ...
+    """
+    if isinstance(at, bool) or (isinstance(at, (float, np.floating)) and not math.isfinite(at)):
+        raise InputError(f"at {at!r}: not a moment; use epoch seconds, a datetime with a time zone or an ISO string")
+    if isinstance(at, (int, np.integer, float, np.floating)):
+        return to_epoch_seconds(at)
+    if isinstance(at, str):
+        return resolve_at(at, data_end, now=now, name="at")
+    if isinstance(at, datetime) and (at.tzinfo is None or at.utcoffset() is None):
+        raise InputError(
+            f"at {at!r} has no time zone (datetime.now() is local time, datetime.utcnow() UTC): give it one, "
+            "datetime.now(timezone.utc), or epoch seconds"
+        )
+    try:
+        return to_epoch_seconds(at)  # an aware datetime; a date or numpy datetime64: UTC
+    except (ValueError, TypeError) as e:
+        raise InputError(f"at {at!r}: not a moment ({e})") from None
 
 
 # What parse_at accepts, said in its errors (and the API's docs).

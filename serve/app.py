@@ -25,6 +25,9 @@ Why it is built this way:
   but ``serve deploy`` of a config file whose args did not change does not build it again.)
 - ``/recommend`` goes through ``@serve.batch``: concurrent requests to one replica are grouped
   into one call of :meth:`ModelService.recommend_many`, all answered by the same model version.
+  Explained requests are batched apart, at most :data:`MAX_EXPLAINED_BATCH_SIZE` at a time, so
+  that a batch never holds more explained items than one ``/recommend/batch`` may ask for, and a
+  plain request never waits for explanations.
 - A rollout never takes the service down: the new model is checked and loaded beside the old
   one (:meth:`ModelService.load`); if that fails, ``reconfigure`` keeps the old model serving,
   says why on ``/healthz`` (``rollout_error``) and returns normally, because a ``reconfigure``
@@ -64,11 +67,13 @@ from starlette.responses import Response
 
 from ncf.code import source_digest
 from ncf.rank.ranker import MAX_K
+from ncf.rank.recommender import PassNeeded
 from ncf.rank.state import check_model_and_data
 from ncf.registry import resolve_model
 from serve import explore, ui
 from serve.api import (
     MAX_BASKETS,
+    MAX_EXPLAINED_ITEMS,
     BatchRecommendRequest,
     BatchRecommendResponse,
     Health,
@@ -86,10 +91,15 @@ from serve.api import (
     create_app,
     describe_errors,
 )
-from serve.service import ModelService, PassNeeded, ServeSettings
+from serve.service import ModelService, ServeSettings
 
 DEPLOYMENT_NAME = "Recommender"
 MAX_BATCH_SIZE = 16
+# Each explained item is scored twice more, and a batch's requests are all answered when its last
+# is ranked: 16 explained requests at k = 100 held each of them for 1,600 items (about 3 s), where
+# a /recommend/batch may ask for MAX_EXPLAINED_ITEMS. Explained requests are batched apart, as many
+# as MAX_EXPLAINED_ITEMS holds at the largest k.
+MAX_EXPLAINED_BATCH_SIZE = MAX_EXPLAINED_ITEMS // MAX_K
 BATCH_WAIT_S = 0.002  # short: under light load a request should not wait for company
 # Above the batch size, so that a full batch can form; the autoscaler reacts well before.
 MAX_ONGOING_REQUESTS = 2 * MAX_BATCH_SIZE
@@ -205,7 +215,8 @@ class RecommenderDeployment:
         service = self._ready()
         # A past day not kept is ranked on its own: its pass (seconds here, minutes at a billion
         # purchases) would hold the batch, and every request batched with it, for its length.
-        answer = None if service.needs_pass(request) else await self._recommend_batched(request)
+        batched = self._recommend_explained if request.explain else self._recommend_batched
+        answer = None if service.needs_pass(request) else await batched(request)
         if answer is None or isinstance(answer, PassNeeded):  # not kept, or no longer by the batch's turn
             return await asyncio.to_thread(self._ready().recommend, request)
         if isinstance(answer, Exception):  # this request's own refusal; its batch was answered
@@ -214,9 +225,16 @@ class RecommenderDeployment:
 
     @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
     async def _recommend_batched(self, requests: List[RecommendRequest]) -> List[Dict]:
-        # In a thread, as FastAPI runs the plain routes: ranking a past `at` first computes that
-        # day's product stats (a pass over every purchase), which on the event loop would stall
-        # /healthz and every other route of the replica meanwhile.
+        return await self._rank_batch(requests)
+
+    @serve.batch(max_batch_size=MAX_EXPLAINED_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
+    async def _recommend_explained(self, requests: List[RecommendRequest]) -> List[Dict]:
+        return await self._rank_batch(requests)
+
+    async def _rank_batch(self, requests: List[RecommendRequest]) -> List[Dict]:
+        # In a thread, as FastAPI runs the plain routes: ranking is seconds of CPU for an explained
+        # batch, which on the event loop would stall /healthz and every other route meanwhile. No
+        # pass runs here (start_passes False): a day not kept is the route's (PassNeeded).
         return await asyncio.to_thread(self._ready().recommend_many, requests, False)
 
     @app.post("/recommend/batch", response_model=BatchRecommendResponse, response_model_exclude_none=True)

@@ -155,15 +155,6 @@ def same_content_on_disk(settings: ServeSettings) -> bool:
     return settings.data is None or settings.data_fingerprint == data_fingerprint(settings.data)
 
 
-class PassNeeded(Exception):
-    """A batched request whose day's products' stats are not kept (any more): not ranked in the
-    batch, whose every request would wait for the pass; the route ranks it on its own."""
-
-    def __init__(self, at: int) -> None:
-        super().__init__(f"at {at}: its day's products' stats are not kept")
-        self.at = at
-
-
 class ModelService:
     """Answers the HTTP contract's requests with one loaded model (immutable once built).
 
@@ -274,12 +265,11 @@ class ModelService:
         groups: Dict[tuple, List[int]] = {}
         for i, r in enumerate(requests):
             moments[i] = self.moment(r.at)
-            if not start_passes and self.recommender.needs_pass(moments[i]):
-                answers[i] = PassNeeded(moments[i])  # kept when routed, forgotten or reloaded since
-                continue
             try:  # here, not in rank() below, so that it refuses this request alone
-                recommenders[i] = self.recommender.as_of(moments[i])  # the moment checked, then its day's stats
-            except Exception as refused:  # noqa: BLE001 (BeforeTheData, PassBusy: raised by the route)
+                # The moment checked, then its day's stats; not kept (PassNeeded: kept when routed,
+                # forgotten or reloaded since) found and refused under the lock that takes them.
+                recommenders[i] = self.recommender.as_of(moments[i], start_pass=start_passes)
+            except Exception as refused:  # noqa: BLE001 (BeforeTheData, PassBusy, PassNeeded: the route's)
                 answers[i] = refused
                 continue
             groups.setdefault((r.k, r.exclude_purchased, r.explain, id(recommenders[i])), []).append(i)

@@ -29,6 +29,7 @@ from ncf.data import layout
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.moments import resolve_at, run_date_of
+from ncf.rank.ranker import MAX_K
 from ncf.rank.reasons import Reason
 from ncf.rank.recommender import RankedItems, Recommender
 
@@ -225,10 +226,25 @@ def test_k_above_the_models_candidates_is_a_one_line_error_before_ray_starts(tmp
     # Up to the candidates, the check goes on to the data.
     with pytest.raises(InputError, match="missing"):
         bs.check_config(bs.BatchScoreConfig(model=str(model), data=missing, output=str(tmp_path / "o"), k=5))
-    # Without the MF stage a household with few products of its own may have the popular ones only.
-    write_json(str(model / CONFIG), {**config, "model": {**sizes, "use_mf": False}, "ranking": {}})
-    with pytest.raises(InputError, match="--k 51: must be between 1 and 50"):
-        bs.check_config(bs.BatchScoreConfig(model=str(model), data=missing, output=str(tmp_path / "o"), k=51))
+
+    def check(k: int) -> None:
+        bs.check_config(bs.BatchScoreConfig(model=str(model), data=missing, output=str(tmp_path / "o"), k=k))
+
+    # Nor by the MF stage's or the popular products' count (a review, 2026-12-06: k=51 was refused
+    # without the MF path, k above mf_candidates with it, though every list is completed to the
+    # candidates and Serve answered them): only by MAX_K, the candidates and the catalog.
+    few_sources = {"mf_candidates": 10, "popular_candidates": 5}
+    for use_mf in (True, False):
+        write_json(str(model / CONFIG), {**config, "model": {**sizes, "use_mf": use_mf}, "ranking": few_sources})
+        for k in (60, MAX_K):
+            with pytest.raises(InputError, match="missing"):  # past the k check, on to the data
+                check(k)
+        with pytest.raises(InputError, match=f"--k {MAX_K + 1}: must be between 1 and {MAX_K} for this model"):
+            check(MAX_K + 1)
+    small = {**sizes, "num_products": 31}  # 30 products and the unknown row
+    write_json(str(model / CONFIG), {**config, "model": small, "ranking": {}})
+    with pytest.raises(InputError, match="--k 31: must be between 1 and 30 for this model"):
+        check(31)
 
 
 @pytest.mark.faults

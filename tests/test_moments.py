@@ -1,11 +1,18 @@
-"""``ncf.moments.parse_at``: the strict rule for moments given by clients of the HTTP API."""
+"""``ncf.moments.parse_at``: the strict rule for moments given by clients of the HTTP API;
+``moment_of``: the Python API's, a job's ``--at`` rule."""
 
-from datetime import datetime, timedelta, timezone
+import os
+import subprocess
+import sys
+import textwrap
+from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from ncf.moments import AT_FORMS, parse_at
+from ncf.errors import InputError
+from ncf.moments import AT_FORMS, moment_of, parse_at
 
 MOMENT = 1511755281  # 2017-11-27T04:01:21Z
 
@@ -59,3 +66,81 @@ def test_ambiguous_forms_are_refused_naming_what_is_accepted(value, hint):
 def test_impossible_dates_and_times_are_refused(value):
     with pytest.raises(ValueError, match=value[:10]):
         parse_at(value)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (MOMENT, MOMENT),
+        (np.int64(MOMENT), MOMENT),
+        (MOMENT + 0.9, MOMENT),
+        ("2017-11-27T04:01:21Z", MOMENT),
+        ("2017-11-27T04:01:21", MOMENT),  # no zone: UTC, as a job's --at
+        ("2017-11-27", 1511740800),
+        ("data-end", 42),
+        (datetime(2017, 11, 27, 5, 1, 21, tzinfo=timezone(timedelta(hours=1))), MOMENT),
+        (pd.Timestamp("2017-11-27T04:01:21Z"), MOMENT),
+        (date(2017, 11, 27), 1511740800),  # a date has no hour to take for local: midnight UTC
+    ],
+)
+def test_the_python_apis_moments_are_read_as_a_jobs_at(value, expected):
+    assert moment_of(value, data_end=42) == expected
+
+
+@pytest.mark.parametrize(
+    "value, says",
+    [
+        ("today", "'today': not a moment"),
+        (datetime(2017, 11, 27, 4, 1, 21), "has no time zone"),
+        (pd.Timestamp("2017-11-27T04:01:21"), "has no time zone"),
+        (True, "True: not a moment"),
+        (float("nan"), "nan: not a moment"),
+        ("11/12/2017", "not an ISO date"),
+        (object(), "not a moment"),
+    ],
+)
+def test_the_python_api_refuses_a_moment_it_would_guess_in_one_line(value, says):
+    with pytest.raises(InputError, match=says) as error:
+        moment_of(value, data_end=42)
+    assert "\n" not in str(error.value) and str(error.value).startswith("at ")
+
+
+@pytest.mark.faults
+def test_a_moment_given_to_the_python_api_does_not_depend_on_the_machines_time_zone():
+    """Old code: ``Recommender.moment`` read ``"now"``, ``"today"`` and a naive ``datetime.now()``
+    as UTC wall-clock times, so on a machine in New York each was 18,000 s off ``time.time()`` (a
+    review, 2026-12-06): ``now`` is the clock, the other two are refused in one line."""
+    script = textwrap.dedent(
+        """
+        import time
+        from datetime import datetime, timezone
+        from types import SimpleNamespace
+
+        from ncf.errors import InputError
+        from ncf.rank.recommender import Recommender
+
+        assert time.localtime().tm_gmtoff != 0, "the zone did not take"
+        rec = SimpleNamespace(default_at=1511755282)  # what Recommender.moment reads of its state
+        before = time.time()
+        now = Recommender.moment(rec, "now")
+        assert before - 1 <= now <= time.time(), (now, before)
+        assert abs(Recommender.moment(rec, datetime.now(timezone.utc)) - time.time()) <= 1
+        assert Recommender.moment(rec, None) == Recommender.moment(rec, "data-end") == 1511755282
+        assert Recommender.moment(rec, "2017-11-27T04:01:21") == 1511755281  # no zone: UTC
+        for guess in ("today", datetime.now()):
+            try:
+                Recommender.moment(rec, guess)
+            except InputError as refused:
+                print(refused)
+            else:
+                raise AssertionError(f"{guess!r} was read as a moment")
+        """
+    )
+    env = {**os.environ, "TZ": "America/New_York"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    refusals = done.stdout.splitlines()
+    assert len(refusals) == 2 and "'today': not a moment" in refusals[0] and "has no time zone" in refusals[1]

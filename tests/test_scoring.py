@@ -29,7 +29,7 @@ from ncf.rank import candidates as candidate_sources
 from ncf.rank import recommender as recommender_module
 from ncf.rank.candidates import CATEGORY_SPREAD, MAX_K, CandidateGenerator, RankingSettings
 from ncf.rank.ranker import Ranker, attention_spread
-from ncf.rank.recommender import AS_OF_DAYS, BeforeTheData, PassBusy, Recommender
+from ncf.rank.recommender import AS_OF_DAYS, BeforeTheData, PassBusy, PassNeeded, Recommender
 from ncf.rank.state import EmbeddingRows, RankingState
 from ncf.splits import TEST, VALIDATED
 
@@ -889,6 +889,13 @@ def test_a_recommender_that_does_not_queue_passes_refuses_another_new_day_meanwh
             rec.as_of(slow_day + 7200)
         assert rec.as_of(kept_day + 7200) is kept
         assert rec.needs_pass(other_day + 60)  # the refused day left nothing behind
+        # Serve's batch (start_pass False): a kept day taken, a day not kept or being computed
+        # refused for the route to rank, neither started nor dropped.
+        assert rec.as_of(kept_day + 60, start_pass=False) is kept
+        for not_kept in (other_day + 60, slow_day + 60):
+            with pytest.raises(PassNeeded):
+                rec.as_of(not_kept, start_pass=False)
+        assert rec.needs_pass(other_day + 60) and day_of(slow_day) in rec._days
     finally:
         release.set()
         slow.join(30)

@@ -17,11 +17,11 @@ from helpers import free_port, model_health, replica_names, sealed_copy
 
 from ncf.errors import InputError
 from ncf.moments import first_rankable, run_date_of
-from ncf.rank.recommender import BeforeTheData, PassBusy
+from ncf.rank.recommender import BeforeTheData, PassBusy, PassNeeded
 from serve.api import MAX_BATCH_USERS, MAX_BODY_BYTES, MAX_EXPLAINED_ITEMS, MAX_K, MAX_PRODUCT_IDS
 from serve.app import DEPLOYMENT_NAME, build_app
 from serve.launch import start, wait_until_healthy
-from serve.service import PASS_SHARE, ModelService, PassNeeded, ServeSettings
+from serve.service import PASS_SHARE, ModelService, ServeSettings
 
 TIMEOUT = 30  # seconds per HTTP call
 UNKNOWN_USER = "no-such-user"
@@ -772,6 +772,112 @@ def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_d
     assert service.needs_pass(new_day)  # the batch ran no pass
     service.recommender._next_pass_at = 0.0  # the replica's pass share (test_scoring's) not waited out here
     assert service.recommend(new_day)["items"] and not service.needs_pass(new_day)  # the pass over
+
+
+class _ForgetsAfterFirstUse:
+    """A lock whose first holder, once it lets go, sees ``forget`` run under it: another thread's
+    pass ending just then and forgetting the oldest kept day."""
+
+    def __init__(self, lock, forget) -> None:
+        self.lock, self.forget, self.used = lock, forget, False
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+        if not self.used:
+            self.used = True
+            with self.lock:
+                self.forget()
+
+
+@pytest.mark.faults
+def test_a_kept_day_forgotten_while_its_batch_starts_runs_no_pass_in_the_batch(
+    small_model_dir, recommender, users, monkeypatch
+):
+    """Old code: a batch asked whether a request's day was kept (``needs_pass``), then took it
+    (``as_of``), two sections of the days' lock: another thread's pass ending in between could
+    forget the day, whose pass then ran inside the ``@serve.batch`` call, every request of the
+    batch waiting for it (or, the replica's pass share spent, its group got a 503) (a review,
+    2026-12-06). Here the day is forgotten right after the batch's first look at the kept days:
+    the request is ranked from the day taken in that look, and no pass runs in the batch."""
+    from ncf.moments import day_of
+    from ncf.rank.state import RankingState
+    from serve.api import RecommendRequest
+
+    service = ModelService.load(
+        ServeSettings.from_user_config({"model_dir": small_model_dir, "default_at": "data-end"})
+    )
+    rec = service.recommender
+    at = recommender.default_at - 3 * 86_400
+    request = RecommendRequest(user_id=users[0], k=5, at=datetime.fromtimestamp(at, tz=timezone.utc))
+    alone = service.recommend(request)  # the route's own pass: the day is kept
+    assert not service.needs_pass(request)
+    passes = []
+    original = RankingState.as_of
+
+    def counted(state, cutoff, stats=None):
+        passes.append(cutoff)
+        return original(state, cutoff, stats)
+
+    monkeypatch.setattr(RankingState, "as_of", counted)
+    rec._days_lock = _ForgetsAfterFirstUse(rec._days_lock, lambda: rec._days.pop(day_of(at)))
+    answer = service.recommend_many([request], start_passes=False)[0]
+    assert passes == [], "a pass ran inside the batch"
+    assert isinstance(answer, dict) and answer["items"] == alone["items"]
+    assert service.needs_pass(request)  # forgotten meanwhile, as the other pass did
+    # Forgotten before the batch's look: left to the route (PassNeeded), still no pass here.
+    assert isinstance(service.recommend_many([request], start_passes=False)[0], PassNeeded)
+    assert passes == []
+
+
+@pytest.mark.faults
+def test_explained_requests_are_batched_apart_within_what_a_batch_request_may_explain(monkeypatch):
+    """Old code: one ``@serve.batch`` of up to 16 ``/recommend`` requests, explained or not: 16
+    explained at k = 100 were 1,600 explained items (each scored twice more, about 3 s) in one
+    call that held every request batched with them (a review, 2026-12-06), where
+    ``/recommend/batch`` refuses more than MAX_EXPLAINED_ITEMS. Here 20 explained and 12 plain
+    requests reach the replica's route at once, through its real batch queues."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from ray import serve
+
+    from serve.api import RecommendRequest
+    from serve.app import MAX_BATCH_SIZE, RecommenderDeployment, Serving
+
+    calls = []
+
+    class Service:  # what /recommend and its batches ask of a ModelService
+        def needs_pass(self, request) -> bool:
+            return False
+
+        def recommend_many(self, requests, start_passes=True) -> list:
+            assert not start_passes  # a batch runs no pass
+            calls.append([(r.explain, r.k) for r in requests])
+            return [{"user_id": r.user_id} for r in requests]
+
+    # Outside a replica Serve has no replica context: the batch queues read its request limit.
+    context = SimpleNamespace(replica_tag="r1", _deployment_config=SimpleNamespace(max_ongoing_requests=32))
+    monkeypatch.setattr(serve, "get_replica_context", lambda: context)
+    replica = object.__new__(RecommenderDeployment.func_or_class)
+    replica._serving = Serving(Service(), None)
+    # Each batch queue is the class's, made on first use: dropped after the test, or the class
+    # would no longer pickle for the module's later deployments.
+    for batched in (replica._recommend_batched, replica._recommend_explained):
+        monkeypatch.setattr(batched._get_max_batch_size.__self__, "_queue", None)
+    asked = [RecommendRequest(user_id=i, k=MAX_K, explain=i < 20) for i in range(32)]
+
+    async def all_at_once() -> list:
+        return await asyncio.gather(*(replica.recommend(r) for r in asked))
+
+    assert [a["user_id"] for a in asyncio.run(all_at_once())] == list(range(32))
+    assert sorted(len(call) for call in calls) == [10, 10, 12]
+    for call in calls:
+        explained = [k for is_explained, k in call if is_explained]
+        assert len(explained) in (0, len(call)), call  # explained requests batched apart
+        assert sum(explained) <= MAX_EXPLAINED_ITEMS and len(call) <= MAX_BATCH_SIZE
 
 
 # -- rollout (each test that rolls out takes `rollout_port`, which leaves v1 serving) ------------

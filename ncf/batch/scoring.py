@@ -391,12 +391,11 @@ def resolve_compile(setting: str, users_per_actor: int, use_gpu: bool) -> bool:
 def _check_k(k: int, recommender_config: Dict) -> None:
     ranking = recommender_config.get("ranking", {})
     catalog = recommender_config["model"]["num_products"] - 1
-    # The MF stage alone contributes this many distinct products; cold start lists 200. A ranking
-    # never holds more than `candidates` products: beyond it every actor would fail mid-run.
-    limit = min(MAX_K, ranking.get("mf_candidates", MAX_K), ranking.get("candidates", MAX_K), catalog)
-    if not recommender_config["model"].get("use_mf", True):
-        # No MF stage: a household with few products of its own may have only the popular ones.
-        limit = min(limit, ranking.get("popular_candidates", RankingSettings.popular_candidates))
+    # A ranking never holds more than `candidates` products: beyond it every actor would fail
+    # mid-run. Up to it, every household's list is completed from the popular products (cold
+    # starts list HOURLY_TOP), whatever its sources give; products known before the moment are
+    # checked apart (_check_k_known).
+    limit = min(MAX_K, ranking.get("candidates", RankingSettings.candidates), catalog)
     if not 1 <= k <= limit:
         raise InputError(f"--k {k}: must be between 1 and {limit} for this model")
 

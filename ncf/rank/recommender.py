@@ -28,7 +28,7 @@ from ncf.data.examples import check_features_version
 from ncf.data.product_stats import ProductStats
 from ncf.data.vocab import UNKNOWN_INDEX
 from ncf.model.directory import ModelDir
-from ncf.moments import as_datetime, day_of, first_rankable, run_date_of, to_epoch_seconds
+from ncf.moments import as_datetime, day_of, first_rankable, moment_of, run_date_of
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import Ranker, Ranking
 from ncf.rank.reasons import Reason
@@ -67,6 +67,16 @@ class PassBusy(RuntimeError):
     def __init__(self, message: str, retry_after_s: Optional[float] = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class PassNeeded(Exception):
+    """A moment whose day's products' stats are not kept, asked of :meth:`Recommender.as_of`
+    with ``start_pass=False`` (Serve's ``@serve.batch``: a pass there would hold every request
+    batched with it); the caller ranks it on its own."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(f"at {at}: its day's products' stats are not kept")
+        self.at = at
 
 
 class _PastDay:
@@ -141,7 +151,7 @@ class Recommender:
     def settings(self) -> RankingSettings:
         return self.ranker.settings
 
-    def as_of(self, at: int, stats: Optional[ProductStats] = None) -> "Recommender":
+    def as_of(self, at: int, stats: Optional[ProductStats] = None, start_pass: bool = True) -> "Recommender":
         """The same model ranking ``at`` from what was known then. For a moment inside the state's
         data, the products' stats (popularity, repurchase cycles, the catalog of products seen)
         are those of the start of its UTC day, recomputed from the purchases before it (one
@@ -150,14 +160,20 @@ class Recommender:
         way, and none sees a later purchase. A moment after the data (``default_at`` or later)
         needs nothing recomputed: this recommender itself. ``stats``: the stats at
         :func:`ncf.moments.day_of` ``at``, when computed once for several recommenders (the nightly job's
-        actors)."""
+        actors). ``start_pass`` False: a day not kept raises :class:`PassNeeded` instead of being
+        computed (checked and taken under one lock: a :meth:`needs_pass` apart from this call may
+        see a day that another thread's finished pass forgets before this call takes it)."""
         if at > self.state.end:
             return self
         self.check_rankable(at)
         day = day_of(at)
         with self._days_lock:
-            past = self._days.pop(day, None) or _PastDay()
+            past = self._days.get(day)
+            if not start_pass and (past is None or past.recommender is None):
+                raise PassNeeded(at)
+            past = past or _PastDay()
             self._days[day] = past
+            self._days.move_to_end(day)  # used last: forgotten last
         # A day's stats are a pass over every purchase (minutes at a billion): under the shared
         # lock, a request for a day already kept waited behind another day's pass. Passes still
         # run one at a time (each holds memory in proportion to the purchases).
@@ -262,7 +278,11 @@ class Recommender:
         return self.state.end + 1
 
     def moment(self, at) -> int:
-        return self.default_at if at is None else to_epoch_seconds(at)
+        """``at`` in epoch seconds (None: :attr:`default_at`), read as a job's ``--at`` is
+        (:func:`ncf.moments.moment_of`): ``"now"`` is the clock, ``"data-end"`` :attr:`default_at`,
+        an ISO time without a zone UTC; ``"today"`` and a datetime without a time zone
+        (``datetime.now()``, local time) raise :class:`ncf.errors.InputError`, not read as UTC."""
+        return self.default_at if at is None else moment_of(at, data_end=self.default_at)
 
     # -- raw-id API ----------------------------------------------------------------------------
 
