@@ -80,11 +80,11 @@ browser:
 # start a system nginx on port 80.
 NGINX_DIR := $(VENV)/tools/nginx
 nginx: setup
-	@command -v nginx >/dev/null 2>&1 || [ -x $(NGINX_DIR)/usr/sbin/nginx ] || { \
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || [ -x $(NGINX_DIR)/usr/sbin/nginx ] || { \
 	  echo "unpacking Debian's nginx into $(NGINX_DIR) for the reverse-proxy test"; \
 	  rm -rf $(NGINX_DIR).part && mkdir -p $(NGINX_DIR).part && cd $(NGINX_DIR).part && \
 	  { apt-get download -qq nginx 2>/dev/null || { $(SUDO) apt-get update -qq && apt-get download -qq nginx 2>/dev/null; }; } && \
-	  dpkg -x nginx_*.deb files && rm -rf ../nginx && mv files ../nginx && cd .. && rm -rf nginx.part; } || { \
+	  dpkg -x nginx_*.deb files && [ -x files/usr/sbin/nginx ] && rm -rf ../nginx && mv files ../nginx && cd .. && rm -rf nginx.part; } || { \
 	  echo "error: could not unpack Debian's nginx (apt-get download nginx) for the reverse-proxy test"; exit 1; }
 
 # What `ray up cluster.yaml` copies to every node: the project's files as git sees them (tracked

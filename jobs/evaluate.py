@@ -89,7 +89,8 @@ def main(argv=None, on_row: Optional[Callable[[dict], None]] = None) -> list:
         # the report another model's curves, nor the rows another model's figures.
         args.model = None if handle is None else handle.path
         metrics = {} if handle is None else handle.metrics()
-        history, best_epoch = drawable_history(metrics), kept_epoch(metrics)
+        history = drawable_history(metrics) if args.report else None  # drawn on the report alone
+        best_epoch = kept_epoch(metrics)
         if handle is not None:
             # Refused before the placeholder below (model_on_period checks it again, after it): a
             # refit or deployment model must leave --report as it was, its report or its absence.

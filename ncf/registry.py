@@ -54,7 +54,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from ncf.code import code_version
 from ncf.data import layout
 from ncf.errors import InputError, TryLater
-from ncf.jsonio import read_json
+from ncf.jsonio import read_small_json
 from ncf.model.directory import WEIGHTS, read_config, read_metrics
 from ncf.model.integrity import MANIFEST, sha256_of, verify_model_dir, vocab_digest
 from ncf.staging import present
@@ -94,7 +94,9 @@ def log(message: str) -> None:
 def tracking_uri(create: bool = True) -> str:
     """``MLFLOW_TRACKING_URI`` when set, else the local store ``sqlite:///<cwd>/artifacts/mlflow.db``.
     ``create=False`` (a command that only reads the registry) refuses a local store that does not
-    exist: run from another directory, it would create an empty one and report nothing registered."""
+    exist: run from another directory, it would create an empty one and report nothing registered.
+    Raises :class:`StoreUnavailable` for a local store inside a Ray job's unpacked working
+    directory (:func:`check_outlives_the_job`), which Ray deletes after the job."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
@@ -163,8 +165,14 @@ def sqlite_path(uri: str) -> Optional[str]:
     if not uri.startswith("sqlite:"):
         return None
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    database = make_url(uri).database
+    try:
+        database = make_url(uri).database
+    except ArgumentError:  # sqlite:x.db, sqlite:/x.db: checked before a training, one line there
+        raise StoreUnavailable(
+            f"tracking store {uri}: not a SQLite URI (sqlite:////absolute/path.db or sqlite:///relative/path.db)"
+        ) from None
     return None if database in (None, "", ":memory:") else database
 
 
@@ -242,7 +250,7 @@ def _sealed_weights(model_dir: str) -> Optional[str]:
     """The weights' sha256 as the directory's manifest records it (None without one): the
     manifest is checked against the bytes before any model is served from it."""
     try:
-        return read_json(os.path.join(model_dir, MANIFEST))["files"][WEIGHTS]["sha256"]
+        return read_small_json(os.path.join(model_dir, MANIFEST))["files"][WEIGHTS]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -1028,3 +1028,10 @@ def test_metrics_of_another_model_are_refused_where_a_model_reads_them(model, da
     write_json(os.path.join(model, METRICS), {"test": {"ndcg@10": 0.2}})  # written before the field
     assert read_metrics(model) == {"test": {"ndcg@10": 0.2}}
     verify_model_dir(model)
+    # A handle resolved before its plain directory was saved over (jobs.evaluate reads the figures
+    # after): the new model's figures agree with the new config.json, not with the handle's model.
+    held = save_untrained_model_dir(str(tmp_path / "held"), data, version="v3", **SMALL)
+    handle = ModelDir(held)
+    save_untrained_model_dir(held, data, version="v4", **SMALL)
+    with pytest.raises(InputError, match="holds model 'v4' now, not the 'v3' read before: .*saved over"):
+        handle.metrics()

@@ -1045,3 +1045,29 @@ def test_a_job_submitted_with_its_working_dir_refuses_the_default_store_and_take
     assert given.returncode == 0, given.stdout[-3000:] + given.stderr[-2000:]
     assert f"version 1 of advanced-ncf, now current (nothing was) ({shared})" in given.stdout
     assert reg.Registry(shared, create=False).current() == "1"
+
+
+@pytest.mark.faults
+def test_a_malformed_sqlite_uri_and_a_fifo_manifest_are_one_line_not_a_traceback_or_a_hang(tmp_path, monkeypatch):
+    """The final read of 2026-12-06: the store check a training now runs first raised SQLAlchemy's
+    ArgumentError (a traceback) for sqlite:x.db; the registry's read of a manifest (jobs.models
+    list, promote, --model current) waited for ever on a FIFO."""
+    for uri in ("sqlite:x.db", "sqlite:/shared/mlflow.db"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        with pytest.raises(reg.StoreUnavailable, match="not a SQLite URI"):
+            reg.check_store_outlives_the_job()
+    model = fake_model_dir(tmp_path, "v1")
+    copy = str(tmp_path / "copy")
+    shutil.copytree(model, copy)
+    os.remove(os.path.join(copy, "manifest.json"))
+    os.mkfifo(os.path.join(copy, "manifest.json"))
+    import threading
+
+    answers = []
+    asking = threading.Thread(
+        target=lambda: answers.append(reg.held_instead(copy, {"model_version": "v1", "weights_sha256": "0" * 64})),
+        daemon=True,  # one left blocked on the FIFO (the old read) must not hold the session
+    )
+    asking.start()
+    asking.join(timeout=20)
+    assert answers == [None]  # the manifest unread: the weights' seal unknown, not "other weights"

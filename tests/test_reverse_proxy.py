@@ -25,9 +25,22 @@ from helpers import REPO, free_ports
 from serve.limits import BODY_TIMEOUT_S, CONTROL_HEADERS, MAX_BODY_BYTES, REQUEST_TIMEOUT_S, misdirected
 
 CONF = os.path.join(REPO, "deploy", "nginx", "ncf.conf")
-# The system's nginx, else the one `make nginx` unpacks into the venv (make test does).
+# The system's nginx (in /usr/sbin, off a user's PATH on Debian), else the one `make nginx`
+# unpacks into the venv (make test does).
 UNPACKED_NGINX = os.path.join(REPO, ".venv", "tools", "nginx", "usr", "sbin", "nginx")
-NGINX = shutil.which("nginx") or (UNPACKED_NGINX if os.access(UNPACKED_NGINX, os.X_OK) else None)
+NGINX = shutil.which("nginx") or next(
+    (path for path in ("/usr/sbin/nginx", UNPACKED_NGINX) if os.access(path, os.X_OK)), None
+)
+
+
+def _temp_paths(folder) -> str:
+    """Every temporary folder nginx creates, in ``folder``: the unpacked package's binary names
+    /var/lib/nginx/..., which only the nginx-common package creates, and nginx makes them even for
+    ``nginx -t``."""
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    return " ".join(f"{kind}_temp_path {folder}/{kind};" for kind in kinds)
+
+
 ROUTES = {"/recommend": "POST", "/recommend/batch": "POST", "/score": "POST", "/healthz": "GET"}
 
 Statement = Tuple[List[str], list]  # (words, children: a block's statements, [] for a plain one)
@@ -117,8 +130,11 @@ def test_only_the_api_routes_are_proxied(server):
     proxied = {words[-1]: children for words, children in locations.items() if directives(children, "proxy_pass")}
     assert set(proxied) == set(ROUTES)
     for route, method in ROUTES.items():
-        (limit,) = [(w, c) for w, c in proxied[route] if w[0] == "limit_except"]
-        assert limit[0] == ["limit_except", method] and limit[1] == [(["deny", "all"], [])]
+        # Any other method: Serve's 405 and Allow (an access rule's 403 stays the rule's).
+        (refusal,) = [(w, c) for w, c in proxied[route] if w[0] == "if"]
+        assert refusal[0] == ["if", "($request_method", "!=", f"{method})"], refusal[0]
+        assert (["add_header", "Allow", method, "always"], []) in refusal[1]
+        assert [w[:2] for w, _ in refusal[1] if w[0] == "return"] == [["return", "405"]]
     assert one(locations[("/",)], "return")[0] == "404"
     too_large = one(locations[("@too_large",)], "return")
     assert too_large[0] == "413" and str(MAX_BODY_BYTES) in too_large[1]
@@ -154,7 +170,7 @@ def test_nginx_accepts_the_config(tmp_path):
     main = tmp_path / "nginx.conf"
     main.write_text(
         f"pid {tmp_path}/nginx.pid; error_log stderr; events {{}}\n"
-        f"http {{ access_log off; client_body_temp_path {tmp_path}; include {CONF}; }}\n"
+        f"http {{ access_log off; {_temp_paths(tmp_path)} include {CONF}; }}\n"
     )
     done = subprocess.run(
         [NGINX, "-t", "-e", "stderr", "-c", str(main), "-p", str(tmp_path)], capture_output=True, text=True
@@ -197,7 +213,7 @@ def _site_on(tmp_path, port: int, upstream_port: int) -> str:
     main = tmp_path / "nginx.conf"
     main.write_text(
         f"daemon off; master_process off; pid {tmp_path}/nginx.pid; error_log stderr; events {{}}\n"
-        f"http {{ access_log off; client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path}; include {site}; }}\n"
+        f"http {{ access_log off; {_temp_paths(tmp_path)} include {site}; }}\n"
     )
     return str(main)
 

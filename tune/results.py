@@ -21,7 +21,7 @@ import pandas as pd
 
 from ncf.errors import InputError
 from ncf.jsonio import write_atomically
-from ncf.train.checkpoint import VAL_METRIC, export_model_dir, kept_checkpoints
+from ncf.train.checkpoint import VAL_METRIC, export_model_dir, kept_checkpoints, read_train_state, resumed_checkpoint
 from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower
 from tune.settings import SweepSettings
 
@@ -143,8 +143,6 @@ def export_best(table: pd.DataFrame, settings: SweepSettings) -> str:
     ``metrics.json`` holding the trial's row, its epochs' metrics and the epoch kept, as
     ``jobs.train``'s export does (the report draws the curves and marks that epoch)."""
     from ray.train import Checkpoint
-
-    from ncf.train.checkpoint import read_train_state, resumed_checkpoint
 
     best = winner(table)
     checkpoint = checkpoint_in(settings.train_dir, best[CHECKPOINT_PATH])

@@ -183,7 +183,7 @@ def save_model_dir(
     """
     layout.DataStats(data)  # not preprocessed: refused before the lock, naming the path given
     given = f"the model to save at {output}"
-    _refuse_unservable(output, lambda: check_weights(given, weights, model_config, what="its weights"))
+    _refuse_unservable(output, lambda: check_weights(given, weights, model_config))
     _refuse_unservable(output, lambda: check_trained_rows(given, trained_rows, model_config))
     version = version or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     # Every part of the state, the stats and the lists from one directory, resolved once
@@ -204,8 +204,7 @@ def save_model_dir(
             stats_sha256 = sha256_of(layout.stats_path(source))
         if saves_index(weights, model_config, ranking):
             _save_index(weights, model_config.num_products, tmp, index_depth)
-        if listed is not None:
-            _refuse_unservable(output, lambda: check_trained_rows(given, listed, model_config))
+        if listed is not None:  # checked above where given; DATA's lists are of the tables' sizes
             save_trained_rows(tmp, listed)
         write_json(
             os.path.join(tmp, CONFIG),
@@ -352,7 +351,9 @@ class ModelDir:
         return Vocabularies.load(layout.vocab_dir(self.state_dir))
 
     def metrics(self) -> Dict:
-        return read_metrics(self.path)
+        """metrics.json, refused where it names another version than this handle's (a directory
+        saved over since the handle resolved it: its figures are the other model's)."""
+        return read_metrics(self.path, version=self.version)
 
 
 def written_dir(output: str, version: str) -> str:

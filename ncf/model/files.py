@@ -122,13 +122,16 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def read_metrics(model_dir: str, named: Optional[str] = None, check_version: bool = True) -> Dict:
+def read_metrics(
+    model_dir: str, named: Optional[str] = None, check_version: bool = True, version: Optional[str] = None
+) -> Dict:
     """``metrics.json``: training metrics, the per-epoch ``history``, held-out figures ({} where
     there is none). Raises InputError naming the file (in ``named``, default ``model_dir``) when
     it does not read as a JSON object, or names another model version than ``config.json``: it is
     outside the checksums (rewritten after saving), so its damage is met here, not by the manifest.
     Files written before ``model_version`` existed are read unchecked; ``check_version=False``
-    (verification: the model serves without its figures) reads any version. Resolved once: a
+    (verification: the model serves without its figures) reads any version; ``version``: the one
+    to compare with instead of ``config.json``'s (a handle's, resolved earlier). Resolved once: a
     link repointed between the two files' reads must not compare two models."""
     named = named or model_dir
     model_dir = os.path.realpath(model_dir)
@@ -142,7 +145,7 @@ def read_metrics(model_dir: str, named: Optional[str] = None, check_version: boo
     if not isinstance(metrics, dict):
         raise InputError(f"{named}: {METRICS} holds {type(metrics).__name__}, not an object; restore it")
     if check_version:
-        _check_metrics_version(model_dir, named, metrics)
+        _check_metrics_version(model_dir, named, metrics, version)
     return metrics
 
 
@@ -151,10 +154,16 @@ def read_metrics(model_dir: str, named: Optional[str] = None, check_version: boo
 METRICS_VERSION = "model_version"
 
 
-def _check_metrics_version(model_dir: str, named: str, metrics: Dict) -> None:
+def _check_metrics_version(model_dir: str, named: str, metrics: Dict, version: Optional[str] = None) -> None:
     if METRICS_VERSION not in metrics:
         return  # written before the field existed: nothing to compare
-    version = _config_version(model_dir)
+    on_disk = _config_version(model_dir)
+    if version is not None and on_disk is not None and on_disk != version:  # a handle's, resolved earlier
+        raise InputError(
+            f"{named}: holds model {on_disk!r} now, not the {version!r} read before: the directory was saved "
+            "over since; read it again"
+        )
+    version = version if version is not None else on_disk
     if version is not None and metrics[METRICS_VERSION] != version:
         raise InputError(
             f"{named}: {METRICS} holds the figures of model {metrics[METRICS_VERSION]!r}, {CONFIG} is model "

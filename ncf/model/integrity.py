@@ -25,8 +25,8 @@ what is wrong) unless:
   load and agree with them;
 * the MF index, where there is one, loads, holds a vector of the MF width per product row, and
   holds this model's MF vectors (compared on a seeded sample of rows).
-* ``metrics.json`` (unsealed) reads as a JSON object naming this model's version (or none, written
-  before the field existed);
+* ``metrics.json`` (unsealed) reads as a JSON object (the model serves without its figures: their
+  readers, :func:`ncf.model.files.read_metrics`, refuse figures naming another version);
 * the masks of trained rows are both there or neither.
 
 The small JSON files (``config.json``, ``manifest.json``, ``metrics.json``) are read only as
@@ -354,17 +354,16 @@ def _check_weights(model_dir: str, path: str, config: ModelConfig) -> Dict[str, 
     return weights
 
 
-def check_weights(model_dir: str, weights, config: ModelConfig, what: str = "model.pt") -> None:
+def check_weights(model_dir: str, weights, config: ModelConfig) -> None:
     """Raises :class:`ModelIntegrityError` (naming ``model_dir``) unless ``weights`` is a state dict of
     exactly ``config``'s model: its names, shapes and dtypes, every value finite. The directory's
     check runs it on the file; :func:`ncf.model.directory.save_model_dir` on what it is given,
-    before it writes anything (a refit that diverged, a config of other sizes), ``what`` naming
-    the weights it was given rather than the directory's file."""
+    before it writes anything (a refit that diverged, a config of other sizes)."""
     if not isinstance(weights, dict):
-        raise ModelIntegrityError(f"{model_dir}: {what} holds a {type(weights).__name__}, not a state dict")
+        raise ModelIntegrityError(f"{model_dir}: model.pt holds a {type(weights).__name__}, not a state dict")
     not_tensors = sorted(name for name, t in weights.items() if not isinstance(t, torch.Tensor))
     if not_tensors:
-        raise ModelIntegrityError(f"{model_dir}: {what} holds entries that are not tensors: {not_tensors[:3]}")
+        raise ModelIntegrityError(f"{model_dir}: model.pt holds entries that are not tensors: {not_tensors[:3]}")
     with torch.device("meta"):
         built = AdvancedNCF(config).state_dict()
     expected = {name: tuple(t.shape) for name, t in built.items()}
@@ -372,20 +371,20 @@ def check_weights(model_dir: str, weights, config: ModelConfig, what: str = "mod
     missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     if missing or unexpected:
         raise ModelIntegrityError(
-            f"{model_dir}: {what} does not fit config.json: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"{model_dir}: model.pt does not fit config.json: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     wrong = [f"{name} {got[name]} != {shape}" for name, shape in expected.items() if got[name] != shape]
     if wrong:
-        raise ModelIntegrityError(f"{model_dir}: {what} shapes do not fit config.json: {'; '.join(wrong[:3])}")
+        raise ModelIntegrityError(f"{model_dir}: model.pt shapes do not fit config.json: {'; '.join(wrong[:3])}")
     # The loaded tensors become the model's as they are (assign=True): another dtype fails at the
     # first scoring, not here.
     wrong = [f"{n} {weights[n].dtype} != {t.dtype}" for n, t in built.items() if weights[n].dtype != t.dtype]
     if wrong:
-        raise ModelIntegrityError(f"{model_dir}: {what} dtypes do not fit the model: {'; '.join(wrong[:3])}")
+        raise ModelIntegrityError(f"{model_dir}: model.pt dtypes do not fit the model: {'; '.join(wrong[:3])}")
     not_finite = [name for name, t in weights.items() if t.is_floating_point() and not _all_finite(t)]
     if not_finite:
         raise ModelIntegrityError(
-            f"{model_dir}: {what} holds NaN or infinite weights in {not_finite[:3]} (a training that diverged?)"
+            f"{model_dir}: model.pt holds NaN or infinite weights in {not_finite[:3]} (a training that diverged?)"
         )
 
 
