@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import sys
 import time
 
 from jobs.cli import HelpFormatter, check_data, check_model, job_parser, one_line_errors
 from ncf.errors import InputError, TryLater
+from ncf.model.files import OtherFormat
 from ncf.registry import (
     MODEL_NAME,
     Registry,
@@ -162,27 +162,10 @@ def _directory_note(row: dict) -> str:
         return " (replaced)" if held_instead(path, row) is not None else ""
     except TryLater:  # another run is finishing a replacement there: nothing to say of the version yet
         return ""
-    except InputError as e:
-        return _format_note(str(e)) or " (not a model)"
-
-
-# read_config's refusals of a model of another format or features version ("format 3, this code
-# reads 4: retrain it"): a model still, which this code does not read.
-FORMAT_REFUSALS = (
-    re.compile(r"model directory format (?P<held>\S+), this code reads (?P<reads>\d+)"),
-    re.compile(r"trained on features version (?P<held>\S+), this code computes version (?P<reads>\d+)"),
-)
-
-
-def _format_note(refusal: str) -> str:
-    """The mark of a model of another format or features version (``refusal`` says which), " (older
-    format)" or a newer checkout's " (newer format)"; "" for any other refusal."""
-    for pattern in FORMAT_REFUSALS:
-        found = pattern.search(refusal)
-        if found:
-            newer = found["held"].isdigit() and int(found["held"]) > int(found["reads"])
-            return " (newer format)" if newer else " (older format)"
-    return ""
+    except OtherFormat as e:  # a model still, of a format this code does not read
+        return " (newer format)" if e.newer else " (older format)"
+    except InputError:
+        return " (not a model)"
 
 
 def format_table(rows: list) -> str:

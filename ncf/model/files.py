@@ -70,6 +70,20 @@ def _load_mask(directory: str, name: str) -> np.ndarray:
         raise ValueError(f"{name} does not load ({type(e).__name__}: {one_line(e)})") from None
 
 
+class OtherFormat(InputError):
+    """A model directory of another format or features version than this code reads: a model
+    still (``held`` and ``reads``: the two versions), which this code does not read."""
+
+    def __init__(self, message: str, held, reads: int) -> None:
+        super().__init__(message)
+        self.held, self.reads = held, reads
+
+    @property
+    def newer(self) -> bool:
+        """Written by a newer checkout (rather than an older one)."""
+        return isinstance(self.held, int) and not isinstance(self.held, bool) and self.held > self.reads
+
+
 def read_config(model_dir: str, named: Optional[str] = None) -> Dict:
     """``config.json``, checked: a clear error for a path that is not a model directory.
     ``named``: the path errors name, where ``model_dir`` is what it resolved to (a blue/green
@@ -84,15 +98,19 @@ def read_config(model_dir: str, named: Optional[str] = None) -> Dict:
     if not isinstance(config, dict):
         raise InputError(f"{named}: {CONFIG} holds {type(config).__name__}, not an object")
     if config.get("format_version") != FORMAT_VERSION:
-        raise InputError(
+        raise OtherFormat(
             f"{named}: model directory format {config.get('format_version')}, this code reads "
-            f"{FORMAT_VERSION}: retrain it with python -m jobs.train"
+            f"{FORMAT_VERSION}: retrain it with python -m jobs.train",
+            config.get("format_version"),
+            FORMAT_VERSION,
         )
     trained_on = config.get("features_version", FEATURES_OF_FORMAT_4)
     if trained_on != FEATURES_VERSION:  # weights learnt on other numbers for the same feature names
-        raise InputError(
+        raise OtherFormat(
             f"{named}: trained on features version {trained_on}, this code computes version "
-            f"{FEATURES_VERSION}: retrain it with python -m jobs.train"
+            f"{FEATURES_VERSION}: retrain it with python -m jobs.train",
+            trained_on,
+            FEATURES_VERSION,
         )
     _check_fields(named, config)
     return config
