@@ -154,6 +154,12 @@ class MFFirstStage:
         return self._index
 
     @property
+    def searches_graph(self) -> bool:
+        """Whether a search walks the index's graph: not where the rows it allows are so few that
+        :meth:`ncf.model.ann.ProductIndex.search` ranks them exactly (:func:`ncf.model.ann.searches_exactly`)."""
+        return self._index is not None and not ann.searches_exactly(len(self._allowed.rows), self._index.rows)
+
+    @property
     def products(self) -> int:
         """The catalog the exact lists score (0 where the index is searched)."""
         return 0 if self._items is None else int(self._items.shape[1])
