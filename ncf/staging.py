@@ -35,6 +35,7 @@ import fcntl
 import os
 import shutil
 import socket
+import sys
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
@@ -308,7 +309,9 @@ def finish_interrupted(final: str) -> bool:
             return False
         raise
     if finished:
-        print(f"[staging] finished the replacement of {final} that a dead run left half done", flush=True)
+        # stderr: a reader's output (jobs.models list's table, a JSON answer) stays what it reads
+        note = f"[staging] finished the replacement of {final} that a dead run left half done"
+        print(note, file=sys.stderr, flush=True)
     return finished
 
 

@@ -665,6 +665,48 @@ def test_a_checkpoint_cut_short_is_refused_in_one_line_before_ray_train_loads_it
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.faults
+def test_a_checkpoint_page_lost_to_a_crash_is_refused_by_its_checksum(tmp_path):
+    """A page of ``model.pt`` zeroed (a crash before writeback) left an archive that still loaded:
+    the resumed run trained on, and the export sealed, the damaged weights (a known limit until
+    2026-12-06). ``train_state.json`` now records each file's sha256, checked before a load."""
+    import torch
+
+    from ncf.train.checkpoint import CHECKSUMS, TRAIN_STATE, check_readable, read_checkpoint, write_checkpoint
+
+    directory = tmp_path / "checkpoint_000003"
+    directory.mkdir()
+    weights = {"w": torch.arange(20000, dtype=torch.float32)}
+    rows = (np.ones(7, bool), np.ones(10, bool))
+    write_checkpoint(str(directory), weights, {"state": {}}, {"epoch": 3}, rows)
+    recorded = json.loads((directory / TRAIN_STATE).read_text())[CHECKSUMS]
+    assert sorted(recorded) == sorted([WEIGHTS, "optimizer.pt", TRAINED_USERS, TRAINED_PRODUCTS])
+    check_readable(str(directory))
+    assert torch.equal(read_checkpoint(str(directory))[0]["w"], weights["w"])
+
+    whole = bytearray((directory / WEIGHTS).read_bytes())
+    whole[len(whole) // 2 : len(whole) // 2 + 4096] = bytes(4096)  # inside the tensor's bytes
+    (directory / WEIGHTS).write_bytes(bytes(whole))
+    loaded = torch.load(directory / WEIGHTS, weights_only=True)["w"]  # what a resume took before
+    assert not torch.equal(loaded, weights["w"])
+    for read in (lambda: check_readable(str(directory)), lambda: read_checkpoint(str(directory))):
+        damaged = f"checkpoint {directory} is damaged \\({WEIGHTS}'s sha256 .*new --name"
+        with pytest.raises(InputError, match=damaged) as e:
+            read()
+        assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="damaged .*; train again"):
+        read_checkpoint(str(directory), "train again")
+
+    state = json.loads((directory / TRAIN_STATE).read_text())
+    del state[CHECKSUMS]  # a checkpoint written before the checksums: read as it was
+    (directory / TRAIN_STATE).write_text(json.dumps(state))
+    check_readable(str(directory))
+    write_checkpoint(str(directory), weights, {"state": {}}, {"epoch": 3}, rows)
+    (directory / TRAINED_PRODUCTS).unlink()
+    with pytest.raises(InputError, match=f"is damaged \\({TRAINED_PRODUCTS} is gone"):
+        check_readable(str(directory))
+
+
 # -- one directory per read: DATA and model directories replaced (or repointed) mid-read --------
 
 

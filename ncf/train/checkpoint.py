@@ -22,11 +22,16 @@ from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.model.config import ModelConfig
 from ncf.model.directory import WEIGHTS, save_model_dir
-from ncf.model.files import load_trained_rows, read_trained_rows, save_trained_rows
+from ncf.model.files import TRAINED_PRODUCTS, TRAINED_USERS, load_trained_rows, read_trained_rows, save_trained_rows
+from ncf.model.integrity import sha256_of
 
 VAL_METRIC = "val_ndcg@10"
 OPTIMIZER = "optimizer.pt"
 TRAIN_STATE = "train_state.json"
+# train_state.json's record of the files written beside it: {name: sha256}. A page lost to a crash
+# before writeback leaves an archive that still loads (zeros in a tensor); only its digest tells.
+CHECKSUMS = "sha256"
+NEW_RUN = "give this training a new --name or remove that run's folder"
 
 
 def write_checkpoint(
@@ -37,23 +42,48 @@ def write_checkpoint(
     trained_rows: Optional[Tuple[np.ndarray, np.ndarray]] = None,
 ) -> None:
     """``trained_rows``: (users, products) masks of the rows a capped run's batches held (an
-    uncapped run trains every row its lists hold, which the model directory reads from DATA)."""
+    uncapped run trains every row its lists hold, which the model directory reads from DATA).
+    ``train_state.json``, written last, records each file's sha256 (:data:`CHECKSUMS`)."""
+    written = [WEIGHTS]
     torch.save(weights, os.path.join(directory, WEIGHTS))
     if optimizer_state is not None:
         torch.save(optimizer_state, os.path.join(directory, OPTIMIZER))
+        written.append(OPTIMIZER)
     if trained_rows is not None:
         save_trained_rows(directory, trained_rows)
-    write_json(os.path.join(directory, TRAIN_STATE), state)
+        written += [TRAINED_USERS, TRAINED_PRODUCTS]
+    checksums = {name: sha256_of(os.path.join(directory, name)) for name in written}
+    write_json(os.path.join(directory, TRAIN_STATE), {**state, CHECKSUMS: checksums})
 
 
 def read_train_state(directory: str) -> Dict:
     return read_json(os.path.join(directory, TRAIN_STATE))
 
 
-def read_checkpoint(directory: str) -> Tuple[Dict[str, torch.Tensor], Dict]:
-    """(weights, train state) of a checkpoint directory (weights_only: nothing is unpickled)."""
+def read_checkpoint(directory: str, remedy: str = NEW_RUN) -> Tuple[Dict[str, torch.Tensor], Dict]:
+    """(weights, train state) of a checkpoint directory (weights_only: nothing is unpickled), its
+    files checked against their recorded checksums first (:func:`check_checksums`)."""
+    state = read_train_state(directory)
+    check_checksums(directory, state, remedy)
     weights = torch.load(os.path.join(directory, WEIGHTS), weights_only=True, map_location="cpu")
-    return weights, read_train_state(directory)
+    return weights, state
+
+
+def check_checksums(directory: str, state: Dict, remedy: str = NEW_RUN) -> None:
+    """Raises InputError (one line) when a file a checkpoint's state records differs from its
+    sha256, or is gone; a checkpoint written before the checksums (none recorded) passes."""
+    for name, expected in sorted((state.get(CHECKSUMS) or {}).items()):
+        path = os.path.join(directory, name)
+        try:
+            found = sha256_of(path)
+        except OSError as e:
+            raise (_access_error(path, e) or _damaged(directory, f"{name} is gone", remedy)) from None
+        if found != expected:
+            raise _damaged(directory, f"{name}'s sha256 is not the one written with it", remedy)
+
+
+def _damaged(directory: str, what: str, remedy: str) -> InputError:
+    return InputError(f"the checkpoint {directory} is damaged ({what}: a crash before the disk wrote it?); {remedy}")
 
 
 def check_same_model(run_folder: str, saved: Optional[Dict], current: Dict) -> None:
@@ -148,9 +178,6 @@ def check_same_lists(run_folder: str, saved: Optional[str], current: str, remedy
     _check_same_data(run_folder, saved, current, "training lists", "preprocessed again with other settings?", remedy)
 
 
-NEW_RUN = "give this training a new --name or remove that run's folder"
-
-
 def _check_same_data(
     run_folder: str, saved: Optional[str], current: str, what: str, why: str, remedy: Optional[str] = None
 ) -> None:
@@ -240,12 +267,17 @@ def resumed_checkpoint(run_folder: str) -> Optional[Tuple[str, Dict]]:
     return (kept[-1][0], _train_state_of(kept[-1][0])) if kept else None
 
 
-def check_readable(directory: str) -> None:
+def check_readable(directory: str, state: Optional[Dict] = None) -> None:
     """Refuses (InputError, one line) a checkpoint whose weights, optimizer state or masks of
     trained rows cannot be opened (cut short, damaged on disk), or that holds one mask without the
     other: Ray Train would load it on every worker and fail each of its tries with a traceback (a
     lost mask read as none had every row exported as trained). The archives are memory-mapped, so
-    only their index is read; the masks (a byte per row) are read whole."""
+    only their index is read; the masks (a byte per row) are read whole. Files whose sha256 the
+    checkpoint's ``state`` (default: its ``train_state.json``, if any) records are read whole and
+    checked against it (:func:`check_checksums`)."""
+    if state is None and os.path.lexists(os.path.join(directory, TRAIN_STATE)):
+        state = _train_state_of(directory)
+    check_checksums(directory, state or {})
     for name in (WEIGHTS, OPTIMIZER):
         path = os.path.join(directory, name)
         if name == OPTIMIZER and not os.path.exists(path):
@@ -303,7 +335,7 @@ def export_model_dir(
         cutoffs = (state.get("training") or {}).get("cutoffs")
         if cutoffs:  # an uncapped run's trained rows are read from DATA's lists of these cutoffs
             check_same_lists(where, state.get("lists_sha256"), lists_digest(data, cutoffs), "train again")
-        weights, state = read_checkpoint(d)
+        weights, state = read_checkpoint(d, "train again")
         trained_rows = read_trained_rows(d)
     return save_model_dir(
         output,

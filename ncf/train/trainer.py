@@ -189,7 +189,7 @@ def fit(
     resumed = resumed_checkpoint(run_folder) if run_folder else None
     if resumed is not None:
         checkpoint_dir, saved = resumed
-        check_readable(checkpoint_dir)
+        check_readable(checkpoint_dir, saved)
         # A reused name resumes that run: refused here, in one line, if it trained another model
         # or on other vocabularies (the workers check again, for callers that bypass this).
         sizes = Vocabularies.load(layout.vocab_dir(config.data)).sizes()
