@@ -617,7 +617,8 @@ def _refuse_unshared_state(error: BaseException, output: str) -> None:
 
 STATS_WAIT_LOG_S = 60.0
 # What one pass of ProductStats.compute holds besides its chunk: per product, its sums and the
-# 24 hourly counts (float64); per household-product pair bought on two days or more, its product
+# 24 hourly counts (float64), and each chunk's 24 hourly counts again (the int64 bincount added
+# into them: 192 MB at 1M products); per household-product pair bought on two days or more, its product
 # and gap (16 bytes); per household-product pair the neighbours' fit reads (all of them up to
 # NEIGHBOURS_MAX_WORK), its product (4 bytes) and about 50 bytes while the fit runs (measured at
 # 68.7M pairs); all bounded by the purchases.
@@ -631,7 +632,7 @@ def stats_memory(num_purchases: int, num_products: int, largest_node: int) -> in
     """Bytes a stats task asks Ray for: the most :meth:`ProductStats.compute` may hold, capped
     at most of the largest node with a CPU (a pass that needs more would need it in a driver as
     well); 0, no request, when no such node reports its memory (a request could fit nowhere)."""
-    need = STATS_FIXED_BYTES + (24 + 8) * 8 * num_products + 56 * num_purchases
+    need = STATS_FIXED_BYTES + (24 + 24 + 8) * 8 * num_products + 56 * num_purchases
     return int(min(need, 0.8 * largest_node))
 
 
