@@ -143,6 +143,20 @@ def test_the_unknown_category_is_no_category():
         candidate_features(tl, np.array([-1]), 5 * DAY, Catalog(np.zeros(6, np.int64), category), stats)
 
 
+def test_arrays_of_two_data_directories_are_refused_by_name():
+    """Stats of another catalog raised a bare IndexError deep in the features (or, larger, were
+    read silently), and a household past the vocabulary 'offsets, products and timestamps do
+    not agree' (a review of ncf/data, 2026-12-06)."""
+    tl = UserTimeline(np.array([1, 2]), np.array([0, 1]) * DAY)
+    stats = _stats(num_products=12)
+    for size in (6, 20):
+        catalog = Catalog(np.zeros(size, np.int64), np.arange(size) % 3)
+        with pytest.raises(ValueError, match="statistics hold 12 products and the catalog .*different DATA"):
+            candidate_features(tl, np.array([1]), 5 * DAY, catalog, stats)
+    with pytest.raises(ValueError, match=r"household indices must be in \[0, 3\)"):
+        UserStates.from_purchases(np.array([1, 3]), np.array([5, 5]), np.array([0, 2]) * DAY, 3)
+
+
 def _stats(num_products=12, cutoff=4 * DAY):
     states = UserStates.from_purchases(np.array([1, 1, 2]), np.array([5, 5, 3]), np.array([0, 2, 1]) * DAY, 3)
     return ProductStats.compute(states, np.arange(num_products) % 3, cutoff)

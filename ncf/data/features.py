@@ -165,9 +165,14 @@ def candidate_features(
     Reads the household's purchases strictly before ``at`` and ``stats`` (the products as known
     at a cutoff no later than ``at``). Raises IndexError for an index outside the catalog
     (a negative one would silently read another product), ValueError for ``stats`` of a cutoff
-    after ``at``.
+    after ``at`` or of another catalog.
     """
     _check_stats_not_after(at, stats)
+    if stats.num_products != catalog.num_products:  # another DATA's stats: wrong products' numbers
+        raise ValueError(
+            f"the product statistics hold {stats.num_products} products and the catalog {catalog.num_products}: "
+            "they come from different DATA directories"
+        )
     candidates = np.asarray(candidates, np.int64)
     if len(candidates) and (candidates.min() < 0 or candidates.max() >= catalog.num_products):
         raise IndexError(f"candidate product indices must be in [0, {catalog.num_products})")

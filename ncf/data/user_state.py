@@ -55,6 +55,8 @@ class UserStates:
     def from_purchases(users: np.ndarray, products: np.ndarray, timestamps: np.ndarray, num_users: int) -> "UserStates":
         """From one entry per purchase line, in any order."""
         users = np.asarray(users, np.int64)
+        if len(users) and (users.min() < 0 or users.max() >= num_users):
+            raise ValueError(f"household indices must be in [0, {num_users}): another vocabulary's households?")
         order = np.lexsort((products, timestamps, users))
         offsets = np.zeros(num_users + 1, np.int64)
         np.cumsum(np.bincount(users, minlength=num_users)[:num_users], out=offsets[1:])
