@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from types import SimpleNamespace
@@ -11,6 +12,8 @@ import pytest
 
 import ncf.evaluate.baselines as baselines_module
 from ncf.data.catalog import catalog_before, households_before, popularity_before
+from ncf.data.features import HALF_LIVES
+from ncf.data.neighbours import ProductNeighbours
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.errors import InputError
@@ -22,6 +25,7 @@ from ncf.evaluate.baselines import (
     PointInTime,
     PopularityRanker,
     TifuKnnRanker,
+    boosted,
     rank_with_ties,
     tifu_vectors,
     tifuknn,
@@ -29,6 +33,7 @@ from ncf.evaluate.baselines import (
 from ncf.evaluate.evaluation import point_in_time_period
 from ncf.evaluate.metrics import ranking_metrics
 from ncf.evaluate.protocol import Period, evaluate, evaluate_households, full_ranking, load_period
+from ncf.rank.candidates import RankingSettings
 
 DAY = 86_400
 
@@ -114,6 +119,21 @@ def test_a_faint_decayed_purchase_stays_above_a_popular_product_never_bought_in_
     personal = np.array([0.0, 1.0, 0.9, 0.6, 0.0])
     blended = personal + tie_prior(np.array([0, 1, 9, 1, 5]), tie_scale(personal))
     assert np.argsort(-blended).tolist() == [1, 2, 3, 4, 0]
+
+
+def test_popularitys_sampled_scores_break_ties_as_its_ranking_does():
+    """The sampled protocol counts a tie against the positive: popularity's scores were the raw
+    counts, so a positive tied with a negative lost where the full ranking puts it first."""
+    # Products 2 and 3 bought twice each (2 first: the lower index), 4 three times, 1 and 5 once.
+    states = states_of({1: [(2, 0), (3, 1), (4, 2)], 2: [(2, 3), (3, 4), (4, 5), (4, 6), (1, 7), (5, 8)]})
+    context = PointInTime.build(states, vocabularies(2, 6), 10 * DAY)
+    ranker = PopularityRanker(context)
+    ranked = ranker.rank(1, 10 * DAY, 6)
+    assert ranked.tolist() == [4, 2, 3, 1, 5, 6]
+    scores = ranker.scores(1, 10 * DAY, ranked)
+    assert (np.diff(scores) < 0).all()  # strictly: no two products tie
+    assert np.floor(scores).tolist() == context.popularity[ranked].tolist()  # the counts' order kept
+    assert ranker.scores(1, 10 * DAY, np.array([0]))[0] == -np.inf  # outside the catalog
 
 
 # -- TIFU-KNN ----------------------------------------------------------------------------
@@ -790,3 +810,82 @@ def test_a_tuning_cache_entry_this_code_cannot_read_is_searched_again(tmp_path, 
     with open(tuning.tuned_path(data), "w") as f:
         f.write("[]")
     assert tuning.read_tuned(data) == {} and "holds no entries by baseline" in capsys.readouterr().err
+
+
+# -- the boosted ranker's candidates -----------------------------------------------------------
+
+
+class _ByIndex(boosted.OwnNeighboursAndPopular):
+    """The boosted ranker's first stage, scored by product index (no features, no booster)."""
+
+    def features(self, user, timeline, candidates, at):
+        return np.zeros((len(candidates), 1))
+
+    def score(self, user, candidates, features):
+        return -candidates.astype(np.float64)
+
+
+def first_stage_of(tmp_path, monkeypatch, examples, exclude_purchased):
+    """Household 1 bought products 1-6 before day 10 (1 most, then 2...); products 7-10 are the
+    co-purchase neighbours of 1-4 (in that order), and popularity follows the index (1 first)."""
+    purchases = {1: [(p, d) for p in range(1, 7) for d in range(7 - p)], 2: [(p, 1) for p in range(1, 21)]}
+    states = states_of(purchases)
+    rows = {1: [(7, 0.9), (2, 0.95)], 2: [(8, 0.8)], 3: [(9, 0.7)], 4: [(10, 0.6)]}
+    indptr = np.cumsum([0] + [len(rows.get(p, ())) for p in range(21)])
+    indices = [n for p in range(21) for n, _ in rows.get(p, ())]
+    weights = [w for p in range(21) for _, w in rows.get(p, ())]
+    neighbours = ProductNeighbours(indptr.astype(np.int64), np.array(indices, np.int32), np.array(weights, np.float32))
+    stats = SimpleNamespace(popularity_order=np.r_[np.arange(1, 21), 0], neighbours=neighbours)
+    state = SimpleNamespace(states=states, stats=stats, catalog=None)
+    monkeypatch.setattr(
+        boosted, "RankingState", SimpleNamespace(load=lambda data: SimpleNamespace(as_of=lambda at: state))
+    )
+    with open(tmp_path / "stats.json", "w") as f:
+        json.dump({"config": {"examples": examples}} if examples is not None else {}, f)
+    vocabs = vocabularies(2, 20)
+    context = PointInTime.build(states, vocabs, 10 * DAY, str(tmp_path), exclude_purchased=exclude_purchased)
+    ranker = _ByIndex(context)
+    return ranker, ranker.state.states.timeline(1).aggregates(10 * DAY, HALF_LIVES)
+
+
+def test_the_boosted_ranker_ranks_as_many_of_each_as_its_training_lists_hold(tmp_path, monkeypatch):
+    """It ranked RankingSettings' 250 own, 100 neighbours and 50 popular whatever the lists were
+    built with (jobs.preprocess --own-candidates ...)."""
+    sizes = {"own_candidates": 3, "neighbour_candidates": 2, "popular_candidates": 4}
+    ranker, bought = first_stage_of(tmp_path, monkeypatch, sizes, exclude_purchased=False)
+    # Own 1-3, neighbours 7 and 8, popular 1-4.
+    assert ranker.candidates(bought).tolist() == [1, 2, 3, 4, 7, 8]
+    assert ranker.rank(1, 10 * DAY, 20).tolist() == [1, 2, 3, 4, 7, 8]
+    # A DATA that records no counts: RankingSettings' (every product of this small catalog).
+    ranker, bought = first_stage_of(tmp_path, monkeypatch, None, exclude_purchased=False)
+    assert ranker.candidates(bought).tolist() == list(range(1, 21))
+
+
+def test_the_boosted_ranker_ranks_a_full_first_stage_of_products_never_bought(tmp_path, monkeypatch):
+    """With exclude_purchased its candidates were the own, neighbour and popular products less the
+    own ones: a household that bought most of the popular products ranked a handful (here the
+    neighbours 7 and 8 alone), where every other ranker ranks the whole catalog and the model its
+    300 candidates. Now the neighbours take the own products' place and popular products it never
+    bought complete the list, as many as the model's first stage."""
+    from ncf.evaluate.protocol import excluding_purchased
+
+    sizes = {"own_candidates": 3, "neighbour_candidates": 2, "popular_candidates": 4}
+    monkeypatch.setattr(boosted, "RankingSettings", functools.partial(RankingSettings, candidates=8, **sizes))
+    ranker, bought = first_stage_of(tmp_path, monkeypatch, sizes, exclude_purchased=True)
+    # Neighbours 7-10 (8 - 4 popular), then the most popular never bought: 11-14.
+    assert ranker.candidates(bought).tolist() == list(range(7, 15))
+    ranked = excluding_purchased(ranker.rank, ranker.context.states)(1, 10 * DAY, 100)
+    assert ranked.tolist() == list(range(7, 15))  # before: [7, 8]
+    monkeypatch.setattr(boosted, "RankingSettings", RankingSettings)  # 300: every product never bought
+    ranker, bought = first_stage_of(tmp_path, monkeypatch, sizes, exclude_purchased=True)
+    assert ranker.candidates(bought).tolist() == list(range(7, 21))
+    ranked = excluding_purchased(ranker.rank, ranker.context.states)(1, 10 * DAY, 100)
+    assert ranked.tolist() == list(range(7, 21))
+
+
+def test_the_evaluation_tells_its_baselines_when_rankings_leave_out_what_was_bought():
+    states = states_of({1: [(1, 0), (1, 11), (2, 11)]})
+    state = SimpleNamespace(states=states, vocabs=vocabularies(1, 2, first_ts=[0, DAY]))
+    bounds = {"val_start": 5 * DAY, "test_start": 10 * DAY, "end": 20 * DAY}
+    assert not point_in_time_period(state, "test", bounds)[0].exclude_purchased
+    assert point_in_time_period(state, "test", bounds, exclude_purchased=True)[0].exclude_purchased

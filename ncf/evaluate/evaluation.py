@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from datetime import datetime, timezone
@@ -71,7 +72,7 @@ def point_in_time_period(
     """What was known at the start of ``split``'s period, and the period restricted to it
     (catalog products first bought before the start, households with purchases before it;
     ``exclude_purchased``: see :func:`load_period`)."""
-    context = PointInTime.build(state.states, state.vocabs, period_start(split, boundaries), data)
+    context = PointInTime.build(state.states, state.vocabs, period_start(split, boundaries), data, exclude_purchased)
     households = context.households()
     period = load_period(state.states, split, boundaries, context.catalog, households, exclude_purchased)
     if not len(period.users):
@@ -200,6 +201,9 @@ def evaluate_baselines(
     per-household metrics on ``users`` (see :func:`ncf.evaluate.protocol.evaluate`). A baseline
     that raises, in its tuning or here, gets a :func:`failed_row` in its place and the others go
     on: one baseline out of memory at scale must not cost the figures of the rest."""
+    if context.exclude_purchased != exclude_purchased:
+        # The mode the rankers build their candidates for (the boosted ranker's): the rankings'.
+        context = dataclasses.replace(context, exclude_purchased=exclude_purchased)
     untuned: Dict[str, Dict] = {}
 
     def tuning_failed(baseline: Baseline, error: Exception) -> None:
@@ -288,7 +292,9 @@ def evaluate_all(
         ranker, period = on_period or model_on_period(model_dir, data, split, exclude_purchased)
         _check_same_period(period, split, exclude_purchased)
         state = ranker.state
-        context = PointInTime.build(state.states, state.vocabs, period_start(split, boundaries), data)
+        context = PointInTime.build(
+            state.states, state.vocabs, period_start(split, boundaries), data, exclude_purchased
+        )
     users = sample_users(period.users, max_users)
     households = None
     if model_dir is not None:

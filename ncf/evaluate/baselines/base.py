@@ -49,10 +49,26 @@ class PointInTime:
     catalog: np.ndarray  # bool per product index: rankable at ``start``
     memo: Dict = field(default_factory=dict, repr=False)
     data: Optional[str] = None  # the DATA directory (baselines that train on its lists)
+    # Whether the rankings leave out what the household bought before the moment (the
+    # evaluation's exclude_purchased): rankers of their own candidates draw them from what is left.
+    exclude_purchased: bool = False
 
     @staticmethod
-    def build(states: UserStates, vocabs: Vocabularies, start: int, data: Optional[str] = None) -> "PointInTime":
-        return PointInTime(states, int(start), len(vocabs.users), catalog_before(vocabs, start), data=data)
+    def build(
+        states: UserStates,
+        vocabs: Vocabularies,
+        start: int,
+        data: Optional[str] = None,
+        exclude_purchased: bool = False,
+    ) -> "PointInTime":
+        return PointInTime(
+            states,
+            int(start),
+            len(vocabs.users),
+            catalog_before(vocabs, start),
+            data=data,
+            exclude_purchased=exclude_purchased,
+        )
 
     @property
     def num_products(self) -> int:

@@ -15,6 +15,7 @@ is tuned on the validation weeks like every baseline. It trains on at most
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Iterable, Iterator, List, Sequence
 
 import numpy as np
@@ -154,21 +155,48 @@ def _flat(lists, name: str, dtype) -> np.ndarray:
     return pc.list_flatten(lists.column(name)).to_numpy(zero_copy_only=False).astype(dtype)
 
 
+# The first-stage counts of the training lists (jobs.preprocess --own-candidates etc.), as
+# stats.json records them under config.examples and RankingSettings names them.
+LIST_SIZES = ("own_candidates", "neighbour_candidates", "popular_candidates")
+
+
+def list_settings(data: str) -> RankingSettings:
+    """:class:`RankingSettings` with the own, neighbour and popular counts the training lists of
+    ``data`` were built with (``--own-candidates``, ``--neighbour-candidates``,
+    ``--popular-candidates``), each one's default where ``stats.json`` does not record it (a
+    DATA of before they were recorded)."""
+    try:
+        recorded = layout.DataStats(data).examples
+    except (KeyError, TypeError):  # no settings recorded
+        recorded = {}
+    return dataclasses.replace(
+        RankingSettings(), **{name: int(recorded[name]) for name in LIST_SIZES if recorded.get(name) is not None}
+    )
+
+
 class OwnNeighboursAndPopular:
     """Ranks a household's own products, the products nearest to them by co-purchase (none it
     bought) and the popular ones (the first stage of the boosted ranker, the training lists'
-    :func:`first_stage` candidates) by :meth:`score` of their :func:`ncf.data.features.candidate_features`,
-    the model's feature function. Subclasses say how to score."""
+    :func:`first_stage` candidates, as many of each as the lists of ``context.data`` hold:
+    :func:`list_settings`) by :meth:`score` of their :func:`ncf.data.features.candidate_features`,
+    the model's feature function. Subclasses say how to score.
+
+    Where the rankings leave out what the household bought (``context.exclude_purchased``), its
+    own products are not candidates: the neighbours take their place and the popular products it
+    never bought complete the list, ``RankingSettings.candidates`` (300) in all, as the model's
+    first stage is completed, rather than what the own products leave of 400 (a household that
+    bought 40 of the 50 most popular ranked about 110 products).
+    """
 
     def __init__(self, context: PointInTime) -> None:
         self.context = context
         self.state = RankingState.load(context.data).as_of(context.start)
-        settings = RankingSettings()
-        self._own, self._near, self._popular = (
-            settings.own_candidates,
-            settings.neighbour_candidates,
-            self.state.stats.popularity_order[: settings.popular_candidates],
-        )
+        self.settings = list_settings(context.data)
+        self.exclude_purchased = context.exclude_purchased
+        order = np.asarray(self.state.stats.popularity_order, np.int64)
+        self._popular = order[: self.settings.popular_candidates]
+        # Every catalog product, most bought first: what completes a list without own products.
+        self._by_popularity = order[context.catalog[order]] if self.exclude_purchased else order[:0]
 
     def score(self, user: int, candidates: np.ndarray, features: np.ndarray) -> np.ndarray:
         """C scores (higher is better) of ``candidates`` (C) with their C x F features."""
@@ -178,14 +206,29 @@ class OwnNeighboursAndPopular:
         """The C x F features :meth:`score` reads: the model's (benchmarks add their own)."""
         return candidate_features(timeline, candidates, at, self.state.catalog, self.state.stats)
 
+    def candidates(self, aggregates) -> np.ndarray:
+        """The catalog products ranked for a household with these :class:`ncf.data.timeline.Aggregates`
+        (its purchases before the moment), in increasing index order (equal scores go to the lower one)."""
+        s, neighbours = self.settings, self.state.stats.neighbours
+        if not self.exclude_purchased:
+            own, near = aggregates.most_bought(s.own_candidates), neighbours.best(aggregates, s.neighbour_candidates)
+            candidates = np.unique(np.concatenate([own, near, self._popular]).astype(np.int64))
+            return candidates[self.context.catalog[candidates]]
+        # None it bought: the best neighbours in the own products' place, the popular products it
+        # never bought after them (at least popular_candidates, more where the neighbours are few).
+        near = neighbours.best(aggregates, max(s.candidates - s.popular_candidates, 0)).astype(np.int64)
+        near = near[self.context.catalog[near]]
+        need = max(s.candidates - len(near), 0)
+        # Each product skipped is bought or a neighbour: the first need + |bought| + |near| hold every one taken.
+        prefix = self._by_popularity[: need + len(aggregates.keys) + len(near)]
+        popular = prefix[~np.isin(prefix, aggregates.keys) & ~np.isin(prefix, near)][:need]
+        return np.unique(np.concatenate([near, popular]))
+
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
-        """The ``depth`` best of the household's own products, their neighbours and the popular ones."""
+        """The ``depth`` best of :meth:`candidates`."""
         self.context.check(at)
         timeline = self.state.states.timeline(user)
-        aggregates = timeline.aggregates(at, HALF_LIVES)
-        own, near = aggregates.most_bought(self._own), self.state.stats.neighbours.best(aggregates, self._near)
-        candidates = np.unique(np.concatenate([own, near, self._popular]).astype(np.int64))
-        candidates = candidates[self.context.catalog[candidates]]
+        candidates = self.candidates(timeline.aggregates(at, HALF_LIVES))
         features = self.features(user, timeline, candidates, at)
         return candidates[np.argsort(-self.score(user, candidates, features), kind="stable")][:depth]
 

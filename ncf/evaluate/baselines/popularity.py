@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -16,11 +16,18 @@ class PopularityRanker:
         self.context = context
         self.params: Dict = {}
         self._scores = context.masked(context.popularity)
+        self._sampled: Optional[np.ndarray] = None
         self._ranked: Dict[int, np.ndarray] = {}
 
     def scores(self, user: int, at: int, products: np.ndarray) -> np.ndarray:
+        """The purchase counts with a tie term in (0, 0.5] that falls with the product's place in
+        the popularity order: the counts are whole numbers, so their order stays, and equal counts
+        go as :meth:`rank` puts them (the sampled protocol counts a tie against the positive)."""
         self.context.check(at)
-        return self._scores[products]
+        if self._sampled is None:
+            place = self.context.popularity_rank()
+            self._sampled = self.context.masked(self.context.popularity + 0.5 * (1.0 - place / len(place)))
+        return self._sampled[products]
 
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
         self.context.check(at)
