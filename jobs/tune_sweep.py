@@ -26,11 +26,21 @@ from ncf.train.trainer import TrainingInterrupted
 from tune.results import NoTrialFinished
 from tune.search_space import SEARCHED
 from tune.settings import SweepSettings
-from tune.sweep import SweepInterrupted, check_sweep_directory, refit_best, resumed_concurrency, run_sweep, summary
+from tune.sweep import (
+    SweepInterrupted,
+    check_sweep_directory,
+    failed_trials,
+    failures_line,
+    refit_best,
+    resumed_concurrency,
+    run_sweep,
+    summary,
+)
 
 # The searched dimensions (the tower as its layer widths, not depth and width), with the results.
 SHOWN = [
     "trial_id",
+    "status",  # done, or error: a failed trial (NaN scores), named again in the line after the table
     "best_val_ndcg@10",
     "best_epoch",
     "epochs",
@@ -132,38 +142,60 @@ def main(argv=None):
             except SweepInterrupted as e:
                 print(f"[sweep] {e}", file=sys.stderr, flush=True)
                 sys.exit(EXIT_INTERRUPTED)
+            except KeyboardInterrupt:  # a second Ctrl-C inside Tune's loop (its handler takes only the first)
+                print("[sweep] sweep interrupted (Ctrl-C); continue it with --resume", file=sys.stderr, flush=True)
+                sys.exit(EXIT_INTERRUPTED)
             except NoTrialFinished as e:  # its results are written: the table says what each trial did
                 fail(str(e))
-            print("\n" + table[[c for c in SHOWN if c in table]].to_string(index=False), flush=True)
+            try:
+                return report(table, settings, args)
+            except KeyboardInterrupt:  # the refit's own Ctrl-C ends in report, with its own line
+                print(
+                    "[sweep] interrupted (Ctrl-C) after every trial finished and SWEEP/best was exported, before the "
+                    "job ended; run the same command with --resume to export and register the winner (and finish a "
+                    "--refit from its checkpoints); no trial runs again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                sys.exit(EXIT_INTERRUPTED)
+
+
+def report(table, settings: SweepSettings, args: argparse.Namespace):
+    """The trial table, the failed trials' line, the registration of ``SWEEP/best`` (and with
+    ``--refit`` the refit and its registration), then the outcome as the last line, bare JSON."""
+    print("\n" + table[[c for c in SHOWN if c in table]].to_string(index=False), flush=True)
+    failures = failures_line(table, settings.experiment_dir)
+    if failures:
+        print(failures, flush=True)
+    print(
+        f"[sweep] results: {settings.output}/results.parquet (and .csv), "
+        f"plot: {settings.output}/sweep.png, best model: {settings.best_dir}",
+        flush=True,
+    )
+    outcome = {**summary(table), "failed_trials": failed_trials(table), "best_model": settings.best_dir}
+    outcome["registered_version"] = track_sweep_model(
+        settings.best_dir, settings.data, settings.output, candidate=not args.refit
+    )
+    if args.refit:  # a training too: inside the slot
+        try:
+            path = refit_best(table, settings)
+        except (TrainingInterrupted, KeyboardInterrupt):
             print(
-                f"[sweep] results: {settings.output}/results.parquet (and .csv), "
-                f"plot: {settings.output}/sweep.png, best model: {settings.best_dir}",
+                "[sweep] the refit was interrupted (Ctrl-C); its checkpoints are kept: run the same command "
+                "with --resume to finish it from them",
+                file=sys.stderr,
                 flush=True,
             )
-            outcome = {**summary(table), "best_model": settings.best_dir}
-            outcome["registered_version"] = track_sweep_model(
-                settings.best_dir, settings.data, settings.output, candidate=not args.refit
-            )
-            if args.refit:  # a training too: inside the slot
-                try:
-                    path = refit_best(table, settings)
-                except (TrainingInterrupted, KeyboardInterrupt):
-                    print(
-                        "[sweep] the refit was interrupted (Ctrl-C); its checkpoints are kept: run the same command "
-                        "with --resume to finish it from them",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    sys.exit(EXIT_INTERRUPTED)
-                outcome["deployment_model"] = path
-                outcome["deployment_version"] = track_sweep_model(
-                    path, settings.data, settings.output, tags={"validated_version": outcome["registered_version"]}
-                )
-                print(f"[sweep] deployment model (the winner refit through the data's end): {path}", flush=True)
-            # The last line on stdout, bare JSON: a script reads it with tail -n 1 (of the job's own logs under
-            # ray job submit, which prints its own lines after them).
-            print(json.dumps(outcome), flush=True)
-            return table
+            sys.exit(EXIT_INTERRUPTED)
+        outcome["deployment_model"] = path
+        outcome["deployment_version"] = track_sweep_model(
+            path, settings.data, settings.output, tags={"validated_version": outcome["registered_version"]}
+        )
+        print(f"[sweep] deployment model (the winner refit through the data's end): {path}", flush=True)
+    # The last line on stdout, bare JSON: a script reads it with tail -n 1 (of the job's own logs under
+    # ray job submit, which prints its own lines after them).
+    print(json.dumps(outcome), flush=True)
+    return table
 
 
 if __name__ == "__main__":

@@ -830,3 +830,184 @@ def test_optuna_is_told_a_resumed_trials_scores_at_their_epochs():
         searcher.on_trial_result("t", {BEST: score, "epoch": epoch, "training_iteration": iteration})
     (trial,) = searcher._ot_study.trials
     assert trial.intermediate_values == {1: 0.3, 2: 0.4, 3: 0.5}
+
+
+def _sweep_table(statuses) -> pd.DataFrame:
+    """A results table (:func:`tune.results.results_table`'s columns the job reads) of trials
+    ``t0, t1, ...`` with ``statuses``; the failed ones without scores or checkpoints."""
+    from tune.results import BEST, CHECKPOINT_PATH
+
+    rows = []
+    for i, status in enumerate(statuses):
+        done = status == "done"
+        rows.append(
+            {
+                "trial_id": f"t{i}",
+                "status": status,
+                BEST: 0.5 - i / 100 if done else float("nan"),
+                "best_epoch": 1 if done else float("nan"),
+                "epochs": 1 if done else 0,
+                CHECKPOINT_PATH: f"/ckpt/t{i}" if done else None,
+                "is_default": i == 0,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.faults
+def test_a_sweep_with_failed_trials_says_which_in_its_table_a_line_and_its_json(tmp_path, monkeypatch, capsys):
+    """A sweep some of whose trials failed reported plain success: the table left out the status
+    (failed trials were rows of NaN) and the last line had no count (a review, 2026-12-06). Exit 0
+    stays: the winner is exported while one trial reported a checkpoint."""
+    from jobs import tune_sweep
+    from tune.sweep import failed_trials, failures_line
+
+    table = _sweep_table(["done", "error", "done", "error", "error"])
+    assert failed_trials(table) == ["t1", "t3", "t4"]
+    assert failed_trials(_sweep_table(["done", "done"])) == [] and failures_line(_sweep_table(["done"]), "x") is None
+    assert failed_trials(table.drop(columns="status")) == []  # a table of before the status column
+
+    sweep = tmp_path / "sweep"
+    args = tune_sweep.parse_args(["--data", str(tmp_path / "data"), "--output", str(sweep), "--trials", "5"])
+    settings = tune_sweep.sweep_settings(args, use_gpu=False)
+    monkeypatch.setattr(tune_sweep, "track_sweep_model", lambda *args, **kwargs: "7")
+    assert tune_sweep.report(table, settings, args) is table
+    out = capsys.readouterr().out.splitlines()
+    header = next(line for line in out if line.split()[:2] == ["trial_id", "status"])
+    assert header and sum(" error " in line for line in out) == 3
+    assert (
+        f"[sweep] 3 of 5 trials failed: t1, t3, t4 (each one's error: {sweep}/tune/sweep/*<trial id>*/error.txt)" in out
+    )
+    outcome = json.loads(out[-1])
+    assert outcome["failed_trials"] == ["t1", "t3", "t4"] and outcome["best_trial"] == "t0"
+    assert outcome["registered_version"] == "7"
+
+    tune_sweep.report(_sweep_table(["done", "done"]), settings, args)
+    out = capsys.readouterr().out
+    assert "failed:" not in out and json.loads(out.splitlines()[-1])["failed_trials"] == []
+
+
+@pytest.mark.faults
+def test_ctrl_c_after_tunes_loop_is_one_line_exit_130_with_a_resume_hint(tmp_path, monkeypatch, capsys):
+    """Ctrl-C once Tune's loop had ended (the results, the plot, SWEEP/best's export, its
+    registration) was a KeyboardInterrupt traceback: only the refit was handled (a review,
+    2026-12-06). A resume of a sweep whose every trial finished writes, exports and registers
+    again: Tune restores them all and runs none (run_sweep goes on to _write_sweep at once)."""
+    from jobs import tune_sweep
+    from tune import sweep as sweep_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    # In run_sweep, after fit: SweepInterrupted, the job's line and exit 130.
+    class Grid:
+        def fit(self):
+            return self
+
+    monkeypatch.setattr("ray.cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(SweepSettings, "record", lambda self: None)  # it reads DATA's fingerprints
+    for name, value in {
+        "check_sweep_directory": lambda *args: None,
+        "cpu_nodes": lambda: 1,
+        "_trainable": lambda *args: None,
+        "_tuner": lambda *args: Grid(),
+        "finished_trials": lambda grid: 2,
+        "results_table": lambda *args: _sweep_table(["done", "done"]),
+        "write_results": lambda *args: None,
+        "plot_sweep": interrupted,
+    }.items():
+        monkeypatch.setattr(sweep_module, name, value)
+    settings = SweepSettings(data=str(tmp_path / "data"), output=str(tmp_path / "sweep"), trials=2)
+    with pytest.raises(sweep_module.SweepInterrupted, match=r"after Tune's loop ended.*same command with --resume"):
+        _not_a_traceback(sweep_module.run_sweep, settings)
+
+    # In the job, after run_sweep: registering SWEEP/best.
+    for name, value in {
+        "check_data": lambda *args, **kwargs: None,
+        "check_sweep_directory": lambda *args: None,
+        "init_ray": lambda: None,
+        "training_slot": lambda what: contextlib.nullcontext(),
+        "training_on_gpu": lambda *args, **kwargs: False,
+        "run_sweep": lambda *args, **kwargs: _sweep_table(["done", "done"]),
+        "track_sweep_model": interrupted,
+    }.items():
+        monkeypatch.setattr(tune_sweep, name, value)
+    argv = ["--data", str(tmp_path / "data"), "--output", str(tmp_path / "sweep"), "--trials", "2"]
+    with pytest.raises(SystemExit) as exit:
+        _not_a_traceback(tune_sweep.main, argv)
+    assert exit.value.code == 130
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("[sweep] interrupted (Ctrl-C) after every trial finished") and "--resume" in line
+
+    # And a second Ctrl-C inside Tune's loop (Tune's handler takes only the first).
+    monkeypatch.setattr(tune_sweep, "run_sweep", interrupted)
+    with pytest.raises(SystemExit) as exit:
+        _not_a_traceback(tune_sweep.main, argv)
+    assert exit.value.code == 130
+    assert capsys.readouterr().err.splitlines() == ["[sweep] sweep interrupted (Ctrl-C); continue it with --resume"]
+
+
+def _not_a_traceback(call, *args):
+    """``call(*args)``; a KeyboardInterrupt out of it fails the test (raised, it would stop pytest)."""
+    try:
+        return call(*args)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C ended in a KeyboardInterrupt traceback")
+
+
+class _Trial:
+    """What TrialLogger reads of a Tune trial; TERMINATED, as Tune's cleanup after Ctrl-C marks
+    the trials it stops."""
+
+    status = "TERMINATED"
+
+    def __init__(self, trial_id: str):
+        self.trial_id, self.config = trial_id, {"learning_rate": 0.01}
+
+    def __str__(self):
+        return f"train_trial_{self.trial_id}"
+
+
+@pytest.mark.faults
+def test_the_runs_of_trials_stopped_by_ctrl_c_end_killed_and_a_resume_finishes_them(tmp_path, monkeypatch):
+    """Tune's cleanup after Ctrl-C stops the running trials without on_trial_complete or
+    on_trial_error: their MLflow runs stayed RUNNING for good (a review, 2026-12-06)."""
+    from tune.tracking import trial_logger
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    sweep = str(tmp_path / "sweep")
+    logger = trial_logger(sweep)
+    logger.setup()
+    done, failed, stopped = _Trial("aaaa0001"), _Trial("aaaa0002"), _Trial("aaaa0003")
+    for trial in (done, failed, stopped):
+        logger.log_trial_start(trial)
+    logger.log_trial_end(done)
+    logger.log_trial_end(failed, failed=True)
+    logger.on_experiment_end(trials=[done, failed, stopped])
+
+    store = registry.Registry()
+
+    def statuses():
+        runs = store.client.search_runs(
+            [store.experiment_id(registry.SWEEP_EXPERIMENT)], filter_string=f"tags.sweep = '{sweep}'"
+        )
+        return {run.data.tags["trial_id"]: (run.info.run_id, run.info.status) for run in runs}
+
+    before = statuses()
+    assert {trial: status for trial, (_, status) in before.items()} == {
+        "aaaa0001": "FINISHED",
+        "aaaa0002": "FAILED",
+        "aaaa0003": "KILLED",
+    }
+
+    # --resume: Tune restores the callback and restarts the stopped trial (a new Trial object).
+    resumed = trial_logger(sweep)
+    resumed.setup()
+    again = _Trial("aaaa0003")
+    resumed.log_trial_start(again)
+    assert statuses()["aaaa0003"] == (before["aaaa0003"][0], "RUNNING")  # its own run, running again
+    resumed.log_trial_end(again)
+    resumed.on_experiment_end(trials=[again])
+    after = statuses()
+    assert after["aaaa0003"] == (before["aaaa0003"][0], "FINISHED") and len(after) == 3
+    assert after["aaaa0001"] == before["aaaa0001"]

@@ -4,9 +4,11 @@ Each trial is :func:`tune.trial.train_trial` (a ``TorchTrainer``), the objective
 validation NDCG@10 of each epoch, ASHA (:class:`tune.scheduler.EpochASHA`) stops weak trials
 at 1, 2, 4, ... epochs, and the defaults are the first point evaluated, so every sweep reports
 its gain over them. An interrupted sweep resumes from Tune's experiment state: finished trials
-are kept, the searcher continues where it was, the interrupted and failed trials continue from
-their last checkpoints, and the missing ones run. ASHA's rungs start empty again (Tune does not
-save its scheduler), so a resumed trial is compared only with the results reported after it.
+are kept, the searcher continues where it was, the interrupted trials continue from their last
+checkpoints, failed trials stay failed (restored with ``resume_errored=False``: Ray Train retried
+each ``max_failures`` times; the table and the job's last line name them), and the missing ones
+run. ASHA's rungs start empty again (Tune does not save its scheduler), so a resumed trial is
+compared only with the results reported after it.
 
 Example::
 
@@ -23,7 +25,7 @@ import math
 import os
 import signal
 import threading
-from typing import Optional
+from typing import List, Optional
 
 import pandas as pd
 
@@ -213,7 +215,8 @@ def _tuner(settings: SweepSettings, trainable, resume: bool):
 
 def finished_trials(grid) -> int:
     """Trials that ended on their own (trained every epoch, stopped by ASHA, or failed), read
-    from the experiment state Tune saved on disk.
+    from the experiment state Tune saved on disk: what a resume would not run again. Not a count
+    of successes: the failed ones are :func:`failed_trials` of the table.
 
     Not ``grid.num_terminated``: after Ctrl-C, Tune saves its state and then stops the running
     trials, marking them TERMINATED in the grid it returns, while the saved state keeps them
@@ -326,6 +329,24 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
         settings.record()
     with sigint_kept():
         grid = _tuner(settings, trainable, resume).fit()
+    # Tune's handler is gone: Ctrl-C from here on raises KeyboardInterrupt, the job's one line too.
+    try:
+        return _write_sweep(grid, settings)
+    except KeyboardInterrupt:
+        raise SweepInterrupted(EXPORT_INTERRUPTED) from None
+
+
+EXPORT_INTERRUPTED = (
+    "sweep interrupted (Ctrl-C) after Tune's loop ended, while its results were written and SWEEP/best "
+    "exported; run the same command with --resume to write, export and register them (finished trials do not "
+    "run again)"
+)
+
+
+def _write_sweep(grid, settings: SweepSettings) -> pd.DataFrame:
+    """The results, plot and ``SWEEP/best`` of a fitted ``grid``: SweepInterrupted where Tune
+    returned before every trial finished. A resume of a sweep whose every trial finished comes
+    here again at once (Tune restores them all, runs none), so it writes and exports them anew."""
     finished = finished_trials(grid)
     if finished < settings.trials:  # Tune returns normally after Ctrl-C, with its state saved
         raise SweepInterrupted(
@@ -367,3 +388,23 @@ def summary(table: pd.DataFrame) -> dict:
         base = float(default[BEST].iloc[0])
         out.update(default=base, gain=(out["best"] - base) / base if base > 0 else None)
     return out
+
+
+def failed_trials(table: pd.DataFrame) -> List[str]:
+    """The ids of the table's failed trials (status ``error``: Tune kept the error after Ray
+    Train's retries), in the table's order. A resume does not run them again; the sweep goes on
+    to its winner while one trial reported a checkpoint."""
+    if "status" not in table:
+        return []
+    return [str(trial) for trial in table.loc[table["status"] == "error", "trial_id"]]
+
+
+def failures_line(table: pd.DataFrame, experiment_dir: str) -> Optional[str]:
+    """One line naming the failed trials and where each one's error is; None where none failed."""
+    failed = failed_trials(table)
+    if not failed:
+        return None
+    return (
+        f"[sweep] {len(failed)} of {_counted(len(table), 'trial')} failed: {', '.join(failed)} "
+        f"(each one's error: {experiment_dir}/*<trial id>*/error.txt)"
+    )

@@ -45,6 +45,7 @@ class TrialLogger(MLflowLoggerCallback):
         # run name its commit.
         self.tags = {**(self.tags or {}), **code_version()}
         super().setup(*args, **kwargs)
+        self._ended_trials = set()  # as the runs of super().setup: this Tune run's
 
     def log_trial_start(self, trial) -> None:
         self.tags = {**self.tags, "trial_id": trial.trial_id}
@@ -63,6 +64,9 @@ class TrialLogger(MLflowLoggerCallback):
                 client = self.mlflow_util._get_client()
                 for key, value in resumed.items():
                     self._logged("a resumed trial's code", client.set_tag, earlier, key, value)
+                # KILLED by on_experiment_end when the sweep was interrupted: running again.
+                self._logged("a resumed trial's status", client.update_run, earlier, status="RUNNING")
+        self._ended().discard(trial)
         self._logged("a trial's run", super().log_trial_start, trial)
 
     def log_trial_result(self, iteration: int, trial, result: Dict) -> None:
@@ -76,7 +80,25 @@ class TrialLogger(MLflowLoggerCallback):
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
         if trial in self._trial_runs:
+            self._ended().add(trial)
             self._logged("a trial's end", super().log_trial_end, trial, failed)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        """Ends as KILLED the runs of the trials that did not end on their own: Tune's cleanup
+        after Ctrl-C stops the running trials (marking them TERMINATED, as a finished trial is)
+        without ``on_trial_complete`` or ``on_trial_error``, so their runs stayed RUNNING. A
+        ``--resume`` finds each run again (``log_trial_start``) and sets its final status."""
+        ended = self._ended()
+        for trial in trials:
+            if trial in self._trial_runs and trial not in ended:
+                ended.add(trial)
+                run = self._trial_runs[trial]
+                self._logged("an interrupted trial's end", self.mlflow_util.end_run, status="KILLED", run_id=run)
+        super().on_experiment_end(trials=trials, **info)
+
+    def _ended(self) -> set:
+        """The trials whose runs this callback ended in this Tune run (``setup`` starts it empty)."""
+        return self.__dict__.setdefault("_ended_trials", set())
 
     def _logged(self, what: str, call, *args, **kwargs) -> None:
         """``call`` to the tracking store, recording ``what``; a store lost during the sweep costs
