@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 from datetime import date, datetime, timedelta, timezone
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -145,20 +144,3 @@ def test_a_moment_given_to_the_python_api_does_not_depend_on_the_machines_time_z
     assert done.returncode == 0, done.stderr[-3000:]
     refusals = done.stdout.splitlines()
     assert len(refusals) == 2 and "'today': not a moment" in refusals[0] and "has no time zone" in refusals[1]
-
-
-def test_data_end_of_a_log_of_dates_is_the_midnight_after_its_last_day():
-    """A log of dates stamps a day's purchases 00:00; its training moments are midnights, where
-    each purchase is at least a day old. ``data-end`` was the second after the last purchase, so
-    the last day's purchases ranked as a second old (a review of ncf/data, 2026-12-06)."""
-    from ncf.batch.scoring import after_the_data as used_by_the_nightly_job
-    from ncf.moments import after_the_data, resolve_at
-    from ncf.rank.recommender import Recommender
-
-    midnight = 1511740800  # 2017-11-27T00:00:00Z
-    assert after_the_data(midnight) == midnight + 86_400
-    assert after_the_data(MOMENT) == MOMENT + 1  # a log with times: the second after
-    assert used_by_the_nightly_job is after_the_data
-    assert resolve_at("data-end", after_the_data(midnight)) == 1511827200  # 2017-11-28
-    Rec = type("Rec", (), {"state": SimpleNamespace(end=midnight), "default_at": Recommender.default_at})
-    assert Recommender.moment(Rec(), None) == Recommender.moment(Rec(), "data-end") == midnight + 86_400

@@ -95,7 +95,7 @@ from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
 from ncf.model.ann import index_path
 from ncf.model.directory import WEIGHTS, ModelDir, read_config
-from ncf.moments import NOW, SECONDS_PER_DAY, after_the_data, day_of, first_rankable, resolve_at, run_date_of
+from ncf.moments import NOW, SECONDS_PER_DAY, day_of, first_rankable, resolve_at, run_date_of
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import CHUNK_USERS, MAX_K
 from ncf.rank.state import (
@@ -645,7 +645,7 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_i
     stats = layout.DataStats(config.data)
     check_catalog(model_config["model"], stats.vocab_sizes, config.data)
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
-    at = resolve_at(config.at, after_the_data(stats.end), now=now)
+    at = resolve_at(config.at, stats.end + 1, now=now)
     if at < first_rankable(stats.boundaries["start"]):
         # The products' stats of a past moment are those of its day's start: nothing known yet.
         raise InputError(
