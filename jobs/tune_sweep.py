@@ -35,6 +35,7 @@ from tune.sweep import (
     resumed_concurrency,
     run_sweep,
     summary,
+    tune_state_saved,
 )
 
 # The searched dimensions (the tower as its layer widths, not depth and width), with the results.
@@ -143,7 +144,7 @@ def main(argv=None):
                 print(f"[sweep] {e}", file=sys.stderr, flush=True)
                 sys.exit(EXIT_INTERRUPTED)
             except KeyboardInterrupt:  # a second Ctrl-C inside Tune's loop (its handler takes only the first)
-                print("[sweep] sweep interrupted (Ctrl-C); continue it with --resume", file=sys.stderr, flush=True)
+                print(f"[sweep] {interrupted_before_the_end(settings)}", file=sys.stderr, flush=True)
                 sys.exit(EXIT_INTERRUPTED)
             except NoTrialFinished as e:  # its results are written: the table says what each trial did
                 fail(str(e))
@@ -158,6 +159,20 @@ def main(argv=None):
                     flush=True,
                 )
                 sys.exit(EXIT_INTERRUPTED)
+
+
+def interrupted_before_the_end(settings: SweepSettings) -> str:
+    """What a Ctrl-C that Tune's handler did not take leaves, as :func:`check_sweep_directory`
+    will read it: a sweep to resume where Tune saved its state; where Tune had started without
+    saving one, nothing a resume or a new run in that folder accepts; else a folder to run again."""
+    if tune_state_saved(settings.experiment_dir):
+        return "sweep interrupted (Ctrl-C); continue it with --resume"
+    if os.path.exists(settings.experiment_dir):
+        return (
+            "sweep interrupted (Ctrl-C) before Tune saved its state: it cannot be resumed; start it again with a "
+            f"new --output, or remove {settings.output} first"
+        )
+    return "sweep interrupted (Ctrl-C) before Tune started; run the same command again"
 
 
 def report(table, settings: SweepSettings, args: argparse.Namespace):

@@ -939,12 +939,23 @@ def test_ctrl_c_after_tunes_loop_is_one_line_exit_130_with_a_resume_hint(tmp_pat
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("[sweep] interrupted (Ctrl-C) after every trial finished") and "--resume" in line
 
-    # And a second Ctrl-C inside Tune's loop (Tune's handler takes only the first).
+    # And a second Ctrl-C inside Tune's loop (Tune's handler takes only the first): the hint is
+    # what check_sweep_directory will accept of the folder it leaves (a second reading).
     monkeypatch.setattr(tune_sweep, "run_sweep", interrupted)
-    with pytest.raises(SystemExit) as exit:
-        _not_a_traceback(tune_sweep.main, argv)
-    assert exit.value.code == 130
-    assert capsys.readouterr().err.splitlines() == ["[sweep] sweep interrupted (Ctrl-C); continue it with --resume"]
+    experiment = tmp_path / "sweep" / "tune" / "sweep"
+    for made, says in [
+        (None, "before Tune started; run the same command again"),
+        ("tuner.pkl", "before Tune saved its state: it cannot be resumed; start it again with a new --output"),
+        ("experiment_state-2026-12-06_04-00-00.json", "continue it with --resume"),
+    ]:
+        if made:
+            experiment.mkdir(parents=True, exist_ok=True)
+            (experiment / made).write_text("{}")
+        with pytest.raises(SystemExit) as exit:
+            _not_a_traceback(tune_sweep.main, argv)
+        assert exit.value.code == 130
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("[sweep] sweep interrupted (Ctrl-C)") and says in line, line
 
 
 def _not_a_traceback(call, *args):
