@@ -30,7 +30,7 @@ from ncf.evaluate.baselines import (
     tifu_vectors,
     tifuknn,
 )
-from ncf.evaluate.evaluation import point_in_time_period
+from ncf.evaluate.evaluation import _baseline_row, point_in_time_period
 from ncf.evaluate.metrics import ranking_metrics
 from ncf.evaluate.protocol import Period, evaluate, evaluate_households, full_ranking, load_period
 from ncf.rank.candidates import RankingSettings
@@ -888,4 +888,25 @@ def test_the_evaluation_tells_its_baselines_when_rankings_leave_out_what_was_bou
     state = SimpleNamespace(states=states, vocabs=vocabularies(1, 2, first_ts=[0, DAY]))
     bounds = {"val_start": 5 * DAY, "test_start": 10 * DAY, "end": 20 * DAY}
     assert not point_in_time_period(state, "test", bounds)[0].exclude_purchased
-    assert point_in_time_period(state, "test", bounds, exclude_purchased=True)[0].exclude_purchased
+    context, period = point_in_time_period(state, "test", bounds, exclude_purchased=True)
+    assert context.exclude_purchased
+
+    # Whatever context a caller hands them, the tuning and the evaluation build every ranker for
+    # their own mode (a second reading: a context built without it gave the boosted ranker its
+    # old pool and no test failed).
+    class Built(Exception):
+        pass
+
+    def build(context, **params):
+        raise Built(context.exclude_purchased)
+
+    recorder = SimpleNamespace(name="recorder", defaults={}, stages_for=lambda exclude: [], build=build)
+    plain = context.in_mode(False)
+    assert not plain.exclude_purchased and plain.in_mode(False) is plain and plain.memo is context.memo
+    for mode in (True, False):
+        with pytest.raises(Built) as built:
+            tuning.tune(recorder, plain.in_mode(not mode), period, period.users, exclude_purchased=mode)
+        assert built.value.args == (mode,)
+        with pytest.raises(Built) as built:
+            _baseline_row(recorder, {}, None, state, plain.in_mode(not mode), period, period.users, mode, None)
+        assert built.value.args == (mode,)

@@ -14,7 +14,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import traceback
 from datetime import datetime, timezone
@@ -201,9 +200,6 @@ def evaluate_baselines(
     per-household metrics on ``users`` (see :func:`ncf.evaluate.protocol.evaluate`). A baseline
     that raises, in its tuning or here, gets a :func:`failed_row` in its place and the others go
     on: one baseline out of memory at scale must not cost the figures of the rest."""
-    if context.exclude_purchased != exclude_purchased:
-        # The mode the rankers build their candidates for (the boosted ranker's): the rankings'.
-        context = dataclasses.replace(context, exclude_purchased=exclude_purchased)
     untuned: Dict[str, Dict] = {}
 
     def tuning_failed(baseline: Baseline, error: Exception) -> None:
@@ -242,7 +238,7 @@ def _baseline_row(
     against: Optional[pd.DataFrame],
 ) -> Dict:
     started = time.time()
-    ranker = baseline.build(context, **params)
+    ranker = baseline.build(context.in_mode(exclude_purchased), **params)  # the boosted ranker draws for it
     fit_seconds = round(time.time() - started, 1)
     rank, score = ranker_fns(ranker)
     if exclude_purchased:

@@ -63,6 +63,7 @@ def tune(
     at its start) and returns the best parameters by NDCG@10."""
     if context.start != period.start:
         raise ValueError(f"tuning context at {context.start} but the period starts at {period.start}")
+    context = context.in_mode(exclude_purchased)  # what the boosted ranker draws its candidates for
     started = time.time()
     params = dict(baseline.defaults)
     trials: List[Dict] = []

@@ -8,7 +8,7 @@ moment ``at >= start`` from purchases strictly before ``at``.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, Optional, Protocol
 
 import numpy as np
@@ -69,6 +69,13 @@ class PointInTime:
             data=data,
             exclude_purchased=exclude_purchased,
         )
+
+    def in_mode(self, exclude_purchased: bool) -> "PointInTime":
+        """This moment for rankings that do (or do not) leave out what was bought: the rankers
+        of their own candidates (the boosted ranker) draw them for that mode."""
+        if self.exclude_purchased == exclude_purchased:
+            return self
+        return replace(self, exclude_purchased=exclude_purchased)
 
     @property
     def num_products(self) -> int:
