@@ -1080,6 +1080,63 @@ def test_ray_data_failing_before_the_first_batch_is_the_runs_one_line(
 
 
 @pytest.mark.faults
+def test_the_plan_goes_under_the_runs_lock_and_an_output_it_cannot_write_is_one_line(
+    small_model_dir, small_data, tmp_path, capsys
+):
+    """Old code removed ``_plan.json`` from the committed partition after the run released the
+    date's lock (a rerun of the date in between, or a kill, left it there: a later run of the same
+    plan then returned the old partition unscored, saying another date's run had finished it),
+    and a full disk writing the plan, or an OUT it may not write, ended in a traceback."""
+    import errno
+
+    from ncf.batch import commit
+
+    data, _ = small_data
+    output = str(tmp_path / "out")
+    argv = _argv(small_model_dir, data, output, "--score-in", "driver")
+    real_exit, plan_at_exit = commit.PartitionRun.__exit__, []
+
+    def exit_seeing_the_plan(self, *exc):
+        plan_at_exit.append(os.path.exists(os.path.join(self.final, bs.PLAN)))
+        return real_exit(self, *exc)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(commit.PartitionRun, "__exit__", exit_seeing_the_plan)
+        summary = batch_score.main(argv)
+    assert plan_at_exit == [False]  # gone while the run still held the date
+    capsys.readouterr()
+
+    def plan_disk_full(path, payload):
+        if os.path.basename(path) == bs.PLAN:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return write_json(path, payload)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bs, "write_json", plan_disk_full)
+        with pytest.raises(SystemExit) as exit_info:
+            batch_score.main(argv)
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and "Traceback" not in err, err[-2000:]
+    assert line.startswith(f"error: --output {output}: cannot write the run's plan _plan.json: {output}/_tmp/")
+    assert line.endswith("ENOSPC: No space left on device"), line
+    assert partitions.read_manifest(output, summary["run_date"])["run_id"] == summary["run_id"]
+    assert os.listdir(os.path.join(output, bs.TMP)) == []  # nothing left to continue
+
+    real_access = os.access  # this test may run as root, for whom the mode bits allow every write
+
+    def out_read_only(path, mode, **kwargs):
+        return os.path.abspath(path) != output and real_access(path, mode, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "access", out_read_only)
+        with pytest.raises(SystemExit) as exit_info:
+            batch_score.main(argv)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and line.startswith(f"error: --output {output}: cannot write {output} ("), line
+
+
+@pytest.mark.faults
 def test_a_commit_that_fails_on_a_full_disk_is_one_line_and_its_rerun_commits_the_kept_parts(
     small_model_dir, small_data, tmp_path, capsys
 ):

@@ -4,7 +4,8 @@ partition per run (nightly batch scoring writes ``OUT/run_date=D/``).
 Layout::
 
     OUT/
-      run_date=2017-11-27/                    committed: the parts and _SUCCESS (_plan.json too, until removed)
+      run_date=2017-11-27/                    committed: the parts and _SUCCESS (a caller's transient files,
+                                              such as _plan.json, only where a roll-forward committed it)
       _tmp/run_date=2017-11-27/RUN/           a run in progress: its parts, then _SUCCESS last
       _tmp/replaced-run_date=2017-11-27-RUN   the old partition, only while it is replaced
       _commit/run_date=2017-11-27.lock        flock held by the partition's run (file kept)
@@ -40,18 +41,27 @@ whole parts when the rerun has the same inputs and settings, and scores the rest
 raises inside 3 after the journal is written keeps its stage and rolls the swap forward on its
 way out (or, when that fails too, leaves both to the next run). One that dies inside 3
 (between the two renames, say: no partition in place) leaves its journal, and the next run of
-any partition rolls the swap forward: the partition becomes the dead run's complete one, then
-that run replaces it as usual. The lock goes when its run ends or its
-process dies (the kernel drops it), so a held lock is always a live run.
+any partition rolls the swap forward (or a reader of it: :func:`finish_interrupted`): the partition
+becomes the dead run's complete one, then that run replaces it as usual. The lock goes when its run
+ends or its process dies (the kernel drops it), so a held lock is always a live run.
+
+A dead run's commit that cannot be finished (its journal names entries that are all there, an
+I/O error) fails only runs of its own date: other dates' runs say so in a line and go on, and
+their cleaning leaves what its journal names. A run that cannot open (OUT not writable, a
+read-only mount, a lock file of another account, a full disk) ends in one line naming the path
+and the OS's reason (:func:`output_error`), as :func:`check_output` refuses an OUT that is not
+writable before the job starts.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import sys
 import time
-from contextlib import ExitStack
-from typing import Callable, Dict, List, Optional
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from ncf.errors import InputError
 from ncf.jsonio import read_json, write_json
@@ -117,10 +127,12 @@ def check_output(output: str, partition: str, overwrite: bool = False) -> None:
     a file, or is a non-empty directory that has neither ``_commit/`` nor a committed partition
     (not a batch-scoring directory: its ``_tmp`` and partitions may be another tool's), or when
     the partition is there but is not committed (no ``_SUCCESS`` manifest of this protocol's, so
-    replacing it would delete someone's data). ``overwrite`` lifts the last two."""
+    replacing it would delete someone's data), or when a run could not write there
+    (:func:`check_writable`). ``overwrite`` lifts the two about what is there."""
     if os.path.lexists(output) and not os.path.isdir(output):
         raise InputError(f"--output {output}: exists and is not a directory")
     check_parent(output)
+    check_writable(output, partition)
     if overwrite or not os.path.isdir(output):
         return
     names = os.listdir(output)
@@ -140,6 +152,66 @@ def check_output(output: str, partition: str, overwrite: bool = False) -> None:
         )
 
 
+def _can(path: str, mode: int) -> bool:
+    effective = os.access in os.supports_effective_ids  # a setuid process: its effective user writes
+    return os.access(path, mode, effective_ids=effective)
+
+
+def check_writable(output: str, partition: str) -> None:
+    """Refuses (InputError, one line) an OUT a run of ``partition`` could not write, before the
+    job's work: OUT (or, where it does not exist yet, its nearest existing parent, where it will be
+    made), its ``_commit/`` and ``_tmp/``, the partition's lock file (another account's, say) and
+    the partition itself (a directory moved to another parent by the swap must be writable). Not
+    every failure is foreseen (a full disk, ACLs the mode bits do not show): opening the run turns
+    those into one line too (:func:`output_error`)."""
+    output = os.path.abspath(output)
+    existing = output
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    paths = [existing]
+    if existing == output and os.path.isdir(output):
+        ours = [os.path.join(output, COMMIT), os.path.join(output, TMP)]
+        for path in ours:
+            if os.path.lexists(path) and not os.path.isdir(path):
+                raise InputError(f"--output {output}: {path} is not a directory (batch scoring keeps its runs there)")
+        paths += [p for p in (*ours, partition_path(output, partition)) if os.path.isdir(p)]
+        lock = lock_path(output, partition)
+        if os.path.isfile(lock) and not _can(lock, os.R_OK | os.W_OK):
+            raise InputError(f"--output {output}: cannot write {lock}, the lock of {partition} ({_who(lock)})")
+    for path in paths:
+        if os.path.isdir(path) and not _can(path, os.W_OK | os.X_OK):
+            raise InputError(f"--output {output}: cannot write {path} ({_who(path)})")
+
+
+def _who(path: str) -> str:
+    """Why ``path`` cannot be written, in words: a read-only file system or its owner and mode."""
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "a read-only file system"
+        info = os.stat(path)
+    except OSError as e:
+        return e.strerror or str(e)
+    return f"owned by uid {info.st_uid}, mode {info.st_mode & 0o777:o}; this process runs as uid {os.geteuid()}"
+
+
+def output_error(output: str, doing: str, error: OSError) -> InputError:
+    """The one line (InputError, exit 2) for an OSError while a run opens OUT (not writable, a
+    read-only mount, a lock file of another account, a full disk), instead of a traceback: the
+    path and the OS's reason."""
+    code = errno.errorcode.get(error.errno, "") if error.errno else ""
+    reason = f"{code}: {error.strerror}" if code and error.strerror else f"{type(error).__name__}: {error}"
+    where = f"{error.filename}: " if error.filename else ""
+    return InputError(f"--output {output}: cannot {doing}: {where}{reason}")
+
+
+@contextmanager
+def _one_line(output: str, doing: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        raise output_error(output, doing, e) from None
+
+
 def refuse_if_running(output: str, partition: str) -> None:
     """Raises :class:`ncf.staging.Busy` (the line and exit status 75 :class:`PartitionRun` gives)
     when a live run holds ``partition``'s lock now, and releases the lock at once otherwise: a
@@ -148,7 +220,7 @@ def refuse_if_running(output: str, partition: str) -> None:
     output = os.path.abspath(output)
     lock = lock_path(output, partition)
     if os.path.exists(lock):
-        with exclusive(lock, partition_path(output, partition)):
+        with _one_line(output, f"take the lock of {partition}"), exclusive(lock, partition_path(output, partition)):
             pass
 
 
@@ -162,9 +234,12 @@ def recover(output: str, partition: str) -> Optional[str]:
     return record["final"] if record else None
 
 
-def recover_others(output: str, partition: str) -> List[str]:
+def recover_others(output: str, partition: str, log: Callable[[str], None] = lambda m: None) -> List[str]:
     """Finishes the swaps dead runs of other partitions left, each under its lock (skipped while
-    a live run holds it). Returns the partitions committed this way."""
+    a live run holds it). One that cannot be finished (its entries all there, an I/O error, a
+    lock of another account) is said in a line through ``log`` and left, journal and entries, to
+    that partition's own next run: another date's stuck commit never stops this run. Returns the
+    partitions committed this way."""
     root = os.path.join(output, COMMIT)
     done = []
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
@@ -177,7 +252,38 @@ def recover_others(output: str, partition: str) -> List[str]:
                     done.append(partition_path(output, other))
         except Busy:
             continue
+        except Exception as e:  # noqa: BLE001  (any failure of another date's commit is that date's)
+            log(
+                f"the commit a dead run of {other} left could not be finished ({type(e).__name__}: {e}); "
+                f"left, with its journal {os.path.join(root, name)}, to the next run of {other}"
+            )
     return done
+
+
+def finish_interrupted(output: str, partition: str) -> bool:
+    """Finishes the commit of ``partition`` that a dead run left between its two renames (its
+    journal in ``_commit/``, the partition absent), as the next run of any partition would, so that
+    a reader finds it (:mod:`ncf.batch.partitions`, :mod:`ncf.batch.verify`); True when there was
+    one and it is committed now. The lock is taken without waiting: a live run holding it is
+    swapping now (False: the date is absent for now), and so is a reader that may not write OUT
+    (a read-only mount, another account's files: False). A note goes to stderr, so that a reader's
+    own output stays what it reads. Other errors (a commit that cannot be finished) are raised."""
+    output = os.path.abspath(output)
+    final = partition_path(output, partition)
+    if not os.path.exists(journal_path(output, partition)):
+        return False
+    try:
+        with exclusive(lock_path(output, partition), final):
+            finished = recover(output, partition) is not None
+    except Busy:
+        return False
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return False
+        raise
+    if finished:
+        print(f"[batch] finished the commit of {final} that a dead run left half done", file=sys.stderr, flush=True)
+    return finished
 
 
 def _pending_paths(output: str) -> set:
@@ -189,9 +295,11 @@ def _pending_paths(output: str) -> set:
         if name.endswith(".json"):
             try:
                 record = journal_record(os.path.join(root, name))
+                paths.update(record[k] for k in ("staged", "parked"))
             except FileNotFoundError:
                 continue  # that swap finished between the listing and the read: nothing of it pending
-            paths.update(record[k] for k in ("staged", "parked"))
+            except Exception:  # noqa: BLE001  (unreadable: another date's, whose entries _remove_stale leaves)
+                continue
     return paths
 
 
@@ -254,12 +362,14 @@ def _remove_stale(output: str, owner: str, path: str, now: float) -> bool:
             if os.path.exists(journal_path(output, owner)):
                 return False  # a dead run's swap, left to that partition's next run to finish
             os.rename(path, doomed)
-    except (Busy, FileNotFoundError):
+    except (Busy, OSError):  # a live run; gone; a lock or entry of another account: left
         return False
     try:
         remove(doomed)
     except FileNotFoundError:
         pass  # another cleaner swept it (see clean_stale)
+    except OSError:
+        return False  # out of the protocol's names now: the next cleaning sweeps it
     return True
 
 
@@ -279,7 +389,11 @@ class PartitionRun:
     :func:`check_output`. ``continues``: whether a dead run's stage (a path) holds parts this run
     may keep; the newest such stage becomes this run's (:attr:`continued` names its run) instead
     of being removed, and a run that fails leaves its stage to the next (unless
-    :attr:`leave_stage` is cleared).
+    :attr:`leave_stage` is cleared). ``transient``: names of files in the stage that stay through
+    the swap (a plan by which the next run continues a stage whose commit a kill interrupted) and
+    are removed from the partition, under the lock, as soon as this run's own commit is in place;
+    a commit a roll-forward finished (another run's, a reader's) keeps them, for the partition's
+    next run to find.
     """
 
     def __init__(
@@ -290,9 +404,10 @@ class PartitionRun:
         log: Callable[[str], None] = lambda m: None,
         overwrite: bool = False,
         continues: Optional[Callable[[str], bool]] = None,
+        transient: Sequence[str] = (),
     ):
         self.output, self.partition, self.run_id, self.log = os.path.abspath(output), partition, run_id, log
-        self.overwrite, self.continues = overwrite, continues
+        self.overwrite, self.continues, self.transient = overwrite, continues, tuple(transient)
         self.final = partition_path(self.output, partition)
         self.stage = os.path.join(stage_root(self.output, partition), run_id)
         self.continued: Optional[str] = None
@@ -309,26 +424,40 @@ class PartitionRun:
         with ExitStack() as stack:
             # Before the lock, which creates OUT/_commit/ (and so marks OUT as batch scoring's).
             check_output(self.output, self.partition, self.overwrite)
-            stack.enter_context(exclusive(lock_path(self.output, self.partition), self.final))
+            # Each OSError from here on (OUT not writable after all, a full disk) is one line.
+            with _one_line(self.output, f"take the lock of {self.partition}"):
+                stack.enter_context(exclusive(lock_path(self.output, self.partition), self.final))
             # Again under the lock: the partition as this run will replace it.
             check_output(self.output, self.partition, self.overwrite)
-            self.recovered = recover(self.output, self.partition)
+            with _one_line(self.output, f"finish the commit a dead run of {self.partition} left"):
+                try:
+                    self.recovered = recover(self.output, self.partition)
+                except (RuntimeError, ValueError, KeyError) as e:  # its entries all there; an unreadable journal
+                    raise InputError(
+                        f"{self.final}: the commit a dead run left cannot be finished ({type(e).__name__}: {e}); "
+                        f"see what its journal {journal_path(self.output, self.partition)} names, keep the "
+                        "complete partition and remove the rest and the journal"
+                    ) from None
             if self.recovered:
                 self.log(f"finished the commit a dead run of {self.partition} left: {self.final}")
-            for path in recover_others(self.output, self.partition):
-                self.log(f"finished the commit a dead run left: {path}")
-            kept = self._continued_stage()
+            with _one_line(self.output, "finish other dates' commits dead runs left"):
+                for path in recover_others(self.output, self.partition, self.log):
+                    self.log(f"finished the commit a dead run left: {path}")
+            with _one_line(self.output, "read the stages dead runs left"):
+                kept = self._continued_stage()
             if kept is None:
                 # Before the dead runs' stages go (the cleaning keeps this one): a run never removes
                 # a stage, even one without a part, before its own exists.
-                os.makedirs(self.stage)
-            for path in clean_stale(self.output, self.partition, keep=kept or self.stage):
-                self.log(f"removed what a previous run left: {path}")
-            if kept is not None:
-                self.stage, self.continued = kept, os.path.basename(kept)
-                for name in os.listdir(kept):  # a part the dead run was writing: never renamed, never whole
-                    if name.startswith("."):
-                        remove(os.path.join(kept, name))
+                with _one_line(self.output, "create the run's stage"):
+                    os.makedirs(self.stage)
+            with _one_line(self.output, "remove what a previous run left"):
+                for path in clean_stale(self.output, self.partition, keep=kept or self.stage):
+                    self.log(f"removed what a previous run left: {path}")
+                if kept is not None:
+                    self.stage, self.continued = kept, os.path.basename(kept)
+                    for name in os.listdir(kept):  # a part the dead run was writing: never renamed, never whole
+                        if name.startswith("."):
+                            remove(os.path.join(kept, name))
             self._stack = stack.pop_all()
         return self
 
@@ -354,13 +483,26 @@ class PartitionRun:
             journal_path(self.output, self.partition),
         )
         self.committed = True
+        self._drop_transient()
         return self.final
+
+    def _drop_transient(self) -> None:
+        """Removes :attr:`transient` from the partition this run has just committed (under its
+        lock: no later run of the partition can find them there and take the commit for one a
+        roll-forward finished). Readers skip their "_" names meanwhile; one that cannot be removed
+        is left."""
+        for name in self.transient:
+            try:
+                os.remove(os.path.join(self.final, name))
+            except OSError:
+                pass
 
     def _finish_or_leave(self) -> None:
         """The swap failed after its journal: the stage is complete, so roll it forward now, or
         leave stage and journal for the next run's :func:`recover` (never delete either)."""
         try:
             recover(self.output, self.partition)
+            self._drop_transient()  # the journal was this run's: the committed partition is its own
             self.log(f"the commit failed midway and was finished from its journal: {self.final}")
         except Exception as e:  # noqa: BLE001  (the error that stopped the run is the one raised)
             self.log(f"the commit failed midway ({e}); the next run of {self.partition} finishes it")

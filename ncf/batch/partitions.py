@@ -139,12 +139,20 @@ def _latest_committed_before(output: str, run_date: str) -> Optional[str]:
 
 def read_manifest(output: str, run_date: str) -> Optional[Dict]:
     """The partition's ``_SUCCESS`` manifest, or None when the partition is not committed (or is
-    another tool's: :func:`ncf.batch.commit.read_committed`)."""
-    return commit.read_committed(partition_dir(output, run_date))
+    another tool's: :func:`ncf.batch.commit.read_committed`). A commit a dead run left between its
+    two renames (the date absent, its journal in ``_commit/``) is finished first, as the next
+    scoring run would (:func:`ncf.batch.commit.finish_interrupted`: not while a live run holds
+    the date, nor by a reader that may not write OUT), so that the date is not hidden until then."""
+    path = partition_dir(output, run_date)
+    manifest = commit.read_committed(path)
+    if manifest is None and commit.finish_interrupted(output, partition_name(run_date)):
+        manifest = commit.read_committed(path)
+    return manifest
 
 
 def read_partition(output: str, run_date: str, attempts: int = 3) -> Optional[pa.Table]:
-    """A committed partition's rows; None when it is absent or has no ``_SUCCESS``.
+    """A committed partition's rows; None when it is absent or has no ``_SUCCESS`` (a commit a
+    dead run left half done is finished first: :func:`read_manifest`).
 
     A rerun of the date may swap its partition in while the parts are read; the rows are kept
     only when the manifest names the same run after the read as before it and counts as many

@@ -755,6 +755,12 @@ def run_batch_scoring(
         log=log,
         overwrite=config.overwrite,
         continues=(lambda stage: keeps_a_part(plan, stage, named, config.k)) if config.resume else None,
+        # The plan stays through the swap: a run killed while the commit fsyncs every part, or
+        # between its renames, leaves a complete stage (or a journaled commit) that the next run
+        # continues (or returns) by its plan, not scores again. Once this run's commit is in place
+        # it goes, under the lock: a later run finds a plan in a committed partition only where a
+        # roll-forward finished a dead run's commit (_finished_from_journal).
+        transient=(PLAN,),
     ) as run:
         finished = _finished_from_journal(run, plan, config, log)
         if finished is not None:
@@ -764,7 +770,11 @@ def run_batch_scoring(
         if run.continued:
             at, scored_at = _continued_moment(run, plan, run_date, log)
         else:
-            write_json(os.path.join(run.stage, PLAN), plan)
+            try:
+                write_json(os.path.join(run.stage, PLAN), plan)
+            except OSError as e:  # a full disk, say: one line, as opening the run's stage is
+                run.leave_stage = False  # nothing in it
+                raise commit.output_error(output, f"write the run's plan {PLAN}", e) from None
         try:
             manifest = _score_into(
                 run.stage,
@@ -794,8 +804,6 @@ def run_batch_scoring(
         except (StageIncomplete, VerificationFailed, InputsChanged):
             run.leave_stage = False  # parts that are wrong, or of other inputs: never continued
             raise
-        # The plan stays through the swap: a run killed while the commit fsyncs every part leaves a
-        # complete stage that the next run continues (and commits) by its plan, not scores again.
         commit_error = None
         try:
             final = run.commit(manifest)
@@ -804,7 +812,6 @@ def run_batch_scoring(
     # Past the run's exit, which rolled a begun swap forward, or kept (or removed) the stage.
     if commit_error is not None:
         final = _commit_outcome(commit_error, output, config, at, run_id, log)
-    _drop_plan(final)
     if manifest["scored_in"] == KEPT_ONLY:
         log(f"done: nothing left to score, {manifest['users']:,} users' parts kept -> {final}")
     else:
@@ -847,15 +854,14 @@ def _finished_from_journal(
     run: PartitionRun, plan: Dict, config: BatchScoreConfig, log: Callable[[str], None]
 ) -> Optional[Dict]:
     """The manifest of the partition a dead run's commit, finished from its journal as ``run``
-    opened (:attr:`PartitionRun.recovered`) or by another date's run before (its ``_plan.json``
-    is still there), committed of this run's plan (its ``_plan.json``
-    stays through the swap): nothing is left to score. None, said, where this run scores the date
-    again: no such commit, another plan, ``--no-resume``, or a ``--verify`` that partition's run did
-    not pass."""
-    finished = run.recovered
+    opened (:attr:`PartitionRun.recovered`) or before it (by another date's run or a reader:
+    its ``_plan.json``, which stays through the swap, is still there; a run whose own commit
+    completes removes it under the lock), committed of this run's plan: nothing is left to score.
+    None, said, where this run scores the date again: no such commit, another plan,
+    ``--no-resume``, or a ``--verify`` that partition's run did not pass."""
+    finished, how = run.recovered, "was finished from its journal"
     if finished is None and os.path.exists(os.path.join(run.final, PLAN)):
-        # Finished by another date's run (commit.recover_others), which leaves the plan in place.
-        finished = run.final
+        finished, how = run.final, "was finished before this run (by another date's run or a reader)"
     if finished is None:
         return None
     committed = commit.read_committed(finished)
@@ -866,12 +872,9 @@ def _finished_from_journal(
     elif config.verify and not (committed.get("verify") or {}).get("ok"):
         why = "its run did not pass a --verify"
     else:
-        log(
-            f"the commit the dead run {committed['run_id']} left was finished from its journal, of this run's plan: "
-            "nothing is scored again"
-        )
+        log(f"the commit the dead run {committed['run_id']} left {how}, of this run's plan: nothing is scored again")
         return committed
-    log(f"the commit the dead run left was finished from its journal; this run scores the date again ({why})")
+    log(f"the commit the dead run left {how}; this run scores the date again ({why})")
     return None
 
 
