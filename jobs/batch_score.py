@@ -11,6 +11,7 @@ import dataclasses
 import json
 
 from jobs.cli import check_model, fail, init_ray, job_parser, one_line_errors
+from ncf.batch.commit import OutputFailed
 from ncf.batch.scoring import (
     CHUNK_USERS,
     COMPILE_SETTINGS,
@@ -170,7 +171,7 @@ def main(argv=None) -> dict:
         except VerificationFailed as failed:
             print(json.dumps({"verify": failed.report}), flush=True)
             fail(str(failed))
-        except (InputsChanged, ScoringFailed, StageIncomplete) as failed:
+        except (InputsChanged, ScoringFailed, StageIncomplete, OutputFailed) as failed:
             # One line each (ScoringFailed: the cause, the parts kept and that a rerun continues).
             fail(str(failed))
         print(json.dumps(summary), flush=True)

@@ -127,11 +127,12 @@ def test_an_output_a_run_cannot_write_is_one_line_naming_the_path_and_the_reason
 
     monkeypatch.setattr(os, "makedirs", disk_full)
     stage = os.path.join(output, commit.TMP, PARTITION, "full")
-    with pytest.raises(InputError) as refused:
+    # Not bad input: a rerun may pass once space is freed (exit 1, README's table; a second reading).
+    with pytest.raises(commit.OutputFailed) as failed:
         with commit.PartitionRun(output, PARTITION, "full"):
             pass
     assert (
-        str(refused.value)
+        str(failed.value)
         == f"--output {output}: cannot create the run's stage: {stage}: ENOSPC: No space left on device"
     )
     monkeypatch.setattr(os, "makedirs", real_makedirs)
@@ -144,7 +145,7 @@ def test_an_output_a_run_cannot_write_is_one_line_naming_the_path_and_the_reason
 
 
 @pytest.mark.parametrize("stuck", ["all-there", "unreadable"])
-def test_another_dates_commit_that_cannot_be_finished_stops_no_other_date(tmp_path, stuck):
+def test_another_dates_commit_that_cannot_be_finished_stops_no_other_date(tmp_path, stuck, monkeypatch, capsys):
     """Old code: recover_others caught only Busy, so one date's journal whose swap cannot be
     finished (its final, staged and parked entries all there; a journal that cannot be read) made
     every run of every date end in a traceback. Now the run says it in a line and goes on; the
@@ -181,6 +182,29 @@ def test_another_dates_commit_that_cannot_be_finished_stops_no_other_date(tmp_pa
     with pytest.raises(InputError, match=f"{final}: the commit a dead run left cannot be finished .*{journal}"):
         with commit.PartitionRun(output, stuck_partition, "again"):
             pass
+    # Its readers, among them every date's run listing the committed dates before its lock, read
+    # it as it is and say the rest on stderr (they raised: a second reading).
+    assert partitions.read_manifest(output, "2023-12-01")["run_id"] == "old"
+    absent = partitions.partition_name("2023-11-01")  # a date absent, its journal cut short
+    with open(commit.journal_path(output, absent), "w") as f:
+        f.write('{"final": ')
+    capsys.readouterr()
+    assert partitions.read_manifest(output, "2023-11-01") is None
+    err = capsys.readouterr().err
+    assert f"{commit.partition_path(output, absent)}: the commit a dead run left could not be finished" in err
+    os.remove(commit.journal_path(output, absent))
+    # A failing disk (EIO) is no other date's matter: this run stops before hours of scoring.
+    recover = commit.recover
+
+    def failing_disk(output, partition):
+        if partition == stuck_partition:
+            raise OSError(errno.EIO, "Input/output error")
+        return recover(output, partition)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(commit, "recover", failing_disk)
+        with pytest.raises(commit.OutputFailed, match="cannot finish other dates' commits .*EIO"):
+            _commit_rows(output, "eio", [7])
 
 
 # -- finding 3: a reader finishes a commit a dead run left between its renames ---------------------------

@@ -153,7 +153,10 @@ def check_output(output: str, partition: str, overwrite: bool = False) -> None:
 
 
 def _can(path: str, mode: int) -> bool:
-    effective = os.access in os.supports_effective_ids  # a setuid process: its effective user writes
+    # A setuid process's effective user writes. Only then faccessat(AT_EACCESS): some container
+    # sandboxes answer its faccessat2 with EPERM, which would refuse every OUT.
+    setuid = os.getuid() != os.geteuid() or os.getgid() != os.getegid()
+    effective = setuid and os.access in os.supports_effective_ids
     return os.access(path, mode, effective_ids=effective)
 
 
@@ -194,14 +197,24 @@ def _who(path: str) -> str:
     return f"owned by uid {info.st_uid}, mode {info.st_mode & 0o777:o}; this process runs as uid {os.geteuid()}"
 
 
-def output_error(output: str, doing: str, error: OSError) -> InputError:
-    """The one line (InputError, exit 2) for an OSError while a run opens OUT (not writable, a
-    read-only mount, a lock file of another account, a full disk), instead of a traceback: the
-    path and the OS's reason."""
-    code = errno.errorcode.get(error.errno, "") if error.errno else ""
-    reason = f"{code}: {error.strerror}" if code and error.strerror else f"{type(error).__name__}: {error}"
+class OutputFailed(RuntimeError):
+    """An I/O failure while a run opens OUT that a rerun may not meet (a full disk, a quota, a
+    failing disk): the job's one line and exit 1, as a commit's I/O error is."""
+
+
+# What a rerun of the same command meets again: fix OUT or the command (exit 2).
+_REFUSALS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT)
+
+
+def output_error(output: str, doing: str, error: OSError) -> Exception:
+    """The one line for an OSError while a run opens OUT, instead of a traceback: the path and
+    the OS's reason; an InputError (exit 2) where OUT is not the run's to write (permissions, a
+    read-only mount, a lock file of another account, a file where a folder goes), else
+    :class:`OutputFailed` (exit 1: a full disk, an I/O error)."""
+    reason = one_line_os_error(error)
     where = f"{error.filename}: " if error.filename else ""
-    return InputError(f"--output {output}: cannot {doing}: {where}{reason}")
+    kind = InputError if error.errno in _REFUSALS else OutputFailed
+    return kind(f"--output {output}: cannot {doing}: {where}{reason}")
 
 
 @contextmanager
@@ -236,9 +249,10 @@ def recover(output: str, partition: str) -> Optional[str]:
 
 def recover_others(output: str, partition: str, log: Callable[[str], None] = lambda m: None) -> List[str]:
     """Finishes the swaps dead runs of other partitions left, each under its lock (skipped while
-    a live run holds it). One that cannot be finished (its entries all there, an I/O error, a
-    lock of another account) is said in a line through ``log`` and left, journal and entries, to
-    that partition's own next run: another date's stuck commit never stops this run. Returns the
+    a live run holds it). One that cannot be finished (its entries all there, a journal cut
+    short, a lock of another account) is said in a line through ``log`` and left, journal and
+    entries, to that partition's own next run: another date's stuck commit never stops this run.
+    An I/O error (EIO: OUT's disk failing) is raised, before hours of scoring. Returns the
     partitions committed this way."""
     root = os.path.join(output, COMMIT)
     done = []
@@ -252,12 +266,20 @@ def recover_others(output: str, partition: str, log: Callable[[str], None] = lam
                     done.append(partition_path(output, other))
         except Busy:
             continue
-        except Exception as e:  # noqa: BLE001  (any failure of another date's commit is that date's)
-            log(
-                f"the commit a dead run of {other} left could not be finished ({type(e).__name__}: {e}); "
-                f"left, with its journal {os.path.join(root, name)}, to the next run of {other}"
-            )
+        except OSError as e:
+            if e.errno == errno.EIO:  # OUT's disk is failing: this run's commit would fail hours later
+                raise
+            _left(log, other, os.path.join(root, name), e)
+        except Exception as e:  # noqa: BLE001  (any other failure of another date's commit is that date's)
+            _left(log, other, os.path.join(root, name), e)
     return done
+
+
+def _left(log: Callable[[str], None], other: str, journal: str, e: Exception) -> None:
+    log(
+        f"the commit a dead run of {other} left could not be finished ({type(e).__name__}: {e}); "
+        f"left, with its journal {journal}, to the next run of {other}"
+    )
 
 
 def finish_interrupted(output: str, partition: str) -> bool:
@@ -267,7 +289,9 @@ def finish_interrupted(output: str, partition: str) -> bool:
     one and it is committed now. The lock is taken without waiting: a live run holding it is
     swapping now (False: the date is absent for now), and so is a reader that may not write OUT
     (a read-only mount, another account's files: False). A note goes to stderr, so that a reader's
-    own output stays what it reads. Other errors (a commit that cannot be finished) are raised."""
+    own output stays what it reads. A commit that cannot be finished (a journal cut short, its
+    entries all there, a disk or lock error) is said there in one line and left to the date's next
+    run (False): a reader, and every date's run that lists the committed dates, goes on."""
     output = os.path.abspath(output)
     final = partition_path(output, partition)
     if not os.path.exists(journal_path(output, partition)):
@@ -280,10 +304,22 @@ def finish_interrupted(output: str, partition: str) -> bool:
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return False
-        raise
+        return _not_finished(final, e)
+    except Exception as e:  # noqa: BLE001  (the date's own run says it, and refuses, in its own words)
+        return _not_finished(final, e)
     if finished:
         print(f"[batch] finished the commit of {final} that a dead run left half done", file=sys.stderr, flush=True)
     return finished
+
+
+def _not_finished(final: str, error: Exception) -> bool:
+    print(
+        f"[batch] {final}: the commit a dead run left could not be finished ({type(error).__name__}: "
+        f"{error}); read as absent, left to the date's next run",
+        file=sys.stderr,
+        flush=True,
+    )
+    return False
 
 
 def _pending_paths(output: str) -> set:
@@ -362,15 +398,25 @@ def _remove_stale(output: str, owner: str, path: str, now: float) -> bool:
             if os.path.exists(journal_path(output, owner)):
                 return False  # a dead run's swap, left to that partition's next run to finish
             os.rename(path, doomed)
-    except (Busy, OSError):  # a live run; gone; a lock or entry of another account: left
+    except Busy:  # a live run's
+        return False
+    except OSError as e:  # gone; a lock or entry of another account: left, said unless gone
+        if not isinstance(e, FileNotFoundError):
+            print(f"[batch] left {path}, which cannot be removed ({one_line_os_error(e)})", file=sys.stderr, flush=True)
         return False
     try:
         remove(doomed)
     except FileNotFoundError:
         pass  # another cleaner swept it (see clean_stale)
-    except OSError:
-        return False  # out of the protocol's names now: the next cleaning sweeps it
+    except OSError as e:  # out of the protocol's names now: the next cleaning sweeps it
+        print(f"[batch] left {doomed}, which cannot be removed ({one_line_os_error(e)})", file=sys.stderr, flush=True)
+        return False
     return True
+
+
+def one_line_os_error(error: OSError) -> str:
+    code = errno.errorcode.get(error.errno, "") if error.errno else ""
+    return f"{code}: {error.strerror}" if code and error.strerror else f"{type(error).__name__}: {error}"
 
 
 # -- one run -------------------------------------------------------------------------------------------
