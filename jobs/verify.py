@@ -22,6 +22,7 @@ from jobs.cli import check_data, check_model, job_parser, one_line_errors
 from ncf.model.files import METRICS
 from ncf.model.integrity import write_manifest
 from ncf.rank.state import check_model_and_data
+from ncf.registry import is_registry_ref
 
 
 def parse_args(argv=None):
@@ -49,7 +50,8 @@ def main(argv=None) -> None:
         # None only: an empty --data (a script's unset variable) is refused by check_data, not skipped.
         check_model_and_data(model, None if args.data is None else check_data(args.data))
     # The path given, as "data" is; the directory a link resolved to (and was checked) beside it.
-    report = {"model": os.path.abspath(args.model), "verified_dir": model, "verified": True}
+    given = args.model if is_registry_ref(args.model) else os.path.abspath(args.model)  # current, models:/...
+    report = {"model": given, "verified_dir": model, "verified": True}
     if args.data is not None:
         report["data"] = os.path.abspath(args.data)
     print(json.dumps(report))

@@ -98,6 +98,11 @@ def test_promote_and_rollback_move_what_current_resolves_to(store, tmp_path, cap
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no previous one" in err[0]
+    # jobs.verify names a reference as given (it printed the path "current" made absolute).
+    from jobs import verify
+
+    verify.main(["current"])
+    assert json.loads(capsys.readouterr().out) == {"model": "current", "verified_dir": first, "verified": True}
 
     # A version whose directory is gone cannot become current; a path is never looked up.
     os.rename(second, second + "-moved")
