@@ -1117,7 +1117,8 @@ def test_the_plan_goes_under_the_runs_lock_and_an_output_it_cannot_write_is_one_
             batch_score.main(argv)
     err = capsys.readouterr().err
     line = err.strip().splitlines()[-1]
-    assert exit_info.value.code == 2 and "Traceback" not in err, err[-2000:]
+    # Exit 1, as a commit's full disk: a rerun may pass once space is freed (README's table).
+    assert exit_info.value.code == 1 and "Traceback" not in err, err[-2000:]
     assert line.startswith(f"error: --output {output}: cannot write the run's plan _plan.json: {output}/_tmp/")
     assert line.endswith("ENOSPC: No space left on device"), line
     assert partitions.read_manifest(output, summary["run_date"])["run_id"] == summary["run_id"]
