@@ -861,7 +861,8 @@ def _finished_from_journal(
     ``--no-resume``, or a ``--verify`` that partition's run did not pass."""
     finished, how = run.recovered, "was finished from its journal"
     if finished is None and os.path.exists(os.path.join(run.final, PLAN)):
-        finished, how = run.final, "was finished before this run (by another date's run or a reader)"
+        finished = run.final
+        how = "was committed before this run (by another date's run or a reader, or its run killed after its swap)"
     if finished is None:
         return None
     committed = commit.read_committed(finished)
