@@ -160,7 +160,10 @@ def main(argv=None) -> dict:
         verified = input_fingerprints(config.model, config.data)  # of what check_config verifies
         # Before Ray starts; a date another live run holds is refused here (exit 75), before the
         # verification of MODEL and DATA reads every byte of both.
-        check_config(config)
+        try:
+            check_config(config)
+        except OutputFailed as failed:  # the date's lock file on a failing disk, a lock-less NFS mount
+            fail(str(failed))
         # Decided once: a run in the driver needs no cluster (a local one takes seconds to start).
         in_driver = resolve_score_in(config)
         config = dataclasses.replace(config, score_in="driver" if in_driver else "actors")

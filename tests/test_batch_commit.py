@@ -144,7 +144,7 @@ def test_an_output_a_run_cannot_write_is_one_line_naming_the_path_and_the_reason
 # -- finding 2: another date's stuck commit stops no other date ------------------------------------------
 
 
-@pytest.mark.parametrize("stuck", ["all-there", "unreadable"])
+@pytest.mark.parametrize("stuck", ["all-there", "unreadable", "another-shape"])
 def test_another_dates_commit_that_cannot_be_finished_stops_no_other_date(tmp_path, stuck, monkeypatch, capsys):
     """Old code: recover_others caught only Busy, so one date's journal whose swap cannot be
     finished (its final, staged and parked entries all there; a journal that cannot be read) made
@@ -162,6 +162,8 @@ def test_another_dates_commit_that_cannot_be_finished_stops_no_other_date(tmp_pa
     final = commit.partition_path(output, stuck_partition)
     if stuck == "all-there":
         write_json(journal, {"final": final, "staged": staged, "parked": parked})
+    elif stuck == "another-shape":  # JSON, not an object: its own date's run raised AttributeError
+        write_json(journal, [])
     else:
         with open(journal, "w") as f:
             f.write('{"final": ')  # cut short

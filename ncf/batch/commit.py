@@ -5,7 +5,8 @@ Layout::
 
     OUT/
       run_date=2017-11-27/                    committed: the parts and _SUCCESS (a caller's transient files,
-                                              such as _plan.json, only where a roll-forward committed it)
+                                              such as _plan.json, only where a roll-forward committed it,
+                                              or its run was killed after its swap)
       _tmp/run_date=2017-11-27/RUN/           a run in progress: its parts, then _SUCCESS last
       _tmp/replaced-run_date=2017-11-27-RUN   the old partition, only while it is replaced
       _commit/run_date=2017-11-27.lock        flock held by the partition's run (file kept)
@@ -45,12 +46,13 @@ any partition rolls the swap forward (or a reader of it: :func:`finish_interrupt
 becomes the dead run's complete one, then that run replaces it as usual. The lock goes when its run
 ends or its process dies (the kernel drops it), so a held lock is always a live run.
 
-A dead run's commit that cannot be finished (its journal names entries that are all there, an
-I/O error) fails only runs of its own date: other dates' runs say so in a line and go on, and
-their cleaning leaves what its journal names. A run that cannot open (OUT not writable, a
-read-only mount, a lock file of another account, a full disk) ends in one line naming the path
-and the OS's reason (:func:`output_error`), as :func:`check_output` refuses an OUT that is not
-writable before the job starts.
+A dead run's commit that cannot be finished (its journal names entries that are all there, or
+cannot be read) fails only runs of its own date: other dates' runs and readers say so in a line
+and go on, and their cleaning leaves what its journal names; an I/O error (EIO) of OUT's disk
+stops any run (exit 1). A run that cannot open ends in one line naming the path and the OS's
+reason (:func:`output_error`): OUT not the run's to write (not writable, a read-only mount, a
+lock file of another account: exit 2, as :func:`check_output` refuses it before the job starts)
+or a full disk or an I/O error (:class:`OutputFailed`, exit 1).
 """
 
 from __future__ import annotations
@@ -438,8 +440,9 @@ class PartitionRun:
     :attr:`leave_stage` is cleared). ``transient``: names of files in the stage that stay through
     the swap (a plan by which the next run continues a stage whose commit a kill interrupted) and
     are removed from the partition, under the lock, as soon as this run's own commit is in place;
-    a commit a roll-forward finished (another run's, a reader's) keeps them, for the partition's
-    next run to find.
+    a commit a roll-forward finished (another run's, a reader's), or whose run was killed between
+    its swap and that removal (or could not remove them), keeps them, for the partition's next run
+    to find.
     """
 
     def __init__(
@@ -478,7 +481,8 @@ class PartitionRun:
             with _one_line(self.output, f"finish the commit a dead run of {self.partition} left"):
                 try:
                     self.recovered = recover(self.output, self.partition)
-                except (RuntimeError, ValueError, KeyError) as e:  # its entries all there; an unreadable journal
+                except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+                    # Its entries all there; a journal cut short, or JSON of another shape.
                     raise InputError(
                         f"{self.final}: the commit a dead run left cannot be finished ({type(e).__name__}: {e}); "
                         f"see what its journal {journal_path(self.output, self.partition)} names, keep the "
@@ -534,9 +538,9 @@ class PartitionRun:
 
     def _drop_transient(self) -> None:
         """Removes :attr:`transient` from the partition this run has just committed (under its
-        lock: no later run of the partition can find them there and take the commit for one a
-        roll-forward finished). Readers skip their "_" names meanwhile; one that cannot be removed
-        is left."""
+        lock: a later run of the partition finds them only where a roll-forward finished the commit,
+        or a kill came between the swap and this). Readers skip their "_" names meanwhile; one that
+        cannot be removed is left."""
         for name in self.transient:
             try:
                 os.remove(os.path.join(self.final, name))

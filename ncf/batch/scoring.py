@@ -759,7 +759,8 @@ def run_batch_scoring(
         # between its renames, leaves a complete stage (or a journaled commit) that the next run
         # continues (or returns) by its plan, not scores again. Once this run's commit is in place
         # it goes, under the lock: a later run finds a plan in a committed partition only where a
-        # roll-forward finished a dead run's commit (_finished_from_journal).
+        # roll-forward finished a dead run's commit, or a kill came between the swap and the
+        # plan's removal (_finished_from_journal: the same plan's commit, returned).
         transient=(PLAN,),
     ) as run:
         finished = _finished_from_journal(run, plan, config, log)
