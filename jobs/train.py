@@ -35,7 +35,7 @@ from ncf.train.config import TrainConfig
 from ncf.train.pipeline import TEST_USERS, TrainingPlan, check_history_length, train_evaluate_register
 from ncf.train.sharding import TABLE_LEARNING_RATE_SCALE
 from ncf.train.slot import training_slot
-from ncf.train.trainer import TrainingInterrupted
+from ncf.train.trainer import TrainingInterrupted, training_failure
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -166,6 +166,19 @@ def main(argv=None) -> str:
                     str(e) if isinstance(e, TrainingInterrupted) else "interrupted (Ctrl-C); the checkpoints are kept"
                 )
                 fail(f"{stopped}: run the same command with --name {name} to resume from them", EXIT_INTERRUPTED)
+            except InputError:
+                raise
+            except Exception as e:  # a worker's refusal or failure, which Ray Train wrapped (a traceback before)
+                failure = training_failure(e)
+                if failure is None:
+                    raise
+                if isinstance(failure, InputError):
+                    raise failure from None
+                fail(
+                    f"{failure}; its checkpoints are kept under {os.path.join(args.storage, name)}: once the cause "
+                    f"is fixed (the workers' tracebacks are in Ray's logs), the same command with --name {name} "
+                    "resumes from them"
+                )
 
 
 if __name__ == "__main__":

@@ -396,3 +396,24 @@ def test_ray_trains_sigint_hook_is_where_ctrl_c_handling_replaces_it():
     from ncf.train.trainer import SIGINT_HOOK
 
     assert callable(getattr(TorchTrainer, SIGINT_HOOK, None))
+
+
+@pytest.mark.faults
+def test_a_workers_failure_is_one_line_and_its_refusal_the_refusal():
+    """Ray Train wraps what its workers raise in a ``WorkerGroupError`` after its retries, and
+    ``jobs.train`` ended in that traceback (exit 1): a worker's refusal of a resumed checkpoint
+    (another run's under a URI --storage the driver cannot read, a damaged one) among them, whose
+    one line and exit 2 README promises (the training review, 2026-12-06)."""
+    from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
+
+    from ncf.train.trainer import TrainingFailed, training_failure
+
+    refusal = InputError("the checkpoint s3://b/run/checkpoint_1 is damaged; give this training a new --name")
+    wrapped = WorkerGroupError("rank 1 failed:\nTraceback ...", {0: ValueError("other\nlines"), 1: refusal})
+    assert training_failure(wrapped) is refusal and exit_status(training_failure(wrapped)) == 2
+    crashed = training_failure(WorkerGroupError("...", {1: RuntimeError("CUDA out of memory.\nTried to allocate")}))
+    assert isinstance(crashed, TrainingFailed) and "\n" not in str(crashed)
+    assert str(crashed) == "training failed on worker 1 (RuntimeError: CUDA out of memory.) after Ray Train's retries"
+    controller = training_failure(ControllerError(OSError("storage unreachable")))
+    assert isinstance(controller, TrainingFailed) and "(OSError: storage unreachable)" in str(controller)
+    assert training_failure(KeyError("this code's own bug")) is None  # its traceback stays

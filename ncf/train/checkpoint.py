@@ -65,7 +65,8 @@ def read_checkpoint(directory: str, remedy: str = NEW_RUN) -> Tuple[Dict[str, to
     files checked against their recorded checksums first (:func:`check_checksums`)."""
     state = read_train_state(directory)
     check_checksums(directory, state, remedy)
-    weights = torch.load(os.path.join(directory, WEIGHTS), weights_only=True, map_location="cpu")
+    # Memory-mapped: each worker of a resumed group copies its part into its model, not the whole.
+    weights = torch.load(os.path.join(directory, WEIGHTS), weights_only=True, map_location="cpu", mmap=True)
     return weights, state
 
 
@@ -301,7 +302,7 @@ def _unreadable(directory: str, path: str, name: str, error: Exception) -> Input
 
 def read_optimizer_state(directory: str) -> Optional[Dict]:
     path = os.path.join(directory, OPTIMIZER)
-    return torch.load(path, weights_only=True, map_location="cpu") if os.path.exists(path) else None
+    return torch.load(path, weights_only=True, map_location="cpu", mmap=True) if os.path.exists(path) else None
 
 
 def best_checkpoint(result):

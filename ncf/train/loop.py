@@ -316,6 +316,7 @@ def _restore(w: Worker, checkpoint) -> Dict:
         ckpt.check_same_features(run_folder, state.get("features_version"))
         ckpt.check_same_training(run_folder, state.get("training"), ckpt.training_settings(asdict(w.cfg)))
         load_full_state_dict(w.model, weights)
+        del weights  # memory-mapped, copied into the model: the file's pages go back to the page cache
         optimizer_state = ckpt.read_optimizer_state(d)
         trained = read_trained_rows(d)
     if w.read_rows is not None and trained is not None:
@@ -374,3 +375,4 @@ def train_loop_per_worker(config: Dict) -> None:
             + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
         )
         report_checkpoint(w, state, metrics, weights)
+        del weights  # rank 0's gathered copy of every table: not held through the next epoch's training

@@ -26,7 +26,7 @@ import numpy as np
 from ncf.data import examples as E
 from ncf.data import layout
 from ncf.data.vocab import Vocabularies
-from ncf.errors import InputError
+from ncf.errors import InputError, raised_within
 from ncf.model.integrity import vocab_digest
 from ncf.splits import REFIT, VALIDATED
 from ncf.train.checkpoint import (
@@ -260,6 +260,28 @@ def storage_location(storage_path: Optional[str]) -> Optional[str]:
 
 class TrainingInterrupted(Exception):
     """Ctrl-C stopped a training run; its checkpoints are kept (the same name resumes it)."""
+
+
+class TrainingFailed(RuntimeError):
+    """Ray Train gave up on a run (its workers kept failing); its checkpoints are kept."""
+
+
+def training_failure(error: BaseException) -> Optional[Exception]:
+    """What a job says of ``trainer.fit()``'s ``error``: the InputError a worker refused with (a
+    resumed checkpoint of another run or damaged: Ray Train retried it, then wrapped it in its
+    ``WorkerGroupError``), else :class:`TrainingFailed` with the first worker's error in one line;
+    None where the error is not Ray Train's (this code's own: its traceback stays)."""
+    failures = dict(getattr(error, "worker_failures", None) or {})
+    causes = [failures[rank] for rank in sorted(failures)] or [getattr(error, "controller_failure", None) or error]
+    for cause in causes:
+        refused = raised_within(cause, InputError)
+        if refused is not None:
+            return refused
+    if not type(error).__module__.startswith("ray."):
+        return None
+    where = f" on worker {min(failures)}" if failures else ""
+    first = (str(causes[0]).strip().splitlines() or [type(causes[0]).__name__])[0][:300]
+    return TrainingFailed(f"training failed{where} ({type(causes[0]).__name__}: {first}) after Ray Train's retries")
 
 
 SIGINT_HOOK = "_register_sigint_handler"  # Ray Train 2.60's DataParallelTrainer method
