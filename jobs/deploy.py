@@ -48,7 +48,7 @@ from jobs.cli import (
 from ncf.errors import EXIT_TRY_LATER, InputError
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
-from serve.app import build_app, replica_memory_bytes
+from serve.app import app_of, replica_memory_bytes, serve_settings
 from serve.launch import (
     REPLICA_ANSWER_TIMEOUT_S,
     every_replica_health,
@@ -66,6 +66,7 @@ from serve.rollout import (
     check_can_deploy,
     dropped_data_note,
     refused_rollout,
+    replicas_kept,
     restore_previous,
     serving_before,
 )
@@ -159,7 +160,8 @@ def main(argv=None) -> dict:
         app_args["model"] = check_model(args.model, verify=False)
         if args.data is not None:  # an empty one (a script's unset variable) is refused, not dropped
             check_data(args.data)
-        app = build_app(app_args)  # checks the settings before Ray starts
+        settings = serve_settings(app_args)  # checks the settings before Ray starts
+        app = app_of(app_args, settings)
         if args.replica_memory_gb is None:
             need = replica_memory_bytes(os.path.realpath(app_args["model"]))
             if need >= MEMORY_NOTE_BYTES:
@@ -173,6 +175,10 @@ def main(argv=None) -> dict:
         running = running_address()
         check_can_deploy(running, args.host, args.port, args.detach)
         serving = serving_before(running)
+        kept = replicas_kept(serving, app_args)
+        if kept:  # a rollout: Serve resets the replicas to initial_replicas, which is then the running count
+            app_args["initial_replicas"] = kept  # the restore of a refused rollout keeps them too
+            app = app_of(app_args, settings)
         note = dropped_data_note(args.data, serving)
         if note:
             print(f"[deploy] note: {note}", file=sys.stderr, flush=True)

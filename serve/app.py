@@ -301,6 +301,12 @@ class AppArgs(BaseModel):
     default_at: Literal["now", "data-end"] = "now"
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
+    initial_replicas: Optional[int] = Field(
+        None,
+        ge=1,
+        description="replicas a deploy (and each rollout: Serve resets them to it) starts with (default "
+        "max(min_replicas, 1); jobs.deploy passes the running count, capped at max_replicas)",
+    )
     target_ongoing_requests: float = Field(4, gt=0)
     upscale_delay_s: float = Field(5, ge=0)
     downscale_delay_s: float = Field(30, ge=0)
@@ -323,6 +329,22 @@ class AppArgs(BaseModel):
 def build_app(args: Dict) -> Application:
     """The application for ``args`` (a dict or :class:`AppArgs`); checks the settings here, so a
     typo fails the deploy command rather than the replicas."""
+    return _application(_validated(args), serve_settings(args))
+
+
+def app_of(args: Dict, settings: ServeSettings, initial_replicas: Optional[int] = None) -> Application:
+    """:func:`build_app`'s application of ``settings`` (:func:`serve_settings`, checked once),
+    starting with ``initial_replicas`` where given: on a rollout Serve sets the replicas to the
+    deployment's ``initial_replicas`` (its config changed: the user_config), so an app scaled up
+    under load dropped to one while the autoscaler looked again; ``jobs.deploy`` passes the
+    running count."""
+    if initial_replicas is not None:
+        args = {**dict(args), "initial_replicas": initial_replicas}
+    return _application(_validated(args), settings)
+
+
+def serve_settings(args: Dict) -> ServeSettings:
+    """``args``' model and DATA as replicas load them (real paths, fingerprints), checked here."""
     a = _validated(args)
     # Real paths: a replica started later (autoscaling, a replacement) must load what this one
     # verified, not what a blue/green link points at by then.
@@ -330,10 +352,9 @@ def build_app(args: Dict) -> Application:
     data = os.path.realpath(a.data) if a.data else None
     check_model_and_data(model_dir, data)  # fail here, with the path, not in every replica
     # Takes the fingerprints of the model and DATA now, into the user_config (ServeSettings).
-    settings = ServeSettings.from_user_config(
+    return ServeSettings.from_user_config(
         {"model_dir": model_dir, "candidates": a.candidates, "default_at": a.default_at, "data": data, "ui": a.ui}
     )
-    return _application(a, settings)
 
 
 def restore_app(args: Dict, user_config: Dict) -> Application:
@@ -356,6 +377,11 @@ def _validated(args: Dict) -> AppArgs:
         raise ValueError(
             f"max_replicas (--max-replicas) {a.max_replicas} is below min_replicas (--min-replicas) {a.min_replicas}"
         )
+    if a.initial_replicas is not None and not max(a.min_replicas, 1) <= a.initial_replicas <= a.max_replicas:
+        raise ValueError(
+            f"initial_replicas {a.initial_replicas} is outside [{max(a.min_replicas, 1)}, {a.max_replicas}] "
+            "(min_replicas, at least 1, to max_replicas)"
+        )
     return a
 
 
@@ -367,7 +393,7 @@ def _application(a: AppArgs, settings: ServeSettings) -> Application:
             max_queued_requests=a.max_queued_requests,
             autoscaling_config={
                 "min_replicas": a.min_replicas,
-                "initial_replicas": max(a.min_replicas, 1),
+                "initial_replicas": a.initial_replicas or max(a.min_replicas, 1),
                 "max_replicas": a.max_replicas,
                 "target_ongoing_requests": a.target_ongoing_requests,
                 "upscale_delay_s": a.upscale_delay_s,

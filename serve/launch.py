@@ -150,7 +150,7 @@ SERVING_ANSWER_TIMEOUT_S = 60.0  # any other app: a running replica answers in m
 
 def serving_user_config(app_name: str = APP_NAME, timeout_s: float = COLD_LOAD_TIMEOUT_S) -> Optional[Dict]:
     """The user_config of the model a replica of ``app_name`` serves (None: none loaded yet, or
-    an app whose deployment failed with no replica running), asked through a deployment handle:
+    an app failed or unhealthy with no replica running), asked through a deployment handle:
     /healthz does not tell a client the server's paths. Waits up to ``timeout_s`` for an
     answer from an app scaled to zero (it first starts a replica, which loads its model), 60 s
     from any other."""
@@ -162,8 +162,12 @@ def serving_user_config(app_name: str = APP_NAME, timeout_s: float = COLD_LOAD_T
     handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name)
     app = serve.status().applications.get(app_name)
     running = running_replicas(app_name)
-    if app is not None and app.status == ApplicationStatus.DEPLOY_FAILED and running == 0:
-        return None  # no replica would answer: the question would only wait out its timeout
+    failed = (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY)
+    if app is not None and app.status in failed and running == 0:
+        # No replica would answer: the question would only wait out its timeout. UNHEALTHY too:
+        # replicas that ran once and now fail to start (files replaced under the served paths)
+        # leave it there for good, and a deploy that would mend it was refused as unsettled.
+        return None
     if running or app is None or app.status != ApplicationStatus.RUNNING:
         # A replica that runs answers at once; one deploying or crash-looping is not a cold load.
         timeout_s = min(timeout_s, SERVING_ANSWER_TIMEOUT_S)

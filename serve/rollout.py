@@ -32,6 +32,17 @@ from serve.launch import (
 from serve.service import ServeSettings, same_content_on_disk
 
 
+def replicas_kept(serving: Optional[Dict], app_args: Dict) -> Optional[int]:
+    """The replicas a rollout over a running app starts with (its ``initial_replicas``): the
+    running count, within ``app_args``' bounds, where the autoscaler had added replicas; None
+    where nothing is served (a first deploy) or no more run than a deploy starts with."""
+    if serving is None:
+        return None
+    floor = max(int(app_args.get("min_replicas") or 0), 1)
+    running = running_replicas()
+    return min(running, int(app_args["max_replicas"])) if running > floor else None
+
+
 def check_can_deploy(running: Optional[Tuple[str, int]], host: str, port: int, detach: bool) -> None:
     """Refuses (InputError, one line) a deploy that Serve already running on the cluster would
     not do as asked: one in the foreground (it shuts Serve down, every app of it, when it stops),
@@ -170,7 +181,11 @@ def restore_previous(
     words = (
         "deployed again as Serve's target" if differ is None else f"deployed again, but replicas still differ: {differ}"
     )
-    if not same_content_on_disk(ServeSettings.from_user_config(previous)):
+    try:
+        unchanged = same_content_on_disk(ServeSettings.from_user_config(previous))
+    except (InputError, OSError):  # its model directory gone, of another format, unreadable
+        unchanged = False
+    if not unchanged:
         # A model retrained into the same path, or DATA rebuilt in place: a replica started later
         # finds other files than the target's fingerprints and refuses them (it fails to start).
         words += (

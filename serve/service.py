@@ -119,12 +119,13 @@ class ServeSettings:
         return self.model_dir, self.model_fingerprint, self.data, self.data_fingerprint
 
 
-def _warn_if_stale(recommender: Recommender, settings: ServeSettings) -> None:
+def _warn_if_stale(recommender: Recommender, settings: ServeSettings, content_changed: bool = True) -> None:
     """Requests at now rank from histories that end at the state's last purchase: far behind now,
     every household looks lapsed and the timing features leave what training saw. A ``data``
-    older than the model's own, or built from part of the log, is said too."""
+    older than the model's own, or built from part of the log, is said too (``content_changed``:
+    only when the model or DATA is new; the staleness also where only ``default_at`` became now)."""
     logger = logging.getLogger("ray.serve")
-    if settings.data:
+    if settings.data and content_changed:
         boundaries = layout.DataStats(settings.data).boundaries
         for note in histories_against_model(read_config(settings.model_dir), boundaries):
             logger.warning(note)
@@ -208,6 +209,8 @@ class ModelService:
         if not same:
             _rehearse(recommender)
             _warn_if_stale(recommender, settings)
+        elif settings.default_at == NOW and previous.settings.default_at != NOW:
+            _warn_if_stale(recommender, settings, content_changed=False)  # the same histories, now live traffic
         return ModelService(recommender, settings, base)
 
     @property

@@ -536,6 +536,60 @@ def test_a_deploy_refuses_a_port_another_server_holds():
     check_can_deploy(None, "127.0.0.1", port, detach=False)
 
 
+@pytest.mark.faults
+def test_a_rollout_starts_with_the_replicas_the_autoscaler_runs(monkeypatch):
+    """Every rollout changes the deployment's config (its user_config), and Ray 2.60 then sets the
+    replicas to initial_replicas, which was always max(min_replicas, 1): an app scaled to N under
+    load dropped to one at each model or DATA rollout (the Serve review, 2026-12-06)."""
+    from serve import app as serve_app
+    from serve import rollout
+
+    args = {"model": "m", "min_replicas": 1, "max_replicas": 4}
+    for running, kept in [(3, 3), (6, 4), (1, None), (0, None)]:
+        monkeypatch.setattr(rollout, "running_replicas", lambda: running)
+        assert rollout.replicas_kept({"model_dir": "m"}, args) == kept
+    assert rollout.replicas_kept(None, args) is None  # a first deploy: nothing served
+    assert serve_app._validated({**args, "initial_replicas": 3}).initial_replicas == 3
+    for outside in (5, 0):
+        with pytest.raises((ValueError, cli.InputError)):
+            serve_app._validated({**args, "initial_replicas": outside})
+    captured = {}
+    monkeypatch.setattr(serve_app.RecommenderDeployment, "options", lambda **o: captured.update(o) or _Bindable())
+    serve_app._application(serve_app._validated({**args, "initial_replicas": 3}), _Settings())
+    assert captured["autoscaling_config"]["initial_replicas"] == 3
+    serve_app._application(serve_app._validated(args), _Settings())
+    assert captured["autoscaling_config"]["initial_replicas"] == 1
+
+
+@pytest.mark.faults
+def test_a_refused_rollouts_restore_says_a_gone_previous_model_in_its_line(monkeypatch, tmp_path):
+    """After restoring the settings served before, the check of their paths read a model directory
+    pruned since (an old blue/green target): an InputError traceback, exit 1, instead of the
+    deploy's one line (the Serve review, 2026-12-06)."""
+    from serve import rollout
+
+    monkeypatch.setattr(rollout, "start", lambda *args, **kwargs: None)
+    monkeypatch.setattr(rollout, "running_replicas", lambda: 1)
+    monkeypatch.setattr(rollout, "every_replica_health", lambda replicas: {"r1": {"model_version": "v1"}})
+    monkeypatch.setattr("serve.app.restore_app", lambda args, previous: None)
+    previous = {"model_dir": str(tmp_path / "pruned"), "model_fingerprint": "abc"}
+    restored = rollout.restore_previous({"model": "m"}, "127.0.0.1", 8000, 30, previous)
+    assert restored.agreed and "its paths now hold other files" in restored.words
+
+
+class _Bindable:
+    def options(self, **kwargs):
+        return self
+
+    def bind(self):
+        return self
+
+
+class _Settings:
+    def user_config(self):
+        return {}
+
+
 def test_a_redeploy_names_the_running_serves_port_and_any_host_it_listens_on():
     """Serve started with --host 0.0.0.0 (a cluster's) answers on 127.0.0.1 too: README's redeploys
     without --host were refused by a literal comparison of the addresses."""
