@@ -332,14 +332,11 @@ def build_app(args: Dict) -> Application:
     return _application(_validated(args), serve_settings(args))
 
 
-def app_of(args: Dict, settings: ServeSettings, initial_replicas: Optional[int] = None) -> Application:
-    """:func:`build_app`'s application of ``settings`` (:func:`serve_settings`, checked once),
-    starting with ``initial_replicas`` where given: on a rollout Serve sets the replicas to the
-    deployment's ``initial_replicas`` (its config changed: the user_config), so an app scaled up
-    under load dropped to one while the autoscaler looked again; ``jobs.deploy`` passes the
-    running count."""
-    if initial_replicas is not None:
-        args = {**dict(args), "initial_replicas": initial_replicas}
+def app_of(args: Dict, settings: ServeSettings) -> Application:
+    """:func:`build_app`'s application of ``settings`` (:func:`serve_settings`, checked once):
+    ``jobs.deploy`` builds it again with ``initial_replicas`` once it knows how many run (on a
+    rollout Serve sets the replicas to the deployment's ``initial_replicas``: its config, the
+    user_config, changed)."""
     return _application(_validated(args), settings)
 
 

@@ -150,10 +150,10 @@ SERVING_ANSWER_TIMEOUT_S = 60.0  # any other app: a running replica answers in m
 
 def serving_user_config(app_name: str = APP_NAME, timeout_s: float = COLD_LOAD_TIMEOUT_S) -> Optional[Dict]:
     """The user_config of the model a replica of ``app_name`` serves (None: none loaded yet, or
-    an app failed or unhealthy with no replica running), asked through a deployment handle:
-    /healthz does not tell a client the server's paths. Waits up to ``timeout_s`` for an
-    answer from an app scaled to zero (it first starts a replica, which loads its model), 60 s
-    from any other."""
+    an app failed, or unhealthy because its replicas fail to start, with no replica running),
+    asked through a deployment handle: /healthz does not tell a client the server's paths. Waits
+    up to ``timeout_s`` for an answer from an app scaled to zero (it first starts a replica, which
+    loads its model), 60 s from any other."""
     from ray import serve
     from ray.serve.schema import ApplicationStatus
 
@@ -162,11 +162,11 @@ def serving_user_config(app_name: str = APP_NAME, timeout_s: float = COLD_LOAD_T
     handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name)
     app = serve.status().applications.get(app_name)
     running = running_replicas(app_name)
-    failed = (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY)
-    if app is not None and app.status in failed and running == 0:
-        # No replica would answer: the question would only wait out its timeout. UNHEALTHY too:
-        # replicas that ran once and now fail to start (files replaced under the served paths)
-        # leave it there for good, and a deploy that would mend it was refused as unsettled.
+    if app is not None and running == 0 and (app.status == ApplicationStatus.DEPLOY_FAILED or _startups_fail(app)):
+        # No replica would answer: the question would only wait out its timeout. Replicas that ran
+        # once and now fail to start (files replaced under the served paths) leave the app
+        # UNHEALTHY for good, and a deploy that would mend it was refused as unsettled; one whose
+        # replica died and is being replaced (a health check, a lost node) is only settling.
         return None
     if running or app is None or app.status != ApplicationStatus.RUNNING:
         # A replica that runs answers at once; one deploying or crash-looping is not a cold load.
@@ -258,6 +258,21 @@ def _health_round(handle, questions: int, deadline: float) -> Dict[str, Dict]:
             continue
         answers[str(health.get("replica"))] = health
     return answers
+
+
+def _startups_fail(app) -> bool:
+    """Whether the app's deployment is unhealthy because its replicas fail to start."""
+    from ray.serve._private.common import DeploymentStatusTrigger
+    from ray.serve.schema import ApplicationStatus
+
+    from serve.app import DEPLOYMENT_NAME
+
+    deployment = app.deployments.get(DEPLOYMENT_NAME)
+    return (
+        app.status == ApplicationStatus.UNHEALTHY
+        and deployment is not None
+        and deployment.status_trigger == DeploymentStatusTrigger.REPLICA_STARTUP_FAILED
+    )
 
 
 def running_replicas(app_name: str = APP_NAME) -> int:

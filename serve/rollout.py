@@ -182,9 +182,13 @@ def restore_previous(
         "deployed again as Serve's target" if differ is None else f"deployed again, but replicas still differ: {differ}"
     )
     try:
-        unchanged = same_content_on_disk(ServeSettings.from_user_config(previous))
-    except (InputError, OSError):  # its model directory gone, of another format, unreadable
-        unchanged = False
+        unchanged, gone = same_content_on_disk(ServeSettings.from_user_config(previous)), None
+    except (InputError, OSError) as e:  # its model directory gone (an old blue/green target pruned), unreadable
+        unchanged, gone = False, failure_line(e)
+    if gone is not None:
+        # The replicas keep the model they hold; one started later has nothing to load: exit 1.
+        words += f"; its files cannot be read now ({gone}), so replicas started later fail: deploy a model that loads"
+        return Restored(words, False)
     if not unchanged:
         # A model retrained into the same path, or DATA rebuilt in place: a replica started later
         # finds other files than the target's fingerprints and refuses them (it fails to start).

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 from helpers import REPO, readline_within
@@ -546,7 +547,7 @@ def test_a_rollout_starts_with_the_replicas_the_autoscaler_runs(monkeypatch):
 
     args = {"model": "m", "min_replicas": 1, "max_replicas": 4}
     for running, kept in [(3, 3), (6, 4), (1, None), (0, None)]:
-        monkeypatch.setattr(rollout, "running_replicas", lambda: running)
+        monkeypatch.setattr(rollout, "running_replicas", lambda running=running: running)
         assert rollout.replicas_kept({"model_dir": "m"}, args) == kept
     assert rollout.replicas_kept(None, args) is None  # a first deploy: nothing served
     assert serve_app._validated({**args, "initial_replicas": 3}).initial_replicas == 3
@@ -574,7 +575,27 @@ def test_a_refused_rollouts_restore_says_a_gone_previous_model_in_its_line(monke
     monkeypatch.setattr("serve.app.restore_app", lambda args, previous: None)
     previous = {"model_dir": str(tmp_path / "pruned"), "model_fingerprint": "abc"}
     restored = rollout.restore_previous({"model": "m"}, "127.0.0.1", 8000, 30, previous)
-    assert restored.agreed and "its paths now hold other files" in restored.words
+    # Not agreed (exit 1): a replica started later has nothing to load (a second reading).
+    assert not restored.agreed and "its files cannot be read now (" in restored.words
+    assert "not a model directory" in restored.words and "\n" not in restored.words
+
+
+def test_an_app_whose_replicas_fail_to_start_serves_nothing_but_one_replacing_a_replica_settles():
+    """An app UNHEALTHY because its replicas fail to start (files replaced under the served
+    paths) was refused as unsettled for good; one whose replica died and is being replaced
+    (a failed health check, a lost node) is only settling: its restore must not be lost."""
+    from ray.serve._private.common import DeploymentStatusTrigger
+    from ray.serve.schema import ApplicationStatus
+
+    from serve.app import DEPLOYMENT_NAME
+    from serve.launch import _startups_fail
+
+    def app(status, trigger):
+        return SimpleNamespace(status=status, deployments={DEPLOYMENT_NAME: SimpleNamespace(status_trigger=trigger)})
+
+    assert _startups_fail(app(ApplicationStatus.UNHEALTHY, DeploymentStatusTrigger.REPLICA_STARTUP_FAILED))
+    assert not _startups_fail(app(ApplicationStatus.UNHEALTHY, DeploymentStatusTrigger.HEALTH_CHECK_FAILED))
+    assert not _startups_fail(app(ApplicationStatus.RUNNING, DeploymentStatusTrigger.REPLICA_STARTUP_FAILED))
 
 
 class _Bindable:

@@ -60,13 +60,16 @@ def read_train_state(directory: str) -> Dict:
     return read_json(os.path.join(directory, TRAIN_STATE))
 
 
-def read_checkpoint(directory: str, remedy: str = NEW_RUN) -> Tuple[Dict[str, torch.Tensor], Dict]:
+def read_checkpoint(directory: str, remedy: str = NEW_RUN, mmap: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict]:
     """(weights, train state) of a checkpoint directory (weights_only: nothing is unpickled), its
-    files checked against their recorded checksums first (:func:`check_checksums`)."""
+    files checked against their recorded checksums first (:func:`check_checksums`). ``mmap``: the
+    tensors map the file (each worker of a resumed group then holds only the part it copies into
+    its model), only for a checkpoint on a local filesystem: one downloaded from remote storage
+    sits in a folder the node's workers share, which a later worker's download rewrites in place
+    (a mapped page cut short is a SIGBUS)."""
     state = read_train_state(directory)
     check_checksums(directory, state, remedy)
-    # Memory-mapped: each worker of a resumed group copies its part into its model, not the whole.
-    weights = torch.load(os.path.join(directory, WEIGHTS), weights_only=True, map_location="cpu", mmap=True)
+    weights = torch.load(os.path.join(directory, WEIGHTS), weights_only=True, map_location="cpu", mmap=mmap)
     return weights, state
 
 
@@ -300,9 +303,10 @@ def _unreadable(directory: str, path: str, name: str, error: Exception) -> Input
     )
 
 
-def read_optimizer_state(directory: str) -> Optional[Dict]:
+def read_optimizer_state(directory: str, mmap: bool = False) -> Optional[Dict]:
+    """``optimizer.pt`` (None before checkpoints held it); ``mmap`` as :func:`read_checkpoint`."""
     path = os.path.join(directory, OPTIMIZER)
-    return torch.load(path, weights_only=True, map_location="cpu", mmap=True) if os.path.exists(path) else None
+    return torch.load(path, weights_only=True, map_location="cpu", mmap=mmap) if os.path.exists(path) else None
 
 
 def best_checkpoint(result):

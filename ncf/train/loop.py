@@ -307,8 +307,11 @@ def _improved(w: Worker, metrics: Dict, best: float) -> bool:
 
 
 def _restore(w: Worker, checkpoint) -> Dict:
+    import pyarrow.fs
+
+    local = isinstance(getattr(checkpoint, "filesystem", None), pyarrow.fs.LocalFileSystem)  # see read_checkpoint
     with checkpoint.as_directory() as d:
-        weights, state = ckpt.read_checkpoint(d)
+        weights, state = ckpt.read_checkpoint(d, mmap=local)
         run_folder = os.path.dirname(d.rstrip(os.sep)) or d
         ckpt.check_same_model(run_folder, state.get("model_config"), w.model_config.to_dict())
         ckpt.check_same_vocabularies(run_folder, state.get("vocab_sha256"), w.vocab_sha256)
@@ -316,8 +319,8 @@ def _restore(w: Worker, checkpoint) -> Dict:
         ckpt.check_same_features(run_folder, state.get("features_version"))
         ckpt.check_same_training(run_folder, state.get("training"), ckpt.training_settings(asdict(w.cfg)))
         load_full_state_dict(w.model, weights)
-        del weights  # memory-mapped, copied into the model: the file's pages go back to the page cache
-        optimizer_state = ckpt.read_optimizer_state(d)
+        del weights  # copied into the model (mapped from a local file: its pages go back to the cache)
+        optimizer_state = ckpt.read_optimizer_state(d, mmap=local)
         trained = read_trained_rows(d)
     if w.read_rows is not None and trained is not None:
         w.read_rows = tuple(now | before for now, before in zip(w.read_rows, trained))
