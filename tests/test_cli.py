@@ -580,6 +580,7 @@ def test_a_refused_rollouts_restore_says_a_gone_previous_model_in_its_line(monke
     assert "not a model directory" in restored.words and "\n" not in restored.words
 
 
+@pytest.mark.faults
 def test_an_app_whose_replicas_fail_to_start_serves_nothing_but_one_replacing_a_replica_settles():
     """An app UNHEALTHY because its replicas fail to start (files replaced under the served
     paths) was refused as unsettled for good; one whose replica died and is being replaced
