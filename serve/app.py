@@ -37,7 +37,9 @@ Why it is built this way:
   (:func:`ncf.model.integrity.verify_data_state`). Serve still holds the failed user_config as
   its target (a replica it starts later would load it and fail), so ``jobs.deploy`` deploys the
   serving one again (:func:`restore_app`) and exits 2 (1 where the replicas still differ after it:
-  Serve counts a replica whose ``reconfigure`` kept its model as on the target all the same). A
+  Serve counts a replica whose ``reconfigure`` kept its model as on the target all the same; 1
+  also where the restored model's paths now hold other files or cannot be read, which replicas
+  started later fail on). A
   replica with no model yet (one of new code, or one started from zero replicas) has nothing to
   keep and raises; after Serve's retries the rollout is DEPLOY_FAILED, and ``jobs.deploy``
   deploys the settings served before the rollout again as well (where a replica served them when

@@ -39,7 +39,12 @@ def replicas_kept(serving: Optional[Dict], app_args: Dict) -> Optional[int]:
     if serving is None:
         return None
     floor = max(int(app_args.get("min_replicas") or 0), 1)
-    running = running_replicas()
+    try:
+        running = running_replicas()
+    except Exception as e:  # the controller unreachable meanwhile: refused as serving_before's errors are
+        raise ServingUnknown(
+            f"cannot tell how many replicas Serve runs ({type(e).__name__}: {failure_line(e)}); nothing was deployed"
+        ) from None
     return min(running, int(app_args["max_replicas"])) if running > floor else None
 
 
@@ -196,6 +201,7 @@ def restore_previous(
             "; its paths now hold other files, which replicas started later refuse (they fail to start): "
             "deploy a model that loads"
         )
+        return Restored(words, False)  # as for files that cannot be read: exit 1
     return Restored(words, differ is None)
 
 

@@ -598,6 +598,24 @@ def test_an_app_whose_replicas_fail_to_start_serves_nothing_but_one_replacing_a_
     assert not _startups_fail(app(ApplicationStatus.UNHEALTHY, DeploymentStatusTrigger.HEALTH_CHECK_FAILED))
     assert not _startups_fail(app(ApplicationStatus.RUNNING, DeploymentStatusTrigger.REPLICA_STARTUP_FAILED))
 
+    # Wired into the question a deploy asks first: no replica asked where none can start.
+    from ray import serve
+
+    from serve import launch
+
+    asked = SimpleNamespace(result=lambda timeout_s: {"model_dir": "m"})
+    handle = SimpleNamespace(serving_user_config=SimpleNamespace(remote=lambda: asked))
+    for trigger, serving in [
+        (DeploymentStatusTrigger.REPLICA_STARTUP_FAILED, None),
+        (DeploymentStatusTrigger.HEALTH_CHECK_FAILED, {"model_dir": "m"}),
+    ]:
+        status = SimpleNamespace(applications={launch.APP_NAME: app(ApplicationStatus.UNHEALTHY, trigger)})
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(serve, "status", lambda status=status: status)
+            patch.setattr(serve, "get_deployment_handle", lambda *args: handle)
+            patch.setattr(launch, "running_replicas", lambda app_name: 0)
+            assert launch.serving_user_config() == serving
+
 
 class _Bindable:
     def options(self, **kwargs):

@@ -417,3 +417,35 @@ def test_a_workers_failure_is_one_line_and_its_refusal_the_refusal():
     controller = training_failure(ControllerError(OSError("storage unreachable")))
     assert isinstance(controller, TrainingFailed) and "(OSError: storage unreachable)" in str(controller)
     assert training_failure(KeyError("this code's own bug")) is None  # its traceback stays
+
+
+@pytest.mark.faults
+def test_the_train_job_says_a_workers_failure_in_one_line(tmp_path, monkeypatch, capsys):
+    """The job's wiring of :func:`training_failure` (a second reading: its helper's test passed
+    with the job's handler removed): a refusal exits 2, a worker's crash 1, each one line."""
+    import contextlib
+
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from jobs import train
+
+    for name, value in {
+        "check_store_outlives_the_job": lambda: None,
+        "check_target": lambda *args: None,
+        "check_data": lambda *args, **kwargs: None,
+        "check_history_length": lambda *args: None,
+        "init_ray": lambda *args, **kwargs: None,
+        "training_slot": lambda what: contextlib.nullcontext(),
+        "training_on_gpu": lambda *args, **kwargs: False,
+    }.items():
+        monkeypatch.setattr(train, name, value)
+    argv = ["--data", str(tmp_path / "data"), "--output", str(tmp_path / "model"), "--name", "r1"]
+    for error, status, says in [
+        (WorkerGroupError("...", {0: InputError("the checkpoint c1 is damaged")}), 2, "the checkpoint c1 is damaged"),
+        (WorkerGroupError("...", {0: MemoryError("out of memory")}), 1, "training failed on worker 0 (MemoryError"),
+    ]:
+        monkeypatch.setattr(train, "train_evaluate_register", lambda plan, error=error: (_ for _ in ()).throw(error))
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(argv)
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == status and line.startswith(f"error: {says}"), line
