@@ -10,6 +10,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray Data progress bars are noise in test logs.
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
+# Imported once here, not first inside a test: Ray Serve binds its logger's handler to the
+# sys.stderr of the moment, and a test's capsys stream is closed when that test ends (every
+# later "ray.serve" log line was then a "Logging error" on stderr, which broke the checks of a
+# job's one line in tests/test_serve_rollout.py when run after tests/test_cli.py).
+import ray.serve  # noqa: E402, F401
+
 RAY_FIXTURES = {"ray_session"}
 
 
