@@ -364,7 +364,7 @@ def restore_app(args: Dict, user_config: Dict) -> Application:
     user_config, which every replica started later (autoscaling, a replacement) would fail to
     load. Deploying this makes the settings that serve the target again; the running replicas'
     reconfigure then reuses their model."""
-    return _application(_validated(args), ServeSettings.from_user_config(user_config))
+    return app_of(args, ServeSettings.from_user_config(user_config))
 
 
 def _validated(args: Dict) -> AppArgs:

@@ -186,22 +186,17 @@ def restore_previous(
     words = (
         "deployed again as Serve's target" if differ is None else f"deployed again, but replicas still differ: {differ}"
     )
+    # The replicas keep the model they hold; one started later fails (exit 1) where its paths now
+    # hold other files (a model retrained into the same path, DATA rebuilt in place: it refuses
+    # them) or none it can read (an old blue/green target pruned).
     try:
-        unchanged, gone = same_content_on_disk(ServeSettings.from_user_config(previous)), None
-    except (InputError, OSError) as e:  # its model directory gone (an old blue/green target pruned), unreadable
-        unchanged, gone = False, failure_line(e)
-    if gone is not None:
-        # The replicas keep the model they hold; one started later has nothing to load: exit 1.
-        words += f"; its files cannot be read now ({gone}), so replicas started later fail: deploy a model that loads"
-        return Restored(words, False)
-    if not unchanged:
-        # A model retrained into the same path, or DATA rebuilt in place: a replica started later
-        # finds other files than the target's fingerprints and refuses them (it fails to start).
-        words += (
-            "; its paths now hold other files, which replicas started later refuse (they fail to start): "
-            "deploy a model that loads"
-        )
-        return Restored(words, False)  # as for files that cannot be read: exit 1
+        changed = None
+        if not same_content_on_disk(ServeSettings.from_user_config(previous)):
+            changed = "its paths now hold other files, which replicas started later refuse (they fail to start)"
+    except (InputError, OSError) as e:
+        changed = f"its files cannot be read now ({failure_line(e)}), so replicas started later fail"
+    if changed is not None:
+        return Restored(f"{words}; {changed}: deploy a model that loads", False)
     return Restored(words, differ is None)
 
 

@@ -533,14 +533,14 @@ class PartitionRun:
             journal_path(self.output, self.partition),
         )
         self.committed = True
-        self._drop_transient()
+        self.drop_transient()
         return self.final
 
-    def _drop_transient(self) -> None:
-        """Removes :attr:`transient` from the partition this run has just committed (under its
-        lock: a later run of the partition finds them only where a roll-forward finished the commit,
-        or a kill came between the swap and this). Readers skip their "_" names meanwhile; one that
-        cannot be removed is left."""
+    def drop_transient(self) -> None:
+        """Removes :attr:`transient` from the partition committed under this run's lock (its own
+        commit, or a dead run's it returns as its own result): a later run of the partition finds
+        them only where a roll-forward finished the commit, or a kill came between the swap and
+        this. Readers skip their "_" names meanwhile; one that cannot be removed is left."""
         for name in self.transient:
             try:
                 os.remove(os.path.join(self.final, name))
@@ -552,7 +552,7 @@ class PartitionRun:
         leave stage and journal for the next run's :func:`recover` (never delete either)."""
         try:
             recover(self.output, self.partition)
-            self._drop_transient()  # the journal was this run's: the committed partition is its own
+            self.drop_transient()  # the journal was this run's: the committed partition is its own
             self.log(f"the commit failed midway and was finished from its journal: {self.final}")
         except Exception as e:  # noqa: BLE001  (the error that stopped the run is the one raised)
             self.log(f"the commit failed midway ({e}); the next run of {self.partition} finishes it")

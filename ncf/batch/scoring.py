@@ -766,7 +766,7 @@ def run_batch_scoring(
         finished = _finished_from_journal(run, plan, config, log)
         if finished is not None:
             run.leave_stage = False  # this run's stage holds nothing
-            _drop_plan(run.final)
+            run.drop_transient()
             return finished
         if run.continued:
             at, scored_at = _continued_moment(run, plan, run_date, log)
@@ -823,14 +823,6 @@ def run_batch_scoring(
             f"({manifest['users_per_s']} users/s scored) -> {final}"
         )
     return manifest
-
-
-def _drop_plan(final: str) -> None:
-    """Removes a committed partition's ``_plan.json`` (readers skip "_" names; gone all the same)."""
-    try:
-        os.remove(os.path.join(final, PLAN))
-    except OSError:
-        pass
 
 
 def _continued_moment(run: PartitionRun, plan: Dict, run_date: str, log: Callable[[str], None]) -> Tuple[int, int]:

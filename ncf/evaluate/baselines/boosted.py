@@ -192,11 +192,10 @@ class OwnNeighboursAndPopular:
         self.context = context
         self.state = RankingState.load(context.data).as_of(context.start)
         self.settings = list_settings(context.data)
-        self.exclude_purchased = context.exclude_purchased
         order = np.asarray(self.state.stats.popularity_order, np.int64)
         self._popular = order[: self.settings.popular_candidates]
         # Every catalog product, most bought first: what completes a list without own products.
-        self._by_popularity = order[context.catalog[order]] if self.exclude_purchased else order[:0]
+        self._by_popularity = order[context.catalog[order]] if context.exclude_purchased else order[:0]
 
     def score(self, user: int, candidates: np.ndarray, features: np.ndarray) -> np.ndarray:
         """C scores (higher is better) of ``candidates`` (C) with their C x F features."""
@@ -210,7 +209,7 @@ class OwnNeighboursAndPopular:
         """The catalog products ranked for a household with these :class:`ncf.data.timeline.Aggregates`
         (its purchases before the moment), in increasing index order (equal scores go to the lower one)."""
         s, neighbours = self.settings, self.state.stats.neighbours
-        if not self.exclude_purchased:
+        if not self.context.exclude_purchased:
             own, near = aggregates.most_bought(s.own_candidates), neighbours.best(aggregates, s.neighbour_candidates)
             candidates = np.unique(np.concatenate([own, near, self._popular]).astype(np.int64))
             return candidates[self.context.catalog[candidates]]
