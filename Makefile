@@ -32,7 +32,11 @@ else
 $(error ACCEL must be cpu or cuda, not $(ACCEL))
 endif
 
-.PHONY: setup browser nginx cluster-files lint test test-faults test-fast demo bench mlflow-ui clean
+# One target at a time under make -j: setup, browser and nginx may each run apt-get, whose lock
+# refuses a second one.
+.NOTPARALLEL:
+
+.PHONY: setup browser nginx cluster-files lint test test-faults test-fast demo bench mlflow-ui clean distclean
 
 setup: $(STAMP)
 
@@ -45,9 +49,10 @@ setup: $(STAMP)
 # images lack: Debian's libgomp1 is installed where it is missing. The CUDA fbgemm-gpu cannot load
 # beside a CPU torch (a .venv set up for the CPU first, whose torch pip keeps): refused. The stamps
 # are removed just before the first change to the venv (not earlier, so that a failed check or
-# apt-get keeps the ACCEL the stamp remembers): a failed install after the other fbgemm's uninstall would
+# apt-get keeps the ACCEL the stamp remembers; the CPU torch is refused before, where one is installed): a failed install after the other fbgemm's uninstall would
 # otherwise leave the last setup's stamp, and the next `make setup` would do nothing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+CUDA_TORCH_CHECK = $(PY) -c "raise SystemExit(__import__('torch').version.cuda is None)" || { echo "error: $(VENV)'s torch is a CPU build, which the CUDA fbgemm-gpu cannot load beside: rm -rf $(VENV), then make setup ACCEL=cuda (without TORCH_INDEX)"; exit 1; }
 $(STAMP): pyproject.toml requirements/lock.txt Makefile
 	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || { echo "error: $(PYTHON) -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
 	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] < (3, 11))" || { echo "error: $(VENV) is $$($(PY) --version), the pinned stack needs Python 3.11: rm -rf $(VENV), then make setup PYTHON=python3.11"; exit 1; }
@@ -56,9 +61,10 @@ $(STAMP): pyproject.toml requirements/lock.txt Makefile
 	  echo "installing Debian's libgomp1 (OpenMP), which LightGBM and implicit load"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgomp1 >/dev/null; } || { \
 	  echo "error: no libgomp.so.1 (OpenMP), which LightGBM and implicit load, and apt-get could not install libgomp1"; exit 1; }
+	@[ "$(ACCEL)" != cuda ] || ! $(PY) -c "import torch" 2>/dev/null || $(CUDA_TORCH_CHECK)
 	@rm -f $(VENV)/.setup-*
 	$(PIP) install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
-	@[ "$(ACCEL)" != cuda ] || $(PY) -c "raise SystemExit(__import__('torch').version.cuda is None)" || { echo "error: $(VENV)'s torch is a CPU build, which the CUDA fbgemm-gpu cannot load beside: rm -rf $(VENV), then make setup ACCEL=cuda (without TORCH_INDEX)"; exit 1; }
+	@[ "$(ACCEL)" != cuda ] || $(CUDA_TORCH_CHECK)
 	@if $(PIP) show -q $(FBGEMM_OTHER) 2>/dev/null; then $(PIP) uninstall -q -y $(FBGEMM_OTHER); fi
 	$(PIP) install -q $(FBGEMM)
 	$(PIP) install -q --no-deps torchrec==1.8.0
@@ -93,9 +99,12 @@ nginx: setup
 # pointed at ".", that was .venv and artifacts/ too (gigabytes read, and a restart after any run).
 CLUSTER_FILES := .cluster-files
 cluster-files:
-	@rm -rf $(CLUSTER_FILES).part && mkdir -p $(CLUSTER_FILES).part && \
-	  git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C $(CLUSTER_FILES).part && \
-	  rm -rf $(CLUSTER_FILES) && mv $(CLUSTER_FILES).part $(CLUSTER_FILES) && \
+	@rm -rf $(CLUSTER_FILES).part $(CLUSTER_FILES).tar && mkdir -p $(CLUSTER_FILES).part
+	@git ls-files -z --cached --others --exclude-standard > $(CLUSTER_FILES).part/.list
+	@tar --null --ignore-failed-read -T $(CLUSTER_FILES).part/.list -cf $(CLUSTER_FILES).tar
+	@rm $(CLUSTER_FILES).part/.list && tar -xf $(CLUSTER_FILES).tar -C $(CLUSTER_FILES).part && rm $(CLUSTER_FILES).tar
+	@[ "$$(find $(CLUSTER_FILES).part -type f | wc -l)" -gt 0 ] || { echo "error: git ls-files listed no file to stage"; exit 1; }
+	@rm -rf $(CLUSTER_FILES) && mv $(CLUSTER_FILES).part $(CLUSTER_FILES) && \
 	  echo "$$(find $(CLUSTER_FILES) -type f | wc -l) files staged in $(CLUSTER_FILES) for ray up"
 
 # ruff: lint and format check (line length 120, pyproject.toml); `ruff format .` fixes the format.
@@ -135,5 +144,10 @@ mlflow-ui: $(MLFLOW_VENV)/.setup
 	@mkdir -p artifacts
 	MLFLOW_DISABLE_TELEMETRY=true $(MLFLOW_VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
+# clean: what set-up and the tests make again; distclean: also artifacts/ (DATA, the models, the
+# MLflow store and registry, the reports), which only the jobs that wrote them can make again.
 clean:
-	rm -rf $(VENV) $(MLFLOW_VENV) artifacts .pytest_cache
+	rm -rf $(VENV) $(MLFLOW_VENV) .pytest_cache $(CLUSTER_FILES) $(CLUSTER_FILES).part $(CLUSTER_FILES).tar
+
+distclean: clean
+	rm -rf artifacts
