@@ -4,6 +4,7 @@ a rollout; on a tiny hand-made DATA (no Ray)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 
@@ -130,6 +131,10 @@ def test_exact_lists_on_request_build_no_index_and_keep_nothing(indexed_model, c
     exact = Ranker(r.model, r.state, r.rows, r.settings, exact_mf=True)
     assert "building it now" not in capsys.readouterr().err
     assert exact.candidates.mf.index is None and not exact.candidates.mf.cached
+    # Derived with other settings, it stays exact: not an index built on the spot.
+    wider = exact.derived(settings=dataclasses.replace(r.settings, candidates=r.settings.candidates + 1))
+    assert wider.exact_mf and wider.candidates.mf.index is None
+    assert "building it now" not in capsys.readouterr().err
     users = r.state.states.users()
     monkeypatch.setattr(ann, "MF_CACHE_MAX_ENTRIES", 50_000_000)
     kept = Ranker(r.model, r.state, r.rows, r.settings)

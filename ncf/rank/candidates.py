@@ -5,7 +5,8 @@
 2. the products nearest to its past products by co-purchase, none it bought, best first
    (:meth:`ncf.data.neighbours.ProductNeighbours.best`, as the training lists' 100; here they
    follow its own products within the ``candidates``, so a household with more than 200 of its
-   own gets fewer): where households rarely buy a product twice, what households with the same
+   own gets fewer, and the sources below none once its own and their neighbours fill the
+   ``candidates``): where households rarely buy a product twice, what households with the same
    products bought;
 3. the MF path's best products for the household (they do not depend on the moment, so each
    household's list is computed once and kept while the table of them stays small);
@@ -26,6 +27,7 @@ list: the products most bought at that hour of the day.
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -71,8 +73,9 @@ class MFFirstStage:
     moment. Beyond that, a request must not scan the catalog: the model
     directory's HNSW index (:mod:`ncf.model.ann`, built when the model was saved; built here
     only for a directory without one) answers each household approximately (agreement with the
-    exact lists: BENCHMARKS.md). With ``exact``, lists are exact whatever the size, one matrix
-    product per question, not kept (a few households ranked, as training's validation does).
+    exact lists: BENCHMARKS.md). With ``exact``, lists are exact whatever the size (a few
+    households ranked, as training's validation does): kept as above where they fit, else one
+    matrix product per question.
     Products whose embedding row is the unknown one (new to the model) have no MF vector of
     their own and are left to the other sources.
     """
@@ -102,6 +105,7 @@ class MFFirstStage:
         cacheable = not searches
         self._top = np.zeros((len(rows.user), self.width), np.int32) if cacheable else None
         self._known = np.zeros(len(rows.user), bool) if cacheable else None
+        self._filling = threading.Lock()
         self._index = None
         self._items: Optional[torch.Tensor] = None
         if cacheable or exact:
@@ -173,10 +177,12 @@ class MFFirstStage:
         """U x width product indices, best first, for U state households."""
         if self._top is None:
             return self._compute(users)
-        missing = users[~self._known[users]]
-        if len(missing):
-            self._top[missing] = self._compute(missing)
-            self._known[missing] = True
+        # Serve asks from several threads at once: a household's list computed once, not by each.
+        with self._filling:
+            missing = users[~self._known[users]]
+            if len(missing):
+                self._top[missing] = self._compute(missing)
+                self._known[missing] = True
         return self._top[users]
 
     def warm(self, users: np.ndarray, chunk: int = 1024) -> int:

@@ -88,9 +88,9 @@ class Ranker:
         settings: first-stage sizes.
         mf_index: the model directory's MF index (:mod:`ncf.model.ann`), for states too large
             for exact first-stage lists (built on the spot when one is needed and not given).
-        exact_mf: exact first-stage lists whatever the state's size, computed per question and
-            not kept: for ranking a few households (training's validation sample) without an
-            index (which a model being trained does not have yet).
+        exact_mf: exact first-stage lists whatever the state's size (kept only where the
+            state's are small enough): for ranking a few households (training's validation
+            sample) without an index (which a model being trained does not have yet).
         shared_mf: the MF first stage of a ranker this one derives from (:meth:`derived`): reused
             whole where it would be built the same, its product vectors shared otherwise.
     """
@@ -110,6 +110,7 @@ class Ranker:
         self.rows = rows
         self.settings = settings or RankingSettings()
         self.device = next(model.parameters()).device
+        self.exact_mf = exact_mf
         self.candidates = CandidateGenerator(model, state, rows, self.settings, mf_index, exact_mf, shared_mf)
         # The index the first stage searches, also one it had to build: a ranker derived from this
         # one (``Recommender.with_settings``) reuses it instead of building it again.
@@ -145,6 +146,7 @@ class Ranker:
             self.rows,
             self.settings if settings is None else settings,
             self.mf_index,
+            self.exact_mf,
             shared_mf=self.candidates.mf,
         )
 
