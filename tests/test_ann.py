@@ -259,3 +259,34 @@ def test_a_search_among_few_allowed_rows_returns_them_all_in_exact_order(monkeyp
         else:  # the deeper graph search: nothing missing, nearly the exact lists
             assert (found >= 0).all() and allowed[found].all()
             assert np.mean([len(set(f) & set(e)) / width for f, e in zip(found, exact)]) > 0.9
+
+
+@pytest.mark.faults
+def test_a_mask_of_another_length_is_refused_not_read_past(indexed_model, monkeypatch):
+    """FAISS's bitmap selector reads as many bytes as it is told: a mask shorter than the index
+    let it read past the bitmap (rows beyond the mask came back)."""
+    index = ann.load_if_present(indexed_model)
+    monkeypatch.setattr(ann, "EXACT_SEARCH_ROWS", 0)
+    monkeypatch.setattr(ann, "EXACT_COST_RATIO", 0)  # the graph search, where the bitmap is read
+    queries = np.random.default_rng(0).normal(size=(4, index.dim))
+    with pytest.raises(ValueError, match="covers"):
+        index.search(queries, 5, np.ones(index.rows - 9, bool))
+    allowed = np.zeros(index.rows, bool)
+    allowed[: index.rows // 2] = True
+    found = index.search(queries, 5, allowed)
+    assert (found >= 0).all() and allowed[found].all()
+
+
+def test_the_mf_lists_are_the_products_the_mf_path_scores_highest_whatever_finals_sign(indexed_model):
+    """``final`` weighs the MF logit; where that weight is negative, the largest MF logits are the
+    lowest final scores, and the first stage must list the other end."""
+    weights = {k: v.clone() for k, v in torch.load(os.path.join(indexed_model, "model.pt"), weights_only=True).items()}
+    users = weights["mf_embedding_collection.embedding_bags.user_mf_embeddings.weight"][1:6].float()
+    products = weights[ann._PRODUCT_TABLE].float()
+    for sign in (1.0, -1.0):
+        weights[ann._FINAL][0, 0] = sign * 0.7
+        # What the MF path adds to the final logit, household x product.
+        added = 0.7 * sign * ((users[:, None, :] * products[None]) @ weights[ann._MF_OUTPUT][0].float())
+        by_vectors = users.numpy() @ ann.product_vectors(weights).T
+        listed = np.take_along_axis(added.numpy(), np.argsort(-by_vectors, axis=1)[:, :10], axis=1)
+        np.testing.assert_allclose(listed, -np.sort(-added.numpy(), axis=1)[:, :10], rtol=1e-5, atol=1e-7)

@@ -2,12 +2,15 @@
 
 The MF logit of (household u, product p) is ``mf_output(u * p)``: with ``mf_output``'s weights
 folded into the product vectors it is the inner product ``u . p'``, so a household's best
-products by the MF path are those of largest inner product with it. HNSW is built for distances,
-and over inner products of vectors of unequal norms its graph finds them poorly (on Complete
-Journey's trained vectors: 0.69 of the exact top 150); so each ``p'`` gets one more coordinate,
+products by the MF path are those of largest inner product with it (with the sign of ``final``'s
+weight on the MF logit folded in too: the best by the score the MF path adds, not the worst).
+HNSW is built for distances, and over inner products of vectors of unequal norms its graph finds
+them poorly (on Complete Journey's trained vectors: 0.69 of the exact top 150); so each ``p'``
+gets one more coordinate,
 ``sqrt(M^2 - |p'|^2)`` (M the largest norm), and the query a 0 there: the nearest neighbours in
 L2 are then exactly the largest inner products (Bachrach et al., RecSys 2014), and the graph
-finds 0.95-0.97 of them at the default search depth (BENCHMARKS.md). The index holds one vector
+finds most of them at the default search depth (0.93-1.00 on Complete Journey, 0.75-0.78 on the
+larger benchmark catalogs: the constants below, BENCHMARKS.md). The index holds one vector
 per row of the product table (its ids are the rows) and is written into the model directory
 when the model is saved (``MODEL/mf_index.faiss``), so that a replica or a scoring actor loads it
 instead of building it: at a million products the build takes minutes, a load seconds.
@@ -59,6 +62,7 @@ EXACT_SEARCH_ROWS, EXACT_COST_RATIO, MAX_SEARCH_DEPTH = 20_000, 10_000, 2_048
 
 _PRODUCT_TABLE = "mf_embedding_collection.embedding_bags.product_mf_embeddings.weight"
 _MF_OUTPUT = "mf_output.weight"
+_FINAL = "final.0.weight"  # Linear(2, 1) over (MF logit, MLP logit)
 
 
 def needed(households: int, width: int, products: int) -> bool:
@@ -83,11 +87,14 @@ def lists_too_large(households: int, width: int) -> bool:
 
 def product_vectors(weights: Dict[str, torch.Tensor], rows: Optional[np.ndarray] = None) -> np.ndarray:
     """P x D float32: each product-table row (or only ``rows``) times ``mf_output``'s weights
-    (from a state dict)."""
+    (from a state dict), negated where ``final`` weighs the MF logit negatively: a household's
+    largest inner products are then the products the MF path scores highest in the final score."""
     table = weights[_PRODUCT_TABLE].detach()
     if rows is not None:
         table = table[torch.as_tensor(rows, dtype=torch.int64)]
     folded = table.float().cpu() * weights[_MF_OUTPUT].detach().float().cpu()[0]
+    if _FINAL in weights and float(weights[_FINAL].detach().reshape(-1)[0]) < 0:
+        folded = -folded
     return np.ascontiguousarray(folded.numpy(), dtype=np.float32)
 
 
@@ -142,7 +149,9 @@ class ProductIndex:
 
     @staticmethod
     def load(path: str) -> "ProductIndex":
-        """Reads an index file (FAISS's own binary format: arrays, nothing executed)."""
+        """Reads an index file (FAISS's own binary format: no pickle, nothing executed; FAISS's
+        reader is not hardened against crafted files, so only a model directory's own index,
+        whose checksum :func:`ncf.model.integrity.verify_model_dir` checks, is read)."""
         import faiss
 
         return ProductIndex(faiss.read_index(path))
@@ -175,11 +184,13 @@ class ProductIndex:
         import faiss
 
         prepared = allowed if isinstance(allowed, AllowedRows) else AllowedRows(allowed)
+        if prepared.size != self.rows:  # FAISS would read past the bitmap for the rows it lacks
+            raise ValueError(f"the allowed mask covers {prepared.size} rows, the index {self.rows}")
         permitted = prepared.rows
         if searches_exactly(len(permitted), self.rows):
             return self._exact(vectors, width, permitted)
         share = len(permitted) / max(self.rows, 1)
-        selector = faiss.IDSelectorBitmap(prepared.size, faiss.swig_ptr(prepared.bitmap))
+        selector = faiss.IDSelectorBitmap(len(prepared.bitmap), faiss.swig_ptr(prepared.bitmap))  # n: bytes
         effort = min(max(depth, width) / share, MAX_SEARCH_DEPTH)
         params = faiss.SearchParametersHNSW(sel=selector, efSearch=int(max(depth, width, effort)))
         queries = np.hstack([vectors, np.zeros((len(vectors), 1))]).astype(np.float32)

@@ -10,8 +10,9 @@
                          user_state/ (every household's purchases through the data's end) and
                          product_stats/ (products at the data's end)
       metrics.json       training and evaluation metrics, and the model version they are of
-      mf_index.faiss     only for catalogs whose households' exact first-stage lists would not
-                         fit the cache: the MF products' HNSW index (:mod:`ncf.model.ann`)
+      mf_index.faiss     only where a first stage over twice the model's households would
+                         search one (exact lists too large to cache or too long to compute:
+                         :func:`saves_index`): the MF products' HNSW index (:mod:`ncf.model.ann`)
       trained_users.npy, trained_products.npy
                          which table rows the run's training lists held (the others rank with
                          the unknown row; validated and refit runs only)
