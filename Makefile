@@ -1,7 +1,7 @@
 # make setup   : .venv with the pinned stack (idempotent; a second run does nothing)
 # make test    : the test suite (what CI runs)
 # make demo    : the main job end to end on the default dataset (Complete Journey)
-# make bench   : the benchmarks (JSON on stdout; figures go to BENCHMARKS.md)
+# make bench   : the quick benchmarks (JSON on stdout; figures go to BENCHMARKS.md; the others: README)
 # make mlflow-ui: MLflow's UI on the local store (runs, sweeps, registered models) at 127.0.0.1:5000
 # ACCEL=cuda   : install the CUDA fbgemm-gpu instead of fbgemm-gpu-cpu (later targets keep it); the
 #                default where nvidia-smi lists a GPU and no setup was made yet, cpu elsewhere

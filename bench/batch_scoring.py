@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import ray
@@ -100,7 +101,10 @@ def main(argv=None) -> dict:
     init_ray(num_cpus=2)
     cpus = int(ray.cluster_resources().get("CPU", 0))  # Ray's, which the actors share; not the machine's
     result = {"benchmark": "batch_scoring", "cpus": cpus, "machine_cores": os.cpu_count(), "k": K}
-    if os.path.exists(os.path.join(args.cj_model, "config.json")):
+    if not os.path.exists(os.path.join(args.cj_model, "config.json")):
+        left_out = f"[batch_scoring] {args.cj_model} holds no model: the Complete Journey figures are left out"
+        print(left_out, file=sys.stderr, flush=True)
+    else:
         # A folder per run: they share a run date, and the partition verified must be the
         # actors' first run, whose figures are the headline, not a later run's over it.
         output = os.path.join(args.workdir, "cj")

@@ -1,6 +1,7 @@
 """`make bench`: the quick benchmarks, one JSON line each on stdout among the training's
 `[train]` progress lines (`| grep '^{'` keeps the JSON; the quality ones are separate:
-python -m bench.quality and python -m bench.ablations, several training runs each)."""
+python -m bench.quality --data DATA and python -m bench.ablations --data DATA, several training
+runs each)."""
 
 import argparse
 

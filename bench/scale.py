@@ -1,5 +1,5 @@
 """Serving and nightly scoring at catalog scale: a synthetic 1M households x 100k products x
-20M purchases, as one JSON line.
+20M purchases; a JSON line for each part as it lands, then the whole result as one JSON line.
 
 python -m bench.scale [--users 1000000] [--products 100000] [--purchases-per-user 20] [--workdir artifacts/scale]
     [--index-depth 50]
@@ -145,7 +145,8 @@ def with_index_depth(model: str, data: str, depth: int) -> str:
     weights = torch.load(os.path.join(model, WEIGHTS), weights_only=True, map_location="cpu")
     model_config = ModelConfig.from_dict(handle.config["model"])
     if not saves_index(weights, model_config, handle.config.get("ranking")):
-        print(f"[scale] {model}: too small for an MF index (its first stage is exact); --index-depth {depth} ignored")
+        note = f"[scale] {model}: too small for an MF index (its first stage is exact); --index-depth {depth} ignored"
+        print(note, file=sys.stderr, flush=True)  # stdout holds the JSON lines
         return model
     output = f"{model}-ef{depth}"
     if os.path.exists(os.path.join(output, "config.json")):
@@ -310,6 +311,8 @@ def main(argv=None) -> dict:
         "saves a copy of the model directory with that index, MODEL-efN)",
     )
     args = p.parse_args(argv)
+    if (args.cj_model is None) != (args.cj_data is None):
+        p.error("--cj-model and --cj-data go together (the Complete Journey comparison needs both)")
     if args.scoring_users <= SCORING_BATCH:
         p.error(f"--scoring-users {args.scoring_users} leaves no timed batch: ask for more than {SCORING_BATCH}")
     import ray
@@ -331,7 +334,7 @@ def main(argv=None) -> dict:
         **built,
     }
     runs = {"scale": (model, data)}
-    if args.cj_model and args.cj_data:
+    if args.cj_model:
         runs["completejourney"] = (args.cj_model, args.cj_data)
     for name, (model_dir, data_dir) in runs.items():
         result[name] = measure_serving(model_dir, data_dir)

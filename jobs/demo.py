@@ -25,7 +25,7 @@ from dataclasses import asdict
 from typing import Optional
 
 from jobs import batch_score, evaluate, preprocess, train
-from jobs.cli import exit_status, fail, init_ray, job_parser, one_line_errors, positive_int, tcp_port
+from jobs.cli import EXIT_INTERRUPTED, exit_status, fail, init_ray, job_parser, one_line_errors, positive_int, tcp_port
 from ncf.batch.partitions import partition_dir
 from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION
@@ -53,20 +53,26 @@ STAGES = 6
 RECORDED_ABLATIONS = os.path.join("bench", "results", "ablations_cj.jsonl")
 
 
+_current_stage = ""  # the stage a Ctrl-C stops, for its one line
+
+
 def _stage(number: int, name: str, started: float) -> None:
-    print(f"\n=== {number}/{STAGES} {name} ({time.time() - started:.0f} s so far) ===", flush=True)
+    global _current_stage
+    _current_stage = f"{number}/{STAGES} {name}"
+    print(f"\n=== {_current_stage} ({time.time() - started:.0f} s so far) ===", flush=True)
 
 
 def print_table(rows: list) -> None:
     """The rows' figures; a baseline's difference to the model, household by household, with its
     paired standard error (``recall@10 - model``)."""
-    columns = ["model", "recall@10", "ndcg@10", "hr@10", "mrr@10", "sampled_hr@10", "sampled_ndcg@10", "users"]
+    columns = ["model", "recall@10", "ndcg@10", "hr@10", "mrr@10", "sampled_hr@10", "sampled_ndcg@10"]
     paired = [f"{m} - model" for m in PAIRED]
-    headers = columns + paired
+    headers = columns + paired + ["users"]  # the report's order
     widths = [max(15, len(header)) for header in headers]  # "recall@10 - model" is longer than its cells
     print(" | ".join(f"{header:>{width}}" for header, width in zip(headers, widths)))
     for row in rows:
         cells = [_figure(row.get(c, "")) for c in columns] + [_minus_model(row, m) for m in PAIRED]
+        cells.append(_figure(row.get("users", "")))
         print(" | ".join(f"{cell:>{width}}" for cell, width in zip(cells, widths)), flush=True)
 
 
@@ -126,6 +132,7 @@ def online_queries(model: str, data: str, port: int) -> list:
         check_port_free("127.0.0.1", port, "stop it or give the demo another --port")
         if os.environ.get("RAY_ADDRESS"):
             check_no_serve_running()
+        # Complete Journey ends in 2017, so requests default to the data's end rather than now.
         app = build_app({"model": model, "data": data, "default_at": "data-end", "min_replicas": 1, "max_replicas": 2})
     # Inside the try: a deploy that fails or is interrupted halfway still stops the app, and on a
     # cluster the Serve it started, which the next demo would otherwise refuse to run beside.
@@ -138,7 +145,7 @@ def online_queries(model: str, data: str, port: int) -> list:
                     f"{url} answers with model {health.get('model_version')}, not the demo's {expected}: another "
                     "server took the port? stop it or give the demo another --port"
                 )
-        print(f"serving {url} (OpenAPI at {url}/docs): {json.dumps(health)}", flush=True)
+        print(f"serving {url} (OpenAPI at {url}/openapi.json): {json.dumps(health)}", flush=True)
         users = Vocabularies.load(layout.vocab_dir(data)).users.raw_of([1, 2])
         answers = [
             ("/recommend (explained)", post(f"{url}/recommend", {"user_id": users[0], "k": 3, "explain": True})),
@@ -161,7 +168,8 @@ def _serving(app, port: int) -> tuple:
     """(url, /healthz's answer) of ``app`` started on 127.0.0.1:``port``; a failure ends the demo
     in one line, as jobs.deploy's does, naming Serve's logs."""
     try:
-        # Complete Journey ends in 2017, so requests default to the data's end rather than now.
+        # Serve's own logs go to its files (RAY_SERVE_LOG_TO_STDERR=0): a line, so the wait is not silent.
+        print(f"[demo] starting Serve on 127.0.0.1:{port} and waiting for its replicas (up to 120 s)", flush=True)
         url = start(app, host="127.0.0.1", port=port)
         return url, wait_until_healthy(url, timeout_s=120)
     except InputError as e:  # the address answers, but not as the demo's app
@@ -376,5 +384,16 @@ def main(argv=None) -> list:
         ray.shutdown()
 
 
+def run(argv=None) -> list:
+    """:func:`main`, a Ctrl-C ending it in one line and exit 130 (training says its own line and
+    exits 130 itself; the other stages here)."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        where = f" during stage {_current_stage}" if _current_stage else ""
+        again = "make demo DEMO_ARGS=--reuse-data goes on from the preprocessed data, where it is complete"
+        fail(f"interrupted{where}; {again}", EXIT_INTERRUPTED)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -230,7 +230,7 @@ def main(argv=None) -> dict:
             f"{REPLICA_ANSWER_TIMEOUT_S:.0f} s: the rollout is Serve's target, unverified on the others; "
             f"the replicas' logs: {REPLICA_LOGS}"
         )
-    pages = {"docs": f"{url}/docs", **({"ui": f"{url}/ui"} if args.ui else {})}
+    pages = {"openapi": f"{url}/openapi.json", **({"ui": f"{url}/ui"} if args.ui else {})}
     outcome = {**health, "replicas_checked": len(answers)}
     print(json.dumps({"url": url, **pages, **outcome}), flush=True)
     if not args.detach:

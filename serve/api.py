@@ -385,6 +385,10 @@ def create_app() -> FastAPI:
         f"to {MAX_BODY_BYTES} bytes (413).",
         version="1",
         responses=ERROR_RESPONSES,
+        # FastAPI's /docs and /redoc pages load Swagger UI and fonts from CDNs: a request off the
+        # machine, and a blank page where there is none to reach. The schema is /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)

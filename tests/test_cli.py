@@ -915,6 +915,24 @@ def test_a_demo_whose_evaluation_computes_no_row_leaves_none_of_the_previous_run
 
 
 @pytest.mark.faults
+def test_a_ctrl_c_in_a_demo_stage_other_than_training_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    """Training ends a Ctrl-C in one line itself; in the other stages it was a traceback."""
+    from helpers import free_port
+
+    from jobs import demo
+
+    def evaluate_interrupted(argv, on_row=None):
+        raise KeyboardInterrupt
+
+    _demo_stages(monkeypatch, {}, evaluate_interrupted)
+    with pytest.raises(SystemExit) as exited:
+        demo.run(["--workdir", str(tmp_path / "demo"), "--port", str(free_port())])
+    assert exited.value.code == cli.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "error: interrupted during stage 3/" in err and "Traceback" not in err
+
+
+@pytest.mark.faults
 def test_the_demo_reuses_data_only_as_it_would_preprocess_it_and_says_why_not(tmp_path, monkeypatch, capsys):
     """--reuse-data kept any DATA of this code's feature definitions, whatever settings or dataset
     it was preprocessed with, silently; and read its stats.json without --reuse-data too."""
@@ -983,6 +1001,7 @@ def test_the_demo_table_shows_each_figure_to_four_decimals_in_its_column(capsys)
     assert len({len(line) for line in lines}) == 1, lines
     assert [cell.strip() for cell in lines[1].split("|")][:4] == ["advanced_ncf", "0.1235", "0.3333", ""]
     assert "0.1000" in lines[2] and "-0.0235 \u00b10.0010" in lines[2]
+    assert lines[1].split("|")[-1].strip() == "2500"  # last, as in the report
 
 
 @pytest.mark.faults
