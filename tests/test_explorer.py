@@ -13,7 +13,15 @@ import pytest
 import requests
 from helpers import free_port, launch_chromium
 
-from serve.api import HistoryRequest, HouseholdSearchRequest, ProductsRequest, UnknownProducts
+from serve.api import (
+    MAX_BASKETS,
+    MAX_ID_CHARS,
+    MAX_SEARCH_RESULTS,
+    HistoryRequest,
+    HouseholdSearchRequest,
+    ProductsRequest,
+    UnknownProducts,
+)
 from serve.app import build_app
 from serve.explore import history, products, search_households
 from serve.launch import start, wait_until_healthy
@@ -207,6 +215,24 @@ def test_the_page_and_its_files_are_served_with_a_strict_policy(server):
     assert requests.get(f"{server}/ui/config", timeout=TIMEOUT).json()["model_version"] == "v1"
 
 
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "path, body, field, most",
+    [
+        ("/history", lambda n: {"user_id": UNKNOWN_USER, "baskets": n}, "baskets", MAX_BASKETS),
+        ("/households", lambda n: {"prefix": "", "limit": n}, "limit", MAX_SEARCH_RESULTS),
+        ("/households", lambda n: {"prefix": "1" * n, "limit": 5}, "prefix", MAX_ID_CHARS),
+    ],
+    ids=["history-baskets", "households-limit", "households-prefix"],
+)
+def test_the_pages_routes_refuse_one_past_their_limits(server, path, body, field, most):
+    """The page's routes take their limits (the page's fields and id search rely on them) and
+    refuse one past each with a 422 naming the field, not a 500 or a silently cut answer."""
+    assert requests.post(f"{server}{path}", json=body(most), timeout=TIMEOUT).status_code == 200
+    refused = requests.post(f"{server}{path}", json=body(most + 1), timeout=TIMEOUT)
+    assert refused.status_code == 422 and f"body.{field}" in refused.json()["error"], refused.text
+
+
 @contextmanager
 def _browser_page(tmp_path, console_errors: bool):
     """A headless Chromium page and the list its errors land in (uncaught exceptions, and the
@@ -290,13 +316,18 @@ def test_the_page_shows_the_households_recommendations(server, household, tmp_pa
         assert errors == []
 
         # A question the server refuses (a moment before the data's first day: 422) leaves no
-        # earlier household's results under its error (they stayed; `hidden` lost to the grid).
+        # earlier household's results under its error (they stayed; `hidden` lost to the grid),
+        # and shows the server's own words for why.
+        before = {"user_id": raw, "k": k, "explain": True, "at": "2000-01-01T00:00:00Z"}
+        refused = requests.post(f"{server}/recommend", json=before, timeout=TIMEOUT)
+        assert refused.status_code == 422
         page.fill("#household", str(raw))
         page.fill("#at", "2000-01-01T00:00:00")
         page.click("#show")
         page.wait_for_selector('#results[data-state="error"]', state="attached", timeout=30_000)
         assert page.is_hidden("#results") and page.is_hidden("#recommendations")
         assert "error" in page.get_attribute("#status", "class")
+        assert refused.json()["error"] in page.text_content("#status")
 
 
 # -- the page against answers it cannot get from the small model (page.route; no Ray) -----------------
@@ -306,7 +337,8 @@ BIG = 9007199254740993  # 2^53 + 1: a JavaScript number rounds it to 2^53
 
 def _fake_server(origin: str, answers: dict, asked: list):
     """A route handler serving the page's files from serve/static and ``answers[path]`` (a list of
-    (status, headers, body text), the last repeated) to its JSON calls, recording each call."""
+    (status, headers, body text), the last repeated; a status of None: no answer, the connection
+    failed) to its JSON calls, recording each call."""
     from serve import ui
 
     def handle(route):
@@ -320,6 +352,8 @@ def _fake_server(origin: str, answers: dict, asked: list):
         asked.append((path, request.post_data))
         replies = answers[path]
         status, headers, body = replies.pop(0) if len(replies) > 1 else replies[0]
+        if status is None:
+            return route.abort("connectionfailed")
         route.fulfill(status=status, headers={"Content-Type": "application/json", **headers}, body=body)
 
     return handle
@@ -370,6 +404,8 @@ def test_the_page_keeps_ids_beyond_2_53_and_asks_again_where_the_api_says(tmp_pa
         page.goto(f"{origin}/ui")
         page.wait_for_selector('body[data-ready="true"]', timeout=30_000)
         assert [path for path, _ in asked].count("/ui/config") == 2
+        # Its busy line ends with the settings' answer (it stayed, though nothing was waited for).
+        assert page.text_content("#status") == ""
         page.fill("#household", "9007")
         page.wait_for_function(
             "id => [...document.querySelectorAll('#household-ids option')].some(o => o.value === id)",
@@ -516,4 +552,103 @@ def test_an_answer_the_page_cannot_read_is_said_as_such(tmp_path):
         page.wait_for_selector('#results[data-state="error"]', state="attached", timeout=10_000)
         assert page.text_content("#status") == "recommend: unreadable answer (HTTP 200)"
         assert "error" in page.get_attribute("#status", "class") and page.is_hidden("#results")
+        assert errors == []
+
+
+@pytest.mark.faults
+def test_failures_are_said_for_what_they_are_and_end_the_question(tmp_path):
+    """A server that does not answer showed only "Failed to fetch", and a failed id search showed
+    nothing (read as "no such ids"); a blank question asked while another loaded left the results
+    dimmed as loading; a /history failure left the label calls asking (503s waited out, twice);
+    an address's id over the API's limit was asked, to be refused in pydantic's words. Errors
+    are announced assertively, a loading answer is marked busy, the moment field's hint is tied to
+    it."""
+    import json
+    from urllib.parse import quote
+
+    at = "2017-11-27T04:01:00+00:00"
+    busy = '{"error": "busy"}'
+    answer = (
+        f'{{"user_id": "h", "at": "{at}", "cold_start": false, "model_version": "v1", "items": '
+        '[{"product_id": "p", "score": 0.5, "because": [{"product_id": "q", "weight": 0.5}]}]}'
+    )
+    history = f'{{"user_id": "h", "known": true, "purchases": 0, "at": "{at}", "baskets": []}}'
+    answers = {
+        "/ui/config": [
+            (200, {}, json.dumps({"default_at": at, "model_version": "v1", "max_k": 100, "max_baskets": 20}))
+        ],
+        "/households": [(None, {}, "")],
+        "/recommend": [(200, {}, answer)],
+        "/history": [(200, {}, history)],
+        "/products": [(200, {}, '{"products": []}')],
+    }
+
+    def status() -> tuple:
+        return page.text_content("#status"), page.get_attribute("#status", "class")
+
+    with _faked_page(tmp_path, answers) as (page, errors, asked, origin):
+        page.goto(f"{origin}/ui")
+        page.wait_for_selector('body[data-ready="true"]', timeout=30_000)
+        hint = page.get_attribute("#at", "aria-describedby")
+        assert page.is_visible(f"#{hint}") and "2017-11-27 04:01:00 UTC" in page.text_content(f"#{hint}")
+
+        # The search at load gets no answer: said under the field (the status line stays the
+        # questions'); one that answers takes the note away.
+        note = "#" + page.get_attribute("#household", "aria-describedby")
+        page.wait_for_function(f"() => document.querySelector('{note}').textContent !== ''", timeout=10_000)
+        assert page.text_content(note) == "No id suggestions: households: no answer from the server (Failed to fetch)"
+        assert status() == ("", "muted")
+        answers["/households"][:] = [(200, {}, '{"user_ids": [], "model_version": "v1"}')]
+        page.fill("#household", "h")
+        page.wait_for_function(f"() => document.querySelector('{note}').textContent === ''", timeout=10_000)
+        _ask(page, "h", 5)
+        assert page.get_attribute("#results", "aria-busy") is None
+
+        # A blank question replacing one that waits out a 503, over the answer before (dimmed).
+        answers["/recommend"][:] = [(503, {"Retry-After": "5"}, busy), (None, {}, "")]
+        page.click("#show")
+        page.wait_for_function("() => document.querySelector('#status').textContent.includes('busy')", timeout=10_000)
+        assert page.get_attribute("#results", "aria-busy") == "true" and page.is_visible("#results")
+        assert page.get_attribute("#status", "aria-live") == "polite"
+        page.fill("#household", "   ")
+        page.click("#show")
+        page.wait_for_selector('#results[data-state="error"]', state="attached", timeout=10_000)
+        assert status() == ("Type a household id", "error") and page.is_hidden("#results")
+        assert page.get_attribute("#results", "aria-busy") is None
+        assert page.get_attribute("#status", "aria-live") == "assertive"
+
+        # No answer at all: the call that got none said.
+        page.fill("#household", "h")
+        page.click("#show")
+        says = "text => document.querySelector('#status').textContent.includes(text)"
+        page.wait_for_function(says, arg="no answer", timeout=10_000)
+        assert status() == ("recommend: no answer from the server (Failed to fetch)", "error")
+
+        # /history fails while the labels wait out a 503: the label calls stop there.
+        answers["/recommend"][:] = [(200, {}, answer)]
+        answers["/history"][:] = [(500, {}, '{"error": "the history store is down"}')]
+        answers["/products"][:] = [(503, {"Retry-After": "1"}, busy)]
+        asked.clear()
+        page.fill("#household", "h")
+        page.click("#show")
+        page.wait_for_selector('#results[data-state="error"]', state="attached", timeout=10_000)
+        # Past two Retry-Afters by the page's own clock, then a moment for a call to reach the route.
+        page.evaluate("() => new Promise(done => setTimeout(done, 2_500))")
+        page.wait_for_timeout(500)
+        assert [path for path, _ in asked].count("/products") == 1
+        assert status() == ("the history store is down", "error")
+
+        # Ids from the address: one character past the API's limit refused before any call; at the
+        # limit in characters (twice that in UTF-16 units) asked.
+        answers["/history"][:] = [(200, {}, history)]
+        answers["/products"][:] = [(200, {}, '{"products": []}')]
+        asked.clear()
+        page.goto(f"{origin}/ui?household={'h' * (MAX_ID_CHARS + 1)}")
+        page.wait_for_selector("#status.error", timeout=30_000)
+        assert f"household ids have at most {MAX_ID_CHARS} characters" in page.text_content("#status")
+        assert [path for path, _ in asked if path in ("/recommend", "/history")] == []
+        longest = "\U0001f34e" * MAX_ID_CHARS
+        page.goto(f"{origin}/ui?household={quote(longest)}")
+        page.wait_for_selector('#results[data-state="ready"]', timeout=30_000)
+        assert [json.loads(body)["user_id"] for path, body in asked if path == "/recommend"] == [longest]
         assert errors == []

@@ -30,8 +30,9 @@
     return value;
   }
 
-  // A question's calls stop asking again once another question replaced it (`current` false):
-  // its busy line would stand under the new answer, and its calls load a busy server.
+  // A question's calls stop asking again once another question replaced it (`current` false) or
+  // its calls were aborted: its busy line would stand under the new answer (or its error), and its
+  // calls load a busy server.
   async function call(path, body, retries = 0, current = () => true, signal = undefined) {
     // Relative paths: the routes sit beside /ui under the app's route prefix.
     const init = body === undefined ? { signal } : {
@@ -40,14 +41,26 @@
       body: JSON.stringify(body),
       signal,
     };
-    let response = await fetch(path, init);
-    for (let retry = 0; retry < retries && response.status === 503 && current(); retry++) {
+    const live = () => current() && !(signal && signal.aborted);
+    // A fetch that gets no answer at all (server down, connection cut) says only "Failed to
+    // fetch": which call, and that nothing answered, is what tells a reader where to look. An
+    // abort stays an abort, which the callers know to ignore.
+    const send = async () => {
+      try {
+        return await fetch(path, init);
+      } catch (e) {
+        if (e.name === "AbortError") throw e;
+        throw new Error(`${path}: no answer from the server (${e.message})`);
+      }
+    };
+    let response = await send();
+    for (let retry = 0; retry < retries && response.status === 503 && live(); retry++) {
       const wait = Number(response.headers.get("Retry-After"));
       if (!(wait > 0 && wait <= 60)) break;
       setStatus(`The server is busy (HTTP 503); asking again in ${wait} s…`, false);
       await new Promise((resolve) => setTimeout(resolve, wait * 1000));
-      if (!current()) break;
-      response = await fetch(path, init);
+      if (!live()) break;
+      response = await send();
     }
     let data = null;
     let readable = true;
@@ -96,9 +109,29 @@
     return labelText(labels.get(String(productId)));
   }
 
+  // Errors interrupt a screen reader (assertive); progress and answers wait their turn (polite).
+  // Set before the text, which is what gets announced.
   function setStatus(text, isError) {
+    $("status").setAttribute("aria-live", isError ? "assertive" : "polite");
     $("status").textContent = text;
     $("status").className = isError ? "error" : "muted";
+  }
+
+  // While a question loads, its results (the previous answer, dimmed) are not yet its own.
+  function setResultsState(state) {
+    $("results").dataset.state = state;
+    if (state === "loading") $("results").setAttribute("aria-busy", "true");
+    else $("results").removeAttribute("aria-busy");
+  }
+
+  // The API's limit counts characters (code points), the field's maxlength UTF-16 units: the
+  // API's count decides what it refuses.
+  function maxIdChars() {
+    return Number($("household").dataset.maxChars);
+  }
+
+  function idTooLong(household) {
+    return [...household].length > maxIdChars();
   }
 
   // -- household search (the datalist under the id field) ---------------------------------------
@@ -120,8 +153,12 @@
             return option;
           }),
         );
+        $("search-note").textContent = "";
       } catch (e) {
-        // Suggestions are a convenience: a failed search leaves the field as it is.
+        if (seq !== searchSeq || e.name === "AbortError") return;
+        // Suggestions are a convenience: a failed search leaves the field as it is, but says so,
+        // under it; no suggestions alone reads as "no such ids" when the server is down.
+        $("search-note").textContent = `No id suggestions: ${e.message}`;
       }
     }, 200);
   }
@@ -223,7 +260,8 @@
     const labels = new Map();
     let failed = null;
     for (let unique of labelChunks([...new Set(ids.map(String))])) {
-      if (!current()) break; // a replaced question's labels are never shown
+      // A replaced question's labels are never shown; an aborted one's calls would only fail.
+      if (!current() || (signal && signal.aborted)) break;
       let labelled = false;
       for (let attempt = 0; attempt < 2 && unique.length; attempt++) {
         try {
@@ -255,9 +293,15 @@
     const seq = ++questionSeq;
     const current = () => seq === questionSeq;
     if (questionCalls) questionCalls.abort();
-    if (!household) {
+    const refusal = !household
+      ? "Type a household id"
+      : idTooLong(household) ? `Household ids have at most ${maxIdChars()} characters` : null;
+    if (refusal !== null) {
       questionCalls = null;
-      setStatus("Type a household id", true);
+      // As for a refused question: no results (an aborted one's, still dimmed) under its error.
+      $("results").hidden = true;
+      setResultsState("error");
+      setStatus(refusal, true);
       return;
     }
     questionCalls = new AbortController();
@@ -269,7 +313,7 @@
     const at = toIso(atField);
     const moment = at === null ? {} : { at };
     // Show stays enabled: a question asked meanwhile replaces this one (questionSeq).
-    $("results").dataset.state = "loading";
+    setResultsState("loading");
     setStatus(`Loading household ${household}…`, false);
     try {
       const answer = await call(
@@ -292,7 +336,7 @@
       $("results").hidden = false;
       $("results").dataset.userId = household;
       $("results").dataset.at = answer.at;
-      $("results").dataset.state = "ready";
+      setResultsState("ready");
       $("model-version").textContent = answer.model_version; // a rollout since the page loaded
       const unlabelled = failed === null ? "" : ` (product labels unavailable: ${failed})`;
       setStatus(`Household ${household} · model ${answer.model_version}${unlabelled}`, false);
@@ -301,9 +345,12 @@
       rememberQuestion(params);
     } catch (e) {
       if (!current()) return;
+      // A call that failed inside Promise.all leaves the other running: the label calls would go
+      // on (and wait out 503s) for an answer never shown.
+      questionCalls.abort();
       // Another household's (or moment's) results must not stay under this question's error.
       $("results").hidden = true;
-      $("results").dataset.state = "error";
+      setResultsState("error");
       setStatus(e.message, true);
     }
   }
@@ -329,8 +376,11 @@
       $("model-version").textContent = config.model_version;
       $("k").max = String(config.max_k);
       $("baskets").max = String(config.max_baskets);
-      $("at").title = `empty: the deployment's default moment (${shownMoment(config.default_at)} when the page loaded)`;
+      $("at-hint").textContent = `empty: the default, ${shownMoment(config.default_at)} at load`;
       resetMoment();
+      // A busy line from asking again for the settings is over; the address's question, if any,
+      // writes its own.
+      setStatus("", false);
       document.body.dataset.ready = "true";
     } catch (e) {
       settingsError = e.message;
@@ -345,6 +395,13 @@
     if (settingsError !== null) {
       // The address's question stays in the fields, to be asked once the server answers.
       setStatus(`The page could not read its settings: ${settingsError}`, true);
+      return;
+    }
+    // The id field holds typing only: an address's id longer than the API takes would
+    // be refused with the API's field-by-field message.
+    if (idTooLong($("household").value.trim())) {
+      const most = maxIdChars();
+      setStatus(`The address's household is too long: household ids have at most ${most} characters`, true);
       return;
     }
     searchHouseholds();
