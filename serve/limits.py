@@ -21,8 +21,13 @@ What it does, per request:
 * **Body read deadline.** The whole body must arrive within ``body_timeout_s`` of the headers;
   a slower client gets a 408 JSON answer and the connection is closed. Since the body is read
   here, before the request is handed on, a slow client never holds a replica.
-* **Serve's control headers** (``x-request-timeout-seconds``, ``x-request-disconnect-disabled``)
-  are dropped from client requests: they would let any client lift the request timeout.
+* **Serve's control headers** (``x-request-timeout-seconds``, ``x-request-disconnect-disabled``,
+  ``serve-multiplexed-model-id``, ``x-session-id``) are dropped from client requests, in either
+  spelling (Ray reads the last two with ``_`` for ``-``): the first two would let any client lift
+  the request timeout; a model id steers routing, and each distinct one no replica holds stays in
+  the proxy's router for good (a set Ray never prunes: memory a client could grow without end);
+  a session id steers routing under a session-affinity router. ``x-request-id`` passes: Serve
+  only labels the request's logs with it and sends it back.
 * **Loopback names** (``loopback_names_only=True``, the proxy): a request that arrived on a
   loopback address must name an address (``127.0.0.1``, ``[::1]``, ``0.0.0.0``...),
   ``localhost``, this machine's own name, or a name in ``NCF_SERVE_HOSTS``; else 421. A web
@@ -70,8 +75,18 @@ MAX_ERROR_BYTES = 2048  # the most of a plain-text error kept in its JSON form
 # lost node): uvicorn would answer a plain-text 500.
 SERVER_FAILED = "the server failed to answer this request (a replica stopped?); try again"
 
-# Per-request overrides Serve's proxy honours; meant for a trusted load balancer, never a client.
-CONTROL_HEADERS = frozenset({b"x-request-timeout-seconds", b"x-request-disconnect-disabled"})
+# Request headers Serve's proxy acts on (ray/serve/_private/proxy.py, setup_request_context_and_handle;
+# constants.py), meant for a trusted load balancer, never a client; compared with "_" read as "-",
+# as Ray reads the model and session ids. The session id's name is Ray's setting
+# (RAY_SERVE_SESSION_ID_HEADER_KEY, x-session-id unless set; nginx's line must name the same).
+CONTROL_HEADERS = frozenset(
+    {
+        b"x-request-timeout-seconds",
+        b"x-request-disconnect-disabled",
+        b"serve-multiplexed-model-id",
+        os.environ.get("RAY_SERVE_SESSION_ID_HEADER_KEY", "x-session-id").lower().replace("_", "-").encode(),
+    }
+)
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 EXTRA_HOSTS_ENV = "NCF_SERVE_HOSTS"  # comma-separated names a loopback request may also carry
@@ -97,6 +112,11 @@ def proxy_env(host: Optional[str] = None) -> Dict[str, str]:
     if host and _address(host) is None and host.lower() not in LOOPBACK_NAMES:
         names.append(host)
     return {PROXY_CALLBACK_ENV: PROXY_CALLBACK, **({EXTRA_HOSTS_ENV: ",".join(names)} if names else {})}
+
+
+def is_control_header(name: bytes) -> bool:
+    """Whether a request header is one of Serve's :data:`CONTROL_HEADERS`, spelt with ``-`` or ``_``."""
+    return name.lower().replace(b"_", b"-") in CONTROL_HEADERS
 
 
 def _host_name(host: bytes) -> str:
@@ -185,10 +205,15 @@ class EdgeLimits:
             _own_names()  # a reverse lookup: at start-up, not on a request's event loop
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "websocket":
+            # The API has no WebSocket route, and Serve's proxy routes one by the same control
+            # headers (a model id kept for good): refused before it reads them (403 to the client).
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = [(k, v) for k, v in scope.get("headers") or [] if k.lower() not in CONTROL_HEADERS]
+        headers = [(k, v) for k, v in scope.get("headers") or [] if not is_control_header(k)]
         scope = {**scope, "headers": headers}
         named = dict(headers)
         declared = _declared_length(named.get(b"content-length"))

@@ -8,21 +8,31 @@ through nginx running it to a small upstream standing in for Serve.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import http.server
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 from typing import Dict, List, Optional, Tuple
 
 import pytest
 from helpers import REPO, free_ports
 
-from serve.limits import BODY_TIMEOUT_S, CONTROL_HEADERS, MAX_BODY_BYTES, REQUEST_TIMEOUT_S, misdirected
+from serve.limits import (
+    BODY_TIMEOUT_S,
+    CONTROL_HEADERS,
+    MAX_BODY_BYTES,
+    REQUEST_TIMEOUT_S,
+    EdgeLimits,
+    misdirected,
+)
 
 CONF = os.path.join(REPO, "deploy", "nginx", "ncf.conf")
 # The system's nginx (in /usr/sbin, off a user's PATH on Debian), else the one `make nginx`
@@ -118,11 +128,79 @@ def test_rate_limits_and_serves_control_headers_cleared(server):
     assert one(server, "limit_req")[0] == "zone=ncf_requests" and one(server, "limit_conn")
     cleared = {words[0].lower().encode() for words in directives(server, "proxy_set_header") if words[1] == '""'}
     assert CONTROL_HEADERS <= cleared
+    # The underscore spellings Ray also reads are dropped by nginx only while it refuses such names.
+    assert directives(server, "underscores_in_headers") == [["off"]]  # not left to the http block's
+    assert directives(server, "ignore_invalid_headers") == [["on"]]
     # Serve's proxy refuses a request on 127.0.0.1 naming another host (DNS rebinding): nginx
     # names the upstream, and passes the client's name on.
     headers = {words[0].lower(): words[1] for words in directives(server, "proxy_set_header")}
     assert misdirected({"server": ("127.0.0.1", 8000), "headers": [(b"host", headers["host"].encode())]}) is None
     assert headers["x-forwarded-host"] == "$host"
+
+
+@pytest.mark.faults
+def test_control_headers_are_every_request_header_serves_proxy_acts_on():
+    """Ray 2.60's proxy reads these (setup_request_context_and_handle, parse_request_timeout_header):
+    a rename in a Ray upgrade fails here rather than letting clients steer Serve again. The model
+    id was passed until 2026-12-06: each distinct one no replica held stayed in the router's
+    fallback set for good, memory on the head any client could grow."""
+    from ray.serve._private import constants
+
+    read_by_serve = {
+        constants.SERVE_HTTP_REQUEST_TIMEOUT_S_HEADER,
+        constants.SERVE_HTTP_REQUEST_DISCONNECT_DISABLED_HEADER,
+        constants.SERVE_MULTIPLEXED_MODEL_ID,
+        constants.SERVE_SESSION_ID,
+    }
+    assert {name.lower().replace("_", "-").encode() for name in read_by_serve} == CONTROL_HEADERS
+
+
+@pytest.mark.faults
+def test_the_proxy_middleware_drops_control_headers_in_either_spelling():
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen["headers"] = scope["headers"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        pass
+
+    kept = [(b"host", b"127.0.0.1:8000"), (b"x-request-id", b"abc")]  # a request id only labels logs
+    control = [
+        (b"serve-multiplexed-model-id", b"m1"),
+        (b"serve_multiplexed_model_id", b"m2"),
+        (b"X-Session-Id", b"s1"),
+        (b"x_session_id", b"s2"),
+        (b"x_request_timeout_seconds", b"0"),
+    ]
+    scope = {"type": "http", "method": "POST", "path": "/recommend", "headers": kept + control}
+    asyncio.run(EdgeLimits(app, json_errors=True)(scope, receive, send))
+    assert seen["headers"] == kept
+
+
+@pytest.mark.faults
+def test_a_websocket_request_is_closed_before_serve_reads_its_headers():
+    """Serve's proxy routes WebSocket requests by the same control headers; the middleware let them
+    through untouched (the API has no WebSocket route)."""
+    called, sent = [], []
+
+    async def app(scope, receive, send):
+        called.append(scope)
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/recommend", "headers": [(b"serve-multiplexed-model-id", b"m1")]}
+    asyncio.run(EdgeLimits(app, json_errors=True, loopback_names_only=True)(scope, receive, send))
+    assert called == [] and sent == [{"type": "websocket.close", "code": 1008}]
 
 
 def test_only_the_api_routes_are_proxied(server):
@@ -179,14 +257,21 @@ def test_nginx_accepts_the_config(tmp_path):
 
 
 class _Upstream(http.server.BaseHTTPRequestHandler):
-    """Stands in for Serve behind nginx: answers 200 with what reached it (method, path, headers)."""
+    """Stands in for Serve behind nginx: answers 200 with what reached it (method, path, headers),
+    or, asked ``?status=N`` (and ``&retry_after=S``), an error as Serve's proxy sends it: status,
+    ``Retry-After`` and a JSON body (:func:`_upstream_error`)."""
 
     def _answer(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = json.dumps({"method": self.command, "path": self.path, "headers": dict(self.headers)}).encode()
-        self.send_response(200)
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        status = int(query.get("status", ["200"])[0])
+        seen = {"method": self.command, "path": self.path, "headers": dict(self.headers)}
+        body = json.dumps(seen if status == 200 else _upstream_error(status)).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if "retry_after" in query:
+            self.send_header("Retry-After", query["retry_after"][0])
         self.end_headers()
         self.wfile.write(body)
 
@@ -194,6 +279,10 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+
+def _upstream_error(status: int) -> dict:
+    return {"error": f"the stand-in's own {status}"}
 
 
 def _site_on(tmp_path, port: int, upstream_port: int) -> str:
@@ -228,13 +317,23 @@ def _ask(port: int, method: str, path: str, body: bytes = b"", headers: Optional
         connection.close()
 
 
-@pytest.mark.faults
-@pytest.mark.skipif(NGINX is None, reason="no nginx (make nginx unpacks one)")
-def test_nginx_passes_the_api_and_answers_its_refusals_as_serve_does(tmp_path):
-    """Real requests through nginx running ncf.conf: the four routes reach the upstream, Serve's
-    control headers do not, and a wrong method, an unknown path, a large body and a stopped
-    upstream get JSON answers. A wrong method was a 403 until 2026-12-06; Serve answers 405
-    with Allow, so clients saw two codes for one mistake depending on the hop."""
+def _ask_raw(port: int, request: bytes) -> Tuple[int, bytes, bytes]:
+    """``request`` sent as it is (no Host unless it has one): (status, head, body), read to the close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head, body
+
+
+@pytest.fixture
+def proxied(tmp_path):
+    """nginx running ncf.conf on a free port of 127.0.0.1 in front of :class:`_Upstream`:
+    (nginx's port, the upstream server); both stopped when the test ends."""
+    if NGINX is None:
+        pytest.skip("no nginx (make nginx unpacks one)")
     port, upstream_port = free_ports(2)
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", upstream_port), _Upstream)
     thread = threading.Thread(target=upstream.serve_forever, daemon=True)
@@ -252,37 +351,7 @@ def test_nginx_passes_the_api_and_answers_its_refusals_as_serve_does(tmp_path):
                 break
             except OSError:
                 time.sleep(0.1)
-        status, _, body = _ask(port, "POST", "/recommend", b"{}", {"X-Request-Timeout-Seconds": "999"})
-        seen = json.loads(body)
-        assert status == 200 and seen["method"] == "POST" and seen["path"] == "/recommend"
-        assert "x-request-timeout-seconds" not in {k.lower() for k in seen["headers"]}
-        assert _ask(port, "GET", "/healthz")[0] == 200
-        for host in ("10.0.0.5", "[::1]:80", "LocalHost"):  # addresses no page can rebind, and localhost
-            assert _ask(port, "GET", "/healthz", headers={"Host": host})[0] == 200, host
-        for host in ("rebound.example", "10.0.0.5.rebound.example"):  # a page's own name pointed here
-            status, _, body = _ask(port, "POST", "/recommend", b"{}", {"Host": host})
-            assert status == 421 and "Host" in json.loads(body)["error"], host
-        for method, path, allowed in (
-            ("GET", "/recommend", "POST"),
-            ("PUT", "/score", "POST"),
-            ("POST", "/healthz", "GET"),
-        ):
-            status, headers, body = _ask(port, method, path, b"{}" if method != "GET" else b"")
-            assert (status, headers["Allow"], json.loads(body)) == (405, allowed, {"error": "Method Not Allowed"})
-        status, _, body = _ask(port, "GET", "/docs")
-        assert status == 404 and json.loads(body)["error"]
-        status, _, body = _ask(port, "POST", "/score", b"x" * (MAX_BODY_BYTES + 1))
-        assert status == 413 and str(MAX_BODY_BYTES) in json.loads(body)["error"]
-        for _ in range(200):  # 20 a second with bursts of 40: a quick run of requests meets the limit
-            status, headers, body = _ask(port, "GET", "/healthz")
-            if status != 200:
-                break
-        assert status == 429 and headers["Retry-After"] == "1" and json.loads(body)["error"]
-        time.sleep(2.5)  # the burst's allowance back
-        upstream.shutdown()
-        upstream.server_close()
-        status, headers, body = _ask(port, "POST", "/recommend", b"{}")
-        assert status == 503 and headers["Retry-After"] == "1" and json.loads(body)["error"]
+        yield port, upstream
     finally:
         nginx.terminate()
         try:
@@ -290,5 +359,115 @@ def test_nginx_passes_the_api_and_answers_its_refusals_as_serve_does(tmp_path):
         except subprocess.TimeoutExpired:
             nginx.kill()
             nginx.wait(timeout=10)
-        upstream.shutdown()
+        upstream.shutdown()  # a second shutdown (a test stopped it) returns at once
         upstream.server_close()
+
+
+@pytest.mark.faults
+def test_nginx_passes_the_api_and_answers_its_refusals_as_serve_does(proxied):
+    """Real requests through nginx running ncf.conf: the four routes reach the upstream, Serve's
+    control headers do not, and a wrong method, an unknown path, a large body and a stopped
+    upstream get JSON answers. A wrong method was a 403 until 2026-12-06; Serve answers 405
+    with Allow, so clients saw two codes for one mistake depending on the hop."""
+    port, upstream = proxied
+    status, _, body = _ask(port, "POST", "/recommend", b"{}", {"X-Request-Timeout-Seconds": "999"})
+    seen = json.loads(body)
+    assert status == 200 and seen["method"] == "POST" and seen["path"] == "/recommend"
+    assert "x-request-timeout-seconds" not in {k.lower() for k in seen["headers"]}
+    assert _ask(port, "GET", "/healthz")[0] == 200
+    for host in ("10.0.0.5", "[::1]:80", "LocalHost"):  # addresses no page can rebind, and localhost
+        assert _ask(port, "GET", "/healthz", headers={"Host": host})[0] == 200, host
+    for host in ("rebound.example", "10.0.0.5.rebound.example"):  # a page's own name pointed here
+        status, _, body = _ask(port, "POST", "/recommend", b"{}", {"Host": host})
+        assert status == 421 and "Host" in json.loads(body)["error"], host
+    for method, path, allowed in (
+        ("GET", "/recommend", "POST"),
+        ("PUT", "/score", "POST"),
+        ("POST", "/healthz", "GET"),
+    ):
+        status, headers, body = _ask(port, method, path, b"{}" if method != "GET" else b"")
+        assert (status, headers["Allow"], json.loads(body)) == (405, allowed, {"error": "Method Not Allowed"})
+    status, _, body = _ask(port, "GET", "/docs")
+    assert status == 404 and json.loads(body)["error"]
+    # nginx's own 404s come before its rate limit (ncf.conf's header says so): more than a burst
+    # of them leaves a proxied route's allowance whole.
+    assert {_ask(port, "GET", "/docs")[0] for _ in range(60)} == {404}
+    assert _ask(port, "GET", "/healthz")[0] == 200
+    status, _, body = _ask(port, "POST", "/score", b"x" * (MAX_BODY_BYTES + 1))
+    assert status == 413 and str(MAX_BODY_BYTES) in json.loads(body)["error"]
+    for _ in range(200):  # 20 a second with bursts of 40: a quick run of requests meets the limit
+        status, headers, body = _ask(port, "GET", "/healthz")
+        if status != 200:
+            break
+    assert status == 429 and headers["Retry-After"] == "1" and json.loads(body)["error"]
+    time.sleep(2.5)  # the burst's allowance back
+    upstream.shutdown()
+    upstream.server_close()
+    status, headers, body = _ask(port, "POST", "/recommend", b"{}")
+    assert status == 503 and headers["Retry-After"] == "1" and json.loads(body)["error"]
+
+
+@pytest.mark.faults
+def test_serves_error_answers_pass_through_nginx_unchanged(proxied):
+    """Serve's load shedding (503, Retry-After: 5 for a busy replica) and its request timeout
+    (JSON 504) reach the client as Serve sent them: nginx's error pages are for its own
+    errors, not the upstream's (no proxy_intercept_errors), and must not turn a 503's
+    Retry-After: 5 into nginx's 1."""
+    port, _ = proxied
+    status, headers, body = _ask(port, "POST", "/recommend?status=503&retry_after=5", b"{}")
+    assert (status, headers["Retry-After"], json.loads(body)) == (503, "5", _upstream_error(503))
+    status, headers, body = _ask(port, "POST", "/score?status=504", b"{}")
+    assert (status, headers["Retry-After"], json.loads(body)) == (504, None, _upstream_error(504))
+
+
+@pytest.mark.faults
+def test_serves_control_headers_never_reach_it_through_nginx(proxied):
+    port, _ = proxied
+    sent = {
+        "Serve-Multiplexed-Model-Id": "m1",
+        "serve_multiplexed_model_id": "m2",  # Ray reads "_" as "-"; nginx drops such names
+        "X-Session-Id": "s1",
+        "x_session_id": "s2",
+        "X-Request-Disconnect-Disabled": "?1",
+        "X-Request-Id": "abc",  # only labels Serve's logs: passed on
+    }
+    status, _, body = _ask(port, "POST", "/recommend", b"{}", sent)
+    reached = {name.lower().replace("_", "-"): value for name, value in json.loads(body)["headers"].items()}
+    assert status == 200 and reached["x-request-id"] == "abc"
+    assert not {name.encode() for name in reached} & CONTROL_HEADERS, reached
+
+
+@pytest.mark.faults
+def test_nginxs_own_bad_request_answers_are_json(proxied):
+    """A header line or a request line past large_client_header_buffers (8 KiB), and a malformed
+    request, got nginx's HTML page though every other refusal is JSON."""
+    port, _ = proxied
+    for answer, status in (
+        (_ask(port, "GET", "/healthz", headers={"X-Padding": "a" * 9216}), 400),
+        (_ask(port, "GET", "/healthz?" + "a" * 9216), 414),
+    ):
+        assert answer[0] == status and answer[1]["Content-Type"] == "application/json", answer
+        assert json.loads(answer[2])["error"]
+    malformed = (
+        b"GET /healthz HTTP/1.1\r\n\r\n",  # HTTP/1.1 needs a Host
+        b"NOT-HTTP\r\n\r\n",  # no request line: no URI to answer from (a named error page's 500)
+        b"GET /healthz HTTP/1.1\r\nHost: rebound.example\r\nHost: rebound.example\r\n\r\n",  # its own 400, not a 421
+    )
+    for request in malformed:
+        status, head, body = _ask_raw(port, request)
+        assert status == 400 and b"application/json" in head, (request, head, body)
+        assert json.loads(body) == {"error": "malformed request"}, (request, body)
+    # The internal URI behind those answers is no route of its own.
+    status, _, body = _ask(port, "GET", "/_ncf/bad-request")
+    assert (status, json.loads(body)) == (404, {"error": "not found"})
+
+
+@pytest.mark.faults
+def test_a_request_without_host_reaches_the_api(proxied):
+    """HTTP/1.0 health checkers may send no Host: nginx's $host is then server_name's "_", which
+    got 421 until 2026-12-06."""
+    port, _ = proxied
+    status, _, body = _ask_raw(port, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert status == 200 and json.loads(body)["path"] == "/healthz", body
+    status, _, body = _ask_raw(port, b"GET /healthz HTTP/1.0\r\nHost: rebound.example\r\n\r\n")
+    assert status == 421 and json.loads(body)["error"]

@@ -197,6 +197,28 @@ def test_serve_runs_one_proxy_on_the_head_as_its_config_file_says(server):
     assert ray.get(controller.get_proxy_location.remote()) == ProxyLocation(configured) == ProxyLocation.HeadOnly
 
 
+def test_the_config_file_starts_serve_as_jobs_deploy_does(monkeypatch):
+    """serve/config.yaml says it sets the same limits as ``python -m jobs.deploy``: each value they
+    share, read from the file and from the job's defaults (no Serve started)."""
+    import yaml
+
+    from jobs.deploy import parse_args
+    from serve.launch import APP_NAME
+    from serve.limits import EXTRA_HOSTS_ENV, REQUEST_TIMEOUT_S, proxy_env
+
+    monkeypatch.delenv(EXTRA_HOSTS_ENV, raising=False)
+    with open(os.path.join(os.path.dirname(__file__), "..", "serve", "config.yaml")) as f:
+        config = yaml.safe_load(f)
+    deploy = parse_args(["--model", "m"])
+    assert config["http_options"] == {"host": deploy.host, "port": deploy.port, "request_timeout_s": REQUEST_TIMEOUT_S}
+    assert deploy.request_timeout_s == REQUEST_TIMEOUT_S
+    assert config["controller_options"]["runtime_env"]["env_vars"] == proxy_env(deploy.host)
+    (app,) = config["applications"]
+    assert (app["name"], app["route_prefix"]) == (APP_NAME, "/")
+    shared = ("min_replicas", "max_replicas", "default_at")
+    assert {key: app["args"][key] for key in shared} == {key: getattr(deploy, key) for key in shared}
+
+
 def test_openapi_docs_list_every_route_and_the_error_bodies_sent(server, users):
     """Old docs: each route's 422 was FastAPI's {"detail": [...]} schema (the service sends
     {"error": ..., "detail" | "unknown_product_ids": ...}), and 413, 503 and 504 were missing; then
