@@ -15,6 +15,16 @@ from ncf.errors import InputError
 from ncf.moments import as_datetime, resolve_at
 from ncf.staging import check_parent, check_target
 
+DEFAULT_CACHE = "artifacts/datasets"
+PATH_OPTIONS = ("--input", "--products", "--output", "--cache")
+SYNTHETIC_OPTIONS = (
+    "--synthetic-users",
+    "--synthetic-products",
+    "--synthetic-tastes",
+    "--synthetic-taste-groups",
+    "--synthetic-no-rebuys",
+)
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = job_parser(
@@ -117,34 +127,42 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="write only the state (vocabularies, purchases, product stats): refreshes the histories a "
         "deployed model ranks from (jobs.batch_score/jobs.deploy --data), no training lists",
     )
+    # The synthetic options and --cache default to None: given with a source they do not shape,
+    # they are refused (as --products with --dataset is), not ignored.
     p.add_argument(
-        "--synthetic-users", type=positive_int, default=datasets.SyntheticSpec.num_users, help="synthetic: households"
+        "--synthetic-users",
+        type=positive_int,
+        default=None,
+        help=f"synthetic: households (default: {datasets.SyntheticSpec.num_users})",
     )
     p.add_argument(
         "--synthetic-products",
         type=positive_int,
-        default=datasets.SyntheticSpec.num_products,
-        help="synthetic: products",
+        default=None,
+        help=f"synthetic: products (default: {datasets.SyntheticSpec.num_products})",
     )
     p.add_argument(
         "--synthetic-tastes",
         type=non_negative_int,
-        default=0,
-        help="synthetic: each household favours this many categories (80%% of its purchases; 0: none)",
+        default=None,
+        help="synthetic: each household favours this many categories (80%% of its purchases; 0: none) (default: 0)",
     )
     p.add_argument(
         "--synthetic-taste-groups",
         type=non_negative_int,
-        default=0,
+        default=None,
         help="synthetic: the favoured sets are this many latent product groups drawn across the categories, "
-        "not the categories (0: categories)",
+        "not the categories (0: categories) (default: 0)",
     )
     p.add_argument(
         "--synthetic-no-rebuys",
         action="store_true",
+        default=None,
         help="synthetic: a household buys a product at most once (no staples): a log for collaborative filtering",
     )
-    p.add_argument("--cache", default="artifacts/datasets", help="where built-in datasets are written as files")
+    p.add_argument(
+        "--cache", default=None, help=f"where built-in datasets are written as files (default: {DEFAULT_CACHE})"
+    )
     return p.parse_args(argv)
 
 
@@ -203,22 +221,56 @@ def preprocess_config(args: argparse.Namespace) -> PreprocessConfig:
         raise InputError(f"training-list settings: {e}") from None
 
 
+def _attribute(option: str) -> str:
+    return option[2:].replace("-", "_")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuses (InputError, one line naming the option) an empty path, and an option the chosen
+    source does not use: either would be read as something else without a word."""
+    for option in PATH_OPTIONS:
+        if getattr(args, _attribute(option)) == "":
+            # An unset variable in a script (--input "$LOGS"): "" read as not given built the
+            # synthetic dataset (and could replace DATA with it), read no catalog, or named the
+            # working directory as the output, which --overwrite replaces.
+            raise InputError(f"{option} is empty: give a path (an unset variable in a script?)")
+    source = "--input" if args.input is not None else f"--dataset {args.dataset}"
+    if args.products is not None and args.input is None:
+        raise InputError("--products goes with --input: a built-in dataset brings its own catalog")
+    if args.cache is not None and args.input is not None:
+        raise InputError("--cache goes with --dataset: --input is read where it is")
+    if args.dataset != "synthetic":
+        for option in SYNTHETIC_OPTIONS:
+            if getattr(args, _attribute(option)) is not None:
+                raise InputError(f"{option} goes with --dataset synthetic, not {source}: it shapes the generated log")
+
+
+def cache_dir(args: argparse.Namespace) -> str:
+    return DEFAULT_CACHE if args.cache is None else args.cache
+
+
 def built_in(args: argparse.Namespace) -> Tuple[str, Callable[[], tuple]]:
     """The built-in dataset's directory under ``--cache``, and what writes it there (when absent)."""
+    cache = cache_dir(args)
     if args.dataset == "completejourney":
-        directory = os.path.join(args.cache, "completejourney")
+        directory = os.path.join(cache, "completejourney")
         return directory, lambda: datasets.write_completejourney(directory)
+
+    def given(value, default):
+        return default if value is None else value
+
+    tastes, no_rebuys = given(args.synthetic_tastes, 0), bool(args.synthetic_no_rebuys)
     spec = datasets.SyntheticSpec(
-        num_users=args.synthetic_users,
-        num_products=args.synthetic_products,
+        num_users=given(args.synthetic_users, datasets.SyntheticSpec.num_users),
+        num_products=given(args.synthetic_products, datasets.SyntheticSpec.num_products),
         seed=args.seed,
-        taste_categories=args.synthetic_tastes,
-        taste_share=0.8 if args.synthetic_tastes else 0.0,
-        taste_groups=args.synthetic_taste_groups,
-        rebuys=not args.synthetic_no_rebuys,
-        staple_share=0.0 if args.synthetic_no_rebuys else datasets.SyntheticSpec.staple_share,
+        taste_categories=tastes,
+        taste_share=0.8 if tastes else 0.0,
+        taste_groups=given(args.synthetic_taste_groups, 0),
+        rebuys=not no_rebuys,
+        staple_share=0.0 if no_rebuys else datasets.SyntheticSpec.staple_share,
     )
-    directory = os.path.join(args.cache, spec.cache_name)
+    directory = os.path.join(cache, spec.cache_name)
     return directory, lambda: datasets.write_synthetic(directory, spec)
 
 
@@ -226,23 +278,23 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     with one_line_errors():
         # Check user input before starting Ray: a bad file fails in a second, not after start-up.
-        if args.products and not args.input:
-            raise InputError("--products goes with --input: a built-in dataset brings its own catalog")
-        if args.input:
+        check_options(args)
+        if args.input is not None:
             logs = schema.resolve_files(args.input)
-            catalog = schema.resolve_files(args.products) if args.products else None
+            catalog = schema.resolve_files(args.products) if args.products is not None else None
             check_inputs(logs, catalog)
             inputs = logs.paths + (catalog.paths if catalog else [])
         else:
             directory, write_dataset = built_in(args)
-            if os.path.lexists(args.cache) and not os.path.isdir(args.cache):
-                raise InputError(f"--cache {args.cache}: exists and is not a directory")
+            cache = cache_dir(args)
+            if os.path.lexists(cache) and not os.path.isdir(cache):
+                raise InputError(f"--cache {cache}: exists and is not a directory")
             check_parent(directory)  # written after Ray starts: a file on its path fails now
             inputs = [directory]
         check_target(args.output, layout.STATS, "preprocessing output", inputs, args.overwrite)
         config = preprocess_config(args)
         init_ray()
-        if args.dataset:
+        if args.dataset is not None:
             paths = write_dataset()
             logs, catalog = schema.resolve_files(paths[0]), schema.resolve_files(paths[1])
         return preprocess(
@@ -252,7 +304,7 @@ def main(argv=None) -> dict:
             config,
             state_only=args.state_only,
             overwrite=args.overwrite,
-            inputs_checked=bool(args.input),  # checked above, before Ray started
+            inputs_checked=args.input is not None,  # checked above, before Ray started
         )
 
 

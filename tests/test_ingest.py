@@ -2,7 +2,9 @@
 raw values and where it came from, unusable columns and empty splits are one-line errors."""
 
 import decimal
+import gzip
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -311,6 +313,187 @@ def test_a_quote_never_closed_past_a_block_is_named_as_the_likely_cause(tmp_path
     with pytest.raises(schema.InputError) as refused:
         check_inputs(schema.resolve_files(str(path)), schema.resolve_files(str(catalog)))
     assert str(refused.value).startswith(f"{catalog} (a quote never closed?): unreadable"), refused.value
+
+
+def test_a_quote_never_closed_inside_an_id_quarantines_the_row_it_made_up(tmp_path):
+    """The rows after an id's unclosed quote joined into that id up to the next quote: old code
+    kept one purchase of a product named "a,2020-01-01,1\\n2,b,...", the real purchases gone,
+    and the job went on (a review, 2026-12-06). A line break inside an id or a timestamp is no
+    value's: the row is quarantined with its raw text, which holds the joined lines."""
+    path = tmp_path / "logs.csv"
+    path.write_text('user_id,product_id,timestamp,quantity\n1,"a,2020-01-01,1\n2,b,2020-01-02,1\n3,c",2020-01-03,1\n')
+    piece = {"file": 0, "path": str(path)}
+    out = pa.concat_tables(ingest._csv_file(piece, schema.DEFAULT_MIN_TS, schema.DEFAULT_MAX_TS))
+    assert out.column("reason").to_pylist() == [schema.BAD_PRODUCT_ID]
+    assert out.column("product_id").to_pylist() == ["a,2020-01-01,1\n2,b,2020-01-02,1\n3,c"]
+    assert out.column("source_row").to_pylist() == [2]
+    # The two lines it swallowed are said (lines_in_quoted_values): 4 non-empty lines, a header, 1 row.
+    assert (ingest.csv_lines(str(path)), ingest.csv_rows(str(path))) == (4, 1)
+
+    # Any id column, and a timestamp that parsed whole ("...T10:00\nZ" was 10:00 UTC); a line
+    # break around a value is whitespace, trimmed as before (a CRLF file's last column).
+    batch = pa.table(
+        {
+            "user_id": ["u1\r2", "u1", "u1", " u1\r\n"],
+            "product_id": ["p1", "p1", "p1", "p1\r"],
+            "timestamp": ["2024-01-02", "2024-01-02T10:00\nZ", "2024-01-02T10:00Z", "2024-01-02T10:00Z\r"],
+        }
+    )
+    checked = schema.validate_log_batch(batch)
+    assert checked.column("reason").to_pylist() == [schema.BAD_USER_ID, schema.BAD_TIMESTAMP, None, None]
+    assert checked.column("user_id").to_pylist() == ["u1\r2", "u1", "u1", "u1"]
+    assert checked.column("raw_timestamp").to_pylist()[1] == "2024-01-02T10:00\nZ"
+
+
+def _counted(rows_by_file: dict) -> pd.DataFrame:
+    """:func:`ingest._counts` of rows that came out of validation: {file: [source rows]}."""
+    files = [f for f, numbers in rows_by_file.items() for _ in numbers]
+    numbers = [n for numbers in rows_by_file.values() for n in numbers]
+    table = pa.table(
+        {
+            ingest.SOURCE_FILE: pa.array(files, pa.int32()),
+            schema.REASON: pa.nulls(len(files), pa.string()),
+            ingest.SOURCE_ROW: pa.array(numbers, pa.int64()),
+            schema.ZONELESS: pa.array([False] * len(files)),
+        }
+    )
+    return ingest._counts(table).to_pandas()
+
+
+@pytest.mark.parametrize(
+    "came_out, says",
+    [
+        ({0: [2, 3, 5], 1: [2, 3]}, "a.csv: 4 rows in the file but 3 came out"),  # a gap
+        ({0: [2, 3], 1: [2, 3]}, "a.csv: 4 rows in the file but 2 came out"),  # the last rows
+        ({0: [2, 3, 4, 5]}, "b.csv: 2 rows in the file but 0 came out"),  # a whole file
+        ({0: [2, 3, 4, 5], 1: [2, 3, 3]}, "b.csv: 2 rows in the file but 3 came out"),  # a row doubled
+        ({}, "a.csv: 4 rows in the file but 0 came out"),  # every row
+        # A gap and a row numbered past the end: the count is right, the last number is not.
+        ({0: [2, 3, 4, 6], 1: [2, 3]}, "a.csv: row 6 came out of validation but the file's rows are 2 to 5"),
+    ],
+    ids=["gap", "tail", "file", "doubled", "all", "past-the-end"],
+)
+def test_rows_lost_between_the_source_and_validation_stop_the_run_wherever_they_were(came_out, says):
+    """Old code counted a CSV's rows from the last row number that came out of validation: a
+    file's lost last rows, or a whole lost file, left nothing to compare against (a review,
+    2026-12-06). Each file's rows are now counted by a parse of their own (csv_rows)."""
+    paths, source = ["a.csv", "b.csv", "header-only.csv"], {0: 4, 1: 2, 2: 0}
+    whole = ingest.source_rows(_counted({0: [2, 3, 4, 5], 1: [2, 3]}), source, paths, first=2)
+    assert whole == {"a.csv": 4, "b.csv": 2, "header-only.csv": 0}
+    with pytest.raises(RuntimeError, match=says):
+        ingest.source_rows(_counted(came_out) if came_out else pd.DataFrame(), source, paths, first=2)
+    # What its docstring says it does not catch: a gap and a doubled row below the last one.
+    assert ingest.source_rows(_counted({0: [2, 3, 3, 5], 1: [2, 3]}), source, paths, first=2) == whole
+
+
+def test_the_accounting_checks_the_read_against_the_sources_own_counts():
+    """ingest_logs' accounting (account) compares the rows that came out of the read with the
+    counts taken apart from it, a CSV's (count_csv_files: lines, rows) or Parquet footers, and
+    never with the read's own numbers (a review, 2026-12-06: only source_rows was tested, fed a
+    hand-made dict)."""
+    csv = schema.InputFiles(["a.csv", "b.csv"], "csv")
+    read = _counted({0: [2, 3, 4, 5], 1: [2]})
+    done = ingest.account(read, csv, {}, ({0: 6, 1: 2}, {0: 4, 1: 1}))
+    assert (done["rows_in"], done["rows_kept"], done["rows_quarantined"]) == (5, 5, 0)
+    assert done["rows_by_file"] == {"a.csv": 4, "b.csv": 1}
+    assert done["lines_in_quoted_values"] == {"a.csv": 1}  # 6 lines: a header, 4 rows and 1 inside a value
+    # The CSV count decides, whatever else is at hand (a file's last row lost on the way).
+    with pytest.raises(RuntimeError, match="a.csv: 5 rows in the file but 4 came out"):
+        ingest.account(read, csv, {0: 4, 1: 1}, ({0: 6, 1: 2}, {0: 5, 1: 1}))
+    with pytest.raises(RuntimeError, match="a.csv: row 6 came out of validation but the file's rows are 2 to 5"):
+        ingest.account(_counted({0: [2, 3, 4, 6], 1: [2]}), csv, {}, ({0: 5, 1: 2}, {0: 4, 1: 1}))
+    with pytest.raises(schema.InputError, match="a.csv: no purchase rows in the 2 input file"):
+        ingest.account(pd.DataFrame(), csv, {}, ({0: 1, 1: 1}, {0: 0, 1: 0}))  # headers alone
+
+    parquet = schema.InputFiles(["a.parquet"], "parquet")  # rows numbered from 0
+    assert ingest.account(_counted({0: [0, 1, 2]}), parquet, {0: 3}, None)["rows_by_file"] == {"a.parquet": 3}
+    with pytest.raises(RuntimeError, match="a.parquet: 4 rows in the file but 3 came out"):
+        ingest.account(_counted({0: [0, 1, 2]}), parquet, {0: 4}, None)
+    with pytest.raises(RuntimeError, match="a.parquet: row 3 came out of validation but the file's rows are 0 to 2"):
+        ingest.account(_counted({0: [0, 1, 3]}), parquet, {0: 3}, None)
+
+
+def _csv_pieces(paths) -> pa.Table:
+    """plan's pieces of CSV files, as count_csv_files hands them to _source_counts."""
+    pieces, _ = ingest.plan(schema.InputFiles([str(p) for p in paths], "csv"))
+    return pa.Table.from_pylist([{k: p[k] for k in ("file", "path", "size", "mtime_ns")} for p in pieces])
+
+
+def test_a_csv_written_to_while_the_job_reads_it_is_an_input_error_not_a_lost_row(tmp_path):
+    """An export still being appended to gave the count taken after the read more rows than the
+    read saw: a RuntimeError's traceback blamed the pipeline (a review, 2026-12-06). Each file's
+    size and modification time are taken when the job plans its files and compared when it is
+    counted, before any rows are compared."""
+    path = tmp_path / "logs.csv"
+    path.write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
+    pieces = _csv_pieces([path])
+    seen = (pieces.column("size")[0].as_py(), pieces.column("mtime_ns")[0].as_py())
+    assert seen == (os.path.getsize(path), os.stat(path).st_mtime_ns)
+    assert ingest.count_csv_file(str(path), seen) == (2, 1)  # unchanged: its lines and rows
+
+    changed = f"{path}: changed while the job read it; run again once it is complete"
+    with open(path, "a") as f:
+        f.write("u2,p2,2024-01-02\n")
+    with pytest.raises(schema.InputError) as refused:
+        ingest.count_csv_file(str(path), seen)
+    assert str(refused.value) == changed
+    # The Ray task hands the driver that one line (count_csv_files raises it).
+    assert ingest._source_counts(pieces).to_pylist() == [{"file": 0, "lines": -1, "rows": -1, "error": changed}]
+    # Written again at the same size: its modification time says so.
+    path.write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
+    os.utime(path, ns=(seen[1] + 2_000_000_000, seen[1] + 2_000_000_000))
+    with pytest.raises(schema.InputError, match="changed while the job read it"):
+        ingest.count_csv_file(str(path), seen)
+
+
+def test_the_source_counts_of_a_file_and_of_a_file_removed_since_the_job_planned_it(tmp_path):
+    """_source_counts (a Ray Data task, run here without Ray) counts a file's lines and rows, and
+    says why a file could not be counted; count_csv_files raises that as the job's one line."""
+    kept, removed = tmp_path / "kept.csv", tmp_path / "removed.csv"
+    kept.write_text('user_id,product_id,timestamp\nu1,"p1\nnote",2024-01-01\n\nu2,p2,2024-01-02\n')
+    removed.write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
+    pieces = _csv_pieces([kept, removed])
+    removed.unlink()
+    counted = ingest._source_counts(pieces).to_pylist()
+    assert counted[0] == {"file": 0, "lines": 4, "rows": 2, "error": None}
+    assert (counted[1]["lines"], counted[1]["rows"]) == (-1, -1)
+    assert counted[1]["error"].startswith(f"{removed}: could not be read again to count its rows (")
+    assert counted[1]["error"].endswith("); changed while the job ran?")
+
+
+def test_count_csv_files_raises_a_file_it_could_not_count_as_one_line(ray_session, tmp_path):
+    """count_csv_files (Ray Data) -> each file's lines and rows, or the InputError naming the file."""
+    kept, removed = tmp_path / "kept.csv", tmp_path / "removed.csv"
+    for path in (kept, removed):
+        path.write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\nu2,p2,2024-01-02\n")
+    pieces, _ = ingest.plan(schema.InputFiles([str(kept), str(removed)], "csv"))
+    assert ingest.count_csv_files(pieces) == ({0: 3, 1: 3}, {0: 2, 1: 2})
+    removed.unlink()
+    with pytest.raises(
+        schema.InputError, match="^" + re.escape(f"{removed}: could not be read again to count its rows")
+    ):
+        ingest.count_csv_files(pieces)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_csv_rows_are_the_rows_the_read_yields_counted_apart_from_it(tmp_path, suffix):
+    """The count source_rows checks the read against: it must agree with the read on what a row
+    is (a quoted line break, a blank line, a malformed row, bytes that are not UTF-8, a BOM, CRLF
+    and no final line break), or every such file would stop the run."""
+    body = (
+        b"\xef\xbb\xbfuser_id,product_id,timestamp\r\n"
+        b'u1,"p1 with\r\na note",2024-01-01\r\n\r\n'
+        b"u2,p\xff2,2024-01-02,extra\r\n"  # malformed and not UTF-8: pyarrow decodes it for the handler
+        b"u\xff3,p3,2024-01-03\r\n"
+        b"u4,p4,2024-01-04"
+    )
+    path = str(tmp_path / f"logs{suffix}")
+    with (gzip.open if suffix.endswith(".gz") else open)(path, "wb") as f:
+        f.write(body)
+    read = pa.concat_tables(ingest._csv_file({"file": 0, "path": path}, schema.DEFAULT_MIN_TS, schema.DEFAULT_MAX_TS))
+    assert ingest.csv_rows(path) == read.num_rows == 4
+    assert ingest.csv_lines(path) == 6  # the blank line none: 1 line inside the note
+    assert ingest.lines_in_quoted_values([path], {0: 6}, {0: 4}) == {path: 1}
 
 
 def test_timestamps_naming_no_time_zone_are_flagged_as_read_as_utc():

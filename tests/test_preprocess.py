@@ -156,6 +156,103 @@ def test_unreadable_file_fails_with_its_name(tmp_path):
         schema.check_columns(schema.resolve_files(str(path)), schema.LOG_REQUIRED, "purchase log")
 
 
+def _files_under(root) -> dict:
+    """Every file under ``root`` with its bytes: what a refused run must leave as it was."""
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                found[os.path.join(folder, name)] = f.read()
+    return found
+
+
+def _refused(argv: list, monkeypatch, capsys) -> str:
+    """The one line jobs.preprocess ``argv`` is refused with (exit 2), before Ray starts."""
+
+    def no_ray():
+        raise AssertionError("jobs.preprocess started Ray before refusing its options")
+
+    monkeypatch.setattr(preprocess_job, "init_ray", no_ray)
+    with pytest.raises(SystemExit) as exit_info:
+        preprocess_job.main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("option", ["--input", "--products", "--output", "--cache"])
+def test_an_empty_path_is_refused_naming_its_option_and_nothing_is_touched(tmp_path, monkeypatch, capsys, option):
+    """An unset variable in a script (--input "$LOGS"): old code read "" as not given, so an empty
+    --input built the synthetic dataset and replaced DATA with it, an empty --products meant no
+    catalog, and an empty --output was the working directory (replaced, with --overwrite)."""
+    logs = tmp_path / "logs.csv"
+    logs.write_text("user_id,product_id,timestamp\n1,2,2024-01-01\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / layout.STATS).write_text("{}")  # a previous run's DATA
+    monkeypatch.chdir(tmp_path)  # what an empty --output would name
+    argv = {
+        "--input": ["--input", ""],
+        "--products": ["--input", str(logs), "--products", ""],
+        "--output": ["--input", str(logs)],
+        "--cache": ["--dataset", "synthetic", "--cache", ""],
+    }[option]
+    argv += ["--output", "" if option == "--output" else str(data), "--overwrite"]
+    before = _files_under(tmp_path)
+    says = f"error: {option} is empty: give a path (an unset variable in a script?)"
+    assert _refused(argv, monkeypatch, capsys) == says
+    assert _files_under(tmp_path) == before
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--input", "LOGS", "--cache", "datasets"], "--cache goes with --dataset: --input is read where it is"),
+        (
+            ["--input", "LOGS", "--synthetic-users", "500"],
+            "--synthetic-users goes with --dataset synthetic, not --input: it shapes the generated log",
+        ),
+        (
+            ["--dataset", "completejourney", "--synthetic-no-rebuys"],
+            "--synthetic-no-rebuys goes with --dataset synthetic, not --dataset completejourney: it shapes the "
+            "generated log",
+        ),
+        (["--dataset", "completejourney", "--products", "LOGS"], "--products goes with --input: a built-in dataset"),
+    ],
+    ids=["cache-with-input", "synthetic-with-input", "synthetic-with-completejourney", "products-with-dataset"],
+)
+def test_an_option_the_source_does_not_use_is_refused_naming_both(tmp_path, monkeypatch, capsys, argv, says):
+    """Old code accepted --cache and --synthetic-* where they shape nothing and ignored them: a
+    run asked for 500 households read the whole log without a word (--products alone was refused)."""
+    logs = tmp_path / "logs.csv"
+    logs.write_text("user_id,product_id,timestamp\n1,2,2024-01-01\n")
+    argv = [str(logs) if a == "LOGS" else a for a in argv] + ["--output", str(tmp_path / "out")]
+    assert _refused(argv, monkeypatch, capsys).startswith(f"error: {says}")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_the_documented_built_in_commands_still_name_the_same_cached_datasets():
+    """The synthetic options and --cache default to None now (so that they can be refused where
+    unused): the demo's and the README's commands must still find the datasets they cached."""
+
+    def dataset_dir(*argv) -> str:
+        args = preprocess_job.parse_args([*argv, "--output", "DATA"])
+        preprocess_job.check_options(args)
+        return preprocess_job.built_in(args)[0]
+
+    cache = "artifacts/datasets"
+    assert dataset_dir("--dataset", "completejourney") == os.path.join(cache, "completejourney")
+    assert dataset_dir("--dataset", "completejourney", "--cache", "/shared") == "/shared/completejourney"
+    assert dataset_dir("--dataset", "synthetic") == os.path.join(cache, datasets.SyntheticSpec().cache_name)
+    spec = datasets.SyntheticSpec(num_users=100_000, taste_categories=3, taste_share=0.8, rebuys=False, staple_share=0)
+    assert dataset_dir(
+        "--dataset", "synthetic", "--synthetic-users", "100000", "--synthetic-tastes", "3", "--synthetic-no-rebuys"
+    ) == os.path.join(cache, spec.cache_name)
+
+
 @pytest.mark.faults
 @pytest.mark.parametrize(
     "header",

@@ -20,12 +20,18 @@ Besides :data:`ncf.data.schema.VALIDATED`, rows carry
   skipped, or quoted values spanning lines come before);
 * ``raw_row``: the text of a malformed CSV row (null otherwise).
 
-``rows_in`` is counted from the source: Parquet footers, and the CSV parser's row numbers (the
-last row's number less the header), and checked per file against the rows that came out.
+``rows_in`` is counted from the source apart from the read: Parquet footers, and for CSV a
+second parse that only counts rows (:func:`csv_rows`); each file's count is checked against the
+rows that came out, so a row lost anywhere (a file's last rows, a whole file) stops the run. A
+CSV file is looked at (size, modification time) when the job plans its files and again when it
+is counted: one written to in between (an export still being appended to) is an InputError, not
+a count that disagrees with the read.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -57,10 +63,27 @@ GAP_MEDIANS = 3
 # -- planning (driver) ----------------------------------------------------------------------------------
 
 
+def file_state(path: str) -> Tuple[int, int]:
+    """A file's size and modification time (ns): what writing to it changes."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
 def plan(files: schema.InputFiles) -> Tuple[List[Dict], Dict[int, int]]:
-    """Pieces of work (one read task each) and, for Parquet, every file's row count from its footer."""
+    """Pieces of work (one read task each) and, for Parquet, every file's row count from its
+    footer. A CSV piece keeps its file's :func:`file_state` as it was before the read
+    (``size``, ``mtime_ns``), which :func:`count_csv_file` compares."""
     if files.format == "csv":
-        return [{"file": i, "path": p, "row_groups": [], "first_row": 0} for i, p in enumerate(files.paths)], {}
+        pieces = []
+        for i, path in enumerate(files.paths):
+            try:
+                size, mtime_ns = file_state(path)
+            except OSError as e:
+                raise schema._unreadable(path, "csv", e) from None
+            pieces.append(
+                {"file": i, "path": path, "row_groups": [], "first_row": 0, "size": size, "mtime_ns": mtime_ns}
+            )
+        return pieces, {}
     pieces, rows = [], {}
     for i, path in enumerate(files.paths):
         try:
@@ -175,7 +198,9 @@ def csv_lines(path: str) -> int:
 
     reader = pacsv.open_csv(
         path,
-        read_options=pacsv.ReadOptions(use_threads=False, column_names=["line"], block_size=CSV_BLOCK_BYTES),
+        # Through the read's codec: pyarrow decodes the text it hands the handler as UTF-8, and
+        # a line holding the delimiter and bytes that are not UTF-8 failed the count without it.
+        read_options=schema.csv_reader_options(column_names=["line"], block_size=CSV_BLOCK_BYTES),
         parse_options=pacsv.ParseOptions(
             delimiter="\x1f", quote_char=False, newlines_in_values=False, invalid_row_handler=skip
         ),
@@ -187,31 +212,101 @@ def csv_lines(path: str) -> int:
     return count
 
 
-def _line_counts(batch: pa.Table) -> pa.Table:
-    """Ray Data task: each file's :func:`csv_lines`."""
+def csv_rows(path: str) -> int:
+    """The rows of a CSV file below its header, counted by a parse of their own as the read
+    parses them (quoted line breaks, malformed rows and skipped empty lines alike): what
+    :func:`_csv_file` must yield, counted apart from it, so that rows it lost (a file's last
+    batch, a whole file) show. One column, as bytes: a few percent of the read's time."""
+    count = 0
+
+    def skip(row) -> str:  # a malformed row: a row all the same, as the read quarantines it
+        nonlocal count
+        count += 1
+        return "skip"
+
+    reader = pacsv.open_csv(
+        path,
+        # As the read's: its codec (a malformed row's text reaches the handler as UTF-8) and blocks.
+        read_options=schema.csv_reader_options(autogenerate_column_names=True, block_size=CSV_BLOCK_BYTES),
+        parse_options=schema.csv_parse_options(skip),
+        convert_options=pacsv.ConvertOptions(include_columns=["f0"], column_types={"f0": pa.binary()}),
+    )
+    with reader:
+        for batch in reader:
+            count += batch.num_rows
+    return max(count - 1, 0)  # the header, read as a row here
+
+
+def count_csv_file(path: str, seen: Tuple[int, int]) -> Tuple[int, int]:
+    """A CSV's non-empty lines and rows (:func:`csv_lines`, :func:`csv_rows`), counted after the
+    read. InputError when the file is not as ``seen`` (its :func:`file_state` when the job planned
+    its files), before counting or after: an export still being appended to gives this count
+    more rows than the read saw, which is no fault of the pipeline's."""
+    changed = InputError(f"{path}: changed while the job read it; run again once it is complete")
+    if file_state(path) != tuple(seen):
+        raise changed
+    counted = csv_lines(path), csv_rows(path)
+    if file_state(path) != tuple(seen):
+        raise changed
+    return counted
+
+
+def _source_counts(batch: pa.Table) -> pa.Table:
+    """Ray Data task: each CSV piece's :func:`count_csv_file` (-1 and the one-line error for the
+    driver to raise where the file changed or could not be read again)."""
     files = batch.to_pylist()
-    try:
-        lines = [csv_lines(f["path"]) for f in files]
-    except (pa.ArrowException, OSError, ValueError, EOFError):
-        lines = [-1] * len(files)  # the read itself says what is wrong with the file
-    return pa.table({"file": [f["file"] for f in files], "lines": pa.array(lines, pa.int64())})
+    lines, rows, errors = [], [], []
+    for f in files:
+        counted, error = (-1, -1), None
+        try:
+            counted = count_csv_file(f["path"], (f["size"], f["mtime_ns"]))
+        except InputError as e:
+            error = str(e)
+        except (pa.ArrowException, OSError, ValueError, EOFError) as e:
+            why = (str(e).splitlines() or [type(e).__name__])[0]
+            error = f"{f['path']}: could not be read again to count its rows ({why}); changed while the job ran?"
+        lines.append(counted[0])
+        rows.append(counted[1])
+        errors.append(error)
+    return pa.table(
+        {
+            "file": [f["file"] for f in files],
+            "lines": pa.array(lines, pa.int64()),
+            "rows": pa.array(rows, pa.int64()),
+            "error": pa.array(errors, pa.string()),
+        }
+    )
 
 
-def lines_in_quoted_values(paths: List[str], rows_by_file: Dict[str, int]) -> Dict[str, int]:
-    """Lines of each CSV that were no row of their own: line breaks inside quoted values (an
-    order note), or a quote never closed, which joins the lines after it into one value until
-    the next quote (the rows on them are then not read). Only files with such lines."""
+def count_csv_files(pieces: List[Dict]) -> Tuple[Dict[int, int], Dict[int, int]]:
+    """Each CSV's non-empty lines and rows by file index (:func:`count_csv_file`; ``pieces``:
+    :func:`plan`'s), one Ray Data task per file. InputError naming a file that changed since the
+    job planned its files or could not be read again (read once already: removed?)."""
     import ray
 
-    items = [{"file": i, "path": p} for i, p in enumerate(paths)]
+    items = [{k: p[k] for k in ("file", "path", "size", "mtime_ns")} for p in pieces]
     counted = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _line_counts, batch_size=1, batch_format="pyarrow", num_cpus=0.25
+        _source_counts, batch_size=1, batch_format="pyarrow", num_cpus=0.25
     )
-    lines = dict(counted.to_pandas()[["file", "lines"]].itertuples(index=False))
+    frame = counted.to_pandas().set_index("file")
+    for p in pieces:
+        i = p["file"]
+        if i not in frame.index:
+            raise InputError(f"{p['path']}: could not be read again to count its rows (no count came back)")
+        if frame.at[i, "rows"] < 0:
+            raise InputError(frame.at[i, "error"])
+    return frame["lines"].astype(int).to_dict(), frame["rows"].astype(int).to_dict()
+
+
+def lines_in_quoted_values(paths: List[str], lines: Dict[int, int], rows: Dict[int, int]) -> Dict[str, int]:
+    """Lines of each CSV that were no row of their own (its non-empty lines less the header and
+    its rows): line breaks inside quoted values (an order note), or a quote never closed, which
+    joins the lines after it into one value until the next quote (the rows on them are then not
+    read). Only files with such lines."""
     inside = {}
     for i, path in enumerate(paths):
-        extra = int(lines.get(i, -1)) - 1 - rows_by_file.get(path, 0)  # the header is a line
-        if lines.get(i, -1) >= 0 and extra > 0:
+        extra = lines[i] - 1 - rows[i]  # the header is a line
+        if extra > 0:
             inside[path] = extra
     return inside
 
@@ -327,22 +422,76 @@ class Ingested:
     lines_in_quoted_values: Dict[str, int]  # CSV lines that were no row of their own, by file
 
 
-def source_rows(counts, fmt: str, footer_rows: Dict[int, int], paths: List[str]) -> Dict[str, int]:
-    """Rows each file holds according to the source (Parquet footers; the CSV parser's row
-    numbers), checked against the rows that came out of validation: raises RuntimeError when a
-    row was lost or doubled on the way."""
-    per_file = counts.groupby(SOURCE_FILE).agg(out=(f"{SOURCE_ROW}_count", "sum"), last=(f"{SOURCE_ROW}_max", "max"))
+# The number of a file's first row in ``source_row`` (see the module's docstring).
+FIRST_ROW = {"csv": 2, "parquet": 0}
+
+
+def source_rows(counts, source: Dict[int, int], paths: List[str], first: int) -> Dict[str, int]:
+    """Rows each file holds according to the source, counted apart from the read (Parquet: its
+    footer; CSV: :func:`csv_rows`), checked against the rows that came out of validation
+    (``counts``, :func:`_counts`' frame): raises RuntimeError when a row was lost or doubled on
+    the way, its file's last rows or the whole file included, or when a row came out numbered
+    past the file's last row (``first``: the first row's number, :data:`FIRST_ROW`), as a gap
+    and a row doubled by a numbering gone astray would, their count right.
+
+    Not caught: a row lost and another doubled below the file's last row (the count and the
+    highest number both right), nor rows whose values changed on the way."""
+    if len(counts):
+        per_file = counts.groupby(SOURCE_FILE).agg(
+            out=(f"{SOURCE_ROW}_count", "sum"), last=(f"{SOURCE_ROW}_max", "max")
+        )
+        out, last = per_file["out"], per_file["last"]
+    else:
+        out = last = pd.Series(dtype=np.int64)
     result = {}
     for i, path in enumerate(paths):
-        out = int(per_file["out"].get(i, 0))
-        if fmt == "parquet":
-            source = footer_rows.get(i, 0)
-        else:  # rows are numbered from 2 (the header is 1), every row whether it parsed or not
-            source = max(int(per_file["last"].get(i, 1)) - 1, 0)
-        if out != source:
-            raise RuntimeError(f"{path}: {source:,} rows in the file but {out:,} came out of validation")
-        result[path] = source
+        came_out, held = int(out.get(i, 0)), int(source.get(i, 0))
+        if came_out != held:
+            raise RuntimeError(f"{path}: {held:,} rows in the file but {came_out:,} came out of validation")
+        if held and int(last.get(i)) > first + held - 1:
+            raise RuntimeError(
+                f"{path}: row {int(last.get(i)):,} came out of validation but the file's rows are "
+                f"{first:,} to {first + held - 1:,}"
+            )
+        result[path] = held
     return result
+
+
+def _no_rows(files: schema.InputFiles) -> InputError:
+    return InputError(f"{files.paths[0]}: no purchase rows in the {len(files.paths)} input file(s)")
+
+
+def account(
+    counts: pd.DataFrame,
+    files: schema.InputFiles,
+    footer_rows: Dict[int, int],
+    csv_counted: Optional[Tuple[Dict[int, int], Dict[int, int]]],
+) -> Dict[str, object]:
+    """:class:`Ingested`'s accounting from the rows that came out of validation (``counts``,
+    :func:`_counts`' frame) and the source's own counts, taken apart from the read: Parquet's
+    ``footer_rows`` (:func:`plan`), a CSV's ``csv_counted`` (:func:`count_csv_files`: lines,
+    rows). RuntimeError where they disagree (:func:`source_rows`), InputError when no file
+    holds a row."""
+    source = footer_rows if files.format == "parquet" else csv_counted[1]
+    by_file = source_rows(counts, source, files.paths, FIRST_ROW[files.format])
+    if counts.empty:  # every file a header alone
+        raise _no_rows(files)
+    by_reason = {str(r): int(n) for r, n in counts.groupby(schema.REASON)[f"{SOURCE_ROW}_count"].sum().items()}
+    rows_kept = by_reason.pop(OK, 0)
+    rows_quarantined = sum(by_reason.values())
+    rows_in = sum(by_file.values())
+    if rows_in != rows_kept + rows_quarantined:
+        raise RuntimeError(f"{rows_in:,} rows in but {rows_kept:,} kept + {rows_quarantined:,} quarantined")
+    return {
+        "rows_in": rows_in,
+        "rows_kept": rows_kept,
+        "rows_quarantined": rows_quarantined,
+        "by_reason": by_reason,
+        "rows_by_file": by_file,
+        # Not the far future: its rows' reason is no longer OK.
+        "zoneless": int(counts.loc[counts[schema.REASON] == OK, f"{schema.ZONELESS}_sum"].sum()),
+        "lines_in_quoted_values": lines_in_quoted_values(files.paths, *csv_counted) if csv_counted else {},
+    }
 
 
 def ingest_logs(
@@ -353,13 +502,15 @@ def ingest_logs(
     log: Callable[[str], None] = lambda m: None,
 ) -> Ingested:
     """Reads and validates every row with Ray Data, quarantines the far future, and accounts for
-    every source row (rows in = kept + quarantined, or RuntimeError)."""
+    every source row (:func:`account`: each file's rows, counted apart from the read, came out
+    of it, and rows in = kept + quarantined, or RuntimeError; a CSV file written to while the job
+    read it is an InputError, :func:`count_csv_file`). ``log``: a line per phase, as it ends."""
     import ray
 
-    no_rows = InputError(f"{files.paths[0]}: no purchase rows in the {len(files.paths)} input file(s)")
     pieces, footer_rows = plan(files)
     if not pieces:
-        raise no_rows
+        raise _no_rows(files)
+    started = time.time()
     rows = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
         read_and_validate,
         batch_size=1,
@@ -373,7 +524,9 @@ def ingest_logs(
         if message is None:
             raise
         raise InputError(message) from None
+    log(f"read and validated {rows.count():,} rows in {time.time() - started:.1f} s; counting them by day and reason")
 
+    started = time.time()
     frame = rows.map_batches(_day_counts, batch_format="pyarrow").to_pandas()
     days = frame.groupby("day")["n"].sum() if len(frame) else pd.Series([], dtype=np.int64)
     bound = future_bound(days.index.to_numpy(), days.to_numpy(), future_gap_days)
@@ -381,20 +534,17 @@ def ingest_logs(
         # Lazily: each pass below marks the materialized rows again (a compare per block); a
         # materialized marked copy beside them held the whole validated log twice (172 GB at 1B lines).
         rows = rows.map_batches(_mark_future, batch_format="pyarrow", fn_kwargs={"bound": bound})
-
     counts = rows.map_batches(_counts, batch_format="pyarrow").to_pandas()
-    if counts.empty:  # every file a header alone
-        raise no_rows
-    by_file = source_rows(counts, files.format, footer_rows, files.paths)
-    by_reason = {str(r): int(n) for r, n in counts.groupby(schema.REASON)[f"{SOURCE_ROW}_count"].sum().items()}
-    rows_kept = by_reason.pop(OK, 0)
-    rows_quarantined = sum(by_reason.values())
-    rows_in = sum(by_file.values())
-    if rows_in != rows_kept + rows_quarantined:
-        raise RuntimeError(f"{rows_in:,} rows in but {rows_kept:,} kept + {rows_quarantined:,} quarantined")
-    zoneless = int(counts.loc[counts[schema.REASON] == OK, f"{schema.ZONELESS}_sum"].sum())  # not the far future
-    inside_quotes = lines_in_quoted_values(files.paths, by_file) if files.format == "csv" else {}
-    return Ingested(rows, rows_in, rows_kept, rows_quarantined, by_reason, bound, by_file, zoneless, inside_quotes)
+    again = "; counting each CSV file's lines and rows again, apart from the read" if files.format == "csv" else ""
+    log(f"counted in {time.time() - started:.1f} s{again}")
+    csv_counted = None
+    if files.format == "csv":
+        started = time.time()
+        csv_counted = count_csv_files(pieces)
+        lines, source = csv_counted
+        rows_and_lines = f"{sum(source.values()):,} rows and {sum(lines.values()):,} non-empty lines"
+        log(f"counted {rows_and_lines} in {time.time() - started:.1f} s")
+    return Ingested(rows=rows, future_bound=bound, **account(counts, files, footer_rows, csv_counted))
 
 
 # -- what leaves this stage ---------------------------------------------------------------------------

@@ -758,10 +758,19 @@ def _ids(column, whole_number_text: bool = True) -> Tuple[pa.Array, np.ndarray, 
         invalid = invalid | pc.fill_null(pc.match_substring_regex(trimmed, SCIENTIFIC_NUMBER), False).to_numpy(
             zero_copy_only=False
         )
+        # A line break inside an id is a quote never closed in a CSV: the rows after it joined
+        # into this value (their purchases with them), kept as one made-up id. Text ids only: a
+        # catalog's department and category labels may hold one (a product description's).
+        invalid = invalid | pc.fill_null(pc.match_substring_regex(trimmed, LINE_BREAK), False).to_numpy(
+            zero_copy_only=False
+        )
     missing = _missing_text(trimmed) & ~invalid
     ids = pc.if_else(pa.array(invalid), raw, pc.if_else(pa.array(missing), _null_strings(n), trimmed))
     return ids, missing, invalid
 
+
+# Inside a value, after trimming: what a quote never closed leaves in the value it opened.
+LINE_BREAK = r"[\r\n]"
 
 # How Excel (4.00638E+12, six digits kept) and Java / Spark (1.2345678E7) write large numbers; a
 # product code such as 3E10 (no decimal point, no exponent sign) is no such number.
@@ -810,13 +819,23 @@ def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array, np.ndarray]:
     named_utc = strings.str.contains(_UTC_NAMED, na=False)
     strings = strings.str.replace(_UTC_NAMED, "", regex=True)
     strings = strings.where(~strings.str.lower().isin(_NOT_TIMESTAMPS))
+    trimmed = pc.utf8_trim_whitespace(text)
+    # A line break inside: a quote never closed in a CSV joined lines into this value, so what
+    # it would parse to is no purchase's moment (bad_timestamp, as an id holding one is a bad id).
+    # Arrow's regex (a quarter of pandas' time, which was 5% of validation); the rare rows it
+    # finds are looked at again as pandas reads them, " UTC" cut off (a break before it is space).
+    breaks = pc.fill_null(pc.match_substring_regex(trimmed, LINE_BREAK), False).to_numpy(zero_copy_only=False)
+    if breaks.any():
+        breaks = breaks.copy()
+        breaks[breaks] = strings[breaks].str.contains(LINE_BREAK, regex=True, na=False).to_numpy(dtype=bool)
+    strings = strings.where(~breaks)
     numeric = pd.to_numeric(strings, errors="coerce")
     # Epoch seconds in scientific notation (1.51176E+09) lost their last digits: minutes, not a moment.
     numeric = numeric.where(~strings.str.contains("[eE]", regex=True, na=False))
     parsed = pd.to_datetime(strings.where(numeric.isna()), errors="coerce", utc=True, format="ISO8601")
     # A month (or a year) is no moment of purchase: read as its first day, a month's purchases
     # would pile up there and land in the wrong split.
-    with_day = pc.match_substring_regex(pc.utf8_trim_whitespace(text), _WITH_DAY)  # Arrow's: 5x pandas'
+    with_day = pc.match_substring_regex(trimmed, _WITH_DAY)  # Arrow's: 5x pandas'
     parsed = parsed.where(pc.fill_null(with_day, False).to_numpy(zero_copy_only=False))
     # Through numpy, in the unit pandas chose: years like 9999 do not fit in nanoseconds.
     moments = parsed.dt.tz_localize(None).to_numpy()
