@@ -101,6 +101,22 @@ def test_two_workers_with_sharded_tables_reduce_the_loss(small_data, tmp_path):
     assert (rows.product[~products] == 0).all() and (rows.product[1:][known] > 0).all()
 
 
+def test_each_rank_initialises_its_shards_from_a_seed_of_its_own():
+    """With one seed for all ranks, tables of one shape held by two ranks started equal: after an
+    epoch of 2 workers on the small data, user_mf and user_mlp correlated 0.94 (0.015 since). Rank
+    0 keeps the run's seed, so a one-worker run initialises as it did."""
+    from ncf.train.loop import init_seed
+
+    seeds = [init_seed(7, rank) for rank in range(64)]
+    assert seeds[0] == 7 and len(set(seeds)) == 64
+    assert init_seed(8, 1) != init_seed(7, 1)
+    first_rows = []
+    for seed in seeds[:2]:
+        torch.manual_seed(seed)
+        first_rows.append(torch.rand(16))
+    assert not torch.equal(*first_rows)
+
+
 def test_the_training_order_follows_the_lists_and_the_seed_not_how_the_files_were_written(small_data, tmp_path):
     """Old code shuffled the blocks of Ray Data's Parquet read, which packs the files' row groups
     into read tasks first fit: two preprocessings of the same logs (the same lists, other row
