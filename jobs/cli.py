@@ -326,8 +326,11 @@ def require_dir(path: str, what: str, option: str, run_first: str) -> str:
         reason = "no such directory"
     elif not os.path.isdir(path):
         reason = "not a directory"
-    elif not os.listdir(path):
-        reason = "empty"
+    else:
+        try:
+            reason = None if os.listdir(path) else "empty"
+        except OSError as e:  # a folder this user may not list (a share's permissions)
+            raise InputError(f"{path}: not readable ({e.strerror or e}, {option})") from None
     if reason:
         raise InputError(f"{path}: not a {what} ({reason}, {option}); {run_first}")
     return path

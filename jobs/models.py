@@ -22,13 +22,15 @@ import shlex
 import sys
 import time
 
-from jobs.cli import HelpFormatter, check_data, check_model, job_parser, one_line_errors
+from jobs.cli import EXIT_INTERRUPTED, HelpFormatter, check_data, check_model, fail, job_parser, one_line_errors
 from ncf.errors import InputError, TryLater
 from ncf.model.files import OtherFormat
 from ncf.registry import (
     MODEL_NAME,
+    MODELS_CLI,
     Registry,
     check_trained_on,
+    cli_env,
     held_instead,
     is_registry_ref,
     store_errors,
@@ -45,7 +47,7 @@ def serve_unchanged(args: argparse.Namespace, registry: Registry) -> str:
     if registry.name != MODEL_NAME:
         ref = shlex.quote(f"models:/{registry.name}@current")
     if args.tracking_uri:
-        env = f"MLFLOW_TRACKING_URI={shlex.quote(registry.uri)} "
+        env = cli_env(registry.uri)  # a relative sqlite:///m.db read from any directory
     # The running cluster's (--detach needs one), and its token authentication where it has it.
     cluster = "RAY_ADDRESS=HOST:6379 [RAY_AUTH_MODE=token] "
     deploy = f"{cluster}{env}python -m jobs.deploy --model {ref} --detach [--data DATA]"
@@ -177,13 +179,17 @@ def format_table(rows: list) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    with one_line_errors():
-        command = args.command or "list"
-        if command == "register":  # the directory before the store: a refused one creates no store
-            check_register_args(args)
-        registry = Registry(args.tracking_uri, args.name, create=command == "register")
-        with store_errors(registry.uri):
-            return _run(command, args, registry)
+    command = args.command or "list"
+    try:
+        with one_line_errors():
+            if command == "register":  # the directory before the store: a refused one creates no store
+                check_register_args(args)
+            registry = Registry(args.tracking_uri, args.name, create=command == "register")
+            with store_errors(registry.uri):
+                return _run(command, args, registry)
+    except KeyboardInterrupt:
+        # A register's run is marked KILLED; a promote or rollback stopped midway finishes when run again.
+        fail(f"{command} interrupted (Ctrl-C): {MODELS_CLI} list shows where the registry stands", EXIT_INTERRUPTED)
 
 
 def check_register_args(args: argparse.Namespace) -> None:

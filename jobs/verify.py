@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 
-from jobs.cli import check_data, check_model, job_parser, one_line_errors
+from jobs.cli import EXIT_INTERRUPTED, check_data, check_model, fail, job_parser, one_line_errors
 from ncf.model.files import METRICS
 from ncf.model.integrity import write_manifest
 from ncf.rank.state import check_model_and_data
@@ -43,12 +43,17 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    with one_line_errors():
-        model = check_model(args.model, option="MODEL", verify=False)
-        if args.seal:
-            write_manifest(model, unsealed=[METRICS])
-        # None only: an empty --data (a script's unset variable) is refused by check_data, not skipped.
-        check_model_and_data(model, None if args.data is None else check_data(args.data))
+    try:
+        with one_line_errors():
+            model = check_model(args.model, option="MODEL", verify=False)
+            if args.seal:
+                write_manifest(model, unsealed=[METRICS])
+            # None only: an empty --data (a script's unset variable) is refused by check_data, not skipped.
+            check_model_and_data(model, None if args.data is None else check_data(args.data))
+    except KeyboardInterrupt:
+        # The manifest is written to a temporary file and renamed: a --seal stopped left the old one.
+        sealed = "; --seal's manifest is replaced whole or not at all" if args.seal else ""
+        fail(f"interrupted (Ctrl-C){sealed}", EXIT_INTERRUPTED)
     # The path given, as "data" is; the directory a link resolved to (and was checked) beside it.
     given = args.model if is_registry_ref(args.model) else os.path.abspath(args.model)  # current, models:/...
     report = {"model": given, "verified_dir": model, "verified": True}

@@ -37,6 +37,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import numbers
@@ -55,7 +56,7 @@ from ncf.code import code_version
 from ncf.data import layout
 from ncf.errors import InputError, TryLater
 from ncf.jsonio import read_small_json
-from ncf.model.directory import WEIGHTS, read_config, read_metrics
+from ncf.model.directory import METRICS, WEIGHTS, read_config, read_metrics
 from ncf.model.integrity import MANIFEST, sha256_of, verify_model_dir, vocab_digest
 from ncf.staging import present
 
@@ -173,6 +174,13 @@ def sqlite_path(uri: str) -> Optional[str]:
         raise StoreUnavailable(
             f"tracking store {uri}: not a SQLite URI (sqlite:////absolute/path.db or sqlite:///relative/path.db)"
         ) from None
+    if database and database.startswith("file:"):
+        # SQLite's URI filename (sqlite:///file:/x.db?mode=ro&uri=true): read as a plain path it
+        # would be a relative file:/x.db, a store created in a folder named "file:".
+        raise StoreUnavailable(
+            f"tracking store {uri}: SQLite URI filenames (file:...) are not supported; name the database file "
+            "itself (sqlite:////absolute/path.db or sqlite:///relative/path.db)"
+        )
     return None if database in (None, "", ":memory:") else database
 
 
@@ -198,9 +206,13 @@ def _local_path(location: Optional[str]) -> Optional[str]:
 def cli_env(uri: str) -> str:
     """What runs the ``mlflow`` CLI on the store at ``uri``: ``MLFLOW_TRACKING_URI=...`` (without
     it, the CLI opens its own default, ``sqlite:///mlflow.db`` of the directory it runs in). A
-    SQLite store is named by its absolute path, which reads the same from any directory."""
+    SQLite store is named by its absolute path, which reads the same from any directory, its
+    query string (``?timeout=60``) kept."""
     store = sqlite_path(uri)
-    return f"MLFLOW_TRACKING_URI={shlex.quote(uri if store is None else sqlite_uri(store))} "
+    if store is not None:
+        query = uri.partition("?")[2]  # SQLAlchemy's too: the path's own ? is percent-encoded
+        uri = sqlite_uri(store) + (f"?{query}" if query else "")
+    return f"MLFLOW_TRACKING_URI={shlex.quote(uri)} "
 
 
 def _gc(uri: str) -> str:
@@ -219,12 +231,21 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def _raised_not_logged(record: logging.LogRecord) -> bool:
+    # MLflow logs a database error with both tracebacks (60-100 lines on stderr) and then raises
+    # it as an MlflowException, which the registry says in one line (store_failed).
+    return not str(record.msg).startswith("SQLAlchemy database error")
+
+
 def _quiet_mlflow() -> None:
     # INFO lines on stderr that no user can act on: the first use of a SQLite store creates its
     # tables; registering a version through a tracking server "waits" for a version that is
     # ready at once (its files stay where they are).
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "mlflow.store.model_registry.abstract_store"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    database = logging.getLogger("mlflow.store.db.utils")
+    if _raised_not_logged not in database.filters:
+        database.addFilter(_raised_not_logged)
 
 
 # -- what ------------------------------------------------------------------------------------------
@@ -302,23 +323,71 @@ def check_trained_on(model_dir: str, data: str) -> None:
         )
 
 
-def headline(metrics: Dict) -> Dict[str, str]:
+def headline(metrics: Dict, source: str = METRICS) -> Dict[str, str]:
     """A model's headline figures from its metrics.json, as tags: held-out test recall/NDCG@10
     (a refit model's are its validated run's: the refit saw the test weeks) and the best
-    validation NDCG@10."""
-    tags = {}
+    validation NDCG@10. One that is not a number (``null``, ``NaN``, a string: a file edited by
+    hand) is left out, in a line on stderr naming ``source`` (the file) and the figure."""
+    tags, left_out = {}, []
     heldout, of = metrics.get("test"), "this model"
     if heldout is None and isinstance(metrics.get("validated"), dict) and "test" in metrics["validated"]:
         heldout, of = metrics["validated"]["test"], "its validated run"
-    if heldout:
-        tags.update({metric_key("test_" + k): f"{heldout[k]:.4f}" for k in HEADLINE if k in heldout})
+    if isinstance(heldout, dict) and heldout:
+        figures = {k: heldout[k] for k in HEADLINE if k in heldout}
+        kept = numeric(figures, prefix="test_")
+        tags.update({k: f"{v:.4f}" for k, v in kept.items()})
         tags["test_of"] = of
-    val = (metrics.get("training") or {}).get("best_val_ndcg@10", (metrics.get("sweep") or {}).get("best_val_ndcg@10"))
-    if isinstance(val, (int, float)) and val >= 0:
-        tags[metric_key("best_val_ndcg@10")] = f"{val:.4f}"
+        left_out += [(f"test {k}", v) for k, v in figures.items() if metric_key("test_" + k) not in kept]
+    for part in ("training", "sweep"):
+        if "best_val_ndcg@10" in (metrics.get(part) or {}):
+            val = metrics[part]["best_val_ndcg@10"]
+            if numeric({"v": val}) and val >= 0:
+                tags[metric_key("best_val_ndcg@10")] = f"{val:.4f}"
+            elif not numeric({"v": val}):
+                left_out.append((f"{part} best_val_ndcg@10", val))
+            break
+    if left_out:
+        said = ", ".join(f"{name} ({json.dumps(value)[:40]})" for name, value in left_out)
+        print(f"[registry] {source}: {said} left out of the version's tags: not a number", file=sys.stderr, flush=True)
     if "best_epoch" in metrics:
         tags["best_epoch"] = str(metrics["best_epoch"])
     return tags
+
+
+def checked_metrics(model_dir: str) -> Dict:
+    """``model_dir``'s metrics.json (:func:`read_metrics`), refused in one line naming it where
+    what the run and the version's tags are made from is of another shape (``test``,
+    ``training``, ``sweep``, ``validated`` not objects, ``history`` not a list of epochs): the
+    file is outside the checksums, and may have been edited by hand."""
+    metrics = read_metrics(model_dir)
+    path = os.path.join(model_dir, METRICS)
+    for part in ("test", "training", "sweep", "validated"):
+        value = metrics.get(part)
+        if value is not None and not isinstance(value, dict):
+            raise InputError(f'{path}: "{part}" is {json.dumps(value)[:80]}, not an object; restore it')
+    heldout = (metrics.get("validated") or {}).get("test")
+    if heldout is not None and not isinstance(heldout, dict):
+        raise InputError(f'{path}: "validated"."test" is {json.dumps(heldout)[:80]}, not an object; restore it')
+    history = metrics.get("history")
+    if history is not None and not (
+        isinstance(history, list)
+        and all(isinstance(epoch, dict) and _whole_number(epoch.get("epoch", 1)) for epoch in history)
+    ):
+        raise InputError(
+            f'{path}: "history" is not a list of objects, one per epoch (its "epoch" a whole number); restore it'
+        )
+    return metrics
+
+
+def _whole_number(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def version_tags(model_dir: str, data: Optional[str] = None, metrics: Optional[Dict] = None) -> Dict[str, str]:
+    """A version's tags from its directory: its lineage and headline figures (from ``metrics``,
+    its :func:`checked_metrics` where already read)."""
+    metrics = checked_metrics(model_dir) if metrics is None else metrics
+    return {**lineage(model_dir, data), **headline(metrics, os.path.join(model_dir, METRICS))}
 
 
 # -- the registry -----------------------------------------------------------------------------------
@@ -331,6 +400,56 @@ class StoreUnavailable(InputError):
 
 class StoreUnreachable(StoreUnavailable, TryLater):
     """No tracking server answers at the store's address (exit 75: it may be restarting)."""
+
+
+class StoreBusy(StoreUnavailable, TryLater):
+    """Another writer holds the store (exit 75): a SQLite database locked past MLflow's wait,
+    a tracking server rate-limiting or answering 503 after MLflow's retries, or another
+    promote, rollback or first registration holding the lock on a SQLite store's ``current``."""
+
+
+# MLflow gives TEMPORARILY_UNAVAILABLE to every SQLite failure (a table gone too), and its server
+# answers each with HTTP 503: only these say another writer holds the database.
+_SQLITE_LOCKED = ("database is locked", "database table is locked")
+# A server's 429 or 503 as MLflow's client reports it once its retries are spent (the answer's
+# body lost), or one whose body is not the MLflow server's JSON (a proxy's page).
+_SERVER_BUSY = re.compile(r"too many (429|503) error responses|failed with error code (429|503)\b")
+_RATE_LIMITED = ("REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED")
+
+
+def _busy(uri: str, error) -> Optional[str]:
+    """Why ``error`` of the store at ``uri`` says another writer holds it (try later), or None."""
+    text = str(error)
+    if uri.startswith("sqlite:"):
+        locked = next((locked for locked in _SQLITE_LOCKED if locked in text), None)
+        return locked and f"another writer holds its database ({locked}, after MLflow's wait)"
+    if urllib.parse.urlsplit(uri).scheme not in ("http", "https"):
+        return None
+    body = getattr(error, "json", None)
+    if isinstance(body, dict):
+        # The server's own answer (a RestException): its message says why. A dropped table, a
+        # read-only database or a full disk is a 503 TEMPORARILY_UNAVAILABLE too, and no later try
+        # mends it.
+        message = str(body.get("message", ""))
+        locked = next((locked for locked in _SQLITE_LOCKED if locked in message), None)
+        if locked:
+            return f"another writer holds the server's database ({locked})"
+        code = getattr(error, "error_code", None)
+        return f"the server answered {code}" if code in _RATE_LIMITED else None
+    answered = _SERVER_BUSY.search(text)
+    if answered:
+        status = answered.group(1) or answered.group(2)
+        why = "the server is overloaded, restarting, or its backend failing: see its log"
+        why = "rate limited" if status == "429" else why
+        spent = " after MLflow's retries" if answered.group(1) else ""
+        return f"the server answered HTTP {status}{spent} ({why})"
+    code = getattr(error, "error_code", None)
+    return f"the server answered {code}" if code in _RATE_LIMITED else None
+
+
+# How long promote, rollback and a first registration wait for another's lock on a SQLite
+# store's current (a rollback holds it while it verifies every byte of the version it goes to).
+CURRENT_LOCK_WAIT_S = 120.0
 
 
 def _check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
@@ -385,6 +504,8 @@ class Registry:
             self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             self.client.search_registered_models(max_results=1)  # a store that does not open fails here, in one line
         except Exception as e:  # MLflow's and SQLAlchemy's own errors, whose types vary with the store
+            if _busy(self.uri, e):
+                raise store_failed(self.uri, e) from None
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise StoreUnavailable(f"tracking store {self.uri}: does not open ({type(e).__name__}: {first})") from None
 
@@ -489,8 +610,9 @@ class Registry:
                 self.client.log_batch(run_id, params=params[start : start + 100])
             for start in range(0, len(metrics), 1000):
                 self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
-        except Exception:
-            self.client.set_terminated(run_id, "FAILED")
+        except BaseException as e:
+            # Ctrl-C too: a run left RUNNING reads in the UI as one still under way.
+            self.client.set_terminated(run_id, "FAILED" if isinstance(e, Exception) else "KILLED")
             raise
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
@@ -518,11 +640,13 @@ class Registry:
         run_id: Optional[str] = None,
         tags: Optional[Dict] = None,
         description: Optional[str] = None,
+        directory_tags: Optional[Dict[str, str]] = None,
     ) -> str:
-        """A new version for ``model_dir`` (its path, lineage and headline metrics); returns its number."""
+        """A new version for ``model_dir`` (its path, lineage and headline metrics, or
+        ``directory_tags``: :func:`version_tags` read before its run was logged); returns its number."""
         from mlflow.exceptions import MlflowException
 
-        all_tags = {**lineage(model_dir, data), **headline(read_metrics(model_dir))}
+        all_tags = dict(directory_tags if directory_tags is not None else version_tags(model_dir, data))
         all_tags.update({k: str(v) for k, v in (tags or {}).items()})
         try:
             self.client.create_registered_model(self.name, description="AdvancedNCF model directories")
@@ -668,7 +792,9 @@ class Registry:
 
         try:
             self.client.set_registered_model_tag(self.name, key, value)
-        except MlflowException:
+        except MlflowException as e:
+            if _busy(self.uri, e):  # not the race below: a second try would wait as long again
+                raise
             # Two claimants adding the tag at once: the second insert breaks its uniqueness (a
             # database store); the tag exists now, and writing it again is an update.
             self.client.set_registered_model_tag(self.name, key, value)
@@ -690,12 +816,72 @@ class Registry:
         """
         version = _version_number(version)
         self._deployable(version)
-        # The alias, not the history's last entry: deleting the current version (the UI) removes
-        # its alias and leaves the history, where promoting it again would have done nothing.
-        previous, history = self.current(), self.history()
-        if previous != version:
-            self._set_current(version, _ending_with(history, version))
+        with self._moving_current():
+            # The alias, not the history's last entry: deleting the current version (the UI) removes
+            # its alias and leaves the history, where promoting it again would have done nothing.
+            previous, history = self.current(), self.history()
+            if previous != version:
+                self._set_current(version, _ending_with(history, version))
+                self._check_still_current(version)
         return previous, version
+
+    @contextlib.contextmanager
+    def _moving_current(self):
+        """Holds ``<database>.lock`` beside a SQLite store while ``current`` and its history are
+        read and rewritten (promote, rollback, a first registration): MLflow's alias has no
+        compare-and-set, so two at once lost one's move (a promote during a rollback), and both
+        said what was current before. Waits up to :data:`CURRENT_LOCK_WAIT_S`, then raises
+        :class:`StoreBusy`. Another store has no file here to lock: :meth:`_check_still_current`."""
+        store = sqlite_path(self.uri)
+        if store is None:
+            yield
+            return
+        from ncf.staging import Busy, exclusive
+
+        # The real path: two links to one database take one lock.
+        lock, what = os.path.realpath(store) + ".lock", f"tracking store {self.uri}"
+        with contextlib.ExitStack() as held:
+            try:
+                # The database's mode bits: in a store a group shares, each member opens it.
+                mode = _file_mode(os.path.realpath(store))
+                try:
+                    held.enter_context(exclusive(lock, what, mode=mode))
+                except Busy:
+                    print(
+                        f"[registry] waiting up to {CURRENT_LOCK_WAIT_S:g} s for another promote, rollback or first "
+                        f"registration on {self.uri} to finish (lock {lock})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    held.enter_context(exclusive(lock, what, wait_s=CURRENT_LOCK_WAIT_S, mode=mode))
+            except Busy as e:
+                raise StoreBusy(str(e)) from None
+            except OSError as e:  # a store's folder this user cannot write: the store refuses writes
+                raise self._failed(e) from None
+            yield
+
+    def _check_still_current(self, version: str, move: str = "promote") -> None:
+        """After a promote or rollback (``move``) on a store :meth:`_moving_current` does not lock
+        (a tracking server, another database): refuses, exit 75, where the alias or the history
+        names another version than ``version`` (another promote or rollback at the same moment).
+        Its writes are not undone: which move's stand is the order the store took them in."""
+        from mlflow.exceptions import MlflowException
+
+        if sqlite_path(self.uri) is not None:
+            return
+        try:
+            model = self.client.get_registered_model(self.name)
+        except MlflowException as e:
+            raise self._failed(e) from None
+        alias = model.aliases.get(CURRENT)
+        recorded = (model.tags or {}).get(HISTORY_TAG, "").split(",")[-1]
+        if (None if alias is None else str(alias), recorded) != (version, version):
+            raise TryLater(
+                f"tracking store {self.uri}: current changed meanwhile (another promote or rollback at the same "
+                f"moment): it names version {alias or 'none'} now, its history {recorded or 'none'}, not {version}; "
+                f"this {move}'s writes stand, interleaved with the other's: {MODELS_CLI} list shows where it "
+                f"stands, {MODELS_CLI} promote VERSION settles it"
+            )
 
     def settle_first(self) -> Tuple[Optional[str], Optional[str]]:
         """Makes the first claimant current when nothing is; returns (that claimant, current).
@@ -706,8 +892,13 @@ class Registry:
         so every claimant, reading after its own version exists, sees every lower one and elects
         the same version: the lowest-numbered claim whose directory is still there. Each writes
         the same alias and history, so racing jobs agree; the loser's log names the winner. Claims
-        older than a version that was current once (the alias deleted since) are not counted.
+        older than a version that was current once (the alias deleted since) are not counted. On a
+        SQLite store they take turns (:meth:`_moving_current`), with any promote or rollback.
         """
+        with self._moving_current():
+            return self._settle_first()
+
+    def _settle_first(self) -> Tuple[Optional[str], Optional[str]]:
         from mlflow.exceptions import MlflowException
 
         history = self.history()
@@ -746,6 +937,26 @@ class Registry:
 
     def rollback(self) -> Tuple[str, str]:
         """Makes the previous current version current again; returns (rolled back, now current)."""
+        # The version gone back to is verified (every byte) before the lock, which promotes wait
+        # for; under it, the history is read again, and a target other than the one verified (a
+        # promote or rollback meanwhile) is verified there.
+        verified = self._rollback_plan()[-2]
+        self._rollback_target_deployable(verified)
+        with self._moving_current():
+            kept = self._rollback_plan()
+            if kept[-2] != verified:
+                self._rollback_target_deployable(kept[-2])
+            # The history first: a rollback stopped before the alias moves then reads as not done
+            # (the alias first, history() would take the version rolled back from as moved to,
+            # and the next rollback would go back to it).
+            self._record_current(kept[-2], kept[:-1])
+            self.client.set_registered_model_alias(self.name, CURRENT, kept[-2])
+            self._check_still_current(kept[-2], "rollback")
+        return kept[-1], kept[-2]
+
+    def _rollback_plan(self) -> List[str]:
+        """The history a rollback leaves behind, and the version it leaves (last): the versions
+        that were current, less those deleted since."""
         history = self.history()
         if not history or self.current() is None:
             raise InputError(
@@ -759,20 +970,17 @@ class Registry:
         kept = [v for i, v in enumerate(kept) if i == 0 or v != kept[i - 1]]
         if len(kept) < 2:
             raise InputError(_nothing_before(history))
+        return kept
+
+    def _rollback_target_deployable(self, version: str) -> None:
         try:
-            self._deployable(kept[-2])
+            self._deployable(version)
         except (StoreUnavailable, TryLater):
             raise  # the store's failure, or a save under way: not the version's
         except InputError as e:
             raise InputError(
-                f"{e}; rollback goes to version {kept[-2]} only: {MODELS_CLI} promote VERSION makes another current"
+                f"{e}; rollback goes to version {version} only: {MODELS_CLI} promote VERSION makes another current"
             ) from None
-        # The history first: a rollback stopped before the alias moves then reads as not done (the
-        # alias first, history() would take the version rolled back from as moved to, and the next
-        # rollback would go back to it).
-        self._record_current(kept[-2], kept[:-1])
-        self.client.set_registered_model_alias(self.name, CURRENT, kept[-2])
-        return kept[-1], kept[-2]
 
     def _exists(self, version: str) -> bool:
         return self._found(version) is not None
@@ -846,16 +1054,32 @@ def held_instead(path: str, tags: Dict) -> Optional[str]:
     return None if recorded is None or holds == recorded else holds
 
 
+def _file_mode(path: str) -> int:
+    """``path``'s read and write permission bits (0o644 where it cannot be read)."""
+    try:
+        return os.stat(path).st_mode & 0o666
+    except OSError:
+        return 0o644
+
+
 def _ending_with(history: List[str], version: str) -> List[str]:
     """``history`` with ``version`` as its last entry (not twice: the alias deleted and set again)."""
     return history if history[-1:] == [version] else history + [version]
 
 
 def store_failed(uri: str, error) -> StoreUnavailable:
-    """An MLflow error of the store at ``uri`` (a read-only or locked database, a refused token),
-    in one line."""
+    """An MLflow error of the store at ``uri`` (a read-only database, a refused token), in one
+    line; :class:`StoreBusy` where another writer holds it (a locked database)."""
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
     code = getattr(error, "error_code", None) or type(error).__name__
+    busy = _busy(uri, error)
+    if busy:
+        return StoreBusy(f"tracking store {uri}: busy, {busy}; try later")
+    body = getattr(error, "json", None)
+    if isinstance(body, dict) and str(body.get("message", "")).strip():
+        # A tracking server's answer (its backend's failure: a table gone, a read-only database).
+        said = str(body["message"]).strip().splitlines()[0]
+        return StoreUnavailable(f"tracking store {uri}: the server answered {code}: {said[:300]}")
     return StoreUnavailable(f"tracking store {uri}: {code} ({first[:200]})")
 
 
@@ -940,8 +1164,10 @@ def track_model(
         if already is not None:
             log(f"{model_dir}: already version {already} of {registry.name}, the same model ({registry.uri})")
             return already
+        # Before any run is logged: a metrics.json these cannot be made from leaves no run behind.
+        metrics = checked_metrics(model_dir)
+        directory_tags = version_tags(model_dir, data, metrics)
         if run_id is None:
-            metrics = read_metrics(model_dir)
             run_name = run_name or os.path.basename(os.path.abspath(model_dir))
             run_id = registry.log_run(
                 TRAIN_EXPERIMENT, run_name, params, metrics.get("history") or [], metrics.get("test"), tags
@@ -953,11 +1179,13 @@ def track_model(
                 verify_model_dir(model_dir)  # a claim to become current is a deployable directory's
             except InputError as refused:
                 try:
-                    version = registry.register(model_dir, data, run_id, tags)  # registered, not current
+                    # Registered, not current.
+                    version = registry.register(model_dir, data, run_id, tags, directory_tags=directory_tags)
                 except Exception:  # noqa: BLE001 - the directory's error is the one to say
                     pass
                 raise refused from None
-        version = registry.register(model_dir, data, run_id, {**tags, FIRST_CLAIM_TAG: "true"} if first else tags)
+        claim = {**tags, FIRST_CLAIM_TAG: "true"} if first else tags
+        version = registry.register(model_dir, data, run_id, claim, directory_tags=directory_tags)
         promote_it = f"{MODELS_CLI} promote {version} makes it current"
         if first:
             _, current = registry.settle_first()
@@ -1003,14 +1231,20 @@ def track_sweep_model(model_dir: str, data: str, sweep: str, candidate: bool = T
     """:func:`track_model` for a sweep's model directory (``SWEEP/best``: the winning trial's
     checkpoint, linked to the trial's run; ``SWEEP/refit``: its refit, a run of its own), tagged
     with the sweep and the trial id its metrics.json names."""
-    metrics = read_metrics(model_dir)
+    metrics = checked_metrics(model_dir)  # "sweep" or "validated" edited into another shape: one line
     trial_id = (metrics.get("sweep") or metrics.get("validated") or {}).get("trial_id", "unknown")
     tags = {"sweep": os.path.abspath(sweep), "trial_id": trial_id, **(tags or {})}
     run_id = None
     if "sweep" in metrics:  # the trial's own checkpoint: its run has every epoch
         try:
             run_id = Registry().find_trial_run(sweep, trial_id, moved=True)
-        except Exception:  # the store is unreachable: track_model says so
-            pass
+        except Exception as e:  # noqa: BLE001 - the store unreachable: track_model says so too
+            first = (str(e).strip().splitlines() or [""])[0]
+            print(
+                f"[registry] {model_dir}: trial {trial_id}'s run not looked up ({type(e).__name__}: {first[:200]}); "
+                "the version gets a run of its own, not linked to the trial's",
+                file=sys.stderr,
+                flush=True,
+            )
     kind = read_config(model_dir).get("run", "model")
     return track_model(model_dir, data, f"sweep-{trial_id}-{kind}", tags=tags, run_id=run_id, candidate=candidate)

@@ -103,14 +103,29 @@ def remove(path: str) -> None:
 
 
 @contextmanager
-def exclusive(lock_path: str, what: str, wait_s: float = 0.0) -> Iterator[None]:
+def exclusive(lock_path: str, what: str, wait_s: float = 0.0, mode: Optional[int] = None) -> Iterator[None]:
     """Holds an exclusive ``flock`` on ``lock_path`` for the block.
 
     With ``wait_s`` 0 a held lock refuses at once; otherwise it is retried for up to ``wait_s``
-    seconds. Raises :class:`Busy` (one line: the target, the holder's pid and host).
+    seconds. Raises :class:`Busy` (one line: the target, the holder's pid and host). A lock file
+    created here gets ``mode`` where given, the umask aside (a file several users share; else
+    0o644 less the umask); one this user may only read is locked all the same (``flock`` needs no
+    write access), its holder line not written.
     """
     os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    writable = True
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644 if mode is None else mode)
+        if mode is not None:
+            try:
+                os.fchmod(fd, mode)
+            except OSError:  # a file system without modes: as created
+                pass
+    except FileExistsError:
+        try:
+            fd = os.open(lock_path, os.O_RDWR)
+        except PermissionError:  # another user's lock file
+            fd, writable = os.open(lock_path, os.O_RDONLY), False
     deadline = time.monotonic() + wait_s
     try:
         while True:
@@ -125,8 +140,9 @@ def exclusive(lock_path: str, what: str, wait_s: float = 0.0) -> Iterator[None]:
                         "not started, try again when that run has finished"
                     ) from None
                 time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays (see the module docstring)

@@ -1035,3 +1035,50 @@ def test_the_deploy_health_check_does_not_go_through_an_http_proxy(monkeypatch):
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # the discard port: nothing answers there
     with answering_server(lambda path: (200, b'{"ok": true}')) as url:
         assert wait_until_healthy(url, timeout_s=5) == {"ok": True}
+
+
+@pytest.mark.faults
+def test_a_directory_that_cannot_be_listed_is_one_line_naming_it(paths, monkeypatch, capsys):
+    """``require_dir`` listed the directory unguarded: one the OS would not list (a share's
+    permissions; chmod does not stop root, so the refusal is planted) was a traceback, exit 1."""
+    from jobs import verify
+
+    listdir, other = os.listdir, paths["other"]
+
+    def refused(path="."):
+        if os.fspath(path) == other:
+            raise PermissionError(13, "Permission denied", path)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refused)
+    with pytest.raises(SystemExit) as exit_info:
+        verify.main([other])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {other}: not readable (Permission denied, MODEL)"]
+
+
+@pytest.mark.faults
+def test_a_ctrl_c_in_the_registry_and_verify_commands_is_one_line_and_exit_130(paths, tmp_path, monkeypatch, capsys):
+    """jobs.models and jobs.verify ended a Ctrl-C with a traceback (exit 1)."""
+    from jobs import models, verify
+    from ncf import registry
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    registry.Registry()
+    monkeypatch.setattr(models, "_run", interrupted)
+    monkeypatch.setattr(verify, "check_model_and_data", interrupted)
+    monkeypatch.setattr(verify, "check_model", lambda ref, **kwargs: ref)
+    monkeypatch.setattr(verify, "write_manifest", lambda *args, **kwargs: None)
+    for main, argv, expected in (
+        (models.main, ["promote", "2"], "error: promote interrupted (Ctrl-C): python -m jobs.models list shows"),
+        (verify.main, [paths["other"]], "error: interrupted (Ctrl-C)"),
+        (verify.main, [paths["other"], "--seal"], "error: interrupted (Ctrl-C); --seal's manifest is replaced whole"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == cli.EXIT_INTERRUPTED
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and error[0].startswith(expected), error

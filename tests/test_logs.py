@@ -75,12 +75,13 @@ def data_context():
 @pytest.mark.faults
 def test_off_a_terminal_bars_and_colours_are_off(monkeypatch, data_context, tmp_path):
     monkeypatch.setattr(logs, "interactive", lambda: False)
-    # A link planted where the configuration used to be written first (a fixed name in a shared
-    # /tmp) must not lead the job to overwrite what it points at.
+    # A link planted at the configuration's name (a fixed name in a shared /tmp) must not lead
+    # the job to write through it: the link is replaced, what it points at kept.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     victim = tmp_path / "victim"
     victim.write_text("keep")
-    (tmp_path / f"ncf-ray-data-logging-{os.getuid()}.yaml.tmp").symlink_to(victim)
+    written = tmp_path / f"ncf-ray-data-logging-{os.getuid()}.yaml"
+    written.symlink_to(victim)
     for name in (
         "RAY_COLOR_PREFIX",
         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
@@ -100,7 +101,8 @@ def test_off_a_terminal_bars_and_colours_are_off(monkeypatch, data_context, tmp_
         files = [h for h in logging.getLogger("ray.data").handlers if h.name == "file"]
         assert [h.level for h in files] == [logging.NOTSET]  # its file log keeps everything
         assert victim.read_text() == "keep"
-        assert os.environ["RAY_DATA_LOGGING_CONFIG"] == str(tmp_path / f"ncf-ray-data-logging-{os.getuid()}.yaml")
+        assert os.environ["RAY_DATA_LOGGING_CONFIG"] == str(written)
+        assert not written.is_symlink() and "handlers" in written.read_text()
     finally:
         monkeypatch.delenv("RAY_DATA_LOGGING_CONFIG", raising=False)
         configure_logging()  # Ray Data's own configuration again, for the rest of the session

@@ -622,7 +622,9 @@ def test_a_store_that_fails_is_not_read_as_nothing_registered(store, tmp_path, c
     with pytest.raises(SystemExit) as exit_info:
         models.main(["list"])
     assert exit_info.value.code == 2
-    capsys.readouterr()
+    # MLflow logged the database error, with its tracebacks, before raising it: 66-98 lines.
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "no such table: registered_model_aliases" in error[0], error[:3]
     assert reg.track_model(fake_model_dir(tmp_path, "v2")) is None  # not promoted over version 1
     assert "not recorded (StoreUnavailable" in capsys.readouterr().err
 
@@ -1076,3 +1078,459 @@ def test_a_malformed_sqlite_uri_and_a_fifo_manifest_are_one_line_not_a_traceback
     asking.start()
     asking.join(timeout=20)
     assert answers == [None]  # the manifest unread: the weights' seal unknown, not "other weights"
+
+
+# -- the registry review's third reading (2026-12-06) ---------------------------------------------------
+
+
+@pytest.mark.faults
+def test_a_locked_sqlite_store_says_try_later_in_one_line(store, tmp_path, monkeypatch, capsys):
+    """Another process holding the database (a sqlite3 shell's transaction, a long write) was exit
+    2, "fix the command", after MLflow's ERROR log of 70 lines; it is exit 75, one line."""
+    import sqlite3
+
+    import mlflow.store.db.utils as db_utils
+    import sqlalchemy
+
+    for version in ("v1", "v2"):
+        reg.track_model(fake_model_dir(tmp_path, version), strict=True)
+    capsys.readouterr()
+    shortened = []
+
+    class ShortWait:
+        """MLflow sets a 20 s busy timeout of its own on each session (no URI option changes
+        it): 0.2 s here."""
+
+        def __getattr__(self, name):
+            return getattr(sqlalchemy.sql, name)
+
+        def text(self, statement):
+            shortened.append("busy_timeout = 20000" in statement)
+            return sqlalchemy.sql.text(statement.replace("busy_timeout = 20000", "busy_timeout = 200"))
+
+    monkeypatch.setattr(db_utils, "sql", ShortWait())
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(reg.StoreBusy, match="database is locked"):
+            store.promote("2")  # a registry already open: the store's own call fails
+        with pytest.raises(SystemExit) as exit_info:
+            models.main(["promote", "2"])
+        assert exit_info.value.code == 75
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and "busy, another writer holds its database (database is locked" in error[0], error
+        assert error[0].endswith("try later")
+    finally:
+        holder.close()
+    assert any(shortened)  # the waits were MLflow's own, shortened
+    assert store.current() == "1"
+    models.main(["promote", "2"])  # the holder gone, the same command goes through
+    assert store.current() == "2"
+    # Any other failure of the store is not another writer's: exit 2 (MLflow calls them all
+    # TEMPORARILY_UNAVAILABLE).
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        db.execute("DROP TABLE registered_model_tags")
+    with pytest.raises(reg.StoreUnavailable) as failed:
+        store.promote("1")
+    assert not isinstance(failed.value, TryLater) and "no such table" in str(failed.value)
+
+
+@pytest.mark.faults
+def test_a_tracking_server_answering_503_or_429_says_try_later(monkeypatch, capsys):
+    """A server that is overloaded or restarting answers 503 (429: rate limited): exit 75, as for
+    one that does not answer; another refusal (500) stays exit 2."""
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        status = 503
+
+        def do_GET(self):
+            self.send_response(Answer.status)
+            self.end_headers()
+            self.wfile.write(b"unavailable")
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's backoff: minutes
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.server_port}")
+    try:
+        for status, code in ((503, 75), (429, 75), (500, 2)):
+            Answer.status = status
+            with pytest.raises(SystemExit) as exit_info:
+                models.main(["list"])
+            error = capsys.readouterr().err.strip().splitlines()
+            assert exit_info.value.code == code and len(error) == 1, (status, error)
+            assert (f"busy, the server answered HTTP {status}" in error[0]) == (code == 75), error
+            # MLflow's retries dropped the answer: what it was cannot be told, only where to look.
+            assert ("overloaded, restarting, or its backend failing: see its log" in error[0]) == (status == 503)
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.faults
+def test_a_tracking_server_answering_503_for_a_broken_backend_is_not_try_later(monkeypatch, capsys):
+    """MLflow's server answers every backend failure (a dropped table, a read-only database, a
+    full disk) with 503 TEMPORARILY_UNAVAILABLE: read as busy, exit 75 "try later" for ever, the
+    cause dropped. Its answer's message decides: a locked database is busy (75), anything else
+    exit 2 with the server's message."""
+    import http.server
+    import threading
+
+    import mlflow.utils.request_utils as request_utils
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        message = ""
+
+        def do_GET(self):
+            body = {"error_code": "TEMPORARILY_UNAVAILABLE", "message": Answer.message}
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps(body).encode())
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    # MLflow 3.17's client raises a 503 away once its retries are spent, the answer dropped: a
+    # client handed the last answer instead (what MLflow parses where it gets one).
+    session = request_utils._get_request_session
+
+    def returning_the_answer(retries, backoff, jitter, codes, raise_on_status, respect_retry_after):
+        return session(retries, backoff, jitter, codes, False, respect_retry_after)
+
+    monkeypatch.setattr(request_utils, "_get_request_session", returning_the_answer)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    try:
+        Answer.message = "(sqlite3.OperationalError) no such table: registered_models\n[SQL: SELECT ...]"
+        with pytest.raises(SystemExit) as exit_info:
+            models.main(["list"])
+        error = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(error) == 1, error
+        assert "no such table: registered_models" in error[0] and "busy" not in error[0], error
+        failed = reg.store_failed(uri, _rest_exception(Answer.message))
+        assert not isinstance(failed, TryLater)
+        assert str(failed) == (
+            f"tracking store {uri}: the server answered TEMPORARILY_UNAVAILABLE: "
+            "(sqlite3.OperationalError) no such table: registered_models"
+        )
+        Answer.message = "(sqlite3.OperationalError) database is locked"
+        with pytest.raises(SystemExit) as exit_info:
+            models.main(["list"])
+        error = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 75 and len(error) == 1, error
+        assert "busy, another writer holds the server's database (database is locked)" in error[0], error
+    finally:
+        server.shutdown()
+
+
+def _rest_exception(message: str):
+    from mlflow.exceptions import RestException
+
+    return RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": message})
+
+
+def _wait_for(capsys, text: str, timeout_s: float = 60) -> str:
+    """stderr until it holds ``text`` (another thread writes it)."""
+    seen, deadline = "", time.monotonic() + timeout_s
+    while text not in seen and time.monotonic() < deadline:
+        seen += capsys.readouterr().err
+        time.sleep(0.02)
+    return seen
+
+
+@pytest.mark.faults
+def test_a_promote_waits_for_another_promote_or_rollback_on_a_sqlite_store(store, tmp_path, monkeypatch, capsys):
+    """promote and rollback read the alias and history, then wrote them, with nothing between two
+    processes: a promote during a rollback was lost, and two promotes both said "was 1". On a
+    SQLite store each holds ``mlflow.db.lock`` from its read to its last write."""
+    import fcntl
+    import threading
+
+    for version in ("v1", "v2", "v3"):
+        reg.track_model(fake_model_dir(tmp_path, version), strict=True)
+    capsys.readouterr()
+    lock = os.open(tmp_path / "mlflow.db.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # another process's promote or rollback, under way
+    answers = []
+    promoting = threading.Thread(target=lambda: answers.append(reg.Registry().promote("2")), daemon=True)
+    promoting.start()
+    assert "waiting up to 120 s for another promote, rollback" in _wait_for(capsys, "waiting up to")
+    # The other's move, made while it holds the lock: the promote reads what it left.
+    store._set_current("3", ["1", "3"])
+    assert promoting.is_alive() and not answers
+    os.close(lock)
+    promoting.join(timeout=60)
+    assert answers == [("3", "2")]  # before: ("1", "2"), and the history without 3
+    assert store.current() == "2" and store.history() == ["1", "3", "2"]
+    # Held past the wait: exit 75 in one line, nothing moved.
+    monkeypatch.setattr(reg, "CURRENT_LOCK_WAIT_S", 0.2)
+    lock = os.open(tmp_path / "mlflow.db.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            models.main(["rollback"])
+    finally:
+        os.close(lock)
+    assert exit_info.value.code == 75
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "mlflow.db.lock held by" in errors[0] and "try again when" in errors[0], errors
+    assert store.current() == "2"
+
+
+@pytest.mark.faults
+def test_on_a_store_without_the_lock_a_promote_raced_meanwhile_says_try_later(store, tmp_path, monkeypatch):
+    """A tracking server has no file to lock: after its writes a promote reads current back, and
+    another promote's move in between is exit 75, not a line saying what it did not do."""
+    for version in ("v1", "v2", "v3"):
+        reg.track_model(fake_model_dir(tmp_path, version), strict=True)
+    other = reg.Registry()
+    monkeypatch.setattr(reg, "sqlite_path", lambda uri: None)  # as a server's store is
+    write = store._set_current
+
+    def raced(version, history):
+        write(version, history)
+        other._set_current("3", ["1", "3"])  # another promote, its writes after this one's
+
+    monkeypatch.setattr(store, "_set_current", raced)
+    with pytest.raises(TryLater, match="current changed meanwhile .*it names version 3 now.*not 2") as raced_:
+        store.promote("2")
+    # Not undone: the store took both moves, so what is current is promote's to settle.
+    assert "this promote's writes stand" in str(raced_.value) and "promote VERSION settles it" in str(raced_.value)
+    monkeypatch.setattr(store, "_set_current", write)
+    assert store.promote("2") == ("3", "2")  # unraced, the re-read agrees
+
+
+@pytest.mark.faults
+def test_a_metrics_json_edited_by_hand_is_refused_before_a_run_is_logged(store, tmp_path, capsys):
+    """metrics.json is outside the checksums: a null figure crashed register with a TypeError
+    after its run was logged (an orphan run each try); a test or history of another shape is
+    refused in one line naming the file, and a null figure is left out of the tags."""
+
+    def runs():
+        return store.client.search_runs([store.experiment_id(reg.TRAIN_EXPERIMENT)])
+
+    model = fake_model_dir(tmp_path, "v1")
+    path = os.path.join(model, METRICS)
+    metrics = read_json(path)
+    for edited, expected in (
+        ({"test": [0.3]}, '"test" is [0.3], not an object'),
+        ({"history": {"epoch": 1}}, '"history" is not a list of objects'),
+        ({"history": [{"epoch": "one"}]}, '"history" is not a list of objects'),
+        # headline() read these with .get(): an AttributeError's traceback.
+        ({"training": [1]}, '"training" is [1], not an object'),
+        ({"sweep": "x"}, '"sweep" is "x", not an object'),
+        ({"validated": {"test": 0.3}}, '"validated"."test" is 0.3, not an object'),
+    ):
+        write_json(path, {**metrics, **edited})
+        with pytest.raises(SystemExit) as exit_info:
+            models.main(["register", model])
+        error = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(error) == 1 and error[0].startswith(f"error: {path}: "), error
+        assert expected in error[0] and runs() == []
+    write_json(path, {**metrics, "test": {"ndcg@10": None, "recall@10": 0.2}})
+    assert models.main(["register", model]) == "1"
+    tags = store.client.get_model_version(store.name, "1").tags
+    assert tags["test_recall_at_10"] == "0.2000" and "test_ndcg_at_10" not in tags
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[registry]")]
+    assert said == [f"[registry] {path}: test ndcg@10 (null) left out of the version's tags: not a number"]
+    (run,) = runs()
+    assert run.data.metrics["test_recall_at_10"] == 0.2 and "test_ndcg_at_10" not in run.data.metrics
+
+
+@pytest.mark.faults
+def test_a_run_stopped_by_ctrl_c_is_marked_killed_not_left_running(store, monkeypatch):
+    """A register interrupted while it logged its run left the run RUNNING for ever."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store.client, "log_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.log_run(reg.TRAIN_EXPERIMENT, "stopped", {"learning_rate": 0.001})
+    (run,) = store.client.search_runs([store.experiment_id(reg.TRAIN_EXPERIMENT)])
+    assert run.info.status == "KILLED"
+
+
+@pytest.mark.faults
+def test_the_printed_deploy_command_names_a_relative_sqlite_store_by_its_absolute_path(
+    store, tmp_path, monkeypatch, capsys
+):
+    """``--tracking-uri sqlite:///mlflow.db`` was repeated as given: the printed jobs.deploy
+    command opened another store anywhere but this directory."""
+    import shlex
+
+    for version in ("v1", "v2"):
+        reg.track_model(fake_model_dir(tmp_path, version), strict=True)
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    models.main(["--tracking-uri", "sqlite:///mlflow.db", "promote", "2"])
+    absolute = shlex.quote(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert f"MLFLOW_TRACKING_URI={absolute} python -m jobs.deploy" in capsys.readouterr().out
+    # Its query string too (it was dropped): the deploy waits as long on a busy database.
+    models.main(["--tracking-uri", "sqlite:///mlflow.db?timeout=60", "promote", "1"])
+    absolute = shlex.quote(f"sqlite:///{tmp_path / 'mlflow.db'}?timeout=60")
+    assert f"MLFLOW_TRACKING_URI={absolute} python -m jobs.deploy" in capsys.readouterr().out
+
+
+@pytest.mark.faults
+def test_a_sqlite_uri_filename_is_refused_not_read_as_a_relative_path(tmp_path, monkeypatch):
+    """``sqlite:///file:/x.db?mode=ro&uri=true`` was read as the relative path ``file:/x.db``: a
+    store created in a folder named "file:" of the working directory."""
+    monkeypatch.chdir(tmp_path)
+    for uri in ("sqlite:///file:/x.db?mode=ro&uri=true", "sqlite:///file:x.db"):
+        with pytest.raises(reg.StoreUnavailable, match="SQLite URI filenames .file:.... are not supported"):
+            reg.Registry(uri)
+    assert os.listdir(tmp_path) == []
+
+
+# -- the registry review's fourth reading ------------------------------------------------------------
+
+
+@pytest.mark.faults
+def test_the_current_lock_is_the_databases_real_path_with_its_mode(store, tmp_path, monkeypatch):
+    """The lock file was created 0o644: in a store a group shares, the other members could not
+    open it for writing (PermissionError, exit 2). And two links to one database took two locks.
+    It is the database's real path's, created with the database's mode bits; a lock file this user
+    may only read is locked through a read-only descriptor."""
+    import fcntl
+
+    from ncf import staging
+
+    for version in ("v1", "v2"):
+        reg.track_model(fake_model_dir(tmp_path, version), strict=True)
+    lock = tmp_path / "mlflow.db.lock"
+    os.chmod(tmp_path / "mlflow.db", 0o660)
+    os.remove(lock)  # the store shared before its first promote (one after: the read-only descriptor below)
+    previous = os.umask(0o022)  # a user's usual umask, which took the group's write off
+    try:
+        store.promote("2")
+    finally:
+        os.umask(previous)
+    assert os.stat(lock).st_mode & 0o777 == 0o660
+    # Through a link to the database: the same lock, held by another's promote.
+    os.symlink(tmp_path / "mlflow.db", tmp_path / "link.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'link.db'}")
+    monkeypatch.setattr(reg, "CURRENT_LOCK_WAIT_S", 0.2)
+    held = os.open(lock, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(reg.StoreBusy, match="mlflow.db.lock held by"):
+            reg.Registry().promote("1")
+    finally:
+        os.close(held)
+    assert store.current() == "2"
+    # Tests run as root, whom no mode refuses: the refusal another member meets, made here.
+    real_open = os.open
+
+    def refused(path, flags, *args):
+        if str(path) == str(lock) and flags & os.O_ACCMODE != os.O_RDONLY and not flags & os.O_EXCL:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(staging.os, "open", refused)
+        with staging.exclusive(str(lock), "the test's promote"):
+            other = real_open(lock, os.O_RDONLY)
+            try:
+                with pytest.raises(BlockingIOError):  # held all the same
+                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(other)
+    assert reg.Registry().promote("1") == ("2", "1")
+
+
+@pytest.mark.faults
+def test_a_rollback_verifies_its_target_before_it_takes_the_lock(store, tmp_path, monkeypatch):
+    """A rollback held the lock while it read every byte of the version it went back to: a large
+    model on slow storage kept every other promote waiting past its 120 s. It verifies first;
+    under the lock, a target changed meanwhile (another rollback) is verified there."""
+    import fcntl
+
+    paths = {version: fake_model_dir(tmp_path, f"v{version}") for version in ("1", "2", "3")}
+    for version in ("1", "2", "3"):
+        reg.track_model(paths[version], strict=True)
+    store.promote("2")
+    store.promote("3")
+    lock = tmp_path / "mlflow.db.lock"
+    verified, real_verify = [], reg.verify_model_dir
+
+    def verify(path):
+        probe = os.open(lock, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = False
+        except BlockingIOError:
+            locked = True
+        finally:
+            os.close(probe)
+        verified.append((path, locked))
+        if len(verified) == 1:  # another rollback, done while this one verified
+            store._record_current("2", ["1", "2"])
+            store.client.set_registered_model_alias(store.name, reg.CURRENT, "2")
+        return real_verify(path)
+
+    monkeypatch.setattr(reg, "verify_model_dir", verify)
+    assert store.rollback() == ("2", "1")
+    assert verified == [(paths["2"], False), (paths["1"], True)]
+    assert store.current() == "1" and store.history() == ["1"]
+    monkeypatch.setattr(reg, "verify_model_dir", real_verify)
+    store.promote("3")
+    monkeypatch.setattr(reg, "verify_model_dir", verify)
+    verified[:] = ["not the first call"]
+    assert store.rollback() == ("3", "1")
+    assert verified[1:] == [(paths["1"], False)]  # unraced: once, before the lock
+
+
+@pytest.mark.faults
+def test_a_sweep_models_failed_trial_lookup_is_said_and_its_shape_checked(store, tmp_path, monkeypatch, capsys):
+    """track_sweep_model swallowed the failure to find the trial's run (the version then linked to
+    a run of its own, without a word), and read "sweep" with .get(): a string was a traceback."""
+    model = fake_model_dir(tmp_path, "v1")
+    path = os.path.join(model, METRICS)
+    metrics = read_json(path)
+    write_json(path, {**metrics, "sweep": {"trial_id": "abc123", "best_val_ndcg@10": 0.25}})
+
+    def failing(self, *args, **kwargs):
+        raise reg.StoreUnavailable("tracking store x: the search failed")
+
+    monkeypatch.setattr(reg.Registry, "find_trial_run", failing)
+    assert reg.track_sweep_model(model, None, str(tmp_path / "sweep")) == "1"
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[registry]")]
+    assert said == [
+        f"[registry] {model}: trial abc123's run not looked up (StoreUnavailable: tracking store x: the search "
+        "failed); the version gets a run of its own, not linked to the trial's"
+    ]
+    assert store.client.get_model_version(store.name, "1").tags["best_val_ndcg_at_10"] == "0.2500"
+    write_json(path, {**metrics, "sweep": "x"})
+    with pytest.raises(InputError, match='"sweep" is "x", not an object'):
+        reg.track_sweep_model(model, None, str(tmp_path / "sweep"))
+
+
+@pytest.mark.faults
+def test_headline_figures_that_are_not_numbers_are_named_and_left_out(capsys):
+    tags = reg.headline(
+        {"test": {"ndcg@10": float("nan"), "recall@10": "0.2"}, "training": {"best_val_ndcg@10": None}},
+        "m/metrics.json",
+    )
+    assert tags == {"test_of": "this model"}
+    assert capsys.readouterr().err == (
+        '[registry] m/metrics.json: test recall@10 ("0.2"), test ndcg@10 (NaN), training best_val_ndcg@10 (null) '
+        "left out of the version's tags: not a number\n"
+    )
+    assert reg.headline({"test": {"ndcg@10": 0.3}, "sweep": {"best_val_ndcg@10": -1}}) == {
+        "test_ndcg_at_10": "0.3000",
+        "test_of": "this model",
+    }
+    assert capsys.readouterr().err == ""  # a negative best: none recorded, as before
