@@ -35,6 +35,7 @@ import fcntl
 import os
 import shutil
 import socket
+import stat
 import sys
 import time
 import uuid
@@ -114,18 +115,31 @@ def exclusive(lock_path: str, what: str, wait_s: float = 0.0, mode: Optional[int
     """
     os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
     writable = True
+    # Never through a link: the holder line truncates the file, and a link planted at the lock's
+    # name would have emptied whatever it points to that this account may write.
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644 if mode is None else mode)
-        if mode is not None:
-            try:
-                os.fchmod(fd, mode)
-            except OSError:  # a file system without modes: as created
-                pass
-    except FileExistsError:
         try:
-            fd = os.open(lock_path, os.O_RDWR)
-        except PermissionError:  # another user's lock file
-            fd, writable = os.open(lock_path, os.O_RDONLY), False
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | flags, 0o644 if mode is None else mode)
+            if mode is not None:
+                try:
+                    os.fchmod(fd, mode)
+                except OSError:  # a file system without modes: as created
+                    pass
+        except FileExistsError:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | flags)
+            except PermissionError:  # another user's lock file
+                fd, writable = os.open(lock_path, os.O_RDONLY | flags), False
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{lock_path}: the lock file of {what} is a symbolic link; remove it") from None
+        if e.errno == errno.EISDIR:
+            raise InputError(f"{lock_path}: the lock file of {what} is not a regular file; remove it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InputError(f"{lock_path}: the lock file of {what} is not a regular file; remove it")
     deadline = time.monotonic() + wait_s
     try:
         while True:
@@ -254,14 +268,15 @@ def within(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
-def check_parent(path: str) -> None:
+def check_parent(path: str) -> str:
     """Refuses (InputError, one line) a path whose nearest existing ancestor is a file: the run
-    would fail making its directory, after its work."""
+    would fail making its directory, after its work. Returns that ancestor."""
     ancestor = os.path.dirname(os.path.abspath(path))
     while not os.path.lexists(ancestor):
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor):
         raise InputError(f"{path}: {ancestor} is a file, not a directory")
+    return ancestor
 
 
 def check_target(
@@ -275,7 +290,8 @@ def check_target(
     """Refuses (InputError, one line) to replace ``final`` when
 
     * it is, contains or is inside one of ``inputs`` (always: the run would delete what it reads,
-      or write into it), or a file stands where one of its parent directories would, or
+      or write into it), or a file stands where one of its parent directories would, or the
+      nearest existing one is not writable by this account, or
     * it exists, is not empty and is not a ``what`` (no ``marker`` file in it), or is a file,
       unless ``overwrite`` (``remedy`` says how the command asks for it).
 
@@ -287,7 +303,9 @@ def check_target(
             raise InputError(f"{final}: contains the input {path}; write the output somewhere else")
         if within(final, path):
             raise InputError(f"{final}: inside the input {path}; write the output somewhere else")
-    check_parent(final)
+    ancestor = check_parent(final)
+    if not os.access(ancestor, os.W_OK | os.X_OK):  # its lock and stage go beside it: a traceback at the save
+        raise InputError(f"{final}: {ancestor} is not writable by this account; write the output somewhere else")
     if overwrite or not os.path.lexists(final):
         return
     if os.path.exists(real) and not os.path.isdir(real):

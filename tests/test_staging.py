@@ -600,3 +600,39 @@ def test_a_swap_that_fails_after_its_journal_keeps_the_complete_stage(tmp_path, 
     with commit.PartitionRun(output, PARTITION, "third"):
         assert read_json(os.path.join(final, commit.SUCCESS)) == {"run_id": "second"}
         assert open(os.path.join(final, "part-0.parquet")).read() == "second"
+
+
+@pytest.mark.faults
+def test_a_link_or_a_folder_at_the_lock_name_is_refused_and_its_target_kept(tmp_path):
+    """The holder line truncates the lock file: opened through a link planted at its name, it
+    emptied the file the link pointed to (found by the review of 2026-12-06)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    lock = tmp_path / ".out.lock"
+    lock.symlink_to(victim)
+    with pytest.raises(staging.InputError, match="symbolic link; remove it"):
+        with staging.exclusive(str(lock), str(tmp_path / "out")):
+            pass
+    assert victim.read_text() == "keep"
+    lock.unlink()
+    lock.mkdir()
+    with pytest.raises(staging.InputError, match="not a regular file"):
+        with staging.exclusive(str(lock), str(tmp_path / "out")):
+            pass
+    lock.rmdir()
+    with staging.exclusive(str(lock), str(tmp_path / "out")):
+        assert lock.read_text().startswith("pid ")
+
+
+@pytest.mark.faults
+def test_an_output_whose_folder_this_account_may_not_write_is_refused_before_the_work(tmp_path, monkeypatch):
+    """Said at the start in one line; it was a PermissionError traceback at the save, after the
+    training (tests run as root, which may write anywhere: os.access answers as for another
+    account)."""
+    parent = tmp_path / "models"
+    parent.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(parent) else real_access(p, mode))
+    for final in (parent / "model", parent / "not-yet" / "model"):
+        with pytest.raises(staging.InputError, match="models is not writable by this account"):
+            staging.check_target(str(final), "config.json", "model directory")
