@@ -184,7 +184,10 @@ class RecommenderDeployment:
             if previous is None:
                 raise
             self._serving = Serving(previous, _redacted(f"{type(e).__name__}: {e}", user_config))
-            logger.error(f"rollout of {user_config.get('model_dir')} failed, still serving {previous.version}: {e}")
+            # A user_config that is no dict fails here too: an AttributeError raised while saying so
+            # would make Serve stop the replica serving the good model.
+            model_dir = user_config.get("model_dir") if isinstance(user_config, dict) else None
+            logger.error(f"rollout of {model_dir} failed, still serving {previous.version}: {e}")
             return
         self._serving = Serving(service, None)
 

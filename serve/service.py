@@ -71,6 +71,8 @@ class ServeSettings:
     @staticmethod
     def from_user_config(config: Mapping) -> "ServeSettings":
         """Validates a user_config dict; a bad one fails the rollout instead of every request."""
+        if not isinstance(config, Mapping):  # a config file's list, say: said as such, not AttributeError
+            raise ValueError(f"user_config must be a mapping of settings, not {type(config).__name__}")
         known = {f.name for f in dataclasses.fields(ServeSettings)}
         unknown = sorted(set(config) - known)
         if unknown:
@@ -256,7 +258,8 @@ class ModelService:
         past day's, or the present's) are ranked in one model call. A request whose ``at``
         cannot be ranked gets its :class:`BeforeTheData` as its answer (to raise for it alone),
         one whose day's products' stats do not come gets that error (:class:`PassBusy`...), and
-        a group whose ranking fails gets its exception: the others of the batch are answered.
+        each request of a group whose ranking fails gets its own :class:`RankingFailed`, caused
+        by the group's exception: the others of the batch are answered.
         ``start_passes`` False (the batch): a request whose day is not kept gets
         :class:`PassNeeded`, for the route to rank it on its own."""
         answers: List[Union[None, Dict, Exception]] = [None] * len(requests)
@@ -282,7 +285,7 @@ class ModelService:
                 ranked = recommenders[rows[0]].rank([requests[i].user_id for i in rows], k, at, exclude, explain)
             except Exception as failed:  # noqa: BLE001 (raised for this group's requests by the route)
                 for i in rows:
-                    answers[i] = failed
+                    answers[i] = _own(failed)
                 continue
             for i, items in zip(rows, ranked):
                 answers[i] = {**recommendation(items), "at": _iso(items.at), "model_version": self.version}
@@ -318,6 +321,19 @@ class ModelService:
         """The ids of ``product_ids`` the model's catalog does not know, in request order."""
         index = self.recommender.vocabs.products.index_of(product_ids)
         return [p for p, i in zip(product_ids, index.tolist()) if i == UNKNOWN_INDEX]
+
+
+class RankingFailed(RuntimeError):
+    """The ranking of a request's group failed (a fault: a 500); ``__cause__`` is the group's
+    exception."""
+
+
+def _own(failed: Exception) -> RankingFailed:
+    """A request's own exception for its group's failure: the group's one object, raised by each
+    of its requests' routes, gathered every route's frames into its ``__traceback__``."""
+    own = RankingFailed(f"ranking the request's batch failed: {type(failed).__name__}: {failed}")
+    own.__cause__ = failed
+    return own
 
 
 def _rehearse(recommender: Recommender) -> None:

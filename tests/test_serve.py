@@ -157,6 +157,33 @@ def test_healthz_reads_the_model_and_its_rollout_error_as_one_pair(monkeypatch):
 
 
 @pytest.mark.faults
+def test_a_rollout_of_a_user_config_that_is_no_dict_keeps_the_model_serving(caplog):
+    """The failed rollout's log line read ``user_config.get(...)``: a user_config that is no dict
+    (a list in a config file) raised AttributeError from reconfigure, and Serve stops a replica
+    whose reconfigure raises, the model it kept serving with it."""
+    import logging
+
+    from serve.app import RecommenderDeployment, Serving
+
+    class Model:
+        version = "m0"
+
+    serving = Model()
+    replica = object.__new__(RecommenderDeployment.func_or_class)
+    replica._serving = Serving(serving, None)
+    serve_logger = logging.getLogger("ray.serve")  # Ray's loggers do not propagate to pytest's root handler
+    serve_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.ERROR, logger="ray.serve"):
+            replica.reconfigure(["model_dir"])
+    finally:
+        serve_logger.removeHandler(caplog.handler)
+    assert replica._serving.service is serving
+    assert replica._serving.rollout_error == "ValueError: user_config must be a mapping of settings, not list"
+    assert "rollout of None failed, still serving m0" in caplog.text
+
+
+@pytest.mark.faults
 def test_the_demo_refuses_a_cluster_whose_serve_runs_before_any_work(server, tmp_path, monkeypatch, capsys):
     """Submitted to a cluster that serves a deployed app, the demo rolled its own model into an
     app of the same name (on Serve's address, whatever its --port) and at its end shut Serve
@@ -390,6 +417,10 @@ def test_score_agrees_with_the_ranking(server, users):
     assert r.status_code == 200 and r.json()["model_version"] == "v1"
     assert r.json()["cold_start"] is False
     assert r.json()["scores"] == pytest.approx([i["score"] for i in ranked], abs=1e-5)
+    # README: a product asked for twice is scored twice, in request order.
+    twice = post(f"{server}/score", {"user_id": users[1], "product_ids": ids(ranked)[1::-1] * 2}).json()["scores"]
+    expected = [ranked[1]["score"], ranked[0]["score"]] * 2
+    assert twice == pytest.approx(expected, abs=1e-5)
 
 
 @pytest.mark.faults
@@ -466,6 +497,11 @@ BAD_REQUESTS = {
     ),
     "score no products": ("/score", {"user_id": 1, "product_ids": []}, 422),
     "score too many products": ("/score", {"user_id": 1, "product_ids": list(range(MAX_PRODUCT_IDS + 1))}, 422),
+    # Ids are int64 at most: past it, one was echoed back until one of 4,301 digits was a 400.
+    "user_id past int64": ("/recommend", {"user_id": 2**63}, 422),
+    "product_id below int64": ("/score", {"user_id": 1, "product_ids": [-(2**63) - 1]}, 422),
+    # A number Python will not read (its 4,300-digit limit) fails the JSON decoding itself.
+    "id of 4,301 digits": ("/recommend", b'{"user_id": 1' + b"0" * 4300 + b"}", 400),
     "body too large": ("/recommend/batch", {"user_ids": ["x" * 100] * 1000}, 413),
 }
 
@@ -485,6 +521,21 @@ def test_validation_message_names_the_field_and_limit(server):
     assert "k" in r.json()["error"] and str(MAX_K) in r.json()["error"]
 
 
+@pytest.mark.faults
+def test_a_small_body_of_many_bad_ids_gets_a_small_answer(server):
+    """Every problem was listed, twice per id (int or string): this 4 KB body's answer was 2,000
+    problems, 332 KB, and 10-15 ms of the replica's event loop."""
+    from serve.api import MAX_ERRORS_LISTED
+
+    body = json.dumps({"user_id": 1, "product_ids": [[]] * MAX_PRODUCT_IDS})
+    r = requests.post(f"{server}/score", data=body, headers={"content-type": "application/json"}, timeout=TIMEOUT)
+    assert r.status_code == 422 and len(r.content) < 8192, (r.status_code, len(r.content))
+    more = f"... and {2 * MAX_PRODUCT_IDS - MAX_ERRORS_LISTED} more"
+    assert r.json()["error"].endswith(more) and r.json()["error"].startswith("body.product_ids.0.")
+    assert r.json()["detail"][-1] == {"loc": [], "msg": more, "type": "more_errors"}
+    assert len(r.json()["detail"]) == MAX_ERRORS_LISTED + 1
+
+
 def test_chunked_body_over_the_limit_is_refused(server):
     chunks = (b" " * 8192 for _ in range(MAX_BODY_BYTES // 8192 + 2))  # no Content-Length
     r = requests.post(f"{server}/recommend", data=chunks, headers={"content-type": "application/json"}, timeout=TIMEOUT)
@@ -493,10 +544,19 @@ def test_chunked_body_over_the_limit_is_refused(server):
 
 def test_unknown_products_are_named(server, recommender, users):
     known = recommender.vocabs.products.raw_of([1])[0]
-    r = post(f"{server}/score", {"user_id": users[0], "product_ids": [known, "nope-1", 987654321]})
+    r = post(f"{server}/score", {"user_id": users[0], "product_ids": [known, "nope-1", 987654321, 2**63 - 1]})
     assert r.status_code == 422
-    assert r.json()["unknown_product_ids"] == ["nope-1", 987654321]
-    assert "nope-1" in r.json()["error"]
+    assert r.json()["unknown_product_ids"] == ["nope-1", 987654321, 2**63 - 1]  # int64's largest: an id
+    assert r.json()["error"] == f"3 unknown product ids: ['nope-1', 987654321, {2**63 - 1}]"
+
+
+@pytest.mark.faults
+def test_many_unknown_products_are_counted_in_the_message_and_listed_once(server, users):
+    """The whole list was in the message and again in unknown_product_ids (1,000 ids twice)."""
+    unknown = [f"nope-{i}" for i in range(MAX_PRODUCT_IDS)]
+    r = post(f"{server}/score", {"user_id": users[0], "product_ids": unknown})
+    assert r.status_code == 422 and r.json()["unknown_product_ids"] == unknown
+    assert r.json()["error"] == f"{MAX_PRODUCT_IDS} unknown product ids, the first 10: {unknown[:10]}"
 
 
 @pytest.mark.faults
@@ -544,6 +604,7 @@ def test_unknown_routes_and_methods_are_4xx_json(server):
         ({"model_dir": "m", "default_at": "yesterday"}, "default_at"),
         ({"model_dir": "m", "modeldir": "m"}, "modeldir"),
         ({"model_dir": "m", "ui": "yes"}, "ui"),
+        (["model_dir"], "user_config must be a mapping"),  # was AttributeError: 'list' object has no 'get'
     ],
 )
 def test_bad_user_config_is_refused_with_its_key(config, message):
@@ -621,12 +682,17 @@ def test_a_replica_asks_ray_for_the_memory_it_is_given_and_the_deploy_job_says_w
         build_app({**_app_args(small_model_dir), "memory_gb": 0})
 
 
-def test_the_deployment_has_a_bounded_queue_and_sheds_with_503():
-    from serve.app import MAX_QUEUED_REQUESTS, RecommenderDeployment
+def test_the_deployment_has_a_bounded_queue_and_sheds_with_503(small_model_dir):
+    from serve.app import MAX_ONGOING_REQUESTS, MAX_QUEUED_REQUESTS
 
-    assert RecommenderDeployment.max_queued_requests == MAX_QUEUED_REQUESTS > 0
-    assert RecommenderDeployment.backpressure_config.status_code == 503
-    assert RecommenderDeployment.backpressure_config.retry_after_s >= 1
+    # The application deployed, not the decorated class: build_app's options() replace its settings.
+    deployed = build_app(_app_args(small_model_dir))._bound_deployment
+    assert deployed.max_queued_requests == MAX_QUEUED_REQUESTS > 0
+    assert deployed.max_ongoing_requests == MAX_ONGOING_REQUESTS
+    assert deployed.backpressure_config.status_code == 503
+    assert deployed.backpressure_config.retry_after_s >= 1
+    asked = build_app({**_app_args(small_model_dir), "max_queued_requests": 7})._bound_deployment
+    assert asked.max_queued_requests == 7 and asked.backpressure_config.status_code == 503
 
 
 @pytest.mark.parametrize(
@@ -795,6 +861,46 @@ def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_d
     assert service.needs_pass(new_day)  # the batch ran no pass
     service.recommender._next_pass_at = 0.0  # the replica's pass share (test_scoring's) not waited out here
     assert service.recommend(new_day)["items"] and not service.needs_pass(new_day)  # the pass over
+
+
+@pytest.mark.faults
+def test_each_request_of_a_failed_group_gets_its_own_exception(small_model_dir, users, monkeypatch):
+    """A group whose ranking failed gave its one exception to every request: each route raised
+    that object, and its ``__traceback__`` gathered the frames of every request raising it. Each
+    now raises its own, caused by the group's (still a 500: no error handler takes it)."""
+    from serve.api import RecommendRequest, create_app
+    from serve.service import RankingFailed
+
+    service = ModelService.load(
+        ServeSettings.from_user_config({"model_dir": small_model_dir, "default_at": "data-end"})
+    )
+    fault = KeyError("a fault inside the ranking core")
+
+    def broken(*args, **kwargs):
+        raise fault
+
+    monkeypatch.setattr(service.recommender, "rank", broken)
+    answers = service.recommend_many([RecommendRequest(user_id=u, k=5) for u in users])
+    assert len(answers) == 2 and answers[0] is not answers[1]
+    assert all(isinstance(a, RankingFailed) and a.__cause__ is fault for a in answers)
+    assert "KeyError" in str(answers[0]) and "a fault inside" in str(answers[0])
+
+    def depth(error: BaseException) -> int:
+        frames, tb = 0, error.__traceback__
+        while tb is not None:
+            frames, tb = frames + 1, tb.tb_next
+        return frames
+
+    def route(answer):
+        raise answer
+
+    raised_in_group = depth(fault)
+    for answer in answers:  # as each request's route does
+        with pytest.raises(RankingFailed):
+            route(answer)
+    assert depth(answers[0]) == depth(answers[1]) and depth(fault) == raised_in_group
+    handled = [t for t in create_app().exception_handlers if isinstance(t, type)]
+    assert not [t for t in handled if issubclass(RankingFailed, t)]  # Serve's 500, as before
 
 
 class _ForgetsAfterFirstUse:
