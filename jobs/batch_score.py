@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import time
 
 from jobs.cli import check_model, fail, init_ray, job_parser, one_line_errors
 from ncf.batch.commit import OutputFailed
@@ -158,10 +159,13 @@ def main(argv=None) -> dict:
         )
         config = resolved(config)  # DATA as the run will read it (a link repointed later is not followed)
         verified = input_fingerprints(config.model, config.data)  # of what check_config verifies
+        # Read once: the checks below and the run must name one date, and the verification and
+        # Ray's start between them can carry a second reading past midnight UTC into the next.
+        now = time.time()
         # Before Ray starts; a date another live run holds is refused here (exit 75), before the
         # verification of MODEL and DATA reads every byte of both.
         try:
-            check_config(config)
+            check_config(config, now=now)
         except OutputFailed as failed:  # the date's lock file on a failing disk, a lock-less NFS mount
             fail(str(failed))
         # Decided once: a run in the driver needs no cluster (a local one takes seconds to start).
@@ -170,7 +174,7 @@ def main(argv=None) -> dict:
         if not in_driver:
             init_ray()
         try:
-            summary = run_batch_scoring(config, verified_inputs=verified)
+            summary = run_batch_scoring(config, verified_inputs=verified, now=now)
         except VerificationFailed as failed:
             print(json.dumps({"verify": failed.report}), flush=True)
             fail(str(failed))

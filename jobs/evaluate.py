@@ -169,8 +169,10 @@ def drawable_history(metrics: dict) -> Optional[list]:
     if isinstance(history, list) and all(
         isinstance(h, dict)
         and type(h.get("epoch")) is int
-        and isinstance(h.get("train_loss"), (int, float))
-        and not isinstance(h.get("train_loss"), bool)
+        and "train_loss" in h
+        # null: a non-finite loss (a diverged epoch), as write_json writes NaN; drawn as a gap
+        and (h["train_loss"] is None or isinstance(h["train_loss"], (int, float)))
+        and not isinstance(h["train_loss"], bool)
         for h in history
     ):
         return history

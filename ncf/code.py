@@ -22,8 +22,7 @@ def source_digest(
     and bytes."""
     digest = hashlib.sha256()
     for package in packages:
-        for folder, dirs, files in sorted(os.walk(os.path.join(root, package))):
-            dirs.sort()
+        for folder, _, files in sorted(os.walk(os.path.join(root, package))):
             relative = os.path.relpath(folder, root)
             for name in sorted(f for f in files if f.endswith(".py") or also(relative, f)):
                 path = os.path.join(folder, name)

@@ -2,17 +2,49 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import re
 import stat
 import uuid
 from typing import Any, Callable, Dict
 
+import numpy as np
+
 
 def write_json(path: str, payload: Dict) -> None:
-    """Writes JSON atomically (:func:`write_text`)."""
-    write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    """Writes ``payload`` as strict JSON, atomically (:func:`write_text`). A non-finite float
+    (NaN, an infinity) is written as ``null``: Python's bare ``NaN`` is refused by JavaScript's
+    ``JSON.parse`` and by strict parsers (jq, Go, a browser reading a model's metrics). A numpy
+    scalar is written as the number or boolean it holds; any other type raises TypeError."""
+    text = json.dumps(_finite(payload), indent=2, sort_keys=True, allow_nan=False, default=_plain)
+    write_text(path, text + "\n")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (numpy's float64 too: a float subclass) as None.
+    ``allow_nan=False`` alone would refuse them, and ``default`` never sees a float."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """``json.dumps``' ``default``: numpy scalars as Python's (a ``str`` here wrote np.int64(5)
+    as "5" and np.bool_ as "True", which a reader then compared with 5 or true in vain)."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):  # float32, float16: not float subclasses, so not _finite's
+        return float(value) if math.isfinite(value) else None
+    raise TypeError(f"{type(value).__name__} is not JSON: convert it before writing ({value!r:.60})")
 
 
 def write_text(path: str, text: str) -> None:
@@ -38,9 +70,31 @@ def write_atomically(path: str, write: Callable[[str], object]) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        # The rename lives in the folder's entry list: until that is on disk, a power cut can
+        # bring back the old file (or none) though this write returned.
+        fsync_parent(path)
     finally:
         if os.path.exists(tmp):  # a failed write (a full disk) leaves nothing
             os.remove(tmp)
+
+
+def fsync_path(path: str) -> None:
+    """Flushes one file or directory entry list to disk. File systems that cannot fsync a
+    directory (some network ones answer EINVAL) are left as they are."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_parent(path: str) -> None:
+    """Flushes the entry list of the directory holding ``path`` (a rename or a new entry there)."""
+    fsync_path(os.path.dirname(os.path.abspath(path)) or "/")
 
 
 def temporary_name(path: str) -> str:

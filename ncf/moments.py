@@ -41,6 +41,22 @@ def to_epoch_seconds(at) -> int:
     return int(stamp.timestamp())
 
 
+# The moments a job or a client may name: [1970-01-01, 2**33 seconds, in 2242). Outside them is a
+# slip (0217 for 2017, 99991231 for "no end", milliseconds for seconds), never a purchase: every
+# moment here is of this era, and the temporal features' date arithmetic (pandas' nanosecond
+# timestamps end in 2262) needs no more.
+EARLIEST, LATEST = 0, 2**33
+
+
+def _in_range(seconds: int, name: str, given) -> int:
+    """``seconds`` where in [:data:`EARLIEST`, :data:`LATEST`), else an InputError naming ``given``."""
+    if EARLIEST <= seconds < LATEST:
+        return seconds
+    number = isinstance(given, (int, float, np.number)) and not isinstance(given, bool)
+    hint = "milliseconds? divide by 1000" if number and seconds >= LATEST else "a mistyped year?"
+    raise InputError(f"{name} {given!r:.40}: out of range; a moment is from 1970-01-01 to 2242-03-16 UTC ({hint})")
+
+
 # ISO-8601 pieces, shared by a job's --at (resolve_at) and a client's at (parse_at).
 _DATE = r"\d{4}-\d{2}-\d{2}"
 _TIME = r"[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?"
@@ -66,7 +82,7 @@ def resolve_at(at, data_end: int, now: Optional[float] = None, name: str = "--at
         return int(data_end)
     if isinstance(at, str) and re.fullmatch(r"\s*[0-9]{9,}\s*", at):
         seconds = int(at)  # epoch seconds (8 digits would be a YYYYMMDD date)
-        if seconds >= 2**33:  # past the year 2242
+        if seconds >= LATEST:
             raise InputError(f"{name} {at!r}: epoch seconds out of range (milliseconds? divide by 1000)")
         return seconds
     if isinstance(at, str) and re.fullmatch(r"\s*[A-Za-z]+\s*", at):
@@ -82,9 +98,10 @@ def resolve_at(at, data_end: int, now: Optional[float] = None, name: str = "--at
             "+HH:MM, ' UTC' or ' GMT'; none is UTC), epoch seconds, 'now' or 'data-end'"
         )
     try:
-        return to_epoch_seconds(at)
+        seconds = to_epoch_seconds(at)
     except (ValueError, TypeError) as e:
         raise InputError(f"{name} {at!r}: not an ISO date or datetime, 'now' or 'data-end' ({e})") from None
+    return _in_range(seconds, name, at)
 
 
 def moment_of(at, data_end: int, now: Optional[float] = None) -> int:
@@ -137,7 +154,8 @@ def parse_at(value) -> int:
     read as midnight UTC; epoch seconds as a number (int or float, not a string); a
     timezone-aware ``datetime``. Refused with a ``ValueError`` naming the accepted forms: digit
     strings (``"20200101"`` is a date to a person and 1970-08-22 as epoch seconds), times
-    without a time zone (whose zone would be a guess), booleans, anything else.
+    without a time zone (whose zone would be a guess), booleans, anything else; and any moment
+    before 1970-01-01 or from 2**33 seconds (2242) on, a mistyped year or milliseconds.
 
     Example::
 
@@ -146,6 +164,15 @@ def parse_at(value) -> int:
         parse_at(1511755281)  # 1511755281
         parse_at("2017-11-27T04:01:21")  # ValueError: ... must be an ISO-8601 time with a time zone ...
     """
+    seconds = _parse_at(value)
+    try:
+        return _in_range(seconds, "at", value)
+    except InputError as e:  # this rule's refusals are ValueErrors (Serve's 422s), not a job's
+        raise ValueError(str(e)) from None
+
+
+def _parse_at(value) -> int:
+    """:func:`parse_at`'s forms, not yet held to their range."""
     if isinstance(value, bool):
         raise ValueError(f"at must be {AT_FORMS}; got a boolean")
     if isinstance(value, (int, np.integer)):

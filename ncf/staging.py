@@ -43,7 +43,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence
 
 from ncf.errors import InputError, TryLater
-from ncf.jsonio import read_json, write_json
+from ncf.jsonio import fsync_parent, fsync_path, read_json, write_json
 
 # Fault drills (tests only): NCF_FAULT=between-renames makes the process exit at once after the
 # first rename of a swap, as a kill or power cut there would (status FAULT_EXIT, nothing cleaned).
@@ -64,20 +64,6 @@ class Busy(TryLater):
 # -- durability -------------------------------------------------------------------------------------
 
 
-def fsync_path(path: str) -> None:
-    """Flushes one file or directory entry list to disk. File systems that cannot fsync a
-    directory (some network ones answer EINVAL) are left as they are."""
-    flags = os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
 def fsync_tree(root: str) -> None:
     """Flushes every file and directory under ``root`` (children before their directory)."""
     for directory, _, files in os.walk(root, topdown=False):
@@ -86,10 +72,6 @@ def fsync_tree(root: str) -> None:
             if not os.path.islink(path):
                 fsync_path(path)
         fsync_path(directory)
-
-
-def fsync_parent(path: str) -> None:
-    fsync_path(os.path.dirname(os.path.abspath(path)) or "/")
 
 
 def remove(path: str) -> None:

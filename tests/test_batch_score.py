@@ -402,8 +402,8 @@ def test_the_job_ends_with_the_runs_one_line_and_exit_1_when_its_model_changed(
     model = save_untrained_model_dir(str(tmp_path / "model"), data, version="v1", **SMALL_MODEL)
     verify_then_save_again = batch_score.check_config
 
-    def check_config(config):
-        verify_then_save_again(config)
+    def check_config(config, **given):
+        verify_then_save_again(config, **given)
         save_untrained_model_dir(model, data, version="v1", seed=1, **SMALL_MODEL)
 
     monkeypatch.setattr(batch_score, "check_config", check_config)
@@ -1777,3 +1777,72 @@ def test_the_verify_sample_reaches_as_many_parts_as_it_has_users_and_changes_wit
         for seed in range(50):
             picked = verify.spread_sample(users, sample, seed)
             assert len(set(picked.tolist())) == sample and 0 <= picked.min() and picked.max() < users
+
+
+# -- one clock reading per run; an actor's GPU that torch cannot use -------------------------------------
+
+
+@pytest.mark.faults
+def test_the_job_reads_now_once_for_its_checks_and_its_run(monkeypatch, tmp_path):
+    """Old code read the clock in check_config and again in run_batch_scoring, after MODEL and
+    DATA were verified and Ray started: a job started at 23:59 UTC checked date D and wrote D+1
+    (a review, 2026-12-07). Here the clock moves a day between any two readings."""
+    readings = iter([1511740799.0 + i * 86_400 for i in range(10)])  # 2017-11-26T23:59:59Z, then a day a reading
+    monkeypatch.setattr(batch_score, "time", type("Clock", (), {"time": staticmethod(lambda: next(readings))}))
+    monkeypatch.setattr(batch_score, "check_model", lambda model, verify: model)
+    monkeypatch.setattr(batch_score, "input_fingerprints", lambda model, data: ("v1:aa", "bb"))
+    monkeypatch.setattr(batch_score, "resolve_score_in", lambda config: True)  # the driver: no Ray
+    seen = {}
+
+    def check_config(config, now=None):
+        seen["checked"] = run_date_of(resolve_at(config.at, 0, now=now))
+
+    def run_batch_scoring(config, verified_inputs=None, now=None):
+        seen["run"] = run_date_of(resolve_at(config.at, 0, now=now))
+        return {}
+
+    monkeypatch.setattr(batch_score, "check_config", check_config)
+    monkeypatch.setattr(batch_score, "run_batch_scoring", run_batch_scoring)
+    batch_score.main(["--model", str(tmp_path), "--data", str(tmp_path), "--output", str(tmp_path / "o")])
+    assert seen == {"checked": "2017-11-26", "run": "2017-11-26"}
+
+
+def test_run_batch_scoring_checks_the_moment_it_is_given(monkeypatch, tmp_path):
+    given = []
+
+    def check_config(config, now=None, verify_inputs=True):
+        given.append(now)
+        raise InputError("stop here")
+
+    monkeypatch.setattr(bs, "check_config", check_config)
+    monkeypatch.setattr(bs.time, "time", lambda: 1511755281.5)
+    config = bs.BatchScoreConfig(model=str(tmp_path), data=str(tmp_path), output=str(tmp_path / "o"))
+    for now in (1511740799.0, None):  # None: the clock, read in the run as before
+        with pytest.raises(InputError, match="stop here"):
+            bs.run_batch_scoring(config, log=lambda message: None, verified_inputs=("v1:aa", "bb"), now=now)
+    assert given == [1511740799.0, 1511755281.5]
+
+
+@pytest.mark.faults
+def test_an_actor_given_a_gpu_torch_cannot_use_is_refused_in_one_line_naming_its_node(monkeypatch, tmp_path):
+    """--gpu auto/yes decide from the build (torch.version.cuda) and Ray's GPU count: a node whose
+    NVIDIA driver is too old passes both, and every actor failed with a CUDA traceback (a review,
+    2026-12-07). The actor's setup, called directly: it refuses before loading anything."""
+    import socket
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError) as error:
+        scorer.ScoreBatch(
+            model=str(tmp_path / "no-model"),
+            data=str(tmp_path / "no-data"),
+            stage=str(tmp_path),
+            k=K,
+            at=1511755281,
+            scored_at=1511755281,
+            model_version="v1",
+            use_gpu=True,
+        )
+    message = str(error.value)
+    assert "\n" not in message and f"({socket.gethostname()})" in message
+    assert "torch.cuda.is_available() is False" in message and "driver" in message and "--gpu no" in message
+    assert scorer.scoring_device(False) == torch.device("cpu")  # a CPU actor does not ask

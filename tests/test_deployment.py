@@ -200,11 +200,15 @@ def test_a_model_ranks_from_a_newer_datas_histories(ray_session, small_model_dir
     new = newer_model.rank([NEW_HOUSEHOLD], k=10)[0]
     assert not new.cold_start and older_model.rank([NEW_HOUSEHOLD], k=10)[0].cold_start
     # Its embedding row is the model's unknown row; its own purchases drive features and candidates
-    # (its own products and their co-purchase neighbours).
+    # (its own products and their co-purchase neighbours: the candidates, whether or not this
+    # barely trained model ranks them above the MF path's).
     own = frame["product_id"].iloc[[5, 8, 9]].tolist()
     products = newer_model.vocabs.products
     near = newer_model.state.stats.neighbours.best(products.index_of(own), 100)
-    assert (set(own) | set(products.raw_of(near))) & set(new.product_ids)
+    user = int(newer_model.vocabs.users.index_of([NEW_HOUSEHOLD])[0])
+    timeline = newer_model.state.states.timeline(user)
+    candidates = newer_model.ranker.candidates.for_household(user, timeline, new.at, False, None)
+    assert set(products.index_of(own)) <= set(candidates.tolist()) and set(near.tolist()) & set(candidates.tolist())
     assert new.product_ids != older_model.rank([NEW_HOUSEHOLD], k=10, at=at)[0].product_ids  # not cold start's
 
     config = batch_scoring.BatchScoreConfig(

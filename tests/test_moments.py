@@ -144,3 +144,64 @@ def test_a_moment_given_to_the_python_api_does_not_depend_on_the_machines_time_z
     assert done.returncode == 0, done.stderr[-3000:]
     refusals = done.stdout.splitlines()
     assert len(refusals) == 2 and "'today': not a moment" in refusals[0] and "has no time zone" in refusals[1]
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "text", ["0217-11-27", "0999-01-01", "99991231", "19691231", "1969-12-31T23:59:59Z", "2300-01-01"]
+)
+def test_a_jobs_at_of_an_implausible_year_is_refused_in_one_line(text):
+    """Old code refused epoch seconds from 2**33 on but read "0217-11-27" (2017 mistyped) and
+    "99991231" ("no end") as moments: a batch run of year 217, a --max-timestamp past pandas'
+    range (a review, 2026-12-07)."""
+    from ncf.moments import resolve_at
+
+    with pytest.raises(InputError) as error:
+        resolve_at(text, data_end=0)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"--at {text!r}: out of range")
+    assert "1970-01-01 to 2242-03-16" in message
+
+
+def test_a_jobs_at_at_either_end_of_the_range_is_a_moment():
+    from ncf.moments import resolve_at
+
+    assert resolve_at("1970-01-01", data_end=0) == 0
+    assert resolve_at("2242-03-16T12:56:31Z", data_end=0) == 2**33 - 1
+    with pytest.raises(InputError, match="out of range"):
+        resolve_at("2242-03-16T12:56:32Z", data_end=0)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "value, hint",
+    [
+        ("0217-11-27", "a mistyped year?"),
+        ("1969-12-31T23:59:59Z", "a mistyped year?"),
+        ("2300-01-01T00:00:00+01:00", "a mistyped year?"),
+        (-1, "a mistyped year?"),
+        (MOMENT * 1000, "milliseconds? divide by 1000"),
+        (float(2**33), "milliseconds? divide by 1000"),
+        (datetime(1960, 1, 1, tzinfo=timezone.utc), "a mistyped year?"),
+    ],
+)
+def test_a_clients_at_of_an_implausible_year_is_refused(value, hint):
+    with pytest.raises(ValueError) as error:
+        parse_at(value)
+    assert "out of range; a moment is from 1970-01-01 to 2242-03-16 UTC" in str(error.value)
+    assert hint in str(error.value)
+
+
+def test_the_python_api_refuses_a_string_of_an_implausible_year():
+    with pytest.raises(InputError, match=r"^at '0217-11-27': out of range"):
+        moment_of("0217-11-27", data_end=42)
+
+
+def test_preprocessings_default_bounds_are_moments_a_job_may_name():
+    """--min/--max-timestamp are read by resolve_at: their defaults must fall in its range."""
+    from ncf.data import schema
+    from ncf.moments import EARLIEST, LATEST, resolve_at
+
+    for bound in (schema.DEFAULT_MIN_TS, schema.DEFAULT_MAX_TS):
+        assert EARLIEST <= bound < LATEST
+        assert resolve_at(str(bound), data_end=0) == bound

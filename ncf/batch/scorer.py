@@ -303,6 +303,24 @@ def check_stage_visible(stage: str) -> None:
         )
 
 
+def scoring_device(use_gpu: bool):
+    """The torch device an actor scores on. ``use_gpu`` was decided from the build the cluster
+    shares (torch.version.cuda) and Ray's count of GPUs, which it takes from the hardware: a node
+    whose NVIDIA driver is older than the build's CUDA (or missing) passes both, and every actor
+    then failed on its first tensor with a CUDA traceback. Refused (InputError, one line) here."""
+    import torch
+
+    if not use_gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise InputError(
+            f"this node ({socket.gethostname()}) was given a GPU but torch cannot use one (torch.cuda.is_available() "
+            f"is False, torch built for CUDA {torch.version.cuda}): is its NVIDIA driver older than that, or "
+            "missing? Update the driver, or score with --gpu no"
+        )
+    return torch.device("cuda")
+
+
 class ScoreBatch:
     """Ray Data actor: loads the recommender once, then scores and writes one part per batch.
 
@@ -328,10 +346,8 @@ class ScoreBatch:
         explain: bool = False,
         inputs: Optional[Tuple[str, str]] = None,
     ) -> None:
-        import torch
-
         check_stage_visible(stage)  # before the model loads: seconds, for a run that cannot write
-        device = torch.device("cuda") if use_gpu else torch.device("cpu")
+        device = scoring_device(use_gpu)
         loaded = load_recommender(model, data, device, inputs)
         check_model_version(loaded, model_version)
         if inputs is not None:

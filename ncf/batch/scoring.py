@@ -687,23 +687,27 @@ def run_batch_scoring(
     config: BatchScoreConfig,
     log: Callable[[str], None] = _log,
     verified_inputs: Optional[Tuple[str, str]] = None,
+    now: Optional[float] = None,
 ) -> Dict:
     """Scores every user of ``config.data`` and commits ``OUT/run_date=D``; returns the summary
     (the ``_SUCCESS`` content, with the verification report under ``verify`` when
     ``config.verify``). Needs Ray initialised (``jobs.cli.init_ray``) unless it scores in the
     driver (:func:`resolve_score_in`). ``verified_inputs``: MODEL's and DATA's
     :func:`input_fingerprints` taken before the caller's :func:`check_config` verified them (the
-    job does so before starting Ray); None verifies them here.
+    job does so before starting Ray); None verifies them here. ``now``: what ``--at now`` names
+    and the run's ``scored_at`` (epoch seconds), the one the caller's :func:`check_config` was
+    given; None: the clock, read here.
 
     Raises:
         ncf.staging.Busy: another run of the same date is in progress (nothing is touched).
         VerificationFailed: ``config.verify`` and the staged output failed it (nothing committed).
     """
     started = time.time()
+    now = started if now is None else now
     config = resolved(config)
     # Taken before the verification, so that the run's fingerprints are of what was verified.
     verified = verified_inputs or input_fingerprints(config.model, config.data)
-    model_config, at = check_config(config, now=started, verify_inputs=verified_inputs is None)
+    model_config, at = check_config(config, now=now, verify_inputs=verified_inputs is None)
     inputs = input_fingerprints(config.model, config.data)
     if inputs[0] != verified[0]:
         raise InputsChanged(f"MODEL's manifest changed after it was verified: {replaced_note('MODEL')}")
@@ -744,7 +748,7 @@ def run_batch_scoring(
     replay_stats = _replay_stats(config.data, at, log) if replay else None
     if replay_stats is not None:
         _check_k_known(config.k, replay_stats.lines, run_date)
-    plan = run_plan(config, at, inputs, users.num_rows, replay, scored_at=int(started))
+    plan = run_plan(config, at, inputs, users.num_rows, replay, scored_at=int(now))
     named = named_batches(users, plan["batch_size"])
     scored_at = plan["scored_at_epoch_s"]
     # The date's lock is held from here to the commit: a second run of the date is refused.
