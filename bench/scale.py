@@ -112,6 +112,9 @@ def mf_fitted_by_als(model: str, data: str) -> tuple[str, dict]:
     for side, factors in (("user", als.user_factors), ("product", als.item_factors)):
         weights[tables.format(side)].copy_(torch.as_tensor(np.asarray(factors)[:, : c.mf_embedding_dim]))
     weights["mf_output.weight"].fill_(1.0)  # the MF logit is then the ALS score u . p
+    # ... weighed positively by final, as a trained model's is: its untrained weight may be negative,
+    # and the first stage would then list the products ALS scores lowest (ncf.model.ann).
+    weights["final.0.weight"][0, 0] = weights["final.0.weight"][0, 0].abs()
     fitted = time.time()
     save_model_dir(
         output,

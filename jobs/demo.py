@@ -286,6 +286,8 @@ def evaluated(argv: list, rows_file: str) -> list:
 
 
 def main(argv=None) -> list:
+    global _current_stage
+    _current_stage = ""
     args = parse_args(argv)
     started = time.time()
     data, model = os.path.join(args.workdir, "data"), os.path.join(args.workdir, "model")

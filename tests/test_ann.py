@@ -207,6 +207,20 @@ def test_an_index_of_another_model_is_refused(indexed_model, data, tmp_path, mon
     verify_model_dir(twin)  # its own index
 
 
+@pytest.mark.faults
+def test_an_index_saved_before_the_sign_of_final_counted_is_refused_as_such(indexed_model):
+    """An index built before 2026-12-06 for a model whose final layer weighs the MF logit
+    negatively holds its vectors negated: said as such, not as another model's. Flipping that
+    weight's sign (sealed again) makes the saved index exactly that."""
+    path = os.path.join(indexed_model, "model.pt")
+    weights = torch.load(path, weights_only=True)
+    weights[ann._FINAL][0, 0] = -weights[ann._FINAL][0, 0]
+    torch.save(weights, path)
+    write_manifest(indexed_model, unsealed=["metrics.json"])
+    with pytest.raises(ModelIntegrityError, match="holds this model's MF vectors negated"):
+        verify_model_dir(indexed_model)
+
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 

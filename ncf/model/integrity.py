@@ -439,6 +439,12 @@ def _check_index(model_dir: str, directory: str, config: ModelConfig, weights: D
     rows = np.sort(np.random.default_rng(0).choice(index.rows, min(INDEX_SAMPLE, index.rows), replace=False))
     stored, expected = index.vectors(rows), ann.product_vectors(weights, rows)
     same = np.isclose(stored, expected, rtol=1e-5, atol=1e-6).all(axis=1)
+    if not same.all() and np.isclose(stored, -expected, rtol=1e-5, atol=1e-6).all():
+        raise ModelIntegrityError(
+            f"{model_dir}: {ann.INDEX_FILE} holds this model's MF vectors negated: an index saved before "
+            "2026-12-06 for a model whose final layer weighs the MF logit negatively (its first stage listed "
+            "the products that path scores lowest); save the model again to rebuild it"
+        )
     if not same.all():
         off = int(rows[np.argmin(same)])
         raise ModelIntegrityError(

@@ -177,6 +177,8 @@ class MFFirstStage:
         """U x width product indices, best first, for U state households."""
         if self._top is None:
             return self._compute(users)
+        if self._known[users].all():  # not behind another thread's computing
+            return self._top[users]
         # Serve asks from several threads at once: a household's list computed once, not by each.
         with self._filling:
             missing = users[~self._known[users]]
