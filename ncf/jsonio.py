@@ -82,7 +82,10 @@ def fsync_path(path: str) -> None:
     """Flushes one file or directory entry list to disk. File systems that cannot fsync a
     directory (some network ones answer EINVAL) are left as they are."""
     flags = os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0)
-    fd = os.open(path, flags)
+    try:
+        fd = os.open(path, flags)
+    except PermissionError:  # a folder this account may write but not read (mode 0333): left as it is
+        return
     try:
         os.fsync(fd)
     except OSError as e:

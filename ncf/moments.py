@@ -123,7 +123,7 @@ def moment_of(at, data_end: int, now: Optional[float] = None) -> int:
     if isinstance(at, bool) or (isinstance(at, (float, np.floating)) and not math.isfinite(at)):
         raise InputError(f"at {at!r}: not a moment; use epoch seconds, a datetime with a time zone or an ISO string")
     if isinstance(at, (int, np.integer, float, np.floating)):
-        return to_epoch_seconds(at)
+        return _in_range(to_epoch_seconds(at), "at", at)  # epoch milliseconds were ranked as year 49,800
     if isinstance(at, str):
         return resolve_at(at, data_end, now=now, name="at")
     if isinstance(at, datetime) and (at.tzinfo is None or at.utcoffset() is None):
@@ -132,9 +132,10 @@ def moment_of(at, data_end: int, now: Optional[float] = None) -> int:
             "datetime.now(timezone.utc), or epoch seconds"
         )
     try:
-        return to_epoch_seconds(at)  # an aware datetime; a date or numpy datetime64: UTC
+        seconds = to_epoch_seconds(at)  # an aware datetime; a date or numpy datetime64: UTC
     except (ValueError, TypeError) as e:
         raise InputError(f"at {at!r}: not a moment ({e})") from None
+    return _in_range(seconds, "at", at)
 
 
 # What parse_at accepts, said in its errors (and the API's docs).

@@ -99,7 +99,7 @@ def exclusive(lock_path: str, what: str, wait_s: float = 0.0, mode: Optional[int
     writable = True
     # Never through a link: the holder line truncates the file, and a link planted at the lock's
     # name would have emptied whatever it points to that this account may write.
-    flags = os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO planted there must not block the open
     try:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | flags, 0o644 if mode is None else mode)
@@ -268,6 +268,7 @@ def check_target(
     inputs: Sequence[str] = (),
     overwrite: bool = False,
     remedy: str = "pass --overwrite to replace it",
+    writes_beside: bool = True,
 ) -> None:
     """Refuses (InputError, one line) to replace ``final`` when
 
@@ -286,8 +287,16 @@ def check_target(
         if within(final, path):
             raise InputError(f"{final}: inside the input {path}; write the output somewhere else")
     ancestor = check_parent(final)
-    if not os.access(ancestor, os.W_OK | os.X_OK):  # its lock and stage go beside it: a traceback at the save
-        raise InputError(f"{final}: {ancestor} is not writable by this account; write the output somewhere else")
+    # Where the run will write: beside final (its lock and stage; for a link, beside its target
+    # too), or, for an output written in place (a sweep's, ``writes_beside`` False), inside it.
+    # Unwritable, it failed with a PermissionError traceback at the save, after the work.
+    if writes_beside:
+        places = [ancestor] + ([os.path.dirname(real)] if os.path.islink(final) else [])
+    else:
+        places = [real if os.path.isdir(real) else ancestor]
+    for place in places:
+        if not os.access(place, os.W_OK | os.X_OK):
+            raise InputError(f"{final}: {place} is not writable by this account; write the output somewhere else")
     if overwrite or not os.path.lexists(final):
         return
     if os.path.exists(real) and not os.path.isdir(real):

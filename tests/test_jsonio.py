@@ -113,3 +113,20 @@ def test_a_history_with_a_diverged_epoch_is_still_drawn_from_what_write_json_wro
     history = evaluate.drawable_history(jsonio.read_json(path))
     assert history == [{"epoch": 1, "train_loss": 0.5}, {"epoch": 2, "train_loss": None}]
     assert training_chart(history, 1) and capsys.readouterr().err == ""
+
+
+@pytest.mark.faults
+def test_a_folder_this_account_may_write_but_not_read_still_gets_the_file(tmp_path, monkeypatch):
+    """Opening a folder of mode 0333 to flush it is refused: the file is in place all the same, and
+    the write said it failed."""
+    path = tmp_path / "stats.json"
+    real_open = os.open
+
+    def no_read_of_the_folder(name, flags, *args):
+        if os.path.abspath(name) == str(tmp_path):
+            raise PermissionError(errno.EACCES, "Permission denied", name)
+        return real_open(name, flags, *args)
+
+    monkeypatch.setattr(jsonio.os, "open", no_read_of_the_folder)
+    write_json(str(path), {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1}

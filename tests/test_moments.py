@@ -205,3 +205,18 @@ def test_preprocessings_default_bounds_are_moments_a_job_may_name():
     for bound in (schema.DEFAULT_MIN_TS, schema.DEFAULT_MAX_TS):
         assert EARLIEST <= bound < LATEST
         assert resolve_at(str(bound), data_end=0) == bound
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "value, hint",
+    [
+        (1511755281000, "milliseconds"),  # epoch milliseconds: ranked as year 49,800 before
+        (-86400, "a mistyped year"),
+        (datetime(217, 11, 27, tzinfo=timezone.utc), "a mistyped year"),
+    ],
+)
+def test_a_python_api_moment_out_of_range_is_refused_whatever_its_form(value, hint):
+    with pytest.raises(InputError, match=f"out of range.*{hint}"):
+        moment_of(value, data_end=0)
+    assert moment_of(0, data_end=0) == 0 and moment_of(1511755281, data_end=0) == 1511755281

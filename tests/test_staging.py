@@ -620,6 +620,11 @@ def test_a_link_or_a_folder_at_the_lock_name_is_refused_and_its_target_kept(tmp_
         with staging.exclusive(str(lock), str(tmp_path / "out")):
             pass
     lock.rmdir()
+    os.mkfifo(lock)  # opened without blocking, then refused
+    with pytest.raises(staging.InputError, match="not a regular file"):
+        with staging.exclusive(str(lock), str(tmp_path / "out")):
+            pass
+    lock.unlink()
     with staging.exclusive(str(lock), str(tmp_path / "out")):
         assert lock.read_text().startswith("pid ")
 
@@ -636,3 +641,15 @@ def test_an_output_whose_folder_this_account_may_not_write_is_refused_before_the
     for final in (parent / "model", parent / "not-yet" / "model"):
         with pytest.raises(staging.InputError, match="models is not writable by this account"):
             staging.check_target(str(final), "config.json", "model directory")
+    # An output written in place (a sweep's) needs only itself writable, not its folder.
+    sweep = parent / "sweep"
+    sweep.mkdir()
+    staging.check_target(str(sweep), "tune", "sweep directory", writes_beside=False)
+    # A blue/green link: the new directory goes beside its target, so that folder is checked too.
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(parent) else real_access(p, mode))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (parent / "v1").mkdir()
+    (elsewhere / "model").symlink_to(parent / "v1")
+    with pytest.raises(staging.InputError, match="models is not writable by this account"):
+        staging.check_target(str(elsewhere / "model"), "config.json", "model directory", overwrite=True)

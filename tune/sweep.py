@@ -255,7 +255,12 @@ def check_sweep_directory(output: str, data: str, resume: bool) -> None:
     # A sweep that stopped before Tune started holds only its settings.json: still a sweep's.
     started = os.path.exists(os.path.join(output, "settings.json"))
     check_target(
-        output, "settings.json" if started else "tune", "sweep directory", [data], remedy="pick another --output"
+        output,
+        "settings.json" if started else "tune",
+        "sweep directory",
+        [data],
+        remedy="pick another --output",
+        writes_beside=False,  # Tune writes inside it
     )
     experiment = os.path.join(output, "tune", "sweep")
     if resume and not os.path.exists(experiment):
