@@ -46,13 +46,16 @@ def to_epoch_seconds(at) -> int:
 # moment here is of this era, and the temporal features' date arithmetic (pandas' nanosecond
 # timestamps end in 2262) needs no more.
 EARLIEST, LATEST = 0, 2**33
+_EPOCH_SECONDS = r"\s*[0-9]{9,}\s*"  # a job's epoch seconds as text (8 digits would be a YYYYMMDD date)
 
 
 def _in_range(seconds: int, name: str, given) -> int:
     """``seconds`` where in [:data:`EARLIEST`, :data:`LATEST`), else an InputError naming ``given``."""
     if EARLIEST <= seconds < LATEST:
         return seconds
-    number = isinstance(given, (int, float, np.number)) and not isinstance(given, bool)
+    number = (isinstance(given, (int, float, np.number)) and not isinstance(given, bool)) or (
+        isinstance(given, str) and re.fullmatch(_EPOCH_SECONDS, given) is not None
+    )
     hint = "milliseconds? divide by 1000" if number and seconds >= LATEST else "a mistyped year?"
     raise InputError(f"{name} {given!r:.40}: out of range; a moment is from 1970-01-01 to 2242-03-16 UTC ({hint})")
 
@@ -80,11 +83,8 @@ def resolve_at(at, data_end: int, now: Optional[float] = None, name: str = "--at
         return int(time.time() if now is None else now)
     if at == DATA_END:
         return int(data_end)
-    if isinstance(at, str) and re.fullmatch(r"\s*[0-9]{9,}\s*", at):
-        seconds = int(at)  # epoch seconds (8 digits would be a YYYYMMDD date)
-        if seconds >= LATEST:
-            raise InputError(f"{name} {at!r}: epoch seconds out of range (milliseconds? divide by 1000)")
-        return seconds
+    if isinstance(at, str) and re.fullmatch(_EPOCH_SECONDS, at):
+        return _in_range(int(at), name, at)  # epoch seconds (8 digits would be a YYYYMMDD date)
     if isinstance(at, str) and re.fullmatch(r"\s*[A-Za-z]+\s*", at):
         # pandas reads "today" as the local wall clock taken for UTC: hours off, maybe another date.
         raise InputError(
