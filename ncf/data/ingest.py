@@ -189,27 +189,17 @@ def _csv_file(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
 def csv_lines(path: str) -> int:
     """The non-empty lines of a CSV file (header included), quotes ignored: what its rows number
     when no quoted value holds a line break (the parser skips empty lines, as this does)."""
-    count = 0
-
-    def skip(row) -> str:  # a line holding the delimiter below: a line all the same
-        nonlocal count
-        count += 1
-        return "skip"
-
-    reader = pacsv.open_csv(
+    return _rows_parsed(
         path,
         # Through the read's codec: pyarrow decodes the text it hands the handler as UTF-8, and
         # a line holding the delimiter and bytes that are not UTF-8 failed the count without it.
-        read_options=schema.csv_reader_options(column_names=["line"], block_size=CSV_BLOCK_BYTES),
-        parse_options=pacsv.ParseOptions(
+        schema.csv_reader_options(column_names=["line"], block_size=CSV_BLOCK_BYTES),
+        # A line holding the delimiter is handed to the handler: a line all the same.
+        lambda skip: pacsv.ParseOptions(
             delimiter="\x1f", quote_char=False, newlines_in_values=False, invalid_row_handler=skip
         ),
-        convert_options=pacsv.ConvertOptions(column_types={"line": pa.binary()}),  # no UTF-8 check
+        pacsv.ConvertOptions(column_types={"line": pa.binary()}),  # no UTF-8 check
     )
-    with reader:
-        for batch in reader:
-            count += batch.num_rows
-    return count
 
 
 def csv_rows(path: str) -> int:
@@ -217,24 +207,33 @@ def csv_rows(path: str) -> int:
     parses them (quoted line breaks, malformed rows and skipped empty lines alike): what
     :func:`_csv_file` must yield, counted apart from it, so that rows it lost (a file's last
     batch, a whole file) show. One column, as bytes: a few percent of the read's time."""
+    rows = _rows_parsed(
+        path,
+        # As the read's: its codec (a malformed row's text reaches the handler as UTF-8) and blocks.
+        schema.csv_reader_options(autogenerate_column_names=True, block_size=CSV_BLOCK_BYTES),
+        schema.csv_parse_options,  # a malformed row: a row all the same, as the read quarantines it
+        pacsv.ConvertOptions(include_columns=["f0"], column_types={"f0": pa.binary()}),
+    )
+    return max(rows - 1, 0)  # the header, read as a row here
+
+
+def _rows_parsed(path: str, read_options, parse_options: Callable, convert_options) -> int:
+    """The rows a CSV reader of ``path`` yields, those its invalid-row handler skips included;
+    ``parse_options(handler)``: the parse options with that handler."""
     count = 0
 
-    def skip(row) -> str:  # a malformed row: a row all the same, as the read quarantines it
+    def skip(row) -> str:
         nonlocal count
         count += 1
         return "skip"
 
     reader = pacsv.open_csv(
-        path,
-        # As the read's: its codec (a malformed row's text reaches the handler as UTF-8) and blocks.
-        read_options=schema.csv_reader_options(autogenerate_column_names=True, block_size=CSV_BLOCK_BYTES),
-        parse_options=schema.csv_parse_options(skip),
-        convert_options=pacsv.ConvertOptions(include_columns=["f0"], column_types={"f0": pa.binary()}),
+        path, read_options=read_options, parse_options=parse_options(skip), convert_options=convert_options
     )
     with reader:
         for batch in reader:
             count += batch.num_rows
-    return max(count - 1, 0)  # the header, read as a row here
+    return count
 
 
 def count_csv_file(path: str, seen: Tuple[int, int]) -> Tuple[int, int]:
