@@ -341,10 +341,10 @@ def headline(metrics: Dict, source: str = METRICS) -> Dict[str, str]:
     for part in ("training", "sweep"):
         if "best_val_ndcg@10" in (metrics.get(part) or {}):
             val = metrics[part]["best_val_ndcg@10"]
-            if numeric({"v": val}) and val >= 0:
-                tags[metric_key("best_val_ndcg@10")] = f"{val:.4f}"
-            elif not numeric({"v": val}):
+            if not numeric({"v": val}):
                 left_out.append((f"{part} best_val_ndcg@10", val))
+            elif val >= 0:
+                tags[metric_key("best_val_ndcg@10")] = f"{val:.4f}"
             break
     if left_out:
         said = ", ".join(f"{name} ({json.dumps(value)[:40]})" for name, value in left_out)
