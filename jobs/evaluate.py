@@ -14,15 +14,12 @@ import sys
 from typing import Callable, Optional
 
 from jobs.cli import check_data, check_model, fail, job_parser, one_line_errors, positive_int
-from ncf.data import layout
 from ncf.errors import InputError
 from ncf.evaluate.evaluation import (
     BASELINE_ORDER,
     MODEL,
-    check_held_out,
     evaluate_all,
     model_on_period,
-    period_start,
 )
 from ncf.evaluate.report import write_placeholder, write_report
 from ncf.model.directory import ModelDir
@@ -91,12 +88,6 @@ def main(argv=None, on_row: Optional[Callable[[dict], None]] = None) -> list:
         metrics = {} if handle is None else handle.metrics()
         history = drawable_history(metrics) if args.report else None  # drawn on the report alone
         best_epoch = kept_epoch(metrics)
-        if handle is not None:
-            # Refused before the placeholder below (model_on_period checks it again, after it): a
-            # refit or deployment model must leave --report as it was, its report or its absence.
-            check_held_out(handle, args.split, period_start(args.split, layout.DataStats(args.data).boundaries))
-        if args.report:  # from now until the report is written, no previous run's page about another model
-            write_placeholder(args.report, handle.version)
         if args.split == VAL:
             print(
                 "[evaluate] --split val: the baselines are tuned and the validated model's epoch chosen on "
@@ -107,6 +98,11 @@ def main(argv=None, on_row: Optional[Callable[[dict], None]] = None) -> list:
         on_period = (
             None if args.baselines_only else model_on_period(args.model, args.data, args.split, args.exclude_purchased)
         )
+        # After model_on_period, which refuses a refit or deployment model: such a model leaves
+        # --report as it was, its report or its absence. From now until the report is written, no
+        # previous run's page about another model.
+        if args.report:
+            write_placeholder(args.report, handle.version)
         rows = evaluate_all(
             args.model,
             args.data,

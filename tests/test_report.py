@@ -329,19 +329,18 @@ def test_a_model_trained_on_the_periods_labels_is_refused(small_model_dir, small
 
 @pytest.mark.faults
 def test_a_model_refused_as_not_held_out_leaves_the_report_directory_as_it_was(
-    small_model_dir, small_data, tmp_path, monkeypatch, capsys
+    small_model_dir, small_data, tmp_path, capsys
 ):
     """The placeholder was written before model_on_period, whose check refuses a refit (its labels
     reach into the period): the refused command, exit 2, replaced a finished report.html with the
     placeholder, or created the --report folder to hold it (the second reading of 2026-12-06).
-    The check now comes first: the directory is left as it was, or not created."""
+    The placeholder now comes after model_on_period: the directory is left as it was, or not created."""
     data, stats = small_data
     refit = _trained_through(small_model_dir, data, str(tmp_path / "refit"), stats["boundaries"]["end"] + 1, REFIT)
     report = tmp_path / "report"
     report.mkdir()
     finished = "<html>the finished report of model v0 \u00b1</html>".encode()
     (report / REPORT).write_bytes(finished)
-    monkeypatch.setattr(evaluate, "model_on_period", lambda *a, **k: pytest.fail("refused only in model_on_period"))
     for output in (report, tmp_path / "fresh"):
         with pytest.raises(SystemExit) as exited:
             evaluate.main(["--model", refit, "--data", data, "--no-baselines", "--report", str(output)])
@@ -416,7 +415,7 @@ def test_an_evaluation_that_stops_before_its_report_leaves_no_previous_runs_repo
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C once the evaluation has started
 
-    monkeypatch.setattr(evaluate, "model_on_period", interrupted)
+    monkeypatch.setattr(evaluate, "evaluate_all", interrupted)
     with pytest.raises(KeyboardInterrupt):
         evaluate.main(["--model", small_model_dir, "--data", small_data[0], "--report", str(report)])
     page = (report / REPORT).read_text(encoding="utf-8")
