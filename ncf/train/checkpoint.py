@@ -60,14 +60,17 @@ def read_train_state(directory: str) -> Dict:
     return read_json(os.path.join(directory, TRAIN_STATE))
 
 
-def read_checkpoint(directory: str, remedy: str = NEW_RUN, mmap: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict]:
+def read_checkpoint(
+    directory: str, remedy: str = NEW_RUN, mmap: bool = False, state: Optional[Dict] = None
+) -> Tuple[Dict[str, torch.Tensor], Dict]:
     """(weights, train state) of a checkpoint directory (weights_only: nothing is unpickled), its
-    files checked against their recorded checksums first (:func:`check_checksums`). ``mmap``: the
+    files checked against their recorded checksums first (:func:`check_checksums`; ``state``: its
+    ``train_state.json`` already read, default: read here). ``mmap``: the
     tensors map the file (each worker of a resumed group then holds only the part it copies into
     its model), only for a checkpoint on a local filesystem: one downloaded from remote storage
     sits in a folder the node's workers share, which a later worker's download rewrites in place
     (a mapped page cut short is a SIGBUS)."""
-    state = read_train_state(directory)
+    state = read_train_state(directory) if state is None else state
     check_checksums(directory, state, remedy)
     weights = torch.load(os.path.join(directory, WEIGHTS), weights_only=True, map_location="cpu", mmap=mmap)
     return weights, state
@@ -340,7 +343,7 @@ def export_model_dir(
         cutoffs = (state.get("training") or {}).get("cutoffs")
         if cutoffs:  # an uncapped run's trained rows are read from DATA's lists of these cutoffs
             check_same_lists(where, state.get("lists_sha256"), lists_digest(data, cutoffs), "train again")
-        weights, state = read_checkpoint(d, "train again")
+        weights, _ = read_checkpoint(d, "train again", state=state)
         trained_rows = read_trained_rows(d)
     return save_model_dir(
         output,
