@@ -334,7 +334,8 @@ class AppArgs(BaseModel):
 def build_app(args: Dict) -> Application:
     """The application for ``args`` (a dict or :class:`AppArgs`); checks the settings here, so a
     typo fails the deploy command rather than the replicas."""
-    return _application(_validated(args), serve_settings(args))
+    a = _validated(args)
+    return _application(a, _settings_of(a))
 
 
 def app_of(args: Dict, settings: ServeSettings) -> Application:
@@ -347,7 +348,10 @@ def app_of(args: Dict, settings: ServeSettings) -> Application:
 
 def serve_settings(args: Dict) -> ServeSettings:
     """``args``' model and DATA as replicas load them (real paths, fingerprints), checked here."""
-    a = _validated(args)
+    return _settings_of(_validated(args))
+
+
+def _settings_of(a: AppArgs) -> ServeSettings:
     # Real paths: a replica started later (autoscaling, a replacement) must load what this one
     # verified, not what a blue/green link points at by then.
     model_dir = os.path.realpath(resolve_model(a.model))
