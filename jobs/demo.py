@@ -31,7 +31,7 @@ from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
-from ncf.evaluate.protocol import PAIRED
+from ncf.evaluate.report import CONSOLE_COLUMNS, PAIRED_SE, cell_text
 from ncf.jsonio import write_text
 from ncf.model.directory import ModelDir
 from ncf.registry import check_store_outlives_the_job, in_unpacked_working_dir, sqlite_uri
@@ -63,28 +63,14 @@ def _stage(number: int, name: str, started: float) -> None:
 
 
 def print_table(rows: list) -> None:
-    """The rows' figures; a baseline's difference to the model, household by household, with its
-    paired standard error (``recall@10 - model``)."""
-    columns = ["model", "recall@10", "ndcg@10", "hr@10", "mrr@10", "sampled_hr@10", "sampled_ndcg@10"]
-    paired = [f"{m} - model" for m in PAIRED]
-    headers = columns + paired + ["users"]  # the report's order
-    widths = [max(15, len(header)) for header in headers]  # "recall@10 - model" is longer than its cells
-    print(" | ".join(f"{header:>{width}}" for header, width in zip(headers, widths)))
+    """The report's main table, its columns a terminal has room for, figured as the report does
+    (to 4 decimals: at full precision a figure overflowed its column and shifted every cell after
+    it); a baseline's difference to the model, household by household, \u00b1 its paired standard error."""
+    widths = [max(15, len(c)) for c in CONSOLE_COLUMNS]  # "recall@10_minus_model" is longer than its cells
+    print(" | ".join(f"{c:>{width}}" for c, width in zip(CONSOLE_COLUMNS, widths)))
     for row in rows:
-        cells = [_figure(row.get(c, "")) for c in columns] + [_minus_model(row, m) for m in PAIRED]
-        cells.append(_figure(row.get("users", "")))
+        cells = [cell_text(row, c, PAIRED_SE) for c in CONSOLE_COLUMNS]
         print(" | ".join(f"{cell:>{width}}" for cell, width in zip(cells, widths)), flush=True)
-
-
-def _figure(value) -> str:
-    """A metric's float to 4 decimals, the precision of the paired differences: at full precision
-    it overflowed its column and shifted every cell after it."""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _minus_model(row: dict, metric: str) -> str:
-    difference, se = row.get(f"{metric}_minus_model"), row.get(f"{metric}_minus_model_se")
-    return "" if difference is None or se is None else f"{difference:+.4f} \u00b1{se:.4f}"
 
 
 def post(url: str, payload: dict) -> dict:

@@ -14,7 +14,7 @@ from helpers import BASELINES_WITHOUT_ALS, CHROMIUM_FLAGS, chromium_path
 from jobs import evaluate
 from ncf.data.features import FEATURES_VERSION
 from ncf.errors import InputError
-from ncf.evaluate.evaluation import MODEL, evaluate_all, model_on_period, sample_users
+from ncf.evaluate.evaluation import BASELINE_ORDER, MODEL, evaluate_all, model_on_period, sample_users
 from ncf.evaluate.report import REPORT, _product_label, write_report
 from ncf.model.config import ModelConfig
 from ncf.model.directory import WEIGHTS, ModelDir, save_model_dir
@@ -48,6 +48,7 @@ def test_report_renders_without_broken_images(on_period, small_model_dir, small_
         {"epoch": 2, "train_loss": 0.7, "val_ndcg@10": 0.12, "val_recall@10": 0.1},
     ]
     ablations = [
+        {**rows[0], "model": MODEL, "seeds": 3, "recall@10_sd": 0.0006, "features_version": FEATURES_VERSION},
         {**rows[0], "model": "advanced_ncf without mf", "seeds": 3, "recall@10_sd": 0.0123, "epochs": 3},
         {**rows[0], "model": "advanced_ncf without mlp", "features_version": FEATURES_VERSION - 1},
     ]
@@ -75,13 +76,24 @@ def test_report_renders_without_broken_images(on_period, small_model_dir, small_
     own = next(r for r in rows if r["model"] == "own_frequency")
     assert f"{own['recall@10_minus_model']:.4f} \u00b1 {own['recall@10_minus_model_se']:.4f}" in page
     # The epoch whose weights were evaluated (early stopping kept the first of two), marked.
-    assert "holds the weights of epoch <b>1</b>" in page and '<td class="l">1 (evaluated)</td>' in page
-    assert page.count("(evaluated)") == 1 and '<td class="l">2</td>' in page
+    assert "holds the weights of epoch <b>1</b>" in page and '<th scope="row" class="l">1 (evaluated)</th>' in page
+    assert page.count("(evaluated)") == 1 and '<th scope="row" class="l">2</th>' in page
     # The ablations' spread is the seeds', said as such; a row of other features is warned about.
     ablation_section = page.split("<h2>Ablations</h2>")[1].split("<h2>")[0]
     assert "\u00b1 0.0123" in ablation_section and "standard deviation over the row's seeds" in ablation_section
     assert f"rows of features version {FEATURES_VERSION - 1} were measured on other feature" in ablation_section
-    assert '<th class="">features_version</th>' in ablation_section
+    assert '<th scope="col">features_version</th>' in ablation_section
+    # This run's one training, labelled; the ablations' same model over its 3 seeds beside it.
+    main = page.split("<h2>Model against the baselines</h2>")[1].split("<h2>")[0]
+    recorded = f"{MODEL}, 3 seeds (recorded: runs/&lt;ablations&gt;.jsonl)"
+    assert f">{MODEL} (this run)</th>" in main and f">{recorded}</th>" in main
+    assert f"{rows[0]['recall@10']:.4f} \u00b1 0.0006" in main and rows[0]["model"] == MODEL  # the rows keep their name
+    # The baselines this run did not evaluate are named (ALS: left out here).
+    missing = [b for b in BASELINE_ORDER if b not in {r["model"] for r in rows}]
+    assert "als" in missing and f"Not evaluated in this run: {', '.join(missing)}.</p>" in main
+    # Every table captioned, its header row in a thead; no empty class attribute anywhere.
+    assert page.count("<caption>") == page.count("<table>") == 3 and page.count("<thead>") == 3
+    assert 'class=""' not in page
 
     common = [chromium_path(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run(
@@ -355,11 +367,22 @@ def test_a_report_of_exclude_purchased_ranks_its_households_that_way_and_says_so
     """Old code: the table came from the excluding ranking, the households shown beside it from the
     plain one (every recommendation bought before, none ticked), and nothing said which."""
     ranker, period = on_period
+    full = {"model": MODEL, "seeds": 3, "recall@10": 0.42, "recall@10_sd": 0.001, "features_version": FEATURES_VERSION}
     path = write_report(
-        str(tmp_path / "r"), ranker, "v1", period, [], score_users=4, households=1, exclude_purchased=True
+        str(tmp_path / "r"),
+        ranker,
+        "v1",
+        period,
+        [],
+        ablations=[full],
+        score_users=4,
+        households=1,
+        exclude_purchased=True,
     )
     page = open(path).read()
     assert "<b>exclude_purchased</b>" in page and "<html lang='en'>" in page
+    # bench.ablations ranks with past purchases: its row is no figure of this mode's main table.
+    assert "seeds (recorded" not in page
     # No recommendation was bought before: no repeat figure to average, said instead of "nan".
     assert "none is a product the household bought before (<b>exclude_purchased</b> leaves them out)" in page
     assert not re.search(r"\bnan\b", re.sub(r'src="data:[^"]*"', "", page)), "a figure of nothing printed as nan"
@@ -502,7 +525,7 @@ def test_the_evaluated_epoch_is_said_marked_only_where_the_history_has_it():
 
     history = [{"epoch": 1, "train_loss": 0.9}, {"epoch": 2, "train_loss": 0.7}]
     marked = _training_section(history, 2)
-    assert "marked in the chart and the table" in marked and '<td class="l">2 (evaluated)</td>' in marked
+    assert "marked in the chart and the table" in marked and '<th scope="row" class="l">2 (evaluated)</th>' in marked
     unmarked = _training_section(history, 5)
     assert "holds the weights of epoch <b>5</b>" in unmarked and "no row of that epoch" in unmarked
     assert "marked in the chart" not in unmarked and "(evaluated)" not in unmarked
@@ -540,3 +563,132 @@ def test_a_history_of_another_shape_is_left_out_of_the_report_not_failed_on(caps
     from ncf.evaluate.report import training_chart
 
     assert training_chart(good, 2)  # what a kept history must carry is enough to draw it
+
+
+def _full_model(**changes) -> dict:
+    """The ablations' default-model row, as bench/results/ablations_cj.jsonl holds it."""
+    row = {"model": MODEL, "seeds": 3, "users": 2078, "recall@10": 0.4225, "recall@10_sd": 0.0006}
+    return {**row, "mrr@10": 0.6976, "mrr@10_sd": 0.0015, "features_version": FEATURES_VERSION, **changes}
+
+
+def test_the_main_table_shows_the_ablations_model_over_its_seeds_beside_this_runs_one_training():
+    """The main table's advanced_ncf row was this run's one training, with no sd, while the
+    ablations below had the same model over 3 seeds: one labelled as this run's, the other added
+    beside it, mean \u00b1 its seeds' sd, where it is of the evaluated DATA's features."""
+    from ncf.evaluate.report import _main_section
+
+    rows = [
+        {"model": MODEL, "recall@10": 0.41, "ndcg@10": 0.45, "users": 50},
+        {"model": "popularity", "recall@10": 0.2, "ndcg@10": 0.2},
+    ]
+    rows[1].update({"recall@10_minus_model": -0.21, "recall@10_minus_model_se": 0.01})
+    section = _main_section(rows, [_full_model(), {**_full_model(), "model": "advanced_ncf without mf"}], "x.jsonl")
+    names = re.findall(r'<th scope="row" class="l">([^<]*)</th>', section)
+    assert names == [f"{MODEL} (this run)", f"{MODEL}, 3 seeds (recorded: x.jsonl)", "popularity"]
+    assert "<td>0.4225 \u00b1 0.0006</td>" in section and "<td>0.6976 \u00b1 0.0015</td>" in section
+    assert "<td>-0.2100 \u00b1 0.0100</td>" in section and rows[0]["model"] == MODEL
+    for not_comparable in (
+        _full_model(seeds=1),  # one training: no better than this run's
+        _full_model(features_version=None),
+        _full_model(features_version=FEATURES_VERSION - 1),
+        _full_model(model="advanced_ncf without mf"),
+    ):
+        names = re.findall(r'<th scope="row" class="l">([^<]*)</th>', _main_section(rows, [not_comparable], None))
+        assert names == [f"{MODEL} (this run)", "popularity"], not_comparable
+    assert "seeds (recorded" not in _main_section(rows, None, None)
+
+
+def test_a_cell_shows_the_spread_its_table_is_about_never_two():
+    """A row carrying both a seeds' sd and a standard error read "0.4200 \u00b1 0.0010 \u00b1 0.0060"."""
+    from ncf.evaluate.report import PAIRED_SE, SEED_SD, _table
+
+    row = {"model": "m", "recall@10": 0.42, "recall@10_sd": 0.001, "recall@10_se": 0.006, "seeds": 3}
+    seeds = _table([row], ["model", "recall@10"], "seeds", SEED_SD)
+    paired = _table([row], ["model", "recall@10"], "paired", PAIRED_SE)
+    assert "<td>0.4200 \u00b1 0.0010</td>" in seeds and "0.0060" not in seeds
+    assert "<td>0.4200 \u00b1 0.0060</td>" in paired and "0.0010" not in paired
+    # One seed: its sd is no spread to show.
+    assert "<td>0.4200</td>" in _table([{**row, "seeds": 1}], ["model", "recall@10"], "seeds", SEED_SD)
+
+
+def test_the_ablation_table_shows_every_figure_its_rows_carry_with_their_sd():
+    from ncf.evaluate.report import _ablations_section
+
+    row = _full_model(**{"repeat_recall@10": 0.2738, "repeat_recall@10_sd": 0.0007, "explore_recall@10": 0.0005})
+    section = _ablations_section([{**row, "explore_recall@10_sd": 0.0002}], None)
+    for column in ("mrr@10", "repeat_recall@10", "explore_recall@10"):
+        assert f'<th scope="col">{column}</th>' in section
+    assert "0.6976 \u00b1 0.0015" in section and "0.2738 \u00b1 0.0007" in section and "0.0005 \u00b1 0.0002" in section
+    assert "<caption>" in section and "Warning" not in section
+
+
+@pytest.mark.faults
+def test_ablation_rows_without_a_features_version_are_flagged_not_presented_as_comparable():
+    """A row without ``features_version`` was treated as of the evaluated DATA's features."""
+    from ncf.evaluate.report import _ablations_section
+
+    section = _ablations_section([_full_model(), {"model": "<old> row", "recall@10": 0.3}], None)
+    assert "&lt;old&gt; row: no features version recorded" in section and "is unknown" in section
+    assert f"{MODEL}: no features version" not in section and "rows of features version" not in section
+
+
+def test_an_attention_paragraph_over_no_household_says_so_and_averages_nothing():
+    """Every household sampled a cold start: "Over the top 10 of 0 households: mean entropy nan
+    nats", after np.mean's warning of an empty mean."""
+    import warnings
+    from types import SimpleNamespace
+
+    from ncf.evaluate.protocol import Period
+    from ncf.evaluate.report import _attention_paragraph, _first_reason_over_uniform, explanation_stats
+    from ncf.rank.ranker import Ranking
+
+    cold = Ranking(np.array([1, 2]), np.array([0.5, 0.4]), True, explanations=[[], []])
+    ranker = SimpleNamespace(rank=lambda users, at, k, exclude_purchased, explain: [cold] * len(users))
+    period = Period(TEST, 0, {1: np.array([1]), 2: np.array([2])}, {}, {1: 10, 2: 20})
+    on_null = Ranking(np.array([1]), np.array([0.5]), False, explanations=[[(1, 0.0)]], attention_null=np.array([1.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # np.mean([]) warns
+        explained = explanation_stats(ranker, period, period.users)
+        assert np.isnan(_first_reason_over_uniform(on_null, np.array([1])))
+    assert explained["households"] == 0
+    paragraph = _attention_paragraph(explained)
+    assert "No household sampled here has a recommendation the attention explains" in paragraph
+    assert "nan" not in paragraph
+    # Households explained, every first reason's weight on the null slot: no ratio, said so.
+    some = {**explained, "households": 2, "attention_entropy": 0.5, "uniform_entropy": 0.7, "null_weight": 1.0}
+    some["share_with_different_reasons"] = 0.0
+    assert "nan" not in _attention_paragraph(some) and "not comparable with uniform weights" in _attention_paragraph(
+        some
+    )
+
+
+def test_the_baselines_without_a_row_are_named():
+    """The boosted ranker without training lists (skipped, only logged) and ALS under --no-als
+    left the table without a word."""
+    from ncf.evaluate.report import _not_evaluated
+
+    evaluated = [{"model": name} for name in BASELINE_ORDER if name not in ("boosted_ranker", "als")]
+    assert _not_evaluated([{"model": MODEL}, *evaluated]) == "<p>Not evaluated in this run: boosted_ranker, als.</p>"
+    failed = {"model": "als", "failed": "tuning: MemoryError"}  # its row says why
+    assert "als" not in _not_evaluated([{"model": "boosted_ranker"}, failed, *evaluated])
+    assert _not_evaluated([{"model": name} for name in BASELINE_ORDER]) == ""
+
+
+def test_the_charts_names_are_slanted_and_their_alt_texts_name_every_curve(monkeypatch):
+    """Seven rows' names overlapped under the bars; the training chart's alt text named NDCG@10
+    alone, beside a recall curve."""
+    from ncf.evaluate import report
+
+    drawn = []
+    monkeypatch.setattr(report, "_png", lambda fig, alt: drawn.append((fig, alt)) or "")
+    rows = [{"model": name, "recall@10": 0.1, "ndcg@10": 0.1} for name in (MODEL, *BASELINE_ORDER)]
+    report.metrics_chart(rows)
+    history = [{"epoch": 1, "train_loss": 0.9, "val_ndcg@10": 0.1, "val_recall@10": 0.08}]
+    report.training_chart(history, 1)
+    (metrics, _), (training, alt) = drawn
+    labels = metrics.axes[0].get_xticklabels()
+    assert [label.get_text() for label in labels] == [r["model"] for r in rows]
+    assert all(label.get_rotation() == 30 and label.get_horizontalalignment() == "right" for label in labels)
+    curves = [line.get_label() for line in training.axes[1].get_lines() if not line.get_label().startswith("_")]
+    assert len(curves) == 3 and "training loss" in alt and "epoch 1 marked" in alt  # two metrics and the epoch
+    assert "validation NDCG@10" in alt and "validation recall@10" in alt

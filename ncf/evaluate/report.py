@@ -30,8 +30,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ncf.data.features import FEATURES_VERSION
-from ncf.evaluate.evaluation import K, Period, sample_users
-from ncf.evaluate.protocol import bought_by_period_end
+from ncf.evaluate.evaluation import BASELINE_ORDER, MODEL, K, Period, sample_users
+from ncf.evaluate.protocol import PAIRED, bought_by_period_end
 from ncf.jsonio import write_text
 from ncf.splits import TEST
 
@@ -50,6 +50,7 @@ _STYLE = """<style>
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:100%}h2{margin-top:2em}
+caption{text-align:left;font-weight:bold;padding:4px 0}
 .hh{display:grid;grid-template-columns:1fr 2fr;gap:1em;border-top:1px solid #ddd;padding:.5em 0}
 small{color:#666}
 </style>"""
@@ -73,25 +74,67 @@ def _pyplot():
     return plt
 
 
-def _table(rows: Sequence[Dict], columns: Sequence[str]) -> str:
-    head = "".join(f'<th class="{"l" if i == 0 else ""}">{html.escape(c)}</th>' for i, c in enumerate(columns))
+# The main table's columns, in its order.
+METRIC_COLUMNS = [
+    "model",
+    f"recall@{K}",
+    f"ndcg@{K}",
+    f"hr@{K}",
+    f"mrr@{K}",
+    "mrr",
+    f"recall_lit@{K}",
+    f"repeat_recall@{K}",
+    f"explore_recall@{K}",
+    f"repeat_share@{K}",
+    f"sampled_hr@{K}",
+    f"sampled_ndcg@{K}",
+    *(f"{metric}_minus_model" for metric in PAIRED),
+    "users",
+]
+# jobs.demo's console table: the main table's columns a terminal line has room for, in its order
+# (one list, so that a column renamed here is not left blank there).
+CONSOLE_COLUMNS = [
+    c
+    for c in METRIC_COLUMNS
+    if c not in ("mrr", f"recall_lit@{K}", f"repeat_recall@{K}", f"explore_recall@{K}", f"repeat_share@{K}")
+]
+SEED_SD = "_sd"  # the spread of a bench row's seeds (how much a training varies)
+PAIRED_SE = "_se"  # the paired standard error of a baseline's difference to the model
+
+
+def cell_text(row: Dict, column: str, spread: Optional[str] = None) -> str:
+    """A row's figure as its table shows it (jobs.demo's too): a float to 4 decimals, then
+    \u00b1 the row's ``column + spread`` where it has one. One ``spread`` per table, so that a row
+    carrying both a seeds' sd and a standard error never reads "0.4200 \u00b1 0.0010 \u00b1 0.0060"."""
+    value = row.get(column, "")
+    signed = "+" if column.endswith("_minus_model") else ""  # a difference reads as one: +0.0037, -0.0235
+    text = f"{value:{signed}.4f}" if isinstance(value, float) else ("n/a" if value is None else str(value))
+    deviation = row.get(f"{column}{spread}") if spread else None
+    # One seed has no spread to speak of, whatever its row holds.
+    if isinstance(deviation, float) and (spread != SEED_SD or row.get("seeds", 1) > 1):
+        text += f" \u00b1 {deviation:.4f}"
+    return text
+
+
+_LEFT = ' class="l"'
+
+
+def _table(rows: Sequence[Dict], columns: Sequence[str], caption: str, spread: Optional[str] = None) -> str:
+    """``spread``: the suffix of the figures this table's \u00b1 shows (:func:`cell_text`). The
+    first column heads each row (``<th scope="row">``), for screen readers."""
+    head = "".join(f'<th scope="col"{_LEFT if i == 0 else ""}>{html.escape(c)}</th>' for i, c in enumerate(columns))
     body = ""
     for row in rows:
+        name = f'<th scope="row"{_LEFT}>{html.escape(cell_text(row, columns[0]))}</th>'
         if "failed" in row:  # a baseline that raised: its name, and where and why, across the figures
-            name, failed = html.escape(str(row["model"])), html.escape(f"failed in its {row['failed']}")
-            body += f'<tr><td class="l">{name}</td><td colspan="{len(columns) - 1}">{failed}</td></tr>'
+            failed = html.escape(f"failed in its {row['failed']}")
+            body += f'<tr>{name}<td colspan="{len(columns) - 1}">{failed}</td></tr>'
             continue
-        cells = []
-        for i, c in enumerate(columns):
-            v = row.get(c, "")
-            text = f"{v:.4f}" if isinstance(v, float) else ("n/a" if v is None else str(v))
-            if isinstance(row.get(f"{c}_sd"), float) and row.get("seeds", 1) > 1:
-                text += f" \u00b1 {row[f'{c}_sd']:.4f}"
-            if isinstance(row.get(f"{c}_se"), float):
-                text += f" \u00b1 {row[f'{c}_se']:.4f}"
-            cells.append(f'<td class="{"l" if i == 0 else ""}">{html.escape(text)}</td>')
-        body += "<tr>" + "".join(cells) + "</tr>"
-    return f"<table><tr>{head}</tr>{body}</table>"
+        body += f"<tr>{name}" + "".join(f"<td>{html.escape(cell_text(row, c, spread))}</td>" for c in columns[1:])
+        body += "</tr>"
+    return (
+        f"<table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
 
 
 def metrics_chart(rows: Sequence[Dict]) -> str:
@@ -103,11 +146,16 @@ def metrics_chart(rows: Sequence[Dict]) -> str:
     for offset, metric in ((-0.2, f"recall@{K}"), (0.2, f"ndcg@{K}")):
         bars = ax.bar(x + offset, [r[metric] for r in rows], width=0.4, label=metric)
         ax.bar_label(bars, fmt="%.3f", fontsize=8)
-    ax.set_xticks(x, names)
+    # Seven rows' names side by side overlap: slanted, and _png's tight bounding box keeps them whole.
+    ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("score")
     ax.legend()
     ax.set_title("Full ranking on the evaluated period")
     return _png(fig, "Recall@10 and NDCG@10 of the model and of each baseline")
+
+
+# The validation curves the training chart draws, and their words in its alt text.
+_VALIDATION_CURVES = {"val_ndcg@10": "validation NDCG@10", "val_recall@10": "validation recall@10"}
 
 
 def training_chart(history: Sequence[Dict], best_epoch: Optional[int] = None) -> str:
@@ -119,7 +167,7 @@ def training_chart(history: Sequence[Dict], best_epoch: Optional[int] = None) ->
     left.plot(epochs, [h["train_loss"] for h in history], marker="o")
     left.set_xlabel("epoch")
     left.set_ylabel("training loss (logQ-corrected BCE)")
-    for metric in ("val_ndcg@10", "val_recall@10"):
+    for metric in _VALIDATION_CURVES:
         right.plot(epochs, [h.get(metric, np.nan) for h in history], marker="o", label=metric)
     if best_epoch is not None:
         left.axvline(best_epoch, color="tab:red", linestyle="--")
@@ -127,7 +175,8 @@ def training_chart(history: Sequence[Dict], best_epoch: Optional[int] = None) ->
     right.set_xlabel("epoch")
     right.legend()
     right.set_title("validation (full ranking, sampled users)")
-    return _png(fig, "training loss and validation NDCG@10 by epoch")
+    marked = f", the evaluated epoch {best_epoch} marked" if best_epoch is not None else ""
+    return _png(fig, f"training loss and {' and '.join(_VALIDATION_CURVES.values())} by epoch{marked}")
 
 
 def _training_section(history: Optional[Sequence[Dict]], best_epoch: Optional[int]) -> str:
@@ -158,11 +207,34 @@ def _training_section(history: Optional[Sequence[Dict]], best_epoch: Optional[in
         "<h2>Training and validation</h2>"
         + which
         + training_chart(history, shown)
-        + _table(marked, ["epoch", "train_loss", "val_ndcg@10", "val_recall@10", "examples_per_s", "epoch_seconds"])
+        + _table(
+            marked,
+            ["epoch", "train_loss", *_VALIDATION_CURVES, "examples_per_s", "epoch_seconds"],
+            "Every epoch trained",
+        )
     )
 
 
-ABLATION_COLUMNS = ["model", f"recall@{K}", f"ndcg@{K}", f"hr@{K}", "seeds", "features_version", "epochs", "users"]
+ABLATION_COLUMNS = [
+    "model",
+    f"recall@{K}",
+    f"ndcg@{K}",
+    f"hr@{K}",
+    f"mrr@{K}",
+    f"repeat_recall@{K}",
+    f"explore_recall@{K}",
+    "seeds",
+    "features_version",
+    "epochs",
+    "users",
+]
+
+
+def _features_match(row: Dict) -> Optional[bool]:
+    """Whether an ablation row was measured on this code's feature definitions, the evaluated
+    DATA's (jobs.evaluate refuses others); None where the row does not say, which is no yes."""
+    version = row.get("features_version")
+    return None if version is None else version == FEATURES_VERSION
 
 
 def _ablations_section(ablations: Optional[Sequence[Dict]], source: Optional[str]) -> str:
@@ -177,9 +249,7 @@ def _ablations_section(ablations: Optional[Sequence[Dict]], source: Optional[str
         )
     where = f" Rows from <code>{html.escape(source)}</code>, not re-run by this report." if source else ""
     # Escaped: the rows are a user's file (jobs.evaluate refuses a features_version that is no integer).
-    other = sorted(
-        {str(r["features_version"]) for r in ablations if r.get("features_version") not in (None, FEATURES_VERSION)}
-    )
+    other = sorted({str(r["features_version"]) for r in ablations if _features_match(r) is False})
     warning = (
         f"<p><b>Warning:</b> rows of features version {html.escape(', '.join(other))} were measured on other feature "
         f"definitions than the evaluated DATA's (version {FEATURES_VERSION}): they do not compare with the "
@@ -187,6 +257,13 @@ def _ablations_section(ablations: Optional[Sequence[Dict]], source: Optional[str
         if other
         else ""
     )
+    unknown = [str(r["model"]) for r in ablations if _features_match(r) is None]
+    if unknown:
+        warning += (
+            f"<p><b>Warning:</b> {html.escape(', '.join(unknown))}: no features version recorded, so whether "
+            f"they were measured on the evaluated DATA's feature definitions (version {FEATURES_VERSION}) is "
+            "unknown; they may not compare with the table above.</p>"
+        )
     return (
         "<h2>Ablations</h2><p>Each part switched off in turn (<code>bench.ablations</code>); rows "
         "with fewer seeds may come from another run (BENCHMARKS.md says which)."
@@ -194,7 +271,7 @@ def _ablations_section(ablations: Optional[Sequence[Dict]], source: Optional[str
         + " Here \u00b1 is the standard deviation over the row's seeds (how much a training varies), not "
         "the paired standard error of the table above; <i>epochs</i> is each training's budget.</p>"
         + warning
-        + _table(ablations, ABLATION_COLUMNS)
+        + _table(ablations, ABLATION_COLUMNS, "Ablations: mean \u00b1 standard deviation over seeds", SEED_SD)
     )
 
 
@@ -269,6 +346,11 @@ def _product_label(ranker, product_ids: Sequence[int]) -> List[str]:
     ]
 
 
+def _mean(values) -> float:
+    """nan for no values, said as such by the paragraphs, without np.mean's warning of an empty mean."""
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
 def _first_reason_over_uniform(ranking, attended: np.ndarray) -> float:
     """Mean over a ranking's recommendations of the first "because" product's weight against its
     share under uniform weights over the ``attended`` places (a product bought twice among the
@@ -279,7 +361,7 @@ def _first_reason_over_uniform(ranking, attended: np.ndarray) -> float:
             product, weight = because[0]
             uniform_share = np.count_nonzero(attended == product) * (1.0 - null) / len(attended)
             leads.append(weight / uniform_share)
-    return float(np.mean(leads))
+    return _mean(leads)
 
 
 def explanation_stats(ranker, period: Period, users: np.ndarray, exclude_purchased: bool = False) -> Dict[str, float]:
@@ -307,11 +389,11 @@ def explanation_stats(ranker, period: Period, users: np.ndarray, exclude_purchas
         differ.append(len(firsts) > 1)
     return {
         "households": len(entropy),
-        "attention_entropy": float(np.mean(entropy)) if entropy else float("nan"),
-        "uniform_entropy": float(np.mean(uniform)) if uniform else float("nan"),
-        "null_weight": float(np.mean(null)) if null else float("nan"),
-        "first_reason_over_uniform": float(np.nanmean(lead)) if lead else float("nan"),
-        "share_with_different_reasons": float(np.mean(differ)) if differ else float("nan"),
+        "attention_entropy": _mean(entropy),
+        "uniform_entropy": _mean(uniform),
+        "null_weight": _mean(null),
+        "first_reason_over_uniform": _mean([v for v in lead if not np.isnan(v)]),
+        "share_with_different_reasons": _mean(differ),
         **occlusion,
     }
 
@@ -323,18 +405,16 @@ def _occlusion_stats(rankings) -> Dict[str, float]:
     whose score more than halves without their purchases."""
     reasons = [(score, reason) for r in rankings if r.reasons for score, reason in zip(r.scores, r.reasons)]
     repeats = [(score, reason) for score, reason in reasons if reason.days_bought]
-
-    def mean(values) -> float:
-        return float(np.mean(values)) if len(values) else float("nan")
-
     return {
         "reasons": len(reasons),
         "repeats": len(repeats),
-        "repeat_share": mean([bool(reason.days_bought) for _, reason in reasons]),
-        "repeat_score": mean([float(score) for score, _ in repeats]),
-        "repeat_score_if_never_bought": mean([reason.score_if_never_bought for _, reason in repeats]),
-        "repeat_score_if_category_never_bought": mean([reason.score_if_category_never_bought for _, reason in repeats]),
-        "repeat_score_halved_share": mean([reason.score_if_never_bought < score / 2 for score, reason in repeats]),
+        "repeat_share": _mean([bool(reason.days_bought) for _, reason in reasons]),
+        "repeat_score": _mean([float(score) for score, _ in repeats]),
+        "repeat_score_if_never_bought": _mean([reason.score_if_never_bought for _, reason in repeats]),
+        "repeat_score_if_category_never_bought": _mean(
+            [reason.score_if_category_never_bought for _, reason in repeats]
+        ),
+        "repeat_score_halved_share": _mean([reason.score_if_never_bought < score / 2 for score, reason in repeats]),
     }
 
 
@@ -352,13 +432,26 @@ def _reason_text(reason) -> str:
 
 
 def _attention_paragraph(explained: Dict) -> str:
+    """The attention's figures over the households it explains; with none (every household
+    sampled a cold start, or its history all on products without a row) there is nothing to
+    average, and it says so rather than "nan"."""
+    if not explained["households"]:
+        return (
+            "<p>No household sampled here has a recommendation the attention explains (each is a cold start, "
+            "or its history holds only products the model has no row of): no attention to summarize.</p>"
+        )
+    lead = explained["first_reason_over_uniform"]
+    lead_words = (
+        "the first reason's weight not comparable with uniform weights (all of it on the null slot)"
+        if np.isnan(lead)
+        else f"the first reason's weight {lead:.3f} times what uniform weights would give it"
+    )
     return (
         "<p>Over the top 10 of "
         f"{explained['households']} households: mean entropy of the attention behind each recommendation "
         f"{explained['attention_entropy']:.2f} nats (uniform weights over the same histories: "
         f"{explained['uniform_entropy']:.2f}), mean weight left on no past purchase (the null slot) "
-        f"{explained['null_weight']:.2f}, the first reason's weight {explained['first_reason_over_uniform']:.3f} "
-        "times what uniform weights would give it; households whose 10 "
+        f"{explained['null_weight']:.2f}, {lead_words}; households whose 10 "
         "recommendations do not all name the same first reason: "
         f"{100 * explained['share_with_different_reasons']:.0f}% (where the weights are near uniform, "
         "a rounding can decide which). <code>python -m bench.attention_effect</code> measures what the "
@@ -431,6 +524,62 @@ def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8, 
     return "".join(parts)
 
 
+def _main_section(rows: Sequence[Dict], ablations: Optional[Sequence[Dict]], source: Optional[str]) -> str:
+    """The model against the baselines: this run's one training of the model, labelled as such,
+    and the ablations' default model over its seeds beside it where they have it (``ablations``:
+    None where they do not compare: bench.ablations measures the test weeks, past purchases
+    included). The rows themselves, which jobs.evaluate prints, keep their names."""
+    shown = [{**row, "model": f"{MODEL} (this run)"} if row.get("model") == MODEL else row for row in rows]
+    recorded = _recorded_model_row(ablations or [], source)
+    if recorded is not None:  # beside this run's row, which the baselines' differences are to
+        after = next((i + 1 for i, row in enumerate(rows) if row.get("model") == MODEL), 0)
+        shown.insert(after, recorded)
+    seeds_words = (
+        f" {html.escape(recorded['model'])}: the mean over bench.ablations' seeds of the same model, not re-run "
+        "here, \u00b1 their standard deviation (how much a training varies); (this run) is the one training "
+        "evaluated here."
+        if recorded is not None
+        else ""
+    )
+    return (
+        "<h2>Model against the baselines</h2>"
+        + _table(shown, METRIC_COLUMNS, "The model against each baseline", PAIRED_SE)
+        + _not_evaluated(rows)
+        + f"<p><small>recall@{K}: hits in the top {K} over min({K}, the products the household bought in the "
+        f"period); recall_lit@{K}: hits over all of them, as the next-basket literature counts (so far "
+        "lower where households buy many products). "
+        "*_minus_model: the baseline's figure less the model's, household by household over "
+        "the same households, \u00b1 the paired standard error: a difference of two standard errors or more "
+        "is measurable on these households, which the seeds' spread does not say."
+        + seeds_words
+        + "</small></p>"
+        + metrics_chart(rows)
+    )
+
+
+def _recorded_model_row(ablations: Sequence[Dict], source: Optional[str]) -> Optional[Dict]:
+    """The ablations' row of the default model over several seeds, of the evaluated DATA's
+    features, as the main table shows it; None where they have none. Its cells are written here,
+    \u00b1 its seeds' sd: the main table's \u00b1 is the paired standard error."""
+    for row in ablations:
+        seeds = row.get("seeds", 1)
+        if row.get("model") == MODEL and isinstance(seeds, int) and seeds > 1 and _features_match(row):
+            where = f"recorded: {source}" if source else "recorded"
+            return {
+                **{c: cell_text(row, c, SEED_SD) for c in METRIC_COLUMNS},
+                "model": f"{MODEL}, {seeds} seeds ({where})",
+            }
+    return None
+
+
+def _not_evaluated(rows: Sequence[Dict]) -> str:
+    """The baselines without a row (left out by the job's options, or skipped by the evaluation,
+    which only logs why): named, so that none vanishes from the table unsaid."""
+    evaluated = {row.get("model") for row in rows}
+    missing = [name for name in BASELINE_ORDER if name not in evaluated]
+    return f"<p>Not evaluated in this run: {html.escape(', '.join(missing))}.</p>" if missing else ""
+
+
 def _period_noun(period: Period) -> str:
     """What the households' purchases in ``period`` were: held out only in the test weeks."""
     return "held-out period" if period.name == TEST else f"{period.name} period (not held out)"
@@ -468,23 +617,6 @@ def write_report(
     the households and the attention figures then rank in too; ``best_epoch``: the epoch
     whose weights the model holds, as its ``metrics.json`` says, marked among the history's)."""
     users = sample_users(period.users, score_users, seed=1)
-    metric_columns = [
-        "model",
-        f"recall@{K}",
-        f"ndcg@{K}",
-        f"hr@{K}",
-        f"mrr@{K}",
-        "mrr",
-        f"recall_lit@{K}",
-        f"repeat_recall@{K}",
-        f"explore_recall@{K}",
-        f"repeat_share@{K}",
-        f"sampled_hr@{K}",
-        f"sampled_ndcg@{K}",
-        f"recall@{K}_minus_model",
-        f"ndcg@{K}_minus_model",
-        "users",
-    ]
     sections = [
         f"<h1>AdvancedNCF evaluation report</h1><p>model version <b>{html.escape(version)}</b>; "
         + _period_words(period, rows)
@@ -497,14 +629,7 @@ def write_report(
             else ""
         )
         + ".</p>",
-        "<h2>Model against the baselines</h2>"
-        + _table(rows, metric_columns)
-        + f"<p><small>recall@{K}: hits in the top {K} over min({K}, the products the household bought in the "
-        f"period); recall_lit@{K}: hits over all of them, as the next-basket literature counts (so far "
-        "lower where households buy many products). "
-        "*_minus_model: the baseline's figure less the model's, household by household over "
-        "the same households, \u00b1 the paired standard error: a difference of two standard errors or more "
-        "is measurable on these households, which the seeds' spread does not say.</small></p>" + metrics_chart(rows),
+        _main_section(rows, ablations if period.name == TEST and not exclude_purchased else None, ablations_source),
     ]
     sections.append(_training_section(history, best_epoch))
     sections.append(_ablations_section(ablations, ablations_source))
