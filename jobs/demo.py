@@ -66,11 +66,18 @@ def print_table(rows: list) -> None:
     """The report's main table, its columns a terminal has room for, figured as the report does
     (to 4 decimals: at full precision a figure overflowed its column and shifted every cell after
     it); a baseline's difference to the model, household by household, \u00b1 its paired standard error."""
-    widths = [max(15, len(c)) for c in CONSOLE_COLUMNS]  # "recall@10_minus_model" is longer than its cells
-    print(" | ".join(f"{c:>{width}}" for c, width in zip(CONSOLE_COLUMNS, widths)))
-    for row in rows:
-        cells = [cell_text(row, c, PAIRED_SE) for c in CONSOLE_COLUMNS]
+    lines = [_cells(row) for row in rows]
+    # Each column as wide as its widest cell: "decayed_frequency" is longer than its header.
+    widths = [max(15, len(c), *(len(cells[i]) for cells in lines)) for i, c in enumerate(CONSOLE_COLUMNS)]
+    for cells in [CONSOLE_COLUMNS, *lines]:
         print(" | ".join(f"{cell:>{width}}" for cell, width in zip(cells, widths)), flush=True)
+
+
+def _cells(row: dict) -> list:
+    """A row's cells; a baseline that failed says where, as the report does, instead of blanks."""
+    if "failed" in row:
+        return [str(row.get("model", "")), f"failed in its {row['failed']}"] + [""] * (len(CONSOLE_COLUMNS) - 2)
+    return [cell_text(row, c, PAIRED_SE) for c in CONSOLE_COLUMNS]
 
 
 def post(url: str, payload: dict) -> dict:

@@ -567,7 +567,7 @@ def test_a_history_of_another_shape_is_left_out_of_the_report_not_failed_on(caps
 
 def _full_model(**changes) -> dict:
     """The ablations' default-model row, as bench/results/ablations_cj.jsonl holds it."""
-    row = {"model": MODEL, "seeds": 3, "users": 2078, "recall@10": 0.4225, "recall@10_sd": 0.0006}
+    row = {"model": MODEL, "seeds": 3, "epochs": 3, "users": 2078, "recall@10": 0.4225, "recall@10_sd": 0.0006}
     return {**row, "mrr@10": 0.6976, "mrr@10_sd": 0.0015, "features_version": FEATURES_VERSION, **changes}
 
 
@@ -584,7 +584,7 @@ def test_the_main_table_shows_the_ablations_model_over_its_seeds_beside_this_run
     rows[1].update({"recall@10_minus_model": -0.21, "recall@10_minus_model_se": 0.01})
     section = _main_section(rows, [_full_model(), {**_full_model(), "model": "advanced_ncf without mf"}], "x.jsonl")
     names = re.findall(r'<th scope="row" class="l">([^<]*)</th>', section)
-    assert names == [f"{MODEL} (this run)", f"{MODEL}, 3 seeds (recorded: x.jsonl)", "popularity"]
+    assert names == [f"{MODEL} (this run)", f"{MODEL}, 3 seeds, 3 epochs at most (recorded: x.jsonl)", "popularity"]
     assert "<td>0.4225 \u00b1 0.0006</td>" in section and "<td>0.6976 \u00b1 0.0015</td>" in section
     assert "<td>-0.2100 \u00b1 0.0100</td>" in section and rows[0]["model"] == MODEL
     for not_comparable in (
@@ -596,6 +596,19 @@ def test_the_main_table_shows_the_ablations_model_over_its_seeds_beside_this_run
         names = re.findall(r'<th scope="row" class="l">([^<]*)</th>', _main_section(rows, [not_comparable], None))
         assert names == [f"{MODEL} (this run)", "popularity"], not_comparable
     assert "seeds (recorded" not in _main_section(rows, None, None)
+    # bench.ablations measures the test weeks with past purchases ranked: no other period or mode.
+    for period_name, excluding in (("val", False), ("test", True)):
+        assert "seeds, 3 epochs" not in _main_section(rows, [_full_model()], "x.jsonl", period_name, excluding)
+
+
+def test_a_figure_of_no_household_reads_n_a_in_the_report_and_the_demo():
+    """A mean over no household (no repeat purchase in a sample) and one household's paired
+    standard error are nan: printed as "nan", "+nan", "\u00b1 nan"."""
+    from ncf.evaluate.report import PAIRED_SE, cell_text
+
+    row = {"repeat_recall@10": float("nan"), "recall@10_minus_model": -0.01, "recall@10_minus_model_se": float("nan")}
+    assert cell_text(row, "repeat_recall@10") == "n/a"
+    assert cell_text(row, "recall@10_minus_model", PAIRED_SE) == "-0.0100"
 
 
 def test_a_cell_shows_the_spread_its_table_is_about_never_two():

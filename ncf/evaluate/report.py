@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import os
 import time
 from typing import Dict, List, Optional, Sequence
@@ -108,10 +109,12 @@ def cell_text(row: Dict, column: str, spread: Optional[str] = None) -> str:
     carrying both a seeds' sd and a standard error never reads "0.4200 \u00b1 0.0010 \u00b1 0.0060"."""
     value = row.get(column, "")
     signed = "+" if column.endswith("_minus_model") else ""  # a difference reads as one: +0.0037, -0.0235
-    text = f"{value:{signed}.4f}" if isinstance(value, float) else ("n/a" if value is None else str(value))
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # a mean over no household
+        return "n/a"
+    text = f"{value:{signed}.4f}" if isinstance(value, float) else str(value)
     deviation = row.get(f"{column}{spread}") if spread else None
-    # One seed has no spread to speak of, whatever its row holds.
-    if isinstance(deviation, float) and (spread != SEED_SD or row.get("seeds", 1) > 1):
+    # One seed has no spread to speak of, whatever its row holds; one household's paired se is nan.
+    if isinstance(deviation, float) and not math.isnan(deviation) and (spread != SEED_SD or row.get("seeds", 1) > 1):
         text += f" \u00b1 {deviation:.4f}"
     return text
 
@@ -524,20 +527,27 @@ def households_html(ranker, period: Period, users: np.ndarray, recent: int = 8, 
     return "".join(parts)
 
 
-def _main_section(rows: Sequence[Dict], ablations: Optional[Sequence[Dict]], source: Optional[str]) -> str:
+def _main_section(
+    rows: Sequence[Dict],
+    ablations: Optional[Sequence[Dict]],
+    source: Optional[str],
+    period_name: str = TEST,
+    exclude_purchased: bool = False,
+) -> str:
     """The model against the baselines: this run's one training of the model, labelled as such,
-    and the ablations' default model over its seeds beside it where they have it (``ablations``:
-    None where they do not compare: bench.ablations measures the test weeks, past purchases
-    included). The rows themselves, which jobs.evaluate prints, keep their names."""
+    and the ablations' default model over its seeds beside it where they have it and it compares
+    (bench.ablations measures the test weeks, past purchases included). The rows themselves,
+    which jobs.evaluate prints, keep their names."""
     shown = [{**row, "model": f"{MODEL} (this run)"} if row.get("model") == MODEL else row for row in rows]
-    recorded = _recorded_model_row(ablations or [], source)
+    comparable = period_name == TEST and not exclude_purchased
+    recorded = _recorded_model_row(ablations or [], source) if comparable else None
     if recorded is not None:  # beside this run's row, which the baselines' differences are to
         after = next((i + 1 for i, row in enumerate(rows) if row.get("model") == MODEL), 0)
         shown.insert(after, recorded)
     seeds_words = (
-        f" {html.escape(recorded['model'])}: the mean over bench.ablations' seeds of the same model, not re-run "
-        "here, \u00b1 their standard deviation (how much a training varies); (this run) is the one training "
-        "evaluated here."
+        f" {html.escape(recorded['model'])}: the mean over bench.ablations' seeds of the default model, "
+        "trained on the DATA and with the epoch budget that file names, not re-run here, \u00b1 their standard "
+        "deviation (how much a training varies); (this run) is the one training evaluated here."
         if recorded is not None
         else ""
     )
@@ -565,9 +575,11 @@ def _recorded_model_row(ablations: Sequence[Dict], source: Optional[str]) -> Opt
         seeds = row.get("seeds", 1)
         if row.get("model") == MODEL and isinstance(seeds, int) and seeds > 1 and _features_match(row):
             where = f"recorded: {source}" if source else "recorded"
+            # Its epoch budget in its name: a demo of --epochs 1 shows it beside a 3-epoch row.
+            budget = f", {row['epochs']} epochs at most" if isinstance(row.get("epochs"), int) else ""
             return {
                 **{c: cell_text(row, c, SEED_SD) for c in METRIC_COLUMNS},
-                "model": f"{MODEL}, {seeds} seeds ({where})",
+                "model": f"{MODEL}, {seeds} seeds{budget} ({where})",
             }
     return None
 
@@ -629,7 +641,7 @@ def write_report(
             else ""
         )
         + ".</p>",
-        _main_section(rows, ablations if period.name == TEST and not exclude_purchased else None, ablations_source),
+        _main_section(rows, ablations, ablations_source, period.name, exclude_purchased),
     ]
     sections.append(_training_section(history, best_epoch))
     sections.append(_ablations_section(ablations, ablations_source))
