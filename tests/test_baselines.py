@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import ncf.evaluate.baselines as baselines_module
 from ncf.data.catalog import catalog_before, households_before, popularity_before
@@ -81,6 +82,20 @@ def test_rank_with_ties_breaks_ties_by_popularity_whatever_the_scale():
     assert context.rank(np.array([0.0, 0.0, 5e-300, 0.0, 0.0]), 4).tolist() == [2, 3, 1, 4]
 
 
+@pytest.mark.faults
+def test_a_nan_score_ranks_nowhere_and_the_list_stays_full():
+    """np.partition puts NaN last, above every score: [nan, 1, 2, 0.5] at depth 3 gave [2, 1],
+    and a ranker's NaN sent its negative scores the non-negative way (a NaN's min is NaN)."""
+    nan = np.nan
+    assert rank_with_ties(np.array([nan, 1.0, 2.0, 0.5]), np.arange(4), 3).tolist() == [2, 1, 3]
+    assert rank_with_ties(np.array([nan, nan]), np.arange(2), 2).tolist() == []
+    states = states_of({1: [(3, 0), (3, 1), (4, 2)], 2: [(1, 3)]})
+    context = PointInTime.build(states, vocabularies(2, 4), 10 * DAY)
+    scores = np.array([0.0, -1.0, nan, -3.0, -2.0])
+    assert context.rank(scores, 4).tolist() == [1, 4, 3]  # 2 (NaN) is not ranked, as index 0
+    assert context.masked(scores).tolist() == [-np.inf, -1.0, -np.inf, -3.0, -2.0]
+
+
 # -- personal frequency --------------------------------------------------------------------
 
 
@@ -134,6 +149,37 @@ def test_popularitys_sampled_scores_break_ties_as_its_ranking_does():
     assert (np.diff(scores) < 0).all()  # strictly: no two products tie
     assert np.floor(scores).tolist() == context.popularity[ranked].tolist()  # the counts' order kept
     assert ranker.scores(1, 10 * DAY, np.array([0]))[0] == -np.inf  # outside the catalog
+
+
+def test_popularitys_ranking_is_the_catalog_in_popularity_order(monkeypatch):
+    """It partitioned the whole catalog once per depth asked (kept for ever) for the list the
+    point in time already holds: the same products, ties by index, at every depth."""
+    # 4 three times, 2 and 3 twice, 1 and 5 once, 6 never; 7 first sold after the start.
+    states = states_of({1: [(2, 0), (3, 1), (4, 2)], 2: [(2, 3), (3, 4), (4, 5), (4, 6), (1, 7), (5, 8)]})
+    context = PointInTime.build(states, vocabularies(2, 7, first_ts=[0] * 6 + [20 * DAY]), 10 * DAY)
+    ranker = PopularityRanker(context)
+    dense = {depth: context.rank(context.masked(context.popularity), depth).tolist() for depth in range(1, 9)}
+    monkeypatch.setattr(PointInTime, "rank", lambda *a: pytest.fail("a pass over the catalog"))
+    for depth in range(1, 9):
+        assert ranker.rank(1, 10 * DAY, depth).tolist() == dense[depth] == [4, 2, 3, 1, 5, 6][:depth]
+
+
+def test_a_baselines_memo_goes_with_it_and_the_moments_own_entries_stay():
+    """The boosted ranker's training rows (up to 1.3 GB) stayed in the context's memo through
+    every later baseline's tuning and evaluation; popularity, which they all read, stays."""
+    states = states_of({1: [(2, 0), (3, 1)], 2: [(2, 3), (4, 4)]})
+    context = PointInTime.build(states, vocabularies(2, 5), 10 * DAY)
+    with context.one_baseline() as inside:
+        inside.memoised(("rows", 1), lambda: np.zeros(3))
+        assert inside.memoised(("rows", 2), lambda: np.ones(2)).tolist() == [1, 1]
+        assert [k for k in context.memo if k[:1] == ("rows",)] == [("rows", 2)]  # one of a kind
+        inside.in_mode(True).by_popularity()  # a mode's copy shares the memo
+    from ncf.evaluate.baselines.base import MOMENT_ENTRIES
+
+    assert "by_popularity" in context.memo and set(context.memo) <= MOMENT_ENTRIES
+    with pytest.raises(ZeroDivisionError), context.one_baseline():
+        context.memo["left"] = 1 / 0 if context.memo.setdefault("kept?", True) else None
+    assert "kept?" not in context.memo  # dropped on an error too
 
 
 # -- TIFU-KNN ----------------------------------------------------------------------------
@@ -355,6 +401,54 @@ def test_tifu_knn_neighbours_on_demand_are_the_dense_similaritys_nearest(metric)
         assert later is not ranker.neighbours_of(1, ranker.vectors[2], False)
         assert sorted(later.tolist()) == brute_force_nearest(x, x[2], 1, k, metric), k
         assert ranker.neighbours_of(1, ranker.vectors[1], True) is start_answer
+
+
+def test_tifu_knn_builds_the_period_vectors_a_chunk_of_households_at_a_time(monkeypatch):
+    """Every vector setting loaded the whole log (three int64 arrays of every purchase, the later
+    ones too: about 80 GB at 1B purchases), then masked and sorted it. The vectors are now built
+    a chunk of households at a time: the whole log's, to the bit."""
+    rng = np.random.default_rng(8)
+    purchases = {
+        u: [(int(p), float(d)) for p, d in zip(rng.integers(1, 15, 25), rng.integers(0, 30, 25))] for u in range(1, 12)
+    }
+    purchases[5] = [(3, 25.0)]  # only after the start
+    del purchases[7]  # none at all
+    states = states_of(purchases)
+    users, products, times = states.all_purchases()
+    before = times < 20 * DAY
+    setting = {"groups": 3, "within_decay": 0.9, "across_decay": 0.7}
+    whole = tifu_vectors(users[before], products[before], times[before], (12, 15), 3, 0.9, 0.7)
+    monkeypatch.setattr(UserStates, "all_purchases", lambda self: pytest.fail("the whole log at once"))
+    chunks = UserStates.chunks
+    for rows in (None, 1, 7):  # the default (one chunk here), one household a chunk, a few
+        if rows is not None:
+            monkeypatch.setattr(
+                UserStates, "chunks", lambda self, chunk_rows=0, rows=rows, **kw: chunks(self, rows, **kw)
+            )
+        context = PointInTime.build(states, vocabularies(11, 14), 20 * DAY)
+        vectors = TifuKnnRanker(context, alpha=1.0, neighbours=0, **setting).vectors
+        assert vectors.shape == whole.shape and vectors.has_canonical_format
+        for name in ("indptr", "indices", "data"):
+            np.testing.assert_array_equal(getattr(vectors, name), getattr(whole, name))
+
+
+@pytest.mark.faults
+def test_tifu_knn_refuses_a_bad_vector_setting_even_without_purchases_before_the_period():
+    """The chunks of a log with nothing before the start never reach tifu_vectors' own check."""
+    context = PointInTime.build(states_of({1: [(1, 5)]}), vocabularies(1, 2), DAY)
+    with pytest.raises(ValueError, match="decays in"):
+        TifuKnnRanker(context, within_decay=0.0)
+
+
+def test_tifu_knn_neighbours_equally_near_go_by_household_index():
+    """Households as similar as the k-th nearest were chosen by argpartition's pivots (3 of 2-10
+    for k=1 here), a choice that could move with the library or the array's length."""
+    identical = {u: [(1, 0), (2, 0), (1, 7)] for u in range(1, 11)}
+    context = PointInTime.build(states_of(identical), vocabularies(10, 3), 20 * DAY)
+    for k, expected in ((1, [2]), (3, [2, 3, 4]), (20, list(range(2, 11)))):
+        ranker = TifuKnnRanker(context, groups=3, within_decay=0.9, across_decay=0.8, alpha=0.5, neighbours=k)
+        assert ranker.neighbours_of(1, ranker.vectors[1], True).tolist() == expected
+        assert ranker.neighbours_of(5, ranker.vectors[5], False).tolist() == [u for u in range(1, 11) if u != 5][:k]
 
 
 # -- tuning on validation, never on test -----------------------------------------------------
@@ -602,6 +696,29 @@ def test_tifu_knn_is_tuned_on_its_neighbours_where_rankings_leave_out_what_was_b
     assert not np.isin(ranked, states.timeline(u).products_before(period.first_visit[u])).any()
 
 
+def test_decayed_frequency_is_not_searched_where_rankings_leave_out_what_was_bought():
+    """Every product it scores is one the household bought: left out, they leave popularity,
+    the same at every half-life. Its seven trials there were one ranking seven times."""
+    from ncf.evaluate.protocol import excluding_purchased
+
+    states = states_of(synthetic_purchases(trap=False))
+    context = PointInTime.build(states, vocabularies(30, 40), 70 * DAY)
+    period = period_of(states, 70, 85, context)
+    rankings = [
+        excluding_purchased(DecayedFrequencyRanker(context, half_life_days=h).rank, states) for h in (14.0, 365.0)
+    ]
+    popular = excluding_purchased(PopularityRanker(context).rank, states)
+    for u in period.users:
+        at = period.first_visit[u]
+        assert rankings[0](u, at, 20).tolist() == rankings[1](u, at, 20).tolist() == popular(u, at, 20).tolist()
+    baseline = BASELINES["decayed_frequency"]
+    tuned = tuning.tune(baseline, context, period, period.users, lambda m: None, exclude_purchased=True)
+    assert tuned.trials == [] and tuned.grid["stages"] == [] and tuned.params == baseline.defaults
+    assert tuned.val["ndcg@10"] > 0  # still scored on the validation weeks, for its row
+    plain = tuning.tune(baseline, context, period, period.users, lambda m: None)
+    assert len(plain.trials) == 7
+
+
 def test_excluding_purchased_products_leaves_them_out_of_the_relevant_sets_too():
     # Household 1 bought 1 and 2 before the period, then 1, 3 (day 11) and 2, 3 (day 12): only 3
     # is new. Household 2 only rebuys 4: nothing is left to find. Household 3's 1 is new to it.
@@ -768,18 +885,18 @@ def test_als_past_its_household_cap_fits_a_sample_and_solves_the_others_from_the
     }
     context = PointInTime.build(states_of(purchases), vocabularies(8, 11), 20 * DAY)
     whole = als.ALSRanker(context, factors=4, iterations=5, regularization=1.0)
-    assert len(whole.model.user_factors) == context.num_users and "als: fitting" not in capfd.readouterr().err
+    assert len(whole.model.user_factors) == len(purchases) and "als: fitting" not in capfd.readouterr().err
     monkeypatch.setattr(als, "MAX_FIT_HOUSEHOLDS", 3)
     capped = als.ALSRanker(context, factors=4, iterations=5, regularization=1.0)
     assert len(capped.model.user_factors) == 3 and "als: fitting 3 of 8 households" in capfd.readouterr().err
-    fitted = np.flatnonzero(capped._row >= 0)
+    fitted = capped._households[capped._fit_row >= 0]
     assert len(fitted) == 3 and set(fitted) <= set(purchases)
     y, reg = capped._items, 1.0
     for user in sorted(purchases):
         if user in fitted:
-            np.testing.assert_array_equal(capped.user_factor(user), capped._users[capped._row[user]])
+            np.testing.assert_array_equal(capped.user_factor(user), capped._users[capped._fit_row[capped.row(user)]])
             continue
-        row = capped._weighted[user]
+        row = capped._weighted[capped.row(user)]
         a, b = y.T @ y + reg * np.eye(y.shape[1]), np.zeros(y.shape[1])
         for product, confidence in zip(row.indices, row.data):
             a += (confidence - 1.0) * np.outer(y[product], y[product])
@@ -787,6 +904,49 @@ def test_als_past_its_household_cap_fits_a_sample_and_solves_the_others_from_the
         np.testing.assert_allclose(capped.user_factor(user), np.linalg.solve(a, b), rtol=1e-3, atol=1e-4)
         every = np.arange(1, y.shape[0])
         np.testing.assert_allclose(capped.scores(user, 21 * DAY, every), y[1:] @ capped.user_factor(user), rtol=1e-5)
+
+
+def test_als_weighs_and_fits_only_households_with_purchases_before_the_period():
+    """Its BM25 counted every row of the household vocabulary in N and in the average length:
+    row 0 and the households first seen in the validation or test weeks moved every weight (and
+    a product every household bought weighed 0 or less); the fit held their empty rows too."""
+    from ncf.evaluate.baselines import als
+
+    rng = np.random.default_rng(6)
+    purchases = {
+        u: [(int(p), float(d)) for p, d in zip(rng.integers(2, 12, 30), rng.integers(0, 19, 30))] + [(1, 3.0)]
+        for u in range(1, 9)
+    }
+    rankers = []
+    for later in (0, 5):  # households 9.. buy only after the start
+        rows = {**purchases, **{u: [(2, 25.0)] for u in range(9, 9 + later)}}
+        context = PointInTime.build(states_of(rows), vocabularies(8 + later, 11), 20 * DAY)
+        rankers.append(als.ALSRanker(context, factors=4, iterations=5, regularization=1.0))
+    alone, among_later = rankers
+    np.testing.assert_array_equal(alone._weighted.toarray(), among_later._weighted.toarray())
+    assert alone._weighted.shape[0] == len(alone.model.user_factors) == 8
+    for user in purchases:
+        assert alone.rank(user, 21 * DAY, 10).tolist() == among_later.rank(user, 21 * DAY, 10).tolist()
+    # Product 1, bought by every household: an idf of log 8 - log 9, floored at 0 (never a dislike).
+    product_1 = alone._weighted[:, 1]
+    assert product_1.nnz == 8 and (product_1.data == 0).all() and (alone._weighted.data >= 0).all()
+    # A household without purchases before the period has no factor: popularity orders it.
+    context = among_later.context
+    assert among_later.row(10) == -1 and not among_later.user_factor(10).any()
+    assert among_later.rank(10, 26 * DAY, 5).tolist() == context.by_popularity()[:5].tolist()
+
+
+def test_als_bm25_by_hand_over_the_documents_with_purchases():
+    from ncf.evaluate.baselines.als import bm25_weight
+
+    # Rows 0 and 5 empty (no purchases): N = 4 documents, average length (3 + 1 + 2 + 2) / 4 = 2.
+    counts = np.array([[0, 0, 0], [2, 1, 0], [0, 1, 0], [0, 1, 1], [1, 1, 0], [0, 0, 0]], np.float32)
+    weighted = bm25_weight(sp.csr_matrix(counts), k1=1.0, b=0.5).toarray()
+    norm = 0.5 + 0.5 * np.array([0, 3, 1, 2, 2, 0]) / 2
+    idf = np.maximum(np.log(4) - np.log1p([2, 4, 1]), 0)  # column 1 in every document: log 4 - log 5 -> 0
+    expected = counts * 2.0 / (norm[:, None] + counts) * idf
+    np.testing.assert_allclose(weighted, expected, rtol=1e-12)
+    assert (weighted[:, [0, 2]][counts[:, [0, 2]] > 0] > 0).all() and (weighted[:, 1] == 0).all()
 
 
 @pytest.mark.faults

@@ -238,22 +238,23 @@ def _baseline_row(
     against: Optional[pd.DataFrame],
 ) -> Dict:
     started = time.time()
-    ranker = baseline.build(context.in_mode(exclude_purchased), **params)  # the boosted ranker draws for it
-    fit_seconds = round(time.time() - started, 1)
-    rank, score = ranker_fns(ranker)
-    if exclude_purchased:
-        rank = excluding_purchased(rank, state.states)
-    row = evaluate(
-        baseline.name,
-        rank,
-        score,
-        period,
-        users,
-        state.states,
-        context.num_products,
-        context.catalog,
-        against=against,
-    )
+    with context.one_baseline():  # what its ranker keeps in the memo goes with it
+        ranker = baseline.build(context.in_mode(exclude_purchased), **params)  # the boosted ranker draws for it
+        fit_seconds = round(time.time() - started, 1)
+        rank, score = ranker_fns(ranker)
+        if exclude_purchased:
+            rank = excluding_purchased(rank, state.states)
+        row = evaluate(
+            baseline.name,
+            rank,
+            score,
+            period,
+            users,
+            state.states,
+            context.num_products,
+            context.catalog,
+            against=against,
+        )
     row.update(params=params, fit_seconds=fit_seconds)
     if tuned is not None:
         row.update({f"val_{k}": v for k, v in tuned.val.items() if k in (f"recall@{K}", f"ndcg@{K}")})

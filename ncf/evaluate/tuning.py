@@ -191,7 +191,8 @@ def tuned_params(
             why = _changed(hit, grid, period, users)
             log(f"{baseline.name}: {tuned_path(data)} was tuned for {why}: searching again")
         try:
-            found = tune(baseline, context, period, users, log, exclude_purchased)
+            with context.one_baseline():  # its rankers' memo (the boosted ranker's rows) not kept for the next
+                found = tune(baseline, context, period, users, log, exclude_purchased)
         except Exception as e:
             if on_error is None:
                 raise

@@ -178,11 +178,15 @@ def _version(distribution: str) -> str:
 # Journey). Their ranges were set on the validation weeks: on Complete Journey, TIFU-KNN's
 # within-decay 0.9, across-decay 0.6 and 28 groups were clearly worse there, and the best
 # settings sit on a plateau (val NDCG@10 within 0.002 of each other).
+# Where rankings leave out what the household bought, every product decayed frequency scores
+# is left out: what remains is popularity, the same at every half-life, so nothing is searched
+# (its record's stages are empty, its parameters the defaults).
 DECAYED_FREQUENCY = Baseline(
     "decayed_frequency",
     DecayedFrequencyRanker,
     defaults={"half_life_days": 120.0},
     stages=({"half_life_days": (14.0, 30.0, 60.0, 90.0, 120.0, 180.0, 365.0)},),
+    stages_excluding_purchased=(),
 )
 # TIFU-KNN: first the household's own vector alone (alpha 1: no neighbours, cheap), then the
 # blend with its neighbours on the best vector (on Complete Journey the own vector carries

@@ -8,8 +8,9 @@ moment ``at >= start`` from purchases strictly before ``at``.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Dict, Optional, Protocol
+from typing import Callable, Dict, Iterator, Optional, Protocol
 
 import numpy as np
 
@@ -35,12 +36,18 @@ class Ranker(Protocol):
         """The ``depth`` best product indices, best first, all within the catalog."""
 
 
+# The memo entries of the moment itself, which every baseline shares (PointInTime.one_baseline).
+MOMENT_ENTRIES = frozenset({"popularity", "households", "popularity_rank", "by_popularity", "popularity_max"})
+
+
 @dataclass
 class PointInTime:
     """What a baseline may know when it ranks a period that starts at ``start``.
 
     ``memo`` keeps what several parameter settings share (e.g. TIFU-KNN's vectors while its
-    neighbours and alpha are tuned); it lives as long as this object.
+    neighbours and alpha are tuned); it lives as long as this object, or, within
+    :meth:`one_baseline`, until that baseline is done. Its entries are of this moment: a copy of
+    the context for another ``start`` must not share it.
     """
 
     states: UserStates
@@ -69,6 +76,30 @@ class PointInTime:
             data=data,
             exclude_purchased=exclude_purchased,
         )
+
+    @contextmanager
+    def one_baseline(self) -> Iterator["PointInTime"]:
+        """The context for one baseline's rankers: what they add to the memo (the boosted
+        ranker's training rows, up to 1.3 GB; TIFU-KNN's vectors) is dropped when the block
+        ends, so that it does not stay through the other baselines' work. The moment's own
+        entries (:data:`MOMENT_ENTRIES`: popularity and the households) stay for them."""
+        before = set(self.memo)
+        try:
+            yield self
+        finally:
+            for key in set(self.memo) - before - MOMENT_ENTRIES:
+                del self.memo[key]
+
+    def memoised(self, key: tuple, compute: Callable):
+        """``compute()``, kept in the memo under ``key`` (its kind first, then everything the
+        value depends on) for the other rankers built on this context (its mode's too: ``in_mode``
+        shares the memo). One value of a kind at a time: another seed's or mode's value replaces
+        the last one rather than hold a second copy."""
+        if key not in self.memo:
+            for other in [k for k in self.memo if isinstance(k, tuple) and k[:1] == key[:1]]:
+                del self.memo[other]
+            self.memo[key] = compute()
+        return self.memo[key]
 
     def in_mode(self, exclude_purchased: bool) -> "PointInTime":
         """This moment for rankings that do (or do not) leave out what was bought: the rankers
@@ -110,9 +141,10 @@ class PointInTime:
             raise ValueError(f"a ranker built for the period starting at {self.start} cannot rank {at}")
 
     def masked(self, scores: np.ndarray) -> np.ndarray:
-        """``scores`` as float64 with -inf outside the catalog (a copy)."""
+        """``scores`` as float64 with -inf outside the catalog and at NaN (a copy): a NaN compares
+        false with everything, so it would neither rank nor lose a sampled comparison."""
         out = np.asarray(scores, dtype=np.float64).copy()
-        out[~self.catalog] = -np.inf
+        out[~self.catalog | np.isnan(out)] = -np.inf
         return out
 
     def by_popularity(self) -> np.ndarray:
@@ -130,7 +162,7 @@ class PointInTime:
         positive entries and fill up with the most popular of the rest, without sorting the
         whole catalog's zeros (most of it)."""
         scores = np.asarray(scores, dtype=np.float64)
-        if scores.min() < 0:
+        if not (scores >= 0).all():  # a NaN's min is NaN, never below 0: it would go the sparse way
             return rank_with_ties(self.masked(scores), self.popularity_rank(), depth)
         return self.rank_sparse(np.arange(len(scores)), scores, depth)
 
@@ -156,7 +188,7 @@ class PointInTime:
         bought[bought] = products[found[bought]] == asked[bought]
         personal = np.zeros(len(asked))
         personal[bought] = values[found[bought]]
-        out = personal + scale * self.popularity[asked] / (self.popularity_max + 1.0)
+        out = personal + tie_prior(self.popularity[asked], scale, self.popularity_max)
         out[~self.catalog[asked]] = -np.inf
         return out
 
@@ -169,12 +201,15 @@ class PointInTime:
 
 def rank_with_ties(scores: np.ndarray, tie_rank: np.ndarray, depth: int) -> np.ndarray:
     """Indices of the ``depth`` highest finite scores, best first, equal scores by ``tie_rank``
-    (lower first).
+    (lower first); a NaN ranks as -inf (nowhere).
 
     Example::
 
         rank_with_ties(np.array([-np.inf, 1.0, 2.0, 1.0]), np.array([0, 2, 3, 1]), 2)  # [2, 3]
     """
+    nan = np.isnan(scores)
+    if nan.any():  # np.partition puts NaN last, above every score: the list came back short
+        scores = np.where(nan, -np.inf, scores)
     finite = np.isfinite(scores)
     depth = min(depth, int(finite.sum()))
     if depth <= 0:
@@ -207,8 +242,10 @@ def tie_scale(personal: np.ndarray) -> float:
     return 0.5 * float(np.diff(levels).min()) if len(levels) > 1 else 1.0
 
 
-def tie_prior(popularity: np.ndarray, scale: Optional[float] = None) -> np.ndarray:
-    """Popularity scaled into [0, scale): added to dense scores for protocols that read scores
-    rather than rankings (the sampled one), so that ties there also go the popular way."""
+def tie_prior(popularity: np.ndarray, scale: Optional[float] = None, most: Optional[float] = None) -> np.ndarray:
+    """Popularity scaled into [0, scale): added to scores for protocols that read scores rather
+    than rankings (the sampled one), so that ties there also go the popular way. ``most``: the
+    catalog's highest popularity, where ``popularity`` holds a few products' only."""
     scale = 1.0 if scale is None else scale
-    return scale * popularity / (popularity.max() + 1.0)
+    most = popularity.max() if most is None else most
+    return scale * popularity / (most + 1.0)

@@ -11,6 +11,20 @@ without). It ranks with
 :func:`ncf.data.features.candidate_features`, the model's feature function. Its size (leaves)
 is tuned on the validation weeks like every baseline. It trains on at most
 :data:`MAX_TRAINING_ROWS` rows (whole households of a seeded sample beyond it).
+
+Where the rankings leave out what the household bought (``exclude_purchased``) it ranks products
+the household never bought, and trains on those rows alone (``own`` 0: the neighbours and the
+popular products it had not bought), not on its own products, which held most of the positives,
+every one a repeat that mode never ranks. One gap stays: the lists hold the
+``neighbour_candidates`` (100) nearest neighbours a household, where that mode ranks up to 250
+(:class:`OwnNeighboursAndPopular`), so it scores the neighbours past the 100th from what the nearer
+ones taught it; closing it takes lists built with ``jobs.preprocess --neighbour-candidates 250``.
+
+The ranking state (a pass over every purchase and the co-purchase neighbours' fit) and the
+training rows are kept in the :class:`PointInTime`'s memo: the tuning's trials, built on one
+context, load and read them once (a bench's seeds share the state; the rows are another seed's
+draw, read again, one seed's at a time), and the evaluation drops them when the boosted ranker
+is done (:meth:`PointInTime.one_baseline`).
 """
 
 from __future__ import annotations
@@ -49,11 +63,12 @@ def training_lists(data: str, cutoffs: Sequence[int]) -> Dict[str, np.ndarray]:
     ``label``, ``log_q`` (0 for the neighbour and popular products and, at the default own negative rate of
     1, the own ones), ``user``, ``product``
     and ``list`` (the row's list, numbered in the order read: a ranking objective's query groups).
-    Refuses lists of another features version (:func:`ncf.data.examples.check_features_version`)."""
-    E.check_features_version(data)
+    Refuses lists of another features version (:func:`ncf.data.examples.check_features_version`).
+
+    Every candidate, the sampled rest too (``bench.feature_mlp --rows all``), with the ids
+    :func:`training_rows` does not keep: read as it reads them (:func:`_batches`), in one table."""
     columns = [E.USER, E.PRODUCT, E.FEATURES, E.LABEL, E.LOG_Q]
-    directories = layout.existing_examples_dirs(data, cutoffs).values()
-    table = pa.concat_tables(pads.dataset(d, format="parquet").to_table(columns=columns) for d in directories)
+    table = pa.Table.from_batches(list(_batches(_list_directories(data, cutoffs), columns)))
     lengths = pc.list_value_length(table.column(E.PRODUCT)).to_numpy(zero_copy_only=False)
     return {
         "features": _flat(table, E.FEATURES, np.float32).reshape(-1, NUM_FEATURES),
@@ -72,20 +87,21 @@ _BATCH_ROWS = 4096  # lists read at a time: a batch's flattened rows stay in the
 
 
 def training_rows(
-    data: str, cutoffs: Sequence[int], max_rows: int = MAX_TRAINING_ROWS, seed: int = 0
+    data: str, cutoffs: Sequence[int], max_rows: int = MAX_TRAINING_ROWS, seed: int = 0, never_bought: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features N x F, labels N, log_q N) of the first stage's candidates (own, neighbour and
-    popular products: :func:`first_stage`) of the lists at ``cutoffs``, in the order read.
-    ``log_q`` is 0 but for own products kept at a rate (``--own-negative-rate``).
+    popular products: :func:`first_stage`) of the lists at ``cutoffs``, in the order read;
+    ``never_bought``: only those the household had not bought before the list's moment (``own``
+    0), what rankings that leave out what it bought rank. ``log_q`` is 0 but for own products kept
+    at a rate (``--own-negative-rate``).
 
     Read a batch of lists at a time, so only the kept rows are ever held together. Where the lists
     have more than ``max_rows`` such rows, the households are taken in a ``seed``-ed random order
     while their rows fit (each one's every list, so no household's cadence is cut in half) and
     N <= ``max_rows``; else every row is kept, in the order :func:`training_lists` gives."""
-    E.check_features_version(data)
-    directories = layout.existing_examples_dirs(data, cutoffs).values()
+    directories = _list_directories(data, cutoffs)
     own = own_log_q(data)
-    per_user = _unsampled_rows_per_user(directories, own)
+    per_user = _training_rows_per_user(directories, own, never_bought)
     total = int(per_user.sum())
     keep = None
     if total > max_rows:
@@ -105,15 +121,22 @@ def training_rows(
     where = None if keep is None else pc.field(E.USER).isin(pa.array(keep, pa.int64()))
     for batch in _batches(directories, columns, where):
         batch_log_q = _flat(batch, E.LOG_Q, np.float32)
-        unsampled = first_stage(batch_log_q, own)
-        n = int(unsampled.sum())
-        features[filled : filled + n] = _flat(batch, E.FEATURES, np.float32).reshape(-1, NUM_FEATURES)[unsampled]
-        labels[filled : filled + n] = _flat(batch, E.LABEL, np.float32)[unsampled]
-        log_q[filled : filled + n] = batch_log_q[unsampled]
+        kept = _trains(batch, batch_log_q, own, never_bought)
+        n = int(kept.sum())
+        features[filled : filled + n] = _flat(batch, E.FEATURES, np.float32).reshape(-1, NUM_FEATURES)[kept]
+        labels[filled : filled + n] = _flat(batch, E.LABEL, np.float32)[kept]
+        log_q[filled : filled + n] = batch_log_q[kept]
         filled += n
     if filled != total:
         raise RuntimeError(f"{data}'s training lists changed while read ({filled:,} rows, counted {total:,})")
     return features, labels, log_q
+
+
+def _list_directories(data: str, cutoffs: Sequence[int]) -> List[str]:
+    """The folders of the lists at ``cutoffs`` that have one, once they are of this code's
+    features version (:func:`ncf.data.examples.check_features_version`)."""
+    E.check_features_version(data)
+    return list(layout.existing_examples_dirs(data, cutoffs).values())
 
 
 def _batches(directories: Iterable[str], columns: List[str], where=None) -> Iterator[pa.RecordBatch]:
@@ -137,12 +160,28 @@ def first_stage(log_q: np.ndarray, own_log_q: np.float32) -> np.ndarray:
     return (log_q == 0.0) | (log_q == own_log_q)
 
 
-def _unsampled_rows_per_user(directories: Iterable[str], own_log_q: np.float32) -> np.ndarray:
-    """The first stage's rows (:func:`first_stage`) of each household's lists (U, by household index)."""
+# The "own" feature: 1 where the household bought the candidate before the list's moment.
+OWN = FEATURES.index("own")
+
+
+def _trains(batch: pa.RecordBatch, log_q: np.ndarray, own_log_q: np.float32, never_bought: bool) -> np.ndarray:
+    """Which of ``batch``'s rows (``log_q``: its flattened ``log_q``) :func:`training_rows` keeps:
+    the first stage's and, ``never_bought``, of those the ones whose ``own`` feature is 0."""
+    kept = first_stage(log_q, own_log_q)
+    if never_bought:
+        # The float16 column as read (0 and 1 are exact): one feature of every row, not all F as float32.
+        kept &= pc.list_flatten(batch.column(E.FEATURES)).to_numpy(zero_copy_only=False)[OWN::NUM_FEATURES] == 0
+    return kept
+
+
+def _training_rows_per_user(directories: Iterable[str], own_log_q: np.float32, never_bought: bool) -> np.ndarray:
+    """The rows :func:`training_rows` keeps (:func:`_trains`) of each household's lists (U, by household index)."""
     per_user = np.zeros(0, np.int64)
-    for batch in _batches(directories, [E.USER, E.LOG_Q]):
+    columns = [E.USER, E.LOG_Q, E.FEATURES] if never_bought else [E.USER, E.LOG_Q]
+    for batch in _batches(directories, columns):
         lengths = pc.list_value_length(batch.column(E.LOG_Q)).to_numpy(zero_copy_only=False)
-        rows = np.repeat(np.arange(len(lengths)), lengths)[first_stage(_flat(batch, E.LOG_Q, np.float32), own_log_q)]
+        kept = _trains(batch, _flat(batch, E.LOG_Q, np.float32), own_log_q, never_bought)
+        rows = np.repeat(np.arange(len(lengths)), lengths)[kept]
         users = batch.column(E.USER).to_numpy(zero_copy_only=False).astype(np.int64)
         counts = np.bincount(users[rows], minlength=len(per_user))
         counts[: len(per_user)] += per_user
@@ -174,6 +213,15 @@ def list_settings(data: str) -> RankingSettings:
     )
 
 
+def ranking_state(context: PointInTime) -> RankingState:
+    """DATA's ranking state with the products' stats at the context's start: a pass over every
+    purchase and the co-purchase neighbours' fit (about 110 s and a peak of 5-6 GiB at 10M
+    households; what is kept is the products' stats), taken once for every ranker built on the
+    context."""
+    key = ("boosted_state", context.data, context.start)
+    return context.memoised(key, lambda: RankingState.load(context.data).as_of(context.start))
+
+
 class OwnNeighboursAndPopular:
     """Ranks a household's own products, the products nearest to them by co-purchase (none it
     bought) and the popular ones (the first stage of the boosted ranker, the training lists'
@@ -190,7 +238,7 @@ class OwnNeighboursAndPopular:
 
     def __init__(self, context: PointInTime) -> None:
         self.context = context
-        self.state = RankingState.load(context.data).as_of(context.start)
+        self.state = ranking_state(context)
         self.settings = list_settings(context.data)
         order = np.asarray(self.state.stats.popularity_order, np.int64)
         self._popular = order[: self.settings.popular_candidates]
@@ -232,9 +280,20 @@ class OwnNeighboursAndPopular:
         return candidates[np.argsort(-self.score(user, candidates, features), kind="stable")][:depth]
 
 
+def booster_rows(context: PointInTime, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`training_rows` of the validated run for the rankings of ``context``'s mode, read once
+    for every booster built on the context (each setting of the tuning's search)."""
+    cutoffs = tuple(layout.DataStats(context.data).cutoffs(VALIDATED))
+    mode = context.exclude_purchased
+    key = ("boosted_rows", context.data, cutoffs, seed, mode)
+    return context.memoised(key, lambda: training_rows(context.data, cutoffs, seed=seed, never_bought=mode))
+
+
 class BoostedRanker(OwnNeighboursAndPopular):
     """LightGBM over the training lists of ``context.data``'s validated run, ranking the
-    households of the period ``context`` starts."""
+    households of the period ``context`` starts: on the rows of products the household never
+    bought where the rankings leave its purchases out (``context.exclude_purchased``), the
+    candidates it ranks there."""
 
     name = "boosted_ranker"
 
@@ -244,7 +303,7 @@ class BoostedRanker(OwnNeighboursAndPopular):
         if context.data is None:
             raise ValueError("the boosted ranker trains on DATA's lists: build its PointInTime with data=DATA")
         self.params: Dict = {"num_leaves": num_leaves, "rounds": rounds, "seed": seed}
-        x, y, log_q = training_rows(context.data, layout.DataStats(context.data).cutoffs(VALIDATED), seed=seed)
+        x, y, log_q = booster_rows(context, seed)
         # Own negatives kept at a rate r (their log_q is log r) inflate own products' odds by 1/r
         # against the neighbours and popular ones ranked beside them: an offset of -log_q in
         # training takes it back out, and ranking reads the booster's own score alone.

@@ -12,12 +12,29 @@ Ties (every product the household never bought included) go by popularity before
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from ncf.evaluate.baselines.base import PointInTime, tie_scale
 from ncf.moments import SECONDS_PER_DAY
+
+
+def bought_before(
+    context: PointInTime, user: int, at: int, half_life_days: Optional[float] = None
+) -> Tuple[np.ndarray, np.ndarray]:
+    """The products the household bought before ``at`` (increasing indices) and their purchase
+    counts, each purchase weighing 0.5 ** (age_days / ``half_life_days``) when one is given."""
+    context.check(at)
+    timeline = context.states.timeline(user)
+    k = int(timeline.count_before(np.array([at]))[0])
+    weights = None
+    if half_life_days is not None:
+        ages = (at - timeline.timestamps[:k]) / SECONDS_PER_DAY
+        weights = np.exp2(-ages / half_life_days)
+    products, row = np.unique(timeline.products[:k], return_inverse=True)
+    # Summed in the purchases' order, as a bincount over every product index would.
+    return products, np.bincount(row, weights=weights, minlength=len(products)).astype(np.float64, copy=False)
 
 
 class OwnFrequencyRanker:
@@ -29,9 +46,7 @@ class OwnFrequencyRanker:
 
     def personal(self, user: int, at: int) -> Tuple[np.ndarray, np.ndarray]:
         """The products the household bought before ``at`` (increasing indices) and how often."""
-        self.context.check(at)
-        products, counts = np.unique(self.context.states.timeline(user).products_before(at), return_counts=True)
-        return products, counts.astype(np.float64)
+        return bought_before(self.context, user, at)
 
     def scores(self, user: int, at: int, products: np.ndarray) -> np.ndarray:
         # Popularity only breaks ties: it stays below one purchase.
@@ -54,13 +69,7 @@ class DecayedFrequencyRanker:
     def personal(self, user: int, at: int) -> Tuple[np.ndarray, np.ndarray]:
         """The products the household bought before ``at`` (increasing indices) and their decayed
         purchase counts."""
-        self.context.check(at)
-        timeline = self.context.states.timeline(user)
-        k = int(timeline.count_before(np.array([at]))[0])
-        ages = (at - timeline.timestamps[:k]) / SECONDS_PER_DAY
-        products, row = np.unique(timeline.products[:k], return_inverse=True)
-        # Summed in the purchases' order, as a bincount over every product index would.
-        return products, np.bincount(row, weights=np.exp2(-ages / self.half_life_days), minlength=len(products))
+        return bought_before(self.context, user, at, self.half_life_days)
 
     def scores(self, user: int, at: int, products: np.ndarray) -> np.ndarray:
         bought, values = self.personal(user, at)

@@ -15,9 +15,7 @@ class PopularityRanker:
     def __init__(self, context: PointInTime) -> None:
         self.context = context
         self.params: Dict = {}
-        self._scores = context.masked(context.popularity)
         self._sampled: Optional[np.ndarray] = None
-        self._ranked: Dict[int, np.ndarray] = {}
 
     def scores(self, user: int, at: int, products: np.ndarray) -> np.ndarray:
         """The purchase counts with a tie term in (0, 0.5] that falls with the product's place in
@@ -31,6 +29,6 @@ class PopularityRanker:
 
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
         self.context.check(at)
-        if depth not in self._ranked:  # one list for every household
-            self._ranked[depth] = self.context.rank(self._scores, depth)
-        return self._ranked[depth]
+        # The catalog in popularity order (ties by index) is this ranking at every depth: no pass
+        # over the catalog per depth asked.
+        return self.context.by_popularity()[:depth]

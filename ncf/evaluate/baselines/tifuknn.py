@@ -49,7 +49,7 @@ from typing import Dict, Tuple
 import numpy as np
 import scipy.sparse as sp
 
-from ncf.evaluate.baselines.base import PointInTime, tie_scale
+from ncf.evaluate.baselines.base import PointInTime, rank_with_ties, tie_scale
 
 METRICS = ("cosine", "euclidean")
 
@@ -92,8 +92,7 @@ def tifu_vectors(
         # basket weights: first 0.5 (within) * 0.5 (across) / 2 groups, second 1 * 1 / 2
         # -> [[0, 0.125, 0.625]]
     """
-    if not (groups >= 1 and 0 < within <= 1 and 0 < across <= 1):
-        raise ValueError(f"TIFU-KNN needs groups >= 1 and decays in (0, 1]: {groups}, {within}, {across}")
+    _check_vector_setting(groups, within, across)
     if len(users) == 0:
         return sp.csr_matrix(shape, dtype=np.float64)
     # Multi-hot baskets: one row per distinct (household, moment, product).
@@ -123,6 +122,35 @@ def tifu_vectors(
     vectors = sp.coo_matrix((weight[basket_of_row], (u, p)), shape=shape).tocsr()
     vectors.sum_duplicates()
     return vectors
+
+
+def _check_vector_setting(groups: int, within: float, across: float) -> None:
+    if not (groups >= 1 and 0 < within <= 1 and 0 < across <= 1):
+        raise ValueError(f"TIFU-KNN needs groups >= 1 and decays in (0, 1]: {groups}, {within}, {across}")
+
+
+def period_vectors(context: PointInTime, groups: int, within: float, across: float) -> sp.csr_matrix:
+    """Every household's vector from its purchases before ``context.start``: :func:`tifu_vectors`
+    of them, built a chunk of households at a time (a household's purchases are all in one
+    chunk, so each row is the whole log's to the bit). Memory grows with the distinct
+    (household, product) pairs, not with every purchase: the whole log at once held three int64
+    arrays of every purchase, the later ones too (about 80 GB at 1B), for each vector setting."""
+    _check_vector_setting(groups, within, across)
+    rows, columns, values = [], [], []
+    for users, products, times in context.states.chunks(before=context.start):
+        if not len(users):
+            continue
+        first = int(users[0])  # the chunk's households, in index order
+        shape = (int(users[-1]) - first + 1, context.num_products)
+        part = tifu_vectors(users - first, products, times, shape, groups, within, across).tocoo()
+        rows.append(part.row.astype(np.int64) + first)
+        columns.append(part.col.astype(np.int64))
+        values.append(part.data)
+    shape = (context.num_users, context.num_products)
+    if not rows:
+        return sp.csr_matrix(shape, dtype=np.float64)
+    joined = [np.concatenate(part) for part in (rows, columns, values)]
+    return sp.coo_matrix((joined[2], (joined[0], joined[1])), shape=shape).tocsr()
 
 
 def _row_norms(x: sp.csr_matrix) -> np.ndarray:
@@ -175,12 +203,7 @@ class TifuKnnRanker:
             # setting met again (the best, for the neighbours' search) is computed again.
             for other in [k for k in self.context.memo if _of_another_setting(k, key)]:
                 del self.context.memo[other]
-            users, products, times = self.context.states.all_purchases()
-            before = times < self.context.start
-            shape = (self.context.num_users, self.context.num_products)
-            self.context.memo[key] = tifu_vectors(
-                users[before], products[before], times[before], shape, self.groups, self.within, self.across
-            )
+            self.context.memo[key] = period_vectors(self.context, self.groups, self.within, self.across)
         return self.context.memo[key]
 
     def _index(self) -> Tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
@@ -210,14 +233,13 @@ class TifuKnnRanker:
         return sim
 
     def _nearest(self, user: int, own: sp.csr_matrix) -> np.ndarray:
-        """The k households most similar to ``own`` (never ``user`` itself, none at -inf)."""
+        """The k households most similar to ``own`` (never ``user`` itself, none at -inf; equally
+        similar ones by index), in index order."""
         sim = self._similarity_to(own)
         sim[user] = -np.inf
-        k = min(self.k, len(sim))
-        if k == 0:
-            return np.zeros(0, np.int64)
-        neighbours = np.argpartition(-sim, k - 1)[:k]
-        return neighbours[np.isfinite(sim[neighbours])]
+        # Equally similar households at the k-th place go by index, not by where a partition's
+        # pivots fell; kept in index order, so that their vectors are always summed in one order.
+        return np.sort(rank_with_ties(sim, np.arange(len(sim)), self.k))
 
     def neighbours_of(self, user: int, own: sp.csr_matrix, at_start: bool) -> np.ndarray:
         """The household's k nearest households (indices), from its own vector; at the period
