@@ -19,11 +19,12 @@ from jobs.cli import (
     positive_int,
     training_on_gpu,
 )
+from ncf.errors import EXIT_STOPPED
 from ncf.registry import track_sweep_model
 from ncf.splits import REFIT, VALIDATED
 from ncf.train.slot import training_slot
 from ncf.train.trainer import TrainingInterrupted
-from tune.results import NoTrialFinished
+from tune.results import BEST, NoTrialFinished
 from tune.search_space import SEARCHED
 from tune.settings import SweepSettings
 from tune.sweep import (
@@ -42,7 +43,7 @@ from tune.sweep import (
 SHOWN = [
     "trial_id",
     "status",  # done, or error: a failed trial (NaN scores), named again in the line after the table
-    "best_val_ndcg@10",
+    BEST,
     "best_epoch",
     "epochs",
     *(name for name in SEARCHED if name not in ("mlp_depth", "mlp_width")),
@@ -142,7 +143,7 @@ def main(argv=None):
                 table = run_sweep(settings, resume=args.resume)
             except SweepInterrupted as e:
                 print(f"[sweep] {e}", file=sys.stderr, flush=True)
-                sys.exit(EXIT_INTERRUPTED)
+                sys.exit(EXIT_STOPPED if e.stopped else EXIT_INTERRUPTED)  # 143 for SIGTERM, README's table
             except KeyboardInterrupt:  # a second Ctrl-C inside Tune's loop (its handler takes only the first)
                 print(f"[sweep] {interrupted_before_the_end(settings)}", file=sys.stderr, flush=True)
                 sys.exit(EXIT_INTERRUPTED)

@@ -281,6 +281,66 @@ def test_a_sweep_whose_trials_would_starve_ray_data_is_refused(tmp_path, capsys)
 
 
 @pytest.mark.faults
+def test_a_sweep_sizes_its_trials_from_the_cpus_others_leave_free(ray_session, tmp_path, monkeypatch):
+    """Sized from all of the cluster's CPUs, a sweep beside two Serve replicas of 0.5 CPU each gave
+    its trial's worker 0.98 of 2: 0.01 was left where each Ray Data read asks 0.25, and the trial
+    hung (a review, 2026-12-06). The CPUs are held here as replicas and Ray Train hold them: actors
+    and a placement group of the shared cluster."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from tune import sweep as sweep_module
+
+    @ray_session.remote(num_cpus=0.5)
+    class Replica:
+        def ready(self) -> bool:
+            return True
+
+    # Bounded without the check too: a sweep past it would start a trial that hangs.
+    monkeypatch.setattr(sweep_module, "_tuner", lambda *args: pytest.fail("the sweep started a trial"))
+    monkeypatch.setattr(SweepSettings, "record", lambda self: None)  # it reads DATA's fingerprints
+    settings = SweepSettings(data=str(tmp_path / "data"), output=str(tmp_path / "sweep"), trials=2)
+    _wait_for_free_cpus(ray_session, 2.0)  # what earlier tests held is given back
+    replicas = [Replica.remote() for _ in range(2)]
+    group = None
+    try:
+        ray_session.get([replica.ready.remote() for replica in replicas], timeout=120)
+        _wait_for_free_cpus(ray_session, 1.0)
+        with pytest.raises(InputError) as refused:
+            sweep_module.run_sweep(settings)
+        message = str(refused.value)
+        assert "\n" not in message and message.startswith(
+            "1 free CPU (1 of the cluster's 2 held by other actors or jobs, Serve's replicas or a training: "
+            "`ray list actors --detail` names them) cannot hold 1 trial at once"
+        ), message
+        assert message.endswith("a sweep needs 1.27 free CPUs at least; stop what holds the others, or add nodes")
+
+        # A placement group (Ray Train's, another job's) in the replicas' place: the trial takes what it leaves.
+        for replica in replicas:
+            ray_session.kill(replica)
+        group = placement_group([{"CPU": 0.5}], name="placeholder")
+        ray_session.get(group.ready(), timeout=120)
+        _wait_for_free_cpus(ray_session, 1.5)
+        free, held = sweep_module.free_resources()
+        assert held.startswith("0.5 of the cluster's 2 held by")
+        assert sweep_module.trial_cpus(1, free["CPU"], False, 1, held) == 0.48  # 0.98 from the cluster's 2
+    finally:
+        for replica in replicas:
+            ray_session.kill(replica)
+        if group is not None:
+            remove_placement_group(group)
+
+
+def _wait_for_free_cpus(ray, cpus: float, wait_s: float = 60.0) -> None:
+    """Until the shared cluster has ``cpus`` CPUs free: Ray's count follows actors and groups by
+    moments."""
+    deadline = time.time() + wait_s
+    while abs(ray.available_resources().get("CPU", 0.0) - cpus) > 1e-6:
+        if time.time() > deadline:
+            pytest.fail(f"{cpus:g} CPUs not free after {wait_s:g} s: {ray.available_resources()}")
+        time.sleep(0.2)
+
+
+@pytest.mark.faults
 def test_a_resume_with_other_settings_is_refused_before_ray_starts(small_data, tmp_path, monkeypatch, capsys):
     """Before, the job started Ray and waited out --gpu-wait before comparing the settings."""
     from jobs import tune_sweep
@@ -302,10 +362,16 @@ def test_a_resume_with_other_settings_is_refused_before_ray_starts(small_data, t
 def test_a_resume_keeps_the_trials_at_once_tune_restores(tmp_path):
     from ray import tune
 
-    from tune.sweep import resumed_concurrency
+    from tune.sweep import check_sweep_directory, resumed_concurrency
 
     settings = SweepSettings(data=str(tmp_path / "data"), output=str(tmp_path / "sweep"), trials=4)
-    with pytest.raises(InputError, match="--resume: no sweep to resume at"):
+    with pytest.raises(InputError, match="--resume: no sweep to resume at"):  # said once, before Ray starts
+        check_sweep_directory(settings.output, settings.data, resume=True)
+    # Past that check, a tuner.pkl missing is one lost from a sweep Tune saved: not "no sweep to
+    # resume", as the second check of it said (a review, 2026-12-06).
+    os.makedirs(settings.experiment_dir)
+    (tmp_path / "sweep" / "tune" / "sweep" / "experiment_state-2026-12-07_10-00-00.json").write_text(WHOLE_TUNE_STATE)
+    with pytest.raises(InputError, match="tuner.pkl does not load \\(FileNotFoundError.*start the sweep again"):
         resumed_concurrency(settings, {"CPU": 2.0})
     # What Tune pickles when a sweep starts (sweeps of older code recorded 0 in settings.json).
     tune.Tuner(
@@ -368,6 +434,37 @@ def test_the_sweep_puts_back_the_ctrl_c_handler_tune_leaves_installed():
     with sigint_kept():
         signal.signal(signal.SIGINT, lambda *args: None)  # what Tune's fit installs
     assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.faults
+def test_sigterm_in_tunes_loop_stops_it_as_ctrl_c_and_a_second_one_exits():
+    """The job's SIGTERM handler raised SystemExit inside Tune's loop, skipping Tune's cleanup
+    (a review, 2026-12-06): SIGTERM goes to the SIGINT handler Tune installs for its loop (it puts
+    back the one of before once it fires), and to the job's own before that loop and after it."""
+    from tune.sweep import sigterm_as_ctrl_c
+
+    calls = []
+    sigint_before = signal.getsignal(signal.SIGINT)
+
+    def tunes(signum, frame):  # what Tune's handler does: stop the loop, hand Ctrl-C back
+        calls.append(("tune", signum))
+        signal.signal(signal.SIGINT, sigint_before)
+
+    jobs = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(("job", signum)))
+    try:
+        with sigterm_as_ctrl_c() as sigterm:
+            signal.raise_signal(signal.SIGTERM)  # before Tune's loop: the job's handler
+            assert calls == [("job", signal.SIGTERM)] and not sigterm.received
+            signal.signal(signal.SIGINT, tunes)  # Tune's fit starts its loop
+            signal.raise_signal(signal.SIGTERM)
+            assert calls[1:] == [("tune", signal.SIGINT)] and sigterm.received
+            signal.raise_signal(signal.SIGTERM)  # a second one: Tune's "send SIGTERM to skip"
+            assert calls[2:] == [("job", signal.SIGTERM)]
+        signal.raise_signal(signal.SIGTERM)
+        assert calls[3:] == [("job", signal.SIGTERM)] and signal.getsignal(signal.SIGINT) is sigint_before
+    finally:
+        signal.signal(signal.SIGTERM, jobs)
+        signal.signal(signal.SIGINT, sigint_before)
 
 
 def test_a_sweep_waits_for_the_gpus_of_its_trials_at_once(tmp_path):
@@ -579,6 +676,48 @@ def test_a_sweep_interrupted_on_a_laptop_resumes_with_ray_job_submit_losing_and_
     assert not os.path.exists(table.loc[0, CHECKPOINT_PATH])
     exported = export_best(table, SweepSettings(data=data, output=str(moved)))
     assert read_config(exported)["version"] == f"sweep-{best['trial_id']}" and exported.startswith(str(moved))
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_a_sweep_stopped_by_sigterm_ends_its_trials_runs_killed_saves_its_state_and_exits_143(small_data, tmp_path):
+    """`ray job stop` (SIGTERM) mid-sweep: the job's handler raised SystemExit inside Tune's loop,
+    which Tune cleans up after only on an Exception, so the trials' MLflow runs stayed RUNNING and
+    Tune's last state was not saved (a review, 2026-12-06). Tune now stops as on Ctrl-C."""
+    from tune.sweep import saved_trials, tune_state_saved
+
+    data, _ = small_data
+    output, store = str(tmp_path / "sweep"), registry.Registry()
+    sweep = _sweep_on_a_laptop(data, output)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and sweep.poll() is None and "RUNNING" not in _run_statuses(store, output):
+            time.sleep(1)
+        assert sweep.poll() is None, "the sweep ended before a trial's run started"
+        sweep.send_signal(signal.SIGTERM)
+        assert sweep.wait(timeout=120) == 143, open(output + ".log").read()[-3000:]  # README's table: stopped
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    log = open(output + ".log").read()
+    assert re.search(
+        r"^\[sweep\] sweep stopped \(SIGTERM\) with [01] of 2 trials finished; continue it with --resume$",
+        log,
+        flags=re.M,
+    ), log[-3000:]
+    statuses = _run_statuses(store, output)
+    assert "KILLED" in statuses and "RUNNING" not in statuses, statuses
+    experiment = os.path.join(output, "tune", "sweep")
+    # Its interrupted trial saved as Tune saves one it stopped (read back PENDING): what --resume runs again.
+    assert tune_state_saved(experiment) and saved_trials(experiment, "PENDING") >= 1
+
+
+def _run_statuses(store: registry.Registry, sweep: str) -> list:
+    """The MLflow statuses of the runs of ``sweep``'s trials in ``store`` (the session's, which jobs inherit)."""
+    runs = store.client.search_runs(
+        [store.experiment_id(registry.SWEEP_EXPERIMENT)], filter_string=f"tags.sweep = '{sweep}'"
+    )
+    return sorted(run.info.status for run in runs)
 
 
 @pytest.mark.faults
@@ -904,10 +1043,10 @@ def test_ctrl_c_after_tunes_loop_is_one_line_exit_130_with_a_resume_hint(tmp_pat
         def fit(self):
             return self
 
-    monkeypatch.setattr("ray.cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr(SweepSettings, "record", lambda self: None)  # it reads DATA's fingerprints
     for name, value in {
         "check_sweep_directory": lambda *args: None,
+        "free_resources": lambda: ({"CPU": 2.0}, ""),
         "cpu_nodes": lambda: 1,
         "_trainable": lambda *args: None,
         "_tuner": lambda *args: Grid(),

@@ -21,11 +21,18 @@ import pandas as pd
 
 from ncf.errors import InputError
 from ncf.jsonio import write_atomically
-from ncf.train.checkpoint import VAL_METRIC, export_model_dir, kept_checkpoints, read_train_state, resumed_checkpoint
+from ncf.train.checkpoint import (
+    BEST_VAL_METRIC,
+    VAL_METRIC,
+    export_model_dir,
+    kept_checkpoints,
+    read_train_state,
+    resumed_checkpoint,
+)
 from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower
 from tune.settings import SweepSettings
 
-BEST = "best_" + VAL_METRIC
+BEST = BEST_VAL_METRIC  # what trials report (Tune's and Optuna's objective), and the table's column of it
 CHECKPOINT_PATH = "checkpoint_path"  # what Tune's TuneReportCallback adds to the metrics
 
 

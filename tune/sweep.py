@@ -25,7 +25,7 @@ import math
 import os
 import signal
 import threading
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
@@ -42,13 +42,19 @@ TRIAL_CPU = 0.01  # the trial function only waits on its trainer; its workers ho
 
 
 class SweepInterrupted(RuntimeError):
-    """The sweep stopped before every trial finished (Ctrl-C, SIGTERM); its state is saved."""
+    """The sweep stopped before every trial finished (Ctrl-C, SIGTERM); its state is saved.
+    ``stopped``: by SIGTERM (``ray job stop``, a scheduler), which the job's exit status tells."""
+
+    def __init__(self, message: str, stopped: bool = False) -> None:
+        super().__init__(message)
+        self.stopped = stopped
 
 
 def concurrency(settings: SweepSettings, cluster: dict, nodes: int = 1) -> int:
     """Trials at once: ``--concurrent``, or one per ``workers`` GPUs; on CPUs, half of the cluster
     for training and the rest for Ray Data (the readers that feed the workers); never more than
-    the trials, nor than the CPUs of ``nodes`` nodes hold (:func:`trial_cpus`)."""
+    the trials, nor than the CPUs of ``nodes`` nodes hold (:func:`trial_cpus`). ``cluster``: the
+    resources free when the sweep starts (:func:`free_resources`)."""
     if settings.concurrent:
         return min(settings.concurrent, settings.trials)
     if settings.use_gpu:
@@ -67,12 +73,12 @@ def started_concurrency(settings: SweepSettings) -> int:
     import ray.cloudpickle
 
     experiment = settings.experiment_dir
-    if not os.path.isfile(os.path.join(experiment, "tuner.pkl")):
-        raise InputError(f"--resume: no sweep to resume at {experiment}")
+    # Its callers come after check_sweep_directory, which refuses a --resume with no sweep: one
+    # missing here is the file alone gone from a sweep Tune saved, which no resume restores.
     try:
         with open(os.path.join(experiment, "tuner.pkl"), "rb") as f:
             return int(ray.cloudpickle.load(f)["_tune_config"].max_concurrent_trials or 0)
-    except Exception as e:  # a truncated file, or one of another Ray: Tune.restore would fail alike
+    except Exception as e:  # missing, truncated, or of another Ray: Tune.restore would fail alike
         raise InputError(
             f"--resume: {experiment}/tuner.pkl does not load ({type(e).__name__}: {e}); "
             "start the sweep again with a new --output"
@@ -103,32 +109,69 @@ def trials_the_cpus_hold(cluster_cpus: float, nodes: int = 1) -> int:
     return int(_floored((cluster_cpus - data_cpus(nodes)) / (MIN_TRIAL_CPUS + BESIDE_TRIAL_CPUS), 0))
 
 
-def trial_cpus(concurrent: int, cluster_cpus: float, resume: bool, nodes: int = 1) -> float:
+def trial_cpus(concurrent: int, free_cpus: float, resume: bool, nodes: int = 1, held: str = "") -> float:
     """Each trial's share of the CPUs for its workers, :func:`ncf.train.trainer.data_cpus` left
-    to Ray Data: a trial whose read tasks find no node with room waits forever. Refuses such a
-    sweep; on a cluster of no CPUs yet (a head of 0 CPUs whose autoscaler has yet to add
-    workers) the trials take the least share and wait for nodes, as it says."""
+    to Ray Data: a trial whose read tasks find no node with room waits forever. ``free_cpus``:
+    the CPUs free when the sweep starts; ``held``: what holds the cluster's others, "" where
+    nothing does (:func:`free_resources`). Refuses such a sweep, naming what holds the CPUs; on a
+    cluster of no CPUs yet (a head of 0 CPUs whose autoscaler has yet to add workers) the trials
+    take the least share and wait for nodes, as it says."""
     reserve = data_cpus(nodes)
     # Floored: a share rounded up would take from what the reads need.
-    budget = _floored((cluster_cpus - reserve) / concurrent - BESIDE_TRIAL_CPUS, 2)
+    budget = _floored((free_cpus - reserve) / concurrent - BESIDE_TRIAL_CPUS, 2)
     if budget >= MIN_TRIAL_CPUS:
         return budget
-    fits = trials_the_cpus_hold(cluster_cpus, nodes)
     needs = reserve + concurrent * (MIN_TRIAL_CPUS + BESIDE_TRIAL_CPUS)
+    where = _counted(free_cpus, "free CPU" if held else "CPU") + (f" ({held})" if held else "")
     what = (
-        f"{_counted(cluster_cpus, 'CPU')} cannot hold {_counted(concurrent, 'trial')} at once (each trial's workers "
+        f"{where} cannot hold {_counted(concurrent, 'trial')} at once (each trial's workers "
         f"take {MIN_TRIAL_CPUS:g} at least, and Ray Data's readers keep {_counted(reserve, 'CPU')})"
     )
-    if cluster_cpus <= 0:
+    if free_cpus <= 0 and not held:
         print(f"[sweep] {what}: waiting for the cluster to reach {needs:g} CPUs", flush=True)
         return MIN_TRIAL_CPUS
+    raise InputError(f"{what}: {_cpus_remedy(concurrent, needs, trials_the_cpus_hold(free_cpus, nodes), resume, held)}")
+
+
+def _cpus_remedy(concurrent: int, needs: float, fits: int, resume: bool, held: str) -> str:
+    """What a sweep that :func:`trial_cpus` refuses can do: fewer trials at once, if one fits; else
+    more CPUs, or (``held``: what holds the others) the CPUs others hold."""
+    free = "free " if held else ""
     if resume:
-        remedy = f"the sweep runs {concurrent} at once (fixed when it started): resume it on {needs:g} CPUs or more"
+        remedy = (
+            f"the sweep runs {concurrent} at once (fixed when it started): resume it on {needs:g} {free}CPUs or more"
+        )
     elif fits >= 1:
-        remedy = f"pass --concurrent {fits} or fewer"
+        return f"pass --concurrent {fits} or fewer"
     else:
-        remedy = f"a sweep needs a cluster of {needs:g} CPUs at least"
-    raise InputError(f"{what}: {remedy}")
+        remedy = (
+            f"a sweep needs {needs:g} free CPUs at least"
+            if held
+            else f"a sweep needs a cluster of {needs:g} CPUs at least"
+        )
+    return remedy + ("; stop what holds the others, or add nodes" if held else "")
+
+
+# CPUs held that are float noise of Ray's accounting (fractions of CPUs given back), not a holder.
+HELD_NOISE = 0.005
+
+
+def free_resources() -> Tuple[Dict[str, float], str]:
+    """The cluster's resources free now, what a sweep sizes its trials from, and, where others
+    hold some of its CPUs, how many, in words ("" where none are). Sized from all of the
+    cluster's CPUs, a sweep beside Serve's replicas left Ray Data's reads no room: its trial hung,
+    reads never started."""
+    import ray
+
+    free = ray.available_resources()
+    total = ray.cluster_resources().get("CPU", 0.0)
+    held = total - free.get("CPU", 0.0)
+    if held < HELD_NOISE:
+        return free, ""
+    return free, (
+        f"{round(held, 2):g} of the cluster's {total:g} held by other actors or jobs, Serve's replicas or a "
+        "training: `ray list actors --detail` names them"
+    )
 
 
 def _floored(value: float, decimals: int) -> float:
@@ -142,22 +185,22 @@ def _counted(count: float, noun: str) -> str:
     return f"{count:g} {noun}" if count == 1 else f"{count:g} {noun}s"
 
 
-def trial_threads(settings: SweepSettings, concurrent: int, cluster_cpus: float) -> int:
-    """Torch threads of each trial's workers: the cluster's cores shared among every worker of
-    the trials that run at once (each worker caps them at the CPUs it may run on, by its affinity
-    and Ray's count of its node, shared among the trial's workers on that node:
-    ``ncf.train.loop.worker_threads``)."""
-    return max(1, int(cluster_cpus // (concurrent * settings.workers)))
+def trial_threads(settings: SweepSettings, concurrent: int, free_cpus: float) -> int:
+    """Torch threads of each trial's workers: the cluster's free CPUs (the others' cores are busy
+    with what holds them) shared among every worker of the trials that run at once (each worker
+    caps them at the CPUs it may run on, by its affinity and Ray's count of its node, shared among
+    the trial's workers on that node: ``ncf.train.loop.worker_threads``)."""
+    return max(1, int(free_cpus // (concurrent * settings.workers)))
 
 
-def _trainable(settings: SweepSettings, cluster_cpus: float, resume: bool, nodes: int):
+def _trainable(settings: SweepSettings, free_cpus: float, resume: bool, nodes: int, held: str = ""):
     from ray import tune
 
     fn = tune.with_parameters(
         train_trial,
         settings=settings,
-        cpu_budget=trial_cpus(settings.concurrent, cluster_cpus, resume, nodes),
-        torch_threads=trial_threads(settings, settings.concurrent, cluster_cpus),
+        cpu_budget=trial_cpus(settings.concurrent, free_cpus, resume, nodes, held),
+        torch_threads=trial_threads(settings, settings.concurrent, free_cpus),
     )
     return tune.with_resources(fn, {"cpu": TRIAL_CPU})
 
@@ -248,6 +291,53 @@ def sigint_kept():
             signal.signal(signal.SIGINT, previous)
 
 
+class _Signalled:
+    """Whether :func:`sigterm_as_ctrl_c` handed a SIGTERM to Tune."""
+
+    received = False
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """While Tune's loop runs, SIGTERM (``ray job stop``, a scheduler) stops it as a first Ctrl-C
+    does: Tune saves its experiment state, stops the trials and ends their MLflow runs KILLED
+    (``on_experiment_end``). The job's own SIGTERM handler raised SystemExit inside the loop, which
+    Tune cleans up after only on an Exception: the runs stayed RUNNING and the last state was not
+    saved. Tune takes SIGINT with a handler it installs for its loop and removes once it fires, so
+    SIGTERM goes to it while it is there; else (before the loop, or a second SIGTERM: Tune's
+    "send SIGTERM to skip") to the handler of before the block. Yields what says whether it came."""
+    signalled = _Signalled()
+    if threading.current_thread() is not threading.main_thread():  # no handlers there, nor Tune's
+        yield signalled
+        return
+    sigint_before = signal.getsignal(signal.SIGINT)
+    sigterm_before = signal.getsignal(signal.SIGTERM)
+
+    def stop_as_ctrl_c(signum, frame):
+        tunes = signal.getsignal(signal.SIGINT)
+        if tunes == sigint_before or not callable(tunes):
+            _pass_on(sigterm_before, signum, frame)
+            return
+        signalled.received = True
+        tunes(signal.SIGINT, frame)
+
+    signal.signal(signal.SIGTERM, stop_as_ctrl_c)
+    try:
+        yield signalled
+    finally:
+        signal.signal(signal.SIGTERM, sigterm_before)
+
+
+def _pass_on(handler, signum: int, frame) -> None:
+    """``signum`` to ``handler`` as if it had been installed: a function is called; the default
+    action (SIG_DFL) is put back and the signal raised again; an ignored one is dropped."""
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+
 def check_sweep_directory(output: str, data: str, resume: bool) -> None:
     """Refuses (one line) an ``output`` that holds ``data`` or is a directory of something else,
     a started sweep without ``--resume``, and a ``--resume`` with nothing to resume: checks a job
@@ -315,10 +405,8 @@ def tune_state_damage(experiment: str) -> Optional[str]:
 
 def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
     """Runs (or resumes) the sweep; writes the results, the plot and ``best/``; returns the table."""
-    import ray
-
     check_sweep_directory(settings.output, settings.data, resume)
-    cluster = ray.cluster_resources()
+    free, held = free_resources()  # not the cluster's all: Serve's replicas, another job may hold some
     if resume:
         settings.check_resumes()
         # Trials of older code learnt other feature definitions: refused here in one line, not
@@ -326,14 +414,18 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
         check_features_of_runs(settings.train_dir, "start the sweep again with a new --output")
     nodes = cpu_nodes()
     # Resolved once: Tune keeps the count a sweep started with through every resume.
-    settings.concurrent = (
-        resumed_concurrency(settings, cluster, nodes) if resume else concurrency(settings, cluster, nodes)
-    )
-    trainable = _trainable(settings, cluster.get("CPU", 0.0), resume, nodes)  # refuses trials the CPUs do not fit
+    settings.concurrent = resumed_concurrency(settings, free, nodes) if resume else concurrency(settings, free, nodes)
+    trainable = _trainable(settings, free.get("CPU", 0.0), resume, nodes, held)  # refuses trials the CPUs do not fit
     if not resume:
         settings.record()
-    with sigint_kept():
+    with sigint_kept(), sigterm_as_ctrl_c() as sigterm:
         grid = _tuner(settings, trainable, resume).fit()
+    if sigterm.received:  # whatever finished meanwhile: the job was asked to stop
+        raise SweepInterrupted(
+            f"sweep stopped (SIGTERM) with {finished_trials(grid)} of {settings.trials} trials finished; "
+            "continue it with --resume",
+            stopped=True,
+        )
     # Tune's handler is gone: Ctrl-C from here on raises KeyboardInterrupt, the job's one line too.
     try:
         return _write_sweep(grid, settings)

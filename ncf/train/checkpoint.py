@@ -26,6 +26,8 @@ from ncf.model.files import TRAINED_PRODUCTS, TRAINED_USERS, load_trained_rows, 
 from ncf.model.integrity import sha256_of
 
 VAL_METRIC = "val_ndcg@10"
+# Reported with every epoch of a validated run: a sweep ranks its trials by it (tune.results.BEST).
+BEST_VAL_METRIC = "best_" + VAL_METRIC
 OPTIMIZER = "optimizer.pt"
 TRAIN_STATE = "train_state.json"
 # train_state.json's record of the files written beside it: {name: sha256}. A page lost to a crash

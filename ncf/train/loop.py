@@ -369,7 +369,7 @@ def train_loop_per_worker(config: Dict) -> None:
             state["stale"] += 1
         state["epoch"] = epoch
         if w.cfg.run == VALIDATED:  # a refit's best is the placeholder -1: reported, it read as a score
-            metrics["best_" + ckpt.VAL_METRIC] = state["best"]
+            metrics[ckpt.BEST_VAL_METRIC] = state["best"]
         state["history"] = state["history"] + [metrics]  # the curves the report draws
         state.update(
             model_config=w.model_config.to_dict(),

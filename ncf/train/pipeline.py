@@ -26,7 +26,7 @@ from ncf.model.config import ModelConfig
 from ncf.model.directory import update_metrics, written_dir
 from ncf.registry import track_model
 from ncf.splits import REFIT, TEST, VALIDATED
-from ncf.train.checkpoint import VAL_METRIC, best_checkpoint, export_model_dir, run_history
+from ncf.train.checkpoint import BEST_VAL_METRIC, VAL_METRIC, best_checkpoint, export_model_dir, run_history
 from ncf.train.config import TrainConfig
 from ncf.train.tensorboard import write_history
 from ncf.train.trainer import best_epoch, fit, refit_config
@@ -125,7 +125,7 @@ def train_evaluate_register(plan: TrainingPlan, progress: Callable[[str], float]
     epochs = best_epoch(validated)
     update_metrics(written_dir(validated_dir, validated_version), {"test": test, "best_epoch": epochs})
     registered = track_model(validated_dir, data, plan.name, plan.params, candidate=not plan.refit)
-    best = validated.metrics.get("best_" + VAL_METRIC, 0.0)
+    best = validated.metrics.get(BEST_VAL_METRIC, 0.0)
     progress(
         f"validated model: best epoch {epochs}, {VAL_METRIC} {best:.4f}, "
         f"test recall@10 {test['recall@10']:.4f} ndcg@10 {test['ndcg@10']:.4f} -> {validated_dir}"
