@@ -51,7 +51,7 @@ _STYLE = """<style>
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:100%}h2{margin-top:2em}
-caption{text-align:left;font-weight:bold;padding:4px 0}
+caption{text-align:left;font-weight:bold;padding:4px 0}td{white-space:nowrap}.wide{overflow-x:auto}
 .hh{display:grid;grid-template-columns:1fr 2fr;gap:1em;border-top:1px solid #ddd;padding:.5em 0}
 small{color:#666}
 </style>"""
@@ -135,8 +135,11 @@ def _table(rows: Sequence[Dict], columns: Sequence[str], caption: str, spread: O
             continue
         body += f"<tr>{name}" + "".join(f"<td>{html.escape(cell_text(row, c, spread))}</td>" for c in columns[1:])
         body += "</tr>"
+    # Scrolled within its own box where its columns are wider than the page (a figure \u00b1 its
+    # spread is kept on one line), not across the page's edge.
     return (
-        f"<table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f'<div class="wide"><table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
     )
 
 
