@@ -13,12 +13,13 @@ is tuned on the validation weeks like every baseline. It trains on at most
 :data:`MAX_TRAINING_ROWS` rows (whole households of a seeded sample beyond it).
 
 Where the rankings leave out what the household bought (``exclude_purchased``) it ranks products
-the household never bought, and trains on those rows alone (``own`` 0: the neighbours and the
-popular products it had not bought), not on its own products, which held most of the positives,
-every one a repeat that mode never ranks. One gap stays: the lists hold the
-``neighbour_candidates`` (100) nearest neighbours a household, where that mode ranks up to 250
-(:class:`OwnNeighboursAndPopular`), so it scores the neighbours past the 100th from what the nearer
-ones taught it; closing it takes lists built with ``jobs.preprocess --neighbour-candidates 250``.
+the household never bought, and still trains on every first-stage row, its own products' too:
+trained on the never-bought rows alone (2026-12-06), its validation NDCG@10 on the two no-rebuy
+logs of BENCHMARKS.md was the same (0.1872 against 0.1866, 0.1915 against 0.1913) and its test
+NDCG@10 lower on both (0.1828 against 0.1866, 0.1845 against 0.1870): the weaker baseline was not
+kept. The lists hold the ``neighbour_candidates`` (100) nearest neighbours a household, where that
+mode ranks up to 250 (:class:`OwnNeighboursAndPopular`): it scores the neighbours past the 100th
+from what the nearer ones taught it.
 
 The ranking state (a pass over every purchase and the co-purchase neighbours' fit) and the
 training rows are kept in the :class:`PointInTime`'s memo: the tuning's trials, built on one
@@ -87,13 +88,11 @@ _BATCH_ROWS = 4096  # lists read at a time: a batch's flattened rows stay in the
 
 
 def training_rows(
-    data: str, cutoffs: Sequence[int], max_rows: int = MAX_TRAINING_ROWS, seed: int = 0, never_bought: bool = False
+    data: str, cutoffs: Sequence[int], max_rows: int = MAX_TRAINING_ROWS, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features N x F, labels N, log_q N) of the first stage's candidates (own, neighbour and
-    popular products: :func:`first_stage`) of the lists at ``cutoffs``, in the order read;
-    ``never_bought``: only those the household had not bought before the list's moment (``own``
-    0), what rankings that leave out what it bought rank. ``log_q`` is 0 but for own products kept
-    at a rate (``--own-negative-rate``).
+    popular products: :func:`first_stage`) of the lists at ``cutoffs``, in the order read.
+    ``log_q`` is 0 but for own products kept at a rate (``--own-negative-rate``).
 
     Read a batch of lists at a time, so only the kept rows are ever held together. Where the lists
     have more than ``max_rows`` such rows, the households are taken in a ``seed``-ed random order
@@ -101,7 +100,7 @@ def training_rows(
     N <= ``max_rows``; else every row is kept, in the order :func:`training_lists` gives."""
     directories = _list_directories(data, cutoffs)
     own = own_log_q(data)
-    per_user = _training_rows_per_user(directories, own, never_bought)
+    per_user = _unsampled_rows_per_user(directories, own)
     total = int(per_user.sum())
     keep = None
     if total > max_rows:
@@ -121,11 +120,11 @@ def training_rows(
     where = None if keep is None else pc.field(E.USER).isin(pa.array(keep, pa.int64()))
     for batch in _batches(directories, columns, where):
         batch_log_q = _flat(batch, E.LOG_Q, np.float32)
-        kept = _trains(batch, batch_log_q, own, never_bought)
-        n = int(kept.sum())
-        features[filled : filled + n] = _flat(batch, E.FEATURES, np.float32).reshape(-1, NUM_FEATURES)[kept]
-        labels[filled : filled + n] = _flat(batch, E.LABEL, np.float32)[kept]
-        log_q[filled : filled + n] = batch_log_q[kept]
+        unsampled = first_stage(batch_log_q, own)
+        n = int(unsampled.sum())
+        features[filled : filled + n] = _flat(batch, E.FEATURES, np.float32).reshape(-1, NUM_FEATURES)[unsampled]
+        labels[filled : filled + n] = _flat(batch, E.LABEL, np.float32)[unsampled]
+        log_q[filled : filled + n] = batch_log_q[unsampled]
         filled += n
     if filled != total:
         raise RuntimeError(f"{data}'s training lists changed while read ({filled:,} rows, counted {total:,})")
@@ -160,28 +159,12 @@ def first_stage(log_q: np.ndarray, own_log_q: np.float32) -> np.ndarray:
     return (log_q == 0.0) | (log_q == own_log_q)
 
 
-# The "own" feature: 1 where the household bought the candidate before the list's moment.
-OWN = FEATURES.index("own")
-
-
-def _trains(batch: pa.RecordBatch, log_q: np.ndarray, own_log_q: np.float32, never_bought: bool) -> np.ndarray:
-    """Which of ``batch``'s rows (``log_q``: its flattened ``log_q``) :func:`training_rows` keeps:
-    the first stage's and, ``never_bought``, of those the ones whose ``own`` feature is 0."""
-    kept = first_stage(log_q, own_log_q)
-    if never_bought:
-        # The float16 column as read (0 and 1 are exact): one feature of every row, not all F as float32.
-        kept &= pc.list_flatten(batch.column(E.FEATURES)).to_numpy(zero_copy_only=False)[OWN::NUM_FEATURES] == 0
-    return kept
-
-
-def _training_rows_per_user(directories: Iterable[str], own_log_q: np.float32, never_bought: bool) -> np.ndarray:
-    """The rows :func:`training_rows` keeps (:func:`_trains`) of each household's lists (U, by household index)."""
+def _unsampled_rows_per_user(directories: Iterable[str], own_log_q: np.float32) -> np.ndarray:
+    """The first stage's rows (:func:`first_stage`) of each household's lists (U, by household index)."""
     per_user = np.zeros(0, np.int64)
-    columns = [E.USER, E.LOG_Q, E.FEATURES] if never_bought else [E.USER, E.LOG_Q]
-    for batch in _batches(directories, columns):
+    for batch in _batches(directories, [E.USER, E.LOG_Q]):
         lengths = pc.list_value_length(batch.column(E.LOG_Q)).to_numpy(zero_copy_only=False)
-        kept = _trains(batch, _flat(batch, E.LOG_Q, np.float32), own_log_q, never_bought)
-        rows = np.repeat(np.arange(len(lengths)), lengths)[kept]
+        rows = np.repeat(np.arange(len(lengths)), lengths)[first_stage(_flat(batch, E.LOG_Q, np.float32), own_log_q)]
         users = batch.column(E.USER).to_numpy(zero_copy_only=False).astype(np.int64)
         counts = np.bincount(users[rows], minlength=len(per_user))
         counts[: len(per_user)] += per_user
@@ -281,19 +264,16 @@ class OwnNeighboursAndPopular:
 
 
 def booster_rows(context: PointInTime, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`training_rows` of the validated run for the rankings of ``context``'s mode, read once
-    for every booster built on the context (each setting of the tuning's search)."""
+    """:func:`training_rows` of the validated run, read once for every booster built on the
+    context (each setting of the tuning's search, either mode)."""
     cutoffs = tuple(layout.DataStats(context.data).cutoffs(VALIDATED))
-    mode = context.exclude_purchased
-    key = ("boosted_rows", context.data, cutoffs, seed, mode)
-    return context.memoised(key, lambda: training_rows(context.data, cutoffs, seed=seed, never_bought=mode))
+    key = ("boosted_rows", context.data, cutoffs, seed)
+    return context.memoised(key, lambda: training_rows(context.data, cutoffs, seed=seed))
 
 
 class BoostedRanker(OwnNeighboursAndPopular):
     """LightGBM over the training lists of ``context.data``'s validated run, ranking the
-    households of the period ``context`` starts: on the rows of products the household never
-    bought where the rankings leave its purchases out (``context.exclude_purchased``), the
-    candidates it ranks there."""
+    households of the period ``context`` starts."""
 
     name = "boosted_ranker"
 
