@@ -15,9 +15,15 @@ target is a model that loads (serve.rollout): a replica Serve starts later serve
 that restore leaves the replicas on different models (or one refusing it), or fails, it exits 1.
 A rollout whose new replicas fail to start (new code, or replicas started from zero, which have no
 model to keep) exits 1 with one line, after deploying the previous settings again the same way
-where a replica served them when the job started. Every running replica must answer its health
+where a replica served them when the job started; so does one whose app is not running within
+--start-timeout-s (replicas no node can place, say), a first deploy's app deleted then (where no
+other deploy changed it since). Every running replica must answer its health
 (REPLICA_ANSWER_TIMEOUT_S): fewer answers exit 1 too, and so does a Serve whose app's served
-settings cannot be read before the rollout (nothing is deployed then).
+settings cannot be read before the rollout, or differ between its replicas (nothing is deployed
+then). One deploy at a time on a cluster (serve.deploy_slot): a second is refused in one line,
+exit 75. Stopped (Ctrl-C: 130, SIGTERM: 143) after its rollout went to a running app, a deploy
+says in one line that the rollout is unverified and how to check or undo it (a restore stopped
+too).
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import argparse
 import json
 import os
 import sys
-from typing import NoReturn
+from contextlib import ExitStack
+from typing import Dict, NamedTuple, NoReturn, Optional, Tuple
 
 from jobs.cli import (
     EXIT_BAD_INPUT,
@@ -49,8 +56,11 @@ from ncf.errors import EXIT_TRY_LATER, InputError
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
 from serve.app import app_of, replica_memory_bytes, serve_settings
+from serve.deploy_slot import deploy_slot
 from serve.launch import (
     REPLICA_ANSWER_TIMEOUT_S,
+    START_TIMEOUT_S,
+    DeployStalled,
     every_replica_health,
     running_address,
     running_replicas,
@@ -64,12 +74,14 @@ from serve.rollout import (
     Restored,
     ServingUnknown,
     check_can_deploy,
+    delete_unstarted,
     dropped_data_note,
     refused_rollout,
-    replicas_kept,
     restore_previous,
     serving_before,
+    target_asks,
 )
+from serve.service import ServeSettings
 
 MEMORY_NOTE_BYTES = 2 << 30  # a replica needing this much or more: the job says so where no memory is asked
 # Ray's default temp dir, on each node that ran a replica (cluster.yaml's replicas run on workers).
@@ -112,6 +124,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="a request not answered within this gets 504 (applies when this command starts Serve)",
     )
     p.add_argument(
+        "--start-timeout-s",
+        type=positive_seconds,
+        default=START_TIMEOUT_S,
+        help="how long the app may take to be running (its replicas placed and loaded) before the deploy ends "
+        "in one line, a rollout undone, a first deploy's app deleted (a restore waits as long again); default "
+        "1800: on an autoscaling cluster a new node's launch, then a model's cold load at scale",
+    )
+    p.add_argument(
         "--replica-memory-gb",
         type=positive_float,
         default=None,
@@ -149,72 +169,128 @@ def main(argv=None) -> dict:
         "ui": args.ui,
         "memory_gb": args.replica_memory_gb,
     }
-    try:
-        if args.detach and not os.environ.get("RAY_ADDRESS") and not _ray_started_here():
-            raise InputError(
-                "--detach needs a running cluster to leave the app on: set RAY_ADDRESS to its head "
-                "(HOST:6379, from `ray start --head`) or submit the job with `ray job submit`; without "
-                "RAY_ADDRESS the job's own cluster stops when it exits"
+    with ExitStack() as turn:
+        try:
+            settings = _checked(args, app_args)
+            init_ray()
+            # Held from reading what Serve serves until the rollout is checked or undone: two
+            # deploys at once undid each other's rollouts (serve.deploy_slot).
+            turn.enter_context(deploy_slot(f"jobs.deploy --model {app_args['model']}"))
+            before = _before_rollout(args)
+        except (InputError, ValueError) as e:
+            fail(str(e), exit_status(e))
+        except ServingUnknown as e:  # before anything changed: a refused rollout could not be undone
+            fail(str(e), EXIT_TRY_LATER if e.retry else EXIT_FAILED)
+        if before.serving is None:
+            # A first deploy starts with a replica (an app of --min-replicas 0 too, so that its
+            # health is heard); a rollout leaves initial_replicas unset, so that Serve keeps the
+            # replicas the autoscaler runs (serve.app._application).
+            app_args["initial_replicas"] = max(args.min_replicas, 1)
+        outcome = _rolled_out(args, app_args, settings, before)
+    if not args.detach:
+        serve_until_stopped()
+    return outcome
+
+
+def _checked(args: argparse.Namespace, app_args: dict) -> ServeSettings:
+    """The deploy's input checked before Ray starts (InputError, ValueError): the settings the
+    replicas will load; ``app_args``' model resolved in place."""
+    if args.detach and not os.environ.get("RAY_ADDRESS") and not _ray_started_here():
+        raise InputError(
+            "--detach needs a running cluster to leave the app on: set RAY_ADDRESS to its head "
+            "(HOST:6379, from `ray start --head`) or submit the job with `ray job submit`; without "
+            "RAY_ADDRESS the job's own cluster stops when it exits"
+        )
+    # current: the registry's current version, now; build_app verifies the directory.
+    app_args["model"] = check_model(args.model, verify=False)
+    if args.data is not None:  # an empty one (a script's unset variable) is refused, not dropped
+        check_data(args.data)
+    settings = serve_settings(app_args)  # checks the settings before Ray starts
+    if args.replica_memory_gb is None:
+        need = replica_memory_bytes(os.path.realpath(app_args["model"]))
+        if need >= MEMORY_NOTE_BYTES:
+            print(
+                f"[deploy] note: each replica holds about {need / 2**30:.1f} GiB (rollouts included) and asks "
+                f"Ray for CPUs only: --replica-memory-gb {need / 2**30:.1f} places replicas by memory too",
+                file=sys.stderr,
+                flush=True,
             )
-        # current: the registry's current version, now; build_app verifies the directory.
-        app_args["model"] = check_model(args.model, verify=False)
-        if args.data is not None:  # an empty one (a script's unset variable) is refused, not dropped
-            check_data(args.data)
-        settings = serve_settings(app_args)  # checks the settings before Ray starts
-        app = app_of(app_args, settings)
-        if args.replica_memory_gb is None:
-            need = replica_memory_bytes(os.path.realpath(app_args["model"]))
-            if need >= MEMORY_NOTE_BYTES:
-                print(
-                    f"[deploy] note: each replica holds about {need / 2**30:.1f} GiB (rollouts included) and asks "
-                    f"Ray for CPUs only: --replica-memory-gb {need / 2**30:.1f} places replicas by memory too",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        init_ray()
-        running = running_address()
-        check_can_deploy(running, args.host, args.port, args.detach)
-        serving = serving_before(running)
-        kept = replicas_kept(serving, app_args)
-        if kept:  # a rollout: Serve resets the replicas to initial_replicas, which is then the running count
-            app_args["initial_replicas"] = kept  # the restore of a refused rollout keeps them too
-            app = app_of(app_args, settings)
-        note = dropped_data_note(args.data, serving)
-        if note:
-            print(f"[deploy] note: {note}", file=sys.stderr, flush=True)
-    except (InputError, ValueError) as e:
-        fail(str(e), exit_status(e))
-    except ServingUnknown as e:  # before anything changed: a refused rollout could not be undone
-        fail(str(e), EXIT_TRY_LATER if e.retry else EXIT_FAILED)
+    return settings
+
+
+class _Before(NamedTuple):
+    """Serve before the rollout: where it listens (None: not running), the settings the app's
+    replicas serve (None: nothing served, a first deploy) and what each of them asked Ray for
+    (None: not known, :func:`serve.rollout.target_asks`)."""
+
+    running: Optional[Tuple[str, int]]
+    serving: Optional[Dict]
+    asks: Optional[Dict]
+
+
+def _before_rollout(args: argparse.Namespace) -> _Before:
+    """Serve as it is before the rollout; refuses a deploy it would not do as asked (InputError)
+    or whose failure could not be undone (ServingUnknown)."""
+    running = running_address()
+    check_can_deploy(running, args.host, args.port, args.detach)
+    serving = serving_before(running)
+    note = dropped_data_note(args.data, serving)
+    if note:
+        print(f"[deploy] note: {note}", file=sys.stderr, flush=True)
+    return _Before(running, serving, None if serving is None else target_asks(serving))
+
+
+def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSettings, before: _Before) -> dict:
+    """The app deployed and every replica heard serving it (the outcome the job prints), or the
+    job ended in one line, a failed rollout undone where the settings served before are known."""
+    deployed = settings.user_config()
 
     def restore() -> Restored:
         """Serve's target put back on the settings served before (serve.rollout), in words."""
-        return restore_previous(app_args, args.host, args.port, args.request_timeout_s, serving)
+        try:
+            return restore_previous(
+                app_args,
+                args.host,
+                args.port,
+                args.request_timeout_s,
+                before.serving,
+                before.asks,
+                deployed,
+                start_timeout_s=args.start_timeout_s,
+            )
+        except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C or SIGTERM: the restore's outcome unknown
+            fail(_unverified(before.serving), _stopped_status(stop))
 
     # A foreground deploy that starts Serve owns it: stopped before the job ends without serving
     # (a failure, Ctrl-C or SIGTERM while the model loads), not left holding the port on a cluster.
-    owns_serve = running is None and not args.detach
+    owns_serve = before.running is None and not args.detach
 
     def give_up(message: str, status: int = EXIT_FAILED) -> NoReturn:
         _stop_owned(owns_serve)
         fail(message, status)
 
     try:
-        url, health, replicas, answers = _started(app, args)
-    except KeyboardInterrupt:
-        give_up("interrupted before the app answered", EXIT_INTERRUPTED)
+        url, health, replicas, answers = _started(app_of(app_args, settings), args)
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM (SystemExit 143, jobs.cli)
+        _interrupted(stop, before.serving, owns_serve)
     except InputError as e:  # the address answers, but will not take the app's questions
         give_up(str(e), exit_status(e))
     except TimeoutError as e:  # the replicas did not come up: their logs say why
         give_up(f"{e}; the replicas' logs: {REPLICA_LOGS}")
-    except RuntimeError as e:  # the app's replicas failed to start (DEPLOY_FAILED), or the proxy to bind
+    except RuntimeError as e:  # replicas failed to start (DEPLOY_FAILED) or to run in time, or the proxy to bind
         # New replicas (new code, or any replica with no model yet to keep: one started from zero)
-        # raise in reconfigure; Serve's target would stay the settings they failed on, which every
-        # replica Serve starts later would fail on too. Undone where the served ones are known.
+        # raise in reconfigure, and replicas no node can place wait for good; Serve's target
+        # would stay those settings, which every replica Serve starts later would fail on too.
+        # Undone where the served ones are known.
         reason = start_failure_reason(e)  # before a restore replaces the failed status
-        restored = "" if serving is None else f"; the settings served before: {restore().words}"
-        give_up(f"Serve could not start the app ({reason}){restored}; the replicas' logs: {REPLICA_LOGS}")
-    except BaseException:  # SIGTERM (SystemExit) while the model loads
+        if before.serving is not None:
+            undone = f"; the settings served before: {restore().words}"
+        elif isinstance(e, DeployStalled) and not owns_serve:
+            undone = f"; {delete_unstarted(deployed)}"
+        else:
+            undone = ""
+        give_up(f"Serve could not start the app ({reason}){undone}; the replicas' logs: {REPLICA_LOGS}")
+    except BaseException:
         _stop_owned(owns_serve)
         raise
     refused = refused_rollout(answers)
@@ -233,20 +309,60 @@ def main(argv=None) -> dict:
     pages = {"openapi": f"{url}/openapi.json", **({"ui": f"{url}/ui"} if args.ui else {})}
     outcome = {**health, "replicas_checked": len(answers)}
     print(json.dumps({"url": url, **pages, **outcome}), flush=True)
-    if not args.detach:
-        serve_until_stopped()
     return outcome
 
 
 def _started(app, args: argparse.Namespace) -> tuple:
     """Serve started (or the app rolled out) and answering: (url, /healthz's answer, the replicas
     running, each one's health)."""
-    url = start(app, host=args.host, port=args.port, request_timeout_s=args.request_timeout_s)
+    url = start(
+        app,
+        host=args.host,
+        port=args.port,
+        request_timeout_s=args.request_timeout_s,
+        start_timeout_s=args.start_timeout_s,
+    )
     health = wait_until_healthy(url)
     replicas = running_replicas()
     # The HTTP answer is one replica's too (by its tag): the handle's questions add the others.
     answers = {str(health.get("replica")): health, **every_replica_health(replicas, timeout_s=REPLICA_ANSWER_TIMEOUT_S)}
     return url, health, replicas, answers
+
+
+def _interrupted(stop: BaseException, serving: Optional[Dict], owns_serve: bool) -> NoReturn:
+    """Ends a job stopped (``stop``: Ctrl-C's KeyboardInterrupt, SIGTERM's SystemExit) while its
+    app started: in one line, the rollout unverified, where an app served before (``serving``);
+    a first deploy's Serve this job owns stopped."""
+    if serving is not None:  # the running app's target may be the new settings by now
+        fail(_unverified(serving), _stopped_status(stop))
+    _stop_owned(owns_serve)
+    if isinstance(stop, KeyboardInterrupt):
+        fail("interrupted before the app answered", EXIT_INTERRUPTED)
+    raise SystemExit(_stopped_status(stop)) from None  # SIGTERM's line is the shell's own
+
+
+def _stopped_status(stop: BaseException) -> int:
+    """The exit status of a job ``stop`` ended: 130 for Ctrl-C, SIGTERM's 143 (jobs.cli), and 1
+    for a SystemExit without a failing status (``sys.exit()`` would say success)."""
+    if isinstance(stop, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    code = getattr(stop, "code", None)
+    return code if isinstance(code, int) and code != 0 else EXIT_FAILED
+
+
+def _unverified(serving: Dict) -> str:
+    """The line of a job stopped after its rollout went to a running app: Serve's target may be
+    the new settings, which no one checks now (replicas that refuse them keep the old model, and
+    every replica Serve starts later fails on them); how to check it, or undo it. The undo names
+    what was served, not a command: the options that served it (host, port, candidates...) are
+    the earlier deploy's."""
+    data = f" with DATA {serving['data']}" if serving.get("data") else ""
+    return (
+        "interrupted after the rollout went to Serve: it may be Serve's target, unverified on the replicas; "
+        "run the same command again to check every replica (a rollout they refused is undone then), or undo "
+        f"it: model {serving.get('model_dir')}{data} was served before, deploy it again with the options of "
+        "the deploy that served it"
+    )
 
 
 def _stop_owned(owns_serve: bool) -> None:

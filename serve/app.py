@@ -193,9 +193,15 @@ class RecommenderDeployment:
 
     def serving_user_config(self) -> Optional[Dict]:
         """The user_config of the model this replica serves, None before one: after a failed
-        rollout, the previous good one, which jobs.deploy deploys again (:func:`restore_app`)."""
+        rollout, the previous good one, which jobs.deploy deploys again (:func:`restore_app`).
+        Bare, as jobs.deploy of any version reads it (a code rollback runs an older one)."""
         service = self._serving.service
         return None if service is None else service.settings.user_config()
+
+    def served_settings(self) -> Dict:
+        """:meth:`serving_user_config` and this replica's tag, so that a deploy knows it heard
+        every replica (:func:`serve.launch.serving_user_config`)."""
+        return {"replica": serve.get_replica_context().replica_tag, "user_config": self.serving_user_config()}
 
     def _ready(self) -> ModelService:
         service = self._serving.service
@@ -309,8 +315,9 @@ class AppArgs(BaseModel):
     initial_replicas: Optional[int] = Field(
         None,
         ge=1,
-        description="replicas a deploy (and each rollout: Serve resets them to it) starts with (default "
-        "max(min_replicas, 1); jobs.deploy passes the running count, capped at max_replicas)",
+        description="replicas a first deploy starts with (default: Serve's, min_replicas; jobs.deploy passes "
+        "max(min_replicas, 1) to a first deploy). Unset, a rollout keeps the replicas the autoscaler runs; set, "
+        "Serve resets them to it on every rollout (a changed user_config)",
     )
     target_ongoing_requests: float = Field(4, gt=0)
     upscale_delay_s: float = Field(5, ge=0)
@@ -340,9 +347,8 @@ def build_app(args: Dict) -> Application:
 
 def app_of(args: Dict, settings: ServeSettings) -> Application:
     """:func:`build_app`'s application of ``settings`` (:func:`serve_settings`, checked once):
-    ``jobs.deploy`` builds it again with ``initial_replicas`` once it knows how many run (on a
-    rollout Serve sets the replicas to the deployment's ``initial_replicas``: its config, the
-    user_config, changed)."""
+    ``jobs.deploy`` builds it once it knows whether an app of ours serves already (a first
+    deploy's ``initial_replicas``)."""
     return _application(_validated(args), settings)
 
 
@@ -399,7 +405,10 @@ def _application(a: AppArgs, settings: ServeSettings) -> Application:
             max_queued_requests=a.max_queued_requests,
             autoscaling_config={
                 "min_replicas": a.min_replicas,
-                "initial_replicas": a.initial_replicas or max(a.min_replicas, 1),
+                # Only where asked (a first deploy): Ray 2.60 resets a deployment whose config
+                # changed, as every rollout's user_config does, to a set initial_replicas, and an
+                # app the autoscaler had scaled up dropped to it; unset, the target stays.
+                "initial_replicas": a.initial_replicas,
                 "max_replicas": a.max_replicas,
                 "target_ongoing_requests": a.target_ongoing_requests,
                 "upscale_delay_s": a.upscale_delay_s,

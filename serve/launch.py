@@ -13,12 +13,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, Optional, Tuple
+from collections import Counter
+from typing import Dict, List, Optional, Tuple
 
 from ncf.errors import InputError, raised_within
 from serve.limits import REQUEST_TIMEOUT_S, proxy_env
 
 APP_NAME = "ncf"
+# How long a deploy waits for its app to be RUNNING (jobs.deploy's --start-timeout-s): on an
+# autoscaling cluster a node's launch (minutes, for a head of CPU 0 and workers scaled to zero)
+# and then a model's cold load at the largest scale (a few minutes), with room to spare.
+START_TIMEOUT_S = 1800.0
 # Hosts that bind every address: a server there answers on 127.0.0.1 too (and on whichever host
 # a redeploy names).
 WILDCARD_HOSTS = ("0.0.0.0", "::")
@@ -31,6 +36,7 @@ def start(
     app_name: str = APP_NAME,
     request_timeout_s: Optional[float] = REQUEST_TIMEOUT_S,
     route_prefix: str = "/",
+    start_timeout_s: float = START_TIMEOUT_S,
 ) -> str:
     """Deploys ``app`` (:func:`serve.app.build_app`'s result) behind HTTP on ``host:port`` and
     returns the base URL. Binds to 127.0.0.1 unless told otherwise. Called again with the same
@@ -40,6 +46,9 @@ def start(
     ``request_timeout_s`` with 504, and runs :class:`serve.limits.EdgeLimits` (body size, body
     read deadline) before a request reaches a replica. Those options belong to the Serve
     instance: later calls (rollouts, other apps) keep the ones it started with.
+
+    Returns once the app is RUNNING; raises as :func:`wait_until_running` does where Serve fails
+    it or it is not RUNNING within ``start_timeout_s`` (RuntimeError, both).
 
     One HTTP proxy, on the head node (as ``serve/config.yaml`` says): the head is the cluster's
     ingress (``cluster.yaml``), and Ray's default, a proxy on every node with a replica bound to
@@ -54,8 +63,67 @@ def start(
     running = running_address()
     if running is not None and running[1] != port:  # Serve keeps its port: the app would not be at ours
         raise InputError(f"Serve already runs on this cluster at {base_url(*running)} and keeps that port, not {port}")
-    serve.run(app, name=app_name, route_prefix=route_prefix)
+    # Not serve.run's own wait, which has no end: replicas Ray cannot place (a memory ask beyond
+    # every node, say) stay STARTING for good, and the deploy hung with them.
+    serve.run_many(
+        [serve.RunTarget(target=app, name=app_name, route_prefix=route_prefix)], wait_for_applications_running=False
+    )
+    wait_until_running(app_name, start_timeout_s)
     return base_url(host, port)
+
+
+class DeployStalled(RuntimeError):
+    """The app was not RUNNING within the wait's timeout: replicas Ray cannot place (resources no
+    node has, or a node that never comes), replicas that keep failing beside one that runs (Serve
+    then never fails the deployment), or a load that does not end. A RuntimeError, as Serve's own
+    DEPLOY_FAILED is: the jobs take both for an app that did not start."""
+
+
+STATUS_POLL_S = 0.5  # between two readings of the app's status while it deploys
+
+
+def wait_until_running(app_name: str = APP_NAME, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Returns once the app is RUNNING. Raises RuntimeError at once where Serve failed it
+    (DEPLOY_FAILED, as ``serve.run`` did) or it is unhealthy because its replicas fail to start,
+    and :class:`DeployStalled` where it is not RUNNING within ``timeout_s``, naming the replicas'
+    states and Serve's message for the deployment (the resources a replica asks for and the
+    cluster's, once Serve has waited 30 s to place one).
+
+    One deadline, not a wait for progress: on an autoscaling cluster replicas stay STARTING,
+    unchanged, for the minutes a new node takes to come up, and a crash loop beside one running
+    replica changes state at each retry without end."""
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(app_name)
+        if app is None:
+            raise RuntimeError(f"the application {app_name} is gone from Serve while it deployed")
+        if app.status == ApplicationStatus.RUNNING:
+            return
+        if app.status == ApplicationStatus.DEPLOY_FAILED:
+            raise RuntimeError(f"Deploying application {app_name} failed: {app.message}")
+        if _startups_fail(app):
+            raise RuntimeError(f"the application {app_name} is unhealthy: its replicas fail to start")
+        if time.monotonic() >= deadline:
+            raise DeployStalled(_stalled_words(app, timeout_s))
+        time.sleep(STATUS_POLL_S)
+
+
+def _stalled_words(app, timeout_s: float) -> str:
+    """Why the app is not up, in one line: the replicas' states and the deployment's message."""
+    from serve.app import DEPLOYMENT_NAME
+
+    deployment = app.deployments.get(DEPLOYMENT_NAME)
+    states = {} if deployment is None else deployment.replica_states
+    counts = ", ".join(f"{n} {getattr(s, 'value', s)}" for s, n in sorted(states.items())) or "none"
+    message = " ".join(_TERMINAL_COLOURS.sub("", deployment.message if deployment else "").split())[:500]
+    return (
+        f"the app was not running within the start timeout, {timeout_s:.0f} s "
+        f"(app {getattr(app.status, 'value', app.status)}; replicas: {counts}): "
+        + (message or "resources no node has free (see `ray status`), or a load that does not end")
+    )
 
 
 def failure_line(error: Exception) -> str:
@@ -148,20 +216,28 @@ COLD_LOAD_TIMEOUT_S = 300.0
 SERVING_ANSWER_TIMEOUT_S = 60.0  # any other app: a running replica answers in milliseconds
 
 
+class ReplicasDiffer(RuntimeError):
+    """The app's running replicas serve different settings: no one of them is what the app serves."""
+
+
 def serving_user_config(app_name: str = APP_NAME, timeout_s: float = COLD_LOAD_TIMEOUT_S) -> Optional[Dict]:
-    """The user_config of the model a replica of ``app_name`` serves (None: none loaded yet, or
+    """The user_config of the model the replicas of ``app_name`` serve (None: none loaded yet, or
     an app failed, or unhealthy because its replicas fail to start, with no replica running),
     asked through a deployment handle: /healthz does not tell a client the server's paths. Waits
     up to ``timeout_s`` for an answer from an app scaled to zero (it first starts a replica, which
-    loads its model), 60 s from any other."""
+    loads its model), 60 s from any other.
+
+    Every running replica is asked: after a restore that left them on different models one answer
+    said nothing of the others. Raises :class:`ReplicasDiffer` where they serve different
+    settings, TimeoutError where some did not answer."""
     from ray import serve
     from ray.serve.schema import ApplicationStatus
 
     from serve.app import DEPLOYMENT_NAME
 
-    handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name)
+    # One reading of the app's state: two could disagree (a replica started between them).
     app = serve.status().applications.get(app_name)
-    running = running_replicas(app_name)
+    running = _running_in(app)
     if app is not None and running == 0 and (app.status == ApplicationStatus.DEPLOY_FAILED or _startups_fail(app)):
         # No replica would answer: the question would only wait out its timeout. Replicas that ran
         # once and now fail to start (files replaced under the served paths) leave the app
@@ -171,7 +247,44 @@ def serving_user_config(app_name: str = APP_NAME, timeout_s: float = COLD_LOAD_T
     if running or app is None or app.status != ApplicationStatus.RUNNING:
         # A replica that runs answers at once; one deploying or crash-looping is not a cold load.
         timeout_s = min(timeout_s, SERVING_ANSWER_TIMEOUT_S)
-    return handle.serving_user_config.remote().result(timeout_s=timeout_s)
+    handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name)
+    if not running:  # one question, which wakes a replica of an app scaled to zero
+        return handle.serving_user_config.remote().result(timeout_s=timeout_s)
+    return _served_by_every_replica(handle, running, app_name, timeout_s)
+
+
+def _served_by_every_replica(handle, running: int, app_name: str, timeout_s: float) -> Optional[Dict]:
+    """The settings that the ``running`` replicas all serve, each asked its
+    :meth:`~serve.app.RecommenderDeployment.served_settings`. Replicas of the code before that
+    method (an upgrade's first rollout reads them) are asked once, as that code did."""
+    try:  # one question first: old code refuses it at once, where the rounds would wait out their timeout
+        handle.served_settings.remote().result(timeout_s=timeout_s)
+    except Exception as e:
+        if not no_such_method(e, "served_settings"):
+            raise
+        return handle.serving_user_config.remote().result(timeout_s=timeout_s)
+    answers = every_replica_answer("served_settings", running, app_name, timeout_s)
+    if len(answers) < running:
+        raise TimeoutError(f"{len(answers)} of {running} replica(s) said what they serve within {timeout_s:.0f} s")
+    served = Counter(json.dumps(answer["user_config"], sort_keys=True) for answer in answers.values())
+    if len(served) > 1:
+        raise ReplicasDiffer(_settings_words(served))
+    return next(iter(answers.values()))["user_config"]  # as the replica said it, not through JSON
+
+
+def no_such_method(error: Exception, method: str) -> bool:
+    """Whether ``error`` is a replica's refusal of a ``method`` its deployment's code lacks."""
+    return f"Tried to call a method '{method}' that does not exist" in str(error)
+
+
+def _settings_words(served: Counter) -> str:
+    """The settings the replicas serve, in words (``served``: replicas by settings, as JSON): each
+    one's model directory and the start of its fingerprint (the model's version first)."""
+    words = []
+    for config, count in served.most_common():
+        settings = json.loads(config) or {}
+        words.append(f"{settings.get('model_dir')} ({str(settings.get('model_fingerprint'))[:20]}) on {count}")
+    return f"{sum(served.values())} replicas serve {len(served)} different settings: " + ", ".join(words)
 
 
 # The jobs' own requests to the Serve they started: never through an http_proxy of the
@@ -229,6 +342,13 @@ def every_replica_health(
     (out of memory there, DATA replaced between their loads) passed a single probe, and answers
     alternated between two models. Not over HTTP: Serve's proxy prefers its own node's replicas,
     so a probe from the head never met another node's."""
+    return every_replica_answer("healthz", replicas, app_name, timeout_s)
+
+
+def every_replica_answer(method: str, replicas: int, app_name: str, timeout_s: float) -> Dict[str, Dict]:
+    """Each replica's answer to the deployment's ``method`` (one whose answer, a dict, names its
+    ``replica``), by tag, asked until ``replicas`` distinct ones have answered or ``timeout_s``
+    passes (then those that did)."""
     from ray import serve
 
     from serve.app import DEPLOYMENT_NAME
@@ -238,25 +358,24 @@ def every_replica_health(
     answers: Dict[str, Dict] = {}
     deadline = time.monotonic() + timeout_s
     while len(answers) < wanted and time.monotonic() < deadline:
-        answers.update(_health_round(handle, 2 * wanted, deadline))
+        for answer in _round(getattr(handle, method), 2 * wanted, deadline):
+            answers[str(answer.get("replica"))] = answer
         time.sleep(ANSWER_PAUSE_S)  # not a busy loop of questions while waiting for another replica
     return answers
 
 
-def _health_round(handle, questions: int, deadline: float) -> Dict[str, Dict]:
-    """The answers to ``questions`` /healthz questions sent at once, by replica. At once: the
-    handle sends each to the replica with the fewest requests in flight, so questions one at a
-    time never reached a replica busy with a long request (a past day's pass), while a round of
+def _round(method, questions: int, deadline: float) -> List:
+    """The answers to ``questions`` questions of ``method`` (a handle's) sent at once. At once:
+    the handle sends each to the replica with the fewest requests in flight, so questions one at
+    a time never reached a replica busy with a long request (a past day's pass), while a round of
     twice as many as there are replicas fills the idle ones' counts past the busy one's."""
-    responses = [handle.healthz.remote() for _ in range(questions)]
-    answers: Dict[str, Dict] = {}
+    responses = [method.remote() for _ in range(questions)]
+    answers = []
     for response in responses:
         try:
-            health = response.result(timeout_s=max(0.5, deadline - time.monotonic()))
+            answers.append(response.result(timeout_s=max(0.5, deadline - time.monotonic())))
         except Exception:  # noqa: BLE001 (a replica stopping, or without a model yet: the next round asks again)
             response.cancel()  # not left queued at a hung replica
-            continue
-        answers[str(health.get("replica"))] = health
     return answers
 
 
@@ -279,9 +398,13 @@ def running_replicas(app_name: str = APP_NAME) -> int:
     """How many replicas of the app's deployment Serve runs now (0: no such app)."""
     from ray import serve
 
+    return _running_in(serve.status().applications.get(app_name))
+
+
+def _running_in(app) -> int:
+    """How many replicas of the deployment run in ``app`` (a status of Serve's; None: no app)."""
     from serve.app import DEPLOYMENT_NAME
 
-    app = serve.status().applications.get(app_name)
     deployment = app.deployments.get(DEPLOYMENT_NAME) if app is not None else None
     states = {} if deployment is None else deployment.replica_states
     return sum(count for state, count in states.items() if state == "RUNNING")

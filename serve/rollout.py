@@ -1,6 +1,7 @@
 """What a deploy onto a cluster checks before it rolls a model out, and undoes after a rollout
-the replicas refused (``jobs.deploy``): whether the Serve already running there would do as
-asked, what the rollout would drop, and Serve's target put back on the settings that load.
+that failed (``jobs.deploy``: the replicas refused it, or its replicas did not start or come
+up): whether the Serve already running there would do as asked, what the rollout would drop,
+and Serve's target put back on the settings that load.
 
 Serve keeps the address it started with, and a foreground deploy shuts Serve down, every app of
 it, when it stops: a redeploy onto a running Serve goes with ``--detach`` to the same port (and
@@ -15,12 +16,14 @@ Example::
 from __future__ import annotations
 
 from collections import Counter
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from ncf.errors import InputError
 from serve.launch import (
     APP_NAME,
+    START_TIMEOUT_S,
     WILDCARD_HOSTS,
+    ReplicasDiffer,
     base_url,
     check_port_free,
     every_replica_health,
@@ -30,22 +33,6 @@ from serve.launch import (
     start,
 )
 from serve.service import ServeSettings, same_content_on_disk
-
-
-def replicas_kept(serving: Optional[Dict], app_args: Dict) -> Optional[int]:
-    """The replicas a rollout over a running app starts with (its ``initial_replicas``): the
-    running count, within ``app_args``' bounds, where the autoscaler had added replicas; None
-    where nothing is served (a first deploy) or no more run than a deploy starts with."""
-    if serving is None:
-        return None
-    floor = max(int(app_args.get("min_replicas") or 0), 1)
-    try:
-        running = running_replicas()
-    except Exception as e:  # the controller unreachable meanwhile: refused as serving_before's errors are
-        raise ServingUnknown(
-            f"cannot tell how many replicas Serve runs ({type(e).__name__}: {failure_line(e)}); nothing was deployed"
-        ) from None
-    return min(running, int(app_args["max_replicas"])) if running > floor else None
 
 
 def check_can_deploy(running: Optional[Tuple[str, int]], host: str, port: int, detach: bool) -> None:
@@ -83,9 +70,10 @@ def serves_address(running: Tuple[str, int], host: str, port: int) -> bool:
 
 class ServingUnknown(RuntimeError):
     """What the app of ours on the cluster serves could not be read (a question timed out, the
-    controller failed): a deploy then could not undo a rollout the replicas refuse, so it is
-    refused before anything changes (``jobs.deploy``: one line, exit 1; 75 where ``retry``: the
-    app is still deploying or unhealthy, which clears once Serve settles it)."""
+    controller failed), or its replicas serve different settings: a deploy then could not undo a
+    rollout the replicas refuse, so it is refused before anything changes (``jobs.deploy``: one
+    line, exit 1; 75 where ``retry``: the app is still deploying or unhealthy, which clears once
+    Serve settles it)."""
 
     def __init__(self, message: str, retry: bool = False) -> None:
         super().__init__(message)
@@ -97,8 +85,9 @@ def serving_before(running: Optional[Tuple[str, int]]) -> Optional[Dict]:
     loaded yet): what a rollout that fails on some replica is undone to, and what a rollout
     without DATA would drop. ``running``: :func:`serve.launch.running_address`.
 
-    Raises :class:`ServingUnknown` where the app is there but what it serves cannot be read:
-    taken for "no app", a failed rollout was then left as Serve's target without a word."""
+    Raises :class:`ServingUnknown` where the app is there but what it serves cannot be read
+    (taken for "no app", a failed rollout was then left as Serve's target without a word), or
+    where its replicas serve different settings (one replica's were restored to before)."""
     if running is None:
         return None
     from ray import serve
@@ -110,19 +99,38 @@ def serving_before(running: Optional[Tuple[str, int]]) -> Optional[Dict]:
             return None
         status = str(applications[APP_NAME].status)
         return serving_user_config()
-    except Exception as e:
-        settling = status is not None and not status.endswith("RUNNING")
+    except ReplicasDiffer as e:  # a restore that left them so (exit 1), or a rollout Serve still applies
+        settling = _settling(status)
         raise ServingUnknown(
-            f"cannot tell what Serve serves ({type(e).__name__}: {failure_line(e)}); nothing was deployed: "
-            "a rollout the replicas refused could not be undone"
+            f"the app's replicas serve different settings ({e}); nothing was deployed: a rollout the replicas "
+            "refused could not be undone"
             + (
-                f"; the app is {status.rsplit('.', 1)[-1]}: retry once Serve settles it, or delete it "
-                f"(serve.delete('{APP_NAME}')) to deploy afresh"
+                _settling_words(status)
                 if settling
-                else ""
+                else f"; delete the app (serve.delete('{APP_NAME}')) to deploy afresh"
             ),
             retry=settling,
         ) from None
+    except Exception as e:
+        settling = _settling(status)
+        raise ServingUnknown(
+            f"cannot tell what Serve serves ({type(e).__name__}: {failure_line(e)}); nothing was deployed: "
+            "a rollout the replicas refused could not be undone" + (_settling_words(status) if settling else ""),
+            retry=settling,
+        ) from None
+
+
+def _settling(status: Optional[str]) -> bool:
+    """Whether the app's status (None: not read) is one Serve moves on from: deploying, unhealthy."""
+    return status is not None and not status.endswith("RUNNING")
+
+
+def _settling_words(status: str) -> str:
+    """What to do about an app Serve has not settled (status ``status``), in words."""
+    return (
+        f"; the app is {status.rsplit('.', 1)[-1]}: retry once Serve settles it, or delete it "
+        f"(serve.delete('{APP_NAME}')) to deploy afresh"
+    )
 
 
 def dropped_data_note(data: Optional[str], serving: Optional[Dict]) -> Optional[str]:
@@ -138,10 +146,49 @@ def dropped_data_note(data: Optional[str], serving: Optional[Dict]) -> Optional[
     )
 
 
+def target_asks(serving: Dict, app_name: str = APP_NAME) -> Optional[Dict]:
+    """The resources each replica serving ``serving`` (:func:`serving_before`) asked Ray for, as
+    :func:`serve.app.build_app`'s args (``num_cpus``, ``memory_gb``): what a restore asks for
+    again, so that a rollout whose replicas no node can place (a ``--replica-memory-gb`` beyond
+    every node) is undone to asks that placed replicas. Read from Serve's target, so only where
+    its user_config is ``serving``; None where it is not (an earlier rollout's, stalled or
+    interrupted: its asks may be the ones no node could place), and a restore then asks what the
+    deploy's own options ask. Raises :class:`ServingUnknown` where the target cannot be read
+    (before anything changed)."""
+    try:
+        target = _target(app_name)
+    except Exception as e:  # the controller failed meanwhile: refused as serving_before's errors are
+        raise ServingUnknown(
+            f"cannot tell what Serve's replicas ask for ({type(e).__name__}: {failure_line(e)}); nothing was deployed"
+        ) from None
+    if target.deployment_config.user_config != serving:
+        return None
+    options = target.replica_config.ray_actor_options or {}
+    asks = {"memory_gb": options["memory"] / 2**30 if options.get("memory") else None}
+    return {**asks, "num_cpus": options["num_cpus"]} if "num_cpus" in options else asks
+
+
+def _target(app_name: str = APP_NAME):
+    """Serve's target for the app's deployment (a ``DeploymentInfo``): what a replica Serve
+    starts next runs (its user_config, its resource asks), whatever the running ones serve."""
+    from ray.serve.context import _get_global_client
+
+    from serve.app import DEPLOYMENT_NAME
+
+    info, _ = _get_global_client().get_deployment_info(DEPLOYMENT_NAME, app_name)
+    return info
+
+
+def _refusals(answers: Dict[str, Dict]) -> List[Dict]:
+    """The health answers (``/healthz``, :func:`serve.launch.every_replica_health`) of replicas
+    that refused the last rollout (they name its ``rollout_error``)."""
+    return [health for health in answers.values() if health.get("rollout_error")]
+
+
 def refused_rollout(answers: Dict[str, Dict]) -> Optional[str]:
     """The job's error line for a rollout some replica refused (``answers``: each replica's
     ``/healthz``, :func:`serve.launch.every_replica_health`); None when none did."""
-    refused = [health for health in answers.values() if health.get("rollout_error")]
+    refused = _refusals(answers)
     if not refused:
         return None
     first = refused[0]
@@ -160,25 +207,41 @@ class Restored(NamedTuple):
 
 
 def restore_previous(
-    app_args: dict, host: str, port: int, request_timeout_s: Optional[float], previous: Optional[Dict] = None
+    app_args: dict,
+    host: str,
+    port: int,
+    request_timeout_s: Optional[float],
+    previous: Optional[Dict] = None,
+    asks: Optional[Dict] = None,
+    deployed: Optional[Dict] = None,
+    start_timeout_s: float = START_TIMEOUT_S,
 ) -> Restored:
     """Deploys the settings served before the rollout (``previous``, :func:`serving_before`)
-    with ``app_args``' scaling options, so that Serve's target, and every replica, is a model that
+    with ``app_args``' scaling options and the resource asks of the replicas that served them
+    (``asks``, :func:`target_asks`), so that Serve's target, and every replica, is a model that
     loads (model, DATA, their fingerprints, candidates, default moment, ui), then asks every
     replica's health: Serve counts a replica whose reconfigure kept its model (our replicas do
     not raise) as on the target all the same, so a replica that took the refused model and cannot
     load the previous one again (its files replaced since) would go on serving the refused one.
 
-    Used after a rollout the running replicas refused (they kept their model) and after one
-    whose new replicas failed to start (Serve's DEPLOY_FAILED: new code, or a replica started
-    with no model to keep). Without ``previous`` nothing is deployed: what a replica serves
-    after the rollout may be the refused model, where some replica took it."""
+    Used after a rollout the running replicas refused (they kept their model), after one whose
+    new replicas failed to start (Serve's DEPLOY_FAILED: new code, or a replica started with no
+    model to keep) and after one whose app did not run within its wait (replicas not placed,
+    say). Without ``previous`` nothing is deployed: what a replica serves after the rollout may
+    be the refused model, where some replica took it. Nor where Serve's target is no longer ``deployed`` (the
+    user_config this job rolled out): another deploy since, not jobs.deploy's (those take turns,
+    :mod:`serve.deploy_slot`), is not undone. The restore waits up to ``start_timeout_s`` for
+    its app to run (:func:`serve.launch.start`), as the rollout did."""
     from serve.app import restore_app
 
     if previous is None:
         return Restored("Serve's target is still the refused settings: nothing served before the rollout", False)
+    moved = None if deployed is None else _target_moved(deployed)
+    if moved is not None:
+        return Restored(f"not deployed again: {moved}", False)
     try:
-        start(restore_app(app_args, previous), host=host, port=port, request_timeout_s=request_timeout_s)
+        restoring = restore_app({**app_args, **(asks or {})}, previous)
+        start(restoring, host=host, port=port, request_timeout_s=request_timeout_s, start_timeout_s=start_timeout_s)
     except Exception as e:  # new code whose replicas fail with any model, say: the job still ends with its line
         return Restored(f"deploying the serving settings again failed too ({failure_line(e)})", False)
     replicas = running_replicas()
@@ -200,12 +263,43 @@ def restore_previous(
     return Restored(words, differ is None)
 
 
+def delete_unstarted(deployed: Dict) -> str:
+    """Deletes the app of a first deploy that did not come up within its wait, and says so in
+    words: left, replicas no node can place wait for good, and the next deploy waited on them and
+    was refused. Not where Serve's target is no longer ``deployed`` (the user_config this job
+    deployed): another deploy since owns the app."""
+    from ray import serve
+
+    moved = _target_moved(deployed)
+    if moved is not None:
+        return f"the app is not deleted: {moved}"
+    try:
+        serve.delete(APP_NAME)
+    except Exception as e:  # noqa: BLE001 (the controller failed: the job's line says what to do)
+        return f"deleting the app failed too ({failure_line(e)}): delete it (serve.delete('{APP_NAME}'))"
+    return "nothing served before: the app is deleted"
+
+
+def _target_moved(deployed: Dict) -> Optional[str]:
+    """Why Serve's target is not the user_config this job deployed (``deployed``), in words: a
+    deploy by other means since (``serve deploy``, a script) whose settings a restore would undo;
+    None when it still is."""
+    try:
+        target = _target().deployment_config.user_config
+    except Exception as e:  # the app deleted meanwhile, the controller failed: nothing is undone blindly
+        return f"Serve's target cannot be read ({type(e).__name__}: {failure_line(e)})"
+    if target == deployed:
+        return None
+    model = target.get("model_dir") if isinstance(target, dict) else None
+    return f"Serve's target is no longer this rollout's settings but model_dir {model} (another deploy since)"
+
+
 def replicas_differ(answers: Dict[str, Dict], replicas: int) -> Optional[str]:
     """Why the replicas are not all heard serving one model without a rollout error, in words
     (``answers``: each replica's ``/healthz``, :func:`serve.launch.every_replica_health`;
     ``replicas``: how many run); None when they are."""
     versions = Counter(str(health.get("model_version")) for health in answers.values())
-    errors = [health["rollout_error"] for health in answers.values() if health.get("rollout_error")]
+    errors = [health["rollout_error"] for health in _refusals(answers)]
     if len(answers) >= max(replicas, 1) and len(versions) == 1 and not errors:
         return None
     served = ", ".join(f"model {version} on {count}" for version, count in sorted(versions.items()))

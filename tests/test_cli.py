@@ -538,18 +538,15 @@ def test_a_deploy_refuses_a_port_another_server_holds():
 
 
 @pytest.mark.faults
-def test_a_rollout_starts_with_the_replicas_the_autoscaler_runs(monkeypatch):
+def test_a_rollouts_application_leaves_initial_replicas_to_serve(monkeypatch):
     """Every rollout changes the deployment's config (its user_config), and Ray 2.60 then sets the
-    replicas to initial_replicas, which was always max(min_replicas, 1): an app scaled to N under
-    load dropped to one at each model or DATA rollout (the Serve review, 2026-12-06)."""
+    replicas to a set initial_replicas, which was always max(min_replicas, 1): an app scaled to N
+    under load dropped to one at each model or DATA rollout (the Serve review, 2026-12-06). Set
+    only where asked (jobs.deploy's first deploy); unset, Serve keeps its target (the running
+    count: test_serve_rollout.py::test_a_rollout_keeps_the_replicas_the_app_runs)."""
     from serve import app as serve_app
-    from serve import rollout
 
     args = {"model": "m", "min_replicas": 1, "max_replicas": 4}
-    for running, kept in [(3, 3), (6, 4), (1, None), (0, None)]:
-        monkeypatch.setattr(rollout, "running_replicas", lambda running=running: running)
-        assert rollout.replicas_kept({"model_dir": "m"}, args) == kept
-    assert rollout.replicas_kept(None, args) is None  # a first deploy: nothing served
     assert serve_app._validated({**args, "initial_replicas": 3}).initial_replicas == 3
     for outside in (5, 0):
         with pytest.raises((ValueError, cli.InputError)):
@@ -559,7 +556,7 @@ def test_a_rollout_starts_with_the_replicas_the_autoscaler_runs(monkeypatch):
     serve_app._application(serve_app._validated({**args, "initial_replicas": 3}), _Settings())
     assert captured["autoscaling_config"]["initial_replicas"] == 3
     serve_app._application(serve_app._validated(args), _Settings())
-    assert captured["autoscaling_config"]["initial_replicas"] == 1
+    assert captured["autoscaling_config"]["initial_replicas"] is None
 
 
 @pytest.mark.faults
@@ -592,7 +589,8 @@ def test_an_app_whose_replicas_fail_to_start_serves_nothing_but_one_replacing_a_
     from serve.launch import _startups_fail
 
     def app(status, trigger):
-        return SimpleNamespace(status=status, deployments={DEPLOYMENT_NAME: SimpleNamespace(status_trigger=trigger)})
+        deployment = SimpleNamespace(status_trigger=trigger, replica_states={})  # none running
+        return SimpleNamespace(status=status, deployments={DEPLOYMENT_NAME: deployment})
 
     assert _startups_fail(app(ApplicationStatus.UNHEALTHY, DeploymentStatusTrigger.REPLICA_STARTUP_FAILED))
     assert not _startups_fail(app(ApplicationStatus.UNHEALTHY, DeploymentStatusTrigger.HEALTH_CHECK_FAILED))
@@ -613,7 +611,6 @@ def test_an_app_whose_replicas_fail_to_start_serves_nothing_but_one_replacing_a_
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(serve, "status", lambda status=status: status)
             patch.setattr(serve, "get_deployment_handle", lambda *args: handle)
-            patch.setattr(launch, "running_replicas", lambda app_name: 0)
             assert launch.serving_user_config() == serving
 
 

@@ -1,6 +1,8 @@
-"""jobs.deploy against two real replicas that disagree: one refuses a model the other takes, or
-one is busy with a long request. Each test starts Serve on a free 127.0.0.1 port and shuts it
-down.
+"""jobs.deploy's rollouts against real replicas: two that disagree (one refuses a model the other
+takes, or one is busy with a long request), a rollout refused while another deploy acts or
+interrupted, replicas no node can place, and deploys at once. Each of those tests starts Serve
+on a free 127.0.0.1 port and shuts it down. The last tests check the same paths' logic without
+Ray: Serve's status, its replicas' answers or its target faked.
 
 The faults are our own code's, patched inside each replica by a Ray worker setup hook
 (:func:`install_replica_faults`, named in the deployment's runtime_env): a test in the driver
@@ -96,6 +98,24 @@ def faulty_replicas(ray_session, tmp_path, monkeypatch):
         serve.shutdown()
 
 
+@pytest.fixture
+def serve_shut_down_after(ray_session):
+    """Serve, started by the test through jobs.deploy (if at all), shut down after it."""
+    from ray import serve
+
+    try:
+        yield
+    finally:
+        serve.shutdown()
+
+
+def _target_user_config() -> dict:
+    """The user_config of Serve's target for jobs.deploy's app: what a replica Serve starts next loads."""
+    from serve.rollout import _target
+
+    return _target().deployment_config.user_config
+
+
 def _two_replicas(port: int) -> list:
     return [
         *("--port", str(port), "--detach", "--min-replicas", "2", "--max-replicas", "2"),
@@ -144,6 +164,19 @@ def test_a_restore_one_replica_cannot_load_is_said_and_fails_the_job(
     assert "\n" not in error and str(tmp_path) not in error
     # What the line says is what runs: one replica on each model.
     assert sorted(h["model_version"] for h in every_replica_health(2).values()) == ["m0", "m1"]
+    # The next deploy read what Serve served from whichever replica answered first, and would
+    # have restored that one's settings after a failed rollout: it asks every replica now, and is
+    # refused before anything changes while they differ.
+    monkeypatch.setattr(serve_app, "restore_app", restore_app)
+    target = _target_user_config()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        deploy.main(["--model", m0, *args])
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 1, error
+    assert error.startswith("error: the app's replicas serve different settings (2 replicas serve 2 different"), error
+    assert f"{m0} (m0:" in error and f"{m1} (m1:" in error and "serve.delete('ncf')" in error, error
+    assert _target_user_config() == target  # nothing deployed
 
 
 @pytest.mark.faults
@@ -194,3 +227,481 @@ def test_a_replica_busy_with_a_long_request_is_asked_too(
     held.join(timeout=60)
     with capsys.disabled():
         print(f"\n[faults] a rollout checked on a replica busy with a long request: {took:.1f} s")
+
+
+def _one_replica(port: int) -> list:
+    return ["--port", str(port), "--detach", "--max-replicas", "1", "--request-timeout-s", str(REQUEST_TIMEOUT_S)]
+
+
+@pytest.mark.faults
+def test_a_second_deploy_while_one_rolls_out_is_refused(serve_shut_down_after, small_model_dir, capsys):
+    """Two deploys at once undid each other: A rolled out a good model, B a bad one the replicas
+    refused (they kept A's and named B's error on /healthz); A's health round saw that error, took
+    its own rollout for failed and restored what both had read before. Deploys take turns now
+    (the cluster's deploy slot): a second one is refused in one line, exit 75, before it reads
+    or deploys anything."""
+    from helpers import free_port
+
+    from jobs import deploy
+    from serve.deploy_slot import deploy_slot
+    from serve.launch import running_address
+
+    with deploy_slot("jobs.deploy --model elsewhere"):
+        with pytest.raises(SystemExit) as exited:
+            deploy.main(["--model", small_model_dir, *_one_replica(free_port())])
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 75, error
+    assert error == (
+        "error: another deploy rolls out on this cluster (jobs.deploy --model elsewhere): two at once undo each "
+        "other's rollouts; try again when it ends"
+    )
+    assert running_address() is None  # nothing started
+    with deploy_slot("jobs.deploy --model right after"):  # freed when the holder ended
+        pass
+
+
+@pytest.mark.faults
+def test_a_restore_leaves_a_target_another_deploy_set_since(
+    faulty_replicas, small_model_dir, tmp_path, monkeypatch, capsys
+):
+    """A refused rollout was undone by deploying the settings served before whatever Serve's
+    target had become meanwhile: a deploy by other means (``serve deploy``, a script) between the
+    rollout and its restore was undone with it. The restore now first checks that the target is
+    still the settings this job deployed, and leaves another's alone, exit 1."""
+    from helpers import free_port, sealed_copy
+
+    from jobs import deploy
+    from serve.app import app_of, serve_settings
+    from serve.launch import start
+
+    m0 = sealed_copy(small_model_dir, str(tmp_path / "m0"), "m0")
+    m1 = sealed_copy(small_model_dir, str(tmp_path / "m1"), "m1")
+    m2 = sealed_copy(small_model_dir, str(tmp_path / "m2"), "m2")
+    port = free_port()
+    args = _one_replica(port)
+    assert deploy.main(["--model", m0, *args])["model_version"] == "m0"
+    (faulty_replicas / "refuse-m1").touch()  # the replica refuses m1 and keeps m0
+    refused_rollout = deploy.refused_rollout
+
+    def another_deploy_first(answers):  # m2 deployed by other means before this job's restore
+        other = {"model": m2, "max_replicas": 1}
+        start(app_of(other, serve_settings(other)), port=port, request_timeout_s=REQUEST_TIMEOUT_S)
+        return refused_rollout(answers)
+
+    monkeypatch.setattr(deploy, "refused_rollout", another_deploy_first)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        deploy.main(["--model", m1, *args])
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 1, error
+    assert error.startswith("error: the rollout failed on 1 of 1 replica(s), which kept serving model m0"), error
+    assert error.endswith(
+        f"(not deployed again: Serve's target is no longer this rollout's settings but model_dir {m2} "
+        "(another deploy since))"
+    ), error
+    assert _target_user_config()["model_dir"] == m2
+
+
+@pytest.mark.faults
+def test_an_interrupted_rollout_says_it_is_unverified_and_how_to_check_it(
+    faulty_replicas, small_model_dir, tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C (or SIGTERM) after a --detach rollout went to Serve only said "interrupted before
+    the app answered": Serve's target was the new settings, untested, and where the replicas
+    refused them every replica Serve started later failed. The line now says the rollout is
+    unverified and how to check or undo it, exit 130; running the same command again does undo a
+    refused one."""
+    from helpers import free_port, sealed_copy
+
+    from jobs import deploy
+
+    m0 = sealed_copy(small_model_dir, str(tmp_path / "m0"), "m0")
+    m1 = sealed_copy(small_model_dir, str(tmp_path / "m1"), "m1")
+    args = _one_replica(free_port())
+    assert deploy.main(["--model", m0, *args])["model_version"] == "m0"
+    (faulty_replicas / "refuse-m1").touch()
+    wait_until_healthy = deploy.wait_until_healthy
+
+    def interrupted(*args, **kwargs):  # Ctrl-C once Serve has the rollout
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deploy, "wait_until_healthy", interrupted)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        deploy.main(["--model", m1, *args])
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 130, error
+    assert error.startswith("error: interrupted after the rollout went to Serve: it may be Serve's target"), error
+    # What served before, not a command: one without the options that served it (--port, --candidates,
+    # --replica-memory-gb...) deployed other settings, or was refused.
+    assert error.endswith(
+        f"model {m0} was served before, deploy it again with the options of the deploy that served it"
+    )
+    assert "\n" not in error, error
+    assert _target_user_config()["model_dir"] == m1  # untested, as the line says
+    # The same command again checks every replica and undoes the rollout they refused.
+    monkeypatch.setattr(deploy, "wait_until_healthy", wait_until_healthy)
+    with pytest.raises(SystemExit) as exited:
+        deploy.main(["--model", m1, *args])
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and "(deployed again as Serve's target)" in error, error
+    assert _target_user_config()["model_dir"] == m0
+
+
+@pytest.mark.faults
+def test_a_deploy_whose_replicas_no_node_can_place_ends_and_is_undone(
+    faulty_replicas, small_model_dir, tmp_path, monkeypatch, capsys
+):
+    """serve.run waited without end for replicas Ray cannot place (--replica-memory-gb beyond
+    every node): the deploy hung, Serve's target the unplaceable one. Now the wait ends at
+    --start-timeout-s (short here) with one line: a first deploy's app deleted, a rollout's
+    undone to the settings and asks served before."""
+    from helpers import free_port, sealed_copy
+    from ray import serve
+
+    from jobs import deploy
+    from serve import launch
+    from serve.rollout import _target
+
+    m1 = sealed_copy(small_model_dir, str(tmp_path / "m1"), "m1")
+    args = _one_replica(free_port())
+    # The restore waits as long again: its replica is the one already running, at once RUNNING.
+    unplaceable = ["--replica-memory-gb", "100000", "--start-timeout-s", "10"]
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exited:
+        deploy.main(["--model", small_model_dir, *args, *unplaceable])
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 1, error
+    assert error.startswith(
+        "error: Serve could not start the app (the app was not running within the start timeout, 10 s"
+    ), error
+    assert "; nothing served before: the app is deleted; the replicas' logs:" in error and "\n" not in error, error
+    assert launch.APP_NAME not in serve.status().applications
+    first_took = time.monotonic() - started
+    assert deploy.main(["--model", small_model_dir, *args])["model_version"] == "v1"
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exited:
+        deploy.main(["--model", m1, *args, *unplaceable])
+    error = capsys.readouterr().err.strip()
+    took = time.monotonic() - started
+    assert exited.value.code == 1, error
+    assert error.startswith(
+        "error: Serve could not start the app (the app was not running within the start timeout, 10 s"
+    ), error
+    assert "; the settings served before: deployed again as Serve's target;" in error, error
+    target = _target()
+    assert target.deployment_config.user_config["model_dir"] == small_model_dir
+    assert "memory" not in target.replica_config.ray_actor_options  # the asks that placed the replicas
+    assert launch.every_replica_health(1)  # a replica serves
+    assert max(first_took, took) < 120, (first_took, took)
+    with capsys.disabled():
+        print(f"\n[faults] deploys whose replicas no node can place, ended: {first_took:.0f} s, {took:.0f} s")
+
+
+@pytest.mark.faults
+def test_a_rollout_keeps_the_replicas_the_app_runs(faulty_replicas, small_model_dir, tmp_path, capsys):
+    """Ray 2.60 resets a deployment whose config changed (every rollout's user_config) to its
+    initial_replicas where one is set, and jobs.deploy always set one: an app scaled up dropped
+    to it. A rollout now leaves it unset, so that Serve keeps its target (2 here, below which the
+    rollout's --min-replicas 1 would have set it); a first deploy still starts with one. A guard
+    against setting initial_replicas on every rollout only: the code before (initial_replicas the
+    running count, serve.rollout.replicas_kept) passes it too; it differed where the autoscaler
+    moved between the count's reading and the rollout.
+
+    Also Serve's refusal of a method the replicas' code lacks, which tells replicas of the code
+    before ``served_settings`` (asked what they serve once, bare: serve.launch.no_such_method)."""
+    from helpers import free_port, sealed_copy
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    from jobs import deploy
+    from serve.app import DEPLOYMENT_NAME
+    from serve.launch import APP_NAME, no_such_method
+
+    def target_replicas() -> int:
+        details = _get_global_client().get_serve_details()
+        return details["applications"][APP_NAME]["deployments"][DEPLOYMENT_NAME]["target_num_replicas"]
+
+    port = free_port()
+    assert deploy.main(["--model", small_model_dir, *_two_replicas(port)])["replicas_checked"] == 2
+    v2 = sealed_copy(small_model_dir, str(tmp_path / "v2"), "v2")
+    one_to_two = ["--min-replicas", "1", "--max-replicas", "2"]
+    deployed = deploy.main(["--model", v2, "--port", str(port), "--detach", *one_to_two])
+    assert deployed["model_version"] == "v2" and deployed["replicas_checked"] == 2, capsys.readouterr().err
+    assert target_replicas() == 2
+    with pytest.raises(Exception) as refused:
+        serve.get_deployment_handle(DEPLOYMENT_NAME, APP_NAME).not_in_this_code.remote().result(timeout_s=30)
+    assert no_such_method(refused.value, "not_in_this_code"), refused.value
+
+
+def _app_status(status, states: dict, trigger=None, message: str = ""):
+    """Serve's status of jobs.deploy's app (as ``serve.status()`` holds it): ``states``, replicas by state."""
+    from types import SimpleNamespace
+
+    from serve.app import DEPLOYMENT_NAME
+
+    deployment = SimpleNamespace(replica_states=states, status_trigger=trigger, message=message)
+    return SimpleNamespace(status=status, message=message, deployments={DEPLOYMENT_NAME: deployment})
+
+
+def _serve_reads(monkeypatch, readings) -> None:
+    """``serve.status()`` gives jobs.deploy's app each of ``readings`` (an iterable of
+    :func:`_app_status`) in turn."""
+    from types import SimpleNamespace
+
+    from ray import serve
+
+    from serve.launch import APP_NAME
+
+    readings = iter(readings)
+    monkeypatch.setattr(serve, "status", lambda: SimpleNamespace(applications={APP_NAME: next(readings)}))
+
+
+@pytest.mark.faults
+def test_the_wait_for_a_deploy_has_one_deadline(monkeypatch):
+    """A wait that ends once no replica changed state for a while is wrong both ways on an
+    autoscaling cluster: replicas STARTING, unchanged, for the minutes a new node takes are
+    declared stalled (a first deploy's app deleted, a rollout undone), and a crash loop beside a
+    running replica changes state at each retry, which resets the wait (a review: up to an hour,
+    and as long again for the restore). One deadline (jobs.deploy's --start-timeout-s); Serve's
+    failures end the wait at once."""
+    import itertools
+
+    from ray.serve._private.common import DeploymentStatusTrigger
+    from ray.serve.schema import ApplicationStatus
+
+    from jobs import deploy
+    from serve import launch
+
+    monkeypatch.setattr(launch, "STATUS_POLL_S", 0.01)
+    deploying, running = ApplicationStatus.DEPLOYING, ApplicationStatus.RUNNING
+    assert deploy.parse_args(["--model", "m"]).start_timeout_s == launch.START_TIMEOUT_S == 1800
+
+    # A new node: STARTING, unchanged, for a while, then RUNNING within the timeout.
+    waiting_for_a_node = [_app_status(deploying, {"STARTING": 1})] * 100
+    _serve_reads(monkeypatch, [*waiting_for_a_node, _app_status(running, {"RUNNING": 1})])
+    launch.wait_until_running(timeout_s=30)
+
+    # A crash loop beside a running replica (Serve never fails the deployment): its states change
+    # at every reading, and the wait still ends at its deadline, naming the states and Serve's message.
+    message = "Deployment 'RecommenderDeployment' has 1 replicas that have taken more than 30s to be scheduled."
+    crash_loop = [_app_status(deploying, {"RUNNING": 1, "STARTING": 1}, message=message)]
+    crash_loop.append(_app_status(deploying, {"RUNNING": 1}, message=message))
+    _serve_reads(monkeypatch, itertools.cycle(crash_loop))
+    started = time.monotonic()
+    with pytest.raises(launch.DeployStalled) as stalled:
+        launch.wait_until_running(timeout_s=1)
+    assert 1 <= time.monotonic() - started < 6
+    assert str(stalled.value).startswith(
+        "the app was not running within the start timeout, 1 s (app DEPLOYING; replicas:"
+    )
+    assert str(stalled.value).endswith(message)
+
+    # Serve's failures: at once, and not taken for a stall (DeployStalled deletes a first deploy's app).
+    failing = [
+        _app_status(ApplicationStatus.DEPLOY_FAILED, {}, message="RecommenderDeployment failed"),
+        _app_status(ApplicationStatus.UNHEALTHY, {"RUNNING": 1}, DeploymentStatusTrigger.REPLICA_STARTUP_FAILED),
+    ]
+    for failed, words in zip(failing, ["failed: RecommenderDeployment failed", "its replicas fail to start"]):
+        _serve_reads(monkeypatch, itertools.repeat(failed))
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match=words) as raised:
+            launch.wait_until_running(timeout_s=60)
+        assert not isinstance(raised.value, launch.DeployStalled) and time.monotonic() - started < 5
+
+
+@pytest.mark.faults
+def test_what_serve_serves_is_read_from_one_status_and_every_replica(monkeypatch):
+    """serving_user_config read Serve's status twice (the app's, then the running count), which
+    could disagree; and it trusted the first replica to answer. One reading now, every running
+    replica asked its served_settings, by tag (one replica answering every question is one of
+    two, not two: untagged answers counted apart let it pass for all); agreed settings are
+    returned, different ones raise ReplicasDiffer naming them, too few answers TimeoutError.
+    Replicas of the code before served_settings are asked their serving_user_config once."""
+    import itertools
+    from types import SimpleNamespace
+
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    from serve import launch
+
+    readings = []
+    status = SimpleNamespace(applications={launch.APP_NAME: _app_status(ApplicationStatus.RUNNING, {"RUNNING": 2})})
+    monkeypatch.setattr(serve, "status", lambda: readings.append(1) or status)
+    m0, m1 = {"model_dir": "/m/m0", "model_fingerprint": "m0:aa"}, {"model_dir": "/m/m1", "model_fingerprint": "m1:bb"}
+
+    def replicas_answering(*served_settings) -> None:
+        """The app's handle: its replicas answer served_settings in turn (an exception: raised)."""
+        turns = itertools.cycle(served_settings)
+
+        def response(answer):
+            def result(timeout_s):
+                if isinstance(answer, Exception):
+                    raise answer
+                return answer
+
+            return SimpleNamespace(result=result, cancel=lambda: None)
+
+        handle = SimpleNamespace(
+            served_settings=SimpleNamespace(remote=lambda: response(next(turns))),
+            serving_user_config=SimpleNamespace(remote=lambda: response(m1)),
+        )
+        monkeypatch.setattr(serve, "get_deployment_handle", lambda *args: handle)
+
+    replicas_answering({"replica": "r1", "user_config": m0}, {"replica": "r2", "user_config": m0})
+    assert launch.serving_user_config() == m0 and len(readings) == 1
+    replicas_answering({"replica": "r1", "user_config": m0}, {"replica": "r2", "user_config": m1})
+    with pytest.raises(launch.ReplicasDiffer, match="2 replicas serve 2 different settings: ") as differ:
+        launch.serving_user_config()
+    assert "/m/m0 (m0:aa) on 1" in str(differ.value) and "/m/m1 (m1:bb) on 1" in str(differ.value)
+    replicas_answering({"replica": "r1", "user_config": m0})  # only r1 answers, however often
+    with pytest.raises(TimeoutError, match="1 of 2 replica"):
+        launch.serving_user_config(timeout_s=0.5)
+    replicas_answering(RuntimeError("Tried to call a method 'served_settings' that does not exist. Available: []"))
+    assert launch.serving_user_config() == m1  # the code before: one bare answer
+    replicas_answering(TimeoutError("no answer"))  # any other failure is no sign of older code
+    with pytest.raises(TimeoutError, match="no answer"):
+        launch.serving_user_config()
+
+
+@pytest.mark.faults
+def test_a_replica_says_what_it_serves_bare_to_any_deploy_and_tagged_to_this_one(monkeypatch):
+    """serving_user_config keeps its bare answer, the user_config: a jobs.deploy of older code
+    (after a code rollback) reads it as the settings served, and an answer of another shape
+    under the same name would be taken for them (a review). served_settings adds the tag."""
+    from types import SimpleNamespace
+
+    from serve import app as serve_app
+
+    settings = {"model_dir": "/m/m0", "model_fingerprint": "m0:aa"}
+    replica = serve_app.RecommenderDeployment.func_or_class
+    serving = SimpleNamespace(
+        _serving=serve_app.Serving(SimpleNamespace(settings=SimpleNamespace(user_config=lambda: settings)), None)
+    )
+    monkeypatch.setattr(serve_app.serve, "get_replica_context", lambda: SimpleNamespace(replica_tag="r1"))
+    assert replica.serving_user_config(serving) == settings
+    serving.serving_user_config = lambda: replica.serving_user_config(serving)
+    assert replica.served_settings(serving) == {"replica": "r1", "user_config": settings}
+    assert replica.serving_user_config(SimpleNamespace(_serving=serve_app.Serving(None, None))) is None
+
+
+@pytest.mark.faults
+def test_replicas_serving_different_settings_while_serve_deploys_is_a_retry(monkeypatch):
+    """Replicas that differ while the app is DEPLOYING (a rollout Serve still applies) clear once
+    Serve settles it, as an unreadable app does: a retry (exit 75), not a refusal for good.
+    Differing in a RUNNING app (a restore that left them so) is exit 1, the app to delete."""
+    from ray.serve.schema import ApplicationStatus
+
+    from serve import launch, rollout
+
+    def differ():
+        raise launch.ReplicasDiffer("2 replicas serve 2 different settings")
+
+    monkeypatch.setattr(rollout, "serving_user_config", differ)
+    for status, retry, words in [
+        (ApplicationStatus.DEPLOYING, True, "; the app is DEPLOYING: retry once Serve settles it"),
+        (ApplicationStatus.RUNNING, False, "; delete the app (serve.delete('ncf')) to deploy afresh"),
+    ]:
+        _serve_reads(monkeypatch, [_app_status(status, {"RUNNING": 2})])
+        with pytest.raises(rollout.ServingUnknown) as unknown:
+            rollout.serving_before(("127.0.0.1", 8000))
+        assert unknown.value.retry is retry and words in str(unknown.value), unknown.value
+
+
+def _target_of(user_config: dict, ray_actor_options: dict):
+    """Serve's target for the app's deployment (serve.rollout._target's DeploymentInfo), as far as read."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        deployment_config=SimpleNamespace(user_config=user_config),
+        replica_config=SimpleNamespace(ray_actor_options=ray_actor_options),
+    )
+
+
+@pytest.mark.faults
+def test_a_restore_asks_for_the_resources_of_the_replicas_that_served(monkeypatch):
+    """Serve's target after an earlier rollout that stalled, not undone, asks what no node could
+    place, and a restore must not ask it again (a review): the target's asks are the serving
+    replicas' only where the target is the settings served; None otherwise, and the restore
+    asks what the deploy's own options ask."""
+    from serve import rollout
+
+    serving, stalled = {"model_dir": "/m/m0"}, {"model_dir": "/m/m1"}
+    placed = {"num_cpus": 0.5}
+    monkeypatch.setattr(rollout, "_target", lambda app_name=None: _target_of(serving, placed))
+    assert rollout.target_asks(serving) == {"num_cpus": 0.5, "memory_gb": None}
+    monkeypatch.setattr(
+        rollout, "_target", lambda app_name=None: _target_of(stalled, {"num_cpus": 0.5, "memory": 100000 * 2**30})
+    )
+    assert rollout.target_asks(serving) is None
+
+
+@pytest.mark.faults
+def test_a_first_deploy_that_did_not_run_deletes_only_its_own_app(monkeypatch):
+    """A first deploy whose app did not run in time deletes it, but not where Serve's target has
+    become another's meanwhile (serve deploy, a script), which would go with it (a review):
+    deleted only where the target is still this job's settings."""
+    from ray import serve
+
+    from serve import rollout
+
+    deleted = []
+    monkeypatch.setattr(serve, "delete", lambda name: deleted.append(name))
+    ours, another = {"model_dir": "/m/m0"}, {"model_dir": "/m/m2"}
+    monkeypatch.setattr(rollout, "_target", lambda app_name=None: _target_of(another, {}))
+    words = rollout.delete_unstarted(ours)
+    assert not deleted and words == (
+        "the app is not deleted: Serve's target is no longer this rollout's settings but model_dir /m/m2 "
+        "(another deploy since)"
+    )
+    monkeypatch.setattr(rollout, "_target", lambda app_name=None: _target_of(ours, {}))
+    assert rollout.delete_unstarted(ours) == "nothing served before: the app is deleted" and deleted == ["ncf"]
+
+
+@pytest.mark.faults
+def test_a_deploy_stopped_by_sigterm_or_ctrl_c_ends_in_one_line_with_a_failing_status(monkeypatch, capsys):
+    """A deploy stopped during its rollout ends in one line with a failing status: SIGTERM
+    (jobs.cli's SystemExit 143) with its code, a SystemExit without one (sys.exit(), which says
+    success) with 1, Ctrl-C with 130, while a failed rollout is undone too (a traceback before)."""
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from jobs import deploy
+    from serve.rollout import Restored
+
+    serving = {"model_dir": "/m/m0", "data": "/d/d0"}
+    stopped = []
+    monkeypatch.setattr(deploy, "_stop_owned", lambda owns: stopped.append(owns))
+    for stop, status in [(SystemExit(143), 143), (SystemExit(None), 1), (SystemExit(0), 1), (KeyboardInterrupt(), 130)]:
+        with pytest.raises(SystemExit) as exited:
+            deploy._interrupted(stop, serving, False)
+        error = capsys.readouterr().err.strip()
+        assert exited.value.code == status, (stop, error)
+        assert error.startswith("error: interrupted after the rollout went to Serve: it may be Serve's target"), error
+        assert "model /m/m0 with DATA /d/d0 was served before" in error and "\n" not in error, error
+    # Nothing served before: a first deploy's own Serve stopped, without a line (SIGTERM's is the shell's).
+    for stop, status in [(SystemExit(143), 143), (SystemExit(None), 1)]:
+        with pytest.raises(SystemExit) as exited:
+            deploy._interrupted(stop, None, True)
+        assert exited.value.code == status and not capsys.readouterr().err
+    assert stopped == [True, True]
+
+    # Ctrl-C while the settings served before are deployed again, after the new replicas failed.
+    def failed(app, args):
+        raise RuntimeError("Deploying application ncf failed")
+
+    def interrupted(*args, **kwargs) -> Restored:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deploy, "_started", failed)
+    monkeypatch.setattr(deploy, "app_of", lambda app_args, settings: None)
+    monkeypatch.setattr(deploy, "start_failure_reason", str)
+    monkeypatch.setattr(deploy, "restore_previous", interrupted)
+    settings = SimpleNamespace(user_config=lambda: {"model_dir": "/m/m1"})
+    args = Namespace(detach=True, host="127.0.0.1", port=8000, request_timeout_s=30, start_timeout_s=60)
+    with pytest.raises(SystemExit) as exited:
+        deploy._rolled_out(args, {}, settings, deploy._Before(("127.0.0.1", 8000), serving, None))
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 130 and error.startswith("error: interrupted after the rollout went to Serve"), error
+    assert "\n" not in error
