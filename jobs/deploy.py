@@ -20,7 +20,8 @@ where a replica served them when the job started; so does one whose app is not r
 other deploy changed it since). Every running replica must answer its health
 (REPLICA_ANSWER_TIMEOUT_S): fewer answers exit 1 too, and so does a Serve whose app's served
 settings cannot be read before the rollout, or differ between its replicas (nothing is deployed
-then). One deploy at a time on a cluster (serve.deploy_slot): a second is refused in one line,
+then; 75 while the app deploys or is unhealthy). One deploy at a time on a cluster
+(serve.deploy_slot): a second is refused in one line,
 exit 75. Stopped (Ctrl-C: 130, SIGTERM: 143) after its rollout went to a running app, a deploy
 says in one line that the rollout is unverified and how to check or undo it (a restore stopped
 too).
@@ -181,6 +182,8 @@ def main(argv=None) -> dict:
             fail(str(e), exit_status(e))
         except ServingUnknown as e:  # before anything changed: a refused rollout could not be undone
             fail(str(e), EXIT_TRY_LATER if e.retry else EXIT_FAILED)
+        except KeyboardInterrupt:  # the slot's start, waking a replica: minutes, before any change
+            fail("interrupted before anything was deployed", EXIT_INTERRUPTED)
         if before.serving is None:
             # A first deploy starts with a replica (an app of --min-replicas 0 too, so that its
             # health is heard); a rollout leaves initial_replicas unset, so that Serve keeps the
@@ -286,7 +289,10 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
         if before.serving is not None:
             undone = f"; the settings served before: {restore().words}"
         elif isinstance(e, DeployStalled) and not owns_serve:
-            undone = f"; {delete_unstarted(deployed)}"
+            try:
+                undone = f"; {delete_unstarted(deployed)}"
+            except KeyboardInterrupt:  # serve.delete waits for the app to go
+                fail(f"Serve could not start the app ({reason}); interrupted while deleting it", EXIT_INTERRUPTED)
         else:
             undone = ""
         give_up(f"Serve could not start the app ({reason}){undone}; the replicas' logs: {REPLICA_LOGS}")

@@ -705,3 +705,19 @@ def test_a_deploy_stopped_by_sigterm_or_ctrl_c_ends_in_one_line_with_a_failing_s
     error = capsys.readouterr().err.strip()
     assert exited.value.code == 130 and error.startswith("error: interrupted after the rollout went to Serve"), error
     assert "\n" not in error
+
+    # Ctrl-C before anything is deployed (the slot's actor starting, a replica woken to say what
+    # it serves: minutes): one line, 130, where it was a traceback.
+    from contextlib import nullcontext
+
+    def waking(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deploy, "_checked", lambda args, app_args: settings)
+    monkeypatch.setattr(deploy, "init_ray", lambda: None)
+    monkeypatch.setattr(deploy, "deploy_slot", lambda holder: nullcontext())
+    monkeypatch.setattr(deploy, "_before_rollout", waking)
+    with pytest.raises(SystemExit) as exited:
+        deploy.main(["--model", "/m/m1", "--detach"])
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 130 and error == "error: interrupted before anything was deployed", error
