@@ -36,10 +36,6 @@ class Ranker(Protocol):
         """The ``depth`` best product indices, best first, all within the catalog."""
 
 
-# The memo entries of the moment itself, which every baseline shares (PointInTime.one_baseline).
-MOMENT_ENTRIES = frozenset({"popularity", "households", "popularity_rank", "by_popularity", "popularity_max"})
-
-
 @dataclass
 class PointInTime:
     """What a baseline may know when it ranks a period that starts at ``start``.
@@ -82,13 +78,15 @@ class PointInTime:
         """The context for one baseline's rankers: what they add to the memo (the boosted
         ranker's training rows, up to 1.3 GB; TIFU-KNN's vectors) is dropped when the block
         ends, so that it does not stay through the other baselines' work. The moment's own
-        entries (:data:`MOMENT_ENTRIES`: popularity and the households) stay for them."""
+        entries, popularity and the households (keyed by name, where a ranker's are tuples,
+        :meth:`memoised`), stay for them."""
         before = set(self.memo)
         try:
             yield self
         finally:
-            for key in set(self.memo) - before - MOMENT_ENTRIES:
-                del self.memo[key]
+            for key in set(self.memo) - before:
+                if isinstance(key, tuple):
+                    del self.memo[key]
 
     def memoised(self, key: tuple, compute: Callable):
         """``compute()``, kept in the memo under ``key`` (its kind first, then everything the
@@ -199,9 +197,9 @@ class PointInTime:
         return self.memo["popularity_max"]
 
 
-def rank_with_ties(scores: np.ndarray, tie_rank: np.ndarray, depth: int) -> np.ndarray:
+def rank_with_ties(scores: np.ndarray, tie_rank: Optional[np.ndarray], depth: int) -> np.ndarray:
     """Indices of the ``depth`` highest finite scores, best first, equal scores by ``tie_rank``
-    (lower first); a NaN ranks as -inf (nowhere).
+    (lower first; None: by index, with no array of them to build); a NaN ranks as -inf (nowhere).
 
     Example::
 
@@ -216,10 +214,11 @@ def rank_with_ties(scores: np.ndarray, tie_rank: np.ndarray, depth: int) -> np.n
         return np.zeros(0, np.int64)
     threshold = np.partition(scores, len(scores) - depth)[len(scores) - depth]
     above = np.flatnonzero(scores > threshold)
-    tied = np.flatnonzero(scores == threshold)
-    tied = tied[np.argsort(tie_rank[tied], kind="stable")[: depth - len(above)]]
-    chosen = np.concatenate([above, tied])
-    return chosen[np.lexsort((tie_rank[chosen], -scores[chosen]))]
+    tied = np.flatnonzero(scores == threshold)  # in index order
+    if tie_rank is not None:
+        tied = tied[np.argsort(tie_rank[tied], kind="stable")]
+    chosen = np.concatenate([above, tied[: depth - len(above)]])
+    return chosen[np.lexsort((chosen if tie_rank is None else tie_rank[chosen], -scores[chosen]))]
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

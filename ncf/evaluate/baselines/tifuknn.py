@@ -239,7 +239,7 @@ class TifuKnnRanker:
         sim[user] = -np.inf
         # Equally similar households at the k-th place go by index, not by where a partition's
         # pivots fell; kept in index order, so that their vectors are always summed in one order.
-        return np.sort(rank_with_ties(sim, np.arange(len(sim)), self.k))
+        return np.sort(rank_with_ties(sim, None, self.k))
 
     def neighbours_of(self, user: int, own: sp.csr_matrix, at_start: bool) -> np.ndarray:
         """The household's k nearest households (indices), from its own vector; at the period
