@@ -428,10 +428,10 @@ def test_a_resume_does_not_run_failed_trials_again_beside_the_others(ray_session
 def test_the_sweep_puts_back_the_ctrl_c_handler_tune_leaves_installed():
     """Tune's SIGINT handler stayed after ``fit``: the first Ctrl-C of the export, registration
     or refit after it only printed "ending Ray Tune run" (a review, 2026-12-05)."""
-    from tune.sweep import sigint_kept
+    from tune.sweep import tunes_signals
 
     before = signal.getsignal(signal.SIGINT)
-    with sigint_kept():
+    with tunes_signals():
         signal.signal(signal.SIGINT, lambda *args: None)  # what Tune's fit installs
     assert signal.getsignal(signal.SIGINT) is before
 
@@ -441,7 +441,7 @@ def test_sigterm_in_tunes_loop_stops_it_as_ctrl_c_and_a_second_one_exits():
     """The job's SIGTERM handler raised SystemExit inside Tune's loop, skipping Tune's cleanup
     (a review, 2026-12-06): SIGTERM goes to the SIGINT handler Tune installs for its loop (it puts
     back the one of before once it fires), and to the job's own before that loop and after it."""
-    from tune.sweep import sigterm_as_ctrl_c
+    from tune.sweep import tunes_signals
 
     calls = []
     sigint_before = signal.getsignal(signal.SIGINT)
@@ -452,7 +452,7 @@ def test_sigterm_in_tunes_loop_stops_it_as_ctrl_c_and_a_second_one_exits():
 
     jobs = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(("job", signum)))
     try:
-        with sigterm_as_ctrl_c() as sigterm:
+        with tunes_signals() as sigterm:
             signal.raise_signal(signal.SIGTERM)  # before Tune's loop: the job's handler
             assert calls == [("job", signal.SIGTERM)] and not sigterm.received
             signal.signal(signal.SIGINT, tunes)  # Tune's fit starts its loop

@@ -25,6 +25,7 @@ import math
 import os
 import signal
 import threading
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
@@ -278,35 +279,21 @@ def saved_trials(experiment: str, *statuses: str, filesystem=None) -> int:
 
 
 @contextlib.contextmanager
-def sigint_kept():
-    """Puts back the SIGINT handler of before the block: Tune installs its own for ``fit`` and
-    keeps it after a run that ended normally, so the first Ctrl-C of the export, registration
-    and refit after it was swallowed ("ending Ray Tune run")."""
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT) if main else None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+def tunes_signals():
+    """Ctrl-C and SIGTERM around Tune's ``fit``; yields what says whether a SIGTERM came.
 
-
-class _Signalled:
-    """Whether :func:`sigterm_as_ctrl_c` handed a SIGTERM to Tune."""
-
-    received = False
-
-
-@contextlib.contextmanager
-def sigterm_as_ctrl_c():
-    """While Tune's loop runs, SIGTERM (``ray job stop``, a scheduler) stops it as a first Ctrl-C
-    does: Tune saves its experiment state, stops the trials and ends their MLflow runs KILLED
+    SIGTERM (``ray job stop``, a scheduler) stops Tune's loop as a first Ctrl-C does: Tune saves
+    its experiment state, stops the trials and ends their MLflow runs KILLED
     (``on_experiment_end``). The job's own SIGTERM handler raised SystemExit inside the loop, which
     Tune cleans up after only on an Exception: the runs stayed RUNNING and the last state was not
     saved. Tune takes SIGINT with a handler it installs for its loop and removes once it fires, so
     SIGTERM goes to it while it is there; else (before the loop, or a second SIGTERM: Tune's
-    "send SIGTERM to skip") to the handler of before the block. Yields what says whether it came."""
-    signalled = _Signalled()
+    "send SIGTERM to skip") to the handler of before the block.
+
+    Both handlers of before the block are put back after it: Tune keeps its SIGINT handler after
+    a run that ended normally, and the first Ctrl-C of the export, registration and refit after
+    it was swallowed ("ending Ray Tune run")."""
+    signalled = SimpleNamespace(received=False)
     if threading.current_thread() is not threading.main_thread():  # no handlers there, nor Tune's
         yield signalled
         return
@@ -326,6 +313,7 @@ def sigterm_as_ctrl_c():
         yield signalled
     finally:
         signal.signal(signal.SIGTERM, sigterm_before)
+        signal.signal(signal.SIGINT, sigint_before)
 
 
 def _pass_on(handler, signum: int, frame) -> None:
@@ -418,7 +406,7 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
     trainable = _trainable(settings, free.get("CPU", 0.0), resume, nodes, held)  # refuses trials the CPUs do not fit
     if not resume:
         settings.record()
-    with sigint_kept(), sigterm_as_ctrl_c() as sigterm:
+    with tunes_signals() as sigterm:
         grid = _tuner(settings, trainable, resume).fit()
     if sigterm.received:  # whatever finished meanwhile: the job was asked to stop
         raise SweepInterrupted(
