@@ -71,7 +71,7 @@ def point_in_time_period(
     """What was known at the start of ``split``'s period, and the period restricted to it
     (catalog products first bought before the start, households with purchases before it;
     ``exclude_purchased``: see :func:`load_period`)."""
-    context = PointInTime.build(state.states, state.vocabs, period_start(split, boundaries), data, exclude_purchased)
+    context = PointInTime.of_state(state, period_start(split, boundaries), data, exclude_purchased)
     households = context.households()
     period = load_period(state.states, split, boundaries, context.catalog, households, exclude_purchased)
     if not len(period.users):
@@ -289,9 +289,7 @@ def evaluate_all(
         ranker, period = on_period or model_on_period(model_dir, data, split, exclude_purchased)
         _check_same_period(period, split, exclude_purchased)
         state = ranker.state
-        context = PointInTime.build(
-            state.states, state.vocabs, period_start(split, boundaries), data, exclude_purchased
-        )
+        context = PointInTime.of_state(state, period_start(split, boundaries), data, exclude_purchased)
     users = sample_users(period.users, max_users)
     households = None
     if model_dir is not None:

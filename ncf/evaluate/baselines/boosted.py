@@ -197,12 +197,20 @@ def list_settings(data: str) -> RankingSettings:
 
 
 def ranking_state(context: PointInTime) -> RankingState:
-    """DATA's ranking state with the products' stats at the context's start: a pass over every
-    purchase and the co-purchase neighbours' fit (about 110 s and a peak of 5-6 GiB at 10M
-    households; what is kept is the products' stats), taken once for every ranker built on the
-    context."""
+    """DATA's ranking state with the products' stats at the context's start, taken once for
+    every ranker built on the context: the context's own (:meth:`PointInTime.of_state`) where it
+    has one, its stats computed again only for another moment (a pass over every purchase and
+    the co-purchase neighbours' fit), else loaded from DATA (about 110 s and a peak of 5-6 GiB at
+    10M households)."""
     key = ("boosted_state", context.data, context.start)
-    return context.memoised(key, lambda: RankingState.load(context.data).as_of(context.start))
+    return context.memoised(key, lambda: _state_at(context))
+
+
+def _state_at(context: PointInTime) -> RankingState:
+    known = context.ranking
+    if known is None or known.states is not context.states:
+        return RankingState.load(context.data).as_of(context.start)
+    return known if known.stats.cutoff == context.start else known.as_of(context.start)
 
 
 class OwnNeighboursAndPopular:
