@@ -31,7 +31,7 @@ from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
-from ncf.evaluate.report import CONSOLE_COLUMNS, PAIRED_SE, cell_text
+from ncf.evaluate.report import CONSOLE_COLUMNS, PAIRED_SE, cell_text, failed_text
 from ncf.jsonio import write_text
 from ncf.model.directory import ModelDir
 from ncf.registry import check_store_outlives_the_job, in_unpacked_working_dir, sqlite_uri
@@ -76,7 +76,7 @@ def print_table(rows: list) -> None:
 def _cells(row: dict) -> list:
     """A row's cells; a baseline that failed says where, as the report does, instead of blanks."""
     if "failed" in row:
-        return [str(row.get("model", "")), f"failed in its {row['failed']}"] + [""] * (len(CONSOLE_COLUMNS) - 2)
+        return [str(row.get("model", "")), failed_text(row)] + [""] * (len(CONSOLE_COLUMNS) - 2)
     return [cell_text(row, c, PAIRED_SE) for c in CONSOLE_COLUMNS]
 
 

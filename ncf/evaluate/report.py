@@ -119,6 +119,11 @@ def cell_text(row: Dict, column: str, spread: Optional[str] = None) -> str:
     return text
 
 
+def failed_text(row: Dict) -> str:
+    """A row of a baseline that raised, in words (jobs.demo's table too): where it failed, and why."""
+    return f"failed in its {row['failed']}"
+
+
 _LEFT = ' class="l"'
 
 
@@ -130,7 +135,7 @@ def _table(rows: Sequence[Dict], columns: Sequence[str], caption: str, spread: O
     for row in rows:
         name = f'<th scope="row"{_LEFT}>{html.escape(cell_text(row, columns[0]))}</th>'
         if "failed" in row:  # a baseline that raised: its name, and where and why, across the figures
-            failed = html.escape(f"failed in its {row['failed']}")
+            failed = html.escape(failed_text(row))
             body += f'<tr>{name}<td colspan="{len(columns) - 1}">{failed}</td></tr>'
             continue
         body += f"<tr>{name}" + "".join(f"<td>{html.escape(cell_text(row, c, spread))}</td>" for c in columns[1:])
