@@ -2,6 +2,7 @@
 its optimizer state; checkpoints load without unpickling."""
 
 import glob
+import json
 import os
 import sys
 
@@ -238,6 +239,24 @@ def test_a_run_name_reused_for_another_model_configuration_is_refused_before_tra
     out = capsys.readouterr().out
     assert f"[train] resuming run reused after epoch 1 ({tmp_path / 'reused'})" in out
     assert "resumes on" not in out  # the hardware the checkpoint recorded is this one
+    # Resumed after its last epoch (a sweep's Ctrl-C between that epoch's checkpoint and its report
+    # reaching Tune): it reported nothing, and Tune failed the trial for a result without its metric.
+    from ray.train import UserCallback
+
+    class Reports(UserCallback):  # on Ray Train's controller, as Tune's TuneReportCallback is
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(tmp_path / "reports.jsonl", "a") as f:
+                f.write(json.dumps({"epoch": metrics[0].get("epoch"), "checkpoint": checkpoint is not None}) + "\n")
+
+    done = fit(
+        TrainConfig(model=SMALL_MODEL, **{**settings, "epochs": 2}),
+        storage_path=str(tmp_path),
+        name="reused",
+        callbacks=[Reports()],
+    )
+    assert done.error is None and done.metrics["best_val_ndcg@10"] == again.metrics["best_val_ndcg@10"], done.error
+    reported = [json.loads(line) for line in open(tmp_path / "reports.jsonl")]
+    assert reported == [{"epoch": 2, "checkpoint": True}]
     # Other workers or a GPU are said, not refused (a run may move to GPUs that came free).
     moved = hardware_changed(resumed_checkpoint(str(tmp_path / "reused"))[1]["hardware"], hardware(2, True))
     assert moved.startswith("trained on 1 worker(s) on CPU so far and resumes on 2 worker(s) on GPU"), moved

@@ -306,6 +306,18 @@ def report_checkpoint(w: Worker, state: Dict, metrics: Dict, weights: Optional[D
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+def report_again(w: Worker, state: Dict) -> None:
+    """Reports a run resumed after its last epoch (stopped between that epoch's checkpoint and its
+    report reaching the caller: a sweep's Ctrl-C) once more, its last epoch's metrics with the
+    checkpoint it resumed from: with no epoch left it reported nothing, and Tune failed the
+    resumed trial for a result without its metric."""
+    import ray.train
+
+    log(f"rank {w.rank}: resumed after its last epoch ({state['epoch']}): its metrics reported again")
+    checkpoint = ray.train.get_checkpoint() if w.rank == 0 else None
+    ray.train.report(state["history"][-1], checkpoint=checkpoint)
+
+
 def _improved(w: Worker, metrics: Dict, best: float) -> bool:
     """Rank 0 decides (it alone validates); every rank learns the answer."""
     improved = w.rank == 0 and metrics.get(ckpt.VAL_METRIC, -1.0) > best
@@ -352,6 +364,8 @@ def train_loop_per_worker(config: Dict) -> None:
     if ray.train.get_checkpoint():
         state = _restore(w, ray.train.get_checkpoint())
     shard = ray.train.get_dataset_shard("train")
+    if state["history"] and not (state["epoch"] < w.cfg.epochs and state["stale"] < w.cfg.patience):
+        report_again(w, state)
     while state["epoch"] < w.cfg.epochs and state["stale"] < w.cfg.patience:
         epoch = state["epoch"] + 1
         dropout_seed, unknown_rows_seed = epoch_seeds(w.cfg.seed, w.rank, epoch)
