@@ -5,7 +5,7 @@ served before again. Two at once undid each other: job A rolled out a good model
 model Y the replicas refused (they kept X and named B's error on /healthz); A's health round saw
 that error, took its own rollout for failed and restored what both had read before, so X was
 lost. A deploy holds the cluster's deploy slot from reading Serve's state until its health check
-or restore is done (:func:`ncf.train.slot.cluster_slot`: freed when the job ends, however it
+or restore is done (:func:`ncf.slot.cluster_slot`: freed when the job ends, however it
 ends); a second one is refused in one line naming the first (exit 75, try later).
 
 Example::
@@ -17,7 +17,7 @@ Example::
 
 from __future__ import annotations
 
-from ncf.train.slot import cluster_slot
+from ncf.slot import cluster_slot
 
 DEPLOY_SLOT_NAME = "ncf-deploy-slot"
 
