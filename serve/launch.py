@@ -258,12 +258,12 @@ def _served_by_every_replica(handle, running: int, app_name: str, timeout_s: flo
     :meth:`~serve.app.RecommenderDeployment.served_settings`. Replicas of the code before that
     method (an upgrade's first rollout reads them) are asked once, as that code did."""
     try:  # one question first: old code refuses it at once, where the rounds would wait out their timeout
-        handle.served_settings.remote().result(timeout_s=timeout_s)
+        first = handle.served_settings.remote().result(timeout_s=timeout_s)
     except Exception as e:
         if not no_such_method(e, "served_settings"):
             raise
         return handle.serving_user_config.remote().result(timeout_s=timeout_s)
-    answers = every_replica_answer("served_settings", running, app_name, timeout_s)
+    answers = every_replica_answer("served_settings", running, app_name, timeout_s, first)
     if len(answers) < running:
         raise TimeoutError(f"{len(answers)} of {running} replica(s) said what they serve within {timeout_s:.0f} s")
     served = Counter(json.dumps(answer["user_config"], sort_keys=True) for answer in answers.values())
@@ -345,17 +345,19 @@ def every_replica_health(
     return every_replica_answer("healthz", replicas, app_name, timeout_s)
 
 
-def every_replica_answer(method: str, replicas: int, app_name: str, timeout_s: float) -> Dict[str, Dict]:
+def every_replica_answer(
+    method: str, replicas: int, app_name: str, timeout_s: float, first: Optional[Dict] = None
+) -> Dict[str, Dict]:
     """Each replica's answer to the deployment's ``method`` (one whose answer, a dict, names its
     ``replica``), by tag, asked until ``replicas`` distinct ones have answered or ``timeout_s``
-    passes (then those that did)."""
+    passes (then those that did); ``first``: an answer already had, not asked for again."""
     from ray import serve
 
     from serve.app import DEPLOYMENT_NAME
 
     handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name)
     wanted = max(replicas, 1)
-    answers: Dict[str, Dict] = {}
+    answers: Dict[str, Dict] = {} if first is None else {str(first.get("replica")): first}
     deadline = time.monotonic() + timeout_s
     while len(answers) < wanted and time.monotonic() < deadline:
         for answer in _round(getattr(handle, method), 2 * wanted, deadline):
