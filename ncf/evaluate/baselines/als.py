@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from ncf.evaluate.baselines.base import PointInTime, log
+from ncf.evaluate.baselines.base import PointInTime, households_matrix, log
 
 WEIGHTINGS = ("bm25", "bm25_product_idf", "counts")
 
@@ -155,16 +155,12 @@ def purchase_counts(context: PointInTime) -> sp.csr_matrix:
     """Households x products purchase lines before ``context.start``, float32, built a chunk of
     households at a time: memory grows with the distinct (household, product) pairs, not with
     every purchase."""
-    shape = (context.num_users, context.num_products)
-    rows, columns, values = [], [], []
-    for users, products, _ in context.states.chunks(before=context.start):
-        keys = np.sort(users * shape[1] + products)  # np.unique's own sort is slower
-        first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
+    products_count = context.num_products
+
+    def counted(users: np.ndarray, products: np.ndarray, _) -> tuple:
+        keys = np.sort(users * products_count + products)  # np.unique's own sort is slower
+        first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
         pairs, counts = keys[first], np.diff(np.r_[first, len(keys)])
-        rows.append(pairs // shape[1])
-        columns.append(pairs % shape[1])
-        values.append(counts.astype(np.float32))
-    joined = [np.concatenate(part) if part else np.zeros(0) for part in (rows, columns, values)]
-    counts = sp.coo_matrix((joined[2].astype(np.float32), (joined[0], joined[1])), shape=shape).tocsr()
-    counts.sum_duplicates()
-    return counts
+        return pairs // products_count, pairs % products_count, counts
+
+    return households_matrix(context, counted, np.float32)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Iterator, Optional, Protocol
 
 import numpy as np
+import scipy.sparse as sp
 
 from ncf.data.catalog import catalog_before, households_before, popularity_before
 from ncf.data.user_state import UserStates
@@ -206,6 +207,29 @@ class PointInTime:
         if "popularity_max" not in self.memo:
             self.memo["popularity_max"] = self.popularity.max()
         return self.memo["popularity_max"]
+
+
+# One chunk of households' purchases (households, products, moments) -> its (rows, columns,
+# values) in the households x products matrix.
+ChunkEntries = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple]
+
+
+def households_matrix(context: PointInTime, entries: ChunkEntries, dtype) -> sp.csr_matrix:
+    """Households x products (``dtype``) from the purchases before ``context.start``, built a
+    chunk of households at a time (each household's purchases whole in one chunk): memory grows
+    with the matrix's entries, not with every purchase."""
+    rows, columns, values = [], [], []
+    for users, products, times in context.states.chunks(before=context.start):
+        if len(users):
+            row, column, value = entries(users, products, times)
+            rows.append(row)
+            columns.append(column)
+            values.append(value)
+    shape = (context.num_users, context.num_products)
+    if not rows:
+        return sp.csr_matrix(shape, dtype=dtype)
+    joined = [np.concatenate(part) for part in (rows, columns, values)]
+    return sp.coo_matrix((joined[2].astype(dtype, copy=False), (joined[0], joined[1])), shape=shape).tocsr()
 
 
 def rank_with_ties(scores: np.ndarray, tie_rank: Optional[np.ndarray], depth: int) -> np.ndarray:

@@ -49,7 +49,7 @@ from typing import Dict, Tuple
 import numpy as np
 import scipy.sparse as sp
 
-from ncf.evaluate.baselines.base import PointInTime, rank_with_ties, tie_scale
+from ncf.evaluate.baselines.base import PointInTime, households_matrix, rank_with_ties, tie_scale
 
 METRICS = ("cosine", "euclidean")
 
@@ -136,21 +136,14 @@ def period_vectors(context: PointInTime, groups: int, within: float, across: flo
     (household, product) pairs, not with every purchase: the whole log at once held three int64
     arrays of every purchase, the later ones too (about 80 GB at 1B), for each vector setting."""
     _check_vector_setting(groups, within, across)
-    rows, columns, values = [], [], []
-    for users, products, times in context.states.chunks(before=context.start):
-        if not len(users):
-            continue
+
+    def vectors(users: np.ndarray, products: np.ndarray, times: np.ndarray) -> tuple:
         first = int(users[0])  # the chunk's households, in index order
         shape = (int(users[-1]) - first + 1, context.num_products)
         part = tifu_vectors(users - first, products, times, shape, groups, within, across).tocoo()
-        rows.append(part.row.astype(np.int64) + first)
-        columns.append(part.col.astype(np.int64))
-        values.append(part.data)
-    shape = (context.num_users, context.num_products)
-    if not rows:
-        return sp.csr_matrix(shape, dtype=np.float64)
-    joined = [np.concatenate(part) for part in (rows, columns, values)]
-    return sp.coo_matrix((joined[2], (joined[0], joined[1])), shape=shape).tocsr()
+        return part.row.astype(np.int64) + first, part.col.astype(np.int64), part.data
+
+    return households_matrix(context, vectors, np.float64)
 
 
 def _row_norms(x: sp.csr_matrix) -> np.ndarray:
