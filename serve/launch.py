@@ -118,7 +118,7 @@ def _stalled_words(app, timeout_s: float) -> str:
     deployment = app.deployments.get(DEPLOYMENT_NAME)
     states = {} if deployment is None else deployment.replica_states
     counts = ", ".join(f"{n} {getattr(s, 'value', s)}" for s, n in sorted(states.items())) or "none"
-    message = " ".join(_TERMINAL_COLOURS.sub("", deployment.message if deployment else "").split())[:500]
+    message = " ".join(_deployment_message(deployment).split())[:500]
     return (
         f"the app was not running within the start timeout, {timeout_s:.0f} s "
         f"(app {getattr(app.status, 'value', app.status)}; replicas: {counts}): "
@@ -138,6 +138,12 @@ def failure_line(error: Exception) -> str:
 _TERMINAL_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def _deployment_message(deployment) -> str:
+    """The message Serve keeps in a deployment's status (a replica constructor's traceback),
+    without the terminal colours Ray writes it in; "" for no deployment."""
+    return _TERMINAL_COLOURS.sub("", deployment.message if deployment else "")
+
+
 def failed_replicas_reason(app_name: str = APP_NAME) -> Optional[str]:
     """Why the app's replicas failed to start, in one line (the last of the error Serve keeps in
     the deployment's status: a replica constructor's exception), or None. Serve's own
@@ -151,8 +157,7 @@ def failed_replicas_reason(app_name: str = APP_NAME) -> Optional[str]:
     except Exception:  # noqa: BLE001 (the controller gone: the job's line goes without it)
         return None
     deployment = app.deployments.get(DEPLOYMENT_NAME) if app is not None else None
-    message = _TERMINAL_COLOURS.sub("", deployment.message if deployment else "")
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    lines = [line.strip() for line in _deployment_message(deployment).splitlines() if line.strip()]
     return lines[-1][:500] if lines else None
 
 
