@@ -3,6 +3,7 @@ finding our own errors under what Ray wraps them in, and the exit status of a st
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import threading
@@ -24,6 +25,22 @@ class TryLater(InputError):
 
 EXIT_TRY_LATER = 75  # sysexits.h's EX_TEMPFAIL: what cron wrappers and Airflow's retries know
 EXIT_STOPPED = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM stopped
+
+
+def os_error_words(error: OSError) -> str:
+    """An OSError's reason in one line, for a refusal that names the path itself: the errno's
+    name and the OS's words (``EACCES: Permission denied``), else its type and text."""
+    code = errno.errorcode.get(error.errno, "") if error.errno else ""
+    if code and error.strerror:
+        return f"{code}: {error.strerror}"
+    text = " ".join(str(error).split())[:300]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def cannot_access(what: str, error: OSError) -> str:
+    """The one line for a file or folder the OS will not read (no permission, a failing disk):
+    its bytes may be whole, so it is not called damaged. ``what``: "read PATH", "list FOLDER"."""
+    return f"cannot {what} ({os_error_words(error)}): check its access and the disk"
 
 
 def exit_on_sigterm():

@@ -600,13 +600,13 @@ def test_a_checkpoint_the_os_will_not_read_is_not_called_damaged(tmp_path, monke
     with pytest.raises(InputError) as refused:
         ckpt.check_readable(str(directory))
     assert str(refused.value) == (
-        f"cannot read {directory / WEIGHTS} (PermissionError: Permission denied): check its access and the disk"
+        f"cannot read {directory / WEIGHTS} (EACCES: Permission denied): check its access and the disk"
     )
     monkeypatch.setattr(ckpt, "read_train_state", denied)
-    with pytest.raises(InputError, match=r"^cannot read .*train_state\.json \(PermissionError"):
+    with pytest.raises(InputError, match=r"^cannot read .*train_state\.json \(EACCES"):
         ckpt.resumed_checkpoint(str(run))
     monkeypatch.setattr(ckpt, "read_json", denied)  # Ray Train's index of the run
-    with pytest.raises(InputError, match=rf"^cannot read .*{ckpt.RAY_INDEX} \(PermissionError"):
+    with pytest.raises(InputError, match=rf"^cannot read .*{ckpt.RAY_INDEX} \(EACCES"):
         ckpt.kept_checkpoints(str(run))
     monkeypatch.undo()
     (directory / ckpt.TRAIN_STATE).write_text('{"epoch": ')  # cut short: damaged, as before

@@ -904,7 +904,7 @@ def test_a_resume_whose_newest_tune_state_is_cut_short_is_refused_in_one_line(tm
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr("builtins.open", denied)
-    with pytest.raises(InputError, match=r"cannot read Tune's state .* \(PermissionError: Permission denied\): check"):
+    with pytest.raises(InputError, match=r"cannot read Tune's state .* \(EACCES: Permission denied\): check"):
         check_sweep_directory(str(sweep), data, resume=True)
 
 

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from ncf.errors import InputError
+from ncf.errors import InputError, cannot_access
 from ncf.staging import check_target
 from ncf.train.checkpoint import check_features_of_runs
 from ncf.train.trainer import cpu_nodes, data_cpus
@@ -383,10 +383,7 @@ def tune_state_damage(experiment: str) -> Optional[str]:
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return f"{path} does not read ({type(e).__name__}: {e})"
     except OSError as e:  # no permission, a share gone: the state may be whole
-        raise InputError(
-            f"--resume: cannot read Tune's state {path} ({type(e).__name__}: {e.strerror or e}): "
-            "check its access and the disk"
-        ) from None
+        raise InputError("--resume: " + cannot_access(f"read Tune's state {path}", e)) from None
     missing = [key for key in ("trial_data", "runner_data") if not isinstance(state, dict) or key not in state]
     return f"{path} lacks {' and '.join(missing)}" if missing else None
 

@@ -65,7 +65,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
-from ncf.errors import InputError
+from ncf.errors import InputError, os_error_words
 from ncf.jsonio import read_json, write_json
 from ncf.staging import Busy, check_parent, exclusive, journal_record, remove, roll_forward, swap
 
@@ -213,7 +213,7 @@ def output_error(output: str, doing: str, error: OSError) -> Exception:
     the OS's reason; an InputError (exit 2) where OUT is not the run's to write (permissions, a
     read-only mount, a lock file of another account, a file where a folder goes), else
     :class:`OutputFailed` (exit 1: a full disk, an I/O error)."""
-    reason = one_line_os_error(error)
+    reason = os_error_words(error)
     where = f"{error.filename}: " if error.filename else ""
     kind = InputError if error.errno in _REFUSALS else OutputFailed
     return kind(f"--output {output}: cannot {doing}: {where}{reason}")
@@ -404,21 +404,16 @@ def _remove_stale(output: str, owner: str, path: str, now: float) -> bool:
         return False
     except OSError as e:  # gone; a lock or entry of another account: left, said unless gone
         if not isinstance(e, FileNotFoundError):
-            print(f"[batch] left {path}, which cannot be removed ({one_line_os_error(e)})", file=sys.stderr, flush=True)
+            print(f"[batch] left {path}, which cannot be removed ({os_error_words(e)})", file=sys.stderr, flush=True)
         return False
     try:
         remove(doomed)
     except FileNotFoundError:
         pass  # another cleaner swept it (see clean_stale)
     except OSError as e:  # out of the protocol's names now: the next cleaning sweeps it
-        print(f"[batch] left {doomed}, which cannot be removed ({one_line_os_error(e)})", file=sys.stderr, flush=True)
+        print(f"[batch] left {doomed}, which cannot be removed ({os_error_words(e)})", file=sys.stderr, flush=True)
         return False
     return True
-
-
-def one_line_os_error(error: OSError) -> str:
-    code = errno.errorcode.get(error.errno, "") if error.errno else ""
-    return f"{code}: {error.strerror}" if code and error.strerror else f"{type(error).__name__}: {error}"
 
 
 # -- one run -------------------------------------------------------------------------------------------

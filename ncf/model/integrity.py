@@ -63,7 +63,7 @@ from ncf.data import layout
 from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies
-from ncf.errors import InputError
+from ncf.errors import InputError, cannot_access
 from ncf.jsonio import is_temporary_of, read_small, read_small_json, write_json
 from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
@@ -189,10 +189,7 @@ def _raise(error: OSError) -> None:
 
 
 def _read_error(named: str, what: str, error: OSError) -> ModelIntegrityError:
-    """One line for a file or folder the OS will not read (no permission, a failing disk), as
-    :func:`ncf.train.checkpoint._access_error` says it: its bytes may be whole, so not damage."""
-    reason = f"{type(error).__name__}: errno {error.errno}, {error.strerror or one_line(error)}"
-    return ModelIntegrityError(f"{named}: cannot {what} ({reason}): check its access and the disk")
+    return ModelIntegrityError(f"{named}: {cannot_access(what, error)}")
 
 
 def _leftovers(paths: Iterable[str], rewritten: Iterable[str]) -> Set[str]:

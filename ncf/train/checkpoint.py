@@ -18,7 +18,7 @@ import torch
 
 from ncf.data.examples import lists_digest
 from ncf.data.features import FEATURES_VERSION
-from ncf.errors import InputError
+from ncf.errors import InputError, cannot_access
 from ncf.jsonio import read_json, write_json
 from ncf.model.config import ModelConfig
 from ncf.model.directory import WEIGHTS, save_model_dir
@@ -265,8 +265,7 @@ def _access_error(path: str, error: Exception) -> Optional[InputError]:
     one (cut short, it fails in the unzipping or JSON parsing, not with an OSError)."""
     if not isinstance(error, OSError) or isinstance(error, FileNotFoundError):
         return None
-    reason = error.strerror or (str(error).splitlines() or [""])[0][:120]
-    return InputError(f"cannot read {path} ({type(error).__name__}: {reason}): check its access and the disk")
+    return InputError(cannot_access(f"read {path}", error))
 
 
 def resumed_checkpoint(run_folder: str) -> Optional[Tuple[str, Dict]]:
