@@ -6,14 +6,14 @@ the binary household x product matrix of the purchases strictly before the cutof
 collaborative filtering, Sarwar et al., WWW 2001), each product keeping its ``k`` nearest (the
 ``implicit`` library's all-pairs k-NN, one row at a time: memory grows with ``products x k``,
 never with the product pairs), on the pairs :class:`SampledPairs` keeps: every household's
-while the fit's work stays bounded, a sample of households beyond. A household's score for a
-product is the sum of its similarities to the distinct products the household bought before the
-moment. Kept sparse
-(``k`` a product), it fits a million products, where a dense item-item matrix such as EASE's
-would need terabytes.
+latest ``NEIGHBOURS_MAX_PRODUCTS`` products while the fit's work stays bounded, a sample of
+households beyond. A household's score for a product is the sum of its similarities to the
+distinct products the household bought before the moment. Kept sparse (``k`` a product), it
+fits a million products, where a dense item-item matrix such as EASE's would need terabytes.
 
 On the no-rebuy log of BENCHMARKS.md this score alone, ``k`` chosen on the validation weeks,
-ranks new products about as well as EASE and ahead of tuned ALS; with ``k`` fixed it is a
+ranks new products about as well as EASE (ALS, tuned since on another draw of that log, is in
+the same table); with ``k`` fixed it is a
 first-stage source (:mod:`ncf.rank.candidates`, the training lists' neighbour candidates) and a
 model input (:data:`ncf.data.features.NEIGHBOURS`), both through :meth:`ProductNeighbours.scores`.
 
@@ -100,7 +100,7 @@ class ProductNeighbours:
         # One thread: a stats pass is a Ray task that asks for one CPU.
         model = CosineRecommender(K=k + 1, num_threads=1)  # each product is its own nearest
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "expects CSR": it transposes internally
+            warnings.filterwarnings("ignore", message="Method expects CSR")  # it transposes internally
             model.fit(bought, show_progress=False)
         similarity = sp.csr_matrix(model.similarity, dtype=np.float32)
         similarity.setdiag(0.0)
@@ -272,10 +272,12 @@ def _distinct(products: np.ndarray) -> np.ndarray:
 
 
 def _top_per_row(similarity: sp.csr_matrix, k: int) -> ProductNeighbours:
-    """Each row's ``k`` largest entries (ties to the lower index). The library keeps ``k + 1`` a
-    row, meant as the product itself and ``k`` others; when more than ``k + 1`` products tie
-    (long-tail products bought by one household all share a cosine of 1), it may keep ``k + 1``
-    others instead."""
+    """Each row's ``k`` largest entries, ties to the lower index among what the library kept. The
+    library keeps ``k + 1`` a row, meant as the product itself and ``k`` others, and among tied
+    cosines it keeps the higher indices: where more products tie than fit (long-tail products
+    bought by one household all share a cosine of 1; on Complete Journey most full rows tie at
+    their last place), the higher-index ones stay, the same at every cutoff, in training as in
+    ranking."""
     similarity.sort_indices()
     lengths = np.diff(similarity.indptr)
     row = np.repeat(np.arange(similarity.shape[0]), lengths)
