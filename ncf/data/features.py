@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 # Changes when a feature's definition changes: weights learnt on one version's numbers would read
 # another's silently. Preprocessing records it beside the training lists (stats.json) and jobs
-# refuse lists of another version; model directories carry it through their format version.
+# refuse lists of another version; model directories record it in config.json (features_version).
 # 2 (2026-12-01): the unknown category 0 is no category; own typical gaps in UTC day numbers.
 # 3 (2026-12-01): the co-purchase neighbour score.
 # 4 (2026-12-04): durations in whole days (rounded down, as TemporalEncoding reads them). The
@@ -160,7 +160,8 @@ def _check_stats_not_after(at, stats: ProductStats) -> None:
 def candidate_features(
     timeline: UserTimeline, candidates: np.ndarray, at: int, catalog: Catalog, stats: ProductStats
 ) -> np.ndarray:
-    """C x NUM_FEATURES float32 features of ``candidates`` for the household at ``at``.
+    """C x NUM_FEATURES float32 features of ``candidates`` for the household at ``at``, on
+    float16's grid (the training lists' dtype, so ranking reads exactly what training read).
 
     Reads the household's purchases strictly before ``at`` and ``stats`` (the products as known
     at a cutoff no later than ``at``). Raises IndexError for an index outside the catalog
@@ -255,4 +256,6 @@ def candidate_features(
         # NEIGHBOURS
         _log(stats.neighbours.scores(own, candidates)),
     ]
-    return np.stack(columns, axis=1).astype(np.float32)
+    # On float16's grid, as the training lists store them: the model reads the numbers it was
+    # trained on (log1p(12345) was 9.4219 in training, 9.4211 when ranking).
+    return np.stack(columns, axis=1).astype(np.float16).astype(np.float32)
