@@ -23,7 +23,7 @@ from conftest import SMALL_MODEL
 from helpers import readline_within
 
 from jobs import batch_score
-from ncf.batch import partitions, scorer, verify
+from ncf.batch import commit, partitions, scorer, verify
 from ncf.batch import scoring as bs
 from ncf.data import layout
 from ncf.errors import InputError
@@ -72,29 +72,39 @@ def test_at_resolves_dates_datetimes_and_data_end():
 
 @pytest.mark.faults
 def test_clean_stale_removes_this_dates_leftovers_and_old_runs_only(tmp_path):
-    from ncf.batch import commit
 
     out = str(tmp_path)
-    tmp = os.path.join(out, bs.TMP)
+    tmp = os.path.join(out, commit.TMP)
     mine = os.path.join(tmp, "run_date=2024-01-02", "dead-run")
     replaced = os.path.join(tmp, "replaced-run_date=2024-01-02-dead-run")
     other_fresh = os.path.join(tmp, "run_date=2024-01-03", "running")
     other_old = os.path.join(tmp, "run_date=2023-12-01", "dead")
+    # Made two days ago, its run writing parts until it died an hour ago: a rerun may continue it.
+    # Old code read the stage root's own time, which parts written into the run do not move.
+    other_recent_parts = os.path.join(tmp, "run_date=2023-12-04", "dead-an-hour-ago")
     # Old code removed these too: old entries of another tool, and a date this OUT never ran.
     foreign = os.path.join(tmp, "spark-staging-0001")
     never_ran = os.path.join(tmp, "run_date=2023-11-30", "not-ours")
-    for path in (mine, replaced, other_fresh, other_old, foreign, never_ran):
+    for path in (mine, replaced, other_fresh, other_old, foreign, never_ran, other_recent_parts):
         os.makedirs(path)
     os.makedirs(os.path.join(out, commit.COMMIT))
-    for partition in ("run_date=2024-01-03", "run_date=2023-12-01"):  # each run takes its lock first
+    for partition in ("run_date=2024-01-03", "run_date=2023-12-01", "run_date=2023-12-04"):  # each run locks first
         open(commit.lock_path(out, partition), "a").close()
-    old = time.time() - bs.STALE_SECONDS - 60
-    for name in ("run_date=2023-12-01", "spark-staging-0001", "run_date=2023-11-30"):
+    old = time.time() - commit.STALE_SECONDS - 60
+    for name in ("run_date=2023-12-01", "spark-staging-0001", "run_date=2023-11-30", "run_date=2023-12-04"):
         os.utime(os.path.join(tmp, name), (old, old))
-    removed = bs.clean_stale(out, "2024-01-02")
-    assert sorted(os.listdir(tmp)) == ["run_date=2023-11-30", "run_date=2024-01-03", "spark-staging-0001"]
+    os.utime(os.path.join(tmp, "run_date=2023-12-01", "dead"), (old, old))
+    an_hour_ago = time.time() - 3600
+    os.utime(other_recent_parts, (an_hour_ago, an_hour_ago))
+    removed = commit.clean_stale(out, "run_date=2024-01-02")
+    assert sorted(os.listdir(tmp)) == [
+        "run_date=2023-11-30",
+        "run_date=2023-12-04",
+        "run_date=2024-01-03",
+        "spark-staging-0001",
+    ]
     assert len(removed) == 3
-    assert bs.clean_stale(str(tmp_path / "missing"), "2024-01-02") == []
+    assert commit.clean_stale(str(tmp_path / "missing"), "run_date=2024-01-02") == []
 
 
 @pytest.mark.faults
@@ -102,12 +112,11 @@ def test_clean_stale_leaves_another_dates_entries_to_a_live_run_and_to_a_pending
     """Dates run at once, each under its own lock: cleaning another date's old entries checked
     its lock, then removed them without holding it (a run of it could start staging between the
     two), and crashed on an entry that date's own run removed after the listing."""
-    from ncf.batch import commit
     from ncf.jsonio import write_json
     from ncf.staging import exclusive
 
     out = str(tmp_path)
-    tmp = os.path.join(out, bs.TMP)
+    tmp = os.path.join(out, commit.TMP)
     live = os.path.join(tmp, "replaced-run_date=2024-01-03-live-run")
     swapping = os.path.join(tmp, "run_date=2023-12-01", "dead-run")
     vanishing = os.path.join(tmp, "run_date=2023-12-02", "dead-run")
@@ -120,7 +129,7 @@ def test_clean_stale_leaves_another_dates_entries_to_a_live_run_and_to_a_pending
         open(commit.lock_path(out, partition), "a").close()
     # A dead run of 2023-12-01 was swapping something else in: its next run rolls it forward.
     write_json(commit.journal_path(out, "run_date=2023-12-01"), {"staged": "/elsewhere", "parked": "/x"})
-    old = time.time() - bs.STALE_SECONDS - 60
+    old = time.time() - commit.STALE_SECONDS - 60
     for name in os.listdir(tmp):
         os.utime(os.path.join(tmp, name), (old, old))
     listdir = os.listdir
@@ -133,16 +142,15 @@ def test_clean_stale_leaves_another_dates_entries_to_a_live_run_and_to_a_pending
 
     monkeypatch.setattr(commit.os, "listdir", then_its_run_removes_it)
     with exclusive(commit.lock_path(out, "run_date=2024-01-03"), "a live run of 2024-01-03"):
-        assert bs.clean_stale(out, "2024-01-02") == [os.path.dirname(renamed)]
+        assert commit.clean_stale(out, "run_date=2024-01-02") == [os.path.dirname(renamed)]
     assert sorted(listdir(tmp)) == ["replaced-run_date=2024-01-03-live-run", "run_date=2023-12-01"]
     monkeypatch.setattr(commit.os, "listdir", listdir)
-    assert bs.clean_stale(out, "2024-01-02") == [live]  # its run is gone: a leftover now
+    assert commit.clean_stale(out, "run_date=2024-01-02") == [live]  # its run is gone: a leftover now
     assert sorted(listdir(tmp)) == ["run_date=2023-12-01"]  # renamed away under the lock, then removed
 
 
 def test_a_journal_that_disappears_while_cleaning_is_skipped(tmp_path, monkeypatch):
     """Another date's swap can finish (and delete its journal) between the listing and the read."""
-    from ncf.batch import commit
 
     out = str(tmp_path)
     os.makedirs(os.path.join(out, commit.COMMIT))
@@ -182,7 +190,7 @@ def test_bad_k_and_missing_data_are_one_line_errors(small_model_dir, tmp_path, c
     assert "--k 0" in errors[0] and "not a preprocessed DATA directory" in errors[1] and "'soon'" in errors[2]
     assert "'maybe'" in errors[3] and "jobs.train first" in errors[4] and "'always'" in errors[5]
     assert "overlaps --data" in errors[6] and "'here'" in errors[7]
-    assert not os.path.exists(tmp_path / "o" / bs.TMP) or not os.listdir(tmp_path / "o" / bs.TMP)
+    assert not os.path.exists(tmp_path / "o" / commit.TMP) or not os.listdir(tmp_path / "o" / commit.TMP)
 
 
 @pytest.mark.parametrize(
@@ -777,8 +785,8 @@ def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model
         and summary["run_date"] == run_date_of(recommender.default_at)
     )
     # Nothing staged is left behind: the stage was renamed into place, its root removed.
-    assert sorted(os.listdir(output)) == ["_commit", bs.TMP, f"run_date={summary['run_date']}"]
-    assert os.listdir(os.path.join(output, bs.TMP)) == []
+    assert sorted(os.listdir(output)) == ["_commit", commit.TMP, f"run_date={summary['run_date']}"]
+    assert os.listdir(os.path.join(output, commit.TMP)) == []
     table = partitions.read_partition(output, summary["run_date"])
     assert table.column_names == [
         "user_id",
@@ -806,7 +814,7 @@ def test_every_user_gets_k_ranked_rows_equal_to_recommend(first_run, small_model
     expected = recommender.rank([user], k=K, at=summary["at_epoch_s"])[0]
     assert mine.column("product_id").to_pylist() == expected.product_ids
     np.testing.assert_allclose(mine.column("score").to_numpy(), expected.scores, rtol=1e-5)
-    with open(os.path.join(partitions.partition_dir(output, summary["run_date"]), bs.SUCCESS)) as f:
+    with open(os.path.join(partitions.partition_dir(output, summary["run_date"]), commit.SUCCESS)) as f:
         assert json.load(f)["rows"] == table.num_rows
 
 
@@ -824,7 +832,7 @@ def test_rerun_of_the_same_date_replaces_the_partition(first_run, small_model_di
         == [K] * first["users"]
     )
     assert partitions.read_manifest(output, first["run_date"])["run_id"] == second["run_id"]
-    assert not os.path.exists(os.path.join(output, bs.TMP, f"run_date={first['run_date']}"))
+    assert not os.path.exists(os.path.join(output, commit.TMP, f"run_date={first['run_date']}"))
 
 
 @pytest.mark.faults
@@ -847,7 +855,35 @@ def test_a_run_that_fails_verification_commits_nothing(first_run, small_model_di
     assert json.loads(captured.out.strip().splitlines()[-1])["verify"]["sampled_equal_to_recommend"] == 0
     assert captured.err.strip().splitlines()[-1] == "error: verification failed (sampled users): not committed"
     assert partitions.read_manifest(output, summary["run_date"]) == before  # the previous partition stays
-    assert not os.path.exists(os.path.join(output, bs.TMP, f"run_date={summary['run_date']}"))
+    assert not os.path.exists(os.path.join(output, commit.TMP, f"run_date={summary['run_date']}"))
+
+
+@pytest.mark.faults
+def test_a_verification_that_cannot_run_is_one_line_and_its_rerun_verifies_the_kept_parts(
+    first_run, small_model_dir, small_data, monkeypatch, capsys
+):
+    """Old code: an error while verifying (the model's load out of memory, a part the disk will
+    not read) left the job with a traceback (a review of ncf/batch, 2026-12-06)."""
+    output, summary = first_run
+    data, _ = small_data
+    before = partitions.read_manifest(output, summary["run_date"])
+
+    def failing_disk(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(bs, "verify_parts", failing_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        batch_score.main(_argv(small_model_dir, data, output, "--verify", "3"))
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(
+        "error: the verification could not run (OSError: [Errno 5] Input/output error); nothing committed, "
+        "every part is scored and kept: rerun the same command to verify and commit them"
+    ), line
+    assert partitions.read_manifest(output, summary["run_date"]) == before
+    monkeypatch.undo()
+    again = batch_score.main(_argv(small_model_dir, data, output, "--verify", "3"))
+    assert again["scored_in"] == bs.KEPT_ONLY and again["users_kept"] == again["users"] and again["verify"]["ok"]
 
 
 @pytest.mark.faults
@@ -1010,10 +1046,11 @@ def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session,
                 break
         assert "progress:" in seen[-1], "".join(seen[-20:])
         job.send_signal(signal.SIGSTOP)
-        run_date = [name for name in os.listdir(os.path.join(output, bs.TMP))][0].split("=")[1]
-        staged = os.listdir(os.path.join(output, bs.TMP, f"run_date={run_date}"))
+        run_date = [name for name in os.listdir(os.path.join(output, commit.TMP))][0].split("=")[1]
+        staged = os.listdir(os.path.join(output, commit.TMP, f"run_date={run_date}"))
         assert len(staged) == 1 and any(
-            p.startswith("part-") for p in os.listdir(os.path.join(output, bs.TMP, f"run_date={run_date}", staged[0]))
+            p.startswith("part-")
+            for p in os.listdir(os.path.join(output, commit.TMP, f"run_date={run_date}", staged[0]))
         )
         assert not os.path.exists(partitions.partition_dir(output, run_date))
         assert partitions.read_partition(output, run_date) is None
@@ -1026,7 +1063,7 @@ def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session,
     report = verify.verify_partition(output, run_date, data, sample=5)
     assert report["ok"], report
     assert summary["rows"] == summary["users"] * K == report["rows"]
-    assert not os.path.exists(os.path.join(output, bs.TMP, f"run_date={run_date}"))  # the dead run's parts are gone
+    assert not os.path.exists(os.path.join(output, commit.TMP, f"run_date={run_date}"))  # the dead run's parts are gone
 
 
 @pytest.mark.faults
@@ -1053,7 +1090,7 @@ def test_a_replay_whose_stats_pass_runs_out_of_memory_is_one_line(small_model_di
         "41.2 GiB); nothing was written (the traceback: "
     ), err[-2000:]
     os.remove(line.rsplit("(the traceback: ", 1)[1].rstrip(")"))
-    assert not os.path.exists(os.path.join(output, bs.TMP)) or not os.listdir(os.path.join(output, bs.TMP))
+    assert not os.path.exists(os.path.join(output, commit.TMP)) or not os.listdir(os.path.join(output, commit.TMP))
 
 
 @pytest.mark.faults
@@ -1089,8 +1126,6 @@ def test_the_plan_goes_under_the_runs_lock_and_an_output_it_cannot_write_is_one_
     and a full disk writing the plan, or an OUT it may not write, ended in a traceback."""
     import errno
 
-    from ncf.batch import commit
-
     data, _ = small_data
     output = str(tmp_path / "out")
     argv = _argv(small_model_dir, data, output, "--score-in", "driver")
@@ -1122,7 +1157,7 @@ def test_the_plan_goes_under_the_runs_lock_and_an_output_it_cannot_write_is_one_
     assert line.startswith(f"error: --output {output}: cannot write the run's plan _plan.json: {output}/_tmp/")
     assert line.endswith("ENOSPC: No space left on device"), line
     assert partitions.read_manifest(output, summary["run_date"])["run_id"] == summary["run_id"]
-    assert os.listdir(os.path.join(output, bs.TMP)) == []  # nothing left to continue
+    assert os.listdir(os.path.join(output, commit.TMP)) == []  # nothing left to continue
 
     real_access = os.access  # this test may run as root, for whom the mode bits allow every write
 
@@ -1146,7 +1181,6 @@ def test_a_commit_that_fails_on_a_full_disk_is_one_line_and_its_rerun_commits_th
     keeps its scored parts, which the rerun commits without scoring again; after it, the run's
     exit finishes the swap from the journal, and the job succeeds."""
     from ncf import staging
-    from ncf.batch import commit
 
     data, _ = small_data
     output = str(tmp_path / "out")
@@ -1171,7 +1205,7 @@ def test_a_commit_that_fails_on_a_full_disk_is_one_line_and_its_rerun_commits_th
             "rerun the same command to commit them (--no-resume starts afresh)"
         )
     ), err[-2000:]
-    (partition,) = os.listdir(os.path.join(output, bs.TMP))
+    (partition,) = os.listdir(os.path.join(output, commit.TMP))
     assert not os.path.exists(os.path.join(output, partition))
 
     summary = batch_score.main(argv)
@@ -1237,9 +1271,9 @@ def test_a_rerun_keeps_the_whole_parts_of_a_dead_run_of_the_same_plan(small_mode
     with open(kept) as f:
         assert "lost_at_the_fourth_batch" in f.read()
     os.remove(kept)
-    (partition,) = os.listdir(os.path.join(output, bs.TMP))
-    (dead,) = os.listdir(os.path.join(output, bs.TMP, partition))
-    stage = os.path.join(output, bs.TMP, partition, dead)
+    (partition,) = os.listdir(os.path.join(output, commit.TMP))
+    (dead,) = os.listdir(os.path.join(output, commit.TMP, partition))
+    stage = os.path.join(output, commit.TMP, partition, dead)
     dead_parts = sorted(n for n in os.listdir(stage) if n.startswith("part-"))
     assert len(dead_parts) == 3 and os.path.exists(os.path.join(stage, bs.PLAN))
     dead_scored_at = {pq.read_table(os.path.join(stage, n)).column("scored_at")[0].as_py() for n in dead_parts}
@@ -1255,7 +1289,7 @@ def test_a_rerun_keeps_the_whole_parts_of_a_dead_run_of_the_same_plan(small_mode
     assert summary["users_kept"] == 24 and f"done: {users - 24:,} users scored, 24 kept from the dead run" in err
     run_date = partition.split("=")[1]
     committed = partitions.partition_dir(output, run_date)
-    assert bs.PLAN not in os.listdir(committed) and not os.path.exists(os.path.join(output, bs.TMP, partition))
+    assert bs.PLAN not in os.listdir(committed) and not os.path.exists(os.path.join(output, commit.TMP, partition))
     scored_at = {
         name: pq.read_table(os.path.join(committed, name)).column("scored_at")[0].as_py()
         for name in os.listdir(committed)
@@ -1276,7 +1310,7 @@ def test_a_rerun_keeps_the_whole_parts_of_a_dead_run_of_the_same_plan(small_mode
     capsys.readouterr()
     again = batch_score.main(argv + ["--no-resume"])
     assert "continued" not in again and "removed what a previous run left" in capsys.readouterr().err
-    assert not os.path.exists(os.path.join(output, bs.TMP, partition))
+    assert not os.path.exists(os.path.join(output, commit.TMP, partition))
 
 
 @pytest.mark.faults
@@ -1294,7 +1328,7 @@ def test_a_run_killed_while_its_commit_fsyncs_is_continued_and_committed(
     fsync_tree = staging.fsync_tree
 
     def killed_in_the_stages_fsync(root):
-        if os.path.join(output, bs.TMP) in os.path.abspath(root):
+        if os.path.join(output, commit.TMP) in os.path.abspath(root):
             raise SystemExit(128 + signal.SIGKILL)  # nothing of the run's own runs after a kill: no handler catches it
         fsync_tree(root)
 
@@ -1302,11 +1336,11 @@ def test_a_run_killed_while_its_commit_fsyncs_is_continued_and_committed(
     with pytest.raises(SystemExit):
         batch_score.main(argv)
     monkeypatch.setattr(staging, "fsync_tree", fsync_tree)
-    (partition,) = os.listdir(os.path.join(output, bs.TMP))
-    (dead,) = os.listdir(os.path.join(output, bs.TMP, partition))
-    stage = os.path.join(output, bs.TMP, partition, dead)
+    (partition,) = os.listdir(os.path.join(output, commit.TMP))
+    (dead,) = os.listdir(os.path.join(output, commit.TMP, partition))
+    stage = os.path.join(output, commit.TMP, partition, dead)
     batches = -(-partitions.read_users(data).num_rows // 16)
-    assert {bs.PLAN, bs.SUCCESS} <= set(os.listdir(stage)) and not os.path.exists(os.path.join(output, partition))
+    assert {bs.PLAN, commit.SUCCESS} <= set(os.listdir(stage)) and not os.path.exists(os.path.join(output, partition))
     capsys.readouterr()
 
     summary = batch_score.main(argv)
@@ -1354,9 +1388,9 @@ def _now_argv(small_model_dir, data, output, *extra):
 
 
 def _dead_stage(output: str) -> str:
-    (partition,) = os.listdir(os.path.join(output, bs.TMP))
-    (dead,) = os.listdir(os.path.join(output, bs.TMP, partition))
-    return os.path.join(output, bs.TMP, partition, dead)
+    (partition,) = os.listdir(os.path.join(output, commit.TMP))
+    (dead,) = os.listdir(os.path.join(output, commit.TMP, partition))
+    return os.path.join(output, commit.TMP, partition, dead)
 
 
 def _fails_at_call(n: int):
@@ -1500,7 +1534,7 @@ def test_a_run_whose_data_changed_as_it_failed_ends_as_inputs_changed_not_a_reru
     assert exit_info.value.code == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "DATA's stats.json is not the one the run started with" in line and "continue" not in line, line
-    assert not os.path.exists(os.path.join(output, bs.TMP)) or not os.listdir(os.path.join(output, bs.TMP))
+    assert not os.path.exists(os.path.join(output, commit.TMP)) or not os.listdir(os.path.join(output, commit.TMP))
 
 
 @pytest.mark.faults
@@ -1510,7 +1544,6 @@ def test_a_commit_finished_from_its_journal_of_the_same_plan_is_not_scored_again
     """Old code: a commit a dead run left journaled was finished by the next run, which then scored
     every user again. When the committed partition's plan is the run's, the run now returns it."""
     from ncf import staging
-    from ncf.batch import commit
 
     data, _ = small_data
     output = str(tmp_path / "out")
@@ -1539,7 +1572,7 @@ def test_a_commit_finished_from_its_journal_of_the_same_plan_is_not_scored_again
     assert "finished from its journal, of this run's plan: nothing is scored again" in err, err[-2000:]
     committed = partitions.partition_dir(output, summary["run_date"])
     assert summary["run_id"] == dead_run  # the dead run's partition, returned: not a new run's
-    assert bs.PLAN not in os.listdir(committed) and os.listdir(os.path.join(output, bs.TMP)) == []
+    assert bs.PLAN not in os.listdir(committed) and os.listdir(os.path.join(output, commit.TMP)) == []
     assert verify.verify_partition(output, summary["run_date"], data, sample=3)["ok"]
 
 
@@ -1696,7 +1729,7 @@ def test_a_run_whose_id_types_differ_from_the_previous_partitions_says_so(tmp_pa
     earlier = partitions.partition_dir(output, "2024-01-01")
     os.makedirs(earlier)
     pq.write_table(pa.table({"user_id": [7], "rank": [1], "product_id": [3]}), os.path.join(earlier, "part-0.parquet"))
-    write_json(os.path.join(earlier, bs.SUCCESS), {"run_id": "r1"})
+    write_json(os.path.join(earlier, commit.SUCCESS), {"run_id": "r1"})
     for users_kind, expected in (("int", None), ("str", "user_id string (was int64)")):
         Vocabulary.from_ids(["7", "12a"], kind=users_kind).save(os.path.join(layout.vocab_dir(data), "users.parquet"))
         Vocabulary.from_ids(["3"], kind="int").save(os.path.join(layout.vocab_dir(data), "products.parquet"))
@@ -1719,7 +1752,7 @@ def test_a_runs_id_type_change_is_in_its_summary_and_manifest(small_model_dir, s
     earlier = partitions.partition_dir(output, "2000-01-01")
     os.makedirs(earlier)
     pq.write_table(pa.table({"user_id": pa.array(["7"]).cast(other)}), os.path.join(earlier, "part-0.parquet"))
-    write_json(os.path.join(earlier, bs.SUCCESS), {"run_id": "r0"})
+    write_json(os.path.join(earlier, commit.SUCCESS), {"run_id": "r0"})
     summary = batch_score.main(_argv(small_model_dir, data, output, "--score-in", "driver"))
     expected = {"previous": "run_date=2000-01-01", "columns": {"user_id": {"was": str(other), "now": str(written)}}}
     captured = capsys.readouterr()

@@ -386,6 +386,21 @@ def clean_stale(output: str, partition: str, now: Optional[float] = None, keep: 
     return removed
 
 
+def _last_written(path: str) -> float:
+    """When ``path`` or one of its entries last changed: a stage root's own time moves only when
+    a run's folder is made in it, that folder's with each part written (a run dead at 14:00 after
+    twelve hours of parts read as stale at the next night's cleaning, its parts deleted)."""
+    newest = os.path.getmtime(path)
+    if os.path.isdir(path):
+        with os.scandir(path) as entries:
+            for entry in entries:
+                try:
+                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+                except FileNotFoundError:
+                    pass
+    return newest
+
+
 def _remove_stale(output: str, owner: str, path: str, now: float) -> bool:
     """Removes another partition's old entry: renamed out of the protocol's names under that
     partition's lock (so that no run of it starts staging there, or finishes its swap and
@@ -394,7 +409,7 @@ def _remove_stale(output: str, owner: str, path: str, now: float) -> bool:
     Runs of other dates go on meanwhile: an entry may vanish under the listing."""
     doomed = os.path.join(os.path.dirname(path), f"{REMOVING}{os.path.basename(path)}-{os.getpid()}")
     try:
-        if now - os.path.getmtime(path) <= STALE_SECONDS:
+        if now - _last_written(path) <= STALE_SECONDS:
             return False
         with exclusive(lock_path(output, owner), partition_path(output, owner)):
             if os.path.exists(journal_path(output, owner)):

@@ -71,7 +71,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ncf.batch import commit
-from ncf.batch.commit import STALE_SECONDS, SUCCESS, TMP, PartitionRun  # noqa: F401  (part of this module's API)
+from ncf.batch.commit import PartitionRun
 from ncf.batch.partitions import count_users, id_type_changes, id_types_note, partition_name, read_users
 from ncf.batch.scorer import (
     InputsChanged,
@@ -215,12 +215,6 @@ def _log(message: str) -> None:
 
 
 # -- the moment scored and where it goes ---------------------------------------------------------
-
-
-def clean_stale(output: str, run_date: str, now: Optional[float] = None) -> List[str]:
-    """Removes what dead runs left in ``OUT/_tmp`` (:func:`ncf.batch.commit.clean_stale`): every
-    entry of this date, other dates' stale entries. Returns the removed paths."""
-    return commit.clean_stale(output, partition_name(run_date), now=now)
 
 
 # -- the users -------------------------------------------------------------------------------------
@@ -805,7 +799,7 @@ def run_batch_scoring(
                 manifest["continued"] = run.continued
             if config.verify:
                 # Before the commit: a failing run must not replace (and so delete) the previous partition.
-                manifest["verify"] = _verified(run.stage, manifest, config.verify, log, replay_stats)
+                manifest["verify"] = _verified(run.stage, manifest, config, at, log, replay_stats)
         except (StageIncomplete, VerificationFailed, InputsChanged):
             run.leave_stage = False  # parts that are wrong, or of other inputs: never continued
             raise
@@ -902,15 +896,50 @@ def _commit_outcome(
 
 
 def _verified(
-    stage: str, manifest: Dict, sample: int, log: Callable[[str], None], stats: Optional[ProductStats] = None
+    stage: str,
+    manifest: Dict,
+    config: BatchScoreConfig,
+    at: int,
+    log: Callable[[str], None],
+    stats: Optional[ProductStats] = None,
 ) -> Dict:
+    """:func:`ncf.batch.verify.verify_parts` of the staged run, where its scoring ran: a run of
+    actors verifies in a task placed as one of them (the sampled users' ranking loads the whole
+    model, about 5 GiB at 10M x 1M, which a job's driver on the head must not hold). Raises
+    :class:`VerificationFailed`, or :class:`ScoringFailed` where the checks could not run (every
+    part kept for a rerun)."""
     # Another night, other households: a seed of the run's id, recorded in the report.
     seed = zlib.crc32(str(manifest["run_id"]).encode())
+    on_a_worker = not resolve_score_in(config, manifest["users"])
     log(
         f"verifying the {manifest['parts']:,} staged parts before the commit (every row read, "
-        f"{sample:,} sampled users ranked again)"
+        f"{config.verify:,} sampled users ranked again"
+        + (", in a task placed as a scoring actor)" if on_a_worker else ")")
     )
-    report = verify_parts(stage, manifest, manifest["data"], sample=sample, seed=seed, stats=stats, log=log)
+    check = dict(sample=config.verify, seed=seed, stats=stats)
+    try:
+        if on_a_worker:
+            import ray
+
+            task = ray.remote(verify_parts).options(
+                num_cpus=config.actor_cpus, memory=actor_memory(manifest["model"], manifest["users"]), max_retries=0
+            )
+            # Its progress lines reach the job's log through Ray's, as the actors' do.
+            report = ray.get(task.remote(stage, manifest, manifest["data"], log=_log, **check))
+        else:
+            report = verify_parts(stage, manifest, manifest["data"], log=log, **check)
+    except Exception as e:  # not KeyboardInterrupt, nor SystemExit (SIGTERM)
+        bad_input = input_error_in(e)  # MODEL or DATA refused as the sample's ranking loads them
+        if bad_input is not None:
+            raise bad_input from None
+        kind, line = remote_cause(e)
+        kept = "every part is scored and kept: " + rerun_to(
+            "verify and commit them", config.at, at, manifest["run_date"]
+        )
+        raise ScoringFailed(
+            f"the verification could not run ({kind}: {line or 'no message'}); nothing committed, "
+            f"{kept}{_traceback_kept(e)}"
+        ) from e
     if not report["ok"]:
         raise VerificationFailed(report)
     log(
