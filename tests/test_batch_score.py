@@ -392,7 +392,7 @@ def test_a_model_saved_again_after_the_jobs_verification_is_refused(small_data, 
     verified = bs.input_fingerprints(config.model, config.data)
     bs.check_config(config)
     save_untrained_model_dir(model, data, version="v1", seed=1, **SMALL_MODEL)  # the same version, new weights
-    with pytest.raises(bs.InputsChanged, match="MODEL's manifest changed after it was verified"):
+    with pytest.raises(bs.InputsChanged, match="MODEL's manifest is not the one verified"):
         bs.run_batch_scoring(config, log=lambda message: None, verified_inputs=verified)
     assert not os.path.exists(tmp_path / "out")  # nothing staged, nothing committed
 
@@ -421,7 +421,7 @@ def test_the_job_ends_with_the_runs_one_line_and_exit_1_when_its_model_changed(
     assert exit_info.value.code == 1
     captured = capsys.readouterr()
     last = captured.err.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "MODEL's manifest changed after it was verified" in last, last
+    assert last.startswith("error: ") and "MODEL's manifest is not the one verified" in last, last
     committed = [n for n in os.listdir(output) if n.startswith("run_date=")] if os.path.isdir(output) else []
     assert captured.out == "" and committed == []
 

@@ -139,15 +139,18 @@ def input_fingerprints(model: str, data: str) -> Tuple[str, str]:
     return model_fingerprint(model), data_fingerprint(data)
 
 
-def check_inputs_unchanged(model: str, data: str, recorded: Tuple[str, str]) -> None:
+def check_inputs_unchanged(
+    model: str, data: str, recorded: Tuple[str, str], recorded_as: str = "the run started with"
+) -> None:
     """Raises unless MODEL and DATA are still what the driver recorded, read after an actor
     loaded them: one written at the same path meanwhile (or while the actor read its files one
-    by one, mixing the old and the new) would rank under the recorded version."""
+    by one, mixing the old and the new) would rank under the recorded version. ``recorded_as``:
+    what the recorded fingerprints are, in the message."""
     model_now, data_now = input_fingerprints(model, data)
     if model_now != recorded[0]:
-        raise InputsChanged(f"MODEL's manifest is not the one the run started with: {replaced_note('MODEL')}")
+        raise InputsChanged(f"MODEL's manifest is not the one {recorded_as}: {replaced_note('MODEL')}")
     if data_now != recorded[1]:
-        raise InputsChanged(f"DATA's stats.json is not the one the run started with: {replaced_note('DATA')}")
+        raise InputsChanged(f"DATA's stats.json is not the one {recorded_as}: {replaced_note('DATA')}")
 
 
 def changed_inputs(model: str, data: str, recorded: Tuple[str, str]) -> Optional[InputsChanged]:
@@ -244,7 +247,7 @@ def score_users(
             "score": pa.array(scores.astype(np.float32)),
             # A household without purchases before the moment: the popular products at that hour.
             "cold_start": pa.array(np.repeat(cold, k)),
-            "model_version": pa.array([recommender.version] * (n * k), pa.string()),
+            "model_version": pa.repeat(pa.scalar(recommender.version, pa.string()), n * k),
             # Milliseconds: Parquet has no seconds unit, so readers would see ms anyway.
             "scored_at": pa.array(np.full(n * k, scored_at * 1000, np.int64)).cast(pa.timestamp("ms", tz="UTC")),
         }

@@ -77,6 +77,7 @@ from ncf.batch.scorer import (
     InputsChanged,
     ScoreBatch,
     changed_inputs,
+    check_inputs_unchanged,
     input_error_in,
     input_fingerprints,
     inputs_changed_in,
@@ -128,11 +129,11 @@ CPUS_PER_ACTOR = 1.0  # what each scoring actor reserves unless told
 GPU_ACTOR_SPEEDUP = 1.85
 # A nightly run whose DATA ends this long before the moment scored says so: its refresh stopped.
 STALE_DATA_DAYS = 2
+_START_GPU_NODES = " (or start GPU nodes first)"  # a refused --gpu yes; training's names --gpu-wait
 # What a scoring actor holds besides its model's weights and MF index: the process with torch
 # and TorchRec, and per household of DATA its ids, rows and state pages. Fitted to the two
 # measured peaks (`bench.scale`, BENCHMARKS.md): Complete Journey's 641 MiB (2,469 households,
 # 24 MB of weights) and 10M x 1M's 4,876 MiB (about 3.0 GiB of weights and index).
-_START_GPU_NODES = " (or start GPU nodes first)"  # a refused --gpu yes; training's names --gpu-wait
 ACTOR_BASE_BYTES = 640 << 20
 ACTOR_BYTES_PER_HOUSEHOLD = 128
 
@@ -702,11 +703,8 @@ def run_batch_scoring(
     # Taken before the verification, so that the run's fingerprints are of what was verified.
     verified = verified_inputs or input_fingerprints(config.model, config.data)
     model_config, at = check_config(config, now=now, verify_inputs=verified_inputs is None)
-    inputs = input_fingerprints(config.model, config.data)
-    if inputs[0] != verified[0]:
-        raise InputsChanged(f"MODEL's manifest changed after it was verified: {replaced_note('MODEL')}")
-    if inputs[1] != verified[1]:
-        raise InputsChanged(f"DATA's stats.json changed after it was verified: {replaced_note('DATA')}")
+    check_inputs_unchanged(config.model, config.data, verified, recorded_as="verified")
+    inputs = verified
     if not inputs[0].startswith(f"{model_config['version']}:"):
         raise InputsChanged(f"MODEL is no longer version {model_config['version']!r}: {replaced_note('MODEL')}")
     model, output = config.model, os.path.abspath(config.output)
@@ -790,6 +788,7 @@ def run_batch_scoring(
                 inputs,
                 scored_at=scored_at,
                 named=named,
+                batch_size=plan["batch_size"],
             )
             manifest["replay"] = replay
             manifest["data_end"] = pd.Timestamp(data_end, unit="s", tz="UTC").isoformat()
@@ -980,16 +979,17 @@ def _score_into(
     replay_stats: Optional[ProductStats] = None,
     inputs: Optional[Tuple[str, str]] = None,
     scored_at: Optional[int] = None,
-    named: Optional[Dict[str, pa.Table]] = None,
+    *,
+    named: Dict[str, pa.Table],
+    batch_size: int,
 ) -> Dict:
     """Scores every user into the parts of ``stage`` and checks them; returns the manifest.
     ``inputs``: MODEL's and DATA's fingerprints at the start (:func:`input_fingerprints`).
     ``scored_at``: what the rows and the manifest say (epoch seconds; None: ``started``; a
-    continued run's is the dead run's, whose parts it keeps). ``named``: the run's batches
-    (:func:`named_batches` of ``users``), where the caller has them already."""
+    continued run's is the dead run's, whose parts it keeps). ``named``: the run's batches of
+    ``batch_size`` users (:func:`named_batches` of ``users``: the plan's, whose names a rerun
+    continues)."""
     scored_at = int(started) if scored_at is None else scored_at
-    batch_size = config.batch_size or auto_batch_size(users.num_rows)
-    named = named_batches(users, batch_size) if named is None else named
     left = sum(1 for name in os.listdir(stage) if name in named)
     if left:
         log(f"reading the {left:,} parts a dead run of this date left, to keep the whole ones")
