@@ -35,8 +35,9 @@ def history(service: ModelService, request: HistoryRequest) -> Dict:
     times, products = timeline.timestamps[:before], timeline.products[:before]
     # Baskets are runs of one timestamp (the timeline is sorted by time): the last N runs.
     starts = np.flatnonzero(np.r_[True, times[1:] != times[:-1]]) if before else np.zeros(0, np.int64)
+    starts = starts[-request.baskets :]
     ends = np.r_[starts[1:], before].astype(np.int64)
-    chosen = list(zip(starts.tolist(), ends.tolist()))[::-1][: request.baskets]
+    chosen = list(zip(starts.tolist(), ends.tolist()))[::-1]
     baskets = [{"at": _iso(int(times[s])), "products": _basket_items(service, products[s:e])} for s, e in chosen]
     return {
         "user_id": recommender.answered_ids([request.user_id], np.array([user]))[0],
