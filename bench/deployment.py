@@ -43,7 +43,7 @@ def baseline_rankings(data: str, at: int, users: List, names: Sequence[str]) -> 
     ``users`` at ``at``, from ``data``'s state (everything through its end), with the baseline's
     parameters (tuned on ``data``'s validation weeks, or its defaults)."""
     state = RankingState.load(data)
-    context = PointInTime.build(state.states, state.vocabs, at, data)
+    context = PointInTime.of_state(state, at, data)  # the boosted ranker reads this state, not DATA's again
     indices = state.vocabs.users.index_of(users)
     out = {}
     for baseline, params, _ in tuned_baselines(data, state, names):

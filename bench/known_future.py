@@ -47,7 +47,7 @@ from ncf.data import layout
 from ncf.data.features import FEATURES, NUM_FEATURES
 from ncf.data.timeline import positions_in
 from ncf.data.vocab import Vocabularies
-from ncf.evaluate.baselines.boosted import LIGHTGBM, OwnNeighboursAndPopular, first_stage, own_log_q
+from ncf.evaluate.baselines.boosted import LIGHTGBM, OwnNeighboursAndPopular, first_stage, log_q_offset, own_log_q
 from ncf.evaluate.evaluation import evaluate, point_in_time_period
 from ncf.evaluate.protocol import period_start
 from ncf.rank.state import RankingState
@@ -185,10 +185,11 @@ def extra_names(variant: str) -> List[str]:
 
 
 def training_rows(data: str, log: RawLog, variants: List[str]) -> tuple:
-    """(features per variant, labels) of the first stage's rows of DATA's validated lists."""
+    """(features per variant, labels, log_q) of the first stage's rows of DATA's validated lists
+    (``log_q``: the offset of :func:`ncf.evaluate.baselines.boosted.log_q_offset`)."""
     own = own_log_q(data)
     features: Dict[str, List[np.ndarray]] = {v: [] for v in variants}
-    labels = []
+    labels, log_qs = [], []
     columns = [E.USER, E.MOMENT, E.PRODUCT, E.FEATURES, E.LABEL, E.LOG_Q]
     for cutoff in layout.DataStats(data).cutoffs(VALIDATED):
         table = pads.dataset(layout.examples_dir(data, cutoff), format="parquet").to_table(columns=columns)
@@ -197,7 +198,8 @@ def training_rows(data: str, log: RawLog, variants: List[str]) -> tuple:
         def flat(name: str, dtype, table=table) -> np.ndarray:
             return pc.list_flatten(table.column(name)).to_numpy(zero_copy_only=False).astype(dtype)
 
-        unsampled = first_stage(flat(E.LOG_Q, np.float32), own)  # the boosted ranker's rows
+        log_q = flat(E.LOG_Q, np.float32)
+        unsampled = first_stage(log_q, own)  # the boosted ranker's rows
         users = np.repeat(table.column(E.USER).to_numpy(), lengths)[unsampled]
         moments = np.repeat(table.column(E.MOMENT).to_numpy(), lengths)[unsampled]
         products = flat(E.PRODUCT, np.int64)[unsampled]
@@ -207,7 +209,8 @@ def training_rows(data: str, log: RawLog, variants: List[str]) -> tuple:
             extra = extra_features(log, variant, stores, units, users, products, moments)
             features[variant].append(np.concatenate([timing, extra], 1))
         labels.append(flat(E.LABEL, np.float32)[unsampled])
-    return {v: np.concatenate(x) for v, x in features.items()}, np.concatenate(labels)
+        log_qs.append(log_q[unsampled])
+    return {v: np.concatenate(x) for v, x in features.items()}, np.concatenate(labels), np.concatenate(log_qs)
 
 
 class WithExtraFeatures(OwnNeighboursAndPopular):
@@ -241,7 +244,8 @@ def main() -> None:
     started = time.time()
     variants = args.variants.split(",")
     log = RawLog(args.data)
-    features, labels = training_rows(args.data, log, variants)
+    features, labels, log_q = training_rows(args.data, log, variants)
+    offset = log_q_offset(log_q)
     stats = layout.DataStats(args.data)
     state = RankingState.load(args.data)
     periods = {}  # what each held-out period's ranking reads, the same for every booster
@@ -254,7 +258,7 @@ def main() -> None:
         for variant in variants:
             run_started = time.time()
             names = list(FEATURES) + extra_names(variant)
-            train = lgb.Dataset(features[variant], labels, feature_name=names)
+            train = lgb.Dataset(features[variant], labels, init_score=offset, feature_name=names)
             booster = lgb.train({**LIGHTGBM, "num_leaves": LEAVES, "seed": seed}, train, num_boost_round=ROUNDS)
             gain = booster.feature_importance("gain")
             row = {

@@ -151,9 +151,9 @@ def run(
     model = sum(model_seeds) / len(model_seeds)
     if len(period.users) < 2:
         raise SystemExit(f"{data}: {len(period.users)} household(s) in the {split} period: nothing to pair")
-    context = PointInTime.build(
-        state.states, state.vocabs, period_start(split, layout.DataStats(data).boundaries), data
-    )
+    # The models' state at the period's start, kept as the context's: the boosted ranker reads it
+    # rather than load DATA's again.
+    context = PointInTime.of_state(state, period_start(split, layout.DataStats(data).boundaries), data)
     seeds = {MODEL: model_seeds}
     for baseline, params, _ in tuned_baselines(data, state, names):
         each = [params]

@@ -27,7 +27,14 @@ import numpy as np
 
 from ncf.data import layout
 from ncf.data.features import FEATURES
-from ncf.evaluate.baselines.boosted import LIGHTGBM, OwnNeighboursAndPopular, first_stage, own_log_q, training_lists
+from ncf.evaluate.baselines.boosted import (
+    LIGHTGBM,
+    OwnNeighboursAndPopular,
+    first_stage,
+    log_q_offset,
+    own_log_q,
+    training_lists,
+)
 from ncf.evaluate.evaluation import point_in_time_period
 from ncf.evaluate.protocol import full_ranking, period_start
 from ncf.rank.state import RankingState
@@ -75,7 +82,8 @@ def main(argv=None) -> List[Dict]:
     stats = layout.DataStats(args.data)
     lists = training_lists(args.data, stats.cutoffs(VALIDATED))
     unsampled = first_stage(lists["log_q"], own_log_q(args.data))  # the boosted ranker's rows
-    features, labels = lists["features"][unsampled], lists["label"][unsampled]
+    features, labels, log_q = lists["features"][unsampled], lists["label"][unsampled], lists["log_q"][unsampled]
+    offset = log_q_offset(log_q)
     groups = query_sizes(lists["list"][unsampled])
     print(f"[ranker_objectives] {len(labels):,} rows in {len(groups):,} lists", flush=True)
     state = RankingState.load(args.data)
@@ -88,7 +96,9 @@ def main(argv=None) -> List[Dict]:
         for objective in objectives:
             started = time.time()
             ranking = "objective" in OBJECTIVES[objective]
-            train = lgb.Dataset(features, labels, group=groups if ranking else None, feature_name=list(FEATURES))
+            train = lgb.Dataset(
+                features, labels, init_score=offset, group=groups if ranking else None, feature_name=list(FEATURES)
+            )
             params = {**LIGHTGBM, "num_leaves": LEAVES, "seed": seed, **OBJECTIVES[objective]}
             booster = lgb.train(params, train, num_boost_round=ROUNDS)
             row = {"objective": objective, "seed": seed, "train_seconds": round(time.time() - started, 1)}

@@ -31,7 +31,7 @@ is done (:meth:`PointInTime.one_baseline`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterable, Iterator, List, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -279,6 +279,14 @@ def booster_rows(context: PointInTime, seed: int) -> tuple[np.ndarray, np.ndarra
     return context.memoised(key, lambda: training_rows(context.data, cutoffs, seed=seed))
 
 
+def log_q_offset(log_q: np.ndarray) -> Optional[np.ndarray]:
+    """The booster's training offset: own negatives kept at a rate r (their log_q is log r)
+    inflate own products' odds by 1/r against the neighbours and popular ones ranked beside
+    them; an offset of -log_q in training takes it back out, and ranking reads the booster's
+    own score alone. None where every row was kept (no offset)."""
+    return -log_q if log_q.any() else None
+
+
 class BoostedRanker(OwnNeighboursAndPopular):
     """LightGBM over the training lists of ``context.data``'s validated run, ranking the
     households of the period ``context`` starts."""
@@ -292,11 +300,7 @@ class BoostedRanker(OwnNeighboursAndPopular):
             raise ValueError("the boosted ranker trains on DATA's lists: build its PointInTime with data=DATA")
         self.params: Dict = {"num_leaves": num_leaves, "rounds": rounds, "seed": seed}
         x, y, log_q = booster_rows(context, seed)
-        # Own negatives kept at a rate r (their log_q is log r) inflate own products' odds by 1/r
-        # against the neighbours and popular ones ranked beside them: an offset of -log_q in
-        # training takes it back out, and ranking reads the booster's own score alone.
-        offset = -log_q if log_q.any() else None
-        train = lgb.Dataset(x, y, init_score=offset, feature_name=list(FEATURES), free_raw_data=True)
+        train = lgb.Dataset(x, y, init_score=log_q_offset(log_q), feature_name=list(FEATURES), free_raw_data=True)
         self.booster = lgb.train({**LIGHTGBM, "num_leaves": num_leaves, "seed": seed}, train, num_boost_round=rounds)
         super().__init__(context)
 
