@@ -881,9 +881,65 @@ def test_a_verification_that_cannot_run_is_one_line_and_its_rerun_verifies_the_k
         "every part is scored and kept: rerun the same command to verify and commit them"
     ), line
     assert partitions.read_manifest(output, summary["run_date"]) == before
+    with pytest.raises(SystemExit):
+        batch_score.main(_argv(small_model_dir, data, output, "--verify", "3", "--no-resume"))
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "; nothing committed, its parts are removed (--no-resume): rerun the same command to score" in line, line
+    stages = os.path.join(output, commit.TMP, f"run_date={summary['run_date']}")
+    assert not os.path.isdir(stages) or not os.listdir(stages)
+    with pytest.raises(SystemExit):
+        batch_score.main(_argv(small_model_dir, data, output, "--verify", "3"))
     monkeypatch.undo()
     again = batch_score.main(_argv(small_model_dir, data, output, "--verify", "3"))
     assert again["scored_in"] == bs.KEPT_ONLY and again["users_kept"] == again["users"] and again["verify"]["ok"]
+
+
+@pytest.mark.faults
+def test_a_verification_by_a_task_that_fails_is_one_line_and_a_rerun_scores_the_bad_part_again(
+    first_run, small_model_dir, small_data, monkeypatch, capsys
+):
+    """A run scored by actors verifies in a Ray task: a staged part that will not read there (cut
+    short after it was counted) ends the run in one line, Ray's wrapping undone, and the rerun
+    scores that part again and commits."""
+    output, summary = first_run
+    data, _ = small_data
+    counted = bs._verify_stage
+
+    def then_cut_short(stage, *args):
+        rows = counted(stage, *args)
+        part = sorted(name for name in os.listdir(stage) if name.endswith(".parquet"))[0]
+        with open(os.path.join(stage, part), "r+b") as f:
+            f.truncate(100)
+        return rows
+
+    monkeypatch.setattr(bs, "_verify_stage", then_cut_short)
+    argv = _argv(small_model_dir, data, output, "--score-in", "actors", "--batch-size", "40", "--verify", "3")
+    with pytest.raises(SystemExit) as exit_info:
+        batch_score.main(argv)
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: the verification could not run (ArrowInvalid: "), line
+    assert "nothing committed, every part is scored and kept: rerun the same command to verify and commit" in line
+    monkeypatch.undo()
+    again = batch_score.main(argv)
+    assert again["verify"]["ok"] and 0 < again["users_kept"] < again["users"]
+    assert partitions.read_manifest(output, summary["run_date"])["run_id"] == again["run_id"]
+
+
+@pytest.mark.faults
+def test_a_kept_runs_verification_no_node_can_place_is_refused_not_left_waiting(
+    ray_session, small_model_dir, tmp_path, monkeypatch
+):
+    """Every part kept from a dead run, no pool is sized: the verification's task asking for memory
+    no node of the job's own cluster has would wait for ever, the date's lock held."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(bs, "actor_memory", lambda model, households: 2**50)
+    config = bs.BatchScoreConfig(model=small_model_dir, data=str(tmp_path), output=str(tmp_path), verify=3)
+    config = dataclasses.replace(config, score_in="actors")
+    manifest = {"run_id": "r", "run_date": "2024-01-02", "model": small_model_dir, "users": 10, "parts": 1}
+    manifest.update(scored_in=bs.KEPT_ONLY, data=str(tmp_path), inputs=None)
+    with pytest.raises(InputError, match="no node of the cluster has the memory for one scoring actor of about"):
+        bs._verified(str(tmp_path), manifest, config, 0, lambda line: None)
 
 
 @pytest.mark.faults

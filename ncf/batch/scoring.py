@@ -887,11 +887,17 @@ def _commit_outcome(
             "every part is scored and the swap journaled: the next run of this date finishes the commit (a run of "
             "the same plan then scores nothing again)"
         )
-    elif config.resume:
-        kept = "every part is scored and kept: " + rerun_to("commit them", config.at, at, run_date)
     else:
-        kept = "its parts are removed (--no-resume): rerun the same command to score every user again"
+        kept = _scored_parts_left(config, at, run_date, "commit them")
     raise ScoringFailed(f"the commit of run_date={run_date} failed ({cause}); nothing committed, {kept}")
+
+
+def _scored_parts_left(config: BatchScoreConfig, at: int, run_date: str, to: str) -> str:
+    """What became of a run's scored parts when what follows the scoring failed: kept for the same
+    command ``to`` do the rest, or removed (``--no-resume``)."""
+    if config.resume:
+        return "every part is scored and kept: " + rerun_to(to, config.at, at, run_date)
+    return "its parts are removed (--no-resume): rerun the same command to score every user again"
 
 
 def _verified(
@@ -904,12 +910,19 @@ def _verified(
 ) -> Dict:
     """:func:`ncf.batch.verify.verify_parts` of the staged run, where its scoring ran: a run of
     actors verifies in a task placed as one of them (the sampled users' ranking loads the whole
-    model, about 5 GiB at 10M x 1M, which a job's driver on the head must not hold). Raises
-    :class:`VerificationFailed`, or :class:`ScoringFailed` where the checks could not run (every
-    part kept for a rerun)."""
+    model, about 5 GiB at 10M x 1M, which a job's driver on the head must not hold; its progress
+    lines go to the job's log through Ray's, not to ``log``). Raises :class:`VerificationFailed`,
+    :class:`InputsChanged` where MODEL or DATA changed since the run started, or
+    :class:`ScoringFailed` where the checks could not run (the parts kept for a rerun, unless
+    ``--no-resume``)."""
     # Another night, other households: a seed of the run's id, recorded in the report.
     seed = zlib.crc32(str(manifest["run_id"]).encode())
     on_a_worker = not resolve_score_in(config, manifest["users"])
+    memory = actor_memory(manifest["model"], manifest["users"]) if on_a_worker else 0
+    if on_a_worker and manifest["scored_in"] != "actors":
+        # Every part kept from a dead run, so no pool was sized: a task no node of the job's own
+        # cluster can place would wait for ever, the date's lock held (refused, as actors are).
+        _actor_resources(config.gpu, 1, config.actor_cpus, 1, memory)
     log(
         f"verifying the {manifest['parts']:,} staged parts before the commit (every row read, "
         f"{config.verify:,} sampled users ranked again"
@@ -920,21 +933,20 @@ def _verified(
         if on_a_worker:
             import ray
 
-            task = ray.remote(verify_parts).options(
-                num_cpus=config.actor_cpus, memory=actor_memory(manifest["model"], manifest["users"]), max_retries=0
-            )
-            # Its progress lines reach the job's log through Ray's, as the actors' do.
+            task = ray.remote(verify_parts).options(num_cpus=config.actor_cpus, memory=memory, max_retries=0)
             report = ray.get(task.remote(stage, manifest, manifest["data"], log=_log, **check))
         else:
             report = verify_parts(stage, manifest, manifest["data"], log=log, **check)
     except Exception as e:  # not KeyboardInterrupt, nor SystemExit (SIGTERM)
+        # MODEL or DATA swapped in since the run started: what the sample's load raised is theirs.
+        changed = changed_inputs(config.model, config.data, tuple(manifest["inputs"])) if manifest["inputs"] else None
+        if changed is not None:
+            raise changed from None
         bad_input = input_error_in(e)  # MODEL or DATA refused as the sample's ranking loads them
         if bad_input is not None:
             raise bad_input from None
         kind, line = remote_cause(e)
-        kept = "every part is scored and kept: " + rerun_to(
-            "verify and commit them", config.at, at, manifest["run_date"]
-        )
+        kept = _scored_parts_left(config, at, manifest["run_date"], "verify and commit them")
         raise ScoringFailed(
             f"the verification could not run ({kind}: {line or 'no message'}); nothing committed, "
             f"{kept}{_traceback_kept(e)}"
