@@ -164,7 +164,7 @@ def _stats(num_products=12, cutoff=4 * DAY):
 
 def _float16(x):
     """``x`` on float16's grid, where the features are (the training lists store float16)."""
-    return np.float16(x).astype(np.float32).tolist()
+    return np.float32(x).astype(np.float16).astype(np.float32).tolist()
 
 
 def test_candidate_features_by_hand():
