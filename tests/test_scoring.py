@@ -472,6 +472,12 @@ def test_category_candidates_are_the_best_sellers_of_the_households_categories(r
             assert (np.diff(ranker.state.stats.recent_lines[ours]) <= 0).all()  # popularity_order's first key
     assert not np.isin(generator._from_categories(timeline, at, bought), bought).any()
     assert not np.isin(generator.for_household(user, timeline, at, True, None), bought).any()
+    # Only each block's head is searched for what to skip (old code: every block whole), the same picks.
+    products, starts = generator.by_category
+    each = -(-ranker.settings.category_candidates // len(top))
+    whole = [products[starts[c] : starts[c + 1]] for c in top.tolist()]
+    expected = np.concatenate([b[~np.isin(b, bought)][:each] for b in whole])[: ranker.settings.category_candidates]
+    assert generator._from_categories(timeline, at, bought).tolist() == expected.tolist()
 
 
 def test_the_exclude_purchased_fill_up_takes_only_products_known_at_the_cutoff(recommender):
@@ -950,6 +956,26 @@ def test_a_past_day_that_fails_leaves_the_kept_days_kept(recommender):
 
 
 @pytest.mark.faults
+def test_households_at_moments_of_more_days_than_are_kept_compute_each_day_once(recommender, monkeypatch):
+    """Old code took every household's day first, then ranked: moments on AS_OF_DAYS + 1 past days
+    and then the first again forgot that first day before its second household and computed it
+    twice, every day's state held at once (a review of ncf/rank, 2026-12-06)."""
+    rec = Recommender(recommender.ranker, recommender.version)
+    days = [day_of(rec.state.end) - i * 86_400 for i in range(1, AS_OF_DAYS + 2)]
+    moments = [day + 3600 for day in days] + [days[0] + 7200]
+    users = list(recommender.vocabs.users.raw_of(recommender.state.states.users()[: len(moments)]))
+    computed = []
+    as_of_day = RankingState.as_of
+    monkeypatch.setattr(
+        RankingState, "as_of", lambda state, day, *rest: computed.append(day) or as_of_day(state, day, *rest)
+    )
+    ranked = rec.rank(users, k=3, at=moments)
+    assert sorted(computed) == sorted(days)  # once each
+    for user, moment, ranking in zip(users, moments, ranked):
+        assert ranking.product_ids == recommender.rank([user], k=3, at=moment)[0].product_ids
+
+
+@pytest.mark.faults
 def test_a_moment_before_the_first_day_ended_is_refused_not_ranked_empty(recommender):
     """Old code answered an empty ranking for every household at a moment before the end of the
     data's first UTC day (no product known at that day's start), where the nightly job refuses
@@ -980,6 +1006,10 @@ def test_moments_are_one_per_household_or_one_for_all(recommender):
     for k in (0, -1):  # old code: no products, or every candidate but the last
         with pytest.raises(ValueError, match="at least 1 product"):
             recommender.rank(users, k=k, at=at)
+    # Old code: a list that could come back short without a word (the first stage guarantees 100).
+    with pytest.raises(ValueError, match="at most 100 products"):
+        recommender.rank(users, k=101, at=at)
+    assert all(len(r.product_ids) == 100 for r in recommender.rank(users, k=100, at=at))
     each = recommender.rank(users, k=3, at=[at] * 3)
     assert [r.product_ids for r in each] == [r.product_ids for r in recommender.rank(users, k=3, at=at)]
 

@@ -70,10 +70,11 @@ class MFFirstStage:
     While every household's list fits in ``ann.MF_CACHE_MAX_ENTRIES`` and all of them cost at most
     ``ann.MF_EXACT_MAX_SCORES`` dot products (Complete Journey: 2.5k households x 68k products),
     lists are exact (one matrix product over the catalog) and kept: they do not depend on the
-    moment. Beyond that, a request must not scan the catalog: the model
-    directory's HNSW index (:mod:`ncf.model.ann`, built when the model was saved; built here
-    only for a directory without one) answers each household approximately (agreement with the
-    exact lists: BENCHMARKS.md). With ``exact``, lists are exact whatever the size (a few
+    moment. Beyond that, the model directory's HNSW index (:mod:`ncf.model.ann`, built when the
+    model was saved) answers each household approximately (agreement with the exact lists:
+    BENCHMARKS.md); a directory without one keeps exact lists where they fit the cache (a line
+    says so; each household's first request scans the catalog once), and has an index built here
+    where they do not. With ``exact``, lists are exact whatever the size (a few
     households ranked, as training's validation does): kept as above where they fit, else one
     matrix product per question.
     Products whose embedding row is the unknown one (new to the model) have no MF vector of
@@ -333,7 +334,8 @@ class CandidateGenerator:
         picked = []
         for category in top.tolist():
             block = products[starts[category] : starts[category + 1]]
-            if skip is not None:
+            if skip is not None:  # at most len(skip) of the block's head are skipped: not the whole category
+                block = block[: each + len(skip)]
                 block = block[~np.isin(block, skip)]
             picked.append(block[:each])
         return np.concatenate(picked)[: self.settings.category_candidates]

@@ -32,7 +32,7 @@ from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.ann import ProductIndex
 from ncf.model.batch import Batch
 from ncf.model.directory import ModelDir
-from ncf.rank.candidates import MAX_K, CandidateGenerator, MFFirstStage, RankingSettings  # noqa: F401  (MAX_K: part of this module's API)
+from ncf.rank.candidates import MAX_K, CandidateGenerator, MFFirstStage, RankingSettings
 from ncf.rank.reasons import Reason, purchase_facts, without_category, without_product
 from ncf.rank.state import EmbeddingRows, RankingState
 
@@ -87,7 +87,8 @@ class Ranker:
         rows: state index -> model embedding rows (identity when the model was trained on it).
         settings: first-stage sizes.
         mf_index: the model directory's MF index (:mod:`ncf.model.ann`), for states too large
-            for exact first-stage lists (built on the spot when one is needed and not given).
+            for exact first-stage lists (:class:`ncf.rank.candidates.MFFirstStage` says what is
+            done without one).
         exact_mf: exact first-stage lists whatever the state's size (kept only where the
             state's are small enough): for ranking a few households (training's validation
             sample) without an index (which a model being trained does not have yet).
@@ -211,6 +212,8 @@ class Ranker:
         ranking's to the last bit."""
         if k < 1:  # a slice of [:k] would answer every candidate but the last -k
             raise ValueError(f"k={k}: at least 1 product is ranked")
+        if k > MAX_K and not brute_force:  # the first stage guarantees MAX_K candidates, not more
+            raise ValueError(f"k={k}: at most {MAX_K} products are ranked")
         with_reasons = explain if reasons is None else reasons
         users, at = np.asarray(users, np.int64), np.asarray(at, np.int64)
         if users.shape != at.shape:
@@ -308,12 +311,12 @@ class Ranker:
         return not (0 < user < self.state.states.num_users) or timeline.count_before(np.array([at]))[0] == 0
 
     def _questions(self, users: np.ndarray, at: np.ndarray, exclude: bool, brute_force: bool) -> List[_Question]:
-        cold = np.array([self._is_cold(int(u), int(a)) for u, a in zip(users, at)], bool)
+        timelines = [self.state.states.timeline(u) for u in users.tolist()]
+        cold = np.array([self._is_cold(u, a, t) for u, a, t in zip(users.tolist(), at.tolist(), timelines)], bool)
         warm = users[~cold]
         mf_top = self.candidates.mf_top(warm) if len(warm) and not brute_force else None
         questions, j = [], 0
-        for u, a, c in zip(users.tolist(), at.tolist(), cold.tolist()):
-            timeline = self.state.states.timeline(u)
+        for u, a, c, timeline in zip(users.tolist(), at.tolist(), cold.tolist(), timelines):
             if c:
                 candidates = self.candidates.cold_start(a)
             elif brute_force:

@@ -311,13 +311,15 @@ class Recommender:
         else:
             moments = [self.moment(at)] * len(user_ids)
         users = self.vocabs.users.index_of(list(user_ids))
-        # Households at a moment inside the data rank from the stats of that moment's day.
-        by_state: Dict[int, tuple] = {}
+        # Households at a moment inside the data rank from the stats of that moment's day, one day
+        # at a time: over more past days than are kept, taking every day's first held them all in
+        # memory at once, and computed a day forgotten meanwhile twice.
+        by_day: Dict[Optional[int], List[int]] = {}
         for i, moment in enumerate(moments):
-            recommender = self.as_of(moment)
-            by_state.setdefault(id(recommender), (recommender, []))[1].append(i)
+            by_day.setdefault(day_of(moment) if moment <= self.state.end else None, []).append(i)
         rankings: List[Optional[Ranking]] = [None] * len(moments)
-        for recommender, positions in by_state.values():
+        for positions in by_day.values():
+            recommender = [self.as_of(moments[i]) for i in positions][-1]  # one day's: the same for each
             moments_here = [moments[i] for i in positions]
             ranked = recommender.ranker.rank(
                 users[positions], moments_here, k, exclude_purchased, explain=explain, reasons=reasons
