@@ -21,7 +21,7 @@ received.``.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Any, Dict, List, Optional, Union
 
 from fastapi import FastAPI, Request
@@ -53,20 +53,15 @@ MAX_BATCH_USERS = 100
 MAX_EXPLAINED_ITEMS = 1000
 MAX_PRODUCT_IDS = 1000
 MAX_ID_CHARS = 128
-# ``at`` must fall in this window: it keeps the date arithmetic of the temporal features (and
-# pandas' timestamp range) away from overflow, and catches epoch milliseconds sent as seconds.
-MIN_AT = datetime(1970, 1, 1, tzinfo=timezone.utc)
-MAX_AT = datetime(2200, 1, 1, tzinfo=timezone.utc)
 
 
 def _check_at(value: Any) -> Optional[datetime]:
-    """The moment of ``at`` (the rule of :func:`ncf.moments.parse_at`), in [MIN_AT, MAX_AT)."""
+    """The moment of ``at`` by :func:`ncf.moments.parse_at`'s rule, whose range (1970 to 2**33 s,
+    2242) keeps the temporal features' date arithmetic and pandas' timestamps from overflow and
+    catches epoch milliseconds sent as seconds."""
     if value is None:
         return None
-    seconds = parse_at(value)
-    if not MIN_AT.timestamp() <= seconds < MAX_AT.timestamp():
-        raise ValueError(f"at must be between {MIN_AT.date()} and {MAX_AT.date()}")
-    return as_datetime(seconds)
+    return as_datetime(parse_at(value))
 
 
 At = Annotated[
@@ -427,7 +422,8 @@ def create_app() -> FastAPI:
     app.add_exception_handler(NotReady, _on_not_ready)
     app.add_exception_handler(PassBusy, _on_pass_busy)
     # The same limits as Serve's proxy applies (serve.limits), cheap on a body the proxy already
-    # read. Without the proxy hook only the body size holds here: Serve's proxy has read the
-    # control headers and waited for the body before a replica sees the request.
+    # read. Without the proxy hook the body size and the body deadline hold here (Serve 2.60's
+    # proxy streams the body to the replica as it comes), not the control headers (the proxy acts
+    # on them first), and Serve's and a bug's plain-text errors stay plain text.
     app.add_middleware(EdgeLimits, max_body_bytes=MAX_BODY_BYTES)
     return app

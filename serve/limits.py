@@ -5,8 +5,9 @@ runs twice: in the **proxy**, through Serve's hook for proxy middlewares
 (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``, set for the proxy by :mod:`serve.launch` and
 ``serve/config.yaml``), so that a bad body is refused before Serve queues it for a replica or
 holds a replica slot; and again in the **replica** (:func:`serve.api.create_app`), so that the
-body size holds even where the proxy hook is not configured (the control headers and the body
-deadline protect only in the proxy, which acts on both before a replica sees the request).
+body size and the body deadline hold even where the proxy hook is not configured (Serve 2.60's
+proxy hands the request to a replica at once and streams the body to it); the control headers
+are stripped only in the proxy, which acts on them before a replica sees the request.
 
 What it does, per request:
 
