@@ -5,6 +5,7 @@ import json
 import threading
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
@@ -478,6 +479,32 @@ def test_category_candidates_are_the_best_sellers_of_the_households_categories(r
     whole = [products[starts[c] : starts[c + 1]] for c in top.tolist()]
     expected = np.concatenate([b[~np.isin(b, bought)][:each] for b in whole])[: ranker.settings.category_candidates]
     assert generator._from_categories(timeline, at, bought).tolist() == expected.tolist()
+
+
+def test_sources_computed_only_while_the_list_is_short_give_the_lists_of_all_sources_merged(recommender):
+    """Each source is computed only while the merged list is short of ``candidates`` (the category
+    and popular sources were computed for households whose own products and neighbours filled it,
+    then cut): the lists are every source merged, then cut, as before, in both modes."""
+    at, users, cut = recommender.default_at, recommender.ranker.state.states.users(), 0
+    for candidates in (300, 120):  # 120: the small data's households fill it
+        settings = dataclasses.replace(recommender.ranker.settings, candidates=candidates)
+        ranker = recommender.ranker.derived(settings=settings)
+        generator, s = ranker.candidates, ranker.settings
+        for exclude in (False, True):
+            for user, mf_top in zip(users.tolist(), generator.mf_top(users)):
+                timeline = ranker.state.states.timeline(user)
+                own = timeline.aggregates(at, HALF_LIVES)
+                skip = own.keys if exclude else None
+                sources = [] if exclude else [own.most_bought(s.own_candidates)]
+                sources += [ranker.state.stats.neighbours.best(own, s.neighbour_candidates), mf_top[mf_top >= 0]]
+                sources += [generator._from_categories(timeline, at, skip), generator.popular[: s.popular_candidates]]
+                merged = pd.unique(np.concatenate(sources).astype(np.int64))
+                merged = merged[generator.known[merged]]
+                merged = merged[~np.isin(merged, own.keys)] if exclude else merged
+                cut += len(merged) > s.candidates
+                listed = generator.for_household(user, timeline, at, exclude, mf_top)
+                assert listed[: len(merged)].tolist() == merged[: s.candidates].tolist(), (user, exclude)
+    assert cut > 0  # some lists were cut: the later sources were not computed for them
 
 
 def test_the_exclude_purchased_fill_up_takes_only_products_known_at_the_cutoff(recommender):
