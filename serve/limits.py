@@ -20,8 +20,9 @@ What it does, per request:
   saw before). A client that announced ``Expect: 100-continue`` gets the 413 without sending
   anything.
 * **Body read deadline.** The whole body must arrive within ``body_timeout_s`` of the headers;
-  a slower client gets a 408 JSON answer and the connection is closed. Since the body is read
-  here, before the request is handed on, a slow client never holds a replica.
+  a slower client gets a 408 JSON answer and the connection is closed. Since the proxy's copy
+  reads the body before the request is handed on, a slow client never holds a replica (without
+  the proxy hook it holds one for up to ``body_timeout_s``).
 * **Serve's control headers** (``x-request-timeout-seconds``, ``x-request-disconnect-disabled``,
   ``serve-multiplexed-model-id``, ``x-session-id``) are dropped from client requests, in either
   spelling (Ray reads the last two with ``_`` for ``-``): the first two would let any client lift

@@ -1000,6 +1000,13 @@ def test_households_at_moments_of_more_days_than_are_kept_compute_each_day_once(
     assert sorted(computed) == sorted(days)  # once each
     for user, moment, ranking in zip(users, moments, ranked):
         assert ranking.product_ids == recommender.rank([user], k=3, at=moment)[0].product_ids
+    # What no day can answer is refused before any day is computed (a pass over every purchase).
+    fresh, computed[:] = Recommender(recommender.ranker, recommender.version), []
+    with pytest.raises(ValueError, match="at most 100 products"):
+        fresh.rank(users[:2], k=101, at=moments[:2])
+    with pytest.raises(BeforeTheData):
+        fresh.rank(users[:2], k=3, at=[moments[0], recommender.state.first_purchase])
+    assert computed == []
 
 
 @pytest.mark.faults

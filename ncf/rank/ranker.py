@@ -78,6 +78,17 @@ class _Question:
 WARM_MAX_SCORES = ann.MF_EXACT_MAX_SCORES
 
 
+def check_k(k: int, brute_force: bool = False) -> None:
+    """Refuses (ValueError) a ``k`` a ranking cannot answer: below 1 (a slice of ``[:k]`` would
+    answer every candidate but the last ``-k``), or above :data:`MAX_K` unless ``brute_force``
+    (the first stage guarantees ``MAX_K`` candidates, not more: longer lists would come back
+    short)."""
+    if k < 1:
+        raise ValueError(f"k={k}: at least 1 product is ranked")
+    if k > MAX_K and not brute_force:
+        raise ValueError(f"k={k}: at most {MAX_K} products are ranked")
+
+
 class Ranker:
     """Ranks a :class:`RankingState`'s households with an AdvancedNCF model.
 
@@ -210,10 +221,7 @@ class Ranker:
         ``explain``: with the attention's "because" products and the reasons; ``reasons``: the
         reasons or not whatever ``explain`` says. Explained or not, the scores are a plain
         ranking's to the last bit."""
-        if k < 1:  # a slice of [:k] would answer every candidate but the last -k
-            raise ValueError(f"k={k}: at least 1 product is ranked")
-        if k > MAX_K and not brute_force:  # the first stage guarantees MAX_K candidates, not more
-            raise ValueError(f"k={k}: at most {MAX_K} products are ranked")
+        check_k(k, brute_force)
         with_reasons = explain if reasons is None else reasons
         users, at = np.asarray(users, np.int64), np.asarray(at, np.int64)
         if users.shape != at.shape:

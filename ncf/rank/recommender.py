@@ -30,7 +30,7 @@ from ncf.data.vocab import UNKNOWN_INDEX
 from ncf.model.directory import ModelDir
 from ncf.moments import as_datetime, day_of, first_rankable, moment_of, run_date_of
 from ncf.rank.candidates import RankingSettings
-from ncf.rank.ranker import Ranker, Ranking
+from ncf.rank.ranker import Ranker, Ranking, check_k
 from ncf.rank.reasons import Reason
 from ncf.rank.state import RankingState, check_catalog, check_data_products
 
@@ -310,6 +310,9 @@ class Recommender:
             moments = [self.moment(a) for a in at]
         else:
             moments = [self.moment(at)] * len(user_ids)
+        check_k(k)  # before any day's stats are computed
+        for moment in set(moments):  # a moment no day can rank, before any other day is computed
+            self.check_rankable(moment)
         users = self.vocabs.users.index_of(list(user_ids))
         # Households at a moment inside the data rank from the stats of that moment's day, one day
         # at a time: over more past days than are kept, taking every day's first held them all in
@@ -319,7 +322,7 @@ class Recommender:
             by_day.setdefault(day_of(moment) if moment <= self.state.end else None, []).append(i)
         rankings: List[Optional[Ranking]] = [None] * len(moments)
         for positions in by_day.values():
-            recommender = [self.as_of(moments[i]) for i in positions][-1]  # one day's: the same for each
+            recommender = self.as_of(moments[positions[0]])  # the day's, for each of its moments
             moments_here = [moments[i] for i in positions]
             ranked = recommender.ranker.rank(
                 users[positions], moments_here, k, exclude_purchased, explain=explain, reasons=reasons
