@@ -18,13 +18,12 @@ from datetime import datetime, timezone
 from typing import Dict, List, Mapping, Optional, Union
 
 from ncf.data import layout
-from ncf.data.vocab import UNKNOWN_INDEX
 from ncf.errors import InputError
 from ncf.model.directory import read_config
 from ncf.model.integrity import data_fingerprint, model_fingerprint, verify_data_state, verify_model_dir
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
-from ncf.rank.recommender import RankedItems, Recommender
+from ncf.rank.recommender import RankedItems, Recommender, UnknownProductIds
 from ncf.rank.state import histories_against_model
 from serve.api import BatchRecommendRequest, RecommendRequest, ScoreRequest, UnknownProducts
 
@@ -303,11 +302,8 @@ class ModelService:
         try:
             # The ranking core looks the products up and refuses unknown ones before scoring.
             scores, cold = self.recommender.score_items(request.user_id, request.product_ids, at)
-        except KeyError:
-            unknown = self._unknown_products(request.product_ids)
-            if not unknown:  # another KeyError: a fault, not the request's
-                raise
-            raise UnknownProducts(unknown) from None
+        except UnknownProductIds as unknown:
+            raise UnknownProducts(unknown.product_ids) from None
         user = self.recommender.vocabs.users.index_of([request.user_id])
         return {
             "user_id": self.recommender.answered_ids([request.user_id], user)[0],
@@ -316,11 +312,6 @@ class ModelService:
             "at": _iso(at),
             "model_version": self.version,
         }
-
-    def _unknown_products(self, product_ids: List) -> List:
-        """The ids of ``product_ids`` the model's catalog does not know, in request order."""
-        index = self.recommender.vocabs.products.index_of(product_ids)
-        return [p for p, i in zip(product_ids, index.tolist()) if i == UNKNOWN_INDEX]
 
 
 class RankingFailed(RuntimeError):

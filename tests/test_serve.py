@@ -567,8 +567,9 @@ def test_score_names_unknown_products_from_the_ranking_cores_own_check(
 ):
     """Old code looked the products up, then Recommender.score_items looked them up again and
     refused unknown ones with a KeyError Serve never reached. /score now leaves the check to the
-    ranking core and names the unknown ids from its refusal; a KeyError of anything else is the
-    fault it is (a 500), not a 422 naming no product."""
+    ranking core and names the unknown ids from its refusal (UnknownProductIds: not looked up a
+    third time); a KeyError of anything else is the fault it is (a 500), not a 422 naming no
+    product."""
     from serve.api import ScoreRequest, UnknownProducts
 
     service = ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir}))

@@ -87,6 +87,14 @@ class _PastDay:
         self.recommender: Optional["Recommender"] = None
 
 
+class UnknownProductIds(KeyError):
+    """Product ids the model's catalog does not know (``product_ids``, in the order asked)."""
+
+    def __init__(self, product_ids: List) -> None:
+        super().__init__(f"unknown product ids: {product_ids}")
+        self.product_ids = product_ids
+
+
 class Recommender:
     """Ranks raw household ids with a :class:`Ranker`.
 
@@ -354,7 +362,7 @@ class Recommender:
         products = self.vocabs.products.index_of(list(product_ids))
         unknown = [p for p, i in zip(product_ids, products) if i == UNKNOWN_INDEX]
         if unknown:
-            raise KeyError(f"unknown product ids: {unknown}")
+            raise UnknownProductIds(unknown)
         user = int(self.vocabs.users.index_of([user_id])[0])
         moment = self.moment(at)
         probs, cold = self.as_of(moment).ranker.score(user, products, moment, logits=logits)
