@@ -481,30 +481,43 @@ def test_category_candidates_are_the_best_sellers_of_the_households_categories(r
     assert generator._from_categories(timeline, at, bought).tolist() == expected.tolist()
 
 
-def test_sources_computed_only_while_the_list_is_short_give_the_lists_of_all_sources_merged(recommender):
-    """Each source is computed only while the merged list is short of ``candidates`` (the category
-    and popular sources were computed for households whose own products and neighbours filled it,
-    then cut): the lists are every source merged, then cut, as before, in both modes."""
-    at, users, cut = recommender.default_at, recommender.ranker.state.states.users(), 0
-    for candidates in (300, 120):  # 120: the small data's households fill it
+def test_the_category_and_popular_sources_are_computed_only_for_lists_the_others_leave_short(recommender, monkeypatch):
+    """A heavy buyer's own products, neighbours and MF list fill the candidates: its category and
+    popular sources were computed, then cut. Now they are computed only for the households left
+    short, and every list is still every source merged, then cut, in both modes."""
+    at, users, skipped = recommender.default_at, recommender.ranker.state.states.users(), 0
+    for candidates in (300, 120):  # 120: the small data's own products and neighbours fill it
         settings = dataclasses.replace(recommender.ranker.settings, candidates=candidates)
         ranker = recommender.ranker.derived(settings=settings)
         generator, s = ranker.candidates, ranker.settings
+        from_categories, asked = generator._from_categories, []
+        counted = lambda *args, f=from_categories, asked=asked: asked.append(1) or f(*args)  # noqa: E731
+        monkeypatch.setattr(generator, "_from_categories", counted)
         for exclude in (False, True):
             for user, mf_top in zip(users.tolist(), generator.mf_top(users)):
                 timeline = ranker.state.states.timeline(user)
                 own = timeline.aggregates(at, HALF_LIVES)
                 skip = own.keys if exclude else None
-                sources = [] if exclude else [own.most_bought(s.own_candidates)]
-                sources += [ranker.state.stats.neighbours.best(own, s.neighbour_candidates), mf_top[mf_top >= 0]]
-                sources += [generator._from_categories(timeline, at, skip), generator.popular[: s.popular_candidates]]
-                merged = pd.unique(np.concatenate(sources).astype(np.int64))
-                merged = merged[generator.known[merged]]
-                merged = merged[~np.isin(merged, own.keys)] if exclude else merged
-                cut += len(merged) > s.candidates
+                first = [] if exclude else [own.most_bought(s.own_candidates)]
+                first += [ranker.state.stats.neighbours.best(own, s.neighbour_candidates), mf_top[mf_top >= 0]]
+                later = [from_categories(timeline, at, skip), generator.popular[: s.popular_candidates]]
+                bought = own.keys if exclude else own.keys[:0]
+                asked.clear()
                 listed = generator.for_household(user, timeline, at, exclude, mf_top)
-                assert listed[: len(merged)].tolist() == merged[: s.candidates].tolist(), (user, exclude)
-    assert cut > 0  # some lists were cut: the later sources were not computed for them
+                every = _every_source_merged(generator, first + later, bought)
+                assert listed[: len(every)].tolist() == every[: s.candidates].tolist(), (user, exclude)
+                full = len(_every_source_merged(generator, first, bought)) >= s.candidates
+                assert len(asked) == (0 if full else 1), (user, exclude)
+                skipped += full
+    assert skipped > 0  # some households' later sources were not computed
+
+
+def _every_source_merged(generator, sources, bought):
+    """The known products of ``sources`` not in ``bought``, once each, in order (as merged before
+    the sources were computed lazily)."""
+    products = pd.unique(np.concatenate(sources).astype(np.int64))
+    products = products[generator.known[products]]
+    return products[~np.isin(products, bought)]
 
 
 def test_the_exclude_purchased_fill_up_takes_only_products_known_at_the_cutoff(recommender):

@@ -162,6 +162,16 @@ def _stats(num_products=12, cutoff=4 * DAY):
     return ProductStats.compute(states, np.arange(num_products) % 3, cutoff)
 
 
+def test_features_are_rounded_to_float16_as_the_training_lists_were_written():
+    """Through float32, as the lists' writer did: straight from float64 this value rounds up."""
+    from ncf.data.features import on_lists_grid
+
+    tie_in_float32 = 1 + 2**-11 + 2**-30
+    assert float(np.float16(tie_in_float32)) > 1.0  # the rounding the lists never had
+    assert on_lists_grid(np.array([[tie_in_float32]])).tolist() == [[1.0]]
+    assert on_lists_grid(np.array([[np.log1p(12345)]])).tolist() == [[float(np.float16(np.float32(np.log1p(12345))))]]
+
+
 def _float16(x):
     """``x`` on float16's grid, where the features are (the training lists store float16)."""
     return np.float32(x).astype(np.float16).astype(np.float32).tolist()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 import pandas as pd
@@ -298,22 +298,19 @@ class CandidateGenerator:
         """Candidate product indices for one household with purchases before ``at``."""
         s = self.settings
         own = timeline.aggregates(at, HALF_LIVES)
-        skip = own.keys if exclude_purchased else None
-        # Merged in this order, each source computed only while the list is short of
-        # ``candidates``: a household whose own products and neighbours fill it (a heavy buyer)
-        # needs no category or popular source, whose products the cut would drop.
-        sources = [
-            None if exclude_purchased else (lambda: own.most_bought(s.own_candidates)),
-            lambda: self.state.stats.neighbours.best(own, s.neighbour_candidates),
-            None if mf_top is None else (lambda: mf_top[mf_top >= 0]),  # -1: the index found fewer than asked
-            (lambda: self._from_categories(timeline, at, skip)) if s.category_candidates else None,
-            lambda: self.popular[: s.popular_candidates],
-        ]
-        merged = np.zeros(0, np.int64)
-        for source in sources:
-            if source is not None and len(merged) < s.candidates:
-                merged = self._appended(merged, source(), skip)
-        skip = merged[:0] if skip is None else skip
+        skip = own.keys if exclude_purchased else np.zeros(0, np.int64)
+        sources = [] if exclude_purchased else [own.most_bought(s.own_candidates)]
+        sources.append(self.state.stats.neighbours.best(own, s.neighbour_candidates))
+        if mf_top is not None:
+            sources.append(mf_top[mf_top >= 0])  # -1: the index found fewer products than asked
+        merged = self._merged(sources, skip)
+        # A heavy buyer's own products, neighbours and MF list fill the candidates: the category and
+        # popular sources, whose products the cut would drop, are computed only for the others.
+        if len(merged) < s.candidates:
+            if s.category_candidates:
+                sources.append(self._from_categories(timeline, at, own.keys if exclude_purchased else None))
+            sources.append(self.popular[: s.popular_candidates])
+            merged = self._merged(sources, skip)
         # Completed from the popular products (never bought, with exclude_purchased): a household
         # whose sources list few (no MF path, a short history) still gets the longest ranking a
         # request may ask for, MAX_K, and with exclude_purchased every candidate.
@@ -326,13 +323,11 @@ class CandidateGenerator:
             merged = np.concatenate([merged, more[:need]])
         return merged[: s.candidates]
 
-    def _appended(self, merged: np.ndarray, products: np.ndarray, skip: Optional[np.ndarray]) -> np.ndarray:
-        """``merged`` and then those of ``products`` that are known, not in ``skip`` and not yet
-        listed, once each, in their order."""
-        new = pd.unique(np.asarray(products, np.int64))
-        new = new[self.known[new]]
-        new = new[~np.isin(new, merged)] if skip is None else new[~np.isin(new, skip) & ~np.isin(new, merged)]
-        return np.concatenate([merged, new])
+    def _merged(self, sources: List[np.ndarray], skip: np.ndarray) -> np.ndarray:
+        """The known products of ``sources`` not in ``skip``, once each, in the sources' order."""
+        merged = pd.unique(np.concatenate(sources).astype(np.int64))
+        merged = merged[self.known[merged]]
+        return merged[~np.isin(merged, skip)]
 
     def _from_categories(self, timeline: UserTimeline, at: int, skip: Optional[np.ndarray]) -> np.ndarray:
         """The most bought products of the household's categories, most bought category first
