@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from ncf.model import ann
-from ncf.rank.ranker import MAX_K
+from ncf.rank.ranker import check_k
 from ncf.rank.recommender import Recommender
 
 
@@ -52,8 +52,10 @@ def measure(argv=None) -> dict:
     p.add_argument("--first-stage", choices=["auto", "hnsw"], default="auto", help="auto: exact lists when they fit")
     p.add_argument("--exclude-purchased", action="store_true", help="rank only products new to each household")
     args = p.parse_args(argv)
-    if not 1 <= args.k <= MAX_K:
-        p.error(f"--k {args.k}: from 1 to {MAX_K} (the first stage's longest list)")
+    try:
+        check_k(args.k)
+    except ValueError as e:
+        p.error(f"--k: {e}")
     cache_entries = ann.MF_CACHE_MAX_ENTRIES
     if args.first_stage == "hnsw":
         ann.MF_CACHE_MAX_ENTRIES = 0
