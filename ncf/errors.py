@@ -27,14 +27,20 @@ EXIT_TRY_LATER = 75  # sysexits.h's EX_TEMPFAIL: what cron wrappers and Airflow'
 EXIT_STOPPED = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM stopped
 
 
+def one_line(error: BaseException) -> str:
+    """An error's text on one line (at most 300 characters), for a refusal naming the path (a
+    decoder's message may quote a newline); its type's name where it has no text."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:300]
+
+
 def os_error_words(error: OSError) -> str:
     """An OSError's reason in one line, for a refusal that names the path itself: the errno's
     name and the OS's words (``EACCES: Permission denied``), else its type and text."""
     code = errno.errorcode.get(error.errno, "") if error.errno else ""
     if code and error.strerror:
         return f"{code}: {error.strerror}"
-    text = " ".join(str(error).split())[:300]
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return f"{type(error).__name__}: {one_line(error)}" if str(error).strip() else type(error).__name__
 
 
 def cannot_access(what: str, error: OSError) -> str:

@@ -12,7 +12,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from ncf.data.features import FEATURES_VERSION
-from ncf.errors import InputError
+from ncf.errors import InputError, one_line
 from ncf.jsonio import read_small_json
 from ncf.staging import present
 
@@ -197,10 +197,3 @@ def _config_version(model_dir: str) -> Optional[str]:
     except (OSError, ValueError):
         return None
     return config.get("version") if isinstance(config, dict) else None
-
-
-def one_line(error: BaseException) -> str:
-    """An error's text on one line (at most 300 characters), for a refusal naming the directory
-    (a decoder's message may quote a newline)."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text[:300]

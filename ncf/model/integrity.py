@@ -63,7 +63,7 @@ from ncf.data import layout
 from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies
-from ncf.errors import InputError, cannot_access
+from ncf.errors import InputError, cannot_access, one_line
 from ncf.jsonio import is_temporary_of, read_small, read_small_json, write_json
 from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
@@ -76,7 +76,6 @@ from ncf.model.files import (
     TRAINED_USERS,
     WEIGHTS,
     load_trained_rows,
-    one_line,
     read_config,
     read_metrics,
 )
