@@ -11,7 +11,7 @@ import dataclasses
 import json
 import time
 
-from jobs.cli import check_model, fail, init_ray, job_parser, one_line_errors
+from jobs.cli import check_model, fail, init_ray, job_parser, one_line_errors, refuse_empty_paths
 from ncf.batch.commit import OutputFailed
 from ncf.batch.scoring import (
     CHUNK_USERS,
@@ -139,6 +139,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     with one_line_errors():
+        refuse_empty_paths(args, ("--model", "--data", "--output"))
         config = BatchScoreConfig(
             model=check_model(args.model, verify=False),  # current: resolved; check_config verifies
             data=args.data,

@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import NoReturn, Sequence
 
 from jobs import logs
 from ncf.errors import EXIT_STOPPED, EXIT_TRY_LATER, InputError, TryLater, exit_on_sigterm
@@ -313,6 +313,16 @@ PREPROCESS_FIRST = "run python -m jobs.preprocess first"
 TRAIN_FIRST = "run python -m jobs.train first"
 DATA_DIR = "preprocessed DATA directory"
 MODEL_DIR = "model directory"
+
+
+def refuse_empty_paths(args: argparse.Namespace, options: Sequence[str]) -> None:
+    """Refuses (InputError, one line naming the option) a path option given as "" or blanks: an
+    unset variable in a script (``--output "$MODEL"``), which some callers would read as not
+    given and others as the working directory, which ``--overwrite`` replaces."""
+    for option in options:
+        value = getattr(args, option[2:].replace("-", "_"))
+        if isinstance(value, str) and not value.strip():
+            raise InputError(f"{option} is empty: give a path (an unset variable in a script?)")
 
 
 def require_dir(path: str, what: str, option: str, run_first: str) -> str:

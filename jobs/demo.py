@@ -25,7 +25,17 @@ from dataclasses import asdict
 from typing import Optional
 
 from jobs import batch_score, evaluate, preprocess, train
-from jobs.cli import EXIT_INTERRUPTED, exit_status, fail, init_ray, job_parser, one_line_errors, positive_int, tcp_port
+from jobs.cli import (
+    EXIT_INTERRUPTED,
+    exit_status,
+    fail,
+    init_ray,
+    job_parser,
+    one_line_errors,
+    positive_int,
+    refuse_empty_paths,
+    tcp_port,
+)
 from ncf.batch.partitions import partition_dir
 from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION
@@ -291,6 +301,7 @@ def main(argv=None) -> list:
     # per-request access logs go to Serve's log files (printed at the end), not into its output.
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     with one_line_errors():
+        refuse_empty_paths(args, ("--workdir",))
         shared = support_paths(args.workdir)
         if shared:
             os.environ.setdefault("MLFLOW_TRACKING_URI", sqlite_uri(os.path.join(args.workdir, "mlflow.db")))

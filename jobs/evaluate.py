@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Callable, Optional
 
-from jobs.cli import check_data, check_model, fail, job_parser, one_line_errors, positive_int
+from jobs.cli import check_data, check_model, fail, job_parser, one_line_errors, positive_int, refuse_empty_paths
 from ncf.errors import InputError
 from ncf.evaluate.evaluation import (
     BASELINE_ORDER,
@@ -74,6 +74,7 @@ def main(argv=None, on_row: Optional[Callable[[dict], None]] = None) -> list:
     computed before a failure too: the job exits 1 after the last row when one failed)."""
     args = parse_args(argv)
     with one_line_errors():
+        refuse_empty_paths(args, ("--model", "--data", "--report", "--ablations"))
         check_args(args)
         ablations = read_jsonl(args.ablations) if args.ablations else None  # a bad file fails before the evaluation
         check_data(args.data)

@@ -7,7 +7,15 @@ import os
 import re
 from typing import Callable, Tuple
 
-from jobs.cli import init_ray, job_parser, non_negative_float, non_negative_int, one_line_errors, positive_int
+from jobs.cli import (
+    init_ray,
+    job_parser,
+    non_negative_float,
+    non_negative_int,
+    one_line_errors,
+    positive_int,
+    refuse_empty_paths,
+)
 from ncf.data import datasets, layout, schema
 from ncf.data.examples import ExampleConfig
 from ncf.data.preprocess import PreprocessConfig, check_inputs, preprocess
@@ -228,12 +236,10 @@ def _attribute(option: str) -> str:
 def check_options(args: argparse.Namespace) -> None:
     """Refuses (InputError, one line naming the option) an empty path, and an option the chosen
     source does not use: either would be read as something else without a word."""
-    for option in PATH_OPTIONS:
-        if getattr(args, _attribute(option)) == "":
-            # An unset variable in a script (--input "$LOGS"): "" read as not given built the
-            # synthetic dataset (and could replace DATA with it), read no catalog, or named the
-            # working directory as the output, which --overwrite replaces.
-            raise InputError(f"{option} is empty: give a path (an unset variable in a script?)")
+    # An unset variable in a script (--input "$LOGS"): "" read as not given built the synthetic
+    # dataset (and could replace DATA with it), read no catalog, or named the working directory
+    # as the output, which --overwrite replaces.
+    refuse_empty_paths(args, PATH_OPTIONS)
     source = "--input" if args.input is not None else f"--dataset {args.dataset}"
     if args.products is not None and args.input is None:
         raise InputError("--products goes with --input: a built-in dataset brings its own catalog")

@@ -24,13 +24,14 @@ from jobs.cli import (
     one_line_errors,
     positive_float,
     positive_int,
+    refuse_empty_paths,
     training_on_gpu,
 )
 from ncf.errors import InputError, TryLater
 from ncf.model.directory import CONFIG
 from ncf.registry import check_store_outlives_the_job
 from ncf.splits import REFIT, VALIDATED
-from ncf.staging import check_target
+from ncf.staging import check_target, within
 from ncf.train.config import TrainConfig
 from ncf.train.pipeline import TEST_USERS, TrainingPlan, check_history_length, train_evaluate_register
 from ncf.train.sharding import TABLE_LEARNING_RATE_SCALE
@@ -115,6 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> str:
     args = parse_args(argv)
     with one_line_errors():
+        refuse_empty_paths(args, ("--data", "--output", "--validated-output", "--storage"))
         check_store_outlives_the_job()  # the model is registered after training: a store Ray deletes, refused now
         if args.validated_output and not args.refit:
             raise InputError("--validated-output goes with --refit: without it the validated model is --output")
@@ -139,10 +141,20 @@ def main(argv=None) -> str:
             overwrite=args.overwrite,
             params=vars(args),
         )
-        if args.refit and os.path.realpath(plan.validated_dir) == os.path.realpath(args.output):
+        if args.refit and (within(plan.validated_dir, args.output) or within(args.output, plan.validated_dir)):
+            # One inside the other: the refit's export was written into the registered validated
+            # model (its manifest then failed), or replaced the folder holding it.
             raise InputError(
-                f"--validated-output {plan.validated_dir}: the same directory as --output; the refit would replace it"
+                f"--validated-output {plan.validated_dir}: the same directory as --output {args.output}, or one "
+                "inside the other; the refit would replace or damage it: give two directories apart"
             )
+        local_storage = "://" not in args.storage  # not an s3:// or gs:// URI
+        for output in {args.output, plan.validated_dir}:
+            if local_storage and (within(args.storage, output) or within(output, args.storage)):
+                raise InputError(
+                    f"--storage {args.storage}: {output} is inside it or it inside {output}: the model's export "
+                    "would replace the checkpoints, or the checkpoints land in the model; give directories apart"
+                )
         # Before hours of training: a MODEL that must not be replaced is refused now.
         for output in {args.output, plan.validated_dir}:
             check_target(output, CONFIG, "model directory", [args.data], args.overwrite)

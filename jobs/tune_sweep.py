@@ -17,6 +17,7 @@ from jobs.cli import (
     non_negative_int,
     one_line_errors,
     positive_int,
+    refuse_empty_paths,
     training_on_gpu,
 )
 from ncf.errors import EXIT_STOPPED
@@ -130,6 +131,7 @@ def gpus_at_once(args: argparse.Namespace) -> int:
 def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
+        refuse_empty_paths(args, ("--data", "--output"))
         check_data(args.data, runs=(VALIDATED, REFIT) if args.refit else (VALIDATED,))
         check_sweep_directory(args.output, args.data, args.resume)
         if args.resume:  # before Ray starts and --gpu-wait waits; whether GPUs train needs the cluster

@@ -261,6 +261,13 @@ def check_parent(path: str) -> str:
     return ancestor
 
 
+def check_named(final: str) -> None:
+    """Refuses (InputError) an output path of "" or blanks: the working directory to ``abspath``,
+    which a replacement would swap out and delete (an unset variable in a caller's script)."""
+    if not final.strip():
+        raise InputError(f"the output path {final!r} is empty: give the directory to write")
+
+
 def check_target(
     final: str,
     marker: str,
@@ -280,6 +287,7 @@ def check_target(
 
     A symlink is judged by the directory it points at (which blue/green never deletes).
     """
+    check_named(final)
     real = os.path.realpath(final)
     for path in inputs:
         if within(path, final):
@@ -380,6 +388,7 @@ def replacing(
     InputError when :func:`check_target` refuses.
     """
     log = log or (lambda message: None)
+    check_named(final)  # before abspath makes "" the working directory
     final = os.path.abspath(final)
     check_target(final, marker, what, inputs, overwrite)
     parent, name = os.path.split(final)

@@ -204,6 +204,25 @@ def _cases(p: dict, out: str) -> list:
             ["the same directory as --output"],
         ),
         ("train", ["--data", p["lists"], "--output", p["lists"] + "/model"], ["inside the input"]),
+        # Found by the jobs review of 2026-12-06: an unset variable (--output "$MODEL") was the
+        # working directory, which --overwrite swapped out and deleted after the training; a refit
+        # whose two outputs nest wrote into the registered validated model, or replaced it.
+        ("train", ["--data", p["other"], "--output", "", "--overwrite"], ["--output is empty"]),
+        (
+            "train",
+            ["--data", p["other"], "--output", out, "--refit", "--validated-output", " "],
+            ["--validated-output is empty"],
+        ),
+        ("tune_sweep", ["--data", p["lists"], "--output", ""], ["--output is empty"]),
+        ("batch_score", ["--model", p["model"], "--data", p["other"], "--output", ""], ["--output is empty"]),
+        ("evaluate", ["--model", p["other"], "--data", p["other"], "--report", ""], ["--report is empty"]),
+        ("demo", ["--workdir", ""], ["--workdir is empty"]),
+        (
+            "train",
+            ["--data", p["other"], "--output", out + "/refit", "--refit", "--validated-output", out],
+            ["one inside the other"],
+        ),
+        ("train", ["--data", p["other"], "--output", out, "--storage", out + "/checkpoints"], ["--storage"]),
         (
             "preprocess",
             ["--input", p["logs.csv"], "--output", os.path.join(p["model"], "config.json", "data")],

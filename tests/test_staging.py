@@ -81,6 +81,25 @@ def test_a_failed_replacement_leaves_the_old_directory_and_no_leftovers(tmp_path
     assert sorted(os.listdir(tmp_path)) == [".data.lock", "data"]
 
 
+@pytest.mark.faults
+def test_an_empty_output_path_is_refused_not_read_as_the_working_directory(tmp_path, monkeypatch):
+    """A library caller's unset variable: "" was the working directory to abspath, and a
+    replacement with overwrite swapped it out and deleted it (the jobs review of 2026-12-06)."""
+    from ncf.batch.commit import PartitionRun
+
+    monkeypatch.chdir(tmp_path)
+    _write(str(tmp_path / "precious.txt"), "keep")
+    for empty in ("", "  "):
+        with pytest.raises(staging.InputError, match="is empty: give the directory to write"):
+            with staging.replacing(empty, layout.STATS, "preprocessing output", overwrite=True):
+                pass
+        with pytest.raises(staging.InputError, match="is empty"):
+            staging.check_target(empty, layout.STATS, "preprocessing output", overwrite=True)
+        with pytest.raises(staging.InputError, match="is empty"):
+            PartitionRun(empty, "run_date=2024-01-02", "run")
+    assert sorted(os.listdir(tmp_path)) == ["precious.txt"]
+
+
 # -- model directories --------------------------------------------------------------------------------
 
 

@@ -67,7 +67,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from ncf.errors import InputError, os_error_words
 from ncf.jsonio import read_json, write_json
-from ncf.staging import Busy, check_parent, exclusive, journal_record, remove, roll_forward, swap
+from ncf.staging import Busy, check_named, check_parent, exclusive, journal_record, remove, roll_forward, swap
 
 SUCCESS = "_SUCCESS"
 TMP = "_tmp"
@@ -465,6 +465,7 @@ class PartitionRun:
         continues: Optional[Callable[[str], bool]] = None,
         transient: Sequence[str] = (),
     ):
+        check_named(output)  # before abspath makes "" the working directory
         self.output, self.partition, self.run_id, self.log = os.path.abspath(output), partition, run_id, log
         self.overwrite, self.continues, self.transient = overwrite, continues, tuple(transient)
         self.final = partition_path(self.output, partition)

@@ -106,7 +106,7 @@ from ncf.rank.state import (
     check_model_and_data,
     histories_against_model,
 )
-from ncf.staging import within
+from ncf.staging import check_named, within
 
 COMPILE_SETTINGS = ("auto", "yes", "no")
 COMPILE_MIN_USERS_PER_ACTOR = 100_000
@@ -651,6 +651,7 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_i
     # checked again once its stats are computed); fewer than k would fail every batch, after Ray started.
     _check_k_known(config.k, _data_lines(config.data), run_date_of(at), replay=False)
     # Before Ray starts; PartitionRun checks again under the date's lock.
+    check_named(config.output)  # before abspath makes "" the working directory
     output, partition = os.path.abspath(config.output), partition_name(run_date_of(at))
     commit.check_output(output, partition, config.overwrite)
     # A second run of a live run's date is refused now, as PartitionRun would refuse it (the same
