@@ -113,6 +113,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_runs_apart(storage: str, runs, outputs) -> None:
+    """Refuses (InputError) a local ``storage`` inside a model output (the export would replace the
+    checkpoints) and an output inside one of this job's ``runs`` under it (the checkpoints would
+    land in the model). Other folders under ``storage`` are fine: Ray Train writes only its runs."""
+    folder = storage[len("file://") :] if storage.startswith("file://") else storage
+    if "://" in folder:  # s3://, gs://: no local folder to overlap
+        return
+    for output in outputs:
+        inside = [run for run in runs if within(output, os.path.join(folder, run))]
+        if within(folder, output) or inside:
+            where = f"{folder} is inside {output}" if not inside else f"{output} is inside the run {inside[0]} there"
+            raise InputError(
+                f"--storage {storage}: {where}: the model's export would replace the checkpoints, or the "
+                "checkpoints land in the model; give directories apart"
+            )
+
+
 def main(argv=None) -> str:
     args = parse_args(argv)
     with one_line_errors():
@@ -144,17 +161,13 @@ def main(argv=None) -> str:
         if args.refit and (within(plan.validated_dir, args.output) or within(args.output, plan.validated_dir)):
             # One inside the other: the refit's export was written into the registered validated
             # model (its manifest then failed), or replaced the folder holding it.
+            validated = "--validated-output" if args.validated_output else "the validated model's directory"
             raise InputError(
-                f"--validated-output {plan.validated_dir}: the same directory as --output {args.output}, or one "
+                f"{validated} {plan.validated_dir}: the same directory as --output {args.output}, or one "
                 "inside the other; the refit would replace or damage it: give two directories apart"
             )
-        local_storage = "://" not in args.storage  # not an s3:// or gs:// URI
-        for output in {args.output, plan.validated_dir}:
-            if local_storage and (within(args.storage, output) or within(output, args.storage)):
-                raise InputError(
-                    f"--storage {args.storage}: {output} is inside it or it inside {output}: the model's export "
-                    "would replace the checkpoints, or the checkpoints land in the model; give directories apart"
-                )
+        runs = [name, f"{name}-{REFIT}"] if args.refit else [name]
+        check_runs_apart(args.storage, runs, {args.output, plan.validated_dir})
         # Before hours of training: a MODEL that must not be replaced is refused now.
         for output in {args.output, plan.validated_dir}:
             check_target(output, CONFIG, "model directory", [args.data], args.overwrite)

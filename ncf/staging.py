@@ -264,7 +264,7 @@ def check_parent(path: str) -> str:
 def check_named(final: str) -> None:
     """Refuses (InputError) an output path of "" or blanks: the working directory to ``abspath``,
     which a replacement would swap out and delete (an unset variable in a caller's script)."""
-    if not final.strip():
+    if not os.fspath(final).strip():
         raise InputError(f"the output path {final!r} is empty: give the directory to write")
 
 

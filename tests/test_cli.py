@@ -224,6 +224,11 @@ def _cases(p: dict, out: str) -> list:
         ),
         ("train", ["--data", p["other"], "--output", out, "--storage", out + "/checkpoints"], ["--storage"]),
         (
+            "train",
+            ["--data", p["other"], "--output", out + "/r1/model", "--storage", out, "--name", "r1"],
+            ["inside the run r1 there"],
+        ),
+        (
             "preprocess",
             ["--input", p["logs.csv"], "--output", os.path.join(p["model"], "config.json", "data")],
             ["config.json is a file, not a directory"],
@@ -1109,3 +1114,18 @@ def test_a_ctrl_c_in_the_registry_and_verify_commands_is_one_line_and_exit_130(p
         assert exit_info.value.code == cli.EXIT_INTERRUPTED
         error = capsys.readouterr().err.strip().splitlines()
         assert len(error) == 1 and error[0].startswith(expected), error
+
+
+@pytest.mark.faults
+def test_a_storage_root_holding_the_models_elsewhere_is_accepted():
+    """Ray Train writes only this job's runs under --storage: a model beside them on the same mount
+    is fine (the first form of the check refused every output under the storage folder)."""
+    from jobs.train import check_runs_apart
+    from ncf.errors import InputError
+
+    check_runs_apart("/mnt/shared", ["train-1", "train-1-refit"], {"/mnt/shared/models/cj"})
+    check_runs_apart("s3://bucket/runs", ["train-1"], {"/mnt/shared/models/cj"})
+    with pytest.raises(InputError, match="inside the run train-1-refit there"):
+        check_runs_apart("/mnt/shared", ["train-1", "train-1-refit"], {"/mnt/shared/train-1-refit/m"})
+    with pytest.raises(InputError, match="/x/m/ckpt is inside /x/m"):
+        check_runs_apart("file:///x/m/ckpt", ["train-1"], {"/x/m"})

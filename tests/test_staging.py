@@ -98,6 +98,7 @@ def test_an_empty_output_path_is_refused_not_read_as_the_working_directory(tmp_p
         with pytest.raises(staging.InputError, match="is empty"):
             PartitionRun(empty, "run_date=2024-01-02", "run")
     assert sorted(os.listdir(tmp_path)) == ["precious.txt"]
+    staging.check_named(tmp_path / "model")  # a pathlib.Path, as abspath took it before
 
 
 # -- model directories --------------------------------------------------------------------------------
