@@ -11,7 +11,7 @@ import dataclasses
 import json
 import time
 
-from jobs.cli import check_model, fail, init_ray, job_parser, one_line_errors, refuse_empty_paths
+from jobs.cli import check_model, fail, init_ray, job_parser, one_line_errors, refuse_empty_paths, run_main
 from ncf.batch.commit import OutputFailed
 from ncf.batch.scoring import (
     CHUNK_USERS,
@@ -187,4 +187,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(
+        main,
+        "the whole parts written are kept: the same command scores only the rest of the users and commits the date "
+        "(--no-resume scores every user again)",
+    )

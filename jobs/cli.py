@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 from contextlib import contextmanager
-from typing import NoReturn, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from jobs import logs
 from ncf.errors import EXIT_STOPPED, EXIT_TRY_LATER, InputError, TryLater, exit_on_sigterm
@@ -35,6 +35,7 @@ def init_ray(num_cpus: int | None = None) -> None:
         )
     local = not address
     if not local:
+        check_ray_address(address)
         check_head_answers(address)
     runtime_env = logs.configure(local=local, num_cpus=num_cpus)  # before Ray starts: its processes inherit it
     # ray.init installs a SIGTERM handler that exits with status 15, which a scheduler reads as a
@@ -83,6 +84,21 @@ def _auth_refused(address: str, message: str) -> str:
     )
 
 
+def check_ray_address(address: str) -> None:
+    """Refuses (one line) a RAY_ADDRESS that is none of the forms Ray reads (``HOST:PORT``,
+    ``auto``, ``local``, ``ray://HOST:PORT``): a port left off, or a trailing blank from a script,
+    ended in Ray's ValueError or ConnectionError traceback, exit 1."""
+    if address in ("auto", "local") or (address.startswith("ray://") and not any(c.isspace() for c in address)):
+        return
+    host, _, port = address.rpartition(":")
+    if host.strip("[]") and port.isdigit() and 0 < int(port) < 65536 and not any(c.isspace() for c in address):
+        return
+    raise InputError(
+        f"RAY_ADDRESS={address!r} is not an address Ray reads: give the head's HOST:PORT (6379 unless `ray start "
+        "--head --port` said otherwise), auto, or ray://HOST:PORT; unset it to run on a local cluster"
+    )
+
+
 # A head started beside the job (a container, a script's `ray start --head &`) is listening
 # within seconds; an address that stays silent this long is a mistake, not a slow start.
 HEAD_WAIT_S = 15.0
@@ -124,6 +140,31 @@ def fail(message: str, status: int = EXIT_FAILED) -> NoReturn:
     """Ends the job with ``error: MESSAGE``, one line on stderr, and ``status``."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+def run_main(main: Callable[[], object], advice: str, where: Callable[[], str] = lambda: "") -> None:
+    """``python -m jobs.<job>``: ``main()``, where a Ctrl-C the job does not answer in its own words
+    ends it in one line, ``error: interrupted (Ctrl-C)WHERE; ADVICE`` (what the stop leaves and how
+    to go on), and exit 130, not a KeyboardInterrupt traceback."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        fail(f"interrupted (Ctrl-C){where()}; {advice}", EXIT_INTERRUPTED)
+
+
+def training_failed(error: Exception, resumes: str) -> NoReturn:
+    """Ends a job whose training (``fit``) raised ``error``: a worker's refusal (an InputError Ray
+    Train wrapped) in one line, exit 2 (75 for a target another run holds); Ray Train's failure
+    in one line naming the worker and its error, exit 1, then ``resumes`` (where the checkpoints
+    are kept and how to go on from them). This code's own error is raised again, its traceback kept."""
+    from ncf.train.trainer import training_failure
+
+    failure = training_failure(error)
+    if failure is None:
+        raise error
+    if isinstance(failure, InputError):
+        fail(str(failure), exit_status(failure))
+    fail(f"{failure}; {resumes}")
 
 
 @contextmanager

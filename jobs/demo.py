@@ -26,7 +26,6 @@ from typing import Optional
 
 from jobs import batch_score, evaluate, preprocess, train
 from jobs.cli import (
-    EXIT_INTERRUPTED,
     exit_status,
     fail,
     init_ray,
@@ -34,6 +33,7 @@ from jobs.cli import (
     one_line_errors,
     positive_int,
     refuse_empty_paths,
+    run_main,
     tcp_port,
 )
 from ncf.batch.partitions import partition_dir
@@ -390,15 +390,14 @@ def main(argv=None) -> list:
         ray.shutdown()
 
 
-def run(argv=None) -> list:
-    """:func:`main`, a Ctrl-C ending it in one line and exit 130 (training says its own line and
-    exits 130 itself; the other stages here)."""
-    try:
-        return main(argv)
-    except KeyboardInterrupt:
-        where = f" during stage {_current_stage}" if _current_stage else ""
-        again = "make demo DEMO_ARGS=--reuse-data goes on from the preprocessed data, where it is complete"
-        fail(f"interrupted{where}; {again}", EXIT_INTERRUPTED)
+def run(argv=None) -> None:
+    """:func:`main`, a Ctrl-C ending it in one line naming the stage and exit 130 (training says
+    its own line and exits 130 itself; the other stages here)."""
+    run_main(
+        lambda: main(argv),
+        "make demo DEMO_ARGS=--reuse-data goes on from the preprocessed data, where it is complete",
+        where=lambda: f" during stage {_current_stage}" if _current_stage else "",
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,16 @@ import os
 import sys
 from typing import Callable, Optional
 
-from jobs.cli import check_data, check_model, fail, job_parser, one_line_errors, positive_int, refuse_empty_paths
+from jobs.cli import (
+    check_data,
+    check_model,
+    fail,
+    job_parser,
+    one_line_errors,
+    positive_int,
+    refuse_empty_paths,
+    run_main,
+)
 from ncf.errors import InputError
 from ncf.evaluate.evaluation import (
     BASELINE_ORDER,
@@ -270,4 +279,8 @@ def check_ablation_row(path: str, number: int, row) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(
+        main,
+        "the rows printed stand; --report holds the previous report or a page saying this evaluation did not "
+        "finish: run the same command again",
+    )

@@ -15,6 +15,7 @@ from jobs.cli import (
     one_line_errors,
     positive_int,
     refuse_empty_paths,
+    run_main,
 )
 from ncf.data import datasets, layout, schema
 from ncf.data.examples import ExampleConfig
@@ -315,4 +316,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(
+        main,
+        "the output is as it was (a run writes a staging directory beside it and swaps it in at its end): "
+        "run the same command again",
+    )

@@ -25,6 +25,8 @@ from jobs.cli import (
     positive_float,
     positive_int,
     refuse_empty_paths,
+    run_main,
+    training_failed,
     training_on_gpu,
 )
 from ncf.errors import InputError, TryLater
@@ -36,7 +38,7 @@ from ncf.train.config import TrainConfig
 from ncf.train.pipeline import TEST_USERS, TrainingPlan, check_history_length, train_evaluate_register
 from ncf.train.sharding import TABLE_LEARNING_RATE_SCALE
 from ncf.train.slot import training_slot
-from ncf.train.trainer import TrainingInterrupted, training_failure
+from ncf.train.trainer import TrainingInterrupted
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -194,17 +196,13 @@ def main(argv=None) -> str:
             except InputError:
                 raise
             except Exception as e:  # a worker's refusal or failure, which Ray Train wrapped (a traceback before)
-                failure = training_failure(e)
-                if failure is None:
-                    raise
-                if isinstance(failure, InputError):
-                    raise failure from None
-                fail(
-                    f"{failure}; its checkpoints are kept under {os.path.join(args.storage, name)}: once the cause "
-                    f"is fixed (the workers' tracebacks are in Ray's logs), the same command with --name {name} "
-                    "resumes from them"
+                training_failed(
+                    e,
+                    f"its checkpoints are kept under {os.path.join(args.storage, name)}: once the cause is fixed "
+                    f"(the workers' tracebacks are in Ray's logs), the same command with --name {name} resumes "
+                    "from them",
                 )
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "nothing was trained or written: run the same command again")

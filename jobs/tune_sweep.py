@@ -18,9 +18,11 @@ from jobs.cli import (
     one_line_errors,
     positive_int,
     refuse_empty_paths,
+    run_main,
+    training_failed,
     training_on_gpu,
 )
-from ncf.errors import EXIT_STOPPED
+from ncf.errors import EXIT_STOPPED, InputError
 from ncf.registry import track_sweep_model
 from ncf.splits import REFIT, VALIDATED
 from ncf.train.slot import training_slot
@@ -178,6 +180,11 @@ def interrupted_before_the_end(settings: SweepSettings) -> str:
     return "sweep interrupted (Ctrl-C) before Tune started; run the same command again"
 
 
+def registered(version) -> str:
+    """A model's registration in words: its version, or None where the registry was unreachable."""
+    return "not registered: the registry was unreachable" if version is None else f"registered as version {version}"
+
+
 def report(table, settings: SweepSettings, args: argparse.Namespace):
     """The trial table, the failed trials' line, the registration of ``SWEEP/best`` (and with
     ``--refit`` the refit and its registration), then the outcome as the last line, bare JSON."""
@@ -205,6 +212,15 @@ def report(table, settings: SweepSettings, args: argparse.Namespace):
                 flush=True,
             )
             sys.exit(EXIT_INTERRUPTED)
+        except InputError:
+            raise
+        except Exception as e:  # a worker's refusal or failure, which Ray Train wrapped (a traceback before)
+            training_failed(
+                e,
+                f"SWEEP/best is exported ({registered(outcome['registered_version'])}); the refit's checkpoints are "
+                f"kept under {settings.train_dir}: once the cause is fixed (the workers' tracebacks are in Ray's "
+                "logs), the same command with --resume finishes the refit from them",
+            )
         outcome["deployment_model"] = path
         outcome["deployment_version"] = track_sweep_model(
             path, settings.data, settings.output, tags={"validated_version": outcome["registered_version"]}
@@ -217,4 +233,4 @@ def report(table, settings: SweepSettings, args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "the sweep had not started: run the same command again")

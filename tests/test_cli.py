@@ -390,6 +390,123 @@ def test_a_ray_address_where_nothing_answers_is_one_line(monkeypatch):
 
 
 @pytest.mark.faults
+def test_a_ray_address_ray_cannot_read_is_one_line_before_ray_starts(tmp_path):
+    """A RAY_ADDRESS without its port, or with a script's trailing blank, ended in Ray's
+    ValueError or ConnectionError traceback, exit 1 (a review of jobs/, 2026-12-06)."""
+    for bad in (
+        "127.0.0.1",
+        "127.0.0.1:6379 ",
+        " 127.0.0.1:6379",
+        "head:port",
+        "head:0",
+        "head:65536",
+        " ",
+        "ray:// x",
+    ):
+        with pytest.raises(cli.InputError, match="is not an address Ray reads: give the head's HOST:PORT"):
+            cli.check_ray_address(bad)
+    for good in ("127.0.0.1:6379", "[::1]:6379", "head-0.cluster.local:6379", "auto", "local", "ray://head:10001"):
+        cli.check_ray_address(good)
+    logs = tmp_path / "logs.csv"
+    logs.write_text("user_id,product_id,timestamp,quantity\nu1,p1,2024-01-01T10:00:00,1\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.preprocess", "--input", str(logs), "--output", str(tmp_path / "out")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAY_ADDRESS": "127.0.0.1"},
+    )
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: RAY_ADDRESS='127.0.0.1' is not an address Ray reads: give the head's HOST:PORT (6379 unless "
+        "`ray start --head --port` said otherwise), auto, or ray://HOST:PORT; unset it to run on a local cluster"
+    ], done.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
+# What each job's Ctrl-C line says it left, where the job has no words of its own for the moment.
+INTERRUPTED_LEAVES = {
+    "preprocess": (["--input", "logs.csv", "--output", "o"], "the output is as it was"),
+    "evaluate": (
+        ["--model", "m", "--data", "d", "--report", "r"],
+        "the rows printed stand; --report holds the previous report or a page",
+    ),
+    "batch_score": (
+        ["--model", "m", "--data", "d", "--output", "o"],
+        "the whole parts written are kept: the same command",
+    ),
+    "train": (["--data", "d", "--output", "o"], "nothing was trained or written: run the same command again"),
+    "tune_sweep": (
+        ["--data", "d", "--output", "o", "--trials", "2"],
+        "the sweep had not started: run the same command again",
+    ),
+}
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("job", sorted(INTERRUPTED_LEAVES))
+def test_ctrl_c_a_job_does_not_answer_itself_is_one_line_and_exit_130(job, monkeypatch, capsys):
+    """`python -m jobs.preprocess`, `evaluate` and `batch_score`, and `train` and `tune_sweep`
+    before their training, ended a Ctrl-C in a KeyboardInterrupt traceback (a review of jobs/,
+    2026-12-06). Run as `python -m` runs them: the module's code as __main__, here with the
+    first step of each main (refusing empty paths) interrupted."""
+    import runpy
+    import warnings
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "refuse_empty_paths", interrupted)  # imported from jobs.cli as __main__ runs
+    argv, leaves = INTERRUPTED_LEAVES[job]
+    monkeypatch.setattr(sys, "argv", [f"jobs.{job}", *argv])
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as exit_info:
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: jobs.JOB is imported already (by the other tests)
+        try:
+            runpy.run_module(f"jobs.{job}", run_name="__main__")
+        except KeyboardInterrupt:  # raised out of the test, it would stop pytest
+            pytest.fail("Ctrl-C ended in a KeyboardInterrupt traceback")
+    assert exit_info.value.code == cli.EXIT_INTERRUPTED
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: interrupted (Ctrl-C); {leaves}"), line
+
+
+@pytest.mark.faults
+def test_ctrl_c_while_a_job_waits_for_its_ray_head_is_one_line_and_exit_130(tmp_path):
+    """A real SIGINT to `python -m jobs.preprocess` (what a terminal's Ctrl-C sends) while it
+    waits for the head RAY_ADDRESS names: one line, exit 130, nothing written."""
+    import socket
+
+    logs = tmp_path / "logs.csv"
+    logs.write_text("user_id,product_id,timestamp,quantity\nu1,p1,2024-01-01T10:00:00,1\n")
+    with socket.socket() as silent:  # bound, not listening: every connection is refused
+        silent.bind(("127.0.0.1", 0))
+        job = subprocess.Popen(
+            [sys.executable, "-m", "jobs.preprocess", "--input", str(logs), "--output", str(tmp_path / "out")],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "RAY_ADDRESS": f"127.0.0.1:{silent.getsockname()[1]}"},
+        )
+        try:
+            lines = []
+            while not lines or (lines[-1] and "waiting up to" not in lines[-1]):
+                assert len(lines) < 100, lines
+                lines.append(readline_within(job.stderr, 120))
+            assert "waiting up to" in lines[-1], lines
+            job.send_signal(signal.SIGINT)
+            _, err = job.communicate(timeout=60)
+        finally:
+            job.kill()
+    assert job.returncode == cli.EXIT_INTERRUPTED, err[-2000:]
+    assert err.strip().splitlines() == [
+        "error: interrupted (Ctrl-C); the output is as it was (a run writes a staging directory beside it and swaps "
+        "it in at its end): run the same command again"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.faults
 def test_a_cluster_that_wants_a_token_is_one_line_naming_ray_auth_mode(monkeypatch):
     """`ray start --head` of Ray 2.60 turns token authentication on: a job run on it without
     RAY_AUTH_MODE=token ended, after 15 s of Ray's retries, in a traceback and exit 1 (found by
@@ -950,7 +1067,7 @@ def test_a_ctrl_c_in_a_demo_stage_other_than_training_is_one_line_and_exit_130(t
         demo.run(["--workdir", str(tmp_path / "demo"), "--port", str(free_port())])
     assert exited.value.code == cli.EXIT_INTERRUPTED
     err = capsys.readouterr().err
-    assert "error: interrupted during stage 3/" in err and "Traceback" not in err
+    assert "error: interrupted (Ctrl-C) during stage 3/" in err and "Traceback" not in err
 
 
 @pytest.mark.faults

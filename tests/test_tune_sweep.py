@@ -971,6 +971,45 @@ def test_optuna_is_told_a_resumed_trials_scores_at_their_epochs():
     assert trial.intermediate_values == {1: 0.3, 2: 0.4, 3: 0.5}
 
 
+@pytest.mark.faults
+def test_a_failed_refit_is_one_line_and_its_refusal_the_refusal(tmp_path, monkeypatch, capsys):
+    """A refit whose worker failed (out of memory, CUDA) or refused (a damaged checkpoint) ended
+    the sweep in Ray Train's traceback, where jobs.train says the same failure in one line (a
+    review of jobs/, 2026-12-06): now the train job's lines, naming what the sweep has kept."""
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from jobs import tune_sweep
+
+    for name, value in {
+        "check_data": lambda *args, **kwargs: None,
+        "check_sweep_directory": lambda *args: None,
+        "init_ray": lambda: None,
+        "training_slot": lambda what: contextlib.nullcontext(),
+        "training_on_gpu": lambda *args, **kwargs: False,
+        "run_sweep": lambda *args, **kwargs: _sweep_table(["done", "done"]),
+        "track_sweep_model": lambda *args, **kwargs: "7",
+    }.items():
+        monkeypatch.setattr(tune_sweep, name, value)
+    argv = ["--data", str(tmp_path / "data"), "--output", str(tmp_path / "sweep"), "--trials", "2", "--refit"]
+    for error, status, says in [
+        (WorkerGroupError("...", {0: InputError("the checkpoint c1 is damaged")}), 2, "error: the checkpoint c1"),
+        (WorkerGroupError("...", {1: MemoryError("out of memory")}), 1, "error: training failed on worker 1"),
+    ]:
+        monkeypatch.setattr(tune_sweep, "refit_best", lambda *args, error=error: (_ for _ in ()).throw(error))
+        with pytest.raises(SystemExit) as exit_info:
+            tune_sweep.main(argv)
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == status and line.startswith(says), line
+    assert (
+        "(MemoryError: out of memory) after Ray Train's retries; SWEEP/best is exported (registered as version 7)"
+        in line
+    )
+    assert line.endswith("the same command with --resume finishes the refit from them")
+    monkeypatch.setattr(tune_sweep, "refit_best", lambda *args: (_ for _ in ()).throw(KeyError("this code's own")))
+    with pytest.raises(KeyError):  # this code's own bug: its traceback stays
+        tune_sweep.main(argv)
+
+
 def _sweep_table(statuses) -> pd.DataFrame:
     """A results table (:func:`tune.results.results_table`'s columns the job reads) of trials
     ``t0, t1, ...`` with ``statuses``; the failed ones without scores or checkpoints."""
