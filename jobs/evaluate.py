@@ -16,8 +16,10 @@ from typing import Callable, Optional
 from jobs.cli import (
     check_data,
     check_model,
+    data_state_paths,
     fail,
     job_parser,
+    note_verification,
     one_line_errors,
     positive_int,
     refuse_empty_paths,
@@ -87,6 +89,7 @@ def main(argv=None, on_row: Optional[Callable[[dict], None]] = None) -> list:
         check_args(args)
         ablations = read_jsonl(args.ablations) if args.ablations else None  # a bad file fails before the evaluation
         check_data(args.data)
+        note_verification(f"--data {args.data}'s state", data_state_paths(args.data))
         verify_data_state(args.data)
         args.model = None if args.baselines_only else check_model(args.model)
         check_report_apart(args.report, args.model, args.data)  # again: the registry's directory for current

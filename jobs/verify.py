@@ -18,7 +18,16 @@ from __future__ import annotations
 import json
 import os
 
-from jobs.cli import EXIT_INTERRUPTED, check_data, check_model, fail, job_parser, one_line_errors
+from jobs.cli import (
+    EXIT_INTERRUPTED,
+    check_data,
+    check_model,
+    data_state_paths,
+    fail,
+    job_parser,
+    note_verification,
+    one_line_errors,
+)
 from ncf.model.files import METRICS
 from ncf.model.integrity import write_manifest
 from ncf.rank.state import check_model_and_data
@@ -46,10 +55,13 @@ def main(argv=None) -> None:
     try:
         with one_line_errors():
             model = check_model(args.model, option="MODEL", verify=False)
+            # None only: an empty --data (a script's unset variable) is refused by check_data, not skipped.
+            data = None if args.data is None else check_data(args.data)
+            what = f"MODEL {args.model}" + ("" if data is None else f" and --data {data}'s state")
+            note_verification(what, [model, *([] if data is None else data_state_paths(data))])
             if args.seal:
                 write_manifest(model, unsealed=[METRICS])
-            # None only: an empty --data (a script's unset variable) is refused by check_data, not skipped.
-            check_model_and_data(model, None if args.data is None else check_data(args.data))
+            check_model_and_data(model, data)
     except KeyboardInterrupt:
         # The manifest is written to a temporary file and renamed: a --seal stopped left the old one.
         sealed = "; --seal's manifest is replaced whole or not at all" if args.seal else ""

@@ -1246,3 +1246,31 @@ def test_a_storage_root_holding_the_models_elsewhere_is_accepted():
         check_runs_apart("/mnt/shared", ["train-1", "train-1-refit"], {"/mnt/shared/train-1-refit/m"})
     with pytest.raises(InputError, match="/x/m/ckpt is inside /x/m"):
         check_runs_apart("file:///x/m/ckpt", ["train-1"], {"/x/m"})
+
+
+def test_a_long_verification_says_so_before_the_wait(small_model_dir, small_data, monkeypatch, capsys):
+    """jobs.verify, and the jobs that verify MODEL (evaluate, models) or DATA's state (evaluate),
+    read every byte without a word: minutes at 10M x 1M (a review of jobs/, 2026-12-06). Here the
+    bar is lowered to this small model's size; below it, nothing is said."""
+    from jobs import verify
+
+    small_data, _ = small_data
+    data_state = cli.data_state_paths(small_data)
+    sizes = [
+        sum(os.lstat(os.path.join(folder, f)).st_size for folder, _, files in os.walk(path) for f in files)
+        for path in [small_model_dir, *data_state]
+    ]
+    monkeypatch.setattr(cli, "VERIFY_NOTE_BYTES", sizes[0])  # the model alone reaches it
+    assert cli.check_model(small_model_dir) == os.path.realpath(small_model_dir)
+    assert capsys.readouterr().err == (
+        f"[verify] --model {small_model_dir}: reading its {sizes[0] / 2**30:.1f} GiB to verify it\n"
+    )
+    verify.main([small_model_dir, "--data", small_data])
+    err = capsys.readouterr().err
+    assert err == (
+        f"[verify] MODEL {small_model_dir} and --data {small_data}'s state: reading its {sum(sizes) / 2**30:.1f} "
+        "GiB to verify it\n"
+    )
+    monkeypatch.setattr(cli, "VERIFY_NOTE_BYTES", sum(sizes) + 1)
+    verify.main([small_model_dir, "--data", small_data])
+    assert capsys.readouterr().err == ""
