@@ -363,15 +363,20 @@ def refuse_empty_paths(args: argparse.Namespace, options: Sequence[str]) -> None
     for option in options:
         value = getattr(args, option[2:].replace("-", "_"))
         if isinstance(value, str) and not value.strip():
-            raise InputError(f"{option} is empty: give a path (an unset variable in a script?)")
+            raise empty_path(option)
+
+
+def empty_path(option: str) -> InputError:
+    """The refusal of a path option given as "" or blanks."""
+    return InputError(f"{option} is empty: give a path (an unset variable in a script?)")
 
 
 def require_dir(path: str, what: str, option: str, run_first: str) -> str:
     """``path`` is a directory with something in it, else a one-line error saying what to run."""
     from ncf.staging import present
 
-    if not path:  # an unset variable in a script: "" would be the working directory to some callers
-        raise InputError(f"{option} is empty: give the {what}'s path")
+    if not path.strip():  # an unset variable in a script: "" would be the working directory to some callers
+        raise empty_path(option)
     reason = None
     if not present(path):  # a replacement killed between its renames is finished first
         reason = "no such directory"
