@@ -11,7 +11,16 @@ import dataclasses
 import json
 import time
 
-from jobs.cli import check_model, fail, init_ray, job_parser, one_line_errors, refuse_empty_paths, run_main
+from jobs.cli import (
+    EXIT_INTERRUPTED,
+    check_model,
+    fail,
+    init_ray,
+    job_parser,
+    one_line_errors,
+    refuse_empty_paths,
+    run_main,
+)
 from ncf.batch.commit import OutputFailed
 from ncf.batch.scoring import (
     CHUNK_USERS,
@@ -24,6 +33,7 @@ from ncf.batch.scoring import (
     BatchScoreConfig,
     InputsChanged,
     ScoringFailed,
+    ScoringInterrupted,
     StageIncomplete,
     check_config,
     input_fingerprints,
@@ -179,6 +189,8 @@ def main(argv=None) -> dict:
         except VerificationFailed as failed:
             print(json.dumps({"verify": failed.report}), flush=True)
             fail(str(failed))
+        except ScoringInterrupted as stopped:  # Ctrl-C once the run held the date: what it left
+            fail(f"interrupted (Ctrl-C); {stopped}", EXIT_INTERRUPTED)
         except (InputsChanged, ScoringFailed, StageIncomplete, OutputFailed) as failed:
             # One line each (ScoringFailed: the cause, the parts kept and that a rerun continues).
             fail(str(failed))
@@ -187,8 +199,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(
-        main,
-        "the whole parts written are kept: the same command scores only the rest of the users and commits the date "
-        "(--no-resume scores every user again)",
-    )
+    run_main(main, "rerun the same command")  # before the run held the date (after it: ScoringInterrupted)

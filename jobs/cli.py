@@ -86,12 +86,12 @@ def _auth_refused(address: str, message: str) -> str:
 
 def check_ray_address(address: str) -> None:
     """Refuses (one line) a RAY_ADDRESS that is none of the forms Ray reads (``HOST:PORT``,
-    ``auto``, ``local``, ``ray://HOST:PORT``): a port left off, or a trailing blank from a script,
-    ended in Ray's ValueError or ConnectionError traceback, exit 1."""
-    if address in ("auto", "local") or (address.startswith("ray://") and not any(c.isspace() for c in address)):
-        return
+    ``auto``, ``local``, a client's ``SCHEME://...`` such as ``ray://HOST:PORT``): a port left off,
+    or a trailing blank from a script, ended in Ray's ValueError or ConnectionError traceback, exit 1."""
     host, _, port = address.rpartition(":")
-    if host.strip("[]") and port.isdigit() and 0 < int(port) < 65536 and not any(c.isspace() for c in address):
+    head = bool(host.strip("[]")) and port.isdigit() and 0 < int(port) < 65536
+    # ray://, or another client's scheme (Ray imports a module of its name): Ray's to judge.
+    if not any(c.isspace() for c in address) and (head or address in ("auto", "local") or "://" in address):
         return
     raise InputError(
         f"RAY_ADDRESS={address!r} is not an address Ray reads: give the head's HOST:PORT (6379 unless `ray start "

@@ -284,6 +284,6 @@ def check_ablation_row(path: str, number: int, row) -> None:
 if __name__ == "__main__":
     run_main(
         main,
-        "the rows printed stand; --report holds the previous report or a page saying this evaluation did not "
-        "finish: run the same command again",
+        "the rows printed stand (a --report keeps the previous report or a page saying this evaluation did not "
+        "finish): run the same command again",
     )

@@ -181,8 +181,8 @@ def interrupted_before_the_end(settings: SweepSettings) -> str:
 
 
 def registered(version) -> str:
-    """A model's registration in words: its version, or None where the registry was unreachable."""
-    return "not registered: the registry was unreachable" if version is None else f"registered as version {version}"
+    """A model's registration in words: its version, or None where it was not recorded."""
+    return "not registered: the [registry] line says why" if version is None else f"registered as version {version}"
 
 
 def report(table, settings: SweepSettings, args: argparse.Namespace):
@@ -233,4 +233,4 @@ def report(table, settings: SweepSettings, args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    run_main(main, "the sweep had not started: run the same command again")
+    run_main(main, "no trial of this run had started: run the same command again")

@@ -67,9 +67,10 @@ def _release(slot, name: str) -> None:
     try:
         ray.kill(slot)
         _wait_released(name)
-    except Exception as e:  # noqa: BLE001
+    except (Exception, KeyboardInterrupt) as e:  # Ctrl-C here: after the block's outcome, which stands
+        reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         print(
-            f"[slot] the slot {name} was not released ({type(e).__name__}: {e}); it goes when this job ends",
+            f"[slot] the slot {name} was not released ({reason}); it goes when this job ends",
             file=sys.stderr,
             flush=True,
         )

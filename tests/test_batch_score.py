@@ -1294,6 +1294,46 @@ def test_a_commit_that_fails_on_a_full_disk_is_one_line_and_its_rerun_commits_th
 
 
 @pytest.mark.faults
+def test_ctrl_c_midway_says_what_the_run_keeps_and_the_rerun_continues(small_model_dir, small_data, tmp_path, capsys):
+    """Ctrl-C during the scoring ended in a KeyboardInterrupt traceback (a review of jobs/,
+    2026-12-06), and the first fix's one line said the parts were kept under --no-resume too,
+    which removes them: now the line of the run's own state, and the rerun continues the parts."""
+    data, _ = small_data
+    output = str(tmp_path / "out")
+    argv = _argv(small_model_dir, data, output, "--score-in", "driver", "--batch-size", "8")
+    batches = -(-partitions.read_users(data).num_rows // 8)
+    real, calls = scorer.ScoreBatch.__call__, []
+
+    def interrupted_at_the_fourth_batch(self, batch):
+        calls.append(batch.num_rows)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    for extra, says in [
+        (["--no-resume"], "its parts are removed (--no-resume): rerun the same command to score every user again"),
+        ([], f"3 of {batches} parts are whole and kept: rerun the same command to continue (--no-resume starts"),
+    ]:
+        calls.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(scorer.ScoreBatch, "__call__", interrupted_at_the_fourth_batch)
+            with pytest.raises(SystemExit) as exit_info:
+                try:
+                    batch_score.main(argv + extra)
+                except KeyboardInterrupt:  # raised out of the test, it would stop pytest
+                    pytest.fail("Ctrl-C ended in a KeyboardInterrupt traceback")
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 130 and "Traceback" not in err, err[-2000:]
+        assert err.strip().splitlines()[-1].startswith(f"error: interrupted (Ctrl-C); nothing committed, {says}")
+        tmp = os.path.join(output, commit.TMP)
+        staged = os.listdir(tmp) if os.path.exists(tmp) else []
+        assert bool(staged) == (not extra), staged  # removed under --no-resume, kept otherwise
+    summary = batch_score.main(argv)
+    assert f"3 of {batches} parts kept (24 users)" in capsys.readouterr().err
+    assert summary["users_kept"] == 24 and summary["parts"] == batches
+
+
+@pytest.mark.faults
 def test_a_rerun_keeps_the_whole_parts_of_a_dead_run_of_the_same_plan(small_model_dir, small_data, tmp_path, capsys):
     """A nightly run that died near its end scored every user again (a known limit until
     2026-12-05): its rerun keeps the dead run's whole parts and scores only the others. The run

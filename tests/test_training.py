@@ -436,6 +436,32 @@ with training_slot("jobs.train held-elsewhere"):
 
 
 @pytest.mark.faults
+def test_ctrl_c_while_the_slot_is_given_back_leaves_the_jobs_outcome_as_it_was(ray_session, monkeypatch, capsys):
+    """A Ctrl-C while a training job gave its slot back (up to 30 s of waiting for the name)
+    replaced the job's outcome: a model exported and registered then read "nothing was trained"
+    (a review of jobs/, 2026-12-06). The release says it in a line; the outcome stands."""
+    from ncf import slot
+    from ncf.train.slot import SLOT_NAME, training_slot
+
+    wait_released = slot._wait_released
+
+    def interrupted(name, timeout_s=30.0):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(slot, "_wait_released", interrupted)
+    try:
+        with training_slot("jobs.train interrupted at its end"):
+            outcome = "exported and registered"
+    except KeyboardInterrupt:  # raised out of the test, it would stop pytest
+        pytest.fail("the release's Ctrl-C replaced the block's outcome")
+    assert outcome == "exported and registered"
+    assert capsys.readouterr().err == (
+        f"[slot] the slot {SLOT_NAME} was not released (KeyboardInterrupt); it goes when this job ends\n"
+    )
+    wait_released(SLOT_NAME)  # killed all the same: free for the next test
+
+
+@pytest.mark.faults
 def test_a_second_training_job_on_the_cluster_is_refused_and_a_dead_ones_slot_is_freed(ray_session):
     """Two training jobs at once took each other's CPUs kept for Ray Data's reads and both
     waited. Now the second is refused in one line naming the first (exit 75: try later), and a

@@ -522,6 +522,12 @@ class ScoringFailed(RuntimeError):
     rerun of the same command to continue (``resume``)."""
 
 
+class ScoringInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run after it opened its stage: nothing committed by it. Its message is
+    what the stage keeps for a rerun (:func:`_parts_left`). A KeyboardInterrupt still: no
+    ``except Exception`` takes it for a failure."""
+
+
 def rerun_to(what: str, at_setting: str, at: int, run_date: str) -> str:
     """How to rerun a failed run of ``run_date`` at ``at`` (epoch seconds) to ``what`` its kept
     parts: the same command, but ``--at now`` names another date after 00:00 UTC, so such a run
@@ -541,18 +547,24 @@ def _failed_midway(
     or a batch's own in the driver): ``stage``'s whole parts of the run's batches ``named``
     stay for the next run (its parts are written whole or not at all: :func:`write_part`)."""
     kind, line = remote_cause(error)
+    kept = _parts_left(stage, named, config, at, run_date)
+    cause = f"{kind}: {line}" if line else kind
+    return ScoringFailed(f"scoring failed midway ({cause}); nothing committed, {kept}{_traceback_kept(error)}")
+
+
+def _parts_left(stage: str, named: Dict[str, pa.Table], config: BatchScoreConfig, at: int, run_date: str) -> str:
+    """What a run stopped midway leaves for the next: ``stage``'s whole parts of the run's batches
+    ``named`` (written whole or not at all: :func:`write_part`) and how a rerun continues them, or
+    that they are removed (``--no-resume``)."""
+    if not config.resume:
+        return "its parts are removed (--no-resume): rerun the same command to score every user again"
     try:
         whole = sum(1 for name in os.listdir(stage) if name in named)
     except OSError:
         whole = 0
-    if config.resume and whole == 0:  # nothing a rerun could continue (continuable): no moment to name
-        kept = f"0 of {len(named)} parts are whole: rerun the same command to score every user"
-    elif config.resume:
-        kept = f"{whole} of {len(named)} parts are whole and kept: " + rerun_to("continue", config.at, at, run_date)
-    else:
-        kept = "its parts are removed (--no-resume): rerun the same command to score every user again"
-    cause = f"{kind}: {line}" if line else kind
-    return ScoringFailed(f"scoring failed midway ({cause}); nothing committed, {kept}{_traceback_kept(error)}")
+    if whole == 0:  # nothing a rerun could continue (continuable): no moment to name
+        return f"0 of {len(named)} parts are whole: rerun the same command to score every user"
+    return f"{whole} of {len(named)} parts are whole and kept: " + rerun_to("continue", config.at, at, run_date)
 
 
 def _traceback_kept(error: BaseException) -> str:
@@ -745,69 +757,73 @@ def run_batch_scoring(
     named = named_batches(users, plan["batch_size"])
     scored_at = plan["scored_at_epoch_s"]
     # The date's lock is held from here to the commit: a second run of the date is refused.
-    with PartitionRun(
-        output,
-        partition_name(run_date),
-        run_id,
-        log=log,
-        overwrite=config.overwrite,
-        continues=(lambda stage: keeps_a_part(plan, stage, named, config.k)) if config.resume else None,
-        # The plan stays through the swap: a run killed while the commit fsyncs every part, or
-        # between its renames, leaves a complete stage (or a journaled commit) that the next run
-        # continues (or returns) by its plan, not scores again. Once this run's commit is in place
-        # it goes, under the lock: a later run finds a plan in a committed partition only where a
-        # roll-forward finished a dead run's commit, or a kill came between the swap and the
-        # plan's removal (_finished_from_journal: the same plan's commit, returned).
-        transient=(PLAN,),
-    ) as run:
-        finished = _finished_from_journal(run, plan, config, log)
-        if finished is not None:
-            run.leave_stage = False  # this run's stage holds nothing
-            run.drop_transient()
-            return finished
-        if run.continued:
-            at, scored_at = _continued_moment(run, plan, run_date, log)
-        else:
-            try:
-                write_json(os.path.join(run.stage, PLAN), plan)
-            except OSError as e:  # a full disk, say: one line, as opening the run's stage is
-                run.leave_stage = False  # nothing in it
-                raise commit.output_error(output, f"write the run's plan {PLAN}", e) from None
-        try:
-            manifest = _score_into(
-                run.stage,
-                config,
-                model,
-                model_config,
-                users,
-                at,
-                run_date,
-                run_id,
-                started,
-                log,
-                replay_stats,
-                inputs,
-                scored_at=scored_at,
-                named=named,
-                batch_size=plan["batch_size"],
-            )
-            manifest["replay"] = replay
-            manifest["data_end"] = pd.Timestamp(data_end, unit="s", tz="UTC").isoformat()
-            # Readers merging this date with the earlier ones refuse the pair: said where a script looks.
-            manifest["id_types_changed"] = id_changes
+    run = None
+    try:
+        with PartitionRun(
+            output,
+            partition_name(run_date),
+            run_id,
+            log=log,
+            overwrite=config.overwrite,
+            continues=(lambda stage: keeps_a_part(plan, stage, named, config.k)) if config.resume else None,
+            # The plan stays through the swap: a run killed while the commit fsyncs every part, or
+            # between its renames, leaves a complete stage (or a journaled commit) that the next run
+            # continues (or returns) by its plan, not scores again. Once this run's commit is in place
+            # it goes, under the lock: a later run finds a plan in a committed partition only where a
+            # roll-forward finished a dead run's commit, or a kill came between the swap and the
+            # plan's removal (_finished_from_journal: the same plan's commit, returned).
+            transient=(PLAN,),
+        ) as run:
+            finished = _finished_from_journal(run, plan, config, log)
+            if finished is not None:
+                run.leave_stage = False  # this run's stage holds nothing
+                run.drop_transient()
+                return finished
             if run.continued:
-                manifest["continued"] = run.continued
-            if config.verify:
-                # Before the commit: a failing run must not replace (and so delete) the previous partition.
-                manifest["verify"] = _verified(run.stage, manifest, config, at, log, replay_stats)
-        except (StageIncomplete, VerificationFailed, InputsChanged):
-            run.leave_stage = False  # parts that are wrong, or of other inputs: never continued
-            raise
-        commit_error = None
-        try:
-            final = run.commit(manifest)
-        except OSError as e:  # a full disk, say: the run's parts are whole, so they are kept or swapped in
-            commit_error = e
+                at, scored_at = _continued_moment(run, plan, run_date, log)
+            else:
+                try:
+                    write_json(os.path.join(run.stage, PLAN), plan)
+                except OSError as e:  # a full disk, say: one line, as opening the run's stage is
+                    run.leave_stage = False  # nothing in it
+                    raise commit.output_error(output, f"write the run's plan {PLAN}", e) from None
+            try:
+                manifest = _score_into(
+                    run.stage,
+                    config,
+                    model,
+                    model_config,
+                    users,
+                    at,
+                    run_date,
+                    run_id,
+                    started,
+                    log,
+                    replay_stats,
+                    inputs,
+                    scored_at=scored_at,
+                    named=named,
+                    batch_size=plan["batch_size"],
+                )
+                manifest["replay"] = replay
+                manifest["data_end"] = pd.Timestamp(data_end, unit="s", tz="UTC").isoformat()
+                # Readers merging this date with the earlier ones refuse the pair: said where a script looks.
+                manifest["id_types_changed"] = id_changes
+                if run.continued:
+                    manifest["continued"] = run.continued
+                if config.verify:
+                    # Before the commit: a failing run must not replace (and so delete) the previous partition.
+                    manifest["verify"] = _verified(run.stage, manifest, config, at, log, replay_stats)
+            except (StageIncomplete, VerificationFailed, InputsChanged):
+                run.leave_stage = False  # parts that are wrong, or of other inputs: never continued
+                raise
+            commit_error = None
+            try:
+                final = run.commit(manifest)
+            except OSError as e:  # a full disk, say: the run's parts are whole, so they are kept or swapped in
+                commit_error = e
+    except KeyboardInterrupt:
+        raise ScoringInterrupted(_interrupted_leaves(run, named, config, at, run_date)) from None
     # Past the run's exit, which rolled a begun swap forward, or kept (or removed) the stage.
     if commit_error is not None:
         final = _commit_outcome(commit_error, output, config, at, run_id, log)
@@ -821,6 +837,19 @@ def run_batch_scoring(
             f"({manifest['users_per_s']} users/s scored) -> {final}"
         )
     return manifest
+
+
+def _interrupted_leaves(
+    run: Optional[PartitionRun], named: Dict[str, pa.Table], config: BatchScoreConfig, at: int, run_date: str
+) -> str:
+    """What a run Ctrl-C stopped once it held the date (``run``; None: before its stage opened)
+    leaves, past the run's exit: a commit its journal finished, or the parts kept (or removed)."""
+    if run is None:
+        return "nothing was scored: rerun the same command"
+    committed = commit.read_committed(run.final)
+    if committed is not None and committed.get("run_id") == run.run_id:
+        return f"its commit had begun and was finished from its journal: {run.final}"
+    return "nothing committed, " + _parts_left(run.stage, named, config, at, run_date)
 
 
 def _continued_moment(run: PartitionRun, plan: Dict, run_date: str, log: Callable[[str], None]) -> Tuple[int, int]:
