@@ -19,6 +19,7 @@ from jobs.cli import (
     job_parser,
     one_line_errors,
     refuse_empty_paths,
+    refuse_unpacked_outputs,
     run_main,
 )
 from ncf.batch.commit import OutputFailed
@@ -150,6 +151,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     with one_line_errors():
         refuse_empty_paths(args, ("--model", "--data", "--output"))
+        refuse_unpacked_outputs(args, ("--output",))
         config = BatchScoreConfig(
             model=check_model(args.model, verify=False),  # current: resolved; check_config verifies
             data=args.data,

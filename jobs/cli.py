@@ -366,6 +366,27 @@ def refuse_empty_paths(args: argparse.Namespace, options: Sequence[str]) -> None
             raise empty_path(option)
 
 
+def refuse_unpacked_outputs(args: argparse.Namespace, options: Sequence[str]) -> None:
+    """Refuses (InputError, one line) a path of ``options`` (what the job writes, or registers)
+    inside a Ray job's unpacked working directory: ``ray job submit --working-dir .`` with a
+    relative ``--output artifacts/model`` wrote the model into Ray's copy, deleted after the job,
+    and the registry named it current."""
+    from ncf.registry import in_unpacked_working_dir
+
+    for option in options:
+        value = getattr(args, option.lstrip("-").replace("-", "_"))
+        if isinstance(value, str) and "://" not in value and in_unpacked_working_dir(value):
+            raise InputError(unpacked_path(option, value))
+
+
+def unpacked_path(option: str, path: str) -> str:
+    """The refusal of ``path`` given as ``option`` inside a Ray job's unpacked working directory."""
+    return (
+        f"{option} {path} is in the job's unpacked working directory ({os.path.abspath(path)}), which Ray deletes "
+        "after the job, on the head alone: give a path on storage every node mounts"
+    )
+
+
 def empty_path(option: str) -> InputError:
     """The refusal of a path option given as "" or blanks."""
     return InputError(f"{option} is empty: give a path (an unset variable in a script?)")

@@ -35,6 +35,7 @@ from jobs.cli import (
     refuse_empty_paths,
     run_main,
     tcp_port,
+    unpacked_path,
 )
 from ncf.batch.partitions import partition_dir
 from ncf.data import layout
@@ -191,11 +192,7 @@ def support_paths(workdir: str) -> dict:
     if in_unpacked_working_dir(workdir):
         # Submitted with --working-dir: its default (relative) --workdir is in Ray's unpacked copy,
         # deleted after the job with the models, the report and the MLflow store in it.
-        raise InputError(
-            f"--workdir {workdir} is in the job's unpacked working directory ({os.path.abspath(workdir)}), which Ray "
-            "deletes after the job, on the head alone: give a path on storage every node mounts (cluster.yaml: "
-            "--workdir /mnt/shared/demo)"
-        )
+        raise InputError(f"{unpacked_path('--workdir', workdir)} (cluster.yaml: --workdir /mnt/shared/demo)")
     if not os.path.isabs(workdir):
         print(
             f"[demo] WARNING: --workdir {workdir} is relative: {os.path.abspath(workdir)} is on this node alone "

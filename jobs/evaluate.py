@@ -23,6 +23,7 @@ from jobs.cli import (
     one_line_errors,
     positive_int,
     refuse_empty_paths,
+    refuse_unpacked_outputs,
     run_main,
 )
 from ncf.errors import InputError
@@ -86,6 +87,7 @@ def main(argv=None, on_row: Optional[Callable[[dict], None]] = None) -> list:
     args = parse_args(argv)
     with one_line_errors():
         refuse_empty_paths(args, ("--model", "--data", "--report", "--ablations"))
+        refuse_unpacked_outputs(args, ("--report",))
         check_args(args)
         ablations = read_jsonl(args.ablations) if args.ablations else None  # a bad file fails before the evaluation
         check_data(args.data)

@@ -15,6 +15,7 @@ from jobs.cli import (
     one_line_errors,
     positive_int,
     refuse_empty_paths,
+    refuse_unpacked_outputs,
     run_main,
 )
 from ncf.data import datasets, layout, schema
@@ -241,6 +242,7 @@ def check_options(args: argparse.Namespace) -> None:
     # dataset (and could replace DATA with it), read no catalog, or named the working directory
     # as the output, which --overwrite replaces.
     refuse_empty_paths(args, PATH_OPTIONS)
+    refuse_unpacked_outputs(args, ("--output",))
     source = "--input" if args.input is not None else f"--dataset {args.dataset}"
     if args.products is not None and args.input is None:
         raise InputError("--products goes with --input: a built-in dataset brings its own catalog")

@@ -25,6 +25,7 @@ from jobs.cli import (
     positive_float,
     positive_int,
     refuse_empty_paths,
+    refuse_unpacked_outputs,
     run_main,
     training_failed,
     training_on_gpu,
@@ -136,6 +137,7 @@ def main(argv=None) -> str:
     args = parse_args(argv)
     with one_line_errors():
         refuse_empty_paths(args, ("--data", "--output", "--validated-output", "--storage"))
+        refuse_unpacked_outputs(args, ("--output", "--validated-output", "--storage"))
         check_store_outlives_the_job()  # the model is registered after training: a store Ray deletes, refused now
         if args.validated_output and not args.refit:
             raise InputError("--validated-output goes with --refit: without it the validated model is --output")

@@ -18,6 +18,7 @@ from jobs.cli import (
     one_line_errors,
     positive_int,
     refuse_empty_paths,
+    refuse_unpacked_outputs,
     run_main,
     training_failed,
     training_on_gpu,
@@ -134,6 +135,7 @@ def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
         refuse_empty_paths(args, ("--data", "--output"))
+        refuse_unpacked_outputs(args, ("--output",))
         check_data(args.data, runs=(VALIDATED, REFIT) if args.refit else (VALIDATED,))
         check_sweep_directory(args.output, args.data, args.resume)
         if args.resume:  # before Ray starts and --gpu-wait waits; whether GPUs train needs the cluster

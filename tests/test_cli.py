@@ -980,6 +980,44 @@ def test_the_demo_submitted_with_its_default_workdir_is_refused_before_any_work(
     assert asked == {} and os.listdir(package) == []  # nothing preprocessed, nothing written there
 
 
+@pytest.mark.faults
+def test_an_output_in_a_ray_jobs_unpacked_working_directory_is_refused_before_any_work(
+    paths, tmp_path, monkeypatch, capsys
+):
+    """`ray job submit --working-dir . -- python -m jobs.train --output artifacts/model/cj`: the
+    model went into Ray's unpacked copy, deleted after the job, and the registry named it
+    current (a registry review, 2026-12-06); the nightly partitions, DATA, a sweep and a report
+    went the same way, and jobs.models register recorded such a copy. Refused in one line."""
+    package = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    package.mkdir(parents=True)
+    monkeypatch.chdir(package)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (package / "model").mkdir()
+    for name in os.listdir(paths["model"]):
+        os.symlink(os.path.join(paths["model"], name), package / "model" / name)
+    shared = str(tmp_path / "shared")
+    cases = [
+        ("preprocess", ["--input", paths["logs.csv"], "--output", "data"], "--output data"),
+        ("train", ["--data", paths["lists"], "--output", "model/cj"], "--output model/cj"),
+        ("train", ["--data", paths["lists"], "--output", shared], "--storage artifacts/ray_results"),
+        ("tune_sweep", ["--data", paths["lists"], "--output", "sweep"], "--output sweep"),
+        ("batch_score", ["--model", paths["model"], "--data", paths["lists"], "--output", "out"], "--output out"),
+        ("evaluate", ["--model", paths["model"], "--data", paths["lists"], "--report", "report"], "--report report"),
+        ("models", ["register", "model"], "MODEL model"),
+    ]
+    for job, argv, says in cases:
+        module = importlib.import_module(f"jobs.{job}")
+        if hasattr(module, "init_ray"):
+            monkeypatch.setattr(module, "init_ray", lambda *a, _job=job, **k: pytest.fail(f"{_job} started Ray"))
+        with pytest.raises(SystemExit) as exit_info:
+            module.main(argv)
+        error = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(error) == 1, (job, error)
+        assert error[0].startswith(f"error: {says} is in the job's unpacked working directory ({package}/"), error
+    assert sorted(os.listdir(package)) == ["model"]  # nothing written there
+
+
 def _parsed(asked: dict, job, result):
     """A stand-in for ``job.main`` that records the arguments its parser reads (in ``asked``)."""
 
