@@ -37,6 +37,7 @@ from ncf.model.files import OtherFormat
 from ncf.registry import (
     MODEL_NAME,
     MODELS_CLI,
+    CurrentMovedMeanwhile,
     Registry,
     check_trained_on,
     cli_env,
@@ -197,6 +198,8 @@ def main(argv=None):
             registry = Registry(args.tracking_uri, args.name, create=command == "register")
             with store_errors(registry.uri):
                 return _run(command, args, registry)
+    except CurrentMovedMeanwhile as e:  # its writes stand: a retry would move current again
+        fail(str(e))
     except KeyboardInterrupt:
         # A register's run is marked KILLED; a promote or rollback stopped midway finishes when run again.
         fail(f"{command} interrupted (Ctrl-C): {MODELS_CLI} list shows where the registry stands", EXIT_INTERRUPTED)
@@ -214,6 +217,16 @@ def check_register_args(args: argparse.Namespace) -> None:
     if args.data is not None:
         check_data(args.data)
         check_trained_on(args.model, args.data)
+
+
+def _moved_to(registry: Registry, version: str) -> str:
+    """The directory of the version a promote or rollback made current, read again for its line.
+    The move stands whatever this read meets (a store busy now, a directory replaced since): its
+    exit 75 or 2 would have a retried rollback go back once more."""
+    try:
+        return registry.path_of(version)
+    except InputError as e:
+        return f"its directory not read again ({e})"
 
 
 def _run(command: str, args: argparse.Namespace, registry: Registry):
@@ -235,7 +248,7 @@ def _run(command: str, args: argparse.Namespace, registry: Registry):
     if command == "promote":
         deployable = registry.marked_deployable(args.version)  # read first: a store failing after the move
         previous, version = registry.promote(args.version)
-        path = registry.path_of(version)
+        path = _moved_to(registry, version)
         if not deployable:
             # stderr: stdout is promote's one line (README), which scripts read.
             print(
@@ -247,7 +260,7 @@ def _run(command: str, args: argparse.Namespace, registry: Registry):
         return version
     if command == "rollback":
         rolled_back, version = registry.rollback()
-        path = registry.path_of(version)
+        path = _moved_to(registry, version)
         print(f"current: {version} (rolled back from {rolled_back}): {path}; {serve_unchanged(args, registry)}")
         return version
     if command == "register":

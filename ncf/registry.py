@@ -54,7 +54,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from ncf.code import code_version
 from ncf.data import layout
-from ncf.errors import InputError, TryLater
+from ncf.errors import InputError, TryLater, one_line
 from ncf.jsonio import read_small_json
 from ncf.model.directory import METRICS, WEIGHTS, read_config, read_metrics
 from ncf.model.integrity import MANIFEST, sha256_of, verify_model_dir, vocab_digest
@@ -396,6 +396,12 @@ def version_tags(model_dir: str, data: Optional[str] = None, metrics: Optional[D
 class StoreUnavailable(InputError):
     """The tracking store does not open (a one-line error from the registry's commands; a
     training job that cannot record its model says so and goes on)."""
+
+
+class CurrentMovedMeanwhile(RuntimeError):
+    """A promote or rollback on a store without the lock (a tracking server) whose writes stand,
+    interleaved with another's: not one to retry as it is (a rollback run again goes back once
+    more), exit 1; ``promote VERSION`` settles it."""
 
 
 class StoreUnreachable(StoreUnavailable, TryLater):
@@ -821,6 +827,9 @@ class Registry:
             # its alias and leaves the history, where promoting it again would have done nothing.
             previous, history = self.current(), self.history()
             if previous != version:
+                # Verified before the lock: a training replacing its directory during those minutes
+                # is seen here (the directory's presence and identity: no second reading of every byte).
+                self.path_of(version)
                 self._set_current(version, _ending_with(history, version))
                 self._check_still_current(version)
         return previous, version
@@ -862,9 +871,10 @@ class Registry:
 
     def _check_still_current(self, version: str, move: str = "promote") -> None:
         """After a promote or rollback (``move``) on a store :meth:`_moving_current` does not lock
-        (a tracking server, another database): refuses, exit 75, where the alias or the history
-        names another version than ``version`` (another promote or rollback at the same moment).
-        Its writes are not undone: which move's stand is the order the store took them in."""
+        (a tracking server, another database): raises :class:`CurrentMovedMeanwhile` where the
+        alias or the history names another version than ``version`` (another promote or rollback
+        at the same moment). Its writes are not undone: which move's stand is the order the store
+        took them in; a retry of the same command would move current again."""
         from mlflow.exceptions import MlflowException
 
         if sqlite_path(self.uri) is not None:
@@ -876,7 +886,7 @@ class Registry:
         alias = model.aliases.get(CURRENT)
         recorded = (model.tags or {}).get(HISTORY_TAG, "").split(",")[-1]
         if (None if alias is None else str(alias), recorded) != (version, version):
-            raise TryLater(
+            raise CurrentMovedMeanwhile(
                 f"tracking store {self.uri}: current changed meanwhile (another promote or rollback at the same "
                 f"moment): it names version {alias or 'none'} now, its history {recorded or 'none'}, not {version}; "
                 f"this {move}'s writes stand, interleaved with the other's: {MODELS_CLI} list shows where it "
@@ -946,6 +956,8 @@ class Registry:
             kept = self._rollback_plan()
             if kept[-2] != verified:
                 self._rollback_target_deployable(kept[-2])
+            else:  # its directory replaced during the verification's minutes: seen here, as promote does
+                self.path_of(kept[-2])
             # The history first: a rollback stopped before the alias moves then reads as not done
             # (the alias first, history() would take the version rolled back from as moved to,
             # and the next rollback would go back to it).
@@ -1067,14 +1079,29 @@ def _ending_with(history: List[str], version: str) -> List[str]:
     return history if history[-1:] == [version] else history + [version]
 
 
+# What MLflow's client says (an INTERNAL_ERROR, once its retries are spent) where no tracking
+# server answered: requests' words for a refused, dropped or silent connection.
+_NO_ANSWER = re.compile(
+    r"Failed to establish a new connection|Connection aborted|RemoteDisconnected|Read timed out|"
+    r"Connection refused|Connection reset|Name or service not known|NameResolutionError"
+)
+
+
 def store_failed(uri: str, error) -> StoreUnavailable:
     """An MLflow error of the store at ``uri`` (a read-only database, a refused token), in one
-    line; :class:`StoreBusy` where another writer holds it (a locked database)."""
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    line; :class:`StoreBusy` where another writer holds it (a locked database), and
+    :class:`StoreUnreachable` where a tracking server stopped answering after the command
+    opened the registry (it may be restarting: exit 75, as one that never answered)."""
+    first = one_line(error)
     code = getattr(error, "error_code", None) or type(error).__name__
     busy = _busy(uri, error)
     if busy:
         return StoreBusy(f"tracking store {uri}: busy, {busy}; try later")
+    no_answer = _NO_ANSWER.search(str(error)) if urllib.parse.urlsplit(uri).scheme in ("http", "https") else None
+    if no_answer:
+        errno = re.search(r"\[Errno -?\d+\] ([^\"')]+)", str(error))
+        why = errno.group(1).strip() if errno else no_answer.group(0)
+        return StoreUnreachable(f"tracking store {uri}: no server answers there ({why}); try later")
     body = getattr(error, "json", None)
     if isinstance(body, dict) and str(body.get("message", "")).strip():
         # A tracking server's answer (its backend's failure: a table gone, a read-only database).

@@ -24,6 +24,7 @@ from helpers import REPO, free_port
 from test_integrity import SMALL, tiny_data
 
 from jobs import batch_score, deploy, models, train
+from jobs.cli import exit_status
 from ncf import registry as reg
 from ncf.data import layout
 from ncf.errors import InputError, TryLater
@@ -889,7 +890,9 @@ def test_the_default_store_inside_a_ray_jobs_unpacked_working_directory_is_refus
     from jobs import train
 
     with pytest.raises(SystemExit) as exit_info:  # a training is refused before it starts, not after its hours
-        train.main(["--data", str(tmp_path / "no-data"), "--output", str(tmp_path / "model")])
+        train.main(
+            ["--data", str(tmp_path / "no-data"), "--output", str(tmp_path / "model"), "--storage", str(tmp_path)]
+        )
     assert exit_info.value.code == 2 and "no MLFLOW_TRACKING_URI in a Ray job" in capsys.readouterr().err
     # track_model itself (a training's registration once its model is written) says it and goes on.
     assert reg.track_model(model) is None
@@ -1290,26 +1293,98 @@ def test_a_promote_waits_for_another_promote_or_rollback_on_a_sqlite_store(store
 
 
 @pytest.mark.faults
-def test_on_a_store_without_the_lock_a_promote_raced_meanwhile_says_try_later(store, tmp_path, monkeypatch):
+def test_on_a_store_without_the_lock_a_promote_raced_meanwhile_says_so_and_is_not_retried(
+    store, tmp_path, monkeypatch, capsys
+):
     """A tracking server has no file to lock: after its writes a promote reads current back, and
-    another promote's move in between is exit 75, not a line saying what it did not do."""
+    another promote's move in between is one line, not one saying what it did not do. Exit 1,
+    not 75 (a registry review, 2026-12-06): its writes stand, and a retried rollback went back
+    twice."""
     for version in ("v1", "v2", "v3"):
         reg.track_model(fake_model_dir(tmp_path, version), strict=True)
     other = reg.Registry()
     monkeypatch.setattr(reg, "sqlite_path", lambda uri: None)  # as a server's store is
-    write = store._set_current
+    write, other_write = store._set_current, other._set_current
 
     def raced(version, history):
         write(version, history)
-        other._set_current("3", ["1", "3"])  # another promote, its writes after this one's
+        other_write("3", ["1", "3"])  # another promote, its writes after this one's
 
     monkeypatch.setattr(store, "_set_current", raced)
-    with pytest.raises(TryLater, match="current changed meanwhile .*it names version 3 now.*not 2") as raced_:
+    with pytest.raises(reg.CurrentMovedMeanwhile, match="current changed meanwhile .*names version 3 now.*not 2") as e:
         store.promote("2")
     # Not undone: the store took both moves, so what is current is promote's to settle.
-    assert "this promote's writes stand" in str(raced_.value) and "promote VERSION settles it" in str(raced_.value)
+    assert "this promote's writes stand" in str(e.value) and "promote VERSION settles it" in str(e.value)
+    set_current = reg.Registry._set_current  # the job opens a Registry of its own: raced on the class
+    monkeypatch.setattr(reg.Registry, "_set_current", lambda self, version, history: raced(version, history))
+    with pytest.raises(SystemExit) as exit_info:  # the job: one line, exit 1
+        models.main(["promote", "2"])
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 1 and "current changed meanwhile" in line, line
+    monkeypatch.setattr(reg.Registry, "_set_current", set_current)
     monkeypatch.setattr(store, "_set_current", write)
     assert store.promote("2") == ("3", "2")  # unraced, the re-read agrees
+
+
+@pytest.mark.faults
+def test_a_move_that_stands_is_told_so_and_a_directory_replaced_during_its_check_is_refused(
+    store, tmp_path, monkeypatch, capsys
+):
+    """A rollback whose writes stood exited 75 (try later) when the store was busy at the read of
+    its directory for the line: a retry went back once more. And a promote verified the
+    directory, minutes, outside the lock: a training into the same --output meanwhile left current
+    on the replaced directory (a registry review, 2026-12-06)."""
+    for version in ("v1", "v2"):
+        reg.track_model(fake_model_dir(tmp_path, version), strict=True)
+    models.main(["promote", "2"])
+    capsys.readouterr()
+    path_of = reg.Registry.path_of
+
+    def busy_after_the_move(self, version):
+        if self.current() == version:
+            raise reg.StoreBusy(f"tracking store {self.uri}: busy, another writer holds its database; try later")
+        return path_of(self, version)
+
+    monkeypatch.setattr(reg.Registry, "path_of", busy_after_the_move)
+    models.main(["rollback"])  # exit 0: the move stands
+    assert capsys.readouterr().out.startswith("current: 1 (rolled back from 2): its directory not read again (")
+    assert store.current() == "1"
+    monkeypatch.setattr(reg.Registry, "path_of", path_of)
+    deployable = reg.Registry._deployable
+
+    def replaced_meanwhile(self, version):
+        deployable(self, version)
+        shutil.rmtree(tmp_path / "v2")
+        os.rename(fake_model_dir(tmp_path, "v3"), tmp_path / "v2")  # jobs.train swaps its new directory in
+
+    monkeypatch.setattr(reg.Registry, "_deployable", replaced_meanwhile)
+    with pytest.raises(SystemExit) as exit_info:
+        models.main(["promote", "2"])
+    assert exit_info.value.code == 2 and "was replaced there by" in capsys.readouterr().err
+    assert store.current() == "1"
+
+
+@pytest.mark.faults
+def test_a_tracking_server_that_stops_answering_midway_is_try_later(monkeypatch):
+    """The registry probes a server when it opens; one that stopped answering after (a restart
+    during a promote's minutes of verification) was exit 2, "do not retry" (a registry review,
+    2026-12-06). Here MLflow's own client meets a port where nothing listens."""
+    import socket
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as silent:  # bound, not listening: connections are refused
+        silent.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(MlflowException) as raised:
+            MlflowClient(tracking_uri=uri, registry_uri=uri).get_registered_model("advanced-ncf")
+    failed = reg.store_failed(uri, raised.value)
+    assert isinstance(failed, reg.StoreUnreachable) and exit_status(failed) == 75, (failed, raised.value)
+    assert str(failed) == f"tracking store {uri}: no server answers there (Connection refused); try later"
+    local = reg.store_failed("sqlite:////tmp/m.db", raised.value)  # not a server's: its words, exit 2
+    assert not isinstance(local, TryLater)
 
 
 @pytest.mark.faults
