@@ -54,9 +54,10 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from ncf.code import code_version
 from ncf.data import layout
-from ncf.errors import InputError, TryLater, one_line
+from ncf.errors import InputError, TryLater, cannot_access, one_line
 from ncf.jsonio import read_small_json
 from ncf.model.directory import METRICS, WEIGHTS, read_config, read_metrics
+from ncf.model.files import BEST_VAL_METRIC
 from ncf.model.integrity import MANIFEST, sha256_of, verify_model_dir, vocab_digest
 from ncf.staging import present
 
@@ -282,6 +283,13 @@ def lineage(model_dir: str, data: Optional[str] = None) -> Dict[str, str]:
     trained_vocab = config["data"].get("vocab_sha256")
     data = os.path.abspath(data or config["data"]["path"])
     stats = layout.stats_path(data)
+    try:
+        return _lineage(model_dir, config, data, stats, trained_vocab)
+    except OSError as e:  # a stats.json or model.pt this account cannot read (a share's permissions)
+        raise InputError(cannot_access(f"read {e.filename or model_dir}", e)) from None
+
+
+def _lineage(model_dir: str, config: Dict, data: str, stats: str, trained_vocab: Optional[str]) -> Dict[str, str]:
     return {
         # The real path: a blue/green link is repointed by the next training, its old target kept.
         MODEL_DIR_TAG: os.path.realpath(model_dir),
@@ -325,33 +333,47 @@ def check_trained_on(model_dir: str, data: str) -> None:
 
 def headline(metrics: Dict, source: str = METRICS) -> Dict[str, str]:
     """A model's headline figures from its metrics.json, as tags: held-out test recall/NDCG@10
-    (a refit model's are its validated run's: the refit saw the test weeks) and the best
-    validation NDCG@10. One that is not a number (``null``, ``NaN``, a string: a file edited by
-    hand) is left out, in a line on stderr naming ``source`` (the file) and the figure."""
+    (a refit model's are its validated run's: the refit saw the test weeks), the best validation
+    NDCG@10 and the epoch kept. A figure that is not a number in [0, 1] (``null``, ``NaN``, a
+    string: a file edited by hand; -1, training's mark for no finite validation figure) or an
+    epoch that is not a whole number is left out, in a line on stderr naming ``source`` (the
+    file) and the value."""
     tags, left_out = {}, []
     heldout, of = metrics.get("test"), "this model"
     if heldout is None and isinstance(metrics.get("validated"), dict) and "test" in metrics["validated"]:
         heldout, of = metrics["validated"]["test"], "its validated run"
     if isinstance(heldout, dict) and heldout:
         figures = {k: heldout[k] for k in HEADLINE if k in heldout}
-        kept = numeric(figures, prefix="test_")
+        kept = _ratios(figures, prefix="test_")
         tags.update({k: f"{v:.4f}" for k, v in kept.items()})
         tags["test_of"] = of
         left_out += [(f"test {k}", v) for k, v in figures.items() if metric_key("test_" + k) not in kept]
     for part in ("training", "sweep"):
-        if "best_val_ndcg@10" in (metrics.get(part) or {}):
-            val = metrics[part]["best_val_ndcg@10"]
-            if not numeric({"v": val}):
-                left_out.append((f"{part} best_val_ndcg@10", val))
-            elif val >= 0:
-                tags[metric_key("best_val_ndcg@10")] = f"{val:.4f}"
+        if BEST_VAL_METRIC in (metrics.get(part) or {}):
+            kept = _ratios({BEST_VAL_METRIC: metrics[part][BEST_VAL_METRIC]})
+            tags.update({k: f"{v:.4f}" for k, v in kept.items()})
+            left_out += [] if kept else [(f"{part} {BEST_VAL_METRIC}", metrics[part][BEST_VAL_METRIC])]
             break
+    epoch = metrics.get("best_epoch")
+    if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
+        tags["best_epoch"] = str(epoch)
+    elif "best_epoch" in metrics:
+        left_out.append(("best_epoch", epoch))
     if left_out:
         said = ", ".join(f"{name} ({json.dumps(value)[:40]})" for name, value in left_out)
-        print(f"[registry] {source}: {said} left out of the version's tags: not a number", file=sys.stderr, flush=True)
-    if "best_epoch" in metrics:
-        tags["best_epoch"] = str(metrics["best_epoch"])
+        print(
+            f"[registry] {source}: {said} left out of the version's tags: not a number in [0, 1] (an epoch: "
+            "not a whole number)",
+            file=sys.stderr,
+            flush=True,
+        )
     return tags
+
+
+def _ratios(values: Dict, prefix: str = "") -> Dict[str, float]:
+    """The figures of ``values`` (:func:`numeric`) that are ratios, 0 to 1, as every headline
+    figure is."""
+    return {k: v for k, v in numeric(values, prefix=prefix).items() if 0.0 <= v <= 1.0}
 
 
 def checked_metrics(model_dir: str) -> Dict:
@@ -810,7 +832,13 @@ class Registry:
             tags = self.client.get_registered_model(self.name).tags or {}
         except Exception as e:  # noqa: BLE001
             raise self._failed(e) from None
-        return int(tags.get(CLAIMS_SETTLED_TAG, 0))
+        settled = tags.get(CLAIMS_SETTLED_TAG, "0")
+        if not re.fullmatch(r"[0-9]+", str(settled)):  # edited in MLflow's UI
+            raise InputError(
+                f"tracking store {self.uri}: {self.name}'s tag {CLAIMS_SETTLED_TAG} is {settled!r}, not a version "
+                "number: set it to the newest version registered when its current version was settled, or delete it"
+            )
+        return int(settled)
 
     def promote(self, version: str) -> Tuple[Optional[str], str]:
         """Makes ``version`` current; returns (previous, new).
@@ -1238,10 +1266,25 @@ def track_model(
             failed = f"{type(e).__name__}: {first_line}"
             message = f"registered as version {version}, current not settled ({failed}); {later}"
         else:
-            later = f"{MODELS_CLI} register {model_dir}{'' if candidate else ' --not-deployable'}"
+            later = _register_later(registry, model_dir, candidate)
             message = f"not recorded ({type(e).__name__}: {first_line}); record it later with {later}"
         print(f"[registry] {model_dir} {message}", file=sys.stderr, flush=True)
         return version
+
+
+def _register_later(registry: Optional[Registry], model_dir: str, candidate: bool) -> str:
+    """The command that registers ``model_dir`` in the store this job meant (``registry``; None
+    where it did not open: the environment's): run from a shell, without the job's runtime
+    environment, ``register`` would create a fresh default store and make the model current there."""
+    uri = registry.uri if registry is not None else os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        env = cli_env(uri) if uri else ""
+    except InputError:  # a URI SQLAlchemy would refuse: said as given, the failure before says why
+        env = f"MLFLOW_TRACKING_URI={shlex.quote(uri)} "
+    name = registry.name if registry is not None else MODEL_NAME
+    named = f" --name {shlex.quote(name)}" if name != MODEL_NAME else ""
+    flag = "" if candidate else " --not-deployable"
+    return f"{env}{MODELS_CLI}{named} register {shlex.quote(os.path.abspath(model_dir))}{flag}"
 
 
 def _quoted(value: str) -> str:

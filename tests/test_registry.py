@@ -1388,6 +1388,47 @@ def test_a_tracking_server_that_stops_answering_midway_is_try_later(monkeypatch)
 
 
 @pytest.mark.faults
+def test_headline_figures_out_of_range_an_edited_tag_and_an_unreadable_file_are_said_in_one_line(
+    store, tmp_path, monkeypatch, capsys
+):
+    """From a registry review (2026-12-06): training's -1 (no finite validation figure) was left
+    out of the tags without a word, a test figure of 1.5 tagged as it was, a best_epoch of null
+    tagged "None"; a claims tag edited in MLflow's UI and a stats.json this account cannot read
+    were tracebacks; the command printed to register a model later named no store, so run from a
+    shell it registered into a fresh default store and made the model current there."""
+    edited = {"training": {"best_val_ndcg@10": -1}, "best_epoch": None, "test": {"ndcg@10": 1.5, "recall@10": 0.2}}
+    tags = reg.headline(edited)
+    assert tags == {"test_recall_at_10": "0.2000", "test_of": "this model"}
+    assert capsys.readouterr().err == (
+        "[registry] metrics.json: test ndcg@10 (1.5), training best_val_ndcg@10 (-1), best_epoch (null) left out of "
+        "the version's tags: not a number in [0, 1] (an epoch: not a whole number)\n"
+    )
+    model = fake_model_dir(tmp_path, "v1")
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(reg, "sha256_of", unreadable)
+        with pytest.raises(InputError, match=r"cannot read .*/v1/model.pt \(EACCES: Permission denied\): check its"):
+            reg.lineage(model)
+    assert reg.track_model(model, strict=True) == "1"
+    store._set_model_tag(reg.CLAIMS_SETTLED_TAG, "3 (set by hand)")
+    with pytest.raises(InputError, match="tag .* is '3 \\(set by hand\\)', not a version number"):
+        store.settle_first()
+
+    def store_fails(*args, **kwargs):
+        raise reg.StoreUnavailable(f"tracking store {store.uri}: INTERNAL_ERROR (disk I/O error)")
+
+    monkeypatch.setattr(reg.Registry, "log_run", store_fails)
+    other = fake_model_dir(tmp_path, "v2")
+    assert reg.track_model(other) is None
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    later = f"record it later with {reg.cli_env(store.uri)}{reg.MODELS_CLI} register {other}"
+    assert line.endswith(later), line
+
+
+@pytest.mark.faults
 def test_a_metrics_json_edited_by_hand_is_refused_before_a_run_is_logged(store, tmp_path, capsys):
     """metrics.json is outside the checksums: a null figure crashed register with a TypeError
     after its run was logged (an orphan run each try); a test or history of another shape is
@@ -1419,7 +1460,10 @@ def test_a_metrics_json_edited_by_hand_is_refused_before_a_run_is_logged(store, 
     tags = store.client.get_model_version(store.name, "1").tags
     assert tags["test_recall_at_10"] == "0.2000" and "test_ndcg_at_10" not in tags
     said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[registry]")]
-    assert said == [f"[registry] {path}: test ndcg@10 (null) left out of the version's tags: not a number"]
+    assert said == [
+        f"[registry] {path}: test ndcg@10 (null) left out of the version's tags: not a number in [0, 1] (an epoch: "
+        "not a whole number)"
+    ]
     (run,) = runs()
     assert run.data.metrics["test_recall_at_10"] == 0.2 and "test_ndcg_at_10" not in run.data.metrics
 
@@ -1602,10 +1646,11 @@ def test_headline_figures_that_are_not_numbers_are_named_and_left_out(capsys):
     assert tags == {"test_of": "this model"}
     assert capsys.readouterr().err == (
         '[registry] m/metrics.json: test recall@10 ("0.2"), test ndcg@10 (NaN), training best_val_ndcg@10 (null) '
-        "left out of the version's tags: not a number\n"
+        "left out of the version's tags: not a number in [0, 1] (an epoch: not a whole number)\n"
     )
     assert reg.headline({"test": {"ndcg@10": 0.3}, "sweep": {"best_val_ndcg@10": -1}}) == {
         "test_ndcg_at_10": "0.3000",
         "test_of": "this model",
     }
-    assert capsys.readouterr().err == ""  # a negative best: none recorded, as before
+    # A negative best (-1: no epoch's validation was finite) is left out, and said since session 58.
+    assert "sweep best_val_ndcg@10 (-1) left out" in capsys.readouterr().err

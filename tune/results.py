@@ -21,9 +21,8 @@ import pandas as pd
 
 from ncf.errors import InputError
 from ncf.jsonio import write_atomically
+from ncf.model.files import BEST_VAL_METRIC, VAL_METRIC
 from ncf.train.checkpoint import (
-    BEST_VAL_METRIC,
-    VAL_METRIC,
     export_model_dir,
     kept_checkpoints,
     read_train_state,

@@ -26,6 +26,10 @@ CONFIG = "config.json"
 WEIGHTS = "model.pt"
 METRICS = "metrics.json"
 STATE = "state"
+# metrics.json's validation figure of each epoch, and the best of them (a sweep ranks its trials
+# by it: tune.results.BEST; the registry tags a version with it).
+VAL_METRIC = "val_ndcg@10"
+BEST_VAL_METRIC = "best_" + VAL_METRIC
 # Boolean masks over the tables' rows: which households and products the run's lists held.
 TRAINED_USERS, TRAINED_PRODUCTS = "trained_users.npy", "trained_products.npy"
 

@@ -22,12 +22,16 @@ from ncf.errors import InputError, cannot_access
 from ncf.jsonio import read_json, write_json
 from ncf.model.config import ModelConfig
 from ncf.model.directory import WEIGHTS, save_model_dir
-from ncf.model.files import TRAINED_PRODUCTS, TRAINED_USERS, load_trained_rows, read_trained_rows, save_trained_rows
+from ncf.model.files import (
+    TRAINED_PRODUCTS,
+    TRAINED_USERS,
+    VAL_METRIC,
+    load_trained_rows,
+    read_trained_rows,
+    save_trained_rows,
+)
 from ncf.model.integrity import sha256_of
 
-VAL_METRIC = "val_ndcg@10"
-# Reported with every epoch of a validated run: a sweep ranks its trials by it (tune.results.BEST).
-BEST_VAL_METRIC = "best_" + VAL_METRIC
 OPTIMIZER = "optimizer.pt"
 TRAIN_STATE = "train_state.json"
 # train_state.json's record of the files written beside it: {name: sha256}. A page lost to a crash

@@ -28,7 +28,7 @@ from ncf.evaluate.evaluation import full_ranking, model_fns, point_in_time_perio
 from ncf.model.advanced_ncf import model_from_weights
 from ncf.model.batch import Batch
 from ncf.model.config import ModelConfig
-from ncf.model.files import read_trained_rows
+from ncf.model.files import BEST_VAL_METRIC, VAL_METRIC, read_trained_rows
 from ncf.model.integrity import vocab_digest
 from ncf.rank.ranker import Ranker
 from ncf.rank.state import EmbeddingRows, RankingState
@@ -320,7 +320,7 @@ def report_again(w: Worker, state: Dict) -> None:
 
 def _improved(w: Worker, metrics: Dict, best: float) -> bool:
     """Rank 0 decides (it alone validates); every rank learns the answer."""
-    improved = w.rank == 0 and metrics.get(ckpt.VAL_METRIC, -1.0) > best
+    improved = w.rank == 0 and metrics.get(VAL_METRIC, -1.0) > best
     flag = torch.tensor([float(improved)], device=collective_device())
     if w.world_size > 1:
         dist.broadcast(flag, src=0)
@@ -347,7 +347,7 @@ def _restore(w: Worker, checkpoint) -> Dict:
         w.read_rows = tuple(now | before for now, before in zip(w.read_rows, trained))
     if optimizer_state is not None:
         load_optimizer_state(w.optimizer, optimizer_state)
-    best = f" (best {ckpt.VAL_METRIC} {state['best']:.4f})" if w.cfg.run == VALIDATED else ""
+    best = f" (best {VAL_METRIC} {state['best']:.4f})" if w.cfg.run == VALIDATED else ""
     log(f"rank {w.rank}: resumed after epoch {state['epoch']}{best}")
     return state
 
@@ -378,12 +378,12 @@ def train_loop_per_worker(config: Dict) -> None:
         if w.validation is not None:
             metrics.update(validate(w, weights))
         if w.cfg.run != VALIDATED or _improved(w, metrics, state["best"]):
-            state.update(best=metrics.get(ckpt.VAL_METRIC, state["best"]), stale=0, best_epoch=epoch)
+            state.update(best=metrics.get(VAL_METRIC, state["best"]), stale=0, best_epoch=epoch)
         else:
             state["stale"] += 1
         state["epoch"] = epoch
         if w.cfg.run == VALIDATED:  # a refit's best is the placeholder -1: reported, it read as a score
-            metrics[ckpt.BEST_VAL_METRIC] = state["best"]
+            metrics[BEST_VAL_METRIC] = state["best"]
         state["history"] = state["history"] + [metrics]  # the curves the report draws
         state.update(
             model_config=w.model_config.to_dict(),

@@ -24,9 +24,10 @@ from ncf.errors import InputError
 from ncf.evaluate.evaluation import evaluate_all
 from ncf.model.config import ModelConfig
 from ncf.model.directory import update_metrics, written_dir
+from ncf.model.files import BEST_VAL_METRIC, VAL_METRIC
 from ncf.registry import track_model
 from ncf.splits import REFIT, TEST, VALIDATED
-from ncf.train.checkpoint import BEST_VAL_METRIC, VAL_METRIC, best_checkpoint, export_model_dir, run_history
+from ncf.train.checkpoint import best_checkpoint, export_model_dir, run_history
 from ncf.train.config import TrainConfig
 from ncf.train.tensorboard import write_history
 from ncf.train.trainer import best_epoch, fit, refit_config

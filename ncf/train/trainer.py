@@ -27,10 +27,10 @@ from ncf.data import examples as E
 from ncf.data import layout
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError, raised_within
+from ncf.model.files import VAL_METRIC
 from ncf.model.integrity import vocab_digest
 from ncf.splits import REFIT, VALIDATED
 from ncf.train.checkpoint import (
-    VAL_METRIC,
     best_checkpoint,
     check_readable,
     check_same_features,
