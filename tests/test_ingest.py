@@ -137,6 +137,50 @@ def test_the_range_of_timestamps_runs_from_1990_up_to_but_not_including_2100():
     assert out.column("reason").to_pylist() == [out_of_range, None, None, out_of_range]
 
 
+@pytest.mark.faults
+def test_a_far_future_placeholder_is_out_of_range_beside_nanosecond_fractions():
+    """pandas 3 parsed a batch holding one string of 9 fractional digits (Spark's nanoseconds) in
+    nanoseconds, where 9999 does not fit: the placeholder beside it became bad_timestamp, though
+    README promises timestamp_out_of_range from 2100 on, as it was in a batch without one (a
+    review, 2026-12-06). The digits past the sixth are cut before parsing; seconds are rounded
+    down, so no moment changes, and the raw text keeps them."""
+    stamps = ["9999-12-31", "2017-11-27 04:01:00", "2017-11-27 04:01:00.123456789", "2017-11-27T04:01:59.999999999Z"]
+    plain = schema.validate_log_batch(
+        pa.table({"user_id": ["u"] * 2, "product_id": ["p"] * 2, "timestamp": stamps[:2]})
+    )
+    assert plain.column("reason").to_pylist() == [schema.TIMESTAMP_OUT_OF_RANGE, None]
+    out = schema.validate_log_batch(pa.table({"user_id": ["u"] * 4, "product_id": ["p"] * 4, "timestamp": stamps}))
+    assert out.column("reason").to_pylist() == [schema.TIMESTAMP_OUT_OF_RANGE, None, None, None]
+    moment = _seconds("2017-11-27 04:01:00")
+    assert out.column("ts").to_pylist()[1:] == [moment, moment, moment + 59]  # rounded down, not up
+    assert out.column("raw_timestamp").to_pylist() == stamps
+
+
+@pytest.mark.faults
+def test_an_int96_timestamp_of_year_9999_keeps_its_year(tmp_path):
+    """Spark's and Hive's legacy INT96 timestamps were read in nanoseconds, where 9999-12-31
+    wraps to 1816-03-29: quarantined as out of range, but with a raw text that was never in the
+    file (a review, 2026-12-06). They are read in microseconds."""
+    import datetime as dt
+
+    stamps = pa.array([dt.datetime(9999, 12, 31), dt.datetime(2017, 11, 27, 4, 1)], pa.timestamp("us"))
+    path = tmp_path / "spark.parquet"
+    pq.write_table(
+        pa.table({"user_id": ["u1", "u2"], "product_id": ["p1", "p2"], "timestamp": stamps}),
+        path,
+        use_deprecated_int96_timestamps=True,
+    )
+    assert "int96" in str(pq.read_metadata(path).schema)  # what the drill is about
+    assert pq.read_table(path).column("timestamp")[0].as_py().year == 1816  # pyarrow's default wraps it
+    pieces, _ = ingest.plan(schema.InputFiles([str(path)], "parquet"))
+    out = pa.concat_tables(
+        ingest.read_and_validate(pa.Table.from_pylist(pieces), "parquet", schema.DEFAULT_MIN_TS, schema.DEFAULT_MAX_TS)
+    )
+    assert out.column("reason").to_pylist() == [schema.TIMESTAMP_OUT_OF_RANGE, None]
+    assert out.column("raw_timestamp")[0].as_py().startswith("9999-12-31")
+    assert out.column("ts")[1].as_py() == _seconds("2017-11-27 04:01:00")
+
+
 def test_a_catalog_column_nobody_reads_does_not_refuse_the_catalog(tmp_path):
     """pyarrow infers an extra CSV column's type from its first block: old code refused a
     catalog whose pack_size read as integers for a megabyte and then held 0.5."""
@@ -444,6 +488,82 @@ def test_a_csv_written_to_while_the_job_reads_it_is_an_input_error_not_a_lost_ro
     os.utime(path, ns=(seen[1] + 2_000_000_000, seen[1] + 2_000_000_000))
     with pytest.raises(schema.InputError, match="changed while the job read it"):
         ingest.count_csv_file(str(path), seen)
+
+
+def _write_parquet_log(path, rows: int, row_group_size: int) -> None:
+    users = [f"u{i % 7}" for i in range(rows)]
+    stamps = [f"2024-01-{i % 28 + 1:02d}" for i in range(rows)]
+    table = pa.table({"user_id": users, "product_id": [f"p{i % 5}" for i in range(rows)], "timestamp": stamps})
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def _rewrite_parquet_log(path, rows: int, row_group_size: int, seen_ns: int) -> None:
+    """The nightly export written again over ``path``, its modification time past ``seen_ns``
+    (a file system's coarse clock could leave it as it was)."""
+    _write_parquet_log(path, rows, row_group_size)
+    os.utime(path, ns=(seen_ns + 2_000_000_000, seen_ns + 2_000_000_000))
+
+
+def _read_pieces(pieces) -> pa.Table:
+    """read_and_validate of plan's pieces, as the Ray Data task runs them."""
+    table = pa.Table.from_pylist(pieces)
+    return pa.concat_tables(ingest.read_and_validate(table, "parquet", schema.DEFAULT_MIN_TS, schema.DEFAULT_MAX_TS))
+
+
+@pytest.mark.faults
+def test_a_parquet_log_rewritten_after_its_footer_was_read_is_an_input_error_not_lost_rows(tmp_path):
+    """A nightly export overwrote sales.parquet after plan read its footer and before its read
+    task opened it: "N rows in the file but M came out of validation" (a RuntimeError, read as
+    lost rows), or "unreadable parquet file" where the old footer's row groups were gone (a
+    review, 2026-12-06). plan records each file's size and modification time, as for a CSV, and
+    the read compares them before and after each piece, the driver once every piece is read."""
+    path = tmp_path / "sales.parquet"
+    changed = f"{path}: changed while the job read it; run again once it is complete"
+    _write_parquet_log(path, 40, row_group_size=10)
+    seen = ingest.file_state(str(path))
+    pieces, footer = ingest.plan(schema.InputFiles([str(path)], "parquet"))
+    assert [(p.get("size"), p.get("mtime_ns")) for p in pieces] == [seen] and footer == {0: 40}
+    assert _read_pieces(pieces).num_rows == 40  # unchanged: read as planned
+    ingest.refuse_changed_files(pieces)
+
+    # Rewritten before the read: more rows, or fewer and without the footer's last row groups.
+    for rows in (60, 15):
+        _rewrite_parquet_log(path, rows, 10, seen[1])
+        with pytest.raises(schema.InputError) as refused:
+            _read_pieces(pieces)
+        assert str(refused.value) == changed
+        with pytest.raises(schema.InputError, match="^" + re.escape(changed) + "$"):
+            ingest.refuse_changed_files(pieces)
+
+    # Rewritten while the piece is read: its one batch is out, the check after it refuses it.
+    _write_parquet_log(path, 40, row_group_size=40)
+    pieces, _ = ingest.plan(schema.InputFiles([str(path)], "parquet"))
+    batches = ingest.read_and_validate(
+        pa.Table.from_pylist(pieces), "parquet", schema.DEFAULT_MIN_TS, schema.DEFAULT_MAX_TS
+    )
+    assert next(batches).num_rows == 40
+    _rewrite_parquet_log(path, 40, 40, os.stat(path).st_mtime_ns)
+    with pytest.raises(schema.InputError, match="^" + re.escape(changed) + "$"):
+        list(batches)
+
+
+@pytest.mark.faults
+def test_a_parquet_log_rewritten_while_the_job_runs_ends_it_in_one_line(ray_session, tmp_path, monkeypatch):
+    """The job's end of the drill above: Ray's read tasks hand the driver the one line, where the
+    accounting's RuntimeError (a traceback) came out (a review, 2026-12-06)."""
+    path = tmp_path / "sales.parquet"
+    _write_parquet_log(path, 40, row_group_size=40)
+    planned = ingest.plan
+
+    def plan_then_rewrite(files):
+        pieces, footer = planned(files)
+        _rewrite_parquet_log(path, 30, 40, os.stat(path).st_mtime_ns)  # the nightly export lands now
+        return pieces, footer
+
+    monkeypatch.setattr(ingest, "plan", plan_then_rewrite)
+    with pytest.raises(schema.InputError) as refused:
+        ingest.ingest_logs(schema.resolve_files(str(path)))
+    assert str(refused.value) == f"{path}: changed while the job read it; run again once it is complete"
 
 
 def test_the_source_counts_of_a_file_and_of_a_file_removed_since_the_job_planned_it(tmp_path):

@@ -23,9 +23,11 @@ Besides :data:`ncf.data.schema.VALIDATED`, rows carry
 ``rows_in`` is counted from the source apart from the read: Parquet footers, and for CSV a
 second parse that only counts rows (:func:`csv_rows`); each file's count is checked against the
 rows that came out, so a row lost anywhere (a file's last rows, a whole file) stops the run. A
-CSV file is looked at (size, modification time) when the job plans its files and again when it
-is counted: one written to in between (an export still being appended to) is an InputError, not
-a count that disagrees with the read.
+file is looked at (size, modification time) when the job plans its files and again later: a CSV
+when it is counted, a Parquet file when each of its pieces is read, before and after, and once
+every piece is read. One written to in between (an export still being appended to, a nightly
+export rewritten after its footer was read) is an InputError, not a count that disagrees with
+the read.
 """
 
 from __future__ import annotations
@@ -69,10 +71,37 @@ def file_state(path: str) -> Tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+def changed_while_read(path: str) -> InputError:
+    """The one line for a file that is no longer as the job planned it."""
+    return InputError(f"{path}: changed while the job read it; run again once it is complete")
+
+
+def _changed_since_planned(piece: Dict) -> bool:
+    """Whether ``piece``'s file is no longer as :func:`plan` saw it (gone included); False for a
+    piece that records no state (one made by hand)."""
+    if piece.get("size") is None:
+        return False
+    try:
+        return file_state(piece["path"]) != (piece["size"], piece["mtime_ns"])
+    except OSError:
+        return True
+
+
+def refuse_changed_files(pieces: List[Dict]) -> None:
+    """InputError naming the first file of ``pieces`` that is no longer as :func:`plan` saw it:
+    its rows read, or its footer's count, may be another version's."""
+    for piece in pieces:
+        if _changed_since_planned(piece):
+            raise changed_while_read(piece["path"])
+
+
 def plan(files: schema.InputFiles) -> Tuple[List[Dict], Dict[int, int]]:
     """Pieces of work (one read task each) and, for Parquet, every file's row count from its
-    footer. A CSV piece keeps its file's :func:`file_state` as it was before the read
-    (``size``, ``mtime_ns``), which :func:`count_csv_file` compares."""
+    footer. Each piece keeps its file's :func:`file_state` as it was before the read (``size``,
+    ``mtime_ns``; for Parquet taken before its footer is read), which :func:`count_csv_file`
+    compares for a CSV, and the read (:func:`_parquet_piece`) and :func:`refuse_changed_files`
+    for Parquet: a nightly export rewritten after its footer was read would otherwise be read
+    against the old file's row groups and row count."""
     if files.format == "csv":
         pieces = []
         for i, path in enumerate(files.paths):
@@ -87,6 +116,7 @@ def plan(files: schema.InputFiles) -> Tuple[List[Dict], Dict[int, int]]:
     pieces, rows = [], {}
     for i, path in enumerate(files.paths):
         try:
+            size, mtime_ns = file_state(path)
             meta = pq.read_metadata(path)
         except (pa.ArrowException, OSError, ValueError) as e:
             raise schema._unreadable(path, "parquet", e) from None
@@ -96,7 +126,16 @@ def plan(files: schema.InputFiles) -> Tuple[List[Dict], Dict[int, int]]:
             group.append(g)
             group_rows += meta.row_group(g).num_rows
             if group_rows >= PIECE_ROWS or g == meta.num_row_groups - 1:
-                pieces.append({"file": i, "path": path, "row_groups": group, "first_row": first})
+                pieces.append(
+                    {
+                        "file": i,
+                        "path": path,
+                        "row_groups": group,
+                        "first_row": first,
+                        "size": size,
+                        "mtime_ns": mtime_ns,
+                    }
+                )
                 first, group, group_rows = first + group_rows, [], 0
     return pieces, rows
 
@@ -113,8 +152,19 @@ def _with_source(table: pa.Table, file: int, rows: np.ndarray, raw_row: Optional
     )
 
 
+# Legacy Spark and Hive timestamps (INT96) are read in this unit: pyarrow's default, nanoseconds,
+# wraps a year past 2262 (a 9999-12-31 placeholder was quarantined as out of range with 1816-03-29
+# as its raw text); microseconds hold every year up to 9999.
+INT96_UNIT = "us"
+
+
 def _parquet_piece(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
-    file = pq.ParquetFile(piece["path"])
+    """Validated rows of a piece's row groups. Its file is looked at before and after: one
+    rewritten since :func:`plan` read its footer is :func:`changed_while_read`, not rows of
+    another file counted against the old footer."""
+    if _changed_since_planned(piece):
+        raise changed_while_read(piece["path"])
+    file = pq.ParquetFile(piece["path"], coerce_int96_timestamp_unit=INT96_UNIT)
     names = file.schema_arrow.names
     columns = [c for c in schema.LOG_REQUIRED + schema.LOG_OPTIONAL if c in names]
     row = piece["first_row"]
@@ -124,6 +174,8 @@ def _parquet_piece(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
         table = schema.validate_log_batch(batch, min_ts, max_ts)
         yield _with_source(table, piece["file"], np.arange(row, row + batch.num_rows))
         row += batch.num_rows
+    if _changed_since_planned(piece):
+        raise changed_while_read(piece["path"])
 
 
 def _free_numbers(start: int, count: int, taken: List[int]) -> np.ndarray:
@@ -241,7 +293,7 @@ def count_csv_file(path: str, seen: Tuple[int, int]) -> Tuple[int, int]:
     read. InputError when the file is not as ``seen`` (its :func:`file_state` when the job planned
     its files), before counting or after: an export still being appended to gives this count
     more rows than the read saw, which is no fault of the pipeline's."""
-    changed = InputError(f"{path}: changed while the job read it; run again once it is complete")
+    changed = changed_while_read(path)
     if file_state(path) != tuple(seen):
         raise changed
     counted = csv_lines(path), csv_rows(path)
@@ -315,7 +367,9 @@ def read_and_validate(batch: pa.Table, fmt: str, min_ts: int, max_ts: int) -> It
     (:data:`ncf.data.schema.VALIDATED` and the source columns of this module's docstring).
 
     A file that cannot be read at all (cut short, an unterminated quote...) raises InputError
-    naming it, which :func:`ingest_logs` passes on as the job's one-line error.
+    naming it, which :func:`ingest_logs` passes on as the job's one-line error; one that no
+    longer is as :func:`plan` saw it is said so (rewritten, its old footer's row groups may be
+    missing: not the file's fault).
     """
     for piece in batch.to_pylist():
         try:
@@ -324,6 +378,8 @@ def read_and_validate(batch: pa.Table, fmt: str, min_ts: int, max_ts: int) -> It
             else:
                 yield from _csv_file(piece, min_ts, max_ts)
         except (pa.ArrowException, OSError, ValueError, EOFError) as e:
+            if _changed_since_planned(piece):
+                raise changed_while_read(piece["path"]) from None
             raise schema._unreadable(piece["path"], fmt, e) from None
 
 
@@ -502,8 +558,9 @@ def ingest_logs(
 ) -> Ingested:
     """Reads and validates every row with Ray Data, quarantines the far future, and accounts for
     every source row (:func:`account`: each file's rows, counted apart from the read, came out
-    of it, and rows in = kept + quarantined, or RuntimeError; a CSV file written to while the job
-    read it is an InputError, :func:`count_csv_file`). ``log``: a line per phase, as it ends."""
+    of it, and rows in = kept + quarantined, or RuntimeError; a file written to while the job
+    read it is an InputError, :func:`count_csv_file`, :func:`refuse_changed_files`). ``log``: a
+    line per phase, as it ends."""
     import ray
 
     pieces, footer_rows = plan(files)
@@ -523,6 +580,8 @@ def ingest_logs(
         if message is None:
             raise
         raise InputError(message) from None
+    if files.format == "parquet":  # a file rewritten after its pieces were read: its footer's count may be another's
+        refuse_changed_files(pieces)
     log(f"read and validated {rows.count():,} rows in {time.time() - started:.1f} s; counting them by day and reason")
 
     started = time.time()

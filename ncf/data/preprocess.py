@@ -109,8 +109,12 @@ def _log(message: str) -> None:
 
 
 def read_files(files: schema.InputFiles, columns) -> ray.data.Dataset:
+    """``columns`` of ``files`` (a catalog's), and those only: a catalog's images or embeddings
+    beside them would be read, and held, for nothing (Ray 2.60 reads a Parquet file's selected
+    columns only; its ``columns=`` is deprecated for this)."""
     if files.format == "parquet":  # Ray's default suffixes would drop a catalog named *.pq, even named alone
-        return ray.data.read_parquet(files.paths, file_extensions=list(schema.PARQUET_SUFFIXES))
+        read = ray.data.read_parquet(files.paths, file_extensions=list(schema.PARQUET_SUFFIXES))
+        return read.select_columns(list(columns))
     return ray.data.read_csv(files.paths, **schema.csv_read_options(columns))
 
 
@@ -230,6 +234,10 @@ def build_vocabularies(
     joined = products.merge(catalog, on=schema.PRODUCT_ID, how="left")
     unmatched = joined[schema.DEPARTMENT].isna()
     missing, examples = int(unmatched.sum()), joined.loc[unmatched, schema.PRODUCT_ID].head(3).tolist()
+    twins, twin_example = _catalog_format_twins(
+        pa.array(joined.loc[unmatched, schema.PRODUCT_ID].tolist(), pa.string()),
+        pa.array(catalog[schema.PRODUCT_ID].tolist(), pa.string()),
+    )
     joined = joined.fillna({schema.DEPARTMENT: schema.UNKNOWN, schema.CATEGORY: schema.UNKNOWN})
 
     def level(column: str) -> Vocabulary:
@@ -258,8 +266,30 @@ def build_vocabularies(
         extra={FIRST_TS: users[FIRST_SEEN].to_numpy(dtype=np.int64)},
     )
     vocabs = Vocabularies(user_vocab, product_vocab, departments, categories)
-    stats = {"products_missing_from_catalog": missing, "products_missing_examples": examples}
+    stats = {
+        "products_missing_from_catalog": missing,
+        "products_missing_examples": examples,
+        "products_missing_differing_only_in_format": twins,
+        "products_missing_differing_only_in_format_example": twin_example,
+    }
     return vocabs, {**stats, **notes}
+
+
+def _catalog_format_twins(missing: pa.Array, catalog_ids: pa.Array) -> tuple[int, Optional[List[str]]]:
+    """Of the log's products the catalog does not name (``missing``, most bought first), how
+    many it names written otherwise (``007`` in the log, ``7`` in the catalog: equal once
+    :func:`ncf.data.schema.canonical_ids` takes their formatting away), and the first such pair
+    (the log's id, the catalog's). Counted, not matched: which spelling is right is the user's
+    to say, as for the log's own ids (:func:`_format_twins`)."""
+    if not len(missing) or not len(catalog_ids):
+        return 0, None
+    at = pc.index_in(schema.canonical_ids(missing), value_set=schema.canonical_ids(catalog_ids))
+    found = pc.is_valid(at)
+    twins = int(pc.sum(found).as_py() or 0)
+    if not twins:
+        return 0, None
+    first = int(pc.index(found, True).as_py())
+    return twins, [missing[first].as_py(), catalog_ids[at[first].as_py()].as_py()]
 
 
 def _kinds_of_ids(
@@ -338,9 +368,17 @@ def _refuse_unmatched_catalog(
         has = f"the catalog {frame[schema.PRODUCT_ID].iloc[0]!r}"
     else:  # every row's product id was bad: Excel's 4.00638E+12 for an EAN, say
         has = f"none of the catalog's {catalog_rows:,} rows has a usable product id"
+    twins = vocab_stats["products_missing_differing_only_in_format"]
+    written_otherwise = ""
+    if twins:
+        in_log, in_catalog = vocab_stats["products_missing_differing_only_in_format_example"]
+        written_otherwise = (
+            f"; {twins:,} of them are in it written otherwise (leading zeros, a leading ' or +, Excel's "
+            f'="..."), e.g. {in_log!r} as {in_catalog!r}'
+        )
     raise schema.InputError(
         f"{catalog.paths[0]}: none of the log's {products:,} products is in the product catalog (the log has "
-        f"e.g. {log_example!r}, {has}): give a catalog keyed by the log's product ids"
+        f"e.g. {log_example!r}, {has}): give a catalog keyed by the log's product ids{written_otherwise}"
     )
 
 
@@ -355,6 +393,22 @@ def _report_catalog_coverage(vocab_stats: Dict, products: int) -> None:
         f"{'WARNING: ' if share > 0.5 else ''}{missing:,} of {products:,} products ({share:.0%}) are not in the "
         f"catalog (department and category unknown), e.g. {vocab_stats['products_missing_examples']}"
         + ("; do the catalog's product_id values match the logs'?" if share > 0.5 else "")
+    )
+
+
+def _report_catalog_format_twins(vocab_stats: Dict) -> None:
+    """A WARNING when products the catalog does not name are in it written otherwise (``007``
+    against ``7``): the coverage line alone read as products the catalog lacks."""
+    twins = vocab_stats["products_missing_differing_only_in_format"]
+    if not twins:
+        return
+    in_log, in_catalog = vocab_stats["products_missing_differing_only_in_format_example"]
+    missing = vocab_stats["products_missing_from_catalog"]
+    _log(
+        f"WARNING: {twins:,} of the {missing:,} products not in the catalog {'is' if twins == 1 else 'are'} in it "
+        f"written otherwise (leading zeros, a leading ' or +, Excel's =\"...\"), e.g. {in_log!r} in the logs, "
+        f"{in_catalog!r} in the catalog: kept apart, with an unknown department and category; write each id one "
+        "way in both"
     )
 
 
@@ -403,10 +457,11 @@ def _blocks_in_order():
 def _unreadable_catalog(files: schema.InputFiles) -> Optional[schema.InputError]:
     """Which catalog file the reader refused, and why, when a file is to blame. Ray Data's error
     names a file but drops pyarrow's reason ("invalid UTF8 data", "Expected 3 columns, got 4"):
-    CSV files are read through here, one by one and streamed, with the same options. None
-    when every file reads (the failure was not the input's: a worker lost, memory)."""
-    if files.format != "csv":
-        return None
+    CSV files are read through here, one by one and streamed, with the same options, and so are
+    Parquet files' contract columns (:func:`_unreadable_parquet_catalog`). None when every file
+    reads (the failure was not the input's: a worker lost, memory)."""
+    if files.format == "parquet":
+        return _unreadable_parquet_catalog(files.paths)
     for path in files.paths:
         try:
             # Streamed: a block in memory at a time, whatever the catalog's size.
@@ -419,11 +474,27 @@ def _unreadable_catalog(files: schema.InputFiles) -> Optional[schema.InputError]
     return None
 
 
+def _unreadable_parquet_catalog(paths: List[str]) -> Optional[schema.InputError]:
+    """The first Parquet catalog file whose contract columns do not read, as the one line a
+    log's would be (:func:`ncf.data.schema._unreadable`). Its footer alone may read while a
+    data page does not (a few bytes damaged: "Corrupt snappy compressed data"), which Ray
+    found only after the whole log. Streamed, a batch at a time and the three columns only:
+    catalogs are small, and their other columns (images, embeddings) are not read."""
+    for path in paths:
+        try:
+            with pq.ParquetFile(path) as file:
+                for _ in file.iter_batches(columns=list(schema.CATALOG_REQUIRED), use_threads=False):
+                    pass
+        except (pa.ArrowException, OSError, ValueError, EOFError) as e:
+            return schema._unreadable(path, "parquet", e)
+    return None
+
+
 def check_inputs(logs: schema.InputFiles, catalog: Optional[schema.InputFiles] = None) -> None:
     """The checks that need no Ray, so that bad input fails in a second, not after start-up (or,
     for a catalog, after the whole log has been read): the files' columns, logs of one content
-    given twice and, for a CSV catalog, that every file parses (:func:`_unreadable_catalog`,
-    streamed; a Parquet catalog's footer is read with its columns, its rows by Ray)."""
+    given twice and that every catalog file reads (:func:`_unreadable_catalog`, streamed: a CSV
+    through, a Parquet file's contract columns)."""
     schema.check_columns(logs, schema.LOG_REQUIRED, "purchase log", schema.LOG_OPTIONAL)
     schema.refuse_repeated_content(logs)
     if catalog is not None:
@@ -1038,6 +1109,7 @@ def _preprocess_into(
     _log(f"vocabularies: {vocabs.sizes()}")
     if catalog is not None:
         _report_catalog_coverage(vocab_stats, vocabs.sizes()["num_products"] - 1)
+        _report_catalog_format_twins(vocab_stats)
     _report_format_twins(vocab_stats)
     for column, text in vocab_stats.get("ids_kept_as_text", {}).items():
         _log(
