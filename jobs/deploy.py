@@ -176,7 +176,7 @@ def main(argv=None) -> dict:
             init_ray()
             # Held from reading what Serve serves until the rollout is checked or undone: two
             # deploys at once undid each other's rollouts (serve.deploy_slot).
-            turn.enter_context(deploy_slot(f"jobs.deploy --model {app_args['model']}"))
+            slot = turn.enter_context(deploy_slot(f"jobs.deploy --model {app_args['model']}"))
             before = _before_rollout(args)
         except (InputError, ValueError) as e:
             fail(str(e), exit_status(e))
@@ -191,7 +191,10 @@ def main(argv=None) -> dict:
             app_args["initial_replicas"] = max(args.min_replicas, 1)
         outcome = _rolled_out(args, app_args, settings, before)
     if not args.detach:
-        serve_until_stopped()
+        if slot.interrupted_at_release:  # the Ctrl-C that ends serving came first: stopped as serving is
+            _stop_owned(True)
+        else:
+            serve_until_stopped()
     return outcome
 
 

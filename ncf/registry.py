@@ -834,7 +834,7 @@ class Registry:
             raise self._failed(e) from None
         settled = tags.get(CLAIMS_SETTLED_TAG, "0")
         if not re.fullmatch(r"[0-9]+", str(settled)):  # edited in MLflow's UI
-            raise InputError(
+            raise StoreUnavailable(
                 f"tracking store {self.uri}: {self.name}'s tag {CLAIMS_SETTLED_TAG} is {settled!r}, not a version "
                 "number: set it to the newest version registered when its current version was settled, or delete it"
             )
@@ -858,6 +858,7 @@ class Registry:
                 # Verified before the lock: a training replacing its directory during those minutes
                 # is seen here (the directory's presence and identity: no second reading of every byte).
                 self.path_of(version)
+                self._claims_settled_through()  # a tag edited by hand: refused before the first write
                 self._set_current(version, _ending_with(history, version))
                 self._check_still_current(version)
         return previous, version
@@ -909,8 +910,12 @@ class Registry:
             return
         try:
             model = self.client.get_registered_model(self.name)
-        except MlflowException as e:
-            raise self._failed(e) from None
+        except MlflowException as e:  # the writes stand: a retry of a rollback would go back once more
+            raise CurrentMovedMeanwhile(
+                f"tracking store {self.uri}: this {move}'s writes were made, and reading current back failed "
+                f"({one_line(store_failed(self.uri, e))}): {MODELS_CLI} list shows where it stands (do not run the "
+                f"{move} again before), {MODELS_CLI} promote VERSION settles it"
+            ) from None
         alias = model.aliases.get(CURRENT)
         recorded = (model.tags or {}).get(HISTORY_TAG, "").split(",")[-1]
         if (None if alias is None else str(alias), recorded) != (version, version):
@@ -986,13 +991,32 @@ class Registry:
                 self._rollback_target_deployable(kept[-2])
             else:  # its directory replaced during the verification's minutes: seen here, as promote does
                 self.path_of(kept[-2])
+            self._claims_settled_through()  # a tag edited by hand: refused before the first write
             # The history first: a rollback stopped before the alias moves then reads as not done
             # (the alias first, history() would take the version rolled back from as moved to,
             # and the next rollback would go back to it).
             self._record_current(kept[-2], kept[:-1])
-            self.client.set_registered_model_alias(self.name, CURRENT, kept[-2])
+            self._move_alias_back(kept[-2])
             self._check_still_current(kept[-2], "rollback")
         return kept[-1], kept[-2]
+
+    def _move_alias_back(self, version: str) -> None:
+        """A rollback's last write, the alias. A server's answer lost on the way (a timeout, a
+        dropped connection) leaves it unknown whether the alias moved: not a failure to retry, as
+        a rollback run again after a move that stood goes back once more (a database store's
+        failure is its transaction's: nothing moved, and the history written first reads so)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.set_registered_model_alias(self.name, CURRENT, version)
+        except MlflowException as e:
+            failed = store_failed(self.uri, e)
+            if not (isinstance(failed, StoreUnreachable) and _ANSWER_LOST.search(str(e))):
+                raise failed from None  # refused, or never sent (a connection refused): nothing moved
+            raise CurrentMovedMeanwhile(
+                f"{failed}: the rollback to version {version} may have moved current before the answer was lost; "
+                f"{MODELS_CLI} list shows where it stands (do not run the rollback again before)"
+            ) from None
 
     def _rollback_plan(self) -> List[str]:
         """The history a rollback leaves behind, and the version it leaves (last): the versions
@@ -1115,6 +1139,10 @@ _NO_ANSWER = re.compile(
 )
 
 
+# Of those, the ones where the request may have reached the server, which may have acted on it.
+_ANSWER_LOST = re.compile(r"Connection aborted|RemoteDisconnected|Read timed out|Connection reset")
+
+
 def store_failed(uri: str, error) -> StoreUnavailable:
     """An MLflow error of the store at ``uri`` (a read-only database, a refused token), in one
     line; :class:`StoreBusy` where another writer holds it (a locked database), and
@@ -1125,7 +1153,15 @@ def store_failed(uri: str, error) -> StoreUnavailable:
     busy = _busy(uri, error)
     if busy:
         return StoreBusy(f"tracking store {uri}: busy, {busy}; try later")
-    no_answer = _NO_ANSWER.search(str(error)) if urllib.parse.urlsplit(uri).scheme in ("http", "https") else None
+    # The client's own words (no server's answer, no JSON body): a server answering with its backend's
+    # failure ("psycopg2 ... Connection refused") is that server's, not a silence to wait out.
+    no_answer = (
+        _NO_ANSWER.search(str(error))
+        if urllib.parse.urlsplit(uri).scheme in ("http", "https")
+        and not isinstance(getattr(error, "json", None), dict)
+        and str(error).startswith("API request to ")
+        else None
+    )
     if no_answer:
         errno = re.search(r"\[Errno -?\d+\] ([^\"')]+)", str(error))
         why = errno.group(1).strip() if errno else no_answer.group(0)
@@ -1277,8 +1313,11 @@ def _register_later(registry: Optional[Registry], model_dir: str, candidate: boo
     where it did not open: the environment's): run from a shell, without the job's runtime
     environment, ``register`` would create a fresh default store and make the model current there."""
     uri = registry.uri if registry is not None else os.environ.get("MLFLOW_TRACKING_URI")
+    # The store is named even where it is the default: run from another directory, the command's
+    # own default would be another store.
+    uri = uri or sqlite_uri(os.path.abspath(LOCAL_STORE))
     try:
-        env = cli_env(uri) if uri else ""
+        env = cli_env(uri)
     except InputError:  # a URI SQLAlchemy would refuse: said as given, the failure before says why
         env = f"MLFLOW_TRACKING_URI={shlex.quote(uri)} "
     name = registry.name if registry is not None else MODEL_NAME

@@ -26,8 +26,16 @@ SLOT_NAMESPACE = "ncf"  # drivers get anonymous namespaces; the slot must be see
 SLOT_START_S = 120.0  # the slot's actor process started (seconds on a loaded node)
 
 
+class SlotHeld:
+    """What :func:`cluster_slot` yields: ``interrupted_at_release`` tells, after the block, that a
+    Ctrl-C came while the slot was given back. The release does not raise it over the block's
+    outcome; a job that would go on for long after (a foreground deploy's serving) stops instead."""
+
+    interrupted_at_release = False
+
+
 @contextmanager
-def cluster_slot(name: str, holder: str, busy: Callable[[str], str]) -> Iterator[None]:
+def cluster_slot(name: str, holder: str, busy: Callable[[str], str]) -> Iterator[SlotHeld]:
     """Holds the cluster's slot ``name`` for the block (Ray must be up); ``holder`` names this
     job in the refusal another job gets, ``busy(the holder's name)`` (:class:`Busy`)."""
     import ray
@@ -53,15 +61,17 @@ def cluster_slot(name: str, holder: str, busy: Callable[[str], str]) -> Iterator
             f"the cluster did not start the actor of the slot {name} (it asks for no resources) within "
             f"{SLOT_START_S:.0f} s; see `ray status` and the raylet's logs"
         ) from None
+    held = SlotHeld()
     try:
-        yield
+        yield held
     finally:
-        _release(slot, name)
+        held.interrupted_at_release = _release(slot, name)
 
 
-def _release(slot, name: str) -> None:
+def _release(slot, name: str) -> bool:
     """Kills the slot's actor and waits until its name is free; a failure here is said, never
-    raised over the block's own result or error (the slot goes with the driver anyway)."""
+    raised over the block's own result or error (the slot goes with the driver anyway). Returns
+    whether a Ctrl-C came meanwhile."""
     import ray
 
     try:
@@ -74,6 +84,8 @@ def _release(slot, name: str) -> None:
             file=sys.stderr,
             flush=True,
         )
+        return isinstance(e, KeyboardInterrupt)
+    return False
 
 
 def _wait_released(name: str, timeout_s: float = 30.0) -> None:

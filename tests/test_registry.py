@@ -1429,6 +1429,76 @@ def test_headline_figures_out_of_range_an_edited_tag_and_an_unreadable_file_are_
 
 
 @pytest.mark.faults
+def test_a_rollback_whose_writes_may_stand_is_never_try_later(store, tmp_path, monkeypatch):
+    """The second read of the registry's fixes (2026-12-06): a rollback on a tracking server
+    whose read-back failed, or whose alias write lost the server's answer, still exited 75, and
+    a retry went back twice; a server's own backend failure quoting "Connection refused" read as
+    no server answering (75, retried for ever); a claims tag edited by hand was refused after
+    promote's first write."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    for version in ("v1", "v2"):
+        reg.track_model(fake_model_dir(tmp_path, version), strict=True)
+    store.promote("2")
+    monkeypatch.setattr(reg, "sqlite_path", lambda uri: None)  # as a server's store is
+    moved, read = [], store.client.get_registered_model
+    set_alias = store.client.set_registered_model_alias
+
+    def alias_then_mark(*args):
+        set_alias(*args)
+        moved.append(args)
+
+    def unreadable_once_moved(name):
+        if moved:
+            raise MlflowException("API request to http://mlflow:5000/api failed with exception Read timed out.")
+        return read(name)
+
+    monkeypatch.setattr(store.client, "set_registered_model_alias", alias_then_mark)
+    monkeypatch.setattr(store.client, "get_registered_model", unreadable_once_moved)
+    with pytest.raises(reg.CurrentMovedMeanwhile, match="this rollback's writes were made, and reading current back"):
+        store.rollback()
+    monkeypatch.setattr(store.client, "get_registered_model", read)
+    assert store.current() == "1"
+    # The alias write's answer lost (a server's URI): unknown whether it moved.
+    store.uri = "http://mlflow:5000"
+
+    def lost(*args):
+        raise MlflowException(
+            "API request to http://mlflow:5000/api/2.0/mlflow/registered-models/alias failed with exception "
+            "HTTPConnectionPool(host='mlflow', port=5000): Read timed out. (read timeout=120)"
+        )
+
+    monkeypatch.setattr(store.client, "set_registered_model_alias", lost)
+    with pytest.raises(reg.CurrentMovedMeanwhile, match="may have moved current before the answer was lost"):
+        store._move_alias_back("1")
+
+    def refused(*args):
+        raise MlflowException(
+            "API request to http://mlflow:5000/api failed with exception Max retries exceeded (Caused by "
+            "NewConnectionError: Failed to establish a new connection: [Errno 111] Connection refused)"
+        )
+
+    monkeypatch.setattr(store.client, "set_registered_model_alias", refused)
+    with pytest.raises(reg.StoreUnreachable):  # never sent: nothing moved, a retry is right
+        store._move_alias_back("1")
+    backend = RestException(
+        {"error_code": "INTERNAL_ERROR", "message": "psycopg2: connection failed: Connection refused"}
+    )
+    assert not isinstance(reg.store_failed("http://mlflow:5000", backend), TryLater)
+    # A tag edited by hand: refused before promote writes anything.
+    store.uri = reg.tracking_uri()
+    monkeypatch.setattr(store.client, "set_registered_model_alias", set_alias)
+    store._set_model_tag(reg.CLAIMS_SETTLED_TAG, "two")
+    with pytest.raises(reg.StoreUnavailable, match="not a version number"):
+        store.promote("2")
+    assert store.current() == "1"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the later command names the default store too
+    assert reg._register_later(None, "m", True).startswith(
+        f"MLFLOW_TRACKING_URI={reg.sqlite_uri(os.path.abspath('artifacts/mlflow.db'))} "
+    )
+
+
+@pytest.mark.faults
 def test_a_metrics_json_edited_by_hand_is_refused_before_a_run_is_logged(store, tmp_path, capsys):
     """metrics.json is outside the checksums: a null figure crashed register with a TypeError
     after its run was logged (an orphan run each try); a test or history of another shape is

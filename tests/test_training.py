@@ -450,11 +450,12 @@ def test_ctrl_c_while_the_slot_is_given_back_leaves_the_jobs_outcome_as_it_was(r
 
     monkeypatch.setattr(slot, "_wait_released", interrupted)
     try:
-        with training_slot("jobs.train interrupted at its end"):
+        with training_slot("jobs.train interrupted at its end") as held:
             outcome = "exported and registered"
     except KeyboardInterrupt:  # raised out of the test, it would stop pytest
         pytest.fail("the release's Ctrl-C replaced the block's outcome")
-    assert outcome == "exported and registered"
+    # Told to the job: a foreground deploy stops rather than serve on (a second read, 2026-12-06).
+    assert outcome == "exported and registered" and held.interrupted_at_release
     assert capsys.readouterr().err == (
         f"[slot] the slot {SLOT_NAME} was not released (KeyboardInterrupt); it goes when this job ends\n"
     )

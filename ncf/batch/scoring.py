@@ -523,9 +523,10 @@ class ScoringFailed(RuntimeError):
 
 
 class ScoringInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped the run after it opened its stage: nothing committed by it. Its message is
-    what the stage keeps for a rerun (:func:`_parts_left`). A KeyboardInterrupt still: no
-    ``except Exception`` takes it for a failure."""
+    """Ctrl-C stopped the run after it opened its stage. Its message is what it left: the parts
+    the stage keeps for a rerun (:func:`_parts_left`), or a commit begun (finished from its
+    journal, or journaled for the next run). A KeyboardInterrupt still: no ``except Exception``
+    takes it for a failure."""
 
 
 def rerun_to(what: str, at_setting: str, at: int, run_date: str) -> str:
@@ -849,6 +850,11 @@ def _interrupted_leaves(
     committed = commit.read_committed(run.final)
     if committed is not None and committed.get("run_id") == run.run_id:
         return f"its commit had begun and was finished from its journal: {run.final}"
+    if os.path.exists(commit.journal_path(run.output, run.partition)):  # the roll forward failed too
+        return (
+            "its commit had begun and is journaled: the date's next run finishes it (a run of the same plan then "
+            "scores nothing again)"
+        )
     return "nothing committed, " + _parts_left(run.stage, named, config, at, run_date)
 
 

@@ -24,10 +24,9 @@ Besides :data:`ncf.data.schema.VALIDATED`, rows carry
 second parse that only counts rows (:func:`csv_rows`); each file's count is checked against the
 rows that came out, so a row lost anywhere (a file's last rows, a whole file) stops the run. A
 file is looked at (size, modification time) when the job plans its files and again later: a CSV
-when it is counted, a Parquet file when each of its pieces is read, before and after, and once
-every piece is read. One written to in between (an export still being appended to, a nightly
-export rewritten after its footer was read) is an InputError, not a count that disagrees with
-the read.
+when it is counted, a Parquet file when each of its pieces is read, before and after. One written
+to in between (an export still being appended to, a nightly export rewritten after its footer
+was read) is an InputError, not a count that disagrees with the read.
 """
 
 from __future__ import annotations
@@ -77,31 +76,24 @@ def changed_while_read(path: str) -> InputError:
 
 
 def _changed_since_planned(piece: Dict) -> bool:
-    """Whether ``piece``'s file is no longer as :func:`plan` saw it (gone included); False for a
-    piece that records no state (one made by hand)."""
+    """Whether ``piece``'s file is no longer as :func:`plan` saw it; False for a piece that
+    records no state (one made by hand), and for a file this node cannot look at (gone, or not
+    on storage it mounts): the read's own error says that, "changed" would not."""
     if piece.get("size") is None:
         return False
     try:
         return file_state(piece["path"]) != (piece["size"], piece["mtime_ns"])
     except OSError:
-        return True
-
-
-def refuse_changed_files(pieces: List[Dict]) -> None:
-    """InputError naming the first file of ``pieces`` that is no longer as :func:`plan` saw it:
-    its rows read, or its footer's count, may be another version's."""
-    for piece in pieces:
-        if _changed_since_planned(piece):
-            raise changed_while_read(piece["path"])
+        return False
 
 
 def plan(files: schema.InputFiles) -> Tuple[List[Dict], Dict[int, int]]:
     """Pieces of work (one read task each) and, for Parquet, every file's row count from its
     footer. Each piece keeps its file's :func:`file_state` as it was before the read (``size``,
     ``mtime_ns``; for Parquet taken before its footer is read), which :func:`count_csv_file`
-    compares for a CSV, and the read (:func:`_parquet_piece`) and :func:`refuse_changed_files`
-    for Parquet: a nightly export rewritten after its footer was read would otherwise be read
-    against the old file's row groups and row count."""
+    compares for a CSV, and the read of each Parquet piece (:func:`_parquet_piece`), before and
+    after: a nightly export rewritten after its footer was read would otherwise be read against
+    the old file's row groups and row count."""
     if files.format == "csv":
         pieces = []
         for i, path in enumerate(files.paths):
@@ -559,7 +551,7 @@ def ingest_logs(
     """Reads and validates every row with Ray Data, quarantines the far future, and accounts for
     every source row (:func:`account`: each file's rows, counted apart from the read, came out
     of it, and rows in = kept + quarantined, or RuntimeError; a file written to while the job
-    read it is an InputError, :func:`count_csv_file`, :func:`refuse_changed_files`). ``log``: a
+    read it is an InputError, :func:`count_csv_file`, :func:`_parquet_piece`). ``log``: a
     line per phase, as it ends."""
     import ray
 
@@ -580,8 +572,6 @@ def ingest_logs(
         if message is None:
             raise
         raise InputError(message) from None
-    if files.format == "parquet":  # a file rewritten after its pieces were read: its footer's count may be another's
-        refuse_changed_files(pieces)
     log(f"read and validated {rows.count():,} rows in {time.time() - started:.1f} s; counting them by day and reason")
 
     started = time.time()

@@ -283,7 +283,7 @@ def _catalog_format_twins(missing: pa.Array, catalog_ids: pa.Array) -> tuple[int
     to say, as for the log's own ids (:func:`_format_twins`)."""
     if not len(missing) or not len(catalog_ids):
         return 0, None
-    at = pc.index_in(schema.canonical_ids(missing), value_set=schema.canonical_ids(catalog_ids))
+    at = pc.index_in(schema.canonical_ids(missing), value_set=schema.canonical_ids(catalog_ids), skip_nulls=True)
     found = pc.is_valid(at)
     twins = int(pc.sum(found).as_py() or 0)
     if not twins:

@@ -786,10 +786,12 @@ _NOT_TIMESTAMPS = ("now", "today", "tomorrow", "yesterday")  # pandas reads the 
 # (20171127T0401Z). pandas reads "2017-11" (or "2017/11", "2017 11") as the first of the month.
 _WITH_DAY = r"^[0-9]{4}(?:(?:[-/. ][0-9]{1,2}){2}|[0-9]{4})(?:$|[^0-9])"
 _UNIT_SECONDS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
-# A fraction of a second of more than 6 digits (Spark's and Java's nanoseconds, 04:01:00.123456789):
-# RE2, to find the rows, and Python's, to cut the digits past the sixth.
-_PAST_MICROSECONDS = r"[0-9]{2}[.,][0-9]{7}"
-_MICROSECONDS_AND_MORE = re.compile(r"([0-9]{2}[.,][0-9]{6})[0-9]+")
+# A fraction of a second written with a comma (ISO 8601's other mark, 04:01:00,123), which pandas'
+# ISO parser refuses, or of more than 6 digits (Spark's and Java's nanoseconds, 04:01:00.123456789):
+# RE2, to find the rows, and Python's, to write the mark as a point and cut the digits past the sixth.
+_FRACTION_TO_MEND = r":[0-9]{2}(?:,[0-9]|[.][0-9]{7})"
+_COMMA_FRACTION = re.compile(r"(:[0-9]{2}),([0-9])")
+_MICROSECONDS_AND_MORE = re.compile(r"(:[0-9]{2}[.][0-9]{6})[0-9]+")
 
 
 def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array, np.ndarray]:
@@ -852,17 +854,19 @@ def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array, np.ndarray]:
 
 
 def _to_microseconds(strings: pd.Series, trimmed: pa.Array) -> pd.Series:
-    """``strings`` with fractions of a second cut after their sixth digit. One string of nine
-    (``04:01:00.123456789``) made pandas parse its whole batch in nanoseconds, where a year past
-    2262 does not fit: a ``9999-12-31`` placeholder beside it was a ``bad_timestamp`` instead of
-    ``timestamp_out_of_range``, as it is in a batch without one. Seconds are rounded down anyway,
-    so the digits cut change no moment. Only the rows Arrow's regex finds (``trimmed``: the same
-    text) are rewritten in pandas; the match costs about 2% of a batch's parse."""
-    long = pc.fill_null(pc.match_substring_regex(trimmed, _PAST_MICROSECONDS), False).to_numpy(zero_copy_only=False)
-    if not long.any():
+    """``strings`` with fractions of a second written with a point and cut after their sixth
+    digit. One string of nine (``04:01:00.123456789``) made pandas parse its whole batch in
+    nanoseconds, where a year past 2262 does not fit: a ``9999-12-31`` placeholder beside it was a
+    ``bad_timestamp`` instead of ``timestamp_out_of_range``, as it is in a batch without one; a
+    comma (``04:01:00,123``) was a ``bad_timestamp`` itself. Seconds are rounded down anyway, so
+    the digits cut change no moment. Only the rows Arrow's regex finds (``trimmed``: the same text)
+    are rewritten in pandas; the match costs about 2% of a batch's parse."""
+    mend = pc.fill_null(pc.match_substring_regex(trimmed, _FRACTION_TO_MEND), False).to_numpy(zero_copy_only=False)
+    if not mend.any():
         return strings
     strings = strings.copy()
-    strings[long] = strings[long].str.replace(_MICROSECONDS_AND_MORE, r"\1", regex=True)
+    mended = strings[mend].str.replace(_COMMA_FRACTION, r"\1.\2", regex=True)
+    strings[mend] = mended.str.replace(_MICROSECONDS_AND_MORE, r"\1", regex=True)
     return strings
 
 
