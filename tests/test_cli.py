@@ -389,6 +389,21 @@ def test_a_ray_address_where_nothing_answers_is_one_line(monkeypatch):
     cli.check_head_answers("ray://127.0.0.1:1")  # Ray Client's form: Ray's to judge
 
 
+def _preprocess_joining(tmp_path, ray_address: str) -> subprocess.CompletedProcess:
+    """`python -m jobs.preprocess` of a one-line log into ``tmp_path/out``, with RAY_ADDRESS set
+    to ``ray_address``: a fresh process, as a user's."""
+    logs = tmp_path / "logs.csv"
+    logs.write_text("user_id,product_id,timestamp,quantity\nu1,p1,2024-01-01T10:00:00,1\n")
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.preprocess", "--input", str(logs), "--output", str(tmp_path / "out")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAY_ADDRESS": ray_address},
+    )
+
+
 @pytest.mark.faults
 def test_a_ray_address_ray_cannot_read_is_one_line_before_ray_starts(tmp_path):
     """A RAY_ADDRESS without its port, or with a script's trailing blank, ended in Ray's
@@ -415,16 +430,7 @@ def test_a_ray_address_ray_cannot_read_is_one_line_before_ray_starts(tmp_path):
         "anyscale://x",
     ):
         cli.check_ray_address(good)
-    logs = tmp_path / "logs.csv"
-    logs.write_text("user_id,product_id,timestamp,quantity\nu1,p1,2024-01-01T10:00:00,1\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "jobs.preprocess", "--input", str(logs), "--output", str(tmp_path / "out")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "RAY_ADDRESS": "127.0.0.1"},
-    )
+    done = _preprocess_joining(tmp_path, "127.0.0.1")
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "error: RAY_ADDRESS='127.0.0.1' is not an address Ray reads: give the head's HOST:PORT (6379 unless "
         "`ray start --head --port` said otherwise), auto, or ray://HOST:PORT; unset it to run on a local cluster"
@@ -605,16 +611,7 @@ def test_the_issues_example_is_one_line_and_exit_2():
 def test_a_dashboard_address_in_ray_address_is_a_one_line_error_before_ray_starts(tmp_path):
     """The README's `export RAY_ADDRESS=http://127.0.0.1:8265` is for `ray job submit`; a job run
     directly with it ended in Ray's ValueError traceback."""
-    logs = tmp_path / "logs.csv"
-    logs.write_text("user_id,product_id,timestamp,quantity\nu1,p1,2024-01-01T10:00:00,1\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "jobs.preprocess", "--input", str(logs), "--output", str(tmp_path / "out")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "RAY_ADDRESS": "http://127.0.0.1:8265"},
-    )
+    done = _preprocess_joining(tmp_path, "http://127.0.0.1:8265")
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert (

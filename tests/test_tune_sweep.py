@@ -980,16 +980,7 @@ def test_a_failed_refit_is_one_line_and_its_refusal_the_refusal(tmp_path, monkey
 
     from jobs import tune_sweep
 
-    for name, value in {
-        "check_data": lambda *args, **kwargs: None,
-        "check_sweep_directory": lambda *args: None,
-        "init_ray": lambda: None,
-        "training_slot": lambda what: contextlib.nullcontext(),
-        "training_on_gpu": lambda *args, **kwargs: False,
-        "run_sweep": lambda *args, **kwargs: _sweep_table(["done", "done"]),
-        "track_sweep_model": lambda *args, **kwargs: "7",
-    }.items():
-        monkeypatch.setattr(tune_sweep, name, value)
+    _swept_two_trials(monkeypatch, track_sweep_model=lambda *args, **kwargs: "7")
     argv = ["--data", str(tmp_path / "data"), "--output", str(tmp_path / "sweep"), "--trials", "2", "--refit"]
     for error, status, says in [
         (WorkerGroupError("...", {0: InputError("the checkpoint c1 is damaged")}), 2, "error: the checkpoint c1"),
@@ -1008,6 +999,23 @@ def test_a_failed_refit_is_one_line_and_its_refusal_the_refusal(tmp_path, monkey
     monkeypatch.setattr(tune_sweep, "refit_best", lambda *args: (_ for _ in ()).throw(KeyError("this code's own")))
     with pytest.raises(KeyError):  # this code's own bug: its traceback stays
         tune_sweep.main(argv)
+
+
+def _swept_two_trials(monkeypatch, **stubs) -> None:
+    """jobs.tune_sweep's steps before and around the sweep stubbed (no DATA, Ray or slot): its
+    sweep returns two finished trials; ``stubs`` replace more of its names."""
+    from jobs import tune_sweep
+
+    steps = {
+        "check_data": lambda *args, **kwargs: None,
+        "check_sweep_directory": lambda *args: None,
+        "init_ray": lambda: None,
+        "training_slot": lambda what: contextlib.nullcontext(),
+        "training_on_gpu": lambda *args, **kwargs: False,
+        "run_sweep": lambda *args, **kwargs: _sweep_table(["done", "done"]),
+    }
+    for name, value in {**steps, **stubs}.items():
+        monkeypatch.setattr(tune_sweep, name, value)
 
 
 def _sweep_table(statuses) -> pd.DataFrame:
@@ -1100,16 +1108,7 @@ def test_ctrl_c_after_tunes_loop_is_one_line_exit_130_with_a_resume_hint(tmp_pat
         _not_a_traceback(sweep_module.run_sweep, settings)
 
     # In the job, after run_sweep: registering SWEEP/best.
-    for name, value in {
-        "check_data": lambda *args, **kwargs: None,
-        "check_sweep_directory": lambda *args: None,
-        "init_ray": lambda: None,
-        "training_slot": lambda what: contextlib.nullcontext(),
-        "training_on_gpu": lambda *args, **kwargs: False,
-        "run_sweep": lambda *args, **kwargs: _sweep_table(["done", "done"]),
-        "track_sweep_model": interrupted,
-    }.items():
-        monkeypatch.setattr(tune_sweep, name, value)
+    _swept_two_trials(monkeypatch, track_sweep_model=interrupted)
     argv = ["--data", str(tmp_path / "data"), "--output", str(tmp_path / "sweep"), "--trials", "2"]
     with pytest.raises(SystemExit) as exit:
         _not_a_traceback(tune_sweep.main, argv)
