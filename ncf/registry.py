@@ -913,8 +913,8 @@ class Registry:
         except MlflowException as e:  # the writes stand: a retry of a rollback would go back once more
             raise CurrentMovedMeanwhile(
                 f"tracking store {self.uri}: this {move}'s writes were made, and reading current back failed "
-                f"({one_line(store_failed(self.uri, e))}): {MODELS_CLI} list shows where it stands (do not run the "
-                f"{move} again before), {MODELS_CLI} promote VERSION settles it"
+                f"({_without_retry_advice(store_failed(self.uri, e))}): {MODELS_CLI} list shows where it stands (do "
+                f"not run the {move} again before), {MODELS_CLI} promote VERSION settles it"
             ) from None
         alias = model.aliases.get(CURRENT)
         recorded = (model.tags or {}).get(HISTORY_TAG, "").split(",")[-1]
@@ -1011,11 +1011,14 @@ class Registry:
             self.client.set_registered_model_alias(self.name, CURRENT, version)
         except MlflowException as e:
             failed = store_failed(self.uri, e)
-            if not (isinstance(failed, StoreUnreachable) and _ANSWER_LOST.search(str(e))):
-                raise failed from None  # refused, or never sent (a connection refused): nothing moved
+            # MLflow's client retries a POST too: a refused connection may follow a first try
+            # the server took, so no silence says nothing moved.
+            if not isinstance(failed, StoreUnreachable):
+                raise failed from None
             raise CurrentMovedMeanwhile(
-                f"{failed}: the rollback to version {version} may have moved current before the answer was lost; "
-                f"{MODELS_CLI} list shows where it stands (do not run the rollback again before)"
+                f"{_without_retry_advice(failed)}: the rollback to version {version} may have moved current before "
+                f"the server's answer was lost; {MODELS_CLI} list shows where it stands (do not run the rollback "
+                "again before)"
             ) from None
 
     def _rollback_plan(self) -> List[str]:
@@ -1134,13 +1137,17 @@ def _ending_with(history: List[str], version: str) -> List[str]:
 # What MLflow's client says (an INTERNAL_ERROR, once its retries are spent) where no tracking
 # server answered: requests' words for a refused, dropped or silent connection.
 _NO_ANSWER = re.compile(
-    r"Failed to establish a new connection|Connection aborted|RemoteDisconnected|Read timed out|"
+    r"Failed to establish a new connection|Connection aborted|RemoteDisconnected|timed out|ConnectTimeoutError|"
     r"Connection refused|Connection reset|Name or service not known|NameResolutionError"
 )
+# How the client words its own failure to be answered (mlflow.utils.rest_utils), where a server's
+# non-JSON answer is "API request to endpoint ... failed with error code ...".
+_CLIENT_FAILED = re.compile(r"^API request to \S+ failed with (timeout )?exception")
 
 
-# Of those, the ones where the request may have reached the server, which may have acted on it.
-_ANSWER_LOST = re.compile(r"Connection aborted|RemoteDisconnected|Read timed out|Connection reset")
+def _without_retry_advice(error: Exception) -> str:
+    """``error``'s line without its "try later": said inside a line that asks not to retry."""
+    return str(error).removesuffix("; try later")
 
 
 def store_failed(uri: str, error) -> StoreUnavailable:
@@ -1159,7 +1166,7 @@ def store_failed(uri: str, error) -> StoreUnavailable:
         _NO_ANSWER.search(str(error))
         if urllib.parse.urlsplit(uri).scheme in ("http", "https")
         and not isinstance(getattr(error, "json", None), dict)
-        and str(error).startswith("API request to ")
+        and _CLIENT_FAILED.match(str(error))
         else None
     )
     if no_answer:

@@ -155,10 +155,13 @@ def test_a_far_future_placeholder_is_out_of_range_beside_nanosecond_fractions():
     assert out.column("ts").to_pylist()[1:] == [moment, moment, moment + 59]  # rounded down, not up
     assert out.column("raw_timestamp").to_pylist() == stamps
     # ISO 8601's comma (a second read, 2026-12-06: pandas refused it, a bad_timestamp), 3 or 9 digits.
-    commas = ["2017-11-27T04:01:00,123+01:00", "2017-11-27 04:01:59,123456789"]
-    out = schema.validate_log_batch(pa.table({"user_id": ["u"] * 2, "product_id": ["p"] * 2, "timestamp": commas}))
-    assert out.column("reason").to_pylist() == [None, None]
-    assert out.column("ts").to_pylist() == [moment - 3600, moment + 59]
+    # And ISO's basic form, whose seconds follow no colon (a third read: its cut was lost).
+    other = ["2017-11-27T04:01:00,123+01:00", "2017-11-27 04:01:59,123456789", "20171127T040100.123456789Z"]
+    out = schema.validate_log_batch(
+        pa.table({"user_id": ["u"] * 4, "product_id": ["p"] * 4, "timestamp": [stamps[0], *other]})
+    )
+    assert out.column("reason").to_pylist() == [schema.TIMESTAMP_OUT_OF_RANGE, None, None, None]
+    assert out.column("ts").to_pylist()[1:] == [moment - 3600, moment + 59, moment]
 
 
 @pytest.mark.faults
@@ -537,6 +540,13 @@ def test_a_parquet_log_rewritten_after_its_footer_was_read_is_an_input_error_not
         with pytest.raises(schema.InputError) as refused:
             _read_pieces(pieces)
         assert str(refused.value) == changed
+
+    # A file this node cannot look at (removed, or not on storage it mounts) is the read's own error.
+    _write_parquet_log(path, 40, row_group_size=10)
+    pieces, _ = ingest.plan(schema.InputFiles([str(path)], "parquet"))
+    os.remove(path)
+    with pytest.raises(schema.InputError, match=f"^{re.escape(str(path))}: unreadable parquet file"):
+        _read_pieces(pieces)
 
     # Rewritten while the piece is read: its one batch is out, the check after it refuses it.
     _write_parquet_log(path, 40, row_group_size=40)
