@@ -853,6 +853,28 @@ def test_the_sampled_protocols_negatives_may_be_what_the_household_buys_after_th
     assert items[0] == 3 and sorted(items[1:]) == [1, 4, 5, 6, 7, 8]  # 4 may be a negative; 2 and 3 not
 
 
+@pytest.mark.faults
+def test_a_positive_scored_nan_is_a_miss_in_the_sampled_protocol():
+    """(NaN >= NaN) is False: a scorer giving every product NaN (a diverged model: its logits are
+    not masked) had no negative at or above its positive, so rank 0, HR@10 1 and NDCG@10 1 (a
+    review of the evaluation code, 2026-12-06). A NaN among the negatives counts against a
+    finite positive, as a tie does."""
+    from ncf.evaluate.protocol import sampled_ranking
+
+    states = states_of({1: [(2, 0), (3, 10)]})
+    period = Period("val", 5 * DAY, {1: np.array([3])}, {1: np.array([3])}, {1: 10 * DAY}, 20 * DAY)
+    diverged = sampled_ranking(lambda u, at, items: np.full(len(items), np.nan), period, period.users, states, 30)
+    assert diverged == {"sampled_hr@10": 0.0, "sampled_ndcg@10": 0.0}
+
+    def positive_first_but_nan_negatives(u, at, items):
+        scores = np.full(len(items), np.nan)
+        scores[0] = 1.0
+        return scores
+
+    below = sampled_ranking(positive_first_but_nan_negatives, period, period.users, states, 30)
+    assert below == {"sampled_hr@10": 0.0, "sampled_ndcg@10": 0.0}  # 27 NaN negatives: ranked 28th
+
+
 def test_als_counts_are_built_a_chunk_of_households_at_a_time(monkeypatch):
     from ncf.evaluate.baselines.als import purchase_counts
 

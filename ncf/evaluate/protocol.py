@@ -258,7 +258,9 @@ def sampled_ranking(
         negatives = pool.take(rng.choice(len(pool), size=min(SAMPLED_NEGATIVES, len(pool)), replace=False))
         positive = int(rng.choice(period.first_basket[u]))  # after the negatives: theirs are the draws as before
         s = score(u, period.first_visit[u], np.concatenate([[positive], negatives]))
-        rank = int((s[1:] >= s[0]).sum())  # ties count against the positive
+        # Ties count against the positive, and so does a NaN among the negatives; a positive that
+        # is not a finite score is a miss (a diverged model's NaN passed every comparison as a hit).
+        rank = int((~(s[1:] < s[0])).sum()) if np.isfinite(s[0]) else len(s)
         hits.append(rank < K)
         ndcgs.append(1.0 / np.log2(rank + 2) if rank < K else 0.0)
     return {f"sampled_hr@{K}": float(np.mean(hits)), f"sampled_ndcg@{K}": float(np.mean(ndcgs))}

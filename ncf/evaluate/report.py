@@ -640,7 +640,8 @@ def write_report(
     sections = [
         f"<h1>AdvancedNCF evaluation report</h1><p>model version <b>{html.escape(version)}</b>; "
         + _period_words(period, rows)
-        + f", full ranking over {int(ranker.candidates.known.sum()):,} products, "
+        + f", full ranking over {int(ranker.candidates.known.sum()):,} products (the model and the boosted ranker "
+        "rerank their first stage's candidates, drawn from all of them; the other baselines score every one), "
         "each household ranked at its first visit)"
         + (
             "; <b>exclude_purchased</b>: every ranking leaves out what the household bought before, and only "
