@@ -43,6 +43,7 @@ from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError
 from ncf.evaluate.report import CONSOLE_COLUMNS, PAIRED_SE, cell_text, failed_text
+from ncf.evaluate.report_inputs import read_ablation_rows
 from ncf.jsonio import write_text
 from ncf.model.directory import ModelDir
 from ncf.registry import check_store_outlives_the_job, in_unpacked_working_dir, sqlite_uri
@@ -305,7 +306,7 @@ def main(argv=None) -> list:
         check_store_outlives_the_job()  # a store named in Ray's unpacked copy: refused now, not after preprocessing
         # Now, not after ten minutes of preprocessing and training.
         check_port_free("127.0.0.1", args.port, "stop it or give the demo another --port")
-        evaluate.read_jsonl(args.ablations)  # its rows are read again by the report
+        read_ablation_rows(args.ablations)  # its rows are read again by the report
         init_ray()
     import ray
 
