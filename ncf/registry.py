@@ -861,7 +861,17 @@ class Registry:
                 self._claims_settled_through()  # a tag edited by hand: refused before the first write
                 self._set_current(version, _ending_with(history, version))
                 self._check_still_current(version)
+            elif self._recorded_last() != version:  # a promote whose alias write stood, its answer lost
+                self._record_current(version, _ending_with(history, version))
         return previous, version
+
+    def _recorded_last(self) -> Optional[str]:
+        """The last version the history tag records (the alias aside, which :meth:`history` adds)."""
+        try:
+            tags = self.client.get_registered_model(self.name).tags or {}
+        except Exception as e:  # noqa: BLE001
+            raise self._failed(e) from None
+        return (tags.get(HISTORY_TAG, "").split(",") or [None])[-1] or None
 
     @contextlib.contextmanager
     def _moving_current(self):
@@ -1011,9 +1021,10 @@ class Registry:
             self.client.set_registered_model_alias(self.name, CURRENT, version)
         except MlflowException as e:
             failed = store_failed(self.uri, e)
-            # MLflow's client retries a POST too: a refused connection may follow a first try
-            # the server took, so no silence says nothing moved.
-            if not isinstance(failed, StoreUnreachable):
+            # MLflow's client retries a POST, and its last words are the last try's: a refused
+            # connection, or a 503, may follow a first try the server took. Only a server's own
+            # answer (a JSON body), or a database's transaction, says nothing moved.
+            if sqlite_path(self.uri) is not None or isinstance(getattr(e, "json", None), dict):
                 raise failed from None
             raise CurrentMovedMeanwhile(
                 f"{_without_retry_advice(failed)}: the rollback to version {version} may have moved current before "
@@ -1137,7 +1148,8 @@ def _ending_with(history: List[str], version: str) -> List[str]:
 # What MLflow's client says (an INTERNAL_ERROR, once its retries are spent) where no tracking
 # server answered: requests' words for a refused, dropped or silent connection.
 _NO_ANSWER = re.compile(
-    r"Failed to establish a new connection|Connection aborted|RemoteDisconnected|timed out|ConnectTimeoutError|"
+    r"Failed to establish a new connection|Connection aborted|RemoteDisconnected|(?:Read |Connect )?timed out|"
+    r"ConnectTimeoutError|"
     r"Connection refused|Connection reset|Name or service not known|NameResolutionError"
 )
 # How the client words its own failure to be answered (mlflow.utils.rest_utils), where a server's

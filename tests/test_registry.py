@@ -1483,6 +1483,22 @@ def test_a_rollback_whose_writes_may_stand_is_never_try_later(store, tmp_path, m
     with pytest.raises(reg.CurrentMovedMeanwhile, match="may have moved current") as unknown:
         store._move_alias_back("1")
     assert "try later" not in str(unknown.value)
+
+    def busy_after_retries(*args):  # its first try may have been taken: the 503s came after
+        raise MlflowException(
+            "API request to http://mlflow:5000/api failed with exception too many 503 error responses"
+        )
+
+    monkeypatch.setattr(store.client, "set_registered_model_alias", busy_after_retries)
+    with pytest.raises(reg.CurrentMovedMeanwhile, match="may have moved current"):
+        store._move_alias_back("1")
+
+    def answered(*args):  # the server's own answer: nothing moved, its words stand
+        raise RestException({"error_code": "PERMISSION_DENIED", "message": "not allowed"})
+
+    monkeypatch.setattr(store.client, "set_registered_model_alias", answered)
+    with pytest.raises(reg.StoreUnavailable, match="the server answered PERMISSION_DENIED"):
+        store._move_alias_back("1")
     backend = RestException(
         {"error_code": "INTERNAL_ERROR", "message": "psycopg2: connection failed: Connection refused"}
     )
@@ -1492,6 +1508,12 @@ def test_a_rollback_whose_writes_may_stand_is_never_try_later(store, tmp_path, m
         "port=5000): Max retries exceeded (Caused by ConnectTimeoutError(..., 'Connection to mlflow timed out.'))"
     )
     assert isinstance(reg.store_failed("http://mlflow:5000", connect_timeout), reg.StoreUnreachable)
+    # A promote whose alias write stood and whose answer was lost, retried: its tags written then.
+    store.uri = reg.tracking_uri()
+    monkeypatch.setattr(store.client, "set_registered_model_alias", set_alias)
+    set_alias(store.name, reg.CURRENT, "2")
+    assert store._recorded_last() == "1" and store.promote("2") == ("2", "2") and store._recorded_last() == "2"
+    store.rollback()
     # A tag edited by hand: refused before promote writes anything.
     store.uri = reg.tracking_uri()
     monkeypatch.setattr(store.client, "set_registered_model_alias", set_alias)

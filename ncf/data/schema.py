@@ -789,10 +789,10 @@ _UNIT_SECONDS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 # A fraction of a second written with a comma (ISO 8601's other mark, 04:01:00,123), which pandas'
 # ISO parser refuses, or of more than 6 digits (Spark's and Java's nanoseconds, 04:01:00.123456789):
 # RE2, to find the rows, and Python's, to write the mark as a point and cut the digits past the sixth.
-# The comma only after a time's seconds (04:01:00,123); the long fraction in ISO's basic form too
-# (20171127T040100.123456789Z).
-_FRACTION_TO_MEND = r":[0-9]{2},[0-9]|[0-9]{2}[.][0-9]{7}"
-_COMMA_FRACTION = re.compile(r"(:[0-9]{2}),([0-9])")
+# The comma only after a time's seconds (04:01:00,123, or ISO's basic form: T040100,123); the long
+# fraction in the basic form too (20171127T040100.123456789Z).
+_FRACTION_TO_MEND = r":[0-9]{2},[0-9]|T[0-9]{6},[0-9]|[0-9]{2}[.][0-9]{7}"
+_COMMA_FRACTION = re.compile(r"((?::|T[0-9]{4})[0-9]{2}),([0-9])")
 _MICROSECONDS_AND_MORE = re.compile(r"([0-9]{2}[.][0-9]{6})[0-9]+")
 
 
