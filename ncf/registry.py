@@ -862,7 +862,9 @@ class Registry:
                 self._set_current(version, _ending_with(history, version))
                 self._check_still_current(version)
             elif self._recorded_last() != version:  # a promote whose alias write stood, its answer lost
+                self._claims_settled_through()  # a tag edited by hand: refused before the first write
                 self._record_current(version, _ending_with(history, version))
+                self._check_still_current(version)
         return previous, version
 
     def _recorded_last(self) -> Optional[str]:
@@ -1024,7 +1026,7 @@ class Registry:
             # MLflow's client retries a POST, and its last words are the last try's: a refused
             # connection, or a 503, may follow a first try the server took. Only a server's own
             # answer (a JSON body), or a database's transaction, says nothing moved.
-            if sqlite_path(self.uri) is not None or isinstance(getattr(e, "json", None), dict):
+            if _database_store(self.uri) or isinstance(getattr(e, "json", None), dict):
                 raise failed from None
             raise CurrentMovedMeanwhile(
                 f"{_without_retry_advice(failed)}: the rollback to version {version} may have moved current before "
@@ -1155,6 +1157,12 @@ _NO_ANSWER = re.compile(
 # How the client words its own failure to be answered (mlflow.utils.rest_utils), where a server's
 # non-JSON answer is "API request to endpoint ... failed with error code ...".
 _CLIENT_FAILED = re.compile(r"^API request to \S+ failed with (timeout )?exception")
+
+
+def _database_store(uri: str) -> bool:
+    """Whether the store at ``uri`` is a database MLflow opens itself (SQLite, PostgreSQL, MySQL,
+    SQL Server), whose failed write is its transaction's: nothing written."""
+    return urllib.parse.urlsplit(uri).scheme.split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql")
 
 
 def _without_retry_advice(error: Exception) -> str:

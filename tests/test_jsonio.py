@@ -104,7 +104,7 @@ def test_a_file_system_that_cannot_fsync_a_folder_still_gets_the_file(tmp_path, 
 
 def test_a_history_with_a_diverged_epoch_is_still_drawn_from_what_write_json_wrote(tmp_path, capsys):
     """A NaN loss was read back as NaN and drawn as a gap; written as null now, the report must
-    still take the history (jobs.evaluate.drawable_history) and draw it."""
+    still take the history (ncf.evaluate.report_inputs.drawable_history) and draw it."""
     from jobs import evaluate
     from ncf.evaluate.report import training_chart
 

@@ -1499,6 +1499,12 @@ def test_a_rollback_whose_writes_may_stand_is_never_try_later(store, tmp_path, m
     monkeypatch.setattr(store.client, "set_registered_model_alias", answered)
     with pytest.raises(reg.StoreUnavailable, match="the server answered PERMISSION_DENIED"):
         store._move_alias_back("1")
+    store.uri = "postgresql://db/mlflow"  # a database's failed write is its transaction's: nothing moved
+    monkeypatch.setattr(store.client, "set_registered_model_alias", busy_after_retries)
+    with pytest.raises(reg.StoreUnavailable) as failed:
+        store._move_alias_back("1")
+    assert not isinstance(failed.value, TryLater) and "may have moved" not in str(failed.value)
+    store.uri = "http://mlflow:5000"
     backend = RestException(
         {"error_code": "INTERNAL_ERROR", "message": "psycopg2: connection failed: Connection refused"}
     )

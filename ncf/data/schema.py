@@ -791,8 +791,8 @@ _UNIT_SECONDS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 # RE2, to find the rows, and Python's, to write the mark as a point and cut the digits past the sixth.
 # The comma only after a time's seconds (04:01:00,123, or ISO's basic form: T040100,123); the long
 # fraction in the basic form too (20171127T040100.123456789Z).
-_FRACTION_TO_MEND = r":[0-9]{2},[0-9]|T[0-9]{6},[0-9]|[0-9]{2}[.][0-9]{7}"
-_COMMA_FRACTION = re.compile(r"((?::|T[0-9]{4})[0-9]{2}),([0-9])")
+_FRACTION_TO_MEND = r":[0-9]{2},[0-9]|[T ][0-9]{6},[0-9]|[0-9]{2}[.][0-9]{7}"
+_COMMA_FRACTION = re.compile(r"((?::|[T ][0-9]{4})[0-9]{2}),([0-9])")
 _MICROSECONDS_AND_MORE = re.compile(r"([0-9]{2}[.][0-9]{6})[0-9]+")
 
 
