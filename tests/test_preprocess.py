@@ -770,14 +770,9 @@ def test_an_unreadable_catalog_is_one_line_naming_it(ray_session, tmp_path, row,
     assert not os.path.exists(tmp_path / "out")
 
     # ... and the job, before Ray starts (it used to fail after the whole log had been read and split).
-    def no_ray():
-        raise AssertionError("jobs.preprocess started Ray before refusing the catalog")
-
-    monkeypatch.setattr(preprocess_job, "init_ray", no_ray)
-    with pytest.raises(SystemExit) as exit_info:
-        preprocess_job.main(["--input", str(logs), "--products", str(catalog), "--output", str(tmp_path / "out")])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+    capsys.readouterr()
+    argv = ["--input", str(logs), "--products", str(catalog), "--output", str(tmp_path / "out")]
+    assert _refused(argv, monkeypatch, capsys) == f"error: {message}"
 
 
 @pytest.mark.faults
@@ -978,15 +973,9 @@ def test_a_parquet_catalog_whose_data_is_damaged_is_one_line_before_ray_starts(
     assert str(fallback.value) == message
     assert not os.path.exists(tmp_path / "out")
 
-    def no_ray():
-        raise AssertionError("jobs.preprocess started Ray before refusing the catalog")
-
-    monkeypatch.setattr(preprocess_job, "init_ray", no_ray)
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        preprocess_job.main(["--input", str(logs), "--products", str(catalog), "--output", str(tmp_path / "out")])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+    argv = ["--input", str(logs), "--products", str(catalog), "--output", str(tmp_path / "out")]
+    assert _refused(argv, monkeypatch, capsys) == f"error: {message}"
 
 
 @pytest.mark.faults
