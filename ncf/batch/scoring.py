@@ -529,6 +529,15 @@ class ScoringInterrupted(KeyboardInterrupt):
     takes it for a failure."""
 
 
+# What a run leaves whose swap was journaled and not rolled forward on its way out (a commit that
+# failed, or was interrupted): the next run of the date finishes it.
+_SWAP_JOURNALED = (
+    "every part is scored and the swap journaled: the next run of this date finishes the commit (a run of the "
+    "same plan then scores nothing again)"
+)
+_PARTS_REMOVED = "its parts are removed (--no-resume): rerun the same command to score every user again"
+
+
 def rerun_to(what: str, at_setting: str, at: int, run_date: str) -> str:
     """How to rerun a failed run of ``run_date`` at ``at`` (epoch seconds) to ``what`` its kept
     parts: the same command, but ``--at now`` names another date after 00:00 UTC, so such a run
@@ -558,7 +567,7 @@ def _parts_left(stage: str, named: Dict[str, pa.Table], config: BatchScoreConfig
     ``named`` (written whole or not at all: :func:`write_part`) and how a rerun continues them, or
     that they are removed (``--no-resume``)."""
     if not config.resume:
-        return "its parts are removed (--no-resume): rerun the same command to score every user again"
+        return _PARTS_REMOVED
     try:
         whole = sum(1 for name in os.listdir(stage) if name in named)
     except OSError:
@@ -847,15 +856,18 @@ def _interrupted_leaves(
     leaves, past the run's exit: a commit its journal finished, or the parts kept (or removed)."""
     if run is None:
         return "nothing was scored: rerun the same command"
-    committed = commit.read_committed(run.final)
-    if committed is not None and committed.get("run_id") == run.run_id:
+    if _committed_by(run.final, run.run_id):
         return f"its commit had begun and was finished from its journal: {run.final}"
     if os.path.exists(commit.journal_path(run.output, run.partition)):  # the roll forward failed too
-        return (
-            "its commit had begun and is journaled: the date's next run finishes it (a run of the same plan then "
-            "scores nothing again)"
-        )
+        return f"nothing committed, {_SWAP_JOURNALED}"
     return "nothing committed, " + _parts_left(run.stage, named, config, at, run_date)
+
+
+def _committed_by(final: str, run_id: str) -> bool:
+    """Whether the partition at ``final`` is run ``run_id``'s commit (its swap finished, from its
+    journal where the run itself did not)."""
+    committed = commit.read_committed(final)
+    return committed is not None and committed.get("run_id") == run_id
 
 
 def _continued_moment(run: PartitionRun, plan: Dict, run_date: str, log: Callable[[str], None]) -> Tuple[int, int]:
@@ -913,16 +925,12 @@ def _commit_outcome(
     the scored parts are and what a rerun does with them."""
     run_date = run_date_of(at)
     final = commit.partition_path(output, partition_name(run_date))
-    committed = commit.read_committed(final)
-    if committed is not None and committed.get("run_id") == run_id:
+    if _committed_by(final, run_id):
         log(f"the commit raised ({error}) and was finished from its journal")
         return final
     cause = f"{type(error).__name__}: {error}"
     if os.path.exists(commit.journal_path(output, partition_name(run_date))):
-        kept = (
-            "every part is scored and the swap journaled: the next run of this date finishes the commit (a run of "
-            "the same plan then scores nothing again)"
-        )
+        kept = _SWAP_JOURNALED
     else:
         kept = _scored_parts_left(config, at, run_date, "commit them")
     raise ScoringFailed(f"the commit of run_date={run_date} failed ({cause}); nothing committed, {kept}")
@@ -933,7 +941,7 @@ def _scored_parts_left(config: BatchScoreConfig, at: int, run_date: str, to: str
     command ``to`` do the rest, or removed (``--no-resume``)."""
     if config.resume:
         return "every part is scored and kept: " + rerun_to(to, config.at, at, run_date)
-    return "its parts are removed (--no-resume): rerun the same command to score every user again"
+    return _PARTS_REMOVED
 
 
 def _verified(
