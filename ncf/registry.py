@@ -451,7 +451,7 @@ def _busy(uri: str, error) -> Optional[str]:
     if uri.startswith("sqlite:"):
         locked = next((locked for locked in _SQLITE_LOCKED if locked in text), None)
         return locked and f"another writer holds its database ({locked}, after MLflow's wait)"
-    if urllib.parse.urlsplit(uri).scheme not in ("http", "https"):
+    if not _server_store(uri):
         return None
     body = getattr(error, "json", None)
     if isinstance(body, dict):
@@ -827,12 +827,15 @@ class Registry:
             # database store); the tag exists now, and writing it again is an update.
             self.client.set_registered_model_tag(self.name, key, value)
 
-    def _claims_settled_through(self) -> int:
+    def _model_tags(self) -> Dict[str, str]:
+        """The registered model's tags, read now (the store's failure in one line)."""
         try:
-            tags = self.client.get_registered_model(self.name).tags or {}
+            return self.client.get_registered_model(self.name).tags or {}
         except Exception as e:  # noqa: BLE001
             raise self._failed(e) from None
-        settled = tags.get(CLAIMS_SETTLED_TAG, "0")
+
+    def _claims_settled_through(self) -> int:
+        settled = self._model_tags().get(CLAIMS_SETTLED_TAG, "0")
         if not re.fullmatch(r"[0-9]+", str(settled)):  # edited in MLflow's UI
             raise StoreUnavailable(
                 f"tracking store {self.uri}: {self.name}'s tag {CLAIMS_SETTLED_TAG} is {settled!r}, not a version "
@@ -869,11 +872,7 @@ class Registry:
 
     def _recorded_last(self) -> Optional[str]:
         """The last version the history tag records (the alias aside, which :meth:`history` adds)."""
-        try:
-            tags = self.client.get_registered_model(self.name).tags or {}
-        except Exception as e:  # noqa: BLE001
-            raise self._failed(e) from None
-        return (tags.get(HISTORY_TAG, "").split(",") or [None])[-1] or None
+        return _last_recorded(self._model_tags())
 
     @contextlib.contextmanager
     def _moving_current(self):
@@ -929,7 +928,7 @@ class Registry:
                 f"not run the {move} again before), {MODELS_CLI} promote VERSION settles it"
             ) from None
         alias = model.aliases.get(CURRENT)
-        recorded = (model.tags or {}).get(HISTORY_TAG, "").split(",")[-1]
+        recorded = _last_recorded(model.tags or {})
         if (None if alias is None else str(alias), recorded) != (version, version):
             raise CurrentMovedMeanwhile(
                 f"tracking store {self.uri}: current changed meanwhile (another promote or rollback at the same "
@@ -1142,6 +1141,11 @@ def _file_mode(path: str) -> int:
         return 0o644
 
 
+def _last_recorded(tags: Dict[str, str]) -> Optional[str]:
+    """The last version a registered model's history tag records (None: none)."""
+    return tags.get(HISTORY_TAG, "").split(",")[-1] or None
+
+
 def _ending_with(history: List[str], version: str) -> List[str]:
     """``history`` with ``version`` as its last entry (not twice: the alias deleted and set again)."""
     return history if history[-1:] == [version] else history + [version]
@@ -1157,6 +1161,11 @@ _NO_ANSWER = re.compile(
 # How the client words its own failure to be answered (mlflow.utils.rest_utils), where a server's
 # non-JSON answer is "API request to endpoint ... failed with error code ...".
 _CLIENT_FAILED = re.compile(r"^API request to \S+ failed with (timeout )?exception")
+
+
+def _server_store(uri: str) -> bool:
+    """Whether the store at ``uri`` is a tracking server's (MLflow's client speaks HTTP to it)."""
+    return urllib.parse.urlsplit(uri).scheme in ("http", "https")
 
 
 def _database_store(uri: str) -> bool:
@@ -1184,7 +1193,7 @@ def store_failed(uri: str, error) -> StoreUnavailable:
     # failure ("psycopg2 ... Connection refused") is that server's, not a silence to wait out.
     no_answer = (
         _NO_ANSWER.search(str(error))
-        if urllib.parse.urlsplit(uri).scheme in ("http", "https")
+        if _server_store(uri)
         and not isinstance(getattr(error, "json", None), dict)
         and _CLIENT_FAILED.match(str(error))
         else None
