@@ -87,6 +87,12 @@ def _changed_since_planned(piece: Dict) -> bool:
         return False
 
 
+def _refuse_if_changed(piece: Dict) -> None:
+    """:func:`changed_while_read` for a piece whose file is no longer as :func:`plan` saw it."""
+    if _changed_since_planned(piece):
+        raise changed_while_read(piece["path"])
+
+
 def plan(files: schema.InputFiles) -> Tuple[List[Dict], Dict[int, int]]:
     """Pieces of work (one read task each) and, for Parquet, every file's row count from its
     footer. Each piece keeps its file's :func:`file_state` as it was before the read (``size``,
@@ -154,8 +160,7 @@ def _parquet_piece(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
     """Validated rows of a piece's row groups. Its file is looked at before and after: one
     rewritten since :func:`plan` read its footer is :func:`changed_while_read`, not rows of
     another file counted against the old footer."""
-    if _changed_since_planned(piece):
-        raise changed_while_read(piece["path"])
+    _refuse_if_changed(piece)
     file = pq.ParquetFile(piece["path"], coerce_int96_timestamp_unit=INT96_UNIT)
     names = file.schema_arrow.names
     columns = [c for c in schema.LOG_REQUIRED + schema.LOG_OPTIONAL if c in names]
@@ -166,8 +171,7 @@ def _parquet_piece(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
         table = schema.validate_log_batch(batch, min_ts, max_ts)
         yield _with_source(table, piece["file"], np.arange(row, row + batch.num_rows))
         row += batch.num_rows
-    if _changed_since_planned(piece):
-        raise changed_while_read(piece["path"])
+    _refuse_if_changed(piece)
 
 
 def _free_numbers(start: int, count: int, taken: List[int]) -> np.ndarray:

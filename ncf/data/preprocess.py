@@ -234,9 +234,13 @@ def build_vocabularies(
     joined = products.merge(catalog, on=schema.PRODUCT_ID, how="left")
     unmatched = joined[schema.DEPARTMENT].isna()
     missing, examples = int(unmatched.sum()), joined.loc[unmatched, schema.PRODUCT_ID].head(3).tolist()
-    twins, twin_example = _catalog_format_twins(
-        pa.array(joined.loc[unmatched, schema.PRODUCT_ID].tolist(), pa.string()),
-        pa.array(catalog[schema.PRODUCT_ID].tolist(), pa.string()),
+    twins, twin_example = (
+        (0, None)
+        if catalog.empty or not missing  # no catalog: every product is missing, none written otherwise
+        else _catalog_format_twins(
+            pa.array(joined.loc[unmatched, schema.PRODUCT_ID].tolist(), pa.string()),
+            pa.array(catalog[schema.PRODUCT_ID].tolist(), pa.string()),
+        )
     )
     joined = joined.fillna({schema.DEPARTMENT: schema.UNKNOWN, schema.CATEGORY: schema.UNKNOWN})
 
@@ -281,8 +285,6 @@ def _catalog_format_twins(missing: pa.Array, catalog_ids: pa.Array) -> tuple[int
     :func:`ncf.data.schema.canonical_ids` takes their formatting away), and the first such pair
     (the log's id, the catalog's). Counted, not matched: which spelling is right is the user's
     to say, as for the log's own ids (:func:`_format_twins`)."""
-    if not len(missing) or not len(catalog_ids):
-        return 0, None
     at = pc.index_in(schema.canonical_ids(missing), value_set=schema.canonical_ids(catalog_ids), skip_nulls=True)
     found = pc.is_valid(at)
     twins = int(pc.sum(found).as_py() or 0)
@@ -327,6 +329,10 @@ def _kinds_of_ids(
     }
 
 
+# How an id may be written otherwise and mean the same (schema.canonical_ids), in the warnings' words.
+ID_FORMATTING = "leading zeros, a leading ' or +, Excel's =\"...\""
+
+
 def _format_twins(ids: Dict[str, pa.Array], kinds: Dict[str, str]) -> Dict:
     """Per id column, the ids that equal another but for their formatting (``00123`` beside
     ``123``, Excel's ``="00123"``): kept apart (which spelling is right is the user's to say),
@@ -347,8 +353,8 @@ def _report_format_twins(vocab_stats: Dict) -> None:
             what = "household" if column == schema.USER_ID else "product"
             examples = vocab_stats["ids_differing_only_in_format_examples"][column]
             _log(
-                f"WARNING: {twins:,} {column} values equal another but for their formatting (leading zeros, a "
-                f"leading ' or +, Excel's =\"...\"), e.g. {examples}: each is a {what} of its own; if they are "
+                f"WARNING: {twins:,} {column} values equal another but for their formatting ({ID_FORMATTING}), "
+                f"e.g. {examples}: each is a {what} of its own; if they are "
                 "one, write its id one way in every file"
             )
 
@@ -373,8 +379,7 @@ def _refuse_unmatched_catalog(
     if twins:
         in_log, in_catalog = vocab_stats["products_missing_differing_only_in_format_example"]
         written_otherwise = (
-            f"; {twins:,} of them are in it written otherwise (leading zeros, a leading ' or +, Excel's "
-            f'="..."), e.g. {in_log!r} as {in_catalog!r}'
+            f"; {twins:,} of them are in it written otherwise ({ID_FORMATTING}), e.g. {in_log!r} as {in_catalog!r}"
         )
     raise schema.InputError(
         f"{catalog.paths[0]}: none of the log's {products:,} products is in the product catalog (the log has "
@@ -406,7 +411,7 @@ def _report_catalog_format_twins(vocab_stats: Dict) -> None:
     missing = vocab_stats["products_missing_from_catalog"]
     _log(
         f"WARNING: {twins:,} of the {missing:,} products not in the catalog {'is' if twins == 1 else 'are'} in it "
-        f"written otherwise (leading zeros, a leading ' or +, Excel's =\"...\"), e.g. {in_log!r} in the logs, "
+        f"written otherwise ({ID_FORMATTING}), e.g. {in_log!r} in the logs, "
         f"{in_catalog!r} in the catalog: kept apart, with an unknown department and category; write each id one "
         "way in both"
     )
