@@ -361,22 +361,31 @@ def refuse_empty_paths(args: argparse.Namespace, options: Sequence[str]) -> None
     unset variable in a script (``--output "$MODEL"``), which some callers would read as not
     given and others as the working directory, which ``--overwrite`` replaces."""
     for option in options:
-        value = getattr(args, option[2:].replace("-", "_"))
+        value = _option_value(args, option)
         if isinstance(value, str) and not value.strip():
             raise empty_path(option)
 
 
 def refuse_unpacked_outputs(args: argparse.Namespace, options: Sequence[str]) -> None:
-    """Refuses (InputError, one line) a path of ``options`` (what the job writes, or registers)
-    inside a Ray job's unpacked working directory: ``ray job submit --working-dir .`` with a
-    relative ``--output artifacts/model`` wrote the model into Ray's copy, deleted after the job,
-    and the registry named it current."""
+    """:func:`refuse_unpacked` for each path option of ``options`` (what the job writes)."""
+    for option in options:
+        refuse_unpacked(option, _option_value(args, option))
+
+
+def refuse_unpacked(option: str, path) -> None:
+    """Refuses (InputError, one line) ``path`` (what a job writes, or registers) inside a Ray
+    job's unpacked working directory: ``ray job submit --working-dir .`` with a relative
+    ``--output artifacts/model`` wrote the model into Ray's copy, deleted after the job, and the
+    registry named it current."""
     from ncf.registry import in_unpacked_working_dir
 
-    for option in options:
-        value = getattr(args, option.lstrip("-").replace("-", "_"))
-        if isinstance(value, str) and "://" not in value and in_unpacked_working_dir(value):
-            raise InputError(unpacked_path(option, value))
+    if isinstance(path, str) and "://" not in path and in_unpacked_working_dir(path):
+        raise InputError(unpacked_path(option, path))
+
+
+def _option_value(args: argparse.Namespace, option: str):
+    """The value argparse keeps for ``--option-name``."""
+    return getattr(args, option.lstrip("-").replace("-", "_"))
 
 
 def unpacked_path(option: str, path: str) -> str:

@@ -30,7 +30,7 @@ from jobs.cli import (
     fail,
     job_parser,
     one_line_errors,
-    unpacked_path,
+    refuse_unpacked,
 )
 from ncf.errors import InputError, TryLater
 from ncf.model.files import OtherFormat
@@ -42,7 +42,6 @@ from ncf.registry import (
     check_trained_on,
     cli_env,
     held_instead,
-    in_unpacked_working_dir,
     is_registry_ref,
     store_errors,
     track_model,
@@ -211,8 +210,7 @@ def check_register_args(args: argparse.Namespace) -> None:
         raise InputError(f"register {args.model}: registers a model directory, not a registry reference")
     # The directory verified is the one registered: a training repointing a blue/green link
     # meanwhile does not slip another in (the run keeps the name given).
-    if in_unpacked_working_dir(args.model):  # a copy Ray deletes after the job: the registry would name it
-        raise InputError(unpacked_path("MODEL", args.model))
+    refuse_unpacked("MODEL", args.model)  # a copy Ray deletes after the job: the registry would name it
     args.given, args.model = args.model, check_model(args.model, option="MODEL")
     if args.data is not None:
         check_data(args.data)
