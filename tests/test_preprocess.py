@@ -166,6 +166,13 @@ def _files_under(root) -> dict:
     return found
 
 
+# 28 days of three households buying two products: enough for a split of one validation and one
+# test week, small enough to preprocess in seconds.
+FOUR_WEEK_LOG = "user_id,product_id,timestamp\n" + "".join(
+    f"u{d % 3},{d % 2 + 1},2024-01-{d:02d}\n" for d in range(1, 29)
+)
+
+
 def _refused(argv: list, monkeypatch, capsys) -> str:
     """The one line jobs.preprocess ``argv`` is refused with (exit 2), before Ray starts."""
 
@@ -754,9 +761,7 @@ def test_repeated_and_midnight_lines_are_counted_across_the_sorted_batches():
 def test_an_unreadable_catalog_is_one_line_naming_it(ray_session, tmp_path, row, complaint, monkeypatch, capsys):
     # Both are common in real catalog exports; they escaped as Ray task tracebacks.
     logs = tmp_path / "logs.csv"
-    logs.write_text(
-        "user_id,product_id,timestamp\n" + "".join(f"u{d % 3},{d % 2 + 1},2024-01-{d:02d}\n" for d in range(1, 29))
-    )
+    logs.write_text(FOUR_WEEK_LOG)
     catalog = tmp_path / "catalog.csv"
     catalog.write_bytes(b"product_id,department,category\n1,Grocery,Milk\n" + row)
     config = PreprocessConfig(examples=ExampleConfig(history_length=2), val_weeks=1, test_weeks=1)
@@ -780,9 +785,7 @@ def test_logs_too_short_for_the_label_window_are_refused_before_the_work_in_date
     """Old code built the vocabularies, the state and every cutoff's lists, then failed with the log
     file's name and raw epoch seconds ("no training lists for the validated run (cutoffs [1703...])")."""
     logs = tmp_path / "logs.csv"
-    logs.write_text(
-        "user_id,product_id,timestamp\n" + "".join(f"u{d % 3},{d % 2 + 1},2024-01-{d:02d}\n" for d in range(1, 29))
-    )
+    logs.write_text(FOUR_WEEK_LOG)
     config = PreprocessConfig(examples=ExampleConfig(history_length=2), val_weeks=1, test_weeks=1)
     with pytest.raises(schema.InputError) as refused:
         preprocess(schema.resolve_files(str(logs)), None, str(tmp_path / "out"), config)
@@ -807,9 +810,7 @@ def test_cutoffs_where_no_household_has_a_list_are_left_out_and_said(ray_session
     from ncf.data.examples import listed_rows
 
     logs = tmp_path / "logs.csv"
-    logs.write_text(
-        "user_id,product_id,timestamp\n" + "".join(f"u{d % 3},{d % 2 + 1},2024-01-{d:02d}\n" for d in range(1, 29))
-    )
+    logs.write_text(FOUR_WEEK_LOG)
     config = PreprocessConfig(
         examples=ExampleConfig(history_length=2, horizon_days=7, cutoffs=3), val_weeks=1, test_weeks=1
     )
@@ -833,9 +834,7 @@ def test_no_products_stats_are_computed_at_cutoffs_before_the_first_purchase(
     from ncf.data import preprocess as preprocessing
 
     logs = tmp_path / "logs.csv"
-    logs.write_text(
-        "user_id,product_id,timestamp\n" + "".join(f"u{d % 3},{d % 2 + 1},2024-01-{d:02d}\n" for d in range(1, 29))
-    )
+    logs.write_text(FOUR_WEEK_LOG)
     config = PreprocessConfig(
         examples=ExampleConfig(history_length=2, horizon_days=7, cutoffs=3), val_weeks=1, test_weeks=1
     )
@@ -956,9 +955,7 @@ def test_a_parquet_catalog_whose_data_is_damaged_is_one_line_before_ray_starts(
     check_inputs reads each Parquet catalog's three columns through, streamed, and refuses the
     file as a log's would be refused; Ray's reader keeps the same line as its fallback."""
     logs = tmp_path / "logs.csv"
-    logs.write_text(
-        "user_id,product_id,timestamp\n" + "".join(f"u{d % 3},{d % 2 + 1},2024-01-{d:02d}\n" for d in range(1, 29))
-    )
+    logs.write_text(FOUR_WEEK_LOG)
     catalog = tmp_path / "catalog.parquet"
     _wide_catalog(catalog, damaged="category")
     files = (schema.resolve_files(str(logs)), schema.resolve_files(str(catalog)))
