@@ -791,6 +791,29 @@ def test_full_ranking_averages_the_split_over_users_who_have_each_kind():
     assert m["repeat_share@10"] == pytest.approx((2 / 3 + 1 / 3) / 2)
 
 
+def test_the_next_basket_and_the_first_stage_coverage_by_hand():
+    # Household 1 bought 1, 4 and 6 in the period, 1 and 4 in its next basket; household 2 bought 5.
+    truth = {1: np.array([1, 4, 6]), 2: np.array([5])}
+    period = Period("test", DAY, truth, {1: np.array([1, 4]), 2: np.array([5])}, {1: DAY, 2: DAY})
+    ranked = {1: np.array([6, 1, 2]), 2: np.array([3, 5])}
+    listed = {1: np.array([1, 2, 6, 7]), 2: np.array([3, 8])}
+    m = full_ranking(
+        lambda u, at, depth: ranked[u],
+        period,
+        period.users,
+        first_stage=lambda users, at: [listed[u] for u in users.tolist()],
+    )
+    # The next basket: household 1 finds 1 of {1, 4} at rank 2 (6 is not in it), household 2 its 5 at rank 2.
+    assert m["recall@10"] == pytest.approx((2 / 3 + 1) / 2)
+    assert m["next_basket_recall@10"] == pytest.approx((1 / 2 + 1) / 2)
+    at_two = 1 / np.log2(3)
+    assert m["next_basket_ndcg@10"] == pytest.approx((at_two / (1 + at_two) + at_two) / 2)
+    # The candidates hold 1 and 6 of household 1's three products and none of household 2's.
+    assert m["first_stage_recall"] == pytest.approx((2 / 3 + 0) / 2)
+    assert m["first_stage_candidates"] == 3.0
+    assert "first_stage_recall" not in full_ranking(lambda u, at, depth: ranked[u], period, period.users)
+
+
 def test_the_sampled_protocols_negatives_are_drawn_as_from_the_whole_pool():
     """Each household's 99 negatives are drawn from the catalog without its products; the pool is
     no longer built (O(catalog) a household), and the draws must not change with it."""
@@ -1040,6 +1063,7 @@ def test_the_boosted_ranker_ranks_as_many_of_each_as_its_training_lists_hold(tmp
     # Own 1-3, neighbours 7 and 8, popular 1-4.
     assert ranker.candidates(bought).tolist() == [1, 2, 3, 4, 7, 8]
     assert ranker.rank(1, 10 * DAY, 20).tolist() == [1, 2, 3, 4, 7, 8]
+    assert [c.tolist() for c in ranker.first_stage(np.array([1]), np.array([10 * DAY]))] == [[1, 2, 3, 4, 7, 8]]
     # A DATA that records no counts: RankingSettings' (every product of this small catalog).
     ranker, bought = first_stage_of(tmp_path, monkeypatch, None, exclude_purchased=False)
     assert ranker.candidates(bought).tolist() == list(range(1, 21))

@@ -38,8 +38,10 @@ from ncf.evaluate.protocol import (  # noqa: F401 (re-exported: the names caller
     evaluate,
     evaluate_households,
     excluding_purchased,
+    first_stage_fn,
     full_ranking,
     load_period,
+    model_first_stage,
     model_fns,
     period_bounds,
     period_start,
@@ -254,6 +256,7 @@ def _baseline_row(
             context.num_products,
             context.catalog,
             against=against,
+            first_stage=first_stage_fn(ranker),
         )
     row.update(params=params, fit_seconds=fit_seconds)
     if tuned is not None:
@@ -295,7 +298,16 @@ def evaluate_all(
     if model_dir is not None:
         rank_many, score = model_fns(ranker, exclude_purchased)
         row, households = evaluate_households(
-            name, None, score, period, users, state.states, context.num_products, context.catalog, rank_many
+            name,
+            None,
+            score,
+            period,
+            users,
+            state.states,
+            context.num_products,
+            context.catalog,
+            rank_many,
+            first_stage=model_first_stage(ranker, exclude_purchased),
         )
         households = households[[m for m in PAIRED if m in households.columns]]  # all the baselines need of it
         rows.append(row)

@@ -9,9 +9,11 @@ Two protocols, the same for the model and every baseline:
   period starting at S, the catalog (ranked and relevant) is the products first bought
   before S (:func:`ncf.data.catalog.catalog_before`) and the households are those with
   purchases before S. Recall@10 (hits / min(10, |relevant|)), recall_lit@10
-  (hits / |relevant|, the literature's), NDCG@10, HR@10, MRR (first relevant item within the
-  top 100), and, given the households' purchases, the repeat/explore split
-  (:func:`ncf.evaluate.metrics.ranking_metrics`).
+  (hits / |relevant|), NDCG@10, HR@10, MRR (first relevant item within the top 100), the next
+  basket's recall and NDCG@10 (relevant = its first catalog basket in the period: the protocol
+  of the next-basket literature), given the households' purchases the repeat/explore split
+  (:func:`ncf.evaluate.metrics.ranking_metrics`), and for a two-stage scorer its first stage's
+  coverage of the relevant products.
 * sampled (the NCF paper's, for comparison with the literature): a product drawn (seeded per
   household) from each household's first catalog basket in the period against 99 catalog
   products it had not bought by the period's end;
@@ -41,6 +43,8 @@ PAIRED = (f"recall@{K}", f"ndcg@{K}")  # the metrics a baseline's row compares w
 
 RankFn = Callable[[int, int, int], np.ndarray]  # (user, at, depth) -> product indices
 RankManyFn = Callable[[np.ndarray, np.ndarray, int], List[np.ndarray]]  # (users, at, depth) -> lists
+# (users, at) -> each household's first-stage candidates: what a two-stage scorer reranks.
+FirstStageFn = Callable[[np.ndarray, np.ndarray], List[np.ndarray]]
 ScoreFn = Callable[[int, int, np.ndarray], np.ndarray]  # (user, at, products) -> scores
 
 
@@ -196,11 +200,14 @@ def full_ranking(
     users: np.ndarray,
     states: Optional[UserStates] = None,
     rank_many: Optional[RankManyFn] = None,
+    first_stage: Optional[FirstStageFn] = None,
 ) -> Dict[str, float]:
     """Mean metrics over ``users``, ranked one by one (``rank``) or many at a time (``rank_many``,
     the model's batched ranking path); with ``states``, also the repeat/explore split (products
-    each user bought before its moment are read from its purchases)."""
-    means = per_user_ranking(rank, period, users, states, rank_many).mean()  # NaN (no repeat/explore item) skipped
+    each user bought before its moment are read from its purchases); with ``first_stage``, a
+    two-stage scorer's candidates, their coverage of the relevant products."""
+    households = per_user_ranking(rank, period, users, states, rank_many, first_stage)
+    means = households.mean()  # NaN (no repeat/explore item) skipped
     return {name: float(means[name]) for name in means.index}
 
 
@@ -210,20 +217,34 @@ def per_user_ranking(
     users: np.ndarray,
     states: Optional[UserStates] = None,
     rank_many: Optional[RankManyFn] = None,
+    first_stage: Optional[FirstStageFn] = None,
 ) -> pd.DataFrame:
     """:func:`full_ranking`'s metrics for each of ``users`` (a row each, in ``users``' order;
-    columns named as :func:`full_ranking` names them), for comparisons paired by household."""
+    columns named as :func:`full_ranking` names them), for comparisons paired by household.
+
+    Beside the period's metrics, the next basket's (the literature's protocol: relevant = the
+    products of the household's first basket in the period that holds catalog products,
+    :attr:`Period.first_basket`): ``next_basket_recall@10`` (hits / |basket|) and
+    ``next_basket_ndcg@10``. With ``first_stage``: ``first_stage_recall``, the share of the
+    relevant products among the candidates (the most any reranking of them can find), and
+    ``first_stage_candidates``, how many there were."""
+    users = np.asarray(users, np.int64)
     at = np.array([period.first_visit[int(u)] for u in users], np.int64)
-    ranked = (rank_many or each(rank))(np.asarray(users, np.int64), at, MRR_DEPTH)
+    ranked = (rank_many or each(rank))(users, at, MRR_DEPTH)
+    candidates = first_stage(users, at) if first_stage is not None else [None] * len(users)
     rows = []
-    for u, a, products in zip(users, at, ranked):
-        u = int(u)
-        bought = None
-        if states is not None:
-            timeline = states.timeline(u)
-            bought = np.unique(timeline.products_before(int(a)))
-        rows.append(ranking_metrics(products, period.truth[u], K, bought))
-    frame = pd.DataFrame(rows, index=pd.Index(np.asarray(users, np.int64), name="user"))
+    for u, a, products, listed in zip(users.tolist(), at.tolist(), ranked, candidates):
+        bought = None if states is None else np.unique(states.timeline(u).products_before(a))
+        metrics = ranking_metrics(products, period.truth[u], K, bought)
+        basket = ranking_metrics(products, period.first_basket[u], K)
+        metrics.update(next_basket_recall=basket["recall_lit"], next_basket_ndcg=basket["ndcg"])
+        if listed is not None:
+            metrics.update(
+                first_stage_recall=float(np.isin(period.truth[u], listed).mean()),
+                first_stage_candidates=float(len(listed)),
+            )
+        rows.append(metrics)
+    frame = pd.DataFrame(rows, index=pd.Index(users, name="user"))
     return frame[[m for m in _METRIC_NAMES if m in frame.columns]].rename(columns=_METRIC_NAMES)
 
 
@@ -236,6 +257,10 @@ _METRIC_NAMES = {
     "recall_lit": f"recall_lit@{K}",
     **{f"{kind}_{m}": f"{kind}_{m}@{K}" for kind in ("repeat", "explore") for m in ("hits", "recall")},
     "repeat_share": f"repeat_share@{K}",
+    "next_basket_recall": f"next_basket_recall@{K}",
+    "next_basket_ndcg": f"next_basket_ndcg@{K}",
+    "first_stage_recall": "first_stage_recall",
+    "first_stage_candidates": "first_stage_candidates",
 }
 
 
@@ -303,6 +328,11 @@ def ranker_fns(ranker) -> tuple[RankFn, ScoreFn]:
     return ranker.rank, ranker.scores
 
 
+def first_stage_fn(ranker) -> Optional[FirstStageFn]:
+    """A two-stage baseline's candidates (its ``first_stage``); None for one that ranks the catalog."""
+    return getattr(ranker, "first_stage", None)
+
+
 def excluding_purchased(rank: RankFn, states: UserStates) -> RankFn:
     """``rank`` without the products the household bought before the moment (asked for as many
     more as it bought, so ``depth`` products still come back)."""
@@ -326,6 +356,11 @@ def model_fns(ranker, exclude_purchased: bool = False) -> tuple[RankManyFn, Scor
     return rank_many, (lambda u, at, p: ranker.score(u, p, at, logits=True)[0])
 
 
+def model_first_stage(ranker, exclude_purchased: bool = False) -> FirstStageFn:
+    """The model's first-stage candidates, as its ranking draws them."""
+    return lambda users, at: ranker.first_stage(users, at, exclude_purchased=exclude_purchased)
+
+
 def evaluate(*args, **kwargs) -> Dict:
     """:func:`evaluate_households`' row alone (the same arguments)."""
     return evaluate_households(*args, **kwargs)[0]
@@ -342,14 +377,16 @@ def evaluate_households(
     catalog: Optional[np.ndarray] = None,
     rank_many: Optional[RankManyFn] = None,
     against: Optional[pd.DataFrame] = None,
+    first_stage: Optional[FirstStageFn] = None,
 ) -> tuple[Dict, pd.DataFrame]:
-    """One result row: full ranking (with the repeat/explore split when ``states`` are given)
-    and, with ``score``, the sampled protocol; and the per-household metrics it averages.
+    """One result row: full ranking (with the repeat/explore split when ``states`` are given,
+    the first stage's coverage with ``first_stage``) and, with ``score``, the sampled protocol;
+    and the per-household metrics it averages.
     ``against``: another scorer's :func:`per_user_ranking` of the same households (the model's),
     to which the row adds ``recall@10_minus_model`` / ``ndcg@10_minus_model`` and their paired
     standard errors."""
     started = time.time()
-    households = per_user_ranking(rank, period, users, states, rank_many)
+    households = per_user_ranking(rank, period, users, states, rank_many, first_stage)
     means = households.mean()  # NaN (no repeat/explore item) skipped
     row = {"model": name, "split": period.name, "users": int(len(users)), **{m: float(means[m]) for m in means.index}}
     if against is not None and len(users) > 0:

@@ -87,6 +87,9 @@ METRIC_COLUMNS = [
     f"repeat_recall@{K}",
     f"explore_recall@{K}",
     f"repeat_share@{K}",
+    f"next_basket_recall@{K}",
+    f"next_basket_ndcg@{K}",
+    "first_stage_recall",
     f"sampled_hr@{K}",
     f"sampled_ndcg@{K}",
     *(f"{metric}_minus_model" for metric in PAIRED),
@@ -97,7 +100,17 @@ METRIC_COLUMNS = [
 CONSOLE_COLUMNS = [
     c
     for c in METRIC_COLUMNS
-    if c not in ("mrr", f"recall_lit@{K}", f"repeat_recall@{K}", f"explore_recall@{K}", f"repeat_share@{K}")
+    if c
+    not in (
+        "mrr",
+        f"recall_lit@{K}",
+        f"repeat_recall@{K}",
+        f"explore_recall@{K}",
+        f"repeat_share@{K}",
+        f"next_basket_recall@{K}",
+        f"next_basket_ndcg@{K}",
+        "first_stage_recall",
+    )
 ]
 SEED_SD = "_sd"  # the spread of a bench row's seeds (how much a training varies)
 PAIRED_SE = "_se"  # the paired standard error of a baseline's difference to the model
@@ -564,8 +577,12 @@ def _main_section(
         + _table(shown, METRIC_COLUMNS, "The model against each baseline", PAIRED_SE)
         + _not_evaluated(rows)
         + f"<p><small>recall@{K}: hits in the top {K} over min({K}, the products the household bought in the "
-        f"period); recall_lit@{K}: hits over all of them, as the next-basket literature counts (so far "
-        "lower where households buy many products). "
+        f"period); recall_lit@{K}: hits over all of them (so far lower where households buy many products). "
+        f"next_basket_*@{K}: against the household's next basket alone (its first in the period with catalog "
+        "products), the protocol of the next-basket literature (TIFU-KNN, the TOIS 2023 reality check), whose "
+        "published figures compare with these columns only. first_stage_recall: for the scorers that rerank "
+        "a first stage's candidates, the share of the relevant products among them: the most a reranking "
+        "of them could find. "
         "*_minus_model: the baseline's figure less the model's, household by household over "
         "the same households, \u00b1 the paired standard error: a difference of two standard errors or more "
         "is measurable on these households, which the seeds' spread does not say."

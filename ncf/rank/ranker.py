@@ -238,6 +238,19 @@ class Ranker:
             rankings += ranked
         return rankings
 
+    def first_stage(self, users: Sequence[int], at: Sequence[int], exclude_purchased: bool = False) -> List[np.ndarray]:
+        """The candidates :meth:`rank` scores for each (household, moment) pair: what its top
+        ``k`` is drawn from (evaluation reports how many of the relevant products they hold)."""
+        users, at = np.asarray(users, np.int64), np.asarray(at, np.int64)
+        self._check_after_stats(at)
+        return [
+            q.candidates
+            for start in range(0, len(users), CHUNK_USERS)
+            for q in self._questions(
+                users[start : start + CHUNK_USERS], at[start : start + CHUNK_USERS], exclude_purchased, False
+            )
+        ]
+
     def inputs(self, user: int, at: int, products: np.ndarray) -> Batch:
         """The model's inputs for one household at ``at`` over ``products`` (what :meth:`score`
         feeds the model; tests compare it with the training lists)."""
