@@ -504,6 +504,11 @@ def test_the_winner_is_the_best_trial_with_a_checkpoint():
     )
     assert winner(table)["trial_id"] == "b"
     assert summary(table) == {"best_trial": "b", "best": 0.4, "default": 0.4, "gain": 0.0}
+    # A defaults trial that failed after its first epoch is no baseline for the gain.
+    table["status"] = ["done", "done", "error"]
+    assert summary(table)["default"] == 0.4
+    table["status"] = ["done", "error", "done"]
+    assert summary(table) == {"best_trial": "b", "best": 0.4}
     # Every trial failed (out of memory, a GPU it could not use): the job ends with this one line,
     # exit 1, where RuntimeError's traceback ended it.
     with pytest.raises(NoTrialFinished, match=r"none of the sweep's 2 trials reported a checkpoint .*error\.txt"):

@@ -184,12 +184,14 @@ def plot_sweep(table: pd.DataFrame, path: str) -> str:
     import matplotlib.pyplot as plt
 
     done = table.dropna(subset=[BEST])
+    # The star is SWEEP/best's trial (a score with a checkpoint), not merely the top score.
+    best = done[done[CHECKPOINT_PATH].notna()].iloc[:1]
     fig, axes = plt.subplots(2, (len(SEARCHED) + 1) // 2, figsize=(18, 6.5), sharey=True)
     for ax, name in zip(axes.flat, SEARCHED):
         ax.scatter(done[name], done[BEST], color="tab:blue", alpha=0.7, label="trial")
         default = done[done["is_default"]]
-        if not done.empty:
-            ax.scatter(done[name].iloc[:1], done[BEST].iloc[:1], color="tab:red", marker="*", s=200, label="best")
+        if not best.empty:
+            ax.scatter(best[name], best[BEST], color="tab:red", marker="*", s=200, label="best")
         # A ring, so that it stays visible when the defaults are also the best.
         ax.scatter(
             default[name],

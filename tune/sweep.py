@@ -464,7 +464,10 @@ def summary(table: pd.DataFrame) -> dict:
     """The winner (``SWEEP/best``) against the default point: both scores and the relative gain."""
     best = winner(table)  # run_sweep has exported it: there is one
     done = table.dropna(subset=[BEST])
-    default = done[done["is_default"]]
+    # A defaults trial that failed after an epoch has a score, of fewer epochs than the others:
+    # no baseline for the gain (README: absent when the defaults' trial did not finish).
+    finished = done["status"] == "done" if "status" in done else True
+    default = done[done["is_default"] & finished]
     out = {"best_trial": best["trial_id"], "best": float(best[BEST])}
     if not default.empty:
         base = float(default[BEST].iloc[0])
