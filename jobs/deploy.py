@@ -59,6 +59,8 @@ from ncf.rank.ranker import MAX_K
 from serve.app import app_of, replica_memory_bytes, serve_settings
 from serve.deploy_slot import deploy_slot
 from serve.launch import (
+    COLD_LOAD_TIMEOUT_S,
+    HEALTHY_TIMEOUT_S,
     REPLICA_ANSWER_TIMEOUT_S,
     START_TIMEOUT_S,
     DeployStalled,
@@ -275,14 +277,22 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
         _stop_owned(owns_serve)
         fail(message, status)
 
+    def undone() -> str:
+        """The restore's words where the settings served before are known (else nothing)."""
+        return f"; the settings served before: {restore().words}" if before.serving is not None else ""
+
+    handed_off = []  # set once Serve took the app: a failure after it leaves the rollout Serve's target
     try:
-        url, health, replicas, answers = _started(app_of(app_args, settings), args)
+        url, health, replicas, answers = _started(app_of(app_args, settings), args, handed_off)
     except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM (SystemExit 143, jobs.cli)
         _interrupted(stop, before.serving, owns_serve)
     except InputError as e:  # the address answers, but will not take the app's questions
-        give_up(str(e), exit_status(e))
-    except TimeoutError as e:  # the replicas did not come up: their logs say why
-        give_up(f"{e}; the replicas' logs: {REPLICA_LOGS}")
+        give_up(f"{e}{undone() if handed_off else ''}", exit_status(e))
+    except TimeoutError as e:  # the replicas did not come up (their logs say why), or Ray's proxies
+        # A rollout whose replicas never answer (a model that loads for longer than the wait, or
+        # one a replica woken from zero fails on) would stay Serve's target: undone where known.
+        # restore_previous deploys nothing where Serve's target is not this rollout's.
+        give_up(f"{e}{undone()}; the replicas' logs: {REPLICA_LOGS}")
     except RuntimeError as e:  # replicas failed to start (DEPLOY_FAILED) or to run in time, or the proxy to bind
         # New replicas (new code, or any replica with no model yet to keep: one started from zero)
         # raise in reconfigure, and replicas no node can place wait for good; Serve's target
@@ -290,15 +300,15 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
         # Undone where the served ones are known.
         reason = start_failure_reason(e)  # before a restore replaces the failed status
         if before.serving is not None:
-            undone = f"; the settings served before: {restore().words}"
+            words = undone()
         elif isinstance(e, DeployStalled) and not owns_serve:
             try:
-                undone = f"; {delete_unstarted(deployed)}"
+                words = f"; {delete_unstarted(deployed)}"
             except KeyboardInterrupt:  # serve.delete waits for the app to go
                 fail(f"Serve could not start the app ({reason}); interrupted while deleting it", EXIT_INTERRUPTED)
         else:
-            undone = ""
-        give_up(f"Serve could not start the app ({reason}){undone}; the replicas' logs: {REPLICA_LOGS}")
+            words = ""
+        give_up(f"Serve could not start the app ({reason}){words}; the replicas' logs: {REPLICA_LOGS}")
     except BaseException:
         _stop_owned(owns_serve)
         raise
@@ -321,9 +331,9 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
     return outcome
 
 
-def _started(app, args: argparse.Namespace) -> tuple:
+def _started(app, args: argparse.Namespace, handed_off: list) -> tuple:
     """Serve started (or the app rolled out) and answering: (url, /healthz's answer, the replicas
-    running, each one's health)."""
+    running, each one's health). ``handed_off`` gets an entry once Serve runs the app."""
     url = start(
         app,
         host=args.host,
@@ -331,7 +341,9 @@ def _started(app, args: argparse.Namespace) -> tuple:
         request_timeout_s=args.request_timeout_s,
         start_timeout_s=args.start_timeout_s,
     )
-    health = wait_until_healthy(url)
+    handed_off.append(url)
+    # An app scaled to zero is RUNNING without a replica: /healthz wakes one, which loads the model.
+    health = wait_until_healthy(url, COLD_LOAD_TIMEOUT_S if running_replicas() == 0 else HEALTHY_TIMEOUT_S)
     replicas = running_replicas()
     # The HTTP answer is one replica's too (by its tag): the handle's questions add the others.
     answers = {str(health.get("replica")): health, **every_replica_health(replicas, timeout_s=REPLICA_ANSWER_TIMEOUT_S)}
@@ -368,7 +380,8 @@ def _unverified(serving: Dict) -> str:
     data = f" with DATA {serving['data']}" if serving.get("data") else ""
     return (
         "interrupted after the rollout went to Serve: it may be Serve's target, unverified on the replicas; "
-        "run the same command again to check every replica (a rollout they refused is undone then), or undo "
+        "run the same command again to check every replica (a rollout every replica refused is undone then; "
+        "replicas left serving different models refuse every deploy until the app is deleted), or undo "
         f"it: model {serving.get('model_dir')}{data} was served before, deploy it again with the options of "
         "the deploy that served it"
     )

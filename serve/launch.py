@@ -303,7 +303,10 @@ LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 PASSING_STATUSES = (404, 408, 429)
 
 
-def wait_until_healthy(base_url: str, timeout_s: float = 60.0) -> Dict:
+HEALTHY_TIMEOUT_S = 60.0  # for a running replica's /healthz to answer 200
+
+
+def wait_until_healthy(base_url: str, timeout_s: float = HEALTHY_TIMEOUT_S) -> Dict:
     """Polls ``/healthz`` until it answers 200 (returns its JSON) or ``timeout_s`` passes
     (TimeoutError); an answer that waiting will not change is refused at once (InputError)."""
     deadline = time.monotonic() + timeout_s

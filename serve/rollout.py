@@ -120,9 +120,13 @@ def serving_before(running: Optional[Tuple[str, int]]) -> Optional[Dict]:
         ) from None
 
 
+SETTLING = ("NOT_STARTED", "DEPLOYING", "UNHEALTHY", "DELETING")  # statuses Serve moves on from by itself
+
+
 def _settling(status: Optional[str]) -> bool:
-    """Whether the app's status (None: not read) is one Serve moves on from: deploying, unhealthy."""
-    return status is not None and not status.endswith("RUNNING")
+    """Whether the app's status (None: not read) is one Serve moves on from: deploying, unhealthy,
+    deleting. Not DEPLOY_FAILED, which stays until the next deploy: a retry would meet it again."""
+    return status is not None and status.rsplit(".", 1)[-1] in SETTLING
 
 
 def _settling_words(status: str) -> str:

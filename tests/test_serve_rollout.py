@@ -349,6 +349,54 @@ def test_an_interrupted_rollout_says_it_is_unverified_and_how_to_check_it(
 
 
 @pytest.mark.faults
+def test_a_rollout_whose_replicas_never_answer_healthy_is_undone(
+    serve_shut_down_after, small_model_dir, tmp_path, monkeypatch, capsys
+):
+    """A rollout that Serve ran but whose /healthz did not answer in time (a replica woken from
+    zero that loads for longer, or fails on the new model) ended the job without a restore: the
+    rollout stayed Serve's target, which every replica Serve starts later loads. Now it is undone
+    where the settings served before are known, as a rollout Serve failed is."""
+    from helpers import free_port, sealed_copy
+
+    from jobs import deploy
+    from ncf.errors import InputError
+
+    m0 = sealed_copy(small_model_dir, str(tmp_path / "m0"), "m0")
+    m1 = sealed_copy(small_model_dir, str(tmp_path / "m1"), "m1")
+    args = _one_replica(free_port())
+    assert deploy.main(["--model", m0, *args])["model_version"] == "m0"
+    asked = []
+
+    def never_healthy(url, timeout_s=60.0):
+        asked.append(timeout_s)
+        raise TimeoutError(f"{url}/healthz not healthy after {timeout_s:.0f} s: HTTP 503")
+
+    monkeypatch.setattr(deploy, "wait_until_healthy", never_healthy)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        deploy.main(["--model", m1, *args])
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 1, error
+    assert (
+        "/healthz not healthy after 60 s: HTTP 503; the settings served before: deployed again as Serve's target;"
+        in (error)
+    ), error
+    assert "\n" not in error, error
+    assert asked == [60.0]  # a running replica: the minute, not the cold load's five
+    assert _target_user_config()["model_dir"] == m0
+
+    def refused(url, timeout_s=60.0):  # an answer waiting will not change (a host the proxy does not take)
+        raise InputError(f"{url}/healthz answered 421: misdirected")
+
+    monkeypatch.setattr(deploy, "wait_until_healthy", refused)
+    with pytest.raises(SystemExit) as exited:
+        deploy.main(["--model", m1, *args])
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and "answered 421: misdirected; the settings served before: deployed again" in error
+    assert _target_user_config()["model_dir"] == m0
+
+
+@pytest.mark.faults
 def test_a_deploy_whose_replicas_no_node_can_place_ends_and_is_undone(
     faulty_replicas, small_model_dir, tmp_path, monkeypatch, capsys
 ):
@@ -602,6 +650,8 @@ def test_replicas_serving_different_settings_while_serve_deploys_is_a_retry(monk
     for status, retry, words in [
         (ApplicationStatus.DEPLOYING, True, "; the app is DEPLOYING: retry once Serve settles it"),
         (ApplicationStatus.RUNNING, False, "; delete the app (serve.delete('ncf')) to deploy afresh"),
+        # Serve keeps a failed deploy's status until the next deploy: a retry meets it again (75 forever).
+        (ApplicationStatus.DEPLOY_FAILED, False, "; delete the app (serve.delete('ncf')) to deploy afresh"),
     ]:
         _serve_reads(monkeypatch, [_app_status(status, {"RUNNING": 2})])
         with pytest.raises(rollout.ServingUnknown) as unknown:
@@ -688,7 +738,7 @@ def test_a_deploy_stopped_by_sigterm_or_ctrl_c_ends_in_one_line_with_a_failing_s
     assert stopped == [True, True]
 
     # Ctrl-C while the settings served before are deployed again, after the new replicas failed.
-    def failed(app, args):
+    def failed(app, args, handed_off):
         raise RuntimeError("Deploying application ncf failed")
 
     def interrupted(*args, **kwargs) -> Restored:
