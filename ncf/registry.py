@@ -1024,12 +1024,15 @@ class Registry:
             failed = store_failed(self.uri, e)
             # MLflow's client retries a POST, and its last words are the last try's: a refused
             # connection, or a 503, may follow a first try the server took. Only a server's own
-            # answer (a JSON body), or a database's transaction, says nothing moved.
-            if _database_store(self.uri) or isinstance(getattr(e, "json", None), dict):
+            # answer (a JSON body), or a database's failed transaction, says nothing moved; not a
+            # network database's connection lost on the way, which may follow its COMMIT.
+            lost = _connection_lost(self.uri, e)
+            if (_database_store(self.uri) and not lost) or isinstance(getattr(e, "json", None), dict):
                 raise failed from None
+            answerer = "database's" if lost else "server's"
             raise CurrentMovedMeanwhile(
                 f"{_without_retry_advice(failed)}: the rollback to version {version} may have moved current before "
-                f"the server's answer was lost; {MODELS_CLI} list shows where it stands (do not run the rollback "
+                f"the {answerer} answer was lost; {MODELS_CLI} list shows where it stands (do not run the rollback "
                 "again before)"
             ) from None
 
@@ -1172,6 +1175,22 @@ def _database_store(uri: str) -> bool:
     """Whether the store at ``uri`` is a database MLflow opens itself (SQLite, PostgreSQL, MySQL,
     SQL Server), whose failed write is its transaction's: nothing written."""
     return urllib.parse.urlsplit(uri).scheme.split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql")
+
+
+# A network database's driver's words for a connection lost mid-transaction (psycopg2, MySQL's
+# drivers, ODBC): what was sent last, a COMMIT included, may have been carried out.
+_LOST_CONNECTION = re.compile(
+    r"server closed the connection unexpectedly|connection already closed|could not receive data from server|"
+    r"SSL SYSCALL error|terminating connection|Lost connection to (?:MySQL )?server|MySQL server has gone away|"
+    r"Communication link failure|Connection reset",
+    re.IGNORECASE,
+)
+
+
+def _connection_lost(uri: str, error) -> bool:
+    """Whether a write to the network database at ``uri`` (not SQLite, a file) failed because its
+    connection was lost: unknown whether its transaction was committed."""
+    return _database_store(uri) and not uri.startswith("sqlite") and bool(_LOST_CONNECTION.search(str(error)))
 
 
 def _without_retry_advice(error: Exception) -> str:

@@ -1504,6 +1504,19 @@ def test_a_rollback_whose_writes_may_stand_is_never_try_later(store, tmp_path, m
     with pytest.raises(reg.StoreUnavailable) as failed:
         store._move_alias_back("1")
     assert not isinstance(failed.value, TryLater) and "may have moved" not in str(failed.value)
+
+    def connection_lost(*args):  # psycopg2's words, as MLflow's store wraps them: the COMMIT may have stood
+        raise MlflowException(
+            "(psycopg2.OperationalError) server closed the connection unexpectedly\n\tThis probably means the "
+            "server terminated abnormally"
+        )
+
+    monkeypatch.setattr(store.client, "set_registered_model_alias", connection_lost)
+    with pytest.raises(reg.CurrentMovedMeanwhile, match="may have moved current before the database.s answer"):
+        store._move_alias_back("1")
+    store.uri = "sqlite:///m.db"  # a file: no connection to lose, its failed transaction is the answer
+    with pytest.raises(reg.StoreUnavailable):
+        store._move_alias_back("1")
     store.uri = "http://mlflow:5000"
     backend = RestException(
         {"error_code": "INTERNAL_ERROR", "message": "psycopg2: connection failed: Connection refused"}
