@@ -43,7 +43,7 @@ setup: $(STAMP)
 # TorchRec's install order matters: `pip install torchrec` alone pulls the CUDA fbgemm-gpu,
 # which cannot load without CUDA, and both fbgemm packages write the same fbgemm_gpu/ folder.
 # A venv whose creation failed halfway (Debian without python3-venv leaves bin/python, no pip) is
-# made again rather than reused forever. The pinned stack needs Python 3.11 or later (numpy 2.4,
+# made again rather than reused forever; where venv fails, Debian's python3-venv is installed first. The pinned stack needs Python 3.11 or later (numpy 2.4,
 # pandas 3.1): an older one is refused before any download; one other than 3.11 is warned of.
 # LightGBM (the boosted ranker) and implicit (ALS) load the system's OpenMP runtime, which minimal
 # images lack: Debian's libgomp1 is installed where it is missing. The CUDA fbgemm-gpu cannot load
@@ -54,7 +54,11 @@ setup: $(STAMP)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CUDA_TORCH_CHECK = $(PY) -c "raise SystemExit(__import__('torch').version.cuda is None)" || { echo "error: $(VENV)'s torch is a CPU build, which the CUDA fbgemm-gpu cannot load beside: rm -rf $(VENV), then make setup ACCEL=cuda (without TORCH_INDEX)"; exit 1; }
 $(STAMP): pyproject.toml requirements/lock.txt Makefile
-	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || { echo "error: $(PYTHON) -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
+	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || { \
+	  echo "installing Debian's python3-venv, which $(PYTHON) -m venv needs"; rm -rf $(VENV); \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
+	  && $(PYTHON) -m venv $(VENV); } || { \
+	  echo "error: $(PYTHON) -m venv failed, and apt-get could not install python3-venv (for another Python than Debian's python3: its own venv package, python3.11-venv say)"; exit 1; }
 	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] < (3, 11))" || { echo "error: $(VENV) is $$($(PY) --version), the pinned stack needs Python 3.11: rm -rf $(VENV), then make setup PYTHON=python3.11"; exit 1; }
 	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] != (3, 11))" || echo "warning: $$($(PY) --version) is not Python 3.11, the version the pinned stack was tested on"
 	@$(PY) -c "__import__('ctypes').CDLL('libgomp.so.1')" 2>/dev/null || { \
