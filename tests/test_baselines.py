@@ -897,6 +897,13 @@ def test_a_positive_scored_nan_is_a_miss_in_the_sampled_protocol():
     below = sampled_ranking(positive_first_but_nan_negatives, period, period.users, states, 30)
     assert below == {"sampled_hr@10": 0.0, "sampled_ndcg@10": 0.0}  # 27 NaN negatives: ranked 28th
 
+    def infinite(positive, negatives):  # a saturated logit is a score: the positive at +inf ranks first
+        return lambda u, at, items: np.r_[positive, np.full(len(items) - 1, negatives)]
+
+    assert sampled_ranking(infinite(np.inf, 0.0), period, period.users, states, 30)["sampled_hr@10"] == 1.0
+    assert sampled_ranking(infinite(-np.inf, 0.0), period, period.users, states, 30)["sampled_hr@10"] == 0.0
+    assert sampled_ranking(infinite(np.inf, np.inf), period, period.users, states, 30)["sampled_hr@10"] == 0.0
+
 
 def test_als_counts_are_built_a_chunk_of_households_at_a_time(monkeypatch):
     from ncf.evaluate.baselines.als import purchase_counts
@@ -1063,7 +1070,8 @@ def test_the_boosted_ranker_ranks_as_many_of_each_as_its_training_lists_hold(tmp
     # Own 1-3, neighbours 7 and 8, popular 1-4.
     assert ranker.candidates(bought).tolist() == [1, 2, 3, 4, 7, 8]
     assert ranker.rank(1, 10 * DAY, 20).tolist() == [1, 2, 3, 4, 7, 8]
-    assert [c.tolist() for c in ranker.first_stage(np.array([1]), np.array([10 * DAY]))] == [[1, 2, 3, 4, 7, 8]]
+    listed = ranker.first_stage_candidates(np.array([1]), np.array([10 * DAY]))
+    assert [c.tolist() for c in listed] == [[1, 2, 3, 4, 7, 8]]
     # A DATA that records no counts: RankingSettings' (every product of this small catalog).
     ranker, bought = first_stage_of(tmp_path, monkeypatch, None, exclude_purchased=False)
     assert ranker.candidates(bought).tolist() == list(range(1, 21))

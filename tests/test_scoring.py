@@ -217,25 +217,22 @@ def test_a_household_whose_sources_list_few_products_still_gets_k_of_them(recomm
             assert len(ranking.products) == MAX_K == len(set(ranking.products.tolist())), exclude
 
 
-def test_the_first_stage_is_what_the_ranking_draws_from(recommender):
-    """Evaluation reports the first stage's coverage from :meth:`Ranker.first_stage`: it must be
-    the candidates the ranking scores, with and without exclude_purchased."""
+def test_a_ranking_carries_the_candidates_it_was_drawn_from(recommender):
+    """Evaluation reports the first stage's coverage from each :class:`Ranking`'s candidates: they
+    must be what the ranking scored, with and without exclude_purchased."""
     at, ranker = recommender.default_at, recommender.ranker
     users = ranker.state.states.users()[:6]
     moments = np.full(len(users), at)
     for exclude in (False, True):
-        listed = ranker.first_stage(users, moments, exclude_purchased=exclude)
-        rankings = ranker.rank(users, moments, MAX_K, exclude)
-        assert len(listed) == len(users)
-        for user, candidates, ranking in zip(users.tolist(), listed, rankings):
-            assert MAX_K <= len(candidates) <= ranker.settings.candidates
-            assert np.isin(ranking.products, candidates).all(), (user, exclude)
+        for user, ranking in zip(users.tolist(), ranker.rank(users, moments, MAX_K, exclude)):
+            assert MAX_K <= len(ranking.candidates) <= ranker.settings.candidates
+            assert np.isin(ranking.products, ranking.candidates).all(), (user, exclude)
             if exclude:
-                assert not np.isin(candidates, ranker.state.states.timeline(user).products_before(at)).any()
+                assert not np.isin(ranking.candidates, ranker.state.states.timeline(user).products_before(at)).any()
     few = RankingSettings(candidates=MAX_K, own_candidates=2, neighbour_candidates=0, mf_candidates=0)
     narrow = Ranker(ranker.model, recommender.state, ranker.rows, few)
-    for candidates, ranking in zip(narrow.first_stage(users, moments), narrow.rank(users, moments, MAX_K)):
-        assert sorted(candidates.tolist()) == sorted(ranking.products.tolist())
+    for ranking in narrow.rank(users, moments, MAX_K):
+        assert sorted(ranking.candidates.tolist()) == sorted(ranking.products.tolist())
 
 
 def test_reasons_are_the_purchase_timing_and_the_scores_without_those_purchases(recommender):

@@ -360,6 +360,7 @@ def test_a_rollout_whose_replicas_never_answer_healthy_is_undone(
 
     from jobs import deploy
     from ncf.errors import InputError
+    from serve.rollout import Restored
 
     m0 = sealed_copy(small_model_dir, str(tmp_path / "m0"), "m0")
     m1 = sealed_copy(small_model_dir, str(tmp_path / "m1"), "m1")
@@ -394,6 +395,13 @@ def test_a_rollout_whose_replicas_never_answer_healthy_is_undone(
     error = capsys.readouterr().err.strip()
     assert exited.value.code == 2 and "answered 421: misdirected; the settings served before: deployed again" in error
     assert _target_user_config()["model_dir"] == m0
+    # A restore that did not agree: the run failed (1), whatever the refusal was (a second read).
+    failed_too = Restored("deploying the serving settings again failed too (drill)", False)
+    monkeypatch.setattr(deploy, "restore_previous", lambda *args, **kwargs: failed_too)
+    with pytest.raises(SystemExit) as exited:
+        deploy.main(["--model", m1, *args])
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 1 and "the settings served before: deploying the serving settings again failed" in error
 
 
 @pytest.mark.faults
@@ -657,6 +665,15 @@ def test_replicas_serving_different_settings_while_serve_deploys_is_a_retry(monk
         with pytest.raises(rollout.ServingUnknown) as unknown:
             rollout.serving_before(("127.0.0.1", 8000))
         assert unknown.value.retry is retry and words in str(unknown.value), unknown.value
+
+    def unanswered():  # a hung replica of a failed rolling update: the app stays DEPLOY_FAILED
+        raise TimeoutError("1 of 2 replica(s) said what they serve within 300 s")
+
+    monkeypatch.setattr(rollout, "serving_user_config", unanswered)
+    _serve_reads(monkeypatch, [_app_status(ApplicationStatus.DEPLOY_FAILED, {"RUNNING": 2})])
+    with pytest.raises(rollout.ServingUnknown) as unknown:
+        rollout.serving_before(("127.0.0.1", 8000))
+    assert unknown.value.retry is False and str(unknown.value).endswith("serve.delete('ncf')) to deploy afresh")
 
 
 def _target_of(user_config: dict, ray_actor_options: dict):

@@ -41,8 +41,8 @@ from ncf.evaluate.protocol import (  # noqa: F401 (re-exported: the names caller
     first_stage_fn,
     full_ranking,
     load_period,
-    model_first_stage,
     model_fns,
+    model_two_stage,
     period_bounds,
     period_start,
     ranker_fns,
@@ -296,18 +296,10 @@ def evaluate_all(
     users = sample_users(period.users, max_users)
     households = None
     if model_dir is not None:
-        rank_many, score = model_fns(ranker, exclude_purchased)
+        _, score = model_fns(ranker, exclude_purchased)
+        rank_many = model_two_stage(ranker, exclude_purchased)  # with its candidates: their coverage
         row, households = evaluate_households(
-            name,
-            None,
-            score,
-            period,
-            users,
-            state.states,
-            context.num_products,
-            context.catalog,
-            rank_many,
-            first_stage=model_first_stage(ranker, exclude_purchased),
+            name, None, score, period, users, state.states, context.num_products, context.catalog, rank_many
         )
         households = households[[m for m in PAIRED if m in households.columns]]  # all the baselines need of it
         rows.append(row)

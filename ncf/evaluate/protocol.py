@@ -33,12 +33,15 @@ import pandas as pd
 from ncf.data.timeline import run_starts
 from ncf.data.user_state import UserStates
 from ncf.evaluate.metrics import paired_difference, ranking_metrics
+from ncf.rank.ranker import Ranking
 from ncf.splits import TEST, VAL
 
 K = 10
 MRR_DEPTH = 100
 BOUGHT_BEFORE = "bought_before"
 SAMPLED_NEGATIVES = 99
+# Households ranked per call of a ranking: their lists (and candidates) are held together.
+EVALUATION_CHUNK = 4096
 PAIRED = (f"recall@{K}", f"ndcg@{K}")  # the metrics a baseline's row compares with the model's, household by household
 
 RankFn = Callable[[int, int, int], np.ndarray]  # (user, at, depth) -> product indices
@@ -226,14 +229,37 @@ def per_user_ranking(
     products of the household's first basket in the period that holds catalog products,
     :attr:`Period.first_basket`): ``next_basket_recall@10`` (hits / |basket|) and
     ``next_basket_ndcg@10``. With ``first_stage``: ``first_stage_recall``, the share of the
-    relevant products among the candidates (the most any reranking of them can find), and
-    ``first_stage_candidates``, how many there were."""
+    relevant products among the candidates (no reranking of them finds more: it bounds
+    ``recall_lit@10``, not ``recall@10``, whose denominator is at most 10), and
+    ``first_stage_candidates``, how many there were. A ranking's lists may be the model's
+    :class:`ncf.rank.ranker.Ranking` objects, whose candidates come with them."""
     users = np.asarray(users, np.int64)
     at = np.array([period.first_visit[int(u)] for u in users], np.int64)
+    rows = []
+    for start in range(0, len(users), EVALUATION_CHUNK):
+        chunk = slice(start, start + EVALUATION_CHUNK)
+        rows += _household_metrics(rank, period, users[chunk], at[chunk], states, rank_many, first_stage)
+    frame = pd.DataFrame(rows, index=pd.Index(users, name="user"))
+    return frame[[m for m in _METRIC_NAMES if m in frame.columns]].rename(columns=_METRIC_NAMES)
+
+
+def _household_metrics(
+    rank: Optional[RankFn],
+    period: Period,
+    users: np.ndarray,
+    at: np.ndarray,
+    states: Optional[UserStates],
+    rank_many: Optional[RankManyFn],
+    first_stage: Optional[FirstStageFn],
+) -> List[Dict[str, float]]:
+    """:func:`per_user_ranking`'s rows of some of its households: ranked (and their candidates
+    held) a chunk at a time, not a period of millions at once."""
     ranked = (rank_many or each(rank))(users, at, MRR_DEPTH)
     candidates = first_stage(users, at) if first_stage is not None else [None] * len(users)
     rows = []
     for u, a, products, listed in zip(users.tolist(), at.tolist(), ranked, candidates):
+        if isinstance(products, Ranking):  # the model's (model_two_stage): its candidates come with it
+            products, listed = products.products, products.candidates
         bought = None if states is None else np.unique(states.timeline(u).products_before(a))
         metrics = ranking_metrics(products, period.truth[u], K, bought)
         basket = ranking_metrics(products, period.first_basket[u], K)
@@ -244,8 +270,7 @@ def per_user_ranking(
                 first_stage_candidates=float(len(listed)),
             )
         rows.append(metrics)
-    frame = pd.DataFrame(rows, index=pd.Index(users, name="user"))
-    return frame[[m for m in _METRIC_NAMES if m in frame.columns]].rename(columns=_METRIC_NAMES)
+    return rows
 
 
 _METRIC_NAMES = {
@@ -283,9 +308,10 @@ def sampled_ranking(
         negatives = pool.take(rng.choice(len(pool), size=min(SAMPLED_NEGATIVES, len(pool)), replace=False))
         positive = int(rng.choice(period.first_basket[u]))  # after the negatives: theirs are the draws as before
         s = score(u, period.first_visit[u], np.concatenate([[positive], negatives]))
-        # Ties count against the positive, and so does a NaN among the negatives; a positive that
-        # is not a finite score is a miss (a diverged model's NaN passed every comparison as a hit).
-        rank = int((~(s[1:] < s[0])).sum()) if np.isfinite(s[0]) else len(s)
+        # Ties count against the positive, and so does a NaN among the negatives; a NaN positive is
+        # a miss (a diverged model's NaN passed every comparison as a hit). +inf and -inf compare as
+        # any score does: above or below every finite negative, tied with their equals.
+        rank = int((~(s[1:] < s[0])).sum()) if not np.isnan(s[0]) else len(s)
         hits.append(rank < K)
         ndcgs.append(1.0 / np.log2(rank + 2) if rank < K else 0.0)
     return {f"sampled_hr@{K}": float(np.mean(hits)), f"sampled_ndcg@{K}": float(np.mean(ndcgs))}
@@ -329,8 +355,8 @@ def ranker_fns(ranker) -> tuple[RankFn, ScoreFn]:
 
 
 def first_stage_fn(ranker) -> Optional[FirstStageFn]:
-    """A two-stage baseline's candidates (its ``first_stage``); None for one that ranks the catalog."""
-    return getattr(ranker, "first_stage", None)
+    """A two-stage baseline's candidates (its ``first_stage_candidates``); None for one that ranks the catalog."""
+    return getattr(ranker, "first_stage_candidates", None)
 
 
 def excluding_purchased(rank: RankFn, states: UserStates) -> RankFn:
@@ -356,9 +382,10 @@ def model_fns(ranker, exclude_purchased: bool = False) -> tuple[RankManyFn, Scor
     return rank_many, (lambda u, at, p: ranker.score(u, p, at, logits=True)[0])
 
 
-def model_first_stage(ranker, exclude_purchased: bool = False) -> FirstStageFn:
-    """The model's first-stage candidates, as its ranking draws them."""
-    return lambda users, at: ranker.first_stage(users, at, exclude_purchased=exclude_purchased)
+def model_two_stage(ranker, exclude_purchased: bool = False) -> RankManyFn:
+    """:func:`model_fns`' ranking as the model's :class:`ncf.rank.ranker.Ranking` objects, each with
+    the candidates its first stage drew (their coverage is reported without a second first stage)."""
+    return lambda users, at, depth: ranker.rank(users, at, k=depth, exclude_purchased=exclude_purchased)
 
 
 def evaluate(*args, **kwargs) -> Dict:

@@ -55,6 +55,8 @@ class Ranking:
     # For each ranked product, when explained and the household is not a cold start: its purchase
     # timing and its scores had the household never bought it or its category (ncf.rank.reasons).
     reasons: Optional[List[Reason]] = None
+    # The first stage's candidates the products were drawn from (evaluation reports their coverage).
+    candidates: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -238,19 +240,6 @@ class Ranker:
             rankings += ranked
         return rankings
 
-    def first_stage(self, users: Sequence[int], at: Sequence[int], exclude_purchased: bool = False) -> List[np.ndarray]:
-        """The candidates :meth:`rank` scores for each (household, moment) pair: what its top
-        ``k`` is drawn from (evaluation reports how many of the relevant products they hold)."""
-        users, at = np.asarray(users, np.int64), np.asarray(at, np.int64)
-        self._check_after_stats(at)
-        return [
-            q.candidates
-            for start in range(0, len(users), CHUNK_USERS)
-            for q in self._questions(
-                users[start : start + CHUNK_USERS], at[start : start + CHUNK_USERS], exclude_purchased, False
-            )
-        ]
-
     def inputs(self, user: int, at: int, products: np.ndarray) -> Batch:
         """The model's inputs for one household at ``at`` over ``products`` (what :meth:`score`
         feeds the model; tests compare it with the training lists)."""
@@ -401,7 +390,8 @@ class Ranker:
         for q in questions:
             end = start + len(q.candidates)
             order = np.argsort(-logits[start:end], kind="stable")[:k]
-            ranking = Ranking(q.candidates[order], self._probabilities(logits[start:end][order]), q.cold_start)
+            probabilities = self._probabilities(logits[start:end][order])
+            ranking = Ranking(q.candidates[order], probabilities, q.cold_start, candidates=q.candidates)
             if weights is not None:
                 ranked = weights[start + order]  # k x L
                 attended = self.rows.product[q.history] > 0

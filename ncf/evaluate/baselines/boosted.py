@@ -262,7 +262,7 @@ class OwnNeighboursAndPopular:
         popular = prefix[~np.isin(prefix, aggregates.keys) & ~np.isin(prefix, near)][:need]
         return np.unique(np.concatenate([near, popular]))
 
-    def first_stage(self, users: np.ndarray, at: np.ndarray) -> List[np.ndarray]:
+    def first_stage_candidates(self, users: np.ndarray, at: np.ndarray) -> List[np.ndarray]:
         """:meth:`candidates` of each (household, moment) pair: what :meth:`rank` reranks."""
         timelines = self.state.states.timeline
         return [self.candidates(timelines(u).aggregates(a, HALF_LIVES)) for u, a in zip(users.tolist(), at.tolist())]
