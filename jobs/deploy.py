@@ -277,9 +277,12 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
         _stop_owned(owns_serve)
         fail(message, status)
 
-    def undone() -> str:
-        """The restore's words where the settings served before are known (else nothing)."""
-        return f"; the settings served before: {restore().words}" if before.serving is not None else ""
+    def undone() -> Optional[Restored]:
+        """The settings served before deployed again, where they are known."""
+        return restore() if before.serving is not None else None
+
+    def undone_words(restored: Optional[Restored]) -> str:
+        return f"; the settings served before: {restored.words}" if restored is not None else ""
 
     handed_off = []  # set once Serve took the app: a failure after it leaves the rollout Serve's target
     try:
@@ -287,12 +290,14 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
     except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM (SystemExit 143, jobs.cli)
         _interrupted(stop, before.serving, owns_serve)
     except InputError as e:  # the address answers, but will not take the app's questions
-        give_up(f"{e}{undone() if handed_off else ''}", exit_status(e))
+        restored = undone() if handed_off else None
+        # Bad input once what served before serves again; a restore that did not agree is a failure.
+        give_up(f"{e}{undone_words(restored)}", exit_status(e) if restored is None or restored.agreed else EXIT_FAILED)
     except TimeoutError as e:  # the replicas did not come up (their logs say why), or Ray's proxies
         # A rollout whose replicas never answer (a model that loads for longer than the wait, or
         # one a replica woken from zero fails on) would stay Serve's target: undone where known.
         # restore_previous deploys nothing where Serve's target is not this rollout's.
-        give_up(f"{e}{undone()}; the replicas' logs: {REPLICA_LOGS}")
+        give_up(f"{e}{undone_words(undone())}; the replicas' logs: {REPLICA_LOGS}")
     except RuntimeError as e:  # replicas failed to start (DEPLOY_FAILED) or to run in time, or the proxy to bind
         # New replicas (new code, or any replica with no model yet to keep: one started from zero)
         # raise in reconfigure, and replicas no node can place wait for good; Serve's target
@@ -300,7 +305,7 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
         # Undone where the served ones are known.
         reason = start_failure_reason(e)  # before a restore replaces the failed status
         if before.serving is not None:
-            words = undone()
+            words = undone_words(undone())
         elif isinstance(e, DeployStalled) and not owns_serve:
             try:
                 words = f"; {delete_unstarted(deployed)}"

@@ -103,23 +103,21 @@ def serving_before(running: Optional[Tuple[str, int]]) -> Optional[Dict]:
         settling = _settling(status)
         raise ServingUnknown(
             f"the app's replicas serve different settings ({e}); nothing was deployed: a rollout the replicas "
-            "refused could not be undone"
-            + (
-                _settling_words(status)
-                if settling
-                else f"; delete the app (serve.delete('{APP_NAME}')) to deploy afresh"
-            ),
+            "refused could not be undone" + (_settling_words(status) if settling else DELETE_WORDS),
             retry=settling,
         ) from None
     except Exception as e:
         settling = _settling(status)
+        failed = status is not None and status.endswith("DEPLOY_FAILED")  # stays so: only a delete clears it
         raise ServingUnknown(
             f"cannot tell what Serve serves ({type(e).__name__}: {failure_line(e)}); nothing was deployed: "
-            "a rollout the replicas refused could not be undone" + (_settling_words(status) if settling else ""),
+            "a rollout the replicas refused could not be undone"
+            + (_settling_words(status) if settling else DELETE_WORDS if failed else ""),
             retry=settling,
         ) from None
 
 
+DELETE_WORDS = f"; delete the app (serve.delete('{APP_NAME}')) to deploy afresh"
 SETTLING = ("NOT_STARTED", "DEPLOYING", "UNHEALTHY", "DELETING")  # statuses Serve moves on from by itself
 
 
