@@ -17,6 +17,11 @@
 # gpu_build_missing(training=True)`; nvidia-smi failing; torch's CUDA build seeing no device):
 # said in the pre-check's line before anything runs; a failed step's own status otherwise.
 #
+# It needs the project's environment with CUDA builds (`make setup ACCEL=cuda` on a GPU machine
+# with PyPI: Ray, TorchRec, the CUDA fbgemm-gpu). A machine that cannot install them (the lent
+# device machine: no Ray, 64 MiB a carried path) runs `bench.gpu_model` alone (BENCHMARKS.md, "GPU").
+# Each step is stopped after STEP_TIMEOUT_S seconds (default 1800; a stopped step's status is 124).
+#
 #   bench/gpu_check.sh [WORKDIR]        (default artifacts/gpu_check; USERS / PRODUCTS override sizes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +29,7 @@ PY=${PY:-.venv/bin/python}
 WORK=${1:-artifacts/gpu_check}
 USERS=${USERS:-20000}
 PRODUCTS=${PRODUCTS:-20000}
+STEP_TIMEOUT_S=${STEP_TIMEOUT_S:-1800}
 
 # Whether there is a GPU, from the hardware's side as well as torch's: torch's CPU build sees no
 # CUDA device on a GPU machine, which is no reason to report success.
@@ -96,7 +102,7 @@ step() {
     local started rc
     started=$(date +%s.%N)
     set +e
-    "$@" >"$WORK/logs/$name.out" 2>"$WORK/logs/$name.err"
+    timeout -k 10 "$STEP_TIMEOUT_S" "$@" >"$WORK/logs/$name.out" 2>"$WORK/logs/$name.err"
     rc=$?
     set -e
     $PY -c 'import json, sys, time
