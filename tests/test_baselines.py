@@ -814,6 +814,28 @@ def test_the_next_basket_and_the_first_stage_coverage_by_hand():
     assert "first_stage_recall" not in full_ranking(lambda u, at, depth: ranked[u], period, period.users)
 
 
+def test_a_two_stage_rankings_candidates_come_with_it_a_chunk_at_a_time(monkeypatch):
+    """The model's rankings (``model_two_stage``) bring their candidates along; households are
+    ranked a chunk at a time, each row still its own household's."""
+    from ncf.evaluate import protocol
+    from ncf.rank.ranker import Ranking
+
+    monkeypatch.setattr(protocol, "EVALUATION_CHUNK", 2)
+    truth = {1: np.array([1, 4, 6]), 2: np.array([5]), 3: np.array([2, 3])}
+    period = Period("test", DAY, truth, {u: t[:1] for u, t in truth.items()}, {1: DAY, 2: DAY, 3: 2 * DAY})
+    listed = {1: np.array([1, 2, 6, 7]), 2: np.array([3, 8]), 3: np.array([2, 3, 9])}
+    calls = []
+
+    def rank_many(users, at, depth):
+        calls.append(users.tolist())
+        return [Ranking(listed[u][:2], np.zeros(2), False, candidates=listed[u]) for u in users.tolist()]
+
+    frame = protocol.per_user_ranking(None, period, period.users, rank_many=rank_many)
+    assert calls == [[1, 2], [3]] and frame.index.tolist() == [1, 2, 3]
+    assert frame["first_stage_recall"].tolist() == pytest.approx([2 / 3, 0.0, 1.0])
+    assert frame["recall@10"].tolist() == pytest.approx([1 / 3, 0.0, 1.0])  # 1 of {1, 4, 6}; none; 2 and 3
+
+
 def test_the_sampled_protocols_negatives_are_drawn_as_from_the_whole_pool():
     """Each household's 99 negatives are drawn from the catalog without its products; the pool is
     no longer built (O(catalog) a household), and the draws must not change with it."""

@@ -43,6 +43,11 @@ def test_a_period_handed_in_is_used_only_for_the_period_it_is(on_period, small_m
 def test_report_renders_without_broken_images(on_period, small_model_dir, small_data, tmp_path):
     data, _ = small_data
     rows = evaluate_all(small_model_dir, data, max_users=15, baselines=BASELINES_WITHOUT_ALS, on_period=on_period)
+    # The two-stage rows carry their first stage's coverage (the model's from its rankings), every row the next basket.
+    two_stage = {r["model"]: r["first_stage_recall"] for r in rows if "first_stage_candidates" in r}
+    assert "advanced_ncf" in two_stage and set(two_stage) <= {"advanced_ncf", "boosted_ranker"}, two_stage
+    assert all(0 <= covered <= 1 for covered in two_stage.values()), two_stage
+    assert all(0 <= r["next_basket_recall@10"] <= 1 for r in rows)
     history = [
         {"epoch": 1, "train_loss": 0.9, "val_ndcg@10": 0.1, "val_recall@10": 0.08},
         {"epoch": 2, "train_loss": 0.7, "val_ndcg@10": 0.12, "val_recall@10": 0.1},

@@ -224,14 +224,16 @@ def test_a_ranking_carries_the_candidates_it_was_drawn_from(recommender):
     users = ranker.state.states.users()[:6]
     moments = np.full(len(users), at)
     for exclude in (False, True):
-        for user, ranking in zip(users.tolist(), ranker.rank(users, moments, MAX_K, exclude)):
+        rankings = ranker.rank(users, moments, MAX_K, exclude, keep_candidates=True)
+        assert ranker.rank(users[:1], moments[:1], MAX_K, exclude)[0].candidates is None  # not held unasked
+        for user, ranking in zip(users.tolist(), rankings):
             assert MAX_K <= len(ranking.candidates) <= ranker.settings.candidates
             assert np.isin(ranking.products, ranking.candidates).all(), (user, exclude)
             if exclude:
                 assert not np.isin(ranking.candidates, ranker.state.states.timeline(user).products_before(at)).any()
     few = RankingSettings(candidates=MAX_K, own_candidates=2, neighbour_candidates=0, mf_candidates=0)
     narrow = Ranker(ranker.model, recommender.state, ranker.rows, few)
-    for ranking in narrow.rank(users, moments, MAX_K):
+    for ranking in narrow.rank(users, moments, MAX_K, keep_candidates=True):
         assert sorted(ranking.candidates.tolist()) == sorted(ranking.products.tolist())
 
 

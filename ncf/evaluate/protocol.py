@@ -385,7 +385,9 @@ def model_fns(ranker, exclude_purchased: bool = False) -> tuple[RankManyFn, Scor
 def model_two_stage(ranker, exclude_purchased: bool = False) -> RankManyFn:
     """:func:`model_fns`' ranking as the model's :class:`ncf.rank.ranker.Ranking` objects, each with
     the candidates its first stage drew (their coverage is reported without a second first stage)."""
-    return lambda users, at, depth: ranker.rank(users, at, k=depth, exclude_purchased=exclude_purchased)
+    return lambda users, at, depth: ranker.rank(
+        users, at, k=depth, exclude_purchased=exclude_purchased, keep_candidates=True
+    )
 
 
 def evaluate(*args, **kwargs) -> Dict:

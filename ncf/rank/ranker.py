@@ -217,12 +217,14 @@ class Ranker:
         brute_force: bool = False,
         explain_top: int = 3,
         reasons: Optional[bool] = None,
+        keep_candidates: bool = False,
     ) -> List[Ranking]:
         """The top-``k`` products of each (household, moment) pair (state indices; households
         unknown to the state or without purchases before the moment get the cold start).
         ``explain``: with the attention's "because" products and the reasons; ``reasons``: the
         reasons or not whatever ``explain`` says. Explained or not, the scores are a plain
-        ranking's to the last bit."""
+        ranking's to the last bit. ``keep_candidates``: each ranking keeps the first stage's
+        candidates it was drawn from (evaluation's coverage; a nightly batch would hold them all)."""
         check_k(k, brute_force)
         with_reasons = explain if reasons is None else reasons
         users, at = np.asarray(users, np.int64), np.asarray(at, np.int64)
@@ -234,7 +236,7 @@ class Ranker:
             chunk = slice(start, start + (1 if brute_force else CHUNK_USERS))
             questions = self._questions(users[chunk], at[chunk], exclude_purchased, brute_force)
             logits, weights = self._score(questions, explain)
-            ranked = self._top(questions, logits, weights, k, explain_top)
+            ranked = self._top(questions, logits, weights, k, explain_top, keep_candidates)
             if with_reasons:
                 self._add_reasons(questions, ranked)
             rankings += ranked
@@ -381,7 +383,9 @@ class Ranker:
         """The model's own ``final`` sigmoid on logits already computed."""
         return self.model.final[1](torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))).numpy()
 
-    def _top(self, questions: List[_Question], logits, weights, k: int, explain_top: int) -> List[Ranking]:
+    def _top(
+        self, questions: List[_Question], logits, weights, k: int, explain_top: int, keep_candidates: bool = False
+    ) -> List[Ranking]:
         """Each question's ``k`` best candidates by logit, scored with their probabilities. Sorted
         by logit because float32's sigmoid rounds every logit above about 17 to exactly 1.0 (a third
         of Complete Journey's top-10 scores), which would leave the order among them to the
@@ -391,7 +395,9 @@ class Ranker:
             end = start + len(q.candidates)
             order = np.argsort(-logits[start:end], kind="stable")[:k]
             probabilities = self._probabilities(logits[start:end][order])
-            ranking = Ranking(q.candidates[order], probabilities, q.cold_start, candidates=q.candidates)
+            ranking = Ranking(q.candidates[order], probabilities, q.cold_start)
+            if keep_candidates:
+                ranking.candidates = q.candidates
             if weights is not None:
                 ranked = weights[start + order]  # k x L
                 attended = self.rows.product[q.history] > 0
