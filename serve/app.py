@@ -58,6 +58,7 @@ Why it is built this way:
 import asyncio
 import logging
 import os
+import threading
 from typing import Dict, List, Literal, NamedTuple, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -167,6 +168,10 @@ class RecommenderDeployment:
         torch.set_num_threads(threads)
         threadpool_limits(threads)
         self._serving = Serving(None, None)
+        # Serve runs a sync reconfigure in a thread pool, and calls it again outside a rollout
+        # (a replica's rank changed by a scale-down): one at a time, or a slow reload of a refused
+        # model finishing after a restore's quick one would undo it.
+        self._reconfiguring = threading.Lock()
 
     def reconfigure(self, user_config: Dict) -> None:
         """Loads the model named by ``user_config`` (see :class:`ServeSettings`), then swaps it in.
@@ -177,19 +182,20 @@ class RecommenderDeployment:
         and Serve stops the replica (after its retries, the rollout is DEPLOY_FAILED; jobs.deploy
         then deploys the settings served before again, :func:`serve.rollout.restore_previous`).
         """
-        previous = self._serving.service
-        try:
-            service = ModelService.load(ServeSettings.from_user_config(user_config), previous=previous)
-        except Exception as e:
-            if previous is None:
-                raise
-            self._serving = Serving(previous, _redacted(f"{type(e).__name__}: {e}", user_config))
-            # A user_config that is no dict fails here too: an AttributeError raised while saying so
-            # would make Serve stop the replica serving the good model.
-            model_dir = user_config.get("model_dir") if isinstance(user_config, dict) else None
-            logger.error(f"rollout of {model_dir} failed, still serving {previous.version}: {e}")
-            return
-        self._serving = Serving(service, None)
+        with self._reconfiguring:
+            previous = self._serving.service
+            try:
+                service = ModelService.load(ServeSettings.from_user_config(user_config), previous=previous)
+            except Exception as e:
+                if previous is None:
+                    raise
+                self._serving = Serving(previous, _redacted(f"{type(e).__name__}: {e}", user_config))
+                # A user_config that is no dict fails here too: an AttributeError raised while saying so
+                # would make Serve stop the replica serving the good model.
+                model_dir = user_config.get("model_dir") if isinstance(user_config, dict) else None
+                logger.error(f"rollout of {model_dir} failed, still serving {previous.version}: {e}")
+                return
+            self._serving = Serving(service, None)
 
     def serving_user_config(self) -> Optional[Dict]:
         """The user_config of the model this replica serves, None before one: after a failed

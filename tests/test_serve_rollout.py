@@ -676,6 +676,46 @@ def test_replicas_serving_different_settings_while_serve_deploys_is_a_retry(monk
     assert unknown.value.retry is False and str(unknown.value).endswith("serve.delete('ncf')) to deploy afresh")
 
 
+@pytest.mark.faults
+def test_reconfigures_of_one_replica_apply_one_at_a_time(monkeypatch):
+    """Serve runs a sync reconfigure in a thread pool, and calls it outside rollouts too (a
+    replica's rank changed by a scale-down): a slow reload of a refused model B that began before
+    a restore's quick one finished after it, and its refusal came back on /healthz (a review,
+    session 59). One at a time, the restore's comes last and stands."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from serve import app as serve_app
+    from serve import service as serve_service
+
+    loading_b, release_b = threading.Event(), threading.Event()
+
+    def load(user_config, previous=None):
+        if user_config["model_dir"] == "/m/b":
+            loading_b.set()
+            release_b.wait(10)
+            raise RuntimeError("model B refused")
+        return SimpleNamespace(version="a")
+
+    # The classes themselves: the deployment's methods read a copy of serve.app's globals.
+    monkeypatch.setattr(serve_service.ModelService, "load", staticmethod(load))
+    monkeypatch.setattr(serve_service.ServeSettings, "from_user_config", staticmethod(lambda config: config))
+    replica = object.__new__(serve_app.RecommenderDeployment.func_or_class)
+    replica._serving = serve_app.Serving(SimpleNamespace(version="a"), "model B refused")
+    replica._reconfiguring = threading.Lock()  # as __init__ makes it (which also sets torch's threads)
+    retry = threading.Thread(target=replica.reconfigure, args=({"model_dir": "/m/b"},))
+    retry.start()
+    assert loading_b.wait(10)
+    restore = threading.Thread(target=replica.reconfigure, args=({"model_dir": "/m/a"},))
+    restore.start()
+    time.sleep(0.3)  # without the lock, the restore is done by now
+    release_b.set()
+    retry.join(10)
+    restore.join(10)
+    assert replica._serving.rollout_error is None and replica._serving.service.version == "a"
+
+
 def _target_of(user_config: dict, ray_actor_options: dict):
     """Serve's target for the app's deployment (serve.rollout._target's DeploymentInfo), as far as read."""
     from types import SimpleNamespace
