@@ -215,7 +215,7 @@ def _checked(args: argparse.Namespace, app_args: dict) -> ServeSettings:
         check_data(args.data)
     settings = serve_settings(app_args)  # checks the settings before Ray starts
     if args.replica_memory_gb is None:
-        need = replica_memory_bytes(os.path.realpath(app_args["model"]))
+        need = replica_memory_bytes(os.path.realpath(app_args["model"]), args.data)
         if need >= MEMORY_NOTE_BYTES:
             print(
                 f"[deploy] note: each replica holds about {need / 2**30:.1f} GiB (rollouts included) and asks "

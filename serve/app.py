@@ -428,15 +428,21 @@ def _application(a: AppArgs, settings: ServeSettings) -> Application:
     )
 
 
-def replica_memory_bytes(model_dir: str) -> int:
+def replica_memory_bytes(model_dir: str, data: Optional[str] = None) -> int:
     """About the most a replica of ``model_dir`` holds: what a scoring actor of every household
     holds (:func:`ncf.batch.scoring.actor_memory`: 4,876 MiB measured at 10M x 1M; a ready
     replica held 4,426 MiB there), plus, while a rollout loads the next model and its state
-    beside the ones serving, a second copy of all but the process's own base."""
+    beside the ones serving, a second copy of all but the process's own base. The households
+    are those of the state it ranks from: ``data``'s where given (fresh data holds households
+    the model never saw), the model's own otherwise."""
     from ncf.batch.scoring import ACTOR_BASE_BYTES, actor_memory
+    from ncf.data import layout
     from ncf.model.directory import ModelDir
 
     households = int(ModelDir(model_dir).config["model"]["num_users"])
+    sizes = layout.DataStats(data).vocab_sizes if data else None
+    if sizes and sizes.get("num_users"):
+        households = max(households, int(sizes["num_users"]))
     return 2 * actor_memory(model_dir, households) - ACTOR_BASE_BYTES
 
 

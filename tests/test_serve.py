@@ -670,9 +670,11 @@ def test_a_model_rollout_keeps_the_deployment_version(small_model_dir, tmp_path)
     assert first.user_config != second.user_config
 
 
-def test_a_replica_asks_ray_for_the_memory_it_is_given_and_the_deploy_job_says_what_it_needs(small_model_dir):
+def test_a_replica_asks_ray_for_the_memory_it_is_given_and_the_deploy_job_says_what_it_needs(small_model_dir, tmp_path):
     """Replicas asked Ray for CPUs only (4,426 MiB each at 10M x 1M, about twice that in a
     rollout), so Ray could place more of them on a node than its memory holds."""
+    from ncf.batch.scoring import ACTOR_BYTES_PER_HOUSEHOLD
+    from ncf.model.directory import ModelDir
     from serve.app import replica_memory_bytes
 
     asked = build_app(_app_args(small_model_dir))._bound_deployment.ray_actor_options
@@ -681,6 +683,13 @@ def test_a_replica_asks_ray_for_the_memory_it_is_given_and_the_deploy_job_says_w
     assert "memory" not in unasked
     weights = os.path.getsize(os.path.join(small_model_dir, "model.pt"))
     assert replica_memory_bytes(small_model_dir) > (640 << 20) + 2 * weights
+    # A DATA grown past the model's households: the replica holds its state, all of them (a review).
+    grown = tmp_path / "grown"
+    grown.mkdir()
+    model_users = int(ModelDir(small_model_dir).config["model"]["num_users"])
+    (grown / "stats.json").write_text(json.dumps({"vocab_sizes": {"num_users": model_users + 1_000_000}}))
+    more = replica_memory_bytes(small_model_dir, str(grown)) - replica_memory_bytes(small_model_dir)
+    assert more == 2 * ACTOR_BYTES_PER_HOUSEHOLD * 1_000_000
     with pytest.raises(ValueError, match="memory_gb"):
         build_app({**_app_args(small_model_dir), "memory_gb": 0})
 
