@@ -75,13 +75,8 @@ def _pyplot():
     return plt
 
 
-# The main table's columns, in its order.
-METRIC_COLUMNS = [
-    "model",
-    f"recall@{K}",
-    f"ndcg@{K}",
-    f"hr@{K}",
-    f"mrr@{K}",
+# The main table's columns a terminal line has no room for (jobs.demo's console table leaves them out).
+_WIDE_COLUMNS = [
     "mrr",
     f"recall_lit@{K}",
     f"repeat_recall@{K}",
@@ -90,6 +85,15 @@ METRIC_COLUMNS = [
     f"next_basket_recall@{K}",
     f"next_basket_ndcg@{K}",
     "first_stage_recall",
+]
+# The main table's columns, in its order.
+METRIC_COLUMNS = [
+    "model",
+    f"recall@{K}",
+    f"ndcg@{K}",
+    f"hr@{K}",
+    f"mrr@{K}",
+    *_WIDE_COLUMNS,
     f"sampled_hr@{K}",
     f"sampled_ndcg@{K}",
     *(f"{metric}_minus_model" for metric in PAIRED),
@@ -97,21 +101,7 @@ METRIC_COLUMNS = [
 ]
 # jobs.demo's console table: the main table's columns a terminal line has room for, in its order
 # (one list, so that a column renamed here is not left blank there).
-CONSOLE_COLUMNS = [
-    c
-    for c in METRIC_COLUMNS
-    if c
-    not in (
-        "mrr",
-        f"recall_lit@{K}",
-        f"repeat_recall@{K}",
-        f"explore_recall@{K}",
-        f"repeat_share@{K}",
-        f"next_basket_recall@{K}",
-        f"next_basket_ndcg@{K}",
-        "first_stage_recall",
-    )
-]
+CONSOLE_COLUMNS = [c for c in METRIC_COLUMNS if c not in _WIDE_COLUMNS]
 SEED_SD = "_sd"  # the spread of a bench row's seeds (how much a training varies)
 PAIRED_SE = "_se"  # the paired standard error of a baseline's difference to the model
 
