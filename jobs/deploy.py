@@ -82,6 +82,7 @@ from serve.rollout import (
     refused_rollout,
     restore_previous,
     serving_before,
+    serving_other_settings,
     target_asks,
 )
 from serve.service import ServeSettings
@@ -330,6 +331,9 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
             f"{REPLICA_ANSWER_TIMEOUT_S:.0f} s: the rollout is Serve's target, unverified on the others; "
             f"the replicas' logs: {REPLICA_LOGS}"
         )
+    elsewhere = serving_other_settings(deployed, max(replicas, 1), REPLICA_ANSWER_TIMEOUT_S)
+    if elsewhere:  # the replicas serve two models: all of them put back on the one served before
+        give_up(f"{elsewhere} ({restore().words})")
     pages = {"openapi": f"{url}/openapi.json", **({"ui": f"{url}/ui"} if args.ui else {})}
     outcome = {**health, "replicas_checked": len(answers)}
     print(json.dumps({"url": url, **pages, **outcome}), flush=True)

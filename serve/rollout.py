@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
@@ -26,6 +27,7 @@ from serve.launch import (
     ReplicasDiffer,
     base_url,
     check_port_free,
+    every_replica_answer,
     every_replica_health,
     failure_line,
     running_replicas,
@@ -197,6 +199,23 @@ def refused_rollout(answers: Dict[str, Dict]) -> Optional[str]:
     return (
         f"the rollout failed on {len(refused)} of {len(answers)} replica(s), which kept serving model "
         f"{first['model_version']}: {first['rollout_error']}"
+    )
+
+
+def serving_other_settings(deployed: Dict, replicas: int, timeout_s: float) -> Optional[str]:
+    """Words for the replicas heard serving other settings than ``deployed`` (the rollout's
+    user_config) without a rollout error to say so (a reconfigure Serve never called, or one
+    undone since), asked each one's :meth:`~serve.app.RecommenderDeployment.served_settings`;
+    None where every replica heard serves it. Health alone does not tell: a replica on the
+    previous model without an error answers as healthy as one on the rollout's."""
+    wanted = json.dumps(deployed, sort_keys=True)
+    answers = every_replica_answer("served_settings", replicas, APP_NAME, timeout_s)
+    other = [a["user_config"] for a in answers.values() if json.dumps(a["user_config"], sort_keys=True) != wanted]
+    if not other:
+        return None
+    return (
+        f"{len(other)} of {len(answers)} replica(s) serve model {(other[0] or {}).get('model_dir')}, not the "
+        "rollout's, without a rollout error"
     )
 
 

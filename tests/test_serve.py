@@ -162,6 +162,7 @@ def test_a_rollout_of_a_user_config_that_is_no_dict_keeps_the_model_serving(capl
     (a list in a config file) raised AttributeError from reconfigure, and Serve stops a replica
     whose reconfigure raises, the model it kept serving with it."""
     import logging
+    import threading
 
     from serve.app import RecommenderDeployment, Serving
 
@@ -171,6 +172,7 @@ def test_a_rollout_of_a_user_config_that_is_no_dict_keeps_the_model_serving(capl
     serving = Model()
     replica = object.__new__(RecommenderDeployment.func_or_class)
     replica._serving = Serving(serving, None)
+    replica._reconfiguring = threading.Lock()  # as __init__ makes it (which also sets torch's threads)
     serve_logger = logging.getLogger("ray.serve")  # Ray's loggers do not propagate to pytest's root handler
     serve_logger.addHandler(caplog.handler)
     try:

@@ -32,8 +32,10 @@ REQUEST_TIMEOUT_S = 300
 def install_replica_faults() -> None:
     """In each replica, at its start: ``ModelService.load`` of a model whose directory is named in
     a ``refuse-NAME`` switch fails on the first replica to claim the switch (one replica of two
-    refuses it, the other takes it); ``recommend_batch`` for :data:`SLOW_HOUSEHOLD` waits for
-    the ``release`` switch (a past day's pass of minutes, as far as routing is concerned)."""
+    refuses it, the other takes it), and one named in an ``ignore-NAME`` switch is not loaded by
+    the first replica to claim it, which keeps its model without an error; ``recommend_batch``
+    for :data:`SLOW_HOUSEHOLD` waits for the ``release`` switch (a past day's pass of minutes, as
+    far as routing is concerned)."""
     from serve.service import ModelService
 
     faults = os.environ[FAULTS_ENV]
@@ -43,6 +45,9 @@ def install_replica_faults() -> None:
         switch = os.path.join(faults, f"refuse-{os.path.basename(settings.model_dir)}")
         if os.path.exists(switch) and _claim(f"{switch}.claimed"):
             raise RuntimeError("this replica refuses the model (a fault test)")
+        ignored = os.path.join(faults, f"ignore-{os.path.basename(settings.model_dir)}")
+        if previous is not None and os.path.exists(ignored) and _claim(f"{ignored}.claimed"):
+            return previous  # keeps its model and says nothing: a reconfigure that never happened
         return load(settings, previous)
 
     def slow_batch(self, request):
@@ -488,6 +493,33 @@ def test_a_rollout_keeps_the_replicas_the_app_runs(faulty_replicas, small_model_
     with pytest.raises(Exception) as refused:
         serve.get_deployment_handle(DEPLOYMENT_NAME, APP_NAME).not_in_this_code.remote().result(timeout_s=30)
     assert no_such_method(refused.value, "not_in_this_code"), refused.value
+
+
+@pytest.mark.faults
+def test_a_replica_left_on_the_previous_model_without_an_error_fails_the_rollout(
+    faulty_replicas, small_model_dir, tmp_path, capsys
+):
+    """A replica that serves the previous model without a rollout error (a reconfigure Serve
+    never called, or one undone since) answered /healthz as healthy as one on the new model, and
+    the deploy reported success with two models served (Left open since session 58). Each
+    replica is now asked what it serves: the rollout is undone and the job fails."""
+    from helpers import free_port, sealed_copy
+
+    from jobs import deploy
+
+    m0 = sealed_copy(small_model_dir, str(tmp_path / "m0"), "m0")
+    m1 = sealed_copy(small_model_dir, str(tmp_path / "m1"), "m1")
+    port = free_port()
+    assert deploy.main(["--model", m0, *_two_replicas(port)])["replicas_checked"] == 2
+    (faulty_replicas / "ignore-m1").touch()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        deploy.main(["--model", m1, *_two_replicas(port)])
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 1, error
+    assert f"1 of 2 replica(s) serve model {m0}, not the rollout's, without a rollout error" in error, error
+    assert "(deployed again as Serve's target)" in error, error
+    assert _target_user_config()["model_dir"] == m0
 
 
 def _app_status(status, states: dict, trigger=None, message: str = ""):
