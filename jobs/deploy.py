@@ -331,7 +331,12 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
             f"{REPLICA_ANSWER_TIMEOUT_S:.0f} s: the rollout is Serve's target, unverified on the others; "
             f"the replicas' logs: {REPLICA_LOGS}"
         )
-    elsewhere = serving_other_settings(deployed, max(replicas, 1), REPLICA_ANSWER_TIMEOUT_S)
+    try:
+        elsewhere = serving_other_settings(deployed, max(replicas, 1), REPLICA_ANSWER_TIMEOUT_S)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        _interrupted(stop, before.serving, owns_serve)
+    except TimeoutError as e:  # as in the health round: a replica not heard is not vouched for
+        give_up(f"{e}: the rollout is Serve's target, unverified on the others; the replicas' logs: {REPLICA_LOGS}")
     if elsewhere:  # the replicas serve two models: all of them put back on the one served before
         give_up(f"{elsewhere} ({restore().words})")
     pages = {"openapi": f"{url}/openapi.json", **({"ui": f"{url}/ui"} if args.ui else {})}

@@ -207,9 +207,16 @@ def serving_other_settings(deployed: Dict, replicas: int, timeout_s: float) -> O
     user_config) without a rollout error to say so (a reconfigure Serve never called, or one
     undone since), asked each one's :meth:`~serve.app.RecommenderDeployment.served_settings`;
     None where every replica heard serves it. Health alone does not tell: a replica on the
-    previous model without an error answers as healthy as one on the rollout's."""
+    previous model without an error answers as healthy as one on the rollout's.
+
+    Raises:
+        TimeoutError: fewer than ``replicas`` said what they serve within ``timeout_s``.
+    """
     wanted = json.dumps(deployed, sort_keys=True)
     answers = every_replica_answer("served_settings", replicas, APP_NAME, timeout_s)
+    if len(answers) < replicas:
+        heard = f"only {len(answers)} of {replicas} replica(s)"
+        raise TimeoutError(f"{heard} said what they serve within {timeout_s:.0f} s")
     other = [a["user_config"] for a in answers.values() if json.dumps(a["user_config"], sort_keys=True) != wanted]
     if not other:
         return None

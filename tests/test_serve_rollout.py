@@ -522,6 +522,22 @@ def test_a_replica_left_on_the_previous_model_without_an_error_fails_the_rollout
     assert _target_user_config()["model_dir"] == m0
 
 
+@pytest.mark.faults
+def test_a_replica_not_heard_saying_what_it_serves_is_not_vouched_for(monkeypatch):
+    """The check after the health round passed where a replica did not answer in time: nothing
+    heard, nothing different (a second read)."""
+    from serve import rollout
+
+    deployed = {"model_dir": "/m/m1"}
+    heard = {"r1": {"replica": "r1", "user_config": deployed}}
+    monkeypatch.setattr(rollout, "every_replica_answer", lambda method, replicas, app, timeout_s: heard)
+    assert rollout.serving_other_settings(deployed, 1, 30.0) is None
+    with pytest.raises(TimeoutError, match=r"only 1 of 2 replica\(s\) said what they serve within 30 s"):
+        rollout.serving_other_settings(deployed, 2, 30.0)
+    heard["r2"] = {"replica": "r2", "user_config": {"model_dir": "/m/m0"}}
+    assert rollout.serving_other_settings(deployed, 2, 30.0).startswith("1 of 2 replica(s) serve model /m/m0")
+
+
 def _app_status(status, states: dict, trigger=None, message: str = ""):
     """Serve's status of jobs.deploy's app (as ``serve.status()`` holds it): ``states``, replicas by state."""
     from types import SimpleNamespace

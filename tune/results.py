@@ -184,9 +184,9 @@ def plot_sweep(table: pd.DataFrame, path: str) -> str:
     import matplotlib.pyplot as plt
 
     done = table.dropna(subset=[BEST])
-    # The star is SWEEP/best's trial (a score with a checkpoint), not merely the top score; a table
-    # without the column (results written before it) stars its top score.
-    best = (done[done[CHECKPOINT_PATH].notna()] if CHECKPOINT_PATH in done else done).iloc[:1]
+    # The star is SWEEP/best's trial (results_table's order: the best score with a checkpoint), not
+    # merely the top score; a table without checkpoints (one built by hand) stars its top score.
+    best = done[done[CHECKPOINT_PATH].notna()].iloc[:1] if CHECKPOINT_PATH in done else done.nlargest(1, BEST)
     fig, axes = plt.subplots(2, (len(SEARCHED) + 1) // 2, figsize=(18, 6.5), sharey=True)
     for ax, name in zip(axes.flat, SEARCHED):
         ax.scatter(done[name], done[BEST], color="tab:blue", alpha=0.7, label="trial")
