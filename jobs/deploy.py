@@ -324,19 +324,19 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
         # is, once every replica is heard serving the previous one again; otherwise the run failed.
         restored = restore()
         give_up(f"{refused} ({restored.words})", EXIT_BAD_INPUT if restored.agreed else EXIT_FAILED)
+    # A replica not heard may serve anything: a success would vouch for it.
+    unverified = f"the rollout is Serve's target, unverified on the others; the replicas' logs: {REPLICA_LOGS}"
     if len(answers) < max(replicas, 1):
-        # A replica not heard may serve anything: a success would vouch for it.
         give_up(
             f"only {len(answers)} of {max(replicas, 1)} replica(s) answered their health within "
-            f"{REPLICA_ANSWER_TIMEOUT_S:.0f} s: the rollout is Serve's target, unverified on the others; "
-            f"the replicas' logs: {REPLICA_LOGS}"
+            f"{REPLICA_ANSWER_TIMEOUT_S:.0f} s: {unverified}"
         )
     try:
         elsewhere = serving_other_settings(deployed, max(replicas, 1), REPLICA_ANSWER_TIMEOUT_S)
     except (KeyboardInterrupt, SystemExit) as stop:
         _interrupted(stop, before.serving, owns_serve)
-    except TimeoutError as e:  # as in the health round: a replica not heard is not vouched for
-        give_up(f"{e}: the rollout is Serve's target, unverified on the others; the replicas' logs: {REPLICA_LOGS}")
+    except TimeoutError as e:  # as in the health round
+        give_up(f"{e}: {unverified}")
     if elsewhere:  # the replicas serve two models: all of them put back on the one served before
         give_up(f"{elsewhere} ({restore().words})")
     pages = {"openapi": f"{url}/openapi.json", **({"ui": f"{url}/ui"} if args.ui else {})}

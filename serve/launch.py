@@ -268,13 +268,32 @@ def _served_by_every_replica(handle, running: int, app_name: str, timeout_s: flo
         if not no_such_method(e, "served_settings"):
             raise
         return handle.serving_user_config.remote().result(timeout_s=timeout_s)
-    answers = every_replica_answer("served_settings", running, app_name, timeout_s, first)
-    if len(answers) < running:
-        raise TimeoutError(f"{len(answers)} of {running} replica(s) said what they serve within {timeout_s:.0f} s")
-    served = Counter(json.dumps(answer["user_config"], sort_keys=True) for answer in answers.values())
+    answers = every_replica_served(running, app_name, timeout_s, first)
+    served = Counter(settings_key(answer["user_config"]) for answer in answers.values())
     if len(served) > 1:
         raise ReplicasDiffer(_settings_words(served))
     return next(iter(answers.values()))["user_config"]  # as the replica said it, not through JSON
+
+
+def every_replica_served(
+    replicas: int, app_name: str, timeout_s: float, first: Optional[Dict] = None
+) -> Dict[str, Dict]:
+    """Each replica's :meth:`~serve.app.RecommenderDeployment.served_settings` (by its tag), from
+    every one of ``replicas`` (``first``: one answer already had).
+
+    Raises:
+        TimeoutError: fewer of them answered within ``timeout_s``.
+    """
+    answers = every_replica_answer("served_settings", replicas, app_name, timeout_s, first)
+    if len(answers) < replicas:
+        heard = f"only {len(answers)} of {replicas} replica(s)"
+        raise TimeoutError(f"{heard} said what they serve within {timeout_s:.0f} s")
+    return answers
+
+
+def settings_key(user_config: Optional[Dict]) -> str:
+    """A user_config as one comparable string (replicas' answers are compared by it)."""
+    return json.dumps(user_config, sort_keys=True)
 
 
 def no_such_method(error: Exception, method: str) -> bool:

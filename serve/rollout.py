@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
@@ -27,11 +26,12 @@ from serve.launch import (
     ReplicasDiffer,
     base_url,
     check_port_free,
-    every_replica_answer,
     every_replica_health,
+    every_replica_served,
     failure_line,
     running_replicas,
     serving_user_config,
+    settings_key,
     start,
 )
 from serve.service import ServeSettings, same_content_on_disk
@@ -212,12 +212,8 @@ def serving_other_settings(deployed: Dict, replicas: int, timeout_s: float) -> O
     Raises:
         TimeoutError: fewer than ``replicas`` said what they serve within ``timeout_s``.
     """
-    wanted = json.dumps(deployed, sort_keys=True)
-    answers = every_replica_answer("served_settings", replicas, APP_NAME, timeout_s)
-    if len(answers) < replicas:
-        heard = f"only {len(answers)} of {replicas} replica(s)"
-        raise TimeoutError(f"{heard} said what they serve within {timeout_s:.0f} s")
-    other = [a["user_config"] for a in answers.values() if json.dumps(a["user_config"], sort_keys=True) != wanted]
+    answers = every_replica_served(replicas, APP_NAME, timeout_s)
+    other = [a["user_config"] for a in answers.values() if settings_key(a["user_config"]) != settings_key(deployed)]
     if not other:
         return None
     return (

@@ -526,11 +526,11 @@ def test_a_replica_left_on_the_previous_model_without_an_error_fails_the_rollout
 def test_a_replica_not_heard_saying_what_it_serves_is_not_vouched_for(monkeypatch):
     """The check after the health round passed where a replica did not answer in time: nothing
     heard, nothing different (a second read)."""
-    from serve import rollout
+    from serve import launch, rollout
 
     deployed = {"model_dir": "/m/m1"}
     heard = {"r1": {"replica": "r1", "user_config": deployed}}
-    monkeypatch.setattr(rollout, "every_replica_answer", lambda method, replicas, app, timeout_s: heard)
+    monkeypatch.setattr(launch, "every_replica_answer", lambda method, replicas, app, timeout_s, first=None: heard)
     assert rollout.serving_other_settings(deployed, 1, 30.0) is None
     with pytest.raises(TimeoutError, match=r"only 1 of 2 replica\(s\) said what they serve within 30 s"):
         rollout.serving_other_settings(deployed, 2, 30.0)
