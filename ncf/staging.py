@@ -42,7 +42,7 @@ import uuid
 from contextlib import ExitStack, contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence
 
-from ncf.errors import InputError, TryLater
+from ncf.errors import InputError, TryLater, os_error_words
 from ncf.jsonio import fsync_parent, fsync_path, read_json, write_json
 
 # Fault drills (tests only): NCF_FAULT=between-renames makes the process exit at once after the
@@ -210,9 +210,24 @@ def _finish(record: Dict, journal: str) -> None:
     elif not os.path.lexists(final) and os.path.lexists(parked):
         os.rename(parked, final)
         fsync_parent(final)
-    remove(parked)
+    # The swap is done once the journal is gone; the old tree is garbage under a name the next run
+    # sweeps (remove_dead_runs, clean_stale). Removed before the journal, a tree that cannot be
+    # deleted (a read-only folder copied into a model, an NFS file still open) failed this run
+    # after its output was in place, and every later run's roll-forward on the same step.
     os.remove(journal)
     fsync_parent(journal)
+    remove_or_say(parked)
+
+
+def remove_or_say(path: str, tag: str = "staging") -> bool:
+    """Removes what a finished swap or a dead run left (:func:`remove`); one that cannot be
+    removed is said on stderr and left to the next run. Whether it is gone."""
+    try:
+        remove(path)
+    except OSError as e:
+        print(f"[{tag}] left {path}, which cannot be removed ({os_error_words(e)})", file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 # -- blue/green through a symlink -------------------------------------------------------------------
@@ -280,8 +295,8 @@ def check_target(
     """Refuses (InputError, one line) to replace ``final`` when
 
     * it is, contains or is inside one of ``inputs`` (always: the run would delete what it reads,
-      or write into it), or a file stands where one of its parent directories would, or the
-      nearest existing one is not writable by this account, or
+      or write into it), or is a mount point (replaced beside itself), or a file stands where one
+      of its parent directories would, or the nearest existing one is not writable by this account, or
     * it exists, is not empty and is not a ``what`` (no ``marker`` file in it), or is a file,
       unless ``overwrite`` (``remedy`` says how the command asks for it).
 
@@ -294,6 +309,13 @@ def check_target(
             raise InputError(f"{final}: contains the input {path}; write the output somewhere else")
         if within(final, path):
             raise InputError(f"{final}: inside the input {path}; write the output somewhere else")
+    if writes_beside and not os.path.islink(final) and os.path.ismount(final):
+        # Linux refuses to rename a mount point (EBUSY): the swap failed after the work, its journal
+        # left for every later run to fail on too (a volume mounted at exactly --output).
+        raise InputError(
+            f"{final}: is a mount point, which the swap cannot replace; write the output into a folder "
+            "inside it, or make the output a symlink to one there (replaced blue/green)"
+        )
     ancestor = check_parent(final)
     # Where the run will write: beside final (its lock and stage; for a link, beside its target
     # too), or, for an output written in place (a sweep's, ``writes_beside`` False), inside it.
@@ -356,15 +378,16 @@ def present(path: str) -> bool:
 
 def remove_dead_runs(directory: str, name: str) -> List[str]:
     """Removes the staging and parked entries of ``name`` in ``directory`` (the caller holds the
-    lock and has rolled the journal forward, so they belong to dead runs)."""
+    lock and has rolled the journal forward, so they belong to dead runs); one that cannot be
+    removed is said and left. Returns the removed ones."""
     names = _siblings(directory, name)
     if not os.path.isdir(directory):
         return []
     removed = []
     for entry in sorted(os.listdir(directory)):
         if entry.startswith((names["staging"], names["parked"])):
-            remove(os.path.join(directory, entry))
-            removed.append(os.path.join(directory, entry))
+            if remove_or_say(os.path.join(directory, entry)):
+                removed.append(os.path.join(directory, entry))
     return removed
 
 

@@ -2,6 +2,7 @@
 target and swapped in; outputs that are not this tool's are refused; the nightly commit survives a
 death between its two renames and refuses a second run of the same date. No Ray."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -65,6 +66,14 @@ def test_preprocess_refuses_a_directory_it_did_not_write_unless_overwrite(tmp_pa
     staging.check_target(str(home), layout.STATS, "preprocessing output", [str(logs)], overwrite=True)  # allowed
     _write(str(home / layout.STATS), "{}")
     staging.check_target(str(home), layout.STATS, "preprocessing output", [str(logs)])  # an output of this tool
+
+
+def test_an_output_that_is_a_mount_point_is_refused_before_the_work():
+    """A volume mounted at exactly --output: the swap's first rename failed with EBUSY after the
+    work, its journal left for every later run (a review, 2026-12-06). /proc stands for one."""
+    assert os.path.ismount("/proc")
+    with pytest.raises(InputError, match="is a mount point, which the swap cannot replace"):
+        staging.check_target("/proc", "stats.json", "DATA directory", overwrite=True)
 
 
 def test_a_failed_replacement_leaves_the_old_directory_and_no_leftovers(tmp_path):
@@ -151,6 +160,57 @@ def test_a_model_symlink_is_repointed_and_its_old_target_kept(tmp_path):
     assert os.path.realpath(link) == str(models / "MODEL-v2-2")
     assert sorted(n for n in os.listdir(models) if not n.startswith(".")) == ["MODEL-v2", "MODEL-v2-2", "blue"]
     assert not [n for n in os.listdir(models) if ".staging-" in n or ".old-" in n]  # no leftovers
+
+
+def _stubborn(monkeypatch, marker: str) -> None:
+    """Entries whose name holds ``marker`` cannot be removed, as a read-only folder copied into a
+    model or an NFS file still open make them (root's tests cannot make one by chmod)."""
+    real = staging.remove
+
+    def remove(path):
+        if marker in os.path.basename(path):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        real(path)
+
+    monkeypatch.setattr(staging, "remove", remove)
+
+
+def test_an_old_model_that_cannot_be_removed_after_the_swap_is_left_and_the_new_one_kept(tmp_path, monkeypatch, capsys):
+    """The old tree was removed before the journal: one that could not be deleted failed the save
+    after the new model was in place, journal kept, and every later save failed on the same step
+    of its roll-forward (a review, 2026-12-06). Now the swap ends with the journal; the old tree
+    is said, left and removed by a later run that can."""
+    data, model = _fake_data(tmp_path), str(tmp_path / "model")
+    _save(model, data, "v1")
+    _stubborn(monkeypatch, ".old-")
+    for version in ("v2", "v3"):
+        _save(model, data, version)
+        assert directory.read_config(model)["version"] == version
+        assert not os.path.exists(tmp_path / ".model.swap.json")
+        assert "[staging] left " in capsys.readouterr().err
+    assert len([n for n in os.listdir(tmp_path) if n.startswith(".model.old-")]) == 2
+    monkeypatch.undo()
+    _save(model, data, "v4")
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".model.old-")]
+
+
+def test_a_replaced_partition_that_cannot_be_removed_never_stops_the_next_nights(tmp_path, monkeypatch, capsys):
+    """The batch job's commit and its cleaning at the start of the next run, as above."""
+    output = str(tmp_path / "out")
+    with commit.PartitionRun(output, PARTITION, "first") as run:
+        run.commit({"run_id": "first"})
+    _stubborn(monkeypatch, commit.REPLACED)
+    for run_id in ("second", "third"):
+        with commit.PartitionRun(output, PARTITION, run_id) as run:
+            _write(os.path.join(run.stage, "part-0.parquet"), run_id)
+            run.commit({"run_id": run_id})
+        assert read_json(os.path.join(commit.partition_path(output, PARTITION), commit.SUCCESS)) == {"run_id": run_id}
+        assert not os.path.exists(commit.journal_path(output, PARTITION))
+    assert "[batch] left " in capsys.readouterr().err  # the second's old partition, at the third's start
+    monkeypatch.undo()
+    with commit.PartitionRun(output, PARTITION, "fourth"):
+        pass
+    assert not [n for n in os.listdir(os.path.join(output, commit.TMP)) if n.startswith(commit.REPLACED)]
 
 
 def test_a_model_whose_replacement_died_between_its_renames_is_finished_when_read(tmp_path):

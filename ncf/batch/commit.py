@@ -67,7 +67,17 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from ncf.errors import InputError, os_error_words
 from ncf.jsonio import read_json, write_json
-from ncf.staging import Busy, check_named, check_parent, exclusive, journal_record, remove, roll_forward, swap
+from ncf.staging import (
+    Busy,
+    check_named,
+    check_parent,
+    exclusive,
+    journal_record,
+    remove,
+    remove_or_say,
+    roll_forward,
+    swap,
+)
 
 SUCCESS = "_SUCCESS"
 TMP = "_tmp"
@@ -375,12 +385,11 @@ def clean_stale(output: str, partition: str, now: Optional[float] = None, keep: 
             continue
         if owner == partition and keep is not None and os.path.dirname(os.path.abspath(keep)) == os.path.abspath(path):
             for stage in sorted(os.listdir(path)):  # the partition's stage root: all but the one continued
-                if stage != os.path.basename(keep):
-                    remove(os.path.join(path, stage))
+                if stage != os.path.basename(keep) and remove_or_say(os.path.join(path, stage), "batch"):
                     removed.append(os.path.join(path, stage))
         elif owner == partition:
-            remove(path)
-            removed.append(path)
+            if remove_or_say(path, "batch"):  # one left is never read (its name is the protocol's), swept later
+                removed.append(path)
         elif _remove_stale(output, owner, path, now):
             removed.append(path)
     return removed
