@@ -325,14 +325,32 @@ def test_serve_cidr_accepts_private_ranges_only(template):
                     assert any(network.subnet_of(private) for private in RFC_1918), cidr
 
 
-def _shell_steps(commands: List[str]) -> List[List[str]]:
-    """Each ``&&``/``;``-separated step of the commands, as words, ``sudo`` dropped, in order."""
+def _shell_steps(commands: List[str], keep_env: bool = False) -> List[List[str]]:
+    """Each ``&&``/``;``-separated step of the commands, as words, ``sudo`` and ``env NAME=VALUE``
+    (unless ``keep_env``) dropped, in order."""
     steps = []
     for command in commands:
         for part in re.split(r"&&|;", command):
             words = shlex.split(part)
-            steps.append(words[1:] if words[:1] == ["sudo"] else words)
+            words = words[1:] if words[:1] == ["sudo"] else words
+            if words[:1] == ["env"] and not keep_env:
+                words = words[1:]
+                while words and re.fullmatch(r"\w+=.*", words[0]):
+                    words = words[1:]
+            steps.append(words)
     return steps
+
+
+@pytest.mark.faults
+def test_every_apt_get_on_a_node_runs_unattended(prepared):
+    """Ray runs setup commands in an interactive login shell, where Ubuntu 22.04's needrestart
+    asks which services to restart: a worker the autoscaler set up waited on a prompt no one
+    answers (a review, 2026-12-06)."""
+    commands = [c for key in ("setup_commands", "head_setup_commands", "worker_setup_commands") for c in prepared[key]]
+    apt = [words for words in _shell_steps(commands, keep_env=True) if "apt-get" in words]
+    assert len(apt) >= 3
+    for words in apt:
+        assert words[0] == "env" and {"DEBIAN_FRONTEND=noninteractive", "NEEDRESTART_MODE=a"} <= set(words), words
 
 
 @pytest.mark.faults
