@@ -26,7 +26,7 @@ def main(argv=None) -> list:
     p.add_argument("--workdir", default="artifacts/ablations", help="where the runs' model directories go")
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant")
     p.add_argument("--epochs", type=int, default=3, help="epochs at most (early stopping on validation)")
-    p.add_argument("--only", nargs="*", default=list(SWITCHES), help="switches to ablate")
+    p.add_argument("--only", nargs="*", choices=SWITCHES, default=list(SWITCHES), help="switches to ablate")
     p.add_argument("--reuse", action="store_true", help="read runs already trained in WORKDIR")
     args = p.parse_args(argv)
     # What the rows were measured on: rows of another DATA or epoch budget are not merged below.

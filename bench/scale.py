@@ -207,6 +207,8 @@ def serve_figures(model: str, data: str, users: list) -> dict:
                 recommend(session, url, users[i % len(users)])
             used = cpu_used(before, serve_cpu_seconds())
         replica_cpu = used.get("recommend_replicas", 0.0) + used.get("recommend_replicas_started", 0.0)
+        if replica_cpu <= 0:  # no process matched a replica's name: a 0 here divides the summary by zero
+            raise RuntimeError(f"no Serve replica's CPU time was found among {sorted(used)}")
         return {
             "replica_ready_s": round(ready_s, 1),
             "replica_rss_mib": round(rss),

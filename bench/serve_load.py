@@ -283,6 +283,8 @@ def main(argv=None) -> Dict:
         help="autoscaling target of both deployments (a batching replica wants about its batch)",
     )
     args = p.parse_args(argv)
+    if args.rounds < 1 or args.clients < 1 or args.seconds <= 0:
+        p.error("--rounds and --clients: at least 1; --seconds: above 0")
     autoscaling = {**AUTOSCALING, "target_ongoing_requests": args.target_ongoing}
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

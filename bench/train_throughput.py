@@ -171,6 +171,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="lists per step")
     p.add_argument("--torch-threads", type=int, default=0, help="threads of every mode (0: the Ray worker's default)")
     args = p.parse_args(argv)
+    if args.steps < 2:  # the steady rates count the steps after the first
+        p.error("--steps: at least 2")
     import ray
     import torch.distributed as dist
 

@@ -70,7 +70,8 @@ def measure(argv=None) -> dict:
     # them when it loads a model; otherwise each household's first ranking pays for its own list),
     # and one untimed call of each kind for torch's and the ranker's first-call set-up.
     ranker.warm()
-    users = np.random.default_rng(0).choice(ranker.state.states.users(), size=args.users, replace=False).tolist()
+    known = ranker.state.states.users()
+    users = np.random.default_rng(0).choice(known, size=min(args.users, len(known)), replace=False).tolist()
     ranker.rank(users[:1], [at], k=args.k, exclude_purchased=args.exclude_purchased)
     ranker.rank(users[:1], [at], args.k, args.exclude_purchased, brute_force=True)
     # Each kind timed in a loop of its own (one household per call, as a /recommend asks).
