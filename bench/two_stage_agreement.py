@@ -84,15 +84,15 @@ def measure(argv=None) -> dict:
     overlaps = [len(set(f.tolist()) & set(b.tolist())) / args.k for f, b in zip(fast, brute)]
     result = {
         "benchmark": "two_stage_agreement",
-        "users": args.users,
+        "users": len(users),
         "catalog": int(ranker.candidates.known.sum()),
         "candidates": ranker.settings.candidates,
         "exclude_purchased": args.exclude_purchased,
         "first_stage": first_stage(ranker),
         f"mean_top{args.k}_overlap": round(float(np.mean(overlaps)), 4),
         f"min_top{args.k}_overlap": round(float(np.min(overlaps)), 4),
-        "two_stage_users_per_s": round(args.users / fast_s, 1),
-        "brute_force_users_per_s": round(args.users / brute_s, 2),
+        "two_stage_users_per_s": round(len(users) / fast_s, 1),
+        "brute_force_users_per_s": round(len(users) / brute_s, 2),
     }
     return result
 

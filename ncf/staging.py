@@ -24,7 +24,8 @@ Pieces, each usable alone (``ncf.batch.commit`` builds the partition commit from
   The directory the link pointed at is never deleted (roll back by pointing the link at it).
 
 Layout next to a target ``PARENT/NAME``: ``.NAME.lock`` (kept), ``.NAME.swap.json`` (only mid-swap),
-``.NAME.staging-RUN`` (a run in progress), ``.NAME.old-RUN`` (the replaced directory, mid-swap).
+``.NAME.staging-RUN`` (a run in progress), ``.NAME.old-RUN`` (the replaced directory, mid-swap, or
+after it where it could not be deleted: the next run sweeps it).
 Hidden names: readers that list PARENT (pyarrow, Ray Data, ``resolve_files``) skip them.
 """
 
@@ -309,7 +310,8 @@ def check_target(
             raise InputError(f"{final}: contains the input {path}; write the output somewhere else")
         if within(final, path):
             raise InputError(f"{final}: inside the input {path}; write the output somewhere else")
-    if writes_beside and not os.path.islink(final) and os.path.ismount(final):
+    absolute = os.path.abspath(final)  # "link/" follows the link: a link's is no mount point of ours
+    if writes_beside and not os.path.islink(absolute) and os.path.ismount(absolute):
         # Linux refuses to rename a mount point (EBUSY): the swap failed after the work, its journal
         # left for every later run to fail on too (a volume mounted at exactly --output).
         raise InputError(

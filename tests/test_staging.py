@@ -68,12 +68,19 @@ def test_preprocess_refuses_a_directory_it_did_not_write_unless_overwrite(tmp_pa
     staging.check_target(str(home), layout.STATS, "preprocessing output", [str(logs)])  # an output of this tool
 
 
-def test_an_output_that_is_a_mount_point_is_refused_before_the_work():
+def test_an_output_that_is_a_mount_point_is_refused_before_the_work(tmp_path):
     """A volume mounted at exactly --output: the swap's first rename failed with EBUSY after the
     work, its journal left for every later run (a review, 2026-12-06). /proc stands for one."""
     assert os.path.ismount("/proc")
     with pytest.raises(InputError, match="is a mount point, which the swap cannot replace"):
         staging.check_target("/proc", "stats.json", "DATA directory", overwrite=True)
+    link = tmp_path / "current"
+    link.symlink_to("/proc")  # replaced blue/green, beside its target: never refused as a mount point
+    for given in (str(link), str(link) + "/"):
+        try:
+            staging.check_target(given, "stats.json", "DATA directory", overwrite=True)
+        except InputError as e:  # a non-root account may not write beside /proc: that refusal is fine
+            assert "mount point" not in str(e), given
 
 
 def test_a_failed_replacement_leaves_the_old_directory_and_no_leftovers(tmp_path):

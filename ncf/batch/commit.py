@@ -8,7 +8,8 @@ Layout::
                                               such as _plan.json, only where a roll-forward committed it,
                                               or its run was killed after its swap)
       _tmp/run_date=2017-11-27/RUN/           a run in progress: its parts, then _SUCCESS last
-      _tmp/replaced-run_date=2017-11-27-RUN   the old partition, only while it is replaced
+      _tmp/replaced-run_date=2017-11-27-RUN   the old partition, while it is replaced (one that could not
+                                              be deleted stays until a later run's cleaning can)
       _commit/run_date=2017-11-27.lock        flock held by the partition's run (file kept)
       _commit/run_date=2017-11-27.json        journal of a swap under way (absent otherwise)
 
@@ -32,7 +33,8 @@ Protocol (:class:`PartitionRun`):
 3. :meth:`PartitionRun.commit`: ``_SUCCESS`` (the manifest) as the stage's last file, then the
    journaled swap of :func:`ncf.staging.swap`: fsync the stage's files and directories, write
    the journal, rename the old partition to ``replaced-...``, rename the stage into place, fsync
-   both directories, delete the replaced partition, delete the journal. Between the two
+   both directories, delete the journal (the swap is done), delete the replaced partition (one
+   that cannot be deleted is said and left to the next run's cleaning). Between the two
    renames (one directory fsync apart) the partition is absent: a reader looking then finds
    no partition, never a partial one.
 
