@@ -58,7 +58,6 @@ Why it is built this way:
 import asyncio
 import logging
 import os
-import threading
 from typing import Dict, List, Literal, NamedTuple, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -168,12 +167,14 @@ class RecommenderDeployment:
         torch.set_num_threads(threads)
         threadpool_limits(threads)
         self._serving = Serving(None, None)
-        # Serve runs a sync reconfigure in a thread pool, and calls it again outside a rollout
-        # (a replica's rank changed by a scale-down): one at a time, or a slow reload of a refused
-        # model finishing after a restore's quick one would undo it.
-        self._reconfiguring = threading.Lock()
+        # Serve calls reconfigure again before the last one ended (a restore during a slow reload,
+        # a replica's rank changed by a scale-down): applied one at a time, in the order they came,
+        # or a slow reload of a refused model finishing after a restore's quick one would undo it.
+        # An asyncio lock: its waiters go first come, first served (a threading lock's do not, and
+        # a sync reconfigure runs in Serve's thread pool, in whatever order its threads get it).
+        self._reconfiguring = asyncio.Lock()
 
-    def reconfigure(self, user_config: Dict) -> None:
+    async def reconfigure(self, user_config: Dict) -> None:
         """Loads the model named by ``user_config`` (see :class:`ServeSettings`), then swaps it in.
 
         When that fails and a model is serving, the replica keeps serving it and reports the
@@ -182,10 +183,15 @@ class RecommenderDeployment:
         and Serve stops the replica (after its retries, the rollout is DEPLOY_FAILED; jobs.deploy
         then deploys the settings served before again, :func:`serve.rollout.restore_previous`).
         """
-        with self._reconfiguring:
+        async with self._reconfiguring:
             previous = self._serving.service
+
+            def load() -> ModelService:
+                return ModelService.load(ServeSettings.from_user_config(user_config), previous=previous)
+
             try:
-                service = ModelService.load(ServeSettings.from_user_config(user_config), previous=previous)
+                # In a thread: the replica's event loop answers requests while a model loads.
+                service = await asyncio.to_thread(load)
             except Exception as e:
                 if previous is None:
                     raise

@@ -161,8 +161,8 @@ def test_a_rollout_of_a_user_config_that_is_no_dict_keeps_the_model_serving(capl
     """The failed rollout's log line read ``user_config.get(...)``: a user_config that is no dict
     (a list in a config file) raised AttributeError from reconfigure, and Serve stops a replica
     whose reconfigure raises, the model it kept serving with it."""
+    import asyncio
     import logging
-    import threading
 
     from serve.app import RecommenderDeployment, Serving
 
@@ -172,12 +172,12 @@ def test_a_rollout_of_a_user_config_that_is_no_dict_keeps_the_model_serving(capl
     serving = Model()
     replica = object.__new__(RecommenderDeployment.func_or_class)
     replica._serving = Serving(serving, None)
-    replica._reconfiguring = threading.Lock()  # as __init__ makes it (which also sets torch's threads)
+    replica._reconfiguring = asyncio.Lock()  # as __init__ makes it (which also sets torch's threads)
     serve_logger = logging.getLogger("ray.serve")  # Ray's loggers do not propagate to pytest's root handler
     serve_logger.addHandler(caplog.handler)
     try:
         with caplog.at_level(logging.ERROR, logger="ray.serve"):
-            replica.reconfigure(["model_dir"])
+            asyncio.run(replica.reconfigure(["model_dir"]))
     finally:
         serve_logger.removeHandler(caplog.handler)
     assert replica._serving.service is serving

@@ -725,42 +725,50 @@ def test_replicas_serving_different_settings_while_serve_deploys_is_a_retry(monk
 
 
 @pytest.mark.faults
-def test_reconfigures_of_one_replica_apply_one_at_a_time(monkeypatch):
-    """Serve runs a sync reconfigure in a thread pool, and calls it outside rollouts too (a
-    replica's rank changed by a scale-down): a slow reload of a refused model B that began before
-    a restore's quick one finished after it, and its refusal came back on /healthz (a review,
-    session 59). One at a time, the restore's comes last and stands."""
+def test_reconfigures_of_one_replica_apply_one_at_a_time_in_the_order_they_came(monkeypatch):
+    """Serve calls reconfigure again before the last one ended (outside rollouts too: a replica's
+    rank changed by a scale-down): a slow reload of a refused model B that began before a
+    restore's quick one finished after it, and its refusal came back on /healthz (a review,
+    session 59). One at a time, the restore's comes last and stands; and in the order they came
+    (a threading lock's waiters take it in any order: an older model C applied after the restore)."""
+    import asyncio
     import threading
-    import time
     from types import SimpleNamespace
 
     from serve import app as serve_app
     from serve import service as serve_service
 
     loading_b, release_b = threading.Event(), threading.Event()
+    loaded = []
 
     def load(user_config, previous=None):
+        loaded.append(user_config["model_dir"])
         if user_config["model_dir"] == "/m/b":
             loading_b.set()
             release_b.wait(10)
             raise RuntimeError("model B refused")
-        return SimpleNamespace(version="a")
+        return SimpleNamespace(version=user_config["model_dir"][-1])
 
     # The classes themselves: the deployment's methods read a copy of serve.app's globals.
     monkeypatch.setattr(serve_service.ModelService, "load", staticmethod(load))
     monkeypatch.setattr(serve_service.ServeSettings, "from_user_config", staticmethod(lambda config: config))
     replica = object.__new__(serve_app.RecommenderDeployment.func_or_class)
     replica._serving = serve_app.Serving(SimpleNamespace(version="a"), "model B refused")
-    replica._reconfiguring = threading.Lock()  # as __init__ makes it (which also sets torch's threads)
-    retry = threading.Thread(target=replica.reconfigure, args=({"model_dir": "/m/b"},))
-    retry.start()
-    assert loading_b.wait(10)
-    restore = threading.Thread(target=replica.reconfigure, args=({"model_dir": "/m/a"},))
-    restore.start()
-    time.sleep(0.3)  # without the lock, the restore is done by now
-    release_b.set()
-    retry.join(10)
-    restore.join(10)
+    replica._reconfiguring = asyncio.Lock()  # as __init__ makes it (which also sets torch's threads)
+
+    async def calls() -> None:
+        retry = asyncio.create_task(replica.reconfigure({"model_dir": "/m/b"}))
+        assert await asyncio.to_thread(loading_b.wait, 10)
+        older = asyncio.create_task(replica.reconfigure({"model_dir": "/m/c"}))
+        await asyncio.sleep(0.05)
+        restore = asyncio.create_task(replica.reconfigure({"model_dir": "/m/a"}))
+        await asyncio.sleep(0.3)  # without the lock, the restore is done by now
+        assert loaded == ["/m/b"]
+        release_b.set()
+        await asyncio.wait_for(asyncio.gather(retry, older, restore), 10)
+
+    asyncio.run(calls())
+    assert loaded == ["/m/b", "/m/c", "/m/a"]
     assert replica._serving.rollout_error is None and replica._serving.service.version == "a"
 
 
