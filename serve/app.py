@@ -58,6 +58,7 @@ Why it is built this way:
 import asyncio
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Literal, NamedTuple, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -131,8 +132,9 @@ def _redacted(message: str, user_config: Dict, limit: int = 500) -> str:
 
 class Serving(NamedTuple):
     """What a replica serves: its model (None before one) and why the last rollout failed (None
-    when it did not). One immutable pair in one attribute, replaced whole by ``reconfigure`` (in a
-    worker thread), so that /healthz never reads a model with another rollout's error."""
+    when it did not). One immutable pair in one attribute, replaced whole by ``reconfigure`` (on the
+    replica's event loop, while sync routes read it from worker threads), so that /healthz never
+    reads a model with another rollout's error."""
 
     service: Optional[ModelService]
     rollout_error: Optional[str]
@@ -167,12 +169,16 @@ class RecommenderDeployment:
         torch.set_num_threads(threads)
         threadpool_limits(threads)
         self._serving = Serving(None, None)
-        # Serve calls reconfigure again before the last one ended (a restore during a slow reload,
-        # a replica's rank changed by a scale-down): applied one at a time, in the order they came,
-        # or a slow reload of a refused model finishing after a restore's quick one would undo it.
-        # An asyncio lock: its waiters go first come, first served (a threading lock's do not, and
-        # a sync reconfigure runs in Serve's thread pool, in whatever order its threads get it).
+        # Serve can call reconfigure before the last call ended: a replica whose rank a scale-down
+        # changed stays RUNNING while it reconfigures, so a rollout's call can follow at once, and
+        # a restarted controller sends the next deploy's to a replica still loading. Applied one
+        # at a time, in the order they reach the replica, or a slow reload of a refused model
+        # finishing after a restore's quick one would undo it. An asyncio lock: its waiters go first
+        # come, first served (a threading lock's, in Serve's thread pool, in any order).
         self._reconfiguring = asyncio.Lock()
+        # Loads on a thread of their own: not one of the few threads requests are ranked on (the
+        # loop's default executor), held for as long as a model takes to load.
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-load")
 
     async def reconfigure(self, user_config: Dict) -> None:
         """Loads the model named by ``user_config`` (see :class:`ServeSettings`), then swaps it in.
@@ -191,7 +197,7 @@ class RecommenderDeployment:
 
             try:
                 # In a thread: the replica's event loop answers requests while a model loads.
-                service = await asyncio.to_thread(load)
+                service = await asyncio.get_running_loop().run_in_executor(self._loader, load)
             except Exception as e:
                 if previous is None:
                     raise
@@ -225,8 +231,8 @@ class RecommenderDeployment:
     def healthz(self) -> Dict:
         """200 with the version of the model serving once one is loaded (and ``rollout_error``
         when the last rollout failed and that model kept serving), 503 before."""
-        # One read of the pair: reconfigure replaces it from a worker thread, and a model read
-        # apart from its error could report one rollout's model with another's error.
+        # One read of the pair (this route runs in a worker thread while reconfigure replaces it):
+        # a model read apart from its error could report one rollout's model with another's error.
         service, rollout_error = self._serving
         if service is None:
             raise NotReady("no model loaded yet")

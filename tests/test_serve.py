@@ -117,7 +117,7 @@ def test_healthz_reports_the_loaded_version_and_no_path(server, small_model_dir,
 @pytest.mark.faults
 def test_healthz_reads_the_model_and_its_rollout_error_as_one_pair(monkeypatch):
     """Old code read the model serving, then the last rollout's error, from two attributes that
-    reconfigure (in a worker thread) assigns one after the other: a health check between them
+    reconfigure assigns one after the other: a health check between them
     paired a model with another rollout's error, or the kept model with no error. Here a
     reconfigure that succeeds right after /healthz's first read: the answer is the pair as read."""
     from types import SimpleNamespace
@@ -163,6 +163,7 @@ def test_a_rollout_of_a_user_config_that_is_no_dict_keeps_the_model_serving(capl
     whose reconfigure raises, the model it kept serving with it."""
     import asyncio
     import logging
+    from concurrent.futures import ThreadPoolExecutor
 
     from serve.app import RecommenderDeployment, Serving
 
@@ -172,7 +173,8 @@ def test_a_rollout_of_a_user_config_that_is_no_dict_keeps_the_model_serving(capl
     serving = Model()
     replica = object.__new__(RecommenderDeployment.func_or_class)
     replica._serving = Serving(serving, None)
-    replica._reconfiguring = asyncio.Lock()  # as __init__ makes it (which also sets torch's threads)
+    replica._reconfiguring = asyncio.Lock()  # as __init__ makes them (which also sets torch's threads)
+    replica._loader = ThreadPoolExecutor(1)
     serve_logger = logging.getLogger("ray.serve")  # Ray's loggers do not propagate to pytest's root handler
     serve_logger.addHandler(caplog.handler)
     try:

@@ -726,13 +726,15 @@ def test_replicas_serving_different_settings_while_serve_deploys_is_a_retry(monk
 
 @pytest.mark.faults
 def test_reconfigures_of_one_replica_apply_one_at_a_time_in_the_order_they_came(monkeypatch):
-    """Serve calls reconfigure again before the last one ended (outside rollouts too: a replica's
-    rank changed by a scale-down): a slow reload of a refused model B that began before a
-    restore's quick one finished after it, and its refusal came back on /healthz (a review,
-    session 59). One at a time, the restore's comes last and stands; and in the order they came
-    (a threading lock's waiters take it in any order: an older model C applied after the restore)."""
+    """Serve can call reconfigure again before the last one ended (a replica whose rank a
+    scale-down changed stays RUNNING while it reconfigures; a restarted controller): a slow
+    reload of a refused model B that began before a restore's quick one finished after it, and
+    its refusal came back on /healthz (a review, session 59). One at a time, the restore's comes
+    last and stands; and in the order they came (a threading lock's waiters take it in any
+    order: an older model C applied after the restore)."""
     import asyncio
     import threading
+    from concurrent.futures import ThreadPoolExecutor
     from types import SimpleNamespace
 
     from serve import app as serve_app
@@ -754,7 +756,8 @@ def test_reconfigures_of_one_replica_apply_one_at_a_time_in_the_order_they_came(
     monkeypatch.setattr(serve_service.ServeSettings, "from_user_config", staticmethod(lambda config: config))
     replica = object.__new__(serve_app.RecommenderDeployment.func_or_class)
     replica._serving = serve_app.Serving(SimpleNamespace(version="a"), "model B refused")
-    replica._reconfiguring = asyncio.Lock()  # as __init__ makes it (which also sets torch's threads)
+    replica._reconfiguring = asyncio.Lock()  # as __init__ makes them (which also sets torch's threads)
+    replica._loader = ThreadPoolExecutor(1)
 
     async def calls() -> None:
         retry = asyncio.create_task(replica.reconfigure({"model_dir": "/m/b"}))
