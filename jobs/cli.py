@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Callable, NoReturn, Sequence
 
 from jobs import logs
-from ncf.errors import EXIT_STOPPED, EXIT_TRY_LATER, InputError, TryLater, exit_on_sigterm
+from ncf.errors import EXIT_STOPPED, EXIT_TRY_LATER, InputError, Interrupted, TryLater, exit_on_sigterm
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -148,6 +148,8 @@ def run_main(main: Callable[[], object], advice: str, where: Callable[[], str] =
     to go on), and exit 130, not a KeyboardInterrupt traceback."""
     try:
         main()
+    except Interrupted as stopped:  # what this stop left, where ADVICE would be wrong
+        fail(f"interrupted (Ctrl-C){where()}; {stopped}", EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         fail(f"interrupted (Ctrl-C){where()}; {advice}", EXIT_INTERRUPTED)
 

@@ -23,6 +23,12 @@ class TryLater(InputError):
     can retry these and not the others."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C where a job's own words for a stop would be wrong: the message says what the stop
+    left, and the job says it instead (a KeyboardInterrupt still: no ``except Exception`` takes it
+    for a failure)."""
+
+
 EXIT_TRY_LATER = 75  # sysexits.h's EX_TEMPFAIL: what cron wrappers and Airflow's retries know
 EXIT_STOPPED = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM stopped
 

@@ -43,7 +43,7 @@ import uuid
 from contextlib import ExitStack, contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence
 
-from ncf.errors import InputError, TryLater, os_error_words
+from ncf.errors import InputError, Interrupted, TryLater, os_error_words
 from ncf.jsonio import fsync_parent, fsync_path, read_json, write_json
 
 # Fault drills (tests only): NCF_FAULT=between-renames makes the process exit at once after the
@@ -444,12 +444,33 @@ def replacing(
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)  # never hide the error that stopped the run
             raise
-        if linked:
-            target = _fresh_name(home, f"{name}-{version or time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
-            fsync_tree(stage)
-            os.rename(stage, target)
-            fsync_parent(target)
-            repoint(final, target)
-            log(f"{final} -> {target} (the previous target is kept)")
-        else:
-            swap(stage, final, os.path.join(parent, names["parked"] + run_id), names["journal"])
+        target = None
+        try:
+            if linked:
+                target = _fresh_name(home, f"{name}-{version or time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+                fsync_tree(stage)
+                os.rename(stage, target)
+                fsync_parent(target)
+                repoint(final, target)
+                log(f"{final} -> {target} (the previous target is kept)")
+            else:
+                swap(stage, final, os.path.join(parent, names["parked"] + run_id), names["journal"])
+        except KeyboardInterrupt:
+            raise _interrupted_replacing(final, stage, names["journal"], target) from None
+
+
+def _interrupted_replacing(final: str, stage: str, journal: str, target: Optional[str]) -> KeyboardInterrupt:
+    """What Ctrl-C during the swap at a run's end left (``target``: a link's new directory, None
+    for a plain swap): the jobs' "the output is as it was" is true only before it began."""
+    if target is not None and os.path.isdir(target):
+        if os.path.realpath(final) == os.path.realpath(target):
+            return Interrupted(f"{final} points at the new directory {target} (the previous target is kept)")
+        return Interrupted(f"{final} is as it was; the new directory is complete at {target}")
+    if os.path.exists(journal):
+        return Interrupted(
+            f"{final} was being replaced: the new directory is complete and journaled beside it, and the "
+            f"next run writing {final} finishes the replacement (a reader, where {final} is missing)"
+        )
+    if target is None and not os.path.lexists(stage):
+        return Interrupted(f"{final} is the new directory (the old one, being removed, is removed by the next run)")
+    return KeyboardInterrupt()

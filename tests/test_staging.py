@@ -220,6 +220,56 @@ def test_a_replaced_partition_that_cannot_be_removed_never_stops_the_next_nights
     assert not [n for n in os.listdir(os.path.join(output, commit.TMP)) if n.startswith(commit.REPLACED)]
 
 
+def _interrupt(monkeypatch, name: str, when=lambda *args: True) -> None:
+    """Ctrl-C in ``staging.<name>`` (where ``when`` holds for its arguments)."""
+    real = getattr(staging, name)
+
+    def stopped(*args, **kwargs):
+        if when(*args):
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(staging, name, stopped)
+
+
+def test_ctrl_c_during_the_swap_at_a_runs_end_says_what_it_left(tmp_path, monkeypatch, capsys):
+    """The jobs said "the output is as it was" of any Ctrl-C: after the swap had begun, the output
+    was, or was about to be, the new one (a review, 2026-12-06). A plain KeyboardInterrupt before
+    it (the jobs' own words then hold); an Interrupted saying what is there from its start on."""
+    from jobs.cli import run_main
+
+    data, model = _fake_data(tmp_path), str(tmp_path / "model")
+    _save(model, data, "v1")
+    with monkeypatch.context() as patched:  # before the journal: as it was
+        _interrupt(patched, "fsync_tree")
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            _save(model, data, "v2")
+    assert type(stopped.value) is KeyboardInterrupt and directory.read_config(model)["version"] == "v1"
+    with monkeypatch.context() as patched:  # between the journal and the renames
+        _interrupt(patched, "_finish")
+        with pytest.raises(staging.Interrupted, match="was being replaced: the new directory is complete"):
+            _save(model, data, "v3")
+    staging.roll_forward(str(tmp_path / ".model.swap.json"))  # as the next run does first
+    assert directory.read_config(model)["version"] == "v3"
+    with monkeypatch.context() as patched:  # removing the old tree, the new one in place
+        _interrupt(patched, "remove", lambda path: ".old-" in path)
+        with pytest.raises(staging.Interrupted, match="is the new directory") as stopped:
+            _save(model, data, "v4")
+    assert directory.read_config(model)["version"] == "v4"
+    with pytest.raises(SystemExit) as exited:  # a job's one line says it, not its own advice
+        run_main(lambda: (_ for _ in ()).throw(stopped.value), "the output is as it was")
+    error = capsys.readouterr().err
+    assert exited.value.code == 130 and "is the new directory" in error and "as it was" not in error, error
+
+    link = tmp_path / "MODEL"
+    os.symlink("model", link)
+    with monkeypatch.context() as patched:  # blue/green: the new target complete, the link not repointed
+        _interrupt(patched, "repoint")
+        with pytest.raises(staging.Interrupted, match="is as it was; the new directory is complete at"):
+            _save(str(link), data, "v5")
+    assert directory.read_config(str(link))["version"] == "v4"
+
+
 def test_a_model_whose_replacement_died_between_its_renames_is_finished_when_read(tmp_path):
     """A training killed between the swap's two renames left MODEL missing, its new directory
     complete beside it: until the next training into it, --model said "not a model directory:
