@@ -30,7 +30,7 @@ from jobs.cli import (
     training_failed,
     training_on_gpu,
 )
-from ncf.errors import InputError, TryLater
+from ncf.errors import InputError, Interrupted, TryLater
 from ncf.model.directory import CONFIG
 from ncf.registry import check_store_outlives_the_job
 from ncf.splits import REFIT, VALIDATED
@@ -194,6 +194,8 @@ def main(argv=None) -> str:
                 stopped = (
                     str(e) if isinstance(e, TrainingInterrupted) else "interrupted (Ctrl-C); the checkpoints are kept"
                 )
+                if isinstance(e, Interrupted):  # during the swap of MODEL: what it left
+                    stopped = f"interrupted (Ctrl-C); {e}; the checkpoints are kept"
                 fail(f"{stopped}: run the same command with --name {name} to resume from them", EXIT_INTERRUPTED)
             except InputError:
                 raise

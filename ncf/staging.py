@@ -242,7 +242,8 @@ def repoint(link: str, target: str) -> None:
     # (a workdir reached through a symlink) may sit at another depth.
     home = os.path.realpath(os.path.dirname(os.path.abspath(link)))
     value = target if os.path.isabs(old) else os.path.relpath(os.path.realpath(target), home)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(link)), f".{os.path.basename(link)}.link-{uuid.uuid4().hex[:8]}")
+    parent, name = os.path.split(os.path.abspath(link))
+    tmp = os.path.join(parent, _siblings(parent, name)["link"] + uuid.uuid4().hex[:8])
     os.symlink(value, tmp)
     os.replace(tmp, link)
     fsync_parent(link)
@@ -345,6 +346,7 @@ def _siblings(parent: str, name: str) -> Dict[str, str]:
         "journal": os.path.join(parent, f".{name}.swap.json"),
         "staging": f".{name}.staging-",
         "parked": f".{name}.old-",
+        "link": f".{name}.link-",  # a new link not yet renamed over the old (repoint)
     }
 
 
@@ -387,7 +389,7 @@ def remove_dead_runs(directory: str, name: str) -> List[str]:
         return []
     removed = []
     for entry in sorted(os.listdir(directory)):
-        if entry.startswith((names["staging"], names["parked"])):
+        if entry.startswith((names["staging"], names["parked"], names["link"])):
             if remove_or_say(os.path.join(directory, entry)):
                 removed.append(os.path.join(directory, entry))
     return removed
@@ -462,15 +464,21 @@ def replacing(
 def _interrupted_replacing(final: str, stage: str, journal: str, target: Optional[str]) -> KeyboardInterrupt:
     """What Ctrl-C during the swap at a run's end left (``target``: a link's new directory, None
     for a plain swap): the jobs' "the output is as it was" is true only before it began."""
-    if target is not None and os.path.isdir(target):
+    if target is not None:
+        if not os.path.isdir(target):
+            return KeyboardInterrupt()
         if os.path.realpath(final) == os.path.realpath(target):
             return Interrupted(f"{final} points at the new directory {target} (the previous target is kept)")
-        return Interrupted(f"{final} is as it was; the new directory is complete at {target}")
-    if os.path.exists(journal):
         return Interrupted(
-            f"{final} was being replaced: the new directory is complete and journaled beside it, and the "
-            f"next run writing {final} finishes the replacement (a reader, where {final} is missing)"
+            f"{final} is as it was; the new directory is complete at {target} (point the link at it to use it, "
+            "or remove it: a new run writes another)"
         )
-    if target is None and not os.path.lexists(stage):
+    if not os.path.lexists(stage):  # renamed into place: only the swap moves it
         return Interrupted(f"{final} is the new directory (the old one, being removed, is removed by the next run)")
+    if os.path.exists(journal):
+        now = "as it was for now" if os.path.lexists(final) else "missing for now"
+        return Interrupted(
+            f"{final} is {now}: the new directory is complete and journaled beside it, and the next run "
+            f"writing {final} puts it in place first (a reader too, where {final} is missing)"
+        )
     return KeyboardInterrupt()

@@ -247,10 +247,17 @@ def test_ctrl_c_during_the_swap_at_a_runs_end_says_what_it_left(tmp_path, monkey
     assert type(stopped.value) is KeyboardInterrupt and directory.read_config(model)["version"] == "v1"
     with monkeypatch.context() as patched:  # between the journal and the renames
         _interrupt(patched, "_finish")
-        with pytest.raises(staging.Interrupted, match="was being replaced: the new directory is complete"):
+        with pytest.raises(staging.Interrupted, match="is as it was for now: the new directory is complete"):
             _save(model, data, "v3")
     staging.roll_forward(str(tmp_path / ".model.swap.json"))  # as the next run does first
     assert directory.read_config(model)["version"] == "v3"
+    swapped = lambda path: not [n for n in os.listdir(tmp_path) if n.startswith(".model.staging-")]  # noqa: E731
+    with monkeypatch.context() as patched:  # the second rename done, its journal not yet removed
+        _interrupt(patched, "fsync_parent", swapped)
+        with pytest.raises(staging.Interrupted, match="is the new directory"):
+            _save(model, data, "v3b")
+    assert directory.read_config(model)["version"] == "v3b"
+    staging.roll_forward(str(tmp_path / ".model.swap.json"))
     with monkeypatch.context() as patched:  # removing the old tree, the new one in place
         _interrupt(patched, "remove", lambda path: ".old-" in path)
         with pytest.raises(staging.Interrupted, match="is the new directory") as stopped:
@@ -265,9 +272,12 @@ def test_ctrl_c_during_the_swap_at_a_runs_end_says_what_it_left(tmp_path, monkey
     os.symlink("model", link)
     with monkeypatch.context() as patched:  # blue/green: the new target complete, the link not repointed
         _interrupt(patched, "repoint")
-        with pytest.raises(staging.Interrupted, match="is as it was; the new directory is complete at"):
+        with pytest.raises(staging.Interrupted, match="is as it was; the new directory is complete at .*point the"):
             _save(str(link), data, "v5")
     assert directory.read_config(str(link))["version"] == "v4"
+    os.symlink("model", tmp_path / ".MODEL.link-dead0000")  # a repoint killed before its rename
+    _save(str(link), data, "v6")
+    assert directory.read_config(str(link))["version"] == "v6" and not list(tmp_path.glob(".MODEL.link-*"))
 
 
 def test_a_model_whose_replacement_died_between_its_renames_is_finished_when_read(tmp_path):

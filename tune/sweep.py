@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from ncf.errors import InputError, cannot_access
+from ncf.errors import InputError, Interrupted, cannot_access
 from ncf.staging import check_target
 from ncf.train.checkpoint import check_features_of_runs
 from ncf.train.trainer import cpu_nodes, data_cpus
@@ -414,6 +414,8 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
     # Tune's handler is gone: Ctrl-C from here on raises KeyboardInterrupt, the job's one line too.
     try:
         return _write_sweep(grid, settings)
+    except Interrupted as stopped:  # during the swap of SWEEP/best: what it left
+        raise SweepInterrupted(f"{EXPORT_INTERRUPTED} ({stopped})") from None
     except KeyboardInterrupt:
         raise SweepInterrupted(EXPORT_INTERRUPTED) from None
 
