@@ -44,7 +44,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence
 
 from ncf.errors import InputError, Interrupted, TryLater, os_error_words
-from ncf.jsonio import fsync_parent, fsync_path, read_json, write_json
+from ncf.jsonio import fsync_parent, fsync_path, is_temporary_of, read_json, write_json
 
 # Fault drills (tests only): NCF_FAULT=between-renames makes the process exit at once after the
 # first rename of a swap, as a kill or power cut there would (status FAULT_EXIT, nothing cleaned).
@@ -381,15 +381,17 @@ def present(path: str) -> bool:
 
 
 def remove_dead_runs(directory: str, name: str) -> List[str]:
-    """Removes the staging and parked entries of ``name`` in ``directory`` (the caller holds the
-    lock and has rolled the journal forward, so they belong to dead runs); one that cannot be
+    """Removes the staging and parked entries of ``name`` in ``directory``, and a repoint's new link
+    or a journal's temporary a kill left (the caller holds the lock and has rolled the journal
+    forward, so they belong to dead runs); one that cannot be
     removed is said and left. Returns the removed ones."""
     names = _siblings(directory, name)
     if not os.path.isdir(directory):
         return []
     removed = []
     for entry in sorted(os.listdir(directory)):
-        if entry.startswith((names["staging"], names["parked"], names["link"])):
+        dead = entry.startswith((names["staging"], names["parked"], names["link"]))
+        if dead or is_temporary_of(entry, names["journal"]):  # a journal's temporary: a write killed midway
             if remove_or_say(os.path.join(directory, entry)):
                 removed.append(os.path.join(directory, entry))
     return removed

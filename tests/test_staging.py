@@ -276,8 +276,11 @@ def test_ctrl_c_during_the_swap_at_a_runs_end_says_what_it_left(tmp_path, monkey
             _save(str(link), data, "v5")
     assert directory.read_config(str(link))["version"] == "v4"
     os.symlink("model", tmp_path / ".MODEL.link-dead0000")  # a repoint killed before its rename
+    (tmp_path / "..model.swap.json.0123abcd.tmp").write_text("{")  # a journal's write killed midway
     _save(str(link), data, "v6")
     assert directory.read_config(str(link))["version"] == "v6" and not list(tmp_path.glob(".MODEL.link-*"))
+    _save(model, data, "v7")
+    assert not list(tmp_path.glob("..model.swap.json.*"))
 
 
 def test_a_model_whose_replacement_died_between_its_renames_is_finished_when_read(tmp_path):
