@@ -21,7 +21,9 @@ training; a baseline built with a ``seed``, the boosted ranker's bagging, ``--ba
 builds it with seeds 0..N-1 and averages its figures per household as the model's are), each row
 also carries the seeds' figures, their sd, and ``_minus_model_se_with_seeds``: the paired standard
 error widened by both means' seed variance (sd^2 / seeds each, taken as independent of the
-households' sampling).
+households' sampling). A side with one seed adds none: with one ``--model`` (or
+``--average-logits``) the model's seed variance is unknown and left out, so each baseline row says
+how many seeds widened it (``seeds``, ``model_seeds``).
 
 One JSON line per scorer (its mean and standard error per metric, and its paired difference to
 the model with the standard error and the interval), then one line for issue 18's target (what
@@ -173,6 +175,8 @@ def run(
             row["models"] = len(models)
             row["combined"] = "logits averaged" if average_logits else "metrics averaged"
         row["seeds"] = len(frames)
+        if name != MODEL:
+            row["model_seeds"] = len(model_seeds)
         spread = seed_figures(frames)
         for m in METRICS:
             values = frame[m].to_numpy()

@@ -173,6 +173,7 @@ def test_the_paired_bench_averages_a_seeded_baseline_over_its_seeds(small_model_
     argv = ["--data", data, "--model", small_model_dir, "--model", small_model_dir, "--baselines", "popularity,als"]
     model, popularity, als, _ = paired_differences.main([*argv, "--resamples", "50", "--baseline-seeds", "2"])
     assert (model["seeds"], popularity["seeds"], als["seeds"]) == (2, 1, 2)  # ALS takes a seed, popularity none
+    assert popularity["model_seeds"] == als["model_seeds"] == 2  # what widened each row's error
     for m in paired_differences.METRICS:
         assert model[f"{m}_seed_sd"] == 0.0 and model[f"{m}_per_seed"] == [model[m]] * 2  # one model twice
         assert len(als[f"{m}_per_seed"]) == 2 and als[m] == pytest.approx(np.mean(als[f"{m}_per_seed"]), abs=1e-4)
