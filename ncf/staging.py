@@ -383,8 +383,8 @@ def present(path: str) -> bool:
 def remove_dead_runs(directory: str, name: str) -> List[str]:
     """Removes the staging and parked entries of ``name`` in ``directory``, and a repoint's new link
     or a journal's temporary a kill left (the caller holds the lock and has rolled the journal
-    forward, so they belong to dead runs); one that cannot be
-    removed is said and left. Returns the removed ones."""
+    forward, so they belong to dead runs); one that cannot be removed is said and left. Returns
+    the removed ones."""
     names = _siblings(directory, name)
     if not os.path.isdir(directory):
         return []
