@@ -148,10 +148,9 @@ def run_main(main: Callable[[], object], advice: str, where: Callable[[], str] =
     to go on), and exit 130, not a KeyboardInterrupt traceback."""
     try:
         main()
-    except Interrupted as stopped:  # what this stop left, where ADVICE would be wrong
-        fail(f"interrupted (Ctrl-C){where()}; {stopped}", EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
-        fail(f"interrupted (Ctrl-C){where()}; {advice}", EXIT_INTERRUPTED)
+    except KeyboardInterrupt as stopped:
+        left = stopped if isinstance(stopped, Interrupted) else advice  # what this stop left, where ADVICE is wrong
+        fail(f"interrupted (Ctrl-C){where()}; {left}", EXIT_INTERRUPTED)
 
 
 def training_failed(error: Exception, resumes: str) -> NoReturn:

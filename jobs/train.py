@@ -191,11 +191,11 @@ def main(argv=None) -> str:
                     "ranked again)"
                 ) from None
             except (TrainingInterrupted, KeyboardInterrupt) as e:  # Ctrl-C: training, or exporting after it
-                stopped = (
-                    str(e) if isinstance(e, TrainingInterrupted) else "interrupted (Ctrl-C); the checkpoints are kept"
-                )
-                if isinstance(e, Interrupted):  # during the swap of MODEL: what it left
-                    stopped = f"interrupted (Ctrl-C); {e}; the checkpoints are kept"
+                if isinstance(e, TrainingInterrupted):
+                    stopped = str(e)
+                else:  # an Interrupted came during the swap of MODEL: what it left
+                    left = f"{e}; " if isinstance(e, Interrupted) else ""
+                    stopped = f"interrupted (Ctrl-C); {left}the checkpoints are kept"
                 fail(f"{stopped}: run the same command with --name {name} to resume from them", EXIT_INTERRUPTED)
             except InputError:
                 raise

@@ -169,17 +169,23 @@ def test_a_model_symlink_is_repointed_and_its_old_target_kept(tmp_path):
     assert not [n for n in os.listdir(models) if ".staging-" in n or ".old-" in n]  # no leftovers
 
 
+def _raising(monkeypatch, name: str, error, when=lambda *args: True) -> None:
+    """``staging.<name>`` raises ``error(its first argument)`` where ``when`` holds for its arguments."""
+    real = getattr(staging, name)
+
+    def patched(*args, **kwargs):
+        if when(*args):
+            raise error(args[0] if args else None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(staging, name, patched)
+
+
 def _stubborn(monkeypatch, marker: str) -> None:
     """Entries whose name holds ``marker`` cannot be removed, as a read-only folder copied into a
     model or an NFS file still open make them (root's tests cannot make one by chmod)."""
-    real = staging.remove
-
-    def remove(path):
-        if marker in os.path.basename(path):
-            raise PermissionError(errno.EACCES, "Permission denied", path)
-        real(path)
-
-    monkeypatch.setattr(staging, "remove", remove)
+    refused = lambda path: PermissionError(errno.EACCES, "Permission denied", path)  # noqa: E731
+    _raising(monkeypatch, "remove", refused, lambda path: marker in os.path.basename(path))
 
 
 def test_an_old_model_that_cannot_be_removed_after_the_swap_is_left_and_the_new_one_kept(tmp_path, monkeypatch, capsys):
@@ -222,14 +228,7 @@ def test_a_replaced_partition_that_cannot_be_removed_never_stops_the_next_nights
 
 def _interrupt(monkeypatch, name: str, when=lambda *args: True) -> None:
     """Ctrl-C in ``staging.<name>`` (where ``when`` holds for its arguments)."""
-    real = getattr(staging, name)
-
-    def stopped(*args, **kwargs):
-        if when(*args):
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(staging, name, stopped)
+    _raising(monkeypatch, name, lambda _: KeyboardInterrupt(), when)
 
 
 def test_ctrl_c_during_the_swap_at_a_runs_end_says_what_it_left(tmp_path, monkeypatch, capsys):
