@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from ncf.errors import TryLater
+from ncf.errors import TryLater, one_line
 from ncf.staging import Busy
 
 SLOT_NAMESPACE = "ncf"  # drivers get anonymous namespaces; the slot must be seen by every job
@@ -60,6 +60,14 @@ def cluster_slot(name: str, holder: str, busy: Callable[[str], str]) -> Iterator
         raise TryLater(
             f"the cluster did not start the actor of the slot {name} (it asks for no resources) within "
             f"{SLOT_START_S:.0f} s; see `ray status` and the raylet's logs"
+        ) from None
+    except (ray.exceptions.RayActorError, ray.exceptions.RuntimeEnvSetupError) as e:
+        # Its process died or never started (a node lost, out of memory, a runtime_env that
+        # failed): nothing wrong with the command, and nothing done yet.
+        _release(slot, name)
+        raise TryLater(
+            f"the actor of the slot {name} died before it answered ({one_line(e)}); "
+            "see `ray status` and the raylet's logs, then run the job again"
         ) from None
     held = SlotHeld()
     try:

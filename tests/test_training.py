@@ -463,6 +463,30 @@ def test_ctrl_c_while_the_slot_is_given_back_leaves_the_jobs_outcome_as_it_was(r
 
 
 @pytest.mark.faults
+def test_a_slot_whose_actor_dies_at_its_start_is_a_one_line_try_later(ray_session, monkeypatch):
+    """A slot actor that died before it answered (its node lost, out of memory) came out as a
+    RayActorError traceback (a review of ncf/slot.py, 2026-12-06). Now: one line, exit 75, and
+    the name is free for the next run."""
+    import ray
+
+    from ncf.errors import TryLater
+    from ncf.train.slot import SLOT_NAME, training_slot
+
+    real_get = ray.get
+
+    def died(*args, **kwargs):
+        monkeypatch.setattr(ray, "get", real_get)  # once: the release's own calls go through
+        raise ray.exceptions.ActorDiedError()
+
+    monkeypatch.setattr(ray, "get", died)
+    with pytest.raises(TryLater, match=rf"the actor of the slot {SLOT_NAME} died before it answered \(The actor died"):
+        with training_slot("jobs.train on a dying node"):
+            pytest.fail("the block ran without its slot")
+    with training_slot("jobs.train right after"):  # the dead one's name was let go
+        pass
+
+
+@pytest.mark.faults
 def test_a_second_training_job_on_the_cluster_is_refused_and_a_dead_ones_slot_is_freed(ray_session):
     """Two training jobs at once took each other's CPUs kept for Ray Data's reads and both
     waited. Now the second is refused in one line naming the first (exit 75: try later), and a
