@@ -460,27 +460,34 @@ def replacing(
             else:
                 swap(stage, final, os.path.join(parent, names["parked"] + run_id), names["journal"])
         except KeyboardInterrupt:
-            raise _interrupted_replacing(final, stage, names["journal"], target) from None
+            left = _left_by_a_stopped_swap(final, stage, names["journal"], target)
+            raise (Interrupted(left) if left else KeyboardInterrupt()) from None
+        except SystemExit:  # SIGTERM (jobs' handler): the exit status stays, the words are said here
+            left = _left_by_a_stopped_swap(final, stage, names["journal"], target)
+            if left:
+                print(f"[staging] stopped during the swap: {left}", file=sys.stderr, flush=True)
+            raise
 
 
-def _interrupted_replacing(final: str, stage: str, journal: str, target: Optional[str]) -> KeyboardInterrupt:
-    """What Ctrl-C during the swap at a run's end left (``target``: a link's new directory, None
-    for a plain swap): the jobs' "the output is as it was" is true only before it began."""
+def _left_by_a_stopped_swap(final: str, stage: str, journal: str, target: Optional[str]) -> Optional[str]:
+    """What a stop (Ctrl-C, SIGTERM) during the swap at a run's end left (``target``: a link's
+    new directory, None for a plain swap); None before it began, where the jobs' "the output is as
+    it was" holds."""
     if target is not None:
         if not os.path.isdir(target):
-            return KeyboardInterrupt()
+            return None
         if os.path.realpath(final) == os.path.realpath(target):
-            return Interrupted(f"{final} points at the new directory {target} (the previous target is kept)")
-        return Interrupted(
+            return f"{final} points at the new directory {target} (the previous target is kept)"
+        return (
             f"{final} is as it was; the new directory is complete at {target} (point the link at it to use it, "
             "or remove it: a new run writes another)"
         )
     if not os.path.lexists(stage):  # renamed into place: only the swap moves it
-        return Interrupted(f"{final} is the new directory (the old one, being removed, is removed by the next run)")
+        return f"{final} is the new directory (the old one, being removed, is removed by the next run)"
     if os.path.exists(journal):
         now = "as it was for now" if os.path.lexists(final) else "missing for now"
-        return Interrupted(
+        return (
             f"{final} is {now}: the new directory is complete and journaled beside it, and the next run "
             f"writing {final} puts it in place first (a reader too, where {final} is missing)"
         )
-    return KeyboardInterrupt()
+    return None

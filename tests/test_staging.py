@@ -282,6 +282,29 @@ def test_ctrl_c_during_the_swap_at_a_runs_end_says_what_it_left(tmp_path, monkey
     assert not list(tmp_path.glob("..model.swap.json.*"))
 
 
+def test_sigterm_during_the_swap_keeps_its_exit_status_and_says_what_it_left(tmp_path, monkeypatch, capsys):
+    """SIGTERM (the jobs' handler raises SystemExit(143)) during the swap exited 143 without the
+    words a Ctrl-C gets (a review, 2026-12-06): a scheduler's log read as if nothing had changed."""
+    from ncf.errors import EXIT_STOPPED
+
+    data, model = _fake_data(tmp_path), str(tmp_path / "model")
+    _save(model, data, "v1")
+    stopped = lambda _: SystemExit(EXIT_STOPPED)  # noqa: E731
+    with monkeypatch.context() as patched:  # before the journal: as it was, nothing to say
+        _raising(patched, "fsync_tree", stopped)
+        with pytest.raises(SystemExit) as exited:
+            _save(model, data, "v2")
+    assert exited.value.code == EXIT_STOPPED and capsys.readouterr().err == ""
+    with monkeypatch.context() as patched:  # removing the old tree, the new one in place
+        _raising(patched, "remove", stopped, lambda path: ".old-" in path)
+        with pytest.raises(SystemExit) as exited:
+            _save(model, data, "v3")
+    assert exited.value.code == EXIT_STOPPED and directory.read_config(model)["version"] == "v3"
+    assert capsys.readouterr().err == f"[staging] stopped during the swap: {model} is the new directory " + (
+        "(the old one, being removed, is removed by the next run)\n"
+    )
+
+
 def test_a_model_whose_replacement_died_between_its_renames_is_finished_when_read(tmp_path):
     """A training killed between the swap's two renames left MODEL missing, its new directory
     complete beside it: until the next training into it, --model said "not a model directory:
