@@ -11,7 +11,9 @@ Pieces, each usable alone (``ncf.batch.commit`` builds the partition commit from
 
 * :func:`exclusive`: one run at a time per target (``fcntl.flock`` on a lock file that is never
   deleted, so two runs can never hold locks on two different files of the same name). The
-  kernel drops the lock when its process dies, so a held lock always means a live run.
+  kernel drops the lock when its process dies, so on a local disk a held lock means a live run;
+  on NFS (where Linux takes ``flock`` as a lock of the whole file on the server) a dead client's
+  lock lasts until its lease ends (about 90 s), and the refusal is the same "try later".
 * :func:`swap`: the journaled replacement of ``final`` by a complete ``staged`` directory.
   POSIX cannot rename a directory over a non-empty one, so the swap is two renames (``final``
   to ``parked``, ``staged`` to ``final``); a journal written before the first says what is under
@@ -93,8 +95,9 @@ def exclusive(lock_path: str, what: str, wait_s: float = 0.0, mode: Optional[int
     With ``wait_s`` 0 a held lock refuses at once; otherwise it is retried for up to ``wait_s``
     seconds. Raises :class:`Busy` (one line: the target, the holder's pid and host). A lock file
     created here gets ``mode`` where given, the umask aside (a file several users share; else
-    0o644 less the umask); one this user may only read is locked all the same (``flock`` needs no
-    write access), its holder line not written.
+    0o644 less the umask); one this user may only read is locked all the same on a local disk
+    (``flock`` needs no write access there), its holder line not written. NFS locks only a file
+    open for writing: there such a file is refused in one line (EBADF) naming the fix.
     """
     os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
     writable = True
@@ -129,7 +132,15 @@ def exclusive(lock_path: str, what: str, wait_s: float = 0.0, mode: Optional[int
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except OSError as e:
+                if e.errno == errno.EBADF and not writable:
+                    raise InputError(
+                        f"{lock_path}: the lock file of {what} is another account's, which this account may only "
+                        "read, and this file system (NFS) locks only files open for writing; make it writable by "
+                        "every account that runs jobs here (a group they share: chmod g+w), or remove it"
+                    ) from None
+                if not isinstance(e, BlockingIOError):
+                    raise
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
                     raise Busy(

@@ -801,6 +801,36 @@ def test_a_link_or_a_folder_at_the_lock_name_is_refused_and_its_target_kept(tmp_
         assert lock.read_text().startswith("pid ")
 
 
+def test_another_accounts_lock_file_on_nfs_is_refused_in_one_line(tmp_path, monkeypatch):
+    """NFS locks only a file open for writing: another account's lock file, which this one may
+    only read, gave an EBADF traceback there (a review, 2026-12-06). Root's tests can open any
+    file for writing and this disk is not NFS, so both are played: the open refused, the lock EBADF."""
+    import fcntl
+
+    lock = tmp_path / ".out.lock"
+    lock.write_text("pid 1 on another-host\n")
+    real_open, real_flock = os.open, fcntl.flock
+
+    def open_as_another_account(path, flags, *args):
+        if str(path) == str(lock) and flags & os.O_RDWR and not flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, flags, *args)
+
+    def flock_as_nfs(fd, operation):
+        if os.fstat(fd).st_ino == lock.stat().st_ino and operation & fcntl.LOCK_EX:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(os, "open", open_as_another_account)
+    monkeypatch.setattr(fcntl, "flock", flock_as_nfs)
+    with pytest.raises(staging.InputError, match=r"\.out\.lock: the lock file of .*another account's.*chmod g\+w"):
+        with staging.exclusive(str(lock), str(tmp_path / "out")):
+            pytest.fail("the block ran without its lock")
+    monkeypatch.setattr(fcntl, "flock", real_flock)  # a local disk: locked read-only, the holder line kept
+    with staging.exclusive(str(lock), str(tmp_path / "out")):
+        assert lock.read_text() == "pid 1 on another-host\n"
+
+
 @pytest.mark.faults
 def test_an_output_whose_folder_this_account_may_not_write_is_refused_before_the_work(tmp_path, monkeypatch):
     """Said at the start in one line; it was a PermissionError traceback at the save, after the
