@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 from contextlib import contextmanager
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 from jobs import logs
 from ncf.errors import EXIT_STOPPED, EXIT_TRY_LATER, InputError, Interrupted, TryLater, exit_on_sigterm
@@ -365,6 +365,13 @@ def refuse_empty_paths(args: argparse.Namespace, options: Sequence[str]) -> None
         value = _option_value(args, option)
         if isinstance(value, str) and not value.strip():
             raise empty_path(option)
+
+
+def refuse_empty_name(name: Optional[str]) -> None:
+    """``--name ""`` (an unset variable: ``--name "$RUN"``) started a fresh training, the
+    interrupted run's checkpoints left behind: refused in one line."""
+    if name is not None and not name.strip():
+        raise InputError("--name is empty: give the run's name (an unset variable in a script?)")
 
 
 def refuse_unpacked_outputs(args: argparse.Namespace, options: Sequence[str]) -> None:

@@ -17,21 +17,26 @@ MLflow store too (unless ``MLFLOW_TRACKING_URI`` names one), whose defaults unde
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import asdict
 from typing import Optional
 
 from jobs import batch_score, evaluate, preprocess, train
 from jobs.cli import (
+    EXIT_BAD_INPUT,
     exit_status,
     fail,
     init_ray,
     job_parser,
     one_line_errors,
     positive_int,
+    refuse_empty_name,
     refuse_empty_paths,
     run_main,
     tcp_port,
@@ -41,7 +46,7 @@ from ncf.batch.partitions import partition_dir
 from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
-from ncf.errors import InputError
+from ncf.errors import InputError, os_error_words
 from ncf.evaluate.report import CONSOLE_COLUMNS, PAIRED_SE, cell_text, failed_text
 from ncf.evaluate.report_inputs import read_ablation_rows
 from ncf.jsonio import write_text
@@ -66,12 +71,26 @@ RECORDED_ABLATIONS = os.path.join("bench", "results", "ablations_cj.jsonl")
 
 
 _current_stage = ""  # the stage a Ctrl-C stops, for its one line
+_current_number = 0
+# Printed to stderr on a disk full or closed to this account: the one line the README promises.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
+PRINTED_ANSWER_CHARS = 600
 
 
 def _stage(number: int, name: str, started: float) -> None:
-    global _current_stage
-    _current_stage = f"{number}/{STAGES} {name}"
+    global _current_stage, _current_number
+    _current_stage, _current_number = f"{number}/{STAGES} {name}", number
     print(f"\n=== {_current_stage} ({time.time() - started:.0f} s so far) ===", flush=True)
+
+
+def how_to_go_on(stage: int, name: str) -> str:
+    """The demo's own command for going on after a stage's job ended it: the job's line says
+    "the same command", which is the job's, not `make demo`."""
+    if stage <= 1:
+        return "make demo preprocesses again"
+    if stage == 2:
+        return f'make demo DEMO_ARGS="--reuse-data --name {name}" resumes the training from its checkpoints'
+    return "make demo DEMO_ARGS=--reuse-data goes on from the preprocessed data (it trains again)"
 
 
 def print_table(rows: list) -> None:
@@ -98,6 +117,25 @@ def post(url: str, payload: dict) -> dict:
     )
     with LOCAL.open(request, timeout=30) as response:
         return json.load(response)
+
+
+def query_failed(route: str, error: Exception) -> str:
+    """The one line for a Serve query of the demo's that failed: the server's own answer where it
+    gave one (a 500's body says which part failed), else the connection's reason."""
+    if isinstance(error, urllib.error.HTTPError):
+        body = error.read(300).decode(errors="replace").strip()
+        reason = f"HTTP {error.code}: {' '.join(body.split())}" if body else f"HTTP {error.code}"
+    else:
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return f"{route} failed ({reason}); Serve's logs: {serve_logs_dir()}"
+
+
+def printable(answer: dict) -> str:
+    """An answer as JSON, cut at :data:`PRINTED_ANSWER_CHARS` with a word that it was."""
+    text = json.dumps(answer)
+    if len(text) <= PRINTED_ANSWER_CHARS:
+        return text
+    return f"{text[:PRINTED_ANSWER_CHARS]}... ({len(text) - PRINTED_ANSWER_CHARS} more characters)"
 
 
 def stop_app(app_name: str) -> None:
@@ -152,18 +190,21 @@ def online_queries(model: str, data: str, port: int) -> list:
                 )
         print(f"serving {url} (OpenAPI at {url}/openapi.json): {json.dumps(health)}", flush=True)
         users = Vocabularies.load(layout.vocab_dir(data)).users.raw_of([1, 2])
-        answers = [
-            ("/recommend (explained)", post(f"{url}/recommend", {"user_id": users[0], "k": 3, "explain": True})),
-            (
-                "/recommend (unknown household: cold start)",
-                post(f"{url}/recommend", {"user_id": "new-household", "k": 3}),
-            ),
-            ("/recommend/batch", post(f"{url}/recommend/batch", {"user_ids": [users[0], users[1]], "k": 3})),
+        questions = [
+            ("/recommend (explained)", "/recommend", {"user_id": users[0], "k": 3, "explain": True}),
+            ("/recommend (unknown household: cold start)", "/recommend", {"user_id": "new-household", "k": 3}),
+            ("/recommend/batch", "/recommend/batch", {"user_ids": [users[0], users[1]], "k": 3}),
+            ("/score", "/score", None),  # the first recommendation's score for the second household
         ]
-        first = answers[0][1]["items"][0]["product_id"]
-        answers.append(("/score", post(f"{url}/score", {"user_id": users[1], "product_ids": [first]})))
-        for route, answer in answers:
-            print(f"{route}: {json.dumps(answer)[:600]}", flush=True)
+        answers = []
+        for label, route, payload in questions:
+            try:
+                if payload is None:
+                    payload = {"user_id": users[1], "product_ids": [answers[0][1]["items"][0]["product_id"]]}
+                answers.append((label, post(f"{url}{route}", payload)))
+            except (OSError, ValueError, KeyError, IndexError, TypeError) as e:  # URLError and HTTPError are OSErrors
+                fail(query_failed(label, e))
+            print(f"{label}: {printable(answers[-1][1])}", flush=True)
         return answers
     finally:
         stop_app(APP_NAME)
@@ -232,6 +273,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_demo_outputs(data: str, model: str, validated: str) -> None:
+    """Refuses, before any work, a WORKDIR/data or model path that holds something no demo
+    wrote: the jobs would refuse it after minutes, advising an --overwrite the demo has not."""
+    for path, marker, what in (
+        (data, layout.stats_path(data), "preprocessed data"),
+        (model, os.path.join(model, "config.json"), "model directory"),
+        (validated, os.path.join(validated, "config.json"), "model directory"),
+    ):
+        if os.path.islink(path) or not os.path.lexists(path) or os.path.exists(marker):
+            continue  # a link is judged by the job (its target is never deleted); none yet; the demo's own
+        if not os.path.isdir(path) or os.listdir(path):
+            raise InputError(
+                f"{path}: is not {what} a demo wrote (no {os.path.basename(marker)}); move it aside or give the "
+                "demo another --workdir"
+            )
+
+
 def model_links(*outputs: str) -> None:
     """Makes each output a blue/green symlink (:mod:`ncf.staging`) when nothing is there yet:
     each run's model then keeps a directory of its own beside the link, so the versions a rerun
@@ -281,15 +339,33 @@ def evaluated(argv: list, rows_file: str) -> list:
     try:
         rows = evaluate.main(argv, on_row=computed.append)
         return rows
+    except SystemExit as ended:
+        # A baseline's failed row (jobs.evaluate said which, exit 1): the model's row stands, and
+        # the deployment model is scored and served all the same; the demo fails at its end.
+        model_row = next((row for row in computed if row.get("model") == "advanced_ncf"), None)
+        if ended.code == 1 and model_row is not None and "failed" not in model_row:
+            if any("failed" in row for row in computed):
+                print(
+                    "[demo] going on with the deployment model; the failed rows are said again at the end",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                rows = computed
+                return rows
+        raise
     finally:
         kept = computed if rows is None else rows
-        write_text(rows_file, "".join(json.dumps(row) + "\n" for row in kept))
+        try:
+            write_text(rows_file, "".join(json.dumps(row) + "\n" for row in kept))
+        except OSError as e:  # never in place of the error or stop already under way
+            print(f"[demo] could not write {rows_file} ({os_error_words(e)})", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> list:
-    global _current_stage
-    _current_stage = ""
+    global _current_stage, _current_number
+    _current_stage, _current_number = "", 0
     args = parse_args(argv)
+    name = args.name or time.strftime("train-%Y%m%d-%H%M%S", time.gmtime())  # chosen here: the advice names it
     started = time.time()
     data, model = os.path.join(args.workdir, "data"), os.path.join(args.workdir, "model")
     validated = model + "-validated"
@@ -300,6 +376,8 @@ def main(argv=None) -> list:
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
     with one_line_errors():
         refuse_empty_paths(args, ("--workdir",))
+        refuse_empty_name(args.name)
+        check_demo_outputs(data, model, validated)
         shared = support_paths(args.workdir)
         if shared:
             os.environ.setdefault("MLFLOW_TRACKING_URI", sqlite_uri(os.path.join(args.workdir, "mlflow.db")))
@@ -339,7 +417,8 @@ def main(argv=None) -> list:
                 str(args.epochs),
                 "--refit",
                 *(["--storage", shared["--storage"]] if shared else []),
-                *(["--name", args.name] if args.name else []),
+                "--name",
+                name,
             ]
         )
 
@@ -371,6 +450,7 @@ def main(argv=None) -> list:
 
         _stage(6, "results", started)
         print_table(rows)
+        failed = [row for row in rows if "failed" in row]
         print("\nartefacts:")
         for name, path in [
             ("preprocessed data", data),
@@ -382,20 +462,46 @@ def main(argv=None) -> list:
             ("Serve logs", serve_logs_dir()),  # before ray.shutdown, which forgets the session
         ]:
             print(f"  {name:<28} {os.path.abspath(path)}")
+        if failed:
+            fail(
+                f"stage 3/{STAGES}: {len(failed)} of {len(rows)} evaluation rows failed ("
+                + "; ".join(f"{row['model']} in its {row['failed']}" for row in failed)
+                + f"); every other stage ran, in {time.time() - started:.0f} s"
+            )
         print(f"demo finished in {time.time() - started:.0f} s", flush=True)
         return rows
+    except SystemExit as ended:
+        if ended.code not in (None, 0, EXIT_BAD_INPUT) and 0 < _current_number < STAGES:  # 6: the demo's own
+            print(
+                f"[demo] stopped at stage {_current_number}/{STAGES} (exit {ended.code}); the line above is that "
+                f"stage's job's: {how_to_go_on(_current_number, name)}",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise
     finally:
         ray.shutdown()
 
 
 def run(argv=None) -> None:
     """:func:`main`, a Ctrl-C ending it in one line naming the stage and exit 130 (training says
-    its own line and exits 130 itself; the other stages here)."""
+    its own line and exits 130 itself; the other stages here), and a disk full or closed to this
+    account (ENOSPC, EACCES, ...) in one line naming the file, exit 1, not a traceback."""
     run_main(
-        lambda: main(argv),
+        lambda: _environment_errors_in_one_line(main, argv),
         "make demo DEMO_ARGS=--reuse-data goes on from the preprocessed data, where it is complete",
         where=lambda: f" during stage {_current_stage}" if _current_stage else "",
     )
+
+
+def _environment_errors_in_one_line(main, argv) -> list:
+    try:
+        return main(argv)
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise  # a bug's, or one this code does not know: its traceback is kept
+        where = f" during stage {_current_stage}" if _current_stage else ""
+        fail(f"{e.filename or 'a file'}: {os_error_words(e)}{where}; free space or fix access, then run the demo again")
 
 
 if __name__ == "__main__":

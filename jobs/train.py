@@ -24,6 +24,7 @@ from jobs.cli import (
     one_line_errors,
     positive_float,
     positive_int,
+    refuse_empty_name,
     refuse_empty_paths,
     refuse_unpacked_outputs,
     run_main,
@@ -137,6 +138,7 @@ def main(argv=None) -> str:
     args = parse_args(argv)
     with one_line_errors():
         refuse_empty_paths(args, ("--data", "--output", "--validated-output", "--storage"))
+        refuse_empty_name(args.name)
         refuse_unpacked_outputs(args, ("--output", "--validated-output", "--storage"))
         check_store_outlives_the_job()  # the model is registered after training: a store Ray deletes, refused now
         if args.validated_output and not args.refit:

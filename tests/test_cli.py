@@ -3,6 +3,7 @@ default; a path that is not what a job expects is one line on stderr naming it a
 first, exit status 2, before Ray starts; ``--version`` prints the package and model format versions."""
 
 import argparse
+import errno
 import importlib
 import inspect
 import json
@@ -217,6 +218,8 @@ def _cases(p: dict, out: str) -> list:
         ("batch_score", ["--model", p["model"], "--data", p["other"], "--output", ""], ["--output is empty"]),
         ("evaluate", ["--model", p["other"], "--data", p["other"], "--report", ""], ["--report is empty"]),
         ("demo", ["--workdir", ""], ["--workdir is empty"]),
+        ("demo", ["--name", ""], ["--name is empty"]),
+        ("train", ["--data", p["other"], "--output", out, "--name", " "], ["--name is empty"]),
         (
             "train",
             ["--data", p["other"], "--output", out + "/refit", "--refit", "--validated-output", out],
@@ -927,7 +930,7 @@ def test_the_demo_hands_each_job_arguments_its_parser_accepts_and_its_dataset_is
     assert set(asked) == {"jobs.preprocess", "jobs.train", "jobs.evaluate", "jobs.batch_score", "serve"}
     assert [json.loads(line) for line in (workdir / "evaluation.jsonl").read_text().splitlines()] == [row]
     assert os.path.islink(workdir / "model") and os.path.islink(workdir / "model-validated")  # blue/green
-    assert asked["jobs.train"].name is None
+    assert re.fullmatch(r"train-\d{8}-\d{6}", asked["jobs.train"].name)  # chosen by the demo: its advice names it
     assert asked["jobs.train"].refit and asked["jobs.evaluate"].model.endswith("model-validated")
     assert asked["jobs.batch_score"].model == asked["serve"][0] == str(workdir / "model")
     assert asked["jobs.train"].storage == "artifacts/ray_results"  # locally: the jobs' own defaults
@@ -1047,7 +1050,7 @@ def _demo_stages(monkeypatch, asked: dict, evaluate_main) -> None:
 
 
 @pytest.mark.faults
-def test_a_demo_whose_evaluation_fails_a_row_still_replaces_the_previous_runs_rows(tmp_path, monkeypatch):
+def test_a_demo_whose_evaluation_fails_a_row_still_replaces_the_previous_runs_rows(tmp_path, monkeypatch, capsys):
     """jobs.evaluate writes the report and then exits 1 when a baseline's row failed: the demo
     wrote evaluation.jsonl only from evaluate's return, so the new report stood beside the
     previous run's rows, about another model (a review)."""
@@ -1066,7 +1069,9 @@ def test_a_demo_whose_evaluation_fails_a_row_still_replaces_the_previous_runs_ro
             on_row(row)
         job_cli.fail("1 of 2 rows failed")
 
-    _demo_stages(monkeypatch, {}, evaluate_failing_a_row)
+    asked = {}
+    _demo_stages(monkeypatch, asked, evaluate_failing_a_row)
+    monkeypatch.setattr(demo, "online_queries", lambda model, data, port: asked.setdefault("serve", model))
     workdir = tmp_path / "demo"
     workdir.mkdir()
     (workdir / "evaluation.jsonl").write_text(json.dumps({"model": "advanced_ncf", "model_version": "v1"}) + "\n")
@@ -1074,6 +1079,12 @@ def test_a_demo_whose_evaluation_fails_a_row_still_replaces_the_previous_runs_ro
         demo.main(["--workdir", str(workdir), "--port", str(free_port())])
     assert exited.value.code == 1
     assert [json.loads(line) for line in (workdir / "evaluation.jsonl").read_text().splitlines()] == rows
+    # The deployment model was scored and served all the same (a review of the demo, 2026-12-07:
+    # one baseline's failure stopped the demo before stages 4-6), and the end says why it failed.
+    assert "jobs.batch_score" in asked and "serve" in asked
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("error: stage 3/6: 1 of 2 evaluation rows failed (als in its fit); every other"), error
+    assert not [line for line in error if line.startswith("[demo] stopped at stage")], error
 
 
 @pytest.mark.faults
@@ -1114,6 +1125,85 @@ def test_a_ctrl_c_in_a_demo_stage_other_than_training_is_one_line_and_exit_130(t
     assert exited.value.code == cli.EXIT_INTERRUPTED
     err = capsys.readouterr().err
     assert "error: interrupted (Ctrl-C) during stage 3/" in err and "Traceback" not in err
+
+
+@pytest.mark.faults
+def test_a_demo_stage_whose_job_ends_it_says_the_demos_own_way_on(tmp_path, monkeypatch, capsys):
+    """Training and batch scoring end a stop or failure in their own line, whose "run the same
+    command (with --name N)" is the job's command, not `make demo` (a review of the demo,
+    2026-12-07): the demo adds its own, naming the run it chose."""
+    from helpers import free_port
+
+    from jobs import demo, train
+
+    _demo_stages(monkeypatch, {}, _parsed({}, demo.evaluate, []))
+
+    def training_interrupted(argv):
+        cli.fail("interrupted (Ctrl-C): run the same command with --name N to resume", cli.EXIT_INTERRUPTED)
+
+    monkeypatch.setattr(train, "main", training_interrupted)
+    with pytest.raises(SystemExit) as exited:
+        demo.main(["--workdir", str(tmp_path / "demo"), "--port", str(free_port()), "--name", "train-n"])
+    assert exited.value.code == cli.EXIT_INTERRUPTED
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1] == (
+        "[demo] stopped at stage 2/6 (exit 130); the line above is that stage's job's: "
+        'make demo DEMO_ARGS="--reuse-data --name train-n" resumes the training from its checkpoints'
+    )
+
+
+@pytest.mark.faults
+def test_the_demo_refuses_a_workdir_holding_what_no_demo_wrote_and_says_a_full_disk_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    """A WORKDIR/data or model that no demo wrote was refused by its job minutes in, advising an
+    --overwrite the demo does not take; a full disk was a traceback (a review, 2026-12-07)."""
+    from helpers import free_port
+
+    from jobs import demo
+
+    asked = {}
+    _demo_stages(monkeypatch, asked, _parsed(asked, demo.evaluate, []))
+    workdir = tmp_path / "demo"
+    (workdir / "data").mkdir(parents=True)
+    (workdir / "data" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exited:
+        demo.main(["--workdir", str(workdir), "--port", str(free_port())])
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and asked == {}, error
+    assert error == (
+        f"error: {workdir}/data: is not preprocessed data a demo wrote (no stats.json); move it aside or give the "
+        "demo another --workdir"
+    )
+    (workdir / "data" / "notes.txt").unlink()  # empty: the demo's to fill
+
+    def evaluate_on_a_full_disk(argv, on_row=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(workdir / "report" / "report.html"))
+
+    monkeypatch.setattr(demo.evaluate, "main", evaluate_on_a_full_disk)
+    with pytest.raises(SystemExit) as exited:
+        demo.run(["--workdir", str(workdir), "--port", str(free_port())])
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 1 and "Traceback" not in error, error
+    assert error.startswith(f"error: {workdir}/report/report.html: ENOSPC: No space left on device during stage 3/")
+
+
+@pytest.mark.faults
+def test_a_failed_serve_query_of_the_demo_names_the_servers_answer():
+    """A replica's 500 in stage 5 was a traceback and lost the server's words (a review, 2026-12-07)."""
+    import io
+    import urllib.error
+
+    from jobs import demo
+
+    answer = io.BytesIO(b'{"detail": "ranking failed:\n RuntimeError"}')
+    error = urllib.error.HTTPError("http://127.0.0.1:1/score", 500, "Internal Server Error", {}, answer)
+    line = demo.query_failed("/score", error)
+    assert line.startswith('/score failed (HTTP 500: {"detail": "ranking failed: RuntimeError"}); Serve\'s logs: ')
+    line = demo.query_failed("/recommend", urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")))
+    assert line.startswith("/recommend failed (URLError: <urlopen error [Errno 111] Connection refused>)")
+    assert demo.printable({"a": "x" * 700}).endswith("... (109 more characters)")
+    assert demo.printable({"a": 1}) == '{"a": 1}'
 
 
 @pytest.mark.faults
