@@ -737,6 +737,9 @@ def test_excluding_purchased_products_leaves_them_out_of_the_relevant_sets_too()
     assert period.first_visit == {1: 11 * DAY, 3: 12 * DAY}
     assert {u: b.tolist() for u, b in everything.first_basket.items()} == {1: [1, 3], 2: [4], 3: [1]}
     assert period.only_rebought == 1
+    # The period's exclusive end, not the last household's row count (a loop reused its name;
+    # nothing read it yet: a review of ncf/evaluate, 2026-12-07).
+    assert everything.start == 10 * DAY and everything.end == period.end == 20 * DAY + 1
     row = evaluate("never bought", lambda u, at, depth: np.array([3, 1]), None, period, period.users)
     assert row["recall@10"] == 1.0 and row["users"] == 2 and row["period_users_only_rebought"] == 1
     assert row["period_users"] == 2

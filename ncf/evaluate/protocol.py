@@ -127,9 +127,9 @@ def load_period(
     users, products, ts = (by_user[c].to_numpy() for c in ("user", "product", "ts"))
     starts = run_starts(users)
     truth, first_basket = {}, {}
-    for begin, end in zip(starts, np.append(starts[1:], len(users))):
-        u, bought = int(users[begin]), products[begin:end]
-        truth[u], first_basket[u] = np.unique(bought), np.unique(bought[ts[begin:end] == ts[begin]])
+    for begin, stop in zip(starts, np.append(starts[1:], len(users))):
+        u, bought = int(users[begin]), products[begin:stop]
+        truth[u], first_basket[u] = np.unique(bought), np.unique(bought[ts[begin:stop] == ts[begin]])
     return Period(
         split,
         start,
