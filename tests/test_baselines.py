@@ -1015,6 +1015,30 @@ def test_als_weighs_and_fits_only_households_with_purchases_before_the_period():
     assert among_later.rank(10, 26 * DAY, 5).tolist() == context.by_popularity()[:5].tolist()
 
 
+def test_als_grid_points_on_one_context_count_the_purchases_once(monkeypatch):
+    """Each ALS ranker of the tuning grid passed over every purchase again (six passes on one
+    context: a review of ncf/evaluate, 2026-12-07); the counts are memoised, each weighting's
+    matrix its own (the counts' weighting does not share the memoised data)."""
+    from ncf.evaluate.baselines import als
+
+    rng = np.random.default_rng(7)
+    rows = {
+        u: [(int(p), float(d)) for p, d in zip(rng.integers(1, 12, 20), rng.integers(0, 19, 20))] for u in range(1, 9)
+    }
+    context = PointInTime.build(states_of(rows), vocabularies(8, 11), 20 * DAY)
+    passes = []
+    counted = als.purchase_counts
+    monkeypatch.setattr(als, "purchase_counts", lambda c: passes.append(c.start) or counted(c))
+    rankers = [
+        als.ALSRanker(context, factors=4, iterations=3, regularization=1.0, weighting=weighting)
+        for weighting in ("counts", "bm25", "counts")
+    ]
+    assert passes == [20 * DAY]
+    rankers[0]._weighted.data[:] = 0  # the first ranker's matrix is its own
+    assert rankers[2]._weighted.data.any()
+    np.testing.assert_array_equal(rankers[2]._weighted.toarray(), counted(context)[rankers[2]._households].toarray())
+
+
 def test_als_bm25_by_hand_over_the_documents_with_purchases():
     from ncf.evaluate.baselines.als import bm25_weight
 

@@ -61,7 +61,7 @@ def weighted_counts(counts: sp.csr_matrix, weighting: str) -> sp.csr_matrix:
     elif weighting == "bm25_product_idf":
         weighted = bm25_weight(counts)
     elif weighting == "counts":
-        weighted = counts
+        weighted = counts.copy()  # the memoised counts stay the other grid points' own
     else:
         raise ValueError(f"als: weighting must be one of {', '.join(WEIGHTINGS)}, not {weighting!r}")
     return sp.csr_matrix(weighted, dtype=np.float32)
@@ -92,7 +92,9 @@ class ALSRanker:
         # households[r]): the vocabulary's other rows, households first seen later among them,
         # neither weigh nor fit.
         self._households = context.households()
-        self._weighted = weighted_counts(purchase_counts(context)[self._households], weighting)
+        # Memoised: each point of the tuning grid fits on the same counts (a pass over every purchase).
+        counts = context.memoised(("als_counts", context.start), lambda: purchase_counts(context)[self._households])
+        self._weighted = weighted_counts(counts, weighting)
         fitted = fitted_households(self._weighted, MAX_FIT_HOUSEHOLDS, seed)
         # implicit parallelises itself; a second BLAS thread pool underneath only contends. The
         # constructor is inside the limit too: it checks the BLAS threads (and warns) there.
