@@ -583,7 +583,7 @@ def test_the_main_table_shows_the_ablations_model_over_its_seeds_beside_this_run
     from ncf.evaluate.report import _main_section
 
     rows = [
-        {"model": MODEL, "recall@10": 0.41, "ndcg@10": 0.45, "users": 50},
+        {"model": MODEL, "recall@10": 0.41, "ndcg@10": 0.45, "users": 2078},
         {"model": "popularity", "recall@10": 0.2, "ndcg@10": 0.2},
     ]
     rows[1].update({"recall@10_minus_model": -0.21, "recall@10_minus_model_se": 0.01})
@@ -597,6 +597,9 @@ def test_the_main_table_shows_the_ablations_model_over_its_seeds_beside_this_run
         _full_model(features_version=None),
         _full_model(features_version=FEATURES_VERSION - 1),
         _full_model(model="advanced_ncf without mf"),
+        # Another DATA's households, or this run a --max-users sample (a review, 2026-12-07).
+        _full_model(users=50),
+        _full_model(users=None),
     ):
         names = re.findall(r'<th scope="row" class="l">([^<]*)</th>', _main_section(rows, [not_comparable], None))
         assert names == [f"{MODEL} (this run)", "popularity"], not_comparable

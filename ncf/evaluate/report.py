@@ -551,7 +551,8 @@ def _main_section(
     which jobs.evaluate prints, keep their names."""
     shown = [{**row, "model": f"{MODEL} (this run)"} if row.get("model") == MODEL else row for row in rows]
     comparable = period_name == TEST and not exclude_purchased
-    recorded = _recorded_model_row(ablations or [], source) if comparable else None
+    model_row = next((row for row in rows if row.get("model") == MODEL), {})
+    recorded = _recorded_model_row(ablations or [], source, model_row.get("users")) if comparable else None
     if recorded is not None:  # beside this run's row, which the baselines' differences are to
         after = next((i + 1 for i, row in enumerate(rows) if row.get("model") == MODEL), 0)
         shown.insert(after, recorded)
@@ -582,13 +583,22 @@ def _main_section(
     )
 
 
-def _recorded_model_row(ablations: Sequence[Dict], source: Optional[str]) -> Optional[Dict]:
+def _recorded_model_row(ablations: Sequence[Dict], source: Optional[str], users: Optional[int]) -> Optional[Dict]:
     """The ablations' row of the default model over several seeds, of the evaluated DATA's
-    features, as the main table shows it; None where they have none. Its cells are written here,
-    \u00b1 its seeds' sd: the main table's \u00b1 is the paired standard error."""
+    features and of as many households as this run's model row (``users``: another DATA's, or a
+    ``--max-users`` sample, does not compare), as the main table shows it; None where they have
+    none. Its cells are written here, \u00b1 its seeds' sd: the main table's \u00b1 is the paired
+    standard error."""
     for row in ablations:
         seeds = row.get("seeds", 1)
-        if row.get("model") == MODEL and isinstance(seeds, int) and seeds > 1 and _features_match(row):
+        same_households = users is not None and row.get("users") == users
+        if (
+            row.get("model") == MODEL
+            and isinstance(seeds, int)
+            and seeds > 1
+            and _features_match(row)
+            and same_households
+        ):
             where = f"recorded: {source}" if source else "recorded"
             # Its epoch budget in its name: a demo of --epochs 1 shows it beside a 3-epoch row.
             budget = f", {row['epochs']} epochs at most" if isinstance(row.get("epochs"), int) else ""
