@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,6 +16,12 @@ from ncf.rank.state import RankingState
 from ncf.splits import TEST
 
 SMALL_BOOSTER = {"num_leaves": 7, "rounds": 20}
+
+
+@pytest.fixture(autouse=True)
+def no_booster_kept(monkeypatch):
+    """Each test trains its own boosters: none from the test before (:data:`boosted._LAST_BOOSTER`)."""
+    monkeypatch.setattr(boosted, "_LAST_BOOSTER", {})
 
 
 @pytest.fixture
@@ -94,3 +101,25 @@ def test_what_builds_share_is_kept_for_their_moment_and_shared_by_their_modes(co
     later = context.start + 86_400  # no evaluation shares a memo across moments; the key still holds it
     state = boosted.ranking_state(dataclasses.replace(context, start=later))
     assert len(calls.loads) == 2 and state.stats.cutoff == later
+
+
+def test_the_tunings_booster_of_the_winning_settings_ranks_the_test_weeks_without_training_again(counted):
+    """The booster depends on the validated lists and its settings, not on the period: the
+    evaluation trained the tuning's winner again for the test weeks (a minute on Complete
+    Journey: a review of ncf/evaluate, 2026-12-07). Other settings, or DATA preprocessed again,
+    train afresh."""
+    context, calls = counted
+    tuned = BoostedRanker(context, **SMALL_BOOSTER)
+    test_weeks = dataclasses.replace(context, memo={}, start=context.start + 86_400)
+    again = BoostedRanker(test_weeks, **SMALL_BOOSTER)
+    assert again.booster is tuned.booster and calls.reads == [False]
+    other = BoostedRanker(test_weeks, num_leaves=15, rounds=20)
+    assert other.booster is not tuned.booster and calls.reads == [False, False]
+    stats = layout.stats_path(context.data)
+    times = os.stat(stats)
+    os.utime(stats, ns=(times.st_atime_ns, times.st_mtime_ns + 1))  # as a new DATA would be
+    try:
+        rebuilt = BoostedRanker(dataclasses.replace(context, memo={}), num_leaves=15, rounds=20)
+    finally:
+        os.utime(stats, ns=(times.st_atime_ns, times.st_mtime_ns))  # the session's DATA as it was
+    assert rebuilt.booster is not other.booster and calls.reads == [False, False, False]

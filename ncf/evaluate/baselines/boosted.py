@@ -31,6 +31,7 @@ is done (:meth:`PointInTime.one_baseline`).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -284,6 +285,18 @@ def booster_rows(context: PointInTime, seed: int) -> tuple[np.ndarray, np.ndarra
     return context.memoised(key, lambda: training_rows(context.data, cutoffs, seed=seed))
 
 
+# The last booster trained, by what it was trained from (:func:`_lists_identity`, the validated
+# cutoffs) and its settings: a few MB of trees.
+_LAST_BOOSTER: Dict = {}
+
+
+def _lists_identity(data: str) -> tuple:
+    """DATA's folder and the identity of its stats.json file: a preprocessing swaps in a new
+    directory (a new file, another inode), so a booster of the old lists is never taken for it."""
+    info = os.stat(layout.stats_path(data))
+    return os.path.realpath(data), info.st_dev, info.st_ino, info.st_mtime_ns
+
+
 def log_q_offset(log_q: np.ndarray) -> Optional[np.ndarray]:
     """The booster's training offset: own negatives kept at a rate r (their log_q is log r)
     inflate own products' odds by 1/r against the neighbours and popular ones ranked beside
@@ -304,9 +317,17 @@ class BoostedRanker(OwnNeighboursAndPopular):
         if context.data is None:
             raise ValueError("the boosted ranker trains on DATA's lists: build its PointInTime with data=DATA")
         self.params: Dict = {"num_leaves": num_leaves, "rounds": rounds, "seed": seed}
-        x, y, log_q = booster_rows(context, seed)
-        train = lgb.Dataset(x, y, init_score=log_q_offset(log_q), feature_name=list(FEATURES), free_raw_data=True)
-        self.booster = lgb.train({**LIGHTGBM, "num_leaves": num_leaves, "seed": seed}, train, num_boost_round=rounds)
+        # The booster depends on the validated lists and its settings, not on the period: the one
+        # the tuning trained for the winning settings ranks the test weeks too (a minute on
+        # Complete Journey, trained twice before).
+        cutoffs = tuple(layout.DataStats(context.data).cutoffs(VALIDATED))
+        key = (*_lists_identity(context.data), cutoffs, num_leaves, rounds, seed)
+        if _LAST_BOOSTER.get("key") != key:
+            x, y, log_q = booster_rows(context, seed)
+            train = lgb.Dataset(x, y, init_score=log_q_offset(log_q), feature_name=list(FEATURES), free_raw_data=True)
+            params = {**LIGHTGBM, "num_leaves": num_leaves, "seed": seed}
+            _LAST_BOOSTER.update(key=key, booster=lgb.train(params, train, num_boost_round=rounds))
+        self.booster = _LAST_BOOSTER["booster"]
         super().__init__(context)
 
     def score(self, user: int, candidates: np.ndarray, features: np.ndarray) -> np.ndarray:
