@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ncf.moments import AT_FORMS, as_datetime, parse_at
 from ncf.rank.ranker import MAX_K
 from ncf.rank.recommender import BeforeTheData, PassBusy
-from serve.limits import MAX_BODY_BYTES, EdgeLimits
+from serve.limits import MAX_BODY_BYTES, EdgeLimits, NoSniff
 
 # -- limits (security defaults: small bodies, bounded work per request) -----------------------
 
@@ -426,4 +426,5 @@ def create_app() -> FastAPI:
     # proxy streams the body to the replica as it comes), not the control headers (the proxy acts
     # on them first), and Serve's and a bug's plain-text errors stay plain text.
     app.add_middleware(EdgeLimits, max_body_bytes=MAX_BODY_BYTES)
+    app.add_middleware(NoSniff)  # outermost: EdgeLimits' own refusals carry it too
     return app

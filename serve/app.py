@@ -306,9 +306,10 @@ class RecommenderDeployment:
 
     @app.get("/ui/{name}", include_in_schema=False)
     def explorer_asset(self, name: str) -> Response:
-        if name == ui.PAGE:  # only at /ui: its relative links would not resolve from /ui/explorer.html
+        enabled = self._ready().settings.ui  # first: loading is a 503 and an off page its 404 here too
+        if enabled and name == ui.PAGE:  # only at /ui: its relative links would not resolve from /ui/explorer.html
             raise HTTPException(status_code=404, detail="the explorer page is at /ui")
-        return ui.asset(name, enabled=self._ready().settings.ui)
+        return ui.asset(name, enabled=enabled)
 
 
 class AppArgs(BaseModel):

@@ -369,3 +369,27 @@ class _JsonErrors:
         text = self.body.decode("utf-8", "replace").strip() or f"HTTP {status}"
         self.sent = True
         await _answer(self.send, status, text, extra_headers=self.kept_headers())
+
+
+class NoSniff:
+    """ASGI middleware: every answer says ``X-Content-Type-Options: nosniff`` (the explorer's
+    files set it with their policy, :mod:`serve.ui`; the JSON answers and errors, which echo a
+    request's text, set it here), so that no browser reads a JSON answer as another type."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_header(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                if not any(k.lower() == b"x-content-type-options" for k, _ in headers):
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_header)

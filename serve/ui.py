@@ -6,8 +6,9 @@ The page is plain HTML, CSS and JavaScript, no build step: it calls the JSON rou
 deployment's defaults. It has no login: it is reachable wherever Serve binds (127.0.0.1 unless
 ``--host`` says otherwise), like the JSON routes it calls.
 
-Every answer carries a strict Content-Security-Policy: scripts only from this origin (no inline
-script, no eval), requests only to this origin, nothing framed. The page writes data into the
+The page's files carry a strict Content-Security-Policy: scripts only from this origin (no inline
+script, no eval), requests only to this origin, nothing framed (the JSON routes' answers, which a
+browser does not render, carry ``nosniff``: :mod:`serve.api`). The page writes data into the
 DOM as text only (``textContent``), never as HTML.
 """
 

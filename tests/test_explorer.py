@@ -164,6 +164,7 @@ def test_before_a_model_loads_the_page_answers_503_with_retry_after_not_off():
         lambda: loading.explorer_page(),
         lambda: loading.explorer_config(),
         lambda: loading.explorer_asset("explorer.js"),
+        lambda: loading.explorer_asset("explorer.html"),  # its "the page is at /ui" 404 came first
     ):
         with pytest.raises(NotReady, match="no model loaded yet"):
             route()
@@ -179,7 +180,12 @@ def test_with_the_page_off_every_ui_path_is_a_404(service):
     assert service.settings.ui is False
     serving = object.__new__(RecommenderDeployment.func_or_class)
     serving._serving = Serving(service, None)
-    for route in (serving.explorer_page, serving.explorer_config, lambda: serving.explorer_asset("explorer.js")):
+    for route in (
+        serving.explorer_page,
+        serving.explorer_config,
+        lambda: serving.explorer_asset("explorer.js"),
+        lambda: serving.explorer_asset("explorer.html"),
+    ):
         with pytest.raises(Exception) as off:
             route()
         assert off.value.status_code == 404 and off.value.detail == OFF_MESSAGE
@@ -204,6 +210,7 @@ def test_the_pages_files_version_the_deployment(tmp_path, monkeypatch):
     assert app.code_version() != before
 
 
+@pytest.mark.faults
 def test_the_page_and_its_files_are_served_with_a_strict_policy(server):
     page = requests.get(f"{server}/ui", timeout=TIMEOUT)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -212,7 +219,16 @@ def test_the_page_and_its_files_are_served_with_a_strict_policy(server):
     # Only at /ui: from /ui/explorer.html its relative links would miss (a page that did nothing).
     assert requests.get(f"{server}/ui/explorer.html", timeout=TIMEOUT).status_code == 404
     assert requests.get(f"{server}/ui/..%2Fapp.py", timeout=TIMEOUT).status_code == 404
-    assert requests.get(f"{server}/ui/config", timeout=TIMEOUT).json()["model_version"] == "v1"
+    config = requests.get(f"{server}/ui/config", timeout=TIMEOUT)
+    assert config.json()["model_version"] == "v1"
+    # The JSON answers and errors say nosniff too, not the page's files alone (a review, 2026-12-07).
+    missing = requests.get(f"{server}/ui/<b>x</b>", timeout=TIMEOUT)
+    refused = requests.post(
+        f"{server}/recommend", data=b"{", headers={"Content-Type": "application/json"}, timeout=TIMEOUT
+    )
+    for answer in (page, config, missing, refused):
+        assert answer.headers["x-content-type-options"] == "nosniff", (answer.url, answer.headers)
+    assert missing.status_code == 404 and refused.status_code == 422
 
 
 @pytest.mark.faults
@@ -338,7 +354,7 @@ BIG = 9007199254740993  # 2^53 + 1: a JavaScript number rounds it to 2^53
 def _fake_server(origin: str, answers: dict, asked: list):
     """A route handler serving the page's files from serve/static and ``answers[path]`` (a list of
     (status, headers, body text), the last repeated; a status of None: no answer, the connection
-    failed) to its JSON calls, recording each call."""
+    failed; "stall": no answer at all, the request left pending) to its JSON calls, recording each call."""
     from serve import ui
 
     def handle(route):
@@ -354,6 +370,8 @@ def _fake_server(origin: str, answers: dict, asked: list):
         status, headers, body = replies.pop(0) if len(replies) > 1 else replies[0]
         if status is None:
             return route.abort("connectionfailed")
+        if status == "stall":
+            return None
         route.fulfill(status=status, headers={"Content-Type": "application/json", **headers}, body=body)
 
     return handle
@@ -553,6 +571,36 @@ def test_an_answer_the_page_cannot_read_is_said_as_such(tmp_path):
         assert page.text_content("#status") == "recommend: unreadable answer (HTTP 200)"
         assert "error" in page.get_attribute("#status", "class") and page.is_hidden("#results")
         assert errors == []
+
+
+@pytest.mark.faults
+def test_a_stalled_answer_ends_the_question_after_the_pages_own_timeout(tmp_path):
+    """Without Serve's request timeout (`serve run` sets none) a replica that never answered left
+    "Loading household h..." for ever, and a slow settings call an empty page (a review of the
+    explorer, 2026-12-07). Each call has its own clock; the page says which call got no answer."""
+    import json
+
+    at = "2017-11-27T04:01:00+00:00"
+    answers = {
+        "/ui/config": [
+            (200, {}, json.dumps({"default_at": at, "model_version": "v1", "max_k": 100, "max_baskets": 20}))
+        ],
+        "/households": [(200, {}, '{"user_ids": [], "model_version": "v1"}')],
+        "/recommend": [("stall", {}, "")],
+    }
+    with _faked_page(tmp_path, answers) as (page, errors, asked, origin):
+        page.clock.install()  # real time flows; fast_forward jumps the page's timers
+        page.goto(f"{origin}/ui")
+        page.wait_for_selector('body[data-ready="true"]', timeout=30_000)
+        page.fill("#household", "h")
+        page.click("#show")
+        page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Loading')")
+        page.clock.fast_forward(44_000)
+        assert page.get_attribute("#results", "data-state") == "loading"  # not yet
+        page.clock.fast_forward(2_000)
+        page.wait_for_selector('#results[data-state="error"]', state="attached", timeout=10_000)
+        assert page.text_content("#status") == "recommend: no answer within 45 s"
+        assert ("/recommend", '{"user_id":"h","k":10,"explain":true}') in asked and errors == []
 
 
 @pytest.mark.faults

@@ -19,6 +19,9 @@
   // Retry-After (a replica computing a past day's stats, shedding load, or loading its model) of
   // at most a minute, this many times; the id search does not.
   const BUSY_RETRIES = 2;
+  // Serve's request_timeout_s (30 s where serve.launch starts it) normally answers first with a
+  // 504; without it (`serve run` sets none) a stalled replica left the page loading for ever.
+  const ANSWER_TIMEOUT_S = 45;
 
   // Integer ids of 2^53 and more lose digits as JavaScript numbers: they are kept as the digits
   // the server wrote (JSON.parse's source text access, Chromium 114+), and go back as strings,
@@ -34,38 +37,50 @@
   // its calls were aborted: its busy line would stand under the new answer (or its error), and its
   // calls load a busy server.
   async function call(path, body, retries = 0, current = () => true, signal = undefined) {
-    // Relative paths: the routes sit beside /ui under the app's route prefix.
-    const init = body === undefined ? { signal } : {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-      signal,
-    };
     const live = () => current() && !(signal && signal.aborted);
     // A fetch that gets no answer at all (server down, connection cut) says only "Failed to
     // fetch": which call, and that nothing answered, is what tells a reader where to look. An
-    // abort stays an abort, which the callers know to ignore.
+    // abort by the caller stays an abort, which the callers know to ignore; one by the clock
+    // (each try's own, its body read included) is said as a call that got no answer in time.
     const send = async () => {
+      const attempt = new AbortController();
+      const stop = () => attempt.abort();
+      if (signal) signal.addEventListener("abort", stop);
+      if (signal && signal.aborted) attempt.abort();
+      let late = false;
+      const timer = setTimeout(() => { late = true; attempt.abort(); }, ANSWER_TIMEOUT_S * 1000);
+      // Relative paths: the routes sit beside /ui under the app's route prefix.
+      const init = body === undefined ? { signal: attempt.signal } : {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+        signal: attempt.signal,
+      };
       try {
-        return await fetch(path, init);
+        const response = await fetch(path, init);
+        return { response, text: await response.text() };
       } catch (e) {
+        if (late) throw new Error(`${path}: no answer within ${ANSWER_TIMEOUT_S} s`);
         if (e.name === "AbortError") throw e;
         throw new Error(`${path}: no answer from the server (${e.message})`);
+      } finally {
+        clearTimeout(timer);
+        if (signal) signal.removeEventListener("abort", stop);
       }
     };
-    let response = await send();
+    let { response, text } = await send();
     for (let retry = 0; retry < retries && response.status === 503 && live(); retry++) {
       const wait = Number(response.headers.get("Retry-After"));
       if (!(wait > 0 && wait <= 60)) break;
       setStatus(`The server is busy (HTTP 503); asking again in ${wait} s…`, false);
       await new Promise((resolve) => setTimeout(resolve, wait * 1000));
       if (!live()) break;
-      response = await send();
+      ({ response, text } = await send());
     }
     let data = null;
     let readable = true;
     try {
-      data = JSON.parse(await response.text(), keepLargeIntegers);
+      data = JSON.parse(text, keepLargeIntegers);
     } catch (e) {
       readable = false;
     }
@@ -371,6 +386,7 @@
     $("household").addEventListener("input", searchHouseholds);
     $("default-at").addEventListener("click", resetMoment);
     let settingsError = null;
+    setStatus("Reading the page's settings…", false);  // a slow server's first call is not a dead page
     try {
       config = await call("ui/config", undefined, BUSY_RETRIES);
       $("model-version").textContent = config.model_version;
