@@ -30,6 +30,7 @@ from typing import Optional
 from jobs import batch_score, evaluate, preprocess, train
 from jobs.cli import (
     EXIT_BAD_INPUT,
+    EXIT_STOPPED,
     exit_status,
     fail,
     init_ray,
@@ -72,6 +73,7 @@ RECORDED_ABLATIONS = os.path.join("bench", "results", "ablations_cj.jsonl")
 
 _current_stage = ""  # the stage a Ctrl-C stops, for its one line
 _current_number = 0
+_run_name = ""  # the training's run name the demo chose: its advice names it
 # Printed to stderr on a disk full or closed to this account: the one line the README promises.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
 PRINTED_ANSWER_CHARS = 600
@@ -362,10 +364,11 @@ def evaluated(argv: list, rows_file: str) -> list:
 
 
 def main(argv=None) -> list:
-    global _current_stage, _current_number
+    global _current_stage, _current_number, _run_name
     _current_stage, _current_number = "", 0
     args = parse_args(argv)
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S", time.gmtime())  # chosen here: the advice names it
+    _run_name = name
     started = time.time()
     data, model = os.path.join(args.workdir, "data"), os.path.join(args.workdir, "model")
     validated = model + "-validated"
@@ -452,7 +455,7 @@ def main(argv=None) -> list:
         print_table(rows)
         failed = [row for row in rows if "failed" in row]
         print("\nartefacts:")
-        for name, path in [
+        for what, path in [
             ("preprocessed data", data),
             ("validated model (evaluated)", validated),
             ("deployment model (served)", model),
@@ -461,7 +464,7 @@ def main(argv=None) -> list:
             ("recommendations", partition_dir(recommendations, scored["run_date"])),
             ("Serve logs", serve_logs_dir()),  # before ray.shutdown, which forgets the session
         ]:
-            print(f"  {name:<28} {os.path.abspath(path)}")
+            print(f"  {what:<28} {os.path.abspath(path)}")
         if failed:
             fail(
                 f"stage 3/{STAGES}: {len(failed)} of {len(rows)} evaluation rows failed ("
@@ -472,12 +475,7 @@ def main(argv=None) -> list:
         return rows
     except SystemExit as ended:
         if ended.code not in (None, 0, EXIT_BAD_INPUT) and 0 < _current_number < STAGES:  # 6: the demo's own
-            print(
-                f"[demo] stopped at stage {_current_number}/{STAGES} (exit {ended.code}); the line above is that "
-                f"stage's job's: {how_to_go_on(_current_number, name)}",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(f"[demo] {_stopped_at(ended.code)}", file=sys.stderr, flush=True)
         raise
     finally:
         ray.shutdown()
@@ -494,6 +492,17 @@ def run(argv=None) -> None:
     )
 
 
+def _stopped_at(code) -> str:
+    """What ended the demo at the current stage, and the demo's own way on. A job's line comes
+    first where the stage has a job (1-4) and it said one (not SIGTERM's silent exit)."""
+    how = how_to_go_on(_current_number, _run_name)
+    if code == EXIT_STOPPED:
+        return f"stopped (SIGTERM) at stage {_current_number}/{STAGES}; {how}"
+    if _current_number <= 4:
+        return f"stopped at stage {_current_number}/{STAGES} (exit {code}); the line above is that stage's job's: {how}"
+    return f"stopped at stage {_current_number}/{STAGES} (exit {code}); {how}"
+
+
 def _environment_errors_in_one_line(main, argv) -> list:
     try:
         return main(argv)
@@ -501,7 +510,10 @@ def _environment_errors_in_one_line(main, argv) -> list:
         if e.errno not in ENVIRONMENT_ERRNOS:
             raise  # a bug's, or one this code does not know: its traceback is kept
         where = f" during stage {_current_stage}" if _current_stage else ""
-        fail(f"{e.filename or 'a file'}: {os_error_words(e)}{where}; free space or fix access, then run the demo again")
+        fail(
+            f"{e.filename or 'a file'}: {os_error_words(e)}{where}; free space or fix access, then "
+            + (how_to_go_on(_current_number, _run_name) if _current_number else "run the demo again")
+        )
 
 
 if __name__ == "__main__":

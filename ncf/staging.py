@@ -64,6 +64,11 @@ class Busy(TryLater):
     """Another live run holds the target's lock (a one-line error, exit status 75 from the jobs)."""
 
 
+class ReadOnlyLock(InputError):
+    """The target's lock file is another account's, which this one may only read, on a file
+    system that locks only files open for writing (NFS): a writer is refused, a reader goes on."""
+
+
 # -- durability -------------------------------------------------------------------------------------
 
 
@@ -134,7 +139,7 @@ def exclusive(lock_path: str, what: str, wait_s: float = 0.0, mode: Optional[int
                 break
             except OSError as e:
                 if e.errno == errno.EBADF and not writable:
-                    raise InputError(
+                    raise ReadOnlyLock(
                         f"{lock_path}: the lock file of {what} is another account's, which this account may only "
                         "read, and this file system (NFS) locks only files open for writing; make it writable by "
                         "every account that runs jobs here (a group they share: chmod g+w), or remove it"
@@ -374,6 +379,8 @@ def finish_interrupted(final: str) -> bool:
     try:
         with exclusive(names["lock"], os.path.abspath(final)):
             finished = roll_forward(names["journal"]) is not None
+    except ReadOnlyLock:  # another account's lock file on NFS: a writer's to finish
+        return False
     except OSError as e:  # a reader without write access: a read-only mount, another user's files
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return False

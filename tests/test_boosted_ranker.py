@@ -20,8 +20,8 @@ SMALL_BOOSTER = {"num_leaves": 7, "rounds": 20}
 
 @pytest.fixture(autouse=True)
 def no_booster_kept(monkeypatch):
-    """Each test trains its own boosters: none from the test before (:data:`boosted._LAST_BOOSTER`)."""
-    monkeypatch.setattr(boosted, "_LAST_BOOSTER", {})
+    """Each test trains its own boosters: none from the test before (:data:`boosted._BOOSTERS`)."""
+    monkeypatch.setattr(boosted, "_BOOSTERS", {})
 
 
 @pytest.fixture
@@ -109,12 +109,16 @@ def test_the_tunings_booster_of_the_winning_settings_ranks_the_test_weeks_withou
     Journey: a review of ncf/evaluate, 2026-12-07). Other settings, or DATA preprocessed again,
     train afresh."""
     context, calls = counted
-    tuned = BoostedRanker(context, **SMALL_BOOSTER)
+    tuned = BoostedRanker(context, **SMALL_BOOSTER)  # the grid's first point, its winner on Complete Journey
+    other = BoostedRanker(context, num_leaves=15, rounds=20)  # a later point, trained after it
+    assert other.booster is not tuned.booster and calls.reads == [False]  # one read for the grid
     test_weeks = dataclasses.replace(context, memo={}, start=context.start + 86_400)
     again = BoostedRanker(test_weeks, **SMALL_BOOSTER)
     assert again.booster is tuned.booster and calls.reads == [False]
-    other = BoostedRanker(test_weeks, num_leaves=15, rounds=20)
-    assert other.booster is not tuned.booster and calls.reads == [False, False]
+    seed_1 = BoostedRanker(test_weeks, **SMALL_BOOSTER, seed=1)  # another seed: trained afresh
+    assert seed_1.booster is not tuned.booster and calls.reads == [False, False]
+    other = BoostedRanker(test_weeks, num_leaves=15, rounds=20)  # seed 0's boosters went with the seed
+    assert other.booster is not tuned.booster and calls.reads == [False, False, False]
     stats = layout.stats_path(context.data)
     times = os.stat(stats)
     os.utime(stats, ns=(times.st_atime_ns, times.st_mtime_ns + 1))  # as a new DATA would be
@@ -122,4 +126,4 @@ def test_the_tunings_booster_of_the_winning_settings_ranks_the_test_weeks_withou
         rebuilt = BoostedRanker(dataclasses.replace(context, memo={}), num_leaves=15, rounds=20)
     finally:
         os.utime(stats, ns=(times.st_atime_ns, times.st_mtime_ns))  # the session's DATA as it was
-    assert rebuilt.booster is not other.booster and calls.reads == [False, False, False]
+    assert rebuilt.booster is not other.booster and calls.reads == [False, False, False, False]

@@ -1151,6 +1151,19 @@ def test_a_demo_stage_whose_job_ends_it_says_the_demos_own_way_on(tmp_path, monk
         'make demo DEMO_ARGS="--reuse-data --name train-n" resumes the training from its checkpoints'
     )
 
+    # SIGTERM says nothing of its own (the job's SystemExit(143)): no "line above" to point at.
+    from jobs import batch_score
+
+    monkeypatch.setattr(train, "main", _parsed({}, train, "MODEL"))
+    monkeypatch.setattr(batch_score, "main", lambda argv: sys.exit(cli.EXIT_STOPPED))
+    with pytest.raises(SystemExit) as exited:
+        demo.main(["--workdir", str(tmp_path / "demo"), "--port", str(free_port())])
+    assert exited.value.code == cli.EXIT_STOPPED
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "[demo] stopped (SIGTERM) at stage 4/6; make demo DEMO_ARGS=--reuse-data goes on from the preprocessed "
+        "data (it trains again)"
+    )
+
 
 @pytest.mark.faults
 def test_the_demo_refuses_a_workdir_holding_what_no_demo_wrote_and_says_a_full_disk_in_one_line(

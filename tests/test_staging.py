@@ -826,6 +826,10 @@ def test_another_accounts_lock_file_on_nfs_is_refused_in_one_line(tmp_path, monk
     with pytest.raises(staging.InputError, match=r"\.out\.lock: the lock file of .*another account's.*chmod g\+w"):
         with staging.exclusive(str(lock), str(tmp_path / "out")):
             pytest.fail("the block ran without its lock")
+    # A reader finishing a dead run's half-done replacement leaves it to a writer, as on a
+    # read-only mount (the review's second reading): no refusal of a directory it may read.
+    (tmp_path / ".out.swap.json").write_text("{}")
+    assert staging.finish_interrupted(str(tmp_path / "out")) is False
     monkeypatch.setattr(fcntl, "flock", real_flock)  # a local disk: locked read-only, the holder line kept
     with staging.exclusive(str(lock), str(tmp_path / "out")):
         assert lock.read_text() == "pid 1 on another-host\n"

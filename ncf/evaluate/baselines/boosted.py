@@ -285,9 +285,10 @@ def booster_rows(context: PointInTime, seed: int) -> tuple[np.ndarray, np.ndarra
     return context.memoised(key, lambda: training_rows(context.data, cutoffs, seed=seed))
 
 
-# The last booster trained, by what it was trained from (:func:`_lists_identity`, the validated
-# cutoffs) and its settings: a few MB of trees.
-_LAST_BOOSTER: Dict = {}
+# The boosters trained on one DATA's validated lists with one seed (``"lists"``: what they were
+# trained from, :func:`_lists_identity` and the cutoffs), by (num_leaves, rounds): the tuning
+# grid's three, a few MB of trees each, so that whichever wins ranks the test weeks untrained again.
+_BOOSTERS: Dict = {}
 
 
 def _lists_identity(data: str) -> tuple:
@@ -320,14 +321,16 @@ class BoostedRanker(OwnNeighboursAndPopular):
         # The booster depends on the validated lists and its settings, not on the period: the one
         # the tuning trained for the winning settings ranks the test weeks too (a minute on
         # Complete Journey, trained twice before).
-        cutoffs = tuple(layout.DataStats(context.data).cutoffs(VALIDATED))
-        key = (*_lists_identity(context.data), cutoffs, num_leaves, rounds, seed)
-        if _LAST_BOOSTER.get("key") != key:
+        lists = (*_lists_identity(context.data), tuple(layout.DataStats(context.data).cutoffs(VALIDATED)), seed)
+        if _BOOSTERS.get("lists") != lists:  # other lists or another seed: the grid's boosters go
+            _BOOSTERS.clear()
+            _BOOSTERS["lists"] = lists
+        if (num_leaves, rounds) not in _BOOSTERS:
             x, y, log_q = booster_rows(context, seed)
             train = lgb.Dataset(x, y, init_score=log_q_offset(log_q), feature_name=list(FEATURES), free_raw_data=True)
             params = {**LIGHTGBM, "num_leaves": num_leaves, "seed": seed}
-            _LAST_BOOSTER.update(key=key, booster=lgb.train(params, train, num_boost_round=rounds))
-        self.booster = _LAST_BOOSTER["booster"]
+            _BOOSTERS[num_leaves, rounds] = lgb.train(params, train, num_boost_round=rounds)
+        self.booster = _BOOSTERS[num_leaves, rounds]
         super().__init__(context)
 
     def score(self, user: int, candidates: np.ndarray, features: np.ndarray) -> np.ndarray:
