@@ -125,7 +125,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--request-timeout-s",
         type=positive_seconds,
         default=REQUEST_TIMEOUT_S,
-        help="a request not answered within this gets 504 (applies when this command starts Serve)",
+        help="a request not answered within this gets 504 (applies when this command starts Serve; the explorer "
+        "page gives up on a call after 45 s whatever this says)",
     )
     p.add_argument(
         "--start-timeout-s",

@@ -372,7 +372,9 @@ class _JsonErrors:
 
 
 class NoSniff:
-    """ASGI middleware: every answer says ``X-Content-Type-Options: nosniff`` (the explorer's
+    """ASGI middleware: every answer of the app's routes and their refusals says
+    ``X-Content-Type-Options: nosniff`` (not a bug's bare 500: Starlette sends it outside the
+    added middleware, plain text that echoes nothing; the explorer's
     files set it with their policy, :mod:`serve.ui`; the JSON answers and errors, which echo a
     request's text, set it here), so that no browser reads a JSON answer as another type."""
 
