@@ -2,12 +2,14 @@
 JSON lines.
 
 python -m bench.first_stage_size --model MODEL-validated --data DATA [--sizes 300,200,150,100]
-    [--own 250] [--splits val,test]
+    [--own 250] [--splits val,test] [--exclude-purchased]
 
 Each size re-ranks that many candidates (the household's own products first, then the MF path's,
 its categories' best sellers and the popular ones; :mod:`ncf.rank.candidates`) through the
 evaluation code of ``jobs.evaluate``. ``--own N`` adds, for each size, a row with the household's
-own products capped at N, leaving the other sources room.
+own products capped at N, leaving the other sources room. ``--exclude-purchased`` ranks and
+scores as a Serve ``exclude_purchased`` request does (products new to each household): the size
+that default was chosen for is judged on the validation weeks here, never on test.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def main(argv=None) -> List[Dict]:
     p.add_argument("--sizes", type=_sizes, default=[300, 200, 150, 100], help="first-stage sizes, comma-separated")
     p.add_argument("--own", type=int, default=None, help="also each size with own_candidates capped here")
     p.add_argument("--splits", default=f"{VAL},{TEST}", help="held-out periods, comma-separated")
+    p.add_argument(
+        "--exclude-purchased", action="store_true", help="rank only products new to each household (and score so)"
+    )
     args = p.parse_args(argv)
     handle = ModelDir(args.model)
     model = handle.load_model()
@@ -56,17 +61,25 @@ def main(argv=None) -> List[Dict]:
         check_held_out(handle, split, start)
         # The state as of the period's start (a pass over every purchase) and the period, once a split.
         base = Ranker.of_model_dir(handle, RankingState.load(args.data).as_of(start), default, model=model)
-        _, period = point_in_time_period(base.state, split, boundaries)
+        _, period = point_in_time_period(base.state, split, boundaries, exclude_purchased=args.exclude_purchased)
         for changes in variants:
             settings = dataclasses.replace(default, **changes)
             started = time.perf_counter()
             ranker = Ranker(base.model, base.state, base.rows, settings, base.mf_index)
-            figures = evaluate_all(args.model, args.data, split, baselines=(), on_period=(ranker, period))[0]
+            figures = evaluate_all(
+                args.model,
+                args.data,
+                split,
+                baselines=(),
+                on_period=(ranker, period),
+                exclude_purchased=args.exclude_purchased,
+            )[0]
             row = {
                 "benchmark": "first_stage_size",
                 "split": split,
                 "candidates": settings.candidates,
                 "own_candidates": settings.own_candidates,
+                "exclude_purchased": args.exclude_purchased,
                 **{m: round(figures[m], 4) for m in ("recall@10", "ndcg@10", "repeat_share@10")},
                 "households": figures.get("users"),
                 "seconds": round(time.perf_counter() - started, 1),

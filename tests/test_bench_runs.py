@@ -48,6 +48,14 @@ def test_the_first_stage_bench_ranks_at_each_size_through_the_evaluation_code(sm
     fresh = evaluate_all(small_model_dir, data, TEST, baselines=())[0]  # jobs.evaluate's figure at the default size
     assert (rows[0]["recall@10"], rows[0]["ndcg@10"]) == (round(fresh["recall@10"], 4), round(fresh["ndcg@10"], 4))
     assert rows[0]["households"] == fresh["users"]
+    # Products new to each household, as a Serve exclude_purchased request ranks them: its default
+    # size is judged here on the validation weeks (it had been on test, by a one-off script).
+    excluding = first_stage_size.main(
+        ["--model", small_model_dir, "--data", data, "--sizes", str(default), "--splits", TEST, "--exclude-purchased"]
+    )
+    fresh = evaluate_all(small_model_dir, data, TEST, baselines=(), exclude_purchased=True)[0]
+    assert excluding[0]["exclude_purchased"] and excluding[0]["ndcg@10"] == round(fresh["ndcg@10"], 4)
+    assert excluding[0]["households"] == fresh["users"] and excluding[0]["repeat_share@10"] == 0
 
 
 def test_the_gpu_bench_scores_and_trains_on_the_cpu_where_there_is_no_cuda(small_model_dir, small_data):
