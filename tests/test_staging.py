@@ -303,6 +303,24 @@ def test_sigterm_during_the_swap_keeps_its_exit_status_and_says_what_it_left(tmp
     assert capsys.readouterr().err == f"[staging] stopped during the swap: {model} is the new directory " + (
         "(the old one, being removed, is removed by the next run)\n"
     )
+    # The nightly commit's own swap finishes from its journal on the way out, and says a stop as one.
+    output, messages = str(tmp_path / "out"), []
+    finish = staging._finish
+    stops = []
+
+    def stopped_once(record, journal):
+        if not stops:
+            stops.append(journal)
+            raise SystemExit(EXIT_STOPPED)
+        finish(record, journal)
+
+    monkeypatch.setattr(staging, "_finish", stopped_once)
+    with pytest.raises(SystemExit):
+        with commit.PartitionRun(output, PARTITION, "stopped", log=messages.append) as run:
+            run.commit({"run_id": "stopped"})
+    assert [m for m in messages if "midway" in m] == [
+        f"the commit was stopped midway and was finished from its journal: {commit.partition_path(output, PARTITION)}"
+    ]
 
 
 def test_a_model_whose_replacement_died_between_its_renames_is_finished_when_read(tmp_path):

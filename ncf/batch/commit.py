@@ -569,15 +569,16 @@ class PartitionRun:
             except OSError:
                 pass
 
-    def _finish_or_leave(self) -> None:
-        """The swap failed after its journal: the stage is complete, so roll it forward now, or
-        leave stage and journal for the next run's :func:`recover` (never delete either)."""
+    def _finish_or_leave(self, how: str = "failed") -> None:
+        """The swap failed, or was stopped (``how``), after its journal: the stage is complete, so
+        roll it forward now, or leave stage and journal for the next run's :func:`recover` (never
+        delete either)."""
         try:
             recover(self.output, self.partition)
             self.drop_transient()  # the journal was this run's: the committed partition is its own
-            self.log(f"the commit failed midway and was finished from its journal: {self.final}")
+            self.log(f"the commit {how} midway and was finished from its journal: {self.final}")
         except Exception as e:  # noqa: BLE001  (the error that stopped the run is the one raised)
-            self.log(f"the commit failed midway ({e}); the next run of {self.partition} finishes it")
+            self.log(f"the commit {how} midway ({e}); the next run of {self.partition} finishes it")
 
     def _discard_stage(self) -> None:
         """Removes the stage, renamed out of the protocol's names first: a run killed while a large
@@ -595,11 +596,13 @@ class PartitionRun:
             doomed = self.stage
         shutil.rmtree(doomed, ignore_errors=True)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *_) -> None:
         try:
             if not self.committed:
                 if os.path.exists(journal_path(self.output, self.partition)):
-                    self._finish_or_leave()
+                    # Ctrl-C or SIGTERM (the jobs' SystemExit): a stop, which the log says as such.
+                    stopped = kind is not None and issubclass(kind, (KeyboardInterrupt, SystemExit))
+                    self._finish_or_leave("was stopped" if stopped else "failed")
                 elif not self.leave_stage:
                     self._discard_stage()
             # The partition's stage root, empty once the stage is renamed or removed: left, the
