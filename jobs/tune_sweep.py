@@ -23,7 +23,7 @@ from jobs.cli import (
     training_failed,
     training_on_gpu,
 )
-from ncf.errors import EXIT_STOPPED, InputError
+from ncf.errors import EXIT_STOPPED, InputError, Interrupted, TryLater
 from ncf.registry import track_sweep_model
 from ncf.splits import REFIT, VALIDATED
 from ncf.train.slot import training_slot
@@ -206,14 +206,20 @@ def report(table, settings: SweepSettings, args: argparse.Namespace):
     if args.refit:  # a training too: inside the slot
         try:
             path = refit_best(table, settings)
-        except (TrainingInterrupted, KeyboardInterrupt):
+        except (TrainingInterrupted, KeyboardInterrupt) as e:
+            left = f"{e}; " if isinstance(e, Interrupted) else ""  # during the swap of SWEEP/refit: what it left
             print(
-                "[sweep] the refit was interrupted (Ctrl-C); its checkpoints are kept: run the same command "
+                f"[sweep] the refit was interrupted (Ctrl-C); {left}its checkpoints are kept: run the same command "
                 "with --resume to finish it from them",
                 file=sys.stderr,
                 flush=True,
             )
             sys.exit(EXIT_INTERRUPTED)
+        except TryLater as e:  # another run writes SWEEP/refit: the refit's checkpoints are kept
+            raise TryLater(
+                f"{e}; SWEEP/best is exported ({registered(outcome['registered_version'])}); the refit's "
+                f"checkpoints are kept under {settings.train_dir}: the same command with --resume exports them"
+            ) from None
         except InputError:
             raise
         except Exception as e:  # a worker's refusal or failure, which Ray Train wrapped (a traceback before)

@@ -430,10 +430,12 @@ def test_the_sweep_puts_back_the_ctrl_c_handler_tune_leaves_installed():
     or refit after it only printed "ending Ray Tune run" (a review, 2026-12-05)."""
     from tune.sweep import tunes_signals
 
-    before = signal.getsignal(signal.SIGINT)
+    before, usr1 = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)
     with tunes_signals():
         signal.signal(signal.SIGINT, lambda *args: None)  # what Tune's fit installs
+        signal.signal(signal.SIGUSR1, lambda *args: None)  # and for SIGUSR1, unconditionally
     assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGUSR1) is usr1  # a scheduler's SIGUSR1 no longer swallowed after it
 
 
 @pytest.mark.faults
@@ -1004,6 +1006,21 @@ def test_a_failed_refit_is_one_line_and_its_refusal_the_refusal(tmp_path, monkey
     monkeypatch.setattr(tune_sweep, "refit_best", lambda *args: (_ for _ in ()).throw(KeyError("this code's own")))
     with pytest.raises(KeyError):  # this code's own bug: its traceback stays
         tune_sweep.main(argv)
+
+    # A Ctrl-C during the swap of SWEEP/refit said only "interrupted", and another run holding
+    # SWEEP/refit's lock not that the refit's checkpoints are kept (a review of tune/, 2026-12-07).
+    from ncf.errors import Interrupted, TryLater
+
+    for error, status, says in [
+        (Interrupted("SWEEP/refit is the new directory (...)"), 130, "interrupted (Ctrl-C); SWEEP/refit is the new"),
+        (TryLater("SWEEP/refit: another run writes it"), 75, "error: SWEEP/refit: another run writes it; SWEEP"),
+    ]:
+        monkeypatch.setattr(tune_sweep, "refit_best", lambda *args, error=error: (_ for _ in ()).throw(error))
+        with pytest.raises(SystemExit) as exit_info:
+            tune_sweep.main(argv)
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == status and says in line, line
+    assert "SWEEP/best is exported (registered as version 7); the refit's checkpoints are kept under" in line
 
 
 def _swept_two_trials(monkeypatch, **stubs) -> None:

@@ -1,14 +1,15 @@
 """The sweep driver: Ray Tune with Optuna's TPE sampler and ASHA early stopping.
 
-Each trial is :func:`tune.trial.train_trial` (a ``TorchTrainer``), the objective is the
-validation NDCG@10 of each epoch, ASHA (:class:`tune.scheduler.EpochASHA`) stops weak trials
-at 1, 2, 4, ... epochs, and the defaults are the first point evaluated, so every sweep reports
-its gain over them. An interrupted sweep resumes from Tune's experiment state: finished trials
-are kept, the searcher continues where it was, the interrupted trials continue from their last
-checkpoints, failed trials stay failed (restored with ``resume_errored=False``: Ray Train retried
-each ``max_failures`` times; the table and the job's last line name them), and the missing ones
-run. ASHA's rungs start empty again (Tune does not save its scheduler), so a resumed trial is
-compared only with the results reported after it.
+Each trial is :func:`tune.trial.train_trial` (a ``TorchTrainer``), the objective is the best
+validation NDCG@10 so far (``best_val_ndcg@10``) at each epoch, ASHA
+(:class:`tune.scheduler.EpochASHA`) stops weak trials at 1, 2, 4, ... epochs, and the defaults
+are the first point evaluated, so every sweep reports its gain over them. An interrupted sweep
+resumes from Tune's experiment state: finished trials are kept, the searcher continues where it
+was, the interrupted trials continue from their last checkpoints, failed trials stay failed
+(restored with ``resume_errored=False``: Ray Train retried each ``max_failures`` times; the
+table and the job's last line name them), and the missing ones run. ASHA's rungs start empty
+again (Tune does not save its scheduler), so a resumed trial is compared only with the results
+reported after it.
 
 Example::
 
@@ -292,13 +293,15 @@ def tunes_signals():
 
     Both handlers of before the block are put back after it: Tune keeps its SIGINT handler after
     a run that ended normally, and the first Ctrl-C of the export, registration and refit after
-    it was swallowed ("ending Ray Tune run")."""
+    it was swallowed ("ending Ray Tune run"). So is SIGUSR1's, which Tune takes as a Ctrl-C for
+    its loop and kept after it, swallowing a scheduler's SIGUSR1 (Slurm's ``--signal``) for good."""
     signalled = SimpleNamespace(received=False)
     if threading.current_thread() is not threading.main_thread():  # no handlers there, nor Tune's
         yield signalled
         return
     sigint_before = signal.getsignal(signal.SIGINT)
     sigterm_before = signal.getsignal(signal.SIGTERM)
+    sigusr1_before = signal.getsignal(signal.SIGUSR1)
 
     def stop_as_ctrl_c(signum, frame):
         tunes = signal.getsignal(signal.SIGINT)
@@ -314,6 +317,7 @@ def tunes_signals():
     finally:
         signal.signal(signal.SIGTERM, sigterm_before)
         signal.signal(signal.SIGINT, sigint_before)
+        signal.signal(signal.SIGUSR1, sigusr1_before)
 
 
 def _pass_on(handler, signum: int, frame) -> None:

@@ -2,7 +2,8 @@
 
 Ray 2.60 runs Train V2, where a trainer is not a Tune trainable: the trial is a function that
 builds and fits the trainer, and Tune's ``TuneReportCallback`` forwards every epoch's metrics
-(validation NDCG@10 for the scheduler, the checkpoint path for the winner's export).
+(the best validation NDCG@10 so far, ``best_val_ndcg@10``, for the searcher and the scheduler;
+the checkpoint path for the winner's export).
 """
 
 from __future__ import annotations
