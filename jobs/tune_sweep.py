@@ -131,6 +131,34 @@ def gpus_at_once(args: argparse.Namespace) -> int:
     return args.workers * max(1, min(at_once, args.trials))
 
 
+def check_gpus_for_trials_at_once(args: argparse.Namespace) -> None:
+    """Refuses a set count of trials at once (``--concurrent``, or a resumed sweep's) whose GPUs
+    the cluster has not: the trials without one waited for ever (Ray Train retries a worker
+    group's start without end) while every running one held the CPU share and threads sized for
+    the whole count. Without a set count the sweep sizes it from the GPUs up (:func:`concurrency`)."""
+    from ncf import device
+
+    if not (args.concurrent or args.resume):
+        return
+    wanted, up = gpus_at_once(args), device.cluster_gpus()
+    if up >= wanted:
+        return
+    # After --gpu-wait the GPUs may still come (an autoscaler's nodes starting): try later.
+    shortage = TryLater if args.gpu_wait > 0 else InputError
+    fits = up // args.workers
+    if args.resume:
+        raise shortage(
+            f"the resumed sweep runs {wanted // args.workers} trials at once of {args.workers} GPU workers ({wanted} "
+            f"GPUs) and the Ray cluster has {up}; resume when it has them, or with --gpu no"
+        )
+    raise shortage(
+        f"--concurrent {args.concurrent}: {wanted} GPUs for the trials at once ({args.workers} workers each) and the "
+        f"Ray cluster has {up}; pass --concurrent {fits} or fewer, or --gpu no"
+        if fits
+        else f"--concurrent {args.concurrent}: {wanted} GPUs for the trials at once and the Ray cluster has {up}"
+    )
+
+
 def main(argv=None):
     args = parse_args(argv)
     with one_line_errors():
@@ -144,6 +172,8 @@ def main(argv=None):
         # Before --gpu-wait asks the autoscaler for GPUs: a job that is refused asks for nothing.
         with training_slot(f"jobs.tune_sweep {os.path.abspath(args.output)}"):
             gpu = training_on_gpu(args, workers=args.workers, wait_for=gpus_at_once(args))
+            if gpu:
+                check_gpus_for_trials_at_once(args)
             settings = sweep_settings(args, use_gpu=gpu)
             try:
                 table = run_sweep(settings, resume=args.resume)

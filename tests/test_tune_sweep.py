@@ -492,6 +492,29 @@ def test_a_sweep_waits_for_the_gpus_of_its_trials_at_once(tmp_path):
 
 
 @pytest.mark.faults
+def test_a_set_count_of_trials_at_once_without_their_gpus_is_refused(tmp_path, monkeypatch, capsys):
+    """--concurrent 3 on a cluster of 2 GPUs passed (one trial's GPU was checked): the third
+    trial waited for ever while the others ran on the CPU share sized for three (a review of
+    tune/, 2026-12-07)."""
+    from jobs import tune_sweep
+    from ncf import device
+
+    _swept_two_trials(monkeypatch, training_on_gpu=lambda *args, **kwargs: True, track_sweep_model=lambda *a, **k: "7")
+    monkeypatch.setattr(device, "cluster_gpus", lambda: 2)
+    common = ["--data", str(tmp_path / "data"), "--output", str(tmp_path / "sweep"), "--trials", "4", "--gpu", "yes"]
+    with pytest.raises(SystemExit) as exit_info:
+        tune_sweep.main([*common, "--concurrent", "3"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2, line
+    assert line == (
+        "error: --concurrent 3: 3 GPUs for the trials at once (1 workers each) and the Ray cluster has 2; pass "
+        "--concurrent 2 or fewer, or --gpu no"
+    )
+    monkeypatch.setattr(tune_sweep, "report", lambda table, settings, args: "reported")
+    assert tune_sweep.main([*common, "--concurrent", "2"]) == "reported"  # they fit: the sweep runs
+
+
+@pytest.mark.faults
 def test_the_winner_is_the_best_trial_with_a_checkpoint():
     from tune.results import BEST, CHECKPOINT_PATH, NoTrialFinished, winner
     from tune.sweep import summary
