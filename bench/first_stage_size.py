@@ -51,7 +51,7 @@ def main(argv=None) -> List[Dict]:
     handle = ModelDir(args.model)
     model = handle.load_model()
     boundaries = layout.DataStats(args.data).boundaries
-    default = RankingSettings(**handle.ranking)
+    default = RankingSettings.of_model(handle.ranking, handle.path)
     variants = [{"candidates": n} for n in args.sizes]
     if args.own is not None:
         variants += [{"candidates": n, "own_candidates": min(args.own, n)} for n in args.sizes]

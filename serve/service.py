@@ -204,6 +204,12 @@ class ModelService:
             recommender = base.with_settings(candidates=settings.candidates)
         else:
             recommender = base  # back to the model directory's own first stage
+        shortest = recommender.ranker.settings.candidates
+        if shortest < MAX_K:  # a hand-edited ranking: a request's k above it would be answered short, silently
+            raise ValueError(
+                f"{settings.model_dir}: its first stage keeps {shortest} candidates (config.json's ranking), fewer "
+                f"than the largest k a request may ask for ({MAX_K}); deploy it with candidates: {MAX_K} or more"
+            )
         if not same or recommender is not previous.recommender:
             # The first stage's lists, once per ranker and before any request (cheap when warm).
             recommender.ranker.warm()

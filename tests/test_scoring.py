@@ -237,6 +237,24 @@ def test_a_ranking_carries_the_candidates_it_was_drawn_from(recommender):
         assert sorted(ranking.candidates.tolist()) == sorted(ranking.products.tolist())
 
 
+@pytest.mark.faults
+def test_a_model_directorys_ranking_with_unknown_or_non_count_sizes_is_one_line():
+    """A hand-edited config.json's ranking was a bare TypeError at load (an unknown name) or a
+    ranking answered short (a review of ncf/rank, 2026-12-07)."""
+    from ncf.errors import InputError
+
+    assert RankingSettings.of_model({"candidates": 150}, "M").candidates == 150
+    for ranking, says in (
+        ({"candidate": 150}, r"unknown settings \['candidate'\]"),
+        ({"candidates": "150"}, r"sizes that are not counts \['candidates'\]"),
+        ({"own_candidates": -1}, r"sizes that are not counts \['own_candidates'\]"),
+        ({"popular_candidates": True}, r"sizes that are not counts \['popular_candidates'\]"),
+    ):
+        with pytest.raises(InputError, match=rf"^M: config.json's ranking holds {says}; expected counts"):
+            RankingSettings.of_model(ranking, "M")
+
+
+@pytest.mark.faults
 def test_reasons_are_the_purchase_timing_and_the_scores_without_those_purchases(recommender):
     """Each explained product's reason: its distinct purchase days, days since the last one and
     typical gap, counted here from the raw timeline, and the model's score for it on the
@@ -271,8 +289,9 @@ def test_reasons_are_the_purchase_timing_and_the_scores_without_those_purchases(
             else:
                 explores += 1
                 assert reason.days_since_last is None and reason.typical_gap_days is None
-                # Nothing to remove: the occluded score is the score.
-                assert reason.score_if_never_bought == pytest.approx(float(score), abs=1e-6)
+                # Nothing to remove: the occluded question is the ranking's own, not asked again
+                # (a review, 2026-12-07: every product of an exclude_purchased ranking was).
+                assert reason.score_if_never_bought == float(score)
             kept = timeline.products != product
             # The unknown category 0 is no category: only the product itself is removed.
             category = catalog.category[product]

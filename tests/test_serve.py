@@ -747,6 +747,12 @@ def test_changing_candidates_reuses_the_model_without_touching_the_old_service(s
     assert again.recommender.settings.candidates == MAX_K + 5 and again.base is old.base
     same = ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir}), previous=back)
     assert same.recommender is back.recommender  # nothing to change: the warm ranker kept
+    # A model directory whose own ranking keeps fewer than MAX_K candidates (a hand-edited
+    # config.json) answered a request's k above it with a shorter list and no error (a review of
+    # ncf/rank, 2026-12-07): refused at load, as a candidates setting below MAX_K is.
+    short = ModelService(again.recommender, again.settings, again.base.with_settings(candidates=MAX_K - 50))
+    with pytest.raises(ValueError, match=f"keeps {MAX_K - 50} candidates .*, fewer than the largest k"):
+        ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir}), previous=short)
 
 
 @pytest.mark.faults

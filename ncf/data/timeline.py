@@ -134,8 +134,6 @@ class UserTimeline:
             products, timestamps = products[order], timestamps[order]
         self.products = products
         self.timestamps = timestamps
-        self.t0 = np.int64(timestamps[0]) if len(timestamps) else np.int64(0)
-        self._first = None
         # The latest summaries per kind (products, categories): the first stage and the features
         # of one question read the same ones.
         self._summaries = {}
@@ -161,25 +159,6 @@ class UserTimeline:
         the purchases of one timestamp."""
         times, sizes = np.unique(self.timestamps[: self._before(at)], return_counts=True)
         return times, sizes
-
-    # -- first purchases (negative sampling) ---------------------------------------------------
-
-    def _first_purchases(self) -> Tuple[np.ndarray, np.ndarray]:
-        if self._first is None:
-            _, first = np.unique(self.products, return_index=True)
-            first = np.sort(first)
-            self._first = (self.products[first], self.timestamps[first])
-        return self._first
-
-    @property
-    def first_products(self) -> np.ndarray:
-        """Distinct products in order of their first purchase."""
-        return self._first_purchases()[0]
-
-    def distinct_before(self, at: np.ndarray) -> np.ndarray:
-        """Number of distinct products bought strictly before each moment; the first
-        ``distinct_before`` entries of :attr:`first_products` are those products."""
-        return np.searchsorted(self._first_purchases()[1], at, side="left")
 
     # -- what ranking reads ----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@
    next is mostly new products of the categories they shop, which neither their own products
    nor the MF path's short list reach (on the no-rebuy log of BENCHMARKS.md this source took
    the share of the next products among the candidates from 0.29 to 0.59);
-5. the most bought products at the state's cutoff;
+5. the most bought products in the 28 days before the state's cutoff (all time breaking ties);
 
 distinct, only products known at the cutoff, at most ``candidates``. With
 ``exclude_purchased`` the household's past products are removed *before* the cut, and the list is
@@ -26,6 +26,7 @@ list: the products most bought at that hour of the day.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 from dataclasses import dataclass
@@ -62,6 +63,24 @@ class RankingSettings:
     mf_candidates: int = ann.MF_CANDIDATES  # from the MF path's dot products
     category_candidates: int = 100  # the most bought products of the household's own categories
     popular_candidates: int = 50
+
+    @staticmethod
+    def of_model(ranking: dict, where: str) -> "RankingSettings":
+        """A model directory's ``ranking`` overrides (``where``: the directory, for the refusal):
+        unknown names and sizes that are not counts are refused in one line (InputError), not
+        a TypeError at load."""
+        from ncf.errors import InputError
+
+        known = {f.name for f in dataclasses.fields(RankingSettings)}
+        unknown = sorted(set(ranking) - known)
+        counts = {k: v for k, v in ranking.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
+        bad = sorted(k for k in ranking if k in known and k not in counts)
+        if unknown or bad:
+            problem = f"unknown settings {unknown}" if unknown else f"sizes that are not counts {bad}"
+            raise InputError(
+                f"{where}: config.json's ranking holds {problem}; expected counts for some of {sorted(known)}"
+            )
+        return RankingSettings(**ranking)
 
 
 class MFFirstStage:

@@ -33,7 +33,14 @@ from ncf.model.ann import ProductIndex
 from ncf.model.batch import Batch
 from ncf.model.directory import ModelDir
 from ncf.rank.candidates import MAX_K, CandidateGenerator, MFFirstStage, RankingSettings
-from ncf.rank.reasons import Reason, purchase_facts, without_category, without_product
+from ncf.rank.reasons import (
+    Reason,
+    category_lines,
+    product_lines,
+    purchase_facts,
+    without_category,
+    without_product,
+)
 from ncf.rank.state import EmbeddingRows, RankingState
 
 CHUNK_USERS = 32  # households per model call: the per-call overheads amortised, memory small
@@ -143,7 +150,7 @@ class Ranker:
         """A model directory's model ranking ``state``: its embedding rows for the state's ids, its
         ranking settings (unless ``settings``), its saved MF index where the first stage searches
         one, and its model (unless ``model``, one already loaded from it)."""
-        settings = settings or RankingSettings(**handle.ranking)
+        settings = settings or RankingSettings.of_model(handle.ranking, handle.path)
         rows = EmbeddingRows.of_model(handle, state.vocabs)
         index = handle.mf_index_for(len(state.vocabs.users), settings.mf_candidates, len(state.vocabs.products))
         return Ranker(model if model is not None else handle.load_model(device), state, rows, settings, index)
@@ -224,7 +231,9 @@ class Ranker:
         ``explain``: with the attention's "because" products and the reasons; ``reasons``: the
         reasons or not whatever ``explain`` says. Explained or not, the scores are a plain
         ranking's to the last bit. ``keep_candidates``: each ranking keeps the first stage's
-        candidates it was drawn from (evaluation's coverage; a nightly batch would hold them all)."""
+        candidates it was drawn from (evaluation's coverage; a nightly batch would hold them all).
+        ``brute_force``: every known product re-ranked for a household with purchases (benchmarks
+        of the first stage); a cold start still gets its hourly list (at most 200 products)."""
         check_k(k, brute_force)
         with_reasons = explain if reasons is None else reasons
         users, at = np.asarray(users, np.int64), np.asarray(at, np.int64)
@@ -290,25 +299,43 @@ class Ranker:
         warm = [(q, ranking) for q, ranking in zip(questions, rankings) if not q.cold_start]
         groups = [_by_category(ranking.products, catalog.category) for _, ranking in warm]
 
+        # A product (or category) the household never bought leaves its timeline as it is: that
+        # question is the ranking's own, whose scores are taken instead of asking it again (with
+        # exclude_purchased, every product's).
+        asked = [
+            (
+                [bool(product_lines(q.timeline, p).any()) for p in ranking.products.tolist()],
+                [bool(category_lines(q.timeline, int(members[0]), catalog).any()) for members in by_category],
+            )
+            for (q, ranking), by_category in zip(warm, groups)
+        ]
+
         def occluded() -> Iterator[_Question]:
-            for (q, ranking), by_category in zip(warm, groups):
-                for product in ranking.products.tolist():
-                    yield self._given(q.user, q.at, [product], without_product(q.timeline, product))
-                for members in by_category:
-                    timeline = without_category(q.timeline, int(members[0]), catalog)
-                    yield self._given(q.user, q.at, members, timeline)
+            for ((q, ranking), by_category), (products, categories) in zip(zip(warm, groups), asked):
+                for product, bought in zip(ranking.products.tolist(), products):
+                    if bought:
+                        yield self._given(q.user, q.at, [product], without_product(q.timeline, product))
+                for members, bought in zip(by_category, categories):
+                    if bought:
+                        timeline = without_category(q.timeline, int(members[0]), catalog)
+                        yield self._given(q.user, q.at, members, timeline)
 
         # Built a model call at a time: each holds its own copy of a household's purchases.
         step, pending, scores = CHUNK_USERS * 8, occluded(), []
         while chunk := list(itertools.islice(pending, step)):
             scores.append(self._probabilities(self._score(chunk, False)[0]).astype(float))
         flat = iter(np.concatenate(scores).tolist() if scores else [])
-        for (q, ranking), by_category in zip(warm, groups):
+        for ((q, ranking), by_category), (bought_products, bought_categories) in zip(zip(warm, groups), asked):
             products = ranking.products.tolist()
-            never = dict(zip(products, itertools.islice(flat, len(products))))
+            own = dict(zip(products, ranking.scores.astype(float).tolist()))
+            never = {p: next(flat) if bought else own[p] for p, bought in zip(products, bought_products)}
             without_its_category = dict(never)  # category 0: no category
-            for members in by_category:
-                without_its_category.update(zip(members.tolist(), itertools.islice(flat, len(members))))
+            for members, bought in zip(by_category, bought_categories):
+                ids = members.tolist()
+                if bought:
+                    without_its_category.update(zip(ids, itertools.islice(flat, len(ids))))
+                else:
+                    without_its_category.update((p, own[p]) for p in ids)
             ranking.reasons = [
                 Reason(
                     *purchase_facts(q.timeline, product, q.at),

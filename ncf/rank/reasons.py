@@ -61,16 +61,26 @@ def purchase_facts(timeline: UserTimeline, product: int, at: int) -> Tuple[int, 
 
 def without_product(timeline: UserTimeline, product: int) -> UserTimeline:
     """The household's timeline had it never bought ``product``."""
-    return _without(timeline, timeline.products == product)
+    return _without(timeline, product_lines(timeline, product))
 
 
 def without_category(timeline: UserTimeline, product: int, catalog: Catalog) -> UserTimeline:
     """The household's timeline had it never bought anything in ``product``'s category (only the
     product itself for a product of the unknown category 0, which is no category)."""
+    return _without(timeline, category_lines(timeline, product, catalog))
+
+
+def product_lines(timeline: UserTimeline, product: int) -> np.ndarray:
+    """Which of the timeline's lines :func:`without_product` drops (none: it is the timeline)."""
+    return timeline.products == product
+
+
+def category_lines(timeline: UserTimeline, product: int, catalog: Catalog) -> np.ndarray:
+    """Which of the timeline's lines :func:`without_category` drops (none: it is the timeline)."""
     category = catalog.category[product]
     if category == 0:
-        return without_product(timeline, product)
-    return _without(timeline, catalog.category[timeline.products] == category)
+        return product_lines(timeline, product)
+    return catalog.category[timeline.products] == category
 
 
 def _without(timeline: UserTimeline, dropped: np.ndarray) -> UserTimeline:
