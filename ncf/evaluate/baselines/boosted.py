@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections import OrderedDict
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -48,6 +49,7 @@ from ncf.rank.candidates import RankingSettings
 from ncf.rank.state import RankingState
 from ncf.splits import VALIDATED
 
+DRAWN_KEPT = 4096  # the evaluation's chunk of households (ncf.evaluate.protocol.EVALUATION_CHUNK)
 LIGHTGBM = {
     "objective": "binary",
     "learning_rate": 0.05,
@@ -236,6 +238,9 @@ class OwnNeighboursAndPopular:
         self._popular = order[: self.settings.popular_candidates]
         # Every catalog product, most bought first: what completes a list without own products.
         self._by_popularity = order[context.catalog[order]] if context.exclude_purchased else order[:0]
+        # The candidates rank drew for its latest (household, moment) pairs, which the evaluation
+        # asks for right after ranking a chunk of them (their coverage): not drawn again.
+        self._drawn: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
 
     def score(self, user: int, candidates: np.ndarray, features: np.ndarray) -> np.ndarray:
         """C scores (higher is better) of ``candidates`` (C) with their C x F features."""
@@ -264,15 +269,24 @@ class OwnNeighboursAndPopular:
         return np.unique(np.concatenate([near, popular]))
 
     def first_stage_candidates(self, users: np.ndarray, at: np.ndarray) -> List[np.ndarray]:
-        """:meth:`candidates` of each (household, moment) pair: what :meth:`rank` reranks."""
+        """:meth:`candidates` of each (household, moment) pair: what :meth:`rank` reranks (those
+        it drew lately taken as they were, each once)."""
         timelines = self.state.states.timeline
-        return [self.candidates(timelines(u).aggregates(a, HALF_LIVES)) for u, a in zip(users.tolist(), at.tolist())]
+        return [
+            self._drawn.pop((u, a), None)
+            if (u, a) in self._drawn
+            else self.candidates(timelines(u).aggregates(a, HALF_LIVES))
+            for u, a in zip(users.tolist(), at.tolist())
+        ]
 
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
         """The ``depth`` best of :meth:`candidates`."""
         self.context.check(at)
         timeline = self.state.states.timeline(user)
         candidates = self.candidates(timeline.aggregates(at, HALF_LIVES))
+        self._drawn[int(user), int(at)] = candidates
+        if len(self._drawn) > DRAWN_KEPT:  # a tuning ranks without asking for them: the oldest go
+            self._drawn.popitem(last=False)
         features = self.features(user, timeline, candidates, at)
         return candidates[np.argsort(-self.score(user, candidates, features), kind="stable")][:depth]
 
