@@ -360,7 +360,8 @@ def main(argv=None) -> Dict:
     result = {
         "benchmark": "serve_load",
         "model_version": read_config(args.model)["version"],
-        "candidates": args.candidates or RankingSettings(**read_config(args.model)["ranking"]).candidates,
+        "candidates": args.candidates
+        or RankingSettings.of_model(read_config(args.model)["ranking"], args.model).candidates,
         "clients": args.clients,
         "seconds_per_endpoint": args.seconds,
         "rounds": args.rounds,

@@ -26,6 +26,7 @@ from jobs.cli import (
 from ncf.errors import EXIT_STOPPED, InputError, Interrupted, TryLater
 from ncf.registry import track_sweep_model
 from ncf.splits import REFIT, VALIDATED
+from ncf.staging import Busy
 from ncf.train.slot import training_slot
 from ncf.train.trainer import TrainingInterrupted
 from tune.results import BEST, NoTrialFinished
@@ -39,6 +40,7 @@ from tune.sweep import (
     refit_best,
     resumed_concurrency,
     run_sweep,
+    saved_trials,
     summary,
     tune_state_saved,
 )
@@ -125,13 +127,23 @@ def gpus_at_once(args: argparse.Namespace) -> int:
     with; without either, one trial's): what ``--gpu-wait`` asks an autoscaling cluster for, so
     that the trials-at-once count, read from the GPUs up when the sweep starts, is not one trial's."""
     if args.resume:  # Tune's count; another --concurrent is refused now, before the wait asks for nodes
-        at_once = resumed_concurrency(sweep_settings(args, use_gpu=False), {})
+        settings = sweep_settings(args, use_gpu=False)
+        # At most the trials left: a resume to finish the export or refit runs none.
+        at_once = min(resumed_concurrency(settings, {}), max(1, args.trials - _finished_trials(settings)))
     else:
         at_once = args.concurrent or 1
     return args.workers * max(1, min(at_once, args.trials))
 
 
-def check_gpus_for_trials_at_once(args: argparse.Namespace) -> None:
+def _finished_trials(settings: SweepSettings) -> int:
+    """The trials Tune saved as ended (a resume does not run them again); 0 without a saved state."""
+    try:
+        return saved_trials(settings.experiment_dir, "TERMINATED", "ERROR")
+    except ValueError:  # no experiment state yet (a sweep stopped before its first save)
+        return 0
+
+
+def check_gpus_for_trials_at_once(args: argparse.Namespace, waited: bool) -> None:
     """Refuses a set count of trials at once (``--concurrent``, or a resumed sweep's) whose GPUs
     the cluster has not: the trials without one waited for ever (Ray Train retries a worker
     group's start without end) while every running one held the CPU share and threads sized for
@@ -143,13 +155,13 @@ def check_gpus_for_trials_at_once(args: argparse.Namespace) -> None:
     wanted, up = gpus_at_once(args), device.cluster_gpus()
     if up >= wanted:
         return
-    # After --gpu-wait the GPUs may still come (an autoscaler's nodes starting): try later.
-    shortage = TryLater if args.gpu_wait > 0 else InputError
+    # After --gpu-wait waited the GPUs may still come (an autoscaler's nodes starting): try later.
+    shortage = TryLater if waited else InputError
     fits = up // args.workers
-    if args.resume:
+    if args.resume:  # a sweep started on GPUs resumes on them (settings.json): no --gpu no to offer
         raise shortage(
             f"the resumed sweep runs {wanted // args.workers} trials at once of {args.workers} GPU workers ({wanted} "
-            f"GPUs) and the Ray cluster has {up}; resume when it has them, or with --gpu no"
+            f"GPUs) and the Ray cluster has {up}; resume when it has them"
         )
     raise shortage(
         f"--concurrent {args.concurrent}: {wanted} GPUs for the trials at once ({args.workers} workers each) and the "
@@ -172,8 +184,8 @@ def main(argv=None):
         # Before --gpu-wait asks the autoscaler for GPUs: a job that is refused asks for nothing.
         with training_slot(f"jobs.tune_sweep {os.path.abspath(args.output)}"):
             gpu = training_on_gpu(args, workers=args.workers, wait_for=gpus_at_once(args))
-            if gpu:
-                check_gpus_for_trials_at_once(args)
+            if gpu:  # --gpu-wait waits only where an autoscaler may add GPUs (training_on_gpu)
+                check_gpus_for_trials_at_once(args, waited=args.gpu_wait > 0 and bool(os.environ.get("RAY_ADDRESS")))
             settings = sweep_settings(args, use_gpu=gpu)
             try:
                 table = run_sweep(settings, resume=args.resume)
@@ -245,8 +257,8 @@ def report(table, settings: SweepSettings, args: argparse.Namespace):
                 flush=True,
             )
             sys.exit(EXIT_INTERRUPTED)
-        except TryLater as e:  # another run writes SWEEP/refit: the refit's checkpoints are kept
-            raise TryLater(
+        except Busy as e:  # another run writes SWEEP/refit: the refit's checkpoints are kept
+            raise Busy(
                 f"{e}; SWEEP/best is exported ({registered(outcome['registered_version'])}); the refit's "
                 f"checkpoints are kept under {settings.train_dir}: the same command with --resume exports them"
             ) from None

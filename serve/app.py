@@ -69,6 +69,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from ncf.code import source_digest
+from ncf.model.files import read_config
+from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import MAX_K
 from ncf.rank.recommender import PassNeeded
 from ncf.rank.state import check_model_and_data
@@ -94,7 +96,7 @@ from serve.api import (
     create_app,
     describe_errors,
 )
-from serve.service import ModelService, ServeSettings
+from serve.service import ModelService, ServeSettings, short_first_stage
 
 DEPLOYMENT_NAME = "Recommender"
 MAX_BATCH_SIZE = 16
@@ -382,6 +384,10 @@ def _settings_of(a: AppArgs) -> ServeSettings:
     model_dir = os.path.realpath(resolve_model(a.model))
     data = os.path.realpath(a.data) if a.data else None
     check_model_and_data(model_dir, data)  # fail here, with the path, not in every replica
+    if a.candidates is None:  # the directory's own first stage: one that answers every k, checked here too
+        kept = RankingSettings.of_model(read_config(model_dir).get("ranking", {}), model_dir).candidates
+        if kept < MAX_K:
+            raise ValueError(short_first_stage(model_dir, kept))
     # Takes the fingerprints of the model and DATA now, into the user_config (ServeSettings).
     return ServeSettings.from_user_config(
         {"model_dir": model_dir, "candidates": a.candidates, "default_at": a.default_at, "data": data, "ui": a.ui}

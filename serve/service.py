@@ -157,6 +157,16 @@ def same_content_on_disk(settings: ServeSettings) -> bool:
     return settings.data is None or settings.data_fingerprint == data_fingerprint(settings.data)
 
 
+def short_first_stage(model_dir: str, candidates: int) -> str:
+    """The refusal of a model directory whose own first stage keeps fewer than ``MAX_K``
+    candidates (a hand-edited config.json): a request's k above it would be answered short."""
+    return (
+        f"{model_dir}: its first stage keeps {candidates} candidates (config.json's ranking), fewer than the "
+        f"largest k a request may ask for ({MAX_K}); deploy it with --candidates {MAX_K} or more (the app "
+        "argument candidates)"
+    )
+
+
 class ModelService:
     """Answers the HTTP contract's requests with one loaded model (immutable once built).
 
@@ -206,10 +216,7 @@ class ModelService:
             recommender = base  # back to the model directory's own first stage
         shortest = recommender.ranker.settings.candidates
         if shortest < MAX_K:  # a hand-edited ranking: a request's k above it would be answered short, silently
-            raise ValueError(
-                f"{settings.model_dir}: its first stage keeps {shortest} candidates (config.json's ranking), fewer "
-                f"than the largest k a request may ask for ({MAX_K}); deploy it with candidates: {MAX_K} or more"
-            )
+            raise ValueError(short_first_stage(settings.model_dir, shortest))
         if not same or recommender is not previous.recommender:
             # The first stage's lists, once per ranker and before any request (cheap when warm).
             recommender.ranker.warm()

@@ -234,6 +234,13 @@ def test_k_above_the_models_candidates_is_a_one_line_error_before_ray_starts(tmp
     # Up to the candidates, the check goes on to the data.
     with pytest.raises(InputError, match="missing"):
         bs.check_config(bs.BatchScoreConfig(model=str(model), data=missing, output=str(tmp_path / "o"), k=5))
+    # A hand-edited size that is not a count: one line, not min()'s TypeError (a review, 2026-12-07).
+    config.update(ranking={"candidates": "150"})
+    write_json(str(model / CONFIG), config)
+    with pytest.raises(InputError, match="config.json's ranking holds sizes that are not counts"):
+        bs.check_config(bs.BatchScoreConfig(model=str(model), data=missing, output=str(tmp_path / "o"), k=5))
+    config.update(ranking={"candidates": 5})
+    write_json(str(model / CONFIG), config)
 
     def check(k: int) -> None:
         bs.check_config(bs.BatchScoreConfig(model=str(model), data=missing, output=str(tmp_path / "o"), k=k))

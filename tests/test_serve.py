@@ -756,6 +756,19 @@ def test_changing_candidates_reuses_the_model_without_touching_the_old_service(s
 
 
 @pytest.mark.faults
+def test_a_deploy_of_a_model_whose_own_first_stage_is_short_is_refused_before_serve(small_model_dir, monkeypatch):
+    """Refused by the deploy's own checks, before Ray and a rollout (the second read of
+    2026-12-07: only the replicas refused it, after Serve's retries), unless --candidates says more."""
+    from ncf.model.files import read_config
+    from serve import app
+
+    monkeypatch.setattr(app, "read_config", lambda path: {**read_config(path), "ranking": {"candidates": 50}})
+    with pytest.raises(ValueError, match=r"keeps 50 candidates .*; deploy it with --candidates 100 or more"):
+        app.serve_settings({"model": small_model_dir})
+    assert app.serve_settings({"model": small_model_dir, "candidates": MAX_K}).candidates == MAX_K
+
+
+@pytest.mark.faults
 def test_new_data_at_the_same_path_is_loaded_again(small_model_dir, small_data, tmp_path):
     """jobs.preprocess swaps new DATA in at the same --output: its fingerprint, not its path, says
     whether the replica may keep the state it loaded."""

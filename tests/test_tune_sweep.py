@@ -489,6 +489,14 @@ def test_a_sweep_waits_for_the_gpus_of_its_trials_at_once(tmp_path):
     assert gpus_at_once(parse_args([*common, "--trials", "16", "--resume"])) == 6
     with pytest.raises(InputError, match="runs 3 trials at once"):
         gpus_at_once(parse_args([*common, "--trials", "16", "--resume", "--concurrent", "2"]))
+    # At most the trials left (a second read, 2026-12-07: a resume to finish the refit, which runs
+    # no trial, was refused on a cluster with fewer GPUs than the sweep had started with).
+    from jobs import tune_sweep
+
+    for finished, gpus in ((15, 2), (16, 2), (14, 4)):
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(tune_sweep, "saved_trials", lambda *args, n=finished: n)
+            assert gpus_at_once(parse_args([*common, "--trials", "16", "--resume"])) == gpus, finished
 
 
 @pytest.mark.faults
@@ -1032,11 +1040,12 @@ def test_a_failed_refit_is_one_line_and_its_refusal_the_refusal(tmp_path, monkey
 
     # A Ctrl-C during the swap of SWEEP/refit said only "interrupted", and another run holding
     # SWEEP/refit's lock not that the refit's checkpoints are kept (a review of tune/, 2026-12-07).
-    from ncf.errors import Interrupted, TryLater
+    from ncf.errors import Interrupted
+    from ncf.staging import Busy
 
     for error, status, says in [
         (Interrupted("SWEEP/refit is the new directory (...)"), 130, "interrupted (Ctrl-C); SWEEP/refit is the new"),
-        (TryLater("SWEEP/refit: another run writes it"), 75, "error: SWEEP/refit: another run writes it; SWEEP"),
+        (Busy("SWEEP/refit: another run writes it"), 75, "error: SWEEP/refit: another run writes it; SWEEP"),
     ]:
         monkeypatch.setattr(tune_sweep, "refit_best", lambda *args, error=error: (_ for _ in ()).throw(error))
         with pytest.raises(SystemExit) as exit_info:

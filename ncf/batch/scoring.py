@@ -383,14 +383,15 @@ def resolve_compile(setting: str, users_per_actor: int, use_gpu: bool) -> bool:
     return not use_gpu and can_compile() and users_per_actor >= COMPILE_MIN_USERS_PER_ACTOR
 
 
-def _check_k(k: int, recommender_config: Dict) -> None:
-    ranking = recommender_config.get("ranking", {})
+def _check_k(k: int, recommender_config: Dict, model: str) -> None:
+    # A hand-edited ranking's unknown names or sizes that are not counts: one line, not a TypeError.
+    candidates = RankingSettings.of_model(recommender_config.get("ranking", {}), model).candidates
     catalog = recommender_config["model"]["num_products"] - 1
     # A ranking never holds more than `candidates` products: beyond it every actor would fail
     # mid-run. Up to it, every household's list is completed from the popular products (cold
     # starts list HOURLY_TOP), whatever its sources give; products known before the moment are
     # checked apart (_check_k_known).
-    limit = min(MAX_K, ranking.get("candidates", RankingSettings.candidates), catalog)
+    limit = min(MAX_K, candidates, catalog)
     if not 1 <= k <= limit:
         raise InputError(f"--k {k}: must be between 1 and {limit} for this model")
 
@@ -656,7 +657,7 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_i
     _check_settings(config)
     _check_numbers(config)
     model_config = read_config(os.path.abspath(config.model))
-    _check_k(config.k, model_config)
+    _check_k(config.k, model_config, config.model)
     _check_output_apart(config)
     resolve_at(config.at, 0, now=now)  # a bad --at fails before the data is looked at
     stats = layout.DataStats(config.data)
