@@ -7,9 +7,10 @@ python -m bench.first_stage_size --model MODEL-validated --data DATA [--sizes 30
 Each size re-ranks that many candidates (the household's own products first, then the MF path's,
 its categories' best sellers and the popular ones; :mod:`ncf.rank.candidates`) through the
 evaluation code of ``jobs.evaluate``. ``--own N`` adds, for each size, a row with the household's
-own products capped at N, leaving the other sources room. ``--exclude-purchased`` ranks and
-scores as a Serve ``exclude_purchased`` request does (products new to each household): the size
-that default was chosen for is judged on the validation weeks here, never on test.
+own products capped at N, leaving the other sources room (not with ``--exclude-purchased``,
+whose first stage has no own products). ``--exclude-purchased`` ranks and scores as a Serve
+``exclude_purchased`` request does (products new to each household): a size for those requests
+is chosen on ``--splits val``, the test weeks only reported beside it.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def main(argv=None) -> List[Dict]:
         "--exclude-purchased", action="store_true", help="rank only products new to each household (and score so)"
     )
     args = p.parse_args(argv)
+    if args.own is not None and args.exclude_purchased:
+        p.error("--own caps the household's own products, which --exclude-purchased leaves out of the first stage")
     handle = ModelDir(args.model)
     model = handle.load_model()
     boundaries = layout.DataStats(args.data).boundaries
