@@ -12,6 +12,7 @@ from jobs.cli import (
     add_training_gpu_options,
     check_data,
     fail,
+    gpu_wait_applies,
     init_ray,
     job_parser,
     non_negative_int,
@@ -139,11 +140,11 @@ def _finished_trials(settings: SweepSettings) -> int:
     """The trials Tune saved as ended (a resume does not run them again); 0 without a saved state."""
     try:
         return saved_trials(settings.experiment_dir, "TERMINATED", "ERROR")
-    except ValueError:  # no experiment state yet (a sweep stopped before its first save)
+    except Exception:  # noqa: BLE001  no state yet, or one Tune's restore reads apart: the count it started with
         return 0
 
 
-def check_gpus_for_trials_at_once(args: argparse.Namespace, waited: bool) -> None:
+def check_gpus_for_trials_at_once(args: argparse.Namespace, wanted: int, waited: bool) -> None:
     """Refuses a set count of trials at once (``--concurrent``, or a resumed sweep's) whose GPUs
     the cluster has not: the trials without one waited for ever (Ray Train retries a worker
     group's start without end) while every running one held the CPU share and threads sized for
@@ -152,7 +153,7 @@ def check_gpus_for_trials_at_once(args: argparse.Namespace, waited: bool) -> Non
 
     if not (args.concurrent or args.resume):
         return
-    wanted, up = gpus_at_once(args), device.cluster_gpus()
+    up = device.cluster_gpus()
     if up >= wanted:
         return
     # After --gpu-wait waited the GPUs may still come (an autoscaler's nodes starting): try later.
@@ -183,9 +184,10 @@ def main(argv=None):
         init_ray()
         # Before --gpu-wait asks the autoscaler for GPUs: a job that is refused asks for nothing.
         with training_slot(f"jobs.tune_sweep {os.path.abspath(args.output)}"):
-            gpu = training_on_gpu(args, workers=args.workers, wait_for=gpus_at_once(args))
-            if gpu:  # --gpu-wait waits only where an autoscaler may add GPUs (training_on_gpu)
-                check_gpus_for_trials_at_once(args, waited=args.gpu_wait > 0 and bool(os.environ.get("RAY_ADDRESS")))
+            wanted = gpus_at_once(args)  # reads a resumed sweep's whole state: once
+            gpu = training_on_gpu(args, workers=args.workers, wait_for=wanted)
+            if gpu:
+                check_gpus_for_trials_at_once(args, wanted, waited=gpu_wait_applies(args))
             settings = sweep_settings(args, use_gpu=gpu)
             try:
                 table = run_sweep(settings, resume=args.resume)

@@ -69,6 +69,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from ncf.code import source_digest
+from ncf.errors import InputError
 from ncf.model.files import read_config
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import MAX_K
@@ -384,10 +385,11 @@ def _settings_of(a: AppArgs) -> ServeSettings:
     model_dir = os.path.realpath(resolve_model(a.model))
     data = os.path.realpath(a.data) if a.data else None
     check_model_and_data(model_dir, data)  # fail here, with the path, not in every replica
-    if a.candidates is None:  # the directory's own first stage: one that answers every k, checked here too
-        kept = RankingSettings.of_model(read_config(model_dir).get("ranking", {}), model_dir).candidates
-        if kept < MAX_K:
-            raise ValueError(short_first_stage(model_dir, kept))
+    # The directory's own first stage, which every replica builds (--candidates aside): its sizes
+    # read as the replicas will, and one that answers every k unless --candidates says more.
+    kept = RankingSettings.of_model(read_config(model_dir).get("ranking", {}), model_dir).candidates
+    if a.candidates is None and kept < MAX_K:
+        raise InputError(short_first_stage(model_dir, kept))
     # Takes the fingerprints of the model and DATA now, into the user_config (ServeSettings).
     return ServeSettings.from_user_config(
         {"model_dir": model_dir, "candidates": a.candidates, "default_at": a.default_at, "data": data, "ui": a.ui}

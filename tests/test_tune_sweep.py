@@ -518,6 +518,13 @@ def test_a_set_count_of_trials_at_once_without_their_gpus_is_refused(tmp_path, m
         "error: --concurrent 3: 3 GPUs for the trials at once (1 workers each) and the Ray cluster has 2; pass "
         "--concurrent 2 or fewer, or --gpu no"
     )
+    # Try later only where --gpu-wait waited: on a cluster the job joined, not its own local one.
+    for address, status in (("", 2), ("127.0.0.1:6379", 75)):
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        with pytest.raises(SystemExit) as exit_info:
+            tune_sweep.main([*common, "--concurrent", "3", "--gpu-wait", "1"])
+        assert exit_info.value.code == status, (address, capsys.readouterr().err)
+    monkeypatch.delenv("RAY_ADDRESS")
     monkeypatch.setattr(tune_sweep, "report", lambda table, settings, args: "reported")
     assert tune_sweep.main([*common, "--concurrent", "2"]) == "reported"  # they fit: the sweep runs
 

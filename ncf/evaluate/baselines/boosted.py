@@ -45,11 +45,11 @@ from ncf.data import layout
 from ncf.data.features import FEATURES, HALF_LIVES, NUM_FEATURES, candidate_features
 from ncf.data.timeline import UserTimeline
 from ncf.evaluate.baselines.base import PointInTime, log
+from ncf.evaluate.protocol import EVALUATION_CHUNK as DRAWN_KEPT  # the chunk it ranks, then covers
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.state import RankingState
 from ncf.splits import VALIDATED
 
-DRAWN_KEPT = 4096  # the evaluation's chunk of households (ncf.evaluate.protocol.EVALUATION_CHUNK)
 LIGHTGBM = {
     "objective": "binary",
     "learning_rate": 0.05,
@@ -285,6 +285,7 @@ class OwnNeighboursAndPopular:
         timeline = self.state.states.timeline(user)
         candidates = self.candidates(timeline.aggregates(at, HALF_LIVES))
         self._drawn[int(user), int(at)] = candidates
+        self._drawn.move_to_end((int(user), int(at)))  # ranked again: the latest, not the first to go
         if len(self._drawn) > DRAWN_KEPT:  # a tuning ranks without asking for them: the oldest go
             self._drawn.popitem(last=False)
         features = self.features(user, timeline, candidates, at)
