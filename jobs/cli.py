@@ -5,6 +5,7 @@ and the checks of the paths a job reads, made before Ray starts."""
 from __future__ import annotations
 
 import argparse
+import errno
 import itertools
 import json
 import os
@@ -16,7 +17,15 @@ from contextlib import contextmanager
 from typing import Callable, NoReturn, Optional, Sequence
 
 from jobs import logs
-from ncf.errors import EXIT_STOPPED, EXIT_TRY_LATER, InputError, Interrupted, TryLater, exit_on_sigterm
+from ncf.errors import (
+    EXIT_STOPPED,
+    EXIT_TRY_LATER,
+    InputError,
+    Interrupted,
+    TryLater,
+    exit_on_sigterm,
+    os_error_words,
+)
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -142,15 +151,35 @@ def fail(message: str, status: int = EXIT_FAILED) -> NoReturn:
     sys.exit(status)
 
 
+# A disk full or closed to this account: the machine's state, not a bug, said in one line.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO})
+
+
+def environment_error(error: BaseException) -> bool:
+    """Whether ``error`` is an OSError of :data:`ENVIRONMENT_ERRNOS`."""
+    return isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS
+
+
+def environment_line(error: OSError, where: str = "") -> str:
+    """The start of the one line for :func:`environment_error`: the file, the OS's words, where."""
+    return f"{error.filename or 'a file'}: {os_error_words(error)}{where}"
+
+
 def run_main(main: Callable[[], object], advice: str, where: Callable[[], str] = lambda: "") -> None:
     """``python -m jobs.<job>``: ``main()``, where a Ctrl-C the job does not answer in its own words
     ends it in one line, ``error: interrupted (Ctrl-C)WHERE; ADVICE`` (what the stop leaves and how
-    to go on), and exit 130, not a KeyboardInterrupt traceback."""
+    to go on), and exit 130, not a KeyboardInterrupt traceback; and a disk full or closed to this
+    account (:func:`environment_error`) in one line naming the file, exit 1 (a bug's OSError keeps
+    its traceback)."""
     try:
         main()
     except KeyboardInterrupt as stopped:
         left = stopped if isinstance(stopped, Interrupted) else advice  # what this stop left, where ADVICE is wrong
         fail(f"interrupted (Ctrl-C){where()}; {left}", EXIT_INTERRUPTED)
+    except OSError as e:
+        if not environment_error(e):
+            raise
+        fail(f"{environment_line(e, where())}; free space or fix access, then run the same command again")
 
 
 def training_failed(error: Exception, resumes: str) -> NoReturn:
@@ -218,6 +247,12 @@ def add_training_gpu_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def gpu_wait_applies(args: argparse.Namespace) -> bool:
+    """Whether ``--gpu-wait`` waits: a positive wait on a cluster the job joined (``RAY_ADDRESS``),
+    whose autoscaler may add GPUs; the job's own local cluster has none."""
+    return args.gpu_wait > 0 and bool(os.environ.get("RAY_ADDRESS"))
+
+
 def training_on_gpu(args: argparse.Namespace, workers: int, wait_for: int | None = None) -> bool:
     """Whether the workers train on GPUs, from ``--gpu`` and ``--gpu-wait`` (Ray initialised).
     ``wait_for``: the GPUs ``--gpu-wait`` asks the autoscaler for, when more than ``workers``
@@ -229,7 +264,7 @@ def training_on_gpu(args: argparse.Namespace, workers: int, wait_for: int | None
     if not gpus_usable(args.gpu, gpu_build_missing(training=True), up):
         return False
     wanted, wait, advice = max(workers, wait_for or 0), args.gpu_wait, {}
-    if wait > 0 and not os.environ.get("RAY_ADDRESS"):
+    if wait > 0 and not gpu_wait_applies(args):
         wait, advice = 0.0, {"advice": ""}  # the advice to wait would be the option just given
         if up < wanted:
             print(

@@ -17,7 +17,6 @@ MLflow store too (unless ``MLFLOW_TRACKING_URI`` names one), whose defaults unde
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
@@ -31,6 +30,8 @@ from jobs import batch_score, evaluate, preprocess, train
 from jobs.cli import (
     EXIT_BAD_INPUT,
     EXIT_STOPPED,
+    environment_error,
+    environment_line,
     exit_status,
     fail,
     init_ray,
@@ -74,8 +75,6 @@ RECORDED_ABLATIONS = os.path.join("bench", "results", "ablations_cj.jsonl")
 _current_stage = ""  # the stage a Ctrl-C stops, for its one line
 _current_number = 0
 _run_name = ""  # the training's run name the demo chose: its advice names it
-# Printed to stderr on a disk full or closed to this account: the one line the README promises.
-ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
 PRINTED_ANSWER_CHARS = 600
 
 
@@ -506,12 +505,12 @@ def _stopped_at(code) -> str:
 def _environment_errors_in_one_line(main, argv) -> list:
     try:
         return main(argv)
-    except OSError as e:
-        if e.errno not in ENVIRONMENT_ERRNOS:
+    except OSError as e:  # before run_main's own line: the demo's way on, not "the same command"
+        if not environment_error(e):
             raise  # a bug's, or one this code does not know: its traceback is kept
         where = f" during stage {_current_stage}" if _current_stage else ""
         fail(
-            f"{e.filename or 'a file'}: {os_error_words(e)}{where}; free space or fix access, then "
+            f"{environment_line(e, where)}; free space or fix access, then "
             + (how_to_go_on(_current_number, _run_name) if _current_number else "run the demo again")
         )
 

@@ -16,6 +16,8 @@ from jobs.cli import (
     EXIT_INTERRUPTED,
     add_training_gpu_options,
     check_data,
+    environment_error,
+    environment_line,
     fail,
     init_ray,
     job_parser,
@@ -201,6 +203,14 @@ def main(argv=None) -> str:
                 fail(f"{stopped}: run the same command with --name {name} to resume from them", EXIT_INTERRUPTED)
             except InputError:
                 raise
+            except OSError as e:  # a full disk at the export, say: after the training, whose checkpoints stand
+                if not environment_error(e):
+                    raise
+                fail(
+                    f"{environment_line(e)}; this run's checkpoints are kept under {os.path.join(args.storage, name)}"
+                    f": free space or fix access, then the same command with --name {name} resumes from them (a "
+                    "finished training is exported without training again)"
+                )
             except Exception as e:  # a worker's refusal or failure, which Ray Train wrapped (a traceback before)
                 training_failed(
                     e,

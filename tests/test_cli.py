@@ -488,6 +488,32 @@ def test_ctrl_c_a_job_does_not_answer_itself_is_one_line_and_exit_130(job, monke
 
 
 @pytest.mark.faults
+def test_a_full_disk_or_a_closed_file_is_one_line_in_every_job_and_a_bugs_oserror_its_traceback(capsys):
+    """A disk full while a job wrote its results (a sweep's table, a report) was an OSError
+    traceback (a review of tune/, 2026-12-07): jobs.cli.run_main says it in one line, exit 1."""
+
+    def writing(error):
+        def main():
+            raise error
+
+        return main
+
+    for error, words in (
+        (OSError(errno.ENOSPC, "No space left on device", "/out/results.parquet"), "ENOSPC: No space left on device"),
+        (PermissionError(errno.EACCES, "Permission denied", "/out/report.html"), "EACCES: Permission denied"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run_main(writing(error), "the output is as it was", where=lambda: " during the export")
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 1 and line == (
+            f"error: {error.filename}: {words} during the export; free space or fix access, then run the same "
+            "command again"
+        )
+    with pytest.raises(FileNotFoundError):  # not the machine's state: a bug's, traceback kept
+        cli.run_main(writing(FileNotFoundError(errno.ENOENT, "No such file", "/x")), "advice")
+
+
+@pytest.mark.faults
 def test_ctrl_c_while_a_job_waits_for_its_ray_head_is_one_line_and_exit_130(tmp_path):
     """A real SIGINT to `python -m jobs.preprocess` (what a terminal's Ctrl-C sends) while it
     waits for the head RAY_ADDRESS names: one line, exit 130, nothing written."""

@@ -466,6 +466,7 @@ def test_a_score_chart_with_an_empty_group_draws_the_other_and_says_so():
     assert score_chart({"bought": np.array([]), "never_bought": np.array([])}) == ""
 
 
+@pytest.mark.faults
 def test_a_sweep_winners_model_keeps_its_trials_epochs_and_the_one_kept(small_model_dir, small_data, tmp_path):
     """``SWEEP/best`` held only the sweep's row in ``metrics.json``: its report said "no per-epoch
     history". It keeps the trial's every epoch (from its run's latest checkpoint: the best one's
@@ -509,6 +510,12 @@ def test_a_sweep_winners_model_keeps_its_trials_epochs_and_the_one_kept(small_mo
     metrics = ModelDir(export_best(table, settings)).metrics()
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3] and metrics["best_epoch"] == 2
     assert metrics["sweep"]["trial_id"] == "t1" and evaluate.kept_epoch(metrics) == 2
+
+    # The winner's folder removed after it finished (a resume's advice for a damaged trial): one
+    # line naming it, not read_train_state's FileNotFoundError (a review of tune/, 2026-12-07).
+    shutil.rmtree(trial)
+    with pytest.raises(InputError, match=r"the best trial t1's checkpoint .*t1/checkpoint_000002 is missing"):
+        export_best(table, settings)
 
 
 def test_the_ablations_features_version_is_escaped_and_compared_as_a_number():

@@ -449,3 +449,21 @@ def test_the_train_job_says_a_workers_failure_in_one_line(tmp_path, monkeypatch,
             train.main(argv)
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert exit_info.value.code == status and line.startswith(f"error: {says}"), line
+    # A full disk at the export, after the training (a review, 2026-12-07): one line naming the
+    # file and how the kept checkpoints export without training again; a bug's OSError keeps its traceback.
+    import errno
+
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "model" / "model.pt"))
+    monkeypatch.setattr(train, "train_evaluate_register", lambda plan: (_ for _ in ()).throw(full))
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and line.startswith(f"error: {tmp_path}/model/model.pt: ENOSPC: No space left"), (
+        line
+    )
+    assert "checkpoints are kept under" in line and line.endswith(
+        "--name r1 resumes from them (a finished training is exported without training again)"
+    )
+    monkeypatch.setattr(train, "train_evaluate_register", lambda plan: (_ for _ in ()).throw(FileNotFoundError("x")))
+    with pytest.raises(FileNotFoundError):
+        train.main(argv)

@@ -152,6 +152,11 @@ def export_best(table: pd.DataFrame, settings: SweepSettings) -> str:
 
     best = winner(table)
     checkpoint = checkpoint_in(settings.train_dir, best[CHECKPOINT_PATH])
+    if not os.path.isdir(checkpoint):  # its trial's folder removed after it finished: Tune keeps its row
+        raise InputError(
+            f"the best trial {best['trial_id']}'s checkpoint {checkpoint} is missing (its folder removed?); its "
+            "results are in the table, its model cannot be exported: start the sweep again with a new --output"
+        )
     # Every epoch's metrics from the trial's latest checkpoint, as run_history reads a training's
     # (the best one's state stops at its own epoch); from the best one where Ray's index is damaged.
     try:

@@ -220,7 +220,11 @@ def check_features_of_runs(root: str, remedy: str) -> None:
     for run_folder in sorted(glob.glob(os.path.join(glob.escape(root), "*", ""))):
         run_folder = run_folder.rstrip(os.sep)
         # One trial's damage costs that trial's epochs, not the sweep's.
-        damaged = f"remove {run_folder} and resume: that trial trains again from its first epoch"
+        # Tune runs a finished trial's folder no more: without it, its results stand but cannot be exported.
+        damaged = (
+            f"remove {run_folder} and resume if that trial had not finished (it trains again from its first "
+            "epoch); if it had, start the sweep again with a new --output"
+        )
         for directory, _ in kept_checkpoints(run_folder, damaged):
             check_same_features(run_folder, _train_state_of(directory, damaged).get("features_version"), remedy)
 
