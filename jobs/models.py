@@ -31,6 +31,7 @@ from jobs.cli import (
     job_parser,
     one_line_errors,
     refuse_unpacked,
+    run_main,
 )
 from ncf.errors import InputError, TryLater
 from ncf.model.files import OtherFormat
@@ -273,4 +274,5 @@ def _run(command: str, args: argparse.Namespace, registry: Registry):
 
 
 if __name__ == "__main__":
-    main()
+    # Its Ctrl-C is said above; run_main adds a full disk's line (a file store, a register's copy).
+    run_main(main, f"{MODELS_CLI} list shows where the registry stands")

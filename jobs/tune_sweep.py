@@ -11,6 +11,8 @@ from jobs.cli import (
     EXIT_INTERRUPTED,
     add_training_gpu_options,
     check_data,
+    environment_error,
+    environment_line,
     fail,
     gpu_wait_applies,
     init_ray,
@@ -140,7 +142,7 @@ def _finished_trials(settings: SweepSettings) -> int:
     """The trials Tune saved as ended (a resume does not run them again); 0 without a saved state."""
     try:
         return saved_trials(settings.experiment_dir, "TERMINATED", "ERROR")
-    except Exception:  # noqa: BLE001  no state yet, or one Tune's restore reads apart: the count it started with
+    except (ValueError, InputError, OSError):  # no state yet, or one not read here: the count it started with
         return 0
 
 
@@ -199,8 +201,12 @@ def main(argv=None):
                 sys.exit(EXIT_INTERRUPTED)
             except NoTrialFinished as e:  # its results are written: the table says what each trial did
                 fail(str(e))
+            except OSError as e:  # a full disk writing the results, the plot, SWEEP/best after Tune's loop
+                disk_failed(e, settings)
             try:
                 return report(table, settings, args)
+            except OSError as e:
+                disk_failed(e, settings)
             except KeyboardInterrupt:  # the refit's own Ctrl-C ends in report, with its own line
                 print(
                     "[sweep] interrupted (Ctrl-C) after every trial finished and SWEEP/best was exported, before the "
@@ -210,6 +216,21 @@ def main(argv=None):
                     flush=True,
                 )
                 sys.exit(EXIT_INTERRUPTED)
+
+
+def disk_failed(error: OSError, settings: SweepSettings) -> None:
+    """Ends the job on a disk full or closed to this account (:func:`jobs.cli.environment_error`)
+    once Tune saved its state: "run the same command" (jobs.cli.run_main's words) would be
+    refused ("pass --resume"), so the line says --resume, which runs no finished trial again.
+    Another OSError is raised again (a bug's traceback)."""
+    if not environment_error(error):
+        raise error
+    if not tune_state_saved(settings.experiment_dir):
+        raise error  # nothing of the sweep's on disk yet: run_main's own line holds
+    fail(
+        f"{environment_line(error)}; free space or fix access, then the same command with --resume writes the "
+        "results, exports and registers the winner (and finishes a --refit); no finished trial runs again"
+    )
 
 
 def interrupted_before_the_end(settings: SweepSettings) -> str:

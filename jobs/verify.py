@@ -27,6 +27,7 @@ from jobs.cli import (
     job_parser,
     note_verification,
     one_line_errors,
+    run_main,
 )
 from ncf.model.files import METRICS
 from ncf.model.integrity import write_manifest
@@ -75,4 +76,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Its Ctrl-C is said above; run_main adds a full disk's line (--seal's manifest).
+    run_main(main, "run the same command again")

@@ -4,10 +4,13 @@ finding our own errors under what Ray wraps them in, and the exit status of a st
 from __future__ import annotations
 
 import errno
+import os
+import shutil
 import signal
 import sys
 import threading
-from typing import Optional, Type, TypeVar
+from contextlib import contextmanager
+from typing import Iterator, Optional, Type, TypeVar
 
 E = TypeVar("E", bound=BaseException)
 
@@ -47,6 +50,35 @@ def os_error_words(error: OSError) -> str:
     if code and error.strerror:
         return f"{code}: {error.strerror}"
     return f"{type(error).__name__}: {one_line(error)}" if str(error).strip() else type(error).__name__
+
+
+@contextmanager
+def naming(path: str) -> Iterator[None]:
+    """An OSError raised in the block without a file name (pyarrow's, a file object's write on a
+    full disk) raised again naming ``path``: a job's one line then says which output."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or one_line(e), path) from e
+
+
+@contextmanager
+def full_disk_said(path: str, needed_bytes: int) -> Iterator[None]:
+    """A native writer's RuntimeError (torch.save's, faiss.write_index's: they swallow the
+    OSError of a full disk) raised again as the OSError(ENOSPC) it was, naming ``path``, where
+    the disk has less room left than the ``needed_bytes`` the write needed; any other stays."""
+    try:
+        yield
+    except RuntimeError as e:
+        try:
+            room = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        except OSError:
+            raise e from None
+        if room >= needed_bytes:
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from e
 
 
 def cannot_access(what: str, error: OSError) -> str:

@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict
 
 import numpy as np
 
+from ncf.errors import naming
+
 
 def write_json(path: str, payload: Dict) -> None:
     """Writes ``payload`` as strict JSON, atomically (:func:`write_text`). A non-finite float
@@ -63,12 +65,13 @@ def write_atomically(path: str, write: Callable[[str], object]) -> None:
     table, a plot: anything a writer takes a path for)."""
     tmp = temporary_name(path)
     try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with naming(path):
+            write(tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
         # The rename lives in the folder's entry list: until that is on disk, a power cut can
         # bring back the old file (or none) though this write returned.

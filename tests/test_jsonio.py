@@ -130,3 +130,30 @@ def test_a_folder_this_account_may_write_but_not_read_still_gets_the_file(tmp_pa
     monkeypatch.setattr(jsonio.os, "open", no_read_of_the_folder)
     write_json(str(path), {"a": 1})
     assert json.loads(path.read_text()) == {"a": 1}
+
+
+@pytest.mark.faults
+def test_a_full_disk_in_a_writer_that_names_no_file_or_swallows_the_oserror_is_said_naming_the_output(tmp_path):
+    """pyarrow's full-disk OSError names no file, and torch.save and faiss.write_index turn it
+    into a RuntimeError: a job's one line said "a file", or the job ended in a traceback (a
+    review, 2026-12-07). The output is named, and the RuntimeError said as the OSError it was
+    where the disk has less room than the write needed."""
+    from ncf.errors import full_disk_said
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, "Error writing bytes to file")  # as pyarrow raises it
+
+    target = str(tmp_path / "results.parquet")
+    with pytest.raises(OSError) as raised:
+        write_atomically(target, full)
+    assert raised.value.filename == target and raised.value.errno == errno.ENOSPC
+    assert os.listdir(tmp_path) == []  # nothing left behind
+    swallowed = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    with pytest.raises(OSError) as raised:
+        with full_disk_said(str(tmp_path / "model.pt"), needed_bytes=2**62):  # more than any disk has
+            raise swallowed
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "model.pt")
+    assert raised.value.__cause__ is swallowed
+    with pytest.raises(RuntimeError):  # room enough: not the disk, torch's own error stays
+        with full_disk_said(str(tmp_path / "model.pt"), needed_bytes=1):
+            raise swallowed

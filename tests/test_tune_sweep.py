@@ -530,6 +530,28 @@ def test_a_set_count_of_trials_at_once_without_their_gpus_is_refused(tmp_path, m
 
 
 @pytest.mark.faults
+def test_a_full_disk_after_tunes_loop_says_resume_not_the_same_command(tmp_path, monkeypatch, capsys):
+    """A disk full while the sweep wrote its results said "run the same command again", which a
+    sweep directory holding Tune's state refuses ("pass --resume"; a second read, 2026-12-07)."""
+    import errno
+
+    from jobs import tune_sweep
+
+    _swept_two_trials(monkeypatch, tune_state_saved=lambda path: True)
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "sweep" / "results.parquet"))
+    monkeypatch.setattr(tune_sweep, "report", lambda *args: (_ for _ in ()).throw(full))
+    argv = ["--data", str(tmp_path / "data"), "--output", str(tmp_path / "sweep"), "--trials", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        tune_sweep.main(argv)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and line.startswith(f"error: {full.filename}: ENOSPC: No space left"), line
+    assert "the same command with --resume writes the results" in line
+    monkeypatch.setattr(tune_sweep, "report", lambda *args: (_ for _ in ()).throw(FileNotFoundError("bug")))
+    with pytest.raises(FileNotFoundError):  # a bug's: its traceback
+        tune_sweep.main(argv)
+
+
+@pytest.mark.faults
 def test_the_winner_is_the_best_trial_with_a_checkpoint():
     from tune.results import BEST, CHECKPOINT_PATH, NoTrialFinished, winner
     from tune.sweep import summary

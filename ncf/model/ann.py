@@ -33,6 +33,8 @@ from typing import Dict, Optional, Union
 import numpy as np
 import torch
 
+from ncf.errors import full_disk_said
+
 INDEX_FILE = "mf_index.faiss"
 # The first stage keeps every household's exact list while the table of them fits this many
 # entries (200 MB of int32: 333k households at 150 each); beyond it, it searches this index.
@@ -167,7 +169,10 @@ class ProductIndex:
     def save(self, path: str) -> None:
         import faiss
 
-        faiss.write_index(self.index, path)
+        # faiss.write_index turns a full disk's OSError into a RuntimeError: said as the OSError it was
+        # (the vectors alone are a lower bound on what the write needed).
+        with full_disk_said(path, self.index.ntotal * self.index.d * 4):
+            faiss.write_index(self.index, path)
 
     def search(
         self, vectors: np.ndarray, width: int, allowed: Union[np.ndarray, AllowedRows], depth: int = SEARCH_DEPTH
