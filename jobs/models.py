@@ -27,6 +27,8 @@ from jobs.cli import (
     HelpFormatter,
     check_data,
     check_model,
+    environment_error,
+    environment_line,
     fail,
     job_parser,
     one_line_errors,
@@ -200,6 +202,14 @@ def main(argv=None):
                 return _run(command, args, registry)
     except CurrentMovedMeanwhile as e:  # its writes stand: a retry would move current again
         fail(str(e))
+    except OSError as e:  # a disk full or closed to this account mid-command (run_main says the others)
+        if not environment_error(e) or command not in ("promote", "rollback"):
+            raise
+        # Its writes may stand: run again, a rollback would go back once more.
+        fail(
+            f"{environment_line(e)}; {MODELS_CLI} list shows where the registry stands (do not run the "
+            f"{command} again before)"
+        )
     except KeyboardInterrupt:
         # A register's run is marked KILLED; a promote or rollback stopped midway finishes when run again.
         fail(f"{command} interrupted (Ctrl-C): {MODELS_CLI} list shows where the registry stands", EXIT_INTERRUPTED)

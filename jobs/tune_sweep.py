@@ -226,7 +226,12 @@ def disk_failed(error: OSError, settings: SweepSettings) -> None:
     if not environment_error(error):
         raise error
     if not tune_state_saved(settings.experiment_dir):
-        raise error  # nothing of the sweep's on disk yet: run_main's own line holds
+        if os.path.exists(settings.experiment_dir):  # Tune's folder, no state: refused by both commands
+            fail(
+                f"{environment_line(error)}; free space or fix access, then start the sweep again with a new "
+                f"--output, or remove {settings.output} first (Tune had not saved its state)"
+            )
+        raise error  # nothing of Tune's on disk yet: run_main's own line holds
     fail(
         f"{environment_line(error)}; free space or fix access, then the same command with --resume writes the "
         "results, exports and registers the winner (and finishes a --refit); no finished trial runs again"

@@ -65,15 +65,31 @@ def naming(path: str) -> Iterator[None]:
 
 
 @contextmanager
+def said_as(staged: str, final: str) -> Iterator[None]:
+    """An OSError naming a file under ``staged`` (a staging directory, removed by the time the
+    job's one line is read) raised again naming its place under ``final``, the output."""
+    try:
+        yield
+    except OSError as e:
+        name = e.filename if isinstance(e.filename, str) else None
+        if name is None or e.errno is None or os.path.commonpath([os.path.abspath(name), staged]) != staged:
+            raise
+        inside = os.path.relpath(os.path.abspath(name), staged)
+        raise OSError(e.errno, e.strerror or one_line(e), os.path.join(final, inside)) from e
+
+
+@contextmanager
 def full_disk_said(path: str, needed_bytes: int) -> Iterator[None]:
-    """A native writer's RuntimeError (torch.save's, faiss.write_index's: they swallow the
-    OSError of a full disk) raised again as the OSError(ENOSPC) it was, naming ``path``, where
-    the disk has less room left than the ``needed_bytes`` the write needed; any other stays."""
+    """A native writer's RuntimeError (torch.save's: it swallows the OSError of a full disk)
+    raised again as the OSError(ENOSPC) it was, naming ``path`` (the file written), where the
+    room the write had (what is free now and what it wrote) was less than ``needed_bytes``; any
+    other stays."""
     try:
         yield
     except RuntimeError as e:
         try:
-            room = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+            written = os.path.getsize(path) if os.path.exists(path) else 0
+            room = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free + written
         except OSError:
             raise e from None
         if room >= needed_bytes:

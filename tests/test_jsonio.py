@@ -138,7 +138,7 @@ def test_a_full_disk_in_a_writer_that_names_no_file_or_swallows_the_oserror_is_s
     into a RuntimeError: a job's one line said "a file", or the job ended in a traceback (a
     review, 2026-12-07). The output is named, and the RuntimeError said as the OSError it was
     where the disk has less room than the write needed."""
-    from ncf.errors import full_disk_said
+    from ncf.errors import full_disk_said, said_as
 
     def full(tmp):
         raise OSError(errno.ENOSPC, "Error writing bytes to file")  # as pyarrow raises it
@@ -157,3 +157,13 @@ def test_a_full_disk_in_a_writer_that_names_no_file_or_swallows_the_oserror_is_s
     with pytest.raises(RuntimeError):  # room enough: not the disk, torch's own error stays
         with full_disk_said(str(tmp_path / "model.pt"), needed_bytes=1):
             raise swallowed
+    # A file of the stage (removed before the line is read) named at its place in the output.
+    stage, output = str(tmp_path / ".model.staging-1"), str(tmp_path / "model")
+    with pytest.raises(OSError) as raised:
+        with said_as(stage, output):
+            raise OSError(errno.ENOSPC, "No space left on device", os.path.join(stage, "state", "x.npy"))
+    assert raised.value.filename == os.path.join(output, "state", "x.npy") and raised.value.errno == errno.ENOSPC
+    with pytest.raises(FileNotFoundError) as raised:  # elsewhere: as it was
+        with said_as(stage, output):
+            raise FileNotFoundError(errno.ENOENT, "No such file", "/elsewhere")
+    assert raised.value.filename == "/elsewhere"

@@ -113,6 +113,24 @@ def test_promote_and_rollback_move_what_current_resolves_to(store, tmp_path, cap
 
 
 @pytest.mark.faults
+def test_a_full_disk_during_a_promote_or_rollback_says_not_to_run_it_again(store, monkeypatch, capsys):
+    """Its writes may stand: run_main's "run the same command again" would move current once more
+    (a rollback goes back again; a review, 2026-12-07). A list's stays run_main's."""
+    import errno
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/store/mlflow.db")
+    monkeypatch.setattr(models, "_run", lambda *args: (_ for _ in ()).throw(full))
+    for command in (["rollback"], ["promote", "2"]):
+        with pytest.raises(SystemExit) as exit_info:
+            models.main(command)
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 1 and line.startswith("error: /store/mlflow.db: ENOSPC: No space left"), line
+        assert line.endswith(f"list shows where the registry stands (do not run the {command[0]} again before)")
+    with pytest.raises(OSError):  # run_main's to say
+        models.main(["list"])
+
+
+@pytest.mark.faults
 def test_after_the_current_alias_was_deleted_promote_and_a_new_candidate_set_it(store, tmp_path, capsys):
     """The UI can delete the alias (or the version it named) and leave the history tag: promoting
     the history's last version again said "current: 2 (was 2)" and set nothing."""

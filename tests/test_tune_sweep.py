@@ -546,6 +546,15 @@ def test_a_full_disk_after_tunes_loop_says_resume_not_the_same_command(tmp_path,
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 1 and line.startswith(f"error: {full.filename}: ENOSPC: No space left"), line
     assert "the same command with --resume writes the results" in line
+    # Tune's folder made, its state not saved (a full disk at tuner.pkl): both commands would be
+    # refused, so the line says what runs (a third read, 2026-12-07).
+    monkeypatch.setattr(tune_sweep, "tune_state_saved", lambda path: False)
+    monkeypatch.setattr(tune_sweep, "report", lambda *args: (_ for _ in ()).throw(full))
+    os.makedirs(tmp_path / "sweep" / "tune" / "sweep")
+    with pytest.raises(SystemExit):
+        tune_sweep.main(argv)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "start the sweep again with a new --output, or remove" in line and "(Tune had not saved its state)" in line
     monkeypatch.setattr(tune_sweep, "report", lambda *args: (_ for _ in ()).throw(FileNotFoundError("bug")))
     with pytest.raises(FileNotFoundError):  # a bug's: its traceback
         tune_sweep.main(argv)

@@ -33,7 +33,7 @@ from typing import Dict, Optional, Union
 import numpy as np
 import torch
 
-from ncf.errors import full_disk_said
+from ncf.jsonio import write_atomically
 
 INDEX_FILE = "mf_index.faiss"
 # The first stage keeps every household's exact list while the table of them fits this many
@@ -169,10 +169,16 @@ class ProductIndex:
     def save(self, path: str) -> None:
         import faiss
 
-        # faiss.write_index turns a full disk's OSError into a RuntimeError: said as the OSError it was
-        # (the vectors alone are a lower bound on what the write needed).
-        with full_disk_said(path, self.index.ntotal * self.index.d * 4):
-            faiss.write_index(self.index, path)
+        # Written from Python, flushed and renamed (write_atomically): faiss.write_index turns a full
+        # disk into a RuntimeError, or, on its last buffer, into a truncated file and a line on
+        # stderr (its writer's destructor cannot raise). The bytes are held once more meanwhile.
+        data = faiss.serialize_index(self.index)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                f.write(memoryview(data))
+
+        write_atomically(path, write)
 
     def search(
         self, vectors: np.ndarray, width: int, allowed: Union[np.ndarray, AllowedRows], depth: int = SEARCH_DEPTH

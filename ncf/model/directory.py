@@ -44,7 +44,7 @@ from ncf.data import layout
 from ncf.data.examples import listed_rows
 from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
-from ncf.errors import InputError, TryLater, full_disk_said
+from ncf.errors import InputError, TryLater, full_disk_said, said_as
 from ncf.jsonio import write_json
 from ncf.model.advanced_ncf import AdvancedNCF, model_from_weights
 from ncf.model.ann import BUILD_DEPTH, MF_CANDIDATES, ProductIndex, has_mf, index_path, load_if_present, needed
@@ -190,10 +190,13 @@ def save_model_dir(
     # Every part of the state, the stats and the lists from one directory, resolved once
     # (_one_preprocess_run): a link repointed meanwhile must not mix two preprocess runs.
     source = os.path.realpath(data)
-    with replacing(output, CONFIG, "model directory", [data], overwrite, wait_s=SAVE_WAIT_S, version=version) as tmp:
+    with (
+        replacing(output, CONFIG, "model directory", [data], overwrite, wait_s=SAVE_WAIT_S, version=version) as tmp,
+        said_as(tmp, output),  # a full disk's line names the output, not the stage it removes
+    ):
         # torch.save turns a full disk's OSError into a RuntimeError: said as the OSError it was.
-        needed = sum(t.numel() * t.element_size() for t in weights.values() if torch.is_tensor(t))
-        with full_disk_said(os.path.join(output, WEIGHTS), needed):
+        needed = sum(t.numel() * t.element_size() for t in weights.values())
+        with full_disk_said(os.path.join(tmp, WEIGHTS), needed):
             torch.save(weights, os.path.join(tmp, WEIGHTS))
         with _one_preprocess_run(data, source):
             stats = layout.DataStats(source)
