@@ -894,7 +894,7 @@ def test_a_trials_best_epoch_is_what_its_ray_train_run_kept_not_only_what_tune_l
     assert _trial_row(result, point, str(train_dir))["best_epoch"] == 3
     from ncf.train.checkpoint import check_features_of_runs
 
-    with pytest.raises(InputError, match=r"damaged.*remove .*train/t and resume: that trial trains again"):
+    with pytest.raises(InputError, match=r"damaged.*remove .*train/t and resume if that trial had not finished"):
         check_features_of_runs(str(train_dir), "start the sweep again with a new --output")
 
     # Stopped before its first report (Tune has no metrics, so no trial id), after its first
