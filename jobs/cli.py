@@ -165,12 +165,17 @@ def environment_line(error: OSError, where: str = "") -> str:
     return f"{error.filename or 'a file'}: {os_error_words(error)}{where}"
 
 
-def run_main(main: Callable[[], object], advice: str, where: Callable[[], str] = lambda: "") -> None:
+def run_main(
+    main: Callable[[], object],
+    advice: str,
+    where: Callable[[], str] = lambda: "",
+    again: Callable[[], str] = lambda: "run the same command again",
+) -> None:
     """``python -m jobs.<job>``: ``main()``, where a Ctrl-C the job does not answer in its own words
     ends it in one line, ``error: interrupted (Ctrl-C)WHERE; ADVICE`` (what the stop leaves and how
     to go on), and exit 130, not a KeyboardInterrupt traceback; and a disk full or closed to this
-    account (:func:`environment_error`) in one line naming the file, exit 1 (a bug's OSError keeps
-    its traceback)."""
+    account (:func:`environment_error`) in one line naming the file, ``...WHERE; free space or fix
+    access, then AGAIN``, exit 1 (a bug's OSError keeps its traceback)."""
     try:
         main()
     except KeyboardInterrupt as stopped:
@@ -179,7 +184,7 @@ def run_main(main: Callable[[], object], advice: str, where: Callable[[], str] =
     except OSError as e:
         if not environment_error(e):
             raise
-        fail(f"{environment_line(e, where())}; free space or fix access, then run the same command again")
+        fail(f"{environment_line(e, where())}; free space or fix access, then {again()}")
 
 
 def training_failed(error: Exception, resumes: str) -> NoReturn:

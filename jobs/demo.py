@@ -30,8 +30,6 @@ from jobs import batch_score, evaluate, preprocess, train
 from jobs.cli import (
     EXIT_BAD_INPUT,
     EXIT_STOPPED,
-    environment_error,
-    environment_line,
     exit_status,
     fail,
     init_ray,
@@ -485,9 +483,11 @@ def run(argv=None) -> None:
     its own line and exits 130 itself; the other stages here), and a disk full or closed to this
     account (ENOSPC, EACCES, ...) in one line naming the file, exit 1, not a traceback."""
     run_main(
-        lambda: _environment_errors_in_one_line(main, argv),
+        lambda: main(argv),
         "make demo DEMO_ARGS=--reuse-data goes on from the preprocessed data, where it is complete",
         where=lambda: f" during stage {_current_stage}" if _current_stage else "",
+        # The demo's way on, not "the same command", after a full disk.
+        again=lambda: how_to_go_on(_current_number, _run_name) if _current_number else "run the demo again",
     )
 
 
@@ -500,19 +500,6 @@ def _stopped_at(code) -> str:
     if _current_number <= 4:
         return f"stopped at stage {_current_number}/{STAGES} (exit {code}); the line above is that stage's job's: {how}"
     return f"stopped at stage {_current_number}/{STAGES} (exit {code}); {how}"
-
-
-def _environment_errors_in_one_line(main, argv) -> list:
-    try:
-        return main(argv)
-    except OSError as e:  # before run_main's own line: the demo's way on, not "the same command"
-        if not environment_error(e):
-            raise  # a bug's, or one this code does not know: its traceback is kept
-        where = f" during stage {_current_stage}" if _current_stage else ""
-        fail(
-            f"{environment_line(e, where)}; free space or fix access, then "
-            + (how_to_go_on(_current_number, _run_name) if _current_number else "run the demo again")
-        )
 
 
 if __name__ == "__main__":

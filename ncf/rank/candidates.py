@@ -38,6 +38,7 @@ import torch
 
 from ncf.data.features import CATEGORY_HALF_LIVES, HALF_LIVES
 from ncf.data.timeline import UserTimeline
+from ncf.errors import InputError
 from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.ann import ProductIndex
@@ -69,8 +70,6 @@ class RankingSettings:
         """A model directory's ``ranking`` overrides (``where``: the directory, for the refusal):
         unknown names and sizes that are not counts are refused in one line (InputError), not
         a TypeError at load."""
-        from ncf.errors import InputError
-
         known = {f.name for f in dataclasses.fields(RankingSettings)}
         unknown = sorted(set(ranking) - known)
         counts = {k: v for k, v in ranking.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}

@@ -272,20 +272,20 @@ class OwnNeighboursAndPopular:
         """:meth:`candidates` of each (household, moment) pair: what :meth:`rank` reranks (those
         it drew lately taken as they were, each once)."""
         timelines = self.state.states.timeline
-        return [
-            self._drawn.pop((u, a), None)
-            if (u, a) in self._drawn
-            else self.candidates(timelines(u).aggregates(a, HALF_LIVES))
-            for u, a in zip(users.tolist(), at.tolist())
-        ]
+        listed = []
+        for u, a in zip(users.tolist(), at.tolist()):
+            drawn = self._drawn.pop((u, a), None)
+            listed.append(self.candidates(timelines(u).aggregates(a, HALF_LIVES)) if drawn is None else drawn)
+        return listed
 
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
         """The ``depth`` best of :meth:`candidates`."""
         self.context.check(at)
         timeline = self.state.states.timeline(user)
         candidates = self.candidates(timeline.aggregates(at, HALF_LIVES))
-        self._drawn[int(user), int(at)] = candidates
-        self._drawn.move_to_end((int(user), int(at)))  # ranked again: the latest, not the first to go
+        key = (int(user), int(at))
+        self._drawn[key] = candidates
+        self._drawn.move_to_end(key)  # ranked again: the latest, not the first to go
         if len(self._drawn) > DRAWN_KEPT:  # a tuning ranks without asking for them: the oldest go
             self._drawn.popitem(last=False)
         features = self.features(user, timeline, candidates, at)
