@@ -767,7 +767,11 @@ def test_files_of_the_same_content_are_refused_naming_both(tmp_path):
     for day in ("empty-1.csv", "empty-2.csv"):  # days without sales: the same header alone
         (logs / day).write_bytes(b"user_id,product_id,timestamp\n")
     assert len(schema.resolve_files(str(logs)).paths) == 4
-    for copy, data in (("sales (1).csv", content), ("sales.csv.gz", gzip.compress(content))):
+    mac = content.replace(b"\n", b"\r")  # Excel for Mac's "CSV (Macintosh)": a bare CR ends each line
+    for copy, data in (("sales (1).csv", content), ("sales.csv.gz", gzip.compress(content)), ("sales.csv", mac)):
+        if copy == "sales.csv":  # both copies CR-only (read as rows by pyarrow, once taken for a header alone)
+            (logs / "sales.csv").write_bytes(mac)
+            copy = "sales (1).csv"
         (logs / copy).write_bytes(data)
         first, second = sorted([str(logs / "sales.csv"), str(logs / copy)])
         with pytest.raises(schema.InputError) as refused:
@@ -776,6 +780,7 @@ def test_files_of_the_same_content_are_refused_naming_both(tmp_path):
         assert message.startswith(f"{first} and {second} hold the same content: ") and "\n" not in message
         assert message.endswith("give one of them"), message
         (logs / copy).unlink()
+    (logs / "sales.csv").write_bytes(content)
     table = pa.table({"user_id": ["u1"], "product_id": ["p1"], "timestamp": ["2024-01-01"]})
     for name in ("part-0.parquet", "part-1.parquet"):
         pq.write_table(table, tmp_path / name)
@@ -850,10 +855,17 @@ def test_a_link_to_a_missing_export_and_an_unlistable_folder_are_refused_naming_
         return listable(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    for spec in (logs, logs / "**" / "*.csv"):
+    # A wildcard folder too: Python's glob skipped it silently, and a month of logs/*/*.csv with it.
+    for spec in (logs, logs / "**" / "*.csv", logs / "*" / "*.csv", logs / "20[0-9][0-9]" / "*.csv"):
         with pytest.raises(schema.InputError) as refused:
             schema.resolve_files(str(spec))
         assert str(refused.value) == f"{logs / '2023'}: an input folder that cannot be listed (Permission denied)"
+    # A pattern that cannot reach the folder does not list it.
+    assert schema.resolve_files(str(logs / "*.csv")).paths == [str(logs / "sales-01.csv")]
+    with pytest.raises(schema.InputError, match="no input files found"):
+        schema.resolve_files(str(logs / "19*" / "*.csv"))
+    monkeypatch.setattr(os, "scandir", listable)
+    assert schema.resolve_files(str(logs / "*" / "*.csv")).paths == [str(logs / "2023" / "sales-2023.csv")]
 
 
 def test_empty_csv_files_are_no_rows_and_an_upper_case_gz_is_refused(tmp_path):

@@ -34,7 +34,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -200,10 +200,11 @@ def _visible_files(directory: str, hidden: Optional[List[str]] = None) -> List[s
     return files
 
 
-def _walk_visible(directory: str):
+def _walk_visible(directory: str, descend: Optional[Callable[[str, str], bool]] = None):
     """``os.walk`` of ``directory``'s visible entries, linked folders followed as
     :func:`_visible_files` says: (folder, its visible folders, its visible files, the names of
-    its hidden entries, folders and files)."""
+    its hidden entries, folders and files). ``descend(folder, name)``, where given, says which of
+    a folder's visible folders are walked into."""
     top = os.path.realpath(directory)
     seen = set()
     for root, folders, names in os.walk(directory, followlinks=True, onerror=_refuse_unlistable_folder):
@@ -218,7 +219,10 @@ def _walk_visible(directory: str):
         # root may list it, so every other user's run would be refused (:func:`_refuse_unlistable_folder`).
         at_mount = os.path.ismount(real)  # a link to a mount's root is no mount point itself
         folders[:] = [f for f in folders if not _hidden(f) and not (at_mount and f == "lost+found")]
-        yield root, list(folders), [n for n in names if not _hidden(n)], skipped
+        visible = list(folders)
+        if descend is not None:
+            folders[:] = [f for f in folders if descend(root, f)]
+        yield root, visible, [n for n in names if not _hidden(n)], skipped
 
 
 def _refuse_unlistable_folder(error: OSError) -> None:
@@ -249,20 +253,31 @@ def _why_not_a_file(path: str) -> str:
 
 
 def _glob(spec: str, hidden: Optional[List[str]] = None) -> List[str]:
-    """``glob.glob(spec, recursive=True)``, but a ``**`` walks linked folders as
-    :func:`_visible_files` does: Python's glob follows them with no loop check, and two links
-    back up the tree (``a/up -> ..``, ``b/up -> ..``) double its paths at every level, to the
-    system's limit on links in a path (40: 2^40 paths). Hidden entries below the pattern's fixed
-    part are left out (as :func:`_hidden_below_pattern` would); a ``**`` adds those the pattern
-    matches and that are named like data files to ``hidden``."""
-    if "**" not in spec:
-        return glob.glob(spec)
+    """``glob.glob(spec, recursive=True)``, but walked as :func:`_visible_files` walks a folder:
+
+    * a folder the pattern reaches that cannot be listed is refused (Python's glob skips it, and
+      with it a month of ``logs/*/*.csv``, which no count would show);
+    * linked folders are followed with a loop check: Python's glob has none, and two links back
+      up the tree (``a/up -> ..``, ``b/up -> ..``) double its paths at every level, to the
+      system's limit on links in a path (40: 2^40 paths).
+
+    Only folders the pattern can still match are walked into. Hidden entries below the pattern's
+    fixed part are left out (as :func:`_hidden_below_pattern` would); those the pattern matches
+    and that are named like data files are added to ``hidden``."""
     parts = spec.split(os.sep)
     fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
     root = os.sep.join(parts[:fixed]) or (os.sep if spec.startswith(os.sep) else "")
     pattern = parts[fixed:]
+    top = root or os.curdir
+    if not os.path.isdir(top):
+        return []  # "no input files found", as glob's
+
+    def descend(folder: str, name: str) -> bool:
+        relative = os.path.relpath(os.path.join(folder, name), top)
+        return _may_match_below(pattern, relative.split(os.sep))
+
     found = []
-    for folder, folders, names, skipped in _walk_visible(root or os.curdir):
+    for folder, folders, names, skipped in _walk_visible(top, descend):
         relative = os.path.relpath(folder, root or os.curdir)
         below = [] if relative == os.curdir else relative.split(os.sep)
         if not below and root and _matches(pattern, below):
@@ -275,6 +290,18 @@ def _glob(spec: str, hidden: Optional[List[str]] = None) -> List[str]:
                 os.path.join(root, *below, n) for n in skipped if _named_like_data(n) and _matches(pattern, below + [n])
             ]
     return found
+
+
+def _may_match_below(pattern: List[str], names: List[str]) -> bool:
+    """Whether paths below the folder ``names`` (path components) can match ``pattern``."""
+    if not pattern:
+        return False
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return True
+    if not names:
+        return bool(pattern)
+    return fnmatch.fnmatchcase(names[0], head) and _may_match_below(rest, names[1:])
 
 
 def _matches(pattern: List[str], names: List[str]) -> bool:
@@ -386,7 +413,8 @@ def _holds_rows(path: str, fmt: str) -> bool:
             head = stream.read(_EMPTY_PROBE_BYTES)
     except (pa.ArrowException, OSError, ValueError):
         return True  # the reader says what is wrong with it
-    return len(head) == _EMPTY_PROBE_BYTES or b"\n" in head.strip()
+    content = head.strip()  # a bare CR ends a line too (Excel for Mac's "CSV (Macintosh)")
+    return len(head) == _EMPTY_PROBE_BYTES or b"\n" in content or b"\r" in content
 
 
 def refuse_repeated_content(logs: InputFiles) -> None:
@@ -752,6 +780,7 @@ def _ids(column, whole_number_text: bool = True) -> Tuple[pa.Array, np.ndarray, 
     # column has a missing value), in CSV text as in Parquet floats.
     trimmed = pc.utf8_trim_whitespace(text)
     if whole_number_text:
+        trimmed = pc.replace_substring_regex(trimmed, r"^-0+\.0+$", "0")  # a float column's -0.0 is the id 0
         trimmed = pc.replace_substring_regex(trimmed, r"^(-?[0-9]+)\.0+$", r"\1")
         # A number Excel or Spark wrote in scientific notation may have lost digits, and as text
         # it would be an id apart from the same number written out: a bad id, not a guess.
