@@ -121,6 +121,23 @@ def in_unpacked_working_dir(path: str) -> bool:
     return any(parts[i : i + 2] == RAY_UNPACKED for i in range(len(parts) - 1))
 
 
+def check_default_artifact_root(uri: str, experiment: str, cwd: Optional[str] = None) -> None:
+    """Refuses to create ``experiment`` in a network database's store (PostgreSQL, MySQL) from
+    inside a Ray job's unpacked working directory: MLflow puts a new experiment's artifacts in
+    ``./mlruns`` where the command runs, which Ray deletes after the job, and every later run's
+    held-out table and every version's pointer went there. (A tracking server chooses its own
+    root; a SQLite store's is beside its file.)"""
+    if not _database_store(uri) or sqlite_path(uri) is not None:
+        return
+    if in_unpacked_working_dir(cwd or os.getcwd()):
+        raise StoreUnavailable(
+            f"tracking store {uri}: experiment {experiment} would keep its artifacts in ./mlruns "
+            "of this Ray job's unpacked working directory, which Ray deletes after the job; create it once with a "
+            f"folder every node reads (mlflow experiments create -n {experiment} -l /shared/mlflow/artifacts), "
+            "or use a tracking server (mlflow server ... --artifacts-destination ...)"
+        )
+
+
 def check_outlives_the_job(path: str, uri: Optional[str] = None) -> None:
     """Refuses a SQLite store at ``path`` inside a Ray job's unpacked working directory: Ray
     deletes that copy, and every run and version in it, after the job, which would have said its
@@ -555,6 +572,8 @@ class Registry:
             self._check_artifacts_beside(found)
             return found.experiment_id
         root = local_artifact_root(self.uri)
+        if root is None:
+            check_default_artifact_root(self.uri, name)
         try:
             # A file URI: a plain path's ``%`` or ``#`` would be read as URI syntax.
             location = root and pathlib.Path(root, name).as_uri()
@@ -796,6 +815,12 @@ class Registry:
                 return []
             raise self._failed(e) from None
         history = [v for v in (model.tags or {}).get(HISTORY_TAG, "").split(",") if v]
+        edited = [v for v in history if not re.fullmatch(r"[0-9]+", v)]
+        if edited:  # edited in MLflow's UI: a traceback at each first registration, written back by promote
+            raise StoreUnavailable(
+                f"tracking store {self.uri}: {self.name}'s tag {HISTORY_TAG} holds {edited[0]!r}, not a version "
+                "number: set it to the versions that were current, oldest first, separated by commas, or delete it"
+            )
         current = model.aliases.get(CURRENT)
         current = None if current is None else str(current)
         if current and (not history or history[-1] != current):  # the alias was moved elsewhere (the UI)
@@ -857,15 +882,18 @@ class Registry:
             # The alias, not the history's last entry: deleting the current version (the UI) removes
             # its alias and leaves the history, where promoting it again would have done nothing.
             previous, history = self.current(), self.history()
+            seen = (previous, history)
             if previous != version:
                 # Verified before the lock: a training replacing its directory during those minutes
                 # is seen here (the directory's presence and identity: no second reading of every byte).
                 self.path_of(version)
                 self._claims_settled_through()  # a tag edited by hand: refused before the first write
+                self._check_unmoved(seen, version)
                 self._set_current(version, _ending_with(history, version))
                 self._check_still_current(version)
             elif self._recorded_last() != version:  # a promote whose alias write stood, its answer lost
                 self._claims_settled_through()  # a tag edited by hand: refused before the first write
+                self._check_unmoved(seen, version)
                 self._record_current(version, _ending_with(history, version))
                 self._check_still_current(version)
         return previous, version
@@ -908,6 +936,28 @@ class Registry:
             except OSError as e:  # a store's folder this user cannot write: the store refuses writes
                 raise self._failed(e) from None
             yield
+
+    def _current_and_history(self) -> Tuple[Optional[str], List[str]]:
+        return self.current(), self.history()
+
+    def _check_unmoved(self, seen: Tuple[Optional[str], List[str]], version: str, move: str = "promote") -> None:
+        """Before the first write of a promote or rollback (``move``, to ``version``) on a store
+        :meth:`_moving_current` does not lock: raises :class:`CurrentMovedMeanwhile`, nothing
+        written, where current or its history is no longer ``seen``, what the move was planned
+        from (another promote or rollback finished while this one verified a directory). Written
+        from the old reading, the other's version was gone from the alias and the history, and both
+        commands said they succeeded. The window left is this reading's to the writes:
+        :meth:`_check_still_current` reports a move in it (MLflow's aliases have no compare-and-set)."""
+        if sqlite_path(self.uri) is not None:
+            return
+        now = self._current_and_history()
+        if now != seen:
+            raise CurrentMovedMeanwhile(
+                f"tracking store {self.uri}: current changed while this {move} to version {version} checked it "
+                f"(another promote or rollback): it names version {now[0] or 'none'} now, not {seen[0] or 'none'}; "
+                f"nothing was written: {MODELS_CLI} list shows where it stands, and the {move} can be run again "
+                "from there"
+            )
 
     def _check_still_current(self, version: str, move: str = "promote") -> None:
         """After a promote or rollback (``move``) on a store :meth:`_moving_current` does not lock
@@ -997,12 +1047,14 @@ class Registry:
         verified = self._rollback_plan()[-2]
         self._rollback_target_deployable(verified)
         with self._moving_current():
+            seen = self._current_and_history()
             kept = self._rollback_plan()
             if kept[-2] != verified:
                 self._rollback_target_deployable(kept[-2])
             else:  # its directory replaced during the verification's minutes: seen here, as promote does
                 self.path_of(kept[-2])
             self._claims_settled_through()  # a tag edited by hand: refused before the first write
+            self._check_unmoved(seen, kept[-2], "rollback")
             # The history first: a rollback stopped before the alias moves then reads as not done
             # (the alias first, history() would take the version rolled back from as moved to,
             # and the next rollback would go back to it).

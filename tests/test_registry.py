@@ -1345,6 +1345,66 @@ def test_on_a_store_without_the_lock_a_promote_raced_meanwhile_says_so_and_is_no
 
 
 @pytest.mark.faults
+def test_on_a_store_without_the_lock_a_move_finished_while_one_verified_stops_before_its_writes(
+    store, tmp_path, monkeypatch
+):
+    """A promote or rollback that another move overtook while it verified a directory wrote from
+    its old reading: the other's version was gone from the alias and the history, and both said
+    they succeeded (a registry review, 2026-12-07). Now nothing is written and it says so."""
+    for version in ("v1", "v2", "v3"):
+        reg.track_model(fake_model_dir(tmp_path, version), strict=True)
+    for version in ("2", "3"):
+        store.promote(version)
+    other = reg.Registry()
+    monkeypatch.setattr(reg, "sqlite_path", lambda uri: None)  # as a server's store is
+    settled = store._claims_settled_through
+    moves = []
+
+    def overtaken():  # read right before the first write: another command's whole move lands first
+        if not moves:
+            moves.append(other.promote(moves_to))
+        return settled()
+
+    monkeypatch.setattr(store, "_claims_settled_through", overtaken)
+    for move, moves_to in ((lambda: store.rollback(), "1"), (lambda: store.promote("2"), "3")):
+        before = other.history()
+        moves.clear()
+        with pytest.raises(reg.CurrentMovedMeanwhile, match=f"names version {moves_to} now.*nothing was written"):
+            move()
+        # The other's move stands whole: its alias, and its history ending with it.
+        assert other.current() == moves_to and other.history() == reg._ending_with(before, moves_to)
+    monkeypatch.setattr(store, "_claims_settled_through", settled)
+    assert store.promote("2") == ("3", "2")  # run again from there, unraced
+
+
+@pytest.mark.faults
+def test_a_database_store_creates_no_experiment_whose_artifacts_ray_deletes(tmp_path):
+    """PostgreSQL or MySQL opened by the job: MLflow puts a new experiment's artifacts in ./mlruns
+    where the command runs, under `ray job submit --working-dir .` a copy Ray deletes after the job
+    (a registry review, 2026-12-07)."""
+    unpacked = str(tmp_path.joinpath(*reg.RAY_UNPACKED, "abc"))
+    postgres = "postgresql://mlflow@db.internal/mlflow"
+    with pytest.raises(reg.StoreUnavailable, match=r"experiment ncf-train would keep its artifacts in \./mlruns of"):
+        reg.check_default_artifact_root(postgres, "ncf-train", cwd=unpacked)
+    reg.check_default_artifact_root(postgres, "ncf-train", cwd=str(tmp_path))  # a folder that stays
+    for store in ("http://127.0.0.1:5000", f"sqlite:///{tmp_path}/mlflow.db"):  # they choose their own root
+        reg.check_default_artifact_root(store, "ncf-train", cwd=unpacked)
+
+
+@pytest.mark.faults
+def test_a_history_tag_edited_by_hand_is_one_line_naming_it(store, tmp_path):
+    """`1,2,v3` typed in MLflow's UI: a ValueError traceback at every first registration, and promote
+    wrote the bad entry back (a registry review, 2026-12-07)."""
+    reg.track_model(fake_model_dir(tmp_path, "v1"), strict=True)
+    store.client.set_registered_model_tag(store.name, reg.HISTORY_TAG, "1,v3")
+    for call in (store.history, lambda: store.promote("1"), store.settle_first):
+        with pytest.raises(reg.StoreUnavailable, match=f"tag {reg.HISTORY_TAG} holds 'v3', not a version number"):
+            call()
+    store.client.set_registered_model_tag(store.name, reg.HISTORY_TAG, "1")
+    assert store.history() == ["1"]
+
+
+@pytest.mark.faults
 def test_a_move_that_stands_is_told_so_and_a_directory_replaced_during_its_check_is_refused(
     store, tmp_path, monkeypatch, capsys
 ):
