@@ -83,32 +83,59 @@ STATUS_POLL_S = 0.5  # between two readings of the app's status while it deploys
 
 
 def wait_until_running(app_name: str = APP_NAME, timeout_s: float = START_TIMEOUT_S) -> None:
-    """Returns once the app is RUNNING. Raises RuntimeError at once where Serve failed it
-    (DEPLOY_FAILED, as ``serve.run`` did) or it is unhealthy because its replicas fail to start,
+    """Returns once the app is RUNNING and its deployment HEALTHY (every replica on the new
+    settings), or RUNNING at the deadline (the replicas' own answers then tell the rollout).
+    Raises RuntimeError at once where Serve failed it (DEPLOY_FAILED, as ``serve.run`` did) or
+    it is unhealthy because its replicas fail to start,
     and :class:`DeployStalled` where it is not RUNNING within ``timeout_s``, naming the replicas'
     states and Serve's message for the deployment (the resources a replica asks for and the
     cluster's, once Serve has waited 30 s to place one).
 
     One deadline, not a wait for progress: on an autoscaling cluster replicas stay STARTING,
     unchanged, for the minutes a new node takes to come up, and a crash loop beside one running
-    replica changes state at each retry without end."""
+    replica changes state at each retry without end.
+
+    RUNNING alone is not the rollout's end: an autoscaling decision during a rollout turns the
+    deployment's UPDATING into UPSCALING or DOWNSCALING, which Serve reports as a RUNNING app while
+    replicas still run, or are being given, the previous settings; heard then, a good rollout read
+    as two models served (and was undone), or a replica still loading went unheard."""
     from ray import serve
     from ray.serve.schema import ApplicationStatus
 
     deadline = time.monotonic() + timeout_s
+    said = False
     while True:
         app = serve.status().applications.get(app_name)
         if app is None:
             raise RuntimeError(f"the application {app_name} is gone from Serve while it deployed")
         if app.status == ApplicationStatus.RUNNING:
-            return
-        if app.status == ApplicationStatus.DEPLOY_FAILED:
+            if _rolled_out(app) or time.monotonic() >= deadline:
+                return
+            if not said:
+                said = True
+                print(
+                    f"[deploy] {app_name} runs; waiting for Serve to finish the rollout on every replica "
+                    f"(an autoscaling decision came during it; at most {timeout_s:.0f} s in all)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        elif app.status == ApplicationStatus.DEPLOY_FAILED:
             raise RuntimeError(f"Deploying application {app_name} failed: {app.message}")
-        if _startups_fail(app):
+        elif _startups_fail(app):
             raise RuntimeError(f"the application {app_name} is unhealthy: its replicas fail to start")
-        if time.monotonic() >= deadline:
+        elif time.monotonic() >= deadline:
             raise DeployStalled(_stalled_words(app, timeout_s))
         time.sleep(STATUS_POLL_S)
+
+
+def _rolled_out(app) -> bool:
+    """Whether Serve says the app's deployment has every replica running its target settings."""
+    from ray.serve._private.common import DeploymentStatus
+
+    from serve.app import DEPLOYMENT_NAME
+
+    deployment = app.deployments.get(DEPLOYMENT_NAME)
+    return deployment is None or deployment.status == DeploymentStatus.HEALTHY
 
 
 def _stalled_words(app, timeout_s: float) -> str:

@@ -538,13 +538,22 @@ def test_a_replica_not_heard_saying_what_it_serves_is_not_vouched_for(monkeypatc
     assert rollout.serving_other_settings(deployed, 2, 30.0).startswith("1 of 2 replica(s) serve model /m/m0")
 
 
-def _app_status(status, states: dict, trigger=None, message: str = ""):
-    """Serve's status of jobs.deploy's app (as ``serve.status()`` holds it): ``states``, replicas by state."""
+def _app_status(status, states: dict, trigger=None, message: str = "", deployment_status=None):
+    """Serve's status of jobs.deploy's app (as ``serve.status()`` holds it): ``states``, replicas
+    by state; the deployment HEALTHY where the app is RUNNING, UPDATING otherwise, unless given."""
     from types import SimpleNamespace
+
+    from ray.serve._private.common import DeploymentStatus
+    from ray.serve.schema import ApplicationStatus
 
     from serve.app import DEPLOYMENT_NAME
 
-    deployment = SimpleNamespace(replica_states=states, status_trigger=trigger, message=message)
+    if deployment_status is None:
+        running = status == ApplicationStatus.RUNNING
+        deployment_status = DeploymentStatus.HEALTHY if running else DeploymentStatus.UPDATING
+    deployment = SimpleNamespace(
+        replica_states=states, status=deployment_status, status_trigger=trigger, message=message
+    )
     return SimpleNamespace(status=status, message=message, deployments={DEPLOYMENT_NAME: deployment})
 
 
@@ -612,6 +621,39 @@ def test_the_wait_for_a_deploy_has_one_deadline(monkeypatch):
         with pytest.raises(RuntimeError, match=words) as raised:
             launch.wait_until_running(timeout_s=60)
         assert not isinstance(raised.value, launch.DeployStalled) and time.monotonic() - started < 5
+
+
+@pytest.mark.faults
+def test_a_rollout_that_an_autoscaling_decision_met_is_waited_for_until_every_replica_has_it(monkeypatch, capsys):
+    """An autoscaling decision during a rollout turns the deployment's UPDATING into UPSCALING, and
+    Serve calls the app RUNNING while replicas still serve, or are being given, the previous
+    settings: heard then, a good rollout read as two models served and was undone (a review of
+    the rollouts, 2026-12-07). The wait goes on until the deployment is HEALTHY, within its
+    deadline; at the deadline a RUNNING app is handed to the replicas' own answers."""
+    import itertools
+
+    from ray.serve._private.common import DeploymentStatus, DeploymentStatusTrigger
+    from ray.serve.schema import ApplicationStatus
+
+    from serve import launch
+
+    monkeypatch.setattr(launch, "STATUS_POLL_S", 0.01)
+    running, autoscaling = ApplicationStatus.RUNNING, DeploymentStatusTrigger.AUTOSCALING
+    mid_rollout = _app_status(
+        running, {"RUNNING": 2, "UPDATING": 1}, autoscaling, deployment_status=DeploymentStatus.UPSCALING
+    )
+    done = _app_status(running, {"RUNNING": 3})
+    readings = iter([mid_rollout] * 5 + [done])
+    _serve_reads(monkeypatch, readings)
+    launch.wait_until_running(timeout_s=30)
+    assert next(readings, None) is None  # every reading taken: it returned at HEALTHY, not before
+    (line,) = capsys.readouterr().err.splitlines()  # said once, not at each reading
+    assert line.startswith("[deploy] ncf runs; waiting for Serve to finish the rollout on every replica"), line
+
+    _serve_reads(monkeypatch, itertools.repeat(mid_rollout))  # a node that does not come
+    started = time.monotonic()
+    launch.wait_until_running(timeout_s=1)  # no DeployStalled: the app runs, the replicas are asked
+    assert 1 <= time.monotonic() - started < 6
 
 
 @pytest.mark.faults
