@@ -140,7 +140,8 @@ MLFLOW_VENV  := .venv-mlflow
 MLFLOW_STORE ?= sqlite:///artifacts/mlflow.db
 MLFLOW_PORT  ?= 5000
 $(MLFLOW_VENV)/.setup: Makefile requirements/mlflow-ui.txt
-	@$(MLFLOW_VENV)/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf $(MLFLOW_VENV) && $(PYTHON) -m venv $(MLFLOW_VENV); } || { echo "error: $(PYTHON) -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
+	@$(MLFLOW_VENV)/bin/python -c "raise SystemExit(__import__('sys').version_info[:2] < (3, 11))" 2>/dev/null && $(MLFLOW_VENV)/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf $(MLFLOW_VENV) && $(PYTHON) -m venv $(MLFLOW_VENV); } || { echo "error: $(PYTHON) -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
+	@$(MLFLOW_VENV)/bin/python -c "raise SystemExit(__import__('sys').version_info[:2] < (3, 11))" || { echo "error: $$($(MLFLOW_VENV)/bin/python --version) cannot install the pinned MLflow UI, which needs Python 3.11: make mlflow-ui PYTHON=python3.11"; rm -rf $(MLFLOW_VENV); exit 1; }
 	$(MLFLOW_VENV)/bin/python -m pip --disable-pip-version-check install -q -r requirements/mlflow-ui.txt
 	@touch $@
 

@@ -95,8 +95,7 @@ def _make_invocations(commands: List[str]) -> List[Dict]:
     found = []
     for command in commands:
         directory = None
-        for part in re.split(r"&&|;", command):
-            words = shlex.split(part)
+        for words in _shell_steps([command]):
             if words[:1] == ["cd"]:
                 directory = words[1]
             elif words[:1] == ["make"]:
@@ -109,11 +108,9 @@ def _make_invocations(commands: List[str]) -> List[Dict]:
 def _pip_installs(commands: List[str]) -> List[List[str]]:
     """The arguments of every ``pip install`` in the commands, in order."""
     installs = []
-    for command in commands:
-        for part in re.split(r"&&|;|\n", command):
-            words = shlex.split(part)
-            if "pip" in words and "install" in words[words.index("pip") :]:
-                installs.append(words[words.index("install", words.index("pip")) + 1 :])
+    for words in _shell_steps(commands):
+        if "pip" in words and "install" in words[words.index("pip") :]:
+            installs.append(words[words.index("install", words.index("pip")) + 1 :])
     return installs
 
 
@@ -326,18 +323,30 @@ def test_serve_cidr_accepts_private_ranges_only(template):
 
 
 def _shell_steps(commands: List[str], keep_env: bool = False) -> List[List[str]]:
-    """Each ``&&``/``;``-separated step of the commands, as words, ``sudo`` and ``env NAME=VALUE``
-    (unless ``keep_env``) dropped, in order."""
+    """Each ``&&``/``;``-separated step of the commands (outside quotes), as words, a loop's
+    keyword, ``sudo`` and ``env NAME=VALUE`` (unless ``keep_env``) dropped, in order; a ``bash -c``
+    script's steps follow the step that runs it."""
     steps = []
-    for command in commands:
-        for part in re.split(r"&&|;", command):
-            words = shlex.split(part)
+    for command in (line for command in commands for line in command.splitlines()):
+        lexer = shlex.shlex(command, posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split = True
+        part: List[str] = []
+        for token in [*lexer, ";"]:
+            if token not in ("&&", ";"):
+                part.append(token)
+                continue
+            words = part[1:] if part[:1] in (["until"], ["while"], ["do"], ["then"], ["if"]) else part
             words = words[1:] if words[:1] == ["sudo"] else words
             if words[:1] == ["env"] and not keep_env:
                 words = words[1:]
                 while words and re.fullmatch(r"\w+=.*", words[0]):
                     words = words[1:]
-            steps.append(words)
+            if words:
+                steps.append(words)
+            for shell in ("bash", "sh"):
+                if [shell, "-c"] in [words[i : i + 2] for i in range(len(words) - 1)]:
+                    steps += _shell_steps([words[words.index(shell) + 2]], keep_env)
+            part = []
     return steps
 
 
@@ -345,10 +354,14 @@ def _shell_steps(commands: List[str], keep_env: bool = False) -> List[List[str]]
 def test_every_apt_get_on_a_node_runs_unattended(prepared):
     """Ray runs setup commands in an interactive login shell, where Ubuntu 22.04's needrestart
     asks which services to restart: a worker the autoscaler set up waited on a prompt no one
-    answers (a review, 2026-12-06)."""
+    answers (a review, 2026-12-06). And `apt-get update` does not wait for the lists' lock, which a
+    fresh instance's apt-daily often holds (DPkg::Lock::Timeout is dpkg's lock alone): retried, for
+    a bounded time (a review, 2026-12-07)."""
     commands = [c for key in ("setup_commands", "head_setup_commands", "worker_setup_commands") for c in prepared[key]]
+    (update,) = [c for c in prepared["setup_commands"] if " update " in c]
+    assert re.match(r"timeout \d+ bash -c 'until [^']*apt-get update -y; do [^']*sleep \d+; done' && ", update), update
     apt = [words for words in _shell_steps(commands, keep_env=True) if "apt-get" in words]
-    assert len(apt) >= 3
+    assert len(apt) >= 3 and any("update" in words for words in apt)
     for words in apt:
         assert words[0] == "env" and {"DEBIAN_FRONTEND=noninteractive", "NEEDRESTART_MODE=a"} <= set(words), words
 
