@@ -98,7 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--model",
         required=True,
         help="model directory (jobs.train output or SWEEP/best), or current (the registry's, resolved now: "
-        "deploying current again after jobs.models rollback rolls the previous model back out)",
+        "deploying current again after jobs.models rollback rolls out the version current before it, which "
+        "is the one served before only where every promote was deployed)",
     )
     p.add_argument(
         "--data",
