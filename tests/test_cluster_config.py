@@ -327,8 +327,8 @@ def _shell_steps(commands: List[str], keep_env: bool = False) -> List[List[str]]
     keyword, ``sudo`` and ``env NAME=VALUE`` (unless ``keep_env``) dropped, in order; a ``bash -c``
     script's steps follow the step that runs it."""
     steps = []
-    for command in (line for command in commands for line in command.splitlines()):
-        lexer = shlex.shlex(command, posix=True, punctuation_chars=";&|")
+    for line in (line for command in commands for line in command.splitlines()):
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
         lexer.whitespace_split = True
         part: List[str] = []
         for token in [*lexer, ";"]:
