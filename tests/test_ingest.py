@@ -866,6 +866,17 @@ def test_a_link_to_a_missing_export_and_an_unlistable_folder_are_refused_naming_
         schema.resolve_files(str(logs / "19*" / "*.csv"))
     monkeypatch.setattr(os, "scandir", listable)
     assert schema.resolve_files(str(logs / "*" / "*.csv")).paths == [str(logs / "2023" / "sales-2023.csv")]
+    # As Python's glob: a link to a folder at another depth is a path of its own, a trailing / names folders.
+    (logs / "2024" / "06" / "01").mkdir(parents=True)
+    for name in ("06/a.csv", "06/01/b.csv"):
+        (logs / "2024" / name).write_text(f"user_id,product_id,timestamp\n{name},p2,2024-06-01\n")
+    (logs / "current").symlink_to(logs / "2024" / "06")
+    deep = [str(logs / "2024" / "06" / "a.csv"), str(logs / "current" / "01" / "b.csv")]
+    assert schema.resolve_files(str(logs / "*" / "*" / "*.csv")).paths == deep
+    assert schema.resolve_files(str(logs / "2*" / "")).paths == [
+        str(logs / "2023" / "sales-2023.csv"),
+        *(str(logs / "2024" / "06" / name) for name in ("01/b.csv", "a.csv")),
+    ]
 
 
 def test_empty_csv_files_are_no_rows_and_an_upper_case_gz_is_refused(tmp_path):

@@ -34,7 +34,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -200,11 +200,10 @@ def _visible_files(directory: str, hidden: Optional[List[str]] = None) -> List[s
     return files
 
 
-def _walk_visible(directory: str, descend: Optional[Callable[[str, str], bool]] = None):
+def _walk_visible(directory: str):
     """``os.walk`` of ``directory``'s visible entries, linked folders followed as
     :func:`_visible_files` says: (folder, its visible folders, its visible files, the names of
-    its hidden entries, folders and files). ``descend(folder, name)``, where given, says which of
-    a folder's visible folders are walked into."""
+    its hidden entries, folders and files)."""
     top = os.path.realpath(directory)
     seen = set()
     for root, folders, names in os.walk(directory, followlinks=True, onerror=_refuse_unlistable_folder):
@@ -219,10 +218,7 @@ def _walk_visible(directory: str, descend: Optional[Callable[[str, str], bool]] 
         # root may list it, so every other user's run would be refused (:func:`_refuse_unlistable_folder`).
         at_mount = os.path.ismount(real)  # a link to a mount's root is no mount point itself
         folders[:] = [f for f in folders if not _hidden(f) and not (at_mount and f == "lost+found")]
-        visible = list(folders)
-        if descend is not None:
-            folders[:] = [f for f in folders if descend(root, f)]
-        yield root, visible, [n for n in names if not _hidden(n)], skipped
+        yield root, list(folders), [n for n in names if not _hidden(n)], skipped
 
 
 def _refuse_unlistable_folder(error: OSError) -> None:
@@ -253,31 +249,22 @@ def _why_not_a_file(path: str) -> str:
 
 
 def _glob(spec: str, hidden: Optional[List[str]] = None) -> List[str]:
-    """``glob.glob(spec, recursive=True)``, but walked as :func:`_visible_files` walks a folder:
-
-    * a folder the pattern reaches that cannot be listed is refused (Python's glob skips it, and
-      with it a month of ``logs/*/*.csv``, which no count would show);
-    * linked folders are followed with a loop check: Python's glob has none, and two links back
-      up the tree (``a/up -> ..``, ``b/up -> ..``) double its paths at every level, to the
-      system's limit on links in a path (40: 2^40 paths).
-
-    Only folders the pattern can still match are walked into. Hidden entries below the pattern's
-    fixed part are left out (as :func:`_hidden_below_pattern` would); those the pattern matches
-    and that are named like data files are added to ``hidden``."""
+    """``glob.glob(spec, recursive=True)``, but a folder the pattern lists and that cannot be
+    listed is refused (Python's glob skips it, and with it a month of ``logs/*/*.csv``, which no
+    count would show), and a ``**`` walks linked folders as :func:`_visible_files` does: Python's
+    glob follows them with no loop check, and two links back up the tree (``a/up -> ..``,
+    ``b/up -> ..``) double its paths at every level, to the system's limit on links in a path
+    (40: 2^40 paths). Hidden entries below the pattern's fixed part are left out (as
+    :func:`_hidden_below_pattern` would); a ``**`` adds those the pattern matches and that are
+    named like data files to ``hidden``."""
+    if "**" not in spec:
+        return _glob_levels(spec)
     parts = spec.split(os.sep)
     fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
     root = os.sep.join(parts[:fixed]) or (os.sep if spec.startswith(os.sep) else "")
     pattern = parts[fixed:]
-    top = root or os.curdir
-    if not os.path.isdir(top):
-        return []  # "no input files found", as glob's
-
-    def descend(folder: str, name: str) -> bool:
-        relative = os.path.relpath(os.path.join(folder, name), top)
-        return _may_match_below(pattern, relative.split(os.sep))
-
     found = []
-    for folder, folders, names, skipped in _walk_visible(top, descend):
+    for folder, folders, names, skipped in _walk_visible(root or os.curdir):
         relative = os.path.relpath(folder, root or os.curdir)
         below = [] if relative == os.curdir else relative.split(os.sep)
         if not below and root and _matches(pattern, below):
@@ -292,16 +279,39 @@ def _glob(spec: str, hidden: Optional[List[str]] = None) -> List[str]:
     return found
 
 
-def _may_match_below(pattern: List[str], names: List[str]) -> bool:
-    """Whether paths below the folder ``names`` (path components) can match ``pattern``."""
-    if not pattern:
-        return False
-    head, rest = pattern[0], pattern[1:]
-    if head == "**":
-        return True
-    if not names:
-        return bool(pattern)
-    return fnmatch.fnmatchcase(names[0], head) and _may_match_below(rest, names[1:])
+def _glob_levels(spec: str) -> List[str]:
+    """``glob.glob(spec)`` for a pattern without ``**``, one component at a time as Python's glob
+    goes (a component without wildcards is looked up, not listed; ``*`` matches no dot file), but
+    a folder a wildcard component lists and that cannot be listed is refused."""
+    absolute = spec.startswith(os.sep)
+    paths = [os.sep if absolute else ""]
+    parts = spec.split(os.sep)[1:] if absolute else spec.split(os.sep)
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        matched = []
+        for folder in paths:
+            if not glob.has_magic(part):
+                path = os.path.join(folder, part)
+                if os.path.lexists(path) if last else os.path.isdir(path):
+                    matched.append(path)
+                continue
+            try:
+                with os.scandir(folder or os.curdir) as entries:
+                    names = sorted(entry.name for entry in entries)
+            except NotADirectoryError:
+                continue
+            except OSError as e:
+                raise InputError(
+                    f"{folder or os.curdir}: an input folder that cannot be listed ({e.strerror or e})"
+                ) from None
+            for name in names:
+                if name.startswith(".") and not part.startswith("."):
+                    continue
+                path = os.path.join(folder, name)
+                if fnmatch.fnmatchcase(name, part) and (last or os.path.isdir(path)):
+                    matched.append(path)
+        paths = matched
+    return paths
 
 
 def _matches(pattern: List[str], names: List[str]) -> bool:
