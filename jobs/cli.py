@@ -25,6 +25,7 @@ from ncf.errors import (
     TryLater,
     exit_on_sigterm,
     os_error_words,
+    without_passwords,
 )
 
 
@@ -147,7 +148,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C: a sweep
 
 def fail(message: str, status: int = EXIT_FAILED) -> NoReturn:
     """Ends the job with ``error: MESSAGE``, one line on stderr, and ``status``."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    print(f"error: {without_passwords(message)}", file=sys.stderr, flush=True)
     sys.exit(status)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import signal
 import sys
@@ -17,6 +18,16 @@ E = TypeVar("E", bound=BaseException)
 
 class InputError(Exception):
     """Bad input that stops a job: the message is one line naming the path and what is wrong."""
+
+
+# user:password@ in a URL (a tracking store's postgresql://u:p@db/x, an https:// server's).
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^/\s:@]*):[^@\s/]*@")
+
+
+def without_passwords(text: str) -> str:
+    """``text`` with the password of every URL in it masked (``postgresql://u:***@db/mlflow``):
+    what a line, a log or a printed command says of a store never carries its secret."""
+    return _URL_PASSWORD.sub(r"\1:***@", str(text))
 
 
 class TryLater(InputError):

@@ -54,7 +54,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from ncf.code import code_version
 from ncf.data import layout
-from ncf.errors import InputError, TryLater, cannot_access, one_line
+from ncf.errors import InputError, TryLater, cannot_access, one_line, without_passwords
 from ncf.jsonio import read_small_json
 from ncf.model.directory import METRICS, WEIGHTS, read_config, read_metrics
 from ncf.model.files import BEST_VAL_METRIC
@@ -87,7 +87,7 @@ VERSION_LIMIT = 2**63
 
 
 def log(message: str) -> None:
-    print(f"[registry] {message}", flush=True)
+    print(f"[registry] {without_passwords(message)}", flush=True)
 
 
 # -- where ---------------------------------------------------------------------------------------
@@ -168,6 +168,21 @@ def check_store_outlives_the_job() -> None:
     store = sqlite_path(uri)
     if store is not None:
         check_outlives_the_job(store, uri)
+    elif _database_store(uri) and in_unpacked_working_dir(os.getcwd()):
+        _check_experiment_created(uri, TRAIN_EXPERIMENT)
+
+
+def _check_experiment_created(uri: str, experiment: str) -> None:
+    """:func:`check_default_artifact_root` before a training's hours, where ``experiment`` is not
+    in the store yet (a store that does not answer now is left to the registration's own line)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        found = MlflowClient(uri).get_experiment_by_name(experiment)
+    except Exception:  # noqa: BLE001
+        return
+    if found is None:
+        check_default_artifact_root(uri, experiment)
 
 
 def sqlite_uri(path: str) -> str:
@@ -225,12 +240,13 @@ def cli_env(uri: str) -> str:
     """What runs the ``mlflow`` CLI on the store at ``uri``: ``MLFLOW_TRACKING_URI=...`` (without
     it, the CLI opens its own default, ``sqlite:///mlflow.db`` of the directory it runs in). A
     SQLite store is named by its absolute path, which reads the same from any directory, its
-    query string (``?timeout=60``) kept."""
+    query string (``?timeout=60``) kept. A password in the URI is printed as ``***``: fill it in, or
+    export MLFLOW_TRACKING_URI and leave the assignment out."""
     store = sqlite_path(uri)
     if store is not None:
         query = uri.partition("?")[2]  # SQLAlchemy's too: the path's own ? is percent-encoded
         uri = sqlite_uri(store) + (f"?{query}" if query else "")
-    return f"MLFLOW_TRACKING_URI={shlex.quote(uri)} "
+    return f"MLFLOW_TRACKING_URI={shlex.quote(without_passwords(uri))} "
 
 
 def _gc(uri: str) -> str:
@@ -434,13 +450,20 @@ def version_tags(model_dir: str, data: Optional[str] = None, metrics: Optional[D
 
 class StoreUnavailable(InputError):
     """The tracking store does not open (a one-line error from the registry's commands; a
-    training job that cannot record its model says so and goes on)."""
+    training job that cannot record its model says so and goes on). Its words name the store
+    without its password (:func:`ncf.errors.without_passwords`), as its subclasses' do."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(without_passwords(message))
 
 
 class CurrentMovedMeanwhile(RuntimeError):
     """A promote or rollback on a store without the lock (a tracking server) whose writes stand,
     interleaved with another's: not one to retry as it is (a rollback run again goes back once
     more), exit 1; ``promote VERSION`` settles it."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(without_passwords(message))
 
 
 class StoreUnreachable(StoreUnavailable, TryLater):
@@ -926,7 +949,7 @@ class Registry:
                 except Busy:
                     print(
                         f"[registry] waiting up to {CURRENT_LOCK_WAIT_S:g} s for another promote, rollback or first "
-                        f"registration on {self.uri} to finish (lock {lock})",
+                        f"registration on {without_passwords(self.uri)} to finish (lock {lock})",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -1411,7 +1434,7 @@ def track_model(
         else:
             later = _register_later(registry, model_dir, candidate)
             message = f"not recorded ({type(e).__name__}: {first_line}); record it later with {later}"
-        print(f"[registry] {model_dir} {message}", file=sys.stderr, flush=True)
+        print(f"[registry] {model_dir} {without_passwords(message)}", file=sys.stderr, flush=True)
         return version
 
 
@@ -1426,7 +1449,7 @@ def _register_later(registry: Optional[Registry], model_dir: str, candidate: boo
     try:
         env = cli_env(uri)
     except InputError:  # a URI SQLAlchemy would refuse: said as given, the failure before says why
-        env = f"MLFLOW_TRACKING_URI={shlex.quote(uri)} "
+        env = f"MLFLOW_TRACKING_URI={shlex.quote(without_passwords(uri))} "
     name = registry.name if registry is not None else MODEL_NAME
     named = f" --name {shlex.quote(name)}" if name != MODEL_NAME else ""
     flag = "" if candidate else " --not-deployable"
@@ -1457,7 +1480,8 @@ def track_sweep_model(model_dir: str, data: str, sweep: str, candidate: bool = T
         except Exception as e:  # noqa: BLE001 - the store unreachable: track_model says so too
             first = (str(e).strip().splitlines() or [""])[0]
             print(
-                f"[registry] {model_dir}: trial {trial_id}'s run not looked up ({type(e).__name__}: {first[:200]}); "
+                f"[registry] {model_dir}: trial {trial_id}'s run not looked up ({type(e).__name__}: "
+                f"{without_passwords(first)[:200]}); "
                 "the version gets a run of its own, not linked to the trial's",
                 file=sys.stderr,
                 flush=True,

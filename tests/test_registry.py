@@ -1378,7 +1378,7 @@ def test_on_a_store_without_the_lock_a_move_finished_while_one_verified_stops_be
 
 
 @pytest.mark.faults
-def test_a_database_store_creates_no_experiment_whose_artifacts_ray_deletes(tmp_path):
+def test_a_database_store_creates_no_experiment_whose_artifacts_ray_deletes(tmp_path, monkeypatch):
     """PostgreSQL or MySQL opened by the job: MLflow puts a new experiment's artifacts in ./mlruns
     where the command runs, under `ray job submit --working-dir .` a copy Ray deletes after the job
     (a registry review, 2026-12-07)."""
@@ -1389,6 +1389,56 @@ def test_a_database_store_creates_no_experiment_whose_artifacts_ray_deletes(tmp_
     reg.check_default_artifact_root(postgres, "ncf-train", cwd=str(tmp_path))  # a folder that stays
     for store in ("http://127.0.0.1:5000", f"sqlite:///{tmp_path}/mlflow.db"):  # they choose their own root
         reg.check_default_artifact_root(store, "ncf-train", cwd=unpacked)
+    # A training checks before its hours (the registration after them only said "not recorded").
+    # No PostgreSQL here: the store's answer is MlflowClient's lookup, set for each case.
+    from mlflow.tracking import MlflowClient
+
+    os.makedirs(unpacked)
+    monkeypatch.chdir(unpacked)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres)
+    monkeypatch.setattr(MlflowClient, "__init__", lambda self, uri: None)  # no driver to connect with
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", lambda self, name: None)
+    with pytest.raises(reg.StoreUnavailable, match="experiment ncf-train would keep its artifacts"):
+        reg.check_store_outlives_the_job()
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", lambda self, name: object())  # created once
+    reg.check_store_outlives_the_job()
+
+    def unreachable(self, name):
+        raise ConnectionError("no database answers")
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", unreachable)  # the registration's line says it
+    reg.check_store_outlives_the_job()
+
+
+@pytest.mark.faults
+def test_a_stores_password_is_never_printed_nor_pickled_into_a_sweep(store, tmp_path, capsys):
+    """postgresql://u:PASS@db/mlflow, or an https server's user and password: printed in every
+    registration line, store error and copy-paste command, and pickled into a sweep's tuner.pkl
+    with its callback (a security review, 2026-12-07). Masked as *** in every line."""
+    from ray import cloudpickle
+
+    from jobs.cli import fail
+    from tune.tracking import trial_logger
+
+    secret = "S3cr3t-pw"
+    for uri in (f"postgresql://mlflow:{secret}@127.0.0.1:9/mlflow", f"http://mlflow:{secret}@127.0.0.1:9"):
+        with pytest.raises(SystemExit) as exited:
+            models.main(["--tracking-uri", uri, "list"])
+        error = capsys.readouterr().err
+        assert exited.value.code in (2, 75) and secret not in error and "mlflow:***@127.0.0.1:9" in error, error
+        assert reg.cli_env(uri) == f"MLFLOW_TRACKING_URI='{uri.replace(secret, '***')}' "
+        assert secret not in reg._register_later(None, str(tmp_path / "m"), True)
+        assert secret not in str(reg.StoreUnavailable(f"tracking store {uri}: does not open"))
+        with pytest.raises(SystemExit):
+            fail(f"tracking store {uri} refused")
+        assert secret not in capsys.readouterr().err
+    # A SQLite path holding ':' and '@' is no password.
+    path = "sqlite:////srv/a:b@c/mlflow.db"
+    assert reg.without_passwords(path) == path
+    # The sweep's callback, pickled by Tune (cloudpickle) at the sweep's start, holds no store URI
+    # (setup reads it).
+    logger = trial_logger(str(tmp_path / "sweep"))
+    assert logger.tracking_uri is None and store.uri.encode() not in cloudpickle.dumps(logger)
 
 
 @pytest.mark.faults

@@ -17,6 +17,7 @@ from typing import Dict
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+from ncf.errors import without_passwords
 from ncf.registry import SWEEP_EXPERIMENT, Registry, code_version, numeric, tracking_uri
 
 # What Tune adds to each result that is not a metric of the trial.
@@ -55,7 +56,8 @@ class TrialLogger(MLflowLoggerCallback):
             try:
                 earlier = Registry(self.tracking_uri).find_trial_run(self.tags["sweep"], trial.trial_id)
             except Exception as e:  # MLflow's own errors vary with the store: a new run, said once
-                print(f"[registry] trial {trial.trial_id}: its earlier run not looked up ({e})", flush=True)
+                words = without_passwords(str(e))
+                print(f"[registry] trial {trial.trial_id}: its earlier run not looked up ({words})", flush=True)
                 earlier = None
             if earlier is not None:
                 self._trial_runs[trial] = earlier
@@ -110,8 +112,8 @@ class TrialLogger(MLflowLoggerCallback):
             said = self.__dict__.setdefault("_store_errors", set())
             if what not in said:
                 said.add(what)
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                where = f"[registry] tracking store {self.tracking_uri}"
+                first = without_passwords((str(e).strip().splitlines() or [type(e).__name__])[0])[:300]
+                where = f"[registry] tracking store {without_passwords(self.tracking_uri)}"
                 print(f"{where}: {what} not recorded, the sweep goes on ({first})", flush=True)
 
 
@@ -126,10 +128,12 @@ def sweep_store() -> Registry:
 
 def trial_logger(sweep: str) -> TrialLogger:
     """The sweep's :class:`TrialLogger` on :func:`sweep_store`."""
-    registry = sweep_store()
+    sweep_store()
+    # No URI here: Tune pickles its callbacks into SWEEP/tune (tuner.pkl), and a store's URI may
+    # hold its password; setup() reads the store where the sweep runs.
     return TrialLogger(
-        tracking_uri=registry.uri,
-        registry_uri=registry.uri,
+        tracking_uri=None,
+        registry_uri=None,
         experiment_name=SWEEP_EXPERIMENT,
         tags={"sweep": os.path.abspath(sweep), **code_version()},
     )
