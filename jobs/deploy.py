@@ -79,6 +79,7 @@ from serve.rollout import (
     check_can_deploy,
     delete_unstarted,
     dropped_data_note,
+    kept_runtime_env,
     refused_rollout,
     restore_previous,
     serving_before,
@@ -232,11 +233,13 @@ def _checked(args: argparse.Namespace, app_args: dict) -> ServeSettings:
 class _Before(NamedTuple):
     """Serve before the rollout: where it listens (None: not running), the settings the app's
     replicas serve (None: nothing served, a first deploy) and what each of them asked Ray for
-    (None: not known, :func:`serve.rollout.target_asks`)."""
+    (None: not known, :func:`serve.rollout.target_asks`), and the runtime environment a rollout of
+    the same code keeps (None: the job's own, :func:`serve.rollout.kept_runtime_env`)."""
 
     running: Optional[Tuple[str, int]]
     serving: Optional[Dict]
     asks: Optional[Dict]
+    runtime_env: Optional[Dict] = None
 
 
 def _before_rollout(args: argparse.Namespace) -> _Before:
@@ -248,7 +251,9 @@ def _before_rollout(args: argparse.Namespace) -> _Before:
     note = dropped_data_note(args.data, serving)
     if note:
         print(f"[deploy] note: {note}", file=sys.stderr, flush=True)
-    return _Before(running, serving, None if serving is None else target_asks(serving))
+    if serving is None:
+        return _Before(running, None, None)
+    return _Before(running, serving, target_asks(serving), kept_runtime_env())
 
 
 def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSettings, before: _Before) -> dict:
@@ -268,6 +273,7 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
                 before.asks,
                 deployed,
                 start_timeout_s=args.start_timeout_s,
+                runtime_env=before.runtime_env,
             )
         except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C or SIGTERM: the restore's outcome unknown
             fail(_unverified(before.serving), _stopped_status(stop))
@@ -289,7 +295,7 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
 
     handed_off = []  # set once Serve took the app: a failure after it leaves the rollout Serve's target
     try:
-        url, health, replicas, answers = _started(app_of(app_args, settings), args, handed_off)
+        url, health, replicas, answers = _started(app_of(app_args, settings, before.runtime_env), args, handed_off)
     except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM (SystemExit 143, jobs.cli)
         _interrupted(stop, before.serving, owns_serve)
     except InputError as e:  # the address answers, but will not take the app's questions

@@ -367,11 +367,12 @@ def build_app(args: Dict) -> Application:
     return _application(a, _settings_of(a))
 
 
-def app_of(args: Dict, settings: ServeSettings) -> Application:
+def app_of(args: Dict, settings: ServeSettings, runtime_env: Optional[Dict] = None) -> Application:
     """:func:`build_app`'s application of ``settings`` (:func:`serve_settings`, checked once):
     ``jobs.deploy`` builds it once it knows whether an app of ours serves already (a first
-    deploy's ``initial_replicas``)."""
-    return _application(_validated(args), settings)
+    deploy's ``initial_replicas``). ``runtime_env``: the replicas' (the job's own where None,
+    as Serve sets it; :func:`serve.rollout.kept_runtime_env`)."""
+    return _application(_validated(args), settings, runtime_env)
 
 
 def serve_settings(args: Dict) -> ServeSettings:
@@ -397,7 +398,7 @@ def _settings_of(a: AppArgs) -> ServeSettings:
     )
 
 
-def restore_app(args: Dict, user_config: Dict) -> Application:
+def restore_app(args: Dict, user_config: Dict, runtime_env: Optional[Dict] = None) -> Application:
     """The application of ``args`` serving ``user_config`` (a replica's
     :meth:`RecommenderDeployment.serving_user_config`) instead of ``args``' model and options.
 
@@ -405,7 +406,7 @@ def restore_app(args: Dict, user_config: Dict) -> Application:
     user_config, which every replica started later (autoscaling, a replacement) would fail to
     load. Deploying this makes the settings that serve the target again; the running replicas'
     reconfigure then reuses their model."""
-    return app_of(args, ServeSettings.from_user_config(user_config))
+    return app_of(args, ServeSettings.from_user_config(user_config), runtime_env)
 
 
 def _validated(args: Dict) -> AppArgs:
@@ -425,7 +426,8 @@ def _validated(args: Dict) -> AppArgs:
     return a
 
 
-def _application(a: AppArgs, settings: ServeSettings) -> Application:
+def _application(a: AppArgs, settings: ServeSettings, runtime_env: Optional[Dict] = None) -> Application:
+    asks = {"num_cpus": a.num_cpus, **({"memory": int(a.memory_gb * 2**30)} if a.memory_gb else {})}
     return (
         RecommenderDeployment.options(
             user_config=settings.user_config(),
@@ -443,7 +445,7 @@ def _application(a: AppArgs, settings: ServeSettings) -> Application:
                 "downscale_delay_s": a.downscale_delay_s,
                 "look_back_period_s": a.look_back_period_s,
             },
-            ray_actor_options={"num_cpus": a.num_cpus, **({"memory": int(a.memory_gb * 2**30)} if a.memory_gb else {})},
+            ray_actor_options={**asks, **({"runtime_env": runtime_env} if runtime_env is not None else {})},
         )
         .options(version=code_version(), _internal=True)
         .bind()

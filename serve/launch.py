@@ -54,6 +54,7 @@ def start(
     ingress (``cluster.yaml``), and Ray's default, a proxy on every node with a replica bound to
     ``host``, would open the port on workers no reverse proxy stands in front of."""
     from ray import serve
+    from ray.serve.exceptions import RayServeException
 
     serve.start(
         proxy_location="HeadOnly",
@@ -65,11 +66,27 @@ def start(
         raise InputError(f"Serve already runs on this cluster at {base_url(*running)} and keeps that port, not {port}")
     # Not serve.run's own wait, which has no end: replicas Ray cannot place (a memory ask beyond
     # every node, say) stay STARTING for good, and the deploy hung with them.
-    serve.run_many(
-        [serve.RunTarget(target=app, name=app_name, route_prefix=route_prefix)], wait_for_applications_running=False
-    )
+    try:
+        serve.run_many(
+            [serve.RunTarget(target=app, name=app_name, route_prefix=route_prefix)],
+            wait_for_applications_running=False,
+        )
+    except RayServeException as e:  # ray.get's RayTaskError(RayServeException) is one too
+        taken = _ROUTE_TAKEN.search(str(e))
+        if taken is None:
+            raise
+        other = taken.group(2)
+        raise InputError(
+            f"Serve's route {taken.group(1)} is taken by another application, {other} (`serve run`'s is "
+            f"named default): nothing was deployed; remove it first (serve.delete({other!r}), or serve shutdown "
+            "where nothing else is served)"
+        ) from None
     wait_until_running(app_name, start_timeout_s)
     return base_url(host, port)
+
+
+# Serve's refusal of an app whose route another app holds (ApplicationStateManager.deploy_apps).
+_ROUTE_TAKEN = re.compile(r'Prefix (\S+) is being used by application "([^"]*)"')
 
 
 class DeployStalled(RuntimeError):
@@ -80,14 +97,16 @@ class DeployStalled(RuntimeError):
 
 
 STATUS_POLL_S = 0.5  # between two readings of the app's status while it deploys
+# Once the app runs: how long no replica is being reconfigured or stopped before the wait for
+# every replica to have the rollout ends (an upscale waiting for a node is not the rollout's).
+SETTLE_GRACE_S = 30.0
 
 
 def wait_until_running(app_name: str = APP_NAME, timeout_s: float = START_TIMEOUT_S) -> None:
     """Returns once the app is RUNNING and its deployment HEALTHY (every replica on the new
-    settings), or RUNNING at the deadline (the replicas' own answers then tell the rollout).
-    Raises RuntimeError at once where Serve failed it (DEPLOY_FAILED, as ``serve.run`` did) or
-    it is unhealthy because its replicas fail to start,
-    and :class:`DeployStalled` where it is not RUNNING within ``timeout_s``, naming the replicas'
+    settings). Raises RuntimeError at once where Serve failed it (DEPLOY_FAILED, as
+    ``serve.run`` did) or it is unhealthy because its replicas fail to start, and
+    :class:`DeployStalled` where it is not RUNNING within ``timeout_s``, naming the replicas'
     states and Serve's message for the deployment (the resources a replica asks for and the
     cluster's, once Serve has waited 30 s to place one).
 
@@ -98,34 +117,56 @@ def wait_until_running(app_name: str = APP_NAME, timeout_s: float = START_TIMEOU
     RUNNING alone is not the rollout's end: an autoscaling decision during a rollout turns the
     deployment's UPDATING into UPSCALING or DOWNSCALING, which Serve reports as a RUNNING app while
     replicas still run, or are being given, the previous settings; heard then, a good rollout read
-    as two models served (and was undone), or a replica still loading went unheard."""
+    as two models served (and was undone), or a replica still loading went unheard. Once the app
+    has run, the wait returns, for the replicas' own answers to tell the rollout, where no replica
+    was reconfigured or stopped for :data:`SETTLE_GRACE_S` (an upscale waiting for a node), at the
+    deadline, and where Serve then fails the deployment (new replicas refusing a model they have
+    no earlier one to keep beside: the running ones' refusals say it)."""
     from ray import serve
     from ray.serve.schema import ApplicationStatus
 
     deadline = time.monotonic() + timeout_s
-    said = False
+    ran_at = moved_at = None  # once the app runs: when, and when a replica was last rolled
     while True:
         app = serve.status().applications.get(app_name)
+        now = time.monotonic()
         if app is None:
             raise RuntimeError(f"the application {app_name} is gone from Serve while it deployed")
         if app.status == ApplicationStatus.RUNNING:
-            if _rolled_out(app) or time.monotonic() >= deadline:
+            if _rolled_out(app):
                 return
-            if not said:
-                said = True
+            if ran_at is None:
+                ran_at = now
                 print(
                     f"[deploy] {app_name} runs; waiting for Serve to finish the rollout on every replica "
                     f"(an autoscaling decision came during it; at most {timeout_s:.0f} s in all)",
                     file=sys.stderr,
                     flush=True,
                 )
+            if _rolling(app):
+                moved_at = now
+            if now - (moved_at or ran_at) >= SETTLE_GRACE_S or now >= deadline:
+                return
+        elif ran_at is not None and (app.status == ApplicationStatus.DEPLOY_FAILED or _startups_fail(app)):
+            return
         elif app.status == ApplicationStatus.DEPLOY_FAILED:
             raise RuntimeError(f"Deploying application {app_name} failed: {app.message}")
         elif _startups_fail(app):
             raise RuntimeError(f"the application {app_name} is unhealthy: its replicas fail to start")
-        elif time.monotonic() >= deadline:
+        elif now >= deadline:
+            if ran_at is not None:
+                return
             raise DeployStalled(_stalled_words(app, timeout_s))
         time.sleep(STATUS_POLL_S)
+
+
+def _rolling(app) -> bool:
+    """Whether a replica of the app's deployment is being reconfigured or stopped (a rollout under way)."""
+    from serve.app import DEPLOYMENT_NAME
+
+    deployment = app.deployments.get(DEPLOYMENT_NAME)
+    states = {} if deployment is None else deployment.replica_states
+    return any(getattr(state, "value", state) in ("UPDATING", "STOPPING") and n for state, n in states.items())
 
 
 def _rolled_out(app) -> bool:

@@ -172,6 +172,24 @@ def target_asks(serving: Dict, app_name: str = APP_NAME) -> Optional[Dict]:
     return {**asks, "num_cpus": options["num_cpus"]} if "num_cpus" in options else asks
 
 
+def kept_runtime_env(app_name: str = APP_NAME) -> Optional[Dict]:
+    """The runtime environment of Serve's target for the app where its code is this job's (the same
+    :func:`serve.app.code_version`), for a rollout to keep: Serve gives replicas the deploying
+    job's own where the app sets none (``ray job submit --working-dir .``: a package of every file,
+    README and tests too, and env_vars such as ``NCF_CODE_COMMIT``), and another one restarts every
+    replica, needing room for a surge and failing a refused model as DEPLOY_FAILED, instead of the
+    reconfigure in place a model rollout is. None where there is no app, other code, or no reading."""
+    from serve.app import code_version
+
+    try:
+        target = _target(app_name)
+    except Exception:  # noqa: BLE001 (no app, or the controller failed: the job's own environment, as before)
+        return None
+    if target is None or target.version != code_version():
+        return None
+    return (target.replica_config.ray_actor_options or {}).get("runtime_env")
+
+
 def _target(app_name: str = APP_NAME):
     """Serve's target for the app's deployment (a ``DeploymentInfo``): what a replica Serve
     starts next runs (its user_config, its resource asks), whatever the running ones serve."""
@@ -239,6 +257,7 @@ def restore_previous(
     asks: Optional[Dict] = None,
     deployed: Optional[Dict] = None,
     start_timeout_s: float = START_TIMEOUT_S,
+    runtime_env: Optional[Dict] = None,
 ) -> Restored:
     """Deploys the settings served before the rollout (``previous``, :func:`serving_before`)
     with ``app_args``' scaling options and the resource asks of the replicas that served them
@@ -255,7 +274,8 @@ def restore_previous(
     be the refused model, where some replica took it. Nor where Serve's target is no longer ``deployed`` (the
     user_config this job rolled out): another deploy since, not jobs.deploy's (those take turns,
     :mod:`serve.deploy_slot`), is not undone. The restore waits up to ``start_timeout_s`` for
-    its app to run (:func:`serve.launch.start`), as the rollout did."""
+    its app to run (:func:`serve.launch.start`), as the rollout did, in the runtime environment
+    the rollout kept (``runtime_env``, :func:`kept_runtime_env`; None: the job's own)."""
     from serve.app import restore_app
 
     if previous is None:
@@ -264,7 +284,7 @@ def restore_previous(
     if moved is not None:
         return Restored(f"not deployed again: {moved}", False)
     try:
-        restoring = restore_app({**app_args, **(asks or {})}, previous)
+        restoring = restore_app({**app_args, **(asks or {})}, previous, runtime_env)
         start(restoring, host=host, port=port, request_timeout_s=request_timeout_s, start_timeout_s=start_timeout_s)
     except Exception as e:  # new code whose replicas fail with any model, say: the job still ends with its line
         return Restored(f"deploying the serving settings again failed too ({failure_line(e)})", False)

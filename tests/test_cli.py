@@ -747,7 +747,7 @@ def test_a_refused_rollouts_restore_says_a_gone_previous_model_in_its_line(monke
     monkeypatch.setattr(rollout, "start", lambda *args, **kwargs: None)
     monkeypatch.setattr(rollout, "running_replicas", lambda: 1)
     monkeypatch.setattr(rollout, "every_replica_health", lambda replicas: {"r1": {"model_version": "v1"}})
-    monkeypatch.setattr("serve.app.restore_app", lambda args, previous: None)
+    monkeypatch.setattr("serve.app.restore_app", lambda args, previous, runtime_env=None: None)
     previous = {"model_dir": str(tmp_path / "pruned"), "model_fingerprint": "abc"}
     restored = rollout.restore_previous({"model": "m"}, "127.0.0.1", 8000, 30, previous)
     # Not agreed (exit 1): a replica started later has nothing to load (a second reading).

@@ -86,7 +86,7 @@ def faulty_replicas(ray_session, tmp_path, monkeypatch):
     faults.mkdir()
     original = serve_app._application
 
-    def with_faults(a, settings):
+    def with_faults(a, settings, runtime_env=None):  # the hook's environment, whatever a rollout would keep
         bound = original(a, settings)._bound_deployment
         # Ray honours runtime_env's "worker_process_setup_hook" for a job's environment only; a
         # worker runs the hook its environment variable names (what Ray sets for a job's), before
@@ -152,10 +152,10 @@ def test_a_restore_one_replica_cannot_load_is_said_and_fails_the_job(
     (faulty_replicas / "refuse-m1").touch()  # the first replica to load m1 refuses it
     restore_app = serve_app.restore_app
 
-    def saved_again_first(app_args, user_config):  # m0 saved again between the rollout and the restore
+    def saved_again_first(app_args, user_config, runtime_env=None):  # m0 saved again between rollout and restore
         with open(os.path.join(m0, "manifest.json"), "a") as f:
             f.write("\n")
-        return restore_app(app_args, user_config)
+        return restore_app(app_args, user_config, runtime_env)
 
     monkeypatch.setattr(serve_app, "restore_app", saved_again_first)
     with pytest.raises(SystemExit) as exited:
@@ -624,6 +624,63 @@ def test_the_wait_for_a_deploy_has_one_deadline(monkeypatch):
 
 
 @pytest.mark.faults
+def test_a_rollout_of_the_same_code_from_another_jobs_environment_reconfigures_the_replicas_in_place(
+    serve_shut_down_after, small_model_dir, tmp_path, monkeypatch
+):
+    """Serve gives replicas the deploying job's runtime environment where the app sets none, and
+    `ray job submit --working-dir .` makes a new one for every change of any file (README, tests)
+    and every NCF_CODE_COMMIT: each model rollout restarted every replica instead of the
+    reconfigure in place (a surge's room needed; a refused model DEPLOY_FAILED, exit 1 not 2; a
+    review of the rollouts, 2026-12-07). A rollout of the same code keeps the replicas' environment.
+    The job's environment is set here as `ray job submit --runtime-env-json` sets a driver's."""
+    from helpers import free_port, sealed_copy
+    from ray.runtime_context import RuntimeContext
+
+    from jobs import deploy
+    from serve.rollout import _target
+
+    submission = {"commit": "a"}
+    environment = property(lambda self: {"env_vars": {"NCF_TEST_SUBMISSION": submission["commit"]}})
+    monkeypatch.setattr(RuntimeContext, "runtime_env", environment)
+    args = ["--port", str(free_port()), "--detach"]
+    first = deploy.main(["--model", small_model_dir, *args])
+    submission["commit"] = "b"
+    second = deploy.main(["--model", sealed_copy(small_model_dir, str(tmp_path / "v2"), "v2"), *args])
+    assert second["model_version"] == "v2" and second["replicas_checked"] == 1
+    assert second["replica"] == first["replica"]  # the same replica, reconfigured: not restarted
+    assert _target().replica_config.ray_actor_options["runtime_env"] == {"env_vars": {"NCF_TEST_SUBMISSION": "a"}}
+
+
+@pytest.mark.faults
+def test_a_deploy_onto_a_route_another_app_holds_is_one_line_and_leaves_that_app(
+    serve_shut_down_after, small_model_dir, capsys
+):
+    """`serve run serve.app:build_app ...` (an app named default, at /) then `jobs.deploy --detach`
+    onto the same Serve: Ray's RayServeException from the controller was a traceback, exit 1 (a
+    review of the rollouts, 2026-12-07). Now one line naming the other app, exit 2, nothing deployed."""
+    from helpers import free_port
+    from ray import serve
+
+    from jobs import deploy
+
+    @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+    class Other:
+        def __call__(self, request) -> str:
+            return "other"
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(Other.bind(), name="default", route_prefix="/")
+    with pytest.raises(SystemExit) as exited:
+        deploy.main(["--model", small_model_dir, "--port", str(port), "--detach"])
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert exited.value.code == 2, line
+    assert line.startswith("error: Serve's route / is taken by another application, default"), line
+    assert "nothing was deployed" in line and "serve.delete('default')" in line
+    assert set(serve.status().applications) == {"default"}
+
+
+@pytest.mark.faults
 def test_a_rollout_that_an_autoscaling_decision_met_is_waited_for_until_every_replica_has_it(monkeypatch, capsys):
     """An autoscaling decision during a rollout turns the deployment's UPDATING into UPSCALING, and
     Serve calls the app RUNNING while replicas still serve, or are being given, the previous
@@ -650,10 +707,27 @@ def test_a_rollout_that_an_autoscaling_decision_met_is_waited_for_until_every_re
     (line,) = capsys.readouterr().err.splitlines()  # said once, not at each reading
     assert line.startswith("[deploy] ncf runs; waiting for Serve to finish the rollout on every replica"), line
 
-    _serve_reads(monkeypatch, itertools.repeat(mid_rollout))  # a node that does not come
+    _serve_reads(monkeypatch, itertools.repeat(mid_rollout))  # a rollout that does not end
     started = time.monotonic()
     launch.wait_until_running(timeout_s=1)  # no DeployStalled: the app runs, the replicas are asked
     assert 1 <= time.monotonic() - started < 6
+
+    # The rollout done, an upscale waiting for a node: no replica rolled for the grace, handed on
+    # well before the deadline (it held the deploy slot for --start-timeout-s).
+    monkeypatch.setattr(launch, "SETTLE_GRACE_S", 0.5)
+    upscaling = _app_status(
+        running, {"RUNNING": 2, "STARTING": 1}, autoscaling, deployment_status=DeploymentStatus.UPSCALING
+    )
+    _serve_reads(monkeypatch, itertools.chain([mid_rollout] * 3, itertools.repeat(upscaling)))
+    started = time.monotonic()
+    launch.wait_until_running(timeout_s=60)
+    assert 0.5 <= time.monotonic() - started < 10
+
+    # Serve failing the deployment once the app ran (new replicas refusing a model they have no
+    # earlier one to keep beside): handed to the running replicas, whose refusals say it (exit 2).
+    failed = _app_status(ApplicationStatus.DEPLOY_FAILED, {"RUNNING": 2}, message="RecommenderDeployment failed")
+    _serve_reads(monkeypatch, iter([mid_rollout, failed]))
+    launch.wait_until_running(timeout_s=60)
 
 
 @pytest.mark.faults
@@ -903,7 +977,7 @@ def test_a_deploy_stopped_by_sigterm_or_ctrl_c_ends_in_one_line_with_a_failing_s
         raise KeyboardInterrupt
 
     monkeypatch.setattr(deploy, "_started", failed)
-    monkeypatch.setattr(deploy, "app_of", lambda app_args, settings: None)
+    monkeypatch.setattr(deploy, "app_of", lambda app_args, settings, runtime_env=None: None)
     monkeypatch.setattr(deploy, "start_failure_reason", str)
     monkeypatch.setattr(deploy, "restore_previous", interrupted)
     settings = SimpleNamespace(user_config=lambda: {"model_dir": "/m/m1"})
