@@ -208,6 +208,26 @@ def test_an_index_of_another_model_is_refused(indexed_model, data, tmp_path, mon
 
 
 @pytest.mark.faults
+def test_an_index_of_another_kind_is_refused_before_faiss_reads_it(indexed_model, tmp_path):
+    """FAISS reads any index kind, an IVF whose lists it maps from a file the index names, outside
+    the directory and its seal (a review of model loading, 2026-12-07). Only what build() writes
+    loads: an HNSW index of L2 distance over flat vectors."""
+    import faiss
+
+    vectors = ann.ProductIndex.load(ann.index_path(indexed_model)).vectors(np.arange(61))
+    rows = np.hstack([vectors, np.zeros((61, 1), np.float32)])
+    inner = faiss.IndexHNSWFlat(rows.shape[1], 8, faiss.METRIC_INNER_PRODUCT)
+    flat = faiss.IndexFlatL2(rows.shape[1])
+    for other, words in ((flat, "not an HNSW index of flat vectors"), (inner, "not an HNSW index of L2 distance")):
+        other.add(rows)
+        with open(ann.index_path(indexed_model), "wb") as f:
+            f.write(faiss.serialize_index(other).tobytes())
+        write_manifest(indexed_model, unsealed=["metrics.json"])  # sealed again: the manifest cannot tell
+        with pytest.raises(ModelIntegrityError, match=f"mf_index.faiss does not load \\(.*{words}"):
+            verify_model_dir(indexed_model)
+
+
+@pytest.mark.faults
 def test_an_index_saved_before_the_sign_of_final_counted_is_refused_as_such(indexed_model):
     """An index built before 2026-12-06 for a model whose final layer weighs the MF logit
     negatively holds its vectors negated: said as such, not as another model's. Flipping that

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -397,8 +398,10 @@ def test_user_state_of_another_run_is_refused(model, tmp_path):
         # Format 4 was written on features version 3 before it named it; a newer feature definition
         # must refuse such weights even where nobody moved the format (a helper's review, 2026-12-04).
         (lambda c: json.dumps({**c, "features_version": FEATURES_VERSION - 1}), "trained on features version"),
+        # No weight's shape ties it to the files: 2**40 passed every check and asked for 8 TB at load.
+        (lambda c: json.dumps({**c, "model": {**c["model"], "max_period": 2**40}}), "max_period must be .* 36,600"),
     ],
-    ids=["not json", "impossible model", "unknown key", "no version", "old format", "other features"],
+    ids=["not json", "impossible model", "unknown key", "no version", "old format", "other features", "huge table"],
 )
 @pytest.mark.faults
 def test_a_bad_config_is_refused_in_one_line(model, damage, message):
@@ -663,6 +666,36 @@ def test_a_checkpoint_cut_short_is_refused_in_one_line_before_ray_train_loads_it
     ) as e:
         check_readable(str(directory))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.faults
+def test_a_pipe_in_a_model_directory_and_a_checkpoints_outside_name_are_refused_not_read(model, tmp_path):
+    """A FIFO listed in the manifest (0 bytes, the sha256 of nothing) hung verification, and any
+    FIFO a seal; a checkpoint's train_state.json naming /dev/zero or ../x had it hashed (a review
+    of model loading, 2026-12-07). Each is one line now, nothing opened."""
+    import threading
+
+    from ncf.train.checkpoint import CHECKSUMS, TRAIN_STATE, check_checksums
+
+    os.mkfifo(os.path.join(model, "pipe"))
+    outcomes = []
+
+    def attempt(call):
+        try:
+            call()
+        except ModelIntegrityError as e:
+            outcomes.append(str(e))
+
+    for call in (lambda: write_manifest(model, unsealed=[METRICS]), lambda: verify_model_dir(model)):
+        worker = threading.Thread(target=attempt, args=(call,), daemon=True)  # a hang fails, not blocks, the test
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), "blocked reading the pipe"
+    assert outcomes == [f"{model}: pipe is not a regular file (a pipe, socket or device); remove it"] * 2
+    for name in ("/dev/zero", "../model.pt"):
+        with pytest.raises(InputError, match=f"records a checksum of '{re.escape(name)}', no file of a checkpoint"):
+            check_checksums(str(tmp_path), {CHECKSUMS: {name: "0" * 64}})
+    assert TRAIN_STATE == "train_state.json"
 
 
 @pytest.mark.faults

@@ -53,6 +53,7 @@ MF_CANDIDATES = 150  # the first stage's default list width (RankingSettings.mf_
 # less in all five (0.83-0.99, 0.74, 0.42) and took up to 2.2x as long to build (1.85x at 1M), for
 # a search up to 1.8x faster (`python -m bench.ann_build`; BENCHMARKS.md "The MF index's build depth").
 NEIGHBOURS, BUILD_DEPTH, SEARCH_DEPTH = 32, 50, 150
+HNSW_FLAT = b"IHNf"  # FAISS's header of an IndexHNSWFlat, what build() makes
 # A state that allows few of the index's rows (a DATA knowing few of its products, a model whose
 # lists held few) is ranked exactly: up to EXACT_SEARCH_ROWS allowed rows, or while allowed^2 <=
 # EXACT_COST_RATIO x rows. A filtered graph search's cost grows as efSearch, which must grow as the
@@ -153,10 +154,21 @@ class ProductIndex:
     def load(path: str) -> "ProductIndex":
         """Reads an index file (FAISS's own binary format: no pickle, nothing executed; FAISS's
         reader is not hardened against crafted files, so only a model directory's own index,
-        whose checksum :func:`ncf.model.integrity.verify_model_dir` checks, is read)."""
+        whose checksum :func:`ncf.model.integrity.verify_model_dir` checks, is read). Only what
+        :meth:`build` writes is taken: an HNSW index of L2 distance over flat storage. Another kind
+        (an IVF whose lists FAISS reads from a file it names, outside the directory and its seal)
+        raises ValueError, the header before any of it is read."""
         import faiss
 
-        return ProductIndex(faiss.read_index(path))
+        with open(path, "rb") as f:
+            kind = f.read(4)
+        if kind != HNSW_FLAT:
+            raise ValueError(f"{path}: not an HNSW index of flat vectors (FAISS header {kind!r}, not {HNSW_FLAT!r})")
+        index = faiss.read_index(path)  # of its own class already; downcast_index's proxy would not own it
+        storage = faiss.downcast_index(index.storage) if isinstance(index, faiss.IndexHNSWFlat) else None
+        if not isinstance(storage, faiss.IndexFlat) or index.metric_type != faiss.METRIC_L2:
+            raise ValueError(f"{path}: not an HNSW index of L2 distance over flat vectors, as this code writes")
+        return ProductIndex(index)
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """len(rows) x D: the MF vectors stored for ``rows`` (without the coordinate added for L2)."""

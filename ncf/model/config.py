@@ -14,6 +14,11 @@ from ncf.data.features import CATEGORY, CATEGORY_DURATIONS, DURATIONS, NEIGHBOUR
 SWITCHES = ("use_temporal", "use_attention", "use_hierarchy", "use_mf", "use_mlp", "use_timing", "use_neighbours")
 
 
+# Sizes no weight's shape ties to a model directory's files: unbounded, a config.json edited (or
+# --model) to 2**40 passed every check and asked for terabytes building TemporalEncoding's table.
+AT_MOST = {"max_period": 36_600, "history_length": 1_000}
+
+
 @dataclass
 class ModelConfig:
     """Sizes and switches of :class:`ncf.model.AdvancedNCF`.
@@ -72,6 +77,9 @@ class ModelConfig:
             elif f.type == "List[int]":
                 ok = isinstance(value, (list, tuple)) and all(_whole(v) and v >= 1 for v in value)
                 kind = "a list of whole numbers of 1 or more"
+            elif f.name in AT_MOST:
+                ok = _whole(value) and 1 <= value <= AT_MOST[f.name]
+                kind = f"a whole number from 1 to {AT_MOST[f.name]:,}"
             else:
                 ok, kind = _whole(value) and value >= 1, "a whole number of 1 or more"
             if not ok:

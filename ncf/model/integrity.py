@@ -174,6 +174,10 @@ def _walk(model_dir: str, named: Optional[str] = None) -> Tuple[List[str], List[
                     raise ModelIntegrityError(
                         f"{named or model_dir}: {relative} is a symbolic link; copy what it points to in"
                     )
+                if name in names and not stat.S_ISREG(os.lstat(path).st_mode):  # a read of a FIFO never ends
+                    raise ModelIntegrityError(
+                        f"{named or model_dir}: {relative} is not a regular file (a pipe, socket or device); remove it"
+                    )
                 (files if name in names else folders).append(relative)
     except OSError as e:  # a folder that will not list (no permission, a failing disk): not "missing"
         where = os.path.relpath(e.filename or model_dir, model_dir).replace(os.sep, "/")

@@ -38,6 +38,8 @@ TRAIN_STATE = "train_state.json"
 # before writeback leaves an archive that still loads (zeros in a tensor); only its digest tells.
 CHECKSUMS = "sha256"
 NEW_RUN = "give this training a new --name or remove that run's folder"
+# The files a checkpoint's state may record: a name from the file itself is never a path to follow.
+CHECKSUMMED = frozenset({WEIGHTS, OPTIMIZER, TRAINED_USERS, TRAINED_PRODUCTS})
 
 
 def write_checkpoint(
@@ -86,6 +88,8 @@ def check_checksums(directory: str, state: Dict, remedy: str = NEW_RUN) -> None:
     """Raises InputError (one line) when a file a checkpoint's state records differs from its
     sha256, or is gone; a checkpoint written before the checksums (none recorded) passes."""
     for name, expected in sorted((state.get(CHECKSUMS) or {}).items()):
+        if name not in CHECKSUMMED:  # "/dev/zero" or "../x" would be read (and hang, or read elsewhere)
+            raise _damaged(directory, f"{TRAIN_STATE} records a checksum of {name!r}, no file of a checkpoint", remedy)
         path = os.path.join(directory, name)
         try:
             found = sha256_of(path)
