@@ -97,9 +97,12 @@ class DeployStalled(RuntimeError):
 
 
 STATUS_POLL_S = 0.5  # between two readings of the app's status while it deploys
-# Once the app runs: how long no replica is being reconfigured or stopped before the wait for
-# every replica to have the rollout ends (an upscale waiting for a node is not the rollout's).
+# Once the app runs: how long no replica is being started, reconfigured or stopped (a replica
+# waiting for a node aside: an upscale's, not the rollout's) before the wait for every replica
+# to have the rollout ends.
 SETTLE_GRACE_S = 30.0
+# Serve's words in a deployment's message for replicas no node has room for yet (SLOW_STARTUP_WARNING_S).
+_WAITING_FOR_A_NODE = "to be scheduled"
 
 
 def wait_until_running(app_name: str = APP_NAME, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -119,9 +122,10 @@ def wait_until_running(app_name: str = APP_NAME, timeout_s: float = START_TIMEOU
     replicas still run, or are being given, the previous settings; heard then, a good rollout read
     as two models served (and was undone), or a replica still loading went unheard. Once the app
     has run, the wait returns, for the replicas' own answers to tell the rollout, where no replica
-    was reconfigured or stopped for :data:`SETTLE_GRACE_S` (an upscale waiting for a node), at the
-    deadline, and where Serve then fails the deployment (new replicas refusing a model they have
-    no earlier one to keep beside: the running ones' refusals say it)."""
+    was started, reconfigured or stopped for :data:`SETTLE_GRACE_S` (one waiting for a node aside:
+    an upscale's), at the deadline, and where Serve then fails the deployment (new replicas
+    refusing a model they have no earlier one to keep beside: the running ones' refusals say it;
+    Serve's reason is said on stderr)."""
     from ray import serve
     from ray.serve.schema import ApplicationStatus
 
@@ -132,6 +136,8 @@ def wait_until_running(app_name: str = APP_NAME, timeout_s: float = START_TIMEOU
         now = time.monotonic()
         if app is None:
             raise RuntimeError(f"the application {app_name} is gone from Serve while it deployed")
+        if ran_at is not None and (app.status != ApplicationStatus.RUNNING or _rolling(app)):
+            moved_at = now
         if app.status == ApplicationStatus.RUNNING:
             if _rolled_out(app):
                 return
@@ -143,11 +149,16 @@ def wait_until_running(app_name: str = APP_NAME, timeout_s: float = START_TIMEOU
                     file=sys.stderr,
                     flush=True,
                 )
-            if _rolling(app):
-                moved_at = now
             if now - (moved_at or ran_at) >= SETTLE_GRACE_S or now >= deadline:
                 return
         elif ran_at is not None and (app.status == ApplicationStatus.DEPLOY_FAILED or _startups_fail(app)):
+            reason = " ".join((app.message or failed_replicas_reason(app_name) or "").split())[:300]
+            print(
+                f"[deploy] Serve failed {app_name}'s deployment after it ran ({reason or 'no reason given'}); "
+                "asking its replicas what they serve",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         elif app.status == ApplicationStatus.DEPLOY_FAILED:
             raise RuntimeError(f"Deploying application {app_name} failed: {app.message}")
@@ -161,12 +172,15 @@ def wait_until_running(app_name: str = APP_NAME, timeout_s: float = START_TIMEOU
 
 
 def _rolling(app) -> bool:
-    """Whether a replica of the app's deployment is being reconfigured or stopped (a rollout under way)."""
+    """Whether a replica of the app's deployment is being started, reconfigured or stopped (a
+    rollout under way), but for replicas Serve says wait for a node (an upscale's)."""
     from serve.app import DEPLOYMENT_NAME
 
     deployment = app.deployments.get(DEPLOYMENT_NAME)
     states = {} if deployment is None else deployment.replica_states
-    return any(getattr(state, "value", state) in ("UPDATING", "STOPPING") and n for state, n in states.items())
+    waiting_for_a_node = _WAITING_FOR_A_NODE in _deployment_message(deployment)
+    moving = {"UPDATING", "STOPPING"} | (set() if waiting_for_a_node else {"STARTING"})
+    return any(getattr(state, "value", state) in moving and n for state, n in states.items())
 
 
 def _rolled_out(app) -> bool:

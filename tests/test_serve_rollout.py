@@ -712,22 +712,39 @@ def test_a_rollout_that_an_autoscaling_decision_met_is_waited_for_until_every_re
     launch.wait_until_running(timeout_s=1)  # no DeployStalled: the app runs, the replicas are asked
     assert 1 <= time.monotonic() - started < 6
 
-    # The rollout done, an upscale waiting for a node: no replica rolled for the grace, handed on
-    # well before the deadline (it held the deploy slot for --start-timeout-s).
+    # The rollout done, an upscale waiting for a node (Serve's words): no replica rolled for the
+    # grace, handed on well before the deadline (it held the deploy slot for --start-timeout-s).
     monkeypatch.setattr(launch, "SETTLE_GRACE_S", 0.5)
+    no_node = "Deployment 'RecommenderDeployment' has 1 replicas that have taken more than 30s to be scheduled."
     upscaling = _app_status(
-        running, {"RUNNING": 2, "STARTING": 1}, autoscaling, deployment_status=DeploymentStatus.UPSCALING
+        running, {"RUNNING": 2, "STARTING": 1}, autoscaling, no_node, deployment_status=DeploymentStatus.UPSCALING
     )
     _serve_reads(monkeypatch, itertools.chain([mid_rollout] * 3, itertools.repeat(upscaling)))
     started = time.monotonic()
     launch.wait_until_running(timeout_s=60)
     assert 0.5 <= time.monotonic() - started < 10
 
+    # New code: a new replica STARTING (surge first, the old ones RUNNING, none UPDATING) loads its
+    # model for longer than the grace, and a stretch DEPLOYING between two RUNNING readings: both
+    # waited for, to HEALTHY (the second review of this wait).
+    surging = _app_status(
+        running, {"RUNNING": 2, "STARTING": 1}, autoscaling, deployment_status=DeploymentStatus.UPSCALING
+    )
+    deploying = _app_status(ApplicationStatus.DEPLOYING, {"RUNNING": 2, "STARTING": 1})
+    for middle in (surging, deploying):
+        readings = iter([surging] + [middle] * 150 + [surging, done])  # 1.5 s of readings, 3 graces
+        _serve_reads(monkeypatch, readings)
+        launch.wait_until_running(timeout_s=60)
+        assert next(readings, None) is None
+
     # Serve failing the deployment once the app ran (new replicas refusing a model they have no
-    # earlier one to keep beside): handed to the running replicas, whose refusals say it (exit 2).
+    # earlier one to keep beside): handed to the running replicas, whose refusals say it (exit 2);
+    # Serve's reason said on stderr.
+    capsys.readouterr()
     failed = _app_status(ApplicationStatus.DEPLOY_FAILED, {"RUNNING": 2}, message="RecommenderDeployment failed")
     _serve_reads(monkeypatch, iter([mid_rollout, failed]))
     launch.wait_until_running(timeout_s=60)
+    assert "Serve failed ncf's deployment after it ran (RecommenderDeployment failed)" in capsys.readouterr().err
 
 
 @pytest.mark.faults
