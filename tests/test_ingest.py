@@ -860,8 +860,13 @@ def test_a_link_to_a_missing_export_and_an_unlistable_folder_are_refused_naming_
         with pytest.raises(schema.InputError) as refused:
             schema.resolve_files(str(spec))
         assert str(refused.value) == f"{logs / '2023'}: an input folder that cannot be listed (Permission denied)"
-    # A pattern that cannot reach the folder does not list it.
+    # A pattern that cannot reach the folder does not list it, nor a hidden one (Spark's _temporary,
+    # its files never read) that the wildcard would match.
     assert schema.resolve_files(str(logs / "*.csv")).paths == [str(logs / "sales-01.csv")]
+    os.rename(logs / "2023", logs / "_2023")
+    with pytest.raises(schema.InputError, match="no input files found"):  # not "cannot be listed"
+        schema.resolve_files(str(logs / "*" / "*.csv"))
+    os.rename(logs / "_2023", logs / "2023")
     with pytest.raises(schema.InputError, match="no input files found"):
         schema.resolve_files(str(logs / "19*" / "*.csv"))
     monkeypatch.setattr(os, "scandir", listable)

@@ -282,7 +282,9 @@ def _glob(spec: str, hidden: Optional[List[str]] = None) -> List[str]:
 def _glob_levels(spec: str) -> List[str]:
     """``glob.glob(spec)`` for a pattern without ``**``, one component at a time as Python's glob
     goes (a component without wildcards is looked up, not listed; ``*`` matches no dot file), but
-    a folder a wildcard component lists and that cannot be listed is refused."""
+    a folder a wildcard component lists and that cannot be listed is refused. A wildcard matches
+    no hidden folder on the way (their files are left out below the fixed part anyway), nor a
+    mount's ``lost+found``."""
     absolute = spec.startswith(os.sep)
     paths = [os.sep if absolute else ""]
     parts = spec.split(os.sep)[1:] if absolute else spec.split(os.sep)
@@ -304,8 +306,13 @@ def _glob_levels(spec: str) -> List[str]:
                 raise InputError(
                     f"{folder or os.curdir}: an input folder that cannot be listed ({e.strerror or e})"
                 ) from None
+            at_mount = not last and os.path.ismount(folder or os.curdir)
             for name in names:
                 if name.startswith(".") and not part.startswith("."):
+                    continue
+                # As a folder's walk (_walk_visible): a hidden folder's files are never read (Spark's
+                # _temporary), and a filesystem's lost+found lists for root alone.
+                if not last and (_hidden(name) or (at_mount and name == "lost+found")):
                     continue
                 path = os.path.join(folder, name)
                 if fnmatch.fnmatchcase(name, part) and (last or os.path.isdir(path)):
