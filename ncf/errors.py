@@ -20,14 +20,17 @@ class InputError(Exception):
     """Bad input that stops a job: the message is one line naming the path and what is wrong."""
 
 
-# user:password@ in a URL (a tracking store's postgresql://u:p@db/x, an https:// server's).
-_URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^/\s:@]*):[^@\s/]*@")
+# user:password@ in a URL (a tracking store's postgresql://u:p@db/x, an https:// server's), the
+# password up to its URL's last @ (SQLAlchemy reads postgresql://u:pa/ss@db/x as the password
+# pa/ss), and a database URL's ?password=... .
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^/\s:@]*):[^\s@]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&\s]*", re.IGNORECASE)
 
 
 def without_passwords(text: str) -> str:
     """``text`` with the password of every URL in it masked (``postgresql://u:***@db/mlflow``):
     what a line, a log or a printed command says of a store never carries its secret."""
-    return _URL_PASSWORD.sub(r"\1:***@", str(text))
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", str(text)))
 
 
 class TryLater(InputError):

@@ -172,11 +172,25 @@ def check_store_outlives_the_job() -> None:
         _check_experiment_created(uri, TRAIN_EXPERIMENT)
 
 
+_DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
 def _check_experiment_created(uri: str, experiment: str) -> None:
     """:func:`check_default_artifact_root` before a training's hours, where ``experiment`` is not
-    in the store yet (a store that does not answer now is left to the registration's own line)."""
+    in the store yet (a store that does not answer now is left to the registration's own line:
+    a database whose port takes no connection within 5 s is not opened, which MLflow would retry
+    for about 100 s)."""
     from mlflow.tracking import MlflowClient
+    from sqlalchemy.engine import make_url
 
+    try:
+        url = make_url(uri)
+        if url.host:
+            port = url.port or _DATABASE_PORTS.get(url.get_backend_name(), 0)
+            socket.create_connection((url.host, port), timeout=5.0).close()
+    except Exception:  # noqa: BLE001 (no answer, or a URL SQLAlchemy will refuse itself later)
+        return
+    _quiet_mlflow()
     try:
         found = MlflowClient(uri).get_experiment_by_name(experiment)
     except Exception:  # noqa: BLE001
@@ -562,7 +576,7 @@ class Registry:
         if not create and store and (not os.path.exists(store) or os.path.getsize(store) == 0):
             # MLflow would create an empty store there, and the command report nothing registered.
             raise InputError(
-                f"no model registry at {self.uri}: {os.path.abspath(store)} "
+                f"no model registry at {self.shown}: {os.path.abspath(store)} "
                 f"{'is empty' if os.path.exists(store) else 'does not exist'} (a relative "
                 "sqlite:/// path is read from the directory a command runs in; a typo in MLFLOW_TRACKING_URI?); "
                 "train one (python -m jobs.train registers each model)"
@@ -578,6 +592,11 @@ class Registry:
             raise StoreUnavailable(f"tracking store {self.uri}: does not open ({type(e).__name__}: {first})") from None
 
     # runs
+
+    @property
+    def shown(self) -> str:
+        """The store's URI as lines say it: without its password (:func:`ncf.errors.without_passwords`)."""
+        return without_passwords(self.uri)
 
     def experiment_id(self, name: str) -> str:
         """The experiment's id, created on first use (its artifacts beside a local store)."""
@@ -799,7 +818,7 @@ class Registry:
         still holding that version's model (not one trained into the same directory since)."""
         found = self._found(version)
         if found is None:
-            raise InputError(f"no version {version} of {self.name} in {self.uri}; {MODELS_CLI} lists them")
+            raise InputError(f"no version {version} of {self.name} in {self.shown}; {MODELS_CLI} lists them")
         tags = found.tags or {}
         path = tags.get(MODEL_DIR_TAG) or found.source
         if not (present(path) and os.path.isdir(path)):
@@ -939,7 +958,7 @@ class Registry:
         from ncf.staging import Busy, exclusive
 
         # The real path: two links to one database take one lock.
-        lock, what = os.path.realpath(store) + ".lock", f"tracking store {self.uri}"
+        lock, what = os.path.realpath(store) + ".lock", f"tracking store {self.shown}"
         with contextlib.ExitStack() as held:
             try:
                 # The database's mode bits: in a store a group shares, each member opens it.
@@ -949,7 +968,7 @@ class Registry:
                 except Busy:
                     print(
                         f"[registry] waiting up to {CURRENT_LOCK_WAIT_S:g} s for another promote, rollback or first "
-                        f"registration on {without_passwords(self.uri)} to finish (lock {lock})",
+                        f"registration on {self.shown} to finish (lock {lock})",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -1117,7 +1136,7 @@ class Registry:
         history = self.history()
         if not history or self.current() is None:
             raise InputError(
-                f"no version of {self.name} is current in {self.uri}: nothing to roll back "
+                f"no version of {self.name} is current in {self.shown}: nothing to roll back "
                 f"({MODELS_CLI} promote VERSION makes one current)"
             )
         # Versions deleted since they were current (the UI, the API) are passed over: the
@@ -1168,7 +1187,7 @@ class Registry:
             version = self.current()
             if version is None:
                 raise InputError(
-                    f"no version of {self.name} is current in {self.uri}: train one (python -m jobs.train) "
+                    f"no version of {self.name} is current in {self.shown}: train one (python -m jobs.train) "
                     f"or promote a version ({MODELS_CLI} promote VERSION)"
                 )
             return self.path_of(version)
@@ -1185,7 +1204,7 @@ class Registry:
             # A missing alias is INVALID_PARAMETER_VALUE; anything else is the store failing.
             if not _not_found(e) and getattr(e, "error_code", None) != "INVALID_PARAMETER_VALUE":
                 raise self._failed(e) from None
-            raise InputError(f"{ref}: no version of {name} has the alias {alias} in {self.uri}") from None
+            raise InputError(f"{ref}: no version of {name} has the alias {alias} in {self.shown}") from None
         return registry.path_of(version)
 
 

@@ -1390,28 +1390,36 @@ def test_a_database_store_creates_no_experiment_whose_artifacts_ray_deletes(tmp_
     for store in ("http://127.0.0.1:5000", f"sqlite:///{tmp_path}/mlflow.db"):  # they choose their own root
         reg.check_default_artifact_root(store, "ncf-train", cwd=unpacked)
     # A training checks before its hours (the registration after them only said "not recorded").
-    # No PostgreSQL here: the store's answer is MlflowClient's lookup, set for each case.
+    # No PostgreSQL here: a socket listens at its address, and the store's answer is MlflowClient's
+    # lookup, set for each case.
+    import socket
+
     from mlflow.tracking import MlflowClient
 
     os.makedirs(unpacked)
     monkeypatch.chdir(unpacked)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres)
+    listener = socket.create_server(("127.0.0.1", 0))
+    here = f"postgresql://mlflow@127.0.0.1:{listener.getsockname()[1]}/mlflow"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", here)
     monkeypatch.setattr(MlflowClient, "__init__", lambda self, uri: None)  # no driver to connect with
-    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", lambda self, name: None)
-    with pytest.raises(reg.StoreUnavailable, match="experiment ncf-train would keep its artifacts"):
+    try:
+        monkeypatch.setattr(MlflowClient, "get_experiment_by_name", lambda self, name: None)
+        with pytest.raises(reg.StoreUnavailable, match="experiment ncf-train would keep its artifacts"):
+            reg.check_store_outlives_the_job()
+        monkeypatch.setattr(MlflowClient, "get_experiment_by_name", lambda self, name: object())  # created once
         reg.check_store_outlives_the_job()
-    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", lambda self, name: object())  # created once
-    reg.check_store_outlives_the_job()
+    finally:
+        listener.close()
 
-    def unreachable(self, name):
-        raise ConnectionError("no database answers")
+    def not_asked(self, name):
+        raise AssertionError("a database that takes no connection was opened (MLflow retries it ~100 s)")
 
-    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", unreachable)  # the registration's line says it
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", not_asked)  # the registration's line says it
     reg.check_store_outlives_the_job()
 
 
 @pytest.mark.faults
-def test_a_stores_password_is_never_printed_nor_pickled_into_a_sweep(store, tmp_path, capsys):
+def test_a_stores_password_is_never_printed_nor_pickled_into_a_sweep(store, tmp_path, capsys, monkeypatch):
     """postgresql://u:PASS@db/mlflow, or an https server's user and password: printed in every
     registration line, store error and copy-paste command, and pickled into a sweep's tuner.pkl
     with its callback (a security review, 2026-12-07). Masked as *** in every line."""
@@ -1427,14 +1435,32 @@ def test_a_stores_password_is_never_printed_nor_pickled_into_a_sweep(store, tmp_
         error = capsys.readouterr().err
         assert exited.value.code in (2, 75) and secret not in error and "mlflow:***@127.0.0.1:9" in error, error
         assert reg.cli_env(uri) == f"MLFLOW_TRACKING_URI='{uri.replace(secret, '***')}' "
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the store the job meant, where it did not open
         assert secret not in reg._register_later(None, str(tmp_path / "m"), True)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
         assert secret not in str(reg.StoreUnavailable(f"tracking store {uri}: does not open"))
         with pytest.raises(SystemExit):
             fail(f"tracking store {uri} refused")
         assert secret not in capsys.readouterr().err
-    # A SQLite path holding ':' and '@' is no password.
+    # A SQLite path holding ':' and '@' is no password; a password holding '/' (SQLAlchemy reads one)
+    # or given as ?password= is one.
     path = "sqlite:////srv/a:b@c/mlflow.db"
     assert reg.without_passwords(path) == path
+    for given, said in (
+        (f"postgresql://u:{secret}/x@db/m", "postgresql://u:***@db/m"),
+        (
+            f"postgresql://db/m?user=u&password={secret}&sslmode=require",
+            "postgresql://db/m?user=u&password=***&sslmode=require",
+        ),
+    ):
+        assert reg.without_passwords(given) == said
+    # A registry's own refusals name the store as lines say it (Serve's build task shows them raw).
+    monkeypatch.setattr(reg.Registry, "current", lambda self: None)
+    shown = object.__new__(reg.Registry)
+    shown.uri, shown.name = f"postgresql://u:{secret}@db/m", reg.MODEL_NAME
+    with pytest.raises(reg.InputError) as refused:
+        shown.resolve("current")
+    assert secret not in str(refused.value) and "u:***@db" in str(refused.value)
     # The sweep's callback, pickled by Tune (cloudpickle) at the sweep's start, holds no store URI
     # (setup reads it).
     logger = trial_logger(str(tmp_path / "sweep"))
