@@ -575,7 +575,7 @@ def test_an_answer_the_page_cannot_read_is_said_as_such(tmp_path):
 
 @pytest.mark.faults
 def test_a_stalled_answer_ends_the_question_after_the_pages_own_timeout(tmp_path):
-    """Without Serve's request timeout (`serve run` sets none) a replica that never answered left
+    """Without Serve's request timeout (`serve run serve.app:build_app` sets none) a replica that never answered left
     "Loading household h..." for ever, and a slow settings call an empty page (a review of the
     explorer, 2026-12-07). Each call has its own clock; the page says which call got no answer."""
     import json
