@@ -14,6 +14,7 @@ DOM as text only (``textContent``), never as HTML.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -38,12 +39,29 @@ HEADERS = {
     "Cache-Control": "no-cache",
 }
 OFF_MESSAGE = "the explorer page is off for this deployment (jobs.deploy --ui, or the app argument ui: true)"
+# Written in the page's files where their version goes: the page's asset URLs (?v=) and a meta
+# tag, and the script's own constant. During a rollout the page and its script may come from
+# replicas of two versions; the script compares and loads the page again (explorer.js).
+VERSION_MARK = b"__ASSETS_VERSION__"
+
+
+def _raw(name: str) -> bytes:
+    with open(os.path.join(STATIC_DIR, name), "rb") as f:
+        return f.read()
+
+
+@lru_cache(maxsize=None)
+def assets_version() -> str:
+    """A digest of the page's files, as this replica read them."""
+    digest = hashlib.sha256()
+    for name in sorted(ASSETS):
+        digest.update(name.encode() + b"\0" + _raw(name) + b"\0")
+    return digest.hexdigest()[:12]
 
 
 @lru_cache(maxsize=None)
 def _read(name: str) -> bytes:
-    with open(os.path.join(STATIC_DIR, name), "rb") as f:
-        return f.read()
+    return _raw(name).replace(VERSION_MARK, assets_version().encode())
 
 
 def asset(name: str, enabled: bool) -> Response:

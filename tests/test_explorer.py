@@ -574,6 +574,50 @@ def test_an_answer_the_page_cannot_read_is_said_as_such(tmp_path):
 
 
 @pytest.mark.faults
+def test_a_page_and_a_script_of_two_versions_load_the_page_again_once_then_say_so(tmp_path):
+    """During a rollout of new page files the page may come from a new replica and its script from
+    an old one (the URLs were the same, the versions unsaid): a page whose fields and script did
+    not fit (a review, 2026-12-07). The files now carry their version: the script compares, loads
+    the page again once, and says it where they still differ; asking nothing meanwhile."""
+    import json
+
+    from serve import ui
+
+    version = ui.assets_version()
+    page_html = ui._read(ui.PAGE).decode()
+    assert f'content="{version}"' in page_html and f"ui/explorer.js?v={version}" in page_html
+    settings = {"default_at": "2017-11-27T00:00:00+00:00", "model_version": "v1", "max_k": 100, "max_baskets": 50}
+    answers = {"/ui/config": [(200, {}, json.dumps(settings))]}
+    script_headers = {**ui.HEADERS, "Content-Type": ui.ASSETS["explorer.js"]}
+    with _faked_page(tmp_path, answers) as (page, errors, asked, origin):
+        loads = []
+        fake = _fake_server(origin, answers, asked)
+
+        def older_script(route):
+            path = route.request.url.removeprefix(origin).split("?")[0]
+            if path == "/ui":
+                loads.append(route.request.url)
+            if path == "/ui/explorer.js":  # an old replica's script: another version
+                body = ui._read("explorer.js").replace(version.encode(), b"0ld0ld0ld0ld")
+                return route.fulfill(status=200, headers=script_headers, body=body)
+            return fake(route)
+
+        page.unroute("**/*")
+        page.route("**/*", older_script)
+        page.goto(f"{origin}/ui")
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('two versions')")
+        assert len(loads) == 2, loads  # the first load, and the one the script asked for
+        assert "load the page again in a minute" in page.text_content("#status")
+        assert asked == [] and page.is_disabled("#show") and not errors
+        # One version again (the rollout over): the page works, no reload.
+        page.unroute("**/*")
+        page.route("**/*", fake)
+        page.goto(f"{origin}/ui")
+        page.wait_for_function("() => document.body.dataset.ready === 'true'")
+        assert [path for path, _ in asked] == ["/ui/config"]
+
+
+@pytest.mark.faults
 def test_a_stalled_answer_ends_the_question_after_the_pages_own_timeout(tmp_path):
     """Without Serve's request timeout (`serve run serve.app:build_app` sets none) a replica that never answered left
     "Loading household h..." for ever, and a slow settings call an empty page (a review of the

@@ -20,7 +20,8 @@
   // at most a minute, this many times; the id search does not.
   const BUSY_RETRIES = 2;
   // Serve's request_timeout_s (30 s where serve.launch starts it) normally answers first with a
-  // 504; without it (`serve run` sets none) a stalled replica left the page loading for ever.
+  // 504; without it (`serve run serve.app:build_app` sets none) a stalled replica left the page
+  // loading for ever.
   const ANSWER_TIMEOUT_S = 45;
 
   // Integer ids of 2^53 and more lose digits as JavaScript numbers: they are kept as the digits
@@ -381,7 +382,36 @@
     $("at").value = "";
   }
 
+  // The page's files' version, as the replica that sent this script wrote it (serve/ui.py).
+  const ASSETS_VERSION = "__ASSETS_VERSION__";
+
+  // The page and this script from replicas of two versions (a rollout under way): the page is
+  // loaded again once, for both to come from one; a second mismatch is said, the page left idle
+  // (its fields and this script may not fit each other).
+  function sameVersionAsThePage() {
+    const page = document.querySelector('meta[name="ncf-assets"]');
+    if (!page || page.content === ASSETS_VERSION) return true;
+    const key = `ncf-explorer-reloaded:${page.content}:${ASSETS_VERSION}`;
+    let reloaded = true;
+    try {
+      reloaded = sessionStorage.getItem(key) !== null;
+      sessionStorage.setItem(key, "1");
+    } catch (e) {
+      // No storage (a private window's policy): no reload, whose count could not be kept.
+    }
+    if (!reloaded) {
+      window.location.reload();
+      return false;
+    }
+    setStatus(
+      "The page and its script come from two versions of the server (a rollout under way?): load the page again in a minute",
+      true,
+    );
+    return false;
+  }
+
   async function start() {
+    if (!sameVersionAsThePage()) return;
     $("query").addEventListener("submit", show);
     $("household").addEventListener("input", searchHouseholds);
     $("default-at").addEventListener("click", resetMoment);
