@@ -21,9 +21,9 @@ class InputError(Exception):
 
 
 # user:password@ in a URL (a tracking store's postgresql://u:p@db/x, an https:// server's), the
-# password up to its URL's last @ (SQLAlchemy reads postgresql://u:pa/ss@db/x as the password
-# pa/ss), and a database URL's ?password=... .
-_URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^/\s:@]*):[^\s@]*@")
+# password up to the next @ (SQLAlchemy reads postgresql://u:pa/ss@db/x as the password pa/ss)
+# but not a port (http://host:8080/path@x is no password), and a database URL's ?password=... .
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^/\s:@]*):(?!\d+(?:[/?#\s]|$))[^\s@]*@")
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&\s]*", re.IGNORECASE)
 
 

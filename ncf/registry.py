@@ -185,7 +185,8 @@ def _check_experiment_created(uri: str, experiment: str) -> None:
 
     try:
         url = make_url(uri)
-        if url.host:
+        socket_only = {"unix_socket", "host"} & set(url.query)  # a local socket: nothing to probe
+        if url.host and not socket_only:
             port = url.port or _DATABASE_PORTS.get(url.get_backend_name(), 0)
             socket.create_connection((url.host, port), timeout=5.0).close()
     except Exception:  # noqa: BLE001 (no answer, or a URL SQLAlchemy will refuse itself later)

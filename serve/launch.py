@@ -101,8 +101,11 @@ STATUS_POLL_S = 0.5  # between two readings of the app's status while it deploys
 # waiting for a node aside: an upscale's, not the rollout's) before the wait for every replica
 # to have the rollout ends.
 SETTLE_GRACE_S = 30.0
-# Serve's words in a deployment's message for replicas no node has room for yet (SLOW_STARTUP_WARNING_S).
-_WAITING_FOR_A_NODE = "to be scheduled"
+# Serve's words in a deployment's message (deployment_state.py): replicas no node has room for
+# yet (SLOW_STARTUP_WARNING_S), and a replica's constructor failing, retried without end beside
+# running replicas (a first deploy's; no rollout's end to wait for).
+_WAITING_FOR_A_NODE = re.compile(r"has (\d+) replicas that have taken more than \d+s to be scheduled")
+_CONSTRUCTOR_RETRIED = "A replica failed to start with exception. Retrying"
 
 
 def wait_until_running(app_name: str = APP_NAME, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -173,14 +176,20 @@ def wait_until_running(app_name: str = APP_NAME, timeout_s: float = START_TIMEOU
 
 def _rolling(app) -> bool:
     """Whether a replica of the app's deployment is being started, reconfigured or stopped (a
-    rollout under way), but for replicas Serve says wait for a node (an upscale's)."""
+    rollout under way), but for replicas Serve says wait for a node (an upscale's) and those whose
+    constructor fails again and again."""
     from serve.app import DEPLOYMENT_NAME
 
     deployment = app.deployments.get(DEPLOYMENT_NAME)
     states = {} if deployment is None else deployment.replica_states
-    waiting_for_a_node = _WAITING_FOR_A_NODE in _deployment_message(deployment)
-    moving = {"UPDATING", "STOPPING"} | (set() if waiting_for_a_node else {"STARTING"})
-    return any(getattr(state, "value", state) in moving and n for state, n in states.items())
+    counts = {getattr(state, "value", state): n for state, n in states.items()}
+    if counts.get("UPDATING") or counts.get("STOPPING"):
+        return True
+    message = _deployment_message(deployment)
+    if _CONSTRUCTOR_RETRIED in message:
+        return False
+    waiting = _WAITING_FOR_A_NODE.search(message)
+    return counts.get("STARTING", 0) > (int(waiting.group(1)) if waiting else 0)
 
 
 def _rolled_out(app) -> bool:

@@ -731,11 +731,27 @@ def test_a_rollout_that_an_autoscaling_decision_met_is_waited_for_until_every_re
         running, {"RUNNING": 2, "STARTING": 1}, autoscaling, deployment_status=DeploymentStatus.UPSCALING
     )
     deploying = _app_status(ApplicationStatus.DEPLOYING, {"RUNNING": 2, "STARTING": 1})
-    for middle in (surging, deploying):
+    # And the rollout's own replica loading beside an upscale's that waits for a node (Serve's
+    # words name how many wait: one of the two STARTING).
+    beside = _app_status(
+        running, {"RUNNING": 2, "STARTING": 2}, autoscaling, no_node, deployment_status=DeploymentStatus.UPSCALING
+    )
+    for middle in (surging, deploying, beside):
         readings = iter([surging] + [middle] * 150 + [surging, done])  # 1.5 s of readings, 3 graces
         _serve_reads(monkeypatch, readings)
         launch.wait_until_running(timeout_s=60)
         assert next(readings, None) is None
+
+    # A constructor failing again and again beside running replicas (a first deploy's: Serve never
+    # fails it): no rollout's end to wait for, handed on after the grace, not the deadline.
+    retried = "A replica failed to start with exception. Retrying (2/100). Error: RuntimeError: boom"
+    crash_loop = _app_status(
+        running, {"RUNNING": 1, "STARTING": 1}, autoscaling, retried, deployment_status=DeploymentStatus.UPSCALING
+    )
+    _serve_reads(monkeypatch, itertools.repeat(crash_loop))
+    started = time.monotonic()
+    launch.wait_until_running(timeout_s=60)
+    assert time.monotonic() - started < 10
 
     # Serve failing the deployment once the app ran (new replicas refusing a model they have no
     # earlier one to keep beside): handed to the running replicas, whose refusals say it (exit 2);

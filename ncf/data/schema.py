@@ -306,13 +306,13 @@ def _glob_levels(spec: str) -> List[str]:
                 raise InputError(
                     f"{folder or os.curdir}: an input folder that cannot be listed ({e.strerror or e})"
                 ) from None
-            at_mount = not last and os.path.ismount(folder or os.curdir)
+            at_mount = os.path.ismount(folder or os.curdir)
             for name in names:
                 if name.startswith(".") and not part.startswith("."):
                     continue
                 # As a folder's walk (_walk_visible): a hidden folder's files are never read (Spark's
                 # _temporary), and a filesystem's lost+found lists for root alone.
-                if not last and (_hidden(name) or (at_mount and name == "lost+found")):
+                if (not last and _hidden(name)) or (at_mount and name == "lost+found"):
                     continue
                 path = os.path.join(folder, name)
                 if fnmatch.fnmatchcase(name, part) and (last or os.path.isdir(path)):

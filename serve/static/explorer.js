@@ -394,10 +394,12 @@
     const key = `ncf-explorer-reloaded:${page.content}:${ASSETS_VERSION}`;
     let reloaded = true;
     try {
-      reloaded = sessionStorage.getItem(key) !== null;
+      const seen = sessionStorage.getItem(key) !== null;
       sessionStorage.setItem(key, "1");
+      reloaded = seen;
     } catch (e) {
-      // No storage (a private window's policy): no reload, whose count could not be kept.
+      // No storage, or none to write (a private window's policy, a full quota): no reload, whose
+      // count could not be kept.
     }
     if (!reloaded) {
       window.location.reload();
