@@ -255,7 +255,7 @@ def test_a_model_directorys_ranking_with_unknown_or_non_count_sizes_is_one_line(
 
 
 @pytest.mark.faults
-def test_reasons_are_the_purchase_timing_and_the_scores_without_those_purchases(recommender):
+def test_reasons_are_the_purchase_timing_and_the_scores_without_those_purchases(recommender, monkeypatch):
     """Each explained product's reason: its distinct purchase days, days since the last one and
     typical gap, counted here from the raw timeline, and the model's score for it on the
     household's timeline without its purchases (then without its category's), scored one
@@ -268,11 +268,26 @@ def test_reasons_are_the_purchase_timing_and_the_scores_without_those_purchases(
     catalog = ranker.state.catalog
     users = ranker.state.states.users()[:8]
     moments = np.full(len(users), at)
-    # With exclude_purchased, only products new to the households.
+    # With exclude_purchased, only products new to the households; and a past moment, where what
+    # a household bought only later is no purchase of its (a review, 2026-12-07: each was asked
+    # again, occluded, for the score it had).
+    state = recommender.state
+    past = np.full(len(users), state.first_purchase + (state.end - state.first_purchase) * 2 // 3)
+    then = Ranker(model, recommender.as_of(int(past[0])).ranker.state, recommender.ranker.rows, settings)
     rankings = ranker.rank(users, moments, k=12, explain=True) + ranker.rank(users, moments, 12, True, explain=True)
-    repeats = explores = 0
+    given, questions = then._given, []
+    monkeypatch.setattr(then, "_given", lambda *args: questions.append(args) or given(*args))
+    rankings += then.rank(users, past, k=12, explain=True)
+    # No occluded question where nothing before the moment is removed: its score is the ranking's.
+    for user, at_then, products, occluded_timeline in questions:
+        whole = then.state.states.timeline(user)
+        occluded_read, whole_read = (int((t.timestamps < at_then).sum()) for t in (occluded_timeline, whole))
+        assert len(products) > 1 or occluded_read < whole_read or occluded_timeline is whole
+    repeats = explores = later = 0
     moved = []  # how far a repeat's score moves without its purchases
-    for user, ranking in zip(np.tile(users, 2).tolist(), rankings):
+    asked = [ranker] * (2 * len(users)) + [then] * len(users)
+    asked_at = np.concatenate([moments, moments, past]).tolist()
+    for ranker, user, at, ranking in zip(asked, np.tile(users, 3).tolist(), asked_at, rankings):
         assert not ranking.cold_start and len(ranking.reasons) == len(ranking.products)
         timeline = ranker.state.states.timeline(user)
         before = timeline.timestamps < at
@@ -288,11 +303,12 @@ def test_reasons_are_the_purchase_timing_and_the_scores_without_those_purchases(
                 assert reason.typical_gap_days == pytest.approx(expected_gap)
             else:
                 explores += 1
+                later += bool((timeline.products == product).any())
                 assert reason.days_since_last is None and reason.typical_gap_days is None
                 # Nothing to remove: the occluded question is the ranking's own, not asked again
                 # (a review, 2026-12-07: every product of an exclude_purchased ranking was).
                 assert reason.score_if_never_bought == float(score)
-            kept = timeline.products != product
+            kept = (timeline.products != product) & before
             # The unknown category 0 is no category: only the product itself is removed.
             category = catalog.category[product]
             in_category = (catalog.category[timeline.products] == category) & (category > 0)
@@ -303,7 +319,7 @@ def test_reasons_are_the_purchase_timing_and_the_scores_without_those_purchases(
                 alone = UserTimeline(timeline.products[removed], timeline.timestamps[removed])
                 occluded, _ = ranker.score(user, np.array([product]), at, timeline=alone)
                 assert expected == pytest.approx(float(occluded[0]), abs=1e-6)
-    assert repeats >= 8 and explores, (repeats, explores)
+    assert repeats >= 8 and explores and later, (repeats, explores, later)
     # A category's ranked products share one occluded question: some ranking holds several.
     shared = [np.bincount(catalog.category[r.products])[1:].max(initial=0) for r in rankings]
     assert max(shared) >= 2, shared

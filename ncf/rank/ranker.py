@@ -299,15 +299,17 @@ class Ranker:
         warm = [(q, ranking) for q, ranking in zip(questions, rankings) if not q.cold_start]
         groups = [_by_category(ranking.products, catalog.category) for _, ranking in warm]
 
-        # A product (or category) the household never bought leaves its timeline as it is: that
-        # question is the ranking's own, whose scores are taken instead of asking it again (with
-        # exclude_purchased, every product's).
+        # A product (or category) the household never bought before the moment leaves what the
+        # model reads of its timeline as it is (a past moment's later purchases are not read):
+        # that question is the ranking's own, whose scores are taken instead of asking it again
+        # (with exclude_purchased, every product's).
+        before = [q.timeline.timestamps < q.at for q, _ in warm]
         asked = [
             (
-                [bool(product_lines(q.timeline, p).any()) for p in ranking.products.tolist()],
-                [bool(category_lines(q.timeline, int(members[0]), catalog).any()) for members in by_category],
+                [bool((product_lines(q.timeline, p) & read).any()) for p in ranking.products.tolist()],
+                [bool((category_lines(q.timeline, int(members[0]), catalog) & read).any()) for members in by_category],
             )
-            for (q, ranking), by_category in zip(warm, groups)
+            for (q, ranking), by_category, read in zip(warm, groups, before)
         ]
 
         def occluded() -> Iterator[_Question]:
