@@ -44,6 +44,7 @@ from ncf.batch.scoring import (
 )
 from ncf.batch.verify import VerificationFailed
 from ncf.device import GPU_SETTINGS
+from ncf.errors import exit_on_sigterm
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -185,7 +186,9 @@ def main(argv=None) -> dict:
         in_driver = resolve_score_in(config)
         config = dataclasses.replace(config, score_in="driver" if in_driver else "actors")
         if not in_driver:
-            init_ray()
+            init_ray()  # which turns SIGTERM into SystemExit(143)
+        else:  # the same without Ray: a stop unwinds through the commit's way out (its journal finished)
+            exit_on_sigterm()
         try:
             summary = run_batch_scoring(config, verified_inputs=verified, now=now)
         except VerificationFailed as failed:

@@ -1130,6 +1130,42 @@ def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session,
 
 
 @pytest.mark.faults
+def test_a_run_scoring_in_the_driver_stopped_by_sigterm_exits_143_and_commits_nothing(
+    small_model_dir, small_data, tmp_path
+):
+    """A run scoring in the driver (Complete Journey's, the demo's: no Ray started) had no SIGTERM
+    handler: `ray job stop` killed it outright, past the commit's way out that finishes its journal
+    (a review of the nightly job, 2026-12-07). It exits 143 as README's table says."""
+    data, _ = small_data
+    output = str(tmp_path / "out")
+    argv = _argv(small_model_dir, data, output, "--batch-size", "4", "--score-in", "driver", "--progress-every", "0")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "jobs.batch_score", *argv],
+        cwd=REPO,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    try:
+        for _ in range(2000):  # bounded: a few dozen lines before the first progress
+            line = readline_within(job.stdout)
+            seen.append(line)
+            if not line or "progress:" in line:
+                break
+        assert "progress:" in seen[-1], "".join(seen[-20:])
+        job.send_signal(signal.SIGTERM)
+        job.communicate(timeout=120)
+    finally:
+        job.kill()
+        job.wait(timeout=60)
+    assert job.returncode == 128 + signal.SIGTERM, "".join(seen[-20:])  # before: -15, killed by the signal
+    assert not any(name.startswith("run_date=") for name in os.listdir(output))
+
+
+@pytest.mark.faults
 def test_a_replay_whose_stats_pass_runs_out_of_memory_is_one_line(small_model_dir, small_data, tmp_path, capsys):
     """A replay's products' stats are one pass over every purchase (tens of GB at a billion); the
     pass running out of memory ended the job in a traceback (a known limit until session 49)."""

@@ -55,6 +55,23 @@ def test_the_refit_trains_for_the_epoch_whose_weights_were_exported():
     assert best_epoch(refit) == 2
 
 
+@pytest.mark.faults
+def test_a_refit_trained_past_the_epochs_its_validated_run_chose_now_is_not_resumed():
+    """A refit of 3 epochs whose export failed, resumed after its validated run was trained again
+    (other hardware rounds otherwise) and chose 2: the 3-epoch weights were exported as 2 epochs'
+    (a review of training, 2026-12-07). Refused in one line; fewer epochs resume."""
+    import dataclasses
+
+    from ncf.errors import InputError
+    from ncf.train.trainer import check_refit_epochs, refit_config
+
+    validated = TrainConfig(data="DATA", epochs=5)
+    with pytest.raises(InputError, match="run X-refit trained 3 epochs, more than the 2 its validated run chose now"):
+        check_refit_epochs("X-refit", {"epoch": 3}, refit_config(validated, 2))
+    check_refit_epochs("X-refit", {"epoch": 2}, refit_config(validated, 3))
+    check_refit_epochs("X", {"epoch": 3}, dataclasses.replace(validated, epochs=2))  # a validated run's: stopped_early
+
+
 def test_two_workers_with_sharded_tables_reduce_the_loss(small_data, tmp_path):
     data, stats = small_data
     config = TrainConfig(
@@ -464,6 +481,44 @@ def test_ctrl_c_while_the_slot_is_given_back_leaves_the_jobs_outcome_as_it_was(r
         f"[slot] the slot {SLOT_NAME} was not released (KeyboardInterrupt); it goes when this job ends\n"
     )
     wait_released(SLOT_NAME)  # killed all the same: free for the next test
+
+
+@pytest.mark.faults
+def test_workers_beside_serves_replicas_leave_room_for_the_reads_that_feed_them(ray_session, capsys):
+    """jobs.train sized its workers from all of the cluster's CPUs: beside two Serve replicas of
+    0.5 CPU on 2 CPUs its worker took the last one, and Ray Data's reads never started, the run
+    hung without a word (a review of training, 2026-12-07; a sweep's trials had the same hang).
+    Sized from the free CPUs, a worker and a read fit; where even they do not, it says so."""
+    import ray
+
+    from ncf.train.trainer import READ_CPU, worker_resources
+
+    @ray.remote(num_cpus=0.5)
+    class Replica:
+        def ready(self) -> bool:
+            return True
+
+    replicas = [Replica.remote() for _ in range(2)]
+    try:
+        ray.get([r.ready.remote() for r in replicas])
+        free = ray.available_resources().get("CPU", 0.0)
+        asked = worker_resources(1, use_gpu=False)["CPU"]
+        assert asked + READ_CPU <= free, (asked, free)  # before: 1.0 of the 1.0 free
+        assert "waits for what holds the others" not in capsys.readouterr().err
+        more = [Replica.remote()]  # 0.5 CPU left of 2.0: a worker and a read of 0.25 each
+        replicas += more
+        ray.get([r.ready.remote() for r in more])
+        assert worker_resources(1, use_gpu=False)["CPU"] == 0.25
+        assert "waits for what holds the others" not in capsys.readouterr().err
+        crowd = Replica.options(num_cpus=0.25).remote()  # 0.25 left: no room for both
+        replicas.append(crowd)
+        ray.get(crowd.ready.remote())
+        worker_resources(1, use_gpu=False)
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("[train] 0.25 of the cluster's 2 CPUs are free, 0.5 needed"), line
+    finally:
+        for replica in replicas:
+            ray.kill(replica)
 
 
 @pytest.mark.faults

@@ -17,6 +17,7 @@ import dataclasses
 import glob
 import os
 import signal
+import sys
 import threading
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Dict, Optional, Sequence
@@ -144,11 +145,23 @@ def cpu_nodes() -> int:
 
 def worker_resources(num_workers: int, use_gpu: bool, cpu_budget: Optional[float] = None) -> dict:
     """CPUs per training worker: ``cpu_budget`` shared among the workers (a whole CPU each at
-    most), by default all of the cluster's CPUs but :func:`data_cpus`."""
+    most), by default the cluster's free CPUs but :func:`data_cpus`. Not all of its CPUs: beside
+    Serve's replicas (two of 0.5 CPU on 2 CPUs) the workers took the last CPU, and Ray Data's
+    reads, which feed them, never started (the hang a sweep had, `tune.sweep.free_resources`)."""
     import ray
 
     if cpu_budget is None:
-        cpu_budget = ray.cluster_resources().get("CPU", 1.0) - data_cpus(cpu_nodes())
+        free, total = ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
+        cpu_budget = free - data_cpus(cpu_nodes())
+        needed = min(1.0, max(cpu_budget, 0.25) / num_workers) * num_workers + READ_CPU
+        if total >= needed > free:  # a cluster of too few CPUs waits for its autoscaler instead
+            print(
+                f"[train] {free:g} of the cluster's {total:g} CPUs are free, {needed:g} needed for the "
+                f"workers and a read: the run waits for what holds the others (Serve's replicas, another job: "
+                "`ray list actors --detail`)",
+                file=sys.stderr,
+                flush=True,
+            )
     per_worker = min(1.0, max(cpu_budget, 0.25) / num_workers)
     resources = {"CPU": per_worker}
     if use_gpu:
@@ -198,6 +211,7 @@ def fit(
         check_same_lists(run_folder, saved.get("lists_sha256"), E.lists_digest(config.data, config.cutoffs))
         check_same_features(run_folder, saved.get("features_version"))
         check_same_training(run_folder, saved.get("training"), training_settings(asdict(config)))
+        check_refit_epochs(name, saved, config)
         print(f"[train] resuming run {name} after epoch {saved.get('epoch')} ({run_folder})", flush=True)
         stopped = stopped_early(name, saved, config)
         if stopped:
@@ -235,6 +249,18 @@ def fit(
         ),
     )
     return _fit_interruptibly(trainer)
+
+
+def check_refit_epochs(name: str, saved: Dict, config: TrainConfig) -> None:
+    """Refuses (InputError) to resume a refit whose checkpoint (``saved``, its state) trained more
+    epochs than ``config`` asks for (the validated run chose fewer this time: trained again on
+    other hardware, which rounds otherwise): its weights were exported as the fewer epochs'."""
+    epoch = int(saved.get("epoch", 0))
+    if config.run == REFIT and epoch > config.epochs:
+        raise InputError(
+            f"run {name} trained {epoch} epochs, more than the {config.epochs} its validated run chose now: "
+            "give the training a new --name, or remove that run's folder to train the refit again"
+        )
 
 
 def stopped_early(name: str, saved: Dict, config: TrainConfig) -> Optional[str]:
