@@ -488,7 +488,8 @@ def test_workers_beside_serves_replicas_leave_room_for_the_reads_that_feed_them(
     """jobs.train sized its workers from all of the cluster's CPUs: beside two Serve replicas of
     0.5 CPU on 2 CPUs its worker took the last one, and Ray Data's reads never started, the run
     hung without a word (a review of training, 2026-12-07; a sweep's trials had the same hang).
-    Sized from the free CPUs, a worker and a read fit; where even they do not, it says so."""
+    Where the worker would take the last free CPUs, it takes less, and a read fits; where the free
+    CPUs hold neither, the run waits (an autoscaler adds a node) and says so."""
     import ray
 
     from ncf.train.trainer import READ_CPU, worker_resources
@@ -503,19 +504,14 @@ def test_workers_beside_serves_replicas_leave_room_for_the_reads_that_feed_them(
         ray.get([r.ready.remote() for r in replicas])
         free = ray.available_resources().get("CPU", 0.0)
         asked = worker_resources(1, use_gpu=False)["CPU"]
-        assert asked + READ_CPU <= free, (asked, free)  # before: 1.0 of the 1.0 free
-        assert "waits for what holds the others" not in capsys.readouterr().err
-        more = [Replica.remote()]  # 0.5 CPU left of 2.0: a worker and a read of 0.25 each
-        replicas += more
-        ray.get([r.ready.remote() for r in more])
-        assert worker_resources(1, use_gpu=False)["CPU"] == 0.25
-        assert "waits for what holds the others" not in capsys.readouterr().err
-        crowd = Replica.options(num_cpus=0.25).remote()  # 0.25 left: no room for both
-        replicas.append(crowd)
-        ray.get(crowd.ready.remote())
-        worker_resources(1, use_gpu=False)
+        assert asked + READ_CPU <= free and asked == 0.75, (asked, free)  # before: 1.0 of the 1.0 free
+        assert "the run waits for them" not in capsys.readouterr().err
+        more = Replica.remote()  # 0.5 CPU left of 2.0: the whole worker waits, and says so
+        replicas.append(more)
+        ray.get(more.ready.remote())
+        assert worker_resources(1, use_gpu=False)["CPU"] == 1.0  # an autoscaler would add a node for it
         (line,) = capsys.readouterr().err.splitlines()
-        assert line.startswith("[train] 0.25 of the cluster's 2 CPUs are free, 0.5 needed"), line
+        assert line.startswith("[train] 0.5 of the cluster's 2 CPUs are free, 1.25 wanted"), line
     finally:
         for replica in replicas:
             ray.kill(replica)

@@ -145,28 +145,39 @@ def cpu_nodes() -> int:
 
 def worker_resources(num_workers: int, use_gpu: bool, cpu_budget: Optional[float] = None) -> dict:
     """CPUs per training worker: ``cpu_budget`` shared among the workers (a whole CPU each at
-    most), by default the cluster's free CPUs but :func:`data_cpus`. Not all of its CPUs: beside
-    Serve's replicas (two of 0.5 CPU on 2 CPUs) the workers took the last CPU, and Ray Data's
-    reads, which feed them, never started (the hang a sweep had, `tune.sweep.free_resources`)."""
+    most), by default all of the cluster's CPUs but :func:`data_cpus`. Where the workers would
+    take the last free CPUs, leaving none for Ray Data's reads that feed them (beside Serve's
+    replicas: two of 0.5 CPU on 2 CPUs, the run hung without a word), they take less; where the
+    free CPUs hold neither, a line says the run waits for them (an autoscaler's node, or what
+    holds them). Sized once, at the trainer's construction: its retries keep the size."""
     import ray
 
     if cpu_budget is None:
         free, total = ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
-        cpu_budget = free - data_cpus(cpu_nodes())
-        needed = min(1.0, max(cpu_budget, 0.25) / num_workers) * num_workers + READ_CPU
-        if total >= needed > free:  # a cluster of too few CPUs waits for its autoscaler instead
+        cpu_budget = total - data_cpus(cpu_nodes())
+        asked = _per_worker(cpu_budget, num_workers) * num_workers
+        if (
+            asked <= free < asked + READ_CPU
+            and _per_worker(free - READ_CPU, num_workers) * num_workers + READ_CPU <= free
+        ):
+            cpu_budget = free - READ_CPU
+        elif asked + READ_CPU > free:
             print(
-                f"[train] {free:g} of the cluster's {total:g} CPUs are free, {needed:g} needed for the "
-                f"workers and a read: the run waits for what holds the others (Serve's replicas, another job: "
-                "`ray list actors --detail`)",
+                f"[train] {free:g} of the cluster's {total:g} CPUs are free, {asked + READ_CPU:g} wanted for the "
+                "workers and a read: the run waits for them (an autoscaler's node, or what holds them: Serve's "
+                "replicas, another job, `ray list actors --detail`)",
                 file=sys.stderr,
                 flush=True,
             )
-    per_worker = min(1.0, max(cpu_budget, 0.25) / num_workers)
+    per_worker = _per_worker(cpu_budget, num_workers)
     resources = {"CPU": per_worker}
     if use_gpu:
         resources["GPU"] = 1.0
     return resources
+
+
+def _per_worker(cpu_budget: float, num_workers: int) -> float:
+    return min(1.0, max(cpu_budget, 0.25) / num_workers)
 
 
 def fit(
@@ -259,7 +270,7 @@ def check_refit_epochs(name: str, saved: Dict, config: TrainConfig) -> None:
     if config.run == REFIT and epoch > config.epochs:
         raise InputError(
             f"run {name} trained {epoch} epochs, more than the {config.epochs} its validated run chose now: "
-            "give the training a new --name, or remove that run's folder to train the refit again"
+            "train it under a new name, or remove that run's folder to train the refit again"
         )
 
 
