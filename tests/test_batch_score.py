@@ -1084,6 +1084,18 @@ def test_a_second_run_of_the_same_date_is_refused_while_the_first_runs(
     assert partitions.read_manifest(output, summary["run_date"]) == before  # untouched
 
 
+def _until_its_first_progress(job) -> list:
+    """The lines a job printed up to its first progress line (asserted there)."""
+    seen = []
+    for _ in range(2000):  # bounded: the job prints a few dozen lines before its first progress
+        line = readline_within(job.stdout)
+        seen.append(line)
+        if not line or "progress:" in line:
+            break
+    assert "progress:" in seen[-1], "".join(seen[-20:])
+    return seen
+
+
 @pytest.mark.faults
 def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session, small_model_dir, small_data, tmp_path):
     """SIGSTOP at the first progress line freezes the driver before it can commit; SIGKILL then
@@ -1100,14 +1112,8 @@ def test_job_killed_halfway_commits_nothing_and_the_rerun_completes(ray_session,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    seen = []
     try:
-        for _ in range(2000):  # bounded: the job prints a few dozen lines before its first progress
-            line = readline_within(job.stdout)
-            seen.append(line)
-            if not line or "progress:" in line:
-                break
-        assert "progress:" in seen[-1], "".join(seen[-20:])
+        _until_its_first_progress(job)
         job.send_signal(signal.SIGSTOP)
         run_date = [name for name in os.listdir(os.path.join(output, commit.TMP))][0].split("=")[1]
         staged = os.listdir(os.path.join(output, commit.TMP, f"run_date={run_date}"))
@@ -1148,14 +1154,8 @@ def test_a_run_scoring_in_the_driver_stopped_by_sigterm_exits_143_and_commits_no
         stderr=subprocess.STDOUT,
         text=True,
     )
-    seen = []
     try:
-        for _ in range(2000):  # bounded: a few dozen lines before the first progress
-            line = readline_within(job.stdout)
-            seen.append(line)
-            if not line or "progress:" in line:
-                break
-        assert "progress:" in seen[-1], "".join(seen[-20:])
+        seen = _until_its_first_progress(job)
         job.send_signal(signal.SIGTERM)
         job.communicate(timeout=120)
     finally:
