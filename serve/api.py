@@ -39,6 +39,7 @@ from pydantic import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ncf.data.schema import MAX_ID_CHARS
 from ncf.moments import AT_FORMS, as_datetime, parse_at
 from ncf.rank.ranker import MAX_K
 from ncf.rank.recommender import BeforeTheData, PassBusy
@@ -52,7 +53,6 @@ MAX_BATCH_USERS = 100
 # be 20,000 of them, past the request timeout.
 MAX_EXPLAINED_ITEMS = 1000
 MAX_PRODUCT_IDS = 1000
-MAX_ID_CHARS = 128
 
 
 def _check_at(value: Any) -> Optional[datetime]:

@@ -252,6 +252,20 @@ def test_ids_in_scientific_notation_are_bad_ids_not_guesses():
     assert out.column("product_id").to_pylist() == [*ids[:5], "12", "4006381333931"]
 
 
+@pytest.mark.faults
+def test_ids_longer_than_the_api_takes_are_bad_ids_not_answers_that_cannot_be_asked_back():
+    """A 150-character SKU or household id was kept, ranked and answered by /recommend, then refused
+    (422) by /score, /products and /recommend when asked back (a review of the API, 2026-12-07).
+    Quarantined at ingest now, counted as any bad id; 128 characters (code points) pass."""
+    from serve.api import MAX_ID_CHARS
+
+    ids = ["p" * MAX_ID_CHARS, "p" * (MAX_ID_CHARS + 1), "\u00e9" * MAX_ID_CHARS, f" {'q' * MAX_ID_CHARS} "]
+    users = ["u" * (MAX_ID_CHARS + 1)] + ["u"] * 3
+    batch = pa.table({"user_id": users, "product_id": ids, "timestamp": ["2024-01-02"] * len(ids)})
+    out = schema.validate_log_batch(batch)
+    assert out.column("reason").to_pylist() == [schema.BAD_USER_ID, schema.BAD_PRODUCT_ID, None, None]
+
+
 def test_csv_ids_are_integers_only_where_every_id_is_one_as_int64_writes_it(tmp_path):
     """A CSV carries no types: its ids are answered as integers when each is one (the same log as
     Parquet with integer ids answers the same), and as text when any is written otherwise."""
