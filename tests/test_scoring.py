@@ -968,6 +968,27 @@ def test_a_past_day_being_computed_does_not_hold_up_a_day_already_kept(recommend
 
 
 @pytest.mark.faults
+def test_a_recommender_of_other_first_stage_sizes_shares_the_pass_limits(recommender):
+    """Serve's rollout of another --candidates gives the replica a recommender of other settings
+    (with_settings): it started with fresh pass limits, so a pass of the old one, still running
+    for requests in flight, and one of the new ran at once, and the share of time began again (a
+    review of the API, 2026-12-07). Its past days stay its own."""
+    import time
+
+    rec = Recommender(recommender.ranker, recommender.version, queue_passes=False, pass_share=0.25)
+    wider = rec.with_settings(candidates=rec.settings.candidates + 10)
+    day = day_of(rec.state.end) - 3 * 86_400
+    with rec._passes.lock:  # the old recommender's pass, running
+        with pytest.raises(PassBusy, match="another past day's products' stats are being computed"):
+            wider.as_of(day + 60)
+    rec._passes.next_at = time.monotonic() + 60  # the old one's last pass: its share not waited out
+    with pytest.raises(PassBusy, match="at most 25% of its time"):
+        wider.as_of(day + 60)
+    rec._passes.next_at = 0.0
+    assert wider.as_of(day + 60).settings == wider.settings and not rec._days  # its own day, its settings
+
+
+@pytest.mark.faults
 def test_a_recommender_that_does_not_queue_passes_refuses_another_new_day_meanwhile(recommender, monkeypatch):
     """Serve's replica queued every new past day behind the pass running, each request holding a
     worker thread for the pass's length (minutes at a billion purchases; the replica has 5). With

@@ -888,13 +888,13 @@ def test_a_mixed_request_batch_gets_the_answers_of_single_requests(small_model_d
     # (start_passes False) leaves it to the route (PassNeeded) rather than run a pass for it.
     new_day = RecommendRequest(user_id=users[1], k=5, at=earlier - timedelta(days=2))
     assert service.needs_pass(new_day) and not service.needs_pass(batch[0]) and not service.needs_pass(batch[3])
-    with service.recommender._pass_lock:  # another day's pass, running
+    with service.recommender._passes.lock:  # another day's pass, running
         mixed = service.recommend_many([batch[0], new_day])
     assert isinstance(mixed[1], PassBusy) and rounded(mixed[0]) == rounded(together[0])
     batched = service.recommend_many([batch[0], new_day], start_passes=False)
     assert isinstance(batched[1], PassNeeded) and rounded(batched[0]) == rounded(together[0])
     assert service.needs_pass(new_day)  # the batch ran no pass
-    service.recommender._next_pass_at = 0.0  # the replica's pass share (test_scoring's) not waited out here
+    service.recommender._passes.next_at = 0.0  # the replica's pass share (test_scoring's) not waited out here
     assert service.recommend(new_day)["items"] and not service.needs_pass(new_day)  # the pass over
 
 

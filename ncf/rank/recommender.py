@@ -95,6 +95,15 @@ class UnknownProductIds(KeyError):
         self.product_ids = product_ids
 
 
+class _Passes:
+    """A recommender's passes over the purchases (a past day's products' stats): one at a time
+    (``lock``), and the next not before ``next_at`` (``time.monotonic()``: its share of time)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.next_at = 0.0
+
+
 class Recommender:
     """Ranks raw household ids with a :class:`Ranker`.
 
@@ -118,10 +127,9 @@ class Recommender:
         self.version = version
         self.queue_passes = queue_passes
         self.pass_share = pass_share
-        self._next_pass_at = 0.0  # time.monotonic() from which a new day's pass may start
         self._days: "OrderedDict[int, _PastDay]" = OrderedDict()  # as_of's, latest used last
         self._days_lock = threading.Lock()  # guards _days only: a day's pass runs under its own lock
-        self._pass_lock = threading.Lock()  # one pass over the purchases at a time
+        self._passes = _Passes()  # one pass over the purchases at a time, and its share of time
 
     @staticmethod
     def load(
@@ -194,7 +202,7 @@ class Recommender:
         try:
             if past.recommender is None:
                 try:
-                    if not self._pass_lock.acquire(blocking=self.queue_passes):
+                    if not self._passes.lock.acquire(blocking=self.queue_passes):
                         raise self._busy(at, "another past day's")
                     started = None
                     try:
@@ -206,8 +214,8 @@ class Recommender:
                     finally:
                         if started is not None:
                             spent = time.monotonic() - started
-                            self._next_pass_at = time.monotonic() + spent * (1.0 / self.pass_share - 1.0)
-                        self._pass_lock.release()
+                            self._passes.next_at = time.monotonic() + spent * (1.0 / self.pass_share - 1.0)
+                        self._passes.lock.release()
                 finally:
                     with self._days_lock:
                         if past.recommender is None:
@@ -223,7 +231,7 @@ class Recommender:
     def _wait_for_the_pass_share(self, at: int) -> None:
         """Under the pass lock: waits (or, not queueing, refuses) until the last pass's share of
         time allows another."""
-        wait = self._next_pass_at - time.monotonic()
+        wait = self._passes.next_at - time.monotonic()
         if wait <= 0:
             return
         if not self.queue_passes:
@@ -278,7 +286,12 @@ class Recommender:
         settings = dataclasses.replace(self.settings, **changes)
         # The same MF lists where mf_candidates is unchanged (Serve's --candidates): kept once.
         ranker = self.ranker.derived(settings=settings)
-        return Recommender(ranker, self.version, self.queue_passes, self.pass_share)
+        derived = Recommender(ranker, self.version, self.queue_passes, self.pass_share)
+        # Its own past days (each carries its settings), the same pass limits: a pass of this one
+        # still running for requests in flight (a rollout of Serve's --candidates) and one of the
+        # new ran at once, each a pass over every purchase, and the share of time began again.
+        derived._passes = self._passes
+        return derived
 
     @property
     def default_at(self) -> int:
