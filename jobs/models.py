@@ -35,7 +35,7 @@ from jobs.cli import (
     refuse_unpacked,
     run_main,
 )
-from ncf.errors import InputError, TryLater, without_passwords
+from ncf.errors import InputError, TryLater
 from ncf.model.files import OtherFormat
 from ncf.registry import (
     MODEL_NAME,
@@ -246,14 +246,13 @@ def _run(command: str, args: argparse.Namespace, registry: Registry):
                 print(json.dumps(row))
             return rows
         if not rows:
-            store = without_passwords(registry.uri)
-            print(f"no versions of {registry.name} in {store}: python -m jobs.train registers each model")
+            print(f"no versions of {registry.name} in {registry.shown}: python -m jobs.train registers each model")
             return rows
         print(format_table(rows))
         current, history = registry.current(), registry.history()
         before = [v for v in history if v != current][-5:]
         shown = f" (before it: {', '.join(reversed(before))})" if current and before else ""
-        print(f"\ncurrent: {current or 'none'}{shown}; store: {without_passwords(registry.uri)}")
+        print(f"\ncurrent: {current or 'none'}{shown}; store: {registry.shown}")
         return rows
     if command == "promote":
         deployable = registry.marked_deployable(args.version)  # read first: a store failing after the move

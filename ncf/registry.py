@@ -924,8 +924,7 @@ class Registry:
         with self._moving_current():
             # The alias, not the history's last entry: deleting the current version (the UI) removes
             # its alias and leaves the history, where promoting it again would have done nothing.
-            previous, history = self.current(), self.history()
-            seen = (previous, history)
+            previous, history = seen = self._current_and_history()
             if previous != version:
                 # Verified before the lock: a training replacing its directory during those minutes
                 # is seen here (the directory's presence and identity: no second reading of every byte).

@@ -178,9 +178,7 @@ def _rolling(app) -> bool:
     """Whether a replica of the app's deployment is being started, reconfigured or stopped (a
     rollout under way), but for replicas Serve says wait for a node (an upscale's) and those whose
     constructor fails again and again."""
-    from serve.app import DEPLOYMENT_NAME
-
-    deployment = app.deployments.get(DEPLOYMENT_NAME)
+    deployment = _deployment_in(app)
     states = {} if deployment is None else deployment.replica_states
     counts = {getattr(state, "value", state): n for state, n in states.items()}
     if counts.get("UPDATING") or counts.get("STOPPING"):
@@ -192,21 +190,25 @@ def _rolling(app) -> bool:
     return counts.get("STARTING", 0) > (int(waiting.group(1)) if waiting else 0)
 
 
+def _deployment_in(app):
+    """The app's deployment in a status of Serve's (``app``: its application's), or None (no app,
+    or no deployment yet)."""
+    from serve.app import DEPLOYMENT_NAME
+
+    return None if app is None else app.deployments.get(DEPLOYMENT_NAME)
+
+
 def _rolled_out(app) -> bool:
     """Whether Serve says the app's deployment has every replica running its target settings."""
     from ray.serve._private.common import DeploymentStatus
 
-    from serve.app import DEPLOYMENT_NAME
-
-    deployment = app.deployments.get(DEPLOYMENT_NAME)
+    deployment = _deployment_in(app)
     return deployment is None or deployment.status == DeploymentStatus.HEALTHY
 
 
 def _stalled_words(app, timeout_s: float) -> str:
     """Why the app is not up, in one line: the replicas' states and the deployment's message."""
-    from serve.app import DEPLOYMENT_NAME
-
-    deployment = app.deployments.get(DEPLOYMENT_NAME)
+    deployment = _deployment_in(app)
     states = {} if deployment is None else deployment.replica_states
     counts = ", ".join(f"{n} {getattr(s, 'value', s)}" for s, n in sorted(states.items())) or "none"
     message = " ".join(_deployment_message(deployment).split())[:500]
@@ -241,14 +243,11 @@ def failed_replicas_reason(app_name: str = APP_NAME) -> Optional[str]:
     DEPLOY_FAILED error names only the deployment."""
     from ray import serve
 
-    from serve.app import DEPLOYMENT_NAME
-
     try:
         app = serve.status().applications.get(app_name)
     except Exception:  # noqa: BLE001 (the controller gone: the job's line goes without it)
         return None
-    deployment = app.deployments.get(DEPLOYMENT_NAME) if app is not None else None
-    lines = [line.strip() for line in _deployment_message(deployment).splitlines() if line.strip()]
+    lines = [line.strip() for line in _deployment_message(_deployment_in(app)).splitlines() if line.strip()]
     return lines[-1][:500] if lines else None
 
 
@@ -504,9 +503,7 @@ def _startups_fail(app) -> bool:
     from ray.serve._private.common import DeploymentStatusTrigger
     from ray.serve.schema import ApplicationStatus
 
-    from serve.app import DEPLOYMENT_NAME
-
-    deployment = app.deployments.get(DEPLOYMENT_NAME)
+    deployment = _deployment_in(app)
     return (
         app.status == ApplicationStatus.UNHEALTHY
         and deployment is not None
@@ -523,9 +520,7 @@ def running_replicas(app_name: str = APP_NAME) -> int:
 
 def _running_in(app) -> int:
     """How many replicas of the deployment run in ``app`` (a status of Serve's; None: no app)."""
-    from serve.app import DEPLOYMENT_NAME
-
-    deployment = app.deployments.get(DEPLOYMENT_NAME) if app is not None else None
+    deployment = _deployment_in(app)
     states = {} if deployment is None else deployment.replica_states
     return sum(count for state, count in states.items() if state == "RUNNING")
 
