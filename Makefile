@@ -52,18 +52,25 @@ setup: $(STAMP)
 # apt-get keeps the ACCEL the stamp remembers; the CPU torch is refused before, where one is installed): a failed install after the other fbgemm's uninstall would
 # otherwise leave the last setup's stamp, and the next `make setup` would do nothing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# A fresh machine's apt-daily holds apt's lists lock for minutes, which `apt-get update` does not
+# wait for (DPkg::Lock::Timeout is dpkg's lock alone, which the installs wait for): update is tried
+# again every APT_WAIT_S while its error names a lock, for 15 minutes at most; any other error
+# (no network, a broken source) stops at once with apt's own words.
+APT_WAIT_S ?= 10
+APT_UPDATE = timeout 900 sh -c 'until out=$$($(SUDO) apt-get update -qq 2>&1); do case "$$out" in *lock*) echo "apt-get update waits for another apt (apt-daily?) to release its lock"; sleep $(APT_WAIT_S);; *) printf "%s\n" "$$out" >&2; exit 1;; esac; done'
+APT_INSTALL = $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq
 CUDA_TORCH_CHECK = $(PY) -c "raise SystemExit(__import__('torch').version.cuda is None)" || { echo "error: $(VENV)'s torch is a CPU build, which the CUDA fbgemm-gpu cannot load beside: rm -rf $(VENV), then make setup ACCEL=cuda (without TORCH_INDEX)"; exit 1; }
 $(STAMP): pyproject.toml requirements/lock.txt Makefile
 	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); } || { \
 	  echo "installing Debian's python3-venv, which $(PYTHON) -m venv needs"; rm -rf $(VENV); \
-	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
+	  $(APT_UPDATE) && $(APT_INSTALL) python3-venv >/dev/null \
 	  && $(PYTHON) -m venv $(VENV); } || { \
 	  echo "error: $(PYTHON) -m venv failed, and apt-get could not install python3-venv (for another Python than Debian's python3: its own venv package, python3.11-venv say)"; exit 1; }
 	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] < (3, 11))" || { echo "error: $(VENV) is $$($(PY) --version), the pinned stack needs Python 3.11: rm -rf $(VENV), then make setup PYTHON=python3.11"; exit 1; }
 	@$(PY) -c "raise SystemExit(__import__('sys').version_info[:2] != (3, 11))" || echo "warning: $$($(PY) --version) is not Python 3.11, the version the pinned stack was tested on"
 	@$(PY) -c "__import__('ctypes').CDLL('libgomp.so.1')" 2>/dev/null || { \
 	  echo "installing Debian's libgomp1 (OpenMP), which LightGBM and implicit load"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgomp1 >/dev/null; } || { \
+	  $(APT_UPDATE) && $(APT_INSTALL) libgomp1 >/dev/null; } || { \
 	  echo "error: no libgomp.so.1 (OpenMP), which LightGBM and implicit load, and apt-get could not install libgomp1"; exit 1; }
 	@[ "$(ACCEL)" != cuda ] || ! $(PY) -c "import torch" 2>/dev/null || $(CUDA_TORCH_CHECK)
 	@rm -f $(VENV)/.setup-*
@@ -81,7 +88,7 @@ $(STAMP): pyproject.toml requirements/lock.txt Makefile
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium (about 100 MB) for the report and explorer tests"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || { \
+	  $(APT_UPDATE) && $(APT_INSTALL) chromium >/dev/null; } || { \
 	  echo "error: no chromium package here (Ubuntu ships it as a snap): install a Chromium whose command is chromium or chromium-browser"; exit 1; }
 
 # The reverse-proxy test runs deploy/nginx/ncf.conf in Debian's nginx on a free port of 127.0.0.1.
@@ -93,7 +100,7 @@ nginx: setup
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || [ -x $(NGINX_DIR)/usr/sbin/nginx ] || { \
 	  echo "unpacking Debian's nginx into $(NGINX_DIR) for the reverse-proxy test"; \
 	  rm -rf $(NGINX_DIR).part && mkdir -p $(NGINX_DIR).part && cd $(NGINX_DIR).part && \
-	  { apt-get download -qq nginx 2>/dev/null || { $(SUDO) apt-get update -qq && apt-get download -qq nginx 2>/dev/null; }; } && \
+	  { apt-get download -qq nginx 2>/dev/null || { $(APT_UPDATE) && apt-get download -qq nginx 2>/dev/null; }; } && \
 	  dpkg -x nginx_*.deb files && [ -x files/usr/sbin/nginx ] && rm -rf ../nginx && mv files ../nginx && cd .. && rm -rf nginx.part; } || { \
 	  echo "error: could not unpack Debian's nginx (apt-get download nginx) for the reverse-proxy test"; exit 1; }
 

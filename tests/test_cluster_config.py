@@ -366,6 +366,49 @@ def test_every_apt_get_on_a_node_runs_unattended(prepared):
         assert words[0] == "env" and {"DEBIAN_FRONTEND=noninteractive", "NEEDRESTART_MODE=a"} <= set(words), words
 
 
+def _run_makefile_apt_update(tmp_path, answers: List[str]) -> subprocess.CompletedProcess:
+    """The Makefile's APT_UPDATE run with an `apt-get` on PATH that gives `answers` in turn
+    ("ok", or an error line printed with exit 100), its calls counted in `calls`."""
+    fake = tmp_path / "bin" / "apt-get"
+    fake.parent.mkdir(parents=True)
+    script = ["#!/bin/sh", f'n=$(wc -l < "{tmp_path}/calls"); echo call >> "{tmp_path}/calls"']
+    for i, answer in enumerate(answers):
+        outcome = "exit 0" if answer == "ok" else f"echo {shlex.quote(answer)} >&2; exit 100"
+        script.append(f'[ "$n" -eq {i} ] && {{ {outcome}; }}')
+    fake.write_text("\n".join(script + ["exit 0"]) + "\n")
+    fake.chmod(0o755)
+    (tmp_path / "calls").write_text("")
+    shown = subprocess.run(
+        ["make", "-s", "--no-print-directory", "-C", REPO, "--eval", "show-apt-update: ; $(info $(APT_UPDATE))"]
+        + ["show-apt-update", "SUDO=", "APT_WAIT_S=0"],
+        capture_output=True, text=True, check=True,
+    )
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    return subprocess.run(["sh", "-c", shown.stdout.strip()], capture_output=True, text=True, env=env, timeout=60)
+
+
+@pytest.mark.faults
+def test_make_setup_waits_for_apt_dailys_lock_and_stops_on_any_other_apt_error(tmp_path):
+    """A fresh machine's apt-daily holds apt's lists lock for minutes: `make setup`'s `apt-get
+    update` (python3-venv, libgomp1, chromium, nginx) failed at once (exit 100) where it would have
+    worked a minute later. Retried while apt names a lock; any other error stops at once."""
+    locked = "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 812 (apt-get)"
+    waited = _run_makefile_apt_update(tmp_path / "locked", [locked, locked, "ok"])
+    assert waited.returncode == 0, waited.stderr
+    assert (tmp_path / "locked" / "calls").read_text().count("call") == 3
+    assert waited.stdout.count("waits for another apt") == 2
+    offline = "E: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease"
+    failed = _run_makefile_apt_update(tmp_path / "offline", [offline, "ok"])
+    assert failed.returncode == 1 and offline in failed.stderr
+    assert (tmp_path / "offline" / "calls").read_text().count("call") == 1
+    with open(os.path.join(REPO, "Makefile")) as makefile:
+        text = "".join(line for line in makefile if not line.lstrip().startswith("#"))
+    unretried = [line for line in text.splitlines() if "apt-get update" in line and not line.startswith("APT_UPDATE =")]
+    assert not unretried and text.count("$(APT_UPDATE) &&") == 4, unretried
+    installs = re.findall(r"apt-get [^\n;]*install -y", text)
+    assert installs and all("DPkg::Lock::Timeout" in line for line in installs), installs
+
+
 @pytest.mark.faults
 def test_the_head_fronts_serve_with_the_projects_nginx_config(config, prepared):
     """nginx (Debian's package) on the head, with deploy/nginx/ncf.conf in conf.d and the package's
