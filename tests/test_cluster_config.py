@@ -381,7 +381,9 @@ def _run_makefile_apt_update(tmp_path, answers: List[str]) -> subprocess.Complet
     shown = subprocess.run(
         ["make", "-s", "--no-print-directory", "-C", REPO, "--eval", "show-apt-update: ; $(info $(APT_UPDATE))"]
         + ["show-apt-update", "SUDO=", "APT_WAIT_S=0"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
     return subprocess.run(["sh", "-c", shown.stdout.strip()], capture_output=True, text=True, env=env, timeout=60)
