@@ -175,18 +175,37 @@ def check_store_outlives_the_job() -> None:
 _DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
 
+def _local_socket(url) -> Optional[str]:
+    """The Unix socket a database URL connects through, where it names one: MySQL's
+    ``?unix_socket=`` file, or PostgreSQL's ``?host=`` folder (libpq's ``.s.PGSQL.<port>`` in it)."""
+
+    def first(value):
+        return value[0] if isinstance(value, tuple) else value
+
+    if "unix_socket" in url.query:
+        return first(url.query["unix_socket"])
+    host = first(url.query.get("host", ""))
+    if url.get_backend_name() == "postgresql" and host.startswith("/"):
+        return os.path.join(host, f".s.PGSQL.{url.port or _DATABASE_PORTS['postgresql']}")
+    return None
+
+
 def _check_experiment_created(uri: str, experiment: str) -> None:
     """:func:`check_default_artifact_root` before a training's hours, where ``experiment`` is not
     in the store yet (a store that does not answer now is left to the registration's own line:
-    a database whose port takes no connection within 5 s is not opened, which MLflow would retry
-    for about 100 s)."""
+    a database whose port or Unix socket takes no connection within 5 s is not opened, which MLflow
+    would retry for about 100 s)."""
     from mlflow.tracking import MlflowClient
     from sqlalchemy.engine import make_url
 
     try:
         url = make_url(uri)
-        socket_only = {"unix_socket", "host"} & set(url.query)  # a local socket: nothing to probe
-        if url.host and not socket_only:
+        local = _local_socket(url)
+        if local is not None:
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.settimeout(5.0)
+                probe.connect(local)
+        elif url.host and "host" not in url.query:  # libpq's ?host= list overrides the URL's host
             port = url.port or _DATABASE_PORTS.get(url.get_backend_name(), 0)
             socket.create_connection((url.host, port), timeout=5.0).close()
     except Exception:  # noqa: BLE001 (no answer, or a URL SQLAlchemy will refuse itself later)

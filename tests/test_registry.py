@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pandas as pd
@@ -1411,11 +1412,32 @@ def test_a_database_store_creates_no_experiment_whose_artifacts_ray_deletes(tmp_
     finally:
         listener.close()
 
+    opened = []  # a database that takes no connection is not opened (MLflow retries it ~100 s)
+
     def not_asked(self, name):
-        raise AssertionError("a database that takes no connection was opened (MLflow retries it ~100 s)")
+        opened.append(name)  # (an exception raised here would be taken for the store's own failure)
 
     monkeypatch.setattr(MlflowClient, "get_experiment_by_name", not_asked)  # the registration's line says it
     reg.check_store_outlives_the_job()
+    assert not opened
+    # A database reached through its Unix socket is probed there (it was opened unprobed: ~100 s).
+    sockets = tempfile.mkdtemp(prefix="s", dir="/tmp")  # a socket's path is limited to 107 bytes
+    for uri, path in (
+        (f"postgresql://mlflow@/mlflow?host={sockets}", os.path.join(sockets, ".s.PGSQL.5432")),
+        (f"mysql+pymysql://mlflow@/mlflow?unix_socket={sockets}/mysqld.sock", f"{sockets}/mysqld.sock"),
+    ):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.setattr(MlflowClient, "get_experiment_by_name", not_asked)
+        reg.check_store_outlives_the_job()  # nothing listens there yet
+        assert not opened, uri
+        with socket.socket(socket.AF_UNIX) as listening:
+            listening.bind(path)
+            listening.listen()
+            monkeypatch.setattr(MlflowClient, "get_experiment_by_name", lambda self, name: None)
+            with pytest.raises(reg.StoreUnavailable, match="experiment ncf-train would keep its artifacts"):
+                reg.check_store_outlives_the_job()
+        os.unlink(path)
+    os.rmdir(sockets)
 
 
 @pytest.mark.faults
