@@ -136,7 +136,7 @@ def test_a_faint_decayed_purchase_stays_above_a_popular_product_never_bought_in_
     from ncf.evaluate.baselines.base import tie_prior, tie_scale
 
     personal = np.array([0.0, 1.0, 0.9, 0.6, 0.0])
-    blended = personal + tie_prior(np.array([0, 1, 9, 1, 5]), tie_scale(personal))
+    blended = personal + tie_prior(np.array([4, 2, 0, 3, 1]), 5, tie_scale(personal))
     assert np.argsort(-blended).tolist() == [1, 2, 3, 4, 0]
 
 
@@ -153,6 +153,25 @@ def test_popularitys_sampled_scores_break_ties_as_its_ranking_does():
     assert (np.diff(scores) < 0).all()  # strictly: no two products tie
     assert np.floor(scores).tolist() == context.popularity[ranked].tolist()  # the counts' order kept
     assert ranker.scores(1, 10 * DAY, np.array([0]))[0] == -np.inf  # outside the catalog
+
+
+def test_the_sampled_scores_of_personal_baselines_break_ties_as_their_rankings_do():
+    """Own frequency, decayed frequency and TIFU-KNN add a tie term to the scores the sampled
+    protocol reads: it was the products' counts, so two equally popular products the household
+    never bought tied, and the protocol counted the tie against the positive that the ranking
+    puts first (a review, 2026-12-07)."""
+    # Household 1 bought product 1 alone; 2 and 3 were bought once each by household 2, 4 twice.
+    states = states_of({1: [(1, 0)], 2: [(2, 1), (3, 2), (4, 3), (4, 4)]})
+    context = PointInTime.build(states, vocabularies(2, 5), 10 * DAY)
+    for ranker in (
+        OwnFrequencyRanker(context),
+        DecayedFrequencyRanker(context, half_life_days=14.0),
+        TifuKnnRanker(context, groups=2, within_decay=0.9, across_decay=0.8, alpha=1.0),  # its own vector
+    ):
+        ranked = ranker.rank(1, 10 * DAY, 5)
+        assert ranked.tolist() == [1, 4, 2, 3, 5], ranker
+        scores = ranker.scores(1, 10 * DAY, ranked[::-1].copy())[::-1]
+        assert (np.diff(scores) < 0).all(), (ranker, scores)  # strictly: 2 above 3, as ranked
 
 
 def test_popularitys_ranking_is_the_catalog_in_popularity_order(monkeypatch):
@@ -292,14 +311,14 @@ def test_the_sparse_scores_are_the_dense_ones_to_the_bit(monkeypatch):
     }
     first = rng.uniform(0, 40, 60) * DAY
     context = PointInTime.build(states_of(purchases), vocabularies(30, 60, first_ts=first.tolist()), 30 * DAY)
-    popularity = context.popularity
 
     def dense_rankings(ranker, dense, prior_scale):
         for user in range(1, 31):
             for at in (30 * DAY, 36 * DAY):
                 scores = dense(user, at)
                 asked = rng.choice(context.num_products, 20, replace=False)
-                expected = context.masked(scores + tie_prior(popularity, prior_scale(scores)))[asked]
+                prior = tie_prior(context.popularity_rank(), context.num_products, prior_scale(scores))
+                expected = context.masked(scores + prior)[asked]
                 np.testing.assert_array_equal(ranker.scores(user, at, asked), expected)
                 assert ranker.rank(user, at, 12).tolist() == context.rank(scores, 12).tolist()
 

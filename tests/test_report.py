@@ -315,6 +315,40 @@ def test_a_baseline_that_fails_costs_its_own_row_and_the_job_exits_1(
     assert "failed in its tuning: MemoryError: no room for the factors" in page and "popularity" in page
 
 
+@pytest.mark.faults
+def test_a_validation_period_with_no_household_fails_the_tuned_baselines_alone(
+    small_model_dir, small_data, tmp_path, monkeypatch, capsys
+):
+    """A log with a gap over the validation weeks (or --exclude-purchased where no one bought
+    anything new in them): reading the period raised outside the baselines' error handling, and
+    popularity and own-frequency, which need no tuning, were never computed (a review, 2026-12-07)."""
+    import shutil
+
+    from ncf.evaluate import evaluation
+    from ncf.splits import VAL
+
+    data = str(tmp_path / "data")
+    shutil.copytree(small_data[0], data)
+    real = evaluation.point_in_time_period
+
+    def no_validation_household(state, split, *args, **kwargs):
+        if split == VAL:
+            raise InputError(f"no household of the {split} period can be evaluated")
+        return real(state, split, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "point_in_time_period", no_validation_household)
+    monkeypatch.setattr(evaluate, "BASELINE_ORDER", ("decayed_frequency", "own_frequency", "popularity"))
+    with pytest.raises(SystemExit) as exited:
+        evaluate.main(["--model", small_model_dir, "--data", data, "--max-users", "15"])
+    assert exited.value.code == 1
+    printed = {row["model"]: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert list(printed) == [MODEL, "decayed_frequency", "own_frequency", "popularity"]
+    assert (
+        printed["decayed_frequency"]["failed"] == "tuning: InputError: no household of the val period can be evaluated"
+    )
+    assert all(0 <= printed[name]["recall@10"] <= 1 for name in (MODEL, "own_frequency", "popularity"))
+
+
 def _trained_through(small_model_dir: str, data: str, output: str, trained_through: int, run: str) -> str:
     """``small_model_dir``'s weights as a model directory whose labels end at ``trained_through``."""
     import torch

@@ -143,7 +143,8 @@ def tuned_baselines(
     its households, a seeded sample of :data:`TUNE_MAX_USERS` beyond that, once per DATA:
     ``tuned.json`` keeps the search) and the tuning's
     record; for the others, their defaults and None. ``on_error``: a baseline whose search
-    raises is handed to it and left out (see :func:`tuned_params`)."""
+    raises is handed to it and left out (see :func:`tuned_params`), as is every tunable one where
+    the validation period itself cannot be read (no household bought in it)."""
     stats = layout.DataStats(data)
     if "boosted_ranker" in names and not stats.raw.get("examples"):
         log("boosted_ranker left out: DATA has no training lists (jobs.preprocess --state-only)")
@@ -153,7 +154,15 @@ def tuned_baselines(
     if tunable:
         # The period and its point in time come from the purchases alone (no products' stats:
         # as_of's pass over every purchase here was for nothing).
-        val_context, val_period = point_in_time_period(state, VAL, stats.boundaries, data, exclude_purchased)
+        try:
+            val_context, val_period = point_in_time_period(state, VAL, stats.boundaries, data, exclude_purchased)
+        except Exception as e:  # a validation period with no household to rank: the untuned still go on
+            if on_error is None:
+                raise
+            for baseline in tunable:
+                on_error(baseline, e)
+            tunable = []
+    if tunable:
         tuned = tuned_params(
             tunable,
             data,

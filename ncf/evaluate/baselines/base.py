@@ -198,15 +198,9 @@ class PointInTime:
         bought[bought] = products[found[bought]] == asked[bought]
         personal = np.zeros(len(asked))
         personal[bought] = values[found[bought]]
-        out = personal + tie_prior(self.popularity[asked], scale, self.popularity_max)
+        out = personal + tie_prior(self.popularity_rank()[asked], len(self.popularity), scale)
         out[~self.catalog[asked]] = -np.inf
         return out
-
-    @property
-    def popularity_max(self) -> float:
-        if "popularity_max" not in self.memo:
-            self.memo["popularity_max"] = self.popularity.max()
-        return self.memo["popularity_max"]
 
 
 # One chunk of households' purchases (households, products, moments) -> its (rows, columns,
@@ -276,10 +270,10 @@ def tie_scale(personal: np.ndarray) -> float:
     return 0.5 * float(np.diff(levels).min()) if len(levels) > 1 else 1.0
 
 
-def tie_prior(popularity: np.ndarray, scale: Optional[float] = None, most: Optional[float] = None) -> np.ndarray:
-    """Popularity scaled into [0, scale): added to scores for protocols that read scores rather
-    than rankings (the sampled one), so that ties there also go the popular way. ``most``: the
-    catalog's highest popularity, where ``popularity`` holds a few products' only."""
-    scale = 1.0 if scale is None else scale
-    most = popularity.max() if most is None else most
-    return scale * popularity / (most + 1.0)
+def tie_prior(place: np.ndarray, num_products: int, scale: float = 1.0) -> np.ndarray:
+    """A term in (0, scale / 2] that falls with each product's ``place`` in the popularity order
+    (:meth:`PointInTime.popularity_rank`, of ``num_products``): added to scores for protocols that
+    read scores rather than rankings (the sampled one), so that ties there go exactly as the
+    ranking breaks them, equally popular products by index (popularity's counts themselves tied
+    them, and the sampled protocol counted such a tie against the positive)."""
+    return 0.5 * scale * (1.0 - np.asarray(place, np.float64) / num_products)

@@ -6,7 +6,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from ncf.evaluate.baselines.base import PointInTime
+from ncf.evaluate.baselines.base import PointInTime, tie_prior
 
 
 class PopularityRanker:
@@ -24,7 +24,7 @@ class PopularityRanker:
         self.context.check(at)
         if self._sampled is None:
             place = self.context.popularity_rank()
-            self._sampled = self.context.masked(self.context.popularity + 0.5 * (1.0 - place / len(place)))
+            self._sampled = self.context.masked(self.context.popularity + tie_prior(place, len(place)))
         return self._sampled[products]
 
     def rank(self, user: int, at: int, depth: int) -> np.ndarray:
