@@ -43,8 +43,8 @@ from tune.sweep import (
     refit_best,
     resumed_concurrency,
     run_sweep,
-    saved_trials,
     summary,
+    trials_left,
     tune_state_saved,
 )
 
@@ -132,18 +132,10 @@ def gpus_at_once(args: argparse.Namespace) -> int:
     if args.resume:  # Tune's count; another --concurrent is refused now, before the wait asks for nodes
         settings = sweep_settings(args, use_gpu=False)
         # At most the trials left: a resume to finish the export or refit runs none.
-        at_once = min(resumed_concurrency(settings, {}), max(1, args.trials - _finished_trials(settings)))
+        at_once = min(resumed_concurrency(settings, {}), max(1, trials_left(settings)))
     else:
         at_once = args.concurrent or 1
     return args.workers * max(1, min(at_once, args.trials))
-
-
-def _finished_trials(settings: SweepSettings) -> int:
-    """The trials Tune saved as ended (a resume does not run them again); 0 without a saved state."""
-    try:
-        return saved_trials(settings.experiment_dir, "TERMINATED", "ERROR")
-    except (ValueError, InputError, OSError):  # no state yet, or one not read here: the count it started with
-        return 0
 
 
 def check_gpus_for_trials_at_once(args: argparse.Namespace, wanted: int, waited: bool) -> None:

@@ -28,7 +28,7 @@ from ncf.train.checkpoint import (
     read_train_state,
     resumed_checkpoint,
 )
-from tune.search_space import SEARCHED, data_limits, default_point, mlp_tower
+from tune.search_space import SEARCHED, data_limits, default_point, is_point, mlp_tower
 from tune.settings import SweepSettings
 
 BEST = BEST_VAL_METRIC  # what trials report (Tune's and Optuna's objective), and the table's column of it
@@ -39,7 +39,7 @@ def _trial_row(result, default: Dict, train_dir: Optional[str] = None) -> Dict:
     point = {k: result.config.get(k) for k in SEARCHED}
     row = {"trial_id": _trial_id(result, train_dir), **point}
     row["mlp_hidden_dims"] = str(mlp_tower(int(point["mlp_depth"]), int(point["mlp_width"])))
-    row["is_default"] = all(np.isclose(point[k], default[k]) for k in SEARCHED)
+    row["is_default"] = is_point(point, default)
     row["status"] = "error" if result.error else "done"
     history = result.metrics_dataframe
     kept = _kept_best(train_dir, row["trial_id"]) if train_dir else None

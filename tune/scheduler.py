@@ -3,17 +3,19 @@ Optuna told each epoch's score at that epoch.
 
 Example::
 
-    scheduler = EpochASHA(last_epoch=4)  # rungs at epochs 1, 2 and 4; epoch 4 always continues
+    scheduler = EpochASHA(last_epoch=4, baseline=default_point(limits))  # rungs at epochs 1, 2, 4
     searcher = EpochOptunaSearch(metric="best_val_ndcg@10", mode="max")
 """
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
+
+from tune.search_space import is_point
 
 EPOCH = "epoch"  # what the training loop reports with every epoch's metrics, counted from 1
 
@@ -30,15 +32,24 @@ class EpochASHA(ASHAScheduler):
     placement group, where a trial stopped by Tune relies on Ray Train's cleaner, which a busy
     cluster can leave waiting; and a trial with nothing left to train saves nothing by stopping.
     The report still counts towards the rung's cutoff for the trials after it.
+
+    The trial of ``baseline`` (the default point, which the sweep's gain is measured against)
+    always runs every epoch, its scores counted at the rungs all the same: stopped at a rung, its
+    one epoch was the baseline of a winner's several, and the gain was overstated.
     """
 
-    def __init__(self, last_epoch: int) -> None:
+    def __init__(self, last_epoch: int, baseline: Optional[Dict] = None) -> None:
         super().__init__(time_attr=EPOCH, max_t=last_epoch + 1, grace_period=1, reduction_factor=2)
         self.last_epoch = last_epoch
+        self.baseline = baseline
 
     def on_trial_result(self, tune_controller, trial, result: Dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
         if result.get(EPOCH, 0) >= self.last_epoch:
+            return TrialScheduler.CONTINUE
+        # getattr: a scheduler of before, unpickled from a resumed sweep's state, has no baseline.
+        baseline = getattr(self, "baseline", None)
+        if baseline is not None and is_point(getattr(trial, "config", {}), baseline):
             return TrialScheduler.CONTINUE
         return action
 

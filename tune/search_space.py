@@ -16,7 +16,11 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from typing import Dict, List
+
+import numpy as np
 
 from ncf.data import layout
 from ncf.model.config import ModelConfig
@@ -76,6 +80,37 @@ def search_space(limits: Dict[str, int]) -> Dict:
 def mlp_tower(depth: int, width: int) -> List[int]:
     """``depth`` layers starting at ``width``, halving each time (at least 8 units)."""
     return [max(width >> i, 8) for i in range(depth)]
+
+
+def is_point(config: Dict, point: Dict) -> bool:
+    """Whether a trial's ``config`` is ``point`` in every searched dimension (floats as Optuna
+    gives them back: within ``np.isclose``)."""
+    values = [config.get(k) for k in SEARCHED]
+    if any(v is None or point.get(k) is None for k, v in zip(SEARCHED, values)):
+        return False
+    return all(np.isclose(v, point[k]) for k, v in zip(SEARCHED, values))
+
+
+def space_digest(limits: Dict[str, int]) -> str:
+    """A digest of what a sweep's points mean: the searched dimensions, their choices and ranges,
+    the towers their depths and widths build, and the default point. ``Tuner.restore`` samples a
+    resumed sweep's new trials from the space pickled when it started, so a resume after a change
+    to any of these would mix two spaces in one table (or fail each new trial on a new key)."""
+    described = {
+        "searched": SEARCHED,
+        "space": {k: _described(domain) for k, domain in search_space(limits).items()},
+        "towers": [mlp_tower(depth, width) for depth in MLP_DEPTHS for width in MLP_WIDTHS],
+        "default": default_point(limits),
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _described(domain) -> list:
+    """A Tune domain as data: its sampler and its choices or bounds."""
+    sampler = type(domain.get_sampler()).__name__
+    if hasattr(domain, "categories"):
+        return [sampler, list(domain.categories)]
+    return [sampler, domain.lower, domain.upper]
 
 
 def default_point(limits: Dict[str, int]) -> Dict:

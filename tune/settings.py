@@ -63,10 +63,12 @@ class SweepSettings:
         return os.path.join(self.output, "settings.json")
 
     def record(self) -> None:
-        """Writes these settings, and what DATA held (:func:`data_digests`), into the sweep
-        directory, for ``--resume`` to compare against."""
+        """Writes these settings, what DATA held (:func:`data_digests`) and what the search space
+        was (:func:`tune.search_space.space_digest`) into the sweep directory, for ``--resume`` to
+        compare against."""
         os.makedirs(self.output, exist_ok=True)
-        write_json(self.settings_path, {**dataclasses.asdict(self), DATA_DIGESTS: data_digests(self.data)})
+        recorded = {**dataclasses.asdict(self), DATA_DIGESTS: data_digests(self.data), SPACE: _space(self.data)}
+        write_json(self.settings_path, recorded)
 
     def check_resumes(self, skip: Sequence[str] = ()) -> None:
         """Raises InputError when the sweep in :attr:`output` was started with other settings.
@@ -91,6 +93,12 @@ class SweepSettings:
                 "resume it with the same ones"
             )
         check_same_data(self.output, self.data, saved.get(DATA_DIGESTS))
+        if saved.get(SPACE) is not None and saved[SPACE] != _space(self.data):
+            raise InputError(
+                f"--resume: {self.output} was started by code with another search space (its dimensions, "
+                "choices, ranges, towers or default point differ): Tune would sample its new trials from the old "
+                "one; start the sweep again with a new --output (or resume it with the code that started it)"
+            )
 
     @property
     def tune_dir(self) -> str:
@@ -116,6 +124,15 @@ class SweepSettings:
 
 
 DATA_DIGESTS = "data_digests"
+SPACE = "search_space_sha256"
+
+
+def _space(data: str) -> str:
+    from tune.search_space import data_limits, space_digest
+
+    return space_digest(data_limits(data))
+
+
 _DATA_PARTS = {"vocab_sha256": "vocabularies", "lists_sha256": "training lists", "features_version": "features version"}
 
 

@@ -195,15 +195,27 @@ def trial_threads(settings: SweepSettings, concurrent: int, free_cpus: float) ->
     return max(1, int(free_cpus // (concurrent * settings.workers)))
 
 
-def _trainable(settings: SweepSettings, free_cpus: float, resume: bool, nodes: int, held: str = ""):
+def trial_sizes(
+    settings: SweepSettings, at_once: int, free_cpus: float, resume: bool, nodes: int = 1, held: str = ""
+) -> Tuple[float, int]:
+    """Each trial's :func:`trial_cpus` and :func:`trial_threads` for ``at_once`` trials running
+    together; 0 of them (a resume with no trial left, which only writes, exports or refits) is
+    no trial to size, whatever the cluster holds now."""
+    if at_once < 1:
+        return MIN_TRIAL_CPUS, 1
+    budget = trial_cpus(at_once, free_cpus, resume, nodes, held)
+    if free_cpus <= 0 and at_once == 1:
+        # No CPU yet (a head of 0 CPUs before its autoscaler's first worker): the one trial takes the
+        # cores of the node it lands on (0: the worker's own count), not one thread for good.
+        return budget, 0
+    return budget, trial_threads(settings, at_once, free_cpus)
+
+
+def _trainable(settings: SweepSettings, at_once: int, free_cpus: float, resume: bool, nodes: int, held: str = ""):
     from ray import tune
 
-    fn = tune.with_parameters(
-        train_trial,
-        settings=settings,
-        cpu_budget=trial_cpus(settings.concurrent, free_cpus, resume, nodes, held),
-        torch_threads=trial_threads(settings, settings.concurrent, free_cpus),
-    )
+    budget, threads = trial_sizes(settings, at_once, free_cpus, resume, nodes, held)
+    fn = tune.with_parameters(train_trial, settings=settings, cpu_budget=budget, torch_threads=threads)
     return tune.with_resources(fn, {"cpu": TRIAL_CPU})
 
 
@@ -232,9 +244,8 @@ def _tuner(settings: SweepSettings, trainable, resume: bool):
     limits = data_limits(settings.data)
     # The best epoch's score, as the table ranks the trials: with patience of every epoch the
     # last epoch is often not the best, and Optuna would model another objective than the winner's.
-    searcher = EpochOptunaSearch(
-        metric=BEST, mode="max", points_to_evaluate=[default_point(limits)], seed=settings.seed
-    )
+    default = default_point(limits)
+    searcher = EpochOptunaSearch(metric=BEST, mode="max", points_to_evaluate=[default], seed=settings.seed)
     print(
         f"[sweep] {_counted(settings.trials, 'trial')}, {settings.concurrent} at a time, "
         f"up to {_counted(settings.epochs, 'epoch')} each",
@@ -247,7 +258,7 @@ def _tuner(settings: SweepSettings, trainable, resume: bool):
             metric=BEST,
             mode="max",
             search_alg=searcher,
-            scheduler=EpochASHA(last_epoch=settings.epochs),
+            scheduler=EpochASHA(last_epoch=settings.epochs, baseline=default),
             num_samples=settings.trials,
             max_concurrent_trials=settings.concurrent,
         ),
@@ -269,6 +280,15 @@ def finished_trials(grid) -> int:
     restored by ``--resume`` comes back without it.
     """
     return saved_trials(grid.experiment_path, "TERMINATED", "ERROR", filesystem=grid.filesystem)
+
+
+def trials_left(settings: SweepSettings) -> int:
+    """The trials a resume of ``settings``' sweep still runs: those Tune saved as neither ended nor
+    failed; all of them where no saved state reads (the resume meets it)."""
+    try:
+        return max(0, settings.trials - saved_trials(settings.experiment_dir, "TERMINATED", "ERROR"))
+    except (ValueError, InputError, OSError):
+        return settings.trials
 
 
 def saved_trials(experiment: str, *statuses: str, filesystem=None) -> int:
@@ -404,7 +424,10 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
     nodes = cpu_nodes()
     # Resolved once: Tune keeps the count a sweep started with through every resume.
     settings.concurrent = resumed_concurrency(settings, free, nodes) if resume else concurrency(settings, free, nodes)
-    trainable = _trainable(settings, free.get("CPU", 0.0), resume, nodes, held)  # refuses trials the CPUs do not fit
+    # Sized for the trials that run at once: on a resume at most those left (none: only the export
+    # and refit), which a cluster smaller than the sweep's first one may hold.
+    at_once = min(settings.concurrent, trials_left(settings)) if resume else settings.concurrent
+    trainable = _trainable(settings, at_once, free.get("CPU", 0.0), resume, nodes, held)  # refuses what does not fit
     if not resume:
         settings.record()
     with tunes_signals() as sigterm:
