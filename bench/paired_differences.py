@@ -222,11 +222,15 @@ def main(argv=None) -> List[Dict]:
         help="build each baseline that takes a seed (the boosted ranker) with seeds 0..N-1, averaged per household",
     )
     args = p.parse_args(argv)
+    names = args.baselines.split(",")
+    unknown = sorted(set(names) - set(BASELINE_ORDER))
+    if unknown:
+        p.error(f"--baselines: unknown {unknown}; known: {', '.join(BASELINE_ORDER)}")
     rows = run(
         args.data,
         args.model,
         args.split,
-        args.baselines.split(","),
+        names,
         args.resamples,
         args.average_logits,
         args.baseline_seeds,
