@@ -54,10 +54,12 @@ setup: $(STAMP)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # A fresh machine's apt-daily holds apt's lists lock for minutes, which `apt-get update` does not
 # wait for (DPkg::Lock::Timeout is dpkg's lock alone, which the installs wait for): update is tried
-# again every APT_WAIT_S while its error names a lock, for 15 minutes at most; any other error
-# (no network, a broken source) stops at once with apt's own words.
+# again every APT_WAIT_S while apt says another holds the lock, for 15 minutes at most; any other
+# error (no network, a broken source, no permission to open the lock) stops at once with apt's own
+# words. Bounded by the clock, not `timeout`: its child runs in a background process group, where
+# sudo's password prompt stops and Ctrl-C does not reach.
 APT_WAIT_S ?= 10
-APT_UPDATE = timeout 900 sh -c 'until out=$$($(SUDO) apt-get update -qq 2>&1); do case "$$out" in *lock*) echo "apt-get update waits for another apt (apt-daily?) to release its lock"; sleep $(APT_WAIT_S);; *) printf "%s\n" "$$out" >&2; exit 1;; esac; done'
+APT_UPDATE = sh -c 'end=$$(($$(date +%s) + 900)); until out=$$($(SUDO) env LC_ALL=C apt-get update -qq 2>&1); do case "$$out" in *"Could not get lock"*) [ "$$(date +%s)" -lt "$$end" ] || { echo "apt-get update: gave up after 15 minutes waiting for apt'"'"'s lock" >&2; exit 1; }; echo "apt-get update waits for another apt (apt-daily?) to release its lock"; sleep $(APT_WAIT_S);; *) printf "%s\n" "$$out" >&2; exit 1;; esac; done'
 APT_INSTALL = $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq
 CUDA_TORCH_CHECK = $(PY) -c "raise SystemExit(__import__('torch').version.cuda is None)" || { echo "error: $(VENV)'s torch is a CPU build, which the CUDA fbgemm-gpu cannot load beside: rm -rf $(VENV), then make setup ACCEL=cuda (without TORCH_INDEX)"; exit 1; }
 $(STAMP): pyproject.toml requirements/lock.txt Makefile

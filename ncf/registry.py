@@ -184,10 +184,15 @@ def _local_socket(url) -> Optional[str]:
 
     if "unix_socket" in url.query:
         return first(url.query["unix_socket"])
-    host = first(url.query.get("host", ""))
-    if url.get_backend_name() == "postgresql" and host.startswith("/"):
-        return os.path.join(host, f".s.PGSQL.{url.port or _DATABASE_PORTS['postgresql']}")
-    return None
+    # libpq's lists (?host=/a,/b or repeated) are tried in turn: the first is probed.
+    host = first(url.query.get("host", "")).split(",")[0]
+    if url.get_backend_name() != "postgresql" or not host.startswith("/"):
+        return None
+    folder, colon, in_host = host.rpartition(":")  # ?host=/run/pg:5433, as SQLAlchemy passes it on
+    if not (colon and in_host.isdigit()):
+        folder, in_host = host, ""
+    port = first(url.query.get("port", "")).split(",")[0] or in_host or url.port or _DATABASE_PORTS["postgresql"]
+    return os.path.join(folder, f".s.PGSQL.{port}")
 
 
 def _check_experiment_created(uri: str, experiment: str) -> None:

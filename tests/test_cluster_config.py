@@ -400,11 +400,14 @@ def test_make_setup_waits_for_apt_dailys_lock_and_stops_on_any_other_apt_error(t
     assert (tmp_path / "locked" / "calls").read_text().count("call") == 3
     assert waited.stdout.count("waits for another apt") == 2
     offline = "E: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease"
-    failed = _run_makefile_apt_update(tmp_path / "offline", [offline, "ok"])
-    assert failed.returncode == 1 and offline in failed.stderr
-    assert (tmp_path / "offline" / "calls").read_text().count("call") == 1
+    not_root = "E: Could not open lock file /var/lib/apt/lists/lock - open (13: Permission denied)"
+    for name, error in (("offline", offline), ("not-root", not_root)):
+        failed = _run_makefile_apt_update(tmp_path / name, [error, "ok"])
+        assert failed.returncode == 1 and error in failed.stderr, name
+        assert (tmp_path / name / "calls").read_text().count("call") == 1, name
     with open(os.path.join(REPO, "Makefile")) as makefile:
         text = "".join(line for line in makefile if not line.lstrip().startswith("#"))
+    assert "timeout" not in text.split("APT_UPDATE =")[1].splitlines()[0]  # sudo's prompt stopped under it
     unretried = [line for line in text.splitlines() if "apt-get update" in line and not line.startswith("APT_UPDATE =")]
     assert not unretried and text.count("$(APT_UPDATE) &&") == 4, unretried
     installs = re.findall(r"apt-get [^\n;]*install -y", text)

@@ -1424,6 +1424,8 @@ def test_a_database_store_creates_no_experiment_whose_artifacts_ray_deletes(tmp_
     sockets = tempfile.mkdtemp(prefix="s", dir="/tmp")  # a socket's path is limited to 107 bytes
     for uri, path in (
         (f"postgresql://mlflow@/mlflow?host={sockets}", os.path.join(sockets, ".s.PGSQL.5432")),
+        (f"postgresql://mlflow@/mlflow?host={sockets}&port=5433", os.path.join(sockets, ".s.PGSQL.5433")),
+        (f"postgresql://mlflow@/mlflow?host={sockets}:5434,/elsewhere", os.path.join(sockets, ".s.PGSQL.5434")),
         (f"mysql+pymysql://mlflow@/mlflow?unix_socket={sockets}/mysqld.sock", f"{sockets}/mysqld.sock"),
     ):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -267,6 +267,11 @@ def test_asha_halves_on_epochs_and_never_stops_a_trial_at_its_last_epoch():
     below = [("a", 1, 0.5), ("a", 2, 0.6), ("d", 1, 0.3), ("d", 2, 0.31), ("e", 1, 0.3)]
     assert reports(4, below, baseline=default) == [go, go, go, go, stop]
     assert reports(4, below) == [go, go, stop, stop, stop]  # without it, as any trial
+    # Past the rung that would have stopped it, its scores do not lower the next rungs' cutoffs:
+    # f's 0.5 at epoch 2 is below a's 0.6 there, as it would be without the defaults' 0.31.
+    points["f"] = {**default, "dropout": 0.25}
+    later = [("a", 1, 0.5), ("a", 2, 0.6), ("d", 1, 0.3), ("d", 2, 0.31), ("f", 1, 0.55), ("f", 2, 0.5)]
+    assert reports(4, later, baseline=default) == [go, go, go, go, go, stop]
 
 
 @pytest.mark.faults

@@ -34,8 +34,10 @@ class EpochASHA(ASHAScheduler):
     The report still counts towards the rung's cutoff for the trials after it.
 
     The trial of ``baseline`` (the default point, which the sweep's gain is measured against)
-    always runs every epoch, its scores counted at the rungs all the same: stopped at a rung, its
-    one epoch was the baseline of a winner's several, and the gain was overstated.
+    always runs every epoch: stopped at a rung, its one epoch was the baseline of a winner's
+    several, and the gain was overstated. Its scores count at the rungs up to the one that would
+    have stopped it, and not after: a trial ASHA would have stopped must not lower the later
+    rungs' cutoffs for the others.
     """
 
     def __init__(self, last_epoch: int, baseline: Optional[Dict] = None) -> None:
@@ -44,14 +46,31 @@ class EpochASHA(ASHAScheduler):
         self.baseline = baseline
 
     def on_trial_result(self, tune_controller, trial, result: Dict) -> str:
+        if trial.trial_id in self._kept_past_a_rung():
+            return TrialScheduler.CONTINUE
         action = super().on_trial_result(tune_controller, trial, result)
         if result.get(EPOCH, 0) >= self.last_epoch:
             return TrialScheduler.CONTINUE
         # getattr: a scheduler of before, unpickled from a resumed sweep's state, has no baseline.
         baseline = getattr(self, "baseline", None)
-        if baseline is not None and is_point(getattr(trial, "config", {}), baseline):
+        if action == TrialScheduler.STOP and baseline is not None and is_point(getattr(trial, "config", {}), baseline):
+            self._kept_past_a_rung().add(trial.trial_id)
+            self._num_stopped -= 1
             return TrialScheduler.CONTINUE
         return action
+
+    def on_trial_complete(self, tune_controller, trial, result: Dict) -> None:
+        if trial.trial_id in self._kept_past_a_rung():
+            self._trial_info.pop(trial.trial_id, None)  # its end not recorded at a rung either
+            return
+        super().on_trial_complete(tune_controller, trial, result)
+
+    def _kept_past_a_rung(self) -> set:
+        """The baseline's trial once ASHA would have stopped it (a scheduler unpickled from an older
+        sweep's state has no such set yet)."""
+        if not hasattr(self, "_baseline_kept"):
+            self._baseline_kept = set()
+        return self._baseline_kept
 
 
 class EpochOptunaSearch(OptunaSearch):

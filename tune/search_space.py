@@ -97,7 +97,7 @@ def space_digest(limits: Dict[str, int]) -> str:
     resumed sweep's new trials from the space pickled when it started, so a resume after a change
     to any of these would mix two spaces in one table (or fail each new trial on a new key)."""
     described = {
-        "searched": SEARCHED,
+        "searched": sorted(SEARCHED),
         "space": {k: _described(domain) for k, domain in search_space(limits).items()},
         "towers": [mlp_tower(depth, width) for depth in MLP_DEPTHS for width in MLP_WIDTHS],
         "default": default_point(limits),
@@ -106,11 +106,18 @@ def space_digest(limits: Dict[str, int]) -> str:
 
 
 def _described(domain) -> list:
-    """A Tune domain as data: its sampler and its choices or bounds."""
-    sampler = type(domain.get_sampler()).__name__
-    if hasattr(domain, "categories"):
-        return [sampler, list(domain.categories)]
-    return [sampler, domain.lower, domain.upper]
+    """A Tune domain as data, from Ray's public classes (not their private subclasses' names, which
+    a Ray upgrade between a sweep's start and its resume may rename): its kind, its scale and its
+    choices or bounds."""
+    from ray.tune.search.sample import Categorical, LogUniform, Quantized
+
+    if isinstance(domain, Categorical):
+        return ["choice", list(domain.categories)]
+    sampler = domain.get_sampler()
+    step = ["q", sampler.q] if isinstance(sampler, Quantized) else []
+    inner = sampler.sampler if isinstance(sampler, Quantized) else sampler
+    scale = "log" if isinstance(inner, LogUniform) else "linear"
+    return [type(domain).__name__.lower(), scale, *step, domain.lower, domain.upper]
 
 
 def default_point(limits: Dict[str, int]) -> Dict:
