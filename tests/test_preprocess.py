@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -1146,7 +1147,7 @@ def test_synthetic_tastes_over_latent_groups_cut_across_the_categories():
 
 
 @pytest.mark.faults
-def test_list_rows_past_arrows_int32_offsets_become_chunks_of_one_table(monkeypatch, small_data):
+def test_list_rows_past_arrows_int32_offsets_become_chunks_of_one_table(monkeypatch, small_data, tmp_path):
     """One list file holds up to 2,048 households at every cutoff: with ~26 cutoffs of defaults,
     or thousands of negatives a list, its features' offsets wrapped past 2^31 and pyarrow refused
     the file late in preprocessing (a review, 2026-12-05). Such rows are built in chunks now."""
@@ -1169,3 +1170,23 @@ def test_list_rows_past_arrows_int32_offsets_become_chunks_of_one_table(monkeypa
     assert chunked.column(E.FEATURES).num_chunks >= 3
     assert chunked.combine_chunks().equals(whole.combine_chunks())
     assert whole.select(E.TRAINING_COLUMNS).equals(table.slice(0, 7).select(E.TRAINING_COLUMNS))
+    # And written as such: the file's writer took the whole table in its order, which joined the
+    # chunks into one array and overflowed there (pyarrow: "offset overflow while concatenating
+    # arrays", at 2 x 1.2e9 values; a review, 2026-12-07). It sorts each cutoff's lists alone now:
+    # the same files as from one chunk, each cutoff's households in the scrambled order.
+    from ncf.data.preprocess import LIST_FILE, _write_list_file
+    from ncf.data.user_state import scrambled
+
+    both = [{**row, E.CUTOFF: c} for c in (cutoff, cutoff + 86_400) for row in rows]
+    written = {}
+    chunks = E.to_arrow(both, history_length)
+    assert chunks.column(E.FEATURES).num_chunks >= 3
+    for name, lists in (("whole", chunks.combine_chunks()), ("chunked", chunks)):
+        root = tmp_path / name
+        _write_list_file(lists.append_column(LIST_FILE, pa.array(np.full(lists.num_rows, 3))), str(root))
+        written[name] = {p.relative_to(root): pq.read_table(p) for p in sorted(root.rglob("*.parquet"))}
+    assert list(written["whole"]) == [Path(f"{E.CUTOFF}={c}/lists-000003.parquet") for c in (cutoff, cutoff + 86_400)]
+    for path, part in written["chunked"].items():
+        assert part.equals(written["whole"][path]), path
+        users = part.column(E.USER).to_numpy()
+        assert len(users) == len(rows) and (np.diff(scrambled(users)) >= 0).all(), path

@@ -827,14 +827,18 @@ def _write_list_file(lists: pa.Table, root: str) -> None:
     """One file's lists (one group of :data:`LIST_FILE`), in the scrambled key's order, to
     ``root/cutoff=C/lists-F.parquet`` for each of its cutoffs C."""
     file = lists.column(LIST_FILE)[0].as_py()
-    order = np.lexsort((lists.column(CUTOFF).to_numpy(), scrambled(lists.column(USER).to_numpy())))
-    lists = lists.drop_columns([LIST_FILE]).take(order)
+    lists = lists.drop_columns([LIST_FILE])
     cutoff = lists.column(CUTOFF).to_numpy()
     for c in np.unique(cutoff):
+        # One cutoff's lists at a time: a take of the whole table joins its chunks into one array,
+        # whose int32 list offsets overflow past 2^31 values (the chunks to_arrow made to keep each
+        # under it); a filter keeps the chunks, and one cutoff's lists hold far fewer.
+        part = lists.filter(pa.array(cutoff == c))
+        part = part.take(np.argsort(scrambled(part.column(USER).to_numpy()), kind="stable"))
         directory = os.path.join(root, f"{CUTOFF}={int(c)}")
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, f"lists-{file:06d}.parquet")
-        pq.write_table(lists.filter(pa.array(cutoff == c)).drop_columns([CUTOFF]), path)
+        pq.write_table(part.drop_columns([CUTOFF]), path)
 
 
 def check_lists_found(output: str, cutoffs: List[int], built: int) -> None:
