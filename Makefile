@@ -1,4 +1,5 @@
-# make setup   : .venv with the pinned stack (idempotent; a second run does nothing)
+# make setup   : .venv with the pinned stack (idempotent; a second run does nothing until this Makefile,
+#                pyproject.toml or the lock changes, and then pip finds the pins met)
 # make test    : the test suite (what CI runs)
 # make demo    : the main job end to end on the default dataset (Complete Journey)
 # make bench   : the quick benchmarks (JSON on stdout; figures go to BENCHMARKS.md; the others: README)

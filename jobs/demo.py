@@ -42,6 +42,7 @@ from jobs.cli import (
     tcp_port,
     unpacked_path,
 )
+from ncf.batch.commit import is_scoring_output
 from ncf.batch.partitions import partition_dir
 from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION
@@ -272,9 +273,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_demo_outputs(data: str, model: str, validated: str) -> None:
-    """Refuses, before any work, a WORKDIR/data or model path that holds something no demo
-    wrote: the jobs would refuse it after minutes, advising an --overwrite the demo has not."""
+def check_demo_outputs(data: str, model: str, validated: str, recommendations: str, report: str) -> None:
+    """Refuses, before any work, a WORKDIR/data, model, recommendations or report path that holds
+    something no demo wrote: the jobs would refuse it after minutes, advising an --overwrite the
+    demo has not."""
+    how = "move it aside or give the demo another --workdir"
+    if os.path.isdir(recommendations) and not is_scoring_output(recommendations):
+        raise InputError(f"{recommendations}: is not empty and holds no batch scoring the demo ran; {how}")
+    for path in (recommendations, report):
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise InputError(f"{path}: exists and is not a directory; {how}")
     for path, marker, what in (
         (data, layout.stats_path(data), "preprocessed data"),
         (model, os.path.join(model, "config.json"), "model directory"),
@@ -283,10 +291,7 @@ def check_demo_outputs(data: str, model: str, validated: str) -> None:
         if os.path.islink(path) or not os.path.lexists(path) or os.path.exists(marker):
             continue  # a link is judged by the job (its target is never deleted); none yet; the demo's own
         if not os.path.isdir(path) or os.listdir(path):
-            raise InputError(
-                f"{path}: is not {what} a demo wrote (no {os.path.basename(marker)}); move it aside or give the "
-                "demo another --workdir"
-            )
+            raise InputError(f"{path}: is not {what} a demo wrote (no {os.path.basename(marker)}); {how}")
 
 
 def model_links(*outputs: str) -> None:
@@ -377,7 +382,7 @@ def main(argv=None) -> list:
     with one_line_errors():
         refuse_empty_paths(args, ("--workdir",))
         refuse_empty_name(args.name)
-        check_demo_outputs(data, model, validated)
+        check_demo_outputs(data, model, validated, recommendations, report)
         shared = support_paths(args.workdir)
         if shared:
             os.environ.setdefault("MLFLOW_TRACKING_URI", sqlite_uri(os.path.join(args.workdir, "mlflow.db")))

@@ -302,6 +302,12 @@ class RecommenderDeployment:
     def explorer_page(self) -> Response:
         return ui.asset(ui.PAGE, enabled=self._ready().settings.ui)
 
+    @app.get("/ui/", include_in_schema=False)
+    def explorer_page_slash(self) -> Response:
+        # Starlette's own answer names http://<Host>/ui: behind a proxy that rewrites Host (the
+        # nginx example sends 127.0.0.1:8000) or strips a path prefix, the browser went elsewhere.
+        return Response(status_code=308, headers={"Location": "../ui"})
+
     @app.get("/ui/config", include_in_schema=False)
     def explorer_config(self) -> Dict:
         service = self._ready()

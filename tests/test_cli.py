@@ -1215,6 +1215,22 @@ def test_the_demo_refuses_a_workdir_holding_what_no_demo_wrote_and_says_a_full_d
         "demo another --workdir"
     )
     (workdir / "data" / "notes.txt").unlink()  # empty: the demo's to fill
+    # WORKDIR/recommendations holding another tool's files was refused at stage 4, after the
+    # preprocessing, training and evaluation (a review, 2026-12-07); a report that is a file too.
+    (workdir / "recommendations").mkdir()
+    (workdir / "recommendations" / "notes.txt").write_text("mine")
+    (workdir / "report").write_text("not a folder")
+    for refused, words in (
+        ("recommendations", "is not empty and holds no batch scoring"),
+        ("report", "exists and is not a directory"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            demo.main(["--workdir", str(workdir), "--port", str(free_port())])
+        error = capsys.readouterr().err.strip()
+        assert exited.value.code == 2 and asked == {}, error
+        assert error.startswith(f"error: {workdir}/{refused}: {words}") and "another --workdir" in error, error
+        (workdir / "recommendations" / "notes.txt").unlink(missing_ok=True)
+    (workdir / "report").unlink()
 
     def evaluate_on_a_full_disk(argv, on_row=None):
         raise OSError(errno.ENOSPC, "No space left on device", str(workdir / "report" / "report.html"))

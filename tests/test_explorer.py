@@ -219,6 +219,11 @@ def test_the_page_and_its_files_are_served_with_a_strict_policy(server):
     # Only at /ui: from /ui/explorer.html its relative links would miss (a page that did nothing).
     assert requests.get(f"{server}/ui/explorer.html", timeout=TIMEOUT).status_code == 404
     assert requests.get(f"{server}/ui/..%2Fapp.py", timeout=TIMEOUT).status_code == 404
+    # /ui/ goes to the page by a relative Location: Starlette's named http://<Host>/ui, which a
+    # proxy's Host (nginx sends 127.0.0.1:8000) or a stripped path prefix sent elsewhere.
+    slash = requests.get(f"{server}/ui/", headers={"Host": "127.0.0.1:1"}, allow_redirects=False, timeout=TIMEOUT)
+    assert (slash.status_code, slash.headers["location"]) == (308, "../ui")
+    assert requests.get(f"{server}/ui/", timeout=TIMEOUT).url == f"{server}/ui"
     config = requests.get(f"{server}/ui/config", timeout=TIMEOUT)
     assert config.json()["model_version"] == "v1"
     # The JSON answers and errors say nosniff too, not the page's files alone (a review, 2026-12-07).

@@ -136,6 +136,13 @@ def _committed(path: str) -> bool:
     return read_committed(path) is not None
 
 
+def is_scoring_output(output: str) -> bool:
+    """Whether the directory ``output`` is empty or batch scoring's (its ``_commit/`` or a
+    committed partition there): what a run may write into without ``--overwrite``."""
+    names = os.listdir(output)
+    return not names or COMMIT in names or any(_committed(os.path.join(output, name)) for name in names)
+
+
 def check_output(output: str, partition: str, overwrite: bool = False) -> None:
     """Refuses (InputError, one line) to write ``partition`` into ``output`` when ``output`` is
     a file, or is a non-empty directory that has neither ``_commit/`` nor a committed partition
@@ -149,9 +156,7 @@ def check_output(output: str, partition: str, overwrite: bool = False) -> None:
     check_writable(output, partition)
     if overwrite or not os.path.isdir(output):
         return
-    names = os.listdir(output)
-    ours = COMMIT in names or any(_committed(os.path.join(output, name)) for name in names)
-    if names and not ours:
+    if not is_scoring_output(output):
         raise InputError(
             f"--output {output}: is not empty and is not a batch-scoring directory (no {COMMIT}/, no "
             f"partition with batch scoring's {SUCCESS} manifest); refusing to write into it (pass --overwrite "
