@@ -166,15 +166,20 @@ def test_new_code_rolls_out_with_a_replica_serving_throughout(ray_session, small
     port = free_port()
     url = base_url("127.0.0.1", port)
     answers, failures, running, stop = [], [], [], threading.Event()
+    watch_errors, rolled_out_at, last_look = [], [], []
 
     def client():
         recommend_until(stop, url, answers, failures)
 
     def watcher():  # the replicas' states through the rollout, every 50 ms
-        while not stop.is_set():
-            states = serve.status().applications["code"].deployments[serve_app.DEPLOYMENT_NAME].replica_states
-            running.append(states.get("RUNNING", 0))
-            time.sleep(0.05)
+        try:
+            while not stop.is_set():
+                states = serve.status().applications["code"].deployments[serve_app.DEPLOYMENT_NAME].replica_states
+                running.append(states.get("RUNNING", 0))
+                last_look[:] = [time.time()]
+                time.sleep(0.05)
+        except BaseException as e:  # a thread's exception never reaches the test: it looked no further
+            watch_errors.append(repr(e))
 
     threads = [threading.Thread(target=client) for _ in range(2)] + [threading.Thread(target=watcher)]
     try:
@@ -191,6 +196,7 @@ def test_new_code_rolls_out_with_a_replica_serving_throughout(ray_session, small
             states = serve.status().applications["code"].deployments[serve_app.DEPLOYMENT_NAME].replica_states
             now = replica_names("code", serve_app.DEPLOYMENT_NAME)
             if now and not now & before and states == {"RUNNING": 1}:
+                rolled_out_at.append(time.time())
                 break
             time.sleep(0.1)
         time.sleep(1)  # traffic on the new replica
@@ -205,6 +211,8 @@ def test_new_code_rolls_out_with_a_replica_serving_throughout(ray_session, small
         print(f"\n[faults] code rollout: {len(answers)} answers, {len(failures)} failed, {len(running)} looks")
     assert after and not after & before, (before, after)  # replaced, not reconfigured
     assert failures == [] and min(running) >= 1, (failures[:3], running)
+    # The watcher looked through the whole rollout, not only before it.
+    assert watch_errors == [] and rolled_out_at and last_look[0] >= rolled_out_at[0], (watch_errors, running)
     assert len(answers) > 0
 
 

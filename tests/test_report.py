@@ -406,22 +406,37 @@ def test_a_report_of_exclude_purchased_ranks_its_households_that_way_and_says_so
     """Old code: the table came from the excluding ranking, the households shown beside it from the
     plain one (every recommendation bought before, none ticked), and nothing said which."""
     ranker, period = on_period
-    full = {"model": MODEL, "seeds": 3, "recall@10": 0.42, "recall@10_sd": 0.001, "features_version": FEATURES_VERSION}
-    path = write_report(
-        str(tmp_path / "r"),
-        ranker,
-        "v1",
-        period,
-        [],
-        ablations=[full],
-        score_users=4,
-        households=1,
-        exclude_purchased=True,
-    )
-    page = open(path).read()
+    users = len(period.users)
+    full = {
+        "model": MODEL,
+        "seeds": 3,
+        "users": users,
+        "recall@10": 0.42,
+        "recall@10_sd": 0.001,
+        "features_version": FEATURES_VERSION,
+    }
+    # The run's own row: as many households.
+    row = {"model": MODEL, "users": users, **{f"{m}@10": 0.41 for m in ("recall", "ndcg", "hr", "mrr")}}
+
+    def page_of(name: str, exclude_purchased: bool) -> tuple:
+        path = write_report(
+            str(tmp_path / name),
+            ranker,
+            "v1",
+            period,
+            [row],
+            ablations=[full],
+            score_users=4,
+            households=1,
+            exclude_purchased=exclude_purchased,
+        )
+        return path, open(path).read()
+
+    assert "3 seeds" in page_of("plain", False)[1]  # the recorded row shows beside a plain ranking's
+    path, page = page_of("r", True)
     assert "<b>exclude_purchased</b>" in page and "<html lang='en'>" in page
     # bench.ablations ranks with past purchases: its row is no figure of this mode's main table.
-    assert "seeds (recorded" not in page
+    assert "3 seeds" not in page
     # No recommendation was bought before: no repeat figure to average, said instead of "nan".
     assert "none is a product the household bought before (<b>exclude_purchased</b> leaves them out)" in page
     assert not re.search(r"\bnan\b", re.sub(r'src="data:[^"]*"', "", page)), "a figure of nothing printed as nan"

@@ -362,6 +362,7 @@ def test_explain_names_weighted_past_purchases(server, recommender, users):
         )
     )
     ranked = recommender.rank([users[0]], 3, explain=True)[0]
+    assert len(body["items"]) == 3 == len(ranked.reasons)  # else the checks below check nothing
     for item, reason in zip(body["items"], ranked.reasons):
         assert item["because"], item
         assert {b["product_id"] for b in item["because"]} <= history
@@ -375,6 +376,7 @@ def test_an_explained_never_bought_product_leaves_its_timing_out(server, users):
 
     body = post(f"{server}/recommend", {"user_id": users[0], "k": 3, "exclude_purchased": True, "explain": True}).json()
     RecommendResponse.model_validate(body)  # the answer is what the OpenAPI schema says
+    assert len(body["items"]) == 3
     for item in body["items"]:
         assert item["reason"]["days_bought"] == 0
         assert set(item["reason"]) == {"days_bought", "score_if_never_bought", "score_if_category_never_bought"}

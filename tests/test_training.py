@@ -745,7 +745,10 @@ def test_a_run_exported_again_keeps_one_tensorboard_event_file(tmp_path):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(os, "replace", second_rename_fails)
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="No space left"):
             write_history([{"epoch": 3, "train_loss": 0.5}], logdir)
+    # The failure was the swap's (the old folder aside, the fresh one's rename in refused), which
+    # then renamed the old folder back where the fresh one failed to go.
+    assert len(calls) == 3 and calls[1] == calls[2] == str(logdir), calls
     # The previous curves are back where TensorBoard reads them, nothing hidden left beside them.
     assert os.listdir(tmp_path / "run") == ["tensorboard"] and os.listdir(logdir) == [events]
