@@ -578,7 +578,7 @@ def test_training_lists_come_in_no_household_order(small_data):
         assert (np.diff(keys) > 0).all()
 
 
-def test_list_households_keeps_the_lists_of_the_lowest_keys_unchanged(small_data, tmp_path):
+def test_list_households_keeps_the_lists_of_the_lowest_keys_unchanged(small_data, tmp_path, monkeypatch):
     """With more households than --list-households, the lists are those of the households with the
     lowest scrambled keys, the same at every cutoff and list for list what the full run wrote
     for them (their draws are seeded per household); the state and the stats read everyone."""
@@ -590,12 +590,27 @@ def test_list_households_keeps_the_lists_of_the_lowest_keys_unchanged(small_data
     )
     inputs = stats["inputs"]
     sampled = str(tmp_path / "sampled")
+    from ncf.data import preprocess as pipeline
+
+    real_count, counted = pipeline._count_lists, []
+
+    def count_lists(directory):
+        counted.append(os.path.basename(directory))
+        return real_count(directory)
+
+    monkeypatch.setattr(pipeline, "_count_lists", count_lists)
     sampled_stats = preprocess(
         schema.resolve_files(os.path.dirname(inputs["logs"][0])),
         schema.resolve_files(inputs["catalog"][0]),
         sampled,
         config,
     )
+    # Each cutoff's labels read once, by the found-lists check and every run's counts together (each
+    # read them again: billions of values at 10M households; a review, 2026-12-07).
+    assert sorted(counted) == sorted(set(counted)) and len(counted) >= 2, counted
+    for run, run_cutoffs in sampled_stats["cutoffs"].items():
+        by_reading = [real_count(layout.examples_dir(sampled, c)) for c in run_cutoffs]
+        assert sampled_stats["examples"][run]["lists"] == sum(c["lists"] for c in by_reading), run
     chosen = 1 + np.sort(np.argsort(scrambled(np.arange(1, num_users)))[:50])  # 0: the unknown household
     assert list_key_limit(num_users, 50) == scrambled(chosen).max() and list_key_limit(51, 50) is None
     for run, cutoffs in stats["cutoffs"].items():

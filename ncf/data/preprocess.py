@@ -774,8 +774,11 @@ def write_examples(
     twice = written[LIST_FILE][written[LIST_FILE].duplicated()] if len(written) else []
     if len(twice):
         raise RuntimeError(f"lists files written by two tasks, their lists lost: {sorted(set(twice))}")
-    check_lists_found(output, every, int(written[LISTS].sum()) if len(written) else 0)
-    return {run: _count_lists_of(output, run_cutoffs) for run, run_cutoffs in cutoffs.items()}
+    # Each cutoff's labels read once (billions of values at 10M households): the check and every
+    # run's counts share them, where the runs' cutoffs overlap too.
+    counted = {c: _count_lists(layout.examples_dir(output, c)) for c in every}
+    check_lists_found(output, every, int(written[LISTS].sum()) if len(written) else 0, counted)
+    return {run: _count_lists_of(output, run_cutoffs, counted) for run, run_cutoffs in cutoffs.items()}
 
 
 LIST_FILE = "list_file"
@@ -841,11 +844,14 @@ def _write_list_file(lists: pa.Table, root: str) -> None:
         pq.write_table(part.drop_columns([CUTOFF]), path)
 
 
-def check_lists_found(output: str, cutoffs: List[int], built: int) -> None:
+def check_lists_found(
+    output: str, cutoffs: List[int], built: int, counted: Optional[Dict[int, Dict[str, int]]] = None
+) -> None:
     """Refuses (InputError) a DATA in which the ``built`` lists the tasks wrote at ``cutoffs``
     are not all found: a task on another node writes to that node's disk where ``output`` is not
-    on storage every node mounts, and the driver would count fewer lists than were built."""
-    found = _count_lists_of(output, cutoffs)["lists"]
+    on storage every node mounts, and the driver would count fewer lists than were built.
+    ``counted``: each cutoff's :func:`_count_lists`, where the caller has read them."""
+    found = _count_lists_of(output, cutoffs, counted)["lists"]
     if found != built:
         raise schema.InputError(
             f"{output}: the tasks wrote {built:,} training lists and {found:,} are there; {_SHARED_STORAGE_QUESTION}"
@@ -868,8 +874,11 @@ def cutoffs_with_lists(output: str, cutoffs: Dict[str, list]) -> Dict[str, list]
     return kept
 
 
-def _count_lists_of(output: str, run_cutoffs: list) -> Dict[str, int]:
-    counts = [_count_lists(layout.examples_dir(output, c)) for c in run_cutoffs]
+def _count_lists_of(
+    output: str, run_cutoffs: list, counted: Optional[Dict[int, Dict[str, int]]] = None
+) -> Dict[str, int]:
+    counted = counted or {}
+    counts = [counted[c] if c in counted else _count_lists(layout.examples_dir(output, c)) for c in run_cutoffs]
     return {key: sum(c[key] for c in counts) for key in LIST_COUNTS}
 
 
