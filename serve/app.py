@@ -66,6 +66,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 
 from ncf.code import source_digest
@@ -303,10 +304,8 @@ class RecommenderDeployment:
         return ui.asset(ui.PAGE, enabled=self._ready().settings.ui)
 
     @app.get("/ui/", include_in_schema=False)
-    def explorer_page_slash(self) -> Response:
-        # Starlette's own answer names http://<Host>/ui: behind a proxy that rewrites Host (the
-        # nginx example sends 127.0.0.1:8000) or strips a path prefix, the browser went elsewhere.
-        return Response(status_code=308, headers={"Location": "../ui"})
+    def explorer_page_slash(self, request: Request) -> Response:
+        return ui.to_page(self._ready().settings.ui, request.url.query)
 
     @app.get("/ui/config", include_in_schema=False)
     def explorer_config(self) -> Dict:

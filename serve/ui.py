@@ -74,6 +74,15 @@ def asset(name: str, enabled: bool) -> Response:
     return Response(_read(name), media_type=ASSETS[name], headers=HEADERS)
 
 
+def to_page(enabled: bool, query: str) -> Response:
+    """``/ui/``'s answer: a 308 to the page by a relative URL, its query kept (the page reads its
+    question from it). Starlette's own redirect named ``http://<Host>/ui``, which a proxy that
+    rewrites ``Host`` or strips a path prefix sent elsewhere. 404 when the page is off."""
+    if not enabled:
+        raise HTTPException(status_code=404, detail=OFF_MESSAGE)
+    return Response(status_code=308, headers={"Location": "../ui" + (f"?{query}" if query else "")})
+
+
 def config(enabled: bool, default_at: int, model_version: str, max_k: int, max_baskets: int) -> Dict:
     """What the page needs before the first question (``GET /ui/config``): the moment requests
     without ``at`` rank for (epoch seconds in, ISO-8601 UTC out), the model version, the limits."""

@@ -302,6 +302,11 @@ def _cases(p: dict, out: str) -> list:
             + ["--sampled-negatives", "0", "--uniform-negatives", "0"],
             ["training-list settings", "all 0"],
         ),
+        (  # one cutoff's lists of a file past Arrow's 2^31 list values: an ArrowInvalid in a task, hours in
+            "preprocess",
+            ["--input", p["logs.csv"], "--output", out, "--uniform-negatives", "40000"],
+            ["training-list settings", "is 40,420, above 32,825", "2^31 list values"],
+        ),
         ("models", ["--tracking-uri", f"sqlite:///{p['empty.db']}", "list"], ["empty.db is empty"]),
         ("models", ["--name", "shop-2", "resolve", "current"], ["no version of shop-2 is current"]),
     ]

@@ -7,6 +7,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -185,6 +186,7 @@ def test_with_the_page_off_every_ui_path_is_a_404(service):
         serving.explorer_config,
         lambda: serving.explorer_asset("explorer.js"),
         lambda: serving.explorer_asset("explorer.html"),
+        lambda: serving.explorer_page_slash(SimpleNamespace(url=SimpleNamespace(query=""))),
     ):
         with pytest.raises(Exception) as off:
             route()
@@ -219,11 +221,12 @@ def test_the_page_and_its_files_are_served_with_a_strict_policy(server):
     # Only at /ui: from /ui/explorer.html its relative links would miss (a page that did nothing).
     assert requests.get(f"{server}/ui/explorer.html", timeout=TIMEOUT).status_code == 404
     assert requests.get(f"{server}/ui/..%2Fapp.py", timeout=TIMEOUT).status_code == 404
-    # /ui/ goes to the page by a relative Location: Starlette's named http://<Host>/ui, which a
-    # proxy's Host (nginx sends 127.0.0.1:8000) or a stripped path prefix sent elsewhere.
+    # /ui/ goes to the page by a relative Location, its question kept: Starlette's named
+    # http://<Host>/ui, which a proxy that rewrites Host or strips a path prefix sent elsewhere.
     slash = requests.get(f"{server}/ui/", headers={"Host": "127.0.0.1:1"}, allow_redirects=False, timeout=TIMEOUT)
     assert (slash.status_code, slash.headers["location"]) == (308, "../ui")
-    assert requests.get(f"{server}/ui/", timeout=TIMEOUT).url == f"{server}/ui"
+    asked = requests.get(f"{server}/ui/?household=h%201", timeout=TIMEOUT)
+    assert asked.status_code == 200 and asked.url == f"{server}/ui?household=h%201"
     config = requests.get(f"{server}/ui/config", timeout=TIMEOUT)
     assert config.json()["model_version"] == "v1"
     # The JSON answers and errors say nosniff too, not the page's files alone (a review, 2026-12-07).

@@ -1194,12 +1194,22 @@ def test_list_rows_past_arrows_int32_offsets_become_chunks_of_one_table(monkeypa
 
     both = [{**row, E.CUTOFF: c} for c in (cutoff, cutoff + 86_400) for row in rows]
     written = {}
+    from ncf.data import preprocess as pipeline
+
     chunks = E.to_arrow(both, history_length)
     assert chunks.column(E.FEATURES).num_chunks >= 3
+    sorted_at_once = []  # how many lists each sort of the writer took (the take that follows joins them)
+
+    def scrambled_counted(users):
+        sorted_at_once.append(len(users))
+        return scrambled(users)
+
+    monkeypatch.setattr(pipeline, "scrambled", scrambled_counted)
     for name, lists in (("whole", chunks.combine_chunks()), ("chunked", chunks)):
         root = tmp_path / name
         _write_list_file(lists.append_column(LIST_FILE, pa.array(np.full(lists.num_rows, 3))), str(root))
         written[name] = {p.relative_to(root): pq.read_table(p) for p in sorted(root.rglob("*.parquet"))}
+    assert sorted_at_once and max(sorted_at_once) == len(rows), sorted_at_once  # one cutoff's lists, not both
     assert list(written["whole"]) == [Path(f"{E.CUTOFF}={c}/lists-000003.parquet") for c in (cutoff, cutoff + 86_400)]
     for path, part in written["chunked"].items():
         assert part.equals(written["whole"][path]), path

@@ -42,7 +42,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from ncf.data import layout
-from ncf.data.features import FEATURES_VERSION, HALF_LIVES, Catalog, candidate_features, household_inputs
+from ncf.data.features import (
+    FEATURES_VERSION,
+    HALF_LIVES,
+    NUM_FEATURES,
+    Catalog,
+    candidate_features,
+    household_inputs,
+)
 from ncf.data.product_stats import ProductStats
 from ncf.data.timeline import UserTimeline, run_offsets
 from ncf.errors import InputError
@@ -73,6 +80,20 @@ def check_features_version(data: str) -> None:
             f"{data}: preprocessed for features version {version}, this code computes version "
             f"{FEATURES_VERSION}; run python -m jobs.preprocess again"
         )
+
+
+# Training lists per written file, about: 40 MB of lists on Complete Journey. Ray Data's reader
+# pays tens of milliseconds per file, so the groupby's many small blocks (800 files of ~20 lists)
+# made every epoch wait ~18 s for its first batch.
+LISTS_PER_FILE = 2048
+# Arrow's list offsets are int32: one table's lists hold at most this many values. A file's lists
+# (up to 2,048 households at every cutoff of a run) pass it at about 26 cutoffs of defaults, or
+# with thousands of negatives a list, so such rows are built as several chunks of one table; its
+# writer sorts one cutoff's lists at a time in one array, which must fit.
+MAX_LIST_VALUES = 2**31 - 1
+# The most candidates a list may be asked for: one cutoff's lists of a file fit MAX_LIST_VALUES
+# with room for each list's positives besides (the products bought in its window; 1,000).
+MAX_LIST_CANDIDATES = MAX_LIST_VALUES // (LISTS_PER_FILE * NUM_FEATURES) - 1_000
 
 
 @dataclass(frozen=True)
@@ -140,6 +161,13 @@ class ExampleConfig:
             )
         if self.list_households < 1:
             raise ValueError("list_households must be >= 1")
+        asked = sum(sizes) + self.sampled_negatives + self.uniform_negatives
+        if asked > MAX_LIST_CANDIDATES:
+            raise ValueError(
+                f"own_candidates + neighbour_candidates + popular_candidates + sampled_negatives + uniform_negatives "
+                f"is {asked:,}, above {MAX_LIST_CANDIDATES:,}: one cutoff's lists of a file ({LISTS_PER_FILE:,} "
+                f"households) would pass Arrow's 2^31 list values ({NUM_FEATURES} features a candidate)"
+            )
 
     def schedule(self, labels_end: int) -> List[int]:
         """The cutoffs of a run whose labels must end by ``labels_end`` (exclusive), latest first."""
@@ -270,12 +298,6 @@ def _one_list(timeline: UserTimeline, user: int, cutoff: Cutoff, config: Example
         FEATURES: candidate_features(timeline, candidates, moment, catalog, cutoff.stats),
         BOUGHT_UNKNOWN: len(window) - len(bought),
     }
-
-
-# Arrow's list offsets are int32: one table's lists hold at most this many values. A file's lists
-# (up to 2,048 households at every cutoff of a run) pass it at about 26 cutoffs of defaults, or
-# with thousands of negatives a list, so such rows are built as several chunks of one table.
-MAX_LIST_VALUES = 2**31 - 1
 
 
 def to_arrow(rows: List[Dict], history_length: int) -> pa.Table:

@@ -53,6 +53,7 @@ from ncf.data.examples import (
     BOUGHT_UNKNOWN,
     CUTOFF,
     LABEL,
+    LISTS_PER_FILE,
     PRODUCT,
     USER,
     Cutoff,
@@ -71,10 +72,6 @@ from ncf.splits import REFIT, TEST, TRAIN, VAL, VALIDATED
 from ncf.staging import replacing
 
 WEEK = 7 * 86_400
-# Training lists per written file, about: 40 MB of lists on Complete Journey. Ray Data's reader
-# pays tens of milliseconds per file, so the groupby's many small blocks (800 files of ~20 lists)
-# made every epoch wait ~18 s for its first batch.
-LISTS_PER_FILE = 2048
 LIST_COUNTS = ("lists", "candidates", "positives", "bought_unknown_at_cutoff")
 COUNT = "count()"
 FIRST_SEEN = f"min({TS})"
@@ -835,7 +832,8 @@ def _write_list_file(lists: pa.Table, root: str) -> None:
     for c in np.unique(cutoff):
         # One cutoff's lists at a time: a take of the whole table joins its chunks into one array,
         # whose int32 list offsets overflow past 2^31 values (the chunks to_arrow made to keep each
-        # under it); a filter keeps the chunks, and one cutoff's lists hold far fewer.
+        # under it); a filter keeps the chunks, and one cutoff's lists fit (ExampleConfig refuses
+        # list sizes where they would not: MAX_LIST_CANDIDATES).
         part = lists.filter(pa.array(cutoff == c))
         part = part.take(np.argsort(scrambled(part.column(USER).to_numpy()), kind="stable"))
         directory = os.path.join(root, f"{CUTOFF}={int(c)}")
