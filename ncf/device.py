@@ -23,6 +23,47 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def check_gpu_usable(instead: str, training: bool = False) -> None:
+    """Refuses (InputError, one line) a process Ray gave a GPU that this node's builds cannot use:
+    Ray counts GPUs from the hardware, and the driver decided from the cluster's GPUs (on a
+    cluster, its own node's builds are the CPU ones: :func:`gpu_build_missing`), so a GPU node set
+    up with the CPU builds, or whose NVIDIA driver is older than torch's CUDA (or missing), passed
+    every check before, and the work then failed on its first CUDA call (or its first NCCL
+    collective) with a traceback. ``training``: fbgemm's CUDA build too. ``instead``: the job's
+    way around, e.g. ``--gpu no``."""
+    import socket
+
+    node = f"this node ({socket.gethostname()}) was given a GPU but"
+    setup = f"set it up with make setup ACCEL=cuda, or {instead}"
+    if not torch_cuda_build():
+        raise InputError(f"{node} its torch is the CPU build (torch.version.cuda is None): {setup}")
+    if not torch.cuda.is_available():
+        raise InputError(
+            f"{node} torch cannot use one (torch.cuda.is_available() is False, torch built for CUDA "
+            f"{torch.version.cuda}): is its NVIDIA driver older than that, or missing? Update the driver, or {instead}"
+        )
+    if training and not fbgemm_cuda_build():
+        raise InputError(
+            f"{node} its fbgemm is the CPU build (fbgemm-gpu-cpu), without the CUDA kernels TorchRec's tables "
+            f"train with: {setup}"
+        )
+
+
+def gpus_on_other_nodes() -> bool:
+    """Whether this process joined a cluster (``RAY_ADDRESS``) on a node that holds no GPU: the
+    cluster's GPU work then runs on other nodes, with their own builds (cluster.yaml installs the
+    CPU builds on CPU nodes, where the CUDA fbgemm-gpu cannot even load), which each worker and
+    actor checks as it starts (:func:`check_gpu_usable`). Ray must be initialised."""
+    import os
+
+    import ray
+
+    if not os.environ.get("RAY_ADDRESS"):
+        return False
+    here = ray.get_runtime_context().get_node_id()
+    return any(node["NodeID"] == here and not node["Resources"].get("GPU") for node in ray.nodes() if node["Alive"])
+
+
 def cluster_gpus() -> int:
     """GPUs of the Ray cluster this process is connected to (Ray must be initialised)."""
     import ray
@@ -82,9 +123,12 @@ def torch_cuda_build() -> bool:
 
 
 def gpu_build_missing(training: bool) -> Optional[str]:
-    """Why this environment (which a cluster's nodes share) cannot run on GPUs, whatever GPUs
-    the cluster has (Ray counts them from the hardware, not from what is installed): torch's CPU
-    build; for ``training``, fbgemm's CPU build too (:func:`fbgemm_cuda_build`). None when it can."""
+    """Why this environment cannot run on GPUs, whatever GPUs the cluster has (Ray counts them
+    from the hardware, not from what is installed): torch's CPU build; for ``training``, fbgemm's
+    CPU build too (:func:`fbgemm_cuda_build`). None when it can, and where the GPUs are other
+    nodes' (:func:`gpus_on_other_nodes`: a driver on a CPU head), whose builds they check."""
+    if gpus_on_other_nodes():
+        return None
     if not torch_cuda_build():
         return "torch is installed as its CPU build (torch.version.cuda is None)"
     if training and not fbgemm_cuda_build():

@@ -287,13 +287,18 @@ def test_compile_is_chosen_when_it_repays_itself_and_can_run(monkeypatch):
     assert bs.resolve_compile("auto", enough, use_gpu=False) == bs.can_compile()
     assert not bs.resolve_compile("auto", enough - 1, use_gpu=False)
     assert not bs.resolve_compile("no", enough, use_gpu=True)
-    assert bs.resolve_compile("yes", 1, use_gpu=True)
+    assert bs.resolve_compile("yes", 1, use_gpu=True) == bs.can_compile(use_gpu=True)
     assert not bs.resolve_compile("auto", enough, use_gpu=True)  # host-bound on a GPU: no gain measured
     monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setenv("CC", "no-such-compiler")
     monkeypatch.setenv("PATH", "")
     assert not bs.resolve_compile("auto", enough, use_gpu=False)
     with pytest.raises(InputError, match="C\\+\\+ compiler"):
         bs.resolve_compile("yes", enough, use_gpu=False)
+    # Triton builds its launcher with a C compiler at first use: without one, every GPU actor warned
+    # and scored eagerly under --compile yes (a review of the GPU paths, 2026-12-07).
+    with pytest.raises(InputError, match="a C compiler \\(gcc or \\$CC\\) for Triton on GPU"):
+        bs.resolve_compile("yes", enough, use_gpu=True)
 
 
 @pytest.mark.filterwarnings("error:torch.compile failed")
@@ -2008,6 +2013,7 @@ def test_an_actor_given_a_gpu_torch_cannot_use_is_refused_in_one_line_naming_its
     2026-12-07). The actor's setup, called directly: it refuses before loading anything."""
     import socket
 
+    monkeypatch.setattr(torch.version, "cuda", "13.0")  # the CUDA build, on a node whose driver is too old
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError) as error:
         scorer.ScoreBatch(

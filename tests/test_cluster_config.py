@@ -159,16 +159,31 @@ def test_a_cpu_head_cpu_workers_and_gpu_workers_within_bounds(prepared):
     )  # 2 GPUs shard
 
 
-def test_every_node_type_installs_the_project_with_make_setup_accel_cuda(config, prepared):
+@pytest.mark.faults
+def test_every_node_type_installs_the_builds_its_hardware_loads(config, prepared):
+    """Every node ran `make setup ACCEL=cuda`, but the CUDA fbgemm-gpu cannot load without an
+    NVIDIA driver (it links libnvidia-ml.so.1; checked on this CPU machine, 2026-12-07): on the
+    CPU head and CPU workers every TorchRec import failed, the job drivers' and Serve's replicas'
+    among them. GPU workers install the CUDA builds, the others the CPU ones (torch's CPU wheel
+    too: gigabytes of CUDA libraries they never load), each also the apt and PATH steps (a node
+    type's own list replaces the global one)."""
     project = _project_dir(config)
+    types = prepared["available_node_types"]
     for name, commands in _setup_commands_per_node_type(prepared).items():
         setups = [m for m in _make_invocations(commands) if m["target"] == ["setup"]]
         assert len(setups) == 1, (name, commands)
-        assert setups[0]["dir"] == project and setups[0]["vars"].get("ACCEL") == "cuda", (name, setups)
+        wanted = "cuda" if types[name]["resources"].get("GPU", 0) >= 1 else "cpu"
+        assert setups[0]["dir"] == project and setups[0]["vars"].get("ACCEL") == wanted, (name, setups)
+        if wanted == "cpu":
+            assert setups[0]["vars"].get("TORCH_INDEX") == "https://download.pytorch.org/whl/cpu", (name, setups)
+        assert any("apt-get update" in c for c in commands) and any(".bashrc" in c for c in commands), name
+        apt = next(i for i, c in enumerate(commands) if "python3.11-venv" in c)
+        assert apt < commands.index(next(c for c in commands if "make setup" in c)), name  # python3.11 first
 
 
 def test_make_setup_accel_cuda_installs_the_cuda_stack_in_torchrecs_order(config, prepared):
-    python = _make_invocations(prepared["setup_commands"])[0]["vars"].get("PYTHON", "python3")
+    gpu_type = next(t for t in prepared["available_node_types"].values() if t["resources"].get("GPU", 0) >= 1)
+    python = _make_invocations(gpu_type["worker_setup_commands"])[0]["vars"].get("PYTHON", "python3")
     installs = _pip_installs(_makefile_setup("cuda", python))
     assert installs == [
         ["-q", "torch==2.13.0"],

@@ -97,6 +97,56 @@ def test_gpus_without_the_cuda_builds_run_on_cpu_or_are_refused(monkeypatch, cap
 
 
 @pytest.mark.faults
+def test_a_training_worker_given_a_gpu_torch_cannot_use_is_one_line(monkeypatch):
+    """A node whose NVIDIA driver is older than torch's CUDA: Ray counts its GPU and Train asks for
+    NCCL, while its device fell back to the CPU; the run failed at its first collective with a
+    traceback, retried twice (a review of the GPU paths, 2026-12-07). Scoring refused it already."""
+    import inspect
+
+    import torch
+
+    from ncf import device
+    from ncf.device import check_gpu_usable
+    from ncf.train import loop
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match=r"was given a GPU but torch cannot use one .*driver.*train with --gpu no"):
+        check_gpu_usable("train with --gpu no", training=True)
+    source = inspect.getsource(loop.setup_worker)
+    assert source.index("check_gpu_usable(") < source.index("get_device()")  # asked before the device is used
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # A GPU node set up with the CPU builds (cluster.yaml installs them on CPU nodes: the driver on
+    # the head no longer judges the GPU nodes' builds by its own).
+    monkeypatch.setattr(device, "fbgemm_cuda_build", lambda: False)
+    with pytest.raises(
+        InputError, match=r"its fbgemm is the CPU build .*make setup ACCEL=cuda, or train with --gpu no"
+    ):
+        check_gpu_usable("train with --gpu no", training=True)
+    check_gpu_usable("score with --gpu no")  # scoring needs torch's CUDA alone
+    monkeypatch.setattr(device, "fbgemm_cuda_build", lambda: True)
+    check_gpu_usable("train with --gpu no", training=True)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(InputError, match=r"its torch is the CPU build .*make setup ACCEL=cuda"):
+        check_gpu_usable("score with --gpu no")
+
+
+@pytest.mark.faults
+def test_a_driver_on_a_node_without_gpus_leaves_the_gpu_builds_to_the_gpu_nodes(ray_session, monkeypatch):
+    """cluster.yaml installs the CPU builds on its CPU head and workers (the CUDA fbgemm-gpu cannot
+    load without an NVIDIA driver: every TorchRec import there failed). A job's driver on the head
+    judged the GPU nodes by its own builds: --gpu auto would never train on them, --gpu yes was
+    refused. Joined to a cluster from a node without GPUs, it leaves them to each GPU worker."""
+    from ncf import device
+
+    monkeypatch.setattr(device, "torch_cuda_build", lambda: False)
+    assert not device.gpus_on_other_nodes()  # a laptop's own cluster: its builds are the workers'
+    assert device.gpu_build_missing(training=True) == "torch is installed as its CPU build (torch.version.cuda is None)"
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a cluster joined; this node holds no GPU
+    assert device.gpus_on_other_nodes() and device.gpu_build_missing(training=True) is None
+
+
+@pytest.mark.faults
 def test_a_build_without_cuda_is_refused_before_gpu_wait_and_a_local_cluster_is_not_waited_for(
     ray_session, monkeypatch, capsys
 ):

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from ncf.batch.partitions import REASON_TYPE, typed_ids
 from ncf.data.product_stats import ProductStats
 from ncf.data.vocab import Vocabulary
+from ncf.device import check_gpu_usable
 from ncf.errors import InputError, raised_within
 from ncf.model.integrity import data_fingerprint, model_fingerprint
 from ncf.rank.reasons import Reason
@@ -315,12 +316,7 @@ def scoring_device(use_gpu: bool):
 
     if not use_gpu:
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise InputError(
-            f"this node ({socket.gethostname()}) was given a GPU but torch cannot use one (torch.cuda.is_available() "
-            f"is False, torch built for CUDA {torch.version.cuda}): is its NVIDIA driver older than that, or "
-            "missing? Update the driver, or score with --gpu no"
-        )
+    check_gpu_usable("score with --gpu no")
     return torch.device("cuda")
 
 

@@ -362,9 +362,12 @@ def _check_an_actor_fits(cpus_per_actor: float) -> None:
     _log(f"{short} now: the actors wait for the autoscaler to add one (Ray Data gives up after 30 minutes)")
 
 
-def can_compile() -> bool:
+def can_compile(use_gpu: bool = False) -> bool:
     """Whether ``torch.compile`` can build kernels here: Inductor's CPU kernels need a C++
-    compiler (CUDA kernels come from Triton, which ships with torch)."""
+    compiler; its CUDA kernels come from Triton, which ships with torch but builds its launcher
+    with a C compiler at first use (without one every actor warned and scored eagerly)."""
+    if use_gpu:
+        return any(shutil.which(c) for c in (os.environ.get("CC", "gcc"), "cc", "clang"))
     return shutil.which(os.environ.get("CXX", "g++")) is not None or shutil.which("c++") is not None
 
 
@@ -377,8 +380,9 @@ def resolve_compile(setting: str, users_per_actor: int, use_gpu: bool) -> bool:
     if setting == "no":
         return False
     if setting == "yes":
-        if not (use_gpu or can_compile()):
-            raise InputError("--compile yes: torch.compile needs a C++ compiler (g++ or $CXX) on CPU")
+        if not can_compile(use_gpu):
+            needs = "a C compiler (gcc or $CC) for Triton on GPU" if use_gpu else "a C++ compiler (g++ or $CXX) on CPU"
+            raise InputError(f"--compile yes: torch.compile needs {needs}")
         return True
     return not use_gpu and can_compile() and users_per_actor >= COMPILE_MIN_USERS_PER_ACTOR
 

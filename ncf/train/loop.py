@@ -24,6 +24,7 @@ from ncf.data import layout
 from ncf.data.examples import listed_rows, lists_digest
 from ncf.data.features import FEATURES_VERSION, Catalog
 from ncf.data.vocab import Vocabularies
+from ncf.device import check_gpu_usable
 from ncf.evaluate.evaluation import full_ranking, model_fns, point_in_time_period, sample_users
 from ncf.model.advanced_ncf import model_from_weights
 from ncf.model.batch import Batch
@@ -122,6 +123,8 @@ def setup_worker(cfg: TrainConfig) -> Worker:
     rank, world_size = world()
     torch.manual_seed(init_seed(cfg.seed, rank))
     torch.set_num_threads(worker_threads(cfg, ray.train.get_context().get_local_world_size(), ray_node_cpus()))
+    if ray.get_gpu_ids():  # else Ray Train's device falls back to the CPU beside an NCCL group
+        check_gpu_usable("train with --gpu no", training=True)
     device = ray.train.torch.get_device()
     stats = layout.DataStats(cfg.data)
     vocab_sha256 = vocab_digest(cfg.data)

@@ -106,8 +106,11 @@ def _fused_plan(model: AdvancedNCF, device: torch.device):
         )
         for name in names
     }
+    # The GPU's own memory: TorchRec assumes 32 GiB otherwise, and the FUSED kernel has no host
+    # fallback, so a plan of a 24 GiB A10G's tables could fit the planner and not the card.
+    hbm = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
     topology = TopologyFactory.create_topology(
-        TrainerConfig(world_size=world_size, local_world_size=get_local_size(world_size)),
+        TrainerConfig(world_size=world_size, local_world_size=get_local_size(world_size), hbm_cap_bytes=hbm),
         kernel_config=KernelConfig(compute_device=device.type),
     )
     # A fixed share of memory kept free for the dense part: the heuristic default estimates the
