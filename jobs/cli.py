@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, NoReturn, Optional, Sequence
 
-from jobs import logs
+from jobs import logs, started
 from ncf.errors import (
     EXIT_STOPPED,
     EXIT_TRY_LATER,
@@ -177,6 +177,7 @@ def run_main(
     to go on), and exit 130, not a KeyboardInterrupt traceback; and a disk full or closed to this
     account (:func:`environment_error`) in one line naming the file, ``...WHERE; free space or fix
     access, then AGAIN``, exit 1 (a bug's OSError keeps its traceback)."""
+    started()  # the imports' one line for Ctrl-C (jobs/__init__.py) gives way to the job's own
     try:
         main()
     except KeyboardInterrupt as stopped:

@@ -36,6 +36,7 @@ import sys
 from contextlib import ExitStack
 from typing import Dict, NamedTuple, NoReturn, Optional, Tuple
 
+from jobs import started
 from jobs.cli import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -418,4 +419,5 @@ def _stop_owned(owns_serve: bool) -> None:
 
 
 if __name__ == "__main__":
+    started()  # Ctrl-C from here on is the deploy's to answer (jobs/__init__.py)
     main()

@@ -29,6 +29,7 @@ from jobs.cli import (
     one_line_errors,
     run_main,
 )
+from ncf.errors import InputError
 from ncf.model.files import METRICS
 from ncf.model.integrity import write_manifest
 from ncf.rank.state import check_model_and_data
@@ -55,6 +56,13 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     try:
         with one_line_errors():
+            if args.seal and is_registry_ref(args.model):
+                # A registered version's files are its record: sealed again in place, verify said
+                # "verified" where every --model current job then refused its changed bytes.
+                raise InputError(
+                    f"--seal {args.model}: a registered version is sealed as it was registered; seal a "
+                    "directory by its path, then register it (python -m jobs.models register DIR)"
+                )
             model = check_model(args.model, option="MODEL", verify=False)
             # None only: an empty --data (a script's unset variable) is refused by check_data, not skipped.
             data = None if args.data is None else check_data(args.data)

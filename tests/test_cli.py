@@ -519,6 +519,55 @@ def test_a_full_disk_or_a_closed_file_is_one_line_in_every_job_and_a_bugs_oserro
 
 
 @pytest.mark.faults
+def test_verify_seal_refuses_a_registered_version(capsys):
+    """`jobs.verify current --seal` sealed the registered version's changed files in place and
+    said "verified": true, while every --model current job then refused its changed bytes (the
+    registry records them as registered; a review, 2026-12-07)."""
+    from jobs import verify
+
+    for ref in ("current", "models:/advanced-ncf/3"):
+        with pytest.raises(SystemExit) as exited:
+            verify.main([ref, "--seal"])
+        error = capsys.readouterr().err.strip()
+        assert exited.value.code == 2 and error.startswith(f"error: --seal {ref}: a registered version"), error
+        assert "seal a directory by its path, then register it" in error
+
+
+@pytest.mark.faults
+def test_ctrl_c_while_a_job_imports_its_stack_is_one_line_and_exit_130():
+    """`python -m jobs.verify` spends seconds importing torch, Ray and MLflow before its main: a
+    Ctrl-C there was a 38-line KeyboardInterrupt traceback of an import (a review, 2026-12-07).
+    The package's handler answers it until the job's main begins, then KeyboardInterrupt is the
+    job's again; imported otherwise (here, pytest) the package changes nothing."""
+    import jobs
+
+    assert signal.getsignal(signal.SIGINT) is not jobs._interrupted_while_starting
+    # What `python -m jobs.NAME` is while the package imports (sys.argv[0] "-m"), a Ctrl-C mid-import.
+    during_imports = (
+        "import os, signal, sys, time; sys.argv = ['-m']; import jobs; "
+        "os.kill(os.getpid(), signal.SIGINT); time.sleep(30); print('not stopped')"
+    )
+    after_start = (
+        "import os, signal, sys; sys.argv = ['-m']; import jobs; jobs.started()\n"
+        "try:\n    os.kill(os.getpid(), signal.SIGINT); import time; time.sleep(30)\n"
+        "except KeyboardInterrupt:\n    print('the job answers it')"
+    )
+    for code, rc, out, err in (
+        (during_imports, 130, "", ["error: interrupted (Ctrl-C) while the job started; nothing was done"]),
+        (after_start, 0, "the job answers it", []),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        assert (done.returncode, done.stdout.strip(), done.stderr.strip().splitlines()) == (rc, out, err), done
+
+
+@pytest.mark.faults
 def test_ctrl_c_while_a_job_waits_for_its_ray_head_is_one_line_and_exit_130(tmp_path):
     """A real SIGINT to `python -m jobs.preprocess` (what a terminal's Ctrl-C sends) while it
     waits for the head RAY_ADDRESS names: one line, exit 130, nothing written."""

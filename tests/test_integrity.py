@@ -149,6 +149,59 @@ def test_missing_added_and_unsealed_files_are_named(model):
 
 
 @pytest.mark.faults
+def test_a_hand_edit_sealed_again_is_refused_where_replicas_and_the_registry_would_fail(model, data):
+    """`jobs.verify --seal` re-seals a directory edited by hand: a ranking of unknown names or
+    sizes that are not counts, a rows_trained_before that is no number, or a config without
+    data.path passed verification and promote, then every replica refused the model (or the
+    registry's lineage a KeyError, the row masks a ValueError; a review, 2026-12-07)."""
+    from ncf.rank.state import check_model_and_data, verify_ranks
+
+    original = _config(model)
+    for edit, words in (
+        ({"ranking": {"candidatez": 200}}, "ranking holds unknown settings"),
+        ({"ranking": {"candidates": "lots"}}, "ranking holds sizes that are not counts"),
+        ({"ranking": [300]}, "bad config.json"),
+        ({"rows_trained_before": "soon"}, "bad config.json"),
+        ({"data": {k: v for k, v in original["data"].items() if k != "path"}}, "bad config.json"),
+    ):
+        write_json(os.path.join(model, CONFIG), {**original, **edit})
+        write_manifest(model, unsealed=[METRICS])
+        with pytest.raises(InputError, match=words):
+            check_model_and_data(model, data)
+        with pytest.raises(InputError, match=words):
+            verify_ranks(model)  # what promote and a first registration ask
+    write_json(os.path.join(model, CONFIG), {**original, "ranking": {"candidates": 120}})
+    write_manifest(model, unsealed=[METRICS])
+    assert verify_ranks(model) == os.path.realpath(model)  # an edit of counts it knows stands
+
+
+@pytest.mark.faults
+def test_a_damaged_stats_json_is_one_line_naming_the_data(data):
+    """A truncated, foreign or hand-edited stats.json, or a FIFO in its place, read wherever DATA
+    is (jobs.verify --data, jobs.deploy, the registry): a JSONDecodeError, AttributeError,
+    ValueError or KeyError traceback, and the FIFO hung (a review, 2026-12-07)."""
+    path = layout.stats_path(data)
+    good = read_json(path)
+    layout.DataStats(data)
+    for content, words in (
+        (json.dumps(good)[:40], "is damaged"),
+        ("[]", "a JSON list, not an object"),
+        (json.dumps({**good, "features_version": "x"}), "is damaged"),
+        (json.dumps({**good, "vocab_sizes": {"num_departments": 1}}), "vocab_sizes lacks num_users, num_products"),
+        (json.dumps({**good, "boundaries": {**good["boundaries"], "end": "soon"}}), "is damaged"),
+    ):
+        with open(path, "w") as f:
+            f.write(content)
+        with pytest.raises(InputError, match=words) as refused:
+            layout.DataStats(data)
+        assert "\n" not in str(refused.value) and "preprocess it again" in str(refused.value)
+    os.remove(path)
+    os.mkfifo(path)
+    with pytest.raises(InputError, match="not a regular file"):
+        layout.DataStats(data)
+
+
+@pytest.mark.faults
 def test_a_damaged_manifest_entry_a_symlink_inside_and_a_killed_metrics_write(model):
     """A manifest entry without its size was a KeyError traceback; a state/ symlinked in was left
     out of the seal (os.walk does not follow it); a metrics.json rewrite killed before its rename

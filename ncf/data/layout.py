@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional, Sequence
 
-from ncf.errors import InputError
-from ncf.jsonio import read_json
+from ncf.errors import InputError, cannot_access, one_line
+from ncf.jsonio import read_small_json
 
 STATS = "stats.json"
 
@@ -67,6 +67,35 @@ def baselines_dir(data: str) -> str:
     return os.path.join(data, "baselines")
 
 
+VOCAB_SIZES = ("num_users", "num_products", "num_departments", "num_categories")
+BOUNDARIES = ("start", "val_start", "test_start", "end")
+
+
+def _read_stats(data: str, path: str) -> dict:
+    """``stats.json`` as an object of the fields every reader takes as they are (a FIFO or a
+    truncated, hand-edited or foreign file was a hang or a traceback wherever DATA is read:
+    ``jobs.verify --data``, ``jobs.deploy``, the registry); one line, InputError, otherwise."""
+    try:
+        raw = read_small_json(os.path.realpath(path))  # the link's target: a DATA's files may be links
+        if not isinstance(raw, dict):
+            raise ValueError(f"a JSON {type(raw).__name__}, not an object")
+        int(raw.get("features_version", 1))
+        for field, names, whole in (("boundaries", BOUNDARIES, False), ("vocab_sizes", VOCAB_SIZES, True)):
+            if field not in raw:
+                continue
+            if not isinstance(raw[field], dict):
+                raise ValueError(f"its {field} is a JSON {type(raw[field]).__name__}, not an object")
+            missing = [n for n in names if n not in raw[field]]
+            if whole and missing:  # read together (a model's sizes): one missing is a KeyError there
+                raise ValueError(f"its {field} lacks {', '.join(missing)}")
+            [int(raw[field][n]) for n in names if n in raw[field]]
+    except OSError as e:
+        raise InputError(f"{path}: {cannot_access('read it', e)}") from None
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{data}: its {STATS} is damaged ({one_line(e)}); preprocess it again") from None
+    return raw
+
+
 class DataStats:
     """``stats.json`` of a DATA directory, read once, with named accessors (no raw key paths
     elsewhere).
@@ -82,7 +111,7 @@ class DataStats:
                 f"{data}: not a preprocessed DATA directory (no {STATS}); run python -m jobs.preprocess first"
             )
         self.path = path
-        self.raw = read_json(path)
+        self.raw = _read_stats(data, path)
 
     @property
     def boundaries(self) -> dict:

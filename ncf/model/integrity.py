@@ -317,6 +317,11 @@ def verify_model_dir(model_dir: str) -> str:
         config = read_config(real, named=model_dir)
         model_config = ModelConfig.from_dict(config["model"])
         str(config["version"]), int(config["trained_through"])
+        # What the registry's lineage and the ranking's row masks read: a hand edit sealed again
+        # passed here, then ended their reads in a KeyError or ValueError traceback.
+        int(config.get("rows_trained_before", config["trained_through"])), str(config["data"]["path"])
+        if not isinstance(config.get("ranking", {}), dict):
+            raise TypeError(f"ranking is a {type(config['ranking']).__name__}, not an object")
     except InputError:
         raise
     except (ValueError, KeyError, TypeError) as e:

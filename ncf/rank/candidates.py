@@ -26,10 +26,8 @@ list: the products most bought at that hour of the day.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import threading
-from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
@@ -38,11 +36,11 @@ import torch
 
 from ncf.data.features import CATEGORY_HALF_LIVES, HALF_LIVES
 from ncf.data.timeline import UserTimeline
-from ncf.errors import InputError
 from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.ann import ProductIndex
 from ncf.moments import HOUR, time_parts_of
+from ncf.rank.settings import RankingSettings
 from ncf.rank.state import EmbeddingRows, RankingState
 
 CATEGORY_SPREAD = 5  # categories the category source draws from
@@ -52,34 +50,6 @@ WARM_SCORES = 1 << 26
 
 
 MAX_K = 100  # the most products one ranking returns (HTTP requests and the nightly job alike)
-
-
-@dataclass
-class RankingSettings:
-    """First-stage sizes (a model directory's ``ranking`` overrides them)."""
-
-    candidates: int = 300  # re-ranked by the full model
-    own_candidates: int = 250  # the household's own products (as many as the training lists hold)
-    neighbour_candidates: int = 100  # nearest to its products by co-purchase (as the training lists)
-    mf_candidates: int = ann.MF_CANDIDATES  # from the MF path's dot products
-    category_candidates: int = 100  # the most bought products of the household's own categories
-    popular_candidates: int = 50
-
-    @staticmethod
-    def of_model(ranking: dict, where: str) -> "RankingSettings":
-        """A model directory's ``ranking`` overrides (``where``: the directory, for the refusal):
-        unknown names and sizes that are not counts are refused in one line (InputError), not
-        a TypeError at load."""
-        known = {f.name for f in dataclasses.fields(RankingSettings)}
-        unknown = sorted(set(ranking) - known)
-        counts = {k: v for k, v in ranking.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
-        bad = sorted(k for k in ranking if k in known and k not in counts)
-        if unknown or bad:
-            problem = f"unknown settings {unknown}" if unknown else f"sizes that are not counts {bad}"
-            raise InputError(
-                f"{where}: config.json's ranking holds {problem}; expected counts for some of {sorted(known)}"
-            )
-        return RankingSettings(**ranking)
 
 
 class MFFirstStage:
