@@ -58,10 +58,14 @@ def gpus_on_other_nodes() -> bool:
 
     import ray
 
-    if not os.environ.get("RAY_ADDRESS"):
+    if not (os.environ.get("RAY_ADDRESS") and ray.is_initialized()):
         return False
     here = ray.get_runtime_context().get_node_id()
-    return any(node["NodeID"] == here and not node["Resources"].get("GPU") for node in ray.nodes() if node["Alive"])
+    return any(
+        node.get("NodeID") == here and not node.get("Resources", {}).get("GPU")
+        for node in ray.nodes()
+        if node.get("Alive")
+    )
 
 
 def cluster_gpus() -> int:

@@ -58,8 +58,7 @@ from ncf.errors import InputError, TryLater, cannot_access, one_line, without_pa
 from ncf.jsonio import read_small_json
 from ncf.model.directory import METRICS, WEIGHTS, read_config, read_metrics
 from ncf.model.files import BEST_VAL_METRIC
-from ncf.model.integrity import MANIFEST, sha256_of, vocab_digest
-from ncf.rank.state import verify_ranks
+from ncf.model.integrity import MANIFEST, sha256_of, verify_model_dir, vocab_digest
 from ncf.staging import present
 
 MODEL_NAME = "advanced-ncf"
@@ -941,8 +940,8 @@ class Registry:
 
         Raises:
             InputError: the version is unknown, or its directory is gone, holds another model or
-                fails :func:`ncf.rank.state.verify_ranks` (a ``ModelIntegrityError``, or its ranking
-                settings' one line): ``current`` is left as it was.
+                fails :func:`ncf.model.integrity.verify_model_dir` (a ``ModelIntegrityError``, or its
+                ranking settings' one line): ``current`` is left as it was.
         """
         version = _version_number(version)
         self._deployable(version)
@@ -1199,10 +1198,10 @@ class Registry:
         return (found.tags or {}).get("deployable", "true") == "true"
 
     def _deployable(self, version: str) -> None:
-        """Verifies ``version``'s directory whole, and its ranking settings as replicas read them,
+        """Verifies ``version``'s directory whole (its ranking settings as replicas read them too)
         before it becomes current: every job that takes ``current`` would refuse a damaged one,
         the next night's included (reads every byte)."""
-        verify_ranks(self.path_of(version))
+        verify_model_dir(self.path_of(version))
 
     def resolve(self, ref: str) -> str:
         """The model directory ``ref`` names: ``current``, ``models:/NAME/VERSION`` or
@@ -1416,7 +1415,7 @@ def track_model(
     A failure to record does not fail the job that trained the model (``strict=False``): it says
     so on stderr, with the command that records the directory later. An input error does (a
     directory that is not a model, or, for the first candidate, one that fails
-    :func:`ncf.rank.state.verify_ranks` before it becomes current: registered, not current).
+    :func:`ncf.model.integrity.verify_model_dir` before it becomes current: registered, not current).
     """
     tags = {k: v for k, v in (tags or {}).items() if v is not None}
     tags.setdefault("deployable", str(candidate).lower())  # refit/best-without-refit: true; validated: false
@@ -1442,7 +1441,7 @@ def track_model(
         first = candidate and current is None
         if first:
             try:
-                verify_ranks(model_dir)  # a claim to become current is a deployable directory's
+                verify_model_dir(model_dir)  # a claim to become current is a deployable directory's
             except InputError as refused:
                 try:
                     # Registered, not current.

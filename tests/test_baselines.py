@@ -604,7 +604,7 @@ def test_the_code_digest_covers_the_modules_a_baseline_takes_names_from_and_its_
     from ncf.evaluate.baselines.boosted import BoostedRanker
 
     names = [m.__name__ for m in baselines_module._project_modules(inspect.getmodule(BoostedRanker))]
-    assert {"ncf.rank.candidates", "ncf.data.features", "ncf.evaluate.baselines.boosted"} <= set(names)
+    assert {"ncf.model.ranking", "ncf.data.features", "ncf.evaluate.baselines.boosted"} <= set(names)
     # The tuning rules (its objective, its tie rule) and the time filters the protocol reaches
     # through its own imports were left out: a changed OBJECTIVE kept the old choices.
     from ncf.evaluate import metrics, protocol

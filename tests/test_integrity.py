@@ -154,7 +154,7 @@ def test_a_hand_edit_sealed_again_is_refused_where_replicas_and_the_registry_wou
     sizes that are not counts, a rows_trained_before that is no number, or a config without
     data.path passed verification and promote, then every replica refused the model (or the
     registry's lineage a KeyError, the row masks a ValueError; a review, 2026-12-07)."""
-    from ncf.rank.state import check_model_and_data, verify_ranks
+    from ncf.rank.state import check_model_and_data
 
     original = _config(model)
     for edit, words in (
@@ -169,10 +169,10 @@ def test_a_hand_edit_sealed_again_is_refused_where_replicas_and_the_registry_wou
         with pytest.raises(InputError, match=words):
             check_model_and_data(model, data)
         with pytest.raises(InputError, match=words):
-            verify_ranks(model)  # what promote and a first registration ask
+            verify_model_dir(model)  # what promote and a first registration ask
     write_json(os.path.join(model, CONFIG), {**original, "ranking": {"candidates": 120}})
     write_manifest(model, unsealed=[METRICS])
-    assert verify_ranks(model) == os.path.realpath(model)  # an edit of counts it knows stands
+    assert verify_model_dir(model) == os.path.realpath(model)  # an edit of counts it knows stands
 
 
 @pytest.mark.faults
@@ -187,7 +187,8 @@ def test_a_damaged_stats_json_is_one_line_naming_the_data(data):
         (json.dumps(good)[:40], "is damaged"),
         ("[]", "a JSON list, not an object"),
         (json.dumps({**good, "features_version": "x"}), "is damaged"),
-        (json.dumps({**good, "vocab_sizes": {"num_departments": 1}}), "vocab_sizes lacks num_users, num_products"),
+        (json.dumps({**good, "vocab_sizes": ["num_users"]}), "its vocab_sizes is a JSON list, not an object"),
+        (json.dumps({**good, "vocab_sizes": {"num_users": 7, "num_products": "many"}}), "is damaged"),
         (json.dumps({**good, "boundaries": {**good["boundaries"], "end": "soon"}}), "is damaged"),
     ):
         with open(path, "w") as f:

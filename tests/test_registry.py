@@ -1883,7 +1883,7 @@ def test_a_rollback_verifies_its_target_before_it_takes_the_lock(store, tmp_path
     store.promote("2")
     store.promote("3")
     lock = tmp_path / "mlflow.db.lock"
-    verified, real_verify = [], reg.verify_ranks
+    verified, real_verify = [], reg.verify_model_dir
 
     def verify(path):
         probe = os.open(lock, os.O_RDWR | os.O_CREAT)
@@ -1900,13 +1900,13 @@ def test_a_rollback_verifies_its_target_before_it_takes_the_lock(store, tmp_path
             store.client.set_registered_model_alias(store.name, reg.CURRENT, "2")
         return real_verify(path)
 
-    monkeypatch.setattr(reg, "verify_ranks", verify)
+    monkeypatch.setattr(reg, "verify_model_dir", verify)
     assert store.rollback() == ("2", "1")
     assert verified == [(paths["2"], False), (paths["1"], True)]
     assert store.current() == "1" and store.history() == ["1"]
-    monkeypatch.setattr(reg, "verify_ranks", real_verify)
+    monkeypatch.setattr(reg, "verify_model_dir", real_verify)
     store.promote("3")
-    monkeypatch.setattr(reg, "verify_ranks", verify)
+    monkeypatch.setattr(reg, "verify_model_dir", verify)
     verified[:] = ["not the first call"]
     assert store.rollback() == ("3", "1")
     assert verified[1:] == [(paths["1"], False)]  # unraced: once, before the lock

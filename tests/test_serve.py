@@ -1142,11 +1142,15 @@ def test_a_rollout_one_replica_of_two_refused_is_a_refused_rollout():
     assert line.startswith("the rollout failed on 1 of 2 replica(s), which kept serving model v1: MemoryError")
 
 
-def _refused_model(model_dir: str, destination: str) -> str:
-    """A sealed model whose ranking settings this code does not know: it passes build_app's checks
-    and the replicas refuse it (only loading it finds out)."""
+def _refused_model(model_dir: str, destination: str, monkeypatch) -> str:
+    """A sealed model whose ranking settings this code does not know, which only the replicas
+    refuse: the deploy's own check (here, in the test's process) is made to pass them, as it would
+    a model whose fault only loading finds (the replicas, other processes, read them as ever)."""
     from ncf.model.directory import CONFIG, METRICS
     from ncf.model.integrity import write_manifest
+    from ncf.model.ranking import RankingSettings
+
+    monkeypatch.setattr(RankingSettings, "of_model", staticmethod(lambda ranking, where: RankingSettings()))
 
     refused = sealed_copy(model_dir, destination, "refused")
     with open(os.path.join(refused, CONFIG)) as f:
@@ -1168,7 +1172,7 @@ def _target_user_config(app_name: str) -> dict:
 
 @pytest.mark.faults
 def test_deploy_exits_2_on_a_refused_rollout_and_makes_the_serving_model_the_target_again(
-    server, rollout_port, small_model_dir, tmp_path, capsys
+    server, rollout_port, small_model_dir, tmp_path, monkeypatch, capsys
 ):
     """A rollout the replica refuses (a sealed model whose ranking settings this code does not
     know: only loading it finds out) keeps the old model serving; jobs.deploy says so in one line,
@@ -1180,7 +1184,7 @@ def test_deploy_exits_2_on_a_refused_rollout_and_makes_the_serving_model_the_tar
     from serve.launch import serving_user_config
 
     port = rollout_port
-    refused = _refused_model(small_model_dir, str(tmp_path / "refused"))
+    refused = _refused_model(small_model_dir, str(tmp_path / "refused"), monkeypatch)
     # Two replicas: each answer of /healthz is one replica's, so the job asks until both answered.
     args = ["--port", str(port), "--detach", "--min-replicas", "2", "--max-replicas", "2"]
     serve.delete("ncf_test")  # jobs.deploy's app is at the route prefix / too
@@ -1218,7 +1222,7 @@ def test_a_rollout_whose_new_replicas_fail_to_start_makes_the_serving_model_the_
     from serve import app as serve_app
     from serve.launch import serving_user_config
 
-    refused = _refused_model(small_model_dir, str(tmp_path / "refused"))
+    refused = _refused_model(small_model_dir, str(tmp_path / "refused"), monkeypatch)
     args = ["--port", str(rollout_port), "--detach", "--max-replicas", "1"]
     serve.delete("ncf_test")  # jobs.deploy's app is at the route prefix / too
     try:
@@ -1252,7 +1256,7 @@ def test_a_rollout_whose_new_replicas_fail_to_start_makes_the_serving_model_the_
 
 @pytest.mark.faults
 def test_a_first_deploy_whose_replicas_fail_has_nothing_to_undo_and_the_next_one_does_not_wait(
-    server, rollout_port, small_model_dir, tmp_path, capsys
+    server, rollout_port, small_model_dir, tmp_path, monkeypatch, capsys
 ):
     """No replica served before: nothing to deploy again, and the job says only why it failed. The
     next deploy asks the app's replicas what they serve; with none running and the app failed it
@@ -1262,7 +1266,7 @@ def test_a_first_deploy_whose_replicas_fail_has_nothing_to_undo_and_the_next_one
     from jobs import deploy
     from serve.launch import COLD_LOAD_TIMEOUT_S, serving_user_config
 
-    refused = _refused_model(small_model_dir, str(tmp_path / "refused"))
+    refused = _refused_model(small_model_dir, str(tmp_path / "refused"), monkeypatch)
     args = ["--port", str(rollout_port), "--detach", "--max-replicas", "1"]
     serve.delete("ncf_test")  # jobs.deploy's app is at the route prefix / too
     try:
@@ -1292,7 +1296,7 @@ def test_a_demo_whose_app_serve_cannot_start_stops_it_and_says_why_in_one_line(
 
     from jobs import demo
 
-    refused = _refused_model(small_model_dir, str(tmp_path / "refused"))
+    refused = _refused_model(small_model_dir, str(tmp_path / "refused"), monkeypatch)
     data, _ = small_data
     serve.delete("ncf_test")  # the demo's app is at the route prefix / too
     # The session's Serve already listens on the port, where the demo's own Serve would.

@@ -208,6 +208,25 @@ def test_train_with_more_workers_than_the_clusters_gpus_ends_in_one_line(tmp_pat
 
 
 @pytest.mark.faults
+def test_a_gpu_worker_with_torchs_cpu_build_ends_in_one_line(small_data, tmp_path):
+    """A GPU node set up with torch's CPU build (cluster.yaml's CPU nodes have it, and the driver on
+    the head leaves the GPU nodes' builds to them): Ray Train starts NCCL for GPU workers before
+    the training function, and its node check, run; this CPU torch has no NCCL, as such a node's."""
+    data = small_data[0]
+    argv = ["--data", data, "--output", str(tmp_path / "model"), "--workers", "1", "--gpu", "yes", "--epochs", "1"]
+    argv += ["--model-config", '{"history_length": 8}', "--storage", str(tmp_path / "runs")]
+    done = subprocess.run(
+        [sys.executable, "-c", ONE_GPU_CLUSTER, *argv], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    # Ray forwards its actors' last log lines after the job's own line: that line, not the last one.
+    (last,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert last.startswith("error: training failed") and "torch's CPU build on a GPU node" in last, last
+    assert "make setup ACCEL=cuda, or train with --gpu no" in last, last
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.faults
 def test_gpu_wait_asks_the_autoscaler_and_withdraws_the_request(ray_session):
     # A cluster.yaml cluster starts with no GPU node: counting at once refused --gpu yes there.
     from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
@@ -467,6 +486,17 @@ def test_a_workers_failure_is_one_line_and_its_refusal_the_refusal():
     controller = training_failure(ControllerError(OSError("storage unreachable")))
     assert isinstance(controller, TrainingFailed) and "(OSError: storage unreachable)" in str(controller)
     assert training_failure(KeyError("this code's own bug")) is None  # its traceback stays
+    # A GPU node set up with torch's CPU build: Ray Train starts NCCL before the worker's own build
+    # check runs (cluster.yaml's CPU nodes have that build; a review, 2026-12-07).
+    try:
+        try:
+            raise RuntimeError("Distributed package doesn't have NCCL built in")
+        except RuntimeError as e:
+            raise ControllerError(RuntimeError("worker group failed to start")) from e
+    except ControllerError as started:
+        no_nccl = training_failure(started)
+    assert isinstance(no_nccl, InputError) and exit_status(no_nccl) == 2
+    assert "torch's CPU build on a GPU node" in str(no_nccl) and "make setup ACCEL=cuda" in str(no_nccl)
 
 
 @pytest.mark.faults

@@ -80,14 +80,11 @@ def _read_stats(data: str, path: str) -> dict:
         if not isinstance(raw, dict):
             raise ValueError(f"a JSON {type(raw).__name__}, not an object")
         int(raw.get("features_version", 1))
-        for field, names, whole in (("boundaries", BOUNDARIES, False), ("vocab_sizes", VOCAB_SIZES, True)):
+        for field, names in (("boundaries", BOUNDARIES), ("vocab_sizes", VOCAB_SIZES)):
             if field not in raw:
                 continue
             if not isinstance(raw[field], dict):
                 raise ValueError(f"its {field} is a JSON {type(raw[field]).__name__}, not an object")
-            missing = [n for n in names if n not in raw[field]]
-            if whole and missing:  # read together (a model's sizes): one missing is a KeyError there
-                raise ValueError(f"its {field} lacks {', '.join(missing)}")
             [int(raw[field][n]) for n in names if n in raw[field]]
     except OSError as e:
         raise InputError(f"{path}: {cannot_access('read it', e)}") from None

@@ -79,6 +79,7 @@ from ncf.model.files import (
     read_config,
     read_metrics,
 )
+from ncf.model.ranking import RankingSettings
 from ncf.staging import present
 
 MANIFEST = "manifest.json"
@@ -322,6 +323,9 @@ def verify_model_dir(model_dir: str) -> str:
         int(config.get("rows_trained_before", config["trained_through"])), str(config["data"]["path"])
         if not isinstance(config.get("ranking", {}), dict):
             raise TypeError(f"ranking is a {type(config['ranking']).__name__}, not an object")
+        # As every replica reads them: a hand-edited ranking sealed again (jobs.verify --seal)
+        # passed here, became current, and every replica refused it.
+        RankingSettings.of_model(config.get("ranking") or {}, model_dir)
     except InputError:
         raise
     except (ValueError, KeyError, TypeError) as e:

@@ -39,8 +39,8 @@ from ncf.data.timeline import UserTimeline
 from ncf.model import ann
 from ncf.model.advanced_ncf import AdvancedNCF
 from ncf.model.ann import ProductIndex
+from ncf.model.ranking import RankingSettings
 from ncf.moments import HOUR, time_parts_of
-from ncf.rank.settings import RankingSettings
 from ncf.rank.state import EmbeddingRows, RankingState
 
 CATEGORY_SPREAD = 5  # categories the category source draws from

@@ -26,7 +26,6 @@ from ncf.errors import InputError
 from ncf.model.directory import ModelDir, read_config
 from ncf.model.integrity import ModelIntegrityError, files_digest, verify_data_state, verify_model_dir
 from ncf.moments import SECONDS_PER_DAY, run_date_of
-from ncf.rank.settings import RankingSettings
 
 
 @dataclass
@@ -118,16 +117,6 @@ def check_data_products(handle: ModelDir, data: str) -> None:
         )
 
 
-def verify_ranks(model_dir: str) -> str:
-    """:func:`verify_model_dir`, and the directory's ranking settings as a replica reads them
-    (:meth:`RankingSettings.of_model`): a hand-edited ``ranking`` sealed again (``jobs.verify
-    --seal``) passed the integrity check, became current, and every replica refused it. Returns
-    the directory verified."""
-    real = verify_model_dir(model_dir)
-    RankingSettings.of_model(read_config(real, named=model_dir).get("ranking") or {}, model_dir)
-    return real
-
-
 def check_model_and_data(model_dir: str, data: Optional[str]) -> None:
     """The checks a rollout makes before a model ranks from a DATA (``jobs.deploy``, ``jobs.verify``):
     the DATA of this code's features version, the model directory whole and consistent, the DATA's
@@ -137,7 +126,7 @@ def check_model_and_data(model_dir: str, data: Optional[str]) -> None:
         # First: one file read, and a DATA of an older version lacks files the state check reads.
         check_features_version(data)
     # The directory verified (a blue/green link's target, resolved once) is the one read below.
-    model_dir = verify_ranks(model_dir)
+    model_dir = verify_model_dir(model_dir)
     if data:
         verify_data_state(data)
         check_catalog(read_config(model_dir)["model"], layout.DataStats(data).vocab_sizes, data)

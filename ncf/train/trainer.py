@@ -318,7 +318,26 @@ def training_failure(error: BaseException) -> Optional[Exception]:
         return None
     where = f" on worker {min(failures)}" if failures else ""
     first = (str(causes[0]).strip().splitlines() or [type(causes[0]).__name__])[0][:300]
+    if any(_mentions(cause, "NCCL built in") for cause in (error, *causes)):
+        # Ray Train starts NCCL for GPU workers before the training function (and its node's build
+        # check, ncf.device.check_gpu_usable) runs: a GPU node set up with torch's CPU build.
+        return InputError(
+            f"training failed{where}: a GPU worker's torch has no NCCL (torch's CPU build on a GPU node): set the "
+            "GPU nodes up with make setup ACCEL=cuda, or train with --gpu no"
+        )
     return TrainingFailed(f"training failed{where} ({type(causes[0]).__name__}: {first}) after Ray Train's retries")
+
+
+def _mentions(error: BaseException, words: str) -> bool:
+    """Whether ``error`` or an exception it was raised from says ``words`` (Ray wraps a worker
+    group's start-up failure in its own errors)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if words in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 SIGINT_HOOK = "_register_sigint_handler"  # Ray Train 2.60's DataParallelTrainer method

@@ -1,5 +1,5 @@
-"""A model directory's first-stage sizes (its ``config.json``'s ``ranking``), read by the ranking
-(:mod:`ncf.rank.candidates`) and checked by the rollouts' verification (:mod:`ncf.rank.state`)."""
+"""A model directory's first-stage sizes (its ``config.json``'s ``ranking``): read by the ranking
+(:mod:`ncf.rank.candidates`), checked with the directory (:func:`ncf.model.integrity.verify_model_dir`)."""
 
 from __future__ import annotations
 
