@@ -125,14 +125,21 @@ def exit_on_sigterm():
     return signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_STOPPED))
 
 
+def chain_of(error: Optional[BaseException]) -> Iterator[BaseException]:
+    """``error`` and what it was raised from, outermost first: Ray's ``cause`` (a
+    ``RayTaskError``'s original), else Python's ``__cause__`` or ``__context__``; each once."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+
+
 def raised_within(error: Optional[BaseException], kind: Type[E]) -> Optional[E]:
     """The ``kind`` exception a Ray task or actor raised, from under what Ray wrapped it in
     (``RayTaskError(kind)``, whose text is the remote traceback, with the original as its
     cause); None when no such exception is attached."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, kind) and not type(error).__module__.startswith("ray."):
-            return error
-        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    for link in chain_of(error):
+        if isinstance(link, kind) and not type(link).__module__.startswith("ray."):
+            return link
     return None

@@ -27,7 +27,7 @@ import numpy as np
 from ncf.data import examples as E
 from ncf.data import layout
 from ncf.data.vocab import Vocabularies
-from ncf.errors import InputError, raised_within
+from ncf.errors import InputError, chain_of, raised_within
 from ncf.model.files import VAL_METRIC
 from ncf.model.integrity import vocab_digest
 from ncf.splits import REFIT, VALIDATED
@@ -318,7 +318,7 @@ def training_failure(error: BaseException) -> Optional[Exception]:
         return None
     where = f" on worker {min(failures)}" if failures else ""
     first = (str(causes[0]).strip().splitlines() or [type(causes[0]).__name__])[0][:300]
-    if any(_mentions(cause, "NCCL built in") for cause in (error, *causes)):
+    if any("NCCL built in" in str(link) for cause in (error, *causes) for link in chain_of(cause)):
         # Ray Train starts NCCL for GPU workers before the training function (and its node's build
         # check, ncf.device.check_gpu_usable) runs: a GPU node set up with torch's CPU build.
         return InputError(
@@ -326,18 +326,6 @@ def training_failure(error: BaseException) -> Optional[Exception]:
             "GPU nodes up with make setup ACCEL=cuda, or train with --gpu no"
         )
     return TrainingFailed(f"training failed{where} ({type(causes[0]).__name__}: {first}) after Ray Train's retries")
-
-
-def _mentions(error: BaseException, words: str) -> bool:
-    """Whether ``error`` or an exception it was raised from says ``words`` (Ray wraps a worker
-    group's start-up failure in its own errors)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if words in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
 
 
 SIGINT_HOOK = "_register_sigint_handler"  # Ray Train 2.60's DataParallelTrainer method
