@@ -34,18 +34,13 @@ def check_gpu_usable(instead: str, training: bool = False) -> None:
     import socket
 
     node = f"this node ({socket.gethostname()}) was given a GPU but"
-    setup = f"set it up with make setup ACCEL=cuda, or {instead}"
-    if not torch_cuda_build():
-        raise InputError(f"{node} its torch is the CPU build (torch.version.cuda is None): {setup}")
+    missing = local_build_missing(training)
+    if missing is not None:
+        raise InputError(f"{node} {missing}: set it up with make setup ACCEL=cuda, or {instead}")
     if not torch.cuda.is_available():
         raise InputError(
             f"{node} torch cannot use one (torch.cuda.is_available() is False, torch built for CUDA "
             f"{torch.version.cuda}): is its NVIDIA driver older than that, or missing? Update the driver, or {instead}"
-        )
-    if training and not fbgemm_cuda_build():
-        raise InputError(
-            f"{node} its fbgemm is the CPU build (fbgemm-gpu-cpu), without the CUDA kernels TorchRec's tables "
-            f"train with: {setup}"
         )
 
 
@@ -131,8 +126,13 @@ def gpu_build_missing(training: bool) -> Optional[str]:
     from the hardware, not from what is installed): torch's CPU build; for ``training``, fbgemm's
     CPU build too (:func:`fbgemm_cuda_build`). None when it can, and where the GPUs are other
     nodes' (:func:`gpus_on_other_nodes`: a driver on a CPU head), whose builds they check."""
-    if gpus_on_other_nodes():
-        return None
+    return None if gpus_on_other_nodes() else local_build_missing(training)
+
+
+def local_build_missing(training: bool) -> Optional[str]:
+    """Why this process's own builds cannot run on a GPU (torch's CPU build; for ``training``,
+    fbgemm's too), or None: :func:`gpu_build_missing` before a job starts, :func:`check_gpu_usable`
+    in each worker and actor given a GPU."""
     if not torch_cuda_build():
         return "torch is installed as its CPU build (torch.version.cuda is None)"
     if training and not fbgemm_cuda_build():

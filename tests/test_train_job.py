@@ -110,6 +110,7 @@ def test_a_training_worker_given_a_gpu_torch_cannot_use_is_one_line(monkeypatch)
     from ncf.train import loop
 
     monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(device, "fbgemm_cuda_build", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError, match=r"was given a GPU but torch cannot use one .*driver.*train with --gpu no"):
         check_gpu_usable("train with --gpu no", training=True)
@@ -120,14 +121,14 @@ def test_a_training_worker_given_a_gpu_torch_cannot_use_is_one_line(monkeypatch)
     # the head no longer judges the GPU nodes' builds by its own).
     monkeypatch.setattr(device, "fbgemm_cuda_build", lambda: False)
     with pytest.raises(
-        InputError, match=r"its fbgemm is the CPU build .*make setup ACCEL=cuda, or train with --gpu no"
+        InputError, match=r"fbgemm is installed as its CPU build .*make setup ACCEL=cuda, or train with --gpu no"
     ):
         check_gpu_usable("train with --gpu no", training=True)
     check_gpu_usable("score with --gpu no")  # scoring needs torch's CUDA alone
     monkeypatch.setattr(device, "fbgemm_cuda_build", lambda: True)
     check_gpu_usable("train with --gpu no", training=True)
     monkeypatch.setattr(torch.version, "cuda", None)
-    with pytest.raises(InputError, match=r"its torch is the CPU build .*make setup ACCEL=cuda"):
+    with pytest.raises(InputError, match=r"torch is installed as its CPU build .*make setup ACCEL=cuda"):
         check_gpu_usable("score with --gpu no")
 
 
