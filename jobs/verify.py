@@ -33,7 +33,7 @@ from ncf.errors import InputError
 from ncf.model.files import METRICS
 from ncf.model.integrity import write_manifest
 from ncf.rank.state import check_model_and_data
-from ncf.registry import is_registry_ref
+from ncf.registry import Registry, is_registry_ref
 
 
 def parse_args(argv=None):
@@ -52,6 +52,23 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_not_registered(model: str, given: str) -> None:
+    """Refuses to seal again a directory the registry (``MLFLOW_TRACKING_URI``'s, else this
+    directory's artifacts/mlflow.db) records as a version, given by its path: its files are that
+    version's record, which --model current and promote check against the bytes."""
+    try:
+        registry = Registry(create=False)
+    except InputError:  # no registry here: nothing it records
+        return
+    versions = [row["version"] for row in registry.versions_recording(model)]
+    if versions:
+        raise InputError(
+            f"--seal {given}: the directory is version {', '.join(versions)} of {registry.name} in {registry.shown}, "
+            "sealed as it was registered; copy it to a new directory, seal that, then register it "
+            "(python -m jobs.models register DIR)"
+        )
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     try:
@@ -64,6 +81,8 @@ def main(argv=None) -> None:
                     "directory by its path, then register it (python -m jobs.models register DIR)"
                 )
             model = check_model(args.model, option="MODEL", verify=False)
+            if args.seal:
+                check_not_registered(model, args.model)
             # None only: an empty --data (a script's unset variable) is refused by check_data, not skipped.
             data = None if args.data is None else check_data(args.data)
             what = f"MODEL {args.model}" + ("" if data is None else f" and --data {data}'s state")

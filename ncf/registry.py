@@ -783,18 +783,22 @@ class Registry:
         """The version that already records ``model_dir`` as it is now (its real path, model
         version and weights, and ``deployable``), or None: a sweep resumed after its refit was
         interrupted registers its unchanged ``SWEEP/best`` again, which must not add a version."""
-        path, held = os.path.realpath(model_dir), str(read_config(model_dir)["version"])
+        held = str(read_config(model_dir)["version"])
         same = [
             row
-            for row in self.versions()
-            if (row.get(MODEL_DIR_TAG), row.get("model_version")) == (path, held)
-            and row.get("deployable", "true") == str(deployable).lower()
+            for row in self.versions_recording(model_dir)
+            if row.get("model_version") == held and row.get("deployable", "true") == str(deployable).lower()
         ]
         if not same:
             return None
         # The manifest's record (checked against the bytes before serving): no second read of the weights.
         weights = _sealed_weights(model_dir) or sha256_of(os.path.join(model_dir, WEIGHTS))
         return next((row["version"] for row in reversed(same) if row.get("weights_sha256") == weights), None)
+
+    def versions_recording(self, model_dir: str) -> List[Dict]:
+        """The versions (:meth:`versions`' rows) whose files are ``model_dir``'s, by its real path."""
+        path = os.path.realpath(model_dir)
+        return [row for row in self.versions() if row.get(MODEL_DIR_TAG) == path]
 
     def versions(self) -> List[Dict]:
         """Every version, oldest first: number, created (epoch ms), tags, run id, whether current."""

@@ -430,6 +430,31 @@ def test_a_blue_green_link_registers_each_target_so_rollback_reaches_the_old_mod
 
 
 @pytest.mark.faults
+def test_verify_seal_refuses_a_registered_directory_given_by_its_path(store, tmp_path, capsys):
+    """`jobs.verify current --seal` was refused (session 63), the same directory by its path was
+    sealed again in place: its edited files became what verify called "verified", while the
+    registry's record of the version no longer matched them (a review, 2026-12-07)."""
+    from jobs import verify
+
+    model = fake_model_dir(tmp_path, "best")
+    assert reg.track_model(model, strict=True) == "1"
+    manifest = os.path.join(model, "manifest.json")
+    sealed = open(manifest, "rb").read()
+    link = tmp_path / "link"
+    link.symlink_to(model)
+    for given in (model, str(link)):
+        with pytest.raises(SystemExit) as exited:
+            verify.main([given, "--seal"])
+        error = capsys.readouterr().err.strip()
+        assert exited.value.code == 2 and error.startswith(f"error: --seal {given}: the directory is version 1 of")
+        assert "copy it to a new directory, seal that" in error
+    assert open(manifest, "rb").read() == sealed
+    copy = shutil.copytree(model, tmp_path / "copy")
+    verify.main([str(copy), "--seal"])  # not registered: sealed
+    assert json.loads(capsys.readouterr().out)["verified"] is True
+
+
+@pytest.mark.faults
 def test_the_same_model_registered_again_is_the_version_it_already_is(store, tmp_path, capsys):
     """A sweep resumed after its refit was interrupted registered its unchanged SWEEP/best again:
     each resume added a version of the same weights (a review, 2026-12-05)."""
