@@ -311,6 +311,14 @@ def test_answers_type_a_known_households_id_as_its_vocabulary_does(server, recom
     assert [r["user_id"] for r in batch["results"]] == [users[0], users[0], "no-such-household"]
     assert single["user_id"] == scored["user_id"] == history["user_id"] == users[0]
     assert ids(single["items"]) == ids(batch["results"][0]["items"]) == ids(batch["results"][1]["items"])
+    # Ids as ingest keys them (trimmed; 1364.0, a float column's, is 1364): asked with a space or
+    # as a float's text, the household was unknown and got the popular products (a review, 2026-12-07).
+    padded = post(f"{server}/recommend/batch", {"user_ids": [f" {asked} ", f"{asked}.0"], "k": 3}).json()
+    assert [r["user_id"] for r in padded["results"]] == [users[0], users[0]]
+    assert [ids(r["items"]) for r in padded["results"]] == [ids(single["items"])] * 2
+    product = single["items"][0]["product_id"]
+    scored_padded = post(f"{server}/score", {"user_id": f"{asked} ", "product_ids": [f" {product}"]})
+    assert scored_padded.status_code == 200 and scored_padded.json()["scores"] == pytest.approx(scored["scores"])
 
 
 def test_at_changes_the_temporal_features(server, recommender, users):
@@ -565,6 +573,10 @@ def test_many_unknown_products_are_counted_in_the_message_and_listed_once(server
     r = post(f"{server}/score", {"user_id": users[0], "product_ids": unknown})
     assert r.status_code == 422 and r.json()["unknown_product_ids"] == unknown
     assert r.json()["error"] == f"{MAX_PRODUCT_IDS} unknown product ids, the first 10: {unknown[:10]}"
+    # Each unknown id once: one id asked 1,000 times was "1000 unknown product ids" listed 1,000 times.
+    r = post(f"{server}/score", {"user_id": users[0], "product_ids": ["nope"] * (MAX_PRODUCT_IDS - 1) + ["nope-2"]})
+    assert r.status_code == 422 and r.json()["unknown_product_ids"] == ["nope", "nope-2"]
+    assert r.json()["error"] == "2 unknown product ids: ['nope', 'nope-2']"
 
 
 @pytest.mark.faults

@@ -256,8 +256,9 @@ def build_vocabularies(
         extra={
             "department": joined[schema.DEPARTMENT].tolist(),
             "category": joined[schema.CATEGORY].tolist(),
-            "department_index": departments.index_of(joined[schema.DEPARTMENT].tolist()),
-            "category_index": categories.index_of(joined[schema.CATEGORY].tolist()),
+            # Arrays: labels are keyed as ingest kept them (a list would be read as asked ids).
+            "department_index": departments.index_of(pa.array(joined[schema.DEPARTMENT].tolist(), pa.string())),
+            "category_index": categories.index_of(pa.array(joined[schema.CATEGORY].tolist(), pa.string())),
             FIRST_TS: products[FIRST_SEEN].to_numpy(dtype=np.int64),
         },
     )

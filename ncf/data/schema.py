@@ -762,6 +762,19 @@ def _null_strings(n: int) -> pa.Array:
 # -- the three checked values -----------------------------------------------------------------------
 
 
+def id_text(text: pa.Array, whole_number_text: bool = True) -> pa.Array:
+    """Ids written as text -> the text every stage keys them by: trimmed, and with
+    ``whole_number_text`` ``12.0`` as ``12`` (an integer id through a float column: pandas writes
+    one where an id column has a missing value) and ``-0.0`` as ``0``. Ingest's rule, and a
+    lookup's of the ids a question names (:meth:`ncf.data.vocab.Vocabulary.index_of`), so that
+    ``"1364 "`` asked of Serve is the household ingest kept as ``1364``."""
+    trimmed = pc.utf8_trim_whitespace(text)
+    if not whole_number_text:
+        return trimmed
+    trimmed = pc.replace_substring_regex(trimmed, r"^-0+\.0+$", "0")  # a float column's -0.0 is the id 0
+    return pc.replace_substring_regex(trimmed, r"^(-?[0-9]+)\.0+$", r"\1")
+
+
 def _ids(column, whole_number_text: bool = True) -> Tuple[pa.Array, np.ndarray, np.ndarray]:
     """IDs -> (values: the id as a string for good rows, the raw text for bad ones, null for
     missing; missing mask (null or empty); bad mask). ``whole_number_text``: text such as
@@ -795,10 +808,8 @@ def _ids(column, whole_number_text: bool = True) -> Tuple[pa.Array, np.ndarray, 
     text, invalid, raw = _as_text(array)
     # "12.0" is the integer id 12 written through a float column (pandas does so when an id
     # column has a missing value), in CSV text as in Parquet floats.
-    trimmed = pc.utf8_trim_whitespace(text)
+    trimmed = id_text(text, whole_number_text)
     if whole_number_text:
-        trimmed = pc.replace_substring_regex(trimmed, r"^-0+\.0+$", "0")  # a float column's -0.0 is the id 0
-        trimmed = pc.replace_substring_regex(trimmed, r"^(-?[0-9]+)\.0+$", r"\1")
         # A number Excel or Spark wrote in scientific notation may have lost digits, and as text
         # it would be an id apart from the same number written out: a bad id, not a guess.
         invalid = invalid | pc.fill_null(pc.match_substring_regex(trimmed, SCIENTIFIC_NUMBER), False).to_numpy(

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ncf.data.schema import id_text
 from ncf.data.timeline import positions_in
 
 UNKNOWN_INDEX = 0
@@ -88,9 +89,13 @@ class Vocabulary:
     def index_of(self, raw: Sequence | pa.Array) -> np.ndarray:
         """Raw ids (any type; compared as strings) -> indices, 0 for unknown ids."""
         integer_ids = self.kind == "int"
-        if not isinstance(raw, (pa.Array, pa.ChunkedArray)) and len(raw) <= FEW_IDS:
-            found = [UNKNOWN_INDEX if r is None else self._find(_as_text(r, integer_ids)) for r in raw]
-            return np.array(found, dtype=np.int64)
+        if not isinstance(raw, (pa.Array, pa.ChunkedArray)):
+            # Ids a caller names (a question to Serve, a list of households) are keyed as ingest
+            # keyed the log's; arrays are a validated log's own.
+            raw = id_text(pa.array([None if r is None else _as_text(r, integer_ids) for r in raw], pa.string()))
+            if len(raw) <= FEW_IDS:
+                found = [UNKNOWN_INDEX if r is None else self._find(r) for r in raw.to_pylist()]
+                return np.array(found, dtype=np.int64)
         if self._text_sorted is not None and isinstance(raw, (pa.Array, pa.ChunkedArray)) and not raw.null_count:
             return self._text_positions(raw if raw.type == pa.string() else pc.cast(raw, pa.string()))
         if self._int_sorted is not None and isinstance(raw, (pa.Array, pa.ChunkedArray)) and not raw.null_count:
@@ -100,11 +105,7 @@ class Vocabulary:
                 found = self._int_text_positions(raw)
                 if found is not None:
                     return found
-        array = (
-            raw
-            if isinstance(raw, (pa.Array, pa.ChunkedArray))
-            else pa.array([None if r is None else _as_text(r, integer_ids) for r in raw], pa.string())
-        )
+        array = raw
         if array.type != pa.string():
             array = pc.cast(array, pa.string())
         position = pc.index_in(array, value_set=self.ids)

@@ -373,7 +373,8 @@ class Recommender:
         before ``at``: the model's unknown household row scores it); with ``logits``, the logits
         the probabilities come from (:meth:`Ranker.score`)."""
         products = self.vocabs.products.index_of(list(product_ids))
-        unknown = [p for p, i in zip(product_ids, products) if i == UNKNOWN_INDEX]
+        # Each unknown id once (in the order asked): a list of one id repeated was a list as long.
+        unknown = list(dict.fromkeys(p for p, i in zip(product_ids, products) if i == UNKNOWN_INDEX))
         if unknown:
             raise UnknownProductIds(unknown)
         user = int(self.vocabs.users.index_of([user_id])[0])
