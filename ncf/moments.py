@@ -70,7 +70,8 @@ _AT_TEXT = re.compile(rf"\s*(?:{_DATE}(?:{_TIME}(?:{_ZONE}|\s+(?:UTC|GMT))?)?|\d
 
 
 def resolve_at(at, data_end: int, now: Optional[float] = None, name: str = "--at") -> int:
-    """A job's ``--at`` -> epoch seconds: ``now``, ``data-end`` or an ISO date or datetime.
+    """A job's ``--at`` -> epoch seconds: ``now`` (the clock, or ``data_end`` where the data's
+    purchases reach past the clock), ``data-end`` or an ISO date or datetime.
     ``name``: what the errors call it (``at`` for the Python API, :func:`moment_of`).
 
     Example::
@@ -80,7 +81,9 @@ def resolve_at(at, data_end: int, now: Optional[float] = None, name: str = "--at
         resolve_at("1511755281", data_end=0)  # 1511755281 (epoch seconds)
     """
     if at is None or at == NOW:
-        return int(time.time() if now is None else now)
+        # Every purchase the log holds is known by now: a log stamped ahead of the clock (local
+        # times read as UTC) ranked "now" as a replay of the clock's day, its newest purchases cut.
+        return max(int(time.time() if now is None else now), int(data_end))
     if at == DATA_END:
         return int(data_end)
     if isinstance(at, str) and re.fullmatch(_EPOCH_SECONDS, at):

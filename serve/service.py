@@ -131,6 +131,13 @@ def _warn_if_stale(recommender: Recommender, settings: ServeSettings, content_ch
         for note in histories_against_model(read_config(settings.model_dir), boundaries):
             logger.warning(note)
     behind_days = (time.time() - recommender.state.end) / 86_400
+    if settings.default_at == NOW and behind_days < 0:
+        logger.warning(
+            "the histories end %.1f hours after now (%s UTC): requests without `at` rank at their end, "
+            "not at the clock; are the log's timestamps local times read as UTC? (give their offsets)",
+            -behind_days * 24,
+            datetime.fromtimestamp(recommender.state.end, timezone.utc).isoformat(timespec="minutes"),
+        )
     if settings.default_at == NOW and behind_days > STALE_AFTER_DAYS:
         logger.warning(
             "the histories end %.0f days before now (%s): requests without `at` rank as if nobody had "
@@ -235,7 +242,11 @@ class ModelService:
         """Epoch seconds to rank for: the request's ``at``, else the configured default."""
         if at is not None:
             return int(at.timestamp())
-        return int(time.time()) if self.settings.default_at == NOW else self.recommender.default_at
+        if self.settings.default_at != NOW:
+            return self.recommender.default_at
+        # Never before the histories' end (ncf.moments.resolve_at's now): a log stamped ahead of
+        # the clock made each request a past day's pass, its newest purchases cut.
+        return max(int(time.time()), self.recommender.default_at)
 
     # -- routes ------------------------------------------------------------------------------
 

@@ -48,6 +48,8 @@ def test_at_resolves_dates_datetimes_and_data_end():
     assert resolve_at("2017-11-27T05:01:21+01:00", data_end=0) == 1511755281
     assert resolve_at("data-end", data_end=1511755281) == 1511755281
     assert resolve_at("now", data_end=0, now=1511755281.7) == 1511755281
+    # A log stamped past the clock (local times read as UTC): now is its end, every purchase history.
+    assert resolve_at("now", data_end=1511755281, now=1511755281 - 3600) == 1511755281
     assert run_date_of(1511755281) == "2017-11-27"
     # 23:30 in New York is already the next day in UTC: the partition follows UTC.
     assert run_date_of(resolve_at("2017-11-27T23:30:00-05:00", data_end=0)) == "2017-11-28"
@@ -1747,6 +1749,20 @@ def test_verify_partition_ranks_from_the_data_it_is_given_and_says_when_it_is_no
 
 def users_of(table) -> list:
     return sorted(table["user_id"].unique().tolist())
+
+
+@pytest.mark.faults
+def test_now_before_the_datas_last_purchase_ranks_at_data_end_not_a_replay(small_model_dir, small_data, tmp_path):
+    """A log stamped ahead of the clock (local times east of UTC read as UTC: the refresh ends
+    hours past the 02:15 cron) made every nightly --at now a replay of the clock's day, its newest
+    purchases cut, exit 0 (a review of ncf/batch, 2026-12-07)."""
+    data, _ = small_data
+    end = layout.DataStats(data).end
+    config = bs.BatchScoreConfig(model=small_model_dir, data=data, output=str(tmp_path / "o"), at="now")
+    _, at = bs.check_config(config, now=end - 3 * 3600.0, verify_inputs=False)
+    assert at == end + 1  # data-end: every purchase DATA holds is history
+    _, at = bs.check_config(config, now=end + 86_400.0, verify_inputs=False)
+    assert at == end + 86_400
 
 
 def test_a_moment_inside_the_data_is_a_replay_with_its_cold_households_flagged(small_model_dir, small_data, tmp_path):

@@ -297,6 +297,7 @@ def test_recommend_matches_the_scoring_core(server, recommender, users):
     assert "because" not in body["items"][0] and "reason" not in body["items"][0]
 
 
+@pytest.mark.faults
 def test_answers_type_a_known_households_id_as_its_vocabulary_does(server, recommender, users):
     """The small data's ids are integers: asked for as text ("1364", as the explorer asks), the
     answers carry the integer, as the nightly partitions and /households do, so that they join
@@ -767,6 +768,27 @@ def test_changing_candidates_reuses_the_model_without_touching_the_old_service(s
     short = ModelService(again.recommender, again.settings, again.base.with_settings(candidates=MAX_K - 50))
     with pytest.raises(ValueError, match=f"keeps {MAX_K - 50} candidates .*, fewer than the largest k"):
         ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir}), previous=short)
+
+
+@pytest.mark.faults
+def test_now_never_ranks_before_the_histories_end(recommender, small_model_dir, monkeypatch, caplog):
+    """A log stamped ahead of the clock (local times east of UTC read as UTC) made every request
+    at now a past day's pass over every purchase, its newest purchases cut (a review of the
+    nightly job, 2026-12-07): now is the clock or the histories' end, whichever is later, and the
+    deployment says so."""
+    import logging
+
+    from serve import service
+
+    live = ModelService(recommender, ServeSettings(model_dir=small_model_dir, default_at="now"), recommender)
+    end = recommender.state.end
+    monkeypatch.setattr(service.time, "time", lambda: end - 3 * 3600.0)
+    assert live.moment(None) == recommender.default_at == end + 1 and not recommender.needs_pass(live.moment(None))
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        service._warn_if_stale(recommender, live.settings, content_changed=False)
+    assert "the histories end 3.0 hours after now" in caplog.text
+    monkeypatch.setattr(service.time, "time", lambda: end + 86_400.0)
+    assert live.moment(None) == end + 86_400
 
 
 @pytest.mark.faults

@@ -164,13 +164,17 @@ def read_partition(output: str, run_date: str, attempts: int = 3) -> Optional[pa
             return None
         try:
             table = pads.dataset(partition_dir(output, run_date), format="parquet").to_table()
-        except FileNotFoundError:  # a rerun's swap took it out between the two reads
+        except (FileNotFoundError, pa.ArrowException) as error:
+            # A rerun's swap took the parts out between the two reads, or put in parts of another
+            # schema (ids read as text after a refresh: ArrowInvalid); the same run's parts failing
+            # to read are damage, said.
+            if isinstance(error, pa.ArrowException) and _same_run(before, read_manifest(output, run_date)):
+                raise
             continue
-        after = read_manifest(output, run_date)
-        if (
-            after is not None
-            and after["run_id"] == before["run_id"]
-            and table.num_rows == before.get("rows", table.num_rows)
-        ):
+        if _same_run(before, read_manifest(output, run_date)) and table.num_rows == before.get("rows", table.num_rows):
             return table
     return None
+
+
+def _same_run(before: Dict, after: Optional[Dict]) -> bool:
+    return after is not None and after["run_id"] == before["run_id"]

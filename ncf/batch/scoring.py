@@ -745,6 +745,12 @@ def run_batch_scoring(
     data_boundaries = layout.DataStats(config.data).boundaries
     data_end = data_boundaries["end"]
     replay = at <= data_end
+    if config.at == NOW and at > now:
+        log(
+            f"DATA's last purchase ({run_date_of(data_end)}, {(data_end - now) / 3600:.1f} hours after the clock) is "
+            "past now: ranking at data-end, every purchase it holds history; are the log's timestamps local times "
+            "read as UTC? (give their offsets)"
+        )
     id_changes = id_type_changes(output, run_date, config.data)
     for note in [*histories_against_model(model_config, data_boundaries), id_types_note(id_changes)]:
         if note:
