@@ -63,7 +63,8 @@ def test_a_refit_trained_past_the_epochs_its_validated_run_chose_now_is_not_resu
     import dataclasses
 
     from ncf.errors import InputError
-    from ncf.train.trainer import check_refit_epochs, refit_config
+    from ncf.train.config import check_refit_epochs
+    from ncf.train.trainer import refit_config
 
     validated = TrainConfig(data="DATA", epochs=5)
     with pytest.raises(InputError, match="run X-refit trained 3 epochs, more than the 2 its validated run chose now"):
@@ -655,6 +656,7 @@ def test_several_workers_validate_on_the_cpu_beside_their_gpu_shards(monkeypatch
     assert built.value.args[0] == (gpu if world_size == 1 else torch.device("cpu"))
 
 
+@pytest.mark.faults
 def test_a_refit_reports_no_best_validation_score(small_data, tmp_path):
     """A refit does not validate: its best_val_ndcg@10 was the placeholder -1.0, reported to Ray
     Train (and so MLflow, TensorBoard and metrics.json's history) as if it were a score."""
@@ -668,6 +670,32 @@ def test_a_refit_reports_no_best_validation_score(small_data, tmp_path):
     history = run_history(result)
     assert [row["epoch"] for row in history] == [1] and result.metrics["epoch"] == 1
     assert not [k for row in [result.metrics, *history] for k in row if k.startswith("best_")], history
+    # A refit that trained more epochs than its validated run chose now, under a storage URI the
+    # driver cannot read (s3://; file:// here): the workers resumed it and the job exported the
+    # longer model as the shorter one's (a review of ncf/train, 2026-12-07). Each worker refuses it.
+    from ncf.jsonio import read_json, write_json
+    from ncf.train.checkpoint import TRAIN_STATE
+    from ncf.train.trainer import training_failure
+
+    latest = os.path.join(resumed_checkpoint(str(tmp_path / "refit"))[0], TRAIN_STATE)
+    write_json(latest, {**read_json(latest), "epoch": 3})
+    with pytest.raises(Exception) as failed:  # Ray Train's WorkerGroupError, as jobs.train sees it
+        fit(refit_config(validated, 1), storage_path=f"file://{tmp_path}", name="refit", max_failures=0)
+    refused = training_failure(failed.value)
+    assert isinstance(refused, InputError), failed.value
+    assert "run refit trained 3 epochs, more than the 1 its validated run chose now" in str(refused)
+
+
+def test_the_other_ranks_wait_for_a_large_validation_sample():
+    """Rank 0 validates alone while the others wait in a broadcast: --val-users 500000 on 10M
+    households outlasted the fixed 30 minutes, and Ray retried the epoch twice, then failed (a
+    review of ncf/train, 2026-12-07)."""
+    from ncf.train.trainer import COLLECTIVE_TIMEOUT_S, WHOLE_VALIDATION_TIMEOUT_S, collective_timeout_s
+
+    assert collective_timeout_s(TrainConfig()) == COLLECTIVE_TIMEOUT_S + 600 // 20  # the default sample
+    assert collective_timeout_s(TrainConfig(val_users=500_000)) == COLLECTIVE_TIMEOUT_S + 25_000
+    assert collective_timeout_s(TrainConfig(val_users=0)) == WHOLE_VALIDATION_TIMEOUT_S
+    assert collective_timeout_s(TrainConfig(val_users=10_000_000)) == WHOLE_VALIDATION_TIMEOUT_S  # never more
 
 
 def test_a_resumed_run_that_stopped_early_says_more_epochs_train_nothing():

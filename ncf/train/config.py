@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List
 
+from ncf.errors import InputError
 from ncf.model.config import ModelConfig
-from ncf.splits import VALIDATED
+from ncf.splits import REFIT, VALIDATED
 
 
 @dataclass
@@ -50,3 +51,16 @@ class TrainConfig:
 
     def model_config(self, sizes: Dict[str, int]) -> ModelConfig:
         return ModelConfig(**{**self.model, **sizes})
+
+
+def check_refit_epochs(name: str, saved: Dict, config: TrainConfig) -> None:
+    """Refuses (InputError) to resume a refit whose checkpoint (``saved``, its state) trained more
+    epochs than ``config`` asks for (the validated run chose fewer this time: trained again on
+    other hardware, which rounds otherwise): its weights were exported as the fewer epochs'. The
+    driver asks before Ray Train starts (a local run folder), each worker as it resumes (any storage)."""
+    epoch = int(saved.get("epoch", 0))
+    if config.run == REFIT and epoch > config.epochs:
+        raise InputError(
+            f"run {name} trained {epoch} epochs, more than the {config.epochs} its validated run chose now: "
+            "train it under a new name, or remove that run's folder to train the refit again"
+        )

@@ -35,7 +35,7 @@ from ncf.rank.ranker import Ranker
 from ncf.rank.state import EmbeddingRows, RankingState
 from ncf.splits import VAL, VALIDATED
 from ncf.train import checkpoint as ckpt
-from ncf.train.config import TrainConfig
+from ncf.train.config import TrainConfig, check_refit_epochs
 from ncf.train.sharding import (
     any_across_ranks,
     build_model,
@@ -342,6 +342,9 @@ def _restore(w: Worker, checkpoint) -> Dict:
         ckpt.check_same_lists(run_folder, state.get("lists_sha256"), w.lists_sha256)
         ckpt.check_same_features(run_folder, state.get("features_version"))
         ckpt.check_same_training(run_folder, state.get("training"), ckpt.training_settings(asdict(w.cfg)))
+        # Also where the driver could not read the run (--storage s3://...): a refit of more epochs
+        # than its validated run chose now was exported as the fewer epochs' model.
+        check_refit_epochs(os.path.basename(os.path.dirname(checkpoint.path.rstrip("/"))), state, w.cfg)
         load_full_state_dict(w.model, weights)
         del weights  # copied into the model (mapped from a local file: its pages go back to the cache)
         optimizer_state = ckpt.read_optimizer_state(d, mmap=local)
@@ -399,9 +402,10 @@ def train_loop_per_worker(config: Dict) -> None:
             training=ckpt.training_settings(asdict(w.cfg)),
             hardware=ckpt.hardware(world()[1], w.device.type == "cuda"),
         )
-        log(
-            f"epoch {epoch}: "
-            + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-        )
+        if w.rank == 0:  # the others hold no validation: their best read -1.0000 beside rank 0's line
+            log(
+                f"epoch {epoch}: "
+                + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+            )
         report_checkpoint(w, state, metrics, weights)
         del weights  # rank 0's gathered copy of every table: not held through the next epoch's training
