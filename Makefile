@@ -120,6 +120,9 @@ cluster-files:
 	@[ "$$(find $(CLUSTER_FILES).part -type f | wc -l)" -gt 0 ] || { echo "error: git ls-files listed no file to stage"; exit 1; }
 	@rm -rf $(CLUSTER_FILES) && mv $(CLUSTER_FILES).part $(CLUSTER_FILES) && \
 	  echo "$$(find $(CLUSTER_FILES) -type f | wc -l) files staged in $(CLUSTER_FILES) for ray up"
+	@# Untracked files go to every node too (new code not committed yet): named, so that a stray key is seen.
+	@untracked=$$(git ls-files --others --exclude-standard); [ -z "$$untracked" ] || \
+	  echo "of which $$(printf '%s\n' "$$untracked" | wc -l) not in git (every node gets them; .gitignore what should not go): $$(printf '%s\n' "$$untracked" | head -10 | tr '\n' ' ')"
 
 # ruff: lint and format check (line length 120, pyproject.toml); `ruff format .` fixes the format.
 lint: setup

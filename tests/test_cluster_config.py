@@ -78,6 +78,25 @@ def test_ray_up_copies_the_staged_project_not_the_venv_or_artifacts(config, tmp_
     assert _project_dir(config) == "/home/ubuntu/advanced-ncf"
 
 
+@pytest.mark.faults
+def test_every_nodes_environment_is_outside_the_synced_project(config, prepared):
+    """`make setup` made .venv inside the file mount: the head's autoscaler read all of it (2.3 GB
+    in 50,000 files) to hash the mount each time it started, and a changed hash re-ran the
+    workers' set-up (a review of the cluster files, 2026-12-07). One environment outside it."""
+    project = _project_dir(config).rstrip("/")
+    venvs = set()
+    for name, commands in _setup_commands_per_node_type(prepared).items():
+        for make in _make_invocations(commands):
+            if "setup" in make["target"]:
+                venv = os.path.normpath(os.path.join(make["dir"], make["vars"].get("VENV", ".venv")))
+                assert not (venv + "/").startswith(project + "/"), (name, venv)
+                venvs.add(venv)
+    (venv,) = venvs  # every node type's
+    started = " ".join(prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"])
+    assert set(re.findall(r"(/\S+)/bin/ray\b", started)) == {venv}
+    assert f"{project}/.venv" not in json.dumps(prepared)
+
+
 def _setup_commands_per_node_type(prepared: Dict) -> Dict[str, List[str]]:
     """The setup commands each node type runs (a type's own ``worker_setup_commands`` replace
     the global setup and worker setup lists, as in Ray's autoscaler)."""
@@ -487,12 +506,15 @@ def test_the_head_runs_as_a_least_privilege_profile_workers_as_none(config, temp
     # resolve:ssm:... as its caller): nothing else.
     assert {a for a in actions if not a.startswith("ec2:")} == {"ssm:GetParameters"}, actions
     assert all("*" not in a for a in actions), actions
+    # cache_stopped_nodes false: Ray terminates nodes, never stops or starts them (least privilege).
+    assert config["provider"]["cache_stopped_nodes"] is False
+    assert not {"ec2:StartInstances", "ec2:StopInstances"} & actions, actions
     for s in statements:
         assert s["Effect"] == "Allow", s
         mutating = [a for a in s["Action"] if not a.startswith("ec2:Describe")]
         if s["Resource"] == "*":
             assert not mutating, s  # only describes on every resource
-        if {"ec2:TerminateInstances", "ec2:StopInstances"} & set(mutating):
+        if "ec2:TerminateInstances" in mutating:
             assert s["Condition"] == {"StringEquals": {"ec2:ResourceTag/ray-cluster-name": {"Ref": "ClusterName"}}}
         if "ssm:GetParameters" in s["Action"]:
             assert s["Action"] == ["ssm:GetParameters"] and isinstance(s["Resource"], list), s

@@ -279,7 +279,7 @@ def mark_rows(rows: tuple, batch: Batch) -> None:
 def validate(w: Worker, weights: Dict[str, torch.Tensor]) -> Dict[str, float]:
     """Full-ranking metrics of ``weights`` on the sampled validation households (rank 0)."""
     state, period, users = w.validation
-    model = model_from_weights(w.model_config, weights, validation_device(w))
+    model = model_from_weights(w.model_config, weights, validation_device(w, weights))
     rows = EmbeddingRows.between(w.vocabs, state.vocabs, w.rows_trained_before, w.listed_rows)
     # Exact MF lists for the few sampled households: a large catalog's HNSW index is built when
     # the model is saved, and building one every epoch would take minutes at 1M products.
@@ -288,12 +288,25 @@ def validate(w: Worker, weights: Dict[str, torch.Tensor]) -> Dict[str, float]:
     return {f"val_{k}": float(v) for k, v in metrics.items()}
 
 
-def validation_device(w: Worker) -> torch.device:
-    """Where rank 0 ranks the validation households: its own device with one worker; the CPU with
-    several, whose tables are sharded, perhaps because one GPU cannot hold them: a whole unsharded
-    copy beside rank 0's own shard could run its GPU out of memory. On the CPU the model takes
-    the gathered tensors themselves, no copy."""
-    return w.device if w.world_size == 1 else torch.device("cpu")
+# The room a whole copy of the weights needs on the GPU beyond their bytes (the ranking's own
+# activations and the allocator's rounding).
+VALIDATION_GPU_HEADROOM = 1.2
+
+
+def validation_device(w: Worker, weights: Dict[str, torch.Tensor]) -> torch.device:
+    """Where rank 0 ranks the validation households: its own device with one worker, where the
+    GPU's free memory holds a second, whole copy of ``weights`` (the planner lets the tables fill
+    85% of it: a run that fits training ran out of memory at its first validation, retried twice);
+    the CPU otherwise, and with several workers, whose tables are sharded, perhaps because one GPU
+    cannot hold them. On the CPU the model takes the gathered tensors themselves, no copy."""
+    if w.world_size > 1:
+        return torch.device("cpu")
+    if w.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(w.device)
+        needed = sum(t.numel() * t.element_size() for t in weights.values())
+        if free < VALIDATION_GPU_HEADROOM * needed:
+            return torch.device("cpu")
+    return w.device
 
 
 def report_checkpoint(w: Worker, state: Dict, metrics: Dict, weights: Optional[Dict]) -> None:
