@@ -122,7 +122,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--default-at",
         choices=(NOW, DATA_END),
         default=NOW,
-        help="moment of requests without 'at' (data-end: the first moment after the data)",
+        help="moment of requests without 'at' (now: the clock, never before data-end; data-end: the first moment "
+        "after the data)",
     )
     p.add_argument(
         "--request-timeout-s",

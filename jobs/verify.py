@@ -33,7 +33,7 @@ from ncf.errors import InputError
 from ncf.model.files import METRICS
 from ncf.model.integrity import write_manifest
 from ncf.rank.state import check_model_and_data
-from ncf.registry import Registry, is_registry_ref
+from ncf.registry import Registry, StoreUnavailable, is_registry_ref
 
 
 def parse_args(argv=None):
@@ -54,10 +54,13 @@ def parse_args(argv=None):
 
 def check_not_registered(model: str, given: str) -> None:
     """Refuses to seal again a directory the registry (``MLFLOW_TRACKING_URI``'s, else this
-    directory's artifacts/mlflow.db) records as a version, given by its path: its files are that
-    version's record, which --model current and promote check against the bytes."""
+    directory's artifacts/mlflow.db; the default model name, as the jobs register) records as a
+    version, given by its path: its files are that version's record, which --model current and
+    promote check against the bytes. A store that does not answer is said, not taken for none."""
     try:
         registry = Registry(create=False)
+    except StoreUnavailable:
+        raise
     except InputError:  # no registry here: nothing it records
         return
     versions = [row["version"] for row in registry.versions_recording(model)]

@@ -29,6 +29,9 @@ HOUR, DAY_OF_WEEK, DAY_OF_YEAR, MONTH = "hour", "day_of_week", "day_of_year", "m
 TIME_PARTS = (HOUR, DAY_OF_WEEK, DAY_OF_YEAR, MONTH)
 SECONDS_PER_DAY = 86_400.0
 NOW, DATA_END = "now", "data-end"
+# A log whose last purchase is more than this past the clock is said to be ahead of it (local
+# times east of UTC read as UTC?); less is a live refresh's skew.
+AHEAD_OF_THE_CLOCK_S = 3600
 
 
 def to_epoch_seconds(at) -> int:
@@ -112,10 +115,11 @@ def moment_of(at, data_end: int, now: Optional[float] = None) -> int:
     job's ``--at`` is, so that no form means one moment here and another there.
 
     Epoch seconds (a number) as they are; a string by :func:`resolve_at`'s rules (``now``: the
-    clock, ``data-end``: ``data_end``, an ISO datetime without a zone: UTC, a word such as
-    ``today``: refused); a datetime or pandas Timestamp with a time zone. A datetime without one
-    is refused (:class:`InputError`, one line): ``datetime.now()`` is local time and
-    ``datetime.utcnow()`` UTC, and reading either as the other is the zone's hours off.
+    clock, or ``data_end`` where the data reaches past it, ``data-end``: ``data_end``, an ISO
+    datetime without a zone: UTC, a word such as ``today``: refused); a datetime or pandas
+    Timestamp with a time zone. A datetime without one is refused (:class:`InputError`, one
+    line): ``datetime.now()`` is local time and ``datetime.utcnow()`` UTC, and reading either as
+    the other is the zone's hours off.
 
     Example::
 

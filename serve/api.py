@@ -32,7 +32,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
-    StrictInt,
     StrictStr,
     WithJsonSchema,
     model_validator,
@@ -85,9 +84,37 @@ At = Annotated[
 # Raw ids may be integers or strings (the vocabulary compares them as strings). Integers within
 # int64, what a log's integer column holds: unbounded, an id of 4,000 digits was accepted and
 # echoed back, while one of 4,301 could not be decoded at all (a 400, Python's digit limit).
-RawId = Union[
-    Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)],
-    Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS)],
+ID_FORMS = f"an id is an integer within int64 or a string of 1 to {MAX_ID_CHARS} characters"
+
+
+def _check_raw_id(value):
+    """One check, one message: a union of the two forms said each bad id twice, at locations
+    named after pydantic's internal labels (``user_id.constrained-int``), which no client has."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if -(2**63) <= value <= 2**63 - 1:
+            return value
+    elif isinstance(value, str) and 1 <= len(value) <= MAX_ID_CHARS:
+        try:
+            value.encode("utf-8")  # a lone surrogate ("\ud800" in the JSON) is no text to look up
+        except UnicodeEncodeError:
+            pass
+        else:
+            return value
+    raise ValueError(ID_FORMS)
+
+
+RawId = Annotated[
+    Union[int, str],
+    PlainValidator(_check_raw_id),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+                {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
+            ],
+            "description": ID_FORMS,
+        }
+    ),
 ]
 
 
@@ -269,6 +296,7 @@ class UnknownProducts(ValueError):
     """Product ids outside the model's catalog (a client error: 422 naming them)."""
 
     def __init__(self, product_ids: List) -> None:
+        product_ids = list(dict.fromkeys(product_ids))  # each once, in the order asked
         named = product_ids[:MAX_IDS_NAMED]
         first = f", the first {len(named)}" if len(named) < len(product_ids) else ""
         plural = "s" if len(product_ids) != 1 else ""

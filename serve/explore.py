@@ -68,7 +68,8 @@ def products(service: ModelService, request: ProductsRequest) -> Dict:
 
 def search_households(service: ModelService, request: HouseholdSearchRequest) -> Dict:
     """Household ids that start with ``request.prefix`` (string order, at most ``limit``)."""
-    found = service.recommender.vocabs.users.with_prefix(request.prefix, request.limit)
+    # Ids are kept trimmed (ingest's rule, as a question's ids are looked up): leading spaces match nothing.
+    found = service.recommender.vocabs.users.with_prefix(request.prefix.lstrip(), request.limit)
     return {"user_ids": found, "model_version": service.version}
 
 

@@ -21,7 +21,7 @@ from ncf.data import layout
 from ncf.errors import InputError
 from ncf.model.directory import read_config
 from ncf.model.integrity import data_fingerprint, model_fingerprint, verify_data_state, verify_model_dir
-from ncf.moments import DATA_END, NOW
+from ncf.moments import AHEAD_OF_THE_CLOCK_S, DATA_END, NOW, SECONDS_PER_DAY
 from ncf.rank.ranker import MAX_K
 from ncf.rank.recommender import RankedItems, Recommender, UnknownProductIds
 from ncf.rank.state import histories_against_model
@@ -130,8 +130,8 @@ def _warn_if_stale(recommender: Recommender, settings: ServeSettings, content_ch
         boundaries = layout.DataStats(settings.data).boundaries
         for note in histories_against_model(read_config(settings.model_dir), boundaries):
             logger.warning(note)
-    behind_days = (time.time() - recommender.state.end) / 86_400
-    if settings.default_at == NOW and behind_days < 0:
+    behind_days = (time.time() - recommender.state.end) / SECONDS_PER_DAY
+    if settings.default_at == NOW and -behind_days * SECONDS_PER_DAY > AHEAD_OF_THE_CLOCK_S:
         logger.warning(
             "the histories end %.1f hours after now (%s UTC): requests without `at` rank at their end, "
             "not at the clock; are the log's timestamps local times read as UTC? (give their offsets)",

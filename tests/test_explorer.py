@@ -108,6 +108,8 @@ def test_household_search_finds_ids_by_prefix(service, household):
     assert found and all(str(u).startswith(prefix) for u in found)
     assert [str(u) for u in found] == sorted(str(u) for u in found)
     assert raw in search_households(service, HouseholdSearchRequest(prefix=str(raw), limit=5))["user_ids"]
+    # Typed with a space first, as a question's id may be (trimmed as ingest trims ids).
+    assert raw in search_households(service, HouseholdSearchRequest(prefix=f" {raw}", limit=5))["user_ids"]
     assert search_households(service, HouseholdSearchRequest(prefix="zz", limit=5))["user_ids"] == []
 
 
@@ -119,8 +121,9 @@ def test_products_are_labelled_and_unknown_ones_named(service):
     assert labelled[0]["department"] == str(
         vocabs.departments.raw_of([vocabs.products.column("department_index")[1]])[0]
     )
-    with pytest.raises(UnknownProducts):
-        products(service, ProductsRequest(product_ids=[first[0], "no-such-product"]))
+    with pytest.raises(UnknownProducts) as unknown:
+        products(service, ProductsRequest(product_ids=[first[0], "no-such-product", "no-such-product"]))
+    assert unknown.value.product_ids == ["no-such-product"]  # each unknown id once
 
 
 # -- the page over HTTP and in Chromium ----------------------------------------------------------

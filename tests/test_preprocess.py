@@ -449,6 +449,23 @@ def test_product_indices_do_not_follow_purchases_after_validation_starts(ray_ses
     assert order("a") == order("b") == ["c", "a", "b"]
 
 
+@pytest.mark.faults
+def test_catalog_labels_that_read_as_numbers_keep_their_indices(ray_session):
+    """Departments and categories are labels, kept as written ("12.0" is not the id 12): looked up
+    as asked ids (trimmed, 12.0 read as 12; a review, 2026-12-07) they would have been unknown."""
+    import ray
+
+    rows = [("u1", "a", 100), ("u2", "b", 200)]
+    known = ray.data.from_pandas(pd.DataFrame(rows, columns=[schema.USER_ID, schema.PRODUCT_ID, schema.TS]))
+    labels = {schema.DEPARTMENT: ["12.0", "DAIRY"], schema.CATEGORY: ["7.0", "MILK"]}
+    catalog = pd.DataFrame({schema.PRODUCT_ID: ["a", "b"], **labels})
+    vocabs, _ = build_vocabularies(known, catalog, {schema.USER_ID: "str", schema.PRODUCT_ID: "str"})
+    products = vocabs.products.index_of(["a", "b"])
+    departments = vocabs.departments.raw_of(vocabs.products.column("department_index")[products])
+    categories = vocabs.categories.raw_of(vocabs.products.column("category_index")[products])
+    assert departments == ["12.0", "DAIRY"] and categories == ["7.0", "MILK"]
+
+
 def test_stats_account_for_every_row(small_data):
     data, stats = small_data
     assert stats["rows_in"] == stats["rows_kept"] + stats["rows_quarantined"]

@@ -430,7 +430,7 @@ def test_a_blue_green_link_registers_each_target_so_rollback_reaches_the_old_mod
 
 
 @pytest.mark.faults
-def test_verify_seal_refuses_a_registered_directory_given_by_its_path(store, tmp_path, capsys):
+def test_verify_seal_refuses_a_registered_directory_given_by_its_path(store, tmp_path, capsys, monkeypatch):
     """`jobs.verify current --seal` was refused (session 63), the same directory by its path was
     sealed again in place: its edited files became what verify called "verified", while the
     registry's record of the version no longer matched them (a review, 2026-12-07)."""
@@ -452,6 +452,13 @@ def test_verify_seal_refuses_a_registered_directory_given_by_its_path(store, tmp
     copy = shutil.copytree(model, tmp_path / "copy")
     verify.main([str(copy), "--seal"])  # not registered: sealed
     assert json.loads(capsys.readouterr().out)["verified"] is True
+    # A store that does not answer is not "no registry": the second read found the check skipped.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(SystemExit) as exited:
+        verify.main([model, "--seal"])
+    error = capsys.readouterr().err
+    assert exited.value.code == 75 and "no server answers there" in error, error
+    assert open(manifest, "rb").read() == sealed
 
 
 @pytest.mark.faults

@@ -734,21 +734,28 @@ def _commit_rows(output, run_id, rows):
         run.commit({"run_id": run_id, "rows": len(rows)})
 
 
-def test_a_reader_never_gets_parts_of_two_runs_when_a_rerun_swaps_in_mid_read(tmp_path, monkeypatch):
-    """Old code listed the parts, then read them: a rerun's swap in between handed the reader the
-    new run's files under the old listing (2 of its 3 rows), with no error."""
-    output = str(tmp_path / "out")
+def _a_rerun_swaps_in_mid_read(output: str, rerun_rows: list, monkeypatch) -> list:
+    """PARTITION committed by run "first"; run "second" (``rerun_rows``) commits between a
+    reader's listing of the parts and its read, once (the list it returns holds one entry then)."""
     _commit_rows(output, "first", [1, 2])
     real_dataset = partitions.pads.dataset
     swaps = []
 
     def dataset_then_rerun(*args, **kwargs):
         listed = real_dataset(*args, **kwargs)
-        if not swaps:  # the rerun commits between the listing and the read, once
-            swaps.append(_commit_rows(output, "second", [10, 20, 30]))
+        if not swaps:
+            swaps.append(_commit_rows(output, "second", rerun_rows))
         return listed
 
     monkeypatch.setattr(partitions.pads, "dataset", dataset_then_rerun)
+    return swaps
+
+
+def test_a_reader_never_gets_parts_of_two_runs_when_a_rerun_swaps_in_mid_read(tmp_path, monkeypatch):
+    """Old code listed the parts, then read them: a rerun's swap in between handed the reader the
+    new run's files under the old listing (2 of its 3 rows), with no error."""
+    output = str(tmp_path / "out")
+    swaps = _a_rerun_swaps_in_mid_read(output, [10, 20, 30], monkeypatch)
     table = partitions.read_partition(output, "2024-01-02")
     assert swaps and table is not None
     assert table.column("run").to_pylist() == ["second"] * 3
@@ -762,17 +769,8 @@ def test_a_rerun_of_another_id_type_swapped_in_mid_read_is_read_again_and_damage
     that retries a swap (a review of ncf/batch, 2026-12-07). A part of the same run that does not
     read is still an error."""
     output = str(tmp_path / "out")
-    _commit_rows(output, "first", [1, 2])
     real_dataset = partitions.pads.dataset
-    swaps = []
-
-    def dataset_then_rerun(*args, **kwargs):
-        listed = real_dataset(*args, **kwargs)
-        if not swaps:
-            swaps.append(_commit_rows(output, "second", ["a", "b"]))  # the same part names, text values
-        return listed
-
-    monkeypatch.setattr(partitions.pads, "dataset", dataset_then_rerun)
+    swaps = _a_rerun_swaps_in_mid_read(output, ["a", "b"], monkeypatch)  # the same part names, text values
     table = partitions.read_partition(output, "2024-01-02")
     assert swaps and table is not None and sorted(table.column("value").to_pylist()) == ["a", "b"]
     monkeypatch.setattr(partitions.pads, "dataset", real_dataset)

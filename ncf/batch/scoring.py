@@ -92,11 +92,11 @@ from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies
 from ncf.device import GPU_SETTINGS, gpu_build_missing, gpus_usable, resolve_gpu
-from ncf.errors import InputError
+from ncf.errors import InputError, raised_within
 from ncf.jsonio import read_json, write_json
 from ncf.model.ann import index_path
 from ncf.model.directory import WEIGHTS, ModelDir, read_config
-from ncf.moments import NOW, SECONDS_PER_DAY, day_of, first_rankable, resolve_at, run_date_of
+from ncf.moments import AHEAD_OF_THE_CLOCK_S, NOW, SECONDS_PER_DAY, day_of, first_rankable, resolve_at, run_date_of
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import CHUNK_USERS, MAX_K
 from ncf.rank.state import (
@@ -148,8 +148,9 @@ class BatchScoreConfig:
         output: OUT (see the module docstring).
         k: products per user.
         at: the moment scored (temporal features) and the partition's date: ISO date or
-            datetime (UTC unless it says), ``"now"`` or ``"data-end"`` (the first moment after
-            DATA's last purchase, for historical datasets).
+            datetime (UTC unless it says), ``"now"`` (the clock, or ``"data-end"`` where DATA's
+            purchases reach past it) or ``"data-end"`` (the first moment after DATA's last
+            purchase, for historical datasets).
         batch_size: users per batch and part (0: about ``TARGET_PARTS`` parts of at most
             ``MAX_AUTO_BATCH`` users, so more parts for large datasets).
         actors: scoring actors (0: one per ``cpus_per_actor`` of the cluster's CPUs, or one per
@@ -551,7 +552,7 @@ def rerun_to(what: str, at_setting: str, at: int, run_date: str) -> str:
         return f"rerun the same command to {what} (--no-resume starts afresh)"
     return (
         f"rerun the same command with --at {at} (this run's moment, run_date={run_date}) to {what}: --at now "
-        "does so only until 00:00 UTC, then scores the next date (--no-resume starts afresh)"
+        "does so only until the clock passes 00:00 UTC, then scores the next date (--no-resume starts afresh)"
     )
 
 
@@ -745,7 +746,7 @@ def run_batch_scoring(
     data_boundaries = layout.DataStats(config.data).boundaries
     data_end = data_boundaries["end"]
     replay = at <= data_end
-    if config.at == NOW and at > now:
+    if config.at == NOW and at - now > AHEAD_OF_THE_CLOCK_S:  # seconds of a live refresh's skew: no warning
         log(
             f"DATA's last purchase ({run_date_of(data_end)}, {(data_end - now) / 3600:.1f} hours after the clock) is "
             "past now: ranking at data-end, every purchase it holds history; are the log's timestamps local times "
@@ -770,8 +771,9 @@ def run_batch_scoring(
                 else ""
             )
         )
-    # A replay's product stats: one pass over every purchase, here, for the actors and the check.
-    replay_stats = _replay_stats(config.data, at, log) if replay else None
+    # A replay's product stats: one pass over every purchase, once, for the actors and the check.
+    in_a_task = not resolve_score_in(config, users.num_rows)
+    replay_stats = _replay_stats(config.data, at, log, in_a_task) if replay else None
     if replay_stats is not None:
         _check_k_known(config.k, replay_stats.lines, run_date)
     plan = run_plan(config, at, inputs, users.num_rows, replay, scored_at=int(now))
@@ -1015,14 +1017,21 @@ def _verified(
     return report
 
 
-def _replay_stats(data: str, at: int, log: Callable[[str], None]) -> ProductStats:
+def _replay_stats(data: str, at: int, log: Callable[[str], None], in_a_task: bool = False) -> ProductStats:
     """The products' stats at the start of ``at``'s day (``at`` inside the data: a replay),
-    computed once by the driver for every actor and the verification."""
+    computed once for every actor and the verification: by the driver where it scores, else in a
+    Ray task asking for the memory the pass holds (56 bytes a purchase: tens of GB at a billion,
+    which on the head beside GCS and Serve's proxy had no reservation, and Linux's OOM killer,
+    not a MemoryError, would have chosen what to kill), as preprocessing's stats tasks do."""
     started = time.time()
-    log(f"computing the products' stats as of {run_date_of(day_of(at))} (a replay): one pass over every purchase")
+    where = " in a Ray task" if in_a_task else ""
+    day = run_date_of(day_of(at))
+    log(f"computing the products' stats as of {day} (a replay){where}: one pass over every purchase")
     try:
-        stats = RankingState.load(data).as_of(day_of(at)).stats
-    except (MemoryError, OSError) as e:  # the pass holds memory in proportion to the purchases
+        stats = _stats_in_a_task(data, day_of(at)) if in_a_task else RankingState.load(data).as_of(day_of(at)).stats
+    except Exception as e:  # noqa: BLE001 - the pass holds memory in proportion to the purchases
+        if not _out_of_memory_or_io(e):
+            raise
         kind, line = remote_cause(e)
         raise ScoringFailed(
             f"the products' stats as of {run_date_of(day_of(at))} (a replay) could not be computed "
@@ -1030,6 +1039,30 @@ def _replay_stats(data: str, at: int, log: Callable[[str], None]) -> ProductStat
         ) from e
     log(f"products' stats as of {run_date_of(day_of(at))} computed once, in {time.time() - started:.1f} s")
     return stats
+
+
+def _stats_in_a_task(data: str, day: int) -> ProductStats:
+    import ray
+
+    from ncf.data.preprocess import largest_cpu_node_memory, stats_memory
+
+    purchases = len(UserStates.load(layout.user_state_dir(data)).products)
+    products = (layout.DataStats(data).vocab_sizes or {}).get("num_products", 0)
+    memory = stats_memory(purchases, products, largest_cpu_node_memory())
+    task = ray.remote(_replay_task).options(num_cpus=1, max_retries=0, **({"memory": memory} if memory else {}))
+    return ray.get(task.remote(data, day))
+
+
+def _replay_task(data: str, day: int) -> ProductStats:
+    return RankingState.load(data).as_of(day).stats
+
+
+def _out_of_memory_or_io(error: BaseException) -> bool:
+    """A pass that ran out of memory (MemoryError, or Ray's OutOfMemoryError for a task its
+    memory monitor killed) or could not read DATA: the run's one line, not a traceback."""
+    from ray.exceptions import OutOfMemoryError
+
+    return isinstance(error, OutOfMemoryError) or raised_within(error, (MemoryError, OSError)) is not None
 
 
 def _score_into(

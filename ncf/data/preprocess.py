@@ -645,7 +645,7 @@ def stats_at(output: str, category: np.ndarray, cutoffs: List[int]) -> Dict[int,
     purchases, and a driver would make them one after another. Each task asks Ray for the memory
     its pass may hold (:func:`stats_memory`), so a node runs only as many as it can hold."""
     states = UserStates.load(layout.user_state_dir(output))
-    memory = stats_memory(len(states.products), len(category), _largest_cpu_node_memory())
+    memory = stats_memory(len(states.products), len(category), largest_cpu_node_memory())
     task = ray.remote(_stats_task).options(num_cpus=1, **({"memory": memory} if memory else {}))
     category_ref = ray.put(category)
     pending = {task.remote(layout.user_state_dir(output), category_ref, c): c for c in cutoffs}
@@ -710,7 +710,7 @@ def stats_memory(num_purchases: int, num_products: int, largest_node: int) -> in
     return int(min(need, 0.8 * largest_node))
 
 
-def _largest_cpu_node_memory() -> int:
+def largest_cpu_node_memory() -> int:
     """The memory of the largest live node that can run a task (a head started with
     ``--num-cpus 0`` cannot, however large)."""
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]

@@ -34,6 +34,20 @@ def _as_text(raw, integer_ids: bool) -> str:
     return str(raw)
 
 
+def _lookup_text(raw, integer_ids: bool) -> Optional[str]:
+    """A raw id a caller names as text to key it by, or None (unknown): no id, or text that is
+    not UTF-8 (a lone surrogate), which no vocabulary holds."""
+    if raw is None:
+        return None
+    text = _as_text(raw, integer_ids)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+    return text
+
+
 def _indices_in(sorted_ids: Tuple[np.ndarray, np.ndarray], keys: np.ndarray) -> np.ndarray:
     """The vocabulary indices of ``keys`` (int64), the unknown index where absent, from a sorted
     copy of the ids and their positions (:meth:`Vocabulary.prepare_lookup`): O(keys) work and
@@ -92,7 +106,7 @@ class Vocabulary:
         if not isinstance(raw, (pa.Array, pa.ChunkedArray)):
             # Ids a caller names (a question to Serve, a list of households) are keyed as ingest
             # keyed the log's; arrays are a validated log's own.
-            raw = id_text(pa.array([None if r is None else _as_text(r, integer_ids) for r in raw], pa.string()))
+            raw = id_text(pa.array([_lookup_text(r, integer_ids) for r in raw], pa.string()))
             if len(raw) <= FEW_IDS:
                 found = [UNKNOWN_INDEX if r is None else self._find(r) for r in raw.to_pylist()]
                 return np.array(found, dtype=np.int64)

@@ -303,9 +303,10 @@ class Recommender:
 
     def moment(self, at) -> int:
         """``at`` in epoch seconds (None: :attr:`default_at`), read as a job's ``--at`` is
-        (:func:`ncf.moments.moment_of`): ``"now"`` is the clock, ``"data-end"`` :attr:`default_at`,
-        an ISO time without a zone UTC; ``"today"`` and a datetime without a time zone
-        (``datetime.now()``, local time) raise :class:`ncf.errors.InputError`, not read as UTC."""
+        (:func:`ncf.moments.moment_of`): ``"now"`` is the clock (never before :attr:`default_at`),
+        ``"data-end"`` :attr:`default_at`, an ISO time without a zone UTC; ``"today"`` and a
+        datetime without a time zone (``datetime.now()``, local time) raise
+        :class:`ncf.errors.InputError`, not read as UTC."""
         return self.default_at if at is None else moment_of(at, data_end=self.default_at)
 
     # -- raw-id API ----------------------------------------------------------------------------

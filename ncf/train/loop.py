@@ -80,6 +80,7 @@ class Worker:
     # lists after the cap are not read, so their rows are not trained either.
     read_rows: Optional[tuple] = None
     validation: Optional[tuple] = None  # (state as of the validation start, period, households)
+    said_validation_on_cpu: bool = False  # one worker whose GPU cannot hold a second copy: said once
 
 
 def worker_threads(cfg: TrainConfig, world_size: int, node_cpus: float = 0) -> int:
@@ -303,8 +304,16 @@ def validation_device(w: Worker, weights: Dict[str, torch.Tensor]) -> torch.devi
         return torch.device("cpu")
     if w.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(w.device)
+        # What torch's allocator holds cached but unused (training's activations) is free to it too.
+        free += torch.cuda.memory_reserved(w.device) - torch.cuda.memory_allocated(w.device)
         needed = sum(t.numel() * t.element_size() for t in weights.values())
         if free < VALIDATION_GPU_HEADROOM * needed:
+            if not w.said_validation_on_cpu:
+                log(
+                    f"validating on the CPU: the GPU has {free / 2**30:.1f} GiB free, a whole copy of the model "
+                    f"needs {VALIDATION_GPU_HEADROOM * needed / 2**30:.1f} GiB"
+                )
+                w.said_validation_on_cpu = True
             return torch.device("cpu")
     return w.device
 

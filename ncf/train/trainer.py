@@ -128,6 +128,8 @@ VALIDATED_HOUSEHOLDS_PER_S = 20
 def collective_timeout_s(config: TrainConfig) -> int:
     """How long a worker waits in a collective (Ray Train's ``TorchConfig.timeout_s``): long
     enough for rank 0's validation of ``val_users`` households at :data:`VALIDATED_HOUSEHOLDS_PER_S`."""
+    if config.run != VALIDATED:  # a refit does not validate: nothing to wait for
+        return COLLECTIVE_TIMEOUT_S
     if config.val_users == 0:
         return WHOLE_VALIDATION_TIMEOUT_S
     return min(WHOLE_VALIDATION_TIMEOUT_S, COLLECTIVE_TIMEOUT_S + config.val_users // VALIDATED_HOUSEHOLDS_PER_S)
