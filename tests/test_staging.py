@@ -781,6 +781,36 @@ def test_a_rerun_of_another_id_type_swapped_in_mid_read_is_read_again_and_damage
         partitions.read_partition(output, "2024-01-02")
 
 
+@pytest.mark.faults
+def test_verifying_a_partition_a_rerun_swaps_in_meanwhile_checks_the_new_run(tmp_path, monkeypatch):
+    """verify_partition read the manifest once: a rerun swapped in mid-check had its rows judged
+    by the old manifest (a good partition reported "ok": false) or its parts gone, a
+    FileNotFoundError (a review of ncf/batch, 2026-12-07). Checked again; the same run's damage raises."""
+    from ncf.batch import verify
+
+    output = str(tmp_path / "out")
+    _commit_rows(output, "first", [1, 2])
+    checked = []
+
+    def rerun_during_the_first_check(directory, manifest, data, sample, seed):
+        checked.append(manifest["run_id"])
+        if len(checked) == 1:
+            _commit_rows(output, "second", [10, 20, 30])
+            raise FileNotFoundError(os.path.join(directory, "part-2.parquet"))
+        return {"ok": manifest["rows"] == 3}
+
+    monkeypatch.setattr(verify, "verify_parts", rerun_during_the_first_check)
+    assert verify.verify_partition(output, "2024-01-02", "DATA") == {"ok": True}
+    assert checked == ["first", "second"]
+
+    def damaged(directory, manifest, data, sample, seed):
+        raise pa.ArrowInvalid("Parquet magic bytes not found")
+
+    monkeypatch.setattr(verify, "verify_parts", damaged)
+    with pytest.raises(pa.ArrowInvalid):
+        verify.verify_partition(output, "2024-01-02", "DATA")
+
+
 @pytest.mark.parametrize("second_try", ["succeeds", "fails"])
 def test_a_swap_that_fails_after_its_journal_keeps_the_complete_stage(tmp_path, monkeypatch, second_try):
     """Old code: leaving the block after a failed swap removed the stage, the complete new

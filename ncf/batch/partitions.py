@@ -168,13 +168,14 @@ def read_partition(output: str, run_date: str, attempts: int = 3) -> Optional[pa
             # A rerun's swap took the parts out between the two reads, or put in parts of another
             # schema (ids read as text after a refresh: ArrowInvalid); the same run's parts failing
             # to read are damage, said.
-            if isinstance(error, pa.ArrowException) and _same_run(before, read_manifest(output, run_date)):
+            if isinstance(error, pa.ArrowException) and same_run(before, read_manifest(output, run_date)):
                 raise
             continue
-        if _same_run(before, read_manifest(output, run_date)) and table.num_rows == before.get("rows", table.num_rows):
+        if same_run(before, read_manifest(output, run_date)) and table.num_rows == before.get("rows", table.num_rows):
             return table
     return None
 
 
-def _same_run(before: Dict, after: Optional[Dict]) -> bool:
+def same_run(before: Dict, after: Optional[Dict]) -> bool:
+    """Whether the manifest read ``after`` is the same run's as ``before`` (a rerun's swap not between)."""
     return after is not None and after["run_id"] == before["run_id"]
