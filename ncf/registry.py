@@ -802,8 +802,13 @@ class Registry:
 
     def versions(self) -> List[Dict]:
         """Every version, oldest first: number, created (epoch ms), tags, run id, whether current."""
+        from mlflow.exceptions import MlflowException
+
         current = self.current()
-        found = self.client.search_model_versions(f"name = '{self.name}'")
+        try:
+            found = self.client.search_model_versions(f"name = '{self.name}'")
+        except MlflowException as e:  # a server's error between the two reads: one line, as current() says its own
+            raise self._failed(e) from None
         rows = [
             {
                 "version": str(v.version),

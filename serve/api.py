@@ -36,6 +36,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ncf.data.schema import MAX_ID_CHARS
@@ -95,12 +96,11 @@ def _check_raw_id(value):
             return value
     elif isinstance(value, str) and 1 <= len(value) <= MAX_ID_CHARS:
         try:
-            value.encode("utf-8")  # a lone surrogate ("\ud800" in the JSON) is no text to look up
-        except UnicodeEncodeError:
-            pass
-        else:
-            return value
-    raise ValueError(ID_FORMS)
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON): no text to look up
+            raise PydanticCustomError("raw_id", "an id's text is UTF-8: a lone surrogate is not") from None
+        return value
+    raise PydanticCustomError("raw_id", ID_FORMS)
 
 
 RawId = Annotated[
@@ -109,7 +109,8 @@ RawId = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+                # int64 by its format: OpenAPI's maximum is a float, which writes 2**63 - 1 as 2**63.
+                {"type": "integer", "format": "int64"},
                 {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
             ],
             "description": ID_FORMS,

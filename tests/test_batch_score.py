@@ -1205,6 +1205,26 @@ def test_a_replay_whose_stats_pass_runs_out_of_memory_is_one_line(small_model_di
     assert not os.path.exists(os.path.join(output, commit.TMP)) or not os.listdir(os.path.join(output, commit.TMP))
 
 
+def test_a_replay_tasks_lost_memory_or_node_is_the_runs_one_line_and_a_bug_its_traceback():
+    """Where actors score, a replay's stats pass runs in a Ray task: the kernel's OOM killer takes
+    its worker (WorkerCrashedError), Ray's memory monitor kills it (OutOfMemoryError), or its node
+    goes; each is the run's one line, as a MemoryError in the driver is (the second read,
+    2026-12-07). A bug is not."""
+    from ray.exceptions import NodeDiedError, OutOfMemoryError, WorkerCrashedError
+
+    try:
+        try:
+            raise MemoryError("Unable to allocate 41.2 GiB")
+        except MemoryError as inner:
+            raise RuntimeError("task failed") from inner
+    except RuntimeError as wrapped:
+        in_a_task = wrapped
+    lost = (OutOfMemoryError("killed"), WorkerCrashedError(), NodeDiedError("gone"))
+    for error in (in_a_task, *lost, OSError(5, "EIO")):
+        assert bs._out_of_memory_or_io(error), error
+    assert not bs._out_of_memory_or_io(KeyError("a bug"))
+
+
 @pytest.mark.faults
 def test_ray_data_failing_before_the_first_batch_is_the_runs_one_line(
     ray_session, small_model_dir, small_data, tmp_path, capsys, monkeypatch

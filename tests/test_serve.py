@@ -557,9 +557,7 @@ def test_a_small_body_of_many_bad_ids_gets_a_small_answer(server):
 
     r = post(f"{server}/recommend/batch", {"user_ids": [1, True, "x" * 129, "ok"]})
     assert r.status_code == 422
-    assert [(d["loc"], d["msg"]) for d in r.json()["detail"]] == [
-        (["body", "user_ids", i], f"Value error, {ID_FORMS}") for i in (1, 2)
-    ]
+    assert [(d["loc"], d["msg"]) for d in r.json()["detail"]] == [(["body", "user_ids", i], ID_FORMS) for i in (1, 2)]
 
 
 def test_chunked_body_over_the_limit_is_refused(server):

@@ -653,10 +653,9 @@ def test_several_workers_validate_on_the_cpu_beside_their_gpu_shards(monkeypatch
     worker = SimpleNamespace(validation=(None, None, None), model_config=None, device=gpu, world_size=world_size)
     worker.said_validation_on_cpu = False
     weights = {"table": torch.zeros(1000, 25)}  # 100,000 bytes
-    # The allocator's cache it does not use (50,000 reserved, 40,000 allocated) counts as free.
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 50_000)
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 40_000)
-    for free, expected in ((111_000, gpu), (109_000, torch.device("cpu"))):
+    emptied = []  # the allocator's cache of training's activations given back before free memory is read
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    for free, expected in ((121_000, gpu), (119_000, torch.device("cpu"))):
         # One worker: a second, whole copy on its GPU only where its free memory holds it (a review
         # of ncf/train, 2026-12-07: tables the planner let fill 85% of it ran it out of memory).
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 10**9))
@@ -664,6 +663,7 @@ def test_several_workers_validate_on_the_cpu_beside_their_gpu_shards(monkeypatch
             loop.validate(worker, weights)
         assert built.value.args[0] == (expected if world_size == 1 else torch.device("cpu"))
     assert worker.said_validation_on_cpu == (world_size == 1)  # the move to the CPU is said (once)
+    assert len(emptied) == (2 if world_size == 1 else 0)
 
 
 @pytest.mark.faults

@@ -88,9 +88,10 @@ from ncf.batch.scorer import (
 from ncf.batch.verify import VerificationFailed, verify_parts
 from ncf.code import source_digest
 from ncf.data import layout
+from ncf.data.features import Catalog
 from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
-from ncf.data.vocab import Vocabularies
+from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.device import GPU_SETTINGS, gpu_build_missing, gpus_usable, resolve_gpu
 from ncf.errors import InputError, raised_within
 from ncf.jsonio import read_json, write_json
@@ -1028,7 +1029,10 @@ def _replay_stats(data: str, at: int, log: Callable[[str], None], in_a_task: boo
     day = run_date_of(day_of(at))
     log(f"computing the products' stats as of {day} (a replay){where}: one pass over every purchase")
     try:
-        stats = _stats_in_a_task(data, day_of(at)) if in_a_task else RankingState.load(data).as_of(day_of(at)).stats
+        if in_a_task:
+            stats = _stats_in_a_task(data, day_of(at), log)
+        else:
+            stats = RankingState.load(data).as_of(day_of(at)).stats
     except Exception as e:  # noqa: BLE001 - the pass holds memory in proportion to the purchases
         if not _out_of_memory_or_io(e):
             raise
@@ -1041,28 +1045,37 @@ def _replay_stats(data: str, at: int, log: Callable[[str], None], in_a_task: boo
     return stats
 
 
-def _stats_in_a_task(data: str, day: int) -> ProductStats:
+def _stats_in_a_task(data: str, day: int, log: Callable[[str], None]) -> ProductStats:
+    """:meth:`ProductStats.compute` at ``day`` in a task asking for what the pass holds
+    (:func:`ncf.data.preprocess.stats_memory`), as preprocessing's stats tasks do: the purchases
+    and the category of each product, not the households' vocabulary."""
     import ray
 
-    from ncf.data.preprocess import largest_cpu_node_memory, stats_memory
+    from ncf.data.preprocess import STATS_WAIT_LOG_S, largest_cpu_node_memory, stats_memory
 
-    purchases = len(UserStates.load(layout.user_state_dir(data)).products)
-    products = (layout.DataStats(data).vocab_sizes or {}).get("num_products", 0)
-    memory = stats_memory(purchases, products, largest_cpu_node_memory())
+    state_dir = layout.user_state_dir(data)
+    purchases = len(UserStates.load(state_dir).products)
+    category = Catalog.of(Vocabulary.load(os.path.join(layout.vocab_dir(data), "products.parquet"))).category
+    memory = stats_memory(purchases, len(category), largest_cpu_node_memory())
     task = ray.remote(_replay_task).options(num_cpus=1, max_retries=0, **({"memory": memory} if memory else {}))
-    return ray.get(task.remote(data, day))
+    pending, started = task.remote(state_dir, category, day), time.time()
+    while not ray.wait([pending], timeout=STATS_WAIT_LOG_S)[0]:  # a cluster short of CPUs or memory shows here
+        log(f"products' stats: waiting {time.time() - started:.0f} s for a task of 1 CPU and {memory / 2**30:.1f} GiB")
+    return ray.get(pending)
 
 
-def _replay_task(data: str, day: int) -> ProductStats:
-    return RankingState.load(data).as_of(day).stats
+def _replay_task(state_dir: str, category: np.ndarray, day: int) -> ProductStats:
+    return ProductStats.compute(UserStates.load(state_dir), category, day)
 
 
 def _out_of_memory_or_io(error: BaseException) -> bool:
-    """A pass that ran out of memory (MemoryError, or Ray's OutOfMemoryError for a task its
-    memory monitor killed) or could not read DATA: the run's one line, not a traceback."""
-    from ray.exceptions import OutOfMemoryError
+    """A pass that ran out of memory (MemoryError; Ray's OutOfMemoryError for a task its memory
+    monitor killed; a worker the kernel's OOM killer took, or its node lost) or could not read
+    DATA: the run's one line, not a traceback."""
+    from ray.exceptions import NodeDiedError, ObjectLostError, OutOfMemoryError, WorkerCrashedError
 
-    return isinstance(error, OutOfMemoryError) or raised_within(error, (MemoryError, OSError)) is not None
+    lost = (OutOfMemoryError, WorkerCrashedError, NodeDiedError, ObjectLostError)
+    return isinstance(error, lost) or raised_within(error, (MemoryError, OSError)) is not None
 
 
 def _score_into(

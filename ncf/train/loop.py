@@ -303,9 +303,9 @@ def validation_device(w: Worker, weights: Dict[str, torch.Tensor]) -> torch.devi
     if w.world_size > 1:
         return torch.device("cpu")
     if w.device.type == "cuda":
+        # The allocator's cache of training's activations back to the driver first: free, not held.
+        torch.cuda.empty_cache()
         free, _ = torch.cuda.mem_get_info(w.device)
-        # What torch's allocator holds cached but unused (training's activations) is free to it too.
-        free += torch.cuda.memory_reserved(w.device) - torch.cuda.memory_allocated(w.device)
         needed = sum(t.numel() * t.element_size() for t in weights.values())
         if free < VALIDATION_GPU_HEADROOM * needed:
             if not w.said_validation_on_cpu:
