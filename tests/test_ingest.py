@@ -453,6 +453,37 @@ def test_rows_lost_between_the_source_and_validation_stop_the_run_wherever_they_
     assert ingest.source_rows(_counted({0: [2, 3, 3, 5], 1: [2, 3]}), source, paths, first=2) == whole
 
 
+@pytest.mark.faults
+def test_a_file_mostly_quarantined_is_named_with_its_main_reason():
+    """A folder of monthly exports, one re-saved by Excel (12/27/2017 4:01): that month went to
+    the quarantine whole, and the run said only the whole log's counts by reason, exit 0 (a
+    review of ingest, 2026-12-07). The file is named, with its main reason; stats.json keeps each
+    file's reasons."""
+    from ncf.data.preprocess import files_mostly_quarantined
+
+    csv = schema.InputFiles(["nov.csv", "dec.csv", "jan.csv"], "csv")
+    bad_ts, no_user = schema.BAD_TIMESTAMP, schema.NULL_USER_ID
+    table = pa.table(
+        {
+            ingest.SOURCE_FILE: pa.array([0, 0, 0, 1, 1, 1, 2, 2, 2], pa.int32()),
+            schema.REASON: pa.array([None, None, no_user, bad_ts, bad_ts, no_user, bad_ts, bad_ts, None]),
+            ingest.SOURCE_ROW: pa.array([2, 3, 4, 2, 3, 4, 2, 3, 4], pa.int64()),
+            schema.ZONELESS: pa.array([False] * 9),
+        }
+    )
+    done = ingest.account(ingest._counts(table).to_pandas(), csv, {}, ({0: 4, 1: 4, 2: 4}, {0: 3, 1: 3, 2: 3}))
+    assert done["quarantined_by_file"] == {
+        "nov.csv": {no_user: 1},
+        "dec.csv": {bad_ts: 2, no_user: 1},
+        "jan.csv": {bad_ts: 2},
+    }
+    lines = files_mostly_quarantined(done["rows_by_file"], done["quarantined_by_file"])
+    assert [line.split(" (")[0] for line in lines] == [
+        f"WARNING: dec.csv: all of its 3 rows quarantined, 2 as {bad_ts}",
+        f"WARNING: jan.csv: 2 of its 3 rows quarantined, 2 as {bad_ts}",
+    ]  # nov.csv: one row of three, an ordinary bad row
+
+
 def test_the_accounting_checks_the_read_against_the_sources_own_counts():
     """ingest_logs' accounting (account) compares the rows that came out of the read with the
     counts taken apart from it, a CSV's (count_csv_files: lines, rows) or Parquet footers, and
@@ -642,6 +673,24 @@ def test_csv_rows_are_the_rows_the_read_yields_counted_apart_from_it(tmp_path, s
     assert ingest.csv_rows(path) == read.num_rows == 4
     assert ingest.csv_lines(path) == 6  # the blank line none: 1 line inside the note
     assert ingest.lines_in_quoted_values([path], {0: 6}, {0: 4}) == {path: 1}
+
+
+@pytest.mark.faults
+def test_rfc_3339_lower_case_separators_and_minus_zero_ids_are_read_as_their_upper_case_and_zero():
+    """RFC 3339 allows 2017-11-27t04:01:00z, which pandas' ISO-8601 parser refused: such a log was
+    all bad_timestamp; the id -0 stayed an id apart from 0 where -0.0 was read as 0, and turned
+    the column's ids to text (a review of ingest, 2026-12-07)."""
+    texts = ["2017-11-27t04:01:00z", "2017-11-27T04:01:00z", "2017-11-27t04:01:00+01:00", "2017-11-27T04:01:00Z"]
+    out = schema.validate_log_batch(
+        pa.table({"user_id": ["-0", "-0.0", "0", "-00"], "product_id": ["p"] * 4, "timestamp": texts})
+    )
+    assert out.column("reason").to_pylist() == [None] * 4 and not any(out.column("zoneless").to_pylist())
+    assert out.column("ts").to_pylist() == [_seconds("2017-11-27 04:01:00")] * 2 + [
+        _seconds("2017-11-27 03:01:00"),
+        _seconds("2017-11-27 04:01:00"),
+    ]
+    assert out.column("user_id").to_pylist() == ["0"] * 4
+    assert schema.kind_of_ids(out.column("user_id")) == "int"
 
 
 def test_timestamps_naming_no_time_zone_are_flagged_as_read_as_utc():
@@ -1302,6 +1351,26 @@ def test_every_timestamp_out_of_range_says_what_the_numbers_look_like(ray_sessio
         preprocess(schema.resolve_files(str(path)), None, str(tmp_path / "out"), PreprocessConfig(), state_only=True)
     message = str(refused.value)
     assert f"all 40 quarantined); the timestamps look like {hint}" in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize(
+    "stamp, hint",
+    [
+        ("201711270401", "YYYYMMDDHHMM (12 digits"),
+        ("20171127040100", "YYYYMMDDHHMMSS (14 digits, e.g. 20171127040100, SAP's"),
+    ],
+)
+def test_compact_date_times_out_of_range_are_named_too(tmp_path, stamp, hint):
+    """12 and 14 digits (201711270401, SAP's 20171127040100) are out of range as epoch seconds as
+    8 and 13 are, and got no hint (a review of ingest, 2026-12-07). The quarantine's sample, read
+    as the job reads it."""
+    from ncf.data.preprocess import _out_of_range_hint
+
+    quarantine = tmp_path / "quarantine"
+    quarantine.mkdir()
+    rows = {schema.TIMESTAMP: [stamp] * 10, schema.REASON: [schema.TIMESTAMP_OUT_OF_RANGE] * 10}
+    pq.write_table(pa.table(rows), quarantine / "part-0.parquet")
+    assert _out_of_range_hint(str(quarantine)).startswith(f"; the timestamps look like times written {hint}")
 
 
 @pytest.mark.faults

@@ -469,6 +469,7 @@ class Ingested:
     by_reason: Dict[str, int]
     future_bound: Optional[int]
     rows_by_file: Dict[str, int]
+    quarantined_by_file: Dict[str, Dict[str, int]]  # {file: {reason: rows}}, files with any
     zoneless: int  # kept rows whose timestamp named no time zone (read as UTC)
     lines_in_quoted_values: Dict[str, int]  # CSV lines that were no row of their own, by file
 
@@ -533,12 +534,17 @@ def account(
     rows_in = sum(by_file.values())
     if rows_in != rows_kept + rows_quarantined:
         raise RuntimeError(f"{rows_in:,} rows in but {rows_kept:,} kept + {rows_quarantined:,} quarantined")
+    bad = counts[counts[schema.REASON] != OK].groupby([SOURCE_FILE, schema.REASON])[f"{SOURCE_ROW}_count"].sum()
+    quarantined_by_file: Dict[str, Dict[str, int]] = {}
+    for (file, reason), rows in bad.items():
+        quarantined_by_file.setdefault(files.paths[int(file)], {})[str(reason)] = int(rows)
     return {
         "rows_in": rows_in,
         "rows_kept": rows_kept,
         "rows_quarantined": rows_quarantined,
         "by_reason": by_reason,
         "rows_by_file": by_file,
+        "quarantined_by_file": quarantined_by_file,
         # Not the far future: its rows' reason is no longer OK.
         "zoneless": int(counts.loc[counts[schema.REASON] == OK, f"{schema.ZONELESS}_sum"].sum()),
         "lines_in_quoted_values": lines_in_quoted_values(files.paths, *csv_counted) if csv_counted else {},

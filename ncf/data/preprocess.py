@@ -982,6 +982,8 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
     if read.rows_kept == 0:
         hint = _out_of_range_hint(layout.quarantine_dir(output)) if _mostly_out_of_range(by_reason) else ""
         raise schema.InputError(f"{logs.paths[0]}: no valid purchase rows (all {read.rows_in:,} quarantined){hint}")
+    for line in files_mostly_quarantined(read.rows_by_file, read.quarantined_by_file):
+        _log(line)
     if read.zoneless:
         _log(
             f"{read.zoneless:,} of {read.rows_kept:,} kept timestamps name no time zone and were read as UTC "
@@ -1001,16 +1003,36 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
         "future_bound": read.future_bound,
         "future_bound_utc": str(pd.Timestamp(read.future_bound, unit="s")) if read.future_bound else None,
         "rows_by_file": {**read.rows_by_file, **dict.fromkeys(logs.empty, 0)},  # every file: they add up to rows_in
+        "quarantined_by_file": read.quarantined_by_file,
         "timestamps_read_as_utc": read.zoneless,
         "lines_in_quoted_values": read.lines_in_quoted_values,
     }
     return read, stats
 
 
+def files_mostly_quarantined(rows_by_file: Dict[str, int], quarantined_by_file: Dict[str, Dict[str, int]]) -> List[str]:
+    """A warning for each file of which most rows were quarantined, naming its main reason: a
+    month of the log exported otherwise (Excel's 12/27/2017 4:01 beside ISO text) went to the
+    quarantine whole, with counts only by reason for the whole log, and the run went on."""
+    lines = []
+    for path, reasons in quarantined_by_file.items():
+        rows, quarantined = rows_by_file.get(path, 0), sum(reasons.values())
+        if rows and quarantined * 2 > rows:
+            reason, most = max(reasons.items(), key=lambda item: item[1])
+            share = "all" if quarantined == rows else f"{quarantined:,}"
+            lines.append(
+                f"WARNING: {path}: {share} of its {rows:,} rows quarantined, {most:,} as {reason} (is it written "
+                "otherwise than the other files, e.g. another date format? its rows are in the quarantine)"
+            )
+    return lines
+
+
 # Numbers of these many digits, read as epoch seconds and out of range, are most likely these.
 _NUMBERS_OUT_OF_RANGE = {
     8: "dates written YYYYMMDD (8 digits, e.g. 20171127): write them as 2017-11-27",
+    12: "times written YYYYMMDDHHMM (12 digits, e.g. 201711270401): write them as 2017-11-27T04:01",
     13: "epoch milliseconds (13 digits, e.g. 1511755260000): give epoch seconds or ISO-8601 text",
+    14: "times written YYYYMMDDHHMMSS (14 digits, e.g. 20171127040100, SAP's): write them as 2017-11-27T04:01:00",
     16: "epoch microseconds (16 digits): give epoch seconds or ISO-8601 text",
     19: "epoch nanoseconds (19 digits): give epoch seconds or ISO-8601 text",
 }

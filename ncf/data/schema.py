@@ -771,7 +771,7 @@ def id_text(text: pa.Array, whole_number_text: bool = True) -> pa.Array:
     trimmed = pc.utf8_trim_whitespace(text)
     if not whole_number_text:
         return trimmed
-    trimmed = pc.replace_substring_regex(trimmed, r"^-0+\.0+$", "0")  # a float column's -0.0 is the id 0
+    trimmed = pc.replace_substring_regex(trimmed, r"^-0+(\.0+)?$", "0")  # a float column's -0.0 (or -0) is the id 0
     return pc.replace_substring_regex(trimmed, r"^(-?[0-9]+)\.0+$", r"\1")
 
 
@@ -903,7 +903,7 @@ def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array, np.ndarray]:
     numeric = pd.to_numeric(strings, errors="coerce")
     # Epoch seconds in scientific notation (1.51176E+09) lost their last digits: minutes, not a moment.
     numeric = numeric.where(~strings.str.contains("[eE]", regex=True, na=False))
-    text_moments = _to_microseconds(strings.where(numeric.isna()), trimmed)
+    text_moments = _to_microseconds(_rfc3339_lower_case(strings.where(numeric.isna()), trimmed), trimmed)
     parsed = pd.to_datetime(text_moments, errors="coerce", utc=True, format="ISO8601")
     # A month (or a year) is no moment of purchase: read as its first day, a month's purchases
     # would pile up there and land in the wrong split.
@@ -916,6 +916,26 @@ def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array, np.ndarray]:
     with_zone = named_utc | strings.str.contains(_WITH_OFFSET, regex=True, na=False)
     zoneless = (parsed.notna() & ~with_zone).to_numpy(dtype=bool)
     return np.floor(np.where(numeric.notna(), numeric, seconds).astype("float64")), raw, zoneless
+
+
+# RFC 3339 lets its separator and zone be lower case (2017-11-27t04:01:00z), which pandas'
+# ISO-8601 parser refuses: a log of them was all bad_timestamp.
+_LOWER_CASE_T_OR_Z = r"[0-9]t[0-9]|[0-9]z$"
+
+
+def _rfc3339_lower_case(strings: pd.Series, trimmed: pa.Array) -> pd.Series:
+    """``strings`` with RFC 3339's lower-case ``t`` and ``z`` upper-cased, in the rows Arrow's
+    regex finds (``trimmed``: the same text), as :func:`_to_microseconds` mends its rows."""
+    found = pc.fill_null(pc.match_substring_regex(trimmed, _LOWER_CASE_T_OR_Z), False).to_numpy(zero_copy_only=False)
+    if not found.any():
+        return strings
+    strings = strings.copy()
+    strings[found] = (
+        strings[found]
+        .str.replace(r"(?<=[0-9])t(?=[0-9])", "T", regex=True)
+        .str.replace(r"(?<=[0-9])z$", "Z", regex=True)
+    )
+    return strings
 
 
 def _to_microseconds(strings: pd.Series, trimmed: pa.Array) -> pd.Series:
