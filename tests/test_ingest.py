@@ -459,7 +459,7 @@ def test_a_file_mostly_quarantined_is_named_with_its_main_reason():
     the quarantine whole, and the run said only the whole log's counts by reason, exit 0 (a
     review of ingest, 2026-12-07). The file is named, with its main reason; stats.json keeps each
     file's reasons."""
-    from ncf.data.preprocess import files_mostly_quarantined
+    from ncf.data.preprocess import FILES_WARNED, files_mostly_quarantined
 
     csv = schema.InputFiles(["nov.csv", "dec.csv", "jan.csv"], "csv")
     bad_ts, no_user = schema.BAD_TIMESTAMP, schema.NULL_USER_ID
@@ -482,6 +482,10 @@ def test_a_file_mostly_quarantined_is_named_with_its_main_reason():
         f"WARNING: dec.csv: all of its 3 rows quarantined, 2 as {bad_ts}",
         f"WARNING: jan.csv: 2 of its 3 rows quarantined, 2 as {bad_ts}",
     ]  # nov.csv: one row of three, an ordinary bad row
+    # Thousands of files mostly quarantined: five named, the rest counted.
+    many = {f"f{i}.csv": {bad_ts: 2} for i in range(FILES_WARNED + 3)}
+    lines = files_mostly_quarantined(dict.fromkeys(many, 3), many)
+    assert len(lines) == FILES_WARNED + 1 and lines[-1] == "WARNING: and 3 more files mostly quarantined (stats.json)"
 
 
 def test_the_accounting_checks_the_read_against_the_sources_own_counts():
@@ -676,21 +680,16 @@ def test_csv_rows_are_the_rows_the_read_yields_counted_apart_from_it(tmp_path, s
 
 
 @pytest.mark.faults
-def test_rfc_3339_lower_case_separators_and_minus_zero_ids_are_read_as_their_upper_case_and_zero():
+def test_rfc_3339_lower_case_separators_are_read_as_their_upper_case():
     """RFC 3339 allows 2017-11-27t04:01:00z, which pandas' ISO-8601 parser refused: such a log was
-    all bad_timestamp; the id -0 stayed an id apart from 0 where -0.0 was read as 0, and turned
-    the column's ids to text (a review of ingest, 2026-12-07)."""
+    all bad_timestamp (a review of ingest, 2026-12-07); with BigQuery's " UTC" after it too."""
     texts = ["2017-11-27t04:01:00z", "2017-11-27T04:01:00z", "2017-11-27t04:01:00+01:00", "2017-11-27T04:01:00Z"]
-    out = schema.validate_log_batch(
-        pa.table({"user_id": ["-0", "-0.0", "0", "-00"], "product_id": ["p"] * 4, "timestamp": texts})
-    )
-    assert out.column("reason").to_pylist() == [None] * 4 and not any(out.column("zoneless").to_pylist())
-    assert out.column("ts").to_pylist() == [_seconds("2017-11-27 04:01:00")] * 2 + [
-        _seconds("2017-11-27 03:01:00"),
-        _seconds("2017-11-27 04:01:00"),
-    ]
-    assert out.column("user_id").to_pylist() == ["0"] * 4
-    assert schema.kind_of_ids(out.column("user_id")) == "int"
+    texts += ["2017-11-27 04:01:00z UTC", "2017-11-27 04:01:00 z", "20171127t040100z"]
+    n = len(texts)
+    out = schema.validate_log_batch(pa.table({"user_id": ["u"] * n, "product_id": ["p"] * n, "timestamp": texts}))
+    assert out.column("reason").to_pylist() == [None] * n and not any(out.column("zoneless").to_pylist())
+    at_four, at_three = _seconds("2017-11-27 04:01:00"), _seconds("2017-11-27 03:01:00")
+    assert out.column("ts").to_pylist() == [at_four, at_four, at_three] + [at_four] * 4
 
 
 def test_timestamps_naming_no_time_zone_are_flagged_as_read_as_utc():
@@ -1169,6 +1168,7 @@ def test_a_placeholder_date_on_many_rows_is_cut_by_max_timestamp(ray_session, tm
     assert "--max-timestamp" in error[0]
     stats = preprocess_job.main(argv + ["--max-timestamp", "2099-12-31"])
     assert stats["rows_kept"] == 2800 and stats["quarantine_by_reason"] == {schema.TIMESTAMP_OUT_OF_RANGE: 60}
+    assert stats["quarantined_by_file"] == {str(path): {schema.TIMESTAMP_OUT_OF_RANGE: 60}}  # each file's reasons
     assert stats["config"]["max_timestamp"] == _seconds("2099-12-31")
     assert pq.read_table(layout.quarantine_dir(str(tmp_path / "out"))).num_rows == 60
 
@@ -1341,7 +1341,7 @@ def test_a_failed_runs_quarantine_is_kept_beside_a_link_whose_target_is_elsewher
     ],
     ids=["epoch-ms", "yyyymmdd"],
 )
-def test_every_timestamp_out_of_range_says_what_the_numbers_look_like(ray_session, tmp_path, stamps, hint):
+def test_every_timestamp_out_of_range_says_what_the_numbers_look_like(ray_session, tmp_path, stamps, hint, capsys):
     """Epoch milliseconds, or dates as YYYYMMDD, read as epoch seconds land in year 49,000 or in
     1970: every row was quarantined as timestamp_out_of_range, and the error said no more."""
     path = tmp_path / "logs.csv"
@@ -1351,13 +1351,18 @@ def test_every_timestamp_out_of_range_says_what_the_numbers_look_like(ray_sessio
         preprocess(schema.resolve_files(str(path)), None, str(tmp_path / "out"), PreprocessConfig(), state_only=True)
     message = str(refused.value)
     assert f"all 40 quarantined); the timestamps look like {hint}" in message and "\n" not in message, message
+    # The file is named before the run stops (one file: no "otherwise than the other files").
+    reason = schema.TIMESTAMP_OUT_OF_RANGE
+    warned = f"WARNING: {path}: all of its 40 rows quarantined, 40 as {reason} (is it written e.g."
+    assert warned in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     "stamp, hint",
     [
-        ("201711270401", "YYYYMMDDHHMM (12 digits"),
-        ("20171127040100", "YYYYMMDDHHMMSS (14 digits, e.g. 20171127040100, SAP's"),
+        ("201711270401", "times written YYYYMMDDHHMM (12 digits"),
+        ("20171127040100", "times written YYYYMMDDHHMMSS (14 digits, e.g. 20171127040100, SAP's"),
+        ("946684800000", "epoch milliseconds (12 digits, before 2001)"),  # 2000-01-01: 12 digits too
     ],
 )
 def test_compact_date_times_out_of_range_are_named_too(tmp_path, stamp, hint):
@@ -1370,7 +1375,7 @@ def test_compact_date_times_out_of_range_are_named_too(tmp_path, stamp, hint):
     quarantine.mkdir()
     rows = {schema.TIMESTAMP: [stamp] * 10, schema.REASON: [schema.TIMESTAMP_OUT_OF_RANGE] * 10}
     pq.write_table(pa.table(rows), quarantine / "part-0.parquet")
-    assert _out_of_range_hint(str(quarantine)).startswith(f"; the timestamps look like times written {hint}")
+    assert _out_of_range_hint(str(quarantine)).startswith(f"; the timestamps look like {hint}")
 
 
 @pytest.mark.faults

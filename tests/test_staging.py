@@ -802,6 +802,18 @@ def test_verifying_a_partition_a_rerun_swaps_in_meanwhile_checks_the_new_run(tmp
     monkeypatch.setattr(verify, "verify_parts", rerun_during_the_first_check)
     assert verify.verify_partition(output, "2024-01-02", "DATA") == {"ok": True}
     assert checked == ["first", "second"]
+    # The rerun's parts read whole but judged by the old manifest: "ok": false for a good partition.
+    checked.clear()
+
+    def judged_by_the_old_manifest(directory, manifest, data, sample, seed):
+        checked.append(manifest["run_id"])
+        if len(checked) == 1:
+            _commit_rows(output, "third", [7, 8, 9, 10])
+        return {"ok": len(os.listdir(directory)) - 1 == manifest["rows"]}  # the parts against the manifest's rows
+
+    monkeypatch.setattr(verify, "verify_parts", judged_by_the_old_manifest)
+    assert verify.verify_partition(output, "2024-01-02", "DATA") == {"ok": True}
+    assert checked == ["second", "third"]
 
     def damaged(directory, manifest, data, sample, seed):
         raise pa.ArrowInvalid("Parquet magic bytes not found")

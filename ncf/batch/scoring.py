@@ -1060,7 +1060,8 @@ def _stats_in_a_task(data: str, day: int, log: Callable[[str], None]) -> Product
     task = ray.remote(_replay_task).options(num_cpus=1, max_retries=0, **({"memory": memory} if memory else {}))
     pending, started = task.remote(state_dir, category, day), time.time()
     while not ray.wait([pending], timeout=STATS_WAIT_LOG_S)[0]:  # a cluster short of CPUs or memory shows here
-        log(f"products' stats: waiting {time.time() - started:.0f} s for a task of 1 CPU and {memory / 2**30:.1f} GiB")
+        asked = f"1 CPU and {memory / 2**30:.1f} GiB" if memory else "1 CPU"
+        log(f"products' stats: waiting {time.time() - started:.0f} s for a task of {asked}")
     return ray.get(pending)
 
 

@@ -979,11 +979,11 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
         read.rows.map_batches(
             ingest.quarantine_rows, batch_format="pyarrow", fn_kwargs={"paths": logs.paths}
         ).write_parquet(layout.quarantine_dir(output))
+    for line in files_mostly_quarantined(read.rows_by_file, read.quarantined_by_file):
+        _log(line)
     if read.rows_kept == 0:
         hint = _out_of_range_hint(layout.quarantine_dir(output)) if _mostly_out_of_range(by_reason) else ""
         raise schema.InputError(f"{logs.paths[0]}: no valid purchase rows (all {read.rows_in:,} quarantined){hint}")
-    for line in files_mostly_quarantined(read.rows_by_file, read.quarantined_by_file):
-        _log(line)
     if read.zoneless:
         _log(
             f"{read.zoneless:,} of {read.rows_kept:,} kept timestamps name no time zone and were read as UTC "
@@ -1010,20 +1010,30 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
     return read, stats
 
 
+FILES_WARNED = 5  # files named one by one in files_mostly_quarantined's lines; the rest counted
+
+
 def files_mostly_quarantined(rows_by_file: Dict[str, int], quarantined_by_file: Dict[str, Dict[str, int]]) -> List[str]:
-    """A warning for each file of which most rows were quarantined, naming its main reason: a
-    month of the log exported otherwise (Excel's 12/27/2017 4:01 beside ISO text) went to the
-    quarantine whole, with counts only by reason for the whole log, and the run went on."""
-    lines = []
-    for path, reasons in quarantined_by_file.items():
-        rows, quarantined = rows_by_file.get(path, 0), sum(reasons.values())
-        if rows and quarantined * 2 > rows:
-            reason, most = max(reasons.items(), key=lambda item: item[1])
-            share = "all" if quarantined == rows else f"{quarantined:,}"
-            lines.append(
-                f"WARNING: {path}: {share} of its {rows:,} rows quarantined, {most:,} as {reason} (is it written "
-                "otherwise than the other files, e.g. another date format? its rows are in the quarantine)"
-            )
+    """A warning for each file of which most rows were quarantined, naming its main reason, the
+    first :data:`FILES_WARNED` of them, then how many more: a month of the log exported otherwise
+    (Excel's 12/27/2017 4:01 beside ISO text) went to the quarantine whole, with counts only by
+    reason for the whole log, and the run went on."""
+    lines, others = [], "otherwise than the other files, " if len(rows_by_file) > 1 else ""
+    mostly = [
+        (path, rows_by_file[path], reasons)
+        for path, reasons in quarantined_by_file.items()
+        if rows_by_file.get(path, 0) and sum(reasons.values()) * 2 > rows_by_file[path]
+    ]
+    for path, rows, reasons in mostly[:FILES_WARNED]:
+        quarantined = sum(reasons.values())
+        reason, most = max(reasons.items(), key=lambda item: item[1])
+        share = "all" if quarantined == rows else f"{quarantined:,}"
+        lines.append(
+            f"WARNING: {path}: {share} of its {rows:,} rows quarantined, {most:,} as {reason} (is it written "
+            f"{others}e.g. in another date format? its rows are in the quarantine)"
+        )
+    if len(mostly) > FILES_WARNED:
+        lines.append(f"WARNING: and {len(mostly) - FILES_WARNED:,} more files mostly quarantined (stats.json)")
     return lines
 
 
@@ -1036,6 +1046,7 @@ _NUMBERS_OUT_OF_RANGE = {
     16: "epoch microseconds (16 digits): give epoch seconds or ISO-8601 text",
     19: "epoch nanoseconds (19 digits): give epoch seconds or ISO-8601 text",
 }
+_EPOCH_MS_BEFORE_2001 = "epoch milliseconds (12 digits, before 2001): give epoch seconds or ISO-8601 text"
 _OUT_OF_RANGE_SAMPLE = 1_000
 
 
@@ -1066,7 +1077,16 @@ def _out_of_range_hint(quarantine: str) -> str:
     most = int(common[np.argmax(count)])
     if most not in _NUMBERS_OUT_OF_RANGE or count.max() < 0.9 * len(sample):
         return ""
+    if most == 12 and _compact_times(numbers) < 0.9 * len(numbers):
+        # Epoch milliseconds before 2001-09-09 have 12 digits too.
+        return "; the timestamps look like " + _EPOCH_MS_BEFORE_2001
     return f"; the timestamps look like {_NUMBERS_OUT_OF_RANGE[most]}"
+
+
+def _compact_times(numbers: pd.Series) -> int:
+    """How many of ``numbers`` read as YYYYMMDDHHMM times."""
+    text = numbers.astype(np.int64).astype(str)
+    return int(pd.to_datetime(text, format="%Y%m%d%H%M", errors="coerce").notna().sum())
 
 
 def _window_rows(batch: pa.Table, bounds: Dict[str, int]) -> pa.Table:

@@ -771,7 +771,7 @@ def id_text(text: pa.Array, whole_number_text: bool = True) -> pa.Array:
     trimmed = pc.utf8_trim_whitespace(text)
     if not whole_number_text:
         return trimmed
-    trimmed = pc.replace_substring_regex(trimmed, r"^-0+(\.0+)?$", "0")  # a float column's -0.0 (or -0) is the id 0
+    trimmed = pc.replace_substring_regex(trimmed, r"^-0+\.0+$", "0")  # a float column's -0.0 is the id 0
     return pc.replace_substring_regex(trimmed, r"^(-?[0-9]+)\.0+$", r"\1")
 
 
@@ -920,7 +920,7 @@ def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array, np.ndarray]:
 
 # RFC 3339 lets its separator and zone be lower case (2017-11-27t04:01:00z), which pandas'
 # ISO-8601 parser refuses: a log of them was all bad_timestamp.
-_LOWER_CASE_T_OR_Z = r"[0-9]t[0-9]|[0-9]z$"
+_LOWER_CASE_T_OR_Z = r"[0-9]t[0-9]|[0-9]\s*z(\s+(?i:utc|gmt))?$"  # on the text " UTC" is still on
 
 
 def _rfc3339_lower_case(strings: pd.Series, trimmed: pa.Array) -> pd.Series:
@@ -933,7 +933,7 @@ def _rfc3339_lower_case(strings: pd.Series, trimmed: pa.Array) -> pd.Series:
     strings[found] = (
         strings[found]
         .str.replace(r"(?<=[0-9])t(?=[0-9])", "T", regex=True)
-        .str.replace(r"(?<=[0-9])z$", "Z", regex=True)
+        .str.replace(r"(?<=[0-9])(\s*)z$", r"\1Z", regex=True)
     )
     return strings
 
