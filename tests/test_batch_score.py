@@ -1647,7 +1647,7 @@ def test_an_at_now_run_continued_keeps_the_dead_runs_moment_and_scored_at_and_it
     assert (
         f"nothing committed, 2 of {batches} parts are whole and kept: rerun the same command with "
         f"--at {dead['at_epoch_s']} (this run's moment, run_date={run_date}) to continue: --at now does so only "
-        "until 00:00 UTC, then scores the next date (--no-resume starts afresh)"
+        "until the clock passes 00:00 UTC, then scores the next date (--no-resume starts afresh)"
     ) in line, line
     os.remove(line.rsplit("(the traceback: ", 1)[1].rstrip(")"))
 
