@@ -1378,6 +1378,25 @@ def test_compact_date_times_out_of_range_are_named_too(tmp_path, stamp, hint):
     assert _out_of_range_hint(str(quarantine)).startswith(f"; the timestamps look like {hint}")
 
 
+def test_a_log_of_spreadsheet_locale_dates_is_told_what_they_look_like(tmp_path):
+    """A log re-saved by a spreadsheet (11/27/2017 4:01, or 27.11.2017) is all bad_timestamp: the
+    error said only "all N quarantined" (a review of ingest, 2026-12-07). Other bad text: no hint."""
+    from ncf.data.preprocess import _bad_timestamp_hint
+
+    def hint(texts) -> str:
+        quarantine = tmp_path / f"q{len(list(tmp_path.iterdir()))}"
+        quarantine.mkdir()
+        rows = {schema.TIMESTAMP: texts, schema.REASON: [schema.BAD_TIMESTAMP] * len(texts)}
+        pq.write_table(pa.table(rows), quarantine / "part-0.parquet")
+        return _bad_timestamp_hint(str(quarantine))
+
+    for dates in (["11/27/2017 4:01"] * 10, ["27.11.2017 04:01:00"] * 10, ["1/2/17"] * 10):
+        said = hint(dates)
+        assert said.startswith(f"; the timestamps look like a spreadsheet's locale dates (e.g. {dates[0]!r}"), said
+        assert "write them as ISO-8601" in said
+    assert hint(["2017-11"] * 10) == hint(["garbage"] * 10) == ""
+
+
 @pytest.mark.faults
 def test_a_state_only_refresh_of_recent_logs_alone_is_told_to_read_the_whole_log(ray_session, tmp_path):
     """The refresh rebuilds the state from the logs it is given: handed only the last weeks, its

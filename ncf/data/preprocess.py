@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -982,7 +983,8 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
     for line in files_mostly_quarantined(read.rows_by_file, read.quarantined_by_file):
         _log(line)
     if read.rows_kept == 0:
-        hint = _out_of_range_hint(layout.quarantine_dir(output)) if _mostly_out_of_range(by_reason) else ""
+        quarantine = layout.quarantine_dir(output)
+        hint = _out_of_range_hint(quarantine) if _mostly_out_of_range(by_reason) else _bad_timestamp_hint(quarantine)
         raise schema.InputError(f"{logs.paths[0]}: no valid purchase rows (all {read.rows_in:,} quarantined){hint}")
     if read.zoneless:
         _log(
@@ -1054,6 +1056,30 @@ def _mostly_out_of_range(by_reason: Dict[str, int]) -> bool:
     """Whether most quarantined rows are timestamp_out_of_range (every row, in a log of epoch
     milliseconds; a few malformed lines aside)."""
     return by_reason.get(schema.TIMESTAMP_OUT_OF_RANGE, 0) * 2 > sum(by_reason.values())
+
+
+# A spreadsheet's dates in a locale's order (11/27/2017 4:01, 27.11.2017): day and month cannot
+# be told apart from the text, so they are bad timestamps, and the error says what they look like.
+_LOCALE_DATE = re.compile(r"^\s*[0-9]{1,2}[/.-][0-9]{1,2}[/.-][0-9]{2,4}(\s|$)")
+
+
+def _bad_timestamp_hint(quarantine: str) -> str:
+    """What bad timestamps most likely are, from a sample of their raw text in the quarantine:
+    a spreadsheet's locale dates (``11/27/2017 4:01``); "" otherwise (or where most rows are
+    not bad timestamps)."""
+    try:
+        sample = pads.dataset(quarantine, format="parquet").head(
+            _OUT_OF_RANGE_SAMPLE, columns=[schema.TIMESTAMP], filter=pc.field(schema.REASON) == schema.BAD_TIMESTAMP
+        )
+    except (pa.ArrowException, OSError):
+        return ""
+    texts = [t for t in sample.column(schema.TIMESTAMP).to_pylist() if t]
+    if not texts or sum(bool(_LOCALE_DATE.match(t)) for t in texts) < 0.9 * len(texts):
+        return ""
+    return (
+        f"; the timestamps look like a spreadsheet's locale dates (e.g. {texts[0]!r:.40}), whose day and month "
+        "cannot be told apart: write them as ISO-8601 (2017-11-27T04:01:00)"
+    )
 
 
 def _out_of_range_hint(quarantine: str) -> str:
