@@ -459,7 +459,7 @@ def test_a_file_mostly_quarantined_is_named_with_its_main_reason():
     the quarantine whole, and the run said only the whole log's counts by reason, exit 0 (a
     review of ingest, 2026-12-07). The file is named, with its main reason; stats.json keeps each
     file's reasons."""
-    from ncf.data.preprocess import FILES_WARNED, files_mostly_quarantined
+    from ncf.data.preprocess import FILES_ACCOUNTED, FILES_WARNED, files_mostly_quarantined, most_quarantined
 
     csv = schema.InputFiles(["nov.csv", "dec.csv", "jan.csv"], "csv")
     bad_ts, no_user = schema.BAD_TIMESTAMP, schema.NULL_USER_ID
@@ -486,6 +486,12 @@ def test_a_file_mostly_quarantined_is_named_with_its_main_reason():
     many = {f"f{i}.csv": {bad_ts: 2} for i in range(FILES_WARNED + 3)}
     lines = files_mostly_quarantined(dict.fromkeys(many, 3), many)
     assert len(lines) == FILES_WARNED + 1 and lines[-1] == "WARNING: and 3 more files mostly quarantined (stats.json)"
+    # stats.json keeps the files with the largest shares quarantined: an Excel month of 100 rows
+    # beside 1,200 files of 10,000 rows with 200 bad each (by counts alone it was dropped).
+    rows = {f"f{i}.parquet": 10_000 for i in range(1_200)} | {"excel.parquet": 100}
+    bad = {f"f{i}.parquet": {no_user: 200} for i in range(1_200)} | {"excel.parquet": {bad_ts: 100}}
+    kept = most_quarantined(rows, bad)
+    assert len(kept) == FILES_ACCOUNTED and next(iter(kept)) == "excel.parquet"
 
 
 def test_the_accounting_checks_the_read_against_the_sources_own_counts():
@@ -684,12 +690,12 @@ def test_rfc_3339_lower_case_separators_are_read_as_their_upper_case():
     """RFC 3339 allows 2017-11-27t04:01:00z, which pandas' ISO-8601 parser refused: such a log was
     all bad_timestamp (a review of ingest, 2026-12-07); with BigQuery's " UTC" after it too."""
     texts = ["2017-11-27t04:01:00z", "2017-11-27T04:01:00z", "2017-11-27t04:01:00+01:00", "2017-11-27T04:01:00Z"]
-    texts += ["2017-11-27 04:01:00z UTC", "2017-11-27 04:01:00 z", "20171127t040100z"]
+    texts += ["2017-11-27 04:01:00z UTC", "2017-11-27 04:01:00 z", "20171127t040100z", "2017-11-27 04:01:00z\xa0UTC"]
     n = len(texts)
     out = schema.validate_log_batch(pa.table({"user_id": ["u"] * n, "product_id": ["p"] * n, "timestamp": texts}))
     assert out.column("reason").to_pylist() == [None] * n and not any(out.column("zoneless").to_pylist())
     at_four, at_three = _seconds("2017-11-27 04:01:00"), _seconds("2017-11-27 03:01:00")
-    assert out.column("ts").to_pylist() == [at_four, at_four, at_three] + [at_four] * 4
+    assert out.column("ts").to_pylist() == [at_four, at_four, at_three] + [at_four] * 5
 
 
 def test_timestamps_naming_no_time_zone_are_flagged_as_read_as_utc():
@@ -1395,6 +1401,9 @@ def test_a_log_of_spreadsheet_locale_dates_is_told_what_they_look_like(tmp_path)
         assert said.startswith(f"; the timestamps look like a spreadsheet's locale dates (e.g. {dates[0]!r}"), said
         assert "write them as ISO-8601" in said
     assert hint(["2017-11"] * 10) == hint(["garbage"] * 10) == ""
+    # The example is one of the dates, cut inside its quotes.
+    long = "11/27/2017 4:01:00 PM Pacific Standard Time"
+    assert f"(e.g. {long[:37] + '...'!r})" in hint(["n/a"] + [long] * 20)
 
 
 @pytest.mark.faults

@@ -469,12 +469,10 @@ class Ingested:
     by_reason: Dict[str, int]
     future_bound: Optional[int]
     rows_by_file: Dict[str, int]
-    quarantined_by_file: Dict[str, Dict[str, int]]  # {file: {reason: rows}}, files with any (the most 1,000)
+    quarantined_by_file: Dict[str, Dict[str, int]]  # {file: {reason: rows}}, files with any
     zoneless: int  # kept rows whose timestamp named no time zone (read as UTC)
     lines_in_quoted_values: Dict[str, int]  # CSV lines that were no row of their own, by file
 
-
-MAX_FILES_ACCOUNTED = 1_000  # files whose quarantined rows stats.json counts by reason, the most first
 
 # The number of a file's first row in ``source_row`` (see the module's docstring).
 FIRST_ROW = {"csv": 2, "parquet": 0}
@@ -540,11 +538,6 @@ def account(
     quarantined_by_file: Dict[str, Dict[str, int]] = {}
     for (file, reason), rows in bad.items():
         quarantined_by_file.setdefault(files.paths[int(file)], {})[str(reason)] = int(rows)
-    if len(quarantined_by_file) > MAX_FILES_ACCOUNTED:
-        # The files most quarantined: stats.json stays small (the quarantine's own source_file and
-        # reason columns hold every row's).
-        most = sorted(quarantined_by_file.items(), key=lambda item: -sum(item[1].values()))
-        quarantined_by_file = dict(most[:MAX_FILES_ACCOUNTED])
     return {
         "rows_in": rows_in,
         "rows_kept": rows_kept,

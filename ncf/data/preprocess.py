@@ -984,7 +984,13 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
         _log(line)
     if read.rows_kept == 0:
         quarantine = layout.quarantine_dir(output)
-        hint = _out_of_range_hint(quarantine) if _mostly_out_of_range(by_reason) else _bad_timestamp_hint(quarantine)
+        hint = (
+            _out_of_range_hint(quarantine)
+            if _mostly_out_of_range(by_reason)
+            else _bad_timestamp_hint(quarantine)
+            if by_reason.get(schema.BAD_TIMESTAMP, 0) * 2 > sum(by_reason.values())
+            else ""
+        )
         raise schema.InputError(f"{logs.paths[0]}: no valid purchase rows (all {read.rows_in:,} quarantined){hint}")
     if read.zoneless:
         _log(
@@ -1005,7 +1011,7 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
         "future_bound": read.future_bound,
         "future_bound_utc": str(pd.Timestamp(read.future_bound, unit="s")) if read.future_bound else None,
         "rows_by_file": {**read.rows_by_file, **dict.fromkeys(logs.empty, 0)},  # every file: they add up to rows_in
-        "quarantined_by_file": read.quarantined_by_file,
+        "quarantined_by_file": most_quarantined(read.rows_by_file, read.quarantined_by_file),
         "timestamps_read_as_utc": read.zoneless,
         "lines_in_quoted_values": read.lines_in_quoted_values,
     }
@@ -1013,6 +1019,20 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
 
 
 FILES_WARNED = 5  # files named one by one in files_mostly_quarantined's lines; the rest counted
+FILES_ACCOUNTED = 1_000  # files whose quarantined rows stats.json counts by reason
+
+
+def most_quarantined(rows_by_file: Dict[str, int], quarantined_by_file: Dict[str, Dict[str, int]]) -> Dict:
+    """At most :data:`FILES_ACCOUNTED` files of ``quarantined_by_file``, the largest shares of
+    their rows first (so that stats.json stays small: the quarantine's own source_file and reason
+    columns hold every row's)."""
+    if len(quarantined_by_file) <= FILES_ACCOUNTED:
+        return quarantined_by_file
+
+    def share(item) -> float:
+        return -sum(item[1].values()) / max(rows_by_file.get(item[0], 0), 1)
+
+    return dict(sorted(quarantined_by_file.items(), key=share)[:FILES_ACCOUNTED])
 
 
 def files_mostly_quarantined(rows_by_file: Dict[str, int], quarantined_by_file: Dict[str, Dict[str, int]]) -> List[str]:
@@ -1074,10 +1094,12 @@ def _bad_timestamp_hint(quarantine: str) -> str:
     except (pa.ArrowException, OSError):
         return ""
     texts = [t for t in sample.column(schema.TIMESTAMP).to_pylist() if t]
-    if not texts or sum(bool(_LOCALE_DATE.match(t)) for t in texts) < 0.9 * len(texts):
+    dates = [t for t in texts if _LOCALE_DATE.match(t)]
+    if not texts or len(dates) < 0.9 * len(texts):
         return ""
+    example = dates[0] if len(dates[0]) <= 40 else dates[0][:37] + "..."
     return (
-        f"; the timestamps look like a spreadsheet's locale dates (e.g. {texts[0]!r:.40}), whose day and month "
+        f"; the timestamps look like a spreadsheet's locale dates (e.g. {example!r}), whose day and month "
         "cannot be told apart: write them as ISO-8601 (2017-11-27T04:01:00)"
     )
 

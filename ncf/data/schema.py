@@ -920,7 +920,8 @@ def _timestamps_to_seconds(column) -> Tuple[np.ndarray, pa.Array, np.ndarray]:
 
 # RFC 3339 lets its separator and zone be lower case (2017-11-27t04:01:00z), which pandas'
 # ISO-8601 parser refuses: a log of them was all bad_timestamp.
-_LOWER_CASE_T_OR_Z = r"[0-9]t[0-9]|[0-9]\s*z(\s+(?i:utc|gmt))?$"  # on the text " UTC" is still on
+# On the text " UTC" is still on; RE2's \s is ASCII only, \pZ the Unicode spaces Python's \s strips.
+_LOWER_CASE_T_OR_Z = r"[0-9]t[0-9]|[0-9][\s\pZ]*z([\s\pZ]+(?i:utc|gmt))?$"
 
 
 def _rfc3339_lower_case(strings: pd.Series, trimmed: pa.Array) -> pd.Series:
