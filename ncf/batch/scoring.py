@@ -1026,22 +1026,22 @@ def _replay_stats(data: str, at: int, log: Callable[[str], None], in_a_task: boo
     not a MemoryError, would have chosen what to kill), as preprocessing's stats tasks do."""
     started = time.time()
     where = " in a Ray task" if in_a_task else ""
-    day = run_date_of(day_of(at))
-    log(f"computing the products' stats as of {day} (a replay){where}: one pass over every purchase")
+    day, run_date = day_of(at), run_date_of(day_of(at))
+    log(f"computing the products' stats as of {run_date} (a replay){where}: one pass over every purchase")
     try:
         if in_a_task:
-            stats = _stats_in_a_task(data, day_of(at), log)
+            stats = _stats_in_a_task(data, day, log)
         else:
-            stats = RankingState.load(data).as_of(day_of(at)).stats
+            stats = RankingState.load(data).as_of(day).stats
     except Exception as e:  # noqa: BLE001 - the pass holds memory in proportion to the purchases
         if not _out_of_memory_or_io(e):
             raise
         kind, line = remote_cause(e)
         raise ScoringFailed(
-            f"the products' stats as of {run_date_of(day_of(at))} (a replay) could not be computed "
+            f"the products' stats as of {run_date} (a replay) could not be computed "
             f"({kind}: {line or 'no message'}); nothing was written{_traceback_kept(e)}"
         ) from e
-    log(f"products' stats as of {run_date_of(day_of(at))} computed once, in {time.time() - started:.1f} s")
+    log(f"products' stats as of {run_date} computed once, in {time.time() - started:.1f} s")
     return stats
 
 
@@ -1051,22 +1051,18 @@ def _stats_in_a_task(data: str, day: int, log: Callable[[str], None]) -> Product
     and the category of each product, not the households' vocabulary."""
     import ray
 
-    from ncf.data.preprocess import STATS_WAIT_LOG_S, largest_cpu_node_memory, stats_memory
+    from ncf.data.preprocess import STATS_WAIT_LOG_S, largest_cpu_node_memory, stats_memory, stats_task
 
     state_dir = layout.user_state_dir(data)
     purchases = len(UserStates.load(state_dir).products)
     category = Catalog.of(Vocabulary.load(os.path.join(layout.vocab_dir(data), "products.parquet"))).category
     memory = stats_memory(purchases, len(category), largest_cpu_node_memory())
-    task = ray.remote(_replay_task).options(num_cpus=1, max_retries=0, **({"memory": memory} if memory else {}))
+    task = ray.remote(stats_task).options(num_cpus=1, max_retries=0, **({"memory": memory} if memory else {}))
     pending, started = task.remote(state_dir, category, day), time.time()
     while not ray.wait([pending], timeout=STATS_WAIT_LOG_S)[0]:  # a cluster short of CPUs or memory shows here
         asked = f"1 CPU and {memory / 2**30:.1f} GiB" if memory else "1 CPU"
         log(f"products' stats: waiting {time.time() - started:.0f} s for a task of {asked}")
     return ray.get(pending)
-
-
-def _replay_task(state_dir: str, category: np.ndarray, day: int) -> ProductStats:
-    return ProductStats.compute(UserStates.load(state_dir), category, day)
 
 
 def _out_of_memory_or_io(error: BaseException) -> bool:

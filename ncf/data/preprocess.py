@@ -647,7 +647,7 @@ def stats_at(output: str, category: np.ndarray, cutoffs: List[int]) -> Dict[int,
     its pass may hold (:func:`stats_memory`), so a node runs only as many as it can hold."""
     states = UserStates.load(layout.user_state_dir(output))
     memory = stats_memory(len(states.products), len(category), largest_cpu_node_memory())
-    task = ray.remote(_stats_task).options(num_cpus=1, **({"memory": memory} if memory else {}))
+    task = ray.remote(stats_task).options(num_cpus=1, **({"memory": memory} if memory else {}))
     category_ref = ray.put(category)
     pending = {task.remote(layout.user_state_dir(output), category_ref, c): c for c in cutoffs}
     done: Dict[int, ProductStats] = {}
@@ -672,7 +672,9 @@ def stats_at(output: str, category: np.ndarray, cutoffs: List[int]) -> Dict[int,
     return done
 
 
-def _stats_task(state_dir: str, category: np.ndarray, cutoff: int) -> ProductStats:
+def stats_task(state_dir: str, category: np.ndarray, cutoff: int) -> ProductStats:
+    """The products' stats at ``cutoff`` from the state in ``state_dir`` (a Ray task's body:
+    :func:`stats_at`'s, and a nightly replay's)."""
     return ProductStats.compute(UserStates.load(state_dir), category, cutoff)
 
 
