@@ -33,6 +33,10 @@ STALE_AFTER_DAYS = 35
 # The most of a replica's time spent computing past days' products' stats (an `at` inside the
 # data, a pass over every purchase): a client cycling through days cannot keep its cores on them.
 PASS_SHARE = 0.25
+# How long a request waits for its past day's pass before a 503 with Retry-After while the pass
+# goes on (in a thread of its own): well inside Serve's request timeout, after which the client
+# got a 504 and the request's worker thread stayed held for the pass's length.
+PASS_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -210,7 +214,13 @@ class ModelService:
         base = (
             previous.base
             if same
-            else Recommender.load(settings.model_dir, data=settings.data, queue_passes=False, pass_share=PASS_SHARE)
+            else Recommender.load(
+                settings.model_dir,
+                data=settings.data,
+                queue_passes=False,
+                pass_share=PASS_SHARE,
+                pass_wait_s=PASS_WAIT_S,
+            )
         )
         if not same:
             _check_unchanged(settings)  # replaced while it was verified and loaded

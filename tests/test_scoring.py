@@ -115,6 +115,43 @@ def test_a_household_before_its_first_purchase_is_scored_like_an_unknown_one(rec
     assert cold and np.allclose(scores, ranker.score(0, own.products, before_first)[0], rtol=1e-6)
 
 
+@pytest.mark.faults
+def test_a_model_that_scores_nan_is_refused_not_ranked_in_its_candidates_order(recommender, monkeypatch):
+    """A stable sort of NaN scores keeps the candidates' order, the household's own products
+    first: a model whose training diverged ranked as decayed frequency, and its validation NDCG
+    looked plausible, so the diverged epoch could be kept as the best (a review of ncf/rank,
+    2026-12-07). The ranking refuses NaN scores; validation reports the epoch's metrics as NaN."""
+    import copy
+    from types import SimpleNamespace
+
+    from ncf.model.files import VAL_METRIC
+    from ncf.rank.ranker import ScoresNotANumber
+    from ncf.train import loop
+
+    served = recommender.ranker
+    diverged = copy.deepcopy(served.model)
+    with torch.no_grad():
+        for weights in diverged.parameters():
+            weights.fill_(float("nan"))
+    ranker = Ranker(diverged, served.state, served.rows, served.settings)
+    user, at = int(served.state.states.users()[0]), recommender.default_at
+    with pytest.raises(ScoresNotANumber, match="candidates NaN"):
+        ranker.rank([user], [at], k=10)
+    assert served.rank([user], [at], k=10)[0].products.size == 10  # the model itself still ranks
+
+    def full_ranking(rank, period, users, rank_many=None):
+        return rank_many(users, np.full(len(users), at), 10)
+
+    monkeypatch.setattr(loop, "full_ranking", full_ranking)
+    monkeypatch.setattr(loop, "model_from_weights", lambda config, weights, device: diverged)
+    monkeypatch.setattr(loop.EmbeddingRows, "between", lambda *args: served.rows)
+    worker = SimpleNamespace(validation=(served.state, None, np.array([user])), model_config=None, rank=0)
+    worker.device, worker.world_size, worker.vocabs = torch.device("cpu"), 1, served.state.vocabs
+    worker.rows_trained_before, worker.listed_rows = None, None
+    metrics = loop.validate(worker, {})
+    assert list(metrics) == [VAL_METRIC] and np.isnan(metrics[VAL_METRIC])
+
+
 def test_score_names_unknown_products_and_matches_the_ranking(recommender):
     raw_user = recommender.vocabs.users.raw_of([1])[0]
     ranked = recommender.rank([raw_user], k=3)[0]
@@ -1024,6 +1061,46 @@ def test_a_recommender_that_does_not_queue_passes_refuses_another_new_day_meanwh
     assert answers["slow"].state.end == slow_day - 1
     assert rec.as_of(other_day + 60).state.end == other_day - 1  # the pass over, it is computed
     assert not rec.needs_pass(other_day + 60) and not rec.needs_pass(rec.default_at)
+
+
+@pytest.mark.faults
+def test_a_pass_longer_than_the_wait_goes_on_in_the_background_and_its_day_is_kept(recommender, monkeypatch):
+    """Serve's first request for a new past day computed the day in its own worker thread: at a
+    billion purchases (minutes) the proxy answered 504 after 30 s and the thread stayed held (a
+    review, 2026-12-07). With ``pass_wait_s`` the pass runs in a thread of its own: a request
+    waits that long, then gets PassBusy (503, Retry-After) while the pass goes on; the day is
+    kept for the next request; a pass that fails is the waiting request's error, and the next
+    request tries again."""
+    rec = Recommender(recommender.ranker, recommender.version, queue_passes=False, pass_wait_s=0.2)
+    slow_day = day_of(rec.state.end) - 86_400
+    entered, release, passes = _slow_pass_of(slow_day, monkeypatch)
+    try:
+        with pytest.raises(PassBusy, match="that day's products' stats are being computed") as busy:
+            rec.as_of(slow_day + 3600)
+        assert entered.is_set() and busy.value.retry_after_s >= 0.2
+        with pytest.raises(PassBusy, match="that day's"):  # the same day meanwhile: no second pass
+            rec.as_of(slow_day + 7200)
+        with pytest.raises(PassBusy, match="another past day's"):
+            rec.as_of(slow_day - 86_400 + 60)
+    finally:
+        release.set()
+    day = rec._days[slow_day]
+    assert day.done.wait(30) and day.error is None
+    assert rec.as_of(slow_day + 60).state.end == slow_day - 1 and passes.count(slow_day) == 1
+    assert not rec._passes.lock.locked() and not day.lock.locked()
+    other = slow_day - 86_400
+    assert rec.as_of(other + 60).state.end == other - 1  # a short pass: answered within the wait
+
+    def failing(state, cutoff, stats=None):
+        raise MemoryError("the pass ran out of memory")
+
+    monkeypatch.setattr(RankingState, "as_of", failing)
+    failed_day = slow_day - 2 * 86_400
+    with pytest.raises(MemoryError, match="ran out of memory"):
+        rec.as_of(failed_day + 60)
+    assert rec.needs_pass(failed_day + 60) and not rec._passes.lock.locked()
+    with pytest.raises(ValueError, match="pass_wait_s"):
+        Recommender(recommender.ranker, pass_wait_s=1.0)  # queued passes wait for themselves
 
 
 @pytest.mark.faults

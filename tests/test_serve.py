@@ -21,7 +21,7 @@ from ncf.rank.recommender import BeforeTheData, PassBusy, PassNeeded
 from serve.api import MAX_BATCH_USERS, MAX_BODY_BYTES, MAX_EXPLAINED_ITEMS, MAX_K, MAX_PRODUCT_IDS
 from serve.app import DEPLOYMENT_NAME, build_app
 from serve.launch import start, wait_until_healthy
-from serve.service import PASS_SHARE, ModelService, ServeSettings
+from serve.service import PASS_SHARE, PASS_WAIT_S, ModelService, ServeSettings
 
 TIMEOUT = 30  # seconds per HTTP call
 UNKNOWN_USER = "no-such-user"
@@ -758,6 +758,10 @@ def test_changing_candidates_reuses_the_model_without_touching_the_old_service(s
     assert old.recommender.settings.candidates != MAX_K + 17
     # A replica's recommenders keep to their passes' share of its time, with_settings' copies too.
     assert old.recommender.pass_share == new.recommender.pass_share == PASS_SHARE < 1
+    # ... and run a pass in the background past PASS_WAIT_S (then 503), well inside the request timeout.
+    from serve.limits import REQUEST_TIMEOUT_S
+
+    assert old.recommender.pass_wait_s == new.recommender.pass_wait_s == PASS_WAIT_S < REQUEST_TIMEOUT_S / 2
     # Old code: back to the default (None) kept the override, applied to the previous recommender,
     # so the replica ranked with MAX_K + 17 candidates while the nightly job used the default.
     back = ModelService.load(ServeSettings.from_user_config({"model_dir": small_model_dir}), previous=new)

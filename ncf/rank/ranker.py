@@ -98,6 +98,10 @@ def check_k(k: int, brute_force: bool = False) -> None:
         raise ValueError(f"k={k}: at most {MAX_K} products are ranked")
 
 
+class ScoresNotANumber(ValueError):
+    """The model's scores hold NaN (weights that diverged in training, or overflowed): no ranking."""
+
+
 class Ranker:
     """Ranks a :class:`RankingState`'s households with an AdvancedNCF model.
 
@@ -406,7 +410,13 @@ class Ranker:
     def _score(self, questions: List[_Question], explain: bool):
         batch = self._batch(questions)
         logits, weights = self._logits(batch, need_weights=explain)
-        return logits.float().cpu().numpy(), None if weights is None else weights.float().cpu().numpy()
+        logits = logits.float().cpu().numpy()
+        not_a_number = int(np.isnan(logits).sum())
+        if not_a_number:
+            # A stable sort keeps NaN scores in the candidates' order (the household's own
+            # products first): a diverged model ranked as decayed frequency, its validation plausible.
+            raise ScoresNotANumber(f"the model scored {not_a_number:,} of {logits.size:,} candidates NaN")
+        return logits, None if weights is None else weights.float().cpu().numpy()
 
     def _probabilities(self, logits: np.ndarray) -> np.ndarray:
         """The model's own ``final`` sigmoid on logits already computed."""

@@ -80,11 +80,16 @@ class PassNeeded(Exception):
 
 
 class _PastDay:
-    """A past day's recommender, computed by the first caller while later ones for that day wait."""
+    """A past day's recommender, computed by the first caller while later ones for that day wait
+    (or, passes run in the background, by a thread of its own: ``done`` set when it ends,
+    ``error`` what it raised)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.recommender: Optional["Recommender"] = None
+        self.done: Optional[threading.Event] = None
+        self.error: Optional[BaseException] = None
+        self.started = 0.0  # time.monotonic() of the background pass's start
 
 
 class UnknownProductIds(KeyError):
@@ -97,11 +102,13 @@ class UnknownProductIds(KeyError):
 
 class _Passes:
     """A recommender's passes over the purchases (a past day's products' stats): one at a time
-    (``lock``), and the next not before ``next_at`` (``time.monotonic()``: its share of time)."""
+    (``lock``), and the next not before ``next_at`` (``time.monotonic()``: its share of time).
+    ``last_s``: how long the last pass took (0 before any)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.next_at = 0.0
+        self.last_s = 0.0
 
 
 class Recommender:
@@ -116,17 +123,30 @@ class Recommender:
             seconds, a new day's pass waits d * (1 / pass_share - 1) seconds (PassBusy meanwhile,
             when passes are not queued). 1: no wait. Serve's replicas take 0.25, so that anyone
             cycling through past days cannot keep a replica's cores on passes.
+        pass_wait_s: passes not queued, a new day's pass runs in a thread of its own, and the
+            caller that starts it waits at most this long for it, then gets :class:`PassBusy`
+            while the pass goes on (callers for that day meanwhile get it at once): Serve's
+            request held a worker thread for the pass's length (minutes at a billion purchases),
+            and its client got the proxy's 504 after 30 s. None: the caller computes the day.
     """
 
     def __init__(
-        self, ranker: Ranker, version: str = "dev", queue_passes: bool = True, pass_share: float = 1.0
+        self,
+        ranker: Ranker,
+        version: str = "dev",
+        queue_passes: bool = True,
+        pass_share: float = 1.0,
+        pass_wait_s: Optional[float] = None,
     ) -> None:
         if not 0.0 < pass_share <= 1.0:
             raise ValueError(f"pass_share={pass_share}: a share of time, in (0, 1]")
+        if pass_wait_s is not None and (queue_passes or not pass_wait_s >= 0):
+            raise ValueError(f"pass_wait_s={pass_wait_s}: seconds >= 0, for a recommender that does not queue passes")
         self.ranker = ranker
         self.version = version
         self.queue_passes = queue_passes
         self.pass_share = pass_share
+        self.pass_wait_s = pass_wait_s
         self._days: "OrderedDict[int, _PastDay]" = OrderedDict()  # as_of's, latest used last
         self._days_lock = threading.Lock()  # guards _days only: a day's pass runs under its own lock
         self._passes = _Passes()  # one pass over the purchases at a time, and its share of time
@@ -139,6 +159,7 @@ class Recommender:
         device: Optional[torch.device] = None,
         queue_passes: bool = True,
         pass_share: float = 1.0,
+        pass_wait_s: Optional[float] = None,
     ) -> "Recommender":
         """The model of ``model_dir`` ranking from ``data``'s state (default: the model's own)."""
         handle = ModelDir(model_dir)
@@ -151,7 +172,7 @@ class Recommender:
             # Before the ranker: without a saved index it builds one (minutes at 1M products).
             check_data_products(handle, data)
         ranker = Ranker.of_model_dir(handle, state, settings, device=device)
-        return Recommender(ranker, handle.version, queue_passes, pass_share)
+        return Recommender(ranker, handle.version, queue_passes, pass_share, pass_wait_s)
 
     # -- what the state says ------------------------------------------------------------------
 
@@ -196,37 +217,106 @@ class Recommender:
         if past.recommender is not None:  # kept (set once, never unset): no lock to wait on
             return past.recommender
         if not past.lock.acquire(blocking=self.queue_passes):
-            if past.recommender is not None:  # computed meanwhile
-                return past.recommender
-            raise self._busy(at, "that day's")
+            return self._await_day(past, at, wait_s=0.0)
+        in_the_background = False
         try:
             if past.recommender is None:
                 try:
-                    if not self._passes.lock.acquire(blocking=self.queue_passes):
-                        raise self._busy(at, "another past day's")
-                    started = None
-                    try:
-                        self._wait_for_the_pass_share(at)
-                        started = time.monotonic()
-                        # The MF product vectors shared: only the products known that day differ.
-                        ranker = self.ranker.derived(state=self.state.as_of(day, stats))
-                        past.recommender = Recommender(ranker, self.version)
-                    finally:
-                        if started is not None:
-                            spent = time.monotonic() - started
-                            self._passes.next_at = time.monotonic() + spent * (1.0 / self.pass_share - 1.0)
-                        self._passes.lock.release()
-                finally:
-                    with self._days_lock:
-                        if past.recommender is None:
-                            if self._days.get(day) is past:
-                                del self._days[day]  # failed: a later call tries again
-                        elif day not in self._days:  # a retry by a caller that waited on a failed pass
-                            self._days[day] = past
-                        self._forget_oldest_days()
+                    self._start_pass(at)
+                except BaseException:
+                    self._settle(past, day)
+                    raise
+                if self.pass_wait_s is None:
+                    self._run_pass(past, day, stats)
+                else:
+                    self._start_in_the_background(past, day, stats)
+                    in_the_background = True  # its thread releases past.lock when the pass ends
+            if in_the_background:
+                return self._await_day(past, at, wait_s=self.pass_wait_s)
             return past.recommender
         finally:
+            if not in_the_background:
+                past.lock.release()
+
+    def _start_pass(self, at: int) -> None:
+        """Takes the pass lock (one pass at a time) once the last pass's share of time allows
+        another; a recommender that does not queue passes raises :class:`PassBusy` instead."""
+        if not self._passes.lock.acquire(blocking=self.queue_passes):
+            raise self._busy(at, "another past day's")
+        try:
+            self._wait_for_the_pass_share(at)
+        except BaseException:
+            self._passes.lock.release()
+            raise
+
+    def _run_pass(self, past: _PastDay, day: int, stats: Optional[ProductStats]) -> None:
+        """The pass over the purchases for ``day`` (under ``past.lock`` and the pass lock, which
+        it releases), then ``past`` kept or, failed, dropped for a later call to try again."""
+        started = time.monotonic()
+        try:
+            # The MF product vectors shared: only the products known that day differ.
+            ranker = self.ranker.derived(state=self.state.as_of(day, stats))
+            past.recommender = Recommender(ranker, self.version)
+        finally:
+            spent = time.monotonic() - started
+            self._passes.last_s = spent
+            self._passes.next_at = time.monotonic() + spent * (1.0 / self.pass_share - 1.0)
+            self._passes.lock.release()
+            self._settle(past, day)
+
+    def _start_in_the_background(self, past: _PastDay, day: int, stats: Optional[ProductStats]) -> None:
+        """:meth:`_run_pass` in a thread of its own, which releases ``past.lock`` when it ends."""
+        past.done, past.error, past.started = threading.Event(), None, time.monotonic()
+        thread = threading.Thread(target=self._run_in_the_background, args=(past, day, stats), daemon=True)
+        try:
+            thread.start()
+        except BaseException:  # no thread to be had: nothing computed, nothing held
+            self._passes.lock.release()
+            self._settle(past, day)
+            raise
+
+    def _run_in_the_background(self, past: _PastDay, day: int, stats: Optional[ProductStats]) -> None:
+        try:
+            self._run_pass(past, day, stats)
+        except BaseException as e:  # noqa: BLE001 - raised for the callers waiting (_await_day)
+            past.error = e
+        finally:
             past.lock.release()
+            past.done.set()
+
+    def _settle(self, past: _PastDay, day: int) -> None:
+        """After a pass, or its refusal: the day kept (among the :data:`AS_OF_DAYS` used last)
+        or, not computed, dropped for a later call to try again."""
+        with self._days_lock:
+            if past.recommender is None:
+                if self._days.get(day) is past:
+                    del self._days[day]
+            elif day not in self._days:  # a retry by a caller that waited on a failed pass
+                self._days[day] = past
+            self._forget_oldest_days()
+
+    def _await_day(self, past: _PastDay, at: int, wait_s: float) -> "Recommender":
+        """``past``'s recommender once its pass is over, waiting at most ``wait_s`` for a pass in
+        the background: the caller that started it waits ``pass_wait_s``, the others for that day
+        not at all (each wait holds one of a Serve replica's few worker threads, the batches'
+        too). Else :class:`PassBusy`, with the seconds the pass may still take where it runs in the
+        background; the pass's own error where it failed."""
+        done = past.done
+        if self.pass_wait_s is not None and done is not None and done.wait(wait_s):
+            if past.recommender is None and past.error is not None:
+                raise past.error
+        if past.recommender is not None:  # computed meanwhile
+            return past.recommender
+        if self.pass_wait_s is None or done is None:
+            raise self._busy(at, "that day's")
+        elapsed = time.monotonic() - past.started
+        left = self._passes.last_s - elapsed  # the last pass's length: the best guess there is
+        retry = left if left >= 1.0 else max(1.0, self.pass_wait_s)
+        raise PassBusy(
+            f"at {as_datetime(at).isoformat()}: that day's products' stats are being computed (a pass over every "
+            f"purchase, started {elapsed:.0f} s ago); ask again in {math.ceil(retry)} s",
+            retry_after_s=retry,
+        )
 
     def _wait_for_the_pass_share(self, at: int) -> None:
         """Under the pass lock: waits (or, not queueing, refuses) until the last pass's share of
@@ -286,7 +376,7 @@ class Recommender:
         settings = dataclasses.replace(self.settings, **changes)
         # The same MF lists where mf_candidates is unchanged (Serve's --candidates): kept once.
         ranker = self.ranker.derived(settings=settings)
-        derived = Recommender(ranker, self.version, self.queue_passes, self.pass_share)
+        derived = Recommender(ranker, self.version, self.queue_passes, self.pass_share, self.pass_wait_s)
         # Its own past days (each carries its settings), the same pass limits: a pass of this one
         # still running for requests in flight (a rollout of Serve's --candidates) and one of the
         # new ran at once, each a pass over every purchase, and the share of time began again.

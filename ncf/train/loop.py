@@ -31,7 +31,7 @@ from ncf.model.batch import Batch
 from ncf.model.config import ModelConfig
 from ncf.model.files import BEST_VAL_METRIC, VAL_METRIC, read_trained_rows
 from ncf.model.integrity import vocab_digest
-from ncf.rank.ranker import Ranker
+from ncf.rank.ranker import Ranker, ScoresNotANumber
 from ncf.rank.state import EmbeddingRows, RankingState
 from ncf.splits import VAL, VALIDATED
 from ncf.train import checkpoint as ckpt
@@ -285,7 +285,12 @@ def validate(w: Worker, weights: Dict[str, torch.Tensor]) -> Dict[str, float]:
     # Exact MF lists for the few sampled households: a large catalog's HNSW index is built when
     # the model is saved, and building one every epoch would take minutes at 1M products.
     rank_many, _ = model_fns(Ranker(model, state, rows, exact_mf=True))
-    metrics = full_ranking(None, period, users, rank_many=rank_many)
+    try:
+        metrics = full_ranking(None, period, users, rank_many=rank_many)
+    except ScoresNotANumber as diverged:
+        # Never the best epoch (NaN > best is False), nor a trial's plausible score.
+        log(f"rank {w.rank}: validation: {diverged} (did training diverge?): the epoch's metrics are NaN")
+        return {VAL_METRIC: float("nan")}
     return {f"val_{k}": float(v) for k, v in metrics.items()}
 
 
