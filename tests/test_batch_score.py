@@ -1181,13 +1181,21 @@ def test_a_run_scoring_in_the_driver_stopped_by_sigterm_exits_143_and_commits_no
 @pytest.mark.faults
 def test_a_replay_whose_stats_pass_runs_out_of_memory_is_one_line(small_model_dir, small_data, tmp_path, capsys):
     """A replay's products' stats are one pass over every purchase (tens of GB at a billion); the
-    pass running out of memory ended the job in a traceback (a known limit until session 49)."""
+    pass running out of memory ended the job in a traceback (a known limit until session 49). The
+    pass runs under the date's lock (a review, 2026-12-07: before it, so a second run of the date
+    started beside the first made its own pass, then was refused)."""
+    from ncf.staging import Busy
+
     data, _ = small_data
     end = layout.DataStats(data).end
     at = run_date_of(end - 86_400)  # inside the data: a replay
     output = str(tmp_path / "out")
+    under_the_lock = []
 
     def out_of_memory(state, cutoff, stats=None):
+        with pytest.raises(Busy):
+            commit.refuse_if_running(output, partitions.partition_name(at))
+        under_the_lock.append(cutoff)
         raise MemoryError("Unable to allocate 41.2 GiB")
 
     with pytest.MonkeyPatch.context() as patch:
@@ -1203,6 +1211,7 @@ def test_a_replay_whose_stats_pass_runs_out_of_memory_is_one_line(small_model_di
     ), err[-2000:]
     os.remove(line.rsplit("(the traceback: ", 1)[1].rstrip(")"))
     assert not os.path.exists(os.path.join(output, commit.TMP)) or not os.listdir(os.path.join(output, commit.TMP))
+    assert under_the_lock  # the pass ran, the date's lock held
 
 
 def test_a_replay_tasks_lost_memory_or_node_is_the_runs_one_line_and_a_bug_its_traceback():

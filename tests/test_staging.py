@@ -782,6 +782,27 @@ def test_a_rerun_of_another_id_type_swapped_in_mid_read_is_read_again_and_damage
 
 
 @pytest.mark.faults
+def test_a_committed_partition_that_lost_a_part_is_damage_not_absent(tmp_path, monkeypatch):
+    """read_partition read a committed partition short of a part (deleted by hand, lost on a
+    copy) three times and then answered None, the answer for a date not scored yet: damage hidden
+    as absence (a review, 2026-12-07). Said now; a rerun swapping in every time is said too."""
+    output = str(tmp_path / "out")
+    _commit_rows(output, "first", [10, 20, 30])
+    os.remove(os.path.join(commit.partition_path(output, PARTITION), "part-2.parquet"))
+    with pytest.raises(partitions.PartitionDamaged, match="its parts hold 2 rows, its _SUCCESS 3: a part lost"):
+        partitions.read_partition(output, "2024-01-02")
+    runs = iter(range(10))
+
+    def a_rerun_each_time(*args, **kwargs):
+        _commit_rows(output, f"rerun-{next(runs)}", [1, 2])
+        raise FileNotFoundError("the parts were swapped away")
+
+    monkeypatch.setattr(partitions.pads, "dataset", a_rerun_each_time)
+    with pytest.raises(partitions.PartitionReplaced, match="replaced by reruns 3 times while it was read"):
+        partitions.read_partition(output, "2024-01-02")
+
+
+@pytest.mark.faults
 def test_verifying_a_partition_a_rerun_swaps_in_meanwhile_checks_the_new_run(tmp_path, monkeypatch):
     """verify_partition read the manifest once: a rerun swapped in mid-check had its rows judged
     by the old manifest (a good partition reported "ok": false) or its parts gone, a

@@ -12,7 +12,7 @@ Example::
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -152,28 +152,54 @@ def read_manifest(output: str, run_date: str) -> Optional[Dict]:
 
 def read_partition(output: str, run_date: str, attempts: int = 3) -> Optional[pa.Table]:
     """A committed partition's rows; None when it is absent or has no ``_SUCCESS`` (a commit a
-    dead run left half done is finished first: :func:`read_manifest`).
+    dead run left half done is finished first: :func:`read_manifest`). A rerun of the date that
+    swaps its partition in meanwhile is read again (:func:`within_one_run`): a reader never gets
+    part of a run, or parts of two; parts of the run its manifest names that do not read, or
+    hold other than its rows, are damage, raised."""
 
-    A rerun of the date may swap its partition in while the parts are read; the rows are kept
-    only when the manifest names the same run after the read as before it and counts as many
-    rows, so a reader never gets part of a run, or parts of two. Up to ``attempts`` reads, then
-    None (absent for now)."""
+    def rows_of(manifest: Dict) -> pa.Table:
+        table = pads.dataset(partition_dir(output, run_date), format="parquet").to_table()
+        if table.num_rows != manifest.get("rows", table.num_rows):
+            raise PartitionDamaged(
+                f"{partition_dir(output, run_date)}: its parts hold {table.num_rows:,} rows, its {commit.SUCCESS} "
+                f"{manifest['rows']:,}: a part lost or added (score the date again)"
+            )
+        return table
+
+    return within_one_run(output, run_date, rows_of, attempts)
+
+
+T = TypeVar("T")
+
+
+class PartitionReplaced(RuntimeError):
+    """A rerun of the date swapped its partition in during each of a reader's attempts."""
+
+
+class PartitionDamaged(ValueError):
+    """A committed partition's parts that do not match its manifest."""
+
+
+def within_one_run(output: str, run_date: str, read: Callable[[Dict], T], attempts: int = 3) -> Optional[T]:
+    """``read(manifest)`` of the committed partition, kept only where the manifest read after it
+    names the same run as before: a rerun of the date may swap its partition in meanwhile (its
+    parts gone, or of another schema: ids read as text after a refresh, ArrowInvalid), and it is
+    read again, up to ``attempts`` times (then :class:`PartitionReplaced`). The same run's parts
+    failing to read (or ``read``'s :class:`PartitionDamaged`) are damage, raised. None when the
+    partition is not committed."""
     for _ in range(attempts):
-        before = read_manifest(output, run_date)
-        if before is None:
+        manifest = read_manifest(output, run_date)
+        if manifest is None:
             return None
         try:
-            table = pads.dataset(partition_dir(output, run_date), format="parquet").to_table()
-        except (FileNotFoundError, pa.ArrowException) as error:
-            # A rerun's swap took the parts out between the two reads, or put in parts of another
-            # schema (ids read as text after a refresh: ArrowInvalid); the same run's parts failing
-            # to read are damage, said.
-            if isinstance(error, pa.ArrowException) and same_run(before, read_manifest(output, run_date)):
+            result = read(manifest)
+        except (FileNotFoundError, pa.ArrowException, PartitionDamaged):
+            if same_run(manifest, read_manifest(output, run_date)):
                 raise
             continue
-        if same_run(before, read_manifest(output, run_date)) and table.num_rows == before.get("rows", table.num_rows):
-            return table
-    return None
+        if same_run(manifest, read_manifest(output, run_date)):
+            return result
+    raise PartitionReplaced(f"{partition_dir(output, run_date)}: replaced by reruns {attempts} times while it was read")
 
 
 def same_run(before: Dict, after: Optional[Dict]) -> bool:

@@ -772,11 +772,7 @@ def run_batch_scoring(
                 else ""
             )
         )
-    # A replay's product stats: one pass over every purchase, once, for the actors and the check.
     in_a_task = not resolve_score_in(config, users.num_rows)
-    replay_stats = _replay_stats(config.data, at, log, in_a_task) if replay else None
-    if replay_stats is not None:
-        _check_k_known(config.k, replay_stats.lines, run_date)
     plan = run_plan(config, at, inputs, users.num_rows, replay, scored_at=int(now))
     named = named_batches(users, plan["batch_size"])
     scored_at = plan["scored_at_epoch_s"]
@@ -811,6 +807,17 @@ def run_batch_scoring(
                 except OSError as e:  # a full disk, say: one line, as opening the run's stage is
                     run.leave_stage = False  # nothing in it
                     raise commit.output_error(output, f"write the run's plan {PLAN}", e) from None
+            # A replay's product stats: one pass over every purchase (minutes at a billion), once
+            # for the actors and the check, under the date's lock: a second run of the date that
+            # started beside this one is refused before its own pass, not after it.
+            replay_stats = None
+            if replay:
+                try:
+                    replay_stats = _replay_stats(config.data, at, log, in_a_task)
+                    _check_k_known(config.k, replay_stats.lines, run_date)
+                except BaseException:
+                    run.leave_stage = bool(run.continued)  # a dead run's parts kept, this run's plan not
+                    raise
             try:
                 manifest = _score_into(
                     run.stage,
@@ -1046,23 +1053,15 @@ def _replay_stats(data: str, at: int, log: Callable[[str], None], in_a_task: boo
 
 
 def _stats_in_a_task(data: str, day: int, log: Callable[[str], None]) -> ProductStats:
-    """:meth:`ProductStats.compute` at ``day`` in a task asking for what the pass holds
-    (:func:`ncf.data.preprocess.stats_memory`), as preprocessing's stats tasks do: the purchases
-    and the category of each product, not the households' vocabulary."""
-    import ray
-
-    from ncf.data.preprocess import STATS_WAIT_LOG_S, largest_cpu_node_memory, stats_memory, stats_task
+    """:meth:`ProductStats.compute` at ``day`` in a Ray task asking for what the pass holds, as
+    preprocessing's stats tasks do (:func:`ncf.data.preprocess.stats_in_tasks`); not retried:
+    a task the OOM killer took is the run's one line, not the same pass again."""
+    from ncf.data.preprocess import stats_in_tasks
 
     state_dir = layout.user_state_dir(data)
     purchases = len(UserStates.load(state_dir).products)
     category = Catalog.of(Vocabulary.load(os.path.join(layout.vocab_dir(data), "products.parquet"))).category
-    memory = stats_memory(purchases, len(category), largest_cpu_node_memory())
-    task = ray.remote(stats_task).options(num_cpus=1, max_retries=0, **({"memory": memory} if memory else {}))
-    pending, started = task.remote(state_dir, category, day), time.time()
-    while not ray.wait([pending], timeout=STATS_WAIT_LOG_S)[0]:  # a cluster short of CPUs or memory shows here
-        asked = f"1 CPU and {memory / 2**30:.1f} GiB" if memory else "1 CPU"
-        log(f"products' stats: waiting {time.time() - started:.0f} s for a task of {asked}")
-    return ray.get(pending)
+    return stats_in_tasks(state_dir, purchases, category, [day], log=log, max_retries=0)[day]
 
 
 def _out_of_memory_or_io(error: BaseException) -> bool:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ncf.batch.commit import SUCCESS
-from ncf.batch.partitions import partition_dir, read_manifest, read_users, same_run
+from ncf.batch.partitions import PartitionReplaced, partition_dir, read_users, within_one_run
 from ncf.batch.scorer import part_position
 from ncf.data.catalog import households_before
 from ncf.data.product_stats import ProductStats
@@ -49,21 +49,19 @@ def verify_partition(output: str, run_date: str, data: str, sample: int = 20, se
     """Checks a committed partition against its inputs (:func:`verify_parts`); the job itself
     verifies its staged output before the commit (``BatchScoreConfig.verify``). A rerun of the
     date that swaps its partition in meanwhile (its rows checked against the old manifest, or its
-    parts gone) is checked again, as :func:`ncf.batch.partitions.read_partition` reads again."""
-    for _ in range(attempts):
-        manifest = read_manifest(output, run_date)
-        if manifest is None:
-            return {"ok": False, "error": f"{partition_dir(output, run_date)}: not committed (no {SUCCESS})"}
-        try:
-            report = verify_parts(partition_dir(output, run_date), manifest, data, sample=sample, seed=seed)
-        except (FileNotFoundError, pa.ArrowException):
-            if same_run(manifest, read_manifest(output, run_date)):
-                raise  # the same run's parts: damage, said
-            continue
-        if same_run(manifest, read_manifest(output, run_date)):
-            return report
-    replaced = f"{partition_dir(output, run_date)}: replaced {attempts} times while it was checked; check again"
-    return {"ok": False, "error": replaced}
+    parts gone) is checked again (:func:`ncf.batch.partitions.within_one_run`)."""
+    directory = partition_dir(output, run_date)
+
+    def check(manifest: Dict) -> Dict:
+        return verify_parts(directory, manifest, data, sample=sample, seed=seed)
+
+    try:
+        report = within_one_run(output, run_date, check, attempts)
+    except PartitionReplaced as replaced:
+        return {"ok": False, "error": f"{replaced}; check again"}
+    if report is None:
+        return {"ok": False, "error": f"{directory}: not committed (no {SUCCESS})"}
+    return report
 
 
 PROGRESS_EVERY_PARTS = 10  # verify_parts's progress lines: at most one per this many parts

@@ -37,7 +37,7 @@ import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -643,32 +643,49 @@ _SHARED_STORAGE_QUESTION = "is --output on storage every node of the Ray cluster
 def stats_at(output: str, category: np.ndarray, cutoffs: List[int]) -> Dict[int, ProductStats]:
     """The products' stats at each cutoff, one Ray task per cutoff, each reading the memory-mapped
     state of ``output`` a chunk of households at a time: a pass takes minutes at a billion
-    purchases, and a driver would make them one after another. Each task asks Ray for the memory
-    its pass may hold (:func:`stats_memory`), so a node runs only as many as it can hold."""
-    states = UserStates.load(layout.user_state_dir(output))
-    memory = stats_memory(len(states.products), len(category), largest_cpu_node_memory())
-    task = ray.remote(stats_task).options(num_cpus=1, **({"memory": memory} if memory else {}))
+    purchases, and a driver would make them one after another (:func:`stats_in_tasks`)."""
+    state_dir = layout.user_state_dir(output)
+    purchases = len(UserStates.load(state_dir).products)  # the driver's read: its own errors, as they are
+    try:
+        return stats_in_tasks(state_dir, purchases, category, cutoffs)
+    except Exception as e:  # noqa: BLE001  (Ray wraps what its tasks raise)
+        _refuse_unshared_state(e, output)
+        raise
+
+
+def stats_in_tasks(
+    state_dir: str,
+    purchases: int,
+    category: np.ndarray,
+    cutoffs: List[int],
+    log: Callable[[str], None] = _log,
+    **options,
+) -> Dict[int, ProductStats]:
+    """:func:`stats_task` at each cutoff, a Ray task each (``options``: Ray's, beside the CPU and
+    the memory): each asks Ray for the memory its pass over ``purchases`` may hold
+    (:func:`stats_memory`), so a node runs only as many as it can hold, and what it waits for is
+    said (a cluster short of CPUs or memory shows here). Preprocessing's cutoffs, and a nightly
+    replay's day."""
+    memory = stats_memory(purchases, len(category), largest_cpu_node_memory())
+    task = ray.remote(stats_task).options(num_cpus=1, **options, **({"memory": memory} if memory else {}))
     category_ref = ray.put(category)
-    pending = {task.remote(layout.user_state_dir(output), category_ref, c): c for c in cutoffs}
+    pending = {task.remote(state_dir, category_ref, c): c for c in cutoffs}
     done: Dict[int, ProductStats] = {}
     started = time.time()
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=STATS_WAIT_LOG_S)
-        if not ready:  # say what it waits for: a cluster short of CPUs or memory shows here
-            _log(
+        if not ready:
+            asked = f"1 CPU and {memory / 2**30:.1f} GiB" if memory else "1 CPU"
+            log(
                 f"products' stats: {len(done)}/{len(cutoffs)} cutoffs after {time.time() - started:.0f} s; "
-                f"each task asks for 1 CPU and {memory / 2**30:.1f} GiB"
+                f"each task asks for {asked}"
             )
             continue
-        try:
-            done[pending.pop(ready[0])] = ray.get(ready[0])
-        except Exception as e:  # noqa: BLE001  (Ray wraps what its tasks raise)
-            # The other tasks are not cancelled: a cancel loop over ``pending`` also cancelled this
-            # failed task (still there: ray.get runs before the pop), and Ray 2.60's driver died on
-            # a check ("Tried to complete task that was not pending"); they end on their own.
-            _refuse_unshared_state(e, output)
-            raise
-        _log(f"products' stats: {len(done)}/{len(cutoffs)} cutoffs, {time.time() - started:.1f} s")
+        # The other tasks are not cancelled where one fails: a cancel loop over ``pending`` also
+        # cancelled the failed task (still there: ray.get runs before the pop), and Ray 2.60's
+        # driver died on a check ("Tried to complete task that was not pending"); they end on their own.
+        done[pending.pop(ready[0])] = ray.get(ready[0])
+        log(f"products' stats: {len(done)}/{len(cutoffs)} cutoffs, {time.time() - started:.1f} s")
     return done
 
 
