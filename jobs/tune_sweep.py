@@ -125,6 +125,18 @@ def sweep_settings(args: argparse.Namespace, use_gpu: bool) -> SweepSettings:
     )
 
 
+def resumed_gpu(setting: str, trained_on_gpus: bool | None) -> str:
+    """``--gpu`` for a resume: ``auto`` goes on as the sweep's trials trained (``yes`` or ``no``):
+    a sweep started on a laptop's CPUs and resumed, with the same command, on a cluster with GPUs
+    was refused as started "with other settings" (a review of tune/, 2026-12-07). Given
+    explicitly, compared once Ray is up (:meth:`SweepSettings.check_resumes`)."""
+    if setting != "auto" or trained_on_gpus is None:
+        return setting
+    on = "GPUs" if trained_on_gpus else "CPUs"
+    print(f"[sweep] --gpu auto: the sweep's trials trained on {on}; the trials resumed do too", file=sys.stderr)
+    return "yes" if trained_on_gpus else "no"
+
+
 def gpus_at_once(args: argparse.Namespace) -> int:
     """The GPUs the trials at once hold (``--concurrent``, or the count a resumed sweep started
     with; without either, one trial's): what ``--gpu-wait`` asks an autoscaling cluster for, so
@@ -174,7 +186,9 @@ def main(argv=None):
         check_data(args.data, runs=(VALIDATED, REFIT) if args.refit else (VALIDATED,))
         check_sweep_directory(args.output, args.data, args.resume)
         if args.resume:  # before Ray starts and --gpu-wait waits; whether GPUs train needs the cluster
-            sweep_settings(args, use_gpu=False).check_resumes(skip=("use_gpu",))
+            resumed = sweep_settings(args, use_gpu=False)
+            resumed.check_resumes(skip=("use_gpu",))
+            args.gpu = resumed_gpu(args.gpu, resumed.recorded("use_gpu"))
         init_ray()
         # Before --gpu-wait asks the autoscaler for GPUs: a job that is refused asks for nothing.
         with training_slot(f"jobs.tune_sweep {os.path.abspath(args.output)}"):

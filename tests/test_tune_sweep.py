@@ -156,6 +156,8 @@ def test_search_space_points_are_valid_models():
     space = search_space(limits)
     assert set(space) == set(SEARCHED)
     assert max(space["history_length"].categories) == 8  # never more than the examples hold
+    # Lists stored longer than every choice add their length as a choice (documented in README).
+    assert search_space({"history_length": 50})["history_length"].categories == [5, 10, 20, 50]
     dims = [c for name in ("mf_embedding_dim", "mlp_embedding_dim") for c in space[name].categories]
     for heads in space["num_heads"].categories:
         for dim in dims:  # every combination builds
@@ -284,7 +286,7 @@ def test_a_sweep_whose_trials_would_starve_ray_data_is_refused(tmp_path, capsys)
     # CPU kept for Ray Data.
     with pytest.raises(InputError, match="2 CPUs cannot hold 4 trials at once .*pass --concurrent 3 or fewer"):
         trial_cpus(4, 2.0, resume=False)
-    with pytest.raises(InputError, match="fixed when it started\\): resume it on 2.08 CPUs or more"):
+    with pytest.raises(InputError, match="up to the count it started with: resume it on 2.08 CPUs or more"):
         trial_cpus(4, 2.0, resume=True)
     with pytest.raises(InputError, match="^1 CPU cannot hold 1 trial at once .*a sweep needs a cluster of 1.27 CPUs"):
         trial_cpus(1, 1.0, resume=False)
@@ -392,6 +394,30 @@ def test_a_resume_with_other_settings_is_refused_before_ray_starts(small_data, t
 
 
 @pytest.mark.faults
+def test_a_sweep_started_on_cpus_resumes_with_gpu_auto_where_there_are_gpus(small_data, tmp_path, monkeypatch, capsys):
+    """--gpu auto (the default) resolved afresh on a resume: a sweep started on a laptop's CPUs
+    and resumed with the same command on a cluster with GPUs was refused, "--gpu no there, --gpu
+    yes here; resume it with the same ones" (a review of tune/, 2026-12-07). auto goes on as the
+    trials trained; an explicit --gpu is still compared."""
+    from jobs import tune_sweep
+
+    class Started(Exception):
+        pass
+
+    data, _ = small_data
+    SweepSettings(data=data, output=str(tmp_path / "sweep"), trials=4, use_gpu=False).record()
+    os.makedirs(tmp_path / "sweep" / "tune" / "sweep")
+    (tmp_path / "sweep" / "tune" / "sweep" / "experiment_state-2026-12-05_10-00-00.json").write_text(WHOLE_TUNE_STATE)
+    monkeypatch.setattr(tune_sweep, "init_ray", lambda *a, **k: (_ for _ in ()).throw(Started()))
+    with pytest.raises(Started):
+        tune_sweep.main(["--data", data, "--output", str(tmp_path / "sweep"), "--trials", "4", "--resume"])
+    assert "--gpu auto: the sweep's trials trained on CPUs; the trials resumed do too" in capsys.readouterr().err
+    assert SweepSettings(data=data, output=str(tmp_path / "sweep")).recorded("use_gpu") is False
+    assert [tune_sweep.resumed_gpu("auto", on) for on in (False, True, None)] == ["no", "yes", "auto"]
+    assert tune_sweep.resumed_gpu("yes", False) == "yes"  # given: compared once Ray is up, and refused
+
+
+@pytest.mark.faults
 def test_a_resume_keeps_the_trials_at_once_tune_restores(tmp_path):
     from ray import tune
 
@@ -424,6 +450,24 @@ def test_a_resume_keeps_the_trials_at_once_tune_restores(tmp_path):
         f.write(b"\x80")  # truncated
     with pytest.raises(InputError, match="tuner.pkl does not load .*start the sweep again with a new --output"):
         resumed_concurrency(settings, {"CPU": 2.0})
+    # A module the pickle names that this Python cannot import (the sweep's code run from elsewhere,
+    # a package missing from a job's environment), or a file the OS will not read: the sweep is
+    # whole, and the advice to start it again was wrong (a review of tune/, 2026-12-07).
+    import pickle
+
+    with open(os.path.join(settings.tune_dir, "sweep", "tuner.pkl"), "wb") as f:
+        f.write(pickle.dumps(0).replace(b"K\x00", b"cno_such_sweep_module\nthing\n"))
+    with pytest.raises(InputError, match="needs the module 'no_such_sweep_module'.*where the sweep's code") as error:
+        resumed_concurrency(settings, {"CPU": 2.0})
+    assert "start the sweep again" not in str(error.value)
+    os.chmod(os.path.join(settings.tune_dir, "sweep", "tuner.pkl"), 0)
+    try:
+        if os.geteuid() != 0:  # root reads it anyway
+            with pytest.raises(InputError, match="cannot read .*tuner.pkl") as error:
+                resumed_concurrency(settings, {"CPU": 2.0})
+            assert "start the sweep again" not in str(error.value)
+    finally:
+        os.chmod(os.path.join(settings.tune_dir, "sweep", "tuner.pkl"), 0o644)
 
 
 @pytest.mark.faults
@@ -1011,9 +1055,13 @@ def test_a_sweep_stopped_before_tune_saved_its_state_is_refused_on_resume_in_one
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].endswith(
-        f"--resume: {sweep} was stopped before Tune saved its state: it cannot be resumed; "
+        f"--resume: {sweep} holds a sweep stopped before Tune saved its state: it cannot be resumed; "
         f"start it again with a new --output, or remove {sweep} first"
     ), lines
+    # Without --resume the same words: "pass --resume to continue it" led to the refusal above
+    # (a review of tune/, 2026-12-07).
+    with pytest.raises(InputError, match="^" + re.escape(f"{sweep} holds a sweep stopped before Tune saved its state")):
+        check_sweep_directory(str(sweep), data, resume=False)
     # Once Tune has saved its state the sweep resumes.
     (sweep / "tune" / "sweep" / "experiment_state-2026-12-05_10-00-00.json").write_text(WHOLE_TUNE_STATE)
     check_sweep_directory(str(sweep), data, resume=True)

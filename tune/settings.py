@@ -70,6 +70,10 @@ class SweepSettings:
         recorded = {**dataclasses.asdict(self), DATA_DIGESTS: data_digests(self.data), SPACE: _space(self.data)}
         write_json(self.settings_path, recorded)
 
+    def recorded(self, name: str):
+        """The setting ``name`` the sweep in :attr:`output` was started with (None: not recorded)."""
+        return read_json(self.settings_path).get(name) if os.path.exists(self.settings_path) else None
+
     def check_resumes(self, skip: Sequence[str] = ()) -> None:
         """Raises InputError when the sweep in :attr:`output` was started with other settings.
 

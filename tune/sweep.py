@@ -77,14 +77,30 @@ def started_concurrency(settings: SweepSettings) -> int:
     experiment = settings.experiment_dir
     # Its callers come after check_sweep_directory, which refuses a --resume with no sweep: one
     # missing here is the file alone gone from a sweep Tune saved, which no resume restores.
+    path = os.path.join(experiment, "tuner.pkl")
     try:
-        with open(os.path.join(experiment, "tuner.pkl"), "rb") as f:
+        with open(path, "rb") as f:
             return int(ray.cloudpickle.load(f)["_tune_config"].max_concurrent_trials or 0)
-    except Exception as e:  # missing, truncated, or of another Ray: Tune.restore would fail alike
+    except ImportError as e:
+        if (e.name or "ray").split(".")[0] == "ray":  # of another Ray: Tune.restore would fail alike
+            raise _tuner_state_lost(path, e) from None
+        # The sweep's code (tune, ncf) or a package it imports, not importable here: the sweep is whole.
         raise InputError(
-            f"--resume: {experiment}/tuner.pkl does not load ({type(e).__name__}: {e}); "
-            "start the sweep again with a new --output"
+            f"--resume: {path} needs the module {e.name!r}, which this Python cannot import: resume it where the "
+            "sweep's code and packages are (the project's directory after make setup; a job's --working-dir)"
         ) from None
+    except OSError as e:
+        if not isinstance(e, FileNotFoundError):  # no permission, a share gone: the file may be whole
+            raise InputError("--resume: " + cannot_access(f"read {path}", e)) from None
+        raise _tuner_state_lost(path, e) from None
+    except Exception as e:  # noqa: BLE001 - truncated, or of another Ray: Tune.restore would fail alike
+        raise _tuner_state_lost(path, e) from None
+
+
+def _tuner_state_lost(path: str, error: BaseException) -> InputError:
+    return InputError(
+        f"--resume: {path} does not load ({type(error).__name__}: {error}); start the sweep again with a new --output"
+    )
 
 
 def resumed_concurrency(settings: SweepSettings, cluster: dict, nodes: int = 1) -> int:
@@ -140,8 +156,10 @@ def _cpus_remedy(concurrent: int, needs: float, fits: int, resume: bool, held: s
     more CPUs, or (``held``: what holds the others) the CPUs others hold."""
     free = "free " if held else ""
     if resume:
+        # ``concurrent``: the count the sweep started with, or the trials it has left where fewer.
         remedy = (
-            f"the sweep runs {concurrent} at once (fixed when it started): resume it on {needs:g} {free}CPUs or more"
+            "a resumed sweep runs its trials left at once up to the count it started with: "
+            f"resume it on {needs:g} {free}CPUs or more"
         )
     elif fits >= 1:
         return f"pass --concurrent {fits} or fewer"
@@ -367,10 +385,11 @@ def check_sweep_directory(output: str, data: str, resume: bool) -> None:
     experiment = os.path.join(output, "tune", "sweep")
     if resume and not os.path.exists(experiment):
         raise InputError(f"--resume: no sweep to resume at {experiment}")
-    if resume and not tune_state_saved(experiment):
+    if os.path.exists(experiment) and not tune_state_saved(experiment):
+        # Without --resume too: "pass --resume to continue it", then this refusal, was the old pair.
         raise InputError(
-            f"--resume: {output} was stopped before Tune saved its state: it cannot be resumed; "
-            f"start it again with a new --output, or remove {output} first"
+            f"{'--resume: ' if resume else ''}{output} holds a sweep stopped before Tune saved its state: it cannot "
+            f"be resumed; start it again with a new --output, or remove {output} first"
         )
     damage = tune_state_damage(experiment) if resume else None
     if damage is not None:
