@@ -352,13 +352,15 @@ def _served_by_every_replica(handle, running: int, app_name: str, timeout_s: flo
     """The settings that the ``running`` replicas all serve, each asked its
     :meth:`~serve.app.RecommenderDeployment.served_settings`. Replicas of the code before that
     method (an upgrade's first rollout reads them) are asked once, as that code did."""
+    started = time.monotonic()
     try:  # one question first: old code refuses it at once, where the rounds would wait out their timeout
         first = handle.served_settings.remote().result(timeout_s=timeout_s)
     except Exception as e:
         if not no_such_method(e, "served_settings"):
             raise
         return handle.serving_user_config.remote().result(timeout_s=timeout_s)
-    answers = every_replica_served(running, app_name, timeout_s, first)
+    # One timeout for both: the rounds after a slow first answer waited a whole one more.
+    answers = every_replica_served(running, app_name, timeout_s, first, spent_s=time.monotonic() - started)
     served = Counter(settings_key(answer["user_config"]) for answer in answers.values())
     if len(served) > 1:
         raise ReplicasDiffer(_settings_words(served))
@@ -366,15 +368,16 @@ def _served_by_every_replica(handle, running: int, app_name: str, timeout_s: flo
 
 
 def every_replica_served(
-    replicas: int, app_name: str, timeout_s: float, first: Optional[Dict] = None
+    replicas: int, app_name: str, timeout_s: float, first: Optional[Dict] = None, spent_s: float = 0.0
 ) -> Dict[str, Dict]:
     """Each replica's :meth:`~serve.app.RecommenderDeployment.served_settings` (by its tag), from
-    every one of ``replicas`` (``first``: one answer already had).
+    every one of ``replicas`` (``first``: one answer already had, ``spent_s`` of ``timeout_s``
+    spent on it).
 
     Raises:
         TimeoutError: fewer of them answered within ``timeout_s``.
     """
-    answers = every_replica_answer("served_settings", replicas, app_name, timeout_s, first)
+    answers = every_replica_answer("served_settings", replicas, app_name, max(0.0, timeout_s - spent_s), first)
     if len(answers) < replicas:
         heard = f"only {len(answers)} of {replicas} replica(s)"
         raise TimeoutError(f"{heard} said what they serve within {timeout_s:.0f} s")

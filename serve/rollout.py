@@ -235,9 +235,23 @@ def serving_other_settings(deployed: Dict, replicas: int, timeout_s: float) -> O
     if not other:
         return None
     return (
-        f"{len(other)} of {len(answers)} replica(s) serve model {(other[0] or {}).get('model_dir')}, not the "
+        f"{len(other)} of {len(answers)} replica(s) serve {_what_differs(other[0] or {}, deployed or {})}, not the "
         "rollout's, without a rollout error"
     )
+
+
+def _what_differs(theirs: Dict, ours: Dict) -> str:
+    """A replica's settings beside the rollout's, in words: its model, or (the same model) the
+    settings that differ: a rollout of another --data named the rollout's own model as the
+    replica's (a review of serve/, 2026-12-07)."""
+    if theirs.get("model_dir") != ours.get("model_dir"):
+        return f"model {theirs.get('model_dir')}"
+    differ = [
+        f"{name} {str(theirs.get(name))[:60]}, not {str(ours.get(name))[:60]}"
+        for name in sorted(set(theirs) | set(ours))
+        if theirs.get(name) != ours.get(name)
+    ]
+    return "other settings (" + "; ".join(differ[:3]) + ")"
 
 
 class Restored(NamedTuple):

@@ -536,6 +536,25 @@ def test_a_replica_not_heard_saying_what_it_serves_is_not_vouched_for(monkeypatc
         rollout.serving_other_settings(deployed, 2, 30.0)
     heard["r2"] = {"replica": "r2", "user_config": {"model_dir": "/m/m0"}}
     assert rollout.serving_other_settings(deployed, 2, 30.0).startswith("1 of 2 replica(s) serve model /m/m0")
+    # The same model on other settings (a rollout of another --data): the settings named, not the
+    # rollout's own model as the replica's (a review of serve/, 2026-12-07).
+    # The question before the rounds and the rounds share one timeout (a slow first answer left
+    # the rounds a whole one more: 120 s for the 60 s said; a review of serve/, 2026-12-07).
+    asked = []
+
+    def answers(method, replicas, app, timeout_s, first=None):
+        asked.append(timeout_s)
+        return heard
+
+    monkeypatch.setattr(launch, "every_replica_answer", answers)
+    launch.every_replica_served(1, "app", 60.0, heard["r1"], spent_s=45.0)
+    launch.every_replica_served(1, "app", 60.0, heard["r1"], spent_s=75.0)
+    assert asked == [15.0, 0.0]
+    heard["r1"]["user_config"] = {"model_dir": "/m/m1", "data": "/d/new"}
+    heard["r2"] = {"replica": "r2", "user_config": {"model_dir": "/m/m1", "data": "/d/old"}}
+    assert rollout.serving_other_settings(heard["r1"]["user_config"], 2, 30.0) == (
+        "1 of 2 replica(s) serve other settings (data /d/old, not /d/new), not the rollout's, without a rollout error"
+    )
 
 
 def _app_status(status, states: dict, trigger=None, message: str = "", deployment_status=None):
