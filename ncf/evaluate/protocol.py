@@ -58,9 +58,11 @@ class Period:
     name: str
     start: int
     truth: Dict[int, np.ndarray]  # user -> distinct catalog products bought in the period
-    # user -> the catalog products of its first basket in the period (sorted): the sampled
-    # protocol's positive is drawn from them (products share their basket's timestamp, and the
-    # lowest index of a basket is its most popular product).
+    # user -> the products of its first basket in the period that holds any relevant product
+    # (sorted): a catalog product, and with exclude_purchased one new to the household; a first
+    # visit of only other products leaves it to a later basket, ranked at the first visit all
+    # the same. The sampled protocol's positive is drawn from them (products share their
+    # basket's timestamp, and the lowest index of a basket is its most popular product).
     first_basket: Dict[int, np.ndarray]
     first_visit: Dict[int, int]  # user -> epoch seconds of their first basket in the period
     end: int = 0  # exclusive
