@@ -39,6 +39,7 @@ def epochs_metrics(result):
     return sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
 
 
+@pytest.mark.faults
 def test_the_refit_trains_for_the_epoch_whose_weights_were_exported():
     """On a tie of validation NDCG@10 the exported checkpoint was the earliest epoch (the first
     maximum of Ray's list, which keeps ties oldest first) but best_epoch the latest: the refit
@@ -53,6 +54,15 @@ def test_the_refit_trains_for_the_epoch_whose_weights_were_exported():
     assert best_checkpoint(result)[0] == "epoch 2" and best_epoch(result) == 2
     refit = SimpleNamespace(best_checkpoints=[("last", {"epoch": 2})], metrics={"epoch": 2}, checkpoint="last")
     assert best_epoch(refit) == 2
+    # A diverged epoch (validation NaN) first in Ray's list, as Ray orders NaN: max kept it, and
+    # the diverged weights were exported (a second read, 2026-12-07). Every epoch NaN: said.
+    nan = float("nan")
+    kept = [("epoch 2", {"val_ndcg@10": nan, "epoch": 2}), ("epoch 1", {"val_ndcg@10": 0.05, "epoch": 1})]
+    diverged = SimpleNamespace(best_checkpoints=kept, metrics=kept[0][1], checkpoint="epoch 2")
+    assert best_checkpoint(diverged)[0] == "epoch 1" and best_epoch(diverged) == 1
+    diverged.best_checkpoints = kept[:1]
+    with pytest.raises(RuntimeError, match="is NaN: the training diverged"):
+        best_checkpoint(diverged)
 
 
 @pytest.mark.faults

@@ -24,6 +24,7 @@ from ncf.jsonio import write_atomically
 from ncf.model.files import BEST_VAL_METRIC, VAL_METRIC
 from ncf.train.checkpoint import (
     export_model_dir,
+    is_a_score,
     kept_checkpoints,
     read_train_state,
     resumed_checkpoint,
@@ -91,7 +92,9 @@ def _kept_best(train_dir: str, trial_id: str) -> Optional[Dict]:
     the metrics reported with it."""
     try:
         kept = kept_checkpoints(os.path.join(train_dir, trial_id))
-        scored = [(float(m[VAL_METRIC]), int(m["epoch"]), d, m) for d, m in kept if VAL_METRIC in m]
+        validated = [(m[VAL_METRIC], int(m["epoch"]), d, m) for d, m in kept if VAL_METRIC in m]
+        # A diverged epoch's NaN is never the best (max keeps a NaN it starts from).
+        scored = [(float(v), epoch, d, m) for v, epoch, d, m in validated if is_a_score(v)]
     except (InputError, ValueError, KeyError, TypeError):
         return None
     if not scored:
@@ -101,7 +104,7 @@ def _kept_best(train_dir: str, trial_id: str) -> Optional[Dict]:
         BEST: value,
         "best_epoch": epoch,
         "val_recall@10": float(metrics.get("val_recall@10", np.nan)),
-        "epochs": max(s[1] for s in scored),
+        "epochs": max(v[1] for v in validated),
         CHECKPOINT_PATH: directory,
     }
 

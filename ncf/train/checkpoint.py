@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -326,13 +327,26 @@ def read_optimizer_state(directory: str, mmap: bool = False) -> Optional[Dict]:
 
 
 def best_checkpoint(result):
-    """The checkpoint with the best validation NDCG@10 (validated runs), else the latest (refit)."""
+    """The checkpoint with the best validation NDCG@10 (validated runs), else the latest (refit).
+    An epoch whose validation scored NaN (weights that diverged) is never the best: Ray lists it
+    first, and ``max`` keeps a NaN it starts from."""
     scored = [(c, m) for c, m in (result.best_checkpoints or []) if VAL_METRIC in m]
+    finite = [(c, m) for c, m in scored if is_a_score(m[VAL_METRIC])]
+    if finite:
+        return max(finite, key=lambda cm: cm[1][VAL_METRIC])
     if scored:
-        return max(scored, key=lambda cm: cm[1][VAL_METRIC])
+        raise RuntimeError(
+            f"every kept epoch's {VAL_METRIC} is NaN: the training diverged (its weights are not numbers); "
+            "train again with a lower --lr"
+        )
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint: {result.error or 'no epochs ran'}")
     return result.checkpoint, result.metrics or {}
+
+
+def is_a_score(value) -> bool:
+    """Whether a validation metric is a number (NaN: a diverged epoch's; None: NaN through JSON)."""
+    return value is not None and math.isfinite(float(value))
 
 
 def run_history(result) -> list:
