@@ -1067,12 +1067,16 @@ def test_a_recommender_that_does_not_queue_passes_refuses_another_new_day_meanwh
 def test_a_pass_longer_than_the_wait_goes_on_in_the_background_and_its_day_is_kept(recommender, monkeypatch):
     """Serve's first request for a new past day computed the day in its own worker thread: at a
     billion purchases (minutes) the proxy answered 504 after 30 s and the thread stayed held (a
-    review, 2026-12-07). With ``pass_wait_s`` the pass runs in a thread of its own: a request
-    waits that long, then gets PassBusy (503, Retry-After) while the pass goes on; the day is
-    kept for the next request; a pass that fails is the waiting request's error, and the next
-    request tries again."""
+    review, 2026-12-07). With ``pass_wait_s`` the pass runs in a thread of its own: the request
+    that starts it waits that long, then gets PassBusy (503, Retry-After) while the pass goes on,
+    as requests for that day meanwhile do at once; the day is kept for the next request, even
+    where the kept days were all asked for meanwhile (a second read: it was the oldest, forgotten
+    as it was computed); a pass that fails is the waiting request's error, and the next request
+    tries again."""
     rec = Recommender(recommender.ranker, recommender.version, queue_passes=False, pass_wait_s=0.2)
     slow_day = day_of(rec.state.end) - 86_400
+    kept_days = [slow_day - (i + 1) * 86_400 for i in range(AS_OF_DAYS)]
+    kept = [rec.as_of(day + 60) for day in kept_days]  # short passes: answered within the wait
     entered, release, passes = _slow_pass_of(slow_day, monkeypatch)
     try:
         with pytest.raises(PassBusy, match="that day's products' stats are being computed") as busy:
@@ -1081,21 +1085,21 @@ def test_a_pass_longer_than_the_wait_goes_on_in_the_background_and_its_day_is_ke
         with pytest.raises(PassBusy, match="that day's"):  # the same day meanwhile: no second pass
             rec.as_of(slow_day + 7200)
         with pytest.raises(PassBusy, match="another past day's"):
-            rec.as_of(slow_day - 86_400 + 60)
+            rec.as_of(kept_days[-1] - 86_400 + 60)
+        assert [rec.as_of(day + 120) for day in kept_days] == kept  # each used after the slow day's start
     finally:
         release.set()
     day = rec._days[slow_day]
-    assert day.done.wait(30) and day.error is None
+    assert day.running.done.wait(30) and day.running.error is None
+    assert not day.lock.locked() and not rec._passes.lock.locked()
     assert rec.as_of(slow_day + 60).state.end == slow_day - 1 and passes.count(slow_day) == 1
-    assert not rec._passes.lock.locked() and not day.lock.locked()
-    other = slow_day - 86_400
-    assert rec.as_of(other + 60).state.end == other - 1  # a short pass: answered within the wait
+    assert rec.needs_pass(kept_days[0] + 60) and not rec.needs_pass(kept_days[-1] + 60)  # the oldest went
 
     def failing(state, cutoff, stats=None):
         raise MemoryError("the pass ran out of memory")
 
     monkeypatch.setattr(RankingState, "as_of", failing)
-    failed_day = slow_day - 2 * 86_400
+    failed_day = kept_days[-1] - 86_400
     with pytest.raises(MemoryError, match="ran out of memory"):
         rec.as_of(failed_day + 60)
     assert rec.needs_pass(failed_day + 60) and not rec._passes.lock.locked()

@@ -79,17 +79,23 @@ class PassNeeded(Exception):
         self.at = at
 
 
+class _BackgroundPass:
+    """A pass running in a thread of its own: ``done`` set when it ends, ``error`` what it raised."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: Optional[BaseException] = None
+        self.started = time.monotonic()
+
+
 class _PastDay:
     """A past day's recommender, computed by the first caller while later ones for that day wait
-    (or, passes run in the background, by a thread of its own: ``done`` set when it ends,
-    ``error`` what it raised)."""
+    (or, passes run in the background, by a thread of its own: ``running``, its latest)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.recommender: Optional["Recommender"] = None
-        self.done: Optional[threading.Event] = None
-        self.error: Optional[BaseException] = None
-        self.started = 0.0  # time.monotonic() of the background pass's start
+        self.running: Optional[_BackgroundPass] = None
 
 
 class UnknownProductIds(KeyError):
@@ -217,8 +223,8 @@ class Recommender:
         if past.recommender is not None:  # kept (set once, never unset): no lock to wait on
             return past.recommender
         if not past.lock.acquire(blocking=self.queue_passes):
-            return self._await_day(past, at, wait_s=0.0)
-        in_the_background = False
+            return self._await_day(past, at, past.running, wait_s=0.0)
+        in_the_background: Optional[_BackgroundPass] = None
         try:
             if past.recommender is None:
                 try:
@@ -228,14 +234,13 @@ class Recommender:
                     raise
                 if self.pass_wait_s is None:
                     self._run_pass(past, day, stats)
-                else:
-                    self._start_in_the_background(past, day, stats)
-                    in_the_background = True  # its thread releases past.lock when the pass ends
-            if in_the_background:
-                return self._await_day(past, at, wait_s=self.pass_wait_s)
+                else:  # its thread releases past.lock when the pass ends
+                    in_the_background = self._start_in_the_background(past, day, stats)
+            if in_the_background is not None:
+                return self._await_day(past, at, in_the_background, wait_s=self.pass_wait_s)
             return past.recommender
         finally:
-            if not in_the_background:
+            if in_the_background is None:
                 past.lock.release()
 
     def _start_pass(self, at: int) -> None:
@@ -249,7 +254,9 @@ class Recommender:
             self._passes.lock.release()
             raise
 
-    def _run_pass(self, past: _PastDay, day: int, stats: Optional[ProductStats]) -> None:
+    def _run_pass(
+        self, past: _PastDay, day: int, stats: Optional[ProductStats], in_the_background: bool = False
+    ) -> None:
         """The pass over the purchases for ``day`` (under ``past.lock`` and the pass lock, which
         it releases), then ``past`` kept or, failed, dropped for a later call to try again."""
         started = time.monotonic()
@@ -262,54 +269,62 @@ class Recommender:
             self._passes.last_s = spent
             self._passes.next_at = time.monotonic() + spent * (1.0 / self.pass_share - 1.0)
             self._passes.lock.release()
-            self._settle(past, day)
+            self._settle(past, day, used_last=in_the_background)
 
-    def _start_in_the_background(self, past: _PastDay, day: int, stats: Optional[ProductStats]) -> None:
+    def _start_in_the_background(self, past: _PastDay, day: int, stats: Optional[ProductStats]) -> _BackgroundPass:
         """:meth:`_run_pass` in a thread of its own, which releases ``past.lock`` when it ends."""
-        past.done, past.error, past.started = threading.Event(), None, time.monotonic()
-        thread = threading.Thread(target=self._run_in_the_background, args=(past, day, stats), daemon=True)
+        running = past.running = _BackgroundPass()
+        thread = threading.Thread(target=self._run_in_the_background, args=(past, day, stats, running), daemon=True)
         try:
             thread.start()
         except BaseException:  # no thread to be had: nothing computed, nothing held
             self._passes.lock.release()
             self._settle(past, day)
             raise
+        return running
 
-    def _run_in_the_background(self, past: _PastDay, day: int, stats: Optional[ProductStats]) -> None:
+    def _run_in_the_background(
+        self, past: _PastDay, day: int, stats: Optional[ProductStats], running: _BackgroundPass
+    ) -> None:
         try:
-            self._run_pass(past, day, stats)
+            self._run_pass(past, day, stats, in_the_background=True)
         except BaseException as e:  # noqa: BLE001 - raised for the callers waiting (_await_day)
-            past.error = e
+            running.error = e
         finally:
+            # Set before the lock is released: a caller taking the lock next may start the day's
+            # next pass, and this pass's callers still read this one's outcome.
+            running.done.set()
             past.lock.release()
-            past.done.set()
 
-    def _settle(self, past: _PastDay, day: int) -> None:
+    def _settle(self, past: _PastDay, day: int, used_last: bool = False) -> None:
         """After a pass, or its refusal: the day kept (among the :data:`AS_OF_DAYS` used last)
-        or, not computed, dropped for a later call to try again."""
+        or, not computed, dropped for a later call to try again. ``used_last``: a pass in the
+        background, whose day counts as used now (the days asked for while it ran minutes would
+        make it the oldest, forgotten the moment it was computed)."""
         with self._days_lock:
             if past.recommender is None:
                 if self._days.get(day) is past:
                     del self._days[day]
             elif day not in self._days:  # a retry by a caller that waited on a failed pass
                 self._days[day] = past
+            elif used_last:
+                self._days.move_to_end(day)
             self._forget_oldest_days()
 
-    def _await_day(self, past: _PastDay, at: int, wait_s: float) -> "Recommender":
+    def _await_day(self, past: _PastDay, at: int, running: Optional[_BackgroundPass], wait_s: float) -> "Recommender":
         """``past``'s recommender once its pass is over, waiting at most ``wait_s`` for a pass in
         the background: the caller that started it waits ``pass_wait_s``, the others for that day
         not at all (each wait holds one of a Serve replica's few worker threads, the batches'
         too). Else :class:`PassBusy`, with the seconds the pass may still take where it runs in the
         background; the pass's own error where it failed."""
-        done = past.done
-        if self.pass_wait_s is not None and done is not None and done.wait(wait_s):
-            if past.recommender is None and past.error is not None:
-                raise past.error
+        if self.pass_wait_s is not None and running is not None and running.done.wait(wait_s):
+            if past.recommender is None and running.error is not None:
+                raise running.error
         if past.recommender is not None:  # computed meanwhile
             return past.recommender
-        if self.pass_wait_s is None or done is None:
+        if self.pass_wait_s is None or running is None:
             raise self._busy(at, "that day's")
-        elapsed = time.monotonic() - past.started
+        elapsed = time.monotonic() - running.started
         left = self._passes.last_s - elapsed  # the last pass's length: the best guess there is
         retry = left if left >= 1.0 else max(1.0, self.pass_wait_s)
         raise PassBusy(
