@@ -126,15 +126,16 @@ def sweep_settings(args: argparse.Namespace, use_gpu: bool) -> SweepSettings:
 
 
 def resumed_gpu(setting: str, trained_on_gpus: bool | None) -> str:
-    """``--gpu`` for a resume: ``auto`` goes on as the sweep's trials trained (``yes`` or ``no``):
-    a sweep started on a laptop's CPUs and resumed, with the same command, on a cluster with GPUs
-    was refused as started "with other settings" (a review of tune/, 2026-12-07). Given
-    explicitly, compared once Ray is up (:meth:`SweepSettings.check_resumes`)."""
-    if setting != "auto" or trained_on_gpus is None:
+    """``--gpu`` for a resume: ``auto`` of a sweep whose trials trained on CPUs goes on on CPUs
+    (``no``): started on a laptop and resumed, with the same command, on a cluster with GPUs, it
+    was refused as started "with other settings" (a review of tune/, 2026-12-07). One that
+    trained on GPUs stays ``auto`` (``yes`` would be refused with the advice ``--gpu no``, which
+    the comparison refuses too); given explicitly, compared once Ray is up
+    (:meth:`SweepSettings.check_resumes`, which says where GPUs are missing)."""
+    if setting != "auto" or trained_on_gpus is not False:
         return setting
-    on = "GPUs" if trained_on_gpus else "CPUs"
-    print(f"[sweep] --gpu auto: the sweep's trials trained on {on}; the trials resumed do too", file=sys.stderr)
-    return "yes" if trained_on_gpus else "no"
+    print("[sweep] --gpu auto: the sweep's trials trained on CPUs; the trials resumed do too", file=sys.stderr)
+    return "no"
 
 
 def gpus_at_once(args: argparse.Namespace) -> int:

@@ -413,8 +413,14 @@ def test_a_sweep_started_on_cpus_resumes_with_gpu_auto_where_there_are_gpus(smal
         tune_sweep.main(["--data", data, "--output", str(tmp_path / "sweep"), "--trials", "4", "--resume"])
     assert "--gpu auto: the sweep's trials trained on CPUs; the trials resumed do too" in capsys.readouterr().err
     assert SweepSettings(data=data, output=str(tmp_path / "sweep")).recorded("use_gpu") is False
-    assert [tune_sweep.resumed_gpu("auto", on) for on in (False, True, None)] == ["no", "yes", "auto"]
+    assert [tune_sweep.resumed_gpu("auto", on) for on in (False, True, None)] == ["no", "auto", "auto"]
     assert tune_sweep.resumed_gpu("yes", False) == "yes"  # given: compared once Ray is up, and refused
+    # Trained on GPUs, none found here: where to resume it, not "the same ones" (the same flags).
+    on_gpus = SweepSettings(data=data, output=str(tmp_path / "gpus"), trials=4, use_gpu=True)
+    on_gpus.record()
+    on_gpus.use_gpu = False
+    with pytest.raises(InputError, match=r"--gpu no here\); its trials trained on GPUs: resume it where GPUs are"):
+        on_gpus.check_resumes()
 
 
 @pytest.mark.faults
@@ -1010,6 +1016,17 @@ def test_a_trials_best_epoch_is_what_its_ray_train_run_kept_not_only_what_tune_l
     assert _trial_row(result, point)["best_epoch"] == 3  # Tune's log alone
     row = _trial_row(result, point, str(train_dir))
     assert (row[BEST], row["best_epoch"], row["epochs"], row["val_recall@10"]) == (0.45, 2, 4, 0.225)
+    # A diverged epoch kept (NaN, JSON's null) is never the trial's best (a second read, 2026-12-07).
+    diverged = [
+        {"checkpoint_dir_name": "checkpoint_6", "metrics": {"epoch": 6, VAL_METRIC: float("nan")}},
+        *results,
+        {"checkpoint_dir_name": "checkpoint_5", "metrics": {"epoch": 5, VAL_METRIC: None}},
+    ]
+    write_json(
+        str(train_dir / "t" / RAY_INDEX), {"checkpoint_results": diverged, "latest_checkpoint_result": diverged[-1]}
+    )
+    row = _trial_row(result, point, str(train_dir))
+    assert (row[BEST], row["best_epoch"], row["epochs"]) == (0.45, 2, 6)
     assert row[CHECKPOINT_PATH] == str(train_dir / "t" / "checkpoint_2")
     # An index a kill damaged costs that trial its Ray Train record, not the sweep its table.
     (train_dir / "t" / RAY_INDEX).write_text('{"checkpoint_results": [')
