@@ -249,7 +249,7 @@ def _what_differs(theirs: Dict, ours: Dict) -> str:
     differ = [
         f"{name} {str(theirs.get(name))[:60]}, not {str(ours.get(name))[:60]}"
         for name in sorted(set(theirs) | set(ours))
-        if theirs.get(name) != ours.get(name)
+        if settings_key(theirs.get(name)) != settings_key(ours.get(name))  # as the answers were compared
     ]
     return "other settings (" + "; ".join(differ[:3]) + ")"
 
