@@ -9,5 +9,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # And its "View run ... at: URL" line after each run, written to stdout past its loggers: a
 # tracking server's URL may hold its user and password.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# A tracking server that accepts connections and never answers (wedged, or a load balancer with
+# no backend) held each registry call about 20 minutes with MLflow's defaults (120 s a try, read
+# timeouts retried 7 times with backoff): every deploy of current, nightly run and training's
+# registration. 20 s a try and 4 retries: about 2 minutes, then the store's one line (exit 75).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
 
 __version__ = "0.1.0"  # pyproject.toml's [project] version (a test keeps them equal)

@@ -611,8 +611,9 @@ class Registry:
             self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             self.client.search_registered_models(max_results=1)  # a store that does not open fails here, in one line
         except Exception as e:  # MLflow's and SQLAlchemy's own errors, whose types vary with the store
-            if _busy(self.uri, e):
-                raise store_failed(self.uri, e) from None
+            failed = store_failed(self.uri, e)
+            if isinstance(failed, (StoreBusy, StoreUnreachable)):  # try later (exit 75): locked, or no answer
+                raise failed from None
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise StoreUnavailable(f"tracking store {self.uri}: does not open ({type(e).__name__}: {first})") from None
 

@@ -1164,3 +1164,23 @@ def test_metrics_of_another_model_are_refused_where_a_model_reads_them(model, da
     save_untrained_model_dir(held, data, version="v4", **SMALL)
     with pytest.raises(InputError, match="holds model 'v4' now, not the 'v3' read before: .*saved over"):
         handle.metrics()
+
+
+@pytest.mark.faults
+def test_figures_measured_after_saving_are_not_written_into_a_model_saved_over_meanwhile(model, data, tmp_path):
+    """jobs.train ranks the test weeks after saving, then adds the figures to metrics.json: a
+    training saved into the same --output meanwhile had its metrics.json take this model's test
+    figures and best epoch, which then became its registry tags (a review of ncf/model,
+    2026-12-07). The figures name their model's version; another model there is refused."""
+    import shutil
+
+    from ncf.model.files import read_metrics
+
+    update_metrics(model, {"test": {"ndcg@10": 0.4}}, version="v1")
+    assert read_metrics(model)["test"] == {"ndcg@10": 0.4}
+    other = save_untrained_model_dir(str(tmp_path / "other"), data, version="v2", **SMALL)
+    shutil.rmtree(model)
+    shutil.copytree(other, model)  # saved over meanwhile
+    with pytest.raises(InputError, match="holds model 'v2' now, not the 'v1' read before"):
+        update_metrics(model, {"test": {"ndcg@10": 0.4}, "best_epoch": 3}, version="v1")
+    assert "test" not in read_metrics(model) and "best_epoch" not in read_metrics(model)

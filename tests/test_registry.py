@@ -430,6 +430,47 @@ def test_a_blue_green_link_registers_each_target_so_rollback_reaches_the_old_mod
 
 
 @pytest.mark.faults
+def test_a_tracking_server_that_accepts_and_never_answers_is_try_later_within_minutes(monkeypatch):
+    """A wedged server (or a load balancer without a backend) accepts the connection and never
+    answers: with MLflow's defaults each registry call waited about 20 minutes (120 s a try, read
+    timeouts retried 7 times), then said "does not open" (exit 2) where no answer is exit 75 (a
+    review of the registry, 2026-12-07). ncf sets 20 s a try and 4 retries; the silence is
+    StoreUnreachable. Here 1 s and no retry, against a socket on 127.0.0.1 that never replies."""
+    import socket
+    import threading
+
+    import ncf  # noqa: F401 - sets MLflow's defaults where the environment does not
+
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "20" and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "4"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    silent = socket.create_server(("127.0.0.1", 0))
+    held, stop = [], threading.Event()
+
+    def accept_and_say_nothing():
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])
+            except OSError:
+                continue
+
+    acceptor = threading.Thread(target=accept_and_say_nothing, daemon=True)
+    acceptor.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(reg.StoreUnreachable, match="no server answers there .*try later"):
+            reg.Registry(uri=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        assert time.monotonic() - started < 60 and held  # connected, then given up on
+    finally:
+        stop.set()
+        acceptor.join(5)
+        for connection in held:
+            connection.close()
+        silent.close()
+
+
+@pytest.mark.faults
 def test_verify_seal_refuses_a_registered_directory_given_by_its_path(store, tmp_path, capsys, monkeypatch):
     """`jobs.verify current --seal` was refused (session 63), the same directory by its path was
     sealed again in place: its edited files became what verify called "verified", while the

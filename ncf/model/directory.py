@@ -379,8 +379,10 @@ def written_dir(output: str, version: str) -> str:
     return real
 
 
-def update_metrics(model_dir: str, extra: Dict) -> Dict:
-    """Adds ``extra`` to ``metrics.json`` (e.g. held-out figures measured after saving)."""
-    metrics = {**read_metrics(model_dir), **extra}
+def update_metrics(model_dir: str, extra: Dict, version: Optional[str] = None) -> Dict:
+    """Adds ``extra`` to ``metrics.json`` (e.g. held-out figures measured after saving);
+    ``version``: the model's they are, refused (InputError) where ``metrics.json`` names another
+    (a training saved into the same directory meanwhile: its metrics took this one's figures)."""
+    metrics = {**read_metrics(model_dir, version=version), **extra}
     write_json(os.path.join(model_dir, METRICS), metrics)
     return metrics

@@ -301,7 +301,8 @@ def _read(named: str, name: str, read, path: str):
 
 def verify_model_dir(model_dir: str) -> str:
     """Raises :class:`ModelIntegrityError` unless the directory is whole and self-consistent
-    (see the module docstring); reads every byte once, loads no model into memory.
+    (see the module docstring); reads every byte (the weights twice: their checksums, then their
+    values' finiteness), loads no model into memory.
 
     Returns the directory it verified: ``model_dir`` resolved once (a blue/green link's target),
     which every step reads, so a link repointed meanwhile cannot pass files no step checked;

@@ -124,7 +124,8 @@ def train_evaluate_register(plan: TrainingPlan, progress: Callable[[str], float]
     test = evaluate_all(validated_dir, data, TEST, max_users=plan.test_users or None, baselines=())[0]
     progress(f"ranked {test['users']:,} households of the test weeks in {time.time() - started:.0f} s")
     epochs = best_epoch(validated)
-    update_metrics(written_dir(validated_dir, validated_version), {"test": test, "best_epoch": epochs})
+    written = written_dir(validated_dir, validated_version)
+    update_metrics(written, {"test": test, "best_epoch": epochs}, version=validated_version)
     registered = track_model(validated_dir, data, plan.name, plan.params, candidate=not plan.refit)
     best = validated.metrics.get(BEST_VAL_METRIC, 0.0)
     progress(
