@@ -61,7 +61,7 @@ def test_the_refit_trains_for_the_epoch_whose_weights_were_exported():
     diverged = SimpleNamespace(best_checkpoints=kept, metrics=kept[0][1], checkpoint="epoch 2")
     assert best_checkpoint(diverged)[0] == "epoch 1" and best_epoch(diverged) == 1
     diverged.best_checkpoints = kept[:1]
-    with pytest.raises(RuntimeError, match="is NaN: the training diverged"):
+    with pytest.raises(InputError, match="is NaN: the training diverged"):  # the job's one line, exit 2
         best_checkpoint(diverged)
 
 

@@ -97,8 +97,10 @@ def _kept_best(train_dir: str, trial_id: str) -> Optional[Dict]:
         scored = [(float(v), epoch, d, m) for v, epoch, d, m in validated if is_a_score(v)]
     except (InputError, ValueError, KeyError, TypeError):
         return None
-    if not scored:
+    if not validated:
         return None
+    if not scored:  # every kept epoch diverged: how many it trained, no best
+        return {"epochs": max(v[1] for v in validated)}
     value, epoch, directory, metrics = max(scored, key=lambda s: (s[0], s[1]))  # ties: the last epoch
     return {
         BEST: value,

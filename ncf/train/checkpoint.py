@@ -326,6 +326,10 @@ def read_optimizer_state(directory: str, mmap: bool = False) -> Optional[Dict]:
     return torch.load(path, weights_only=True, map_location="cpu", mmap=mmap) if os.path.exists(path) else None
 
 
+class TrainingDiverged(InputError):
+    """Every kept epoch's validation scored NaN: nothing to export (the job's one line, exit 2)."""
+
+
 def best_checkpoint(result):
     """The checkpoint with the best validation NDCG@10 (validated runs), else the latest (refit).
     An epoch whose validation scored NaN (weights that diverged) is never the best: Ray lists it
@@ -335,9 +339,9 @@ def best_checkpoint(result):
     if finite:
         return max(finite, key=lambda cm: cm[1][VAL_METRIC])
     if scored:
-        raise RuntimeError(
-            f"every kept epoch's {VAL_METRIC} is NaN: the training diverged (its weights are not numbers); "
-            "train again with a lower --lr"
+        raise TrainingDiverged(
+            f"every kept epoch's {VAL_METRIC} is NaN: the training diverged (its weights are not numbers; its "
+            "checkpoints are kept); train again with a lower --lr"
         )
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint: {result.error or 'no epochs ran'}")
