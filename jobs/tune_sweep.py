@@ -130,12 +130,26 @@ def resumed_gpu(setting: str, trained_on_gpus: bool | None) -> str:
     (``no``): started on a laptop and resumed, with the same command, on a cluster with GPUs, it
     was refused as started "with other settings" (a review of tune/, 2026-12-07). One that
     trained on GPUs stays ``auto`` (``yes`` would be refused with the advice ``--gpu no``, which
-    the comparison refuses too); given explicitly, compared once Ray is up
-    (:meth:`SweepSettings.check_resumes`, which says where GPUs are missing)."""
+    the comparison refuses too), and :func:`refuse_gpus_missing` says where none are found;
+    given explicitly, compared once Ray is up (:meth:`SweepSettings.check_resumes`)."""
     if setting != "auto" or trained_on_gpus is not False:
         return setting
     print("[sweep] --gpu auto: the sweep's trials trained on CPUs; the trials resumed do too", file=sys.stderr)
     return "no"
+
+
+def refuse_gpus_missing(args: argparse.Namespace) -> None:
+    """A sweep whose trials trained on GPUs, resumed with ``--gpu auto`` where it found too few:
+    try later after ``--gpu-wait`` waited (an autoscaler's nodes may still come), else where
+    GPUs are. Not "started with other settings ... the same ones": the flags were the same."""
+    if gpu_wait_applies(args):
+        raise TryLater(
+            f"--resume: {args.output}'s trials trained on GPUs and too few came within --gpu-wait {args.gpu_wait:g}; "
+            "try later"
+        )
+    raise InputError(
+        f"--resume: {args.output}'s trials trained on GPUs and this Ray cluster has too few: resume it where GPUs are"
+    )
 
 
 def gpus_at_once(args: argparse.Namespace) -> int:
@@ -186,15 +200,19 @@ def main(argv=None):
         refuse_unpacked_outputs(args, ("--output",))
         check_data(args.data, runs=(VALIDATED, REFIT) if args.refit else (VALIDATED,))
         check_sweep_directory(args.output, args.data, args.resume)
+        trained_on_gpus, auto = None, args.gpu == "auto"
         if args.resume:  # before Ray starts and --gpu-wait waits; whether GPUs train needs the cluster
             resumed = sweep_settings(args, use_gpu=False)
             resumed.check_resumes(skip=("use_gpu",))
-            args.gpu = resumed_gpu(args.gpu, resumed.recorded("use_gpu"))
+            trained_on_gpus = resumed.recorded("use_gpu")
+            args.gpu = resumed_gpu(args.gpu, trained_on_gpus)
         init_ray()
         # Before --gpu-wait asks the autoscaler for GPUs: a job that is refused asks for nothing.
         with training_slot(f"jobs.tune_sweep {os.path.abspath(args.output)}"):
             wanted = gpus_at_once(args)  # reads a resumed sweep's whole state: once
             gpu = training_on_gpu(args, workers=args.workers, wait_for=wanted)
+            if auto and trained_on_gpus and not gpu:
+                refuse_gpus_missing(args)
             if gpu:
                 check_gpus_for_trials_at_once(args, wanted, waited=gpu_wait_applies(args))
             settings = sweep_settings(args, use_gpu=gpu)

@@ -415,12 +415,19 @@ def test_a_sweep_started_on_cpus_resumes_with_gpu_auto_where_there_are_gpus(smal
     assert SweepSettings(data=data, output=str(tmp_path / "sweep")).recorded("use_gpu") is False
     assert [tune_sweep.resumed_gpu("auto", on) for on in (False, True, None)] == ["no", "auto", "auto"]
     assert tune_sweep.resumed_gpu("yes", False) == "yes"  # given: compared once Ray is up, and refused
-    # Trained on GPUs, none found here: where to resume it, not "the same ones" (the same flags).
-    on_gpus = SweepSettings(data=data, output=str(tmp_path / "gpus"), trials=4, use_gpu=True)
-    on_gpus.record()
-    on_gpus.use_gpu = False
-    with pytest.raises(InputError, match=r"--gpu no here\); its trials trained on GPUs: resume it where GPUs are"):
-        on_gpus.check_resumes()
+    # Trained on GPUs, too few found with --gpu auto: where to resume it, not "started with other
+    # settings ... the same ones" (the same flags); after --gpu-wait on an autoscaling cluster, later.
+    from types import SimpleNamespace
+
+    from ncf.errors import TryLater
+
+    gone = SimpleNamespace(output="SWEEP", gpu_wait=0.0)
+    with pytest.raises(InputError, match="SWEEP's trials trained on GPUs and this Ray cluster has too few: resume"):
+        tune_sweep.refuse_gpus_missing(gone)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    gone.gpu_wait = 600.0
+    with pytest.raises(TryLater, match="too few came within --gpu-wait 600; try later"):
+        tune_sweep.refuse_gpus_missing(gone)
 
 
 @pytest.mark.faults

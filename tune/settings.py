@@ -92,16 +92,9 @@ class SweepSettings:
             if name in saved and name not in (*CHANGEABLE_ON_RESUME, *skip) and saved[name] != ours[name]
         ]
         if differ:
-            gpus = saved.get("use_gpu") and not ours["use_gpu"] and "use_gpu" not in skip
             raise InputError(
                 f"--resume: {self.output} was started with other settings ({'; '.join(differ)}); "
-                + (
-                    # --gpu auto found none: the same flags, so "the same ones" would not help.
-                    "its trials trained on GPUs: resume it where GPUs are "
-                    "(--gpu-wait S waits for an autoscaler to add them)"
-                    if gpus
-                    else "resume it with the same ones"
-                )
+                "resume it with the same ones"
             )
         check_same_data(self.output, self.data, saved.get(DATA_DIGESTS))
         if saved.get(SPACE) is not None and saved[SPACE] != _space(self.data):
