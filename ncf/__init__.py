@@ -12,8 +12,11 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 # A tracking server that accepts connections and never answers (wedged, or a load balancer with
 # no backend) held each registry call about 20 minutes with MLflow's defaults (120 s a try, read
 # timeouts retried 7 times with backoff): every deploy of current, nightly run and training's
-# registration. 20 s a try and 4 retries: about 2 minutes, then the store's one line (exit 75).
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
+# registration. 60 s a try and 3 retries: about 4 minutes, then the store's one line (exit 75).
+# Not shorter: a read timeout is retried whatever the method, so a create_run or
+# create_model_version the server took but answered late would be sent again (a second run or
+# version).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 
 __version__ = "0.1.0"  # pyproject.toml's [project] version (a test keeps them equal)

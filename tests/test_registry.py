@@ -434,14 +434,14 @@ def test_a_tracking_server_that_accepts_and_never_answers_is_try_later_within_mi
     """A wedged server (or a load balancer without a backend) accepts the connection and never
     answers: with MLflow's defaults each registry call waited about 20 minutes (120 s a try, read
     timeouts retried 7 times), then said "does not open" (exit 2) where no answer is exit 75 (a
-    review of the registry, 2026-12-07). ncf sets 20 s a try and 4 retries; the silence is
+    review of the registry, 2026-12-07). ncf sets 60 s a try and 3 retries; the silence is
     StoreUnreachable. Here 1 s and no retry, against a socket on 127.0.0.1 that never replies."""
     import socket
     import threading
 
     import ncf  # noqa: F401 - sets MLflow's defaults where the environment does not
 
-    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "20" and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "4"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "60" and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     silent = socket.create_server(("127.0.0.1", 0))
@@ -648,6 +648,31 @@ def test_a_sweep_trial_restarted_by_resume_keeps_its_run_and_a_moved_sweep_finds
         "an epoch's metrics not recorded, the sweep goes on (tracking store",
         "a trial's end not recorded, the sweep goes on (tracking store",
     ], said
+    # A server that stops answering: each call waited out MLflow's timeouts and retries (minutes)
+    # inside Tune's loop, per epoch and per trial (a second read, 2026-12-07). Asked no more.
+    asked = []
+
+    def silent(*args, **kwargs):
+        asked.append(1)
+        from mlflow.exceptions import MlflowException
+
+        raise MlflowException(  # the client's words, as mlflow.utils.rest_utils raises them
+            "API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/log-batch failed with exception "
+            "HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded with url: "
+            "/api/2.0/mlflow/runs/log-batch (Caused by ReadTimeoutError(\"HTTPConnectionPool(host='127.0.0.1', "
+            'port=5000): Read timed out. (read timeout=60)"))'
+        )
+
+    logger.tracking_uri = "http://127.0.0.1:5000"
+    monkeypatch.setattr(logger.mlflow_util, "log_metrics", silent)
+    monkeypatch.setattr(logger.mlflow_util, "end_run", silent)
+    for epoch in (1, 2, 3):
+        logger.log_trial_result(1, other, {"epoch": epoch, "val_ndcg@10": 0.3})
+    logger.log_trial_end(other)
+    logger.log_trial_start(Trial("train_trial", config={}, trial_id="fghij_00002", stub=True))
+    said = capsys.readouterr().out
+    assert asked == [1] and said.count("no answer") == 1, said
+    assert "recording nothing more there until it is resumed" in said
 
 
 def test_current_with_nothing_registered_is_a_one_line_error(store, capsys, tmp_path):

@@ -18,7 +18,15 @@ from typing import Dict
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from ncf.errors import without_passwords
-from ncf.registry import SWEEP_EXPERIMENT, Registry, code_version, numeric, tracking_uri
+from ncf.registry import (
+    SWEEP_EXPERIMENT,
+    Registry,
+    StoreUnreachable,
+    code_version,
+    numeric,
+    store_failed,
+    tracking_uri,
+)
 
 # What Tune adds to each result that is not a metric of the trial.
 TUNE_BOOKKEEPING = {
@@ -50,6 +58,8 @@ class TrialLogger(MLflowLoggerCallback):
 
     def log_trial_start(self, trial) -> None:
         self.tags = {**self.tags, "trial_id": trial.trial_id}
+        if self._store_silent():
+            return
         if trial not in self._trial_runs:
             # A trial restarted by --resume keeps the run its first attempt started (this
             # callback's runs are not part of Tune's saved state): one run per trial.
@@ -102,18 +112,34 @@ class TrialLogger(MLflowLoggerCallback):
         """The trials whose runs this callback ended in this Tune run (``setup`` starts it empty)."""
         return self.__dict__.setdefault("_ended_trials", set())
 
+    def _store_silent(self) -> bool:
+        """Whether the store stopped answering during this Tune run (then nothing more is sent)."""
+        return bool(self.__dict__.get("_silent_store"))
+
     def _logged(self, what: str, call, *args, **kwargs) -> None:
         """``call`` to the tracking store, recording ``what``; a store lost during the sweep costs
         the trials' MLflow records, said on the first failure of each kind, not the sweep (Tune
-        calls its callbacks without a guard: one raising here ended every trial)."""
+        calls its callbacks without a guard: one raising here ended every trial). A store that
+        does not answer at all is not asked again in this Tune run: each call waited out MLflow's
+        timeouts and retries (minutes), holding Tune's loop, per epoch and per trial."""
+        if self._store_silent():
+            return
         try:
             call(*args, **kwargs)
         except Exception as e:  # MLflow's own errors vary with the store
+            first = without_passwords((str(e).strip().splitlines() or [type(e).__name__])[0])[:300]
+            where = f"[registry] tracking store {without_passwords(self.tracking_uri)}"
+            if isinstance(store_failed(self.tracking_uri or "", e), StoreUnreachable):
+                self.__dict__["_silent_store"] = True
+                print(
+                    f"{where}: {what} not recorded, no answer ({first}): the sweep goes on, recording nothing "
+                    "more there until it is resumed",
+                    flush=True,
+                )
+                return
             said = self.__dict__.setdefault("_store_errors", set())
             if what not in said:
                 said.add(what)
-                first = without_passwords((str(e).strip().splitlines() or [type(e).__name__])[0])[:300]
-                where = f"[registry] tracking store {without_passwords(self.tracking_uri)}"
                 print(f"{where}: {what} not recorded, the sweep goes on ({first})", flush=True)
 
 
