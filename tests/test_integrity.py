@@ -1184,3 +1184,7 @@ def test_figures_measured_after_saving_are_not_written_into_a_model_saved_over_m
     with pytest.raises(InputError, match="holds model 'v2' now, not the 'v1' read before"):
         update_metrics(model, {"test": {"ndcg@10": 0.4}, "best_epoch": 3}, version="v1")
     assert "test" not in read_metrics(model) and "best_epoch" not in read_metrics(model)
+    os.remove(os.path.join(model, METRICS))  # no figures there yet: compared all the same (a second read)
+    with pytest.raises(InputError, match="holds model 'v2' now"):
+        update_metrics(model, {"best_epoch": 3}, version="v1")
+    assert not os.path.exists(os.path.join(model, METRICS))

@@ -159,6 +159,7 @@ def read_metrics(
     model_dir = os.path.realpath(model_dir)
     path = os.path.join(model_dir, METRICS)
     if not os.path.lexists(path):
+        _check_still(model_dir, named, version)
         return {}
     try:
         metrics = read_small_json(path)
@@ -176,15 +177,21 @@ def read_metrics(
 METRICS_VERSION = "model_version"
 
 
-def _check_metrics_version(model_dir: str, named: str, metrics: Dict, version: Optional[str] = None) -> None:
-    if METRICS_VERSION not in metrics:
-        return  # written before the field existed: nothing to compare
+def _check_still(model_dir: str, named: str, version: Optional[str]) -> Optional[str]:
+    """config.json's version, refused (InputError) where it is not ``version`` (a handle's, or a
+    training's, resolved earlier): the directory was saved over since."""
     on_disk = _config_version(model_dir)
-    if version is not None and on_disk is not None and on_disk != version:  # a handle's, resolved earlier
+    if version is not None and on_disk is not None and on_disk != version:
         raise InputError(
-            f"{named}: holds model {on_disk!r} now, not the {version!r} read before: the directory was saved "
-            "over since; read it again"
+            f"{named}: holds model {on_disk!r} now, not the {version!r} read before: the directory was saved over since"
         )
+    return on_disk
+
+
+def _check_metrics_version(model_dir: str, named: str, metrics: Dict, version: Optional[str] = None) -> None:
+    on_disk = _check_still(model_dir, named, version)
+    if METRICS_VERSION not in metrics:
+        return  # written before the field existed: nothing more to compare
     version = version if version is not None else on_disk
     if version is not None and metrics[METRICS_VERSION] != version:
         raise InputError(
