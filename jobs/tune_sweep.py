@@ -139,17 +139,20 @@ def resumed_gpu(setting: str, trained_on_gpus: bool | None) -> str:
 
 
 def refuse_gpus_missing(args: argparse.Namespace) -> None:
-    """A sweep whose trials trained on GPUs, resumed with ``--gpu auto`` where it found too few:
-    try later after ``--gpu-wait`` waited (an autoscaler's nodes may still come), else where
-    GPUs are. Not "started with other settings ... the same ones": the flags were the same."""
+    """A sweep whose trials trained on GPUs, resumed with ``--gpu auto`` where they would not:
+    a build without CUDA here is said (no wait would mend it); after ``--gpu-wait`` waited on an
+    autoscaling cluster, try later (its nodes may still come); else where GPUs are. Not "started
+    with other settings ... the same ones": the flags were the same."""
+    from ncf.device import gpu_build_missing
+
+    trained = f"--resume: {args.output}'s trials trained on GPUs"
+    missing = gpu_build_missing(training=True)
+    if missing:
+        raise InputError(f"{trained} and {missing}: install the CUDA builds (make setup ACCEL=cuda)")
     if gpu_wait_applies(args):
-        raise TryLater(
-            f"--resume: {args.output}'s trials trained on GPUs and too few came within --gpu-wait {args.gpu_wait:g}; "
-            "try later"
-        )
-    raise InputError(
-        f"--resume: {args.output}'s trials trained on GPUs and this Ray cluster has too few: resume it where GPUs are"
-    )
+        raise TryLater(f"{trained} and too few came within --gpu-wait {args.gpu_wait:g}; try later")
+    waits = " (--gpu-wait S waits for an autoscaler to add them)" if os.environ.get("RAY_ADDRESS") else ""
+    raise InputError(f"{trained} and this Ray cluster has too few: resume it where GPUs are{waits}")
 
 
 def gpus_at_once(args: argparse.Namespace) -> int:

@@ -419,15 +419,26 @@ def test_a_sweep_started_on_cpus_resumes_with_gpu_auto_where_there_are_gpus(smal
     # settings ... the same ones" (the same flags); after --gpu-wait on an autoscaling cluster, later.
     from types import SimpleNamespace
 
+    from ncf import device
     from ncf.errors import TryLater
 
     gone = SimpleNamespace(output="SWEEP", gpu_wait=0.0)
-    with pytest.raises(InputError, match="SWEEP's trials trained on GPUs and this Ray cluster has too few: resume"):
+    monkeypatch.setattr(device, "gpu_build_missing", lambda training=False: None)  # as on a CUDA build
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(
+        InputError, match="SWEEP's trials trained on GPUs and this Ray cluster has too few: resume it where GPUs are$"
+    ):
         tune_sweep.refuse_gpus_missing(gone)
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    with pytest.raises(InputError, match=r"where GPUs are \(--gpu-wait S waits for an autoscaler"):
+        tune_sweep.refuse_gpus_missing(gone)
     gone.gpu_wait = 600.0
     with pytest.raises(TryLater, match="too few came within --gpu-wait 600; try later"):
         tune_sweep.refuse_gpus_missing(gone)
+    monkeypatch.setattr(device, "gpu_build_missing", lambda training=False: "fbgemm is installed as its CPU build")
+    with pytest.raises(InputError, match="and fbgemm is installed as its CPU build: install the CUDA builds") as built:
+        tune_sweep.refuse_gpus_missing(gone)  # no wait mends it: not try later
+    assert not isinstance(built.value, TryLater)
 
 
 @pytest.mark.faults
@@ -718,6 +729,10 @@ def test_the_winner_is_the_best_trial_with_a_checkpoint():
     # Every trial failed (out of memory, a GPU it could not use): the job ends with this one line,
     # exit 1, where RuntimeError's traceback ended it.
     with pytest.raises(NoTrialFinished, match=r"none of the sweep's 2 trials reported a checkpoint .*error\.txt"):
+        winner(table.iloc[[0, 2]])
+    # Trials that trained and validated to NaN only are said to have diverged: they have no error.txt.
+    table["epochs"] = [0, 0, 2]
+    with pytest.raises(NoTrialFinished, match=r"trials .*: 1 validated to NaN only \(diverged: .*\), 1 failed \("):
         winner(table.iloc[[0, 2]])
 
 

@@ -142,9 +142,18 @@ def winner(table: pd.DataFrame) -> pd.Series:
     done = table.dropna(subset=[BEST])
     done = done[done[CHECKPOINT_PATH].notna()]
     if done.empty:
+        # Trials that trained and validated to NaN only (no error of theirs): a range that diverges.
+        trained = table.get("epochs", pd.Series(0, index=table.index)).fillna(0) > 0
+        diverged = int((trained & (table.get("status", pd.Series("", index=table.index)) == "done")).sum())
+        where = "error.txt of its folder under SWEEP/tune/sweep/"
         raise NoTrialFinished(
-            f"none of the sweep's {len(table)} trials reported a checkpoint with {VAL_METRIC}: each failed; "
-            "its error is in error.txt of its folder under SWEEP/tune/sweep/"
+            f"none of the sweep's {len(table)} trials reported a checkpoint with {VAL_METRIC}: "
+            + (
+                f"{diverged} validated to NaN only (diverged: a learning rate too high for them), "
+                f"{len(table) - diverged} failed (a failed trial's error is in {where})"
+                if diverged
+                else f"each failed; its error is in {where}"
+            )
         )
     return done.iloc[0]
 

@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 from typing import Dict
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -39,6 +40,10 @@ TUNE_BOOKKEEPING = {
     "training_iteration",
     "done",
 }
+
+
+# How MLflow's client words a request that got no answer in time (urllib3's read and connect timeouts).
+_TIMED_OUT = re.compile(r"timed out|ConnectTimeoutError")
 
 
 class TrialLogger(MLflowLoggerCallback):
@@ -129,11 +134,14 @@ class TrialLogger(MLflowLoggerCallback):
         except Exception as e:  # MLflow's own errors vary with the store
             first = without_passwords((str(e).strip().splitlines() or [type(e).__name__])[0])[:300]
             where = f"[registry] tracking store {without_passwords(self.tracking_uri)}"
-            if isinstance(store_failed(self.tracking_uri or "", e), StoreUnreachable):
+            # A silence, not a refusal: a server restarting refuses for seconds (then answers again),
+            # one wedged holds each call for MLflow's timeouts and retries.
+            unreachable = isinstance(store_failed(self.tracking_uri or "", e), StoreUnreachable)
+            if unreachable and _TIMED_OUT.search(str(e)):
                 self.__dict__["_silent_store"] = True
                 print(
-                    f"{where}: {what} not recorded, no answer ({first}): the sweep goes on, recording nothing "
-                    "more there until it is resumed",
+                    f"{where}: {what} not recorded, no answer in time ({first}): the sweep goes on, recording "
+                    "nothing more there until it is resumed",
                     flush=True,
                 )
                 return
