@@ -265,9 +265,11 @@ class RecommenderDeployment:
         return await self._rank_batch(requests)
 
     async def _rank_batch(self, requests: List[RecommendRequest]) -> List[Dict]:
-        # In a thread, as FastAPI runs the plain routes: ranking is seconds of CPU for an explained
-        # batch, which on the event loop would stall /healthz and every other route meanwhile. No
-        # pass runs here (start_passes False): a day not kept is the route's (PassNeeded).
+        # In a thread (the event loop's default executor: Ray sizes it from the replica's CPUs, five
+        # at half a CPU, where FastAPI's plain routes run in anyio's pool): ranking is seconds of
+        # CPU for an explained batch, which on the event loop would stall /healthz and every other
+        # route meanwhile. No pass runs here (start_passes False): a day not kept is the route's
+        # (PassNeeded), whose wait for a pass it starts is bounded (PASS_WAIT_S).
         return await asyncio.to_thread(self._ready().recommend_many, requests, False)
 
     @app.post("/recommend/batch", response_model=BatchRecommendResponse, response_model_exclude_none=True)
