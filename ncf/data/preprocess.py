@@ -1005,9 +1005,9 @@ def _read_and_validate(logs: schema.InputFiles, config: PreprocessConfig, output
         quarantine = layout.quarantine_dir(output)
         hint = (
             _out_of_range_hint(quarantine)
-            if _mostly_out_of_range(by_reason)
+            if _mostly(by_reason, schema.TIMESTAMP_OUT_OF_RANGE)
             else _bad_timestamp_hint(quarantine)
-            if by_reason.get(schema.BAD_TIMESTAMP, 0) * 2 > sum(by_reason.values())
+            if _mostly(by_reason, schema.BAD_TIMESTAMP)
             else ""
         )
         raise schema.InputError(f"{logs.paths[0]}: no valid purchase rows (all {read.rows_in:,} quarantined){hint}")
@@ -1091,10 +1091,22 @@ _EPOCH_MS_BEFORE_2001 = "epoch milliseconds (12 digits, before 2001): give epoch
 _OUT_OF_RANGE_SAMPLE = 1_000
 
 
-def _mostly_out_of_range(by_reason: Dict[str, int]) -> bool:
-    """Whether most quarantined rows are timestamp_out_of_range (every row, in a log of epoch
-    milliseconds; a few malformed lines aside)."""
-    return by_reason.get(schema.TIMESTAMP_OUT_OF_RANGE, 0) * 2 > sum(by_reason.values())
+def _mostly(by_reason: Dict[str, int], reason: str) -> bool:
+    """Whether most quarantined rows are of ``reason`` (timestamp_out_of_range: every row, in a
+    log of epoch milliseconds, a few malformed lines aside)."""
+    return by_reason.get(reason, 0) * 2 > sum(by_reason.values())
+
+
+def _quarantined_timestamps(quarantine: str, reason: str) -> Optional[List]:
+    """The raw timestamp text of a sample of the quarantine's ``reason`` rows (None where the
+    quarantine does not read: no hint then)."""
+    try:
+        sample = pads.dataset(quarantine, format="parquet").head(
+            _OUT_OF_RANGE_SAMPLE, columns=[schema.TIMESTAMP], filter=pc.field(schema.REASON) == reason
+        )
+    except (pa.ArrowException, OSError):
+        return None
+    return sample.column(schema.TIMESTAMP).to_pylist()
 
 
 # A spreadsheet's dates in a locale's order (11/27/2017 4:01, 27.11.2017): day and month cannot
@@ -1104,15 +1116,8 @@ _LOCALE_DATE = re.compile(r"^\s*[0-9]{1,2}[/.-][0-9]{1,2}[/.-][0-9]{2,4}(\s|$)")
 
 def _bad_timestamp_hint(quarantine: str) -> str:
     """What bad timestamps most likely are, from a sample of their raw text in the quarantine:
-    a spreadsheet's locale dates (``11/27/2017 4:01``); "" otherwise (or where most rows are
-    not bad timestamps)."""
-    try:
-        sample = pads.dataset(quarantine, format="parquet").head(
-            _OUT_OF_RANGE_SAMPLE, columns=[schema.TIMESTAMP], filter=pc.field(schema.REASON) == schema.BAD_TIMESTAMP
-        )
-    except (pa.ArrowException, OSError):
-        return ""
-    texts = [t for t in sample.column(schema.TIMESTAMP).to_pylist() if t]
+    a spreadsheet's locale dates (``11/27/2017 4:01``); "" otherwise."""
+    texts = [t for t in _quarantined_timestamps(quarantine, schema.BAD_TIMESTAMP) or [] if t]
     dates = [t for t in texts if _LOCALE_DATE.match(t)]
     if not texts or len(dates) < 0.9 * len(texts):
         return ""
@@ -1127,15 +1132,10 @@ def _out_of_range_hint(quarantine: str) -> str:
     """What out-of-range timestamps most likely are, from a sample of their raw text in the
     quarantine: numbers of 13 digits (epoch milliseconds read as seconds), 8 (YYYYMMDD)...; ""
     when they are no such numbers."""
-    try:
-        sample = pads.dataset(quarantine, format="parquet").head(
-            _OUT_OF_RANGE_SAMPLE,
-            columns=[schema.TIMESTAMP],
-            filter=pc.field(schema.REASON) == schema.TIMESTAMP_OUT_OF_RANGE,
-        )
-    except (pa.ArrowException, OSError):
+    sample = _quarantined_timestamps(quarantine, schema.TIMESTAMP_OUT_OF_RANGE)
+    if sample is None:
         return ""
-    numbers = pd.to_numeric(pd.Series(sample.column(schema.TIMESTAMP).to_pylist(), dtype=object), errors="coerce")
+    numbers = pd.to_numeric(pd.Series(sample, dtype=object), errors="coerce")
     numbers = numbers[numbers.notna() & (numbers.abs() >= 1)].abs()
     if numbers.empty:
         return ""
