@@ -233,6 +233,21 @@ def day_of(at: int) -> int:
     return int(at) - int(at) % 86_400
 
 
+def after_the_data(end: int) -> int:
+    """``data-end``: the first moment after the data's last purchase ``end``, when every purchase
+    is history. ``end + 1``, or the end of its UTC day where ``end`` is at midnight: in a log of
+    dates that day's purchases, stamped 00:00, were made during it, and the training moments of
+    such a log are midnights, where each purchase is at least a day old (a second-old one at
+    ``end + 1`` was a duration training never saw).
+
+    Example::
+
+        after_the_data(1511755281)  # 1511755282
+        after_the_data(1511740800)  # 1511827200 (2017-11-27 00:00 UTC: the 28th's midnight)
+    """
+    return int(end) + (86_400 if int(end) % 86_400 == 0 else 1)
+
+
 def first_rankable(first_purchase: int) -> int:
     """The first moment a past ranking can be asked for, given the data's first purchase: the end
     of that purchase's UTC day. A past moment ranks from the products' stats at the start of its

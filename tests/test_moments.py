@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 from datetime import date, datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -220,3 +221,22 @@ def test_a_python_api_moment_out_of_range_is_refused_whatever_its_form(value, hi
     with pytest.raises(InputError, match=f"out of range.*{hint}"):
         moment_of(value, data_end=0)
     assert moment_of(0, data_end=0) == 0 and moment_of(1511755281, data_end=0) == 1511755281
+
+
+def test_data_end_of_a_log_of_dates_is_the_midnight_after_its_last_day():
+    """A log of dates stamps a day's purchases 00:00; its training moments are midnights (a list's
+    moment is the household's first purchase after the cutoff, not the cutoff), where each
+    purchase is at least a day old. ``data-end`` was the second after the last purchase, so the
+    last day's purchases ranked as a second old (reviews of ncf/data, 2026-12-06 and 12-07; the
+    fix was reverted in between on the cutoffs' reading)."""
+    from ncf.batch.scoring import after_the_data as used_by_the_nightly_job
+    from ncf.moments import after_the_data, resolve_at
+    from ncf.rank.recommender import Recommender
+
+    midnight = 1511740800  # 2017-11-27T00:00:00Z
+    assert after_the_data(midnight) == midnight + 86_400
+    assert after_the_data(MOMENT) == MOMENT + 1  # a log with times: the second after
+    assert used_by_the_nightly_job is after_the_data
+    assert resolve_at("data-end", after_the_data(midnight)) == 1511827200  # 2017-11-28
+    Rec = type("Rec", (), {"state": SimpleNamespace(end=midnight), "default_at": Recommender.default_at})
+    assert Recommender.moment(Rec(), None) == Recommender.moment(Rec(), "data-end") == midnight + 86_400

@@ -97,7 +97,16 @@ from ncf.errors import InputError, raised_within
 from ncf.jsonio import read_json, write_json
 from ncf.model.ann import index_path
 from ncf.model.directory import WEIGHTS, ModelDir, read_config
-from ncf.moments import AHEAD_OF_THE_CLOCK_S, NOW, SECONDS_PER_DAY, day_of, first_rankable, resolve_at, run_date_of
+from ncf.moments import (
+    AHEAD_OF_THE_CLOCK_S,
+    NOW,
+    SECONDS_PER_DAY,
+    after_the_data,
+    day_of,
+    first_rankable,
+    resolve_at,
+    run_date_of,
+)
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import CHUNK_USERS, MAX_K
 from ncf.rank.state import (
@@ -669,7 +678,7 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_i
     stats = layout.DataStats(config.data)
     check_catalog(model_config["model"], stats.vocab_sizes, config.data)
     # data-end: the first moment after DATA's last purchase, so that every purchase is history.
-    at = resolve_at(config.at, stats.end + 1, now=now)
+    at = resolve_at(config.at, after_the_data(stats.end), now=now)
     if at < first_rankable(stats.boundaries["start"]):
         # The products' stats of a past moment are those of its day's start: nothing known yet.
         raise InputError(
@@ -747,7 +756,9 @@ def run_batch_scoring(
     data_boundaries = layout.DataStats(config.data).boundaries
     data_end = data_boundaries["end"]
     replay = at <= data_end
-    if config.at == NOW and at - now > AHEAD_OF_THE_CLOCK_S:  # seconds of a live refresh's skew: no warning
+    # The last purchase, not ``at``: a log of dates ranks "now" at the midnight after its last day,
+    # hours ahead of the clock on that day with nothing stamped past it.
+    if config.at == NOW and data_end - now > AHEAD_OF_THE_CLOCK_S:  # a live refresh's skew: no warning
         log(
             f"DATA's last purchase ({run_date_of(data_end)}, {(data_end - now) / 3600:.1f} hours after the clock) is "
             "past now: ranking at data-end, every purchase it holds history; are the log's timestamps local times "

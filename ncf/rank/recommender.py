@@ -28,7 +28,7 @@ from ncf.data.examples import check_features_version
 from ncf.data.product_stats import ProductStats
 from ncf.data.vocab import UNKNOWN_INDEX
 from ncf.model.directory import ModelDir
-from ncf.moments import as_datetime, day_of, first_rankable, moment_of, run_date_of
+from ncf.moments import after_the_data, as_datetime, day_of, first_rankable, moment_of, run_date_of
 from ncf.rank.candidates import RankingSettings
 from ncf.rank.ranker import Ranker, Ranking, check_k
 from ncf.rank.reasons import Reason
@@ -400,11 +400,9 @@ class Recommender:
 
     @property
     def default_at(self) -> int:
-        """The first moment after the state's data: every purchase it holds is history. In a log
-        of dates too, the second after its last day's midnight: its training moments (cutoffs
-        stepped back from the data's end + 1) are such seconds, where a purchase of that day is
-        0 days old, as here (a midnight after it would be a duration training never saw)."""
-        return self.state.end + 1
+        """The first moment after the state's data: every purchase it holds is history
+        (:func:`ncf.moments.after_the_data`: a log of dates, the midnight after its last day)."""
+        return after_the_data(self.state.end)
 
     def moment(self, at) -> int:
         """``at`` in epoch seconds (None: :attr:`default_at`), read as a job's ``--at`` is
