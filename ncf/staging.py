@@ -232,7 +232,17 @@ def _finish(record: Dict, journal: str) -> None:
     # deleted (a read-only folder copied into a model, an NFS file still open) failed this run
     # after its output was in place, and every later run's roll-forward on the same step.
     os.remove(journal)
-    fsync_parent(journal)
+    try:
+        fsync_parent(journal)
+    except OSError as e:
+        # The swap is done: raised here, the run reported an error after its output was in place
+        # and skipped the old tree's removal. A journal brought back by a crash finds nothing left
+        # to do but this.
+        print(
+            f"[staging] the swap into {final} is done; its journal's removal may not be on disk ({os_error_words(e)})",
+            file=sys.stderr,
+            flush=True,
+        )
     remove_or_say(parked)
 
 

@@ -226,6 +226,27 @@ def test_a_replaced_partition_that_cannot_be_removed_never_stops_the_next_nights
     assert not [n for n in os.listdir(os.path.join(output, commit.TMP)) if n.startswith(commit.REPLACED)]
 
 
+@pytest.mark.faults
+def test_a_failing_fsync_after_the_swap_ends_the_commit_as_done(tmp_path, monkeypatch, capsys):
+    """EIO from the fsync of the journal's removal, the swap done: the commit raised, so the run
+    skipped its transient files' and the old partition's removal and reported a commit "finished
+    from its journal" that had none (a review, 2026-12-07). Now said, and the commit completes."""
+    output = str(tmp_path / "out")
+    with commit.PartitionRun(output, PARTITION, "first") as run:
+        run.commit({"run_id": "first"})
+    journal = commit.journal_path(output, PARTITION)
+    failing = lambda path: OSError(errno.EIO, "Input/output error", path)  # noqa: E731
+    _raising(monkeypatch, "fsync_parent", failing, lambda path: path == journal and not os.path.exists(journal))
+    with commit.PartitionRun(output, PARTITION, "second", transient=["_plan.json"]) as run:
+        _write(os.path.join(run.stage, "_plan.json"), "plan")
+        assert run.commit({"run_id": "second"}) == commit.partition_path(output, PARTITION) and run.committed
+    final = commit.partition_path(output, PARTITION)
+    assert read_json(os.path.join(final, commit.SUCCESS)) == {"run_id": "second"}
+    assert not os.path.exists(os.path.join(final, "_plan.json")) and not os.path.exists(journal)
+    assert not [n for n in os.listdir(os.path.join(output, commit.TMP)) if n.startswith(commit.REPLACED)]
+    assert "its journal's removal may not be on disk (EIO: Input/output error)" in capsys.readouterr().err
+
+
 def _interrupt(monkeypatch, name: str, when=lambda *args: True) -> None:
     """Ctrl-C in ``staging.<name>`` (where ``when`` holds for its arguments)."""
     _raising(monkeypatch, name, lambda _: KeyboardInterrupt(), when)
