@@ -4,6 +4,7 @@
 # make demo    : the main job end to end on the default dataset (Complete Journey)
 # make bench   : the quick benchmarks (JSON on stdout; figures go to BENCHMARKS.md; the others: README)
 # make mlflow-ui: MLflow's UI on the local store (runs, sweeps, registered models) at 127.0.0.1:5000
+# make tensorboard: TensorBoard on TB_LOGDIR (default artifacts/ray_results) at 127.0.0.1:6006
 # ACCEL=cuda   : install the CUDA fbgemm-gpu instead of fbgemm-gpu-cpu (later targets keep it); the
 #                default where nvidia-smi lists a GPU and no setup was made yet, cpu elsewhere
 # TORCH_INDEX=https://download.pytorch.org/whl/cpu : torch's CPU build (about 200 MB) where pip
@@ -37,7 +38,7 @@ endif
 # refuses a second one.
 .NOTPARALLEL:
 
-.PHONY: setup browser nginx cluster-files lint test test-faults test-fast demo bench mlflow-ui clean distclean
+.PHONY: setup browser nginx cluster-files lint test test-faults test-fast demo bench mlflow-ui tensorboard clean distclean
 
 setup: $(STAMP)
 
@@ -152,20 +153,41 @@ bench: setup
 MLFLOW_VENV  := .venv-mlflow
 MLFLOW_STORE ?= sqlite:///artifacts/mlflow.db
 MLFLOW_PORT  ?= 5000
+# $(call tool_venv,DIR,REQUIREMENTS,TARGET): a tool's own pinned environment (Python 3.11 or newer),
+# python3-venv installed from Debian where `venv` lacks it, as make setup does.
+define tool_venv
+	@$(1)/bin/python -c "raise SystemExit(__import__('sys').version_info[:2] < (3, 11))" 2>/dev/null && $(1)/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf $(1) && $(PYTHON) -m venv $(1); } || { \
+	  echo "installing Debian's python3-venv, which $(PYTHON) -m venv needs"; rm -rf $(1); \
+	  $(APT_UPDATE) && $(APT_INSTALL) python3-venv >/dev/null \
+	  && $(PYTHON) -m venv $(1); } || { \
+	  echo "error: $(PYTHON) -m venv failed, and apt-get could not install python3-venv (for another Python than Debian's python3: its own venv package, python3.11-venv say)"; exit 1; }
+	@$(1)/bin/python -c "raise SystemExit(__import__('sys').version_info[:2] < (3, 11))" || { echo "error: $$($(1)/bin/python --version) cannot install $(2), which needs Python 3.11: make $(3) PYTHON=python3.11"; rm -rf $(1); exit 1; }
+	$(1)/bin/python -m pip --disable-pip-version-check install -q -r $(2)
+	@touch $(1)/.setup
+endef
+
 $(MLFLOW_VENV)/.setup: Makefile requirements/mlflow-ui.txt
-	@$(MLFLOW_VENV)/bin/python -c "raise SystemExit(__import__('sys').version_info[:2] < (3, 11))" 2>/dev/null && $(MLFLOW_VENV)/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf $(MLFLOW_VENV) && $(PYTHON) -m venv $(MLFLOW_VENV); } || { echo "error: $(PYTHON) -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
-	@$(MLFLOW_VENV)/bin/python -c "raise SystemExit(__import__('sys').version_info[:2] < (3, 11))" || { echo "error: $$($(MLFLOW_VENV)/bin/python --version) cannot install the pinned MLflow UI, which needs Python 3.11: make mlflow-ui PYTHON=python3.11"; rm -rf $(MLFLOW_VENV); exit 1; }
-	$(MLFLOW_VENV)/bin/python -m pip --disable-pip-version-check install -q -r requirements/mlflow-ui.txt
-	@touch $@
+	$(call tool_venv,$(MLFLOW_VENV),requirements/mlflow-ui.txt,mlflow-ui)
 
 mlflow-ui: $(MLFLOW_VENV)/.setup
 	@mkdir -p artifacts
 	MLFLOW_DISABLE_TELEMETRY=true $(MLFLOW_VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
+# TensorBoard (training curves) pins protobuf and grpcio of its own: an environment of its own too,
+# pinned whole in requirements/tensorboard.txt. TB_LOGDIR: a sweep's SWEEP/tune, or artifacts/ray_results.
+TB_VENV   := .venv-tensorboard
+TB_LOGDIR ?= artifacts/ray_results
+TB_PORT   ?= 6006
+$(TB_VENV)/.setup: Makefile requirements/tensorboard.txt
+	$(call tool_venv,$(TB_VENV),requirements/tensorboard.txt,tensorboard)
+
+tensorboard: $(TB_VENV)/.setup
+	$(TB_VENV)/bin/tensorboard --logdir $(TB_LOGDIR) --host 127.0.0.1 --port $(TB_PORT)
+
 # clean: what set-up and the tests make again; distclean: also artifacts/ (DATA, the models, the
 # MLflow store and registry, the reports), which only the jobs that wrote them can make again.
 clean:
-	rm -rf $(VENV) $(MLFLOW_VENV) .pytest_cache $(CLUSTER_FILES) $(CLUSTER_FILES).part $(CLUSTER_FILES).tar
+	rm -rf $(VENV) $(MLFLOW_VENV) $(TB_VENV) .pytest_cache $(CLUSTER_FILES) $(CLUSTER_FILES).part $(CLUSTER_FILES).tar
 
 distclean: clean
 	rm -rf artifacts
