@@ -67,7 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=d.at,
         help="the moment scored; its UTC date names the partition: ISO date or datetime (UTC unless it "
         "says), epoch seconds, 'now' (never before data-end) or 'data-end' (the first moment after DATA's last "
-        "purchase, for historical datasets); a moment inside the data is a replay of what was known then",
+        "purchase, the midnight after its last day in a log of dates, for historical datasets); a moment inside "
+        "the data is a replay of what was known then",
     )
     p.add_argument(
         "--batch-size",

@@ -123,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=(NOW, DATA_END),
         default=NOW,
         help="moment of requests without 'at' (now: the clock, never before data-end; data-end: the first moment "
-        "after the data)",
+        "after the data, the midnight after its last day in a log of dates)",
     )
     p.add_argument(
         "--request-timeout-s",

@@ -233,19 +233,25 @@ def day_of(at: int) -> int:
     return int(at) - int(at) % 86_400
 
 
-def after_the_data(end: int) -> int:
+def after_the_data(end: int, dates_only: Optional[bool] = None) -> int:
     """``data-end``: the first moment after the data's last purchase ``end``, when every purchase
-    is history. ``end + 1``, or the end of its UTC day where ``end`` is at midnight: in a log of
-    dates that day's purchases, stamped 00:00, were made during it, and the training moments of
-    such a log are midnights, where each purchase is at least a day old (a second-old one at
-    ``end + 1`` was a duration training never saw).
+    is history. ``end + 1``, or the midnight after its day in a log of dates (``dates_only``,
+    :attr:`ncf.data.product_stats.ProductStats.dates_only`: every purchase stamped 00:00 UTC):
+    such a day's purchases were made during it, and the training moments of such a log are
+    midnights (a list's moment is its household's first purchase after the cutoff), where each
+    purchase is at least a day old; a second-old one at ``end + 1`` was a duration training never
+    saw. ``dates_only`` None (stats saved before it was counted): read from ``end`` alone, a last
+    purchase at 00:00:00 UTC taken for a log of dates.
 
     Example::
 
         after_the_data(1511755281)  # 1511755282
-        after_the_data(1511740800)  # 1511827200 (2017-11-27 00:00 UTC: the 28th's midnight)
+        after_the_data(1511740800, dates_only=True)  # 1511827200 (2017-11-27 00:00 UTC: the 28th's midnight)
+        after_the_data(1511740800, dates_only=False)  # 1511740801 (times bucketed by the hour, say)
     """
-    return int(end) + (86_400 if int(end) % 86_400 == 0 else 1)
+    if dates_only is None:
+        dates_only = int(end) % 86_400 == 0
+    return int(end) + (86_400 if dates_only else 1)
 
 
 def first_rankable(first_purchase: int) -> int:

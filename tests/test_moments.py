@@ -223,20 +223,38 @@ def test_a_python_api_moment_out_of_range_is_refused_whatever_its_form(value, hi
     assert moment_of(0, data_end=0) == 0 and moment_of(1511755281, data_end=0) == 1511755281
 
 
-def test_data_end_of_a_log_of_dates_is_the_midnight_after_its_last_day():
+@pytest.mark.faults
+@pytest.mark.parametrize("bucket_s, dates_only", [(86_400, True), (3_600, False)])
+def test_data_end_of_a_log_of_dates_is_the_midnight_after_its_last_day(tmp_path, bucket_s, dates_only):
     """A log of dates stamps a day's purchases 00:00; its training moments are midnights (a list's
     moment is the household's first purchase after the cutoff, not the cutoff), where each
     purchase is at least a day old. ``data-end`` was the second after the last purchase, so the
     last day's purchases ranked as a second old (reviews of ncf/data, 2026-12-06 and 12-07; the
-    fix was reverted in between on the cutoffs' reading)."""
+    fix was reverted in between on the cutoffs' reading). A log is one of dates when all its
+    purchases are at midnight, not its last alone: times bucketed by the hour, refreshed at 00:30,
+    end at a midnight too (a second read, 2026-12-07)."""
     from ncf.batch.scoring import after_the_data as used_by_the_nightly_job
+    from ncf.data.product_stats import ProductStats
+    from ncf.data.user_state import UserStates
     from ncf.moments import after_the_data, resolve_at
     from ncf.rank.recommender import Recommender
 
-    midnight = 1511740800  # 2017-11-27T00:00:00Z
-    assert after_the_data(midnight) == midnight + 86_400
-    assert after_the_data(MOMENT) == MOMENT + 1  # a log with times: the second after
+    midnight = 1511740800  # 2017-11-27T00:00:00Z, the last purchase
+    stamps = midnight - np.arange(0, 30 * 86_400, bucket_s)[::-1]
+    users = np.arange(len(stamps)) % 3 + 1
+    states = UserStates.from_purchases(users, np.arange(len(stamps)) % 5 + 1, stamps, 4)
+    stats = ProductStats.compute(states, np.zeros(6, np.int64), cutoff=midnight + 1)
+    assert stats.dates_only is dates_only
+    stats.save(str(tmp_path))
+    assert ProductStats.load(str(tmp_path)).dates_only is dates_only
+    assert ProductStats.dates_only_in(str(tmp_path)) is dates_only
+    assert ProductStats.dates_only_in(str(tmp_path / "missing")) is None  # the state's checks say it
+    data_end = after_the_data(midnight, stats.dates_only)
+    assert data_end == (midnight + 86_400 if dates_only else midnight + 1)
     assert used_by_the_nightly_job is after_the_data
-    assert resolve_at("data-end", after_the_data(midnight)) == 1511827200  # 2017-11-28
-    Rec = type("Rec", (), {"state": SimpleNamespace(end=midnight), "default_at": Recommender.default_at})
-    assert Recommender.moment(Rec(), None) == Recommender.moment(Rec(), "data-end") == midnight + 86_400
+    assert resolve_at("data-end", data_end) == data_end
+    state = SimpleNamespace(end=midnight, stats=stats)
+    Rec = type("Rec", (), {"state": state, "default_at": Recommender.default_at})
+    assert Recommender.moment(Rec(), None) == Recommender.moment(Rec(), "data-end") == data_end
+    # Stats saved before the count: the last purchase's time alone, as before.
+    assert after_the_data(midnight) == midnight + 86_400 and after_the_data(MOMENT) == MOMENT + 1

@@ -160,7 +160,8 @@ class BatchScoreConfig:
         at: the moment scored (temporal features) and the partition's date: ISO date or
             datetime (UTC unless it says), ``"now"`` (the clock, or ``"data-end"`` where DATA's
             purchases reach past it) or ``"data-end"`` (the first moment after DATA's last
-            purchase, for historical datasets).
+            purchase, the midnight after its last day in a log of dates: ``after_the_data``; for
+            historical datasets).
         batch_size: users per batch and part (0: about ``TARGET_PARTS`` parts of at most
             ``MAX_AUTO_BATCH`` users, so more parts for large datasets).
         actors: scoring actors (0: one per ``cpus_per_actor`` of the cluster's CPUs, or one per
@@ -677,8 +678,10 @@ def check_config(config: BatchScoreConfig, now: Optional[float] = None, verify_i
     resolve_at(config.at, 0, now=now)  # a bad --at fails before the data is looked at
     stats = layout.DataStats(config.data)
     check_catalog(model_config["model"], stats.vocab_sizes, config.data)
-    # data-end: the first moment after DATA's last purchase, so that every purchase is history.
-    at = resolve_at(config.at, after_the_data(stats.end), now=now)
+    # data-end: the first moment after DATA's last purchase, so that every purchase is history
+    # (a log of dates: the midnight after its last day), as Recommender.default_at reads it.
+    dates_only = ProductStats.dates_only_in(layout.product_stats_dir(config.data))
+    at = resolve_at(config.at, after_the_data(stats.end, dates_only), now=now)
     if at < first_rankable(stats.boundaries["start"]):
         # The products' stats of a past moment are those of its day's start: nothing known yet.
         raise InputError(
@@ -763,6 +766,11 @@ def run_batch_scoring(
             f"DATA's last purchase ({run_date_of(data_end)}, {(data_end - now) / 3600:.1f} hours after the clock) is "
             "past now: ranking at data-end, every purchase it holds history; are the log's timestamps local times "
             "read as UTC? (give their offsets)"
+        )
+    elif config.at == NOW and at - now > AHEAD_OF_THE_CLOCK_S:
+        log(
+            f"DATA is a log of dates whose last day is {run_date_of(data_end)}: 'now' ranks at the midnight after "
+            f"it, when that day's purchases are a day old as at training's moments (partition run_date={run_date})"
         )
     id_changes = id_type_changes(output, run_date, config.data)
     for note in [*histories_against_model(model_config, data_boundaries), id_types_note(id_changes)]:
@@ -860,6 +868,9 @@ def run_batch_scoring(
                 run.leave_stage = False  # parts that are wrong, or of other inputs: never continued
                 raise
             commit_error = None
+            # At 10M users the fsync of every part and the old partition's removal take a while
+            # under the date's lock, after the last progress line: said, not a silent 100%.
+            log(f"committing {manifest['parts']:,} parts (fsync, swap) -> {run.final}")
             try:
                 final = run.commit(manifest)
             except OSError as e:  # a full disk, say: the run's parts are whole, so they are kept or swapped in
@@ -1178,6 +1189,7 @@ def _score_into(
         if bad_input is not None:
             raise bad_input from None
         raise _failed_midway(e, stage, named, config, at, run_date) from e
+    log(f"checking the stage's {len(reported):,} parts (their row counts)")
     rows = _verify_stage(stage, users.num_rows, config.k, reported)
     seconds = time.time() - started
     manifest = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, fields
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +55,9 @@ class ProductStats:
     cycle_days: np.ndarray
     by_hour: np.ndarray  # 24 x HOURLY_TOP most bought products per hour of day (cold start)
     neighbours: ProductNeighbours  # each product's nearest co-purchased products
+    # Every purchase before the cutoff stamped 00:00 UTC: a log of dates (ncf.moments.after_the_data).
+    # None: saved by code that did not count them.
+    dates_only: Optional[bool] = None
 
     @property
     def num_products(self) -> int:
@@ -85,7 +89,10 @@ class ProductStats:
         lines, recent, buyers, rebuyers = (np.zeros(n) for _ in range(4))
         by_hour = np.zeros((24, n))
         cycle_products, cycle_gaps = [], []
+        purchases = at_midnight = 0
         for users, products, ts in states.chunks(chunk_rows, before=cutoff):
+            purchases += len(ts)
+            at_midnight += int(np.count_nonzero(ts % _DAY == 0))
             lines += np.bincount(products, minlength=n)
             recent += np.bincount(products[ts >= cutoff - RECENT_DAYS * _DAY], minlength=n)
             by_hour += np.bincount(hours_of(ts) * n + products, minlength=24 * n).reshape(24, n)
@@ -110,12 +117,17 @@ class ProductStats:
                 file=sys.stderr,  # also inside jobs whose stdout is JSON (a replay, the evaluation)
                 flush=True,
             )
-        return ProductStats(int(cutoff), lines, recent, buyers, rebuy_rate, cycle, _by_hour(by_hour, lines), neighbours)
+        dates_only = purchases > 0 and at_midnight == purchases
+        by_hours = _by_hour(by_hour, lines)
+        return ProductStats(int(cutoff), lines, recent, buyers, rebuy_rate, cycle, by_hours, neighbours, dates_only)
 
     def save(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
         columns = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_COLUMNS}
-        table = pa.table(columns).replace_schema_metadata({"cutoff": str(self.cutoff)})
+        metadata = {"cutoff": str(self.cutoff)}
+        if self.dates_only is not None:
+            metadata[DATES_ONLY] = str(int(self.dates_only))
+        table = pa.table(columns).replace_schema_metadata(metadata)
         pq.write_table(table, os.path.join(directory, "products.parquet"))
         np.save(os.path.join(directory, "by_hour.npy"), self.by_hour)
         self.neighbours.save(directory)
@@ -127,13 +139,29 @@ class ProductStats:
         cutoff = int(table.schema.metadata[b"cutoff"])
         return ProductStats(
             cutoff=cutoff,
+            dates_only=_dates_only(table.schema.metadata),
             by_hour=np.load(os.path.join(directory, "by_hour.npy"), allow_pickle=False),
             neighbours=ProductNeighbours.load(directory, table.num_rows),
             **columns,
         )
 
+    @staticmethod
+    def dates_only_in(directory: str) -> Optional[bool]:
+        """:attr:`dates_only` of the stats saved in ``directory``, read from their schema alone;
+        None where it cannot be read (the state's own checks say what is wrong with it)."""
+        try:
+            return _dates_only(pq.read_schema(os.path.join(directory, "products.parquet")).metadata)
+        except (OSError, ValueError):
+            return None
 
-NOT_COLUMNS = ("cutoff", "by_hour", "neighbours")  # saved beside products.parquet
+
+NOT_COLUMNS = ("cutoff", "by_hour", "neighbours", "dates_only")  # saved beside products.parquet
+DATES_ONLY = "dates_only"
+
+
+def _dates_only(metadata) -> Optional[bool]:
+    value = (metadata or {}).get(DATES_ONLY.encode())
+    return None if value is None else value == b"1"
 
 
 @dataclass

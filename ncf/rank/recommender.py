@@ -402,7 +402,7 @@ class Recommender:
     def default_at(self) -> int:
         """The first moment after the state's data: every purchase it holds is history
         (:func:`ncf.moments.after_the_data`: a log of dates, the midnight after its last day)."""
-        return after_the_data(self.state.end)
+        return after_the_data(self.state.end, self.state.stats.dates_only)
 
     def moment(self, at) -> int:
         """``at`` in epoch seconds (None: :attr:`default_at`), read as a job's ``--at`` is
