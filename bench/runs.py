@@ -57,6 +57,10 @@ def summarize(name: str, rows: Sequence[Dict], keys: Sequence[str] = METRICS) ->
         if len(values):
             out[key] = round(float(values.mean()), 4)
             out[f"{key}_sd"] = round(float(values.std(ddof=1)), 4) if len(values) > 1 else 0.0
+    # The tables' "per seed (best epoch)" column, from the rows themselves (as bench.feature_mlp names them).
+    out["seeds_trained"] = [r.get("seed") for r in rows]
+    for key in ("recall@10", "ndcg@10", "best_epoch"):
+        out[f"{key}_per_seed"] = [r.get(key) for r in rows]
     return out
 
 

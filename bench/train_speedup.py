@@ -37,6 +37,9 @@ def epoch_rate(tree: str, data: str, workdir: str, output: str, name: str) -> di
     return {
         "examples_per_s": round(epoch["examples_per_s"]),
         "epoch_seconds": round(epoch["epoch_seconds"], 1),
+        # What the epoch read (candidates, all workers'), so the two sides' work can be compared.
+        "examples": round(epoch["examples_per_s"] * epoch["epoch_seconds"]),
+        "steps": epoch.get("steps"),
         "job_seconds": round(time.time() - started),
         "commit": subprocess.run(
             ["git", "describe", "--always", "--dirty"], cwd=tree, capture_output=True, text=True

@@ -119,6 +119,8 @@ def test_quality_computes_the_baselines_without_a_model_row(monkeypatch, tmp_pat
     rows = quality.main(["--data", "DATA", "--workdir", str(tmp_path), "--seeds", "2", "--reuse"])
     assert calls == [None]
     assert [r["model"] for r in rows] == ["advanced_ncf", "popularity"]
+    # The tables' per-seed column comes from the JSON (it was dug out of each run's metrics.json).
+    assert rows[0]["seeds_trained"] == [0, 1] and rows[0]["recall@10_per_seed"] == [0.3, 0.3]
 
 
 def test_the_deployment_bench_ranks_the_evaluation_codes_baselines_by_raw_ids_at_the_data_end(small_data):
