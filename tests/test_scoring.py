@@ -120,11 +120,11 @@ def test_a_model_that_scores_nan_is_refused_not_ranked_in_its_candidates_order(r
     """A stable sort of NaN scores keeps the candidates' order, the household's own products
     first: a model whose training diverged ranked as decayed frequency, and its validation NDCG
     looked plausible, so the diverged epoch could be kept as the best (a review of ncf/rank,
-    2026-12-07). The ranking refuses NaN scores; validation reports the epoch's metrics as NaN."""
+    2026-12-07). The ranking refuses NaN scores; validation reports the epoch as diverged."""
     import copy
     from types import SimpleNamespace
 
-    from ncf.model.files import VAL_METRIC
+    from ncf.model.files import DIVERGED_SCORE, VAL_DIVERGED, VAL_METRIC
     from ncf.rank.ranker import ScoresNotANumber
     from ncf.train import loop
 
@@ -149,7 +149,7 @@ def test_a_model_that_scores_nan_is_refused_not_ranked_in_its_candidates_order(r
     worker.device, worker.world_size, worker.vocabs = torch.device("cpu"), 1, served.state.vocabs
     worker.rows_trained_before, worker.listed_rows = None, None
     metrics = loop.validate(worker, {})
-    assert list(metrics) == [VAL_METRIC] and np.isnan(metrics[VAL_METRIC])
+    assert metrics == {VAL_METRIC: DIVERGED_SCORE, VAL_DIVERGED: 1.0}
 
 
 def test_score_names_unknown_products_and_matches_the_ranking(recommender):

@@ -66,6 +66,42 @@ def test_the_refit_trains_for_the_epoch_whose_weights_were_exported():
 
 
 @pytest.mark.faults
+def test_a_diverged_epochs_score_survives_ray_trains_checkpoint_index():
+    """A diverged epoch reported NaN; Ray Train's checkpoint index (pydantic JSON) wrote it as
+    null, and a resumed run's next report failed ordering it (1.0 * None: TypeError), on every
+    retry (a review of training, 2026-12-07). It reports DIVERGED_SCORE, a number below any NDCG,
+    which is never the best epoch, nor a sweep trial's best."""
+    import json
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import _TrainingResultState
+
+    from ncf.model.files import DIVERGED_SCORE, VAL_DIVERGED, VAL_METRIC
+    from ncf.train.trainer import best_epoch
+    from tune.results import BEST, _trial_row
+    from tune.search_space import SEARCHED
+
+    reported = {VAL_METRIC: DIVERGED_SCORE, VAL_DIVERGED: 1.0, "epoch": 2}
+    indexed = json.loads(_TrainingResultState(checkpoint_dir_name="epoch 2", metrics=reported).json())
+    assert indexed["metrics"][VAL_METRIC] == DIVERGED_SCORE  # NaN came back None
+    nan_indexed = json.loads(_TrainingResultState(checkpoint_dir_name="x", metrics={VAL_METRIC: float("nan")}).json())
+    assert nan_indexed["metrics"][VAL_METRIC] is None  # what Ray does with a NaN: why no NaN is reported
+    kept = [("epoch 1", {VAL_METRIC: 0.05, "epoch": 1}), ("epoch 2", indexed["metrics"])]
+    result = SimpleNamespace(best_checkpoints=kept, metrics=kept[1][1], checkpoint="epoch 2")
+    assert best_checkpoint(result)[0] == "epoch 1" and best_epoch(result) == 1
+    result.best_checkpoints = kept[1:]
+    with pytest.raises(InputError, match="the training diverged"):
+        best_checkpoint(result)
+    # A sweep's trial whose every epoch diverged: no best, its epochs counted (the winner says so).
+    history = pd.DataFrame([{**reported, "epoch": 1}, reported])
+    point = {name: 1 for name in SEARCHED}
+    trial = SimpleNamespace(config=point, error=None, metrics_dataframe=history, metrics={"trial_id": "t"}, path="p")
+    row = _trial_row(trial, point)
+    assert np.isnan(row[BEST]) and row["epochs"] == 2 and row["checkpoint_path"] is None
+
+
+@pytest.mark.faults
 def test_a_refit_trained_past_the_epochs_its_validated_run_chose_now_is_not_resumed():
     """A refit of 3 epochs whose export failed, resumed after its validated run was trained again
     (other hardware rounds otherwise) and chose 2: the 3-epoch weights were exported as 2 epochs'

@@ -44,12 +44,20 @@ def _trial_row(result, default: Dict, train_dir: Optional[str] = None) -> Dict:
     row["status"] = "error" if result.error else "done"
     history = result.metrics_dataframe
     kept = _kept_best(train_dir, row["trial_id"]) if train_dir else None
-    if history is None or VAL_METRIC not in history or history[VAL_METRIC].isna().all():
-        row.update({BEST: np.nan, "best_epoch": np.nan, "epochs": 0, CHECKPOINT_PATH: None, **(kept or {})})
+    # NaN where an epoch diverged (its DIVERGED_SCORE is no score).
+    scores = (
+        None
+        if history is None or VAL_METRIC not in history
+        else history[VAL_METRIC].where(history[VAL_METRIC].map(is_a_score))
+    )
+    if scores is None or scores.isna().all():
+        # Epochs that validated to no score still count as trained (winner says they diverged).
+        trained = int(history["epoch"].max()) if scores is not None and "epoch" in history else 0
+        row.update({BEST: np.nan, "best_epoch": np.nan, "epochs": trained, CHECKPOINT_PATH: None, **(kept or {})})
         return row
     # The last of tied epochs: Ray Train keeps the later of equally scored checkpoints (it deletes
     # the earliest first), so the first of them may be gone by the end of the trial.
-    best = history.loc[history.index[history[VAL_METRIC] == history[VAL_METRIC].max()][-1]]
+    best = history.loc[history.index[scores == scores.max()][-1]]
     row.update(
         {
             BEST: float(best[VAL_METRIC]),
@@ -93,7 +101,7 @@ def _kept_best(train_dir: str, trial_id: str) -> Optional[Dict]:
     try:
         kept = kept_checkpoints(os.path.join(train_dir, trial_id))
         validated = [(m[VAL_METRIC], int(m["epoch"]), d, m) for d, m in kept if VAL_METRIC in m]
-        # A diverged epoch's NaN is never the best (max keeps a NaN it starts from).
+        # A diverged epoch is never the best (nor a NaN of older runs: max keeps a NaN it starts from).
         scored = [(float(v), epoch, d, m) for v, epoch, d, m in validated if is_a_score(v)]
     except (InputError, ValueError, KeyError, TypeError):
         return None

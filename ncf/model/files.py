@@ -30,6 +30,11 @@ STATE = "state"
 # by it: tune.results.BEST; the registry tags a version with it).
 VAL_METRIC = "val_ndcg@10"
 BEST_VAL_METRIC = "best_" + VAL_METRIC
+# VAL_METRIC of an epoch whose validation scored NaN (weights that diverged): below any NDCG and a
+# number, since Ray Train's checkpoint index writes NaN as null and then fails ordering it (every
+# later report of a resumed run raised TypeError); VAL_DIVERGED 1.0 says so beside it.
+DIVERGED_SCORE = -1.0
+VAL_DIVERGED = "val_diverged"
 # Boolean masks over the tables' rows: which households and products the run's lists held.
 TRAINED_USERS, TRAINED_PRODUCTS = "trained_users.npy", "trained_products.npy"
 

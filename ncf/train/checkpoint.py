@@ -24,6 +24,7 @@ from ncf.jsonio import read_json, write_json
 from ncf.model.config import ModelConfig
 from ncf.model.directory import WEIGHTS, save_model_dir
 from ncf.model.files import (
+    DIVERGED_SCORE,
     TRAINED_PRODUCTS,
     TRAINED_USERS,
     VAL_METRIC,
@@ -332,8 +333,8 @@ class TrainingDiverged(InputError):
 
 def best_checkpoint(result):
     """The checkpoint with the best validation NDCG@10 (validated runs), else the latest (refit).
-    An epoch whose validation scored NaN (weights that diverged) is never the best: Ray lists it
-    first, and ``max`` keeps a NaN it starts from."""
+    An epoch whose validation scored NaN (weights that diverged) is never the best: its score is
+    DIVERGED_SCORE (NaN in runs of 2026-12-07, which Ray lists first and ``max`` keeps)."""
     scored = [(c, m) for c, m in (result.best_checkpoints or []) if VAL_METRIC in m]
     finite = [(c, m) for c, m in scored if is_a_score(m[VAL_METRIC])]
     if finite:
@@ -349,8 +350,9 @@ def best_checkpoint(result):
 
 
 def is_a_score(value) -> bool:
-    """Whether a validation metric is a number (NaN: a diverged epoch's; None: NaN through JSON)."""
-    return value is not None and math.isfinite(float(value))
+    """Whether a validation metric is a score: not a diverged epoch's (DIVERGED_SCORE, or NaN and
+    None, NaN through JSON, as code of 2026-12-07 reported it)."""
+    return value is not None and math.isfinite(float(value)) and float(value) > DIVERGED_SCORE
 
 
 def run_history(result) -> list:

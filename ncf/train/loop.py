@@ -29,7 +29,7 @@ from ncf.evaluate.evaluation import full_ranking, model_fns, point_in_time_perio
 from ncf.model.advanced_ncf import model_from_weights
 from ncf.model.batch import Batch
 from ncf.model.config import ModelConfig
-from ncf.model.files import BEST_VAL_METRIC, VAL_METRIC, read_trained_rows
+from ncf.model.files import BEST_VAL_METRIC, DIVERGED_SCORE, VAL_DIVERGED, VAL_METRIC, read_trained_rows
 from ncf.model.integrity import vocab_digest
 from ncf.rank.ranker import Ranker, ScoresNotANumber
 from ncf.rank.state import EmbeddingRows, RankingState
@@ -288,9 +288,10 @@ def validate(w: Worker, weights: Dict[str, torch.Tensor]) -> Dict[str, float]:
     try:
         metrics = full_ranking(None, period, users, rank_many=rank_many)
     except ScoresNotANumber as diverged:
-        # Never the best epoch (NaN > best is False), nor a trial's plausible score.
-        log(f"rank {w.rank}: validation: {diverged} (did training diverge?): the epoch's metrics are NaN")
-        return {VAL_METRIC: float("nan")}
+        # Never the best epoch (DIVERGED_SCORE > best is False, best starting there), nor a trial's
+        # plausible score.
+        log(f"rank {w.rank}: validation: {diverged} (did training diverge?): the epoch has no validation score")
+        return {VAL_METRIC: DIVERGED_SCORE, VAL_DIVERGED: 1.0}
     return {f"val_{k}": float(v) for k, v in metrics.items()}
 
 
@@ -393,7 +394,7 @@ def train_loop_per_worker(config: Dict) -> None:
     config = dict(config)
     step_hook = config.pop("step_hook", None)
     w = setup_worker(TrainConfig(**config))
-    state = {"epoch": 0, "best": -1.0, "stale": 0, "history": []}
+    state = {"epoch": 0, "best": DIVERGED_SCORE, "stale": 0, "history": []}
     if ray.train.get_checkpoint():
         state = _restore(w, ray.train.get_checkpoint())
     shard = ray.train.get_dataset_shard("train")
