@@ -627,6 +627,12 @@ def test_a_run_continues_the_newest_dead_stage_its_caller_accepts_and_removes_th
         assert sorted(os.listdir(root)) == ["dead"]
         run.commit({"run_id": "next"})
     assert sum("removed what a previous run left" in m for m in messages) >= 2
+    # Each said before its removal too (a dead stage of 10M users takes a while): silent before.
+    removing = [m.split(": ", 1)[1] for m in messages if m.startswith("removing what a previous run left: ")]
+    removed = [m.split(": ", 1)[1] for m in messages if m.startswith("removed what a previous run left: ")]
+    assert removing == removed and messages.index(f"removing what a previous run left: {removed[0]}") < messages.index(
+        f"removed what a previous run left: {removed[0]}"
+    )
     assert open(os.path.join(commit.partition_path(output, PARTITION), "part-0.parquet")).read() == "dead"
     assert not os.path.exists(root)
     # A failed run leaves its stage to the next, unless its caller clears leave_stage.

@@ -367,13 +367,20 @@ def _owner(name: str, partitions: List[str]) -> Optional[str]:
     return None
 
 
-def clean_stale(output: str, partition: str, now: Optional[float] = None, keep: Optional[str] = None) -> List[str]:
+def clean_stale(
+    output: str,
+    partition: str,
+    now: Optional[float] = None,
+    keep: Optional[str] = None,
+    removing: Callable[[str], None] = lambda path: None,
+) -> List[str]:
     """Removes what dead runs left in ``OUT/_tmp``: every entry of ``partition`` (the caller
     holds its lock) but ``keep`` (a dead run's stage the caller continues, or its own new one) and other partitions'
     entries older than ``STALE_SECONDS``, each under its partition's lock taken without waiting
     (skipped while a live run holds it, or while a dead run's journal still names what it would
     swap in); never what a swap under way names, nor an entry whose name is not this protocol's
-    (see :func:`_owner`). Returns the removed paths."""
+    (see :func:`_owner`). ``removing(path)`` is called before each removal (a dead run's stage of
+    10M users takes a while to delete). Returns the removed paths."""
     root = os.path.join(output, TMP)
     if not os.path.isdir(root):
         return []
@@ -392,12 +399,16 @@ def clean_stale(output: str, partition: str, now: Optional[float] = None, keep: 
             continue
         if owner == partition and keep is not None and os.path.dirname(os.path.abspath(keep)) == os.path.abspath(path):
             for stage in sorted(os.listdir(path)):  # the partition's stage root: all but the one continued
-                if stage != os.path.basename(keep) and remove_or_say(os.path.join(path, stage), "batch"):
+                if stage == os.path.basename(keep):
+                    continue
+                removing(os.path.join(path, stage))
+                if remove_or_say(os.path.join(path, stage), "batch"):
                     removed.append(os.path.join(path, stage))
         elif owner == partition:
+            removing(path)
             if remove_or_say(path, "batch"):  # one left is never read (its name is the protocol's), swept later
                 removed.append(path)
-        elif _remove_stale(output, owner, path, now):
+        elif _remove_stale(output, owner, path, now, removing):
             removed.append(path)
     return removed
 
@@ -417,7 +428,7 @@ def _last_written(path: str) -> float:
     return newest
 
 
-def _remove_stale(output: str, owner: str, path: str, now: float) -> bool:
+def _remove_stale(output: str, owner: str, path: str, now: float, removing: Callable[[str], None]) -> bool:
     """Removes another partition's old entry: renamed out of the protocol's names under that
     partition's lock (so that no run of it starts staging there, or finishes its swap and
     deletes the entry, meanwhile), then removed with the lock released, so that a run of that
@@ -437,6 +448,7 @@ def _remove_stale(output: str, owner: str, path: str, now: float) -> bool:
         if not isinstance(e, FileNotFoundError):
             print(f"[batch] left {path}, which cannot be removed ({os_error_words(e)})", file=sys.stderr, flush=True)
         return False
+    removing(path)
     try:
         remove(doomed)
     except FileNotFoundError:
@@ -528,7 +540,8 @@ class PartitionRun:
                 with _one_line(self.output, "create the run's stage"):
                     os.makedirs(self.stage)
             with _one_line(self.output, "remove what a previous run left"):
-                for path in clean_stale(self.output, self.partition, keep=kept or self.stage):
+                said = lambda path: self.log(f"removing what a previous run left: {path}")  # noqa: E731
+                for path in clean_stale(self.output, self.partition, keep=kept or self.stage, removing=said):
                     self.log(f"removed what a previous run left: {path}")
                 if kept is not None:
                     self.stage, self.continued = kept, os.path.basename(kept)
