@@ -9,8 +9,8 @@
   let config = null;
   // The question asked last: an earlier one's answer, arriving after it, is not shown.
   let questionSeq = 0;
-  // Aborts the calls of the question asked last when another replaces it: the server does not
-  // rank (with reasons) for an answer nobody will see.
+  // Aborts the calls of the question asked last when another replaces it: its retries and the
+  // calls after it are not sent (a ranking a replica has already begun runs to its end).
   let questionCalls = null;
 
   // -- HTTP ------------------------------------------------------------------------------------
