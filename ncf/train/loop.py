@@ -285,6 +285,9 @@ def validate(w: Worker, weights: Dict[str, torch.Tensor]) -> Dict[str, float]:
     # Exact MF lists for the few sampled households: a large catalog's HNSW index is built when
     # the model is saved, and building one every epoch would take minutes at 1M products.
     rank_many, _ = model_fns(Ranker(model, state, rows, exact_mf=True))
+    started = time.time()
+    # Silent otherwise between the epoch's last step and its line: hours with --val-users 0 at 10M.
+    log(f"rank {w.rank}: validating on {len(users):,} households (full ranking)")
     try:
         metrics = full_ranking(None, period, users, rank_many=rank_many)
     except ScoresNotANumber as diverged:
@@ -292,6 +295,7 @@ def validate(w: Worker, weights: Dict[str, torch.Tensor]) -> Dict[str, float]:
         # plausible score.
         log(f"rank {w.rank}: validation: {diverged} (did training diverge?): the epoch has no validation score")
         return {VAL_METRIC: DIVERGED_SCORE, VAL_DIVERGED: 1.0}
+    log(f"rank {w.rank}: validated in {time.time() - started:.0f} s")
     return {f"val_{k}": float(v) for k, v in metrics.items()}
 
 
@@ -383,6 +387,11 @@ def _restore(w: Worker, checkpoint) -> Dict:
         load_optimizer_state(w.optimizer, optimizer_state)
     best = f" (best {VAL_METRIC} {state['best']:.4f})" if w.cfg.run == VALIDATED else ""
     log(f"rank {w.rank}: resumed after epoch {state['epoch']}{best}")
+    if state["epoch"] > w.cfg.epochs:  # check_same_training leaves the budget free to grow, not to shrink
+        log(
+            f"rank {w.rank}: the run trained {state['epoch']} epochs, more than --epochs {w.cfg.epochs}: nothing more "
+            "is trained, and its kept epochs are chosen from as they are"
+        )
     return state
 
 
