@@ -24,6 +24,7 @@ from ncf.errors import (
     Interrupted,
     TryLater,
     exit_on_sigterm,
+    one_line,
     os_error_words,
     without_passwords,
 )
@@ -58,6 +59,11 @@ def init_ray(num_cpus: int | None = None) -> None:
                 ray.init(address=address)
             except ray.exceptions.AuthenticationError as e:
                 raise InputError(_auth_refused(address, getattr(e, "message", str(e)))) from None
+            except ConnectionError as e:  # auto with no cluster up, a ray:// that does not answer (no errno)
+                raise InputError(
+                    f"RAY_ADDRESS={address}: no Ray cluster answers ({one_line(e)}); start one (ray start --head) "
+                    "or unset RAY_ADDRESS to run on a local one"
+                ) from None
         else:
             # address="local": never attach to whatever cluster a previous `ray start` left a
             # pointer to in /tmp/ray; without RAY_ADDRESS a job runs on its own local cluster.
@@ -505,26 +511,6 @@ def check_data(path: str, runs: tuple = (), option: str = "--data") -> str:
     return path
 
 
-# A verification reads every byte (sha256 at about 1.3 GB/s on the development machine, then the
-# weights and state loaded): from this size on, a job says so before the wait (10M x 1M: minutes).
-VERIFY_NOTE_BYTES = 1 << 30
-
-
-def note_verification(what: str, paths: Sequence[str]) -> None:
-    """One line on stderr before a verification reading ``paths`` (directories, followed through
-    a link once), where they hold at least :data:`VERIFY_NOTE_BYTES`."""
-    total = 0
-    for path in paths:
-        for folder, _, files in os.walk(os.path.realpath(path)):
-            for name in files:
-                try:
-                    total += os.lstat(os.path.join(folder, name)).st_size
-                except OSError:  # gone meanwhile, or unreadable: the verification names it
-                    pass
-    if total >= VERIFY_NOTE_BYTES:
-        print(f"[verify] {what}: reading its {total / 2**30:.1f} GiB to verify it", file=sys.stderr, flush=True)
-
-
 def data_state_paths(data: str) -> list:
     """The folders of DATA that :func:`ncf.model.integrity.verify_data_state` reads."""
     from ncf.data import layout
@@ -541,7 +527,7 @@ def check_model(ref: str, option: str = "--model", verify: bool = True) -> str:
     Returns it resolved (a blue/green link's target, as :func:`ncf.batch.scoring.resolved`): the
     directory checked, which a training repointing the link meanwhile does not change."""
     from ncf.model.directory import ModelDir
-    from ncf.model.integrity import verify_model_dir
+    from ncf.model.integrity import note_verification, verify_model_dir
     from ncf.registry import is_registry_ref, resolve_model
 
     path = resolve_model(ref)

@@ -273,11 +273,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_demo_outputs(data: str, model: str, validated: str, recommendations: str, report: str) -> None:
+def check_demo_outputs(
+    data: str, model: str, validated: str, recommendations: str, report: str, evaluation: str = ""
+) -> None:
     """Refuses, before any work, a WORKDIR/data, model, recommendations or report path that holds
-    something no demo wrote: the jobs would refuse it after minutes, advising an --overwrite the
-    demo has not."""
+    something no demo wrote, or an ``evaluation`` (rows file) that is no file: the jobs would
+    refuse it after minutes, advising an --overwrite the demo has not."""
     how = "move it aside or give the demo another --workdir"
+    if evaluation and os.path.lexists(evaluation) and not os.path.isfile(evaluation):
+        raise InputError(f"{evaluation}: exists and is not a file; {how}")
     if os.path.isdir(recommendations) and not is_scoring_output(recommendations):
         raise InputError(f"{recommendations}: is not empty and holds no batch scoring the demo ran; {how}")
     for path in (recommendations, report):
@@ -358,10 +362,14 @@ def evaluated(argv: list, rows_file: str) -> list:
                 return rows
         raise
     finally:
+        under_way = sys.exc_info()[1]
         kept = computed if rows is None else rows
         try:
             write_text(rows_file, "".join(json.dumps(row) + "\n" for row in kept))
-        except OSError as e:  # never in place of the error or stop already under way
+        except OSError as e:
+            if under_way is None:  # the demo's result: its previous run's rows would pass for this run's
+                raise
+            # Never in place of the error or stop already under way.
             print(f"[demo] could not write {rows_file} ({os_error_words(e)})", file=sys.stderr, flush=True)
 
 
@@ -382,7 +390,7 @@ def main(argv=None) -> list:
     with one_line_errors():
         refuse_empty_paths(args, ("--workdir",))
         refuse_empty_name(args.name)
-        check_demo_outputs(data, model, validated, recommendations, report)
+        check_demo_outputs(data, model, validated, recommendations, report, evaluation)
         shared = support_paths(args.workdir)
         if shared:
             os.environ.setdefault("MLFLOW_TRACKING_URI", sqlite_uri(os.path.join(args.workdir, "mlflow.db")))

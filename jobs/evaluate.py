@@ -19,7 +19,6 @@ from jobs.cli import (
     data_state_paths,
     fail,
     job_parser,
-    note_verification,
     one_line_errors,
     positive_int,
     refuse_empty_paths,
@@ -36,7 +35,7 @@ from ncf.evaluate.evaluation import (
 from ncf.evaluate.report import write_placeholder, write_report
 from ncf.evaluate.report_inputs import drawable_history, kept_epoch, read_ablation_rows
 from ncf.model.directory import ModelDir
-from ncf.model.integrity import verify_data_state
+from ncf.model.integrity import note_verification, verify_data_state
 from ncf.registry import is_registry_ref
 from ncf.splits import TEST, VAL
 from ncf.staging import check_parent, within

@@ -25,13 +25,12 @@ from jobs.cli import (
     data_state_paths,
     fail,
     job_parser,
-    note_verification,
     one_line_errors,
     run_main,
 )
 from ncf.errors import InputError
 from ncf.model.files import METRICS
-from ncf.model.integrity import write_manifest
+from ncf.model.integrity import note_verification, write_manifest
 from ncf.rank.state import check_model_and_data
 from ncf.registry import Registry, StoreUnavailable, is_registry_ref
 

@@ -58,7 +58,7 @@ from ncf.errors import InputError, TryLater, cannot_access, one_line, without_pa
 from ncf.jsonio import read_small_json
 from ncf.model.directory import METRICS, WEIGHTS, read_config, read_metrics
 from ncf.model.files import BEST_VAL_METRIC
-from ncf.model.integrity import MANIFEST, sha256_of, verify_model_dir, vocab_digest
+from ncf.model.integrity import MANIFEST, note_verification, sha256_of, verify_model_dir, vocab_digest
 from ncf.staging import present
 
 MODEL_NAME = "advanced-ncf"
@@ -1210,8 +1210,10 @@ class Registry:
     def _deployable(self, version: str) -> None:
         """Verifies ``version``'s directory whole (its ranking settings as replicas read them too)
         before it becomes current: every job that takes ``current`` would refuse a damaged one,
-        the next night's included (reads every byte)."""
-        verify_model_dir(self.path_of(version))
+        the next night's included (reads every byte: said first where that takes a while)."""
+        path = self.path_of(version)
+        note_verification(f"version {version}", [path])
+        verify_model_dir(path)
 
     def resolve(self, ref: str) -> str:
         """The model directory ``ref`` names: ``current``, ``models:/NAME/VERSION`` or

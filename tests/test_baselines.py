@@ -1094,6 +1094,22 @@ def test_a_tuning_cache_entry_this_code_cannot_read_is_searched_again(tmp_path, 
     assert tuning.read_tuned(data) == {} and "holds no entries by baseline" in capsys.readouterr().err
 
 
+@pytest.mark.faults
+def test_an_evaluation_that_cannot_keep_its_tuned_parameters_beside_data_goes_on(tmp_path):
+    """An evaluation only reads DATA; one it could not write (another account's, a read-only
+    mount) ended with exit 1 after the first baseline's search, no baseline row printed (a review
+    of the jobs, 2026-12-07). The parameters are searched again next run, said."""
+    from ncf.data import layout
+
+    data = str(tmp_path)
+    with open(layout.baselines_dir(data), "w") as f:  # where the folder would go: makedirs fails
+        f.write("not a folder")
+    messages = []
+    tuning._keep(data, "decayed_frequency", tuning.Tuned(params={"half_life_days": 30}, val={}), messages.append)
+    assert len(messages) == 1 and messages[0].startswith("decayed_frequency: the tuned parameters are not kept in ")
+    assert messages[0].endswith(": searched again next run") and tuning.read_tuned(data) == {}
+
+
 # -- the boosted ranker's candidates -----------------------------------------------------------
 
 

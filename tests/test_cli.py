@@ -446,6 +446,27 @@ def test_a_ray_address_ray_cannot_read_is_one_line_before_ray_starts(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.faults
+def test_ray_address_auto_with_no_cluster_up_is_one_line(tmp_path):
+    """RAY_ADDRESS=auto (which the address check accepts and advises) with no cluster running ended
+    in Ray's ConnectionError traceback, exit 1 (a review of the jobs, 2026-12-07)."""
+    logs = tmp_path / "logs.csv"
+    logs.write_text("user_id,product_id,timestamp,quantity\nu1,p1,2024-01-01T10:00:00,1\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.preprocess", "--input", str(logs), "--output", str(tmp_path / "out")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        # Ray finds "auto"'s cluster through its temp folder: an empty one has none (the session's is elsewhere).
+        env={**os.environ, "RAY_ADDRESS": "auto", "RAY_TMPDIR": str(tmp_path / "ray")},
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith("error: RAY_ADDRESS=auto: no Ray cluster answers (")
+    assert not (tmp_path / "out").exists()
+
+
 # What each job's Ctrl-C line says it left, where the job has no words of its own for the moment.
 INTERRUPTED_LEAVES = {
     "preprocess": (["--input", "logs.csv", "--output", "o"], "the output is as it was"),
@@ -1285,6 +1306,17 @@ def test_the_demo_refuses_a_workdir_holding_what_no_demo_wrote_and_says_a_full_d
         assert error.startswith(f"error: {workdir}/{refused}: {words}") and "another --workdir" in error, error
         (workdir / "recommendations" / "notes.txt").unlink(missing_ok=True)
     (workdir / "report").unlink()
+    # WORKDIR/evaluation.jsonl that is no file: its write failed after the evaluation, said on
+    # stderr, and the demo went on to exit 0 listing the previous run's rows (a review, 2026-12-07).
+    (workdir / "evaluation.jsonl").mkdir()
+    with pytest.raises(SystemExit) as exited:
+        demo.main(["--workdir", str(workdir), "--port", str(free_port())])
+    error = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and error.startswith(f"error: {workdir}/evaluation.jsonl: exists and is not a file")
+    monkeypatch.setattr(demo.evaluate, "main", lambda argv, on_row=None: [{"model": "advanced_ncf"}])
+    with pytest.raises(OSError):  # the run's result unwritten: its one line, exit 1 (run_main), not a note
+        demo.evaluated([], str(workdir / "evaluation.jsonl"))
+    (workdir / "evaluation.jsonl").rmdir()
 
     def evaluate_on_a_full_disk(argv, on_row=None):
         raise OSError(errno.ENOSPC, "No space left on device", str(workdir / "report" / "report.html"))
@@ -1498,6 +1530,7 @@ def test_a_long_verification_says_so_before_the_wait(small_model_dir, small_data
     read every byte without a word: minutes at 10M x 1M (a review of jobs/, 2026-12-06). Here the
     bar is lowered to this small model's size; below it, nothing is said."""
     from jobs import verify
+    from ncf.model import integrity
 
     small_data, _ = small_data
     data_state = cli.data_state_paths(small_data)
@@ -1505,7 +1538,7 @@ def test_a_long_verification_says_so_before_the_wait(small_model_dir, small_data
         sum(os.lstat(os.path.join(folder, f)).st_size for folder, _, files in os.walk(path) for f in files)
         for path in [small_model_dir, *data_state]
     ]
-    monkeypatch.setattr(cli, "VERIFY_NOTE_BYTES", sizes[0])  # the model alone reaches it
+    monkeypatch.setattr(integrity, "VERIFY_NOTE_BYTES", sizes[0])  # the model alone reaches it
     assert cli.check_model(small_model_dir) == os.path.realpath(small_model_dir)
     assert capsys.readouterr().err == (
         f"[verify] --model {small_model_dir}: reading its {sizes[0] / 2**30:.1f} GiB to verify it\n"
@@ -1516,6 +1549,6 @@ def test_a_long_verification_says_so_before_the_wait(small_model_dir, small_data
         f"[verify] MODEL {small_model_dir} and --data {small_data}'s state: reading its {sum(sizes) / 2**30:.1f} "
         "GiB to verify it\n"
     )
-    monkeypatch.setattr(cli, "VERIFY_NOTE_BYTES", sum(sizes) + 1)
+    monkeypatch.setattr(integrity, "VERIFY_NOTE_BYTES", sum(sizes) + 1)
     verify.main([small_model_dir, "--data", small_data])
     assert capsys.readouterr().err == ""

@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from ncf.data import layout
+from ncf.errors import os_error_words
 from ncf.evaluate.baselines import Baseline, PointInTime
 from ncf.evaluate.protocol import K, Period, excluding_purchased, full_ranking
 from ncf.jsonio import read_json, write_json
@@ -202,11 +203,17 @@ def tuned_params(
         log(f"{baseline.name}: best {found.params} in {found.seconds} s")
         if data:
             # Kept at once: a later search that fails, or a job killed during it, loses only its own.
-            _keep(data, key, found)
+            _keep(data, key, found, log)
     return out
 
 
-def _keep(data: str, key: str, tuned: Tuned) -> None:
-    kept = {name: asdict(t) for name, t in {**read_tuned(data), key: tuned}.items()}
-    os.makedirs(layout.baselines_dir(data), exist_ok=True)
-    write_json(tuned_path(data), kept)
+def _keep(data: str, key: str, tuned: Tuned, log: Callable[[str], None]) -> None:
+    """Keeps ``tuned`` beside DATA for the next run. An evaluation only reads DATA: one it cannot
+    write (another account's, a read-only mount) searches again next time, its figures whole."""
+    try:
+        kept = {name: asdict(t) for name, t in {**read_tuned(data), key: tuned}.items()}
+        os.makedirs(layout.baselines_dir(data), exist_ok=True)
+        write_json(tuned_path(data), kept)
+    except OSError as e:
+        where = f"{tuned_path(data)} ({os_error_words(e)})"
+        log(f"{key}: the tuned parameters are not kept in {where}: searched again next run")
