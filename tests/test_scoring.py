@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import threading
 
 import numpy as np
@@ -1084,8 +1085,11 @@ def test_a_pass_longer_than_the_wait_goes_on_in_the_background_and_its_day_is_ke
         assert entered.is_set() and busy.value.retry_after_s >= 0.2
         with pytest.raises(PassBusy, match="that day's"):  # the same day meanwhile: no second pass
             rec.as_of(slow_day + 7200)
-        with pytest.raises(PassBusy, match="another past day's"):
+        with pytest.raises(PassBusy, match="another past day's") as other:
             rec.as_of(kept_days[-1] - 86_400 + 60)
+        # When to ask again, from the passes before (short here: the floor of 1 s), not a flat 10 s.
+        assert other.value.retry_after_s is not None and other.value.retry_after_s >= 1.0
+        assert f"ask again in {math.ceil(other.value.retry_after_s)} s" in str(other.value)
         assert [rec.as_of(day + 120) for day in kept_days] == kept  # each used after the slow day's start
     finally:
         release.set()

@@ -109,12 +109,14 @@ class UnknownProductIds(KeyError):
 class _Passes:
     """A recommender's passes over the purchases (a past day's products' stats): one at a time
     (``lock``), and the next not before ``next_at`` (``time.monotonic()``: its share of time).
-    ``last_s``: how long the last pass took (0 before any)."""
+    ``last_s``: how long the last pass took (0 before any); ``started``: when the pass running
+    began (None: none runs)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.next_at = 0.0
         self.last_s = 0.0
+        self.started: Optional[float] = None
 
 
 class Recommender:
@@ -259,14 +261,14 @@ class Recommender:
     ) -> None:
         """The pass over the purchases for ``day`` (under ``past.lock`` and the pass lock, which
         it releases), then ``past`` kept or, failed, dropped for a later call to try again."""
-        started = time.monotonic()
+        started = self._passes.started = time.monotonic()
         try:
             # The MF product vectors shared: only the products known that day differ.
             ranker = self.ranker.derived(state=self.state.as_of(day, stats))
             past.recommender = Recommender(ranker, self.version)
         finally:
             spent = time.monotonic() - started
-            self._passes.last_s = spent
+            self._passes.last_s, self._passes.started = spent, None
             self._passes.next_at = time.monotonic() + spent * (1.0 / self.pass_share - 1.0)
             self._passes.lock.release()
             self._settle(past, day, used_last=in_the_background)
@@ -348,13 +350,22 @@ class Recommender:
             )
         time.sleep(wait)
 
-    @staticmethod
-    def _busy(at: int, whose: str) -> PassBusy:
+    def _busy(self, at: int, whose: str) -> PassBusy:
         """What a recommender that does not queue passes answers while one runs: each waiting
-        request would hold a worker thread for the pass's length."""
+        request would hold a worker thread for the pass's length. When to ask again, where a pass
+        ran before: the running one's rest, by the last one's length, then the share's wait after
+        it (a flat 10 s told a client to ask every 10 s through a pass of minutes, then to wait
+        three times its length)."""
+        passes, retry = self._passes, None
+        started = passes.started
+        if started is not None and passes.last_s > 0:
+            left = max(1.0, passes.last_s - (time.monotonic() - started))
+            retry = left + passes.last_s * (1.0 / self.pass_share - 1.0)
+        when = f"ask again in {math.ceil(retry)} s" if retry is not None else "ask again shortly"
         return PassBusy(
             f"at {as_datetime(at).isoformat()}: {whose} products' stats are being computed (a pass over every "
-            "purchase); ask again shortly, or for a day already asked for"
+            f"purchase); {when}, or for a day already asked for",
+            retry_after_s=retry,
         )
 
     def needs_pass(self, at: int) -> bool:
