@@ -57,7 +57,7 @@ from ncf.data import layout
 from ncf.errors import InputError, TryLater, cannot_access, one_line, without_passwords
 from ncf.jsonio import read_small_json
 from ncf.model.directory import METRICS, WEIGHTS, read_config, read_metrics
-from ncf.model.files import BEST_VAL_METRIC
+from ncf.model.files import BEST_VAL_METRIC, without_diverged_score
 from ncf.model.integrity import MANIFEST, note_verification, sha256_of, verify_model_dir, vocab_digest
 from ncf.staging import present
 
@@ -330,9 +330,10 @@ def metric_key(name: str) -> str:
 
 
 def numeric(values: Dict, prefix: str = "", skip: Iterable[str] = ()) -> Dict[str, float]:
-    """The finite numbers of ``values`` under MLflow-safe names (booleans, strings, lists dropped)."""
+    """The finite numbers of ``values`` under MLflow-safe names (booleans, strings, lists dropped;
+    a diverged epoch's placeholder score too)."""
     out = {}
-    for key, value in values.items():
+    for key, value in without_diverged_score(values).items():
         if key in skip or isinstance(value, bool) or not isinstance(value, numbers.Real):
             continue
         if math.isfinite(value):

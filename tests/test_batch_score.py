@@ -1794,6 +1794,25 @@ def test_now_before_the_datas_last_purchase_ranks_at_data_end_not_a_replay(small
     assert at == end + 86_400
 
 
+@pytest.mark.faults
+def test_the_nightly_job_and_the_recommender_read_one_data_end(small_model_dir, small_data, tmp_path):
+    """data-end of a log of dates is the midnight after its last day, decided from every purchase
+    (the products' stats count them): the nightly job reads it from DATA's files without loading
+    the state, Serve and the Python API from the state; both must say the same moment (a second
+    read, 2026-12-07). Here a copy of DATA whose stats say it is a log of dates."""
+    data, _ = small_data
+    end = layout.DataStats(data).end
+    dated = str(tmp_path / "dated")
+    shutil.copytree(data, dated)
+    products = os.path.join(layout.product_stats_dir(dated), "products.parquet")
+    table = pq.read_table(products)
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"dates_only": b"1"}), products)
+    config = bs.BatchScoreConfig(model=small_model_dir, data=data, output=str(tmp_path / "o"), at="data-end")
+    for source, expected in ((data, end + 1), (dated, end + 86_400)):
+        _, at = bs.check_config(dataclasses.replace(config, data=source), verify_inputs=False)
+        assert at == Recommender.load(small_model_dir, data=source).default_at == expected, source
+
+
 def test_a_moment_inside_the_data_is_a_replay_with_its_cold_households_flagged(small_model_dir, small_data, tmp_path):
     """Old code ranked a past --at with the products' stats of the data's end (later purchases in
     popularity and cycles) and wrote cold households without a flag."""

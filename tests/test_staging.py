@@ -620,6 +620,7 @@ def test_a_run_continues_the_newest_dead_stage_its_caller_accepts_and_removes_th
         _write(os.path.join(stage, ".part-1.parquet.tmp"), "half")  # never renamed: not whole
         os.utime(stage, (1_000 + age, 1_000 + age))
     root = os.path.join(output, commit.TMP, PARTITION)
+    _write(os.path.join(output, commit.TMP, f"{commit.REMOVING}dead-cleaner", "part-0.parquet"))  # a cleaner's, dead
     messages = []
     with commit.PartitionRun(output, PARTITION, "next", log=messages.append, continues=accepted) as run:
         assert run.continued == "dead" and run.stage == os.path.join(root, "dead")
@@ -630,6 +631,7 @@ def test_a_run_continues_the_newest_dead_stage_its_caller_accepts_and_removes_th
     # Each said before its removal too (a dead stage of 10M users takes a while): silent before.
     removing = [m.split(": ", 1)[1] for m in messages if m.startswith("removing what a previous run left: ")]
     removed = [m.split(": ", 1)[1] for m in messages if m.startswith("removed what a previous run left: ")]
+    assert any(commit.REMOVING in path for path in removing)
     assert removing == removed and messages.index(f"removing what a previous run left: {removed[0]}") < messages.index(
         f"removed what a previous run left: {removed[0]}"
     )

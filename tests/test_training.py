@@ -61,7 +61,7 @@ def test_the_refit_trains_for_the_epoch_whose_weights_were_exported():
     diverged = SimpleNamespace(best_checkpoints=kept, metrics=kept[0][1], checkpoint="epoch 2")
     assert best_checkpoint(diverged)[0] == "epoch 1" and best_epoch(diverged) == 1
     diverged.best_checkpoints = kept[:1]
-    with pytest.raises(InputError, match="is NaN: the training diverged"):  # the job's one line, exit 2
+    with pytest.raises(InputError, match="validation scored NaN: the training diverged"):  # the job's one line, exit 2
         best_checkpoint(diverged)
 
 
@@ -99,6 +99,14 @@ def test_a_diverged_epochs_score_survives_ray_trains_checkpoint_index():
     trial = SimpleNamespace(config=point, error=None, metrics_dataframe=history, metrics={"trial_id": "t"}, path="p")
     row = _trial_row(trial, point)
     assert np.isnan(row[BEST]) and row["epochs"] == 2 and row["checkpoint_path"] is None
+    # Nor a figure where curves and trackers record the epochs (MLflow's run, the report's table).
+    from ncf.evaluate.report import _training_section
+    from ncf.registry import numeric
+
+    assert "val_ndcg_at_10" not in numeric(reported) and numeric(reported)["val_diverged"] == 1.0
+    assert numeric({VAL_METRIC: 0.3, "epoch": 1})["val_ndcg_at_10"] == 0.3
+    section = _training_section([{"epoch": 1, "train_loss": 0.5, VAL_METRIC: 0.3}, {**reported, "train_loss": 9.0}], 1)
+    assert "-1.0000" not in section and "0.3000" in section
 
 
 @pytest.mark.faults

@@ -391,6 +391,7 @@ def clean_stale(
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
         if name.startswith(REMOVING):  # renamed by a cleaner that died before removing it, or is removing it
+            removing(path)
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
             continue

@@ -34,7 +34,7 @@ from ncf.data.features import FEATURES_VERSION
 from ncf.evaluate.evaluation import BASELINE_ORDER, MODEL, K, Period, sample_users
 from ncf.evaluate.protocol import PAIRED, bought_by_period_end
 from ncf.jsonio import write_text
-from ncf.model.files import VAL_DIVERGED, VAL_METRIC
+from ncf.model.files import without_diverged_score
 from ncf.splits import TEST
 
 REPORT = "report.html"
@@ -199,8 +199,8 @@ def _training_section(history: Optional[Sequence[Dict]], best_epoch: Optional[in
     epoch trained, the model only the one its training kept (the best validation NDCG@10)."""
     if not history:
         return "<h2>Training and validation</h2><p>This model directory has no per-epoch history.</p>"
-    # A diverged epoch's score is a placeholder below any NDCG: no point on the curve.
-    history = [{**h, VAL_METRIC: np.nan} if h.get(VAL_DIVERGED) else h for h in history]
+    # A diverged epoch's score is a placeholder below any NDCG: no point on the curve, none in the table.
+    history = [without_diverged_score(h) for h in history]
     # Marked only where the history has that epoch (a directory's metrics.json may say another).
     shown = best_epoch if best_epoch is not None and any(h.get("epoch") == best_epoch for h in history) else None
     if best_epoch is None:

@@ -35,6 +35,14 @@ BEST_VAL_METRIC = "best_" + VAL_METRIC
 # later report of a resumed run raised TypeError); VAL_DIVERGED 1.0 says so beside it.
 DIVERGED_SCORE = -1.0
 VAL_DIVERGED = "val_diverged"
+
+
+def without_diverged_score(metrics: Dict) -> Dict:
+    """An epoch's ``metrics`` without a diverged epoch's placeholder score, for what draws or
+    records them as figures (curves, MLflow, TensorBoard), where -1 would read as a score."""
+    return {k: v for k, v in metrics.items() if k != VAL_METRIC} if metrics.get(VAL_DIVERGED) else metrics
+
+
 # Boolean masks over the tables' rows: which households and products the run's lists held.
 TRAINED_USERS, TRAINED_PRODUCTS = "trained_users.npy", "trained_products.npy"
 

@@ -341,7 +341,7 @@ def best_checkpoint(result):
         return max(finite, key=lambda cm: cm[1][VAL_METRIC])
     if scored:
         raise TrainingDiverged(
-            f"every kept epoch's {VAL_METRIC} is NaN: the training diverged (its weights are not numbers; its "
+            "every kept epoch's validation scored NaN: the training diverged (its weights are not numbers; its "
             "checkpoints are kept); train again with a lower --lr"
         )
     if result.checkpoint is None:

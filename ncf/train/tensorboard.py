@@ -14,6 +14,8 @@ import shutil
 import uuid
 from typing import Dict, Sequence
 
+from ncf.model.files import without_diverged_score
+
 
 def write_history(history: Sequence[Dict], logdir: str) -> str:
     """One scalar per numeric metric per epoch (step = epoch) under ``logdir``, in place of what
@@ -27,7 +29,7 @@ def write_history(history: Sequence[Dict], logdir: str) -> str:
     try:
         with SummaryWriter(fresh) as writer:
             for row in history:
-                for name, value in row.items():
+                for name, value in without_diverged_score(row).items():
                     if name != "epoch" and isinstance(value, numbers.Real):
                         writer.add_scalar(f"train/{name}", float(value), global_step=int(row["epoch"]))
         _swap_in(fresh, logdir)
