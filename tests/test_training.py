@@ -127,6 +127,18 @@ def test_a_refit_trained_past_the_epochs_its_validated_run_chose_now_is_not_resu
     check_refit_epochs("X", {"epoch": 3}, dataclasses.replace(validated, epochs=2))  # a validated run's: stopped_early
 
 
+def test_a_run_of_several_workers_records_the_rows_its_batches_read():
+    """With --workers N each epoch's lists are dealt out in N equal shares, up to N-1 left out, the
+    same each epoch; an uncapped run recorded no rows read, so households and products only those
+    lists held kept their random vectors and were exported as trained (a review of training,
+    2026-12-07). Capped and multi-worker runs record them; one uncapped worker reads every list."""
+    from ncf.train.loop import marks_read_rows
+
+    uncapped, capped = TrainConfig(data="D"), TrainConfig(data="D", max_steps_per_epoch=3)
+    assert marks_read_rows(uncapped, world_size=2) and marks_read_rows(capped, world_size=1)
+    assert not marks_read_rows(uncapped, world_size=1)
+
+
 def test_two_workers_with_sharded_tables_reduce_the_loss(small_data, tmp_path):
     data, stats = small_data
     config = TrainConfig(

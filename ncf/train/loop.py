@@ -160,11 +160,19 @@ def setup_worker(cfg: TrainConfig) -> Worker:
         worker.validation = (state, period, sample_users(period.users, cfg.val_users or None))
         # Validation ranks as the saved model will: rows no list holds are never trained.
         worker.listed_rows = listed_rows(cfg.data, cfg.cutoffs, model_config.num_users, model_config.num_products)
-    if cfg.max_steps_per_epoch:
+    if marks_read_rows(cfg, world_size):
         users, products = np.zeros(model_config.num_users, bool), np.zeros(model_config.num_products, bool)
         users[0] = products[0] = True  # the unknown rows, trained by the unknown-row draws
         worker.read_rows = (users, products)
     return worker
+
+
+def marks_read_rows(cfg: TrainConfig, world_size: int) -> bool:
+    """Whether a run records the rows its batches held (``Worker.read_rows``), for those the lists
+    held but no batch read to rank with the unknown row: capped epochs stop early, and several
+    workers' equal shares leave up to N-1 lists of each epoch out (rows only they hold kept their
+    random initial vectors, and were exported as trained)."""
+    return bool(cfg.max_steps_per_epoch) or world_size > 1
 
 
 def init_seed(seed: int, rank: int) -> int:
