@@ -175,7 +175,8 @@ def save_model_dir(
     A ``validated`` or ``refit`` run also records which rows its lists held
     (:func:`ncf.data.examples.listed_rows`): the others were never trained either and rank
     with the unknown row (:attr:`ModelDir.trained_rows`). ``trained_rows``: the (users, products)
-    masks of the rows a run trained, when it did not read all its lists (capped epochs).
+    masks of the rows a run trained, when it did not read all its lists (capped epochs, several
+    workers' equal shares).
 
     Weights that every reader would refuse (NaN, other names, shapes or dtypes than
     ``model_config``'s) and masks that do not fit its tables are refused (ModelIntegrityError)

@@ -34,6 +34,7 @@ from ncf.rank.ranker import Ranker, Ranking, check_k
 from ncf.rank.reasons import Reason
 from ncf.rank.state import RankingState, check_catalog, check_data_products
 
+_ANOTHER_DAYS = "another past day's"  # PassBusy's words for a pass of another day running
 AS_OF_DAYS = 4  # past days whose product stats a recommender keeps (each a pass over the purchases)
 
 
@@ -249,7 +250,7 @@ class Recommender:
         """Takes the pass lock (one pass at a time) once the last pass's share of time allows
         another; a recommender that does not queue passes raises :class:`PassBusy` instead."""
         if not self._passes.lock.acquire(blocking=self.queue_passes):
-            raise self._busy(at, "another past day's")
+            raise self._busy(at, _ANOTHER_DAYS)
         try:
             self._wait_for_the_pass_share(at)
         except BaseException:
@@ -359,8 +360,9 @@ class Recommender:
         passes, retry = self._passes, None
         started = passes.started
         if started is not None and passes.last_s > 0:
-            left = max(1.0, passes.last_s - (time.monotonic() - started))
-            retry = left + passes.last_s * (1.0 / self.pass_share - 1.0)
+            retry = max(1.0, passes.last_s - (time.monotonic() - started))
+            if whose == _ANOTHER_DAYS:  # that day's answer is ready when its pass ends; another waits the share
+                retry += passes.last_s * (1.0 / self.pass_share - 1.0)
         when = f"ask again in {math.ceil(retry)} s" if retry is not None else "ask again shortly"
         return PassBusy(
             f"at {as_datetime(at).isoformat()}: {whose} products' stats are being computed (a pass over every "

@@ -51,8 +51,9 @@ def write_checkpoint(
     state: Dict,
     trained_rows: Optional[Tuple[np.ndarray, np.ndarray]] = None,
 ) -> None:
-    """``trained_rows``: (users, products) masks of the rows a capped run's batches held (an
-    uncapped run trains every row its lists hold, which the model directory reads from DATA).
+    """``trained_rows``: (users, products) masks of the rows the batches of a capped run, or of one
+    of several workers, held (an uncapped run of one worker trains every row its lists hold, which
+    the model directory reads from DATA).
     ``train_state.json``, written last, records each file's sha256 (:data:`CHECKSUMS`)."""
     written = [WEIGHTS]
     torch.save(weights, os.path.join(directory, WEIGHTS))

@@ -158,8 +158,11 @@ def setup_worker(cfg: TrainConfig) -> Worker:
         state = RankingState.load(cfg.data).as_of(stats.boundaries["val_start"])
         _, period = point_in_time_period(state, VAL, stats.boundaries)
         worker.validation = (state, period, sample_users(period.users, cfg.val_users or None))
-        # Validation ranks as the saved model will: rows no list holds are never trained.
-        worker.listed_rows = listed_rows(cfg.data, cfg.cutoffs, model_config.num_users, model_config.num_products)
+        # Validation ranks as the saved model will: rows no list holds are never trained (where
+        # the rows read are recorded, those replace these before the first validation: no scan).
+        if not marks_read_rows(cfg, world_size):
+            sizes = (model_config.num_users, model_config.num_products)
+            worker.listed_rows = listed_rows(cfg.data, cfg.cutoffs, *sizes)
     if marks_read_rows(cfg, world_size):
         users, products = np.zeros(model_config.num_users, bool), np.zeros(model_config.num_products, bool)
         users[0] = products[0] = True  # the unknown rows, trained by the unknown-row draws
@@ -389,6 +392,11 @@ def _restore(w: Worker, checkpoint) -> Dict:
         del weights  # copied into the model (mapped from a local file: its pages go back to the cache)
         optimizer_state = ckpt.read_optimizer_state(d, mmap=local)
         trained = read_trained_rows(d)
+    if w.read_rows is not None and trained is None and state["epoch"] > 0:
+        # A checkpoint without masks is an uncapped run's of one worker, which read every list (one
+        # resumed with --workers N): its epochs trained every row the lists hold.
+        sizes = (w.model_config.num_users, w.model_config.num_products)
+        trained = listed_rows(w.cfg.data, w.cfg.cutoffs, *sizes)
     if w.read_rows is not None and trained is not None:
         w.read_rows = tuple(now | before for now, before in zip(w.read_rows, trained))
     if optimizer_state is not None:
