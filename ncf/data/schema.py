@@ -7,8 +7,10 @@ directory or a glob.
 * IDs: integers, strings (UTF-8, at most 128 characters; surrounding spaces are trimmed), or floats that hold a whole
   number (``12.0`` is the id ``"12"``, as the integer 12 would be, in a float column and as
   text alike; pandas writes integer ids with a missing value as floats). In float columns
-  NaN, infinities, fractions and floats beyond 2**53 are quarantined (``bad_user_id`` /
-  ``bad_product_id``), and so are strings that are not valid UTF-8. Decimal columns are read
+  NaN, infinities, fractions and whole numbers beyond the type's exact range (2**53 in float64,
+  2**24 in float32) are quarantined (``bad_user_id`` / ``bad_product_id``), and so is such text
+  (``9826123412341236.0``: a 16-digit card number through a float, two made one), and strings
+  that are not valid UTF-8. Decimal columns are read
   exactly (a warehouse's NUMBER(38,0) ids of any length; fractions quarantined). Other column types (lists,
   structs, booleans...) stop the job with a one-line error naming the file and column, before
   any row is read.
@@ -579,11 +581,19 @@ def usable_type(t: pa.DataType, kind: str) -> bool:
 
 
 # Column names an export gives the quantity of a purchase line: Qty, QUANTITY_SOLD, item_qty,
-# "units sold". Whole names only: units_per_case, qty_on_hand or return_qty say something else.
+# "units sold", OrderQty (SQL Server's CamelCase), order-qty. Whole names only: units_per_case,
+# qty_on_hand (QtyOnHand) or return_qty (ReturnQty) say something else.
 QUANTITY_LIKE = re.compile(
     r"^((item|order|sales|line)[_ ])?(qty|quantity|quantities|units)([_ ](sold|purchased|ordered|bought))?$",
     re.IGNORECASE,
 )
+
+
+def quantity_like(name: str) -> bool:
+    """Whether a column's name says it holds a purchase line's quantity (:data:`QUANTITY_LIKE`),
+    its words split where CamelCase or hyphens split them."""
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.strip()).replace("-", "_")
+    return bool(QUANTITY_LIKE.match(words))
 
 
 def check_columns(files: InputFiles, required: Sequence[str], what: str, optional: Sequence[str] = ()) -> None:
@@ -602,11 +612,11 @@ def check_columns(files: InputFiles, required: Sequence[str], what: str, optiona
                     f"{path}: {what} column {name!r} is spelled otherwise than {meant!r}: column names are "
                     f"matched exactly (lower case, no spaces); {fix}"
                 )
-        quantity_like = [n for n in file.names if QUANTITY_LIKE.match(n.strip()) and n != QUANTITY]
-        if QUANTITY in optional and QUANTITY not in file.names and quantity_like:
+        quantities = [n for n in file.names if quantity_like(n) and n != QUANTITY]
+        if QUANTITY in optional and QUANTITY not in file.names and quantities:
             # Ignored, every row would count as one unit and a return (-2) as a purchase.
             raise InputError(
-                f"{path}: {what} column {quantity_like[0]!r} looks like the quantity, which is read from a column "
+                f"{path}: {what} column {quantities[0]!r} looks like the quantity, which is read from a column "
                 f"named '{QUANTITY}' only (returns, quantities of 0 or less, are quarantined through it): rename it"
                 " or drop it"
             )
@@ -620,7 +630,8 @@ def check_columns(files: InputFiles, required: Sequence[str], what: str, optiona
             if file.names.count(column) > 1:  # a joined export: which one holds the data is anyone's guess
                 raise InputError(f"{path}: {what} has {file.names.count(column)} columns named '{column}'; keep one")
         for f in file:  # by position: other columns may share a name (Excel's trailing empty ones)
-            kind = COLUMN_KINDS.get(f.name)
+            # The columns this file is read for: a log's list-typed `category` is never read.
+            kind = COLUMN_KINDS.get(f.name) if f.name in (*required, *optional) else None
             if kind and not usable_type(f.type, kind):
                 raise InputError(f"{path}: {what} column '{f.name}' has type {f.type}; {_KIND_WORDS[kind]}")
 
@@ -797,8 +808,10 @@ def _ids(column, whole_number_text: bool = True) -> Tuple[pa.Array, np.ndarray, 
     if pa.types.is_floating(t):
         values = pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False)  # nulls -> NaN
         missing = pc.is_null(array).to_numpy(zero_copy_only=False)
+        # Beyond the type's exact integers, neighbouring ids have become one (16777217 is 16777216 in float32).
+        exact = 2.0 ** (np.finfo(np.dtype(f"float{t.bit_width}")).nmant + 1)
         with np.errstate(invalid="ignore"):
-            whole = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2.0**53)
+            whole = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < exact)
         ints = pa.array(np.where(whole, values, 0).astype(np.int64)).cast(pa.string())
         bad = ~missing & ~whole
         ids = pc.if_else(pa.array(whole), ints, pc.cast(array, pa.string()))
@@ -810,6 +823,9 @@ def _ids(column, whole_number_text: bool = True) -> Tuple[pa.Array, np.ndarray, 
     # column has a missing value), in CSV text as in Parquet floats.
     trimmed = id_text(text, whole_number_text)
     if whole_number_text:
+        # From 2**53 on such a float held other ids too (9826123412341235 was written ...236.0):
+        # quarantined, as the same value in a float column is.
+        invalid = invalid | _beyond_float64(pc.utf8_trim_whitespace(text))
         # A number Excel or Spark wrote in scientific notation may have lost digits, and as text
         # it would be an id apart from the same number written out: a bad id, not a guess.
         invalid = invalid | pc.fill_null(pc.match_substring_regex(trimmed, SCIENTIFIC_NUMBER), False).to_numpy(
@@ -826,6 +842,16 @@ def _ids(column, whole_number_text: bool = True) -> Tuple[pa.Array, np.ndarray, 
     missing = _missing_text(trimmed) & ~invalid
     ids = pc.if_else(pa.array(invalid), raw, pc.if_else(pa.array(missing), _null_strings(n), trimmed))
     return ids, missing, invalid
+
+
+def _beyond_float64(text: pa.Array) -> np.ndarray:
+    """Whether each text is a whole number written through a float (``X.0``) with ``|X| >= 2**53``."""
+    through_float = pc.fill_null(pc.match_substring_regex(text, r"^-?[0-9]+\.0+$"), False)
+    digits = pc.replace_substring_regex(text, r"^-?0*([0-9]+)\.0+$", r"\1")
+    length = pc.utf8_length(digits)
+    limit = str(2**53)
+    big = pc.or_(pc.greater(length, len(limit)), pc.and_(pc.equal(length, len(limit)), pc.greater_equal(digits, limit)))
+    return (pc.fill_null(pc.and_(through_float, big), False)).to_numpy(zero_copy_only=False)
 
 
 # The longest id, in characters (code points): the API's bound on an id in a question
