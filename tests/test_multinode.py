@@ -228,9 +228,22 @@ def trained_model_dir(sharded_training, two_node_run, tmp_path_factory):
     )
 
 
+def _wait_for_free_cpus(wait_s: float = 60) -> None:
+    """Until every CPU of the cluster is free: the training before frees its placement group's
+    (a CPU on each node) asynchronously, and an actor pool started meanwhile places one actor
+    only (the full suite, 2026-12-07)."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
+        assert time.monotonic() < deadline, (ray.available_resources(), ray.cluster_resources())
+        time.sleep(0.5)
+
+
 def test_batch_scoring_runs_one_actor_per_node_and_commits_every_user(
     trained_model_dir, two_node_run, two_nodes, tmp_path
 ):
+    _wait_for_free_cpus()
     data = two_node_run["data"]
     output = str(tmp_path / "scores")
     config = batch_scoring.BatchScoreConfig(
