@@ -846,7 +846,8 @@ def _ids(column, whole_number_text: bool = True) -> Tuple[pa.Array, np.ndarray, 
 
 def _beyond_float64(text: pa.Array) -> np.ndarray:
     """Whether each text is a whole number written through a float (``X.0``) with ``|X| >= 2**53``."""
-    through_float = pc.fill_null(pc.match_substring_regex(text, r"^-?[0-9]+\.0+$"), False)
+    # A float's writer pads no zeros: 0009007199254740993.0 was written as text, and is read as such.
+    through_float = pc.fill_null(pc.match_substring_regex(text, r"^-?[1-9][0-9]*\.0+$"), False)
     digits = pc.replace_substring_regex(text, r"^-?0*([0-9]+)\.0+$", r"\1")
     length = pc.utf8_length(digits)
     limit = str(2**53)

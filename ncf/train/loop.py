@@ -392,9 +392,10 @@ def _restore(w: Worker, checkpoint) -> Dict:
         del weights  # copied into the model (mapped from a local file: its pages go back to the cache)
         optimizer_state = ckpt.read_optimizer_state(d, mmap=local)
         trained = read_trained_rows(d)
-    if w.read_rows is not None and trained is None and state["epoch"] > 0:
+    if w.read_rows is not None and trained is None and state["epoch"] > 0 and w.rank == 0:
         # A checkpoint without masks is an uncapped run's of one worker, which read every list (one
-        # resumed with --workers N): its epochs trained every row the lists hold.
+        # resumed with --workers N): its epochs trained every row the lists hold. Rank 0's alone:
+        # the ranks' marks are joined at each epoch's end, and rank 0 validates and saves them.
         sizes = (w.model_config.num_users, w.model_config.num_products)
         trained = listed_rows(w.cfg.data, w.cfg.cutoffs, *sizes)
     if w.read_rows is not None and trained is not None:
