@@ -285,9 +285,9 @@ ERROR_RESPONSES = {
         ),
         (
             503,
-            "no model loaded yet, the replicas' queues are full, or a past day's products' stats are being "
-            "computed (that day's for longer than the request waits, or another's), or the replica's share "
-            "of time for such passes is spent (Retry-After)",
+            "no model loaded yet, no replica running, the replicas' queues are full, or a past day's products' "
+            "stats are being computed (that day's for longer than the request waits, or another's), or the "
+            "replica's share of time for such passes is spent (Retry-After)",
         ),
         (504, "the answer took longer than the request timeout"),
     )

@@ -334,6 +334,9 @@ async def _answer(send, status: int, message: str, close: bool = False, extra_he
     await send({"type": "http.response.body", "body": body})
 
 
+UNAVAILABLE_RETRY_AFTER_S = 5  # a replica's start: seconds (the model's load), as the app's own not-ready 503
+
+
 class _JsonErrors:
     """Wraps ``send``: a plain-text error answer (Serve's own: 404, 408, 503) is re-sent as
     ``{"error": text}``, keeping its other headers (Retry-After, X-Request-ID); Serve's request
@@ -367,8 +370,13 @@ class _JsonErrors:
     async def _send_as_json(self) -> None:
         status = 504 if self.start["status"] == 408 else self.start["status"]
         text = self.body.decode("utf-8", "replace").strip() or f"HTTP {status}"
+        headers = self.kept_headers()
+        if status == 503 and not any(k.lower() == b"retry-after" for k, _ in headers):
+            # Serve's own "deployment unavailable" (no replica running: all replaced at once, or
+            # starting) says no time; a client that honours Retry-After needs one.
+            headers.append((b"retry-after", str(UNAVAILABLE_RETRY_AFTER_S).encode()))
         self.sent = True
-        await _answer(self.send, status, text, extra_headers=self.kept_headers())
+        await _answer(self.send, status, text, extra_headers=headers)
 
 
 class NoSniff:

@@ -312,6 +312,29 @@ def _through_edge(app, headers: list, body_messages: list, sent: list | None = N
     return sent, len(read)
 
 
+def test_serves_own_503_gets_a_retry_after_and_a_json_body():
+    """Serve's proxy answers 503 in plain text without Retry-After when the deployment has no
+    replica running (a review of Serve, 2026-12-07): sent as JSON with Retry-After; a 503 that
+    has one (load shedding) keeps its own."""
+    from serve.limits import UNAVAILABLE_RETRY_AFTER_S
+
+    def serve_answers(headers):
+        async def app(scope, receive, send):
+            start = {"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"text/plain")]}
+            start["headers"] += headers
+            await send(start)
+            await send({"type": "http.response.body", "body": b"Deployment 'NCF' is unavailable"})
+
+        return app
+
+    request = [{"type": "http.request", "body": b"", "more_body": False}]
+    sent, _ = _through_edge(serve_answers([]), [], request)
+    assert sent[0]["status"] == 503 and (b"retry-after", str(UNAVAILABLE_RETRY_AFTER_S).encode()) in sent[0]["headers"]
+    assert json.loads(sent[1]["body"]) == {"error": "Deployment 'NCF' is unavailable"}
+    sent, _ = _through_edge(serve_answers([(b"retry-after", b"1")]), [], request)
+    assert [v for k, v in sent[0]["headers"] if k.lower() == b"retry-after"] == [b"1"]
+
+
 def test_a_request_serve_ends_without_an_answer_gets_a_json_500():
     """Serve's proxy sends nothing itself for a 500 (a replica that died under the request):
     uvicorn then answered in plain text, past the JSON errors."""
