@@ -30,6 +30,12 @@ from ncf.errors import (
 )
 
 
+def joins_a_cluster() -> bool:
+    """Whether RAY_ADDRESS names a running cluster to join: ``local`` (Ray's word for a new
+    local cluster, stopped with the job) is none, as no RAY_ADDRESS is."""
+    return os.environ.get("RAY_ADDRESS", "") not in ("", "local")
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     """Joins the cluster a job was submitted to (RAY_ADDRESS), else starts a local one."""
     import ray
@@ -44,7 +50,7 @@ def init_ray(num_cpus: int | None = None) -> None:
             f"RAY_ADDRESS={address} is a dashboard address, which `ray job submit` reads; to run a job "
             "directly on a running cluster, set RAY_ADDRESS to its head's address (HOST:6379), or submit it"
         )
-    local = not address
+    local = not joins_a_cluster()
     if not local:
         check_ray_address(address)
         check_head_answers(address)
@@ -63,6 +69,14 @@ def init_ray(num_cpus: int | None = None) -> None:
                 raise InputError(
                     f"RAY_ADDRESS={address}: no Ray cluster answers ({one_line(e)}); start one (ray start --head) "
                     "or unset RAY_ADDRESS to run on a local one"
+                ) from None
+            except RuntimeError as e:
+                if not str(e).startswith("Version mismatch"):
+                    raise
+                # A driver's Ray or Python other than the cluster's (3.11.9 against 3.11.10 too).
+                raise InputError(
+                    f"RAY_ADDRESS={address}: the cluster runs another Ray or Python than this job "
+                    f"({one_line(e)}); run the job from the cluster's environment, or submit it with ray job submit"
                 ) from None
         else:
             # address="local": never attach to whatever cluster a previous `ray start` left a

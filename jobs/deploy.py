@@ -48,6 +48,7 @@ from jobs.cli import (
     fail,
     init_ray,
     job_parser,
+    joins_a_cluster,
     non_negative_int,
     positive_float,
     positive_int,
@@ -209,11 +210,11 @@ def main(argv=None) -> dict:
 def _checked(args: argparse.Namespace, app_args: dict) -> ServeSettings:
     """The deploy's input checked before Ray starts (InputError, ValueError): the settings the
     replicas will load; ``app_args``' model resolved in place."""
-    if args.detach and not os.environ.get("RAY_ADDRESS") and not _ray_started_here():
+    if args.detach and not joins_a_cluster() and not _ray_started_here():
         raise InputError(
             "--detach needs a running cluster to leave the app on: set RAY_ADDRESS to its head "
             "(HOST:6379, from `ray start --head`) or submit the job with `ray job submit`; without "
-            "RAY_ADDRESS the job's own cluster stops when it exits"
+            "RAY_ADDRESS (or with RAY_ADDRESS=local) the job's own cluster stops when it exits"
         )
     # current: the registry's current version, now; build_app verifies the directory.
     app_args["model"] = check_model(args.model, verify=False)

@@ -468,6 +468,41 @@ def test_ray_address_auto_with_no_cluster_up_is_one_line(monkeypatch):
     assert message.endswith("start one (ray start --head) or unset RAY_ADDRESS to run on a local one")
 
 
+@pytest.mark.faults
+def test_ray_address_local_is_no_cluster_and_a_version_mismatch_is_one_line(monkeypatch):
+    """RAY_ADDRESS=local (Ray's word for a new local cluster, stopped with the job) passed the
+    --detach check: the deploy exited 0 and nothing served once its cluster stopped. A driver whose
+    Ray or Python differs from the cluster's (3.11.9 against 3.11.10) ended in Ray's RuntimeError
+    traceback (a review of jobs.deploy, 2026-12-07)."""
+    import argparse
+
+    import ray
+
+    from jobs import deploy
+
+    for address, joins in (("", False), ("local", False), ("auto", True), ("10.0.0.5:6379", True)):
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        assert cli.joins_a_cluster() is joins, address
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(cli.InputError, match="with RAY_ADDRESS=local. the job's own cluster stops when it exits"):
+        deploy._checked(argparse.Namespace(detach=True), {})
+
+    def other_versions(address=None, **options):
+        raise RuntimeError("Version mismatch: The cluster was started with:\n    Ray: 2.60.0\n    Python: 3.11.10\n")
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    monkeypatch.setattr(cli, "check_head_answers", lambda address: None)
+    monkeypatch.setattr(ray, "init", other_versions)
+    monkeypatch.setattr(cli.logs, "configure", lambda **options: None)
+    monkeypatch.setattr(cli, "exit_on_sigterm", lambda: None)
+    with pytest.raises(cli.InputError) as refused:
+        cli.init_ray()
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("RAY_ADDRESS=10.0.0.5:6379: the cluster runs another Ray or")
+    assert "Python: 3.11.10" in message and message.endswith("or submit it with ray job submit")
+
+
 # What each job's Ctrl-C line says it left, where the job has no words of its own for the moment.
 INTERRUPTED_LEAVES = {
     "preprocess": (["--input", "logs.csv", "--output", "o"], "the output is as it was"),
