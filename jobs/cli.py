@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Callable, NoReturn, Optional, Sequence
 
 from jobs import logs, started
+from ncf.cluster import joins_a_cluster
 from ncf.errors import (
     EXIT_STOPPED,
     EXIT_TRY_LATER,
@@ -28,12 +29,6 @@ from ncf.errors import (
     os_error_words,
     without_passwords,
 )
-
-
-def joins_a_cluster() -> bool:
-    """Whether RAY_ADDRESS names a running cluster to join: ``local`` (Ray's word for a new
-    local cluster, stopped with the job) is none, as no RAY_ADDRESS is."""
-    return os.environ.get("RAY_ADDRESS", "") not in ("", "local")
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -277,7 +272,7 @@ def add_training_gpu_options(p: argparse.ArgumentParser) -> None:
 def gpu_wait_applies(args: argparse.Namespace) -> bool:
     """Whether ``--gpu-wait`` waits: a positive wait on a cluster the job joined (``RAY_ADDRESS``),
     whose autoscaler may add GPUs; the job's own local cluster has none."""
-    return args.gpu_wait > 0 and bool(os.environ.get("RAY_ADDRESS"))
+    return args.gpu_wait > 0 and joins_a_cluster()
 
 
 def training_on_gpu(args: argparse.Namespace, workers: int, wait_for: int | None = None) -> bool:

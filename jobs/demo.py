@@ -44,6 +44,7 @@ from jobs.cli import (
 )
 from ncf.batch.commit import is_scoring_output
 from ncf.batch.partitions import partition_dir
+from ncf.cluster import joins_a_cluster
 from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
@@ -149,7 +150,7 @@ def stop_app(app_name: str) -> None:
     if running_address() is None:  # Serve never started (or is gone): nothing to stop, nothing to ask it
         return
     serve.delete(app_name)
-    if os.environ.get("RAY_ADDRESS"):
+    if joins_a_cluster():
         serve.shutdown()
 
 
@@ -173,7 +174,7 @@ def online_queries(model: str, data: str, port: int) -> list:
         # Checked at the start too; something may have taken the port, or started Serve (which
         # stop_app would then shut down), in the minutes since.
         check_port_free("127.0.0.1", port, "stop it or give the demo another --port")
-        if os.environ.get("RAY_ADDRESS"):
+        if joins_a_cluster():
             check_no_serve_running()
         # Complete Journey ends in 2017, so requests default to the data's end rather than now.
         app = build_app({"model": model, "data": data, "default_at": "data-end", "min_replicas": 1, "max_replicas": 2})
@@ -229,7 +230,7 @@ def _serving(app, port: int) -> tuple:
 def support_paths(workdir: str) -> dict:
     """Where the dataset's cache and Ray Train's checkpoints go: under ``workdir`` on a cluster
     the job joined (its workers on other nodes read them), the jobs' own defaults locally."""
-    if not os.environ.get("RAY_ADDRESS"):
+    if not joins_a_cluster():
         return {}
     if in_unpacked_working_dir(workdir):
         # Submitted with --working-dir: its default (relative) --workdir is in Ray's unpacked copy,
@@ -402,7 +403,7 @@ def main(argv=None) -> list:
     import ray
 
     try:
-        if os.environ.get("RAY_ADDRESS"):
+        if joins_a_cluster():
             with one_line_errors():
                 check_no_serve_running()
         _stage(1, "preprocess Complete Journey (Ray Data)", started)

@@ -48,13 +48,13 @@ from jobs.cli import (
     fail,
     init_ray,
     job_parser,
-    joins_a_cluster,
     non_negative_int,
     positive_float,
     positive_int,
     positive_seconds,
     tcp_port,
 )
+from ncf.cluster import joins_a_cluster
 from ncf.errors import EXIT_TRY_LATER, InputError
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K

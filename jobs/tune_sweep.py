@@ -26,6 +26,7 @@ from jobs.cli import (
     training_failed,
     training_on_gpu,
 )
+from ncf.cluster import joins_a_cluster
 from ncf.errors import EXIT_STOPPED, InputError, Interrupted, TryLater
 from ncf.registry import track_sweep_model
 from ncf.splits import REFIT, VALIDATED
@@ -151,7 +152,7 @@ def refuse_gpus_missing(args: argparse.Namespace) -> None:
         raise InputError(f"{trained} and {missing}: install the CUDA builds (make setup ACCEL=cuda)")
     if gpu_wait_applies(args):
         raise TryLater(f"{trained} and too few came within --gpu-wait {args.gpu_wait:g}; try later")
-    waits = " (--gpu-wait S waits for an autoscaler to add them)" if os.environ.get("RAY_ADDRESS") else ""
+    waits = " (--gpu-wait S waits for an autoscaler to add them)" if joins_a_cluster() else ""
     raise InputError(f"{trained} and this Ray cluster has too few: resume it where GPUs are{waits}")
 
 

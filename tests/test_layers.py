@@ -8,7 +8,7 @@ from helpers import REPO
 
 # Inside ncf, each folder imports only those to its left, the shared pieces and itself.
 NCF_ORDER = ("data", "model", "rank", "evaluate", "train", "batch")
-SHARED = {"errors", "jsonio", "splits", "moments", "device", "staging", "code", "slot"}
+SHARED = {"errors", "jsonio", "splits", "moments", "device", "staging", "code", "slot", "cluster"}
 # Beyond that order: the registry reads data and model only, training records its runs through
 # it, and scoring is rank's public name.
 ALSO_ALLOWED = {"registry": {"data", "model"}, "train": {"registry"}, "scoring": {"rank"}}

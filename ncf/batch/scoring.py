@@ -86,6 +86,7 @@ from ncf.batch.scorer import (
     replaced_note,
 )
 from ncf.batch.verify import VerificationFailed, verify_parts
+from ncf.cluster import joins_a_cluster
 from ncf.code import source_digest
 from ncf.data import layout
 from ncf.data.features import Catalog
@@ -300,7 +301,7 @@ def _actor_resources(
     elif slots == 0:
         largest = max((n.get("memory", 0) for n in nodes), default=0) / 2**30
         short = f"no node of the cluster has the memory for one scoring actor {each}; the largest has {largest:.1f} GiB"
-        if not os.environ.get("RAY_ADDRESS"):  # Ray Data would wait for it, the date's lock held
+        if not joins_a_cluster():  # Ray Data would wait for it, the date's lock held
             raise InputError(f"{short}: run on nodes with more memory, or --score-in driver")
         _log(f"{short} now: the actors wait for the autoscaler to add one")
     resources = ray.cluster_resources()
@@ -364,7 +365,7 @@ def _check_an_actor_fits(cpus_per_actor: float) -> None:
     if not cpus or max(cpus) >= cpus_per_actor:
         return
     largest = max(cpus)
-    if largest == 0 and os.environ.get("RAY_ADDRESS"):
+    if largest == 0 and joins_a_cluster():
         return  # no CPUs up yet, not too few: _actor_resources says so
     short = (
         f"--cpus-per-actor {cpus_per_actor:g}: no node of the cluster has that many CPUs (the largest has {largest:g})"
