@@ -351,6 +351,13 @@ def _sealed_weights(model_dir: str) -> Optional[str]:
     return sealed if isinstance(sealed, str) and len(sealed) == 64 else None  # a hand edit: the bytes' own
 
 
+def _weights_sha256(model_dir: str) -> str:
+    """model.pt's sha256 as its manifest seals it (checked against the bytes before any replica
+    serves them), else of its bytes: a first registration read the weights a third time after
+    the verification's two (2.8 GB at 10M x 1M)."""
+    return _sealed_weights(model_dir) or sha256_of(os.path.join(model_dir, WEIGHTS))
+
+
 def lineage(model_dir: str, data: Optional[str] = None) -> Dict[str, str]:
     """What a model directory came from, as registry tags (strings)."""
     config = read_config(model_dir)
@@ -379,10 +386,7 @@ def _lineage(model_dir: str, config: Dict, data: str, stats: str, trained_vocab:
             (config["data"].get("stats_sha256") if data == os.path.abspath(config["data"]["path"]) else None)
             or (sha256_of(stats) if os.path.exists(stats) else "unknown (no stats.json)")
         ),
-        # As its manifest seals it (checked against the bytes before any replica serves them, and
-        # what registered_as and held_instead compare): a third read of model.pt (2.8 GB at
-        # 10M x 1M) on a first registration, after the verification's two, only where it has none.
-        "weights_sha256": _sealed_weights(model_dir) or sha256_of(os.path.join(model_dir, WEIGHTS)),
+        "weights_sha256": _weights_sha256(model_dir),  # what registered_as and held_instead compare
         **_trained_by(config),
     }
 
@@ -797,8 +801,7 @@ class Registry:
         ]
         if not same:
             return None
-        # The manifest's record (checked against the bytes before serving): no second read of the weights.
-        weights = _sealed_weights(model_dir) or sha256_of(os.path.join(model_dir, WEIGHTS))
+        weights = _weights_sha256(model_dir)
         return next((row["version"] for row in reversed(same) if row.get("weights_sha256") == weights), None)
 
     def versions_recording(self, model_dir: str) -> List[Dict]:
