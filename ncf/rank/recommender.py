@@ -34,7 +34,6 @@ from ncf.rank.ranker import Ranker, Ranking, check_k
 from ncf.rank.reasons import Reason
 from ncf.rank.state import RankingState, check_catalog, check_data_products
 
-_ANOTHER_DAYS = "another past day's"  # PassBusy's words for a pass of another day running
 AS_OF_DAYS = 4  # past days whose product stats a recommender keeps (each a pass over the purchases)
 
 
@@ -250,7 +249,7 @@ class Recommender:
         """Takes the pass lock (one pass at a time) once the last pass's share of time allows
         another; a recommender that does not queue passes raises :class:`PassBusy` instead."""
         if not self._passes.lock.acquire(blocking=self.queue_passes):
-            raise self._busy(at, _ANOTHER_DAYS)
+            raise self._busy(at, another_day=True)
         try:
             self._wait_for_the_pass_share(at)
         except BaseException:
@@ -326,7 +325,7 @@ class Recommender:
         if past.recommender is not None:  # computed meanwhile
             return past.recommender
         if self.pass_wait_s is None or running is None:
-            raise self._busy(at, "that day's")
+            raise self._busy(at, another_day=False)
         elapsed = time.monotonic() - running.started
         left = self._passes.last_s - elapsed  # the last pass's length: the best guess there is
         retry = left if left >= 1.0 else max(1.0, self.pass_wait_s)
@@ -351,7 +350,7 @@ class Recommender:
             )
         time.sleep(wait)
 
-    def _busy(self, at: int, whose: str) -> PassBusy:
+    def _busy(self, at: int, another_day: bool) -> PassBusy:
         """What a recommender that does not queue passes answers while one runs: each waiting
         request would hold a worker thread for the pass's length. When to ask again, where a pass
         ran before: the running one's rest, by the last one's length, then the share's wait after
@@ -361,9 +360,10 @@ class Recommender:
         started = passes.started
         if started is not None and passes.last_s > 0:
             retry = max(1.0, passes.last_s - (time.monotonic() - started))
-            if whose == _ANOTHER_DAYS:  # that day's answer is ready when its pass ends; another waits the share
+            if another_day:  # that day's answer is ready when its pass ends; another waits the share
                 retry += passes.last_s * (1.0 / self.pass_share - 1.0)
         when = f"ask again in {math.ceil(retry)} s" if retry is not None else "ask again shortly"
+        whose = "another past day's" if another_day else "that day's"
         return PassBusy(
             f"at {as_datetime(at).isoformat()}: {whose} products' stats are being computed (a pass over every "
             f"purchase); {when}, or for a day already asked for",
