@@ -848,7 +848,7 @@ def _beyond_float64(text: pa.Array) -> np.ndarray:
     """Whether each text is a whole number written through a float (``X.0``) with ``|X| >= 2**53``."""
     # A float's writer pads no zeros: 0009007199254740993.0 was written as text, and is read as such.
     through_float = pc.fill_null(pc.match_substring_regex(text, r"^-?[1-9][0-9]*\.0+$"), False)
-    digits = pc.replace_substring_regex(text, r"^-?0*([0-9]+)\.0+$", r"\1")
+    digits = pc.replace_substring_regex(text, r"^-?([0-9]+)\.0+$", r"\1")
     length = pc.utf8_length(digits)
     limit = str(2**53)
     big = pc.or_(pc.greater(length, len(limit)), pc.and_(pc.equal(length, len(limit)), pc.greater_equal(digits, limit)))

@@ -154,16 +154,17 @@ def setup_worker(cfg: TrainConfig) -> Worker:
         vocab_sha256,
         lists_digest(cfg.data, cfg.cutoffs),
     )
+    marks = marks_read_rows(cfg, world_size)
     if rank == 0 and cfg.run == VALIDATED:
         state = RankingState.load(cfg.data).as_of(stats.boundaries["val_start"])
         _, period = point_in_time_period(state, VAL, stats.boundaries)
         worker.validation = (state, period, sample_users(period.users, cfg.val_users or None))
         # Validation ranks as the saved model will: rows no list holds are never trained (where
         # the rows read are recorded, those replace these before the first validation: no scan).
-        if not marks_read_rows(cfg, world_size):
+        if not marks:
             sizes = (model_config.num_users, model_config.num_products)
             worker.listed_rows = listed_rows(cfg.data, cfg.cutoffs, *sizes)
-    if marks_read_rows(cfg, world_size):
+    if marks:
         users, products = np.zeros(model_config.num_users, bool), np.zeros(model_config.num_products, bool)
         users[0] = products[0] = True  # the unknown rows, trained by the unknown-row draws
         worker.read_rows = (users, products)
