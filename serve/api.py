@@ -43,7 +43,7 @@ from ncf.data.schema import MAX_ID_CHARS
 from ncf.moments import AT_FORMS, as_datetime, parse_at
 from ncf.rank.ranker import MAX_K
 from ncf.rank.recommender import BeforeTheData, PassBusy
-from serve.limits import MAX_BODY_BYTES, EdgeLimits, NoSniff
+from serve.limits import MAX_BODY_BYTES, STARTING_RETRY_AFTER_S, EdgeLimits, NoSniff
 
 # -- limits (security defaults: small bodies, bounded work per request) -----------------------
 
@@ -410,13 +410,9 @@ async def _on_before_the_data(request: Request, exc: BeforeTheData) -> JSONRespo
     return _error(422, str(exc))
 
 
-# A replica loads a model in seconds (Complete Journey) to a minute or two (a 10M x 1M state).
-NOT_READY_RETRY_AFTER_S = 5
-
-
 async def _on_not_ready(request: Request, exc: NotReady) -> JSONResponse:
     response = _error(503, str(exc))
-    response.headers["Retry-After"] = str(NOT_READY_RETRY_AFTER_S)
+    response.headers["Retry-After"] = str(STARTING_RETRY_AFTER_S)
     return response
 
 

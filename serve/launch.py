@@ -306,7 +306,7 @@ def running_address() -> Optional[Tuple[str, int]]:
 
 # How long a question to the app's replicas may wait: an app scaled to zero (--min-replicas 0)
 # starts a replica for it, which loads its model first (seconds on Complete Journey, a minute or
-# two for a 10M x 1M state; serve.api.NOT_READY_RETRY_AFTER_S).
+# two for a 10M x 1M state; serve.limits.STARTING_RETRY_AFTER_S).
 COLD_LOAD_TIMEOUT_S = 300.0
 SERVING_ANSWER_TIMEOUT_S = 60.0  # any other app: a running replica answers in milliseconds
 

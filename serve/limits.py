@@ -334,7 +334,9 @@ async def _answer(send, status: int, message: str, close: bool = False, extra_he
     await send({"type": "http.response.body", "body": body})
 
 
-UNAVAILABLE_RETRY_AFTER_S = 5  # a replica's start: seconds (the model's load), as the app's own not-ready 503
+# A replica starting loads its model in seconds (Complete Journey) to a minute or two (a 10M x 1M
+# state): Retry-After of the app's "no model loaded yet" and of Serve's "no replica running".
+STARTING_RETRY_AFTER_S = 5
 
 
 class _JsonErrors:
@@ -374,7 +376,7 @@ class _JsonErrors:
         if status == 503 and not any(k.lower() == b"retry-after" for k, _ in headers):
             # Serve's own "deployment unavailable" (no replica running: all replaced at once, or
             # starting) says no time; a client that honours Retry-After needs one.
-            headers.append((b"retry-after", str(UNAVAILABLE_RETRY_AFTER_S).encode()))
+            headers.append((b"retry-after", str(STARTING_RETRY_AFTER_S).encode()))
         self.sent = True
         await _answer(self.send, status, text, extra_headers=headers)
 

@@ -159,8 +159,9 @@ def test_before_a_model_loads_the_page_answers_503_with_retry_after_not_off():
     """Before, /ui said 404 "the page is off for this deployment" while the model loaded."""
     import asyncio
 
-    from serve.api import NOT_READY_RETRY_AFTER_S, NotReady, _on_not_ready
+    from serve.api import NotReady, _on_not_ready
     from serve.app import RecommenderDeployment, Serving
+    from serve.limits import STARTING_RETRY_AFTER_S
 
     loading = object.__new__(RecommenderDeployment.func_or_class)
     loading._serving = Serving(None, None)
@@ -173,7 +174,7 @@ def test_before_a_model_loads_the_page_answers_503_with_retry_after_not_off():
         with pytest.raises(NotReady, match="no model loaded yet"):
             route()
     response = asyncio.run(_on_not_ready(None, NotReady("no model loaded yet")))
-    assert response.status_code == 503 and response.headers["retry-after"] == str(NOT_READY_RETRY_AFTER_S)
+    assert response.status_code == 503 and response.headers["retry-after"] == str(STARTING_RETRY_AFTER_S)
 
 
 @pytest.mark.faults

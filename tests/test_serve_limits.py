@@ -316,7 +316,7 @@ def test_serves_own_503_gets_a_retry_after_and_a_json_body():
     """Serve's proxy answers 503 in plain text without Retry-After when the deployment has no
     replica running (a review of Serve, 2026-12-07): sent as JSON with Retry-After; a 503 that
     has one (load shedding) keeps its own."""
-    from serve.limits import UNAVAILABLE_RETRY_AFTER_S
+    from serve.limits import STARTING_RETRY_AFTER_S
 
     def serve_answers(headers):
         async def app(scope, receive, send):
@@ -329,7 +329,7 @@ def test_serves_own_503_gets_a_retry_after_and_a_json_body():
 
     request = [{"type": "http.request", "body": b"", "more_body": False}]
     sent, _ = _through_edge(serve_answers([]), [], request)
-    assert sent[0]["status"] == 503 and (b"retry-after", str(UNAVAILABLE_RETRY_AFTER_S).encode()) in sent[0]["headers"]
+    assert sent[0]["status"] == 503 and (b"retry-after", str(STARTING_RETRY_AFTER_S).encode()) in sent[0]["headers"]
     assert json.loads(sent[1]["body"]) == {"error": "Deployment 'NCF' is unavailable"}
     sent, _ = _through_edge(serve_answers([(b"retry-after", b"1")]), [], request)
     assert [v for k, v in sent[0]["headers"] if k.lower() == b"retry-after"] == [b"1"]
