@@ -61,6 +61,7 @@ from ncf.rank.ranker import MAX_K
 from serve.app import app_of, replica_memory_bytes, serve_settings
 from serve.deploy_slot import deploy_slot
 from serve.launch import (
+    APP_NAME,
     COLD_LOAD_TIMEOUT_S,
     HEALTHY_TIMEOUT_S,
     REPLICA_ANSWER_TIMEOUT_S,
@@ -378,12 +379,20 @@ def _started(app, args: argparse.Namespace, handed_off: list) -> tuple:
 def _interrupted(stop: BaseException, serving: Optional[Dict], owns_serve: bool) -> NoReturn:
     """Ends a job stopped (``stop``: Ctrl-C's KeyboardInterrupt, SIGTERM's SystemExit) while its
     app started: in one line, the rollout unverified, where an app served before (``serving``);
-    a first deploy's Serve this job owns stopped."""
+    a first deploy's Serve this job owns stopped. A first deploy into a Serve it did not start
+    (``--detach``, or one already running) stays Serve's target: Serve goes on starting it, for good where no node can
+    place its replicas, and the next deploy waits on it (exit 75) until it is deleted."""
     if serving is not None:  # the running app's target may be the new settings by now
         fail(_unverified(serving), _stopped_status(stop))
     _stop_owned(owns_serve)
     if isinstance(stop, KeyboardInterrupt):
-        fail("interrupted before the app answered", EXIT_INTERRUPTED)
+        left = (
+            ""
+            if owns_serve
+            else f"; the app stays Serve's target, still starting: `serve status` says how it goes, "
+            f"serve.delete('{APP_NAME}') removes it"
+        )
+        fail(f"interrupted before the app answered{left}", EXIT_INTERRUPTED)
     raise SystemExit(_stopped_status(stop)) from None  # SIGTERM's line is the shell's own
 
 

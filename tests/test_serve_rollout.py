@@ -1020,6 +1020,15 @@ def test_a_deploy_stopped_by_sigterm_or_ctrl_c_ends_in_one_line_with_a_failing_s
             deploy._interrupted(stop, None, True)
         assert exited.value.code == status and not capsys.readouterr().err
     assert stopped == [True, True]
+    # Ctrl-C: a first deploy into a Serve the job did not start (--detach) stays Serve's target,
+    # which the next deploy waits on while it starts (exit 75); the line says how to remove it.
+    for owns_serve, left in [(True, False), (False, True)]:
+        with pytest.raises(SystemExit) as exited:
+            deploy._interrupted(KeyboardInterrupt(), None, owns_serve)
+        error = capsys.readouterr().err.strip()
+        assert exited.value.code == 130 and error.startswith("error: interrupted before the app answered"), error
+        assert ("serve.delete('ncf') removes it" in error) == left, error
+    assert stopped == [True, True, True, False]
 
     # Ctrl-C while the settings served before are deployed again, after the new replicas failed.
     def failed(app, args, handed_off):
