@@ -294,6 +294,19 @@ def test_tifu_knn_without_neighbours_is_the_personal_vector_and_neighbours_bring
     assert 7 in later.rank(1, at, 4).tolist() and 7 not in later.rank(1, 20 * DAY, 4).tolist()
 
 
+def test_tifu_knn_fills_its_neighbours_past_those_sharing_a_product_in_a_seeded_order_not_by_index():
+    """Where fewer than k households share a product with this one, equally similar ones (at 0)
+    filled the k places by index, and household indices follow the whole log's purchase counts:
+    the held-out weeks' most active households came first (a review of ncf/evaluate, session 67)."""
+    rows = {1: [(1, 0), (2, 3)], 2: [(1, 1), (2, 2), (9, 4)], **{h: [(10 + h, h)] for h in range(3, 8)}}
+    context = PointInTime.build(states_of(rows), vocabularies(7, 17), 20 * DAY)
+    ranker = TifuKnnRanker(context, alpha=0.5, neighbours=3)
+    got = ranker.neighbours_of(1, ranker.personal(1, 21 * DAY)[0], True).tolist()
+    order = np.random.default_rng(0).permutation(context.num_users)
+    unrelated = sorted(range(3, 8), key=lambda h: order[h])
+    assert got == sorted([2, *unrelated[:2]]) and got != [2, 3, 4], got
+
+
 def test_the_sparse_scores_are_the_dense_ones_to_the_bit(monkeypatch):
     """The frequency baselines and TIFU-KNN build a household's scores at its own products (and
     its neighbours'), no longer over the whole catalog (3 ms a household at 1M products): the
@@ -461,15 +474,21 @@ def test_tifu_knn_refuses_a_bad_vector_setting_even_without_purchases_before_the
         TifuKnnRanker(context, within_decay=0.0)
 
 
-def test_tifu_knn_neighbours_equally_near_go_by_household_index():
+def test_tifu_knn_neighbours_equally_near_go_by_a_fixed_shuffle_of_the_households():
     """Households as similar as the k-th nearest were chosen by argpartition's pivots (3 of 2-10
-    for k=1 here), a choice that could move with the library or the array's length."""
+    for k=1 here), a choice that could move with the library or the array's length; then by
+    index, which follows the held-out weeks' purchases (session 67): by a seeded shuffle now."""
     identical = {u: [(1, 0), (2, 0), (1, 7)] for u in range(1, 11)}
     context = PointInTime.build(states_of(identical), vocabularies(10, 3), 20 * DAY)
-    for k, expected in ((1, [2]), (3, [2, 3, 4]), (20, list(range(2, 11)))):
+    order = np.random.default_rng(0).permutation(context.num_users)
+    for k in (1, 3, 20):
         ranker = TifuKnnRanker(context, groups=3, within_decay=0.9, across_decay=0.8, alpha=0.5, neighbours=k)
-        assert ranker.neighbours_of(1, ranker.vectors[1], True).tolist() == expected
-        assert ranker.neighbours_of(5, ranker.vectors[5], False).tolist() == [u for u in range(1, 11) if u != 5][:k]
+        for user, at_start in ((1, True), (5, False)):
+            others = sorted((u for u in range(1, 11) if u != user), key=lambda u: order[u])
+            got = ranker.neighbours_of(user, ranker.vectors[user], at_start).tolist()
+            assert got == sorted(others[:k]), (k, user, got)
+    three = TifuKnnRanker(context, alpha=0.5, neighbours=3)
+    assert three.neighbours_of(1, three.vectors[1], True).tolist() != [2, 3, 4]  # not the index order
 
 
 # -- tuning on validation, never on test -----------------------------------------------------
@@ -1092,6 +1111,11 @@ def test_a_tuning_cache_entry_this_code_cannot_read_is_searched_again(tmp_path, 
     with open(tuning.tuned_path(data), "w") as f:
         f.write("[]")
     assert tuning.read_tuned(data) == {} and "holds no entries by baseline" in capsys.readouterr().err
+    # One it cannot read (another account's, a folder) ended the evaluation before any baseline's row.
+    os.remove(tuning.tuned_path(data))
+    os.makedirs(tuning.tuned_path(data))
+    assert tuning.read_tuned(data) == {}
+    assert "cannot be read (Is a directory): searching again" in capsys.readouterr().err
 
 
 @pytest.mark.faults

@@ -144,6 +144,9 @@ def read_tuned(data: str) -> Dict[str, Tuned]:
     except ValueError as e:
         _log(f"{path} does not read as JSON ({e}): searching again")
         return {}
+    except OSError as e:  # another account's file, a folder: the evaluation only reads DATA
+        _log(f"{path} cannot be read ({e.strerror or e}): searching again")
+        return {}
     if not isinstance(entries, dict):
         _log(f"{path} holds no entries by baseline: searching again")
         return {}

@@ -25,7 +25,10 @@ Where this differs from the reference on purpose: the reference searches neighbo
 separate set of training users with scikit-learn's default Euclidean distance; here every
 other household with purchases before the period is a candidate (never the household
 itself) and the distance is cosine by default (``metric="euclidean"`` gives the reference's).
-Ties (every product no one near bought included) go by popularity before the period.
+Ties (every product no one near bought included) go by popularity before the period; equally
+similar households at the k-th place (households sharing no product with this one, where fewer
+than k do) by a seeded shuffle of the households, not by index: household indices follow the
+whole log's purchase counts, the held-out weeks' included.
 
 Point in time: the neighbours' vectors are built from purchases strictly before the period
 start (the ranker is built for a period); the household's own vector from its purchases
@@ -227,12 +230,19 @@ class TifuKnnRanker:
 
     def _nearest(self, user: int, own: sp.csr_matrix) -> np.ndarray:
         """The k households most similar to ``own`` (never ``user`` itself, none at -inf; equally
-        similar ones by index), in index order."""
+        similar ones in a seeded shuffle's order), in index order."""
         sim = self._similarity_to(own)
         sim[user] = -np.inf
-        # Equally similar households at the k-th place go by index, not by where a partition's
-        # pivots fell; kept in index order, so that their vectors are always summed in one order.
-        return np.sort(rank_with_ties(sim, None, self.k))
+        # Equally similar households at the k-th place go by a fixed order, not by where a
+        # partition's pivots fell; kept in index order, so that their vectors are always summed
+        # in one order.
+        return np.sort(rank_with_ties(sim, self._tie_order(), self.k))
+
+    def _tie_order(self) -> np.ndarray:
+        """Each household's place among equally similar ones: a seeded shuffle, since the index
+        order follows purchases the held-out weeks hold (the most active in them first)."""
+        shuffle = lambda: np.random.default_rng(0).permutation(self.context.num_users).astype(np.int32)  # noqa: E731
+        return self.context.memoised(("household_shuffle", self.context.num_users), shuffle)
 
     def neighbours_of(self, user: int, own: sp.csr_matrix, at_start: bool) -> np.ndarray:
         """The household's k nearest households (indices), from its own vector; at the period
