@@ -1106,8 +1106,10 @@ def test_a_sweep_stopped_before_tune_saved_its_state_is_refused_on_resume_in_one
     check_sweep_directory(str(sweep), data, resume=True)
 
 
-# An experiment state as Tune writes it, its fields empty: what a resume's check reads.
-WHOLE_TUNE_STATE = json.dumps({"trial_data": [], "runner_data": {"_iteration": 3}, "stats": {"start_time": 0.0}})
+# An experiment state as Tune writes it, one trial's entry of its fields empty: what a resume's check reads.
+WHOLE_TUNE_STATE = json.dumps({"trial_data": [["{}", "{}"]], "runner_data": {"_iteration": 3}, "stats": {}})
+# Tune's state saved by a stop in its start-up, before the first trial (Tune's restore fails on it).
+NO_TRIAL_TUNE_STATE = json.dumps({"trial_data": [], "runner_data": {"_iteration": 0}, "stats": {"start_time": 0.0}})
 
 
 @pytest.mark.faults
@@ -1127,14 +1129,36 @@ def test_a_resume_whose_newest_tune_state_is_cut_short_is_refused_in_one_line(tm
     newest = experiment / "experiment_state-2026-12-05_11-00-00.json"  # the one Tune restores
     monkeypatch.setattr(tune_sweep, "check_data", lambda *a, **k: None)
     monkeypatch.setattr(tune_sweep, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
-    for damaged, why in [(whole[: len(whole) // 2], "does not read (JSONDecodeError"), ("[]", "lacks trial_data and")]:
+    cases = [
+        (whole[: len(whole) // 2], "does not read (JSONDecodeError"),
+        ("[]", "lacks trial_data and"),
+        # Stopped in Tune's start-up (a review of tune/, session 67): --resume passed this check, Tune's
+        # restore failed on the empty list and started over without the search space, every time.
+        (NO_TRIAL_TUNE_STATE, "holds no trial (the sweep was stopped before its first one)"),
+    ]
+    for damaged, why in cases:
         newest.write_text(damaged)
-        with pytest.raises(SystemExit) as exit_info:
-            tune_sweep.main(["--data", data, "--output", str(sweep), "--trials", "2", "--resume"])
-        assert exit_info.value.code == 2
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert len(lines) == 1 and f"--resume: Tune's state {newest} {why}" in lines[0], lines
-        assert lines[0].endswith(f"it cannot be resumed: start it again with a new --output, or remove {sweep} first")
+        for resume in (["--resume"], []):  # without --resume too: not "pass --resume", then this
+            with pytest.raises(SystemExit) as exit_info:
+                tune_sweep.main(["--data", data, "--output", str(sweep), "--trials", "2", *resume])
+            assert exit_info.value.code == 2
+            lines = capsys.readouterr().err.strip().splitlines()
+            said = f"{'--resume: ' if resume else ''}Tune's state {newest} {why}"
+            assert len(lines) == 1 and said in lines[0], lines
+            assert lines[0].endswith(
+                f"it cannot be resumed: start it again with a new --output, or remove {sweep} first"
+            )
+    # What the stopped sweep said: not "continue it with --resume".
+    from types import SimpleNamespace
+
+    from tune.sweep import stopped_words
+
+    settings = SimpleNamespace(output=str(sweep), trials=2)
+    grid = SimpleNamespace(experiment_path=str(experiment), filesystem=None)
+    assert stopped_words(grid, settings, "sweep interrupted") == (
+        "sweep interrupted: stopped before its first trial: there is nothing to resume; start it again with a "
+        f"new --output, or remove {sweep} first"
+    )
     newest.write_text(whole)
     check_sweep_directory(str(sweep), data, resume=True)
     real_open = open

@@ -3,7 +3,9 @@
 Each trial is :func:`tune.trial.train_trial` (a ``TorchTrainer``), the objective is the best
 validation NDCG@10 so far (``best_val_ndcg@10``) at each epoch, ASHA
 (:class:`tune.scheduler.EpochASHA`) stops weak trials at 1, 2, 4, ... epochs, and the defaults
-are the first point evaluated, so every sweep reports its gain over them. An interrupted sweep
+are the first point evaluated, so every sweep reports its gain over them. TPE draws its first 10
+trials at random (Optuna's ``n_startup_trials``): sweeps of 10 trials or fewer are random
+searches around the defaults (README, "Tuning sweeps"). An interrupted sweep
 resumes from Tune's experiment state: finished trials are kept, the searcher continues where it
 was, the interrupted trials continue from their last checkpoints, failed trials stay failed
 (restored with ``resume_errored=False``: Ray Train retried each ``max_failures`` times; the
@@ -310,11 +312,24 @@ def trials_left(settings: SweepSettings) -> int:
 
 
 def saved_trials(experiment: str, *statuses: str, filesystem=None) -> int:
-    """The trials of ``statuses`` in the experiment state Tune saved under ``experiment``."""
+    """The trials of ``statuses`` (none given: every trial) in the experiment state Tune saved
+    under ``experiment``."""
     from ray.tune import ExperimentAnalysis
 
     saved = ExperimentAnalysis(experiment, storage_filesystem=filesystem).trials
-    return sum(1 for trial in saved if trial.status in statuses)
+    return sum(1 for trial in saved if not statuses or trial.status in statuses)
+
+
+NO_TRIAL_WORDS = "stopped before its first trial: there is nothing to resume; start it again with a new --output"
+
+
+def stopped_words(grid, settings: SweepSettings, stop: str) -> str:
+    """What a sweep stopped by ``stop`` (its words) left, and what to do: continue it, or, where
+    Tune saved no trial (stopped during its start-up), start it again (a resume cannot restore
+    that state)."""
+    if not saved_trials(grid.experiment_path, filesystem=grid.filesystem):
+        return f"{stop}: {NO_TRIAL_WORDS}, or remove {settings.output} first"
+    return f"{stop} with {finished_trials(grid)} of {settings.trials} trials finished; continue it with --resume"
 
 
 @contextlib.contextmanager
@@ -391,11 +406,12 @@ def check_sweep_directory(output: str, data: str, resume: bool) -> None:
             f"{'--resume: ' if resume else ''}{output} holds a sweep stopped before Tune saved its state: it cannot "
             f"be resumed; start it again with a new --output, or remove {output} first"
         )
-    damage = tune_state_damage(experiment) if resume else None
+    # Without --resume too: "pass --resume", then this refusal, would be the pair again.
+    damage = tune_state_damage(experiment) if os.path.exists(experiment) else None
     if damage is not None:
         raise InputError(
-            f"--resume: Tune's state {damage}: Tune would start the sweep over without its search "
-            f"space; it cannot be resumed: start it again with a new --output, or remove {output} first"
+            f"{'--resume: ' if resume else ''}Tune's state {damage}: Tune would start the sweep over without "
+            f"its search space; it cannot be resumed: start it again with a new --output, or remove {output} first"
         )
     if not resume and os.path.exists(experiment):
         raise InputError(f"{output} already holds a sweep: pass --resume to continue it, or pick a new --output")
@@ -426,9 +442,12 @@ def tune_state_damage(experiment: str) -> Optional[str]:
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return f"{path} does not read ({type(e).__name__}: {e})"
     except OSError as e:  # no permission, a share gone: the state may be whole
-        raise InputError("--resume: " + cannot_access(f"read Tune's state {path}", e)) from None
+        raise InputError(cannot_access(f"read Tune's state {path}", e)) from None
     missing = [key for key in ("trial_data", "runner_data") if not isinstance(state, dict) or key not in state]
-    return f"{path} lacks {' and '.join(missing)}" if missing else None
+    if missing:
+        return f"{path} lacks {' and '.join(missing)}"
+    # Stopped in Tune's start-up, before its first trial: Tune fails restoring an empty list of them.
+    return f"{path} holds no trial (the sweep was stopped before its first one)" if not state["trial_data"] else None
 
 
 def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
@@ -452,11 +471,7 @@ def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:
     with tunes_signals() as sigterm:
         grid = _tuner(settings, trainable, resume).fit()
     if sigterm.received:  # whatever finished meanwhile: the job was asked to stop
-        raise SweepInterrupted(
-            f"sweep stopped (SIGTERM) with {finished_trials(grid)} of {settings.trials} trials finished; "
-            "continue it with --resume",
-            stopped=True,
-        )
+        raise SweepInterrupted(stopped_words(grid, settings, "sweep stopped (SIGTERM)"), stopped=True)
     # Tune's handler is gone: Ctrl-C from here on raises KeyboardInterrupt, the job's one line too.
     try:
         return _write_sweep(grid, settings)
@@ -477,11 +492,8 @@ def _write_sweep(grid, settings: SweepSettings) -> pd.DataFrame:
     """The results, plot and ``SWEEP/best`` of a fitted ``grid``: SweepInterrupted where Tune
     returned before every trial finished. A resume of a sweep whose every trial finished comes
     here again at once (Tune restores them all, runs none), so it writes and exports them anew."""
-    finished = finished_trials(grid)
-    if finished < settings.trials:  # Tune returns normally after Ctrl-C, with its state saved
-        raise SweepInterrupted(
-            f"sweep interrupted with {finished} of {settings.trials} trials finished; continue it with --resume"
-        )
+    if finished_trials(grid) < settings.trials:  # Tune returns normally after Ctrl-C, with its state saved
+        raise SweepInterrupted(stopped_words(grid, settings, "sweep interrupted"))
     table = results_table(grid, settings.data, settings.train_dir)
     write_results(table, settings.output)
     plot_sweep(table, os.path.join(settings.output, "sweep.png"))

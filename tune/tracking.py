@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict
+import time
+from typing import Dict, Optional
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -44,6 +45,7 @@ TUNE_BOOKKEEPING = {
 
 # How MLflow's client words a request that got no answer in time (urllib3's read and connect timeouts).
 _TIMED_OUT = re.compile(r"timed out|ConnectTimeoutError")
+LOOKUP_RETRY_S = 2.0  # a refused lookup of a trial's earlier run is asked again after this
 
 
 class TrialLogger(MLflowLoggerCallback):
@@ -68,12 +70,9 @@ class TrialLogger(MLflowLoggerCallback):
         if trial not in self._trial_runs:
             # A trial restarted by --resume keeps the run its first attempt started (this
             # callback's runs are not part of Tune's saved state): one run per trial.
-            try:
-                earlier = Registry(self.tracking_uri).find_trial_run(self.tags["sweep"], trial.trial_id)
-            except Exception as e:  # MLflow's own errors vary with the store: a new run, said once
-                words = without_passwords(str(e))
-                print(f"[registry] trial {trial.trial_id}: its earlier run not looked up ({words})", flush=True)
-                earlier = None
+            earlier = self._earlier_run(trial)
+            if self._store_silent():
+                return
             if earlier is not None:
                 self._trial_runs[trial] = earlier
                 # It trains on under the code that runs now: its run says so beside the first commit.
@@ -113,6 +112,23 @@ class TrialLogger(MLflowLoggerCallback):
                 self._logged("an interrupted trial's end", self.mlflow_util.end_run, status="KILLED", run_id=run)
         super().on_experiment_end(trials=trials, **info)
 
+    def _earlier_run(self, trial) -> Optional[str]:
+        """The run a trial's earlier attempt started (None: none, or not found). A store that does
+        not answer in time goes silent here as in :meth:`_logged` (the lookup waited out MLflow's
+        timeouts first, then the run's start did); one refusing (a server restarting) is asked once
+        more before the trial starts a new run, a second one for the trial."""
+        for attempt in (1, 2):
+            try:
+                return Registry(self.tracking_uri).find_trial_run(self.tags["sweep"], trial.trial_id)
+            except Exception as e:  # MLflow's own errors vary with the store
+                if self._goes_silent(f"trial {trial.trial_id}'s run (looking up its earlier one)", e) or attempt == 2:
+                    if not self._store_silent():
+                        words = without_passwords(str(e))
+                        print(f"[registry] trial {trial.trial_id}: its earlier run not looked up ({words})", flush=True)
+                    return None
+                time.sleep(LOOKUP_RETRY_S)
+        return None
+
     def _ended(self) -> set:
         """The trials whose runs this callback ended in this Tune run (``setup`` starts it empty)."""
         return self.__dict__.setdefault("_ended_trials", set())
@@ -132,23 +148,34 @@ class TrialLogger(MLflowLoggerCallback):
         try:
             call(*args, **kwargs)
         except Exception as e:  # MLflow's own errors vary with the store
-            first = without_passwords((str(e).strip().splitlines() or [type(e).__name__])[0])[:300]
-            where = f"[registry] tracking store {without_passwords(self.tracking_uri)}"
-            # A silence, not a refusal: a server restarting refuses for seconds (then answers again),
-            # one wedged holds each call for MLflow's timeouts and retries.
-            unreachable = isinstance(store_failed(self.tracking_uri or "", e), StoreUnreachable)
-            if unreachable and _TIMED_OUT.search(str(e)):
-                self.__dict__["_silent_store"] = True
-                print(
-                    f"{where}: {what} not recorded, no answer in time ({first}): the sweep goes on, recording "
-                    "nothing more there until it is resumed",
-                    flush=True,
-                )
+            if self._goes_silent(what, e):
                 return
             said = self.__dict__.setdefault("_store_errors", set())
             if what not in said:
                 said.add(what)
-                print(f"{where}: {what} not recorded, the sweep goes on ({first})", flush=True)
+                print(f"{self._where()}: {what} not recorded, the sweep goes on ({_first_line(e)})", flush=True)
+
+    def _goes_silent(self, what: str, error: Exception) -> bool:
+        """Whether ``error`` is the store not answering in time, which then silences it (said
+        once). A silence, not a refusal: a server restarting refuses for seconds (then answers
+        again), one wedged holds each call for MLflow's timeouts and retries."""
+        unreachable = isinstance(store_failed(self.tracking_uri or "", error), StoreUnreachable)
+        if not (unreachable and _TIMED_OUT.search(str(error))):
+            return False
+        self.__dict__["_silent_store"] = True
+        print(
+            f"{self._where()}: {what} not recorded, no answer in time ({_first_line(error)}): the sweep goes on, "
+            "recording nothing more there until it is resumed",
+            flush=True,
+        )
+        return True
+
+    def _where(self) -> str:
+        return f"[registry] tracking store {without_passwords(self.tracking_uri)}"
+
+
+def _first_line(error: Exception) -> str:
+    return without_passwords((str(error).strip().splitlines() or [type(error).__name__])[0])[:300]
 
 
 def sweep_store() -> Registry:
