@@ -71,6 +71,7 @@ from serve.launch import (
     running_address,
     running_replicas,
     serve_until_stopped,
+    shutdown_serve,
     start,
     start_failure_reason,
     wait_until_healthy,
@@ -424,9 +425,7 @@ def _unverified(serving: Dict) -> str:
 def _stop_owned(owns_serve: bool) -> None:
     """Shuts down the Serve this job started in the foreground, before the job ends without serving."""
     if owns_serve:
-        from ray import serve
-
-        serve.shutdown()
+        shutdown_serve()
 
 
 if __name__ == "__main__":

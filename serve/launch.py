@@ -531,7 +531,6 @@ def _running_in(app) -> int:
 def serve_until_stopped() -> None:
     """Blocks until Ctrl-C or SIGTERM (what `ray job stop` and process managers send), then
     shuts Serve down so that the replicas drain rather than die mid-request."""
-    from ray import serve
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -539,4 +538,19 @@ def serve_until_stopped() -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        shutdown_serve()
+
+
+def shutdown_serve() -> None:
+    """Shuts Serve down (the replicas drain: up to 30 s), a second Ctrl-C meanwhile ignored: the
+    shutdown was asked already and goes on, so it would only end the job in a traceback."""
+    from ray import serve
+
+    print("[serve] shutting Serve down (its replicas finish their requests)", flush=True)
+    in_main = threading.current_thread() is threading.main_thread()  # signal.signal's own rule
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+    try:
         serve.shutdown()
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)

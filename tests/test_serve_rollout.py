@@ -994,6 +994,25 @@ def test_a_first_deploy_that_did_not_run_deletes_only_its_own_app(monkeypatch):
 
 
 @pytest.mark.faults
+def test_a_second_ctrl_c_while_serve_shuts_down_is_ignored_not_a_traceback(monkeypatch, capsys):
+    """serve.shutdown() waits up to 30 s for the replicas to drain; a second Ctrl-C then ended a
+    foreground deploy in a chained KeyboardInterrupt traceback, the shutdown asked already (a
+    review of serve/launch, session 67). Ignored while it runs, Python's handler back after."""
+    import signal
+
+    from ray import serve
+
+    from serve.launch import shutdown_serve
+
+    during = []
+    monkeypatch.setattr(serve, "shutdown", lambda: during.append(signal.getsignal(signal.SIGINT)))
+    before = signal.getsignal(signal.SIGINT)
+    shutdown_serve()
+    assert during == [signal.SIG_IGN] and signal.getsignal(signal.SIGINT) is before
+    assert capsys.readouterr().out == "[serve] shutting Serve down (its replicas finish their requests)\n"
+
+
+@pytest.mark.faults
 def test_a_deploy_stopped_by_sigterm_or_ctrl_c_ends_in_one_line_with_a_failing_status(monkeypatch, capsys):
     """A deploy stopped during its rollout ends in one line with a failing status: SIGTERM
     (jobs.cli's SystemExit 143) with its code, a SystemExit without one (sys.exit(), which says
