@@ -347,7 +347,7 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
     try:
         elsewhere = serving_other_settings(deployed, max(replicas, 1), REPLICA_ANSWER_TIMEOUT_S)
     except (KeyboardInterrupt, SystemExit) as stop:
-        _interrupted(stop, before.serving, owns_serve)
+        _interrupted(stop, before.serving, owns_serve, answered=True)
     except TimeoutError as e:  # as in the health round
         give_up(f"{e}: {unverified}")
     if elsewhere:  # the replicas serve two models: all of them put back on the one served before
@@ -377,23 +377,31 @@ def _started(app, args: argparse.Namespace, handed_off: list) -> tuple:
     return url, health, replicas, answers
 
 
-def _interrupted(stop: BaseException, serving: Optional[Dict], owns_serve: bool) -> NoReturn:
+def _interrupted(stop: BaseException, serving: Optional[Dict], owns_serve: bool, answered: bool = False) -> NoReturn:
     """Ends a job stopped (``stop``: Ctrl-C's KeyboardInterrupt, SIGTERM's SystemExit) while its
     app started: in one line, the rollout unverified, where an app served before (``serving``);
     a first deploy's Serve this job owns stopped. A first deploy into a Serve it did not start
     (``--detach``, or one already running) stays Serve's target: Serve goes on starting it, for good where no node can
-    place its replicas, and the next deploy waits on it (exit 75) until it is deleted."""
+    place its replicas, and the next deploy waits on it (exit 75) until it is deleted.
+    ``answered``: stopped after every replica answered its health, while asked what it serves."""
     if serving is not None:  # the running app's target may be the new settings by now
         fail(_unverified(serving), _stopped_status(stop))
     _stop_owned(owns_serve)
     if isinstance(stop, KeyboardInterrupt):
-        left = (
-            ""
-            if owns_serve
-            else f"; the app stays Serve's target, still starting: `serve status` says how it goes, "
-            f"serve.delete('{APP_NAME}') removes it"
-        )
-        fail(f"interrupted before the app answered{left}", EXIT_INTERRUPTED)
+        if owns_serve:
+            left = ""
+        elif answered:
+            left = (
+                f"; the app runs as Serve's target, its replicas' settings not compared: "
+                f"serve.delete('{APP_NAME}') removes it"
+            )
+        else:
+            left = (
+                f"; the app stays Serve's target, still starting: `serve status` says how it goes, "
+                f"serve.delete('{APP_NAME}') removes it"
+            )
+        stage = "while the replicas were asked what they serve" if answered else "before the app answered"
+        fail(f"interrupted {stage}{left}", EXIT_INTERRUPTED)
     raise SystemExit(_stopped_status(stop)) from None  # SIGTERM's line is the shell's own
 
 

@@ -47,6 +47,7 @@ from tune.sweep import (
     summary,
     trials_left,
     tune_state_saved,
+    unresumable,
 )
 
 # The searched dimensions (the tower as its layer widths, not depth and width), with the results.
@@ -261,6 +262,12 @@ def disk_failed(error: OSError, settings: SweepSettings) -> None:
                 f"--output, or remove {settings.output} first (Tune had not saved its state)"
             )
         raise error  # nothing of Tune's on disk yet: run_main's own line holds
+    damage = unresumable(settings.experiment_dir)
+    if damage is not None:  # a --resume would be refused
+        fail(
+            f"{environment_line(error)}; free space or fix access, then start the sweep again with a new --output, "
+            f"or remove {settings.output} first (Tune's state {damage})"
+        )
     fail(
         f"{environment_line(error)}; free space or fix access, then the same command with --resume writes the "
         "results, exports and registers the winner (and finishes a --refit); no finished trial runs again"
@@ -272,7 +279,13 @@ def interrupted_before_the_end(settings: SweepSettings) -> str:
     will read it: a sweep to resume where Tune saved its state; where Tune had started without
     saving one, nothing a resume or a new run in that folder accepts; else a folder to run again."""
     if tune_state_saved(settings.experiment_dir):
-        return "sweep interrupted (Ctrl-C); continue it with --resume"
+        damage = unresumable(settings.experiment_dir)
+        if damage is None:
+            return "sweep interrupted (Ctrl-C); continue it with --resume"
+        return (
+            f"sweep interrupted (Ctrl-C); Tune's state {damage}: it cannot be resumed; start it again with a new "
+            f"--output, or remove {settings.output} first"
+        )
     if os.path.exists(settings.experiment_dir):
         return (
             "sweep interrupted (Ctrl-C) before Tune saved its state: it cannot be resumed; start it again with a "

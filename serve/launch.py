@@ -546,7 +546,7 @@ def shutdown_serve() -> None:
     shutdown was asked already and goes on, so it would only end the job in a traceback."""
     from ray import serve
 
-    print("[serve] shutting Serve down (its replicas finish their requests)", flush=True)
+    print("[serve] shutting Serve down (its replicas finish their requests)", file=sys.stderr, flush=True)
     in_main = threading.current_thread() is threading.main_thread()  # signal.signal's own rule
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
     try:

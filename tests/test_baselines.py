@@ -1116,6 +1116,10 @@ def test_a_tuning_cache_entry_this_code_cannot_read_is_searched_again(tmp_path, 
     os.makedirs(tuning.tuned_path(data))
     assert tuning.read_tuned(data) == {}
     assert "cannot be read (Is a directory): searching again" in capsys.readouterr().err
+    # Keeping a search's parameters then reads it again: said once, not again for each baseline.
+    messages = []
+    tuning._keep(data, "decayed_frequency", tuning.Tuned(params={"half_life_days": 30}, val={}), messages.append)
+    assert not capsys.readouterr().err and len(messages) == 1 and "are not kept in" in messages[0], messages
 
 
 @pytest.mark.faults

@@ -706,11 +706,24 @@ def test_a_sweep_trial_restarted_by_resume_keeps_its_run_and_a_moved_sweep_finds
     assert "recording nothing more there until it is resumed" in said
     # The lookup of a trial's earlier run goes silent the same way: it waited out MLflow's timeouts,
     # then the run's start waited them out again (a review of tune/, session 67).
-    from types import SimpleNamespace
 
     fresh = trial_logger(sweep)
     fresh.setup()
-    monkeypatch.setattr(tracking, "Registry", lambda uri: SimpleNamespace(find_trial_run=silent))
+
+    def silent_registry(uri):  # the real Registry's opening query, timed out, as the registry words it
+        try:
+            silent()
+        except Exception as e:
+            raise reg.store_failed(uri, e) from None
+
+    wrapped = None
+    try:
+        silent_registry("http://127.0.0.1:5000")
+    except reg.StoreUnreachable as e:
+        wrapped = str(e)
+    assert wrapped is not None and "timed out" in wrapped, wrapped
+    asked.clear()
+    monkeypatch.setattr(tracking, "Registry", silent_registry)
     fresh.tracking_uri = "http://127.0.0.1:5000"
     monkeypatch.setattr(fresh.mlflow_util, "start_run", lambda *a, **k: pytest.fail("the run's start was asked"))
     asked.clear()

@@ -1009,7 +1009,8 @@ def test_a_second_ctrl_c_while_serve_shuts_down_is_ignored_not_a_traceback(monke
     before = signal.getsignal(signal.SIGINT)
     shutdown_serve()
     assert during == [signal.SIG_IGN] and signal.getsignal(signal.SIGINT) is before
-    assert capsys.readouterr().out == "[serve] shutting Serve down (its replicas finish their requests)\n"
+    # On stderr: jobs.deploy's stdout is its one JSON object.
+    assert capsys.readouterr().err == "[serve] shutting Serve down (its replicas finish their requests)\n"
 
 
 @pytest.mark.faults
@@ -1048,6 +1049,12 @@ def test_a_deploy_stopped_by_sigterm_or_ctrl_c_ends_in_one_line_with_a_failing_s
         assert exited.value.code == 130 and error.startswith("error: interrupted before the app answered"), error
         assert ("serve.delete('ncf') removes it" in error) == left, error
     assert stopped == [True, True, True, False]
+    # Stopped once every replica answered, while asked what they serve: the app runs.
+    with pytest.raises(SystemExit) as exited:
+        deploy._interrupted(KeyboardInterrupt(), None, False, answered=True)
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: interrupted while the replicas were asked what they serve; the app runs"), error
+    assert exited.value.code == 130 and error.endswith("serve.delete('ncf') removes it"), error
 
     # Ctrl-C while the settings served before are deployed again, after the new replicas failed.
     def failed(app, args, handed_off):

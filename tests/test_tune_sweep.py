@@ -1401,14 +1401,17 @@ def test_ctrl_c_after_tunes_loop_is_one_line_exit_130_with_a_resume_hint(tmp_pat
     # what check_sweep_directory will accept of the folder it leaves (a second reading).
     monkeypatch.setattr(tune_sweep, "run_sweep", interrupted)
     experiment = tmp_path / "sweep" / "tune" / "sweep"
-    for made, says in [
-        (None, "before Tune started; run the same command again"),
-        ("tuner.pkl", "before Tune saved its state: it cannot be resumed; start it again with a new --output"),
-        ("experiment_state-2026-12-06_04-00-00.json", "continue it with --resume"),
+    state = "experiment_state-2026-12-06_04-00-00.json"
+    for made, content, says in [
+        (None, None, "before Tune started; run the same command again"),
+        ("tuner.pkl", "{}", "before Tune saved its state: it cannot be resumed; start it again with a new --output"),
+        (state, WHOLE_TUNE_STATE, "continue it with --resume"),
+        # Stopped before the first trial (session 67): a resume is refused, so it is not advised.
+        (state, NO_TRIAL_TUNE_STATE, "holds no trial (the sweep was stopped before its first one): it cannot be"),
     ]:
         if made:
             experiment.mkdir(parents=True, exist_ok=True)
-            (experiment / made).write_text("{}")
+            (experiment / made).write_text(content)
         with pytest.raises(SystemExit) as exit:
             _not_a_traceback(tune_sweep.main, argv)
         assert exit.value.code == 130

@@ -3,9 +3,9 @@
 Each trial is :func:`tune.trial.train_trial` (a ``TorchTrainer``), the objective is the best
 validation NDCG@10 so far (``best_val_ndcg@10``) at each epoch, ASHA
 (:class:`tune.scheduler.EpochASHA`) stops weak trials at 1, 2, 4, ... epochs, and the defaults
-are the first point evaluated, so every sweep reports its gain over them. TPE draws its first 10
-trials at random (Optuna's ``n_startup_trials``): sweeps of 10 trials or fewer are random
-searches around the defaults (README, "Tuning sweeps"). An interrupted sweep
+are the first point evaluated, so every sweep reports its gain over them. TPE draws at random until 10
+trials have finished (Optuna's ``n_startup_trials``): sweeps of 10 trials or fewer are random
+searches, plus the defaults (README, "Tuning sweeps"). An interrupted sweep
 resumes from Tune's experiment state: finished trials are kept, the searcher continues where it
 was, the interrupted trials continue from their last checkpoints, failed trials stay failed
 (restored with ``resume_errored=False``: Ray Train retried each ``max_failures`` times; the
@@ -448,6 +448,16 @@ def tune_state_damage(experiment: str) -> Optional[str]:
         return f"{path} lacks {' and '.join(missing)}"
     # Stopped in Tune's start-up, before its first trial: Tune fails restoring an empty list of them.
     return f"{path} holds no trial (the sweep was stopped before its first one)" if not state["trial_data"] else None
+
+
+def unresumable(experiment: str) -> Optional[str]:
+    """Why the Tune state saved under ``experiment`` cannot be resumed (:func:`tune_state_damage`),
+    for what a stopped sweep says it left; None where it reads, or where the OS will not read it
+    (the state may be whole: a resume says so in its own line)."""
+    try:
+        return tune_state_damage(experiment)
+    except (InputError, OSError):
+        return None
 
 
 def run_sweep(settings: SweepSettings, resume: bool = False) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from ncf.errors import without_passwords
 from ncf.registry import (
     SWEEP_EXPERIMENT,
     Registry,
+    StoreUnavailable,
     StoreUnreachable,
     code_version,
     numeric,
@@ -159,7 +160,9 @@ class TrialLogger(MLflowLoggerCallback):
         """Whether ``error`` is the store not answering in time, which then silences it (said
         once). A silence, not a refusal: a server restarting refuses for seconds (then answers
         again), one wedged holds each call for MLflow's timeouts and retries."""
-        unreachable = isinstance(store_failed(self.tracking_uri or "", error), StoreUnreachable)
+        # The registry's own calls (the lookup's Registry) raise MLflow's error already worded so.
+        failed = error if isinstance(error, StoreUnavailable) else store_failed(self.tracking_uri or "", error)
+        unreachable = isinstance(failed, StoreUnreachable)
         if not (unreachable and _TIMED_OUT.search(str(error))):
             return False
         self.__dict__["_silent_store"] = True

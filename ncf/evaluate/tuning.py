@@ -132,23 +132,24 @@ def tuned_path(data: str) -> str:
     return os.path.join(layout.baselines_dir(data), TUNED)
 
 
-def read_tuned(data: str) -> Dict[str, Tuned]:
+def read_tuned(data: str, say: Callable[[str], None] = _log) -> Dict[str, Tuned]:
     """The tuned parameters kept in DATA (by baseline); an entry this code cannot read (another
     version's fields, a damaged file) is a miss: its baseline is searched again, not an error
-    after the whole search."""
+    after the whole search. ``say``: where the misses are said (the keeping of a search's
+    parameters reads the file again, and says nothing twice)."""
     path = tuned_path(data)
     if not os.path.exists(path):
         return {}
     try:
         entries = read_json(path)
     except ValueError as e:
-        _log(f"{path} does not read as JSON ({e}): searching again")
+        say(f"{path} does not read as JSON ({e}): searching again")
         return {}
     except OSError as e:  # another account's file, a folder: the evaluation only reads DATA
-        _log(f"{path} cannot be read ({e.strerror or e}): searching again")
+        say(f"{path} cannot be read ({e.strerror or e}): searching again")
         return {}
     if not isinstance(entries, dict):
-        _log(f"{path} holds no entries by baseline: searching again")
+        say(f"{path} holds no entries by baseline: searching again")
         return {}
     found = {}
     for name, entry in entries.items():
@@ -157,7 +158,7 @@ def read_tuned(data: str) -> Dict[str, Tuned]:
         except TypeError:
             tuned = None
         if tuned is None or not all(isinstance(v, dict) for v in (tuned.params, tuned.val, tuned.grid)):
-            _log(f"{path}: {name}'s entry is not one this code reads: searching again")
+            say(f"{path}: {name}'s entry is not one this code reads: searching again")
             continue
         found[name] = tuned
     return found
@@ -214,7 +215,7 @@ def _keep(data: str, key: str, tuned: Tuned, log: Callable[[str], None]) -> None
     """Keeps ``tuned`` beside DATA for the next run. An evaluation only reads DATA: one it cannot
     write (another account's, a read-only mount) searches again next time, its figures whole."""
     try:
-        kept = {name: asdict(t) for name, t in {**read_tuned(data), key: tuned}.items()}
+        kept = {name: asdict(t) for name, t in {**read_tuned(data, say=lambda message: None), key: tuned}.items()}
         os.makedirs(layout.baselines_dir(data), exist_ok=True)
         write_json(tuned_path(data), kept)
     except OSError as e:
