@@ -701,6 +701,16 @@ def test_a_full_disk_after_tunes_loop_says_resume_not_the_same_command(tmp_path,
         tune_sweep.main(argv)
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "start the sweep again with a new --output, or remove" in line and "(Tune had not saved its state)" in line
+    # Its state saved, holding no trial (stopped in Tune's start-up): a --resume is refused, so not advised.
+    monkeypatch.setattr(tune_sweep, "tune_state_saved", lambda path: True)
+    monkeypatch.setattr(tune_sweep, "report", lambda *args: (_ for _ in ()).throw(full))
+    state = tmp_path / "sweep" / "tune" / "sweep" / "experiment_state-2026-12-07_10-00-00.json"
+    state.write_text(NO_TRIAL_TUNE_STATE)
+    with pytest.raises(SystemExit):
+        tune_sweep.main(argv)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "start the sweep again with a new --output, or remove" in line and "holds no trial" in line, line
+    assert "--resume" not in line, line
     monkeypatch.setattr(tune_sweep, "report", lambda *args: (_ for _ in ()).throw(FileNotFoundError("bug")))
     with pytest.raises(FileNotFoundError):  # a bug's: its traceback
         tune_sweep.main(argv)

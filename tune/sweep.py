@@ -4,7 +4,7 @@ Each trial is :func:`tune.trial.train_trial` (a ``TorchTrainer``), the objective
 validation NDCG@10 so far (``best_val_ndcg@10``) at each epoch, ASHA
 (:class:`tune.scheduler.EpochASHA`) stops weak trials at 1, 2, 4, ... epochs, and the defaults
 are the first point evaluated, so every sweep reports its gain over them. TPE draws at random until 10
-trials have finished (Optuna's ``n_startup_trials``): sweeps of 10 trials or fewer are random
+trials have finished with a score (Optuna's ``n_startup_trials``): sweeps of 10 trials or fewer are random
 searches, plus the defaults (README, "Tuning sweeps"). An interrupted sweep
 resumes from Tune's experiment state: finished trials are kept, the searcher continues where it
 was, the interrupted trials continue from their last checkpoints, failed trials stay failed
@@ -456,7 +456,7 @@ def unresumable(experiment: str) -> Optional[str]:
     (the state may be whole: a resume says so in its own line)."""
     try:
         return tune_state_damage(experiment)
-    except (InputError, OSError):
+    except (InputError, OSError, ValueError):  # ValueError: the state file gone since it was found
         return None
 
 

@@ -180,7 +180,9 @@ def tuned_params(
     searched and written there as each search ends. ``data=None`` keeps nothing. ``on_error``:
     a search that raises is handed to it and left out, and the others go on (without it, the
     error ends the tuning; the searches done before it are kept either way)."""
-    cached = read_tuned(data) if data and not retune else {}
+    # Read with --retune too: what it cannot read, and then writes over, is said.
+    kept = read_tuned(data, say=log) if data else {}
+    cached = {} if retune else kept
     out: Dict[str, Tuned] = {}
     for baseline in baselines:
         if not baseline.tunable:
