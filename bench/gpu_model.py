@@ -49,6 +49,7 @@ import torch
 
 from ncf.batch.scorer import score_users
 from ncf.data.features import Catalog
+from ncf.evaluate.protocol import sample_users
 from ncf.model.batch import Batch
 from ncf.model.directory import load_model
 from ncf.rank.recommender import Recommender
@@ -224,8 +225,10 @@ def _run(args) -> Dict:
     summary: Dict = {"benchmark": "gpu_model", "cuda": cuda}
     cpu = Recommender.load(args.model, data=args.data, device=torch.device("cpu"))
     positions = cpu.state.states.users()
-    positions = positions[: args.users] if args.users else positions
-    single_users = list(cpu.vocabs.users.raw_of(positions[: args.single]))
+    # Seeded samples: households are indexed by their purchases, so the first ones are the most active.
+    positions = sample_users(positions, args.users or None)
+    single_users = list(cpu.vocabs.users.raw_of(sample_users(positions, args.single, seed=1)))
+    profiled_positions = sample_users(positions, args.profile or None, seed=2)
     summary["households"] = int(len(positions))
 
     def step(name: str, figures: Dict) -> None:
@@ -237,7 +240,7 @@ def _run(args) -> Dict:
     figures, reference = score_all(cpu, positions, args.batch)
     step("cpu_1_thread", {**figures, **single_latency(cpu, single_users)})
     if args.profile:
-        step("profile_cpu_1_thread", profiled(cpu, positions[: args.profile], args.batch))
+        step("profile_cpu_1_thread", profiled(cpu, profiled_positions, args.batch))
     use_threads(cores)
     step(f"cpu_{cores}_threads", score_all(cpu, positions, args.batch)[0])
     if args.lists:
@@ -271,7 +274,7 @@ def _run(args) -> Dict:
         },
     )
     if args.profile:
-        step("profile_cuda_eager_1_thread", profiled(gpu, positions[: args.profile], args.batch))
+        step("profile_cuda_eager_1_thread", profiled(gpu, profiled_positions, args.batch))
     use_threads(cores)  # the driver scoring on its own GPU (--score-in driver --gpu yes)
     step(f"cuda_eager_{cores}_threads", score_all(gpu, positions, args.batch)[0])
     if args.compile:

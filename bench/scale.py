@@ -236,12 +236,12 @@ def scoring_figures(model: str, data: str, users: int, compiled: bool = False) -
         "import json, sys, time, numpy as np, pyarrow as pa, torch\n"
         "torch.set_num_threads(1)\n"
         "from ncf.batch.scorer import score_users\n"
+        "from ncf.evaluate.protocol import sample_users\n"
         "from ncf.rank.recommender import Recommender\n"
         f"rec = Recommender.load({model!r}, data={data!r})\n"
         + ("rec.ranker.compile()\n" if compiled else "")
-        + "positions = rec.state.states.users()[:"
-        + str(users)
-        + "]\n"
+        # A seeded sample: households are indexed by their purchases, so the first ones are the most active.
+        + f"positions = sample_users(rec.state.states.users(), {users})\n"
         "ids = pa.array(rec.vocabs.users.raw_of(positions))\n"
         "loaded = time.time()\n"
         "first = None\n"

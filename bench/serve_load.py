@@ -295,6 +295,7 @@ def main(argv=None) -> Dict:
     from ray import serve
 
     from ncf.data.vocab import Vocabulary
+    from ncf.evaluate.protocol import sample_users
     from ncf.model.directory import read_config
     from ncf.rank.candidates import RankingSettings
     from serve.app import build_app
@@ -320,7 +321,8 @@ def main(argv=None) -> Dict:
 
     vocab = os.path.join(args.data or os.path.join(args.model, "state"), "vocab", "users.parquet")
     households = Vocabulary.load(vocab)
-    users = households.raw_of(np.arange(1, min(2001, len(households))))  # the first 2000, or a small log's all
+    # 2,000 (a small log's all) in a seeded sample: households are indexed by their purchases, most first.
+    users = households.raw_of(sample_users(np.arange(1, len(households)), 2000))
     request = lambda n: {"user_id": users[n % len(users)], "k": K}  # noqa: E731
     log = ReplicaLog(["ncf", "noop"], started)
     log.start()

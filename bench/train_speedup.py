@@ -40,6 +40,8 @@ def epoch_rate(tree: str, data: str, workdir: str, output: str, name: str) -> di
         # What the epoch read (candidates, all workers'), so the two sides' work can be compared.
         "examples": round(epoch["examples_per_s"] * epoch["epoch_seconds"]),
         "steps": epoch.get("steps"),
+        # All workers' lists, where steps are one worker's; None for a commit before session 67's.
+        "lists": epoch.get("lists"),
         "job_seconds": round(time.time() - started),
         "commit": subprocess.run(
             ["git", "describe", "--always", "--dirty"], cwd=tree, capture_output=True, text=True

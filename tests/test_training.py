@@ -105,6 +105,12 @@ def test_a_diverged_epochs_score_survives_ray_trains_checkpoint_index():
 
     assert "val_ndcg_at_10" not in numeric(reported) and numeric(reported)["val_diverged"] == 1.0
     assert numeric({VAL_METRIC: 0.3, "epoch": 1})["val_ndcg_at_10"] == 0.3
+    # The best so far of a run whose every epoch diverged is the placeholder too (a review of
+    # tune/, session 67: MLflow logged best_val_ndcg_at_10 -1.0 at each such epoch).
+    from ncf.model.files import BEST_VAL_METRIC
+
+    assert "best_val_ndcg_at_10" not in numeric({**reported, BEST_VAL_METRIC: DIVERGED_SCORE})
+    assert numeric({**reported, BEST_VAL_METRIC: 0.05})["best_val_ndcg_at_10"] == 0.05
     section = _training_section([{"epoch": 1, "train_loss": 0.5, VAL_METRIC: 0.3}, {**reported, "train_loss": 9.0}], 1)
     assert "-1.0000" not in section and "0.3000" in section
 
@@ -745,6 +751,7 @@ def test_a_refit_reports_no_best_validation_score(small_data, tmp_path):
     assert result.error is None, result.error
     history = run_history(result)
     assert [row["epoch"] for row in history] == [1] and result.metrics["epoch"] == 1
+    assert (history[0]["steps"], history[0]["lists"]) == (2, 16), history  # two full batches of 8 lists
     assert not [k for row in [result.metrics, *history] for k in row if k.startswith("best_")], history
     # A refit that trained more epochs than its validated run chose now, under a storage URI the
     # driver cannot read (s3://; file:// here): the workers resumed it and the job exported the

@@ -38,9 +38,14 @@ VAL_DIVERGED = "val_diverged"
 
 
 def without_diverged_score(metrics: Dict) -> Dict:
-    """An epoch's ``metrics`` without a diverged epoch's placeholder score, for what draws or
-    records them as figures (curves, MLflow, TensorBoard), where -1 would read as a score."""
-    return {k: v for k, v in metrics.items() if k != VAL_METRIC} if metrics.get(VAL_DIVERGED) else metrics
+    """An epoch's ``metrics`` without a diverged epoch's placeholder score, nor the placeholder
+    best (every epoch so far diverged), for what draws or records them as figures (curves,
+    MLflow, TensorBoard), where -1 would read as a score."""
+    placeholders = {VAL_METRIC} if metrics.get(VAL_DIVERGED) else set()
+    best = metrics.get(BEST_VAL_METRIC)
+    if isinstance(best, (int, float)) and best <= DIVERGED_SCORE:
+        placeholders.add(BEST_VAL_METRIC)
+    return {k: v for k, v in metrics.items() if k not in placeholders} if placeholders else metrics
 
 
 # Boolean masks over the tables' rows: which households and products the run's lists held.

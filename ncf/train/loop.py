@@ -215,7 +215,7 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
     """One pass over this worker's shard; returns the epoch's training metrics."""
     w.model.train()
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    started, seen, loss_sum, steps = time.time(), 0, 0.0, 0
+    started, seen, lists, loss_sum, steps = time.time(), 0, 0, 0.0, 0
     warm_at, warm_seen = None, 0
     batches = shard.iter_batches(
         batch_size=w.cfg.batch_size,
@@ -228,6 +228,7 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
         batch = training_batch(w, table, generator).to(w.device)
         loss = training_step(w.model, w.optimizer, batch, loss_fn)
         seen += batch.num_candidates
+        lists += table.num_rows
         loss_sum += float(loss.detach())
         steps += 1
         if steps == 1:  # the input pipeline's start and the first step's allocations end here
@@ -251,20 +252,23 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
     elapsed = max(ended - started, 1e-9)
     # Every rank trained its own shard: the loss is the mean over all ranks' steps and the rates
     # count all ranks' candidates (rank 0's alone, scaled by the world size, were not the run's).
-    all_loss_sum, all_steps, all_seen, all_warm_seen = summed_across_ranks([loss_sum, steps, seen, warm_seen])
+    all_loss_sum, all_steps, all_seen, all_warm_seen, all_lists = summed_across_ranks(
+        [loss_sum, steps, seen, warm_seen, lists]
+    )
     metrics = {
         "epoch": epoch,
         "world_size": w.world_size,
         "sharded_tables": sharded_table_count(w.model),
         "train_loss": all_loss_sum / max(all_steps, 1),
         "examples_per_s": all_seen / elapsed,
+        "lists": int(all_lists),  # the lists the epoch read, all ranks'
         "epoch_seconds": elapsed,
     }
     if warm_at is not None:
         metrics["first_step_seconds"] = warm_at - started
     if steps > 1:
         metrics["steady_examples_per_s"] = (all_seen - all_warm_seen) / max(ended - warm_at, 1e-9)
-    metrics["steps"] = steps
+    metrics["steps"] = steps  # this rank's: every rank steps its equal share
     return metrics
 
 
