@@ -132,11 +132,13 @@ def tuned_path(data: str) -> str:
     return os.path.join(layout.baselines_dir(data), TUNED)
 
 
-def read_tuned(data: str, say: Callable[[str], None] = _log) -> Dict[str, Tuned]:
+def read_tuned(data: str, say: Callable[[str], None] = _log, strict: bool = False) -> Dict[str, Tuned]:
     """The tuned parameters kept in DATA (by baseline); an entry this code cannot read (another
     version's fields, a damaged file) is a miss: its baseline is searched again, not an error
     after the whole search. ``say``: where the misses are said (the keeping of a search's
-    parameters reads the file again, and says nothing twice)."""
+    parameters reads the file again, and says nothing twice). ``strict``: a file the OS will not
+    read raises its OSError (what keeps a search's parameters must not write over entries it
+    could not read)."""
     path = tuned_path(data)
     if not os.path.exists(path):
         return {}
@@ -146,6 +148,8 @@ def read_tuned(data: str, say: Callable[[str], None] = _log) -> Dict[str, Tuned]
         say(f"{path} does not read as JSON ({e}): searching again")
         return {}
     except OSError as e:  # another account's file, a folder: the evaluation only reads DATA
+        if strict:
+            raise
         say(f"{path} cannot be read ({e.strerror or e}): searching again")
         return {}
     if not isinstance(entries, dict):
@@ -217,7 +221,8 @@ def _keep(data: str, key: str, tuned: Tuned, log: Callable[[str], None]) -> None
     """Keeps ``tuned`` beside DATA for the next run. An evaluation only reads DATA: one it cannot
     write (another account's, a read-only mount) searches again next time, its figures whole."""
     try:
-        kept = {name: asdict(t) for name, t in {**read_tuned(data, say=lambda message: None), key: tuned}.items()}
+        before = read_tuned(data, say=lambda message: None, strict=True)
+        kept = {name: asdict(t) for name, t in {**before, key: tuned}.items()}
         os.makedirs(layout.baselines_dir(data), exist_ok=True)
         write_json(tuned_path(data), kept)
     except OSError as e:
