@@ -397,8 +397,8 @@ def _interrupted(stop: BaseException, serving: Optional[Dict], owns_serve: bool,
             )
         else:
             left = (
-                f"; the app stays Serve's target, still starting: `serve status` says how it goes, "
-                f"serve.delete('{APP_NAME}') removes it"
+                f"; where Serve took the app, it stays Serve's target, still starting: `serve status` says "
+                f"how it goes, serve.delete('{APP_NAME}') removes it"
             )
         stage = "while the replicas were asked what they serve" if answered else "before the app answered"
         fail(f"interrupted {stage}{left}", EXIT_INTERRUPTED)
