@@ -76,6 +76,21 @@ def test_ray_up_copies_the_staged_project_not_the_venv_or_artifacts(config, tmp_
     assert staged == present and {"Makefile", "cluster.yaml", "ncf/__init__.py"} <= staged
     assert not any(f.split("/")[0] in (".venv", "artifacts", ".git") for f in staged)
     assert _project_dir(config) == "/home/ubuntu/advanced-ncf"
+    # The auth token ray up copies to every node, mode and all: Ray writes it with the umask (any
+    # local ray.init makes one, 0644 here), so others on the launcher read it (the AWS review, session 67).
+    token = tmp_path / "home" / ".ray" / "auth_token"
+    token.parent.mkdir(parents=True)
+    token.write_text("t" * 64)
+    token.chmod(0o644)
+    done = subprocess.run(
+        ["make", "-s", "cluster-files", f"CLUSTER_FILES={stage}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOME": str(tmp_path / "home")},
+    )
+    assert done.returncode == 0 and f"{token} was readable by others: made 0600" in done.stdout, done
+    assert token.stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.faults
@@ -307,6 +322,30 @@ def test_ssh_only_from_a_configurable_cidr_serve_only_from_a_private_one(config,
     assert [{"Ref": "SshCidr"}, "0.0.0.0/0"] in refused and [{"Ref": "ServeCidr"}, "0.0.0.0/0"] in refused
     (between,) = _resources(template, "AWS::EC2::SecurityGroupIngress")
     assert between["SourceSecurityGroupId"] == between["GroupId"]  # all traffic, between nodes only
+
+
+# EC2's characters for a group's description and an address range's rule (botocore's model of
+# CreateSecurityGroup, IpRange); a rule naming another group has no "&" (UserIdGroupPair).
+EC2_DESCRIPTION = re.compile(r"[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]{0,255}")
+EC2_GROUP_RULE_DESCRIPTION = re.compile(r"[a-zA-Z0-9 ._\-:/()#,@\[\]+=;{}!$*]{0,255}")
+
+
+@pytest.mark.faults
+def test_every_security_group_description_is_one_ec2_accepts(template):
+    """An apostrophe ("the head's nginx") in the group's and a rule's description: EC2 refuses it
+    (InvalidParameterValue), so the stack, and with it the head's instance profile, rolled back
+    and `ray up` found no group (the AWS review, session 67)."""
+    (group,) = _resources(template, "AWS::EC2::SecurityGroup")
+    texts = [(group["GroupDescription"], EC2_DESCRIPTION)]
+    texts += [(rule["Description"], EC2_DESCRIPTION) for rule in group["SecurityGroupIngress"]]
+    texts += [
+        (rule["Description"], EC2_GROUP_RULE_DESCRIPTION)
+        for rule in _resources(template, "AWS::EC2::SecurityGroupIngress")
+    ]
+    assert len(texts) >= 4
+    refused = [text for text, allowed in texts if not allowed.fullmatch(text)]
+    assert not refused, refused
+    assert not EC2_DESCRIPTION.fullmatch("the head's nginx")  # the pattern refuses what EC2 does
 
 
 RFC_1918 = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
@@ -638,3 +677,22 @@ def test_every_node_starts_ray_with_the_synced_auth_token(config, prepared):
     ]
     assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
     assert "--address=$RAY_HEAD_IP:6379" in prepared["worker_start_ray_commands"][-1]
+
+
+@pytest.mark.faults
+def test_the_autoscaler_waits_out_a_gpu_workers_worst_case_set_up(prepared):
+    """Autoscaler v2 (`ray up`'s default) ends a worker whose set-up and Ray start take more than
+    30 minutes; a GPU worker's apt waits alone are bounded at 25 (the AWS review, session 67). The
+    head's monitor, started by its `ray start`, is given an hour, under the name Ray reads."""
+    import inspect
+
+    from ray.autoscaler.v2.instance_manager import config as v2_config
+
+    name = "RAY_AUTOSCALER_RECONCILE_RAY_INSTALL_STATUS_TIMEOUT_S"
+    assert f'"{name}"' in inspect.getsource(v2_config)  # the variable Ray 2.60 reads
+    (start,) = [c for c in prepared["head_start_ray_commands"] if "ray start" in c]
+    allowed = int(re.search(rf"\b{name}=(\d+) ", start).group(1))
+    setup = " ".join(prepared["available_node_types"]["gpu_worker"]["worker_setup_commands"])
+    apt_waits = sum(int(s) for s in re.findall(r"timeout (\d+) bash", setup))
+    apt_waits += sum(int(s) for s in re.findall(r"DPkg::Lock::Timeout=(\d+)", setup))
+    assert apt_waits >= 1500 and allowed >= apt_waits + 1800, (allowed, apt_waits)
