@@ -126,7 +126,8 @@ cluster-files:
 	  echo "of which $$(printf '%s\n' "$$untracked" | wc -l) not in git (every node gets them; .gitignore what should not go): $$(printf '%s\n' "$$untracked" | head -10 | tr '\n' ' ')"
 	@# Ray writes the token with the umask (any local ray.init makes one: 0644), and ray up's rsync
 	@# copies that mode to every node: a token others can read lets them submit jobs.
-	@tok="$$HOME/.ray/auth_token"; if [ -f "$$tok" ] && [ -n "$$(find "$$tok" -perm /077)" ]; then \
+	@# (`ls -lL`: the mode of what a link names, in any ls; group's and others' letters.)
+	@tok="$$HOME/.ray/auth_token"; if [ -f "$$tok" ] && [ "$$(ls -lL "$$tok" | cut -c5-10)" != "------" ]; then \
 	  chmod 600 "$$tok" && echo "$$tok was readable by others: made 0600 (ray up copies its mode to every node)"; fi
 
 # ruff: lint and format check (line length 120, pyproject.toml); `ruff format .` fixes the format.
