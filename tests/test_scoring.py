@@ -1220,6 +1220,23 @@ def test_moments_are_one_per_household_or_one_for_all(recommender):
     assert all(len(r.product_ids) == 100 for r in recommender.rank(users, k=100, at=at))
     each = recommender.rank(users, k=3, at=[at] * 3)
     assert [r.product_ids for r in each] == [r.product_ids for r in recommender.rank(users, k=3, at=at)]
+    # A review of ncf/rank (session 67): one id where a list is asked was read character by
+    # character ("12": households "1" and "2") or failed deep inside; k=2.5 failed in a slice and
+    # k=True ranked one; a first stage of fewer candidates than k answered short lists.
+    one = str(users[0])
+    for wrong in (one, users[0], np.asarray(users[0])):
+        with pytest.raises(TypeError, match="user_ids: a list of ids is asked, not"):
+            recommender.rank(wrong, k=3, at=at)
+    with pytest.raises(TypeError, match="product_ids: a list of ids is asked, not"):
+        recommender.score_items(users[0], "12", at)
+    for k in (2.5, True, "3"):
+        with pytest.raises(ValueError, match="a whole number of products"):
+            recommender.rank(users, k=k, at=at)
+    assert all(len(r.product_ids) == 3 for r in recommender.rank(np.asarray(users), k=np.int64(3), at=at))
+    narrow = recommender.with_settings(candidates=5)
+    with pytest.raises(ValueError, match="the first stage keeps 5 candidates a household"):
+        narrow.rank(users, k=6, at=at)
+    assert all(len(r.product_ids) == 5 for r in narrow.rank(users, k=5, at=at))
 
 
 def test_the_baselines_are_tuned_on_a_bounded_sample_of_validation_households(small_data, tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import itertools
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -87,15 +88,19 @@ class _Question:
 WARM_MAX_SCORES = ann.MF_EXACT_MAX_SCORES
 
 
-def check_k(k: int, brute_force: bool = False) -> None:
-    """Refuses (ValueError) a ``k`` a ranking cannot answer: below 1 (a slice of ``[:k]`` would
-    answer every candidate but the last ``-k``), or above :data:`MAX_K` unless ``brute_force``
-    (the first stage guarantees ``MAX_K`` candidates, not more: longer lists would come back
-    short)."""
+def check_k(k: int, brute_force: bool = False, candidates: Optional[int] = None) -> None:
+    """Refuses (ValueError) a ``k`` a ranking cannot answer: not a whole number (``2.5`` failed in
+    a slice, ``True`` ranked one), below 1 (a slice of ``[:k]`` would answer every candidate but
+    the last ``-k``), or above :data:`MAX_K` or the first stage's ``candidates`` unless
+    ``brute_force`` (the first stage keeps that many, not more: longer lists came back short)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise ValueError(f"k={k!r}: a whole number of products")
     if k < 1:
         raise ValueError(f"k={k}: at least 1 product is ranked")
     if k > MAX_K and not brute_force:
         raise ValueError(f"k={k}: at most {MAX_K} products are ranked")
+    if candidates is not None and k > candidates and not brute_force:
+        raise ValueError(f"k={k}: the first stage keeps {candidates} candidates a household; ask for at most that many")
 
 
 class ScoresNotANumber(ValueError):
@@ -238,7 +243,7 @@ class Ranker:
         candidates it was drawn from (evaluation's coverage; a nightly batch would hold them all).
         ``brute_force``: every known product re-ranked for a household with purchases (benchmarks
         of the first stage); a cold start still gets its hourly list (at most 200 products)."""
-        check_k(k, brute_force)
+        check_k(k, brute_force)  # evaluation asks 100 deep of any first stage (bench.first_stage_size's 10)
         with_reasons = explain if reasons is None else reasons
         users, at = np.asarray(users, np.int64), np.asarray(at, np.int64)
         if users.shape != at.shape:

@@ -119,6 +119,14 @@ class _Passes:
         self.started: Optional[float] = None
 
 
+def check_ids(name: str, ids) -> None:
+    """Refuses (TypeError) what is not a list of ids where one is asked: a string was read
+    character by character (``recommend("12")`` ranked households "1" and "2"), an int (or a 0-d
+    array) failed deep inside, a generator was used up before its unknown ids were looked for."""
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__") or getattr(ids, "ndim", 1) == 0:
+        raise TypeError(f"{name}: a list of ids is asked, not {ids!r}: pass [{ids!r}] for one")
+
+
 class Recommender:
     """Ranks raw household ids with a :class:`Ranker`.
 
@@ -442,13 +450,16 @@ class Recommender:
     ) -> List[RankedItems]:
         """Each household's ranking at ``at`` (one moment, or one per household); ``explain`` and
         ``reasons`` as :meth:`Ranker.rank` takes them."""
+        check_ids("user_ids", user_ids)
         if isinstance(at, (list, tuple, np.ndarray)):
             if len(at) != len(user_ids):
                 raise ValueError(f"{len(at)} moments for {len(user_ids)} households: one each, or one for all")
             moments = [self.moment(a) for a in at]
         else:
             moments = [self.moment(at)] * len(user_ids)
-        check_k(k)  # before any day's stats are computed
+        # Before any day's stats are computed; a first stage narrower than k answered short lists
+        # (Serve and the nightly job refuse such a k apart, evaluation reads short lists on purpose).
+        check_k(k, candidates=self.ranker.settings.candidates)
         for moment in set(moments):  # a moment no day can rank, before any other day is computed
             self.check_rankable(moment)
         users = self.vocabs.users.index_of(list(user_ids))
@@ -489,6 +500,7 @@ class Recommender:
         """:meth:`score` and whether the household is a cold start (unknown, or no purchases
         before ``at``: the model's unknown household row scores it); with ``logits``, the logits
         the probabilities come from (:meth:`Ranker.score`)."""
+        check_ids("product_ids", product_ids)
         products = self.vocabs.products.index_of(list(product_ids))
         # Each unknown id once (in the order asked): a list of one id repeated was a list as long.
         unknown = list(dict.fromkeys(p for p, i in zip(product_ids, products) if i == UNKNOWN_INDEX))
