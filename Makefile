@@ -108,6 +108,9 @@ nginx: setup
 	  dpkg -x nginx_*.deb files && [ -x files/usr/sbin/nginx ] && rm -rf ../nginx && mv files ../nginx && cd .. && rm -rf nginx.part; } || { \
 	  echo "error: could not unpack Debian's nginx (apt-get download nginx) for the reverse-proxy test"; exit 1; }
 
+# The Ray auth token `ray up` copies to every node (cluster.yaml's file_mounts).
+AUTH_TOKEN ?= $(HOME)/.ray/auth_token
+
 # What `ray up cluster.yaml` copies to every node: the project's files as git sees them (tracked
 # and untracked, less what .gitignore ignores), staged afresh into $(CLUSTER_FILES). Ray hashes
 # every file of a file mount on each `ray up`, and a changed hash restarts Ray on the nodes:
@@ -127,7 +130,7 @@ cluster-files:
 	@# Ray writes the token with the umask (any local ray.init makes one: 0644), and ray up's rsync
 	@# copies that mode to every node: a token others can read lets them submit jobs.
 	@# (`ls -lL`: the mode of what a link names, in any ls; group's and others' letters.)
-	@tok="$$HOME/.ray/auth_token"; if [ -f "$$tok" ] && [ "$$(ls -lL "$$tok" | cut -c5-10)" != "------" ]; then \
+	@tok="$(AUTH_TOKEN)"; if [ -f "$$tok" ] && [ "$$(ls -lL "$$tok" | cut -c5-10)" != "------" ]; then \
 	  chmod 600 "$$tok" && echo "$$tok was readable by others: made 0600 (ray up copies its mode to every node)"; fi
 
 # ruff: lint and format check (line length 120, pyproject.toml); `ruff format .` fixes the format.

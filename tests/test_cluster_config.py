@@ -60,10 +60,9 @@ def test_ray_up_copies_the_staged_project_not_the_venv_or_artifacts(config, tmp_
     stage = tmp_path / "stage"
     (stage / "stale.txt").parent.mkdir()
     (stage / "stale.txt").write_text("a file deleted from the project since the last staging")
-    home = {**os.environ, "HOME": str(tmp_path / "home")}  # not the token of whoever runs the tests
-    done = subprocess.run(
-        ["make", "-s", "cluster-files", f"CLUSTER_FILES={stage}"], cwd=REPO, capture_output=True, text=True, env=home
-    )
+    token = tmp_path / "home" / ".ray" / "auth_token"  # not the token of whoever runs the tests
+    make = ["make", "-s", "cluster-files", f"CLUSTER_FILES={stage}", f"AUTH_TOKEN={token}"]
+    done = subprocess.run(make, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0 and "readable by others" not in done.stdout, done
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
@@ -79,13 +78,11 @@ def test_ray_up_copies_the_staged_project_not_the_venv_or_artifacts(config, tmp_
     assert _project_dir(config) == "/home/ubuntu/advanced-ncf"
     # The auth token ray up copies to every node, mode and all: Ray writes it with the umask (any
     # local ray.init makes one, 0644 here), so others on the launcher read it (the AWS review, session 67).
-    token = tmp_path / "home" / ".ray" / "auth_token"
     token.parent.mkdir(parents=True)
     token.write_text("t" * 64)
     for mode, said in [(0o644, True), (0o600, False)]:
         token.chmod(mode)
-        make = ["make", "-s", "cluster-files", f"CLUSTER_FILES={stage}"]
-        done = subprocess.run(make, cwd=REPO, capture_output=True, text=True, env=home)
+        done = subprocess.run(make, cwd=REPO, capture_output=True, text=True)
         assert done.returncode == 0 and (f"{token} was readable by others: made 0600" in done.stdout) == said, done
         assert token.stat().st_mode & 0o777 == 0o600
 
