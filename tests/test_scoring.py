@@ -1224,13 +1224,13 @@ def test_moments_are_one_per_household_or_one_for_all(recommender):
     # character ("12": households "1" and "2") or failed deep inside; k=2.5 failed in a slice and
     # k=True ranked one; a first stage of fewer candidates than k answered short lists.
     one = str(users[0])
-    for wrong in (one, users[0], np.asarray(users[0])):
+    for wrong in (one, users[0], np.asarray(users[0]), np.asarray(users).reshape(-1, 1)):
         with pytest.raises(TypeError, match="user_ids: a list of ids is asked, not"):
             recommender.rank(wrong, k=3, at=at)
     with pytest.raises(TypeError, match="product_ids: a list of ids is asked, not"):
         recommender.score_items(users[0], "12", at)
-    for k in (2.5, True, "3"):
-        with pytest.raises(ValueError, match="a whole number of products"):
+    for k in (2.5, True, "3", 3.0):
+        with pytest.raises(ValueError, match="an integer number of products, not"):
             recommender.rank(users, k=k, at=at)
     assert all(len(r.product_ids) == 3 for r in recommender.rank(np.asarray(users), k=np.int64(3), at=at))
     narrow = recommender.with_settings(candidates=5)

@@ -89,12 +89,13 @@ WARM_MAX_SCORES = ann.MF_EXACT_MAX_SCORES
 
 
 def check_k(k: int, brute_force: bool = False, candidates: Optional[int] = None) -> None:
-    """Refuses (ValueError) a ``k`` a ranking cannot answer: not a whole number (``2.5`` failed in
-    a slice, ``True`` ranked one), below 1 (a slice of ``[:k]`` would answer every candidate but
-    the last ``-k``), or above :data:`MAX_K` or the first stage's ``candidates`` unless
-    ``brute_force`` (the first stage keeps that many, not more: longer lists came back short)."""
+    """Refuses (ValueError) a ``k`` a ranking cannot answer: not an integer (an int or a numpy
+    integer: ``2.5`` failed in a slice, ``True`` ranked one, and a float is refused as such),
+    below 1 (a slice of ``[:k]`` would answer every candidate but the last ``-k``), or above
+    :data:`MAX_K` or the first stage's ``candidates`` unless ``brute_force`` (the first stage
+    keeps that many, not more: longer lists came back short)."""
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise ValueError(f"k={k!r}: a whole number of products")
+        raise ValueError(f"k={k!r}: an integer number of products, not {type(k).__name__}")
     if k < 1:
         raise ValueError(f"k={k}: at least 1 product is ranked")
     if k > MAX_K and not brute_force:

@@ -122,8 +122,10 @@ class _Passes:
 def check_ids(name: str, ids) -> None:
     """Refuses (TypeError) what is not a list of ids where one is asked: a string was read
     character by character (``recommend("12")`` ranked households "1" and "2"), an int (or a 0-d
-    array) failed deep inside, a generator was used up before its unknown ids were looked for."""
-    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__") or getattr(ids, "ndim", 1) == 0:
+    array) failed deep inside, a generator was used up before its unknown ids were looked for, a
+    column of ids (an n x 1 array: "[1364]" for each, every household a cold start; a DataFrame:
+    its column names) read as anything but ids."""
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__") or getattr(ids, "ndim", 1) != 1:
         raise TypeError(f"{name}: a list of ids is asked, not {ids!r}: pass [{ids!r}] for one")
 
 
@@ -449,8 +451,18 @@ class Recommender:
         reasons: Optional[bool] = None,
     ) -> List[RankedItems]:
         """Each household's ranking at ``at`` (one moment, or one per household); ``explain`` and
-        ``reasons`` as :meth:`Ranker.rank` takes them."""
+        ``reasons`` as :meth:`Ranker.rank` takes them.
+
+        Raises:
+            TypeError: ``user_ids`` is not a list of ids (:func:`check_ids`).
+            ValueError: ``k`` not an integer from 1 to :data:`~ncf.rank.candidates.MAX_K` (100)
+                and this first stage's ``candidates``, or as many moments as households neither
+                one nor all.
+            BeforeTheData: a moment before any product was known.
+        """
         check_ids("user_ids", user_ids)
+        if hasattr(user_ids, "to_pylist"):  # a pyarrow array: answers carry Python ids, not its scalars
+            user_ids = user_ids.to_pylist()
         if isinstance(at, (list, tuple, np.ndarray)):
             if len(at) != len(user_ids):
                 raise ValueError(f"{len(at)} moments for {len(user_ids)} households: one each, or one for all")
@@ -493,6 +505,7 @@ class Recommender:
 
         Raises:
             KeyError: naming the product ids that are not in the catalog.
+            TypeError: ``product_ids`` is not a list of ids (:func:`check_ids`).
         """
         return self.score_items(user_id, product_ids, at)[0]
 
