@@ -109,7 +109,7 @@ nginx: setup
 	  echo "error: could not unpack Debian's nginx (apt-get download nginx) for the reverse-proxy test"; exit 1; }
 
 # The Ray auth token `ray up` copies to every node (cluster.yaml's file_mounts).
-AUTH_TOKEN ?= $(HOME)/.ray/auth_token
+AUTH_TOKEN := $(HOME)/.ray/auth_token
 
 # What `ray up cluster.yaml` copies to every node: the project's files as git sees them (tracked
 # and untracked, less what .gitignore ignores), staged afresh into $(CLUSTER_FILES). Ray hashes

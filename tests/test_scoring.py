@@ -1224,10 +1224,14 @@ def test_moments_are_one_per_household_or_one_for_all(recommender):
     # character ("12": households "1" and "2") or failed deep inside; k=2.5 failed in a slice and
     # k=True ranked one; a first stage of fewer candidates than k answered short lists.
     one = str(users[0])
-    for wrong in (one, users[0], np.asarray(users[0]), np.asarray(users).reshape(-1, 1)):
-        with pytest.raises(TypeError, match="user_ids: a list of ids is asked, not"):
+    for wrong in (one, users[0], np.asarray(users[0])):
+        with pytest.raises(TypeError, match="user_ids: a list of ids is asked, not one id"):
             recommender.rank(wrong, k=3, at=at)
-    with pytest.raises(TypeError, match="product_ids: a list of ids is asked, not"):
+    for column in (np.asarray(users).reshape(-1, 1), [[u] for u in users], pa.array([[u] for u in users])):
+        with pytest.raises(TypeError, match="user_ids: a flat list of ids is asked, not a column"):
+            recommender.rank(column, k=3, at=at)
+    assert [r.user_id for r in recommender.rank(pa.array(list(users)), k=3, at=at)] == list(users)
+    with pytest.raises(TypeError, match="product_ids: a list of ids is asked, not one id"):
         recommender.score_items(users[0], "12", at)
     for k in (2.5, True, "3", 3.0):
         with pytest.raises(ValueError, match="an integer number of products, not"):

@@ -119,14 +119,22 @@ class _Passes:
         self.started: Optional[float] = None
 
 
-def check_ids(name: str, ids) -> None:
-    """Refuses (TypeError) what is not a list of ids where one is asked: a string was read
-    character by character (``recommend("12")`` ranked households "1" and "2"), an int (or a 0-d
-    array) failed deep inside, a generator was used up before its unknown ids were looked for, a
-    column of ids (an n x 1 array: "[1364]" for each, every household a cold start; a DataFrame:
-    its column names) read as anything but ids."""
-    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__") or getattr(ids, "ndim", 1) != 1:
-        raise TypeError(f"{name}: a list of ids is asked, not {ids!r}: pass [{ids!r}] for one")
+def listed_ids(name: str, ids) -> Sequence:
+    """``ids`` as a list of ids (a pyarrow array's as Python values, so that answers and errors
+    carry them); TypeError for what is not one: a string was read character by character
+    (``recommend("12")`` ranked households "1" and "2"), an int (or a 0-d array) failed deep
+    inside, a generator was used up before its unknown ids were looked for, and a column of ids
+    (an n x 1 array, a DataFrame, a list of lists) read as anything but ids: "[1364]" for each,
+    every household a cold start, or the frame's column names."""
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__") or getattr(ids, "ndim", 1) == 0:
+        raise TypeError(f"{name}: a list of ids is asked, not one id ({ids!r}): pass [{ids!r}] for one")
+    if hasattr(ids, "to_pylist"):  # a pyarrow array
+        ids = ids.to_pylist()
+    if getattr(ids, "ndim", 1) != 1 or (len(ids) and isinstance(next(iter(ids)), (list, tuple, dict, np.ndarray))):
+        raise TypeError(
+            f"{name}: a flat list of ids is asked, not a column or a table of them (ids.ravel(), df[column])"
+        )
+    return ids
 
 
 class Recommender:
@@ -454,15 +462,13 @@ class Recommender:
         ``reasons`` as :meth:`Ranker.rank` takes them.
 
         Raises:
-            TypeError: ``user_ids`` is not a list of ids (:func:`check_ids`).
+            TypeError: ``user_ids`` is not a list of ids (:func:`listed_ids`).
             ValueError: ``k`` not an integer from 1 to :data:`~ncf.rank.candidates.MAX_K` (100)
                 and this first stage's ``candidates``, or as many moments as households neither
                 one nor all.
             BeforeTheData: a moment before any product was known.
         """
-        check_ids("user_ids", user_ids)
-        if hasattr(user_ids, "to_pylist"):  # a pyarrow array: answers carry Python ids, not its scalars
-            user_ids = user_ids.to_pylist()
+        user_ids = listed_ids("user_ids", user_ids)
         if isinstance(at, (list, tuple, np.ndarray)):
             if len(at) != len(user_ids):
                 raise ValueError(f"{len(at)} moments for {len(user_ids)} households: one each, or one for all")
@@ -505,7 +511,7 @@ class Recommender:
 
         Raises:
             KeyError: naming the product ids that are not in the catalog.
-            TypeError: ``product_ids`` is not a list of ids (:func:`check_ids`).
+            TypeError: ``product_ids`` is not a list of ids (:func:`listed_ids`).
         """
         return self.score_items(user_id, product_ids, at)[0]
 
@@ -513,7 +519,7 @@ class Recommender:
         """:meth:`score` and whether the household is a cold start (unknown, or no purchases
         before ``at``: the model's unknown household row scores it); with ``logits``, the logits
         the probabilities come from (:meth:`Ranker.score`)."""
-        check_ids("product_ids", product_ids)
+        product_ids = listed_ids("product_ids", product_ids)
         products = self.vocabs.products.index_of(list(product_ids))
         # Each unknown id once (in the order asked): a list of one id repeated was a list as long.
         unknown = list(dict.fromkeys(p for p, i in zip(product_ids, products) if i == UNKNOWN_INDEX))
