@@ -44,6 +44,7 @@ from tune.sweep import (
     refit_best,
     resumed_concurrency,
     run_sweep,
+    start_again,
     summary,
     trials_left,
     tune_state_saved,
@@ -282,14 +283,12 @@ def interrupted_before_the_end(settings: SweepSettings) -> str:
         damage = unresumable(settings.experiment_dir)
         if damage is None:
             return "sweep interrupted (Ctrl-C); continue it with --resume"
-        return (
-            f"sweep interrupted (Ctrl-C); Tune's state {damage}: it cannot be resumed; start it again with a new "
-            f"--output, or remove {settings.output} first"
-        )
+        unresumed = f"Tune's state {damage}: it cannot be resumed"
+        return f"sweep interrupted (Ctrl-C); {unresumed}; {start_again(settings.output)}"
     if os.path.exists(settings.experiment_dir):
         return (
-            "sweep interrupted (Ctrl-C) before Tune saved its state: it cannot be resumed; start it again with a "
-            f"new --output, or remove {settings.output} first"
+            "sweep interrupted (Ctrl-C) before Tune saved its state: it cannot be resumed; "
+            f"{start_again(settings.output)}"
         )
     return "sweep interrupted (Ctrl-C) before Tune started; run the same command again"
 

@@ -320,7 +320,9 @@ def saved_trials(experiment: str, *statuses: str, filesystem=None) -> int:
     return sum(1 for trial in saved if not statuses or trial.status in statuses)
 
 
-NO_TRIAL_WORDS = "stopped before its first trial: there is nothing to resume; start it again with a new --output"
+def start_again(output: str) -> str:
+    """What to do with a sweep at ``output`` that cannot be resumed, in words."""
+    return f"start it again with a new --output, or remove {output} first"
 
 
 def stopped_words(grid, settings: SweepSettings, stop: str) -> str:
@@ -328,7 +330,7 @@ def stopped_words(grid, settings: SweepSettings, stop: str) -> str:
     Tune saved no trial (stopped during its start-up), start it again (a resume cannot restore
     that state)."""
     if not saved_trials(grid.experiment_path, filesystem=grid.filesystem):
-        return f"{stop}: {NO_TRIAL_WORDS}, or remove {settings.output} first"
+        return f"{stop}: stopped before its first trial: there is nothing to resume; {start_again(settings.output)}"
     return f"{stop} with {finished_trials(grid)} of {settings.trials} trials finished; continue it with --resume"
 
 
@@ -404,14 +406,14 @@ def check_sweep_directory(output: str, data: str, resume: bool) -> None:
         # Without --resume too: "pass --resume to continue it", then this refusal, was the old pair.
         raise InputError(
             f"{'--resume: ' if resume else ''}{output} holds a sweep stopped before Tune saved its state: it cannot "
-            f"be resumed; start it again with a new --output, or remove {output} first"
+            f"be resumed; {start_again(output)}"
         )
     # Without --resume too: "pass --resume", then this refusal, would be the pair again.
     damage = tune_state_damage(experiment) if os.path.exists(experiment) else None
     if damage is not None:
         raise InputError(
             f"{'--resume: ' if resume else ''}Tune's state {damage}: Tune would start the sweep over without "
-            f"its search space; it cannot be resumed: start it again with a new --output, or remove {output} first"
+            f"its search space; it cannot be resumed: {start_again(output)}"
         )
     if not resume and os.path.exists(experiment):
         raise InputError(f"{output} already holds a sweep: pass --resume to continue it, or pick a new --output")

@@ -118,16 +118,18 @@ class TrialLogger(MLflowLoggerCallback):
         not answer in time goes silent here as in :meth:`_logged` (the lookup waited out MLflow's
         timeouts first, then the run's start did); one refusing (a server restarting) is asked once
         more before the trial starts a new run, a second one for the trial."""
-        for attempt in (1, 2):
+        refused = None
+        for attempt in range(2):
+            if attempt:
+                time.sleep(LOOKUP_RETRY_S)
             try:
                 return Registry(self.tracking_uri).find_trial_run(self.tags["sweep"], trial.trial_id)
             except Exception as e:  # MLflow's own errors vary with the store
-                if self._goes_silent(f"trial {trial.trial_id}'s run (looking up its earlier one)", e) or attempt == 2:
-                    if not self._store_silent():
-                        words = without_passwords(str(e))
-                        print(f"[registry] trial {trial.trial_id}: its earlier run not looked up ({words})", flush=True)
+                if self._goes_silent(f"trial {trial.trial_id}'s run (looking up its earlier one)", e):
                     return None
-                time.sleep(LOOKUP_RETRY_S)
+                refused = e
+        words = without_passwords(str(refused))
+        print(f"[registry] trial {trial.trial_id}: its earlier run not looked up ({words})", flush=True)
         return None
 
     def _ended(self) -> set:
