@@ -74,6 +74,7 @@ from serve.launch import (
     shutdown_serve,
     start,
     start_failure_reason,
+    still_running,
     wait_until_healthy,
 )
 from serve.limits import REQUEST_TIMEOUT_S
@@ -339,13 +340,16 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
         give_up(f"{refused} ({restored.words})", EXIT_BAD_INPUT if restored.agreed else EXIT_FAILED)
     # A replica not heard may serve anything: a success would vouch for it.
     unverified = f"the rollout is Serve's target, unverified on the others; the replicas' logs: {REPLICA_LOGS}"
-    if len(answers) < max(replicas, 1):
+    expected = max(replicas, 1)
+    if len(answers) < expected:  # counted again: a replica the autoscaler stopped meanwhile never answers
+        expected = still_running(replicas)
+    if len(answers) < expected:
         give_up(
-            f"only {len(answers)} of {max(replicas, 1)} replica(s) answered their health within "
+            f"only {len(answers)} of {expected} replica(s) answered their health within "
             f"{REPLICA_ANSWER_TIMEOUT_S:.0f} s: {unverified}"
         )
     try:
-        elsewhere = serving_other_settings(deployed, max(replicas, 1), REPLICA_ANSWER_TIMEOUT_S)
+        elsewhere = serving_other_settings(deployed, expected, REPLICA_ANSWER_TIMEOUT_S)
     except (KeyboardInterrupt, SystemExit) as stop:
         _interrupted(stop, before.serving, owns_serve, answered=True)
     except TimeoutError as e:  # as in the health round

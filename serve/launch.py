@@ -378,8 +378,9 @@ def every_replica_served(
         TimeoutError: fewer of them answered within ``timeout_s``.
     """
     answers = every_replica_answer("served_settings", replicas, app_name, max(0.0, timeout_s - spent_s), first)
-    if len(answers) < replicas:
-        heard = f"only {len(answers)} of {replicas} replica(s)"
+    expected = replicas if len(answers) >= replicas else still_running(replicas, app_name)
+    if len(answers) < expected:
+        heard = f"only {len(answers)} of {expected} replica(s)"
         raise TimeoutError(f"{heard} said what they serve within {timeout_s:.0f} s")
     return answers
 
@@ -482,8 +483,18 @@ def every_replica_answer(
     while len(answers) < wanted and time.monotonic() < deadline:
         for answer in _round(getattr(handle, method), 2 * wanted, deadline):
             answers[str(answer.get("replica"))] = answer
-        time.sleep(ANSWER_PAUSE_S)  # not a busy loop of questions while waiting for another replica
+        if len(answers) < wanted:
+            wanted = still_running(wanted, app_name)
+            time.sleep(ANSWER_PAUSE_S)  # not a busy loop of questions while waiting for another replica
     return answers
+
+
+def still_running(replicas: int, app_name: str = APP_NAME) -> int:
+    """How many of ``replicas`` (counted before the questions) may still answer: the fewer of
+    them and those Serve runs now, at least one. A replica the autoscaler stopped meanwhile (a
+    deploy just after a busy spell) never answers, and waiting for it failed a good rollout;
+    one started meanwhile serves Serve's target, and is heard if it answers."""
+    return max(1, min(replicas, running_replicas(app_name)))
 
 
 def _round(method, questions: int, deadline: float) -> List:

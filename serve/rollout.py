@@ -33,6 +33,7 @@ from serve.launch import (
     serving_user_config,
     settings_key,
     start,
+    still_running,
 )
 from serve.service import ServeSettings, same_content_on_disk
 
@@ -303,7 +304,8 @@ def restore_previous(
     except Exception as e:  # new code whose replicas fail with any model, say: the job still ends with its line
         return Restored(f"deploying the serving settings again failed too ({failure_line(e)})", False)
     replicas = running_replicas()
-    differ = replicas_differ(every_replica_health(replicas), replicas)
+    answers = every_replica_health(replicas)
+    differ = replicas_differ(answers, replicas if len(answers) >= replicas else still_running(replicas))
     words = (
         "deployed again as Serve's target" if differ is None else f"deployed again, but replicas still differ: {differ}"
     )

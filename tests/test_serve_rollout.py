@@ -531,6 +531,7 @@ def test_a_replica_not_heard_saying_what_it_serves_is_not_vouched_for(monkeypatc
     deployed = {"model_dir": "/m/m1"}
     heard = {"r1": {"replica": "r1", "user_config": deployed}}
     monkeypatch.setattr(launch, "every_replica_answer", lambda method, replicas, app, timeout_s, first=None: heard)
+    monkeypatch.setattr(launch, "running_replicas", lambda app_name=launch.APP_NAME: 2)  # r2 runs, silent
     assert rollout.serving_other_settings(deployed, 1, 30.0) is None
     with pytest.raises(TimeoutError, match=r"only 1 of 2 replica\(s\) said what they serve within 30 s"):
         rollout.serving_other_settings(deployed, 2, 30.0)
@@ -835,6 +836,48 @@ def test_what_serve_serves_is_read_from_one_status_and_every_replica(monkeypatch
     replicas_answering(TimeoutError("no answer"))  # any other failure is no sign of older code
     with pytest.raises(TimeoutError, match="no answer"):
         launch.serving_user_config()
+
+
+@pytest.mark.faults
+def test_a_replica_the_autoscaler_stops_during_the_questions_is_not_waited_for(monkeypatch):
+    """A deploy just after a busy spell: Serve ran two replicas when the deploy counted them, the
+    autoscaler stopped one before it answered, and the rounds waited for it until their timeout:
+    a good rollout failed, "only 1 of 2 replica(s) answered" (a review of the deploys,
+    2026-12-07). A round that comes up short counts the running replicas again; one still
+    running that does not answer is still waited for, and fails the check."""
+    import time
+    from types import SimpleNamespace
+
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    from serve import launch
+
+    replicas = {"RUNNING": 2}
+    status = SimpleNamespace(applications={launch.APP_NAME: _app_status(ApplicationStatus.RUNNING, replicas)})
+    monkeypatch.setattr(serve, "status", lambda: status)
+
+    def answer(value):
+        return SimpleNamespace(remote=lambda: SimpleNamespace(result=lambda timeout_s: value, cancel=lambda: None))
+
+    handle = SimpleNamespace(  # only r1 ever answers
+        healthz=answer({"replica": "r1", "model_version": "m1"}),
+        served_settings=answer({"replica": "r1", "user_config": {"model_dir": "/m/m1"}}),
+    )
+    monkeypatch.setattr(serve, "get_deployment_handle", lambda *args: handle)
+    started = time.monotonic()
+    assert list(launch.every_replica_health(2, timeout_s=0.5)) == ["r1"]  # r2 runs: waited for
+    assert time.monotonic() - started >= 0.5
+    with pytest.raises(TimeoutError, match=r"only 1 of 2 replica\(s\) said what they serve"):
+        launch.every_replica_served(2, launch.APP_NAME, 0.5)
+    replicas["RUNNING"] = 1  # the autoscaler stopped r2
+    started = time.monotonic()
+    assert list(launch.every_replica_health(2, timeout_s=30)) == ["r1"]
+    assert list(launch.every_replica_served(2, launch.APP_NAME, 30)) == ["r1"]
+    assert time.monotonic() - started < 10  # not the 30 s timeout
+    assert launch.still_running(2) == 1 and launch.still_running(0) == 1
+    replicas["RUNNING"] = 3  # one started meanwhile is not one more to wait for
+    assert launch.still_running(2) == 2
 
 
 @pytest.mark.faults
