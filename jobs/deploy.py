@@ -91,7 +91,7 @@ from serve.rollout import (
     serving_other_settings,
     target_asks,
 )
-from serve.service import ServeSettings
+from serve.service import PASS_WAIT_S, ServeSettings
 
 MEMORY_NOTE_BYTES = 2 << 30  # a replica needing this much or more: the job says so where no memory is asked
 # Ray's default temp dir, on each node that ran a replica (cluster.yaml's replicas run on workers).
@@ -131,7 +131,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--request-timeout-s",
-        type=positive_seconds,
+        type=request_timeout,
         default=REQUEST_TIMEOUT_S,
         help="a request not answered within this gets 504 (applies when this command starts Serve; the explorer "
         "page gives up on a call after 45 s whatever this says)",
@@ -246,6 +246,23 @@ class _Before(NamedTuple):
     serving: Optional[Dict]
     asks: Optional[Dict]
     runtime_env: Optional[Dict] = None
+
+
+# A request for a past day not kept waits up to PASS_WAIT_S for its pass, then gets 503 with
+# Retry-After (the explorer asks again): Serve's timeout must leave it that, and its answer's time.
+MIN_REQUEST_TIMEOUT_S = PASS_WAIT_S + 5.0
+
+
+def request_timeout(text: str) -> float:
+    """argparse type of --request-timeout-s: above :data:`MIN_REQUEST_TIMEOUT_S`, ``inf`` for none."""
+    value = positive_seconds(text)
+    if value < MIN_REQUEST_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_REQUEST_TIMEOUT_S:.0f} s, not {text}: a request for a past day not kept waits up "
+            f"to {PASS_WAIT_S:.0f} s for its pass before a 503 with Retry-After, which a shorter timeout turns into a "
+            "504 without one"
+        )
+    return value
 
 
 def _before_rollout(args: argparse.Namespace) -> _Before:

@@ -137,8 +137,8 @@ def _redacted(message: str, user_config: Dict, limit: int = 500) -> str:
 class Serving(NamedTuple):
     """What a replica serves: its model (None before one) and why the last rollout failed (None
     when it did not). One immutable pair in one attribute, replaced whole by ``reconfigure`` (on the
-    replica's event loop, while sync routes read it from worker threads), so that /healthz never
-    reads a model with another rollout's error."""
+    replica's event loop, while the routes' work reads it from worker threads), so that /healthz
+    never reads a model with another rollout's error."""
 
     service: Optional[ModelService]
     rollout_error: Optional[str]
@@ -232,11 +232,12 @@ class RecommenderDeployment:
         return service
 
     @app.get("/healthz", response_model=Health)
-    def healthz(self) -> Dict:
+    async def healthz(self) -> Dict:
         """200 with the version of the model serving once one is loaded (and ``rollout_error``
-        when the last rollout failed and that model kept serving), 503 before."""
-        # One read of the pair (this route runs in a worker thread while reconfigure replaces it):
-        # a model read apart from its error could report one rollout's model with another's error.
+        when the last rollout failed and that model kept serving), 503 before. On the event loop:
+        never behind the ranking work in the worker threads."""
+        # One read of the pair: a model read apart from its error could report one rollout's
+        # model with another's error.
         service, rollout_error = self._serving
         if service is None:
             raise NotReady("no model loaded yet")
@@ -266,38 +267,44 @@ class RecommenderDeployment:
 
     async def _rank_batch(self, requests: List[RecommendRequest]) -> List[Dict]:
         # In a thread (the event loop's default executor: Ray sizes it from the replica's CPUs, five
-        # at half a CPU, where FastAPI's plain routes run in anyio's pool): ranking is seconds of
-        # CPU for an explained batch, which on the event loop would stall /healthz and every other
-        # route meanwhile. No pass runs here (start_passes False): a day not kept is the route's
-        # (PassNeeded), whose wait for a pass it starts is bounded (PASS_WAIT_S).
+        # at half a CPU): ranking is seconds of CPU for an explained batch, which on the event loop
+        # would stall every other route meanwhile. No pass runs here (start_passes False): a day
+        # not kept is the route's (PassNeeded), whose wait for a pass it starts is bounded
+        # (PASS_WAIT_S).
         return await asyncio.to_thread(self._ready().recommend_many, requests, False)
 
+    # The routes below are async and hand their work to the event loop's default executor (five
+    # threads at half a CPU), not plain FastAPI routes: those run in anyio's pool, whose thread
+    # goes on computing after Serve cancels the request (a client gone, the request timeout) and
+    # whose slot is free again at once, so abandoned work piled up without bound. Here a request
+    # cancelled before its turn is never computed, and at most five run.
+
     @app.post("/recommend/batch", response_model=BatchRecommendResponse, response_model_exclude_none=True)
-    def recommend_batch(self, request: BatchRecommendRequest) -> Dict:
+    async def recommend_batch(self, request: BatchRecommendRequest) -> Dict:
         """Top-``k`` products for each of up to MAX_BATCH_USERS users, in request order."""
-        return self._ready().recommend_batch(request)
+        return await asyncio.to_thread(self._ready().recommend_batch, request)
 
     @app.post("/score", response_model=ScoreResponse)
-    def score(self, request: ScoreRequest) -> Dict:
+    async def score(self, request: ScoreRequest) -> Dict:
         """Purchase probabilities of the given products (unknown product ids: 422 naming them)."""
-        return self._ready().score(request)
+        return await asyncio.to_thread(self._ready().score, request)
 
     # -- looking at a household (serve/explore.py) and the explorer page (serve/ui.py) ----------
 
     @app.post("/history", response_model=HistoryResponse)
-    def history(self, request: HistoryRequest) -> Dict:
+    async def history(self, request: HistoryRequest) -> Dict:
         """The household's latest baskets before ``at``, most recent first, with product labels."""
-        return explore.history(self._ready(), request)
+        return await asyncio.to_thread(explore.history, self._ready(), request)
 
     @app.post("/products", response_model=ProductsResponse)
-    def products(self, request: ProductsRequest) -> Dict:
+    async def products(self, request: ProductsRequest) -> Dict:
         """Department and category of each product (unknown product ids: 422 naming them)."""
-        return explore.products(self._ready(), request)
+        return await asyncio.to_thread(explore.products, self._ready(), request)
 
     @app.post("/households", response_model=HouseholdSearchResponse)
-    def households(self, request: HouseholdSearchRequest) -> Dict:
+    async def households(self, request: HouseholdSearchRequest) -> Dict:
         """Household ids that start with ``prefix``."""
-        return explore.search_households(self._ready(), request)
+        return await asyncio.to_thread(explore.search_households, self._ready(), request)
 
     # Whether the page is on is the serving model's setting: before a model loads, every /ui path
     # is the 503 of the other routes (with Retry-After), not the 404 of a deployment without it.

@@ -247,6 +247,8 @@ class EdgeLimits:
             except asyncio.TimeoutError:
                 await _answer(send, 408, f"request body not received within {self.body_timeout_s:g} s", close=True)
                 return
+            if message["type"] == "http.disconnect":  # the client left mid-body: nothing to answer
+                return
             messages.append(message)
             if message["type"] != "http.request":
                 break
@@ -327,9 +329,13 @@ async def _drain(receive, max_bytes: int, timeout_s: float) -> bool:
 
 
 async def _answer(send, status: int, message: str, close: bool = False, extra_headers=()) -> None:
+    """A JSON error answer, ``nosniff`` as the app's are (:class:`NoSniff`): a 421's echoes the
+    request's ``Host``."""
     body = json.dumps({"error": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += list(extra_headers) + ([(b"connection", b"close")] if close else [])
+    if not any(k.lower() == b"x-content-type-options" for k, _ in headers):
+        headers.append((b"x-content-type-options", b"nosniff"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

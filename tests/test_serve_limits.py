@@ -331,8 +331,39 @@ def test_serves_own_503_gets_a_retry_after_and_a_json_body():
     sent, _ = _through_edge(serve_answers([]), [], request)
     assert sent[0]["status"] == 503 and (b"retry-after", str(STARTING_RETRY_AFTER_S).encode()) in sent[0]["headers"]
     assert json.loads(sent[1]["body"]) == {"error": "Deployment 'NCF' is unavailable"}
+    request = [{"type": "http.request", "body": b"", "more_body": False}]  # the first was read
     sent, _ = _through_edge(serve_answers([(b"retry-after", b"1")]), [], request)
     assert [v for k, v in sent[0]["headers"] if k.lower() == b"retry-after"] == [b"1"]
+
+
+@pytest.mark.faults
+def test_the_proxys_own_answers_say_nosniff_and_a_client_gone_mid_body_is_not_handed_on():
+    """The proxy's own refusals (413, 408, the 421 that echoes the request's Host) and Serve's
+    errors it sends as JSON lacked ``X-Content-Type-Options: nosniff``, which README says every
+    answer carries; a request whose client left mid-body was handed on to Serve with half its
+    body (a review of serve/, session 68)."""
+
+    async def must_not_run(scope, receive, send):
+        raise AssertionError("the request reached the app")
+
+    def nosniff(start) -> bool:
+        return (b"x-content-type-options", b"nosniff") in start["headers"]
+
+    sent, _ = _through_edge(must_not_run, [(b"host", b"rebound.example")], [])
+    assert sent[0]["status"] == 421 and nosniff(sent[0])
+    big = [(b"content-length", str(MAX_BODY_BYTES + 1).encode())]
+    sent, _ = _through_edge(must_not_run, big, [{"type": "http.request", "body": b"", "more_body": False}])
+    assert sent[0]["status"] == 413 and nosniff(sent[0])
+
+    async def serve_refuses(scope, receive, send):
+        await send({"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"Path '/x' not found"})
+
+    sent, _ = _through_edge(serve_refuses, [], [{"type": "http.request", "body": b"", "more_body": False}])
+    assert sent[0]["status"] == 404 and nosniff(sent[0])
+    half = [{"type": "http.request", "body": b'{"user_id"', "more_body": True}]  # then the client is gone
+    sent, read = _through_edge(must_not_run, [(b"content-length", b"40")], half)
+    assert sent == [] and read == 2
 
 
 def test_a_request_serve_ends_without_an_answer_gets_a_json_500():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -53,6 +54,7 @@ def install_replica_faults() -> None:
     def slow_batch(self, request):
         if SLOW_HOUSEHOLD in request.user_ids:
             open(os.path.join(faults, "slow-started"), "w").close()
+            open(os.path.join(faults, f"slow-started-{uuid.uuid4().hex}"), "w").close()  # one per start
             deadline = time.monotonic() + SLOW_FOR_S
             while not os.path.exists(os.path.join(faults, "release")) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -182,6 +184,46 @@ def test_a_restore_one_replica_cannot_load_is_said_and_fails_the_job(
     assert error.startswith("error: the app's replicas serve different settings (2 replicas serve 2 different"), error
     assert f"{m0} (m0:" in error and f"{m1} (m1:" in error and "serve.delete('ncf')" in error, error
     assert _target_user_config() == target  # nothing deployed
+
+
+@pytest.mark.faults
+def test_work_whose_clients_left_holds_at_most_the_replicas_worker_threads(faulty_replicas, small_model_dir):
+    """/recommend/batch, /score and the explorer's routes were plain FastAPI routes, run in
+    anyio's pool: when Serve cancelled a request (its client gone, the request timeout), its slot
+    was free at once while its thread went on computing, so clients that give up and retry piled
+    up work without bound (a review of serve/, session 68: 100 cancelled calls, 100 threads). Now
+    they hand their work to the replica's five worker threads: a request cancelled before its turn
+    is never computed. Two waves of eight abandoned requests start five at most, and once those
+    end the replica answers again."""
+    import requests
+    from helpers import free_port
+
+    from jobs import deploy
+
+    port = free_port()
+    one_replica = ["--port", str(port), "--detach", "--min-replicas", "1", "--max-replicas", "1"]
+    deploy.main(["--model", small_model_dir, *one_replica, "--request-timeout-s", str(REQUEST_TIMEOUT_S)])
+    url = f"http://127.0.0.1:{port}"
+
+    def abandoned() -> None:
+        try:
+            requests.post(f"{url}/recommend/batch", json={"user_ids": [SLOW_HOUSEHOLD], "k": 3}, timeout=1.0)
+        except requests.exceptions.RequestException:
+            pass  # the client gives up: Serve cancels the request
+
+    for _ in range(2):  # the second wave comes once the first's slots are free again
+        wave = [threading.Thread(target=abandoned, daemon=True) for _ in range(8)]
+        for client in wave:
+            client.start()
+        for client in wave:
+            client.join(timeout=30)
+        time.sleep(1.0)
+    started = len(list(faulty_replicas.glob("slow-started-*")))
+    assert 1 <= started <= 5, f"{started} abandoned requests computed at once"
+    (faulty_replicas / "release").touch()
+    answer = requests.post(f"{url}/recommend/batch", json={"user_ids": ["1"], "k": 3}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert len(list(faulty_replicas.glob("slow-started-*"))) == started  # the cancelled ones never ran
 
 
 @pytest.mark.faults
