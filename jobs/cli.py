@@ -183,20 +183,22 @@ def environment_line(error: OSError, where: str = "") -> str:
 
 def run_main(
     main: Callable[[], object],
-    advice: str,
+    advice: str | Callable[[], str],
     where: Callable[[], str] = lambda: "",
     again: Callable[[], str] = lambda: "run the same command again",
 ) -> None:
     """``python -m jobs.<job>``: ``main()``, where a Ctrl-C the job does not answer in its own words
     ends it in one line, ``error: interrupted (Ctrl-C)WHERE; ADVICE`` (what the stop leaves and how
-    to go on), and exit 130, not a KeyboardInterrupt traceback; and a disk full or closed to this
-    account (:func:`environment_error`) in one line naming the file, ``...WHERE; free space or fix
-    access, then AGAIN``, exit 1 (a bug's OSError keeps its traceback)."""
+    to go on; a callable is asked then), and exit 130, not a KeyboardInterrupt traceback; and a
+    disk full or closed to this account (:func:`environment_error`) in one line naming the file,
+    ``...WHERE; free space or fix access, then AGAIN``, exit 1 (a bug's OSError keeps its
+    traceback)."""
     started()  # the imports' one line for Ctrl-C (jobs/__init__.py) gives way to the job's own
     try:
         main()
     except KeyboardInterrupt as stopped:
-        left = stopped if isinstance(stopped, Interrupted) else advice  # what this stop left, where ADVICE is wrong
+        # What this stop left, where ADVICE is wrong.
+        left = stopped if isinstance(stopped, Interrupted) else advice() if callable(advice) else advice
         fail(f"interrupted (Ctrl-C){where()}; {left}", EXIT_INTERRUPTED)
     except OSError as e:
         if not environment_error(e):

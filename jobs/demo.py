@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 import urllib.error
@@ -49,7 +50,7 @@ from ncf.data import layout
 from ncf.data.features import FEATURES_VERSION
 from ncf.data.vocab import Vocabularies
 from ncf.errors import InputError, os_error_words
-from ncf.evaluate.report import CONSOLE_COLUMNS, PAIRED_SE, cell_text, failed_text
+from ncf.evaluate.report import CONSOLE_COLUMNS, PAIRED_SE, cell_text, failed_text, write_not_evaluated
 from ncf.evaluate.report_inputs import read_ablation_rows
 from ncf.jsonio import write_text
 from ncf.model.directory import ModelDir
@@ -68,13 +69,20 @@ from serve.launch import (
 )
 
 STAGES = 6
-# Six trainings are too long for the demo; bench.ablations' rows on Complete Journey are kept here.
-RECORDED_ABLATIONS = os.path.join("bench", "results", "ablations_cj.jsonl")
+# Six trainings are too long for the demo; bench.ablations' rows on Complete Journey are kept
+# here, in the repository, wherever the demo runs from.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECORDED_ABLATIONS = os.path.join(REPO, "bench", "results", "ablations_cj.jsonl")
+# How long Serve may take to run the demo's app: a replica's model loads in seconds here; on a
+# cluster the demo joined, an autoscaler's node may come first.
+SERVE_START_TIMEOUT_S = 300.0
+SERVE_HEALTHY_TIMEOUT_S = 120.0
 
 
 _current_stage = ""  # the stage a Ctrl-C stops, for its one line
 _current_number = 0
 _run_name = ""  # the training's run name the demo chose: its advice names it
+_options: list = []  # the options the demo was given that its advice repeats (way_on_options)
 PRINTED_ANSWER_CHARS = 600
 
 
@@ -84,14 +92,35 @@ def _stage(number: int, name: str, started: float) -> None:
     print(f"\n=== {_current_stage} ({time.time() - started:.0f} s so far) ===", flush=True)
 
 
-def how_to_go_on(stage: int, name: str) -> str:
+def how_to_go_on(stage: int, name: str, options: list = ()) -> str:
     """The demo's own command for going on after a stage's job ended it: the job's line says
-    "the same command", which is the job's, not `make demo`."""
+    "the same command", which is the job's, not `make demo`. ``options``: the run's own
+    (:func:`way_on_options`): without them another --workdir or --epochs went on in the default's."""
     if stage <= 1:
-        return "make demo preprocesses again"
+        return f"{make_demo(options)} preprocesses again"
     if stage == 2:
-        return f'make demo DEMO_ARGS="--reuse-data --name {name}" resumes the training from its checkpoints'
-    return "make demo DEMO_ARGS=--reuse-data goes on from the preprocessed data (it trains again)"
+        return f"{make_demo([*options, '--reuse-data', '--name', name])} resumes the training from its checkpoints"
+    return f"{make_demo([*options, '--reuse-data'])} goes on from the preprocessed data (it trains again)"
+
+
+def make_demo(options: list) -> str:
+    """`make demo` with ``options`` in DEMO_ARGS, quoted for a shell (make hands them to one)."""
+    if not options:
+        return "make demo"
+    words = shlex.join(options)
+    plain = not any(c in words for c in '"$`\\')  # nothing a shell's double quotes would change
+    return f'make demo DEMO_ARGS="{words}"' if plain else f"make demo DEMO_ARGS={shlex.quote(words)}"
+
+
+def way_on_options(args: argparse.Namespace) -> list:
+    """The options of ``args`` set to other than their defaults that a way on repeats (it adds
+    --reuse-data and --name itself)."""
+    defaults = parse_args([])
+    options = []
+    for dest in ("workdir", "epochs", "port", "ablations"):
+        if getattr(args, dest) != getattr(defaults, dest):
+            options += [f"--{dest}", str(getattr(args, dest))]
+    return options
 
 
 def print_table(rows: list) -> None:
@@ -216,9 +245,13 @@ def _serving(app, port: int) -> tuple:
     in one line, as jobs.deploy's does, naming Serve's logs."""
     try:
         # Serve's own logs go to its files (RAY_SERVE_LOG_TO_STDERR=0): a line, so the wait is not silent.
-        print(f"[demo] starting Serve on 127.0.0.1:{port} and waiting for its replicas (up to 120 s)", flush=True)
-        url = start(app, host="127.0.0.1", port=port)
-        return url, wait_until_healthy(url, timeout_s=120)
+        print(
+            f"[demo] starting Serve on 127.0.0.1:{port} and waiting for its replicas (up to "
+            f"{SERVE_START_TIMEOUT_S:.0f} s for them to start, then {SERVE_HEALTHY_TIMEOUT_S:.0f} s for /healthz)",
+            flush=True,
+        )
+        url = start(app, host="127.0.0.1", port=port, start_timeout_s=SERVE_START_TIMEOUT_S)
+        return url, wait_until_healthy(url, timeout_s=SERVE_HEALTHY_TIMEOUT_S)
     except InputError as e:  # the address answers, but not as the demo's app
         fail(str(e), exit_status(e))
     except TimeoutError as e:  # the replicas did not come up: their logs say why
@@ -255,7 +288,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=tcp_port, default=8000, help="Serve's port on 127.0.0.1 (checked free at the start)")
     p.add_argument(
         "--ablations",
-        default=RECORDED_ABLATIONS,
+        default=os.path.relpath(RECORDED_ABLATIONS),
         help="bench.ablations rows shown in the report, the committed Complete Journey rows by default (a local "
         "run's results.jsonl may hold another dataset's or code's rows)",
     )
@@ -336,6 +369,19 @@ def why_not_reusable(data: str, preprocess_argv: list) -> Optional[str]:
         return f"{stats_file} is unreadable ({e})"
 
 
+def not_evaluated(validated: str, report: str, rows_file: str) -> None:
+    """The report and rows of the model ``validated`` held before, replaced by a page saying its
+    new model is not evaluated and no rows: this run's training replaced the model, then stopped
+    before the evaluation (the refit failed or was stopped after the validated export), and the
+    previous run's figures would pass for the new model's. A failure here is said, not raised:
+    the training's own error is under way."""
+    try:
+        write_not_evaluated(report, ModelDir(validated).version)
+        write_text(rows_file, "")
+    except (OSError, InputError, ValueError, KeyError) as e:
+        print(f"[demo] could not mark {report} as not evaluated ({e})", file=sys.stderr, flush=True)
+
+
 def evaluated(argv: list, rows_file: str) -> list:
     """jobs.evaluate's rows, written to ``rows_file`` beside its report, also when it stops
     halfway (a row failed, Ctrl-C): the rows computed then replace the previous run's, which are
@@ -375,11 +421,11 @@ def evaluated(argv: list, rows_file: str) -> list:
 
 
 def main(argv=None) -> list:
-    global _current_stage, _current_number, _run_name
+    global _current_stage, _current_number, _run_name, _options
     _current_stage, _current_number = "", 0
     args = parse_args(argv)
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S", time.gmtime())  # chosen here: the advice names it
-    _run_name = name
+    _run_name, _options = name, way_on_options(args)
     started = time.time()
     data, model = os.path.join(args.workdir, "data"), os.path.join(args.workdir, "model")
     validated = model + "-validated"
@@ -419,22 +465,28 @@ def main(argv=None) -> list:
 
         _stage(2, "train AdvancedNCF (Ray Train): the validated model, then the deployment refit", started)
         model_links(model, validated)
-        train.main(
-            [
-                "--data",
-                data,
-                "--output",
-                model,
-                "--validated-output",
-                validated,
-                "--epochs",
-                str(args.epochs),
-                "--refit",
-                *(["--storage", shared["--storage"]] if shared else []),
-                "--name",
-                name,
-            ]
-        )
+        validated_before = os.path.realpath(validated)
+        try:
+            train.main(
+                [
+                    "--data",
+                    data,
+                    "--output",
+                    model,
+                    "--validated-output",
+                    validated,
+                    "--epochs",
+                    str(args.epochs),
+                    "--refit",
+                    *(["--storage", shared["--storage"]] if shared else []),
+                    "--name",
+                    name,
+                ]
+            )
+        except BaseException:
+            if os.path.realpath(validated) != validated_before:  # the refit failed after the validated export
+                not_evaluated(validated, report, evaluation)
+            raise
 
         _stage(3, "evaluate the validated model on the held-out weeks against the baselines; HTML report", started)
         rows = evaluated(
@@ -498,17 +550,17 @@ def run(argv=None) -> None:
     account (ENOSPC, EACCES, ...) in one line naming the file, exit 1, not a traceback."""
     run_main(
         lambda: main(argv),
-        "make demo DEMO_ARGS=--reuse-data goes on from the preprocessed data, where it is complete",
+        lambda: f"{make_demo([*_options, '--reuse-data'])} goes on from the preprocessed data, where it is complete",
         where=lambda: f" during stage {_current_stage}" if _current_stage else "",
         # The demo's way on, not "the same command", after a full disk.
-        again=lambda: how_to_go_on(_current_number, _run_name) if _current_number else "run the demo again",
+        again=lambda: how_to_go_on(_current_number, _run_name, _options) if _current_number else "run the demo again",
     )
 
 
 def _stopped_at(code) -> str:
     """What ended the demo at the current stage, and the demo's own way on. A job's line comes
     first where the stage has a job (1-4) and it said one (not SIGTERM's silent exit)."""
-    how = how_to_go_on(_current_number, _run_name)
+    how = how_to_go_on(_current_number, _run_name, _options)
     if code == EXIT_STOPPED:
         return f"stopped (SIGTERM) at stage {_current_number}/{STAGES}; {how}"
     if _current_number <= 4:

@@ -721,9 +721,12 @@ def test_numbers_that_mean_nothing_are_refused_by_the_parsers():
     assert cli.positive_float("1e-3") == 0.001 and cli.tcp_port("8000") == 8000
     from jobs import deploy
 
-    for bad in ("nan", "0", "-1"):  # Serve took them; inf is no limit
+    # Serve took them; inf is no limit. At or below the 10 s a request waits for a past day's
+    # pass, its 503 with Retry-After came as a 504 without one (a review of serve/, session 68).
+    for bad in ("nan", "0", "-1", "5", "14"):
         with pytest.raises(SystemExit):
             deploy.parse_args(["--model", "m", "--request-timeout-s", bad])
+    assert deploy.parse_args(["--model", "m", "--request-timeout-s", "15"]).request_timeout_s == 15
     assert deploy.parse_args(["--model", "m", "--request-timeout-s", "inf"]).request_timeout_s == float("inf")
     for option, bad in (("--min-replicas", "-1"), ("--max-replicas", "0")):  # pydantic's words, not the option's
         with pytest.raises(SystemExit):
@@ -1268,7 +1271,9 @@ def test_a_ctrl_c_in_a_demo_stage_other_than_training_is_one_line_and_exit_130(t
 def test_a_demo_stage_whose_job_ends_it_says_the_demos_own_way_on(tmp_path, monkeypatch, capsys):
     """Training and batch scoring end a stop or failure in their own line, whose "run the same
     command (with --name N)" is the job's command, not `make demo` (a review of the demo,
-    2026-12-07): the demo adds its own, naming the run it chose."""
+    2026-12-07): the demo adds its own, naming the run it chose and repeating the options it was
+    given (without them, another --workdir or --epochs went on in the default's: the checkpoints
+    of a local run are found from any, a second review of the demo, session 68)."""
     from helpers import free_port
 
     from jobs import demo, train
@@ -1279,27 +1284,99 @@ def test_a_demo_stage_whose_job_ends_it_says_the_demos_own_way_on(tmp_path, monk
         cli.fail("interrupted (Ctrl-C): run the same command with --name N to resume", cli.EXIT_INTERRUPTED)
 
     monkeypatch.setattr(train, "main", training_interrupted)
+    workdir, port = tmp_path / "my demo", free_port()
     with pytest.raises(SystemExit) as exited:
-        demo.main(["--workdir", str(tmp_path / "demo"), "--port", str(free_port()), "--name", "train-n"])
+        demo.main(["--workdir", str(workdir), "--port", str(port), "--epochs", "1", "--name", "train-n"])
     assert exited.value.code == cli.EXIT_INTERRUPTED
     error = capsys.readouterr().err.strip().splitlines()
+    options = f"--workdir '{workdir}' --epochs 1 --port {port}"
     assert error[-1] == (
         "[demo] stopped at stage 2/6 (exit 130); the line above is that stage's job's: "
+        f'make demo DEMO_ARGS="{options} --reuse-data --name train-n" resumes the training from its checkpoints'
+    )
+    assert demo.how_to_go_on(2, "train-n") == (
         'make demo DEMO_ARGS="--reuse-data --name train-n" resumes the training from its checkpoints'
     )
+    assert demo.how_to_go_on(1, "train-n") == "make demo preprocesses again"
 
     # SIGTERM says nothing of its own (the job's SystemExit(143)): no "line above" to point at.
     from jobs import batch_score
 
     monkeypatch.setattr(train, "main", _parsed({}, train, "MODEL"))
     monkeypatch.setattr(batch_score, "main", lambda argv: sys.exit(cli.EXIT_STOPPED))
+    workdir = tmp_path / "demo"
     with pytest.raises(SystemExit) as exited:
-        demo.main(["--workdir", str(tmp_path / "demo"), "--port", str(free_port())])
+        demo.main(["--workdir", str(workdir), "--port", str(port)])
     assert exited.value.code == cli.EXIT_STOPPED
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "[demo] stopped (SIGTERM) at stage 4/6; make demo DEMO_ARGS=--reuse-data goes on from the preprocessed "
-        "data (it trains again)"
+        f'[demo] stopped (SIGTERM) at stage 4/6; make demo DEMO_ARGS="--workdir {workdir} --port {port} '
+        '--reuse-data" goes on from the preprocessed data (it trains again)'
     )
+
+
+def test_the_demos_recorded_ablations_are_found_from_any_directory(tmp_path, monkeypatch):
+    """The default --ablations was relative to the repository: `python -m jobs.demo` run from
+    elsewhere was refused before any work, "no such file" (a review of the demo, session 68)."""
+    from jobs import demo
+    from ncf.evaluate.report_inputs import read_ablation_rows
+
+    monkeypatch.chdir(tmp_path)
+    default = demo.parse_args([]).ablations
+    assert os.path.samefile(default, os.path.join(REPO, "bench", "results", "ablations_cj.jsonl"))
+    assert read_ablation_rows(default)
+
+
+@pytest.mark.faults
+def test_a_refit_that_fails_after_the_validated_export_leaves_no_earlier_report_beside_the_new_model(
+    tmp_path, monkeypatch, capsys
+):
+    """jobs.train --refit exports the validated model, repointing its link, before it fits the
+    refit: a refit that failed or was stopped then left the previous run's report and rows beside
+    a model they are not about (a review of the demo, session 68). They are replaced by a page
+    saying the new model is not evaluated, and no rows; a training that fails before the export
+    leaves them, still about the model there."""
+    from helpers import free_port
+
+    from jobs import demo, train
+    from ncf.data.features import FEATURES_VERSION
+    from ncf.model.files import FORMAT_VERSION, SIZE_FIELDS
+
+    _demo_stages(monkeypatch, {}, _parsed({}, demo.evaluate, []))
+    workdir = tmp_path / "demo"
+    report, rows = workdir / "report" / "report.html", workdir / "evaluation.jsonl"
+    report.parent.mkdir(parents=True)
+
+    def previous_run():
+        report.write_text("<p>the report of model v1</p>")
+        rows.write_text('{"model": "advanced_ncf", "model_version": "v1"}\n')
+
+    def refit_failing(exported: bool):
+        def main(argv):
+            if exported:  # what staging's swap leaves: a directory of its own, the link repointed
+                validated = argv[argv.index("--validated-output") + 1]
+                target = os.path.join(os.path.dirname(validated), ".model-validated-v2")
+                os.makedirs(target)
+                config = {"format_version": FORMAT_VERSION, "features_version": FEATURES_VERSION, "version": "v2"}
+                config["model"] = {field: 8 for field in SIZE_FIELDS}
+                with open(os.path.join(target, "config.json"), "w") as f:
+                    json.dump(config, f)
+                os.unlink(validated)
+                os.symlink(os.path.basename(target), validated)
+            cli.fail("the refit failed")
+
+        return main
+
+    for exported in (False, True):
+        previous_run()
+        monkeypatch.setattr(train, "main", refit_failing(exported))
+        with pytest.raises(SystemExit) as exited:
+            demo.main(["--workdir", str(workdir), "--port", str(free_port())])
+        assert exited.value.code == 1, capsys.readouterr().err
+        if not exported:
+            assert "model v1" in report.read_text() and rows.read_text()
+    page = report.read_text()
+    assert "Model version <b>v2</b> has not been evaluated" in page and "model v1" not in page, page
+    assert rows.read_text() == ""
 
 
 @pytest.mark.faults

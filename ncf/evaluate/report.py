@@ -708,6 +708,18 @@ def write_placeholder(output: str, version: str) -> str:
     )
 
 
+def write_not_evaluated(output: str, version: str) -> str:
+    """Replaces ``output/report.html`` with a page saying model version ``version`` has not been
+    evaluated: a run that replaced the model a report was about, then stopped before its
+    evaluation (the demo's refit, after its validated export), left that report beside it."""
+    return _write_page(
+        output,
+        f"<h1>AdvancedNCF evaluation report</h1><p>Model version <b>{html.escape(version)}</b> has not been "
+        "evaluated: the run that trained it stopped before its evaluation (its log says why). The report of the "
+        "model it replaced was here.</p>",
+    )
+
+
 def _write_page(output: str, body: str) -> str:
     """``output/report.html`` replaced whole (UTF-8, as the page declares): a write killed midway
     leaves the page that was there."""
