@@ -74,7 +74,6 @@ from serve.launch import (
     shutdown_serve,
     start,
     start_failure_reason,
-    still_running,
     wait_until_healthy,
 )
 from serve.limits import REQUEST_TIMEOUT_S
@@ -318,7 +317,7 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
 
     handed_off = []  # set once Serve took the app: a failure after it leaves the rollout Serve's target
     try:
-        url, health, replicas, answers = _started(app_of(app_args, settings, before.runtime_env), args, handed_off)
+        url, health, replicas, heard = _started(app_of(app_args, settings, before.runtime_env), args, handed_off)
     except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM (SystemExit 143, jobs.cli)
         _interrupted(stop, before.serving, owns_serve)
     except InputError as e:  # the address answers, but will not take the app's questions
@@ -349,7 +348,7 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
     except BaseException:
         _stop_owned(owns_serve)
         raise
-    refused = refused_rollout(answers)
+    refused = refused_rollout(heard.answers)
     if refused:
         # The replicas refused the model and keep the previous one: bad input, as a refused model
         # is, once every replica is heard serving the previous one again; otherwise the run failed.
@@ -357,16 +356,10 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
         give_up(f"{refused} ({restored.words})", EXIT_BAD_INPUT if restored.agreed else EXIT_FAILED)
     # A replica not heard may serve anything: a success would vouch for it.
     unverified = f"the rollout is Serve's target, unverified on the others; the replicas' logs: {REPLICA_LOGS}"
-    expected = max(replicas, 1)
-    if len(answers) < expected:  # counted again: a replica the autoscaler stopped meanwhile never answers
-        expected = still_running(replicas)
-    if len(answers) < expected:
-        give_up(
-            f"only {len(answers)} of {expected} replica(s) answered their health within "
-            f"{REPLICA_ANSWER_TIMEOUT_S:.0f} s: {unverified}"
-        )
+    if heard.unheard:
+        give_up(f"{heard.words()} answered their health within {REPLICA_ANSWER_TIMEOUT_S:.0f} s: {unverified}")
     try:
-        elsewhere = serving_other_settings(deployed, expected, REPLICA_ANSWER_TIMEOUT_S)
+        elsewhere = serving_other_settings(deployed, max(replicas, 1), REPLICA_ANSWER_TIMEOUT_S)
     except (KeyboardInterrupt, SystemExit) as stop:
         _interrupted(stop, before.serving, owns_serve, answered=True)
     except TimeoutError as e:  # as in the health round
@@ -374,14 +367,15 @@ def _rolled_out(args: argparse.Namespace, app_args: dict, settings: ServeSetting
     if elsewhere:  # the replicas serve two models: all of them put back on the one served before
         give_up(f"{elsewhere} ({restore().words})")
     pages = {"openapi": f"{url}/openapi.json", **({"ui": f"{url}/ui"} if args.ui else {})}
-    outcome = {**health, "replicas_checked": len(answers)}
+    outcome = {**health, "replicas_checked": len(heard.answers)}
     print(json.dumps({"url": url, **pages, **outcome}), flush=True)
     return outcome
 
 
 def _started(app, args: argparse.Namespace, handed_off: list) -> tuple:
     """Serve started (or the app rolled out) and answering: (url, /healthz's answer, the replicas
-    running, each one's health). ``handed_off`` gets an entry once Serve runs the app."""
+    running, each running one's health, :class:`serve.launch.Heard`). ``handed_off`` gets an
+    entry once Serve runs the app."""
     url = start(
         app,
         host=args.host,
@@ -394,8 +388,8 @@ def _started(app, args: argparse.Namespace, handed_off: list) -> tuple:
     health = wait_until_healthy(url, COLD_LOAD_TIMEOUT_S if running_replicas() == 0 else HEALTHY_TIMEOUT_S)
     replicas = running_replicas()
     # The HTTP answer is one replica's too (by its tag): the handle's questions add the others.
-    answers = {str(health.get("replica")): health, **every_replica_health(replicas, timeout_s=REPLICA_ANSWER_TIMEOUT_S)}
-    return url, health, replicas, answers
+    heard = every_replica_health(replicas, timeout_s=REPLICA_ANSWER_TIMEOUT_S, first=health)
+    return url, health, replicas, heard
 
 
 def _interrupted(stop: BaseException, serving: Optional[Dict], owns_serve: bool, answered: bool = False) -> NoReturn:

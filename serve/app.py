@@ -56,6 +56,8 @@ Why it is built this way:
 # /openapi.json fails).
 
 import asyncio
+import contextvars
+import functools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -145,6 +147,9 @@ class Serving(NamedTuple):
 
 
 ROLLOUT_SURGE_PERCENT = 1
+# Threads of a replica's /recommend/batch and /score (an explained batch is seconds of CPU): the
+# most of their work that runs at once, abandoned or not, beside the /recommend batches.
+HEAVY_ROUTE_THREADS = 3
 
 
 @serve.deployment(
@@ -183,6 +188,15 @@ class RecommenderDeployment:
         # Loads on a thread of their own: not one of the few threads requests are ranked on (the
         # loop's default executor), held for as long as a model takes to load.
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-load")
+        self._heavy = ThreadPoolExecutor(HEAVY_ROUTE_THREADS, thread_name_prefix="heavy-route")
+
+    async def _on_heavy_thread(self, work, *args):
+        """``work(*args)`` on the heavy routes' own threads (:data:`HEAVY_ROUTE_THREADS`): a
+        request cancelled before its turn is never computed, and the /recommend batches and the
+        explorer's lookups (the loop's default executor) never wait behind an explained batch."""
+        context = contextvars.copy_context()  # as asyncio.to_thread: Serve's request context goes along
+        run = functools.partial(context.run, work, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._heavy, run)
 
     async def reconfigure(self, user_config: Dict) -> None:
         """Loads the model named by ``user_config`` (see :class:`ServeSettings`), then swaps it in.
@@ -273,21 +287,22 @@ class RecommenderDeployment:
         # (PASS_WAIT_S).
         return await asyncio.to_thread(self._ready().recommend_many, requests, False)
 
-    # The routes below are async and hand their work to the event loop's default executor (five
-    # threads at half a CPU), not plain FastAPI routes: those run in anyio's pool, whose thread
-    # goes on computing after Serve cancels the request (a client gone, the request timeout) and
-    # whose slot is free again at once, so abandoned work piled up without bound. Here a request
-    # cancelled before its turn is never computed, and at most five run.
+    # The routes below are async and hand their work to threads of a bounded pool, not plain
+    # FastAPI routes: those run in anyio's pool, whose thread goes on computing after Serve
+    # cancels the request (a client gone, the request timeout) and whose slot is free again at
+    # once, so abandoned work piled up without bound. Here a request cancelled before its turn is
+    # never computed: the heavy routes run on threads of their own (HEAVY_ROUTE_THREADS), the
+    # explorer's lookups on the loop's default executor (Ray's: ceil(num_cpus) + 4 threads).
 
     @app.post("/recommend/batch", response_model=BatchRecommendResponse, response_model_exclude_none=True)
     async def recommend_batch(self, request: BatchRecommendRequest) -> Dict:
         """Top-``k`` products for each of up to MAX_BATCH_USERS users, in request order."""
-        return await asyncio.to_thread(self._ready().recommend_batch, request)
+        return await self._on_heavy_thread(self._ready().recommend_batch, request)
 
     @app.post("/score", response_model=ScoreResponse)
     async def score(self, request: ScoreRequest) -> Dict:
         """Purchase probabilities of the given products (unknown product ids: 422 naming them)."""
-        return await asyncio.to_thread(self._ready().score, request)
+        return await self._on_heavy_thread(self._ready().score, request)
 
     # -- looking at a household (serve/explore.py) and the explorer page (serve/ui.py) ----------
 

@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from ncf.errors import InputError, raised_within
 from serve.limits import REQUEST_TIMEOUT_S, proxy_env
@@ -371,18 +371,16 @@ def every_replica_served(
     replicas: int, app_name: str, timeout_s: float, first: Optional[Dict] = None, spent_s: float = 0.0
 ) -> Dict[str, Dict]:
     """Each replica's :meth:`~serve.app.RecommenderDeployment.served_settings` (by its tag), from
-    every one of ``replicas`` (``first``: one answer already had, ``spent_s`` of ``timeout_s``
-    spent on it).
+    every replica Serve runs (:func:`every_replica_answer`; ``replicas``: how many ran when
+    counted; ``first``: one answer already had, ``spent_s`` of ``timeout_s`` spent on it).
 
     Raises:
-        TimeoutError: fewer of them answered within ``timeout_s``.
+        TimeoutError: some running replica did not answer within ``timeout_s``.
     """
-    answers = every_replica_answer("served_settings", replicas, app_name, max(0.0, timeout_s - spent_s), first)
-    expected = replicas if len(answers) >= replicas else still_running(replicas, app_name)
-    if len(answers) < expected:
-        heard = f"only {len(answers)} of {expected} replica(s)"
-        raise TimeoutError(f"{heard} said what they serve within {timeout_s:.0f} s")
-    return answers
+    heard = every_replica_answer("served_settings", replicas, app_name, max(0.0, timeout_s - spent_s), first)
+    if heard.unheard:
+        raise TimeoutError(f"{heard.words()} said what they serve within {timeout_s:.0f} s")
+    return heard.answers
 
 
 def settings_key(user_config: Optional[Dict]) -> str:
@@ -453,48 +451,73 @@ ANSWER_PAUSE_S = 0.1  # between two rounds of every_replica_health's questions
 REPLICA_ANSWER_TIMEOUT_S = 30.0
 
 
+class Heard(NamedTuple):
+    """The answers of the replicas Serve runs, by tag, and how many running ones did not answer."""
+
+    answers: Dict[str, Dict]
+    unheard: int
+
+    def words(self) -> str:
+        return f"only {len(self.answers)} of {len(self.answers) + self.unheard} replica(s)"
+
+
 def every_replica_health(
-    replicas: int, app_name: str = APP_NAME, timeout_s: float = REPLICA_ANSWER_TIMEOUT_S
-) -> Dict[str, Dict]:
+    replicas: int, app_name: str = APP_NAME, timeout_s: float = REPLICA_ANSWER_TIMEOUT_S, first: Optional[Dict] = None
+) -> Heard:
     """The health of each replica of the app (``/healthz``'s answer, by its ``replica`` tag),
-    asked through a deployment handle until ``replicas`` distinct ones have answered or
-    ``timeout_s`` passes (then those that did: fewer than ``replicas`` means some were not
-    heard). One answer says nothing of the others: a rollout that failed on one replica of two
-    (out of memory there, DATA replaced between their loads) passed a single probe, and answers
-    alternated between two models. Not over HTTP: Serve's proxy prefers its own node's replicas,
-    so a probe from the head never met another node's."""
-    return every_replica_answer("healthz", replicas, app_name, timeout_s)
+    asked through a deployment handle (:func:`every_replica_answer`). One answer says nothing of
+    the others: a rollout that failed on one replica of two (out of memory there, DATA replaced
+    between their loads) passed a single probe, and answers alternated between two models. Not
+    over HTTP: Serve's proxy prefers its own node's replicas, so a probe from the head never met
+    another node's."""
+    return every_replica_answer("healthz", replicas, app_name, timeout_s, first)
 
 
 def every_replica_answer(
     method: str, replicas: int, app_name: str, timeout_s: float, first: Optional[Dict] = None
-) -> Dict[str, Dict]:
-    """Each replica's answer to the deployment's ``method`` (one whose answer, a dict, names its
-    ``replica``), by tag, asked until ``replicas`` distinct ones have answered or ``timeout_s``
-    passes (then those that did); ``first``: an answer already had, not asked for again."""
+) -> Heard:
+    """Each running replica's answer to the deployment's ``method`` (one whose answer, a dict,
+    names its ``replica``), by tag, asked until every replica Serve runs has answered or
+    ``timeout_s`` passes; ``replicas``: how many ran when counted (the rounds' size); ``first``:
+    an answer already had, not asked for again.
+
+    The replicas are known by their ids, read again after each round that left one unheard: one
+    the autoscaler stopped meanwhile (a deploy just after a busy spell) is not waited for, and
+    its answer no longer speaks for the app; one started meanwhile is asked too. A count would
+    not do: a stopped replica's answer stood for a running one that never answered."""
     from ray import serve
 
     from serve.app import DEPLOYMENT_NAME
 
     handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name)
-    wanted = max(replicas, 1)
     answers: Dict[str, Dict] = {} if first is None else {str(first.get("replica")): first}
     deadline = time.monotonic() + timeout_s
-    while len(answers) < wanted and time.monotonic() < deadline:
-        for answer in _round(getattr(handle, method), 2 * wanted, deadline):
+    running = running_replica_ids(app_name)
+    while not _all_heard(answers, running) and time.monotonic() < deadline:
+        for answer in _round(getattr(handle, method), 2 * max(replicas, len(running), 1), deadline):
             answers[str(answer.get("replica"))] = answer
-        if len(answers) < wanted:
-            wanted = still_running(wanted, app_name)
+        running = running_replica_ids(app_name)
+        if not _all_heard(answers, running):
             time.sleep(ANSWER_PAUSE_S)  # not a busy loop of questions while waiting for another replica
-    return answers
+    if not running:  # none running by Serve's reading (one woken from zero meanwhile): what answered
+        return Heard(answers, 0 if answers else 1)
+    return Heard({tag: a for tag, a in answers.items() if tag in running}, len(running - answers.keys()))
 
 
-def still_running(replicas: int, app_name: str = APP_NAME) -> int:
-    """How many of ``replicas`` (counted before the questions) may still answer: the fewer of
-    them and those Serve runs now, at least one. A replica the autoscaler stopped meanwhile (a
-    deploy just after a busy spell) never answers, and waiting for it failed a good rollout;
-    one started meanwhile serves Serve's target, and is heard if it answers."""
-    return max(1, min(replicas, running_replicas(app_name)))
+def _all_heard(answers: Dict[str, Dict], running: set) -> bool:
+    return bool(answers) and running <= answers.keys()
+
+
+def running_replica_ids(app_name: str = APP_NAME) -> set:
+    """The ids of the app's replicas Serve runs now (a replica's tag is its id)."""
+    from ray.serve.context import _get_global_client
+
+    from serve.app import DEPLOYMENT_NAME
+
+    details = _get_global_client().get_serve_details()
+    deployment = ((details.get("applications") or {}).get(app_name) or {}).get("deployments", {}).get(DEPLOYMENT_NAME)
+    replicas = (deployment or {}).get("replicas") or []
+    return {str(r.get("replica_id")) for r in replicas if r.get("state") == "RUNNING"}
 
 
 def _round(method, questions: int, deadline: float) -> List:

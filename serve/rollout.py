@@ -33,7 +33,6 @@ from serve.launch import (
     serving_user_config,
     settings_key,
     start,
-    still_running,
 )
 from serve.service import ServeSettings, same_content_on_disk
 
@@ -229,7 +228,7 @@ def serving_other_settings(deployed: Dict, replicas: int, timeout_s: float) -> O
     previous model without an error answers as healthy as one on the rollout's.
 
     Raises:
-        TimeoutError: fewer than ``replicas`` said what they serve within ``timeout_s``.
+        TimeoutError: some running replica did not say what it serves within ``timeout_s``.
     """
     answers = every_replica_served(replicas, APP_NAME, timeout_s)
     other = [a["user_config"] for a in answers.values() if settings_key(a["user_config"]) != settings_key(deployed)]
@@ -304,8 +303,8 @@ def restore_previous(
     except Exception as e:  # new code whose replicas fail with any model, say: the job still ends with its line
         return Restored(f"deploying the serving settings again failed too ({failure_line(e)})", False)
     replicas = running_replicas()
-    answers = every_replica_health(replicas)
-    differ = replicas_differ(answers, replicas if len(answers) >= replicas else still_running(replicas))
+    heard = every_replica_health(replicas)
+    differ = replicas_differ(heard.answers, len(heard.answers) + heard.unheard)
     words = (
         "deployed again as Serve's target" if differ is None else f"deployed again, but replicas still differ: {differ}"
     )

@@ -857,10 +857,12 @@ def test_a_refused_rollouts_restore_says_a_gone_previous_model_in_its_line(monke
     pruned since (an old blue/green target): an InputError traceback, exit 1, instead of the
     deploy's one line (the Serve review, 2026-12-06)."""
     from serve import rollout
+    from serve.launch import Heard as launch_heard
 
     monkeypatch.setattr(rollout, "start", lambda *args, **kwargs: None)
     monkeypatch.setattr(rollout, "running_replicas", lambda: 1)
-    monkeypatch.setattr(rollout, "every_replica_health", lambda replicas: {"r1": {"model_version": "v1"}})
+    heard = launch_heard({"r1": {"model_version": "v1"}}, 0)
+    monkeypatch.setattr(rollout, "every_replica_health", lambda replicas: heard)
     monkeypatch.setattr("serve.app.restore_app", lambda args, previous, runtime_env=None: None)
     previous = {"model_dir": str(tmp_path / "pruned"), "model_fingerprint": "abc"}
     restored = rollout.restore_previous({"model": "m"}, "127.0.0.1", 8000, 30, previous)

@@ -170,7 +170,7 @@ def test_a_restore_one_replica_cannot_load_is_said_and_fails_the_job(
     assert "which replicas started later refuse (they fail to start)" in error, error
     assert "\n" not in error and str(tmp_path) not in error
     # What the line says is what runs: one replica on each model.
-    assert sorted(h["model_version"] for h in every_replica_health(2).values()) == ["m0", "m1"]
+    assert sorted(h["model_version"] for h in every_replica_health(2).answers.values()) == ["m0", "m1"]
     # The next deploy read what Serve served from whichever replica answered first, and would
     # have restored that one's settings after a failed rollout: it asks every replica now, and is
     # refused before anything changes while they differ.
@@ -192,13 +192,14 @@ def test_work_whose_clients_left_holds_at_most_the_replicas_worker_threads(fault
     anyio's pool: when Serve cancelled a request (its client gone, the request timeout), its slot
     was free at once while its thread went on computing, so clients that give up and retry piled
     up work without bound (a review of serve/, session 68: 100 cancelled calls, 100 threads). Now
-    they hand their work to the replica's five worker threads: a request cancelled before its turn
-    is never computed. Two waves of eight abandoned requests start five at most, and once those
-    end the replica answers again."""
+    they hand their work to a bounded pool of threads: a request cancelled before its turn is
+    never computed. Two waves of eight abandoned requests start HEAVY_ROUTE_THREADS at most, and
+    once those end the replica answers again."""
     import requests
     from helpers import free_port
 
     from jobs import deploy
+    from serve.app import HEAVY_ROUTE_THREADS
 
     port = free_port()
     one_replica = ["--port", str(port), "--detach", "--min-replicas", "1", "--max-replicas", "1"]
@@ -219,7 +220,7 @@ def test_work_whose_clients_left_holds_at_most_the_replicas_worker_threads(fault
             client.join(timeout=30)
         time.sleep(1.0)
     started = len(list(faulty_replicas.glob("slow-started-*")))
-    assert 1 <= started <= 5, f"{started} abandoned requests computed at once"
+    assert 1 <= started <= HEAVY_ROUTE_THREADS, f"{started} abandoned requests computed at once"
     (faulty_replicas / "release").touch()
     answer = requests.post(f"{url}/recommend/batch", json={"user_ids": ["1"], "k": 3}, timeout=60)
     assert answer.status_code == 200, answer.text
@@ -495,7 +496,7 @@ def test_a_deploy_whose_replicas_no_node_can_place_ends_and_is_undone(
     target = _target()
     assert target.deployment_config.user_config["model_dir"] == small_model_dir
     assert "memory" not in target.replica_config.ray_actor_options  # the asks that placed the replicas
-    assert launch.every_replica_health(1)  # a replica serves
+    assert launch.every_replica_health(1).answers  # a replica serves
     assert max(first_took, took) < 120, (first_took, took)
     with capsys.disabled():
         print(f"\n[faults] deploys whose replicas no node can place, ended: {first_took:.0f} s, {took:.0f} s")
@@ -572,9 +573,14 @@ def test_a_replica_not_heard_saying_what_it_serves_is_not_vouched_for(monkeypatc
 
     deployed = {"model_dir": "/m/m1"}
     heard = {"r1": {"replica": "r1", "user_config": deployed}}
-    monkeypatch.setattr(launch, "every_replica_answer", lambda method, replicas, app, timeout_s, first=None: heard)
-    monkeypatch.setattr(launch, "running_replicas", lambda app_name=launch.APP_NAME: 2)  # r2 runs, silent
+    running = {"r1"}
+
+    def answered(method, replicas, app, timeout_s, first=None):  # as every_replica_answer reads them
+        return launch.Heard({tag: a for tag, a in heard.items() if tag in running}, len(running - heard.keys()))
+
+    monkeypatch.setattr(launch, "every_replica_answer", answered)
     assert rollout.serving_other_settings(deployed, 1, 30.0) is None
+    running.add("r2")  # runs, silent
     with pytest.raises(TimeoutError, match=r"only 1 of 2 replica\(s\) said what they serve within 30 s"):
         rollout.serving_other_settings(deployed, 2, 30.0)
     heard["r2"] = {"replica": "r2", "user_config": {"model_dir": "/m/m0"}}
@@ -587,7 +593,7 @@ def test_a_replica_not_heard_saying_what_it_serves_is_not_vouched_for(monkeypatc
 
     def answers(method, replicas, app, timeout_s, first=None):
         asked.append(timeout_s)
-        return heard
+        return answered(method, replicas, app, timeout_s, first)
 
     monkeypatch.setattr(launch, "every_replica_answer", answers)
     launch.every_replica_served(1, "app", 60.0, heard["r1"], spent_s=45.0)
@@ -844,6 +850,7 @@ def test_what_serve_serves_is_read_from_one_status_and_every_replica(monkeypatch
     readings = []
     status = SimpleNamespace(applications={launch.APP_NAME: _app_status(ApplicationStatus.RUNNING, {"RUNNING": 2})})
     monkeypatch.setattr(serve, "status", lambda: readings.append(1) or status)
+    monkeypatch.setattr(launch, "running_replica_ids", lambda app_name=launch.APP_NAME: {"r1", "r2"})
     m0, m1 = {"model_dir": "/m/m0", "model_fingerprint": "m0:aa"}, {"model_dir": "/m/m1", "model_fingerprint": "m1:bb"}
 
     def replicas_answering(*served_settings) -> None:
@@ -885,41 +892,62 @@ def test_a_replica_the_autoscaler_stops_during_the_questions_is_not_waited_for(m
     """A deploy just after a busy spell: Serve ran two replicas when the deploy counted them, the
     autoscaler stopped one before it answered, and the rounds waited for it until their timeout:
     a good rollout failed, "only 1 of 2 replica(s) answered" (a review of the deploys,
-    2026-12-07). A round that comes up short counts the running replicas again; one still
-    running that does not answer is still waited for, and fails the check."""
+    2026-12-07). The running replicas are read again, by id, after each round that leaves one
+    unheard: a stopped one is not waited for, and its answer no longer speaks for the app (a
+    second read: by count, a stopped replica's answer stood for a running one that never
+    answered, and a moment's dip in the count ended the wait for a replacement); one still
+    running that does not answer fails the check, and one started meanwhile is asked too."""
     import time
     from types import SimpleNamespace
 
     from ray import serve
-    from ray.serve.schema import ApplicationStatus
 
     from serve import launch
 
-    replicas = {"RUNNING": 2}
-    status = SimpleNamespace(applications={launch.APP_NAME: _app_status(ApplicationStatus.RUNNING, replicas)})
-    monkeypatch.setattr(serve, "status", lambda: status)
+    running = ["r1", "r2"]
+    readings = []
 
-    def answer(value):
-        return SimpleNamespace(remote=lambda: SimpleNamespace(result=lambda timeout_s: value, cancel=lambda: None))
+    def running_ids(app_name=launch.APP_NAME):
+        readings.append(1)
+        return set(running)
 
-    handle = SimpleNamespace(  # only r1 ever answers
-        healthz=answer({"replica": "r1", "model_version": "m1"}),
-        served_settings=answer({"replica": "r1", "user_config": {"model_dir": "/m/m1"}}),
+    monkeypatch.setattr(launch, "running_replica_ids", running_ids)
+    answering = ["r1"]  # the replicas that answer, in turn
+    turn = iter(range(10**6))
+
+    def answer(make):
+        def remote():
+            tag = answering[next(turn) % len(answering)]
+            return SimpleNamespace(result=lambda timeout_s: make(tag), cancel=lambda: None)
+
+        return SimpleNamespace(remote=remote)
+
+    handle = SimpleNamespace(
+        healthz=answer(lambda tag: {"replica": tag, "model_version": "m1"}),
+        served_settings=answer(lambda tag: {"replica": tag, "user_config": {"model_dir": "/m/m1"}}),
     )
     monkeypatch.setattr(serve, "get_deployment_handle", lambda *args: handle)
     started = time.monotonic()
-    assert list(launch.every_replica_health(2, timeout_s=0.5)) == ["r1"]  # r2 runs: waited for
-    assert time.monotonic() - started >= 0.5
+    heard = launch.every_replica_health(2, timeout_s=0.5)  # r2 runs, silent: waited for
+    assert list(heard.answers) == ["r1"] and heard.unheard == 1 and time.monotonic() - started >= 0.5
+    assert heard.words() == "only 1 of 2 replica(s)"
     with pytest.raises(TimeoutError, match=r"only 1 of 2 replica\(s\) said what they serve"):
         launch.every_replica_served(2, launch.APP_NAME, 0.5)
-    replicas["RUNNING"] = 1  # the autoscaler stopped r2
+    running.remove("r2")  # the autoscaler stopped r2
     started = time.monotonic()
-    assert list(launch.every_replica_health(2, timeout_s=30)) == ["r1"]
+    assert launch.every_replica_health(2, timeout_s=30) == launch.Heard({"r1": heard.answers["r1"]}, 0)
     assert list(launch.every_replica_served(2, launch.APP_NAME, 30)) == ["r1"]
     assert time.monotonic() - started < 10  # not the 30 s timeout
-    assert launch.still_running(2) == 1 and launch.still_running(0) == 1
-    replicas["RUNNING"] = 3  # one started meanwhile is not one more to wait for
-    assert launch.still_running(2) == 2
+    # r1, which answered first, is stopped; r3 runs and answers: r1's answer is dropped.
+    running[:] = ["r3"]
+    answering[:] = ["r3"]
+    first = {"replica": "r1", "model_version": "m1"}
+    assert list(launch.every_replica_health(2, timeout_s=30, first=first).answers) == ["r3"]
+    # r1 answered, then stopped, while r2 runs and never answers: not vouched for by r1's answer.
+    running[:] = ["r2"]
+    answering[:] = ["r1"]
+    heard = launch.every_replica_health(2, timeout_s=0.5, first=first)
+    assert heard == launch.Heard({}, 1) and heard.words() == "only 0 of 1 replica(s)"
 
 
 @pytest.mark.faults
