@@ -104,22 +104,25 @@ def how_to_go_on(stage: int, name: str, options: list = ()) -> str:
 
 
 def make_demo(options: list) -> str:
-    """`make demo` with ``options`` in DEMO_ARGS, quoted for a shell (make hands them to one)."""
+    """`make demo` with ``options`` in DEMO_ARGS, quoted for a shell (make hands them to one), a
+    ``$`` doubled for make (which expands a variable's ``$`` first)."""
     if not options:
         return "make demo"
-    words = shlex.join(options)
+    words = shlex.join(options).replace("$", "$$")
     plain = not any(c in words for c in '"$`\\')  # nothing a shell's double quotes would change
     return f'make demo DEMO_ARGS="{words}"' if plain else f"make demo DEMO_ARGS={shlex.quote(words)}"
 
 
 def way_on_options(args: argparse.Namespace) -> list:
     """The options of ``args`` set to other than their defaults that a way on repeats (it adds
-    --reuse-data and --name itself)."""
+    --reuse-data and --name itself); paths made absolute, since `make demo` runs in the
+    repository, not where this run started."""
     defaults = parse_args([])
     options = []
     for dest in ("workdir", "epochs", "port", "ablations"):
-        if getattr(args, dest) != getattr(defaults, dest):
-            options += [f"--{dest}", str(getattr(args, dest))]
+        value = getattr(args, dest)
+        if value != getattr(defaults, dest):
+            options += [f"--{dest}", os.path.abspath(value) if dest in ("workdir", "ablations") else str(value)]
     return options
 
 
@@ -369,6 +372,14 @@ def why_not_reusable(data: str, preprocess_argv: list) -> Optional[str]:
         return f"{stats_file} is unreadable ({e})"
 
 
+def model_version(path: str) -> Optional[str]:
+    """The version of the model directory at ``path`` (a link's target), None where none reads."""
+    try:
+        return ModelDir(path).version
+    except (InputError, OSError, ValueError, KeyError):
+        return None
+
+
 def not_evaluated(validated: str, report: str, rows_file: str) -> None:
     """The report and rows of the model ``validated`` held before, replaced by a page saying its
     new model is not evaluated and no rows: this run's training replaced the model, then stopped
@@ -465,7 +476,7 @@ def main(argv=None) -> list:
 
         _stage(2, "train AdvancedNCF (Ray Train): the validated model, then the deployment refit", started)
         model_links(model, validated)
-        validated_before = os.path.realpath(validated)
+        validated_before = model_version(validated)
         try:
             train.main(
                 [
@@ -484,7 +495,7 @@ def main(argv=None) -> list:
                 ]
             )
         except BaseException:
-            if os.path.realpath(validated) != validated_before:  # the refit failed after the validated export
+            if model_version(validated) not in (None, validated_before):  # the refit failed after the export
                 not_evaluated(validated, report, evaluation)
             raise
 
