@@ -163,6 +163,25 @@ def test_searches_keep_to_the_products_the_state_knows(indexed_model):
     assert set(found[:, :3].ravel().tolist()) <= {3, 7, 11} and (found[:, 3:] == -1).all()
 
 
+@pytest.mark.faults
+def test_a_first_stage_of_no_mf_candidates_searches_nothing(indexed_model, monkeypatch):
+    """``ranking.mf_candidates: 0`` passed the directory's check, and at scale (where the index is
+    searched) every ranking failed on FAISS's bare ``assert k > 0``; an index was even built for
+    it (a review of ncf/model, session 68). A width of 0 needs no index and finds nothing."""
+    assert not ann.needed(10**9, 0, 10**6) and ann.needed(10**9, 1, 10**6)
+    monkeypatch.setattr(ann, "EXACT_SEARCH_ROWS", 0)  # the graph search, as at scale
+    monkeypatch.setattr(ann, "EXACT_COST_RATIO", 0)
+    index = ann.load_if_present(indexed_model)
+    found = index.search(np.zeros((4, index.dim)), 0, np.ones(index.rows, bool))
+    assert found.shape == (4, 0)
+    recommender = Recommender.load(indexed_model).with_settings(mf_candidates=0)
+    # No MF stage at all, not one of empty lists (its product table, its warm-up of 2^34 dot
+    # products at a replica's load, a scan of the catalog per household, for nothing).
+    assert recommender.ranker.candidates.mf is None and recommender.ranker.warm() == 0
+    users = recommender.state.states.users()[:3]
+    assert all(len(products) == 3 for products in recommender.recommend(users.tolist(), k=3))
+
+
 def test_the_first_stage_prepares_its_allowed_rows_once(indexed_model, monkeypatch):
     """Old code: every chunk's search got the same boolean mask and redid flatnonzero, astype and
     packbits over the whole of it (0.6 ms a chunk at 1M products). The stage prepares it once;

@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -143,7 +144,7 @@ def test_a_far_future_placeholder_is_out_of_range_beside_nanosecond_fractions():
     nanoseconds, where 9999 does not fit: the placeholder beside it became bad_timestamp, though
     README promises timestamp_out_of_range from 2100 on, as it was in a batch without one (a
     review, 2026-12-06). The digits past the sixth are cut before parsing; seconds are rounded
-    down, so no moment changes, and the raw text keeps them."""
+    down, so no moment changes, and a bad row's raw text keeps them."""
     stamps = ["9999-12-31", "2017-11-27 04:01:00", "2017-11-27 04:01:00.123456789", "2017-11-27T04:01:59.999999999Z"]
     plain = schema.validate_log_batch(
         pa.table({"user_id": ["u"] * 2, "product_id": ["p"] * 2, "timestamp": stamps[:2]})
@@ -153,7 +154,8 @@ def test_a_far_future_placeholder_is_out_of_range_beside_nanosecond_fractions():
     assert out.column("reason").to_pylist() == [schema.TIMESTAMP_OUT_OF_RANGE, None, None, None]
     moment = _seconds("2017-11-27 04:01:00")
     assert out.column("ts").to_pylist()[1:] == [moment, moment, moment + 59]  # rounded down, not up
-    assert out.column("raw_timestamp").to_pylist() == stamps
+    # A bad row's raw text keeps every digit; a good row keeps none (only the quarantine reads it).
+    assert out.column("raw_timestamp").to_pylist() == [stamps[0], None, None, None]
     # ISO 8601's comma (a second read, 2026-12-06: pandas refused it, a bad_timestamp), 3 or 9 digits.
     # And ISO's basic form, whose seconds follow no colon (a third read: its cut was lost).
     other = ["2017-11-27T04:01:00,123+01:00", "2017-11-27 04:01:59,123456789", "20171127T040100.123456789Z"]
@@ -248,6 +250,19 @@ def test_a_column_of_another_files_contract_is_not_type_checked(tmp_path):
     pq.write_table(pa.table({"product_id": [2], "department": ["TOYS"], "category": [["toys"]]}), catalog)
     with pytest.raises(schema.InputError, match="catalog column 'category' has type list"):
         check_inputs(schema.resolve_files(path), schema.resolve_files(catalog))
+
+
+@pytest.mark.faults
+def test_epoch_seconds_in_32_bit_floats_are_refused_not_rounded(tmp_path):
+    """A float32 column holds 2017's epoch seconds to the nearest 128: purchases 21 s apart were
+    kept as the same second, without a word (a review of preprocessing at scale, session 68)."""
+    path = str(tmp_path / "logs.parquet")
+    seconds = pa.array([1511755260.0, 1511755281.0], pa.float32())
+    pq.write_table(pa.table({"user_id": [1, 1], "product_id": [2, 3], "timestamp": seconds}), path)
+    with pytest.raises(schema.InputError, match="column 'timestamp' has type float; .* 64-bit floats"):
+        check_inputs(schema.resolve_files(path))
+    pq.write_table(pa.table({"user_id": [1, 1], "product_id": [2, 3], "timestamp": seconds.cast(pa.float64())}), path)
+    check_inputs(schema.resolve_files(path))
 
 
 def test_ids_int64_may_not_hold_are_integers_only_where_every_one_fits(tmp_path):
@@ -412,6 +427,29 @@ def test_a_quote_never_closed_past_a_block_is_named_as_the_likely_cause(tmp_path
     with pytest.raises(schema.InputError) as refused:
         check_inputs(schema.resolve_files(str(path)), schema.resolve_files(str(catalog)))
     assert str(refused.value).startswith(f"{catalog} (a quote never closed?): unreadable"), refused.value
+
+
+@pytest.mark.faults
+def test_a_files_malformed_tail_goes_out_batch_by_batch_with_its_numbers(tmp_path, monkeypatch):
+    """Malformed rows were held until good rows came after them: a file whose tail was all
+    malformed (another export appended, a trailing comma on every row) kept them in memory, 285
+    bytes a row, and sent them out at the end as one table: 28 GB for 100M rows in one read task
+    (a review of preprocessing at scale, session 68). They go out as they are read; the good rows
+    between and after them keep their line numbers."""
+    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 1 << 16)
+    lines = [f"u{i},p{i % 7},2024-01-{1 + i % 28:02d},1" for i in range(3_000)]
+    lines += [f"u{i},p1,2024-01-02,1,extra" for i in range(3_000, 40_000)]  # a field too many
+    lines += ["u40000,p2,2024-01-03,1"]
+    path = tmp_path / "logs.csv"
+    path.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(lines) + "\n")
+    tables = list(ingest._csv_file({"file": 0, "path": str(path)}, schema.DEFAULT_MIN_TS, schema.DEFAULT_MAX_TS))
+    malformed = [t.num_rows for t in tables if set(t.column("reason").to_pylist()) == {schema.MALFORMED_ROW}]
+    assert sum(malformed) == 37_000 and max(malformed) < 10_000, malformed  # in pieces, not one table
+    out = pa.concat_tables(tables)
+    rows = dict(zip(out.column("source_row").to_pylist(), out.column("reason").to_pylist()))
+    assert sorted(rows) == list(range(2, 40_003))  # every line once, header = 1
+    assert rows[3_001] is None and rows[3_002] == schema.MALFORMED_ROW and rows[40_002] is None
+    assert out.filter(pc.equal(out.column("source_row"), 40_002)).column("user_id").to_pylist() == ["u40000"]
 
 
 def test_a_quote_never_closed_inside_an_id_quarantines_the_row_it_made_up(tmp_path):
@@ -1042,6 +1080,33 @@ def test_the_future_bound_cuts_after_the_bulk_of_the_data():
     assert ingest.future_bound(np.array([], np.int64), np.array([], np.int64), gap_days=14) is None
 
 
+@pytest.mark.faults
+def test_rows_before_a_gap_ahead_of_the_data_are_found_for_a_warning():
+    """A till's default date (2000-01-01 in a 2017 log) passed every check and moved the data's
+    start 17 years back, without a word (a review of preprocessing at scale, session 68): the
+    rows before a gap ahead of the bulk are found, as future_bound finds those after it, for a
+    warning; a closure of 10 days, a log's thin start and a single day are not."""
+    days = np.arange(START // DAY, START // DAY + 90)
+    counts = np.full(days.size, 50)
+    placeholder = _seconds("2000-01-01") // DAY
+    assert ingest.rows_before_the_bulk(np.append(days, placeholder), np.append(counts, 50), 14) == (
+        50,
+        placeholder,
+        days[0],
+    )
+    assert ingest.rows_before_the_bulk(np.append(days, days[0] - 10), np.append(counts, 1), 14) is None
+    assert ingest.rows_before_the_bulk(np.append(days, days[0] - 30), np.append(counts, 1), 14) == (
+        1,
+        days[0] - 30,
+        days[0],
+    )
+    thin = np.where(np.arange(days.size) < 30, 1, 50)  # a start with few purchases a day
+    assert ingest.rows_before_the_bulk(days, thin, 14) is None
+    assert ingest.rows_before_the_bulk(days[:1], counts[:1], 14) is None
+    # Two days, one gap: its own median, no outlier (future_bound keeps such a row too).
+    assert ingest.rows_before_the_bulk(np.array([placeholder, days[0]]), np.array([1, 1]), 14) is None
+
+
 # -- the pipeline (Ray) ----------------------------------------------------------------------------------
 
 
@@ -1272,7 +1337,8 @@ def test_a_csv_with_bad_rows_everywhere_is_quarantined_row_by_row(ray_session, t
     assert quarantine.loc[line[40_000], ["timestamp", "quantity"]].tolist() == ["now", "3"]
     future = quarantine.loc[line[41_000]]
     assert future["reason"] == schema.FUTURE_TIMESTAMP
-    assert (future["timestamp"], future["quantity"]) == ("2099-01-01T00:00:00.5", "7")
+    # A row quarantined after validation, which keeps no text of a good row: its values as read.
+    assert (future["timestamp"], future["quantity"]) == ("2099-01-01T00:00:00Z", "7")
     assert set(quarantine["source_file"]) == {str(path)}
     assert quarantine.loc[quarantine["reason"] == schema.BAD_USER_ID, "user_id"].tolist() == ["u\\xff5"]
 
@@ -1293,6 +1359,20 @@ def test_a_quote_never_closed_is_counted_not_lost_silently(ray_session, tmp_path
     read = ingest.ingest_logs(schema.resolve_files(str(path)))
     assert read.rows_in == read.rows_kept + read.rows_quarantined == 40 - 4 - 1
     assert read.lines_in_quoted_values == {str(path): 5}  # 4 joined to line 11, 1 inside the note
+
+
+def test_a_placeholder_date_before_the_log_is_warned_of_and_kept(ray_session, tmp_path):
+    """The read's rows beside the warning of rows before a gap ahead of the log (its first
+    version named both with one variable, and every such log failed its count)."""
+    lines = [f"u{i % 40},p{i % 9},2024-01-{1 + i % 28:02d},1" for i in range(2_000)]
+    lines += [f"u{i},p1,2000-01-01,1" for i in range(3)]  # a till's default date
+    path = tmp_path / "logs.csv"
+    path.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(lines) + "\n")
+    said = []
+    read = ingest.ingest_logs(schema.resolve_files(str(path)), log=said.append)
+    assert read.rows_in == read.rows_kept == 2_003 and read.rows_quarantined == 0
+    (warning,) = [line for line in said if line.startswith("WARNING")]
+    assert "3 kept row(s) from 2000-01-01" in warning and "--min-timestamp 2024-01-01" in warning, warning
 
 
 def test_parquet_rows_in_come_from_the_footer_and_the_quarantine_keeps_raw_values(ray_session, tmp_path):

@@ -58,6 +58,7 @@ CSV_BLOCK_BYTES = 4 << 20
 
 # Where the bulk of the data ends (see future_bound).
 BULK_QUANTILE = 0.99
+EARLY_QUANTILE = 0.05  # rows before a gap ahead of this share of the log are warned of
 GAP_MEDIANS = 3
 
 
@@ -174,8 +175,8 @@ def _parquet_piece(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
     _refuse_if_changed(piece)
 
 
-def _free_numbers(start: int, count: int, taken: List[int]) -> np.ndarray:
-    """The first ``count`` integers from ``start`` that are not in ``taken`` (sorted, all >= start)."""
+def _free_numbers(start: int, count: int, taken: np.ndarray) -> np.ndarray:
+    """The first ``count`` integers from ``start`` that are not in ``taken`` (all >= start)."""
     candidates = np.arange(start, start + count + len(taken), dtype=np.int64)
     return candidates[~np.isin(candidates, np.asarray(taken, dtype=np.int64))][:count]
 
@@ -202,9 +203,13 @@ def _csv_file(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
 
     pyarrow numbers rows (header = 1) and calls the handler while it parses a block, before that
     block's batch is returned (sometimes a block ahead), so the good rows of a batch get the
-    free numbers from where the last batch stopped, skipping those the handler reported.
+    free numbers from where the last batch stopped, skipping those the handler reported. The
+    malformed rows go out as the batch they came with does; only their numbers are kept while
+    good rows may still come before them (held whole, a file's malformed tail, 285 bytes a row,
+    came out at its end as one table: 28 GB for 100M rows).
     """
     malformed: List[Tuple[int, str]] = []
+    skipped = np.zeros(0, np.int64)  # numbers of malformed rows at or after next_number
 
     def handler(row) -> str:
         malformed.append((row.number, row.text))
@@ -221,15 +226,16 @@ def _csv_file(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
     next_number = 2
     with reader:
         for batch in reader:
-            taken = sorted(number for number, _ in malformed if number is not None and number >= next_number)
-            numbers = _free_numbers(next_number, batch.num_rows, taken)
+            if malformed:
+                reported = np.array([n for n, _ in malformed if n is not None], dtype=np.int64)
+                skipped = np.concatenate([skipped, reported[reported >= next_number]])
+                yield _malformed(malformed, piece["file"])
+                malformed = []
             if batch.num_rows:
+                numbers = _free_numbers(next_number, batch.num_rows, skipped)
                 yield _with_source(schema.validate_log_batch(batch, min_ts, max_ts), piece["file"], numbers)
                 next_number = int(numbers[-1]) + 1
-            placed = [r for r in malformed if r[0] is None or r[0] < next_number]
-            if placed:
-                malformed = [r for r in malformed if not (r[0] is None or r[0] < next_number)]
-                yield _malformed(placed, piece["file"])
+                skipped = skipped[skipped >= next_number]
     if malformed:
         yield _malformed(malformed, piece["file"])
 
@@ -398,6 +404,11 @@ def _day_counts(batch: pa.Table) -> pa.Table:
     return pa.table({"day": values, "n": counts.astype(np.int64)})
 
 
+def _date(day: int) -> str:
+    """An epoch day as its ISO date."""
+    return time.strftime("%Y-%m-%d", time.gmtime(int(day) * DAY))
+
+
 def future_bound(days: np.ndarray, counts: np.ndarray, gap_days: float) -> Optional[int]:
     """The first epoch second that counts as far in the future, from the good rows per day.
 
@@ -426,15 +437,63 @@ def future_bound(days: np.ndarray, counts: np.ndarray, gap_days: float) -> Optio
     return int(days[end] + 1) * DAY
 
 
+def rows_before_the_bulk(days: np.ndarray, counts: np.ndarray, gap_days: float) -> Optional[Tuple[int, int, int]]:
+    """(rows, their first day, the bulk's first day), days as epoch days, for the good rows that
+    lie before the data's bulk, :func:`future_bound`'s mirror: the bulk begins at the first gap of
+    more than ``max(gap_days, 3 x the median gap)`` before the 5th percentile of the rows (never
+    the first row itself; a wider share than the future's, since this only warns). None when no
+    row does. A till's default date (2000-01-01 in a 2017 log) is kept, as history can be, but
+    moves the data's start: a warning says so.
+
+    Example: purchases every day of 2017 and 50 rows on 2000-01-01 -> (50, 2000-01-01, 2017-01-01).
+    """
+    order = np.argsort(days)
+    days, counts = np.asarray(days, np.int64)[order], np.asarray(counts, np.int64)[order]
+    cumulative = np.cumsum(counts)
+    if days.size < 2 or cumulative[-1] < 2:
+        return None
+    rank = min(max(np.floor(EARLY_QUANTILE * cumulative[-1]) + 1, 2), cumulative[-1])
+    begin = int(np.searchsorted(cumulative, rank, side="left"))
+    gaps = np.diff(days)
+    allowed = max(gap_days, GAP_MEDIANS * float(np.median(gaps)))
+    while begin > 0 and days[begin] - days[begin - 1] <= allowed:
+        begin -= 1
+    return None if begin == 0 else (int(cumulative[begin - 1]), int(days[0]), int(days[begin]))
+
+
 def _mark_future(batch: pa.Table, bound: int) -> pa.Table:
     future = pc.and_(pc.is_null(batch.column(schema.REASON)), pc.greater_equal(batch.column(schema.TS), bound))
+    raw_ts, raw_qty = quarantined_later(batch, future)
     reasons = pc.if_else(future, pa.scalar(schema.FUTURE_TIMESTAMP), batch.column(schema.REASON))
     ts = pc.if_else(future, pa.scalar(0, pa.int64()), batch.column(schema.TS))
     qty = pc.if_else(future, pa.scalar(0.0, pa.float64()), batch.column(schema.QUANTITY))
     index = batch.schema.get_field_index
-    batch = batch.set_column(index(schema.REASON), schema.REASON, reasons)
-    batch = batch.set_column(index(schema.TS), schema.TS, ts)
-    return batch.set_column(index(schema.QUANTITY), schema.QUANTITY, qty)
+    for name, column in (
+        (schema.REASON, reasons),
+        (schema.TS, ts),
+        (schema.QUANTITY, qty),
+        (schema.RAW_TIMESTAMP, raw_ts),
+        (schema.RAW_QUANTITY, raw_qty),
+    ):
+        batch = batch.set_column(index(name), name, column)
+    return batch
+
+
+def quarantined_later(batch: pa.Table, rows) -> tuple:
+    """(raw_timestamp, raw_quantity) of ``batch`` with those of ``rows`` (a mask of good rows
+    quarantined after validation, which keeps no text of a good row) written from the values
+    read: the moment in ISO 8601, UTC, and the quantity (1 where the row gave none)."""
+    raw_ts, raw_qty = (batch.column(name).combine_chunks() for name in (schema.RAW_TIMESTAMP, schema.RAW_QUANTITY))
+    mask = pc.fill_null(rows, False)
+    if not pc.any(mask).as_py():  # the common case: each pass marks every block again
+        return raw_ts, raw_qty
+    mask = mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
+    # Without a time zone: strftime looks even UTC up in the system's zone database, which an
+    # image may lack.
+    seconds = pc.cast(pc.filter(batch.column(schema.TS).combine_chunks(), mask), pa.timestamp("s"))
+    moments = pc.binary_join_element_wise(pc.replace_substring(pc.cast(seconds, pa.string()), " ", "T"), "Z", "")
+    quantities = pc.cast(pc.filter(batch.column(schema.QUANTITY).combine_chunks(), mask), pa.string())
+    return pc.replace_with_mask(raw_ts, mask, moments), pc.replace_with_mask(raw_qty, mask, quantities)
 
 
 # -- accounting -------------------------------------------------------------------------------------------
@@ -588,9 +647,17 @@ def ingest_logs(
     frame = rows.map_batches(_day_counts, batch_format="pyarrow").to_pandas()
     days = frame.groupby("day")["n"].sum() if len(frame) else pd.Series([], dtype=np.int64)
     bound = future_bound(days.index.to_numpy(), days.to_numpy(), future_gap_days)
+    early = rows_before_the_bulk(days.index.to_numpy(), days.to_numpy(), future_gap_days)
+    if early is not None:
+        early_rows, first, bulk = early
+        log(
+            f"WARNING: {early_rows:,} kept row(s) from {_date(first)} lie before a gap ahead of the rest of the log, "
+            f"which starts {_date(bulk)}: a placeholder date (a till's default)? They are kept, and the data starts "
+            f"with them; --min-timestamp {_date(bulk)} quarantines them as timestamp_out_of_range"
+        )
     if bound is not None and (int(days.index.max()) + 1) * DAY > bound:
         # Lazily: each pass below marks the materialized rows again (a compare per block); a
-        # materialized marked copy beside them held the whole validated log twice (172 GB at 1B lines).
+        # materialized marked copy beside them held the whole validated log twice (about 130 GB at 1B lines).
         rows = rows.map_batches(_mark_future, batch_format="pyarrow", fn_kwargs={"bound": bound})
     counts = rows.map_batches(_counts, batch_format="pyarrow").to_pandas()
     again = "; counting each CSV file's lines and rows again, apart from the read" if files.format == "csv" else ""

@@ -72,6 +72,8 @@ def needed(households: int, width: int, products: int) -> bool:
     """Whether a first stage over ``households`` lists of ``width`` products, from a catalog of
     ``products``, searches the index: its exact lists would not fit the cache, or would cost too
     many scans of the catalog."""
+    if width <= 0:  # a first stage of no MF candidates (config.json's ranking) searches nothing
+        return False
     return lists_too_large(households, width) or households * products > MF_EXACT_MAX_SCORES
 
 
@@ -209,6 +211,8 @@ class ProductIndex:
         prepared = allowed if isinstance(allowed, AllowedRows) else AllowedRows(allowed)
         if prepared.size != self.rows:  # FAISS would read past the bitmap for the rows it lacks
             raise ValueError(f"the allowed mask covers {prepared.size} rows, the index {self.rows}")
+        if width <= 0:  # FAISS asserts k > 0 (ranking.mf_candidates 0: no MF candidates)
+            return np.full((len(vectors), 0), -1, dtype=np.int64)
         permitted = prepared.rows
         if searches_exactly(len(permitted), self.rows):
             return self._exact(vectors, width, permitted)

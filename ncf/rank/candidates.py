@@ -271,7 +271,7 @@ class CandidateGenerator:
         self.popular_known = self.popular[self.known[self.popular]]
         self.by_category = _by_category(self.popular_known, state.catalog.category)
         self.mf: Optional[MFFirstStage] = None
-        if model.config.use_mf:
+        if model.config.use_mf and settings.mf_candidates > 0:  # 0: no MF stage, not one of empty lists
             stage_args = (model, rows, self.known, settings.mf_candidates, mf_index, exact_mf)
             self.mf = MFFirstStage(*stage_args) if shared_mf is None else shared_mf.derived(*stage_args)
 
