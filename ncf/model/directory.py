@@ -301,6 +301,9 @@ def load_model(model_dir: str, device: Optional[torch.device] = None) -> Advance
     except (KeyError, TypeError, ValueError) as e:  # said as verify_model_dir says it, with the directory
         raise InputError(f"{model_dir}: bad config.json ({one_line(e)})") from None
     state = torch.load(os.path.join(model_dir, WEIGHTS), weights_only=True, map_location="cpu")
+    # Names, shapes and dtypes (a float64 file loaded, then failed at the first scoring, where
+    # the API's Recommender.load verifies nothing); the values are the directory check's.
+    check_weights(model_dir, state, model_config, finite=False)
     return model_from_weights(model_config, state, device)
 
 

@@ -385,11 +385,13 @@ def _check_weights(model_dir: str, path: str, config: ModelConfig) -> Dict[str, 
     return weights
 
 
-def check_weights(model_dir: str, weights, config: ModelConfig) -> None:
+def check_weights(model_dir: str, weights, config: ModelConfig, finite: bool = True) -> None:
     """Raises :class:`ModelIntegrityError` (naming ``model_dir``) unless ``weights`` is a state dict of
-    exactly ``config``'s model: its names, shapes and dtypes, every value finite. The directory's
-    check runs it on the file; :func:`ncf.model.directory.save_model_dir` on what it is given,
-    before it writes anything (a refit that diverged, a config of other sizes)."""
+    exactly ``config``'s model: its names, shapes and dtypes, every value finite (unless not
+    ``finite``: a read of every weight). The directory's check runs it on the file;
+    :func:`ncf.model.directory.save_model_dir` on what it is given, before it writes anything (a
+    refit that diverged, a config of other sizes); :func:`ncf.model.directory.load_model` all but
+    the values, on every load."""
     if not isinstance(weights, dict):
         raise ModelIntegrityError(f"{model_dir}: model.pt holds a {type(weights).__name__}, not a state dict")
     not_tensors = sorted(name for name, t in weights.items() if not isinstance(t, torch.Tensor))
@@ -412,7 +414,7 @@ def check_weights(model_dir: str, weights, config: ModelConfig) -> None:
     wrong = [f"{n} {weights[n].dtype} != {t.dtype}" for n, t in built.items() if weights[n].dtype != t.dtype]
     if wrong:
         raise ModelIntegrityError(f"{model_dir}: model.pt dtypes do not fit the model: {'; '.join(wrong[:3])}")
-    not_finite = [name for name, t in weights.items() if t.is_floating_point() and not _all_finite(t)]
+    not_finite = [name for name, t in weights.items() if finite and t.is_floating_point() and not _all_finite(t)]
     if not_finite:
         raise ModelIntegrityError(
             f"{model_dir}: model.pt holds NaN or infinite weights in {not_finite[:3]} (a training that diverged?)"
