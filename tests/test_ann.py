@@ -237,13 +237,41 @@ def test_an_index_of_another_kind_is_refused_before_faiss_reads_it(indexed_model
     rows = np.hstack([vectors, np.zeros((61, 1), np.float32)])
     inner = faiss.IndexHNSWFlat(rows.shape[1], 8, faiss.METRIC_INNER_PRODUCT)
     flat = faiss.IndexFlatL2(rows.shape[1])
-    for other, words in ((flat, "not an HNSW index of flat vectors"), (inner, "not an HNSW index of L2 distance")):
+    # An inner-product HNSW's storage is FAISS's IndexFlatIP: its header says so first.
+    for other, words in ((flat, "not an HNSW index of flat vectors"), (inner, "over storage b'IxFI', not flat")):
         other.add(rows)
         with open(ann.index_path(indexed_model), "wb") as f:
             f.write(faiss.serialize_index(other).tobytes())
         write_manifest(indexed_model, unsealed=["metrics.json"])  # sealed again: the manifest cannot tell
         with pytest.raises(ModelIntegrityError, match=f"mf_index.faiss does not load \\(.*{words}"):
             verify_model_dir(indexed_model)
+    # An HNSW header over an IVF whose lists are a file outside: FAISS opened that file (read-write)
+    # before the storage's kind was checked (a review of ncf/model, session 68). The storage's
+    # header is read first now; the outside file is never opened.
+    quantizer = faiss.IndexFlatL2(rows.shape[1])
+    ivf = faiss.IndexIVFFlat(quantizer, rows.shape[1], 2)
+    ivf.train(rows)
+    outside = tmp_path / "outside.ivfdata"
+    lists = faiss.OnDiskInvertedLists(2, ivf.code_size, str(outside))  # kept: owned by neither index
+    ivf.replace_invlists(lists, False)
+    ivf.add(rows)
+    crafted = faiss.IndexHNSWFlat(rows.shape[1], 8)
+    crafted.add(rows)
+    crafted.storage, crafted.own_fields = ivf, False
+    data = faiss.serialize_index(crafted).tobytes()
+    assert data[:4] == ann.HNSW_FLAT  # what the first check read
+    outside.unlink()  # FAISS's reader would create it again, opening the path read-write
+    with open(ann.index_path(indexed_model), "wb") as f:
+        f.write(data)
+    write_manifest(indexed_model, unsealed=["metrics.json"])
+    with pytest.raises(ModelIntegrityError, match="an HNSW index over storage b'IwFl', not flat vectors"):
+        verify_model_dir(indexed_model)
+    assert not outside.exists()
+    with open(ann.index_path(indexed_model), "wb") as f:  # cut short in the graph's arrays
+        f.write(data[:60])
+    write_manifest(indexed_model, unsealed=["metrics.json"])
+    with pytest.raises(ModelIntegrityError, match="cut short"):
+        verify_model_dir(indexed_model)
 
 
 @pytest.mark.faults

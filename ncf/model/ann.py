@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import os
+import struct
 from typing import Dict, Optional, Union
 
 import numpy as np
@@ -54,6 +55,7 @@ MF_CANDIDATES = 150  # the first stage's default list width (RankingSettings.mf_
 # a search up to 1.8x faster (`python -m bench.ann_build`; BENCHMARKS.md "The MF index's build depth").
 NEIGHBOURS, BUILD_DEPTH, SEARCH_DEPTH = 32, 50, 150
 HNSW_FLAT = b"IHNf"  # FAISS's header of an IndexHNSWFlat, what build() makes
+FLAT_STORAGE = b"IxF2"  # ...and of its storage, an IndexFlatL2
 # A state that allows few of the index's rows (a DATA knowing few of its products, a model whose
 # lists held few) is ranked exactly: up to EXACT_SEARCH_ROWS allowed rows, or while allowed^2 <=
 # EXACT_COST_RATIO x rows. A filtered graph search's cost grows as efSearch, which must grow as the
@@ -66,6 +68,40 @@ EXACT_SEARCH_ROWS, EXACT_COST_RATIO, MAX_SEARCH_DEPTH = 20_000, 10_000, 2_048
 _PRODUCT_TABLE = "mf_embedding_collection.embedding_bags.product_mf_embeddings.weight"
 _MF_OUTPUT = "mf_output.weight"
 _FINAL = "final.0.weight"  # Linear(2, 1) over (MF logit, MLP logit)
+
+
+# FAISS's writing of an IndexHNSW (index_write.cpp, 1.15): the index header (fourcc, d, ntotal,
+# two dummies, is_trained, metric_type, and metric_arg past METRIC_L2), then the graph's arrays
+# (assign_probas doubles, cum_nneighbor_per_level, levels, offsets, neighbors: each a size_t
+# count and its items), five ints (entry_point, max_level, efConstruction, efSearch,
+# upper_beam), then the storage, an index of its own, header first.
+_INDEX_HEADER = struct.Struct("<4siqqq?i")
+_GRAPH_ITEM_BYTES = (8, 4, 4, 8, 4)
+_GRAPH_TAIL_BYTES = 20
+
+
+def _hnsw_storage_kind(path: str) -> bytes:
+    """The FAISS header of the storage inside the HNSW index file at ``path`` (ValueError for a
+    file cut short), read without FAISS: its reader opens what a nested index names."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+
+        def take(n: int) -> bytes:
+            data = f.read(n)
+            if len(data) != n:
+                raise ValueError(f"{path}: an HNSW index file cut short")
+            return data
+
+        metric = _INDEX_HEADER.unpack(take(_INDEX_HEADER.size))[-1]
+        if metric > 1:  # a metric argument follows
+            take(4)
+        for item_bytes in _GRAPH_ITEM_BYTES:
+            (count,) = struct.unpack("<Q", take(8))
+            if count * item_bytes > size - f.tell():
+                raise ValueError(f"{path}: an HNSW index file cut short")
+            f.seek(count * item_bytes, os.SEEK_CUR)
+        take(_GRAPH_TAIL_BYTES)
+        return take(4)
 
 
 def needed(households: int, width: int, products: int) -> bool:
@@ -159,13 +195,17 @@ class ProductIndex:
         whose checksum :func:`ncf.model.integrity.verify_model_dir` checks, is read). Only what
         :meth:`build` writes is taken: an HNSW index of L2 distance over flat storage. Another kind
         (an IVF whose lists FAISS reads from a file it names, outside the directory and its seal)
-        raises ValueError, the header before any of it is read."""
+        raises ValueError, its headers read before FAISS reads any of it, the nested storage's too
+        (an HNSW header over an IVF's lists made FAISS open the file they name, read-write)."""
         import faiss
 
         with open(path, "rb") as f:
             kind = f.read(4)
         if kind != HNSW_FLAT:
             raise ValueError(f"{path}: not an HNSW index of flat vectors (FAISS header {kind!r}, not {HNSW_FLAT!r})")
+        storage_kind = _hnsw_storage_kind(path)
+        if storage_kind != FLAT_STORAGE:
+            raise ValueError(f"{path}: an HNSW index over storage {storage_kind!r}, not flat vectors {FLAT_STORAGE!r}")
         index = faiss.read_index(path)  # of its own class already; downcast_index's proxy would not own it
         storage = faiss.downcast_index(index.storage) if isinstance(index, faiss.IndexHNSWFlat) else None
         if not isinstance(storage, faiss.IndexFlat) or index.metric_type != faiss.METRIC_L2:
