@@ -499,25 +499,29 @@ def every_replica_answer(
         running = running_replica_ids(app_name)
         if not _all_heard(answers, running):
             time.sleep(ANSWER_PAUSE_S)  # not a busy loop of questions while waiting for another replica
-    if not running:  # none running by Serve's reading (one woken from zero meanwhile): what answered
-        return Heard(answers, 0 if answers else 1)
+    if not running:  # a replica answers only once Serve runs it: these were stopped since
+        return Heard({}, 1)
     return Heard({tag: a for tag, a in answers.items() if tag in running}, len(running - answers.keys()))
 
 
 def _all_heard(answers: Dict[str, Dict], running: set) -> bool:
-    return bool(answers) and running <= answers.keys()
+    return bool(running) and running <= answers.keys()
 
 
 def running_replica_ids(app_name: str = APP_NAME) -> set:
-    """The ids of the app's replicas Serve runs now (a replica's tag is its id)."""
+    """The ids of the app's replicas Serve runs now (a replica's tag is its id), those on a node
+    being drained included (Serve still routes to them); none where Serve does not run."""
     from ray.serve.context import _get_global_client
 
     from serve.app import DEPLOYMENT_NAME
 
-    details = _get_global_client().get_serve_details()
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return set()
+    details = client.get_serve_details()
     deployment = ((details.get("applications") or {}).get(app_name) or {}).get("deployments", {}).get(DEPLOYMENT_NAME)
     replicas = (deployment or {}).get("replicas") or []
-    return {str(r.get("replica_id")) for r in replicas if r.get("state") == "RUNNING"}
+    return {str(r.get("replica_id")) for r in replicas if r.get("state") in ("RUNNING", "PENDING_MIGRATION")}
 
 
 def _round(method, questions: int, deadline: float) -> List:

@@ -302,8 +302,10 @@ def restore_previous(
         start(restoring, host=host, port=port, request_timeout_s=request_timeout_s, start_timeout_s=start_timeout_s)
     except Exception as e:  # new code whose replicas fail with any model, say: the job still ends with its line
         return Restored(f"deploying the serving settings again failed too ({failure_line(e)})", False)
-    replicas = running_replicas()
-    heard = every_replica_health(replicas)
+    try:
+        heard = every_replica_health(running_replicas())
+    except Exception as e:  # noqa: BLE001 (Serve's controller gone meanwhile: the job still ends with its line)
+        return Restored(f"deployed again, but the replicas could not be asked ({failure_line(e)})", False)
     differ = replicas_differ(heard.answers, len(heard.answers) + heard.unheard)
     words = (
         "deployed again as Serve's target" if differ is None else f"deployed again, but replicas still differ: {differ}"

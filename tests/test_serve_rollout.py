@@ -948,6 +948,10 @@ def test_a_replica_the_autoscaler_stops_during_the_questions_is_not_waited_for(m
     answering[:] = ["r1"]
     heard = launch.every_replica_health(2, timeout_s=0.5, first=first)
     assert heard == launch.Heard({}, 1) and heard.words() == "only 0 of 1 replica(s)"
+    # None running by Serve's reading: a replica answers only once Serve runs it, so r1's answer
+    # is a stopped replica's, not the app's (a third read).
+    running[:] = []
+    assert launch.every_replica_health(2, timeout_s=0.3, first=first) == launch.Heard({}, 1)
 
 
 @pytest.mark.faults

@@ -176,9 +176,16 @@ def _parquet_piece(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
 
 
 def _free_numbers(start: int, count: int, taken: np.ndarray) -> np.ndarray:
-    """The first ``count`` integers from ``start`` that are not in ``taken`` (all >= start)."""
-    candidates = np.arange(start, start + count + len(taken), dtype=np.int64)
-    return candidates[~np.isin(candidates, np.asarray(taken, dtype=np.int64))][:count]
+    """The first ``count`` integers from ``start`` that are not in ``taken`` (all >= start): the
+    j-th is start + j + the taken numbers before it, found by a search rather than a range as
+    long as ``taken`` (a malformed run of 100M rows before the next good ones)."""
+    taken = np.asarray(taken, dtype=np.int64)
+    if len(taken) > 1 and bool((np.diff(taken) <= 0).any()):  # reported in order, as a rule
+        taken = np.unique(taken)
+    taken = taken - start
+    free_before = taken - np.arange(len(taken))  # free numbers below each taken one
+    j = np.arange(count, dtype=np.int64)
+    return start + j + np.searchsorted(free_before, j, side="right")
 
 
 def _malformed(rows: List[Tuple[int, str]], file: int) -> pa.Table:
@@ -206,10 +213,11 @@ def _csv_file(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
     free numbers from where the last batch stopped, skipping those the handler reported. The
     malformed rows go out as the batch they came with does; only their numbers are kept while
     good rows may still come before them (held whole, a file's malformed tail, 285 bytes a row,
-    came out at its end as one table: 28 GB for 100M rows).
+    came out at its end as one table: 28 GB for 100M rows). Not bounded: malformed rows before
+    the first good one, which pyarrow reports while it opens the file, in one table.
     """
     malformed: List[Tuple[int, str]] = []
-    skipped = np.zeros(0, np.int64)  # numbers of malformed rows at or after next_number
+    skipped: List[np.ndarray] = []  # numbers of malformed rows at or after next_number, by batch
 
     def handler(row) -> str:
         malformed.append((row.number, row.text))
@@ -228,14 +236,15 @@ def _csv_file(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
         for batch in reader:
             if malformed:
                 reported = np.array([n for n, _ in malformed if n is not None], dtype=np.int64)
-                skipped = np.concatenate([skipped, reported[reported >= next_number]])
+                skipped.append(reported[reported >= next_number])
                 yield _malformed(malformed, piece["file"])
                 malformed = []
-            if batch.num_rows:
-                numbers = _free_numbers(next_number, batch.num_rows, skipped)
+            if batch.num_rows:  # joined here only: a malformed run's batches copied it whole each time
+                taken = np.concatenate(skipped) if skipped else np.zeros(0, np.int64)
+                numbers = _free_numbers(next_number, batch.num_rows, taken)
                 yield _with_source(schema.validate_log_batch(batch, min_ts, max_ts), piece["file"], numbers)
                 next_number = int(numbers[-1]) + 1
-                skipped = skipped[skipped >= next_number]
+                skipped = [taken[taken >= next_number]]
     if malformed:
         yield _malformed(malformed, piece["file"])
 
