@@ -452,6 +452,29 @@ def test_a_files_malformed_tail_goes_out_batch_by_batch_with_its_numbers(tmp_pat
     assert out.filter(pc.equal(out.column("source_row"), 40_002)).column("user_id").to_pylist() == ["u40000"]
 
 
+def test_a_csv_whose_first_rows_are_all_malformed_is_refused_before_ray(tmp_path, monkeypatch):
+    """Malformed rows before a file's first good one are reported while pyarrow opens it, and the
+    read held them as one table: a trailing comma on every row made every row malformed, 285
+    bytes a row in one read task (a third read of session 68's fixes). Past MALFORMED_HEAD_MAX
+    such rows the file is refused in one line when its header is read, before Ray starts; fewer
+    are quarantined as before."""
+    monkeypatch.setattr(schema, "MALFORMED_HEAD_MAX", 50)
+    path = tmp_path / "logs.csv"
+    rows = [f"u{i},p1,2024-01-02,1," for i in range(51)] + ["u9,p2,2024-01-03,1"]
+    path.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(rows) + "\n")
+    with pytest.raises(schema.InputError) as refused:
+        check_inputs(schema.resolve_files(str(path)))
+    assert str(refused.value) == (
+        f"{path}: its first 50 rows are all malformed (row 2 has 5 fields where the header has 4: "
+        "'u0,p1,2024-01-02,1,'); a separator at the end of every row, or another file's header? Mend the file"
+    )
+    path.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(rows[1:]) + "\n")  # 50 of them
+    check_inputs(schema.resolve_files(str(path)))
+    piece = {"file": 0, "path": str(path)}
+    out = pa.concat_tables(ingest._csv_file(piece, schema.DEFAULT_MIN_TS, schema.DEFAULT_MAX_TS))
+    assert out.column("reason").to_pylist() == [schema.MALFORMED_ROW] * 50 + [None]
+
+
 def test_a_quote_never_closed_inside_an_id_quarantines_the_row_it_made_up(tmp_path):
     """The rows after an id's unclosed quote joined into that id up to the next quote: old code
     kept one purchase of a product named "a,2020-01-01,1\\n2,b,...", the real purchases gone,

@@ -213,8 +213,9 @@ def _csv_file(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
     free numbers from where the last batch stopped, skipping those the handler reported. The
     malformed rows go out as the batch they came with does; only their numbers are kept while
     good rows may still come before them (held whole, a file's malformed tail, 285 bytes a row,
-    came out at its end as one table: 28 GB for 100M rows). Not bounded: malformed rows before
-    the first good one, which pyarrow reports while it opens the file, in one table.
+    came out at its end as one table: 28 GB for 100M rows). Those before the first good row,
+    which pyarrow reports while it opens the file, come out as one table: at most
+    :data:`ncf.data.schema.MALFORMED_HEAD_MAX` rows, a file with more is refused before.
     """
     malformed: List[Tuple[int, str]] = []
     skipped: List[np.ndarray] = []  # numbers of malformed rows at or after next_number, by batch

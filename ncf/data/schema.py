@@ -523,17 +523,48 @@ def _unreadable(path: str, fmt: str, e: Exception) -> InputError:
     return InputError(f"{path}{unclosed_quote_hint(first_line)}: unreadable {fmt} file ({first_line})")
 
 
+# Malformed CSV rows before a file's first good one: pyarrow parses them all while it opens the
+# file, and the read holds them as one table (285 bytes a row); past this many the file is
+# refused (a trailing separator on every row makes every row malformed).
+MALFORMED_HEAD_MAX = 100_000
+
+
+class _MalformedHead:
+    """A CSV's invalid-row handler while its header is read: skips malformed rows, counting them,
+    up to :data:`MALFORMED_HEAD_MAX`, then stops the parse."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first = None
+
+    def __call__(self, row) -> str:
+        self.count += 1
+        self.first = self.first or row
+        return "error" if self.count > MALFORMED_HEAD_MAX else "skip"
+
+    def words(self, path: str) -> str:
+        row = self.first
+        return (
+            f"{path}: its first {MALFORMED_HEAD_MAX:,} rows are all malformed (row {row.number} has "
+            f"{row.actual_columns} fields where the header has {row.expected_columns}: {row.text[:80]!r}); "
+            "a separator at the end of every row, or another file's header? Mend the file"
+        )
+
+
 def file_schema(path: str, fmt: str) -> pa.Schema:
     """Column names and types of one file, read from its footer or header only (CSV columns are
-    read as text, so they are all strings here)."""
+    read as text, so they are all strings here). A CSV whose first :data:`MALFORMED_HEAD_MAX`
+    rows are all malformed is refused (InputError)."""
+    head = _MalformedHead()
     try:
         if fmt == "parquet":
             return pq.read_schema(path)
         # Rows with the wrong number of fields are the reader's to quarantine, not a reason to refuse the file.
-        skip = csv_parse_options(lambda row: "skip")
-        with pacsv.open_csv(path, read_options=csv_reader_options(), parse_options=skip) as reader:
+        with pacsv.open_csv(path, read_options=csv_reader_options(), parse_options=csv_parse_options(head)) as reader:
             return pa.schema([(name, pa.string()) for name in reader.schema.names])
     except (pa.ArrowException, OSError, ValueError) as e:
+        if head.count > MALFORMED_HEAD_MAX:
+            raise InputError(head.words(path)) from None
         raise _unreadable(path, fmt, e) from None
 
 
