@@ -510,7 +510,8 @@ def _all_heard(answers: Dict[str, Dict], running: set) -> bool:
 
 def running_replica_ids(app_name: str = APP_NAME) -> set:
     """The ids of the app's replicas Serve runs now (a replica's tag is its id), those on a node
-    being drained included (Serve still routes to them); none where Serve does not run."""
+    being drained included (Serve still routes to them, :data:`SERVING_STATES`); none where no
+    Serve controller was started in this session."""
     from ray.serve.context import _get_global_client
 
     from serve.app import DEPLOYMENT_NAME
@@ -521,7 +522,7 @@ def running_replica_ids(app_name: str = APP_NAME) -> set:
     details = client.get_serve_details()
     deployment = ((details.get("applications") or {}).get(app_name) or {}).get("deployments", {}).get(DEPLOYMENT_NAME)
     replicas = (deployment or {}).get("replicas") or []
-    return {str(r.get("replica_id")) for r in replicas if r.get("state") in ("RUNNING", "PENDING_MIGRATION")}
+    return {str(r.get("replica_id")) for r in replicas if r.get("state") in SERVING_STATES}
 
 
 def _round(method, questions: int, deadline: float) -> List:
@@ -552,6 +553,10 @@ def _startups_fail(app) -> bool:
     )
 
 
+# Replica states Serve routes requests to: running, and running on a node being drained.
+SERVING_STATES = ("RUNNING", "PENDING_MIGRATION")
+
+
 def running_replicas(app_name: str = APP_NAME) -> int:
     """How many replicas of the app's deployment Serve runs now (0: no such app)."""
     from ray import serve
@@ -563,7 +568,7 @@ def _running_in(app) -> int:
     """How many replicas of the deployment run in ``app`` (a status of Serve's; None: no app)."""
     deployment = _deployment_in(app)
     states = {} if deployment is None else deployment.replica_states
-    return sum(count for state, count in states.items() if state == "RUNNING")
+    return sum(count for state, count in states.items() if state in SERVING_STATES)
 
 
 def serve_until_stopped() -> None:

@@ -470,6 +470,15 @@ def test_a_csv_whose_first_rows_are_all_malformed_is_refused_before_ray(tmp_path
     )
     path.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(rows[1:]) + "\n")  # 50 of them
     check_inputs(schema.resolve_files(str(path)))
+    # Malformed rows after a good one, in the block pyarrow parses to find it, are no head's (the
+    # first version counted them: a final read).
+    broken = rows[1:] + rows[:40]
+    path.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(broken) + "\n")
+    check_inputs(schema.resolve_files(str(path)))
+    path.write_text("user_id,product_id,timestamp,quantity\n" + "\n\n".join(rows) + "\n")  # blank lines between
+    with pytest.raises(schema.InputError, match="its first 50 rows are all malformed"):
+        check_inputs(schema.resolve_files(str(path)))
+    path.write_text("user_id,product_id,timestamp,quantity\n" + "\n".join(rows[1:]) + "\n")
     piece = {"file": 0, "path": str(path)}
     out = pa.concat_tables(ingest._csv_file(piece, schema.DEFAULT_MIN_TS, schema.DEFAULT_MAX_TS))
     assert out.column("reason").to_pylist() == [schema.MALFORMED_ROW] * 50 + [None]

@@ -215,7 +215,8 @@ def _csv_file(piece: Dict, min_ts: int, max_ts: int) -> Iterator[pa.Table]:
     good rows may still come before them (held whole, a file's malformed tail, 285 bytes a row,
     came out at its end as one table: 28 GB for 100M rows). Those before the first good row,
     which pyarrow reports while it opens the file, come out as one table: at most
-    :data:`ncf.data.schema.MALFORMED_HEAD_MAX` rows, a file with more is refused before.
+    :data:`ncf.data.schema.MALFORMED_HEAD_MAX` rows (a file with more is refused before) and the
+    rest of the block holding that good row.
     """
     malformed: List[Tuple[int, str]] = []
     skipped: List[np.ndarray] = []  # numbers of malformed rows at or after next_number, by batch

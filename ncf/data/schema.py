@@ -530,17 +530,21 @@ MALFORMED_HEAD_MAX = 100_000
 
 
 class _MalformedHead:
-    """A CSV's invalid-row handler while its header is read: skips malformed rows, counting them,
-    up to :data:`MALFORMED_HEAD_MAX`, then stops the parse."""
+    """A CSV's invalid-row handler while its header is read: skips malformed rows, and stops the
+    parse past :data:`MALFORMED_HEAD_MAX` of them unbroken from the first row (pyarrow parses the
+    whole block holding the first good row, whose malformed rows after it are no head's)."""
 
     def __init__(self) -> None:
         self.count = 0
         self.first = None
+        self.refused = False
 
     def __call__(self, row) -> str:
         self.count += 1
         self.first = self.first or row
-        return "error" if self.count > MALFORMED_HEAD_MAX else "skip"
+        # Row numbers skip blank lines: every row from the first malformed, so far.
+        self.refused = self.count > MALFORMED_HEAD_MAX and row.number == self.count + 1
+        return "error" if self.refused else "skip"
 
     def words(self, path: str) -> str:
         row = self.first
@@ -563,7 +567,7 @@ def file_schema(path: str, fmt: str) -> pa.Schema:
         with pacsv.open_csv(path, read_options=csv_reader_options(), parse_options=csv_parse_options(head)) as reader:
             return pa.schema([(name, pa.string()) for name in reader.schema.names])
     except (pa.ArrowException, OSError, ValueError) as e:
-        if head.count > MALFORMED_HEAD_MAX:
+        if head.refused:
             raise InputError(head.words(path)) from None
         raise _unreadable(path, fmt, e) from None
 
