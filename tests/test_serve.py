@@ -120,6 +120,7 @@ def test_healthz_reads_the_model_and_its_rollout_error_as_one_pair(monkeypatch):
     reconfigure assigns one after the other: a health check between them
     paired a model with another rollout's error, or the kept model with no error. Here a
     reconfigure that succeeds right after /healthz's first read: the answer is the pair as read."""
+    import asyncio
     from types import SimpleNamespace
 
     from ray import serve
@@ -147,13 +148,13 @@ def test_healthz_reads_the_model_and_its_rollout_error_as_one_pair(monkeypatch):
     object.__setattr__(replica, "_serving", Serving(Model("m0"), "InputError: refused"))
     # Outside a replica Serve has no replica context: the tag is all /healthz takes from it.
     monkeypatch.setattr(serve, "get_replica_context", lambda: SimpleNamespace(replica_tag="r1"))
-    assert replica.healthz() == {
+    assert asyncio.run(replica.healthz()) == {  # async since session 68: on the event loop
         "status": "ok",
         "model_version": "m0",
         "rollout_error": "InputError: refused",
         "replica": "r1",
     }
-    assert reconfigured and replica.healthz()["model_version"] == "m1"  # the next check sees the rollout
+    assert reconfigured and asyncio.run(replica.healthz())["model_version"] == "m1"  # the next check sees the rollout
 
 
 @pytest.mark.faults
