@@ -81,6 +81,7 @@ from serve.rollout import (
     Restored,
     ServingUnknown,
     check_can_deploy,
+    check_proxy_takes_name,
     delete_unstarted,
     dropped_data_note,
     kept_runtime_env,
@@ -269,6 +270,7 @@ def _before_rollout(args: argparse.Namespace) -> _Before:
     or whose failure could not be undone (ServingUnknown)."""
     running = running_address()
     check_can_deploy(running, args.host, args.port, args.detach)
+    check_proxy_takes_name(running, args.host, args.port)
     serving = serving_before(running)
     note = dropped_data_note(args.data, serving)
     if note:

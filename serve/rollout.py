@@ -15,12 +15,14 @@ Example::
 
 from __future__ import annotations
 
+import urllib.error
 from collections import Counter
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from ncf.errors import InputError
 from serve.launch import (
     APP_NAME,
+    LOCAL,
     START_TIMEOUT_S,
     WILDCARD_HOSTS,
     ReplicasDiffer,
@@ -34,6 +36,7 @@ from serve.launch import (
     settings_key,
     start,
 )
+from serve.limits import EXTRA_HOSTS_ENV
 from serve.service import ServeSettings, same_content_on_disk
 
 
@@ -58,6 +61,31 @@ def check_can_deploy(running: Optional[Tuple[str, int]], host: str, port: int, d
             f"Serve already runs on this cluster at {base_url(*running)} and keeps that address: deploy with "
             f"--host {running[0]} --port {running[1]}, or stop it first (serve shutdown)"
         )
+
+
+def check_proxy_takes_name(running: Optional[Tuple[str, int]], host: str, port: int) -> None:
+    """Refuses (InputError, one line) a deploy onto a running Serve whose proxy answers requests
+    naming ``host`` with 421: a name that reaches it on a loopback address (``ncf.local``,
+    ``localhost4``) and that its proxies did not start with (:data:`serve.limits.EXTRA_HOSTS_ENV`
+    is read when Serve starts, from the deploy that started it). The deploy's health probe asks
+    by that name: it met the 421 and undid a good rollout, and every client using the name would
+    too. One request to the proxy's own ``/-/healthz``; where the name does not reach it, the
+    deploy's other checks say so."""
+    if running is None:
+        return
+    try:
+        with LOCAL.open(f"{base_url(host, port)}/-/healthz", timeout=5):
+            return
+    except urllib.error.HTTPError as e:
+        if e.code != 421:
+            return
+    except OSError:
+        return
+    raise InputError(
+        f"Serve's proxy at {base_url(*running)} refuses requests naming {host} (421: a name for a loopback address "
+        f"its proxies did not start with): deploy with --host 127.0.0.1, or start Serve again with "
+        f"{EXTRA_HOSTS_ENV}={host} set for the deploy that starts it"
+    )
 
 
 def serves_address(running: Tuple[str, int], host: str, port: int) -> bool:
