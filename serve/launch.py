@@ -446,7 +446,6 @@ def _error_text(error: urllib.error.HTTPError) -> str:
 
 MAX_ERROR_READ = 4096
 ANSWER_PAUSE_S = 0.1  # between two rounds of every_replica_health's questions
-NEW_REPLICA_GRACE_S = 5.0  # a replica started this recently at the questions' end is not waited for
 # How long jobs.deploy asks the replicas for their health: a replica answers /healthz beside
 # requests in flight (a past day's pass of minutes included), so only a hung one takes this long.
 REPLICA_ANSWER_TIMEOUT_S = 30.0
@@ -494,22 +493,15 @@ def every_replica_answer(
     answers: Dict[str, Dict] = {} if first is None else {str(first.get("replica")): first}
     deadline = time.monotonic() + timeout_s
     running = running_replica_ids(app_name)
-    arrived: Dict[str, float] = {}  # replicas Serve started during the questions: when first read
     while not _all_heard(answers, running) and time.monotonic() < deadline:
         for answer in _round(getattr(handle, method), 2 * max(replicas, len(running), 1), deadline):
             answers[str(answer.get("replica"))] = answer
-        known = running
         running = running_replica_ids(app_name)
-        arrived.update((tag, time.monotonic()) for tag in running - known - arrived.keys())
         if not _all_heard(answers, running):
             time.sleep(ANSWER_PAUSE_S)  # not a busy loop of questions while waiting for another replica
     if not running:  # a replica answers only once Serve runs it: these were stopped since
         return Heard({}, 1)
-    # One Serve started in the last seconds may not be known to the handle's router yet: it runs
-    # Serve's target (a replica runs only once its reconfigure loaded it), so it is not waited for.
-    just_started = {tag for tag, when in arrived.items() if time.monotonic() - when < NEW_REPLICA_GRACE_S}
-    heard = {tag: a for tag, a in answers.items() if tag in running}
-    return Heard(heard, len(running - heard.keys() - just_started))
+    return Heard({tag: a for tag, a in answers.items() if tag in running}, len(running - answers.keys()))
 
 
 def _all_heard(answers: Dict[str, Dict], running: set) -> bool:

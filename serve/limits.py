@@ -111,7 +111,7 @@ def proxy_env(host: Optional[str] = None) -> Dict[str, str]:
     ``NCF_SERVE_HOSTS`` where the deploying process has it, and ``host``, the name Serve binds,
     where it is a name: the server's own address, which its clients will send)."""
     names = _listed_names()
-    if host and _address(host) is None and host.lower() not in LOOPBACK_NAMES:
+    if host and ip_address_of(host) is None and host.lower() not in LOOPBACK_NAMES:
         names.append(host)
     return {PROXY_CALLBACK_ENV: PROXY_CALLBACK, **({EXTRA_HOSTS_ENV: ",".join(names)} if names else {})}
 
@@ -135,7 +135,7 @@ def _name_of(text: str) -> str:
     return (text.rsplit(":", 1)[0] if text.count(":") == 1 else text).rstrip(".")  # "localhost." is localhost
 
 
-def _address(text: Optional[str]):
+def ip_address_of(text: Optional[str]):
     """An IP address (an IPv4-mapped IPv6 one as its IPv4: a dual-stack socket's view of an
     IPv4 client), or None for a name."""
     try:
@@ -175,11 +175,11 @@ def misdirected(scope) -> Optional[str]:
     None where it may pass."""
     server = scope.get("server") or (None, None)
     host = dict(scope.get("headers") or []).get(b"host")
-    arrived_on = _address(server[0])
+    arrived_on = ip_address_of(server[0])
     if host is None or arrived_on is None or not arrived_on.is_loopback:
         return None
     name = _host_name(host)
-    if _address(name) is not None or name in LOOPBACK_NAMES or name in _own_names() or name in _extra_names():
+    if ip_address_of(name) is not None or name in LOOPBACK_NAMES or name in _own_names() or name in _extra_names():
         return None
     return (
         f"Host {host.decode('latin-1')[:100]!r} is not this server's: a request on {server[0]} names an address, "

@@ -36,7 +36,7 @@ from serve.launch import (
     settings_key,
     start,
 )
-from serve.limits import EXTRA_HOSTS_ENV
+from serve.limits import EXTRA_HOSTS_ENV, LOOPBACK_NAMES, ip_address_of
 from serve.service import ServeSettings, same_content_on_disk
 
 
@@ -71,8 +71,8 @@ def check_proxy_takes_name(running: Optional[Tuple[str, int]], host: str, port: 
     by that name: it met the 421 and undid a good rollout, and every client using the name would
     too. One request to the proxy's own ``/-/healthz``; where the name does not reach it, the
     deploy's other checks say so."""
-    if running is None:
-        return
+    if running is None or ip_address_of(host) is not None or host.lower() in LOOPBACK_NAMES:
+        return  # an address or localhost: the proxy takes them all
     try:
         with LOCAL.open(f"{base_url(host, port)}/-/healthz", timeout=5):
             return
@@ -81,9 +81,10 @@ def check_proxy_takes_name(running: Optional[Tuple[str, int]], host: str, port: 
             return
     except OSError:
         return
+    address = "127.0.0.1" if running[0] in WILDCARD_HOSTS else running[0]
     raise InputError(
         f"Serve's proxy at {base_url(*running)} refuses requests naming {host} (421: a name for a loopback address "
-        f"its proxies did not start with): deploy with --host 127.0.0.1, or start Serve again with "
+        f"its proxies did not start with): deploy with --host {address}, or start Serve again with "
         f"{EXTRA_HOSTS_ENV}={host} set for the deploy that starts it"
     )
 

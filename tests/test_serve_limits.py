@@ -11,7 +11,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Optional
 
 import pytest
 import requests
@@ -443,33 +442,13 @@ def test_extra_host_names_match_as_the_host_header_is_read(monkeypatch):
     assert EXTRA_HOSTS_ENV not in proxy_env("127.0.0.1") and proxy_env("recs.local")[EXTRA_HOSTS_ENV] == "recs.local"
 
 
-def _loopback_alias() -> Optional[str]:
-    """A name /etc/hosts gives a loopback address that is not this machine's own, nor localhost
-    (the sandbox's ``runsc``; RHEL's ``localhost4``), or None."""
-    import ipaddress
-    import socket
-
-    own = {socket.gethostname().lower(), socket.getfqdn().lower(), "localhost", "localhost.localdomain"}
-    try:
-        with open("/etc/hosts") as hosts:
-            lines = [line.split("#")[0].split() for line in hosts]
-    except OSError:
-        return None
-    for fields in lines:
-        if len(fields) > 1 and fields[0].startswith("127.") and ipaddress.ip_address(fields[0]).is_loopback:
-            names = [n for n in fields[1:] if n.lower() not in own]
-            if names:
-                return names[0]
-    return None
-
-
 @pytest.mark.faults
-def test_a_deploy_naming_a_loopback_alias_serves_proxy_refuses_is_refused_before_the_rollout(edge):
+def test_a_deploy_naming_a_loopback_alias_serves_proxy_refuses_is_refused_before_the_rollout(edge, monkeypatch):
     """A redeploy with --host ncf.local (a name for 127.0.0.1) onto a Serve started on every
     address: its proxies refuse that name (421, the DNS-rebinding check), and the deploy's health
     probe, asking by it, met the 421 and undid a good rollout, exit 2 (a review of the deploys,
     session 67). The proxy is asked first, by that name, and the deploy refused before anything
-    changes; addresses and localhost pass."""
+    changes; addresses and localhost pass, unasked."""
     from serve.rollout import check_proxy_takes_name
 
     port = _port(edge)
@@ -477,9 +456,13 @@ def test_a_deploy_naming_a_loopback_alias_serves_proxy_refuses_is_refused_before
     for host in ("127.0.0.1", "localhost"):
         check_proxy_takes_name(running, host, port)
     check_proxy_takes_name(None, "anything.example", port)  # no Serve: nothing to ask
-    alias = _loopback_alias()
-    if alias is None:
-        pytest.skip("no loopback alias in /etc/hosts")
+    alias = "ncf-rebound.example"  # a name this machine resolves to 127.0.0.1, as /etc/hosts would
+    resolve = socket.getaddrinfo
+
+    def with_alias(host, *args, **kwargs):
+        return resolve("127.0.0.1" if host == alias else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", with_alias)
     with pytest.raises(InputError) as refused:
         check_proxy_takes_name(running, alias, port)
     assert str(refused.value) == (
