@@ -380,16 +380,16 @@ def model_version(path: str) -> Optional[str]:
         return None
 
 
-def not_evaluated(validated: str, report: str, rows_file: str) -> None:
-    """The report and rows of the model ``validated`` held before, replaced by a page saying its
-    new model is not evaluated and no rows: this run's training replaced the model, then stopped
-    before the evaluation (the refit failed or was stopped after the validated export), and the
-    previous run's figures would pass for the new model's. A failure here is said, not raised:
-    the training's own error is under way."""
+def not_evaluated(version: str, report: str, rows_file: str) -> None:
+    """The report and rows of the model the validated output held before, replaced by a page
+    saying its new model (``version``) is not evaluated and no rows: this run's training replaced
+    the model, then stopped before the evaluation (the refit failed or was stopped after the
+    validated export), and the previous run's figures would pass for the new model's. A failure
+    here is said, not raised: the training's own error is under way."""
     try:
-        write_not_evaluated(report, ModelDir(validated).version)
+        write_not_evaluated(report, version)
         write_text(rows_file, "")
-    except (OSError, InputError, ValueError, KeyError) as e:
+    except OSError as e:
         print(f"[demo] could not mark {report} as not evaluated ({e})", file=sys.stderr, flush=True)
 
 
@@ -495,8 +495,9 @@ def main(argv=None) -> list:
                 ]
             )
         except BaseException:
-            if model_version(validated) not in (None, validated_before):  # the refit failed after the export
-                not_evaluated(validated, report, evaluation)
+            exported = model_version(validated)
+            if exported not in (None, validated_before):  # the refit failed after the validated export
+                not_evaluated(exported, report, evaluation)
             raise
 
         _stage(3, "evaluate the validated model on the held-out weeks against the baselines; HTML report", started)

@@ -420,6 +420,17 @@ def _date(day: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(int(day) * DAY))
 
 
+def _days_in_order(days: np.ndarray, counts: np.ndarray, gap_days: float) -> Tuple[np.ndarray, np.ndarray, float]:
+    """(the days sorted, the rows up to each, the gap in days that still joins two of them:
+    ``max(gap_days, 3 x the median gap)``): :func:`future_bound`'s and
+    :func:`rows_before_the_bulk`'s reading of the rows per day."""
+    order = np.argsort(days)
+    days, counts = np.asarray(days, np.int64)[order], np.asarray(counts, np.int64)[order]
+    gaps = np.diff(days)
+    allowed = max(gap_days, GAP_MEDIANS * float(np.median(gaps))) if gaps.size else gap_days
+    return days, np.cumsum(counts), allowed
+
+
 def future_bound(days: np.ndarray, counts: np.ndarray, gap_days: float) -> Optional[int]:
     """The first epoch second that counts as far in the future, from the good rows per day.
 
@@ -433,15 +444,11 @@ def future_bound(days: np.ndarray, counts: np.ndarray, gap_days: float) -> Optio
     Example: purchases every day of 2024-01..03 and one row on 2099-01-01 -> the bound is
     2024-04-01T00:00:00Z (the end of the last day of March), and the 2099 row is beyond it.
     """
-    order = np.argsort(days)
-    days, counts = np.asarray(days, np.int64)[order], np.asarray(counts, np.int64)[order]
+    days, cumulative, allowed = _days_in_order(days, counts, gap_days)
     if days.size == 0:
         return None
-    cumulative = np.cumsum(counts)
     rank = min(np.ceil(BULK_QUANTILE * cumulative[-1]), cumulative[-1] - 1) if cumulative[-1] > 1 else 1
     start = int(np.searchsorted(cumulative, rank, side="left"))
-    gaps = np.diff(days)
-    allowed = max(gap_days, GAP_MEDIANS * float(np.median(gaps))) if gaps.size else gap_days
     end = start
     while end + 1 < days.size and days[end + 1] - days[end] <= allowed:
         end += 1
@@ -458,15 +465,11 @@ def rows_before_the_bulk(days: np.ndarray, counts: np.ndarray, gap_days: float) 
 
     Example: purchases every day of 2017 and 50 rows on 2000-01-01 -> (50, 2000-01-01, 2017-01-01).
     """
-    order = np.argsort(days)
-    days, counts = np.asarray(days, np.int64)[order], np.asarray(counts, np.int64)[order]
-    cumulative = np.cumsum(counts)
+    days, cumulative, allowed = _days_in_order(days, counts, gap_days)
     if days.size < 2 or cumulative[-1] < 2:
         return None
     rank = min(max(np.floor(EARLY_QUANTILE * cumulative[-1]) + 1, 2), cumulative[-1])
     begin = int(np.searchsorted(cumulative, rank, side="left"))
-    gaps = np.diff(days)
-    allowed = max(gap_days, GAP_MEDIANS * float(np.median(gaps)))
     while begin > 0 and days[begin] - days[begin - 1] <= allowed:
         begin -= 1
     return None if begin == 0 else (int(cumulative[begin - 1]), int(days[0]), int(days[begin]))
