@@ -36,6 +36,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import shutil
 import socket
 import stat
@@ -168,11 +169,12 @@ PATHS = ("final", "staged", "parked")  # what a swap's journal names
 RELATIVE = "relative_to_journal"
 
 
-def swap(staged: str, final: str, parked: str, journal: str) -> None:
+def swap(staged: str, final: str, parked: str, journal: str, root: Optional[str] = None) -> None:
     """Replaces ``final`` (absent, a directory or a file) by the complete directory ``staged``.
 
     ``parked`` (where the old ``final`` waits until the new one is in place) and ``staged`` must
-    be on ``final``'s file system. The caller holds the target's lock.
+    be on ``final``'s file system. The caller holds the target's lock. ``root``: the folder all
+    three lie in (:func:`journal_record`).
     """
     fsync_tree(staged)
     fsync_parent(staged)
@@ -181,29 +183,59 @@ def swap(staged: str, final: str, parked: str, journal: str) -> None:
     base = os.path.dirname(os.path.abspath(journal))
     paths = {k: os.path.abspath(p) for k, p in zip(PATHS, (final, staged, parked))}
     record = {**paths, RELATIVE: {k: os.path.relpath(p, base) for k, p in paths.items()}, "started": time.time()}
+    checked = journal_record(journal, root, record)  # a swap only ever writes what a roll-forward accepts
     write_json(journal, record)
     fsync_parent(journal)
-    _finish(journal_record(journal), journal)
+    _finish(checked, journal)
 
 
-def roll_forward(journal: str) -> Optional[Dict]:
+def roll_forward(journal: str, root: Optional[str] = None) -> Optional[Dict]:
     """Finishes the swap a dead run left (see :func:`swap`); returns its record, its paths
     absolute, or None when there was none. Idempotent: a crash during the roll-forward is
     finished by the next one."""
     if not os.path.exists(journal):
         return None
-    record = journal_record(journal)
+    record = journal_record(journal, root)
     _finish(record, journal)
     return record
 
 
-def journal_record(journal: str) -> Dict:
-    """A swap's journal, its paths absolute: written relative to the journal's directory (a
-    journal of older code holds absolute ones, taken as they are)."""
-    record = read_json(journal)
+def journal_record(journal: str, root: Optional[str] = None, record: Optional[Dict] = None) -> Dict:
+    """A swap's journal (``record``: as read from it), its paths absolute: written relative to
+    the journal's directory (a journal of older code holds absolute ones, taken as they are).
+
+    Refuses (InputError) a journal naming a path outside the swap's own: a roll-forward renames
+    and deletes what the journal names, so one planted in a folder several accounts write (or
+    left by a tree moved since) would move or delete another folder with the rights of whoever
+    reads next. Without ``root``, the swap is :func:`replacing`'s: ``NAME`` (from the journal's
+    name ``.NAME.swap.json``), its ``.NAME.staging-`` and ``.NAME.old-`` entries, beside the
+    journal. With ``root``: anything whose folder, symlinks resolved, is in ``root``."""
+    record = read_json(journal) if record is None else record
     base = os.path.dirname(os.path.abspath(journal))
     written = record.get(RELATIVE) or record  # older journals: absolute paths alone
-    return {**record, **{k: os.path.normpath(os.path.join(base, written[k])) for k in PATHS if k in written}}
+    try:
+        paths = {k: os.path.normpath(os.path.join(base, written[k])) for k in PATHS}
+    except (KeyError, TypeError, AttributeError):
+        raise InputError(f"{journal}: a swap's journal without its three paths; remove it") from None
+    for path in paths.values():
+        if not _swaps_own(path, journal, root):
+            raise InputError(
+                f"{journal}: names {path}, outside the swap it journals; not followed "
+                "(check who wrote it, then remove it)"
+            )
+    return {**record, **paths}
+
+
+def _swaps_own(path: str, journal: str, root: Optional[str]) -> bool:
+    folder, entry = os.path.split(path)
+    if root is not None:
+        return entry not in ("", ".", "..") and within(folder, root)
+    journal_folder, journal_name = os.path.split(os.path.abspath(journal))
+    target = re.fullmatch(r"\.(.+)\.swap\.json", journal_name)
+    if target is None or not os.path.isdir(folder) or not os.path.samefile(folder, journal_folder):
+        return False
+    names = _siblings(folder, target.group(1))
+    return entry == target.group(1) or entry.startswith((names["staging"], names["parked"]))
 
 
 def _finish(record: Dict, journal: str) -> None:
@@ -376,6 +408,19 @@ def _siblings(parent: str, name: str) -> Dict[str, str]:
     }
 
 
+def _new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+def _run_entry(entry: str, prefix: str) -> bool:
+    """Whether ``entry`` is ``prefix`` and a run's id (:func:`_new_run_id`)."""
+    return re.fullmatch(re.escape(prefix) + r"\d{8}T\d{6}-[0-9a-f]{8}", entry) is not None
+
+
+def _link_entry(entry: str, names: Dict[str, str]) -> bool:
+    return re.fullmatch(re.escape(names["link"]) + r"[0-9a-f]{8}", entry) is not None
+
+
 def finish_interrupted(final: str) -> bool:
     """Finishes the replacement of ``final`` that a dead run left between its two renames (the
     journal beside it, the new directory complete), as the next run writing ``final`` would, so
@@ -418,7 +463,8 @@ def remove_dead_runs(directory: str, name: str) -> List[str]:
         return []
     removed = []
     for entry in sorted(os.listdir(directory)):
-        dead = entry.startswith((names["staging"], names["parked"], names["link"]))
+        # By their whole shape: a prefix alone took another target's ("cj.staging-eu" for "cj").
+        dead = _run_entry(entry, names["staging"]) or _run_entry(entry, names["parked"]) or _link_entry(entry, names)
         if dead or is_temporary_of(entry, names["journal"]):  # a journal's temporary: a write killed midway
             if remove_or_say(os.path.join(directory, entry)):
                 removed.append(os.path.join(directory, entry))
@@ -451,7 +497,7 @@ def replacing(
     parent, name = os.path.split(final)
     os.makedirs(parent, exist_ok=True)
     names = _siblings(parent, name)
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    run_id = _new_run_id()
     with ExitStack() as held:
         held.enter_context(exclusive(names["lock"], final, wait_s=wait_s))
         if roll_forward(names["journal"]):

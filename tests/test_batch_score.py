@@ -1740,7 +1740,7 @@ def test_a_commit_finished_from_its_journal_of_the_same_plan_is_not_scored_again
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "the next run of this date finishes the commit (a run of the same plan then scores nothing again)" in line
     (journal,) = [n for n in os.listdir(os.path.join(output, commit.COMMIT)) if n.endswith(".json")]
-    staged = staging.journal_record(os.path.join(output, commit.COMMIT, journal))["staged"]
+    staged = staging.journal_record(os.path.join(output, commit.COMMIT, journal), root=output)["staged"]
     dead_run = commit.read_committed(staged)["run_id"]  # its _SUCCESS is in, the swap not done
 
     def never(self, *args, **kwargs):

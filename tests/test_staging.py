@@ -414,6 +414,69 @@ def test_a_swap_journal_is_finished_after_its_tree_moved(tmp_path):
     assert not [n for n in left if ".staging-" in n or ".old-" in n or n.endswith(".swap.json")], left
 
 
+@pytest.mark.faults
+@pytest.mark.parametrize("written", ["absolute", "relative"])
+def test_a_swap_journal_naming_a_folder_outside_its_swap_is_refused_and_the_folder_kept(tmp_path, written):
+    """Paths in a journal were followed as written: a journal planted in a models folder that
+    several accounts write made the next reader's roll-forward move another account's folder in
+    (``staged``), and a writer's delete one (``parked``: rmtree) (a review, 2026-12-08)."""
+    data = _fake_data(tmp_path)
+    shared, victim = tmp_path / "shared", tmp_path / "home" / "secret"
+    model = str(shared / "cj")
+    _save(model, data, "v1")
+    _write(str(victim / "id_rsa"))
+    journal = str(shared / ".cj.swap.json")
+    for key in ("staged", "parked"):
+        outside = str(victim) if written == "absolute" else os.path.relpath(victim, shared)
+        paths = {"final": "cj", "staged": ".cj.staging-x", "parked": ".cj.old-x", key: outside}
+        write_json(journal, {**{k: str(shared / v) for k, v in paths.items()}, staging.RELATIVE: paths, "started": 0})
+        if key == "staged":
+            os.rename(model, str(shared / ".cj.old-x"))  # final missing: readers finish the swap
+        with pytest.raises(InputError, match=f"names {victim}, outside the swap it journals"):
+            (directory.read_config if key == "staged" else lambda m: _save(m, data, "v2"))(model)
+        assert os.path.exists(victim / "id_rsa") and not os.path.exists(shared / "secret")
+        if key == "staged":
+            os.rename(str(shared / ".cj.old-x"), model)
+    os.remove(journal)  # what the refusal asks, once its writer is known
+    assert _save(model, data, "v2") and directory.read_config(model)["version"] == "v2"
+
+
+@pytest.mark.faults
+def test_a_commit_journal_naming_a_folder_outside_the_output_is_left_and_the_folder_kept(tmp_path):
+    """The nightly output's journals, in ``OUT/_commit``, were followed as written too: another
+    date's planted one moved or deleted any folder the nightly job's account may write."""
+    output, victim = str(tmp_path / "out"), tmp_path / "secret"
+    _write(str(victim / "keep"))
+    other = "run_date=2024-01-01"
+    journal = commit.journal_path(output, other)
+    os.makedirs(os.path.dirname(journal))
+    outside = {"final": str(tmp_path / "out" / other), "staged": str(tmp_path / "elsewhere"), "parked": str(victim)}
+    write_json(journal, outside)
+    messages = []
+    with commit.PartitionRun(output, PARTITION, "next", log=messages.append) as run:
+        _write(os.path.join(run.stage, "part-0.parquet"))
+        run.commit({"run_id": "next"})
+    assert os.path.exists(victim / "keep")
+    assert any(f"the commit a dead run of {other} left could not be finished" in m and "outside" in m for m in messages)
+    assert os.path.exists(journal)  # left to that date's run, which refuses it in the same words
+
+
+@pytest.mark.faults
+def test_a_runs_clean_up_leaves_another_targets_entries_whose_name_starts_like_its_own(tmp_path):
+    """Dead runs' entries were found by their name's start: a run writing ``cj`` removed the live
+    stage, the parked model, the journal and the lock of a target named ``cj.staging-eu``."""
+    data = _fake_data(tmp_path)
+    _save(str(tmp_path / "cj.staging-eu"), data, "v1")
+    theirs = [".cj.staging-eu.staging-20261208T000000-0123abcd", ".cj.staging-eu.old-20261208T000000-0123abcd"]
+    for name in theirs:
+        os.makedirs(tmp_path / name)
+    dead = ".cj.staging-20261201T000000-deadbeef"  # this target's own dead run
+    os.makedirs(tmp_path / dead)
+    _save(str(tmp_path / "cj"), data, "v1")
+    assert all(os.path.exists(tmp_path / name) for name in theirs + [".cj.staging-eu.lock"])
+    assert not os.path.exists(tmp_path / dead)
+
+
 class _Died(BaseException):
     pass
 

@@ -262,7 +262,7 @@ def refuse_if_running(output: str, partition: str) -> None:
 def recover(output: str, partition: str) -> Optional[str]:
     """Finishes the swap a dead run of ``partition`` left; the caller holds the partition's lock.
     Returns the committed partition's path when there was one to finish."""
-    record = roll_forward(journal_path(output, partition))
+    record = roll_forward(journal_path(output, partition), root=output)
     return record["final"] if record else None
 
 
@@ -349,7 +349,7 @@ def _pending_paths(output: str) -> set:
     for name in os.listdir(root) if os.path.isdir(root) else []:
         if name.endswith(".json"):
             try:
-                record = journal_record(os.path.join(root, name))
+                record = journal_record(os.path.join(root, name), root=output)
                 paths.update(record[k] for k in ("staged", "parked"))
             except FileNotFoundError:
                 continue  # that swap finished between the listing and the read: nothing of it pending
@@ -572,6 +572,7 @@ class PartitionRun:
             self.final,
             parked_path(self.output, self.partition, self.run_id),
             journal_path(self.output, self.partition),
+            root=self.output,
         )
         self.committed = True
         self.drop_transient()
