@@ -514,6 +514,12 @@ class CurrentMovedMeanwhile(RuntimeError):
         super().__init__(without_passwords(message))
 
 
+class RegisteredNotSettled(CurrentMovedMeanwhile):
+    """``register`` created its version, then the store failed before current was settled (the
+    lock busy past its wait, the server gone): the version stands, so a retry would register the
+    directory a second time; exit 1, the version and ``promote VERSION`` named."""
+
+
 class StoreUnreachable(StoreUnavailable, TryLater):
     """No tracking server answers at the store's address (exit 75: it may be restarting)."""
 
@@ -1440,14 +1446,16 @@ def track_model(
     tags = {k: v for k, v in (tags or {}).items() if v is not None}
     tags.setdefault("deployable", str(candidate).lower())  # refit/best-without-refit: true; validated: false
     try:
-        version = None
+        version, claimed = None, False
         registry = registry or Registry()
         read_config(model_dir)  # not a model directory: refused before a run is logged for it
         # Not where a deployable one would become current (nothing is): that goes through the first claim.
         deployable = tags["deployable"] == "true"
         already = None if candidate and registry.current() is None else registry.registered_as(model_dir, deployable)
         if already is not None:
-            log(f"{model_dir}: already version {already} of {registry.name}, the same model ({registry.uri})")
+            current = registry.current()
+            now = f"current is {current}" if current else "nothing is current"
+            log(f"{model_dir}: already version {already} of {registry.name}, the same model; {now} ({registry.uri})")
             return already
         # Before any run is logged: a metrics.json these cannot be made from leaves no run behind.
         metrics = checked_metrics(model_dir)
@@ -1471,6 +1479,7 @@ def track_model(
                 raise refused from None
         claim = {**tags, FIRST_CLAIM_TAG: "true"} if first else tags
         version = registry.register(model_dir, data, run_id, claim, directory_tags=directory_tags)
+        claimed = True
         promote_it = f"{MODELS_CLI} promote {version} makes it current"
         if first:
             _, current = registry.settle_first()
@@ -1483,19 +1492,23 @@ def track_model(
             promote = promote_it if candidate else f"{MODELS_CLI} promote VERSION makes a deployable one current"
             replaced = f"current is {current}, whose directory this one replaced"
             note = f"{replaced}: --model current is refused until {promote}"
+        elif candidate:
+            note = f"current is {current}; {promote_it}"  # nothing current makes this one the first claim
         else:
-            note = f"current is {current}; {promote_it}" if candidate and current else ""
+            note = f"current is {current}" if current else "nothing is current"
         log(f"{model_dir}: version {version} of {registry.name}{', ' + note if note else ''} ({registry.uri})")
         return version
     except Exception as e:
-        if strict or (isinstance(e, InputError) and not isinstance(e, StoreUnavailable)):
-            raise
         first_line = (str(e).strip().splitlines() or [""])[0]
         if version is not None:  # registered; the store failed before current could be settled
             later = f"{MODELS_CLI} promote {version} makes it current" if candidate else "it is not deployable"
             failed = f"{type(e).__name__}: {first_line}"
             message = f"registered as version {version}, current not settled ({failed}); {later}"
-        else:
+            if strict and claimed:  # said as a busy store (75), a retry registered the directory again
+                raise RegisteredNotSettled(f"{model_dir}: {message}; do not register it again") from e
+        if strict or (isinstance(e, InputError) and not isinstance(e, StoreUnavailable)):
+            raise
+        if version is None:
             later = _register_later(registry, model_dir, candidate)
             message = f"not recorded ({type(e).__name__}: {first_line}); record it later with {later}"
         print(f"[registry] {model_dir} {without_passwords(message)}", file=sys.stderr, flush=True)

@@ -515,7 +515,7 @@ def test_the_same_model_registered_again_is_the_version_it_already_is(store, tmp
     model = fake_model_dir(tmp_path, "best")
     assert reg.track_model(model, strict=True) == "1"
     assert reg.track_model(model, strict=True) == "1"
-    assert "already version 1 of" in capsys.readouterr().out
+    assert "already version 1 of advanced-ncf, the same model; current is 1 (" in capsys.readouterr().out
     assert reg.track_model(model, strict=True, candidate=False) == "2"  # recorded otherwise: not the same
     with open(os.path.join(model, WEIGHTS), "ab") as f:  # a resumed --name trained on: other weights
         f.write(b"more")
@@ -753,6 +753,7 @@ def test_a_validated_model_registered_by_hand_is_not_made_current(store, tmp_pat
     validated = fake_model_dir(tmp_path, "v1")
     assert models.main(["register", validated, "--not-deployable"]) == "1"
     assert store.current() is None and store.versions()[0]["deployable"] == "false"
+    assert "version 1 of advanced-ncf, nothing is current (" in capsys.readouterr().out  # README: names current
     assert models.main(["register", fake_model_dir(tmp_path, "v2")]) == "2"
     assert store.current() == "2"
     # Promoted by hand all the same: as asked, and said (running README's commands, 2026-12-05).
@@ -1701,6 +1702,29 @@ def test_a_move_that_stands_is_told_so_and_a_directory_replaced_during_its_check
         models.main(["promote", "2"])
     assert exit_info.value.code == 2 and "was replaced there by" in capsys.readouterr().err
     assert store.current() == "1"
+
+
+@pytest.mark.faults
+def test_a_register_whose_store_fails_after_its_version_names_it_and_is_not_try_later(
+    store, tmp_path, monkeypatch, capsys
+):
+    """``register`` created version 1 into an empty registry, then settling current met a busy
+    store: exit 75 (try later) without the version, and the retry registered the directory a
+    second time, nothing being current (a registry review, 2026-12-08)."""
+    model = fake_model_dir(tmp_path, "v1")
+
+    def busy(self):
+        raise reg.StoreBusy(f"tracking store {self.uri}: busy, another writer holds its database; try later")
+
+    monkeypatch.setattr(reg.Registry, "settle_first", busy)
+    with pytest.raises(SystemExit) as exit_info:
+        models.main(["register", model])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1, err
+    assert f"{model}: registered as version 1, current not settled (StoreBusy: " in err
+    assert "promote 1 makes it current; do not register it again" in err
+    monkeypatch.undo()
+    assert store.current() is None and [row["version"] for row in store.versions()] == ["1"]
 
 
 @pytest.mark.faults
