@@ -769,6 +769,35 @@ def test_a_refit_reports_no_best_validation_score(small_data, tmp_path):
     assert "run refit trained 3 epochs, more than the 1 its validated run chose now" in str(refused)
 
 
+@pytest.mark.faults
+def test_a_run_whose_loss_is_no_longer_a_number_stops_at_that_epoch(small_data, tmp_path):
+    """One step whose loss is NaN makes every weight NaN for good: a validated run trained
+    ``--patience`` more epochs and validated each, and a refit trained all its epochs, then failed
+    at the export, after the validated model's (a review of ncf/train, 2026-12-08)."""
+    from ncf.model.files import VAL_DIVERGED
+    from ncf.train.checkpoint import run_history
+    from ncf.train.loop import LOSS_DIVERGED
+    from ncf.train.trainer import refit_config, training_failure
+
+    data, _ = small_data
+    # Steps of 1e30 make the weights overflow float32 at the next step.
+    validated = TrainConfig(
+        data=data, model=SMALL_MODEL, batch_size=8, max_steps_per_epoch=3, epochs=3, patience=3, learning_rate=1e30
+    )
+    result = fit(validated, storage_path=str(tmp_path), name="validated", max_failures=0)
+    assert result.error is None, result.error
+    history = run_history(result)
+    assert [row["epoch"] for row in history] == [1], history
+    assert history[0][LOSS_DIVERGED] == 1.0 and history[0][VAL_DIVERGED] == 1.0, history
+    with pytest.raises(Exception) as failed:
+        fit(refit_config(validated, 2), storage_path=str(tmp_path), name="refit", max_failures=0)
+    refused = training_failure(failed.value)
+    assert isinstance(refused, InputError), failed.value
+    assert str(refused).startswith(
+        "the refit run diverged in epoch 1 (its loss is not a number at learning rate 1e+30)"
+    ), refused
+
+
 def test_the_other_ranks_wait_for_a_large_validation_sample():
     """Rank 0 validates alone while the others wait in a broadcast: --val-users 500000 on 10M
     households outlasted the fixed 30 minutes, and Ray retried the epoch twice, then failed (a

@@ -9,6 +9,7 @@ epochs and does not validate: its labels cover the validation weeks.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from ncf.data.examples import listed_rows, lists_digest
 from ncf.data.features import FEATURES_VERSION, Catalog
 from ncf.data.vocab import Vocabularies
 from ncf.device import check_gpu_usable
+from ncf.errors import InputError
 from ncf.evaluate.evaluation import full_ranking, model_fns, point_in_time_period, sample_users
 from ncf.model.advanced_ncf import model_from_weights
 from ncf.model.batch import Batch
@@ -216,6 +218,7 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
     w.model.train()
     loss_fn = torch.nn.BCEWithLogitsLoss()
     started, seen, lists, loss_sum, steps = time.time(), 0, 0, 0.0, 0
+    diverged_at = 0  # this rank's first step whose loss was not a number
     warm_at, warm_seen = None, 0
     batches = shard.iter_batches(
         batch_size=w.cfg.batch_size,
@@ -229,8 +232,12 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
         loss = training_step(w.model, w.optimizer, batch, loss_fn)
         seen += batch.num_candidates
         lists += table.num_rows
-        loss_sum += float(loss.detach())
+        step_loss = float(loss.detach())
+        loss_sum += step_loss
         steps += 1
+        if not diverged_at and not math.isfinite(step_loss):
+            diverged_at = steps
+            log(f"rank {w.rank} epoch {epoch} step {steps}: the loss is {step_loss} (diverged)")
         if steps == 1:  # the input pipeline's start and the first step's allocations end here
             warm_at, warm_seen = time.time(), seen
         if steps % 100 == 0:
@@ -252,8 +259,8 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
     elapsed = max(ended - started, 1e-9)
     # Every rank trained its own shard: the loss is the mean over all ranks' steps and the rates
     # count all ranks' candidates (rank 0's alone, scaled by the world size, were not the run's).
-    all_loss_sum, all_steps, all_seen, all_warm_seen, all_lists = summed_across_ranks(
-        [loss_sum, steps, seen, warm_seen, lists]
+    all_loss_sum, all_steps, all_seen, all_warm_seen, all_lists, diverged_ranks = summed_across_ranks(
+        [loss_sum, steps, seen, warm_seen, lists, float(diverged_at > 0)]
     )
     metrics = {
         "epoch": epoch,
@@ -269,7 +276,31 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
     if steps > 1:
         metrics["steady_examples_per_s"] = (all_seen - all_warm_seen) / max(ended - warm_at, 1e-9)
     metrics["steps"] = steps  # this rank's: every rank steps its equal share
+    if diverged_ranks:
+        metrics[LOSS_DIVERGED] = 1.0  # every rank's: each stops at this epoch's end
     return metrics
+
+
+# An epoch's metric, 1.0 where a step's loss was not a number on any rank: its weights are not
+# numbers from then on (one NaN gradient reaches the tables, the dense layers and their optimizer
+# states), so more epochs train nothing.
+LOSS_DIVERGED = "loss_diverged"
+
+
+def stop_diverged(w: Worker, state: Dict, epoch: int) -> None:
+    """Ends a run whose ``epoch`` diverged (:data:`LOSS_DIVERGED`): a validated run stops there,
+    its best epoch kept; a refit, which exports its last epoch, fails in one line (a retry from
+    its last checkpoint, with the same seeds and rate, diverges again)."""
+    rate = f"learning rate {w.cfg.learning_rate:g}"
+    if w.cfg.run != VALIDATED:
+        raise InputError(
+            f"the {w.cfg.run} run diverged in epoch {epoch} (its loss is not a number at {rate}): its model "
+            "would not be numbers; train it again with a lower learning rate (a new run name)"
+        )
+    state["stale"] = max(state["stale"], w.cfg.patience)
+    if w.rank == 0:
+        best = f"its best epoch stays {state['best_epoch']}" if state.get("best_epoch") else "no epoch to keep"
+        log(f"epoch {epoch} diverged (its loss is not a number at {rate}): training stops here, {best}")
 
 
 def training_batch(w: Worker, table, generator: torch.Generator) -> Batch:
@@ -437,15 +468,20 @@ def train_loop_per_worker(config: Dict) -> None:
         torch.manual_seed(dropout_seed)
         generator = torch.Generator().manual_seed(unknown_rows_seed)
         metrics = train_epoch(w, shard, epoch, generator, step_hook)
+        diverged = bool(metrics.get(LOSS_DIVERGED))
+        if diverged and w.cfg.run != VALIDATED:
+            stop_diverged(w, state, epoch)
         weights = full_state_dict(w.model)
         if w.read_rows is not None:
             w.listed_rows = w.read_rows  # validation ranks as the saved model will
-        if w.validation is not None:
-            metrics.update(validate(w, weights))
+        if w.validation is not None:  # weights that are not numbers rank nothing: not validated
+            metrics.update({VAL_METRIC: DIVERGED_SCORE, VAL_DIVERGED: 1.0} if diverged else validate(w, weights))
         if w.cfg.run != VALIDATED or _improved(w, metrics, state["best"]):
             state.update(best=metrics.get(VAL_METRIC, state["best"]), stale=0, best_epoch=epoch)
         else:
             state["stale"] += 1
+        if diverged:
+            stop_diverged(w, state, epoch)
         state["epoch"] = epoch
         if w.cfg.run == VALIDATED:  # a refit's best is the placeholder -1: reported, it read as a score
             metrics[BEST_VAL_METRIC] = state["best"]
