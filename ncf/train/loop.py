@@ -385,7 +385,7 @@ def report_checkpoint(w: Worker, state: Dict, metrics: Dict, weights: Optional[D
         if w.rank == 0:
             ckpt.write_checkpoint(tmp, weights, optimizer_state, state, w.read_rows)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=ckpt.persist_durably)
 
 
 def report_again(w: Worker, state: Dict) -> None:
