@@ -963,6 +963,30 @@ def test_a_kept_runs_verification_no_node_can_place_is_refused_not_left_waiting(
 
 
 @pytest.mark.faults
+def test_a_kept_runs_verification_asks_for_no_gpu_whatever_gpu_says(first_run, small_data, monkeypatch):
+    """Every part kept from a dead ``--gpu yes --verify`` run: the verification's task asks for
+    CPUs only, but its placement check took ``--gpu yes`` and refused ("no GPU") where the
+    autoscaler had removed the idle GPU nodes, and every rerun of the date the same way (a review
+    of ncf/batch, 2026-12-08). Here: the committed partition verified as a kept run's stage."""
+    output, summary = first_run
+    data, _ = small_data
+    manifest = {**partitions.read_manifest(output, summary["run_date"]), "scored_in": bs.KEPT_ONLY}
+    config = bs.BatchScoreConfig(model=manifest["model"], data=data, output=output, verify=3, gpu="yes")
+    stage = commit.partition_path(output, f"run_date={summary['run_date']}")
+    report = bs._verified(stage, manifest, dataclasses.replace(config, score_in="actors"), 0, lambda line: None)
+    assert report["ok"] and report["sampled_equal_to_recommend"] == 3, report
+
+
+@pytest.mark.faults
+def test_actors_of_more_cpus_than_a_node_has_are_refused_on_a_cluster_of_the_jobs_own(ray_session, monkeypatch):
+    """``RAY_ADDRESS=local`` starts the job's own cluster, which no autoscaler grows: actors of
+    more CPUs than any node has were said to wait for the autoscaler, then for 30 minutes."""
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    with pytest.raises(InputError, match="no node of the cluster has that many CPUs .*; ask for 2 or fewer"):
+        bs._check_an_actor_fits(3)
+
+
+@pytest.mark.faults
 def test_verify_reads_the_written_scores_cold_start_flags_and_model_version(first_run, small_data, tmp_path):
     """--verify compared the sampled users' product lists only: every score halved (the order
     kept), every household flagged a cold start, or another model's version on the rows passed."""

@@ -28,6 +28,7 @@ from ncf.data.product_stats import ProductStats
 from ncf.data.vocab import Vocabulary
 from ncf.device import check_gpu_usable
 from ncf.errors import InputError, raised_within
+from ncf.jsonio import temporary_name
 from ncf.model.integrity import data_fingerprint, model_fingerprint
 from ncf.rank.reasons import Reason
 from ncf.rank.recommender import Recommender
@@ -281,15 +282,16 @@ def part_position(name: str) -> Optional[int]:
 
 
 def write_part(table: pa.Table, stage: str, name: str) -> str:
-    """Writes one part under a hidden name of this process and renames it, so a part is whole
-    or absent, even where a leftover actor of a killed run writes the same batch into the stage
-    the next run continues (both write the same plan's part).
+    """Writes one part under a hidden name of its own and renames it, so a part is whole or
+    absent, even where a leftover actor of a killed run writes the same batch into the stage the
+    next run continues (both write the same plan's part; a name of the process id alone was
+    shared by two actors of one pid on two nodes, or containers, and their writes interleaved).
 
     The stage directory must exist: a leftover actor of a killed run then fails instead of
     recreating a directory the next run has cleaned.
     """
     final = os.path.join(stage, name)
-    hidden = os.path.join(stage, f".{name}.{os.getpid()}.tmp")
+    hidden = temporary_name(final)
     pq.write_table(table, hidden)
     os.replace(hidden, final)
     return final

@@ -298,7 +298,7 @@ def _actor_resources(
             f"no node up has a CPU yet (a head of 0 CPUs, as cluster.yaml's): {waiting} for the autoscaler "
             "to add workers (--actors N asks for N at once)"
         )
-    elif slots == 0:
+    elif slots == 0 and by_cpus > 0:  # CPUs too few: _check_an_actor_fits said so, memory is not why
         largest = max((n.get("memory", 0) for n in nodes), default=0) / 2**30
         short = f"no node of the cluster has the memory for one scoring actor {each}; the largest has {largest:.1f} GiB"
         if not joins_a_cluster():  # Ray Data would wait for it, the date's lock held
@@ -370,7 +370,7 @@ def _check_an_actor_fits(cpus_per_actor: float) -> None:
     short = (
         f"--cpus-per-actor {cpus_per_actor:g}: no node of the cluster has that many CPUs (the largest has {largest:g})"
     )
-    if not os.environ.get("RAY_ADDRESS"):
+    if not joins_a_cluster():  # RAY_ADDRESS=local too: the job's own cluster, no autoscaler
         raise InputError(f"{short}; ask for {largest:g} or fewer")
     _log(f"{short} now: the actors wait for the autoscaler to add one (Ray Data gives up after 30 minutes)")
 
@@ -831,7 +831,12 @@ def run_batch_scoring(
             # for the actors and the check, under the date's lock: a second run of the date that
             # started beside this one is refused before its own pass, not after it.
             replay_stats = None
-            if replay:
+            # A dead run's stage holding every part, not verified: nothing is ranked, so no pass
+            # (minutes, and tens of GB, at a billion purchases; its k was checked by that run).
+            rank_nothing = (
+                run.continued and not config.verify and len(_kept_parts(run.stage, named, config.k)) == len(named)
+            )
+            if replay and not rank_nothing:
                 try:
                     replay_stats = _replay_stats(config.data, at, log, in_a_task)
                     _check_k_known(config.k, replay_stats.lines, run_date)
@@ -1010,7 +1015,9 @@ def _verified(
     if on_a_worker and manifest["scored_in"] != "actors":
         # Every part kept from a dead run, so no pool was sized: a task no node of the job's own
         # cluster can place would wait for ever, the date's lock held (refused, as actors are).
-        _actor_resources(config.gpu, 1, config.actor_cpus, 1, memory)
+        # Placed on CPUs whatever --gpu says: --gpu yes refused it where the autoscaler had
+        # removed the idle GPU nodes, and every rerun of the date the same way.
+        _actor_resources("no", 1, config.actor_cpus, 1, memory)
     log(
         f"verifying the {manifest['parts']:,} staged parts before the commit (every row read, "
         f"{config.verify:,} sampled users ranked again"
@@ -1027,7 +1034,7 @@ def _verified(
             report = verify_parts(stage, manifest, manifest["data"], log=log, **check)
     except Exception as e:  # not KeyboardInterrupt, nor SystemExit (SIGTERM)
         # MODEL or DATA swapped in since the run started: what the sample's load raised is theirs.
-        changed = changed_inputs(config.model, config.data, tuple(manifest["inputs"])) if manifest["inputs"] else None
+        changed = _inputs_changed(config, manifest)
         if changed is not None:
             raise changed from None
         bad_input = input_error_in(e)  # MODEL or DATA refused as the sample's ranking loads them
@@ -1040,12 +1047,19 @@ def _verified(
             f"{kept}{_traceback_kept(e)}"
         ) from e
     if not report["ok"]:
-        raise VerificationFailed(report)
+        # MODEL or DATA swapped in since the run started, after the sample's load: theirs to say
+        # ("rerun"), not the scoring's.
+        raise _inputs_changed(config, manifest) or VerificationFailed(report)
     log(
         f"verified before the commit: {report['sampled_equal_to_recommend']} sampled users equal a fresh ranking"
         + (", their reasons too" if "sampled_reasons_equal_to_rank" in report else "")
     )
     return report
+
+
+def _inputs_changed(config: BatchScoreConfig, manifest: Dict) -> Optional[InputsChanged]:
+    """Whether MODEL or DATA changed since the run read them (:func:`changed_inputs`)."""
+    return changed_inputs(config.model, config.data, tuple(manifest["inputs"])) if manifest["inputs"] else None
 
 
 def _replay_stats(data: str, at: int, log: Callable[[str], None], in_a_task: bool = False) -> ProductStats:
