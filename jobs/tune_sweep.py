@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Optional
 
 from jobs.cli import (
     EXIT_INTERRUPTED,
@@ -158,14 +159,16 @@ def refuse_gpus_missing(args: argparse.Namespace) -> None:
     raise InputError(f"{trained} and this Ray cluster has too few: resume it where GPUs are{waits}")
 
 
-def gpus_at_once(args: argparse.Namespace) -> int:
+def gpus_at_once(args: argparse.Namespace, left: Optional[int] = None) -> int:
     """The GPUs the trials at once hold (``--concurrent``, or the count a resumed sweep started
     with; without either, one trial's): what ``--gpu-wait`` asks an autoscaling cluster for, so
-    that the trials-at-once count, read from the GPUs up when the sweep starts, is not one trial's."""
+    that the trials-at-once count, read from the GPUs up when the sweep starts, is not one trial's.
+    ``left``: a resumed sweep's :func:`trials_left`, where already read."""
     if args.resume:  # Tune's count; another --concurrent is refused now, before the wait asks for nodes
         settings = sweep_settings(args, use_gpu=False)
+        left = trials_left(settings) if left is None else left
         # At most the trials left: a resume to finish the export or refit runs none.
-        at_once = min(resumed_concurrency(settings, {}), max(1, trials_left(settings)))
+        at_once = min(resumed_concurrency(settings, {}), max(1, left))
     else:
         at_once = args.concurrent or 1
     return args.workers * max(1, min(at_once, args.trials))
@@ -215,12 +218,19 @@ def main(argv=None):
         init_ray()
         # Before --gpu-wait asks the autoscaler for GPUs: a job that is refused asks for nothing.
         with training_slot(f"jobs.tune_sweep {os.path.abspath(args.output)}"):
-            wanted = gpus_at_once(args)  # reads a resumed sweep's whole state: once
-            gpu = training_on_gpu(args, workers=args.workers, wait_for=wanted)
-            if auto and trained_on_gpus and not gpu:
-                refuse_gpus_missing(args)
-            if gpu:
-                check_gpus_for_trials_at_once(args, wanted, waited=gpu_wait_applies(args))
+            left = trials_left(resumed) if args.resume else None  # reads a resumed sweep's whole state: once
+            if left == 0 and not args.refit:
+                # It writes, exports and registers what the trials trained: no device is looked
+                # for (a GPU sweep finished, its export stopped: refused on the CPUs left once the
+                # autoscaler had removed the idle GPU nodes, whatever --gpu said).
+                gpu = bool(trained_on_gpus)
+            else:
+                wanted = gpus_at_once(args, left)
+                gpu = training_on_gpu(args, workers=args.workers, wait_for=wanted)
+                if auto and trained_on_gpus and not gpu:
+                    refuse_gpus_missing(args)
+                if gpu:
+                    check_gpus_for_trials_at_once(args, wanted, waited=gpu_wait_applies(args))
             settings = sweep_settings(args, use_gpu=gpu)
             try:
                 table = run_sweep(settings, resume=args.resume)

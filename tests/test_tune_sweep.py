@@ -204,6 +204,13 @@ def test_a_sweep_resumed_with_other_settings_is_refused_in_one_line(small_data, 
     write_json(layout.stats_path(data), stats)
     with pytest.raises(InputError, match=r"preprocessed again since .*sweep started \(its training lists differ\)"):
         started.check_resumes()
+    # While the sweep ran (a nightly preprocessing into the DATA a sweep of hours reads): each
+    # trial read DATA afresh, so later trials trained on the new lists beside the earlier ones'
+    # (a review of tune/, 2026-12-08). A trial refuses before it trains; so do the results.
+    from tune.trial import train_trial
+
+    with pytest.raises(InputError, match=r"preprocessed again while the sweep ran \(its training lists differ\)"):
+        train_trial({}, started, 1.0, 1)
     # A sweep an older version started recorded no digests: resumed as before.
     from tune.settings import DATA_DIGESTS
 
@@ -673,6 +680,38 @@ def test_a_set_count_of_trials_at_once_without_their_gpus_is_refused(tmp_path, m
     monkeypatch.delenv("RAY_ADDRESS")
     monkeypatch.setattr(tune_sweep, "report", lambda table, settings, args: "reported")
     assert tune_sweep.main([*common, "--concurrent", "2"]) == "reported"  # they fit: the sweep runs
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("gpu", ["auto", "no"])
+def test_a_finished_gpu_sweep_resumed_to_export_looks_for_no_gpu(small_data, tmp_path, monkeypatch, gpu):
+    """A GPU sweep stopped after Tune's loop, during its export: the resume trains nothing, but it
+    looked for GPUs all the same, and once the autoscaler had removed the idle GPU nodes every way
+    was closed (auto: "resume it where GPUs are"; no: "started with other settings"; a review of
+    tune/, 2026-12-08)."""
+    from jobs import tune_sweep
+    from tune import sweep as sweep_module
+
+    data, _ = small_data
+    output = str(tmp_path / "sweep")
+    SweepSettings(data=data, output=output, trials=2, use_gpu=True).record()
+    from ray import tune
+
+    tune.Tuner(  # Tune's own tuner.pkl, which a resume reads its trials-at-once count from
+        lambda config: None,
+        tune_config=tune.TuneConfig(max_concurrent_trials=2, num_samples=2),
+        run_config=tune.RunConfig(name="sweep", storage_path=os.path.join(output, "tune")),
+    )
+    swept = []
+    _swept_two_trials(
+        monkeypatch,
+        run_sweep=lambda settings, resume: swept.append(settings) or _sweep_table(["done", "done"]),
+        report=lambda table, settings, args: "reported",
+    )
+    monkeypatch.setattr(sweep_module, "saved_trials", lambda *args: 2)  # both trials ended
+    argv = ["--data", data, "--output", output, "--trials", "2", "--resume", "--gpu", gpu]
+    assert tune_sweep.main(argv) == "reported"
+    assert swept[-1].use_gpu is True  # as the trials trained: the sweep's own check of its settings passes
 
 
 @pytest.mark.faults

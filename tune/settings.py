@@ -157,19 +157,21 @@ def data_digests(data: str) -> dict:
     }
 
 
-def check_same_data(output: str, data: str, saved) -> None:
+def check_same_data(output: str, data: str, saved, running: bool = False) -> None:
     """Refuses a resume whose DATA was preprocessed again since the sweep started (``saved``:
-    its :func:`data_digests`; None: a sweep started before it was recorded): the finished
-    trials would be ranked beside trials of other lists in one table, and an old winner exported
-    with the new DATA's state."""
+    its :func:`data_digests`; None: a sweep started before it was recorded), or, ``running``, a
+    sweep's trial or results when it was while the sweep ran (a nightly preprocessing into the
+    DATA a sweep of hours reads): the finished trials would be ranked beside trials of other
+    lists in one table, and an old winner exported with the new DATA's state."""
     if saved is None:
         return
     current = data_digests(data)
     differ = [_DATA_PARTS[name] for name in current if saved.get(name) != current[name]]
     if differ:
+        when = "while the sweep ran" if running else f"since {output} started"
         raise InputError(
-            f"--resume: {data} was preprocessed again since {output} started (its {' and '.join(differ)} differ): "
-            "its finished trials trained on the DATA of then; start the sweep again with a new --output"
+            f"{'' if running else '--resume: '}{data} was preprocessed again {when} (its {' and '.join(differ)} "
+            "differ): its earlier trials trained on the DATA of then; start the sweep again with a new --output"
         )
 
 

@@ -39,7 +39,7 @@ from ncf.train.checkpoint import check_features_of_runs
 from ncf.train.trainer import cpu_nodes, data_cpus
 from tune.results import BEST, export_best, plot_sweep, results_table, winner, write_results
 from tune.search_space import data_limits, default_point, search_space, to_train_config
-from tune.settings import SweepSettings
+from tune.settings import DATA_DIGESTS, SweepSettings, check_same_data
 from tune.trial import base_config, train_trial
 
 TRIAL_CPU = 0.01  # the trial function only waits on its trainer; its workers hold the CPUs
@@ -506,6 +506,9 @@ def _write_sweep(grid, settings: SweepSettings) -> pd.DataFrame:
     here again at once (Tune restores them all, runs none), so it writes and exports them anew."""
     if finished_trials(grid) < settings.trials:  # Tune returns normally after Ctrl-C, with its state saved
         raise SweepInterrupted(stopped_words(grid, settings, "sweep interrupted"))
+    # Before a winner is chosen: trials that started before DATA was preprocessed again are not
+    # comparable with the others, and the winner's export would read the new DATA.
+    check_same_data(settings.output, settings.data, settings.recorded(DATA_DIGESTS), running=True)
     table = results_table(grid, settings.data, settings.train_dir)
     write_results(table, settings.output)
     plot_sweep(table, os.path.join(settings.output, "sweep.png"))

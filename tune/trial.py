@@ -14,7 +14,7 @@ from typing import Dict
 from ncf.train.config import TrainConfig
 from ncf.train.trainer import fit
 from tune.search_space import to_train_config
-from tune.settings import SweepSettings
+from tune.settings import DATA_DIGESTS, SweepSettings, check_same_data
 
 
 def base_config(settings: SweepSettings) -> TrainConfig:
@@ -39,6 +39,9 @@ def train_trial(point: Dict, settings: SweepSettings, cpu_budget: float, torch_t
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    # Each trial reads DATA afresh: one started after DATA was preprocessed again would train on
+    # other lists than the trials before it, in one table.
+    check_same_data(settings.output, settings.data, settings.recorded(DATA_DIGESTS), running=True)
     config = dataclasses.replace(to_train_config(point, base_config(settings)), torch_threads=torch_threads)
     fit(
         config,
