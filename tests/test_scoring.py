@@ -947,6 +947,23 @@ def _slow_pass_of(slow_day: int, monkeypatch):
     return entered, release, passes
 
 
+@pytest.mark.faults
+def test_a_retried_pass_serves_the_caller_that_asked_for_its_day_after_the_failed_try(recommender, monkeypatch):
+    """A's pass of a day failed and dropped it; B, waiting on A's lock, retried; C came between,
+    found no day, made a new entry and queued its own pass. B's pass succeeded but was kept for
+    nobody, and C ran a second full pass (minutes at a billion purchases; a review of ncf/rank,
+    2026-12-08)."""
+    rec = Recommender(recommender.ranker, recommender.version)
+    day = day_of(rec.state.end) - 86_400
+    retried, meanwhile = recommender_module._PastDay(), recommender_module._PastDay()
+    retried.recommender = Recommender(recommender.ranker, recommender.version)  # what B's pass computed
+    rec._days[day] = meanwhile  # C's entry
+    rec._settle(retried, day)
+    passes = []
+    monkeypatch.setattr(RankingState, "as_of", lambda *args, **kwargs: passes.append(args) or 1 / 0)
+    assert rec.as_of(day + 60) is retried.recommender and passes == []  # C takes B's, no second pass
+
+
 def _past_day(day, lock) -> None:
     day.lock, day.recommender = lock, None
 

@@ -327,8 +327,14 @@ class Recommender:
                     del self._days[day]
             elif day not in self._days:  # a retry by a caller that waited on a failed pass
                 self._days[day] = past
-            elif used_last:
-                self._days.move_to_end(day)
+            else:
+                other = self._days[day]
+                if other.recommender is None:
+                    # A retry whose failed first try dropped the day, which a later caller asked for
+                    # again meanwhile (a new entry, its pass queued): this pass is that caller's too.
+                    other.recommender = past.recommender
+                if used_last:
+                    self._days.move_to_end(day)
             self._forget_oldest_days()
 
     def _await_day(self, past: _PastDay, at: int, running: Optional[_BackgroundPass], wait_s: float) -> "Recommender":
