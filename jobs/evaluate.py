@@ -129,6 +129,7 @@ def main(argv=None, on_row: Optional[Callable[[dict], None]] = None) -> list:
             on_period=on_period,
             exclude_purchased=args.exclude_purchased,
             on_row=lambda row: _printed(labelled(row, handle), on_row),  # as each is computed
+            progress=lambda line: print(f"[evaluate] {line}", file=sys.stderr, flush=True),  # stdout: the rows
         )
         if args.report:
             ranker, period = on_period

@@ -871,8 +871,11 @@ def test_a_two_stage_rankings_candidates_come_with_it_a_chunk_at_a_time(monkeypa
         calls.append(users.tolist())
         return [Ranking(listed[u][:2], np.zeros(2), False, candidates=listed[u]) for u in users.tolist()]
 
-    frame = protocol.per_user_ranking(None, period, period.users, rank_many=rank_many)
+    monkeypatch.setattr(protocol, "PROGRESS_EVERY_S", 0.0)  # said after every chunk but the last
+    said = []
+    frame = protocol.per_user_ranking(None, period, period.users, rank_many=rank_many, progress=said.append)
     assert calls == [[1, 2], [3]] and frame.index.tolist() == [1, 2, 3]
+    assert len(said) == 1 and said[0].startswith("ranked 2 of 3 households ("), said
     assert frame["first_stage_recall"].tolist() == pytest.approx([2 / 3, 0.0, 1.0])
     assert frame["recall@10"].tolist() == pytest.approx([1 / 3, 0.0, 1.0])  # 1 of {1, 4, 6}; none; 2 and 3
 

@@ -140,7 +140,7 @@ def test_a_model_that_scores_nan_is_refused_not_ranked_in_its_candidates_order(r
         ranker.rank([user], [at], k=10)
     assert served.rank([user], [at], k=10)[0].products.size == 10  # the model itself still ranks
 
-    def full_ranking(rank, period, users, rank_many=None):
+    def full_ranking(rank, period, users, rank_many=None, progress=None):
         return rank_many(users, np.full(len(users), at), 10)
 
     monkeypatch.setattr(loop, "full_ranking", full_ranking)

@@ -284,6 +284,7 @@ def evaluate_all(
     on_period: Optional[tuple[Ranker, Period]] = None,
     exclude_purchased: bool = False,
     on_row: Optional[Callable[[Dict], None]] = None,
+    progress: Optional[Callable[[str], None]] = None,
 ) -> List[Dict]:
     """The model (unless ``model_dir`` is None), then each of ``baselines``, on the same
     households of the same period of ``data`` (``on_period``: :func:`model_on_period`'s result,
@@ -291,7 +292,8 @@ def evaluate_all(
     household bought before, and so do the relevant sets (see :func:`load_period`). ``on_row``:
     called with each row as soon as it is computed. With a model, each baseline's row carries its
     difference to the model, household by household, with the paired standard error
-    (``recall@10_minus_model``, ``recall@10_minus_model_se``, the same for NDCG@10)."""
+    (``recall@10_minus_model``, ``recall@10_minus_model_se``, the same for NDCG@10). ``progress``:
+    told how far the model's ranking is (:func:`ncf.evaluate.protocol.full_ranking`)."""
     boundaries = layout.DataStats(data).boundaries
     rows = []
     if model_dir is None:
@@ -308,7 +310,16 @@ def evaluate_all(
         _, score = model_fns(ranker, exclude_purchased)
         rank_many = model_two_stage(ranker, exclude_purchased)  # with its candidates: their coverage
         row, households = evaluate_households(
-            name, None, score, period, users, state.states, context.num_products, context.catalog, rank_many
+            name,
+            None,
+            score,
+            period,
+            users,
+            state.states,
+            context.num_products,
+            context.catalog,
+            rank_many,
+            progress=progress,
         )
         households = households[[m for m in PAIRED if m in households.columns]]  # all the baselines need of it
         rows.append(row)

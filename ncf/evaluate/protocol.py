@@ -42,6 +42,9 @@ BOUGHT_BEFORE = "bought_before"
 SAMPLED_NEGATIVES = 99
 # Households ranked per call of a ranking: their lists (and candidates) are held together.
 EVALUATION_CHUNK = 4096
+# How often a ranking of many households says how far it is (a validation with --val-users 0,
+# or the test weeks, at 10M households: hours).
+PROGRESS_EVERY_S = 60.0
 PAIRED = (f"recall@{K}", f"ndcg@{K}")  # the metrics a baseline's row compares with the model's, household by household
 
 RankFn = Callable[[int, int, int], np.ndarray]  # (user, at, depth) -> product indices
@@ -206,12 +209,14 @@ def full_ranking(
     states: Optional[UserStates] = None,
     rank_many: Optional[RankManyFn] = None,
     first_stage: Optional[FirstStageFn] = None,
+    progress: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, float]:
     """Mean metrics over ``users``, ranked one by one (``rank``) or many at a time (``rank_many``,
     the model's batched ranking path); with ``states``, also the repeat/explore split (products
     each user bought before its moment are read from its purchases); with ``first_stage``, a
-    two-stage scorer's candidates, their coverage of the relevant products."""
-    households = per_user_ranking(rank, period, users, states, rank_many, first_stage)
+    two-stage scorer's candidates, their coverage of the relevant products. ``progress``: told
+    how far the ranking is every :data:`PROGRESS_EVERY_S`."""
+    households = per_user_ranking(rank, period, users, states, rank_many, first_stage, progress)
     means = households.mean()  # NaN (no repeat/explore item) skipped
     return {name: float(means[name]) for name in means.index}
 
@@ -223,6 +228,7 @@ def per_user_ranking(
     states: Optional[UserStates] = None,
     rank_many: Optional[RankManyFn] = None,
     first_stage: Optional[FirstStageFn] = None,
+    progress: Optional[Callable[[str], None]] = None,
 ) -> pd.DataFrame:
     """:func:`full_ranking`'s metrics for each of ``users`` (a row each, in ``users``' order;
     columns named as :func:`full_ranking` names them), for comparisons paired by household.
@@ -238,9 +244,15 @@ def per_user_ranking(
     users = np.asarray(users, np.int64)
     at = np.array([period.first_visit[int(u)] for u in users], np.int64)
     rows = []
+    started = said = time.monotonic()
     for start in range(0, len(users), EVALUATION_CHUNK):
         chunk = slice(start, start + EVALUATION_CHUNK)
         rows += _household_metrics(rank, period, users[chunk], at[chunk], states, rank_many, first_stage)
+        now = time.monotonic()
+        if progress is not None and now - said >= PROGRESS_EVERY_S and len(rows) < len(users):
+            said, rate = now, len(rows) / (now - started)
+            left = (len(users) - len(rows)) / rate
+            progress(f"ranked {len(rows):,} of {len(users):,} households ({rate:,.0f}/s, about {left:,.0f} s left)")
     frame = pd.DataFrame(rows, index=pd.Index(users, name="user"))
     return frame[[m for m in _METRIC_NAMES if m in frame.columns]].rename(columns=_METRIC_NAMES)
 
@@ -409,15 +421,16 @@ def evaluate_households(
     rank_many: Optional[RankManyFn] = None,
     against: Optional[pd.DataFrame] = None,
     first_stage: Optional[FirstStageFn] = None,
+    progress: Optional[Callable[[str], None]] = None,
 ) -> tuple[Dict, pd.DataFrame]:
     """One result row: full ranking (with the repeat/explore split when ``states`` are given,
     the first stage's coverage with ``first_stage``) and, with ``score``, the sampled protocol;
     and the per-household metrics it averages.
     ``against``: another scorer's :func:`per_user_ranking` of the same households (the model's),
     to which the row adds ``recall@10_minus_model`` / ``ndcg@10_minus_model`` and their paired
-    standard errors."""
+    standard errors. ``progress``: see :func:`full_ranking`."""
     started = time.time()
-    households = per_user_ranking(rank, period, users, states, rank_many, first_stage)
+    households = per_user_ranking(rank, period, users, states, rank_many, first_stage, progress)
     means = households.mean()  # NaN (no repeat/explore item) skipped
     row = {"model": name, "split": period.name, "users": int(len(users)), **{m: float(means[m]) for m in means.index}}
     if against is not None and len(users) > 0:

@@ -336,7 +336,7 @@ def validate(w: Worker, weights: Dict[str, torch.Tensor]) -> Dict[str, float]:
     # Silent otherwise between the epoch's last step and its line: hours with --val-users 0 at 10M.
     log(f"rank {w.rank}: validating on {len(users):,} households (full ranking)")
     try:
-        metrics = full_ranking(None, period, users, rank_many=rank_many)
+        metrics = full_ranking(None, period, users, rank_many=rank_many, progress=lambda m: log(f"rank {w.rank}: {m}"))
     except ScoresNotANumber as diverged:
         # Never the best epoch (DIVERGED_SCORE > best is False, best starting there), nor a trial's
         # plausible score.

@@ -121,7 +121,9 @@ def train_evaluate_register(plan: TrainingPlan, progress: Callable[[str], float]
         f"exported in {time.time() - started:.0f} s; ranking the test weeks ({households}; the products' "
         "stats at their start first, a pass over every purchase)"
     )
-    test = evaluate_all(validated_dir, data, TEST, max_users=plan.test_users or None, baselines=())[0]
+    test = evaluate_all(validated_dir, data, TEST, max_users=plan.test_users or None, baselines=(), progress=progress)[
+        0
+    ]
     progress(f"ranked {test['users']:,} households of the test weeks in {time.time() - started:.0f} s")
     epochs = best_epoch(validated)
     written = written_dir(validated_dir, validated_version)
