@@ -55,7 +55,7 @@ from jobs.cli import (
     tcp_port,
 )
 from ncf.cluster import joins_a_cluster
-from ncf.errors import EXIT_TRY_LATER, InputError
+from ncf.errors import EXIT_TRY_LATER, InputError, TryLater
 from ncf.moments import DATA_END, NOW
 from ncf.rank.ranker import MAX_K
 from serve.app import app_of, replica_memory_bytes, serve_settings
@@ -189,6 +189,7 @@ def main(argv=None) -> dict:
             # Held from reading what Serve serves until the rollout is checked or undone: two
             # deploys at once undid each other's rollouts (serve.deploy_slot).
             slot = turn.enter_context(deploy_slot(f"jobs.deploy --model {app_args['model']}"))
+            _check_still_named(args, app_args["model"])
             before = _before_rollout(args)
         except (InputError, ValueError) as e:
             fail(str(e), exit_status(e))
@@ -208,6 +209,23 @@ def main(argv=None) -> dict:
         else:
             serve_until_stopped()
     return outcome
+
+
+def _check_still_named(args: argparse.Namespace, resolved: str) -> None:
+    """Refuses (TryLater) a registry reference (``current``) that names another model now than
+    when the job started: another deploy may have rolled that one out while this one waited for
+    the cluster and the slot (minutes on a loaded head), and this one would have rolled the older
+    model back out over it, both exiting 0."""
+    from ncf.registry import is_registry_ref
+
+    if not is_registry_ref(args.model):
+        return
+    now = check_model(args.model, verify=False)
+    if os.path.realpath(now) != os.path.realpath(resolved):
+        raise TryLater(
+            f"--model {args.model} named {resolved} when this deploy started and names {now} now (a promote or "
+            "rollback meanwhile): nothing deployed; deploy again to roll out what it names now"
+        )
 
 
 def _checked(args: argparse.Namespace, app_args: dict) -> ServeSettings:

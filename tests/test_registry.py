@@ -1728,6 +1728,26 @@ def test_a_register_whose_store_fails_after_its_version_names_it_and_is_not_try_
 
 
 @pytest.mark.faults
+def test_a_deploy_of_current_that_moved_while_it_waited_for_its_slot_is_try_later(store, tmp_path):
+    """`jobs.deploy --model current` resolved current before Ray started and the deploy slot was
+    taken (minutes on a loaded head): a promote and another deploy meanwhile, and this one rolled
+    the older model back out over the newer, both exiting 0 (a registry review, 2026-12-08). The
+    slot's holder resolves it again."""
+    import argparse
+
+    from jobs import deploy
+
+    old, new = fake_model_dir(tmp_path, "v1"), fake_model_dir(tmp_path, "v2")
+    for model in (old, new):
+        reg.track_model(model, strict=True)
+    models.main(["promote", "2"])
+    deploy._check_still_named(argparse.Namespace(model="current"), new)  # unchanged: goes on
+    deploy._check_still_named(argparse.Namespace(model=old), old)  # a path names what it names
+    with pytest.raises(TryLater, match=f"--model current named {old} when this deploy started and names {new} now"):
+        deploy._check_still_named(argparse.Namespace(model="current"), old)
+
+
+@pytest.mark.faults
 def test_a_tracking_server_that_stops_answering_midway_is_try_later(monkeypatch):
     """The registry probes a server when it opens; one that stopped answering after (a restart
     during a promote's minutes of verification) was exit 2, "do not retry" (a registry review,
