@@ -307,6 +307,21 @@ def test_the_mf_first_stage_works_on_the_models_device(indexed_model, device):
 
 
 @pytest.mark.faults
+def test_a_households_exact_mf_scores_do_not_depend_on_how_many_are_computed_with_it():
+    """BLAS sums a few rows with other kernels than a block of many: a household's exact MF list
+    depended on whether it was computed alone (a request), with a few (a batch of cold starts)
+    or in the warm-up (a review of ncf/rank, 2026-12-08: 9 of the first 64 block sizes differed
+    here in their last bits)."""
+    from ncf.rank.candidates import exact_mf_scores
+
+    generator = torch.Generator().manual_seed(0)
+    vectors, items = torch.randn(1024, 64, generator=generator), torch.randn(64, 5000, generator=generator)
+    together = exact_mf_scores(vectors, items)
+    for start, rows in [(0, n) for n in range(1, 65)] + [(100, 1), (100, 7), (500, 33)]:
+        alone = exact_mf_scores(vectors[start : start + rows], items)
+        assert torch.equal(alone, together[start : start + rows]), (start, rows)
+
+
 def test_a_search_among_few_allowed_rows_returns_them_all_in_exact_order(monkeypatch):
     """The filtered graph search visits about efSearch nodes and keeps the allowed ones: with 200
     of 20,000 rows allowed it came back 81% -1. A small allowed share is now ranked exactly; a

@@ -193,8 +193,23 @@ class MFFirstStage:
         if self._index is not None:
             found = self._index.search(vectors.cpu().numpy(), self.width, self._allowed)
             return self._product_of_row[np.maximum(found, 0)].astype(np.int32)
-        scores = (vectors @ self._items).add_(self._unknown_penalty)
+        scores = exact_mf_scores(vectors, self._items).add_(self._unknown_penalty)
         return torch.topk(scores, self.width, dim=1).indices.cpu().numpy().astype(np.int32)
+
+
+# Rows the exact lists' matmul takes at least: BLAS takes other kernels for a few rows (1 to 15
+# of them here), whose sums differ in their last bits from a larger block's, so a household's
+# list (its order, at times its members) depended on how many households were computed with it:
+# a request alone, a nightly batch of cold starts, the warm-up's last chunk.
+MIN_SCORED_ROWS = 32
+
+
+def exact_mf_scores(vectors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """U x P: ``vectors`` (U x D) times ``items`` (D x P), each row's sums the same whatever U."""
+    rows = vectors.shape[0]
+    if rows < MIN_SCORED_ROWS:
+        vectors = torch.cat([vectors, vectors.new_zeros(MIN_SCORED_ROWS - rows, vectors.shape[1])])
+    return (vectors @ items)[:rows]
 
 
 def _product_items(model: AdvancedNCF, rows: EmbeddingRows, device: torch.device) -> torch.Tensor:
