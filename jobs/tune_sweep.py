@@ -174,6 +174,27 @@ def gpus_at_once(args: argparse.Namespace, left: Optional[int] = None) -> int:
     return args.workers * max(1, min(at_once, args.trials))
 
 
+def gpus_for_trials_at_once(args: argparse.Namespace, wanted: int) -> bool:
+    """Whether a new sweep with ``--gpu auto`` trains on GPUs, which it does only where the
+    cluster has one for every worker of its ``--concurrent`` trials: on fewer it trains on CPUs,
+    said, as a training with fewer GPUs than workers does (``--gpu yes`` is refused instead:
+    :func:`check_gpus_for_trials_at_once`). Without ``--concurrent`` the GPUs up set the count."""
+    from ncf import device
+
+    up = device.cluster_gpus()
+    if not args.concurrent or up >= wanted:
+        return True
+    fits = up // args.workers
+    on_gpus = f"--concurrent {fits} trains on GPUs, " if fits else ""
+    print(
+        f"[gpu] --gpu auto: --concurrent {args.concurrent} needs {wanted} GPUs ({args.workers} workers a trial) and "
+        f"the Ray cluster has {up}: the trials train on CPUs ({on_gpus}--gpu yes refuses)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return False
+
+
 def check_gpus_for_trials_at_once(args: argparse.Namespace, wanted: int, waited: bool) -> None:
     """Refuses a set count of trials at once (``--concurrent``, or a resumed sweep's) whose GPUs
     the cluster has not: the trials without one waited for ever (Ray Train retries a worker
@@ -229,6 +250,8 @@ def main(argv=None):
                 gpu = training_on_gpu(args, workers=args.workers, wait_for=wanted)
                 if auto and trained_on_gpus and not gpu:
                     refuse_gpus_missing(args)
+                if gpu and auto and not args.resume and not gpu_wait_applies(args):
+                    gpu = gpus_for_trials_at_once(args, wanted)
                 if gpu:
                     check_gpus_for_trials_at_once(args, wanted, waited=gpu_wait_applies(args))
             settings = sweep_settings(args, use_gpu=gpu)

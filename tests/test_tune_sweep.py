@@ -680,6 +680,15 @@ def test_a_set_count_of_trials_at_once_without_their_gpus_is_refused(tmp_path, m
     monkeypatch.delenv("RAY_ADDRESS")
     monkeypatch.setattr(tune_sweep, "report", lambda table, settings, args: "reported")
     assert tune_sweep.main([*common, "--concurrent", "2"]) == "reported"  # they fit: the sweep runs
+    # --gpu auto, the default, is never refused for the GPUs it finds: it trains on CPUs, said
+    # (a review of tune/, 2026-12-08: a command that ran on a CPU cluster was refused on one with 2 GPUs).
+    swept = []
+    monkeypatch.setattr(tune_sweep, "run_sweep", lambda settings, resume: swept.append(settings) or _sweep_table([]))
+    capsys.readouterr()
+    assert tune_sweep.main([*common[:-2], "--concurrent", "3"]) == "reported" and swept[-1].use_gpu is False
+    assert "[gpu] --gpu auto: --concurrent 3 needs 3 GPUs (1 workers a trial) and the Ray cluster has 2: the " in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.faults
