@@ -1242,8 +1242,8 @@ class Registry:
                     f"or promote a version ({MODELS_CLI} promote VERSION)"
                 )
             return self.path_of(version)
-        match = re.fullmatch(r"models:/([^/@:]+)(?:/(\d+)|@([\w-]+))", ref)
-        if not match:
+        match = re.fullmatch(r"models:/([^/@:'\"`]*[^/@:'\"`\s][^/@:'\"`]*)(?:/(\d+)|@([\w-]+))", ref)
+        if not match:  # a name Registry refuses too: said of the reference, not of a --name never given
             raise InputError(f"{ref}: not a model reference (current, models:/NAME/VERSION or models:/NAME@ALIAS)")
         name, number, alias = match.groups()
         registry = self if name == self.name else Registry(self.uri, name)

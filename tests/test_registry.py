@@ -1104,6 +1104,8 @@ def test_an_empty_uri_a_name_references_cannot_name_and_a_version_past_int64_are
         (["list", "--tracking-uri", " "], "--tracking-uri is empty"),
         *((["--name", f"shop{c}2", "list"], f"--name 'shop{c}2': a registered model's name") for c in "@/:"),
         (["resolve", "models:/shop:2/1"], "models:/shop:2/1: not a model reference"),
+        (["resolve", "models:/o'brien/1"], "models:/o'brien/1: not a model reference"),  # was: --name "o'brien"
+        (["resolve", "models:/ /1"], "models:/ /1: not a model reference"),
         (["promote", "99999999999999999999"], "no version 99999999999999999999 of advanced-ncf"),
         (["resolve", f"models:/advanced-ncf/{2**63}"], f"no version {2**63} of advanced-ncf"),
     ]
