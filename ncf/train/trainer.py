@@ -221,6 +221,9 @@ def fit(
     resumed = resumed_checkpoint(run_folder) if run_folder else None
     if resumed is not None:
         checkpoint_dir, saved = resumed
+        size = sum(e.stat().st_size for e in os.scandir(checkpoint_dir) if e.is_file())
+        if size >= 1 << 30:  # its files are read whole for their checksums: minutes at 10M households
+            print(f"[train] checking the checkpoint to resume ({size / 2**30:.1f} GiB, {checkpoint_dir})", flush=True)
         check_readable(checkpoint_dir, saved)
         # A reused name resumes that run: refused here, in one line, if it trained another model
         # or on other vocabularies (the workers check again, for callers that bypass this).
