@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -949,19 +950,50 @@ def _slow_pass_of(slow_day: int, monkeypatch):
 
 @pytest.mark.faults
 def test_a_retried_pass_serves_the_caller_that_asked_for_its_day_after_the_failed_try(recommender, monkeypatch):
-    """A's pass of a day failed and dropped it; B, waiting on A's lock, retried; C came between,
-    found no day, made a new entry and queued its own pass. B's pass succeeded but was kept for
-    nobody, and C ran a second full pass (minutes at a billion purchases; a review of ncf/rank,
-    2026-12-08)."""
-    rec = Recommender(recommender.ranker, recommender.version)
+    """A's pass of a day fails and drops it; B, waiting on A's lock, retries; C comes between,
+    finds no day, makes a new entry and waits for the pass lock. B's pass was kept for nobody, and
+    C ran a second full pass (minutes at a billion purchases; a review of ncf/rank, 2026-12-08)."""
+    rec = Recommender(recommender.ranker, recommender.version)  # the Python API's: passes queue
     day = day_of(rec.state.end) - 86_400
-    retried, meanwhile = recommender_module._PastDay(), recommender_module._PastDay()
-    retried.recommender = Recommender(recommender.ranker, recommender.version)  # what B's pass computed
-    rec._days[day] = meanwhile  # C's entry
-    rec._settle(retried, day)
-    passes = []
-    monkeypatch.setattr(RankingState, "as_of", lambda *args, **kwargs: passes.append(args) or 1 / 0)
-    assert rec.as_of(day + 60) is retried.recommender and passes == []  # C takes B's, no second pass
+    original, passes, gates = RankingState.as_of, [], [threading.Event() for _ in range(3)]
+
+    def gated(state, cutoff, stats=None):
+        turn = len(passes)
+        passes.append(cutoff)
+        gates[turn].wait(30)
+        if turn == 0:
+            raise RuntimeError("the first pass fails")
+        return original(state, cutoff, stats)
+
+    monkeypatch.setattr(RankingState, "as_of", gated)
+    answers = {}
+
+    def ask(name):
+        try:
+            answers[name] = rec.as_of(day + 60)
+        except RuntimeError as e:
+            answers[name] = e
+
+    def until(condition):
+        deadline = time.monotonic() + 30
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    callers = {name: threading.Thread(target=ask, args=(name,)) for name in "ABC"}
+    callers["A"].start()
+    until(lambda: len(passes) == 1)
+    callers["B"].start()
+    time.sleep(0.3)  # B waits on A's lock of the day
+    gates[0].set()
+    until(lambda: len(passes) == 2)  # A failed; B's retry runs
+    callers["C"].start()
+    time.sleep(0.3)  # C, a new entry of the day, waits for the pass lock
+    gates[1].set()
+    gates[2].set()  # a third pass, were there one, would not wait
+    for caller in callers.values():
+        caller.join(30)
+    assert isinstance(answers["A"], RuntimeError) and len(passes) == 2, passes
+    assert answers["B"] is answers["C"] and answers["C"].state.end == day - 1
 
 
 def _past_day(day, lock) -> None:

@@ -252,6 +252,10 @@ class Recommender:
                 except BaseException:
                     self._settle(past, day)
                     raise
+                kept = self._kept_meanwhile(past, day)
+                if kept is not None:  # computed while this caller waited for the pass lock
+                    self._passes.lock.release()
+                    return kept
                 if self.pass_wait_s is None:
                     self._run_pass(past, day, stats)
                 else:  # its thread releases past.lock when the pass ends
@@ -262,6 +266,16 @@ class Recommender:
         finally:
             if in_the_background is None:
                 past.lock.release()
+
+    def _kept_meanwhile(self, past: _PastDay, day: int) -> Optional["Recommender"]:
+        """The day's recommender where another caller's pass computed it while this one waited
+        for the pass lock: a retry after a failed pass, whose day a later caller had asked for
+        again (a new entry) meanwhile. Each had run a full pass (minutes at a billion purchases)."""
+        with self._days_lock:
+            other = self._days.get(day)
+            if past.recommender is None and other is not None and other.recommender is not None:
+                past.recommender = other.recommender
+            return past.recommender
 
     def _start_pass(self, at: int) -> None:
         """Takes the pass lock (one pass at a time) once the last pass's share of time allows
