@@ -217,6 +217,12 @@ def journal_record(journal: str, root: Optional[str] = None, record: Optional[Di
         paths = {k: os.path.normpath(os.path.join(base, written[k])) for k in PATHS}
     except (KeyError, TypeError, AttributeError):
         raise InputError(f"{journal}: a swap's journal without its three paths; remove it") from None
+    if RELATIVE not in record and root is None:
+        # Older code wrote absolute paths alone, always of entries beside the journal: a tree moved
+        # since names them where they were (refused, its advice to remove the journal lost both).
+        paths = {
+            k: p if _swaps_own(p, journal, root) else os.path.join(base, os.path.basename(p)) for k, p in paths.items()
+        }
     for path in paths.values():
         if not _swaps_own(path, journal, root):
             raise InputError(

@@ -412,6 +412,15 @@ def test_a_swap_journal_is_finished_after_its_tree_moved(tmp_path):
     assert directory.read_config(str(after / "MODEL"))["version"] == "v2"  # a reader finishes it there
     left = [n for n in os.listdir(after) if not n.endswith(".lock")]  # locks stay (the module's docstring)
     assert not [n for n in left if ".staging-" in n or ".old-" in n or n.endswith(".swap.json")], left
+    # Older code's journal, absolute paths alone, in a tree moved since: its entries are beside it
+    # (refused as paths outside the swap, the refusal's advice to remove it lost both models).
+    older = {
+        k: str(before / v) for k, v in (("final", "MODEL"), ("staged", ".MODEL.staging-x"), ("parked", ".MODEL.old-x"))
+    }
+    os.rename(after / "MODEL", after / ".MODEL.old-x")
+    _save(str(after / ".MODEL.staging-x"), data, "v3")
+    write_json(str(after / ".MODEL.swap.json"), {**older, "started": 0})
+    assert directory.read_config(str(after / "MODEL"))["version"] == "v3"
 
 
 @pytest.mark.faults

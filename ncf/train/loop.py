@@ -26,7 +26,6 @@ from ncf.data.examples import listed_rows, lists_digest
 from ncf.data.features import FEATURES_VERSION, Catalog
 from ncf.data.vocab import Vocabularies
 from ncf.device import check_gpu_usable
-from ncf.errors import InputError
 from ncf.evaluate.evaluation import full_ranking, model_fns, point_in_time_period, sample_users
 from ncf.model.advanced_ncf import model_from_weights
 from ncf.model.batch import Batch
@@ -283,24 +282,31 @@ def train_epoch(w: Worker, shard, epoch: int, generator: torch.Generator, step_h
 
 # An epoch's metric, 1.0 where a step's loss was not a number on any rank: its weights are not
 # numbers from then on (one NaN gradient reaches the tables, the dense layers and their optimizer
-# states), so more epochs train nothing.
+# states), so more epochs train nothing. DIVERGED_EPOCH: the state's record of that epoch.
 LOSS_DIVERGED = "loss_diverged"
+DIVERGED_EPOCH = "diverged_epoch"
 
 
-def stop_diverged(w: Worker, state: Dict, epoch: int) -> None:
-    """Ends a run whose ``epoch`` diverged (:data:`LOSS_DIVERGED`): a validated run stops there,
-    its best epoch kept; a refit, which exports its last epoch, fails in one line (a retry from
-    its last checkpoint, with the same seeds and rate, diverges again)."""
+def trains_on(w: Worker, state: Dict) -> bool:
+    """Whether the run has an epoch left: within ``--epochs`` and ``--patience``, and not diverged
+    (a resume with a higher ``--patience`` trained NaN weights again)."""
+    return state["epoch"] < w.cfg.epochs and state["stale"] < w.cfg.patience and not state.get(DIVERGED_EPOCH)
+
+
+def say_diverged(w: Worker, state: Dict, epoch: int) -> None:
+    """The line of a run whose ``epoch`` diverged (:data:`LOSS_DIVERGED`), which ends there: a
+    validated run keeps its best epoch; a refit, whose last epoch is its model, has none to export
+    (:func:`ncf.train.trainer.refuse_diverged` fails it then, from the epoch's report, once:
+    raised in the workers, Ray Train retried the same epoch, with the same seeds and rate, twice;
+    resumed, the run ends there again)."""
+    if w.rank != 0:
+        return
+    kept = f"its best epoch stays {state['best_epoch']}" if state.get("best_epoch") else "no epoch to keep"
     rate = f"learning rate {w.cfg.learning_rate:g}"
-    if w.cfg.run != VALIDATED:
-        raise InputError(
-            f"the {w.cfg.run} run diverged in epoch {epoch} (its loss is not a number at {rate}): its model "
-            "would not be numbers; train it again with a lower learning rate (a new run name)"
-        )
-    state["stale"] = max(state["stale"], w.cfg.patience)
-    if w.rank == 0:
-        best = f"its best epoch stays {state['best_epoch']}" if state.get("best_epoch") else "no epoch to keep"
-        log(f"epoch {epoch} diverged (its loss is not a number at {rate}): training stops here, {best}")
+    log(
+        f"epoch {epoch} diverged (its loss is not a number at {rate}): training stops here, "
+        + (kept if w.cfg.run == VALIDATED else "nothing to export")
+    )
 
 
 def training_batch(w: Worker, table, generator: torch.Generator) -> Batch:
@@ -397,7 +403,8 @@ def report_again(w: Worker, state: Dict) -> None:
 
     log(f"rank {w.rank}: resumed after its last epoch ({state['epoch']}): its metrics reported again")
     checkpoint = ray.train.get_checkpoint() if w.rank == 0 else None
-    ray.train.report(state["history"][-1], checkpoint=checkpoint)
+    # Ray copies it again, as a new checkpoint, and drops the one it copied: flushed first too.
+    ray.train.report(state["history"][-1], checkpoint=checkpoint, checkpoint_upload_fn=ckpt.persist_durably)
 
 
 def _improved(w: Worker, metrics: Dict, best: float) -> bool:
@@ -460,17 +467,15 @@ def train_loop_per_worker(config: Dict) -> None:
     if ray.train.get_checkpoint():
         state = _restore(w, ray.train.get_checkpoint())
     shard = ray.train.get_dataset_shard("train")
-    if state["history"] and not (state["epoch"] < w.cfg.epochs and state["stale"] < w.cfg.patience):
+    if state["history"] and not trains_on(w, state):
         report_again(w, state)
-    while state["epoch"] < w.cfg.epochs and state["stale"] < w.cfg.patience:
+    while trains_on(w, state):
         epoch = state["epoch"] + 1
         dropout_seed, unknown_rows_seed = epoch_seeds(w.cfg.seed, w.rank, epoch)
         torch.manual_seed(dropout_seed)
         generator = torch.Generator().manual_seed(unknown_rows_seed)
         metrics = train_epoch(w, shard, epoch, generator, step_hook)
         diverged = bool(metrics.get(LOSS_DIVERGED))
-        if diverged and w.cfg.run != VALIDATED:
-            stop_diverged(w, state, epoch)
         weights = full_state_dict(w.model)
         if w.read_rows is not None:
             w.listed_rows = w.read_rows  # validation ranks as the saved model will
@@ -481,7 +486,8 @@ def train_loop_per_worker(config: Dict) -> None:
         else:
             state["stale"] += 1
         if diverged:
-            stop_diverged(w, state, epoch)
+            say_diverged(w, state, epoch)
+            state[DIVERGED_EPOCH] = epoch
         state["epoch"] = epoch
         if w.cfg.run == VALIDATED:  # a refit's best is the placeholder -1: reported, it read as a score
             metrics[BEST_VAL_METRIC] = state["best"]
