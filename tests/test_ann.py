@@ -306,7 +306,6 @@ def test_the_mf_first_stage_works_on_the_models_device(indexed_model, device):
     np.testing.assert_array_equal(exact.ranker.candidates.mf_top(users), expected)
 
 
-@pytest.mark.faults
 def test_a_households_exact_mf_scores_do_not_depend_on_how_many_are_computed_with_it():
     """BLAS sums a few rows with other kernels than a block of many: a household's exact MF list
     depended on whether it was computed alone (a request), with a few (a batch of cold starts)
@@ -322,6 +321,7 @@ def test_a_households_exact_mf_scores_do_not_depend_on_how_many_are_computed_wit
         assert torch.equal(alone, together[start : start + rows]), (start, rows)
 
 
+@pytest.mark.faults
 def test_a_search_among_few_allowed_rows_returns_them_all_in_exact_order(monkeypatch):
     """The filtered graph search visits about efSearch nodes and keeps the allowed ones: with 200
     of 20,000 rows allowed it came back 81% -1. A small allowed share is now ranked exactly; a
