@@ -33,7 +33,7 @@ from ncf.registry import track_sweep_model
 from ncf.splits import REFIT, VALIDATED
 from ncf.staging import Busy
 from ncf.train.slot import training_slot
-from ncf.train.trainer import TrainingInterrupted
+from ncf.train.trainer import RefitDiverged, TrainingInterrupted
 from tune.results import BEST, NoTrialFinished
 from tune.search_space import SEARCHED
 from tune.settings import SweepSettings
@@ -363,6 +363,12 @@ def report(table, settings: SweepSettings, args: argparse.Namespace):
             raise Busy(
                 f"{e}; SWEEP/best is exported ({registered(outcome['registered_version'])}); the refit's "
                 f"checkpoints are kept under {settings.train_dir}: the same command with --resume exports them"
+            ) from None
+        except RefitDiverged as e:  # the winner's learning rate, on the labels through the data's end
+            raise RefitDiverged(
+                f"{e}; SWEEP/best is exported ({registered(outcome['registered_version'])}), the validated winner: "
+                "train a deployment model with python -m jobs.train --refit, its settings (SWEEP/best/config.json) "
+                "and a lower --lr"
             ) from None
         except InputError:
             raise

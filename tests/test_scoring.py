@@ -948,12 +948,40 @@ def _slow_pass_of(slow_day: int, monkeypatch):
     return entered, release, passes
 
 
+class _CountedLock:
+    """A lock that counts the acquires asked of it (waiting ones included): a test waits for a
+    caller to block on it, not a guessed while."""
+
+    def __init__(self):
+        self.inner, self.asked = threading.Lock(), 0
+
+    def acquire(self, blocking=True):
+        self.asked += 1
+        return self.inner.acquire(blocking)
+
+    def release(self):
+        self.inner.release()
+
+    def locked(self):
+        return self.inner.locked()
+
+
+def _until(condition, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
 @pytest.mark.faults
 def test_a_retried_pass_serves_the_caller_that_asked_for_its_day_after_the_failed_try(recommender, monkeypatch):
     """A's pass of a day fails and drops it; B, waiting on A's lock, retries; C comes between,
     finds no day, makes a new entry and waits for the pass lock. B's pass was kept for nobody, and
-    C ran a second full pass (minutes at a billion purchases; a review of ncf/rank, 2026-12-08)."""
+    C ran a second full pass (minutes at a billion purchases; a review of ncf/rank, 2026-12-08).
+    Each step waits for the callers' locks, not for a guessed while."""
+    monkeypatch.setattr(recommender_module._PastDay, "__init__", lambda day: _past_day(day, _CountedLock()))
     rec = Recommender(recommender.ranker, recommender.version)  # the Python API's: passes queue
+    rec._passes.lock = _CountedLock()
     day = day_of(rec.state.end) - 86_400
     original, passes, gates = RankingState.as_of, [], [threading.Event() for _ in range(3)]
 
@@ -974,26 +1002,24 @@ def test_a_retried_pass_serves_the_caller_that_asked_for_its_day_after_the_faile
         except RuntimeError as e:
             answers[name] = e
 
-    def until(condition):
-        deadline = time.monotonic() + 30
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.01)
-
     callers = {name: threading.Thread(target=ask, args=(name,)) for name in "ABC"}
     callers["A"].start()
-    until(lambda: len(passes) == 1)
+    assert _until(lambda: len(passes) == 1)
+    first = rec._days[day]
     callers["B"].start()
-    time.sleep(0.3)  # B waits on A's lock of the day
+    assert _until(lambda: first.lock.asked == 2)  # B waits on A's lock of the day
     gates[0].set()
-    until(lambda: len(passes) == 2)  # A failed; B's retry runs
+    assert _until(lambda: len(passes) == 2)  # A failed and dropped the day; B's retry runs
     callers["C"].start()
-    time.sleep(0.3)  # C, a new entry of the day, waits for the pass lock
+    assert _until(lambda: rec._passes.lock.asked == 3)  # C: a new entry, waiting for the pass lock
+    newer = rec._days[day]
     gates[1].set()
     gates[2].set()  # a third pass, were there one, would not wait
     for caller in callers.values():
         caller.join(30)
     assert isinstance(answers["A"], RuntimeError) and len(passes) == 2, passes
-    assert answers["B"] is answers["C"] and answers["C"].state.end == day - 1
+    assert answers["B"] is answers["C"] is newer.recommender and answers["C"].state.end == day - 1
+    assert newer is not first and rec._days[day] is newer
 
 
 def _past_day(day, lock) -> None:

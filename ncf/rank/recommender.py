@@ -248,13 +248,11 @@ class Recommender:
         try:
             if past.recommender is None:
                 try:
-                    self._start_pass(at)
+                    kept = self._start_pass(past, day, at)
                 except BaseException:
                     self._settle(past, day)
                     raise
-                kept = self._kept_meanwhile(past, day)
                 if kept is not None:  # computed while this caller waited for the pass lock
-                    self._passes.lock.release()
                     return kept
                 if self.pass_wait_s is None:
                     self._run_pass(past, day, stats)
@@ -277,16 +275,23 @@ class Recommender:
                 past.recommender = other.recommender
             return past.recommender
 
-    def _start_pass(self, at: int) -> None:
+    def _start_pass(self, past: _PastDay, day: int, at: int) -> Optional["Recommender"]:
         """Takes the pass lock (one pass at a time) once the last pass's share of time allows
-        another; a recommender that does not queue passes raises :class:`PassBusy` instead."""
+        another; a recommender that does not queue passes raises :class:`PassBusy` instead. Where
+        another caller's pass computed the day meanwhile (:meth:`_kept_meanwhile`), returns it at
+        once, the lock released: no pass, no wait for the share."""
         if not self._passes.lock.acquire(blocking=self.queue_passes):
             raise self._busy(at, another_day=True)
         try:
-            self._wait_for_the_pass_share(at)
+            kept = self._kept_meanwhile(past, day)
+            if kept is None:
+                self._wait_for_the_pass_share(at)
         except BaseException:
             self._passes.lock.release()
             raise
+        if kept is not None:
+            self._passes.lock.release()
+        return kept
 
     def _run_pass(
         self, past: _PastDay, day: int, stats: Optional[ProductStats], in_the_background: bool = False
@@ -302,8 +307,12 @@ class Recommender:
             spent = time.monotonic() - started
             self._passes.last_s, self._passes.started = spent, None
             self._passes.next_at = time.monotonic() + spent * (1.0 / self.pass_share - 1.0)
-            self._passes.lock.release()
-            self._settle(past, day, used_last=in_the_background)
+            try:
+                # Kept (or handed over) before the next caller takes the pass lock, which then
+                # finds the day computed (_kept_meanwhile) instead of passing over it again.
+                self._settle(past, day, used_last=in_the_background)
+            finally:
+                self._passes.lock.release()
 
     def _start_in_the_background(self, past: _PastDay, day: int, stats: Optional[ProductStats]) -> _BackgroundPass:
         """:meth:`_run_pass` in a thread of its own, which releases ``past.lock`` when it ends."""

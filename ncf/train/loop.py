@@ -287,10 +287,18 @@ LOSS_DIVERGED = "loss_diverged"
 DIVERGED_EPOCH = "diverged_epoch"
 
 
+def diverged_epoch(state: Dict) -> Optional[int]:
+    """The epoch a run's ``state`` (a checkpoint's) diverged in, or None: its record, or a history
+    row's flag (checkpoints of this code's first version, which recorded no epoch)."""
+    if state.get(DIVERGED_EPOCH):
+        return int(state[DIVERGED_EPOCH])
+    return next((int(row["epoch"]) for row in state.get("history") or () if row.get(LOSS_DIVERGED)), None)
+
+
 def trains_on(w: Worker, state: Dict) -> bool:
     """Whether the run has an epoch left: within ``--epochs`` and ``--patience``, and not diverged
     (a resume with a higher ``--patience`` trained NaN weights again)."""
-    return state["epoch"] < w.cfg.epochs and state["stale"] < w.cfg.patience and not state.get(DIVERGED_EPOCH)
+    return state["epoch"] < w.cfg.epochs and state["stale"] < w.cfg.patience and diverged_epoch(state) is None
 
 
 def say_diverged(w: Worker, state: Dict, epoch: int) -> None:

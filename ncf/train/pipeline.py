@@ -30,7 +30,7 @@ from ncf.splits import REFIT, TEST, VALIDATED
 from ncf.train.checkpoint import best_checkpoint, export_model_dir, run_history
 from ncf.train.config import TrainConfig
 from ncf.train.tensorboard import write_history
-from ncf.train.trainer import best_epoch, fit, refit_config
+from ncf.train.trainer import RefitDiverged, best_epoch, fit, refit_config
 
 TEST_USERS = 100_000  # Complete Journey's test weeks hold 2,078 households: all of them
 
@@ -136,7 +136,12 @@ def train_evaluate_register(plan: TrainingPlan, progress: Callable[[str], float]
     )
     if not plan.refit:
         return plan.validated_dir
-    refit = fit(refit_config(config, epochs), name=f"{plan.name}-{REFIT}", **plan.fit_options)
+    try:
+        refit = fit(refit_config(config, epochs), name=f"{plan.name}-{REFIT}", **plan.fit_options)
+    except RefitDiverged as e:
+        raise RefitDiverged(
+            f"{e}; the validated model is at {plan.validated_dir}: train again with a lower --lr (a new --name)"
+        ) from None
     summary = {"validated_model": os.path.abspath(plan.validated_dir), "test": test, "best_epoch": epochs}
     progress(f"exporting the deployment model to {plan.output}")
     refit_version = f"{plan.stamp}-{REFIT}"

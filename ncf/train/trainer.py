@@ -45,7 +45,7 @@ from ncf.train.checkpoint import (
     training_settings,
 )
 from ncf.train.config import TrainConfig, check_refit_epochs
-from ncf.train.loop import DIVERGED_EPOCH, LOSS_DIVERGED, StepHook, train_loop_per_worker
+from ncf.train.loop import LOSS_DIVERGED, StepHook, diverged_epoch, train_loop_per_worker
 
 if TYPE_CHECKING:
     import ray.data
@@ -275,14 +275,18 @@ def fit(
     return result
 
 
+class RefitDiverged(InputError):
+    """A refit whose last epoch diverged: it ended there with no model to export."""
+
+
 def refuse_diverged(config: TrainConfig, result) -> None:
-    """Raises InputError (one line) for a refit whose last epoch diverged: it ended there with no
-    model to export (a validated run keeps its best epoch instead)."""
+    """Raises :class:`RefitDiverged` (one line) for a refit whose last epoch diverged (a
+    validated run keeps its best epoch instead)."""
     metrics = getattr(result, "metrics", None) or {}
     if config.run != VALIDATED and metrics.get(LOSS_DIVERGED):
-        raise InputError(
+        raise RefitDiverged(
             f"the {config.run} run diverged in epoch {metrics.get('epoch')} (its loss is not a number at learning "
-            f"rate {config.learning_rate:g}): it has no model to export; a lower learning rate trains it"
+            f"rate {config.learning_rate:g}): it has no model to export"
         )
 
 
@@ -291,10 +295,11 @@ def stopped_early(name: str, saved: Dict, config: TrainConfig) -> Optional[str]:
     epochs: it stopped early (``saved``, its checkpoint's state, counts ``patience`` epochs
     without a better validation), and more ``--epochs`` alone trained nothing, silently."""
     epoch, stale = int(saved.get("epoch", 0)), int(saved.get("stale", 0))
-    if saved.get(DIVERGED_EPOCH):
-        return (
-            f"run {name} diverged in epoch {saved[DIVERGED_EPOCH]} (its loss was not a number): nothing more is "
-            "trained; train again with a lower --lr under a new --name"
+    diverged = diverged_epoch(saved)
+    if diverged is not None:
+        kept = f"its best epoch, {saved['best_epoch']}, is kept" if saved.get("best_epoch") else "no epoch is kept"
+        return f"run {name} diverged in epoch {diverged} (its loss was not a number): nothing more is trained; " + (
+            kept if config.run == VALIDATED else "nothing to export"
         )
     if config.run != VALIDATED or stale < config.patience or config.epochs <= epoch:
         return None
