@@ -367,8 +367,9 @@ def report(table, settings: SweepSettings, args: argparse.Namespace):
         except RefitDiverged as e:  # the winner's learning rate, on the labels through the data's end
             raise RefitDiverged(
                 f"{e}; SWEEP/best is exported ({registered(outcome['registered_version'])}), the validated winner: "
-                "train a deployment model with python -m jobs.train --refit, its settings (SWEEP/best/config.json) "
-                "and a lower --lr"
+                "python -m jobs.train --refit trains a deployment model of its settings (--model-config: config.json's "
+                "model; --lr: lower than metrics.json's sweep row; its unknown_share, if not 0.05, is not an option "
+                "there)"
             ) from None
         except InputError:
             raise

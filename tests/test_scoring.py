@@ -994,6 +994,15 @@ def test_a_retried_pass_serves_the_caller_that_asked_for_its_day_after_the_faile
         return original(state, cutoff, stats)
 
     monkeypatch.setattr(RankingState, "as_of", gated)
+    settle, settled_under_the_pass_lock = rec._settle, []
+
+    def watched_settle(past, day, used_last=False):
+        if past.recommender is not None:  # a computed pass: handed over before the lock is free
+            settled_under_the_pass_lock.append(rec._passes.lock.locked())
+            time.sleep(0.2)  # a caller waiting for the pass lock would take it meanwhile
+        settle(past, day, used_last)
+
+    monkeypatch.setattr(rec, "_settle", watched_settle)
     answers = {}
 
     def ask(name):
@@ -1003,27 +1012,31 @@ def test_a_retried_pass_serves_the_caller_that_asked_for_its_day_after_the_faile
             answers[name] = e
 
     callers = {name: threading.Thread(target=ask, args=(name,)) for name in "ABC"}
-    callers["A"].start()
-    assert _until(lambda: len(passes) == 1)
-    first = rec._days[day]
-    callers["B"].start()
-    assert _until(lambda: first.lock.asked == 2)  # B waits on A's lock of the day
-    gates[0].set()
-    assert _until(lambda: len(passes) == 2)  # A failed and dropped the day; B's retry runs
-    callers["C"].start()
-    assert _until(lambda: rec._passes.lock.asked == 3)  # C: a new entry, waiting for the pass lock
-    newer = rec._days[day]
-    gates[1].set()
-    gates[2].set()  # a third pass, were there one, would not wait
-    for caller in callers.values():
-        caller.join(30)
+    try:
+        callers["A"].start()
+        assert _until(lambda: len(passes) == 1)
+        first = rec._days[day]
+        callers["B"].start()
+        assert _until(lambda: first.lock.asked == 2)  # B waits on A's lock of the day
+        gates[0].set()
+        assert _until(lambda: len(passes) == 2)  # A failed and dropped the day; B's retry runs
+        callers["C"].start()
+        assert _until(lambda: rec._passes.lock.asked == 3)  # C: a new entry, waiting for the pass lock
+        newer = rec._days[day]
+    finally:
+        for gate in gates:
+            gate.set()  # a third pass, were there one, would not wait
+        for caller in callers.values():
+            if caller.ident is not None:
+                caller.join(30)
     assert isinstance(answers["A"], RuntimeError) and len(passes) == 2, passes
+    assert settled_under_the_pass_lock == [True]
     assert answers["B"] is answers["C"] is newer.recommender and answers["C"].state.end == day - 1
     assert newer is not first and rec._days[day] is newer
 
 
 def _past_day(day, lock) -> None:
-    day.lock, day.recommender = lock, None
+    day.lock, day.recommender, day.running = lock, None, None
 
 
 @pytest.mark.faults

@@ -1,6 +1,7 @@
 """Ray Train: sharded 2-worker training learns; a crashed worker resumes from its checkpoint with
 its optimizer state; checkpoints load without unpickling."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -802,6 +803,27 @@ def test_a_run_whose_loss_is_no_longer_a_number_stops_at_that_epoch(small_data, 
     # same diverging epoch twice more first (its retries).
     with pytest.raises(InputError, match=r"^the refit run diverged in epoch 1 \(its loss is not a number at learning"):
         fit(refit_config(validated, 2), storage_path=str(tmp_path), name="refit")
+
+
+def test_a_diverged_runs_resume_says_what_is_kept_whichever_code_wrote_its_checkpoint():
+    """The diverged epoch is read from the state's record, or from the history's flag (checkpoints
+    of the first version, which recorded no epoch: resumed with a higher --patience they trained
+    NaN weights again); the line says what is kept, not "raise --patience"."""
+    from ncf.train.loop import DIVERGED_EPOCH, LOSS_DIVERGED, diverged_epoch
+    from ncf.train.trainer import stopped_early
+
+    first_version = {"epoch": 2, "stale": 1, "history": [{"epoch": 1}, {"epoch": 2, LOSS_DIVERGED: 1.0}]}
+    assert diverged_epoch(first_version) == 2 and diverged_epoch({"history": [{"epoch": 1}]}) is None
+    validated = TrainConfig(data="DATA", patience=5)
+    said = stopped_early("r", {**first_version, "best_epoch": 1}, validated)
+    assert (
+        said
+        == "run r diverged in epoch 2 (its loss was not a number): nothing more is trained; its best epoch, 1, is kept"
+    )
+    assert stopped_early("r", {"epoch": 1, DIVERGED_EPOCH: 1}, validated).endswith("; no epoch is kept")
+    refit = dataclasses.replace(validated, run="refit")
+    assert stopped_early("r", {"epoch": 1, DIVERGED_EPOCH: 1}, refit).endswith("; nothing to export")
+    assert stopped_early("r", {"epoch": 1, "stale": 0, "history": [{"epoch": 1}]}, validated) is None  # healthy
 
 
 def test_the_other_ranks_wait_for_a_large_validation_sample():

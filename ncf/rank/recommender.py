@@ -298,21 +298,21 @@ class Recommender:
     ) -> None:
         """The pass over the purchases for ``day`` (under ``past.lock`` and the pass lock, which
         it releases), then ``past`` kept or, failed, dropped for a later call to try again."""
-        started = self._passes.started = time.monotonic()
-        try:
-            # The MF product vectors shared: only the products known that day differ.
-            ranker = self.ranker.derived(state=self.state.as_of(day, stats))
-            past.recommender = Recommender(ranker, self.version)
-        finally:
-            spent = time.monotonic() - started
-            self._passes.last_s, self._passes.started = spent, None
-            self._passes.next_at = time.monotonic() + spent * (1.0 / self.pass_share - 1.0)
+        try:  # the pass lock released whatever stops this, a Ctrl-C in the bookkeeping too
+            started = self._passes.started = time.monotonic()
             try:
+                # The MF product vectors shared: only the products known that day differ.
+                ranker = self.ranker.derived(state=self.state.as_of(day, stats))
+                past.recommender = Recommender(ranker, self.version)
+            finally:
+                spent = time.monotonic() - started
+                self._passes.last_s, self._passes.started = spent, None
+                self._passes.next_at = time.monotonic() + spent * (1.0 / self.pass_share - 1.0)
                 # Kept (or handed over) before the next caller takes the pass lock, which then
                 # finds the day computed (_kept_meanwhile) instead of passing over it again.
                 self._settle(past, day, used_last=in_the_background)
-            finally:
-                self._passes.lock.release()
+        finally:
+            self._passes.lock.release()
 
     def _start_in_the_background(self, past: _PastDay, day: int, stats: Optional[ProductStats]) -> _BackgroundPass:
         """:meth:`_run_pass` in a thread of its own, which releases ``past.lock`` when it ends."""

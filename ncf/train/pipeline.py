@@ -140,7 +140,8 @@ def train_evaluate_register(plan: TrainingPlan, progress: Callable[[str], float]
         refit = fit(refit_config(config, epochs), name=f"{plan.name}-{REFIT}", **plan.fit_options)
     except RefitDiverged as e:
         raise RefitDiverged(
-            f"{e}; the validated model is at {plan.validated_dir}: train again with a lower --lr (a new --name)"
+            f"{e}; the validated model is at {plan.validated_dir}: a lower learning rate, under a new run name, "
+            "trains both again"
         ) from None
     summary = {"validated_model": os.path.abspath(plan.validated_dir), "test": test, "best_epoch": epochs}
     progress(f"exporting the deployment model to {plan.output}")
