@@ -209,3 +209,11 @@ def test_households_whose_period_purchases_are_all_outside_the_catalog_are_count
     period = load_period(states, "test", boundaries, catalog)
     assert list(period.truth) == [1] and period.only_new_products == 1
     assert load_period(states, "test", boundaries).only_new_products == 0
+    # Household 3 buys in the period only, never before it: not ranked (the protocol's households
+    # have purchases before it), and now counted (a review of ncf/evaluate, 2026-12-08: 7 such
+    # households of Complete Journey's test weeks were in no count).
+    household, product, ts = np.append(household, 3), np.append(product, 1), np.append(ts, 52 * DAY)
+    states = UserStates.from_purchases(household, product, ts, 4)
+    known = np.array([1, 2])  # ncf.data.catalog.households_before the period's start
+    period = load_period(states, "test", boundaries, catalog, known)
+    assert list(period.truth) == [1] and (period.only_new_products, period.without_history) == (1, 1)

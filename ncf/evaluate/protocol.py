@@ -75,6 +75,9 @@ class Period:
     # Households left out because every product they bought in the period is outside the catalog
     # (first bought at or after its start: no ranking of the catalog could find it).
     only_new_products: int = 0
+    # Households that bought in the period and never before it (outside ``households``: nothing to
+    # rank them from, by the protocol's definition): left out and counted.
+    without_history: int = 0
 
     @property
     def users(self) -> np.ndarray:
@@ -111,10 +114,11 @@ def load_period(
     ``exclude_purchased``: the rankings leave out what each household bought before its first
     visit, so those products are not relevant either (nor in the first basket); households with
     nothing else are left out and counted (``only_rebought``). Households whose purchases in the
-    period are all outside ``catalog`` are left out and counted too (``only_new_products``).
+    period are all outside ``catalog`` are left out and counted too (``only_new_products``), and so
+    are households outside ``households`` that bought in the period (``without_history``).
     """
     start, end = period_bounds(split, boundaries)
-    frame = _period_rows(states, start, end, households, exclude_purchased)
+    frame, without_history = _period_rows(states, start, end, households, exclude_purchased)
     first_visit = frame.groupby("user")["ts"].min()
     if catalog is not None:
         product = frame["product"].to_numpy()
@@ -144,25 +148,29 @@ def load_period(
         end,
         only_rebought,
         only_new_products,
+        without_history,
     )
 
 
 def _period_rows(
     states: UserStates, start: int, end: int, households: Optional[np.ndarray], bought_before: bool
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, int]:
     """(user, product, ts) of the purchases in [start, end) of ``households`` (all when None),
     in the state's order; with ``bought_before``, also whether the household had bought that
-    product before its first visit of the period. Read a chunk of whole households at a time: the
-    period is a few weeks of a log that may hold a billion purchases."""
+    product before its first visit of the period; and how many other households bought in it.
+    Read a chunk of whole households at a time: the period is a few weeks of a log that may hold
+    a billion purchases."""
     member = None
     if households is not None:
         member = np.zeros(states.num_users, bool)
         member[households[(households >= 0) & (households < states.num_users)]] = True
-    frames = []
+    frames, others = [], 0
     for users, products, ts in states.chunks():
         inside = (ts >= start) & (ts < end) & (users > 0)
         if member is not None:
-            inside &= member[users]
+            known = member[users]
+            others += len(np.unique(users[inside & ~known]))  # a chunk holds whole households
+            inside &= known
         frame = pd.DataFrame({"user": users[inside], "product": products[inside], "ts": ts[inside]})
         if bought_before:
             # A chunk holds whole households: everything each bought before its first visit.
@@ -171,8 +179,8 @@ def _period_rows(
         frames.append(frame)
     if not frames:
         columns = {"user": np.zeros(0, np.int64), "product": np.zeros(0, np.int64), "ts": np.zeros(0, np.int64)}
-        return pd.DataFrame({**columns, **({BOUGHT_BEFORE: np.zeros(0, bool)} if bought_before else {})})
-    return pd.concat(frames, ignore_index=True)
+        return pd.DataFrame({**columns, **({BOUGHT_BEFORE: np.zeros(0, bool)} if bought_before else {})}), others
+    return pd.concat(frames, ignore_index=True), others
 
 
 def _bought_before(
@@ -446,6 +454,8 @@ def evaluate_households(
         row["period_users_only_rebought"] = period.only_rebought
     if period.only_new_products:
         row["period_users_only_new_products"] = period.only_new_products
+    if period.without_history:
+        row["period_users_without_history"] = period.without_history
     if score is not None and states is not None:
         row.update(sampled_ranking(score, period, users, states, num_products, catalog=catalog))
     row["seconds"] = round(time.time() - started, 1)
