@@ -258,3 +258,15 @@ def test_data_end_of_a_log_of_dates_is_the_midnight_after_its_last_day(tmp_path,
     assert Recommender.moment(Rec(), None) == Recommender.moment(Rec(), "data-end") == data_end
     # Stats saved before the count: the last purchase's time alone, as before.
     assert after_the_data(midnight) == midnight + 86_400 and after_the_data(MOMENT) == MOMENT + 1
+
+
+def test_a_moment_of_sub_seconds_is_the_same_second_for_the_jobs_and_the_http_api():
+    """The jobs' and the Python API's moments went through a float that rounded 21.9999999 s up
+    to 22, where the HTTP ``at`` and ingest take 21: one moment ranked a second apart (a review of
+    the feature path, 2026-12-08)."""
+    from ncf.moments import to_epoch_seconds
+
+    text = "2017-11-27T04:01:21.9999999Z"
+    assert to_epoch_seconds(text) == parse_at(text) == 1511755281
+    assert to_epoch_seconds("2017-11-27T04:01:21") == 1511755281
+    assert to_epoch_seconds(pd.Timestamp("1969-12-31T23:59:59.5Z")) == -1  # down, not towards zero
