@@ -18,6 +18,7 @@ from jobs.cli import (
     init_ray,
     job_parser,
     one_line_errors,
+    refuse_bad_ray_address,
     refuse_empty_paths,
     refuse_unpacked_outputs,
     run_main,
@@ -44,7 +45,7 @@ from ncf.batch.scoring import (
 )
 from ncf.batch.verify import VerificationFailed
 from ncf.device import GPU_SETTINGS
-from ncf.errors import exit_on_sigterm
+from ncf.errors import InputError, exit_on_sigterm
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -149,6 +150,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _on_actors(config: BatchScoreConfig) -> bool:
+    """Whether the run scores on Ray's actors, where DATA reads (check_config says why not)."""
+    try:
+        return not resolve_score_in(config)
+    except InputError:
+        return False
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     with one_line_errors():
@@ -177,6 +186,8 @@ def main(argv=None) -> dict:
         # Read once: the checks below and the run must name one date, and the verification and
         # Ray's start between them can carry a second reading past midnight UTC into the next.
         now = time.time()
+        if _on_actors(config):  # before the minutes of verification below, not after them
+            refuse_bad_ray_address()
         # Before Ray starts; a date another live run holds is refused here (exit 75), before the
         # verification of MODEL and DATA reads every byte of both.
         try:

@@ -31,6 +31,21 @@ from ncf.errors import (
 )
 
 
+def refuse_bad_ray_address() -> None:
+    """Refuses (one line) a RAY_ADDRESS no job can start with, as far as that is known without a
+    cluster: a dashboard's (``http://``), or not an address. A job that reads minutes before it
+    starts Ray (the nightly job's verification of MODEL and DATA) asks this first."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address.startswith(("http://", "https://")):
+        # `ray job submit` reads the dashboard's address and gives its jobs the cluster's own.
+        raise InputError(
+            f"RAY_ADDRESS={address} is a dashboard address, which `ray job submit` reads; to run a job "
+            "directly on a running cluster, set RAY_ADDRESS to its head's address (HOST:6379), or submit it"
+        )
+    if joins_a_cluster():
+        check_ray_address(address)
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     """Joins the cluster a job was submitted to (RAY_ADDRESS), else starts a local one."""
     import ray
@@ -39,15 +54,9 @@ def init_ray(num_cpus: int | None = None) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = os.environ.get("RAY_ADDRESS", "")
-    if address.startswith(("http://", "https://")):
-        # `ray job submit` reads the dashboard's address and gives its jobs the cluster's own.
-        raise InputError(
-            f"RAY_ADDRESS={address} is a dashboard address, which `ray job submit` reads; to run a job "
-            "directly on a running cluster, set RAY_ADDRESS to its head's address (HOST:6379), or submit it"
-        )
+    refuse_bad_ray_address()
     local = not joins_a_cluster()
     if not local:
-        check_ray_address(address)
         check_head_answers(address)
     runtime_env = logs.configure(local=local, num_cpus=num_cpus)  # before Ray starts: its processes inherit it
     # ray.init installs a SIGTERM handler that exits with status 15, which a scheduler reads as a

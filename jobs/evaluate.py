@@ -111,6 +111,13 @@ def main(argv=None, on_row: Optional[Callable[[dict], None]] = None) -> list:
                 file=sys.stderr,
                 flush=True,
             )
+        if not args.baselines_only:  # silent minutes at 10M households otherwise
+            print(
+                f"[evaluate] loading {args.model} and the products' stats at the {args.split} period's start "
+                "(a pass over every purchase)",
+                file=sys.stderr,
+                flush=True,
+            )
         on_period = (
             None if args.baselines_only else model_on_period(args.model, args.data, args.split, args.exclude_purchased)
         )
@@ -185,9 +192,34 @@ def check_args(args: argparse.Namespace) -> None:
         # Before the evaluation's minutes: a report that could not be written is refused now.
         if os.path.lexists(args.report) and not os.path.isdir(args.report):
             raise InputError(f"--report {args.report}: exists and is not a directory")
-        check_parent(args.report)
+        ancestor = check_parent(args.report)
+        place = args.report if os.path.isdir(args.report) else ancestor
+        if not os.access(place, os.W_OK | os.X_OK):  # it failed at the first write, after minutes, exit 1
+            raise InputError(f"--report {args.report}: {place} is not writable by this account")
+        check_not_inside_an_output(args.report)
         # A registry reference is no path: checked once resolved (main).
         check_report_apart(args.report, None if is_registry_ref(args.model or "") else args.model, args.data)
+
+
+# What marks a folder as a model directory or a DATA: a report inside one adds a file its checks
+# refuse (a model's manifest holds every file), whichever model or DATA the evaluation reads.
+_OUTPUT_MARKERS = (("model directory", ("config.json", "model.pt")), ("DATA", ("stats.json", "vocab")))
+
+
+def check_not_inside_an_output(report: str) -> None:
+    """Refuses (one line) a report folder that is, or is inside, a model directory or a DATA:
+    `--report artifacts/model/cj` beside `--model artifacts/model/cj-validated` wrote
+    report.html into the deployment model, whose every verification, so every rollout and
+    nightly run, then refused it."""
+    folder = os.path.realpath(report)
+    while True:
+        for kind, markers in _OUTPUT_MARKERS:
+            if all(os.path.exists(os.path.join(folder, m)) for m in markers):
+                raise InputError(f"--report {report}: inside the {kind} {folder}; write the report somewhere else")
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return
+        folder = parent
 
 
 def check_report_apart(report: str | None, model: str | None, data: str) -> None:

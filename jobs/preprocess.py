@@ -256,7 +256,8 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def cache_dir(args: argparse.Namespace) -> str:
-    return DEFAULT_CACHE if args.cache is None else args.cache
+    """``--cache``, absolute: Ray's tasks read the dataset written there (see resolve_files)."""
+    return os.path.abspath(DEFAULT_CACHE if args.cache is None else args.cache)
 
 
 def built_in(args: argparse.Namespace) -> Tuple[str, Callable[[], tuple]]:

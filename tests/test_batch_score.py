@@ -978,6 +978,22 @@ def test_a_kept_runs_verification_asks_for_no_gpu_whatever_gpu_says(first_run, s
 
 
 @pytest.mark.faults
+def test_a_dashboard_ray_address_is_refused_before_the_verification_reads_every_byte(
+    small_model_dir, small_data, tmp_path, monkeypatch, capsys
+):
+    """The README's `export RAY_ADDRESS=http://127.0.0.1:8265` (for `ray job submit`), then the
+    nightly job run directly: refused only when Ray started, after the minutes of verifying every
+    byte of MODEL and DATA (a review of the jobs' CLI, 2026-12-08)."""
+    data, _ = small_data
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    monkeypatch.setattr(batch_score, "check_config", lambda *args, **kwargs: pytest.fail("verified first"))
+    with pytest.raises(SystemExit) as exit_info:
+        batch_score.main(_argv(small_model_dir, data, str(tmp_path / "out"), "--score-in", "actors"))
+    assert exit_info.value.code == 2
+    assert "RAY_ADDRESS=http://127.0.0.1:8265 is a dashboard address" in capsys.readouterr().err
+
+
+@pytest.mark.faults
 def test_actors_of_more_cpus_than_a_node_has_are_refused_on_a_cluster_of_the_jobs_own(ray_session, monkeypatch):
     """``RAY_ADDRESS=local`` starts the job's own cluster, which no autoscaler grows: actors of
     more CPUs than any node has were said to wait for the autoscaler, then for 30 minutes."""

@@ -264,6 +264,10 @@ def _cases(p: dict, out: str) -> list:
             ["--model", p["other"], "--data", p["other"], "--report", p["other"] + "/r"],
             ["overlaps --model"],
         ),
+        # Found by the CLI review of 2026-12-08: a report inside another model than the one
+        # evaluated (the deployment model beside the validated one) broke that model's rollouts.
+        ("evaluate", ["--model", p["other"], "--data", p["other"], "--report", p["model"] + "/r"], ["inside the mod"]),
+        ("evaluate", ["--model", p["other"], "--data", p["other"], "--report", p["state"]], ["inside the DATA"]),
         (
             "evaluate",
             ["--model", p["other"], "--data", p["other"], "--report", out, "--ablations", p["list.jsonl"]],

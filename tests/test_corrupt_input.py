@@ -133,3 +133,14 @@ def test_a_file_named_with_brackets_is_a_file_not_a_glob(tmp_path):
     assert schema.resolve_files(str(named)).paths == [str(named)]
     (tmp_path / "logs 2.csv").write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
     assert schema.resolve_files(str(tmp_path / "logs [0-9].csv")).paths == [str(tmp_path / "logs 2.csv")]
+
+
+def test_input_files_given_relative_are_handed_on_absolute(tmp_path, monkeypatch):
+    """Ray's read tasks open the files in their worker's folder (where `ray start` ran, without a
+    job's working directory), not the driver's: `--input logs/*.csv` passed every check, then the
+    tasks found no such file (a review of the jobs' CLI, 2026-12-08)."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "a.csv").write_text("user_id,product_id,timestamp\nu1,p1,2024-01-01\n")
+    monkeypatch.chdir(tmp_path)
+    for spec in ("logs/a.csv", "logs", "logs/*.csv"):
+        assert schema.resolve_files(spec).paths == [str(tmp_path / "logs" / "a.csv")], spec

@@ -366,7 +366,9 @@ def resolve_files(spec: str) -> InputFiles:
     else:
         raise InputError(f"{spec}: no such file or directory")
     _refuse_entries_not_files(spec, paths)
-    paths = _each_file_once(paths)
+    # Absolute: Ray's tasks open them, in the folder their worker runs in (where `ray start` ran,
+    # where no job's working directory is given), not the driver's.
+    paths = [os.path.abspath(p) for p in _each_file_once(paths)]
     if not paths:
         raise InputError(f"{spec}: no input files found")
     _refuse_tables(paths)
