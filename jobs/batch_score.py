@@ -45,7 +45,7 @@ from ncf.batch.scoring import (
 )
 from ncf.batch.verify import VerificationFailed
 from ncf.device import GPU_SETTINGS
-from ncf.errors import InputError, exit_on_sigterm
+from ncf.errors import EXIT_STOPPED, InputError, exit_on_sigterm
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -206,7 +206,9 @@ def main(argv=None) -> dict:
         except VerificationFailed as failed:
             print(json.dumps({"verify": failed.report}), flush=True)
             fail(str(failed))
-        except ScoringInterrupted as stopped:  # Ctrl-C once the run held the date: what it left
+        except ScoringInterrupted as stopped:  # Ctrl-C or SIGTERM once the run held the date: what it left
+            if stopped.by_sigterm:
+                fail(f"stopped (SIGTERM); {stopped}", EXIT_STOPPED)
             fail(f"interrupted (Ctrl-C); {stopped}", EXIT_INTERRUPTED)
         except (InputsChanged, ScoringFailed, StageIncomplete, OutputFailed) as failed:
             # One line each (ScoringFailed: the cause, the parts kept and that a rerun continues).

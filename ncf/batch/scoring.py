@@ -94,7 +94,7 @@ from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.device import GPU_SETTINGS, gpu_build_missing, gpus_usable, resolve_gpu
-from ncf.errors import InputError, raised_within
+from ncf.errors import EXIT_STOPPED, InputError, raised_within
 from ncf.jsonio import read_json, write_json
 from ncf.model.ann import index_path
 from ncf.model.directory import WEIGHTS, ModelDir, read_config
@@ -541,10 +541,14 @@ class ScoringFailed(RuntimeError):
 
 
 class ScoringInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped the run after it opened its stage. Its message is what it left: the parts
-    the stage keeps for a rerun (:func:`_parts_left`), or a commit begun (finished from its
-    journal, or journaled for the next run). A KeyboardInterrupt still: no ``except Exception``
-    takes it for a failure."""
+    """Ctrl-C (or SIGTERM: ``by_sigterm``) stopped the run after it opened its stage. Its message
+    is what it left: the parts the stage keeps for a rerun (:func:`_parts_left`), or a commit
+    begun (finished from its journal, or journaled for the next run). A KeyboardInterrupt still:
+    no ``except Exception`` takes it for a failure."""
+
+    def __init__(self, message: str = "", by_sigterm: bool = False) -> None:
+        super().__init__(message)
+        self.by_sigterm = by_sigterm
 
 
 # What a run leaves whose swap was journaled and not rolled forward on its way out (a commit that
@@ -883,6 +887,10 @@ def run_batch_scoring(
                 commit_error = e
     except KeyboardInterrupt:
         raise ScoringInterrupted(_interrupted_leaves(run, named, config, at, run_date)) from None
+    except SystemExit as stop:  # SIGTERM (a scheduler, `ray job stop`): what it left, as for Ctrl-C
+        if stop.code != EXIT_STOPPED:
+            raise
+        raise ScoringInterrupted(_interrupted_leaves(run, named, config, at, run_date), by_sigterm=True) from None
     # Past the run's exit, which rolled a begun swap forward, or kept (or removed) the stage.
     if commit_error is not None:
         final = _commit_outcome(commit_error, output, config, at, run_id, log)
