@@ -27,6 +27,7 @@ from ncf.errors import (
     exit_on_sigterm,
     one_line,
     os_error_words,
+    stopped_by_sigterm,
     without_passwords,
 )
 
@@ -213,6 +214,10 @@ def run_main(
         if not environment_error(e):
             raise
         fail(f"{environment_line(e, where())}; free space or fix access, then {again()}")
+    except SystemExit as e:  # SIGTERM inside a ray.get came out as Ray's status 1: 143, as README says
+        if stopped_by_sigterm(e) and e.code != EXIT_STOPPED:
+            raise SystemExit(EXIT_STOPPED) from None
+        raise
 
 
 def training_failed(error: Exception, resumes: str) -> NoReturn:

@@ -33,7 +33,7 @@ from jobs.cli import (
     training_failed,
     training_on_gpu,
 )
-from ncf.errors import InputError, Interrupted, TryLater
+from ncf.errors import EXIT_STOPPED, InputError, Interrupted, TryLater, stopped_by_sigterm
 from ncf.model.directory import CONFIG
 from ncf.registry import check_store_outlives_the_job
 from ncf.splits import REFIT, VALIDATED
@@ -201,6 +201,14 @@ def main(argv=None) -> str:
                     left = f"{e}; " if isinstance(e, Interrupted) else ""
                     stopped = f"interrupted (Ctrl-C); {left}the checkpoints are kept"
                 fail(f"{stopped}: run the same command with --name {name} to resume from them", EXIT_INTERRUPTED)
+            except SystemExit as e:  # SIGTERM (a scheduler, `ray job stop`): what it left, as for Ctrl-C
+                if not stopped_by_sigterm(e):
+                    raise
+                fail(
+                    f"stopped (SIGTERM); the checkpoints are kept: run the same command with --name {name} to resume "
+                    "from them",
+                    EXIT_STOPPED,
+                )
             except InputError:
                 raise
             except OSError as e:  # a full disk at the export, say: after the training, whose checkpoints stand

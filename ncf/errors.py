@@ -117,12 +117,27 @@ def cannot_access(what: str, error: OSError) -> str:
     return f"cannot {what} ({os_error_words(error)}): check its access and the disk"
 
 
+_SIGTERM_RECEIVED = threading.Event()
+
+
 def exit_on_sigterm():
     """SIGTERM raises SystemExit(:data:`EXIT_STOPPED`), so ``finally`` runs, until the returned
     handler is restored; None where handlers cannot be set (not the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    return signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_STOPPED))
+
+    def stop(*_):
+        _SIGTERM_RECEIVED.set()
+        sys.exit(EXIT_STOPPED)
+
+    return signal.signal(signal.SIGTERM, stop)
+
+
+def stopped_by_sigterm(error: BaseException) -> bool:
+    """Whether ``error`` (a SystemExit) ends a job that SIGTERM stopped: its own exit status, or
+    another where the signal came during a ``ray.get`` (Ray turns the handler's SystemExit raised
+    inside its wait into one of status 1, and the job ended without a word)."""
+    return isinstance(error, SystemExit) and (error.code == EXIT_STOPPED or _SIGTERM_RECEIVED.is_set())
 
 
 def chain_of(error: Optional[BaseException]) -> Iterator[BaseException]:

@@ -94,7 +94,7 @@ from ncf.data.product_stats import ProductStats
 from ncf.data.user_state import UserStates
 from ncf.data.vocab import Vocabularies, Vocabulary
 from ncf.device import GPU_SETTINGS, gpu_build_missing, gpus_usable, resolve_gpu
-from ncf.errors import EXIT_STOPPED, InputError, raised_within
+from ncf.errors import InputError, raised_within, stopped_by_sigterm
 from ncf.jsonio import read_json, write_json
 from ncf.model.ann import index_path
 from ncf.model.directory import WEIGHTS, ModelDir, read_config
@@ -888,7 +888,7 @@ def run_batch_scoring(
     except KeyboardInterrupt:
         raise ScoringInterrupted(_interrupted_leaves(run, named, config, at, run_date)) from None
     except SystemExit as stop:  # SIGTERM (a scheduler, `ray job stop`): what it left, as for Ctrl-C
-        if stop.code != EXIT_STOPPED:
+        if not stopped_by_sigterm(stop):
             raise
         raise ScoringInterrupted(_interrupted_leaves(run, named, config, at, run_date), by_sigterm=True) from None
     # Past the run's exit, which rolled a begun swap forward, or kept (or removed) the stage.
