@@ -25,12 +25,15 @@ from jobs.cli import (
     refuse_unpacked_outputs,
     run_main,
 )
+from ncf.data.layout import DataStats
 from ncf.errors import InputError
 from ncf.evaluate.evaluation import (
     BASELINE_ORDER,
     MODEL,
+    check_held_out,
     evaluate_all,
     model_on_period,
+    period_start,
 )
 from ncf.evaluate.report import write_placeholder, write_report
 from ncf.evaluate.report_inputs import drawable_history, kept_epoch, read_ablation_rows
@@ -111,7 +114,8 @@ def main(argv=None, on_row: Optional[Callable[[dict], None]] = None) -> list:
                 file=sys.stderr,
                 flush=True,
             )
-        if not args.baselines_only:  # silent minutes at 10M households otherwise
+        if handle is not None:  # silent minutes at 10M households otherwise; a refit refused first
+            check_held_out(handle, args.split, period_start(args.split, DataStats(args.data).boundaries))
             print(
                 f"[evaluate] loading {args.model} and the products' stats at the {args.split} period's start "
                 "(a pass over every purchase)",

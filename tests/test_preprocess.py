@@ -251,7 +251,7 @@ def test_the_documented_built_in_commands_still_name_the_same_cached_datasets():
         preprocess_job.check_options(args)
         return preprocess_job.built_in(args)[0]
 
-    cache = "artifacts/datasets"
+    cache = os.path.abspath("artifacts/datasets")  # absolute: Ray's tasks read it (a review, 2026-12-08)
     assert dataset_dir("--dataset", "completejourney") == os.path.join(cache, "completejourney")
     assert dataset_dir("--dataset", "completejourney", "--cache", "/shared") == "/shared/completejourney"
     assert dataset_dir("--dataset", "synthetic") == os.path.join(cache, datasets.SyntheticSpec().cache_name)
