@@ -154,7 +154,7 @@ def _on_actors(config: BatchScoreConfig) -> bool:
     """Whether the run scores on Ray's actors, where DATA reads (check_config says why not)."""
     try:
         return not resolve_score_in(config)
-    except InputError:
+    except (InputError, OSError, ValueError):  # a DATA check_config refuses in its own line
         return False
 
 

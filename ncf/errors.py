@@ -117,7 +117,7 @@ def cannot_access(what: str, error: OSError) -> str:
     return f"cannot {what} ({os_error_words(error)}): check its access and the disk"
 
 
-_SIGTERM_RECEIVED = threading.Event()
+_SIGTERM = {"received": False}  # a plain flag: an Event's lock is not safe to take again in a handler
 
 
 def exit_on_sigterm():
@@ -127,7 +127,7 @@ def exit_on_sigterm():
         return None
 
     def stop(*_):
-        _SIGTERM_RECEIVED.set()
+        _SIGTERM["received"] = True
         sys.exit(EXIT_STOPPED)
 
     return signal.signal(signal.SIGTERM, stop)
@@ -137,7 +137,9 @@ def stopped_by_sigterm(error: BaseException) -> bool:
     """Whether ``error`` (a SystemExit) ends a job that SIGTERM stopped: its own exit status, or
     another where the signal came during a ``ray.get`` (Ray turns the handler's SystemExit raised
     inside its wait into one of status 1, and the job ended without a word)."""
-    return isinstance(error, SystemExit) and (error.code == EXIT_STOPPED or _SIGTERM_RECEIVED.is_set())
+    if not isinstance(error, SystemExit):
+        return False
+    return error.code == EXIT_STOPPED or (error.code == 1 and _SIGTERM["received"])
 
 
 def chain_of(error: Optional[BaseException]) -> Iterator[BaseException]:

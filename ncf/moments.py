@@ -39,6 +39,8 @@ def to_epoch_seconds(at) -> int:
     if isinstance(at, (int, np.integer, float, np.floating)) and not isinstance(at, bool):
         return int(at)
     stamp = pd.Timestamp(at)
+    if stamp is pd.NaT:
+        raise ValueError("NaT is not a moment")
     if stamp.tzinfo is None:
         stamp = stamp.tz_localize("UTC")
     # Whole seconds down, as ingest and the HTTP at do: timestamp()'s float rounded 21.9999999 up
